@@ -1,0 +1,249 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "engine/model/causal_lm.h"
+
+#include <c10/core/GradMode.h>
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "engine/common/status_macros.h"
+#include "engine/model/causal_lm_impl.h"
+#include "engine/model/rope.h"
+#include "engine/model/torch_errors.h"
+
+namespace attribution::engine {
+namespace {
+
+// Runs `body`, turning LibTorch exceptions into statuses so none crosses our API.
+template <typename Fn>
+auto Guarded(const char* what, Fn&& body) -> decltype(body()) {
+  try {
+    return body();
+  } catch (const std::exception& e) {
+    return StatusFromException(e, what);
+  }
+}
+
+absl::StatusOr<at::Device> ParseDevice(const std::string& name) {
+  if (name == "cpu") return at::Device(at::kCPU);
+  if (name == "cuda" || name.rfind("cuda:", 0) == 0) {
+    try {
+      at::Device device(name);
+      at::empty({1}, at::TensorOptions().device(device));  // fails fast without a usable device
+      return device;
+    } catch (const std::exception& e) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("device \"", name, "\" is not usable here: ", e.what()));
+    }
+  }
+  return absl::InvalidArgumentError(absl::StrCat("device \"", name, "\" is not supported (cpu, cuda:N)"));
+}
+
+// [B, 1, S, K] attention mask: query (r, s) at absolute position past[r] + s sees key slot j when
+// j <= past[r] + s, j holds a real token (j < past[r] + length[r]) and j is inside the sliding window.
+at::Tensor AttentionMask(const at::Tensor& past, const at::Tensor& lengths, int64_t queries, int64_t keys,
+                         const std::optional<int64_t>& window) {
+  const auto long_options = past.options();
+  at::Tensor query_pos = past.unsqueeze(1) + at::arange(queries, long_options).unsqueeze(0);  // [B, S]
+  at::Tensor key_pos = at::arange(keys, long_options).view({1, 1, keys});                      // [1, 1, K]
+  at::Tensor q = query_pos.unsqueeze(2);                                                       // [B, S, 1]
+  at::Tensor mask = (key_pos <= q).logical_and(key_pos < (past + lengths).view({-1, 1, 1}));
+  if (window) mask = mask.logical_and(q - key_pos < *window);
+  return mask.unsqueeze(1);
+}
+
+}  // namespace
+
+absl::StatusOr<at::ScalarType> ParseDtype(const std::string& name) {
+  if (name == "float32" || name == "fp32") return at::kFloat;
+  if (name == "bfloat16" || name == "bf16") return at::kBFloat16;
+  if (name == "float16" || name == "fp16") return at::kHalf;
+  return absl::InvalidArgumentError(
+      absl::StrCat("dtype \"", name, "\" is not supported (float32, bfloat16, float16)"));
+}
+
+at::Tensor CausalLM::Impl::Norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) const {
+  if (is_gpt2()) return at::layer_norm(x, {x.size(-1)}, weight, bias, config.norm_eps);
+  // RMSNorm as Hugging Face computes it: statistics in float32, scaled back in the input dtype.
+  at::Tensor x32 = x.to(at::kFloat);
+  at::Tensor normed = x32 * at::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + config.norm_eps);
+  return weight * normed.to(x.scalar_type());
+}
+
+at::Tensor CausalLM::Impl::Mlp(const DecoderLayer& layer, const at::Tensor& x) const {
+  if (is_gpt2()) {
+    const bool tanh = config.hidden_act == "gelu_new";
+    return layer.down.Forward(at::gelu(layer.up.Forward(x), tanh ? "tanh" : "none"));
+  }
+  return layer.down.Forward(at::silu(layer.gate.Forward(x)) * layer.up.Forward(x));
+}
+
+at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
+  at::Tensor x = batch.inputs_embeds.defined() ? batch.inputs_embeds
+                                               : at::embedding(token_embedding, batch.input_ids);
+  const int64_t b = x.size(0), s = x.size(1);
+  const auto long_options = at::TensorOptions().dtype(at::kLong).device(device);
+  std::vector<int64_t> lengths = batch.lengths.empty() ? std::vector<int64_t>(b, s) : batch.lengths;
+  std::vector<int64_t> past = batch.cache ? batch.cache->lengths() : std::vector<int64_t>(b, 0);
+  at::Tensor past_t = at::tensor(past, at::kLong).to(device);
+  at::Tensor lengths_t = at::tensor(lengths, at::kLong).to(device);
+  at::Tensor positions = past_t.unsqueeze(1) + at::arange(s, long_options).unsqueeze(0);  // [B, S]
+  if (is_gpt2()) {
+    // Padded slots may run past the table; they are masked, so clamping them is harmless.
+    at::Tensor clamped = positions.clamp_max(config.max_position_embeddings - 1);
+    x = x + at::embedding(position_embedding, clamped);
+  }
+  const int64_t key_count = *std::max_element(past.begin(), past.end()) + s;
+  const at::Tensor mask = AttentionMask(past_t, lengths_t, s, key_count, config.sliding_window);
+  const int64_t heads = config.num_heads, kv_heads = config.num_kv_heads, head_dim = config.head_dim;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const DecoderLayer& layer = layers[i];
+    at::Tensor h = Norm(x, layer.attention_norm_weight, layer.attention_norm_bias);
+    at::Tensor q = layer.q.Forward(h).view({b, s, heads, head_dim}).transpose(1, 2);  // [B, H, S, D]
+    at::Tensor k = layer.k.Forward(h).view({b, s, kv_heads, head_dim}).transpose(1, 2);
+    at::Tensor v = layer.v.Forward(h).view({b, s, kv_heads, head_dim}).transpose(1, 2);
+    if (!is_gpt2()) {
+      q = ApplyRope(q, positions, rope_inverse_frequencies);
+      k = ApplyRope(k, positions, rope_inverse_frequencies);
+    }
+    if (batch.cache != nullptr) std::tie(k, v) = batch.cache->Append(static_cast<int64_t>(i), k, v);
+    at::Tensor attended = at::scaled_dot_product_attention(q, k, v, mask, 0.0, false, std::nullopt,
+                                                           /*enable_gqa=*/kv_heads != heads);
+    at::Tensor per_head = attended.transpose(1, 2);  // [B, S, H, D]
+    if (batch.hooks && batch.hooks->head_outputs) {
+      if (at::Tensor replaced = batch.hooks->head_outputs(static_cast<int64_t>(i), per_head); replaced.defined()) {
+        per_head = replaced;
+      }
+    }
+    x = x + layer.o.Forward(per_head.reshape({b, s, heads * head_dim}));
+    x = x + Mlp(layer, Norm(x, layer.mlp_norm_weight, layer.mlp_norm_bias));
+    if (batch.hooks && batch.hooks->after_layer) {
+      if (at::Tensor replaced = batch.hooks->after_layer(static_cast<int64_t>(i), x); replaced.defined()) {
+        x = replaced;
+      }
+    }
+  }
+  if (batch.cache != nullptr) batch.cache->Advance(lengths);
+  return Norm(x, final_norm_weight, final_norm_bias);
+}
+
+CausalLM::CausalLM(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+CausalLM::~CausalLM() = default;
+
+absl::StatusOr<std::unique_ptr<CausalLM>> CausalLM::Load(const std::string& dir, const LoadOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  ASSIGN_OR_RETURN(impl->config, ReadModelConfig(dir));
+  if (options.dtype != at::kFloat && options.dtype != at::kBFloat16 && options.dtype != at::kHalf) {
+    return absl::InvalidArgumentError("dtype must be float32, bfloat16 or float16");
+  }
+  impl->options = options;
+  ASSIGN_OR_RETURN(impl->device, ParseDevice(options.device));
+  RETURN_IF_ERROR(Guarded("loading weights", [&]() -> absl::Status {
+    c10::AutoGradMode no_grad(false);
+    return LoadWeights(dir, *impl);
+  }));
+  return std::unique_ptr<CausalLM>(new CausalLM(std::move(impl)));
+}
+
+const ModelConfig& CausalLM::config() const { return impl_->config; }
+at::ScalarType CausalLM::dtype() const { return impl_->options.dtype; }
+at::Device CausalLM::device() const { return impl_->device; }
+
+int64_t CausalLM::ResidentWeightBytes() const {
+  auto bytes = [](const at::Tensor& t) { return t.defined() ? t.numel() * t.element_size() : 0; };
+  const Impl& m = *impl_;
+  int64_t total = bytes(m.token_embedding) + bytes(m.position_embedding) + bytes(m.final_norm_weight) +
+                  bytes(m.final_norm_bias) + (m.tied_head ? 0 : m.lm_head.ResidentBytes());
+  for (const DecoderLayer& l : m.layers) {
+    total += bytes(l.attention_norm_weight) + bytes(l.attention_norm_bias) + bytes(l.mlp_norm_weight) +
+             bytes(l.mlp_norm_bias);
+    for (const Linear* linear : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) {
+      total += linear->ResidentBytes();
+    }
+  }
+  return total;
+}
+
+absl::StatusOr<at::Tensor> CausalLM::Embed(const at::Tensor& ids) const {
+  if (!ids.defined() || ids.dim() != 2 || ids.scalar_type() != at::kLong) {
+    return absl::InvalidArgumentError("input_ids must be a [batch, seq] int64 tensor");
+  }
+  return Guarded("embedding", [&]() -> absl::StatusOr<at::Tensor> {
+    const int64_t vocab = impl_->config.vocab_size;
+    if (ids.numel() > 0 && (ids.min().item<int64_t>() < 0 || ids.max().item<int64_t>() >= vocab)) {
+      return absl::InvalidArgumentError(absl::StrCat("input_ids: token id outside [0, ", vocab, ")"));
+    }
+    c10::AutoGradMode no_grad(false);
+    return at::embedding(impl_->token_embedding, ids.to(impl_->device));
+  });
+}
+
+absl::Status CausalLM::Validate(const ForwardBatch& batch) const {
+  const ModelConfig& c = impl_->config;
+  const bool has_ids = batch.input_ids.defined(), has_embeds = batch.inputs_embeds.defined();
+  if (has_ids == has_embeds) return absl::InvalidArgumentError("give exactly one of input_ids or inputs_embeds");
+  int64_t b = 0, s = 0;
+  if (has_ids) {
+    if (batch.input_ids.dim() != 2 || batch.input_ids.scalar_type() != at::kLong) {
+      return absl::InvalidArgumentError("input_ids must be a [batch, seq] int64 tensor");
+    }
+    if (batch.input_ids.numel() > 0 && (batch.input_ids.min().item<int64_t>() < 0 ||
+                                        batch.input_ids.max().item<int64_t>() >= c.vocab_size)) {
+      return absl::InvalidArgumentError(absl::StrCat("input_ids: token id outside [0, ", c.vocab_size, ")"));
+    }
+    b = batch.input_ids.size(0), s = batch.input_ids.size(1);
+  } else {
+    const at::Tensor& e = batch.inputs_embeds;
+    if (e.dim() != 3 || e.size(2) != c.hidden_size || e.scalar_type() != dtype() || e.device() != device()) {
+      return absl::InvalidArgumentError(absl::StrCat("inputs_embeds must be [batch, seq, ", c.hidden_size,
+                                                     "] in the model's dtype on its device"));
+    }
+    b = e.size(0), s = e.size(1);
+  }
+  if (b == 0 || s == 0) return absl::InvalidArgumentError("batch and sequence must not be empty");
+  if (!batch.lengths.empty()) {
+    if (static_cast<int64_t>(batch.lengths.size()) != b) {
+      return absl::InvalidArgumentError(absl::StrCat("lengths has ", batch.lengths.size(), " entries for ", b, " rows"));
+    }
+    for (int64_t len : batch.lengths) {
+      if (len < 1 || len > s) return absl::InvalidArgumentError(absl::StrCat("lengths: ", len, " outside [1, ", s, "]"));
+    }
+  }
+  int64_t longest_past = 0;
+  if (batch.cache != nullptr) {
+    if (batch.cache->batch() != b) {
+      return absl::InvalidArgumentError(absl::StrCat("cache holds ", batch.cache->batch(), " rows, batch has ", b));
+    }
+    longest_past = *std::max_element(batch.cache->lengths().begin(), batch.cache->lengths().end());
+  }
+  if (longest_past + s > c.max_position_embeddings && impl_->is_gpt2()) {
+    return absl::InvalidArgumentError(absl::StrCat("sequence of ", longest_past + s,
+                                                   " positions exceeds the model's ", c.max_position_embeddings));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<at::Tensor> CausalLM::Hidden(const ForwardBatch& batch) const {
+  RETURN_IF_ERROR(Validate(batch));
+  return Guarded("forward", [&]() -> absl::StatusOr<at::Tensor> {
+    if (!batch.input_ids.defined() || batch.input_ids.device() == impl_->device) return impl_->Forward(batch);
+    ForwardBatch moved = batch;
+    moved.input_ids = batch.input_ids.to(impl_->device);
+    return impl_->Forward(moved);
+  });
+}
+
+at::Tensor CausalLM::LogitsAt(const at::Tensor& hidden, const std::vector<int64_t>& rows,
+                              const std::vector<int64_t>& positions) const {
+  at::Tensor r = at::tensor(rows, at::kLong).to(hidden.device());
+  at::Tensor p = at::tensor(positions, at::kLong).to(hidden.device());
+  at::Tensor selected = hidden.index({r, p});  // [N, hidden]
+  at::Tensor logits = impl_->tied_head ? at::linear(selected, impl_->token_embedding)
+                                       : impl_->lm_head.Forward(selected);
+  return logits.to(at::kFloat);
+}
+
+}  // namespace attribution::engine

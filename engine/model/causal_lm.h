@@ -1,0 +1,126 @@
+// SPDX-License-Identifier: Apache-2.0
+// A causal language model loaded from a Hugging Face directory (Llama, Mistral, Qwen2, GPT-2), with a
+// forward pass shaped for attribution: input ids or input embeddings, right-padded batches whose rows
+// never influence each other, the LM head applied only where asked, activation hooks, gradients with
+// respect to inputs (never parameters), and a KV cache for decoding.
+//
+//   ASSIGN_OR_RETURN(auto model, CausalLM::Load("/models/tiny", {.dtype = at::kBFloat16}));
+//   ForwardBatch batch{.input_ids = ids, .lengths = {5, 3}};
+//   ASSIGN_OR_RETURN(TokenScores scores, model->ScoreTokens(batch, queries));
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/model/kv_cache.h"
+#include "engine/model/model_config.h"
+#include "engine/model/quantization.h"
+
+namespace attribution::engine {
+
+struct LoadOptions {
+  at::ScalarType dtype = at::kFloat;  // compute dtype: float32, bfloat16 or float16
+  std::string device = "cpu";         // "cpu" or "cuda:N"
+  Quantization quantization = Quantization::kNone;
+};
+
+// "float32" | "bfloat16" | "float16" (also "fp32", "bf16", "fp16").
+absl::StatusOr<at::ScalarType> ParseDtype(const std::string& name);
+
+// Callbacks into the forward pass. Each receives a tensor and may return a replacement of the same
+// shape (e.g. a leaf that requires grad, or a patched activation), or an undefined tensor to keep it.
+struct ActivationHooks {
+  // The residual stream after decoder layer `layer`: [B, S, hidden].
+  std::function<at::Tensor(int64_t layer, const at::Tensor& residual)> after_layer;
+  // Each head's attention output before the output projection: [B, S, heads, head_dim].
+  std::function<at::Tensor(int64_t layer, const at::Tensor& heads)> head_outputs;
+};
+
+// One forward's inputs. Rows are right-padded to S; lengths[r] tokens of row r are real.
+struct ForwardBatch {
+  at::Tensor input_ids;      // [B, S] int64, or undefined when inputs_embeds is given
+  at::Tensor inputs_embeds;  // [B, S, hidden] compute dtype: token embeddings (GPT-2 adds positions)
+  std::vector<int64_t> lengths;         // empty: every row has S real tokens
+  KvCache* cache = nullptr;             // when set, row r continues the sequence held in the cache
+  const ActivationHooks* hooks = nullptr;
+};
+
+// (row, position, token) triples: the score of `token` as the next token after `position`.
+struct TokenQueries {
+  std::vector<int64_t> rows;
+  std::vector<int64_t> positions;
+  std::vector<int64_t> tokens;
+};
+
+struct TokenScores {
+  at::Tensor logits;         // [N] float32
+  at::Tensor log_probs;      // [N] float32
+  at::Tensor top_ids;        // [N, k] int64 when top_k > 0
+  at::Tensor top_log_probs;  // [N, k] float32 when top_k > 0
+};
+
+enum class TokenQuantity { kLogProb, kProb, kLogit };
+
+// The scalar a row contributes: sum_i weights[i] * quantity(tokens[i] after positions[i]), or, with
+// exp_of_sum, the exponential of that sum (the probability of a whole multi-token target).
+struct RowObjective {
+  std::vector<int64_t> positions;
+  std::vector<int64_t> tokens;
+  std::vector<double> weights;  // empty: all 1
+  TokenQuantity quantity = TokenQuantity::kLogProb;
+  bool exp_of_sum = false;
+};
+
+struct InputGradients {
+  at::Tensor values;     // [B] float32, each row's objective
+  at::Tensor gradients;  // [B, S, hidden] d values[r] / d inputs_embeds[r], compute dtype
+};
+
+// Immutable after Load: every method is const and may run concurrently on different batches.
+class CausalLM {
+ public:
+  static absl::StatusOr<std::unique_ptr<CausalLM>> Load(const std::string& dir, const LoadOptions& options);
+  ~CausalLM();
+
+  const ModelConfig& config() const;
+  at::ScalarType dtype() const;
+  at::Device device() const;
+  // Bytes of every weight held on the device (quantized linears count their codes and scales).
+  int64_t ResidentWeightBytes() const;
+
+  // Token embeddings: [B, S] int64 -> [B, S, hidden] (no position embeddings), never requiring grad.
+  absl::StatusOr<at::Tensor> Embed(const at::Tensor& ids) const;
+
+  // Final hidden states after the last norm: [B, S, hidden]. Differentiable when grad mode is on.
+  absl::StatusOr<at::Tensor> Hidden(const ForwardBatch& batch) const;
+
+  // LM head at the given rows/positions of `hidden` ([B, S, hidden]): [N, vocab] float32 logits.
+  at::Tensor LogitsAt(const at::Tensor& hidden, const std::vector<int64_t>& rows,
+                      const std::vector<int64_t>& positions) const;
+
+  // Forward only: scores of the queried tokens, plus the top_k alternatives at each queried position.
+  absl::StatusOr<TokenScores> ScoreTokens(const ForwardBatch& batch, const TokenQueries& queries,
+                                          int64_t top_k = 0) const;
+
+  // Each row's objective as a differentiable [B] float32 tensor (objectives.size() must be B).
+  absl::StatusOr<at::Tensor> ObjectiveValues(const ForwardBatch& batch,
+                                             const std::vector<RowObjective>& objectives) const;
+
+  // Forward + backward with respect to batch.inputs_embeds (which must be given).
+  absl::StatusOr<InputGradients> ObjectiveGradients(const ForwardBatch& batch,
+                                                    const std::vector<RowObjective>& objectives) const;
+
+  class Impl;  // opaque outside engine/model
+
+ private:
+  explicit CausalLM(std::unique_ptr<Impl> impl);
+  absl::Status Validate(const ForwardBatch& batch) const;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace attribution::engine

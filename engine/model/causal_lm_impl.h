@@ -1,0 +1,45 @@
+// SPDX-License-Identifier: Apache-2.0
+// Private to engine/model: the weights of a loaded CausalLM, shared by the loader and the forward pass.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <vector>
+
+#include "engine/model/causal_lm.h"
+#include "engine/model/linear.h"
+
+namespace attribution::engine {
+
+// One pre-norm decoder block. Llama-family blocks use RMSNorm (no norm biases) and a gated SiLU MLP;
+// GPT-2 blocks use LayerNorm with biases and a GELU MLP without gate.
+struct DecoderLayer {
+  at::Tensor attention_norm_weight, attention_norm_bias;  // [hidden]
+  at::Tensor mlp_norm_weight, mlp_norm_bias;              // [hidden]
+  Linear q, k, v, o;
+  Linear gate, up, down;  // gate unused for GPT-2
+};
+
+class CausalLM::Impl {
+ public:
+  ModelConfig config;
+  LoadOptions options;
+  at::Device device{at::kCPU};
+  at::Tensor token_embedding;     // [vocab, hidden]
+  at::Tensor position_embedding;  // [max_positions, hidden], GPT-2 only
+  std::vector<DecoderLayer> layers;
+  at::Tensor final_norm_weight, final_norm_bias;
+  Linear lm_head;               // untied head
+  bool tied_head = false;       // true: logits = hidden @ token_embedding^T
+  at::Tensor rope_inverse_frequencies;  // [head_dim / 2], Llama family only
+
+  bool is_gpt2() const { return config.architecture == Architecture::kGpt2; }
+  at::Tensor Norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) const;
+  at::Tensor Mlp(const DecoderLayer& layer, const at::Tensor& x) const;
+  at::Tensor Forward(const ForwardBatch& batch) const;  // throws c10::Error on LibTorch failures
+};
+
+// Reads every weight the architecture needs from `dir` into `impl` (throws nothing; statuses only).
+absl::Status LoadWeights(const std::string& dir, CausalLM::Impl& impl);
+
+}  // namespace attribution::engine

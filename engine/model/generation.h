@@ -1,0 +1,37 @@
+// SPDX-License-Identifier: Apache-2.0
+// Batched text generation with a KV cache: greedy, or temperature / top-p sampling from a seeded
+// generator, stopping at end-of-sequence ids or after max_new_tokens.
+//
+//   GenerationOptions options{.max_new_tokens = 25};
+//   ASSIGN_OR_RETURN(auto outputs, Generate(*model, {prompt_ids}, options));
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/model/causal_lm.h"
+
+namespace attribution::engine {
+
+struct GenerationOptions {
+  int64_t max_new_tokens = 25;
+  double temperature = 0.0;  // 0: greedy (argmax); > 0: sample from softmax(logits / temperature)
+  double top_p = 1.0;        // sample only from the smallest set of tokens whose mass reaches top_p
+  uint64_t seed = 0;
+  std::vector<int64_t> stop_token_ids;  // empty: the model's eos ids
+  bool ignore_stop_tokens = false;      // run to max_new_tokens whatever is produced
+};
+
+struct Generation {
+  std::vector<int64_t> tokens;     // generated ids, the stop token included when one was produced
+  std::vector<float> log_probs;    // log-prob of each generated token under the unscaled model
+  bool stopped = false;            // true when a stop token ended it
+};
+
+// Generates a continuation of every prompt (each a non-empty id list) in one batch.
+absl::StatusOr<std::vector<Generation>> Generate(const CausalLM& model,
+                                                 const std::vector<std::vector<int64_t>>& prompts,
+                                                 const GenerationOptions& options);
+
+}  // namespace attribution::engine

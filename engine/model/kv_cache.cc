@@ -1,0 +1,58 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "engine/model/kv_cache.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+
+namespace attribution::engine {
+namespace {
+
+// Grows a [B, H, capacity, D] buffer along the slot dimension, doubling to amortise copies.
+at::Tensor Reserve(const at::Tensor& buffer, const at::Tensor& like, int64_t needed) {
+  const int64_t have = buffer.defined() ? buffer.size(2) : 0;
+  if (have >= needed) return buffer;
+  const int64_t capacity = std::max(needed, 2 * have);
+  at::Tensor grown = at::zeros({like.size(0), like.size(1), capacity, like.size(3)}, like.options());
+  if (have > 0) grown.narrow(2, 0, have).copy_(buffer);
+  return grown;
+}
+
+}  // namespace
+
+std::pair<at::Tensor, at::Tensor> KvCache::Append(int64_t layer, const at::Tensor& keys,
+                                                  const at::Tensor& values) {
+  const int64_t new_slots = keys.size(2);
+  const int64_t end = *std::max_element(lengths_.begin(), lengths_.end()) + new_slots;
+  keys_[layer] = Reserve(keys_[layer], keys, end);
+  values_[layer] = Reserve(values_[layer], values, end);
+  // slot[r, s] = lengths[r] + s: one scatter per buffer writes every row at its own offset.
+  at::Tensor offsets = at::tensor(lengths_, at::TensorOptions().dtype(at::kLong)).to(keys.device());
+  at::Tensor slots = offsets.unsqueeze(1) + at::arange(new_slots, offsets.options()).unsqueeze(0);
+  at::Tensor index = slots.view({keys.size(0), 1, new_slots, 1}).expand_as(keys);
+  // Writes into the cache buffers happen outside autograd: the cache holds no graph.
+  keys_[layer].scatter_(2, index, keys.detach());
+  values_[layer].scatter_(2, index, values.detach());
+  at::Tensor past_keys = keys_[layer].narrow(2, 0, end);
+  at::Tensor past_values = values_[layer].narrow(2, 0, end);
+  if (!keys.requires_grad() && !values.requires_grad()) return {past_keys, past_values};
+  // Gradients must flow to the new slots: rebuild them out of place from the differentiable inputs.
+  at::Tensor slot_index = index.narrow(2, 0, new_slots);
+  return {past_keys.scatter(2, slot_index, keys), past_values.scatter(2, slot_index, values)};
+}
+
+void KvCache::Advance(const std::vector<int64_t>& new_lengths) {
+  for (size_t r = 0; r < lengths_.size(); ++r) lengths_[r] += new_lengths[r];
+}
+
+int64_t KvCache::Bytes() const {
+  int64_t bytes = 0;
+  for (const auto* buffers : {&keys_, &values_}) {
+    for (const at::Tensor& t : *buffers) {
+      if (t.defined()) bytes += t.numel() * t.element_size();
+    }
+  }
+  return bytes;
+}
+
+}  // namespace attribution::engine

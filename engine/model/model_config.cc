@@ -1,0 +1,246 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "engine/model/model_config.h"
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "engine/common/status_macros.h"
+
+namespace attribution::engine {
+namespace {
+
+using nlohmann::json;
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+absl::StatusOr<json> ParseJsonObject(const std::string& text, const std::string& source) {
+  json parsed = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (parsed.is_discarded() || !parsed.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": not a valid JSON object"));
+  }
+  return parsed;
+}
+
+// Reads a required positive integer field.
+absl::StatusOr<int64_t> PositiveInt(const json& config, const char* key, const std::string& source) {
+  if (!config.contains(key) || !config[key].is_number_integer() || config[key].get<int64_t>() <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": \"", key, "\" must be a positive integer"));
+  }
+  return config[key].get<int64_t>();
+}
+
+int64_t OptionalInt(const json& config, const char* key, int64_t fallback) {
+  return config.contains(key) && config[key].is_number_integer() ? config[key].get<int64_t>()
+                                                                 : fallback;
+}
+
+double OptionalNumber(const json& config, const char* key, double fallback) {
+  return config.contains(key) && config[key].is_number() ? config[key].get<double>() : fallback;
+}
+
+bool OptionalBool(const json& config, const char* key, bool fallback) {
+  return config.contains(key) && config[key].is_boolean() ? config[key].get<bool>() : fallback;
+}
+
+std::optional<int64_t> OptionalId(const json& config, const char* key) {
+  if (config.contains(key) && config[key].is_number_integer()) return config[key].get<int64_t>();
+  return std::nullopt;
+}
+
+// eos_token_id is an int or a list of ints (Llama 3).
+std::vector<int64_t> IdList(const json& config, const char* key) {
+  std::vector<int64_t> ids;
+  if (!config.contains(key)) return ids;
+  if (config[key].is_number_integer()) ids.push_back(config[key].get<int64_t>());
+  if (config[key].is_array()) {
+    for (const auto& id : config[key]) {
+      if (id.is_number_integer()) ids.push_back(id.get<int64_t>());
+    }
+  }
+  return ids;
+}
+
+absl::Status ParseRopeScaling(const json& config, const std::string& source, ModelConfig& out) {
+  const json* scaling = nullptr;
+  if (config.contains("rope_scaling") && config["rope_scaling"].is_object()) {
+    scaling = &config["rope_scaling"];
+  } else if (config.contains("rope_parameters") && config["rope_parameters"].is_object()) {
+    scaling = &config["rope_parameters"];  // transformers >= 5 spelling
+  }
+  if (scaling == nullptr) return absl::OkStatus();
+  out.rope_theta = OptionalNumber(*scaling, "rope_theta", out.rope_theta);
+  std::string type = "default";
+  if (scaling->contains("rope_type")) type = (*scaling)["rope_type"].get<std::string>();
+  else if (scaling->contains("type")) type = (*scaling)["type"].get<std::string>();
+  if (type == "default") return absl::OkStatus();
+  if (type == "linear") {
+    out.linear_rope_factor = OptionalNumber(*scaling, "factor", 1.0);
+    return absl::OkStatus();
+  }
+  if (type == "llama3") {
+    Llama3RopeScaling s;
+    s.factor = OptionalNumber(*scaling, "factor", s.factor);
+    s.low_freq_factor = OptionalNumber(*scaling, "low_freq_factor", s.low_freq_factor);
+    s.high_freq_factor = OptionalNumber(*scaling, "high_freq_factor", s.high_freq_factor);
+    s.original_max_position_embeddings =
+        OptionalInt(*scaling, "original_max_position_embeddings", s.original_max_position_embeddings);
+    if (s.factor <= 0 || s.low_freq_factor <= 0 || s.high_freq_factor <= s.low_freq_factor) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          source, ": llama3 rope scaling needs factor > 0 and high_freq_factor > low_freq_factor > 0"));
+    }
+    out.llama3_rope_scaling = s;
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      source, ": rope scaling type \"", type, "\" is not supported (supported: default, linear, llama3)"));
+}
+
+absl::Status ParseDecoderFields(const json& config, const std::string& source, ModelConfig& out) {
+  ASSIGN_OR_RETURN(out.hidden_size, PositiveInt(config, "hidden_size", source));
+  ASSIGN_OR_RETURN(out.intermediate_size, PositiveInt(config, "intermediate_size", source));
+  ASSIGN_OR_RETURN(out.num_layers, PositiveInt(config, "num_hidden_layers", source));
+  ASSIGN_OR_RETURN(out.num_heads, PositiveInt(config, "num_attention_heads", source));
+  out.num_kv_heads = OptionalInt(config, "num_key_value_heads", out.num_heads);
+  out.head_dim = config.contains("head_dim") && config["head_dim"].is_number_integer()
+                     ? config["head_dim"].get<int64_t>()
+                     : out.hidden_size / out.num_heads;
+  out.max_position_embeddings = OptionalInt(config, "max_position_embeddings", 4096);
+  out.norm_eps = OptionalNumber(config, "rms_norm_eps", 1e-6);
+  out.rope_theta = OptionalNumber(config, "rope_theta", 10000.0);
+  out.hidden_act = config.contains("hidden_act") ? config["hidden_act"].get<std::string>() : "silu";
+  if (out.hidden_act != "silu") {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": hidden_act \"", out.hidden_act,
+                                                   "\" is not supported for this architecture (silu)"));
+  }
+  if (out.architecture == Architecture::kQwen2) {
+    out.attention_bias = true;  // Qwen2 always has q/k/v biases and no o_proj bias
+  } else if (out.architecture == Architecture::kLlama) {
+    out.attention_bias = OptionalBool(config, "attention_bias", false);
+    out.output_bias = out.attention_bias;
+    out.mlp_bias = OptionalBool(config, "mlp_bias", false);
+  }
+  if (out.architecture != Architecture::kLlama && config.contains("sliding_window") &&
+      config["sliding_window"].is_number_integer() &&
+      (out.architecture == Architecture::kMistral || OptionalBool(config, "use_sliding_window", false))) {
+    out.sliding_window = config["sliding_window"].get<int64_t>();
+  }
+  return ParseRopeScaling(config, source, out);
+}
+
+absl::Status ParseGpt2Fields(const json& config, const std::string& source, ModelConfig& out) {
+  ASSIGN_OR_RETURN(out.hidden_size, PositiveInt(config, "n_embd", source));
+  ASSIGN_OR_RETURN(out.num_layers, PositiveInt(config, "n_layer", source));
+  ASSIGN_OR_RETURN(out.num_heads, PositiveInt(config, "n_head", source));
+  ASSIGN_OR_RETURN(out.max_position_embeddings, PositiveInt(config, "n_positions", source));
+  out.num_kv_heads = out.num_heads;
+  out.head_dim = out.hidden_size / out.num_heads;
+  out.intermediate_size = OptionalInt(config, "n_inner", 4 * out.hidden_size);
+  out.norm_eps = OptionalNumber(config, "layer_norm_epsilon", 1e-5);
+  out.hidden_act = config.contains("activation_function")
+                       ? config["activation_function"].get<std::string>()
+                       : "gelu_new";
+  if (out.hidden_act != "gelu_new" && out.hidden_act != "gelu") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        source, ": activation_function \"", out.hidden_act, "\" is not supported (gelu_new, gelu)"));
+  }
+  out.attention_bias = true;
+  out.output_bias = true;
+  out.mlp_bias = true;
+  out.tie_word_embeddings = true;
+  return absl::OkStatus();
+}
+
+absl::Status CheckConsistency(const std::string& source, const ModelConfig& c) {
+  if (c.num_kv_heads <= 0 || c.num_heads % c.num_kv_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": num_attention_heads ", c.num_heads,
+                                                   " is not a multiple of num_key_value_heads ",
+                                                   c.num_kv_heads));
+  }
+  if (c.architecture == Architecture::kGpt2 && c.hidden_size % c.num_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": n_embd ", c.hidden_size,
+                                                   " is not divisible by n_head ", c.num_heads));
+  }
+  if (c.head_dim <= 0 || c.head_dim % 2 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": head_dim ", c.head_dim, " must be a positive even number"));
+  }
+  for (auto id : {c.bos_token_id, c.pad_token_id, c.unk_token_id}) {
+    if (id && (*id < 0 || *id >= c.vocab_size)) {
+      return absl::InvalidArgumentError(absl::StrCat(source, ": special token id ", *id,
+                                                     " is outside the vocabulary of ", c.vocab_size));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+const char* ArchitectureName(Architecture arch) {
+  switch (arch) {
+    case Architecture::kLlama:
+      return "llama";
+    case Architecture::kMistral:
+      return "mistral";
+    case Architecture::kQwen2:
+      return "qwen2";
+    case Architecture::kGpt2:
+      return "gpt2";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const std::string& source) {
+  ASSIGN_OR_RETURN(json config, ParseJsonObject(json_text, source));
+  if (!config.contains("model_type") || !config["model_type"].is_string()) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": missing \"model_type\""));
+  }
+  const std::string type = config["model_type"].get<std::string>();
+  ModelConfig out;
+  if (type == "llama") out.architecture = Architecture::kLlama;
+  else if (type == "mistral") out.architecture = Architecture::kMistral;
+  else if (type == "qwen2") out.architecture = Architecture::kQwen2;
+  else if (type == "gpt2") out.architecture = Architecture::kGpt2;
+  else {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": model_type \"", type,
+                                                   "\" is not supported (supported: llama, mistral, qwen2, gpt2)"));
+  }
+  ASSIGN_OR_RETURN(out.vocab_size, PositiveInt(config, "vocab_size", source));
+  if (out.architecture == Architecture::kGpt2) {
+    RETURN_IF_ERROR(ParseGpt2Fields(config, source, out));
+  } else {
+    RETURN_IF_ERROR(ParseDecoderFields(config, source, out));
+    out.tie_word_embeddings = OptionalBool(config, "tie_word_embeddings", false);
+  }
+  out.bos_token_id = OptionalId(config, "bos_token_id");
+  out.eos_token_ids = IdList(config, "eos_token_id");
+  out.pad_token_id = OptionalId(config, "pad_token_id");
+  RETURN_IF_ERROR(CheckConsistency(source, out));
+  return out;
+}
+
+absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& dir) {
+  const std::string path = dir + "/config.json";
+  ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  ASSIGN_OR_RETURN(ModelConfig config, ParseModelConfig(text, path));
+  // generation_config.json overrides the ids used for generation where it names them.
+  const std::string generation_path = dir + "/generation_config.json";
+  if (auto generation_text = ReadFile(generation_path); generation_text.ok()) {
+    ASSIGN_OR_RETURN(json generation, ParseJsonObject(*generation_text, generation_path));
+    if (auto bos = OptionalId(generation, "bos_token_id")) config.bos_token_id = bos;
+    if (auto eos = IdList(generation, "eos_token_id"); !eos.empty()) config.eos_token_ids = eos;
+    if (auto pad = OptionalId(generation, "pad_token_id")) config.pad_token_id = pad;
+  }
+  RETURN_IF_ERROR(CheckConsistency(path, config));
+  return config;
+}
+
+}  // namespace attribution::engine

@@ -1,0 +1,62 @@
+// SPDX-License-Identifier: Apache-2.0
+// The hyper-parameters of a Hugging Face causal LM, read from config.json (and generation_config.json /
+// tokenizer_config.json for special token ids) and checked for consistency before any weight is read.
+//
+//   ASSIGN_OR_RETURN(ModelConfig config, ReadModelConfig("/models/tiny-llama"));
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace attribution::engine {
+
+enum class Architecture { kLlama, kMistral, kQwen2, kGpt2 };
+
+// Returns the Hugging Face model_type spelling ("llama", "mistral", "qwen2", "gpt2").
+const char* ArchitectureName(Architecture arch);
+
+// Llama-3 style frequency-dependent RoPE scaling ("rope_type": "llama3").
+struct Llama3RopeScaling {
+  double factor = 8.0;
+  double low_freq_factor = 1.0;
+  double high_freq_factor = 4.0;
+  int64_t original_max_position_embeddings = 8192;
+};
+
+struct ModelConfig {
+  Architecture architecture = Architecture::kLlama;
+  int64_t vocab_size = 0;
+  int64_t hidden_size = 0;
+  int64_t intermediate_size = 0;
+  int64_t num_layers = 0;
+  int64_t num_heads = 0;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t max_position_embeddings = 0;
+  double norm_eps = 1e-6;  // rms_norm_eps, or layer_norm_epsilon for GPT-2
+  double rope_theta = 10000.0;
+  std::optional<Llama3RopeScaling> llama3_rope_scaling;
+  std::optional<double> linear_rope_factor;  // "rope_type": "linear"
+  bool tie_word_embeddings = false;
+  bool attention_bias = false;  // q/k/v (and o for Llama's attention_bias) carry biases
+  bool output_bias = false;     // o_proj carries a bias (Llama attention_bias=true)
+  bool mlp_bias = false;
+  std::optional<int64_t> sliding_window;  // Mistral; keys further back than this are masked
+  std::string hidden_act = "silu";
+  std::optional<int64_t> bos_token_id;
+  std::vector<int64_t> eos_token_ids;
+  std::optional<int64_t> pad_token_id;
+  std::optional<int64_t> unk_token_id;
+};
+
+// Reads <dir>/config.json (+ generation_config.json, tokenizer_config.json where present).
+absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& dir);
+
+// Parses an already loaded config.json text; `source` names it in errors.
+absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const std::string& source);
+
+}  // namespace attribution::engine

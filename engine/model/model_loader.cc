@@ -1,0 +1,127 @@
+// SPDX-License-Identifier: Apache-2.0
+// Maps Hugging Face tensor names of each architecture onto CausalLM::Impl.
+#include <ATen/ATen.h>
+
+#include "absl/strings/str_cat.h"
+#include "engine/common/status_macros.h"
+#include "engine/model/causal_lm_impl.h"
+#include "engine/model/rope.h"
+#include "engine/model/weight_store.h"
+
+namespace attribution::engine {
+namespace {
+
+class Loader {
+ public:
+  Loader(WeightStore& store, CausalLM::Impl& impl)
+      : store_(store), impl_(impl), options_(at::TensorOptions().dtype(impl.options.dtype).device(impl.device)) {}
+
+  absl::StatusOr<at::Tensor> Tensor(const std::string& name, std::vector<int64_t> shape) {
+    return store_.Take(name, shape, options_);
+  }
+
+  absl::StatusOr<at::Tensor> OptionalBias(bool present, const std::string& name, int64_t size) {
+    if (!present) return at::Tensor();
+    return Tensor(name, {size});
+  }
+
+  // A linear stored as nn.Linear ([out, in]) or, with conv1d_layout, as GPT-2's Conv1D ([in, out]).
+  absl::StatusOr<Linear> MakeLinear(const std::string& prefix, int64_t in, int64_t out, bool bias,
+                                    bool conv1d_layout = false) {
+    const at::TensorOptions weight_options =
+        impl_.options.quantization == Quantization::kNone ? options_ : options_.dtype(at::kFloat);
+    std::vector<int64_t> shape = conv1d_layout ? std::vector<int64_t>{in, out} : std::vector<int64_t>{out, in};
+    ASSIGN_OR_RETURN(at::Tensor weight, store_.Take(prefix + ".weight", shape, weight_options));
+    if (conv1d_layout) weight = weight.t().contiguous();
+    ASSIGN_OR_RETURN(at::Tensor b, OptionalBias(bias, prefix + ".bias", out));
+    return Linear::Create(std::move(weight), std::move(b), impl_.options.quantization);
+  }
+
+  absl::Status LoadLlamaFamily() {
+    const ModelConfig& c = impl_.config;
+    const int64_t h = c.hidden_size, q_out = c.num_heads * c.head_dim, kv_out = c.num_kv_heads * c.head_dim;
+    ASSIGN_OR_RETURN(impl_.token_embedding, Tensor("model.embed_tokens.weight", {c.vocab_size, h}));
+    for (int64_t i = 0; i < c.num_layers; ++i) {
+      const std::string p = absl::StrCat("model.layers.", i, ".");
+      DecoderLayer layer;
+      ASSIGN_OR_RETURN(layer.attention_norm_weight, Tensor(p + "input_layernorm.weight", {h}));
+      ASSIGN_OR_RETURN(layer.mlp_norm_weight, Tensor(p + "post_attention_layernorm.weight", {h}));
+      ASSIGN_OR_RETURN(layer.q, MakeLinear(p + "self_attn.q_proj", h, q_out, c.attention_bias));
+      ASSIGN_OR_RETURN(layer.k, MakeLinear(p + "self_attn.k_proj", h, kv_out, c.attention_bias));
+      ASSIGN_OR_RETURN(layer.v, MakeLinear(p + "self_attn.v_proj", h, kv_out, c.attention_bias));
+      ASSIGN_OR_RETURN(layer.o, MakeLinear(p + "self_attn.o_proj", q_out, h, c.output_bias));
+      ASSIGN_OR_RETURN(layer.gate, MakeLinear(p + "mlp.gate_proj", h, c.intermediate_size, c.mlp_bias));
+      ASSIGN_OR_RETURN(layer.up, MakeLinear(p + "mlp.up_proj", h, c.intermediate_size, c.mlp_bias));
+      ASSIGN_OR_RETURN(layer.down, MakeLinear(p + "mlp.down_proj", c.intermediate_size, h, c.mlp_bias));
+      impl_.layers.push_back(std::move(layer));
+    }
+    ASSIGN_OR_RETURN(impl_.final_norm_weight, Tensor("model.norm.weight", {h}));
+    impl_.rope_inverse_frequencies = RopeInverseFrequencies(c, impl_.device);
+    // Checkpoints of tied models sometimes carry a copy of the head; the embedding is authoritative.
+    impl_.tied_head = c.tie_word_embeddings || !store_.Contains("lm_head.weight");
+    if (!impl_.tied_head) {
+      ASSIGN_OR_RETURN(at::Tensor head, Tensor("lm_head.weight", {c.vocab_size, h}));
+      ASSIGN_OR_RETURN(impl_.lm_head, Linear::Create(std::move(head), at::Tensor(), Quantization::kNone));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status LoadGpt2() {
+    const ModelConfig& c = impl_.config;
+    const int64_t h = c.hidden_size;
+    // GPT2LMHeadModel saves "transformer.*"; bare GPT2Model checkpoints drop the prefix.
+    const std::string root = store_.Contains("transformer.wte.weight") ? "transformer." : "";
+    ASSIGN_OR_RETURN(impl_.token_embedding, Tensor(root + "wte.weight", {c.vocab_size, h}));
+    ASSIGN_OR_RETURN(impl_.position_embedding, Tensor(root + "wpe.weight", {c.max_position_embeddings, h}));
+    for (int64_t i = 0; i < c.num_layers; ++i) {
+      const std::string p = absl::StrCat(root, "h.", i, ".");
+      DecoderLayer layer;
+      ASSIGN_OR_RETURN(layer.attention_norm_weight, Tensor(p + "ln_1.weight", {h}));
+      ASSIGN_OR_RETURN(layer.attention_norm_bias, Tensor(p + "ln_1.bias", {h}));
+      ASSIGN_OR_RETURN(layer.mlp_norm_weight, Tensor(p + "ln_2.weight", {h}));
+      ASSIGN_OR_RETURN(layer.mlp_norm_bias, Tensor(p + "ln_2.bias", {h}));
+      RETURN_IF_ERROR(LoadGpt2Attention(p + "attn.", layer));
+      ASSIGN_OR_RETURN(layer.up, MakeLinear(p + "mlp.c_fc", h, c.intermediate_size, true, true));
+      ASSIGN_OR_RETURN(layer.down, MakeLinear(p + "mlp.c_proj", c.intermediate_size, h, true, true));
+      impl_.layers.push_back(std::move(layer));
+    }
+    ASSIGN_OR_RETURN(impl_.final_norm_weight, Tensor(root + "ln_f.weight", {h}));
+    ASSIGN_OR_RETURN(impl_.final_norm_bias, Tensor(root + "ln_f.bias", {h}));
+    impl_.tied_head = true;
+    return absl::OkStatus();
+  }
+
+ private:
+  // GPT-2 fuses q, k, v into one Conv1D ([hidden, 3 * hidden]); we split it so every architecture
+  // shares one attention path.
+  absl::Status LoadGpt2Attention(const std::string& p, DecoderLayer& layer) {
+    const int64_t h = impl_.config.hidden_size;
+    const at::TensorOptions weight_options =
+        impl_.options.quantization == Quantization::kNone ? options_ : options_.dtype(at::kFloat);
+    ASSIGN_OR_RETURN(at::Tensor fused, store_.Take(p + "c_attn.weight", {h, 3 * h}, weight_options));
+    ASSIGN_OR_RETURN(at::Tensor fused_bias, Tensor(p + "c_attn.bias", {3 * h}));
+    std::vector<at::Tensor> weights = fused.t().chunk(3, 0);
+    std::vector<at::Tensor> biases = fused_bias.chunk(3, 0);
+    Linear* targets[3] = {&layer.q, &layer.k, &layer.v};
+    for (int i = 0; i < 3; ++i) {
+      ASSIGN_OR_RETURN(*targets[i], Linear::Create(weights[i].contiguous(), biases[i].contiguous(),
+                                                   impl_.options.quantization));
+    }
+    ASSIGN_OR_RETURN(layer.o, MakeLinear(p + "c_proj", h, h, true, true));
+    return absl::OkStatus();
+  }
+
+  WeightStore& store_;
+  CausalLM::Impl& impl_;
+  at::TensorOptions options_;
+};
+
+}  // namespace
+
+absl::Status LoadWeights(const std::string& dir, CausalLM::Impl& impl) {
+  ASSIGN_OR_RETURN(auto store, WeightStore::Open(dir));
+  Loader loader(*store, impl);
+  return impl.is_gpt2() ? loader.LoadGpt2() : loader.LoadLlamaFamily();
+}
+
+}  // namespace attribution::engine

@@ -1,0 +1,220 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "engine/model/safetensors.h"
+
+#include <ATen/ops/from_blob.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <limits>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "engine/common/status_macros.h"
+
+namespace attribution::engine {
+namespace {
+
+absl::StatusOr<at::ScalarType> ParseDtype(const std::string& dtype) {
+  if (dtype == "F32") return at::kFloat;
+  if (dtype == "F16") return at::kHalf;
+  if (dtype == "BF16") return at::kBFloat16;
+  return absl::InvalidArgumentError(
+      absl::StrCat("dtype \"", dtype, "\" is not supported for weights (supported: F32, F16, BF16)"));
+}
+
+}  // namespace
+
+int64_t ElementSize(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kFloat:
+      return 4;
+    case at::kHalf:
+    case at::kBFloat16:
+      return 2;
+    default:
+      return 0;
+  }
+}
+
+// Owns one read-only mmap of a whole file.
+class SafetensorsFile::Mapping {
+ public:
+  Mapping(const uint8_t* data, size_t size) : data_(data), size_(size) {}
+  ~Mapping() {
+    if (size_ > 0) munmap(const_cast<uint8_t*>(data_), size_);
+  }
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  const uint8_t* data_;
+  size_t size_;
+};
+
+SafetensorsFile::SafetensorsFile(std::string path, std::shared_ptr<Mapping> mapping)
+    : path_(std::move(path)), mapping_(std::move(mapping)) {}
+
+absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    return absl::NotFoundError(absl::StrCat(path, ": cannot open: ", std::strerror(errno)));
+  }
+  struct stat st {};
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
+  }
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  if (size < 8) {
+    ::close(fd);
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": file is ", size, " bytes, shorter than the 8-byte header length"));
+  }
+  void* data = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (data == MAP_FAILED) {
+    return absl::InternalError(absl::StrCat(path, ": mmap failed: ", std::strerror(errno)));
+  }
+  auto mapping = std::make_shared<Mapping>(static_cast<const uint8_t*>(data), size);
+  uint64_t header_bytes = 0;
+  for (int i = 7; i >= 0; --i) header_bytes = (header_bytes << 8) | mapping->data()[i];
+  if (header_bytes > kMaxHeaderBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": header length ", header_bytes,
+                                                   " exceeds the limit of ", kMaxHeaderBytes));
+  }
+  if (8 + header_bytes > size) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": header length ", header_bytes,
+                                                   " runs past the end of the ", size, "-byte file"));
+  }
+  std::unique_ptr<SafetensorsFile> file(new SafetensorsFile(path, std::move(mapping)));
+  RETURN_IF_ERROR(file->ParseHeader(header_bytes));
+  return file;
+}
+
+absl::Status SafetensorsFile::ParseHeader(uint64_t header_bytes) {
+  const char* text = reinterpret_cast<const char*>(mapping_->data() + 8);
+  nlohmann::json header = nlohmann::json::parse(text, text + header_bytes, nullptr,
+                                                /*allow_exceptions=*/false);
+  if (header.is_discarded()) {
+    return absl::InvalidArgumentError(absl::StrCat(path_, ": header is not valid JSON"));
+  }
+  if (!header.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(path_, ": header is not a JSON object"));
+  }
+  const uint64_t data_start = 8 + header_bytes;
+  const uint64_t data_size = mapping_->size() - data_start;
+  for (const auto& [name, entry] : header.items()) {
+    const std::string where = absl::StrCat(path_, ": tensor \"", name, "\": ");
+    if (name == "__metadata__") {
+      if (!entry.is_object()) {
+        return absl::InvalidArgumentError(absl::StrCat(path_, ": __metadata__ is not an object"));
+      }
+      for (const auto& [key, value] : entry.items()) {
+        if (!value.is_string()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(path_, ": __metadata__ value of \"", key, "\" is not a string"));
+        }
+        metadata_[key] = value.get<std::string>();
+      }
+      continue;
+    }
+    if (!entry.is_object() || !entry.contains("dtype") || !entry.contains("shape") ||
+        !entry.contains("data_offsets")) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, "entry needs \"dtype\", \"shape\" and \"data_offsets\""));
+    }
+    if (!entry["dtype"].is_string()) {
+      return absl::InvalidArgumentError(absl::StrCat(where, "dtype is not a string"));
+    }
+    TensorRecord record;
+    record.name = name;
+    auto dtype = ParseDtype(entry["dtype"].get<std::string>());
+    if (!dtype.ok()) return absl::InvalidArgumentError(absl::StrCat(where, dtype.status().message()));
+    record.dtype = *dtype;
+    const auto& shape = entry["shape"];
+    if (!shape.is_array()) return absl::InvalidArgumentError(absl::StrCat(where, "shape is not a list"));
+    uint64_t elements = 1;
+    for (const auto& dim : shape) {
+      if (!dim.is_number_unsigned()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, "shape ", shape.dump(), " has a dimension that is not a non-negative integer"));
+      }
+      const uint64_t d = dim.get<uint64_t>();
+      if (d != 0 && elements > std::numeric_limits<uint64_t>::max() / 8 / d) {
+        return absl::InvalidArgumentError(absl::StrCat(where, "shape ", shape.dump(), " overflows"));
+      }
+      elements *= d;
+      record.shape.push_back(static_cast<int64_t>(d));
+    }
+    const auto& offsets = entry["data_offsets"];
+    if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() ||
+        !offsets[1].is_number_unsigned()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, "data_offsets must be two non-negative integers [begin, end]"));
+    }
+    const uint64_t begin = offsets[0].get<uint64_t>();
+    const uint64_t end = offsets[1].get<uint64_t>();
+    if (begin > end) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, "data_offsets [", begin, ", ", end, "] has begin after end"));
+    }
+    if (end > data_size) {
+      return absl::InvalidArgumentError(absl::StrCat(where, "data_offsets end ", end,
+                                                     " lies past the data section of ", data_size,
+                                                     " bytes (file truncated?)"));
+    }
+    const uint64_t expected = elements * static_cast<uint64_t>(ElementSize(record.dtype));
+    if (end - begin != expected) {
+      return absl::InvalidArgumentError(absl::StrCat(where, "holds ", end - begin, " bytes but shape ",
+                                                     shape.dump(), " of ", entry["dtype"].get<std::string>(),
+                                                     " needs ", expected));
+    }
+    record.begin = data_start + begin;
+    record.end = data_start + end;
+    tensors_.emplace(name, std::move(record));
+  }
+  // The format requires the byte buffer to be covered exactly: no overlaps, no holes.
+  std::vector<const TensorRecord*> by_offset;
+  for (const auto& [name, record] : tensors_) by_offset.push_back(&record);
+  std::sort(by_offset.begin(), by_offset.end(), [](const TensorRecord* a, const TensorRecord* b) {
+    return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
+  });
+  uint64_t cursor = data_start;
+  for (const TensorRecord* record : by_offset) {
+    if (record->begin < cursor) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path_, ": tensor \"", record->name, "\" overlaps the tensor before it"));
+    }
+    if (record->begin > cursor) {
+      return absl::InvalidArgumentError(absl::StrCat(path_, ": tensor \"", record->name, "\" starts at byte ",
+                                                     record->begin - data_start, " leaving a hole"));
+    }
+    cursor = record->end;
+  }
+  if (cursor != mapping_->size()) {
+    return absl::InvalidArgumentError(absl::StrCat(path_, ": ", mapping_->size() - cursor,
+                                                   " trailing bytes after the last tensor"));
+  }
+  return absl::OkStatus();
+}
+
+const TensorRecord* SafetensorsFile::Find(const std::string& name) const {
+  auto it = tensors_.find(name);
+  return it == tensors_.end() ? nullptr : &it->second;
+}
+
+at::Tensor SafetensorsFile::View(const TensorRecord& record) const {
+  auto keep_alive = mapping_;
+  void* data = const_cast<uint8_t*>(mapping_->data() + record.begin);
+  return at::from_blob(
+      data, record.shape, [keep_alive](void*) mutable { keep_alive.reset(); },
+      at::TensorOptions().dtype(record.dtype).device(at::kCPU));
+}
+
+}  // namespace attribution::engine

@@ -1,0 +1,146 @@
+// SPDX-License-Identifier: Apache-2.0
+// CausalLM's scoring entry points: token scores (forward only) and row objectives with their input
+// gradients. The LM head runs only at the queried positions.
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+#include <c10/core/InferenceMode.h>
+#include <torch/csrc/autograd/autograd.h>
+
+#include "absl/strings/str_cat.h"
+#include "engine/common/status_macros.h"
+#include "engine/model/causal_lm.h"
+#include "engine/model/torch_errors.h"
+
+namespace attribution::engine {
+namespace {
+
+absl::Status CheckQuery(int64_t row, int64_t position, int64_t token, const std::vector<int64_t>& lengths,
+                        int64_t vocab) {
+  if (row < 0 || row >= static_cast<int64_t>(lengths.size())) {
+    return absl::InvalidArgumentError(absl::StrCat("query row ", row, " outside [0, ", lengths.size(), ")"));
+  }
+  if (position < 0 || position >= lengths[row]) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("query position ", position, " outside row ", row, "'s ", lengths[row], " tokens"));
+  }
+  if (token < 0 || token >= vocab) {
+    return absl::InvalidArgumentError(absl::StrCat("query token ", token, " outside [0, ", vocab, ")"));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<int64_t> RowLengths(const ForwardBatch& batch) {
+  if (!batch.lengths.empty()) return batch.lengths;
+  const at::Tensor& t = batch.input_ids.defined() ? batch.input_ids : batch.inputs_embeds;
+  return std::vector<int64_t>(t.size(0), t.size(1));
+}
+
+}  // namespace
+
+absl::StatusOr<TokenScores> CausalLM::ScoreTokens(const ForwardBatch& batch, const TokenQueries& queries,
+                                                  int64_t top_k) const {
+  const size_t n = queries.rows.size();
+  if (queries.positions.size() != n || queries.tokens.size() != n) {
+    return absl::InvalidArgumentError("queries: rows, positions and tokens differ in length");
+  }
+  if (top_k < 0 || top_k > config().vocab_size) {
+    return absl::InvalidArgumentError(absl::StrCat("top_k ", top_k, " outside [0, ", config().vocab_size, "]"));
+  }
+  const std::vector<int64_t> lengths = RowLengths(batch);
+  for (size_t i = 0; i < n; ++i) {
+    RETURN_IF_ERROR(CheckQuery(queries.rows[i], queries.positions[i], queries.tokens[i], lengths,
+                               config().vocab_size));
+  }
+  c10::InferenceMode inference;
+  ASSIGN_OR_RETURN(at::Tensor hidden, Hidden(batch));
+  try {
+    TokenScores scores;
+    at::Tensor logits = LogitsAt(hidden, queries.rows, queries.positions);  // [N, vocab]
+    at::Tensor log_probs = at::log_softmax(logits, -1);
+    at::Tensor tokens = at::tensor(queries.tokens, at::kLong).to(logits.device()).unsqueeze(1);
+    scores.logits = logits.gather(1, tokens).squeeze(1).cpu();
+    scores.log_probs = log_probs.gather(1, tokens).squeeze(1).cpu();
+    if (top_k > 0) {
+      auto [values, ids] = log_probs.topk(top_k, -1);
+      scores.top_log_probs = values.cpu();
+      scores.top_ids = ids.cpu();
+    }
+    return scores;
+  } catch (const std::exception& e) {
+    return StatusFromException(e, "scoring");
+  }
+}
+
+absl::StatusOr<at::Tensor> CausalLM::ObjectiveValues(const ForwardBatch& batch,
+                                                     const std::vector<RowObjective>& objectives) const {
+  const std::vector<int64_t> lengths = RowLengths(batch);
+  if (objectives.size() != lengths.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(objectives.size(), " objectives for a batch of ", lengths.size(), " rows"));
+  }
+  std::vector<int64_t> rows, positions, tokens, kinds;
+  std::vector<double> weights;
+  std::vector<uint8_t> exp_rows;
+  for (size_t r = 0; r < objectives.size(); ++r) {
+    const RowObjective& o = objectives[r];
+    if (o.tokens.size() != o.positions.size() || (!o.weights.empty() && o.weights.size() != o.tokens.size())) {
+      return absl::InvalidArgumentError(absl::StrCat("objective of row ", r, ": positions, tokens and weights differ in length"));
+    }
+    for (size_t i = 0; i < o.tokens.size(); ++i) {
+      RETURN_IF_ERROR(CheckQuery(static_cast<int64_t>(r), o.positions[i], o.tokens[i], lengths, config().vocab_size));
+      rows.push_back(static_cast<int64_t>(r));
+      positions.push_back(o.positions[i]);
+      tokens.push_back(o.tokens[i]);
+      kinds.push_back(static_cast<int64_t>(o.quantity));
+      weights.push_back(o.weights.empty() ? 1.0 : o.weights[i]);
+    }
+    exp_rows.push_back(o.exp_of_sum ? 1 : 0);
+  }
+  ASSIGN_OR_RETURN(at::Tensor hidden, Hidden(batch));
+  try {
+    const at::Device dev = hidden.device();
+    at::Tensor values = at::zeros({static_cast<int64_t>(lengths.size())}, at::TensorOptions().device(dev));
+    if (rows.empty()) return values;
+    at::Tensor logits = LogitsAt(hidden, rows, positions);  // [N, vocab] float32
+    at::Tensor token_index = at::tensor(tokens, at::kLong).to(dev).unsqueeze(1);
+    at::Tensor logit = logits.gather(1, token_index).squeeze(1);
+    at::Tensor log_prob = at::log_softmax(logits, -1).gather(1, token_index).squeeze(1);
+    at::Tensor kind = at::tensor(kinds, at::kLong).to(dev);
+    at::Tensor quantity = at::where(kind == static_cast<int64_t>(TokenQuantity::kLogit), logit,
+                                    at::where(kind == static_cast<int64_t>(TokenQuantity::kProb), log_prob.exp(), log_prob));
+    at::Tensor weighted = quantity * at::tensor(weights, at::kDouble).to(at::kFloat).to(dev);
+    values = values.index_add(0, at::tensor(rows, at::kLong).to(dev), weighted);
+    at::Tensor exp_mask = at::tensor(exp_rows, at::kByte).to(dev).to(at::kBool);
+    return at::where(exp_mask, values.exp(), values);
+  } catch (const std::exception& e) {
+    return StatusFromException(e, "scoring");
+  }
+}
+
+absl::StatusOr<InputGradients> CausalLM::ObjectiveGradients(const ForwardBatch& batch,
+                                                            const std::vector<RowObjective>& objectives) const {
+  if (!batch.inputs_embeds.defined()) {
+    return absl::InvalidArgumentError("input gradients need inputs_embeds");
+  }
+  if (c10::InferenceMode::is_enabled()) {
+    return absl::FailedPreconditionError("input gradients cannot be taken inside an InferenceMode scope");
+  }
+  c10::AutoGradMode grad_mode(true);
+  ForwardBatch leaf_batch = batch;
+  leaf_batch.inputs_embeds = batch.inputs_embeds.detach().requires_grad_(true);
+  ASSIGN_OR_RETURN(at::Tensor values, ObjectiveValues(leaf_batch, objectives));
+  try {
+    InputGradients out;
+    // Rows never mix, so the gradient of the sum holds each row's own gradient in its slice.
+    out.gradients = torch::autograd::grad({values.sum()}, {leaf_batch.inputs_embeds},
+                                          /*grad_outputs=*/{}, /*retain_graph=*/false,
+                                          /*create_graph=*/false, /*allow_unused=*/true)[0];
+    if (!out.gradients.defined()) out.gradients = at::zeros_like(leaf_batch.inputs_embeds);
+    out.values = values.detach();
+    return out;
+  } catch (const std::exception& e) {
+    return StatusFromException(e, "scoring");
+  }
+}
+
+}  // namespace attribution::engine

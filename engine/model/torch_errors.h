@@ -1,0 +1,15 @@
+// SPDX-License-Identifier: Apache-2.0
+// Turns LibTorch exceptions into statuses at our API boundary: out-of-memory becomes
+// RESOURCE_EXHAUSTED (callers may retry smaller), anything else INTERNAL.
+#pragma once
+
+#include <exception>
+#include <string_view>
+
+#include "absl/status/status.h"
+
+namespace attribution::engine {
+
+absl::Status StatusFromException(const std::exception& e, const char* what);
+
+}  // namespace attribution::engine

@@ -1,0 +1,39 @@
+// SPDX-License-Identifier: Apache-2.0
+// The weights of one Hugging Face model directory: a single model.safetensors or shards listed in
+// model.safetensors.index.json. Hands out tensors by name with their expected shape checked, converted
+// to the compute dtype and device.
+//
+//   ASSIGN_OR_RETURN(auto store, WeightStore::Open(dir));
+//   ASSIGN_OR_RETURN(at::Tensor w, store->Take("model.norm.weight", {hidden}, options));
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/model/safetensors.h"
+
+namespace attribution::engine {
+
+// Not thread-safe: used by the single thread that loads a model.
+class WeightStore {
+ public:
+  static absl::StatusOr<std::unique_ptr<WeightStore>> Open(const std::string& dir);
+
+  bool Contains(const std::string& name) const { return index_.count(name) > 0; }
+
+  // Returns the tensor `name` converted to `options` (dtype, device), after checking that its shape
+  // is `shape` and that every value is finite. The result never aliases the file mapping.
+  absl::StatusOr<at::Tensor> Take(const std::string& name, const std::vector<int64_t>& shape,
+                                  const at::TensorOptions& options);
+
+ private:
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::map<std::string, const SafetensorsFile*> index_;  // tensor name -> file holding it
+};
+
+}  // namespace attribution::engine

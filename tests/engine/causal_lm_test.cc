@@ -1,0 +1,216 @@
+// SPDX-License-Identifier: Apache-2.0
+// Parity of our forward pass with transformers on random models of every architecture, plus the
+// properties attribution relies on: batch invariance, KV-cache equivalence, hooks, input gradients.
+#include "engine/model/causal_lm.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <iostream>
+
+#include "engine/model/generation.h"
+#include "tests/testing/reference.h"
+
+namespace attribution::engine {
+namespace {
+
+using ::attribution::testing::LoadReference;
+using ::attribution::testing::Reference;
+using ::attribution::testing::ScaledError;
+using ::attribution::testing::TestModelsDir;
+
+// One row of token ids: [1, n] int64.
+at::Tensor Ids(std::vector<int64_t> ids) { return at::tensor(ids, at::kLong).unsqueeze(0); }
+
+struct Case {
+  std::string arch;
+  std::string dtype;
+};
+
+class CausalLMParity : public ::testing::TestWithParam<Case> {
+ protected:
+  void SetUp() override {
+    LoadOptions options;
+    options.dtype = *ParseDtype(GetParam().dtype);
+    auto model = CausalLM::Load(TestModelsDir() + "/" + GetParam().arch, options);
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = std::move(*model);
+    reference_ = LoadReference(GetParam().arch, GetParam().dtype);
+    rows_ = reference_.spec["rows"].get<std::vector<std::vector<int64_t>>>();
+  }
+  bool fp32() const { return GetParam().dtype == "float32"; }
+  // fp32 must agree to 1e-4 of the logit scale; bf16 to what its 8-bit mantissa allows after two layers.
+  double tolerance() const { return fp32() ? 1e-4 : 3e-2; }
+
+  // All rows right-padded into one [3, 12] batch.
+  ForwardBatch PaddedBatch() const {
+    int64_t longest = 0;
+    std::vector<int64_t> lengths;
+    for (const auto& row : rows_) {
+      lengths.push_back(static_cast<int64_t>(row.size()));
+      longest = std::max(longest, lengths.back());
+    }
+    at::Tensor ids = at::zeros({static_cast<int64_t>(rows_.size()), longest}, at::kLong);
+    for (size_t r = 0; r < rows_.size(); ++r) {
+      ids[r].narrow(0, 0, lengths[r]).copy_(at::tensor(rows_[r], at::kLong));
+    }
+    return ForwardBatch{.input_ids = ids, .lengths = lengths};
+  }
+
+  at::Tensor LogitsOfRow(const ForwardBatch& batch, const at::Tensor& hidden, int64_t r) const {
+    const int64_t len = batch.lengths.empty() ? hidden.size(1) : batch.lengths[r];
+    std::vector<int64_t> rows(len, r), positions(len);
+    for (int64_t p = 0; p < len; ++p) positions[p] = p;
+    return model_->LogitsAt(hidden, rows, positions);
+  }
+
+  std::unique_ptr<CausalLM> model_;
+  Reference reference_;
+  std::vector<std::vector<int64_t>> rows_;
+};
+
+TEST_P(CausalLMParity, PaddedBatchLogitsMatchTransformers) {
+  c10::InferenceMode inference;
+  ForwardBatch batch = PaddedBatch();
+  auto hidden = model_->Hidden(batch);
+  ASSERT_TRUE(hidden.ok()) << hidden.status();
+  for (size_t r = 0; r < rows_.size(); ++r) {
+    at::Tensor expected = reference_.Tensor("logits_" + std::to_string(r));
+    const double error = ScaledError(LogitsOfRow(batch, *hidden, r), expected);
+    EXPECT_LT(error, tolerance()) << "row " << r;
+    std::cout << "[ parity   ] " << GetParam().arch << " " << GetParam().dtype << " row " << r
+              << " logits max error / scale = " << error << "\n";
+  }
+}
+
+TEST_P(CausalLMParity, RowInBatchEqualsRowAlone) {
+  if (!fp32()) GTEST_SKIP() << "invariance is checked at fp32 precision";
+  c10::InferenceMode inference;
+  ForwardBatch batch = PaddedBatch();
+  at::Tensor batched = *model_->Hidden(batch);
+  for (size_t r = 0; r < rows_.size(); ++r) {
+    ForwardBatch alone{.input_ids = at::tensor(rows_[r], at::kLong).unsqueeze(0)};
+    at::Tensor single = *model_->Hidden(alone);
+    EXPECT_LT(ScaledError(LogitsOfRow(batch, batched, r), LogitsOfRow(alone, single, 0)), 1e-5);
+  }
+}
+
+TEST_P(CausalLMParity, ScoresOfGivenTokensMatchTransformersLogSoftmax) {
+  const auto positions = reference_.spec["objective_positions"].get<std::vector<int64_t>>();
+  const auto tokens = reference_.spec["objective_tokens"].get<std::vector<int64_t>>();
+  TokenQueries queries{.rows = std::vector<int64_t>(positions.size(), 0), .positions = positions, .tokens = tokens};
+  ForwardBatch batch = PaddedBatch();
+  auto scores = model_->ScoreTokens(batch, queries, /*top_k=*/5);
+  ASSERT_TRUE(scores.ok()) << scores.status();
+  at::Tensor log_probs = at::log_softmax(reference_.Tensor("logits_0"), -1);
+  for (size_t i = 0; i < positions.size(); ++i) {
+    EXPECT_NEAR(scores->log_probs[i].item<double>(), log_probs[positions[i]][tokens[i]].item<double>(),
+                fp32() ? 1e-4 : 0.1);
+  }
+  at::Tensor expected_top = std::get<1>(log_probs[positions[0]].topk(5));
+  if (fp32()) {
+    EXPECT_TRUE(at::equal(scores->top_ids[0], expected_top));
+  }
+}
+
+TEST_P(CausalLMParity, InputGradientMatchesTransformers) {
+  ForwardBatch batch{.inputs_embeds = *model_->Embed(at::tensor(rows_[0], at::kLong).unsqueeze(0))};
+  RowObjective objective{.positions = reference_.spec["objective_positions"].get<std::vector<int64_t>>(),
+                         .tokens = reference_.spec["objective_tokens"].get<std::vector<int64_t>>()};
+  auto result = model_->ObjectiveGradients(batch, {objective});
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_NEAR(result->values[0].item<double>(), reference_.Tensor("objective")[0].item<double>(),
+              fp32() ? 1e-4 : 0.15);
+  EXPECT_LT(ScaledError(result->gradients[0], reference_.Tensor("gradient")), fp32() ? 1e-4 : 6e-2);
+}
+
+TEST_P(CausalLMParity, GreedyGenerationMatchesTransformers) {
+  GenerationOptions options{.max_new_tokens = 8, .ignore_stop_tokens = true};
+  auto generations = Generate(*model_, rows_, options);
+  ASSERT_TRUE(generations.ok()) << generations.status();
+  const auto expected = reference_.spec["greedy_generations"].get<std::vector<std::vector<int64_t>>>();
+  for (size_t r = 0; r < rows_.size(); ++r) {
+    // bf16 near-ties may flip late tokens; the first ones must agree in every dtype.
+    const size_t compared = fp32() ? expected[r].size() : 2;
+    EXPECT_THAT(std::vector<int64_t>((*generations)[r].tokens.begin(), (*generations)[r].tokens.begin() + compared),
+                ::testing::ElementsAreArray(expected[r].begin(), expected[r].begin() + compared))
+        << "row " << r;
+  }
+}
+
+TEST_P(CausalLMParity, ResidualHookReadsTransformersHiddenState) {
+  at::Tensor captured;
+  ActivationHooks hooks{.after_layer = [&](int64_t layer, const at::Tensor& residual) {
+    if (layer == 0) captured = residual.detach().clone();
+    return at::Tensor();
+  }};
+  c10::InferenceMode inference;
+  ForwardBatch batch{.input_ids = at::tensor(rows_[0], at::kLong).unsqueeze(0), .hooks = &hooks};
+  ASSERT_TRUE(model_->Hidden(batch).ok());
+  ASSERT_TRUE(captured.defined());
+  EXPECT_LT(ScaledError(captured[0], reference_.Tensor("residual_after_layer0")), tolerance());
+}
+
+TEST_P(CausalLMParity, PrefillThenDecodeEqualsFullForward) {
+  if (!fp32()) GTEST_SKIP() << "cache equivalence is checked at fp32 precision";
+  c10::InferenceMode inference;
+  const std::vector<int64_t>& row = rows_[1];
+  KvCache cache(model_->config().num_layers, 1);
+  const int64_t prefix = 5;
+  at::Tensor ids = at::tensor(row, at::kLong).unsqueeze(0);
+  ASSERT_TRUE(model_->Hidden({.input_ids = ids.narrow(1, 0, prefix), .cache = &cache}).ok());
+  at::Tensor full = reference_.Tensor("logits_1");
+  for (int64_t p = prefix; p < static_cast<int64_t>(row.size()); ++p) {
+    at::Tensor hidden = *model_->Hidden({.input_ids = ids.narrow(1, p, 1), .cache = &cache});
+    EXPECT_LT(ScaledError(model_->LogitsAt(hidden, {0}, {0})[0], full[p]), 1e-4) << "position " << p;
+  }
+  EXPECT_EQ(cache.lengths()[0], static_cast<int64_t>(row.size()));
+}
+
+INSTANTIATE_TEST_SUITE_P(AllArchitectures, CausalLMParity,
+                         ::testing::Values(Case{"llama", "float32"}, Case{"llama", "bfloat16"},
+                                           Case{"mistral", "float32"}, Case{"mistral", "bfloat16"},
+                                           Case{"qwen2", "float32"}, Case{"qwen2", "bfloat16"},
+                                           Case{"gpt2", "float32"}, Case{"gpt2", "bfloat16"}),
+                         [](const auto& info) { return info.param.arch + "_" + info.param.dtype; });
+
+TEST(CausalLM, NoParameterRequiresGradAfterGradients) {
+  auto model = CausalLM::Load(TestModelsDir() + "/llama", {});
+  ASSERT_TRUE(model.ok()) << model.status();
+  ForwardBatch batch{.inputs_embeds = *(*model)->Embed(Ids({5, 6, 7}))};
+  auto result = (*model)->ObjectiveGradients(batch, {RowObjective{.positions = {2}, .tokens = {9}}});
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_FALSE(batch.inputs_embeds.requires_grad());
+  EXPECT_GT(result->gradients.abs().sum().item<double>(), 0.0);
+}
+
+TEST(CausalLM, ShardedCheckpointLoadsTheSameWeights) {
+  auto single = CausalLM::Load(TestModelsDir() + "/llama", {});
+  auto sharded = CausalLM::Load(TestModelsDir() + "/llama-sharded", {});
+  ASSERT_TRUE(single.ok() && sharded.ok()) << sharded.status();
+  c10::InferenceMode inference;
+  ForwardBatch batch{.input_ids = Ids({3, 1, 4, 1, 5})};
+  EXPECT_TRUE(at::equal(*(*single)->Hidden(batch), *(*sharded)->Hidden(batch)));
+}
+
+TEST(CausalLM, RejectsBadForwardInputs) {
+  auto model = CausalLM::Load(TestModelsDir() + "/qwen2", {});
+  ASSERT_TRUE(model.ok()) << model.status();
+  c10::InferenceMode inference;
+  const CausalLM& m = **model;
+  auto code = [&](ForwardBatch b) { return m.Hidden(b).status().code(); };
+  EXPECT_EQ(code(ForwardBatch{}), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(ForwardBatch{.input_ids = Ids({1, 400})}), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(ForwardBatch{.input_ids = Ids({1, -1})}), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(ForwardBatch{.input_ids = Ids({1, 2}), .lengths = {3}}), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(ForwardBatch{.input_ids = Ids({1, 2}), .lengths = {0}}), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(ForwardBatch{.inputs_embeds = at::zeros({1, 2, 7})}), absl::StatusCode::kInvalidArgument);
+  auto scores = m.ScoreTokens({.input_ids = Ids({1, 2})}, {.rows = {0}, .positions = {2}, .tokens = {1}});
+  EXPECT_THAT(scores.status().message(), ::testing::HasSubstr("position 2"));
+  EXPECT_FALSE(CausalLM::Load(TestModelsDir() + "/qwen2", {.device = "tpu"}).ok());
+}
+
+}  // namespace
+}  // namespace attribution::engine

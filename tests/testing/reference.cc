@@ -1,0 +1,43 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "tests/testing/reference.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <fstream>
+
+#include "engine/model/safetensors.h"
+
+namespace attribution::testing {
+
+std::string TestModelsDir() {
+  const char* dir = std::getenv("ATTRIBUTION_TEST_MODELS");
+  return dir != nullptr ? dir : "test_models";
+}
+
+Reference LoadReference(const std::string& arch, const std::string& dtype) {
+  Reference reference;
+  const std::string base = TestModelsDir() + "/" + arch + "/reference_" + dtype;
+  std::ifstream in(base + ".json");
+  EXPECT_TRUE(in.good()) << "missing " << base << ".json (did the make_test_models fixture run?)";
+  reference.spec = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  reference.tensors_path = base + ".safetensors";
+  return reference;
+}
+
+at::Tensor Reference::Tensor(const std::string& name) const {
+  auto file = engine::SafetensorsFile::Open(tensors_path);
+  EXPECT_TRUE(file.ok()) << file.status();
+  const engine::TensorRecord* record = (*file)->Find(name);
+  EXPECT_NE(record, nullptr) << tensors_path << " lacks " << name;
+  return (*file)->View(*record).to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
+}
+
+double ScaledError(const at::Tensor& actual, const at::Tensor& expected) {
+  at::Tensor a = actual.to(at::kFloat).cpu(), e = expected.to(at::kFloat).cpu();
+  const double scale = std::max(1.0, e.abs().max().item<double>());
+  return (a - e).abs().max().item<double>() / scale;
+}
+
+}  // namespace attribution::testing

@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+"""Writes seeded random-weight Hugging Face model directories for every supported architecture, and
+reference outputs computed by transformers (an implementation independent of ours) for the C++ tests.
+
+Usage: make_test_models.py OUT_DIR
+
+For each architecture A it writes OUT_DIR/A/ (config.json, model.safetensors) and, per dtype D in
+{float32, bfloat16}, OUT_DIR/A/reference_D.safetensors + reference_D.json:
+  * logits_r: [len_r, vocab] logits of row r run alone (no padding), float32;
+  * gradient: d objective / d inputs_embeds of row 0, where objective = sum of the log-probs of
+    `objective_tokens` after `objective_positions`;
+  * residual_after_layer0: row 0's residual stream after decoder layer 0;
+  * greedy generations of every row (8 new tokens, eos disabled).
+A sharded copy of the llama model goes to OUT_DIR/llama-sharded/.
+"""
+import json
+import os
+import sys
+
+import torch
+from safetensors.torch import save_file
+import transformers
+
+VOCAB = 320
+ROWS = [[5, 17, 99, 3, 250, 41, 7], [12, 8, 301, 77, 2, 9, 64, 128, 33, 200, 1, 90], [60, 61, 62, 63]]
+OBJECTIVE_POSITIONS = [2, 4, 6]
+OBJECTIVE_TOKENS = [11, 250, 42]
+
+
+def configs():
+    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                  bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return {
+        "llama": transformers.LlamaConfig(
+            **common, rms_norm_eps=1e-5, tie_word_embeddings=False,
+            rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                          "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
+        "mistral": transformers.MistralConfig(**common, sliding_window=6, tie_word_embeddings=False),
+        "qwen2": transformers.Qwen2Config(**common, tie_word_embeddings=True, rope_theta=1000000.0),
+        "gpt2": transformers.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64,
+                                        bos_token_id=1, eos_token_id=2),
+    }
+
+
+def randomize(model, seed):
+    # transformers' default init (std 0.02) makes near-uniform logits; larger weights make the
+    # parity test sensitive to every mistake.
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or "ln_" in name:
+                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(0.15 * torch.randn(p.shape, generator=gen))
+
+
+def references(model, dtype):
+    model = model.to(dtype)
+    out = {}
+    for r, ids in enumerate(ROWS):
+        with torch.no_grad():
+            out[f"logits_{r}"] = model(torch.tensor([ids])).logits[0].float()
+    with torch.no_grad():
+        hidden = model(torch.tensor([ROWS[0]]), output_hidden_states=True).hidden_states
+    out["residual_after_layer0"] = hidden[1][0].float()
+    embeds = model.get_input_embeddings()(torch.tensor([ROWS[0]])).detach().requires_grad_(True)
+    log_probs = torch.log_softmax(model(inputs_embeds=embeds).logits[0].float(), -1)
+    objective = sum(log_probs[p, t] for p, t in zip(OBJECTIVE_POSITIONS, OBJECTIVE_TOKENS))
+    objective.backward()
+    out["gradient"] = embeds.grad[0].float()
+    out["objective"] = objective.detach().reshape(1).float()
+    generations = []
+    for ids in ROWS:
+        generated = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False,
+                                   eos_token_id=None, pad_token_id=0, attention_mask=torch.ones(1, len(ids)))
+        generations.append(generated[0, len(ids):].tolist())
+    spec = {"rows": ROWS, "objective_positions": OBJECTIVE_POSITIONS, "objective_tokens": OBJECTIVE_TOKENS,
+            "greedy_generations": generations}
+    return {k: v.contiguous() for k, v in out.items()}, spec
+
+
+def main():
+    out_dir = sys.argv[1]
+    torch.use_deterministic_algorithms(True)
+    for seed, (arch, config) in enumerate(configs().items()):
+        config._attn_implementation = "eager"
+        torch.manual_seed(seed)
+        model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+        randomize(model, seed)
+        directory = os.path.join(out_dir, arch)
+        model.save_pretrained(directory, safe_serialization=True)
+        if arch == "llama":
+            model.save_pretrained(os.path.join(out_dir, "llama-sharded"), safe_serialization=True,
+                                  max_shard_size="100KB")
+        for dtype_name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+            tensors, spec = references(model, dtype)
+            save_file(tensors, os.path.join(directory, f"reference_{dtype_name}.safetensors"))
+            with open(os.path.join(directory, f"reference_{dtype_name}.json"), "w") as f:
+                json.dump(spec, f)
+        model.float()
+    print(f"wrote test models for {list(configs())} to {out_dir}")
+
+
+if __name__ == "__main__":
+    main()
