@@ -12,12 +12,15 @@ For each architecture A it writes OUT_DIR/A/ (config.json, model.safetensors) an
     `objective_tokens` after `objective_positions`;
   * residual_after_layer0: row 0's residual stream after decoder layer 0;
   * greedy generations of every row (8 new tokens, eos disabled).
-A sharded copy of the llama model goes to OUT_DIR/llama-sharded/.
+A sharded copy of the llama model goes to OUT_DIR/llama-sharded/, a Llama whose linears dominate its
+size (as in real Llamas) to OUT_DIR/llama-wide/, and OUT_DIR/quantization.safetensors holds a weight
+with its int8 and nf4 round trips computed by the numpy reference implementation below.
 """
 import json
 import os
 import sys
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 import transformers
@@ -81,6 +84,49 @@ def references(model, dtype):
     return {k: v.contiguous() for k, v in out.items()}, spec
 
 
+NF4_CODES = np.array([-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+                      -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+                      0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+                      0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0], dtype=np.float32)
+
+
+def int8_round_trip(w):
+    scale = (np.abs(w).max(axis=1) / np.float32(127)).astype(np.float32)
+    scale[scale == 0] = 1
+    return (np.clip(np.round(w / scale[:, None]), -127, 127) * scale[:, None]).astype(np.float32)
+
+
+def nf4_round_trip(w):
+    blocks = w.reshape(-1, 64)
+    absmax = np.abs(blocks).max(axis=1).astype(np.float16).astype(np.float32)
+    safe = np.where(absmax > 0, absmax, 1)
+    index = np.abs(blocks[:, :, None] / safe[:, None, None] - NF4_CODES[None, None, :]).argmin(axis=2)
+    return (NF4_CODES[index] * absmax[:, None]).reshape(w.shape).astype(np.float32)
+
+
+def write_quantization_reference(path):
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((48, 256)).astype(np.float32)
+    w[3, 17] = 25.0  # an outlier: only its own row (int8) or block (nf4) may lose precision
+    w[5, :] = 0.0    # an all-zero row and blocks
+    save_file({"weight": torch.from_numpy(w), "int8": torch.from_numpy(int8_round_trip(w)),
+               "nf4": torch.from_numpy(nf4_round_trip(w))}, path)
+
+
+def write_wide_llama(directory):
+    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=512, intermediate_size=1376,
+                                      num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=8,
+                                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(11)
+    model = transformers.LlamaForCausalLM(config).eval()
+    randomize(model, 11)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2 and "embed" not in name:
+                p.mul_(0.25)  # keeps activations of the wider layers in a sane range
+    model.save_pretrained(directory, safe_serialization=True)
+
+
 def main():
     out_dir = sys.argv[1]
     torch.use_deterministic_algorithms(True)
@@ -100,6 +146,8 @@ def main():
             with open(os.path.join(directory, f"reference_{dtype_name}.json"), "w") as f:
                 json.dump(spec, f)
         model.float()
+    write_quantization_reference(os.path.join(out_dir, "quantization.safetensors"))
+    write_wide_llama(os.path.join(out_dir, "llama-wide"))
     print(f"wrote test models for {list(configs())} to {out_dir}")
 
 

@@ -57,10 +57,9 @@ at::Tensor DequantizeNf4(const QuantizedWeight& weight, at::ScalarType dtype) {
 class QuantizedLinearFunction : public torch::autograd::Function<QuantizedLinearFunction> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
-                            const QuantizedWeight* weight, const at::Tensor& bias) {
+                            const QuantizedWeight* weight) {
     ctx->saved_data["weight"] = reinterpret_cast<int64_t>(weight);
-    at::Tensor w = Dequantize(*weight, x.scalar_type());
-    return bias.defined() ? at::linear(x, w, bias) : at::linear(x, w);
+    return at::linear(x, Dequantize(*weight, x.scalar_type()));
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -69,7 +68,7 @@ class QuantizedLinearFunction : public torch::autograd::Function<QuantizedLinear
         reinterpret_cast<const QuantizedWeight*>(ctx->saved_data["weight"].toInt());
     const at::Tensor& grad_y = grad_outputs[0];  // [..., out]
     at::Tensor w = Dequantize(*weight, grad_y.scalar_type());
-    return {at::matmul(grad_y, w), at::Tensor(), at::Tensor()};
+    return {at::matmul(grad_y, w), at::Tensor()};
   }
 };
 
@@ -147,7 +146,7 @@ at::Tensor QuantizedLinear(const at::Tensor& x, const QuantizedWeight& weight, c
     at::Tensor w = Dequantize(weight, x.scalar_type());
     return bias.defined() ? at::linear(x, w, bias) : at::linear(x, w);
   }
-  at::Tensor y = QuantizedLinearFunction::apply(x, &weight, at::Tensor());
+  at::Tensor y = QuantizedLinearFunction::apply(x, &weight);
   return bias.defined() ? y + bias : y;
 }
 

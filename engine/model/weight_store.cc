@@ -4,7 +4,8 @@
 #include <ATen/ops/all.h>
 #include <ATen/ops/isfinite.h>
 
-#include <filesystem>
+#include <sys/stat.h>
+
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -17,7 +18,11 @@
 namespace attribution::engine {
 namespace {
 
-namespace fs = std::filesystem;
+// POSIX rather than std::filesystem: libtorch.so interposes broken copies of the latter.
+bool FileExists(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0;
+}
 
 // Reads model.safetensors.index.json and returns the shard files it names, in a stable order, with the
 // tensor -> shard map it declares.
@@ -57,9 +62,9 @@ absl::StatusOr<std::unique_ptr<WeightStore>> WeightStore::Open(const std::string
   const std::string index_path = dir + "/model.safetensors.index.json";
   std::vector<std::string> shards;
   std::map<std::string, std::string> declared;
-  if (fs::exists(index_path)) {
+  if (FileExists(index_path)) {
     RETURN_IF_ERROR(ReadShardIndex(index_path, shards, declared));
-  } else if (fs::exists(single)) {
+  } else if (FileExists(single)) {
     shards.push_back("model.safetensors");
   } else {
     return absl::NotFoundError(absl::StrCat(

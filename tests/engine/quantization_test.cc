@@ -1,0 +1,119 @@
+// SPDX-License-Identifier: Apache-2.0
+// int8 / nf4 round trips against the numpy reference implementation in tools/make_test_models.py,
+// autograd through quantized linears, and quantized models end to end.
+#include "engine/model/quantization.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+#include <gtest/gtest.h>
+#include <torch/csrc/autograd/autograd.h>
+
+#include <iostream>
+
+#include "engine/model/causal_lm.h"
+#include "engine/model/safetensors.h"
+#include "tests/testing/reference.h"
+
+namespace attribution::engine {
+namespace {
+
+using ::attribution::testing::ScaledError;
+using ::attribution::testing::TestModelsDir;
+
+at::Tensor ReferenceTensor(const std::string& name) {
+  auto file = SafetensorsFile::Open(TestModelsDir() + "/quantization.safetensors");
+  EXPECT_TRUE(file.ok()) << file.status();
+  return (*file)->View(*(*file)->Find(name)).clone();
+}
+
+class RoundTrip : public ::testing::TestWithParam<Quantization> {};
+
+TEST_P(RoundTrip, MatchesReferenceImplementation) {
+  at::Tensor weight = ReferenceTensor("weight");
+  auto quantized = Quantize(weight, GetParam());
+  ASSERT_TRUE(quantized.ok()) << quantized.status();
+  at::Tensor ours = Dequantize(*quantized, at::kFloat);
+  at::Tensor expected = ReferenceTensor(QuantizationName(GetParam()));
+  // Same scheme, so the same codes: only float rounding of the final product may differ.
+  EXPECT_TRUE(at::allclose(ours, expected, /*rtol=*/1e-6, /*atol=*/1e-6))
+      << "max diff " << (ours - expected).abs().max().item<double>();
+  EXPECT_TRUE(at::equal(ours[5], at::zeros({weight.size(1)})));  // the all-zero row stays zero
+}
+
+TEST_P(RoundTrip, ErrorIsBoundedByTheScheme) {
+  at::Tensor weight = ReferenceTensor("weight");
+  at::Tensor ours = Dequantize(*Quantize(weight, GetParam()), at::kFloat);
+  at::Tensor error = (ours - weight).abs();
+  if (GetParam() == Quantization::kInt8) {
+    // Half a quantization step of each row: absmax / 127 / 2.
+    at::Tensor half_step = weight.abs().amax(1, true) / 254.0;
+    EXPECT_TRUE((error <= half_step + 1e-6).all().item<bool>());
+  } else {
+    // Half the widest gap between NF4 codes (0.3038 / 2), in units of each block's absmax (plus its
+    // float16 rounding).
+    at::Tensor absmax = weight.reshape({-1, 64}).abs().amax(1, true);
+    at::Tensor bound = (absmax * (0.3039 / 2 + 1e-3)).expand({-1, 64}).reshape(weight.sizes());
+    EXPECT_TRUE((error <= bound).all().item<bool>());
+  }
+}
+
+TEST_P(RoundTrip, ResidentBytesShrink) {
+  at::Tensor weight = ReferenceTensor("weight");
+  const double bf16_bytes = 2.0 * weight.numel();
+  const double ratio = Quantize(weight, GetParam())->ResidentBytes() / bf16_bytes;
+  // int8: 8 bits + a float32 per row of 256; nf4: 4 bits + a float16 per 64 weights.
+  EXPECT_NEAR(ratio, GetParam() == Quantization::kInt8 ? 0.5 + 4.0 / 512 : 4.25 / 16, 1e-9);
+}
+
+TEST_P(RoundTrip, LinearBackwardUsesDequantizedWeight) {
+  at::Tensor weight = ReferenceTensor("weight");
+  QuantizedWeight quantized = *Quantize(weight, GetParam());
+  at::Tensor bias = at::randn({weight.size(0)});
+  at::Tensor x = at::randn({3, 5, weight.size(1)}).requires_grad_(true);
+  at::Tensor y = QuantizedLinear(x, quantized, bias);
+  at::Tensor grad_out = at::randn_like(y);
+  at::Tensor grad = torch::autograd::grad({y}, {x}, {grad_out})[0];
+  at::Tensor dense = Dequantize(quantized, at::kFloat);
+  EXPECT_LT(ScaledError(y, at::linear(x.detach(), dense, bias)), 1e-5);
+  EXPECT_LT(ScaledError(grad, at::matmul(grad_out, dense)), 1e-5);
+}
+
+INSTANTIATE_TEST_SUITE_P(Schemes, RoundTrip, ::testing::Values(Quantization::kInt8, Quantization::kNf4),
+                         [](const auto& info) { return std::string(QuantizationName(info.param)); });
+
+TEST(Quantize, RejectsWeightsNotInWholeBlocks) {
+  EXPECT_EQ(Quantize(at::zeros({3, 10}), Quantization::kNf4).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Quantize(at::zeros({8}), Quantization::kInt8).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(ParseQuantization("fp8").ok());
+}
+
+// A Llama whose linears dominate its size, as in real Llamas: quantized models stay close to the
+// float model, keep gradients flowing, and shrink.
+class QuantizedModel : public ::testing::TestWithParam<Quantization> {};
+
+TEST_P(QuantizedModel, StaysCloseToFloatModelAndShrinks) {
+  const std::string dir = TestModelsDir() + "/llama-wide";
+  auto dense = CausalLM::Load(dir, {.dtype = at::kBFloat16});
+  auto quantized = CausalLM::Load(dir, {.dtype = at::kBFloat16, .quantization = GetParam()});
+  ASSERT_TRUE(dense.ok() && quantized.ok()) << quantized.status();
+  const double ratio = static_cast<double>((*quantized)->ResidentWeightBytes()) / (*dense)->ResidentWeightBytes();
+  std::cout << "[ quant    ] " << QuantizationName(GetParam()) << " resident bytes / bf16 = " << ratio << "\n";
+  EXPECT_LT(ratio, GetParam() == Quantization::kNf4 ? 0.30 : 0.55);
+
+  ForwardBatch batch{.inputs_embeds = *(*dense)->Embed(at::tensor({5, 9, 200, 31, 7, 77}, at::kLong).unsqueeze(0))};
+  RowObjective objective{.positions = {3, 4, 5}, .tokens = {10, 11, 12}};
+  auto exact = (*dense)->ObjectiveGradients(batch, {objective});
+  auto approx = (*quantized)->ObjectiveGradients(batch, {objective});
+  ASSERT_TRUE(exact.ok() && approx.ok()) << approx.status();
+  const double cosine = at::cosine_similarity(exact->gradients.flatten().to(at::kFloat),
+                                              approx->gradients.flatten().to(at::kFloat), 0).item<double>();
+  std::cout << "[ quant    ] " << QuantizationName(GetParam()) << " objective " << approx->values[0].item<double>()
+            << " vs " << exact->values[0].item<double>() << ", gradient cosine " << cosine << "\n";
+  EXPECT_GT(cosine, GetParam() == Quantization::kNf4 ? 0.9 : 0.99);
+}
+
+INSTANTIATE_TEST_SUITE_P(Schemes, QuantizedModel, ::testing::Values(Quantization::kInt8, Quantization::kNf4),
+                         [](const auto& info) { return std::string(QuantizationName(info.param)); });
+
+}  // namespace
+}  // namespace attribution::engine
