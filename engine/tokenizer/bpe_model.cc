@@ -1,0 +1,117 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "engine/tokenizer/bpe_model.h"
+
+#include <cstdio>
+#include <limits>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "engine/tokenizer/normalized_text.h"
+
+namespace attribution::engine {
+
+absl::StatusOr<BpeModel> BpeModel::FromJson(const nlohmann::json& model) {
+  if (!model.is_object() || model.value("type", std::string()) != "BPE") {
+    return absl::InvalidArgumentError("tokenizer.json: only \"BPE\" models are supported");
+  }
+  for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
+    if (model.contains(key) && model[key].is_string() && !model[key].get<std::string>().empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("tokenizer.json: BPE ", key, " is not supported"));
+    }
+  }
+  if (!model.contains("vocab") || !model["vocab"].is_object()) {
+    return absl::InvalidArgumentError("tokenizer.json: BPE model lacks a \"vocab\" object");
+  }
+  BpeModel bpe;
+  for (const auto& [token, id] : model["vocab"].items()) {
+    if (!id.is_number_integer() || id.get<int64_t>() < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("tokenizer.json: vocab id of \"", token, "\" is not a non-negative integer"));
+    }
+    const int64_t i = id.get<int64_t>();
+    bpe.vocab_[token] = i;
+    if (static_cast<int64_t>(bpe.tokens_.size()) <= i) bpe.tokens_.resize(i + 1);
+    bpe.tokens_[i] = token;
+  }
+  int64_t rank = 0;
+  for (const auto& merge : model.value("merges", nlohmann::json::array())) {
+    std::string left, right;
+    if (merge.is_string()) {  // "a b" (older files)
+      const std::string text = merge.get<std::string>();
+      const size_t space = text.find(' ', 1);
+      if (space == std::string::npos) return absl::InvalidArgumentError(absl::StrCat("tokenizer.json: merge \"", text, "\" has no space"));
+      left = text.substr(0, space);
+      right = text.substr(space + 1);
+    } else if (merge.is_array() && merge.size() == 2) {  // ["a", "b"] (newer files)
+      left = merge[0].get<std::string>();
+      right = merge[1].get<std::string>();
+    } else {
+      return absl::InvalidArgumentError("tokenizer.json: a merge is neither \"a b\" nor [\"a\", \"b\"]");
+    }
+    auto a = bpe.vocab_.find(left), b = bpe.vocab_.find(right), merged = bpe.vocab_.find(left + right);
+    if (a == bpe.vocab_.end() || b == bpe.vocab_.end() || merged == bpe.vocab_.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("tokenizer.json: merge \"", left, " ", right, "\" uses tokens outside the vocab"));
+    }
+    bpe.merges_.emplace(PairKey(a->second, b->second), Merge{rank++, merged->second});
+  }
+  if (model.contains("unk_token") && model["unk_token"].is_string()) bpe.unk_id_ = bpe.IdOf(model["unk_token"].get<std::string>());
+  bpe.fuse_unk_ = model.value("fuse_unk", false);
+  bpe.ignore_merges_ = model.value("ignore_merges", false);
+  bpe.byte_fallback_ = model.value("byte_fallback", false);
+  if (bpe.byte_fallback_) {
+    bpe.byte_ids_.resize(256);
+    for (int b = 0; b < 256; ++b) {
+      char name[8];
+      std::snprintf(name, sizeof(name), "<0x%02X>", b);
+      bpe.byte_ids_[b] = bpe.IdOf(name);
+    }
+  }
+  return bpe;
+}
+
+std::optional<int64_t> BpeModel::IdOf(const std::string& token) const {
+  auto it = vocab_.find(token);
+  return it == vocab_.end() ? std::nullopt : std::optional<int64_t>(it->second);
+}
+
+std::vector<WordToken> BpeModel::Tokenize(const std::string& word) const {
+  if (ignore_merges_) {
+    if (auto id = IdOf(word)) return {{*id, 0, word.size()}};
+  }
+  // Characters become symbols; unknown ones fall back to byte tokens or the unknown token.
+  std::vector<WordToken> symbols;
+  for (size_t i = 0; i < word.size();) {
+    const size_t len = std::min(Utf8Length(word[i]), word.size() - i);
+    if (auto id = IdOf(word.substr(i, len))) {
+      symbols.push_back({*id, i, i + len});
+    } else if (byte_fallback_ && [&] {
+                 for (size_t k = 0; k < len; ++k) if (!byte_ids_[static_cast<unsigned char>(word[i + k])]) return false;
+                 return true;
+               }()) {
+      for (size_t k = 0; k < len; ++k) symbols.push_back({*byte_ids_[static_cast<unsigned char>(word[i + k])], i + k, i + k + 1});
+    } else if (unk_id_) {
+      if (fuse_unk_ && !symbols.empty() && symbols.back().id == *unk_id_) symbols.back().end = i + len;
+      else symbols.push_back({*unk_id_, i, i + len});
+    }
+    i += len;
+  }
+  // Apply the best-ranked adjacent merge (leftmost on ties) until none applies.
+  while (symbols.size() > 1) {
+    int64_t best_rank = std::numeric_limits<int64_t>::max();
+    size_t best = 0;
+    int64_t best_id = -1;
+    for (size_t i = 0; i + 1 < symbols.size(); ++i) {
+      auto it = merges_.find(PairKey(symbols[i].id, symbols[i + 1].id));
+      if (it != merges_.end() && it->second.rank < best_rank) {
+        best_rank = it->second.rank;
+        best = i;
+        best_id = it->second.merged_id;
+      }
+    }
+    if (best_id < 0) break;
+    symbols[best] = {best_id, symbols[best].begin, symbols[best + 1].end};
+    symbols.erase(symbols.begin() + best + 1);
+  }
+  return symbols;
+}
+
+}  // namespace attribution::engine

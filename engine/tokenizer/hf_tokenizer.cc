@@ -1,0 +1,227 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "engine/tokenizer/hf_tokenizer.h"
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "engine/common/status_macros.h"
+
+namespace attribution::engine {
+namespace {
+
+using nlohmann::json;
+
+bool IsSpace(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+
+// tokenizer_config.json names tokens as strings or as {"content": ...} objects.
+std::optional<std::string> ConfiguredToken(const json& config, const char* key) {
+  if (!config.is_object() || !config.contains(key)) return std::nullopt;
+  const json& v = config[key];
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_object() && v.contains("content") && v["content"].is_string()) return v["content"].get<std::string>();
+  return std::nullopt;
+}
+
+// True when the decoder removes the space that Metaspace / Prepend put before the first word.
+bool DecoderStripsLeadingSpace(const json& decoder) {
+  if (!decoder.is_object()) return false;
+  const std::string type = decoder.value("type", std::string());
+  if (type == "Strip") return decoder.value("start", 0) > 0;
+  if (type == "Metaspace") return decoder.value("prepend_scheme", std::string("always")) != "never" && decoder.value("add_prefix_space", true);
+  if (type == "Sequence") {
+    for (const json& d : decoder.value("decoders", json::array())) {
+      if (DecoderStripsLeadingSpace(d)) return true;
+    }
+  }
+  return false;
+}
+
+bool DecoderIsByteLevel(const json& decoder) {
+  if (!decoder.is_object()) return false;
+  if (decoder.value("type", std::string()) == "ByteLevel") return true;
+  for (const json& d : decoder.value("decoders", json::array())) {
+    if (DecoderIsByteLevel(d)) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<HfTokenizer>> HfTokenizer::Create(const json& tj, const json& config) {
+  if (!tj.is_object() || !tj.contains("model")) return absl::InvalidArgumentError("tokenizer.json: no \"model\"");
+  std::unique_ptr<HfTokenizer> t(new HfTokenizer());
+  ASSIGN_OR_RETURN(t->model_, BpeModel::FromJson(tj["model"]));
+  t->vocab_size_ = static_cast<int64_t>(t->model_.tokens().size());
+  for (const json& a : tj.value("added_tokens", json::array())) {
+    if (!a.contains("id") || !a.contains("content")) return absl::InvalidArgumentError("tokenizer.json: added token lacks id or content");
+    t->added_.push_back({a["id"].get<int64_t>(), a["content"].get<std::string>(), a.value("special", false),
+                         a.value("lstrip", false), a.value("rstrip", false)});
+    t->vocab_size_ = std::max(t->vocab_size_, t->added_.back().id + 1);
+  }
+  std::stable_sort(t->added_.begin(), t->added_.end(),
+                   [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
+  for (const AddedToken& a : t->added_) t->added_by_id_[a.id] = &a;
+  if (tj.contains("normalizer") && !tj["normalizer"].is_null()) {
+    ASSIGN_OR_RETURN(t->normalizer_, TextNormalizer::FromJson(tj["normalizer"]));
+  }
+  if (tj.contains("pre_tokenizer") && !tj["pre_tokenizer"].is_null()) {
+    ASSIGN_OR_RETURN(t->pre_tokenizer_, PreTokenizer::FromJson(tj["pre_tokenizer"]));
+  }
+  const json decoder = tj.value("decoder", json());
+  t->byte_level_ = (t->pre_tokenizer_ && t->pre_tokenizer_->byte_level()) || DecoderIsByteLevel(decoder);
+  t->strip_decoded_leading_space_ = DecoderStripsLeadingSpace(decoder);
+  RETURN_IF_ERROR(t->ParsePostProcessor(tj.value("post_processor", json())));
+  auto find = [&](const char* key) -> std::optional<int64_t> {
+    auto token = ConfiguredToken(config, key);
+    return token ? t->IdOf(*token) : std::nullopt;
+  };
+  t->special_ = {find("bos_token"), find("eos_token"), find("pad_token"), find("unk_token")};
+  return t;
+}
+
+absl::Status HfTokenizer::ParsePostProcessor(const json& spec) {
+  if (!spec.is_object()) return absl::OkStatus();
+  const std::string type = spec.value("type", std::string());
+  if (type == "Sequence") {
+    for (const json& p : spec.value("processors", json::array())) RETURN_IF_ERROR(ParsePostProcessor(p));
+    return absl::OkStatus();
+  }
+  if (type == "TemplateProcessing") {
+    bool after_sequence = false;
+    for (const json& item : spec.value("single", json::array())) {
+      if (item.contains("Sequence")) {
+        after_sequence = true;
+        continue;
+      }
+      const std::string name = item["SpecialToken"]["id"].get<std::string>();
+      const json& entry = spec["special_tokens"][name];
+      for (const json& id : entry["ids"]) (after_sequence ? suffix_ids_ : prefix_ids_).push_back(id.get<int64_t>());
+    }
+    return absl::OkStatus();
+  }
+  if (type == "RobertaProcessing" || type == "BertProcessing") {
+    prefix_ids_.push_back(spec["cls"][1].get<int64_t>());
+    suffix_ids_.push_back(spec["sep"][1].get<int64_t>());
+    return absl::OkStatus();
+  }
+  if (type == "ByteLevel") return absl::OkStatus();  // adjusts offsets only
+  return absl::InvalidArgumentError(absl::StrCat("tokenizer.json: post_processor \"", type, "\" is not supported"));
+}
+
+std::optional<int64_t> HfTokenizer::IdOf(const std::string& token) const {
+  for (const AddedToken& a : added_) {
+    if (a.content == token) return a.id;
+  }
+  return model_.IdOf(token);
+}
+
+absl::Status HfTokenizer::EncodeSegment(const std::string& text, size_t begin, size_t end, Encoding& out) const {
+  if (end <= begin) return absl::OkStatus();
+  NormalizedText normalized = NormalizedText::FromOriginal(text.substr(begin, end - begin), begin);
+  if (normalizer_) normalized = normalizer_->Apply(normalized);
+  std::vector<NormalizedText> words;
+  if (pre_tokenizer_) RETURN_IF_ERROR(pre_tokenizer_->Split(normalized, begin == 0, words));
+  else words.push_back(std::move(normalized));
+  for (const NormalizedText& word : words) {
+    for (const WordToken& token : model_.Tokenize(word.text)) {
+      out.ids.push_back(token.id);
+      out.spans.push_back({word.OriginAt(token.begin), token.end < word.text.size() ? word.OriginAt(token.end) : word.origin_end});
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Encoding> HfTokenizer::Encode(const std::string& text, bool add_special_tokens) const {
+  RETURN_IF_ERROR(CheckUtf8(text));
+  Encoding out;
+  if (add_special_tokens) {
+    for (int64_t id : prefix_ids_) {
+      out.ids.push_back(id);
+      out.spans.push_back({0, 0});
+    }
+  }
+  size_t segment = 0, i = 0;
+  while (i < text.size()) {
+    const AddedToken* match = nullptr;
+    for (const AddedToken& a : added_) {
+      if (!a.content.empty() && text.compare(i, a.content.size(), a.content) == 0) {
+        match = &a;
+        break;
+      }
+    }
+    if (match == nullptr) {
+      ++i;
+      continue;
+    }
+    size_t segment_end = i, next = i + match->content.size();
+    if (match->lstrip) {
+      while (segment_end > segment && IsSpace(text[segment_end - 1])) --segment_end;
+    }
+    if (match->rstrip) {
+      while (next < text.size() && IsSpace(text[next])) ++next;
+    }
+    RETURN_IF_ERROR(EncodeSegment(text, segment, segment_end, out));
+    out.ids.push_back(match->id);
+    out.spans.push_back({i, i + match->content.size()});
+    segment = i = next;
+  }
+  RETURN_IF_ERROR(EncodeSegment(text, segment, text.size(), out));
+  if (add_special_tokens) {
+    for (int64_t id : suffix_ids_) {
+      out.ids.push_back(id);
+      out.spans.push_back({text.size(), text.size()});
+    }
+  }
+  return out;
+}
+
+std::string HfTokenizer::DecodeTokens(const std::vector<int64_t>& ids, bool skip_special, bool strip_leading_space) const {
+  std::string bytes;
+  for (int64_t id : ids) {
+    if (auto it = added_by_id_.find(id); it != added_by_id_.end()) {
+      if (!(skip_special && it->second->special)) bytes += it->second->content;
+      continue;
+    }
+    const std::string& token = model_.tokens()[id];
+    if (byte_level_) {
+      for (size_t i = 0; i < token.size(); i += Utf8Length(token[i])) {
+        const std::string ch = token.substr(i, Utf8Length(token[i]));
+        if (!UnicodeToByte(ch, bytes)) bytes += ch;
+      }
+      continue;
+    }
+    unsigned byte = 0;
+    if (model_.byte_fallback() && token.size() == 6 && std::sscanf(token.c_str(), "<0x%02X>", &byte) == 1) {
+      bytes.push_back(static_cast<char>(byte));
+      continue;
+    }
+    for (size_t i = 0; i < token.size();) {
+      if (token.compare(i, 3, "\xE2\x96\x81") == 0) {
+        bytes.push_back(' ');
+        i += 3;
+      } else {
+        bytes.push_back(token[i++]);
+      }
+    }
+  }
+  if (strip_leading_space && strip_decoded_leading_space_ && !bytes.empty() && bytes[0] == ' ') bytes.erase(0, 1);
+  return bytes;
+}
+
+absl::StatusOr<std::string> HfTokenizer::Decode(const std::vector<int64_t>& ids, bool skip_special_tokens) const {
+  for (int64_t id : ids) {
+    if (id < 0 || id >= vocab_size_ || (!added_by_id_.count(id) && model_.tokens()[id].empty())) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", id, " is not in the vocabulary of ", vocab_size_));
+    }
+  }
+  return DecodeTokens(ids, skip_special_tokens, /*strip_leading_space=*/true);
+}
+
+std::string HfTokenizer::TokenText(int64_t id) const {
+  if (id < 0 || id >= vocab_size_) return "";
+  if (!added_by_id_.count(id) && model_.tokens()[id].empty()) return "";
+  return DecodeTokens({id}, /*skip_special=*/false, /*strip_leading_space=*/false);
+}
+
+}  // namespace attribution::engine

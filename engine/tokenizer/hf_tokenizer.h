@@ -1,0 +1,56 @@
+// SPDX-License-Identifier: Apache-2.0
+// A Tokenizer over a Hugging Face tokenizer.json with a BPE model: added/special tokens, normalizer,
+// pre-tokenizer (byte-level as GPT-2 / Llama-3 / Qwen2, or Metaspace as Llama-2 / Mistral), template
+// post-processing and decoding. Written here because Debian ships no C++ library for the format.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "engine/tokenizer/bpe_model.h"
+#include "engine/tokenizer/normalized_text.h"
+#include "engine/tokenizer/tokenizer.h"
+
+namespace attribution::engine {
+
+class HfTokenizer : public Tokenizer {
+ public:
+  // `tokenizer_config` is tokenizer_config.json (or null): it names bos/eos/pad/unk tokens.
+  static absl::StatusOr<std::unique_ptr<HfTokenizer>> Create(const nlohmann::json& tokenizer_json,
+                                                             const nlohmann::json& tokenizer_config);
+
+  absl::StatusOr<Encoding> Encode(const std::string& text, bool add_special_tokens) const override;
+  absl::StatusOr<std::string> Decode(const std::vector<int64_t>& ids, bool skip_special_tokens) const override;
+  std::string TokenText(int64_t id) const override;
+  int64_t vocab_size() const override { return vocab_size_; }
+  const SpecialTokens& special_tokens() const override { return special_; }
+
+ private:
+  struct AddedToken {
+    int64_t id;
+    std::string content;
+    bool special, lstrip, rstrip;
+  };
+  HfTokenizer() = default;
+  absl::Status ParsePostProcessor(const nlohmann::json& spec);
+  std::optional<int64_t> IdOf(const std::string& token) const;
+  // Tokenizes text between added tokens.
+  absl::Status EncodeSegment(const std::string& text, size_t begin, size_t end, Encoding& out) const;
+  std::string DecodeTokens(const std::vector<int64_t>& ids, bool skip_special, bool strip_leading_space) const;
+
+  BpeModel model_;
+  std::vector<AddedToken> added_;  // longest content first, for greedy matching
+  std::unordered_map<int64_t, const AddedToken*> added_by_id_;
+  std::unique_ptr<TextNormalizer> normalizer_;    // may be null
+  std::unique_ptr<PreTokenizer> pre_tokenizer_;  // may be null
+  std::vector<int64_t> prefix_ids_, suffix_ids_;  // template tokens around a single sequence
+  bool byte_level_ = false;
+  bool strip_decoded_leading_space_ = false;
+  int64_t vocab_size_ = 0;
+  SpecialTokens special_;
+};
+
+}  // namespace attribution::engine

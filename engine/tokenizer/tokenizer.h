@@ -1,0 +1,54 @@
+// SPDX-License-Identifier: Apache-2.0
+// Text <-> token ids for a model directory: SentencePiece (tokenizer.model) or Hugging Face
+// tokenizer.json (BPE, byte-level or Metaspace). Encodings carry each token's byte span in the input,
+// so responses can show readable tokens.
+//
+//   ASSIGN_OR_RETURN(auto tokenizer, Tokenizer::Load("/models/tiny"));
+//   ASSIGN_OR_RETURN(Encoding enc, tokenizer->Encode("Is it true?", /*add_special_tokens=*/true));
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace attribution::engine {
+
+struct TokenSpan {
+  size_t begin = 0;  // byte offsets into the encoded text; special tokens added by the tokenizer
+  size_t end = 0;    // (bos, template tokens) have an empty span at their insertion point
+};
+
+struct Encoding {
+  std::vector<int64_t> ids;
+  std::vector<TokenSpan> spans;
+};
+
+struct SpecialTokens {
+  std::optional<int64_t> bos, eos, pad, unk;
+};
+
+// Immutable after Load; every method may be called concurrently.
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+
+  // Prefers tokenizer.json, then tokenizer.model; reads tokenizer_config.json where present.
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const std::string& model_dir);
+
+  // Fails on text that is not valid UTF-8 (INVALID_ARGUMENT naming the byte offset).
+  virtual absl::StatusOr<Encoding> Encode(const std::string& text, bool add_special_tokens) const = 0;
+  virtual absl::StatusOr<std::string> Decode(const std::vector<int64_t>& ids, bool skip_special_tokens) const = 0;
+  // The readable text of one token (as Decode of it alone, special tokens shown by name).
+  virtual std::string TokenText(int64_t id) const = 0;
+  virtual int64_t vocab_size() const = 0;
+  virtual const SpecialTokens& special_tokens() const = 0;
+};
+
+// INVALID_ARGUMENT naming the first offending byte when `text` is not valid UTF-8.
+absl::Status CheckUtf8(const std::string& text);
+
+}  // namespace attribution::engine

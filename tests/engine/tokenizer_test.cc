@@ -1,0 +1,113 @@
+// SPDX-License-Identifier: Apache-2.0
+// Our tokenizers give the same ids (and decodings) as the Python `tokenizers` and `sentencepiece`
+// libraries on a corpus of 2,200 varied strings per tokenizer kind (tools/make_test_tokenizers.py).
+#include "engine/tokenizer/tokenizer.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+namespace attribution::engine {
+namespace {
+
+std::string TokenizersDir() {
+  const char* dir = std::getenv("ATTRIBUTION_TEST_TOKENIZERS");
+  return dir != nullptr ? dir : "test_tokenizers";
+}
+
+class TokenizerParity : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    auto tokenizer = Tokenizer::Load(TokenizersDir() + "/" + GetParam());
+    ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+    tokenizer_ = std::move(*tokenizer);
+    std::ifstream in(TokenizersDir() + "/" + GetParam() + "/expected.json");
+    expected_ = nlohmann::json::parse(in);
+  }
+  std::unique_ptr<Tokenizer> tokenizer_;
+  nlohmann::json expected_;
+};
+
+TEST_P(TokenizerParity, IdsMatchPythonOnTheWholeCorpus) {
+  const auto texts = expected_["texts"].get<std::vector<std::string>>();
+  const auto ids = expected_["ids"].get<std::vector<std::vector<int64_t>>>();
+  ASSERT_GE(texts.size(), 2000u);
+  int mismatches = 0;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    auto encoding = tokenizer_->Encode(texts[i], /*add_special_tokens=*/true);
+    ASSERT_TRUE(encoding.ok()) << encoding.status();
+    if (encoding->ids != ids[i] && ++mismatches <= 3) {
+      ADD_FAILURE() << "text " << i << " \"" << texts[i] << "\"\n  ours:   " << ::testing::PrintToString(encoding->ids)
+                    << "\n  python: " << ::testing::PrintToString(ids[i]);
+    }
+  }
+  std::cout << "[ tokenize ] " << GetParam() << ": " << texts.size() - mismatches << "/" << texts.size()
+            << " strings with identical ids\n";
+  EXPECT_EQ(mismatches, 0);
+}
+
+TEST_P(TokenizerParity, DecodeMatchesPython) {
+  const auto ids = expected_["ids"].get<std::vector<std::vector<int64_t>>>();
+  const auto decoded = expected_["decoded"].get<std::vector<std::string>>();
+  const bool drops_bos = GetParam() == "sentencepiece";  // the reference decoded without its bos
+  int mismatches = 0;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    std::vector<int64_t> tokens(ids[i].begin() + (drops_bos ? 1 : 0), ids[i].end());
+    auto text = tokenizer_->Decode(tokens, /*skip_special_tokens=*/false);
+    ASSERT_TRUE(text.ok()) << text.status();
+    if (*text != decoded[i] && ++mismatches <= 3) {
+      ADD_FAILURE() << "ids of text " << i << "\n  ours:   \"" << *text << "\"\n  python: \"" << decoded[i] << "\"";
+    }
+  }
+  EXPECT_EQ(mismatches, 0);
+}
+
+TEST_P(TokenizerParity, SpansLieInTheTextInOrder) {
+  const auto texts = expected_["texts"].get<std::vector<std::string>>();
+  for (size_t i = 0; i < 300; ++i) {
+    auto encoding = tokenizer_->Encode(texts[i], true);
+    ASSERT_TRUE(encoding.ok());
+    size_t previous_begin = 0;
+    for (const TokenSpan& span : encoding->spans) {
+      ASSERT_LE(span.begin, span.end);
+      ASSERT_LE(span.end, texts[i].size());
+      ASSERT_GE(span.begin, previous_begin) << "text " << i;
+      previous_begin = span.begin;
+    }
+  }
+}
+
+TEST_P(TokenizerParity, RejectsInvalidUtf8NamingTheByte) {
+  for (const std::string bad : {std::string("ok \xff"), std::string("\xc3"), std::string("a\xed\xa0\x80"),
+                                std::string("\xc0\xaf")}) {
+    auto encoding = tokenizer_->Encode(bad, true);
+    EXPECT_EQ(encoding.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(encoding.status().message(), ::testing::HasSubstr("not valid UTF-8 at byte"));
+  }
+  EXPECT_EQ(tokenizer_->Decode({-1}, false).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllKinds, TokenizerParity,
+                         ::testing::Values("gpt2", "llama3", "qwen2", "llama2", "metaspace", "sentencepiece"));
+
+TEST(Tokenizer, SpansOfAsciiWordsCoverTheirText) {
+  auto tokenizer = Tokenizer::Load(TokenizersDir() + "/gpt2");
+  ASSERT_TRUE(tokenizer.ok());
+  const std::string text = "Is it true that vaccines cause autism?";
+  auto encoding = (*tokenizer)->Encode(text, false);
+  ASSERT_TRUE(encoding.ok());
+  std::string rebuilt;
+  for (const TokenSpan& span : encoding->spans) rebuilt += text.substr(span.begin, span.end - span.begin);
+  EXPECT_EQ(rebuilt, text);
+}
+
+TEST(Tokenizer, MissingTokenizerIsNotFound) {
+  EXPECT_EQ(Tokenizer::Load("/nonexistent").status().code(), absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace attribution::engine
