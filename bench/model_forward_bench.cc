@@ -1,0 +1,98 @@
+// SPDX-License-Identifier: Apache-2.0
+// Forward and forward + input-gradient throughput of the engine's model runtime on a Llama shape,
+// against the machine's measured matmul peak and against transformers in Python on the same weights.
+//
+//   model_forward_bench --model=DIR [--batch=8] [--seq=72] [--iterations=5] [--dtype=float32]
+//                       [--device=cpu] [--python=.venv/bin/python] [--quantization=none]
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <cstdio>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "bench/bench_util.h"
+#include "engine/model/causal_lm.h"
+
+namespace attribution {
+namespace {
+
+using bench::Flag;
+
+int Run(int argc, char** argv) {
+  const std::string dir = Flag(argc, argv, "model", "");
+  const int64_t batch = std::stoll(Flag(argc, argv, "batch", "8"));
+  const int64_t seq = std::stoll(Flag(argc, argv, "seq", "72"));
+  const int iterations = std::stoi(Flag(argc, argv, "iterations", "5"));
+  const std::string python = Flag(argc, argv, "python", "");
+  engine::LoadOptions options;
+  options.dtype = *engine::ParseDtype(Flag(argc, argv, "dtype", "float32"));
+  options.device = Flag(argc, argv, "device", "cpu");
+  options.quantization = *engine::ParseQuantization(Flag(argc, argv, "quantization", "none"));
+  auto loaded = engine::CausalLM::Load(dir, options);
+  if (!loaded.ok()) {
+    std::cerr << loaded.status() << "\n";
+    return 1;
+  }
+  const engine::CausalLM& model = **loaded;
+  const engine::ModelConfig& c = model.config();
+
+  // The work the job needs: every decoder linear at every token, attention over the causal
+  // prefix, the LM head at one scored position per row. Input gradients double the linear work.
+  const double tokens = static_cast<double>(batch * seq);
+  const double linear_params = c.num_layers * (c.hidden_size * c.head_dim * (2.0 * c.num_heads + 2.0 * c.num_kv_heads) +
+                                               3.0 * c.hidden_size * c.intermediate_size);
+  const double attention = c.num_layers * 2.0 * batch * seq * seq * c.num_heads * c.head_dim;  // QK^T + AV, causal half
+  const double head = 2.0 * batch * c.hidden_size * c.vocab_size;
+  const double forward_flop = 2.0 * linear_params * tokens + attention + head;
+  const double backward_flop = 2.0 * forward_flop;
+
+  at::Tensor ids = at::randint(3, c.vocab_size, {batch, seq}, at::kLong);
+  engine::TokenQueries queries;
+  std::vector<engine::RowObjective> objectives;
+  for (int64_t r = 0; r < batch; ++r) {
+    queries.rows.push_back(r);
+    queries.positions.push_back(seq - 1);
+    queries.tokens.push_back(5);
+    objectives.push_back({.positions = {seq - 1}, .tokens = {5}});
+  }
+  const double forward_s = bench::SecondsPerCall([&] { (void)model.ScoreTokens({.input_ids = ids}, queries); }, iterations);
+  const at::Tensor embeds = *model.Embed(ids);
+  const double grad_s = bench::SecondsPerCall(
+      [&] { (void)model.ObjectiveGradients({.inputs_embeds = embeds}, objectives); }, iterations);
+  const double peak = bench::MatmulPeakGflops(1024, options.dtype, model.device());
+
+  std::printf("model: %lld layers, hidden %lld, vocab %lld, %s, %s; batch x seq = %lld x %lld; peak matmul %.1f GFLOP/s\n",
+              (long long)c.num_layers, (long long)c.hidden_size, (long long)c.vocab_size,
+              Flag(argc, argv, "dtype", "float32").c_str(), options.device.c_str(), (long long)batch, (long long)seq, peak);
+  std::printf("%-30s %12s %12s %12s %10s\n", "job", "ms/iter", "tokens/s", "GFLOP/s", "% peak");
+  auto row = [&](const char* name, double seconds, double flop) {
+    std::printf("%-30s %12.1f %12.0f %12.1f %9.1f%%\n", name, seconds * 1e3, tokens / seconds, flop / seconds / 1e9,
+                100.0 * flop / seconds / 1e9 / peak);
+  };
+  row("engine forward", forward_s, forward_flop);
+  row("engine forward+input-grad", grad_s, forward_flop + backward_flop);
+  if (!python.empty()) {
+    const std::string out = bench::RunCommand(python + " " + std::string(ATTRIBUTION_SOURCE_DIR) +
+                                              "/bench/python_forward_reference.py " + dir + " " +
+                                              std::to_string(batch) + " " + std::to_string(seq) + " " +
+                                              std::to_string(iterations));
+    auto reference = nlohmann::json::parse(out, nullptr, false);
+    if (reference.is_discarded() || !reference.contains("forward_s")) {
+      std::cerr << "python reference failed: " << out << "\n";
+      return 1;
+    }
+    const double py_forward = reference["forward_s"].get<double>(), py_grad = reference["forward_backward_s"].get<double>();
+    row("transformers forward", py_forward, forward_flop);
+    row("transformers forward+input-grad", py_grad, forward_flop + backward_flop);
+    std::printf("ratio engine/transformers: forward %.2fx, forward+input-grad %.2fx (torch %s, transformers %s)\n",
+                py_forward / forward_s, py_grad / grad_s, reference["torch"].get<std::string>().c_str(),
+                reference["transformers"].get<std::string>().c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace attribution
+
+int main(int argc, char** argv) { return attribution::Run(argc, argv); }
