@@ -82,7 +82,7 @@ TEST_P(TokenizerParity, SpansLieInTheTextInOrder) {
 }
 
 TEST_P(TokenizerParity, RejectsInvalidUtf8NamingTheByte) {
-  for (const std::string bad : {std::string("ok \xff"), std::string("\xc3"), std::string("a\xed\xa0\x80"),
+  for (const std::string& bad : {std::string("ok \xff"), std::string("\xc3"), std::string("a\xed\xa0\x80"),
                                 std::string("\xc0\xaf")}) {
     auto encoding = tokenizer_->Encode(bad, true);
     EXPECT_EQ(encoding.status().code(), absl::StatusCode::kInvalidArgument);
