@@ -76,6 +76,14 @@ struct RowObjective {
   bool exp_of_sum = false;
 };
 
+// Per-token scores behind row objectives, flattened in row order (row 0's tokens first).
+struct ObjectiveDetails {
+  at::Tensor log_probs;      // [N] float32
+  at::Tensor logits;         // [N] float32
+  at::Tensor top_ids;        // [N, k] int64 when top_k > 0
+  at::Tensor top_log_probs;  // [N, k] float32 when top_k > 0
+};
+
 struct InputGradients {
   at::Tensor values;     // [B] float32, each row's objective
   at::Tensor gradients;  // [B, S, hidden] d values[r] / d inputs_embeds[r], compute dtype
@@ -108,8 +116,10 @@ class CausalLM {
                                           int64_t top_k = 0) const;
 
   // Each row's objective as a differentiable [B] float32 tensor (objectives.size() must be B).
-  absl::StatusOr<at::Tensor> ObjectiveValues(const ForwardBatch& batch,
-                                             const std::vector<RowObjective>& objectives) const;
+  // When `details` is given it also receives every scored token's log-prob and logit (detached, on
+  // the CPU) and the top_k alternatives at each scored position.
+  absl::StatusOr<at::Tensor> ObjectiveValues(const ForwardBatch& batch, const std::vector<RowObjective>& objectives,
+                                             ObjectiveDetails* details = nullptr, int64_t top_k = 0) const;
 
   // Forward + backward with respect to batch.inputs_embeds (which must be given).
   absl::StatusOr<InputGradients> ObjectiveGradients(const ForwardBatch& batch,

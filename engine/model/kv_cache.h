@@ -26,6 +26,13 @@ class KvCache {
   // Records that row r gained new_lengths[r] tokens; call once after all layers appended.
   void Advance(const std::vector<int64_t>& new_lengths);
 
+  // A batch cache holding copies of single-row caches, so live sequences of different requests can
+  // take one decode step together. Each part must have batch 1.
+  static KvCache Stack(const std::vector<const KvCache*>& parts);
+
+  // Replaces the contents of `part` (batch 1) with row `row` of this cache.
+  void ExtractRow(int64_t row, KvCache& part) const;
+
   // Total bytes held by the key and value buffers.
   int64_t Bytes() const;
 

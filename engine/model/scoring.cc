@@ -43,37 +43,43 @@ absl::StatusOr<TokenScores> CausalLM::ScoreTokens(const ForwardBatch& batch, con
   if (queries.positions.size() != n || queries.tokens.size() != n) {
     return absl::InvalidArgumentError("queries: rows, positions and tokens differ in length");
   }
-  if (top_k < 0 || top_k > config().vocab_size) {
-    return absl::InvalidArgumentError(absl::StrCat("top_k ", top_k, " outside [0, ", config().vocab_size, "]"));
-  }
-  const std::vector<int64_t> lengths = RowLengths(batch);
+  // Group the queries by row (ObjectiveValues reports them in row order), remembering where each
+  // query lands so the scores come back in query order.
+  std::vector<RowObjective> objectives(RowLengths(batch).size());
+  std::vector<std::pair<int64_t, int64_t>> slot_of_query;  // (row, index within row)
   for (size_t i = 0; i < n; ++i) {
-    RETURN_IF_ERROR(CheckQuery(queries.rows[i], queries.positions[i], queries.tokens[i], lengths,
-                               config().vocab_size));
-  }
-  c10::InferenceMode inference;
-  ASSIGN_OR_RETURN(at::Tensor hidden, Hidden(batch));
-  try {
-    TokenScores scores;
-    at::Tensor logits = LogitsAt(hidden, queries.rows, queries.positions);  // [N, vocab]
-    at::Tensor log_probs = at::log_softmax(logits, -1);
-    at::Tensor tokens = at::tensor(queries.tokens, at::kLong).to(logits.device()).unsqueeze(1);
-    scores.logits = logits.gather(1, tokens).squeeze(1).cpu();
-    scores.log_probs = log_probs.gather(1, tokens).squeeze(1).cpu();
-    if (top_k > 0) {
-      auto [values, ids] = log_probs.topk(top_k, -1);
-      scores.top_log_probs = values.cpu();
-      scores.top_ids = ids.cpu();
+    const int64_t row = queries.rows[i];
+    if (row < 0 || row >= static_cast<int64_t>(objectives.size())) {
+      return absl::InvalidArgumentError(absl::StrCat("query row ", row, " outside [0, ", objectives.size(), ")"));
     }
-    return scores;
-  } catch (const std::exception& e) {
-    return StatusFromException(e, "scoring");
+    slot_of_query.emplace_back(row, static_cast<int64_t>(objectives[row].tokens.size()));
+    objectives[row].positions.push_back(queries.positions[i]);
+    objectives[row].tokens.push_back(queries.tokens[i]);
   }
+  std::vector<int64_t> row_start(objectives.size() + 1, 0);
+  for (size_t r = 0; r < objectives.size(); ++r) row_start[r + 1] = row_start[r] + objectives[r].tokens.size();
+  c10::InferenceMode inference;
+  ObjectiveDetails details;
+  RETURN_IF_ERROR(ObjectiveValues(batch, objectives, &details, top_k).status());
+  if (n == 0) return TokenScores{};
+  std::vector<int64_t> order;
+  for (const auto& [row, index] : slot_of_query) order.push_back(row_start[row] + index);
+  const at::Tensor index = at::tensor(order, at::kLong);
+  TokenScores scores{.logits = details.logits.index_select(0, index), .log_probs = details.log_probs.index_select(0, index)};
+  if (top_k > 0) {
+    scores.top_ids = details.top_ids.index_select(0, index);
+    scores.top_log_probs = details.top_log_probs.index_select(0, index);
+  }
+  return scores;
 }
 
 absl::StatusOr<at::Tensor> CausalLM::ObjectiveValues(const ForwardBatch& batch,
-                                                     const std::vector<RowObjective>& objectives) const {
+                                                     const std::vector<RowObjective>& objectives,
+                                                     ObjectiveDetails* details, int64_t top_k) const {
   const std::vector<int64_t> lengths = RowLengths(batch);
+  if (top_k < 0 || top_k > config().vocab_size) {
+    return absl::InvalidArgumentError(absl::StrCat("top_k ", top_k, " outside [0, ", config().vocab_size, "]"));
+  }
   if (objectives.size() != lengths.size()) {
     return absl::InvalidArgumentError(
         absl::StrCat(objectives.size(), " objectives for a batch of ", lengths.size(), " rows"));
@@ -104,7 +110,17 @@ absl::StatusOr<at::Tensor> CausalLM::ObjectiveValues(const ForwardBatch& batch,
     at::Tensor logits = LogitsAt(hidden, rows, positions);  // [N, vocab] float32
     at::Tensor token_index = at::tensor(tokens, at::kLong).to(dev).unsqueeze(1);
     at::Tensor logit = logits.gather(1, token_index).squeeze(1);
-    at::Tensor log_prob = at::log_softmax(logits, -1).gather(1, token_index).squeeze(1);
+    at::Tensor all_log_probs = at::log_softmax(logits, -1);
+    at::Tensor log_prob = all_log_probs.gather(1, token_index).squeeze(1);
+    if (details != nullptr) {
+      details->log_probs = log_prob.detach().cpu();
+      details->logits = logit.detach().cpu();
+      if (top_k > 0) {
+        auto [values, ids] = all_log_probs.detach().topk(top_k, -1);
+        details->top_log_probs = values.cpu();
+        details->top_ids = ids.cpu();
+      }
+    }
     at::Tensor kind = at::tensor(kinds, at::kLong).to(dev);
     at::Tensor quantity = at::where(kind == static_cast<int64_t>(TokenQuantity::kLogit), logit,
                                     at::where(kind == static_cast<int64_t>(TokenQuantity::kProb), log_prob.exp(), log_prob));

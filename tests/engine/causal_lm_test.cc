@@ -29,6 +29,8 @@ struct Case {
   std::string dtype;
 };
 
+void PrintTo(const Case& c, std::ostream* os) { *os << c.arch << "/" << c.dtype; }
+
 class CausalLMParity : public ::testing::TestWithParam<Case> {
  protected:
   void SetUp() override {

@@ -6,18 +6,16 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "tests/testing/reference.h"
+
 namespace attribution::engine {
 namespace {
 
-std::string TokenizersDir() {
-  const char* dir = std::getenv("ATTRIBUTION_TEST_TOKENIZERS");
-  return dir != nullptr ? dir : "test_tokenizers";
-}
+std::string TokenizersDir() { return ::attribution::testing::TestTokenizersDir(); }
 
 class TokenizerParity : public ::testing::TestWithParam<std::string> {
  protected:

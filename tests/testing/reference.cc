@@ -13,7 +13,12 @@ namespace attribution::testing {
 
 std::string TestModelsDir() {
   const char* dir = std::getenv("ATTRIBUTION_TEST_MODELS");
-  return dir != nullptr ? dir : "test_models";
+  return dir != nullptr ? dir : ATTRIBUTION_TEST_MODELS_DIR;
+}
+
+std::string TestTokenizersDir() {
+  const char* dir = std::getenv("ATTRIBUTION_TEST_TOKENIZERS");
+  return dir != nullptr ? dir : ATTRIBUTION_TEST_TOKENIZERS_DIR;
 }
 
 Reference LoadReference(const std::string& arch, const std::string& dtype) {

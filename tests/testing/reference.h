@@ -10,8 +10,10 @@
 
 namespace attribution::testing {
 
-// The folder the make_test_models fixture wrote (environment ATTRIBUTION_TEST_MODELS).
+// The folders the test_data fixture writes (environment ATTRIBUTION_TEST_MODELS /
+// ATTRIBUTION_TEST_TOKENIZERS override the build's).
 std::string TestModelsDir();
+std::string TestTokenizersDir();
 
 struct Reference {
   nlohmann::json spec;  // rows, objective_positions, objective_tokens, greedy_generations

@@ -1,0 +1,25 @@
+// SPDX-License-Identifier: Apache-2.0
+// What runs a formed batch. The engine owns one executor per model/device and calls it from its single
+// executor thread; tests substitute fakes that count calls or fail on purpose.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "engine/scheduler/row.h"
+
+namespace attribution::engine {
+
+class BatchExecutor {
+ public:
+  virtual ~BatchExecutor() = default;
+  // Runs `rows` (all of `kind`) as one batch, filling results[i] for rows[i]. A non-OK status fails
+  // the batch as a whole (the engine then splits and retries); it may also throw (caught by the engine).
+  virtual absl::Status Run(RowKind kind, const std::vector<const Row*>& rows, std::vector<RowResult>& results) = 0;
+};
+
+// Executes rows with a CausalLM: right-pads them into one batch per call.
+std::unique_ptr<BatchExecutor> MakeModelExecutor(std::shared_ptr<const CausalLM> model);
+
+}  // namespace attribution::engine

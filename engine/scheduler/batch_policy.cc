@@ -1,0 +1,80 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "engine/scheduler/batch_policy.h"
+
+#include <algorithm>
+#include <numeric>
+
+namespace attribution::engine {
+
+BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Time now, const BatchLimits& limits) {
+  BatchDecision decision;
+  std::vector<size_t> order(queue.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    const QueuedRequestView &x = queue[a], &y = queue[b];
+    if (x.priority != y.priority) return x.priority > y.priority;
+    if (x.deadline != y.deadline) return x.deadline < y.deadline;
+    return x.arrival < y.arrival;
+  });
+  // The leading request with work chooses the kind: the kind of its oldest queued row.
+  bool found = false;
+  for (size_t i : order) {
+    absl::Time oldest = absl::InfiniteFuture();
+    for (int k = 0; k < kRowKinds; ++k) {
+      if (!queue[i].kinds[k].lengths.empty() && queue[i].kinds[k].oldest_enqueued <= oldest) {
+        oldest = queue[i].kinds[k].oldest_enqueued;
+        decision.kind = static_cast<RowKind>(k);
+        found = true;
+      }
+    }
+    if (found) break;
+  }
+  if (!found) return decision;
+
+  const int k = static_cast<int>(decision.kind);
+  std::vector<int64_t> taken(queue.size(), 0);
+  std::vector<bool> blocked(queue.size(), false);
+  bool limited = false;  // true once a limit (not a lack of rows) stopped the filling
+  absl::Time oldest_in_batch = absl::InfiniteFuture();
+  // Priority levels are strict: a lower level only fills what the higher ones leave.
+  for (size_t level_begin = 0; level_begin < order.size() && !limited;) {
+    size_t level_end = level_begin;
+    while (level_end < order.size() && queue[order[level_end]].priority == queue[order[level_begin]].priority) ++level_end;
+    for (bool progress = true; progress && !limited;) {
+      progress = false;
+      for (size_t o = level_begin; o < level_end; ++o) {
+        const size_t i = order[o];
+        const auto& rows = queue[i].kinds[k].lengths;
+        if (blocked[i] || taken[i] >= static_cast<int64_t>(rows.size())) continue;
+        const int64_t longest = std::max(decision.longest, rows[taken[i]]);
+        const bool fits = decision.rows + 1 <= limits.max_rows && (decision.rows + 1) * longest <= limits.token_budget;
+        if (!fits && decision.rows > 0) {
+          blocked[i] = true;  // keeps this request's row order: nothing behind it jumps ahead
+          limited = true;
+          continue;
+        }
+        if (taken[i] == 0) oldest_in_batch = std::min(oldest_in_batch, queue[i].kinds[k].oldest_enqueued);
+        ++taken[i];
+        ++decision.rows;
+        decision.longest = longest;
+        progress = true;
+        if (!fits) break;  // an over-long row runs alone
+      }
+      if (decision.rows >= limits.max_rows || decision.rows * decision.longest >= limits.token_budget) limited = true;
+    }
+    level_begin = level_end;
+  }
+  for (size_t i = 0; i < queue.size(); ++i) {
+    if (taken[i] > 0) decision.take.emplace_back(i, taken[i]);
+  }
+  const absl::Duration waited = now - oldest_in_batch;
+  if (limited || waited >= limits.max_queue_delay) {
+    decision.run = true;
+  } else {
+    decision.wait = limits.max_queue_delay - waited;
+    decision.take.clear();
+  }
+  return decision;
+}
+
+}  // namespace attribution::engine

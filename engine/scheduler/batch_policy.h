@@ -1,0 +1,52 @@
+// SPDX-License-Identifier: Apache-2.0
+// The batching decision as a pure function of (queue view, now): which rows form the next batch, or
+// how long to wait for more. Kept free of threads and locks so tests can drive it with any clock.
+//
+// Policy: requests are ordered by priority (high first), then deadline (earliest first), then arrival.
+// The first request with work picks the batch's row kind (its oldest row's kind). Priority levels are
+// strict: the batch is filled from the highest level first. Within a level it is filled round-robin,
+// one row per request per pass in deadline order, so a short request queued behind a 512-step
+// integrated-gradients job gets rows into the very next batch. A batch holds at most `max_rows` rows
+// and rows x longest row <= token budget (padding counted); a single row longer than the budget runs
+// alone. A batch that is not full waits until its oldest row has waited `max_queue_delay`.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "engine/scheduler/row.h"
+
+namespace attribution::engine {
+
+struct QueuedRequestView {
+  uint64_t request_id = 0;
+  Priority priority = Priority::kNormal;
+  absl::Time deadline = absl::InfiniteFuture();
+  uint64_t arrival = 0;  // submission order of the request's first rows
+  struct KindQueue {
+    std::vector<int64_t> lengths;   // queued rows of this kind, front first
+    absl::Time oldest_enqueued = absl::InfiniteFuture();
+  };
+  KindQueue kinds[kRowKinds];
+};
+
+struct BatchLimits {
+  int64_t token_budget = 8192;
+  int64_t max_rows = 64;
+  absl::Duration max_queue_delay = absl::ZeroDuration();
+};
+
+struct BatchDecision {
+  bool run = false;               // false: nothing to run now
+  absl::Duration wait = absl::InfiniteDuration();  // when !run: how long until the decision may change
+  RowKind kind = RowKind::kScore;
+  // (index into the view vector, rows taken from the front of that request's `kind` queue)
+  std::vector<std::pair<size_t, int64_t>> take;
+  int64_t rows = 0;
+  int64_t longest = 0;
+};
+
+BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Time now, const BatchLimits& limits);
+
+}  // namespace attribution::engine

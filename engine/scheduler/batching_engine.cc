@@ -1,0 +1,320 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "engine/scheduler/batching_engine.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "engine/model/torch_errors.h"
+
+namespace attribution::engine {
+namespace {
+
+absl::Status CheckRow(const Row& row, size_t index) {
+  const std::string where = absl::StrCat("row ", index, ": ");
+  if (row.length() < 1) return absl::InvalidArgumentError(where + "has no tokens");
+  switch (row.kind) {
+    case RowKind::kGrad:
+      if (!row.inputs_embeds.defined()) return absl::InvalidArgumentError(where + "grad rows need inputs_embeds");
+      break;
+    case RowKind::kDecode:
+      if (!row.decode_state) return absl::InvalidArgumentError(where + "decode rows need a decode state");
+      if (row.inputs_embeds.defined()) return absl::InvalidArgumentError(where + "decode rows take token ids");
+      break;
+    case RowKind::kScore:
+      break;
+  }
+  if (row.top_k < 0) return absl::InvalidArgumentError(where + "top_k must be >= 0");
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+Request::Stats Request::stats() const {
+  absl::MutexLock lock(&mu_);
+  return stats_;
+}
+
+BatchingEngine::BatchingEngine(std::unique_ptr<BatchExecutor> executor, EngineOptions options)
+    : executor_(std::move(executor)), options_(std::move(options)), started_(Now()),
+      token_budget_(options_.max_batch_tokens) {}
+
+absl::StatusOr<std::unique_ptr<BatchingEngine>> BatchingEngine::Create(std::unique_ptr<BatchExecutor> executor,
+                                                                      EngineOptions options) {
+  if (!executor) return absl::InvalidArgumentError("engine needs an executor");
+  if (options.max_batch_tokens < 1 || options.max_batch_rows < 1 || options.min_batch_tokens < 1 ||
+      options.min_batch_tokens > options.max_batch_tokens) {
+    return absl::InvalidArgumentError("engine options: need 1 <= min_batch_tokens <= max_batch_tokens and max_batch_rows >= 1");
+  }
+  std::unique_ptr<BatchingEngine> engine(new BatchingEngine(std::move(executor), std::move(options)));
+  engine->thread_ = std::thread([e = engine.get()] { e->Loop(); });
+  return engine;
+}
+
+BatchingEngine::~BatchingEngine() { Shutdown(); }
+
+std::shared_ptr<Request> BatchingEngine::NewRequest(Priority priority, absl::Time deadline) {
+  return std::make_shared<Request>(next_request_id_.fetch_add(1), priority, deadline);
+}
+
+absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std::vector<Row> rows, RowCallback done) {
+  int64_t tokens = 0;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    if (absl::Status s = CheckRow(rows[i], i); !s.ok()) return s;
+    tokens += rows[i].length();
+  }
+  if (request->cancelled()) return absl::CancelledError("request was cancelled");
+  const absl::Time now = Now();
+  if (now > request->deadline()) return absl::DeadlineExceededError("request deadline has passed");
+  const int64_t count = static_cast<int64_t>(rows.size());
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return absl::UnavailableError("engine is shutting down");
+  RequestQueue& queue = queues_[request->id()];
+  const bool fresh = queue.request == nullptr;
+  auto reject = [&](absl::Status status) {
+    if (fresh) queues_.erase(request->id());
+    return status;
+  };
+  if (queue.rows + count > options_.max_rows_per_request) {
+    return reject(absl::ResourceExhaustedError(absl::StrCat("request would queue ", queue.rows + count,
+                                                            " rows; the limit per request is ", options_.max_rows_per_request)));
+  }
+  if (queue.tokens + tokens > options_.max_tokens_per_request) {
+    return reject(absl::ResourceExhaustedError(absl::StrCat("request would queue ", queue.tokens + tokens,
+                                                            " tokens; the limit per request is ", options_.max_tokens_per_request)));
+  }
+  if (stats_.queued_rows + count > options_.max_queued_rows || stats_.queued_tokens + tokens > options_.max_queued_tokens) {
+    return reject(absl::ResourceExhaustedError(absl::StrCat("engine queue is full (", stats_.queued_rows, " rows, ",
+                                                            stats_.queued_tokens, " tokens queued)")));
+  }
+  if (fresh) {
+    queue.request = request;
+    queue.arrival = arrivals_++;
+  }
+  auto group = std::make_shared<Group>(Group{request, std::move(done)});
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const int k = static_cast<int>(rows[i].kind);
+    queue.kinds[k].push_back(PendingRow{std::move(rows[i]), group, i, now});
+  }
+  queue.rows += count;
+  queue.tokens += tokens;
+  stats_.queued_rows += count;
+  stats_.queued_tokens += tokens;
+  ++submissions_;
+  return absl::OkStatus();
+}
+
+void BatchingEngine::Cancel(Request& request) {
+  request.cancelled_.store(true);
+  std::vector<Answer> answers;
+  {
+    absl::MutexLock lock(&mu_);
+    DropDeadRowsLocked(Now(), answers);
+  }
+  Deliver(answers);
+}
+
+void BatchingEngine::DropDeadRowsLocked(absl::Time now, std::vector<Answer>& answers) {
+  for (auto it = queues_.begin(); it != queues_.end();) {
+    RequestQueue& queue = it->second;
+    absl::Status status;
+    if (queue.request->cancelled()) status = absl::CancelledError("request was cancelled");
+    else if (now > queue.request->deadline()) status = absl::DeadlineExceededError("request deadline passed while queued");
+    if (status.ok() && queue.rows > 0) {
+      ++it;
+      continue;
+    }
+    for (auto& kind : queue.kinds) {
+      for (PendingRow& row : kind) answers.push_back({row.group, row.index, RowResult{.status = status}});
+    }
+    stats_.queued_rows -= queue.rows;
+    stats_.queued_tokens -= queue.tokens;
+    it = queues_.erase(it);
+  }
+}
+
+std::vector<BatchingEngine::PendingRow> BatchingEngine::TakeBatchLocked(const BatchDecision& decision,
+                                                                        const std::vector<uint64_t>& ids) {
+  std::vector<PendingRow> batch;
+  const int k = static_cast<int>(decision.kind);
+  for (const auto& [view_index, count] : decision.take) {
+    RequestQueue& queue = queues_[ids[view_index]];
+    for (int64_t i = 0; i < count; ++i) {
+      PendingRow row = std::move(queue.kinds[k].front());
+      queue.kinds[k].pop_front();
+      queue.rows -= 1;
+      queue.tokens -= row.row.length();
+      stats_.queued_rows -= 1;
+      stats_.queued_tokens -= row.row.length();
+      batch.push_back(std::move(row));
+    }
+  }
+  return batch;
+}
+
+void BatchingEngine::Loop() {
+  while (true) {
+    std::vector<Answer> dropped;
+    std::vector<PendingRow> batch;
+    RowKind kind = RowKind::kScore;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](BatchingEngine* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(e->mu_) { return e->stopping_ || e->stats_.queued_rows > 0; },
+          this));
+      if (stopping_ && stats_.queued_rows == 0) return;
+      const absl::Time now = Now();
+      DropDeadRowsLocked(now, dropped);
+      std::vector<QueuedRequestView> views;
+      std::vector<uint64_t> ids;
+      for (const auto& [id, queue] : queues_) {
+        QueuedRequestView view{id, queue.request->priority(), queue.request->deadline(), queue.arrival};
+        for (int k = 0; k < kRowKinds; ++k) {
+          for (const PendingRow& row : queue.kinds[k]) view.kinds[k].lengths.push_back(row.row.length());
+          if (!queue.kinds[k].empty()) view.kinds[k].oldest_enqueued = queue.kinds[k].front().enqueued;
+        }
+        views.push_back(std::move(view));
+        ids.push_back(id);
+      }
+      const BatchDecision decision =
+          DecideBatch(views, now, {token_budget_, options_.max_batch_rows, stopping_ ? absl::ZeroDuration() : options_.max_queue_delay});
+      if (decision.run) {
+        kind = decision.kind;
+        batch = TakeBatchLocked(decision, ids);
+      } else if (!views.empty() && dropped.empty()) {
+        // Wait for the oldest row's delay to run out, or for new rows to change the decision.
+        const uint64_t seen = submissions_;
+        const auto changed = [this, seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || submissions_ != seen; };
+        mu_.AwaitWithTimeout(absl::Condition(&changed), decision.wait);
+      }
+    }
+    Deliver(dropped);
+    if (batch.empty()) continue;
+    std::vector<PendingRow*> rows;
+    for (PendingRow& row : batch) rows.push_back(&row);
+    std::vector<RowResult> results(batch.size());
+    const absl::Time started = Now();
+    Execute(kind, rows, results);
+    Finish(kind, batch, results, started, Now() - started);
+  }
+}
+
+void BatchingEngine::Execute(RowKind kind, std::vector<PendingRow*> rows, std::vector<RowResult>& results) {
+  std::vector<const Row*> plain;
+  int64_t longest = 0;
+  for (PendingRow* row : rows) {
+    plain.push_back(&row->row);
+    longest = std::max(longest, row->row.length());
+  }
+  std::vector<RowResult> local(rows.size());
+  absl::Status status;
+  try {
+    status = executor_->Run(kind, plain, local);
+  } catch (const std::exception& e) {
+    status = StatusFromException(e, "batch");
+  }
+  if (status.ok()) {
+    results = std::move(local);
+    return;
+  }
+  if (rows.size() == 1) {
+    results[0].status = status;
+    return;
+  }
+  if (status.code() == absl::StatusCode::kResourceExhausted) {
+    absl::MutexLock lock(&mu_);
+    const int64_t padded = static_cast<int64_t>(rows.size()) * longest;
+    token_budget_ = std::max(options_.min_batch_tokens, std::min(token_budget_, padded / 2));
+  }
+  // Halve and retry, so only rows that fail alone fail.
+  const size_t half = rows.size() / 2;
+  std::vector<RowResult> first(half), second(rows.size() - half);
+  Execute(kind, std::vector<PendingRow*>(rows.begin(), rows.begin() + half), first);
+  Execute(kind, std::vector<PendingRow*>(rows.begin() + half, rows.end()), second);
+  for (size_t i = 0; i < half; ++i) results[i] = std::move(first[i]);
+  for (size_t i = half; i < rows.size(); ++i) results[i] = std::move(second[i - half]);
+}
+
+void BatchingEngine::Finish(RowKind kind, std::vector<PendingRow>& batch, std::vector<RowResult>& results,
+                            absl::Time started, absl::Duration device_time) {
+  BatchRecord record{.kind = kind, .rows = static_cast<int64_t>(batch.size()), .device_time = device_time};
+  int64_t longest = 0;
+  for (const PendingRow& row : batch) {
+    record.tokens += row.row.length();
+    longest = std::max(longest, row.row.length());
+    record.max_queue_wait = std::max(record.max_queue_wait, started - row.enqueued);
+  }
+  record.padded_tokens = longest * record.rows;
+  const absl::Time now = Now();
+  std::vector<Answer> answers;
+  int64_t failed = 0;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    Request& request = *batch[i].group->request;
+    if (request.cancelled()) results[i] = RowResult{.status = absl::CancelledError("request was cancelled")};
+    else if (now > request.deadline()) results[i] = RowResult{.status = absl::DeadlineExceededError("request deadline passed while running")};
+    if (!results[i].status.ok()) ++failed;
+    {
+      absl::MutexLock lock(&request.mu_);
+      request.stats_.rows_done += 1;
+      request.stats_.queue_time += started - batch[i].enqueued;
+      request.stats_.device_time += device_time * (static_cast<double>(batch[i].row.length()) / record.tokens);
+      request.stats_.batches += 1;  // counts (row, batch) pairs; equal rows share batches
+    }
+    answers.push_back({batch[i].group, batch[i].index, std::move(results[i])});
+  }
+  record.failed = failed > 0;
+  std::function<void(const BatchRecord&)> observer;
+  {
+    absl::MutexLock lock(&mu_);
+    stats_.batches += 1;
+    stats_.rows += record.rows;
+    stats_.tokens += record.tokens;
+    stats_.padded_tokens += record.padded_tokens;
+    stats_.failed_rows += failed;
+    stats_.device_time += device_time;
+    observer = observer_;
+  }
+  Deliver(answers);
+  if (observer) observer(record);
+}
+
+void BatchingEngine::Deliver(std::vector<Answer>& answers) {
+  for (Answer& a : answers) a.group->done(a.index, std::move(a.result));
+  answers.clear();
+}
+
+EngineStats BatchingEngine::Stats() const {
+  absl::MutexLock lock(&mu_);
+  EngineStats stats = stats_;
+  stats.token_budget = token_budget_;
+  stats.uptime = Now() - started_;
+  return stats;
+}
+
+void BatchingEngine::SetBatchObserver(std::function<void(const BatchRecord&)> observer) {
+  absl::MutexLock lock(&mu_);
+  observer_ = std::move(observer);
+}
+
+void BatchingEngine::Shutdown() {
+  absl::MutexLock shutdown_lock(&shutdown_mu_);
+  std::vector<Answer> answers;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_ && !thread_.joinable()) return;
+    stopping_ = true;
+    for (auto& [id, queue] : queues_) {
+      for (auto& kind : queue.kinds) {
+        for (PendingRow& row : kind) {
+          answers.push_back({row.group, row.index, RowResult{.status = absl::UnavailableError("engine is shutting down")}});
+        }
+      }
+    }
+    queues_.clear();
+    stats_.queued_rows = 0;
+    stats_.queued_tokens = 0;
+  }
+  Deliver(answers);
+  if (thread_.joinable()) thread_.join();
+}
+
+}  // namespace attribution::engine

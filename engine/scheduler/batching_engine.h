@@ -1,0 +1,177 @@
+// SPDX-License-Identifier: Apache-2.0
+// The shared batching engine of one model on one device: every request's rows (score, grad, decode)
+// are queued together, formed into batches by DecideBatch, and run by one executor thread that owns
+// the model's compute. Submitters never block on the device; results come back through callbacks.
+//
+//   auto engine = *BatchingEngine::Create(MakeModelExecutor(model), {});
+//   auto request = engine->NewRequest(Priority::kNormal, deadline);
+//   RETURN_IF_ERROR(engine->Submit(request, std::move(rows), [](size_t i, RowResult r) { ... }));
+//   engine->Cancel(*request);  // pending rows are dropped and answered CANCELLED
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "engine/scheduler/batch_executor.h"
+#include "engine/scheduler/batch_policy.h"
+
+namespace attribution::engine {
+
+struct EngineOptions {
+  int64_t max_batch_tokens = 8192;   // padded tokens (rows x longest row) per batch
+  int64_t min_batch_tokens = 64;     // out-of-memory retries never shrink the budget below this
+  int64_t max_batch_rows = 64;
+  absl::Duration max_queue_delay = absl::Milliseconds(2);
+  int64_t max_queued_rows = 1 << 20;        // per engine (model)
+  int64_t max_queued_tokens = int64_t{1} << 28;
+  int64_t max_rows_per_request = 1 << 16;   // queued at once
+  int64_t max_tokens_per_request = int64_t{1} << 24;
+  std::function<absl::Time()> clock;       // default: absl::Now
+};
+
+// One finished batch, for metrics.
+struct BatchRecord {
+  RowKind kind;
+  int64_t rows = 0;
+  int64_t tokens = 0;         // real tokens
+  int64_t padded_tokens = 0;  // rows x longest
+  absl::Duration device_time;
+  absl::Duration max_queue_wait;
+  bool failed = false;
+};
+
+struct EngineStats {
+  int64_t queued_rows = 0;
+  int64_t queued_tokens = 0;
+  int64_t batches = 0;
+  int64_t rows = 0;
+  int64_t tokens = 0;
+  int64_t padded_tokens = 0;
+  int64_t failed_rows = 0;
+  int64_t token_budget = 0;  // current (shrinks after out-of-memory)
+  absl::Duration device_time;
+  absl::Duration uptime;
+  double padding_waste() const { return padded_tokens > 0 ? 1.0 - static_cast<double>(tokens) / padded_tokens : 0; }
+  double rows_per_second() const { return rows / std::max(1e-9, absl::ToDoubleSeconds(uptime)); }
+  double tokens_per_second() const { return tokens / std::max(1e-9, absl::ToDoubleSeconds(uptime)); }
+};
+
+// A request's identity, priority and deadline, shared between its owner and the engine.
+// Thread-safe.
+class Request {
+ public:
+  Request(uint64_t id, Priority priority, absl::Time deadline) : id_(id), priority_(priority), deadline_(deadline) {}
+  uint64_t id() const { return id_; }
+  Priority priority() const { return priority_; }
+  absl::Time deadline() const { return deadline_; }
+  bool cancelled() const { return cancelled_.load(); }
+
+  struct Stats {
+    int64_t rows_done = 0;
+    int64_t batches = 0;
+    absl::Duration queue_time;   // summed over rows: enqueue to batch start
+    absl::Duration device_time;  // this request's share (by tokens) of its batches' device time
+  };
+  Stats stats() const;
+
+ private:
+  friend class BatchingEngine;
+  const uint64_t id_;
+  const Priority priority_;
+  const absl::Time deadline_;
+  std::atomic<bool> cancelled_{false};
+  mutable absl::Mutex mu_;
+  Stats stats_ ABSL_GUARDED_BY(mu_);
+};
+
+// Thread-safe. Destruction shuts down (pending rows are answered UNAVAILABLE) and joins.
+class BatchingEngine {
+ public:
+  static absl::StatusOr<std::unique_ptr<BatchingEngine>> Create(std::unique_ptr<BatchExecutor> executor,
+                                                                EngineOptions options);
+  ~BatchingEngine();
+
+  std::shared_ptr<Request> NewRequest(Priority priority = Priority::kNormal,
+                                      absl::Time deadline = absl::InfiniteFuture());
+
+  // Queues `rows` of `request`. Either accepts them all (OK; then `done` is called exactly once per
+  // row, possibly with CANCELLED / DEADLINE_EXCEEDED / UNAVAILABLE) or none: INVALID_ARGUMENT for a
+  // malformed row, RESOURCE_EXHAUSTED when a queue limit would be exceeded, CANCELLED /
+  // DEADLINE_EXCEEDED for a finished request, UNAVAILABLE after Shutdown.
+  absl::Status Submit(const std::shared_ptr<Request>& request, std::vector<Row> rows, RowCallback done);
+
+  // Drops the request's queued rows (answered CANCELLED now) and discards its in-flight results.
+  void Cancel(Request& request);
+
+  EngineStats Stats() const;
+  // Called on the executor thread after every batch.
+  void SetBatchObserver(std::function<void(const BatchRecord&)> observer);
+
+  // Stops accepting, answers queued rows UNAVAILABLE, lets the running batch finish, joins. Idempotent.
+  void Shutdown();
+
+ private:
+  struct Group {  // the rows of one Submit call
+    std::shared_ptr<Request> request;
+    RowCallback done;
+  };
+  struct PendingRow {
+    Row row;
+    std::shared_ptr<Group> group;
+    size_t index = 0;
+    absl::Time enqueued;
+  };
+  struct RequestQueue {
+    std::shared_ptr<Request> request;
+    uint64_t arrival = 0;
+    int64_t rows = 0, tokens = 0;
+    std::deque<PendingRow> kinds[kRowKinds];
+  };
+  struct Answer {  // a callback to make outside the lock
+    std::shared_ptr<Group> group;
+    size_t index;
+    RowResult result;
+  };
+
+  BatchingEngine(std::unique_ptr<BatchExecutor> executor, EngineOptions options);
+  absl::Time Now() const { return options_.clock ? options_.clock() : absl::Now(); }
+  void Loop();
+  // Removes rows of expired or cancelled requests; appends their answers.
+  void DropDeadRowsLocked(absl::Time now, std::vector<Answer>& answers) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::vector<PendingRow> TakeBatchLocked(const BatchDecision& decision, const std::vector<uint64_t>& ids)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Runs rows as one batch, splitting it on failure until failures are pinned to single rows.
+  void Execute(RowKind kind, std::vector<PendingRow*> rows, std::vector<RowResult>& results);
+  void Finish(RowKind kind, std::vector<PendingRow>& batch, std::vector<RowResult>& results, absl::Time started,
+              absl::Duration device_time);
+  static void Deliver(std::vector<Answer>& answers);
+
+  const std::unique_ptr<BatchExecutor> executor_;  // used by the executor thread only
+  const EngineOptions options_;
+  const absl::Time started_;
+  std::atomic<uint64_t> next_request_id_{1};
+
+  mutable absl::Mutex mu_;
+  std::map<uint64_t, RequestQueue> queues_ ABSL_GUARDED_BY(mu_);
+  uint64_t arrivals_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t submissions_ ABSL_GUARDED_BY(mu_) = 0;  // wakes the executor when rows arrive
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  int64_t token_budget_ ABSL_GUARDED_BY(mu_);
+  EngineStats stats_ ABSL_GUARDED_BY(mu_);
+  std::function<void(const BatchRecord&)> observer_ ABSL_GUARDED_BY(mu_);
+
+  std::thread thread_;  // the executor thread; joined by Shutdown
+  absl::Mutex shutdown_mu_;  // serialises Shutdown callers around the join
+};
+
+}  // namespace attribution::engine

@@ -1,0 +1,149 @@
+// SPDX-License-Identifier: Apache-2.0
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include "absl/strings/str_cat.h"
+#include "engine/common/status_macros.h"
+#include "engine/scheduler/batch_executor.h"
+
+namespace attribution::engine {
+namespace {
+
+class ModelExecutor : public BatchExecutor {
+ public:
+  explicit ModelExecutor(std::shared_ptr<const CausalLM> model) : model_(std::move(model)) {}
+
+  absl::Status Run(RowKind kind, const std::vector<const Row*>& rows, std::vector<RowResult>& results) override {
+    switch (kind) {
+      case RowKind::kScore:
+        return RunScore(rows, results);
+      case RowKind::kGrad:
+        return RunGrad(rows, results);
+      case RowKind::kDecode:
+        return RunDecode(rows, results);
+    }
+    return absl::InternalError("unknown row kind");
+  }
+
+ private:
+  // Right-pads the rows into [B, S] ids, or [B, S, hidden] embeddings when any row brings them.
+  absl::StatusOr<ForwardBatch> Pad(const std::vector<const Row*>& rows) const {
+    ForwardBatch batch;
+    int64_t longest = 0;
+    bool any_embeds = false;
+    for (const Row* row : rows) {
+      batch.lengths.push_back(row->length());
+      longest = std::max(longest, row->length());
+      any_embeds = any_embeds || row->inputs_embeds.defined();
+    }
+    const int64_t b = static_cast<int64_t>(rows.size());
+    if (!any_embeds) {
+      batch.input_ids = at::zeros({b, longest}, at::kLong);
+      for (int64_t r = 0; r < b; ++r) {
+        batch.input_ids[r].narrow(0, 0, batch.lengths[r]).copy_(at::tensor(rows[r]->input_ids, at::kLong));
+      }
+      return batch;
+    }
+    const int64_t hidden = model_->config().hidden_size;
+    batch.inputs_embeds = at::zeros({b, longest, hidden}, at::TensorOptions().dtype(model_->dtype()).device(model_->device()));
+    for (int64_t r = 0; r < b; ++r) {
+      at::Tensor embeds = rows[r]->inputs_embeds;
+      if (!embeds.defined()) {
+        ASSIGN_OR_RETURN(embeds, model_->Embed(at::tensor(rows[r]->input_ids, at::kLong).unsqueeze(0)));
+        embeds = embeds[0];
+      }
+      batch.inputs_embeds[r].narrow(0, 0, batch.lengths[r]).copy_(embeds);
+    }
+    return batch;
+  }
+
+  absl::Status RunScore(const std::vector<const Row*>& rows, std::vector<RowResult>& results) {
+    c10::InferenceMode inference;
+    ASSIGN_OR_RETURN(ForwardBatch batch, Pad(rows));
+    std::vector<RowObjective> objectives;
+    int64_t top_k = 0;
+    for (const Row* row : rows) {
+      objectives.push_back(row->objective);
+      top_k = std::max(top_k, row->top_k);
+    }
+    ObjectiveDetails details;
+    ASSIGN_OR_RETURN(at::Tensor values, model_->ObjectiveValues(batch, objectives, &details, top_k));
+    values = values.cpu();
+    int64_t offset = 0;
+    for (size_t r = 0; r < rows.size(); ++r) {
+      const int64_t n = static_cast<int64_t>(rows[r]->objective.tokens.size());
+      RowResult& out = results[r];
+      out.value = values[r].item<double>();
+      out.token_log_probs = details.log_probs.narrow(0, offset, n);
+      out.token_logits = details.logits.narrow(0, offset, n);
+      if (rows[r]->top_k > 0) {
+        out.top_ids = details.top_ids.narrow(0, offset, n).narrow(1, 0, rows[r]->top_k);
+        out.top_log_probs = details.top_log_probs.narrow(0, offset, n).narrow(1, 0, rows[r]->top_k);
+      }
+      offset += n;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status RunGrad(const std::vector<const Row*>& rows, std::vector<RowResult>& results) {
+    for (const Row* row : rows) {
+      if (!row->inputs_embeds.defined()) return absl::InvalidArgumentError("grad rows need inputs_embeds");
+    }
+    ASSIGN_OR_RETURN(ForwardBatch batch, Pad(rows));
+    std::vector<RowObjective> objectives;
+    for (const Row* row : rows) objectives.push_back(row->objective);
+    ASSIGN_OR_RETURN(InputGradients grads, model_->ObjectiveGradients(batch, objectives));
+    at::Tensor values = grads.values.cpu();
+    for (size_t r = 0; r < rows.size(); ++r) {
+      results[r].value = values[r].item<double>();
+      results[r].gradient = grads.gradients[r].narrow(0, 0, rows[r]->length());
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status RunDecode(const std::vector<const Row*>& rows, std::vector<RowResult>& results) {
+    c10::InferenceMode inference;
+    std::vector<const KvCache*> caches;
+    for (const Row* row : rows) {
+      if (!row->decode_state) return absl::InvalidArgumentError("decode rows need a decode state");
+      caches.push_back(&row->decode_state->cache);
+    }
+    ASSIGN_OR_RETURN(ForwardBatch batch, Pad(rows));
+    KvCache stacked = KvCache::Stack(caches);
+    batch.cache = &stacked;
+    ASSIGN_OR_RETURN(at::Tensor hidden, model_->Hidden(batch));
+    std::vector<int64_t> indices, last;
+    for (size_t r = 0; r < rows.size(); ++r) {
+      indices.push_back(static_cast<int64_t>(r));
+      last.push_back(batch.lengths[r] - 1);
+    }
+    at::Tensor logits = model_->LogitsAt(hidden, indices, last).cpu();  // [B, vocab]
+    for (size_t r = 0; r < rows.size(); ++r) {
+      stacked.ExtractRow(static_cast<int64_t>(r), rows[r]->decode_state->cache);
+      results[r].next_logits = logits[r];
+    }
+    return absl::OkStatus();
+  }
+
+  std::shared_ptr<const CausalLM> model_;
+};
+
+}  // namespace
+
+std::unique_ptr<BatchExecutor> MakeModelExecutor(std::shared_ptr<const CausalLM> model) {
+  return std::make_unique<ModelExecutor>(std::move(model));
+}
+
+const char* RowKindName(RowKind kind) {
+  switch (kind) {
+    case RowKind::kScore:
+      return "score";
+    case RowKind::kGrad:
+      return "grad";
+    case RowKind::kDecode:
+      return "decode";
+  }
+  return "unknown";
+}
+
+}  // namespace attribution::engine

@@ -1,0 +1,60 @@
+// SPDX-License-Identifier: Apache-2.0
+// Rows: the unit of device work that requests hand to the batching engine, and their results.
+//
+//   score  - token ids or embeddings -> the row objective and every scored token's log-prob (forward)
+//   grad   - embeddings -> the row objective and its gradient with respect to the embeddings
+//   decode - tokens appended to a live sequence's KV cache -> the next-token logits
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "engine/model/causal_lm.h"
+#include "engine/model/kv_cache.h"
+
+namespace attribution::engine {
+
+enum class RowKind { kScore = 0, kGrad = 1, kDecode = 2 };
+inline constexpr int kRowKinds = 3;
+const char* RowKindName(RowKind kind);
+
+enum class Priority { kLow = 0, kNormal = 1, kHigh = 2 };
+
+// A live sequence for decode rows. A sequence has at most one decode row in flight: the executor
+// thread updates its cache, the owner reads it only after that row's callback.
+struct DecodeState {
+  explicit DecodeState(int64_t num_layers) : cache(num_layers, 1) {}
+  KvCache cache;
+};
+
+struct Row {
+  RowKind kind = RowKind::kScore;
+  std::vector<int64_t> input_ids;     // score / decode rows (decode: the tokens to append)
+  at::Tensor inputs_embeds;           // [S, hidden] compute dtype: score rows (instead of ids) and grad rows
+  RowObjective objective;             // score / grad rows: what is scored
+  int64_t top_k = 0;                  // score rows: alternatives at each scored position
+  std::shared_ptr<DecodeState> decode_state;  // decode rows
+
+  int64_t length() const { return inputs_embeds.defined() ? inputs_embeds.size(0) : static_cast<int64_t>(input_ids.size()); }
+};
+
+struct RowResult {
+  absl::Status status;
+  double value = 0;              // the row objective (score / grad rows)
+  at::Tensor token_log_probs;    // [n scored] float32, score rows
+  at::Tensor token_logits;       // [n scored] float32, score rows
+  at::Tensor top_ids;            // [n scored, k] int64, score rows with top_k
+  at::Tensor top_log_probs;      // [n scored, k] float32
+  at::Tensor gradient;           // [S, hidden] grad rows
+  at::Tensor next_logits;        // [vocab] float32 decode rows: logits after the last appended token
+};
+
+// Called once per row, on the engine's executor thread (keep it short; never block on the engine).
+using RowCallback = std::function<void(size_t row_index, RowResult result)>;
+
+}  // namespace attribution::engine

@@ -1,0 +1,308 @@
+// SPDX-License-Identifier: Apache-2.0
+// The scheduler with a fake executor: fairness, priorities, deadlines, cancellation, failures,
+// admission and shutdown. (Model-backed behaviour is in batching_engine_model_test.cc.)
+#include "engine/scheduler/batching_engine.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <thread>
+
+#include "tests/testing/fake_executor.h"
+#include "tests/testing/row_collector.h"
+
+namespace attribution::engine {
+namespace {
+
+using ::attribution::testing::FakeExecutor;
+using ::attribution::testing::RowCollector;
+using ::testing::Each;
+using ::testing::HasSubstr;
+
+Row ScoreRow(std::vector<int64_t> ids) { return Row{.kind = RowKind::kScore, .input_ids = std::move(ids)}; }
+
+std::vector<Row> ScoreRows(int count, int64_t length, int64_t marker) {
+  std::vector<Row> rows;
+  for (int i = 0; i < count; ++i) rows.push_back(ScoreRow(std::vector<int64_t>(length, marker)));
+  return rows;
+}
+
+class BatchingEngineTest : public ::testing::Test {
+ protected:
+  void Start(EngineOptions options = {}) {
+    options.max_queue_delay = absl::ZeroDuration();
+    options.clock = [this] { return absl::FromUnixSeconds(1000) + absl::Milliseconds(now_ms_.load()); };
+    auto executor = std::make_unique<FakeExecutor>();
+    executor_ = executor.get();
+    engine_ = *BatchingEngine::Create(std::move(executor), options);
+  }
+  absl::Time Now() const { return absl::FromUnixSeconds(1000) + absl::Milliseconds(now_ms_.load()); }
+  // Index of the first batch holding a row whose ids start with `marker`.
+  int FirstBatchWith(int64_t marker) const {
+    auto batches = executor_->batches();
+    for (size_t b = 0; b < batches.size(); ++b) {
+      for (const auto& row : batches[b].rows) {
+        if (row[0] == marker) return static_cast<int>(b);
+      }
+    }
+    return -1;
+  }
+  int CountRowsWith(int64_t marker) const {
+    int count = 0;
+    for (const auto& batch : executor_->batches()) {
+      for (const auto& row : batch.rows) count += row[0] == marker;
+    }
+    return count;
+  }
+
+  std::atomic<int64_t> now_ms_{0};
+  FakeExecutor* executor_ = nullptr;
+  std::unique_ptr<BatchingEngine> engine_;
+};
+
+TEST_F(BatchingEngineTest, EveryRowAnsweredOnceWithItsOwnResult) {
+  Start({.max_batch_tokens = 64, .max_batch_rows = 8});
+  auto request = engine_->NewRequest();
+  std::vector<Row> rows;
+  for (int64_t i = 1; i <= 50; ++i) rows.push_back(ScoreRow({i, i, 1}));
+  RowCollector collector(rows.size());
+  ASSERT_TRUE(engine_->Submit(request, std::move(rows), collector.Callback()).ok());
+  collector.Wait();
+  EXPECT_THAT(collector.answers(), Each(1));
+  for (int64_t i = 1; i <= 50; ++i) EXPECT_EQ(collector.result(i - 1).value, 2 * i + 1);
+  for (const auto& batch : executor_->batches()) EXPECT_LE(batch.rows.size(), 8u);
+  EXPECT_EQ(engine_->Stats().rows, 50);
+  EXPECT_EQ(request->stats().rows_done, 50);
+}
+
+TEST_F(BatchingEngineTest, ShortRequestInterleavesWithLongOne) {
+  Start({.max_batch_tokens = 1 << 20, .max_batch_rows = 8});
+  absl::Notification gate;
+  executor_->HoldFirstBatch(&gate);
+  auto blocker = engine_->NewRequest();
+  RowCollector blocking(1);
+  ASSERT_TRUE(engine_->Submit(blocker, ScoreRows(1, 4, 7), blocking.Callback()).ok());
+  executor_->started().WaitForNotification();
+  auto long_request = engine_->NewRequest(), short_request = engine_->NewRequest();
+  RowCollector long_rows(512), short_rows(4);
+  ASSERT_TRUE(engine_->Submit(long_request, ScoreRows(512, 16, 100), long_rows.Callback()).ok());
+  ASSERT_TRUE(engine_->Submit(short_request, ScoreRows(4, 16, 200), short_rows.Callback()).ok());
+  gate.Notify();
+  long_rows.Wait();
+  short_rows.Wait();
+  // Round-robin: the short request's 4 rows ride in the first batch after the blocker; the long one
+  // needs 64 batches.
+  EXPECT_EQ(FirstBatchWith(200), 1);
+  EXPECT_EQ(CountRowsWith(200), 4);
+  EXPECT_GE(executor_->batches().size(), 65u);
+}
+
+TEST_F(BatchingEngineTest, HigherPriorityRunsFirst) {
+  Start({.max_batch_rows = 4});
+  absl::Notification gate;
+  executor_->HoldFirstBatch(&gate);
+  RowCollector blocking(1), low(4), high(4);
+  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 7), blocking.Callback()).ok());
+  executor_->started().WaitForNotification();
+  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(Priority::kLow), ScoreRows(4, 2, 1), low.Callback()).ok());
+  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(Priority::kHigh), ScoreRows(4, 2, 3), high.Callback()).ok());
+  gate.Notify();
+  low.Wait();
+  high.Wait();
+  EXPECT_LT(FirstBatchWith(3), FirstBatchWith(1));
+}
+
+TEST_F(BatchingEngineTest, EarlierDeadlineRunsFirst) {
+  Start({.max_batch_rows = 1});
+  absl::Notification gate;
+  executor_->HoldFirstBatch(&gate);
+  RowCollector blocking(1), late(4), soon(4);
+  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 7), blocking.Callback()).ok());
+  executor_->started().WaitForNotification();
+  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(Priority::kNormal, Now() + absl::Hours(2)), ScoreRows(4, 2, 1), late.Callback()).ok());
+  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(Priority::kNormal, Now() + absl::Hours(1)), ScoreRows(4, 2, 2), soon.Callback()).ok());
+  gate.Notify();
+  late.Wait();
+  soon.Wait();
+  EXPECT_LT(FirstBatchWith(2), FirstBatchWith(1));
+}
+
+TEST_F(BatchingEngineTest, CancelledRowsNeverReachTheExecutor) {
+  Start({.max_batch_rows = 4});
+  absl::Notification gate;
+  executor_->HoldFirstBatch(&gate);
+  RowCollector blocking(1), kept(8), cancelled(8);
+  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 7), blocking.Callback()).ok());
+  executor_->started().WaitForNotification();
+  auto victim = engine_->NewRequest();
+  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(8, 2, 1), kept.Callback()).ok());
+  ASSERT_TRUE(engine_->Submit(victim, ScoreRows(8, 2, 2), cancelled.Callback()).ok());
+  engine_->Cancel(*victim);
+  ASSERT_TRUE(cancelled.done());  // answered at once, before the executor is released
+  gate.Notify();
+  kept.Wait();
+  EXPECT_EQ(CountRowsWith(2), 0);
+  EXPECT_EQ(CountRowsWith(1), 8);
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(cancelled.result(i).status.code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(engine_->Submit(victim, ScoreRows(1, 2, 2), [](size_t, RowResult) {}).code(), absl::StatusCode::kCancelled);
+}
+
+TEST_F(BatchingEngineTest, InFlightResultsOfCancelledRequestAreDiscarded) {
+  Start();
+  absl::Notification gate;
+  executor_->HoldFirstBatch(&gate);
+  auto request = engine_->NewRequest();
+  RowCollector rows(1);
+  ASSERT_TRUE(engine_->Submit(request, ScoreRows(1, 2, 7), rows.Callback()).ok());
+  executor_->started().WaitForNotification();
+  engine_->Cancel(*request);
+  gate.Notify();
+  rows.Wait();
+  EXPECT_EQ(rows.result(0).status.code(), absl::StatusCode::kCancelled);
+}
+
+TEST_F(BatchingEngineTest, ExpiredRowsAreDroppedWithDeadlineExceeded) {
+  Start({.max_batch_rows = 4});
+  absl::Notification gate;
+  executor_->HoldFirstBatch(&gate);
+  RowCollector blocking(1), expiring(6);
+  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 7), blocking.Callback()).ok());
+  executor_->started().WaitForNotification();
+  auto request = engine_->NewRequest(Priority::kNormal, Now() + absl::Seconds(1));
+  ASSERT_TRUE(engine_->Submit(request, ScoreRows(6, 2, 5), expiring.Callback()).ok());
+  now_ms_ += 2000;
+  gate.Notify();
+  expiring.Wait();
+  EXPECT_EQ(CountRowsWith(5), 0);
+  EXPECT_EQ(expiring.result(0).status.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(engine_->Submit(request, ScoreRows(1, 2, 5), [](size_t, RowResult) {}).code(),
+            absl::StatusCode::kDeadlineExceeded);
+}
+
+TEST_F(BatchingEngineTest, OutOfMemoryBatchesAreSplitAndBudgetShrinks) {
+  Start({.max_batch_tokens = 4096, .max_batch_rows = 64});
+  executor_->FailWhen([](const std::vector<const Row*>& rows) {
+    return rows.size() > 4 ? absl::ResourceExhaustedError("out of device memory") : absl::OkStatus();
+  });
+  RowCollector rows(32);
+  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(32, 8, 3), rows.Callback()).ok());
+  rows.Wait();
+  for (int i = 0; i < 32; ++i) EXPECT_TRUE(rows.result(i).status.ok()) << rows.result(i).status;
+  EXPECT_GT(executor_->failed_attempts(), 0);
+  EXPECT_LT(engine_->Stats().token_budget, 4096);
+  for (const auto& batch : executor_->batches()) EXPECT_LE(batch.rows.size(), 4u);
+}
+
+TEST_F(BatchingEngineTest, RowThatAlwaysFailsFailsOnlyItsRequest) {
+  Start({.max_batch_rows = 16});
+  executor_->FailWhen([](const std::vector<const Row*>& rows) {
+    for (const Row* row : rows) {
+      if (row->input_ids[0] == 666) throw std::runtime_error("poisoned row");
+    }
+    return absl::OkStatus();
+  });
+  absl::Notification gate;
+  executor_->HoldFirstBatch(&gate);
+  RowCollector blocking(1), good(8), bad(1);
+  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 7), blocking.Callback()).ok());
+  executor_->started().WaitForNotification();
+  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(8, 2, 1), good.Callback()).ok());
+  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 666), bad.Callback()).ok());
+  gate.Notify();
+  good.Wait();
+  bad.Wait();
+  for (int i = 0; i < 8; ++i) EXPECT_TRUE(good.result(i).status.ok());
+  EXPECT_EQ(bad.result(0).status.code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(bad.result(0).status.message(), HasSubstr("poisoned row"));
+}
+
+TEST_F(BatchingEngineTest, FullQueueRejectsBeforeAccepting) {
+  Start({.max_queued_rows = 1000, .max_rows_per_request = 10});
+  absl::Notification gate;
+  executor_->HoldFirstBatch(&gate);
+  RowCollector blocking(1);
+  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 7), blocking.Callback()).ok());
+  executor_->started().WaitForNotification();
+  auto request = engine_->NewRequest();
+  RowCollector accepted(6);
+  ASSERT_TRUE(engine_->Submit(request, ScoreRows(6, 2, 1), accepted.Callback()).ok());
+  bool called = false;
+  absl::Status status = engine_->Submit(request, ScoreRows(5, 2, 1), [&](size_t, RowResult) { called = true; });
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(status.message(), HasSubstr("limit per request is 10"));
+  EXPECT_EQ(engine_->Stats().queued_rows, 6);  // nothing of the rejected call was queued
+  gate.Notify();
+  accepted.Wait();
+  EXPECT_FALSE(called);
+}
+
+TEST_F(BatchingEngineTest, MalformedRowsAreRejected) {
+  Start();
+  auto request = engine_->NewRequest();
+  EXPECT_EQ(engine_->Submit(request, {ScoreRow({})}, [](size_t, RowResult) {}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine_->Submit(request, {Row{.kind = RowKind::kGrad, .input_ids = {1}}}, [](size_t, RowResult) {}).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine_->Submit(request, {Row{.kind = RowKind::kDecode, .input_ids = {1}}}, [](size_t, RowResult) {}).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(BatchingEngineTest, ShutdownAnswersQueuedRowsAndRefusesNewOnes) {
+  Start({.max_batch_rows = 1});
+  absl::Notification gate;
+  executor_->HoldFirstBatch(&gate);
+  RowCollector rows(5);
+  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(5, 2, 1), rows.Callback()).ok());
+  executor_->started().WaitForNotification();
+  std::thread stopper([&] { engine_->Shutdown(); });
+  while (!rows.WaitFor(absl::Milliseconds(1)) && engine_->Stats().queued_rows > 0) {
+  }
+  gate.Notify();
+  stopper.join();
+  rows.Wait();
+  EXPECT_TRUE(rows.result(0).status.ok());  // the running batch finished
+  for (int i = 1; i < 5; ++i) EXPECT_EQ(rows.result(i).status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 1), [](size_t, RowResult) {}).code(),
+            absl::StatusCode::kUnavailable);
+  engine_->Shutdown();  // idempotent
+}
+
+TEST_F(BatchingEngineTest, ConcurrentSubmittersGetEveryRowExactlyOnce) {
+  Start({.max_batch_tokens = 256, .max_batch_rows = 16});
+  constexpr int kThreads = 32, kSubmitsPerThread = 8;
+  std::vector<std::unique_ptr<RowCollector>> collectors(kThreads * kSubmitsPerThread);
+  std::vector<std::vector<double>> expected(collectors.size());
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      auto request = engine_->NewRequest(static_cast<Priority>(t % 3));
+      for (int s = 0; s < kSubmitsPerThread; ++s) {
+        const size_t slot = t * kSubmitsPerThread + s;
+        std::vector<Row> rows;
+        for (int r = 0; r < 1 + (t + s) % 7; ++r) {
+          std::vector<int64_t> ids(1 + (t * 7 + r) % 13, static_cast<int64_t>(slot * 100 + r));
+          expected[slot].push_back(static_cast<double>(ids.size()) * ids[0]);
+          rows.push_back(Row{.kind = (r % 2 == 0) ? RowKind::kScore : RowKind::kDecode, .input_ids = ids,
+                             .decode_state = (r % 2 == 0) ? nullptr : std::make_shared<DecodeState>(1)});
+        }
+        collectors[slot] = std::make_unique<RowCollector>(rows.size());
+        ASSERT_TRUE(engine_->Submit(request, std::move(rows), collectors[slot]->Callback()).ok());
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  int64_t total = 0;
+  for (size_t slot = 0; slot < collectors.size(); ++slot) {
+    collectors[slot]->Wait();
+    EXPECT_THAT(collectors[slot]->answers(), Each(1));
+    for (size_t r = 0; r < expected[slot].size(); ++r) EXPECT_EQ(collectors[slot]->result(r).value, expected[slot][r]);
+    total += static_cast<int64_t>(expected[slot].size());
+  }
+  EXPECT_EQ(engine_->Stats().rows, total);
+  for (const auto& batch : executor_->batches()) {
+    EXPECT_LE(batch.rows.size(), 16u);
+  }
+}
+
+}  // namespace
+}  // namespace attribution::engine

@@ -1,0 +1,45 @@
+// SPDX-License-Identifier: Apache-2.0
+// Collects the results of one Submit call and lets a test wait until every row was answered.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "engine/scheduler/row.h"
+
+namespace attribution::testing {
+
+class RowCollector {
+ public:
+  explicit RowCollector(size_t rows) : results_(rows), answers_(rows, 0) {}
+
+  engine::RowCallback Callback() {
+    return [this](size_t index, engine::RowResult result) {
+      absl::MutexLock lock(&mu_);
+      results_[index] = std::move(result);
+      if (++answers_[index] == 1 && ++answered_ == results_.size()) done_.Notify();
+    };
+  }
+  void Wait() { done_.WaitForNotification(); }
+  bool WaitFor(absl::Duration timeout) { return done_.WaitForNotificationWithTimeout(timeout); }
+  bool done() const { return done_.HasBeenNotified(); }
+
+  const engine::RowResult& result(size_t i) const { return results_[i]; }
+  // How often each row was answered (must be exactly once).
+  std::vector<int> answers() const {
+    absl::MutexLock lock(&mu_);
+    return answers_;
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  std::vector<engine::RowResult> results_;
+  std::vector<int> answers_ ABSL_GUARDED_BY(mu_);
+  size_t answered_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Notification done_;
+};
+
+}  // namespace attribution::testing
