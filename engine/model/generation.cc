@@ -14,19 +14,29 @@
 namespace attribution::engine {
 namespace {
 
-absl::Status CheckOptions(const GenerationOptions& o, const std::vector<std::vector<int64_t>>& prompts) {
+absl::Status CheckPrompts(const std::vector<std::vector<int64_t>>& prompts) {
   if (prompts.empty()) return absl::InvalidArgumentError("generation needs at least one prompt");
   for (const auto& p : prompts) {
     if (p.empty()) return absl::InvalidArgumentError("prompt must hold at least one token");
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status CheckGenerationOptions(const GenerationOptions& o) {
   if (o.max_new_tokens < 1) return absl::InvalidArgumentError("max_new_tokens must be at least 1");
   if (o.temperature < 0) return absl::InvalidArgumentError("temperature must be >= 0");
   if (!(o.top_p > 0 && o.top_p <= 1)) return absl::InvalidArgumentError("top_p must be in (0, 1]");
   return absl::OkStatus();
 }
 
-// Picks the next token of every row from [B, vocab] float32 logits (on the CPU).
-at::Tensor NextTokens(const at::Tensor& logits, const GenerationOptions& o, at::Generator& generator) {
+std::vector<int64_t> StopTokens(const ModelConfig& config, const GenerationOptions& options) {
+  if (options.ignore_stop_tokens) return {};
+  return options.stop_token_ids.empty() ? config.eos_token_ids : options.stop_token_ids;
+}
+
+at::Tensor PickNextTokens(const at::Tensor& logits, const GenerationOptions& o, at::Generator& generator) {
   if (o.temperature == 0) return logits.argmax(-1);
   at::Tensor probs = at::softmax(logits / o.temperature, -1);
   if (o.top_p < 1) {
@@ -39,15 +49,12 @@ at::Tensor NextTokens(const at::Tensor& logits, const GenerationOptions& o, at::
   return at::multinomial(probs, 1, /*replacement=*/false, generator).squeeze(1);
 }
 
-}  // namespace
-
 absl::StatusOr<std::vector<Generation>> Generate(const CausalLM& model,
                                                  const std::vector<std::vector<int64_t>>& prompts,
                                                  const GenerationOptions& options) {
-  RETURN_IF_ERROR(CheckOptions(options, prompts));
-  std::vector<int64_t> stops = options.stop_token_ids.empty() ? model.config().eos_token_ids
-                                                              : options.stop_token_ids;
-  if (options.ignore_stop_tokens) stops.clear();
+  RETURN_IF_ERROR(CheckPrompts(prompts));
+  RETURN_IF_ERROR(CheckGenerationOptions(options));
+  const std::vector<int64_t> stops = StopTokens(model.config(), options);
   const int64_t b = static_cast<int64_t>(prompts.size());
   std::vector<int64_t> lengths;
   int64_t longest = 0;
@@ -72,7 +79,7 @@ absl::StatusOr<std::vector<Generation>> Generate(const CausalLM& model,
     for (int64_t step = 0; step < options.max_new_tokens; ++step) {
       ASSIGN_OR_RETURN(at::Tensor hidden, model.Hidden(batch));
       at::Tensor logits = model.LogitsAt(hidden, rows, last_positions).cpu();  // [B, vocab]
-      at::Tensor next = NextTokens(logits, options, generator);
+      at::Tensor next = PickNextTokens(logits, options, generator);
       at::Tensor log_probs = at::log_softmax(logits, -1).gather(1, next.unsqueeze(1)).squeeze(1);
       bool all_stopped = true;
       for (int64_t r = 0; r < b; ++r) {

@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <vector>
 
+#include <ATen/core/Generator.h>
+
 #include "absl/status/statusor.h"
 #include "engine/model/causal_lm.h"
 
@@ -28,6 +30,17 @@ struct Generation {
   std::vector<float> log_probs;    // log-prob of each generated token under the unscaled model
   bool stopped = false;            // true when a stop token ended it
 };
+
+// Picks the next token of every row from [B, vocab] float32 CPU logits: argmax when temperature is 0,
+// else a sample from the temperature-scaled, top-p-truncated distribution drawn with `generator`.
+at::Tensor PickNextTokens(const at::Tensor& logits, const GenerationOptions& options, at::Generator& generator);
+
+// The ids that end a generation: options.stop_token_ids, else the model's eos ids; none when
+// options.ignore_stop_tokens.
+std::vector<int64_t> StopTokens(const ModelConfig& config, const GenerationOptions& options);
+
+// Checks max_new_tokens, temperature and top_p (INVALID_ARGUMENT naming the field).
+absl::Status CheckGenerationOptions(const GenerationOptions& options);
 
 // Generates a continuation of every prompt (each a non-empty id list) in one batch.
 absl::StatusOr<std::vector<Generation>> Generate(const CausalLM& model,

@@ -16,20 +16,30 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
     if (x.deadline != y.deadline) return x.deadline < y.deadline;
     return x.arrival < y.arrival;
   });
-  // The leading request with work chooses the kind: the kind of its oldest queued row.
-  bool found = false;
-  for (size_t i : order) {
-    absl::Time oldest = absl::InfiniteFuture();
-    for (int k = 0; k < kRowKinds; ++k) {
-      if (!queue[i].kinds[k].lengths.empty() && queue[i].kinds[k].oldest_enqueued <= oldest) {
-        oldest = queue[i].kinds[k].oldest_enqueued;
-        decision.kind = static_cast<RowKind>(k);
-        found = true;
-      }
+  // Kinds with work at the highest priority level that has any; the first at or after next_kind wins.
+  auto has_work = [](const QueuedRequestView& v) {
+    for (const auto& kind : v.kinds) {
+      if (!kind.lengths.empty()) return true;
     }
-    if (found) break;
+    return false;
+  };
+  bool present[kRowKinds] = {false, false, false};
+  bool found = false;
+  Priority top = Priority::kLow;
+  for (size_t i : order) {
+    if (!has_work(queue[i]) || (found && queue[i].priority != top)) continue;
+    found = true;
+    top = queue[i].priority;
+    for (int k = 0; k < kRowKinds; ++k) present[k] = present[k] || !queue[i].kinds[k].lengths.empty();
   }
   if (!found) return decision;
+  for (int step = 0; step < kRowKinds; ++step) {
+    const int k = (static_cast<int>(limits.next_kind) + step) % kRowKinds;
+    if (present[k]) {
+      decision.kind = static_cast<RowKind>(k);
+      break;
+    }
+  }
 
   const int k = static_cast<int>(decision.kind);
   std::vector<int64_t> taken(queue.size(), 0);

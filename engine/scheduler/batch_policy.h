@@ -3,8 +3,9 @@
 // how long to wait for more. Kept free of threads and locks so tests can drive it with any clock.
 //
 // Policy: requests are ordered by priority (high first), then deadline (earliest first), then arrival.
-// The first request with work picks the batch's row kind (its oldest row's kind). Priority levels are
-// strict: the batch is filled from the highest level first. Within a level it is filled round-robin,
+// Kinds take turns: among the kinds queued at the highest priority level with work, the batch takes
+// the first one at or after `next_kind` in cyclic order (so a scoring call is never stuck behind a
+// long run of gradient batches). Priority levels are strict: the batch is filled from the highest level first. Within a level it is filled round-robin,
 // one row per request per pass in deadline order, so a short request queued behind a 512-step
 // integrated-gradients job gets rows into the very next batch. A batch holds at most `max_rows` rows
 // and rows x longest row <= token budget (padding counted); a single row longer than the budget runs
@@ -35,6 +36,7 @@ struct BatchLimits {
   int64_t token_budget = 8192;
   int64_t max_rows = 64;
   absl::Duration max_queue_delay = absl::ZeroDuration();
+  RowKind next_kind = RowKind::kScore;  // the kind after the previous batch's
 };
 
 struct BatchDecision {

@@ -30,7 +30,7 @@ absl::Status CheckRow(const Row& row, size_t index) {
 }  // namespace
 
 Request::Stats Request::stats() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return stats_;
 }
 
@@ -66,7 +66,7 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
   const absl::Time now = Now();
   if (now > request->deadline()) return absl::DeadlineExceededError("request deadline has passed");
   const int64_t count = static_cast<int64_t>(rows.size());
-  absl::MutexLock lock(&mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   if (stopping_) return absl::UnavailableError("engine is shutting down");
   RequestQueue& queue = queues_[request->id()];
   const bool fresh = queue.request == nullptr;
@@ -100,6 +100,8 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
   stats_.queued_rows += count;
   stats_.queued_tokens += tokens;
   ++submissions_;
+  lock.unlock();
+  work_changed_.notify_one();  // after unlocking, so the executor does not wake into a held lock
   return absl::OkStatus();
 }
 
@@ -107,7 +109,7 @@ void BatchingEngine::Cancel(Request& request) {
   request.cancelled_.store(true);
   std::vector<Answer> answers;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     DropDeadRowsLocked(Now(), answers);
   }
   Deliver(answers);
@@ -157,10 +159,8 @@ void BatchingEngine::Loop() {
     std::vector<PendingRow> batch;
     RowKind kind = RowKind::kScore;
     {
-      absl::MutexLock lock(&mu_);
-      mu_.Await(absl::Condition(
-          +[](BatchingEngine* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(e->mu_) { return e->stopping_ || e->stats_.queued_rows > 0; },
-          this));
+      std::unique_lock<std::mutex> lock(mu_);
+      work_changed_.wait(lock, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || stats_.queued_rows > 0; });
       if (stopping_ && stats_.queued_rows == 0) return;
       const absl::Time now = Now();
       DropDeadRowsLocked(now, dropped);
@@ -176,15 +176,17 @@ void BatchingEngine::Loop() {
         ids.push_back(id);
       }
       const BatchDecision decision =
-          DecideBatch(views, now, {token_budget_, options_.max_batch_rows, stopping_ ? absl::ZeroDuration() : options_.max_queue_delay});
+          DecideBatch(views, now, {token_budget_, options_.max_batch_rows,
+                                   stopping_ ? absl::ZeroDuration() : options_.max_queue_delay, next_kind_});
       if (decision.run) {
         kind = decision.kind;
+        next_kind_ = static_cast<RowKind>((static_cast<int>(kind) + 1) % kRowKinds);
         batch = TakeBatchLocked(decision, ids);
       } else if (!views.empty() && dropped.empty()) {
         // Wait for the oldest row's delay to run out, or for new rows to change the decision.
         const uint64_t seen = submissions_;
-        const auto changed = [this, seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || submissions_ != seen; };
-        mu_.AwaitWithTimeout(absl::Condition(&changed), decision.wait);
+        work_changed_.wait_for(lock, absl::ToChronoNanoseconds(decision.wait),
+                               [this, seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || submissions_ != seen; });
       }
     }
     Deliver(dropped);
@@ -221,7 +223,7 @@ void BatchingEngine::Execute(RowKind kind, std::vector<PendingRow*> rows, std::v
     return;
   }
   if (status.code() == absl::StatusCode::kResourceExhausted) {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     const int64_t padded = static_cast<int64_t>(rows.size()) * longest;
     token_budget_ = std::max(options_.min_batch_tokens, std::min(token_budget_, padded / 2));
   }
@@ -253,7 +255,7 @@ void BatchingEngine::Finish(RowKind kind, std::vector<PendingRow>& batch, std::v
     else if (now > request.deadline()) results[i] = RowResult{.status = absl::DeadlineExceededError("request deadline passed while running")};
     if (!results[i].status.ok()) ++failed;
     {
-      absl::MutexLock lock(&request.mu_);
+      std::lock_guard<std::mutex> lock(request.mu_);
       request.stats_.rows_done += 1;
       request.stats_.queue_time += started - batch[i].enqueued;
       request.stats_.device_time += device_time * (static_cast<double>(batch[i].row.length()) / record.tokens);
@@ -264,7 +266,7 @@ void BatchingEngine::Finish(RowKind kind, std::vector<PendingRow>& batch, std::v
   record.failed = failed > 0;
   std::function<void(const BatchRecord&)> observer;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     stats_.batches += 1;
     stats_.rows += record.rows;
     stats_.tokens += record.tokens;
@@ -283,7 +285,7 @@ void BatchingEngine::Deliver(std::vector<Answer>& answers) {
 }
 
 EngineStats BatchingEngine::Stats() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   EngineStats stats = stats_;
   stats.token_budget = token_budget_;
   stats.uptime = Now() - started_;
@@ -291,15 +293,15 @@ EngineStats BatchingEngine::Stats() const {
 }
 
 void BatchingEngine::SetBatchObserver(std::function<void(const BatchRecord&)> observer) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   observer_ = std::move(observer);
 }
 
 void BatchingEngine::Shutdown() {
-  absl::MutexLock shutdown_lock(&shutdown_mu_);
+  std::lock_guard<std::mutex> shutdown_lock(shutdown_mu_);
   std::vector<Answer> answers;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     if (stopping_ && !thread_.joinable()) return;
     stopping_ = true;
     for (auto& [id, queue] : queues_) {
@@ -313,6 +315,7 @@ void BatchingEngine::Shutdown() {
     stats_.queued_rows = 0;
     stats_.queued_tokens = 0;
   }
+  work_changed_.notify_all();
   Deliver(answers);
   if (thread_.joinable()) thread_.join();
 }

@@ -10,17 +10,18 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "engine/scheduler/batch_executor.h"
 #include "engine/scheduler/batch_policy.h"
@@ -90,7 +91,7 @@ class Request {
   const Priority priority_;
   const absl::Time deadline_;
   std::atomic<bool> cancelled_{false};
-  mutable absl::Mutex mu_;
+  mutable std::mutex mu_;
   Stats stats_ ABSL_GUARDED_BY(mu_);
 };
 
@@ -161,17 +162,21 @@ class BatchingEngine {
   const absl::Time started_;
   std::atomic<uint64_t> next_request_id_{1};
 
-  mutable absl::Mutex mu_;
+  // std::mutex rather than absl::Mutex: Debian's abseil is not built with ThreadSanitizer, which
+  // then cannot see absl::Mutex synchronise; the TSAN job (scripts/test-tsan) checks this class.
+  mutable std::mutex mu_;
+  std::condition_variable work_changed_;  // rows arrived, or shutdown began
   std::map<uint64_t, RequestQueue> queues_ ABSL_GUARDED_BY(mu_);
   uint64_t arrivals_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t submissions_ ABSL_GUARDED_BY(mu_) = 0;  // wakes the executor when rows arrive
+  uint64_t submissions_ ABSL_GUARDED_BY(mu_) = 0;  // tells a waiting executor that rows arrived
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   int64_t token_budget_ ABSL_GUARDED_BY(mu_);
+  RowKind next_kind_ ABSL_GUARDED_BY(mu_) = RowKind::kScore;  // kinds take turns between batches
   EngineStats stats_ ABSL_GUARDED_BY(mu_);
   std::function<void(const BatchRecord&)> observer_ ABSL_GUARDED_BY(mu_);
 
   std::thread thread_;  // the executor thread; joined by Shutdown
-  absl::Mutex shutdown_mu_;  // serialises Shutdown callers around the join
+  std::mutex shutdown_mu_;  // serialises Shutdown callers around the join
 };
 
 }  // namespace attribution::engine

@@ -6,6 +6,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <ATen/ATen.h>
+
 #include <atomic>
 #include <thread>
 
@@ -19,6 +21,7 @@ using ::attribution::testing::FakeExecutor;
 using ::attribution::testing::RowCollector;
 using ::testing::Each;
 using ::testing::HasSubstr;
+using Notification = ::attribution::testing::Notification;
 
 Row ScoreRow(std::vector<int64_t> ids) { return Row{.kind = RowKind::kScore, .input_ids = std::move(ids)}; }
 
@@ -78,7 +81,7 @@ TEST_F(BatchingEngineTest, EveryRowAnsweredOnceWithItsOwnResult) {
 
 TEST_F(BatchingEngineTest, ShortRequestInterleavesWithLongOne) {
   Start({.max_batch_tokens = 1 << 20, .max_batch_rows = 8});
-  absl::Notification gate;
+  Notification gate;
   executor_->HoldFirstBatch(&gate);
   auto blocker = engine_->NewRequest();
   RowCollector blocking(1);
@@ -98,9 +101,29 @@ TEST_F(BatchingEngineTest, ShortRequestInterleavesWithLongOne) {
   EXPECT_GE(executor_->batches().size(), 65u);
 }
 
+TEST_F(BatchingEngineTest, ScoringCallIsNotStuckBehindGradientBatches) {
+  Start({.max_batch_rows = 4});
+  Notification gate;
+  executor_->HoldFirstBatch(&gate);
+  RowCollector blocking(1), gradients(64), score(1);
+  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 7), blocking.Callback()).ok());
+  executor_->started().WaitForNotification();
+  std::vector<Row> grad_rows;
+  for (int i = 0; i < 64; ++i) {
+    grad_rows.push_back(Row{.kind = RowKind::kGrad, .input_ids = {1, 1}, .inputs_embeds = at::zeros({2, 4})});
+  }
+  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), std::move(grad_rows), gradients.Callback()).ok());
+  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 9), score.Callback()).ok());
+  gate.Notify();
+  gradients.Wait();
+  score.Wait();
+  EXPECT_LE(FirstBatchWith(9), 2);  // kinds take turns: at most one gradient batch runs first
+  EXPECT_EQ(executor_->batches().size(), 1u + 16u + 1u);
+}
+
 TEST_F(BatchingEngineTest, HigherPriorityRunsFirst) {
   Start({.max_batch_rows = 4});
-  absl::Notification gate;
+  Notification gate;
   executor_->HoldFirstBatch(&gate);
   RowCollector blocking(1), low(4), high(4);
   ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 7), blocking.Callback()).ok());
@@ -115,7 +138,7 @@ TEST_F(BatchingEngineTest, HigherPriorityRunsFirst) {
 
 TEST_F(BatchingEngineTest, EarlierDeadlineRunsFirst) {
   Start({.max_batch_rows = 1});
-  absl::Notification gate;
+  Notification gate;
   executor_->HoldFirstBatch(&gate);
   RowCollector blocking(1), late(4), soon(4);
   ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 7), blocking.Callback()).ok());
@@ -130,7 +153,7 @@ TEST_F(BatchingEngineTest, EarlierDeadlineRunsFirst) {
 
 TEST_F(BatchingEngineTest, CancelledRowsNeverReachTheExecutor) {
   Start({.max_batch_rows = 4});
-  absl::Notification gate;
+  Notification gate;
   executor_->HoldFirstBatch(&gate);
   RowCollector blocking(1), kept(8), cancelled(8);
   ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 7), blocking.Callback()).ok());
@@ -150,7 +173,7 @@ TEST_F(BatchingEngineTest, CancelledRowsNeverReachTheExecutor) {
 
 TEST_F(BatchingEngineTest, InFlightResultsOfCancelledRequestAreDiscarded) {
   Start();
-  absl::Notification gate;
+  Notification gate;
   executor_->HoldFirstBatch(&gate);
   auto request = engine_->NewRequest();
   RowCollector rows(1);
@@ -164,7 +187,7 @@ TEST_F(BatchingEngineTest, InFlightResultsOfCancelledRequestAreDiscarded) {
 
 TEST_F(BatchingEngineTest, ExpiredRowsAreDroppedWithDeadlineExceeded) {
   Start({.max_batch_rows = 4});
-  absl::Notification gate;
+  Notification gate;
   executor_->HoldFirstBatch(&gate);
   RowCollector blocking(1), expiring(6);
   ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 7), blocking.Callback()).ok());
@@ -202,7 +225,7 @@ TEST_F(BatchingEngineTest, RowThatAlwaysFailsFailsOnlyItsRequest) {
     }
     return absl::OkStatus();
   });
-  absl::Notification gate;
+  Notification gate;
   executor_->HoldFirstBatch(&gate);
   RowCollector blocking(1), good(8), bad(1);
   ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 7), blocking.Callback()).ok());
@@ -219,7 +242,7 @@ TEST_F(BatchingEngineTest, RowThatAlwaysFailsFailsOnlyItsRequest) {
 
 TEST_F(BatchingEngineTest, FullQueueRejectsBeforeAccepting) {
   Start({.max_queued_rows = 1000, .max_rows_per_request = 10});
-  absl::Notification gate;
+  Notification gate;
   executor_->HoldFirstBatch(&gate);
   RowCollector blocking(1);
   ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 7), blocking.Callback()).ok());
@@ -249,7 +272,7 @@ TEST_F(BatchingEngineTest, MalformedRowsAreRejected) {
 
 TEST_F(BatchingEngineTest, ShutdownAnswersQueuedRowsAndRefusesNewOnes) {
   Start({.max_batch_rows = 1});
-  absl::Notification gate;
+  Notification gate;
   executor_->HoldFirstBatch(&gate);
   RowCollector rows(5);
   ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(5, 2, 1), rows.Callback()).ok());

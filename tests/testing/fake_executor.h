@@ -8,8 +8,8 @@
 #include <numeric>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
+#include <mutex>
+#include "tests/testing/notification.h"
 #include "engine/scheduler/batch_executor.h"
 
 namespace attribution::testing {
@@ -41,36 +41,36 @@ class FakeExecutor : public engine::BatchExecutor {
       batch.rows.push_back(rows[i]->input_ids);
       results[i].value = std::accumulate(rows[i]->input_ids.begin(), rows[i]->input_ids.end(), 0.0);
     }
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     batches_.push_back(std::move(batch));
     return absl::OkStatus();
   }
 
   // The first batch blocks until `gate` is notified; started() is notified when it arrives.
-  void HoldFirstBatch(absl::Notification* gate) { gate_ = gate; }
-  absl::Notification& started() { return started_; }
+  void HoldFirstBatch(::attribution::testing::Notification* gate) { gate_ = gate; }
+  ::attribution::testing::Notification& started() { return started_; }
   void FailWhen(FailureRule rule) { failure_ = std::move(rule); }
 
   std::vector<Batch> batches() const {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     return batches_;
   }
   int64_t failed_attempts() const {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     return failed_attempts_;
   }
 
  private:
   void RecordAttempt(const std::vector<const engine::Row*>&) {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     ++failed_attempts_;
   }
-  absl::Notification* gate_ = nullptr;  // touched by the executor thread only after setup
-  absl::Notification started_;
+  ::attribution::testing::Notification* gate_ = nullptr;  // touched by the executor thread only after setup
+  ::attribution::testing::Notification started_;
   FailureRule failure_;
-  mutable absl::Mutex mu_;
-  std::vector<Batch> batches_ ABSL_GUARDED_BY(mu_);
-  int64_t failed_attempts_ ABSL_GUARDED_BY(mu_) = 0;
+  mutable std::mutex mu_;
+  std::vector<Batch> batches_;
+  int64_t failed_attempts_ = 0;
 };
 
 }  // namespace attribution::testing

@@ -6,8 +6,8 @@
 
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
+#include <mutex>
+#include "tests/testing/notification.h"
 #include "engine/scheduler/row.h"
 
 namespace attribution::testing {
@@ -18,7 +18,7 @@ class RowCollector {
 
   engine::RowCallback Callback() {
     return [this](size_t index, engine::RowResult result) {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       results_[index] = std::move(result);
       if (++answers_[index] == 1 && ++answered_ == results_.size()) done_.Notify();
     };
@@ -30,16 +30,16 @@ class RowCollector {
   const engine::RowResult& result(size_t i) const { return results_[i]; }
   // How often each row was answered (must be exactly once).
   std::vector<int> answers() const {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     return answers_;
   }
 
  private:
-  mutable absl::Mutex mu_;
+  mutable std::mutex mu_;
   std::vector<engine::RowResult> results_;
-  std::vector<int> answers_ ABSL_GUARDED_BY(mu_);
-  size_t answered_ ABSL_GUARDED_BY(mu_) = 0;
-  absl::Notification done_;
+  std::vector<int> answers_;
+  size_t answered_ = 0;
+  mutable ::attribution::testing::Notification done_;
 };
 
 }  // namespace attribution::testing

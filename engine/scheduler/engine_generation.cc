@@ -1,0 +1,68 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "engine/scheduler/engine_generation.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <algorithm>
+
+namespace attribution::engine {
+namespace {
+
+// One generation in progress. Only the callback of its single in-flight decode row touches it.
+struct GenerationRun : std::enable_shared_from_this<GenerationRun> {
+  BatchingEngine* engine;
+  std::shared_ptr<Request> request;
+  GenerationOptions options;
+  std::vector<int64_t> stops;
+  std::shared_ptr<DecodeState> state;
+  at::Generator generator;
+  Generation generation;
+  std::function<void(absl::StatusOr<Generation>)> done;
+
+  void Submit(std::vector<int64_t> tokens) {
+    auto self = shared_from_this();
+    Row row{.kind = RowKind::kDecode, .input_ids = std::move(tokens), .decode_state = state};
+    absl::Status status = engine->Submit(request, {std::move(row)}, [self](size_t, RowResult result) {
+      self->OnStep(std::move(result));
+    });
+    if (!status.ok()) done(status);
+  }
+
+  void OnStep(RowResult result) {
+    if (!result.status.ok()) {
+      done(result.status);
+      return;
+    }
+    at::Tensor logits = result.next_logits.unsqueeze(0);  // [1, vocab]
+    const int64_t token = PickNextTokens(logits, options, generator)[0].item<int64_t>();
+    generation.tokens.push_back(token);
+    generation.log_probs.push_back(at::log_softmax(logits[0], -1)[token].item<float>());
+    generation.stopped = std::find(stops.begin(), stops.end(), token) != stops.end();
+    if (generation.stopped || static_cast<int64_t>(generation.tokens.size()) >= options.max_new_tokens) {
+      done(std::move(generation));
+      return;
+    }
+    Submit({token});
+  }
+};
+
+}  // namespace
+
+void GenerateAsync(BatchingEngine& engine, std::shared_ptr<Request> request, const ModelConfig& config,
+                   std::vector<int64_t> prompt, const GenerationOptions& options,
+                   std::function<void(absl::StatusOr<Generation>)> done) {
+  if (absl::Status s = CheckGenerationOptions(options); !s.ok()) return done(s);
+  if (prompt.empty()) return done(absl::InvalidArgumentError("prompt must hold at least one token"));
+  auto run = std::make_shared<GenerationRun>();
+  run->engine = &engine;
+  run->request = std::move(request);
+  run->options = options;
+  run->stops = StopTokens(config, options);
+  run->state = std::make_shared<DecodeState>(config.num_layers);
+  run->generator = at::make_generator<at::CPUGeneratorImpl>(options.seed);
+  run->done = std::move(done);
+  run->Submit(std::move(prompt));
+}
+
+}  // namespace attribution::engine

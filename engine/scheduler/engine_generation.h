@@ -1,0 +1,27 @@
+// SPDX-License-Identifier: Apache-2.0
+// Generation through the batching engine: a sequence advances by decode rows (prefill, then one row
+// per new token), so the steps of many concurrent generations share batches with each other and with
+// attribution work.
+//
+//   GenerateAsync(engine, request, model->config(), prompt, {.max_new_tokens = 25},
+//                 [](absl::StatusOr<Generation> g) { ... });
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/model/generation.h"
+#include "engine/scheduler/batching_engine.h"
+
+namespace attribution::engine {
+
+// Starts generating a continuation of `prompt`. `done` is called exactly once, on the engine's
+// executor thread (or at once when the first row is refused), with the generation or the status that
+// ended it (e.g. CANCELLED after engine.Cancel(*request)).
+void GenerateAsync(BatchingEngine& engine, std::shared_ptr<Request> request, const ModelConfig& config,
+                   std::vector<int64_t> prompt, const GenerationOptions& options,
+                   std::function<void(absl::StatusOr<Generation>)> done);
+
+}  // namespace attribution::engine
