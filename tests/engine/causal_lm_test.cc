@@ -4,9 +4,11 @@
 #include "engine/model/causal_lm.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <c10/core/InferenceMode.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <torch/csrc/autograd/autograd.h>
 
 #include <iostream>
 
@@ -186,6 +188,70 @@ TEST(CausalLM, NoParameterRequiresGradAfterGradients) {
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_FALSE(batch.inputs_embeds.requires_grad());
   EXPECT_GT(result->gradients.abs().sum().item<double>(), 0.0);
+}
+
+TEST(CausalLM, ReplacedResidualCarriesGradientsThatMatchFiniteDifferences) {
+  auto model = CausalLM::Load(TestModelsDir() + "/llama", {});
+  ASSERT_TRUE(model.ok()) << model.status();
+  const CausalLM& m = **model;
+  const RowObjective objective{.positions = {3}, .tokens = {17}};
+  // Run with the residual after layer 0 replaced by `patch` (when defined) and return the objective.
+  auto run = [&](const at::Tensor& patch, at::Tensor* captured) {
+    ActivationHooks hooks{.after_layer = [&](int64_t layer, const at::Tensor& residual) {
+      if (layer != 0) return at::Tensor();
+      if (captured != nullptr) *captured = residual.detach().clone();
+      return patch;
+    }};
+    return *m.ObjectiveValues({.input_ids = Ids({4, 8, 15, 16, 23}), .hooks = &hooks}, {objective});
+  };
+  at::Tensor clean;
+  run(at::Tensor(), &clean);
+  at::Tensor leaf = clean.clone().requires_grad_(true);
+  at::Tensor value = run(leaf, nullptr);
+  at::Tensor gradient = torch::autograd::grad({value.sum()}, {leaf})[0];
+  // Directional derivative along a random direction, by central differences in double precision.
+  at::Tensor direction = at::randn_like(clean);
+  const double eps = 1e-3;
+  c10::AutoGradMode no_grad(false);
+  const double plus = run(clean + eps * direction, nullptr).item<double>();
+  const double minus = run(clean - eps * direction, nullptr).item<double>();
+  const double numeric = (plus - minus) / (2 * eps);
+  const double analytic = (gradient * direction).sum().item<double>();
+  EXPECT_NEAR(analytic, numeric, 2e-3 * std::max(1.0, std::abs(numeric)));
+  // Patching with the clean value changes nothing.
+  EXPECT_NEAR(run(clean, nullptr).item<double>(), value.item<double>(), 1e-6);
+}
+
+TEST(CausalLM, SamplingIsSeededAndTopPNarrowsToGreedy) {
+  auto model = CausalLM::Load(TestModelsDir() + "/llama", {});
+  ASSERT_TRUE(model.ok()) << model.status();
+  const std::vector<std::vector<int64_t>> prompts = {{5, 17, 99}, {12, 8}};
+  auto sample = [&](uint64_t seed, double top_p) {
+    return *Generate(**model, prompts, {.max_new_tokens = 12, .temperature = 1.5, .top_p = top_p, .seed = seed,
+                                        .ignore_stop_tokens = true});
+  };
+  auto a = sample(1, 1.0), b = sample(1, 1.0), c = sample(2, 1.0);
+  EXPECT_EQ(a[0].tokens, b[0].tokens);
+  EXPECT_EQ(a[1].tokens, b[1].tokens);
+  EXPECT_NE(a[0].tokens, c[0].tokens);  // 12 draws at temperature 1.5 from 320 tokens
+  auto greedy = *Generate(**model, prompts, {.max_new_tokens = 12, .ignore_stop_tokens = true});
+  auto narrow = sample(3, 1e-6);  // only the most likely token survives top-p
+  EXPECT_EQ(narrow[0].tokens, greedy[0].tokens);
+  EXPECT_EQ(narrow[1].tokens, greedy[1].tokens);
+  EXPECT_FALSE(Generate(**model, prompts, {.top_p = 0}).ok());
+  EXPECT_FALSE(Generate(**model, prompts, {.temperature = -1}).ok());
+  EXPECT_FALSE(Generate(**model, {{}}, {}).ok());
+}
+
+TEST(CausalLM, GenerationStopsAtEos) {
+  auto model = CausalLM::Load(TestModelsDir() + "/llama", {});
+  ASSERT_TRUE(model.ok());
+  auto greedy = *Generate(**model, {{5, 17, 99}}, {.max_new_tokens = 8, .ignore_stop_tokens = true});
+  // Declaring the third greedy token a stop token ends generation right there.
+  auto stopped = *Generate(**model, {{5, 17, 99}}, {.max_new_tokens = 8, .stop_token_ids = {greedy[0].tokens[2]}});
+  EXPECT_TRUE(stopped[0].stopped);
+  EXPECT_EQ(stopped[0].tokens.size(), static_cast<size_t>(std::find(greedy[0].tokens.begin(), greedy[0].tokens.end(),
+                                                                     greedy[0].tokens[2]) - greedy[0].tokens.begin() + 1));
 }
 
 TEST(CausalLM, ShardedCheckpointLoadsTheSameWeights) {
