@@ -92,6 +92,7 @@ TEST_F(BatchingEngineTest, ShortRequestInterleavesWithLongOne) {
   ASSERT_TRUE(engine_->Submit(long_request, ScoreRows(512, 16, 100), long_rows.Callback()).ok());
   ASSERT_TRUE(engine_->Submit(short_request, ScoreRows(4, 16, 200), short_rows.Callback()).ok());
   gate.Notify();
+  blocking.Wait();  // the collectors must outlive every callback
   long_rows.Wait();
   short_rows.Wait();
   // Round-robin: the short request's 4 rows ride in the first batch after the blocker; the long one
@@ -115,6 +116,7 @@ TEST_F(BatchingEngineTest, ScoringCallIsNotStuckBehindGradientBatches) {
   ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), std::move(grad_rows), gradients.Callback()).ok());
   ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 9), score.Callback()).ok());
   gate.Notify();
+  blocking.Wait();  // the collectors must outlive every callback
   gradients.Wait();
   score.Wait();
   EXPECT_LE(FirstBatchWith(9), 2);  // kinds take turns: at most one gradient batch runs first
@@ -131,6 +133,7 @@ TEST_F(BatchingEngineTest, HigherPriorityRunsFirst) {
   ASSERT_TRUE(engine_->Submit(engine_->NewRequest(Priority::kLow), ScoreRows(4, 2, 1), low.Callback()).ok());
   ASSERT_TRUE(engine_->Submit(engine_->NewRequest(Priority::kHigh), ScoreRows(4, 2, 3), high.Callback()).ok());
   gate.Notify();
+  blocking.Wait();  // the collectors must outlive every callback
   low.Wait();
   high.Wait();
   EXPECT_LT(FirstBatchWith(3), FirstBatchWith(1));
@@ -146,6 +149,7 @@ TEST_F(BatchingEngineTest, EarlierDeadlineRunsFirst) {
   ASSERT_TRUE(engine_->Submit(engine_->NewRequest(Priority::kNormal, Now() + absl::Hours(2)), ScoreRows(4, 2, 1), late.Callback()).ok());
   ASSERT_TRUE(engine_->Submit(engine_->NewRequest(Priority::kNormal, Now() + absl::Hours(1)), ScoreRows(4, 2, 2), soon.Callback()).ok());
   gate.Notify();
+  blocking.Wait();  // the collectors must outlive every callback
   late.Wait();
   soon.Wait();
   EXPECT_LT(FirstBatchWith(2), FirstBatchWith(1));
@@ -164,6 +168,7 @@ TEST_F(BatchingEngineTest, CancelledRowsNeverReachTheExecutor) {
   engine_->Cancel(*victim);
   ASSERT_TRUE(cancelled.done());  // answered at once, before the executor is released
   gate.Notify();
+  blocking.Wait();  // the collectors must outlive every callback
   kept.Wait();
   EXPECT_EQ(CountRowsWith(2), 0);
   EXPECT_EQ(CountRowsWith(1), 8);
@@ -196,6 +201,7 @@ TEST_F(BatchingEngineTest, ExpiredRowsAreDroppedWithDeadlineExceeded) {
   ASSERT_TRUE(engine_->Submit(request, ScoreRows(6, 2, 5), expiring.Callback()).ok());
   now_ms_ += 2000;
   gate.Notify();
+  blocking.Wait();  // the collectors must outlive every callback
   expiring.Wait();
   EXPECT_EQ(CountRowsWith(5), 0);
   EXPECT_EQ(expiring.result(0).status.code(), absl::StatusCode::kDeadlineExceeded);
@@ -233,6 +239,7 @@ TEST_F(BatchingEngineTest, RowThatAlwaysFailsFailsOnlyItsRequest) {
   ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(8, 2, 1), good.Callback()).ok());
   ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 666), bad.Callback()).ok());
   gate.Notify();
+  blocking.Wait();  // the collectors must outlive every callback
   good.Wait();
   bad.Wait();
   for (int i = 0; i < 8; ++i) EXPECT_TRUE(good.result(i).status.ok());
@@ -256,6 +263,7 @@ TEST_F(BatchingEngineTest, FullQueueRejectsBeforeAccepting) {
   EXPECT_THAT(status.message(), HasSubstr("limit per request is 10"));
   EXPECT_EQ(engine_->Stats().queued_rows, 6);  // nothing of the rejected call was queued
   gate.Notify();
+  blocking.Wait();  // the collectors must outlive every callback
   accepted.Wait();
   EXPECT_FALSE(called);
 }

@@ -18,9 +18,14 @@ class RowCollector {
 
   engine::RowCallback Callback() {
     return [this](size_t index, engine::RowResult result) {
-      std::lock_guard<std::mutex> lock(mu_);
-      results_[index] = std::move(result);
-      if (++answers_[index] == 1 && ++answered_ == results_.size()) done_.Notify();
+      bool last = false;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        results_[index] = std::move(result);
+        last = ++answers_[index] == 1 && ++answered_ == results_.size();
+      }
+      // Nothing of this object may be touched after Notify: the waiter may destroy it at once.
+      if (last) done_.Notify();
     };
   }
   void Wait() { done_.WaitForNotification(); }

@@ -1,0 +1,94 @@
+// SPDX-License-Identifier: Apache-2.0
+// What an attribution asks for and what it returns, in engine terms (token ids, not text). Semantics
+// follow Captum's LLMAttribution / LLMGradientAttribution (see DESIGN.md 3.4):
+//
+//  * the target is teacher-forced after the prompt; the scored quantity is the log-prob (default),
+//    probability or logit of the whole target, or its difference to a foil (contrastive);
+//  * features are prompt tokens (default: every one) or spans of tokens, each with its own baseline;
+//  * gradient methods interpolate the embeddings of feature positions between their baseline and
+//    their actual value; other positions keep their actual embeddings.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "engine/attribution/integration_rules.h"
+#include "engine/model/causal_lm.h"
+#include "engine/model/generation.h"
+#include "engine/scheduler/row.h"
+
+namespace attribution::engine {
+
+enum class AttributionMethod {
+  kIntegratedGradients,
+  kSaliency,
+  kInputXGradient,
+  kFeatureAblation,
+  kShapleyValues,
+  kShapleyValueSampling,
+};
+absl::StatusOr<AttributionMethod> ParseAttributionMethod(const std::string& name);
+const char* AttributionMethodName(AttributionMethod method);
+bool IsGradientMethod(AttributionMethod method);
+
+// Prompt positions [begin, end) that act as one feature. Perturbation methods replace them by
+// `baseline_ids` (any length; empty: the request's baseline token once per position).
+struct FeatureSpan {
+  int64_t begin = 0;
+  int64_t end = 0;
+  std::vector<int64_t> baseline_ids;
+};
+
+struct AttributionRequest {
+  std::vector<int64_t> prompt_ids;
+  std::vector<int64_t> target_ids;  // empty: generated greedily with `generation`
+  GenerationOptions generation;     // used only when target_ids is empty
+  std::vector<int64_t> foil_ids;    // contrastive when given: same length as the target
+  TokenQuantity quantity = TokenQuantity::kLogProb;
+  std::vector<FeatureSpan> features;  // empty: one feature per prompt token
+
+  AttributionMethod method = AttributionMethod::kIntegratedGradients;
+  // Baseline of gradient methods at feature positions: the zero embedding, or the embedding of
+  // `baseline_token_id` (also the default perturbation replacement).
+  bool zero_embedding_baseline = false;
+  int64_t baseline_token_id = 0;
+  int64_t n_steps = 50;                       // integrated gradients
+  IntegrationRule rule = IntegrationRule::kGaussLegendre;
+  int64_t n_samples = 25;                     // Shapley value sampling
+  uint64_t seed = 0;
+  bool saliency_abs = true;                   // Saliency: |gradient| (Captum's default) or signed
+  bool want_token_matrix = false;             // per-output-token attributions (T x F)
+
+  Priority priority = Priority::kNormal;
+  absl::Time deadline = absl::InfiniteFuture();
+};
+
+struct AttributionLimits {
+  int64_t max_steps = 1024;
+  int64_t max_samples = 1024;
+  int64_t max_features = 4096;
+  int64_t max_exact_shapley_features = 12;  // 2^12 coalitions
+  int64_t max_tokens = 4096;                // prompt + target
+  int64_t max_new_tokens = 512;
+};
+
+struct AttributionResult {
+  std::vector<int64_t> target_ids;              // as given or generated
+  std::vector<double> sequence;                  // [F]
+  std::vector<std::vector<double>> per_token;    // [T][F] when asked (and for perturbation methods)
+  std::vector<double> target_log_probs;          // [T] log p(target_t | prompt, target_<t)
+  double objective = 0;                          // the scored quantity at the input
+  std::optional<double> convergence_delta;       // integrated gradients: sum(attr) - (f(x) - f(x'))
+  int64_t rows = 0, forward_passes = 0, backward_passes = 0;
+  absl::Duration queue_time, device_time;
+};
+
+// Checks every field against the model and limits; INVALID_ARGUMENT names the field and range.
+absl::Status ValidateAttributionRequest(const AttributionRequest& request, const ModelConfig& config,
+                                        const AttributionLimits& limits);
+
+}  // namespace attribution::engine

@@ -1,0 +1,89 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "engine/attribution/attributor.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <mutex>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "engine/attribution/row_plan.h"
+#include "engine/model/torch_errors.h"
+#include "engine/scheduler/engine_generation.h"
+
+namespace attribution::engine {
+
+Attributor::Attributor(std::shared_ptr<const CausalLM> model, BatchingEngine* engine, AttributionLimits limits)
+    : model_(std::move(model)), engine_(engine), limits_(limits) {}
+
+void Attributor::Attribute(std::shared_ptr<Request> handle, AttributionRequest request, Done done) const {
+  if (absl::Status s = ValidateAttributionRequest(request, model_->config(), limits_); !s.ok()) return done(s);
+  if (!request.target_ids.empty()) return AttributeTarget(std::move(handle), std::move(request), std::move(done));
+  // No target: generate it first (greedy by default, as Captum), then attribute it.
+  const Attributor* self = this;
+  auto shared_request = std::make_shared<AttributionRequest>(std::move(request));
+  GenerateAsync(*engine_, handle, model_->config(), shared_request->prompt_ids, shared_request->generation,
+                [self, handle, shared_request, done](absl::StatusOr<Generation> generation) {
+                  if (!generation.ok()) return done(generation.status());
+                  shared_request->target_ids = generation->tokens;
+                  self->AttributeTarget(handle, std::move(*shared_request), done);
+                });
+}
+
+void Attributor::AttributeTarget(std::shared_ptr<Request> handle, AttributionRequest request, Done done) const {
+  absl::StatusOr<std::unique_ptr<RowPlan>> plan;
+  try {
+    c10::InferenceMode inference;
+    plan = RowPlan::Create(*model_, std::move(request));
+  } catch (const std::exception& e) {
+    return done(StatusFromException(e, "building the attribution plan"));
+  }
+  if (!plan.ok()) return done(plan.status());
+  std::shared_ptr<RowPlan> shared_plan = std::move(*plan);
+  std::vector<Row> rows = shared_plan->TakeRows();
+  const size_t count = rows.size();
+  auto results = std::make_shared<std::vector<RowResult>>(count);
+  auto remaining = std::make_shared<std::atomic<size_t>>(count);
+  absl::Status submitted = engine_->Submit(handle, std::move(rows),
+                                           [=](size_t index, RowResult result) {
+    (*results)[index] = std::move(result);
+    if (remaining->fetch_sub(1) != 1) return;
+    // The last row: every result is in place.
+    for (const RowResult& r : *results) {
+      if (!r.status.ok()) return done(r.status);
+    }
+    absl::StatusOr<AttributionResult> reduced;
+    try {
+      reduced = shared_plan->Reduce(*results);
+    } catch (const std::exception& e) {
+      reduced = StatusFromException(e, "reducing attribution rows");
+    }
+    if (reduced.ok()) {
+      const Request::Stats stats = handle->stats();
+      reduced->queue_time = stats.queue_time;
+      reduced->device_time = stats.device_time;
+    }
+    done(std::move(reduced));
+  });
+  if (!submitted.ok()) done(submitted);
+}
+
+absl::StatusOr<AttributionResult> Attributor::AttributeAndWait(const AttributionRequest& request) const {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::optional<absl::StatusOr<AttributionResult>> result;
+  Attribute(engine_->NewRequest(request.priority, request.deadline), request,
+            [&](absl::StatusOr<AttributionResult> r) {
+              std::lock_guard<std::mutex> lock(mu);
+              result = std::move(r);
+              cv.notify_all();
+            });
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait(lock, [&] { return result.has_value(); });
+  return std::move(*result);
+}
+
+}  // namespace attribution::engine

@@ -1,0 +1,42 @@
+// SPDX-License-Identifier: Apache-2.0
+// Runs attribution requests as row plans on the shared batching engine: a method turns the request
+// into score / grad rows, submits them in one call, and reduces their results. It never runs the
+// model's forward pass itself (it only reads the embedding table to build interpolated inputs).
+//
+//   Attributor attributor(model, engine.get(), {});
+//   attributor.Attribute(engine->NewRequest(), request, [](absl::StatusOr<AttributionResult> r) { ... });
+#pragma once
+
+#include <functional>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "engine/attribution/attribution_request.h"
+#include "engine/scheduler/batching_engine.h"
+
+namespace attribution::engine {
+
+// Thread-safe: holds only shared read-only state.
+class Attributor {
+ public:
+  Attributor(std::shared_ptr<const CausalLM> model, BatchingEngine* engine, AttributionLimits limits = {});
+
+  using Done = std::function<void(absl::StatusOr<AttributionResult>)>;
+  // Calls `done` exactly once: at once for an invalid request, else on the engine's executor thread.
+  // Cancel through engine->Cancel(*handle).
+  void Attribute(std::shared_ptr<Request> handle, AttributionRequest request, Done done) const;
+
+  // Blocks until the result is ready.
+  absl::StatusOr<AttributionResult> AttributeAndWait(const AttributionRequest& request) const;
+
+  const AttributionLimits& limits() const { return limits_; }
+
+ private:
+  void AttributeTarget(std::shared_ptr<Request> handle, AttributionRequest request, Done done) const;
+
+  std::shared_ptr<const CausalLM> model_;
+  BatchingEngine* engine_;
+  AttributionLimits limits_;
+};
+
+}  // namespace attribution::engine

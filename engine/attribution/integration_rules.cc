@@ -1,0 +1,97 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "engine/attribution/integration_rules.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+namespace attribution::engine {
+namespace {
+
+// Nodes and weights of n-point Gauss-Legendre quadrature on [-1, 1], by Newton's method on the
+// Legendre polynomial P_n from the classic cosine starting guesses.
+IntegrationPoints GaussLegendre(int64_t n) {
+  IntegrationPoints p;
+  p.alphas.resize(n);
+  p.weights.resize(n);
+  for (int64_t i = 0; i < n; ++i) {
+    double x = std::cos(M_PI * (i + 0.75) / (n + 0.5));
+    double derivative = 0;
+    for (int iteration = 0; iteration < 100; ++iteration) {
+      double p0 = 1, p1 = x;  // P_0, P_1; recurrence up to P_n
+      for (int64_t k = 2; k <= n; ++k) {
+        const double p2 = ((2.0 * k - 1) * x * p1 - (k - 1.0) * p0) / k;
+        p0 = p1;
+        p1 = p2;
+      }
+      const double pn = n == 1 ? x : p1, pn_minus_1 = n == 1 ? 1 : p0;
+      derivative = n * (x * pn - pn_minus_1) / (x * x - 1);
+      const double step = pn / derivative;
+      x -= step;
+      if (std::abs(step) < 1e-16) break;
+    }
+    // Ascending order in alpha, as numpy's leggauss returns nodes ascending.
+    p.alphas[n - 1 - i] = 0.5 * (1 + x);
+    p.weights[n - 1 - i] = 0.5 * 2 / ((1 - x * x) * derivative * derivative);
+  }
+  return p;
+}
+
+}  // namespace
+
+absl::StatusOr<IntegrationRule> ParseIntegrationRule(const std::string& name) {
+  if (name == "riemann_left") return IntegrationRule::kRiemannLeft;
+  if (name == "riemann_right") return IntegrationRule::kRiemannRight;
+  if (name == "riemann_middle") return IntegrationRule::kRiemannMiddle;
+  if (name == "riemann_trapezoid") return IntegrationRule::kRiemannTrapezoid;
+  if (name == "gausslegendre" || name.empty()) return IntegrationRule::kGaussLegendre;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "integration rule \"", name,
+      "\" is not supported (riemann_left, riemann_right, riemann_middle, riemann_trapezoid, gausslegendre)"));
+}
+
+const char* IntegrationRuleName(IntegrationRule rule) {
+  switch (rule) {
+    case IntegrationRule::kRiemannLeft:
+      return "riemann_left";
+    case IntegrationRule::kRiemannRight:
+      return "riemann_right";
+    case IntegrationRule::kRiemannMiddle:
+      return "riemann_middle";
+    case IntegrationRule::kRiemannTrapezoid:
+      return "riemann_trapezoid";
+    case IntegrationRule::kGaussLegendre:
+      return "gausslegendre";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<IntegrationPoints> MakeIntegrationPoints(IntegrationRule rule, int64_t n) {
+  if (n < 2) return absl::InvalidArgumentError(absl::StrCat("n_steps ", n, " must be at least 2"));
+  if (rule == IntegrationRule::kGaussLegendre) return GaussLegendre(n);
+  IntegrationPoints p;
+  for (int64_t i = 0; i < n; ++i) {
+    p.weights.push_back(1.0 / n);
+    switch (rule) {
+      case IntegrationRule::kRiemannLeft:
+        p.alphas.push_back((1.0 - 1.0 / n) * i / (n - 1));
+        break;
+      case IntegrationRule::kRiemannRight:
+        p.alphas.push_back(1.0 / n + (1.0 - 1.0 / n) * i / (n - 1));
+        break;
+      case IntegrationRule::kRiemannMiddle:
+        p.alphas.push_back(0.5 / n + (1.0 - 1.0 / n) * i / (n - 1));
+        break;
+      default:  // trapezoid: both ends count half (Captum's weights sum to (n - 1) / n)
+        p.alphas.push_back(static_cast<double>(i) / (n - 1));
+        break;
+    }
+  }
+  if (rule == IntegrationRule::kRiemannTrapezoid) {
+    p.weights.front() /= 2;
+    p.weights.back() /= 2;
+  }
+  return p;
+}
+
+}  // namespace attribution::engine

@@ -1,0 +1,27 @@
+// SPDX-License-Identifier: Apache-2.0
+// Integration points (alphas in [0, 1]) and weights of integrated gradients, as Captum defines them:
+// riemann_left / right / middle / trapezoid (each weight 1/n, trapezoid halves both ends) and
+// gausslegendre (Gauss-Legendre nodes and weights mapped from [-1, 1] to [0, 1]).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace attribution::engine {
+
+enum class IntegrationRule { kRiemannLeft, kRiemannRight, kRiemannMiddle, kRiemannTrapezoid, kGaussLegendre };
+
+absl::StatusOr<IntegrationRule> ParseIntegrationRule(const std::string& name);
+const char* IntegrationRuleName(IntegrationRule rule);
+
+struct IntegrationPoints {
+  std::vector<double> alphas;
+  std::vector<double> weights;
+};
+
+// n_steps must be at least 2 (as in Captum).
+absl::StatusOr<IntegrationPoints> MakeIntegrationPoints(IntegrationRule rule, int64_t n_steps);
+
+}  // namespace attribution::engine

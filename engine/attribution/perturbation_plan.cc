@@ -1,0 +1,151 @@
+// SPDX-License-Identifier: Apache-2.0
+// FeatureAblation, exact ShapleyValues and ShapleyValueSampling: every coalition of present features
+// is one score row; all rows of a request are submitted together and batched with other requests.
+#include <ATen/ATen.h>
+
+#include <map>
+#include <numeric>
+#include <random>
+
+#include "engine/attribution/row_plan.h"
+
+namespace attribution::engine {
+namespace {
+
+using Coalition = std::vector<bool>;  // feature f present?
+
+class PerturbationPlan : public RowPlan {
+ public:
+  explicit PerturbationPlan(AttributionRequest request) : RowPlan(std::move(request)) {
+    const int64_t f_count = num_features();
+    Index(Coalition(f_count, true));  // row 0: the real input
+    switch (request_.method) {
+      case AttributionMethod::kFeatureAblation:
+        for (int64_t f = 0; f < f_count; ++f) {
+          Coalition c(f_count, true);
+          c[f] = false;
+          Index(c);
+        }
+        break;
+      case AttributionMethod::kShapleyValues:
+        for (uint64_t mask = 0; mask < (uint64_t{1} << f_count); ++mask) Index(FromMask(mask));
+        break;
+      default: {  // kShapleyValueSampling: coalitions along seeded random permutations
+        std::mt19937_64 rng(request_.seed);
+        for (int64_t s = 0; s < request_.n_samples; ++s) {
+          std::vector<int64_t> order(f_count);
+          std::iota(order.begin(), order.end(), 0);
+          std::shuffle(order.begin(), order.end(), rng);
+          permutations_.push_back(order);
+          Coalition c(f_count, false);
+          Index(c);
+          for (int64_t f : order) {
+            c[f] = true;
+            Index(c);
+          }
+        }
+      }
+    }
+    for (const Coalition& c : coalitions_) rows_.push_back(ScoreRowFor(c));
+  }
+
+  absl::StatusOr<AttributionResult> Reduce(const std::vector<RowResult>& results) const override {
+    AttributionResult out;
+    FillTargetScores(results[0], out);
+    out.sequence = Attribute([&](size_t row) { return results[row].value; });
+    for (int64_t t = 0; t < target_length(); ++t) {
+      out.per_token.push_back(Attribute([&](size_t row) { return TokenValue(results[row], t); }));
+    }
+    out.rows = static_cast<int64_t>(results.size());
+    out.forward_passes = out.rows;
+    return out;
+  }
+
+ private:
+  Coalition FromMask(uint64_t mask) const {
+    Coalition c(num_features());
+    for (int64_t f = 0; f < num_features(); ++f) c[f] = (mask >> f) & 1;
+    return c;
+  }
+
+  size_t Index(const Coalition& c) {
+    auto [it, inserted] = index_.emplace(c, coalitions_.size());
+    if (inserted) coalitions_.push_back(c);
+    return it->second;
+  }
+  size_t RowOf(const Coalition& c) const { return index_.at(c); }
+
+  // The prompt with absent features replaced by their baselines, then the target.
+  Row ScoreRowFor(const Coalition& present) const {
+    std::vector<int64_t> ids;
+    int64_t position = 0;
+    for (int64_t f = 0; f <= num_features(); ++f) {
+      const auto [begin, end] = f < num_features() ? FeatureSpanOf(f) : std::pair{prompt_length(), prompt_length()};
+      // Spans of explicit features may leave tokens between them: those stay as they are.
+      for (; position < begin; ++position) ids.push_back(request_.prompt_ids[position]);
+      if (f == num_features()) break;
+      if (present[f]) {
+        ids.insert(ids.end(), request_.prompt_ids.begin() + begin, request_.prompt_ids.begin() + end);
+      } else if (!request_.features.empty() && !request_.features[f].baseline_ids.empty()) {
+        ids.insert(ids.end(), request_.features[f].baseline_ids.begin(), request_.features[f].baseline_ids.end());
+      } else {
+        ids.insert(ids.end(), end - begin, request_.baseline_token_id);
+      }
+      position = end;
+    }
+    const int64_t prompt = static_cast<int64_t>(ids.size());
+    ids.insert(ids.end(), request_.target_ids.begin(), request_.target_ids.end());
+    return Row{.kind = RowKind::kScore, .input_ids = std::move(ids), .objective = SequenceObjective(prompt)};
+  }
+
+  // Feature attributions from the value of each coalition row.
+  template <typename ValueOf>
+  std::vector<double> Attribute(const ValueOf& value) const {
+    const int64_t f_count = num_features();
+    std::vector<double> attr(f_count, 0.0);
+    switch (request_.method) {
+      case AttributionMethod::kFeatureAblation:
+        for (int64_t f = 0; f < f_count; ++f) attr[f] = value(0) - value(1 + f);
+        return attr;
+      case AttributionMethod::kShapleyValues: {
+        // phi_f = sum over S without f of |S|! (F - |S| - 1)! / F! * (v(S + f) - v(S))
+        std::vector<double> weight(f_count);
+        for (int64_t s = 0; s < f_count; ++s) {
+          weight[s] = std::exp(std::lgamma(s + 1.0) + std::lgamma(f_count - s + 0.0) - std::lgamma(f_count + 1.0));
+        }
+        for (uint64_t mask = 0; mask < (uint64_t{1} << f_count); ++mask) {
+          const int64_t size = __builtin_popcountll(mask);
+          for (int64_t f = 0; f < f_count; ++f) {
+            if ((mask >> f) & 1) continue;
+            attr[f] += weight[size] * (value(RowOf(FromMask(mask | (uint64_t{1} << f)))) - value(RowOf(FromMask(mask))));
+          }
+        }
+        return attr;
+      }
+      default:
+        for (const auto& order : permutations_) {
+          Coalition c(f_count, false);
+          double before = value(RowOf(c));
+          for (int64_t f : order) {
+            c[f] = true;
+            const double after = value(RowOf(c));
+            attr[f] += (after - before) / static_cast<double>(permutations_.size());
+            before = after;
+          }
+        }
+        return attr;
+    }
+  }
+
+  std::map<Coalition, size_t> index_;
+  std::vector<Coalition> coalitions_;  // row i scores coalitions_[i]
+  std::vector<std::vector<int64_t>> permutations_;
+};
+
+}  // namespace
+
+std::unique_ptr<RowPlan> MakePerturbationPlan(AttributionRequest request) {
+  return std::make_unique<PerturbationPlan>(std::move(request));
+}
+
+}  // namespace attribution::engine

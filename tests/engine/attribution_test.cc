@@ -1,0 +1,234 @@
+// SPDX-License-Identifier: Apache-2.0
+// Attribution methods through the batching engine against Captum (tools/captum_reference.py, same
+// random llama weights), plus the axioms that hold whatever the model.
+#include "engine/attribution/attributor.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "tests/testing/reference.h"
+
+namespace attribution::engine {
+namespace {
+
+using ::attribution::testing::TestModelsDir;
+using ::testing::HasSubstr;
+
+class AttributionTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    model_ = std::move(*CausalLM::Load(TestModelsDir() + "/llama", {}));
+    engine_ = std::move(*BatchingEngine::Create(MakeModelExecutor(model_), {.max_queue_delay = absl::ZeroDuration()}));
+    attributor_ = new Attributor(model_, engine_.get());
+    std::ifstream in(TestModelsDir() + "/captum_reference.json");
+    reference_ = new nlohmann::json(nlohmann::json::parse(in));
+  }
+  static void TearDownTestSuite() {
+    delete attributor_;
+    delete reference_;
+    engine_.reset();
+    model_.reset();
+  }
+  static const nlohmann::json& Case(const std::string& name) {
+    for (const auto& c : (*reference_)["cases"]) {
+      if (c["name"] == name) return c;
+    }
+    ADD_FAILURE() << "no reference case " << name;
+    static nlohmann::json empty;
+    return empty;
+  }
+  // Max |ours - captum| over max |captum|.
+  static double RelativeError(const std::vector<double>& ours, const std::vector<double>& captum) {
+    EXPECT_EQ(ours.size(), captum.size());
+    double scale = 1e-12, error = 0;
+    for (size_t i = 0; i < captum.size() && i < ours.size(); ++i) {
+      scale = std::max(scale, std::abs(captum[i]));
+      error = std::max(error, std::abs(ours[i] - captum[i]));
+    }
+    return error / scale;
+  }
+  static void ExpectMatches(const AttributionResult& ours, const nlohmann::json& captum, const std::string& name) {
+    const double seq_error = RelativeError(ours.sequence, captum["seq_attr"].get<std::vector<double>>());
+    EXPECT_LT(seq_error, 1e-4) << name;
+    double token_error = 0;
+    if (!captum["token_attr"].is_null()) {
+      const auto matrix = captum["token_attr"].get<std::vector<std::vector<double>>>();
+      EXPECT_EQ(ours.per_token.size(), matrix.size()) << name;
+      for (size_t t = 0; t < matrix.size() && t < ours.per_token.size(); ++t) {
+        token_error = std::max(token_error, RelativeError(ours.per_token[t], matrix[t]));
+      }
+      EXPECT_LT(token_error, 1e-4) << name;
+    }
+    std::cout << "[ captum   ] " << name << ": sequence rel. error " << seq_error << ", per-token " << token_error << "\n";
+  }
+  static AttributionRequest FromCase(const nlohmann::json& c) {
+    AttributionRequest r;
+    r.prompt_ids = c["prompt"].get<std::vector<int64_t>>();
+    if (!c.value("generated", false)) r.target_ids = c["target"].get<std::vector<int64_t>>();
+    r.generation.max_new_tokens = static_cast<int64_t>(c["target"].size());
+    r.method = *ParseAttributionMethod(c["method"].get<std::string>());
+    if (c.contains("rule")) r.rule = *ParseIntegrationRule(c["rule"].get<std::string>());
+    r.n_steps = c.value("n_steps", 50);
+    r.baseline_token_id = c.value("baseline_token", 0);
+    r.zero_embedding_baseline = c.value("zero_embedding", false);
+    r.quantity = c.value("quantity", std::string("log_prob")) == "prob" ? TokenQuantity::kProb : TokenQuantity::kLogProb;
+    r.want_token_matrix = !c["token_attr"].is_null();
+    return r;
+  }
+
+  static inline std::shared_ptr<CausalLM> model_;
+  static inline std::unique_ptr<BatchingEngine> engine_;
+  static inline Attributor* attributor_ = nullptr;
+  static inline nlohmann::json* reference_ = nullptr;
+};
+
+TEST_F(AttributionTest, EveryCaseMatchesCaptum) {
+  for (const auto& c : (*reference_)["cases"]) {
+    const std::string name = c["name"];
+    auto result = attributor_->AttributeAndWait(FromCase(c));
+    ASSERT_TRUE(result.ok()) << name << ": " << result.status();
+    if (c.value("generated", false)) {
+      EXPECT_EQ(result->target_ids, c["target"].get<std::vector<int64_t>>()) << name;
+    }
+    ExpectMatches(*result, c, name);
+    if (c.contains("delta")) {
+      EXPECT_NEAR(*result->convergence_delta, c["delta"].get<double>(), 1e-4) << name;
+    }
+  }
+}
+
+TEST_F(AttributionTest, IntegratedGradientsCompletenessImprovesWithSteps) {
+  AttributionRequest r = FromCase(Case("ig_gausslegendre_token7"));
+  double previous = 1e9;
+  for (int64_t steps : {4, 16, 64}) {
+    r.n_steps = steps;
+    auto result = attributor_->AttributeAndWait(r);
+    ASSERT_TRUE(result.ok());
+    const double delta = std::abs(*result->convergence_delta);
+    std::cout << "[ complete ] n_steps " << steps << ": |delta| = " << delta << "\n";
+    EXPECT_LT(delta, previous);
+    previous = delta;
+  }
+  EXPECT_LT(previous, 1e-2);
+}
+
+TEST_F(AttributionTest, PerTokenMatrixSumsToSequenceAttribution) {
+  AttributionRequest r = FromCase(Case("ig_riemann_middle_token0"));
+  auto result = attributor_->AttributeAndWait(r);
+  ASSERT_TRUE(result.ok());
+  for (size_t f = 0; f < result->sequence.size(); ++f) {
+    double sum = 0;
+    for (const auto& row : result->per_token) sum += row[f];
+    EXPECT_NEAR(sum, result->sequence[f], 1e-4 * std::max(1.0, std::abs(sum)));
+  }
+}
+
+TEST_F(AttributionTest, ShapleyValuesAreEfficient) {
+  for (auto method : {AttributionMethod::kShapleyValues, AttributionMethod::kShapleyValueSampling}) {
+    AttributionRequest r = FromCase(Case("shapley_values_log_prob"));
+    r.method = method;
+    r.n_samples = 5;
+    auto full = attributor_->AttributeAndWait(r);
+    ASSERT_TRUE(full.ok()) << full.status();
+    // f(baseline): every prompt token replaced by the baseline token.
+    AttributionRequest at_baseline = r;
+    at_baseline.prompt_ids.assign(r.prompt_ids.size(), r.baseline_token_id);
+    at_baseline.method = AttributionMethod::kFeatureAblation;
+    auto base = attributor_->AttributeAndWait(at_baseline);
+    double total = 0;
+    for (double a : full->sequence) total += a;
+    EXPECT_NEAR(total, full->objective - base->objective, 1e-4) << AttributionMethodName(method);
+  }
+}
+
+TEST_F(AttributionTest, FeatureTheTargetCannotSeeGetsZero) {
+  // Positions after the scored one cannot influence it (causal attention): put the target first.
+  AttributionRequest r;
+  r.prompt_ids = {1, 5, 17};
+  r.target_ids = {9};
+  r.method = AttributionMethod::kFeatureAblation;
+  auto a = attributor_->AttributeAndWait(r);
+  ASSERT_TRUE(a.ok());
+  // A feature spanning nothing the model reads differently: ablating token 0 into itself.
+  r.baseline_token_id = 1;
+  auto b = attributor_->AttributeAndWait(r);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->sequence[0], 0.0);
+  EXPECT_NE(a->sequence[1], 0.0);
+}
+
+TEST_F(AttributionTest, FeatureGroupsWithTheirOwnBaselines) {
+  AttributionRequest r = FromCase(Case("feature_ablation_log_prob"));
+  r.features = {{1, 3, {60}}, {3, 6, {}}, {6, 8, {61, 62, 63}}};  // baselines of other lengths too
+  auto grouped = attributor_->AttributeAndWait(r);
+  ASSERT_TRUE(grouped.ok()) << grouped.status();
+  ASSERT_EQ(grouped->sequence.size(), 3u);
+  // Ablating group 0 equals scoring the prompt with that group replaced by its baseline.
+  AttributionRequest replaced = r;
+  replaced.features.clear();
+  replaced.prompt_ids = {1, 60, 99, 3, 250, 41, 7};
+  auto ablated = attributor_->AttributeAndWait(replaced);
+  ASSERT_TRUE(ablated.ok());
+  EXPECT_NEAR(grouped->sequence[0], grouped->objective - ablated->objective, 1e-5);
+}
+
+TEST_F(AttributionTest, ContrastiveIsTargetMinusFoil) {
+  AttributionRequest r = FromCase(Case("feature_ablation_log_prob"));
+  r.target_ids = {11};
+  r.quantity = TokenQuantity::kLogit;
+  auto target = attributor_->AttributeAndWait(r);
+  r.target_ids = {42};
+  auto foil = attributor_->AttributeAndWait(r);
+  r.target_ids = {11};
+  r.foil_ids = {42};
+  auto contrast = attributor_->AttributeAndWait(r);
+  ASSERT_TRUE(target.ok() && foil.ok() && contrast.ok());
+  for (size_t f = 0; f < contrast->sequence.size(); ++f) {
+    EXPECT_NEAR(contrast->sequence[f], target->sequence[f] - foil->sequence[f], 1e-4);
+  }
+}
+
+TEST_F(AttributionTest, BadRequestsNameTheField) {
+  AttributionRequest good = FromCase(Case("ig_gausslegendre_token0"));
+  auto expect = [&](AttributionRequest r, const std::string& field) {
+    auto result = attributor_->AttributeAndWait(r);
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument) << field;
+    EXPECT_THAT(result.status().message(), HasSubstr(field));
+  };
+  AttributionRequest r = good;
+  r.prompt_ids.clear();
+  expect(r, "prompt_ids");
+  r = good;
+  r.prompt_ids[2] = 100000;
+  expect(r, "prompt_ids[2]");
+  r = good;
+  r.n_steps = 1;
+  expect(r, "n_steps");
+  r = good;
+  r.n_steps = 100000;
+  expect(r, "n_steps");
+  r = good;
+  r.features = {{0, 3, {}}, {2, 5, {}}};
+  expect(r, "overlaps");
+  r = good;
+  r.features = {{4, 2, {}}};
+  expect(r, "features[0]");
+  r = good;
+  r.foil_ids = {1};
+  expect(r, "foil_ids");
+  r = good;
+  r.method = AttributionMethod::kShapleyValues;
+  r.features.clear();
+  r.prompt_ids.assign(20, 5);
+  expect(r, "exact shapley_values");
+  r = good;
+  r.baseline_token_id = -3;
+  expect(r, "baseline_token_id");
+}
+
+}  // namespace
+}  // namespace attribution::engine
