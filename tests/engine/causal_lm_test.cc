@@ -89,8 +89,10 @@ TEST_P(CausalLMParity, PaddedBatchLogitsMatchTransformers) {
   }
 }
 
-TEST_P(CausalLMParity, RowInBatchEqualsRowAlone) {
-  if (!fp32()) GTEST_SKIP() << "invariance is checked at fp32 precision";
+// Properties checked at fp32 precision only.
+class CausalLMFp32 : public CausalLMParity {};
+
+TEST_P(CausalLMFp32, RowInBatchEqualsRowAlone) {
   c10::InferenceMode inference;
   ForwardBatch batch = PaddedBatch();
   at::Tensor batched = *model_->Hidden(batch);
@@ -157,8 +159,7 @@ TEST_P(CausalLMParity, ResidualHookReadsTransformersHiddenState) {
   EXPECT_LT(ScaledError(captured[0], reference_.Tensor("residual_after_layer0")), tolerance());
 }
 
-TEST_P(CausalLMParity, PrefillThenDecodeEqualsFullForward) {
-  if (!fp32()) GTEST_SKIP() << "cache equivalence is checked at fp32 precision";
+TEST_P(CausalLMFp32, PrefillThenDecodeEqualsFullForward) {
   c10::InferenceMode inference;
   const std::vector<int64_t>& row = rows_[1];
   KvCache cache(model_->config().num_layers, 1);
@@ -179,6 +180,10 @@ INSTANTIATE_TEST_SUITE_P(AllArchitectures, CausalLMParity,
                                            Case{"qwen2", "float32"}, Case{"qwen2", "bfloat16"},
                                            Case{"gpt2", "float32"}, Case{"gpt2", "bfloat16"}),
                          [](const auto& info) { return info.param.arch + "_" + info.param.dtype; });
+INSTANTIATE_TEST_SUITE_P(AllArchitectures, CausalLMFp32,
+                         ::testing::Values(Case{"llama", "float32"}, Case{"mistral", "float32"},
+                                           Case{"qwen2", "float32"}, Case{"gpt2", "float32"}),
+                         [](const auto& info) { return info.param.arch; });
 
 TEST(CausalLM, NoParameterRequiresGradAfterGradients) {
   auto model = CausalLM::Load(TestModelsDir() + "/llama", {});
