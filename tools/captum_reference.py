@@ -104,6 +104,22 @@ def main():
                   "zero_embedding": True, "prompt": PROMPT, "target": TARGET, "seq_attr": attr.sum(-1)[0].tolist(),
                   "token_attr": None, "delta": delta.item()})
 
+    # Seed 000: a ~40-token chat prompt, next-token probability of "No" minus that of "Yes", integrated
+    # gradients with 15 steps from a pad-token (id 0) baseline over the prompt embeddings.
+    chat = [1] + [(13 * i + 7) % 300 + 3 for i in range(39)]
+    no_token, yes_token = 42, 43
+    chat_embeds = embed(torch.tensor([chat]))
+
+    def no_minus_yes(prompt_embeds):
+        probs = torch.softmax(model(inputs_embeds=prompt_embeds).logits[:, -1].float(), -1)
+        return probs[:, no_token] - probs[:, yes_token]
+    ig = IntegratedGradients(no_minus_yes)
+    attr, delta = ig.attribute(chat_embeds, baselines=embed(torch.zeros(1, len(chat), dtype=torch.long)), n_steps=15,
+                               method="gausslegendre", return_convergence_delta=True)
+    cases.append({"name": "seed000_no_vs_yes", "method": "integrated_gradients", "rule": "gausslegendre", "n_steps": 15,
+                  "baseline_token": 0, "quantity": "prob", "prompt": chat, "target": [no_token], "foil": [yes_token],
+                  "seq_attr": attr.sum(-1)[0].tolist(), "token_attr": None, "delta": delta.item()})
+
     ixg = LLMGradientAttribution(LayerGradientXActivation(model, embed), tokenizer)
     r = ixg.attribute(TextTokenInput(text(PROMPT), tokenizer), target=torch.tensor(TARGET))
     cases.append(result_dict("input_x_gradient", r, method="input_x_gradient", prompt=PROMPT, target=TARGET))

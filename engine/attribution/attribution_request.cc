@@ -28,13 +28,14 @@ absl::Status CheckRange(int64_t value, int64_t low, int64_t high, const char* fi
 
 absl::StatusOr<AttributionMethod> ParseAttributionMethod(const std::string& name) {
   if (name == "integrated_gradients") return AttributionMethod::kIntegratedGradients;
+  if (name == "gradient_shap") return AttributionMethod::kGradientShap;
   if (name == "saliency") return AttributionMethod::kSaliency;
   if (name == "input_x_gradient") return AttributionMethod::kInputXGradient;
   if (name == "feature_ablation") return AttributionMethod::kFeatureAblation;
   if (name == "shapley_values") return AttributionMethod::kShapleyValues;
   if (name == "shapley_value_sampling") return AttributionMethod::kShapleyValueSampling;
   return absl::InvalidArgumentError(absl::StrCat(
-      "method \"", name, "\" is not supported (integrated_gradients, saliency, input_x_gradient, feature_ablation, "
+      "method \"", name, "\" is not supported (integrated_gradients, gradient_shap, saliency, input_x_gradient, feature_ablation, "
       "shapley_values, shapley_value_sampling)"));
 }
 
@@ -42,6 +43,8 @@ const char* AttributionMethodName(AttributionMethod method) {
   switch (method) {
     case AttributionMethod::kIntegratedGradients:
       return "integrated_gradients";
+    case AttributionMethod::kGradientShap:
+      return "gradient_shap";
     case AttributionMethod::kSaliency:
       return "saliency";
     case AttributionMethod::kInputXGradient:
@@ -57,7 +60,8 @@ const char* AttributionMethodName(AttributionMethod method) {
 }
 
 bool IsGradientMethod(AttributionMethod method) {
-  return method == AttributionMethod::kIntegratedGradients || method == AttributionMethod::kSaliency ||
+  return method == AttributionMethod::kIntegratedGradients || method == AttributionMethod::kGradientShap ||
+         method == AttributionMethod::kSaliency ||
          method == AttributionMethod::kInputXGradient;
 }
 
@@ -109,6 +113,9 @@ absl::Status ValidateAttributionRequest(const AttributionRequest& r, const Model
     case AttributionMethod::kShapleyValues:
       return CheckRange(features, 1, limits.max_exact_shapley_features, "number of features for exact shapley_values");
     case AttributionMethod::kShapleyValueSampling:
+      return CheckRange(r.n_samples, 1, limits.max_samples, "n_samples");
+    case AttributionMethod::kGradientShap:
+      if (!(r.stdev >= 0 && r.stdev <= 10)) return absl::InvalidArgumentError(absl::StrCat("stdev = ", r.stdev, " is outside [0, 10]"));
       return CheckRange(r.n_samples, 1, limits.max_samples, "n_samples");
     default:
       return absl::OkStatus();

@@ -25,6 +25,7 @@ namespace attribution::engine {
 
 enum class AttributionMethod {
   kIntegratedGradients,
+  kGradientShap,
   kSaliency,
   kInputXGradient,
   kFeatureAblation,
@@ -58,7 +59,8 @@ struct AttributionRequest {
   int64_t baseline_token_id = 0;
   int64_t n_steps = 50;                       // integrated gradients
   IntegrationRule rule = IntegrationRule::kGaussLegendre;
-  int64_t n_samples = 25;                     // Shapley value sampling
+  int64_t n_samples = 25;                     // Shapley value sampling, GradientShap
+  double stdev = 0.0;                         // GradientShap: noise added to the input embeddings
   uint64_t seed = 0;
   bool saliency_abs = true;                   // Saliency: |gradient| (Captum's default) or signed
   bool want_token_matrix = false;             // per-output-token attributions (T x F)

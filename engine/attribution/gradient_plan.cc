@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-// Integrated gradients, Saliency and InputXGradient over the input embeddings, as grad rows.
+// Integrated gradients, GradientShap, Saliency and InputXGradient over the input embeddings, as grad rows.
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 
 #include "engine/attribution/row_plan.h"
 
@@ -26,20 +27,33 @@ class GradientPlan : public RowPlan {
       if (baseline_ids.empty()) baseline_ids.assign(end - begin, request_.baseline_token_id);
       span.copy_((*model.Embed(at::tensor(baseline_ids, at::kLong).unsqueeze(0)))[0]);
     }
+    const at::Tensor difference = input_ - baseline_;
     if (request_.method == AttributionMethod::kIntegratedGradients) {
       IntegrationPoints points = *MakeIntegrationPoints(request_.rule, request_.n_steps);
       alphas_ = points.alphas;
       weights_ = points.weights;
+      endpoints_.assign(alphas_.size(), difference);
+    } else if (request_.method == AttributionMethod::kGradientShap) {
+      // Each sample: Gaussian noise on the feature positions of the input, a uniform point on the
+      // path from the baseline to the noisy input; attribution (noisy input - baseline) x gradient.
+      at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(request_.seed);
+      const at::Tensor feature_mask = (difference != 0).any(-1, /*keepdim=*/true).to(input_.scalar_type());
+      for (int64_t s = 0; s < request_.n_samples; ++s) {
+        alphas_.push_back(at::rand({1}, generator, at::kDouble).item<double>());
+        weights_.push_back(1.0 / request_.n_samples);
+        at::Tensor noise = at::randn(input_.sizes(), generator, at::kFloat).to(input_.options()) * request_.stdev;
+        endpoints_.push_back(difference + noise * feature_mask);
+      }
     } else {
       alphas_ = {1.0};
       weights_ = {1.0};
+      endpoints_ = {difference};
     }
     const int64_t p = prompt_length();
     rows_.push_back(Row{.kind = RowKind::kScore, .inputs_embeds = input_, .objective = SequenceObjective(p)});
     rows_.push_back(Row{.kind = RowKind::kScore, .inputs_embeds = baseline_, .objective = SequenceObjective(p)});
-    const at::Tensor difference = input_ - baseline_;
-    for (double alpha : alphas_) {
-      const at::Tensor point = baseline_ + alpha * difference;
+    for (size_t i = 0; i < alphas_.size(); ++i) {
+      const at::Tensor point = baseline_ + alphas_[i] * endpoints_[i];
       rows_.push_back(Row{.kind = RowKind::kGrad, .inputs_embeds = point, .objective = SequenceObjective(p)});
       if (!request_.want_token_matrix) continue;
       for (int64_t t = 0; t < target_length(); ++t) {
@@ -71,14 +85,19 @@ class GradientPlan : public RowPlan {
   // Feature attributions from the grad rows at offset `which` of each step.
   std::vector<double> Attribute(const std::vector<RowResult>& results, int64_t which, int64_t per_step) const {
     at::Tensor accumulated = at::zeros(input_.sizes(), input_.options().dtype(at::kFloat));
+    at::Tensor shap = at::zeros_like(accumulated);  // GradientShap: mean of endpoint x gradient
     for (size_t i = 0; i < alphas_.size(); ++i) {
-      const at::Tensor& g = results[2 + i * per_step + which].gradient;
-      accumulated += weights_[i] * g.to(at::kFloat);
+      const at::Tensor g = results[2 + i * per_step + which].gradient.to(at::kFloat);
+      accumulated += weights_[i] * g;
+      if (request_.method == AttributionMethod::kGradientShap) shap += weights_[i] * endpoints_[i].to(at::kFloat) * g;
     }
     at::Tensor per_position;  // [S]
     switch (request_.method) {
       case AttributionMethod::kIntegratedGradients:
         per_position = ((input_ - baseline_).to(at::kFloat) * accumulated).sum(-1);
+        break;
+      case AttributionMethod::kGradientShap:
+        per_position = shap.sum(-1);
         break;
       case AttributionMethod::kSaliency:
         per_position = (request_.saliency_abs ? accumulated.abs() : accumulated).sum(-1);
@@ -98,6 +117,7 @@ class GradientPlan : public RowPlan {
 
   at::Tensor input_, baseline_;  // [S, hidden] compute dtype
   std::vector<double> alphas_, weights_;
+  std::vector<at::Tensor> endpoints_;  // per point: the path's end minus the baseline, [S, hidden]
 };
 
 }  // namespace

@@ -6,7 +6,9 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <condition_variable>
 #include <fstream>
+#include <mutex>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
@@ -77,6 +79,7 @@ class AttributionTest : public ::testing::Test {
     r.zero_embedding_baseline = c.value("zero_embedding", false);
     r.quantity = c.value("quantity", std::string("log_prob")) == "prob" ? TokenQuantity::kProb : TokenQuantity::kLogProb;
     r.want_token_matrix = !c["token_attr"].is_null();
+    if (c.contains("foil")) r.foil_ids = c["foil"].get<std::vector<int64_t>>();
     return r;
   }
 
@@ -114,6 +117,69 @@ TEST_F(AttributionTest, IntegratedGradientsCompletenessImprovesWithSteps) {
     previous = delta;
   }
   EXPECT_LT(previous, 1e-2);
+}
+
+TEST_F(AttributionTest, GradientShapWithoutNoiseEstimatesIntegratedGradients) {
+  AttributionRequest ig = FromCase(Case("ig_gausslegendre_token7"));
+  ig.n_steps = 64;
+  ig.want_token_matrix = false;
+  AttributionRequest shap = ig;
+  shap.method = AttributionMethod::kGradientShap;
+  shap.n_samples = 400;
+  shap.seed = 3;
+  auto exact = attributor_->AttributeAndWait(ig);
+  auto sampled = attributor_->AttributeAndWait(shap);
+  ASSERT_TRUE(exact.ok() && sampled.ok()) << sampled.status();
+  // GradientShap averages (x - x') * grad at uniform points on the same path: a Monte-Carlo estimate of
+  // the integral that IG computes by quadrature.
+  double error = 0, norm = 0;
+  for (size_t f = 0; f < exact->sequence.size(); ++f) {
+    error += std::pow(sampled->sequence[f] - exact->sequence[f], 2);
+    norm += std::pow(exact->sequence[f], 2);
+  }
+  std::cout << "[ gradshap ] relative L2 distance to IG with 400 samples: " << std::sqrt(error / norm) << "\n";
+  EXPECT_LT(std::sqrt(error / norm), 0.1);
+  auto again = attributor_->AttributeAndWait(shap);
+  EXPECT_EQ(again->sequence, sampled->sequence);  // seeded
+  shap.stdev = 0.05;
+  auto noisy = attributor_->AttributeAndWait(shap);
+  ASSERT_TRUE(noisy.ok());
+  EXPECT_NE(noisy->sequence, sampled->sequence);
+}
+
+TEST_F(AttributionTest, Seed001ManyStatementsConcurrentlyEqualAlone) {
+  // Multiple-choice label probability for a list of statements, all submitted at once.
+  constexpr int kStatements = 12;
+  std::vector<AttributionRequest> requests;
+  for (int i = 0; i < kStatements; ++i) {
+    AttributionRequest r;
+    for (int k = 0; k < 6 + i % 5; ++k) r.prompt_ids.push_back(3 + (i * 37 + k * 11) % 300);
+    r.target_ids = {static_cast<int64_t>(100 + i % 3)};  // the label
+    r.quantity = TokenQuantity::kProb;
+    r.n_steps = 8;
+    requests.push_back(r);
+  }
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<std::optional<absl::StatusOr<AttributionResult>>> results(kStatements);
+  for (int i = 0; i < kStatements; ++i) {
+    attributor_->Attribute(engine_->NewRequest(), requests[i], [&, i](absl::StatusOr<AttributionResult> r) {
+      std::lock_guard<std::mutex> lock(mu);
+      results[i] = std::move(r);
+      cv.notify_all();
+    });
+  }
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return std::all_of(results.begin(), results.end(), [](const auto& r) { return r.has_value(); }); });
+  }
+  for (int i = 0; i < kStatements; ++i) {
+    ASSERT_TRUE(results[i]->ok()) << results[i]->status();
+    auto alone = attributor_->AttributeAndWait(requests[i]);
+    ASSERT_TRUE(alone.ok());
+    EXPECT_LT(RelativeError((*results[i])->sequence, alone->sequence), 1e-4) << "statement " << i;
+    EXPECT_EQ((*results[i])->rows, 8 + 2);
+  }
 }
 
 TEST_F(AttributionTest, PerTokenMatrixSumsToSequenceAttribution) {
