@@ -33,6 +33,29 @@ void Attributor::Attribute(std::shared_ptr<Request> handle, AttributionRequest r
                 });
 }
 
+namespace {
+
+// Submits `rows` as one group and calls `then` with all their results once every row is answered
+// (or `done` with the first failure).
+void SubmitAll(BatchingEngine& engine, const std::shared_ptr<Request>& handle, std::vector<Row> rows,
+               std::function<void(std::vector<RowResult>&)> then, const Attributor::Done& done) {
+  const size_t count = rows.size();
+  auto results = std::make_shared<std::vector<RowResult>>(count);
+  auto remaining = std::make_shared<std::atomic<size_t>>(count);
+  absl::Status submitted = engine.Submit(handle, std::move(rows), [=](size_t index, RowResult result) {
+    (*results)[index] = std::move(result);
+    if (remaining->fetch_sub(1) != 1) return;
+    // The last row: every result is in place.
+    for (const RowResult& r : *results) {
+      if (!r.status.ok()) return done(r.status);
+    }
+    then(*results);
+  });
+  if (!submitted.ok()) done(submitted);
+}
+
+}  // namespace
+
 void Attributor::AttributeTarget(std::shared_ptr<Request> handle, AttributionRequest request, Done done) const {
   absl::StatusOr<std::unique_ptr<RowPlan>> plan;
   try {
@@ -43,32 +66,30 @@ void Attributor::AttributeTarget(std::shared_ptr<Request> handle, AttributionReq
   }
   if (!plan.ok()) return done(plan.status());
   std::shared_ptr<RowPlan> shared_plan = std::move(*plan);
-  std::vector<Row> rows = shared_plan->TakeRows();
-  const size_t count = rows.size();
-  auto results = std::make_shared<std::vector<RowResult>>(count);
-  auto remaining = std::make_shared<std::atomic<size_t>>(count);
-  absl::Status submitted = engine_->Submit(handle, std::move(rows),
-                                           [=](size_t index, RowResult result) {
-    (*results)[index] = std::move(result);
-    if (remaining->fetch_sub(1) != 1) return;
-    // The last row: every result is in place.
-    for (const RowResult& r : *results) {
-      if (!r.status.ok()) return done(r.status);
-    }
-    absl::StatusOr<AttributionResult> reduced;
-    try {
-      reduced = shared_plan->Reduce(*results);
-    } catch (const std::exception& e) {
-      reduced = StatusFromException(e, "reducing attribution rows");
-    }
-    if (reduced.ok()) {
-      const Request::Stats stats = handle->stats();
-      reduced->queue_time = stats.queue_time;
-      reduced->device_time = stats.device_time;
-    }
-    done(std::move(reduced));
-  });
-  if (!submitted.ok()) done(submitted);
+  BatchingEngine* engine = engine_;
+  auto run_main = [engine, handle, shared_plan, done](std::vector<RowResult>& prepared) {
+    shared_plan->Prepared(prepared);
+    SubmitAll(*engine, handle, shared_plan->TakeRows(), [handle, shared_plan, done](std::vector<RowResult>& results) {
+      absl::StatusOr<AttributionResult> reduced;
+      try {
+        reduced = shared_plan->Reduce(results);
+      } catch (const std::exception& e) {
+        reduced = StatusFromException(e, "reducing attribution rows");
+      }
+      if (reduced.ok()) {
+        const Request::Stats stats = handle->stats();
+        reduced->queue_time = stats.queue_time;
+        reduced->device_time = stats.device_time;
+      }
+      done(std::move(reduced));
+    }, done);
+  };
+  std::vector<Row> prepare = shared_plan->TakePrepareRows();
+  if (prepare.empty()) {
+    std::vector<RowResult> none;
+    return run_main(none);
+  }
+  SubmitAll(*engine_, handle, std::move(prepare), run_main, done);
 }
 
 absl::StatusOr<AttributionResult> Attributor::AttributeAndWait(const AttributionRequest& request) const {

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // FeatureAblation, exact ShapleyValues and ShapleyValueSampling: every coalition of present features
 // is one score row; all rows of a request are submitted together and batched with other requests.
+// A coalition leaves the prompt unchanged up to its first absent feature, so the prompt's KV cache is
+// computed once (a prefill row) and each row computes only from its first change onward.
 #include <ATen/ATen.h>
 
 #include <map>
@@ -16,7 +18,7 @@ using Coalition = std::vector<bool>;  // feature f present?
 
 class PerturbationPlan : public RowPlan {
  public:
-  explicit PerturbationPlan(AttributionRequest request) : RowPlan(std::move(request)) {
+  PerturbationPlan(AttributionRequest request, int64_t num_layers) : RowPlan(std::move(request)) {
     const int64_t f_count = num_features();
     Index(Coalition(f_count, true));  // row 0: the real input
     switch (request_.method) {
@@ -46,15 +48,38 @@ class PerturbationPlan : public RowPlan {
         }
       }
     }
-    for (const Coalition& c : coalitions_) rows_.push_back(ScoreRowFor(c));
+    result_of_.resize(coalitions_.size());
+    std::iota(result_of_.begin(), result_of_.end(), 0);
+    if (prompt_length() < 2) {
+      for (const Coalition& c : coalitions_) rows_.push_back(ScoreRowFor(c, nullptr));
+      return;
+    }
+    prefix_ = std::make_shared<DecodeState>(num_layers);
+    prepare_rows_.push_back(Row{.kind = RowKind::kDecode,
+                                .input_ids = {request_.prompt_ids.begin(), request_.prompt_ids.end() - 1},
+                                .decode_state = prefix_});
+  }
+
+  void Prepared(const std::vector<RowResult>&) override {
+    std::vector<Row> rows;
+    for (const Coalition& c : coalitions_) rows.push_back(ScoreRowFor(c, prefix_));
+    // Longest rows first: the engine then batches rows of similar lengths (little padding).
+    std::vector<size_t> order(rows.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return rows[a].length() > rows[b].length(); });
+    for (size_t position = 0; position < order.size(); ++position) {
+      result_of_[order[position]] = position;
+      rows_.push_back(std::move(rows[order[position]]));
+    }
   }
 
   absl::StatusOr<AttributionResult> Reduce(const std::vector<RowResult>& results) const override {
     AttributionResult out;
-    FillTargetScores(results[0], out);
-    out.sequence = Attribute([&](size_t row) { return results[row].value; });
+    auto of = [&](size_t coalition) -> const RowResult& { return results[result_of_[coalition]]; };
+    FillTargetScores(of(0), out);
+    out.sequence = Attribute([&](size_t coalition) { return of(coalition).value; });
     for (int64_t t = 0; t < target_length(); ++t) {
-      out.per_token.push_back(Attribute([&](size_t row) { return TokenValue(results[row], t); }));
+      out.per_token.push_back(Attribute([&](size_t coalition) { return TokenValue(of(coalition), t); }));
     }
     out.rows = static_cast<int64_t>(results.size());
     out.forward_passes = out.rows;
@@ -75,8 +100,9 @@ class PerturbationPlan : public RowPlan {
   }
   size_t RowOf(const Coalition& c) const { return index_.at(c); }
 
-  // The prompt with absent features replaced by their baselines, then the target.
-  Row ScoreRowFor(const Coalition& present) const {
+  // The prompt with absent features replaced by their baselines, then the target; with `prefix`, the
+  // unchanged head of the prompt (all but its last token at most) is read from the prefix's cache.
+  Row ScoreRowFor(const Coalition& present, std::shared_ptr<const DecodeState> prefix) const {
     std::vector<int64_t> ids;
     int64_t position = 0;
     for (int64_t f = 0; f <= num_features(); ++f) {
@@ -95,7 +121,16 @@ class PerturbationPlan : public RowPlan {
     }
     const int64_t prompt = static_cast<int64_t>(ids.size());
     ids.insert(ids.end(), request_.target_ids.begin(), request_.target_ids.end());
-    return Row{.kind = RowKind::kScore, .input_ids = std::move(ids), .objective = SequenceObjective(prompt)};
+    Row row{.kind = RowKind::kScore, .objective = SequenceObjective(prompt)};
+    int64_t unchanged = 0;
+    const int64_t limit = std::min(prompt, prompt_length()) - 1;  // the last prompt token is always recomputed
+    while (prefix && unchanged < limit && ids[unchanged] == request_.prompt_ids[unchanged]) ++unchanged;
+    if (unchanged > 0) {
+      row.prefix = std::move(prefix);
+      row.prefix_length = unchanged;
+    }
+    row.input_ids.assign(ids.begin() + unchanged, ids.end());
+    return row;
   }
 
   // Feature attributions from the value of each coalition row.
@@ -137,15 +172,17 @@ class PerturbationPlan : public RowPlan {
     }
   }
 
+  std::shared_ptr<DecodeState> prefix_;  // KV cache of the prompt but its last token
   std::map<Coalition, size_t> index_;
-  std::vector<Coalition> coalitions_;  // row i scores coalitions_[i]
+  std::vector<Coalition> coalitions_;  // coalition i, scored by the row at results[result_of_[i]]
+  std::vector<size_t> result_of_;
   std::vector<std::vector<int64_t>> permutations_;
 };
 
 }  // namespace
 
-std::unique_ptr<RowPlan> MakePerturbationPlan(AttributionRequest request) {
-  return std::make_unique<PerturbationPlan>(std::move(request));
+std::unique_ptr<RowPlan> MakePerturbationPlan(AttributionRequest request, int64_t num_layers) {
+  return std::make_unique<PerturbationPlan>(std::move(request), num_layers);
 }
 
 }  // namespace attribution::engine

@@ -12,7 +12,7 @@ RowPlan::RowPlan(AttributionRequest request) : request_(std::move(request)) {}
 absl::StatusOr<std::unique_ptr<RowPlan>> RowPlan::Create(const CausalLM& model, AttributionRequest request) {
   if (request.target_ids.empty()) return absl::InvalidArgumentError("attribution needs a target");
   if (IsGradientMethod(request.method)) return MakeGradientPlan(model, std::move(request));
-  return MakePerturbationPlan(std::move(request));
+  return MakePerturbationPlan(std::move(request), model.config().num_layers);
 }
 
 RowObjective RowPlan::SequenceObjective(int64_t prompt_length) const {

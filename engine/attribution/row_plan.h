@@ -19,6 +19,10 @@ class RowPlan {
   // Builds the plan of a validated request with a given target. May read the model's embedding table.
   static absl::StatusOr<std::unique_ptr<RowPlan>> Create(const CausalLM& model, AttributionRequest request);
 
+  // Rows that must finish before the main rows can be built (e.g. a shared prefix's prefill); once
+  // they have, Prepared receives their results and builds the main rows.
+  std::vector<Row> TakePrepareRows() { return std::move(prepare_rows_); }
+  virtual void Prepared(const std::vector<RowResult>& results) {}
   // The rows to submit, in the order Reduce expects their results (callable once).
   std::vector<Row> TakeRows() { return std::move(rows_); }
   virtual absl::StatusOr<AttributionResult> Reduce(const std::vector<RowResult>& results) const = 0;
@@ -41,10 +45,11 @@ class RowPlan {
   void FillTargetScores(const RowResult& at_input, AttributionResult& out) const;
 
   AttributionRequest request_;
+  std::vector<Row> prepare_rows_;
   std::vector<Row> rows_;
 };
 
 std::unique_ptr<RowPlan> MakeGradientPlan(const CausalLM& model, AttributionRequest request);
-std::unique_ptr<RowPlan> MakePerturbationPlan(AttributionRequest request);
+std::unique_ptr<RowPlan> MakePerturbationPlan(AttributionRequest request, int64_t num_layers);
 
 }  // namespace attribution::engine

@@ -41,23 +41,29 @@ std::pair<at::Tensor, at::Tensor> KvCache::Append(int64_t layer, const at::Tenso
   return {past_keys.scatter(2, slot_index, keys), past_values.scatter(2, slot_index, values)};
 }
 
-KvCache KvCache::Stack(const std::vector<const KvCache*>& parts) {
-  const int64_t layers = parts.empty() ? 0 : static_cast<int64_t>(parts[0]->keys_.size());
+KvCache KvCache::Stack(const std::vector<const KvCache*>& parts, std::vector<int64_t> lengths) {
+  int64_t layers = 0;
+  for (const KvCache* part : parts) {
+    if (part != nullptr) layers = static_cast<int64_t>(part->keys_.size());
+  }
   KvCache batch(layers, static_cast<int64_t>(parts.size()));
-  for (size_t r = 0; r < parts.size(); ++r) batch.lengths_[r] = parts[r]->lengths_[0];
+  for (size_t r = 0; r < parts.size(); ++r) {
+    const int64_t held = parts[r] != nullptr ? parts[r]->lengths_[0] : 0;
+    batch.lengths_[r] = lengths.empty() ? held : std::min(held, lengths[r]);
+  }
   const int64_t longest = *std::max_element(batch.lengths_.begin(), batch.lengths_.end());
   for (int64_t l = 0; l < layers; ++l) {
     for (auto [buffers, stacked] : {std::pair{&KvCache::keys_, &batch.keys_}, std::pair{&KvCache::values_, &batch.values_}}) {
       at::Tensor like;  // any filled part gives the [1, heads, -, head_dim] shape
       for (const KvCache* part : parts) {
-        if ((part->*buffers)[l].defined()) like = (part->*buffers)[l];
+        if (part != nullptr && (part->*buffers)[l].defined()) like = (part->*buffers)[l];
       }
       if (!like.defined() || longest == 0) continue;  // every sequence is empty: Append allocates
       std::vector<at::Tensor> rows;
-      for (const KvCache* part : parts) {
+      for (size_t r = 0; r < parts.size(); ++r) {
         at::Tensor row = at::zeros({1, like.size(1), longest, like.size(3)}, like.options());
-        const int64_t len = part->lengths_[0];
-        if (len > 0) row.narrow(2, 0, len).copy_((part->*buffers)[l].narrow(2, 0, len));
+        const int64_t len = batch.lengths_[r];
+        if (len > 0) row.narrow(2, 0, len).copy_((parts[r]->*buffers)[l].narrow(2, 0, len));
         rows.push_back(row);
       }
       (*stacked)[l] = at::cat(rows, 0);

@@ -27,8 +27,9 @@ class KvCache {
   void Advance(const std::vector<int64_t>& new_lengths);
 
   // A batch cache holding copies of single-row caches, so live sequences of different requests can
-  // take one decode step together. Each part must have batch 1.
-  static KvCache Stack(const std::vector<const KvCache*>& parts);
+  // take one decode step together. Each part must have batch 1. With `lengths`, row r keeps only the
+  // first lengths[r] slots of its part (a shared prefix); a null part stands for an empty sequence.
+  static KvCache Stack(const std::vector<const KvCache*>& parts, std::vector<int64_t> lengths = {});
 
   // Replaces the contents of `part` (batch 1) with row `row` of this cache.
   void ExtractRow(int64_t row, KvCache& part) const;

@@ -57,13 +57,17 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
         const auto& rows = queue[i].kinds[k].lengths;
         if (blocked[i] || taken[i] >= static_cast<int64_t>(rows.size())) continue;
         const int64_t longest = std::max(decision.longest, rows[taken[i]]);
-        const bool fits = decision.rows + 1 <= limits.max_rows && (decision.rows + 1) * longest <= limits.token_budget;
+        const int64_t padded = (decision.rows + 1) * longest;
+        const double waste = 1.0 - static_cast<double>(decision.tokens + rows[taken[i]]) / padded;
+        const bool fits = decision.rows + 1 <= limits.max_rows && padded <= limits.token_budget &&
+                          (decision.rows == 0 || waste <= limits.max_padding_waste);
         if (!fits && decision.rows > 0) {
           blocked[i] = true;  // keeps this request's row order: nothing behind it jumps ahead
           limited = true;
           continue;
         }
         if (taken[i] == 0) oldest_in_batch = std::min(oldest_in_batch, queue[i].kinds[k].oldest_enqueued);
+        decision.tokens += rows[taken[i]];
         ++taken[i];
         ++decision.rows;
         decision.longest = longest;

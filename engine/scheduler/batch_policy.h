@@ -37,6 +37,9 @@ struct BatchLimits {
   int64_t max_rows = 64;
   absl::Duration max_queue_delay = absl::ZeroDuration();
   RowKind next_kind = RowKind::kScore;  // the kind after the previous batch's
+  // A row joins a batch of two or more rows only while padding stays at most this fraction of the
+  // batch's padded tokens: requests that list rows longest first get batches of similar lengths.
+  double max_padding_waste = 1.0;
 };
 
 struct BatchDecision {
@@ -47,6 +50,7 @@ struct BatchDecision {
   std::vector<std::pair<size_t, int64_t>> take;
   int64_t rows = 0;
   int64_t longest = 0;
+  int64_t tokens = 0;  // real (unpadded) tokens
 };
 
 BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Time now, const BatchLimits& limits);

@@ -21,6 +21,9 @@ absl::Status CheckRow(const Row& row, size_t index) {
       if (row.inputs_embeds.defined()) return absl::InvalidArgumentError(where + "decode rows take token ids");
       break;
     case RowKind::kScore:
+      if (row.prefix && (row.prefix_length < 0 || row.prefix_length > row.prefix->cache.lengths()[0])) {
+        return absl::InvalidArgumentError(where + "prefix_length exceeds the prefix's cached tokens");
+      }
       break;
   }
   if (row.top_k < 0) return absl::InvalidArgumentError(where + "top_k must be >= 0");
@@ -177,7 +180,8 @@ void BatchingEngine::Loop() {
       }
       const BatchDecision decision =
           DecideBatch(views, now, {token_budget_, options_.max_batch_rows,
-                                   stopping_ ? absl::ZeroDuration() : options_.max_queue_delay, next_kind_});
+                                   stopping_ ? absl::ZeroDuration() : options_.max_queue_delay, next_kind_,
+                                   options_.max_padding_waste});
       if (decision.run) {
         kind = decision.kind;
         next_kind_ = static_cast<RowKind>((static_cast<int>(kind) + 1) % kRowKinds);

@@ -33,6 +33,7 @@ struct EngineOptions {
   int64_t min_batch_tokens = 64;     // out-of-memory retries never shrink the budget below this
   int64_t max_batch_rows = 64;
   absl::Duration max_queue_delay = absl::Milliseconds(2);
+  double max_padding_waste = 0.25;          // see BatchLimits
   int64_t max_queued_rows = 1 << 20;        // per engine (model)
   int64_t max_queued_tokens = int64_t{1} << 28;
   int64_t max_rows_per_request = 1 << 16;   // queued at once

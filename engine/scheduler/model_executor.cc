@@ -62,9 +62,22 @@ class ModelExecutor : public BatchExecutor {
     ASSIGN_OR_RETURN(ForwardBatch batch, Pad(rows));
     std::vector<RowObjective> objectives;
     int64_t top_k = 0;
+    std::vector<const KvCache*> prefixes;
+    std::vector<int64_t> prefix_lengths;
+    bool any_prefix = false;
     for (const Row* row : rows) {
       objectives.push_back(row->objective);
       top_k = std::max(top_k, row->top_k);
+      // Positions count from the whole sequence's start; this batch holds only what follows the prefix.
+      for (int64_t& position : objectives.back().positions) position -= row->prefix_length;
+      prefixes.push_back(row->prefix ? &row->prefix->cache : nullptr);
+      prefix_lengths.push_back(row->prefix ? row->prefix_length : 0);
+      any_prefix = any_prefix || row->prefix != nullptr;
+    }
+    KvCache stacked(0, 0);
+    if (any_prefix) {
+      stacked = KvCache::Stack(prefixes, prefix_lengths);
+      batch.cache = &stacked;
     }
     ObjectiveDetails details;
     ASSIGN_OR_RETURN(at::Tensor values, model_->ObjectiveValues(batch, objectives, &details, top_k));

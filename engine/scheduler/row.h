@@ -39,6 +39,11 @@ struct Row {
   RowObjective objective;             // score / grad rows: what is scored
   int64_t top_k = 0;                  // score rows: alternatives at each scored position
   std::shared_ptr<DecodeState> decode_state;  // decode rows
+  // Score rows may continue a shared, already computed prefix: the first `prefix_length` positions are
+  // read from `prefix`'s KV cache, `input_ids` hold the rest, and objective positions count from the
+  // start of the whole sequence. Perturbations that leave a prompt's head unchanged skip its compute.
+  std::shared_ptr<const DecodeState> prefix;
+  int64_t prefix_length = 0;
 
   int64_t length() const { return inputs_embeds.defined() ? inputs_embeds.size(0) : static_cast<int64_t>(input_ids.size()); }
 };
