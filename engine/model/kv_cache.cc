@@ -41,7 +41,7 @@ std::pair<at::Tensor, at::Tensor> KvCache::Append(int64_t layer, const at::Tenso
   return {past_keys.scatter(2, slot_index, keys), past_values.scatter(2, slot_index, values)};
 }
 
-KvCache KvCache::Stack(const std::vector<const KvCache*>& parts, std::vector<int64_t> lengths) {
+KvCache KvCache::Stack(const std::vector<const KvCache*>& parts, std::vector<int64_t> lengths, int64_t room) {
   int64_t layers = 0;
   for (const KvCache* part : parts) {
     if (part != nullptr) layers = static_cast<int64_t>(part->keys_.size());
@@ -59,14 +59,13 @@ KvCache KvCache::Stack(const std::vector<const KvCache*>& parts, std::vector<int
         if (part != nullptr && (part->*buffers)[l].defined()) like = (part->*buffers)[l];
       }
       if (!like.defined() || longest == 0) continue;  // every sequence is empty: Append allocates
-      std::vector<at::Tensor> rows;
+      at::Tensor buffer = at::zeros({static_cast<int64_t>(parts.size()), like.size(1), longest + room, like.size(3)},
+                                    like.options());
       for (size_t r = 0; r < parts.size(); ++r) {
-        at::Tensor row = at::zeros({1, like.size(1), longest, like.size(3)}, like.options());
         const int64_t len = batch.lengths_[r];
-        if (len > 0) row.narrow(2, 0, len).copy_((parts[r]->*buffers)[l].narrow(2, 0, len));
-        rows.push_back(row);
+        if (len > 0) buffer[r].narrow(1, 0, len).copy_((parts[r]->*buffers)[l][0].narrow(1, 0, len));
       }
-      (*stacked)[l] = at::cat(rows, 0);
+      (*stacked)[l] = buffer;
     }
   }
   return batch;

@@ -29,7 +29,9 @@ class KvCache {
   // A batch cache holding copies of single-row caches, so live sequences of different requests can
   // take one decode step together. Each part must have batch 1. With `lengths`, row r keeps only the
   // first lengths[r] slots of its part (a shared prefix); a null part stands for an empty sequence.
-  static KvCache Stack(const std::vector<const KvCache*>& parts, std::vector<int64_t> lengths = {});
+  // `room` extra slots are allocated for the tokens about to be appended (saves a regrowth copy).
+  static KvCache Stack(const std::vector<const KvCache*>& parts, std::vector<int64_t> lengths = {},
+                       int64_t room = 0);
 
   // Replaces the contents of `part` (batch 1) with row `row` of this cache.
   void ExtractRow(int64_t row, KvCache& part) const;

@@ -76,7 +76,8 @@ class ModelExecutor : public BatchExecutor {
     }
     KvCache stacked(0, 0);
     if (any_prefix) {
-      stacked = KvCache::Stack(prefixes, prefix_lengths);
+      stacked = KvCache::Stack(prefixes, prefix_lengths, /*room=*/batch.input_ids.defined() ? batch.input_ids.size(1)
+                                                                                          : batch.inputs_embeds.size(1));
       batch.cache = &stacked;
     }
     ObjectiveDetails details;
@@ -122,7 +123,7 @@ class ModelExecutor : public BatchExecutor {
       caches.push_back(&row->decode_state->cache);
     }
     ASSIGN_OR_RETURN(ForwardBatch batch, Pad(rows));
-    KvCache stacked = KvCache::Stack(caches);
+    KvCache stacked = KvCache::Stack(caches, {}, /*room=*/batch.input_ids.size(1));
     batch.cache = &stacked;
     ASSIGN_OR_RETURN(at::Tensor hidden, model_->Hidden(batch));
     std::vector<int64_t> indices, last;
