@@ -6,7 +6,7 @@ reference outputs computed by transformers (an implementation independent of our
 Usage: make_test_models.py OUT_DIR
 
 For each architecture A it writes OUT_DIR/A/ (config.json, model.safetensors) and, per dtype D in
-{float32, bfloat16}, OUT_DIR/A/reference_D.safetensors + reference_D.json:
+{float32, bfloat16, float16}, OUT_DIR/A/reference_D.safetensors + reference_D.json:
   * logits_r: [len_r, vocab] logits of row r run alone (no padding), float32;
   * gradient: d objective / d inputs_embeds of row 0, where objective = sum of the log-probs of
     `objective_tokens` after `objective_positions`;
@@ -140,7 +140,7 @@ def main():
         if arch == "llama":
             model.save_pretrained(os.path.join(out_dir, "llama-sharded"), safe_serialization=True,
                                   max_shard_size="100KB")
-        for dtype_name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        for dtype_name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16), ("float16", torch.float16)):
             tensors, spec = references(model, dtype)
             save_file(tensors, os.path.join(directory, f"reference_{dtype_name}.safetensors"))
             with open(os.path.join(directory, f"reference_{dtype_name}.json"), "w") as f:

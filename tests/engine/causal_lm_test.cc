@@ -45,7 +45,8 @@ class CausalLMParity : public ::testing::TestWithParam<Case> {
     rows_ = reference_.spec["rows"].get<std::vector<std::vector<int64_t>>>();
   }
   bool fp32() const { return GetParam().dtype == "float32"; }
-  // fp32 must agree to 1e-4 of the logit scale; bf16 to what its 8-bit mantissa allows after two layers.
+  // fp32 must agree to 1e-4 of the logit scale; bf16 and fp16 to 3e-2, what rounding allows after two
+  // layers of these deliberately large random weights (both observed at 0.7-1.8%).
   double tolerance() const { return fp32() ? 1e-4 : 3e-2; }
 
   // All rows right-padded into one [3, 12] batch.
@@ -175,10 +176,10 @@ TEST_P(CausalLMFp32, PrefillThenDecodeEqualsFullForward) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllArchitectures, CausalLMParity,
-                         ::testing::Values(Case{"llama", "float32"}, Case{"llama", "bfloat16"},
-                                           Case{"mistral", "float32"}, Case{"mistral", "bfloat16"},
-                                           Case{"qwen2", "float32"}, Case{"qwen2", "bfloat16"},
-                                           Case{"gpt2", "float32"}, Case{"gpt2", "bfloat16"}),
+                         ::testing::Values(Case{"llama", "float32"}, Case{"llama", "bfloat16"}, Case{"llama", "float16"},
+                                           Case{"mistral", "float32"}, Case{"mistral", "bfloat16"}, Case{"mistral", "float16"},
+                                           Case{"qwen2", "float32"}, Case{"qwen2", "bfloat16"}, Case{"qwen2", "float16"},
+                                           Case{"gpt2", "float32"}, Case{"gpt2", "bfloat16"}, Case{"gpt2", "float16"}),
                          [](const auto& info) { return info.param.arch + "_" + info.param.dtype; });
 INSTANTIATE_TEST_SUITE_P(AllArchitectures, CausalLMFp32,
                          ::testing::Values(Case{"llama", "float32"}, Case{"mistral", "float32"},
