@@ -1,15 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "engine/attribution/attributor.h"
 
-#include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
-#include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <mutex>
-#include <random>
 
-#include "absl/strings/str_cat.h"
 #include "engine/attribution/row_plan.h"
 #include "engine/model/torch_errors.h"
 #include "engine/scheduler/engine_generation.h"

@@ -263,7 +263,6 @@ void BatchingEngine::Finish(RowKind kind, std::vector<PendingRow>& batch, std::v
       request.stats_.rows_done += 1;
       request.stats_.queue_time += started - batch[i].enqueued;
       request.stats_.device_time += device_time * (static_cast<double>(batch[i].row.length()) / record.tokens);
-      request.stats_.batches += 1;  // counts (row, batch) pairs; equal rows share batches
     }
     answers.push_back({batch[i].group, batch[i].index, std::move(results[i])});
   }

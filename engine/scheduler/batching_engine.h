@@ -80,7 +80,6 @@ class Request {
 
   struct Stats {
     int64_t rows_done = 0;
-    int64_t batches = 0;
     absl::Duration queue_time;   // summed over rows: enqueue to batch start
     absl::Duration device_time;  // this request's share (by tokens) of its batches' device time
   };
