@@ -41,6 +41,12 @@ class BatchingEngineTest : public ::testing::Test {
     engine_ = *BatchingEngine::Create(std::move(executor), options);
   }
   absl::Time Now() const { return absl::FromUnixSeconds(1000) + absl::Milliseconds(now_ms_.load()); }
+  // Holds the executor on a one-row batch until `gate` is notified, so rows submitted meanwhile queue.
+  void HoldExecutor(Notification& gate, RowCollector& blocking) {
+    executor_->HoldFirstBatch(&gate);
+    ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 7), blocking.Callback()).ok());
+    executor_->started().WaitForNotification();
+  }
   // Index of the first batch holding a row whose ids start with `marker`.
   int FirstBatchWith(int64_t marker) const {
     auto batches = executor_->batches();
@@ -82,11 +88,8 @@ TEST_F(BatchingEngineTest, EveryRowAnsweredOnceWithItsOwnResult) {
 TEST_F(BatchingEngineTest, ShortRequestInterleavesWithLongOne) {
   Start({.max_batch_tokens = 1 << 20, .max_batch_rows = 8});
   Notification gate;
-  executor_->HoldFirstBatch(&gate);
-  auto blocker = engine_->NewRequest();
   RowCollector blocking(1);
-  ASSERT_TRUE(engine_->Submit(blocker, ScoreRows(1, 4, 7), blocking.Callback()).ok());
-  executor_->started().WaitForNotification();
+  HoldExecutor(gate, blocking);
   auto long_request = engine_->NewRequest(), short_request = engine_->NewRequest();
   RowCollector long_rows(512), short_rows(4);
   ASSERT_TRUE(engine_->Submit(long_request, ScoreRows(512, 16, 100), long_rows.Callback()).ok());
@@ -105,10 +108,8 @@ TEST_F(BatchingEngineTest, ShortRequestInterleavesWithLongOne) {
 TEST_F(BatchingEngineTest, ScoringCallIsNotStuckBehindGradientBatches) {
   Start({.max_batch_rows = 4});
   Notification gate;
-  executor_->HoldFirstBatch(&gate);
   RowCollector blocking(1), gradients(64), score(1);
-  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 7), blocking.Callback()).ok());
-  executor_->started().WaitForNotification();
+  HoldExecutor(gate, blocking);
   std::vector<Row> grad_rows;
   for (int i = 0; i < 64; ++i) {
     grad_rows.push_back(Row{.kind = RowKind::kGrad, .input_ids = {1, 1}, .inputs_embeds = at::zeros({2, 4})});
@@ -126,10 +127,8 @@ TEST_F(BatchingEngineTest, ScoringCallIsNotStuckBehindGradientBatches) {
 TEST_F(BatchingEngineTest, HigherPriorityRunsFirst) {
   Start({.max_batch_rows = 4});
   Notification gate;
-  executor_->HoldFirstBatch(&gate);
   RowCollector blocking(1), low(4), high(4);
-  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 7), blocking.Callback()).ok());
-  executor_->started().WaitForNotification();
+  HoldExecutor(gate, blocking);
   ASSERT_TRUE(engine_->Submit(engine_->NewRequest(Priority::kLow), ScoreRows(4, 2, 1), low.Callback()).ok());
   ASSERT_TRUE(engine_->Submit(engine_->NewRequest(Priority::kHigh), ScoreRows(4, 2, 3), high.Callback()).ok());
   gate.Notify();
@@ -142,10 +141,8 @@ TEST_F(BatchingEngineTest, HigherPriorityRunsFirst) {
 TEST_F(BatchingEngineTest, EarlierDeadlineRunsFirst) {
   Start({.max_batch_rows = 1});
   Notification gate;
-  executor_->HoldFirstBatch(&gate);
   RowCollector blocking(1), late(4), soon(4);
-  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 7), blocking.Callback()).ok());
-  executor_->started().WaitForNotification();
+  HoldExecutor(gate, blocking);
   ASSERT_TRUE(engine_->Submit(engine_->NewRequest(Priority::kNormal, Now() + absl::Hours(2)), ScoreRows(4, 2, 1), late.Callback()).ok());
   ASSERT_TRUE(engine_->Submit(engine_->NewRequest(Priority::kNormal, Now() + absl::Hours(1)), ScoreRows(4, 2, 2), soon.Callback()).ok());
   gate.Notify();
@@ -158,10 +155,8 @@ TEST_F(BatchingEngineTest, EarlierDeadlineRunsFirst) {
 TEST_F(BatchingEngineTest, CancelledRowsNeverReachTheExecutor) {
   Start({.max_batch_rows = 4});
   Notification gate;
-  executor_->HoldFirstBatch(&gate);
   RowCollector blocking(1), kept(8), cancelled(8);
-  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 7), blocking.Callback()).ok());
-  executor_->started().WaitForNotification();
+  HoldExecutor(gate, blocking);
   auto victim = engine_->NewRequest();
   ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(8, 2, 1), kept.Callback()).ok());
   ASSERT_TRUE(engine_->Submit(victim, ScoreRows(8, 2, 2), cancelled.Callback()).ok());
@@ -193,10 +188,8 @@ TEST_F(BatchingEngineTest, InFlightResultsOfCancelledRequestAreDiscarded) {
 TEST_F(BatchingEngineTest, ExpiredRowsAreDroppedWithDeadlineExceeded) {
   Start({.max_batch_rows = 4});
   Notification gate;
-  executor_->HoldFirstBatch(&gate);
   RowCollector blocking(1), expiring(6);
-  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 7), blocking.Callback()).ok());
-  executor_->started().WaitForNotification();
+  HoldExecutor(gate, blocking);
   auto request = engine_->NewRequest(Priority::kNormal, Now() + absl::Seconds(1));
   ASSERT_TRUE(engine_->Submit(request, ScoreRows(6, 2, 5), expiring.Callback()).ok());
   now_ms_ += 2000;
@@ -232,10 +225,8 @@ TEST_F(BatchingEngineTest, RowThatAlwaysFailsFailsOnlyItsRequest) {
     return absl::OkStatus();
   });
   Notification gate;
-  executor_->HoldFirstBatch(&gate);
   RowCollector blocking(1), good(8), bad(1);
-  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 7), blocking.Callback()).ok());
-  executor_->started().WaitForNotification();
+  HoldExecutor(gate, blocking);
   ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(8, 2, 1), good.Callback()).ok());
   ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 666), bad.Callback()).ok());
   gate.Notify();
@@ -250,10 +241,8 @@ TEST_F(BatchingEngineTest, RowThatAlwaysFailsFailsOnlyItsRequest) {
 TEST_F(BatchingEngineTest, FullQueueRejectsBeforeAccepting) {
   Start({.max_queued_rows = 1000, .max_rows_per_request = 10});
   Notification gate;
-  executor_->HoldFirstBatch(&gate);
   RowCollector blocking(1);
-  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 7), blocking.Callback()).ok());
-  executor_->started().WaitForNotification();
+  HoldExecutor(gate, blocking);
   auto request = engine_->NewRequest();
   RowCollector accepted(6);
   ASSERT_TRUE(engine_->Submit(request, ScoreRows(6, 2, 1), accepted.Callback()).ok());
