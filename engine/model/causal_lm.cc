@@ -167,15 +167,24 @@ int64_t CausalLM::ResidentWeightBytes() const {
   return total;
 }
 
-absl::StatusOr<at::Tensor> CausalLM::Embed(const at::Tensor& ids) const {
+namespace {
+
+// Shape, dtype and vocabulary range of token ids.
+absl::Status CheckInputIds(const at::Tensor& ids, int64_t vocab) {
   if (!ids.defined() || ids.dim() != 2 || ids.scalar_type() != at::kLong) {
     return absl::InvalidArgumentError("input_ids must be a [batch, seq] int64 tensor");
   }
+  if (ids.numel() > 0 && (ids.min().item<int64_t>() < 0 || ids.max().item<int64_t>() >= vocab)) {
+    return absl::InvalidArgumentError(absl::StrCat("input_ids: token id outside [0, ", vocab, ")"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<at::Tensor> CausalLM::Embed(const at::Tensor& ids) const {
+  RETURN_IF_ERROR(CheckInputIds(ids, impl_->config.vocab_size));
   return Guarded("embedding", [&]() -> absl::StatusOr<at::Tensor> {
-    const int64_t vocab = impl_->config.vocab_size;
-    if (ids.numel() > 0 && (ids.min().item<int64_t>() < 0 || ids.max().item<int64_t>() >= vocab)) {
-      return absl::InvalidArgumentError(absl::StrCat("input_ids: token id outside [0, ", vocab, ")"));
-    }
     c10::AutoGradMode no_grad(false);
     return at::embedding(impl_->token_embedding, ids.to(impl_->device));
   });
@@ -187,13 +196,7 @@ absl::Status CausalLM::Validate(const ForwardBatch& batch) const {
   if (has_ids == has_embeds) return absl::InvalidArgumentError("give exactly one of input_ids or inputs_embeds");
   int64_t b = 0, s = 0;
   if (has_ids) {
-    if (batch.input_ids.dim() != 2 || batch.input_ids.scalar_type() != at::kLong) {
-      return absl::InvalidArgumentError("input_ids must be a [batch, seq] int64 tensor");
-    }
-    if (batch.input_ids.numel() > 0 && (batch.input_ids.min().item<int64_t>() < 0 ||
-                                        batch.input_ids.max().item<int64_t>() >= c.vocab_size)) {
-      return absl::InvalidArgumentError(absl::StrCat("input_ids: token id outside [0, ", c.vocab_size, ")"));
-    }
+    RETURN_IF_ERROR(CheckInputIds(batch.input_ids, c.vocab_size));
     b = batch.input_ids.size(0), s = batch.input_ids.size(1);
   } else {
     const at::Tensor& e = batch.inputs_embeds;

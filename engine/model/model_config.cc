@@ -1,25 +1,16 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "engine/model/model_config.h"
 
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "engine/common/files.h"
 #include "engine/common/status_macros.h"
 
 namespace attribution::engine {
 namespace {
 
 using nlohmann::json;
-
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
-}
 
 absl::StatusOr<json> ParseJsonObject(const std::string& text, const std::string& source) {
   json parsed = json::parse(text, nullptr, /*allow_exceptions=*/false);

@@ -28,10 +28,8 @@ class Loader {
   // A linear stored as nn.Linear ([out, in]) or, with conv1d_layout, as GPT-2's Conv1D ([in, out]).
   absl::StatusOr<Linear> MakeLinear(const std::string& prefix, int64_t in, int64_t out, bool bias,
                                     bool conv1d_layout = false) {
-    const at::TensorOptions weight_options =
-        impl_.options.quantization == Quantization::kNone ? options_ : options_.dtype(at::kFloat);
     std::vector<int64_t> shape = conv1d_layout ? std::vector<int64_t>{in, out} : std::vector<int64_t>{out, in};
-    ASSIGN_OR_RETURN(at::Tensor weight, store_.Take(prefix + ".weight", shape, weight_options));
+    ASSIGN_OR_RETURN(at::Tensor weight, store_.Take(prefix + ".weight", shape, LinearWeightOptions()));
     if (conv1d_layout) weight = weight.t().contiguous();
     ASSIGN_OR_RETURN(at::Tensor b, OptionalBias(bias, prefix + ".bias", out));
     return Linear::Create(std::move(weight), std::move(b), impl_.options.quantization);
@@ -92,13 +90,16 @@ class Loader {
   }
 
  private:
+  // Weights about to be quantized are read in float32, so quantization sees full precision.
+  at::TensorOptions LinearWeightOptions() const {
+    return impl_.options.quantization == Quantization::kNone ? options_ : options_.dtype(at::kFloat);
+  }
+
   // GPT-2 fuses q, k, v into one Conv1D ([hidden, 3 * hidden]); we split it so every architecture
   // shares one attention path.
   absl::Status LoadGpt2Attention(const std::string& p, DecoderLayer& layer) {
     const int64_t h = impl_.config.hidden_size;
-    const at::TensorOptions weight_options =
-        impl_.options.quantization == Quantization::kNone ? options_ : options_.dtype(at::kFloat);
-    ASSIGN_OR_RETURN(at::Tensor fused, store_.Take(p + "c_attn.weight", {h, 3 * h}, weight_options));
+    ASSIGN_OR_RETURN(at::Tensor fused, store_.Take(p + "c_attn.weight", {h, 3 * h}, LinearWeightOptions()));
     ASSIGN_OR_RETURN(at::Tensor fused_bias, Tensor(p + "c_attn.bias", {3 * h}));
     std::vector<at::Tensor> weights = fused.t().chunk(3, 0);
     std::vector<at::Tensor> biases = fused_bias.chunk(3, 0);

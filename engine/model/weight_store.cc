@@ -4,34 +4,24 @@
 #include <ATen/ops/all.h>
 #include <ATen/ops/isfinite.h>
 
-#include <sys/stat.h>
-
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/common/files.h"
 #include "engine/common/status_macros.h"
 
 namespace attribution::engine {
 namespace {
 
-// POSIX rather than std::filesystem: libtorch.so interposes broken copies of the latter.
-bool FileExists(const std::string& path) {
-  struct stat st {};
-  return ::stat(path.c_str(), &st) == 0;
-}
 
 // Reads model.safetensors.index.json and returns the shard files it names, in a stable order, with the
 // tensor -> shard map it declares.
 absl::Status ReadShardIndex(const std::string& index_path, std::vector<std::string>& shards,
                             std::map<std::string, std::string>& declared) {
-  std::ifstream in(index_path);
-  std::stringstream text;
-  text << in.rdbuf();
-  auto index = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  ASSIGN_OR_RETURN(std::string text, ReadFile(index_path));
+  auto index = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (index.is_discarded() || !index.is_object() || !index.contains("weight_map") ||
       !index["weight_map"].is_object()) {
     return absl::InvalidArgumentError(
