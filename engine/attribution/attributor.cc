@@ -16,31 +16,47 @@ namespace attribution::engine {
 Attributor::Attributor(std::shared_ptr<const CausalLM> model, BatchingEngine* engine, AttributionLimits limits)
     : model_(std::move(model)), engine_(engine), limits_(limits) {}
 
-void Attributor::Attribute(std::shared_ptr<Request> handle, AttributionRequest request, Done done) const {
+void Attributor::Attribute(std::shared_ptr<Request> handle, AttributionRequest request, Done done,
+                           Progress progress) const {
   if (absl::Status s = ValidateAttributionRequest(request, model_->config(), limits_); !s.ok()) return done(s);
-  if (!request.target_ids.empty()) return AttributeTarget(std::move(handle), std::move(request), std::move(done));
+  if (!request.target_ids.empty()) {
+    return AttributeTarget(std::move(handle), std::move(request), std::move(done), std::move(progress));
+  }
   // No target: generate it first (greedy by default, as Captum), then attribute it.
   const Attributor* self = this;
   auto shared_request = std::make_shared<AttributionRequest>(std::move(request));
   GenerateAsync(*engine_, handle, model_->config(), shared_request->prompt_ids, shared_request->generation,
-                [self, handle, shared_request, done](absl::StatusOr<Generation> generation) {
+                [self, handle, shared_request, done, progress](absl::StatusOr<Generation> generation) {
                   if (!generation.ok()) return done(generation.status());
                   shared_request->target_ids = generation->tokens;
-                  self->AttributeTarget(handle, std::move(*shared_request), done);
+                  self->AttributeTarget(handle, std::move(*shared_request), done, progress);
                 });
 }
 
 namespace {
 
+// Counts a plan's answered rows for progress reports.
+struct RowProgress {
+  Attributor::Progress report;
+  int64_t total = 0;
+  std::atomic<int64_t> done{0};
+  void RowAnswered() {
+    const int64_t now = done.fetch_add(1) + 1;
+    if (report) report(now, total);
+  }
+};
+
 // Submits `rows` as one group and calls `then` with all their results once every row is answered
 // (or `done` with the first failure).
 void SubmitAll(BatchingEngine& engine, const std::shared_ptr<Request>& handle, std::vector<Row> rows,
-               std::function<void(std::vector<RowResult>&)> then, const Attributor::Done& done) {
+               std::shared_ptr<RowProgress> progress, std::function<void(std::vector<RowResult>&)> then,
+               const Attributor::Done& done) {
   const size_t count = rows.size();
   auto results = std::make_shared<std::vector<RowResult>>(count);
   auto remaining = std::make_shared<std::atomic<size_t>>(count);
   absl::Status submitted = engine.Submit(handle, std::move(rows), [=](size_t index, RowResult result) {
     (*results)[index] = std::move(result);
+    progress->RowAnswered();
     if (remaining->fetch_sub(1) != 1) return;
     // The last row: every result is in place.
     for (const RowResult& r : *results) {
@@ -53,7 +69,8 @@ void SubmitAll(BatchingEngine& engine, const std::shared_ptr<Request>& handle, s
 
 }  // namespace
 
-void Attributor::AttributeTarget(std::shared_ptr<Request> handle, AttributionRequest request, Done done) const {
+void Attributor::AttributeTarget(std::shared_ptr<Request> handle, AttributionRequest request, Done done,
+                                 Progress report) const {
   absl::StatusOr<std::unique_ptr<RowPlan>> plan;
   try {
     c10::InferenceMode inference;
@@ -63,10 +80,14 @@ void Attributor::AttributeTarget(std::shared_ptr<Request> handle, AttributionReq
   }
   if (!plan.ok()) return done(plan.status());
   std::shared_ptr<RowPlan> shared_plan = std::move(*plan);
+  auto progress = std::make_shared<RowProgress>();
+  progress->report = std::move(report);
+  progress->total = shared_plan->num_rows();
   BatchingEngine* engine = engine_;
-  auto run_main = [engine, handle, shared_plan, done](std::vector<RowResult>& prepared) {
+  auto run_main = [engine, handle, shared_plan, progress, done](std::vector<RowResult>& prepared) {
     shared_plan->Prepared(prepared);
-    SubmitAll(*engine, handle, shared_plan->TakeRows(), [handle, shared_plan, done](std::vector<RowResult>& results) {
+    SubmitAll(*engine, handle, shared_plan->TakeRows(), progress,
+              [handle, shared_plan, done](std::vector<RowResult>& results) {
       absl::StatusOr<AttributionResult> reduced;
       try {
         reduced = shared_plan->Reduce(results);
@@ -86,7 +107,7 @@ void Attributor::AttributeTarget(std::shared_ptr<Request> handle, AttributionReq
     std::vector<RowResult> none;
     return run_main(none);
   }
-  SubmitAll(*engine_, handle, std::move(prepare), run_main, done);
+  SubmitAll(*engine_, handle, std::move(prepare), progress, run_main, done);
 }
 
 absl::StatusOr<AttributionResult> Attributor::AttributeAndWait(const AttributionRequest& request) const {

@@ -22,9 +22,13 @@ class Attributor {
   Attributor(std::shared_ptr<const CausalLM> model, BatchingEngine* engine, AttributionLimits limits = {});
 
   using Done = std::function<void(absl::StatusOr<AttributionResult>)>;
+  // Told the plan's rows answered so far and their total, on the executor thread, after each row
+  // (the total is known once the target is; generation steps are not counted).
+  using Progress = std::function<void(int64_t rows_done, int64_t rows_total)>;
   // Calls `done` exactly once: at once for an invalid request, else on the engine's executor thread.
   // Cancel through engine->Cancel(*handle).
-  void Attribute(std::shared_ptr<Request> handle, AttributionRequest request, Done done) const;
+  void Attribute(std::shared_ptr<Request> handle, AttributionRequest request, Done done,
+                 Progress progress = nullptr) const;
 
   // Blocks until the result is ready.
   absl::StatusOr<AttributionResult> AttributeAndWait(const AttributionRequest& request) const;
@@ -32,7 +36,8 @@ class Attributor {
   const AttributionLimits& limits() const { return limits_; }
 
  private:
-  void AttributeTarget(std::shared_ptr<Request> handle, AttributionRequest request, Done done) const;
+  void AttributeTarget(std::shared_ptr<Request> handle, AttributionRequest request, Done done,
+                       Progress progress) const;
 
   std::shared_ptr<const CausalLM> model_;
   BatchingEngine* engine_;

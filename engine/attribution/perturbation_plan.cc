@@ -60,6 +60,8 @@ class PerturbationPlan : public RowPlan {
                                 .decode_state = prefix_});
   }
 
+  int64_t num_rows() const override { return static_cast<int64_t>(prepare_rows_.size() + coalitions_.size()); }
+
   void Prepared(const std::vector<RowResult>&) override {
     std::vector<Row> rows;
     for (const Coalition& c : coalitions_) rows.push_back(ScoreRowFor(c, prefix_));

@@ -26,6 +26,8 @@ class RowPlan {
   // The rows to submit, in the order Reduce expects their results (callable once).
   std::vector<Row> TakeRows() { return std::move(rows_); }
   virtual absl::StatusOr<AttributionResult> Reduce(const std::vector<RowResult>& results) const = 0;
+  // Prepare rows plus main rows; call before taking either.
+  virtual int64_t num_rows() const { return static_cast<int64_t>(prepare_rows_.size() + rows_.size()); }
 
  protected:
   explicit RowPlan(AttributionRequest request);

@@ -19,6 +19,7 @@ struct GenerationRun : std::enable_shared_from_this<GenerationRun> {
   at::Generator generator;
   Generation generation;
   std::function<void(absl::StatusOr<Generation>)> done;
+  TokenCallback on_token;
 
   void Submit(std::vector<int64_t> tokens) {
     auto self = shared_from_this();
@@ -38,6 +39,7 @@ struct GenerationRun : std::enable_shared_from_this<GenerationRun> {
     const int64_t token = PickNextTokens(logits, options, generator)[0].item<int64_t>();
     generation.tokens.push_back(token);
     generation.log_probs.push_back(at::log_softmax(logits[0], -1)[token].item<float>());
+    if (on_token) on_token(token, generation.log_probs.back());
     generation.stopped = std::find(stops.begin(), stops.end(), token) != stops.end();
     if (generation.stopped || static_cast<int64_t>(generation.tokens.size()) >= options.max_new_tokens) {
       done(std::move(generation));
@@ -51,7 +53,7 @@ struct GenerationRun : std::enable_shared_from_this<GenerationRun> {
 
 void GenerateAsync(BatchingEngine& engine, std::shared_ptr<Request> request, const ModelConfig& config,
                    std::vector<int64_t> prompt, const GenerationOptions& options,
-                   std::function<void(absl::StatusOr<Generation>)> done) {
+                   std::function<void(absl::StatusOr<Generation>)> done, TokenCallback on_token) {
   if (absl::Status s = CheckGenerationOptions(options); !s.ok()) return done(s);
   if (prompt.empty()) return done(absl::InvalidArgumentError("prompt must hold at least one token"));
   auto run = std::make_shared<GenerationRun>();
@@ -62,6 +64,7 @@ void GenerateAsync(BatchingEngine& engine, std::shared_ptr<Request> request, con
   run->state = std::make_shared<DecodeState>(config.num_layers);
   run->generator = at::make_generator<at::CPUGeneratorImpl>(options.seed);
   run->done = std::move(done);
+  run->on_token = std::move(on_token);
   run->Submit(std::move(prompt));
 }
 

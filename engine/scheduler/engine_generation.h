@@ -19,9 +19,11 @@ namespace attribution::engine {
 
 // Starts generating a continuation of `prompt`. `done` is called exactly once, on the engine's
 // executor thread (or at once when the first row is refused), with the generation or the status that
-// ended it (e.g. CANCELLED after engine.Cancel(*request)).
+// ended it (e.g. CANCELLED after engine.Cancel(*request)). `on_token`, when given, sees every new
+// token (id, log-prob) as it is picked, on the executor thread, before `done`.
+using TokenCallback = std::function<void(int64_t token, float log_prob)>;
 void GenerateAsync(BatchingEngine& engine, std::shared_ptr<Request> request, const ModelConfig& config,
                    std::vector<int64_t> prompt, const GenerationOptions& options,
-                   std::function<void(absl::StatusOr<Generation>)> done);
+                   std::function<void(absl::StatusOr<Generation>)> done, TokenCallback on_token = nullptr);
 
 }  // namespace attribution::engine

@@ -1,0 +1,187 @@
+// SPDX-License-Identifier: Apache-2.0
+// C++ client of the attribution server: typed requests and results (callers need no protobuf), sync
+// and async forms of every RPC, per-call deadlines, TLS / mutual TLS, a bearer token, and retries with
+// exponential backoff on UNAVAILABLE only (gRPC's retry policy, so streams and async calls get them too).
+//
+//   ClientOptions options{.target = "localhost:50051"};
+//   ASSIGN_OR_RETURN(auto client, AttributionClient::Connect(options));
+//   ASSIGN_OR_RETURN(Attribution a, client->Attribute({.model = "demo", .prompt = "Is it true?", .target = " No"}));
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace attribution::client {
+
+struct ClientOptions {
+  std::string target = "localhost:50051";
+  bool tls = false;
+  std::string ca_file;           // PEM roots to verify the server (empty: system roots)
+  std::string cert_file;         // PEM client certificate for mutual TLS
+  std::string key_file;
+  std::string tls_server_name;   // verify the server as this name instead of the target's host
+  std::string bearer_token;      // sent as "authorization: Bearer <token>"
+  absl::Duration timeout = absl::Seconds(120);  // deadline of each call
+  int max_attempts = 4;          // tries per call while the answer is UNAVAILABLE
+  absl::Duration initial_backoff = absl::Milliseconds(100);
+  absl::Duration max_backoff = absl::Seconds(2);
+  int64_t max_message_bytes = 64 << 20;
+};
+
+struct Token {
+  int64_t id = 0;
+  std::string text;
+  int64_t char_begin = 0, char_end = 0;  // code points into the prompt/target text
+  float log_prob = 0;                    // output tokens
+};
+
+struct Feature {
+  int64_t token_begin = 0, token_end = 0;
+  std::string text;
+};
+
+struct RunStats {
+  int64_t rows = 0, forward_passes = 0, backward_passes = 0;
+  double queue_seconds = 0, device_seconds = 0, wall_seconds = 0;
+};
+
+struct FeatureGroup {
+  int64_t token_begin = 0, token_end = 0;
+  std::string baseline_text;            // replaces the group in perturbation methods
+  std::vector<int64_t> baseline_ids;
+};
+
+struct GenerationSettings {
+  int max_new_tokens = 0;  // 0: server default (25)
+  double temperature = 0;
+  double top_p = 0;        // 0: no truncation
+  uint64_t seed = 0;
+  std::vector<int64_t> stop_token_ids;
+  bool ignore_stop_tokens = false;
+};
+
+struct AttributeOptions {
+  std::string model;
+  std::string prompt;                 // text, or
+  std::vector<int64_t> prompt_ids;    // token ids
+  bool no_special_tokens = false;
+  std::string target;                 // text or ids; neither: generated with `generation`
+  std::vector<int64_t> target_ids;
+  GenerationSettings generation;
+  std::string method = "integrated_gradients";  // gradient_shap saliency input_x_gradient feature_ablation
+                                                // shapley_values shapley_value_sampling
+  std::string quantity = "log_prob";             // prob logit
+  std::string foil;                              // contrastive when set (text or ids)
+  std::vector<int64_t> foil_ids;
+  std::optional<std::pair<int64_t, int64_t>> feature_range;  // [begin, end) tokens, one feature each
+  std::vector<FeatureGroup> feature_groups;
+  std::string baseline = "default";  // zero pad unk eos bos, or a token id
+  int n_steps = 0;                   // 0: server default (50)
+  std::string rule = "gausslegendre";  // riemann_left riemann_right riemann_middle riemann_trapezoid
+  int n_samples = 0;
+  double stdev = 0;
+  uint64_t seed = 0;
+  bool signed_saliency = false;
+  bool want_token_matrix = false;
+  std::string priority = "normal";   // low high
+};
+
+struct Attribution {
+  std::string model, method;
+  std::vector<Token> prompt_tokens, target_tokens;
+  std::vector<Feature> features;
+  std::vector<double> sequence;                // [features]
+  std::vector<std::vector<double>> token_matrix;  // [target tokens][features] when asked
+  double objective = 0;
+  std::optional<double> convergence_delta;
+  RunStats stats;
+};
+
+struct GenerateOptions {
+  std::string model;
+  std::string prompt;
+  std::vector<int64_t> prompt_ids;
+  bool no_special_tokens = false;
+  GenerationSettings generation;
+  std::string priority = "normal";
+};
+
+struct Generation {
+  std::vector<Token> prompt_tokens, tokens;
+  std::string text;
+  bool stopped = false;
+  RunStats stats;
+};
+
+struct LogprobsOptions {
+  std::string model;
+  std::string prompt;
+  std::vector<int64_t> prompt_ids;
+  bool no_special_tokens = false;
+  std::string target;
+  std::vector<int64_t> target_ids;
+  int top_k = 0;
+  std::string priority = "normal";
+};
+
+struct TokenLogprob {
+  Token token;
+  std::vector<Token> top;  // id, text, log_prob
+};
+
+struct Logprobs {
+  std::vector<Token> prompt_tokens;
+  std::vector<TokenLogprob> target;
+  double total_log_prob = 0;
+  RunStats stats;
+};
+
+struct ModelInfo {
+  std::string name, architecture, dtype, quantization, device;
+  int64_t resident_weight_bytes = 0, vocab_size = 0, num_layers = 0, hidden_size = 0;
+  int64_t max_steps = 0, max_samples = 0, max_features = 0, max_tokens = 0, max_new_tokens = 0, max_top_k = 0;
+};
+
+template <typename T>
+using Callback = std::function<void(absl::StatusOr<T>)>;
+
+// Thread-safe; one channel shared by every call.
+class AttributionClient {
+ public:
+  static absl::StatusOr<std::unique_ptr<AttributionClient>> Connect(const ClientOptions& options);
+  ~AttributionClient();
+
+  absl::StatusOr<Attribution> Attribute(const AttributeOptions& options);
+  void AttributeAsync(const AttributeOptions& options, Callback<Attribution> done);
+  // Streams progress (rows done, rows total) while the attribution runs.
+  absl::StatusOr<Attribution> AttributeStream(const AttributeOptions& options,
+                                              const std::function<void(int64_t, int64_t)>& progress);
+
+  absl::StatusOr<Generation> Generate(const GenerateOptions& options);
+  void GenerateAsync(const GenerateOptions& options, Callback<Generation> done);
+  // Calls `on_token` with each new token as the server produces it.
+  absl::StatusOr<Generation> GenerateStream(const GenerateOptions& options,
+                                            const std::function<void(const Token&)>& on_token);
+
+  absl::StatusOr<Logprobs> GetLogprobs(const LogprobsOptions& options);
+  void GetLogprobsAsync(const LogprobsOptions& options, Callback<Logprobs> done);
+
+  absl::StatusOr<std::vector<ModelInfo>> ListModels();
+  void ListModelsAsync(Callback<std::vector<ModelInfo>> done);
+
+  // The standard health check: "SERVING", "NOT_SERVING", ... (service "" = the whole server).
+  absl::StatusOr<std::string> Health(const std::string& service = "");
+
+ private:
+  struct Impl;
+  explicit AttributionClient(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace attribution::client

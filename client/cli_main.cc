@@ -1,0 +1,205 @@
+// SPDX-License-Identifier: Apache-2.0
+// attribution-cli: attribute | generate | logprobs | models | health against an attribution server.
+// Exit status: 0 on success, 1 when the call failed (the status code and message go to stderr),
+// 2 on a usage error.
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "client/attribution_client.h"
+#include "client/heatmap.h"
+
+ABSL_FLAG(std::string, server, "localhost:50051", "server address host:port");
+ABSL_FLAG(bool, tls, false, "connect with TLS");
+ABSL_FLAG(std::string, ca, "", "PEM roots that sign the server certificate (TLS)");
+ABSL_FLAG(std::string, cert, "", "PEM client certificate (mutual TLS)");
+ABSL_FLAG(std::string, key, "", "PEM key of --cert");
+ABSL_FLAG(std::string, tls_server_name, "", "expected server name in its certificate");
+ABSL_FLAG(std::string, token_file, "", "file holding the bearer token");
+ABSL_FLAG(double, timeout, 300, "deadline of the call in seconds");
+ABSL_FLAG(std::string, model, "", "model name (see `models`); empty: the server's first model");
+ABSL_FLAG(std::string, prompt, "", "prompt text");
+ABSL_FLAG(std::string, target, "", "target text (attribute: empty = generated; logprobs: required)");
+ABSL_FLAG(std::string, foil, "", "contrastive: attribute target minus this foil");
+ABSL_FLAG(std::string, method, "integrated_gradients", "integrated_gradients | gradient_shap | saliency | "
+          "input_x_gradient | feature_ablation | shapley_values | shapley_value_sampling");
+ABSL_FLAG(std::string, quantity, "log_prob", "log_prob | prob | logit");
+ABSL_FLAG(int32_t, n_steps, 0, "integrated-gradient steps (0: server default 50)");
+ABSL_FLAG(std::string, rule, "gausslegendre", "integration rule");
+ABSL_FLAG(int32_t, n_samples, 0, "samples of sampling methods (0: server default 25)");
+ABSL_FLAG(double, stdev, 0, "GradientShap noise");
+ABSL_FLAG(uint64_t, seed, 0, "random seed");
+ABSL_FLAG(std::string, baseline, "default", "default | zero | pad | unk | eos | bos | a token id");
+ABSL_FLAG(std::string, range, "", "attribute only prompt tokens BEGIN:END");
+ABSL_FLAG(bool, matrix, false, "also compute the per-output-token matrix");
+ABSL_FLAG(int32_t, max_new_tokens, 0, "tokens to generate (0: server default 25)");
+ABSL_FLAG(double, temperature, 0, "sampling temperature (0: greedy)");
+ABSL_FLAG(int32_t, top_k, 0, "logprobs: alternatives per position (at most 20)");
+ABSL_FLAG(bool, stream, false, "attribute: show progress; generate: print tokens as they come");
+ABSL_FLAG(bool, json, false, "print JSON instead of the heatmap");
+ABSL_FLAG(std::string, html, "", "attribute: also write a self-contained HTML report to this file");
+ABSL_FLAG(bool, color, true, "colour the terminal heatmap (off when stdout is not a terminal)");
+
+namespace attribution::client {
+namespace {
+
+int Failed(const absl::Status& status) {
+  std::fprintf(stderr, "attribution-cli: %s: %s\n", absl::StatusCodeToString(status.code()).c_str(),
+               std::string(status.message()).c_str());
+  return 1;
+}
+
+absl::StatusOr<std::unique_ptr<AttributionClient>> ConnectFromFlags() {
+  ClientOptions options{.target = absl::GetFlag(FLAGS_server), .tls = absl::GetFlag(FLAGS_tls),
+                        .ca_file = absl::GetFlag(FLAGS_ca), .cert_file = absl::GetFlag(FLAGS_cert),
+                        .key_file = absl::GetFlag(FLAGS_key), .tls_server_name = absl::GetFlag(FLAGS_tls_server_name),
+                        .timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout))};
+  if (!absl::GetFlag(FLAGS_token_file).empty()) {
+    std::ifstream in(absl::GetFlag(FLAGS_token_file));
+    if (!in || !std::getline(in, options.bearer_token)) {
+      return absl::InvalidArgumentError("--token_file: cannot read " + absl::GetFlag(FLAGS_token_file));
+    }
+  }
+  return AttributionClient::Connect(options);
+}
+
+absl::StatusOr<std::string> ModelName(AttributionClient& client) {
+  if (!absl::GetFlag(FLAGS_model).empty()) return absl::GetFlag(FLAGS_model);
+  absl::StatusOr<std::vector<ModelInfo>> models = client.ListModels();
+  if (!models.ok()) return models.status();
+  if (models->empty()) return absl::NotFoundError("the server holds no models");
+  return models->front().name;
+}
+
+GenerationSettings GenerationFromFlags() {
+  return {.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens), .temperature = absl::GetFlag(FLAGS_temperature),
+          .seed = absl::GetFlag(FLAGS_seed)};
+}
+
+int Attribute(AttributionClient& client, const std::string& model) {
+  AttributeOptions o{.model = model, .prompt = absl::GetFlag(FLAGS_prompt), .target = absl::GetFlag(FLAGS_target),
+                     .generation = GenerationFromFlags(), .method = absl::GetFlag(FLAGS_method),
+                     .quantity = absl::GetFlag(FLAGS_quantity), .foil = absl::GetFlag(FLAGS_foil),
+                     .baseline = absl::GetFlag(FLAGS_baseline), .n_steps = absl::GetFlag(FLAGS_n_steps),
+                     .rule = absl::GetFlag(FLAGS_rule), .n_samples = absl::GetFlag(FLAGS_n_samples),
+                     .stdev = absl::GetFlag(FLAGS_stdev), .seed = absl::GetFlag(FLAGS_seed),
+                     .want_token_matrix = absl::GetFlag(FLAGS_matrix)};
+  if (!absl::GetFlag(FLAGS_range).empty()) {
+    std::vector<std::string> parts = absl::StrSplit(absl::GetFlag(FLAGS_range), ':');
+    int64_t begin = 0, end = 0;
+    if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &begin) || !absl::SimpleAtoi(parts[1], &end)) {
+      return Failed(absl::InvalidArgumentError("--range: expected BEGIN:END token indices"));
+    }
+    o.feature_range = {begin, end};
+  }
+  absl::StatusOr<Attribution> result;
+  if (absl::GetFlag(FLAGS_stream)) {
+    result = client.AttributeStream(o, [](int64_t done, int64_t total) {
+      std::fprintf(stderr, "\rrows %lld / %lld", static_cast<long long>(done), static_cast<long long>(total));
+    });
+    std::fprintf(stderr, "\n");
+  } else {
+    result = client.Attribute(o);
+  }
+  if (!result.ok()) return Failed(result.status());
+  if (!absl::GetFlag(FLAGS_html).empty()) {
+    std::ofstream(absl::GetFlag(FLAGS_html)) << HtmlReport(*result);
+  }
+  const bool color = absl::GetFlag(FLAGS_color) && isatty(STDOUT_FILENO);
+  std::cout << (absl::GetFlag(FLAGS_json) ? AttributionJson(*result) + "\n" : TerminalHeatmap(*result, color));
+  return 0;
+}
+
+int Generate(AttributionClient& client, const std::string& model) {
+  GenerateOptions o{.model = model, .prompt = absl::GetFlag(FLAGS_prompt), .generation = GenerationFromFlags()};
+  absl::StatusOr<Generation> result;
+  if (absl::GetFlag(FLAGS_stream)) {
+    result = client.GenerateStream(o, [](const Token& t) { std::cout << t.text << std::flush; });
+    std::cout << "\n";
+  } else {
+    result = client.Generate(o);
+  }
+  if (!result.ok()) return Failed(result.status());
+  if (absl::GetFlag(FLAGS_json)) {
+    nlohmann::json tokens = nlohmann::json::array();
+    for (const Token& t : result->tokens) tokens.push_back({{"id", t.id}, {"text", t.text}, {"log_prob", t.log_prob}});
+    std::cout << nlohmann::json{{"text", result->text}, {"tokens", tokens}, {"stopped", result->stopped}}.dump(2) << "\n";
+  } else if (!absl::GetFlag(FLAGS_stream)) {
+    std::cout << result->text << "\n";
+  }
+  return 0;
+}
+
+int LogprobsCommand(AttributionClient& client, const std::string& model) {
+  absl::StatusOr<Logprobs> result = client.GetLogprobs({.model = model, .prompt = absl::GetFlag(FLAGS_prompt),
+                                                        .target = absl::GetFlag(FLAGS_target),
+                                                        .top_k = absl::GetFlag(FLAGS_top_k)});
+  if (!result.ok()) return Failed(result.status());
+  for (const TokenLogprob& t : result->target) {
+    std::cout << absl::StrFormat("%-16s %10.4f", "\"" + t.token.text + "\"", t.token.log_prob);
+    for (const Token& top : t.top) std::cout << absl::StrFormat("  %s:%.3f", top.text, top.log_prob);
+    std::cout << "\n";
+  }
+  std::cout << absl::StrFormat("total log-prob %.4f\n", result->total_log_prob);
+  return 0;
+}
+
+int Models(AttributionClient& client) {
+  absl::StatusOr<std::vector<ModelInfo>> models = client.ListModels();
+  if (!models.ok()) return Failed(models.status());
+  for (const ModelInfo& m : *models) {
+    std::cout << absl::StrFormat("%-16s %-8s %-9s %-5s %-7s %12d bytes  vocab %d  layers %d  hidden %d\n", m.name,
+                                 m.architecture, m.dtype, m.quantization, m.device, m.resident_weight_bytes,
+                                 m.vocab_size, m.num_layers, m.hidden_size);
+  }
+  return 0;
+}
+
+int Run(const std::vector<char*>& positional) {
+  if (positional.size() != 2) {
+    std::fprintf(stderr, "usage: attribution-cli attribute|generate|logprobs|models|health [flags]; see --help\n");
+    return 2;
+  }
+  const std::string command = positional[1];
+  absl::StatusOr<std::unique_ptr<AttributionClient>> client = ConnectFromFlags();
+  if (!client.ok()) return Failed(client.status());
+  if (command == "models") return Models(**client);
+  if (command == "health") {
+    absl::StatusOr<std::string> health = (*client)->Health();
+    if (!health.ok()) return Failed(health.status());
+    std::cout << *health << "\n";
+    return *health == "SERVING" ? 0 : 1;
+  }
+  if (command != "attribute" && command != "generate" && command != "logprobs") {
+    std::fprintf(stderr, "attribution-cli: unknown command \"%s\"\n", command.c_str());
+    return 2;
+  }
+  absl::StatusOr<std::string> model = ModelName(**client);
+  if (!model.ok()) return Failed(model.status());
+  if (command == "attribute") return Attribute(**client, *model);
+  if (command == "generate") return Generate(**client, *model);
+  return LogprobsCommand(**client, *model);
+}
+
+}  // namespace
+}  // namespace attribution::client
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Calls an attribution server.\n"
+      "  attribution-cli attribute --prompt 'Is it true that vaccines cause autism?' --target ' No'\n"
+      "  attribution-cli generate --prompt 'Once upon a time' --stream\n"
+      "  attribution-cli logprobs --prompt 'The capital of France is' --target ' Paris' --top_k 5\n"
+      "  attribution-cli models | health");
+  return attribution::client::Run(absl::ParseCommandLine(argc, argv));
+}

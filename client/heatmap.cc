@@ -1,0 +1,156 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "client/heatmap.h"
+
+#include <algorithm>
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
+
+namespace attribution::client {
+namespace {
+
+struct Rgb {
+  int r, g, b;
+};
+
+// Captum's palette: white at 0, green for positive, red for negative, saturating at |value| = scale.
+Rgb ColorOf(double value, double scale) {
+  const double strength = scale > 0 ? std::min(1.0, std::fabs(value) / scale) : 0;
+  const int fade = static_cast<int>(std::lround(255 * (1 - 0.75 * strength)));
+  return value >= 0 ? Rgb{fade, 255, fade} : Rgb{255, fade, fade};
+}
+
+double MaxAbs(const std::vector<double>& values) {
+  double m = 0;
+  for (double v : values) m = std::max(m, std::fabs(v));
+  return m;
+}
+
+// Makes whitespace and control characters visible and keeps a token on one line.
+std::string Printable(const std::string& text) {
+  return absl::StrReplaceAll(text, {{"\n", "\\n"}, {"\t", "\\t"}, {"\r", "\\r"}, {"\x1b", "\\e"}});
+}
+
+std::string Paint(const std::string& text, Rgb c) {
+  return absl::StrFormat("\x1b[48;2;%d;%d;%dm\x1b[38;2;0;0;0m%s\x1b[0m", c.r, c.g, c.b, text);
+}
+
+std::string HtmlEscape(const std::string& text) {
+  return absl::StrReplaceAll(text, {{"&", "&amp;"}, {"<", "&lt;"}, {">", "&gt;"}, {"\"", "&quot;"}});
+}
+
+std::string Css(Rgb c) { return absl::StrFormat("background:rgb(%d,%d,%d)", c.r, c.g, c.b); }
+
+std::string TargetText(const Attribution& a) {
+  std::string text;
+  for (const Token& t : a.target_tokens) text += t.text;
+  return text;
+}
+
+}  // namespace
+
+std::string TerminalHeatmap(const Attribution& a, bool color) {
+  const double scale = MaxAbs(a.sequence);
+  std::string out = absl::StrFormat("model %s, method %s, target \"%s\" (%s = %.6g)\n", a.model, a.method,
+                                    Printable(TargetText(a)), "objective", a.objective);
+  for (size_t f = 0; f < a.features.size(); ++f) {
+    const std::string text = Printable(a.features[f].text.empty() ? "·" : a.features[f].text);
+    absl::StrAppend(&out, color ? Paint(text, ColorOf(a.sequence[f], scale)) : absl::StrCat("[", text, "]"), " ");
+  }
+  absl::StrAppend(&out, "\n\n");
+  std::vector<size_t> order(a.features.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) { return std::fabs(a.sequence[x]) > std::fabs(a.sequence[y]); });
+  absl::StrAppend(&out, absl::StrFormat("%-6s %-24s %12s\n", "rank", "feature", "attribution"));
+  for (size_t rank = 0; rank < order.size() && rank < 10; ++rank) {
+    const size_t f = order[rank];
+    const std::string value = absl::StrFormat("%12.5g", a.sequence[f]);
+    absl::StrAppend(&out, absl::StrFormat("%-6d %-24s ", rank + 1, Printable(a.features[f].text).substr(0, 24)),
+                    color ? Paint(value, ColorOf(a.sequence[f], scale)) : value, "\n");
+  }
+  if (!a.token_matrix.empty()) {
+    absl::StrAppend(&out, "\nper output token (rows) x feature (columns):\n", absl::StrFormat("%-12s", ""));
+    for (const Feature& f : a.features) absl::StrAppend(&out, absl::StrFormat("%9.9s", Printable(f.text)));
+    absl::StrAppend(&out, "\n");
+    for (size_t t = 0; t < a.token_matrix.size(); ++t) {
+      const double row_scale = MaxAbs(a.token_matrix[t]);
+      const std::string label = t < a.target_tokens.size() ? Printable(a.target_tokens[t].text) : "";
+      absl::StrAppend(&out, absl::StrFormat("%-12.12s", label));
+      for (double v : a.token_matrix[t]) {
+        const std::string cell = absl::StrFormat("%9.3g", v);
+        absl::StrAppend(&out, color ? Paint(cell, ColorOf(v, row_scale)) : cell);
+      }
+      absl::StrAppend(&out, "\n");
+    }
+  }
+  if (a.convergence_delta) absl::StrAppend(&out, absl::StrFormat("\nconvergence delta %.4g", *a.convergence_delta));
+  absl::StrAppend(&out, absl::StrFormat("\n%d rows (%d forward, %d backward), %.3f s queued, %.3f s on device, %.3f s wall\n",
+                                        a.stats.rows, a.stats.forward_passes, a.stats.backward_passes,
+                                        a.stats.queue_seconds, a.stats.device_seconds, a.stats.wall_seconds));
+  return out;
+}
+
+std::string HtmlReport(const Attribution& a) {
+  const double scale = MaxAbs(a.sequence);
+  std::string html = absl::StrCat(
+      "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Attribution: ", HtmlEscape(a.method),
+      "</title>\n<style>body{font-family:sans-serif;margin:2em}"
+      ".tok{display:inline-block;padding:3px 4px;margin:2px;border-radius:3px;font-family:monospace;white-space:pre}"
+      "table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:4px 6px;font-family:monospace;"
+      "text-align:right}th{background:#f4f4f4}</style></head><body>\n",
+      "<h2>Attribution (", HtmlEscape(a.method), ") on model ", HtmlEscape(a.model), "</h2>\n<p>Target: <b>",
+      HtmlEscape(TargetText(a)), "</b> &mdash; objective ", absl::StrFormat("%.6g", a.objective), "</p>\n",
+      "<h3>Input features</h3>\n<div>");
+  for (size_t f = 0; f < a.features.size(); ++f) {
+    absl::StrAppend(&html, "<span class=\"tok\" style=\"", Css(ColorOf(a.sequence[f], scale)),
+                    "\" title=\"", absl::StrFormat("%.6g", a.sequence[f]), "\">", HtmlEscape(a.features[f].text),
+                    "</span>");
+  }
+  absl::StrAppend(&html, "</div>\n<p>Legend: <span class=\"tok\" style=\"", Css(ColorOf(-1, 1)),
+                  "\">negative</span><span class=\"tok\" style=\"", Css(ColorOf(0, 1)),
+                  "\">neutral</span><span class=\"tok\" style=\"", Css(ColorOf(1, 1)), "\">positive</span></p>\n");
+  if (!a.token_matrix.empty()) {
+    absl::StrAppend(&html, "<h3>Per output token</h3>\n<table><tr><th></th>");
+    for (const Feature& f : a.features) absl::StrAppend(&html, "<th>", HtmlEscape(f.text), "</th>");
+    absl::StrAppend(&html, "</tr>\n");
+    for (size_t t = 0; t < a.token_matrix.size(); ++t) {
+      const double row_scale = MaxAbs(a.token_matrix[t]);
+      absl::StrAppend(&html, "<tr><th>", t < a.target_tokens.size() ? HtmlEscape(a.target_tokens[t].text) : "", "</th>");
+      for (double v : a.token_matrix[t]) {
+        absl::StrAppend(&html, "<td style=\"", Css(ColorOf(v, row_scale)), "\">", absl::StrFormat("%.3g", v), "</td>");
+      }
+      absl::StrAppend(&html, "</tr>\n");
+    }
+    absl::StrAppend(&html, "</table>\n");
+  }
+  if (a.convergence_delta) absl::StrAppend(&html, absl::StrFormat("<p>Convergence delta: %.4g</p>\n", *a.convergence_delta));
+  absl::StrAppend(&html, absl::StrFormat("<p>%d rows, %.3f s wall</p>\n</body></html>\n", a.stats.rows, a.stats.wall_seconds));
+  return html;
+}
+
+std::string AttributionJson(const Attribution& a) {
+  auto tokens = [](const std::vector<Token>& list) {
+    nlohmann::json out = nlohmann::json::array();
+    for (const Token& t : list) {
+      out.push_back({{"id", t.id}, {"text", t.text}, {"char_begin", t.char_begin}, {"char_end", t.char_end},
+                     {"log_prob", t.log_prob}});
+    }
+    return out;
+  };
+  nlohmann::json features = nlohmann::json::array();
+  for (const Feature& f : a.features) features.push_back({{"token_begin", f.token_begin}, {"token_end", f.token_end}, {"text", f.text}});
+  nlohmann::json out = {{"model", a.model}, {"method", a.method}, {"prompt_tokens", tokens(a.prompt_tokens)},
+                        {"target_tokens", tokens(a.target_tokens)}, {"features", features},
+                        {"sequence_attribution", a.sequence}, {"token_matrix", a.token_matrix},
+                        {"objective", a.objective},
+                        {"stats", {{"rows", a.stats.rows}, {"forward_passes", a.stats.forward_passes},
+                                   {"backward_passes", a.stats.backward_passes}, {"queue_seconds", a.stats.queue_seconds},
+                                   {"device_seconds", a.stats.device_seconds}, {"wall_seconds", a.stats.wall_seconds}}}};
+  if (a.convergence_delta) out["convergence_delta"] = *a.convergence_delta;
+  return out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+}  // namespace attribution::client

@@ -1,0 +1,198 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "client/proto_mapping.h"
+
+#include <map>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+namespace attribution::client {
+namespace {
+
+// Looks `name` up (case-insensitive) in `table`, or names the option and the accepted values.
+template <typename Enum>
+absl::StatusOr<Enum> Lookup(const std::string& option, const std::string& name,
+                            const std::map<std::string, Enum>& table) {
+  auto it = table.find(absl::AsciiStrToLower(name));
+  if (it != table.end()) return it->second;
+  std::string accepted;
+  for (const auto& [key, value] : table) absl::StrAppend(&accepted, accepted.empty() ? "" : ", ", key);
+  return absl::InvalidArgumentError(absl::StrCat(option, ": unknown value \"", name, "\" (one of: ", accepted, ")"));
+}
+
+void SetInput(const std::string& text, const std::vector<int64_t>& ids, v1::Input* out) {
+  out->set_text(text);
+  out->mutable_token_ids()->Assign(ids.begin(), ids.end());
+}
+
+void SetGeneration(const GenerationSettings& g, v1::GenerationSettings* out) {
+  out->set_max_new_tokens(g.max_new_tokens);
+  out->set_temperature(g.temperature);
+  out->set_top_p(g.top_p);
+  out->set_seed(g.seed);
+  out->mutable_stop_token_ids()->Assign(g.stop_token_ids.begin(), g.stop_token_ids.end());
+  out->set_ignore_stop_tokens(g.ignore_stop_tokens);
+}
+
+absl::StatusOr<v1::Priority> ToPriority(const std::string& name) {
+  return Lookup<v1::Priority>("priority", name, {{"low", v1::LOW}, {"normal", v1::NORMAL}, {"high", v1::HIGH}});
+}
+
+absl::Status SetBaseline(const std::string& name, v1::AttributeRequest* out) {
+  int64_t id = 0;
+  if (absl::SimpleAtoi(name, &id)) {
+    out->set_baseline(v1::TOKEN_ID);
+    out->set_baseline_token_id(id);
+    return absl::OkStatus();
+  }
+  absl::StatusOr<v1::BaselineKind> kind = Lookup<v1::BaselineKind>(
+      "baseline", name, {{"default", v1::BASELINE_UNSPECIFIED}, {"zero", v1::ZERO_EMBEDDING}, {"pad", v1::PAD_TOKEN},
+                         {"unk", v1::UNK_TOKEN}, {"eos", v1::EOS_TOKEN}, {"bos", v1::BOS_TOKEN}});
+  if (!kind.ok()) return kind.status();
+  out->set_baseline(*kind);
+  return absl::OkStatus();
+}
+
+RunStats StatsFromProto(const v1::RunStats& s) {
+  return {.rows = s.rows(), .forward_passes = s.forward_passes(), .backward_passes = s.backward_passes(),
+          .queue_seconds = s.queue_seconds(), .device_seconds = s.device_seconds(), .wall_seconds = s.wall_seconds()};
+}
+
+std::vector<Token> TokensFromProto(const google::protobuf::RepeatedPtrField<v1::Token>& tokens) {
+  std::vector<Token> out;
+  for (const v1::Token& t : tokens) out.push_back(client::FromProto(t));
+  return out;
+}
+
+}  // namespace
+
+Token FromProto(const v1::Token& t) {
+  return {.id = t.id(), .text = t.text(), .char_begin = t.char_begin(), .char_end = t.char_end(), .log_prob = t.log_prob()};
+}
+
+absl::StatusOr<v1::AttributeRequest> ToProto(const AttributeOptions& o) {
+  v1::AttributeRequest out;
+  out.set_model(o.model);
+  SetInput(o.prompt, o.prompt_ids, out.mutable_prompt());
+  out.set_no_special_tokens(o.no_special_tokens);
+  if (!o.target.empty() || !o.target_ids.empty()) SetInput(o.target, o.target_ids, out.mutable_target());
+  SetGeneration(o.generation, out.mutable_generation());
+  absl::StatusOr<v1::Method> method = Lookup<v1::Method>(
+      "method", o.method,
+      {{"integrated_gradients", v1::INTEGRATED_GRADIENTS}, {"ig", v1::INTEGRATED_GRADIENTS},
+       {"gradient_shap", v1::GRADIENT_SHAP}, {"saliency", v1::SALIENCY}, {"input_x_gradient", v1::INPUT_X_GRADIENT},
+       {"feature_ablation", v1::FEATURE_ABLATION}, {"shapley_values", v1::SHAPLEY_VALUES},
+       {"shapley_value_sampling", v1::SHAPLEY_VALUE_SAMPLING}});
+  if (!method.ok()) return method.status();
+  out.set_method(*method);
+  absl::StatusOr<v1::Quantity> quantity =
+      Lookup<v1::Quantity>("quantity", o.quantity, {{"log_prob", v1::LOG_PROB}, {"prob", v1::PROB}, {"logit", v1::LOGIT}});
+  if (!quantity.ok()) return quantity.status();
+  out.set_quantity(*quantity);
+  if (!o.foil.empty() || !o.foil_ids.empty()) {
+    out.set_contrastive(true);
+    SetInput(o.foil, o.foil_ids, out.mutable_foil());
+  }
+  if (o.feature_range) {
+    out.mutable_feature_range()->set_token_begin(o.feature_range->first);
+    out.mutable_feature_range()->set_token_end(o.feature_range->second);
+  }
+  for (const FeatureGroup& g : o.feature_groups) {
+    v1::FeatureGroup* group = out.add_feature_groups();
+    group->set_token_begin(g.token_begin);
+    group->set_token_end(g.token_end);
+    if (!g.baseline_text.empty() || !g.baseline_ids.empty()) SetInput(g.baseline_text, g.baseline_ids, group->mutable_baseline());
+  }
+  if (absl::Status s = SetBaseline(o.baseline, &out); !s.ok()) return s;
+  out.set_n_steps(o.n_steps);
+  absl::StatusOr<v1::IntegrationRule> rule = Lookup<v1::IntegrationRule>(
+      "rule", o.rule,
+      {{"gausslegendre", v1::GAUSS_LEGENDRE}, {"riemann_left", v1::RIEMANN_LEFT}, {"riemann_right", v1::RIEMANN_RIGHT},
+       {"riemann_middle", v1::RIEMANN_MIDDLE}, {"riemann_trapezoid", v1::RIEMANN_TRAPEZOID}});
+  if (!rule.ok()) return rule.status();
+  out.set_rule(*rule);
+  out.set_n_samples(o.n_samples);
+  out.set_stdev(o.stdev);
+  out.set_seed(o.seed);
+  out.set_signed_saliency(o.signed_saliency);
+  out.set_want_token_matrix(o.want_token_matrix);
+  absl::StatusOr<v1::Priority> priority = ToPriority(o.priority);
+  if (!priority.ok()) return priority.status();
+  out.set_priority(*priority);
+  return out;
+}
+
+absl::StatusOr<v1::GenerateRequest> ToProto(const GenerateOptions& o) {
+  v1::GenerateRequest out;
+  out.set_model(o.model);
+  SetInput(o.prompt, o.prompt_ids, out.mutable_prompt());
+  out.set_no_special_tokens(o.no_special_tokens);
+  SetGeneration(o.generation, out.mutable_generation());
+  absl::StatusOr<v1::Priority> priority = ToPriority(o.priority);
+  if (!priority.ok()) return priority.status();
+  out.set_priority(*priority);
+  return out;
+}
+
+absl::StatusOr<v1::LogprobsRequest> ToProto(const LogprobsOptions& o) {
+  v1::LogprobsRequest out;
+  out.set_model(o.model);
+  SetInput(o.prompt, o.prompt_ids, out.mutable_prompt());
+  out.set_no_special_tokens(o.no_special_tokens);
+  SetInput(o.target, o.target_ids, out.mutable_target());
+  out.set_top_k(o.top_k);
+  absl::StatusOr<v1::Priority> priority = ToPriority(o.priority);
+  if (!priority.ok()) return priority.status();
+  out.set_priority(*priority);
+  return out;
+}
+
+Attribution FromProto(const v1::AttributeResponse& r) {
+  Attribution out;
+  out.model = r.model();
+  out.method = absl::AsciiStrToLower(v1::Method_Name(r.method()));
+  out.prompt_tokens = TokensFromProto(r.prompt_tokens());
+  out.target_tokens = TokensFromProto(r.target_tokens());
+  for (const v1::Feature& f : r.features()) out.features.push_back({f.token_begin(), f.token_end(), f.text()});
+  out.sequence.assign(r.sequence_attribution().begin(), r.sequence_attribution().end());
+  for (const v1::AttributionRow& row : r.token_matrix()) out.token_matrix.emplace_back(row.values().begin(), row.values().end());
+  out.objective = r.objective();
+  if (r.has_convergence_delta()) out.convergence_delta = r.convergence_delta();
+  out.stats = StatsFromProto(r.stats());
+  return out;
+}
+
+Generation FromProto(const v1::GenerateResponse& r) {
+  return {.prompt_tokens = TokensFromProto(r.prompt_tokens()), .tokens = TokensFromProto(r.tokens()), .text = r.text(),
+          .stopped = r.stopped(), .stats = StatsFromProto(r.stats())};
+}
+
+Logprobs FromProto(const v1::LogprobsResponse& r) {
+  Logprobs out;
+  out.prompt_tokens = TokensFromProto(r.prompt_tokens());
+  for (const v1::TokenLogprob& t : r.target()) {
+    TokenLogprob entry{.token = client::FromProto(t.token())};
+    for (const v1::TopToken& top : t.top()) entry.top.push_back({.id = top.id(), .text = top.text(), .log_prob = top.log_prob()});
+    out.target.push_back(std::move(entry));
+  }
+  out.total_log_prob = r.total_log_prob();
+  out.stats = StatsFromProto(r.stats());
+  return out;
+}
+
+std::vector<ModelInfo> FromProto(const v1::ListModelsResponse& r) {
+  std::vector<ModelInfo> out;
+  for (const v1::ModelInfo& m : r.models()) {
+    const v1::Limits& l = m.limits();
+    out.push_back({.name = m.name(), .architecture = m.architecture(), .dtype = m.dtype(),
+                   .quantization = m.quantization(), .device = m.device(),
+                   .resident_weight_bytes = m.resident_weight_bytes(), .vocab_size = m.vocab_size(),
+                   .num_layers = m.num_layers(), .hidden_size = m.hidden_size(), .max_steps = l.max_steps(),
+                   .max_samples = l.max_samples(), .max_features = l.max_features(), .max_tokens = l.max_tokens(),
+                   .max_new_tokens = l.max_new_tokens(), .max_top_k = l.max_top_k()});
+  }
+  return out;
+}
+
+}  // namespace attribution::client

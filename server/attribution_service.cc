@@ -1,0 +1,231 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "server/attribution_service.h"
+
+#include <chrono>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "engine/scheduler/engine_generation.h"
+#include "server/conversion.h"
+
+namespace attribution::server {
+namespace {
+
+absl::Time DeadlineOf(const grpc::CallbackServerContext* context) {
+  const auto deadline = context->deadline();
+  // gRPC reports "no deadline" as a far-future time point.
+  if (deadline >= std::chrono::system_clock::now() + std::chrono::hours(24 * 365)) return absl::InfiniteFuture();
+  return absl::FromChrono(deadline);
+}
+
+std::string IsoTime(absl::Time t) { return absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", t, absl::UTCTimeZone()); }
+
+}  // namespace
+
+AttributionServiceImpl::AttributionServiceImpl(const ServerConfig& config, ServerMetrics* metrics,
+                                               std::optional<BearerAuth> auth)
+    : config_(config), metrics_(metrics), auth_(std::move(auth)), gate_(config.max_concurrent_requests) {}
+
+absl::StatusOr<const ServedModel*> AttributionServiceImpl::Admit(CallLog& log, grpc::CallbackServerContext* context,
+                                                                 const std::string& model) {
+  log.model = model;
+  if (auth_) {
+    std::multimap<std::string, std::string> metadata;
+    for (const auto& [key, value] : context->client_metadata()) {
+      metadata.emplace(std::string(key.data(), key.size()), std::string(value.data(), value.size()));
+    }
+    if (absl::Status s = auth_->Check(metadata); !s.ok()) return s;
+  }
+  if (absl::Status s = gate_.Enter(); !s.ok()) return s;
+  log.admitted = true;
+  metrics_->SetInFlight(gate_.in_flight());
+  const ModelRegistry* models = models_.load();
+  if (models == nullptr) return absl::UnavailableError("the server is still loading its models");
+  if (model.empty() && log.method == "ListModels") return nullptr;
+  if (model.empty()) return absl::InvalidArgumentError("model: must name one of this server's models (see ListModels)");
+  return models->Find(model);
+}
+
+void AttributionServiceImpl::CallEnded(const CallLog& log, const grpc::Status& status) {
+  if (log.admitted) {
+    gate_.Leave();
+    metrics_->SetInFlight(gate_.in_flight());
+  }
+  const absl::Time now = absl::Now();
+  const char* code = StatusCodeName(status.error_code());
+  metrics_->RecordRpc(log.method, code, now - log.received);
+  nlohmann::json line = {{"time", IsoTime(now)}, {"rpc", log.method}, {"model", log.model}, {"code", code},
+                         {"wall_s", absl::ToDoubleSeconds(now - log.received)}, {"peer", log.peer}};
+  if (log.stats.rows() > 0) {
+    line["rows"] = log.stats.rows();
+    line["queue_s"] = log.stats.queue_seconds();
+    line["device_s"] = log.stats.device_seconds();
+  }
+  if (!status.ok()) line["message"] = status.error_message();
+  const std::string text = line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  std::fwrite(text.data(), 1, text.size(), stderr);
+}
+
+template <typename Call>
+void AttributionServiceImpl::StartAttribution(Call* call, grpc::CallbackServerContext* context,
+                                              const v1::AttributeRequest& request,
+                                              std::function<void(absl::StatusOr<v1::AttributeResponse>)> done) {
+  absl::StatusOr<const ServedModel*> model = Admit(call->log(), context, request.model());
+  if (!model.ok()) return done(model.status());
+  absl::StatusOr<AttributeCall> converted = ToAttributeCall(request, **model, DeadlineOf(context));
+  if (!converted.ok()) return done(converted.status());
+  const ServedModel* served = *model;
+  auto attribute = std::make_shared<AttributeCall>(std::move(*converted));
+  auto handle = served->engine->NewRequest(attribute->request.priority, attribute->request.deadline);
+  call->OnCancelDo([served, handle] { served->engine->Cancel(*handle); });
+  const absl::Time received = call->log().received;
+  engine::Attributor::Progress progress;
+  if constexpr (std::is_same_v<Call, StreamCall<v1::AttributeEvent>>) {
+    v1::AttributeEvent queued;
+    queued.mutable_queued();
+    call->Send(std::move(queued));
+    progress = [call](int64_t rows_done, int64_t rows_total) {
+      v1::AttributeEvent event;
+      event.mutable_progress()->set_rows_done(rows_done);
+      event.mutable_progress()->set_rows_total(rows_total);
+      call->Send(std::move(event), /*replaceable=*/true);
+    };
+  }
+  served->attributor->Attribute(
+      handle, attribute->request,
+      [call, served, attribute, received, done](absl::StatusOr<engine::AttributionResult> result) {
+        if (!result.ok()) return done(result.status());
+        v1::AttributeResponse response;
+        ToAttributeResponse(*result, *attribute, *served, &response);
+        response.mutable_stats()->set_wall_seconds(absl::ToDoubleSeconds(absl::Now() - received));
+        call->log().stats = response.stats();
+        done(std::move(response));
+      },
+      std::move(progress));
+}
+
+grpc::ServerUnaryReactor* AttributionServiceImpl::Attribute(grpc::CallbackServerContext* context,
+                                                            const v1::AttributeRequest* request,
+                                                            v1::AttributeResponse* response) {
+  auto* call = new UnaryCall(this, "Attribute", context);
+  StartAttribution(call, context, *request, [call, response](absl::StatusOr<v1::AttributeResponse> result) {
+    if (result.ok()) *response = std::move(*result);
+    call->Complete(result.status());
+  });
+  return call;
+}
+
+grpc::ServerWriteReactor<v1::AttributeEvent>* AttributionServiceImpl::AttributeStream(
+    grpc::CallbackServerContext* context, const v1::AttributeRequest* request) {
+  auto* call = new StreamCall<v1::AttributeEvent>(this, "AttributeStream", context);
+  StartAttribution(call, context, *request, [call](absl::StatusOr<v1::AttributeResponse> result) {
+    if (!result.ok()) return call->Complete(result.status());
+    v1::AttributeEvent last;
+    *last.mutable_result() = std::move(*result);
+    call->Complete(absl::OkStatus(), std::move(last));
+  });
+  return call;
+}
+
+template <typename Call>
+void AttributionServiceImpl::StartGeneration(Call* call, grpc::CallbackServerContext* context,
+                                             const v1::GenerateRequest& request,
+                                             std::function<void(absl::StatusOr<v1::GenerateResponse>)> done,
+                                             TokenSink on_token) {
+  absl::StatusOr<const ServedModel*> model = Admit(call->log(), context, request.model());
+  if (!model.ok()) return done(model.status());
+  absl::StatusOr<GenerateCall> converted = ToGenerateCall(request, **model);
+  if (!converted.ok()) return done(converted.status());
+  const ServedModel* served = *model;
+  auto generate = std::make_shared<GenerateCall>(std::move(*converted));
+  auto handle = served->engine->NewRequest(generate->priority, DeadlineOf(context));
+  call->OnCancelDo([served, handle] { served->engine->Cancel(*handle); });
+  const absl::Time received = call->log().received;
+  engine::GenerateAsync(
+      *served->engine, handle, served->model->config(), generate->prompt.encoding.ids, generate->options,
+      [call, served, generate, handle, received, done](absl::StatusOr<engine::Generation> generation) {
+        if (!generation.ok()) return done(generation.status());
+        v1::GenerateResponse response;
+        ToGenerateResponse(*generation, *generate, *served, &response);
+        ToRunStats(handle->stats(), received, response.mutable_stats());
+        call->log().stats = response.stats();
+        done(std::move(response));
+      },
+      on_token ? engine::TokenCallback([served, on_token](int64_t id, float lp) { on_token(*served, id, lp); })
+               : engine::TokenCallback());
+}
+
+grpc::ServerUnaryReactor* AttributionServiceImpl::Generate(grpc::CallbackServerContext* context,
+                                                           const v1::GenerateRequest* request,
+                                                           v1::GenerateResponse* response) {
+  auto* call = new UnaryCall(this, "Generate", context);
+  StartGeneration(call, context, *request, [call, response](absl::StatusOr<v1::GenerateResponse> result) {
+    if (result.ok()) *response = std::move(*result);
+    call->Complete(result.status());
+  }, nullptr);
+  return call;
+}
+
+grpc::ServerWriteReactor<v1::GenerateEvent>* AttributionServiceImpl::GenerateStream(
+    grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
+  auto* call = new StreamCall<v1::GenerateEvent>(this, "GenerateStream", context);
+  auto on_token = [call](const ServedModel& served, int64_t id, float log_prob) {
+    v1::GenerateEvent event;
+    ToStreamedToken(id, log_prob, served, event.mutable_token());
+    call->Send(std::move(event));
+  };
+  StartGeneration(call, context, *request, [call](absl::StatusOr<v1::GenerateResponse> result) {
+    if (!result.ok()) return call->Complete(result.status());
+    v1::GenerateEvent last;
+    *last.mutable_result() = std::move(*result);
+    call->Complete(absl::OkStatus(), std::move(last));
+  }, on_token);
+  return call;
+}
+
+grpc::ServerUnaryReactor* AttributionServiceImpl::Logprobs(grpc::CallbackServerContext* context,
+                                                           const v1::LogprobsRequest* request,
+                                                           v1::LogprobsResponse* response) {
+  auto* call = new UnaryCall(this, "Logprobs", context);
+  absl::StatusOr<const ServedModel*> model = Admit(call->log(), context, request->model());
+  if (!model.ok()) {
+    call->Complete(model.status());
+    return call;
+  }
+  absl::StatusOr<LogprobsCall> converted = ToLogprobsCall(*request, **model, config_.max_top_k);
+  if (!converted.ok()) {
+    call->Complete(converted.status());
+    return call;
+  }
+  const ServedModel* served = *model;
+  auto logprobs = std::make_shared<LogprobsCall>(std::move(*converted));
+  auto handle = served->engine->NewRequest(logprobs->priority, DeadlineOf(context));
+  call->OnCancelDo([served, handle] { served->engine->Cancel(*handle); });
+  const absl::Time received = call->log().received;
+  absl::Status submitted = served->engine->Submit(
+      handle, {logprobs->ScoreRow()}, [call, served, logprobs, handle, response, received](size_t, engine::RowResult row) {
+        if (row.status.ok()) {
+          ToLogprobsResponse(row, *logprobs, *served, response);
+          ToRunStats(handle->stats(), received, response->mutable_stats());
+          call->log().stats = response->stats();
+        }
+        call->Complete(row.status);
+      });
+  if (!submitted.ok()) call->Complete(submitted);
+  return call;
+}
+
+grpc::ServerUnaryReactor* AttributionServiceImpl::ListModels(grpc::CallbackServerContext* context,
+                                                             const v1::ListModelsRequest*,
+                                                             v1::ListModelsResponse* response) {
+  auto* call = new UnaryCall(this, "ListModels", context);
+  absl::StatusOr<const ServedModel*> admitted = Admit(call->log(), context, "");
+  if (admitted.ok()) {
+    for (const auto& model : models_.load()->models()) ToModelInfo(*model, config_.max_top_k, response->add_models());
+  }
+  call->Complete(admitted.status());
+  return call;
+}
+
+}  // namespace attribution::server

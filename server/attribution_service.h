@@ -1,0 +1,63 @@
+// SPDX-License-Identifier: Apache-2.0
+// The attribution.v1.AttributionService on the gRPC callback API. Handlers never block: they admit
+// the call (auth, drain, concurrency), convert the request at the edge (server/conversion.h), submit
+// its work to the model's batching engine and return; the engine's completion callback writes the
+// response. Client cancellation and deadlines cancel the engine request (its queued rows are dropped).
+#pragma once
+#include <atomic>
+#include <memory>
+#include <optional>
+
+#include "attribution/v1/attribution.grpc.pb.h"
+#include "server/bearer_auth.h"
+#include "server/call_gate.h"
+#include "server/call_reactors.h"
+#include "server/metrics.h"
+#include "server/model_registry.h"
+
+namespace attribution::server {
+
+// Thread-safe. Outlives the grpc::Server it is registered with.
+class AttributionServiceImpl final : public v1::AttributionService::CallbackService, private CallObserver {
+ public:
+  AttributionServiceImpl(const ServerConfig& config, ServerMetrics* metrics, std::optional<BearerAuth> auth);
+
+  // Publishes the loaded models; until then calls are answered UNAVAILABLE.
+  void SetModels(const ModelRegistry* models) { models_.store(models); }
+  CallGate& gate() { return gate_; }
+
+  grpc::ServerUnaryReactor* Attribute(grpc::CallbackServerContext* context, const v1::AttributeRequest* request,
+                                      v1::AttributeResponse* response) override;
+  grpc::ServerWriteReactor<v1::AttributeEvent>* AttributeStream(grpc::CallbackServerContext* context,
+                                                                const v1::AttributeRequest* request) override;
+  grpc::ServerUnaryReactor* Generate(grpc::CallbackServerContext* context, const v1::GenerateRequest* request,
+                                     v1::GenerateResponse* response) override;
+  grpc::ServerWriteReactor<v1::GenerateEvent>* GenerateStream(grpc::CallbackServerContext* context,
+                                                              const v1::GenerateRequest* request) override;
+  grpc::ServerUnaryReactor* Logprobs(grpc::CallbackServerContext* context, const v1::LogprobsRequest* request,
+                                     v1::LogprobsResponse* response) override;
+  grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context, const v1::ListModelsRequest* request,
+                                       v1::ListModelsResponse* response) override;
+
+ private:
+  // Authenticates, takes a gate slot and finds the model (empty name: none needed).
+  absl::StatusOr<const ServedModel*> Admit(CallLog& log, grpc::CallbackServerContext* context,
+                                           const std::string& model);
+  void CallEnded(const CallLog& log, const grpc::Status& status) override;
+  using TokenSink = std::function<void(const ServedModel&, int64_t id, float log_prob)>;
+  template <typename Call>
+  void StartAttribution(Call* call, grpc::CallbackServerContext* context, const v1::AttributeRequest& request,
+                        std::function<void(absl::StatusOr<v1::AttributeResponse>)> done);
+  template <typename Call>
+  void StartGeneration(Call* call, grpc::CallbackServerContext* context, const v1::GenerateRequest& request,
+                       std::function<void(absl::StatusOr<v1::GenerateResponse>)> done,
+                       TokenSink on_token);
+
+  const ServerConfig& config_;
+  ServerMetrics* const metrics_;
+  const std::optional<BearerAuth> auth_;
+  CallGate gate_;
+  std::atomic<const ModelRegistry*> models_{nullptr};
+};
+
+}  // namespace attribution::server

@@ -1,0 +1,38 @@
+// SPDX-License-Identifier: Apache-2.0
+// Admission and drain: counts calls in flight, refuses new ones over the concurrency limit
+// (RESOURCE_EXHAUSTED) or once draining began (UNAVAILABLE), and lets shutdown wait for the calls in
+// flight to finish.
+#pragma once
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+
+namespace attribution::server {
+
+// Thread-safe.
+class CallGate {
+ public:
+  explicit CallGate(int64_t max_in_flight) : max_in_flight_(max_in_flight) {}
+  // Admits a call (OK: the caller must Leave() once) or refuses it.
+  absl::Status Enter();
+  void Leave();
+  int64_t in_flight() const;
+  // New calls are refused from now on.
+  void StartDraining();
+  bool draining() const;
+  // Waits until no call is in flight or `deadline`; true when idle.
+  bool WaitIdle(absl::Time deadline);
+
+ private:
+  const int64_t max_in_flight_;
+  mutable std::mutex mu_;
+  std::condition_variable idle_;
+  int64_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace attribution::server

@@ -1,0 +1,178 @@
+// SPDX-License-Identifier: Apache-2.0
+// Callback-API reactors shared by the RPCs: a unary call and a server-streaming call, each of which
+// forwards client cancellation (and deadline expiry) to a hook that cancels the engine work, and
+// reports its end once (log line, metrics, admission slot) through a CallObserver.
+#pragma once
+#include <grpcpp/grpcpp.h>
+
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "attribution/v1/attribution.pb.h"
+#include "server/grpc_status.h"
+
+namespace attribution::server {
+
+// What one call reports when it ends.
+struct CallLog {
+  std::string method;
+  std::string model;
+  std::string peer;
+  absl::Time received = absl::Now();
+  bool admitted = false;  // holds a CallGate slot
+  attribution::v1::RunStats stats;
+};
+
+class CallObserver {
+ public:
+  virtual ~CallObserver() = default;
+  virtual void CallEnded(const CallLog& log, const grpc::Status& status) = 0;
+};
+
+// Holds the cancel hook of a call: run once when the client cancels, at once if it already has.
+class CancelHook {
+ public:
+  void Set(std::function<void()> cancel) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!cancelled_) {
+        cancel_ = std::move(cancel);
+        return;
+      }
+    }
+    cancel();
+  }
+  void Fire() {
+    std::function<void()> cancel;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      cancelled_ = true;
+      cancel.swap(cancel_);
+    }
+    if (cancel) cancel();  // outside the lock: cancelling may complete the call on this thread
+  }
+
+ private:
+  std::mutex mu_;
+  bool cancelled_ = false;
+  std::function<void()> cancel_;
+};
+
+// Deletes itself when gRPC is done with it. Complete() must be the caller's last use of the object.
+class UnaryCall final : public grpc::ServerUnaryReactor {
+ public:
+  UnaryCall(CallObserver* observer, std::string method, grpc::CallbackServerContext* context)
+      : observer_(observer) {
+    log_.method = std::move(method);
+    log_.peer = context->peer();
+  }
+  CallLog& log() { return log_; }
+  void OnCancelDo(std::function<void()> cancel) { cancel_.Set(std::move(cancel)); }
+  void Complete(const absl::Status& status) {
+    const grpc::Status grpc_status = ToGrpcStatus(status);
+    observer_->CallEnded(log_, grpc_status);
+    Finish(grpc_status);
+  }
+  void OnCancel() override { cancel_.Fire(); }
+  void OnDone() override { delete this; }
+
+ private:
+  CallObserver* const observer_;
+  CallLog log_;
+  CancelHook cancel_;
+};
+
+// A server stream: events are written one at a time in order; a `replaceable` event (progress) that
+// is still unsent is replaced by the next replaceable one, so a slow reader never queues up progress.
+// Deletes itself when gRPC is done with it.
+template <typename Event>
+class StreamCall final : public grpc::ServerWriteReactor<Event> {
+ public:
+  StreamCall(CallObserver* observer, std::string method, grpc::CallbackServerContext* context)
+      : observer_(observer) {
+    log_.method = std::move(method);
+    log_.peer = context->peer();
+  }
+  CallLog& log() { return log_; }
+  void OnCancelDo(std::function<void()> cancel) { cancel_.Set(std::move(cancel)); }
+
+  void Send(Event event, bool replaceable = false) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (ending_) return;
+      if (replaceable && !queue_.empty() && queue_.back().second) {
+        queue_.back().first = std::move(event);
+      } else {
+        queue_.emplace_back(std::move(event), replaceable);
+      }
+    }
+    Pump();
+  }
+
+  // Ends the stream after the queued events (and `last`, when given); the caller's last use.
+  void Complete(const absl::Status& status, std::optional<Event> last = std::nullopt) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (ending_) return;
+      if (last && status.ok()) queue_.emplace_back(std::move(*last), false);
+      ending_ = true;
+      status_ = ToGrpcStatus(status);
+    }
+    Pump();
+  }
+
+  void OnWriteDone(bool ok) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      writing_ = false;
+      if (!ok) queue_.clear();  // the client is gone; nothing more can be written
+    }
+    Pump();
+  }
+  void OnCancel() override { cancel_.Fire(); }
+  void OnDone() override { delete this; }
+
+ private:
+  // Starts the next write, or finishes once everything is written; never under the lock, since gRPC
+  // may run reactions inline.
+  void Pump() {
+    enum { kNothing, kWrite, kFinish } action = kNothing;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (writing_ || finished_) return;
+      if (!queue_.empty()) {
+        current_ = std::move(queue_.front().first);
+        queue_.pop_front();
+        writing_ = true;
+        action = kWrite;
+      } else if (ending_) {
+        finished_ = true;
+        action = kFinish;
+      }
+    }
+    if (action == kWrite) this->StartWrite(&current_);
+    if (action == kFinish) {
+      observer_->CallEnded(log_, status_);
+      this->Finish(status_);
+    }
+  }
+
+  CallObserver* const observer_;
+  CallLog log_;
+  CancelHook cancel_;
+  std::mutex mu_;
+  std::deque<std::pair<Event, bool>> queue_;  // (event, replaceable)
+  Event current_;                             // the event being written
+  bool writing_ = false;
+  bool ending_ = false;
+  bool finished_ = false;
+  grpc::Status status_;
+};
+
+}  // namespace attribution::server

@@ -1,0 +1,456 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "server/conversion.h"
+
+#include <ATen/core/Tensor.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "engine/common/status_macros.h"
+
+namespace attribution::server {
+namespace {
+
+using engine::AttributionMethod;
+using engine::Priority;
+
+absl::Status Invalid(absl::string_view field, absl::string_view problem) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", problem));
+}
+
+// Prefixes an engine message with the proto field it concerns.
+absl::Status InField(absl::string_view field, const absl::Status& status) {
+  if (status.ok()) return status;
+  return absl::Status(status.code(), absl::StrCat(field, ": ", status.message()));
+}
+
+bool IsSet(const v1::Input& input) { return !input.text().empty() || input.token_ids_size() > 0; }
+
+absl::StatusOr<ResolvedInput> Resolve(const v1::Input& input, absl::string_view field, const ServedModel& model,
+                                      bool add_special_tokens) {
+  if (!input.text().empty() && input.token_ids_size() > 0) return Invalid(field, "set text or token_ids, not both");
+  ResolvedInput out;
+  if (input.token_ids_size() > 0) {
+    const int64_t vocab = model.model->config().vocab_size;
+    for (int i = 0; i < input.token_ids_size(); ++i) {
+      const int64_t id = input.token_ids(i);
+      if (id < 0 || id >= vocab) {
+        return Invalid(field, absl::StrCat("token_ids[", i, "] = ", id, " is outside the vocabulary [0, ", vocab, ")"));
+      }
+    }
+    out.encoding.ids.assign(input.token_ids().begin(), input.token_ids().end());
+    return out;
+  }
+  out.text = input.text();
+  absl::StatusOr<engine::Encoding> encoding = model.tokenizer->Encode(out.text, add_special_tokens);
+  if (!encoding.ok()) return InField(absl::StrCat(field, ".text"), encoding.status());
+  out.encoding = std::move(*encoding);
+  return out;
+}
+
+absl::StatusOr<Priority> ToPriority(v1::Priority priority) {
+  switch (priority) {
+    case v1::PRIORITY_UNSPECIFIED:
+    case v1::NORMAL: return Priority::kNormal;
+    case v1::LOW: return Priority::kLow;
+    case v1::HIGH: return Priority::kHigh;
+    default: return Invalid("priority", absl::StrCat("unknown value ", static_cast<int>(priority)));
+  }
+}
+
+absl::StatusOr<AttributionMethod> ToMethod(v1::Method method) {
+  switch (method) {
+    case v1::METHOD_UNSPECIFIED:
+    case v1::INTEGRATED_GRADIENTS: return AttributionMethod::kIntegratedGradients;
+    case v1::GRADIENT_SHAP: return AttributionMethod::kGradientShap;
+    case v1::SALIENCY: return AttributionMethod::kSaliency;
+    case v1::INPUT_X_GRADIENT: return AttributionMethod::kInputXGradient;
+    case v1::FEATURE_ABLATION: return AttributionMethod::kFeatureAblation;
+    case v1::SHAPLEY_VALUES: return AttributionMethod::kShapleyValues;
+    case v1::SHAPLEY_VALUE_SAMPLING: return AttributionMethod::kShapleyValueSampling;
+    default: return Invalid("method", absl::StrCat("unknown value ", static_cast<int>(method)));
+  }
+}
+
+v1::Method ToProtoMethod(AttributionMethod method) {
+  switch (method) {
+    case AttributionMethod::kIntegratedGradients: return v1::INTEGRATED_GRADIENTS;
+    case AttributionMethod::kGradientShap: return v1::GRADIENT_SHAP;
+    case AttributionMethod::kSaliency: return v1::SALIENCY;
+    case AttributionMethod::kInputXGradient: return v1::INPUT_X_GRADIENT;
+    case AttributionMethod::kFeatureAblation: return v1::FEATURE_ABLATION;
+    case AttributionMethod::kShapleyValues: return v1::SHAPLEY_VALUES;
+    case AttributionMethod::kShapleyValueSampling: return v1::SHAPLEY_VALUE_SAMPLING;
+  }
+  return v1::METHOD_UNSPECIFIED;
+}
+
+absl::StatusOr<engine::IntegrationRule> ToRule(v1::IntegrationRule rule) {
+  switch (rule) {
+    case v1::INTEGRATION_RULE_UNSPECIFIED:
+    case v1::GAUSS_LEGENDRE: return engine::IntegrationRule::kGaussLegendre;
+    case v1::RIEMANN_LEFT: return engine::IntegrationRule::kRiemannLeft;
+    case v1::RIEMANN_RIGHT: return engine::IntegrationRule::kRiemannRight;
+    case v1::RIEMANN_MIDDLE: return engine::IntegrationRule::kRiemannMiddle;
+    case v1::RIEMANN_TRAPEZOID: return engine::IntegrationRule::kRiemannTrapezoid;
+    default: return Invalid("rule", absl::StrCat("unknown value ", static_cast<int>(rule)));
+  }
+}
+
+absl::StatusOr<engine::TokenQuantity> ToQuantity(v1::Quantity quantity) {
+  switch (quantity) {
+    case v1::QUANTITY_UNSPECIFIED:
+    case v1::LOG_PROB: return engine::TokenQuantity::kLogProb;
+    case v1::PROB: return engine::TokenQuantity::kProb;
+    case v1::LOGIT: return engine::TokenQuantity::kLogit;
+    default: return Invalid("quantity", absl::StrCat("unknown value ", static_cast<int>(quantity)));
+  }
+}
+
+// Sets the baseline fields of `request` from the proto's baseline kind.
+absl::Status ApplyBaseline(const v1::AttributeRequest& proto, const ServedModel& model,
+                           engine::AttributionRequest& request) {
+  const engine::SpecialTokens& special = model.tokenizer->special_tokens();
+  const engine::ModelConfig& config = model.model->config();
+  auto use = [&](std::optional<int64_t> id, std::optional<int64_t> fallback, const char* name) -> absl::Status {
+    if (!id) id = fallback;
+    if (!id) return Invalid("baseline", absl::StrCat("model \"", model.spec.name, "\" has no ", name, " token"));
+    request.baseline_token_id = *id;
+    return absl::OkStatus();
+  };
+  std::optional<int64_t> eos;
+  if (!config.eos_token_ids.empty()) eos = config.eos_token_ids.front();
+  switch (proto.baseline()) {
+    case v1::BASELINE_UNSPECIFIED: request.baseline_token_id = 0; return absl::OkStatus();
+    case v1::ZERO_EMBEDDING:
+      if (!engine::IsGradientMethod(request.method)) {
+        return Invalid("baseline", "ZERO_EMBEDDING applies to gradient methods only; perturbations replace tokens");
+      }
+      request.zero_embedding_baseline = true;
+      return absl::OkStatus();
+    case v1::PAD_TOKEN: return use(special.pad, config.pad_token_id, "pad");
+    case v1::UNK_TOKEN: return use(special.unk, config.unk_token_id, "unk");
+    case v1::EOS_TOKEN: return use(special.eos, eos, "eos");
+    case v1::BOS_TOKEN: return use(special.bos, config.bos_token_id, "bos");
+    case v1::TOKEN_ID: request.baseline_token_id = proto.baseline_token_id(); return absl::OkStatus();
+    default: return Invalid("baseline", absl::StrCat("unknown value ", static_cast<int>(proto.baseline())));
+  }
+}
+
+absl::Status CheckSpan(const v1::FeatureGroup& group, absl::string_view field, int64_t prompt_length) {
+  if (group.token_begin() < 0 || group.token_end() > prompt_length || group.token_begin() >= group.token_end()) {
+    return Invalid(field, absl::StrCat("[", group.token_begin(), ", ", group.token_end(),
+                                       ") is not a non-empty span of the ", prompt_length, " prompt tokens"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ApplyFeatures(const v1::AttributeRequest& proto, const ServedModel& model,
+                           engine::AttributionRequest& request) {
+  const int64_t prompt_length = static_cast<int64_t>(request.prompt_ids.size());
+  if (proto.has_feature_range()) {
+    if (proto.feature_groups_size() > 0) return Invalid("feature_range", "set feature_range or feature_groups, not both");
+    RETURN_IF_ERROR(CheckSpan(proto.feature_range(), "feature_range", prompt_length));
+    if (IsSet(proto.feature_range().baseline())) {
+      return Invalid("feature_range.baseline", "is not used; give per-feature baselines with feature_groups");
+    }
+    for (int64_t p = proto.feature_range().token_begin(); p < proto.feature_range().token_end(); ++p) {
+      request.features.push_back({.begin = p, .end = p + 1});
+    }
+    return absl::OkStatus();
+  }
+  int64_t covered_until = 0;
+  for (int i = 0; i < proto.feature_groups_size(); ++i) {
+    const v1::FeatureGroup& group = proto.feature_groups(i);
+    const std::string field = absl::StrCat("feature_groups[", i, "]");
+    RETURN_IF_ERROR(CheckSpan(group, field, prompt_length));
+    if (group.token_begin() < covered_until) {
+      return Invalid(field, absl::StrCat("starts at token ", group.token_begin(),
+                                         ", inside or before the previous group (groups are disjoint and in order)"));
+    }
+    covered_until = group.token_end();
+    engine::FeatureSpan span{.begin = group.token_begin(), .end = group.token_end()};
+    if (IsSet(group.baseline())) {
+      ASSIGN_OR_RETURN(ResolvedInput baseline, Resolve(group.baseline(), field + ".baseline", model, false));
+      span.baseline_ids = std::move(baseline.encoding.ids);
+    }
+    request.features.push_back(std::move(span));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<engine::GenerationOptions> ToGenerationOptions(const v1::GenerationSettings& proto,
+                                                              const ServedModel& model) {
+  engine::GenerationOptions options;
+  if (proto.max_new_tokens() != 0) options.max_new_tokens = proto.max_new_tokens();
+  const int64_t max_new = model.spec.limits.max_new_tokens;
+  if (options.max_new_tokens < 1 || options.max_new_tokens > max_new) {
+    return Invalid("generation.max_new_tokens", absl::StrCat(options.max_new_tokens, " is outside [1, ", max_new, "]"));
+  }
+  options.temperature = proto.temperature();
+  if (proto.top_p() != 0) options.top_p = proto.top_p();
+  options.seed = proto.seed();
+  options.ignore_stop_tokens = proto.ignore_stop_tokens();
+  const int64_t vocab = model.model->config().vocab_size;
+  for (int64_t id : proto.stop_token_ids()) {
+    if (id < 0 || id >= vocab) {
+      return Invalid("generation.stop_token_ids", absl::StrCat(id, " is outside the vocabulary [0, ", vocab, ")"));
+    }
+    options.stop_token_ids.push_back(id);
+  }
+  RETURN_IF_ERROR(InField("generation", engine::CheckGenerationOptions(options)));
+  return options;
+}
+
+absl::Status CheckPromptLength(const ResolvedInput& prompt, int64_t continuation, const ServedModel& model) {
+  if (prompt.empty()) return Invalid("prompt", "must hold at least one token (set text or token_ids)");
+  const int64_t total = static_cast<int64_t>(prompt.encoding.ids.size()) + continuation;
+  const int64_t max_tokens = model.spec.limits.max_tokens;
+  if (total > max_tokens) {
+    return Invalid("prompt", absl::StrCat(prompt.encoding.ids.size(), " tokens + ", continuation,
+                                          " target/new tokens exceed this model's limit of ", max_tokens));
+  }
+  return absl::OkStatus();
+}
+
+int64_t CodePoints(absl::string_view text, size_t bytes) {
+  bytes = std::min(bytes, text.size());
+  return std::count_if(text.begin(), text.begin() + bytes, [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; });
+}
+
+void FillTokens(const ResolvedInput& input, const engine::Tokenizer& tokenizer,
+                google::protobuf::RepeatedPtrField<v1::Token>* out) {
+  for (size_t i = 0; i < input.encoding.ids.size(); ++i) {
+    v1::Token* token = out->Add();
+    token->set_id(input.encoding.ids[i]);
+    token->set_text(tokenizer.TokenText(input.encoding.ids[i]));
+    if (i < input.encoding.spans.size()) {
+      const engine::TokenSpan& span = input.encoding.spans[i];
+      token->set_byte_begin(span.begin);
+      token->set_byte_end(span.end);
+      token->set_char_begin(CodePoints(input.text, span.begin));
+      token->set_char_end(CodePoints(input.text, span.end));
+    }
+  }
+}
+
+// Generated ids as text with each token's span, from decoding ever longer prefixes (special tokens
+// skipped, so they get empty spans).
+ResolvedInput DecodeWithSpans(const std::vector<int64_t>& ids, const engine::Tokenizer& tokenizer) {
+  ResolvedInput out;
+  out.encoding.ids = ids;
+  size_t previous = 0;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    absl::StatusOr<std::string> prefix = tokenizer.Decode({ids.begin(), ids.begin() + i + 1}, true);
+    const size_t length = prefix.ok() ? prefix->size() : previous;
+    out.encoding.spans.push_back({.begin = std::min(previous, length), .end = length});
+    previous = length;
+    if (i + 1 == ids.size() && prefix.ok()) out.text = *prefix;
+  }
+  return out;
+}
+
+std::string SpanText(const ResolvedInput& input, const engine::Tokenizer& tokenizer, int64_t begin, int64_t end) {
+  if (input.encoding.spans.empty()) {
+    std::string text;
+    for (int64_t p = begin; p < end; ++p) text += tokenizer.TokenText(input.encoding.ids[p]);
+    return text;
+  }
+  const size_t from = input.encoding.spans[begin].begin, to = input.encoding.spans[end - 1].end;
+  return to > from ? input.text.substr(from, to - from) : std::string();
+}
+
+}  // namespace
+
+absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto, const ServedModel& model,
+                                              absl::Time deadline) {
+  AttributeCall call;
+  engine::AttributionRequest& request = call.request;
+  ASSIGN_OR_RETURN(call.prompt, Resolve(proto.prompt(), "prompt", model, !proto.no_special_tokens()));
+  request.prompt_ids = call.prompt.encoding.ids;
+  ASSIGN_OR_RETURN(call.target, Resolve(proto.target(), "target", model, false));
+  request.target_ids = call.target.encoding.ids;
+  if (call.target.empty()) {
+    ASSIGN_OR_RETURN(request.generation, ToGenerationOptions(proto.generation(), model));
+  }
+  RETURN_IF_ERROR(CheckPromptLength(call.prompt, call.target.empty() ? request.generation.max_new_tokens
+                                                                     : request.target_ids.size(), model));
+  ASSIGN_OR_RETURN(request.quantity, ToQuantity(proto.quantity()));
+  if (proto.contrastive() != IsSet(proto.foil())) {
+    return proto.contrastive() ? Invalid("foil", "contrastive needs a foil (text or token_ids)")
+                               : Invalid("contrastive", "a foil is given but contrastive is false");
+  }
+  if (proto.contrastive()) {
+    if (call.target.empty()) return Invalid("target", "contrastive attribution needs a given target");
+    ASSIGN_OR_RETURN(ResolvedInput foil, Resolve(proto.foil(), "foil", model, false));
+    if (foil.encoding.ids.size() != request.target_ids.size()) {
+      return Invalid("foil", absl::StrCat("has ", foil.encoding.ids.size(), " tokens; the target has ",
+                                          request.target_ids.size(), " (they must match)"));
+    }
+    request.foil_ids = std::move(foil.encoding.ids);
+  }
+  ASSIGN_OR_RETURN(request.method, ToMethod(proto.method()));
+  RETURN_IF_ERROR(ApplyFeatures(proto, model, request));
+  RETURN_IF_ERROR(ApplyBaseline(proto, model, request));
+  if (proto.n_steps() != 0) request.n_steps = proto.n_steps();
+  ASSIGN_OR_RETURN(request.rule, ToRule(proto.rule()));
+  if (proto.n_samples() != 0) request.n_samples = proto.n_samples();
+  if (!std::isfinite(proto.stdev()) || proto.stdev() < 0) {
+    return Invalid("stdev", absl::StrCat(proto.stdev(), " must be a finite number >= 0"));
+  }
+  request.stdev = proto.stdev();
+  request.seed = proto.seed();
+  request.saliency_abs = !proto.signed_saliency();
+  request.want_token_matrix = proto.want_token_matrix();
+  ASSIGN_OR_RETURN(request.priority, ToPriority(proto.priority()));
+  request.deadline = deadline;
+  RETURN_IF_ERROR(engine::ValidateAttributionRequest(request, model.model->config(), model.spec.limits));
+  return call;
+}
+
+void ToAttributeResponse(const engine::AttributionResult& result, const AttributeCall& call,
+                         const ServedModel& model, v1::AttributeResponse* out) {
+  const engine::Tokenizer& tokenizer = *model.tokenizer;
+  out->set_model(model.spec.name);
+  out->set_method(ToProtoMethod(call.request.method));
+  FillTokens(call.prompt, tokenizer, out->mutable_prompt_tokens());
+  const ResolvedInput target = call.target.empty() ? DecodeWithSpans(result.target_ids, tokenizer) : call.target;
+  FillTokens(target, tokenizer, out->mutable_target_tokens());
+  for (int i = 0; i < out->target_tokens_size() && i < static_cast<int>(result.target_log_probs.size()); ++i) {
+    out->mutable_target_tokens(i)->set_log_prob(static_cast<float>(result.target_log_probs[i]));
+  }
+  const int64_t prompt_length = static_cast<int64_t>(call.request.prompt_ids.size());
+  for (size_t f = 0; f < result.sequence.size(); ++f) {
+    const int64_t begin = call.request.features.empty() ? f : call.request.features[f].begin;
+    const int64_t end = call.request.features.empty() ? f + 1 : std::min(prompt_length, call.request.features[f].end);
+    v1::Feature* feature = out->add_features();
+    feature->set_token_begin(begin);
+    feature->set_token_end(end);
+    feature->set_text(SpanText(call.prompt, tokenizer, begin, end));
+  }
+  out->mutable_sequence_attribution()->Assign(result.sequence.begin(), result.sequence.end());
+  if (call.request.want_token_matrix) {
+    for (const std::vector<double>& row : result.per_token) {
+      out->add_token_matrix()->mutable_values()->Assign(row.begin(), row.end());
+    }
+  }
+  out->set_objective(result.objective);
+  if (result.convergence_delta) out->set_convergence_delta(*result.convergence_delta);
+  v1::RunStats* stats = out->mutable_stats();
+  stats->set_rows(result.rows);
+  stats->set_forward_passes(result.forward_passes);
+  stats->set_backward_passes(result.backward_passes);
+  stats->set_queue_seconds(absl::ToDoubleSeconds(result.queue_time));
+  stats->set_device_seconds(absl::ToDoubleSeconds(result.device_time));
+}
+
+absl::StatusOr<GenerateCall> ToGenerateCall(const v1::GenerateRequest& proto, const ServedModel& model) {
+  GenerateCall call;
+  ASSIGN_OR_RETURN(call.prompt, Resolve(proto.prompt(), "prompt", model, !proto.no_special_tokens()));
+  ASSIGN_OR_RETURN(call.options, ToGenerationOptions(proto.generation(), model));
+  RETURN_IF_ERROR(CheckPromptLength(call.prompt, call.options.max_new_tokens, model));
+  ASSIGN_OR_RETURN(call.priority, ToPriority(proto.priority()));
+  return call;
+}
+
+void ToGenerateResponse(const engine::Generation& generation, const GenerateCall& call, const ServedModel& model,
+                        v1::GenerateResponse* out) {
+  out->set_model(model.spec.name);
+  FillTokens(call.prompt, *model.tokenizer, out->mutable_prompt_tokens());
+  const ResolvedInput continuation = DecodeWithSpans(generation.tokens, *model.tokenizer);
+  FillTokens(continuation, *model.tokenizer, out->mutable_tokens());
+  for (int i = 0; i < out->tokens_size(); ++i) out->mutable_tokens(i)->set_log_prob(generation.log_probs[i]);
+  out->set_text(continuation.text);
+  out->set_stopped(generation.stopped);
+}
+
+void ToStreamedToken(int64_t id, float log_prob, const ServedModel& model, v1::Token* out) {
+  out->set_id(id);
+  out->set_text(model.tokenizer->TokenText(id));
+  out->set_log_prob(log_prob);
+}
+
+engine::Row LogprobsCall::ScoreRow() const {
+  engine::Row row{.kind = engine::RowKind::kScore, .top_k = top_k};
+  row.input_ids = prompt.encoding.ids;
+  row.input_ids.insert(row.input_ids.end(), target.encoding.ids.begin(), target.encoding.ids.end());
+  const int64_t p = static_cast<int64_t>(prompt.encoding.ids.size());
+  for (size_t t = 0; t < target.encoding.ids.size(); ++t) {
+    row.objective.positions.push_back(p - 1 + static_cast<int64_t>(t));
+    row.objective.tokens.push_back(target.encoding.ids[t]);
+  }
+  return row;
+}
+
+absl::StatusOr<LogprobsCall> ToLogprobsCall(const v1::LogprobsRequest& proto, const ServedModel& model,
+                                            int64_t max_top_k) {
+  LogprobsCall call;
+  ASSIGN_OR_RETURN(call.prompt, Resolve(proto.prompt(), "prompt", model, !proto.no_special_tokens()));
+  ASSIGN_OR_RETURN(call.target, Resolve(proto.target(), "target", model, false));
+  if (call.target.empty()) return Invalid("target", "must hold at least one token (set text or token_ids)");
+  RETURN_IF_ERROR(CheckPromptLength(call.prompt, call.target.encoding.ids.size(), model));
+  if (proto.top_k() < 0 || proto.top_k() > max_top_k) {
+    return Invalid("top_k", absl::StrCat(proto.top_k(), " is outside [0, ", max_top_k, "]"));
+  }
+  call.top_k = proto.top_k();
+  ASSIGN_OR_RETURN(call.priority, ToPriority(proto.priority()));
+  return call;
+}
+
+void ToLogprobsResponse(const engine::RowResult& result, const LogprobsCall& call, const ServedModel& model,
+                        v1::LogprobsResponse* out) {
+  const engine::Tokenizer& tokenizer = *model.tokenizer;
+  out->set_model(model.spec.name);
+  FillTokens(call.prompt, tokenizer, out->mutable_prompt_tokens());
+  google::protobuf::RepeatedPtrField<v1::Token> tokens;
+  FillTokens(call.target, tokenizer, &tokens);
+  const at::Tensor log_probs = result.token_log_probs.contiguous();  // [T] float32
+  double total = 0;
+  for (int t = 0; t < tokens.size(); ++t) {
+    v1::TokenLogprob* entry = out->add_target();
+    *entry->mutable_token() = tokens[t];
+    const float lp = log_probs.data_ptr<float>()[t];
+    entry->mutable_token()->set_log_prob(lp);
+    total += lp;
+    for (int64_t k = 0; k < call.top_k; ++k) {
+      v1::TopToken* top = entry->add_top();
+      const int64_t id = result.top_ids[t][k].item<int64_t>();
+      top->set_id(id);
+      top->set_text(tokenizer.TokenText(id));
+      top->set_log_prob(result.top_log_probs[t][k].item<float>());
+    }
+  }
+  out->set_total_log_prob(total);
+}
+
+void ToModelInfo(const ServedModel& model, int64_t max_top_k, v1::ModelInfo* out) {
+  const engine::ModelConfig& config = model.model->config();
+  out->set_name(model.spec.name);
+  out->set_architecture(engine::ArchitectureName(config.architecture));
+  out->set_dtype(model.spec.dtype);
+  out->set_quantization(model.spec.quantization);
+  out->set_device(model.spec.device);
+  out->set_resident_weight_bytes(model.model->ResidentWeightBytes());
+  out->set_vocab_size(config.vocab_size);
+  out->set_num_layers(config.num_layers);
+  out->set_hidden_size(config.hidden_size);
+  const engine::AttributionLimits& l = model.spec.limits;
+  v1::Limits* limits = out->mutable_limits();
+  limits->set_max_steps(l.max_steps);
+  limits->set_max_samples(l.max_samples);
+  limits->set_max_features(l.max_features);
+  limits->set_max_exact_shapley_features(l.max_exact_shapley_features);
+  limits->set_max_tokens(l.max_tokens);
+  limits->set_max_new_tokens(l.max_new_tokens);
+  limits->set_max_top_k(max_top_k);
+}
+
+void ToRunStats(const engine::Request::Stats& stats, absl::Time received, v1::RunStats* out) {
+  out->set_rows(stats.rows_done);
+  out->set_queue_seconds(absl::ToDoubleSeconds(stats.queue_time));
+  out->set_device_seconds(absl::ToDoubleSeconds(stats.device_time));
+  out->set_wall_seconds(absl::ToDoubleSeconds(absl::Now() - received));
+}
+
+}  // namespace attribution::server

@@ -1,0 +1,16 @@
+// SPDX-License-Identifier: Apache-2.0
+// The one place where engine statuses become gRPC statuses.
+#pragma once
+#include <grpcpp/support/status.h>
+
+#include "absl/status/status.h"
+
+namespace attribution::server {
+
+// Same canonical code (absl and gRPC share google.rpc.Code), same message.
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+// "OK", "INVALID_ARGUMENT", ...: the code's canonical name, for logs and metric labels.
+const char* StatusCodeName(grpc::StatusCode code);
+
+}  // namespace attribution::server

@@ -1,0 +1,138 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "server/metrics.h"
+
+#include <prometheus/collectable.h>
+#include <prometheus/metric_family.h>
+#include <prometheus/text_serializer.h>
+
+
+#include "absl/strings/str_cat.h"
+#include "server/model_registry.h"
+
+namespace attribution::server {
+namespace {
+
+using prometheus::BuildCounter;
+using prometheus::BuildGauge;
+using prometheus::BuildHistogram;
+using prometheus::Histogram;
+
+Histogram::BucketBoundaries Exponential(double start, double factor, int count) {
+  Histogram::BucketBoundaries bounds;
+  for (double b = start; count-- > 0; b *= factor) bounds.push_back(b);
+  return bounds;
+}
+
+// Engine statistics, read from every model's engine when Prometheus scrapes.
+class EngineCollector : public prometheus::Collectable {
+ public:
+  explicit EngineCollector(const ModelRegistry& models) : models_(models) {}
+
+  std::vector<prometheus::MetricFamily> Collect() const override {
+    std::vector<prometheus::MetricFamily> families = {
+        Family("attribution_engine_queued_rows", "Rows waiting in the model's batching engine", prometheus::MetricType::Gauge),
+        Family("attribution_engine_queued_tokens", "Tokens of the rows waiting", prometheus::MetricType::Gauge),
+        Family("attribution_engine_token_budget", "Padded tokens per batch now (shrinks after out-of-memory)", prometheus::MetricType::Gauge),
+        Family("attribution_model_resident_weight_bytes", "Bytes of weights the model holds on its device", prometheus::MetricType::Gauge),
+        Family("attribution_engine_batches_total", "Batches run", prometheus::MetricType::Counter),
+        Family("attribution_engine_rows_total", "Rows run (rate() gives rows/s)", prometheus::MetricType::Counter),
+        Family("attribution_engine_tokens_total", "Real tokens run (rate() gives tokens/s)", prometheus::MetricType::Counter),
+        Family("attribution_engine_padded_tokens_total", "Tokens including padding", prometheus::MetricType::Counter),
+        Family("attribution_engine_failed_rows_total", "Rows that failed on the device", prometheus::MetricType::Counter),
+        Family("attribution_engine_device_seconds_total", "Time the executor spent running batches", prometheus::MetricType::Counter),
+    };
+    for (const auto& model : models_.models()) {
+      const engine::EngineStats s = model->engine->Stats();
+      const double values[] = {static_cast<double>(s.queued_rows), static_cast<double>(s.queued_tokens),
+                               static_cast<double>(s.token_budget), static_cast<double>(model->model->ResidentWeightBytes()),
+                               static_cast<double>(s.batches), static_cast<double>(s.rows),
+                               static_cast<double>(s.tokens), static_cast<double>(s.padded_tokens),
+                               static_cast<double>(s.failed_rows), absl::ToDoubleSeconds(s.device_time)};
+      for (size_t i = 0; i < families.size(); ++i) {
+        prometheus::ClientMetric metric;
+        metric.label.push_back({"model", model->spec.name});
+        if (families[i].type == prometheus::MetricType::Gauge) {
+          metric.gauge.value = values[i];
+        } else {
+          metric.counter.value = values[i];
+        }
+        families[i].metric.push_back(std::move(metric));
+      }
+    }
+    return families;
+  }
+
+ private:
+  static prometheus::MetricFamily Family(const char* name, const char* help, prometheus::MetricType type) {
+    prometheus::MetricFamily family;
+    family.name = name;
+    family.help = help;
+    family.type = type;
+    return family;
+  }
+
+  const ModelRegistry& models_;
+};
+
+}  // namespace
+
+ServerMetrics::ServerMetrics()
+    : registry_(std::make_shared<prometheus::Registry>()),
+      rpcs_(BuildCounter().Name("attribution_rpcs_total").Help("RPCs answered, by method and status code").Register(*registry_)),
+      rpc_seconds_(BuildHistogram().Name("attribution_rpc_seconds").Help("RPC latency, receipt to answer").Register(*registry_)),
+      in_flight_(BuildGauge().Name("attribution_rpcs_in_flight").Help("Calls being served").Register(*registry_).Add({})),
+      batch_rows_(BuildHistogram().Name("attribution_batch_rows").Help("Rows per batch").Register(*registry_)),
+      batch_tokens_(BuildHistogram().Name("attribution_batch_tokens").Help("Padded tokens per batch").Register(*registry_)),
+      batch_padding_(BuildHistogram().Name("attribution_batch_padding_waste").Help("Share of a batch's tokens that is padding").Register(*registry_)),
+      batch_seconds_(BuildHistogram().Name("attribution_batch_seconds").Help("Device time per batch").Register(*registry_)) {}
+
+ServerMetrics::~ServerMetrics() = default;
+
+absl::StatusOr<std::unique_ptr<ServerMetrics>> ServerMetrics::Create(const std::string& listen) {
+  auto metrics = std::unique_ptr<ServerMetrics>(new ServerMetrics());
+  if (listen.empty()) return metrics;
+  absl::StatusOr<std::unique_ptr<MetricsEndpoint>> endpoint =
+      MetricsEndpoint::Start(listen, [m = metrics.get()] { return m->Render(); });
+  if (!endpoint.ok()) return endpoint.status();
+  metrics->endpoint_ = std::move(*endpoint);
+  return metrics;
+}
+
+std::string ServerMetrics::Render() const {
+  std::vector<prometheus::MetricFamily> families = registry_->Collect();
+  if (std::shared_ptr<prometheus::Collectable> engines = engine_collector_.load()) {
+    for (prometheus::MetricFamily& family : engines->Collect()) families.push_back(std::move(family));
+  }
+  return prometheus::TextSerializer().Serialize(families);
+}
+
+void ServerMetrics::RecordRpc(const std::string& method, const std::string& code, absl::Duration latency) {
+  rpcs_.Add({{"method", method}, {"code", code}}).Increment();
+  static const Histogram::BucketBoundaries kBounds = Exponential(0.001, 2, 19);  // 1 ms .. 262 s
+  rpc_seconds_.Add({{"method", method}}, kBounds).Observe(absl::ToDoubleSeconds(latency));
+}
+
+void ServerMetrics::SetInFlight(int64_t calls) { in_flight_.Set(static_cast<double>(calls)); }
+
+void ServerMetrics::WatchModels(const ModelRegistry& models) {
+  engine_collector_.store(std::make_shared<EngineCollector>(models));
+  for (const auto& model : models.models()) {
+    const std::string name = model->spec.name;
+    model->engine->SetBatchObserver([this, name](const engine::BatchRecord& batch) { ObserveBatch(name, batch); });
+  }
+}
+
+void ServerMetrics::ObserveBatch(const std::string& model, const engine::BatchRecord& batch) {
+  static const Histogram::BucketBoundaries kRows = Exponential(1, 2, 11);       // 1 .. 1024
+  static const Histogram::BucketBoundaries kTokens = Exponential(16, 2, 13);    // 16 .. 65536
+  static const Histogram::BucketBoundaries kShare = {0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1};
+  static const Histogram::BucketBoundaries kSeconds = Exponential(0.0005, 2, 16);
+  const prometheus::Labels labels = {{"model", model}, {"kind", engine::RowKindName(batch.kind)}};
+  batch_rows_.Add(labels, kRows).Observe(static_cast<double>(batch.rows));
+  batch_tokens_.Add(labels, kTokens).Observe(static_cast<double>(batch.padded_tokens));
+  const double waste = batch.padded_tokens > 0 ? 1.0 - static_cast<double>(batch.tokens) / batch.padded_tokens : 0;
+  batch_padding_.Add(labels, kShare).Observe(waste);
+  batch_seconds_.Add(labels, kSeconds).Observe(absl::ToDoubleSeconds(batch.device_time));
+}
+
+}  // namespace attribution::server

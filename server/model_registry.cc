@@ -1,0 +1,64 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "server/model_registry.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "engine/common/status_macros.h"
+#include "engine/model/quantization.h"
+
+namespace attribution::server {
+namespace {
+
+absl::Status Annotate(const absl::Status& status, const ModelSpec& spec) {
+  return absl::Status(status.code(), absl::StrCat("model \"", spec.name, "\" (", spec.path, "): ", status.message()));
+}
+
+absl::StatusOr<std::unique_ptr<ServedModel>> LoadModel(const ModelSpec& spec) {
+  auto served = std::make_unique<ServedModel>();
+  served->spec = spec;
+  engine::LoadOptions options;
+  options.device = spec.device;
+  ASSIGN_OR_RETURN(options.dtype, engine::ParseDtype(spec.dtype));
+  ASSIGN_OR_RETURN(options.quantization, engine::ParseQuantization(spec.quantization));
+  ASSIGN_OR_RETURN(std::unique_ptr<engine::CausalLM> model, engine::CausalLM::Load(spec.path, options));
+  served->model = std::move(model);
+  ASSIGN_OR_RETURN(std::unique_ptr<engine::Tokenizer> tokenizer, engine::Tokenizer::Load(spec.path));
+  if (tokenizer->vocab_size() > served->model->config().vocab_size) {
+    return absl::InvalidArgumentError(absl::StrCat("the tokenizer has ", tokenizer->vocab_size(),
+                                                   " tokens, more than the model's vocab_size ",
+                                                   served->model->config().vocab_size));
+  }
+  served->tokenizer = std::move(tokenizer);
+  ASSIGN_OR_RETURN(served->engine,
+                   engine::BatchingEngine::Create(engine::MakeModelExecutor(served->model), spec.engine));
+  served->attributor = std::make_unique<engine::Attributor>(served->model, served->engine.get(), spec.limits);
+  return served;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Load(const std::vector<ModelSpec>& specs) {
+  auto registry = std::unique_ptr<ModelRegistry>(new ModelRegistry());
+  for (const ModelSpec& spec : specs) {
+    absl::StatusOr<std::unique_ptr<ServedModel>> served = LoadModel(spec);
+    if (!served.ok()) return Annotate(served.status(), spec);
+    registry->models_.push_back(std::move(*served));
+  }
+  return registry;
+}
+
+absl::StatusOr<const ServedModel*> ModelRegistry::Find(const std::string& name) const {
+  std::vector<std::string> names;
+  for (const auto& m : models_) {
+    if (m->spec.name == name) return m.get();
+    names.push_back(m->spec.name);
+  }
+  return absl::NotFoundError(absl::StrCat("model: no model named \"", name, "\" (this server holds: ",
+                                          absl::StrJoin(names, ", "), ")"));
+}
+
+void ModelRegistry::Shutdown() {
+  for (auto& m : models_) m->engine->Shutdown();
+}
+
+}  // namespace attribution::server

@@ -1,0 +1,174 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "server/server_config.h"
+
+#include <nlohmann/json.hpp>
+
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "engine/common/files.h"
+#include "engine/common/status_macros.h"
+
+namespace attribution::server {
+namespace {
+
+using nlohmann::json;
+
+// Reads the keys of one JSON object, remembering which were used so that leftovers (typos) fail.
+class ObjectReader {
+ public:
+  ObjectReader(const json& object, std::string where) : object_(object), where_(std::move(where)) {}
+
+  template <typename T>
+  absl::Status Read(const char* key, T& out) {
+    used_.insert(key);
+    auto it = object_.find(key);
+    if (it == object_.end()) return absl::OkStatus();
+    try {
+      out = it->template get<T>();
+    } catch (const json::exception&) {
+      return absl::InvalidArgumentError(absl::StrCat(where_, ".", key, " has the wrong type (", it->type_name(), ")"));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status ReadSeconds(const char* key, absl::Duration& out) {
+    double seconds = absl::ToDoubleSeconds(out);
+    RETURN_IF_ERROR(Read(key, seconds));
+    out = absl::Seconds(seconds);
+    return absl::OkStatus();
+  }
+
+  absl::Status Finish() const {
+    for (const auto& [key, value] : object_.items()) {
+      if (!used_.count(key)) return absl::InvalidArgumentError(absl::StrCat(where_, " has an unknown key \"", key, "\""));
+    }
+    return absl::OkStatus();
+  }
+
+  const std::string& where() const { return where_; }
+
+ private:
+  const json& object_;
+  std::string where_;
+  std::set<std::string> used_;
+};
+
+absl::Status ReadEngineOptions(const json& object, const std::string& where, engine::EngineOptions& out) {
+  ObjectReader reader(object, where);
+  RETURN_IF_ERROR(reader.Read("max_batch_tokens", out.max_batch_tokens));
+  RETURN_IF_ERROR(reader.Read("max_batch_rows", out.max_batch_rows));
+  RETURN_IF_ERROR(reader.Read("max_padding_waste", out.max_padding_waste));
+  RETURN_IF_ERROR(reader.Read("max_queued_rows", out.max_queued_rows));
+  RETURN_IF_ERROR(reader.Read("max_queued_tokens", out.max_queued_tokens));
+  RETURN_IF_ERROR(reader.ReadSeconds("max_queue_delay_seconds", out.max_queue_delay));
+  return reader.Finish();
+}
+
+absl::Status ReadLimits(const json& object, const std::string& where, engine::AttributionLimits& out) {
+  ObjectReader reader(object, where);
+  RETURN_IF_ERROR(reader.Read("max_steps", out.max_steps));
+  RETURN_IF_ERROR(reader.Read("max_samples", out.max_samples));
+  RETURN_IF_ERROR(reader.Read("max_features", out.max_features));
+  RETURN_IF_ERROR(reader.Read("max_exact_shapley_features", out.max_exact_shapley_features));
+  RETURN_IF_ERROR(reader.Read("max_tokens", out.max_tokens));
+  RETURN_IF_ERROR(reader.Read("max_new_tokens", out.max_new_tokens));
+  return reader.Finish();
+}
+
+absl::Status ReadModel(const json& object, const std::string& where, ModelSpec& out) {
+  if (!object.is_object()) return absl::InvalidArgumentError(absl::StrCat(where, " must be an object"));
+  ObjectReader reader(object, where);
+  RETURN_IF_ERROR(reader.Read("name", out.name));
+  RETURN_IF_ERROR(reader.Read("path", out.path));
+  RETURN_IF_ERROR(reader.Read("dtype", out.dtype));
+  RETURN_IF_ERROR(reader.Read("quantization", out.quantization));
+  RETURN_IF_ERROR(reader.Read("device", out.device));
+  json engine = json::object(), limits = json::object();
+  RETURN_IF_ERROR(reader.Read("engine", engine));
+  RETURN_IF_ERROR(reader.Read("limits", limits));
+  RETURN_IF_ERROR(reader.Finish());
+  RETURN_IF_ERROR(ReadEngineOptions(engine, where + ".engine", out.engine));
+  return ReadLimits(limits, where + ".limits", out.limits);
+}
+
+absl::Status Positive(int64_t value, const std::string& name) {
+  if (value > 0) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(name, " = ", value, " must be positive"));
+}
+
+}  // namespace
+
+absl::StatusOr<ServerConfig> ParseServerConfig(const std::string& json_text, const std::string& source) {
+  json root;
+  try {
+    root = json::parse(json_text);
+  } catch (const json::parse_error& e) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": not valid JSON: ", e.what()));
+  }
+  if (!root.is_object()) return absl::InvalidArgumentError(absl::StrCat(source, ": the top level must be an object"));
+  ServerConfig config;
+  ObjectReader reader(root, source);
+  RETURN_IF_ERROR(reader.Read("listen", config.listen));
+  RETURN_IF_ERROR(reader.Read("metrics_listen", config.metrics_listen));
+  RETURN_IF_ERROR(reader.Read("auth_tokens_file", config.auth_tokens_file));
+  RETURN_IF_ERROR(reader.Read("max_concurrent_requests", config.max_concurrent_requests));
+  RETURN_IF_ERROR(reader.Read("max_message_bytes", config.max_message_bytes));
+  RETURN_IF_ERROR(reader.Read("max_top_k", config.max_top_k));
+  RETURN_IF_ERROR(reader.ReadSeconds("grace_period_seconds", config.grace_period));
+  json tls = json::object(), models = json::array();
+  RETURN_IF_ERROR(reader.Read("tls", tls));
+  RETURN_IF_ERROR(reader.Read("models", models));
+  RETURN_IF_ERROR(reader.Finish());
+  ObjectReader tls_reader(tls, source + ".tls");
+  RETURN_IF_ERROR(tls_reader.Read("cert_file", config.tls.cert_file));
+  RETURN_IF_ERROR(tls_reader.Read("key_file", config.tls.key_file));
+  RETURN_IF_ERROR(tls_reader.Read("client_ca_file", config.tls.client_ca_file));
+  RETURN_IF_ERROR(tls_reader.Finish());
+  if (!models.is_array()) return absl::InvalidArgumentError(absl::StrCat(source, ".models must be an array"));
+  for (size_t i = 0; i < models.size(); ++i) {
+    ModelSpec spec;
+    RETURN_IF_ERROR(ReadModel(models[i], absl::StrCat(source, ".models[", i, "]"), spec));
+    config.models.push_back(std::move(spec));
+  }
+  return config;
+}
+
+absl::StatusOr<ServerConfig> ReadServerConfig(const std::string& path) {
+  ASSIGN_OR_RETURN(std::string text, engine::ReadFile(path));
+  return ParseServerConfig(text, path);
+}
+
+absl::Status ValidateServerConfig(const ServerConfig& config) {
+  if (config.models.empty()) return absl::InvalidArgumentError("no models: give --model NAME=PATH or a config file with models");
+  std::set<std::string> names;
+  for (size_t i = 0; i < config.models.size(); ++i) {
+    const ModelSpec& m = config.models[i];
+    const std::string where = absl::StrCat("models[", i, "]");
+    if (m.name.empty()) return absl::InvalidArgumentError(absl::StrCat(where, ".name must not be empty"));
+    if (m.path.empty()) return absl::InvalidArgumentError(absl::StrCat(where, " (", m.name, "): path must not be empty"));
+    if (!names.insert(m.name).second) return absl::InvalidArgumentError(absl::StrCat("model name \"", m.name, "\" appears twice"));
+    RETURN_IF_ERROR(Positive(m.engine.max_batch_tokens, where + ".engine.max_batch_tokens"));
+    RETURN_IF_ERROR(Positive(m.engine.max_batch_rows, where + ".engine.max_batch_rows"));
+    RETURN_IF_ERROR(Positive(m.limits.max_tokens, where + ".limits.max_tokens"));
+    RETURN_IF_ERROR(Positive(m.limits.max_steps, where + ".limits.max_steps"));
+    RETURN_IF_ERROR(Positive(m.limits.max_samples, where + ".limits.max_samples"));
+    RETURN_IF_ERROR(Positive(m.limits.max_features, where + ".limits.max_features"));
+    RETURN_IF_ERROR(Positive(m.limits.max_new_tokens, where + ".limits.max_new_tokens"));
+  }
+  RETURN_IF_ERROR(Positive(config.max_concurrent_requests, "max_concurrent_requests"));
+  RETURN_IF_ERROR(Positive(config.max_message_bytes, "max_message_bytes"));
+  if (config.max_top_k < 0 || config.max_top_k > 20) {
+    return absl::InvalidArgumentError(absl::StrCat("max_top_k = ", config.max_top_k, " is outside [0, 20]"));
+  }
+  if (config.tls.cert_file.empty() != config.tls.key_file.empty()) {
+    return absl::InvalidArgumentError("tls: cert_file and key_file go together");
+  }
+  if (!config.tls.client_ca_file.empty() && config.tls.cert_file.empty()) {
+    return absl::InvalidArgumentError("tls: client_ca_file (mutual TLS) needs cert_file and key_file");
+  }
+  if (config.grace_period < absl::ZeroDuration()) return absl::InvalidArgumentError("grace_period_seconds must not be negative");
+  return absl::OkStatus();
+}
+
+}  // namespace attribution::server

@@ -1,0 +1,55 @@
+// SPDX-License-Identifier: Apache-2.0
+// What the server serves and how: models (path, dtype, quantization, device, batching budgets, request
+// limits), listening addresses, TLS, auth and admission limits. Read from a JSON file; flags override.
+//
+//   ASSIGN_OR_RETURN(ServerConfig config, ReadServerConfig("/etc/attribution/server.json"));
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "engine/attribution/attribution_request.h"
+#include "engine/model/causal_lm.h"
+#include "engine/scheduler/batching_engine.h"
+
+namespace attribution::server {
+
+struct ModelSpec {
+  std::string name;
+  std::string path;  // a Hugging Face model directory (config.json, safetensors, tokenizer)
+  std::string dtype = "float32";
+  std::string quantization = "none";
+  std::string device = "cpu";
+  engine::EngineOptions engine;        // batching budgets
+  engine::AttributionLimits limits;    // per-request maxima
+};
+
+struct TlsConfig {
+  std::string cert_file;       // PEM server certificate chain; empty: plaintext
+  std::string key_file;        // PEM private key
+  std::string client_ca_file;  // PEM; set: mutual TLS, clients must present a certificate it signed
+};
+
+struct ServerConfig {
+  std::string listen = "0.0.0.0:50051";
+  std::string metrics_listen = "0.0.0.0:9464";  // empty: no metrics endpoint
+  TlsConfig tls;
+  std::string auth_tokens_file;  // one bearer token per line; empty: no auth
+  int64_t max_concurrent_requests = 256;
+  int64_t max_message_bytes = 4 << 20;
+  int64_t max_top_k = 20;  // Logprobs alternatives per position
+  absl::Duration grace_period = absl::Seconds(30);
+  std::vector<ModelSpec> models;
+};
+
+// Parses the JSON text of a config file; `source` names it in errors. Unknown keys are errors (a
+// typo must not silently fall back to a default).
+absl::StatusOr<ServerConfig> ParseServerConfig(const std::string& json_text, const std::string& source);
+absl::StatusOr<ServerConfig> ReadServerConfig(const std::string& path);
+
+// Checks a complete config (after flags): at least one model, unique names, values in range.
+absl::Status ValidateServerConfig(const ServerConfig& config);
+
+}  // namespace attribution::server

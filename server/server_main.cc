@@ -1,0 +1,207 @@
+// SPDX-License-Identifier: Apache-2.0
+// attribution-server: serves attribution.v1 for the models of a config file and/or --model flags.
+// Lifecycle: listen (health NOT_SERVING) -> load every model -> SERVING -> on SIGTERM/SIGINT:
+// NOT_SERVING, refuse new calls (UNAVAILABLE), let calls in flight finish within the grace period,
+// stop the engines, exit 0. Exits 1 with a clear message when the config or a model is bad.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "engine/common/files.h"
+#include "server/attribution_service.h"
+
+ABSL_FLAG(std::string, config, "", "JSON config file (listen addresses, TLS, auth, limits, models); flags given "
+          "on the command line override its values");
+ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC address host:port (port 0: any free port, see --port_file)");
+ABSL_FLAG(std::string, port_file, "", "once serving, write the bound gRPC port and then the metrics port (0: none), "
+          "one per line, to this file (for scripts and tests)");
+ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9464", "Prometheus /metrics address host:port; empty: none");
+ABSL_FLAG(std::vector<std::string>, model, {}, "NAME=PATH of a Hugging Face model directory to serve (repeatable, "
+          "comma-separated); uses --dtype, --quantization and --device");
+ABSL_FLAG(std::string, dtype, "float32", "compute dtype of --model models: float32 | bfloat16 | float16");
+ABSL_FLAG(std::string, quantization, "none", "weight quantization of --model models: none | int8 | nf4");
+ABSL_FLAG(std::string, device, "cpu", "device of --model models: cpu | cuda:N");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve TLS (with --tls_key)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA bundle: require and verify client certificates (mutual TLS)");
+ABSL_FLAG(std::string, auth_tokens_file, "", "file of accepted bearer tokens, one per line; empty: no auth");
+ABSL_FLAG(int64_t, max_concurrent_requests, 256, "calls served at once; more are answered RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, max_message_bytes, 4 << 20, "largest request or response message");
+ABSL_FLAG(int64_t, max_tokens, 4096, "per request: prompt + target (or new) tokens, for --model models");
+ABSL_FLAG(int64_t, max_steps, 1024, "per request: integrated-gradient steps, for --model models");
+ABSL_FLAG(int64_t, max_samples, 1024, "per request: sampling methods' samples, for --model models");
+ABSL_FLAG(double, grace_period_seconds, 30, "on SIGTERM, how long calls in flight may take to finish");
+
+namespace attribution::server {
+namespace {
+
+// A flag overrides the config file when it differs from its default (Debian's abseil keeps
+// IsSpecifiedOnCommandLine private).
+bool OnCommandLine(const char* name) {
+  const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+  return flag != nullptr && flag->CurrentValue() != flag->DefaultValue();
+}
+
+template <typename T, typename Flag>
+void Override(const char* name, const Flag& flag, T& value) {
+  if (OnCommandLine(name)) value = absl::GetFlag(flag);
+}
+
+absl::StatusOr<ServerConfig> ConfigFromFlags() {
+  ServerConfig config;
+  if (!absl::GetFlag(FLAGS_config).empty()) {
+    absl::StatusOr<ServerConfig> read = ReadServerConfig(absl::GetFlag(FLAGS_config));
+    if (!read.ok()) return read.status();
+    config = std::move(*read);
+  }
+  Override("listen", FLAGS_listen, config.listen);
+  Override("metrics_listen", FLAGS_metrics_listen, config.metrics_listen);
+  Override("tls_cert", FLAGS_tls_cert, config.tls.cert_file);
+  Override("tls_key", FLAGS_tls_key, config.tls.key_file);
+  Override("tls_client_ca", FLAGS_tls_client_ca, config.tls.client_ca_file);
+  Override("auth_tokens_file", FLAGS_auth_tokens_file, config.auth_tokens_file);
+  Override("max_concurrent_requests", FLAGS_max_concurrent_requests, config.max_concurrent_requests);
+  Override("max_message_bytes", FLAGS_max_message_bytes, config.max_message_bytes);
+  if (OnCommandLine("grace_period_seconds")) config.grace_period = absl::Seconds(absl::GetFlag(FLAGS_grace_period_seconds));
+  for (const std::string& entry : absl::GetFlag(FLAGS_model)) {
+    std::vector<std::string> parts = absl::StrSplit(entry, absl::MaxSplits('=', 1));
+    if (parts.size() != 2) return absl::InvalidArgumentError(absl::StrCat("--model \"", entry, "\": expected NAME=PATH"));
+    ModelSpec spec{.name = parts[0], .path = parts[1], .dtype = absl::GetFlag(FLAGS_dtype),
+                   .quantization = absl::GetFlag(FLAGS_quantization), .device = absl::GetFlag(FLAGS_device)};
+    spec.limits.max_tokens = absl::GetFlag(FLAGS_max_tokens);
+    spec.limits.max_steps = absl::GetFlag(FLAGS_max_steps);
+    spec.limits.max_samples = absl::GetFlag(FLAGS_max_samples);
+    config.models.push_back(std::move(spec));
+  }
+  if (absl::Status s = ValidateServerConfig(config); !s.ok()) return s;
+  return config;
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const TlsConfig& tls) {
+  if (tls.cert_file.empty()) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions options;
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  absl::StatusOr<std::string> cert = engine::ReadFile(tls.cert_file);
+  if (!cert.ok()) return cert.status();
+  absl::StatusOr<std::string> key = engine::ReadFile(tls.key_file);
+  if (!key.ok()) return key.status();
+  pair.cert_chain = *cert;
+  pair.private_key = *key;
+  options.pem_key_cert_pairs.push_back(pair);
+  if (!tls.client_ca_file.empty()) {
+    absl::StatusOr<std::string> ca = engine::ReadFile(tls.client_ca_file);
+    if (!ca.ok()) return ca.status();
+    options.pem_root_certs = *ca;
+    options.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(options);
+}
+
+void Log(const std::string& event, const std::string& detail) {
+  const std::string line = absl::StrCat("{\"time\":\"", absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone()),
+                                        "\",\"event\":\"", event, "\",\"detail\":\"", absl::CEscape(detail), "\"}\n");
+  std::fwrite(line.data(), 1, line.size(), stderr);
+}
+
+int Fail(const absl::Status& status) {
+  Log("startup_failed", std::string(status.message()));
+  std::fprintf(stderr, "attribution-server: %s\n", std::string(status.message()).c_str());
+  return 1;
+}
+
+int Serve() {
+  absl::StatusOr<ServerConfig> config = ConfigFromFlags();
+  if (!config.ok()) return Fail(config.status());
+  std::optional<BearerAuth> auth;
+  if (!config->auth_tokens_file.empty()) {
+    absl::StatusOr<BearerAuth> loaded = BearerAuth::Load(config->auth_tokens_file);
+    if (!loaded.ok()) return Fail(loaded.status());
+    auth = std::move(*loaded);
+  }
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = Credentials(config->tls);
+  if (!credentials.ok()) return Fail(credentials.status());
+  absl::StatusOr<std::unique_ptr<ServerMetrics>> metrics = ServerMetrics::Create(config->metrics_listen);
+  if (!metrics.ok()) return Fail(metrics.status());
+
+  AttributionServiceImpl service(*config, metrics->get(), std::move(auth));
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(config->listen, *credentials, &port);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(config->max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(config->max_message_bytes));
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) return Fail(absl::UnavailableError(absl::StrCat("cannot listen on ", config->listen)));
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus(false);
+  Log("listening", absl::StrCat("port ", port, config->tls.cert_file.empty() ? " plaintext" : " TLS",
+                                config->tls.client_ca_file.empty() ? "" : " (mutual)", ", metrics port ",
+                                metrics->get()->port()));
+
+  absl::StatusOr<std::unique_ptr<ModelRegistry>> models = ModelRegistry::Load(config->models);
+  if (!models.ok()) {
+    server->Shutdown();
+    return Fail(models.status());
+  }
+  metrics->get()->WatchModels(**models);
+  service.SetModels(models->get());
+  health->SetServingStatus(true);
+  for (const auto& m : (*models)->models()) {
+    Log("model_loaded", absl::StrCat(m->spec.name, " ", m->spec.path, " ", m->spec.dtype, " ", m->spec.quantization,
+                                     " on ", m->spec.device, ", ", m->model->ResidentWeightBytes(), " weight bytes"));
+  }
+  if (!absl::GetFlag(FLAGS_port_file).empty()) {
+    const std::string path = absl::GetFlag(FLAGS_port_file), temporary = path + ".tmp";
+    std::ofstream(temporary) << port << "\n" << metrics->get()->port() << "\n";
+    std::rename(temporary.c_str(), path.c_str());  // readers never see a half-written file
+  }
+  Log("serving", absl::StrCat("port ", port));
+
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  Log("draining", absl::StrCat("signal ", signal_number, ", ", service.gate().in_flight(), " calls in flight"));
+  health->SetServingStatus(false);
+  service.gate().StartDraining();
+  const bool idle = service.gate().WaitIdle(absl::Now() + config->grace_period);
+  // Stops the engines first, so calls still running past the grace period end UNAVAILABLE.
+  (*models)->Shutdown();
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  Log("stopped", idle ? "every call finished" : "grace period over; remaining calls were cut off");
+  return 0;
+}
+
+}  // namespace
+}  // namespace attribution::server
+
+int main(int argc, char** argv) {
+  // Blocked in every thread (they inherit the mask), so only sigwait in Serve sees them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  absl::SetProgramUsageMessage("Serves attribution.v1 (Attribute, Generate, Logprobs, ListModels) over gRPC.\n"
+                               "  attribution-server --model tiny=/models/tiny [--listen 0.0.0.0:50051]\n"
+                               "  attribution-server --config server.json");
+  absl::ParseCommandLine(argc, argv);
+  return attribution::server::Serve();
+}
