@@ -29,11 +29,12 @@ absl::StatusOr<std::string> ReadPem(const std::string& path) {
 
 std::string Seconds(absl::Duration d) { return absl::StrCat(absl::ToDoubleSeconds(d), "s"); }
 
-// Retries UNAVAILABLE (only) with exponential backoff, for every method of both services.
+// Retries UNAVAILABLE (only) with exponential backoff, for every method of both services (gRPC caps
+// attempts at 5).
 std::string RetryServiceConfig(const ClientOptions& o) {
   return absl::StrCat(R"({"methodConfig": [{"name": [{"service": "attribution.v1.AttributionService"},)",
                       R"({"service": "grpc.health.v1.Health"}], "retryPolicy": {"maxAttempts": )",
-                      std::max(2, o.max_attempts), R"(, "initialBackoff": ")", Seconds(o.initial_backoff),
+                      std::min(5, o.max_attempts), R"(, "initialBackoff": ")", Seconds(o.initial_backoff),
                       R"(", "maxBackoff": ")", Seconds(o.max_backoff),
                       R"(", "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]})");
 }
@@ -86,9 +87,14 @@ struct AttributionClient::Impl {
     call->context = NewContext();
     call->request = std::move(request);
     start(call->context.get(), &call->request, &call->response,
-          [call, convert, done = std::move(done)](grpc::Status status) {
-            if (!status.ok()) return done(ToAbsl(status));
-            done(convert(call->response));
+          [call, convert, done = std::move(done)](grpc::Status status) mutable {
+            std::shared_ptr<Call> finished = std::move(call);
+            absl::StatusOr<Result> result = status.ok() ? absl::StatusOr<Result>(convert(finished->response))
+                                                        : absl::StatusOr<Result>(ToAbsl(status));
+            // The context goes before the caller hears of the result: a caller that then tears the
+            // client (or the process) down must not race gRPC releasing the call.
+            finished.reset();
+            done(std::move(result));
           });
   }
 };
@@ -116,8 +122,8 @@ absl::StatusOr<std::unique_ptr<AttributionClient>> AttributionClient::Connect(co
     credentials = grpc::SslCredentials(ssl);
     if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
   }
-  args.SetServiceConfigJSON(RetryServiceConfig(options));
-  args.SetInt(GRPC_ARG_ENABLE_RETRIES, 1);
+  if (options.max_attempts > 1) args.SetServiceConfigJSON(RetryServiceConfig(options));
+  args.SetInt(GRPC_ARG_ENABLE_RETRIES, options.max_attempts > 1 ? 1 : 0);
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, static_cast<int>(absl::ToInt64Milliseconds(options.max_backoff)));

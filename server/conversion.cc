@@ -49,6 +49,12 @@ absl::StatusOr<ResolvedInput> Resolve(const v1::Input& input, absl::string_view 
   return out;
 }
 
+// A prompt must be given even when the tokenizer would add tokens (bos) to empty text.
+absl::StatusOr<ResolvedInput> ResolvePrompt(const v1::Input& prompt, bool no_special_tokens, const ServedModel& model) {
+  if (!IsSet(prompt)) return Invalid("prompt", "must not be empty (set text or token_ids)");
+  return Resolve(prompt, "prompt", model, !no_special_tokens);
+}
+
 absl::StatusOr<Priority> ToPriority(v1::Priority priority) {
   switch (priority) {
     case v1::PRIORITY_UNSPECIFIED:
@@ -267,7 +273,7 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
                                               absl::Time deadline) {
   AttributeCall call;
   engine::AttributionRequest& request = call.request;
-  ASSIGN_OR_RETURN(call.prompt, Resolve(proto.prompt(), "prompt", model, !proto.no_special_tokens()));
+  ASSIGN_OR_RETURN(call.prompt, ResolvePrompt(proto.prompt(), proto.no_special_tokens(), model));
   request.prompt_ids = call.prompt.encoding.ids;
   ASSIGN_OR_RETURN(call.target, Resolve(proto.target(), "target", model, false));
   request.target_ids = call.target.encoding.ids;
@@ -347,7 +353,7 @@ void ToAttributeResponse(const engine::AttributionResult& result, const Attribut
 
 absl::StatusOr<GenerateCall> ToGenerateCall(const v1::GenerateRequest& proto, const ServedModel& model) {
   GenerateCall call;
-  ASSIGN_OR_RETURN(call.prompt, Resolve(proto.prompt(), "prompt", model, !proto.no_special_tokens()));
+  ASSIGN_OR_RETURN(call.prompt, ResolvePrompt(proto.prompt(), proto.no_special_tokens(), model));
   ASSIGN_OR_RETURN(call.options, ToGenerationOptions(proto.generation(), model));
   RETURN_IF_ERROR(CheckPromptLength(call.prompt, call.options.max_new_tokens, model));
   ASSIGN_OR_RETURN(call.priority, ToPriority(proto.priority()));
@@ -386,7 +392,7 @@ engine::Row LogprobsCall::ScoreRow() const {
 absl::StatusOr<LogprobsCall> ToLogprobsCall(const v1::LogprobsRequest& proto, const ServedModel& model,
                                             int64_t max_top_k) {
   LogprobsCall call;
-  ASSIGN_OR_RETURN(call.prompt, Resolve(proto.prompt(), "prompt", model, !proto.no_special_tokens()));
+  ASSIGN_OR_RETURN(call.prompt, ResolvePrompt(proto.prompt(), proto.no_special_tokens(), model));
   ASSIGN_OR_RETURN(call.target, Resolve(proto.target(), "target", model, false));
   if (call.target.empty()) return Invalid("target", "must hold at least one token (set text or token_ids)");
   RETURN_IF_ERROR(CheckPromptLength(call.prompt, call.target.encoding.ids.size(), model));

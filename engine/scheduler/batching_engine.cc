@@ -278,8 +278,9 @@ void BatchingEngine::Finish(RowKind kind, std::vector<PendingRow>& batch, std::v
     stats_.device_time += device_time;
     observer = observer_;
   }
-  Deliver(answers);
+  // Observed before the answers go out, so whoever learns a result also finds its batch counted.
   if (observer) observer(record);
+  Deliver(answers);
 }
 
 void BatchingEngine::Deliver(std::vector<Answer>& answers) {

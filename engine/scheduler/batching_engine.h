@@ -115,7 +115,7 @@ class BatchingEngine {
   void Cancel(Request& request);
 
   EngineStats Stats() const;
-  // Called on the executor thread after every batch.
+  // Called on the executor thread after every batch, before its rows are answered.
   void SetBatchObserver(std::function<void(const BatchRecord&)> observer);
 
   // Stops accepting, answers queued rows UNAVAILABLE, lets the running batch finish, joins. Idempotent.

@@ -1,0 +1,213 @@
+// SPDX-License-Identifier: Apache-2.0
+// Every bad input gets the right status code and a message naming the field, and harms nothing: after
+// the whole table (sent concurrently with good calls) the server still gives the same correct answers.
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <thread>
+
+#include "attribution/v1/attribution.grpc.pb.h"
+#include "client/attribution_client.h"
+#include "tests/testing/server_process.h"
+
+namespace attribution {
+namespace {
+
+using grpc::StatusCode;
+using testing::ServerProcess;
+
+v1::AttributeRequest GoodAttribute() {
+  v1::AttributeRequest r;
+  r.set_model("demo");
+  r.mutable_prompt()->set_text("Is it true that vaccines cause autism?");
+  r.mutable_target()->set_text(" No");
+  r.set_n_steps(8);
+  return r;
+}
+
+v1::GenerateRequest GoodGenerate() {
+  v1::GenerateRequest r;
+  r.set_model("demo");
+  r.mutable_prompt()->set_text("Once upon a time");
+  r.mutable_generation()->set_max_new_tokens(4);
+  return r;
+}
+
+v1::LogprobsRequest GoodLogprobs() {
+  v1::LogprobsRequest r;
+  r.set_model("demo");
+  r.mutable_prompt()->set_text("Once upon a time");
+  r.mutable_target()->set_text(" there");
+  return r;
+}
+
+struct BadCase {
+  std::string name;
+  std::function<grpc::Status(v1::AttributionService::Stub&)> call;
+  StatusCode code;
+  std::string message;  // a substring naming the field or the problem
+};
+
+template <typename Mutate>
+BadCase Attribute(std::string name, Mutate mutate, StatusCode code, std::string message) {
+  return {std::move(name), [mutate](v1::AttributionService::Stub& stub) {
+            v1::AttributeRequest request = GoodAttribute();
+            mutate(request);
+            grpc::ClientContext context;
+            v1::AttributeResponse response;
+            return stub.Attribute(&context, request, &response);
+          }, code, std::move(message)};
+}
+
+template <typename Mutate>
+BadCase Generate(std::string name, Mutate mutate, StatusCode code, std::string message) {
+  return {std::move(name), [mutate](v1::AttributionService::Stub& stub) {
+            v1::GenerateRequest request = GoodGenerate();
+            mutate(request);
+            grpc::ClientContext context;
+            v1::GenerateResponse response;
+            return stub.Generate(&context, request, &response);
+          }, code, std::move(message)};
+}
+
+template <typename Mutate>
+BadCase Logprobs(std::string name, Mutate mutate, StatusCode code, std::string message) {
+  return {std::move(name), [mutate](v1::AttributionService::Stub& stub) {
+            v1::LogprobsRequest request = GoodLogprobs();
+            mutate(request);
+            grpc::ClientContext context;
+            v1::LogprobsResponse response;
+            return stub.Logprobs(&context, request, &response);
+          }, code, std::move(message)};
+}
+
+std::vector<BadCase> BadCases() {
+  constexpr auto kInvalid = StatusCode::INVALID_ARGUMENT;
+  using A = v1::AttributeRequest;
+  using G = v1::GenerateRequest;
+  using L = v1::LogprobsRequest;
+  return {
+      Attribute("unknown model", [](A& r) { r.set_model("gpt-9"); }, StatusCode::NOT_FOUND, "no model named \"gpt-9\""),
+      Attribute("no model", [](A& r) { r.clear_model(); }, kInvalid, "model"),
+      Attribute("unknown method", [](A& r) { r.set_method(static_cast<v1::Method>(99)); }, kInvalid, "method: unknown value 99"),
+      Attribute("unknown rule", [](A& r) { r.set_rule(static_cast<v1::IntegrationRule>(42)); }, kInvalid, "rule: unknown value 42"),
+      Attribute("unknown quantity", [](A& r) { r.set_quantity(static_cast<v1::Quantity>(9)); }, kInvalid, "quantity"),
+      Attribute("unknown priority", [](A& r) { r.set_priority(static_cast<v1::Priority>(7)); }, kInvalid, "priority"),
+      Attribute("unknown baseline", [](A& r) { r.set_baseline(static_cast<v1::BaselineKind>(77)); }, kInvalid, "baseline"),
+      Attribute("empty prompt", [](A& r) { r.clear_prompt(); }, kInvalid, "prompt"),
+      Attribute("text and ids", [](A& r) { r.mutable_prompt()->add_token_ids(5); }, kInvalid, "prompt: set text or token_ids, not both"),
+      Attribute("over-long prompt", [](A& r) { r.mutable_prompt()->set_text(std::string(20000, 'x')); }, kInvalid, "exceed this model's limit of 4096"),
+      Attribute("prompt id out of range", [](A& r) { r.mutable_prompt()->clear_text(); r.mutable_prompt()->add_token_ids(1400); }, kInvalid, "prompt: token_ids[0] = 1400 is outside the vocabulary"),
+      Attribute("negative prompt id", [](A& r) { r.mutable_prompt()->clear_text(); r.mutable_prompt()->add_token_ids(-3); }, kInvalid, "token_ids[0] = -3"),
+      Attribute("target id out of range", [](A& r) { r.mutable_target()->clear_text(); r.mutable_target()->add_token_ids(99999); }, kInvalid, "target: token_ids[0] = 99999"),
+      Attribute("malformed UTF-8 prompt", [](A& r) { r.mutable_prompt()->set_text("bad \xC3\x28 byte"); }, kInvalid, "prompt.text"),
+      Attribute("malformed UTF-8 target", [](A& r) { r.mutable_target()->set_text("\xFF"); }, kInvalid, "target.text"),
+      Attribute("n_steps too large", [](A& r) { r.set_n_steps(5000); }, kInvalid, "n_steps"),
+      Attribute("n_steps too small", [](A& r) { r.set_n_steps(1); }, kInvalid, "n_steps"),
+      Attribute("negative n_steps", [](A& r) { r.set_n_steps(-4); }, kInvalid, "n_steps"),
+      Attribute("n_samples too large", [](A& r) { r.set_method(v1::SHAPLEY_VALUE_SAMPLING); r.set_n_samples(100000); }, kInvalid, "n_samples"),
+      Attribute("negative n_samples", [](A& r) { r.set_method(v1::GRADIENT_SHAP); r.set_n_samples(-1); }, kInvalid, "n_samples"),
+      Attribute("negative stdev", [](A& r) { r.set_method(v1::GRADIENT_SHAP); r.set_stdev(-1); }, kInvalid, "stdev"),
+      Attribute("NaN stdev", [](A& r) { r.set_method(v1::GRADIENT_SHAP); r.set_stdev(std::nan("")); }, kInvalid, "stdev"),
+      Attribute("exact shapley over the cap", [](A& r) { r.set_method(v1::SHAPLEY_VALUES); }, kInvalid, "exact shapley_values"),
+      Attribute("contrastive without foil", [](A& r) { r.set_contrastive(true); }, kInvalid, "foil: contrastive needs a foil"),
+      Attribute("foil without contrastive", [](A& r) { r.mutable_foil()->set_text(" Yes"); }, kInvalid, "contrastive"),
+      Attribute("foil of another length", [](A& r) { r.set_contrastive(true); r.mutable_foil()->set_text(" Yes it is so"); }, kInvalid, "foil: has"),
+      Attribute("contrastive generated target", [](A& r) { r.clear_target(); r.set_contrastive(true); r.mutable_foil()->set_text(" Yes"); }, kInvalid, "needs a given target"),
+      Attribute("range past the prompt", [](A& r) { r.mutable_feature_range()->set_token_begin(2); r.mutable_feature_range()->set_token_end(500); }, kInvalid, "feature_range: [2, 500)"),
+      Attribute("empty range", [](A& r) { r.mutable_feature_range()->set_token_begin(3); r.mutable_feature_range()->set_token_end(3); }, kInvalid, "feature_range"),
+      Attribute("range and groups", [](A& r) { r.mutable_feature_range()->set_token_end(2); r.add_feature_groups()->set_token_end(1); }, kInvalid, "not both"),
+      Attribute("negative group", [](A& r) { auto* g = r.add_feature_groups(); g->set_token_begin(-1); g->set_token_end(2); }, kInvalid, "feature_groups[0]"),
+      Attribute("overlapping groups", [](A& r) {
+        auto* a = r.add_feature_groups(); a->set_token_begin(0); a->set_token_end(3);
+        auto* b = r.add_feature_groups(); b->set_token_begin(2); b->set_token_end(4);
+      }, kInvalid, "feature_groups[1]: starts at token 2"),
+      Attribute("group baseline id out of range", [](A& r) {
+        auto* g = r.add_feature_groups(); g->set_token_begin(1); g->set_token_end(2); g->mutable_baseline()->add_token_ids(1 << 20);
+      }, kInvalid, "feature_groups[0].baseline"),
+      Attribute("gradient group baseline length", [](A& r) {
+        auto* g = r.add_feature_groups(); g->set_token_begin(1); g->set_token_end(3); g->mutable_baseline()->add_token_ids(5);
+      }, kInvalid, "one baseline token per position"),
+      Attribute("baseline token out of range", [](A& r) { r.set_baseline(v1::TOKEN_ID); r.set_baseline_token_id(1400); }, kInvalid, "baseline_token_id"),
+      Attribute("zero baseline for ablation", [](A& r) { r.set_method(v1::FEATURE_ABLATION); r.set_baseline(v1::ZERO_EMBEDDING); }, kInvalid, "baseline: ZERO_EMBEDDING"),
+      Attribute("no pad token", [](A& r) { r.set_baseline(v1::PAD_TOKEN); }, kInvalid, "has no pad token"),
+      Attribute("too many new tokens", [](A& r) { r.clear_target(); r.mutable_generation()->set_max_new_tokens(100000); }, kInvalid, "generation.max_new_tokens"),
+      Attribute("negative temperature", [](A& r) { r.clear_target(); r.mutable_generation()->set_temperature(-1); }, kInvalid, "generation: temperature"),
+      Attribute("top_p above one", [](A& r) { r.clear_target(); r.mutable_generation()->set_top_p(1.5); }, kInvalid, "top_p"),
+      Attribute("oversized message", [](A& r) { r.mutable_prompt()->set_text(std::string(5 << 20, 'a')); }, StatusCode::RESOURCE_EXHAUSTED, "larger than max"),
+      Generate("generate: unknown model", [](G& r) { r.set_model("nope"); }, StatusCode::NOT_FOUND, "nope"),
+      Generate("generate: empty prompt", [](G& r) { r.clear_prompt(); }, kInvalid, "prompt"),
+      Generate("generate: stop id out of range", [](G& r) { r.mutable_generation()->add_stop_token_ids(-2); }, kInvalid, "generation.stop_token_ids"),
+      Generate("generate: NaN temperature", [](G& r) { r.mutable_generation()->set_temperature(std::nan("")); }, kInvalid, "temperature"),
+      Generate("generate: prompt + new tokens over the limit", [](G& r) {
+        r.mutable_prompt()->clear_text();
+        for (int i = 0; i < 4090; ++i) r.mutable_prompt()->add_token_ids(5);
+        r.mutable_generation()->set_max_new_tokens(10);
+      }, kInvalid, "exceed this model's limit"),
+      Logprobs("logprobs: no target", [](L& r) { r.clear_target(); }, kInvalid, "target: must hold at least one token"),
+      Logprobs("logprobs: top_k over the cap", [](L& r) { r.set_top_k(21); }, kInvalid, "top_k: 21 is outside [0, 20]"),
+      Logprobs("logprobs: negative top_k", [](L& r) { r.set_top_k(-1); }, kInvalid, "top_k"),
+      Logprobs("logprobs: malformed UTF-8", [](L& r) { r.mutable_target()->set_text("\xE2\x82"); }, kInvalid, "target.text"),
+  };
+}
+
+TEST(BadInputs, EachGetsItsCodeAndFieldAndTheServerStaysCorrect) {
+  auto server = ServerProcess::Start({"--model=demo=" + testing::DemoModelDir()});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = *client::AttributionClient::Connect({.target = (*server)->address()});
+  const client::AttributeOptions good{.model = "demo", .prompt = "Is it true that vaccines cause autism?",
+                                      .target = " No", .n_steps = 8};
+  absl::StatusOr<client::Attribution> before = client->Attribute(good);
+  ASSERT_TRUE(before.ok()) << before.status();
+
+  // Good calls run alongside the bad ones; none may be disturbed.
+  std::vector<absl::StatusOr<client::Attribution>> during(4, absl::UnknownError("not run"));
+  std::vector<std::thread> good_calls;
+  for (auto& result : during) good_calls.emplace_back([&] { result = client->Attribute(good); });
+
+  grpc::ChannelArguments args;
+  args.SetMaxSendMessageSize(64 << 20);
+  auto stub = v1::AttributionService::NewStub(
+      grpc::CreateCustomChannel((*server)->address(), grpc::InsecureChannelCredentials(), args));
+  const std::vector<BadCase> cases = BadCases();
+  EXPECT_GE(cases.size(), 40u);
+  for (const BadCase& c : cases) {
+    grpc::Status status = c.call(*stub);
+    EXPECT_EQ(status.error_code(), c.code) << c.name << ": " << status.error_message();
+    EXPECT_NE(status.error_message().find(c.message), std::string::npos)
+        << c.name << ": \"" << status.error_message() << "\" lacks \"" << c.message << "\"";
+  }
+  for (std::thread& t : good_calls) t.join();
+  for (const auto& result : during) {
+    ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_EQ(result->sequence, before->sequence);
+  }
+  absl::StatusOr<client::Attribution> after = client->Attribute(good);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->sequence, before->sequence);
+}
+
+TEST(BadInputs, CallsOverTheConcurrencyLimitAreResourceExhausted) {
+  auto server = ServerProcess::Start({"--model=demo=" + testing::DemoModelDir(), "--max_concurrent_requests=1"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = *client::AttributionClient::Connect({.target = (*server)->address()});
+  absl::StatusOr<client::Attribution> slow = absl::UnknownError("not run");
+  std::thread holder([&] {
+    slow = client->Attribute({.model = "demo", .prompt = std::string(400, 'c'), .target = " No", .n_steps = 300});
+  });
+  // Poll until the slow call holds the only slot, then a second call must be refused.
+  absl::Status refused;
+  for (int i = 0; i < 200 && refused.ok(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    refused = client->ListModels().status();
+  }
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  EXPECT_NE(refused.message().find("too many concurrent requests (the limit is 1)"), std::string::npos) << refused;
+  holder.join();
+  EXPECT_TRUE(slow.ok()) << slow.status();
+  EXPECT_TRUE(client->ListModels().ok());
+}
+
+}  // namespace
+}  // namespace attribution

@@ -1,0 +1,327 @@
+// SPDX-License-Identifier: Apache-2.0
+// End to end over loopback: the real server binary on the demo model, every RPC through the client
+// library, results compared with the engine run directly in this process (the wire must add nothing),
+// concurrency, cancellation and deadlines, metrics, drain on SIGTERM, startup failures and retries.
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <atomic>
+#include <fstream>
+#include <thread>
+
+#include "attribution/v1/attribution.grpc.pb.h"
+#include "client/attribution_client.h"
+#include "engine/attribution/attributor.h"
+#include "engine/tokenizer/tokenizer.h"
+#include "tests/testing/server_process.h"
+
+namespace attribution {
+namespace {
+
+using client::AttributeOptions;
+using client::Attribution;
+using client::AttributionClient;
+using testing::DemoModelDir;
+using testing::ServerProcess;
+
+constexpr char kPrompt[] = "Is it true that vaccines cause autism?";
+constexpr char kTarget[] = " No";
+
+std::unique_ptr<AttributionClient> Connect(const std::string& address, client::ClientOptions options = {}) {
+  options.target = address;
+  return std::move(*AttributionClient::Connect(options));
+}
+
+// The same model, tokenizer and attribution engine, in this process.
+class DirectEngine {
+ public:
+  DirectEngine() {
+    model_ = std::move(*engine::CausalLM::Load(DemoModelDir(), {}));
+    tokenizer_ = std::move(*engine::Tokenizer::Load(DemoModelDir()));
+    engine_ = std::move(*engine::BatchingEngine::Create(engine::MakeModelExecutor(model_), {}));
+    attributor_ = std::make_unique<engine::Attributor>(model_, engine_.get());
+  }
+  std::vector<int64_t> Encode(const std::string& text, bool special) { return tokenizer_->Encode(text, special)->ids; }
+  engine::AttributionResult Attribute(engine::AttributionRequest request) {
+    return *attributor_->AttributeAndWait(request);
+  }
+
+ private:
+  std::shared_ptr<const engine::CausalLM> model_;
+  std::unique_ptr<engine::Tokenizer> tokenizer_;
+  std::unique_ptr<engine::BatchingEngine> engine_;
+  std::unique_ptr<engine::Attributor> attributor_;
+};
+
+void ExpectSameValues(const std::vector<double>& actual, const std::vector<double>& expected) {
+  ASSERT_EQ(actual.size(), expected.size());
+  for (size_t i = 0; i < actual.size(); ++i) EXPECT_NEAR(actual[i], expected[i], 1e-6 * (1 + std::fabs(expected[i]))) << i;
+}
+
+class ServiceTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto started = ServerProcess::Start({"--model=demo=" + DemoModelDir()});
+    ASSERT_TRUE(started.ok()) << started.status();
+    server_ = started->release();
+  }
+  static void TearDownTestSuite() { delete server_; }
+  static ServerProcess* server_;
+};
+ServerProcess* ServiceTest::server_ = nullptr;
+
+TEST_F(ServiceTest, HealthAndModelsDescribeTheServer) {
+  auto client = Connect(server_->address());
+  EXPECT_EQ(*client->Health(), "SERVING");
+  auto models = client->ListModels();
+  ASSERT_TRUE(models.ok()) << models.status();
+  ASSERT_EQ(models->size(), 1u);
+  EXPECT_EQ((*models)[0].name, "demo");
+  EXPECT_EQ((*models)[0].architecture, "llama");
+  EXPECT_EQ((*models)[0].num_layers, 2);
+  EXPECT_GT((*models)[0].resident_weight_bytes, 0);
+  EXPECT_EQ((*models)[0].max_top_k, 20);
+}
+
+TEST_F(ServiceTest, AttributeEqualsTheEngineRunDirectly) {
+  auto client = Connect(server_->address());
+  for (const char* method : {"integrated_gradients", "feature_ablation", "saliency", "shapley_value_sampling"}) {
+    SCOPED_TRACE(method);
+    AttributeOptions options{.model = "demo", .prompt = kPrompt, .target = kTarget, .method = method, .n_steps = 12,
+                             .n_samples = 3, .want_token_matrix = true};
+    absl::StatusOr<Attribution> remote = client->Attribute(options);
+    ASSERT_TRUE(remote.ok()) << remote.status();
+
+    DirectEngine direct;
+    engine::AttributionRequest request{.prompt_ids = direct.Encode(kPrompt, true), .target_ids = direct.Encode(kTarget, false),
+                                       .method = *engine::ParseAttributionMethod(method), .n_steps = 12, .n_samples = 3,
+                                       .want_token_matrix = true};
+    engine::AttributionResult local = direct.Attribute(request);
+    ExpectSameValues(remote->sequence, local.sequence);
+    ASSERT_EQ(remote->token_matrix.size(), local.per_token.size());
+    for (size_t t = 0; t < local.per_token.size(); ++t) ExpectSameValues(remote->token_matrix[t], local.per_token[t]);
+    EXPECT_NEAR(remote->objective, local.objective, 1e-6);
+    ASSERT_EQ(remote->prompt_tokens.size(), request.prompt_ids.size());
+    for (size_t i = 0; i < request.prompt_ids.size(); ++i) EXPECT_EQ(remote->prompt_tokens[i].id, request.prompt_ids[i]);
+    ASSERT_EQ(remote->target_tokens.size(), request.target_ids.size());
+    EXPECT_EQ(remote->features.size(), request.prompt_ids.size());
+    EXPECT_EQ(remote->stats.rows, local.rows);
+    EXPECT_GT(remote->stats.wall_seconds, 0);
+  }
+}
+
+TEST_F(ServiceTest, TokenOffsetsPointIntoThePromptText) {
+  auto client = Connect(server_->address());
+  const std::string prompt = "Zürich café, naïve";  // multi-byte characters: code points != bytes
+  absl::StatusOr<Attribution> a = client->Attribute({.model = "demo", .prompt = prompt, .target = " ok",
+                                                     .method = "saliency"});
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->prompt_tokens.front().char_begin, a->prompt_tokens.front().char_end);  // bos: empty span
+  EXPECT_EQ(a->prompt_tokens.back().char_end, 18);  // code points, not the 21 bytes
+  std::string covered;
+  for (const client::Feature& f : a->features) covered += f.text;
+  EXPECT_EQ(covered, prompt);
+}
+
+TEST_F(ServiceTest, StreamsReportProgressAndEndWithTheUnaryResult) {
+  auto client = Connect(server_->address());
+  AttributeOptions options{.model = "demo", .prompt = kPrompt, .target = kTarget, .n_steps = 20};
+  std::vector<std::pair<int64_t, int64_t>> progress;
+  absl::StatusOr<Attribution> streamed =
+      client->AttributeStream(options, [&](int64_t done, int64_t total) { progress.emplace_back(done, total); });
+  ASSERT_TRUE(streamed.ok()) << streamed.status();
+  ASSERT_FALSE(progress.empty());
+  EXPECT_EQ(progress.back().first, progress.back().second);
+  EXPECT_EQ(progress.back().second, streamed->stats.rows);
+  for (size_t i = 1; i < progress.size(); ++i) EXPECT_GT(progress[i].first, progress[i - 1].first);
+  ExpectSameValues(streamed->sequence, client->Attribute(options)->sequence);
+
+  client::GenerateOptions generate{.model = "demo", .prompt = "Once upon a time",
+                                   .generation = {.max_new_tokens = 12, .ignore_stop_tokens = true}};
+  std::vector<int64_t> streamed_ids;
+  auto generated = client->GenerateStream(generate, [&](const client::Token& t) { streamed_ids.push_back(t.id); });
+  ASSERT_TRUE(generated.ok()) << generated.status();
+  auto unary = client->Generate(generate);
+  ASSERT_TRUE(unary.ok()) << unary.status();
+  ASSERT_EQ(unary->tokens.size(), 12u);
+  for (size_t i = 0; i < streamed_ids.size(); ++i) EXPECT_EQ(streamed_ids[i], unary->tokens[i].id);
+  EXPECT_EQ(streamed_ids.size(), unary->tokens.size());
+}
+
+TEST_F(ServiceTest, LogprobsMatchTheGeneratedTokensAndTopAlternatives) {
+  auto client = Connect(server_->address());
+  auto generated = client->Generate({.model = "demo", .prompt = "Once upon a time",
+                                     .generation = {.max_new_tokens = 6, .ignore_stop_tokens = true}});
+  ASSERT_TRUE(generated.ok()) << generated.status();
+  std::vector<int64_t> ids;
+  for (const client::Token& t : generated->tokens) ids.push_back(t.id);
+  auto scored = client->GetLogprobs({.model = "demo", .prompt = "Once upon a time", .target_ids = ids, .top_k = 5});
+  ASSERT_TRUE(scored.ok()) << scored.status();
+  ASSERT_EQ(scored->target.size(), ids.size());
+  double total = 0;
+  for (size_t t = 0; t < ids.size(); ++t) {
+    // Greedy decoding picks the argmax, so it is the top alternative, with the same log-prob.
+    EXPECT_NEAR(scored->target[t].token.log_prob, generated->tokens[t].log_prob, 1e-4);
+    ASSERT_EQ(scored->target[t].top.size(), 5u);
+    EXPECT_EQ(scored->target[t].top[0].id, ids[t]);
+    for (size_t k = 1; k < 5; ++k) EXPECT_LE(scored->target[t].top[k].log_prob, scored->target[t].top[k - 1].log_prob);
+    total += scored->target[t].token.log_prob;
+  }
+  EXPECT_NEAR(scored->total_log_prob, total, 1e-4);
+}
+
+TEST_F(ServiceTest, ThirtyTwoConcurrentClientsGetWhatEachGetsAlone) {
+  const std::vector<AttributeOptions> kinds = {
+      {.model = "demo", .prompt = kPrompt, .target = kTarget, .n_steps = 8},
+      {.model = "demo", .prompt = "The cat sat on the mat", .target = " today", .method = "feature_ablation"},
+      {.model = "demo", .prompt = "Hello world", .target = " again", .method = "input_x_gradient"},
+      {.model = "demo", .prompt = "One two three four", .target = " five", .method = "shapley_value_sampling",
+       .n_samples = 2, .seed = 7},
+  };
+  auto client = Connect(server_->address());
+  std::vector<std::vector<double>> alone;
+  for (const AttributeOptions& o : kinds) alone.push_back(client->Attribute(o)->sequence);
+  constexpr int kClients = 32;
+  std::vector<absl::StatusOr<Attribution>> results(kClients, absl::UnknownError("not run"));
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kClients; ++i) {
+    threads.emplace_back([&, i] {
+      auto own = Connect(server_->address());  // separate channels: separate connections
+      results[i] = own->Attribute(kinds[i % kinds.size()]);
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int i = 0; i < kClients; ++i) {
+    ASSERT_TRUE(results[i].ok()) << i << ": " << results[i].status();
+    ExpectSameValues(results[i]->sequence, alone[i % kinds.size()]);
+  }
+}
+
+TEST_F(ServiceTest, DeadlinesAndCancellationEndCallsAndDropTheirRows) {
+  const std::string long_prompt(600, 'a');
+  auto hurried = Connect(server_->address(), {.timeout = absl::Milliseconds(200)});
+  AttributeOptions heavy{.model = "demo", .prompt = long_prompt, .target = kTarget, .n_steps = 1000};
+  absl::StatusOr<Attribution> late = hurried->Attribute(heavy);
+  EXPECT_EQ(late.status().code(), absl::StatusCode::kDeadlineExceeded) << late.status();
+
+  // Client-side cancel through the raw stub.
+  auto channel = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
+  auto stub = v1::AttributionService::NewStub(channel);
+  grpc::ClientContext context;
+  v1::AttributeRequest request;
+  request.set_model("demo");
+  request.mutable_prompt()->set_text(long_prompt);
+  request.mutable_target()->set_text(kTarget);
+  request.set_n_steps(1000);
+  v1::AttributeResponse response;
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // let the rows queue up first
+    context.TryCancel();
+  });
+  grpc::Status status = stub->Attribute(&context, request, &response);
+  canceller.join();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
+
+  // The engine dropped the rest: the queue drains quickly and new work is served at once.
+  auto client = Connect(server_->address());
+  absl::StatusOr<Attribution> after = client->Attribute({.model = "demo", .prompt = kPrompt, .target = kTarget, .n_steps = 8});
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_LT(after->stats.wall_seconds, 30);
+  auto metrics = testing::HttpGet(server_->metrics_port(), "/metrics");
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_NE(metrics->find("attribution_rpcs_total{code=\"CANCELLED\",method=\"Attribute\"}"), std::string::npos);
+  EXPECT_NE(metrics->find("attribution_engine_queued_rows{model=\"demo\"} 0"), std::string::npos);
+}
+
+TEST_F(ServiceTest, MetricsCountRpcsBatchesAndResidentBytes) {
+  auto client = Connect(server_->address());
+  ASSERT_TRUE(client->GetLogprobs({.model = "demo", .prompt = "a b c", .target = " d"}).ok());
+  auto metrics = testing::HttpGet(server_->metrics_port(), "/metrics");
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  for (const char* expected :
+       {"attribution_rpcs_total{code=\"OK\",method=\"Logprobs\"}", "attribution_rpc_seconds_bucket{method=\"Logprobs\"",
+        "attribution_rpcs_in_flight", "attribution_batch_rows_bucket{kind=\"score\",model=\"demo\"",
+        "attribution_batch_padding_waste_bucket", "attribution_engine_rows_total{model=\"demo\"}",
+        "attribution_engine_tokens_total{model=\"demo\"}", "attribution_engine_queued_rows{model=\"demo\"}",
+        "attribution_model_resident_weight_bytes{model=\"demo\"} "}) {
+    EXPECT_NE(metrics->find(expected), std::string::npos) << expected;
+  }
+  EXPECT_FALSE(testing::HttpGet(server_->metrics_port(), "/other").ok());
+}
+
+TEST(ServerLifecycle, SigtermFinishesCallsInFlightRefusesNewOnesAndExitsZero) {
+  auto server = ServerProcess::Start({"--model=demo=" + DemoModelDir()});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = Connect((*server)->address(), {.max_attempts = 2});
+  std::atomic<bool> started{false};
+  absl::StatusOr<Attribution> in_flight = absl::UnknownError("not run");
+  std::thread call([&] {
+    started = true;
+    in_flight = client->Attribute({.model = "demo", .prompt = std::string(300, 'b'), .target = kTarget, .n_steps = 200});
+  });
+  while (!started) std::this_thread::yield();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the call is queued on the server
+  (*server)->Signal(SIGTERM);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  auto late = Connect((*server)->address(), {.max_attempts = 2})->ListModels();
+  EXPECT_EQ(late.status().code(), absl::StatusCode::kUnavailable) << late.status();
+  call.join();
+  EXPECT_TRUE(in_flight.ok()) << in_flight.status();
+  EXPECT_EQ((*server)->Wait(absl::Seconds(60)), 0) << (*server)->Log();
+  EXPECT_NE((*server)->Log().find("\"event\":\"stopped\",\"detail\":\"every call finished\""), std::string::npos);
+}
+
+TEST(ServerLifecycle, BadConfigurationsFailAtStartupWithAClearMessage) {
+  testing::TempDir dir;
+  {
+    std::ofstream(dir.File("typo.json")) << R"({"models": [{"name": "m", "path": "/x", "dtyp": "float32"}]})";
+    std::ofstream(dir.File("broken.json")) << R"({"models": [)";
+  }
+  struct Case {
+    std::vector<std::string> args;
+    std::string message;
+  } cases[] = {
+      {{"--config=" + dir.File("typo.json")}, "models[0] has an unknown key \"dtyp\""},
+      {{"--config=" + dir.File("broken.json")}, "not valid JSON"},
+      {{"--config=" + dir.File("missing.json")}, "missing.json"},
+      {{}, "no models"},
+      {{"--model=demo"}, "expected NAME=PATH"},
+      {{"--model=demo=/nonexistent"}, "model \"demo\" (/nonexistent)"},
+      {{"--model=demo=" + DemoModelDir(), "--dtype=float64"}, "float64"},
+      {{"--model=demo=" + DemoModelDir(), "--quantization=int3"}, "int3"},
+      {{"--model=demo=" + DemoModelDir(), "--tls_cert=" + dir.File("none.pem")}, "tls: cert_file and key_file go together"},
+      {{"--model=demo=" + DemoModelDir(), "--auth_tokens_file=" + dir.File("none")}, "none"},
+  };
+  for (const Case& c : cases) {
+    auto [code, log] = ServerProcess::RunToExit(c.args);
+    EXPECT_EQ(code, 1) << log;
+    EXPECT_NE(log.find(c.message), std::string::npos) << "expected \"" << c.message << "\" in:\n" << log;
+  }
+}
+
+TEST(ClientRetries, UnavailableIsRetriedWithBackoffUntilTheServerComesUp) {
+  // Learn a free port from a first server, stop it, and call that port while nothing listens: the
+  // attempts fail UNAVAILABLE (refused, then "still loading") and are retried until a new server serves.
+  auto server = ServerProcess::Start({"--model=demo=" + DemoModelDir()});
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string port = std::to_string((*server)->port());
+  server->reset();
+  // gRPC draws each backoff uniformly from [0, current]: 5 attempts from 1.5 s give ~7 s expected.
+  auto client = Connect("127.0.0.1:" + port,
+                        {.max_attempts = 5, .initial_backoff = absl::Milliseconds(1500), .max_backoff = absl::Seconds(5)});
+  std::thread restart([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    *server = std::move(*ServerProcess::Start({"--model=demo=" + DemoModelDir(), "--listen=127.0.0.1:" + port}));
+  });
+  absl::StatusOr<std::vector<client::ModelInfo>> models = client->ListModels();
+  restart.join();
+  EXPECT_TRUE(models.ok()) << models.status();
+  // Without retries the same call fails at once.
+  server->reset();
+  auto once = Connect("127.0.0.1:" + port, {.max_attempts = 1})->ListModels();
+  EXPECT_EQ(once.status().code(), absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace attribution

@@ -1,0 +1,121 @@
+// SPDX-License-Identifier: Apache-2.0
+// TLS, mutual TLS and bearer-token auth with certificates made at test time by openssl: the right
+// credentials are served, wrong or missing ones are refused.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <fstream>
+
+#include "client/attribution_client.h"
+#include "tests/testing/server_process.h"
+
+namespace attribution {
+namespace {
+
+using client::AttributionClient;
+using client::ClientOptions;
+using testing::ServerProcess;
+
+// A CA, a server certificate for localhost/127.0.0.1 and a client certificate it signed, plus a
+// client certificate from another CA that the server must not trust.
+class Certificates {
+ public:
+  Certificates() {
+    const std::string script = R"(set -e; cd ")" + dir_.path() + R"(";
+key() { openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$1.key" "${@:2}" 2>/dev/null; }
+key ca -x509 -days 1 -subj /CN=test-ca -out ca.pem
+key rogue-ca -x509 -days 1 -subj /CN=rogue-ca -out rogue-ca.pem
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > san.ext
+key server -subj /CN=localhost -out server.csr
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile san.ext -out server.pem 2>/dev/null
+key client -subj /CN=client -out client.csr
+openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -out client.pem 2>/dev/null
+key rogue -subj /CN=rogue -out rogue.csr
+openssl x509 -req -in rogue.csr -CA rogue-ca.pem -CAkey rogue-ca.key -CAcreateserial -days 1 -out rogue.pem 2>/dev/null
+printf '# tokens\nsecret-token-1\n\nsecret-token-2\n' > tokens)";
+    ok_ = std::system(("bash -c '" + Escape(script) + "'").c_str()) == 0;
+  }
+  bool ok() const { return ok_; }
+  std::string File(const std::string& name) const { return dir_.File(name); }
+
+ private:
+  static std::string Escape(const std::string& s) {
+    std::string out;
+    for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return out;
+  }
+  testing::TempDir dir_;
+  bool ok_ = false;
+};
+
+absl::Status ListModelsWith(const std::string& address, ClientOptions options) {
+  options.target = address;
+  options.max_attempts = 1;
+  options.timeout = absl::Seconds(20);
+  absl::StatusOr<std::unique_ptr<AttributionClient>> client = AttributionClient::Connect(options);
+  if (!client.ok()) return client.status();
+  return (*client)->ListModels().status();
+}
+
+TEST(TlsAndAuth, MutualTlsWithTokensServesOnlyTheRightCredentials) {
+  Certificates certs;
+  ASSERT_TRUE(certs.ok()) << "openssl failed";
+  auto server = ServerProcess::Start({"--model=demo=" + testing::DemoModelDir(), "--tls_cert=" + certs.File("server.pem"),
+                                      "--tls_key=" + certs.File("server.key"), "--tls_client_ca=" + certs.File("ca.pem"),
+                                      "--auth_tokens_file=" + certs.File("tokens")});
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string address = "localhost:" + std::to_string((*server)->port());
+  const ClientOptions good{.tls = true, .ca_file = certs.File("ca.pem"), .cert_file = certs.File("client.pem"),
+                           .key_file = certs.File("client.key"), .bearer_token = "secret-token-2"};
+  EXPECT_TRUE(ListModelsWith(address, good).ok()) << ListModelsWith(address, good);
+
+  ClientOptions wrong_token = good;
+  wrong_token.bearer_token = "secret-token-3";
+  absl::Status s = ListModelsWith(address, wrong_token);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnauthenticated) << s;
+  EXPECT_NE(s.message().find("not valid"), std::string::npos);
+  EXPECT_EQ(s.message().find("secret-token-3"), std::string::npos) << "the token must not be echoed";
+
+  ClientOptions no_token = good;
+  no_token.bearer_token.clear();
+  s = ListModelsWith(address, no_token);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnauthenticated) << s;
+  EXPECT_NE(s.message().find("authorization"), std::string::npos);
+
+  ClientOptions no_client_cert = good;
+  no_client_cert.cert_file.clear();
+  no_client_cert.key_file.clear();
+  EXPECT_EQ(ListModelsWith(address, no_client_cert).code(), absl::StatusCode::kUnavailable);
+
+  ClientOptions rogue_cert = good;
+  rogue_cert.cert_file = certs.File("rogue.pem");
+  rogue_cert.key_file = certs.File("rogue.key");
+  EXPECT_EQ(ListModelsWith(address, rogue_cert).code(), absl::StatusCode::kUnavailable);
+
+  ClientOptions untrusted_server = good;
+  untrusted_server.ca_file = certs.File("rogue-ca.pem");
+  EXPECT_EQ(ListModelsWith(address, untrusted_server).code(), absl::StatusCode::kUnavailable);
+
+  ClientOptions plaintext = good;
+  plaintext.tls = false;
+  EXPECT_EQ(ListModelsWith(address, plaintext).code(), absl::StatusCode::kUnavailable);
+
+  // Health stays open to probes that carry no token (Kubernetes gRPC probes cannot send one)... over TLS.
+  auto prober = *AttributionClient::Connect({.target = address, .tls = true, .ca_file = certs.File("ca.pem"),
+                                             .cert_file = certs.File("client.pem"), .key_file = certs.File("client.key")});
+  EXPECT_EQ(*prober->Health(), "SERVING");
+}
+
+TEST(TlsAndAuth, ServerOnlyTlsAcceptsAnyClientThatTrustsIt) {
+  Certificates certs;
+  ASSERT_TRUE(certs.ok()) << "openssl failed";
+  auto server = ServerProcess::Start({"--model=demo=" + testing::DemoModelDir(), "--tls_cert=" + certs.File("server.pem"),
+                                      "--tls_key=" + certs.File("server.key")});
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string address = "127.0.0.1:" + std::to_string((*server)->port());
+  EXPECT_TRUE(ListModelsWith(address, {.tls = true, .ca_file = certs.File("ca.pem")}).ok());
+  EXPECT_EQ(ListModelsWith(address, {.tls = false}).code(), absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace attribution

@@ -1,0 +1,131 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "tests/testing/server_process.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+
+namespace attribution::testing {
+namespace {
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// waitpid with a timeout; the exit code, -2 on a signal death, -1 when still running.
+int WaitFor(pid_t pid, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  for (;;) {
+    int status = 0;
+    const pid_t done = ::waitpid(pid, &status, WNOHANG);
+    if (done == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : -2;
+    if (absl::Now() > deadline) return -1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // polling a child: no event to wait on
+  }
+}
+
+}  // namespace
+
+std::string DemoModelDir() {
+  const char* env = std::getenv("ATTRIBUTION_DEMO_MODEL");
+  return env != nullptr ? env : ATTRIBUTION_DEMO_MODEL_DIR;
+}
+
+void ServerProcess::Launch(const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {ATTRIBUTION_SERVER_BINARY, "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
+                                   "--port_file=" + dir_.File("ports")};
+  argv.insert(argv.end(), args.begin(), args.end());
+  const std::string log = dir_.File("server.log");
+  pid_ = ::fork();
+  if (pid_ == 0) {
+    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(fd, STDOUT_FILENO);
+    ::dup2(fd, STDERR_FILENO);
+    std::vector<char*> c_args;
+    for (std::string& a : argv) c_args.push_back(a.data());
+    c_args.push_back(nullptr);
+    ::execv(c_args[0], c_args.data());
+    ::_exit(127);
+  }
+}
+
+absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(const std::vector<std::string>& args,
+                                                                    absl::Duration timeout) {
+  auto server = std::unique_ptr<ServerProcess>(new ServerProcess());
+  server->Launch(args);
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    std::ifstream ports(server->dir_.File("ports"));
+    if (ports >> server->port_ >> server->metrics_port_) return server;
+    int status = 0;
+    if (::waitpid(server->pid_, &status, WNOHANG) == server->pid_) {
+      server->pid_ = -1;
+      return absl::InternalError(absl::StrCat("the server exited while starting:\n", server->Log()));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return absl::DeadlineExceededError(absl::StrCat("the server did not start in time:\n", server->Log()));
+}
+
+std::pair<int, std::string> ServerProcess::RunToExit(const std::vector<std::string>& args, absl::Duration timeout) {
+  ServerProcess server;
+  server.Launch(args);
+  const int code = server.Wait(timeout);
+  return {code, server.Log()};
+}
+
+ServerProcess::~ServerProcess() {
+  if (pid_ > 0) {
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+  }
+}
+
+void ServerProcess::Signal(int signal) const { ::kill(pid_, signal); }
+
+int ServerProcess::Wait(absl::Duration timeout) {
+  const int code = WaitFor(pid_, timeout);
+  if (code != -1) pid_ = -1;
+  return code < 0 ? -1 : code;
+}
+
+std::string ServerProcess::Log() const { return ReadAll(dir_.File("server.log")); }
+
+absl::StatusOr<std::string> HttpGet(int port, const std::string& path) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
+    ::close(fd);
+    return absl::UnavailableError(absl::StrCat("cannot connect to port ", port));
+  }
+  const std::string request = absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: localhost\r\n\r\n");
+  (void)::send(fd, request.data(), request.size(), 0);
+  std::string response;
+  char buffer[4096];
+  for (ssize_t n; (n = ::recv(fd, buffer, sizeof(buffer), 0)) > 0;) response.append(buffer, static_cast<size_t>(n));
+  ::close(fd);
+  const size_t body = response.find("\r\n\r\n");
+  if (response.rfind("HTTP/1.1 200", 0) != 0 || body == std::string::npos) {
+    return absl::NotFoundError(response.substr(0, response.find("\r\n")));
+  }
+  return response.substr(body + 4);
+}
+
+}  // namespace attribution::testing

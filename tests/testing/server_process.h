@@ -1,0 +1,52 @@
+// SPDX-License-Identifier: Apache-2.0
+// Runs the real attribution-server binary as a child process for end-to-end tests: on loopback, on
+// ports the server picks itself (reported through --port_file), its log captured in a file.
+#pragma once
+#include <sys/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "tests/testing/temp_dir.h"
+
+namespace attribution::testing {
+
+// The demo model directory the test_data fixture writes (tools/make_demo_model.py).
+std::string DemoModelDir();
+
+class ServerProcess {
+ public:
+  // Starts the server with `args` plus loopback listen flags and waits until it serves (health
+  // SERVING, port file written) or fails (its log in the status message).
+  static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(const std::vector<std::string>& args,
+                                                              absl::Duration timeout = absl::Seconds(120));
+  // Runs the server expecting it to exit by itself (e.g. on a bad config); returns its exit code and log.
+  static std::pair<int, std::string> RunToExit(const std::vector<std::string>& args,
+                                               absl::Duration timeout = absl::Seconds(60));
+  ~ServerProcess();  // kills a server still running
+
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  int port() const { return port_; }
+  int metrics_port() const { return metrics_port_; }
+  void Signal(int signal) const;
+  // Waits for the exit; the exit code, or -1 when it did not exit in time or died of a signal.
+  int Wait(absl::Duration timeout);
+  std::string Log() const;
+
+ private:
+  ServerProcess() = default;
+  void Launch(const std::vector<std::string>& args);
+
+  TempDir dir_;
+  pid_t pid_ = -1;
+  int port_ = 0;
+  int metrics_port_ = 0;
+};
+
+// GET http://127.0.0.1:port/path; the body, or the error.
+absl::StatusOr<std::string> HttpGet(int port, const std::string& path);
+
+}  // namespace attribution::testing
