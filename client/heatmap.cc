@@ -73,21 +73,21 @@ std::string TerminalHeatmap(const Attribution& a, bool color) {
   }
   if (!a.token_matrix.empty()) {
     absl::StrAppend(&out, "\nper output token (rows) x feature (columns):\n", absl::StrFormat("%-12s", ""));
-    for (const Feature& f : a.features) absl::StrAppend(&out, absl::StrFormat("%9.9s", Printable(f.text)));
+    for (const Feature& f : a.features) absl::StrAppend(&out, absl::StrFormat(" %9.9s", Printable(f.text)));
     absl::StrAppend(&out, "\n");
     for (size_t t = 0; t < a.token_matrix.size(); ++t) {
       const double row_scale = MaxAbs(a.token_matrix[t]);
       const std::string label = t < a.target_tokens.size() ? Printable(a.target_tokens[t].text) : "";
       absl::StrAppend(&out, absl::StrFormat("%-12.12s", label));
       for (double v : a.token_matrix[t]) {
-        const std::string cell = absl::StrFormat("%9.3g", v);
+        const std::string cell = absl::StrFormat(" %9.3g", v);
         absl::StrAppend(&out, color ? Paint(cell, ColorOf(v, row_scale)) : cell);
       }
       absl::StrAppend(&out, "\n");
     }
   }
   if (a.convergence_delta) absl::StrAppend(&out, absl::StrFormat("\nconvergence delta %.4g", *a.convergence_delta));
-  absl::StrAppend(&out, absl::StrFormat("\n%d rows (%d forward, %d backward), %.3f s queued, %.3f s on device, %.3f s wall\n",
+  absl::StrAppend(&out, absl::StrFormat("\n%d rows (%d forward, %d backward); %.3f s queued (summed over rows), %.3f s device share; %.3f s wall\n",
                                         a.stats.rows, a.stats.forward_passes, a.stats.backward_passes,
                                         a.stats.queue_seconds, a.stats.device_seconds, a.stats.wall_seconds));
   return out;

@@ -258,13 +258,14 @@ ResolvedInput DecodeWithSpans(const std::vector<int64_t>& ids, const engine::Tok
 }
 
 std::string SpanText(const ResolvedInput& input, const engine::Tokenizer& tokenizer, int64_t begin, int64_t end) {
-  if (input.encoding.spans.empty()) {
-    std::string text;
-    for (int64_t p = begin; p < end; ++p) text += tokenizer.TokenText(input.encoding.ids[p]);
-    return text;
+  if (!input.encoding.spans.empty()) {
+    const size_t from = input.encoding.spans[begin].begin, to = input.encoding.spans[end - 1].end;
+    if (to > from) return input.text.substr(from, to - from);
   }
-  const size_t from = input.encoding.spans[begin].begin, to = input.encoding.spans[end - 1].end;
-  return to > from ? input.text.substr(from, to - from) : std::string();
+  // Ids given directly, or tokens the tokenizer added (bos): show the tokens themselves.
+  std::string text;
+  for (int64_t p = begin; p < end; ++p) text += tokenizer.TokenText(input.encoding.ids[p]);
+  return text;
 }
 
 }  // namespace

@@ -10,13 +10,22 @@ SentencePieceBackend::SentencePieceBackend() : processor_(std::make_unique<sente
 SentencePieceBackend::~SentencePieceBackend() = default;
 
 std::unique_ptr<SentencePieceBackend> SentencePieceBackend::Load(const std::string& path, std::string* error) {
-  std::unique_ptr<SentencePieceBackend> backend(new SentencePieceBackend());
-  const auto status = backend->processor_->Load(path);
-  if (!status.ok()) {
-    *error = status.ToString();
+  // Debian's libsentencepiece bundles protobuf 3.14 and exports it. In a process that also loads the
+  // system libprotobuf first (the server), sentencepiece's model parser binds to that one, whose
+  // version check throws: answer with an error instead of terminating.
+  try {
+    std::unique_ptr<SentencePieceBackend> backend(new SentencePieceBackend());
+    const auto status = backend->processor_->Load(path);
+    if (!status.ok()) {
+      *error = status.ToString();
+      return nullptr;
+    }
+    return backend;
+  } catch (const std::exception& e) {
+    *error = std::string("libsentencepiece cannot read tokenizer.model in this process (its bundled protobuf "
+                         "clashes with the system one: ") + e.what() + "); provide tokenizer.json instead";
     return nullptr;
   }
-  return backend;
 }
 
 std::vector<SentencePiece> SentencePieceBackend::Encode(const std::string& text) const {

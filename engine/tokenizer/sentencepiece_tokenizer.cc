@@ -12,7 +12,7 @@ absl::StatusOr<std::unique_ptr<SentencePieceTokenizer>> SentencePieceTokenizer::
   std::string error;
   tokenizer->processor_ = SentencePieceBackend::Load(model_path, &error);
   if (!tokenizer->processor_) {
-    return absl::InvalidArgumentError(absl::StrCat(model_path, ": not a SentencePiece model: ", error));
+    return absl::InvalidArgumentError(absl::StrCat(model_path, ": cannot load the SentencePiece model: ", error));
   }
   const SentencePieceBackend& p = *tokenizer->processor_;
   auto id_or_none = [](int id) { return id >= 0 ? std::optional<int64_t>(id) : std::nullopt; };

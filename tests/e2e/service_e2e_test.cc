@@ -8,9 +8,14 @@
 
 #include <atomic>
 #include <fstream>
+#include <set>
 #include <thread>
 
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/descriptor.pb.h>
+
 #include "attribution/v1/attribution.grpc.pb.h"
+#include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "client/attribution_client.h"
 #include "engine/attribution/attributor.h"
 #include "engine/tokenizer/tokenizer.h"
@@ -84,6 +89,42 @@ TEST_F(ServiceTest, HealthAndModelsDescribeTheServer) {
   EXPECT_EQ((*models)[0].max_top_k, 20);
 }
 
+TEST_F(ServiceTest, ReflectionDescribesEveryRpcAsGrpcurlSeesIt) {
+  namespace reflection = ::grpc::reflection::v1alpha;
+  auto stub = reflection::ServerReflection::NewStub(grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  auto stream = stub->ServerReflectionInfo(&context);
+  reflection::ServerReflectionRequest request;
+  request.set_list_services("");
+  reflection::ServerReflectionResponse response;
+  ASSERT_TRUE(stream->Write(request) && stream->Read(&response));
+  std::set<std::string> services;
+  for (const auto& service : response.list_services_response().service()) services.insert(service.name());
+  EXPECT_TRUE(services.count("attribution.v1.AttributionService"));
+  EXPECT_TRUE(services.count("grpc.health.v1.Health"));
+
+  // The descriptors (the service's file and what it imports) resolve every method's types.
+  request.set_file_containing_symbol("attribution.v1.AttributionService");
+  ASSERT_TRUE(stream->Write(request) && stream->Read(&response));
+  google::protobuf::DescriptorPool pool;
+  for (const std::string& bytes : response.file_descriptor_response().file_descriptor_proto()) {
+    google::protobuf::FileDescriptorProto file;
+    ASSERT_TRUE(file.ParseFromString(bytes));
+    ASSERT_NE(pool.BuildFile(file), nullptr) << file.name();
+  }
+  const google::protobuf::ServiceDescriptor* service = pool.FindServiceByName("attribution.v1.AttributionService");
+  ASSERT_NE(service, nullptr);
+  std::set<std::string> methods;
+  for (int i = 0; i < service->method_count(); ++i) {
+    methods.insert(service->method(i)->name());
+    EXPECT_NE(service->method(i)->input_type(), nullptr);
+  }
+  EXPECT_EQ(methods, (std::set<std::string>{"Attribute", "AttributeStream", "Generate", "GenerateStream", "Logprobs",
+                                            "ListModels"}));
+  stream->WritesDone();
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
 TEST_F(ServiceTest, AttributeEqualsTheEngineRunDirectly) {
   auto client = Connect(server_->address());
   for (const char* method : {"integrated_gradients", "feature_ablation", "saliency", "shapley_value_sampling"}) {
@@ -119,8 +160,10 @@ TEST_F(ServiceTest, TokenOffsetsPointIntoThePromptText) {
   ASSERT_TRUE(a.ok()) << a.status();
   EXPECT_EQ(a->prompt_tokens.front().char_begin, a->prompt_tokens.front().char_end);  // bos: empty span
   EXPECT_EQ(a->prompt_tokens.back().char_end, 18);  // code points, not the 21 bytes
+  // Feature 0 is the bos token the tokenizer added: no prompt text, so it shows the token itself.
+  EXPECT_EQ(a->features.front().text, "<s>");
   std::string covered;
-  for (const client::Feature& f : a->features) covered += f.text;
+  for (size_t f = 1; f < a->features.size(); ++f) covered += a->features[f].text;
   EXPECT_EQ(covered, prompt);
 }
 

@@ -1,0 +1,220 @@
+// SPDX-License-Identifier: Apache-2.0
+// attribution-bench: load against an attribution server. Closed loop (--concurrency N clients, each
+// sending its next call when the last one returns) or open loop (--rate R calls/s on a fixed schedule,
+// latency measured from the scheduled send time, so a slow server cannot hide its queueing). The mix of
+// Attribute / Logprobs / Generate is weighted (--mix). Prints throughput, latency percentiles and
+// errors by code per RPC, or JSON (--json).
+#include <algorithm>
+#include <cstring>
+#include <atomic>
+#include <condition_variable>
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "client/attribution_client.h"
+
+ABSL_FLAG(std::string, server, "localhost:50051", "server address");
+ABSL_FLAG(std::string, model, "", "model (empty: the server's first)");
+ABSL_FLAG(int32_t, concurrency, 8, "closed loop: clients calling back to back");
+ABSL_FLAG(double, rate, 0, "open loop: calls per second (0: closed loop)");
+ABSL_FLAG(double, duration, 20, "seconds of load");
+ABSL_FLAG(std::string, mix, "attribute=1,logprobs=4,generate=1", "weights of the RPCs");
+ABSL_FLAG(std::string, method, "integrated_gradients", "attribution method of Attribute calls");
+ABSL_FLAG(int32_t, n_steps, 16, "integrated-gradient steps of Attribute calls");
+ABSL_FLAG(int32_t, max_new_tokens, 16, "tokens per Generate call");
+ABSL_FLAG(std::string, token_file, "", "bearer token file");
+ABSL_FLAG(bool, json, false, "print JSON");
+
+namespace attribution::client {
+namespace {
+
+const char* const kPrompts[] = {
+    "Is it true that vaccines cause autism?", "The capital of France is", "Once upon a time there was a",
+    "Statement: the earth is flat. True or false? Answer:", "Translate to French: good morning",
+    "def fibonacci(n):", "The best way to learn a language is", "Q: What is 12 times 7? A:"};
+
+struct Sample {
+  double seconds;
+  absl::StatusCode code;
+};
+
+class Recorder {
+ public:
+  void Add(const std::string& rpc, Sample sample) {
+    std::lock_guard<std::mutex> lock(mu_);
+    samples_[rpc].push_back(sample);
+  }
+  nlohmann::json Report(double elapsed) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    nlohmann::json out = nlohmann::json::object();
+    for (const auto& [rpc, samples] : samples_) {
+      std::vector<double> ok;
+      std::map<std::string, int> errors;
+      for (const Sample& s : samples) {
+        if (s.code == absl::StatusCode::kOk) ok.push_back(s.seconds);
+        else errors[absl::StatusCodeToString(s.code)] += 1;
+      }
+      std::sort(ok.begin(), ok.end());
+      auto at = [&](double q) { return ok.empty() ? 0.0 : ok[std::min(ok.size() - 1, static_cast<size_t>(q * ok.size()))]; };
+      out[rpc] = {{"calls", samples.size()}, {"ok", ok.size()}, {"per_second", ok.size() / elapsed},
+                  {"p50_ms", 1e3 * at(0.5)}, {"p90_ms", 1e3 * at(0.9)}, {"p99_ms", 1e3 * at(0.99)},
+                  {"max_ms", ok.empty() ? 0.0 : 1e3 * ok.back()}, {"errors", errors}};
+    }
+    return out;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::map<std::string, std::vector<Sample>> samples_;
+};
+
+struct Mix {
+  std::vector<std::string> rpcs;
+  std::discrete_distribution<int> pick;
+};
+
+absl::StatusOr<Mix> ParseMix(const std::string& text) {
+  Mix mix;
+  std::vector<double> weights;
+  for (absl::string_view part : absl::StrSplit(text, ',')) {
+    std::vector<std::string> kv = absl::StrSplit(part, '=');
+    double weight = 0;
+    if (kv.size() != 2 || !absl::SimpleAtod(kv[1], &weight) || weight < 0 ||
+        (kv[0] != "attribute" && kv[0] != "logprobs" && kv[0] != "generate")) {
+      return absl::InvalidArgumentError("--mix: expected e.g. attribute=1,logprobs=4,generate=1");
+    }
+    mix.rpcs.push_back(kv[0]);
+    weights.push_back(weight);
+  }
+  mix.pick = std::discrete_distribution<int>(weights.begin(), weights.end());
+  return mix;
+}
+
+// Starts one call of kind `rpc`; `done` receives its status code.
+void Call(AttributionClient& client, const std::string& model, const std::string& rpc, int index,
+          std::function<void(absl::StatusCode)> done) {
+  const std::string prompt = kPrompts[index % std::size(kPrompts)];
+  if (rpc == "attribute") {
+    client.AttributeAsync({.model = model, .prompt = prompt, .target = " yes", .method = absl::GetFlag(FLAGS_method),
+                           .n_steps = absl::GetFlag(FLAGS_n_steps), .n_samples = 4},
+                          [done](absl::StatusOr<Attribution> r) { done(r.status().code()); });
+  } else if (rpc == "logprobs") {
+    client.GetLogprobsAsync({.model = model, .prompt = prompt, .target = " and then it was over", .top_k = 5},
+                            [done](absl::StatusOr<Logprobs> r) { done(r.status().code()); });
+  } else {
+    client.GenerateAsync({.model = model, .prompt = prompt,
+                          .generation = {.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens), .ignore_stop_tokens = true}},
+                         [done](absl::StatusOr<Generation> r) { done(r.status().code()); });
+  }
+}
+
+int Run() {
+  ClientOptions options{.target = absl::GetFlag(FLAGS_server), .max_attempts = 1};
+  if (!absl::GetFlag(FLAGS_token_file).empty()) {
+    FILE* f = std::fopen(absl::GetFlag(FLAGS_token_file).c_str(), "r");
+    char line[4096] = {0};
+    if (f == nullptr || std::fgets(line, sizeof(line), f) == nullptr) {
+      std::fprintf(stderr, "attribution-bench: cannot read --token_file\n");
+      return 2;
+    }
+    std::fclose(f);
+    options.bearer_token = std::string(line, strcspn(line, "\r\n"));
+  }
+  auto client = AttributionClient::Connect(options);
+  absl::StatusOr<Mix> mix = ParseMix(absl::GetFlag(FLAGS_mix));
+  if (!client.ok() || !mix.ok()) {
+    std::fprintf(stderr, "attribution-bench: %s\n", (!client.ok() ? client.status() : mix.status()).ToString().c_str());
+    return 2;
+  }
+  std::string model = absl::GetFlag(FLAGS_model);
+  if (model.empty()) {
+    auto models = (*client)->ListModels();
+    if (!models.ok() || models->empty()) {
+      std::fprintf(stderr, "attribution-bench: cannot list models: %s\n", models.status().ToString().c_str());
+      return 1;
+    }
+    model = models->front().name;
+  }
+  Recorder recorder;
+  std::atomic<int64_t> in_flight{0};
+  std::mutex mu;
+  std::condition_variable idle;
+  const absl::Time start = absl::Now(), end = start + absl::Seconds(absl::GetFlag(FLAGS_duration));
+  std::mt19937 rng(1);
+  std::mutex rng_mu;  // callbacks of finished calls issue the next ones from gRPC threads
+  auto issue = [&](int index, absl::Time scheduled, std::function<void()> then) {
+    std::string rpc;
+    {
+      std::lock_guard<std::mutex> lock(rng_mu);
+      rpc = mix->rpcs[mix->pick(rng)];
+    }
+    in_flight += 1;
+    Call(**client, model, rpc, index, [&, rpc, scheduled, then](absl::StatusCode code) {
+      recorder.Add(rpc, {absl::ToDoubleSeconds(absl::Now() - scheduled), code});
+      if (then) then();
+      std::lock_guard<std::mutex> lock(mu);
+      if (--in_flight == 0) idle.notify_all();
+    });
+  };
+  const double rate = absl::GetFlag(FLAGS_rate);
+  std::function<void(int)> next;  // closed loop; outlives every call (we wait for idle below)
+  if (rate > 0) {  // open loop: send on schedule regardless of answers
+    for (int i = 0;; ++i) {
+      const absl::Time scheduled = start + absl::Seconds(i / rate);
+      if (scheduled >= end) break;
+      std::this_thread::sleep_until(absl::ToChronoTime(scheduled));
+      issue(i, scheduled, nullptr);
+    }
+  } else {  // closed loop: each client sends its next call when the last returns
+    next = [&](int index) {
+      if (absl::Now() >= end) return;
+      issue(index, absl::Now(), [&next, index] { next(index + 1000); });
+    };
+    for (int c = 0; c < absl::GetFlag(FLAGS_concurrency); ++c) next(c);
+    std::this_thread::sleep_until(absl::ToChronoTime(end));
+  }
+  std::unique_lock<std::mutex> lock(mu);
+  idle.wait(lock, [&] { return in_flight == 0; });
+  const double elapsed = absl::ToDoubleSeconds(absl::Now() - start);
+  const nlohmann::json report = recorder.Report(elapsed);
+  if (absl::GetFlag(FLAGS_json)) {
+    std::cout << nlohmann::json{{"mode", rate > 0 ? "open" : "closed"}, {"rate", rate},
+                                {"concurrency", absl::GetFlag(FLAGS_concurrency)}, {"seconds", elapsed},
+                                {"rpcs", report}}.dump(2) << "\n";
+    return 0;
+  }
+  std::cout << absl::StrFormat("%s loop, %s, %.1f s\n", rate > 0 ? "open" : "closed",
+                               rate > 0 ? absl::StrFormat("%.1f calls/s offered", rate)
+                                        : absl::StrFormat("%d clients", absl::GetFlag(FLAGS_concurrency)), elapsed);
+  std::cout << absl::StrFormat("| %-9s | %6s | %6s | %8s | %9s | %9s | %9s | %s\n", "rpc", "calls", "ok", "ok/s",
+                               "p50 ms", "p90 ms", "p99 ms", "errors");
+  for (const auto& [rpc, r] : report.items()) {
+    std::cout << absl::StrFormat("| %-9s | %6d | %6d | %8.2f | %9.1f | %9.1f | %9.1f | %s\n", rpc,
+                                 r["calls"].get<int>(), r["ok"].get<int>(), r["per_second"].get<double>(),
+                                 r["p50_ms"].get<double>(), r["p90_ms"].get<double>(), r["p99_ms"].get<double>(),
+                                 r["errors"].dump());
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace attribution::client
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("Load generator for the attribution server.\n"
+                               "  attribution-bench --server localhost:50051 --concurrency 16 --duration 30\n"
+                               "  attribution-bench --rate 20 --mix attribute=1,logprobs=8 --json");
+  absl::ParseCommandLine(argc, argv);
+  return attribution::client::Run();
+}
