@@ -60,6 +60,43 @@ absl::StatusOr<T> Wait(const std::function<void(Callback<T>)>& start) {
   return std::move(*result);
 }
 
+// One server-streaming call on the callback API: owns its context and request, hands each event to
+// `on_event` (which sets the result from the last one) and reports once at the end; deletes itself.
+template <typename Request, typename Event, typename Result>
+class StreamCall final : public grpc::ClientReadReactor<Event> {
+ public:
+  using OnEvent = std::function<void(const Event&, std::optional<Result>&)>;
+  StreamCall(std::unique_ptr<grpc::ClientContext> context, Request request, OnEvent on_event, Callback<Result> done)
+      : context_(std::move(context)), request_(std::move(request)), on_event_(std::move(on_event)), done_(std::move(done)) {}
+  template <typename Start>
+  void Run(Start start) {
+    start(context_.get(), &request_, this);
+    this->StartRead(&event_);
+    this->StartCall();
+  }
+  void OnReadDone(bool ok) override {
+    if (!ok) return;  // the stream ended; OnDone follows
+    on_event_(event_, result_);
+    this->StartRead(&event_);
+  }
+  void OnDone(const grpc::Status& status) override {
+    absl::StatusOr<Result> result = !status.ok() ? absl::StatusOr<Result>(ToAbsl(status))
+                                    : result_    ? absl::StatusOr<Result>(std::move(*result_))
+                                                 : absl::StatusOr<Result>(absl::DataLossError("the stream ended without a result"));
+    Callback<Result> done = std::move(done_);
+    delete this;  // the context goes before the caller hears of the result (see Impl::Unary)
+    done(std::move(result));
+  }
+
+ private:
+  std::unique_ptr<grpc::ClientContext> context_;
+  Request request_;
+  OnEvent on_event_;
+  Callback<Result> done_;
+  Event event_;
+  std::optional<Result> result_;
+};
+
 }  // namespace
 
 struct AttributionClient::Impl {
@@ -151,22 +188,23 @@ absl::StatusOr<Attribution> AttributionClient::Attribute(const AttributeOptions&
   return Wait<Attribution>([&](Callback<Attribution> done) { AttributeAsync(options, std::move(done)); });
 }
 
-absl::StatusOr<Attribution> AttributionClient::AttributeStream(const AttributeOptions& options,
-                                                               const std::function<void(int64_t, int64_t)>& progress) {
+void AttributionClient::AttributeStreamAsync(const AttributeOptions& options, std::function<void(int64_t, int64_t)> progress,
+                                             Callback<Attribution> done) {
   absl::StatusOr<v1::AttributeRequest> request = ToProto(options);
-  if (!request.ok()) return request.status();
-  std::unique_ptr<grpc::ClientContext> context = impl_->NewContext();
-  std::unique_ptr<grpc::ClientReader<v1::AttributeEvent>> reader = impl_->stub->AttributeStream(context.get(), *request);
-  v1::AttributeEvent event;
-  std::optional<Attribution> result;
-  while (reader->Read(&event)) {
+  if (!request.ok()) return done(request.status());
+  auto on_event = [progress = std::move(progress)](const v1::AttributeEvent& event, std::optional<Attribution>& result) {
     if (event.has_progress() && progress) progress(event.progress().rows_done(), event.progress().rows_total());
     if (event.has_result()) result = FromProto(event.result());
-  }
-  grpc::Status status = reader->Finish();
-  if (!status.ok()) return ToAbsl(status);
-  if (!result) return absl::DataLossError("the stream ended without a result");
-  return std::move(*result);
+  };
+  auto* call = new StreamCall<v1::AttributeRequest, v1::AttributeEvent, Attribution>(
+      impl_->NewContext(), std::move(*request), std::move(on_event), std::move(done));
+  auto* async = impl_->stub->async();
+  call->Run([async](auto* c, auto* q, auto* r) { async->AttributeStream(c, q, r); });
+}
+
+absl::StatusOr<Attribution> AttributionClient::AttributeStream(const AttributeOptions& options,
+                                                               std::function<void(int64_t, int64_t)> progress) {
+  return Wait<Attribution>([&](Callback<Attribution> done) { AttributeStreamAsync(options, progress, std::move(done)); });
 }
 
 void AttributionClient::GenerateAsync(const GenerateOptions& options, Callback<Generation> done) {
@@ -183,22 +221,23 @@ absl::StatusOr<Generation> AttributionClient::Generate(const GenerateOptions& op
   return Wait<Generation>([&](Callback<Generation> done) { GenerateAsync(options, std::move(done)); });
 }
 
-absl::StatusOr<Generation> AttributionClient::GenerateStream(const GenerateOptions& options,
-                                                             const std::function<void(const Token&)>& on_token) {
+void AttributionClient::GenerateStreamAsync(const GenerateOptions& options, std::function<void(const Token&)> on_token,
+                                            Callback<Generation> done) {
   absl::StatusOr<v1::GenerateRequest> request = ToProto(options);
-  if (!request.ok()) return request.status();
-  std::unique_ptr<grpc::ClientContext> context = impl_->NewContext();
-  std::unique_ptr<grpc::ClientReader<v1::GenerateEvent>> reader = impl_->stub->GenerateStream(context.get(), *request);
-  v1::GenerateEvent event;
-  std::optional<Generation> result;
-  while (reader->Read(&event)) {
+  if (!request.ok()) return done(request.status());
+  auto on_event = [on_token = std::move(on_token)](const v1::GenerateEvent& event, std::optional<Generation>& result) {
     if (event.has_token() && on_token) on_token(FromProto(event.token()));
     if (event.has_result()) result = FromProto(event.result());
-  }
-  grpc::Status status = reader->Finish();
-  if (!status.ok()) return ToAbsl(status);
-  if (!result) return absl::DataLossError("the stream ended without a result");
-  return std::move(*result);
+  };
+  auto* call = new StreamCall<v1::GenerateRequest, v1::GenerateEvent, Generation>(
+      impl_->NewContext(), std::move(*request), std::move(on_event), std::move(done));
+  auto* async = impl_->stub->async();
+  call->Run([async](auto* c, auto* q, auto* r) { async->GenerateStream(c, q, r); });
+}
+
+absl::StatusOr<Generation> AttributionClient::GenerateStream(const GenerateOptions& options,
+                                                             std::function<void(const Token&)> on_token) {
+  return Wait<Generation>([&](Callback<Generation> done) { GenerateStreamAsync(options, on_token, std::move(done)); });
 }
 
 void AttributionClient::GetLogprobsAsync(const LogprobsOptions& options, Callback<Logprobs> done) {
@@ -227,14 +266,20 @@ absl::StatusOr<std::vector<ModelInfo>> AttributionClient::ListModels() {
   return Wait<std::vector<ModelInfo>>([&](Callback<std::vector<ModelInfo>> done) { ListModelsAsync(std::move(done)); });
 }
 
-absl::StatusOr<std::string> AttributionClient::Health(const std::string& service) {
-  std::unique_ptr<grpc::ClientContext> context = impl_->NewContext();
+void AttributionClient::HealthAsync(const std::string& service, Callback<std::string> done) {
   grpc::health::v1::HealthCheckRequest request;
   request.set_service(service);
-  grpc::health::v1::HealthCheckResponse response;
-  grpc::Status status = impl_->health->Check(context.get(), request, &response);
-  if (!status.ok()) return ToAbsl(status);
-  return grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status());
+  auto* async = impl_->health->async();
+  impl_->Unary<grpc::health::v1::HealthCheckRequest, grpc::health::v1::HealthCheckResponse, std::string>(
+      std::move(request), [async](auto* c, auto* q, auto* r, auto cb) { async->Check(c, q, r, std::move(cb)); },
+      [](const grpc::health::v1::HealthCheckResponse& r) {
+        return grpc::health::v1::HealthCheckResponse::ServingStatus_Name(r.status());
+      },
+      std::move(done));
+}
+
+absl::StatusOr<std::string> AttributionClient::Health(const std::string& service) {
+  return Wait<std::string>([&](Callback<std::string> done) { HealthAsync(service, std::move(done)); });
 }
 
 }  // namespace attribution::client

@@ -159,15 +159,19 @@ class AttributionClient {
 
   absl::StatusOr<Attribution> Attribute(const AttributeOptions& options);
   void AttributeAsync(const AttributeOptions& options, Callback<Attribution> done);
-  // Streams progress (rows done, rows total) while the attribution runs.
+  // Streams progress (rows done, rows total) while the attribution runs; callbacks of the async forms
+  // run on gRPC threads, one at a time per call.
   absl::StatusOr<Attribution> AttributeStream(const AttributeOptions& options,
-                                              const std::function<void(int64_t, int64_t)>& progress);
+                                              std::function<void(int64_t, int64_t)> progress);
+  void AttributeStreamAsync(const AttributeOptions& options, std::function<void(int64_t, int64_t)> progress,
+                            Callback<Attribution> done);
 
   absl::StatusOr<Generation> Generate(const GenerateOptions& options);
   void GenerateAsync(const GenerateOptions& options, Callback<Generation> done);
   // Calls `on_token` with each new token as the server produces it.
-  absl::StatusOr<Generation> GenerateStream(const GenerateOptions& options,
-                                            const std::function<void(const Token&)>& on_token);
+  absl::StatusOr<Generation> GenerateStream(const GenerateOptions& options, std::function<void(const Token&)> on_token);
+  void GenerateStreamAsync(const GenerateOptions& options, std::function<void(const Token&)> on_token,
+                           Callback<Generation> done);
 
   absl::StatusOr<Logprobs> GetLogprobs(const LogprobsOptions& options);
   void GetLogprobsAsync(const LogprobsOptions& options, Callback<Logprobs> done);
@@ -177,6 +181,7 @@ class AttributionClient {
 
   // The standard health check: "SERVING", "NOT_SERVING", ... (service "" = the whole server).
   absl::StatusOr<std::string> Health(const std::string& service = "");
+  void HealthAsync(const std::string& service, Callback<std::string> done);
 
  private:
   struct Impl;

@@ -7,6 +7,8 @@
 #include <signal.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <fstream>
 #include <set>
 #include <thread>
@@ -214,6 +216,45 @@ TEST_F(ServiceTest, LogprobsMatchTheGeneratedTokensAndTopAlternatives) {
   EXPECT_NEAR(scored->total_log_prob, total, 1e-4);
 }
 
+TEST_F(ServiceTest, AsyncCallsOfEveryRpcRunTogetherAndMatchTheSyncOnes) {
+  auto client = Connect(server_->address());
+  const AttributeOptions attribute{.model = "demo", .prompt = kPrompt, .target = kTarget, .n_steps = 8};
+  const client::GenerateOptions generate{.model = "demo", .prompt = "Once upon a time",
+                                         .generation = {.max_new_tokens = 5, .ignore_stop_tokens = true}};
+  const client::LogprobsOptions logprobs{.model = "demo", .prompt = "Once upon a time", .target = " there", .top_k = 2};
+  std::mutex mu;
+  std::condition_variable cv;
+  int pending = 7;
+  auto finished = [&] {
+    std::lock_guard<std::mutex> lock(mu);
+    if (--pending == 0) cv.notify_all();
+  };
+  std::optional<absl::StatusOr<Attribution>> a1, a2;
+  std::optional<absl::StatusOr<client::Generation>> g1, g2;
+  std::optional<absl::StatusOr<client::Logprobs>> l;
+  std::optional<absl::StatusOr<std::vector<client::ModelInfo>>> m;
+  std::optional<absl::StatusOr<std::string>> h;
+  client->AttributeAsync(attribute, [&](auto r) { a1 = std::move(r); finished(); });
+  client->AttributeStreamAsync(attribute, nullptr, [&](auto r) { a2 = std::move(r); finished(); });
+  client->GenerateAsync(generate, [&](auto r) { g1 = std::move(r); finished(); });
+  client->GenerateStreamAsync(generate, nullptr, [&](auto r) { g2 = std::move(r); finished(); });
+  client->GetLogprobsAsync(logprobs, [&](auto r) { l = std::move(r); finished(); });
+  client->ListModelsAsync([&](auto r) { m = std::move(r); finished(); });
+  client->HealthAsync("", [&](auto r) { h = std::move(r); finished(); });
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return pending == 0; });
+  }
+  ASSERT_TRUE(a1->ok() && a2->ok() && g1->ok() && g2->ok() && l->ok() && m->ok() && h->ok());
+  ExpectSameValues((*a1)->sequence, client->Attribute(attribute)->sequence);
+  ExpectSameValues((*a2)->sequence, (*a1)->sequence);
+  EXPECT_EQ((*g1)->text, client->Generate(generate)->text);
+  EXPECT_EQ((*g2)->text, (*g1)->text);
+  EXPECT_EQ((*l)->total_log_prob, client->GetLogprobs(logprobs)->total_log_prob);
+  EXPECT_EQ((*m)->size(), 1u);
+  EXPECT_EQ(**h, "SERVING");
+}
+
 TEST_F(ServiceTest, ThirtyTwoConcurrentClientsGetWhatEachGetsAlone) {
   const std::vector<AttributeOptions> kinds = {
       {.model = "demo", .prompt = kPrompt, .target = kTarget, .n_steps = 8},
@@ -291,6 +332,9 @@ TEST_F(ServiceTest, MetricsCountRpcsBatchesAndResidentBytes) {
     EXPECT_NE(metrics->find(expected), std::string::npos) << expected;
   }
   EXPECT_FALSE(testing::HttpGet(server_->metrics_port(), "/other").ok());
+  // One JSON log line per request.
+  EXPECT_NE(server_->Log().find(R"("code":"OK","device_s":)"), std::string::npos);
+  EXPECT_NE(server_->Log().find(R"("rows":1,"rpc":"Logprobs")"), std::string::npos) << server_->Log();
 }
 
 TEST(ServerLifecycle, SigtermFinishesCallsInFlightRefusesNewOnesAndExitsZero) {
