@@ -32,7 +32,7 @@ ABSL_FLAG(std::string, prompt, "", "prompt text");
 ABSL_FLAG(std::string, target, "", "target text (attribute: empty = generated; logprobs: required)");
 ABSL_FLAG(std::string, foil, "", "contrastive: attribute target minus this foil");
 ABSL_FLAG(std::string, method, "integrated_gradients", "integrated_gradients | gradient_shap | saliency | "
-          "input_x_gradient | feature_ablation | shapley_values | shapley_value_sampling");
+          "input_x_gradient | feature_ablation | shapley_values | shapley_value_sampling | lime | kernel_shap");
 ABSL_FLAG(std::string, quantity, "log_prob", "log_prob | prob | logit");
 ABSL_FLAG(int32_t, n_steps, 0, "integrated-gradient steps (0: server default 50)");
 ABSL_FLAG(std::string, rule, "gausslegendre", "integration rule");

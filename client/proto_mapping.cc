@@ -83,7 +83,7 @@ absl::StatusOr<v1::AttributeRequest> ToProto(const AttributeOptions& o) {
       {{"integrated_gradients", v1::INTEGRATED_GRADIENTS}, {"ig", v1::INTEGRATED_GRADIENTS},
        {"gradient_shap", v1::GRADIENT_SHAP}, {"saliency", v1::SALIENCY}, {"input_x_gradient", v1::INPUT_X_GRADIENT},
        {"feature_ablation", v1::FEATURE_ABLATION}, {"shapley_values", v1::SHAPLEY_VALUES},
-       {"shapley_value_sampling", v1::SHAPLEY_VALUE_SAMPLING}});
+       {"shapley_value_sampling", v1::SHAPLEY_VALUE_SAMPLING}, {"lime", v1::LIME}, {"kernel_shap", v1::KERNEL_SHAP}});
   if (!method.ok()) return method.status();
   out.set_method(*method);
   absl::StatusOr<v1::Quantity> quantity =

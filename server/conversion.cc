@@ -75,6 +75,8 @@ absl::StatusOr<AttributionMethod> ToMethod(v1::Method method) {
     case v1::FEATURE_ABLATION: return AttributionMethod::kFeatureAblation;
     case v1::SHAPLEY_VALUES: return AttributionMethod::kShapleyValues;
     case v1::SHAPLEY_VALUE_SAMPLING: return AttributionMethod::kShapleyValueSampling;
+    case v1::LIME: return AttributionMethod::kLime;
+    case v1::KERNEL_SHAP: return AttributionMethod::kKernelShap;
     default: return Invalid("method", absl::StrCat("unknown value ", static_cast<int>(method)));
   }
 }
@@ -88,6 +90,8 @@ v1::Method ToProtoMethod(AttributionMethod method) {
     case AttributionMethod::kFeatureAblation: return v1::FEATURE_ABLATION;
     case AttributionMethod::kShapleyValues: return v1::SHAPLEY_VALUES;
     case AttributionMethod::kShapleyValueSampling: return v1::SHAPLEY_VALUE_SAMPLING;
+    case AttributionMethod::kLime: return v1::LIME;
+    case AttributionMethod::kKernelShap: return v1::KERNEL_SHAP;
   }
   return v1::METHOD_UNSPECIFIED;
 }

@@ -8,14 +8,16 @@ Usage: captum_reference.py TEST_MODELS_DIR   (reads TEST_MODELS_DIR/llama, write
 Token ids stand for themselves: a tiny tokenizer maps "t5 t17" <-> [5, 17], so Captum's text-based
 classes run unchanged on a model without a real tokenizer.
 """
+import bisect
 import json
 import os
 import sys
 
 import torch
 import transformers
-from captum.attr import (FeatureAblation, InputXGradient, IntegratedGradients, LayerGradientXActivation,
-                         LayerIntegratedGradients, LLMAttribution, LLMGradientAttribution, Saliency, ShapleyValues,
+from captum._utils.models.linear_model import SkLearnLasso, SkLearnLinearRegression
+from captum.attr import (FeatureAblation, InputXGradient, IntegratedGradients, KernelShap, LayerGradientXActivation,
+                         LayerIntegratedGradients, Lime, LLMAttribution, LLMGradientAttribution, Saliency, ShapleyValues,
                          TextTokenInput)
 
 PROMPT = [1, 5, 17, 99, 3, 250, 41, 7]
@@ -48,6 +50,79 @@ class IdTokenizer:
 
     def convert_tokens_to_ids(self, tokens):
         return [int(t[1:]) for t in tokens] if isinstance(tokens, list) else int(tokens[1:])
+
+
+M64 = (1 << 64) - 1
+
+
+class SplitMix64:
+    """The coalition sampler's random stream (engine/attribution/surrogate_models.cc), bit for bit."""
+
+    def __init__(self, seed):
+        self.state = seed & M64
+
+    def next(self):
+        self.state = (self.state + 0x9E3779B97F4A7C15) & M64
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+        return z ^ (z >> 31)
+
+    def uniform(self):
+        return (self.next() >> 11) * 2.0 ** -53
+
+
+def lime_coalitions(m, n, seed):
+    rng = SplitMix64(seed)
+    return [[rng.uniform() < 0.5 for _ in range(m)] for _ in range(n)]
+
+
+def kernel_shap_coalitions(m, n, seed):
+    rng = SplitMix64(seed)
+    cumulative, total = [], 0.0
+    for k in range(1, m):
+        total += (m - 1.0) / (k * (m - k + 0.0))
+        cumulative.append(total)
+    samples = [[True] * m, [False] * m][:n]
+    while len(samples) < n:
+        u = rng.uniform() * total
+        k = 1 + bisect.bisect_right(cumulative, u)
+        order, c = list(range(m)), [False] * m
+        for j in range(min(k, m - 1)):
+            r = j + rng.next() % (m - j)
+            order[j], order[r] = order[r], order[j]
+            c[order[j]] = True
+        samples.append(c)
+    return samples
+
+
+def feed(samples):
+    """A Captum perturb_func (generator) that yields our coalitions in order."""
+    def generator(original_inp, **kwargs):
+        for c in samples:
+            yield torch.tensor([c], dtype=torch.long)
+    return generator
+
+
+class DoubleData:
+    """Iterates a DataLoader in float64, so the sklearn fit runs at full precision."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield tuple(t.double() for t in batch)
+
+
+class PreciseLasso(SkLearnLasso):
+    def fit(self, train_data, **kwargs):
+        return super().fit(DoubleData(train_data), **kwargs)
+
+
+class PreciseLinearRegression(SkLearnLinearRegression):
+    def fit(self, train_data, **kwargs):
+        return super().fit(DoubleData(train_data), **kwargs)
 
 
 def text(ids):
@@ -141,6 +216,26 @@ def main():
                          forward_in_tokens=False)
         cases.append(result_dict(f"shapley_values_{target_kind}", r, method="shapley_values", quantity=target_kind,
                                  prompt=SHORT_PROMPT, target=target))
+
+    # Lime and KernelShap with Captum's kernels and sklearn models (fit in float64 to a tight tolerance,
+    # the same optimum as the defaults' float32 fit, without its rounding), fed our coalition samples.
+    # (With a probability target the effects are below Lasso's alpha of 0.01: Lime gives all zeros.)
+    for target_kind, target in (("log_prob", TARGET), ("prob", TARGET[:1])):
+        lime = Lime(model, interpretable_model=PreciseLasso(alpha=0.01, tol=1e-12, max_iter=1000000),
+                    perturb_func=feed(lime_coalitions(len(PROMPT), 40, 11)))
+        r = LLMAttribution(lime, tokenizer, attr_target=target_kind).attribute(
+            TextTokenInput(text(PROMPT), tokenizer, baselines=7), target=torch.tensor(target), n_samples=40,
+            forward_in_tokens=False)
+        cases.append(result_dict(f"lime_{target_kind}", r, method="lime", quantity=target_kind, baseline_token=7,
+                                 n_samples=40, seed=11, prompt=PROMPT, target=target))
+        kernel_shap = KernelShap(model)
+        kernel_shap.interpretable_model = PreciseLinearRegression()
+        kernel_shap.perturb_func = feed(kernel_shap_coalitions(len(PROMPT), 30, 12))
+        r = LLMAttribution(kernel_shap, tokenizer, attr_target=target_kind).attribute(
+            TextTokenInput(text(PROMPT), tokenizer, baselines=7), target=torch.tensor(target), n_samples=30,
+            forward_in_tokens=False)
+        cases.append(result_dict(f"kernel_shap_{target_kind}", r, method="kernel_shap", quantity=target_kind,
+                                 baseline_token=7, n_samples=30, seed=12, prompt=PROMPT, target=target))
 
     # Generated target: greedy, 4 new tokens, then feature ablation of it.
     fa = LLMAttribution(FeatureAblation(model), tokenizer)

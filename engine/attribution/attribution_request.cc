@@ -34,9 +34,11 @@ absl::StatusOr<AttributionMethod> ParseAttributionMethod(const std::string& name
   if (name == "feature_ablation") return AttributionMethod::kFeatureAblation;
   if (name == "shapley_values") return AttributionMethod::kShapleyValues;
   if (name == "shapley_value_sampling") return AttributionMethod::kShapleyValueSampling;
+  if (name == "lime") return AttributionMethod::kLime;
+  if (name == "kernel_shap") return AttributionMethod::kKernelShap;
   return absl::InvalidArgumentError(absl::StrCat(
       "method \"", name, "\" is not supported (integrated_gradients, gradient_shap, saliency, input_x_gradient, feature_ablation, "
-      "shapley_values, shapley_value_sampling)"));
+      "shapley_values, shapley_value_sampling, lime, kernel_shap)"));
 }
 
 const char* AttributionMethodName(AttributionMethod method) {
@@ -55,6 +57,10 @@ const char* AttributionMethodName(AttributionMethod method) {
       return "shapley_values";
     case AttributionMethod::kShapleyValueSampling:
       return "shapley_value_sampling";
+    case AttributionMethod::kLime:
+      return "lime";
+    case AttributionMethod::kKernelShap:
+      return "kernel_shap";
   }
   return "unknown";
 }
@@ -113,7 +119,11 @@ absl::Status ValidateAttributionRequest(const AttributionRequest& r, const Model
     case AttributionMethod::kShapleyValues:
       return CheckRange(features, 1, limits.max_exact_shapley_features, "number of features for exact shapley_values");
     case AttributionMethod::kShapleyValueSampling:
+    case AttributionMethod::kLime:
       return CheckRange(r.n_samples, 1, limits.max_samples, "n_samples");
+    case AttributionMethod::kKernelShap:
+      if (auto s = CheckRange(features, 2, limits.max_features, "number of features for kernel_shap"); !s.ok()) return s;
+      return CheckRange(r.n_samples, 2, limits.max_samples, "n_samples");
     case AttributionMethod::kGradientShap:
       if (!(r.stdev >= 0 && r.stdev <= 10)) return absl::InvalidArgumentError(absl::StrCat("stdev = ", r.stdev, " is outside [0, 10]"));
       return CheckRange(r.n_samples, 1, limits.max_samples, "n_samples");

@@ -31,6 +31,8 @@ enum class AttributionMethod {
   kFeatureAblation,
   kShapleyValues,
   kShapleyValueSampling,
+  kLime,
+  kKernelShap,
 };
 absl::StatusOr<AttributionMethod> ParseAttributionMethod(const std::string& name);
 const char* AttributionMethodName(AttributionMethod method);
@@ -59,7 +61,7 @@ struct AttributionRequest {
   int64_t baseline_token_id = 0;
   int64_t n_steps = 50;                       // integrated gradients
   IntegrationRule rule = IntegrationRule::kGaussLegendre;
-  int64_t n_samples = 25;                     // Shapley value sampling, GradientShap
+  int64_t n_samples = 25;                     // Shapley value sampling, GradientShap, Lime, KernelShap
   double stdev = 0.0;                         // GradientShap: noise added to the input embeddings
   uint64_t seed = 0;
   bool saliency_abs = true;                   // Saliency: |gradient| (Captum's default) or signed

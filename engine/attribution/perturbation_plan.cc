@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// FeatureAblation, exact ShapleyValues and ShapleyValueSampling: every coalition of present features
-// is one score row; all rows of a request are submitted together and batched with other requests.
+// FeatureAblation, exact ShapleyValues, ShapleyValueSampling, Lime and KernelShap: every distinct
+// coalition of present features is one score row; all rows of a request are submitted together and batched with other requests.
 // A coalition leaves the prompt unchanged up to its first absent feature, so the prompt's KV cache is
 // computed once (a prefill row) and each row computes only from its first change onward.
 #include <ATen/ATen.h>
@@ -10,11 +10,10 @@
 #include <random>
 
 #include "engine/attribution/row_plan.h"
+#include "engine/attribution/surrogate_models.h"
 
 namespace attribution::engine {
 namespace {
-
-using Coalition = std::vector<bool>;  // feature f present?
 
 class PerturbationPlan : public RowPlan {
  public:
@@ -31,6 +30,13 @@ class PerturbationPlan : public RowPlan {
         break;
       case AttributionMethod::kShapleyValues:
         for (uint64_t mask = 0; mask < (uint64_t{1} << f_count); ++mask) Index(FromMask(mask));
+        break;
+      case AttributionMethod::kLime:
+      case AttributionMethod::kKernelShap:
+        samples_ = request_.method == AttributionMethod::kLime
+                       ? SampleLimeCoalitions(f_count, request_.n_samples, request_.seed)
+                       : SampleKernelShapCoalitions(f_count, request_.n_samples, request_.seed);
+        for (const Coalition& c : samples_) Index(c);  // repeated samples share one row
         break;
       default: {  // kShapleyValueSampling: coalitions along seeded random permutations
         std::mt19937_64 rng(request_.seed);
@@ -159,6 +165,13 @@ class PerturbationPlan : public RowPlan {
         }
         return attr;
       }
+      case AttributionMethod::kLime:
+      case AttributionMethod::kKernelShap: {
+        std::vector<double> y;
+        for (const Coalition& c : samples_) y.push_back(value(RowOf(c)));
+        return request_.method == AttributionMethod::kLime ? FitLasso(samples_, y, LimeWeights(samples_), kLimeLassoAlpha)
+                                                          : FitLeastSquares(samples_, y, KernelShapWeights(samples_));
+      }
       default:
         for (const auto& order : permutations_) {
           Coalition c(f_count, false);
@@ -179,6 +192,7 @@ class PerturbationPlan : public RowPlan {
   std::vector<Coalition> coalitions_;  // coalition i, scored by the row at results[result_of_[i]]
   std::vector<size_t> result_of_;
   std::vector<std::vector<int64_t>> permutations_;
+  std::vector<Coalition> samples_;  // Lime / KernelShap: the sampled coalitions, repeats included
 };
 
 }  // namespace

@@ -108,6 +108,8 @@ std::vector<BadCase> BadCases() {
       Attribute("negative n_steps", [](A& r) { r.set_n_steps(-4); }, kInvalid, "n_steps"),
       Attribute("n_samples too large", [](A& r) { r.set_method(v1::SHAPLEY_VALUE_SAMPLING); r.set_n_samples(100000); }, kInvalid, "n_samples"),
       Attribute("negative n_samples", [](A& r) { r.set_method(v1::GRADIENT_SHAP); r.set_n_samples(-1); }, kInvalid, "n_samples"),
+      Attribute("kernel_shap with one sample", [](A& r) { r.set_method(v1::KERNEL_SHAP); r.set_n_samples(1); }, kInvalid, "n_samples = 1"),
+      Attribute("kernel_shap with one feature", [](A& r) { r.set_method(v1::KERNEL_SHAP); r.mutable_feature_range()->set_token_end(1); }, kInvalid, "number of features for kernel_shap"),
       Attribute("negative stdev", [](A& r) { r.set_method(v1::GRADIENT_SHAP); r.set_stdev(-1); }, kInvalid, "stdev"),
       Attribute("NaN stdev", [](A& r) { r.set_method(v1::GRADIENT_SHAP); r.set_stdev(std::nan("")); }, kInvalid, "stdev"),
       Attribute("exact shapley over the cap", [](A& r) { r.set_method(v1::SHAPLEY_VALUES); }, kInvalid, "exact shapley_values"),

@@ -61,6 +61,21 @@ class DirectEngine {
   std::unique_ptr<engine::Attributor> attributor_;
 };
 
+// Polls the metrics endpoint until the demo model's engine has rows queued: a call sent before is then
+// known to be on the server (a fixed sleep is not enough on a loaded machine).
+bool WaitForQueuedRows(int metrics_port) {
+  const std::string key = "attribution_engine_queued_rows{model=\"demo\"} ";
+  for (int attempt = 0; attempt < 3000; ++attempt) {
+    absl::StatusOr<std::string> metrics = testing::HttpGet(metrics_port, "/metrics");
+    if (metrics.ok()) {
+      const size_t at = metrics->find(key);
+      if (at != std::string::npos && std::stod(metrics->substr(at + key.size())) > 0) return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
 void ExpectSameValues(const std::vector<double>& actual, const std::vector<double>& expected) {
   ASSERT_EQ(actual.size(), expected.size());
   for (size_t i = 0; i < actual.size(); ++i) EXPECT_NEAR(actual[i], expected[i], 1e-6 * (1 + std::fabs(expected[i]))) << i;
@@ -129,17 +144,18 @@ TEST_F(ServiceTest, ReflectionDescribesEveryRpcAsGrpcurlSeesIt) {
 
 TEST_F(ServiceTest, AttributeEqualsTheEngineRunDirectly) {
   auto client = Connect(server_->address());
-  for (const char* method : {"integrated_gradients", "feature_ablation", "saliency", "shapley_value_sampling"}) {
+  for (const char* method : {"integrated_gradients", "feature_ablation", "saliency", "shapley_value_sampling", "lime",
+                             "kernel_shap"}) {
     SCOPED_TRACE(method);
     AttributeOptions options{.model = "demo", .prompt = kPrompt, .target = kTarget, .method = method, .n_steps = 12,
-                             .n_samples = 3, .want_token_matrix = true};
+                             .n_samples = 40, .seed = 5, .want_token_matrix = true};
     absl::StatusOr<Attribution> remote = client->Attribute(options);
     ASSERT_TRUE(remote.ok()) << remote.status();
 
     DirectEngine direct;
     engine::AttributionRequest request{.prompt_ids = direct.Encode(kPrompt, true), .target_ids = direct.Encode(kTarget, false),
-                                       .method = *engine::ParseAttributionMethod(method), .n_steps = 12, .n_samples = 3,
-                                       .want_token_matrix = true};
+                                       .method = *engine::ParseAttributionMethod(method), .n_steps = 12, .n_samples = 40,
+                                       .seed = 5, .want_token_matrix = true};
     engine::AttributionResult local = direct.Attribute(request);
     ExpectSameValues(remote->sequence, local.sequence);
     ASSERT_EQ(remote->token_matrix.size(), local.per_token.size());
@@ -300,7 +316,7 @@ TEST_F(ServiceTest, DeadlinesAndCancellationEndCallsAndDropTheirRows) {
   request.set_n_steps(1000);
   v1::AttributeResponse response;
   std::thread canceller([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // let the rows queue up first
+    EXPECT_TRUE(WaitForQueuedRows(server_->metrics_port()));
     context.TryCancel();
   });
   grpc::Status status = stub->Attribute(&context, request, &response);
@@ -348,9 +364,12 @@ TEST(ServerLifecycle, SigtermFinishesCallsInFlightRefusesNewOnesAndExitsZero) {
     in_flight = client->Attribute({.model = "demo", .prompt = std::string(300, 'b'), .target = kTarget, .n_steps = 200});
   });
   while (!started) std::this_thread::yield();
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the call is queued on the server
+  EXPECT_TRUE(WaitForQueuedRows((*server)->metrics_port()));
   (*server)->Signal(SIGTERM);
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  auto prober = Connect((*server)->address(), {.max_attempts = 1});
+  for (int attempt = 0; attempt < 1000 && prober->Health().value_or("gone") == "SERVING"; ++attempt) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));  // until the server began draining
+  }
   auto late = Connect((*server)->address(), {.max_attempts = 2})->ListModels();
   EXPECT_EQ(late.status().code(), absl::StatusCode::kUnavailable) << late.status();
   call.join();

@@ -75,6 +75,8 @@ class AttributionTest : public ::testing::Test {
     r.method = *ParseAttributionMethod(c["method"].get<std::string>());
     if (c.contains("rule")) r.rule = *ParseIntegrationRule(c["rule"].get<std::string>());
     r.n_steps = c.value("n_steps", 50);
+    r.n_samples = c.value("n_samples", 25);
+    r.seed = c.value("seed", uint64_t{0});
     r.baseline_token_id = c.value("baseline_token", 0);
     r.zero_embedding_baseline = c.value("zero_embedding", false);
     r.quantity = c.value("quantity", std::string("log_prob")) == "prob" ? TokenQuantity::kProb : TokenQuantity::kLogProb;
