@@ -4,7 +4,7 @@
 // ShapleyValueSampling (25 samples). Prints seconds, the work in FLOP, achieved GFLOP/s and ratios.
 //
 //   attribution_bench --model=DIR [--prompt_tokens=64] [--target_tokens=8] [--max_batch_tokens=8192]
-//                     [--python=.venv/bin/python --captum_jobs=ig_seed,ig_tuned,fa,svs]
+//                     [--python=.venv/bin/python --captum_jobs=ig_seed,ig_tuned,fa,svs,lime,ks]
 #include <ATen/ATen.h>
 
 #include <cstdio>
@@ -59,6 +59,8 @@ int Main(int argc, char** argv) {
   add("IG 64 steps, per-token matrix", "", AttributionMethod::kIntegratedGradients, true, 0);
   add("FeatureAblation", "fa", AttributionMethod::kFeatureAblation, false, 0);
   add("ShapleyValueSampling 25", "svs", AttributionMethod::kShapleyValueSampling, false, 25);
+  add("Lime 200", "lime", AttributionMethod::kLime, false, 200);
+  add("KernelShap 200", "ks", AttributionMethod::kKernelShap, false, 200);
 
   std::vector<std::pair<double, AttributionResult>> ours;
   for (const Job& job : jobs) {
@@ -78,7 +80,7 @@ int Main(int argc, char** argv) {
     for (int64_t id : base.target_ids) target.push_back(std::to_string(id));
     const std::string out = bench::RunCommand(
         python + " " + ATTRIBUTION_SOURCE_DIR + "/bench/python_captum_attribution.py " + dir + " " +
-        absl::StrJoin(prompt, ",") + " " + absl::StrJoin(target, ",") + " " + Flag(argc, argv, "captum_jobs", "ig_seed,ig_tuned,fa,svs"));
+        absl::StrJoin(prompt, ",") + " " + absl::StrJoin(target, ",") + " " + Flag(argc, argv, "captum_jobs", "ig_seed,ig_tuned,fa,svs,lime,ks"));
     captum = nlohmann::json::parse(out, nullptr, false);
     if (captum.is_discarded()) {
       std::cerr << "captum side failed: " << out << "\n";
@@ -104,7 +106,7 @@ int Main(int argc, char** argv) {
                 flop / 1e12, ours[i].first, flop / ours[i].first / 1e9, captum_s, seed_s,
                 captum_s > 0 ? captum_s / ours[i].first : 0.0, diff);
   }
-  std::printf("(ShapleyValueSampling draws other permutations than Captum: its max |diff| is sampling noise.)\n");
+  std::printf("(ShapleyValueSampling, Lime and KernelShap draw other samples than Captum: their max |diff| is sampling noise.)\n");
   return 0;
 }
 

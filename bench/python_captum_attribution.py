@@ -6,7 +6,7 @@ same weights, prompt and target. Prints one JSON line with seconds and attributi
 Usage: python_captum_attribution.py MODEL_DIR PROMPT_IDS TARGET_IDS JOBS
   PROMPT_IDS / TARGET_IDS: comma-separated ids; JOBS: comma-separated of
   ig_seed (params trainable, internal batch 3, as seed 000), ig_tuned (frozen, internal batch 8),
-  fa (FeatureAblation), svs (ShapleyValueSampling, 25 samples)
+  fa (FeatureAblation), svs (ShapleyValueSampling, 25 samples), lime / ks (Lime / KernelShap, 200 samples)
 """
 import json
 import sys
@@ -14,8 +14,8 @@ import time
 
 import torch
 import transformers
-from captum.attr import (FeatureAblation, LayerIntegratedGradients, LLMAttribution, LLMGradientAttribution,
-                         ShapleyValueSampling, TextTokenInput)
+from captum.attr import (FeatureAblation, KernelShap, LayerIntegratedGradients, Lime, LLMAttribution,
+                         LLMGradientAttribution, ShapleyValueSampling, TextTokenInput)
 
 sys.path.insert(0, __file__.rsplit("/", 2)[0] + "/tools")
 from captum_reference import IdTokenizer, text  # noqa: E402
@@ -40,6 +40,10 @@ def main():
         # default disagrees with its own teacher-forced scores and with transformers' forward here.
         elif job == "fa":
             r = LLMAttribution(FeatureAblation(model), tokenizer).attribute(inp, target=target, forward_in_tokens=False)
+        elif job in ("lime", "ks"):  # Captum's own sampling and default kernels / sklearn models
+            torch.manual_seed(0)
+            method = Lime(model) if job == "lime" else KernelShap(model)
+            r = LLMAttribution(method, tokenizer).attribute(inp, target=target, n_samples=200, forward_in_tokens=False)
         else:
             torch.manual_seed(0)
             r = LLMAttribution(ShapleyValueSampling(model), tokenizer).attribute(inp, target=target, n_samples=25,
