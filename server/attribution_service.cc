@@ -28,7 +28,7 @@ AttributionServiceImpl::AttributionServiceImpl(const ServerConfig& config, Serve
     : config_(config), metrics_(metrics), auth_(std::move(auth)), gate_(config.max_concurrent_requests) {}
 
 absl::StatusOr<const ServedModel*> AttributionServiceImpl::Admit(CallLog& log, grpc::CallbackServerContext* context,
-                                                                 const std::string& model) {
+                                                                 const std::string& model, bool needs_model) {
   log.model = model;
   if (auth_) {
     std::multimap<std::string, std::string> metadata;
@@ -42,7 +42,7 @@ absl::StatusOr<const ServedModel*> AttributionServiceImpl::Admit(CallLog& log, g
   metrics_->SetInFlight(gate_.in_flight());
   const ModelRegistry* models = models_.load();
   if (models == nullptr) return absl::UnavailableError("the server is still loading its models");
-  if (model.empty() && log.method == "ListModels") return nullptr;
+  if (!needs_model) return nullptr;
   if (model.empty()) return absl::InvalidArgumentError("model: must name one of this server's models (see ListModels)");
   return models->Find(model);
 }
@@ -220,7 +220,7 @@ grpc::ServerUnaryReactor* AttributionServiceImpl::ListModels(grpc::CallbackServe
                                                              const v1::ListModelsRequest*,
                                                              v1::ListModelsResponse* response) {
   auto* call = new UnaryCall(this, "ListModels", context);
-  absl::StatusOr<const ServedModel*> admitted = Admit(call->log(), context, "");
+  absl::StatusOr<const ServedModel*> admitted = Admit(call->log(), context, "", /*needs_model=*/false);
   if (admitted.ok()) {
     for (const auto& model : models_.load()->models()) ToModelInfo(*model, config_.max_top_k, response->add_models());
   }

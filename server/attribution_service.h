@@ -40,9 +40,9 @@ class AttributionServiceImpl final : public v1::AttributionService::CallbackServ
                                        v1::ListModelsResponse* response) override;
 
  private:
-  // Authenticates, takes a gate slot and finds the model (empty name: none needed).
+  // Authenticates, takes a gate slot and finds the model (nullptr when the call needs none).
   absl::StatusOr<const ServedModel*> Admit(CallLog& log, grpc::CallbackServerContext* context,
-                                           const std::string& model);
+                                           const std::string& model, bool needs_model = true);
   void CallEnded(const CallLog& log, const grpc::Status& status) override;
   using TokenSink = std::function<void(const ServedModel&, int64_t id, float log_prob)>;
   template <typename Call>
