@@ -1,56 +1,156 @@
 // SPDX-License-Identifier: Apache-2.0
-// Includes no abseil header (see sentencepiece_backend.h).
+// Loads libattribution_sentencepiece.so (sentencepiece_module.cc) in isolation and calls it through
+// its C interface.
 #include "engine/tokenizer/sentencepiece_backend.h"
 
-#include <sentencepiece_processor.h>
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <mutex>
+
+#include "absl/strings/str_cat.h"
 
 namespace attribution::engine {
+namespace {
 
-SentencePieceBackend::SentencePieceBackend() : processor_(std::make_unique<sentencepiece::SentencePieceProcessor>()) {}
-SentencePieceBackend::~SentencePieceBackend() = default;
+// The module's entry points, resolved once per process.
+struct Module {
+  void* (*load)(const char*, char*, size_t) = nullptr;
+  void (*free_processor)(void*) = nullptr;
+  void (*free_buffer)(void*) = nullptr;
+  long (*encode)(void*, const char*, size_t, long**) = nullptr;
+  char* (*decode)(void*, const int*, size_t, size_t*, char*, size_t) = nullptr;
+  int (*id)(void*, int) = nullptr;
+  int (*is_control_or_unknown)(void*, int) = nullptr;
+  char* (*id_to_piece)(void*, int, size_t*) = nullptr;
+  std::string error;  // why it could not be loaded
+};
+
+constexpr char kModuleName[] = "libattribution_sentencepiece.so";
+
+// ATTRIBUTION_SENTENCEPIECE_MODULE, else next to the running binary, else where the build put it.
+std::vector<std::string> Candidates() {
+  std::vector<std::string> paths;
+  if (const char* env = std::getenv("ATTRIBUTION_SENTENCEPIECE_MODULE")) paths.push_back(env);
+  char self[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n > 0) {
+    std::string dir(self, static_cast<size_t>(n));
+    dir = dir.substr(0, dir.rfind('/') + 1);
+    paths.push_back(absl::StrCat(dir, kModuleName));
+    paths.push_back(absl::StrCat(dir, "../lib/", kModuleName));
+  }
+  paths.push_back(ATTRIBUTION_SENTENCEPIECE_MODULE_PATH);
+  return paths;
+}
+
+const Module& LoadModule() {
+  static Module module;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    // RTLD_DEEPBIND keeps libsentencepiece bound to its bundled protobuf. AddressSanitizer refuses
+    // it; the sanitizer jobs' binaries load no other protobuf, so plain RTLD_LOCAL is enough there.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    const int flags = RTLD_NOW | RTLD_LOCAL;
+#else
+    const int flags = RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND;
+#endif
+    void* handle = nullptr;
+    for (const std::string& path : Candidates()) {
+      if (::access(path.c_str(), R_OK) != 0) continue;
+      handle = ::dlopen(path.c_str(), flags);
+      if (handle != nullptr) break;
+      module.error = absl::StrCat("cannot load ", path, ": ", ::dlerror());
+    }
+    if (handle == nullptr) {
+      if (module.error.empty()) module.error = absl::StrCat(kModuleName, " not found (set ATTRIBUTION_SENTENCEPIECE_MODULE)");
+      return;
+    }
+    auto bind = [&](auto& fn, const char* name) { fn = reinterpret_cast<std::decay_t<decltype(fn)>>(::dlsym(handle, name)); };
+    bind(module.load, "attribution_spm_load");
+    bind(module.free_processor, "attribution_spm_free");
+    bind(module.free_buffer, "attribution_spm_free_buffer");
+    bind(module.encode, "attribution_spm_encode");
+    bind(module.decode, "attribution_spm_decode");
+    bind(module.id, "attribution_spm_id");
+    bind(module.is_control_or_unknown, "attribution_spm_is_control_or_unknown");
+    bind(module.id_to_piece, "attribution_spm_id_to_piece");
+    if (!module.load || !module.free_processor || !module.free_buffer || !module.encode || !module.decode ||
+        !module.id || !module.is_control_or_unknown || !module.id_to_piece) {
+      module.error = absl::StrCat(kModuleName, " lacks an entry point");
+      module.load = nullptr;
+    }
+  });
+  return module;
+}
+
+}  // namespace
+
+SentencePieceBackend::SentencePieceBackend() = default;
+
+SentencePieceBackend::~SentencePieceBackend() {
+  if (processor_ != nullptr) LoadModule().free_processor(processor_);
+}
 
 std::unique_ptr<SentencePieceBackend> SentencePieceBackend::Load(const std::string& path, std::string* error) {
-  // Debian's libsentencepiece bundles protobuf 3.14 and exports it. In a process that also loads the
-  // system libprotobuf first (the server), sentencepiece's model parser binds to that one, whose
-  // version check throws: answer with an error instead of terminating.
-  try {
-    std::unique_ptr<SentencePieceBackend> backend(new SentencePieceBackend());
-    const auto status = backend->processor_->Load(path);
-    if (!status.ok()) {
-      *error = status.ToString();
-      return nullptr;
-    }
-    return backend;
-  } catch (const std::exception& e) {
-    *error = std::string("libsentencepiece cannot read tokenizer.model in this process (its bundled protobuf "
-                         "clashes with the system one: ") + e.what() + "); provide tokenizer.json instead";
+  const Module& module = LoadModule();
+  if (module.load == nullptr) {
+    *error = module.error;
     return nullptr;
   }
+  char message[1024] = {0};
+  void* processor = module.load(path.c_str(), message, sizeof(message));
+  if (processor == nullptr) {
+    *error = message;
+    return nullptr;
+  }
+  std::unique_ptr<SentencePieceBackend> backend(new SentencePieceBackend());
+  backend->processor_ = processor;
+  return backend;
 }
 
 std::vector<SentencePiece> SentencePieceBackend::Encode(const std::string& text) const {
+  const Module& module = LoadModule();
+  long* triples = nullptr;
+  const long count = module.encode(processor_, text.data(), text.size(), &triples);
   std::vector<SentencePiece> pieces;
-  // The immutable form needs no protobuf headers (engine/ never includes protobuf).
-  const sentencepiece::ImmutableSentencePieceText encoded = processor_->EncodeAsImmutableProto(text);
-  for (size_t i = 0; i < encoded.pieces_size(); ++i) {
-    const auto piece = encoded.pieces(static_cast<int>(i));
-    pieces.push_back({static_cast<int>(piece.id()), piece.begin(), piece.end()});
+  for (long i = 0; i < count; ++i) {
+    pieces.push_back({static_cast<int>(triples[3 * i]), static_cast<size_t>(triples[3 * i + 1]),
+                      static_cast<size_t>(triples[3 * i + 2])});
   }
+  if (triples != nullptr) module.free_buffer(triples);
   return pieces;
 }
 
 bool SentencePieceBackend::Decode(const std::vector<int>& ids, std::string* text, std::string* error) const {
-  const auto status = processor_->Decode(ids, text);
-  if (!status.ok()) *error = status.ToString();
-  return status.ok();
+  const Module& module = LoadModule();
+  char message[1024] = {0};
+  size_t length = 0;
+  char* decoded = module.decode(processor_, ids.data(), ids.size(), &length, message, sizeof(message));
+  if (decoded == nullptr) {
+    *error = message;
+    return false;
+  }
+  text->assign(decoded, length);
+  module.free_buffer(decoded);
+  return true;
 }
 
-int SentencePieceBackend::size() const { return processor_->GetPieceSize(); }
-int SentencePieceBackend::bos_id() const { return processor_->bos_id(); }
-int SentencePieceBackend::eos_id() const { return processor_->eos_id(); }
-int SentencePieceBackend::pad_id() const { return processor_->pad_id(); }
-int SentencePieceBackend::unk_id() const { return processor_->unk_id(); }
-bool SentencePieceBackend::IsControlOrUnknown(int id) const { return processor_->IsControl(id) || processor_->IsUnknown(id); }
-std::string SentencePieceBackend::IdToPiece(int id) const { return processor_->IdToPiece(id); }
+int SentencePieceBackend::size() const { return LoadModule().id(processor_, 0); }
+int SentencePieceBackend::bos_id() const { return LoadModule().id(processor_, 1); }
+int SentencePieceBackend::eos_id() const { return LoadModule().id(processor_, 2); }
+int SentencePieceBackend::pad_id() const { return LoadModule().id(processor_, 3); }
+int SentencePieceBackend::unk_id() const { return LoadModule().id(processor_, 4); }
+bool SentencePieceBackend::IsControlOrUnknown(int id) const { return LoadModule().is_control_or_unknown(processor_, id) != 0; }
+
+std::string SentencePieceBackend::IdToPiece(int id) const {
+  const Module& module = LoadModule();
+  size_t length = 0;
+  char* piece = module.id_to_piece(processor_, id, &length);
+  std::string out(piece, length);
+  module.free_buffer(piece);
+  return out;
+}
 
 }  // namespace attribution::engine

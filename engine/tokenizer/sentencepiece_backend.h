@@ -1,16 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
-// A thin wrapper over libsentencepiece with no abseil in its interface: Debian's sentencepiece header
-// declares its own absl::string_view, which clashes with real abseil, so only sentencepiece_backend.cc
-// may include it.
+// libsentencepiece, loaded in isolation: Debian's library bundles and exports protobuf 3.14, which
+// clashes with the system libprotobuf that gRPC uses (whichever loads first takes the other's calls:
+// a crash at load or a failed version check). It lives in a module (sentencepiece_module.cc) opened
+// with RTLD_LOCAL | RTLD_DEEPBIND and is called through a C interface; its header (which also declares
+// its own absl::string_view) is included nowhere else.
 #pragma once
 
 #include <memory>
 #include <string>
 #include <vector>
-
-namespace sentencepiece {
-class SentencePieceProcessor;
-}
 
 namespace attribution::engine {
 
@@ -38,7 +36,9 @@ class SentencePieceBackend {
 
  private:
   SentencePieceBackend();
-  std::unique_ptr<sentencepiece::SentencePieceProcessor> processor_;
+  SentencePieceBackend(const SentencePieceBackend&) = delete;
+  SentencePieceBackend& operator=(const SentencePieceBackend&) = delete;
+  void* processor_ = nullptr;  // owned by the module
 };
 
 }  // namespace attribution::engine

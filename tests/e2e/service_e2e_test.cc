@@ -406,6 +406,23 @@ TEST(ServerLifecycle, BadConfigurationsFailAtStartupWithAClearMessage) {
   }
 }
 
+TEST(ServerModels, ServesASentencePieceTokenizerBesideGrpcsProtobuf) {
+  // libsentencepiece bundles its own protobuf; the server loads it in isolation (see
+  // engine/tokenizer/sentencepiece_backend.h), so a tokenizer.model-only model serves.
+  auto server = ServerProcess::Start({"--model=spm=" + DemoModelDir() + "-sentencepiece"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = Connect((*server)->address());
+  const std::string prompt = "Hello world, naïve café";
+  absl::StatusOr<Attribution> a = client->Attribute({.model = "spm", .prompt = prompt, .target = " again",
+                                                     .method = "feature_ablation"});
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->features.front().text, "<s>");
+  std::string covered;
+  for (size_t f = 1; f < a->features.size(); ++f) covered += a->features[f].text;
+  EXPECT_EQ(covered, prompt);
+  EXPECT_TRUE(client->Generate({.model = "spm", .prompt = "the time", .generation = {.max_new_tokens = 4}}).ok());
+}
+
 TEST(ClientRetries, UnavailableIsRetriedWithBackoffUntilTheServerComesUp) {
   // Learn a free port from a first server, stop it, and call that port while nothing listens: the
   // attempts fail UNAVAILABLE (refused, then "still loading") and are retried until a new server serves.
