@@ -1,0 +1,129 @@
+// SPDX-License-Identifier: Apache-2.0
+// Unit tests of the server's parts that need no running server: config parsing and validation,
+// bearer-token checks, the admission gate and the status mapping.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <thread>
+
+#include "server/bearer_auth.h"
+#include "server/call_gate.h"
+#include "server/grpc_status.h"
+#include "server/server_config.h"
+#include "tests/testing/temp_dir.h"
+
+namespace attribution::server {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(ServerConfig, ParsesEveryKey) {
+  absl::StatusOr<ServerConfig> config = ParseServerConfig(R"({
+    "listen": "0.0.0.0:6000", "metrics_listen": "", "auth_tokens_file": "/t", "max_concurrent_requests": 7,
+    "max_message_bytes": 1000, "max_top_k": 5, "grace_period_seconds": 2.5,
+    "tls": {"cert_file": "c", "key_file": "k", "client_ca_file": "ca"},
+    "models": [{"name": "m", "path": "/p", "dtype": "bfloat16", "quantization": "nf4", "device": "cuda:1",
+                "engine": {"max_batch_tokens": 4096, "max_batch_rows": 16, "max_queue_delay_seconds": 0.005,
+                           "max_padding_waste": 0.5, "max_queued_rows": 100, "max_queued_tokens": 1000},
+                "limits": {"max_steps": 64, "max_samples": 32, "max_features": 100, "max_exact_shapley_features": 8,
+                           "max_tokens": 512, "max_new_tokens": 16}}]})", "test.json");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->listen, "0.0.0.0:6000");
+  EXPECT_EQ(config->metrics_listen, "");
+  EXPECT_EQ(config->max_concurrent_requests, 7);
+  EXPECT_EQ(config->grace_period, absl::Milliseconds(2500));
+  EXPECT_EQ(config->tls.client_ca_file, "ca");
+  ASSERT_EQ(config->models.size(), 1u);
+  const ModelSpec& m = config->models[0];
+  EXPECT_EQ(m.dtype, "bfloat16");
+  EXPECT_EQ(m.quantization, "nf4");
+  EXPECT_EQ(m.device, "cuda:1");
+  EXPECT_EQ(m.engine.max_batch_tokens, 4096);
+  EXPECT_EQ(m.engine.max_queue_delay, absl::Milliseconds(5));
+  EXPECT_EQ(m.limits.max_steps, 64);
+  EXPECT_EQ(m.limits.max_new_tokens, 16);
+  EXPECT_TRUE(ValidateServerConfig(*config).ok());
+}
+
+TEST(ServerConfig, RejectsTyposWrongTypesAndBadValuesNamingThem) {
+  struct Case {
+    const char* json;
+    const char* message;
+  } cases[] = {
+      {R"({"listne": "x"})", "unknown key \"listne\""},
+      {R"({"models": [{"name": "m", "path": "/p", "engine": {"max_batch_token": 1}}]})", "s.json.models[0].engine has an unknown key"},
+      {R"({"max_concurrent_requests": "many"})", "max_concurrent_requests has the wrong type (string)"},
+      {R"({"models": {}})", "models must be an array"},
+      {R"([1, 2])", "top level must be an object"},
+      {R"({"models": [)", "not valid JSON"},
+  };
+  for (const Case& c : cases) {
+    EXPECT_THAT(ParseServerConfig(c.json, "s.json").status().message(), HasSubstr(c.message)) << c.json;
+  }
+}
+
+TEST(ServerConfig, ValidationNamesTheField) {
+  ServerConfig config;
+  EXPECT_THAT(ValidateServerConfig(config).message(), HasSubstr("no models"));
+  config.models.push_back({.name = "a", .path = "/a"});
+  config.models.push_back({.name = "a", .path = "/b"});
+  EXPECT_THAT(ValidateServerConfig(config).message(), HasSubstr("\"a\" appears twice"));
+  config.models.pop_back();
+  config.models[0].limits.max_steps = 0;
+  EXPECT_THAT(ValidateServerConfig(config).message(), HasSubstr("models[0].limits.max_steps = 0"));
+  config.models[0].limits.max_steps = 10;
+  config.max_top_k = 21;
+  EXPECT_THAT(ValidateServerConfig(config).message(), HasSubstr("max_top_k = 21"));
+  config.max_top_k = 20;
+  config.tls.client_ca_file = "ca.pem";
+  EXPECT_THAT(ValidateServerConfig(config).message(), HasSubstr("client_ca_file (mutual TLS) needs cert_file"));
+}
+
+TEST(BearerAuth, AcceptsListedTokensOnly) {
+  testing::TempDir dir;
+  std::ofstream(dir.File("tokens")) << "# comment\n  alpha  \n\nbeta\n";
+  absl::StatusOr<BearerAuth> auth = BearerAuth::Load(dir.File("tokens"));
+  ASSERT_TRUE(auth.ok()) << auth.status();
+  EXPECT_EQ(auth->size(), 2u);
+  EXPECT_TRUE(auth->Check({{"authorization", "Bearer alpha"}}).ok());
+  EXPECT_TRUE(auth->Check({{"authorization", "bearer beta"}}).ok());
+  EXPECT_EQ(auth->Check({{"authorization", "Bearer alph"}}).code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(auth->Check({{"authorization", "Basic alpha"}}).code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(auth->Check({}).code(), absl::StatusCode::kUnauthenticated);
+  std::ofstream(dir.File("empty")) << "# nothing\n";
+  EXPECT_THAT(BearerAuth::Load(dir.File("empty")).status().message(), HasSubstr("holds no tokens"));
+}
+
+TEST(CallGate, RefusesOverTheLimitAndWhileDrainingAndWaitsForIdle) {
+  CallGate gate(2);
+  ASSERT_TRUE(gate.Enter().ok());
+  ASSERT_TRUE(gate.Enter().ok());
+  EXPECT_EQ(gate.Enter().code(), absl::StatusCode::kResourceExhausted);
+  gate.StartDraining();
+  EXPECT_EQ(gate.Enter().code(), absl::StatusCode::kUnavailable);
+  EXPECT_FALSE(gate.WaitIdle(absl::Now()));  // two calls still in flight
+  std::thread leaver([&] {
+    gate.Leave();
+    gate.Leave();
+  });
+  EXPECT_TRUE(gate.WaitIdle(absl::InfiniteFuture()));
+  leaver.join();
+  EXPECT_EQ(gate.in_flight(), 0);
+}
+
+TEST(GrpcStatus, KeepsCodeAndMessage) {
+  for (absl::StatusCode code : {absl::StatusCode::kInvalidArgument, absl::StatusCode::kNotFound,
+                                absl::StatusCode::kResourceExhausted, absl::StatusCode::kDeadlineExceeded,
+                                absl::StatusCode::kCancelled, absl::StatusCode::kUnavailable,
+                                absl::StatusCode::kUnauthenticated, absl::StatusCode::kInternal}) {
+    const grpc::Status s = ToGrpcStatus(absl::Status(code, "field: problem"));
+    EXPECT_EQ(static_cast<int>(s.error_code()), static_cast<int>(code));
+    EXPECT_EQ(s.error_message(), "field: problem");
+  }
+  EXPECT_TRUE(ToGrpcStatus(absl::OkStatus()).ok());
+  EXPECT_STREQ(StatusCodeName(grpc::StatusCode::RESOURCE_EXHAUSTED), "RESOURCE_EXHAUSTED");
+}
+
+}  // namespace
+}  // namespace attribution::server
