@@ -32,14 +32,8 @@ absl::StatusOr<ResolvedInput> Resolve(const v1::Input& input, absl::string_view 
   if (!input.text().empty() && input.token_ids_size() > 0) return Invalid(field, "set text or token_ids, not both");
   ResolvedInput out;
   if (input.token_ids_size() > 0) {
-    const int64_t vocab = model.model->config().vocab_size;
-    for (int i = 0; i < input.token_ids_size(); ++i) {
-      const int64_t id = input.token_ids(i);
-      if (id < 0 || id >= vocab) {
-        return Invalid(field, absl::StrCat("token_ids[", i, "] = ", id, " is outside the vocabulary [0, ", vocab, ")"));
-      }
-    }
     out.encoding.ids.assign(input.token_ids().begin(), input.token_ids().end());
+    RETURN_IF_ERROR(InField(field, engine::CheckTokenIds(out.encoding.ids, "token_ids", model.model->config().vocab_size)));
     return out;
   }
   out.text = input.text();
@@ -202,13 +196,8 @@ absl::StatusOr<engine::GenerationOptions> ToGenerationOptions(const v1::Generati
   if (proto.top_p() != 0) options.top_p = proto.top_p();
   options.seed = proto.seed();
   options.ignore_stop_tokens = proto.ignore_stop_tokens();
-  const int64_t vocab = model.model->config().vocab_size;
-  for (int64_t id : proto.stop_token_ids()) {
-    if (id < 0 || id >= vocab) {
-      return Invalid("generation.stop_token_ids", absl::StrCat(id, " is outside the vocabulary [0, ", vocab, ")"));
-    }
-    options.stop_token_ids.push_back(id);
-  }
+  options.stop_token_ids.assign(proto.stop_token_ids().begin(), proto.stop_token_ids().end());
+  RETURN_IF_ERROR(engine::CheckTokenIds(options.stop_token_ids, "generation.stop_token_ids", model.model->config().vocab_size));
   RETURN_IF_ERROR(InField("generation", engine::CheckGenerationOptions(options)));
   return options;
 }

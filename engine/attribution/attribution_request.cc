@@ -8,15 +8,6 @@
 namespace attribution::engine {
 namespace {
 
-absl::Status CheckIds(const std::vector<int64_t>& ids, const char* field, int64_t vocab) {
-  for (size_t i = 0; i < ids.size(); ++i) {
-    if (ids[i] < 0 || ids[i] >= vocab) {
-      return absl::InvalidArgumentError(absl::StrCat(field, "[", i, "] = ", ids[i], " is outside the vocabulary [0, ", vocab, ")"));
-    }
-  }
-  return absl::OkStatus();
-}
-
 absl::Status CheckRange(int64_t value, int64_t low, int64_t high, const char* field) {
   if (value < low || value > high) {
     return absl::InvalidArgumentError(absl::StrCat(field, " = ", value, " is outside [", low, ", ", high, "]"));
@@ -25,6 +16,15 @@ absl::Status CheckRange(int64_t value, int64_t low, int64_t high, const char* fi
 }
 
 }  // namespace
+
+absl::Status CheckTokenIds(const std::vector<int64_t>& ids, absl::string_view field, int64_t vocab) {
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= vocab) {
+      return absl::InvalidArgumentError(absl::StrCat(field, "[", i, "] = ", ids[i], " is outside the vocabulary [0, ", vocab, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<AttributionMethod> ParseAttributionMethod(const std::string& name) {
   if (name == "integrated_gradients") return AttributionMethod::kIntegratedGradients;
@@ -76,9 +76,9 @@ absl::Status ValidateAttributionRequest(const AttributionRequest& r, const Model
   const int64_t vocab = config.vocab_size;
   const int64_t prompt = static_cast<int64_t>(r.prompt_ids.size());
   if (prompt == 0) return absl::InvalidArgumentError("prompt_ids must not be empty");
-  if (auto s = CheckIds(r.prompt_ids, "prompt_ids", vocab); !s.ok()) return s;
-  if (auto s = CheckIds(r.target_ids, "target_ids", vocab); !s.ok()) return s;
-  if (auto s = CheckIds(r.foil_ids, "foil_ids", vocab); !s.ok()) return s;
+  if (auto s = CheckTokenIds(r.prompt_ids, "prompt_ids", vocab); !s.ok()) return s;
+  if (auto s = CheckTokenIds(r.target_ids, "target_ids", vocab); !s.ok()) return s;
+  if (auto s = CheckTokenIds(r.foil_ids, "foil_ids", vocab); !s.ok()) return s;
   const int64_t target = r.target_ids.empty() ? r.generation.max_new_tokens : static_cast<int64_t>(r.target_ids.size());
   if (r.target_ids.empty()) {
     if (auto s = CheckRange(r.generation.max_new_tokens, 1, limits.max_new_tokens, "max_new_tokens"); !s.ok()) return s;
@@ -93,7 +93,7 @@ absl::Status ValidateAttributionRequest(const AttributionRequest& r, const Model
       return absl::InvalidArgumentError("contrastive prob is defined for single-token targets; use log_prob or logit");
     }
   }
-  if (auto s = CheckIds({r.baseline_token_id}, "baseline_token_id", vocab); !s.ok()) return s;
+  if (auto s = CheckTokenIds({r.baseline_token_id}, "baseline_token_id", vocab); !s.ok()) return s;
   const int64_t features = r.features.empty() ? prompt : static_cast<int64_t>(r.features.size());
   if (auto s = CheckRange(features, 1, limits.max_features, "number of features"); !s.ok()) return s;
   std::vector<bool> covered(prompt, false);
@@ -107,7 +107,7 @@ absl::Status ValidateAttributionRequest(const AttributionRequest& r, const Model
       if (covered[p]) return absl::InvalidArgumentError(absl::StrCat("features[", f, "] overlaps an earlier feature at token ", p));
       covered[p] = true;
     }
-    if (auto s = CheckIds(span.baseline_ids, "features[].baseline_ids", vocab); !s.ok()) return s;
+    if (auto s = CheckTokenIds(span.baseline_ids, "features[].baseline_ids", vocab); !s.ok()) return s;
     if (IsGradientMethod(r.method) && !span.baseline_ids.empty() &&
         static_cast<int64_t>(span.baseline_ids.size()) != span.end - span.begin) {
       return absl::InvalidArgumentError(absl::StrCat("features[", f, "].baseline_ids: gradient methods need one baseline token per position"));

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "engine/attribution/integration_rules.h"
 #include "engine/model/causal_lm.h"
@@ -90,6 +91,9 @@ struct AttributionResult {
   int64_t rows = 0, forward_passes = 0, backward_passes = 0;
   absl::Duration queue_time, device_time;
 };
+
+// INVALID_ARGUMENT "field[i] = id is outside the vocabulary [0, vocab)" for the first id out of range.
+absl::Status CheckTokenIds(const std::vector<int64_t>& ids, absl::string_view field, int64_t vocab);
 
 // Checks every field against the model and limits; INVALID_ARGUMENT names the field and range.
 absl::Status ValidateAttributionRequest(const AttributionRequest& request, const ModelConfig& config,
