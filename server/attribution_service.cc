@@ -2,12 +2,11 @@
 #include "server/attribution_service.h"
 
 #include <chrono>
-#include <cstdio>
-#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "engine/scheduler/engine_generation.h"
 #include "server/conversion.h"
+#include "server/log_line.h"
 
 namespace attribution::server {
 namespace {
@@ -18,8 +17,6 @@ absl::Time DeadlineOf(const grpc::CallbackServerContext* context) {
   if (deadline >= std::chrono::system_clock::now() + std::chrono::hours(24 * 365)) return absl::InfiniteFuture();
   return absl::FromChrono(deadline);
 }
-
-std::string IsoTime(absl::Time t) { return absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", t, absl::UTCTimeZone()); }
 
 }  // namespace
 
@@ -55,7 +52,7 @@ void AttributionServiceImpl::CallEnded(const CallLog& log, const grpc::Status& s
   const absl::Time now = absl::Now();
   const char* code = StatusCodeName(status.error_code());
   metrics_->RecordRpc(log.method, code, now - log.received);
-  nlohmann::json line = {{"time", IsoTime(now)}, {"rpc", log.method}, {"model", log.model}, {"code", code},
+  nlohmann::json line = {{"rpc", log.method}, {"model", log.model}, {"code", code},
                          {"wall_s", absl::ToDoubleSeconds(now - log.received)}, {"peer", log.peer}};
   if (log.stats.rows() > 0) {
     line["rows"] = log.stats.rows();
@@ -63,8 +60,7 @@ void AttributionServiceImpl::CallEnded(const CallLog& log, const grpc::Status& s
     line["device_s"] = log.stats.device_seconds();
   }
   if (!status.ok()) line["message"] = status.error_message();
-  const std::string text = line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-  std::fwrite(text.data(), 1, text.size(), stderr);
+  WriteLogLine(std::move(line));
 }
 
 template <typename Call>

@@ -17,11 +17,11 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
-#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "engine/common/files.h"
 #include "server/attribution_service.h"
+#include "server/log_line.h"
 
 ABSL_FLAG(std::string, config, "", "JSON config file (listen addresses, TLS, auth, limits, models); flags given "
           "on the command line override its values");
@@ -110,11 +110,7 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const TlsCo
   return grpc::SslServerCredentials(options);
 }
 
-void Log(const std::string& event, const std::string& detail) {
-  const std::string line = absl::StrCat("{\"time\":\"", absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone()),
-                                        "\",\"event\":\"", event, "\",\"detail\":\"", absl::CEscape(detail), "\"}\n");
-  std::fwrite(line.data(), 1, line.size(), stderr);
-}
+void Log(const std::string& event, const std::string& detail) { WriteLogLine({{"event", event}, {"detail", detail}}); }
 
 int Fail(const absl::Status& status) {
   Log("startup_failed", std::string(status.message()));

@@ -375,7 +375,7 @@ TEST(ServerLifecycle, SigtermFinishesCallsInFlightRefusesNewOnesAndExitsZero) {
   call.join();
   EXPECT_TRUE(in_flight.ok()) << in_flight.status();
   EXPECT_EQ((*server)->Wait(absl::Seconds(60)), 0) << (*server)->Log();
-  EXPECT_NE((*server)->Log().find("\"event\":\"stopped\",\"detail\":\"every call finished\""), std::string::npos);
+  EXPECT_NE((*server)->Log().find("\"detail\":\"every call finished\",\"event\":\"stopped\""), std::string::npos);
 }
 
 TEST(ServerLifecycle, BadConfigurationsFailAtStartupWithAClearMessage) {
