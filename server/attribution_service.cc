@@ -28,11 +28,11 @@ absl::StatusOr<const ServedModel*> AttributionServiceImpl::Admit(CallLog& log, g
                                                                  const std::string& model, bool needs_model) {
   log.model = model;
   if (auth_) {
-    std::multimap<std::string, std::string> metadata;
-    for (const auto& [key, value] : context->client_metadata()) {
-      metadata.emplace(std::string(key.data(), key.size()), std::string(value.data(), value.size()));
-    }
-    if (absl::Status s = auth_->Check(metadata); !s.ok()) return s;
+    const auto& metadata = context->client_metadata();
+    const auto it = metadata.find("authorization");
+    std::optional<absl::string_view> authorization;
+    if (it != metadata.end()) authorization = absl::string_view(it->second.data(), it->second.size());
+    if (absl::Status s = auth_->Check(authorization); !s.ok()) return s;
   }
   if (absl::Status s = gate_.Enter(); !s.ok()) return s;
   log.admitted = true;

@@ -32,14 +32,13 @@ absl::StatusOr<BearerAuth> BearerAuth::Load(const std::string& tokens_file) {
   return auth;
 }
 
-absl::Status BearerAuth::Check(const std::multimap<std::string, std::string>& metadata) const {
-  auto it = metadata.find("authorization");
-  if (it == metadata.end()) return absl::UnauthenticatedError("missing \"authorization: Bearer <token>\" metadata");
+absl::Status BearerAuth::Check(std::optional<absl::string_view> authorization) const {
+  if (!authorization) return absl::UnauthenticatedError("missing \"authorization: Bearer <token>\" metadata");
   constexpr absl::string_view kScheme = "Bearer ";
-  if (!absl::StartsWithIgnoreCase(it->second, kScheme)) {
+  if (!absl::StartsWithIgnoreCase(*authorization, kScheme)) {
     return absl::UnauthenticatedError("authorization metadata must use the Bearer scheme");
   }
-  const std::string token(absl::StripAsciiWhitespace(absl::string_view(it->second).substr(kScheme.size())));
+  const std::string token(absl::StripAsciiWhitespace(authorization->substr(kScheme.size())));
   bool known = false;
   for (const std::string& t : tokens_) known |= ConstantTimeEquals(t, token);
   if (!known) return absl::UnauthenticatedError("the bearer token is not valid");

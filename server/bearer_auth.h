@@ -2,11 +2,12 @@
 // Optional bearer-token authentication: clients send "authorization: Bearer <token>" metadata and the
 // token must be one of those in the tokens file (one per line; blank lines and #-comments ignored).
 #pragma once
-#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace attribution::server {
 
@@ -14,8 +15,9 @@ namespace attribution::server {
 class BearerAuth {
  public:
   static absl::StatusOr<BearerAuth> Load(const std::string& tokens_file);
-  // OK, or UNAUTHENTICATED saying what is missing or wrong (never echoing the token).
-  absl::Status Check(const std::multimap<std::string, std::string>& metadata) const;
+  // Checks the value of the call's "authorization" metadata (nullopt: none was sent). OK, or
+  // UNAUTHENTICATED saying what is missing or wrong (never echoing the token).
+  absl::Status Check(std::optional<absl::string_view> authorization) const;
   size_t size() const { return tokens_.size(); }
 
  private:

@@ -86,11 +86,11 @@ TEST(BearerAuth, AcceptsListedTokensOnly) {
   absl::StatusOr<BearerAuth> auth = BearerAuth::Load(dir.File("tokens"));
   ASSERT_TRUE(auth.ok()) << auth.status();
   EXPECT_EQ(auth->size(), 2u);
-  EXPECT_TRUE(auth->Check({{"authorization", "Bearer alpha"}}).ok());
-  EXPECT_TRUE(auth->Check({{"authorization", "bearer beta"}}).ok());
-  EXPECT_EQ(auth->Check({{"authorization", "Bearer alph"}}).code(), absl::StatusCode::kUnauthenticated);
-  EXPECT_EQ(auth->Check({{"authorization", "Basic alpha"}}).code(), absl::StatusCode::kUnauthenticated);
-  EXPECT_EQ(auth->Check({}).code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_TRUE(auth->Check("Bearer alpha").ok());
+  EXPECT_TRUE(auth->Check("bearer beta").ok());
+  EXPECT_EQ(auth->Check("Bearer alph").code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(auth->Check("Basic alpha").code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(auth->Check(std::nullopt).code(), absl::StatusCode::kUnauthenticated);
   std::ofstream(dir.File("empty")) << "# nothing\n";
   EXPECT_THAT(BearerAuth::Load(dir.File("empty")).status().message(), HasSubstr("holds no tokens"));
 }
