@@ -19,7 +19,7 @@ namespace {
 
 namespace v1 = ::attribution::v1;
 
-absl::StatusOr<std::string> ReadPem(const std::string& path) {
+absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
   std::stringstream text;
@@ -99,6 +99,14 @@ class StreamCall final : public grpc::ClientReadReactor<Event> {
 
 }  // namespace
 
+absl::StatusOr<std::string> ReadBearerTokenFile(const std::string& path) {
+  absl::StatusOr<std::string> text = ReadTextFile(path);
+  if (!text.ok()) return text.status();
+  std::string token = text->substr(0, text->find_first_of("\r\n"));
+  if (token.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": the first line holds no token"));
+  return token;
+}
+
 struct AttributionClient::Impl {
   ClientOptions options;
   std::shared_ptr<grpc::Channel> channel;
@@ -145,12 +153,12 @@ absl::StatusOr<std::unique_ptr<AttributionClient>> AttributionClient::Connect(co
   if (options.tls) {
     grpc::SslCredentialsOptions ssl;
     if (!options.ca_file.empty()) {
-      absl::StatusOr<std::string> ca = ReadPem(options.ca_file);
+      absl::StatusOr<std::string> ca = ReadTextFile(options.ca_file);
       if (!ca.ok()) return ca.status();
       ssl.pem_root_certs = *ca;
     }
     if (!options.cert_file.empty()) {
-      absl::StatusOr<std::string> cert = ReadPem(options.cert_file), key = ReadPem(options.key_file);
+      absl::StatusOr<std::string> cert = ReadTextFile(options.cert_file), key = ReadTextFile(options.key_file);
       if (!cert.ok()) return cert.status();
       if (!key.ok()) return key.status();
       ssl.pem_cert_chain = *cert;

@@ -148,6 +148,10 @@ struct ModelInfo {
   int64_t max_steps = 0, max_samples = 0, max_features = 0, max_tokens = 0, max_new_tokens = 0, max_top_k = 0;
 };
 
+// The bearer token on the first line of `path` (what --token_file flags name); NOT_FOUND when the file
+// cannot be read, INVALID_ARGUMENT when its first line is empty.
+absl::StatusOr<std::string> ReadBearerTokenFile(const std::string& path);
+
 template <typename T>
 using Callback = std::function<void(absl::StatusOr<T>)>;
 

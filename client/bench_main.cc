@@ -5,7 +5,6 @@
 // Attribute / Logprobs / Generate is weighted (--mix). Prints throughput, latency percentiles and
 // errors by code per RPC, or JSON (--json).
 #include <algorithm>
-#include <cstring>
 #include <atomic>
 #include <condition_variable>
 #include <cstdio>
@@ -122,14 +121,12 @@ void Call(AttributionClient& client, const std::string& model, const std::string
 int Run() {
   ClientOptions options{.target = absl::GetFlag(FLAGS_server), .max_attempts = 1};
   if (!absl::GetFlag(FLAGS_token_file).empty()) {
-    FILE* f = std::fopen(absl::GetFlag(FLAGS_token_file).c_str(), "r");
-    char line[4096] = {0};
-    if (f == nullptr || std::fgets(line, sizeof(line), f) == nullptr) {
-      std::fprintf(stderr, "attribution-bench: cannot read --token_file\n");
+    absl::StatusOr<std::string> token = ReadBearerTokenFile(absl::GetFlag(FLAGS_token_file));
+    if (!token.ok()) {
+      std::fprintf(stderr, "attribution-bench: --token_file: %s\n", std::string(token.status().message()).c_str());
       return 2;
     }
-    std::fclose(f);
-    options.bearer_token = std::string(line, strcspn(line, "\r\n"));
+    options.bearer_token = *token;
   }
   auto client = AttributionClient::Connect(options);
   absl::StatusOr<Mix> mix = ParseMix(absl::GetFlag(FLAGS_mix));

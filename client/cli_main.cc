@@ -65,10 +65,9 @@ absl::StatusOr<std::unique_ptr<AttributionClient>> ConnectFromFlags() {
                         .key_file = absl::GetFlag(FLAGS_key), .tls_server_name = absl::GetFlag(FLAGS_tls_server_name),
                         .timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout))};
   if (!absl::GetFlag(FLAGS_token_file).empty()) {
-    std::ifstream in(absl::GetFlag(FLAGS_token_file));
-    if (!in || !std::getline(in, options.bearer_token)) {
-      return absl::InvalidArgumentError("--token_file: cannot read " + absl::GetFlag(FLAGS_token_file));
-    }
+    absl::StatusOr<std::string> token = ReadBearerTokenFile(absl::GetFlag(FLAGS_token_file));
+    if (!token.ok()) return absl::InvalidArgumentError("--token_file: " + std::string(token.status().message()));
+    options.bearer_token = *token;
   }
   return AttributionClient::Connect(options);
 }

@@ -54,6 +54,18 @@ absl::Status SetBaseline(const std::string& name, v1::AttributeRequest* out) {
   return absl::OkStatus();
 }
 
+// The fields every request with a prompt shares: model, prompt, special tokens, priority.
+template <typename Options, typename Request>
+absl::Status SetPromptFields(const Options& o, Request* out) {
+  out->set_model(o.model);
+  SetInput(o.prompt, o.prompt_ids, out->mutable_prompt());
+  out->set_no_special_tokens(o.no_special_tokens);
+  absl::StatusOr<v1::Priority> priority = ToPriority(o.priority);
+  if (!priority.ok()) return priority.status();
+  out->set_priority(*priority);
+  return absl::OkStatus();
+}
+
 RunStats StatsFromProto(const v1::RunStats& s) {
   return {.rows = s.rows(), .forward_passes = s.forward_passes(), .backward_passes = s.backward_passes(),
           .queue_seconds = s.queue_seconds(), .device_seconds = s.device_seconds(), .wall_seconds = s.wall_seconds()};
@@ -73,9 +85,7 @@ Token FromProto(const v1::Token& t) {
 
 absl::StatusOr<v1::AttributeRequest> ToProto(const AttributeOptions& o) {
   v1::AttributeRequest out;
-  out.set_model(o.model);
-  SetInput(o.prompt, o.prompt_ids, out.mutable_prompt());
-  out.set_no_special_tokens(o.no_special_tokens);
+  if (absl::Status s = SetPromptFields(o, &out); !s.ok()) return s;
   if (!o.target.empty() || !o.target_ids.empty()) SetInput(o.target, o.target_ids, out.mutable_target());
   SetGeneration(o.generation, out.mutable_generation());
   absl::StatusOr<v1::Method> method = Lookup<v1::Method>(
@@ -117,34 +127,21 @@ absl::StatusOr<v1::AttributeRequest> ToProto(const AttributeOptions& o) {
   out.set_seed(o.seed);
   out.set_signed_saliency(o.signed_saliency);
   out.set_want_token_matrix(o.want_token_matrix);
-  absl::StatusOr<v1::Priority> priority = ToPriority(o.priority);
-  if (!priority.ok()) return priority.status();
-  out.set_priority(*priority);
   return out;
 }
 
 absl::StatusOr<v1::GenerateRequest> ToProto(const GenerateOptions& o) {
   v1::GenerateRequest out;
-  out.set_model(o.model);
-  SetInput(o.prompt, o.prompt_ids, out.mutable_prompt());
-  out.set_no_special_tokens(o.no_special_tokens);
+  if (absl::Status s = SetPromptFields(o, &out); !s.ok()) return s;
   SetGeneration(o.generation, out.mutable_generation());
-  absl::StatusOr<v1::Priority> priority = ToPriority(o.priority);
-  if (!priority.ok()) return priority.status();
-  out.set_priority(*priority);
   return out;
 }
 
 absl::StatusOr<v1::LogprobsRequest> ToProto(const LogprobsOptions& o) {
   v1::LogprobsRequest out;
-  out.set_model(o.model);
-  SetInput(o.prompt, o.prompt_ids, out.mutable_prompt());
-  out.set_no_special_tokens(o.no_special_tokens);
+  if (absl::Status s = SetPromptFields(o, &out); !s.ok()) return s;
   SetInput(o.target, o.target_ids, out.mutable_target());
   out.set_top_k(o.top_k);
-  absl::StatusOr<v1::Priority> priority = ToPriority(o.priority);
-  if (!priority.ok()) return priority.status();
-  out.set_priority(*priority);
   return out;
 }
 
