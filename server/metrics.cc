@@ -130,8 +130,7 @@ void ServerMetrics::ObserveBatch(const std::string& model, const engine::BatchRe
   const prometheus::Labels labels = {{"model", model}, {"kind", engine::RowKindName(batch.kind)}};
   batch_rows_.Add(labels, kRows).Observe(static_cast<double>(batch.rows));
   batch_tokens_.Add(labels, kTokens).Observe(static_cast<double>(batch.padded_tokens));
-  const double waste = batch.padded_tokens > 0 ? 1.0 - static_cast<double>(batch.tokens) / batch.padded_tokens : 0;
-  batch_padding_.Add(labels, kShare).Observe(waste);
+  batch_padding_.Add(labels, kShare).Observe(batch.padding_waste());
   batch_seconds_.Add(labels, kSeconds).Observe(absl::ToDoubleSeconds(batch.device_time));
 }
 

@@ -58,7 +58,7 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
         if (blocked[i] || taken[i] >= static_cast<int64_t>(rows.size())) continue;
         const int64_t longest = std::max(decision.longest, rows[taken[i]]);
         const int64_t padded = (decision.rows + 1) * longest;
-        const double waste = 1.0 - static_cast<double>(decision.tokens + rows[taken[i]]) / padded;
+        const double waste = PaddingWaste(decision.tokens + rows[taken[i]], padded);
         const bool fits = decision.rows + 1 <= limits.max_rows && padded <= limits.token_budget &&
                           (decision.rows == 0 || waste <= limits.max_padding_waste);
         if (!fits && decision.rows > 0) {

@@ -20,6 +20,11 @@
 
 namespace attribution::engine {
 
+// The share of padded token slots (rows x longest row) that hold padding.
+inline double PaddingWaste(int64_t tokens, int64_t padded_tokens) {
+  return padded_tokens > 0 ? 1.0 - static_cast<double>(tokens) / padded_tokens : 0;
+}
+
 struct QueuedRequestView {
   uint64_t request_id = 0;
   Priority priority = Priority::kNormal;

@@ -50,6 +50,7 @@ struct BatchRecord {
   absl::Duration device_time;
   absl::Duration max_queue_wait;
   bool failed = false;
+  double padding_waste() const { return PaddingWaste(tokens, padded_tokens); }
 };
 
 struct EngineStats {
@@ -63,7 +64,7 @@ struct EngineStats {
   int64_t token_budget = 0;  // current (shrinks after out-of-memory)
   absl::Duration device_time;
   absl::Duration uptime;
-  double padding_waste() const { return padded_tokens > 0 ? 1.0 - static_cast<double>(tokens) / padded_tokens : 0; }
+  double padding_waste() const { return PaddingWaste(tokens, padded_tokens); }
   double rows_per_second() const { return rows / std::max(1e-9, absl::ToDoubleSeconds(uptime)); }
   double tokens_per_second() const { return tokens / std::max(1e-9, absl::ToDoubleSeconds(uptime)); }
 };

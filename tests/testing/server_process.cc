@@ -11,20 +11,13 @@
 
 #include <cstdlib>
 #include <fstream>
-#include <sstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "engine/common/files.h"
 
 namespace attribution::testing {
 namespace {
-
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 // waitpid with a timeout; the exit code, -2 on a signal death, -1 when still running.
 int WaitFor(pid_t pid, absl::Duration timeout) {
@@ -103,7 +96,7 @@ int ServerProcess::Wait(absl::Duration timeout) {
   return code < 0 ? -1 : code;
 }
 
-std::string ServerProcess::Log() const { return ReadAll(dir_.File("server.log")); }
+std::string ServerProcess::Log() const { return engine::ReadFile(dir_.File("server.log")).value_or(""); }
 
 absl::StatusOr<std::string> HttpGet(int port, const std::string& path) {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
