@@ -29,14 +29,18 @@ absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
 
 std::string Seconds(absl::Duration d) { return absl::StrCat(absl::ToDoubleSeconds(d), "s"); }
 
-// Retries UNAVAILABLE (only) with exponential backoff, for every method of both services (gRPC caps
-// attempts at 5).
-std::string RetryServiceConfig(const ClientOptions& o) {
-  return absl::StrCat(R"({"methodConfig": [{"name": [{"service": "attribution.v1.AttributionService"},)",
-                      R"({"service": "grpc.health.v1.Health"}], "retryPolicy": {"maxAttempts": )",
-                      std::min(5, o.max_attempts), R"(, "initialBackoff": ")", Seconds(o.initial_backoff),
-                      R"(", "maxBackoff": ")", Seconds(o.max_backoff),
-                      R"(", "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]})");
+// The load-balancing policy, and retries of UNAVAILABLE (only) with exponential backoff for every
+// method of both services (gRPC caps attempts at 5).
+std::string ServiceConfig(const ClientOptions& o) {
+  std::string config = absl::StrCat(R"({"loadBalancingConfig": [{")", o.load_balancing, R"(": {}}])");
+  if (o.max_attempts > 1) {
+    absl::StrAppend(&config, R"(, "methodConfig": [{"name": [{"service": "attribution.v1.AttributionService"},)",
+                    R"({"service": "grpc.health.v1.Health"}], "retryPolicy": {"maxAttempts": )",
+                    std::min(5, o.max_attempts), R"(, "initialBackoff": ")", Seconds(o.initial_backoff),
+                    R"(", "maxBackoff": ")", Seconds(o.max_backoff),
+                    R"(", "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}])");
+  }
+  return config + "}";
 }
 
 absl::Status ToAbsl(const grpc::Status& status) {
@@ -167,7 +171,11 @@ absl::StatusOr<std::unique_ptr<AttributionClient>> AttributionClient::Connect(co
     credentials = grpc::SslCredentials(ssl);
     if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
   }
-  if (options.max_attempts > 1) args.SetServiceConfigJSON(RetryServiceConfig(options));
+  if (options.load_balancing != "pick_first" && options.load_balancing != "round_robin") {
+    return absl::InvalidArgumentError(absl::StrCat("load_balancing: \"", options.load_balancing,
+                                                   "\" is not pick_first or round_robin"));
+  }
+  args.SetServiceConfigJSON(ServiceConfig(options));
   args.SetInt(GRPC_ARG_ENABLE_RETRIES, options.max_attempts > 1 ? 1 : 0);
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);

@@ -20,7 +20,12 @@
 namespace attribution::client {
 
 struct ClientOptions {
+  // Any gRPC target: host:port, dns:///name:port (every address the name resolves to, e.g. a
+  // Kubernetes headless service's ready pods), ipv4:addr:port,addr:port, ...
   std::string target = "localhost:50051";
+  // How calls spread over the target's addresses: "pick_first" (one connection, gRPC's default) or
+  // "round_robin" (a connection to every address, calls in turn; re-resolved as replicas come and go).
+  std::string load_balancing = "pick_first";
   bool tls = false;
   std::string ca_file;           // PEM roots to verify the server (empty: system roots)
   std::string cert_file;         // PEM client certificate for mutual TLS
@@ -89,7 +94,18 @@ struct AttributeOptions {
   uint64_t seed = 0;
   bool signed_saliency = false;
   bool want_token_matrix = false;
+  bool want_faithfulness = false;    // deletion / insertion curves (12 more forward rows on the server)
   std::string priority = "normal";   // low high
+};
+
+// Deletion / insertion curves of an explanation (see Faithfulness in the proto): probabilities of the
+// whole target with the top percents[i]% features removed (deletion) or alone kept (insertion).
+struct Faithfulness {
+  std::vector<double> percents;
+  std::vector<int64_t> features_at;
+  double full = 0, empty = 0;
+  std::vector<double> deletion, insertion;
+  double comprehensiveness_aopc = 0, sufficiency_aopc = 0;
 };
 
 struct Attribution {
@@ -100,6 +116,7 @@ struct Attribution {
   std::vector<std::vector<double>> token_matrix;  // [target tokens][features] when asked
   double objective = 0;
   std::optional<double> convergence_delta;
+  std::optional<Faithfulness> faithfulness;
   RunStats stats;
 };
 

@@ -23,7 +23,8 @@
 #include "absl/strings/str_split.h"
 #include "client/attribution_client.h"
 
-ABSL_FLAG(std::string, server, "localhost:50051", "server address");
+ABSL_FLAG(std::string, server, "localhost:50051", "server address, or any gRPC target (dns:///name:port, ...)");
+ABSL_FLAG(std::string, load_balancing, "pick_first", "pick_first | round_robin over the target's addresses");
 ABSL_FLAG(std::string, model, "", "model (empty: the server's first)");
 ABSL_FLAG(int32_t, concurrency, 8, "closed loop: clients calling back to back");
 ABSL_FLAG(double, rate, 0, "open loop: calls per second (0: closed loop)");
@@ -119,7 +120,8 @@ void Call(AttributionClient& client, const std::string& model, const std::string
 }
 
 int Run() {
-  ClientOptions options{.target = absl::GetFlag(FLAGS_server), .max_attempts = 1};
+  ClientOptions options{.target = absl::GetFlag(FLAGS_server), .load_balancing = absl::GetFlag(FLAGS_load_balancing),
+                        .max_attempts = 1};
   if (!absl::GetFlag(FLAGS_token_file).empty()) {
     absl::StatusOr<std::string> token = ReadBearerTokenFile(absl::GetFlag(FLAGS_token_file));
     if (!token.ok()) {

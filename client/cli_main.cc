@@ -19,7 +19,8 @@
 #include "client/attribution_client.h"
 #include "client/heatmap.h"
 
-ABSL_FLAG(std::string, server, "localhost:50051", "server address host:port");
+ABSL_FLAG(std::string, server, "localhost:50051", "server address host:port, or any gRPC target (dns:///name:port, ...)");
+ABSL_FLAG(std::string, load_balancing, "pick_first", "pick_first | round_robin over the target's addresses");
 ABSL_FLAG(bool, tls, false, "connect with TLS");
 ABSL_FLAG(std::string, ca, "", "PEM roots that sign the server certificate (TLS)");
 ABSL_FLAG(std::string, cert, "", "PEM client certificate (mutual TLS)");
@@ -42,6 +43,7 @@ ABSL_FLAG(uint64_t, seed, 0, "random seed");
 ABSL_FLAG(std::string, baseline, "default", "default | zero | pad | unk | eos | bos | a token id");
 ABSL_FLAG(std::string, range, "", "attribute only prompt tokens BEGIN:END");
 ABSL_FLAG(bool, matrix, false, "also compute the per-output-token matrix");
+ABSL_FLAG(bool, faithfulness, false, "also measure deletion / insertion curves of the explanation (AOPC)");
 ABSL_FLAG(int32_t, max_new_tokens, 0, "tokens to generate (0: server default 25)");
 ABSL_FLAG(double, temperature, 0, "sampling temperature (0: greedy)");
 ABSL_FLAG(int32_t, top_k, 0, "logprobs: alternatives per position (at most 20)");
@@ -60,7 +62,8 @@ int Failed(const absl::Status& status) {
 }
 
 absl::StatusOr<std::unique_ptr<AttributionClient>> ConnectFromFlags() {
-  ClientOptions options{.target = absl::GetFlag(FLAGS_server), .tls = absl::GetFlag(FLAGS_tls),
+  ClientOptions options{.target = absl::GetFlag(FLAGS_server), .load_balancing = absl::GetFlag(FLAGS_load_balancing),
+                        .tls = absl::GetFlag(FLAGS_tls),
                         .ca_file = absl::GetFlag(FLAGS_ca), .cert_file = absl::GetFlag(FLAGS_cert),
                         .key_file = absl::GetFlag(FLAGS_key), .tls_server_name = absl::GetFlag(FLAGS_tls_server_name),
                         .timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout))};
@@ -92,7 +95,8 @@ int Attribute(AttributionClient& client, const std::string& model) {
                      .baseline = absl::GetFlag(FLAGS_baseline), .n_steps = absl::GetFlag(FLAGS_n_steps),
                      .rule = absl::GetFlag(FLAGS_rule), .n_samples = absl::GetFlag(FLAGS_n_samples),
                      .stdev = absl::GetFlag(FLAGS_stdev), .seed = absl::GetFlag(FLAGS_seed),
-                     .want_token_matrix = absl::GetFlag(FLAGS_matrix)};
+                     .want_token_matrix = absl::GetFlag(FLAGS_matrix),
+                     .want_faithfulness = absl::GetFlag(FLAGS_faithfulness)};
   if (!absl::GetFlag(FLAGS_range).empty()) {
     std::vector<std::string> parts = absl::StrSplit(absl::GetFlag(FLAGS_range), ':');
     int64_t begin = 0, end = 0;

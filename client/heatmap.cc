@@ -50,6 +50,20 @@ std::string TargetText(const Attribution& a) {
   return text;
 }
 
+// Two lines: the AOPCs, then p(target) along the deletion and insertion curves.
+std::string FaithfulnessSummary(const Faithfulness& f) {
+  std::string out = absl::StrFormat(
+      "faithfulness: comprehensiveness AOPC %.4f (high: top features needed), sufficiency AOPC %.4f (low: they "
+      "suffice); p(target) %.4f, all features at baseline %.4f\n  top %%:     ",
+      f.comprehensiveness_aopc, f.sufficiency_aopc, f.full, f.empty);
+  for (size_t i = 0; i < f.percents.size(); ++i) absl::StrAppend(&out, absl::StrFormat(" %7g", f.percents[i]));
+  absl::StrAppend(&out, "\n  deleted:   ");
+  for (double p : f.deletion) absl::StrAppend(&out, absl::StrFormat(" %7.4f", p));
+  absl::StrAppend(&out, "\n  only kept: ");
+  for (double p : f.insertion) absl::StrAppend(&out, absl::StrFormat(" %7.4f", p));
+  return out;
+}
+
 }  // namespace
 
 std::string TerminalHeatmap(const Attribution& a, bool color) {
@@ -87,6 +101,7 @@ std::string TerminalHeatmap(const Attribution& a, bool color) {
     }
   }
   if (a.convergence_delta) absl::StrAppend(&out, absl::StrFormat("\nconvergence delta %.4g", *a.convergence_delta));
+  if (a.faithfulness) absl::StrAppend(&out, "\n", FaithfulnessSummary(*a.faithfulness));
   absl::StrAppend(&out, absl::StrFormat("\n%d rows (%d forward, %d backward); %.3f s queued (summed over rows), %.3f s device share; %.3f s wall\n",
                                         a.stats.rows, a.stats.forward_passes, a.stats.backward_passes,
                                         a.stats.queue_seconds, a.stats.device_seconds, a.stats.wall_seconds));
@@ -127,6 +142,7 @@ std::string HtmlReport(const Attribution& a) {
     absl::StrAppend(&html, "</table>\n");
   }
   if (a.convergence_delta) absl::StrAppend(&html, absl::StrFormat("<p>Convergence delta: %.4g</p>\n", *a.convergence_delta));
+  if (a.faithfulness) absl::StrAppend(&html, "<pre>", HtmlEscape(FaithfulnessSummary(*a.faithfulness)), "</pre>\n");
   absl::StrAppend(&html, absl::StrFormat("<p>%d rows, %.3f s wall</p>\n</body></html>\n", a.stats.rows, a.stats.wall_seconds));
   return html;
 }
@@ -150,6 +166,12 @@ std::string AttributionJson(const Attribution& a) {
                                    {"backward_passes", a.stats.backward_passes}, {"queue_seconds", a.stats.queue_seconds},
                                    {"device_seconds", a.stats.device_seconds}, {"wall_seconds", a.stats.wall_seconds}}}};
   if (a.convergence_delta) out["convergence_delta"] = *a.convergence_delta;
+  if (const std::optional<Faithfulness>& f = a.faithfulness) {
+    out["faithfulness"] = {{"percents", f->percents}, {"features_at", f->features_at}, {"full", f->full},
+                           {"empty", f->empty}, {"deletion", f->deletion}, {"insertion", f->insertion},
+                           {"comprehensiveness_aopc", f->comprehensiveness_aopc},
+                           {"sufficiency_aopc", f->sufficiency_aopc}};
+  }
   return out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 

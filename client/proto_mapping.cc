@@ -127,6 +127,7 @@ absl::StatusOr<v1::AttributeRequest> ToProto(const AttributeOptions& o) {
   out.set_seed(o.seed);
   out.set_signed_saliency(o.signed_saliency);
   out.set_want_token_matrix(o.want_token_matrix);
+  out.set_want_faithfulness(o.want_faithfulness);
   return out;
 }
 
@@ -156,6 +157,16 @@ Attribution FromProto(const v1::AttributeResponse& r) {
   for (const v1::AttributionRow& row : r.token_matrix()) out.token_matrix.emplace_back(row.values().begin(), row.values().end());
   out.objective = r.objective();
   if (r.has_convergence_delta()) out.convergence_delta = r.convergence_delta();
+  if (r.has_faithfulness()) {
+    const v1::Faithfulness& f = r.faithfulness();
+    out.faithfulness = Faithfulness{.percents = {f.percents().begin(), f.percents().end()},
+                                    .features_at = {f.features_at().begin(), f.features_at().end()},
+                                    .full = f.full(), .empty = f.empty(),
+                                    .deletion = {f.deletion().begin(), f.deletion().end()},
+                                    .insertion = {f.insertion().begin(), f.insertion().end()},
+                                    .comprehensiveness_aopc = f.comprehensiveness_aopc(),
+                                    .sufficiency_aopc = f.sufficiency_aopc()};
+  }
   out.stats = StatsFromProto(r.stats());
   return out;
 }

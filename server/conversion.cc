@@ -303,6 +303,7 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
   request.seed = proto.seed();
   request.saliency_abs = !proto.signed_saliency();
   request.want_token_matrix = proto.want_token_matrix();
+  request.want_faithfulness = proto.want_faithfulness();
   ASSIGN_OR_RETURN(request.priority, ToPriority(proto.priority()));
   request.deadline = deadline;
   RETURN_IF_ERROR(engine::ValidateAttributionRequest(request, model.model->config(), model.spec.limits));
@@ -337,6 +338,17 @@ void ToAttributeResponse(const engine::AttributionResult& result, const Attribut
   }
   out->set_objective(result.objective);
   if (result.convergence_delta) out->set_convergence_delta(*result.convergence_delta);
+  if (const std::optional<engine::Faithfulness>& f = result.faithfulness) {
+    v1::Faithfulness* faithfulness = out->mutable_faithfulness();
+    faithfulness->mutable_percents()->Assign(f->percents.begin(), f->percents.end());
+    faithfulness->mutable_features_at()->Assign(f->features_at.begin(), f->features_at.end());
+    faithfulness->set_full(f->full);
+    faithfulness->set_empty(f->empty);
+    faithfulness->mutable_deletion()->Assign(f->deletion.begin(), f->deletion.end());
+    faithfulness->mutable_insertion()->Assign(f->insertion.begin(), f->insertion.end());
+    faithfulness->set_comprehensiveness_aopc(f->comprehensiveness_aopc);
+    faithfulness->set_sufficiency_aopc(f->sufficiency_aopc);
+  }
   v1::RunStats* stats = out->mutable_stats();
   stats->set_rows(result.rows);
   stats->set_forward_passes(result.forward_passes);

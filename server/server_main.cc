@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// attribution-server: serves attribution.v1 for the models of a config file and/or --model flags.
+// attribution-server: serves attribution.v1 for the models of a config file and/or --model flags;
+// with neither, the embedded default model (models/tiny-qa-llama, see its README.md).
 // Lifecycle: listen (health NOT_SERVING) -> load every model -> SERVING -> on SIGTERM/SIGINT:
 // NOT_SERVING, refuse new calls (UNAVAILABLE), let calls in flight finish within the grace period,
 // stop the engines, exit 0. Exits 1 with a clear message when the config or a model is bad.
@@ -9,6 +10,7 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -30,7 +32,8 @@ ABSL_FLAG(std::string, port_file, "", "once serving, write the bound gRPC port a
           "one per line, to this file (for scripts and tests)");
 ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9464", "Prometheus /metrics address host:port; empty: none");
 ABSL_FLAG(std::vector<std::string>, model, {}, "NAME=PATH of a Hugging Face model directory to serve (repeatable, "
-          "comma-separated); uses --dtype, --quantization and --device");
+          "comma-separated); uses --dtype, --quantization and --device. Without --model and --config: the "
+          "embedded default model tiny-qa-llama ($ATTRIBUTION_DEFAULT_MODEL overrides its folder)");
 ABSL_FLAG(std::string, dtype, "float32", "compute dtype of --model models: float32 | bfloat16 | float16");
 ABSL_FLAG(std::string, quantization, "none", "weight quantization of --model models: none | int8 | nf4");
 ABSL_FLAG(std::string, device, "cpu", "device of --model models: cpu | cuda:N");
@@ -43,6 +46,8 @@ ABSL_FLAG(int64_t, max_message_bytes, 4 << 20, "largest request or response mess
 ABSL_FLAG(int64_t, max_tokens, 4096, "per request: prompt + target (or new) tokens, for --model models");
 ABSL_FLAG(int64_t, max_steps, 1024, "per request: integrated-gradient steps, for --model models");
 ABSL_FLAG(int64_t, max_samples, 1024, "per request: sampling methods' samples, for --model models");
+ABSL_FLAG(bool, check_config, false, "validate the config and flags, print a summary and exit (0: valid, 1: not); "
+          "loads no model (e.g. for a ConfigMap in CI)");
 ABSL_FLAG(double, grace_period_seconds, 30, "on SIGTERM, how long calls in flight may take to finish");
 
 namespace attribution::server {
@@ -58,6 +63,27 @@ bool OnCommandLine(const char* name) {
 template <typename T, typename Flag>
 void Override(const char* name, const Flag& flag, T& value) {
   if (OnCommandLine(name)) value = absl::GetFlag(flag);
+}
+
+constexpr char kDefaultModelName[] = "tiny-qa-llama";
+
+// $ATTRIBUTION_DEFAULT_MODEL, else models/ beside the binary's folder (install and container layout:
+// bin/ and models/), else the source tree the binary was built from.
+std::string DefaultModelDir() {
+  if (const char* env = std::getenv("ATTRIBUTION_DEFAULT_MODEL")) return env;
+  const std::string installed = absl::StrCat(engine::ExecutableDir(), "../models/", kDefaultModelName);
+  if (engine::FileExists(installed + "/config.json")) return installed;
+  return absl::StrCat(ATTRIBUTION_SOURCE_DIR, "/models/", kDefaultModelName);
+}
+
+// A --model (or the default model) with the per-model flags.
+ModelSpec ModelSpecFromFlags(std::string name, std::string path) {
+  ModelSpec spec{.name = std::move(name), .path = std::move(path), .dtype = absl::GetFlag(FLAGS_dtype),
+                 .quantization = absl::GetFlag(FLAGS_quantization), .device = absl::GetFlag(FLAGS_device)};
+  spec.limits.max_tokens = absl::GetFlag(FLAGS_max_tokens);
+  spec.limits.max_steps = absl::GetFlag(FLAGS_max_steps);
+  spec.limits.max_samples = absl::GetFlag(FLAGS_max_samples);
+  return spec;
 }
 
 absl::StatusOr<ServerConfig> ConfigFromFlags() {
@@ -79,12 +105,10 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   for (const std::string& entry : absl::GetFlag(FLAGS_model)) {
     std::vector<std::string> parts = absl::StrSplit(entry, absl::MaxSplits('=', 1));
     if (parts.size() != 2) return absl::InvalidArgumentError(absl::StrCat("--model \"", entry, "\": expected NAME=PATH"));
-    ModelSpec spec{.name = parts[0], .path = parts[1], .dtype = absl::GetFlag(FLAGS_dtype),
-                   .quantization = absl::GetFlag(FLAGS_quantization), .device = absl::GetFlag(FLAGS_device)};
-    spec.limits.max_tokens = absl::GetFlag(FLAGS_max_tokens);
-    spec.limits.max_steps = absl::GetFlag(FLAGS_max_steps);
-    spec.limits.max_samples = absl::GetFlag(FLAGS_max_samples);
-    config.models.push_back(std::move(spec));
+    config.models.push_back(ModelSpecFromFlags(parts[0], parts[1]));
+  }
+  if (absl::GetFlag(FLAGS_config).empty() && absl::GetFlag(FLAGS_model).empty()) {
+    config.models.push_back(ModelSpecFromFlags(kDefaultModelName, DefaultModelDir()));
   }
   if (absl::Status s = ValidateServerConfig(config); !s.ok()) return s;
   return config;
@@ -121,6 +145,13 @@ int Fail(const absl::Status& status) {
 int Serve() {
   absl::StatusOr<ServerConfig> config = ConfigFromFlags();
   if (!config.ok()) return Fail(config.status());
+  if (absl::GetFlag(FLAGS_check_config)) {
+    std::printf("config ok: listen %s, metrics %s, %zu model(s):", config->listen.c_str(), config->metrics_listen.c_str(),
+                config->models.size());
+    for (const ModelSpec& m : config->models) std::printf(" %s (%s on %s)", m.name.c_str(), m.path.c_str(), m.device.c_str());
+    std::printf("\n");
+    return 0;
+  }
   std::optional<BearerAuth> auth;
   if (!config->auth_tokens_file.empty()) {
     absl::StatusOr<BearerAuth> loaded = BearerAuth::Load(config->auth_tokens_file);

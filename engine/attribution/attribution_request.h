@@ -67,6 +67,7 @@ struct AttributionRequest {
   uint64_t seed = 0;
   bool saliency_abs = true;                   // Saliency: |gradient| (Captum's default) or signed
   bool want_token_matrix = false;             // per-output-token attributions (T x F)
+  bool want_faithfulness = false;             // deletion / insertion curves of the sequence attribution
 
   Priority priority = Priority::kNormal;
   absl::Time deadline = absl::InfiniteFuture();
@@ -81,6 +82,29 @@ struct AttributionLimits {
   int64_t max_new_tokens = 512;
 };
 
+// How faithful an explanation is to the model: deletion and insertion curves over its top-ranked
+// features, as ERASER's comprehensiveness and sufficiency (DeYoung et al., 2020). The scored quantity
+// is the probability of the whole target (whatever the attribution scored), so numbers compare across
+// requests and methods:
+//
+//   deletion[k]  = p(target | prompt with its top-k% features replaced by their baselines)
+//   insertion[k] = p(target | prompt with only its top-k% features, the rest at their baselines)
+//   comprehensiveness_aopc = mean_k (full - deletion[k])    (high: the top features were needed)
+//   sufficiency_aopc       = mean_k (full - insertion[k])   (low: the top features were enough)
+//
+// Features are ranked by signed attribution (supporting the target first); k% of F features means
+// ceil(k * F / 100) of them.
+struct Faithfulness {
+  std::vector<double> percents;          // the curve points: 1, 5, 10, 20, 50 (% of features)
+  std::vector<int64_t> features_at;      // features removed / kept at each point
+  double full = 0;                       // p(target | prompt)
+  double empty = 0;                      // p(target | every feature at its baseline)
+  std::vector<double> deletion;          // per point
+  std::vector<double> insertion;         // per point
+  double comprehensiveness_aopc = 0;
+  double sufficiency_aopc = 0;
+};
+
 struct AttributionResult {
   std::vector<int64_t> target_ids;              // as given or generated
   std::vector<double> sequence;                  // [F]
@@ -88,6 +112,7 @@ struct AttributionResult {
   std::vector<double> target_log_probs;          // [T] log p(target_t | prompt, target_<t)
   double objective = 0;                          // the scored quantity at the input
   std::optional<double> convergence_delta;       // integrated gradients: sum(attr) - (f(x) - f(x'))
+  std::optional<Faithfulness> faithfulness;      // when asked
   int64_t rows = 0, forward_passes = 0, backward_passes = 0;
   absl::Duration queue_time, device_time;
 };

@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <mutex>
 
+#include "engine/attribution/faithfulness.h"
 #include "engine/attribution/row_plan.h"
 #include "engine/model/torch_errors.h"
 #include "engine/scheduler/engine_generation.h"
@@ -71,6 +72,9 @@ void SubmitAll(BatchingEngine& engine, const std::shared_ptr<Request>& handle, s
 
 void Attributor::AttributeTarget(std::shared_ptr<Request> handle, AttributionRequest request, Done done,
                                  Progress report) const {
+  // Faithfulness rows need the request after the plan took it.
+  std::shared_ptr<const AttributionRequest> measured;
+  if (request.want_faithfulness) measured = std::make_shared<AttributionRequest>(request);
   absl::StatusOr<std::unique_ptr<RowPlan>> plan;
   try {
     c10::InferenceMode inference;
@@ -82,12 +86,12 @@ void Attributor::AttributeTarget(std::shared_ptr<Request> handle, AttributionReq
   std::shared_ptr<RowPlan> shared_plan = std::move(*plan);
   auto progress = std::make_shared<RowProgress>();
   progress->report = std::move(report);
-  progress->total = shared_plan->num_rows();
+  progress->total = shared_plan->num_rows() + (measured ? FaithfulnessRowCount() : 0);
   BatchingEngine* engine = engine_;
-  auto run_main = [engine, handle, shared_plan, progress, done](std::vector<RowResult>& prepared) {
+  auto run_main = [engine, handle, shared_plan, progress, measured, done](std::vector<RowResult>& prepared) {
     shared_plan->Prepared(prepared);
     SubmitAll(*engine, handle, shared_plan->TakeRows(), progress,
-              [handle, shared_plan, done](std::vector<RowResult>& results) {
+              [engine, handle, shared_plan, progress, measured, done](std::vector<RowResult>& results) {
       absl::StatusOr<AttributionResult> reduced;
       try {
         reduced = shared_plan->Reduce(results);
@@ -99,7 +103,21 @@ void Attributor::AttributeTarget(std::shared_ptr<Request> handle, AttributionReq
         reduced->queue_time = stats.queue_time;
         reduced->device_time = stats.device_time;
       }
-      done(std::move(reduced));
+      if (!reduced.ok() || !measured) return done(std::move(reduced));
+      auto attribution = std::make_shared<AttributionResult>(std::move(*reduced));
+      MeasureFaithfulness(*engine, handle, *measured, attribution->sequence,
+                          [handle, progress, attribution, done](absl::StatusOr<Faithfulness> faithfulness) {
+                            if (!faithfulness.ok()) return done(faithfulness.status());
+                            progress->done += FaithfulnessRowCount();
+                            if (progress->report) progress->report(progress->done, progress->total);
+                            attribution->faithfulness = std::move(*faithfulness);
+                            attribution->rows += FaithfulnessRowCount();
+                            attribution->forward_passes += FaithfulnessRowCount();
+                            const Request::Stats stats = handle->stats();
+                            attribution->queue_time = stats.queue_time;
+                            attribution->device_time = stats.device_time;
+                            done(std::move(*attribution));
+                          });
     }, done);
   };
   std::vector<Row> prepare = shared_plan->TakePrepareRows();

@@ -111,22 +111,7 @@ class PerturbationPlan : public RowPlan {
   // The prompt with absent features replaced by their baselines, then the target; with `prefix`, the
   // unchanged head of the prompt (all but its last token at most) is read from the prefix's cache.
   Row ScoreRowFor(const Coalition& present, std::shared_ptr<const DecodeState> prefix) const {
-    std::vector<int64_t> ids;
-    int64_t position = 0;
-    for (int64_t f = 0; f <= num_features(); ++f) {
-      const auto [begin, end] = f < num_features() ? FeatureSpanOf(f) : std::pair{prompt_length(), prompt_length()};
-      // Spans of explicit features may leave tokens between them: those stay as they are.
-      for (; position < begin; ++position) ids.push_back(request_.prompt_ids[position]);
-      if (f == num_features()) break;
-      if (present[f]) {
-        ids.insert(ids.end(), request_.prompt_ids.begin() + begin, request_.prompt_ids.begin() + end);
-      } else if (!request_.features.empty() && !request_.features[f].baseline_ids.empty()) {
-        ids.insert(ids.end(), request_.features[f].baseline_ids.begin(), request_.features[f].baseline_ids.end());
-      } else {
-        ids.insert(ids.end(), end - begin, request_.baseline_token_id);
-      }
-      position = end;
-    }
+    std::vector<int64_t> ids = PerturbedPrompt(request_, present);
     const int64_t prompt = static_cast<int64_t>(ids.size());
     ids.insert(ids.end(), request_.target_ids.begin(), request_.target_ids.end());
     Row row{.kind = RowKind::kScore, .objective = SequenceObjective(prompt)};

@@ -67,14 +67,39 @@ double RowPlan::TokenValue(const RowResult& score, int64_t t) const {
   return request_.foil_ids.empty() ? value(t) : value(t) - value(target_length() + t);
 }
 
-int64_t RowPlan::num_features() const {
-  return request_.features.empty() ? prompt_length() : static_cast<int64_t>(request_.features.size());
+int64_t NumFeatures(const AttributionRequest& request) {
+  return request.features.empty() ? static_cast<int64_t>(request.prompt_ids.size())
+                                  : static_cast<int64_t>(request.features.size());
 }
 
-std::pair<int64_t, int64_t> RowPlan::FeatureSpanOf(int64_t f) const {
-  if (request_.features.empty()) return {f, f + 1};
-  return {request_.features[f].begin, request_.features[f].end};
+std::pair<int64_t, int64_t> FeatureSpan(const AttributionRequest& request, int64_t f) {
+  if (request.features.empty()) return {f, f + 1};
+  return {request.features[f].begin, request.features[f].end};
 }
+
+std::vector<int64_t> PerturbedPrompt(const AttributionRequest& request, const std::vector<bool>& present) {
+  const auto& prompt = request.prompt_ids;
+  std::vector<int64_t> ids;
+  int64_t position = 0;
+  for (int64_t f = 0; f < NumFeatures(request); ++f) {
+    const auto [begin, end] = FeatureSpan(request, f);
+    ids.insert(ids.end(), prompt.begin() + position, prompt.begin() + begin);
+    if (present[f]) {
+      ids.insert(ids.end(), prompt.begin() + begin, prompt.begin() + end);
+    } else if (!request.features.empty() && !request.features[f].baseline_ids.empty()) {
+      ids.insert(ids.end(), request.features[f].baseline_ids.begin(), request.features[f].baseline_ids.end());
+    } else {
+      ids.insert(ids.end(), end - begin, request.baseline_token_id);
+    }
+    position = end;
+  }
+  ids.insert(ids.end(), prompt.begin() + position, prompt.end());
+  return ids;
+}
+
+int64_t RowPlan::num_features() const { return NumFeatures(request_); }
+
+std::pair<int64_t, int64_t> RowPlan::FeatureSpanOf(int64_t f) const { return FeatureSpan(request_, f); }
 
 void RowPlan::FillTargetScores(const RowResult& at_input, AttributionResult& out) const {
   out.target_ids = request_.target_ids;

@@ -13,6 +13,13 @@
 
 namespace attribution::engine {
 
+// Features of a request: its explicit spans, or one per prompt token.
+int64_t NumFeatures(const AttributionRequest& request);
+std::pair<int64_t, int64_t> FeatureSpan(const AttributionRequest& request, int64_t f);
+// The prompt with every feature not `present` replaced by its baselines; tokens between explicit
+// feature spans stay as they are.
+std::vector<int64_t> PerturbedPrompt(const AttributionRequest& request, const std::vector<bool>& present);
+
 class RowPlan {
  public:
   virtual ~RowPlan() = default;

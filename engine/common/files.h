@@ -11,6 +11,9 @@ namespace attribution::engine {
 
 bool FileExists(const std::string& path);
 
+// The folder of the running executable, with a trailing '/' (empty when it cannot be read).
+std::string ExecutableDir();
+
 // The whole file; NOT_FOUND naming the path when it cannot be read.
 absl::StatusOr<std::string> ReadFile(const std::string& path);
 

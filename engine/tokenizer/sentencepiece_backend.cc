@@ -10,6 +10,7 @@
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
+#include "engine/common/files.h"
 
 namespace attribution::engine {
 namespace {
@@ -33,11 +34,7 @@ constexpr char kModuleName[] = "libattribution_sentencepiece.so";
 std::vector<std::string> Candidates() {
   std::vector<std::string> paths;
   if (const char* env = std::getenv("ATTRIBUTION_SENTENCEPIECE_MODULE")) paths.push_back(env);
-  char self[4096];
-  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
-  if (n > 0) {
-    std::string dir(self, static_cast<size_t>(n));
-    dir = dir.substr(0, dir.rfind('/') + 1);
+  if (const std::string dir = ExecutableDir(); !dir.empty()) {
     paths.push_back(absl::StrCat(dir, kModuleName));
     paths.push_back(absl::StrCat(dir, "../lib/", kModuleName));
   }

@@ -20,6 +20,7 @@
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "client/attribution_client.h"
 #include "engine/attribution/attributor.h"
+#include "engine/attribution/faithfulness.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "tests/testing/server_process.h"
 
@@ -76,9 +77,11 @@ bool WaitForQueuedRows(int metrics_port) {
   return false;
 }
 
+// Attributions of the same request agree to float32 rounding of the log-probs behind them (perturbation
+// methods difference log-probs of magnitude ~10: rounding ~1e-6 each), however the rows were batched.
 void ExpectSameValues(const std::vector<double>& actual, const std::vector<double>& expected) {
   ASSERT_EQ(actual.size(), expected.size());
-  for (size_t i = 0; i < actual.size(); ++i) EXPECT_NEAR(actual[i], expected[i], 1e-6 * (1 + std::fabs(expected[i]))) << i;
+  for (size_t i = 0; i < actual.size(); ++i) EXPECT_NEAR(actual[i], expected[i], 1e-5 * (1 + std::fabs(expected[i]))) << i;
 }
 
 class ServiceTest : public ::testing::Test {
@@ -168,6 +171,36 @@ TEST_F(ServiceTest, AttributeEqualsTheEngineRunDirectly) {
     EXPECT_EQ(remote->stats.rows, local.rows);
     EXPECT_GT(remote->stats.wall_seconds, 0);
   }
+}
+
+TEST_F(ServiceTest, FaithfulnessOnRequestEqualsTheEngineMeasuringTheSameExplanation) {
+  auto client = Connect(server_->address());
+  absl::StatusOr<Attribution> a = client->Attribute(
+      {.model = "demo", .prompt = kPrompt, .target = kTarget, .method = "feature_ablation", .want_faithfulness = true});
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(a->faithfulness.has_value());
+  DirectEngine direct;
+  engine::AttributionRequest request{.prompt_ids = direct.Encode(kPrompt, true), .target_ids = direct.Encode(kTarget, false),
+                                     .method = engine::AttributionMethod::kFeatureAblation, .want_faithfulness = true};
+  const engine::AttributionResult expected = direct.Attribute(request);
+  const engine::Faithfulness& f = *expected.faithfulness;
+  EXPECT_EQ(a->faithfulness->percents, f.percents);
+  EXPECT_EQ(a->faithfulness->features_at, f.features_at);
+  EXPECT_NEAR(a->faithfulness->full, f.full, 1e-9);
+  EXPECT_NEAR(a->faithfulness->empty, f.empty, 1e-9);
+  ExpectSameValues(a->faithfulness->deletion, f.deletion);
+  ExpectSameValues(a->faithfulness->insertion, f.insertion);
+  EXPECT_NEAR(a->faithfulness->comprehensiveness_aopc, f.comprehensiveness_aopc, 1e-9);
+  EXPECT_NEAR(a->faithfulness->sufficiency_aopc, f.sufficiency_aopc, 1e-9);
+  EXPECT_EQ(a->stats.rows, expected.rows);  // the 12 faithfulness rows are counted
+  // p(target) at the input is the attribution's own log-prob objective, exponentiated.
+  EXPECT_NEAR(f.full, std::exp(expected.objective), 1e-6);
+  // Without the option, no faithfulness and 12 rows fewer.
+  absl::StatusOr<Attribution> plain = client->Attribute({.model = "demo", .prompt = kPrompt, .target = kTarget,
+                                                         .method = "feature_ablation"});
+  ASSERT_TRUE(plain.ok());
+  EXPECT_FALSE(plain->faithfulness.has_value());
+  EXPECT_EQ(plain->stats.rows + engine::FaithfulnessRowCount(), a->stats.rows);
 }
 
 TEST_F(ServiceTest, TokenOffsetsPointIntoThePromptText) {
@@ -383,6 +416,7 @@ TEST(ServerLifecycle, BadConfigurationsFailAtStartupWithAClearMessage) {
   {
     std::ofstream(dir.File("typo.json")) << R"({"models": [{"name": "m", "path": "/x", "dtyp": "float32"}]})";
     std::ofstream(dir.File("broken.json")) << R"({"models": [)";
+    std::ofstream(dir.File("empty.json")) << R"({"models": []})";
   }
   struct Case {
     std::vector<std::string> args;
@@ -391,7 +425,7 @@ TEST(ServerLifecycle, BadConfigurationsFailAtStartupWithAClearMessage) {
       {{"--config=" + dir.File("typo.json")}, "models[0] has an unknown key \"dtyp\""},
       {{"--config=" + dir.File("broken.json")}, "not valid JSON"},
       {{"--config=" + dir.File("missing.json")}, "missing.json"},
-      {{}, "no models"},
+      {{"--config=" + dir.File("empty.json")}, "no models"},
       {{"--model=demo"}, "expected NAME=PATH"},
       {{"--model=demo=/nonexistent"}, "model \"demo\" (/nonexistent)"},
       {{"--model=demo=" + DemoModelDir(), "--dtype=float64"}, "float64"},
@@ -444,6 +478,47 @@ TEST(ClientRetries, UnavailableIsRetriedWithBackoffUntilTheServerComesUp) {
   server->reset();
   auto once = Connect("127.0.0.1:" + port, {.max_attempts = 1})->ListModels();
   EXPECT_EQ(once.status().code(), absl::StatusCode::kUnavailable);
+}
+
+// Logprobs calls each server has counted, once their sum reaches `total` (the count is made as the
+// answer goes out, so it may trail the client by a moment).
+std::pair<int64_t, int64_t> LogprobsAnswered(const ServerProcess& a, const ServerProcess& b, int64_t total) {
+  auto answered = [](const ServerProcess& server) -> int64_t {
+    const std::string key = "attribution_rpcs_total{code=\"OK\",method=\"Logprobs\"} ";
+    absl::StatusOr<std::string> metrics = testing::HttpGet(server.metrics_port(), "/metrics");
+    if (!metrics.ok() || metrics->find(key) == std::string::npos) return 0;
+    return std::stoll(metrics->substr(metrics->find(key) + key.size()));
+  };
+  std::pair<int64_t, int64_t> counts;
+  for (int attempt = 0; attempt < 500; ++attempt) {
+    counts = {answered(a), answered(b)};
+    if (counts.first + counts.second >= total) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return counts;
+}
+
+TEST(ClientLoadBalancing, RoundRobinSpreadsCallsOverEveryReplicaPickFirstUsesOne) {
+  auto a = ServerProcess::Start({"--model=demo=" + DemoModelDir()});
+  auto b = ServerProcess::Start({"--model=demo=" + DemoModelDir()});
+  ASSERT_TRUE(a.ok() && b.ok());
+  // Two addresses behind one target, as a headless service's DNS name resolves to its pods.
+  const std::string target = absl::StrCat("ipv4:127.0.0.1:", (*a)->port(), ",127.0.0.1:", (*b)->port());
+  const client::LogprobsOptions call{.model = "demo", .prompt = "a b", .target = " c"};
+  auto round_robin = Connect(target, {.load_balancing = "round_robin"});
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(round_robin->GetLogprobs(call).ok());
+  const auto [a_rr, b_rr] = LogprobsAnswered(**a, **b, 20);
+  EXPECT_EQ(a_rr + b_rr, 20);
+  // In turn once both connections are up (the first calls may find only one ready).
+  EXPECT_GE(a_rr, 8);
+  EXPECT_GE(b_rr, 8);
+  auto pick_first = Connect(target, {.load_balancing = "pick_first"});
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(pick_first->GetLogprobs(call).ok());
+  const auto [a_all, b_all] = LogprobsAnswered(**a, **b, 40);
+  EXPECT_EQ(a_all + b_all, 40);
+  EXPECT_TRUE(a_all - a_rr == 20 || b_all - b_rr == 20) << a_all - a_rr << " / " << b_all - b_rr;
+  EXPECT_EQ(AttributionClient::Connect({.target = target, .load_balancing = "random"}).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

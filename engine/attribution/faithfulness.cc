@@ -1,0 +1,89 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "engine/attribution/faithfulness.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <numeric>
+
+#include "engine/attribution/row_plan.h"
+
+namespace attribution::engine {
+namespace {
+
+constexpr double kPercents[] = {1, 5, 10, 20, 50};
+constexpr int64_t kPoints = sizeof(kPercents) / sizeof(kPercents[0]);
+
+// Rows in order: full prompt, every feature at baseline, then (deletion, insertion) per point.
+Row TargetProbabilityRow(const AttributionRequest& request, const std::vector<bool>& present) {
+  std::vector<int64_t> ids = PerturbedPrompt(request, present);
+  const int64_t prompt = static_cast<int64_t>(ids.size());
+  ids.insert(ids.end(), request.target_ids.begin(), request.target_ids.end());
+  RowObjective objective{.quantity = TokenQuantity::kLogProb, .exp_of_sum = true};
+  for (size_t t = 0; t < request.target_ids.size(); ++t) {
+    objective.positions.push_back(prompt - 1 + static_cast<int64_t>(t));
+    objective.tokens.push_back(request.target_ids[t]);
+    objective.weights.push_back(1.0);
+  }
+  return Row{.kind = RowKind::kScore, .input_ids = std::move(ids), .objective = std::move(objective)};
+}
+
+}  // namespace
+
+int64_t FaithfulnessRowCount() { return 2 + 2 * kPoints; }
+
+void MeasureFaithfulness(BatchingEngine& engine, const std::shared_ptr<Request>& handle,
+                         const AttributionRequest& request, const std::vector<double>& attribution,
+                         std::function<void(absl::StatusOr<Faithfulness>)> done) {
+  const int64_t f_count = NumFeatures(request);
+  if (static_cast<int64_t>(attribution.size()) != f_count) {
+    return done(absl::InvalidArgumentError("faithfulness needs one attribution per feature"));
+  }
+  // Highest attribution first; ties keep prompt order so the ranking is deterministic.
+  std::vector<int64_t> ranked(f_count);
+  std::iota(ranked.begin(), ranked.end(), 0);
+  std::stable_sort(ranked.begin(), ranked.end(), [&](int64_t a, int64_t b) { return attribution[a] > attribution[b]; });
+
+  Faithfulness shape;
+  std::vector<Row> rows;
+  rows.push_back(TargetProbabilityRow(request, std::vector<bool>(f_count, true)));
+  rows.push_back(TargetProbabilityRow(request, std::vector<bool>(f_count, false)));
+  for (double percent : kPercents) {
+    const auto top = static_cast<int64_t>(std::ceil(percent * static_cast<double>(f_count) / 100.0 - 1e-9));
+    shape.percents.push_back(percent);
+    shape.features_at.push_back(top);
+    std::vector<bool> deleted(f_count, true), inserted(f_count, false);
+    for (int64_t i = 0; i < top; ++i) {
+      deleted[ranked[i]] = false;
+      inserted[ranked[i]] = true;
+    }
+    rows.push_back(TargetProbabilityRow(request, deleted));
+    rows.push_back(TargetProbabilityRow(request, inserted));
+  }
+
+  auto values = std::make_shared<std::vector<double>>(rows.size());
+  auto failure = std::make_shared<absl::Status>();
+  auto remaining = std::make_shared<std::atomic<size_t>>(rows.size());
+  auto finish = [values, failure, remaining, shape = std::move(shape), done](size_t index, RowResult result) mutable {
+    if (result.status.ok()) {
+      (*values)[index] = result.value;
+    } else if (failure->ok()) {
+      *failure = result.status;  // rows of one request answer on the one executor thread
+    }
+    if (remaining->fetch_sub(1) != 1) return;
+    if (!failure->ok()) return done(*failure);
+    Faithfulness out = std::move(shape);
+    out.full = (*values)[0];
+    out.empty = (*values)[1];
+    for (int64_t p = 0; p < kPoints; ++p) {
+      out.deletion.push_back((*values)[2 + 2 * p]);
+      out.insertion.push_back((*values)[3 + 2 * p]);
+      out.comprehensiveness_aopc += (out.full - out.deletion.back()) / kPoints;
+      out.sufficiency_aopc += (out.full - out.insertion.back()) / kPoints;
+    }
+    done(std::move(out));
+  };
+  if (absl::Status s = engine.Submit(handle, std::move(rows), std::move(finish)); !s.ok()) done(s);
+}
+
+}  // namespace attribution::engine
