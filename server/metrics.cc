@@ -1,12 +1,17 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "server/metrics.h"
 
+#include <ATen/DeviceAccelerator.h>
 #include <prometheus/collectable.h>
 #include <prometheus/metric_family.h>
 #include <prometheus/text_serializer.h>
 
 
+#include <set>
+
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "server/model_registry.h"
 
 namespace attribution::server {
@@ -59,6 +64,7 @@ class EngineCollector : public prometheus::Collectable {
         families[i].metric.push_back(std::move(metric));
       }
     }
+    families.push_back(DeviceMemory());
     return families;
   }
 
@@ -68,6 +74,37 @@ class EngineCollector : public prometheus::Collectable {
     family.name = name;
     family.help = help;
     family.type = type;
+    return family;
+  }
+
+  // The caching allocator's bytes on every CUDA device a model uses (none on CPU-only servers).
+  prometheus::MetricFamily DeviceMemory() const {
+    prometheus::MetricFamily family = Family("attribution_device_memory_bytes",
+                                             "Accelerator memory held by the caching allocator (allocated: in tensors)",
+                                             prometheus::MetricType::Gauge);
+    std::set<int> devices;
+    for (const auto& model : models_.models()) {
+      absl::string_view device = model->spec.device;
+      if (!absl::ConsumePrefix(&device, "cuda")) continue;
+      int index = 0;
+      if (absl::ConsumePrefix(&device, ":") && !absl::SimpleAtoi(device, &index)) continue;
+      devices.insert(index);
+    }
+    for (int index : devices) {
+      try {
+        const auto stats = at::accelerator::getDeviceStats(static_cast<c10::DeviceIndex>(index));
+        const auto aggregate = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+        for (auto [kind, bytes] : {std::pair{"allocated", stats.allocated_bytes[aggregate].current},
+                                   std::pair{"reserved", stats.reserved_bytes[aggregate].current}}) {
+          prometheus::ClientMetric metric;
+          metric.label = {{"device", absl::StrCat("cuda:", index)}, {"kind", kind}};
+          metric.gauge.value = static_cast<double>(bytes);
+          family.metric.push_back(std::move(metric));
+        }
+      } catch (const std::exception&) {
+        // No allocator stats for this device (e.g. not initialised yet): leave it out of this scrape.
+      }
+    }
     return family;
   }
 

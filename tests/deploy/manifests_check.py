@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+"""Static checks of everything under deploy/ and the Dockerfile, with the tools this machine has:
+
+* every Kubernetes manifest validates against the Kubernetes API schemas (kubernetes-validate, which
+  carries them; strict: unknown fields fail), and passes yamllint;
+* the manifests agree with each other and with the server: selectors match the pod labels, service
+  target ports name container ports, probes are native gRPC probes on the gRPC port, the startup probe
+  allows for a model load, liveness outlasts the drain, the pod's grace period covers preStop plus the
+  server's drain, GPU requests equal limits, the HPA scales the Deployment on a metric the server
+  exports, the ConfigMap's config passes `attribution-server --check_config`;
+* the compose file, Prometheus and Grafana provisioning agree (scrape target = server metrics port,
+  datasource uid = the dashboard's); the Dockerfile passes hadolint and its HEALTHCHECK / ports match.
+
+Usage: manifests_check.py SERVER_BINARY
+"""
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import yaml
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+K8S_VERSION = "1.33.0"
+failures = []
+
+
+def check(condition, message):
+    if not condition:
+        failures.append(message)
+
+
+def venv_tool(name):
+    return os.path.join(os.path.dirname(sys.executable), name)
+
+
+def exported_metrics():
+    with open(os.path.join(ROOT, "server/metrics.cc")) as f:
+        return set(re.findall(r'"(attribution_[a-z_]+)"', f.read()))
+
+
+def seconds(probe):
+    return probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3)
+
+
+def check_kubernetes(server_binary):
+    files = sorted(glob.glob(os.path.join(ROOT, "deploy/k8s/*.yaml")))
+    lint = subprocess.run([venv_tool("yamllint"), "-f", "parsable", "-d",
+                           "{extends: default, rules: {line-length: {max: 120}, document-start: disable}}", *files,
+                           os.path.join(ROOT, "deploy/compose"), os.path.join(ROOT, "deploy/grafana")],
+                          capture_output=True, text=True)
+    check(lint.returncode == 0, f"yamllint:\n{lint.stdout}")
+    docs = {}
+    for path in files:
+        if path.endswith("kustomization.yaml"):
+            continue
+        validate = subprocess.run([venv_tool("kubernetes-validate"), "--strict", "--kubernetes-version", K8S_VERSION, path],
+                                  capture_output=True, text=True)
+        check(validate.returncode == 0, f"kubernetes-validate {os.path.basename(path)}:\n{validate.stdout}{validate.stderr}")
+        for doc in yaml.safe_load_all(open(path)):
+            docs[(doc["kind"], doc["metadata"]["name"])] = doc
+    kustomization = yaml.safe_load(open(os.path.join(ROOT, "deploy/k8s/kustomization.yaml")))
+    listed = set(kustomization["resources"])
+    for path in files:
+        name = os.path.basename(path)
+        if name not in ("kustomization.yaml", "prometheus-adapter-rules.yaml"):
+            check(name in listed, f"kustomization.yaml does not list {name}")
+
+    deployment = docs[("Deployment", "attribution-server")]
+    pod = deployment["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    container = pod["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    check(deployment["spec"]["selector"]["matchLabels"].items() <= labels.items(), "Deployment selector misses pod labels")
+    for probe_name in ("startupProbe", "readinessProbe", "livenessProbe"):
+        probe = container[probe_name]
+        check("grpc" in probe and probe["grpc"]["port"] == ports["grpc"], f"{probe_name} is not a gRPC probe on the gRPC port")
+    check(seconds(container["startupProbe"]) >= 300, "startup probe allows less than 5 minutes for model load")
+    config_doc = docs[("ConfigMap", "attribution-server-config")]
+    server_config = json.loads(config_doc["data"]["server.json"])
+    grace = pod["spec"]["terminationGracePeriodSeconds"]
+    pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    check(grace >= pre_stop + server_config["grace_period_seconds"],
+          f"terminationGracePeriodSeconds {grace} < preStop {pre_stop} + drain {server_config['grace_period_seconds']}")
+    check(seconds(container["livenessProbe"]) > grace, "liveness would restart a draining pod")
+    resources = container["resources"]
+    check(resources["requests"].get("nvidia.com/gpu") == resources["limits"].get("nvidia.com/gpu") == 1,
+          "GPU request and limit must both be 1")
+    check(pod["spec"]["securityContext"].get("runAsNonRoot") is True, "pod may run as root")
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    check(container["args"] == [f"--config={mounts['config']}/server.json"], "server args do not read the mounted config")
+    for model in server_config["models"]:
+        check(model["path"].startswith(mounts["models"] + "/") or model["path"].startswith("/opt/attribution/models/"),
+              f"model {model['name']} is neither on the models volume nor embedded in the image")
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+        f.write(config_doc["data"]["server.json"])
+        f.flush()
+        result = subprocess.run([server_binary, f"--config={f.name}", "--check_config"], capture_output=True, text=True)
+        check(result.returncode == 0, f"ConfigMap server.json: {result.stderr.strip()}")
+        check(str(ports["grpc"]) in server_config["listen"] and str(ports["metrics"]) in server_config["metrics_listen"],
+              "container ports differ from the config's listen addresses")
+
+    headless = docs[("Service", "attribution-server")]
+    check(headless["spec"].get("clusterIP") == "None", "the gRPC service is not headless")
+    metrics_service = docs[("Service", "attribution-server-metrics")]
+    for service in (headless, metrics_service):
+        check(service["spec"]["selector"].items() <= labels.items(), f"service {service['metadata']['name']} selects no pod")
+        for port in service["spec"]["ports"]:
+            check(port["targetPort"] in ports, f"service {service['metadata']['name']} targets unknown port {port['targetPort']}")
+    pdb = docs[("PodDisruptionBudget", "attribution-server")]
+    check(pdb["spec"]["selector"]["matchLabels"].items() <= labels.items(), "PDB selects no pod")
+    hpa = docs[("HorizontalPodAutoscaler", "attribution-server")]
+    check(hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"], "HPA scales another Deployment")
+    for metric in hpa["spec"]["metrics"]:
+        name = metric["pods"]["metric"]["name"]
+        check(name in exported_metrics(), f"HPA metric {name} is not exported by the server")
+    check(hpa["spec"]["minReplicas"] > pdb["spec"]["maxUnavailable"], "PDB could take every replica at minReplicas")
+    adapter = yaml.safe_load(yaml.safe_load(open(os.path.join(ROOT, "deploy/k8s/prometheus-adapter-rules.yaml")))["data"]["config.yaml"])
+    check(any(r["name"]["as"] == hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] for r in adapter["rules"]),
+          "the adapter rules do not serve the HPA's metric")
+
+
+def check_compose_and_grafana():
+    compose = yaml.safe_load(open(os.path.join(ROOT, "deploy/compose/docker-compose.yml")))
+    services = compose["services"]
+    check({"server", "prometheus", "grafana"} <= services.keys(), "compose lacks server, prometheus or grafana")
+    prometheus = yaml.safe_load(open(os.path.join(ROOT, "deploy/compose/prometheus.yml")))
+    targets = [t for c in prometheus["scrape_configs"] for s in c["static_configs"] for t in s["targets"]]
+    server_config = json.load(open(os.path.join(ROOT, "deploy/compose/server.json")))
+    metrics_port = server_config["metrics_listen"].rsplit(":", 1)[1]
+    check(f"server:{metrics_port}" in targets, "Prometheus does not scrape the server's metrics port")
+    check(any(p.startswith(f"{metrics_port}:") for p in services["server"]["ports"]), "compose does not publish the metrics port")
+    datasource = yaml.safe_load(open(os.path.join(ROOT, "deploy/grafana/provisioning/datasources/prometheus.yml")))
+    uid = datasource["datasources"][0]["uid"]
+    dashboard = json.load(open(os.path.join(ROOT, "deploy/grafana/dashboards/attribution.json")))
+    for panel in dashboard["panels"]:
+        check(panel["datasource"]["uid"] == uid, f"panel {panel['title']} uses another datasource")
+        for target in panel["targets"]:
+            names = set(re.findall(r"attribution_[a-z_]+", target["expr"]))
+            base = {re.sub(r"_(bucket|sum|count)$", "", n) for n in names}
+            check(base <= exported_metrics(), f"panel {panel['title']} queries unknown metrics {base - exported_metrics()}")
+    titles = " ".join(p["title"].lower() for p in dashboard["panels"])
+    for needed in ("request rate", "latency", "queue depth", "batch fill", "padding waste", "throughput", "gpu memory"):
+        check(needed in titles, f"the dashboard has no {needed} panel")
+
+
+def check_dockerfile():
+    dockerfile = os.path.join(ROOT, "Dockerfile")
+    # DL3006 (tag every FROM image) misreads FROM build-${VARIANT}, which names a stage of this file.
+    lint = subprocess.run([venv_tool("hadolint"), "--ignore", "DL3006", dockerfile],
+                          capture_output=True, text=True)
+    check(lint.returncode == 0, f"hadolint:\n{lint.stdout}{lint.stderr}")
+    text = open(dockerfile).read()
+    check("USER 10001" in text, "the runtime stage does not switch to the non-root user")
+    check(re.search(r"HEALTHCHECK .*attribution-cli\", \"health\"", text, re.S) is not None, "HEALTHCHECK is not the gRPC health check")
+    check("EXPOSE 50051 9464" in text, "the image does not expose the gRPC and metrics ports")
+    ignored = open(os.path.join(ROOT, ".dockerignore")).read().split()
+    for entry in (".git", ".venv", "build*"):
+        check(entry in ignored, f".dockerignore lacks {entry}")
+
+
+def main():
+    server_binary = sys.argv[1]
+    check_kubernetes(server_binary)
+    check_compose_and_grafana()
+    check_dockerfile()
+    for failure in failures:
+        print("FAIL:", failure)
+    print(f"manifests_check: {len(failures)} problems")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
