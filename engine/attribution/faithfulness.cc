@@ -14,7 +14,7 @@ namespace {
 constexpr double kPercents[] = {1, 5, 10, 20, 50};
 constexpr int64_t kPoints = sizeof(kPercents) / sizeof(kPercents[0]);
 
-// Rows in order: full prompt, every feature at baseline, then (deletion, insertion) per point.
+// A score row of p(target) after the prompt with the features not `present` at their baselines.
 Row TargetProbabilityRow(const AttributionRequest& request, const std::vector<bool>& present) {
   std::vector<int64_t> ids = PerturbedPrompt(request, present);
   const int64_t prompt = static_cast<int64_t>(ids.size());
@@ -44,6 +44,7 @@ void MeasureFaithfulness(BatchingEngine& engine, const std::shared_ptr<Request>&
   std::iota(ranked.begin(), ranked.end(), 0);
   std::stable_sort(ranked.begin(), ranked.end(), [&](int64_t a, int64_t b) { return attribution[a] > attribution[b]; });
 
+  // Rows in order: full prompt, every feature at baseline, then (deletion, insertion) per point.
   Faithfulness shape;
   std::vector<Row> rows;
   rows.push_back(TargetProbabilityRow(request, std::vector<bool>(f_count, true)));

@@ -1,0 +1,96 @@
+// SPDX-License-Identifier: Apache-2.0
+// On a CUDA device (label gpu; skipped where there is none, so CI compiles it against the CUDA
+// LibTorch but cannot run it): our forward pass on cuda:0 against transformers' reference logits for
+// every architecture in fp32 / bf16 / fp16, and attribution through the batching engine on the GPU
+// against the same request on the CPU.
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <ATen/detail/CUDAHooksInterface.h>
+#include <c10/core/InferenceMode.h>
+#include <gtest/gtest.h>
+
+#include "engine/attribution/attributor.h"
+#include "tests/testing/reference.h"
+
+namespace attribution::engine {
+namespace {
+
+using ::attribution::testing::LoadReference;
+using ::attribution::testing::ScaledError;
+using ::attribution::testing::TestModelsDir;
+
+bool HasCudaDevice() { return at::globalContext().hasCUDA() && at::detail::getCUDAHooks().deviceCount() > 0; }
+
+struct Case {
+  std::string arch;
+  std::string dtype;
+};
+
+class GpuParity : public ::testing::TestWithParam<Case> {
+ protected:
+  void SetUp() override {
+    if (!HasCudaDevice()) GTEST_SKIP() << "no CUDA device";
+  }
+};
+
+TEST_P(GpuParity, LogitsOnTheDeviceMatchTransformers) {
+  LoadOptions options{.dtype = *ParseDtype(GetParam().dtype), .device = "cuda:0"};
+  auto model = CausalLM::Load(TestModelsDir() + "/" + GetParam().arch, options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const testing::Reference reference = LoadReference(GetParam().arch, GetParam().dtype);
+  const auto rows = reference.spec["rows"].get<std::vector<std::vector<int64_t>>>();
+  c10::InferenceMode inference;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const auto length = static_cast<int64_t>(rows[r].size());
+    ForwardBatch batch{.input_ids = at::tensor(rows[r], at::kLong).unsqueeze(0)};  // the model moves it
+    auto hidden = (*model)->Hidden(batch);
+    ASSERT_TRUE(hidden.ok()) << hidden.status();
+    std::vector<int64_t> row_of(length, 0), positions(length);
+    for (int64_t p = 0; p < length; ++p) positions[p] = p;
+    at::Tensor logits = (*model)->LogitsAt(*hidden, row_of, positions).to(at::kCPU).to(at::kFloat);
+    // The CPU suite's tolerances: fp32 1e-4 of the logit scale, half precisions 3e-2.
+    EXPECT_LT(ScaledError(logits, reference.Tensor("logits_" + std::to_string(r))),
+              GetParam().dtype == "float32" ? 1e-4 : 3e-2)
+        << "row " << r;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllArchitectures, GpuParity,
+                         ::testing::Values(Case{"llama", "float32"}, Case{"llama", "bfloat16"}, Case{"llama", "float16"},
+                                           Case{"mistral", "float32"}, Case{"mistral", "bfloat16"},
+                                           Case{"qwen2", "float32"}, Case{"qwen2", "bfloat16"},
+                                           Case{"gpt2", "float32"}, Case{"gpt2", "bfloat16"}),
+                         [](const auto& info) { return info.param.arch + "_" + info.param.dtype; });
+
+// The same attribution requests through an engine on each device.
+TEST(GpuAttribution, EveryMethodOnTheDeviceEqualsTheCpuRun) {
+  if (!HasCudaDevice()) GTEST_SKIP() << "no CUDA device";
+  auto attribute = [](const std::string& device, AttributionRequest request) {
+    std::shared_ptr<const CausalLM> model = std::move(*CausalLM::Load(TestModelsDir() + "/llama", {.device = device}));
+    auto engine = std::move(*BatchingEngine::Create(MakeModelExecutor(model), {}));
+    Attributor attributor(model, engine.get());
+    return attributor.AttributeAndWait(request);
+  };
+  for (AttributionMethod method : {AttributionMethod::kIntegratedGradients, AttributionMethod::kGradientShap,
+                                   AttributionMethod::kSaliency, AttributionMethod::kInputXGradient,
+                                   AttributionMethod::kFeatureAblation, AttributionMethod::kShapleyValueSampling,
+                                   AttributionMethod::kLime, AttributionMethod::kKernelShap}) {
+    AttributionRequest request{.prompt_ids = {1, 17, 42, 99, 7, 23, 5}, .target_ids = {11, 12}, .method = method,
+                               .n_steps = 16, .n_samples = 8, .want_token_matrix = true, .want_faithfulness = true};
+    auto cpu = attribute("cpu", request);
+    auto gpu = attribute("cuda:0", request);
+    ASSERT_TRUE(cpu.ok() && gpu.ok()) << AttributionMethodName(method);
+    double scale = 1e-6, error = 0;
+    for (size_t f = 0; f < cpu->sequence.size(); ++f) {
+      scale = std::max(scale, std::abs(cpu->sequence[f]));
+      error = std::max(error, std::abs(cpu->sequence[f] - gpu->sequence[f]));
+    }
+    // fp32 on both; cuBLAS and the CPU kernels sum in different orders (TF32 is off by default).
+    EXPECT_LT(error / scale, 1e-3) << AttributionMethodName(method);
+    EXPECT_NEAR(gpu->faithfulness->comprehensiveness_aopc, cpu->faithfulness->comprehensiveness_aopc, 1e-4)
+        << AttributionMethodName(method);
+  }
+}
+
+}  // namespace
+}  // namespace attribution::engine
