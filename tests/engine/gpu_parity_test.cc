@@ -26,6 +26,8 @@ struct Case {
   std::string dtype;
 };
 
+void PrintTo(const Case& c, std::ostream* os) { *os << c.arch << "/" << c.dtype; }
+
 class GpuParity : public ::testing::TestWithParam<Case> {
  protected:
   void SetUp() override {
