@@ -4,8 +4,8 @@
 #include <algorithm>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <numeric>
 
+#include "engine/attribution/faithfulness.h"
 #include "engine/common/status_macros.h"
 
 namespace attribution::bench {
@@ -38,9 +38,7 @@ absl::StatusOr<std::vector<HeldOutQuestion>> ReadHeldOutQuestions(const std::str
 }
 
 DecisiveHits RankDecisive(const std::vector<double>& attribution, const std::vector<int64_t>& decisive) {
-  std::vector<int64_t> ranked(attribution.size());
-  std::iota(ranked.begin(), ranked.end(), 0);
-  std::stable_sort(ranked.begin(), ranked.end(), [&](int64_t a, int64_t b) { return attribution[a] > attribution[b]; });
+  const std::vector<int64_t> ranked = engine::RankFeatures(attribution);
   auto is_decisive = [&](int64_t f) { return std::find(decisive.begin(), decisive.end(), f) != decisive.end(); };
   DecisiveHits hits{.top1 = !ranked.empty() && is_decisive(ranked[0])};
   const size_t k = std::min(decisive.size(), ranked.size());

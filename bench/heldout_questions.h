@@ -29,7 +29,7 @@ struct DecisiveHits {
   bool top1 = false;   // the highest-ranked feature is decisive
   double topk = 0;     // fraction of the k highest-ranked features that are decisive, k = decisive count
 };
-// Ranks by signed attribution, ties in prompt order (as the engine's faithfulness rows).
+// Ranks as the engine's faithfulness rows do (engine::RankFeatures).
 DecisiveHits RankDecisive(const std::vector<double>& attribution, const std::vector<int64_t>& decisive);
 
 }  // namespace attribution::bench

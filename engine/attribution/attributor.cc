@@ -9,6 +9,7 @@
 
 #include "engine/attribution/faithfulness.h"
 #include "engine/attribution/row_plan.h"
+#include "engine/attribution/submit_rows.h"
 #include "engine/model/torch_errors.h"
 #include "engine/scheduler/engine_generation.h"
 
@@ -47,27 +48,6 @@ struct RowProgress {
   }
 };
 
-// Submits `rows` as one group and calls `then` with all their results once every row is answered
-// (or `done` with the first failure).
-void SubmitAll(BatchingEngine& engine, const std::shared_ptr<Request>& handle, std::vector<Row> rows,
-               std::shared_ptr<RowProgress> progress, std::function<void(std::vector<RowResult>&)> then,
-               const Attributor::Done& done) {
-  const size_t count = rows.size();
-  auto results = std::make_shared<std::vector<RowResult>>(count);
-  auto remaining = std::make_shared<std::atomic<size_t>>(count);
-  absl::Status submitted = engine.Submit(handle, std::move(rows), [=](size_t index, RowResult result) {
-    (*results)[index] = std::move(result);
-    progress->RowAnswered();
-    if (remaining->fetch_sub(1) != 1) return;
-    // The last row: every result is in place.
-    for (const RowResult& r : *results) {
-      if (!r.status.ok()) return done(r.status);
-    }
-    then(*results);
-  });
-  if (!submitted.ok()) done(submitted);
-}
-
 }  // namespace
 
 void Attributor::AttributeTarget(std::shared_ptr<Request> handle, AttributionRequest request, Done done,
@@ -88,44 +68,44 @@ void Attributor::AttributeTarget(std::shared_ptr<Request> handle, AttributionReq
   progress->report = std::move(report);
   progress->total = shared_plan->num_rows() + (measured ? FaithfulnessRowCount() : 0);
   BatchingEngine* engine = engine_;
-  auto run_main = [engine, handle, shared_plan, progress, measured, done](std::vector<RowResult>& prepared) {
+  auto row_answered = [progress] { progress->RowAnswered(); };
+  auto failed = [done](const absl::Status& status) { done(status); };
+  // The answer, with the request's queue and device time once all its rows (faithfulness's too) ran.
+  auto finish = [handle, done](AttributionResult result) {
+    const Request::Stats stats = handle->stats();
+    result.queue_time = stats.queue_time;
+    result.device_time = stats.device_time;
+    done(std::move(result));
+  };
+  auto run_main = [=](std::vector<RowResult>& prepared) {
     shared_plan->Prepared(prepared);
-    SubmitAll(*engine, handle, shared_plan->TakeRows(), progress,
-              [engine, handle, shared_plan, progress, measured, done](std::vector<RowResult>& results) {
+    SubmitRows(*engine, handle, shared_plan->TakeRows(), row_answered, [=](std::vector<RowResult>& results) {
       absl::StatusOr<AttributionResult> reduced;
       try {
         reduced = shared_plan->Reduce(results);
       } catch (const std::exception& e) {
         reduced = StatusFromException(e, "reducing attribution rows");
       }
-      if (reduced.ok()) {
-        const Request::Stats stats = handle->stats();
-        reduced->queue_time = stats.queue_time;
-        reduced->device_time = stats.device_time;
-      }
-      if (!reduced.ok() || !measured) return done(std::move(reduced));
+      if (!reduced.ok()) return done(reduced.status());
+      if (!measured) return finish(std::move(*reduced));
       auto attribution = std::make_shared<AttributionResult>(std::move(*reduced));
       MeasureFaithfulness(*engine, handle, *measured, attribution->sequence,
-                          [handle, progress, attribution, done](absl::StatusOr<Faithfulness> faithfulness) {
+                          [attribution, finish, done](absl::StatusOr<Faithfulness> faithfulness) {
                             if (!faithfulness.ok()) return done(faithfulness.status());
-                            progress->done += FaithfulnessRowCount();
-                            if (progress->report) progress->report(progress->done, progress->total);
                             attribution->faithfulness = std::move(*faithfulness);
                             attribution->rows += FaithfulnessRowCount();
                             attribution->forward_passes += FaithfulnessRowCount();
-                            const Request::Stats stats = handle->stats();
-                            attribution->queue_time = stats.queue_time;
-                            attribution->device_time = stats.device_time;
-                            done(std::move(*attribution));
-                          });
-    }, done);
+                            finish(std::move(*attribution));
+                          },
+                          row_answered);
+    }, failed);
   };
   std::vector<Row> prepare = shared_plan->TakePrepareRows();
   if (prepare.empty()) {
     std::vector<RowResult> none;
     return run_main(none);
   }
-  SubmitAll(*engine_, handle, std::move(prepare), progress, run_main, done);
+  SubmitRows(*engine_, handle, std::move(prepare), row_answered, run_main, failed);
 }
 
 absl::StatusOr<AttributionResult> Attributor::AttributeAndWait(const AttributionRequest& request) const {

@@ -2,11 +2,11 @@
 #include "engine/attribution/faithfulness.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <numeric>
 
 #include "engine/attribution/row_plan.h"
+#include "engine/attribution/submit_rows.h"
 
 namespace attribution::engine {
 namespace {
@@ -32,17 +32,21 @@ Row TargetProbabilityRow(const AttributionRequest& request, const std::vector<bo
 
 int64_t FaithfulnessRowCount() { return 2 + 2 * kPoints; }
 
+std::vector<int64_t> RankFeatures(const std::vector<double>& attribution) {
+  std::vector<int64_t> ranked(attribution.size());
+  std::iota(ranked.begin(), ranked.end(), 0);
+  std::stable_sort(ranked.begin(), ranked.end(), [&](int64_t a, int64_t b) { return attribution[a] > attribution[b]; });
+  return ranked;
+}
+
 void MeasureFaithfulness(BatchingEngine& engine, const std::shared_ptr<Request>& handle,
                          const AttributionRequest& request, const std::vector<double>& attribution,
-                         std::function<void(absl::StatusOr<Faithfulness>)> done) {
+                         std::function<void(absl::StatusOr<Faithfulness>)> done, std::function<void()> row_answered) {
   const int64_t f_count = NumFeatures(request);
   if (static_cast<int64_t>(attribution.size()) != f_count) {
     return done(absl::InvalidArgumentError("faithfulness needs one attribution per feature"));
   }
-  // Highest attribution first; ties keep prompt order so the ranking is deterministic.
-  std::vector<int64_t> ranked(f_count);
-  std::iota(ranked.begin(), ranked.end(), 0);
-  std::stable_sort(ranked.begin(), ranked.end(), [&](int64_t a, int64_t b) { return attribution[a] > attribution[b]; });
+  const std::vector<int64_t> ranked = RankFeatures(attribution);
 
   // Rows in order: full prompt, every feature at baseline, then (deletion, insertion) per point.
   Faithfulness shape;
@@ -62,29 +66,20 @@ void MeasureFaithfulness(BatchingEngine& engine, const std::shared_ptr<Request>&
     rows.push_back(TargetProbabilityRow(request, inserted));
   }
 
-  auto values = std::make_shared<std::vector<double>>(rows.size());
-  auto failure = std::make_shared<absl::Status>();
-  auto remaining = std::make_shared<std::atomic<size_t>>(rows.size());
-  auto finish = [values, failure, remaining, shape = std::move(shape), done](size_t index, RowResult result) mutable {
-    if (result.status.ok()) {
-      (*values)[index] = result.value;
-    } else if (failure->ok()) {
-      *failure = result.status;  // rows of one request answer on the one executor thread
-    }
-    if (remaining->fetch_sub(1) != 1) return;
-    if (!failure->ok()) return done(*failure);
-    Faithfulness out = std::move(shape);
-    out.full = (*values)[0];
-    out.empty = (*values)[1];
+  auto curves = [shape = std::move(shape), done](std::vector<RowResult>& results) {
+    Faithfulness out = shape;
+    out.full = results[0].value;
+    out.empty = results[1].value;
     for (int64_t p = 0; p < kPoints; ++p) {
-      out.deletion.push_back((*values)[2 + 2 * p]);
-      out.insertion.push_back((*values)[3 + 2 * p]);
+      out.deletion.push_back(results[2 + 2 * p].value);
+      out.insertion.push_back(results[3 + 2 * p].value);
       out.comprehensiveness_aopc += (out.full - out.deletion.back()) / kPoints;
       out.sufficiency_aopc += (out.full - out.insertion.back()) / kPoints;
     }
     done(std::move(out));
   };
-  if (absl::Status s = engine.Submit(handle, std::move(rows), std::move(finish)); !s.ok()) done(s);
+  SubmitRows(engine, handle, std::move(rows), std::move(row_answered), std::move(curves),
+             [done](const absl::Status& status) { done(status); });
 }
 
 }  // namespace attribution::engine

@@ -17,11 +17,16 @@ namespace attribution::engine {
 // Score rows one faithfulness measurement submits.
 int64_t FaithfulnessRowCount();
 
+// Feature indices by attribution, highest first; ties keep prompt order (the ranking the curves use).
+std::vector<int64_t> RankFeatures(const std::vector<double>& attribution);
+
 // Measures `attribution` (one value per feature of `request`: its prompt, target, features and
 // baselines) with score rows submitted under `handle`; `done` is called once, on the executor thread
-// (or at once when submission fails). The request must be valid and have a target.
+// (or at once when submission fails), `row_answered` (may be empty) after each row. The request must be
+// valid and have a target.
 void MeasureFaithfulness(BatchingEngine& engine, const std::shared_ptr<Request>& handle,
                          const AttributionRequest& request, const std::vector<double>& attribution,
-                         std::function<void(absl::StatusOr<Faithfulness>)> done);
+                         std::function<void(absl::StatusOr<Faithfulness>)> done,
+                         std::function<void()> row_answered = nullptr);
 
 }  // namespace attribution::engine

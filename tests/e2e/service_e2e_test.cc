@@ -62,16 +62,19 @@ class DirectEngine {
   std::unique_ptr<engine::Attributor> attributor_;
 };
 
+// The value of one series (name{labels}) in a server's /metrics; 0 when it is not there (yet).
+double MetricValue(int metrics_port, const std::string& series) {
+  absl::StatusOr<std::string> metrics = testing::HttpGet(metrics_port, "/metrics");
+  const std::string key = series + " ";
+  if (!metrics.ok() || metrics->find(key) == std::string::npos) return 0;
+  return std::stod(metrics->substr(metrics->find(key) + key.size()));
+}
+
 // Polls the metrics endpoint until the demo model's engine has rows queued: a call sent before is then
 // known to be on the server (a fixed sleep is not enough on a loaded machine).
 bool WaitForQueuedRows(int metrics_port) {
-  const std::string key = "attribution_engine_queued_rows{model=\"demo\"} ";
   for (int attempt = 0; attempt < 3000; ++attempt) {
-    absl::StatusOr<std::string> metrics = testing::HttpGet(metrics_port, "/metrics");
-    if (metrics.ok()) {
-      const size_t at = metrics->find(key);
-      if (at != std::string::npos && std::stod(metrics->substr(at + key.size())) > 0) return true;
-    }
+    if (MetricValue(metrics_port, "attribution_engine_queued_rows{model=\"demo\"}") > 0) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   return false;
@@ -483,11 +486,8 @@ TEST(ClientRetries, UnavailableIsRetriedWithBackoffUntilTheServerComesUp) {
 // Logprobs calls each server has counted, once their sum reaches `total` (the count is made as the
 // answer goes out, so it may trail the client by a moment).
 std::pair<int64_t, int64_t> LogprobsAnswered(const ServerProcess& a, const ServerProcess& b, int64_t total) {
-  auto answered = [](const ServerProcess& server) -> int64_t {
-    const std::string key = "attribution_rpcs_total{code=\"OK\",method=\"Logprobs\"} ";
-    absl::StatusOr<std::string> metrics = testing::HttpGet(server.metrics_port(), "/metrics");
-    if (!metrics.ok() || metrics->find(key) == std::string::npos) return 0;
-    return std::stoll(metrics->substr(metrics->find(key) + key.size()));
+  auto answered = [](const ServerProcess& server) {
+    return static_cast<int64_t>(MetricValue(server.metrics_port(), "attribution_rpcs_total{code=\"OK\",method=\"Logprobs\"}"));
   };
   std::pair<int64_t, int64_t> counts;
   for (int attempt = 0; attempt < 500; ++attempt) {
