@@ -44,6 +44,7 @@ struct Token {
   std::string text;
   int64_t char_begin = 0, char_end = 0;  // code points into the prompt/target text
   float log_prob = 0;                    // output tokens
+  bool special = false;                  // a special token of the tokenizer (bos, eos, control tokens)
 };
 
 struct Feature {
@@ -78,6 +79,9 @@ struct AttributeOptions {
   bool no_special_tokens = false;
   std::string target;                 // text or ids; neither: generated with `generation`
   std::vector<int64_t> target_ids;
+  // How target and foil text become tokens: "continuation" (as they follow the prompt: " No" after
+  // "A:" is one token) or "separate" (tokenized alone, as Captum does).
+  std::string target_tokenization = "continuation";
   GenerationSettings generation;
   std::string method = "integrated_gradients";  // gradient_shap saliency input_x_gradient feature_ablation
                                                 // shapley_values shapley_value_sampling lime kernel_shap
@@ -95,6 +99,7 @@ struct AttributeOptions {
   bool signed_saliency = false;
   bool want_token_matrix = false;
   bool want_faithfulness = false;    // deletion / insertion curves (12 more forward rows on the server)
+  bool include_special_tokens = false;  // special tokens (bos, ...) as features too (Captum parity)
   std::string priority = "normal";   // low high
 };
 
@@ -112,6 +117,7 @@ struct Attribution {
   std::string model, method;
   std::vector<Token> prompt_tokens, target_tokens;
   std::vector<Feature> features;
+  std::vector<int64_t> fixed_tokens;           // prompt token indices in no feature (kept real in every row)
   std::vector<double> sequence;                // [features]
   std::vector<std::vector<double>> token_matrix;  // [target tokens][features] when asked
   double objective = 0;
@@ -143,6 +149,7 @@ struct LogprobsOptions {
   bool no_special_tokens = false;
   std::string target;
   std::vector<int64_t> target_ids;
+  std::string target_tokenization = "continuation";  // or "separate" (see AttributeOptions)
   int top_k = 0;
   std::string priority = "normal";
 };

@@ -30,7 +30,12 @@ ABSL_FLAG(std::string, token_file, "", "file holding the bearer token");
 ABSL_FLAG(double, timeout, 300, "deadline of the call in seconds");
 ABSL_FLAG(std::string, model, "", "model name (see `models`); empty: the server's first model");
 ABSL_FLAG(std::string, prompt, "", "prompt text");
-ABSL_FLAG(std::string, target, "", "target text (attribute: empty = generated; logprobs: required)");
+ABSL_FLAG(std::string, target, "", "target text (attribute: empty = generated; logprobs: required), tokenized as "
+          "the prompt's continuation: after a prompt ending in 'A:', ' No' is the answer token; see --target_tokenization");
+ABSL_FLAG(std::string, target_tokenization, "continuation",
+          "continuation: target/foil tokens are those that follow the prompt's when both are tokenized together | "
+          "separate: the target text tokenized alone (Captum's way; ' No' may become a lone space and 'No')");
+ABSL_FLAG(bool, include_special_tokens, false, "attribute: make special tokens (bos, ...) features too (Captum parity)");
 ABSL_FLAG(std::string, foil, "", "contrastive: attribute target minus this foil");
 ABSL_FLAG(std::string, method, "integrated_gradients", "integrated_gradients | gradient_shap | saliency | "
           "input_x_gradient | feature_ablation | shapley_values | shapley_value_sampling | lime | kernel_shap");
@@ -90,13 +95,15 @@ GenerationSettings GenerationFromFlags() {
 
 int Attribute(AttributionClient& client, const std::string& model) {
   AttributeOptions o{.model = model, .prompt = absl::GetFlag(FLAGS_prompt), .target = absl::GetFlag(FLAGS_target),
+                     .target_tokenization = absl::GetFlag(FLAGS_target_tokenization),
                      .generation = GenerationFromFlags(), .method = absl::GetFlag(FLAGS_method),
                      .quantity = absl::GetFlag(FLAGS_quantity), .foil = absl::GetFlag(FLAGS_foil),
                      .baseline = absl::GetFlag(FLAGS_baseline), .n_steps = absl::GetFlag(FLAGS_n_steps),
                      .rule = absl::GetFlag(FLAGS_rule), .n_samples = absl::GetFlag(FLAGS_n_samples),
                      .stdev = absl::GetFlag(FLAGS_stdev), .seed = absl::GetFlag(FLAGS_seed),
                      .want_token_matrix = absl::GetFlag(FLAGS_matrix),
-                     .want_faithfulness = absl::GetFlag(FLAGS_faithfulness)};
+                     .want_faithfulness = absl::GetFlag(FLAGS_faithfulness),
+                     .include_special_tokens = absl::GetFlag(FLAGS_include_special_tokens)};
   if (!absl::GetFlag(FLAGS_range).empty()) {
     std::vector<std::string> parts = absl::StrSplit(absl::GetFlag(FLAGS_range), ':');
     int64_t begin = 0, end = 0;
@@ -146,8 +153,12 @@ int Generate(AttributionClient& client, const std::string& model) {
 int LogprobsCommand(AttributionClient& client, const std::string& model) {
   absl::StatusOr<Logprobs> result = client.GetLogprobs({.model = model, .prompt = absl::GetFlag(FLAGS_prompt),
                                                         .target = absl::GetFlag(FLAGS_target),
+                                                        .target_tokenization = absl::GetFlag(FLAGS_target_tokenization),
                                                         .top_k = absl::GetFlag(FLAGS_top_k)});
   if (!result.ok()) return Failed(result.status());
+  std::vector<Token> scored;
+  for (const TokenLogprob& t : result->target) scored.push_back(t.token);
+  std::cout << TargetTokensLine(scored) << "\n";
   for (const TokenLogprob& t : result->target) {
     std::cout << absl::StrFormat("%-16s %10.4f", "\"" + t.token.text + "\"", t.token.log_prob);
     for (const Token& top : t.top) std::cout << absl::StrFormat("  %s:%.3f", top.text, top.log_prob);
@@ -199,7 +210,8 @@ int Run(const std::vector<char*>& positional) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "Calls an attribution server.\n"
+      "Calls an attribution server. A text target is tokenized as the prompt's continuation (what the model\n"
+      "reads when it follows the prompt); the scored target tokens are printed first.\n"
       "  attribution-cli attribute --prompt 'Is it true that vaccines cause autism?' --target ' No'\n"
       "  attribution-cli generate --prompt 'Once upon a time' --stream\n"
       "  attribution-cli logprobs --prompt 'The capital of France is' --target ' Paris' --top_k 5\n"

@@ -44,6 +44,32 @@ std::string HtmlEscape(const std::string& text) {
 
 std::string Css(Rgb c) { return absl::StrFormat("background:rgb(%d,%d,%d)", c.r, c.g, c.b); }
 
+// The prompt in order: each feature (with its index) and, between them, the fixed tokens (index -1).
+struct PromptPiece {
+  std::string text;
+  int64_t feature = -1;
+};
+
+std::vector<PromptPiece> PromptPieces(const Attribution& a) {
+  std::vector<PromptPiece> pieces;
+  std::vector<bool> fixed(a.prompt_tokens.size(), false);
+  for (int64_t p : a.fixed_tokens) {
+    if (p >= 0 && p < static_cast<int64_t>(fixed.size())) fixed[p] = true;
+  }
+  size_t next = 0;  // features are disjoint and in order
+  for (int64_t p = 0; p < static_cast<int64_t>(a.prompt_tokens.size());) {
+    if (next < a.features.size() && a.features[next].token_begin == p) {
+      pieces.push_back({a.features[next].text, static_cast<int64_t>(next)});
+      p = std::max(p + 1, a.features[next++].token_end);
+      continue;
+    }
+    if (fixed[p]) pieces.push_back({a.prompt_tokens[p].text, -1});
+    ++p;
+  }
+  for (; next < a.features.size(); ++next) pieces.push_back({a.features[next].text, static_cast<int64_t>(next)});
+  return pieces;
+}
+
 std::string TargetText(const Attribution& a) {
   std::string text;
   for (const Token& t : a.target_tokens) text += t.text;
@@ -66,13 +92,27 @@ std::string FaithfulnessSummary(const Faithfulness& f) {
 
 }  // namespace
 
+std::string TargetTokensLine(const std::vector<Token>& tokens) {
+  std::string out = absl::StrFormat("target tokens (%d):", tokens.size());
+  for (const Token& t : tokens) absl::StrAppend(&out, " \"", Printable(t.text), "\" #", t.id);
+  return out;
+}
+
 std::string TerminalHeatmap(const Attribution& a, bool color) {
   const double scale = MaxAbs(a.sequence);
-  std::string out = absl::StrFormat("model %s, method %s, target \"%s\" (%s = %.6g)\n", a.model, a.method,
-                                    Printable(TargetText(a)), "objective", a.objective);
-  for (size_t f = 0; f < a.features.size(); ++f) {
-    const std::string text = Printable(a.features[f].text.empty() ? "·" : a.features[f].text);
-    absl::StrAppend(&out, color ? Paint(text, ColorOf(a.sequence[f], scale)) : absl::StrCat("[", text, "]"), " ");
+  std::string out = absl::StrFormat("%s\nmodel %s, method %s, target \"%s\" (%s = %.6g)\n", TargetTokensLine(a.target_tokens),
+                                    a.model, a.method, Printable(TargetText(a)), "objective", a.objective);
+  for (const PromptPiece& piece : PromptPieces(a)) {
+    const std::string text = Printable(piece.text.empty() ? "·" : piece.text);
+    if (piece.feature < 0) {
+      absl::StrAppend(&out, color ? absl::StrCat("\x1b[38;5;245m", text, "\x1b[0m") : absl::StrCat("(", text, ")"), " ");
+      continue;
+    }
+    const double value = a.sequence[piece.feature];
+    absl::StrAppend(&out, color ? Paint(text, ColorOf(value, scale)) : absl::StrCat("[", text, "]"), " ");
+  }
+  if (!a.fixed_tokens.empty()) {
+    absl::StrAppend(&out, color ? "\n\x1b[38;5;245mgrey\x1b[0m" : "\n( )", ": fixed tokens, kept real in every row (not features)");
   }
   absl::StrAppend(&out, "\n\n");
   std::vector<size_t> order(a.features.size());
@@ -115,18 +155,23 @@ std::string HtmlReport(const Attribution& a) {
       "</title>\n<style>body{font-family:sans-serif;margin:2em}"
       ".tok{display:inline-block;padding:3px 4px;margin:2px;border-radius:3px;font-family:monospace;white-space:pre}"
       "table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:4px 6px;font-family:monospace;"
-      "text-align:right}th{background:#f4f4f4}</style></head><body>\n",
+      "text-align:right}th{background:#f4f4f4}.fixed{color:#999;background:#eee}</style></head><body>\n",
       "<h2>Attribution (", HtmlEscape(a.method), ") on model ", HtmlEscape(a.model), "</h2>\n<p>Target: <b>",
-      HtmlEscape(TargetText(a)), "</b> &mdash; objective ", absl::StrFormat("%.6g", a.objective), "</p>\n",
-      "<h3>Input features</h3>\n<div>");
-  for (size_t f = 0; f < a.features.size(); ++f) {
-    absl::StrAppend(&html, "<span class=\"tok\" style=\"", Css(ColorOf(a.sequence[f], scale)),
-                    "\" title=\"", absl::StrFormat("%.6g", a.sequence[f]), "\">", HtmlEscape(a.features[f].text),
-                    "</span>");
+      HtmlEscape(TargetText(a)), "</b> &mdash; objective ", absl::StrFormat("%.6g", a.objective), "</p>\n<p>",
+      HtmlEscape(TargetTokensLine(a.target_tokens)), "</p>\n<h3>Input features</h3>\n<div>");
+  for (const PromptPiece& piece : PromptPieces(a)) {
+    if (piece.feature < 0) {
+      absl::StrAppend(&html, "<span class=\"tok fixed\" title=\"fixed: not a feature\">", HtmlEscape(piece.text), "</span>");
+      continue;
+    }
+    const double value = a.sequence[piece.feature];
+    absl::StrAppend(&html, "<span class=\"tok\" style=\"", Css(ColorOf(value, scale)), "\" title=\"",
+                    absl::StrFormat("%.6g", value), "\">", HtmlEscape(piece.text), "</span>");
   }
   absl::StrAppend(&html, "</div>\n<p>Legend: <span class=\"tok\" style=\"", Css(ColorOf(-1, 1)),
                   "\">negative</span><span class=\"tok\" style=\"", Css(ColorOf(0, 1)),
-                  "\">neutral</span><span class=\"tok\" style=\"", Css(ColorOf(1, 1)), "\">positive</span></p>\n");
+                  "\">neutral</span><span class=\"tok\" style=\"", Css(ColorOf(1, 1)), "\">positive</span>",
+                  a.fixed_tokens.empty() ? "" : "<span class=\"tok fixed\">fixed (not a feature)</span>", "</p>\n");
   if (!a.token_matrix.empty()) {
     absl::StrAppend(&html, "<h3>Per output token</h3>\n<table><tr><th></th>");
     for (const Feature& f : a.features) absl::StrAppend(&html, "<th>", HtmlEscape(f.text), "</th>");
@@ -152,7 +197,7 @@ std::string AttributionJson(const Attribution& a) {
     nlohmann::json out = nlohmann::json::array();
     for (const Token& t : list) {
       out.push_back({{"id", t.id}, {"text", t.text}, {"char_begin", t.char_begin}, {"char_end", t.char_end},
-                     {"log_prob", t.log_prob}});
+                     {"log_prob", t.log_prob}, {"special", t.special}});
     }
     return out;
   };
@@ -160,6 +205,7 @@ std::string AttributionJson(const Attribution& a) {
   for (const Feature& f : a.features) features.push_back({{"token_begin", f.token_begin}, {"token_end", f.token_end}, {"text", f.text}});
   nlohmann::json out = {{"model", a.model}, {"method", a.method}, {"prompt_tokens", tokens(a.prompt_tokens)},
                         {"target_tokens", tokens(a.target_tokens)}, {"features", features},
+                        {"fixed_tokens", a.fixed_tokens},
                         {"sequence_attribution", a.sequence}, {"token_matrix", a.token_matrix},
                         {"objective", a.objective},
                         {"stats", {{"rows", a.stats.rows}, {"forward_passes", a.stats.forward_passes},

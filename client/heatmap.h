@@ -8,8 +8,13 @@
 
 namespace attribution::client {
 
-// Prompt tokens coloured by their feature's sequence attribution, a ranked table, and the
-// per-output-token matrix as a grid when present. `color` false: plain text with the numbers.
+// One line naming the scored target tokens with their ids, so a user sees at once what was scored:
+// `target tokens (1): " No" #1939`.
+std::string TargetTokensLine(const std::vector<Token>& tokens);
+
+// The target tokens, then the prompt with each feature coloured by its sequence attribution and
+// fixed tokens (no feature: special tokens by default) greyed, a ranked table, and the per-output-
+// token matrix as a grid when present. `color` false: plain text, features in [ ], fixed in ( ).
 std::string TerminalHeatmap(const Attribution& attribution, bool color);
 
 // A standalone HTML page (no external resources): the same token colouring and matrix heatmap.

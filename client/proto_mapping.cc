@@ -35,6 +35,11 @@ void SetGeneration(const GenerationSettings& g, v1::GenerationSettings* out) {
   out->set_ignore_stop_tokens(g.ignore_stop_tokens);
 }
 
+absl::StatusOr<v1::TargetTokenization> ToTargetTokenization(const std::string& name) {
+  return Lookup<v1::TargetTokenization>("target_tokenization", name,
+                                        {{"continuation", v1::CONTINUATION}, {"separate", v1::SEPARATE}});
+}
+
 absl::StatusOr<v1::Priority> ToPriority(const std::string& name) {
   return Lookup<v1::Priority>("priority", name, {{"low", v1::LOW}, {"normal", v1::NORMAL}, {"high", v1::HIGH}});
 }
@@ -80,13 +85,18 @@ std::vector<Token> TokensFromProto(const google::protobuf::RepeatedPtrField<v1::
 }  // namespace
 
 Token FromProto(const v1::Token& t) {
-  return {.id = t.id(), .text = t.text(), .char_begin = t.char_begin(), .char_end = t.char_end(), .log_prob = t.log_prob()};
+  return {.id = t.id(), .text = t.text(), .char_begin = t.char_begin(), .char_end = t.char_end(), .log_prob = t.log_prob(),
+          .special = t.special()};
 }
 
 absl::StatusOr<v1::AttributeRequest> ToProto(const AttributeOptions& o) {
   v1::AttributeRequest out;
   if (absl::Status s = SetPromptFields(o, &out); !s.ok()) return s;
   if (!o.target.empty() || !o.target_ids.empty()) SetInput(o.target, o.target_ids, out.mutable_target());
+  absl::StatusOr<v1::TargetTokenization> tokenization = ToTargetTokenization(o.target_tokenization);
+  if (!tokenization.ok()) return tokenization.status();
+  out.set_target_tokenization(*tokenization);
+  out.set_include_special_tokens(o.include_special_tokens);
   SetGeneration(o.generation, out.mutable_generation());
   absl::StatusOr<v1::Method> method = Lookup<v1::Method>(
       "method", o.method,
@@ -142,6 +152,9 @@ absl::StatusOr<v1::LogprobsRequest> ToProto(const LogprobsOptions& o) {
   v1::LogprobsRequest out;
   if (absl::Status s = SetPromptFields(o, &out); !s.ok()) return s;
   SetInput(o.target, o.target_ids, out.mutable_target());
+  absl::StatusOr<v1::TargetTokenization> tokenization = ToTargetTokenization(o.target_tokenization);
+  if (!tokenization.ok()) return tokenization.status();
+  out.set_target_tokenization(*tokenization);
   out.set_top_k(o.top_k);
   return out;
 }
@@ -153,6 +166,7 @@ Attribution FromProto(const v1::AttributeResponse& r) {
   out.prompt_tokens = TokensFromProto(r.prompt_tokens());
   out.target_tokens = TokensFromProto(r.target_tokens());
   for (const v1::Feature& f : r.features()) out.features.push_back({f.token_begin(), f.token_end(), f.text()});
+  out.fixed_tokens.assign(r.fixed_tokens().begin(), r.fixed_tokens().end());
   out.sequence.assign(r.sequence_attribution().begin(), r.sequence_attribution().end());
   for (const v1::AttributionRow& row : r.token_matrix()) out.token_matrix.emplace_back(row.values().begin(), row.values().end());
   out.objective = r.objective();

@@ -6,6 +6,9 @@
 #include <algorithm>
 #include <cmath>
 
+#include <google/protobuf/descriptor.h>
+
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
 
@@ -23,6 +26,13 @@ absl::Status Invalid(absl::string_view field, absl::string_view problem) {
 absl::Status InField(absl::string_view field, const absl::Status& status) {
   if (status.ok()) return status;
   return absl::Status(status.code(), absl::StrCat(field, ": ", status.message()));
+}
+
+// INVALID_ARGUMENT for an enum value this server does not know, listing the ones it does.
+absl::Status UnknownEnumValue(absl::string_view field, int value, const google::protobuf::EnumDescriptor* descriptor) {
+  std::string names;
+  for (int i = 0; i < descriptor->value_count(); ++i) absl::StrAppend(&names, i ? ", " : "", descriptor->value(i)->name());
+  return Invalid(field, absl::StrCat("unknown value ", value, " (one of: ", names, ")"));
 }
 
 bool IsSet(const v1::Input& input) { return !input.text().empty() || input.token_ids_size() > 0; }
@@ -43,6 +53,67 @@ absl::StatusOr<ResolvedInput> Resolve(const v1::Input& input, absl::string_view 
   return out;
 }
 
+// Token texts for a message: ["A", ":No"], each escaped so that the message stays one readable line.
+std::string QuotedTokens(const std::vector<int64_t>& ids, size_t begin, size_t end, const engine::Tokenizer& tokenizer) {
+  std::string out = "[";
+  for (size_t i = begin; i < end && i < ids.size(); ++i) {
+    absl::StrAppend(&out, i == begin ? "" : ", ", "\"", absl::Utf8SafeCHexEscape(tokenizer.TokenText(ids[i])), "\"");
+  }
+  return out + "]";
+}
+
+// The text a prompt stands for: its own text, or its ids decoded (special tokens skipped).
+absl::StatusOr<std::string> PromptText(const ResolvedInput& prompt, const engine::Tokenizer& tokenizer) {
+  if (!prompt.encoding.spans.empty()) return prompt.text;
+  return tokenizer.Decode(prompt.encoding.ids, /*skip_special_tokens=*/true);
+}
+
+// A text target as the tokens that follow the prompt's own when prompt and target are tokenized
+// together: what the model reads when the target follows the prompt. Spans are offsets into `text`.
+absl::StatusOr<ResolvedInput> ResolveContinuation(const std::string& text, absl::string_view field,
+                                                  const ResolvedInput& prompt, const engine::Tokenizer& tokenizer) {
+  RETURN_IF_ERROR(InField(absl::StrCat(field, ".text"), engine::CheckUtf8(text)));
+  absl::StatusOr<std::string> decoded = PromptText(prompt, tokenizer);
+  if (!decoded.ok()) return InField("prompt", decoded.status());
+  const std::string& prompt_text = *decoded;
+  ASSIGN_OR_RETURN(const engine::Encoding alone, tokenizer.Encode(prompt_text, false));
+  ASSIGN_OR_RETURN(const engine::Encoding joint, tokenizer.Encode(prompt_text + text, false));
+  const size_t n = alone.ids.size();
+  const auto split = std::mismatch(alone.ids.begin(), alone.ids.end(), joint.ids.begin(), joint.ids.end());
+  if (split.first != alone.ids.end()) {
+    const size_t from = static_cast<size_t>(split.first - alone.ids.begin());
+    const size_t context = from > 0 ? from - 1 : 0;
+    return Invalid(field, absl::StrCat(
+        "the text does not start on a token boundary after the prompt: the prompt alone ends in tokens ",
+        QuotedTokens(alone.ids, context, n, tokenizer), " but prompt + ", field, " tokenize as ",
+        QuotedTokens(joint.ids, context, std::min(joint.ids.size(), n + 3), tokenizer),
+        "; move the shared characters into one of them, give token_ids, or set target_tokenization = SEPARATE"));
+  }
+  if (joint.ids.size() == n) {
+    return Invalid(field, "the text adds no token after the prompt (set text with at least one token, or token_ids)");
+  }
+  ResolvedInput out;
+  out.text = text;
+  out.encoding.ids.assign(joint.ids.begin() + static_cast<std::ptrdiff_t>(n), joint.ids.end());
+  for (size_t i = n; i < joint.spans.size(); ++i) {
+    auto shifted = [&](size_t offset) { return offset > prompt_text.size() ? offset - prompt_text.size() : 0; };
+    out.encoding.spans.push_back({.begin = shifted(joint.spans[i].begin), .end = shifted(joint.spans[i].end)});
+  }
+  return out;
+}
+
+// A target or foil: token ids as they are; text as the prompt's continuation or on its own.
+absl::StatusOr<ResolvedInput> ResolveTarget(const v1::Input& input, absl::string_view field, const ResolvedInput& prompt,
+                                            v1::TargetTokenization tokenization, const ServedModel& model) {
+  if (input.text().empty() || input.token_ids_size() > 0) return Resolve(input, field, model, false);
+  switch (tokenization) {
+    case v1::TARGET_TOKENIZATION_UNSPECIFIED:
+    case v1::CONTINUATION: return ResolveContinuation(input.text(), field, prompt, *model.tokenizer);
+    case v1::SEPARATE: return Resolve(input, field, model, false);
+    default: return UnknownEnumValue("target_tokenization", tokenization, v1::TargetTokenization_descriptor());
+  }
+}
+
 // A prompt must be given even when the tokenizer would add tokens (bos) to empty text.
 absl::StatusOr<ResolvedInput> ResolvePrompt(const v1::Input& prompt, bool no_special_tokens, const ServedModel& model) {
   if (!IsSet(prompt)) return Invalid("prompt", "must not be empty (set text or token_ids)");
@@ -55,7 +126,7 @@ absl::StatusOr<Priority> ToPriority(v1::Priority priority) {
     case v1::NORMAL: return Priority::kNormal;
     case v1::LOW: return Priority::kLow;
     case v1::HIGH: return Priority::kHigh;
-    default: return Invalid("priority", absl::StrCat("unknown value ", static_cast<int>(priority)));
+    default: return UnknownEnumValue("priority", priority, v1::Priority_descriptor());
   }
 }
 
@@ -71,7 +142,7 @@ absl::StatusOr<AttributionMethod> ToMethod(v1::Method method) {
     case v1::SHAPLEY_VALUE_SAMPLING: return AttributionMethod::kShapleyValueSampling;
     case v1::LIME: return AttributionMethod::kLime;
     case v1::KERNEL_SHAP: return AttributionMethod::kKernelShap;
-    default: return Invalid("method", absl::StrCat("unknown value ", static_cast<int>(method)));
+    default: return UnknownEnumValue("method", method, v1::Method_descriptor());
   }
 }
 
@@ -98,7 +169,7 @@ absl::StatusOr<engine::IntegrationRule> ToRule(v1::IntegrationRule rule) {
     case v1::RIEMANN_RIGHT: return engine::IntegrationRule::kRiemannRight;
     case v1::RIEMANN_MIDDLE: return engine::IntegrationRule::kRiemannMiddle;
     case v1::RIEMANN_TRAPEZOID: return engine::IntegrationRule::kRiemannTrapezoid;
-    default: return Invalid("rule", absl::StrCat("unknown value ", static_cast<int>(rule)));
+    default: return UnknownEnumValue("rule", rule, v1::IntegrationRule_descriptor());
   }
 }
 
@@ -108,7 +179,7 @@ absl::StatusOr<engine::TokenQuantity> ToQuantity(v1::Quantity quantity) {
     case v1::LOG_PROB: return engine::TokenQuantity::kLogProb;
     case v1::PROB: return engine::TokenQuantity::kProb;
     case v1::LOGIT: return engine::TokenQuantity::kLogit;
-    default: return Invalid("quantity", absl::StrCat("unknown value ", static_cast<int>(quantity)));
+    default: return UnknownEnumValue("quantity", quantity, v1::Quantity_descriptor());
   }
 }
 
@@ -138,7 +209,7 @@ absl::Status ApplyBaseline(const v1::AttributeRequest& proto, const ServedModel&
     case v1::EOS_TOKEN: return use(special.eos, eos, "eos");
     case v1::BOS_TOKEN: return use(special.bos, config.bos_token_id, "bos");
     case v1::TOKEN_ID: request.baseline_token_id = proto.baseline_token_id(); return absl::OkStatus();
-    default: return Invalid("baseline", absl::StrCat("unknown value ", static_cast<int>(proto.baseline())));
+    default: return UnknownEnumValue("baseline", proto.baseline(), v1::BaselineKind_descriptor());
   }
 }
 
@@ -150,19 +221,38 @@ absl::Status CheckSpan(const v1::FeatureGroup& group, absl::string_view field, i
   return absl::OkStatus();
 }
 
+// One feature per token of [begin, end), leaving out special tokens unless include_special_tokens. A
+// prompt without special tokens keeps the engine's default (every token a feature: no explicit spans).
+absl::Status AddTokenFeatures(const v1::AttributeRequest& proto, const ServedModel& model, int64_t begin, int64_t end,
+                              engine::AttributionRequest& request) {
+  const int64_t prompt_length = static_cast<int64_t>(request.prompt_ids.size());
+  std::vector<engine::FeatureSpan> features;
+  for (int64_t p = begin; p < end; ++p) {
+    if (proto.include_special_tokens() || !model.tokenizer->IsSpecial(request.prompt_ids[p])) {
+      features.push_back({.begin = p, .end = p + 1});
+    }
+  }
+  if (features.empty()) {
+    return Invalid(proto.has_feature_range() ? "feature_range" : "prompt",
+                   "holds only special tokens, which are no features by default (set include_special_tokens)");
+  }
+  if (static_cast<int64_t>(features.size()) < prompt_length) request.features = std::move(features);
+  return absl::OkStatus();
+}
+
 absl::Status ApplyFeatures(const v1::AttributeRequest& proto, const ServedModel& model,
                            engine::AttributionRequest& request) {
   const int64_t prompt_length = static_cast<int64_t>(request.prompt_ids.size());
+  if (proto.feature_groups_size() == 0 && !proto.has_feature_range()) {
+    return AddTokenFeatures(proto, model, 0, prompt_length, request);
+  }
   if (proto.has_feature_range()) {
     if (proto.feature_groups_size() > 0) return Invalid("feature_range", "set feature_range or feature_groups, not both");
     RETURN_IF_ERROR(CheckSpan(proto.feature_range(), "feature_range", prompt_length));
     if (IsSet(proto.feature_range().baseline())) {
       return Invalid("feature_range.baseline", "is not used; give per-feature baselines with feature_groups");
     }
-    for (int64_t p = proto.feature_range().token_begin(); p < proto.feature_range().token_end(); ++p) {
-      request.features.push_back({.begin = p, .end = p + 1});
-    }
-    return absl::OkStatus();
+    return AddTokenFeatures(proto, model, proto.feature_range().token_begin(), proto.feature_range().token_end(), request);
   }
   int64_t covered_until = 0;
   for (int i = 0; i < proto.feature_groups_size(); ++i) {
@@ -224,6 +314,7 @@ void FillTokens(const ResolvedInput& input, const engine::Tokenizer& tokenizer,
     v1::Token* token = out->Add();
     token->set_id(input.encoding.ids[i]);
     token->set_text(tokenizer.TokenText(input.encoding.ids[i]));
+    token->set_special(tokenizer.IsSpecial(input.encoding.ids[i]));
     if (i < input.encoding.spans.size()) {
       const engine::TokenSpan& span = input.encoding.spans[i];
       token->set_byte_begin(span.begin);
@@ -234,18 +325,35 @@ void FillTokens(const ResolvedInput& input, const engine::Tokenizer& tokenizer,
   }
 }
 
-// Generated ids as text with each token's span, from decoding ever longer prefixes (special tokens
-// skipped, so they get empty spans).
-ResolvedInput DecodeWithSpans(const std::vector<int64_t>& ids, const engine::Tokenizer& tokenizer) {
+// Generated ids as the text they continue the prompt with, each token with its span, from decoding the
+// prompt's last words followed by ever longer prefixes of `ids` (special tokens skipped, so they get
+// empty spans). Decoding in context keeps the space that SentencePiece and Metaspace decoders strip
+// from a text's first word, so the text passed back as a target tokenizes to the same ids. Where the
+// context's text is no prefix of the whole (a character split across the boundary), ids decode alone.
+ResolvedInput DecodeContinuation(const std::vector<int64_t>& ids, const std::vector<int64_t>& prompt_ids,
+                                 const engine::Tokenizer& tokenizer) {
+  constexpr size_t kContextTokens = 8;
+  std::vector<int64_t> context;
+  for (auto it = prompt_ids.rbegin(); it != prompt_ids.rend() && context.size() < kContextTokens; ++it) {
+    if (!tokenizer.IsSpecial(*it)) context.insert(context.begin(), *it);
+  }
+  const std::string context_text = tokenizer.Decode(context, true).value_or("");
+  std::vector<int64_t> sequence = context;
   ResolvedInput out;
   out.encoding.ids = ids;
   size_t previous = 0;
   for (size_t i = 0; i < ids.size(); ++i) {
-    absl::StatusOr<std::string> prefix = tokenizer.Decode({ids.begin(), ids.begin() + i + 1}, true);
-    const size_t length = prefix.ok() ? prefix->size() : previous;
+    sequence.push_back(ids[i]);
+    absl::StatusOr<std::string> text = tokenizer.Decode(sequence, true);
+    if (text.ok() && text->compare(0, context_text.size(), context_text) == 0) {
+      text->erase(0, context_text.size());
+    } else {
+      text = tokenizer.Decode({ids.begin(), ids.begin() + i + 1}, true);
+    }
+    const size_t length = text.ok() ? text->size() : previous;
     out.encoding.spans.push_back({.begin = std::min(previous, length), .end = length});
     previous = length;
-    if (i + 1 == ids.size() && prefix.ok()) out.text = *prefix;
+    if (i + 1 == ids.size() && text.ok()) out.text = *text;
   }
   return out;
 }
@@ -269,7 +377,12 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
   engine::AttributionRequest& request = call.request;
   ASSIGN_OR_RETURN(call.prompt, ResolvePrompt(proto.prompt(), proto.no_special_tokens(), model));
   request.prompt_ids = call.prompt.encoding.ids;
-  ASSIGN_OR_RETURN(call.target, Resolve(proto.target(), "target", model, false));
+  if (proto.has_target() && !IsSet(proto.target())) {
+    return Invalid("target", "is set but empty; omit the field to have the target generated");
+  }
+  if (IsSet(proto.target())) {
+    ASSIGN_OR_RETURN(call.target, ResolveTarget(proto.target(), "target", call.prompt, proto.target_tokenization(), model));
+  }
   request.target_ids = call.target.encoding.ids;
   if (call.target.empty()) {
     ASSIGN_OR_RETURN(request.generation, ToGenerationOptions(proto.generation(), model));
@@ -283,7 +396,7 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
   }
   if (proto.contrastive()) {
     if (call.target.empty()) return Invalid("target", "contrastive attribution needs a given target");
-    ASSIGN_OR_RETURN(ResolvedInput foil, Resolve(proto.foil(), "foil", model, false));
+    ASSIGN_OR_RETURN(ResolvedInput foil, ResolveTarget(proto.foil(), "foil", call.prompt, proto.target_tokenization(), model));
     if (foil.encoding.ids.size() != request.target_ids.size()) {
       return Invalid("foil", absl::StrCat("has ", foil.encoding.ids.size(), " tokens; the target has ",
                                           request.target_ids.size(), " (they must match)"));
@@ -316,7 +429,8 @@ void ToAttributeResponse(const engine::AttributionResult& result, const Attribut
   out->set_model(model.spec.name);
   out->set_method(ToProtoMethod(call.request.method));
   FillTokens(call.prompt, tokenizer, out->mutable_prompt_tokens());
-  const ResolvedInput target = call.target.empty() ? DecodeWithSpans(result.target_ids, tokenizer) : call.target;
+  const ResolvedInput target =
+      call.target.empty() ? DecodeContinuation(result.target_ids, call.request.prompt_ids, tokenizer) : call.target;
   FillTokens(target, tokenizer, out->mutable_target_tokens());
   for (int i = 0; i < out->target_tokens_size() && i < static_cast<int>(result.target_log_probs.size()); ++i) {
     out->mutable_target_tokens(i)->set_log_prob(static_cast<float>(result.target_log_probs[i]));
@@ -329,6 +443,15 @@ void ToAttributeResponse(const engine::AttributionResult& result, const Attribut
     feature->set_token_begin(begin);
     feature->set_token_end(end);
     feature->set_text(SpanText(call.prompt, tokenizer, begin, end));
+  }
+  if (!call.request.features.empty()) {
+    std::vector<bool> in_feature(prompt_length, false);
+    for (const engine::FeatureSpan& span : call.request.features) {
+      std::fill(in_feature.begin() + span.begin, in_feature.begin() + std::min(prompt_length, span.end), true);
+    }
+    for (int64_t p = 0; p < prompt_length; ++p) {
+      if (!in_feature[p]) out->add_fixed_tokens(p);
+    }
   }
   out->mutable_sequence_attribution()->Assign(result.sequence.begin(), result.sequence.end());
   if (call.request.want_token_matrix) {
@@ -370,7 +493,7 @@ void ToGenerateResponse(const engine::Generation& generation, const GenerateCall
                         v1::GenerateResponse* out) {
   out->set_model(model.spec.name);
   FillTokens(call.prompt, *model.tokenizer, out->mutable_prompt_tokens());
-  const ResolvedInput continuation = DecodeWithSpans(generation.tokens, *model.tokenizer);
+  const ResolvedInput continuation = DecodeContinuation(generation.tokens, call.prompt.encoding.ids, *model.tokenizer);
   FillTokens(continuation, *model.tokenizer, out->mutable_tokens());
   for (int i = 0; i < out->tokens_size(); ++i) out->mutable_tokens(i)->set_log_prob(generation.log_probs[i]);
   out->set_text(continuation.text);
@@ -380,6 +503,7 @@ void ToGenerateResponse(const engine::Generation& generation, const GenerateCall
 void ToStreamedToken(int64_t id, float log_prob, const ServedModel& model, v1::Token* out) {
   out->set_id(id);
   out->set_text(model.tokenizer->TokenText(id));
+  out->set_special(model.tokenizer->IsSpecial(id));
   out->set_log_prob(log_prob);
 }
 
@@ -399,8 +523,8 @@ absl::StatusOr<LogprobsCall> ToLogprobsCall(const v1::LogprobsRequest& proto, co
                                             int64_t max_top_k) {
   LogprobsCall call;
   ASSIGN_OR_RETURN(call.prompt, ResolvePrompt(proto.prompt(), proto.no_special_tokens(), model));
-  ASSIGN_OR_RETURN(call.target, Resolve(proto.target(), "target", model, false));
-  if (call.target.empty()) return Invalid("target", "must hold at least one token (set text or token_ids)");
+  if (!IsSet(proto.target())) return Invalid("target", "must hold at least one token (set text or token_ids)");
+  ASSIGN_OR_RETURN(call.target, ResolveTarget(proto.target(), "target", call.prompt, proto.target_tokenization(), model));
   RETURN_IF_ERROR(CheckPromptLength(call.prompt, call.target.encoding.ids.size(), model));
   if (proto.top_k() < 0 || proto.top_k() > max_top_k) {
     return Invalid("top_k", absl::StrCat(proto.top_k(), " is outside [0, ", max_top_k, "]"));

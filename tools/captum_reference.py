@@ -170,6 +170,17 @@ def main():
             cases.append(result_dict(f"ig_{rule}_token{baseline}", r, method="integrated_gradients", rule=rule,
                                      n_steps=8, baseline_token=baseline, prompt=PROMPT, target=TARGET))
 
+    # One point, where Captum refuses (its Riemann builders assert n > 1): the closed form
+    # (x - x') . grad f(x' + alpha (x - x')) with the rule's single alpha and weight 1.
+    f = embedding_forward(model, TARGET)
+    x, x0 = embed(torch.tensor([PROMPT])).detach(), embed(torch.full((1, len(PROMPT)), 7)).detach()
+    for rule, alpha in (("riemann_left", 0.0), ("riemann_right", 1.0), ("riemann_middle", 0.5), ("gausslegendre", 0.5)):
+        point = (x0 + alpha * (x - x0)).requires_grad_(True)
+        (grad,) = torch.autograd.grad(f(point).sum(), point)
+        cases.append({"name": f"ig_{rule}_one_step", "method": "integrated_gradients", "rule": rule, "n_steps": 1,
+                      "baseline_token": 7, "prompt": PROMPT, "target": TARGET, "token_attr": None,
+                      "seq_attr": ((x - x0) * grad).sum(-1)[0].tolist()})
+
     # Zero-embedding baseline: Captum's IntegratedGradients over the prompt embeddings (as seed 000 does).
     prompt_embeds = embed(torch.tensor([PROMPT]))
     ig = IntegratedGradients(embedding_forward(model, TARGET))

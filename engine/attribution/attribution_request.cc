@@ -115,7 +115,7 @@ absl::Status ValidateAttributionRequest(const AttributionRequest& r, const Model
   }
   switch (r.method) {
     case AttributionMethod::kIntegratedGradients:
-      return CheckRange(r.n_steps, 2, limits.max_steps, "n_steps");
+      return CheckRange(r.n_steps, MinIntegrationSteps(r.rule), limits.max_steps, "n_steps");
     case AttributionMethod::kShapleyValues:
       return CheckRange(features, 1, limits.max_exact_shapley_features, "number of features for exact shapley_values");
     case AttributionMethod::kShapleyValueSampling:

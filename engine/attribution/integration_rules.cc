@@ -66,24 +66,30 @@ const char* IntegrationRuleName(IntegrationRule rule) {
   return "unknown";
 }
 
+int64_t MinIntegrationSteps(IntegrationRule rule) { return rule == IntegrationRule::kRiemannTrapezoid ? 2 : 1; }
+
 absl::StatusOr<IntegrationPoints> MakeIntegrationPoints(IntegrationRule rule, int64_t n) {
-  if (n < 2) return absl::InvalidArgumentError(absl::StrCat("n_steps ", n, " must be at least 2"));
+  const int64_t min_steps = MinIntegrationSteps(rule);
+  if (n < min_steps) {
+    return absl::InvalidArgumentError(absl::StrCat("n_steps ", n, " must be at least ", min_steps, " for ", IntegrationRuleName(rule)));
+  }
   if (rule == IntegrationRule::kGaussLegendre) return GaussLegendre(n);
   IntegrationPoints p;
   for (int64_t i = 0; i < n; ++i) {
     p.weights.push_back(1.0 / n);
+    const double fraction = n > 1 ? static_cast<double>(i) / (n - 1) : 0.0;  // as torch.linspace
     switch (rule) {
       case IntegrationRule::kRiemannLeft:
-        p.alphas.push_back((1.0 - 1.0 / n) * i / (n - 1));
+        p.alphas.push_back((1.0 - 1.0 / n) * fraction);
         break;
       case IntegrationRule::kRiemannRight:
-        p.alphas.push_back(1.0 / n + (1.0 - 1.0 / n) * i / (n - 1));
+        p.alphas.push_back(1.0 / n + (1.0 - 1.0 / n) * fraction);
         break;
       case IntegrationRule::kRiemannMiddle:
-        p.alphas.push_back(0.5 / n + (1.0 - 1.0 / n) * i / (n - 1));
+        p.alphas.push_back(0.5 / n + (1.0 - 1.0 / n) * fraction);
         break;
       default:  // trapezoid: both ends count half (Captum's weights sum to (n - 1) / n)
-        p.alphas.push_back(static_cast<double>(i) / (n - 1));
+        p.alphas.push_back(fraction);
         break;
     }
   }

@@ -21,7 +21,10 @@ struct IntegrationPoints {
   std::vector<double> weights;
 };
 
-// n_steps must be at least 2 (as in Captum).
+// The fewest points a rule is defined for: one (the midpoint for Gauss-Legendre, an end or the middle
+// for Riemann sums), two for the trapezoid, whose ends share the weight.
+int64_t MinIntegrationSteps(IntegrationRule rule);
+// n_steps must be at least MinIntegrationSteps(rule).
 absl::StatusOr<IntegrationPoints> MakeIntegrationPoints(IntegrationRule rule, int64_t n_steps);
 
 }  // namespace attribution::engine

@@ -109,6 +109,12 @@ absl::Status HfTokenizer::ParsePostProcessor(const json& spec) {
   return absl::InvalidArgumentError(absl::StrCat("tokenizer.json: post_processor \"", type, "\" is not supported"));
 }
 
+bool HfTokenizer::IsSpecial(int64_t id) const {
+  if (auto added = added_by_id_.find(id); added != added_by_id_.end() && added->second->special) return true;
+  auto in = [id](const std::vector<int64_t>& ids) { return std::find(ids.begin(), ids.end(), id) != ids.end(); };
+  return in(prefix_ids_) || in(suffix_ids_) || Tokenizer::IsSpecial(id);
+}
+
 std::optional<int64_t> HfTokenizer::IdOf(const std::string& token) const {
   for (const AddedToken& a : added_) {
     if (a.content == token) return a.id;

@@ -27,6 +27,7 @@ class HfTokenizer : public Tokenizer {
   std::string TokenText(int64_t id) const override;
   int64_t vocab_size() const override { return vocab_size_; }
   const SpecialTokens& special_tokens() const override { return special_; }
+  bool IsSpecial(int64_t id) const override;
 
  private:
   struct AddedToken {

@@ -68,6 +68,11 @@ std::string SentencePieceTokenizer::TokenText(int64_t id) const {
   return text;
 }
 
+bool SentencePieceTokenizer::IsSpecial(int64_t id) const {
+  if (id < 0 || id >= vocab_size() || id == special_.unk) return false;
+  return processor_->IsControlOrUnknown(static_cast<int>(id));
+}
+
 int64_t SentencePieceTokenizer::vocab_size() const { return processor_->size(); }
 
 }  // namespace attribution::engine

@@ -21,6 +21,8 @@ class SentencePieceTokenizer : public Tokenizer {
   std::string TokenText(int64_t id) const override;
   int64_t vocab_size() const override;
   const SpecialTokens& special_tokens() const override { return special_; }
+  // Control pieces (bos, eos, pad, user-defined controls); the unknown piece stands for real text.
+  bool IsSpecial(int64_t id) const override;
 
  private:
   SentencePieceTokenizer() = default;

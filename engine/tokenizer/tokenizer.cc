@@ -46,6 +46,11 @@ absl::Status CheckUtf8(const std::string& text) {
   return absl::OkStatus();
 }
 
+bool Tokenizer::IsSpecial(int64_t id) const {
+  const SpecialTokens& s = special_tokens();
+  return id == s.bos || id == s.eos || id == s.pad;
+}
+
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& model_dir) {
   nlohmann::json config;
   if (const std::string path = model_dir + "/tokenizer_config.json"; FileExists(path)) {

@@ -46,6 +46,10 @@ class Tokenizer {
   virtual std::string TokenText(int64_t id) const = 0;
   virtual int64_t vocab_size() const = 0;
   virtual const SpecialTokens& special_tokens() const = 0;
+  // Whether `id` is a special token: one the tokenizer adds (bos, eos, template tokens) or marks
+  // special (pad, control and chat-template tokens). Attribution keeps these out of the features by
+  // default. The default answers for bos, eos and pad.
+  virtual bool IsSpecial(int64_t id) const;
 };
 
 // INVALID_ARGUMENT naming the first offending byte when `text` is not valid UTF-8.

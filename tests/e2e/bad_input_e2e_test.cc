@@ -39,6 +39,9 @@ v1::LogprobsRequest GoodLogprobs() {
   r.set_model("demo");
   r.mutable_prompt()->set_text("Once upon a time");
   r.mutable_target()->set_text(" there");
+  // The demo tokenizer (no pre-tokenizer, as Llama 2's tokenizer.json) merges "time" and " there" across
+  // the word boundary, so the continuation of this prompt is refused; the target alone is a fine input.
+  r.set_target_tokenization(v1::SEPARATE);
   return r;
 }
 
@@ -90,7 +93,7 @@ std::vector<BadCase> BadCases() {
   return {
       Attribute("unknown model", [](A& r) { r.set_model("gpt-9"); }, StatusCode::NOT_FOUND, "no model named \"gpt-9\""),
       Attribute("no model", [](A& r) { r.clear_model(); }, kInvalid, "model"),
-      Attribute("unknown method", [](A& r) { r.set_method(static_cast<v1::Method>(99)); }, kInvalid, "method: unknown value 99"),
+      Attribute("unknown method", [](A& r) { r.set_method(static_cast<v1::Method>(99)); }, kInvalid, "method: unknown value 99 (one of: METHOD_UNSPECIFIED, INTEGRATED_GRADIENTS,"),
       Attribute("unknown rule", [](A& r) { r.set_rule(static_cast<v1::IntegrationRule>(42)); }, kInvalid, "rule: unknown value 42"),
       Attribute("unknown quantity", [](A& r) { r.set_quantity(static_cast<v1::Quantity>(9)); }, kInvalid, "quantity"),
       Attribute("unknown priority", [](A& r) { r.set_priority(static_cast<v1::Priority>(7)); }, kInvalid, "priority"),
@@ -104,12 +107,17 @@ std::vector<BadCase> BadCases() {
       Attribute("malformed UTF-8 prompt", [](A& r) { r.mutable_prompt()->set_text("bad \xC3\x28 byte"); }, kInvalid, "prompt.text"),
       Attribute("malformed UTF-8 target", [](A& r) { r.mutable_target()->set_text("\xFF"); }, kInvalid, "target.text"),
       Attribute("n_steps too large", [](A& r) { r.set_n_steps(5000); }, kInvalid, "n_steps"),
-      Attribute("n_steps too small", [](A& r) { r.set_n_steps(1); }, kInvalid, "n_steps"),
+      Attribute("n_steps too small", [](A& r) { r.set_n_steps(-3); }, kInvalid, "n_steps"),
+      Attribute("one trapezoid step", [](A& r) { r.set_n_steps(1); r.set_rule(v1::RIEMANN_TRAPEZOID); }, kInvalid, "n_steps = 1 is outside [2, "),
+      Attribute("target set but empty", [](A& r) { r.mutable_target()->clear_text(); }, kInvalid, "target: is set but empty"),
+      Attribute("unknown target tokenization", [](A& r) { r.set_target_tokenization(static_cast<v1::TargetTokenization>(7)); }, kInvalid, "target_tokenization: unknown value 7 (one of: TARGET_TOKENIZATION_UNSPECIFIED, CONTINUATION, SEPARATE)"),
+      Attribute("target splitting the prompt's last token", [](A& r) { r.mutable_prompt()->set_text("Once upon a time"); r.mutable_target()->set_text(" there"); }, kInvalid, "target: the text does not start on a token boundary"),
+      Attribute("prompt of special tokens only", [](A& r) { r.mutable_prompt()->clear_text(); r.mutable_prompt()->add_token_ids(1); }, kInvalid, "prompt: holds only special tokens"),
       Attribute("negative n_steps", [](A& r) { r.set_n_steps(-4); }, kInvalid, "n_steps"),
       Attribute("n_samples too large", [](A& r) { r.set_method(v1::SHAPLEY_VALUE_SAMPLING); r.set_n_samples(100000); }, kInvalid, "n_samples"),
       Attribute("negative n_samples", [](A& r) { r.set_method(v1::GRADIENT_SHAP); r.set_n_samples(-1); }, kInvalid, "n_samples"),
       Attribute("kernel_shap with one sample", [](A& r) { r.set_method(v1::KERNEL_SHAP); r.set_n_samples(1); }, kInvalid, "n_samples = 1"),
-      Attribute("kernel_shap with one feature", [](A& r) { r.set_method(v1::KERNEL_SHAP); r.mutable_feature_range()->set_token_end(1); }, kInvalid, "number of features for kernel_shap"),
+      Attribute("kernel_shap with one feature", [](A& r) { r.set_method(v1::KERNEL_SHAP); r.mutable_feature_range()->set_token_begin(1); r.mutable_feature_range()->set_token_end(2); }, kInvalid, "number of features for kernel_shap"),
       Attribute("negative stdev", [](A& r) { r.set_method(v1::GRADIENT_SHAP); r.set_stdev(-1); }, kInvalid, "stdev"),
       Attribute("NaN stdev", [](A& r) { r.set_method(v1::GRADIENT_SHAP); r.set_stdev(std::nan("")); }, kInvalid, "stdev"),
       Attribute("exact shapley over the cap", [](A& r) { r.set_method(v1::SHAPLEY_VALUES); }, kInvalid, "exact shapley_values"),
@@ -188,6 +196,12 @@ TEST(BadInputs, EachGetsItsCodeAndFieldAndTheServerStaysCorrect) {
   absl::StatusOr<client::Attribution> after = client->Attribute(good);
   ASSERT_TRUE(after.ok()) << after.status();
   EXPECT_EQ(after->sequence, before->sequence);
+  // One point is a defined Gauss-Legendre / Riemann rule (the trapezoid needs two, see the table).
+  client::AttributeOptions one_step = good;
+  one_step.n_steps = 1;
+  absl::StatusOr<client::Attribution> single = client->Attribute(one_step);
+  ASSERT_TRUE(single.ok()) << single.status();
+  EXPECT_EQ(single->stats.backward_passes, 1);
 }
 
 TEST(BadInputs, CallsOverTheConcurrencyLimitAreResourceExhausted) {

@@ -153,8 +153,11 @@ TEST_F(ServiceTest, AttributeEqualsTheEngineRunDirectly) {
   for (const char* method : {"integrated_gradients", "feature_ablation", "saliency", "shapley_value_sampling", "lime",
                              "kernel_shap"}) {
     SCOPED_TRACE(method);
-    AttributeOptions options{.model = "demo", .prompt = kPrompt, .target = kTarget, .method = method, .n_steps = 12,
-                             .n_samples = 40, .seed = 5, .want_token_matrix = true};
+    // The engine's request as the server built it before target continuation and fixed special tokens:
+    // these two options give exactly that (what Captum parity needs).
+    AttributeOptions options{.model = "demo", .prompt = kPrompt, .target = kTarget, .target_tokenization = "separate",
+                             .method = method, .n_steps = 12, .n_samples = 40, .seed = 5, .want_token_matrix = true,
+                             .include_special_tokens = true};
     absl::StatusOr<Attribution> remote = client->Attribute(options);
     ASSERT_TRUE(remote.ok()) << remote.status();
 
@@ -178,8 +181,9 @@ TEST_F(ServiceTest, AttributeEqualsTheEngineRunDirectly) {
 
 TEST_F(ServiceTest, FaithfulnessOnRequestEqualsTheEngineMeasuringTheSameExplanation) {
   auto client = Connect(server_->address());
-  absl::StatusOr<Attribution> a = client->Attribute(
-      {.model = "demo", .prompt = kPrompt, .target = kTarget, .method = "feature_ablation", .want_faithfulness = true});
+  absl::StatusOr<Attribution> a = client->Attribute({.model = "demo", .prompt = kPrompt, .target = kTarget,
+                                                     .target_tokenization = "separate", .method = "feature_ablation",
+                                                     .want_faithfulness = true, .include_special_tokens = true});
   ASSERT_TRUE(a.ok()) << a.status();
   ASSERT_TRUE(a->faithfulness.has_value());
   DirectEngine direct;
@@ -200,7 +204,8 @@ TEST_F(ServiceTest, FaithfulnessOnRequestEqualsTheEngineMeasuringTheSameExplanat
   EXPECT_NEAR(f.full, std::exp(expected.objective), 1e-6);
   // Without the option, no faithfulness and 12 rows fewer.
   absl::StatusOr<Attribution> plain = client->Attribute({.model = "demo", .prompt = kPrompt, .target = kTarget,
-                                                         .method = "feature_ablation"});
+                                                         .target_tokenization = "separate", .method = "feature_ablation",
+                                                         .include_special_tokens = true});
   ASSERT_TRUE(plain.ok());
   EXPECT_FALSE(plain->faithfulness.has_value());
   EXPECT_EQ(plain->stats.rows + engine::FaithfulnessRowCount(), a->stats.rows);
@@ -209,15 +214,18 @@ TEST_F(ServiceTest, FaithfulnessOnRequestEqualsTheEngineMeasuringTheSameExplanat
 TEST_F(ServiceTest, TokenOffsetsPointIntoThePromptText) {
   auto client = Connect(server_->address());
   const std::string prompt = "Zürich café, naïve";  // multi-byte characters: code points != bytes
+  // The demo tokenizer merges "naïve" and " ok" across the word boundary: the target alone.
   absl::StatusOr<Attribution> a = client->Attribute({.model = "demo", .prompt = prompt, .target = " ok",
-                                                     .method = "saliency"});
+                                                     .target_tokenization = "separate", .method = "saliency"});
   ASSERT_TRUE(a.ok()) << a.status();
   EXPECT_EQ(a->prompt_tokens.front().char_begin, a->prompt_tokens.front().char_end);  // bos: empty span
   EXPECT_EQ(a->prompt_tokens.back().char_end, 18);  // code points, not the 21 bytes
-  // Feature 0 is the bos token the tokenizer added: no prompt text, so it shows the token itself.
-  EXPECT_EQ(a->features.front().text, "<s>");
+  // Token 0 is the bos token the tokenizer added: special, so a fixed token and no feature.
+  EXPECT_EQ(a->prompt_tokens.front().text, "<s>");
+  EXPECT_TRUE(a->prompt_tokens.front().special);
+  EXPECT_EQ(a->fixed_tokens, std::vector<int64_t>{0});
   std::string covered;
-  for (size_t f = 1; f < a->features.size(); ++f) covered += a->features[f].text;
+  for (const client::Feature& f : a->features) covered += f.text;
   EXPECT_EQ(covered, prompt);
 }
 
@@ -273,7 +281,9 @@ TEST_F(ServiceTest, AsyncCallsOfEveryRpcRunTogetherAndMatchTheSyncOnes) {
   const AttributeOptions attribute{.model = "demo", .prompt = kPrompt, .target = kTarget, .n_steps = 8};
   const client::GenerateOptions generate{.model = "demo", .prompt = "Once upon a time",
                                          .generation = {.max_new_tokens = 5, .ignore_stop_tokens = true}};
-  const client::LogprobsOptions logprobs{.model = "demo", .prompt = "Once upon a time", .target = " there", .top_k = 2};
+  // The demo tokenizer merges " time" and " there" across the word boundary: the target alone.
+  const client::LogprobsOptions logprobs{.model = "demo", .prompt = "Once upon a time", .target = " there",
+                                         .target_tokenization = "separate", .top_k = 2};
   std::mutex mu;
   std::condition_variable cv;
   int pending = 7;
@@ -308,12 +318,15 @@ TEST_F(ServiceTest, AsyncCallsOfEveryRpcRunTogetherAndMatchTheSyncOnes) {
 }
 
 TEST_F(ServiceTest, ThirtyTwoConcurrentClientsGetWhatEachGetsAlone) {
+  // The demo tokenizer merges across word boundaries ("world again"): targets tokenized alone.
   const std::vector<AttributeOptions> kinds = {
-      {.model = "demo", .prompt = kPrompt, .target = kTarget, .n_steps = 8},
-      {.model = "demo", .prompt = "The cat sat on the mat", .target = " today", .method = "feature_ablation"},
-      {.model = "demo", .prompt = "Hello world", .target = " again", .method = "input_x_gradient"},
-      {.model = "demo", .prompt = "One two three four", .target = " five", .method = "shapley_value_sampling",
-       .n_samples = 2, .seed = 7},
+      {.model = "demo", .prompt = kPrompt, .target = kTarget, .target_tokenization = "separate", .n_steps = 8},
+      {.model = "demo", .prompt = "The cat sat on the mat", .target = " today", .target_tokenization = "separate",
+       .method = "feature_ablation"},
+      {.model = "demo", .prompt = "Hello world", .target = " again", .target_tokenization = "separate",
+       .method = "input_x_gradient"},
+      {.model = "demo", .prompt = "One two three four", .target = " five", .target_tokenization = "separate",
+       .method = "shapley_value_sampling", .n_samples = 2, .seed = 7},
   };
   auto client = Connect(server_->address());
   std::vector<std::vector<double>> alone;
@@ -453,9 +466,9 @@ TEST(ServerModels, ServesASentencePieceTokenizerBesideGrpcsProtobuf) {
   absl::StatusOr<Attribution> a = client->Attribute({.model = "spm", .prompt = prompt, .target = " again",
                                                      .method = "feature_ablation"});
   ASSERT_TRUE(a.ok()) << a.status();
-  EXPECT_EQ(a->features.front().text, "<s>");
+  EXPECT_EQ(a->fixed_tokens, std::vector<int64_t>{0});  // <s>: special, no feature
   std::string covered;
-  for (size_t f = 1; f < a->features.size(); ++f) covered += a->features[f].text;
+  for (const client::Feature& f : a->features) covered += f.text;
   EXPECT_EQ(covered, prompt);
   EXPECT_TRUE(client->Generate({.model = "spm", .prompt = "the time", .generation = {.max_new_tokens = 4}}).ok());
 }

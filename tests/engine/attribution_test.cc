@@ -274,8 +274,12 @@ TEST_F(AttributionTest, BadRequestsNameTheField) {
   r.prompt_ids[2] = 100000;
   expect(r, "prompt_ids[2]");
   r = good;
-  r.n_steps = 1;
+  r.n_steps = 0;
   expect(r, "n_steps");
+  r.n_steps = 1;
+  r.rule = IntegrationRule::kRiemannTrapezoid;  // both ends share the weight: two points at least
+  expect(r, "n_steps");
+  r.rule = good.rule;
   r = good;
   r.n_steps = 100000;
   expect(r, "n_steps");

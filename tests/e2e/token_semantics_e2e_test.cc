@@ -1,0 +1,203 @@
+// SPDX-License-Identifier: Apache-2.0
+// What users mean by a text target and by "the prompt's features", through the real server binary:
+// text targets are scored as the prompt's continuation (as transformers tokenizes prompt + target),
+// SEPARATE tokenizes them alone (Captum's way), a target that splits a token is refused with both
+// tokenizations; special tokens are no features by default and are shown as fixed tokens. Models:
+// the SentencePiece default model and byte-level BPE models with a bos template and chat-template
+// control tokens; references from tools/token_semantics_reference.py.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "client/attribution_client.h"
+#include "tests/testing/server_process.h"
+
+namespace attribution {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::ServerProcess;
+
+const nlohmann::json& References() {
+  static const nlohmann::json* references = [] {
+    std::ifstream in(ATTRIBUTION_TOKEN_SEMANTICS_DIR "/token_semantics.json");
+    return new nlohmann::json(nlohmann::json::parse(in));
+  }();
+  return *references;
+}
+
+std::vector<int64_t> Ids(const std::vector<client::Token>& tokens) {
+  std::vector<int64_t> ids;
+  for (const client::Token& t : tokens) ids.push_back(t.id);
+  return ids;
+}
+
+std::vector<int64_t> Ids(const client::Logprobs& logprobs) {
+  std::vector<int64_t> ids;
+  for (const client::TokenLogprob& t : logprobs.target) ids.push_back(t.token.id);
+  return ids;
+}
+
+// Runs attribution-cli with `args`; its standard output (stderr appended) and exit code.
+std::pair<std::string, int> RunCli(const std::string& args) {
+  FILE* pipe = ::popen(absl::StrCat(ATTRIBUTION_CLI_BINARY, " ", args, " 2>&1").c_str(), "r");
+  std::string out;
+  char buffer[4096];
+  for (size_t n; (n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0;) out.append(buffer, n);
+  const int status = ::pclose(pipe);
+  return {out, WEXITSTATUS(status)};
+}
+
+class TokenSemanticsTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    std::string models;
+    for (const auto& [name, model] : References().items()) {
+      absl::StrAppend(&models, models.empty() ? "" : ",", name, "=", model["dir"].get<std::string>());
+    }
+    auto started = ServerProcess::Start({"--model=" + models});
+    ASSERT_TRUE(started.ok()) << started.status();
+    server_ = started->release();
+    client_ = std::move(*client::AttributionClient::Connect({.target = server_->address()})).release();
+  }
+  static void TearDownTestSuite() {
+    delete client_;
+    delete server_;
+  }
+  static ServerProcess* server_;
+  static client::AttributionClient* client_;
+};
+ServerProcess* TokenSemanticsTest::server_ = nullptr;
+client::AttributionClient* TokenSemanticsTest::client_ = nullptr;
+
+TEST_F(TokenSemanticsTest, TextTargetsAreTheTokensThatFollowThePromptAsTransformersTokenizesThem) {
+  int checked = 0, refused = 0;
+  for (const auto& [name, model] : References().items()) {
+    for (const nlohmann::json& c : model["cases"]) {
+      const std::string prompt = c["prompt"], target = c["target"];
+      SCOPED_TRACE(absl::StrCat(name, ": \"", prompt, "\" + \"", target, "\""));
+      absl::StatusOr<client::Logprobs> scored = client_->GetLogprobs({.model = name, .prompt = prompt, .target = target});
+      if (c["continuation"].is_null()) {
+        EXPECT_EQ(scored.status().code(), absl::StatusCode::kInvalidArgument);
+        EXPECT_THAT(scored.status().message(), HasSubstr("target: the text does not start on a token boundary"));
+        EXPECT_THAT(scored.status().message(), HasSubstr("but prompt + target tokenize as"));
+        ++refused;
+        continue;
+      }
+      ASSERT_TRUE(scored.ok()) << scored.status();
+      EXPECT_EQ(Ids(*scored), c["continuation"].get<std::vector<int64_t>>());
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 28);
+  EXPECT_EQ(refused, 2);  // "Hello wor" + "ld" merges into one token in both byte-level models
+}
+
+TEST_F(TokenSemanticsTest, SeparateTokenizesTheTargetAlone) {
+  for (const auto& [name, model] : References().items()) {
+    for (const nlohmann::json& c : model["cases"]) {
+      SCOPED_TRACE(absl::StrCat(name, ": \"", c["target"].get<std::string>(), "\""));
+      absl::StatusOr<client::Logprobs> scored = client_->GetLogprobs(
+          {.model = name, .prompt = c["prompt"], .target = c["target"], .target_tokenization = "separate"});
+      ASSERT_TRUE(scored.ok()) << scored.status();
+      EXPECT_EQ(Ids(*scored), c["separate"].get<std::vector<int64_t>>());
+    }
+  }
+}
+
+TEST_F(TokenSemanticsTest, AttributeScoresTheContinuationForTargetAndFoil) {
+  const nlohmann::json& c = References()["default"]["cases"][0];  // " No" after "... A:"
+  absl::StatusOr<client::Attribution> a = client_->Attribute({.model = "default", .prompt = c["prompt"], .target = c["target"],
+                                                              .method = "feature_ablation", .foil = " Yes"});
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(Ids(a->target_tokens), c["continuation"].get<std::vector<int64_t>>());
+  EXPECT_EQ(a->target_tokens[0].text, " No");
+  EXPECT_EQ(a->target_tokens[0].char_begin, 0);
+  EXPECT_EQ(a->target_tokens[0].char_end, 3);
+  EXPECT_GT(a->objective, 2);  // log p(No) - log p(Yes): the model answers No to "Is it big?" of a tiny cup
+}
+
+// The README's logprobs example: the answer the model gives with probability ~1 scores ~0, and the CLI
+// names the scored tokens first.
+TEST_F(TokenSemanticsTest, ReadmeLogprobsCommandsScoreTheMeantTokens) {
+  auto [out, code] = RunCli(absl::StrCat("logprobs --server ", server_->address(), " --model default",
+                                         " --prompt 'The cup is tiny. Q: Is it big? A:' --target ' No' --top_k 3"));
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_EQ(out.rfind("target tokens (1): \" No\" #292\n", 0), 0u) << out;
+  double total = -1e9;
+  ASSERT_EQ(std::sscanf(out.substr(out.find("total log-prob")).c_str(), "total log-prob %lf", &total), 1) << out;
+  EXPECT_GT(total, -0.05) << out;
+
+  std::tie(out, code) = RunCli(absl::StrCat("logprobs --server ", server_->address(), " --model default",
+                                            " --prompt 'The capital of France is' --target ' Paris'"));
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_EQ(out.rfind("target tokens (3): \" P\" #429 \"ar\" #272 \"is\" #328\n", 0), 0u) << out;
+}
+
+TEST_F(TokenSemanticsTest, GeneratedTextPassedBackAsTargetScoresTheGeneratedTokens) {
+  const std::vector<std::string> prompts = {"The kettle is red. Q: Is it warm? A:", "The box is huge. Q: Is it small? A:",
+                                            "Ann lives in York. The kettle is red. Q: Is the kettle warm? A:",
+                                            "The cup is tiny. Q: Is it big? A: No. The rope is"};
+  for (const std::string& prompt : prompts) {
+    SCOPED_TRACE(prompt);
+    absl::StatusOr<client::Generation> generated =
+        client_->Generate({.model = "default", .prompt = prompt, .generation = {.max_new_tokens = 6}});
+    ASSERT_TRUE(generated.ok()) << generated.status();
+    std::vector<int64_t> expected;
+    for (const client::Token& t : generated->tokens) {
+      if (!t.special) expected.push_back(t.id);  // a stop token ends the text, it is not part of it
+    }
+    ASSERT_FALSE(expected.empty());
+    absl::StatusOr<client::Attribution> a = client_->Attribute(
+        {.model = "default", .prompt = prompt, .target = generated->text, .method = "feature_ablation"});
+    ASSERT_TRUE(a.ok()) << a.status();
+    EXPECT_EQ(Ids(a->target_tokens), expected) << "generated text \"" << generated->text << "\"";
+  }
+}
+
+TEST_F(TokenSemanticsTest, SpecialTokensAreFixedByDefaultAndFeaturesWhenIncluded) {
+  for (const auto& [name, model] : References().items()) {
+    for (const nlohmann::json& p : model["prompts"]) {
+      SCOPED_TRACE(absl::StrCat(name, ": ", p["prompt"].get<std::string>()));
+      const auto ids = p["ids"].get<std::vector<int64_t>>();
+      const auto special = p["special"].get<std::vector<bool>>();
+      std::vector<int64_t> fixed, features;
+      for (size_t i = 0; i < ids.size(); ++i) (special[i] ? fixed : features).push_back(static_cast<int64_t>(i));
+      client::AttributeOptions options{.model = name, .prompt = p["prompt"], .target = " yes", .method = "feature_ablation"};
+      absl::StatusOr<client::Attribution> a = client_->Attribute(options);
+      ASSERT_TRUE(a.ok()) << a.status();
+      ASSERT_EQ(Ids(a->prompt_tokens), ids);
+      std::vector<int64_t> feature_tokens;
+      for (const client::Feature& f : a->features) {
+        EXPECT_EQ(f.token_end, f.token_begin + 1);
+        feature_tokens.push_back(f.token_begin);
+      }
+      EXPECT_EQ(feature_tokens, features);
+      EXPECT_EQ(a->fixed_tokens, fixed);
+      for (size_t i = 0; i < ids.size(); ++i) EXPECT_EQ(a->prompt_tokens[i].special, special[i]) << i;
+
+      options.include_special_tokens = true;
+      absl::StatusOr<client::Attribution> all = client_->Attribute(options);
+      ASSERT_TRUE(all.ok()) << all.status();
+      EXPECT_EQ(all->features.size(), ids.size());
+      EXPECT_TRUE(all->fixed_tokens.empty());
+    }
+  }
+}
+
+TEST_F(TokenSemanticsTest, CliShowsTargetTokensFirstAndFixedTokensApart) {
+  auto [out, code] = RunCli(absl::StrCat("attribute --server ", server_->address(), " --model default --nocolor",
+                                         " --prompt 'The kettle is red. Q: Is it warm? A:' --target ' Yes'",
+                                         " --method feature_ablation"));
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_EQ(out.rfind("target tokens (1): \" Yes\" #", 0), 0u) << out;
+  EXPECT_THAT(out, HasSubstr("(<s>) [The] "));
+  EXPECT_THAT(out, HasSubstr(": fixed tokens, kept real in every row (not features)"));
+}
+
+}  // namespace
+}  // namespace attribution
