@@ -3,10 +3,13 @@
 // words are known by construction (tools/default_model_tasks.py): top-1 and top-k hits of the decisive
 // tokens, ERASER comprehensiveness / sufficiency AOPC and the deletion / insertion curves (through the
 // engine's faithfulness rows), against a random-attribution baseline; integrated gradients'
-// convergence delta; time per explanation. Questions, features and targets: bench/heldout_questions.h.
+// convergence delta; time per explanation. Every request is what a user of the API sends with its
+// defaults (an AttributeRequest converted by the server's own conversion): the prompt's special tokens
+// fixed, baseline token id 0, the answer as the prompt's continuation (" Yes" / " No"); only the
+// method and its step / sample counts are set. Questions: bench/heldout_questions.h.
 //
 //   faithfulness_bench [--model=models/tiny-qa-llama] [--questions=MODEL/heldout.jsonl] [--limit=0]
-//                      [--methods=all] [--json=out.json]
+//                      [--methods=all] [--json=out.json] [--include_special_tokens=false]
 // Prints a table per task and overall; --json writes every number, and bench/plot_faithfulness.py
 // draws the deletion curves from it.
 #include <ATen/ATen.h>
@@ -27,6 +30,7 @@
 #include "bench/heldout_questions.h"
 #include "engine/attribution/attributor.h"
 #include "engine/attribution/faithfulness.h"
+#include "server/conversion.h"
 
 namespace attribution {
 namespace {
@@ -109,6 +113,30 @@ double Percentile(std::vector<double> values, double q) {
   return values[static_cast<size_t>(q * static_cast<double>(values.size() - 1) + 0.5)];
 }
 
+// The request a user sends for `question` with the API's defaults and `method`, as the server converts it;
+// `decisive` gets the features that hold the question's decisive words. `include_special_tokens`: the
+// one non-default setting the benchmark offers, to measure what making <s> a feature costs.
+server::AttributeCall ApiCall(const HeldOutQuestion& question, server::v1::Method method, int64_t n_samples,
+                              uint64_t seed, bool include_special_tokens, const server::ServedModel& served,
+                              std::vector<int64_t>* decisive) {
+  server::v1::AttributeRequest proto;
+  proto.set_include_special_tokens(include_special_tokens);
+  proto.mutable_prompt()->set_text(question.prompt);
+  proto.mutable_target()->set_text(absl::StrCat(" ", question.answer));
+  proto.set_method(method);
+  proto.set_n_steps(32);
+  proto.set_n_samples(n_samples);
+  proto.set_seed(seed);
+  proto.set_want_faithfulness(true);
+  absl::StatusOr<server::AttributeCall> call = server::ToAttributeCall(proto, served, absl::InfiniteFuture());
+  if (!call.ok()) {
+    std::cerr << "converting \"" << question.prompt << "\": " << call.status() << "\n";
+    std::exit(1);
+  }
+  if (decisive != nullptr) *decisive = DecisiveFeatures(question, call->request.features, call->prompt.encoding.spans);
+  return std::move(*call);
+}
+
 int Main(int argc, char** argv) {
   const std::string dir = Flag(argc, argv, "model", std::string(ATTRIBUTION_SOURCE_DIR) + "/models/tiny-qa-llama");
   auto loaded = CausalLM::Load(dir, {});
@@ -124,22 +152,32 @@ int Main(int argc, char** argv) {
     std::cerr << questions.status() << "\n";
     return 1;
   }
-  auto engine = *BatchingEngine::Create(MakeModelExecutor(model), {});
-  Attributor attributor(model, engine.get());
+  server::ServedModel served;
+  served.spec.name = "default";
+  served.model = model;
+  served.tokenizer = std::move(*tokenizer);
+  served.engine = *BatchingEngine::Create(MakeModelExecutor(model), {});
+  BatchingEngine* engine = served.engine.get();
+  Attributor attributor(model, engine);
+  // The API's features of each question, and which of them hold the decisive words.
+  const bool include_special_tokens = Flag(argc, argv, "include_special_tokens", "false") == "true";
+  for (HeldOutQuestion& q : *questions) {
+    q.request = ApiCall(q, server::v1::FEATURE_ABLATION, 0, 0, include_special_tokens, served, &q.decisive).request;
+  }
 
   struct MethodRun {
     std::string name;
-    AttributionMethod method;
+    server::v1::Method method;
     int64_t n_samples = 0;
   };
-  std::vector<MethodRun> runs = {{"IntegratedGradients", AttributionMethod::kIntegratedGradients},
-                                 {"GradientShap", AttributionMethod::kGradientShap, 16},
-                                 {"Saliency", AttributionMethod::kSaliency},
-                                 {"InputXGradient", AttributionMethod::kInputXGradient},
-                                 {"FeatureAblation", AttributionMethod::kFeatureAblation},
-                                 {"ShapleyValueSampling", AttributionMethod::kShapleyValueSampling, 8},
-                                 {"Lime", AttributionMethod::kLime, 64},
-                                 {"KernelShap", AttributionMethod::kKernelShap, 64}};
+  std::vector<MethodRun> runs = {{"IntegratedGradients", server::v1::INTEGRATED_GRADIENTS},
+                                 {"GradientShap", server::v1::GRADIENT_SHAP, 16},
+                                 {"Saliency", server::v1::SALIENCY},
+                                 {"InputXGradient", server::v1::INPUT_X_GRADIENT},
+                                 {"FeatureAblation", server::v1::FEATURE_ABLATION},
+                                 {"ShapleyValueSampling", server::v1::SHAPLEY_VALUE_SAMPLING, 8},
+                                 {"Lime", server::v1::LIME, 64},
+                                 {"KernelShap", server::v1::KERNEL_SHAP, 64}};
   const std::string wanted = Flag(argc, argv, "methods", "all");
   if (wanted != "all") {
     const std::vector<std::string> names = absl::StrSplit(wanted, ',');
@@ -170,12 +208,8 @@ int Main(int argc, char** argv) {
     std::vector<Outcome>& out = outcomes[run.name];
     out.resize(n);
     seconds[run.name] = RunAll(n, window, [&](size_t i, std::function<void()> finished) {
-      AttributionRequest request = (*questions)[i].request;
-      request.method = run.method;
-      request.n_steps = 32;
-      if (run.n_samples > 0) request.n_samples = run.n_samples;
-      request.seed = i;
-      request.want_faithfulness = true;
+      AttributionRequest request =
+          ApiCall((*questions)[i], run.method, run.n_samples, i, include_special_tokens, served, nullptr).request;
       attributor.Attribute(engine->NewRequest(), std::move(request), [&, i, finished](absl::StatusOr<AttributionResult> r) {
         if (!r.ok()) Die(run.name, i, r.status());
         out[i] = {.attribution = r->sequence, .faithfulness = *r->faithfulness, .convergence_delta = r->convergence_delta};
@@ -184,6 +218,10 @@ int Main(int argc, char** argv) {
     }) / static_cast<double>(n);
   }
 
+  std::printf("settings: the API's defaults (special tokens %s, baseline token id 0, the answer as the prompt's "
+              "continuation); IntegratedGradients 32 steps Gauss-Legendre; GradientShap 16 samples, stdev 0; "
+              "ShapleyValueSampling 8, Lime 64, KernelShap 64 samples; seed = question index\n",
+              include_special_tokens ? "made features (--include_special_tokens=true)" : "fixed");
   std::vector<std::string> order = {"Random"};
   for (const MethodRun& run : runs) order.push_back(run.name);
   std::vector<std::string> tasks = {""};

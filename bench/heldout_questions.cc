@@ -18,23 +18,33 @@ absl::StatusOr<std::vector<HeldOutQuestion>> ReadHeldOutQuestions(const std::str
   for (std::string line; std::getline(in, line) && (limit == 0 || out.size() < limit);) {
     const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
     if (j.is_discarded()) return absl::InvalidArgumentError(path + ": a line is not JSON");
-    HeldOutQuestion q{.task = j.at("task")};
-    ASSIGN_OR_RETURN(engine::Encoding prompt, tokenizer.Encode(j.at("prompt"), /*add_special_tokens=*/true));
-    ASSIGN_OR_RETURN(engine::Encoding target, tokenizer.Encode(j.at("target"), /*add_special_tokens=*/false));
+    HeldOutQuestion q{.task = j.at("task"), .prompt = j.at("prompt"), .answer = j.at("target")};
+    for (const auto& span : j.at("decisive_spans")) q.decisive_spans.emplace_back(span[0], span[1]);
+    ASSIGN_OR_RETURN(engine::Encoding prompt, tokenizer.Encode(q.prompt, /*add_special_tokens=*/true));
+    ASSIGN_OR_RETURN(engine::Encoding target, tokenizer.Encode(q.answer, /*add_special_tokens=*/false));
     q.request.prompt_ids = prompt.ids;
     q.request.target_ids = target.ids;
-    for (size_t t = 1; t < prompt.ids.size(); ++t) {
-      const auto position = static_cast<int64_t>(t);
+    for (int64_t position = 1; position < static_cast<int64_t>(prompt.ids.size()); ++position) {
       q.request.features.push_back({.begin = position, .end = position + 1});
-      for (const auto& span : j.at("decisive_spans")) {
-        const size_t begin = span[0], end = span[1];  // the prompts are ASCII: characters are bytes
-        if (prompt.spans[t].begin < end && begin < prompt.spans[t].end) q.decisive.push_back(position - 1);
-      }
     }
+    q.decisive = DecisiveFeatures(q, q.request.features, prompt.spans);
     if (q.decisive.empty()) return absl::InvalidArgumentError(path + ": a question's decisive words have no tokens");
     out.push_back(std::move(q));
   }
   return out;
+}
+
+std::vector<int64_t> DecisiveFeatures(const HeldOutQuestion& question, const std::vector<engine::FeatureSpan>& features,
+                                      const std::vector<engine::TokenSpan>& spans) {
+  std::vector<int64_t> decisive;
+  for (size_t f = 0; f < features.size(); ++f) {
+    bool hit = false;
+    for (int64_t t = features[f].begin; t < features[f].end; ++t) {
+      for (const auto& [begin, end] : question.decisive_spans) hit = hit || (spans[t].begin < end && begin < spans[t].end);
+    }
+    if (hit) decisive.push_back(static_cast<int64_t>(f));
+  }
+  return decisive;
 }
 
 DecisiveHits RankDecisive(const std::vector<double>& attribution, const std::vector<int64_t>& decisive) {

@@ -15,11 +15,17 @@ namespace attribution::bench {
 
 struct HeldOutQuestion {
   std::string task;
+  std::string prompt, answer;  // answer: "Yes" / "No", read after the prompt as " Yes" / " No"
+  std::vector<std::pair<size_t, size_t>> decisive_spans;  // [begin, end) characters (= bytes: ASCII)
   // Prompt with <s>, target = the known answer; features: every prompt token after <s>, one each
   // (as Captum's skip_tokens), baseline token 0.
   engine::AttributionRequest request;
   std::vector<int64_t> decisive;  // feature indices of the decisive words' tokens
 };
+
+// Indices of the features one of whose tokens (`spans`: byte spans in the prompt) overlaps a decisive span.
+std::vector<int64_t> DecisiveFeatures(const HeldOutQuestion& question, const std::vector<engine::FeatureSpan>& features,
+                                      const std::vector<engine::TokenSpan>& spans);
 
 // The first `limit` questions of the file (0: all).
 absl::StatusOr<std::vector<HeldOutQuestion>> ReadHeldOutQuestions(const std::string& path,

@@ -41,7 +41,8 @@ struct ClientOptions {
 
 struct Token {
   int64_t id = 0;
-  std::string text;
+  std::string text;                      // valid UTF-8 (U+FFFD for part of a character)
+  std::string bytes;                     // the token's exact bytes
   int64_t char_begin = 0, char_end = 0;  // code points into the prompt/target text
   float log_prob = 0;                    // output tokens
   bool special = false;                  // a special token of the tokenizer (bos, eos, control tokens)
@@ -137,7 +138,8 @@ struct GenerateOptions {
 
 struct Generation {
   std::vector<Token> prompt_tokens, tokens;
-  std::string text;
+  std::string text;        // valid UTF-8: as it reads after the prompt (pass it back as a target)
+  std::string text_bytes;  // exact bytes
   bool stopped = false;
   RunStats stats;
 };

@@ -85,7 +85,7 @@ std::vector<Token> TokensFromProto(const google::protobuf::RepeatedPtrField<v1::
 }  // namespace
 
 Token FromProto(const v1::Token& t) {
-  return {.id = t.id(), .text = t.text(), .char_begin = t.char_begin(), .char_end = t.char_end(), .log_prob = t.log_prob(),
+  return {.id = t.id(), .text = t.text(), .bytes = t.token_bytes(), .char_begin = t.char_begin(), .char_end = t.char_end(), .log_prob = t.log_prob(),
           .special = t.special()};
 }
 
@@ -187,7 +187,7 @@ Attribution FromProto(const v1::AttributeResponse& r) {
 
 Generation FromProto(const v1::GenerateResponse& r) {
   return {.prompt_tokens = TokensFromProto(r.prompt_tokens()), .tokens = TokensFromProto(r.tokens()), .text = r.text(),
-          .stopped = r.stopped(), .stats = StatsFromProto(r.stats())};
+          .text_bytes = r.text_bytes(), .stopped = r.stopped(), .stats = StatsFromProto(r.stats())};
 }
 
 Logprobs FromProto(const v1::LogprobsResponse& r) {
@@ -195,7 +195,9 @@ Logprobs FromProto(const v1::LogprobsResponse& r) {
   out.prompt_tokens = TokensFromProto(r.prompt_tokens());
   for (const v1::TokenLogprob& t : r.target()) {
     TokenLogprob entry{.token = client::FromProto(t.token())};
-    for (const v1::TopToken& top : t.top()) entry.top.push_back({.id = top.id(), .text = top.text(), .log_prob = top.log_prob()});
+    for (const v1::TopToken& top : t.top()) {
+      entry.top.push_back({.id = top.id(), .text = top.text(), .bytes = top.token_bytes(), .log_prob = top.log_prob()});
+    }
     out.target.push_back(std::move(entry));
   }
   out.total_log_prob = r.total_log_prob();

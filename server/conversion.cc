@@ -57,7 +57,7 @@ absl::StatusOr<ResolvedInput> Resolve(const v1::Input& input, absl::string_view 
 std::string QuotedTokens(const std::vector<int64_t>& ids, size_t begin, size_t end, const engine::Tokenizer& tokenizer) {
   std::string out = "[";
   for (size_t i = begin; i < end && i < ids.size(); ++i) {
-    absl::StrAppend(&out, i == begin ? "" : ", ", "\"", absl::Utf8SafeCHexEscape(tokenizer.TokenText(ids[i])), "\"");
+    absl::StrAppend(&out, i == begin ? "" : ", ", "\"", absl::Utf8SafeCHexEscape(engine::ToValidUtf8(tokenizer.TokenText(ids[i]))), "\"");
   }
   return out + "]";
 }
@@ -308,12 +308,20 @@ int64_t CodePoints(absl::string_view text, size_t bytes) {
   return std::count_if(text.begin(), text.begin() + bytes, [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; });
 }
 
+// A token's id, readable text (valid UTF-8) and exact bytes, for Token and TopToken.
+template <typename ProtoToken>
+void SetTokenText(int64_t id, const engine::Tokenizer& tokenizer, ProtoToken* out) {
+  std::string bytes = tokenizer.TokenText(id);
+  out->set_id(id);
+  out->set_text(engine::ToValidUtf8(bytes));
+  out->set_token_bytes(std::move(bytes));
+}
+
 void FillTokens(const ResolvedInput& input, const engine::Tokenizer& tokenizer,
                 google::protobuf::RepeatedPtrField<v1::Token>* out) {
   for (size_t i = 0; i < input.encoding.ids.size(); ++i) {
     v1::Token* token = out->Add();
-    token->set_id(input.encoding.ids[i]);
-    token->set_text(tokenizer.TokenText(input.encoding.ids[i]));
+    SetTokenText(input.encoding.ids[i], tokenizer, token);
     token->set_special(tokenizer.IsSpecial(input.encoding.ids[i]));
     if (i < input.encoding.spans.size()) {
       const engine::TokenSpan& span = input.encoding.spans[i];
@@ -361,12 +369,12 @@ ResolvedInput DecodeContinuation(const std::vector<int64_t>& ids, const std::vec
 std::string SpanText(const ResolvedInput& input, const engine::Tokenizer& tokenizer, int64_t begin, int64_t end) {
   if (!input.encoding.spans.empty()) {
     const size_t from = input.encoding.spans[begin].begin, to = input.encoding.spans[end - 1].end;
-    if (to > from) return input.text.substr(from, to - from);
+    if (to > from) return engine::ToValidUtf8(input.text.substr(from, to - from));
   }
   // Ids given directly, or tokens the tokenizer added (bos): show the tokens themselves.
   std::string text;
   for (int64_t p = begin; p < end; ++p) text += tokenizer.TokenText(input.encoding.ids[p]);
-  return text;
+  return engine::ToValidUtf8(text);
 }
 
 }  // namespace
@@ -496,13 +504,13 @@ void ToGenerateResponse(const engine::Generation& generation, const GenerateCall
   const ResolvedInput continuation = DecodeContinuation(generation.tokens, call.prompt.encoding.ids, *model.tokenizer);
   FillTokens(continuation, *model.tokenizer, out->mutable_tokens());
   for (int i = 0; i < out->tokens_size(); ++i) out->mutable_tokens(i)->set_log_prob(generation.log_probs[i]);
-  out->set_text(continuation.text);
+  out->set_text(engine::ToValidUtf8(continuation.text));
+  out->set_text_bytes(continuation.text);
   out->set_stopped(generation.stopped);
 }
 
 void ToStreamedToken(int64_t id, float log_prob, const ServedModel& model, v1::Token* out) {
-  out->set_id(id);
-  out->set_text(model.tokenizer->TokenText(id));
+  SetTokenText(id, *model.tokenizer, out);
   out->set_special(model.tokenizer->IsSpecial(id));
   out->set_log_prob(log_prob);
 }
@@ -551,9 +559,7 @@ void ToLogprobsResponse(const engine::RowResult& result, const LogprobsCall& cal
     total += lp;
     for (int64_t k = 0; k < call.top_k; ++k) {
       v1::TopToken* top = entry->add_top();
-      const int64_t id = result.top_ids[t][k].item<int64_t>();
-      top->set_id(id);
-      top->set_text(tokenizer.TokenText(id));
+      SetTokenText(result.top_ids[t][k].item<int64_t>(), tokenizer, top);
       top->set_log_prob(result.top_log_probs[t][k].item<float>());
     }
   }

@@ -55,4 +55,9 @@ class Tokenizer {
 // INVALID_ARGUMENT naming the first offending byte when `text` is not valid UTF-8.
 absl::Status CheckUtf8(const std::string& text);
 
+// `bytes` with each ill-formed UTF-8 subsequence replaced by U+FFFD, one per maximal subpart (as
+// Python's errors="replace", which Hugging Face's decode uses), so it fits a protobuf string field. A
+// byte-level BPE token can hold part of a character: its text shows U+FFFD, its bytes travel apart.
+std::string ToValidUtf8(const std::string& bytes);
+
 }  // namespace attribution::engine

@@ -8,12 +8,18 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <condition_variable>
 #include <cstdio>
 #include <fstream>
+#include <iostream>
+#include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "client/attribution_client.h"
+#include "engine/tokenizer/tokenizer.h"
 #include "tests/testing/server_process.h"
 
 namespace attribution {
@@ -197,6 +203,100 @@ TEST_F(TokenSemanticsTest, CliShowsTargetTokensFirstAndFixedTokensApart) {
   EXPECT_EQ(out.rfind("target tokens (1): \" Yes\" #", 0), 0u) << out;
   EXPECT_THAT(out, HasSubstr("(<s>) [The] "));
   EXPECT_THAT(out, HasSubstr(": fixed tokens, kept real in every row (not features)"));
+}
+
+// A byte-level BPE splits characters it has not merged (☃, 😀) into tokens of single bytes: their text
+// must still be valid UTF-8 (or clients fail the whole call) and their bytes must lose nothing.
+TEST_F(TokenSemanticsTest, TokenTextIsValidUtf8AndTokenBytesKeepEveryByte) {
+  const std::string prompt = "A snowman \xE2\x98\x83 and a grin \xF0\x9F\x98\x80 split into bytes";
+  absl::StatusOr<client::Attribution> a =
+      client_->Attribute({.model = "bytelevel", .prompt = prompt, .target = " yes", .method = "feature_ablation"});
+  ASSERT_TRUE(a.ok()) << a.status();
+  std::string bytes;
+  int partial = 0;
+  for (const client::Token& t : a->prompt_tokens) {
+    EXPECT_TRUE(engine::CheckUtf8(t.text).ok()) << t.id;
+    if (!t.special) bytes += t.bytes;
+    partial += t.text.find("\xEF\xBF\xBD") != std::string::npos;
+  }
+  EXPECT_EQ(bytes, prompt);
+  EXPECT_GE(partial, 2);  // the test does meet tokens holding part of a character
+  for (const client::Feature& f : a->features) EXPECT_TRUE(engine::CheckUtf8(f.text).ok()) << f.token_begin;
+
+  absl::StatusOr<client::Logprobs> scored =
+      client_->GetLogprobs({.model = "bytelevel", .prompt = "A grin", .target = " \xF0\x9F\x98\x80", .top_k = 20});
+  ASSERT_TRUE(scored.ok()) << scored.status();
+  for (const client::TokenLogprob& t : scored->target) {
+    for (const client::Token& top : t.top) EXPECT_TRUE(engine::CheckUtf8(top.text).ok()) << top.id;
+  }
+  // A random model samples byte tokens freely: whatever it ends on, the text stays valid.
+  for (uint64_t seed = 0; seed < 8; ++seed) {
+    absl::StatusOr<client::Generation> g = client_->Generate(
+        {.model = "bytelevel", .prompt = prompt,
+         .generation = {.max_new_tokens = 24, .temperature = 1.5, .seed = seed, .ignore_stop_tokens = true}});
+    ASSERT_TRUE(g.ok()) << g.status();
+    EXPECT_TRUE(engine::CheckUtf8(g->text).ok()) << seed;
+    std::string generated;
+    for (const client::Token& t : g->tokens) {
+      EXPECT_TRUE(engine::CheckUtf8(t.text).ok()) << t.id;
+      if (!t.special) generated += t.bytes;
+    }
+    EXPECT_EQ(g->text_bytes, generated) << seed;
+  }
+}
+
+// Whether the feature with the highest attribution covers a character of a decisive span (the held-out
+// prompts are ASCII: characters are bytes).
+bool TopFeatureIsDecisive(const client::Attribution& a, const nlohmann::json& decisive_spans) {
+  const size_t top = std::max_element(a.sequence.begin(), a.sequence.end()) - a.sequence.begin();
+  const int64_t begin = a.prompt_tokens[a.features[top].token_begin].char_begin;
+  const int64_t end = a.prompt_tokens[a.features[top].token_end - 1].char_end;
+  for (const nlohmann::json& span : decisive_spans) {
+    if (begin < span[1].get<int64_t>() && span[0].get<int64_t>() < end) return true;
+  }
+  return false;
+}
+
+// The published faithfulness numbers describe what a user gets: the API's defaults (features, baseline,
+// target tokenization) on the default model's 600 held-out questions, whose decisive words are known.
+TEST_F(TokenSemanticsTest, ApiDefaultsPutTheDecisiveWordFirstOnHeldOutQuestions) {
+  std::ifstream in(References()["default"]["dir"].get<std::string>() + "/heldout.jsonl");
+  std::vector<nlohmann::json> questions;
+  for (std::string line; std::getline(in, line);) questions.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(questions.size(), 600u);
+  for (const std::string method : {"integrated_gradients", "feature_ablation"}) {
+    std::mutex mu;
+    std::condition_variable cv;
+    size_t in_flight = 0, answered = 0;
+    std::map<std::string, std::pair<int, int>> hits;  // task -> (hits, questions)
+    for (const nlohmann::json& q : questions) {
+      std::unique_lock<std::mutex> lock(mu);
+      cv.wait(lock, [&] { return in_flight < 16; });
+      ++in_flight;
+      lock.unlock();
+      // The file's targets are the answer words; the model reads them after "A:" as " Yes" / " No".
+      client_->AttributeAsync({.model = "default", .prompt = q["prompt"], .target = absl::StrCat(" ", q["target"].get<std::string>()),
+                               .method = method, .n_steps = 32},
+                              [&, q](absl::StatusOr<client::Attribution> a) {
+                                std::lock_guard<std::mutex> lock(mu);
+                                EXPECT_TRUE(a.ok()) << a.status();
+                                auto& [hit, count] = hits[q["task"]];
+                                hit += a.ok() && TopFeatureIsDecisive(*a, q["decisive_spans"]);
+                                ++count;
+                                --in_flight;
+                                ++answered;
+                                cv.notify_all();
+                              });
+    }
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return answered == questions.size(); });
+    ASSERT_EQ(hits.size(), 3u);
+    for (const auto& [task, counts] : hits) {
+      const double top1 = static_cast<double>(counts.first) / counts.second;
+      std::cout << "[ defaults ] " << method << " " << task << ": top-1 " << top1 << " of " << counts.second << "\n";
+      EXPECT_GE(top1, 0.95) << method << " " << task;
+    }
+  }
 }
 
 }  // namespace

@@ -107,5 +107,31 @@ TEST(Tokenizer, MissingTokenizerIsNotFound) {
   EXPECT_EQ(Tokenizer::Load("/nonexistent").status().code(), absl::StatusCode::kNotFound);
 }
 
+
+// Expected values are Python's bytes.decode("utf-8", errors="replace") re-encoded (as Hugging Face
+// decodes): one U+FFFD per maximal ill-formed subpart.
+TEST(Utf8, IllFormedSequencesBecomeOneReplacementEachAsPythonDecodes) {
+  const std::string r = "\xEF\xBF\xBD";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"abc", "abc"},
+      {"\xE2\x98", r},                             // a snowman's first two bytes
+      {"\xE2\x98\x83", "\xE2\x98\x83"},            // the whole snowman
+      {"\xFF", r},
+      {"a\xC3(b", "a" + r + "(b"},
+      {"\xF0\x9F\x98", r},                         // an emoji's first three bytes
+      {"\xED\xA0\x80", r + r + r},                 // a surrogate: no subpart
+      {"\xC0\xAF", r + r},                         // overlong
+      {"\xF4\x90\x80\x80", r + r + r + r},         // past U+10FFFF
+      {"\xE0\x80\xAF", r + r + r},                 // overlong
+      {"\xF0\x9F\x98\x80\xE2", "\xF0\x9F\x98\x80" + r},
+      {"\x80\x80", r + r},
+  };
+  for (const auto& [bytes, expected] : cases) {
+    EXPECT_EQ(ToValidUtf8(bytes), expected) << ::testing::PrintToString(bytes);
+    EXPECT_TRUE(CheckUtf8(ToValidUtf8(bytes)).ok());
+    EXPECT_EQ(CheckUtf8(bytes).ok(), bytes == expected);
+  }
+}
+
 }  // namespace
 }  // namespace attribution::engine
