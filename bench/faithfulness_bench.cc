@@ -193,7 +193,9 @@ int Main(int argc, char** argv) {
   std::vector<Outcome>& random = outcomes["Random"];
   random.resize(n);
   for (size_t i = 0; i < n; ++i) {
-    for (size_t f = 0; f < (*questions)[i].request.features.size(); ++f) random[i].attribution.push_back(std::uniform_real_distribution<>()(rng));
+    const AttributionRequest& request = (*questions)[i].request;
+    const size_t features = request.features.empty() ? request.prompt_ids.size() : request.features.size();
+    for (size_t f = 0; f < features; ++f) random[i].attribution.push_back(std::uniform_real_distribution<>()(rng));
   }
   seconds["Random"] = RunAll(n, window, [&](size_t i, std::function<void()> finished) {
     MeasureFaithfulness(*engine, engine->NewRequest(), (*questions)[i].request, random[i].attribution,

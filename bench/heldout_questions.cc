@@ -34,8 +34,11 @@ absl::StatusOr<std::vector<HeldOutQuestion>> ReadHeldOutQuestions(const std::str
   return out;
 }
 
-std::vector<int64_t> DecisiveFeatures(const HeldOutQuestion& question, const std::vector<engine::FeatureSpan>& features,
+std::vector<int64_t> DecisiveFeatures(const HeldOutQuestion& question, std::vector<engine::FeatureSpan> features,
                                       const std::vector<engine::TokenSpan>& spans) {
+  if (features.empty()) {  // the engine's default: one feature per prompt token
+    for (int64_t t = 0; t < static_cast<int64_t>(spans.size()); ++t) features.push_back({.begin = t, .end = t + 1});
+  }
   std::vector<int64_t> decisive;
   for (size_t f = 0; f < features.size(); ++f) {
     bool hit = false;

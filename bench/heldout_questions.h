@@ -24,7 +24,8 @@ struct HeldOutQuestion {
 };
 
 // Indices of the features one of whose tokens (`spans`: byte spans in the prompt) overlaps a decisive span.
-std::vector<int64_t> DecisiveFeatures(const HeldOutQuestion& question, const std::vector<engine::FeatureSpan>& features,
+// Empty `features`: one per prompt token, as the engine reads it.
+std::vector<int64_t> DecisiveFeatures(const HeldOutQuestion& question, std::vector<engine::FeatureSpan> features,
                                       const std::vector<engine::TokenSpan>& spans);
 
 // The first `limit` questions of the file (0: all).
