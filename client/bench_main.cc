@@ -35,6 +35,9 @@ ABSL_FLAG(int32_t, n_steps, 16, "integrated-gradient steps of Attribute calls");
 ABSL_FLAG(int32_t, max_new_tokens, 16, "tokens per Generate call");
 ABSL_FLAG(std::string, token_file, "", "bearer token file");
 ABSL_FLAG(bool, json, false, "print JSON");
+ABSL_FLAG(std::string, background, "", "a second load beside the first, e.g. \"attribute n_steps=512 concurrency=2\": "
+          "runs the first alone, the second alone, then both, and reports the first's latency and the second's "
+          "throughput loaded vs alone (latency isolation)");
 
 namespace attribution::client {
 namespace {
@@ -101,22 +104,147 @@ absl::StatusOr<Mix> ParseMix(const std::string& text) {
   return mix;
 }
 
+// What one load runs: the RPC mix and its settings, closed loop (concurrency) or open loop (rate).
+struct LoadSpec {
+  std::string mix;
+  double rate = 0;
+  int concurrency = 8;
+  std::string method = "integrated_gradients";
+  int n_steps = 16;
+  int max_new_tokens = 16;
+};
+
+LoadSpec ForegroundFromFlags() {
+  return {.mix = absl::GetFlag(FLAGS_mix), .rate = absl::GetFlag(FLAGS_rate), .concurrency = absl::GetFlag(FLAGS_concurrency),
+          .method = absl::GetFlag(FLAGS_method), .n_steps = absl::GetFlag(FLAGS_n_steps),
+          .max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens)};
+}
+
+// "attribute n_steps=512 concurrency=2": a mix (an RPC name weighs 1) and settings that differ from
+// the foreground's defaults.
+absl::StatusOr<LoadSpec> ParseBackground(const std::string& text) {
+  LoadSpec spec{.concurrency = 2};
+  std::vector<std::string> words = absl::StrSplit(text, ' ', absl::SkipEmpty());
+  if (words.empty()) return absl::InvalidArgumentError("--background: expected e.g. \"attribute n_steps=512 concurrency=2\"");
+  spec.mix = words[0].find('=') == std::string::npos ? words[0] + "=1" : words[0];
+  for (size_t i = 1; i < words.size(); ++i) {
+    std::vector<std::string> kv = absl::StrSplit(words[i], absl::MaxSplits('=', 1));
+    bool ok = kv.size() == 2;
+    if (ok && kv[0] == "method") spec.method = kv[1];
+    else if (ok && kv[0] == "n_steps") ok = absl::SimpleAtoi(kv[1], &spec.n_steps);
+    else if (ok && kv[0] == "concurrency") ok = absl::SimpleAtoi(kv[1], &spec.concurrency);
+    else if (ok && kv[0] == "rate") ok = absl::SimpleAtod(kv[1], &spec.rate);
+    else if (ok && kv[0] == "max_new_tokens") ok = absl::SimpleAtoi(kv[1], &spec.max_new_tokens);
+    else ok = false;
+    if (!ok) return absl::InvalidArgumentError("--background: unknown setting \"" + words[i] +
+                                               "\" (method, n_steps, concurrency, rate, max_new_tokens)");
+  }
+  return spec;
+}
+
 // Starts one call of kind `rpc`; `done` receives its status code.
-void Call(AttributionClient& client, const std::string& model, const std::string& rpc, int index,
-          std::function<void(absl::StatusCode)> done) {
+void Call(AttributionClient& client, const std::string& model, const LoadSpec& spec, const std::string& rpc,
+          int index, std::function<void(absl::StatusCode)> done) {
   const std::string prompt = kPrompts[index % std::size(kPrompts)];
   if (rpc == "attribute") {
-    client.AttributeAsync({.model = model, .prompt = prompt, .target = " yes", .method = absl::GetFlag(FLAGS_method),
-                           .n_steps = absl::GetFlag(FLAGS_n_steps), .n_samples = 4},
+    client.AttributeAsync({.model = model, .prompt = prompt, .target = " yes", .method = spec.method,
+                           .n_steps = spec.n_steps, .n_samples = 4},
                           [done](absl::StatusOr<Attribution> r) { done(r.status().code()); });
   } else if (rpc == "logprobs") {
     client.GetLogprobsAsync({.model = model, .prompt = prompt, .target = " and then it was over", .top_k = 5},
                             [done](absl::StatusOr<Logprobs> r) { done(r.status().code()); });
   } else {
     client.GenerateAsync({.model = model, .prompt = prompt,
-                          .generation = {.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens), .ignore_stop_tokens = true}},
+                          .generation = {.max_new_tokens = spec.max_new_tokens, .ignore_stop_tokens = true}},
                          [done](absl::StatusOr<Generation> r) { done(r.status().code()); });
   }
+}
+
+// Runs `spec` for `duration` and waits for its calls to finish; the report per RPC.
+nlohmann::json RunLoad(AttributionClient& client, const std::string& model, const LoadSpec& spec,
+                       absl::Duration duration) {
+  Mix mix = *ParseMix(spec.mix);
+  Recorder recorder;
+  std::atomic<int64_t> in_flight{0};
+  std::mutex mu;
+  std::condition_variable idle;
+  const absl::Time start = absl::Now(), end = start + duration;
+  std::mt19937 rng(1);
+  std::mutex rng_mu;  // callbacks of finished calls issue the next ones from gRPC threads
+  auto issue = [&](int index, absl::Time scheduled, std::function<void()> then) {
+    std::string rpc;
+    {
+      std::lock_guard<std::mutex> lock(rng_mu);
+      rpc = mix.rpcs[mix.pick(rng)];
+    }
+    in_flight += 1;
+    Call(client, model, spec, rpc, index, [&, rpc, scheduled, then](absl::StatusCode code) {
+      recorder.Add(rpc, {absl::ToDoubleSeconds(absl::Now() - scheduled), code});
+      if (then) then();
+      std::lock_guard<std::mutex> lock(mu);
+      if (--in_flight == 0) idle.notify_all();
+    });
+  };
+  std::function<void(int)> next;  // closed loop; outlives every call (we wait for idle below)
+  if (spec.rate > 0) {  // open loop: send on schedule regardless of answers
+    for (int i = 0;; ++i) {
+      const absl::Time scheduled = start + absl::Seconds(i / spec.rate);
+      if (scheduled >= end) break;
+      std::this_thread::sleep_until(absl::ToChronoTime(scheduled));
+      issue(i, scheduled, nullptr);
+    }
+  } else {  // closed loop: each client sends its next call when the last returns
+    next = [&](int index) {
+      if (absl::Now() >= end) return;
+      issue(index, absl::Now(), [&next, index] { next(index + 1000); });
+    };
+    for (int c = 0; c < spec.concurrency; ++c) next(c);
+    std::this_thread::sleep_until(absl::ToChronoTime(end));
+  }
+  std::unique_lock<std::mutex> lock(mu);
+  idle.wait(lock, [&] { return in_flight == 0; });
+  const double elapsed = absl::ToDoubleSeconds(absl::Now() - start);
+  return {{"mode", spec.rate > 0 ? "open" : "closed"}, {"rate", spec.rate}, {"concurrency", spec.concurrency},
+          {"seconds", elapsed}, {"rpcs", recorder.Report(elapsed)}};
+}
+
+void PrintTable(const std::string& title, const nlohmann::json& load) {
+  const double rate = load["rate"].get<double>();
+  std::cout << absl::StrFormat("%s: %s loop, %s, %.1f s\n", title, rate > 0 ? "open" : "closed",
+                               rate > 0 ? absl::StrFormat("%.1f calls/s offered", rate)
+                                        : absl::StrFormat("%d clients", load["concurrency"].get<int>()),
+                               load["seconds"].get<double>());
+  std::cout << absl::StrFormat("| %-9s | %6s | %6s | %8s | %9s | %9s | %9s | %s\n", "rpc", "calls", "ok", "ok/s",
+                               "p50 ms", "p90 ms", "p99 ms", "errors");
+  for (const auto& [rpc, r] : load["rpcs"].items()) {
+    std::cout << absl::StrFormat("| %-9s | %6d | %6d | %8.2f | %9.1f | %9.1f | %9.1f | %s\n", rpc,
+                                 r["calls"].get<int>(), r["ok"].get<int>(), r["per_second"].get<double>(),
+                                 r["p50_ms"].get<double>(), r["p90_ms"].get<double>(), r["p99_ms"].get<double>(),
+                                 r["errors"].dump());
+  }
+}
+
+// The foreground alone, the background alone, then both at once: the foreground's latency idle vs
+// loaded and the background's throughput with vs without the foreground, in one run.
+nlohmann::json RunIsolation(AttributionClient& client, const std::string& model, const LoadSpec& foreground,
+                            const LoadSpec& background, absl::Duration duration) {
+  nlohmann::json out;
+  out["foreground_alone"] = RunLoad(client, model, foreground, duration);
+  out["background_alone"] = RunLoad(client, model, background, duration);
+  std::thread behind([&] { out["background_loaded"] = RunLoad(client, model, background, duration); });
+  out["foreground_loaded"] = RunLoad(client, model, foreground, duration);
+  behind.join();
+  auto ratio = [&](const char* loaded, const char* alone, const char* key) {
+    nlohmann::json ratios = nlohmann::json::object();
+    for (const auto& [rpc, r] : out[alone]["rpcs"].items()) {
+      const double base = r[key].get<double>();
+      if (out[loaded]["rpcs"].contains(rpc) && base > 0) ratios[rpc] = out[loaded]["rpcs"][rpc][key].get<double>() / base;
+    }
+    return ratios;
+  };
+  out["foreground_p99_loaded_over_alone"] = ratio("foreground_loaded", "foreground_alone", "p99_ms");
+  out["background_throughput_loaded_over_alone"] = ratio("background_loaded", "background_alone", "per_second");
+  return out;
 }
 
 int Run() {
@@ -131,9 +259,14 @@ int Run() {
     options.bearer_token = *token;
   }
   auto client = AttributionClient::Connect(options);
-  absl::StatusOr<Mix> mix = ParseMix(absl::GetFlag(FLAGS_mix));
-  if (!client.ok() || !mix.ok()) {
-    std::fprintf(stderr, "attribution-bench: %s\n", (!client.ok() ? client.status() : mix.status()).ToString().c_str());
+  const LoadSpec foreground = ForegroundFromFlags();
+  absl::StatusOr<LoadSpec> background = absl::GetFlag(FLAGS_background).empty()
+                                            ? absl::StatusOr<LoadSpec>(LoadSpec{})
+                                            : ParseBackground(absl::GetFlag(FLAGS_background));
+  absl::Status valid = !client.ok() ? client.status() : !background.ok() ? background.status() : ParseMix(foreground.mix).status();
+  if (valid.ok() && !background->mix.empty()) valid = ParseMix(background->mix).status();
+  if (!valid.ok()) {
+    std::fprintf(stderr, "attribution-bench: %s\n", valid.ToString().c_str());
     return 2;
   }
   std::string model = absl::GetFlag(FLAGS_model);
@@ -145,65 +278,24 @@ int Run() {
     }
     model = models->front().name;
   }
-  Recorder recorder;
-  std::atomic<int64_t> in_flight{0};
-  std::mutex mu;
-  std::condition_variable idle;
-  const absl::Time start = absl::Now(), end = start + absl::Seconds(absl::GetFlag(FLAGS_duration));
-  std::mt19937 rng(1);
-  std::mutex rng_mu;  // callbacks of finished calls issue the next ones from gRPC threads
-  auto issue = [&](int index, absl::Time scheduled, std::function<void()> then) {
-    std::string rpc;
-    {
-      std::lock_guard<std::mutex> lock(rng_mu);
-      rpc = mix->rpcs[mix->pick(rng)];
-    }
-    in_flight += 1;
-    Call(**client, model, rpc, index, [&, rpc, scheduled, then](absl::StatusCode code) {
-      recorder.Add(rpc, {absl::ToDoubleSeconds(absl::Now() - scheduled), code});
-      if (then) then();
-      std::lock_guard<std::mutex> lock(mu);
-      if (--in_flight == 0) idle.notify_all();
-    });
-  };
-  const double rate = absl::GetFlag(FLAGS_rate);
-  std::function<void(int)> next;  // closed loop; outlives every call (we wait for idle below)
-  if (rate > 0) {  // open loop: send on schedule regardless of answers
-    for (int i = 0;; ++i) {
-      const absl::Time scheduled = start + absl::Seconds(i / rate);
-      if (scheduled >= end) break;
-      std::this_thread::sleep_until(absl::ToChronoTime(scheduled));
-      issue(i, scheduled, nullptr);
-    }
-  } else {  // closed loop: each client sends its next call when the last returns
-    next = [&](int index) {
-      if (absl::Now() >= end) return;
-      issue(index, absl::Now(), [&next, index] { next(index + 1000); });
-    };
-    for (int c = 0; c < absl::GetFlag(FLAGS_concurrency); ++c) next(c);
-    std::this_thread::sleep_until(absl::ToChronoTime(end));
-  }
-  std::unique_lock<std::mutex> lock(mu);
-  idle.wait(lock, [&] { return in_flight == 0; });
-  const double elapsed = absl::ToDoubleSeconds(absl::Now() - start);
-  const nlohmann::json report = recorder.Report(elapsed);
-  if (absl::GetFlag(FLAGS_json)) {
-    std::cout << nlohmann::json{{"mode", rate > 0 ? "open" : "closed"}, {"rate", rate},
-                                {"concurrency", absl::GetFlag(FLAGS_concurrency)}, {"seconds", elapsed},
-                                {"rpcs", report}}.dump(2) << "\n";
+  const absl::Duration duration = absl::Seconds(absl::GetFlag(FLAGS_duration));
+  if (background->mix.empty()) {
+    const nlohmann::json load = RunLoad(**client, model, foreground, duration);
+    if (absl::GetFlag(FLAGS_json)) std::cout << load.dump(2) << "\n";
+    else PrintTable("load", load);
     return 0;
   }
-  std::cout << absl::StrFormat("%s loop, %s, %.1f s\n", rate > 0 ? "open" : "closed",
-                               rate > 0 ? absl::StrFormat("%.1f calls/s offered", rate)
-                                        : absl::StrFormat("%d clients", absl::GetFlag(FLAGS_concurrency)), elapsed);
-  std::cout << absl::StrFormat("| %-9s | %6s | %6s | %8s | %9s | %9s | %9s | %s\n", "rpc", "calls", "ok", "ok/s",
-                               "p50 ms", "p90 ms", "p99 ms", "errors");
-  for (const auto& [rpc, r] : report.items()) {
-    std::cout << absl::StrFormat("| %-9s | %6d | %6d | %8.2f | %9.1f | %9.1f | %9.1f | %s\n", rpc,
-                                 r["calls"].get<int>(), r["ok"].get<int>(), r["per_second"].get<double>(),
-                                 r["p50_ms"].get<double>(), r["p90_ms"].get<double>(), r["p99_ms"].get<double>(),
-                                 r["errors"].dump());
+  const nlohmann::json report = RunIsolation(**client, model, foreground, *background, duration);
+  if (absl::GetFlag(FLAGS_json)) {
+    std::cout << report.dump(2) << "\n";
+    return 0;
   }
+  for (const char* phase : {"foreground_alone", "background_alone", "foreground_loaded", "background_loaded"}) {
+    PrintTable(phase, report[phase]);
+  }
+  std::cout << "foreground p99 loaded / alone: " << report["foreground_p99_loaded_over_alone"].dump()
+            << "\nbackground throughput loaded / alone: " << report["background_throughput_loaded_over_alone"].dump()
+            << "\n";
   return 0;
 }
 
@@ -213,7 +305,8 @@ int Run() {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("Load generator for the attribution server.\n"
                                "  attribution-bench --server localhost:50051 --concurrency 16 --duration 30\n"
-                               "  attribution-bench --rate 20 --mix attribute=1,logprobs=8 --json");
+                               "  attribution-bench --rate 20 --mix attribute=1,logprobs=8 --json\n"
+                               "  attribution-bench --rate 20 --mix logprobs=1 --background 'attribute n_steps=512 concurrency=2'");
   absl::ParseCommandLine(argc, argv);
   return attribution::client::Run();
 }

@@ -45,6 +45,8 @@ class EngineCollector : public prometheus::Collectable {
         Family("attribution_engine_padded_tokens_total", "Tokens including padding", prometheus::MetricType::Counter),
         Family("attribution_engine_failed_rows_total", "Rows that failed on the device", prometheus::MetricType::Counter),
         Family("attribution_engine_device_seconds_total", "Time the executor spent running batches", prometheus::MetricType::Counter),
+        Family("attribution_engine_time_limited_batches_total",
+               "Batches that max_batch_seconds kept short because other calls waited", prometheus::MetricType::Counter),
     };
     for (const auto& model : models_.models()) {
       const engine::EngineStats s = model->engine->Stats();
@@ -52,7 +54,8 @@ class EngineCollector : public prometheus::Collectable {
                                static_cast<double>(s.token_budget), static_cast<double>(model->model->ResidentWeightBytes()),
                                static_cast<double>(s.batches), static_cast<double>(s.rows),
                                static_cast<double>(s.tokens), static_cast<double>(s.padded_tokens),
-                               static_cast<double>(s.failed_rows), absl::ToDoubleSeconds(s.device_time)};
+                               static_cast<double>(s.failed_rows), absl::ToDoubleSeconds(s.device_time),
+                               static_cast<double>(s.time_limited_batches)};
       for (size_t i = 0; i < families.size(); ++i) {
         prometheus::ClientMetric metric;
         metric.label.push_back({"model", model->spec.name});

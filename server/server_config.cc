@@ -62,6 +62,7 @@ absl::Status ReadEngineOptions(const json& object, const std::string& where, eng
   RETURN_IF_ERROR(reader.Read("max_queued_rows", out.max_queued_rows));
   RETURN_IF_ERROR(reader.Read("max_queued_tokens", out.max_queued_tokens));
   RETURN_IF_ERROR(reader.ReadSeconds("max_queue_delay_seconds", out.max_queue_delay));
+  RETURN_IF_ERROR(reader.ReadSeconds("max_batch_seconds", out.max_batch_time));
   return reader.Finish();
 }
 
@@ -88,6 +89,7 @@ absl::Status ReadModel(const json& object, const std::string& where, ModelSpec& 
   RETURN_IF_ERROR(reader.Read("engine", engine));
   RETURN_IF_ERROR(reader.Read("limits", limits));
   RETURN_IF_ERROR(reader.Finish());
+  out.engine.max_batch_time = DefaultMaxBatchTime(out.device);
   RETURN_IF_ERROR(ReadEngineOptions(engine, where + ".engine", out.engine));
   return ReadLimits(limits, where + ".limits", out.limits);
 }
@@ -139,6 +141,12 @@ absl::StatusOr<ServerConfig> ReadServerConfig(const std::string& path) {
   return ParseServerConfig(text, path);
 }
 
+absl::Duration DefaultMaxBatchTime(const std::string& device) {
+  // CPU: measured on the default model (bench/RESULTS.md, latency isolation); a GPU runs a batch of
+  // the same rows 10-100x faster, so interactive calls there get a correspondingly shorter bound.
+  return device.rfind("cuda", 0) == 0 ? absl::Milliseconds(5) : absl::Milliseconds(25);
+}
+
 absl::Status ValidateServerConfig(const ServerConfig& config) {
   if (config.models.empty()) return absl::InvalidArgumentError("no models: give --model NAME=PATH or a config file with models");
   std::set<std::string> names;
@@ -150,6 +158,9 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
     if (!names.insert(m.name).second) return absl::InvalidArgumentError(absl::StrCat("model name \"", m.name, "\" appears twice"));
     RETURN_IF_ERROR(Positive(m.engine.max_batch_tokens, where + ".engine.max_batch_tokens"));
     RETURN_IF_ERROR(Positive(m.engine.max_batch_rows, where + ".engine.max_batch_rows"));
+    if (!(m.engine.max_batch_time > absl::ZeroDuration())) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ".engine.max_batch_seconds must be positive"));
+    }
     RETURN_IF_ERROR(Positive(m.limits.max_tokens, where + ".limits.max_tokens"));
     RETURN_IF_ERROR(Positive(m.limits.max_steps, where + ".limits.max_steps"));
     RETURN_IF_ERROR(Positive(m.limits.max_samples, where + ".limits.max_samples"));

@@ -46,6 +46,8 @@ ABSL_FLAG(int64_t, max_message_bytes, 4 << 20, "largest request or response mess
 ABSL_FLAG(int64_t, max_tokens, 4096, "per request: prompt + target (or new) tokens, for --model models");
 ABSL_FLAG(int64_t, max_steps, 1024, "per request: integrated-gradient steps, for --model models");
 ABSL_FLAG(int64_t, max_samples, 1024, "per request: sampling methods' samples, for --model models");
+ABSL_FLAG(double, max_batch_seconds, 0, "device time of one batch while short calls wait beside long work (latency "
+          "isolation), for --model models; 0: 0.025 on the CPU, 0.005 on CUDA");
 ABSL_FLAG(bool, check_config, false, "validate the config and flags, print a summary and exit (0: valid, 1: not); "
           "loads no model (e.g. for a ConfigMap in CI)");
 ABSL_FLAG(double, grace_period_seconds, 30, "on SIGTERM, how long calls in flight may take to finish");
@@ -83,6 +85,8 @@ ModelSpec ModelSpecFromFlags(std::string name, std::string path) {
   spec.limits.max_tokens = absl::GetFlag(FLAGS_max_tokens);
   spec.limits.max_steps = absl::GetFlag(FLAGS_max_steps);
   spec.limits.max_samples = absl::GetFlag(FLAGS_max_samples);
+  const double max_batch_seconds = absl::GetFlag(FLAGS_max_batch_seconds);
+  spec.engine.max_batch_time = max_batch_seconds > 0 ? absl::Seconds(max_batch_seconds) : DefaultMaxBatchTime(spec.device);
   return spec;
 }
 

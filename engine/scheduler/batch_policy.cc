@@ -2,9 +2,33 @@
 #include "engine/scheduler/batch_policy.h"
 
 #include <algorithm>
+#include <limits>
 #include <numeric>
 
 namespace attribution::engine {
+namespace {
+
+// Two or more requests wait, and rows of a kind other than `kind` are among them or an interactive
+// request (few rows) waits beside a larger one. A request alone never contends with itself.
+bool Contended(const std::vector<QueuedRequestView>& queue, RowKind kind) {
+  int64_t smallest = std::numeric_limits<int64_t>::max(), largest = 0, requests = 0;
+  bool other_kind = false;
+  for (const QueuedRequestView& view : queue) {
+    int64_t rows = 0;
+    for (int k = 0; k < kRowKinds; ++k) {
+      const int64_t n = static_cast<int64_t>(view.kinds[k].lengths.size());
+      other_kind = other_kind || (n > 0 && k != static_cast<int>(kind));
+      rows += n;
+    }
+    if (rows == 0) continue;
+    ++requests;
+    smallest = std::min(smallest, rows);
+    largest = std::max(largest, rows);
+  }
+  return requests >= 2 && (other_kind || (smallest <= kInteractiveRows && largest > kInteractiveRows));
+}
+
+}  // namespace
 
 BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Time now, const BatchLimits& limits) {
   BatchDecision decision;
@@ -42,6 +66,11 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
   }
 
   const int k = static_cast<int>(decision.kind);
+  decision.contended = Contended(queue, decision.kind);
+  const BatchCost& cost = limits.costs[k];
+  const bool time_limited = limits.max_batch_time < absl::InfiniteDuration() && cost.known &&
+                            (decision.contended || limits.contended_recently);
+  const double max_seconds = absl::ToDoubleSeconds(limits.max_batch_time);
   std::vector<int64_t> taken(queue.size(), 0);
   std::vector<bool> blocked(queue.size(), false);
   bool limited = false;  // true once a limit (not a lack of rows) stopped the filling
@@ -59,8 +88,10 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
         const int64_t longest = std::max(decision.longest, rows[taken[i]]);
         const int64_t padded = (decision.rows + 1) * longest;
         const double waste = PaddingWaste(decision.tokens + rows[taken[i]], padded);
+        const bool in_time = !time_limited || cost.Seconds(decision.rows + 1, longest) <= max_seconds;
         const bool fits = decision.rows + 1 <= limits.max_rows && padded <= limits.token_budget &&
-                          (decision.rows == 0 || waste <= limits.max_padding_waste);
+                          (decision.rows == 0 || waste <= limits.max_padding_waste) && in_time;
+        decision.time_limited = decision.time_limited || (!in_time && decision.rows > 0);
         if (!fits && decision.rows > 0) {
           blocked[i] = true;  // keeps this request's row order: nothing behind it jumps ahead
           limited = true;

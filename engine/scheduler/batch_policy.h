@@ -10,12 +10,19 @@
 // integrated-gradients job gets rows into the very next batch. A batch holds at most `max_rows` rows
 // and rows x longest row <= token budget (padding counted); a single row longer than the budget runs
 // alone. A batch that is not full waits until its oldest row has waited `max_queue_delay`.
+//
+// Latency isolation: while the queue is contended (besides the batch's request, rows of another kind
+// wait, or a small request waits beside a large one; or that was so within the engine's recent
+// memory), a batch also stays within
+// `max_batch_time` of device time by the learned cost of its kind, so a short call waits at most one
+// short batch. Uncontended, batches fill the token budget (throughput of a request alone is kept).
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
 #include "absl/time/time.h"
+#include "engine/scheduler/batch_cost.h"
 #include "engine/scheduler/row.h"
 
 namespace attribution::engine {
@@ -45,7 +52,16 @@ struct BatchLimits {
   // A row joins a batch of two or more rows only while padding stays at most this fraction of the
   // batch's padded tokens: requests that list rows longest first get batches of similar lengths.
   double max_padding_waste = 1.0;
+  // Device time of one batch while contended, by `costs` (a kind whose cost is not known yet is not
+  // limited). `contended_recently`: the engine saw contention within its memory window.
+  absl::Duration max_batch_time = absl::InfiniteDuration();
+  BatchCost costs[kRowKinds];
+  bool contended_recently = false;
 };
+
+// A request with at most this many rows queued counts as interactive: beside a larger request it
+// makes the queue contended.
+inline constexpr int64_t kInteractiveRows = 16;
 
 struct BatchDecision {
   bool run = false;               // false: nothing to run now
@@ -56,6 +72,8 @@ struct BatchDecision {
   int64_t rows = 0;
   int64_t longest = 0;
   int64_t tokens = 0;  // real (unpadded) tokens
+  bool contended = false;     // the queue is contended now (see the file comment)
+  bool time_limited = false;  // max_batch_time bounded this batch's size
 };
 
 BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Time now, const BatchLimits& limits);

@@ -161,6 +161,7 @@ void BatchingEngine::Loop() {
     std::vector<Answer> dropped;
     std::vector<PendingRow> batch;
     RowKind kind = RowKind::kScore;
+    bool time_limited = false;
     {
       std::unique_lock<std::mutex> lock(mu_);
       work_changed_.wait(lock, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || stats_.queued_rows > 0; });
@@ -178,12 +179,17 @@ void BatchingEngine::Loop() {
         views.push_back(std::move(view));
         ids.push_back(id);
       }
-      const BatchDecision decision =
-          DecideBatch(views, now, {token_budget_, options_.max_batch_rows,
-                                   stopping_ ? absl::ZeroDuration() : options_.max_queue_delay, next_kind_,
-                                   options_.max_padding_waste});
+      BatchLimits limits{.token_budget = token_budget_, .max_rows = options_.max_batch_rows,
+                         .max_queue_delay = stopping_ ? absl::ZeroDuration() : options_.max_queue_delay,
+                         .next_kind = next_kind_, .max_padding_waste = options_.max_padding_waste,
+                         .max_batch_time = options_.max_batch_time,
+                         .contended_recently = now - last_contended_ < options_.contention_memory};
+      for (int k = 0; k < kRowKinds; ++k) limits.costs[k] = costs_.cost(static_cast<RowKind>(k));
+      const BatchDecision decision = DecideBatch(views, now, limits);
+      if (decision.contended) last_contended_ = now;
       if (decision.run) {
         kind = decision.kind;
+        time_limited = decision.time_limited;
         next_kind_ = static_cast<RowKind>((static_cast<int>(kind) + 1) % kRowKinds);
         batch = TakeBatchLocked(decision, ids);
       } else if (!views.empty() && dropped.empty()) {
@@ -200,7 +206,7 @@ void BatchingEngine::Loop() {
     std::vector<RowResult> results(batch.size());
     const absl::Time started = Now();
     Execute(kind, rows, results);
-    Finish(kind, batch, results, started, Now() - started);
+    Finish(kind, batch, results, started, Now() - started, time_limited);
   }
 }
 
@@ -241,8 +247,9 @@ void BatchingEngine::Execute(RowKind kind, std::vector<PendingRow*> rows, std::v
 }
 
 void BatchingEngine::Finish(RowKind kind, std::vector<PendingRow>& batch, std::vector<RowResult>& results,
-                            absl::Time started, absl::Duration device_time) {
-  BatchRecord record{.kind = kind, .rows = static_cast<int64_t>(batch.size()), .device_time = device_time};
+                            absl::Time started, absl::Duration device_time, bool time_limited) {
+  BatchRecord record{.kind = kind, .rows = static_cast<int64_t>(batch.size()), .device_time = device_time,
+                     .time_limited = time_limited};
   int64_t longest = 0;
   for (const PendingRow& row : batch) {
     record.tokens += row.row.length();
@@ -275,7 +282,10 @@ void BatchingEngine::Finish(RowKind kind, std::vector<PendingRow>& batch, std::v
     stats_.tokens += record.tokens;
     stats_.padded_tokens += record.padded_tokens;
     stats_.failed_rows += failed;
+    stats_.time_limited_batches += time_limited ? 1 : 0;
     stats_.device_time += device_time;
+    // A failed batch's time (split retries, errors) says nothing about the kind's cost.
+    if (failed == 0) costs_.Observe(kind, record.rows, longest, device_time);
     observer = observer_;
   }
   // Observed before the answers go out, so whoever learns a result also finds its batch counted.

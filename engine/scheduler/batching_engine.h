@@ -38,6 +38,11 @@ struct EngineOptions {
   int64_t max_queued_tokens = int64_t{1} << 28;
   int64_t max_rows_per_request = 1 << 16;   // queued at once
   int64_t max_tokens_per_request = int64_t{1} << 24;
+  // Latency isolation (see batch_policy.h): while contended, one batch takes at most this device time
+  // by the cost the engine learns per kind from its own batches (infinite: no bound). Contention is
+  // remembered for `contention_memory`, so the gaps between interactive calls stay bounded too.
+  absl::Duration max_batch_time = absl::Milliseconds(25);
+  absl::Duration contention_memory = absl::Seconds(1);
   std::function<absl::Time()> clock;       // default: absl::Now
 };
 
@@ -50,6 +55,7 @@ struct BatchRecord {
   absl::Duration device_time;
   absl::Duration max_queue_wait;
   bool failed = false;
+  bool time_limited = false;  // max_batch_time bounded its size
   double padding_waste() const { return PaddingWaste(tokens, padded_tokens); }
 };
 
@@ -61,6 +67,7 @@ struct EngineStats {
   int64_t tokens = 0;
   int64_t padded_tokens = 0;
   int64_t failed_rows = 0;
+  int64_t time_limited_batches = 0;  // kept short by max_batch_time
   int64_t token_budget = 0;  // current (shrinks after out-of-memory)
   absl::Duration device_time;
   absl::Duration uptime;
@@ -155,7 +162,7 @@ class BatchingEngine {
   // Runs rows as one batch, splitting it on failure until failures are pinned to single rows.
   void Execute(RowKind kind, std::vector<PendingRow*> rows, std::vector<RowResult>& results);
   void Finish(RowKind kind, std::vector<PendingRow>& batch, std::vector<RowResult>& results, absl::Time started,
-              absl::Duration device_time);
+              absl::Duration device_time, bool time_limited);
   static void Deliver(std::vector<Answer>& answers);
 
   const std::unique_ptr<BatchExecutor> executor_;  // used by the executor thread only
@@ -173,6 +180,8 @@ class BatchingEngine {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   int64_t token_budget_ ABSL_GUARDED_BY(mu_);
   RowKind next_kind_ ABSL_GUARDED_BY(mu_) = RowKind::kScore;  // kinds take turns between batches
+  absl::Time last_contended_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  BatchCostModel costs_ ABSL_GUARDED_BY(mu_);  // learned from finished batches
   EngineStats stats_ ABSL_GUARDED_BY(mu_);
   std::function<void(const BatchRecord&)> observer_ ABSL_GUARDED_BY(mu_);
 

@@ -46,6 +46,18 @@ TEST(ServerConfig, ParsesEveryKey) {
   EXPECT_TRUE(ValidateServerConfig(*config).ok());
 }
 
+TEST(ServerConfig, BatchTimeBoundDefaultsByDeviceAndMustBePositive) {
+  absl::StatusOr<ServerConfig> config = ParseServerConfig(R"({"models": [
+      {"name": "c", "path": "/p"}, {"name": "g", "path": "/p", "device": "cuda:0"},
+      {"name": "s", "path": "/p", "engine": {"max_batch_seconds": 0.1}}]})", "t.json");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->models[0].engine.max_batch_time, absl::Milliseconds(25));
+  EXPECT_EQ(config->models[1].engine.max_batch_time, absl::Milliseconds(5));
+  EXPECT_EQ(config->models[2].engine.max_batch_time, absl::Milliseconds(100));
+  config->models[2].engine.max_batch_time = absl::ZeroDuration();
+  EXPECT_THAT(ValidateServerConfig(*config).message(), HasSubstr("models[2].engine.max_batch_seconds must be positive"));
+}
+
 TEST(ServerConfig, RejectsTyposWrongTypesAndBadValuesNamingThem) {
   struct Case {
     const char* json;

@@ -1,0 +1,72 @@
+// SPDX-License-Identifier: Apache-2.0
+// Latency isolation through the real server: a Logprobs call sent while a long integrated-gradients
+// request runs is answered before it, the long request's result does not change, and the engine keeps
+// its batches short only while the short call is around (the time-limited batch counter).
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <thread>
+
+#include "absl/synchronization/notification.h"
+#include "client/attribution_client.h"
+#include "tests/testing/server_process.h"
+
+namespace attribution {
+namespace {
+
+using testing::ServerProcess;
+
+double MetricValue(int metrics_port, const std::string& series) {
+  absl::StatusOr<std::string> metrics = testing::HttpGet(metrics_port, "/metrics");
+  const std::string key = series + " ";
+  if (!metrics.ok() || metrics->find(key) == std::string::npos) return 0;
+  return std::stod(metrics->substr(metrics->find(key) + key.size()));
+}
+
+bool WaitForQueuedRows(int metrics_port) {
+  for (int attempt = 0; attempt < 3000; ++attempt) {
+    if (MetricValue(metrics_port, "attribution_engine_queued_rows{model=\"demo\"}") > 0) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
+}
+
+TEST(LatencyIsolation, ShortCallOvertakesLongAttributionWhichStaysTheSame) {
+  // A bound the tiny demo model's batches exceed, so that it shows on a 2-core machine.
+  auto server = ServerProcess::Start({"--model=demo=" + testing::DemoModelDir(), "--max_batch_seconds=0.002"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = std::move(*client::AttributionClient::Connect({.target = (*server)->address()}));
+  const std::string limited = "attribution_engine_time_limited_batches_total{model=\"demo\"}";
+  const client::AttributeOptions long_ig{.model = "demo", .prompt = std::string(200, 'a') + " is it?", .target = " yes",
+                                         .target_tokenization = "separate", .n_steps = 384};
+
+  absl::StatusOr<client::Attribution> alone = client->Attribute(long_ig);
+  ASSERT_TRUE(alone.ok()) << alone.status();
+  EXPECT_EQ(MetricValue((*server)->metrics_port(), limited), 0);  // alone, batches fill the token budget
+
+  std::atomic<bool> long_done{false};
+  absl::Notification finished;
+  absl::StatusOr<client::Attribution> loaded = absl::UnknownError("not run");
+  client->AttributeAsync(long_ig, [&](absl::StatusOr<client::Attribution> r) {
+    loaded = std::move(r);
+    long_done = true;
+    finished.Notify();
+  });
+  ASSERT_TRUE(WaitForQueuedRows((*server)->metrics_port()));
+  absl::StatusOr<client::Logprobs> quick = client->GetLogprobs(
+      {.model = "demo", .prompt = "Is it", .target = " yes", .target_tokenization = "separate"});
+  const bool overtook = !long_done;
+  finished.WaitForNotification();
+  ASSERT_TRUE(quick.ok()) << quick.status();
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_TRUE(overtook);
+  EXPECT_GT(MetricValue((*server)->metrics_port(), limited), 0);
+  // The same rows in other batches: equal to float32 rounding.
+  ASSERT_EQ(loaded->sequence.size(), alone->sequence.size());
+  for (size_t i = 0; i < alone->sequence.size(); ++i) {
+    EXPECT_NEAR(loaded->sequence[i], alone->sequence[i], 1e-5 * (1 + std::fabs(alone->sequence[i]))) << i;
+  }
+}
+
+}  // namespace
+}  // namespace attribution

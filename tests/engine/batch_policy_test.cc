@@ -1,0 +1,106 @@
+// SPDX-License-Identifier: Apache-2.0
+// The batching decision as the pure function it is: the device-time budget of contended batches
+// (latency isolation) with a given cost model and a fixed clock.
+#include "engine/scheduler/batch_policy.h"
+
+#include <gtest/gtest.h>
+
+namespace attribution::engine {
+namespace {
+
+const absl::Time kNow = absl::FromUnixSeconds(1000);
+
+// A request with `rows` queued rows of `kind`, each `length` tokens long.
+QueuedRequestView Request(uint64_t id, RowKind kind, int rows, int64_t length) {
+  QueuedRequestView view{.request_id = id, .arrival = id};
+  view.kinds[static_cast<int>(kind)].lengths.assign(rows, length);
+  view.kinds[static_cast<int>(kind)].oldest_enqueued = kNow - absl::Seconds(1);
+  return view;
+}
+
+// 1 ms per 1000 padded tokens plus 1 ms per 100,000 token pairs, nothing fixed.
+BatchLimits TimedLimits(RowKind kind) {
+  BatchLimits limits{.token_budget = 1 << 20, .max_rows = 1024, .next_kind = kind,
+                     .max_batch_time = absl::Milliseconds(25)};
+  limits.costs[static_cast<int>(kind)] = {.per_token = 1e-6, .per_token_pair = 1e-8, .known = true};
+  return limits;
+}
+
+TEST(BatchPolicy, AloneAGradientRequestFillsTheTokenBudget) {
+  const BatchDecision d = DecideBatch({Request(1, RowKind::kGrad, 512, 100)}, kNow, TimedLimits(RowKind::kGrad));
+  ASSERT_TRUE(d.run);
+  EXPECT_EQ(d.rows, 512);  // 512 x 100 tokens: 102 ms by the cost model, but nobody waits
+  EXPECT_FALSE(d.contended);
+  EXPECT_FALSE(d.time_limited);
+}
+
+TEST(BatchPolicy, AWaitingScoreRowBoundsTheGradientBatchByTime) {
+  const BatchDecision d = DecideBatch({Request(1, RowKind::kGrad, 512, 100), Request(2, RowKind::kScore, 1, 10)},
+                                      kNow, TimedLimits(RowKind::kGrad));
+  ASSERT_TRUE(d.run);
+  EXPECT_EQ(d.kind, RowKind::kGrad);
+  EXPECT_TRUE(d.contended);
+  EXPECT_TRUE(d.time_limited);
+  // Rows of 100 tokens cost 0.1 ms + 0.1 ms each: 125 of them fill 25 ms, 126 would not.
+  EXPECT_EQ(d.rows, 125);
+}
+
+TEST(BatchPolicy, LongRowsPayForAttentionSoFewerFit) {
+  const BatchDecision d = DecideBatch({Request(1, RowKind::kGrad, 64, 1000), Request(2, RowKind::kScore, 1, 10)},
+                                      kNow, TimedLimits(RowKind::kGrad));
+  // 1 ms + 10 ms of attention per row of 1000 tokens: two rows fit 25 ms, three would not.
+  EXPECT_EQ(d.rows, 2);
+}
+
+TEST(BatchPolicy, ARowOverTheBudgetStillRunsAlone) {
+  const BatchDecision d = DecideBatch({Request(1, RowKind::kGrad, 4, 4000), Request(2, RowKind::kScore, 1, 10)},
+                                      kNow, TimedLimits(RowKind::kGrad));
+  ASSERT_TRUE(d.run);
+  EXPECT_EQ(d.rows, 1);  // 164 ms alone: never starved
+}
+
+TEST(BatchPolicy, ARequestsOwnScoreRowsDoNotContendWithItsGradientRows) {
+  QueuedRequestView ig = Request(1, RowKind::kGrad, 512, 100);
+  ig.kinds[static_cast<int>(RowKind::kScore)].lengths = {100, 100};  // its input and baseline scores
+  const BatchDecision d = DecideBatch({ig}, kNow, TimedLimits(RowKind::kGrad));
+  EXPECT_FALSE(d.contended);
+  EXPECT_EQ(d.rows, 512);
+}
+
+TEST(BatchPolicy, RecentContentionKeepsTheBudgetBetweenInteractiveCalls) {
+  BatchLimits limits = TimedLimits(RowKind::kGrad);
+  limits.contended_recently = true;
+  const BatchDecision d = DecideBatch({Request(1, RowKind::kGrad, 512, 100)}, kNow, limits);
+  EXPECT_FALSE(d.contended);
+  EXPECT_TRUE(d.time_limited);
+  EXPECT_EQ(d.rows, 125);
+}
+
+TEST(BatchPolicy, AnInteractiveRequestBesideALargeOneOfTheSameKindContends) {
+  const BatchDecision d = DecideBatch({Request(1, RowKind::kScore, 2000, 100), Request(2, RowKind::kScore, 1, 10)},
+                                      kNow, TimedLimits(RowKind::kScore));
+  EXPECT_TRUE(d.contended);
+  EXPECT_LE(d.rows, 126);
+  // Round-robin still puts the small request's row into this very batch.
+  ASSERT_EQ(d.take.size(), 2u);
+  EXPECT_EQ(d.take[1], std::make_pair(size_t{1}, int64_t{1}));
+}
+
+TEST(BatchPolicy, TwoLargeRequestsOfOneKindDoNotContend) {
+  const BatchDecision d = DecideBatch({Request(1, RowKind::kGrad, 512, 100), Request(2, RowKind::kGrad, 512, 100)},
+                                      kNow, TimedLimits(RowKind::kGrad));
+  EXPECT_FALSE(d.contended);
+  EXPECT_EQ(d.rows, 1024);
+}
+
+TEST(BatchPolicy, AnUnknownCostLeavesBatchesUnbounded) {
+  BatchLimits limits = TimedLimits(RowKind::kGrad);
+  limits.costs[static_cast<int>(RowKind::kGrad)].known = false;
+  const BatchDecision d = DecideBatch({Request(1, RowKind::kGrad, 512, 100), Request(2, RowKind::kScore, 1, 10)},
+                                      kNow, limits);
+  EXPECT_TRUE(d.contended);
+  EXPECT_EQ(d.rows, 512);
+}
+
+}  // namespace
+}  // namespace attribution::engine
