@@ -28,6 +28,27 @@ bool Contended(const std::vector<QueuedRequestView>& queue, RowKind kind) {
   return requests >= 2 && (other_kind || (smallest <= kInteractiveRows && largest > kInteractiveRows));
 }
 
+int64_t QueuedRows(const QueuedRequestView& view) {
+  int64_t rows = 0;
+  for (const auto& kind : view.kinds) rows += static_cast<int64_t>(kind.lengths.size());
+  return rows;
+}
+
+// The predicted device time of the slowest interactive request's rows, each kind as one batch.
+double InteractiveSeconds(const std::vector<QueuedRequestView>& queue, const BatchCost costs[kRowKinds]) {
+  double seconds = 0;
+  for (const QueuedRequestView& view : queue) {
+    if (QueuedRows(view) == 0 || QueuedRows(view) > kInteractiveRows) continue;
+    for (int k = 0; k < kRowKinds; ++k) {
+      const std::vector<int64_t>& lengths = view.kinds[k].lengths;
+      if (lengths.empty() || !costs[k].known) continue;
+      const int64_t longest = *std::max_element(lengths.begin(), lengths.end());
+      seconds = std::max(seconds, costs[k].Seconds(static_cast<int64_t>(lengths.size()), longest));
+    }
+  }
+  return seconds;
+}
+
 }  // namespace
 
 BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Time now, const BatchLimits& limits) {
@@ -70,7 +91,12 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
   const BatchCost& cost = limits.costs[k];
   const bool time_limited = limits.max_batch_time < absl::InfiniteDuration() && cost.known &&
                             (decision.contended || limits.contended_recently);
-  const double max_seconds = absl::ToDoubleSeconds(limits.max_batch_time);
+  // A short call waits for the batch that runs and then its own: a bound below a few times its own
+  // batch's time only costs the long work its batching and helps nobody.
+  decision.interactive_seconds = InteractiveSeconds(queue, limits.costs);
+  const double max_seconds =
+      std::max(absl::ToDoubleSeconds(limits.max_batch_time),
+               kIsolationFactor * std::max(decision.interactive_seconds, limits.recent_interactive_seconds));
   std::vector<int64_t> taken(queue.size(), 0);
   std::vector<bool> blocked(queue.size(), false);
   bool limited = false;  // true once a limit (not a lack of rows) stopped the filling
@@ -88,7 +114,9 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
         const int64_t longest = std::max(decision.longest, rows[taken[i]]);
         const int64_t padded = (decision.rows + 1) * longest;
         const double waste = PaddingWaste(decision.tokens + rows[taken[i]], padded);
-        const bool in_time = !time_limited || cost.Seconds(decision.rows + 1, longest) <= max_seconds;
+        // Interactive requests' rows are what the bound protects: they always join.
+        const bool in_time = !time_limited || QueuedRows(queue[i]) <= kInteractiveRows ||
+                             cost.Seconds(decision.rows + 1, longest) <= max_seconds;
         const bool fits = decision.rows + 1 <= limits.max_rows && padded <= limits.token_budget &&
                           (decision.rows == 0 || waste <= limits.max_padding_waste) && in_time;
         decision.time_limited = decision.time_limited || (!in_time && decision.rows > 0);

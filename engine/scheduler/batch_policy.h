@@ -14,8 +14,9 @@
 // Latency isolation: while the queue is contended (besides the batch's request, rows of another kind
 // wait, or a small request waits beside a large one; or that was so within the engine's recent
 // memory), a batch also stays within
-// `max_batch_time` of device time by the learned cost of its kind, so a short call waits at most one
-// short batch. Uncontended, batches fill the token budget (throughput of a request alone is kept).
+// max(`max_batch_time`, kIsolationFactor x the waiting short calls' own batch time) of device time by
+// the learned cost of its kind, so a short call waits at most one short batch. Uncontended, batches
+// fill the token budget (throughput of a request alone is kept).
 #pragma once
 
 #include <cstdint>
@@ -57,11 +58,16 @@ struct BatchLimits {
   absl::Duration max_batch_time = absl::InfiniteDuration();
   BatchCost costs[kRowKinds];
   bool contended_recently = false;
+  // The largest interactive_seconds (see BatchDecision) the engine saw within its memory window.
+  double recent_interactive_seconds = 0;
 };
 
 // A request with at most this many rows queued counts as interactive: beside a larger request it
-// makes the queue contended.
+// makes the queue contended, and its rows are never kept out of a batch by the time bound.
 inline constexpr int64_t kInteractiveRows = 16;
+// The time bound is at least this many times the interactive work's own batch time, so on a device
+// where one short call takes longer than max_batch_time, long work keeps batches worth running.
+inline constexpr double kIsolationFactor = 2.0;
 
 struct BatchDecision {
   bool run = false;               // false: nothing to run now
@@ -74,6 +80,7 @@ struct BatchDecision {
   int64_t tokens = 0;  // real (unpadded) tokens
   bool contended = false;     // the queue is contended now (see the file comment)
   bool time_limited = false;  // max_batch_time bounded this batch's size
+  double interactive_seconds = 0;  // predicted time of the queued interactive work, 0 when none
 };
 
 BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Time now, const BatchLimits& limits);

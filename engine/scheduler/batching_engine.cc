@@ -184,9 +184,15 @@ void BatchingEngine::Loop() {
                          .next_kind = next_kind_, .max_padding_waste = options_.max_padding_waste,
                          .max_batch_time = options_.max_batch_time,
                          .contended_recently = now - last_contended_ < options_.contention_memory};
+      if (now - last_interactive_ < options_.contention_memory) limits.recent_interactive_seconds = recent_interactive_seconds_;
       for (int k = 0; k < kRowKinds; ++k) limits.costs[k] = costs_.cost(static_cast<RowKind>(k));
       const BatchDecision decision = DecideBatch(views, now, limits);
       if (decision.contended) last_contended_ = now;
+      if (decision.interactive_seconds > 0) {
+        // The largest within the window, renewed by each sighting.
+        recent_interactive_seconds_ = std::max(decision.interactive_seconds, limits.recent_interactive_seconds);
+        last_interactive_ = now;
+      }
       if (decision.run) {
         kind = decision.kind;
         time_limited = decision.time_limited;

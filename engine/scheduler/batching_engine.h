@@ -181,6 +181,8 @@ class BatchingEngine {
   int64_t token_budget_ ABSL_GUARDED_BY(mu_);
   RowKind next_kind_ ABSL_GUARDED_BY(mu_) = RowKind::kScore;  // kinds take turns between batches
   absl::Time last_contended_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  absl::Time last_interactive_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  double recent_interactive_seconds_ ABSL_GUARDED_BY(mu_) = 0;
   BatchCostModel costs_ ABSL_GUARDED_BY(mu_);  // learned from finished batches
   EngineStats stats_ ABSL_GUARDED_BY(mu_);
   std::function<void(const BatchRecord&)> observer_ ABSL_GUARDED_BY(mu_);

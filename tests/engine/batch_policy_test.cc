@@ -53,10 +53,33 @@ TEST(BatchPolicy, LongRowsPayForAttentionSoFewerFit) {
 }
 
 TEST(BatchPolicy, ARowOverTheBudgetStillRunsAlone) {
-  const BatchDecision d = DecideBatch({Request(1, RowKind::kGrad, 4, 4000), Request(2, RowKind::kScore, 1, 10)},
+  const BatchDecision d = DecideBatch({Request(1, RowKind::kGrad, 40, 4000), Request(2, RowKind::kScore, 1, 10)},
                                       kNow, TimedLimits(RowKind::kGrad));
   ASSERT_TRUE(d.run);
   EXPECT_EQ(d.rows, 1);  // 164 ms alone: never starved
+}
+
+TEST(BatchPolicy, TheBoundGrowsToTwiceAShortCallsOwnBatchTime) {
+  // The waiting call's score row costs 30 ms (longer than the 25 ms bound), so the gradient batch may
+  // take 60 ms: 300 rows of 0.2 ms; a 25 ms batch would halve the long work's batching and spare the
+  // short call nothing.
+  BatchLimits limits = TimedLimits(RowKind::kGrad);
+  limits.costs[static_cast<int>(RowKind::kScore)] = {.fixed = 0.03, .known = true};
+  const BatchDecision d = DecideBatch({Request(1, RowKind::kGrad, 512, 100), Request(2, RowKind::kScore, 1, 10)},
+                                      kNow, limits);
+  EXPECT_NEAR(d.interactive_seconds, 0.03, 1e-12);
+  EXPECT_EQ(d.rows, 300);
+}
+
+TEST(BatchPolicy, InteractiveRowsAlwaysJoinTheirBatch) {
+  BatchLimits limits = TimedLimits(RowKind::kScore);
+  std::vector<QueuedRequestView> queue = {Request(1, RowKind::kScore, 2000, 100)};
+  for (uint64_t id = 2; id < 12; ++id) queue.push_back(Request(id, RowKind::kScore, 1, 2000));
+  // Ten one-row calls of 2000 tokens cost 60 ms together, over the bound; all ten run in this batch.
+  const BatchDecision d = DecideBatch(queue, kNow, limits);
+  int64_t interactive = 0;
+  for (const auto& [index, rows] : d.take) interactive += index > 0 ? rows : 0;
+  EXPECT_EQ(interactive, 10);
 }
 
 TEST(BatchPolicy, ARequestsOwnScoreRowsDoNotContendWithItsGradientRows) {
