@@ -13,6 +13,7 @@
 #include <iostream>
 
 #include "engine/model/generation.h"
+#include "engine/model/safetensors.h"
 #include "tests/testing/reference.h"
 
 namespace attribution::engine {
@@ -173,6 +174,16 @@ TEST_P(CausalLMFp32, PrefillThenDecodeEqualsFullForward) {
     EXPECT_LT(ScaledError(model_->LogitsAt(hidden, {0}, {0})[0], full[p]), 1e-4) << "position " << p;
   }
   EXPECT_EQ(cache.lengths()[0], static_cast<int64_t>(row.size()));
+}
+
+// Every tensor of the float32 checkpoint is used once, in float32 (tied heads are not stored), so the
+// resident bytes are the checkpoint's data bytes. GPT-2 has no gate projection: it must count 0.
+TEST_P(CausalLMFp32, ResidentWeightBytesAreTheCheckpointsTensorBytes) {
+  auto file = SafetensorsFile::Open(TestModelsDir() + "/" + GetParam().arch + "/model.safetensors");
+  ASSERT_TRUE(file.ok()) << file.status();
+  int64_t expected = 0;
+  for (const auto& [name, record] : (*file)->tensors()) expected += static_cast<int64_t>(record.end - record.begin);
+  EXPECT_EQ(model_->ResidentWeightBytes(), expected);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllArchitectures, CausalLMParity,
