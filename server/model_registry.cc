@@ -5,6 +5,7 @@
 #include "absl/strings/str_join.h"
 #include "engine/common/status_macros.h"
 #include "engine/model/quantization.h"
+#include "engine/model/torch_errors.h"
 
 namespace attribution::server {
 namespace {
@@ -13,15 +14,19 @@ absl::Status Annotate(const absl::Status& status, const ModelSpec& spec) {
   return absl::Status(status.code(), absl::StrCat("model \"", spec.name, "\" (", spec.path, "): ", status.message()));
 }
 
-absl::StatusOr<std::unique_ptr<ServedModel>> LoadModel(const ModelSpec& spec) {
+// `step` names the stage LoadModel is in, for the message of an exception that escapes it.
+absl::StatusOr<std::unique_ptr<ServedModel>> LoadModel(const ModelSpec& spec, const char*& step) {
   auto served = std::make_unique<ServedModel>();
   served->spec = spec;
   engine::LoadOptions options;
   options.device = spec.device;
+  options.allow_nonfinite_weights = spec.allow_nonfinite_weights;
   ASSIGN_OR_RETURN(options.dtype, engine::ParseDtype(spec.dtype));
   ASSIGN_OR_RETURN(options.quantization, engine::ParseQuantization(spec.quantization));
+  step = "loading the model";
   ASSIGN_OR_RETURN(std::unique_ptr<engine::CausalLM> model, engine::CausalLM::Load(spec.path, options));
   served->model = std::move(model);
+  step = "loading the tokenizer";
   ASSIGN_OR_RETURN(std::unique_ptr<engine::Tokenizer> tokenizer, engine::Tokenizer::Load(spec.path));
   if (tokenizer->vocab_size() > served->model->config().vocab_size) {
     return absl::InvalidArgumentError(absl::StrCat("the tokenizer has ", tokenizer->vocab_size(),
@@ -29,6 +34,7 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModel(const ModelSpec& spec) {
                                                    served->model->config().vocab_size));
   }
   served->tokenizer = std::move(tokenizer);
+  step = "starting the batching engine";
   ASSIGN_OR_RETURN(served->engine,
                    engine::BatchingEngine::Create(engine::MakeModelExecutor(served->model), spec.engine));
   served->attributor = std::make_unique<engine::Attributor>(served->model, served->engine.get(), spec.limits);
@@ -40,7 +46,15 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModel(const ModelSpec& spec) {
 absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Load(const std::vector<ModelSpec>& specs) {
   auto registry = std::unique_ptr<ModelRegistry>(new ModelRegistry());
   for (const ModelSpec& spec : specs) {
-    absl::StatusOr<std::unique_ptr<ServedModel>> served = LoadModel(spec);
+    const char* step = "reading the model spec";
+    absl::StatusOr<std::unique_ptr<ServedModel>> served = absl::InternalError("not loaded");
+    // The engine returns statuses; this net keeps an exception it failed to catch from ending the
+    // process, and says where it came from.
+    try {
+      served = LoadModel(spec, step);
+    } catch (const std::exception& e) {
+      served = engine::StatusFromException(e, step);
+    }
     if (!served.ok()) return Annotate(served.status(), spec);
     registry->models_.push_back(std::move(*served));
   }

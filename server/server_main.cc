@@ -37,6 +37,8 @@ ABSL_FLAG(std::vector<std::string>, model, {}, "NAME=PATH of a Hugging Face mode
 ABSL_FLAG(std::string, dtype, "float32", "compute dtype of --model models: float32 | bfloat16 | float16");
 ABSL_FLAG(std::string, quantization, "none", "weight quantization of --model models: none | int8 | nf4");
 ABSL_FLAG(std::string, device, "cpu", "device of --model models: cpu | cuda:N");
+ABSL_FLAG(bool, allow_nonfinite_weights, false, "load --model models whose weights hold NaN or infinite values "
+          "(refused by default: such a model's answers are NaN)");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve TLS (with --tls_key)");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA bundle: require and verify client certificates (mutual TLS)");
@@ -80,6 +82,7 @@ std::string DefaultModelDir() {
 ModelSpec ModelSpecFromFlags(std::string name, std::string path) {
   ModelSpec spec{.name = std::move(name), .path = std::move(path), .dtype = absl::GetFlag(FLAGS_dtype),
                  .quantization = absl::GetFlag(FLAGS_quantization), .device = absl::GetFlag(FLAGS_device)};
+  spec.allow_nonfinite_weights = absl::GetFlag(FLAGS_allow_nonfinite_weights);
   spec.limits.max_tokens = absl::GetFlag(FLAGS_max_tokens);
   spec.limits.max_steps = absl::GetFlag(FLAGS_max_steps);
   spec.limits.max_samples = absl::GetFlag(FLAGS_max_samples);
@@ -230,5 +233,11 @@ int main(int argc, char** argv) {
                                "  attribution-server --model tiny=/models/tiny [--listen 0.0.0.0:50051]\n"
                                "  attribution-server --config server.json");
   absl::ParseCommandLine(argc, argv);
-  return attribution::server::Serve();
+  // Everything below returns statuses; an exception that still escapes (a bug) ends startup with
+  // status 1 and its message rather than std::terminate's abort.
+  try {
+    return attribution::server::Serve();
+  } catch (const std::exception& e) {
+    return attribution::server::Fail(absl::InternalError(absl::StrCat("unexpected error: ", e.what())));
+  }
 }

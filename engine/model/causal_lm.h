@@ -27,6 +27,9 @@ struct LoadOptions {
   at::ScalarType dtype = at::kFloat;  // compute dtype: float32, bfloat16 or float16
   std::string device = "cpu";         // "cpu" or "cuda:N"
   Quantization quantization = Quantization::kNone;
+  // NaN or infinite weights fail the load unless this is set (a checkpoint known to carry them, e.g.
+  // -inf masks stored as weights).
+  bool allow_nonfinite_weights = false;
 };
 
 // "float32" | "bfloat16" | "float16" (also "fp32", "bf16", "fp16").

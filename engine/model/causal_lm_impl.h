@@ -32,6 +32,7 @@ class CausalLM::Impl {
   Linear lm_head;               // untied head
   bool tied_head = false;       // true: logits = hidden @ token_embedding^T
   at::Tensor rope_inverse_frequencies;  // [head_dim / 2], Llama family only
+  int64_t resident_weight_bytes = 0;    // counted once at load
 
   bool is_gpt2() const { return config.architecture == Architecture::kGpt2; }
   at::Tensor Norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) const;

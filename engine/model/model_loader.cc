@@ -17,7 +17,12 @@ class Loader {
       : store_(store), impl_(impl), options_(at::TensorOptions().dtype(impl.options.dtype).device(impl.device)) {}
 
   absl::StatusOr<at::Tensor> Tensor(const std::string& name, std::vector<int64_t> shape) {
-    return store_.Take(name, shape, options_);
+    return Take(name, shape, options_);
+  }
+
+  absl::StatusOr<at::Tensor> Take(const std::string& name, const std::vector<int64_t>& shape,
+                                  const at::TensorOptions& options) {
+    return store_.Take(name, shape, options, impl_.options.allow_nonfinite_weights);
   }
 
   absl::StatusOr<at::Tensor> OptionalBias(bool present, const std::string& name, int64_t size) {
@@ -29,7 +34,7 @@ class Loader {
   absl::StatusOr<Linear> MakeLinear(const std::string& prefix, int64_t in, int64_t out, bool bias,
                                     bool conv1d_layout = false) {
     std::vector<int64_t> shape = conv1d_layout ? std::vector<int64_t>{in, out} : std::vector<int64_t>{out, in};
-    ASSIGN_OR_RETURN(at::Tensor weight, store_.Take(prefix + ".weight", shape, LinearWeightOptions()));
+    ASSIGN_OR_RETURN(at::Tensor weight, Take(prefix + ".weight", shape, LinearWeightOptions()));
     if (conv1d_layout) weight = weight.t().contiguous();
     ASSIGN_OR_RETURN(at::Tensor b, OptionalBias(bias, prefix + ".bias", out));
     return Linear::Create(std::move(weight), std::move(b), impl_.options.quantization);
@@ -99,7 +104,7 @@ class Loader {
   // shares one attention path.
   absl::Status LoadGpt2Attention(const std::string& p, DecoderLayer& layer) {
     const int64_t h = impl_.config.hidden_size;
-    ASSIGN_OR_RETURN(at::Tensor fused, store_.Take(p + "c_attn.weight", {h, 3 * h}, LinearWeightOptions()));
+    ASSIGN_OR_RETURN(at::Tensor fused, Take(p + "c_attn.weight", {h, 3 * h}, LinearWeightOptions()));
     ASSIGN_OR_RETURN(at::Tensor fused_bias, Tensor(p + "c_attn.bias", {3 * h}));
     std::vector<at::Tensor> weights = fused.t().chunk(3, 0);
     std::vector<at::Tensor> biases = fused_bias.chunk(3, 0);

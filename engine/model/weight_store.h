@@ -27,11 +27,14 @@ class WeightStore {
   bool Contains(const std::string& name) const { return index_.count(name) > 0; }
 
   // Returns the tensor `name` converted to `options` (dtype, device), after checking that its shape
-  // is `shape` and that every value is finite. The result never aliases the file mapping.
+  // is `shape` and, unless `allow_nonfinite`, that every value is finite. The result never aliases
+  // the file mapping.
   absl::StatusOr<at::Tensor> Take(const std::string& name, const std::vector<int64_t>& shape,
-                                  const at::TensorOptions& options);
+                                  const at::TensorOptions& options, bool allow_nonfinite = false);
 
  private:
+  std::string FileNames() const;  // the files read, for messages
+
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::map<std::string, const SafetensorsFile*> index_;  // tensor name -> file holding it
 };

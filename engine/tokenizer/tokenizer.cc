@@ -47,6 +47,17 @@ absl::Status CheckUtf8(const std::string& text) {
 }
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& model_dir) {
+  // The parsers check the fields they read; this net turns a check they lack (a JSON type error in
+  // tokenizer.json or tokenizer_config.json) into a status, so no tokenizer file crashes the server.
+  try {
+    return LoadFiles(model_dir);
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(model_dir, ": tokenizer.json / tokenizer_config.json: malformed: ", e.what()));
+  }
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadFiles(const std::string& model_dir) {
   nlohmann::json config;
   if (const std::string path = model_dir + "/tokenizer_config.json"; FileExists(path)) {
     ASSIGN_OR_RETURN(config, ReadJson(path));
