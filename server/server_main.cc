@@ -19,6 +19,8 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "engine/common/files.h"
@@ -229,6 +231,12 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // abseil's --help lists the flags of files named after the program (attribution-server.cc and
+  // the like) and finds none; ours are defined in this file.
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) { return absl::EndsWith(file, "server/server_main.cc"); };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage("Serves attribution.v1 (Attribute, Generate, Logprobs, ListModels) over gRPC.\n"
                                "  attribution-server --model tiny=/models/tiny [--listen 0.0.0.0:50051]\n"
                                "  attribution-server --config server.json");
