@@ -6,6 +6,7 @@
 #include "engine/common/status_macros.h"
 #include "engine/model/quantization.h"
 #include "engine/model/torch_errors.h"
+#include "server/user_text.h"
 
 namespace attribution::server {
 namespace {
@@ -67,7 +68,7 @@ absl::StatusOr<const ServedModel*> ModelRegistry::Find(const std::string& name) 
     if (m->spec.name == name) return m.get();
     names.push_back(m->spec.name);
   }
-  return absl::NotFoundError(absl::StrCat("model: no model named \"", name, "\" (this server holds: ",
+  return absl::NotFoundError(absl::StrCat("model: no model named ", QuoteUserText(name), " (this server holds: ",
                                           absl::StrJoin(names, ", "), ")"));
 }
 
