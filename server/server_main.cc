@@ -9,6 +9,7 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -22,6 +23,7 @@
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "engine/common/files.h"
 #include "server/attribution_service.h"
@@ -141,6 +143,20 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const TlsCo
 
 void Log(const std::string& event, const std::string& detail) { WriteLogLine({{"event", event}, {"detail", detail}}); }
 
+// One line for a model whose checkpoint holds tensors its architecture does not use: loading went on,
+// but a config for another architecture or a damaged export would look like this.
+void WarnOfUnusedWeights(const ServedModel& m) {
+  const std::vector<std::string>& unused = m.model->unused_weights();
+  if (unused.empty()) return;
+  constexpr size_t kListed = 20;
+  std::vector<std::string> listed(unused.begin(), unused.begin() + std::min(unused.size(), kListed));
+  std::string names = absl::StrJoin(listed, ", ");
+  if (unused.size() > kListed) absl::StrAppend(&names, " and ", unused.size() - kListed, " more");
+  Log("model_warning", absl::StrCat("model \"", m.spec.name, "\" (", m.spec.path, "): ", unused.size(),
+                                    " stored tensor(s) that the ", engine::ArchitectureName(m.model->config().architecture),
+                                    " architecture does not use were not loaded: ", names));
+}
+
 int Fail(const absl::Status& status) {
   Log("startup_failed", std::string(status.message()));
   std::fprintf(stderr, "attribution-server: %s\n", std::string(status.message()).c_str());
@@ -196,6 +212,7 @@ int Serve() {
   for (const auto& m : (*models)->models()) {
     Log("model_loaded", absl::StrCat(m->spec.name, " ", m->spec.path, " ", m->spec.dtype, " ", m->spec.quantization,
                                      " on ", m->spec.device, ", ", m->model->ResidentWeightBytes(), " weight bytes"));
+    WarnOfUnusedWeights(*m);
   }
   if (!absl::GetFlag(FLAGS_port_file).empty()) {
     const std::string path = absl::GetFlag(FLAGS_port_file), temporary = path + ".tmp";

@@ -179,6 +179,7 @@ at::ScalarType CausalLM::dtype() const { return impl_->options.dtype; }
 at::Device CausalLM::device() const { return impl_->device; }
 
 int64_t CausalLM::ResidentWeightBytes() const { return impl_->resident_weight_bytes; }
+const std::vector<std::string>& CausalLM::unused_weights() const { return impl_->unused_weights; }
 
 namespace {
 

@@ -103,6 +103,9 @@ class CausalLM {
   at::Device device() const;
   // Bytes of every weight held on the device (quantized linears count their codes and scales).
   int64_t ResidentWeightBytes() const;
+  // Tensors of the checkpoint that the architecture does not use (loaded past, not an error: callers
+  // warn, since they may mean a config for another architecture or a damaged export).
+  const std::vector<std::string>& unused_weights() const;
 
   // Token embeddings: [B, S] int64 -> [B, S, hidden] (no position embeddings), never requiring grad.
   absl::StatusOr<at::Tensor> Embed(const at::Tensor& ids) const;

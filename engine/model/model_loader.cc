@@ -2,6 +2,7 @@
 // Maps Hugging Face tensor names of each architecture onto CausalLM::Impl.
 #include <ATen/ATen.h>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
 #include "engine/model/causal_lm_impl.h"
@@ -62,6 +63,7 @@ class Loader {
     impl_.rope_inverse_frequencies = RopeInverseFrequencies(c, impl_.device);
     // Checkpoints of tied models sometimes carry a copy of the head; the embedding is authoritative.
     impl_.tied_head = c.tie_word_embeddings || !store_.Contains("lm_head.weight");
+    if (impl_.tied_head) store_.Skip("lm_head.weight");
     if (!impl_.tied_head) {
       ASSIGN_OR_RETURN(at::Tensor head, Tensor("lm_head.weight", {c.vocab_size, h}));
       ASSIGN_OR_RETURN(impl_.lm_head, Linear::Create(std::move(head), at::Tensor(), Quantization::kNone));
@@ -122,12 +124,25 @@ class Loader {
   at::TensorOptions options_;
 };
 
+// Buffers that older transformers versions saved beside the weights (GPT-2's causal masks, Llama's
+// rotary frequencies): known, recomputed by us, not worth a warning.
+bool IsSavedBuffer(const std::string& name) {
+  for (const char* suffix : {".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq"}) {
+    if (absl::EndsWith(name, suffix)) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 absl::Status LoadWeights(const std::string& dir, CausalLM::Impl& impl) {
   ASSIGN_OR_RETURN(auto store, WeightStore::Open(dir));
   Loader loader(*store, impl);
-  return impl.is_gpt2() ? loader.LoadGpt2() : loader.LoadLlamaFamily();
+  RETURN_IF_ERROR(impl.is_gpt2() ? loader.LoadGpt2() : loader.LoadLlamaFamily());
+  for (const std::string& name : store->Untaken()) {
+    if (!IsSavedBuffer(name)) impl.unused_weights.push_back(name);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace attribution::engine

@@ -99,6 +99,7 @@ absl::StatusOr<at::Tensor> WeightStore::Take(const std::string& name,
         file.path(), ": tensor \"", name, "\" has shape [", absl::StrJoin(record.shape, ", "),
         "] but the config needs [", absl::StrJoin(shape, ", "), "]"));
   }
+  taken_.insert(name);
   at::Tensor view = file.View(record);
   if (!allow_nonfinite && !at::isfinite(view).all().item<bool>()) {
     return absl::InvalidArgumentError(absl::StrCat(file.path(), ": tensor \"", name,
@@ -107,6 +108,14 @@ absl::StatusOr<at::Tensor> WeightStore::Take(const std::string& name,
   }
   // copy=true: the result must own its memory (the mapping is read-only and may be unmapped).
   return view.to(options, /*non_blocking=*/false, /*copy=*/true);
+}
+
+std::vector<std::string> WeightStore::Untaken() const {
+  std::vector<std::string> names;
+  for (const auto& [name, file] : index_) {
+    if (taken_.count(name) == 0) names.push_back(name);
+  }
+  return names;
 }
 
 std::string WeightStore::FileNames() const {

@@ -174,6 +174,28 @@ TEST_P(BadModelDirectory, ServerExitsWithStatusOneNamingTheFileAndField) {
 INSTANTIATE_TEST_SUITE_P(EveryDamage, BadModelDirectory, ::testing::ValuesIn(BadModels()),
                          [](const auto& info) { return info.param.name; });
 
+TEST(BadModelDirectory, ExtraTensorServesWithOneWarningLine) {
+  testing::TempDir root;
+  const std::string dir = root.File("model");
+  testing::CopyDirectoryFiles(absl::StrCat(ATTRIBUTION_ARCHITECTURE_MODELS_DIR, "/qwen2"), dir);
+  Safetensors f = Safetensors::Read(dir + "/model.safetensors");
+  json header = json::parse(f.header);
+  header["model.layers.0.mlp.extra_proj.weight"] = {
+      {"dtype", "F32"}, {"shape", {2}}, {"data_offsets", {f.data.size(), f.data.size() + 8}}};
+  f.header = header.dump();
+  f.data += std::string(8, '\0');
+  f.Write(dir + "/model.safetensors");
+  auto server = ServerProcess::Start({"--model=extra=" + dir});
+  ASSERT_TRUE(server.ok()) << server.status();
+  // The warning is written before the server reports its port, so the log holds it now.
+  const std::string log = (*server)->Log();
+  size_t lines = 0;
+  for (size_t at = log.find("extra_proj"); at != std::string::npos; at = log.find("extra_proj", at + 1)) ++lines;
+  EXPECT_EQ(lines, 1u) << log;
+  EXPECT_NE(log.find("\"model_warning\""), std::string::npos) << log;
+  EXPECT_NE(log.find("1 stored tensor(s) that the qwen2 architecture does not use"), std::string::npos) << log;
+}
+
 TEST(BadModelDirectory, NonFiniteWeightsServeWhenAllowed) {
   testing::TempDir root;
   const std::string dir = root.File("model");

@@ -186,6 +186,9 @@ TEST_P(CausalLMFp32, ResidentWeightBytesAreTheCheckpointsTensorBytes) {
   EXPECT_EQ(model_->ResidentWeightBytes(), expected);
 }
 
+// transformers' own checkpoints hold exactly the tensors we load (a tied head is not stored).
+TEST_P(CausalLMFp32, CheckpointHasNoUnusedTensors) { EXPECT_THAT(model_->unused_weights(), ::testing::IsEmpty()); }
+
 INSTANTIATE_TEST_SUITE_P(AllArchitectures, CausalLMParity,
                          ::testing::Values(Case{"llama", "float32"}, Case{"llama", "bfloat16"}, Case{"llama", "float16"},
                                            Case{"mistral", "float32"}, Case{"mistral", "bfloat16"}, Case{"mistral", "float16"},
