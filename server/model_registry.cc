@@ -5,7 +5,9 @@
 #include "absl/strings/str_join.h"
 #include "engine/common/status_macros.h"
 #include "engine/model/quantization.h"
+#include "engine/common/files.h"
 #include "engine/model/torch_errors.h"
+#include "engine/tokenizer/id_only_tokenizer.h"
 #include "server/user_text.h"
 
 namespace attribution::server {
@@ -13,6 +15,18 @@ namespace {
 
 absl::Status Annotate(const absl::Status& status, const ModelSpec& spec) {
   return absl::Status(status.code(), absl::StrCat("model \"", spec.name, "\" (", spec.path, "): ", status.message()));
+}
+
+// The directory's tokenizer; without tokenizer.json and tokenizer.model, one that serves token ids
+// only (text requests get FAILED_PRECONDITION), with the special ids the model's config names.
+absl::StatusOr<std::unique_ptr<engine::Tokenizer>> LoadTokenizer(const std::string& dir,
+                                                                 const engine::ModelConfig& config) {
+  if (engine::FileExists(dir + "/tokenizer.json") || engine::FileExists(dir + "/tokenizer.model")) {
+    return engine::Tokenizer::Load(dir);
+  }
+  engine::SpecialTokens special{.bos = config.bos_token_id, .pad = config.pad_token_id, .unk = config.unk_token_id};
+  if (!config.eos_token_ids.empty()) special.eos = config.eos_token_ids.front();
+  return std::make_unique<engine::IdOnlyTokenizer>(dir, config.vocab_size, special);
 }
 
 // `step` names the stage LoadModel is in, for the message of an exception that escapes it.
@@ -28,7 +42,7 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModel(const ModelSpec& spec, co
   ASSIGN_OR_RETURN(std::unique_ptr<engine::CausalLM> model, engine::CausalLM::Load(spec.path, options));
   served->model = std::move(model);
   step = "loading the tokenizer";
-  ASSIGN_OR_RETURN(std::unique_ptr<engine::Tokenizer> tokenizer, engine::Tokenizer::Load(spec.path));
+  ASSIGN_OR_RETURN(std::unique_ptr<engine::Tokenizer> tokenizer, LoadTokenizer(spec.path, served->model->config()));
   if (tokenizer->vocab_size() > served->model->config().vocab_size) {
     return absl::InvalidArgumentError(absl::StrCat("the tokenizer has ", tokenizer->vocab_size(),
                                                    " tokens, more than the model's vocab_size ",

@@ -26,6 +26,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "engine/common/files.h"
+#include "engine/tokenizer/id_only_tokenizer.h"
 #include "server/attribution_service.h"
 #include "server/log_line.h"
 
@@ -213,6 +214,10 @@ int Serve() {
     Log("model_loaded", absl::StrCat(m->spec.name, " ", m->spec.path, " ", m->spec.dtype, " ", m->spec.quantization,
                                      " on ", m->spec.device, ", ", m->model->ResidentWeightBytes(), " weight bytes"));
     WarnOfUnusedWeights(*m);
+    if (dynamic_cast<const engine::IdOnlyTokenizer*>(m->tokenizer.get()) != nullptr) {
+      Log("model_warning", absl::StrCat("model \"", m->spec.name, "\" (", m->spec.path, "): no tokenizer.json or "
+                                        "tokenizer.model: it serves token ids only"));
+    }
   }
   if (!absl::GetFlag(FLAGS_port_file).empty()) {
     const std::string path = absl::GetFlag(FLAGS_port_file), temporary = path + ".tmp";

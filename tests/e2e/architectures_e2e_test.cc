@@ -3,6 +3,7 @@
 // each (saved by transformers with a tokenizer.json, tools/make_architecture_models.py), and Logprobs,
 // Generate and integrated-gradients Attribute over gRPC must give what transformers and Captum give on
 // the same weights. Prompts and targets are token ids, so no tokenizer stands between the numbers.
+// A model directory without a tokenizer serves token ids too.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -140,6 +141,46 @@ INSTANTIATE_TEST_SUITE_P(EveryArchitecture, Architectures, ::testing::ValuesIn(A
                            std::replace(name.begin(), name.end(), '-', '_');
                            return name;
                          });
+
+// The llama weights without any tokenizer file: token ids are served as with a tokenizer (the same
+// log-probs as transformers), tokens show as "<id>", and text is refused naming what is missing.
+TEST(TokenizerlessModel, ServesTokenIdsAndRefusesText) {
+  const std::string dir = ModelDir("no-tokenizer");
+  auto server = ServerProcess::Start({"--model=bare=" + dir});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = client::AttributionClient::Connect({.target = (*server)->address()});
+  ASSERT_TRUE(client.ok()) << client.status();
+  const nlohmann::json reference = ReadReference("llama");
+  const auto prompt = reference["prompt"].get<std::vector<int64_t>>();
+  const auto target = reference["target"].get<std::vector<int64_t>>();
+
+  absl::StatusOr<client::Logprobs> logprobs = (*client)->GetLogprobs({.model = "bare", .prompt_ids = prompt, .target_ids = target});
+  ASSERT_TRUE(logprobs.ok()) << logprobs.status();
+  std::vector<double> ours;
+  for (const auto& t : logprobs->target) ours.push_back(t.token.log_prob);
+  EXPECT_LT(ScaledError(ours, reference["target_log_probs"].get<std::vector<double>>()), 1e-4);
+  ASSERT_EQ(logprobs->prompt_tokens.size(), prompt.size());
+  EXPECT_EQ(logprobs->prompt_tokens[1].text, absl::StrCat("<", prompt[1], ">"));
+  EXPECT_EQ(logprobs->target[0].token.text, absl::StrCat("<", target[0], ">"));
+
+  absl::StatusOr<client::Generation> generation = (*client)->Generate(
+      {.model = "bare", .prompt_ids = prompt, .generation = {.max_new_tokens = 3, .ignore_stop_tokens = true}});
+  ASSERT_TRUE(generation.ok()) << generation.status();
+  ASSERT_EQ(generation->tokens.size(), 3u);
+  EXPECT_EQ(generation->tokens[0].text, absl::StrCat("<", generation->tokens[0].id, ">"));
+
+  absl::StatusOr<client::Attribution> by_ids = (*client)->Attribute(
+      {.model = "bare", .prompt_ids = prompt, .target_ids = target, .n_steps = 4});
+  EXPECT_TRUE(by_ids.ok()) << by_ids.status();
+
+  absl::StatusOr<client::Attribution> by_text =
+      (*client)->Attribute({.model = "bare", .prompt = "Is it true?", .target_ids = target});
+  EXPECT_EQ(by_text.status().code(), absl::StatusCode::kFailedPrecondition) << by_text.status();
+  EXPECT_NE(by_text.status().message().find("no tokenizer.json or tokenizer.model"), std::string::npos) << by_text.status();
+  absl::StatusOr<client::Logprobs> text_target =
+      (*client)->GetLogprobs({.model = "bare", .prompt_ids = prompt, .target = " yes"});
+  EXPECT_EQ(text_target.status().code(), absl::StatusCode::kFailedPrecondition) << text_target.status();
+}
 
 }  // namespace
 }  // namespace attribution
