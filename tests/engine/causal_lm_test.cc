@@ -283,6 +283,21 @@ TEST(CausalLM, ShardedCheckpointLoadsTheSameWeights) {
   EXPECT_TRUE(at::equal(*(*single)->Hidden(batch), *(*sharded)->Hidden(batch)));
 }
 
+// Every entry point answers a malformed batch with a status; none lets a LibTorch exception out.
+TEST(CausalLM, MalformedBatchesAreStatusesOnEveryEntryPoint) {
+  auto model = CausalLM::Load(TestModelsDir() + "/llama", {});
+  ASSERT_TRUE(model.ok()) << model.status();
+  const CausalLM& m = **model;
+  const RowObjective objective{.positions = {0}, .tokens = {3}};
+  for (const ForwardBatch& batch : {ForwardBatch{}, ForwardBatch{.inputs_embeds = at::zeros({2}, at::kLong)},
+                                    ForwardBatch{.inputs_embeds = at::zeros({1, 2})}}) {
+    EXPECT_EQ(m.ScoreTokens(batch, {.rows = {0}, .positions = {0}, .tokens = {3}}).status().code(),
+              absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(m.ObjectiveValues(batch, {objective}).status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(m.ObjectiveGradients(batch, {objective}).status().code(), absl::StatusCode::kInvalidArgument);
+  }
+}
+
 TEST(CausalLM, RejectsBadForwardInputs) {
   auto model = CausalLM::Load(TestModelsDir() + "/qwen2", {});
   ASSERT_TRUE(model.ok()) << model.status();
