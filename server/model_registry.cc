@@ -44,9 +44,10 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModel(const ModelSpec& spec, co
   step = "loading the tokenizer";
   ASSIGN_OR_RETURN(std::unique_ptr<engine::Tokenizer> tokenizer, LoadTokenizer(spec.path, served->model->config()));
   if (tokenizer->vocab_size() > served->model->config().vocab_size) {
-    return absl::InvalidArgumentError(absl::StrCat("the tokenizer has ", tokenizer->vocab_size(),
-                                                   " tokens, more than the model's vocab_size ",
-                                                   served->model->config().vocab_size));
+    const char* file = engine::FileExists(spec.path + "/tokenizer.json") ? "tokenizer.json" : "tokenizer.model";
+    return absl::InvalidArgumentError(absl::StrCat(spec.path, "/", file, " has ", tokenizer->vocab_size(),
+                                                   " tokens, more than the vocab_size ",
+                                                   served->model->config().vocab_size, " of config.json"));
   }
   served->tokenizer = std::move(tokenizer);
   step = "starting the batching engine";

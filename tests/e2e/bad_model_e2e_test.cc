@@ -134,6 +134,10 @@ std::vector<BadModel> BadModels() {
        {"model.safetensors", "\"model.layers.0.mlp.gate_proj.weight\" has shape [128, 64] but the config needs [96, 64]"}},
       {"vocab_disagrees_with_weights", "qwen2", [=](auto d) { EditJson(config(d), [](json& c) { c["vocab_size"] = 1000; }); },
        {"model.safetensors", "\"model.embed_tokens.weight\" has shape [1408, 64] but the config needs [1000, 64]"}},
+      {"tokenizer_larger_than_vocab", "gpt2", [](auto d) { EditJson(d + "/tokenizer.json", [](json& t) {
+         t["added_tokens"].push_back({{"id", 1500}, {"content", "<|extra|>"}, {"special", true}, {"single_word", false},
+                                      {"lstrip", false}, {"rstrip", false}, {"normalized", false}});
+       }); }, {"tokenizer.json has 1501 tokens, more than the vocab_size 1408 of config.json"}},
       {"hidden_size_zero", "llama", [=](auto d) { EditJson(config(d), [](json& c) { c["hidden_size"] = 0; }); },
        {"config.json", "\"hidden_size\" must be a positive integer"}},
       {"heads_do_not_divide_hidden", "mistral", [=](auto d) { EditJson(config(d), [](json& c) {
