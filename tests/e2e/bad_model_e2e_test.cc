@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "client/attribution_client.h"
 #include "tests/testing/server_process.h"
 #include "tests/testing/temp_dir.h"
 
@@ -210,7 +211,15 @@ TEST(BadModelDirectory, NonFiniteWeightsServeWhenAllowed) {
   std::memcpy(f.data.data() + begin, &inf, sizeof(inf));
   f.Write(dir + "/model.safetensors");
   auto server = ServerProcess::Start({"--model=inf=" + dir, "--allow_nonfinite_weights"});
-  EXPECT_TRUE(server.ok()) << server.status();
+  ASSERT_TRUE(server.ok()) << server.status();
+  // Sampling from the resulting non-finite logits throws in LibTorch, on the engine's thread: the
+  // call fails, the server lives on.
+  auto client = client::AttributionClient::Connect({.target = (*server)->address()});
+  ASSERT_TRUE(client.ok()) << client.status();
+  absl::StatusOr<client::Generation> sampled = (*client)->Generate(
+      {.model = "inf", .prompt_ids = {1, 5, 9}, .generation = {.max_new_tokens = 4, .temperature = 1.0, .seed = 3}});
+  EXPECT_EQ(sampled.status().code(), absl::StatusCode::kInternal) << sampled.status();
+  EXPECT_TRUE((*client)->ListModels().ok());
 }
 
 }  // namespace
