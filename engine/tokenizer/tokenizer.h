@@ -46,10 +46,6 @@ class Tokenizer {
   virtual std::string TokenText(int64_t id) const = 0;
   virtual int64_t vocab_size() const = 0;
   virtual const SpecialTokens& special_tokens() const = 0;
-
- private:
-  // Load without its exception net.
-  static absl::StatusOr<std::unique_ptr<Tokenizer>> LoadFiles(const std::string& model_dir);
 };
 
 // INVALID_ARGUMENT naming the first offending byte when `text` is not valid UTF-8.
