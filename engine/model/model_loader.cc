@@ -93,6 +93,7 @@ class Loader {
     ASSIGN_OR_RETURN(impl_.final_norm_weight, Tensor(root + "ln_f.weight", {h}));
     ASSIGN_OR_RETURN(impl_.final_norm_bias, Tensor(root + "ln_f.bias", {h}));
     impl_.tied_head = true;
+    store_.Skip("lm_head.weight");  // a stored copy of the tied head is known, not unused
     return absl::OkStatus();
   }
 

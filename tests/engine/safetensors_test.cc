@@ -171,6 +171,16 @@ TEST_F(ModelDirectoryDefect, ExtraTensorLoadsAndIsListedAsUnused) {
   EXPECT_THAT((*model)->unused_weights(), ::testing::ElementsAre("model.layers.0.mlp.extra_proj.weight"));
 }
 
+// Exports of tied models sometimes store the head anyway; the embedding serves, the copy is known.
+TEST_F(ModelDirectoryDefect, StoredCopyOfATiedHeadIsNotUnused) {
+  dir_ = root_.File("gpt2");
+  CopyDirectoryFiles(::attribution::testing::TestModelsDir() + "/gpt2", dir_);
+  RewriteWeights([](auto& t) { t["lm_head.weight"] = t["transformer.wte.weight"].clone(); });
+  auto model = CausalLM::Load(dir_, {});
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_THAT((*model)->unused_weights(), ::testing::IsEmpty());
+}
+
 TEST_F(ModelDirectoryDefect, WrongShapeIsNamed) {
   RewriteWeights([](auto& t) { t["model.norm.weight"] = at::ones({63}); });
   EXPECT_THAT(Load().message(), HasSubstr("\"model.norm.weight\" has shape [63] but the config needs [64]"));
