@@ -18,6 +18,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
@@ -303,6 +305,12 @@ int Run() {
 }  // namespace attribution::client
 
 int main(int argc, char** argv) {
+  // abseil's --help lists the flags of files named after the program (attribution-server.cc and
+  // the like) and finds none; ours are defined in this file.
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) { return absl::EndsWith(file, "client/bench_main.cc"); };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage("Load generator for the attribution server.\n"
                                "  attribution-bench --server localhost:50051 --concurrency 16 --duration 30\n"
                                "  attribution-bench --rate 20 --mix attribute=1,logprobs=8 --json\n"

@@ -12,6 +12,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -209,6 +211,12 @@ int Run(const std::vector<char*>& positional) {
 }  // namespace attribution::client
 
 int main(int argc, char** argv) {
+  // abseil's --help lists the flags of files named after the program (attribution-server.cc and
+  // the like) and finds none; ours are defined in this file.
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) { return absl::EndsWith(file, "client/cli_main.cc"); };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(
       "Calls an attribution server. A text target is tokenized as the prompt's continuation (what the model\n"
       "reads when it follows the prompt); the scored target tokens are printed first.\n"

@@ -7,6 +7,7 @@
 #include "engine/scheduler/engine_generation.h"
 #include "server/conversion.h"
 #include "server/log_line.h"
+#include "server/user_text.h"
 
 namespace attribution::server {
 namespace {
@@ -52,14 +53,15 @@ void AttributionServiceImpl::CallEnded(const CallLog& log, const grpc::Status& s
   const absl::Time now = absl::Now();
   const char* code = StatusCodeName(status.error_code());
   metrics_->RecordRpc(log.method, code, now - log.received);
-  nlohmann::json line = {{"rpc", log.method}, {"model", log.model}, {"code", code},
+  nlohmann::json line = {{"rpc", log.method}, {"model", AbbreviateUserText(log.model)}, {"code", code},
                          {"wall_s", absl::ToDoubleSeconds(now - log.received)}, {"peer", log.peer}};
   if (log.stats.rows() > 0) {
     line["rows"] = log.stats.rows();
     line["queue_s"] = log.stats.queue_seconds();
     line["device_s"] = log.stats.device_seconds();
   }
-  if (!status.ok()) line["message"] = status.error_message();
+  // Messages quote client strings shortly already; the cap keeps one we missed from flooding the log.
+  if (!status.ok()) line["message"] = AbbreviateUserText(status.error_message(), 1024);
   WriteLogLine(std::move(line));
 }
 

@@ -5,6 +5,10 @@
 #include "absl/strings/str_join.h"
 #include "engine/common/status_macros.h"
 #include "engine/model/quantization.h"
+#include "engine/common/files.h"
+#include "engine/model/torch_errors.h"
+#include "engine/tokenizer/id_only_tokenizer.h"
+#include "server/user_text.h"
 
 namespace attribution::server {
 namespace {
@@ -13,22 +17,40 @@ absl::Status Annotate(const absl::Status& status, const ModelSpec& spec) {
   return absl::Status(status.code(), absl::StrCat("model \"", spec.name, "\" (", spec.path, "): ", status.message()));
 }
 
-absl::StatusOr<std::unique_ptr<ServedModel>> LoadModel(const ModelSpec& spec) {
+// The directory's tokenizer; without tokenizer.json and tokenizer.model, one that serves token ids
+// only (text requests get FAILED_PRECONDITION), with the special ids the model's config names.
+absl::StatusOr<std::unique_ptr<engine::Tokenizer>> LoadTokenizer(const std::string& dir,
+                                                                 const engine::ModelConfig& config) {
+  if (engine::FileExists(dir + "/tokenizer.json") || engine::FileExists(dir + "/tokenizer.model")) {
+    return engine::Tokenizer::Load(dir);
+  }
+  engine::SpecialTokens special{.bos = config.bos_token_id, .pad = config.pad_token_id, .unk = config.unk_token_id};
+  if (!config.eos_token_ids.empty()) special.eos = config.eos_token_ids.front();
+  return std::make_unique<engine::IdOnlyTokenizer>(dir, config.vocab_size, special);
+}
+
+// `step` names the stage LoadModel is in, for the message of an exception that escapes it.
+absl::StatusOr<std::unique_ptr<ServedModel>> LoadModel(const ModelSpec& spec, const char*& step) {
   auto served = std::make_unique<ServedModel>();
   served->spec = spec;
   engine::LoadOptions options;
   options.device = spec.device;
+  options.allow_nonfinite_weights = spec.allow_nonfinite_weights;
   ASSIGN_OR_RETURN(options.dtype, engine::ParseDtype(spec.dtype));
   ASSIGN_OR_RETURN(options.quantization, engine::ParseQuantization(spec.quantization));
+  step = "loading the model";
   ASSIGN_OR_RETURN(std::unique_ptr<engine::CausalLM> model, engine::CausalLM::Load(spec.path, options));
   served->model = std::move(model);
-  ASSIGN_OR_RETURN(std::unique_ptr<engine::Tokenizer> tokenizer, engine::Tokenizer::Load(spec.path));
+  step = "loading the tokenizer";
+  ASSIGN_OR_RETURN(std::unique_ptr<engine::Tokenizer> tokenizer, LoadTokenizer(spec.path, served->model->config()));
   if (tokenizer->vocab_size() > served->model->config().vocab_size) {
-    return absl::InvalidArgumentError(absl::StrCat("the tokenizer has ", tokenizer->vocab_size(),
-                                                   " tokens, more than the model's vocab_size ",
-                                                   served->model->config().vocab_size));
+    const char* file = engine::FileExists(spec.path + "/tokenizer.json") ? "tokenizer.json" : "tokenizer.model";
+    return absl::InvalidArgumentError(absl::StrCat(spec.path, "/", file, " has ", tokenizer->vocab_size(),
+                                                   " tokens, more than the vocab_size ",
+                                                   served->model->config().vocab_size, " of config.json"));
   }
   served->tokenizer = std::move(tokenizer);
+  step = "starting the batching engine";
   ASSIGN_OR_RETURN(served->engine,
                    engine::BatchingEngine::Create(engine::MakeModelExecutor(served->model), spec.engine));
   served->attributor = std::make_unique<engine::Attributor>(served->model, served->engine.get(), spec.limits);
@@ -40,7 +62,15 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModel(const ModelSpec& spec) {
 absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Load(const std::vector<ModelSpec>& specs) {
   auto registry = std::unique_ptr<ModelRegistry>(new ModelRegistry());
   for (const ModelSpec& spec : specs) {
-    absl::StatusOr<std::unique_ptr<ServedModel>> served = LoadModel(spec);
+    const char* step = "reading the model spec";
+    absl::StatusOr<std::unique_ptr<ServedModel>> served = absl::InternalError("not loaded");
+    // The engine returns statuses; this net keeps an exception it failed to catch from ending the
+    // process, and says where it came from.
+    try {
+      served = LoadModel(spec, step);
+    } catch (const std::exception& e) {
+      served = engine::StatusFromException(e, step);
+    }
     if (!served.ok()) return Annotate(served.status(), spec);
     registry->models_.push_back(std::move(*served));
   }
@@ -53,7 +83,7 @@ absl::StatusOr<const ServedModel*> ModelRegistry::Find(const std::string& name) 
     if (m->spec.name == name) return m.get();
     names.push_back(m->spec.name);
   }
-  return absl::NotFoundError(absl::StrCat("model: no model named \"", name, "\" (this server holds: ",
+  return absl::NotFoundError(absl::StrCat("model: no model named ", QuoteUserText(name), " (this server holds: ",
                                           absl::StrJoin(names, ", "), ")"));
 }
 

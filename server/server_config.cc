@@ -85,6 +85,7 @@ absl::Status ReadModel(const json& object, const std::string& where, ModelSpec& 
   RETURN_IF_ERROR(reader.Read("dtype", out.dtype));
   RETURN_IF_ERROR(reader.Read("quantization", out.quantization));
   RETURN_IF_ERROR(reader.Read("device", out.device));
+  RETURN_IF_ERROR(reader.Read("allow_nonfinite_weights", out.allow_nonfinite_weights));
   json engine = json::object(), limits = json::object();
   RETURN_IF_ERROR(reader.Read("engine", engine));
   RETURN_IF_ERROR(reader.Read("limits", limits));

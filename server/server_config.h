@@ -22,6 +22,7 @@ struct ModelSpec {
   std::string dtype = "float32";
   std::string quantization = "none";
   std::string device = "cpu";
+  bool allow_nonfinite_weights = false;  // load weights holding NaN / inf instead of refusing them
   engine::EngineOptions engine;        // batching budgets
   engine::AttributionLimits limits;    // per-request maxima
 };

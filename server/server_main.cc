@@ -9,6 +9,7 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -19,9 +20,13 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "engine/common/files.h"
+#include "engine/tokenizer/id_only_tokenizer.h"
 #include "server/attribution_service.h"
 #include "server/log_line.h"
 
@@ -37,6 +42,8 @@ ABSL_FLAG(std::vector<std::string>, model, {}, "NAME=PATH of a Hugging Face mode
 ABSL_FLAG(std::string, dtype, "float32", "compute dtype of --model models: float32 | bfloat16 | float16");
 ABSL_FLAG(std::string, quantization, "none", "weight quantization of --model models: none | int8 | nf4");
 ABSL_FLAG(std::string, device, "cpu", "device of --model models: cpu | cuda:N");
+ABSL_FLAG(bool, allow_nonfinite_weights, false, "load --model models whose weights hold NaN or infinite values "
+          "(refused by default: such a model's answers are NaN)");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve TLS (with --tls_key)");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA bundle: require and verify client certificates (mutual TLS)");
@@ -82,6 +89,7 @@ std::string DefaultModelDir() {
 ModelSpec ModelSpecFromFlags(std::string name, std::string path) {
   ModelSpec spec{.name = std::move(name), .path = std::move(path), .dtype = absl::GetFlag(FLAGS_dtype),
                  .quantization = absl::GetFlag(FLAGS_quantization), .device = absl::GetFlag(FLAGS_device)};
+  spec.allow_nonfinite_weights = absl::GetFlag(FLAGS_allow_nonfinite_weights);
   spec.limits.max_tokens = absl::GetFlag(FLAGS_max_tokens);
   spec.limits.max_steps = absl::GetFlag(FLAGS_max_steps);
   spec.limits.max_samples = absl::GetFlag(FLAGS_max_samples);
@@ -140,6 +148,20 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const TlsCo
 
 void Log(const std::string& event, const std::string& detail) { WriteLogLine({{"event", event}, {"detail", detail}}); }
 
+// One line for a model whose checkpoint holds tensors its architecture does not use: loading went on,
+// but a config for another architecture or a damaged export would look like this.
+void WarnOfUnusedWeights(const ServedModel& m) {
+  const std::vector<std::string>& unused = m.model->unused_weights();
+  if (unused.empty()) return;
+  constexpr size_t kListed = 20;
+  std::vector<std::string> listed(unused.begin(), unused.begin() + std::min(unused.size(), kListed));
+  std::string names = absl::StrJoin(listed, ", ");
+  if (unused.size() > kListed) absl::StrAppend(&names, " and ", unused.size() - kListed, " more");
+  Log("model_warning", absl::StrCat("model \"", m.spec.name, "\" (", m.spec.path, "): ", unused.size(),
+                                    " stored tensor(s) that the ", engine::ArchitectureName(m.model->config().architecture),
+                                    " architecture does not use were not loaded: ", names));
+}
+
 int Fail(const absl::Status& status) {
   Log("startup_failed", std::string(status.message()));
   std::fprintf(stderr, "attribution-server: %s\n", std::string(status.message()).c_str());
@@ -195,6 +217,11 @@ int Serve() {
   for (const auto& m : (*models)->models()) {
     Log("model_loaded", absl::StrCat(m->spec.name, " ", m->spec.path, " ", m->spec.dtype, " ", m->spec.quantization,
                                      " on ", m->spec.device, ", ", m->model->ResidentWeightBytes(), " weight bytes"));
+    WarnOfUnusedWeights(*m);
+    if (dynamic_cast<const engine::IdOnlyTokenizer*>(m->tokenizer.get()) != nullptr) {
+      Log("model_warning", absl::StrCat("model \"", m->spec.name, "\" (", m->spec.path, "): no tokenizer.json or "
+                                        "tokenizer.model: it serves token ids only"));
+    }
   }
   if (!absl::GetFlag(FLAGS_port_file).empty()) {
     const std::string path = absl::GetFlag(FLAGS_port_file), temporary = path + ".tmp";
@@ -230,9 +257,21 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // abseil's --help lists the flags of files named after the program (attribution-server.cc and
+  // the like) and finds none; ours are defined in this file.
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) { return absl::EndsWith(file, "server/server_main.cc"); };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage("Serves attribution.v1 (Attribute, Generate, Logprobs, ListModels) over gRPC.\n"
                                "  attribution-server --model tiny=/models/tiny [--listen 0.0.0.0:50051]\n"
                                "  attribution-server --config server.json");
   absl::ParseCommandLine(argc, argv);
-  return attribution::server::Serve();
+  // Everything below returns statuses; an exception that still escapes (a bug) ends startup with
+  // status 1 and its message rather than std::terminate's abort.
+  try {
+    return attribution::server::Serve();
+  } catch (const std::exception& e) {
+    return attribution::server::Fail(absl::InternalError(absl::StrCat("unexpected error: ", e.what())));
+  }
 }

@@ -4,16 +4,22 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include "engine/attribution/row_plan.h"
+#include "engine/common/status_macros.h"
 
 namespace attribution::engine {
 namespace {
 
 class GradientPlan : public RowPlan {
  public:
-  GradientPlan(const CausalLM& model, AttributionRequest request) : RowPlan(std::move(request)) {
+  explicit GradientPlan(AttributionRequest request) : RowPlan(std::move(request)) {}
+
+  // Embeds the input and the baseline and describes the rows. Embedding can fail (device memory);
+  // that is a status here, where dereferencing a failed StatusOr would abort the process.
+  absl::Status Build(const CausalLM& model) {
     std::vector<int64_t> ids = request_.prompt_ids;
     ids.insert(ids.end(), request_.target_ids.begin(), request_.target_ids.end());
-    input_ = (*model.Embed(at::tensor(ids, at::kLong).unsqueeze(0)))[0];  // [S, hidden]
+    ASSIGN_OR_RETURN(at::Tensor embedded, model.Embed(at::tensor(ids, at::kLong).unsqueeze(0)));
+    input_ = embedded[0];  // [S, hidden]
     baseline_ = input_.clone();
     for (int64_t f = 0; f < num_features(); ++f) {
       const auto [begin, end] = FeatureSpanOf(f);
@@ -25,11 +31,12 @@ class GradientPlan : public RowPlan {
       std::vector<int64_t> baseline_ids = request_.features.empty() ? std::vector<int64_t>{}
                                                                      : request_.features[f].baseline_ids;
       if (baseline_ids.empty()) baseline_ids.assign(end - begin, request_.baseline_token_id);
-      span.copy_((*model.Embed(at::tensor(baseline_ids, at::kLong).unsqueeze(0)))[0]);
+      ASSIGN_OR_RETURN(at::Tensor baseline, model.Embed(at::tensor(baseline_ids, at::kLong).unsqueeze(0)));
+      span.copy_(baseline[0]);
     }
     const at::Tensor difference = input_ - baseline_;
     if (request_.method == AttributionMethod::kIntegratedGradients) {
-      IntegrationPoints points = *MakeIntegrationPoints(request_.rule, request_.n_steps);
+      ASSIGN_OR_RETURN(IntegrationPoints points, MakeIntegrationPoints(request_.rule, request_.n_steps));
       alphas_ = points.alphas;
       weights_ = points.weights;
       endpoints_.assign(alphas_.size(), difference);
@@ -60,6 +67,7 @@ class GradientPlan : public RowPlan {
         rows_.push_back(Row{.kind = RowKind::kGrad, .inputs_embeds = point, .objective = TokenObjective(p, t)});
       }
     }
+    return absl::OkStatus();
   }
 
   absl::StatusOr<AttributionResult> Reduce(const std::vector<RowResult>& results) const override {
@@ -122,8 +130,10 @@ class GradientPlan : public RowPlan {
 
 }  // namespace
 
-std::unique_ptr<RowPlan> MakeGradientPlan(const CausalLM& model, AttributionRequest request) {
-  return std::make_unique<GradientPlan>(model, std::move(request));
+absl::StatusOr<std::unique_ptr<RowPlan>> MakeGradientPlan(const CausalLM& model, AttributionRequest request) {
+  auto plan = std::make_unique<GradientPlan>(std::move(request));
+  RETURN_IF_ERROR(plan->Build(model));
+  return plan;
 }
 
 }  // namespace attribution::engine

@@ -58,7 +58,7 @@ class RowPlan {
   std::vector<Row> rows_;
 };
 
-std::unique_ptr<RowPlan> MakeGradientPlan(const CausalLM& model, AttributionRequest request);
+absl::StatusOr<std::unique_ptr<RowPlan>> MakeGradientPlan(const CausalLM& model, AttributionRequest request);
 std::unique_ptr<RowPlan> MakePerturbationPlan(AttributionRequest request, int64_t num_layers);
 
 }  // namespace attribution::engine

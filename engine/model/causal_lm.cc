@@ -133,28 +133,11 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
 CausalLM::CausalLM(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 CausalLM::~CausalLM() = default;
 
-absl::StatusOr<std::unique_ptr<CausalLM>> CausalLM::Load(const std::string& dir, const LoadOptions& options) {
-  auto impl = std::make_unique<Impl>();
-  ASSIGN_OR_RETURN(impl->config, ReadModelConfig(dir));
-  if (options.dtype != at::kFloat && options.dtype != at::kBFloat16 && options.dtype != at::kHalf) {
-    return absl::InvalidArgumentError("dtype must be float32, bfloat16 or float16");
-  }
-  impl->options = options;
-  ASSIGN_OR_RETURN(impl->device, ParseDevice(options.device));
-  RETURN_IF_ERROR(Guarded("loading weights", [&]() -> absl::Status {
-    c10::AutoGradMode no_grad(false);
-    return LoadWeights(dir, *impl);
-  }));
-  return std::unique_ptr<CausalLM>(new CausalLM(std::move(impl)));
-}
+namespace {
 
-const ModelConfig& CausalLM::config() const { return impl_->config; }
-at::ScalarType CausalLM::dtype() const { return impl_->options.dtype; }
-at::Device CausalLM::device() const { return impl_->device; }
-
-int64_t CausalLM::ResidentWeightBytes() const {
+// Bytes of every weight the model holds; absent parts (GPT-2's gate, a tied head) count 0.
+int64_t CountResidentBytes(const CausalLM::Impl& m) {
   auto bytes = [](const at::Tensor& t) { return t.defined() ? t.numel() * t.element_size() : 0; };
-  const Impl& m = *impl_;
   int64_t total = bytes(m.token_embedding) + bytes(m.position_embedding) + bytes(m.final_norm_weight) +
                   bytes(m.final_norm_bias) + (m.tied_head ? 0 : m.lm_head.ResidentBytes());
   for (const DecoderLayer& l : m.layers) {
@@ -166,6 +149,37 @@ int64_t CausalLM::ResidentWeightBytes() const {
   }
   return total;
 }
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<CausalLM>> CausalLM::Load(const std::string& dir, const LoadOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  RETURN_IF_ERROR(Guarded("reading config.json", [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(impl->config, ReadModelConfig(dir));
+    return absl::OkStatus();
+  }));
+  if (options.dtype != at::kFloat && options.dtype != at::kBFloat16 && options.dtype != at::kHalf) {
+    return absl::InvalidArgumentError("dtype must be float32, bfloat16 or float16");
+  }
+  impl->options = options;
+  ASSIGN_OR_RETURN(impl->device, ParseDevice(options.device));
+  RETURN_IF_ERROR(Guarded("loading weights", [&]() -> absl::Status {
+    c10::AutoGradMode no_grad(false);
+    RETURN_IF_ERROR(LoadWeights(dir, *impl));
+    // Counted once here, where a LibTorch error becomes a status; callers (the startup log line,
+    // ListModels, metrics) then read a number that cannot throw.
+    impl->resident_weight_bytes = CountResidentBytes(*impl);
+    return absl::OkStatus();
+  }));
+  return std::unique_ptr<CausalLM>(new CausalLM(std::move(impl)));
+}
+
+const ModelConfig& CausalLM::config() const { return impl_->config; }
+at::ScalarType CausalLM::dtype() const { return impl_->options.dtype; }
+at::Device CausalLM::device() const { return impl_->device; }
+
+int64_t CausalLM::ResidentWeightBytes() const { return impl_->resident_weight_bytes; }
+const std::vector<std::string>& CausalLM::unused_weights() const { return impl_->unused_weights; }
 
 namespace {
 

@@ -27,6 +27,9 @@ struct LoadOptions {
   at::ScalarType dtype = at::kFloat;  // compute dtype: float32, bfloat16 or float16
   std::string device = "cpu";         // "cpu" or "cuda:N"
   Quantization quantization = Quantization::kNone;
+  // NaN or infinite weights fail the load unless this is set (a checkpoint known to carry them, e.g.
+  // -inf masks stored as weights).
+  bool allow_nonfinite_weights = false;
 };
 
 // "float32" | "bfloat16" | "float16" (also "fp32", "bf16", "fp16").
@@ -100,6 +103,9 @@ class CausalLM {
   at::Device device() const;
   // Bytes of every weight held on the device (quantized linears count their codes and scales).
   int64_t ResidentWeightBytes() const;
+  // Tensors of the checkpoint that the architecture does not use (loaded past, not an error: callers
+  // warn, since they may mean a config for another architecture or a damaged export).
+  const std::vector<std::string>& unused_weights() const;
 
   // Token embeddings: [B, S] int64 -> [B, S, hidden] (no position embeddings), never requiring grad.
   absl::StatusOr<at::Tensor> Embed(const at::Tensor& ids) const;

@@ -32,6 +32,8 @@ class CausalLM::Impl {
   Linear lm_head;               // untied head
   bool tied_head = false;       // true: logits = hidden @ token_embedding^T
   at::Tensor rope_inverse_frequencies;  // [head_dim / 2], Llama family only
+  int64_t resident_weight_bytes = 0;    // counted once at load
+  std::vector<std::string> unused_weights;  // stored tensors the architecture does not use
 
   bool is_gpt2() const { return config.architecture == Architecture::kGpt2; }
   at::Tensor Norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) const;
@@ -39,7 +41,8 @@ class CausalLM::Impl {
   at::Tensor Forward(const ForwardBatch& batch) const;  // throws c10::Error on LibTorch failures
 };
 
-// Reads every weight the architecture needs from `dir` into `impl` (throws nothing; statuses only).
+// Reads every weight the architecture needs from `dir` into `impl`, and lists the stored tensors it
+// does not use in impl.unused_weights (throws nothing; statuses only).
 absl::Status LoadWeights(const std::string& dir, CausalLM::Impl& impl);
 
 }  // namespace attribution::engine

@@ -28,7 +28,9 @@ at::Tensor Linear::Forward(const at::Tensor& x) const {
 int64_t Linear::ResidentBytes() const {
   int64_t bytes = bias_.defined() ? bias_.numel() * bias_.element_size() : 0;
   if (quantized_) return bytes + quantized_->ResidentBytes();
-  return bytes + weight_.numel() * weight_.element_size();
+  // A linear the architecture lacks (GPT-2 has no gate) holds no weight; an undefined tensor has no
+  // dtype to ask the element size of.
+  return weight_.defined() ? bytes + weight_.numel() * weight_.element_size() : bytes;
 }
 
 }  // namespace attribution::engine

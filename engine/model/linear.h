@@ -22,6 +22,8 @@ class Linear {
   // [..., in] -> [..., out]
   at::Tensor Forward(const at::Tensor& x) const;
 
+  // Bytes of the weight (dense or quantized) and bias; 0 for a default-constructed Linear, which
+  // stands for a projection the architecture lacks.
   int64_t ResidentBytes() const;
   int64_t out_features() const { return out_features_; }
 

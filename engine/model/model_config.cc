@@ -42,6 +42,16 @@ bool OptionalBool(const json& config, const char* key, bool fallback) {
   return config.contains(key) && config[key].is_boolean() ? config[key].get<bool>() : fallback;
 }
 
+// Reads an optional string field; a value of another type is an error naming the field, not a throw.
+absl::StatusOr<std::string> OptionalString(const json& config, const char* key, std::string fallback,
+                                           const std::string& source) {
+  if (!config.contains(key)) return fallback;
+  if (!config[key].is_string()) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": \"", key, "\" must be a string"));
+  }
+  return config[key].get<std::string>();
+}
+
 std::optional<int64_t> OptionalId(const json& config, const char* key) {
   if (config.contains(key) && config[key].is_number_integer()) return config[key].get<int64_t>();
   return std::nullopt;
@@ -69,9 +79,8 @@ absl::Status ParseRopeScaling(const json& config, const std::string& source, Mod
   }
   if (scaling == nullptr) return absl::OkStatus();
   out.rope_theta = OptionalNumber(*scaling, "rope_theta", out.rope_theta);
-  std::string type = "default";
-  if (scaling->contains("rope_type")) type = (*scaling)["rope_type"].get<std::string>();
-  else if (scaling->contains("type")) type = (*scaling)["type"].get<std::string>();
+  ASSIGN_OR_RETURN(std::string type, OptionalString(*scaling, "type", "default", source));
+  ASSIGN_OR_RETURN(type, OptionalString(*scaling, "rope_type", type, source));
   if (type == "default") return absl::OkStatus();
   if (type == "linear") {
     out.linear_rope_factor = OptionalNumber(*scaling, "factor", 1.0);
@@ -101,13 +110,17 @@ absl::Status ParseDecoderFields(const json& config, const std::string& source, M
   ASSIGN_OR_RETURN(out.num_layers, PositiveInt(config, "num_hidden_layers", source));
   ASSIGN_OR_RETURN(out.num_heads, PositiveInt(config, "num_attention_heads", source));
   out.num_kv_heads = OptionalInt(config, "num_key_value_heads", out.num_heads);
-  out.head_dim = config.contains("head_dim") && config["head_dim"].is_number_integer()
-                     ? config["head_dim"].get<int64_t>()
-                     : out.hidden_size / out.num_heads;
+  const bool head_dim_given = config.contains("head_dim") && config["head_dim"].is_number_integer();
+  if (!head_dim_given && out.hidden_size % out.num_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": hidden_size ", out.hidden_size,
+                                                   " is not divisible by num_attention_heads ", out.num_heads,
+                                                   " (and no head_dim is given)"));
+  }
+  out.head_dim = head_dim_given ? config["head_dim"].get<int64_t>() : out.hidden_size / out.num_heads;
   out.max_position_embeddings = OptionalInt(config, "max_position_embeddings", 4096);
   out.norm_eps = OptionalNumber(config, "rms_norm_eps", 1e-6);
   out.rope_theta = OptionalNumber(config, "rope_theta", 10000.0);
-  out.hidden_act = config.contains("hidden_act") ? config["hidden_act"].get<std::string>() : "silu";
+  ASSIGN_OR_RETURN(out.hidden_act, OptionalString(config, "hidden_act", "silu", source));
   if (out.hidden_act != "silu") {
     return absl::InvalidArgumentError(absl::StrCat(source, ": hidden_act \"", out.hidden_act,
                                                    "\" is not supported for this architecture (silu)"));
@@ -136,9 +149,7 @@ absl::Status ParseGpt2Fields(const json& config, const std::string& source, Mode
   out.head_dim = out.hidden_size / out.num_heads;
   out.intermediate_size = OptionalInt(config, "n_inner", 4 * out.hidden_size);
   out.norm_eps = OptionalNumber(config, "layer_norm_epsilon", 1e-5);
-  out.hidden_act = config.contains("activation_function")
-                       ? config["activation_function"].get<std::string>()
-                       : "gelu_new";
+  ASSIGN_OR_RETURN(out.hidden_act, OptionalString(config, "activation_function", "gelu_new", source));
   if (out.hidden_act != "gelu_new" && out.hidden_act != "gelu") {
     return absl::InvalidArgumentError(absl::StrCat(
         source, ": activation_function \"", out.hidden_act, "\" is not supported (gelu_new, gelu)"));
@@ -173,23 +184,7 @@ absl::Status CheckConsistency(const std::string& source, const ModelConfig& c) {
   return absl::OkStatus();
 }
 
-}  // namespace
-
-const char* ArchitectureName(Architecture arch) {
-  switch (arch) {
-    case Architecture::kLlama:
-      return "llama";
-    case Architecture::kMistral:
-      return "mistral";
-    case Architecture::kQwen2:
-      return "qwen2";
-    case Architecture::kGpt2:
-      return "gpt2";
-  }
-  return "unknown";
-}
-
-absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const std::string& source) {
+absl::StatusOr<ModelConfig> ParseConfigObject(const std::string& json_text, const std::string& source) {
   ASSIGN_OR_RETURN(json config, ParseJsonObject(json_text, source));
   if (!config.contains("model_type") || !config["model_type"].is_string()) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": missing \"model_type\""));
@@ -216,6 +211,32 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const
   out.pad_token_id = OptionalId(config, "pad_token_id");
   RETURN_IF_ERROR(CheckConsistency(source, out));
   return out;
+}
+
+}  // namespace
+
+const char* ArchitectureName(Architecture arch) {
+  switch (arch) {
+    case Architecture::kLlama:
+      return "llama";
+    case Architecture::kMistral:
+      return "mistral";
+    case Architecture::kQwen2:
+      return "qwen2";
+    case Architecture::kGpt2:
+      return "gpt2";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const std::string& source) {
+  // The parsers above check each field's type; this net turns a check they lack (a JSON type error)
+  // into a status naming the file, so no config crashes the server.
+  try {
+    return ParseConfigObject(json_text, source);
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": ", e.what()));
+  }
 }
 
 absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& dir) {

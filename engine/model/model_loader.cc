@@ -2,6 +2,7 @@
 // Maps Hugging Face tensor names of each architecture onto CausalLM::Impl.
 #include <ATen/ATen.h>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
 #include "engine/model/causal_lm_impl.h"
@@ -17,7 +18,12 @@ class Loader {
       : store_(store), impl_(impl), options_(at::TensorOptions().dtype(impl.options.dtype).device(impl.device)) {}
 
   absl::StatusOr<at::Tensor> Tensor(const std::string& name, std::vector<int64_t> shape) {
-    return store_.Take(name, shape, options_);
+    return Take(name, shape, options_);
+  }
+
+  absl::StatusOr<at::Tensor> Take(const std::string& name, const std::vector<int64_t>& shape,
+                                  const at::TensorOptions& options) {
+    return store_.Take(name, shape, options, impl_.options.allow_nonfinite_weights);
   }
 
   absl::StatusOr<at::Tensor> OptionalBias(bool present, const std::string& name, int64_t size) {
@@ -29,7 +35,7 @@ class Loader {
   absl::StatusOr<Linear> MakeLinear(const std::string& prefix, int64_t in, int64_t out, bool bias,
                                     bool conv1d_layout = false) {
     std::vector<int64_t> shape = conv1d_layout ? std::vector<int64_t>{in, out} : std::vector<int64_t>{out, in};
-    ASSIGN_OR_RETURN(at::Tensor weight, store_.Take(prefix + ".weight", shape, LinearWeightOptions()));
+    ASSIGN_OR_RETURN(at::Tensor weight, Take(prefix + ".weight", shape, LinearWeightOptions()));
     if (conv1d_layout) weight = weight.t().contiguous();
     ASSIGN_OR_RETURN(at::Tensor b, OptionalBias(bias, prefix + ".bias", out));
     return Linear::Create(std::move(weight), std::move(b), impl_.options.quantization);
@@ -57,6 +63,7 @@ class Loader {
     impl_.rope_inverse_frequencies = RopeInverseFrequencies(c, impl_.device);
     // Checkpoints of tied models sometimes carry a copy of the head; the embedding is authoritative.
     impl_.tied_head = c.tie_word_embeddings || !store_.Contains("lm_head.weight");
+    if (impl_.tied_head) store_.Skip("lm_head.weight");
     if (!impl_.tied_head) {
       ASSIGN_OR_RETURN(at::Tensor head, Tensor("lm_head.weight", {c.vocab_size, h}));
       ASSIGN_OR_RETURN(impl_.lm_head, Linear::Create(std::move(head), at::Tensor(), Quantization::kNone));
@@ -86,6 +93,7 @@ class Loader {
     ASSIGN_OR_RETURN(impl_.final_norm_weight, Tensor(root + "ln_f.weight", {h}));
     ASSIGN_OR_RETURN(impl_.final_norm_bias, Tensor(root + "ln_f.bias", {h}));
     impl_.tied_head = true;
+    store_.Skip("lm_head.weight");  // a stored copy of the tied head is known, not unused
     return absl::OkStatus();
   }
 
@@ -99,7 +107,7 @@ class Loader {
   // shares one attention path.
   absl::Status LoadGpt2Attention(const std::string& p, DecoderLayer& layer) {
     const int64_t h = impl_.config.hidden_size;
-    ASSIGN_OR_RETURN(at::Tensor fused, store_.Take(p + "c_attn.weight", {h, 3 * h}, LinearWeightOptions()));
+    ASSIGN_OR_RETURN(at::Tensor fused, Take(p + "c_attn.weight", {h, 3 * h}, LinearWeightOptions()));
     ASSIGN_OR_RETURN(at::Tensor fused_bias, Tensor(p + "c_attn.bias", {3 * h}));
     std::vector<at::Tensor> weights = fused.t().chunk(3, 0);
     std::vector<at::Tensor> biases = fused_bias.chunk(3, 0);
@@ -117,12 +125,25 @@ class Loader {
   at::TensorOptions options_;
 };
 
+// Buffers that older transformers versions saved beside the weights (GPT-2's causal masks, Llama's
+// rotary frequencies): known, recomputed by us, not worth a warning.
+bool IsSavedBuffer(const std::string& name) {
+  for (const char* suffix : {".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq"}) {
+    if (absl::EndsWith(name, suffix)) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 absl::Status LoadWeights(const std::string& dir, CausalLM::Impl& impl) {
   ASSIGN_OR_RETURN(auto store, WeightStore::Open(dir));
   Loader loader(*store, impl);
-  return impl.is_gpt2() ? loader.LoadGpt2() : loader.LoadLlamaFamily();
+  RETURN_IF_ERROR(impl.is_gpt2() ? loader.LoadGpt2() : loader.LoadLlamaFamily());
+  for (const std::string& name : store->Untaken()) {
+    if (!IsSavedBuffer(name)) impl.unused_weights.push_back(name);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace attribution::engine

@@ -11,6 +11,8 @@
 #include <cerrno>
 #include <cstring>
 #include <limits>
+#include <optional>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -99,10 +101,25 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
 
 absl::Status SafetensorsFile::ParseHeader(uint64_t header_bytes) {
   const char* text = reinterpret_cast<const char*>(mapping_->data() + 8);
-  nlohmann::json header = nlohmann::json::parse(text, text + header_bytes, nullptr,
+  // JSON parsers keep the last of duplicated keys silently; a tensor named twice means the file was
+  // not written by a safetensors writer, and either entry could be the intended one.
+  std::set<std::string> names;
+  std::optional<std::string> duplicate;
+  auto find_duplicates = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+    if (event == nlohmann::json::parse_event_t::key && depth == 1 && !duplicate &&
+        !names.insert(parsed.get<std::string>()).second) {
+      duplicate = parsed.get<std::string>();
+    }
+    return true;
+  };
+  nlohmann::json header = nlohmann::json::parse(text, text + header_bytes, find_duplicates,
                                                 /*allow_exceptions=*/false);
   if (header.is_discarded()) {
     return absl::InvalidArgumentError(absl::StrCat(path_, ": header is not valid JSON"));
+  }
+  if (duplicate) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path_, ": header names \"", *duplicate, "\" more than once"));
   }
   if (!header.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(path_, ": header is not a JSON object"));

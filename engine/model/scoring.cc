@@ -29,9 +29,14 @@ absl::Status CheckQuery(int64_t row, int64_t position, int64_t token, const std:
   return absl::OkStatus();
 }
 
-std::vector<int64_t> RowLengths(const ForwardBatch& batch) {
+// The batch's row lengths; a batch without a [batch, seq, ...] input is an error (Hidden checks the
+// rest), not the exception its sizes would throw.
+absl::StatusOr<std::vector<int64_t>> RowLengths(const ForwardBatch& batch) {
   if (!batch.lengths.empty()) return batch.lengths;
   const at::Tensor& t = batch.input_ids.defined() ? batch.input_ids : batch.inputs_embeds;
+  if (!t.defined() || t.dim() < 2) {
+    return absl::InvalidArgumentError("give input_ids [batch, seq] or inputs_embeds [batch, seq, hidden]");
+  }
   return std::vector<int64_t>(t.size(0), t.size(1));
 }
 
@@ -45,7 +50,8 @@ absl::StatusOr<TokenScores> CausalLM::ScoreTokens(const ForwardBatch& batch, con
   }
   // Group the queries by row (ObjectiveValues reports them in row order), remembering where each
   // query lands so the scores come back in query order.
-  std::vector<RowObjective> objectives(RowLengths(batch).size());
+  ASSIGN_OR_RETURN(const std::vector<int64_t> lengths, RowLengths(batch));
+  std::vector<RowObjective> objectives(lengths.size());
   std::vector<std::pair<int64_t, int64_t>> slot_of_query;  // (row, index within row)
   for (size_t i = 0; i < n; ++i) {
     const int64_t row = queries.rows[i];
@@ -64,19 +70,23 @@ absl::StatusOr<TokenScores> CausalLM::ScoreTokens(const ForwardBatch& batch, con
   if (n == 0) return TokenScores{};
   std::vector<int64_t> order;
   for (const auto& [row, index] : slot_of_query) order.push_back(row_start[row] + index);
-  const at::Tensor index = at::tensor(order, at::kLong);
-  TokenScores scores{.logits = details.logits.index_select(0, index), .log_probs = details.log_probs.index_select(0, index)};
-  if (top_k > 0) {
-    scores.top_ids = details.top_ids.index_select(0, index);
-    scores.top_log_probs = details.top_log_probs.index_select(0, index);
+  try {
+    const at::Tensor index = at::tensor(order, at::kLong);
+    TokenScores scores{.logits = details.logits.index_select(0, index), .log_probs = details.log_probs.index_select(0, index)};
+    if (top_k > 0) {
+      scores.top_ids = details.top_ids.index_select(0, index);
+      scores.top_log_probs = details.top_log_probs.index_select(0, index);
+    }
+    return scores;
+  } catch (const std::exception& e) {
+    return StatusFromException(e, "scoring");
   }
-  return scores;
 }
 
 absl::StatusOr<at::Tensor> CausalLM::ObjectiveValues(const ForwardBatch& batch,
                                                      const std::vector<RowObjective>& objectives,
                                                      ObjectiveDetails* details, int64_t top_k) const {
-  const std::vector<int64_t> lengths = RowLengths(batch);
+  ASSIGN_OR_RETURN(const std::vector<int64_t> lengths, RowLengths(batch));
   if (top_k < 0 || top_k > config().vocab_size) {
     return absl::InvalidArgumentError(absl::StrCat("top_k ", top_k, " outside [0, ", config().vocab_size, "]"));
   }
@@ -140,6 +150,10 @@ absl::StatusOr<InputGradients> CausalLM::ObjectiveGradients(const ForwardBatch& 
   }
   if (c10::InferenceMode::is_enabled()) {
     return absl::FailedPreconditionError("input gradients cannot be taken inside an InferenceMode scope");
+  }
+  // LibTorch throws when a non-float tensor is made to require grad; Hidden checks the rest.
+  if (!batch.inputs_embeds.is_floating_point()) {
+    return absl::InvalidArgumentError("inputs_embeds must be a floating-point tensor");
   }
   c10::AutoGradMode grad_mode(true);
   ForwardBatch leaf_batch = batch;

@@ -86,10 +86,11 @@ absl::StatusOr<std::unique_ptr<WeightStore>> WeightStore::Open(const std::string
 
 absl::StatusOr<at::Tensor> WeightStore::Take(const std::string& name,
                                              const std::vector<int64_t>& shape,
-                                             const at::TensorOptions& options) {
+                                             const at::TensorOptions& options, bool allow_nonfinite) {
   auto it = index_.find(name);
   if (it == index_.end()) {
-    return absl::InvalidArgumentError(absl::StrCat("model weights lack the required tensor \"", name, "\""));
+    return absl::InvalidArgumentError(
+        absl::StrCat(FileNames(), ": the model weights lack the required tensor \"", name, "\""));
   }
   const SafetensorsFile& file = *it->second;
   const TensorRecord& record = *file.Find(name);
@@ -98,13 +99,29 @@ absl::StatusOr<at::Tensor> WeightStore::Take(const std::string& name,
         file.path(), ": tensor \"", name, "\" has shape [", absl::StrJoin(record.shape, ", "),
         "] but the config needs [", absl::StrJoin(shape, ", "), "]"));
   }
+  taken_.insert(name);
   at::Tensor view = file.View(record);
-  if (!at::isfinite(view).all().item<bool>()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(file.path(), ": tensor \"", name, "\" holds NaN or infinite values"));
+  if (!allow_nonfinite && !at::isfinite(view).all().item<bool>()) {
+    return absl::InvalidArgumentError(absl::StrCat(file.path(), ": tensor \"", name,
+                                                   "\" holds NaN or infinite values (--allow_nonfinite_weights "
+                                                   "loads it anyway)"));
   }
   // copy=true: the result must own its memory (the mapping is read-only and may be unmapped).
   return view.to(options, /*non_blocking=*/false, /*copy=*/true);
+}
+
+std::vector<std::string> WeightStore::Untaken() const {
+  std::vector<std::string> names;
+  for (const auto& [name, file] : index_) {
+    if (taken_.count(name) == 0) names.push_back(name);
+  }
+  return names;
+}
+
+std::string WeightStore::FileNames() const {
+  std::vector<std::string> paths;
+  for (const auto& file : files_) paths.push_back(file->path());
+  return absl::StrJoin(paths, ", ");
 }
 
 }  // namespace attribution::engine

@@ -11,6 +11,7 @@
 
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -26,14 +27,23 @@ class WeightStore {
 
   bool Contains(const std::string& name) const { return index_.count(name) > 0; }
 
+  // Marks `name` as known though not loaded (a copy of a tied head, a saved buffer).
+  void Skip(const std::string& name) { taken_.insert(name); }
+  // The stored tensors neither taken nor skipped so far, in name order.
+  std::vector<std::string> Untaken() const;
+
   // Returns the tensor `name` converted to `options` (dtype, device), after checking that its shape
-  // is `shape` and that every value is finite. The result never aliases the file mapping.
+  // is `shape` and, unless `allow_nonfinite`, that every value is finite. The result never aliases
+  // the file mapping.
   absl::StatusOr<at::Tensor> Take(const std::string& name, const std::vector<int64_t>& shape,
-                                  const at::TensorOptions& options);
+                                  const at::TensorOptions& options, bool allow_nonfinite = false);
 
  private:
+  std::string FileNames() const;  // the files read, for messages
+
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::map<std::string, const SafetensorsFile*> index_;  // tensor name -> file holding it
+  std::set<std::string> taken_;                           // names taken or skipped
 };
 
 }  // namespace attribution::engine

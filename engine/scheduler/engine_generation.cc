@@ -6,6 +6,8 @@
 
 #include <algorithm>
 
+#include "engine/model/torch_errors.h"
+
 namespace attribution::engine {
 namespace {
 
@@ -35,10 +37,18 @@ struct GenerationRun : std::enable_shared_from_this<GenerationRun> {
       done(result.status);
       return;
     }
-    at::Tensor logits = result.next_logits.unsqueeze(0);  // [1, vocab]
-    const int64_t token = PickNextTokens(logits, options, generator)[0].item<int64_t>();
+    // Runs on the executor thread, where an exception would end the process: sampling throws on
+    // logits that are not finite (a model loaded with --allow_nonfinite_weights).
+    int64_t token = 0;
+    try {
+      at::Tensor logits = result.next_logits.unsqueeze(0);  // [1, vocab]
+      token = PickNextTokens(logits, options, generator)[0].item<int64_t>();
+      generation.log_probs.push_back(at::log_softmax(logits[0], -1)[token].item<float>());
+    } catch (const std::exception& e) {
+      done(StatusFromException(e, "choosing the next token"));
+      return;
+    }
     generation.tokens.push_back(token);
-    generation.log_probs.push_back(at::log_softmax(logits[0], -1)[token].item<float>());
     if (on_token) on_token(token, generation.log_probs.back());
     generation.stopped = std::find(stops.begin(), stops.end(), token) != stops.end();
     if (generation.stopped || static_cast<int64_t>(generation.tokens.size()) >= options.max_new_tokens) {

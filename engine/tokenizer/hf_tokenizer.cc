@@ -54,7 +54,11 @@ absl::StatusOr<std::unique_ptr<HfTokenizer>> HfTokenizer::Create(const json& tj,
   ASSIGN_OR_RETURN(t->model_, BpeModel::FromJson(tj["model"]));
   t->vocab_size_ = static_cast<int64_t>(t->model_.tokens().size());
   for (const json& a : tj.value("added_tokens", json::array())) {
-    if (!a.contains("id") || !a.contains("content")) return absl::InvalidArgumentError("tokenizer.json: added token lacks id or content");
+    if (!a.is_object() || !a.contains("id") || !a["id"].is_number_integer() || a["id"].get<int64_t>() < 0 ||
+        !a.contains("content") || !a["content"].is_string()) {
+      return absl::InvalidArgumentError(
+          "tokenizer.json: added_tokens entries need a non-negative integer \"id\" and a string \"content\"");
+    }
     t->added_.push_back({a["id"].get<int64_t>(), a["content"].get<std::string>(), a.value("special", false),
                          a.value("lstrip", false), a.value("rstrip", false)});
     t->vocab_size_ = std::max(t->vocab_size_, t->added_.back().id + 1);

@@ -85,13 +85,24 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
   }
   if (const std::string path = model_dir + "/tokenizer.json"; FileExists(path)) {
     ASSIGN_OR_RETURN(nlohmann::json tokenizer_json, ReadJson(path));
-    auto tokenizer = HfTokenizer::Create(tokenizer_json, config);
+    absl::StatusOr<std::unique_ptr<HfTokenizer>> tokenizer = absl::InternalError("not parsed");
+    // HfTokenizer checks the fields it reads; a JSON type error it missed is a status too, not a
+    // crash of the server loading it.
+    try {
+      tokenizer = HfTokenizer::Create(tokenizer_json, config);
+    } catch (const std::exception& e) {
+      tokenizer = absl::InvalidArgumentError(absl::StrCat("malformed (tokenizer.json or tokenizer_config.json): ", e.what()));
+    }
     if (!tokenizer.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", tokenizer.status().message()));
     return std::unique_ptr<Tokenizer>(std::move(*tokenizer));
   }
   if (const std::string path = model_dir + "/tokenizer.model"; FileExists(path)) {
-    const bool add_bos = !config.is_object() || config.value("add_bos_token", true);
-    const bool add_eos = config.is_object() && config.value("add_eos_token", false);
+    // json::value throws on a value of another type; such a flag keeps its default.
+    auto flag = [&](const char* key, bool fallback) {
+      return config.is_object() && config.contains(key) && config[key].is_boolean() ? config[key].get<bool>() : fallback;
+    };
+    const bool add_bos = flag("add_bos_token", true);
+    const bool add_eos = flag("add_eos_token", false);
     ASSIGN_OR_RETURN(auto tokenizer, SentencePieceTokenizer::Create(path, add_bos, add_eos));
     return std::unique_ptr<Tokenizer>(std::move(tokenizer));
   }

@@ -3,6 +3,7 @@
 // the whole table (sent concurrently with good calls) the server still gives the same correct answers.
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include <functional>
 #include <thread>
@@ -159,6 +160,10 @@ std::vector<BadCase> BadCases() {
       Logprobs("logprobs: top_k over the cap", [](L& r) { r.set_top_k(21); }, kInvalid, "top_k: 21 is outside [0, 20]"),
       Logprobs("logprobs: negative top_k", [](L& r) { r.set_top_k(-1); }, kInvalid, "top_k"),
       Logprobs("logprobs: malformed UTF-8", [](L& r) { r.mutable_target()->set_text("\xE2\x82"); }, kInvalid, "target.text"),
+      // A huge name is quoted by a short prefix: echoed whole, the message overflowed gRPC's 8 KB
+      // metadata limit and the client saw RESOURCE_EXHAUSTED.
+      Attribute("huge model name", [](A& r) { r.set_model(std::string(10000, 'm')); }, StatusCode::NOT_FOUND, "(10000 bytes)"),
+      Logprobs("logprobs: huge model name", [](L& r) { r.set_model(std::string(10000, 'm')); }, StatusCode::NOT_FOUND, "(10000 bytes)"),
   };
 }
 
@@ -202,6 +207,32 @@ TEST(BadInputs, EachGetsItsCodeAndFieldAndTheServerStaysCorrect) {
   absl::StatusOr<client::Attribution> single = client->Attribute(one_step);
   ASSERT_TRUE(single.ok()) << single.status();
   EXPECT_EQ(single->stats.backward_passes, 1);
+}
+
+TEST(BadInputs, HugeModelNameIsQuotedShortlyInTheStatusAndTheLog) {
+  auto server = ServerProcess::Start({"--model=demo=" + testing::DemoModelDir()});
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = v1::AttributionService::NewStub(
+      grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
+  v1::LogprobsRequest request = GoodLogprobs();
+  request.set_model(std::string(10000, 'm'));
+  grpc::ClientContext context;
+  v1::LogprobsResponse response;
+  const grpc::Status status = stub->Logprobs(&context, request, &response);
+  EXPECT_EQ(status.error_code(), StatusCode::NOT_FOUND) << status.error_message().substr(0, 200);
+  EXPECT_LT(status.error_message().size(), 300u) << status.error_message().substr(0, 200);
+  // The call's log line (and every other) stays short too; after a drained exit every line is written.
+  (*server)->Signal(SIGTERM);
+  EXPECT_EQ((*server)->Wait(absl::Seconds(60)), 0);
+  const std::string log = (*server)->Log();
+  EXPECT_NE(log.find("(10000 bytes)"), std::string::npos) << log.substr(0, 2000);
+  size_t longest = 0;
+  for (size_t begin = 0, end; begin < log.size(); begin = end + 1) {
+    end = log.find('\n', begin);
+    if (end == std::string::npos) end = log.size();
+    longest = std::max(longest, end - begin);
+  }
+  EXPECT_LT(longest, 1000u);
 }
 
 TEST(BadInputs, CallsOverTheConcurrencyLimitAreResourceExhausted) {

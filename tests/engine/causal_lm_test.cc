@@ -13,6 +13,7 @@
 #include <iostream>
 
 #include "engine/model/generation.h"
+#include "engine/model/safetensors.h"
 #include "tests/testing/reference.h"
 
 namespace attribution::engine {
@@ -175,6 +176,19 @@ TEST_P(CausalLMFp32, PrefillThenDecodeEqualsFullForward) {
   EXPECT_EQ(cache.lengths()[0], static_cast<int64_t>(row.size()));
 }
 
+// Every tensor of the float32 checkpoint is used once, in float32 (tied heads are not stored), so the
+// resident bytes are the checkpoint's data bytes. GPT-2 has no gate projection: it must count 0.
+TEST_P(CausalLMFp32, ResidentWeightBytesAreTheCheckpointsTensorBytes) {
+  auto file = SafetensorsFile::Open(TestModelsDir() + "/" + GetParam().arch + "/model.safetensors");
+  ASSERT_TRUE(file.ok()) << file.status();
+  int64_t expected = 0;
+  for (const auto& [name, record] : (*file)->tensors()) expected += static_cast<int64_t>(record.end - record.begin);
+  EXPECT_EQ(model_->ResidentWeightBytes(), expected);
+}
+
+// transformers' own checkpoints hold exactly the tensors we load (a tied head is not stored).
+TEST_P(CausalLMFp32, CheckpointHasNoUnusedTensors) { EXPECT_THAT(model_->unused_weights(), ::testing::IsEmpty()); }
+
 INSTANTIATE_TEST_SUITE_P(AllArchitectures, CausalLMParity,
                          ::testing::Values(Case{"llama", "float32"}, Case{"llama", "bfloat16"}, Case{"llama", "float16"},
                                            Case{"mistral", "float32"}, Case{"mistral", "bfloat16"}, Case{"mistral", "float16"},
@@ -267,6 +281,21 @@ TEST(CausalLM, ShardedCheckpointLoadsTheSameWeights) {
   c10::InferenceMode inference;
   ForwardBatch batch{.input_ids = Ids({3, 1, 4, 1, 5})};
   EXPECT_TRUE(at::equal(*(*single)->Hidden(batch), *(*sharded)->Hidden(batch)));
+}
+
+// Every entry point answers a malformed batch with a status; none lets a LibTorch exception out.
+TEST(CausalLM, MalformedBatchesAreStatusesOnEveryEntryPoint) {
+  auto model = CausalLM::Load(TestModelsDir() + "/llama", {});
+  ASSERT_TRUE(model.ok()) << model.status();
+  const CausalLM& m = **model;
+  const RowObjective objective{.positions = {0}, .tokens = {3}};
+  for (const ForwardBatch& batch : {ForwardBatch{}, ForwardBatch{.inputs_embeds = at::zeros({2}, at::kLong)},
+                                    ForwardBatch{.inputs_embeds = at::zeros({1, 2})}}) {
+    EXPECT_EQ(m.ScoreTokens(batch, {.rows = {0}, .positions = {0}, .tokens = {3}}).status().code(),
+              absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(m.ObjectiveValues(batch, {objective}).status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(m.ObjectiveGradients(batch, {objective}).status().code(), absl::StatusCode::kInvalidArgument);
+  }
 }
 
 TEST(CausalLM, RejectsBadForwardInputs) {

@@ -103,6 +103,10 @@ INSTANTIATE_TEST_SUITE_P(
         Defect{"HoleBetweenTensors", ValidHeader({{"b", {{"data_offsets", {20, 28}}}}}), std::string(28, '\0'), std::nullopt, "leaving a hole"},
         Defect{"TrailingBytes", ValidHeader(), std::string(30, '\0'), std::nullopt, "trailing bytes"},
         Defect{"MetadataNotStrings", ValidHeader({{"__metadata__", {{"format", 3}}}}), kData, std::nullopt, "is not a string"},
+        Defect{"DuplicatedTensorName",
+               R"({"a": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
+                   "a": {"dtype": "BF16", "shape": [4], "data_offsets": [16, 24]}})",
+               kData, std::nullopt, "names \"a\" more than once"},
         Defect{"HugeShapeOverflows", ValidHeader({{"a", {{"shape", {uint64_t{1} << 40, uint64_t{1} << 40}}}}}), kData, std::nullopt, "overflows"}),
     [](const auto& info) { return info.param.name; });
 
@@ -158,6 +162,23 @@ TEST_F(ModelDirectoryDefect, IntactCopyLoads) { EXPECT_TRUE(Load().ok()) << Load
 TEST_F(ModelDirectoryDefect, MissingTensorIsNamed) {
   RewriteWeights([](auto& t) { t.erase("model.layers.1.mlp.up_proj.weight"); });
   EXPECT_THAT(Load().message(), HasSubstr("lack the required tensor \"model.layers.1.mlp.up_proj.weight\""));
+}
+
+TEST_F(ModelDirectoryDefect, ExtraTensorLoadsAndIsListedAsUnused) {
+  RewriteWeights([](auto& t) { t["model.layers.0.mlp.extra_proj.weight"] = at::ones({3}); });
+  auto model = CausalLM::Load(dir_, {});
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_THAT((*model)->unused_weights(), ::testing::ElementsAre("model.layers.0.mlp.extra_proj.weight"));
+}
+
+// Exports of tied models sometimes store the head anyway; the embedding serves, the copy is known.
+TEST_F(ModelDirectoryDefect, StoredCopyOfATiedHeadIsNotUnused) {
+  dir_ = root_.File("gpt2");
+  CopyDirectoryFiles(::attribution::testing::TestModelsDir() + "/gpt2", dir_);
+  RewriteWeights([](auto& t) { t["lm_head.weight"] = t["transformer.wte.weight"].clone(); });
+  auto model = CausalLM::Load(dir_, {});
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_THAT((*model)->unused_weights(), ::testing::IsEmpty());
 }
 
 TEST_F(ModelDirectoryDefect, WrongShapeIsNamed) {

@@ -1,0 +1,59 @@
+// SPDX-License-Identifier: Apache-2.0
+// The programs' command lines: --help lists each program's own flags (abseil's default lists only
+// flags of files named after the program, which printed "No flags matched").
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <string>
+#include <utility>
+
+namespace attribution {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+// Runs `command` through the shell; its exit status and everything it printed.
+std::pair<int, std::string> RunCommand(const std::string& command) {
+  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
+  if (pipe == nullptr) return {-1, "popen failed"};
+  std::string output;
+  char buffer[4096];
+  for (size_t n; (n = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0;) output.append(buffer, n);
+  const int status = ::pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
+}
+
+struct Program {
+  std::string binary;
+  std::vector<std::string> flags;  // some of the program's own flags
+};
+
+void PrintTo(const Program& p, std::ostream* os) { *os << p.binary.substr(p.binary.rfind('/') + 1); }
+
+class Help : public ::testing::TestWithParam<Program> {};
+
+// abseil (Debian's 20220623) ends every usage request with exit status 1.
+TEST_P(Help, ListsTheProgramsOwnFlags) {
+  auto [code, output] = RunCommand(GetParam().binary + " --help");
+  EXPECT_EQ(code, 1) << output;
+  EXPECT_THAT(output, Not(HasSubstr("No flags matched")));
+  for (const std::string& flag : GetParam().flags) EXPECT_THAT(output, HasSubstr("--" + flag + " ")) << output;
+  // Only its own: abseil's internal flags stay in --helpfull.
+  EXPECT_THAT(output, Not(HasSubstr("--flagfile")));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    EveryProgram, Help,
+    ::testing::Values(Program{ATTRIBUTION_SERVER_BINARY, {"listen", "model", "dtype", "allow_nonfinite_weights"}},
+                      Program{ATTRIBUTION_CLI_BINARY, {"server", "prompt", "target", "model"}},
+                      Program{ATTRIBUTION_BENCH_BINARY, {"server", "concurrency"}}),
+    [](const auto& info) {
+      std::string name = info.param.binary.substr(info.param.binary.rfind('/') + 1);
+      return name.substr(name.find('-') + 1);
+    });
+
+}  // namespace
+}  // namespace attribution

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+"""Writes one servable model directory per supported architecture, each saved by transformers itself
+with a tokenizer.json written by the `tokenizers` library, and the answers transformers and Captum give
+on it, for the end-to-end test that runs the real server on every architecture
+(tests/e2e/architectures_e2e_test.cc).
+
+Usage: make_architecture_models.py OUT_DIR
+
+For each NAME in llama, llama3-scaled (llama3 rope scaling), mistral (sliding window 6), qwen2 (bias on
+q/k/v, tied head), gpt2 (tied head) it writes OUT_DIR/NAME/ (config.json, model.safetensors,
+tokenizer.json, tokenizer_config.json) and OUT_DIR/NAME/reference.json:
+  * prompt, target: token ids (the test sends ids: no tokenizer in the loop);
+  * target_log_probs: log-softmax of the target tokens, teacher-forced after the prompt;
+  * greedy: 8 greedy new tokens after the prompt (eos disabled);
+  * ig: Captum IntegratedGradients over the prompt's token embeddings (target embeddings fixed, as
+    LayerIntegratedGradients on the embedding layer does), baseline the embedding of token 0 at every
+    position, 16 Gauss-Legendre steps, objective the summed target log-prob; attributions summed over
+    the hidden dimension, and Captum's convergence delta.
+OUT_DIR/no-tokenizer/ is the llama model without any tokenizer file.
+"""
+import json
+import os
+import shutil
+import sys
+
+import torch
+import transformers
+from captum.attr import IntegratedGradients
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from captum_reference import embedding_forward  # noqa: E402
+from make_test_models import randomize  # noqa: E402
+from make_test_tokenizers import corpus, metaspace_tokenizer  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+
+# 12 prompt + 4 target tokens: longer than mistral's window of 6 and than llama3-scaled's original
+# context of 8, so both features change the answers. Ordinary tokens only (ids 300-1199: past the
+# special and byte-fallback tokens of every tokenizer here), so every prompt token is a feature
+# whichever way the server treats special tokens.
+PROMPT = [301, 437, 905, 329, 688, 412, 763, 550, 1007, 371, 845, 396]
+TARGET = [620, 333, 860, 718]
+N_STEPS = 16
+BASELINE_TOKEN = 0
+NEW_TOKENS = 8
+SPECIALS = {"gpt2": "<|endoftext|>", "qwen2": "<|im_end|>", "llama2": "</s>"}
+
+
+def ascii_byte_level_tokenizer(special):
+    """Byte-level BPE (GPT-2's pre-tokenizer and decoder) trained on ASCII text without the 256-byte
+    initial alphabet, so every token is whole characters: token texts in responses are valid UTF-8
+    whichever ids the test sends or the model generates (partial-character tokens are another issue's)."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    training = [t.encode("ascii", "ignore").decode() for t in corpus(1, 1500, "")]
+    trainer = trainers.BpeTrainer(vocab_size=1200, special_tokens=[special], show_progress=False)
+    tokenizer.train_from_iterator(training, trainer)
+    return tokenizer
+
+
+def tokenizer_for(kind):
+    """A trained tokenizer of the family the architecture ships with (byte-level BPE or Metaspace)."""
+    if kind in ("gpt2", "qwen2"):
+        return ascii_byte_level_tokenizer(SPECIALS[kind])
+    return metaspace_tokenizer("llama2", corpus(1, 1500, ""))
+
+
+def configs(vocab):
+    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                  bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return {
+        "llama": ("llama2", transformers.LlamaConfig(**common, rms_norm_eps=1e-5, tie_word_embeddings=False)),
+        "llama3-scaled": ("llama2", transformers.LlamaConfig(
+            **common, rms_norm_eps=1e-5, tie_word_embeddings=False, rope_theta=500000.0,
+            rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                          "original_max_position_embeddings": 8})),
+        "mistral": ("llama2", transformers.MistralConfig(**common, sliding_window=6, tie_word_embeddings=False)),
+        "qwen2": ("qwen2", transformers.Qwen2Config(**common, tie_word_embeddings=True, rope_theta=1000000.0)),
+        "gpt2": ("gpt2", transformers.GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=64,
+                                                 bos_token_id=1, eos_token_id=2)),
+    }
+
+
+def references(model):
+    ids = torch.tensor([PROMPT + TARGET])
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(ids).logits[0].float(), -1)
+    p = len(PROMPT)
+    target_log_probs = [log_probs[p - 1 + i, t].item() for i, t in enumerate(TARGET)]
+    generated = model.generate(torch.tensor([PROMPT]), max_new_tokens=NEW_TOKENS, do_sample=False,
+                               eos_token_id=None, pad_token_id=0, attention_mask=torch.ones(1, p))
+    embed = model.get_input_embeddings()
+    prompt_embeds = embed(torch.tensor([PROMPT])).detach()
+    baseline = embed(torch.full((1, p), BASELINE_TOKEN)).detach()
+    ig = IntegratedGradients(embedding_forward(model, TARGET))
+    attr, delta = ig.attribute(prompt_embeds, baselines=baseline, n_steps=N_STEPS, method="gausslegendre",
+                               return_convergence_delta=True)
+    return {"prompt": PROMPT, "target": TARGET, "target_log_probs": target_log_probs,
+            "greedy": generated[0, p:].tolist(), "ig": {"n_steps": N_STEPS, "baseline_token": BASELINE_TOKEN,
+                                                       "rule": "gausslegendre", "seq_attr": attr.sum(-1)[0].tolist(),
+                                                       "delta": delta.item()}}
+
+
+def write_model(directory, tokenizer_kind, config, seed):
+    tokenizer = tokenizer_for(tokenizer_kind)
+    assert tokenizer.get_vocab_size() <= config.vocab_size, (tokenizer.get_vocab_size(), config.vocab_size)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    randomize(model, seed)
+    model.requires_grad_(False)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save(os.path.join(directory, "tokenizer.json"))
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+        json.dump({"eos_token": SPECIALS[tokenizer_kind]}, f)
+    # Reloaded from the directory, so the reference runs what the server reads.
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32,
+                                                               attn_implementation="eager").eval()
+    loaded.requires_grad_(False)
+    with open(os.path.join(directory, "reference.json"), "w") as f:
+        json.dump(references(loaded), f)
+
+
+def main():
+    out_dir = sys.argv[1]
+    torch.use_deterministic_algorithms(True)
+    for seed, (name, (tokenizer_kind, config)) in enumerate(configs(vocab=1408).items()):
+        directory = os.path.join(out_dir, name)
+        shutil.rmtree(directory, ignore_errors=True)
+        write_model(directory, tokenizer_kind, config, seed)
+    bare = os.path.join(out_dir, "no-tokenizer")
+    shutil.rmtree(bare, ignore_errors=True)
+    shutil.copytree(os.path.join(out_dir, "llama"), bare,
+                    ignore=shutil.ignore_patterns("tokenizer.json", "tokenizer_config.json"))
+    print(f"make_architecture_models: wrote {list(configs(0))} and no-tokenizer to {out_dir}")
+
+
+if __name__ == "__main__":
+    main()
