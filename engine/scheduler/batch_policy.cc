@@ -8,37 +8,28 @@
 namespace attribution::engine {
 namespace {
 
-// Two or more requests wait, and rows of a kind other than `kind` are among them or an interactive
-// request (few rows) waits beside a larger one. A request alone never contends with itself.
-bool Contended(const std::vector<QueuedRequestView>& queue, RowKind kind) {
-  int64_t smallest = std::numeric_limits<int64_t>::max(), largest = 0, requests = 0;
-  bool other_kind = false;
-  for (const QueuedRequestView& view : queue) {
-    int64_t rows = 0;
-    for (int k = 0; k < kRowKinds; ++k) {
-      const int64_t n = static_cast<int64_t>(view.kinds[k].lengths.size());
-      other_kind = other_kind || (n > 0 && k != static_cast<int>(kind));
-      rows += n;
-    }
-    if (rows == 0) continue;
-    ++requests;
-    smallest = std::min(smallest, rows);
-    largest = std::max(largest, rows);
+bool HasRows(const QueuedRequestView& view) {
+  for (const auto& kind : view.kinds) {
+    if (!kind.lengths.empty()) return true;
   }
-  return requests >= 2 && (other_kind || (smallest <= kInteractiveRows && largest > kInteractiveRows));
+  return false;
 }
 
-int64_t QueuedRows(const QueuedRequestView& view) {
-  int64_t rows = 0;
-  for (const auto& kind : view.kinds) rows += static_cast<int64_t>(kind.lengths.size());
-  return rows;
+// An interactive request waits beside long work (a request that is not interactive).
+bool Contended(const std::vector<QueuedRequestView>& queue) {
+  bool interactive = false, long_work = false;
+  for (const QueuedRequestView& view : queue) {
+    if (!HasRows(view)) continue;
+    (view.interactive ? interactive : long_work) = true;
+  }
+  return interactive && long_work;
 }
 
 // The predicted device time of the slowest interactive request's rows, each kind as one batch.
 double InteractiveSeconds(const std::vector<QueuedRequestView>& queue, const BatchCost costs[kRowKinds]) {
   double seconds = 0;
   for (const QueuedRequestView& view : queue) {
-    if (QueuedRows(view) == 0 || QueuedRows(view) > kInteractiveRows) continue;
+    if (!view.interactive) continue;
     for (int k = 0; k < kRowKinds; ++k) {
       const std::vector<int64_t>& lengths = view.kinds[k].lengths;
       if (lengths.empty() || !costs[k].known) continue;
@@ -87,7 +78,7 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
   }
 
   const int k = static_cast<int>(decision.kind);
-  decision.contended = Contended(queue, decision.kind);
+  decision.contended = Contended(queue);
   const BatchCost& cost = limits.costs[k];
   const bool time_limited = limits.max_batch_time < absl::InfiniteDuration() && cost.known &&
                             (decision.contended || limits.contended_recently);
@@ -115,7 +106,7 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
         const int64_t padded = (decision.rows + 1) * longest;
         const double waste = PaddingWaste(decision.tokens + rows[taken[i]], padded);
         // Interactive requests' rows are what the bound protects: they always join.
-        const bool in_time = !time_limited || QueuedRows(queue[i]) <= kInteractiveRows ||
+        const bool in_time = !time_limited || queue[i].interactive ||
                              cost.Seconds(decision.rows + 1, longest) <= max_seconds;
         const bool fits = decision.rows + 1 <= limits.max_rows && padded <= limits.token_budget &&
                           (decision.rows == 0 || waste <= limits.max_padding_waste) && in_time;

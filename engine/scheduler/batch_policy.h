@@ -11,9 +11,8 @@
 // and rows x longest row <= token budget (padding counted); a single row longer than the budget runs
 // alone. A batch that is not full waits until its oldest row has waited `max_queue_delay`.
 //
-// Latency isolation: while the queue is contended (besides the batch's request, rows of another kind
-// wait, or a small request waits beside a large one; or that was so within the engine's recent
-// memory), a batch also stays within
+// Latency isolation: while the queue is contended (an interactive request waits beside long work, or
+// did so within the engine's recent memory), a batch also stays within
 // max(`max_batch_time`, kIsolationFactor x the waiting short calls' own batch time) of device time by
 // the learned cost of its kind, so a short call waits at most one short batch. Uncontended, batches
 // fill the token budget (throughput of a request alone is kept).
@@ -38,6 +37,9 @@ struct QueuedRequestView {
   Priority priority = Priority::kNormal;
   absl::Time deadline = absl::InfiniteFuture();
   uint64_t arrival = 0;  // submission order of the request's first rows
+  // Few rows in all (a Logprobs or Generate call, an attribution of a few features): the time bound
+  // protects these from long work.
+  bool interactive = false;
   struct KindQueue {
     std::vector<int64_t> lengths;   // queued rows of this kind, front first
     absl::Time oldest_enqueued = absl::InfiniteFuture();
@@ -62,8 +64,8 @@ struct BatchLimits {
   double recent_interactive_seconds = 0;
 };
 
-// A request with at most this many rows queued counts as interactive: beside a larger request it
-// makes the queue contended, and its rows are never kept out of a batch by the time bound.
+// A request that submits at most this many score / grad rows in all is interactive: beside long work
+// it makes the queue contended, and its rows are never kept out of a batch by the time bound.
 inline constexpr int64_t kInteractiveRows = 16;
 // The time bound is at least this many times the interactive work's own batch time, so on a device
 // where one short call takes longer than max_batch_time, long work keeps batches worth running.

@@ -96,6 +96,7 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
   auto group = std::make_shared<Group>(Group{request, std::move(done)});
   for (size_t i = 0; i < rows.size(); ++i) {
     const int k = static_cast<int>(rows[i].kind);
+    if (rows[i].kind != RowKind::kDecode) request->submitted_work_rows_ += 1;
     queue.kinds[k].push_back(PendingRow{std::move(rows[i]), group, i, now});
   }
   queue.rows += count;
@@ -171,7 +172,8 @@ void BatchingEngine::Loop() {
       std::vector<QueuedRequestView> views;
       std::vector<uint64_t> ids;
       for (const auto& [id, queue] : queues_) {
-        QueuedRequestView view{id, queue.request->priority(), queue.request->deadline(), queue.arrival};
+        QueuedRequestView view{id, queue.request->priority(), queue.request->deadline(), queue.arrival,
+                               queue.request->submitted_work_rows_ <= kInteractiveRows};
         for (int k = 0; k < kRowKinds; ++k) {
           for (const PendingRow& row : queue.kinds[k]) view.kinds[k].lengths.push_back(row.row.length());
           if (!queue.kinds[k].empty()) view.kinds[k].oldest_enqueued = queue.kinds[k].front().enqueued;

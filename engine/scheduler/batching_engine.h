@@ -99,6 +99,8 @@ class Request {
   const Priority priority_;
   const absl::Time deadline_;
   std::atomic<bool> cancelled_{false};
+  // Score and grad rows ever submitted (decode steps not counted): few make the request interactive.
+  std::atomic<int64_t> submitted_work_rows_{0};
   mutable std::mutex mu_;
   Stats stats_ ABSL_GUARDED_BY(mu_);
 };

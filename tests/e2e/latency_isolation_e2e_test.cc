@@ -14,22 +14,9 @@
 namespace attribution {
 namespace {
 
+using testing::MetricValue;
 using testing::ServerProcess;
-
-double MetricValue(int metrics_port, const std::string& series) {
-  absl::StatusOr<std::string> metrics = testing::HttpGet(metrics_port, "/metrics");
-  const std::string key = series + " ";
-  if (!metrics.ok() || metrics->find(key) == std::string::npos) return 0;
-  return std::stod(metrics->substr(metrics->find(key) + key.size()));
-}
-
-bool WaitForQueuedRows(int metrics_port) {
-  for (int attempt = 0; attempt < 3000; ++attempt) {
-    if (MetricValue(metrics_port, "attribution_engine_queued_rows{model=\"demo\"}") > 0) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return false;
-}
+using testing::WaitForQueuedRows;
 
 TEST(LatencyIsolation, ShortCallOvertakesLongAttributionWhichStaysTheSame) {
   // A bound the tiny demo model's batches exceed, so that it shows on a 2-core machine.
@@ -52,7 +39,7 @@ TEST(LatencyIsolation, ShortCallOvertakesLongAttributionWhichStaysTheSame) {
     long_done = true;
     finished.Notify();
   });
-  ASSERT_TRUE(WaitForQueuedRows((*server)->metrics_port()));
+  ASSERT_TRUE(WaitForQueuedRows((*server)->metrics_port(), "demo"));
   absl::StatusOr<client::Logprobs> quick = client->GetLogprobs(
       {.model = "demo", .prompt = "Is it", .target = " yes", .target_tokenization = "separate"});
   const bool overtook = !long_done;

@@ -31,6 +31,8 @@ using client::AttributeOptions;
 using client::Attribution;
 using client::AttributionClient;
 using testing::DemoModelDir;
+using testing::MetricValue;
+using testing::WaitForQueuedRows;
 using testing::ServerProcess;
 
 constexpr char kPrompt[] = "Is it true that vaccines cause autism?";
@@ -61,24 +63,6 @@ class DirectEngine {
   std::unique_ptr<engine::BatchingEngine> engine_;
   std::unique_ptr<engine::Attributor> attributor_;
 };
-
-// The value of one series (name{labels}) in a server's /metrics; 0 when it is not there (yet).
-double MetricValue(int metrics_port, const std::string& series) {
-  absl::StatusOr<std::string> metrics = testing::HttpGet(metrics_port, "/metrics");
-  const std::string key = series + " ";
-  if (!metrics.ok() || metrics->find(key) == std::string::npos) return 0;
-  return std::stod(metrics->substr(metrics->find(key) + key.size()));
-}
-
-// Polls the metrics endpoint until the demo model's engine has rows queued: a call sent before is then
-// known to be on the server (a fixed sleep is not enough on a loaded machine).
-bool WaitForQueuedRows(int metrics_port) {
-  for (int attempt = 0; attempt < 3000; ++attempt) {
-    if (MetricValue(metrics_port, "attribution_engine_queued_rows{model=\"demo\"}") > 0) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return false;
-}
 
 // Attributions of the same request agree to float32 rounding of the log-probs behind them (perturbation
 // methods difference log-probs of magnitude ~10: rounding ~1e-6 each), however the rows were batched.
@@ -365,7 +349,7 @@ TEST_F(ServiceTest, DeadlinesAndCancellationEndCallsAndDropTheirRows) {
   request.set_n_steps(1000);
   v1::AttributeResponse response;
   std::thread canceller([&] {
-    EXPECT_TRUE(WaitForQueuedRows(server_->metrics_port()));
+    EXPECT_TRUE(WaitForQueuedRows(server_->metrics_port(), "demo"));
     context.TryCancel();
   });
   grpc::Status status = stub->Attribute(&context, request, &response);
@@ -413,7 +397,7 @@ TEST(ServerLifecycle, SigtermFinishesCallsInFlightRefusesNewOnesAndExitsZero) {
     in_flight = client->Attribute({.model = "demo", .prompt = std::string(300, 'b'), .target = kTarget, .n_steps = 200});
   });
   while (!started) std::this_thread::yield();
-  EXPECT_TRUE(WaitForQueuedRows((*server)->metrics_port()));
+  EXPECT_TRUE(WaitForQueuedRows((*server)->metrics_port(), "demo"));
   (*server)->Signal(SIGTERM);
   auto prober = Connect((*server)->address(), {.max_attempts = 1});
   for (int attempt = 0; attempt < 1000 && prober->Health().value_or("gone") == "SERVING"; ++attempt) {

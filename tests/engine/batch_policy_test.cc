@@ -12,7 +12,7 @@ const absl::Time kNow = absl::FromUnixSeconds(1000);
 
 // A request with `rows` queued rows of `kind`, each `length` tokens long.
 QueuedRequestView Request(uint64_t id, RowKind kind, int rows, int64_t length) {
-  QueuedRequestView view{.request_id = id, .arrival = id};
+  QueuedRequestView view{.request_id = id, .arrival = id, .interactive = rows <= kInteractiveRows};
   view.kinds[static_cast<int>(kind)].lengths.assign(rows, length);
   view.kinds[static_cast<int>(kind)].oldest_enqueued = kNow - absl::Seconds(1);
   return view;
@@ -80,6 +80,14 @@ TEST(BatchPolicy, InteractiveRowsAlwaysJoinTheirBatch) {
   int64_t interactive = 0;
   for (const auto& [index, rows] : d.take) interactive += index > 0 ? rows : 0;
   EXPECT_EQ(interactive, 10);
+}
+
+TEST(BatchPolicy, TheTailOfLongWorkIsNoInteractiveCall) {
+  QueuedRequestView tail = Request(2, RowKind::kGrad, 3, 100);
+  tail.interactive = false;  // an IG with 3 of its 514 rows left
+  const BatchDecision d = DecideBatch({Request(1, RowKind::kGrad, 512, 100), tail}, kNow, TimedLimits(RowKind::kGrad));
+  EXPECT_FALSE(d.contended);
+  EXPECT_EQ(d.rows, 515);
 }
 
 TEST(BatchPolicy, ARequestsOwnScoreRowsDoNotContendWithItsGradientRows) {

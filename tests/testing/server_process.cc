@@ -121,4 +121,20 @@ absl::StatusOr<std::string> HttpGet(int port, const std::string& path) {
   return response.substr(body + 4);
 }
 
+double MetricValue(int metrics_port, const std::string& series) {
+  absl::StatusOr<std::string> metrics = HttpGet(metrics_port, "/metrics");
+  const std::string key = series + " ";
+  if (!metrics.ok() || metrics->find(key) == std::string::npos) return 0;
+  return std::stod(metrics->substr(metrics->find(key) + key.size()));
+}
+
+bool WaitForQueuedRows(int metrics_port, const std::string& model) {
+  const std::string series = absl::StrCat("attribution_engine_queued_rows{model=\"", model, "\"}");
+  for (int attempt = 0; attempt < 3000; ++attempt) {
+    if (MetricValue(metrics_port, series) > 0) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));  // polling a server: no event to wait on
+  }
+  return false;
+}
+
 }  // namespace attribution::testing

@@ -49,4 +49,11 @@ class ServerProcess {
 // GET http://127.0.0.1:port/path; the body, or the error.
 absl::StatusOr<std::string> HttpGet(int port, const std::string& path);
 
+// The value of one series (name{labels}) in a server's /metrics; 0 when it is not there (yet).
+double MetricValue(int metrics_port, const std::string& series);
+
+// Polls the metrics endpoint until `model`'s engine has rows queued: a call sent before is then known
+// to be on the server (a fixed sleep is not enough on a loaded machine). False after 30 s.
+bool WaitForQueuedRows(int metrics_port, const std::string& model);
+
 }  // namespace attribution::testing
