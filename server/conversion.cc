@@ -8,9 +8,9 @@
 
 #include <google/protobuf/descriptor.h>
 
-#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
+#include "engine/tokenizer/continuation.h"
 
 namespace attribution::server {
 namespace {
@@ -53,53 +53,21 @@ absl::StatusOr<ResolvedInput> Resolve(const v1::Input& input, absl::string_view 
   return out;
 }
 
-// Token texts for a message: ["A", ":No"], each escaped so that the message stays one readable line.
-std::string QuotedTokens(const std::vector<int64_t>& ids, size_t begin, size_t end, const engine::Tokenizer& tokenizer) {
-  std::string out = "[";
-  for (size_t i = begin; i < end && i < ids.size(); ++i) {
-    absl::StrAppend(&out, i == begin ? "" : ", ", "\"", absl::Utf8SafeCHexEscape(engine::ToValidUtf8(tokenizer.TokenText(ids[i]))), "\"");
-  }
-  return out + "]";
-}
-
 // The text a prompt stands for: its own text, or its ids decoded (special tokens skipped).
 absl::StatusOr<std::string> PromptText(const ResolvedInput& prompt, const engine::Tokenizer& tokenizer) {
   if (!prompt.encoding.spans.empty()) return prompt.text;
   return tokenizer.Decode(prompt.encoding.ids, /*skip_special_tokens=*/true);
 }
 
-// A text target as the tokens that follow the prompt's own when prompt and target are tokenized
-// together: what the model reads when the target follows the prompt. Spans are offsets into `text`.
+// A text target as the tokens that follow the prompt's own when both are tokenized together.
 absl::StatusOr<ResolvedInput> ResolveContinuation(const std::string& text, absl::string_view field,
                                                   const ResolvedInput& prompt, const engine::Tokenizer& tokenizer) {
-  RETURN_IF_ERROR(InField(absl::StrCat(field, ".text"), engine::CheckUtf8(text)));
-  absl::StatusOr<std::string> decoded = PromptText(prompt, tokenizer);
-  if (!decoded.ok()) return InField("prompt", decoded.status());
-  const std::string& prompt_text = *decoded;
-  ASSIGN_OR_RETURN(const engine::Encoding alone, tokenizer.Encode(prompt_text, false));
-  ASSIGN_OR_RETURN(const engine::Encoding joint, tokenizer.Encode(prompt_text + text, false));
-  const size_t n = alone.ids.size();
-  const auto split = std::mismatch(alone.ids.begin(), alone.ids.end(), joint.ids.begin(), joint.ids.end());
-  if (split.first != alone.ids.end()) {
-    const size_t from = static_cast<size_t>(split.first - alone.ids.begin());
-    const size_t context = from > 0 ? from - 1 : 0;
-    return Invalid(field, absl::StrCat(
-        "the text does not start on a token boundary after the prompt: the prompt alone ends in tokens ",
-        QuotedTokens(alone.ids, context, n, tokenizer), " but prompt + ", field, " tokenize as ",
-        QuotedTokens(joint.ids, context, std::min(joint.ids.size(), n + 3), tokenizer),
-        "; move the shared characters into one of them, give token_ids, or set target_tokenization = SEPARATE"));
-  }
-  if (joint.ids.size() == n) {
-    return Invalid(field, "the text adds no token after the prompt (set text with at least one token, or token_ids)");
-  }
-  ResolvedInput out;
-  out.text = text;
-  out.encoding.ids.assign(joint.ids.begin() + static_cast<std::ptrdiff_t>(n), joint.ids.end());
-  for (size_t i = n; i < joint.spans.size(); ++i) {
-    auto shifted = [&](size_t offset) { return offset > prompt_text.size() ? offset - prompt_text.size() : 0; };
-    out.encoding.spans.push_back({.begin = shifted(joint.spans[i].begin), .end = shifted(joint.spans[i].end)});
-  }
-  return out;
+  if (absl::Status utf8 = engine::CheckUtf8(text); !utf8.ok()) return InField(absl::StrCat(field, ".text"), utf8);
+  absl::StatusOr<std::string> prompt_text = PromptText(prompt, tokenizer);
+  if (!prompt_text.ok()) return InField("prompt", prompt_text.status());
+  absl::StatusOr<engine::Encoding> encoding = engine::EncodeContinuation(tokenizer, *prompt_text, text);
+  if (!encoding.ok()) return InField(field, encoding.status());
+  return ResolvedInput{.text = text, .encoding = std::move(*encoding)};
 }
 
 // A target or foil: token ids as they are; text as the prompt's continuation or on its own.
@@ -333,37 +301,11 @@ void FillTokens(const ResolvedInput& input, const engine::Tokenizer& tokenizer,
   }
 }
 
-// Generated ids as the text they continue the prompt with, each token with its span, from decoding the
-// prompt's last words followed by ever longer prefixes of `ids` (special tokens skipped, so they get
-// empty spans). Decoding in context keeps the space that SentencePiece and Metaspace decoders strip
-// from a text's first word, so the text passed back as a target tokenizes to the same ids. Where the
-// context's text is no prefix of the whole (a character split across the boundary), ids decode alone.
+// Generated ids as the text they continue the prompt with, each token with its span.
 ResolvedInput DecodeContinuation(const std::vector<int64_t>& ids, const std::vector<int64_t>& prompt_ids,
                                  const engine::Tokenizer& tokenizer) {
-  constexpr size_t kContextTokens = 8;
-  std::vector<int64_t> context;
-  for (auto it = prompt_ids.rbegin(); it != prompt_ids.rend() && context.size() < kContextTokens; ++it) {
-    if (!tokenizer.IsSpecial(*it)) context.insert(context.begin(), *it);
-  }
-  const std::string context_text = tokenizer.Decode(context, true).value_or("");
-  std::vector<int64_t> sequence = context;
-  ResolvedInput out;
-  out.encoding.ids = ids;
-  size_t previous = 0;
-  for (size_t i = 0; i < ids.size(); ++i) {
-    sequence.push_back(ids[i]);
-    absl::StatusOr<std::string> text = tokenizer.Decode(sequence, true);
-    if (text.ok() && text->compare(0, context_text.size(), context_text) == 0) {
-      text->erase(0, context_text.size());
-    } else {
-      text = tokenizer.Decode({ids.begin(), ids.begin() + i + 1}, true);
-    }
-    const size_t length = text.ok() ? text->size() : previous;
-    out.encoding.spans.push_back({.begin = std::min(previous, length), .end = length});
-    previous = length;
-    if (i + 1 == ids.size() && text.ok()) out.text = *text;
-  }
-  return out;
+  engine::Continuation continuation = engine::DecodeContinuation(tokenizer, prompt_ids, ids);
+  return {.text = std::move(continuation.text), .encoding = {.ids = ids, .spans = std::move(continuation.spans)}};
 }
 
 std::string SpanText(const ResolvedInput& input, const engine::Tokenizer& tokenizer, int64_t begin, int64_t end) {

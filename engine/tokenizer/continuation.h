@@ -1,0 +1,36 @@
+// SPDX-License-Identifier: Apache-2.0
+// Text that continues a prompt, as the model reads it: a target's tokens are those that follow the
+// prompt's own when both are tokenized together, and generated ids read as the text they add after
+// the prompt. Both keep the word-boundary space that SentencePiece / Metaspace tokenizers attach to a
+// text's first word, which tokenizing or decoding the continuation alone would add or drop.
+//
+//   ASSIGN_OR_RETURN(Encoding target, EncodeContinuation(*tokenizer, "Q: Is it big? A:", " No"));  // "▁No"
+//   Continuation text = DecodeContinuation(*tokenizer, prompt_ids, generated_ids);               // " No"
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/tokenizer/tokenizer.h"
+
+namespace attribution::engine {
+
+// The tokens of `prompt_text + text` after those of `prompt_text` (no special tokens), with spans
+// into `text`. INVALID_ARGUMENT when `text` is not valid UTF-8, adds no token, or does not start on a
+// token boundary (the prompt's own tokens change), the latter showing both tokenizations.
+absl::StatusOr<Encoding> EncodeContinuation(const Tokenizer& tokenizer, const std::string& prompt_text,
+                                            const std::string& text);
+
+struct Continuation {
+  std::string text;              // exact bytes (possibly ending inside a character)
+  std::vector<TokenSpan> spans;  // each id's bytes in `text`; special tokens get empty spans
+};
+
+// `ids` decoded after the prompt's last words (special tokens skipped). Where the prompt's text is no
+// prefix of the whole (a character split across the boundary), the ids decode alone.
+Continuation DecodeContinuation(const Tokenizer& tokenizer, const std::vector<int64_t>& prompt_ids,
+                                const std::vector<int64_t>& ids);
+
+}  // namespace attribution::engine
