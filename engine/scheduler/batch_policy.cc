@@ -2,7 +2,6 @@
 #include "engine/scheduler/batch_policy.h"
 
 #include <algorithm>
-#include <limits>
 #include <numeric>
 
 namespace attribution::engine {

@@ -60,7 +60,7 @@ struct BatchLimits {
   absl::Duration max_batch_time = absl::InfiniteDuration();
   BatchCost costs[kRowKinds];
   bool contended_recently = false;
-  // The largest interactive_seconds (see BatchDecision) the engine saw within its memory window.
+  // The latest interactive_seconds (see BatchDecision) the engine saw, while within its memory window.
   double recent_interactive_seconds = 0;
 };
 

@@ -190,9 +190,8 @@ void BatchingEngine::Loop() {
       for (int k = 0; k < kRowKinds; ++k) limits.costs[k] = costs_.cost(static_cast<RowKind>(k));
       const BatchDecision decision = DecideBatch(views, now, limits);
       if (decision.contended) last_contended_ = now;
-      if (decision.interactive_seconds > 0) {
-        // The largest within the window, renewed by each sighting.
-        recent_interactive_seconds_ = std::max(decision.interactive_seconds, limits.recent_interactive_seconds);
+      if (decision.interactive_seconds > 0) {  // the latest sighting, remembered for the window
+        recent_interactive_seconds_ = decision.interactive_seconds;
         last_interactive_ = now;
       }
       if (decision.run) {
