@@ -36,8 +36,8 @@ ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC address host:port (port 0:
 ABSL_FLAG(std::string, port_file, "", "once serving, write the bound gRPC port and then the metrics port (0: none), "
           "one per line, to this file (for scripts and tests)");
 ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9464", "Prometheus /metrics address host:port; empty: none");
-ABSL_FLAG(std::vector<std::string>, model, {}, "NAME=PATH of a Hugging Face model directory to serve (repeatable, "
-          "comma-separated); uses --dtype, --quantization and --device. Without --model and --config: the "
+ABSL_FLAG(std::vector<std::string>, model, {}, "NAME=PATH of a Hugging Face model directory to serve; several as one "
+          "comma-separated list (--model=a=DIR1,b=DIR2: a repeated --model keeps only its last value); uses --dtype, --quantization and --device. Without --model and --config: the "
           "embedded default model tiny-qa-llama ($ATTRIBUTION_DEFAULT_MODEL overrides its folder)");
 ABSL_FLAG(std::string, dtype, "float32", "compute dtype of --model models: float32 | bfloat16 | float16");
 ABSL_FLAG(std::string, quantization, "none", "weight quantization of --model models: none | int8 | nf4");
