@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "engine/scheduler/batching_engine.h"
 
+#include <malloc.h>
+
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
@@ -214,7 +216,22 @@ void BatchingEngine::Loop() {
     const absl::Time started = Now();
     Execute(kind, rows, results);
     Finish(kind, batch, results, started, Now() - started, time_limited);
+    batch.clear();  // the rows' tensors go before a possible trim
+    ReleaseMemoryWhenIdle();
   }
+}
+
+void BatchingEngine::ReleaseMemoryWhenIdle() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stats_.queued_rows > 0 || stats_.padded_tokens - padded_tokens_at_trim_ < kTokensBetweenTrims) return;
+    padded_tokens_at_trim_ = stats_.padded_tokens;
+  }
+#ifdef __GLIBC__
+  // The allocator keeps freed heap pages (its mmap threshold grows with the large tensors a burst
+  // frees), so an idle server would stay at its peak; hand them back to the system.
+  malloc_trim(0);
+#endif
 }
 
 void BatchingEngine::Execute(RowKind kind, std::vector<PendingRow*> rows, std::vector<RowResult>& results) {

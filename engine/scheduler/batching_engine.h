@@ -166,6 +166,10 @@ class BatchingEngine {
   void Finish(RowKind kind, std::vector<PendingRow>& batch, std::vector<RowResult>& results, absl::Time started,
               absl::Duration device_time, bool time_limited);
   static void Deliver(std::vector<Answer>& answers);
+  // When the queue is empty after enough work since the last time, returns freed heap memory to the
+  // system, so memory after a burst falls back towards its idle size.
+  void ReleaseMemoryWhenIdle();
+  static constexpr int64_t kTokensBetweenTrims = 1 << 16;
 
   const std::unique_ptr<BatchExecutor> executor_;  // used by the executor thread only
   const EngineOptions options_;
@@ -185,6 +189,7 @@ class BatchingEngine {
   absl::Time last_contended_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   absl::Time last_interactive_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   double recent_interactive_seconds_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t padded_tokens_at_trim_ ABSL_GUARDED_BY(mu_) = 0;
   BatchCostModel costs_ ABSL_GUARDED_BY(mu_);  // learned from finished batches
   EngineStats stats_ ABSL_GUARDED_BY(mu_);
   std::function<void(const BatchRecord&)> observer_ ABSL_GUARDED_BY(mu_);

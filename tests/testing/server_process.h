@@ -31,6 +31,7 @@ class ServerProcess {
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
   int port() const { return port_; }
   int metrics_port() const { return metrics_port_; }
+  pid_t pid() const { return pid_; }
   void Signal(int signal) const;
   // Waits for the exit; the exit code, or -1 when it did not exit in time or died of a signal.
   int Wait(absl::Duration timeout);
