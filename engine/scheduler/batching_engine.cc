@@ -167,7 +167,20 @@ void BatchingEngine::Loop() {
     bool time_limited = false;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      work_changed_.wait(lock, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || stats_.queued_rows > 0; });
+      auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || stats_.queued_rows > 0; };
+      if (!work_changed_.wait_for(lock, absl::ToChronoNanoseconds(kIdleBeforeTrim), has_work)) {
+        // Idle a moment after work: requests let go of their tensors on their own threads, some later
+        // than others, so trim a few times, one idle moment apart.
+        if (stats_.padded_tokens - padded_tokens_at_trim_ >= kTokensBetweenTrims) idle_trims_left_ = kIdleTrims;
+        padded_tokens_at_trim_ = stats_.padded_tokens;
+        if (idle_trims_left_ > 0) {
+          --idle_trims_left_;
+          lock.unlock();
+          ReleaseFreeMemory();
+          continue;
+        }
+        work_changed_.wait(lock, has_work);
+      }
       if (stopping_ && stats_.queued_rows == 0) return;
       const absl::Time now = Now();
       DropDeadRowsLocked(now, dropped);
@@ -216,17 +229,10 @@ void BatchingEngine::Loop() {
     const absl::Time started = Now();
     Execute(kind, rows, results);
     Finish(kind, batch, results, started, Now() - started, time_limited);
-    batch.clear();  // the rows' tensors go before a possible trim
-    ReleaseMemoryWhenIdle();
   }
 }
 
-void BatchingEngine::ReleaseMemoryWhenIdle() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (stats_.queued_rows > 0 || stats_.padded_tokens - padded_tokens_at_trim_ < kTokensBetweenTrims) return;
-    padded_tokens_at_trim_ = stats_.padded_tokens;
-  }
+void BatchingEngine::ReleaseFreeMemory() {
 #ifdef __GLIBC__
   // The allocator keeps freed heap pages (its mmap threshold grows with the large tensors a burst
   // frees), so an idle server would stay at its peak; hand them back to the system.

@@ -166,10 +166,13 @@ class BatchingEngine {
   void Finish(RowKind kind, std::vector<PendingRow>& batch, std::vector<RowResult>& results, absl::Time started,
               absl::Duration device_time, bool time_limited);
   static void Deliver(std::vector<Answer>& answers);
-  // When the queue is empty after enough work since the last time, returns freed heap memory to the
-  // system, so memory after a burst falls back towards its idle size.
-  void ReleaseMemoryWhenIdle();
+  // Returns freed heap memory to the system. After at least kTokensBetweenTrims padded tokens of work,
+  // the executor calls it kIdleTrims times, each after kIdleBeforeTrim with an empty queue, so memory
+  // after a burst falls back towards its idle size.
+  static void ReleaseFreeMemory();
+  static constexpr absl::Duration kIdleBeforeTrim = absl::Milliseconds(200);
   static constexpr int64_t kTokensBetweenTrims = 1 << 16;
+  static constexpr int kIdleTrims = 3;
 
   const std::unique_ptr<BatchExecutor> executor_;  // used by the executor thread only
   const EngineOptions options_;
@@ -190,6 +193,7 @@ class BatchingEngine {
   absl::Time last_interactive_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   double recent_interactive_seconds_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t padded_tokens_at_trim_ ABSL_GUARDED_BY(mu_) = 0;
+  int idle_trims_left_ ABSL_GUARDED_BY(mu_) = 0;
   BatchCostModel costs_ ABSL_GUARDED_BY(mu_);  // learned from finished batches
   EngineStats stats_ ABSL_GUARDED_BY(mu_);
   std::function<void(const BatchRecord&)> observer_ ABSL_GUARDED_BY(mu_);
