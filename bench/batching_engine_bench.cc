@@ -35,13 +35,15 @@ Workload MakeWorkload(const CausalLM& model, int ig_requests, int ig_rows, int s
     at::Tensor ids = at::randint(3, model.config().vocab_size, {1, length}, at::kLong);
     std::vector<Row> rows;
     RowObjective objective{.positions = {length - 1}, .tokens = {5}};
+    std::vector<int64_t> id_list(ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + length);
     if (ig) {
-      const at::Tensor embeds = (*model.Embed(ids))[0];
+      // Integrated gradients from the zero embedding: the path's points at the midpoint rule's alphas.
+      auto path = std::make_shared<const EmbeddingPath>(EmbeddingPath{
+          .input_ids = id_list, .baseline_ids = id_list, .zero_baseline = std::vector<uint8_t>(length, 1)});
       for (int s = 0; s < ig_rows; ++s) {
-        rows.push_back(Row{.kind = RowKind::kGrad, .inputs_embeds = embeds * ((s + 0.5) / ig_rows), .objective = objective});
+        rows.push_back(Row{.kind = RowKind::kGrad, .point = {.path = path, .alpha = (s + 0.5) / ig_rows}, .objective = objective});
       }
     } else {
-      std::vector<int64_t> id_list(ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + length);
       rows.push_back(Row{.kind = RowKind::kScore, .input_ids = id_list, .objective = objective});
     }
     for (const Row& row : rows) w.tokens += row.length();

@@ -92,7 +92,8 @@ struct AttributeOptions {
   std::optional<std::pair<int64_t, int64_t>> feature_range;  // [begin, end) tokens, one feature each
   std::vector<FeatureGroup> feature_groups;
   std::string baseline = "default";  // zero pad unk eos bos, or a token id
-  int n_steps = 0;                   // 0: server default (50)
+  int n_steps = 0;                   // 0: server default (50; with a tolerance, the server's max_steps)
+  double completeness_tolerance = 0;  // > 0: integrated gradients at growing orders until this close
   std::string rule = "gausslegendre";  // riemann_left riemann_right riemann_middle riemann_trapezoid
   int n_samples = 0;
   double stdev = 0;
@@ -123,6 +124,8 @@ struct Attribution {
   std::vector<std::vector<double>> token_matrix;  // [target tokens][features] when asked
   double objective = 0;
   std::optional<double> convergence_delta;
+  int integration_steps = 0;         // integrated gradients: points of the answer's integration
+  std::optional<bool> tolerance_met;  // with a completeness tolerance
   std::optional<Faithfulness> faithfulness;
   RunStats stats;
 };

@@ -42,7 +42,9 @@ ABSL_FLAG(std::string, foil, "", "contrastive: attribute target minus this foil"
 ABSL_FLAG(std::string, method, "integrated_gradients", "integrated_gradients | gradient_shap | saliency | "
           "input_x_gradient | feature_ablation | shapley_values | shapley_value_sampling | lime | kernel_shap");
 ABSL_FLAG(std::string, quantity, "log_prob", "log_prob | prob | logit");
-ABSL_FLAG(int32_t, n_steps, 0, "integrated-gradient steps (0: server default 50)");
+ABSL_FLAG(int32_t, n_steps, 0, "integrated-gradient steps (0: server default 50; with --tolerance, the most tried)");
+ABSL_FLAG(double, tolerance, 0, "integrated gradients: raise the order (8, 16, 32, ...) until the convergence delta and "
+          "the change between orders are within this fraction of |f(input) - f(baseline)|");
 ABSL_FLAG(std::string, rule, "gausslegendre", "integration rule");
 ABSL_FLAG(int32_t, n_samples, 0, "samples of sampling methods (0: server default 25)");
 ABSL_FLAG(double, stdev, 0, "GradientShap noise");
@@ -101,6 +103,7 @@ int Attribute(AttributionClient& client, const std::string& model) {
                      .generation = GenerationFromFlags(), .method = absl::GetFlag(FLAGS_method),
                      .quantity = absl::GetFlag(FLAGS_quantity), .foil = absl::GetFlag(FLAGS_foil),
                      .baseline = absl::GetFlag(FLAGS_baseline), .n_steps = absl::GetFlag(FLAGS_n_steps),
+                     .completeness_tolerance = absl::GetFlag(FLAGS_tolerance),
                      .rule = absl::GetFlag(FLAGS_rule), .n_samples = absl::GetFlag(FLAGS_n_samples),
                      .stdev = absl::GetFlag(FLAGS_stdev), .seed = absl::GetFlag(FLAGS_seed),
                      .want_token_matrix = absl::GetFlag(FLAGS_matrix),

@@ -140,7 +140,12 @@ std::string TerminalHeatmap(const Attribution& a, bool color) {
       absl::StrAppend(&out, "\n");
     }
   }
-  if (a.convergence_delta) absl::StrAppend(&out, absl::StrFormat("\nconvergence delta %.4g", *a.convergence_delta));
+  if (a.convergence_delta) {
+    absl::StrAppend(&out, absl::StrFormat("\nconvergence delta %.4g (%d integration points", *a.convergence_delta,
+                                          a.integration_steps));
+    if (a.tolerance_met) absl::StrAppend(&out, *a.tolerance_met ? ", tolerance met" : ", tolerance NOT met");
+    absl::StrAppend(&out, ")");
+  }
   if (a.faithfulness) absl::StrAppend(&out, "\n", FaithfulnessSummary(*a.faithfulness));
   absl::StrAppend(&out, absl::StrFormat("\n%d rows (%d forward, %d backward); %.3f s queued (summed over rows), %.3f s device share; %.3f s wall\n",
                                         a.stats.rows, a.stats.forward_passes, a.stats.backward_passes,
@@ -212,6 +217,8 @@ std::string AttributionJson(const Attribution& a) {
                                    {"backward_passes", a.stats.backward_passes}, {"queue_seconds", a.stats.queue_seconds},
                                    {"device_seconds", a.stats.device_seconds}, {"wall_seconds", a.stats.wall_seconds}}}};
   if (a.convergence_delta) out["convergence_delta"] = *a.convergence_delta;
+  if (a.integration_steps > 0) out["integration_steps"] = a.integration_steps;
+  if (a.tolerance_met) out["tolerance_met"] = *a.tolerance_met;
   if (const std::optional<Faithfulness>& f = a.faithfulness) {
     out["faithfulness"] = {{"percents", f->percents}, {"features_at", f->features_at}, {"full", f->full},
                            {"empty", f->empty}, {"deletion", f->deletion}, {"insertion", f->insertion},

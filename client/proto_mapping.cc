@@ -126,6 +126,7 @@ absl::StatusOr<v1::AttributeRequest> ToProto(const AttributeOptions& o) {
   }
   if (absl::Status s = SetBaseline(o.baseline, &out); !s.ok()) return s;
   out.set_n_steps(o.n_steps);
+  out.set_completeness_tolerance(o.completeness_tolerance);
   absl::StatusOr<v1::IntegrationRule> rule = Lookup<v1::IntegrationRule>(
       "rule", o.rule,
       {{"gausslegendre", v1::GAUSS_LEGENDRE}, {"riemann_left", v1::RIEMANN_LEFT}, {"riemann_right", v1::RIEMANN_RIGHT},
@@ -171,6 +172,8 @@ Attribution FromProto(const v1::AttributeResponse& r) {
   for (const v1::AttributionRow& row : r.token_matrix()) out.token_matrix.emplace_back(row.values().begin(), row.values().end());
   out.objective = r.objective();
   if (r.has_convergence_delta()) out.convergence_delta = r.convergence_delta();
+  out.integration_steps = r.integration_steps();
+  if (r.has_tolerance_met()) out.tolerance_met = r.tolerance_met();
   if (r.has_faithfulness()) {
     const v1::Faithfulness& f = r.faithfulness();
     out.faithfulness = Faithfulness{.percents = {f.percents().begin(), f.percents().end()},

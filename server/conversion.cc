@@ -356,7 +356,10 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
   ASSIGN_OR_RETURN(request.method, ToMethod(proto.method()));
   RETURN_IF_ERROR(ApplyFeatures(proto, model, request));
   RETURN_IF_ERROR(ApplyBaseline(proto, model, request));
+  request.completeness_tolerance = proto.completeness_tolerance();
+  // With a tolerance, n_steps bounds the orders tried; unset, the server's limit does.
   if (proto.n_steps() != 0) request.n_steps = proto.n_steps();
+  else if (request.completeness_tolerance > 0) request.n_steps = model.spec.limits.max_steps;
   ASSIGN_OR_RETURN(request.rule, ToRule(proto.rule()));
   if (proto.n_samples() != 0) request.n_samples = proto.n_samples();
   if (!std::isfinite(proto.stdev()) || proto.stdev() < 0) {
@@ -411,6 +414,8 @@ void ToAttributeResponse(const engine::AttributionResult& result, const Attribut
   }
   out->set_objective(result.objective);
   if (result.convergence_delta) out->set_convergence_delta(*result.convergence_delta);
+  out->set_integration_steps(static_cast<int32_t>(result.integration_steps));
+  if (result.tolerance_met) out->set_tolerance_met(*result.tolerance_met);
   if (const std::optional<engine::Faithfulness>& f = result.faithfulness) {
     v1::Faithfulness* faithfulness = out->mutable_faithfulness();
     faithfulness->mutable_percents()->Assign(f->percents.begin(), f->percents.end());

@@ -37,6 +37,8 @@ class EngineCollector : public prometheus::Collectable {
     std::vector<prometheus::MetricFamily> families = {
         Family("attribution_engine_queued_rows", "Rows waiting in the model's batching engine", prometheus::MetricType::Gauge),
         Family("attribution_engine_queued_tokens", "Tokens of the rows waiting", prometheus::MetricType::Gauge),
+        Family("attribution_engine_queued_bytes", "Memory the waiting work holds (rows, embedding paths)",
+               prometheus::MetricType::Gauge),
         Family("attribution_engine_token_budget", "Padded tokens per batch now (shrinks after out-of-memory)", prometheus::MetricType::Gauge),
         Family("attribution_model_resident_weight_bytes", "Bytes of weights the model holds on its device", prometheus::MetricType::Gauge),
         Family("attribution_engine_batches_total", "Batches run", prometheus::MetricType::Counter),
@@ -51,6 +53,7 @@ class EngineCollector : public prometheus::Collectable {
     for (const auto& model : models_.models()) {
       const engine::EngineStats s = model->engine->Stats();
       const double values[] = {static_cast<double>(s.queued_rows), static_cast<double>(s.queued_tokens),
+                               static_cast<double>(s.queued_bytes),
                                static_cast<double>(s.token_budget), static_cast<double>(model->model->ResidentWeightBytes()),
                                static_cast<double>(s.batches), static_cast<double>(s.rows),
                                static_cast<double>(s.tokens), static_cast<double>(s.padded_tokens),

@@ -61,6 +61,7 @@ absl::Status ReadEngineOptions(const json& object, const std::string& where, eng
   RETURN_IF_ERROR(reader.Read("max_padding_waste", out.max_padding_waste));
   RETURN_IF_ERROR(reader.Read("max_queued_rows", out.max_queued_rows));
   RETURN_IF_ERROR(reader.Read("max_queued_tokens", out.max_queued_tokens));
+  RETURN_IF_ERROR(reader.Read("max_queued_bytes", out.max_queued_bytes));
   RETURN_IF_ERROR(reader.ReadSeconds("max_queue_delay_seconds", out.max_queue_delay));
   RETURN_IF_ERROR(reader.ReadSeconds("max_batch_seconds", out.max_batch_time));
   return reader.Finish();

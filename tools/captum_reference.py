@@ -205,6 +205,12 @@ def main():
     cases.append({"name": "seed000_no_vs_yes", "method": "integrated_gradients", "rule": "gausslegendre", "n_steps": 15,
                   "baseline_token": 0, "quantity": "prob", "prompt": chat, "target": [no_token], "foil": [yes_token],
                   "seq_attr": attr.sum(-1)[0].tolist(), "token_attr": None, "delta": delta.item()})
+    # Seed 001 asks for 512 steps to get a small delta: the reference that tolerance-driven IG must reach.
+    attr, delta = ig.attribute(chat_embeds, baselines=embed(torch.zeros(1, len(chat), dtype=torch.long)), n_steps=512,
+                               method="gausslegendre", return_convergence_delta=True)
+    cases.append({"name": "seed000_no_vs_yes_512_steps", "method": "integrated_gradients", "rule": "gausslegendre",
+                  "n_steps": 512, "baseline_token": 0, "quantity": "prob", "prompt": chat, "target": [no_token],
+                  "foil": [yes_token], "seq_attr": attr.sum(-1)[0].tolist(), "token_attr": None, "delta": delta.item()})
 
     ixg = LLMGradientAttribution(LayerGradientXActivation(model, embed), tokenizer)
     r = ixg.attribute(TextTokenInput(text(PROMPT), tokenizer), target=torch.tensor(TARGET))

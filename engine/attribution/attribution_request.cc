@@ -4,18 +4,15 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "engine/attribution/methods.h"
 
 namespace attribution::engine {
-namespace {
-
-absl::Status CheckRange(int64_t value, int64_t low, int64_t high, const char* field) {
+absl::Status CheckRange(int64_t value, int64_t low, int64_t high, absl::string_view field) {
   if (value < low || value > high) {
     return absl::InvalidArgumentError(absl::StrCat(field, " = ", value, " is outside [", low, ", ", high, "]"));
   }
   return absl::OkStatus();
 }
-
-}  // namespace
 
 absl::Status CheckTokenIds(const std::vector<int64_t>& ids, absl::string_view field, int64_t vocab) {
   for (size_t i = 0; i < ids.size(); ++i) {
@@ -24,51 +21,6 @@ absl::Status CheckTokenIds(const std::vector<int64_t>& ids, absl::string_view fi
     }
   }
   return absl::OkStatus();
-}
-
-absl::StatusOr<AttributionMethod> ParseAttributionMethod(const std::string& name) {
-  if (name == "integrated_gradients") return AttributionMethod::kIntegratedGradients;
-  if (name == "gradient_shap") return AttributionMethod::kGradientShap;
-  if (name == "saliency") return AttributionMethod::kSaliency;
-  if (name == "input_x_gradient") return AttributionMethod::kInputXGradient;
-  if (name == "feature_ablation") return AttributionMethod::kFeatureAblation;
-  if (name == "shapley_values") return AttributionMethod::kShapleyValues;
-  if (name == "shapley_value_sampling") return AttributionMethod::kShapleyValueSampling;
-  if (name == "lime") return AttributionMethod::kLime;
-  if (name == "kernel_shap") return AttributionMethod::kKernelShap;
-  return absl::InvalidArgumentError(absl::StrCat(
-      "method \"", name, "\" is not supported (integrated_gradients, gradient_shap, saliency, input_x_gradient, feature_ablation, "
-      "shapley_values, shapley_value_sampling, lime, kernel_shap)"));
-}
-
-const char* AttributionMethodName(AttributionMethod method) {
-  switch (method) {
-    case AttributionMethod::kIntegratedGradients:
-      return "integrated_gradients";
-    case AttributionMethod::kGradientShap:
-      return "gradient_shap";
-    case AttributionMethod::kSaliency:
-      return "saliency";
-    case AttributionMethod::kInputXGradient:
-      return "input_x_gradient";
-    case AttributionMethod::kFeatureAblation:
-      return "feature_ablation";
-    case AttributionMethod::kShapleyValues:
-      return "shapley_values";
-    case AttributionMethod::kShapleyValueSampling:
-      return "shapley_value_sampling";
-    case AttributionMethod::kLime:
-      return "lime";
-    case AttributionMethod::kKernelShap:
-      return "kernel_shap";
-  }
-  return "unknown";
-}
-
-bool IsGradientMethod(AttributionMethod method) {
-  return method == AttributionMethod::kIntegratedGradients || method == AttributionMethod::kGradientShap ||
-         method == AttributionMethod::kSaliency ||
-         method == AttributionMethod::kInputXGradient;
 }
 
 absl::Status ValidateAttributionRequest(const AttributionRequest& r, const ModelConfig& config,
@@ -113,23 +65,14 @@ absl::Status ValidateAttributionRequest(const AttributionRequest& r, const Model
       return absl::InvalidArgumentError(absl::StrCat("features[", f, "].baseline_ids: gradient methods need one baseline token per position"));
     }
   }
-  switch (r.method) {
-    case AttributionMethod::kIntegratedGradients:
-      return CheckRange(r.n_steps, MinIntegrationSteps(r.rule), limits.max_steps, "n_steps");
-    case AttributionMethod::kShapleyValues:
-      return CheckRange(features, 1, limits.max_exact_shapley_features, "number of features for exact shapley_values");
-    case AttributionMethod::kShapleyValueSampling:
-    case AttributionMethod::kLime:
-      return CheckRange(r.n_samples, 1, limits.max_samples, "n_samples");
-    case AttributionMethod::kKernelShap:
-      if (auto s = CheckRange(features, 2, limits.max_features, "number of features for kernel_shap"); !s.ok()) return s;
-      return CheckRange(r.n_samples, 2, limits.max_samples, "n_samples");
-    case AttributionMethod::kGradientShap:
-      if (!(r.stdev >= 0 && r.stdev <= 10)) return absl::InvalidArgumentError(absl::StrCat("stdev = ", r.stdev, " is outside [0, 10]"));
-      return CheckRange(r.n_samples, 1, limits.max_samples, "n_samples");
-    default:
-      return absl::OkStatus();
+  if (!(r.completeness_tolerance >= 0 && r.completeness_tolerance <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat("completeness_tolerance = ", r.completeness_tolerance, " is outside [0, 1]"));
   }
+  if (r.completeness_tolerance > 0 && r.method != AttributionMethod::kIntegratedGradients) {
+    return absl::InvalidArgumentError(absl::StrCat("completeness_tolerance applies to integrated_gradients only, not ",
+                                                   AttributionMethodName(r.method)));
+  }
+  return MethodOf(r.method).validate(r, features, limits);
 }
 
 }  // namespace attribution::engine

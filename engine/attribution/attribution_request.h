@@ -35,6 +35,7 @@ enum class AttributionMethod {
   kLime,
   kKernelShap,
 };
+// By the method table (methods.h).
 absl::StatusOr<AttributionMethod> ParseAttributionMethod(const std::string& name);
 const char* AttributionMethodName(AttributionMethod method);
 bool IsGradientMethod(AttributionMethod method);
@@ -60,8 +61,12 @@ struct AttributionRequest {
   // `baseline_token_id` (also the default perturbation replacement).
   bool zero_embedding_baseline = false;
   int64_t baseline_token_id = 0;
-  int64_t n_steps = 50;                       // integrated gradients
+  int64_t n_steps = 50;                       // integrated gradients (with a tolerance: the largest order)
   IntegrationRule rule = IntegrationRule::kGaussLegendre;
+  // Integrated gradients: > 0 runs orders 8, 16, 32, ... up to n_steps until |convergence delta| and
+  // the largest change of a feature's attribution from the previous order are both within
+  // completeness_tolerance · |f(x) - f(baseline)|; 0 runs n_steps points once.
+  double completeness_tolerance = 0;
   int64_t n_samples = 25;                     // Shapley value sampling, GradientShap, Lime, KernelShap
   double stdev = 0.0;                         // GradientShap: noise added to the input embeddings
   uint64_t seed = 0;
@@ -112,11 +117,15 @@ struct AttributionResult {
   std::vector<double> target_log_probs;          // [T] log p(target_t | prompt, target_<t)
   double objective = 0;                          // the scored quantity at the input
   std::optional<double> convergence_delta;       // integrated gradients: sum(attr) - (f(x) - f(x'))
+  int64_t integration_steps = 0;                 // integrated gradients: points of the answer's order
+  std::optional<bool> tolerance_met;             // with a completeness tolerance: whether it was reached
   std::optional<Faithfulness> faithfulness;      // when asked
   int64_t rows = 0, forward_passes = 0, backward_passes = 0;
   absl::Duration queue_time, device_time;
 };
 
+// INVALID_ARGUMENT "field = value is outside [low, high]" unless low <= value <= high.
+absl::Status CheckRange(int64_t value, int64_t low, int64_t high, absl::string_view field);
 // INVALID_ARGUMENT "field[i] = id is outside the vocabulary [0, vocab)" for the first id out of range.
 absl::Status CheckTokenIds(const std::vector<int64_t>& ids, absl::string_view field, int64_t vocab);
 

@@ -1,10 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "engine/attribution/attributor.h"
 
-#include <c10/core/InferenceMode.h>
-
 #include <atomic>
 #include <condition_variable>
+#include <memory>
 #include <mutex>
 
 #include "engine/attribution/faithfulness.h"
@@ -40,12 +39,84 @@ namespace {
 // Counts a plan's answered rows for progress reports.
 struct RowProgress {
   Attributor::Progress report;
-  int64_t total = 0;
+  std::atomic<int64_t> extra{0};  // rows after the plan's (faithfulness)
   std::atomic<int64_t> done{0};
+  std::shared_ptr<RowPlan> plan;
   void RowAnswered() {
     const int64_t now = done.fetch_add(1) + 1;
-    if (report) report(now, total);
+    // Rows of one round are answered on the executor thread, between the plan's rounds.
+    if (report) report(now, plan->expected_rows() + extra.load());
   }
+};
+
+// Runs a plan's rounds one after another on the engine, then its faithfulness rows when asked.
+class PlanRun : public std::enable_shared_from_this<PlanRun> {
+ public:
+  PlanRun(BatchingEngine* engine, std::shared_ptr<Request> handle, std::shared_ptr<RowPlan> plan,
+          std::shared_ptr<const AttributionRequest> measured, Attributor::Done done, Attributor::Progress report)
+      : engine_(engine), handle_(std::move(handle)), plan_(std::move(plan)), measured_(std::move(measured)),
+        done_(std::move(done)), progress_(std::make_shared<RowProgress>()) {
+    progress_->report = std::move(report);
+    progress_->plan = plan_;
+    if (measured_) progress_->extra = FaithfulnessRowCount();
+  }
+
+  void NextRound() {
+    std::vector<Row> rows = plan_->TakeRows();
+    if (rows.empty()) return Finish();
+    auto self = shared_from_this();
+    SubmitRows(
+        *engine_, handle_, std::move(rows), [progress = progress_] { progress->RowAnswered(); },
+        [self](std::vector<RowResult>& results) {
+          absl::Status absorbed;
+          try {
+            absorbed = self->plan_->Absorb(results);
+          } catch (const std::exception& e) {
+            absorbed = StatusFromException(e, "reducing attribution rows");
+          }
+          if (!absorbed.ok()) return self->done_(absorbed);
+          self->NextRound();
+        },
+        [self](const absl::Status& status) { self->done_(status); });
+  }
+
+ private:
+  void Finish() {
+    absl::StatusOr<AttributionResult> result;
+    try {
+      result = plan_->Result();
+    } catch (const std::exception& e) {
+      result = StatusFromException(e, "reducing attribution rows");
+    }
+    if (!result.ok()) return done_(result.status());
+    if (!measured_) return Answer(std::move(*result));
+    auto attribution = std::make_shared<AttributionResult>(std::move(*result));
+    auto self = shared_from_this();
+    MeasureFaithfulness(*engine_, handle_, *measured_, attribution->sequence,
+                        [self, attribution](absl::StatusOr<Faithfulness> faithfulness) {
+                          if (!faithfulness.ok()) return self->done_(faithfulness.status());
+                          attribution->faithfulness = std::move(*faithfulness);
+                          attribution->rows += FaithfulnessRowCount();
+                          attribution->forward_passes += FaithfulnessRowCount();
+                          self->Answer(std::move(*attribution));
+                        },
+                        [progress = progress_] { progress->RowAnswered(); });
+  }
+
+  // The answer, with the request's queue and device time once all its rows ran.
+  void Answer(AttributionResult result) {
+    const Request::Stats stats = handle_->stats();
+    result.queue_time = stats.queue_time;
+    result.device_time = stats.device_time;
+    done_(std::move(result));
+  }
+
+  BatchingEngine* const engine_;
+  const std::shared_ptr<Request> handle_;
+  const std::shared_ptr<RowPlan> plan_;
+  const std::shared_ptr<const AttributionRequest> measured_;  // set when faithfulness is asked
+  const Attributor::Done done_;
+  const std::shared_ptr<RowProgress> progress_;
 };
 
 }  // namespace
@@ -55,57 +126,11 @@ void Attributor::AttributeTarget(std::shared_ptr<Request> handle, AttributionReq
   // Faithfulness rows need the request after the plan took it.
   std::shared_ptr<const AttributionRequest> measured;
   if (request.want_faithfulness) measured = std::make_shared<AttributionRequest>(request);
-  absl::StatusOr<std::unique_ptr<RowPlan>> plan;
-  try {
-    c10::InferenceMode inference;
-    plan = RowPlan::Create(*model_, std::move(request));
-  } catch (const std::exception& e) {
-    return done(StatusFromException(e, "building the attribution plan"));
-  }
+  absl::StatusOr<std::unique_ptr<RowPlan>> plan = RowPlan::Create(model_->config(), std::move(request));
   if (!plan.ok()) return done(plan.status());
-  std::shared_ptr<RowPlan> shared_plan = std::move(*plan);
-  auto progress = std::make_shared<RowProgress>();
-  progress->report = std::move(report);
-  progress->total = shared_plan->num_rows() + (measured ? FaithfulnessRowCount() : 0);
-  BatchingEngine* engine = engine_;
-  auto row_answered = [progress] { progress->RowAnswered(); };
-  auto failed = [done](const absl::Status& status) { done(status); };
-  // The answer, with the request's queue and device time once all its rows (faithfulness's too) ran.
-  auto finish = [handle, done](AttributionResult result) {
-    const Request::Stats stats = handle->stats();
-    result.queue_time = stats.queue_time;
-    result.device_time = stats.device_time;
-    done(std::move(result));
-  };
-  auto run_main = [=](std::vector<RowResult>& prepared) {
-    shared_plan->Prepared(prepared);
-    SubmitRows(*engine, handle, shared_plan->TakeRows(), row_answered, [=](std::vector<RowResult>& results) {
-      absl::StatusOr<AttributionResult> reduced;
-      try {
-        reduced = shared_plan->Reduce(results);
-      } catch (const std::exception& e) {
-        reduced = StatusFromException(e, "reducing attribution rows");
-      }
-      if (!reduced.ok()) return done(reduced.status());
-      if (!measured) return finish(std::move(*reduced));
-      auto attribution = std::make_shared<AttributionResult>(std::move(*reduced));
-      MeasureFaithfulness(*engine, handle, *measured, attribution->sequence,
-                          [attribution, finish, done](absl::StatusOr<Faithfulness> faithfulness) {
-                            if (!faithfulness.ok()) return done(faithfulness.status());
-                            attribution->faithfulness = std::move(*faithfulness);
-                            attribution->rows += FaithfulnessRowCount();
-                            attribution->forward_passes += FaithfulnessRowCount();
-                            finish(std::move(*attribution));
-                          },
-                          row_answered);
-    }, failed);
-  };
-  std::vector<Row> prepare = shared_plan->TakePrepareRows();
-  if (prepare.empty()) {
-    std::vector<RowResult> none;
-    return run_main(none);
-  }
-  SubmitRows(*engine_, handle, std::move(prepare), row_answered, run_main, failed);
+  auto run = std::make_shared<PlanRun>(engine_, std::move(handle), std::move(*plan), std::move(measured),
+                                       std::move(done), std::move(report));
+  run->NextRound();
 }
 
 absl::StatusOr<AttributionResult> Attributor::AttributeAndWait(const AttributionRequest& request) const {

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Runs attribution requests as row plans on the shared batching engine: a method turns the request
-// into score / grad rows, submits them in one call, and reduces their results. It never runs the
-// model's forward pass itself (it only reads the embedding table to build interpolated inputs).
+// into rounds of score / grad rows described by token ids, submits each round in one call, and
+// reduces their results. It touches no tensor of the model: the engine's executor does all device work.
 //
 //   Attributor attributor(model, engine.get(), {});
 //   attributor.Attribute(engine->NewRequest(), request, [](absl::StatusOr<AttributionResult> r) { ... });

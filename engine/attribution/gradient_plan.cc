@@ -1,139 +1,188 @@
 // SPDX-License-Identifier: Apache-2.0
-// Integrated gradients, GradientShap, Saliency and InputXGradient over the input embeddings, as grad rows.
+// Integrated gradients, GradientShap, Saliency and InputXGradient over the input embeddings, as rows
+// on one embedding path (embedding_path.h): the plan holds token ids and per-row alphas and weights;
+// the executor embeds, interpolates and reduces each row's gradient to one value per position.
+//
+// With a completeness tolerance, integrated gradients runs Gauss-Legendre at orders 8, 16, 32, ... (up
+// to n_steps) until both the convergence delta and the estimated error of the latest order (from the
+// changes between orders, see EstimatedError) are within tolerance · |f(x) - f(baseline)|.
+// Gauss-Legendre nodes of different orders do not nest, so each order is a fresh round of grad rows; the
+// two score rows at the path's ends run once.
 #include <ATen/ATen.h>
-#include <ATen/CPUGeneratorImpl.h>
 
+#include <algorithm>
+#include <cmath>
+
+#include "engine/attribution/methods.h"
 #include "engine/attribution/row_plan.h"
-#include "engine/common/status_macros.h"
 
 namespace attribution::engine {
 namespace {
 
+constexpr int64_t kFirstAdaptiveOrder = 8;
+
 class GradientPlan : public RowPlan {
  public:
-  explicit GradientPlan(AttributionRequest request) : RowPlan(std::move(request)) {}
-
-  // Embeds the input and the baseline and describes the rows. Embedding can fail (device memory);
-  // that is a status here, where dereferencing a failed StatusOr would abort the process.
-  absl::Status Build(const CausalLM& model) {
-    std::vector<int64_t> ids = request_.prompt_ids;
-    ids.insert(ids.end(), request_.target_ids.begin(), request_.target_ids.end());
-    ASSIGN_OR_RETURN(at::Tensor embedded, model.Embed(at::tensor(ids, at::kLong).unsqueeze(0)));
-    input_ = embedded[0];  // [S, hidden]
-    baseline_ = input_.clone();
-    for (int64_t f = 0; f < num_features(); ++f) {
-      const auto [begin, end] = FeatureSpanOf(f);
-      at::Tensor span = baseline_.narrow(0, begin, end - begin);
-      if (request_.zero_embedding_baseline) {
-        span.zero_();
-        continue;
-      }
-      std::vector<int64_t> baseline_ids = request_.features.empty() ? std::vector<int64_t>{}
-                                                                     : request_.features[f].baseline_ids;
-      if (baseline_ids.empty()) baseline_ids.assign(end - begin, request_.baseline_token_id);
-      ASSIGN_OR_RETURN(at::Tensor baseline, model.Embed(at::tensor(baseline_ids, at::kLong).unsqueeze(0)));
-      span.copy_(baseline[0]);
-    }
-    const at::Tensor difference = input_ - baseline_;
-    if (request_.method == AttributionMethod::kIntegratedGradients) {
-      ASSIGN_OR_RETURN(IntegrationPoints points, MakeIntegrationPoints(request_.rule, request_.n_steps));
-      alphas_ = points.alphas;
-      weights_ = points.weights;
-      endpoints_.assign(alphas_.size(), difference);
-    } else if (request_.method == AttributionMethod::kGradientShap) {
-      // Each sample: Gaussian noise on the feature positions of the input, a uniform point on the
-      // path from the baseline to the noisy input; attribution (noisy input - baseline) x gradient.
-      at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(request_.seed);
-      const at::Tensor feature_mask = (difference != 0).any(-1, /*keepdim=*/true).to(input_.scalar_type());
-      for (int64_t s = 0; s < request_.n_samples; ++s) {
-        alphas_.push_back(at::rand({1}, generator, at::kDouble).item<double>());
-        weights_.push_back(1.0 / request_.n_samples);
-        at::Tensor noise = at::randn(input_.sizes(), generator, at::kFloat).to(input_.options()) * request_.stdev;
-        endpoints_.push_back(difference + noise * feature_mask);
-      }
-    } else {
-      alphas_ = {1.0};
-      weights_ = {1.0};
-      endpoints_ = {difference};
-    }
+  explicit GradientPlan(AttributionRequest request) : RowPlan(std::move(request)) {
+    path_ = std::make_shared<EmbeddingPath>(MakePath());
     const int64_t p = prompt_length();
-    rows_.push_back(Row{.kind = RowKind::kScore, .inputs_embeds = input_, .objective = SequenceObjective(p)});
-    rows_.push_back(Row{.kind = RowKind::kScore, .inputs_embeds = baseline_, .objective = SequenceObjective(p)});
-    for (size_t i = 0; i < alphas_.size(); ++i) {
-      const at::Tensor point = baseline_ + alphas_[i] * endpoints_[i];
-      rows_.push_back(Row{.kind = RowKind::kGrad, .inputs_embeds = point, .objective = SequenceObjective(p)});
-      if (!request_.want_token_matrix) continue;
-      for (int64_t t = 0; t < target_length(); ++t) {
-        rows_.push_back(Row{.kind = RowKind::kGrad, .inputs_embeds = point, .objective = TokenObjective(p, t)});
-      }
+    rows_.push_back(Row{.kind = RowKind::kScore, .point = {.path = path_, .alpha = 1.0}, .objective = SequenceObjective(p)});
+    rows_.push_back(Row{.kind = RowKind::kScore, .point = {.path = path_, .alpha = 0.0}, .objective = SequenceObjective(p)});
+    order_ = adaptive() ? std::min(kFirstAdaptiveOrder, request_.n_steps) : request_.n_steps;
+    QueueGradRows(Samples(order_));
+  }
+
+  int64_t expected_rows() const override { return 2 + rows_done_ + rows_pending_; }
+
+  absl::Status Absorb(std::vector<RowResult>& results) override {
+    size_t first_grad = 0;
+    if (!ends_scored_) {
+      at_input_ = std::move(results[0]);
+      at_baseline_ = std::move(results[1]);
+      ends_scored_ = true;
+      first_grad = 2;
     }
+    rows_done_ += static_cast<int64_t>(results.size() - first_grad);
+    rows_pending_ = 0;
+    previous_ = std::move(current_);
+    current_ = Attribute(results, first_grad);
+    previous_change_ = change_;
+    if (!previous_.sequence.empty()) change_ = MaxChange(previous_.sequence, current_.sequence);
+    if (!adaptive()) return absl::OkStatus();
+    const double allowed = request_.completeness_tolerance * std::abs(at_input_.value - at_baseline_.value);
+    tolerance_met_ = !previous_.sequence.empty() && std::abs(ConvergenceDelta(current_)) <= allowed &&
+                     EstimatedError() <= allowed;
+    if (tolerance_met_ || order_ >= request_.n_steps) return absl::OkStatus();
+    order_ = std::min(2 * order_, request_.n_steps);
+    QueueGradRows(Samples(order_));
     return absl::OkStatus();
   }
 
-  absl::StatusOr<AttributionResult> Reduce(const std::vector<RowResult>& results) const override {
+  absl::StatusOr<AttributionResult> Result() const override {
     AttributionResult out;
-    FillTargetScores(results[0], out);
-    const int64_t per_step = 1 + (request_.want_token_matrix ? target_length() : 0);
-    out.sequence = Attribute(results, 0, per_step);
-    if (request_.want_token_matrix) {
-      for (int64_t t = 0; t < target_length(); ++t) out.per_token.push_back(Attribute(results, 1 + t, per_step));
-    }
+    FillTargetScores(at_input_, out);
+    out.sequence = current_.sequence;
+    out.per_token = current_.per_token;
     if (request_.method == AttributionMethod::kIntegratedGradients) {
-      double total = 0;
-      for (double a : out.sequence) total += a;
-      out.convergence_delta = total - (results[0].value - results[1].value);
+      out.convergence_delta = ConvergenceDelta(current_);
+      out.integration_steps = order_;
+      if (adaptive()) out.tolerance_met = tolerance_met_;
     }
-    out.rows = static_cast<int64_t>(results.size());
+    out.rows = 2 + rows_done_;
     out.forward_passes = out.rows;
-    out.backward_passes = out.rows - 2;
+    out.backward_passes = rows_done_;
     return out;
   }
 
  private:
-  // Feature attributions from the grad rows at offset `which` of each step.
-  std::vector<double> Attribute(const std::vector<RowResult>& results, int64_t which, int64_t per_step) const {
-    at::Tensor accumulated = at::zeros(input_.sizes(), input_.options().dtype(at::kFloat));
-    at::Tensor shap = at::zeros_like(accumulated);  // GradientShap: mean of endpoint x gradient
-    for (size_t i = 0; i < alphas_.size(); ++i) {
-      const at::Tensor g = results[2 + i * per_step + which].gradient.to(at::kFloat);
-      accumulated += weights_[i] * g;
-      if (request_.method == AttributionMethod::kGradientShap) shap += weights_[i] * endpoints_[i].to(at::kFloat) * g;
-    }
-    at::Tensor per_position;  // [S]
-    switch (request_.method) {
-      case AttributionMethod::kIntegratedGradients:
-        per_position = ((input_ - baseline_).to(at::kFloat) * accumulated).sum(-1);
-        break;
-      case AttributionMethod::kGradientShap:
-        per_position = shap.sum(-1);
-        break;
-      case AttributionMethod::kSaliency:
-        per_position = (request_.saliency_abs ? accumulated.abs() : accumulated).sum(-1);
-        break;
-      default:  // InputXGradient
-        per_position = (input_.to(at::kFloat) * accumulated).sum(-1);
-        break;
-    }
-    per_position = per_position.cpu();
-    std::vector<double> features;
+  struct Attribution {
+    std::vector<double> sequence;                // [F]
+    std::vector<std::vector<double>> per_token;  // [T][F] when asked
+  };
+
+  bool adaptive() const {
+    return request_.method == AttributionMethod::kIntegratedGradients && request_.completeness_tolerance > 0;
+  }
+  int64_t RowsPerPoint() const { return 1 + (request_.want_token_matrix ? target_length() : 0); }
+
+  // Token ids of the path's ends; which positions' baselines are the zero embedding.
+  EmbeddingPath MakePath() const {
+    EmbeddingPath path;
+    path.input_ids = request_.prompt_ids;
+    path.input_ids.insert(path.input_ids.end(), request_.target_ids.begin(), request_.target_ids.end());
+    path.baseline_ids = path.input_ids;
+    if (request_.zero_embedding_baseline) path.zero_baseline.assign(path.input_ids.size(), 0);
     for (int64_t f = 0; f < num_features(); ++f) {
       const auto [begin, end] = FeatureSpanOf(f);
-      features.push_back(per_position.narrow(0, begin, end - begin).sum().item<double>());
+      const std::vector<int64_t>* given = request_.features.empty() ? nullptr : &request_.features[f].baseline_ids;
+      for (int64_t p = begin; p < end; ++p) {
+        path.baseline_ids[p] = given && !given->empty() ? (*given)[p - begin] : request_.baseline_token_id;
+        if (request_.zero_embedding_baseline) path.zero_baseline[p] = 1;
+      }
     }
-    return features;
+    path.reduction = MethodOf(request_.method).reduction(request_);
+    path.noise_stdev = request_.method == AttributionMethod::kGradientShap ? request_.stdev : 0.0;
+    path.noise_seed = request_.seed;
+    return path;
   }
 
-  at::Tensor input_, baseline_;  // [S, hidden] compute dtype
-  std::vector<double> alphas_, weights_;
-  std::vector<at::Tensor> endpoints_;  // per point: the path's end minus the baseline, [S, hidden]
+  PathSamples Samples(int64_t order) const { return MethodOf(request_.method).samples(request_, order); }
+
+  void QueueGradRows(PathSamples samples) {
+    samples_ = std::move(samples);
+    rows_pending_ = RowsPerPoint() * static_cast<int64_t>(samples_.alphas.size());
+    const int64_t p = prompt_length();
+    for (size_t i = 0; i < samples_.alphas.size(); ++i) {
+      const PathPoint point{.path = path_, .alpha = samples_.alphas[i],
+                            .noise_sample = samples_.noisy ? static_cast<int64_t>(i) : -1};
+      rows_.push_back(Row{.kind = RowKind::kGrad, .point = point, .objective = SequenceObjective(p)});
+      if (!request_.want_token_matrix) continue;
+      for (int64_t t = 0; t < target_length(); ++t) {
+        rows_.push_back(Row{.kind = RowKind::kGrad, .point = point, .objective = TokenObjective(p, t)});
+      }
+    }
+  }
+
+  // Feature attributions of the round's grad rows (from results[first] on): the weighted sum over
+  // points of each row's per-position values, summed over each feature's span.
+  Attribution Attribute(const std::vector<RowResult>& results, size_t first) const {
+    const int64_t per_point = RowsPerPoint();
+    auto features_of = [&](int64_t which) {
+      at::Tensor per_position = at::zeros({path_->length()}, at::kDouble);  // [S]
+      for (size_t i = 0; i < samples_.alphas.size(); ++i) {
+        per_position += samples_.weights[i] * results[first + i * per_point + which].position_values.to(at::kDouble);
+      }
+      std::vector<double> features;
+      for (int64_t f = 0; f < num_features(); ++f) {
+        const auto [begin, end] = FeatureSpanOf(f);
+        features.push_back(per_position.narrow(0, begin, end - begin).sum().item<double>());
+      }
+      return features;
+    };
+    Attribution out{.sequence = features_of(0)};
+    if (request_.want_token_matrix) {
+      for (int64_t t = 0; t < target_length(); ++t) out.per_token.push_back(features_of(1 + t));
+    }
+    return out;
+  }
+
+  double ConvergenceDelta(const Attribution& a) const {
+    double total = 0;
+    for (double v : a.sequence) total += v;
+    return total - (at_input_.value - at_baseline_.value);
+  }
+
+  // The error of the latest order's attributions, estimated from how they moved between orders:
+  // Gauss-Legendre converges geometrically in the order for smooth integrands (e_2n ≈ e_n² / C), so with
+  // changes c_n (n/2 -> n) and c_n/2 before it the error of A_n is about c_n² / c_n/2. With one change,
+  // or while changes do not shrink (not yet geometric), the change itself bounds it.
+  double EstimatedError() const {
+    if (previous_change_ <= 0 || change_ >= previous_change_) return change_;
+    return change_ * change_ / previous_change_;
+  }
+
+  static double MaxChange(const std::vector<double>& before, const std::vector<double>& after) {
+    double change = 0;
+    for (size_t f = 0; f < after.size(); ++f) change = std::max(change, std::abs(after[f] - before[f]));
+    return change;
+  }
+
+  std::shared_ptr<const EmbeddingPath> path_;
+  int64_t order_ = 0;           // integrated gradients: the points of the latest round
+  PathSamples samples_;         // of the latest round
+  bool ends_scored_ = false;
+  RowResult at_input_, at_baseline_;
+  Attribution current_, previous_;  // of the latest round and the one before
+  double change_ = 0, previous_change_ = 0;  // largest attribution change into the latest order, and into the one before
+  int64_t rows_done_ = 0;          // grad rows absorbed
+  int64_t rows_pending_ = 0;       // grad rows queued, not yet absorbed
+  bool tolerance_met_ = false;
 };
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<RowPlan>> MakeGradientPlan(const CausalLM& model, AttributionRequest request) {
-  auto plan = std::make_unique<GradientPlan>(std::move(request));
-  RETURN_IF_ERROR(plan->Build(model));
-  return plan;
+std::unique_ptr<RowPlan> MakeGradientPlan(AttributionRequest request) {
+  return std::make_unique<GradientPlan>(std::move(request));
 }
 
 }  // namespace attribution::engine

@@ -73,31 +73,34 @@ absl::StatusOr<IntegrationPoints> MakeIntegrationPoints(IntegrationRule rule, in
   if (n < min_steps) {
     return absl::InvalidArgumentError(absl::StrCat("n_steps ", n, " must be at least ", min_steps, " for ", IntegrationRuleName(rule)));
   }
-  if (rule == IntegrationRule::kGaussLegendre) return GaussLegendre(n);
-  IntegrationPoints p;
-  for (int64_t i = 0; i < n; ++i) {
-    p.weights.push_back(1.0 / n);
-    const double fraction = n > 1 ? static_cast<double>(i) / (n - 1) : 0.0;  // as torch.linspace
-    switch (rule) {
-      case IntegrationRule::kRiemannLeft:
-        p.alphas.push_back((1.0 - 1.0 / n) * fraction);
-        break;
-      case IntegrationRule::kRiemannRight:
-        p.alphas.push_back(1.0 / n + (1.0 - 1.0 / n) * fraction);
-        break;
-      case IntegrationRule::kRiemannMiddle:
-        p.alphas.push_back(0.5 / n + (1.0 - 1.0 / n) * fraction);
-        break;
-      default:  // trapezoid: both ends count half (Captum's weights sum to (n - 1) / n)
-        p.alphas.push_back(fraction);
-        break;
+  // Riemann sums: `first` plus `span` spaced as torch.linspace, each weight 1/n.
+  auto spaced = [n](double first, double span) {
+    IntegrationPoints p;
+    for (int64_t i = 0; i < n; ++i) {
+      const double fraction = n > 1 ? static_cast<double>(i) / (n - 1) : 0.0;
+      p.alphas.push_back(first + span * fraction);
+      p.weights.push_back(1.0 / n);
+    }
+    return p;
+  };
+  switch (rule) {
+    case IntegrationRule::kGaussLegendre:
+      return GaussLegendre(n);
+    case IntegrationRule::kRiemannLeft:
+      return spaced(0.0, 1.0 - 1.0 / n);
+    case IntegrationRule::kRiemannRight:
+      return spaced(1.0 / n, 1.0 - 1.0 / n);
+    case IntegrationRule::kRiemannMiddle:
+      return spaced(0.5 / n, 1.0 - 1.0 / n);
+    case IntegrationRule::kRiemannTrapezoid: {
+      // Both ends count half (Captum's weights sum to (n - 1) / n).
+      IntegrationPoints p = spaced(0.0, 1.0);
+      p.weights.front() /= 2;
+      p.weights.back() /= 2;
+      return p;
     }
   }
-  if (rule == IntegrationRule::kRiemannTrapezoid) {
-    p.weights.front() /= 2;
-    p.weights.back() /= 2;
-  }
-  return p;
+  return absl::InternalError("unknown integration rule");
 }
 
 }  // namespace attribution::engine

@@ -9,10 +9,10 @@ namespace attribution::engine {
 
 RowPlan::RowPlan(AttributionRequest request) : request_(std::move(request)) {}
 
-absl::StatusOr<std::unique_ptr<RowPlan>> RowPlan::Create(const CausalLM& model, AttributionRequest request) {
+absl::StatusOr<std::unique_ptr<RowPlan>> RowPlan::Create(const ModelConfig& config, AttributionRequest request) {
   if (request.target_ids.empty()) return absl::InvalidArgumentError("attribution needs a target");
-  if (IsGradientMethod(request.method)) return MakeGradientPlan(model, std::move(request));
-  return MakePerturbationPlan(std::move(request), model.config().num_layers);
+  if (IsGradientMethod(request.method)) return MakeGradientPlan(std::move(request));
+  return MakePerturbationPlan(std::move(request), config.num_layers);
 }
 
 RowObjective RowPlan::SequenceObjective(int64_t prompt_length) const {

@@ -20,26 +20,29 @@ std::pair<int64_t, int64_t> FeatureSpan(const AttributionRequest& request, int64
 // feature spans stay as they are.
 std::vector<int64_t> PerturbedPrompt(const AttributionRequest& request, const std::vector<bool>& present);
 
+// A plan runs in rounds: each round's rows are submitted together, and their results decide what
+// comes next (a perturbation plan's prefix prefill before its coalitions; tolerance-driven integrated
+// gradients' next order). Plans are built from token ids alone and touch no tensor of the model's.
 class RowPlan {
  public:
   virtual ~RowPlan() = default;
-  // Builds the plan of a validated request with a given target. May read the model's embedding table.
-  static absl::StatusOr<std::unique_ptr<RowPlan>> Create(const CausalLM& model, AttributionRequest request);
+  // The plan of a validated request with a given target.
+  static absl::StatusOr<std::unique_ptr<RowPlan>> Create(const ModelConfig& config, AttributionRequest request);
 
-  // Rows that must finish before the main rows can be built (e.g. a shared prefix's prefill); once
-  // they have, Prepared receives their results and builds the main rows.
-  std::vector<Row> TakePrepareRows() { return std::move(prepare_rows_); }
-  virtual void Prepared(const std::vector<RowResult>& results) {}
-  // The rows to submit, in the order Reduce expects their results (callable once).
+  // The next round's rows, in the order Absorb expects their results; empty once the plan is complete.
   std::vector<Row> TakeRows() { return std::move(rows_); }
-  virtual absl::StatusOr<AttributionResult> Reduce(const std::vector<RowResult>& results) const = 0;
-  // Prepare rows plus main rows; call before taking either.
-  virtual int64_t num_rows() const { return static_cast<int64_t>(prepare_rows_.size() + rows_.size()); }
+  // Takes the results of the rows last taken; may queue the next round's rows.
+  virtual absl::Status Absorb(std::vector<RowResult>& results) = 0;
+  // The attribution, once TakeRows returns none.
+  virtual absl::StatusOr<AttributionResult> Result() const = 0;
+  // The rows the plan expects to run in all, for progress reports (an adaptive plan's may grow).
+  virtual int64_t expected_rows() const = 0;
 
  protected:
   explicit RowPlan(AttributionRequest request);
 
-  // The scored quantity of the whole target (or target minus foil) for a prompt of `prompt_length`.
+  // The scored quantity of the whole target (or target minus foil when contrastive) after a prompt of
+  // `prompt_length` tokens.
   RowObjective SequenceObjective(int64_t prompt_length) const;
   // The same for target token t alone.
   RowObjective TokenObjective(int64_t prompt_length, int64_t t) const;
@@ -54,11 +57,10 @@ class RowPlan {
   void FillTargetScores(const RowResult& at_input, AttributionResult& out) const;
 
   AttributionRequest request_;
-  std::vector<Row> prepare_rows_;
-  std::vector<Row> rows_;
+  std::vector<Row> rows_;  // the next round
 };
 
-absl::StatusOr<std::unique_ptr<RowPlan>> MakeGradientPlan(const CausalLM& model, AttributionRequest request);
+std::unique_ptr<RowPlan> MakeGradientPlan(AttributionRequest request);
 std::unique_ptr<RowPlan> MakePerturbationPlan(AttributionRequest request, int64_t num_layers);
 
 }  // namespace attribution::engine

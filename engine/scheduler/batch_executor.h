@@ -17,6 +17,9 @@ class BatchExecutor {
   // Runs `rows` (all of `kind`) as one batch, filling results[i] for rows[i]. A non-OK status fails
   // the batch as a whole (the engine then splits and retries); it may also throw (caught by the engine).
   virtual absl::Status Run(RowKind kind, const std::vector<const Row*>& rows, std::vector<RowResult>& results) = 0;
+  // Device bytes per token of an embedding path once its rows run (its input and baseline embeddings),
+  // which the engine counts against its queue memory.
+  virtual int64_t EmbeddedBytesPerToken() const { return 0; }
 };
 
 // Executes rows with a CausalLM: right-pads them into one batch per call.

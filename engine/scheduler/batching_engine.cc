@@ -4,6 +4,7 @@
 #include <malloc.h>
 
 #include <algorithm>
+#include <unordered_set>
 
 #include "absl/strings/str_cat.h"
 #include "engine/model/torch_errors.h"
@@ -16,11 +17,11 @@ absl::Status CheckRow(const Row& row, size_t index) {
   if (row.length() < 1) return absl::InvalidArgumentError(where + "has no tokens");
   switch (row.kind) {
     case RowKind::kGrad:
-      if (!row.inputs_embeds.defined()) return absl::InvalidArgumentError(where + "grad rows need inputs_embeds");
+      if (!row.point.path) return absl::InvalidArgumentError(where + "grad rows need a point on an embedding path");
       break;
     case RowKind::kDecode:
       if (!row.decode_state) return absl::InvalidArgumentError(where + "decode rows need a decode state");
-      if (row.inputs_embeds.defined()) return absl::InvalidArgumentError(where + "decode rows take token ids");
+      if (row.point.path) return absl::InvalidArgumentError(where + "decode rows take token ids");
       break;
     case RowKind::kScore:
       if (row.prefix && (row.prefix_length < 0 || row.prefix_length > row.prefix->cache.lengths()[0])) {
@@ -29,10 +30,25 @@ absl::Status CheckRow(const Row& row, size_t index) {
       break;
   }
   if (row.top_k < 0) return absl::InvalidArgumentError(where + "top_k must be >= 0");
+  if (const EmbeddingPath* path = row.point.path.get()) {
+    if (path->baseline_ids.size() != path->input_ids.size() ||
+        (!path->zero_baseline.empty() && path->zero_baseline.size() != path->input_ids.size())) {
+      return absl::InvalidArgumentError(where + "the path's baseline_ids and zero_baseline must match its input_ids in length");
+    }
+    if (!(path->noise_stdev >= 0)) return absl::InvalidArgumentError(where + "the path's noise_stdev must be >= 0");
+  }
   return absl::OkStatus();
 }
 
+std::string Mebibytes(int64_t bytes) { return absl::StrCat(bytes / (1 << 20), " MiB"); }
+
 }  // namespace
+
+int64_t Row::QueuedBytes() const {
+  const int64_t ids = static_cast<int64_t>(input_ids.size());
+  const int64_t scored = static_cast<int64_t>(objective.tokens.size());
+  return static_cast<int64_t>(sizeof(Row)) + 8 * ids + 24 * scored;  // ids; positions, tokens, weights
+}
 
 Request::Stats Request::stats() const {
   std::lock_guard<std::mutex> lock(mu_);
@@ -61,11 +77,19 @@ std::shared_ptr<Request> BatchingEngine::NewRequest(Priority priority, absl::Tim
   return std::make_shared<Request>(next_request_id_.fetch_add(1), priority, deadline);
 }
 
+int64_t BatchingEngine::PathBytes(const EmbeddingPath& path) const {
+  // Ids and mask on the host, input and baseline embeddings on the device once the path runs.
+  return path.length() * (17 + executor_->EmbeddedBytesPerToken());
+}
+
 absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std::vector<Row> rows, RowCallback done) {
-  int64_t tokens = 0;
+  int64_t tokens = 0, bytes = 0;
+  std::unordered_set<const EmbeddingPath*> paths;
   for (size_t i = 0; i < rows.size(); ++i) {
     if (absl::Status s = CheckRow(rows[i], i); !s.ok()) return s;
     tokens += rows[i].length();
+    bytes += rows[i].QueuedBytes();
+    if (rows[i].point.path && paths.insert(rows[i].point.path.get()).second) bytes += PathBytes(*rows[i].point.path);
   }
   if (request->cancelled()) return absl::CancelledError("request was cancelled");
   const absl::Time now = Now();
@@ -91,6 +115,15 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
     return reject(absl::ResourceExhaustedError(absl::StrCat("engine queue is full (", stats_.queued_rows, " rows, ",
                                                             stats_.queued_tokens, " tokens queued)")));
   }
+  // A path this request already has queued rows on is counted already.
+  for (const EmbeddingPath* path : paths) {
+    if (queue.path_rows.count(path) > 0) bytes -= PathBytes(*path);
+  }
+  if (stats_.queued_bytes + bytes > options_.max_queued_bytes) {
+    return reject(absl::ResourceExhaustedError(absl::StrCat(
+        "engine queue memory is full: ", Mebibytes(stats_.queued_bytes), " queued and this request needs ", Mebibytes(bytes),
+        " more; the limit is ", Mebibytes(options_.max_queued_bytes))));
+  }
   if (fresh) {
     queue.request = request;
     queue.arrival = arrivals_++;
@@ -99,12 +132,15 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
   for (size_t i = 0; i < rows.size(); ++i) {
     const int k = static_cast<int>(rows[i].kind);
     if (rows[i].kind != RowKind::kDecode) request->submitted_work_rows_ += 1;
+    if (rows[i].point.path) queue.path_rows[rows[i].point.path.get()] += 1;
     queue.kinds[k].push_back(PendingRow{std::move(rows[i]), group, i, now});
   }
   queue.rows += count;
   queue.tokens += tokens;
+  queue.bytes += bytes;
   stats_.queued_rows += count;
   stats_.queued_tokens += tokens;
+  stats_.queued_bytes += bytes;
   ++submissions_;
   lock.unlock();
   work_changed_.notify_one();  // after unlocking, so the executor does not wake into a held lock
@@ -136,6 +172,7 @@ void BatchingEngine::DropDeadRowsLocked(absl::Time now, std::vector<Answer>& ans
     }
     stats_.queued_rows -= queue.rows;
     stats_.queued_tokens -= queue.tokens;
+    stats_.queued_bytes -= queue.bytes;
     it = queues_.erase(it);
   }
 }
@@ -149,10 +186,17 @@ std::vector<BatchingEngine::PendingRow> BatchingEngine::TakeBatchLocked(const Ba
     for (int64_t i = 0; i < count; ++i) {
       PendingRow row = std::move(queue.kinds[k].front());
       queue.kinds[k].pop_front();
+      int64_t bytes = row.row.QueuedBytes();
+      if (const EmbeddingPath* path = row.row.point.path.get(); path && --queue.path_rows[path] == 0) {
+        queue.path_rows.erase(path);
+        bytes += PathBytes(*path);
+      }
       queue.rows -= 1;
       queue.tokens -= row.row.length();
+      queue.bytes -= bytes;
       stats_.queued_rows -= 1;
       stats_.queued_tokens -= row.row.length();
+      stats_.queued_bytes -= bytes;
       batch.push_back(std::move(row));
     }
   }
@@ -358,6 +402,7 @@ void BatchingEngine::Shutdown() {
     queues_.clear();
     stats_.queued_rows = 0;
     stats_.queued_tokens = 0;
+    stats_.queued_bytes = 0;
   }
   work_changed_.notify_all();
   Deliver(answers);

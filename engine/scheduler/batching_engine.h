@@ -18,6 +18,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -36,6 +37,9 @@ struct EngineOptions {
   double max_padding_waste = 0.25;          // see BatchLimits
   int64_t max_queued_rows = 1 << 20;        // per engine (model)
   int64_t max_queued_tokens = int64_t{1} << 28;
+  // Memory the queued work holds: rows, and each embedding path's ids and (once it runs) its input and
+  // baseline embeddings, counted once per request. Submissions above it are refused.
+  int64_t max_queued_bytes = int64_t{8} << 30;
   int64_t max_rows_per_request = 1 << 16;   // queued at once
   int64_t max_tokens_per_request = int64_t{1} << 24;
   // Latency isolation (see batch_policy.h): while contended, one batch takes at most this device time
@@ -62,6 +66,7 @@ struct BatchRecord {
 struct EngineStats {
   int64_t queued_rows = 0;
   int64_t queued_tokens = 0;
+  int64_t queued_bytes = 0;
   int64_t batches = 0;
   int64_t rows = 0;
   int64_t tokens = 0;
@@ -117,7 +122,7 @@ class BatchingEngine {
 
   // Queues `rows` of `request`. Either accepts them all (OK; then `done` is called exactly once per
   // row, possibly with CANCELLED / DEADLINE_EXCEEDED / UNAVAILABLE) or none: INVALID_ARGUMENT for a
-  // malformed row, RESOURCE_EXHAUSTED when a queue limit would be exceeded, CANCELLED /
+  // malformed row, RESOURCE_EXHAUSTED when a queue limit (rows, tokens, bytes) would be exceeded, CANCELLED /
   // DEADLINE_EXCEEDED for a finished request, UNAVAILABLE after Shutdown.
   absl::Status Submit(const std::shared_ptr<Request>& request, std::vector<Row> rows, RowCallback done);
 
@@ -145,7 +150,8 @@ class BatchingEngine {
   struct RequestQueue {
     std::shared_ptr<Request> request;
     uint64_t arrival = 0;
-    int64_t rows = 0, tokens = 0;
+    int64_t rows = 0, tokens = 0, bytes = 0;
+    std::unordered_map<const EmbeddingPath*, int64_t> path_rows;  // queued rows per path
     std::deque<PendingRow> kinds[kRowKinds];
   };
   struct Answer {  // a callback to make outside the lock
@@ -156,6 +162,7 @@ class BatchingEngine {
 
   BatchingEngine(std::unique_ptr<BatchExecutor> executor, EngineOptions options);
   absl::Time Now() const { return options_.clock ? options_.clock() : absl::Now(); }
+  int64_t PathBytes(const EmbeddingPath& path) const;
   void Loop();
   // Removes rows of expired or cancelled requests; appends their answers.
   void DropDeadRowsLocked(absl::Time now, std::vector<Answer>& answers) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -5,15 +5,17 @@
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
 #include "engine/scheduler/batch_executor.h"
+#include "engine/scheduler/path_embeddings.h"
 
 namespace attribution::engine {
 namespace {
 
 class ModelExecutor : public BatchExecutor {
  public:
-  explicit ModelExecutor(std::shared_ptr<const CausalLM> model) : model_(std::move(model)) {}
+  explicit ModelExecutor(std::shared_ptr<const CausalLM> model) : model_(model), paths_(std::move(model)) {}
 
   absl::Status Run(RowKind kind, const std::vector<const Row*>& rows, std::vector<RowResult>& results) override {
+    paths_.ReleaseUnused();
     switch (kind) {
       case RowKind::kScore:
         return RunScore(rows, results);
@@ -25,19 +27,25 @@ class ModelExecutor : public BatchExecutor {
     return absl::InternalError("unknown row kind");
   }
 
+  int64_t EmbeddedBytesPerToken() const override {
+    return 2 * model_->config().hidden_size * static_cast<int64_t>(c10::elementSize(model_->dtype()));
+  }
+
  private:
-  // Right-pads the rows into [B, S] ids, or [B, S, hidden] embeddings when any row brings them.
-  absl::StatusOr<ForwardBatch> Pad(const std::vector<const Row*>& rows) const {
+  // Right-pads the rows into [B, S] ids, or [B, S, hidden] embeddings when any row is a point on an
+  // embedding path (whose rows `paths` then receives).
+  absl::StatusOr<ForwardBatch> Pad(const std::vector<const Row*>& rows,
+                                   std::vector<PathEmbeddings::PathRows>* paths = nullptr) {
     ForwardBatch batch;
     int64_t longest = 0;
-    bool any_embeds = false;
+    bool any_path = false;
     for (const Row* row : rows) {
       batch.lengths.push_back(row->length());
       longest = std::max(longest, row->length());
-      any_embeds = any_embeds || row->inputs_embeds.defined();
+      any_path = any_path || row->point.path != nullptr;
     }
     const int64_t b = static_cast<int64_t>(rows.size());
-    if (!any_embeds) {
+    if (!any_path) {
       batch.input_ids = at::zeros({b, longest}, at::kLong);
       for (int64_t r = 0; r < b; ++r) {
         batch.input_ids[r].narrow(0, 0, batch.lengths[r]).copy_(at::tensor(rows[r]->input_ids, at::kLong));
@@ -46,14 +54,8 @@ class ModelExecutor : public BatchExecutor {
     }
     const int64_t hidden = model_->config().hidden_size;
     batch.inputs_embeds = at::zeros({b, longest, hidden}, at::TensorOptions().dtype(model_->dtype()).device(model_->device()));
-    for (int64_t r = 0; r < b; ++r) {
-      at::Tensor embeds = rows[r]->inputs_embeds;
-      if (!embeds.defined()) {
-        ASSIGN_OR_RETURN(embeds, model_->Embed(at::tensor(rows[r]->input_ids, at::kLong).unsqueeze(0)));
-        embeds = embeds[0];
-      }
-      batch.inputs_embeds[r].narrow(0, 0, batch.lengths[r]).copy_(embeds);
-    }
+    ASSIGN_OR_RETURN(std::vector<PathEmbeddings::PathRows> filled, paths_.Fill(rows, batch.inputs_embeds));
+    if (paths != nullptr) *paths = std::move(filled);
     return batch;
   }
 
@@ -101,17 +103,16 @@ class ModelExecutor : public BatchExecutor {
 
   absl::Status RunGrad(const std::vector<const Row*>& rows, std::vector<RowResult>& results) {
     for (const Row* row : rows) {
-      if (!row->inputs_embeds.defined()) return absl::InvalidArgumentError("grad rows need inputs_embeds");
+      if (!row->point.path) return absl::InvalidArgumentError("grad rows need a point on an embedding path");
     }
-    ASSIGN_OR_RETURN(ForwardBatch batch, Pad(rows));
+    std::vector<PathEmbeddings::PathRows> paths;
+    ASSIGN_OR_RETURN(ForwardBatch batch, Pad(rows, &paths));
     std::vector<RowObjective> objectives;
     for (const Row* row : rows) objectives.push_back(row->objective);
     ASSIGN_OR_RETURN(InputGradients grads, model_->ObjectiveGradients(batch, objectives));
     at::Tensor values = grads.values.cpu();
-    for (size_t r = 0; r < rows.size(); ++r) {
-      results[r].value = values[r].item<double>();
-      results[r].gradient = grads.gradients[r].narrow(0, 0, rows[r]->length());
-    }
+    for (size_t r = 0; r < rows.size(); ++r) results[r].value = values[r].item<double>();
+    paths_.Reduce(paths, grads.gradients, results);
     return absl::OkStatus();
   }
 
@@ -140,6 +141,7 @@ class ModelExecutor : public BatchExecutor {
   }
 
   std::shared_ptr<const CausalLM> model_;
+  PathEmbeddings paths_;  // embedded once per path, while its rows run
 };
 
 }  // namespace

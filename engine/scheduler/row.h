@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 // Rows: the unit of device work that requests hand to the batching engine, and their results.
 //
-//   score  - token ids or embeddings -> the row objective and every scored token's log-prob (forward)
-//   grad   - embeddings -> the row objective and its gradient with respect to the embeddings
+//   score  - token ids or a point on an embedding path -> the row objective and every scored token's
+//            log-prob (forward)
+//   grad   - a point on an embedding path -> the row objective and its input gradient, reduced per
+//            position as the path says (forward and backward)
 //   decode - tokens appended to a live sequence's KV cache -> the next-token logits
 #pragma once
 
@@ -16,6 +18,7 @@
 #include "absl/status/status.h"
 #include "engine/model/causal_lm.h"
 #include "engine/model/kv_cache.h"
+#include "engine/scheduler/embedding_path.h"
 
 namespace attribution::engine {
 
@@ -35,7 +38,7 @@ struct DecodeState {
 struct Row {
   RowKind kind = RowKind::kScore;
   std::vector<int64_t> input_ids;     // score / decode rows (decode: the tokens to append)
-  at::Tensor inputs_embeds;           // [S, hidden] compute dtype: score rows (instead of ids) and grad rows
+  PathPoint point;                    // grad rows, and score rows given as a point instead of ids
   RowObjective objective;             // score / grad rows: what is scored
   int64_t top_k = 0;                  // score rows: alternatives at each scored position
   std::shared_ptr<DecodeState> decode_state;  // decode rows
@@ -45,7 +48,9 @@ struct Row {
   std::shared_ptr<const DecodeState> prefix;
   int64_t prefix_length = 0;
 
-  int64_t length() const { return inputs_embeds.defined() ? inputs_embeds.size(0) : static_cast<int64_t>(input_ids.size()); }
+  int64_t length() const { return point.path ? point.path->length() : static_cast<int64_t>(input_ids.size()); }
+  // Host memory the queued row holds, its path counted in full (the engine counts a shared path once).
+  int64_t QueuedBytes() const;
 };
 
 struct RowResult {
@@ -55,7 +60,7 @@ struct RowResult {
   at::Tensor token_logits;       // [n scored] float32, score rows
   at::Tensor top_ids;            // [n scored, k] int64, score rows with top_k
   at::Tensor top_log_probs;      // [n scored, k] float32
-  at::Tensor gradient;           // [S, hidden] grad rows
+  at::Tensor position_values;    // [S] float32 grad rows: the gradient reduced per position (see PathReduction)
   at::Tensor next_logits;        // [vocab] float32 decode rows: logits after the last appended token
 };
 

@@ -9,9 +9,11 @@
 #include <condition_variable>
 #include <fstream>
 #include <mutex>
+#include <numeric>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "engine/attribution/methods.h"
 #include "tests/testing/reference.h"
 
 namespace attribution::engine {
@@ -184,6 +186,44 @@ TEST_F(AttributionTest, Seed001ManyStatementsConcurrentlyEqualAlone) {
   }
 }
 
+TEST_F(AttributionTest, ToleranceDrivenIntegratedGradientsReachesCaptums512Steps) {
+  const nlohmann::json& captum = Case("seed000_no_vs_yes_512_steps");
+  AttributionRequest r = FromCase(captum);
+  r.completeness_tolerance = 1e-3;
+  auto adaptive = attributor_->AttributeAndWait(r);
+  ASSERT_TRUE(adaptive.ok()) << adaptive.status();
+  const double error = RelativeError(adaptive->sequence, captum["seq_attr"].get<std::vector<double>>());
+  std::cout << "[ adaptive ] stopped at order " << adaptive->integration_steps << " after " << adaptive->rows
+            << " rows; relative error to Captum's 512 steps " << error << "\n";
+  EXPECT_LT(error, 1e-3);
+  EXPECT_EQ(adaptive->tolerance_met, std::optional<bool>(true));
+  EXPECT_LT(adaptive->integration_steps, 512);
+  // Orders 8, 16 and 32 (the third confirms the second's convergence): 8.9x fewer rows than 512 steps.
+  EXPECT_LE(adaptive->rows * 8, 2 + 512);
+  // f(x) - f(baseline) = sum(attributions) - delta; the tolerance is relative to it.
+  const double delta = *adaptive->convergence_delta;
+  const double total = std::accumulate(adaptive->sequence.begin(), adaptive->sequence.end(), 0.0);
+  EXPECT_LE(std::abs(delta), 1e-3 * std::abs(total - delta));
+}
+
+TEST_F(AttributionTest, ToleranceOutOfReachStopsAtNSteps) {
+  AttributionRequest r = FromCase(Case("ig_gausslegendre_token7"));
+  r.completeness_tolerance = 1e-15;
+  r.n_steps = 20;
+  auto result = attributor_->AttributeAndWait(r);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->integration_steps, 20);
+  EXPECT_EQ(result->tolerance_met, std::optional<bool>(false));
+  const int64_t per_point = 1 + static_cast<int64_t>(r.target_ids.size());  // sequence and per-token rows
+  EXPECT_EQ(result->rows, 2 + per_point * (8 + 16 + 20));  // orders 8, 16, then n_steps
+  // The last order's answer is the fixed-step answer at that order.
+  r.completeness_tolerance = 0;
+  auto fixed = attributor_->AttributeAndWait(r);
+  ASSERT_TRUE(fixed.ok());
+  EXPECT_LT(RelativeError(result->sequence, fixed->sequence), 1e-6);
+  EXPECT_FALSE(fixed->tolerance_met.has_value());
+}
+
 TEST_F(AttributionTest, PerTokenMatrixSumsToSequenceAttribution) {
   AttributionRequest r = FromCase(Case("ig_riemann_middle_token0"));
   auto result = attributor_->AttributeAndWait(r);
@@ -300,6 +340,28 @@ TEST_F(AttributionTest, BadRequestsNameTheField) {
   r = good;
   r.baseline_token_id = -3;
   expect(r, "baseline_token_id");
+  r = good;
+  r.completeness_tolerance = 2;
+  expect(r, "completeness_tolerance");
+  r = good;
+  r.method = AttributionMethod::kSaliency;
+  r.completeness_tolerance = 0.01;
+  expect(r, "completeness_tolerance");
+}
+
+TEST(MethodTable, EveryMethodDeclaresItsFamilyAndItsParts) {
+  for (AttributionMethod m : kAllMethods) {
+    const Method& method = MethodOf(m);
+    EXPECT_EQ(method.method, m);
+    ASSERT_TRUE(ParseAttributionMethod(method.name).ok()) << method.name;
+    EXPECT_EQ(*ParseAttributionMethod(method.name), m);
+    const bool gradient = method.family == MethodFamily::kGradient;
+    EXPECT_EQ(IsGradientMethod(m), gradient);
+    EXPECT_NE(method.validate, nullptr) << method.name;
+    EXPECT_EQ(method.reduction != nullptr && method.samples != nullptr, gradient) << method.name;
+    EXPECT_EQ(method.coalitions != nullptr, !gradient) << method.name;
+  }
+  EXPECT_THAT(ParseAttributionMethod("occlusion").status().message(), HasSubstr("kernel_shap"));
 }
 
 }  // namespace

@@ -49,16 +49,42 @@ class EngineOverModel : public ::testing::Test {
   std::vector<BatchRecord> records_;
 };
 
+// What a grad row on `path` at `alpha` must return, computed here from the model's own embeddings and
+// gradients of the point, row by row.
+struct ExpectedGrad {
+  double value = 0;
+  at::Tensor position_values;  // [S]
+};
+
 TEST_F(EngineOverModel, RowResultsEqualRowsComputedAlone) {
   const std::vector<int64_t> lengths = {5, 11, 3, 8, 11, 6};
+  const PathReduction reductions[] = {PathReduction::kTimesDirection, PathReduction::kTimesInput,
+                                      PathReduction::kAbsolute, PathReduction::kSigned};
   std::vector<std::unique_ptr<RowCollector>> score_results, grad_results;
   std::vector<Row> score_rows, grad_rows;
+  std::vector<ExpectedGrad> expected;
   for (size_t i = 0; i < lengths.size(); ++i) {
     const std::vector<int64_t> ids = Ids(lengths[i], static_cast<int64_t>(i));
     RowObjective objective{.positions = {lengths[i] - 2, lengths[i] - 1}, .tokens = {7, 9},
                            .quantity = i % 2 ? TokenQuantity::kProb : TokenQuantity::kLogProb};
     score_rows.push_back(Row{.kind = RowKind::kScore, .input_ids = ids, .objective = objective, .top_k = 3});
-    grad_rows.push_back(Row{.kind = RowKind::kGrad, .inputs_embeds = Embeds(ids), .objective = objective});
+    // A path from another token (or, for odd rows, the zero embedding) at the first two positions.
+    EmbeddingPath path{.input_ids = ids, .baseline_ids = ids, .reduction = reductions[i % 4]};
+    path.baseline_ids[0] = path.baseline_ids[1] = 4;
+    if (i % 2) path.zero_baseline = {1, 1};
+    path.zero_baseline.resize(i % 2 ? ids.size() : 0, 0);
+    const double alpha = 0.2 + 0.1 * static_cast<double>(i);
+    at::Tensor input = Embeds(ids), baseline = Embeds(path.baseline_ids);
+    if (i % 2) baseline.narrow(0, 0, 2).zero_();
+    const at::Tensor point = baseline + alpha * (input - baseline);
+    auto alone = model_->ObjectiveGradients({.inputs_embeds = point.unsqueeze(0)}, {objective});
+    ASSERT_TRUE(alone.ok()) << alone.status();
+    const at::Tensor g = alone->gradients[0];
+    const at::Tensor by_reduction[] = {(g * (input - baseline)).sum(-1), (g * input).sum(-1), g.abs().sum(-1), g.sum(-1)};
+    expected.push_back({alone->values[0].item<double>(), by_reduction[i % 4]});
+    Row grad{.kind = RowKind::kGrad, .objective = objective};
+    grad.point = PathPoint{.path = std::make_shared<const EmbeddingPath>(std::move(path)), .alpha = alpha};
+    grad_rows.push_back(std::move(grad));
   }
   // One request per row, so every batch mixes requests and lengths.
   for (size_t i = 0; i < lengths.size(); ++i) {
@@ -70,21 +96,43 @@ TEST_F(EngineOverModel, RowResultsEqualRowsComputedAlone) {
   for (size_t i = 0; i < lengths.size(); ++i) {
     score_results[i]->Wait();
     grad_results[i]->Wait();
-    const Row& row = grad_rows[i];
-    auto alone = model_->ObjectiveGradients({.inputs_embeds = row.inputs_embeds.unsqueeze(0)}, {row.objective});
-    ASSERT_TRUE(alone.ok());
     const RowResult& grad = grad_results[i]->result(0);
     const RowResult& score = score_results[i]->result(0);
     ASSERT_TRUE(grad.status.ok() && score.status.ok()) << grad.status << score.status;
-    EXPECT_NEAR(grad.value, alone->values[0].item<double>(), 1e-5);
-    EXPECT_NEAR(score.value, alone->values[0].item<double>(), 1e-5);
-    EXPECT_LT(ScaledError(grad.gradient, alone->gradients[0]), 1e-5);
+    auto scored_alone = model_->ObjectiveValues({.input_ids = at::tensor(score_rows[i].input_ids, at::kLong).unsqueeze(0)},
+                                                {score_rows[i].objective});
+    ASSERT_TRUE(scored_alone.ok());
+    EXPECT_NEAR(score.value, (*scored_alone)[0].item<double>(), 1e-5);
+    EXPECT_NEAR(grad.value, expected[i].value, 1e-5);
+    ASSERT_EQ(grad.position_values.size(0), lengths[i]);
+    EXPECT_LT(ScaledError(grad.position_values, expected[i].position_values), 1e-5) << "row " << i;
     EXPECT_EQ(score.top_ids.size(0), 2);
   }
   std::lock_guard<std::mutex> lock(mu_);
   int64_t largest = 0;
   for (const BatchRecord& r : records_) largest = std::max(largest, r.rows);
   EXPECT_GT(largest, 1) << "rows were never batched together";
+}
+
+TEST_F(EngineOverModel, NoisySampleDoesNotDependOnItsBatchMates) {
+  const std::vector<int64_t> ids = Ids(9, 3);
+  EmbeddingPath path{.input_ids = ids, .baseline_ids = std::vector<int64_t>(ids.size(), 4), .noise_stdev = 0.5, .noise_seed = 11};
+  auto shared = std::make_shared<const EmbeddingPath>(path);
+  const RowObjective objective{.positions = {8}, .tokens = {7}};
+  auto row = [&](int64_t sample) {
+    return Row{.kind = RowKind::kGrad, .point = {.path = shared, .alpha = 0.5, .noise_sample = sample}, .objective = objective};
+  };
+  // Sample 2 alone, then in one batch with samples 0..3 (in another order), then without noise.
+  RowCollector alone(1), together(4), noiseless(1);
+  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), {row(2)}, alone.Callback()).ok());
+  alone.Wait();
+  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), {row(3), row(2), row(0), row(1)}, together.Callback()).ok());
+  together.Wait();
+  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), {row(-1)}, noiseless.Callback()).ok());
+  noiseless.Wait();
+  EXPECT_TRUE(at::allclose(alone.result(0).position_values, together.result(1).position_values, 1e-5, 1e-6));
+  EXPECT_FALSE(at::allclose(together.result(0).position_values, together.result(1).position_values, 1e-3, 1e-4));
+  EXPECT_FALSE(at::allclose(alone.result(0).position_values, noiseless.result(0).position_values, 1e-3, 1e-4));
 }
 
 TEST_F(EngineOverModel, GenerationThroughDecodeRowsEqualsModelGeneration) {

@@ -111,9 +111,8 @@ TEST_F(BatchingEngineTest, ScoringCallIsNotStuckBehindGradientBatches) {
   RowCollector blocking(1), gradients(64), score(1);
   HoldExecutor(gate, blocking);
   std::vector<Row> grad_rows;
-  for (int i = 0; i < 64; ++i) {
-    grad_rows.push_back(Row{.kind = RowKind::kGrad, .input_ids = {1, 1}, .inputs_embeds = at::zeros({2, 4})});
-  }
+  auto path = std::make_shared<const EmbeddingPath>(EmbeddingPath{.input_ids = {1, 1}, .baseline_ids = {0, 0}});
+  for (int i = 0; i < 64; ++i) grad_rows.push_back(Row{.kind = RowKind::kGrad, .point = {.path = path, .alpha = 0.5}});
   ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), std::move(grad_rows), gradients.Callback()).ok());
   ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 9), score.Callback()).ok());
   gate.Notify();
@@ -257,6 +256,41 @@ TEST_F(BatchingEngineTest, FullQueueRejectsBeforeAccepting) {
   EXPECT_FALSE(called);
 }
 
+TEST_F(BatchingEngineTest, QueueMemoryCountsEachRequestsPathOnceAndRefusesAboveTheLimit) {
+  auto executor = std::make_unique<FakeExecutor>();
+  executor->SetEmbeddedBytesPerToken(1000);  // a 100-token path: ~100 KB once it runs
+  executor_ = executor.get();
+  engine_ = *BatchingEngine::Create(std::move(executor), {.max_queue_delay = absl::ZeroDuration(), .max_queued_bytes = 256 << 10});
+  Notification gate;
+  RowCollector blocking(1);
+  HoldExecutor(gate, blocking);
+  // 64 points on one path each: counted per row the path would need 6.5 MB; counted once it fits.
+  auto points_on_a_path = [](int64_t marker) {
+    auto path = std::make_shared<const EmbeddingPath>(EmbeddingPath{.input_ids = std::vector<int64_t>(100, marker),
+                                                                    .baseline_ids = std::vector<int64_t>(100, 0)});
+    std::vector<Row> rows;
+    for (int i = 0; i < 64; ++i) rows.push_back(Row{.kind = RowKind::kGrad, .point = {.path = path, .alpha = i / 64.0}});
+    return rows;
+  };
+  RowCollector first(64), second(64);
+  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), points_on_a_path(1), first.Callback()).ok());
+  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), points_on_a_path(2), second.Callback()).ok());
+  const int64_t queued = engine_->Stats().queued_bytes;
+  EXPECT_GT(queued, 2 * 100 * 1000);
+  EXPECT_LT(queued, 256 << 10);
+  bool called = false;
+  const absl::Status refused = engine_->Submit(engine_->NewRequest(), points_on_a_path(3), [&](size_t, RowResult) { called = true; });
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(refused.message(), HasSubstr("queue memory"));
+  EXPECT_EQ(engine_->Stats().queued_bytes, queued);  // nothing of the refused call was counted
+  gate.Notify();
+  blocking.Wait();
+  first.Wait();
+  second.Wait();
+  EXPECT_FALSE(called);
+  EXPECT_EQ(engine_->Stats().queued_bytes, 0);
+}
+
 TEST_F(BatchingEngineTest, MalformedRowsAreRejected) {
   Start();
   auto request = engine_->NewRequest();
@@ -265,6 +299,11 @@ TEST_F(BatchingEngineTest, MalformedRowsAreRejected) {
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(engine_->Submit(request, {Row{.kind = RowKind::kDecode, .input_ids = {1}}}, [](size_t, RowResult) {}).code(),
             absl::StatusCode::kInvalidArgument);
+  auto uneven = std::make_shared<const EmbeddingPath>(EmbeddingPath{.input_ids = {1, 2}, .baseline_ids = {0}});
+  const absl::Status status = engine_->Submit(request, {Row{.kind = RowKind::kGrad, .point = {.path = uneven}}},
+                                              [](size_t, RowResult) {});
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("baseline_ids"));
 }
 
 TEST_F(BatchingEngineTest, ShutdownAnswersQueuedRowsAndRefusesNewOnes) {

@@ -25,7 +25,8 @@ TEST(ServerConfig, ParsesEveryKey) {
     "tls": {"cert_file": "c", "key_file": "k", "client_ca_file": "ca"},
     "models": [{"name": "m", "path": "/p", "dtype": "bfloat16", "quantization": "nf4", "device": "cuda:1",
                 "engine": {"max_batch_tokens": 4096, "max_batch_rows": 16, "max_queue_delay_seconds": 0.005,
-                           "max_padding_waste": 0.5, "max_queued_rows": 100, "max_queued_tokens": 1000},
+                           "max_padding_waste": 0.5, "max_queued_rows": 100, "max_queued_tokens": 1000,
+                           "max_queued_bytes": 1048576},
                 "limits": {"max_steps": 64, "max_samples": 32, "max_features": 100, "max_exact_shapley_features": 8,
                            "max_tokens": 512, "max_new_tokens": 16}}]})", "test.json");
   ASSERT_TRUE(config.ok()) << config.status();
@@ -41,6 +42,7 @@ TEST(ServerConfig, ParsesEveryKey) {
   EXPECT_EQ(m.device, "cuda:1");
   EXPECT_EQ(m.engine.max_batch_tokens, 4096);
   EXPECT_EQ(m.engine.max_queue_delay, absl::Milliseconds(5));
+  EXPECT_EQ(m.engine.max_queued_bytes, 1048576);
   EXPECT_EQ(m.limits.max_steps, 64);
   EXPECT_EQ(m.limits.max_new_tokens, 16);
   EXPECT_TRUE(ValidateServerConfig(*config).ok());

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // A BatchExecutor for scheduler tests: no model, no tensors. Each row's value is the sum of its
-// input ids (so a result mixed up between rows is visible); it records every batch it runs, can be
+// input ids, or its path's (so a result mixed up between rows is visible); it records every batch it runs, can be
 // held at a gate, and fails on request.
 #pragma once
 
@@ -38,8 +38,9 @@ class FakeExecutor : public engine::BatchExecutor {
     }
     Batch batch{kind, {}};
     for (size_t i = 0; i < rows.size(); ++i) {
-      batch.rows.push_back(rows[i]->input_ids);
-      results[i].value = std::accumulate(rows[i]->input_ids.begin(), rows[i]->input_ids.end(), 0.0);
+      const std::vector<int64_t>& ids = rows[i]->point.path ? rows[i]->point.path->input_ids : rows[i]->input_ids;
+      batch.rows.push_back(ids);
+      results[i].value = std::accumulate(ids.begin(), ids.end(), 0.0);
     }
     std::lock_guard<std::mutex> lock(mu_);
     batches_.push_back(std::move(batch));
@@ -50,6 +51,9 @@ class FakeExecutor : public engine::BatchExecutor {
   void HoldFirstBatch(::attribution::testing::Notification* gate) { gate_ = gate; }
   ::attribution::testing::Notification& started() { return started_; }
   void FailWhen(FailureRule rule) { failure_ = std::move(rule); }
+  // What an embedding path costs per token once it runs (set before the engine starts).
+  void SetEmbeddedBytesPerToken(int64_t bytes) { embedded_bytes_per_token_ = bytes; }
+  int64_t EmbeddedBytesPerToken() const override { return embedded_bytes_per_token_; }
 
   std::vector<Batch> batches() const {
     std::lock_guard<std::mutex> lock(mu_);
@@ -68,6 +72,7 @@ class FakeExecutor : public engine::BatchExecutor {
   ::attribution::testing::Notification* gate_ = nullptr;  // touched by the executor thread only after setup
   ::attribution::testing::Notification started_;
   FailureRule failure_;
+  int64_t embedded_bytes_per_token_ = 0;
   mutable std::mutex mu_;
   std::vector<Batch> batches_;
   int64_t failed_attempts_ = 0;

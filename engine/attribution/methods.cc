@@ -1,0 +1,128 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "engine/attribution/methods.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "engine/attribution/coalition_designs.h"
+
+namespace attribution::engine {
+namespace {
+
+absl::Status NothingMore(const AttributionRequest&, int64_t, const AttributionLimits&) { return absl::OkStatus(); }
+
+absl::Status CheckSamples(const AttributionRequest& r, int64_t, const AttributionLimits& limits) {
+  return CheckRange(r.n_samples, 1, limits.max_samples, "n_samples");
+}
+
+// --- gradient methods -----------------------------------------------------------------------------
+
+absl::Status ValidateIntegratedGradients(const AttributionRequest& r, int64_t, const AttributionLimits& limits) {
+  return CheckRange(r.n_steps, MinIntegrationSteps(r.rule), limits.max_steps, "n_steps");
+}
+
+absl::Status ValidateGradientShap(const AttributionRequest& r, int64_t features, const AttributionLimits& limits) {
+  if (!(r.stdev >= 0 && r.stdev <= 10)) return absl::InvalidArgumentError(absl::StrCat("stdev = ", r.stdev, " is outside [0, 10]"));
+  return CheckSamples(r, features, limits);
+}
+
+PathReduction TimesDirection(const AttributionRequest&) { return PathReduction::kTimesDirection; }
+PathReduction TimesInput(const AttributionRequest&) { return PathReduction::kTimesInput; }
+PathReduction SaliencyReduction(const AttributionRequest& r) {
+  return r.saliency_abs ? PathReduction::kAbsolute : PathReduction::kSigned;
+}
+
+// The rule's points at `order` (validation keeps every order the plan asks for within the rule's range).
+PathSamples IntegrationSamples(const AttributionRequest& r, int64_t order) {
+  absl::StatusOr<IntegrationPoints> points = MakeIntegrationPoints(r.rule, order);
+  return points.ok() ? PathSamples{std::move(points->alphas), std::move(points->weights)} : PathSamples{};
+}
+
+// n_samples uniform alphas from the seed, each sample at its own noisy input.
+PathSamples GradientShapSamples(const AttributionRequest& r, int64_t) {
+  at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(r.seed);
+  const at::Tensor alphas = at::rand({r.n_samples}, generator, at::kDouble).contiguous();  // [n]
+  PathSamples samples{.noisy = true};
+  samples.alphas.assign(alphas.data_ptr<double>(), alphas.data_ptr<double>() + r.n_samples);
+  samples.weights.assign(r.n_samples, 1.0 / static_cast<double>(r.n_samples));
+  return samples;
+}
+
+// Saliency and InputXGradient: the gradient at the input itself.
+PathSamples AtInput(const AttributionRequest&, int64_t) { return PathSamples{{1.0}, {1.0}}; }
+
+// --- perturbation methods -------------------------------------------------------------------------
+
+absl::Status ValidateShapleyValues(const AttributionRequest&, int64_t features, const AttributionLimits& limits) {
+  return CheckRange(features, 1, limits.max_exact_shapley_features, "number of features for exact shapley_values");
+}
+
+absl::Status ValidateKernelShap(const AttributionRequest& r, int64_t features, const AttributionLimits& limits) {
+  if (auto s = CheckRange(features, 2, limits.max_features, "number of features for kernel_shap"); !s.ok()) return s;
+  return CheckRange(r.n_samples, 2, limits.max_samples, "n_samples");
+}
+
+constexpr Method kIntegratedGradients{AttributionMethod::kIntegratedGradients, "integrated_gradients",
+                                      MethodFamily::kGradient, ValidateIntegratedGradients, TimesDirection,
+                                      IntegrationSamples, nullptr};
+constexpr Method kGradientShap{AttributionMethod::kGradientShap, "gradient_shap", MethodFamily::kGradient,
+                               ValidateGradientShap, TimesDirection, GradientShapSamples, nullptr};
+constexpr Method kSaliency{AttributionMethod::kSaliency, "saliency", MethodFamily::kGradient, NothingMore,
+                           SaliencyReduction, AtInput, nullptr};
+constexpr Method kInputXGradient{AttributionMethod::kInputXGradient, "input_x_gradient", MethodFamily::kGradient,
+                                 NothingMore, TimesInput, AtInput, nullptr};
+constexpr Method kFeatureAblation{AttributionMethod::kFeatureAblation, "feature_ablation", MethodFamily::kPerturbation,
+                                  NothingMore, nullptr, nullptr, FeatureAblationCoalitions};
+constexpr Method kShapleyValues{AttributionMethod::kShapleyValues, "shapley_values", MethodFamily::kPerturbation,
+                                ValidateShapleyValues, nullptr, nullptr, ShapleyValuesCoalitions};
+constexpr Method kShapleyValueSampling{AttributionMethod::kShapleyValueSampling, "shapley_value_sampling",
+                                       MethodFamily::kPerturbation, CheckSamples, nullptr, nullptr,
+                                       ShapleyValueSamplingCoalitions};
+constexpr Method kLime{AttributionMethod::kLime, "lime", MethodFamily::kPerturbation, CheckSamples, nullptr, nullptr,
+                       LimeCoalitions};
+constexpr Method kKernelShap{AttributionMethod::kKernelShap, "kernel_shap", MethodFamily::kPerturbation,
+                             ValidateKernelShap, nullptr, nullptr, KernelShapCoalitions};
+
+}  // namespace
+
+const Method& MethodOf(AttributionMethod method) {
+  switch (method) {  // no default: a new method fails to compile (-Werror=switch) until it is here
+    case AttributionMethod::kIntegratedGradients:
+      return kIntegratedGradients;
+    case AttributionMethod::kGradientShap:
+      return kGradientShap;
+    case AttributionMethod::kSaliency:
+      return kSaliency;
+    case AttributionMethod::kInputXGradient:
+      return kInputXGradient;
+    case AttributionMethod::kFeatureAblation:
+      return kFeatureAblation;
+    case AttributionMethod::kShapleyValues:
+      return kShapleyValues;
+    case AttributionMethod::kShapleyValueSampling:
+      return kShapleyValueSampling;
+    case AttributionMethod::kLime:
+      return kLime;
+    case AttributionMethod::kKernelShap:
+      return kKernelShap;
+  }
+  return kIntegratedGradients;  // unreachable for a valid enum value
+}
+
+absl::StatusOr<AttributionMethod> ParseAttributionMethod(const std::string& name) {
+  std::vector<std::string> names;
+  for (AttributionMethod m : kAllMethods) {
+    if (name == MethodOf(m).name) return m;
+    names.push_back(MethodOf(m).name);
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("method \"", name, "\" is not supported (", absl::StrJoin(names, ", "), ")"));
+}
+
+const char* AttributionMethodName(AttributionMethod method) { return MethodOf(method).name; }
+
+bool IsGradientMethod(AttributionMethod method) { return MethodOf(method).family == MethodFamily::kGradient; }
+
+}  // namespace attribution::engine

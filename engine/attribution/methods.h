@@ -1,0 +1,63 @@
+// SPDX-License-Identifier: Apache-2.0
+// Every attribution method, once: its name, its family and what it adds to validation, to row building
+// and to the reduction of its rows. Plans read their method's part from here (gradient_plan.cc,
+// perturbation_plan.cc); adding an AttributionMethod fails to compile until MethodOf handles it.
+//
+//   const Method& method = MethodOf(request.method);
+//   RETURN_IF_ERROR(method.validate(request, features, limits));
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "engine/attribution/attribution_request.h"
+#include "engine/attribution/surrogate_models.h"
+#include "engine/scheduler/embedding_path.h"
+
+namespace attribution::engine {
+
+enum class MethodFamily {
+  kGradient,      // rows on an embedding path (grad rows), see embedding_path.h
+  kPerturbation,  // one score row per coalition of present features
+};
+
+// The points of one round of a gradient method on its path, and the weights that sum their rows.
+struct PathSamples {
+  std::vector<double> alphas;
+  std::vector<double> weights;
+  bool noisy = false;  // GradientShap: row i ends the path at its own noisy input (noise sample i)
+};
+
+// The coalitions a perturbation method scores and how their values become attributions.
+class CoalitionDesign {
+ public:
+  virtual ~CoalitionDesign() = default;
+  // Every coalition whose value the method needs (repeats allowed; the plan scores each once).
+  virtual std::vector<Coalition> Coalitions() const = 0;
+  // Feature attributions from the value of each coalition.
+  virtual std::vector<double> Attribute(const std::function<double(const Coalition&)>& value) const = 0;
+};
+
+struct Method {
+  AttributionMethod method;
+  const char* name;  // as requests and responses spell it
+  MethodFamily family;
+  // The method's own checks; the ones every request gets ran before. `features`: the request's count.
+  absl::Status (*validate)(const AttributionRequest& request, int64_t features, const AttributionLimits& limits);
+  // Gradient methods: how grad rows reduce their gradient per position, and one round's points (for
+  // integrated gradients the rule's points at `order`).
+  PathReduction (*reduction)(const AttributionRequest& request);
+  PathSamples (*samples)(const AttributionRequest& request, int64_t order);
+  // Perturbation methods: the coalitions and their reduction.
+  std::unique_ptr<CoalitionDesign> (*coalitions)(const AttributionRequest& request, int64_t features);
+};
+
+const Method& MethodOf(AttributionMethod method);
+inline constexpr AttributionMethod kAllMethods[] = {
+    AttributionMethod::kIntegratedGradients, AttributionMethod::kGradientShap,   AttributionMethod::kSaliency,
+    AttributionMethod::kInputXGradient,      AttributionMethod::kFeatureAblation, AttributionMethod::kShapleyValues,
+    AttributionMethod::kShapleyValueSampling, AttributionMethod::kLime,           AttributionMethod::kKernelShap,
+};
+
+}  // namespace attribution::engine
