@@ -15,11 +15,14 @@
 #include "absl/strings/str_cat.h"
 #include "client/attribution_client.h"
 #include "tests/testing/server_process.h"
+#include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 
 namespace attribution {
 namespace {
 
+using ::attribution::testing::IsOk;
+using ::attribution::testing::StatusIs;
 using nlohmann::json;
 using testing::ServerProcess;
 
@@ -191,7 +194,7 @@ TEST(BadModelDirectory, ExtraTensorServesWithOneWarningLine) {
   f.data += std::string(8, '\0');
   f.Write(dir + "/model.safetensors");
   auto server = ServerProcess::Start({"--model=extra=" + dir});
-  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_THAT(server, IsOk());
   // The warning is written before the server reports its port, so the log holds it now.
   const std::string log = (*server)->Log();
   size_t lines = 0;
@@ -211,15 +214,15 @@ TEST(BadModelDirectory, NonFiniteWeightsServeWhenAllowed) {
   std::memcpy(f.data.data() + begin, &inf, sizeof(inf));
   f.Write(dir + "/model.safetensors");
   auto server = ServerProcess::Start({"--model=inf=" + dir, "--allow_nonfinite_weights"});
-  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_THAT(server, IsOk());
   // Sampling from the resulting non-finite logits throws in LibTorch, on the engine's thread: the
   // call fails, the server lives on.
   auto client = client::AttributionClient::Connect({.target = (*server)->address()});
-  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_THAT(client, IsOk());
   absl::StatusOr<client::Generation> sampled = (*client)->Generate(
       {.model = "inf", .prompt_ids = {1, 5, 9}, .generation = {.max_new_tokens = 4, .temperature = 1.0, .seed = 3}});
-  EXPECT_EQ(sampled.status().code(), absl::StatusCode::kInternal) << sampled.status();
-  EXPECT_TRUE((*client)->ListModels().ok());
+  EXPECT_THAT(sampled, StatusIs(absl::StatusCode::kInternal));
+  EXPECT_THAT((*client)->ListModels(), IsOk());
 }
 
 }  // namespace

@@ -5,29 +5,32 @@
 #include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
 
-#include "tests/testing/notification.h"
 #include "engine/scheduler/batching_engine.h"
 #include "engine/scheduler/engine_generation.h"
+#include "tests/testing/notification.h"
 #include "tests/testing/reference.h"
 #include "tests/testing/row_collector.h"
+#include "tests/testing/status_matchers.h"
 
 namespace attribution::engine {
 namespace {
 
+using ::attribution::testing::IsOk;
 using ::attribution::testing::RowCollector;
 using ::attribution::testing::ScaledError;
+using ::attribution::testing::StatusIs;
 using ::attribution::testing::TestModelsDir;
 
 class EngineOverModel : public ::testing::Test {
  protected:
   void SetUp() override {
     auto model = CausalLM::Load(TestModelsDir() + "/llama", {});
-    ASSERT_TRUE(model.ok()) << model.status();
+    ASSERT_THAT(model, IsOk());
     model_ = std::move(*model);
     // A long queue delay gathers every row submitted below into shared batches.
     auto engine = BatchingEngine::Create(MakeModelExecutor(model_), {.max_batch_tokens = 4096, .max_batch_rows = 32,
                                                                       .max_queue_delay = absl::Milliseconds(200)});
-    ASSERT_TRUE(engine.ok());
+    ASSERT_THAT(engine, IsOk());
     engine_ = std::move(*engine);
     engine_->SetBatchObserver([this](const BatchRecord& record) {
       std::lock_guard<std::mutex> lock(mu_);
@@ -64,18 +67,23 @@ TEST_F(EngineOverModel, RowResultsEqualRowsComputedAlone) {
   for (size_t i = 0; i < lengths.size(); ++i) {
     score_results.push_back(std::make_unique<RowCollector>(1));
     grad_results.push_back(std::make_unique<RowCollector>(1));
-    ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), {score_rows[i]}, score_results.back()->Callback()).ok());
-    ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), {grad_rows[i]}, grad_results.back()->Callback()).ok());
+    ASSERT_THAT(
+        engine_->Submit(engine_->NewRequest(), {score_rows[i]}, score_results.back()->Callback()),
+        IsOk());
+    ASSERT_THAT(
+        engine_->Submit(engine_->NewRequest(), {grad_rows[i]}, grad_results.back()->Callback()),
+        IsOk());
   }
   for (size_t i = 0; i < lengths.size(); ++i) {
     score_results[i]->Wait();
     grad_results[i]->Wait();
     const Row& row = grad_rows[i];
     auto alone = model_->ObjectiveGradients({.inputs_embeds = row.inputs_embeds.unsqueeze(0)}, {row.objective});
-    ASSERT_TRUE(alone.ok());
+    ASSERT_THAT(alone, IsOk());
     const RowResult& grad = grad_results[i]->result(0);
     const RowResult& score = score_results[i]->result(0);
-    ASSERT_TRUE(grad.status.ok() && score.status.ok()) << grad.status << score.status;
+    ASSERT_THAT(grad.status, IsOk());
+    ASSERT_THAT(score.status, IsOk());
     EXPECT_NEAR(grad.value, alone->values[0].item<double>(), 1e-5);
     EXPECT_NEAR(score.value, alone->values[0].item<double>(), 1e-5);
     EXPECT_LT(ScaledError(grad.gradient, alone->gradients[0]), 1e-5);
@@ -91,7 +99,7 @@ TEST_F(EngineOverModel, GenerationThroughDecodeRowsEqualsModelGeneration) {
   const std::vector<std::vector<int64_t>> prompts = {Ids(4, 1), Ids(9, 2), Ids(6, 3)};
   GenerationOptions options{.max_new_tokens = 6, .ignore_stop_tokens = true};
   auto expected = Generate(*model_, prompts, options);
-  ASSERT_TRUE(expected.ok());
+  ASSERT_THAT(expected, IsOk());
   std::vector<absl::StatusOr<Generation>> outputs(prompts.size(), absl::UnknownError("not run"));
   std::vector<::attribution::testing::Notification> done(prompts.size());
   for (size_t i = 0; i < prompts.size(); ++i) {
@@ -103,7 +111,7 @@ TEST_F(EngineOverModel, GenerationThroughDecodeRowsEqualsModelGeneration) {
   }
   for (size_t i = 0; i < prompts.size(); ++i) {
     done[i].WaitForNotification();
-    ASSERT_TRUE(outputs[i].ok()) << outputs[i].status();
+    ASSERT_THAT(outputs[i], IsOk());
     EXPECT_EQ(outputs[i]->tokens, (*expected)[i].tokens) << "prompt " << i;
   }
 }
@@ -119,7 +127,7 @@ TEST_F(EngineOverModel, CancelledGenerationEndsWithCancelled) {
                 });
   engine_->Cancel(*request);
   done.WaitForNotification();
-  EXPECT_EQ(status.code(), absl::StatusCode::kCancelled);
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kCancelled));
 }
 
 }  // namespace

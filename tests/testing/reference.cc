@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "engine/model/safetensors.h"
+#include "tests/testing/status_matchers.h"
 
 namespace attribution::testing {
 
@@ -33,7 +34,7 @@ Reference LoadReference(const std::string& arch, const std::string& dtype) {
 
 at::Tensor Reference::Tensor(const std::string& name) const {
   auto file = engine::SafetensorsFile::Open(tensors_path);
-  EXPECT_TRUE(file.ok()) << file.status();
+  EXPECT_THAT(file, IsOk());
   const engine::TensorRecord* record = (*file)->Find(name);
   EXPECT_NE(record, nullptr) << tensors_path << " lacks " << name;
   return (*file)->View(*record).to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
