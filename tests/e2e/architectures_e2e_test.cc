@@ -21,10 +21,10 @@
 namespace attribution {
 namespace {
 
-using ::attribution::testing::IsOk;
-using ::attribution::testing::StatusIs;
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
+using test_support::ServerProcess;
 using ::testing::HasSubstr;
-using testing::ServerProcess;
 
 std::vector<std::string> ArchitectureNames() { return {"llama", "llama3-scaled", "mistral", "qwen2", "gpt2"}; }
 

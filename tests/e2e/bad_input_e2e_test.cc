@@ -16,11 +16,11 @@
 namespace attribution {
 namespace {
 
-using ::attribution::testing::IsOk;
-using ::attribution::testing::StatusIs;
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
 using grpc::StatusCode;
+using test_support::ServerProcess;
 using ::testing::HasSubstr;
-using testing::ServerProcess;
 
 v1::AttributeRequest GoodAttribute() {
   v1::AttributeRequest r;
@@ -172,7 +172,7 @@ std::vector<BadCase> BadCases() {
 }
 
 TEST(BadInputs, EachGetsItsCodeAndFieldAndTheServerStaysCorrect) {
-  auto server = ServerProcess::Start({"--model=demo=" + testing::DemoModelDir()});
+  auto server = ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir()});
   ASSERT_THAT(server, IsOk());
   auto client = *client::AttributionClient::Connect({.target = (*server)->address()});
   const client::AttributeOptions good{.model = "demo", .prompt = "Is it true that vaccines cause autism?",
@@ -214,7 +214,7 @@ TEST(BadInputs, EachGetsItsCodeAndFieldAndTheServerStaysCorrect) {
 }
 
 TEST(BadInputs, HugeModelNameIsQuotedShortlyInTheStatusAndTheLog) {
-  auto server = ServerProcess::Start({"--model=demo=" + testing::DemoModelDir()});
+  auto server = ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir()});
   ASSERT_THAT(server, IsOk());
   auto stub = v1::AttributionService::NewStub(
       grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
@@ -240,7 +240,8 @@ TEST(BadInputs, HugeModelNameIsQuotedShortlyInTheStatusAndTheLog) {
 }
 
 TEST(BadInputs, CallsOverTheConcurrencyLimitAreResourceExhausted) {
-  auto server = ServerProcess::Start({"--model=demo=" + testing::DemoModelDir(), "--max_concurrent_requests=1"});
+  auto server = ServerProcess::Start(
+      {"--model=demo=" + test_support::DemoModelDir(), "--max_concurrent_requests=1"});
   ASSERT_THAT(server, IsOk());
   auto client = *client::AttributionClient::Connect({.target = (*server)->address()});
   absl::StatusOr<client::Attribution> slow = absl::UnknownError("not run");

@@ -21,10 +21,10 @@
 namespace attribution {
 namespace {
 
-using ::attribution::testing::IsOk;
-using ::attribution::testing::StatusIs;
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
 using nlohmann::json;
-using testing::ServerProcess;
+using test_support::ServerProcess;
 
 std::string ReadAll(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -165,9 +165,10 @@ class BadModelDirectory : public ::testing::TestWithParam<BadModel> {};
 
 TEST_P(BadModelDirectory, ServerExitsWithStatusOneNamingTheFileAndField) {
   const BadModel& c = GetParam();
-  testing::TempDir root;
+  test_support::TempDir root;
   const std::string dir = root.File("model");
-  testing::CopyDirectoryFiles(absl::StrCat(ATTRIBUTION_ARCHITECTURE_MODELS_DIR, "/", c.base), dir);
+  test_support::CopyDirectoryFiles(absl::StrCat(ATTRIBUTION_ARCHITECTURE_MODELS_DIR, "/", c.base),
+                                   dir);
   c.damage(dir);
   // Loading a model this small takes well under a second; 30 s only bounds a hang.
   auto [code, log] = ServerProcess::RunToExit({"--model=bad=" + dir}, absl::Seconds(30));
@@ -183,9 +184,10 @@ INSTANTIATE_TEST_SUITE_P(EveryDamage, BadModelDirectory, ::testing::ValuesIn(Bad
                          [](const auto& info) { return info.param.name; });
 
 TEST(BadModelDirectory, ExtraTensorServesWithOneWarningLine) {
-  testing::TempDir root;
+  test_support::TempDir root;
   const std::string dir = root.File("model");
-  testing::CopyDirectoryFiles(absl::StrCat(ATTRIBUTION_ARCHITECTURE_MODELS_DIR, "/qwen2"), dir);
+  test_support::CopyDirectoryFiles(absl::StrCat(ATTRIBUTION_ARCHITECTURE_MODELS_DIR, "/qwen2"),
+                                   dir);
   Safetensors f = Safetensors::Read(dir + "/model.safetensors");
   json header = json::parse(f.header);
   header["model.layers.0.mlp.extra_proj.weight"] = {
@@ -205,9 +207,10 @@ TEST(BadModelDirectory, ExtraTensorServesWithOneWarningLine) {
 }
 
 TEST(BadModelDirectory, NonFiniteWeightsServeWhenAllowed) {
-  testing::TempDir root;
+  test_support::TempDir root;
   const std::string dir = root.File("model");
-  testing::CopyDirectoryFiles(absl::StrCat(ATTRIBUTION_ARCHITECTURE_MODELS_DIR, "/llama"), dir);
+  test_support::CopyDirectoryFiles(absl::StrCat(ATTRIBUTION_ARCHITECTURE_MODELS_DIR, "/llama"),
+                                   dir);
   Safetensors f = Safetensors::Read(dir + "/model.safetensors");
   const uint64_t begin = json::parse(f.header)["model.layers.1.mlp.up_proj.weight"]["data_offsets"][0].get<uint64_t>();
   const float inf = std::numeric_limits<float>::infinity();

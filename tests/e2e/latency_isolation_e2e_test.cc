@@ -15,14 +15,15 @@
 namespace attribution {
 namespace {
 
-using ::attribution::testing::IsOk;
-using testing::MetricValue;
-using testing::ServerProcess;
-using testing::WaitForQueuedRows;
+using ::attribution::test_support::IsOk;
+using test_support::MetricValue;
+using test_support::ServerProcess;
+using test_support::WaitForQueuedRows;
 
 TEST(LatencyIsolation, ShortCallOvertakesLongAttributionWhichStaysTheSame) {
   // A bound the tiny demo model's batches exceed, so that it shows on a 2-core machine.
-  auto server = ServerProcess::Start({"--model=demo=" + testing::DemoModelDir(), "--max_batch_seconds=0.002"});
+  auto server = ServerProcess::Start(
+      {"--model=demo=" + test_support::DemoModelDir(), "--max_batch_seconds=0.002"});
   ASSERT_THAT(server, IsOk());
   auto client = std::move(*client::AttributionClient::Connect({.target = (*server)->address()}));
   const std::string limited = "attribution_engine_time_limited_batches_total{model=\"demo\"}";

@@ -15,7 +15,7 @@
 namespace attribution {
 namespace {
 
-using ::attribution::testing::IsOk;
+using ::attribution::test_support::IsOk;
 
 // A field of /proc/PID/status in MB (VmRSS: resident now, VmHWM: the peak).
 double StatusMegabytes(pid_t pid, const std::string& field) {
@@ -27,7 +27,8 @@ double StatusMegabytes(pid_t pid, const std::string& field) {
 }
 
 TEST(Memory, AnIdleServerReturnsWhatABurstTook) {
-  auto server = testing::ServerProcess::Start({"--model=demo=" + testing::DemoModelDir()});
+  auto server =
+      test_support::ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir()});
   ASSERT_THAT(server, IsOk());
   auto client = std::move(*client::AttributionClient::Connect({.target = (*server)->address()}));
   client::AttributeOptions small{.model = "demo", .prompt = "warm up the server", .target = " yes",

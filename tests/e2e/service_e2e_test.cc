@@ -27,15 +27,15 @@
 namespace attribution {
 namespace {
 
-using ::attribution::testing::IsOk;
-using ::attribution::testing::StatusIs;
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
 using client::AttributeOptions;
 using client::Attribution;
 using client::AttributionClient;
-using testing::DemoModelDir;
-using testing::MetricValue;
-using testing::ServerProcess;
-using testing::WaitForQueuedRows;
+using test_support::DemoModelDir;
+using test_support::MetricValue;
+using test_support::ServerProcess;
+using test_support::WaitForQueuedRows;
 
 constexpr char kPrompt[] = "Is it true that vaccines cause autism?";
 constexpr char kTarget[] = " No";
@@ -369,7 +369,7 @@ TEST_F(ServiceTest, DeadlinesAndCancellationEndCallsAndDropTheirRows) {
   absl::StatusOr<Attribution> after = client->Attribute({.model = "demo", .prompt = kPrompt, .target = kTarget, .n_steps = 8});
   ASSERT_THAT(after, IsOk());
   EXPECT_LT(after->stats.wall_seconds, 30);
-  auto metrics = testing::HttpGet(server_->metrics_port(), "/metrics");
+  auto metrics = test_support::HttpGet(server_->metrics_port(), "/metrics");
   ASSERT_THAT(metrics, IsOk());
   EXPECT_NE(metrics->find("attribution_rpcs_total{code=\"CANCELLED\",method=\"Attribute\"}"), std::string::npos);
   EXPECT_NE(metrics->find("attribution_engine_queued_rows{model=\"demo\"} 0"), std::string::npos);
@@ -378,7 +378,7 @@ TEST_F(ServiceTest, DeadlinesAndCancellationEndCallsAndDropTheirRows) {
 TEST_F(ServiceTest, MetricsCountRpcsBatchesAndResidentBytes) {
   auto client = Connect(server_->address());
   ASSERT_THAT(client->GetLogprobs({.model = "demo", .prompt = "a b c", .target = " d"}), IsOk());
-  auto metrics = testing::HttpGet(server_->metrics_port(), "/metrics");
+  auto metrics = test_support::HttpGet(server_->metrics_port(), "/metrics");
   ASSERT_THAT(metrics, IsOk());
   for (const char* expected :
        {"attribution_rpcs_total{code=\"OK\",method=\"Logprobs\"}", "attribution_rpc_seconds_bucket{method=\"Logprobs\"",
@@ -388,7 +388,7 @@ TEST_F(ServiceTest, MetricsCountRpcsBatchesAndResidentBytes) {
         "attribution_model_resident_weight_bytes{model=\"demo\"} "}) {
     EXPECT_NE(metrics->find(expected), std::string::npos) << expected;
   }
-  EXPECT_THAT(testing::HttpGet(server_->metrics_port(), "/other"),
+  EXPECT_THAT(test_support::HttpGet(server_->metrics_port(), "/other"),
               StatusIs(absl::StatusCode::kNotFound));
   // One JSON log line per request.
   EXPECT_NE(server_->Log().find(R"("code":"OK","device_s":)"), std::string::npos);
@@ -421,7 +421,7 @@ TEST(ServerLifecycle, SigtermFinishesCallsInFlightRefusesNewOnesAndExitsZero) {
 }
 
 TEST(ServerLifecycle, BadConfigurationsFailAtStartupWithAClearMessage) {
-  testing::TempDir dir;
+  test_support::TempDir dir;
   {
     std::ofstream(dir.File("typo.json")) << R"({"models": [{"name": "m", "path": "/x", "dtyp": "float32"}]})";
     std::ofstream(dir.File("broken.json")) << R"({"models": [)";

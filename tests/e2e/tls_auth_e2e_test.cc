@@ -13,12 +13,12 @@
 namespace attribution {
 namespace {
 
-using ::attribution::testing::IsOk;
-using ::attribution::testing::StatusIs;
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
 using client::AttributionClient;
 using client::ClientOptions;
+using test_support::ServerProcess;
 using ::testing::HasSubstr;
-using testing::ServerProcess;
 
 // A CA, a server certificate for localhost/127.0.0.1 and a client certificate it signed, plus a
 // client certificate from another CA that the server must not trust.
@@ -48,7 +48,7 @@ printf '# tokens\nsecret-token-1\n\nsecret-token-2\n' > tokens)";
     for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
     return out;
   }
-  testing::TempDir dir_;
+  test_support::TempDir dir_;
   bool ok_ = false;
 };
 
@@ -64,9 +64,10 @@ absl::Status ListModelsWith(const std::string& address, ClientOptions options) {
 TEST(TlsAndAuth, MutualTlsWithTokensServesOnlyTheRightCredentials) {
   Certificates certs;
   ASSERT_TRUE(certs.ok()) << "openssl failed";
-  auto server = ServerProcess::Start({"--model=demo=" + testing::DemoModelDir(), "--tls_cert=" + certs.File("server.pem"),
-                                      "--tls_key=" + certs.File("server.key"), "--tls_client_ca=" + certs.File("ca.pem"),
-                                      "--auth_tokens_file=" + certs.File("tokens")});
+  auto server = ServerProcess::Start(
+      {"--model=demo=" + test_support::DemoModelDir(), "--tls_cert=" + certs.File("server.pem"),
+       "--tls_key=" + certs.File("server.key"), "--tls_client_ca=" + certs.File("ca.pem"),
+       "--auth_tokens_file=" + certs.File("tokens")});
   ASSERT_THAT(server, IsOk());
   const std::string address = "localhost:" + std::to_string((*server)->port());
   const ClientOptions good{.tls = true, .ca_file = certs.File("ca.pem"), .cert_file = certs.File("client.pem"),
@@ -111,7 +112,8 @@ TEST(TlsAndAuth, MutualTlsWithTokensServesOnlyTheRightCredentials) {
 TEST(TlsAndAuth, ServerOnlyTlsAcceptsAnyClientThatTrustsIt) {
   Certificates certs;
   ASSERT_TRUE(certs.ok()) << "openssl failed";
-  auto server = ServerProcess::Start({"--model=demo=" + testing::DemoModelDir(), "--tls_cert=" + certs.File("server.pem"),
+  auto server = ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir(),
+                                      "--tls_cert=" + certs.File("server.pem"),
                                       "--tls_key=" + certs.File("server.key")});
   ASSERT_THAT(server, IsOk());
   const std::string address = "127.0.0.1:" + std::to_string((*server)->port());

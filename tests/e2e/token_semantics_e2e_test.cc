@@ -26,10 +26,10 @@
 namespace attribution {
 namespace {
 
-using ::attribution::testing::IsOk;
-using ::attribution::testing::StatusIs;
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
+using test_support::ServerProcess;
 using ::testing::HasSubstr;
-using testing::ServerProcess;
 
 const nlohmann::json& References() {
   static const nlohmann::json* references = [] {

@@ -17,9 +17,9 @@
 namespace attribution::engine {
 namespace {
 
-using ::attribution::testing::IsOk;
-using ::attribution::testing::StatusIs;
-using ::attribution::testing::TestModelsDir;
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
+using ::attribution::test_support::TestModelsDir;
 using ::testing::HasSubstr;
 
 class AttributionTest : public ::testing::Test {

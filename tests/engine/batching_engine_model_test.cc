@@ -15,11 +15,11 @@
 namespace attribution::engine {
 namespace {
 
-using ::attribution::testing::IsOk;
-using ::attribution::testing::RowCollector;
-using ::attribution::testing::ScaledError;
-using ::attribution::testing::StatusIs;
-using ::attribution::testing::TestModelsDir;
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::RowCollector;
+using ::attribution::test_support::ScaledError;
+using ::attribution::test_support::StatusIs;
+using ::attribution::test_support::TestModelsDir;
 
 class EngineOverModel : public ::testing::Test {
  protected:
@@ -101,7 +101,7 @@ TEST_F(EngineOverModel, GenerationThroughDecodeRowsEqualsModelGeneration) {
   auto expected = Generate(*model_, prompts, options);
   ASSERT_THAT(expected, IsOk());
   std::vector<absl::StatusOr<Generation>> outputs(prompts.size(), absl::UnknownError("not run"));
-  std::vector<::attribution::testing::Notification> done(prompts.size());
+  std::vector<::attribution::test_support::Notification> done(prompts.size());
   for (size_t i = 0; i < prompts.size(); ++i) {
     GenerateAsync(*engine_, engine_->NewRequest(), model_->config(), prompts[i], options,
                   [&, i](absl::StatusOr<Generation> g) {
@@ -118,7 +118,7 @@ TEST_F(EngineOverModel, GenerationThroughDecodeRowsEqualsModelGeneration) {
 
 TEST_F(EngineOverModel, CancelledGenerationEndsWithCancelled) {
   auto request = engine_->NewRequest();
-  ::attribution::testing::Notification done;
+  ::attribution::test_support::Notification done;
   absl::Status status;
   GenerateAsync(*engine_, request, model_->config(), Ids(5, 1), {.max_new_tokens = 1000, .ignore_stop_tokens = true},
                 [&](absl::StatusOr<Generation> g) {

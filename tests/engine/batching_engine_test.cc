@@ -17,13 +17,13 @@
 namespace attribution::engine {
 namespace {
 
-using ::attribution::testing::FakeExecutor;
-using ::attribution::testing::IsOk;
-using ::attribution::testing::RowCollector;
-using ::attribution::testing::StatusIs;
+using ::attribution::test_support::FakeExecutor;
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::RowCollector;
+using ::attribution::test_support::StatusIs;
 using ::testing::Each;
 using ::testing::HasSubstr;
-using Notification = ::attribution::testing::Notification;
+using Notification = ::attribution::test_support::Notification;
 
 Row ScoreRow(std::vector<int64_t> ids) { return Row{.kind = RowKind::kScore, .input_ids = std::move(ids)}; }
 

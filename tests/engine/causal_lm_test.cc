@@ -20,12 +20,12 @@
 namespace attribution::engine {
 namespace {
 
-using ::attribution::testing::IsOk;
-using ::attribution::testing::LoadReference;
-using ::attribution::testing::Reference;
-using ::attribution::testing::ScaledError;
-using ::attribution::testing::StatusIs;
-using ::attribution::testing::TestModelsDir;
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::LoadReference;
+using ::attribution::test_support::Reference;
+using ::attribution::test_support::ScaledError;
+using ::attribution::test_support::StatusIs;
+using ::attribution::test_support::TestModelsDir;
 using ::testing::HasSubstr;
 
 // One row of token ids: [1, n] int64.

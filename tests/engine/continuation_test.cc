@@ -16,8 +16,8 @@
 namespace attribution::engine {
 namespace {
 
-using ::attribution::testing::IsOk;
-using ::attribution::testing::StatusIs;
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
 using ::testing::HasSubstr;
 
 class ContinuationTest : public ::testing::TestWithParam<std::string> {

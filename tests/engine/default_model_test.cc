@@ -20,7 +20,7 @@
 namespace attribution::engine {
 namespace {
 
-using ::attribution::testing::IsOk;
+using ::attribution::test_support::IsOk;
 using bench::HeldOutQuestion;
 
 class DefaultModelTest : public ::testing::Test {
@@ -45,7 +45,7 @@ class DefaultModelTest : public ::testing::Test {
   }
 
   static Faithfulness Measure(const AttributionRequest& request, const std::vector<double>& attribution) {
-    testing::Notification done;
+    test_support::Notification done;
     absl::StatusOr<Faithfulness> out;
     MeasureFaithfulness(*engine_, engine_->NewRequest(), request, attribution, [&](absl::StatusOr<Faithfulness> f) {
       out = std::move(f);
@@ -74,7 +74,7 @@ TEST_F(DefaultModelTest, AnswersHeldOutQuestionsThroughTheEngine) {
                          .objective = {.positions = {last}, .tokens = {answer}, .weights = {1.0}}});
     }
   }
-  testing::RowCollector results(rows.size());
+  test_support::RowCollector results(rows.size());
   ASSERT_THAT(engine_->Submit(engine_->NewRequest(), std::move(rows), results.Callback()), IsOk());
   results.Wait();
   std::map<std::string, std::pair<int, int>> correct;  // task -> (right, asked)

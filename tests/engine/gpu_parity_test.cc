@@ -16,10 +16,10 @@
 namespace attribution::engine {
 namespace {
 
-using ::attribution::testing::IsOk;
-using ::attribution::testing::LoadReference;
-using ::attribution::testing::ScaledError;
-using ::attribution::testing::TestModelsDir;
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::LoadReference;
+using ::attribution::test_support::ScaledError;
+using ::attribution::test_support::TestModelsDir;
 
 bool HasCudaDevice() { return at::globalContext().hasCUDA() && at::detail::getCUDAHooks().deviceCount() > 0; }
 
@@ -41,7 +41,7 @@ TEST_P(GpuParity, LogitsOnTheDeviceMatchTransformers) {
   LoadOptions options{.dtype = *ParseDtype(GetParam().dtype), .device = "cuda:0"};
   auto model = CausalLM::Load(TestModelsDir() + "/" + GetParam().arch, options);
   ASSERT_THAT(model, IsOk());
-  const testing::Reference reference = LoadReference(GetParam().arch, GetParam().dtype);
+  const test_support::Reference reference = LoadReference(GetParam().arch, GetParam().dtype);
   const auto rows = reference.spec["rows"].get<std::vector<std::vector<int64_t>>>();
   c10::InferenceMode inference;
   for (size_t r = 0; r < rows.size(); ++r) {

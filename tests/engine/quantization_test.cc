@@ -18,10 +18,10 @@
 namespace attribution::engine {
 namespace {
 
-using ::attribution::testing::IsOk;
-using ::attribution::testing::ScaledError;
-using ::attribution::testing::StatusIs;
-using ::attribution::testing::TestModelsDir;
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::ScaledError;
+using ::attribution::test_support::StatusIs;
+using ::attribution::test_support::TestModelsDir;
 using ::testing::HasSubstr;
 
 at::Tensor ReferenceTensor(const std::string& name) {

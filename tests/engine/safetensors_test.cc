@@ -19,10 +19,10 @@
 namespace attribution::engine {
 namespace {
 
-using ::attribution::testing::CopyDirectoryFiles;
-using ::attribution::testing::IsOk;
-using ::attribution::testing::StatusIs;
-using ::attribution::testing::TempDir;
+using ::attribution::test_support::CopyDirectoryFiles;
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
+using ::attribution::test_support::TempDir;
 using ::testing::HasSubstr;
 
 // Writes raw bytes: 8-byte little-endian header length, the header text, then `data`.
@@ -128,7 +128,7 @@ class ModelDirectoryDefect : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = root_.File("model");
-    CopyDirectoryFiles(::attribution::testing::TestModelsDir() + "/llama", dir_);
+    CopyDirectoryFiles(::attribution::test_support::TestModelsDir() + "/llama", dir_);
   }
   nlohmann::json Config() {
     std::ifstream in(dir_ + "/config.json");
@@ -176,7 +176,7 @@ TEST_F(ModelDirectoryDefect, ExtraTensorLoadsAndIsListedAsUnused) {
 // Exports of tied models sometimes store the head anyway; the embedding serves, the copy is known.
 TEST_F(ModelDirectoryDefect, StoredCopyOfATiedHeadIsNotUnused) {
   dir_ = root_.File("gpt2");
-  CopyDirectoryFiles(::attribution::testing::TestModelsDir() + "/gpt2", dir_);
+  CopyDirectoryFiles(::attribution::test_support::TestModelsDir() + "/gpt2", dir_);
   RewriteWeights([](auto& t) { t["lm_head.weight"] = t["transformer.wte.weight"].clone(); });
   auto model = CausalLM::Load(dir_, {});
   ASSERT_THAT(model, IsOk());

@@ -16,11 +16,11 @@
 namespace attribution::engine {
 namespace {
 
-using ::attribution::testing::IsOk;
-using ::attribution::testing::StatusIs;
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
 using ::testing::HasSubstr;
 
-std::string TokenizersDir() { return ::attribution::testing::TestTokenizersDir(); }
+std::string TokenizersDir() { return ::attribution::test_support::TestTokenizersDir(); }
 
 class TokenizerParity : public ::testing::TestWithParam<std::string> {
  protected:

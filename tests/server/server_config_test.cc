@@ -18,8 +18,8 @@
 namespace attribution::server {
 namespace {
 
-using ::attribution::testing::IsOk;
-using ::attribution::testing::StatusIs;
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
 using ::testing::HasSubstr;
 
 TEST(ServerConfig, ParsesEveryKey) {
@@ -97,7 +97,7 @@ TEST(ServerConfig, ValidationNamesTheField) {
 }
 
 TEST(BearerAuth, AcceptsListedTokensOnly) {
-  testing::TempDir dir;
+  test_support::TempDir dir;
   std::ofstream(dir.File("tokens")) << "# comment\n  alpha  \n\nbeta\n";
   absl::StatusOr<BearerAuth> auth = BearerAuth::Load(dir.File("tokens"));
   ASSERT_THAT(auth, IsOk());

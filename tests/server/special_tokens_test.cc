@@ -18,7 +18,7 @@
 namespace attribution::server {
 namespace {
 
-using ::attribution::testing::IsOk;
+using ::attribution::test_support::IsOk;
 
 struct RecordedRow {
   std::vector<int64_t> input_ids;

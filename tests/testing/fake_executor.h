@@ -12,7 +12,7 @@
 #include "tests/testing/notification.h"
 #include "engine/scheduler/batch_executor.h"
 
-namespace attribution::testing {
+namespace attribution::test_support {
 
 class FakeExecutor : public engine::BatchExecutor {
  public:
@@ -47,8 +47,8 @@ class FakeExecutor : public engine::BatchExecutor {
   }
 
   // The first batch blocks until `gate` is notified; started() is notified when it arrives.
-  void HoldFirstBatch(::attribution::testing::Notification* gate) { gate_ = gate; }
-  ::attribution::testing::Notification& started() { return started_; }
+  void HoldFirstBatch(Notification* gate) { gate_ = gate; }
+  Notification& started() { return started_; }
   void FailWhen(FailureRule rule) { failure_ = std::move(rule); }
 
   std::vector<Batch> batches() const {
@@ -65,12 +65,12 @@ class FakeExecutor : public engine::BatchExecutor {
     std::lock_guard<std::mutex> lock(mu_);
     ++failed_attempts_;
   }
-  ::attribution::testing::Notification* gate_ = nullptr;  // touched by the executor thread only after setup
-  ::attribution::testing::Notification started_;
+  Notification* gate_ = nullptr;  // touched by the executor thread only after setup
+  Notification started_;
   FailureRule failure_;
   mutable std::mutex mu_;
   std::vector<Batch> batches_;
   int64_t failed_attempts_ = 0;
 };
 
-}  // namespace attribution::testing
+}  // namespace attribution::test_support

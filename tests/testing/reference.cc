@@ -10,7 +10,7 @@
 #include "engine/model/safetensors.h"
 #include "tests/testing/status_matchers.h"
 
-namespace attribution::testing {
+namespace attribution::test_support {
 
 std::string TestModelsDir() {
   const char* dir = std::getenv("ATTRIBUTION_TEST_MODELS");
@@ -46,4 +46,4 @@ double ScaledError(const at::Tensor& actual, const at::Tensor& expected) {
   return (a - e).abs().max().item<double>() / scale;
 }
 
-}  // namespace attribution::testing
+}  // namespace attribution::test_support

@@ -15,7 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
-namespace attribution::testing {
+namespace attribution::test_support {
 namespace status_matchers_internal {
 
 inline const absl::Status& GetStatus(const absl::Status& status) { return status; }
@@ -84,4 +84,4 @@ inline ::testing::PolymorphicMatcher<status_matchers_internal::IsOkMatcher> IsOk
   return ::testing::MakePolymorphicMatcher(status_matchers_internal::IsOkMatcher());
 }
 
-}  // namespace attribution::testing
+}  // namespace attribution::test_support
