@@ -1,7 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "server/conversion.h"
 
-#include <ATen/core/Tensor.h>
 #include <google/protobuf/descriptor.h>
 
 #include <algorithm>
@@ -459,18 +458,6 @@ void ToStreamedToken(int64_t id, float log_prob, const ServedModel& model, v1::T
   out->set_log_prob(log_prob);
 }
 
-engine::Row LogprobsCall::ScoreRow() const {
-  engine::Row row{.kind = engine::RowKind::kScore, .top_k = top_k};
-  row.input_ids = prompt.encoding.ids;
-  row.input_ids.insert(row.input_ids.end(), target.encoding.ids.begin(), target.encoding.ids.end());
-  const int64_t p = static_cast<int64_t>(prompt.encoding.ids.size());
-  for (size_t t = 0; t < target.encoding.ids.size(); ++t) {
-    row.objective.positions.push_back(p - 1 + static_cast<int64_t>(t));
-    row.objective.tokens.push_back(target.encoding.ids[t]);
-  }
-  return row;
-}
-
 absl::StatusOr<LogprobsCall> ToLogprobsCall(const v1::LogprobsRequest& proto, const ServedModel& model,
                                             int64_t max_top_k) {
   LogprobsCall call;
@@ -486,25 +473,24 @@ absl::StatusOr<LogprobsCall> ToLogprobsCall(const v1::LogprobsRequest& proto, co
   return call;
 }
 
-void ToLogprobsResponse(const engine::RowResult& result, const LogprobsCall& call, const ServedModel& model,
-                        v1::LogprobsResponse* out) {
+void ToLogprobsResponse(const engine::TargetScores& scores, const LogprobsCall& call,
+                        const ServedModel& model, v1::LogprobsResponse* out) {
   const engine::Tokenizer& tokenizer = *model.tokenizer;
   out->set_model(model.spec.name);
   FillTokens(call.prompt, tokenizer, out->mutable_prompt_tokens());
   google::protobuf::RepeatedPtrField<v1::Token> tokens;
   FillTokens(call.target, tokenizer, &tokens);
-  const at::Tensor log_probs = result.token_log_probs.contiguous();  // [T] float32
   double total = 0;
   for (int t = 0; t < tokens.size(); ++t) {
     v1::TokenLogprob* entry = out->add_target();
     *entry->mutable_token() = tokens[t];
-    const float lp = log_probs.data_ptr<float>()[t];
-    entry->mutable_token()->set_log_prob(lp);
-    total += lp;
-    for (int64_t k = 0; k < call.top_k; ++k) {
+    entry->mutable_token()->set_log_prob(static_cast<float>(scores.log_probs[t]));
+    total += scores.log_probs[t];
+    if (t >= static_cast<int>(scores.top_ids.size())) continue;  // no alternatives asked for
+    for (size_t k = 0; k < scores.top_ids[t].size(); ++k) {
       v1::TopToken* top = entry->add_top();
-      SetTokenText(result.top_ids[t][k].item<int64_t>(), tokenizer, top);
-      top->set_log_prob(result.top_log_probs[t][k].item<float>());
+      SetTokenText(scores.top_ids[t][k], tokenizer, top);
+      top->set_log_prob(static_cast<float>(scores.top_log_probs[t][k]));
     }
   }
   out->set_total_log_prob(total);
