@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: Apache-2.0
-"""The Python way of bench/attribution_bench: Captum's LLM attribution over the transformers model on the
+"""The Python way of bench/method_bench: Captum's LLM attribution over the transformers model on the
 same weights, prompt and target. Prints one JSON line with seconds and attributions per job.
 
 Usage: python_captum_attribution.py MODEL_DIR PROMPT_IDS TARGET_IDS JOBS

@@ -201,16 +201,17 @@ grpc::ServerUnaryReactor* AttributionServiceImpl::Logprobs(grpc::CallbackServerC
   auto handle = served->engine->NewRequest(logprobs->priority, DeadlineOf(context));
   call->OnCancelDo([served, handle] { served->engine->Cancel(*handle); });
   const absl::Time received = call->log().received;
-  absl::Status submitted = served->engine->Submit(
-      handle, {logprobs->ScoreRow()}, [call, served, logprobs, handle, response, received](size_t, engine::RowResult row) {
-        if (row.status.ok()) {
-          ToLogprobsResponse(row, *logprobs, *served, response);
-          ToRunStats(handle->stats(), received, response->mutable_stats());
-          call->log().stats = response->stats();
-        }
-        call->Complete(row.status);
-      });
-  if (!submitted.ok()) call->Complete(submitted);
+  engine::ScoreTarget(*served->engine, handle, logprobs->prompt.encoding.ids,
+                      logprobs->target.encoding.ids, logprobs->top_k,
+                      [call, served, logprobs, handle, response,
+                       received](absl::StatusOr<engine::TargetScores> scores) {
+                        if (scores.ok()) {
+                          ToLogprobsResponse(*scores, *logprobs, *served, response);
+                          ToRunStats(handle->stats(), received, response->mutable_stats());
+                          call->log().stats = response->stats();
+                        }
+                        call->Complete(scores.status());
+                      });
   return call;
 }
 

@@ -1,13 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "server/conversion.h"
 
-#include <ATen/core/Tensor.h>
+#include <google/protobuf/descriptor.h>
 
 #include <algorithm>
 #include <cmath>
 
-#include <google/protobuf/descriptor.h>
-
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
 #include "engine/tokenizer/continuation.h"
@@ -98,57 +97,57 @@ absl::StatusOr<Priority> ToPriority(v1::Priority priority) {
   }
 }
 
-absl::StatusOr<AttributionMethod> ToMethod(v1::Method method) {
-  switch (method) {
-    case v1::METHOD_UNSPECIFIED:
-    case v1::INTEGRATED_GRADIENTS: return AttributionMethod::kIntegratedGradients;
-    case v1::GRADIENT_SHAP: return AttributionMethod::kGradientShap;
-    case v1::SALIENCY: return AttributionMethod::kSaliency;
-    case v1::INPUT_X_GRADIENT: return AttributionMethod::kInputXGradient;
-    case v1::FEATURE_ABLATION: return AttributionMethod::kFeatureAblation;
-    case v1::SHAPLEY_VALUES: return AttributionMethod::kShapleyValues;
-    case v1::SHAPLEY_VALUE_SAMPLING: return AttributionMethod::kShapleyValueSampling;
-    case v1::LIME: return AttributionMethod::kLime;
-    case v1::KERNEL_SHAP: return AttributionMethod::kKernelShap;
-    default: return UnknownEnumValue("method", method, v1::Method_descriptor());
+// The engine's spelling of a token quantity, as its other enums have ParseX functions (the engine
+// has none for TokenQuantity; the names follow the proto's, in lower case).
+absl::StatusOr<engine::TokenQuantity> ParseTokenQuantity(const std::string& name) {
+  if (name == "log_prob") return engine::TokenQuantity::kLogProb;
+  if (name == "prob") return engine::TokenQuantity::kProb;
+  if (name == "logit") return engine::TokenQuantity::kLogit;
+  return absl::InvalidArgumentError(
+      absl::StrCat("quantity \"", name, "\" is not supported (log_prob, prob, logit)"));
+}
+
+// The engine value of a proto enum value, matched by name so that the engine's parser stays the one
+// table: `value`'s name in lower case (METHOD_UNSPECIFIED, 0, stands for `unspecified`). The engine
+// keeps Captum's one-word spelling of some names ("gausslegendre" for GAUSS_LEGENDRE), so a name is
+// also tried without underscores. A value outside the proto's enum is INVALID_ARGUMENT naming
+// `field`; a proto value the engine cannot parse is a bug of ours (conversion_test maps each).
+template <typename EngineEnum>
+absl::StatusOr<EngineEnum> FromProtoEnum(absl::string_view field, int value, int unspecified,
+                                         const google::protobuf::EnumDescriptor* descriptor,
+                                         absl::StatusOr<EngineEnum> (*parse)(const std::string&)) {
+  const google::protobuf::EnumValueDescriptor* named =
+      descriptor->FindValueByNumber(value == 0 ? unspecified : value);
+  if (named == nullptr) return UnknownEnumValue(field, value, descriptor);
+  const std::string name = absl::AsciiStrToLower(named->name());
+  absl::StatusOr<EngineEnum> parsed = parse(name);
+  if (!parsed.ok()) {
+    return absl::InternalError(
+        absl::StrCat(field, ": ", named->name(), " has no engine counterpart"));
   }
+  return parsed;
+}
+
+absl::StatusOr<AttributionMethod> ToMethod(v1::Method method) {
+  return FromProtoEnum("method", method, v1::INTEGRATED_GRADIENTS, v1::Method_descriptor(),
+                       &engine::ParseAttributionMethod);
 }
 
 v1::Method ToProtoMethod(AttributionMethod method) {
-  switch (method) {
-    case AttributionMethod::kIntegratedGradients: return v1::INTEGRATED_GRADIENTS;
-    case AttributionMethod::kGradientShap: return v1::GRADIENT_SHAP;
-    case AttributionMethod::kSaliency: return v1::SALIENCY;
-    case AttributionMethod::kInputXGradient: return v1::INPUT_X_GRADIENT;
-    case AttributionMethod::kFeatureAblation: return v1::FEATURE_ABLATION;
-    case AttributionMethod::kShapleyValues: return v1::SHAPLEY_VALUES;
-    case AttributionMethod::kShapleyValueSampling: return v1::SHAPLEY_VALUE_SAMPLING;
-    case AttributionMethod::kLime: return v1::LIME;
-    case AttributionMethod::kKernelShap: return v1::KERNEL_SHAP;
-  }
-  return v1::METHOD_UNSPECIFIED;
+  // Every engine method has the proto value of its name in upper case (conversion_test checks it).
+  v1::Method out = v1::METHOD_UNSPECIFIED;
+  v1::Method_Parse(absl::AsciiStrToUpper(engine::AttributionMethodName(method)), &out);
+  return out;
 }
 
 absl::StatusOr<engine::IntegrationRule> ToRule(v1::IntegrationRule rule) {
-  switch (rule) {
-    case v1::INTEGRATION_RULE_UNSPECIFIED:
-    case v1::GAUSS_LEGENDRE: return engine::IntegrationRule::kGaussLegendre;
-    case v1::RIEMANN_LEFT: return engine::IntegrationRule::kRiemannLeft;
-    case v1::RIEMANN_RIGHT: return engine::IntegrationRule::kRiemannRight;
-    case v1::RIEMANN_MIDDLE: return engine::IntegrationRule::kRiemannMiddle;
-    case v1::RIEMANN_TRAPEZOID: return engine::IntegrationRule::kRiemannTrapezoid;
-    default: return UnknownEnumValue("rule", rule, v1::IntegrationRule_descriptor());
-  }
+  return FromProtoEnum("rule", rule, v1::GAUSS_LEGENDRE, v1::IntegrationRule_descriptor(),
+                       &engine::ParseIntegrationRule);
 }
 
 absl::StatusOr<engine::TokenQuantity> ToQuantity(v1::Quantity quantity) {
-  switch (quantity) {
-    case v1::QUANTITY_UNSPECIFIED:
-    case v1::LOG_PROB: return engine::TokenQuantity::kLogProb;
-    case v1::PROB: return engine::TokenQuantity::kProb;
-    case v1::LOGIT: return engine::TokenQuantity::kLogit;
-    default: return UnknownEnumValue("quantity", quantity, v1::Quantity_descriptor());
-  }
+  return FromProtoEnum("quantity", quantity, v1::LOG_PROB, v1::Quantity_descriptor(),
+                       &ParseTokenQuantity);
 }
 
 // Sets the baseline fields of `request` from the proto's baseline kind.
@@ -462,18 +461,6 @@ void ToStreamedToken(int64_t id, float log_prob, const ServedModel& model, v1::T
   out->set_log_prob(log_prob);
 }
 
-engine::Row LogprobsCall::ScoreRow() const {
-  engine::Row row{.kind = engine::RowKind::kScore, .top_k = top_k};
-  row.input_ids = prompt.encoding.ids;
-  row.input_ids.insert(row.input_ids.end(), target.encoding.ids.begin(), target.encoding.ids.end());
-  const int64_t p = static_cast<int64_t>(prompt.encoding.ids.size());
-  for (size_t t = 0; t < target.encoding.ids.size(); ++t) {
-    row.objective.positions.push_back(p - 1 + static_cast<int64_t>(t));
-    row.objective.tokens.push_back(target.encoding.ids[t]);
-  }
-  return row;
-}
-
 absl::StatusOr<LogprobsCall> ToLogprobsCall(const v1::LogprobsRequest& proto, const ServedModel& model,
                                             int64_t max_top_k) {
   LogprobsCall call;
@@ -489,25 +476,24 @@ absl::StatusOr<LogprobsCall> ToLogprobsCall(const v1::LogprobsRequest& proto, co
   return call;
 }
 
-void ToLogprobsResponse(const engine::RowResult& result, const LogprobsCall& call, const ServedModel& model,
-                        v1::LogprobsResponse* out) {
+void ToLogprobsResponse(const engine::TargetScores& scores, const LogprobsCall& call,
+                        const ServedModel& model, v1::LogprobsResponse* out) {
   const engine::Tokenizer& tokenizer = *model.tokenizer;
   out->set_model(model.spec.name);
   FillTokens(call.prompt, tokenizer, out->mutable_prompt_tokens());
   google::protobuf::RepeatedPtrField<v1::Token> tokens;
   FillTokens(call.target, tokenizer, &tokens);
-  const at::Tensor log_probs = result.token_log_probs.contiguous();  // [T] float32
   double total = 0;
   for (int t = 0; t < tokens.size(); ++t) {
     v1::TokenLogprob* entry = out->add_target();
     *entry->mutable_token() = tokens[t];
-    const float lp = log_probs.data_ptr<float>()[t];
-    entry->mutable_token()->set_log_prob(lp);
-    total += lp;
-    for (int64_t k = 0; k < call.top_k; ++k) {
+    entry->mutable_token()->set_log_prob(static_cast<float>(scores.log_probs[t]));
+    total += scores.log_probs[t];
+    if (t >= static_cast<int>(scores.top_ids.size())) continue;  // no alternatives asked for
+    for (size_t k = 0; k < scores.top_ids[t].size(); ++k) {
       v1::TopToken* top = entry->add_top();
-      SetTokenText(result.top_ids[t][k].item<int64_t>(), tokenizer, top);
-      top->set_log_prob(result.top_log_probs[t][k].item<float>());
+      SetTokenText(scores.top_ids[t][k], tokenizer, top);
+      top->set_log_prob(static_cast<float>(scores.top_log_probs[t][k]));
     }
   }
   out->set_total_log_prob(total);

@@ -4,11 +4,12 @@
 // the engine's result back to the response proto. Nothing else in the server touches both.
 #pragma once
 #include <string>
-#include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "attribution/v1/attribution.pb.h"
+#include "engine/attribution/target_scores.h"
 #include "engine/model/generation.h"
 #include "server/model_registry.h"
 
@@ -49,12 +50,11 @@ struct LogprobsCall {
   ResolvedInput target;
   int64_t top_k = 0;
   engine::Priority priority = engine::Priority::kNormal;
-  engine::Row ScoreRow() const;  // prompt + target, every target token scored
 };
 absl::StatusOr<LogprobsCall> ToLogprobsCall(const v1::LogprobsRequest& proto, const ServedModel& model,
                                             int64_t max_top_k);
-void ToLogprobsResponse(const engine::RowResult& result, const LogprobsCall& call, const ServedModel& model,
-                        v1::LogprobsResponse* out);
+void ToLogprobsResponse(const engine::TargetScores& scores, const LogprobsCall& call,
+                        const ServedModel& model, v1::LogprobsResponse* out);
 
 void ToModelInfo(const ServedModel& model, int64_t max_top_k, v1::ModelInfo* out);
 

@@ -7,6 +7,7 @@
 
 #include "engine/attribution/row_plan.h"
 #include "engine/attribution/submit_rows.h"
+#include "engine/attribution/target_objective.h"
 
 namespace attribution::engine {
 namespace {
@@ -19,12 +20,8 @@ Row TargetProbabilityRow(const AttributionRequest& request, const std::vector<bo
   std::vector<int64_t> ids = PerturbedPrompt(request, present);
   const int64_t prompt = static_cast<int64_t>(ids.size());
   ids.insert(ids.end(), request.target_ids.begin(), request.target_ids.end());
-  RowObjective objective{.quantity = TokenQuantity::kLogProb, .exp_of_sum = true};
-  for (size_t t = 0; t < request.target_ids.size(); ++t) {
-    objective.positions.push_back(prompt - 1 + static_cast<int64_t>(t));
-    objective.tokens.push_back(request.target_ids[t]);
-    objective.weights.push_back(1.0);
-  }
+  RowObjective objective =
+      TargetObjective(prompt, request.target_ids, /*foil_ids=*/{}, TokenQuantity::kProb);
   return Row{.kind = RowKind::kScore, .input_ids = std::move(ids), .objective = std::move(objective)};
 }
 

@@ -44,7 +44,8 @@ absl::StatusOr<IntegrationRule> ParseIntegrationRule(const std::string& name) {
   if (name == "riemann_right") return IntegrationRule::kRiemannRight;
   if (name == "riemann_middle") return IntegrationRule::kRiemannMiddle;
   if (name == "riemann_trapezoid") return IntegrationRule::kRiemannTrapezoid;
-  if (name == "gausslegendre" || name.empty()) return IntegrationRule::kGaussLegendre;
+  // Captum spells it "gausslegendre"; the proto enum's lower-case name is "gauss_legendre".
+  if (name == "gausslegendre" || name == "gauss_legendre" || name.empty()) return IntegrationRule::kGaussLegendre;
   return absl::InvalidArgumentError(absl::StrCat(
       "integration rule \"", name,
       "\" is not supported (riemann_left, riemann_right, riemann_middle, riemann_trapezoid, gausslegendre)"));

@@ -5,6 +5,8 @@
 
 #include <cmath>
 
+#include "engine/attribution/target_objective.h"
+
 namespace attribution::engine {
 
 RowPlan::RowPlan(AttributionRequest request) : request_(std::move(request)) {}
@@ -16,40 +18,11 @@ absl::StatusOr<std::unique_ptr<RowPlan>> RowPlan::Create(const ModelConfig& conf
 }
 
 RowObjective RowPlan::SequenceObjective(int64_t prompt_length) const {
-  const int64_t t_count = target_length();
-  const bool contrastive = !request_.foil_ids.empty();
-  RowObjective o;
-  // Single-token contrastive prob compares probabilities directly; otherwise a probability target is
-  // the exponential of the summed log-probs (the probability of the whole target).
-  const bool prob = request_.quantity == TokenQuantity::kProb;
-  o.quantity = prob && !contrastive ? TokenQuantity::kLogProb : request_.quantity;
-  o.exp_of_sum = prob && !contrastive;
-  for (int64_t t = 0; t < t_count; ++t) {
-    o.positions.push_back(prompt_length - 1 + t);
-    o.tokens.push_back(request_.target_ids[t]);
-    o.weights.push_back(1.0);
-  }
-  if (contrastive) {
-    // The foil is scored at the same positions (after the same teacher-forced target prefix).
-    for (int64_t t = 0; t < t_count; ++t) {
-      o.positions.push_back(prompt_length - 1 + t);
-      o.tokens.push_back(request_.foil_ids[t]);
-      o.weights.push_back(-1.0);
-    }
-  }
-  return o;
+  return TargetObjective(prompt_length, request_.target_ids, request_.foil_ids, request_.quantity);
 }
 
 RowObjective RowPlan::TokenObjective(int64_t prompt_length, int64_t t) const {
-  const bool contrastive = !request_.foil_ids.empty();
-  RowObjective o{.positions = {prompt_length - 1 + t}, .tokens = {request_.target_ids[t]}, .weights = {1.0},
-                 .quantity = request_.quantity};
-  if (contrastive) {
-    o.positions.push_back(prompt_length - 1 + t);
-    o.tokens.push_back(request_.foil_ids[t]);
-    o.weights.push_back(-1.0);
-  }
-  return o;
+  return TargetObjective(prompt_length, request_.target_ids, request_.foil_ids, request_.quantity, t);
 }
 
 double RowPlan::TokenValue(const RowResult& score, int64_t t) const {

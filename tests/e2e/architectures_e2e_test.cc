@@ -16,11 +16,15 @@
 #include "absl/strings/str_join.h"
 #include "client/attribution_client.h"
 #include "tests/testing/server_process.h"
+#include "tests/testing/status_matchers.h"
 
 namespace attribution {
 namespace {
 
-using testing::ServerProcess;
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
+using test_support::ServerProcess;
+using ::testing::HasSubstr;
 
 std::vector<std::string> ArchitectureNames() { return {"llama", "llama3-scaled", "mistral", "qwen2", "gpt2"}; }
 
@@ -62,11 +66,11 @@ class Architectures : public ::testing::TestWithParam<std::string> {
   }
   static std::unique_ptr<client::AttributionClient> AttributionClientFor(const std::string& address) {
     auto client = client::AttributionClient::Connect({.target = address});
-    EXPECT_TRUE(client.ok()) << client.status();
+    EXPECT_THAT(client, IsOk());
     return client.ok() ? std::move(*client) : nullptr;
   }
   void SetUp() override {
-    ASSERT_TRUE(start_status_.ok()) << start_status_;
+    ASSERT_THAT(start_status_, IsOk());
     ASSERT_NE(client_, nullptr);
     reference_ = ReadReference(GetParam());
     ASSERT_FALSE(reference_.is_discarded()) << "no reference.json in " << ModelDir(GetParam());
@@ -87,7 +91,7 @@ client::AttributionClient* Architectures::client_ = nullptr;
 
 TEST_P(Architectures, ServerLoadsAndListsTheModel) {
   absl::StatusOr<std::vector<client::ModelInfo>> models = client_->ListModels();
-  ASSERT_TRUE(models.ok()) << models.status();
+  ASSERT_THAT(models, IsOk());
   auto it = std::find_if(models->begin(), models->end(), [&](const auto& m) { return m.name == GetParam(); });
   ASSERT_NE(it, models->end());
   EXPECT_GT(it->resident_weight_bytes, 0);
@@ -98,7 +102,7 @@ TEST_P(Architectures, ServerLoadsAndListsTheModel) {
 TEST_P(Architectures, LogprobsMatchTransformers) {
   absl::StatusOr<client::Logprobs> result =
       client_->GetLogprobs({.model = GetParam(), .prompt_ids = prompt_, .target_ids = target_});
-  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_THAT(result, IsOk());
   std::vector<double> ours;
   for (const auto& t : result->target) ours.push_back(t.token.log_prob);
   const double error = ScaledError(ours, reference_["target_log_probs"].get<std::vector<double>>());
@@ -112,7 +116,7 @@ TEST_P(Architectures, GreedyGenerationMatchesTransformers) {
   absl::StatusOr<client::Generation> result = client_->Generate(
       {.model = GetParam(), .prompt_ids = prompt_,
        .generation = {.max_new_tokens = static_cast<int>(expected.size()), .ignore_stop_tokens = true}});
-  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_THAT(result, IsOk());
   std::vector<int64_t> ours;
   for (const auto& t : result->tokens) ours.push_back(t.id);
   EXPECT_EQ(ours, expected);
@@ -127,7 +131,7 @@ TEST_P(Architectures, IntegratedGradientsMatchCaptum) {
       {.model = GetParam(), .prompt_ids = prompt_, .target_ids = target_, .method = "integrated_gradients",
        .baseline = std::to_string(ig["baseline_token"].get<int64_t>()), .n_steps = ig["n_steps"].get<int>(),
        .rule = ig["rule"].get<std::string>()});
-  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_THAT(result, IsOk());
   const double error = ScaledError(result->sequence, ig["seq_attr"].get<std::vector<double>>());
   std::cout << GetParam() << ": IG scaled error " << error << "\n";
   EXPECT_LT(error, 1e-3);
@@ -147,15 +151,15 @@ INSTANTIATE_TEST_SUITE_P(EveryArchitecture, Architectures, ::testing::ValuesIn(A
 TEST(TokenizerlessModel, ServesTokenIdsAndRefusesText) {
   const std::string dir = ModelDir("no-tokenizer");
   auto server = ServerProcess::Start({"--model=bare=" + dir});
-  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_THAT(server, IsOk());
   auto client = client::AttributionClient::Connect({.target = (*server)->address()});
-  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_THAT(client, IsOk());
   const nlohmann::json reference = ReadReference("llama");
   const auto prompt = reference["prompt"].get<std::vector<int64_t>>();
   const auto target = reference["target"].get<std::vector<int64_t>>();
 
   absl::StatusOr<client::Logprobs> logprobs = (*client)->GetLogprobs({.model = "bare", .prompt_ids = prompt, .target_ids = target});
-  ASSERT_TRUE(logprobs.ok()) << logprobs.status();
+  ASSERT_THAT(logprobs, IsOk());
   std::vector<double> ours;
   for (const auto& t : logprobs->target) ours.push_back(t.token.log_prob);
   EXPECT_LT(ScaledError(ours, reference["target_log_probs"].get<std::vector<double>>()), 1e-4);
@@ -165,21 +169,21 @@ TEST(TokenizerlessModel, ServesTokenIdsAndRefusesText) {
 
   absl::StatusOr<client::Generation> generation = (*client)->Generate(
       {.model = "bare", .prompt_ids = prompt, .generation = {.max_new_tokens = 3, .ignore_stop_tokens = true}});
-  ASSERT_TRUE(generation.ok()) << generation.status();
+  ASSERT_THAT(generation, IsOk());
   ASSERT_EQ(generation->tokens.size(), 3u);
   EXPECT_EQ(generation->tokens[0].text, absl::StrCat("<", generation->tokens[0].id, ">"));
 
   absl::StatusOr<client::Attribution> by_ids = (*client)->Attribute(
       {.model = "bare", .prompt_ids = prompt, .target_ids = target, .n_steps = 4});
-  EXPECT_TRUE(by_ids.ok()) << by_ids.status();
+  EXPECT_THAT(by_ids, IsOk());
 
   absl::StatusOr<client::Attribution> by_text =
       (*client)->Attribute({.model = "bare", .prompt = "Is it true?", .target_ids = target});
-  EXPECT_EQ(by_text.status().code(), absl::StatusCode::kFailedPrecondition) << by_text.status();
-  EXPECT_NE(by_text.status().message().find("no tokenizer.json or tokenizer.model"), std::string::npos) << by_text.status();
+  EXPECT_THAT(by_text, StatusIs(absl::StatusCode::kFailedPrecondition,
+                                HasSubstr("no tokenizer.json or tokenizer.model")));
   absl::StatusOr<client::Logprobs> text_target =
       (*client)->GetLogprobs({.model = "bare", .prompt_ids = prompt, .target = " yes"});
-  EXPECT_EQ(text_target.status().code(), absl::StatusCode::kFailedPrecondition) << text_target.status();
+  EXPECT_THAT(text_target, StatusIs(absl::StatusCode::kFailedPrecondition));
 }
 
 }  // namespace

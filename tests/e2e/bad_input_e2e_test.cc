@@ -11,12 +11,16 @@
 #include "attribution/v1/attribution.grpc.pb.h"
 #include "client/attribution_client.h"
 #include "tests/testing/server_process.h"
+#include "tests/testing/status_matchers.h"
 
 namespace attribution {
 namespace {
 
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
 using grpc::StatusCode;
-using testing::ServerProcess;
+using test_support::ServerProcess;
+using ::testing::HasSubstr;
 
 v1::AttributeRequest GoodAttribute() {
   v1::AttributeRequest r;
@@ -168,13 +172,13 @@ std::vector<BadCase> BadCases() {
 }
 
 TEST(BadInputs, EachGetsItsCodeAndFieldAndTheServerStaysCorrect) {
-  auto server = ServerProcess::Start({"--model=demo=" + testing::DemoModelDir()});
-  ASSERT_TRUE(server.ok()) << server.status();
+  auto server = ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir()});
+  ASSERT_THAT(server, IsOk());
   auto client = *client::AttributionClient::Connect({.target = (*server)->address()});
   const client::AttributeOptions good{.model = "demo", .prompt = "Is it true that vaccines cause autism?",
                                       .target = " No", .n_steps = 8};
   absl::StatusOr<client::Attribution> before = client->Attribute(good);
-  ASSERT_TRUE(before.ok()) << before.status();
+  ASSERT_THAT(before, IsOk());
 
   // Good calls run alongside the bad ones; none may be disturbed.
   std::vector<absl::StatusOr<client::Attribution>> during(4, absl::UnknownError("not run"));
@@ -195,23 +199,23 @@ TEST(BadInputs, EachGetsItsCodeAndFieldAndTheServerStaysCorrect) {
   }
   for (std::thread& t : good_calls) t.join();
   for (const auto& result : during) {
-    ASSERT_TRUE(result.ok()) << result.status();
+    ASSERT_THAT(result, IsOk());
     EXPECT_EQ(result->sequence, before->sequence);
   }
   absl::StatusOr<client::Attribution> after = client->Attribute(good);
-  ASSERT_TRUE(after.ok()) << after.status();
+  ASSERT_THAT(after, IsOk());
   EXPECT_EQ(after->sequence, before->sequence);
   // One point is a defined Gauss-Legendre / Riemann rule (the trapezoid needs two, see the table).
   client::AttributeOptions one_step = good;
   one_step.n_steps = 1;
   absl::StatusOr<client::Attribution> single = client->Attribute(one_step);
-  ASSERT_TRUE(single.ok()) << single.status();
+  ASSERT_THAT(single, IsOk());
   EXPECT_EQ(single->stats.backward_passes, 1);
 }
 
 TEST(BadInputs, HugeModelNameIsQuotedShortlyInTheStatusAndTheLog) {
-  auto server = ServerProcess::Start({"--model=demo=" + testing::DemoModelDir()});
-  ASSERT_TRUE(server.ok()) << server.status();
+  auto server = ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir()});
+  ASSERT_THAT(server, IsOk());
   auto stub = v1::AttributionService::NewStub(
       grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
   v1::LogprobsRequest request = GoodLogprobs();
@@ -236,8 +240,9 @@ TEST(BadInputs, HugeModelNameIsQuotedShortlyInTheStatusAndTheLog) {
 }
 
 TEST(BadInputs, CallsOverTheConcurrencyLimitAreResourceExhausted) {
-  auto server = ServerProcess::Start({"--model=demo=" + testing::DemoModelDir(), "--max_concurrent_requests=1"});
-  ASSERT_TRUE(server.ok()) << server.status();
+  auto server = ServerProcess::Start(
+      {"--model=demo=" + test_support::DemoModelDir(), "--max_concurrent_requests=1"});
+  ASSERT_THAT(server, IsOk());
   auto client = *client::AttributionClient::Connect({.target = (*server)->address()});
   absl::StatusOr<client::Attribution> slow = absl::UnknownError("not run");
   std::thread holder([&] {
@@ -249,11 +254,11 @@ TEST(BadInputs, CallsOverTheConcurrencyLimitAreResourceExhausted) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
     refused = client->ListModels().status();
   }
-  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
-  EXPECT_NE(refused.message().find("too many concurrent requests (the limit is 1)"), std::string::npos) << refused;
+  EXPECT_THAT(refused, StatusIs(absl::StatusCode::kResourceExhausted,
+                                HasSubstr("too many concurrent requests (the limit is 1)")));
   holder.join();
-  EXPECT_TRUE(slow.ok()) << slow.status();
-  EXPECT_TRUE(client->ListModels().ok());
+  EXPECT_THAT(slow, IsOk());
+  EXPECT_THAT(client->ListModels(), IsOk());
 }
 
 }  // namespace

@@ -15,13 +15,16 @@
 #include "absl/strings/str_cat.h"
 #include "client/attribution_client.h"
 #include "tests/testing/server_process.h"
+#include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 
 namespace attribution {
 namespace {
 
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
 using nlohmann::json;
-using testing::ServerProcess;
+using test_support::ServerProcess;
 
 std::string ReadAll(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -162,9 +165,10 @@ class BadModelDirectory : public ::testing::TestWithParam<BadModel> {};
 
 TEST_P(BadModelDirectory, ServerExitsWithStatusOneNamingTheFileAndField) {
   const BadModel& c = GetParam();
-  testing::TempDir root;
+  test_support::TempDir root;
   const std::string dir = root.File("model");
-  testing::CopyDirectoryFiles(absl::StrCat(ATTRIBUTION_ARCHITECTURE_MODELS_DIR, "/", c.base), dir);
+  test_support::CopyDirectoryFiles(absl::StrCat(ATTRIBUTION_ARCHITECTURE_MODELS_DIR, "/", c.base),
+                                   dir);
   c.damage(dir);
   // Loading a model this small takes well under a second; 30 s only bounds a hang.
   auto [code, log] = ServerProcess::RunToExit({"--model=bad=" + dir}, absl::Seconds(30));
@@ -180,9 +184,10 @@ INSTANTIATE_TEST_SUITE_P(EveryDamage, BadModelDirectory, ::testing::ValuesIn(Bad
                          [](const auto& info) { return info.param.name; });
 
 TEST(BadModelDirectory, ExtraTensorServesWithOneWarningLine) {
-  testing::TempDir root;
+  test_support::TempDir root;
   const std::string dir = root.File("model");
-  testing::CopyDirectoryFiles(absl::StrCat(ATTRIBUTION_ARCHITECTURE_MODELS_DIR, "/qwen2"), dir);
+  test_support::CopyDirectoryFiles(absl::StrCat(ATTRIBUTION_ARCHITECTURE_MODELS_DIR, "/qwen2"),
+                                   dir);
   Safetensors f = Safetensors::Read(dir + "/model.safetensors");
   json header = json::parse(f.header);
   header["model.layers.0.mlp.extra_proj.weight"] = {
@@ -191,7 +196,7 @@ TEST(BadModelDirectory, ExtraTensorServesWithOneWarningLine) {
   f.data += std::string(8, '\0');
   f.Write(dir + "/model.safetensors");
   auto server = ServerProcess::Start({"--model=extra=" + dir});
-  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_THAT(server, IsOk());
   // The warning is written before the server reports its port, so the log holds it now.
   const std::string log = (*server)->Log();
   size_t lines = 0;
@@ -202,24 +207,25 @@ TEST(BadModelDirectory, ExtraTensorServesWithOneWarningLine) {
 }
 
 TEST(BadModelDirectory, NonFiniteWeightsServeWhenAllowed) {
-  testing::TempDir root;
+  test_support::TempDir root;
   const std::string dir = root.File("model");
-  testing::CopyDirectoryFiles(absl::StrCat(ATTRIBUTION_ARCHITECTURE_MODELS_DIR, "/llama"), dir);
+  test_support::CopyDirectoryFiles(absl::StrCat(ATTRIBUTION_ARCHITECTURE_MODELS_DIR, "/llama"),
+                                   dir);
   Safetensors f = Safetensors::Read(dir + "/model.safetensors");
   const uint64_t begin = json::parse(f.header)["model.layers.1.mlp.up_proj.weight"]["data_offsets"][0].get<uint64_t>();
   const float inf = std::numeric_limits<float>::infinity();
   std::memcpy(f.data.data() + begin, &inf, sizeof(inf));
   f.Write(dir + "/model.safetensors");
   auto server = ServerProcess::Start({"--model=inf=" + dir, "--allow_nonfinite_weights"});
-  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_THAT(server, IsOk());
   // Sampling from the resulting non-finite logits throws in LibTorch, on the engine's thread: the
   // call fails, the server lives on.
   auto client = client::AttributionClient::Connect({.target = (*server)->address()});
-  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_THAT(client, IsOk());
   absl::StatusOr<client::Generation> sampled = (*client)->Generate(
       {.model = "inf", .prompt_ids = {1, 5, 9}, .generation = {.max_new_tokens = 4, .temperature = 1.0, .seed = 3}});
-  EXPECT_EQ(sampled.status().code(), absl::StatusCode::kInternal) << sampled.status();
-  EXPECT_TRUE((*client)->ListModels().ok());
+  EXPECT_THAT(sampled, StatusIs(absl::StatusCode::kInternal));
+  EXPECT_THAT((*client)->ListModels(), IsOk());
 }
 
 }  // namespace

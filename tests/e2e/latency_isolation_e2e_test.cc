@@ -10,25 +10,28 @@
 #include "absl/synchronization/notification.h"
 #include "client/attribution_client.h"
 #include "tests/testing/server_process.h"
+#include "tests/testing/status_matchers.h"
 
 namespace attribution {
 namespace {
 
-using testing::MetricValue;
-using testing::ServerProcess;
-using testing::WaitForQueuedRows;
+using ::attribution::test_support::IsOk;
+using test_support::MetricValue;
+using test_support::ServerProcess;
+using test_support::WaitForQueuedRows;
 
 TEST(LatencyIsolation, ShortCallOvertakesLongAttributionWhichStaysTheSame) {
   // A bound the tiny demo model's batches exceed, so that it shows on a 2-core machine.
-  auto server = ServerProcess::Start({"--model=demo=" + testing::DemoModelDir(), "--max_batch_seconds=0.002"});
-  ASSERT_TRUE(server.ok()) << server.status();
+  auto server = ServerProcess::Start(
+      {"--model=demo=" + test_support::DemoModelDir(), "--max_batch_seconds=0.002"});
+  ASSERT_THAT(server, IsOk());
   auto client = std::move(*client::AttributionClient::Connect({.target = (*server)->address()}));
   const std::string limited = "attribution_engine_time_limited_batches_total{model=\"demo\"}";
   const client::AttributeOptions long_ig{.model = "demo", .prompt = std::string(200, 'a') + " is it?", .target = " yes",
                                          .target_tokenization = "separate", .n_steps = 384};
 
   absl::StatusOr<client::Attribution> alone = client->Attribute(long_ig);
-  ASSERT_TRUE(alone.ok()) << alone.status();
+  ASSERT_THAT(alone, IsOk());
   EXPECT_EQ(MetricValue((*server)->metrics_port(), limited), 0);  // alone, batches fill the token budget
 
   std::atomic<bool> long_done{false};
@@ -44,8 +47,8 @@ TEST(LatencyIsolation, ShortCallOvertakesLongAttributionWhichStaysTheSame) {
       {.model = "demo", .prompt = "Is it", .target = " yes", .target_tokenization = "separate"});
   const bool overtook = !long_done;
   finished.WaitForNotification();
-  ASSERT_TRUE(quick.ok()) << quick.status();
-  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  ASSERT_THAT(quick, IsOk());
+  ASSERT_THAT(loaded, IsOk());
   EXPECT_TRUE(overtook);
   EXPECT_GT(MetricValue((*server)->metrics_port(), limited), 0);
   // The same rows in other batches: equal to float32 rounding.

@@ -10,9 +10,12 @@
 
 #include "client/attribution_client.h"
 #include "tests/testing/server_process.h"
+#include "tests/testing/status_matchers.h"
 
 namespace attribution {
 namespace {
+
+using ::attribution::test_support::IsOk;
 
 // A field of /proc/PID/status in MB (VmRSS: resident now, VmHWM: the peak).
 double StatusMegabytes(pid_t pid, const std::string& field) {
@@ -24,15 +27,17 @@ double StatusMegabytes(pid_t pid, const std::string& field) {
 }
 
 TEST(Memory, AnIdleServerReturnsWhatABurstTook) {
-  auto server = testing::ServerProcess::Start({"--model=demo=" + testing::DemoModelDir()});
-  ASSERT_TRUE(server.ok()) << server.status();
+  auto server =
+      test_support::ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir()});
+  ASSERT_THAT(server, IsOk());
   auto client = std::move(*client::AttributionClient::Connect({.target = (*server)->address()}));
   client::AttributeOptions small{.model = "demo", .prompt = "warm up the server", .target = " yes",
                                  .target_tokenization = "separate", .n_steps = 64};
   // Warm-up as the burst will run: three calls at once, so the server's threads (and their allocator
   // arenas) exist before the baseline is taken.
   std::vector<std::thread> warm_up;
-  for (int i = 0; i < 3; ++i) warm_up.emplace_back([&] { EXPECT_TRUE(client->Attribute(small).ok()); });
+  for (int i = 0; i < 3; ++i)
+    warm_up.emplace_back([&] { EXPECT_THAT(client->Attribute(small), IsOk()); });
   for (std::thread& t : warm_up) t.join();
   const double warm = StatusMegabytes((*server)->pid(), "VmRSS");
 
@@ -42,7 +47,8 @@ TEST(Memory, AnIdleServerReturnsWhatABurstTook) {
   large.prompt = words;
   large.n_steps = 128;
   std::vector<std::thread> burst;
-  for (int i = 0; i < 3; ++i) burst.emplace_back([&] { EXPECT_TRUE(client->Attribute(large).ok()); });
+  for (int i = 0; i < 3; ++i)
+    burst.emplace_back([&] { EXPECT_THAT(client->Attribute(large), IsOk()); });
   for (std::thread& t : burst) t.join();
   const double peak = StatusMegabytes((*server)->pid(), "VmHWM");
   // The engine trims once its queue is empty after the last batch; the answer may arrive first.

@@ -2,38 +2,40 @@
 // End to end over loopback: the real server binary on the demo model, every RPC through the client
 // library, results compared with the engine run directly in this process (the wire must add nothing),
 // concurrency, cancellation and deadlines, metrics, drain on SIGTERM, startup failures and retries.
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/descriptor.pb.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 
 #include <atomic>
 #include <condition_variable>
-#include <mutex>
 #include <fstream>
+#include <mutex>
 #include <set>
 #include <thread>
 
-#include <google/protobuf/descriptor.h>
-#include <google/protobuf/descriptor.pb.h>
-
 #include "attribution/v1/attribution.grpc.pb.h"
-#include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "client/attribution_client.h"
 #include "engine/attribution/attributor.h"
 #include "engine/attribution/faithfulness.h"
 #include "engine/tokenizer/tokenizer.h"
+#include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "tests/testing/server_process.h"
+#include "tests/testing/status_matchers.h"
 
 namespace attribution {
 namespace {
 
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
 using client::AttributeOptions;
 using client::Attribution;
 using client::AttributionClient;
-using testing::DemoModelDir;
-using testing::MetricValue;
-using testing::WaitForQueuedRows;
-using testing::ServerProcess;
+using test_support::DemoModelDir;
+using test_support::MetricValue;
+using test_support::ServerProcess;
+using test_support::WaitForQueuedRows;
 
 constexpr char kPrompt[] = "Is it true that vaccines cause autism?";
 constexpr char kTarget[] = " No";
@@ -75,7 +77,7 @@ class ServiceTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     auto started = ServerProcess::Start({"--model=demo=" + DemoModelDir()});
-    ASSERT_TRUE(started.ok()) << started.status();
+    ASSERT_THAT(started, IsOk());
     server_ = started->release();
   }
   static void TearDownTestSuite() { delete server_; }
@@ -87,7 +89,7 @@ TEST_F(ServiceTest, HealthAndModelsDescribeTheServer) {
   auto client = Connect(server_->address());
   EXPECT_EQ(*client->Health(), "SERVING");
   auto models = client->ListModels();
-  ASSERT_TRUE(models.ok()) << models.status();
+  ASSERT_THAT(models, IsOk());
   ASSERT_EQ(models->size(), 1u);
   EXPECT_EQ((*models)[0].name, "demo");
   EXPECT_EQ((*models)[0].architecture, "llama");
@@ -143,7 +145,7 @@ TEST_F(ServiceTest, AttributeEqualsTheEngineRunDirectly) {
                              .method = method, .n_steps = 12, .n_samples = 40, .seed = 5, .want_token_matrix = true,
                              .include_special_tokens = true};
     absl::StatusOr<Attribution> remote = client->Attribute(options);
-    ASSERT_TRUE(remote.ok()) << remote.status();
+    ASSERT_THAT(remote, IsOk());
 
     DirectEngine direct;
     engine::AttributionRequest request{.prompt_ids = direct.Encode(kPrompt, true), .target_ids = direct.Encode(kTarget, false),
@@ -168,7 +170,7 @@ TEST_F(ServiceTest, FaithfulnessOnRequestEqualsTheEngineMeasuringTheSameExplanat
   absl::StatusOr<Attribution> a = client->Attribute({.model = "demo", .prompt = kPrompt, .target = kTarget,
                                                      .target_tokenization = "separate", .method = "feature_ablation",
                                                      .want_faithfulness = true, .include_special_tokens = true});
-  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_THAT(a, IsOk());
   ASSERT_TRUE(a->faithfulness.has_value());
   DirectEngine direct;
   engine::AttributionRequest request{.prompt_ids = direct.Encode(kPrompt, true), .target_ids = direct.Encode(kTarget, false),
@@ -190,7 +192,7 @@ TEST_F(ServiceTest, FaithfulnessOnRequestEqualsTheEngineMeasuringTheSameExplanat
   absl::StatusOr<Attribution> plain = client->Attribute({.model = "demo", .prompt = kPrompt, .target = kTarget,
                                                          .target_tokenization = "separate", .method = "feature_ablation",
                                                          .include_special_tokens = true});
-  ASSERT_TRUE(plain.ok());
+  ASSERT_THAT(plain, IsOk());
   EXPECT_FALSE(plain->faithfulness.has_value());
   EXPECT_EQ(plain->stats.rows + engine::FaithfulnessRowCount(), a->stats.rows);
 }
@@ -201,7 +203,7 @@ TEST_F(ServiceTest, TokenOffsetsPointIntoThePromptText) {
   // The demo tokenizer merges "naïve" and " ok" across the word boundary: the target alone.
   absl::StatusOr<Attribution> a = client->Attribute({.model = "demo", .prompt = prompt, .target = " ok",
                                                      .target_tokenization = "separate", .method = "saliency"});
-  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_THAT(a, IsOk());
   EXPECT_EQ(a->prompt_tokens.front().char_begin, a->prompt_tokens.front().char_end);  // bos: empty span
   EXPECT_EQ(a->prompt_tokens.back().char_end, 18);  // code points, not the 21 bytes
   // Token 0 is the bos token the tokenizer added: special, so a fixed token and no feature.
@@ -219,7 +221,7 @@ TEST_F(ServiceTest, StreamsReportProgressAndEndWithTheUnaryResult) {
   std::vector<std::pair<int64_t, int64_t>> progress;
   absl::StatusOr<Attribution> streamed =
       client->AttributeStream(options, [&](int64_t done, int64_t total) { progress.emplace_back(done, total); });
-  ASSERT_TRUE(streamed.ok()) << streamed.status();
+  ASSERT_THAT(streamed, IsOk());
   ASSERT_FALSE(progress.empty());
   EXPECT_EQ(progress.back().first, progress.back().second);
   EXPECT_EQ(progress.back().second, streamed->stats.rows);
@@ -230,9 +232,9 @@ TEST_F(ServiceTest, StreamsReportProgressAndEndWithTheUnaryResult) {
                                    .generation = {.max_new_tokens = 12, .ignore_stop_tokens = true}};
   std::vector<int64_t> streamed_ids;
   auto generated = client->GenerateStream(generate, [&](const client::Token& t) { streamed_ids.push_back(t.id); });
-  ASSERT_TRUE(generated.ok()) << generated.status();
+  ASSERT_THAT(generated, IsOk());
   auto unary = client->Generate(generate);
-  ASSERT_TRUE(unary.ok()) << unary.status();
+  ASSERT_THAT(unary, IsOk());
   ASSERT_EQ(unary->tokens.size(), 12u);
   for (size_t i = 0; i < streamed_ids.size(); ++i) EXPECT_EQ(streamed_ids[i], unary->tokens[i].id);
   EXPECT_EQ(streamed_ids.size(), unary->tokens.size());
@@ -242,11 +244,11 @@ TEST_F(ServiceTest, LogprobsMatchTheGeneratedTokensAndTopAlternatives) {
   auto client = Connect(server_->address());
   auto generated = client->Generate({.model = "demo", .prompt = "Once upon a time",
                                      .generation = {.max_new_tokens = 6, .ignore_stop_tokens = true}});
-  ASSERT_TRUE(generated.ok()) << generated.status();
+  ASSERT_THAT(generated, IsOk());
   std::vector<int64_t> ids;
   for (const client::Token& t : generated->tokens) ids.push_back(t.id);
   auto scored = client->GetLogprobs({.model = "demo", .prompt = "Once upon a time", .target_ids = ids, .top_k = 5});
-  ASSERT_TRUE(scored.ok()) << scored.status();
+  ASSERT_THAT(scored, IsOk());
   ASSERT_EQ(scored->target.size(), ids.size());
   double total = 0;
   for (size_t t = 0; t < ids.size(); ++t) {
@@ -291,7 +293,13 @@ TEST_F(ServiceTest, AsyncCallsOfEveryRpcRunTogetherAndMatchTheSyncOnes) {
     std::unique_lock<std::mutex> lock(mu);
     cv.wait(lock, [&] { return pending == 0; });
   }
-  ASSERT_TRUE(a1->ok() && a2->ok() && g1->ok() && g2->ok() && l->ok() && m->ok() && h->ok());
+  ASSERT_THAT(*a1, IsOk());
+  ASSERT_THAT(*a2, IsOk());
+  ASSERT_THAT(*g1, IsOk());
+  ASSERT_THAT(*g2, IsOk());
+  ASSERT_THAT(*l, IsOk());
+  ASSERT_THAT(*m, IsOk());
+  ASSERT_THAT(*h, IsOk());
   ExpectSameValues((*a1)->sequence, client->Attribute(attribute)->sequence);
   ExpectSameValues((*a2)->sequence, (*a1)->sequence);
   EXPECT_EQ((*g1)->text, client->Generate(generate)->text);
@@ -326,7 +334,7 @@ TEST_F(ServiceTest, ThirtyTwoConcurrentClientsGetWhatEachGetsAlone) {
   }
   for (std::thread& t : threads) t.join();
   for (int i = 0; i < kClients; ++i) {
-    ASSERT_TRUE(results[i].ok()) << i << ": " << results[i].status();
+    ASSERT_THAT(results[i], IsOk()) << i;
     ExpectSameValues(results[i]->sequence, alone[i % kinds.size()]);
   }
 }
@@ -336,7 +344,7 @@ TEST_F(ServiceTest, DeadlinesAndCancellationEndCallsAndDropTheirRows) {
   auto hurried = Connect(server_->address(), {.timeout = absl::Milliseconds(200)});
   AttributeOptions heavy{.model = "demo", .prompt = long_prompt, .target = kTarget, .n_steps = 1000};
   absl::StatusOr<Attribution> late = hurried->Attribute(heavy);
-  EXPECT_EQ(late.status().code(), absl::StatusCode::kDeadlineExceeded) << late.status();
+  EXPECT_THAT(late, StatusIs(absl::StatusCode::kDeadlineExceeded));
 
   // Client-side cancel through the raw stub.
   auto channel = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
@@ -359,19 +367,19 @@ TEST_F(ServiceTest, DeadlinesAndCancellationEndCallsAndDropTheirRows) {
   // The engine dropped the rest: the queue drains quickly and new work is served at once.
   auto client = Connect(server_->address());
   absl::StatusOr<Attribution> after = client->Attribute({.model = "demo", .prompt = kPrompt, .target = kTarget, .n_steps = 8});
-  ASSERT_TRUE(after.ok()) << after.status();
+  ASSERT_THAT(after, IsOk());
   EXPECT_LT(after->stats.wall_seconds, 30);
-  auto metrics = testing::HttpGet(server_->metrics_port(), "/metrics");
-  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  auto metrics = test_support::HttpGet(server_->metrics_port(), "/metrics");
+  ASSERT_THAT(metrics, IsOk());
   EXPECT_NE(metrics->find("attribution_rpcs_total{code=\"CANCELLED\",method=\"Attribute\"}"), std::string::npos);
   EXPECT_NE(metrics->find("attribution_engine_queued_rows{model=\"demo\"} 0"), std::string::npos);
 }
 
 TEST_F(ServiceTest, MetricsCountRpcsBatchesAndResidentBytes) {
   auto client = Connect(server_->address());
-  ASSERT_TRUE(client->GetLogprobs({.model = "demo", .prompt = "a b c", .target = " d"}).ok());
-  auto metrics = testing::HttpGet(server_->metrics_port(), "/metrics");
-  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  ASSERT_THAT(client->GetLogprobs({.model = "demo", .prompt = "a b c", .target = " d"}), IsOk());
+  auto metrics = test_support::HttpGet(server_->metrics_port(), "/metrics");
+  ASSERT_THAT(metrics, IsOk());
   for (const char* expected :
        {"attribution_rpcs_total{code=\"OK\",method=\"Logprobs\"}", "attribution_rpc_seconds_bucket{method=\"Logprobs\"",
         "attribution_rpcs_in_flight", "attribution_batch_rows_bucket{kind=\"score\",model=\"demo\"",
@@ -380,7 +388,8 @@ TEST_F(ServiceTest, MetricsCountRpcsBatchesAndResidentBytes) {
         "attribution_model_resident_weight_bytes{model=\"demo\"} "}) {
     EXPECT_NE(metrics->find(expected), std::string::npos) << expected;
   }
-  EXPECT_FALSE(testing::HttpGet(server_->metrics_port(), "/other").ok());
+  EXPECT_THAT(test_support::HttpGet(server_->metrics_port(), "/other"),
+              StatusIs(absl::StatusCode::kNotFound));
   // One JSON log line per request.
   EXPECT_NE(server_->Log().find(R"("code":"OK","device_s":)"), std::string::npos);
   EXPECT_NE(server_->Log().find(R"("rows":1,"rpc":"Logprobs")"), std::string::npos) << server_->Log();
@@ -388,7 +397,7 @@ TEST_F(ServiceTest, MetricsCountRpcsBatchesAndResidentBytes) {
 
 TEST(ServerLifecycle, SigtermFinishesCallsInFlightRefusesNewOnesAndExitsZero) {
   auto server = ServerProcess::Start({"--model=demo=" + DemoModelDir()});
-  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_THAT(server, IsOk());
   auto client = Connect((*server)->address(), {.max_attempts = 2});
   std::atomic<bool> started{false};
   absl::StatusOr<Attribution> in_flight = absl::UnknownError("not run");
@@ -404,15 +413,15 @@ TEST(ServerLifecycle, SigtermFinishesCallsInFlightRefusesNewOnesAndExitsZero) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));  // until the server began draining
   }
   auto late = Connect((*server)->address(), {.max_attempts = 2})->ListModels();
-  EXPECT_EQ(late.status().code(), absl::StatusCode::kUnavailable) << late.status();
+  EXPECT_THAT(late, StatusIs(absl::StatusCode::kUnavailable));
   call.join();
-  EXPECT_TRUE(in_flight.ok()) << in_flight.status();
+  EXPECT_THAT(in_flight, IsOk());
   EXPECT_EQ((*server)->Wait(absl::Seconds(60)), 0) << (*server)->Log();
   EXPECT_NE((*server)->Log().find("\"detail\":\"every call finished\",\"event\":\"stopped\""), std::string::npos);
 }
 
 TEST(ServerLifecycle, BadConfigurationsFailAtStartupWithAClearMessage) {
-  testing::TempDir dir;
+  test_support::TempDir dir;
   {
     std::ofstream(dir.File("typo.json")) << R"({"models": [{"name": "m", "path": "/x", "dtyp": "float32"}]})";
     std::ofstream(dir.File("broken.json")) << R"({"models": [)";
@@ -444,24 +453,26 @@ TEST(ServerModels, ServesASentencePieceTokenizerBesideGrpcsProtobuf) {
   // libsentencepiece bundles its own protobuf; the server loads it in isolation (see
   // engine/tokenizer/sentencepiece_backend.h), so a tokenizer.model-only model serves.
   auto server = ServerProcess::Start({"--model=spm=" + DemoModelDir() + "-sentencepiece"});
-  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_THAT(server, IsOk());
   auto client = Connect((*server)->address());
   const std::string prompt = "Hello world, naïve café";
   absl::StatusOr<Attribution> a = client->Attribute({.model = "spm", .prompt = prompt, .target = " again",
                                                      .method = "feature_ablation"});
-  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_THAT(a, IsOk());
   EXPECT_EQ(a->fixed_tokens, std::vector<int64_t>{0});  // <s>: special, no feature
   std::string covered;
   for (const client::Feature& f : a->features) covered += f.text;
   EXPECT_EQ(covered, prompt);
-  EXPECT_TRUE(client->Generate({.model = "spm", .prompt = "the time", .generation = {.max_new_tokens = 4}}).ok());
+  EXPECT_THAT(
+      client->Generate({.model = "spm", .prompt = "the time", .generation = {.max_new_tokens = 4}}),
+      IsOk());
 }
 
 TEST(ClientRetries, UnavailableIsRetriedWithBackoffUntilTheServerComesUp) {
   // Learn a free port from a first server, stop it, and call that port while nothing listens: the
   // attempts fail UNAVAILABLE (refused, then "still loading") and are retried until a new server serves.
   auto server = ServerProcess::Start({"--model=demo=" + DemoModelDir()});
-  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_THAT(server, IsOk());
   const std::string port = std::to_string((*server)->port());
   server->reset();
   // gRPC draws each backoff uniformly from [0, current]: 5 attempts from 1.5 s give ~7 s expected.
@@ -473,11 +484,11 @@ TEST(ClientRetries, UnavailableIsRetriedWithBackoffUntilTheServerComesUp) {
   });
   absl::StatusOr<std::vector<client::ModelInfo>> models = client->ListModels();
   restart.join();
-  EXPECT_TRUE(models.ok()) << models.status();
+  EXPECT_THAT(models, IsOk());
   // Without retries the same call fails at once.
   server->reset();
   auto once = Connect("127.0.0.1:" + port, {.max_attempts = 1})->ListModels();
-  EXPECT_EQ(once.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(once, StatusIs(absl::StatusCode::kUnavailable));
 }
 
 // Logprobs calls each server has counted, once their sum reaches `total` (the count is made as the
@@ -498,24 +509,25 @@ std::pair<int64_t, int64_t> LogprobsAnswered(const ServerProcess& a, const Serve
 TEST(ClientLoadBalancing, RoundRobinSpreadsCallsOverEveryReplicaPickFirstUsesOne) {
   auto a = ServerProcess::Start({"--model=demo=" + DemoModelDir()});
   auto b = ServerProcess::Start({"--model=demo=" + DemoModelDir()});
-  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_THAT(a, IsOk());
+  ASSERT_THAT(b, IsOk());
   // Two addresses behind one target, as a headless service's DNS name resolves to its pods.
   const std::string target = absl::StrCat("ipv4:127.0.0.1:", (*a)->port(), ",127.0.0.1:", (*b)->port());
   const client::LogprobsOptions call{.model = "demo", .prompt = "a b", .target = " c"};
   auto round_robin = Connect(target, {.load_balancing = "round_robin"});
-  for (int i = 0; i < 20; ++i) ASSERT_TRUE(round_robin->GetLogprobs(call).ok());
+  for (int i = 0; i < 20; ++i) ASSERT_THAT(round_robin->GetLogprobs(call), IsOk());
   const auto [a_rr, b_rr] = LogprobsAnswered(**a, **b, 20);
   EXPECT_EQ(a_rr + b_rr, 20);
   // In turn once both connections are up (the first calls may find only one ready).
   EXPECT_GE(a_rr, 8);
   EXPECT_GE(b_rr, 8);
   auto pick_first = Connect(target, {.load_balancing = "pick_first"});
-  for (int i = 0; i < 20; ++i) ASSERT_TRUE(pick_first->GetLogprobs(call).ok());
+  for (int i = 0; i < 20; ++i) ASSERT_THAT(pick_first->GetLogprobs(call), IsOk());
   const auto [a_all, b_all] = LogprobsAnswered(**a, **b, 40);
   EXPECT_EQ(a_all + b_all, 40);
   EXPECT_TRUE(a_all - a_rr == 20 || b_all - b_rr == 20) << a_all - a_rr << " / " << b_all - b_rr;
-  EXPECT_EQ(AttributionClient::Connect({.target = target, .load_balancing = "random"}).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(AttributionClient::Connect({.target = target, .load_balancing = "random"}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 }  // namespace

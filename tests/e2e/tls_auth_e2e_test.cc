@@ -8,13 +8,17 @@
 
 #include "client/attribution_client.h"
 #include "tests/testing/server_process.h"
+#include "tests/testing/status_matchers.h"
 
 namespace attribution {
 namespace {
 
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
 using client::AttributionClient;
 using client::ClientOptions;
-using testing::ServerProcess;
+using test_support::ServerProcess;
+using ::testing::HasSubstr;
 
 // A CA, a server certificate for localhost/127.0.0.1 and a client certificate it signed, plus a
 // client certificate from another CA that the server must not trust.
@@ -44,7 +48,7 @@ printf '# tokens\nsecret-token-1\n\nsecret-token-2\n' > tokens)";
     for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
     return out;
   }
-  testing::TempDir dir_;
+  test_support::TempDir dir_;
   bool ok_ = false;
 };
 
@@ -60,45 +64,44 @@ absl::Status ListModelsWith(const std::string& address, ClientOptions options) {
 TEST(TlsAndAuth, MutualTlsWithTokensServesOnlyTheRightCredentials) {
   Certificates certs;
   ASSERT_TRUE(certs.ok()) << "openssl failed";
-  auto server = ServerProcess::Start({"--model=demo=" + testing::DemoModelDir(), "--tls_cert=" + certs.File("server.pem"),
-                                      "--tls_key=" + certs.File("server.key"), "--tls_client_ca=" + certs.File("ca.pem"),
-                                      "--auth_tokens_file=" + certs.File("tokens")});
-  ASSERT_TRUE(server.ok()) << server.status();
+  auto server = ServerProcess::Start(
+      {"--model=demo=" + test_support::DemoModelDir(), "--tls_cert=" + certs.File("server.pem"),
+       "--tls_key=" + certs.File("server.key"), "--tls_client_ca=" + certs.File("ca.pem"),
+       "--auth_tokens_file=" + certs.File("tokens")});
+  ASSERT_THAT(server, IsOk());
   const std::string address = "localhost:" + std::to_string((*server)->port());
   const ClientOptions good{.tls = true, .ca_file = certs.File("ca.pem"), .cert_file = certs.File("client.pem"),
                            .key_file = certs.File("client.key"), .bearer_token = "secret-token-2"};
-  EXPECT_TRUE(ListModelsWith(address, good).ok()) << ListModelsWith(address, good);
+  EXPECT_THAT(ListModelsWith(address, good), IsOk());
 
   ClientOptions wrong_token = good;
   wrong_token.bearer_token = "secret-token-3";
   absl::Status s = ListModelsWith(address, wrong_token);
-  EXPECT_EQ(s.code(), absl::StatusCode::kUnauthenticated) << s;
-  EXPECT_NE(s.message().find("not valid"), std::string::npos);
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kUnauthenticated, HasSubstr("not valid")));
   EXPECT_EQ(s.message().find("secret-token-3"), std::string::npos) << "the token must not be echoed";
 
   ClientOptions no_token = good;
   no_token.bearer_token.clear();
   s = ListModelsWith(address, no_token);
-  EXPECT_EQ(s.code(), absl::StatusCode::kUnauthenticated) << s;
-  EXPECT_NE(s.message().find("authorization"), std::string::npos);
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kUnauthenticated, HasSubstr("authorization")));
 
   ClientOptions no_client_cert = good;
   no_client_cert.cert_file.clear();
   no_client_cert.key_file.clear();
-  EXPECT_EQ(ListModelsWith(address, no_client_cert).code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(ListModelsWith(address, no_client_cert), StatusIs(absl::StatusCode::kUnavailable));
 
   ClientOptions rogue_cert = good;
   rogue_cert.cert_file = certs.File("rogue.pem");
   rogue_cert.key_file = certs.File("rogue.key");
-  EXPECT_EQ(ListModelsWith(address, rogue_cert).code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(ListModelsWith(address, rogue_cert), StatusIs(absl::StatusCode::kUnavailable));
 
   ClientOptions untrusted_server = good;
   untrusted_server.ca_file = certs.File("rogue-ca.pem");
-  EXPECT_EQ(ListModelsWith(address, untrusted_server).code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(ListModelsWith(address, untrusted_server), StatusIs(absl::StatusCode::kUnavailable));
 
   ClientOptions plaintext = good;
   plaintext.tls = false;
-  EXPECT_EQ(ListModelsWith(address, plaintext).code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(ListModelsWith(address, plaintext), StatusIs(absl::StatusCode::kUnavailable));
 
   // Health stays open to probes that carry no token (Kubernetes gRPC probes cannot send one)... over TLS.
   auto prober = *AttributionClient::Connect({.target = address, .tls = true, .ca_file = certs.File("ca.pem"),
@@ -109,12 +112,13 @@ TEST(TlsAndAuth, MutualTlsWithTokensServesOnlyTheRightCredentials) {
 TEST(TlsAndAuth, ServerOnlyTlsAcceptsAnyClientThatTrustsIt) {
   Certificates certs;
   ASSERT_TRUE(certs.ok()) << "openssl failed";
-  auto server = ServerProcess::Start({"--model=demo=" + testing::DemoModelDir(), "--tls_cert=" + certs.File("server.pem"),
+  auto server = ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir(),
+                                      "--tls_cert=" + certs.File("server.pem"),
                                       "--tls_key=" + certs.File("server.key")});
-  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_THAT(server, IsOk());
   const std::string address = "127.0.0.1:" + std::to_string((*server)->port());
-  EXPECT_TRUE(ListModelsWith(address, {.tls = true, .ca_file = certs.File("ca.pem")}).ok());
-  EXPECT_EQ(ListModelsWith(address, {.tls = false}).code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(ListModelsWith(address, {.tls = true, .ca_file = certs.File("ca.pem")}), IsOk());
+  EXPECT_THAT(ListModelsWith(address, {.tls = false}), StatusIs(absl::StatusCode::kUnavailable));
 }
 
 }  // namespace

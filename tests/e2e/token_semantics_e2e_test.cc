@@ -21,12 +21,15 @@
 #include "client/attribution_client.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "tests/testing/server_process.h"
+#include "tests/testing/status_matchers.h"
 
 namespace attribution {
 namespace {
 
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
+using test_support::ServerProcess;
 using ::testing::HasSubstr;
-using testing::ServerProcess;
 
 const nlohmann::json& References() {
   static const nlohmann::json* references = [] {
@@ -66,7 +69,7 @@ class TokenSemanticsTest : public ::testing::Test {
       absl::StrAppend(&models, models.empty() ? "" : ",", name, "=", model["dir"].get<std::string>());
     }
     auto started = ServerProcess::Start({"--model=" + models});
-    ASSERT_TRUE(started.ok()) << started.status();
+    ASSERT_THAT(started, IsOk());
     server_ = started->release();
     client_ = std::move(*client::AttributionClient::Connect({.target = server_->address()})).release();
   }
@@ -88,13 +91,14 @@ TEST_F(TokenSemanticsTest, TextTargetsAreTheTokensThatFollowThePromptAsTransform
       SCOPED_TRACE(absl::StrCat(name, ": \"", prompt, "\" + \"", target, "\""));
       absl::StatusOr<client::Logprobs> scored = client_->GetLogprobs({.model = name, .prompt = prompt, .target = target});
       if (c["continuation"].is_null()) {
-        EXPECT_EQ(scored.status().code(), absl::StatusCode::kInvalidArgument);
-        EXPECT_THAT(scored.status().message(), HasSubstr("target: the text does not start on a token boundary"));
+        EXPECT_THAT(scored,
+                    StatusIs(absl::StatusCode::kInvalidArgument,
+                             HasSubstr("target: the text does not start on a token boundary")));
         EXPECT_THAT(scored.status().message(), HasSubstr("but prompt + target tokenize as"));
         ++refused;
         continue;
       }
-      ASSERT_TRUE(scored.ok()) << scored.status();
+      ASSERT_THAT(scored, IsOk());
       EXPECT_EQ(Ids(*scored), c["continuation"].get<std::vector<int64_t>>());
       ++checked;
     }
@@ -109,7 +113,7 @@ TEST_F(TokenSemanticsTest, SeparateTokenizesTheTargetAlone) {
       SCOPED_TRACE(absl::StrCat(name, ": \"", c["target"].get<std::string>(), "\""));
       absl::StatusOr<client::Logprobs> scored = client_->GetLogprobs(
           {.model = name, .prompt = c["prompt"], .target = c["target"], .target_tokenization = "separate"});
-      ASSERT_TRUE(scored.ok()) << scored.status();
+      ASSERT_THAT(scored, IsOk());
       EXPECT_EQ(Ids(*scored), c["separate"].get<std::vector<int64_t>>());
     }
   }
@@ -119,7 +123,7 @@ TEST_F(TokenSemanticsTest, AttributeScoresTheContinuationForTargetAndFoil) {
   const nlohmann::json& c = References()["default"]["cases"][0];  // " No" after "... A:"
   absl::StatusOr<client::Attribution> a = client_->Attribute({.model = "default", .prompt = c["prompt"], .target = c["target"],
                                                               .method = "feature_ablation", .foil = " Yes"});
-  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_THAT(a, IsOk());
   EXPECT_EQ(Ids(a->target_tokens), c["continuation"].get<std::vector<int64_t>>());
   EXPECT_EQ(a->target_tokens[0].text, " No");
   EXPECT_EQ(a->target_tokens[0].char_begin, 0);
@@ -152,7 +156,7 @@ TEST_F(TokenSemanticsTest, GeneratedTextPassedBackAsTargetScoresTheGeneratedToke
     SCOPED_TRACE(prompt);
     absl::StatusOr<client::Generation> generated =
         client_->Generate({.model = "default", .prompt = prompt, .generation = {.max_new_tokens = 6}});
-    ASSERT_TRUE(generated.ok()) << generated.status();
+    ASSERT_THAT(generated, IsOk());
     std::vector<int64_t> expected;
     for (const client::Token& t : generated->tokens) {
       if (!t.special) expected.push_back(t.id);  // a stop token ends the text, it is not part of it
@@ -160,7 +164,7 @@ TEST_F(TokenSemanticsTest, GeneratedTextPassedBackAsTargetScoresTheGeneratedToke
     ASSERT_FALSE(expected.empty());
     absl::StatusOr<client::Attribution> a = client_->Attribute(
         {.model = "default", .prompt = prompt, .target = generated->text, .method = "feature_ablation"});
-    ASSERT_TRUE(a.ok()) << a.status();
+    ASSERT_THAT(a, IsOk());
     EXPECT_EQ(Ids(a->target_tokens), expected) << "generated text \"" << generated->text << "\"";
   }
 }
@@ -175,7 +179,7 @@ TEST_F(TokenSemanticsTest, SpecialTokensAreFixedByDefaultAndFeaturesWhenIncluded
       for (size_t i = 0; i < ids.size(); ++i) (special[i] ? fixed : features).push_back(static_cast<int64_t>(i));
       client::AttributeOptions options{.model = name, .prompt = p["prompt"], .target = " yes", .method = "feature_ablation"};
       absl::StatusOr<client::Attribution> a = client_->Attribute(options);
-      ASSERT_TRUE(a.ok()) << a.status();
+      ASSERT_THAT(a, IsOk());
       ASSERT_EQ(Ids(a->prompt_tokens), ids);
       std::vector<int64_t> feature_tokens;
       for (const client::Feature& f : a->features) {
@@ -188,7 +192,7 @@ TEST_F(TokenSemanticsTest, SpecialTokensAreFixedByDefaultAndFeaturesWhenIncluded
 
       options.include_special_tokens = true;
       absl::StatusOr<client::Attribution> all = client_->Attribute(options);
-      ASSERT_TRUE(all.ok()) << all.status();
+      ASSERT_THAT(all, IsOk());
       EXPECT_EQ(all->features.size(), ids.size());
       EXPECT_TRUE(all->fixed_tokens.empty());
     }
@@ -211,34 +215,36 @@ TEST_F(TokenSemanticsTest, TokenTextIsValidUtf8AndTokenBytesKeepEveryByte) {
   const std::string prompt = "A snowman \xE2\x98\x83 and a grin \xF0\x9F\x98\x80 split into bytes";
   absl::StatusOr<client::Attribution> a =
       client_->Attribute({.model = "bytelevel", .prompt = prompt, .target = " yes", .method = "feature_ablation"});
-  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_THAT(a, IsOk());
   std::string bytes;
   int partial = 0;
   for (const client::Token& t : a->prompt_tokens) {
-    EXPECT_TRUE(engine::CheckUtf8(t.text).ok()) << t.id;
+    EXPECT_THAT(engine::CheckUtf8(t.text), IsOk()) << t.id;
     if (!t.special) bytes += t.bytes;
     partial += t.text.find("\xEF\xBF\xBD") != std::string::npos;
   }
   EXPECT_EQ(bytes, prompt);
   EXPECT_GE(partial, 2);  // the test does meet tokens holding part of a character
-  for (const client::Feature& f : a->features) EXPECT_TRUE(engine::CheckUtf8(f.text).ok()) << f.token_begin;
+  for (const client::Feature& f : a->features)
+    EXPECT_THAT(engine::CheckUtf8(f.text), IsOk()) << f.token_begin;
 
   absl::StatusOr<client::Logprobs> scored =
       client_->GetLogprobs({.model = "bytelevel", .prompt = "A grin", .target = " \xF0\x9F\x98\x80", .top_k = 20});
-  ASSERT_TRUE(scored.ok()) << scored.status();
+  ASSERT_THAT(scored, IsOk());
   for (const client::TokenLogprob& t : scored->target) {
-    for (const client::Token& top : t.top) EXPECT_TRUE(engine::CheckUtf8(top.text).ok()) << top.id;
+    for (const client::Token& top : t.top)
+      EXPECT_THAT(engine::CheckUtf8(top.text), IsOk()) << top.id;
   }
   // A random model samples byte tokens freely: whatever it ends on, the text stays valid.
   for (uint64_t seed = 0; seed < 8; ++seed) {
     absl::StatusOr<client::Generation> g = client_->Generate(
         {.model = "bytelevel", .prompt = prompt,
          .generation = {.max_new_tokens = 24, .temperature = 1.5, .seed = seed, .ignore_stop_tokens = true}});
-    ASSERT_TRUE(g.ok()) << g.status();
-    EXPECT_TRUE(engine::CheckUtf8(g->text).ok()) << seed;
+    ASSERT_THAT(g, IsOk());
+    EXPECT_THAT(engine::CheckUtf8(g->text), IsOk()) << seed;
     std::string generated;
     for (const client::Token& t : g->tokens) {
-      EXPECT_TRUE(engine::CheckUtf8(t.text).ok()) << t.id;
+      EXPECT_THAT(engine::CheckUtf8(t.text), IsOk()) << t.id;
       if (!t.special) generated += t.bytes;
     }
     EXPECT_EQ(g->text_bytes, generated) << seed;
@@ -279,7 +285,7 @@ TEST_F(TokenSemanticsTest, ApiDefaultsPutTheDecisiveWordFirstOnHeldOutQuestions)
                                .method = method, .n_steps = 32},
                               [&, q](absl::StatusOr<client::Attribution> a) {
                                 std::lock_guard<std::mutex> lock(mu);
-                                EXPECT_TRUE(a.ok()) << a.status();
+                                EXPECT_THAT(a, IsOk());
                                 auto& [hit, count] = hits[q["task"]];
                                 hit += a.ok() && TopFeatureIsDecisive(*a, q["decisive_spans"]);
                                 ++count;

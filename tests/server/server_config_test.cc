@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // Unit tests of the server's parts that need no running server: config parsing and validation,
 // bearer-token checks, the admission gate and the status mapping.
+#include "server/server_config.h"
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -10,12 +12,14 @@
 #include "server/bearer_auth.h"
 #include "server/call_gate.h"
 #include "server/grpc_status.h"
-#include "server/server_config.h"
+#include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 
 namespace attribution::server {
 namespace {
 
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
 using ::testing::HasSubstr;
 
 TEST(ServerConfig, ParsesEveryKey) {
@@ -29,7 +33,7 @@ TEST(ServerConfig, ParsesEveryKey) {
                            "max_queued_bytes": 1048576},
                 "limits": {"max_steps": 64, "max_samples": 32, "max_features": 100, "max_exact_shapley_features": 8,
                            "max_tokens": 512, "max_new_tokens": 16}}]})", "test.json");
-  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_THAT(config, IsOk());
   EXPECT_EQ(config->listen, "0.0.0.0:6000");
   EXPECT_EQ(config->metrics_listen, "");
   EXPECT_EQ(config->max_concurrent_requests, 7);
@@ -45,14 +49,14 @@ TEST(ServerConfig, ParsesEveryKey) {
   EXPECT_EQ(m.engine.max_queued_bytes, 1048576);
   EXPECT_EQ(m.limits.max_steps, 64);
   EXPECT_EQ(m.limits.max_new_tokens, 16);
-  EXPECT_TRUE(ValidateServerConfig(*config).ok());
+  EXPECT_THAT(ValidateServerConfig(*config), IsOk());
 }
 
 TEST(ServerConfig, BatchTimeBoundDefaultsByDeviceAndMustBePositive) {
   absl::StatusOr<ServerConfig> config = ParseServerConfig(R"({"models": [
       {"name": "c", "path": "/p"}, {"name": "g", "path": "/p", "device": "cuda:0"},
       {"name": "s", "path": "/p", "engine": {"max_batch_seconds": 0.1}}]})", "t.json");
-  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_THAT(config, IsOk());
   EXPECT_EQ(config->models[0].engine.max_batch_time, absl::Milliseconds(25));
   EXPECT_EQ(config->models[1].engine.max_batch_time, absl::Milliseconds(5));
   EXPECT_EQ(config->models[2].engine.max_batch_time, absl::Milliseconds(100));
@@ -95,27 +99,27 @@ TEST(ServerConfig, ValidationNamesTheField) {
 }
 
 TEST(BearerAuth, AcceptsListedTokensOnly) {
-  testing::TempDir dir;
+  test_support::TempDir dir;
   std::ofstream(dir.File("tokens")) << "# comment\n  alpha  \n\nbeta\n";
   absl::StatusOr<BearerAuth> auth = BearerAuth::Load(dir.File("tokens"));
-  ASSERT_TRUE(auth.ok()) << auth.status();
+  ASSERT_THAT(auth, IsOk());
   EXPECT_EQ(auth->size(), 2u);
-  EXPECT_TRUE(auth->Check("Bearer alpha").ok());
-  EXPECT_TRUE(auth->Check("bearer beta").ok());
-  EXPECT_EQ(auth->Check("Bearer alph").code(), absl::StatusCode::kUnauthenticated);
-  EXPECT_EQ(auth->Check("Basic alpha").code(), absl::StatusCode::kUnauthenticated);
-  EXPECT_EQ(auth->Check(std::nullopt).code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_THAT(auth->Check("Bearer alpha"), IsOk());
+  EXPECT_THAT(auth->Check("bearer beta"), IsOk());
+  EXPECT_THAT(auth->Check("Bearer alph"), StatusIs(absl::StatusCode::kUnauthenticated));
+  EXPECT_THAT(auth->Check("Basic alpha"), StatusIs(absl::StatusCode::kUnauthenticated));
+  EXPECT_THAT(auth->Check(std::nullopt), StatusIs(absl::StatusCode::kUnauthenticated));
   std::ofstream(dir.File("empty")) << "# nothing\n";
   EXPECT_THAT(BearerAuth::Load(dir.File("empty")).status().message(), HasSubstr("holds no tokens"));
 }
 
 TEST(CallGate, RefusesOverTheLimitAndWhileDrainingAndWaitsForIdle) {
   CallGate gate(2);
-  ASSERT_TRUE(gate.Enter().ok());
-  ASSERT_TRUE(gate.Enter().ok());
-  EXPECT_EQ(gate.Enter().code(), absl::StatusCode::kResourceExhausted);
+  ASSERT_THAT(gate.Enter(), IsOk());
+  ASSERT_THAT(gate.Enter(), IsOk());
+  EXPECT_THAT(gate.Enter(), StatusIs(absl::StatusCode::kResourceExhausted));
   gate.StartDraining();
-  EXPECT_EQ(gate.Enter().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(gate.Enter(), StatusIs(absl::StatusCode::kUnavailable));
   EXPECT_FALSE(gate.WaitIdle(absl::Now()));  // two calls still in flight
   std::thread leaver([&] {
     gate.Leave();

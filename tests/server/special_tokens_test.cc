@@ -13,9 +13,12 @@
 
 #include "engine/scheduler/batch_executor.h"
 #include "server/conversion.h"
+#include "tests/testing/status_matchers.h"
 
 namespace attribution::server {
 namespace {
+
+using ::attribution::test_support::IsOk;
 
 struct RecordedRow {
   std::vector<int64_t> input_ids;
@@ -114,10 +117,10 @@ TEST_P(SpecialTokensInRows, NeverChangeUnderAnyMethodUnlessIncluded) {
         proto.set_baseline_token_id(5);
         proto.set_include_special_tokens(include);
         absl::StatusOr<AttributeCall> call = ToAttributeCall(proto, served, absl::InfiniteFuture());
-        ASSERT_TRUE(call.ok()) << call.status();
+        ASSERT_THAT(call, IsOk());
         ASSERT_EQ(call->request.prompt_ids, prompt);
         absl::StatusOr<engine::AttributionResult> result = served.attributor->AttributeAndWait(call->request);
-        ASSERT_TRUE(result.ok()) << result.status();
+        ASSERT_THAT(result, IsOk());
         const Counts counts = CompareRows(recorder->Take(), prompt, special);
         EXPECT_GT(counts.rows, 12);          // the method's rows and the faithfulness curves
         EXPECT_GT(counts.changed_other, 0);  // the rows do perturb or interpolate the features

@@ -12,7 +12,7 @@
 #include "tests/testing/notification.h"
 #include "engine/scheduler/batch_executor.h"
 
-namespace attribution::testing {
+namespace attribution::test_support {
 
 class FakeExecutor : public engine::BatchExecutor {
  public:
@@ -48,8 +48,8 @@ class FakeExecutor : public engine::BatchExecutor {
   }
 
   // The first batch blocks until `gate` is notified; started() is notified when it arrives.
-  void HoldFirstBatch(::attribution::testing::Notification* gate) { gate_ = gate; }
-  ::attribution::testing::Notification& started() { return started_; }
+  void HoldFirstBatch(Notification* gate) { gate_ = gate; }
+  Notification& started() { return started_; }
   void FailWhen(FailureRule rule) { failure_ = std::move(rule); }
   // What an embedding path costs per token once it runs (set before the engine starts).
   void SetEmbeddedBytesPerToken(int64_t bytes) { embedded_bytes_per_token_ = bytes; }
@@ -69,8 +69,8 @@ class FakeExecutor : public engine::BatchExecutor {
     std::lock_guard<std::mutex> lock(mu_);
     ++failed_attempts_;
   }
-  ::attribution::testing::Notification* gate_ = nullptr;  // touched by the executor thread only after setup
-  ::attribution::testing::Notification started_;
+  Notification* gate_ = nullptr;  // touched by the executor thread only after setup
+  Notification started_;
   FailureRule failure_;
   int64_t embedded_bytes_per_token_ = 0;
   mutable std::mutex mu_;
@@ -78,4 +78,4 @@ class FakeExecutor : public engine::BatchExecutor {
   int64_t failed_attempts_ = 0;
 };
 
-}  // namespace attribution::testing
+}  // namespace attribution::test_support

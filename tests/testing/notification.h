@@ -9,7 +9,7 @@
 
 #include "absl/time/time.h"
 
-namespace attribution::testing {
+namespace attribution::test_support {
 
 class Notification {
  public:
@@ -38,4 +38,4 @@ class Notification {
   bool notified_ = false;
 };
 
-}  // namespace attribution::testing
+}  // namespace attribution::test_support

@@ -8,8 +8,9 @@
 #include <fstream>
 
 #include "engine/model/safetensors.h"
+#include "tests/testing/status_matchers.h"
 
-namespace attribution::testing {
+namespace attribution::test_support {
 
 std::string TestModelsDir() {
   const char* dir = std::getenv("ATTRIBUTION_TEST_MODELS");
@@ -33,7 +34,7 @@ Reference LoadReference(const std::string& arch, const std::string& dtype) {
 
 at::Tensor Reference::Tensor(const std::string& name) const {
   auto file = engine::SafetensorsFile::Open(tensors_path);
-  EXPECT_TRUE(file.ok()) << file.status();
+  EXPECT_THAT(file, IsOk());
   const engine::TensorRecord* record = (*file)->Find(name);
   EXPECT_NE(record, nullptr) << tensors_path << " lacks " << name;
   return (*file)->View(*record).to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
@@ -45,4 +46,4 @@ double ScaledError(const at::Tensor& actual, const at::Tensor& expected) {
   return (a - e).abs().max().item<double>() / scale;
 }
 
-}  // namespace attribution::testing
+}  // namespace attribution::test_support

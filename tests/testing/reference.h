@@ -8,7 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-namespace attribution::testing {
+namespace attribution::test_support {
 
 // The folders the test_data fixture writes (environment ATTRIBUTION_TEST_MODELS /
 // ATTRIBUTION_TEST_TOKENIZERS override the build's).
@@ -26,4 +26,4 @@ Reference LoadReference(const std::string& arch, const std::string& dtype);
 // Max |a - b| over max(|b|, 1): the error relative to the reference's scale.
 double ScaledError(const at::Tensor& actual, const at::Tensor& expected);
 
-}  // namespace attribution::testing
+}  // namespace attribution::test_support

@@ -10,7 +10,7 @@
 #include "tests/testing/notification.h"
 #include "engine/scheduler/row.h"
 
-namespace attribution::testing {
+namespace attribution::test_support {
 
 class RowCollector {
  public:
@@ -44,7 +44,7 @@ class RowCollector {
   std::vector<engine::RowResult> results_;
   std::vector<int> answers_;
   size_t answered_ = 0;
-  mutable ::attribution::testing::Notification done_;
+  mutable ::attribution::test_support::Notification done_;
 };
 
-}  // namespace attribution::testing
+}  // namespace attribution::test_support

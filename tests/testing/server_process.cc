@@ -16,7 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/common/files.h"
 
-namespace attribution::testing {
+namespace attribution::test_support {
 namespace {
 
 // waitpid with a timeout; the exit code, -2 on a signal death, -1 when still running.
@@ -137,4 +137,4 @@ bool WaitForQueuedRows(int metrics_port, const std::string& model) {
   return false;
 }
 
-}  // namespace attribution::testing
+}  // namespace attribution::test_support

@@ -12,7 +12,7 @@
 #include "absl/time/time.h"
 #include "tests/testing/temp_dir.h"
 
-namespace attribution::testing {
+namespace attribution::test_support {
 
 // The demo model directory the test_data fixture writes (tools/make_demo_model.py).
 std::string DemoModelDir();
@@ -57,4 +57,4 @@ double MetricValue(int metrics_port, const std::string& series);
 // to be on the server (a fixed sleep is not enough on a loaded machine). False after 30 s.
 bool WaitForQueuedRows(int metrics_port, const std::string& model);
 
-}  // namespace attribution::testing
+}  // namespace attribution::test_support

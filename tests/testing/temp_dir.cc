@@ -11,7 +11,7 @@
 #include <cstdio>
 #include <fstream>
 
-namespace attribution::testing {
+namespace attribution::test_support {
 
 TempDir::TempDir() {
   std::string pattern = "/tmp/attribution_test_XXXXXX";
@@ -41,4 +41,4 @@ void CopyDirectoryFiles(const std::string& from, const std::string& to) {
   closedir(dir);
 }
 
-}  // namespace attribution::testing
+}  // namespace attribution::test_support

@@ -8,7 +8,7 @@
 
 #include <string>
 
-namespace attribution::testing {
+namespace attribution::test_support {
 
 class TempDir {
  public:
@@ -27,4 +27,4 @@ class TempDir {
 // Copies the regular files of directory `from` into the new directory `to` (not recursive).
 void CopyDirectoryFiles(const std::string& from, const std::string& to);
 
-}  // namespace attribution::testing
+}  // namespace attribution::test_support

@@ -11,9 +11,13 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "tests/testing/status_matchers.h"
+
 namespace attribution::engine {
 namespace {
 
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
 using ::testing::HasSubstr;
 
 class ContinuationTest : public ::testing::TestWithParam<std::string> {
@@ -33,11 +37,11 @@ TEST_P(ContinuationTest, EncodesAsTransformersTokenizesPromptPlusTarget) {
     SCOPED_TRACE("\"" + prompt + "\" + \"" + target + "\"");
     absl::StatusOr<Encoding> encoding = EncodeContinuation(*tokenizer_, prompt, target);
     if (c["continuation"].is_null()) {
-      EXPECT_EQ(encoding.status().code(), absl::StatusCode::kInvalidArgument);
-      EXPECT_THAT(encoding.status().message(), HasSubstr("does not start on a token boundary"));
+      EXPECT_THAT(encoding, StatusIs(absl::StatusCode::kInvalidArgument,
+                                     HasSubstr("does not start on a token boundary")));
       continue;
     }
-    ASSERT_TRUE(encoding.ok()) << encoding.status();
+    ASSERT_THAT(encoding, IsOk());
     EXPECT_EQ(encoding->ids, c["continuation"].get<std::vector<int64_t>>());
     ASSERT_EQ(encoding->spans.size(), encoding->ids.size());
     EXPECT_LE(encoding->spans.back().end, target.size());
@@ -52,7 +56,7 @@ TEST_P(ContinuationTest, DecodedContinuationEncodesToTheSameIds) {
     const Continuation decoded = DecodeContinuation(*tokenizer_, tokenizer_->Encode(prompt, true)->ids, ids);
     SCOPED_TRACE("\"" + prompt + "\" + \"" + decoded.text + "\"");
     absl::StatusOr<Encoding> again = EncodeContinuation(*tokenizer_, prompt, decoded.text);
-    ASSERT_TRUE(again.ok()) << again.status();
+    ASSERT_THAT(again, IsOk());
     EXPECT_EQ(again->ids, ids);
   }
 }

@@ -3,8 +3,8 @@
 // run: integrated gradients (64 steps, gausslegendre; sequence and per-token), FeatureAblation and
 // ShapleyValueSampling (25 samples). Prints seconds, the work in FLOP, achieved GFLOP/s and ratios.
 //
-//   attribution_bench --model=DIR [--prompt_tokens=64] [--target_tokens=8] [--max_batch_tokens=8192]
-//                     [--python=.venv/bin/python --captum_jobs=ig_seed,ig_tuned,fa,svs,lime,ks]
+//   method_bench --model=DIR [--prompt_tokens=64] [--target_tokens=8] [--max_batch_tokens=8192]
+//                [--python=.venv/bin/python --captum_jobs=ig_seed,ig_tuned,fa,svs,lime,ks]
 #include <ATen/ATen.h>
 
 #include <cstdio>

@@ -1,25 +1,27 @@
 // SPDX-License-Identifier: Apache-2.0
 // Attribution methods through the batching engine against Captum (tools/captum_reference.py, same
 // random llama weights), plus the axioms that hold whatever the model.
-#include "engine/attribution/attributor.h"
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <condition_variable>
 #include <fstream>
-#include <mutex>
-#include <numeric>
 #include <iostream>
+#include <mutex>
 #include <nlohmann/json.hpp>
+#include <numeric>
 
+#include "engine/attribution/attributor.h"
 #include "engine/attribution/methods.h"
 #include "tests/testing/reference.h"
+#include "tests/testing/status_matchers.h"
 
 namespace attribution::engine {
 namespace {
 
-using ::attribution::testing::TestModelsDir;
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
+using ::attribution::test_support::TestModelsDir;
 using ::testing::HasSubstr;
 
 class AttributionTest : public ::testing::Test {
@@ -97,7 +99,7 @@ TEST_F(AttributionTest, EveryCaseMatchesCaptum) {
   for (const auto& c : (*reference_)["cases"]) {
     const std::string name = c["name"];
     auto result = attributor_->AttributeAndWait(FromCase(c));
-    ASSERT_TRUE(result.ok()) << name << ": " << result.status();
+    ASSERT_THAT(result, IsOk()) << name;
     if (c.value("generated", false)) {
       EXPECT_EQ(result->target_ids, c["target"].get<std::vector<int64_t>>()) << name;
     }
@@ -114,7 +116,7 @@ TEST_F(AttributionTest, IntegratedGradientsCompletenessImprovesWithSteps) {
   for (int64_t steps : {4, 16, 64}) {
     r.n_steps = steps;
     auto result = attributor_->AttributeAndWait(r);
-    ASSERT_TRUE(result.ok());
+    ASSERT_THAT(result, IsOk());
     const double delta = std::abs(*result->convergence_delta);
     std::cout << "[ complete ] n_steps " << steps << ": |delta| = " << delta << "\n";
     EXPECT_LT(delta, previous);
@@ -133,7 +135,8 @@ TEST_F(AttributionTest, GradientShapWithoutNoiseEstimatesIntegratedGradients) {
   shap.seed = 3;
   auto exact = attributor_->AttributeAndWait(ig);
   auto sampled = attributor_->AttributeAndWait(shap);
-  ASSERT_TRUE(exact.ok() && sampled.ok()) << sampled.status();
+  ASSERT_THAT(exact, IsOk());
+  ASSERT_THAT(sampled, IsOk());
   // GradientShap averages (x - x') * grad at uniform points on the same path: a Monte-Carlo estimate of
   // the integral that IG computes by quadrature.
   double error = 0, norm = 0;
@@ -147,7 +150,7 @@ TEST_F(AttributionTest, GradientShapWithoutNoiseEstimatesIntegratedGradients) {
   EXPECT_EQ(again->sequence, sampled->sequence);  // seeded
   shap.stdev = 0.05;
   auto noisy = attributor_->AttributeAndWait(shap);
-  ASSERT_TRUE(noisy.ok());
+  ASSERT_THAT(noisy, IsOk());
   EXPECT_NE(noisy->sequence, sampled->sequence);
 }
 
@@ -178,9 +181,9 @@ TEST_F(AttributionTest, Seed001ManyStatementsConcurrentlyEqualAlone) {
     cv.wait(lock, [&] { return std::all_of(results.begin(), results.end(), [](const auto& r) { return r.has_value(); }); });
   }
   for (int i = 0; i < kStatements; ++i) {
-    ASSERT_TRUE(results[i]->ok()) << results[i]->status();
+    ASSERT_THAT(*results[i], IsOk());
     auto alone = attributor_->AttributeAndWait(requests[i]);
-    ASSERT_TRUE(alone.ok());
+    ASSERT_THAT(alone, IsOk());
     EXPECT_LT(RelativeError((*results[i])->sequence, alone->sequence), 1e-4) << "statement " << i;
     EXPECT_EQ((*results[i])->rows, 8 + 2);
   }
@@ -191,7 +194,7 @@ TEST_F(AttributionTest, ToleranceDrivenIntegratedGradientsReachesCaptums512Steps
   AttributionRequest r = FromCase(captum);
   r.completeness_tolerance = 1e-3;
   auto adaptive = attributor_->AttributeAndWait(r);
-  ASSERT_TRUE(adaptive.ok()) << adaptive.status();
+  ASSERT_THAT(adaptive, IsOk());
   const double error = RelativeError(adaptive->sequence, captum["seq_attr"].get<std::vector<double>>());
   std::cout << "[ adaptive ] stopped at order " << adaptive->integration_steps << " after " << adaptive->rows
             << " rows; relative error to Captum's 512 steps " << error << "\n";
@@ -211,7 +214,7 @@ TEST_F(AttributionTest, ToleranceOutOfReachStopsAtNSteps) {
   r.completeness_tolerance = 1e-15;
   r.n_steps = 20;
   auto result = attributor_->AttributeAndWait(r);
-  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_THAT(result, IsOk());
   EXPECT_EQ(result->integration_steps, 20);
   EXPECT_EQ(result->tolerance_met, std::optional<bool>(false));
   const int64_t per_point = 1 + static_cast<int64_t>(r.target_ids.size());  // sequence and per-token rows
@@ -219,7 +222,7 @@ TEST_F(AttributionTest, ToleranceOutOfReachStopsAtNSteps) {
   // The last order's answer is the fixed-step answer at that order.
   r.completeness_tolerance = 0;
   auto fixed = attributor_->AttributeAndWait(r);
-  ASSERT_TRUE(fixed.ok());
+  ASSERT_THAT(fixed, IsOk());
   EXPECT_LT(RelativeError(result->sequence, fixed->sequence), 1e-6);
   EXPECT_FALSE(fixed->tolerance_met.has_value());
 }
@@ -227,7 +230,7 @@ TEST_F(AttributionTest, ToleranceOutOfReachStopsAtNSteps) {
 TEST_F(AttributionTest, PerTokenMatrixSumsToSequenceAttribution) {
   AttributionRequest r = FromCase(Case("ig_riemann_middle_token0"));
   auto result = attributor_->AttributeAndWait(r);
-  ASSERT_TRUE(result.ok());
+  ASSERT_THAT(result, IsOk());
   for (size_t f = 0; f < result->sequence.size(); ++f) {
     double sum = 0;
     for (const auto& row : result->per_token) sum += row[f];
@@ -241,7 +244,7 @@ TEST_F(AttributionTest, ShapleyValuesAreEfficient) {
     r.method = method;
     r.n_samples = 5;
     auto full = attributor_->AttributeAndWait(r);
-    ASSERT_TRUE(full.ok()) << full.status();
+    ASSERT_THAT(full, IsOk());
     // f(baseline): every prompt token replaced by the baseline token.
     AttributionRequest at_baseline = r;
     at_baseline.prompt_ids.assign(r.prompt_ids.size(), r.baseline_token_id);
@@ -260,11 +263,11 @@ TEST_F(AttributionTest, FeatureTheTargetCannotSeeGetsZero) {
   r.target_ids = {9};
   r.method = AttributionMethod::kFeatureAblation;
   auto a = attributor_->AttributeAndWait(r);
-  ASSERT_TRUE(a.ok());
+  ASSERT_THAT(a, IsOk());
   // A feature spanning nothing the model reads differently: ablating token 0 into itself.
   r.baseline_token_id = 1;
   auto b = attributor_->AttributeAndWait(r);
-  ASSERT_TRUE(b.ok());
+  ASSERT_THAT(b, IsOk());
   EXPECT_EQ(b->sequence[0], 0.0);
   EXPECT_NE(a->sequence[1], 0.0);
 }
@@ -273,14 +276,14 @@ TEST_F(AttributionTest, FeatureGroupsWithTheirOwnBaselines) {
   AttributionRequest r = FromCase(Case("feature_ablation_log_prob"));
   r.features = {{1, 3, {60}}, {3, 6, {}}, {6, 8, {61, 62, 63}}};  // baselines of other lengths too
   auto grouped = attributor_->AttributeAndWait(r);
-  ASSERT_TRUE(grouped.ok()) << grouped.status();
+  ASSERT_THAT(grouped, IsOk());
   ASSERT_EQ(grouped->sequence.size(), 3u);
   // Ablating group 0 equals scoring the prompt with that group replaced by its baseline.
   AttributionRequest replaced = r;
   replaced.features.clear();
   replaced.prompt_ids = {1, 60, 99, 3, 250, 41, 7};
   auto ablated = attributor_->AttributeAndWait(replaced);
-  ASSERT_TRUE(ablated.ok());
+  ASSERT_THAT(ablated, IsOk());
   EXPECT_NEAR(grouped->sequence[0], grouped->objective - ablated->objective, 1e-5);
 }
 
@@ -294,7 +297,9 @@ TEST_F(AttributionTest, ContrastiveIsTargetMinusFoil) {
   r.target_ids = {11};
   r.foil_ids = {42};
   auto contrast = attributor_->AttributeAndWait(r);
-  ASSERT_TRUE(target.ok() && foil.ok() && contrast.ok());
+  ASSERT_THAT(target, IsOk());
+  ASSERT_THAT(foil, IsOk());
+  ASSERT_THAT(contrast, IsOk());
   for (size_t f = 0; f < contrast->sequence.size(); ++f) {
     EXPECT_NEAR(contrast->sequence[f], target->sequence[f] - foil->sequence[f], 1e-4);
   }
@@ -304,8 +309,7 @@ TEST_F(AttributionTest, BadRequestsNameTheField) {
   AttributionRequest good = FromCase(Case("ig_gausslegendre_token0"));
   auto expect = [&](AttributionRequest r, const std::string& field) {
     auto result = attributor_->AttributeAndWait(r);
-    EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument) << field;
-    EXPECT_THAT(result.status().message(), HasSubstr(field));
+    EXPECT_THAT(result, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(field))) << field;
   };
   AttributionRequest r = good;
   r.prompt_ids.clear();
@@ -353,7 +357,7 @@ TEST(MethodTable, EveryMethodDeclaresItsFamilyAndItsParts) {
   for (AttributionMethod m : kAllMethods) {
     const Method& method = MethodOf(m);
     EXPECT_EQ(method.method, m);
-    ASSERT_TRUE(ParseAttributionMethod(method.name).ok()) << method.name;
+    ASSERT_THAT(ParseAttributionMethod(method.name), IsOk()) << method.name;
     EXPECT_EQ(*ParseAttributionMethod(method.name), m);
     const bool gradient = method.family == MethodFamily::kGradient;
     EXPECT_EQ(IsGradientMethod(m), gradient);

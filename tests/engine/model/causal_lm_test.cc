@@ -15,14 +15,18 @@
 #include "engine/model/generation.h"
 #include "engine/model/safetensors.h"
 #include "tests/testing/reference.h"
+#include "tests/testing/status_matchers.h"
 
 namespace attribution::engine {
 namespace {
 
-using ::attribution::testing::LoadReference;
-using ::attribution::testing::Reference;
-using ::attribution::testing::ScaledError;
-using ::attribution::testing::TestModelsDir;
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::LoadReference;
+using ::attribution::test_support::Reference;
+using ::attribution::test_support::ScaledError;
+using ::attribution::test_support::StatusIs;
+using ::attribution::test_support::TestModelsDir;
+using ::testing::HasSubstr;
 
 // One row of token ids: [1, n] int64.
 at::Tensor Ids(std::vector<int64_t> ids) { return at::tensor(ids, at::kLong).unsqueeze(0); }
@@ -40,7 +44,7 @@ class CausalLMParity : public ::testing::TestWithParam<Case> {
     LoadOptions options;
     options.dtype = *ParseDtype(GetParam().dtype);
     auto model = CausalLM::Load(TestModelsDir() + "/" + GetParam().arch, options);
-    ASSERT_TRUE(model.ok()) << model.status();
+    ASSERT_THAT(model, IsOk());
     model_ = std::move(*model);
     reference_ = LoadReference(GetParam().arch, GetParam().dtype);
     rows_ = reference_.spec["rows"].get<std::vector<std::vector<int64_t>>>();
@@ -81,7 +85,7 @@ TEST_P(CausalLMParity, PaddedBatchLogitsMatchTransformers) {
   c10::InferenceMode inference;
   ForwardBatch batch = PaddedBatch();
   auto hidden = model_->Hidden(batch);
-  ASSERT_TRUE(hidden.ok()) << hidden.status();
+  ASSERT_THAT(hidden, IsOk());
   for (size_t r = 0; r < rows_.size(); ++r) {
     at::Tensor expected = reference_.Tensor("logits_" + std::to_string(r));
     const double error = ScaledError(LogitsOfRow(batch, *hidden, r), expected);
@@ -111,7 +115,7 @@ TEST_P(CausalLMParity, ScoresOfGivenTokensMatchTransformersLogSoftmax) {
   TokenQueries queries{.rows = std::vector<int64_t>(positions.size(), 0), .positions = positions, .tokens = tokens};
   ForwardBatch batch = PaddedBatch();
   auto scores = model_->ScoreTokens(batch, queries, /*top_k=*/5);
-  ASSERT_TRUE(scores.ok()) << scores.status();
+  ASSERT_THAT(scores, IsOk());
   at::Tensor log_probs = at::log_softmax(reference_.Tensor("logits_0"), -1);
   for (size_t i = 0; i < positions.size(); ++i) {
     EXPECT_NEAR(scores->log_probs[i].item<double>(), log_probs[positions[i]][tokens[i]].item<double>(),
@@ -128,7 +132,7 @@ TEST_P(CausalLMParity, InputGradientMatchesTransformers) {
   RowObjective objective{.positions = reference_.spec["objective_positions"].get<std::vector<int64_t>>(),
                          .tokens = reference_.spec["objective_tokens"].get<std::vector<int64_t>>()};
   auto result = model_->ObjectiveGradients(batch, {objective});
-  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_THAT(result, IsOk());
   EXPECT_NEAR(result->values[0].item<double>(), reference_.Tensor("objective")[0].item<double>(),
               fp32() ? 1e-4 : 0.15);
   EXPECT_LT(ScaledError(result->gradients[0], reference_.Tensor("gradient")), fp32() ? 1e-4 : 6e-2);
@@ -137,7 +141,7 @@ TEST_P(CausalLMParity, InputGradientMatchesTransformers) {
 TEST_P(CausalLMParity, GreedyGenerationMatchesTransformers) {
   GenerationOptions options{.max_new_tokens = 8, .ignore_stop_tokens = true};
   auto generations = Generate(*model_, rows_, options);
-  ASSERT_TRUE(generations.ok()) << generations.status();
+  ASSERT_THAT(generations, IsOk());
   const auto expected = reference_.spec["greedy_generations"].get<std::vector<std::vector<int64_t>>>();
   for (size_t r = 0; r < rows_.size(); ++r) {
     // bf16 near-ties may flip late tokens; the first ones must agree in every dtype.
@@ -156,7 +160,7 @@ TEST_P(CausalLMParity, ResidualHookReadsTransformersHiddenState) {
   }};
   c10::InferenceMode inference;
   ForwardBatch batch{.input_ids = at::tensor(rows_[0], at::kLong).unsqueeze(0), .hooks = &hooks};
-  ASSERT_TRUE(model_->Hidden(batch).ok());
+  ASSERT_THAT(model_->Hidden(batch), IsOk());
   ASSERT_TRUE(captured.defined());
   EXPECT_LT(ScaledError(captured[0], reference_.Tensor("residual_after_layer0")), tolerance());
 }
@@ -167,7 +171,7 @@ TEST_P(CausalLMFp32, PrefillThenDecodeEqualsFullForward) {
   KvCache cache(model_->config().num_layers, 1);
   const int64_t prefix = 5;
   at::Tensor ids = at::tensor(row, at::kLong).unsqueeze(0);
-  ASSERT_TRUE(model_->Hidden({.input_ids = ids.narrow(1, 0, prefix), .cache = &cache}).ok());
+  ASSERT_THAT(model_->Hidden({.input_ids = ids.narrow(1, 0, prefix), .cache = &cache}), IsOk());
   at::Tensor full = reference_.Tensor("logits_1");
   for (int64_t p = prefix; p < static_cast<int64_t>(row.size()); ++p) {
     at::Tensor hidden = *model_->Hidden({.input_ids = ids.narrow(1, p, 1), .cache = &cache});
@@ -180,7 +184,7 @@ TEST_P(CausalLMFp32, PrefillThenDecodeEqualsFullForward) {
 // resident bytes are the checkpoint's data bytes. GPT-2 has no gate projection: it must count 0.
 TEST_P(CausalLMFp32, ResidentWeightBytesAreTheCheckpointsTensorBytes) {
   auto file = SafetensorsFile::Open(TestModelsDir() + "/" + GetParam().arch + "/model.safetensors");
-  ASSERT_TRUE(file.ok()) << file.status();
+  ASSERT_THAT(file, IsOk());
   int64_t expected = 0;
   for (const auto& [name, record] : (*file)->tensors()) expected += static_cast<int64_t>(record.end - record.begin);
   EXPECT_EQ(model_->ResidentWeightBytes(), expected);
@@ -202,17 +206,17 @@ INSTANTIATE_TEST_SUITE_P(AllArchitectures, CausalLMFp32,
 
 TEST(CausalLM, NoParameterRequiresGradAfterGradients) {
   auto model = CausalLM::Load(TestModelsDir() + "/llama", {});
-  ASSERT_TRUE(model.ok()) << model.status();
+  ASSERT_THAT(model, IsOk());
   ForwardBatch batch{.inputs_embeds = *(*model)->Embed(Ids({5, 6, 7}))};
   auto result = (*model)->ObjectiveGradients(batch, {RowObjective{.positions = {2}, .tokens = {9}}});
-  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_THAT(result, IsOk());
   EXPECT_FALSE(batch.inputs_embeds.requires_grad());
   EXPECT_GT(result->gradients.abs().sum().item<double>(), 0.0);
 }
 
 TEST(CausalLM, ReplacedResidualCarriesGradientsThatMatchFiniteDifferences) {
   auto model = CausalLM::Load(TestModelsDir() + "/llama", {});
-  ASSERT_TRUE(model.ok()) << model.status();
+  ASSERT_THAT(model, IsOk());
   const CausalLM& m = **model;
   const RowObjective objective{.positions = {3}, .tokens = {17}};
   // Run with the residual after layer 0 replaced by `patch` (when defined) and return the objective.
@@ -244,7 +248,7 @@ TEST(CausalLM, ReplacedResidualCarriesGradientsThatMatchFiniteDifferences) {
 
 TEST(CausalLM, SamplingIsSeededAndTopPNarrowsToGreedy) {
   auto model = CausalLM::Load(TestModelsDir() + "/llama", {});
-  ASSERT_TRUE(model.ok()) << model.status();
+  ASSERT_THAT(model, IsOk());
   const std::vector<std::vector<int64_t>> prompts = {{5, 17, 99}, {12, 8}};
   auto sample = [&](uint64_t seed, double top_p) {
     return *Generate(**model, prompts, {.max_new_tokens = 12, .temperature = 1.5, .top_p = top_p, .seed = seed,
@@ -258,14 +262,17 @@ TEST(CausalLM, SamplingIsSeededAndTopPNarrowsToGreedy) {
   auto narrow = sample(3, 1e-6);  // only the most likely token survives top-p
   EXPECT_EQ(narrow[0].tokens, greedy[0].tokens);
   EXPECT_EQ(narrow[1].tokens, greedy[1].tokens);
-  EXPECT_FALSE(Generate(**model, prompts, {.top_p = 0}).ok());
-  EXPECT_FALSE(Generate(**model, prompts, {.temperature = -1}).ok());
-  EXPECT_FALSE(Generate(**model, {{}}, {}).ok());
+  EXPECT_THAT(Generate(**model, prompts, {.top_p = 0}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("top_p")));
+  EXPECT_THAT(Generate(**model, prompts, {.temperature = -1}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("temperature")));
+  EXPECT_THAT(Generate(**model, {{}}, {}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("prompt")));
 }
 
 TEST(CausalLM, GenerationStopsAtEos) {
   auto model = CausalLM::Load(TestModelsDir() + "/llama", {});
-  ASSERT_TRUE(model.ok());
+  ASSERT_THAT(model, IsOk());
   auto greedy = *Generate(**model, {{5, 17, 99}}, {.max_new_tokens = 8, .ignore_stop_tokens = true});
   // Declaring the third greedy token a stop token ends generation right there.
   auto stopped = *Generate(**model, {{5, 17, 99}}, {.max_new_tokens = 8, .stop_token_ids = {greedy[0].tokens[2]}});
@@ -277,7 +284,8 @@ TEST(CausalLM, GenerationStopsAtEos) {
 TEST(CausalLM, ShardedCheckpointLoadsTheSameWeights) {
   auto single = CausalLM::Load(TestModelsDir() + "/llama", {});
   auto sharded = CausalLM::Load(TestModelsDir() + "/llama-sharded", {});
-  ASSERT_TRUE(single.ok() && sharded.ok()) << sharded.status();
+  ASSERT_THAT(single, IsOk());
+  ASSERT_THAT(sharded, IsOk());
   c10::InferenceMode inference;
   ForwardBatch batch{.input_ids = Ids({3, 1, 4, 1, 5})};
   EXPECT_TRUE(at::equal(*(*single)->Hidden(batch), *(*sharded)->Hidden(batch)));
@@ -286,21 +294,23 @@ TEST(CausalLM, ShardedCheckpointLoadsTheSameWeights) {
 // Every entry point answers a malformed batch with a status; none lets a LibTorch exception out.
 TEST(CausalLM, MalformedBatchesAreStatusesOnEveryEntryPoint) {
   auto model = CausalLM::Load(TestModelsDir() + "/llama", {});
-  ASSERT_TRUE(model.ok()) << model.status();
+  ASSERT_THAT(model, IsOk());
   const CausalLM& m = **model;
   const RowObjective objective{.positions = {0}, .tokens = {3}};
   for (const ForwardBatch& batch : {ForwardBatch{}, ForwardBatch{.inputs_embeds = at::zeros({2}, at::kLong)},
                                     ForwardBatch{.inputs_embeds = at::zeros({1, 2})}}) {
-    EXPECT_EQ(m.ScoreTokens(batch, {.rows = {0}, .positions = {0}, .tokens = {3}}).status().code(),
-              absl::StatusCode::kInvalidArgument);
-    EXPECT_EQ(m.ObjectiveValues(batch, {objective}).status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_EQ(m.ObjectiveGradients(batch, {objective}).status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(m.ScoreTokens(batch, {.rows = {0}, .positions = {0}, .tokens = {3}}),
+                StatusIs(absl::StatusCode::kInvalidArgument));
+    EXPECT_THAT(m.ObjectiveValues(batch, {objective}),
+                StatusIs(absl::StatusCode::kInvalidArgument));
+    EXPECT_THAT(m.ObjectiveGradients(batch, {objective}),
+                StatusIs(absl::StatusCode::kInvalidArgument));
   }
 }
 
 TEST(CausalLM, RejectsBadForwardInputs) {
   auto model = CausalLM::Load(TestModelsDir() + "/qwen2", {});
-  ASSERT_TRUE(model.ok()) << model.status();
+  ASSERT_THAT(model, IsOk());
   c10::InferenceMode inference;
   const CausalLM& m = **model;
   auto code = [&](ForwardBatch b) { return m.Hidden(b).status().code(); };
@@ -311,8 +321,9 @@ TEST(CausalLM, RejectsBadForwardInputs) {
   EXPECT_EQ(code(ForwardBatch{.input_ids = Ids({1, 2}), .lengths = {0}}), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(code(ForwardBatch{.inputs_embeds = at::zeros({1, 2, 7})}), absl::StatusCode::kInvalidArgument);
   auto scores = m.ScoreTokens({.input_ids = Ids({1, 2})}, {.rows = {0}, .positions = {2}, .tokens = {1}});
-  EXPECT_THAT(scores.status().message(), ::testing::HasSubstr("position 2"));
-  EXPECT_FALSE(CausalLM::Load(TestModelsDir() + "/qwen2", {.device = "tpu"}).ok());
+  EXPECT_THAT(scores, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("position 2")));
+  EXPECT_THAT(CausalLM::Load(TestModelsDir() + "/qwen2", {.device = "tpu"}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("tpu")));
 }
 
 }  // namespace

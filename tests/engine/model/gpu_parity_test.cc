@@ -11,13 +11,15 @@
 
 #include "engine/attribution/attributor.h"
 #include "tests/testing/reference.h"
+#include "tests/testing/status_matchers.h"
 
 namespace attribution::engine {
 namespace {
 
-using ::attribution::testing::LoadReference;
-using ::attribution::testing::ScaledError;
-using ::attribution::testing::TestModelsDir;
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::LoadReference;
+using ::attribution::test_support::ScaledError;
+using ::attribution::test_support::TestModelsDir;
 
 bool HasCudaDevice() { return at::globalContext().hasCUDA() && at::detail::getCUDAHooks().deviceCount() > 0; }
 
@@ -38,15 +40,15 @@ class GpuParity : public ::testing::TestWithParam<Case> {
 TEST_P(GpuParity, LogitsOnTheDeviceMatchTransformers) {
   LoadOptions options{.dtype = *ParseDtype(GetParam().dtype), .device = "cuda:0"};
   auto model = CausalLM::Load(TestModelsDir() + "/" + GetParam().arch, options);
-  ASSERT_TRUE(model.ok()) << model.status();
-  const testing::Reference reference = LoadReference(GetParam().arch, GetParam().dtype);
+  ASSERT_THAT(model, IsOk());
+  const test_support::Reference reference = LoadReference(GetParam().arch, GetParam().dtype);
   const auto rows = reference.spec["rows"].get<std::vector<std::vector<int64_t>>>();
   c10::InferenceMode inference;
   for (size_t r = 0; r < rows.size(); ++r) {
     const auto length = static_cast<int64_t>(rows[r].size());
     ForwardBatch batch{.input_ids = at::tensor(rows[r], at::kLong).unsqueeze(0)};  // the model moves it
     auto hidden = (*model)->Hidden(batch);
-    ASSERT_TRUE(hidden.ok()) << hidden.status();
+    ASSERT_THAT(hidden, IsOk());
     std::vector<int64_t> row_of(length, 0), positions(length);
     for (int64_t p = 0; p < length; ++p) positions[p] = p;
     at::Tensor logits = (*model)->LogitsAt(*hidden, row_of, positions).to(at::kCPU).to(at::kFloat);
@@ -81,7 +83,8 @@ TEST(GpuAttribution, EveryMethodOnTheDeviceEqualsTheCpuRun) {
                                .n_steps = 16, .n_samples = 8, .want_token_matrix = true, .want_faithfulness = true};
     auto cpu = attribute("cpu", request);
     auto gpu = attribute("cuda:0", request);
-    ASSERT_TRUE(cpu.ok() && gpu.ok()) << AttributionMethodName(method);
+    ASSERT_THAT(cpu, IsOk()) << AttributionMethodName(method);
+    ASSERT_THAT(gpu, IsOk()) << AttributionMethodName(method);
     double scale = 1e-6, error = 0;
     for (size_t f = 0; f < cpu->sequence.size(); ++f) {
       scale = std::max(scale, std::abs(cpu->sequence[f]));

@@ -15,10 +15,12 @@
 #include "engine/attribution/faithfulness.h"
 #include "tests/testing/notification.h"
 #include "tests/testing/row_collector.h"
+#include "tests/testing/status_matchers.h"
 
 namespace attribution::engine {
 namespace {
 
+using ::attribution::test_support::IsOk;
 using bench::HeldOutQuestion;
 
 class DefaultModelTest : public ::testing::Test {
@@ -43,14 +45,14 @@ class DefaultModelTest : public ::testing::Test {
   }
 
   static Faithfulness Measure(const AttributionRequest& request, const std::vector<double>& attribution) {
-    testing::Notification done;
+    test_support::Notification done;
     absl::StatusOr<Faithfulness> out;
     MeasureFaithfulness(*engine_, engine_->NewRequest(), request, attribution, [&](absl::StatusOr<Faithfulness> f) {
       out = std::move(f);
       done.Notify();
     });
     done.WaitForNotification();
-    EXPECT_TRUE(out.ok()) << out.status();
+    EXPECT_THAT(out, IsOk());
     return out.ok() ? *out : Faithfulness{};
   }
 
@@ -72,8 +74,8 @@ TEST_F(DefaultModelTest, AnswersHeldOutQuestionsThroughTheEngine) {
                          .objective = {.positions = {last}, .tokens = {answer}, .weights = {1.0}}});
     }
   }
-  testing::RowCollector results(rows.size());
-  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), std::move(rows), results.Callback()).ok());
+  test_support::RowCollector results(rows.size());
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), std::move(rows), results.Callback()), IsOk());
   results.Wait();
   std::map<std::string, std::pair<int, int>> correct;  // task -> (right, asked)
   for (size_t i = 0; i < questions_->size(); ++i) {
@@ -130,7 +132,7 @@ TEST_F(DefaultModelTest, IntegratedGradientsAndFeatureAblationFindTheDecisiveWor
       request.method = method;
       request.n_steps = 32;
       absl::StatusOr<AttributionResult> result = attributor_->AttributeAndWait(request);
-      ASSERT_TRUE(result.ok()) << result.status();
+      ASSERT_THAT(result, IsOk());
       top1[AttributionMethodName(method)][q.task] += bench::RankDecisive(result->sequence, q.decisive).top1 / 40.0;
     }
     std::vector<double> random(q.request.features.size());

@@ -3,25 +3,27 @@
 // admission and shutdown. (Model-backed behaviour is in batching_engine_model_test.cc.)
 #include "engine/scheduler/batching_engine.h"
 
+#include <ATen/ATen.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-
-#include <ATen/ATen.h>
 
 #include <atomic>
 #include <thread>
 
 #include "tests/testing/fake_executor.h"
 #include "tests/testing/row_collector.h"
+#include "tests/testing/status_matchers.h"
 
 namespace attribution::engine {
 namespace {
 
-using ::attribution::testing::FakeExecutor;
-using ::attribution::testing::RowCollector;
+using ::attribution::test_support::FakeExecutor;
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::RowCollector;
+using ::attribution::test_support::StatusIs;
 using ::testing::Each;
 using ::testing::HasSubstr;
-using Notification = ::attribution::testing::Notification;
+using Notification = ::attribution::test_support::Notification;
 
 Row ScoreRow(std::vector<int64_t> ids) { return Row{.kind = RowKind::kScore, .input_ids = std::move(ids)}; }
 
@@ -44,7 +46,8 @@ class BatchingEngineTest : public ::testing::Test {
   // Holds the executor on a one-row batch until `gate` is notified, so rows submitted meanwhile queue.
   void HoldExecutor(Notification& gate, RowCollector& blocking) {
     executor_->HoldFirstBatch(&gate);
-    ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 7), blocking.Callback()).ok());
+    ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 7), blocking.Callback()),
+                IsOk());
     executor_->started().WaitForNotification();
   }
   // Index of the first batch holding a row whose ids start with `marker`.
@@ -76,7 +79,7 @@ TEST_F(BatchingEngineTest, EveryRowAnsweredOnceWithItsOwnResult) {
   std::vector<Row> rows;
   for (int64_t i = 1; i <= 50; ++i) rows.push_back(ScoreRow({i, i, 1}));
   RowCollector collector(rows.size());
-  ASSERT_TRUE(engine_->Submit(request, std::move(rows), collector.Callback()).ok());
+  ASSERT_THAT(engine_->Submit(request, std::move(rows), collector.Callback()), IsOk());
   collector.Wait();
   EXPECT_THAT(collector.answers(), Each(1));
   for (int64_t i = 1; i <= 50; ++i) EXPECT_EQ(collector.result(i - 1).value, 2 * i + 1);
@@ -92,8 +95,8 @@ TEST_F(BatchingEngineTest, ShortRequestInterleavesWithLongOne) {
   HoldExecutor(gate, blocking);
   auto long_request = engine_->NewRequest(), short_request = engine_->NewRequest();
   RowCollector long_rows(512), short_rows(4);
-  ASSERT_TRUE(engine_->Submit(long_request, ScoreRows(512, 16, 100), long_rows.Callback()).ok());
-  ASSERT_TRUE(engine_->Submit(short_request, ScoreRows(4, 16, 200), short_rows.Callback()).ok());
+  ASSERT_THAT(engine_->Submit(long_request, ScoreRows(512, 16, 100), long_rows.Callback()), IsOk());
+  ASSERT_THAT(engine_->Submit(short_request, ScoreRows(4, 16, 200), short_rows.Callback()), IsOk());
   gate.Notify();
   blocking.Wait();  // the collectors must outlive every callback
   long_rows.Wait();
@@ -113,8 +116,8 @@ TEST_F(BatchingEngineTest, ScoringCallIsNotStuckBehindGradientBatches) {
   std::vector<Row> grad_rows;
   auto path = std::make_shared<const EmbeddingPath>(EmbeddingPath{.input_ids = {1, 1}, .baseline_ids = {0, 0}});
   for (int i = 0; i < 64; ++i) grad_rows.push_back(Row{.kind = RowKind::kGrad, .point = {.path = path, .alpha = 0.5}});
-  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), std::move(grad_rows), gradients.Callback()).ok());
-  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 9), score.Callback()).ok());
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), std::move(grad_rows), gradients.Callback()), IsOk());
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 9), score.Callback()), IsOk());
   gate.Notify();
   blocking.Wait();  // the collectors must outlive every callback
   gradients.Wait();
@@ -128,8 +131,12 @@ TEST_F(BatchingEngineTest, HigherPriorityRunsFirst) {
   Notification gate;
   RowCollector blocking(1), low(4), high(4);
   HoldExecutor(gate, blocking);
-  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(Priority::kLow), ScoreRows(4, 2, 1), low.Callback()).ok());
-  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(Priority::kHigh), ScoreRows(4, 2, 3), high.Callback()).ok());
+  ASSERT_THAT(
+      engine_->Submit(engine_->NewRequest(Priority::kLow), ScoreRows(4, 2, 1), low.Callback()),
+      IsOk());
+  ASSERT_THAT(
+      engine_->Submit(engine_->NewRequest(Priority::kHigh), ScoreRows(4, 2, 3), high.Callback()),
+      IsOk());
   gate.Notify();
   blocking.Wait();  // the collectors must outlive every callback
   low.Wait();
@@ -142,8 +149,12 @@ TEST_F(BatchingEngineTest, EarlierDeadlineRunsFirst) {
   Notification gate;
   RowCollector blocking(1), late(4), soon(4);
   HoldExecutor(gate, blocking);
-  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(Priority::kNormal, Now() + absl::Hours(2)), ScoreRows(4, 2, 1), late.Callback()).ok());
-  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(Priority::kNormal, Now() + absl::Hours(1)), ScoreRows(4, 2, 2), soon.Callback()).ok());
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(Priority::kNormal, Now() + absl::Hours(2)),
+                              ScoreRows(4, 2, 1), late.Callback()),
+              IsOk());
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(Priority::kNormal, Now() + absl::Hours(1)),
+                              ScoreRows(4, 2, 2), soon.Callback()),
+              IsOk());
   gate.Notify();
   blocking.Wait();  // the collectors must outlive every callback
   late.Wait();
@@ -157,8 +168,8 @@ TEST_F(BatchingEngineTest, CancelledRowsNeverReachTheExecutor) {
   RowCollector blocking(1), kept(8), cancelled(8);
   HoldExecutor(gate, blocking);
   auto victim = engine_->NewRequest();
-  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(8, 2, 1), kept.Callback()).ok());
-  ASSERT_TRUE(engine_->Submit(victim, ScoreRows(8, 2, 2), cancelled.Callback()).ok());
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(8, 2, 1), kept.Callback()), IsOk());
+  ASSERT_THAT(engine_->Submit(victim, ScoreRows(8, 2, 2), cancelled.Callback()), IsOk());
   engine_->Cancel(*victim);
   ASSERT_TRUE(cancelled.done());  // answered at once, before the executor is released
   gate.Notify();
@@ -166,8 +177,10 @@ TEST_F(BatchingEngineTest, CancelledRowsNeverReachTheExecutor) {
   kept.Wait();
   EXPECT_EQ(CountRowsWith(2), 0);
   EXPECT_EQ(CountRowsWith(1), 8);
-  for (int i = 0; i < 8; ++i) EXPECT_EQ(cancelled.result(i).status.code(), absl::StatusCode::kCancelled);
-  EXPECT_EQ(engine_->Submit(victim, ScoreRows(1, 2, 2), [](size_t, RowResult) {}).code(), absl::StatusCode::kCancelled);
+  for (int i = 0; i < 8; ++i)
+    EXPECT_THAT(cancelled.result(i).status, StatusIs(absl::StatusCode::kCancelled));
+  EXPECT_THAT(engine_->Submit(victim, ScoreRows(1, 2, 2), [](size_t, RowResult) {}),
+              StatusIs(absl::StatusCode::kCancelled));
 }
 
 TEST_F(BatchingEngineTest, InFlightResultsOfCancelledRequestAreDiscarded) {
@@ -176,12 +189,12 @@ TEST_F(BatchingEngineTest, InFlightResultsOfCancelledRequestAreDiscarded) {
   executor_->HoldFirstBatch(&gate);
   auto request = engine_->NewRequest();
   RowCollector rows(1);
-  ASSERT_TRUE(engine_->Submit(request, ScoreRows(1, 2, 7), rows.Callback()).ok());
+  ASSERT_THAT(engine_->Submit(request, ScoreRows(1, 2, 7), rows.Callback()), IsOk());
   executor_->started().WaitForNotification();
   engine_->Cancel(*request);
   gate.Notify();
   rows.Wait();
-  EXPECT_EQ(rows.result(0).status.code(), absl::StatusCode::kCancelled);
+  EXPECT_THAT(rows.result(0).status, StatusIs(absl::StatusCode::kCancelled));
 }
 
 TEST_F(BatchingEngineTest, ExpiredRowsAreDroppedWithDeadlineExceeded) {
@@ -190,15 +203,15 @@ TEST_F(BatchingEngineTest, ExpiredRowsAreDroppedWithDeadlineExceeded) {
   RowCollector blocking(1), expiring(6);
   HoldExecutor(gate, blocking);
   auto request = engine_->NewRequest(Priority::kNormal, Now() + absl::Seconds(1));
-  ASSERT_TRUE(engine_->Submit(request, ScoreRows(6, 2, 5), expiring.Callback()).ok());
+  ASSERT_THAT(engine_->Submit(request, ScoreRows(6, 2, 5), expiring.Callback()), IsOk());
   now_ms_ += 2000;
   gate.Notify();
   blocking.Wait();  // the collectors must outlive every callback
   expiring.Wait();
   EXPECT_EQ(CountRowsWith(5), 0);
-  EXPECT_EQ(expiring.result(0).status.code(), absl::StatusCode::kDeadlineExceeded);
-  EXPECT_EQ(engine_->Submit(request, ScoreRows(1, 2, 5), [](size_t, RowResult) {}).code(),
-            absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(expiring.result(0).status, StatusIs(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_THAT(engine_->Submit(request, ScoreRows(1, 2, 5), [](size_t, RowResult) {}),
+              StatusIs(absl::StatusCode::kDeadlineExceeded));
 }
 
 TEST_F(BatchingEngineTest, OutOfMemoryBatchesAreSplitAndBudgetShrinks) {
@@ -207,9 +220,9 @@ TEST_F(BatchingEngineTest, OutOfMemoryBatchesAreSplitAndBudgetShrinks) {
     return rows.size() > 4 ? absl::ResourceExhaustedError("out of device memory") : absl::OkStatus();
   });
   RowCollector rows(32);
-  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(32, 8, 3), rows.Callback()).ok());
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(32, 8, 3), rows.Callback()), IsOk());
   rows.Wait();
-  for (int i = 0; i < 32; ++i) EXPECT_TRUE(rows.result(i).status.ok()) << rows.result(i).status;
+  for (int i = 0; i < 32; ++i) EXPECT_THAT(rows.result(i).status, IsOk());
   EXPECT_GT(executor_->failed_attempts(), 0);
   EXPECT_LT(engine_->Stats().token_budget, 4096);
   for (const auto& batch : executor_->batches()) EXPECT_LE(batch.rows.size(), 4u);
@@ -226,15 +239,15 @@ TEST_F(BatchingEngineTest, RowThatAlwaysFailsFailsOnlyItsRequest) {
   Notification gate;
   RowCollector blocking(1), good(8), bad(1);
   HoldExecutor(gate, blocking);
-  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(8, 2, 1), good.Callback()).ok());
-  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 666), bad.Callback()).ok());
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(8, 2, 1), good.Callback()), IsOk());
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 666), bad.Callback()), IsOk());
   gate.Notify();
   blocking.Wait();  // the collectors must outlive every callback
   good.Wait();
   bad.Wait();
-  for (int i = 0; i < 8; ++i) EXPECT_TRUE(good.result(i).status.ok());
-  EXPECT_EQ(bad.result(0).status.code(), absl::StatusCode::kInternal);
-  EXPECT_THAT(bad.result(0).status.message(), HasSubstr("poisoned row"));
+  for (int i = 0; i < 8; ++i) EXPECT_THAT(good.result(i).status, IsOk());
+  EXPECT_THAT(bad.result(0).status,
+              StatusIs(absl::StatusCode::kInternal, HasSubstr("poisoned row")));
 }
 
 TEST_F(BatchingEngineTest, FullQueueRejectsBeforeAccepting) {
@@ -244,11 +257,11 @@ TEST_F(BatchingEngineTest, FullQueueRejectsBeforeAccepting) {
   HoldExecutor(gate, blocking);
   auto request = engine_->NewRequest();
   RowCollector accepted(6);
-  ASSERT_TRUE(engine_->Submit(request, ScoreRows(6, 2, 1), accepted.Callback()).ok());
+  ASSERT_THAT(engine_->Submit(request, ScoreRows(6, 2, 1), accepted.Callback()), IsOk());
   bool called = false;
   absl::Status status = engine_->Submit(request, ScoreRows(5, 2, 1), [&](size_t, RowResult) { called = true; });
-  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_THAT(status.message(), HasSubstr("limit per request is 10"));
+  EXPECT_THAT(status,
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("limit per request is 10")));
   EXPECT_EQ(engine_->Stats().queued_rows, 6);  // nothing of the rejected call was queued
   gate.Notify();
   blocking.Wait();  // the collectors must outlive every callback
@@ -273,15 +286,14 @@ TEST_F(BatchingEngineTest, QueueMemoryCountsEachRequestsPathOnceAndRefusesAboveT
     return rows;
   };
   RowCollector first(64), second(64);
-  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), points_on_a_path(1), first.Callback()).ok());
-  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), points_on_a_path(2), second.Callback()).ok());
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), points_on_a_path(1), first.Callback()), IsOk());
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), points_on_a_path(2), second.Callback()), IsOk());
   const int64_t queued = engine_->Stats().queued_bytes;
   EXPECT_GT(queued, 2 * 100 * 1000);
   EXPECT_LT(queued, 256 << 10);
   bool called = false;
   const absl::Status refused = engine_->Submit(engine_->NewRequest(), points_on_a_path(3), [&](size_t, RowResult) { called = true; });
-  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_THAT(refused.message(), HasSubstr("queue memory"));
+  EXPECT_THAT(refused, StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("queue memory")));
   EXPECT_EQ(engine_->Stats().queued_bytes, queued);  // nothing of the refused call was counted
   gate.Notify();
   blocking.Wait();
@@ -294,16 +306,17 @@ TEST_F(BatchingEngineTest, QueueMemoryCountsEachRequestsPathOnceAndRefusesAboveT
 TEST_F(BatchingEngineTest, MalformedRowsAreRejected) {
   Start();
   auto request = engine_->NewRequest();
-  EXPECT_EQ(engine_->Submit(request, {ScoreRow({})}, [](size_t, RowResult) {}).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(engine_->Submit(request, {Row{.kind = RowKind::kGrad, .input_ids = {1}}}, [](size_t, RowResult) {}).code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(engine_->Submit(request, {Row{.kind = RowKind::kDecode, .input_ids = {1}}}, [](size_t, RowResult) {}).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(engine_->Submit(request, {ScoreRow({})}, [](size_t, RowResult) {}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(engine_->Submit(request, {Row{.kind = RowKind::kGrad, .input_ids = {1}}},
+                              [](size_t, RowResult) {}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(engine_->Submit(request, {Row{.kind = RowKind::kDecode, .input_ids = {1}}},
+                              [](size_t, RowResult) {}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
   auto uneven = std::make_shared<const EmbeddingPath>(EmbeddingPath{.input_ids = {1, 2}, .baseline_ids = {0}});
-  const absl::Status status = engine_->Submit(request, {Row{.kind = RowKind::kGrad, .point = {.path = uneven}}},
-                                              [](size_t, RowResult) {});
-  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(status.message(), HasSubstr("baseline_ids"));
+  EXPECT_THAT(engine_->Submit(request, {Row{.kind = RowKind::kGrad, .point = {.path = uneven}}}, [](size_t, RowResult) {}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("baseline_ids")));
 }
 
 TEST_F(BatchingEngineTest, ShutdownAnswersQueuedRowsAndRefusesNewOnes) {
@@ -311,7 +324,7 @@ TEST_F(BatchingEngineTest, ShutdownAnswersQueuedRowsAndRefusesNewOnes) {
   Notification gate;
   executor_->HoldFirstBatch(&gate);
   RowCollector rows(5);
-  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), ScoreRows(5, 2, 1), rows.Callback()).ok());
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(5, 2, 1), rows.Callback()), IsOk());
   executor_->started().WaitForNotification();
   std::thread stopper([&] { engine_->Shutdown(); });
   while (!rows.WaitFor(absl::Milliseconds(1)) && engine_->Stats().queued_rows > 0) {
@@ -319,10 +332,11 @@ TEST_F(BatchingEngineTest, ShutdownAnswersQueuedRowsAndRefusesNewOnes) {
   gate.Notify();
   stopper.join();
   rows.Wait();
-  EXPECT_TRUE(rows.result(0).status.ok());  // the running batch finished
-  for (int i = 1; i < 5; ++i) EXPECT_EQ(rows.result(i).status.code(), absl::StatusCode::kUnavailable);
-  EXPECT_EQ(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 1), [](size_t, RowResult) {}).code(),
-            absl::StatusCode::kUnavailable);
+  EXPECT_THAT(rows.result(0).status, IsOk());  // the running batch finished
+  for (int i = 1; i < 5; ++i)
+    EXPECT_THAT(rows.result(i).status, StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 1), [](size_t, RowResult) {}),
+              StatusIs(absl::StatusCode::kUnavailable));
   engine_->Shutdown();  // idempotent
 }
 
@@ -345,7 +359,8 @@ TEST_F(BatchingEngineTest, ConcurrentSubmittersGetEveryRowExactlyOnce) {
                              .decode_state = (r % 2 == 0) ? nullptr : std::make_shared<DecodeState>(1)});
         }
         collectors[slot] = std::make_unique<RowCollector>(rows.size());
-        ASSERT_TRUE(engine_->Submit(request, std::move(rows), collectors[slot]->Callback()).ok());
+        ASSERT_THAT(engine_->Submit(request, std::move(rows), collectors[slot]->Callback()),
+                    IsOk());
       }
     });
   }

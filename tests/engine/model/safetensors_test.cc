@@ -6,7 +6,6 @@
 #include <ATen/ATen.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-
 #include <unistd.h>
 
 #include <fstream>
@@ -14,13 +13,16 @@
 
 #include "engine/model/causal_lm.h"
 #include "tests/testing/reference.h"
+#include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 
 namespace attribution::engine {
 namespace {
 
-using ::attribution::testing::CopyDirectoryFiles;
-using ::attribution::testing::TempDir;
+using ::attribution::test_support::CopyDirectoryFiles;
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
+using ::attribution::test_support::TempDir;
 using ::testing::HasSubstr;
 
 // Writes raw bytes: 8-byte little-endian header length, the header text, then `data`.
@@ -56,7 +58,7 @@ TEST(Safetensors, OpensValidFileAndViewsTensors) {
   std::memcpy(data.data(), values, sizeof(values));
   WriteRaw(dir.File("m.safetensors"), ValidHeader({{"__metadata__", {{"format", "pt"}}}}), data);
   auto file = SafetensorsFile::Open(dir.File("m.safetensors"));
-  ASSERT_TRUE(file.ok()) << file.status();
+  ASSERT_THAT(file, IsOk());
   EXPECT_EQ((*file)->metadata().at("format"), "pt");
   at::Tensor a = (*file)->View(*(*file)->Find("a"));
   EXPECT_TRUE(at::equal(a, at::tensor({1.f, 2.f, 3.f, 4.f}).view({2, 2})));
@@ -76,8 +78,7 @@ class SafetensorsDefect : public ::testing::TestWithParam<Defect> {};
 TEST_P(SafetensorsDefect, IsRejectedWithClearMessage) {
   const Defect& d = GetParam();
   absl::Status status = OpenStatus(d.header, d.data, d.declared_length);
-  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
-  EXPECT_THAT(status.message(), HasSubstr(d.message));
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(d.message)));
   EXPECT_THAT(status.message(), HasSubstr("m.safetensors"));
 }
 
@@ -118,7 +119,8 @@ TEST(Safetensors, ShortFileIsRejected) {
 }
 
 TEST(Safetensors, MissingFileIsNotFound) {
-  EXPECT_EQ(SafetensorsFile::Open("/nonexistent/m.safetensors").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(SafetensorsFile::Open("/nonexistent/m.safetensors"),
+              StatusIs(absl::StatusCode::kNotFound));
 }
 
 // Model-directory defects: a copy of the random llama test model, damaged one way per test.
@@ -126,7 +128,7 @@ class ModelDirectoryDefect : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = root_.File("model");
-    CopyDirectoryFiles(::attribution::testing::TestModelsDir() + "/llama", dir_);
+    CopyDirectoryFiles(::attribution::test_support::TestModelsDir() + "/llama", dir_);
   }
   nlohmann::json Config() {
     std::ifstream in(dir_ + "/config.json");
@@ -138,7 +140,7 @@ class ModelDirectoryDefect : public ::testing::Test {
     std::map<std::string, at::Tensor> tensors;
     {
       auto file = SafetensorsFile::Open(dir_ + "/model.safetensors");
-      ASSERT_TRUE(file.ok());
+      ASSERT_THAT(file, IsOk());
       for (const auto& [name, record] : (*file)->tensors()) tensors[name] = (*file)->View(record).clone();
     }
     edit(tensors);
@@ -157,7 +159,7 @@ class ModelDirectoryDefect : public ::testing::Test {
   std::string dir_;
 };
 
-TEST_F(ModelDirectoryDefect, IntactCopyLoads) { EXPECT_TRUE(Load().ok()) << Load(); }
+TEST_F(ModelDirectoryDefect, IntactCopyLoads) { EXPECT_THAT(Load(), IsOk()); }
 
 TEST_F(ModelDirectoryDefect, MissingTensorIsNamed) {
   RewriteWeights([](auto& t) { t.erase("model.layers.1.mlp.up_proj.weight"); });
@@ -167,17 +169,17 @@ TEST_F(ModelDirectoryDefect, MissingTensorIsNamed) {
 TEST_F(ModelDirectoryDefect, ExtraTensorLoadsAndIsListedAsUnused) {
   RewriteWeights([](auto& t) { t["model.layers.0.mlp.extra_proj.weight"] = at::ones({3}); });
   auto model = CausalLM::Load(dir_, {});
-  ASSERT_TRUE(model.ok()) << model.status();
+  ASSERT_THAT(model, IsOk());
   EXPECT_THAT((*model)->unused_weights(), ::testing::ElementsAre("model.layers.0.mlp.extra_proj.weight"));
 }
 
 // Exports of tied models sometimes store the head anyway; the embedding serves, the copy is known.
 TEST_F(ModelDirectoryDefect, StoredCopyOfATiedHeadIsNotUnused) {
   dir_ = root_.File("gpt2");
-  CopyDirectoryFiles(::attribution::testing::TestModelsDir() + "/gpt2", dir_);
+  CopyDirectoryFiles(::attribution::test_support::TestModelsDir() + "/gpt2", dir_);
   RewriteWeights([](auto& t) { t["lm_head.weight"] = t["transformer.wte.weight"].clone(); });
   auto model = CausalLM::Load(dir_, {});
-  ASSERT_TRUE(model.ok()) << model.status();
+  ASSERT_THAT(model, IsOk());
   EXPECT_THAT((*model)->unused_weights(), ::testing::IsEmpty());
 }
 
@@ -219,7 +221,7 @@ TEST_F(ModelDirectoryDefect, ConfigNotJson) {
 
 TEST_F(ModelDirectoryDefect, MissingWeightsFile) {
   ::unlink((dir_ + "/model.safetensors").c_str());
-  EXPECT_EQ(Load().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(Load(), StatusIs(absl::StatusCode::kNotFound));
 }
 
 TEST_F(ModelDirectoryDefect, ShardIndexNamingMissingShard) {

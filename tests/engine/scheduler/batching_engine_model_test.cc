@@ -5,29 +5,32 @@
 #include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
 
-#include "tests/testing/notification.h"
 #include "engine/scheduler/batching_engine.h"
 #include "engine/scheduler/engine_generation.h"
+#include "tests/testing/notification.h"
 #include "tests/testing/reference.h"
 #include "tests/testing/row_collector.h"
+#include "tests/testing/status_matchers.h"
 
 namespace attribution::engine {
 namespace {
 
-using ::attribution::testing::RowCollector;
-using ::attribution::testing::ScaledError;
-using ::attribution::testing::TestModelsDir;
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::RowCollector;
+using ::attribution::test_support::ScaledError;
+using ::attribution::test_support::StatusIs;
+using ::attribution::test_support::TestModelsDir;
 
 class EngineOverModel : public ::testing::Test {
  protected:
   void SetUp() override {
     auto model = CausalLM::Load(TestModelsDir() + "/llama", {});
-    ASSERT_TRUE(model.ok()) << model.status();
+    ASSERT_THAT(model, IsOk());
     model_ = std::move(*model);
     // A long queue delay gathers every row submitted below into shared batches.
     auto engine = BatchingEngine::Create(MakeModelExecutor(model_), {.max_batch_tokens = 4096, .max_batch_rows = 32,
                                                                       .max_queue_delay = absl::Milliseconds(200)});
-    ASSERT_TRUE(engine.ok());
+    ASSERT_THAT(engine, IsOk());
     engine_ = std::move(*engine);
     engine_->SetBatchObserver([this](const BatchRecord& record) {
       std::lock_guard<std::mutex> lock(mu_);
@@ -78,7 +81,7 @@ TEST_F(EngineOverModel, RowResultsEqualRowsComputedAlone) {
     if (i % 2) baseline.narrow(0, 0, 2).zero_();
     const at::Tensor point = baseline + alpha * (input - baseline);
     auto alone = model_->ObjectiveGradients({.inputs_embeds = point.unsqueeze(0)}, {objective});
-    ASSERT_TRUE(alone.ok()) << alone.status();
+    ASSERT_THAT(alone, IsOk());
     const at::Tensor g = alone->gradients[0];
     const at::Tensor by_reduction[] = {(g * (input - baseline)).sum(-1), (g * input).sum(-1), g.abs().sum(-1), g.sum(-1)};
     expected.push_back({alone->values[0].item<double>(), by_reduction[i % 4]});
@@ -90,18 +93,23 @@ TEST_F(EngineOverModel, RowResultsEqualRowsComputedAlone) {
   for (size_t i = 0; i < lengths.size(); ++i) {
     score_results.push_back(std::make_unique<RowCollector>(1));
     grad_results.push_back(std::make_unique<RowCollector>(1));
-    ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), {score_rows[i]}, score_results.back()->Callback()).ok());
-    ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), {grad_rows[i]}, grad_results.back()->Callback()).ok());
+    ASSERT_THAT(
+        engine_->Submit(engine_->NewRequest(), {score_rows[i]}, score_results.back()->Callback()),
+        IsOk());
+    ASSERT_THAT(
+        engine_->Submit(engine_->NewRequest(), {grad_rows[i]}, grad_results.back()->Callback()),
+        IsOk());
   }
   for (size_t i = 0; i < lengths.size(); ++i) {
     score_results[i]->Wait();
     grad_results[i]->Wait();
     const RowResult& grad = grad_results[i]->result(0);
     const RowResult& score = score_results[i]->result(0);
-    ASSERT_TRUE(grad.status.ok() && score.status.ok()) << grad.status << score.status;
+    ASSERT_THAT(grad.status, IsOk());
+    ASSERT_THAT(score.status, IsOk());
     auto scored_alone = model_->ObjectiveValues({.input_ids = at::tensor(score_rows[i].input_ids, at::kLong).unsqueeze(0)},
                                                 {score_rows[i].objective});
-    ASSERT_TRUE(scored_alone.ok());
+    ASSERT_THAT(scored_alone, IsOk());
     EXPECT_NEAR(score.value, (*scored_alone)[0].item<double>(), 1e-5);
     EXPECT_NEAR(grad.value, expected[i].value, 1e-5);
     ASSERT_EQ(grad.position_values.size(0), lengths[i]);
@@ -124,11 +132,11 @@ TEST_F(EngineOverModel, NoisySampleDoesNotDependOnItsBatchMates) {
   };
   // Sample 2 alone, then in one batch with samples 0..3 (in another order), then without noise.
   RowCollector alone(1), together(4), noiseless(1);
-  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), {row(2)}, alone.Callback()).ok());
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), {row(2)}, alone.Callback()), IsOk());
   alone.Wait();
-  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), {row(3), row(2), row(0), row(1)}, together.Callback()).ok());
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), {row(3), row(2), row(0), row(1)}, together.Callback()), IsOk());
   together.Wait();
-  ASSERT_TRUE(engine_->Submit(engine_->NewRequest(), {row(-1)}, noiseless.Callback()).ok());
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), {row(-1)}, noiseless.Callback()), IsOk());
   noiseless.Wait();
   EXPECT_TRUE(at::allclose(alone.result(0).position_values, together.result(1).position_values, 1e-5, 1e-6));
   EXPECT_FALSE(at::allclose(together.result(0).position_values, together.result(1).position_values, 1e-3, 1e-4));
@@ -139,9 +147,9 @@ TEST_F(EngineOverModel, GenerationThroughDecodeRowsEqualsModelGeneration) {
   const std::vector<std::vector<int64_t>> prompts = {Ids(4, 1), Ids(9, 2), Ids(6, 3)};
   GenerationOptions options{.max_new_tokens = 6, .ignore_stop_tokens = true};
   auto expected = Generate(*model_, prompts, options);
-  ASSERT_TRUE(expected.ok());
+  ASSERT_THAT(expected, IsOk());
   std::vector<absl::StatusOr<Generation>> outputs(prompts.size(), absl::UnknownError("not run"));
-  std::vector<::attribution::testing::Notification> done(prompts.size());
+  std::vector<::attribution::test_support::Notification> done(prompts.size());
   for (size_t i = 0; i < prompts.size(); ++i) {
     GenerateAsync(*engine_, engine_->NewRequest(), model_->config(), prompts[i], options,
                   [&, i](absl::StatusOr<Generation> g) {
@@ -151,14 +159,14 @@ TEST_F(EngineOverModel, GenerationThroughDecodeRowsEqualsModelGeneration) {
   }
   for (size_t i = 0; i < prompts.size(); ++i) {
     done[i].WaitForNotification();
-    ASSERT_TRUE(outputs[i].ok()) << outputs[i].status();
+    ASSERT_THAT(outputs[i], IsOk());
     EXPECT_EQ(outputs[i]->tokens, (*expected)[i].tokens) << "prompt " << i;
   }
 }
 
 TEST_F(EngineOverModel, CancelledGenerationEndsWithCancelled) {
   auto request = engine_->NewRequest();
-  ::attribution::testing::Notification done;
+  ::attribution::test_support::Notification done;
   absl::Status status;
   GenerateAsync(*engine_, request, model_->config(), Ids(5, 1), {.max_new_tokens = 1000, .ignore_stop_tokens = true},
                 [&](absl::StatusOr<Generation> g) {
@@ -167,7 +175,7 @@ TEST_F(EngineOverModel, CancelledGenerationEndsWithCancelled) {
                 });
   engine_->Cancel(*request);
   done.WaitForNotification();
-  EXPECT_EQ(status.code(), absl::StatusCode::kCancelled);
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kCancelled));
 }
 
 }  // namespace

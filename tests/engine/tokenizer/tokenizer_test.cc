@@ -11,17 +11,22 @@
 #include <nlohmann/json.hpp>
 
 #include "tests/testing/reference.h"
+#include "tests/testing/status_matchers.h"
 
 namespace attribution::engine {
 namespace {
 
-std::string TokenizersDir() { return ::attribution::testing::TestTokenizersDir(); }
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
+using ::testing::HasSubstr;
+
+std::string TokenizersDir() { return ::attribution::test_support::TestTokenizersDir(); }
 
 class TokenizerParity : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
     auto tokenizer = Tokenizer::Load(TokenizersDir() + "/" + GetParam());
-    ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+    ASSERT_THAT(tokenizer, IsOk());
     tokenizer_ = std::move(*tokenizer);
     std::ifstream in(TokenizersDir() + "/" + GetParam() + "/expected.json");
     expected_ = nlohmann::json::parse(in);
@@ -37,7 +42,7 @@ TEST_P(TokenizerParity, IdsMatchPythonOnTheWholeCorpus) {
   int mismatches = 0;
   for (size_t i = 0; i < texts.size(); ++i) {
     auto encoding = tokenizer_->Encode(texts[i], /*add_special_tokens=*/true);
-    ASSERT_TRUE(encoding.ok()) << encoding.status();
+    ASSERT_THAT(encoding, IsOk());
     if (encoding->ids != ids[i] && ++mismatches <= 3) {
       ADD_FAILURE() << "text " << i << " \"" << texts[i] << "\"\n  ours:   " << ::testing::PrintToString(encoding->ids)
                     << "\n  python: " << ::testing::PrintToString(ids[i]);
@@ -56,7 +61,7 @@ TEST_P(TokenizerParity, DecodeMatchesPython) {
   for (size_t i = 0; i < ids.size(); ++i) {
     std::vector<int64_t> tokens(ids[i].begin() + (drops_bos ? 1 : 0), ids[i].end());
     auto text = tokenizer_->Decode(tokens, /*skip_special_tokens=*/false);
-    ASSERT_TRUE(text.ok()) << text.status();
+    ASSERT_THAT(text, IsOk());
     if (*text != decoded[i] && ++mismatches <= 3) {
       ADD_FAILURE() << "ids of text " << i << "\n  ours:   \"" << *text << "\"\n  python: \"" << decoded[i] << "\"";
     }
@@ -68,7 +73,7 @@ TEST_P(TokenizerParity, SpansLieInTheTextInOrder) {
   const auto texts = expected_["texts"].get<std::vector<std::string>>();
   for (size_t i = 0; i < 300; ++i) {
     auto encoding = tokenizer_->Encode(texts[i], true);
-    ASSERT_TRUE(encoding.ok());
+    ASSERT_THAT(encoding, IsOk());
     size_t previous_begin = 0;
     for (const TokenSpan& span : encoding->spans) {
       ASSERT_LE(span.begin, span.end);
@@ -83,10 +88,10 @@ TEST_P(TokenizerParity, RejectsInvalidUtf8NamingTheByte) {
   for (const std::string& bad : {std::string("ok \xff"), std::string("\xc3"), std::string("a\xed\xa0\x80"),
                                 std::string("\xc0\xaf")}) {
     auto encoding = tokenizer_->Encode(bad, true);
-    EXPECT_EQ(encoding.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_THAT(encoding.status().message(), ::testing::HasSubstr("not valid UTF-8 at byte"));
+    EXPECT_THAT(encoding,
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("not valid UTF-8 at byte")));
   }
-  EXPECT_EQ(tokenizer_->Decode({-1}, false).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(tokenizer_->Decode({-1}, false), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 INSTANTIATE_TEST_SUITE_P(AllKinds, TokenizerParity,
@@ -94,17 +99,17 @@ INSTANTIATE_TEST_SUITE_P(AllKinds, TokenizerParity,
 
 TEST(Tokenizer, SpansOfAsciiWordsCoverTheirText) {
   auto tokenizer = Tokenizer::Load(TokenizersDir() + "/gpt2");
-  ASSERT_TRUE(tokenizer.ok());
+  ASSERT_THAT(tokenizer, IsOk());
   const std::string text = "Is it true that vaccines cause autism?";
   auto encoding = (*tokenizer)->Encode(text, false);
-  ASSERT_TRUE(encoding.ok());
+  ASSERT_THAT(encoding, IsOk());
   std::string rebuilt;
   for (const TokenSpan& span : encoding->spans) rebuilt += text.substr(span.begin, span.end - span.begin);
   EXPECT_EQ(rebuilt, text);
 }
 
 TEST(Tokenizer, MissingTokenizerIsNotFound) {
-  EXPECT_EQ(Tokenizer::Load("/nonexistent").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(Tokenizer::Load("/nonexistent"), StatusIs(absl::StatusCode::kNotFound));
 }
 
 
@@ -128,7 +133,7 @@ TEST(Utf8, IllFormedSequencesBecomeOneReplacementEachAsPythonDecodes) {
   };
   for (const auto& [bytes, expected] : cases) {
     EXPECT_EQ(ToValidUtf8(bytes), expected) << ::testing::PrintToString(bytes);
-    EXPECT_TRUE(CheckUtf8(ToValidUtf8(bytes)).ok());
+    EXPECT_THAT(CheckUtf8(ToValidUtf8(bytes)), IsOk());
     EXPECT_EQ(CheckUtf8(bytes).ok(), bytes == expected);
   }
 }

@@ -13,16 +13,20 @@
 #include "engine/model/causal_lm.h"
 #include "engine/model/safetensors.h"
 #include "tests/testing/reference.h"
+#include "tests/testing/status_matchers.h"
 
 namespace attribution::engine {
 namespace {
 
-using ::attribution::testing::ScaledError;
-using ::attribution::testing::TestModelsDir;
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::ScaledError;
+using ::attribution::test_support::StatusIs;
+using ::attribution::test_support::TestModelsDir;
+using ::testing::HasSubstr;
 
 at::Tensor ReferenceTensor(const std::string& name) {
   auto file = SafetensorsFile::Open(TestModelsDir() + "/quantization.safetensors");
-  EXPECT_TRUE(file.ok()) << file.status();
+  EXPECT_THAT(file, IsOk());
   return (*file)->View(*(*file)->Find(name)).clone();
 }
 
@@ -31,7 +35,7 @@ class RoundTrip : public ::testing::TestWithParam<Quantization> {};
 TEST_P(RoundTrip, MatchesReferenceImplementation) {
   at::Tensor weight = ReferenceTensor("weight");
   auto quantized = Quantize(weight, GetParam());
-  ASSERT_TRUE(quantized.ok()) << quantized.status();
+  ASSERT_THAT(quantized, IsOk());
   at::Tensor ours = Dequantize(*quantized, at::kFloat);
   at::Tensor expected = ReferenceTensor(QuantizationName(GetParam()));
   // Same scheme, so the same codes: only float rounding of the final product may differ.
@@ -82,9 +86,12 @@ INSTANTIATE_TEST_SUITE_P(Schemes, RoundTrip, ::testing::Values(Quantization::kIn
                          [](const auto& info) { return std::string(QuantizationName(info.param)); });
 
 TEST(Quantize, RejectsWeightsNotInWholeBlocks) {
-  EXPECT_EQ(Quantize(at::zeros({3, 10}), Quantization::kNf4).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(Quantize(at::zeros({8}), Quantization::kInt8).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_FALSE(ParseQuantization("fp8").ok());
+  EXPECT_THAT(Quantize(at::zeros({3, 10}), Quantization::kNf4),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(Quantize(at::zeros({8}), Quantization::kInt8),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(ParseQuantization("fp8"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("fp8")));
 }
 
 // A Llama whose linears dominate its size, as in real Llamas: quantized models stay close to the
@@ -95,7 +102,8 @@ TEST_P(QuantizedModel, StaysCloseToFloatModelAndShrinks) {
   const std::string dir = TestModelsDir() + "/llama-wide";
   auto dense = CausalLM::Load(dir, {.dtype = at::kBFloat16});
   auto quantized = CausalLM::Load(dir, {.dtype = at::kBFloat16, .quantization = GetParam()});
-  ASSERT_TRUE(dense.ok() && quantized.ok()) << quantized.status();
+  ASSERT_THAT(dense, IsOk());
+  ASSERT_THAT(quantized, IsOk());
   const double ratio = static_cast<double>((*quantized)->ResidentWeightBytes()) / (*dense)->ResidentWeightBytes();
   std::cout << "[ quant    ] " << QuantizationName(GetParam()) << " resident bytes / bf16 = " << ratio << "\n";
   EXPECT_LT(ratio, GetParam() == Quantization::kNf4 ? 0.30 : 0.55);
@@ -104,7 +112,8 @@ TEST_P(QuantizedModel, StaysCloseToFloatModelAndShrinks) {
   RowObjective objective{.positions = {3, 4, 5}, .tokens = {10, 11, 12}};
   auto exact = (*dense)->ObjectiveGradients(batch, {objective});
   auto approx = (*quantized)->ObjectiveGradients(batch, {objective});
-  ASSERT_TRUE(exact.ok() && approx.ok()) << approx.status();
+  ASSERT_THAT(exact, IsOk());
+  ASSERT_THAT(approx, IsOk());
   const double cosine = at::cosine_similarity(exact->gradients.flatten().to(at::kFloat),
                                               approx->gradients.flatten().to(at::kFloat), 0).item<double>();
   std::cout << "[ quant    ] " << QuantizationName(GetParam()) << " objective " << approx->values[0].item<double>()

@@ -1,0 +1,401 @@
+// SPDX-License-Identifier: Apache-2.0
+// The server's request conversion (server/conversion.h) without a running server: proto requests to
+// engine requests on the committed default model and its SentencePiece tokenizer (bos 1, eos 2, no
+// pad). Every proto enum value maps to the engine value of the same meaning, written out here by
+// hand; _UNSPECIFIED means the documented default; unknown enum values and bad fields are
+// INVALID_ARGUMENT naming the field.
+#include "server/conversion.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <map>
+
+#include "tests/testing/status_matchers.h"
+
+namespace attribution::server {
+namespace {
+
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
+using ::testing::AllOf;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+constexpr absl::StatusCode kInvalid = absl::StatusCode::kInvalidArgument;
+constexpr int kUnknownEnumValue = 77;
+constexpr int64_t kBos = 1, kEos = 2;
+
+class ConversionTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    served_ = new ServedModel;
+    served_->spec.name = "default";
+    auto model = engine::CausalLM::Load(ATTRIBUTION_DEFAULT_MODEL_DIR, {});
+    ASSERT_THAT(model, IsOk());
+    served_->model = std::move(*model);
+    auto tokenizer = engine::Tokenizer::Load(ATTRIBUTION_DEFAULT_MODEL_DIR);
+    ASSERT_THAT(tokenizer, IsOk());
+    served_->tokenizer = std::move(*tokenizer);
+  }
+  static void TearDownTestSuite() { delete served_; }
+
+  // A valid request: text prompt, text target, everything else at its default.
+  static v1::AttributeRequest Request() {
+    v1::AttributeRequest proto;
+    proto.mutable_prompt()->set_text("Is the sky blue?");
+    proto.mutable_target()->set_text(" yes");
+    return proto;
+  }
+  static absl::StatusOr<AttributeCall> Convert(const v1::AttributeRequest& proto) {
+    return ToAttributeCall(proto, *served_, absl::InfiniteFuture());
+  }
+  static std::vector<int64_t> Encode(const std::string& text, bool add_special_tokens) {
+    return served_->tokenizer->Encode(text, add_special_tokens)->ids;
+  }
+
+  static ServedModel* served_;
+};
+ServedModel* ConversionTest::served_ = nullptr;
+
+// Every value of a proto enum but _UNSPECIFIED (0), so a value added to the proto fails these tests
+// until the expected tables below name it.
+template <typename ProtoEnum>
+std::vector<ProtoEnum> SpecifiedValues(const google::protobuf::EnumDescriptor* descriptor) {
+  std::vector<ProtoEnum> values;
+  for (int i = 0; i < descriptor->value_count(); ++i) {
+    if (descriptor->value(i)->number() != 0)
+      values.push_back(static_cast<ProtoEnum>(descriptor->value(i)->number()));
+  }
+  return values;
+}
+
+TEST_F(ConversionTest, EveryMethodMapsToItsEngineMethodAndBack) {
+  const std::map<v1::Method, engine::AttributionMethod> expected = {
+      {v1::INTEGRATED_GRADIENTS, engine::AttributionMethod::kIntegratedGradients},
+      {v1::GRADIENT_SHAP, engine::AttributionMethod::kGradientShap},
+      {v1::SALIENCY, engine::AttributionMethod::kSaliency},
+      {v1::INPUT_X_GRADIENT, engine::AttributionMethod::kInputXGradient},
+      {v1::FEATURE_ABLATION, engine::AttributionMethod::kFeatureAblation},
+      {v1::SHAPLEY_VALUES, engine::AttributionMethod::kShapleyValues},
+      {v1::SHAPLEY_VALUE_SAMPLING, engine::AttributionMethod::kShapleyValueSampling},
+      {v1::LIME, engine::AttributionMethod::kLime},
+      {v1::KERNEL_SHAP, engine::AttributionMethod::kKernelShap},
+  };
+  for (v1::Method method : SpecifiedValues<v1::Method>(v1::Method_descriptor())) {
+    SCOPED_TRACE(v1::Method_Name(method));
+    ASSERT_EQ(expected.count(method), 1u);
+    v1::AttributeRequest proto = Request();
+    proto.set_method(method);
+    absl::StatusOr<AttributeCall> call = Convert(proto);
+    ASSERT_THAT(call, IsOk());
+    EXPECT_EQ(call->request.method, expected.at(method));
+    // The response names the method the request ran.
+    v1::AttributeResponse response;
+    ToAttributeResponse(engine::AttributionResult{}, *call, *served_, &response);
+    EXPECT_EQ(response.method(), method);
+  }
+}
+
+TEST_F(ConversionTest, EveryIntegrationRuleMapsToItsEngineRule) {
+  const std::map<v1::IntegrationRule, engine::IntegrationRule> expected = {
+      {v1::GAUSS_LEGENDRE, engine::IntegrationRule::kGaussLegendre},
+      {v1::RIEMANN_LEFT, engine::IntegrationRule::kRiemannLeft},
+      {v1::RIEMANN_RIGHT, engine::IntegrationRule::kRiemannRight},
+      {v1::RIEMANN_MIDDLE, engine::IntegrationRule::kRiemannMiddle},
+      {v1::RIEMANN_TRAPEZOID, engine::IntegrationRule::kRiemannTrapezoid},
+  };
+  for (v1::IntegrationRule rule :
+       SpecifiedValues<v1::IntegrationRule>(v1::IntegrationRule_descriptor())) {
+    SCOPED_TRACE(v1::IntegrationRule_Name(rule));
+    ASSERT_EQ(expected.count(rule), 1u);
+    v1::AttributeRequest proto = Request();
+    proto.set_rule(rule);
+    absl::StatusOr<AttributeCall> call = Convert(proto);
+    ASSERT_THAT(call, IsOk());
+    EXPECT_EQ(call->request.rule, expected.at(rule));
+  }
+}
+
+TEST_F(ConversionTest, EveryQuantityMapsToItsEngineQuantity) {
+  const std::map<v1::Quantity, engine::TokenQuantity> expected = {
+      {v1::LOG_PROB, engine::TokenQuantity::kLogProb},
+      {v1::PROB, engine::TokenQuantity::kProb},
+      {v1::LOGIT, engine::TokenQuantity::kLogit},
+  };
+  for (v1::Quantity quantity : SpecifiedValues<v1::Quantity>(v1::Quantity_descriptor())) {
+    SCOPED_TRACE(v1::Quantity_Name(quantity));
+    ASSERT_EQ(expected.count(quantity), 1u);
+    v1::AttributeRequest proto = Request();
+    proto.set_quantity(quantity);
+    absl::StatusOr<AttributeCall> call = Convert(proto);
+    ASSERT_THAT(call, IsOk());
+    EXPECT_EQ(call->request.quantity, expected.at(quantity));
+  }
+}
+
+TEST_F(ConversionTest, EveryPriorityMapsToItsEnginePriority) {
+  const std::map<v1::Priority, engine::Priority> expected = {
+      {v1::LOW, engine::Priority::kLow},
+      {v1::NORMAL, engine::Priority::kNormal},
+      {v1::HIGH, engine::Priority::kHigh}};
+  for (v1::Priority priority : SpecifiedValues<v1::Priority>(v1::Priority_descriptor())) {
+    SCOPED_TRACE(v1::Priority_Name(priority));
+    ASSERT_EQ(expected.count(priority), 1u);
+    v1::AttributeRequest proto = Request();
+    proto.set_priority(priority);
+    absl::StatusOr<AttributeCall> call = Convert(proto);
+    ASSERT_THAT(call, IsOk());
+    EXPECT_EQ(call->request.priority, expected.at(priority));
+  }
+}
+
+TEST_F(ConversionTest, UnspecifiedFieldsTakeTheDocumentedDefaults) {
+  const absl::Time deadline = absl::FromUnixSeconds(2000000000);
+  absl::StatusOr<AttributeCall> call = ToAttributeCall(Request(), *served_, deadline);
+  ASSERT_THAT(call, IsOk());
+  const engine::AttributionRequest& r = call->request;
+  EXPECT_EQ(r.method, engine::AttributionMethod::kIntegratedGradients);
+  EXPECT_EQ(r.rule, engine::IntegrationRule::kGaussLegendre);
+  EXPECT_EQ(r.quantity, engine::TokenQuantity::kLogProb);
+  EXPECT_EQ(r.priority, engine::Priority::kNormal);
+  EXPECT_EQ(r.n_steps, 50);
+  EXPECT_EQ(r.n_samples, 25);
+  EXPECT_EQ(r.baseline_token_id, 0);
+  EXPECT_FALSE(r.zero_embedding_baseline);
+  EXPECT_TRUE(r.saliency_abs);
+  EXPECT_FALSE(r.want_token_matrix);
+  EXPECT_TRUE(r.foil_ids.empty());
+  EXPECT_EQ(r.deadline, deadline);
+  // The prompt as the tokenizer reads it (with bos); the target as its continuation, without bos.
+  EXPECT_EQ(r.prompt_ids, Encode("Is the sky blue?", true));
+  EXPECT_EQ(r.prompt_ids.front(), kBos);
+  EXPECT_FALSE(r.target_ids.empty());
+  EXPECT_NE(r.target_ids.front(), kBos);
+  // Every prompt token but the bos is a feature.
+  ASSERT_EQ(r.features.size(), r.prompt_ids.size() - 1);
+  for (size_t f = 0; f < r.features.size(); ++f) {
+    EXPECT_EQ(r.features[f].begin, static_cast<int64_t>(f) + 1);
+    EXPECT_EQ(r.features[f].end, static_cast<int64_t>(f) + 2);
+  }
+}
+
+TEST_F(ConversionTest, FieldsAreCopiedIntoTheEngineRequest) {
+  v1::AttributeRequest proto = Request();
+  proto.set_method(v1::GRADIENT_SHAP);
+  proto.set_n_steps(7);
+  proto.set_n_samples(9);
+  proto.set_stdev(0.25);
+  proto.set_seed(1234);
+  proto.set_signed_saliency(true);
+  proto.set_want_token_matrix(true);
+  proto.set_want_faithfulness(true);
+  proto.set_include_special_tokens(true);
+  proto.set_no_special_tokens(true);
+  absl::StatusOr<AttributeCall> call = Convert(proto);
+  ASSERT_THAT(call, IsOk());
+  const engine::AttributionRequest& r = call->request;
+  EXPECT_EQ(r.n_steps, 7);
+  EXPECT_EQ(r.n_samples, 9);
+  EXPECT_EQ(r.stdev, 0.25);
+  EXPECT_EQ(r.seed, 1234u);
+  EXPECT_FALSE(r.saliency_abs);
+  EXPECT_TRUE(r.want_token_matrix);
+  EXPECT_TRUE(r.want_faithfulness);
+  EXPECT_EQ(r.prompt_ids, Encode("Is the sky blue?", false));  // no bos
+  EXPECT_TRUE(r.features.empty());  // every token a feature: the engine's default
+}
+
+TEST_F(ConversionTest, TokenIdsArePassedAsGiven) {
+  v1::AttributeRequest proto;
+  const std::vector<int64_t> prompt = {kBos, 100, 200, 300}, target = {400, 500};
+  proto.mutable_prompt()->mutable_token_ids()->Assign(prompt.begin(), prompt.end());
+  proto.mutable_target()->mutable_token_ids()->Assign(target.begin(), target.end());
+  absl::StatusOr<AttributeCall> call = Convert(proto);
+  ASSERT_THAT(call, IsOk());
+  EXPECT_THAT(call->request.prompt_ids, ElementsAre(kBos, 100, 200, 300));
+  EXPECT_THAT(call->request.target_ids, ElementsAre(400, 500));
+}
+
+TEST_F(ConversionTest, BaselineKindsPickTheModelsTokens) {
+  const int64_t unk = *served_->tokenizer->special_tokens().unk;
+  const std::map<v1::BaselineKind, int64_t> expected = {{v1::BASELINE_UNSPECIFIED, 0},
+                                                        {v1::EOS_TOKEN, kEos},
+                                                        {v1::BOS_TOKEN, kBos},
+                                                        {v1::UNK_TOKEN, unk},
+                                                        {v1::TOKEN_ID, 17}};
+  for (const auto& [kind, id] : expected) {
+    SCOPED_TRACE(v1::BaselineKind_Name(kind));
+    v1::AttributeRequest proto = Request();
+    proto.set_baseline(kind);
+    proto.set_baseline_token_id(17);
+    absl::StatusOr<AttributeCall> call = Convert(proto);
+    ASSERT_THAT(call, IsOk());
+    EXPECT_EQ(call->request.baseline_token_id, id);
+    EXPECT_FALSE(call->request.zero_embedding_baseline);
+  }
+  v1::AttributeRequest zero = Request();
+  zero.set_baseline(v1::ZERO_EMBEDDING);
+  absl::StatusOr<AttributeCall> call = Convert(zero);
+  ASSERT_THAT(call, IsOk());
+  EXPECT_TRUE(call->request.zero_embedding_baseline);
+}
+
+TEST_F(ConversionTest, ContrastiveRequestCarriesTheFoil) {
+  v1::AttributeRequest proto;
+  proto.mutable_prompt()->set_text("Is the sky blue?");
+  proto.mutable_target()->add_token_ids(400);
+  proto.mutable_foil()->add_token_ids(401);
+  proto.set_contrastive(true);
+  absl::StatusOr<AttributeCall> call = Convert(proto);
+  ASSERT_THAT(call, IsOk());
+  EXPECT_THAT(call->request.foil_ids, ElementsAre(401));
+}
+
+TEST_F(ConversionTest, NoTargetMeansAGeneratedOneWithDefaultSettings) {
+  v1::AttributeRequest proto = Request();
+  proto.clear_target();
+  absl::StatusOr<AttributeCall> call = Convert(proto);
+  ASSERT_THAT(call, IsOk());
+  EXPECT_TRUE(call->request.target_ids.empty());
+  EXPECT_EQ(call->request.generation.max_new_tokens, 25);
+  EXPECT_EQ(call->request.generation.temperature, 0);
+}
+
+// An unknown value of each enum field is INVALID_ARGUMENT naming the field, the value and the names
+// the server knows.
+TEST_F(ConversionTest, UnknownEnumValuesNameTheFieldAndTheValidNames) {
+  struct Case {
+    std::string field, a_valid_name;
+    std::function<void(v1::AttributeRequest&)> set;
+  };
+  const std::vector<Case> cases = {
+      {"method", "KERNEL_SHAP",
+       [](auto& p) { p.set_method(static_cast<v1::Method>(kUnknownEnumValue)); }},
+      {"rule", "RIEMANN_TRAPEZOID",
+       [](auto& p) { p.set_rule(static_cast<v1::IntegrationRule>(kUnknownEnumValue)); }},
+      {"quantity", "LOGIT",
+       [](auto& p) { p.set_quantity(static_cast<v1::Quantity>(kUnknownEnumValue)); }},
+      {"priority", "HIGH",
+       [](auto& p) { p.set_priority(static_cast<v1::Priority>(kUnknownEnumValue)); }},
+      {"baseline", "PAD_TOKEN",
+       [](auto& p) { p.set_baseline(static_cast<v1::BaselineKind>(kUnknownEnumValue)); }},
+      {"target_tokenization", "SEPARATE",
+       [](auto& p) {
+         p.set_target_tokenization(static_cast<v1::TargetTokenization>(kUnknownEnumValue));
+       }},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.field);
+    v1::AttributeRequest proto = Request();
+    c.set(proto);
+    EXPECT_THAT(Convert(proto),
+                StatusIs(kInvalid, AllOf(StartsWith(c.field + ": "), HasSubstr("77"),
+                                         HasSubstr(c.a_valid_name))));
+  }
+}
+
+TEST_F(ConversionTest, BadFieldsAreInvalidArgumentNamingTheField) {
+  struct Case {
+    std::string name, message;
+    std::function<void(v1::AttributeRequest&)> change;
+  };
+  const std::vector<Case> cases = {
+      {"no prompt", "prompt:", [](auto& p) { p.clear_prompt(); }},
+      {"prompt text and ids", "prompt:", [](auto& p) { p.mutable_prompt()->add_token_ids(5); }},
+      {"prompt id outside the vocabulary", "prompt: token_ids[0] = 4000",
+       [](auto& p) {
+         p.mutable_prompt()->clear_text();
+         p.mutable_prompt()->add_token_ids(4000);
+       }},
+      {"empty target", "target:", [](auto& p) { p.mutable_target()->clear_text(); }},
+      {"too many steps", "n_steps", [](auto& p) { p.set_n_steps(5000); }},
+      {"negative stdev", "stdev", [](auto& p) { p.set_stdev(-1); }},
+      {"foil without contrastive",
+       "contrastive:", [](auto& p) { p.mutable_foil()->set_text(" no"); }},
+      {"contrastive without foil", "foil:", [](auto& p) { p.set_contrastive(true); }},
+      {"foil of another length", "foil:",
+       [](auto& p) {
+         p.set_contrastive(true);
+         p.mutable_foil()->add_token_ids(400);
+         p.mutable_foil()->add_token_ids(401);
+         p.mutable_foil()->add_token_ids(402);
+       }},
+      {"zero embedding for a perturbation", "baseline:",
+       [](auto& p) {
+         p.set_method(v1::FEATURE_ABLATION);
+         p.set_baseline(v1::ZERO_EMBEDDING);
+       }},
+      {"no pad token", "baseline: model \"default\" has no pad token",
+       [](auto& p) { p.set_baseline(v1::PAD_TOKEN); }},
+      {"empty feature range", "feature_range:",
+       [](auto& p) {
+         p.mutable_feature_range()->set_token_begin(2);
+         p.mutable_feature_range()->set_token_end(2);
+       }},
+      {"overlapping feature groups", "feature_groups[1]:",
+       [](auto& p) {
+         v1::FeatureGroup* a = p.add_feature_groups();
+         a->set_token_begin(0);
+         a->set_token_end(3);
+         v1::FeatureGroup* b = p.add_feature_groups();
+         b->set_token_begin(2);
+         b->set_token_end(4);
+       }},
+      {"too many new tokens", "generation.max_new_tokens:",
+       [](auto& p) {
+         p.clear_target();
+         p.mutable_generation()->set_max_new_tokens(100000);
+       }},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    v1::AttributeRequest proto = Request();
+    c.change(proto);
+    EXPECT_THAT(Convert(proto), StatusIs(kInvalid, HasSubstr(c.message)));
+  }
+}
+
+TEST_F(ConversionTest, LogprobsCallScoresTheTargetAfterThePrompt) {
+  v1::LogprobsRequest proto;
+  proto.mutable_prompt()->set_text("Is the sky blue?");
+  proto.mutable_target()->set_text(" yes it is");
+  proto.set_top_k(3);
+  proto.set_priority(v1::HIGH);
+  absl::StatusOr<LogprobsCall> call = ToLogprobsCall(proto, *served_, /*max_top_k=*/20);
+  ASSERT_THAT(call, IsOk());
+  EXPECT_EQ(call->prompt.encoding.ids, Encode("Is the sky blue?", true));
+  // A continuation: prompt and target tokenized together, the prompt's tokens taken off.
+  std::vector<int64_t> together = Encode("Is the sky blue? yes it is", true);
+  ASSERT_GT(together.size(), call->prompt.encoding.ids.size());
+  together.erase(together.begin(),
+                 together.begin() + static_cast<int64_t>(call->prompt.encoding.ids.size()));
+  EXPECT_EQ(call->target.encoding.ids, together);
+  EXPECT_EQ(call->top_k, 3);
+  EXPECT_EQ(call->priority, engine::Priority::kHigh);
+
+  proto.set_target_tokenization(v1::SEPARATE);
+  call = ToLogprobsCall(proto, *served_, 20);
+  ASSERT_THAT(call, IsOk());
+  EXPECT_EQ(call->target.encoding.ids, Encode(" yes it is", false));
+}
+
+TEST_F(ConversionTest, LogprobsBadFieldsAreInvalidArgumentNamingTheField) {
+  v1::LogprobsRequest proto;
+  proto.mutable_prompt()->set_text("Is the sky blue?");
+  EXPECT_THAT(ToLogprobsCall(proto, *served_, 20), StatusIs(kInvalid, HasSubstr("target:")));
+  proto.mutable_target()->set_text(" yes");
+  proto.set_top_k(21);
+  EXPECT_THAT(ToLogprobsCall(proto, *served_, 20),
+              StatusIs(kInvalid, HasSubstr("top_k: 21 is outside [0, 20]")));
+  proto.set_top_k(-1);
+  EXPECT_THAT(ToLogprobsCall(proto, *served_, 20), StatusIs(kInvalid, HasSubstr("top_k")));
+  proto.set_top_k(0);
+  proto.set_priority(static_cast<v1::Priority>(kUnknownEnumValue));
+  EXPECT_THAT(ToLogprobsCall(proto, *served_, 20), StatusIs(kInvalid, StartsWith("priority: ")));
+}
+
+}  // namespace
+}  // namespace attribution::server
