@@ -3,10 +3,11 @@
 """Peak resident memory of a server while many long integrated-gradient requests are queued.
 
 Starts the server binary on a hidden-512 Llama (tools/make_llama.py, with the default model's
-tokenizer), measures its resident memory once the model is loaded, fires N concurrent Attribute calls
-of S steps over P-token prompts through attribution-cli, and samples the server's resident memory
-(VmRSS, and VmHWM: the peak) while they are queued. The calls are abandoned once the peak settles: what
-is measured is what the queue holds, not how long the work takes. Prints one table row.
+tokenizer), fires concurrent Attribute calls of S steps over P-token prompts through attribution-cli,
+and samples the server's peak resident memory (VmHWM) until it settles; the calls are then abandoned:
+what is measured is what the queue holds, not how long the work takes. It does so twice, on a fresh
+server each time: with one call (the model, and the activations of the batches the executor runs) and
+with N calls. The queue's share is the difference: what N - 1 more queued calls hold. Prints one row.
 
 Usage: queue_memory.py SERVER_BINARY CLI_BINARY [--requests 64] [--steps 512] [--prompt-tokens 64]
                        [--model-dir /tmp/llama-512x8] [--settle 20] [--label NAME]
@@ -49,6 +50,14 @@ def main():
     args = parser.parse_args()
     make_model(args.model_dir)
 
+    one = peak_kib(args, 1)
+    many = peak_kib(args, args.requests)
+    print(f"| {args.label or args.server} | {args.requests} | {args.steps} | {args.prompt_tokens} | {one / 1024:.0f} | "
+          f"{many / 1024:.0f} | {(many - one) / 1024:.0f} | {(many - one) / 1024 / (args.requests - 1):.1f} |")
+
+
+def peak_kib(args, requests):
+    """The server's peak resident memory (KiB) with `requests` calls in flight."""
     work = tempfile.mkdtemp()
     port_file = os.path.join(work, "ports")
     server = subprocess.Popen([args.server, f"--model=m={args.model_dir}", "--listen=127.0.0.1:0", "--metrics_listen=",
@@ -61,25 +70,20 @@ def main():
                 raise RuntimeError("server exited: " + open(os.path.join(work, "server.log")).read())
             time.sleep(0.2)
         port = open(port_file).read().split()[0]
-        time.sleep(1)
-        idle_kib = status_kib(server.pid, "VmRSS")
         # Distinct prompts of about P tokens each (single-letter words: one SentencePiece token each, mostly).
-        started = time.time()
-        for r in range(args.requests):
+        for r in range(requests):
             words = [chr(ord("a") + (r * 7 + i * 3) % 26) for i in range(args.prompt_tokens - 1)]
             clients.append(subprocess.Popen(
                 [args.cli, "attribute", f"--server=127.0.0.1:{port}", "--prompt=" + " ".join(words), "--target= x",
                  "--target_tokenization=separate", f"--n_steps={args.steps}", "--json"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        peak_kib, last_rise = 0, time.time()
+        peak, last_rise = 0, time.time()
         while time.time() - last_rise < args.settle:
             hwm = status_kib(server.pid, "VmHWM")
-            if hwm > peak_kib:
-                peak_kib, last_rise = hwm, time.time()
+            if hwm > peak:
+                peak, last_rise = hwm, time.time()
             time.sleep(0.2)
-        print(f"| {args.label or args.server} | {args.requests} | "
-              f"{args.steps} | {args.prompt_tokens} | {idle_kib / 1024:.0f} | {peak_kib / 1024:.0f} | "
-              f"{(peak_kib - idle_kib) / 1024:.0f} | {time.time() - started:.0f} |")
+        return peak
     finally:
         for c in clients:
             c.kill()
@@ -89,6 +93,7 @@ def main():
 
 
 if __name__ == "__main__":
-    print("| server | requests | steps | prompt tokens | idle MiB | peak MiB | queue's share MiB | seconds |")
+    print("| server | requests | steps | prompt tokens | peak, 1 call (MiB) | peak, N calls (MiB) | queue's share (MiB) "
+          "| per queued call (MiB) |")
     print("|---|---|---|---|---|---|---|---|")
     main()

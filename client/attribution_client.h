@@ -92,7 +92,7 @@ struct AttributeOptions {
   std::optional<std::pair<int64_t, int64_t>> feature_range;  // [begin, end) tokens, one feature each
   std::vector<FeatureGroup> feature_groups;
   std::string baseline = "default";  // zero pad unk eos bos, or a token id
-  int n_steps = 0;                   // 0: server default (50; with a tolerance, the server's max_steps)
+  int n_steps = 0;                   // 0: server default (50; with a tolerance, the server's max_steps points in all)
   double completeness_tolerance = 0;  // > 0: integrated gradients at growing orders until this close
   std::string rule = "gausslegendre";  // riemann_left riemann_right riemann_middle riemann_trapezoid
   int n_samples = 0;

@@ -42,7 +42,7 @@ ABSL_FLAG(std::string, foil, "", "contrastive: attribute target minus this foil"
 ABSL_FLAG(std::string, method, "integrated_gradients", "integrated_gradients | gradient_shap | saliency | "
           "input_x_gradient | feature_ablation | shapley_values | shapley_value_sampling | lime | kernel_shap");
 ABSL_FLAG(std::string, quantity, "log_prob", "log_prob | prob | logit");
-ABSL_FLAG(int32_t, n_steps, 0, "integrated-gradient steps (0: server default 50; with --tolerance, the most tried)");
+ABSL_FLAG(int32_t, n_steps, 0, "integrated-gradient steps (0: server default 50; with --tolerance, the most points in all)");
 ABSL_FLAG(double, tolerance, 0, "integrated gradients: raise the order (8, 16, 32, ...) until the convergence delta and "
           "the change between orders are within this fraction of |f(input) - f(baseline)|");
 ABSL_FLAG(std::string, rule, "gausslegendre", "integration rule");

@@ -61,10 +61,10 @@ struct AttributionRequest {
   // `baseline_token_id` (also the default perturbation replacement).
   bool zero_embedding_baseline = false;
   int64_t baseline_token_id = 0;
-  int64_t n_steps = 50;                       // integrated gradients (with a tolerance: the largest order)
+  int64_t n_steps = 50;                       // integrated gradients (with a tolerance: points over all orders)
   IntegrationRule rule = IntegrationRule::kGaussLegendre;
-  // Integrated gradients: > 0 runs orders 8, 16, 32, ... up to n_steps until |convergence delta| and
-  // the largest change of a feature's attribution from the previous order are both within
+  // Integrated gradients: > 0 runs orders 8, 16, 32, ... (at most n_steps points in all) until
+  // |convergence delta| and the estimated error of the latest order are both within
   // completeness_tolerance · |f(x) - f(baseline)|; 0 runs n_steps points once.
   double completeness_tolerance = 0;
   int64_t n_samples = 25;                     // Shapley value sampling, GradientShap, Lime, KernelShap

@@ -3,8 +3,8 @@
 // on one embedding path (embedding_path.h): the plan holds token ids and per-row alphas and weights;
 // the executor embeds, interpolates and reduces each row's gradient to one value per position.
 //
-// With a completeness tolerance, integrated gradients runs Gauss-Legendre at orders 8, 16, 32, ... (up
-// to n_steps) until both the convergence delta and the estimated error of the latest order (from the
+// With a completeness tolerance, integrated gradients runs Gauss-Legendre at orders 8, 16, 32, ... (n_steps
+// points in all at most) until both the convergence delta and the estimated error of the latest order (from the
 // changes between orders, see EstimatedError) are within tolerance · |f(x) - f(baseline)|.
 // Gauss-Legendre nodes of different orders do not nest, so each order is a fresh round of grad rows; the
 // two score rows at the path's ends run once.
@@ -52,8 +52,12 @@ class GradientPlan : public RowPlan {
     const double allowed = request_.completeness_tolerance * std::abs(at_input_.value - at_baseline_.value);
     tolerance_met_ = !previous_.sequence.empty() && std::abs(ConvergenceDelta(current_)) <= allowed &&
                      EstimatedError() <= allowed;
-    if (tolerance_met_ || order_ >= request_.n_steps) return absl::OkStatus();
-    order_ = std::min(2 * order_, request_.n_steps);
+    // n_steps is the budget of points over all orders: the next order doubles, or takes what is left
+    // if that is still more points than the last; adaptive never costs more than fixed n_steps.
+    points_used_ += order_;
+    const int64_t next = std::min(2 * order_, request_.n_steps - points_used_);
+    if (tolerance_met_ || next <= order_) return absl::OkStatus();
+    order_ = next;
     QueueGradRows(Samples(order_));
     return absl::OkStatus();
   }
@@ -169,6 +173,7 @@ class GradientPlan : public RowPlan {
 
   std::shared_ptr<const EmbeddingPath> path_;
   int64_t order_ = 0;           // integrated gradients: the points of the latest round
+  int64_t points_used_ = 0;     // adaptive: points of the orders absorbed
   PathSamples samples_;         // of the latest round
   bool ends_scored_ = false;
   RowResult at_input_, at_baseline_;
