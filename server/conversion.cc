@@ -371,7 +371,6 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
   request.want_faithfulness = proto.want_faithfulness();
   ASSIGN_OR_RETURN(request.priority, ToPriority(proto.priority()));
   request.deadline = deadline;
-  RETURN_IF_ERROR(engine::ValidateAttributionRequest(request, model.model->config(), model.spec.limits));
   return call;
 }
 

@@ -297,6 +297,8 @@ TEST_F(ConversionTest, UnknownEnumValuesNameTheFieldAndTheValidNames) {
   }
 }
 
+// Fields conversion itself reads; the ranges of the engine request (n_steps, n_samples, limits) are
+// checked once, by the attributor (attribution_test, and bad_input_e2e_test through the server).
 TEST_F(ConversionTest, BadFieldsAreInvalidArgumentNamingTheField) {
   struct Case {
     std::string name, message;
@@ -311,7 +313,6 @@ TEST_F(ConversionTest, BadFieldsAreInvalidArgumentNamingTheField) {
          p.mutable_prompt()->add_token_ids(4000);
        }},
       {"empty target", "target:", [](auto& p) { p.mutable_target()->clear_text(); }},
-      {"too many steps", "n_steps", [](auto& p) { p.set_n_steps(5000); }},
       {"negative stdev", "stdev", [](auto& p) { p.set_stdev(-1); }},
       {"foil without contrastive",
        "contrastive:", [](auto& p) { p.mutable_foil()->set_text(" no"); }},
