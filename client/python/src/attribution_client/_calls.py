@@ -1,0 +1,59 @@
+# SPDX-License-Identifier: Apache-2.0
+"""What the sync and asyncio clients share: building options from keyword arguments, and turning
+stream events into results."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Optional, Type, TypeVar, Union
+
+from . import _convert
+from ._generated.attribution.v1 import attribution_pb2 as pb
+from .options import ClientOptions, GenerationSettings
+from .results import Attribution, Generation, Progress, Token
+
+O = TypeVar("O")
+_GENERATION_FIELDS = {f.name for f in dataclasses.fields(GenerationSettings)}
+
+# Marks "the client's default timeout" apart from an explicit None (no deadline).
+DEFAULT: Any = object()
+
+
+def client_options(target: Union[str, ClientOptions, None], fields: Dict[str, Any]) -> ClientOptions:
+    if isinstance(target, ClientOptions):
+        return dataclasses.replace(target, **fields)
+    return ClientOptions(**({"target": target} if target else {}), **fields)
+
+
+def build(cls: Type[O], options: Optional[O], fields: Dict[str, Any]) -> O:
+    """`options` with `fields` replaced (or cls(**fields)); GenerationSettings fields given flat
+    (max_new_tokens=5) go into options.generation."""
+    own = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    flat = {k: fields.pop(k) for k in list(fields) if k not in own and k in _GENERATION_FIELDS}
+    unknown = [k for k in fields if k not in own]
+    if unknown:
+        raise TypeError(f"{cls.__name__}: unknown option(s) {', '.join(unknown)}")
+    built = cls(**fields) if options is None else dataclasses.replace(options, **fields)  # type: ignore[type-var]
+    if flat:
+        if not hasattr(built, "generation"):
+            raise TypeError(f"{cls.__name__}: unknown option(s) {', '.join(flat)}")
+        built.generation = dataclasses.replace(built.generation, **flat)  # type: ignore[attr-defined]
+    return built
+
+
+def attribute_event(event: pb.AttributeEvent) -> Union[Progress, Attribution]:
+    kind = event.WhichOneof("event")
+    if kind == "result":
+        return _convert.attribution(event.result)
+    if kind == "queued":
+        return Progress(rows_done=0, rows_total=0, queued=True)
+    return Progress(rows_done=event.progress.rows_done, rows_total=event.progress.rows_total)
+
+
+def generate_event(event: pb.GenerateEvent) -> Union[Token, Generation]:
+    if event.WhichOneof("event") == "result":
+        return _convert.generation(event.result)
+    return _convert.token(event.token)
+
+
+def timeout(value: Any, default: Optional[float]) -> Optional[float]:
+    return default if value is DEFAULT else value

@@ -1,0 +1,65 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Channel settings shared by the sync and asyncio clients: credentials, retries on UNAVAILABLE only
+(gRPC's retry policy, as the C++ client), reconnect backoff, message size limits."""
+from __future__ import annotations
+
+import json
+from typing import List, Optional, Tuple
+
+import grpc
+
+from .options import ClientOptions
+
+SERVICES = ("attribution.v1.AttributionService", "grpc.health.v1.Health")
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def service_config(o: ClientOptions) -> str:
+    if o.load_balancing not in ("pick_first", "round_robin"):
+        raise ValueError(f'load_balancing: "{o.load_balancing}" is not pick_first or round_robin')
+    config: dict = {"loadBalancingConfig": [{o.load_balancing: {}}]}
+    if o.max_attempts > 1:
+        config["methodConfig"] = [{
+            "name": [{"service": s} for s in SERVICES],
+            "retryPolicy": {"maxAttempts": min(5, o.max_attempts), "initialBackoff": f"{o.initial_backoff}s",
+                            "maxBackoff": f"{o.max_backoff}s", "backoffMultiplier": 2,
+                            "retryableStatusCodes": ["UNAVAILABLE"]},
+        }]
+    return json.dumps(config)
+
+
+def channel_args(o: ClientOptions) -> List[Tuple[str, object]]:
+    args: List[Tuple[str, object]] = [
+        ("grpc.service_config", service_config(o)),
+        ("grpc.enable_retries", 1 if o.max_attempts > 1 else 0),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", int(o.max_backoff * 1000)),
+        ("grpc.max_receive_message_length", o.max_message_bytes),
+        ("grpc.max_send_message_length", o.max_message_bytes),
+    ]
+    if o.tls and o.tls_server_name:
+        args.append(("grpc.ssl_target_name_override", o.tls_server_name))
+    return args
+
+
+def credentials(o: ClientOptions) -> Optional[grpc.ChannelCredentials]:
+    """TLS credentials (None: plaintext). Files are read now so a wrong path fails at connect."""
+    if not o.tls:
+        return None
+    if bool(o.cert_file) != bool(o.key_file):
+        raise ValueError("cert_file and key_file: give both for mutual TLS, or neither")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(o.ca_file) if o.ca_file else None,
+        private_key=_read(o.key_file) if o.key_file else None,
+        certificate_chain=_read(o.cert_file) if o.cert_file else None)
+
+
+def metadata(o: ClientOptions) -> Tuple[Tuple[str, str], ...]:
+    # As call metadata rather than call credentials: gRPC refuses those on plaintext channels, and the
+    # server accepts tokens on both.
+    return (("authorization", f"Bearer {o.bearer_token}"),) if o.bearer_token else ()

@@ -1,0 +1,50 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The Jupyter heatmap of an Attribution: prompt tokens coloured by attribution (blue positive, red
+negative, as Captum's plots), fixed tokens grey, and the token matrix as a table when present."""
+from __future__ import annotations
+
+import html
+from typing import TYPE_CHECKING, List
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .results import Attribution
+
+
+def _colour(value: float, scale: float) -> str:
+    strength = 0.0 if scale <= 0 else min(1.0, abs(value) / scale)
+    rgb = (71, 114, 179) if value >= 0 else (208, 54, 91)
+    return f"rgba({rgb[0]},{rgb[1]},{rgb[2]},{0.85 * strength:.3f})"
+
+
+def _cell(text: str, value: float, scale: float) -> str:
+    shown = html.escape(text).replace(" ", "&nbsp;") or "&nbsp;"
+    return (f'<td style="background:{_colour(value, scale)};padding:2px 4px;font-family:monospace" '
+            f'title="{value:.6g}">{shown}<br><small>{value:.3f}</small></td>')
+
+
+def attribution_html(a: "Attribution") -> str:
+    """A self-contained HTML fragment (no scripts) for Jupyter's rich display."""
+    scale = float(np.max(np.abs(a.sequence))) if a.sequence.size else 0.0
+    target = html.escape(a.target_text)
+    parts: List[str] = [
+        f'<div><b>{html.escape(a.method)}</b> on <b>{html.escape(a.model)}</b>, target '
+        f'<code>{target}</code>, objective {a.objective:.4f}'
+        + (f", convergence delta {a.convergence_delta:.3g}" if a.convergence_delta is not None else "")
+        + "</div>",
+        "<table style='border-collapse:collapse'><tr>",
+    ]
+    parts += [_cell(f.text, float(v), scale) for f, v in zip(a.features, a.sequence)]
+    parts.append("</tr></table>")
+    if a.token_matrix is not None:
+        mscale = float(np.max(np.abs(a.token_matrix))) if a.token_matrix.size else 0.0
+        parts.append("<table style='border-collapse:collapse'><tr><th></th>")
+        parts += [f"<th style='font-family:monospace'>{html.escape(f.text)}</th>" for f in a.features]
+        parts.append("</tr>")
+        for token, row in zip(a.target_tokens, a.token_matrix):
+            parts.append(f"<tr><th style='font-family:monospace'>{html.escape(token.text)}</th>")
+            parts += [_cell("", float(v), mscale) for v in row]
+            parts.append("</tr>")
+        parts.append("</table>")
+    return "".join(parts)

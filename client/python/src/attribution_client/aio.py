@@ -1,0 +1,157 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The asyncio client: the same calls as AttributionClient, awaitable, on grpc.aio.
+
+    async with AsyncAttributionClient("localhost:50051") as client:
+        stream = client.attribute_stream(prompt="...", target=" Yes")
+        async for p in stream:
+            print(p.rows_done, p.rows_total)
+        a = await stream.result()
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator, Callable, Generic, List, Optional, TypeVar, Union
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from . import _calls, _channel, _convert
+from ._generated.attribution.v1 import attribution_pb2 as pb
+from ._generated.attribution.v1 import attribution_pb2_grpc as pb_grpc
+from .errors import error_for, from_grpc
+from .options import AttributeOptions, ClientOptions, GenerateOptions, LogprobsOptions
+from .results import Attribution, Generation, Logprobs, ModelInfo, Progress, Token
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class AsyncStream(Generic[Item, Result]):
+    """A server-streaming call: `async for` its events, then `await result()`; cancel() ends it (the
+    iteration then raises Cancelled)."""
+
+    def __init__(self, call: Any, convert: Callable[[Any], Union[Item, Result]], result_type: type) -> None:
+        self._call = call
+        self._convert = convert
+        self._result_type = result_type
+        self._result: Optional[Result] = None
+        self._cancelled = False
+
+    def __aiter__(self) -> AsyncIterator[Item]:
+        return self
+
+    async def __anext__(self) -> Item:
+        while True:
+            try:
+                event = await self._call.read()
+            except grpc.RpcError as e:
+                raise from_grpc(e) from None
+            except asyncio.CancelledError:
+                if self._cancelled:  # our cancel(), not the task's
+                    raise error_for(grpc.StatusCode.CANCELLED, "cancelled by the client") from None
+                raise
+            if event is grpc.aio.EOF:
+                if self._result is None:
+                    raise error_for(grpc.StatusCode.DATA_LOSS, "the stream ended without a result")
+                raise StopAsyncIteration
+            item = self._convert(event)
+            if isinstance(item, self._result_type):
+                self._result = item  # type: ignore[assignment]
+                continue
+            return item  # type: ignore[return-value]
+
+    async def result(self) -> Result:
+        async for _ in self:
+            pass
+        assert self._result is not None
+        return self._result
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._call.cancel()
+
+
+class AsyncAttributionClient:
+    """AttributionClient's asyncio twin; create it inside the event loop that will use it."""
+
+    def __init__(self, target: Union[str, ClientOptions, None] = None, **options: Any) -> None:
+        self.options = _calls.client_options(target, options)
+        credentials = _channel.credentials(self.options)
+        args = _channel.channel_args(self.options)
+        self._channel = (grpc.aio.secure_channel(self.options.target, credentials, args) if credentials
+                         else grpc.aio.insecure_channel(self.options.target, args))
+        self._stub = pb_grpc.AttributionServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._metadata = _channel.metadata(self.options)
+        self._default_model: Optional[str] = None
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> "AsyncAttributionClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def _unary(self, method: Any, request: Any, timeout: Any) -> Any:
+        try:
+            return await method(request, timeout=_calls.timeout(timeout, self.options.timeout),
+                                metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise from_grpc(e) from None
+
+    async def _model(self, options: Any) -> Any:
+        if not options.model:
+            if self._default_model is None:
+                models = await self.list_models()
+                if not models:
+                    raise error_for(grpc.StatusCode.NOT_FOUND, "the server holds no model")
+                self._default_model = models[0].name
+            options.model = self._default_model
+        return options
+
+    async def attribute(self, options: Optional[AttributeOptions] = None, *, timeout: Any = _calls.DEFAULT,
+                        progress: Optional[Callable[[Progress], None]] = None, **fields: Any) -> Attribution:
+        """As AttributionClient.attribute; `progress`, when given, is called with each Progress."""
+        o = await self._model(_calls.build(AttributeOptions, options, fields))
+        if progress is not None:
+            stream = await self.attribute_stream(o, timeout=timeout)
+            async for p in stream:
+                progress(p)
+            return await stream.result()
+        return _convert.attribution(await self._unary(self._stub.Attribute, _convert.attribute_request(o), timeout))
+
+    async def attribute_stream(self, options: Optional[AttributeOptions] = None, *, timeout: Any = _calls.DEFAULT,
+                               **fields: Any) -> AsyncStream[Progress, Attribution]:
+        o = await self._model(_calls.build(AttributeOptions, options, fields))
+        call = self._stub.AttributeStream(_convert.attribute_request(o),
+                                          timeout=_calls.timeout(timeout, self.options.timeout),
+                                          metadata=self._metadata)
+        return AsyncStream(call, _calls.attribute_event, Attribution)
+
+    async def generate(self, options: Optional[GenerateOptions] = None, *, timeout: Any = _calls.DEFAULT,
+                       **fields: Any) -> Generation:
+        o = await self._model(_calls.build(GenerateOptions, options, fields))
+        return _convert.generation(await self._unary(self._stub.Generate, _convert.generate_request(o), timeout))
+
+    async def generate_stream(self, options: Optional[GenerateOptions] = None, *, timeout: Any = _calls.DEFAULT,
+                              **fields: Any) -> AsyncStream[Token, Generation]:
+        o = await self._model(_calls.build(GenerateOptions, options, fields))
+        call = self._stub.GenerateStream(_convert.generate_request(o),
+                                         timeout=_calls.timeout(timeout, self.options.timeout),
+                                         metadata=self._metadata)
+        return AsyncStream(call, _calls.generate_event, Generation)
+
+    async def logprobs(self, options: Optional[LogprobsOptions] = None, *, timeout: Any = _calls.DEFAULT,
+                       **fields: Any) -> Logprobs:
+        o = await self._model(_calls.build(LogprobsOptions, options, fields))
+        return _convert.logprobs(await self._unary(self._stub.Logprobs, _convert.logprobs_request(o), timeout))
+
+    async def list_models(self, *, timeout: Any = _calls.DEFAULT) -> List[ModelInfo]:
+        return _convert.models(await self._unary(self._stub.ListModels, pb.ListModelsRequest(), timeout))
+
+    async def health(self, service: str = "", *, timeout: Any = _calls.DEFAULT) -> str:
+        response = await self._unary(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)

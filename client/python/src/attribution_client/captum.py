@@ -1,0 +1,94 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Captum interoperability: results as Captum's LLMAttributionResult, and AttributionProvider, a
+Captum RemoteLLMProvider backed by the service's Generate and Logprobs, so that
+
+    provider = AttributionProvider(AttributionClient("localhost:50051"), model="default")
+    llm_attr = RemoteLLMAttribution(FeatureAblation(RemoteLLMAttribution.placeholder_model), tokenizer, provider)
+    llm_attr.attribute(TextTemplateInput("{} lives in {}.", values=["Ann", "York"]), target="Yes")
+
+runs Captum's own perturbation code against the server unchanged. Needs captum (an optional
+dependency: pip install attribution-client[captum]).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+import numpy as np
+from captum.attr import LLMAttributionResult
+from captum.attr._core.remote_provider import RemoteLLMProvider
+
+from .options import GenerationSettings
+
+if TYPE_CHECKING:
+    from .client import AttributionClient
+    from .results import Attribution
+
+
+def to_llm_attribution_result(a: "Attribution", tokenizer: Any = None) -> LLMAttributionResult:
+    """See Attribution.to_captum()."""
+    import torch
+
+    input_tokens = a.feature_texts
+    output_tokens = [t.text for t in a.target_tokens]
+    if tokenizer is not None:
+        from captum.attr._core.llm_attr import _convert_ids_to_pretty_tokens
+
+        single = all(f.token_end - f.token_begin == 1 for f in a.features)
+        if single:
+            input_tokens = tokenizer.convert_ids_to_tokens([a.prompt_tokens[f.token_begin].id for f in a.features])
+        output_tokens = _convert_ids_to_pretty_tokens(torch.tensor([t.id for t in a.target_tokens]), tokenizer)
+    # Captum keeps attributions as float32 tensors; so do we, for field-by-field comparison.
+    token_attr = None if a.token_matrix is None else torch.tensor(a.token_matrix, dtype=torch.float32)
+    return LLMAttributionResult(input_tokens=list(input_tokens), output_tokens=list(output_tokens),
+                                seq_attr=torch.tensor(a.sequence, dtype=torch.float32), token_attr=token_attr,
+                                output_probs=torch.tensor(a.target_probs, dtype=torch.float32))
+
+
+class AttributionProvider(RemoteLLMProvider):
+    """Captum's RemoteLLMProvider on the attribution service.
+
+    generate() calls Generate and returns the continuation text. get_logprobs() calls Logprobs: the
+    prompt as text (the server's tokenizer adds bos as the model's Hugging Face tokenizer does), the
+    target as the ids `tokenizer.encode(target_str, add_special_tokens=False)` when Captum passes its
+    tokenizer (the very tokens Captum counts), else as text tokenized on its own (SEPARATE, Captum's
+    rule). One Logprobs call per perturbed prompt, teacher-forced as Captum's forward_in_tokens=False.
+    """
+
+    def __init__(self, client: "AttributionClient", model: str = "", *, priority: str = "normal",
+                 timeout: Optional[float] = None) -> None:
+        self.client = client
+        self.model = model or client.list_models()[0].name
+        self.api_url = client.options.target
+        self.priority = priority
+        self.timeout = timeout if timeout is not None else client.options.timeout
+
+    def generate(self, prompt: str, **gen_args: Any) -> str:
+        """Greedy unless do_sample=True; max_new_tokens (or max_tokens), temperature, top_p, seed."""
+        settings = self._generation(gen_args)
+        return self.client.generate(prompt=prompt, model=self.model, generation=settings, priority=self.priority,
+                                    timeout=self.timeout).text
+
+    def get_logprobs(self, input_prompt: str, target_str: str, tokenizer: Any = None) -> List[float]:
+        if not target_str:
+            raise ValueError("target_str: empty")
+        target: Any = target_str
+        if tokenizer is not None:
+            target = list(tokenizer.encode(target_str, add_special_tokens=False))
+        result = self.client.logprobs(prompt=input_prompt, target=target, model=self.model,
+                                      target_tokenization="separate", priority=self.priority, timeout=self.timeout)
+        return result.log_probs
+
+    @staticmethod
+    def _generation(gen_args: Dict[str, Any]) -> GenerationSettings:
+        args = dict(gen_args)
+        max_new = args.pop("max_new_tokens", None) or args.pop("max_tokens", None) or 25
+        sample = bool(args.pop("do_sample", False))
+        temperature = args.pop("temperature", None)
+        top_p = args.pop("top_p", None)
+        seed = args.pop("seed", None)
+        return GenerationSettings(max_new_tokens=int(max_new),
+                                  temperature=float(temperature or 1.0) if sample else 0.0,
+                                  top_p=float(top_p or 0.0) if sample else 0.0, seed=int(seed or 0))
+
+
+__all__ = ["AttributionProvider", "to_llm_attribution_result"]

@@ -1,0 +1,186 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The synchronous client: every RPC of attribution.v1 plus the standard health check.
+
+    client = AttributionClient("localhost:50051")
+    a = client.attribute(prompt="Q: Is the kettle warm? A:", target=" Yes", method="feature_ablation")
+    a.to_dataframe()
+
+Thread-safe (one gRPC channel shared by every call). Failed calls raise AttributionError subclasses
+(errors.py); deadlines come from ClientOptions.timeout or a call's `timeout=`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Generic, Iterator, List, Optional, TypeVar, Union
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from . import _calls, _channel, _convert
+from ._generated.attribution.v1 import attribution_pb2 as pb
+from ._generated.attribution.v1 import attribution_pb2_grpc as pb_grpc
+from .errors import AttributionError, error_for, from_grpc
+from .options import AttributeOptions, ClientOptions, GenerateOptions, LogprobsOptions
+from .results import Attribution, Generation, Logprobs, ModelInfo, Progress, Token
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+ProgressArg = Union[bool, Callable[[Progress], None]]
+
+
+class Stream(Generic[Item, Result]):
+    """A server-streaming call: iterate for its events (Progress / Token), then result(); cancel()
+    from any thread ends it (the iteration then raises Cancelled)."""
+
+    def __init__(self, call: Any, convert: Callable[[Any], Union[Item, Result]], result_type: type) -> None:
+        self._call = call
+        self._convert = convert
+        self._result_type = result_type
+        self._result: Optional[Result] = None
+
+    def __iter__(self) -> Iterator[Item]:
+        return self
+
+    def __next__(self) -> Item:
+        while True:
+            try:
+                event = next(self._call)
+            except StopIteration:
+                if self._result is None:
+                    raise error_for(grpc.StatusCode.DATA_LOSS, "the stream ended without a result") from None
+                raise
+            except grpc.RpcError as e:
+                raise from_grpc(e) from None
+            item = self._convert(event)
+            if isinstance(item, self._result_type):
+                self._result = item  # type: ignore[assignment]
+                continue
+            return item  # type: ignore[return-value]
+
+    def result(self) -> Result:
+        """Reads the stream to its end and returns the final answer."""
+        for _ in self:
+            pass
+        assert self._result is not None
+        return self._result
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+    def __enter__(self) -> "Stream[Item, Result]":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._call.cancel()  # no-op once finished
+
+
+AttributeStream = Stream[Progress, Attribution]
+GenerateStream = Stream[Token, Generation]
+
+
+def _progress_bar(stream: AttributeStream, description: str) -> Attribution:
+    try:
+        from tqdm.auto import tqdm
+    except ImportError as e:  # an optional dependency: pip install attribution-client[progress]
+        raise ImportError("progress=True needs tqdm (pip install tqdm)") from e
+    with tqdm(desc=description, unit="row") as bar:
+        for p in stream:
+            if p.rows_total and bar.total != p.rows_total:
+                bar.total = p.rows_total
+            bar.update(p.rows_done - bar.n)
+        return stream.result()
+
+
+class AttributionClient:
+    """Calls one attribution server (or a balanced set of replicas). `target` is a ClientOptions or
+    a gRPC target; keyword arguments set ClientOptions fields (tls=True, bearer_token=..., ...)."""
+
+    def __init__(self, target: Union[str, ClientOptions, None] = None, **options: Any) -> None:
+        self.options = _calls.client_options(target, options)
+        credentials = _channel.credentials(self.options)
+        args = _channel.channel_args(self.options)
+        self._channel = (grpc.secure_channel(self.options.target, credentials, args) if credentials
+                         else grpc.insecure_channel(self.options.target, args))
+        self._stub = pb_grpc.AttributionServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._metadata = _channel.metadata(self.options)
+        self._default_model: Optional[str] = None
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "AttributionClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _unary(self, method: Any, request: Any, timeout: Any) -> Any:
+        try:
+            return method(request, timeout=_calls.timeout(timeout, self.options.timeout), metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise from_grpc(e) from None
+
+    def _model(self, options: Any) -> Any:
+        """Fills an empty model with the server's first one (as the CLI does)."""
+        if not options.model:
+            if self._default_model is None:
+                models = self.list_models()
+                if not models:
+                    raise error_for(grpc.StatusCode.NOT_FOUND, "the server holds no model")
+                self._default_model = models[0].name
+            options.model = self._default_model
+        return options
+
+    def attribute(self, options: Optional[AttributeOptions] = None, *, timeout: Any = _calls.DEFAULT,
+                  progress: ProgressArg = False, **fields: Any) -> Attribution:
+        """Attributes the target's scored quantity to the prompt's features. progress=True shows a
+        tqdm bar (through AttributeStream); a callable gets each Progress."""
+        o = self._model(_calls.build(AttributeOptions, options, fields))
+        if progress:
+            stream = self.attribute_stream(o, timeout=timeout)
+            if callable(progress):
+                for p in stream:
+                    progress(p)
+                return stream.result()
+            return _progress_bar(stream, o.method)
+        return _convert.attribution(self._unary(self._stub.Attribute, _convert.attribute_request(o), timeout))
+
+    def attribute_stream(self, options: Optional[AttributeOptions] = None, *, timeout: Any = _calls.DEFAULT,
+                         **fields: Any) -> AttributeStream:
+        """Iterate for Progress events (queued, then rows done / total), then call result()."""
+        o = self._model(_calls.build(AttributeOptions, options, fields))
+        call = self._stub.AttributeStream(_convert.attribute_request(o),
+                                          timeout=_calls.timeout(timeout, self.options.timeout),
+                                          metadata=self._metadata)
+        return Stream(call, _calls.attribute_event, Attribution)
+
+    def generate(self, options: Optional[GenerateOptions] = None, *, timeout: Any = _calls.DEFAULT,
+                 **fields: Any) -> Generation:
+        o = self._model(_calls.build(GenerateOptions, options, fields))
+        return _convert.generation(self._unary(self._stub.Generate, _convert.generate_request(o), timeout))
+
+    def generate_stream(self, options: Optional[GenerateOptions] = None, *, timeout: Any = _calls.DEFAULT,
+                        **fields: Any) -> GenerateStream:
+        """Iterate for each new Token (text and log_prob) as the server makes it, then result()."""
+        o = self._model(_calls.build(GenerateOptions, options, fields))
+        call = self._stub.GenerateStream(_convert.generate_request(o),
+                                         timeout=_calls.timeout(timeout, self.options.timeout),
+                                         metadata=self._metadata)
+        return Stream(call, _calls.generate_event, Generation)
+
+    def logprobs(self, options: Optional[LogprobsOptions] = None, *, timeout: Any = _calls.DEFAULT,
+                 **fields: Any) -> Logprobs:
+        """Log-probabilities of the target's tokens after the prompt, with top_k alternatives."""
+        o = self._model(_calls.build(LogprobsOptions, options, fields))
+        return _convert.logprobs(self._unary(self._stub.Logprobs, _convert.logprobs_request(o), timeout))
+
+    def list_models(self, *, timeout: Any = _calls.DEFAULT) -> List[ModelInfo]:
+        return _convert.models(self._unary(self._stub.ListModels, pb.ListModelsRequest(), timeout))
+
+    def health(self, service: str = "", *, timeout: Any = _calls.DEFAULT) -> str:
+        """The standard health check: "SERVING", "NOT_SERVING", ... (service "" = the whole server)."""
+        response = self._unary(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+__all__ = ["AttributionClient", "AttributeStream", "GenerateStream", "Stream", "AttributionError"]

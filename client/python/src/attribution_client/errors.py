@@ -1,0 +1,92 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Exceptions of the client: one class per gRPC status code the server answers with.
+
+Every failed call raises an AttributionError subclass carrying the gRPC code and the server's message
+(which names the offending field, e.g. "n_steps: 5000 is outside [1, 1024]"):
+
+    try:
+        client.attribute(prompt="...", n_steps=5000)
+    except attribution_client.InvalidArgument as e:
+        print(e.code, e.message)
+"""
+from __future__ import annotations
+
+from typing import Dict, Type
+
+import grpc
+
+
+class AttributionError(Exception):
+    """A call failed: `code` is the gRPC status code, `message` the server's (or gRPC's) message."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+class InvalidArgument(AttributionError, ValueError):
+    """A request field is out of range or malformed; the message names the field."""
+
+
+class NotFound(AttributionError, LookupError):
+    """No such model (see list_models())."""
+
+
+class FailedPrecondition(AttributionError):
+    """The model cannot serve this request (e.g. text on a model without a tokenizer)."""
+
+
+class ResourceExhausted(AttributionError):
+    """The server's queue or a limit is full; retry later."""
+
+
+class DeadlineExceeded(AttributionError, TimeoutError):
+    """The call's deadline passed; the server dropped its queued work."""
+
+
+class Cancelled(AttributionError):
+    """The call was cancelled (by this client or the server)."""
+
+
+class Unauthenticated(AttributionError, PermissionError):
+    """No or a wrong bearer token / client certificate."""
+
+
+class PermissionDenied(AttributionError, PermissionError):
+    """The credentials are valid but not allowed this call."""
+
+
+class Unavailable(AttributionError, ConnectionError):
+    """The server could not be reached (after the retries) or is shutting down."""
+
+
+class Internal(AttributionError):
+    """A failure inside the server."""
+
+
+_BY_CODE: Dict[grpc.StatusCode, Type[AttributionError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.CANCELLED: Cancelled,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.INTERNAL: Internal,
+}
+
+
+def from_grpc(error: grpc.RpcError) -> AttributionError:
+    """The exception for a failed call (grpc.RpcError / grpc.aio.AioRpcError)."""
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    message = error.details() if hasattr(error, "details") else str(error)
+    return error_for(code, message or "")
+
+
+def error_for(code: grpc.StatusCode, message: str) -> AttributionError:
+    """The exception class for `code`, built with `message`."""
+    return _BY_CODE.get(code, AttributionError)(code, message)

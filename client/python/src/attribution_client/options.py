@@ -1,0 +1,117 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Typed options of the client and its calls, mirroring the C++ client (client/attribution_client.h).
+
+Enumerations are the same lower-case names the C++ client and the CLI take (method="feature_ablation",
+quantity="prob", baseline="pad" or a token id, rule="riemann_trapezoid", priority="high"); an unknown
+name raises ValueError listing the accepted ones. Durations are seconds (floats).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple, Union
+
+# A prompt, target or foil: text, or token ids used as they are.
+TextOrIds = Union[str, Sequence[int], None]
+
+
+@dataclass
+class ClientOptions:
+    """How to reach the server (C++: ClientOptions)."""
+
+    # Any gRPC target: host:port, dns:///name:port (every address the name resolves to), ...
+    target: str = "localhost:50051"
+    # "pick_first" (one connection) or "round_robin" (a connection to every resolved address).
+    load_balancing: str = "pick_first"
+    tls: bool = False
+    ca_file: str = ""          # PEM roots to verify the server (empty: system roots)
+    cert_file: str = ""        # PEM client certificate for mutual TLS
+    key_file: str = ""
+    tls_server_name: str = ""  # verify the server as this name instead of the target's host
+    bearer_token: str = ""     # sent as "authorization: Bearer <token>"
+    timeout: Optional[float] = 120.0  # deadline of each call in seconds (None: no deadline)
+    max_attempts: int = 4      # tries per call while the answer is UNAVAILABLE (gRPC caps it at 5)
+    initial_backoff: float = 0.1
+    max_backoff: float = 2.0
+    max_message_bytes: int = 64 << 20
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 0    # 0: server default (25)
+    temperature: float = 0.0   # 0: greedy
+    top_p: float = 0.0         # 0: no truncation
+    seed: int = 0
+    stop_token_ids: List[int] = field(default_factory=list)  # empty: the model's eos tokens
+    ignore_stop_tokens: bool = False
+
+
+@dataclass
+class FeatureGroup:
+    """Prompt tokens [token_begin, token_end) as one feature; `baseline` (text or ids) replaces them
+    in perturbation methods (None: the request's baseline token at every position)."""
+
+    token_begin: int
+    token_end: int
+    baseline: TextOrIds = None
+
+
+@dataclass
+class AttributeOptions:
+    """One Attribute request (C++: AttributeOptions). model "" means the server's first model."""
+
+    prompt: TextOrIds = ""
+    target: TextOrIds = None   # None: generated with `generation`
+    model: str = ""
+    no_special_tokens: bool = False
+    # How target and foil text become tokens: "continuation" (as they follow the prompt) or "separate"
+    # (tokenized alone, as Captum does).
+    target_tokenization: str = "continuation"
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    # integrated_gradients gradient_shap saliency input_x_gradient feature_ablation shapley_values
+    # shapley_value_sampling lime kernel_shap
+    method: str = "integrated_gradients"
+    quantity: str = "log_prob"  # prob logit
+    foil: TextOrIds = None      # contrastive when set
+    feature_range: Optional[Tuple[int, int]] = None  # [begin, end) tokens, one feature each
+    feature_groups: List[FeatureGroup] = field(default_factory=list)
+    baseline: Union[str, int] = "default"  # zero pad unk eos bos, or a token id
+    n_steps: int = 0                       # 0: server default (50)
+    completeness_tolerance: float = 0.0
+    rule: str = "gausslegendre"  # riemann_left riemann_right riemann_middle riemann_trapezoid
+    n_samples: int = 0
+    stdev: float = 0.0
+    seed: int = 0
+    signed_saliency: bool = False
+    want_token_matrix: bool = False
+    want_faithfulness: bool = False
+    include_special_tokens: bool = False  # special tokens (bos, ...) as features too (Captum parity)
+    priority: str = "normal"              # low high
+
+
+@dataclass
+class GenerateOptions:
+    prompt: TextOrIds = ""
+    model: str = ""
+    no_special_tokens: bool = False
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    priority: str = "normal"
+
+
+@dataclass
+class LogprobsOptions:
+    prompt: TextOrIds = ""
+    target: TextOrIds = ""
+    model: str = ""
+    no_special_tokens: bool = False
+    target_tokenization: str = "continuation"  # or "separate"
+    top_k: int = 0
+    priority: str = "normal"
+
+
+def read_bearer_token_file(path: str) -> str:
+    """The bearer token on the first line of `path` (what --token_file flags name)."""
+    with open(path, encoding="utf-8") as f:
+        token = f.readline().rstrip("\r\n")
+    if not token:
+        raise ValueError(f"{path}: the first line holds no token")
+    return token

@@ -1,0 +1,201 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Typed results of the client (C++: Attribution, Generation, Logprobs, ModelInfo), with conversions
+for notebooks: numpy arrays, pandas DataFrames, Captum's LLMAttributionResult and an HTML heatmap.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, List, Optional
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas
+
+
+@dataclass(frozen=True)
+class Token:
+    id: int
+    text: str = ""           # valid UTF-8 (U+FFFD for part of a character)
+    bytes: bytes = b""       # the token's exact bytes
+    char_begin: int = 0      # code points into the prompt / target text
+    char_end: int = 0
+    log_prob: float = 0.0    # output tokens: log p(token | everything before it)
+    special: bool = False    # a special token of the tokenizer (bos, eos, control tokens)
+
+
+@dataclass(frozen=True)
+class Feature:
+    token_begin: int
+    token_end: int
+    text: str
+
+
+@dataclass(frozen=True)
+class RunStats:
+    rows: int = 0
+    forward_passes: int = 0
+    backward_passes: int = 0
+    queue_seconds: float = 0.0
+    device_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Faithfulness:
+    """Deletion / insertion curves of an explanation (see Faithfulness in the proto)."""
+
+    percents: List[float]
+    features_at: List[int]
+    full: float
+    empty: float
+    deletion: List[float]
+    insertion: List[float]
+    comprehensiveness_aopc: float
+    sufficiency_aopc: float
+
+
+@dataclass(frozen=True)
+class Progress:
+    """An AttributeStream event: queued (rows_total 0 until the plan is known) or rows done / total."""
+
+    rows_done: int
+    rows_total: int
+    queued: bool = False
+
+
+@dataclass
+class Attribution:
+    """An Attribute answer: `sequence` holds one attribution per feature, `token_matrix` (when asked)
+    one row per target token."""
+
+    model: str
+    method: str
+    prompt_tokens: List[Token]
+    target_tokens: List[Token]
+    features: List[Feature]
+    sequence: np.ndarray                 # [features], float64
+    token_matrix: Optional[np.ndarray]   # [target tokens, features] when asked, else None
+    objective: float
+    fixed_tokens: List[int] = field(default_factory=list)  # prompt token indices in no feature
+    convergence_delta: Optional[float] = None
+    integration_steps: int = 0
+    tolerance_met: Optional[bool] = None
+    faithfulness: Optional[Faithfulness] = None
+    stats: RunStats = field(default_factory=RunStats)
+
+    @property
+    def feature_texts(self) -> List[str]:
+        return [f.text for f in self.features]
+
+    @property
+    def target_text(self) -> str:
+        return "".join(t.text for t in self.target_tokens)
+
+    @property
+    def target_probs(self) -> np.ndarray:
+        """p(target token | everything before it), per target token."""
+        return np.exp(np.array([t.log_prob for t in self.target_tokens], dtype=np.float64))
+
+    def to_numpy(self) -> np.ndarray:
+        """The sequence attribution, [features]."""
+        return self.sequence.copy()
+
+    def to_dataframe(self) -> "pandas.DataFrame":
+        """One row per feature: feature text, token span, attribution, and (with a token matrix) one
+        column per target token, named by its position and text."""
+        import pandas as pd
+
+        frame = pd.DataFrame({
+            "feature": self.feature_texts,
+            "token_begin": [f.token_begin for f in self.features],
+            "token_end": [f.token_end for f in self.features],
+            "attribution": self.sequence,
+        })
+        if self.token_matrix is not None:
+            for i, token in enumerate(self.target_tokens):
+                frame[f"{i}:{token.text}"] = self.token_matrix[i]
+        return frame
+
+    def to_captum(self, tokenizer: Any = None) -> Any:
+        """Captum's LLMAttributionResult (plot_seq_attr(), plot_token_attr() work on it).
+
+        Without a tokenizer its tokens are the server's readable texts; with the model's Hugging Face
+        tokenizer they are what Captum's LLMAttribution writes (convert_ids_to_tokens for the input
+        tokens, Captum's pretty tokens for the output), so the two results compare field by field.
+        Features that span several tokens keep their text either way."""
+        from .captum import to_llm_attribution_result
+
+        return to_llm_attribution_result(self, tokenizer)
+
+    def _repr_html_(self) -> str:
+        from ._html import attribution_html
+
+        return attribution_html(self)
+
+
+@dataclass
+class Generation:
+    prompt_tokens: List[Token]
+    tokens: List[Token]
+    text: str          # the continuation as it reads after the prompt (pass it back as a target)
+    text_bytes: bytes  # exact bytes
+    stopped: bool      # a stop token ended it (else max_new_tokens did)
+    stats: RunStats = field(default_factory=RunStats)
+
+
+@dataclass(frozen=True)
+class TopToken:
+    id: int
+    text: str
+    log_prob: float
+    bytes: bytes = b""
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: Token
+    top: List[TopToken]  # most likely tokens at this position, best first
+
+
+@dataclass
+class Logprobs:
+    prompt_tokens: List[Token]
+    target: List[TokenLogprob]
+    total_log_prob: float
+    stats: RunStats = field(default_factory=RunStats)
+
+    @property
+    def log_probs(self) -> List[float]:
+        return [t.token.log_prob for t in self.target]
+
+    def to_dataframe(self) -> "pandas.DataFrame":
+        import pandas as pd
+
+        return pd.DataFrame({
+            "id": [t.token.id for t in self.target],
+            "token": [t.token.text for t in self.target],
+            "log_prob": self.log_probs,
+            "prob": [math.exp(v) for v in self.log_probs],
+        })
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    architecture: str
+    dtype: str
+    quantization: str
+    device: str
+    resident_weight_bytes: int
+    vocab_size: int
+    num_layers: int
+    hidden_size: int
+    max_steps: int
+    max_samples: int
+    max_features: int
+    max_exact_shapley_features: int
+    max_tokens: int
+    max_new_tokens: int
+    max_top_k: int

@@ -1,0 +1,130 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Captum interoperability on the committed default model: to_captum() equals the LLMAttributionResult
+Captum's own LLMAttribution computes in-process with transformers, its plots render headless; and
+Captum's RemoteLLMAttribution with AttributionProvider (the server's Generate / Logprobs) equals
+Captum's local LLMAttribution (FeatureAblation, ShapleyValueSampling with a fixed seed).
+
+Captum's local reference runs with use_cached_outputs=False: its default KV-cache path
+(_update_model_kwargs_for_generation) scores later target tokens wrongly under transformers 5.23 (on
+this model FeatureAblation's attributions move by up to 6 nats), while the uncached token-by-token
+path and the one-pass teacher-forced path (forward_in_tokens=False) agree with each other and with
+transformers' own log-softmax."""
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from captum.attr import (FeatureAblation, LLMAttribution, LLMAttributionResult, RemoteLLMAttribution,  # noqa: E402
+                         ShapleyValueSampling, TextTemplateInput, TextTokenInput)
+
+import attribution_client as ac  # noqa: E402
+from attribution_client.captum import AttributionProvider  # noqa: E402
+from conftest import DEFAULT_MODEL, PROMPT  # noqa: E402
+
+TEMPLATE = "{} lives in {}. The kettle is {}. The box is huge. Q: Is the kettle {}? A:"
+VALUES = ["Ann", "York", "red", "warm"]
+BASELINES = ["Bob", "Leeds", "blue", "big"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = transformers.AutoModelForCausalLM.from_pretrained(DEFAULT_MODEL, dtype=torch.float32)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return transformers.AutoTokenizer.from_pretrained(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with ac.AttributionClient(server.address) as c:
+        yield c
+
+
+def assert_results_equal(ours: LLMAttributionResult, theirs: LLMAttributionResult, atol: float) -> None:
+    assert ours.input_tokens == theirs.input_tokens
+    assert ours.output_tokens == theirs.output_tokens
+    assert ours.seq_attr.shape == theirs.seq_attr.shape and ours.seq_attr.dtype == theirs.seq_attr.dtype
+    torch.testing.assert_close(ours.seq_attr, theirs.seq_attr, atol=atol, rtol=0)
+    if theirs.token_attr is None:
+        assert ours.token_attr is None
+    else:
+        assert ours.token_attr.shape == theirs.token_attr.shape
+        torch.testing.assert_close(ours.token_attr, theirs.token_attr, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("special_tokens_as_features", [False, True])
+def test_to_captum_equals_captum_llm_attribution(client, model, tokenizer, special_tokens_as_features):
+    target = [tokenizer.convert_tokens_to_ids("▁Yes"), tokenizer.eos_token_id]
+    ours = client.attribute(prompt=PROMPT, target=target, method="feature_ablation", want_token_matrix=True,
+                            include_special_tokens=special_tokens_as_features)
+    skip = None if special_tokens_as_features else [tokenizer.bos_token_id]
+    theirs = LLMAttribution(FeatureAblation(model), tokenizer).attribute(
+        TextTokenInput(PROMPT, tokenizer, skip_tokens=skip), target=torch.tensor(target), use_cached_outputs=False)
+    assert [t.id for t in ours.prompt_tokens] == tokenizer.encode(PROMPT)
+    assert_results_equal(ours.to_captum(tokenizer), theirs, atol=1e-5)
+    # Without a tokenizer: the server's readable token texts, the same numbers.
+    plain = ours.to_captum()
+    assert plain.input_tokens == ours.feature_texts and plain.output_tokens == [" Yes", "</s>"]
+    torch.testing.assert_close(plain.seq_attr, theirs.seq_attr, atol=1e-5, rtol=0)
+    # output_probs (Captum's LLMAttribution leaves it unset): p(token | before), as transformers has it.
+    with torch.no_grad():
+        ids = torch.tensor([tokenizer.encode(PROMPT) + target])
+        log_probs = torch.log_softmax(model(ids).logits[0, -len(target) - 1:-1], dim=-1)
+    expected = log_probs[torch.arange(len(target)), torch.tensor(target)].exp()
+    torch.testing.assert_close(plain.output_probs, expected, atol=1e-5, rtol=0)
+
+
+def test_captum_plots_render_headless(client, tokenizer):
+    result = client.attribute(prompt=PROMPT, target=" Yes", method="feature_ablation",
+                              want_token_matrix=True).to_captum(tokenizer)
+    for plot in (result.plot_seq_attr, result.plot_token_attr):
+        figure, axes = plot()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+        assert buffer.getvalue().startswith(b"\x89PNG") and axes.get_xticklabels()
+        matplotlib.pyplot.close(figure)
+
+
+@pytest.mark.parametrize("method", ["feature_ablation", "shapley_value_sampling"])
+def test_remote_llm_attribution_equals_local(client, model, tokenizer, method):
+    def run(attribution_class, forward, *extra):
+        algorithm = (FeatureAblation(forward) if method == "feature_ablation" else ShapleyValueSampling(forward))
+        llm = attribution_class(algorithm, tokenizer, *extra)
+        torch.manual_seed(1234)
+        kwargs = {} if method == "feature_ablation" else {"n_samples": 4}
+        if attribution_class is LLMAttribution:
+            kwargs["use_cached_outputs"] = False
+        return llm.attribute(TextTemplateInput(TEMPLATE, values=VALUES, baselines=BASELINES), target="Yes it is",
+                             **kwargs)
+
+    provider = AttributionProvider(client)
+    remote = run(RemoteLLMAttribution, RemoteLLMAttribution.placeholder_model, provider)
+    local = run(LLMAttribution, model)
+    assert remote.input_tokens == local.input_tokens == VALUES
+    assert remote.output_tokens == local.output_tokens
+    assert remote.seq_attr.abs().max() > 0.1  # the explanation says something
+    torch.testing.assert_close(remote.seq_attr, local.seq_attr, atol=1e-4, rtol=0)
+    torch.testing.assert_close(remote.token_attr, local.token_attr, atol=1e-4, rtol=0)
+
+
+def test_provider_answers_as_the_service(client, tokenizer):
+    provider = AttributionProvider(client, "default")
+    assert provider.api_url == client.options.target
+    assert provider.generate(PROMPT, max_new_tokens=3, do_sample=False) == client.generate(
+        prompt=PROMPT, max_new_tokens=3).text
+    log_probs = provider.get_logprobs(PROMPT, "Yes it is", tokenizer)
+    assert len(log_probs) == len(tokenizer.encode("Yes it is", add_special_tokens=False))
+    np.testing.assert_allclose(log_probs, client.logprobs(prompt=PROMPT, target="Yes it is",
+                                                          target_tokenization="separate").log_probs)
+    with pytest.raises(ValueError):
+        provider.get_logprobs(PROMPT, "", tokenizer)

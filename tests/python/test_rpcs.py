@@ -1,0 +1,239 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Every RPC through the Python package against the real server, equal to the C++ client's answer
+(attribution-cli, which uses client/attribution_client.h) on the same requests; streams, deadlines,
+cancellation and errors as Python exceptions."""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+import attribution_client as ac
+from attribution_client import _channel
+from conftest import PROMPT, cli, cli_json
+
+# One float32 ULP of the values involved, turned to float64 and printed: both clients read one answer.
+CLOSE = dict(rtol=1e-6, atol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with ac.AttributionClient(server.address) as c:
+        yield c
+
+
+def assert_tokens_equal(ours, theirs):
+    assert [(t.id, t.text, t.special) for t in ours] == [(t["id"], t["text"], t["special"]) for t in theirs]
+    np.testing.assert_allclose([t.log_prob for t in ours], [t["log_prob"] for t in theirs], **CLOSE)
+
+
+def assert_attribution_equal(a: ac.Attribution, reference: dict):
+    assert a.model == reference["model"] and a.method == reference["method"]
+    assert_tokens_equal(a.prompt_tokens, reference["prompt_tokens"])
+    assert_tokens_equal(a.target_tokens, reference["target_tokens"])
+    assert [(f.token_begin, f.token_end, f.text) for f in a.features] == [
+        (f["token_begin"], f["token_end"], f["text"]) for f in reference["features"]]
+    assert a.fixed_tokens == reference["fixed_tokens"]
+    np.testing.assert_allclose(a.sequence, reference["sequence_attribution"], **CLOSE)
+    if reference["token_matrix"]:
+        np.testing.assert_allclose(a.token_matrix, reference["token_matrix"], **CLOSE)
+    else:
+        assert a.token_matrix is None
+    np.testing.assert_allclose(a.objective, reference["objective"], **CLOSE)
+    if "convergence_delta" in reference:
+        np.testing.assert_allclose(a.convergence_delta, reference["convergence_delta"], rtol=1e-6, atol=1e-7)
+    assert a.integration_steps == reference.get("integration_steps", 0)
+
+
+CASES = {
+    "integrated_gradients": (dict(method="integrated_gradients", n_steps=16),
+                             ["--method=integrated_gradients", "--n_steps=16"]),
+    "ig_token_baseline_matrix": (dict(method="ig", n_steps=8, baseline="unk", want_token_matrix=True,
+                                      rule="riemann_trapezoid"),
+                                 ["--method=ig", "--n_steps=8", "--baseline=unk", "--matrix", "--rule=riemann_trapezoid"]),
+    "feature_ablation_prob": (dict(method="feature_ablation", quantity="prob", want_token_matrix=True),
+                              ["--method=feature_ablation", "--quantity=prob", "--matrix"]),
+    "shapley_value_sampling": (dict(method="shapley_value_sampling", n_samples=3, seed=7, feature_range=(5, 12)),
+                               ["--method=shapley_value_sampling", "--n_samples=3", "--seed=7", "--range=5:12"]),
+    "kernel_shap_contrastive": (dict(method="kernel_shap", n_samples=40, seed=3, foil=" No"),
+                                ["--method=kernel_shap", "--n_samples=40", "--seed=3", "--foil= No"]),
+    "saliency_special_tokens": (dict(method="saliency", include_special_tokens=True),
+                                ["--method=saliency", "--include_special_tokens"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_attribute_equals_cpp_client(client, server, case):
+    fields, flags = CASES[case]
+    ours = client.attribute(prompt=PROMPT, target=" Yes", **fields)
+    reference = cli_json(server.address, "attribute", f"--prompt={PROMPT}", "--target= Yes", *flags)
+    assert_attribution_equal(ours, reference)
+
+
+def test_attribute_with_faithfulness_and_generated_target(client, server):
+    ours = client.attribute(prompt=PROMPT, method="feature_ablation", want_faithfulness=True, max_new_tokens=2)
+    reference = cli_json(server.address, "attribute", f"--prompt={PROMPT}", "--method=feature_ablation",
+                         "--faithfulness", "--max_new_tokens=2")
+    assert_attribution_equal(ours, reference)
+    f = reference["faithfulness"]
+    np.testing.assert_allclose(ours.faithfulness.deletion, f["deletion"], **CLOSE)
+    np.testing.assert_allclose(ours.faithfulness.comprehensiveness_aopc, f["comprehensiveness_aopc"], **CLOSE)
+
+
+def test_generate_and_stream_equal_cpp_client(client, server):
+    reference = cli_json(server.address, "generate", f"--prompt={PROMPT}", "--max_new_tokens=4")
+    for generation in (client.generate(prompt=PROMPT, max_new_tokens=4),
+                       client.generate_stream(prompt=PROMPT, max_new_tokens=4).result()):
+        assert generation.text == reference["text"] and generation.stopped == reference["stopped"]
+        assert [(t.id, t.text) for t in generation.tokens] == [(t["id"], t["text"]) for t in reference["tokens"]]
+        np.testing.assert_allclose([t.log_prob for t in generation.tokens],
+                                   [t["log_prob"] for t in reference["tokens"]], **CLOSE)
+    streamed = list(client.generate_stream(prompt=PROMPT, max_new_tokens=4))
+    assert [t.text for t in streamed] == [t["text"] for t in reference["tokens"]]
+
+
+def test_logprobs_equal_cpp_client(client, server):
+    ours = client.logprobs(prompt=PROMPT, target=" Yes it is", top_k=3)
+    text = cli(server.address, "logprobs", f"--prompt={PROMPT}", "--target= Yes it is", "--top_k=3")
+    rows = [line for line in text.splitlines() if line.startswith('"')]
+    assert len(rows) == len(ours.target) == 3
+    for row, t in zip(rows, ours.target):
+        token_text, value = re.match(r'"(.*)"\s+(-?[0-9.]+)', row).groups()
+        assert token_text == t.token.text and float(value) == pytest.approx(t.token.log_prob, abs=5e-5)
+        assert [top.text for top in t.top] == [p.rsplit(":", 1)[0] for p in row.split("  ")[1:] if p][-3:]
+    total = float(re.search(r"total log-prob (-?[0-9.]+)", text).group(1))
+    assert total == pytest.approx(ours.total_log_prob, abs=5e-5)
+    assert ours.total_log_prob == pytest.approx(sum(ours.log_probs), abs=1e-5)
+    assert list(ours.to_dataframe().columns) == ["id", "token", "log_prob", "prob"]
+
+
+def test_list_models_and_health_equal_cpp_client(client, server):
+    (model,) = client.list_models()
+    line = cli(server.address, "models").split()
+    assert [model.name, model.architecture, model.dtype, model.quantization, model.device,
+            str(model.resident_weight_bytes)] == line[:6]
+    assert (model.vocab_size, model.num_layers, model.hidden_size) == (int(line[8]), int(line[10]), int(line[12]))
+    assert model.max_top_k == 20
+    assert client.health() == cli(server.address, "health").strip() == "SERVING"
+
+
+def test_attribute_stream_progress_is_monotone_and_ends_in_the_result(client):
+    stream = client.attribute_stream(prompt=PROMPT, target=" Yes", n_steps=32)
+    events = list(stream)
+    assert events[0].queued
+    progress = [e for e in events if not e.queued]
+    assert progress, "no progress events"
+    totals = {e.rows_total for e in progress}
+    assert len(totals) == 1 and totals.pop() > 0
+    done = [e.rows_done for e in progress]
+    assert done == sorted(done) and done[-1] == progress[-1].rows_total
+    np.testing.assert_allclose(stream.result().sequence,
+                               client.attribute(prompt=PROMPT, target=" Yes", n_steps=32).sequence, **CLOSE)
+    seen = []
+    a = client.attribute(prompt=PROMPT, target=" Yes", n_steps=32, progress=seen.append)
+    assert seen and seen[-1].rows_done == seen[-1].rows_total and a.sequence.shape == (len(a.features),)
+    assert client.attribute(prompt=PROMPT, target=" Yes", n_steps=32, progress=True).objective == a.objective
+
+
+def test_async_client_matches_sync_client(client, server):
+    async def run():
+        async with ac.AsyncAttributionClient(server.address) as c:
+            a = await c.attribute(prompt=PROMPT, target=" Yes", method="feature_ablation")
+            stream = await c.attribute_stream(prompt=PROMPT, target=" Yes", n_steps=16)
+            done = [p.rows_done async for p in stream if not p.queued]
+            streamed = await stream.result()
+            tokens = [t.text async for t in await c.generate_stream(prompt=PROMPT, max_new_tokens=3)]
+            many = await asyncio.gather(*[c.logprobs(prompt=PROMPT, target=" Yes") for _ in range(4)])
+            return a, done, streamed, tokens, many, await c.list_models(), await c.health(), await c.generate(
+                prompt=PROMPT, max_new_tokens=3)
+
+    a, done, streamed, tokens, many, models, health, generation = asyncio.run(run())
+    np.testing.assert_allclose(a.sequence, client.attribute(prompt=PROMPT, target=" Yes",
+                                                            method="feature_ablation").sequence, **CLOSE)
+    assert done == sorted(done) and done[-1] > 0
+    np.testing.assert_allclose(streamed.sequence, client.attribute(prompt=PROMPT, target=" Yes", n_steps=16).sequence,
+                               **CLOSE)
+    assert tokens == [t.text for t in generation.tokens]
+    assert len({m.total_log_prob for m in many}) == 1
+    assert models == client.list_models() and health == "SERVING"
+
+
+def test_cancel_raises_cancelled(client):
+    stream = client.attribute_stream(prompt=PROMPT, target=" Yes", n_steps=1024, timeout=120)
+    with pytest.raises(ac.Cancelled) as error:
+        for p in stream:
+            if p.rows_done > 0:
+                stream.cancel()
+    assert error.value.code == grpc.StatusCode.CANCELLED
+
+    async def cancel_async():
+        async with ac.AsyncAttributionClient(client.options.target) as c:
+            s = await c.attribute_stream(prompt=PROMPT, target=" Yes", n_steps=1024)
+            async for p in s:
+                if p.rows_done > 0:
+                    s.cancel()
+
+    with pytest.raises(ac.Cancelled):
+        asyncio.run(cancel_async())
+    assert client.health() == "SERVING"  # the server goes on
+
+
+def test_deadline_raises_deadline_exceeded(client, server):
+    started = time.monotonic()
+    with pytest.raises(ac.DeadlineExceeded) as error:
+        client.attribute(prompt=PROMPT, target=" Yes", n_steps=1024, timeout=0.2)
+    assert error.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and isinstance(error.value, TimeoutError)
+    assert time.monotonic() - started < 10
+    with ac.AttributionClient(server.address, timeout=0.2) as short:
+        with pytest.raises(ac.DeadlineExceeded):
+            list(short.attribute_stream(prompt=PROMPT, target=" Yes", n_steps=1024))
+
+    async def deadline_async():
+        async with ac.AsyncAttributionClient(server.address) as c:
+            await c.attribute(prompt=PROMPT, target=" Yes", n_steps=1024, timeout=0.2)
+
+    with pytest.raises(ac.DeadlineExceeded):
+        asyncio.run(deadline_async())
+
+
+def test_server_errors_carry_code_and_message(client):
+    with pytest.raises(ac.InvalidArgument, match=r"n_steps") as error:
+        client.attribute(prompt=PROMPT, target=" Yes", n_steps=100000)
+    assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT and "1024" in error.value.message
+    with pytest.raises(ac.NotFound) as error:
+        client.logprobs(model="no-such-model", prompt=PROMPT, target=" Yes")
+    assert error.value.code == grpc.StatusCode.NOT_FOUND and "no-such-model" in error.value.message
+    with pytest.raises(ValueError, match=r'method: unknown value "ablation" \(one of: .*feature_ablation'):
+        client.attribute(prompt=PROMPT, target=" Yes", method="ablation")
+    with pytest.raises(TypeError, match="n_stepz"):
+        client.attribute(prompt=PROMPT, n_stepz=3)
+
+
+def test_unavailable_is_retried_then_raised():
+    config = json.loads(_channel.service_config(ac.ClientOptions(max_attempts=4)))
+    policy = config["methodConfig"][0]["retryPolicy"]
+    assert policy["retryableStatusCodes"] == ["UNAVAILABLE"] and policy["maxAttempts"] == 4
+    # Nothing listens on port 1: every attempt is UNAVAILABLE, so the call takes the backoffs.
+    with ac.AttributionClient("127.0.0.1:1", max_attempts=3, initial_backoff=0.2, max_backoff=0.2) as c:
+        started = time.monotonic()
+        with pytest.raises(ac.Unavailable) as error:
+            c.health(timeout=20)
+        assert isinstance(error.value, ConnectionError)
+        assert time.monotonic() - started >= 0.2
+
+
+def test_results_convert_to_numpy_dataframe_and_html(client):
+    a = client.attribute(prompt=PROMPT, target=" Yes", method="feature_ablation", want_token_matrix=True)
+    assert a.to_numpy().shape == (len(a.features),) and a.to_numpy().dtype == np.float64
+    frame = a.to_dataframe()
+    assert list(frame.columns[:4]) == ["feature", "token_begin", "token_end", "attribution"]
+    assert list(frame["feature"]) == a.feature_texts and frame.shape == (len(a.features), 5)
+    np.testing.assert_array_equal(frame["attribution"].to_numpy(), a.sequence)
+    html = a._repr_html_()
+    assert " red" in html and "rgba(" in html and "<table" in html and "<script" not in html

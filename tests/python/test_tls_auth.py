@@ -1,0 +1,122 @@
+# SPDX-License-Identifier: Apache-2.0
+"""TLS, mutual TLS and bearer tokens through the Python package, with certificates made here by
+openssl (as tests/e2e/tls_auth_e2e_test.cc makes them): the right credentials get the same answers as
+the C++ client; a missing token is UNAUTHENTICATED; an untrusted or missing certificate never connects."""
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import subprocess
+
+import grpc
+import numpy as np
+import pytest
+
+import attribution_client as ac
+from conftest import PROMPT, Server, cli_json
+
+SCRIPT = r"""set -e
+key() { openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$1.key" "${@:2}" 2>/dev/null; }
+key ca -x509 -days 1 -subj /CN=test-ca -out ca.pem
+key rogue-ca -x509 -days 1 -subj /CN=rogue-ca -out rogue-ca.pem
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > san.ext
+key server -subj /CN=localhost -out server.csr
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile san.ext -out server.pem 2>/dev/null
+key client -subj /CN=client -out client.csr
+openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -out client.pem 2>/dev/null
+key rogue -subj /CN=rogue -out rogue.csr
+openssl x509 -req -in rogue.csr -CA rogue-ca.pem -CAkey rogue-ca.key -CAcreateserial -days 1 -out rogue.pem 2>/dev/null
+printf '# tokens\nsecret-token-1\n\nsecret-token-2\n' > tokens
+printf 'secret-token-2\n' > token-file
+"""
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> pathlib.Path:
+    d = tmp_path_factory.mktemp("certs")
+    subprocess.run(["bash", "-c", SCRIPT], cwd=d, check=True)
+    return d
+
+
+@pytest.fixture(scope="module")
+def mtls_server(certs):
+    s = Server([f"--tls_cert={certs / 'server.pem'}", f"--tls_key={certs / 'server.key'}",
+                f"--tls_client_ca={certs / 'ca.pem'}", f"--auth_tokens_file={certs / 'tokens'}"])
+    yield s
+    s.stop()
+
+
+def options(certs, server, **fields) -> ac.ClientOptions:
+    base = dict(target=f"localhost:{server.port}", tls=True, ca_file=str(certs / "ca.pem"),
+                cert_file=str(certs / "client.pem"), key_file=str(certs / "client.key"),
+                bearer_token="secret-token-1", timeout=30, max_attempts=1)
+    base.update(fields)
+    return ac.ClientOptions(**base)
+
+
+def test_mutual_tls_with_token_equals_cpp_client(certs, mtls_server):
+    with ac.AttributionClient(options(certs, mtls_server)) as c:
+        a = c.attribute(prompt=PROMPT, target=" Yes", method="feature_ablation")
+        assert c.health() == "SERVING"
+        assert [t.text for t in c.generate_stream(prompt=PROMPT, max_new_tokens=2)]
+    reference = cli_json(f"localhost:{mtls_server.port}", "attribute", f"--prompt={PROMPT}", "--target= Yes",
+                         "--method=feature_ablation", "--tls", f"--ca={certs / 'ca.pem'}",
+                         f"--cert={certs / 'client.pem'}", f"--key={certs / 'client.key'}",
+                         f"--token_file={certs / 'token-file'}")
+    np.testing.assert_allclose(a.sequence, reference["sequence_attribution"], rtol=1e-6, atol=1e-9)
+
+
+def test_token_read_from_file_and_server_name_override(certs, mtls_server):
+    token = ac.read_bearer_token_file(str(certs / "token-file"))
+    assert token == "secret-token-2"
+    o = options(certs, mtls_server, target=f"127.0.0.1:{mtls_server.port}", tls_server_name="localhost",
+                bearer_token=token)
+    with ac.AttributionClient(o) as c:
+        assert c.list_models()[0].name == "default"
+
+
+def test_missing_or_wrong_token_is_unauthenticated(certs, mtls_server):
+    for token in ("", "wrong-token"):
+        with ac.AttributionClient(options(certs, mtls_server, bearer_token=token)) as c:
+            with pytest.raises(ac.Unauthenticated) as error:
+                c.list_models()
+            assert error.value.code == grpc.StatusCode.UNAUTHENTICATED
+            assert c.health() == "SERVING"  # probes need no token
+
+    async def run():
+        async with ac.AsyncAttributionClient(options(certs, mtls_server, bearer_token="")) as c:
+            await c.logprobs(prompt=PROMPT, target=" Yes")
+
+    with pytest.raises(ac.Unauthenticated):
+        asyncio.run(run())
+
+
+@pytest.mark.parametrize("change", ["no_client_certificate", "untrusted_client_certificate", "untrusted_server",
+                                    "plaintext"])
+def test_bad_transport_never_connects(certs, mtls_server, change):
+    fields = {
+        "no_client_certificate": dict(cert_file="", key_file=""),
+        "untrusted_client_certificate": dict(cert_file=str(certs / "rogue.pem"), key_file=str(certs / "rogue.key")),
+        "untrusted_server": dict(ca_file=str(certs / "rogue-ca.pem")),
+        "plaintext": dict(tls=False),
+    }[change]
+    with ac.AttributionClient(options(certs, mtls_server, timeout=5, **fields)) as c:
+        with pytest.raises(ac.Unavailable):
+            c.list_models()
+
+
+def test_half_a_key_pair_is_refused_locally(certs, mtls_server):
+    with pytest.raises(ValueError, match="cert_file and key_file"):
+        ac.AttributionClient(options(certs, mtls_server, key_file=""))
+
+
+def test_token_over_plaintext(certs):
+    s = Server([f"--auth_tokens_file={certs / 'tokens'}"])
+    try:
+        with ac.AttributionClient(s.address, bearer_token="secret-token-2") as c:
+            assert c.logprobs(prompt=PROMPT, target=" Yes").total_log_prob < 0
+        with ac.AttributionClient(s.address) as c:
+            with pytest.raises(ac.Unauthenticated):
+                c.generate(prompt=PROMPT, max_new_tokens=1)
+    finally:
+        s.stop()
