@@ -30,7 +30,9 @@ TEST(Memory, AnIdleServerReturnsWhatABurstTook) {
   auto server =
       test_support::ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir()});
   ASSERT_THAT(server, IsOk());
-  auto client = std::move(*client::AttributionClient::Connect({.target = (*server)->address()}));
+  // A generous deadline: the test measures memory, and beside other tests on 2 cores the burst can
+  // take minutes.
+  auto client = std::move(*client::AttributionClient::Connect({.target = (*server)->address(), .timeout = absl::Minutes(10)}));
   client::AttributeOptions small{.model = "demo", .prompt = "warm up the server", .target = " yes",
                                  .target_tokenization = "separate", .n_steps = 64};
   // Warm-up as the burst will run: three calls at once, so the server's threads (and their allocator
