@@ -43,7 +43,7 @@ class PathEmbeddings {
   void Reduce(const std::vector<PathRows>& paths, const at::Tensor& gradients, std::vector<RowResult>& results) const;
   // Forgets the embeddings of paths that no row or plan holds any more.
   void ReleaseUnused();
-  // Embedded paths held now, for tests.
+  // Paths embedded and held now.
   size_t size() const { return paths_.size(); }
 
  private:

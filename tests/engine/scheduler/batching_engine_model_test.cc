@@ -7,6 +7,7 @@
 
 #include "engine/scheduler/batching_engine.h"
 #include "engine/scheduler/engine_generation.h"
+#include "engine/scheduler/path_embeddings.h"
 #include "tests/testing/notification.h"
 #include "tests/testing/reference.h"
 #include "tests/testing/row_collector.h"
@@ -120,6 +121,25 @@ TEST_F(EngineOverModel, RowResultsEqualRowsComputedAlone) {
   int64_t largest = 0;
   for (const BatchRecord& r : records_) largest = std::max(largest, r.rows);
   EXPECT_GT(largest, 1) << "rows were never batched together";
+}
+
+TEST_F(EngineOverModel, PathEmbeddingsLiveWhileRowsHoldTheirPath) {
+  PathEmbeddings paths(model_);
+  const std::vector<int64_t> ids = Ids(6, 1);
+  auto path = std::make_shared<const EmbeddingPath>(EmbeddingPath{.input_ids = ids, .baseline_ids = std::vector<int64_t>(6, 4)});
+  std::vector<Row> rows = {Row{.kind = RowKind::kScore, .point = {.path = path, .alpha = 0.0}},
+                           Row{.kind = RowKind::kScore, .point = {.path = path, .alpha = 1.0}}};
+  at::Tensor embeds = at::zeros({2, 6, model_->config().hidden_size});
+  ASSERT_THAT(paths.Fill({&rows[0], &rows[1]}, embeds), IsOk());
+  // The path's ends exactly: the baseline tokens' and the input's own embeddings.
+  EXPECT_TRUE(at::equal(embeds[0], Embeds(path->baseline_ids)));
+  EXPECT_TRUE(at::equal(embeds[1], Embeds(ids)));
+  path.reset();
+  paths.ReleaseUnused();
+  EXPECT_EQ(paths.size(), 1u);  // the rows still hold it
+  rows.clear();
+  paths.ReleaseUnused();
+  EXPECT_EQ(paths.size(), 0u);
 }
 
 TEST_F(EngineOverModel, NoisySampleDoesNotDependOnItsBatchMates) {
