@@ -126,7 +126,12 @@ void Attributor::AttributeTarget(std::shared_ptr<Request> handle, AttributionReq
   // Faithfulness rows need the request after the plan took it.
   std::shared_ptr<const AttributionRequest> measured;
   if (request.want_faithfulness) measured = std::make_shared<AttributionRequest>(request);
-  absl::StatusOr<std::unique_ptr<RowPlan>> plan = RowPlan::Create(model_->config(), std::move(request));
+  absl::StatusOr<std::unique_ptr<RowPlan>> plan;
+  try {  // plans draw seeded samples with LibTorch's CPU generator, which may throw
+    plan = RowPlan::Create(model_->config(), std::move(request));
+  } catch (const std::exception& e) {
+    return done(StatusFromException(e, "building the attribution plan"));
+  }
   if (!plan.ok()) return done(plan.status());
   auto run = std::make_shared<PlanRun>(engine_, std::move(handle), std::move(*plan), std::move(measured),
                                        std::move(done), std::move(report));
