@@ -100,6 +100,8 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
   const int64_t key_count = *std::max_element(past.begin(), past.end()) + s;
   const at::Tensor mask = AttentionMask(past_t, lengths_t, s, key_count, config.sliding_window);
   const int64_t heads = config.num_heads, kv_heads = config.num_kv_heads, head_dim = config.head_dim;
+  RopeAngles rope;
+  if (!is_gpt2()) rope = RopeAnglesAt(positions, rope_inverse_frequencies, x.scalar_type());
   for (size_t i = 0; i < layers.size(); ++i) {
     const DecoderLayer& layer = layers[i];
     at::Tensor h = Norm(x, layer.attention_norm_weight, layer.attention_norm_bias);
@@ -109,8 +111,8 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
     at::Tensor k = qkv[1].view({b, s, kv_heads, head_dim}).transpose(1, 2);  // [B, KV, S, D]
     at::Tensor v = qkv[2].view({b, s, kv_heads, head_dim}).transpose(1, 2);  // [B, KV, S, D]
     if (!is_gpt2()) {
-      q = ApplyRope(q, positions, rope_inverse_frequencies);
-      k = ApplyRope(k, positions, rope_inverse_frequencies);
+      q = ApplyRope(q, rope);
+      k = ApplyRope(k, rope);
     }
     if (batch.cache != nullptr) std::tie(k, v) = batch.cache->Append(static_cast<int64_t>(i), k, v);
     at::Tensor attended = at::scaled_dot_product_attention(q, k, v, mask, 0.0, false, std::nullopt,
