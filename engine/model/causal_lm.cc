@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
 #include "engine/model/causal_lm_impl.h"
+#include "engine/model/rms_norm.h"
 #include "engine/model/rope.h"
 #include "engine/model/torch_errors.h"
 
@@ -67,10 +68,7 @@ absl::StatusOr<at::ScalarType> ParseDtype(const std::string& name) {
 
 at::Tensor CausalLM::Impl::Norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) const {
   if (is_gpt2()) return at::layer_norm(x, {x.size(-1)}, weight, bias, config.norm_eps);
-  // RMSNorm as Hugging Face computes it: statistics in float32, scaled back in the input dtype.
-  at::Tensor x32 = x.to(at::kFloat);
-  at::Tensor normed = x32 * at::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + config.norm_eps);
-  return weight * normed.to(x.scalar_type());
+  return RmsNorm(x, weight, config.norm_eps);
 }
 
 at::Tensor CausalLM::Impl::Mlp(const DecoderLayer& layer, const at::Tensor& x) const {
