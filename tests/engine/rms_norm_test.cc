@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// The hand-written RMSNorm input gradient against autograd through Hugging Face's composite formula.
+// The hand-written RMSNorm input gradient against autograd through Hugging Face's composite
+// formula.
 #include "engine/model/rms_norm.h"
 
 #include <ATen/ATen.h>
@@ -25,7 +26,8 @@ class RmsNormGradient : public ::testing::TestWithParam<at::ScalarType> {};
 TEST_P(RmsNormGradient, MatchesAutogradThroughTheComposedFormula) {
   const at::ScalarType dtype = GetParam();
   at::manual_seed(5);
-  at::Tensor x = (at::randn({3, 7, 64}) * 3).to(dtype).requires_grad_(true);  // [batch, seq, hidden]
+  at::Tensor x =
+      (at::randn({3, 7, 64}) * 3).to(dtype).requires_grad_(true);  // [batch, seq, hidden]
   at::Tensor weight = (1 + 0.1 * at::randn({64})).to(dtype);
   at::Tensor grad_out = at::randn({3, 7, 64}).to(dtype);
   at::Tensor ours = RmsNorm(x, weight, 1e-5);
@@ -33,11 +35,13 @@ TEST_P(RmsNormGradient, MatchesAutogradThroughTheComposedFormula) {
   EXPECT_TRUE(at::equal(ours, expected));  // the forward is the same sequence of ops
   at::Tensor grad = torch::autograd::grad({ours}, {x}, {grad_out})[0];
   at::Tensor expected_grad = torch::autograd::grad({expected}, {x}, {grad_out})[0];
-  // fp32: rounding of a different but equivalent formula; half precisions: one rounding of the result.
+  // fp32: rounding of a different but equivalent formula; half precisions: one rounding of the
+  // result.
   EXPECT_LT(ScaledError(grad, expected_grad), dtype == at::kFloat ? 1e-5 : 1e-2);
 }
 
-INSTANTIATE_TEST_SUITE_P(Dtypes, RmsNormGradient, ::testing::Values(at::kFloat, at::kBFloat16, at::kHalf),
+INSTANTIATE_TEST_SUITE_P(Dtypes, RmsNormGradient,
+                         ::testing::Values(at::kFloat, at::kBFloat16, at::kHalf),
                          [](const auto& info) { return std::string(c10::toString(info.param)); });
 
 TEST(RmsNorm, WithoutGradModeIsTheSameForward) {
