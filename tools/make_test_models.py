@@ -15,7 +15,12 @@ For each architecture A it writes OUT_DIR/A/ (config.json, model.safetensors) an
 A sharded copy of the llama model goes to OUT_DIR/llama-sharded/, a Llama whose linears dominate its
 size (as in real Llamas) to OUT_DIR/llama-wide/, and OUT_DIR/quantization.safetensors holds a weight
 with its int8 and nf4 round trips computed by the numpy reference implementation below.
+For each architecture and scheme Q in {int8, nf4}, OUT_DIR/A/reference_Q.* holds the float32
+references of the model whose decoder linears (q, k, v, o, gate, up, down; GPT-2's c_attn, c_proj,
+c_fc) were each round-tripped through Q on their own, as an nn.Linear [out, in] weight: what a
+quantized load must compute however it lays the projections out.
 """
+import copy
 import json
 import os
 import sys
@@ -104,6 +109,21 @@ def nf4_round_trip(w):
     return (NF4_CODES[index] * absmax[:, None]).reshape(w.shape).astype(np.float32)
 
 
+def round_trip_decoder_linears(model, round_trip):
+    """A copy of `model` whose decoder linears hold their weights after `round_trip`."""
+    model = copy.deepcopy(model).float()
+    layers = model.transformer.h if hasattr(model, "transformer") else model.model.layers
+    with torch.no_grad():
+        for module in layers.modules():
+            if isinstance(module, torch.nn.Linear):
+                w = module.weight.numpy()
+                module.weight.copy_(torch.from_numpy(round_trip(w)))
+            elif isinstance(module, transformers.pytorch_utils.Conv1D):  # GPT-2 stores [in, out]
+                w = np.ascontiguousarray(module.weight.numpy().T)
+                module.weight.copy_(torch.from_numpy(np.ascontiguousarray(round_trip(w).T)))
+    return model
+
+
 def write_quantization_reference(path):
     rng = np.random.default_rng(7)
     w = rng.standard_normal((48, 256)).astype(np.float32)
@@ -140,6 +160,13 @@ def main():
         if arch == "llama":
             model.save_pretrained(os.path.join(out_dir, "llama-sharded"), safe_serialization=True,
                                   max_shard_size="100KB")
+        # Before the dtype loop below: it casts the model in place, and casting back leaves float16-
+        # rounded weights, not the checkpoint's.
+        for scheme, round_trip in (("int8", int8_round_trip), ("nf4", nf4_round_trip)):
+            tensors, spec = references(round_trip_decoder_linears(model, round_trip), torch.float32)
+            save_file(tensors, os.path.join(directory, f"reference_{scheme}.safetensors"))
+            with open(os.path.join(directory, f"reference_{scheme}.json"), "w") as f:
+                json.dump(spec, f)
         for dtype_name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16), ("float16", torch.float16)):
             tensors, spec = references(model, dtype)
             save_file(tensors, os.path.join(directory, f"reference_{dtype_name}.safetensors"))

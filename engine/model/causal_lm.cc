@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
 #include "engine/model/causal_lm_impl.h"
+#include "engine/model/rms_norm.h"
 #include "engine/model/rope.h"
 #include "engine/model/torch_errors.h"
 
@@ -67,18 +68,16 @@ absl::StatusOr<at::ScalarType> ParseDtype(const std::string& name) {
 
 at::Tensor CausalLM::Impl::Norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) const {
   if (is_gpt2()) return at::layer_norm(x, {x.size(-1)}, weight, bias, config.norm_eps);
-  // RMSNorm as Hugging Face computes it: statistics in float32, scaled back in the input dtype.
-  at::Tensor x32 = x.to(at::kFloat);
-  at::Tensor normed = x32 * at::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + config.norm_eps);
-  return weight * normed.to(x.scalar_type());
+  return RmsNorm(x, weight, config.norm_eps);
 }
 
 at::Tensor CausalLM::Impl::Mlp(const DecoderLayer& layer, const at::Tensor& x) const {
   if (is_gpt2()) {
     const bool tanh = config.hidden_act == "gelu_new";
-    return layer.down.Forward(at::gelu(layer.up.Forward(x), tanh ? "tanh" : "none"));
+    return layer.down.Forward(at::gelu(layer.gate_up.Forward(x), tanh ? "tanh" : "none"));
   }
-  return layer.down.Forward(at::silu(layer.gate.Forward(x)) * layer.up.Forward(x));
+  const std::vector<at::Tensor> gate_up = layer.gate_up.ForwardParts(x);  // 2 x [B, S, intermediate]
+  return layer.down.Forward(at::silu(gate_up[0]) * gate_up[1]);
 }
 
 at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
@@ -99,15 +98,19 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
   const int64_t key_count = *std::max_element(past.begin(), past.end()) + s;
   const at::Tensor mask = AttentionMask(past_t, lengths_t, s, key_count, config.sliding_window);
   const int64_t heads = config.num_heads, kv_heads = config.num_kv_heads, head_dim = config.head_dim;
+  RopeAngles rope;
+  if (!is_gpt2()) rope = RopeAnglesAt(positions, rope_inverse_frequencies, x.scalar_type());
   for (size_t i = 0; i < layers.size(); ++i) {
     const DecoderLayer& layer = layers[i];
     at::Tensor h = Norm(x, layer.attention_norm_weight, layer.attention_norm_bias);
-    at::Tensor q = layer.q.Forward(h).view({b, s, heads, head_dim}).transpose(1, 2);  // [B, H, S, D]
-    at::Tensor k = layer.k.Forward(h).view({b, s, kv_heads, head_dim}).transpose(1, 2);
-    at::Tensor v = layer.v.Forward(h).view({b, s, kv_heads, head_dim}).transpose(1, 2);
+    // Views into one [B, S, (H + 2 KV) * D] output; splitting the last dim keeps them views.
+    const std::vector<at::Tensor> qkv = layer.qkv.ForwardParts(h);
+    at::Tensor q = qkv[0].view({b, s, heads, head_dim}).transpose(1, 2);  // [B, H, S, D]
+    at::Tensor k = qkv[1].view({b, s, kv_heads, head_dim}).transpose(1, 2);  // [B, KV, S, D]
+    at::Tensor v = qkv[2].view({b, s, kv_heads, head_dim}).transpose(1, 2);  // [B, KV, S, D]
     if (!is_gpt2()) {
-      q = ApplyRope(q, positions, rope_inverse_frequencies);
-      k = ApplyRope(k, positions, rope_inverse_frequencies);
+      q = ApplyRope(q, rope);
+      k = ApplyRope(k, rope);
     }
     if (batch.cache != nullptr) std::tie(k, v) = batch.cache->Append(static_cast<int64_t>(i), k, v);
     at::Tensor attended = at::scaled_dot_product_attention(q, k, v, mask, 0.0, false, std::nullopt,
@@ -135,7 +138,7 @@ CausalLM::~CausalLM() = default;
 
 namespace {
 
-// Bytes of every weight the model holds; absent parts (GPT-2's gate, a tied head) count 0.
+// Bytes of every weight the model holds; a tied head counts 0.
 int64_t CountResidentBytes(const CausalLM::Impl& m) {
   auto bytes = [](const at::Tensor& t) { return t.defined() ? t.numel() * t.element_size() : 0; };
   int64_t total = bytes(m.token_embedding) + bytes(m.position_embedding) + bytes(m.final_norm_weight) +
@@ -143,7 +146,7 @@ int64_t CountResidentBytes(const CausalLM::Impl& m) {
   for (const DecoderLayer& l : m.layers) {
     total += bytes(l.attention_norm_weight) + bytes(l.attention_norm_bias) + bytes(l.mlp_norm_weight) +
              bytes(l.mlp_norm_bias);
-    for (const Linear* linear : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) {
+    for (const Linear* linear : {&l.qkv, &l.o, &l.gate_up, &l.down}) {
       total += linear->ResidentBytes();
     }
   }

@@ -12,12 +12,15 @@
 namespace attribution::engine {
 
 // One pre-norm decoder block. Llama-family blocks use RMSNorm (no norm biases) and a gated SiLU MLP;
-// GPT-2 blocks use LayerNorm with biases and a GELU MLP without gate.
+// GPT-2 blocks use LayerNorm with biases and a GELU MLP without gate. Projections that read the same
+// input are fused into one matmul: a few wide matmuls keep the device busier than many narrow ones.
 struct DecoderLayer {
   at::Tensor attention_norm_weight, attention_norm_bias;  // [hidden]
   at::Tensor mlp_norm_weight, mlp_norm_bias;              // [hidden]
-  Linear q, k, v, o;
-  Linear gate, up, down;  // gate unused for GPT-2
+  Linear qkv;      // parts {q: heads * head_dim, k: kv_heads * head_dim, v: kv_heads * head_dim}
+  Linear o;
+  Linear gate_up;  // parts {gate, up: intermediate each}; GPT-2: one part, c_fc
+  Linear down;
 };
 
 class CausalLM::Impl {

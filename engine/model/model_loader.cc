@@ -31,14 +31,15 @@ class Loader {
     return Tensor(name, {size});
   }
 
-  // A linear stored as nn.Linear ([out, in]) or, with conv1d_layout, as GPT-2's Conv1D ([in, out]).
+  // A linear stored as nn.Linear ([out, in]) or, with conv1d_layout, as GPT-2's Conv1D ([in, out]);
+  // `output_parts` as Linear::Create takes them.
   absl::StatusOr<Linear> MakeLinear(const std::string& prefix, int64_t in, int64_t out, bool bias,
-                                    bool conv1d_layout = false) {
+                                    bool conv1d_layout = false, std::vector<int64_t> output_parts = {}) {
     std::vector<int64_t> shape = conv1d_layout ? std::vector<int64_t>{in, out} : std::vector<int64_t>{out, in};
     ASSIGN_OR_RETURN(at::Tensor weight, Take(prefix + ".weight", shape, LinearWeightOptions()));
     if (conv1d_layout) weight = weight.t().contiguous();
     ASSIGN_OR_RETURN(at::Tensor b, OptionalBias(bias, prefix + ".bias", out));
-    return Linear::Create(std::move(weight), std::move(b), impl_.options.quantization);
+    return Linear::Create(std::move(weight), std::move(b), impl_.options.quantization, std::move(output_parts));
   }
 
   absl::Status LoadLlamaFamily() {
@@ -50,12 +51,17 @@ class Loader {
       DecoderLayer layer;
       ASSIGN_OR_RETURN(layer.attention_norm_weight, Tensor(p + "input_layernorm.weight", {h}));
       ASSIGN_OR_RETURN(layer.mlp_norm_weight, Tensor(p + "post_attention_layernorm.weight", {h}));
-      ASSIGN_OR_RETURN(layer.q, MakeLinear(p + "self_attn.q_proj", h, q_out, c.attention_bias));
-      ASSIGN_OR_RETURN(layer.k, MakeLinear(p + "self_attn.k_proj", h, kv_out, c.attention_bias));
-      ASSIGN_OR_RETURN(layer.v, MakeLinear(p + "self_attn.v_proj", h, kv_out, c.attention_bias));
+      // Each projection is read (and quantized) on its own, then stacked: one part at a time is
+      // transient beside the fused weight, never a second copy of the model.
+      std::vector<Linear> qkv(3), gate_up(2);
+      ASSIGN_OR_RETURN(qkv[0], MakeLinear(p + "self_attn.q_proj", h, q_out, c.attention_bias));
+      ASSIGN_OR_RETURN(qkv[1], MakeLinear(p + "self_attn.k_proj", h, kv_out, c.attention_bias));
+      ASSIGN_OR_RETURN(qkv[2], MakeLinear(p + "self_attn.v_proj", h, kv_out, c.attention_bias));
+      ASSIGN_OR_RETURN(layer.qkv, Linear::Concat(std::move(qkv)));
       ASSIGN_OR_RETURN(layer.o, MakeLinear(p + "self_attn.o_proj", q_out, h, c.output_bias));
-      ASSIGN_OR_RETURN(layer.gate, MakeLinear(p + "mlp.gate_proj", h, c.intermediate_size, c.mlp_bias));
-      ASSIGN_OR_RETURN(layer.up, MakeLinear(p + "mlp.up_proj", h, c.intermediate_size, c.mlp_bias));
+      ASSIGN_OR_RETURN(gate_up[0], MakeLinear(p + "mlp.gate_proj", h, c.intermediate_size, c.mlp_bias));
+      ASSIGN_OR_RETURN(gate_up[1], MakeLinear(p + "mlp.up_proj", h, c.intermediate_size, c.mlp_bias));
+      ASSIGN_OR_RETURN(layer.gate_up, Linear::Concat(std::move(gate_up)));
       ASSIGN_OR_RETURN(layer.down, MakeLinear(p + "mlp.down_proj", c.intermediate_size, h, c.mlp_bias));
       impl_.layers.push_back(std::move(layer));
     }
@@ -86,7 +92,7 @@ class Loader {
       ASSIGN_OR_RETURN(layer.mlp_norm_weight, Tensor(p + "ln_2.weight", {h}));
       ASSIGN_OR_RETURN(layer.mlp_norm_bias, Tensor(p + "ln_2.bias", {h}));
       RETURN_IF_ERROR(LoadGpt2Attention(p + "attn.", layer));
-      ASSIGN_OR_RETURN(layer.up, MakeLinear(p + "mlp.c_fc", h, c.intermediate_size, true, true));
+      ASSIGN_OR_RETURN(layer.gate_up, MakeLinear(p + "mlp.c_fc", h, c.intermediate_size, true, true));
       ASSIGN_OR_RETURN(layer.down, MakeLinear(p + "mlp.c_proj", c.intermediate_size, h, true, true));
       impl_.layers.push_back(std::move(layer));
     }
@@ -103,19 +109,12 @@ class Loader {
     return impl_.options.quantization == Quantization::kNone ? options_ : options_.dtype(at::kFloat);
   }
 
-  // GPT-2 fuses q, k, v into one Conv1D ([hidden, 3 * hidden]); we split it so every architecture
-  // shares one attention path.
+  // GPT-2 stores q, k, v fused in one Conv1D ([hidden, 3 * hidden]), as our layers hold them. nf4
+  // blocks never straddle two of the parts: each holds hidden * hidden weights, whole blocks of 64
+  // whenever hidden is a multiple of 8.
   absl::Status LoadGpt2Attention(const std::string& p, DecoderLayer& layer) {
     const int64_t h = impl_.config.hidden_size;
-    ASSIGN_OR_RETURN(at::Tensor fused, Take(p + "c_attn.weight", {h, 3 * h}, LinearWeightOptions()));
-    ASSIGN_OR_RETURN(at::Tensor fused_bias, Tensor(p + "c_attn.bias", {3 * h}));
-    std::vector<at::Tensor> weights = fused.t().chunk(3, 0);
-    std::vector<at::Tensor> biases = fused_bias.chunk(3, 0);
-    Linear* targets[3] = {&layer.q, &layer.k, &layer.v};
-    for (int i = 0; i < 3; ++i) {
-      ASSIGN_OR_RETURN(*targets[i], Linear::Create(weights[i].contiguous(), biases[i].contiguous(),
-                                                   impl_.options.quantization));
-    }
+    ASSIGN_OR_RETURN(layer.qkv, MakeLinear(p + "c_attn", h, 3 * h, true, true, {h, h, h}));
     ASSIGN_OR_RETURN(layer.o, MakeLinear(p + "c_proj", h, h, true, true));
     return absl::OkStatus();
   }

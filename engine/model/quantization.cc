@@ -134,6 +134,31 @@ absl::StatusOr<QuantizedWeight> Quantize(const at::Tensor& weight, Quantization 
   return absl::InvalidArgumentError("quantize: no quantization requested");
 }
 
+absl::StatusOr<QuantizedWeight> ConcatOutputs(const std::vector<QuantizedWeight>& parts) {
+  if (parts.empty() || parts[0].kind == Quantization::kNone) {
+    return absl::InvalidArgumentError("concatenate quantized weights: no quantized parts");
+  }
+  QuantizedWeight out;
+  out.kind = parts[0].kind;
+  out.in_features = parts[0].in_features;
+  std::vector<at::Tensor> codes, scales;
+  for (const QuantizedWeight& part : parts) {
+    if (part.kind != out.kind || part.in_features != out.in_features) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "concatenate quantized weights: a ", QuantizationName(part.kind), " part of input width ",
+          part.in_features, " beside a ", QuantizationName(out.kind), " part of width ", out.in_features));
+    }
+    out.out_features += part.out_features;
+    codes.push_back(part.codes);
+    scales.push_back(part.scales);
+  }
+  // int8 codes are [out, in] and scales [out]; nf4 codes and absmaxes are flat in row-major block
+  // order. Either way the row-major layout of the stacked weight is the parts one after another.
+  out.codes = at::cat(codes, 0);
+  out.scales = at::cat(scales, 0);
+  return out;
+}
+
 at::Tensor Dequantize(const QuantizedWeight& weight, at::ScalarType dtype) {
   if (weight.kind == Quantization::kInt8) {
     return weight.codes.to(dtype) * weight.scales.to(dtype).unsqueeze(1);

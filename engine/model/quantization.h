@@ -14,6 +14,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
@@ -39,6 +40,11 @@ struct QuantizedWeight {
 // Quantizes a [out, in] weight (any float dtype, any device) into `kind` (int8 or nf4). nf4 requires
 // out * in to be a multiple of 64.
 absl::StatusOr<QuantizedWeight> Quantize(const at::Tensor& weight, Quantization kind);
+
+// Stacks quantized weights of the same kind and input width along the output dimension, as if the
+// concatenated [sum(out), in] weight had been quantized: int8 scales are per output row, and every nf4
+// part holds whole blocks (Quantize requires it), so no block straddles two parts.
+absl::StatusOr<QuantizedWeight> ConcatOutputs(const std::vector<QuantizedWeight>& parts);
 
 // Reconstructs the [out, in] weight in `dtype` on the weight's device.
 at::Tensor Dequantize(const QuantizedWeight& weight, at::ScalarType dtype);

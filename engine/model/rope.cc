@@ -28,15 +28,21 @@ at::Tensor RopeInverseFrequencies(const ModelConfig& config, const at::Device& d
   return inv.to(device);
 }
 
-at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& positions, const at::Tensor& inverse_frequencies) {
+RopeAngles RopeAnglesAt(const at::Tensor& positions, const at::Tensor& inverse_frequencies, at::ScalarType dtype) {
   // [B, S, head_dim / 2] angles in float32, duplicated to [B, S, head_dim] as rotate-half expects.
   at::Tensor angles = positions.to(at::kFloat).unsqueeze(-1) * inverse_frequencies;
   at::Tensor doubled = at::cat({angles, angles}, -1);
-  at::Tensor cos = doubled.cos().to(x.scalar_type()).unsqueeze(1);  // [B, 1, S, head_dim]
-  at::Tensor sin = doubled.sin().to(x.scalar_type()).unsqueeze(1);
+  at::Tensor half_sin = angles.sin();
+  return {.cos = doubled.cos().to(dtype).unsqueeze(1),
+          .signed_sin = at::cat({-half_sin, half_sin}, -1).to(dtype).unsqueeze(1)};
+}
+
+at::Tensor ApplyRope(const at::Tensor& x, const RopeAngles& angles) {
+  // rotate_half(x) = cat(-x2, x1) = roll(x, half) with its first half negated; the sign lives in
+  // signed_sin, so forward is one copy (the roll) and backward one roll back, where slicing and
+  // concatenating cost zero-filled gradients, copies and extra adds. The products are the same.
   const int64_t half = x.size(-1) / 2;
-  at::Tensor rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
-  return x * cos + rotated * sin;
+  return x * angles.cos + x.roll(half, -1) * angles.signed_sin;
 }
 
 }  // namespace attribution::engine

@@ -12,7 +12,16 @@ namespace attribution::engine {
 // Inverse frequencies [head_dim / 2] float32 on `device`, scaled as the config asks.
 at::Tensor RopeInverseFrequencies(const ModelConfig& config, const at::Device& device);
 
-// Rotates x ([B, heads, S, head_dim]) by the angles of `positions` ([B, S] int64).
-at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& positions, const at::Tensor& inverse_frequencies);
+// The cosines and sines of one batch's positions, computed once per forward and shared by every layer.
+struct RopeAngles {
+  at::Tensor cos;         // [B, 1, S, head_dim], compute dtype
+  at::Tensor signed_sin;  // [B, 1, S, head_dim], compute dtype: -sin on the first half, +sin on the second
+};
+
+// The angles of `positions` ([B, S] int64) in `dtype`.
+RopeAngles RopeAnglesAt(const at::Tensor& positions, const at::Tensor& inverse_frequencies, at::ScalarType dtype);
+
+// Rotates x ([B, heads, S, head_dim]) by `angles`.
+at::Tensor ApplyRope(const at::Tensor& x, const RopeAngles& angles);
 
 }  // namespace attribution::engine

@@ -124,5 +124,52 @@ TEST_P(QuantizedModel, StaysCloseToFloatModelAndShrinks) {
 INSTANTIATE_TEST_SUITE_P(Schemes, QuantizedModel, ::testing::Values(Quantization::kInt8, Quantization::kNf4),
                          [](const auto& info) { return std::string(QuantizationName(info.param)); });
 
+// Every architecture loaded quantized against transformers on the same model with each decoder linear
+// round-tripped through the scheme on its own: fusing q/k/v and gate/up (GQA widths in llama and
+// mistral, q/k/v biases in qwen2, GPT-2's stored c_attn) must not move a scale or a block.
+struct ArchScheme {
+  std::string arch;
+  Quantization quantization;
+};
+
+void PrintTo(const ArchScheme& c, std::ostream* os) { *os << c.arch << "/" << QuantizationName(c.quantization); }
+
+class QuantizedParity : public ::testing::TestWithParam<ArchScheme> {};
+
+TEST_P(QuantizedParity, LogitsAndInputGradientMatchTransformersOnRoundTrippedWeights) {
+  const std::string scheme = QuantizationName(GetParam().quantization);
+  auto model = CausalLM::Load(TestModelsDir() + "/" + GetParam().arch, {.quantization = GetParam().quantization});
+  ASSERT_THAT(model, IsOk());
+  const testing::Reference reference = testing::LoadReference(GetParam().arch, scheme);
+  const auto rows = reference.spec["rows"].get<std::vector<std::vector<int64_t>>>();
+  {
+    c10::InferenceMode inference;
+    for (size_t r = 0; r < rows.size(); ++r) {
+      const auto length = static_cast<int64_t>(rows[r].size());
+      auto hidden = (*model)->Hidden({.input_ids = at::tensor(rows[r], at::kLong).unsqueeze(0)});
+      ASSERT_THAT(hidden, IsOk());
+      std::vector<int64_t> positions(length);
+      for (int64_t p = 0; p < length; ++p) positions[p] = p;
+      at::Tensor logits = (*model)->LogitsAt(*hidden, std::vector<int64_t>(length, 0), positions);
+      EXPECT_LT(ScaledError(logits, reference.Tensor("logits_" + std::to_string(r))), 1e-4) << "row " << r;
+    }
+  }
+  ForwardBatch batch{.inputs_embeds = *(*model)->Embed(at::tensor(rows[0], at::kLong).unsqueeze(0))};
+  RowObjective objective{.positions = reference.spec["objective_positions"].get<std::vector<int64_t>>(),
+                         .tokens = reference.spec["objective_tokens"].get<std::vector<int64_t>>()};
+  auto result = (*model)->ObjectiveGradients(batch, {objective});
+  ASSERT_THAT(result, IsOk());
+  EXPECT_NEAR(result->values[0].item<double>(), reference.Tensor("objective")[0].item<double>(), 1e-4);
+  EXPECT_LT(ScaledError(result->gradients[0], reference.Tensor("gradient")), 1e-4);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllArchitectures, QuantizedParity,
+    ::testing::Values(ArchScheme{"llama", Quantization::kInt8}, ArchScheme{"llama", Quantization::kNf4},
+                      ArchScheme{"mistral", Quantization::kInt8}, ArchScheme{"mistral", Quantization::kNf4},
+                      ArchScheme{"qwen2", Quantization::kInt8}, ArchScheme{"qwen2", Quantization::kNf4},
+                      ArchScheme{"gpt2", Quantization::kInt8}, ArchScheme{"gpt2", Quantization::kNf4}),
+    [](const auto& info) { return info.param.arch + "_" + QuantizationName(info.param.quantization); });
+
 }  // namespace
 }  // namespace attribution::engine
