@@ -140,7 +140,7 @@ TEST_P(QuantizedParity, LogitsAndInputGradientMatchTransformersOnRoundTrippedWei
   const std::string scheme = QuantizationName(GetParam().quantization);
   auto model = CausalLM::Load(TestModelsDir() + "/" + GetParam().arch, {.quantization = GetParam().quantization});
   ASSERT_THAT(model, IsOk());
-  const testing::Reference reference = testing::LoadReference(GetParam().arch, scheme);
+  const test_support::Reference reference = test_support::LoadReference(GetParam().arch, scheme);
   const auto rows = reference.spec["rows"].get<std::vector<std::vector<int64_t>>>();
   {
     c10::InferenceMode inference;
