@@ -41,7 +41,8 @@ Workload MakeWorkload(const CausalLM& model, int ig_requests, int ig_rows, int s
       auto path = std::make_shared<const EmbeddingPath>(EmbeddingPath{
           .input_ids = id_list, .baseline_ids = id_list, .zero_baseline = std::vector<uint8_t>(length, 1)});
       for (int s = 0; s < ig_rows; ++s) {
-        rows.push_back(Row{.kind = RowKind::kGrad, .point = {.path = path, .alpha = (s + 0.5) / ig_rows}, .objective = objective});
+        rows.push_back(
+            Row{.kind = RowKind::kGrad, .point = {.path = path, .alpha = (s + 0.5) / ig_rows}, .objective = objective});
       }
     } else {
       rows.push_back(Row{.kind = RowKind::kScore, .input_ids = id_list, .objective = objective});
@@ -72,7 +73,8 @@ RunResult Run(std::shared_ptr<const CausalLM> model, const EngineOptions& option
       const absl::Time submitted = absl::Now();
       auto left = std::make_shared<std::atomic<int64_t>>(static_cast<int64_t>(rows.size()));
       // A wave of one giant request mixes both kinds; it counts as gradient work.
-      const bool has_grad = std::any_of(rows.begin(), rows.end(), [](const Row& r) { return r.kind == RowKind::kGrad; });
+      const bool has_grad =
+          std::any_of(rows.begin(), rows.end(), [](const Row& r) { return r.kind == RowKind::kGrad; });
       std::vector<double>* latencies = has_grad ? &result.grad_latencies : &result.score_latencies;
       absl::Status s = engine->Submit(engine->NewRequest(), rows, [&, left, submitted, latencies](size_t, RowResult r) {
         if (!r.status.ok()) std::cerr << "row failed: " << r.status << "\n";
@@ -85,7 +87,8 @@ RunResult Run(std::shared_ptr<const CausalLM> model, const EngineOptions& option
       if (!s.ok()) std::cerr << "submit failed: " << s << "\n";
     }
     absl::MutexLock lock(&mu);
-    mu.Await(absl::Condition(+[](int* n) { return *n == 0; }, &remaining));
+    mu.Await(absl::Condition(
+        +[](int* n) { return *n == 0; }, &remaining));
   }
   result.seconds = absl::ToDoubleSeconds(absl::Now() - start);
   result.stats = engine->Stats();
@@ -105,10 +108,9 @@ int Main(int argc, char** argv) {
     return 1;
   }
   std::shared_ptr<const CausalLM> model = std::move(*loaded);
-  const Workload w = MakeWorkload(*model, std::stoi(Flag(argc, argv, "ig_requests", "64")),
-                                  std::stoi(Flag(argc, argv, "ig_rows", "32")),
-                                  std::stoi(Flag(argc, argv, "score_requests", "64")),
-                                  std::stoll(Flag(argc, argv, "seq", "32")));
+  const Workload w = MakeWorkload(
+      *model, std::stoi(Flag(argc, argv, "ig_requests", "64")), std::stoi(Flag(argc, argv, "ig_rows", "32")),
+      std::stoi(Flag(argc, argv, "score_requests", "64")), std::stoll(Flag(argc, argv, "seq", "32")));
   EngineOptions options{.max_batch_tokens = std::stoll(Flag(argc, argv, "max_batch_tokens", "2048")),
                         .max_batch_rows = std::stoll(Flag(argc, argv, "max_batch_rows", "64")),
                         .max_queue_delay = absl::Milliseconds(1)};
@@ -124,8 +126,8 @@ int Main(int argc, char** argv) {
   std::printf("workload: %zu requests, %lld rows, %lld tokens; budget %lld tokens / %lld rows per batch\n",
               w.requests.size(), (long long)w.rows, (long long)w.tokens, (long long)options.max_batch_tokens,
               (long long)options.max_batch_rows);
-  std::printf("%-26s %8s %8s %9s %8s %8s %9s %12s %12s %12s %12s\n", "mode", "seconds", "rows/s", "tokens/s",
-              "batches", "rows/bat", "pad waste", "IG p50 ms", "IG p99 ms", "score p50 ms", "score p99 ms");
+  std::printf("%-26s %8s %8s %9s %8s %8s %9s %12s %12s %12s %12s\n", "mode", "seconds", "rows/s", "tokens/s", "batches",
+              "rows/bat", "pad waste", "IG p50 ms", "IG p99 ms", "score p50 ms", "score p99 ms");
   auto row = [&](const char* name, const RunResult& r) {
     std::printf("%-26s %8.2f %8.1f %9.0f %8lld %8.1f %8.1f%% %12.0f %12.0f %12.0f %12.0f\n", name, r.seconds,
                 w.rows / r.seconds, w.tokens / r.seconds, (long long)r.stats.batches,
@@ -136,7 +138,8 @@ int Main(int argc, char** argv) {
   row("(a) one request at a time", a);
   row("(b) all concurrently", b);
   row("(c) one giant request", c);
-  std::printf("throughput (b)/(a) = %.2fx, (b)/(c) = %.2f of saturation\n", a.seconds / b.seconds, c.seconds / b.seconds);
+  std::printf("throughput (b)/(a) = %.2fx, (b)/(c) = %.2f of saturation\n", a.seconds / b.seconds,
+              c.seconds / b.seconds);
   return 0;
 }
 

@@ -82,7 +82,7 @@ Summary Summarize(const std::vector<HeldOutQuestion>& questions, const std::vect
     const DecisiveHits hits = RankDecisive(outcomes[i].attribution, questions[i].decisive);
     s.top1 += hits.top1;
     s.topk += hits.topk;
-  const Faithfulness& f = outcomes[i].faithfulness;
+    const Faithfulness& f = outcomes[i].faithfulness;
     s.comprehensiveness += f.comprehensiveness_aopc;
     s.sufficiency += f.sufficiency_aopc;
     s.deletion.resize(f.deletion.size() + 1);
@@ -181,7 +181,8 @@ int Main(int argc, char** argv) {
   const std::string wanted = Flag(argc, argv, "methods", "all");
   if (wanted != "all") {
     const std::vector<std::string> names = absl::StrSplit(wanted, ',');
-    std::erase_if(runs, [&](const MethodRun& r) { return std::find(names.begin(), names.end(), r.name) == names.end(); });
+    std::erase_if(runs,
+                  [&](const MethodRun& r) { return std::find(names.begin(), names.end(), r.name) == names.end(); });
   }
   const size_t n = questions->size(), window = 32;
   nlohmann::json report = {{"model", dir}, {"questions", n}, {"methods", nlohmann::json::array()}};
@@ -197,33 +198,43 @@ int Main(int argc, char** argv) {
     const size_t features = request.features.empty() ? request.prompt_ids.size() : request.features.size();
     for (size_t f = 0; f < features; ++f) random[i].attribution.push_back(std::uniform_real_distribution<>()(rng));
   }
-  seconds["Random"] = RunAll(n, window, [&](size_t i, std::function<void()> finished) {
-    MeasureFaithfulness(*engine, engine->NewRequest(), (*questions)[i].request, random[i].attribution,
-                        [&, i, finished](absl::StatusOr<Faithfulness> f) {
-                          if (!f.ok()) Die("random baseline", i, f.status());
-                          random[i].faithfulness = std::move(*f);
-                          finished();
-                        });
-  }) / static_cast<double>(n);
+  seconds["Random"] =
+      RunAll(n, window,
+             [&](size_t i, std::function<void()> finished) {
+               MeasureFaithfulness(*engine, engine->NewRequest(), (*questions)[i].request, random[i].attribution,
+                                   [&, i, finished](absl::StatusOr<Faithfulness> f) {
+                                     if (!f.ok()) Die("random baseline", i, f.status());
+                                     random[i].faithfulness = std::move(*f);
+                                     finished();
+                                   });
+             }) /
+      static_cast<double>(n);
 
   for (const MethodRun& run : runs) {
     std::vector<Outcome>& out = outcomes[run.name];
     out.resize(n);
-    seconds[run.name] = RunAll(n, window, [&](size_t i, std::function<void()> finished) {
-      AttributionRequest request =
-          ApiCall((*questions)[i], run.method, run.n_samples, i, include_special_tokens, served, nullptr).request;
-      attributor.Attribute(engine->NewRequest(), std::move(request), [&, i, finished](absl::StatusOr<AttributionResult> r) {
-        if (!r.ok()) Die(run.name, i, r.status());
-        out[i] = {.attribution = r->sequence, .faithfulness = *r->faithfulness, .convergence_delta = r->convergence_delta};
-        finished();
-      });
-    }) / static_cast<double>(n);
+    seconds[run.name] = RunAll(n, window,
+                               [&](size_t i, std::function<void()> finished) {
+                                 AttributionRequest request = ApiCall((*questions)[i], run.method, run.n_samples, i,
+                                                                      include_special_tokens, served, nullptr)
+                                                                  .request;
+                                 attributor.Attribute(engine->NewRequest(), std::move(request),
+                                                      [&, i, finished](absl::StatusOr<AttributionResult> r) {
+                                                        if (!r.ok()) Die(run.name, i, r.status());
+                                                        out[i] = {.attribution = r->sequence,
+                                                                  .faithfulness = *r->faithfulness,
+                                                                  .convergence_delta = r->convergence_delta};
+                                                        finished();
+                                                      });
+                               }) /
+                        static_cast<double>(n);
   }
 
-  std::printf("settings: the API's defaults (special tokens %s, baseline token id 0, the answer as the prompt's "
-              "continuation); IntegratedGradients 32 steps Gauss-Legendre; GradientShap 16 samples, stdev 0; "
-              "ShapleyValueSampling 8, Lime 64, KernelShap 64 samples; seed = question index\n",
-              include_special_tokens ? "made features (--include_special_tokens=true)" : "fixed");
+  std::printf(
+      "settings: the API's defaults (special tokens %s, baseline token id 0, the answer as the prompt's "
+      "continuation); IntegratedGradients 32 steps Gauss-Legendre; GradientShap 16 samples, stdev 0; "
+      "ShapleyValueSampling 8, Lime 64, KernelShap 64 samples; seed = question index\n",
+      include_special_tokens ? "made features (--include_special_tokens=true)" : "fixed");
   std::vector<std::string> order = {"Random"};
   for (const MethodRun& run : runs) order.push_back(run.name);
   std::vector<std::string> tasks = {""};
@@ -231,7 +242,8 @@ int Main(int argc, char** argv) {
     if (std::find(tasks.begin(), tasks.end(), q.task) == tasks.end()) tasks.push_back(q.task);
   }
   for (const std::string& task : tasks) {
-    std::printf("\n%s (%s)\n", task.empty() ? "all tasks" : task.c_str(), "top-1 / top-k: decisive tokens ranked first");
+    std::printf("\n%s (%s)\n", task.empty() ? "all tasks" : task.c_str(),
+                "top-1 / top-k: decisive tokens ranked first");
     std::printf("%-22s %7s %7s %9s %9s   %s\n", "method", "top-1", "top-k", "compr.", "suff.",
                 "deletion curve p(target) at 0/1/5/10/20/50% removed");
     for (const std::string& name : order) {
@@ -239,24 +251,34 @@ int Main(int argc, char** argv) {
       std::printf("%-22s %7.3f %7.3f %9.4f %9.4f  ", name.c_str(), s.top1, s.topk, s.comprehensiveness, s.sufficiency);
       for (double v : s.deletion) std::printf(" %.3f", v);
       std::printf("\n");
-      report["methods"].push_back({{"method", name}, {"task", task.empty() ? "all" : task}, {"count", s.count},
-                                   {"top1", s.top1}, {"topk", s.topk}, {"comprehensiveness_aopc", s.comprehensiveness},
-                                   {"sufficiency_aopc", s.sufficiency}, {"deletion", s.deletion},
-                                   {"insertion", s.insertion}, {"seconds_per_explanation", seconds[name]}});
+      report["methods"].push_back({{"method", name},
+                                   {"task", task.empty() ? "all" : task},
+                                   {"count", s.count},
+                                   {"top1", s.top1},
+                                   {"topk", s.topk},
+                                   {"comprehensiveness_aopc", s.comprehensiveness},
+                                   {"sufficiency_aopc", s.sufficiency},
+                                   {"deletion", s.deletion},
+                                   {"insertion", s.insertion},
+                                   {"seconds_per_explanation", seconds[name]}});
     }
   }
   std::vector<double> deltas;
   for (const Outcome& o : outcomes["IntegratedGradients"]) {
     if (o.convergence_delta) deltas.push_back(std::abs(*o.convergence_delta));
   }
-  std::printf("\nIntegratedGradients (32 steps, Gauss-Legendre) |convergence delta|: p50 %.2g  p90 %.2g  p99 %.2g  max %.2g\n",
-              Percentile(deltas, 0.5), Percentile(deltas, 0.9), Percentile(deltas, 0.99), Percentile(deltas, 1.0));
-  report["ig_abs_convergence_delta"] = {{"p50", Percentile(deltas, 0.5)}, {"p90", Percentile(deltas, 0.9)},
-                                        {"p99", Percentile(deltas, 0.99)}, {"max", Percentile(deltas, 1.0)}};
+  std::printf(
+      "\nIntegratedGradients (32 steps, Gauss-Legendre) |convergence delta|: p50 %.2g  p90 %.2g  p99 %.2g  max %.2g\n",
+      Percentile(deltas, 0.5), Percentile(deltas, 0.9), Percentile(deltas, 0.99), Percentile(deltas, 1.0));
+  report["ig_abs_convergence_delta"] = {{"p50", Percentile(deltas, 0.5)},
+                                        {"p90", Percentile(deltas, 0.9)},
+                                        {"p99", Percentile(deltas, 0.99)},
+                                        {"max", Percentile(deltas, 1.0)}};
   std::printf("\nms per explanation (amortized, %zu in flight, faithfulness rows included):", window);
   for (const std::string& name : order) std::printf("  %s %.1f", name.c_str(), 1e3 * seconds[name]);
   std::printf("\n");
-  if (const std::string path = Flag(argc, argv, "json", ""); !path.empty()) std::ofstream(path) << report.dump(2) << "\n";
+  if (const std::string path = Flag(argc, argv, "json", ""); !path.empty())
+    std::ofstream(path) << report.dump(2) << "\n";
   return 0;
 }
 

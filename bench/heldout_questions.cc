@@ -43,7 +43,8 @@ std::vector<int64_t> DecisiveFeatures(const HeldOutQuestion& question, std::vect
   for (size_t f = 0; f < features.size(); ++f) {
     bool hit = false;
     for (int64_t t = features[f].begin; t < features[f].end; ++t) {
-      for (const auto& [begin, end] : question.decisive_spans) hit = hit || (spans[t].begin < end && begin < spans[t].end);
+      for (const auto& [begin, end] : question.decisive_spans)
+        hit = hit || (spans[t].begin < end && begin < spans[t].end);
     }
     if (hit) decisive.push_back(static_cast<int64_t>(f));
   }

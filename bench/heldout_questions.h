@@ -33,8 +33,8 @@ absl::StatusOr<std::vector<HeldOutQuestion>> ReadHeldOutQuestions(const std::str
                                                                   const engine::Tokenizer& tokenizer, size_t limit);
 
 struct DecisiveHits {
-  bool top1 = false;   // the highest-ranked feature is decisive
-  double topk = 0;     // fraction of the k highest-ranked features that are decisive, k = decisive count
+  bool top1 = false;  // the highest-ranked feature is decisive
+  double topk = 0;    // fraction of the k highest-ranked features that are decisive, k = decisive count
 };
 // Ranks as the engine's faithfulness rows do (engine::RankFeatures).
 DecisiveHits RankDecisive(const std::vector<double>& attribution, const std::vector<int64_t>& decisive);

@@ -30,11 +30,12 @@ int Main(int argc, char** argv) {
   }
   std::shared_ptr<const CausalLM> model = std::move(*loaded);
   auto engine = *BatchingEngine::Create(MakeModelExecutor(model),
-                                       {.max_batch_tokens = std::stoll(Flag(argc, argv, "max_batch_tokens", "8192")),
-                                        .max_batch_rows = std::stoll(Flag(argc, argv, "max_batch_rows", "128"))});
+                                        {.max_batch_tokens = std::stoll(Flag(argc, argv, "max_batch_tokens", "8192")),
+                                         .max_batch_rows = std::stoll(Flag(argc, argv, "max_batch_rows", "128"))});
   Attributor attributor(model, engine.get());
   const ModelConfig& c = model->config();
-  const int64_t p = std::stoll(Flag(argc, argv, "prompt_tokens", "64")), t = std::stoll(Flag(argc, argv, "target_tokens", "8"));
+  const int64_t p = std::stoll(Flag(argc, argv, "prompt_tokens", "64")),
+                t = std::stoll(Flag(argc, argv, "target_tokens", "8"));
   AttributionRequest base;
   for (int64_t i = 0; i < p; ++i) base.prompt_ids.push_back(i == 0 ? 1 : 3 + (i * 7919) % (c.vocab_size - 3));
   for (int64_t i = 0; i < t; ++i) base.target_ids.push_back(3 + (i * 104729) % (c.vocab_size - 3));
@@ -78,9 +79,10 @@ int Main(int argc, char** argv) {
     std::vector<std::string> prompt, target;
     for (int64_t id : base.prompt_ids) prompt.push_back(std::to_string(id));
     for (int64_t id : base.target_ids) target.push_back(std::to_string(id));
-    const std::string out = bench::RunCommand(
-        python + " " + ATTRIBUTION_SOURCE_DIR + "/bench/python_captum_attribution.py " + dir + " " +
-        absl::StrJoin(prompt, ",") + " " + absl::StrJoin(target, ",") + " " + Flag(argc, argv, "captum_jobs", "ig_seed,ig_tuned,fa,svs,lime,ks"));
+    const std::string out =
+        bench::RunCommand(python + " " + ATTRIBUTION_SOURCE_DIR + "/bench/python_captum_attribution.py " + dir + " " +
+                          absl::StrJoin(prompt, ",") + " " + absl::StrJoin(target, ",") + " " +
+                          Flag(argc, argv, "captum_jobs", "ig_seed,ig_tuned,fa,svs,lime,ks"));
     captum = nlohmann::json::parse(out, nullptr, false);
     if (captum.is_discarded()) {
       std::cerr << "captum side failed: " << out << "\n";
@@ -89,8 +91,8 @@ int Main(int argc, char** argv) {
   }
   std::printf("model: %lld layers, hidden %lld, vocab %lld, fp32; prompt %lld tokens, target %lld tokens\n",
               (long long)c.num_layers, (long long)c.hidden_size, (long long)c.vocab_size, (long long)p, (long long)t);
-  std::printf("%-32s %6s %9s %9s %9s %12s %12s %9s %10s\n", "job", "rows", "TFLOP", "seconds", "GFLOP/s",
-              "captum s", "captum-seed s", "speedup", "max |diff|");
+  std::printf("%-32s %6s %9s %9s %9s %12s %12s %9s %10s\n", "job", "rows", "TFLOP", "seconds", "GFLOP/s", "captum s",
+              "captum-seed s", "speedup", "max |diff|");
   for (size_t i = 0; i < jobs.size(); ++i) {
     const AttributionResult& r = ours[i].second;
     const double flop = r.forward_passes * row_forward + r.backward_passes * 2 * row_forward;
@@ -100,13 +102,16 @@ int Main(int argc, char** argv) {
       captum_s = job["seconds"].get<double>();
       const auto reference = job["seq_attr"].get<std::vector<double>>();
       for (size_t f = 0; f < reference.size(); ++f) diff = std::max(diff, std::abs(reference[f] - r.sequence[f]));
-      if (jobs[i].captum == "ig_tuned" && captum.contains("ig_seed")) seed_s = captum["ig_seed"]["seconds"].get<double>();
+      if (jobs[i].captum == "ig_tuned" && captum.contains("ig_seed"))
+        seed_s = captum["ig_seed"]["seconds"].get<double>();
     }
     std::printf("%-32s %6lld %9.3f %9.2f %9.1f %12.1f %12.1f %8.1fx %10.2g\n", jobs[i].name.c_str(), (long long)r.rows,
                 flop / 1e12, ours[i].first, flop / ours[i].first / 1e9, captum_s, seed_s,
                 captum_s > 0 ? captum_s / ours[i].first : 0.0, diff);
   }
-  std::printf("(ShapleyValueSampling, Lime and KernelShap draw other samples than Captum: their max |diff| is sampling noise.)\n");
+  std::printf(
+      "(ShapleyValueSampling, Lime and KernelShap draw other samples than Captum: their max |diff| is sampling "
+      "noise.)\n");
   return 0;
 }
 

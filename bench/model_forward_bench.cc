@@ -56,15 +56,17 @@ int Run(int argc, char** argv) {
     queries.tokens.push_back(5);
     objectives.push_back({.positions = {seq - 1}, .tokens = {5}});
   }
-  const double forward_s = bench::SecondsPerCall([&] { (void)model.ScoreTokens({.input_ids = ids}, queries); }, iterations);
+  const double forward_s =
+      bench::SecondsPerCall([&] { (void)model.ScoreTokens({.input_ids = ids}, queries); }, iterations);
   const at::Tensor embeds = *model.Embed(ids);
-  const double grad_s = bench::SecondsPerCall(
-      [&] { (void)model.ObjectiveGradients({.inputs_embeds = embeds}, objectives); }, iterations);
+  const double grad_s =
+      bench::SecondsPerCall([&] { (void)model.ObjectiveGradients({.inputs_embeds = embeds}, objectives); }, iterations);
   const double peak = bench::MatmulPeakGflops(1024, options.dtype, model.device());
 
-  std::printf("model: %lld layers, hidden %lld, vocab %lld, %s, %s; batch x seq = %lld x %lld; peak matmul %.1f GFLOP/s\n",
-              (long long)c.num_layers, (long long)c.hidden_size, (long long)c.vocab_size,
-              Flag(argc, argv, "dtype", "float32").c_str(), options.device.c_str(), (long long)batch, (long long)seq, peak);
+  std::printf(
+      "model: %lld layers, hidden %lld, vocab %lld, %s, %s; batch x seq = %lld x %lld; peak matmul %.1f GFLOP/s\n",
+      (long long)c.num_layers, (long long)c.hidden_size, (long long)c.vocab_size,
+      Flag(argc, argv, "dtype", "float32").c_str(), options.device.c_str(), (long long)batch, (long long)seq, peak);
   std::printf("%-30s %12s %12s %12s %10s\n", "job", "ms/iter", "tokens/s", "GFLOP/s", "% peak");
   auto row = [&](const char* name, double seconds, double flop) {
     std::printf("%-30s %12.1f %12.0f %12.1f %9.1f%%\n", name, seconds * 1e3, tokens / seconds, flop / seconds / 1e9,
@@ -73,16 +75,16 @@ int Run(int argc, char** argv) {
   row("engine forward", forward_s, forward_flop);
   row("engine forward+input-grad", grad_s, forward_flop + backward_flop);
   if (!python.empty()) {
-    const std::string out = bench::RunCommand(python + " " + std::string(ATTRIBUTION_SOURCE_DIR) +
-                                              "/bench/python_forward_reference.py " + dir + " " +
-                                              std::to_string(batch) + " " + std::to_string(seq) + " " +
-                                              std::to_string(iterations));
+    const std::string out = bench::RunCommand(
+        python + " " + std::string(ATTRIBUTION_SOURCE_DIR) + "/bench/python_forward_reference.py " + dir + " " +
+        std::to_string(batch) + " " + std::to_string(seq) + " " + std::to_string(iterations));
     auto reference = nlohmann::json::parse(out, nullptr, false);
     if (reference.is_discarded() || !reference.contains("forward_s")) {
       std::cerr << "python reference failed: " << out << "\n";
       return 1;
     }
-    const double py_forward = reference["forward_s"].get<double>(), py_grad = reference["forward_backward_s"].get<double>();
+    const double py_forward = reference["forward_s"].get<double>(),
+                 py_grad = reference["forward_backward_s"].get<double>();
     row("transformers forward", py_forward, forward_flop);
     row("transformers forward+input-grad", py_grad, forward_flop + backward_flop);
     std::printf("ratio engine/transformers: forward %.2fx, forward+input-grad %.2fx (torch %s, transformers %s)\n",

@@ -50,8 +50,7 @@ Flop CountFlop(const engine::ModelConfig& c, int64_t batch, int64_t seq) {
   const double attention_width = static_cast<double>(c.num_heads * c.head_dim);
   const double kv_width = static_cast<double>(c.num_kv_heads * c.head_dim);
   const double linear_params =
-      c.num_layers * (c.hidden_size * (2 * attention_width + 2 * kv_width) +
-                      3.0 * c.hidden_size * c.intermediate_size);
+      c.num_layers * (c.hidden_size * (2 * attention_width + 2 * kv_width) + 3.0 * c.hidden_size * c.intermediate_size);
   return {.linears = 2 * linear_params * tokens,
           .attention = c.num_layers * batch * 4.0 * seq * seq * attention_width,
           .head = 2.0 * c.hidden_size * c.vocab_size * batch};
@@ -66,8 +65,8 @@ std::string LoadAverage() {
 
 // Seconds of one layer's projection matmuls (forward) at `tokens` rows, per layer, with the given
 // output widths: the matmuls alone, nothing around them.
-double ProjectionSeconds(const engine::ModelConfig& c, int64_t tokens,
-                         const std::vector<int64_t>& widths, int iterations) {
+double ProjectionSeconds(const engine::ModelConfig& c, int64_t tokens, const std::vector<int64_t>& widths,
+                         int iterations) {
   at::Tensor x = at::randn({tokens, c.hidden_size});  // [tokens, hidden]
   at::Tensor wide = at::randn({tokens, c.intermediate_size});
   std::vector<at::Tensor> weights;
@@ -112,20 +111,19 @@ int Run(int argc, char** argv) {
   const engine::ModelConfig& c = model.config();
   const std::string load_before = LoadAverage();
   double peak = 0;
-  for (int64_t n : {1024, 2048, 4096})
-    peak = std::max(peak, bench::MatmulPeakGflops(n, at::kFloat, model.device()));
+  for (int64_t n : {1024, 2048, 4096}) peak = std::max(peak, bench::MatmulPeakGflops(n, at::kFloat, model.device()));
 
   std::printf(
       "torch %s, %d threads; model: %lld layers, hidden %lld, heads %lld/%lld kv, intermediate "
       "%lld, vocab %lld, "
       "fp32, cpu; seq %lld; fp32 matmul peak %.1f GFLOP/s; load %s\n",
-      TORCH_VERSION, at::get_num_threads(), (long long)c.num_layers, (long long)c.hidden_size,
-      (long long)c.num_heads, (long long)c.num_kv_heads, (long long)c.intermediate_size,
-      (long long)c.vocab_size, (long long)seq, peak, load_before.c_str());
+      TORCH_VERSION, at::get_num_threads(), (long long)c.num_layers, (long long)c.hidden_size, (long long)c.num_heads,
+      (long long)c.num_kv_heads, (long long)c.intermediate_size, (long long)c.vocab_size, (long long)seq, peak,
+      load_before.c_str());
   std::printf("%-34s %6s %10s %10s %8s\n", "job", "batch", "ms/batch", "GFLOP/s", "% peak");
   auto row = [&](const std::string& name, int64_t batch, double seconds, double flop) {
-    std::printf("%-34s %6lld %10.1f %10.1f %7.1f%%\n", name.c_str(), (long long)batch,
-                seconds * 1e3, flop / seconds / 1e9, 100.0 * flop / seconds / 1e9 / peak);
+    std::printf("%-34s %6lld %10.1f %10.1f %7.1f%%\n", name.c_str(), (long long)batch, seconds * 1e3,
+                flop / seconds / 1e9, 100.0 * flop / seconds / 1e9 / peak);
     std::fflush(stdout);
   };
   for (int64_t batch : batches) {
@@ -151,24 +149,19 @@ int Run(int argc, char** argv) {
     }
     row("grad rows", batch, grad_s, flop.Grad());
     row("score rows", batch, score_s, flop.Forward());
-    const int64_t tokens = batch * seq, q = c.num_heads * c.head_dim,
-                  kv = c.num_kv_heads * c.head_dim;
+    const int64_t tokens = batch * seq, q = c.num_heads * c.head_dim, kv = c.num_kv_heads * c.head_dim;
     const int64_t inter = c.intermediate_size;
     double separate_s = 1e30, fused_s = 1e30;
     {
       c10::InferenceMode inference;
       for (int rep = 0; rep < repeats; ++rep) {
-        separate_s = std::min(separate_s,
-                              ProjectionSeconds(c, tokens, {q, kv, kv, inter, inter}, iterations));
-        fused_s =
-            std::min(fused_s, ProjectionSeconds(c, tokens, {q + 2 * kv, 2 * inter}, iterations));
+        separate_s = std::min(separate_s, ProjectionSeconds(c, tokens, {q, kv, kv, inter, inter}, iterations));
+        fused_s = std::min(fused_s, ProjectionSeconds(c, tokens, {q + 2 * kv, 2 * inter}, iterations));
       }
     }
     const double layer_linear_flop = flop.linears / c.num_layers;
-    row("projection matmuls alone, separate", batch, separate_s * c.num_layers,
-        layer_linear_flop * c.num_layers);
-    row("projection matmuls alone, fused", batch, fused_s * c.num_layers,
-        layer_linear_flop * c.num_layers);
+    row("projection matmuls alone, separate", batch, separate_s * c.num_layers, layer_linear_flop * c.num_layers);
+    row("projection matmuls alone, fused", batch, fused_s * c.num_layers, layer_linear_flop * c.num_layers);
   }
   std::printf("load after: %s\n", LoadAverage().c_str());
   return 0;

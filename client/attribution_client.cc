@@ -71,7 +71,10 @@ class StreamCall final : public grpc::ClientReadReactor<Event> {
  public:
   using OnEvent = std::function<void(const Event&, std::optional<Result>&)>;
   StreamCall(std::unique_ptr<grpc::ClientContext> context, Request request, OnEvent on_event, Callback<Result> done)
-      : context_(std::move(context)), request_(std::move(request)), on_event_(std::move(on_event)), done_(std::move(done)) {}
+      : context_(std::move(context)),
+        request_(std::move(request)),
+        on_event_(std::move(on_event)),
+        done_(std::move(done)) {}
   template <typename Start>
   void Run(Start start) {
     start(context_.get(), &request_, this);
@@ -84,9 +87,10 @@ class StreamCall final : public grpc::ClientReadReactor<Event> {
     this->StartRead(&event_);
   }
   void OnDone(const grpc::Status& status) override {
-    absl::StatusOr<Result> result = !status.ok() ? absl::StatusOr<Result>(ToAbsl(status))
-                                    : result_    ? absl::StatusOr<Result>(std::move(*result_))
-                                                 : absl::StatusOr<Result>(absl::DataLossError("the stream ended without a result"));
+    absl::StatusOr<Result> result =
+        !status.ok() ? absl::StatusOr<Result>(ToAbsl(status))
+        : result_    ? absl::StatusOr<Result>(std::move(*result_))
+                     : absl::StatusOr<Result>(absl::DataLossError("the stream ended without a result"));
     Callback<Result> done = std::move(done_);
     delete this;  // the context goes before the caller hears of the result (see Impl::Unary)
     done(std::move(result));
@@ -172,8 +176,8 @@ absl::StatusOr<std::unique_ptr<AttributionClient>> AttributionClient::Connect(co
     if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
   }
   if (options.load_balancing != "pick_first" && options.load_balancing != "round_robin") {
-    return absl::InvalidArgumentError(absl::StrCat("load_balancing: \"", options.load_balancing,
-                                                   "\" is not pick_first or round_robin"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("load_balancing: \"", options.load_balancing, "\" is not pick_first or round_robin"));
   }
   args.SetServiceConfigJSON(ServiceConfig(options));
   args.SetInt(GRPC_ARG_ENABLE_RETRIES, options.max_attempts > 1 ? 1 : 0);
@@ -195,8 +199,7 @@ void AttributionClient::AttributeAsync(const AttributeOptions& options, Callback
   if (!request.ok()) return done(request.status());
   auto* async = impl_->stub->async();
   impl_->Unary<v1::AttributeRequest, v1::AttributeResponse, Attribution>(
-      std::move(*request),
-      [async](auto* c, auto* q, auto* r, auto cb) { async->Attribute(c, q, r, std::move(cb)); },
+      std::move(*request), [async](auto* c, auto* q, auto* r, auto cb) { async->Attribute(c, q, r, std::move(cb)); },
       [](const v1::AttributeResponse& r) { return FromProto(r); }, std::move(done));
 }
 
@@ -204,11 +207,13 @@ absl::StatusOr<Attribution> AttributionClient::Attribute(const AttributeOptions&
   return Wait<Attribution>([&](Callback<Attribution> done) { AttributeAsync(options, std::move(done)); });
 }
 
-void AttributionClient::AttributeStreamAsync(const AttributeOptions& options, std::function<void(int64_t, int64_t)> progress,
+void AttributionClient::AttributeStreamAsync(const AttributeOptions& options,
+                                             std::function<void(int64_t, int64_t)> progress,
                                              Callback<Attribution> done) {
   absl::StatusOr<v1::AttributeRequest> request = ToProto(options);
   if (!request.ok()) return done(request.status());
-  auto on_event = [progress = std::move(progress)](const v1::AttributeEvent& event, std::optional<Attribution>& result) {
+  auto on_event = [progress = std::move(progress)](const v1::AttributeEvent& event,
+                                                   std::optional<Attribution>& result) {
     if (event.has_progress() && progress) progress(event.progress().rows_done(), event.progress().rows_total());
     if (event.has_result()) result = FromProto(event.result());
   };
@@ -220,7 +225,8 @@ void AttributionClient::AttributeStreamAsync(const AttributeOptions& options, st
 
 absl::StatusOr<Attribution> AttributionClient::AttributeStream(const AttributeOptions& options,
                                                                std::function<void(int64_t, int64_t)> progress) {
-  return Wait<Attribution>([&](Callback<Attribution> done) { AttributeStreamAsync(options, progress, std::move(done)); });
+  return Wait<Attribution>(
+      [&](Callback<Attribution> done) { AttributeStreamAsync(options, progress, std::move(done)); });
 }
 
 void AttributionClient::GenerateAsync(const GenerateOptions& options, Callback<Generation> done) {
@@ -228,8 +234,7 @@ void AttributionClient::GenerateAsync(const GenerateOptions& options, Callback<G
   if (!request.ok()) return done(request.status());
   auto* async = impl_->stub->async();
   impl_->Unary<v1::GenerateRequest, v1::GenerateResponse, Generation>(
-      std::move(*request),
-      [async](auto* c, auto* q, auto* r, auto cb) { async->Generate(c, q, r, std::move(cb)); },
+      std::move(*request), [async](auto* c, auto* q, auto* r, auto cb) { async->Generate(c, q, r, std::move(cb)); },
       [](const v1::GenerateResponse& r) { return FromProto(r); }, std::move(done));
 }
 
@@ -261,8 +266,7 @@ void AttributionClient::GetLogprobsAsync(const LogprobsOptions& options, Callbac
   if (!request.ok()) return done(request.status());
   auto* async = impl_->stub->async();
   impl_->Unary<v1::LogprobsRequest, v1::LogprobsResponse, Logprobs>(
-      std::move(*request),
-      [async](auto* c, auto* q, auto* r, auto cb) { async->Logprobs(c, q, r, std::move(cb)); },
+      std::move(*request), [async](auto* c, auto* q, auto* r, auto cb) { async->Logprobs(c, q, r, std::move(cb)); },
       [](const v1::LogprobsResponse& r) { return FromProto(r); }, std::move(done));
 }
 

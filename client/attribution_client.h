@@ -27,13 +27,13 @@ struct ClientOptions {
   // "round_robin" (a connection to every address, calls in turn; re-resolved as replicas come and go).
   std::string load_balancing = "pick_first";
   bool tls = false;
-  std::string ca_file;           // PEM roots to verify the server (empty: system roots)
-  std::string cert_file;         // PEM client certificate for mutual TLS
+  std::string ca_file;    // PEM roots to verify the server (empty: system roots)
+  std::string cert_file;  // PEM client certificate for mutual TLS
   std::string key_file;
-  std::string tls_server_name;   // verify the server as this name instead of the target's host
-  std::string bearer_token;      // sent as "authorization: Bearer <token>"
+  std::string tls_server_name;                  // verify the server as this name instead of the target's host
+  std::string bearer_token;                     // sent as "authorization: Bearer <token>"
   absl::Duration timeout = absl::Seconds(120);  // deadline of each call
-  int max_attempts = 4;          // tries per call while the answer is UNAVAILABLE
+  int max_attempts = 4;                         // tries per call while the answer is UNAVAILABLE
   absl::Duration initial_backoff = absl::Milliseconds(100);
   absl::Duration max_backoff = absl::Seconds(2);
   int64_t max_message_bytes = 64 << 20;
@@ -60,14 +60,14 @@ struct RunStats {
 
 struct FeatureGroup {
   int64_t token_begin = 0, token_end = 0;
-  std::string baseline_text;            // replaces the group in perturbation methods
+  std::string baseline_text;  // replaces the group in perturbation methods
   std::vector<int64_t> baseline_ids;
 };
 
 struct GenerationSettings {
   int max_new_tokens = 0;  // 0: server default (25)
   double temperature = 0;
-  double top_p = 0;        // 0: no truncation
+  double top_p = 0;  // 0: no truncation
   uint64_t seed = 0;
   std::vector<int64_t> stop_token_ids;
   bool ignore_stop_tokens = false;
@@ -75,10 +75,10 @@ struct GenerationSettings {
 
 struct AttributeOptions {
   std::string model;
-  std::string prompt;                 // text, or
-  std::vector<int64_t> prompt_ids;    // token ids
+  std::string prompt;               // text, or
+  std::vector<int64_t> prompt_ids;  // token ids
   bool no_special_tokens = false;
-  std::string target;                 // text or ids; neither: generated with `generation`
+  std::string target;  // text or ids; neither: generated with `generation`
   std::vector<int64_t> target_ids;
   // How target and foil text become tokens: "continuation" (as they follow the prompt: " No" after
   // "A:" is one token) or "separate" (tokenized alone, as Captum does).
@@ -86,23 +86,23 @@ struct AttributeOptions {
   GenerationSettings generation;
   std::string method = "integrated_gradients";  // gradient_shap saliency input_x_gradient feature_ablation
                                                 // shapley_values shapley_value_sampling lime kernel_shap
-  std::string quantity = "log_prob";             // prob logit
-  std::string foil;                              // contrastive when set (text or ids)
+  std::string quantity = "log_prob";            // prob logit
+  std::string foil;                             // contrastive when set (text or ids)
   std::vector<int64_t> foil_ids;
   std::optional<std::pair<int64_t, int64_t>> feature_range;  // [begin, end) tokens, one feature each
   std::vector<FeatureGroup> feature_groups;
-  std::string baseline = "default";  // zero pad unk eos bos, or a token id
-  int n_steps = 0;                   // 0: server default (50; with a tolerance, the server's max_steps points in all)
-  double completeness_tolerance = 0;  // > 0: integrated gradients at growing orders until this close
+  std::string baseline = "default";    // zero pad unk eos bos, or a token id
+  int n_steps = 0;                     // 0: server default (50; with a tolerance, the server's max_steps points in all)
+  double completeness_tolerance = 0;   // > 0: integrated gradients at growing orders until this close
   std::string rule = "gausslegendre";  // riemann_left riemann_right riemann_middle riemann_trapezoid
   int n_samples = 0;
   double stdev = 0;
   uint64_t seed = 0;
   bool signed_saliency = false;
   bool want_token_matrix = false;
-  bool want_faithfulness = false;    // deletion / insertion curves (12 more forward rows on the server)
+  bool want_faithfulness = false;       // deletion / insertion curves (12 more forward rows on the server)
   bool include_special_tokens = false;  // special tokens (bos, ...) as features too (Captum parity)
-  std::string priority = "normal";   // low high
+  std::string priority = "normal";      // low high
 };
 
 // Deletion / insertion curves of an explanation (see Faithfulness in the proto): probabilities of the
@@ -119,12 +119,12 @@ struct Attribution {
   std::string model, method;
   std::vector<Token> prompt_tokens, target_tokens;
   std::vector<Feature> features;
-  std::vector<int64_t> fixed_tokens;           // prompt token indices in no feature (kept real in every row)
-  std::vector<double> sequence;                // [features]
+  std::vector<int64_t> fixed_tokens;              // prompt token indices in no feature (kept real in every row)
+  std::vector<double> sequence;                   // [features]
   std::vector<std::vector<double>> token_matrix;  // [target tokens][features] when asked
   double objective = 0;
   std::optional<double> convergence_delta;
-  int integration_steps = 0;         // integrated gradients: points of the answer's integration
+  int integration_steps = 0;          // integrated gradients: points of the answer's integration
   std::optional<bool> tolerance_met;  // with a completeness tolerance
   std::optional<Faithfulness> faithfulness;
   RunStats stats;

@@ -37,7 +37,8 @@ ABSL_FLAG(int32_t, n_steps, 16, "integrated-gradient steps of Attribute calls");
 ABSL_FLAG(int32_t, max_new_tokens, 16, "tokens per Generate call");
 ABSL_FLAG(std::string, token_file, "", "bearer token file");
 ABSL_FLAG(bool, json, false, "print JSON");
-ABSL_FLAG(std::string, background, "", "a second load beside the first, e.g. \"attribute n_steps=512 concurrency=2\": "
+ABSL_FLAG(std::string, background, "",
+          "a second load beside the first, e.g. \"attribute n_steps=512 concurrency=2\": "
           "runs the first alone, the second alone, then both, and reports the first's latency and the second's "
           "throughput loaded vs alone (latency isolation)");
 
@@ -45,9 +46,10 @@ namespace attribution::client {
 namespace {
 
 const char* const kPrompts[] = {
-    "Is it true that vaccines cause autism?", "The capital of France is", "Once upon a time there was a",
-    "Statement: the earth is flat. True or false? Answer:", "Translate to French: good morning",
-    "def fibonacci(n):", "The best way to learn a language is", "Q: What is 12 times 7? A:"};
+    "Is it true that vaccines cause autism?", "The capital of France is",
+    "Once upon a time there was a",           "Statement: the earth is flat. True or false? Answer:",
+    "Translate to French: good morning",      "def fibonacci(n):",
+    "The best way to learn a language is",    "Q: What is 12 times 7? A:"};
 
 struct Sample {
   double seconds;
@@ -67,14 +69,23 @@ class Recorder {
       std::vector<double> ok;
       std::map<std::string, int> errors;
       for (const Sample& s : samples) {
-        if (s.code == absl::StatusCode::kOk) ok.push_back(s.seconds);
-        else errors[absl::StatusCodeToString(s.code)] += 1;
+        if (s.code == absl::StatusCode::kOk)
+          ok.push_back(s.seconds);
+        else
+          errors[absl::StatusCodeToString(s.code)] += 1;
       }
       std::sort(ok.begin(), ok.end());
-      auto at = [&](double q) { return ok.empty() ? 0.0 : ok[std::min(ok.size() - 1, static_cast<size_t>(q * ok.size()))]; };
-      out[rpc] = {{"calls", samples.size()}, {"ok", ok.size()}, {"per_second", ok.size() / elapsed},
-                  {"p50_ms", 1e3 * at(0.5)}, {"p90_ms", 1e3 * at(0.9)}, {"p99_ms", 1e3 * at(0.99)},
-                  {"max_ms", ok.empty() ? 0.0 : 1e3 * ok.back()}, {"errors", errors}};
+      auto at = [&](double q) {
+        return ok.empty() ? 0.0 : ok[std::min(ok.size() - 1, static_cast<size_t>(q * ok.size()))];
+      };
+      out[rpc] = {{"calls", samples.size()},
+                  {"ok", ok.size()},
+                  {"per_second", ok.size() / elapsed},
+                  {"p50_ms", 1e3 * at(0.5)},
+                  {"p90_ms", 1e3 * at(0.9)},
+                  {"p99_ms", 1e3 * at(0.99)},
+                  {"max_ms", ok.empty() ? 0.0 : 1e3 * ok.back()},
+                  {"errors", errors}};
     }
     return out;
   }
@@ -117,8 +128,11 @@ struct LoadSpec {
 };
 
 LoadSpec ForegroundFromFlags() {
-  return {.mix = absl::GetFlag(FLAGS_mix), .rate = absl::GetFlag(FLAGS_rate), .concurrency = absl::GetFlag(FLAGS_concurrency),
-          .method = absl::GetFlag(FLAGS_method), .n_steps = absl::GetFlag(FLAGS_n_steps),
+  return {.mix = absl::GetFlag(FLAGS_mix),
+          .rate = absl::GetFlag(FLAGS_rate),
+          .concurrency = absl::GetFlag(FLAGS_concurrency),
+          .method = absl::GetFlag(FLAGS_method),
+          .n_steps = absl::GetFlag(FLAGS_n_steps),
           .max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens)};
 }
 
@@ -127,36 +141,49 @@ LoadSpec ForegroundFromFlags() {
 absl::StatusOr<LoadSpec> ParseBackground(const std::string& text) {
   LoadSpec spec{.concurrency = 2};
   std::vector<std::string> words = absl::StrSplit(text, ' ', absl::SkipEmpty());
-  if (words.empty()) return absl::InvalidArgumentError("--background: expected e.g. \"attribute n_steps=512 concurrency=2\"");
+  if (words.empty())
+    return absl::InvalidArgumentError("--background: expected e.g. \"attribute n_steps=512 concurrency=2\"");
   spec.mix = words[0].find('=') == std::string::npos ? words[0] + "=1" : words[0];
   for (size_t i = 1; i < words.size(); ++i) {
     std::vector<std::string> kv = absl::StrSplit(words[i], absl::MaxSplits('=', 1));
     bool ok = kv.size() == 2;
-    if (ok && kv[0] == "method") spec.method = kv[1];
-    else if (ok && kv[0] == "n_steps") ok = absl::SimpleAtoi(kv[1], &spec.n_steps);
-    else if (ok && kv[0] == "concurrency") ok = absl::SimpleAtoi(kv[1], &spec.concurrency);
-    else if (ok && kv[0] == "rate") ok = absl::SimpleAtod(kv[1], &spec.rate);
-    else if (ok && kv[0] == "max_new_tokens") ok = absl::SimpleAtoi(kv[1], &spec.max_new_tokens);
-    else ok = false;
-    if (!ok) return absl::InvalidArgumentError("--background: unknown setting \"" + words[i] +
-                                               "\" (method, n_steps, concurrency, rate, max_new_tokens)");
+    if (ok && kv[0] == "method")
+      spec.method = kv[1];
+    else if (ok && kv[0] == "n_steps")
+      ok = absl::SimpleAtoi(kv[1], &spec.n_steps);
+    else if (ok && kv[0] == "concurrency")
+      ok = absl::SimpleAtoi(kv[1], &spec.concurrency);
+    else if (ok && kv[0] == "rate")
+      ok = absl::SimpleAtod(kv[1], &spec.rate);
+    else if (ok && kv[0] == "max_new_tokens")
+      ok = absl::SimpleAtoi(kv[1], &spec.max_new_tokens);
+    else
+      ok = false;
+    if (!ok)
+      return absl::InvalidArgumentError("--background: unknown setting \"" + words[i] +
+                                        "\" (method, n_steps, concurrency, rate, max_new_tokens)");
   }
   return spec;
 }
 
 // Starts one call of kind `rpc`; `done` receives its status code.
-void Call(AttributionClient& client, const std::string& model, const LoadSpec& spec, const std::string& rpc,
-          int index, std::function<void(absl::StatusCode)> done) {
+void Call(AttributionClient& client, const std::string& model, const LoadSpec& spec, const std::string& rpc, int index,
+          std::function<void(absl::StatusCode)> done) {
   const std::string prompt = kPrompts[index % std::size(kPrompts)];
   if (rpc == "attribute") {
-    client.AttributeAsync({.model = model, .prompt = prompt, .target = " yes", .method = spec.method,
-                           .n_steps = spec.n_steps, .n_samples = 4},
+    client.AttributeAsync({.model = model,
+                           .prompt = prompt,
+                           .target = " yes",
+                           .method = spec.method,
+                           .n_steps = spec.n_steps,
+                           .n_samples = 4},
                           [done](absl::StatusOr<Attribution> r) { done(r.status().code()); });
   } else if (rpc == "logprobs") {
     client.GetLogprobsAsync({.model = model, .prompt = prompt, .target = " and then it was over", .top_k = 5},
                             [done](absl::StatusOr<Logprobs> r) { done(r.status().code()); });
   } else {
-    client.GenerateAsync({.model = model, .prompt = prompt,
+    client.GenerateAsync({.model = model,
+                          .prompt = prompt,
                           .generation = {.max_new_tokens = spec.max_new_tokens, .ignore_stop_tokens = true}},
                          [done](absl::StatusOr<Generation> r) { done(r.status().code()); });
   }
@@ -188,7 +215,7 @@ nlohmann::json RunLoad(AttributionClient& client, const std::string& model, cons
     });
   };
   std::function<void(int)> next;  // closed loop; outlives every call (we wait for idle below)
-  if (spec.rate > 0) {  // open loop: send on schedule regardless of answers
+  if (spec.rate > 0) {            // open loop: send on schedule regardless of answers
     for (int i = 0;; ++i) {
       const absl::Time scheduled = start + absl::Seconds(i / spec.rate);
       if (scheduled >= end) break;
@@ -206,8 +233,11 @@ nlohmann::json RunLoad(AttributionClient& client, const std::string& model, cons
   std::unique_lock<std::mutex> lock(mu);
   idle.wait(lock, [&] { return in_flight == 0; });
   const double elapsed = absl::ToDoubleSeconds(absl::Now() - start);
-  return {{"mode", spec.rate > 0 ? "open" : "closed"}, {"rate", spec.rate}, {"concurrency", spec.concurrency},
-          {"seconds", elapsed}, {"rpcs", recorder.Report(elapsed)}};
+  return {{"mode", spec.rate > 0 ? "open" : "closed"},
+          {"rate", spec.rate},
+          {"concurrency", spec.concurrency},
+          {"seconds", elapsed},
+          {"rpcs", recorder.Report(elapsed)}};
 }
 
 void PrintTable(const std::string& title, const nlohmann::json& load) {
@@ -240,7 +270,8 @@ nlohmann::json RunIsolation(AttributionClient& client, const std::string& model,
     nlohmann::json ratios = nlohmann::json::object();
     for (const auto& [rpc, r] : out[alone]["rpcs"].items()) {
       const double base = r[key].get<double>();
-      if (out[loaded]["rpcs"].contains(rpc) && base > 0) ratios[rpc] = out[loaded]["rpcs"][rpc][key].get<double>() / base;
+      if (out[loaded]["rpcs"].contains(rpc) && base > 0)
+        ratios[rpc] = out[loaded]["rpcs"][rpc][key].get<double>() / base;
     }
     return ratios;
   };
@@ -250,8 +281,8 @@ nlohmann::json RunIsolation(AttributionClient& client, const std::string& model,
 }
 
 int Run() {
-  ClientOptions options{.target = absl::GetFlag(FLAGS_server), .load_balancing = absl::GetFlag(FLAGS_load_balancing),
-                        .max_attempts = 1};
+  ClientOptions options{
+      .target = absl::GetFlag(FLAGS_server), .load_balancing = absl::GetFlag(FLAGS_load_balancing), .max_attempts = 1};
   if (!absl::GetFlag(FLAGS_token_file).empty()) {
     absl::StatusOr<std::string> token = ReadBearerTokenFile(absl::GetFlag(FLAGS_token_file));
     if (!token.ok()) {
@@ -265,7 +296,9 @@ int Run() {
   absl::StatusOr<LoadSpec> background = absl::GetFlag(FLAGS_background).empty()
                                             ? absl::StatusOr<LoadSpec>(LoadSpec{})
                                             : ParseBackground(absl::GetFlag(FLAGS_background));
-  absl::Status valid = !client.ok() ? client.status() : !background.ok() ? background.status() : ParseMix(foreground.mix).status();
+  absl::Status valid = !client.ok()       ? client.status()
+                       : !background.ok() ? background.status()
+                                          : ParseMix(foreground.mix).status();
   if (valid.ok() && !background->mix.empty()) valid = ParseMix(background->mix).status();
   if (!valid.ok()) {
     std::fprintf(stderr, "attribution-bench: %s\n", valid.ToString().c_str());
@@ -283,8 +316,10 @@ int Run() {
   const absl::Duration duration = absl::Seconds(absl::GetFlag(FLAGS_duration));
   if (background->mix.empty()) {
     const nlohmann::json load = RunLoad(**client, model, foreground, duration);
-    if (absl::GetFlag(FLAGS_json)) std::cout << load.dump(2) << "\n";
-    else PrintTable("load", load);
+    if (absl::GetFlag(FLAGS_json))
+      std::cout << load.dump(2) << "\n";
+    else
+      PrintTable("load", load);
     return 0;
   }
   const nlohmann::json report = RunIsolation(**client, model, foreground, *background, duration);
@@ -311,10 +346,11 @@ int main(int argc, char** argv) {
   usage.contains_help_flags = [](absl::string_view file) { return absl::EndsWith(file, "client/bench_main.cc"); };
   usage.contains_helpshort_flags = usage.contains_help_flags;
   absl::SetFlagsUsageConfig(usage);
-  absl::SetProgramUsageMessage("Load generator for the attribution server.\n"
-                               "  attribution-bench --server localhost:50051 --concurrency 16 --duration 30\n"
-                               "  attribution-bench --rate 20 --mix attribute=1,logprobs=8 --json\n"
-                               "  attribution-bench --rate 20 --mix logprobs=1 --background 'attribute n_steps=512 concurrency=2'");
+  absl::SetProgramUsageMessage(
+      "Load generator for the attribution server.\n"
+      "  attribution-bench --server localhost:50051 --concurrency 16 --duration 30\n"
+      "  attribution-bench --rate 20 --mix attribute=1,logprobs=8 --json\n"
+      "  attribution-bench --rate 20 --mix logprobs=1 --background 'attribute n_steps=512 concurrency=2'");
   absl::ParseCommandLine(argc, argv);
   return attribution::client::Run();
 }

@@ -21,7 +21,8 @@
 #include "client/attribution_client.h"
 #include "client/heatmap.h"
 
-ABSL_FLAG(std::string, server, "localhost:50051", "server address host:port, or any gRPC target (dns:///name:port, ...)");
+ABSL_FLAG(std::string, server, "localhost:50051",
+          "server address host:port, or any gRPC target (dns:///name:port, ...)");
 ABSL_FLAG(std::string, load_balancing, "pick_first", "pick_first | round_robin over the target's addresses");
 ABSL_FLAG(bool, tls, false, "connect with TLS");
 ABSL_FLAG(std::string, ca, "", "PEM roots that sign the server certificate (TLS)");
@@ -32,18 +33,24 @@ ABSL_FLAG(std::string, token_file, "", "file holding the bearer token");
 ABSL_FLAG(double, timeout, 300, "deadline of the call in seconds");
 ABSL_FLAG(std::string, model, "", "model name (see `models`); empty: the server's first model");
 ABSL_FLAG(std::string, prompt, "", "prompt text");
-ABSL_FLAG(std::string, target, "", "target text (attribute: empty = generated; logprobs: required), tokenized as "
-          "the prompt's continuation: after a prompt ending in 'A:', ' No' is the answer token; see --target_tokenization");
+ABSL_FLAG(
+    std::string, target, "",
+    "target text (attribute: empty = generated; logprobs: required), tokenized as "
+    "the prompt's continuation: after a prompt ending in 'A:', ' No' is the answer token; see --target_tokenization");
 ABSL_FLAG(std::string, target_tokenization, "continuation",
           "continuation: target/foil tokens are those that follow the prompt's when both are tokenized together | "
           "separate: the target text tokenized alone (Captum's way; ' No' may become a lone space and 'No')");
-ABSL_FLAG(bool, include_special_tokens, false, "attribute: make special tokens (bos, ...) features too (Captum parity)");
+ABSL_FLAG(bool, include_special_tokens, false,
+          "attribute: make special tokens (bos, ...) features too (Captum parity)");
 ABSL_FLAG(std::string, foil, "", "contrastive: attribute target minus this foil");
-ABSL_FLAG(std::string, method, "integrated_gradients", "integrated_gradients | gradient_shap | saliency | "
+ABSL_FLAG(std::string, method, "integrated_gradients",
+          "integrated_gradients | gradient_shap | saliency | "
           "input_x_gradient | feature_ablation | shapley_values | shapley_value_sampling | lime | kernel_shap");
 ABSL_FLAG(std::string, quantity, "log_prob", "log_prob | prob | logit");
-ABSL_FLAG(int32_t, n_steps, 0, "integrated-gradient steps (0: server default 50; with --tolerance, the most points in all)");
-ABSL_FLAG(double, tolerance, 0, "integrated gradients: raise the order (8, 16, 32, ...) until the convergence delta and "
+ABSL_FLAG(int32_t, n_steps, 0,
+          "integrated-gradient steps (0: server default 50; with --tolerance, the most points in all)");
+ABSL_FLAG(double, tolerance, 0,
+          "integrated gradients: raise the order (8, 16, 32, ...) until the convergence delta and "
           "the change between orders are within this fraction of |f(input) - f(baseline)|");
 ABSL_FLAG(std::string, rule, "gausslegendre", "integration rule");
 ABSL_FLAG(int32_t, n_samples, 0, "samples of sampling methods (0: server default 25)");
@@ -71,10 +78,13 @@ int Failed(const absl::Status& status) {
 }
 
 absl::StatusOr<std::unique_ptr<AttributionClient>> ConnectFromFlags() {
-  ClientOptions options{.target = absl::GetFlag(FLAGS_server), .load_balancing = absl::GetFlag(FLAGS_load_balancing),
+  ClientOptions options{.target = absl::GetFlag(FLAGS_server),
+                        .load_balancing = absl::GetFlag(FLAGS_load_balancing),
                         .tls = absl::GetFlag(FLAGS_tls),
-                        .ca_file = absl::GetFlag(FLAGS_ca), .cert_file = absl::GetFlag(FLAGS_cert),
-                        .key_file = absl::GetFlag(FLAGS_key), .tls_server_name = absl::GetFlag(FLAGS_tls_server_name),
+                        .ca_file = absl::GetFlag(FLAGS_ca),
+                        .cert_file = absl::GetFlag(FLAGS_cert),
+                        .key_file = absl::GetFlag(FLAGS_key),
+                        .tls_server_name = absl::GetFlag(FLAGS_tls_server_name),
                         .timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout))};
   if (!absl::GetFlag(FLAGS_token_file).empty()) {
     absl::StatusOr<std::string> token = ReadBearerTokenFile(absl::GetFlag(FLAGS_token_file));
@@ -93,19 +103,27 @@ absl::StatusOr<std::string> ModelName(AttributionClient& client) {
 }
 
 GenerationSettings GenerationFromFlags() {
-  return {.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens), .temperature = absl::GetFlag(FLAGS_temperature),
+  return {.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens),
+          .temperature = absl::GetFlag(FLAGS_temperature),
           .seed = absl::GetFlag(FLAGS_seed)};
 }
 
 int Attribute(AttributionClient& client, const std::string& model) {
-  AttributeOptions o{.model = model, .prompt = absl::GetFlag(FLAGS_prompt), .target = absl::GetFlag(FLAGS_target),
+  AttributeOptions o{.model = model,
+                     .prompt = absl::GetFlag(FLAGS_prompt),
+                     .target = absl::GetFlag(FLAGS_target),
                      .target_tokenization = absl::GetFlag(FLAGS_target_tokenization),
-                     .generation = GenerationFromFlags(), .method = absl::GetFlag(FLAGS_method),
-                     .quantity = absl::GetFlag(FLAGS_quantity), .foil = absl::GetFlag(FLAGS_foil),
-                     .baseline = absl::GetFlag(FLAGS_baseline), .n_steps = absl::GetFlag(FLAGS_n_steps),
+                     .generation = GenerationFromFlags(),
+                     .method = absl::GetFlag(FLAGS_method),
+                     .quantity = absl::GetFlag(FLAGS_quantity),
+                     .foil = absl::GetFlag(FLAGS_foil),
+                     .baseline = absl::GetFlag(FLAGS_baseline),
+                     .n_steps = absl::GetFlag(FLAGS_n_steps),
                      .completeness_tolerance = absl::GetFlag(FLAGS_tolerance),
-                     .rule = absl::GetFlag(FLAGS_rule), .n_samples = absl::GetFlag(FLAGS_n_samples),
-                     .stdev = absl::GetFlag(FLAGS_stdev), .seed = absl::GetFlag(FLAGS_seed),
+                     .rule = absl::GetFlag(FLAGS_rule),
+                     .n_samples = absl::GetFlag(FLAGS_n_samples),
+                     .stdev = absl::GetFlag(FLAGS_stdev),
+                     .seed = absl::GetFlag(FLAGS_seed),
                      .want_token_matrix = absl::GetFlag(FLAGS_matrix),
                      .want_faithfulness = absl::GetFlag(FLAGS_faithfulness),
                      .include_special_tokens = absl::GetFlag(FLAGS_include_special_tokens)};
@@ -148,7 +166,8 @@ int Generate(AttributionClient& client, const std::string& model) {
   if (absl::GetFlag(FLAGS_json)) {
     nlohmann::json tokens = nlohmann::json::array();
     for (const Token& t : result->tokens) tokens.push_back({{"id", t.id}, {"text", t.text}, {"log_prob", t.log_prob}});
-    std::cout << nlohmann::json{{"text", result->text}, {"tokens", tokens}, {"stopped", result->stopped}}.dump(2) << "\n";
+    std::cout << nlohmann::json{{"text", result->text}, {"tokens", tokens}, {"stopped", result->stopped}}.dump(2)
+              << "\n";
   } else if (!absl::GetFlag(FLAGS_stream)) {
     std::cout << result->text << "\n";
   }
@@ -156,7 +175,8 @@ int Generate(AttributionClient& client, const std::string& model) {
 }
 
 int LogprobsCommand(AttributionClient& client, const std::string& model) {
-  absl::StatusOr<Logprobs> result = client.GetLogprobs({.model = model, .prompt = absl::GetFlag(FLAGS_prompt),
+  absl::StatusOr<Logprobs> result = client.GetLogprobs({.model = model,
+                                                        .prompt = absl::GetFlag(FLAGS_prompt),
                                                         .target = absl::GetFlag(FLAGS_target),
                                                         .target_tokenization = absl::GetFlag(FLAGS_target_tokenization),
                                                         .top_k = absl::GetFlag(FLAGS_top_k)});

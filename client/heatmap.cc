@@ -100,24 +100,28 @@ std::string TargetTokensLine(const std::vector<Token>& tokens) {
 
 std::string TerminalHeatmap(const Attribution& a, bool color) {
   const double scale = MaxAbs(a.sequence);
-  std::string out = absl::StrFormat("%s\nmodel %s, method %s, target \"%s\" (%s = %.6g)\n", TargetTokensLine(a.target_tokens),
-                                    a.model, a.method, Printable(TargetText(a)), "objective", a.objective);
+  std::string out =
+      absl::StrFormat("%s\nmodel %s, method %s, target \"%s\" (%s = %.6g)\n", TargetTokensLine(a.target_tokens),
+                      a.model, a.method, Printable(TargetText(a)), "objective", a.objective);
   for (const PromptPiece& piece : PromptPieces(a)) {
     const std::string text = Printable(piece.text.empty() ? "·" : piece.text);
     if (piece.feature < 0) {
-      absl::StrAppend(&out, color ? absl::StrCat("\x1b[38;5;245m", text, "\x1b[0m") : absl::StrCat("(", text, ")"), " ");
+      absl::StrAppend(&out, color ? absl::StrCat("\x1b[38;5;245m", text, "\x1b[0m") : absl::StrCat("(", text, ")"),
+                      " ");
       continue;
     }
     const double value = a.sequence[piece.feature];
     absl::StrAppend(&out, color ? Paint(text, ColorOf(value, scale)) : absl::StrCat("[", text, "]"), " ");
   }
   if (!a.fixed_tokens.empty()) {
-    absl::StrAppend(&out, color ? "\n\x1b[38;5;245mgrey\x1b[0m" : "\n( )", ": fixed tokens, kept real in every row (not features)");
+    absl::StrAppend(&out, color ? "\n\x1b[38;5;245mgrey\x1b[0m" : "\n( )",
+                    ": fixed tokens, kept real in every row (not features)");
   }
   absl::StrAppend(&out, "\n\n");
   std::vector<size_t> order(a.features.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) { return std::fabs(a.sequence[x]) > std::fabs(a.sequence[y]); });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t x, size_t y) { return std::fabs(a.sequence[x]) > std::fabs(a.sequence[y]); });
   absl::StrAppend(&out, absl::StrFormat("%-6s %-24s %12s\n", "rank", "feature", "attribution"));
   for (size_t rank = 0; rank < order.size() && rank < 10; ++rank) {
     const size_t f = order[rank];
@@ -147,9 +151,12 @@ std::string TerminalHeatmap(const Attribution& a, bool color) {
     absl::StrAppend(&out, ")");
   }
   if (a.faithfulness) absl::StrAppend(&out, "\n", FaithfulnessSummary(*a.faithfulness));
-  absl::StrAppend(&out, absl::StrFormat("\n%d rows (%d forward, %d backward); %.3f s queued (summed over rows), %.3f s device share; %.3f s wall\n",
-                                        a.stats.rows, a.stats.forward_passes, a.stats.backward_passes,
-                                        a.stats.queue_seconds, a.stats.device_seconds, a.stats.wall_seconds));
+  absl::StrAppend(
+      &out,
+      absl::StrFormat(
+          "\n%d rows (%d forward, %d backward); %.3f s queued (summed over rows), %.3f s device share; %.3f s wall\n",
+          a.stats.rows, a.stats.forward_passes, a.stats.backward_passes, a.stats.queue_seconds, a.stats.device_seconds,
+          a.stats.wall_seconds));
   return out;
 }
 
@@ -166,7 +173,8 @@ std::string HtmlReport(const Attribution& a) {
       HtmlEscape(TargetTokensLine(a.target_tokens)), "</p>\n<h3>Input features</h3>\n<div>");
   for (const PromptPiece& piece : PromptPieces(a)) {
     if (piece.feature < 0) {
-      absl::StrAppend(&html, "<span class=\"tok fixed\" title=\"fixed: not a feature\">", HtmlEscape(piece.text), "</span>");
+      absl::StrAppend(&html, "<span class=\"tok fixed\" title=\"fixed: not a feature\">", HtmlEscape(piece.text),
+                      "</span>");
       continue;
     }
     const double value = a.sequence[piece.feature];
@@ -183,7 +191,8 @@ std::string HtmlReport(const Attribution& a) {
     absl::StrAppend(&html, "</tr>\n");
     for (size_t t = 0; t < a.token_matrix.size(); ++t) {
       const double row_scale = MaxAbs(a.token_matrix[t]);
-      absl::StrAppend(&html, "<tr><th>", t < a.target_tokens.size() ? HtmlEscape(a.target_tokens[t].text) : "", "</th>");
+      absl::StrAppend(&html, "<tr><th>", t < a.target_tokens.size() ? HtmlEscape(a.target_tokens[t].text) : "",
+                      "</th>");
       for (double v : a.token_matrix[t]) {
         absl::StrAppend(&html, "<td style=\"", Css(ColorOf(v, row_scale)), "\">", absl::StrFormat("%.3g", v), "</td>");
       }
@@ -191,9 +200,11 @@ std::string HtmlReport(const Attribution& a) {
     }
     absl::StrAppend(&html, "</table>\n");
   }
-  if (a.convergence_delta) absl::StrAppend(&html, absl::StrFormat("<p>Convergence delta: %.4g</p>\n", *a.convergence_delta));
+  if (a.convergence_delta)
+    absl::StrAppend(&html, absl::StrFormat("<p>Convergence delta: %.4g</p>\n", *a.convergence_delta));
   if (a.faithfulness) absl::StrAppend(&html, "<pre>", HtmlEscape(FaithfulnessSummary(*a.faithfulness)), "</pre>\n");
-  absl::StrAppend(&html, absl::StrFormat("<p>%d rows, %.3f s wall</p>\n</body></html>\n", a.stats.rows, a.stats.wall_seconds));
+  absl::StrAppend(&html,
+                  absl::StrFormat("<p>%d rows, %.3f s wall</p>\n</body></html>\n", a.stats.rows, a.stats.wall_seconds));
   return html;
 }
 
@@ -201,27 +212,44 @@ std::string AttributionJson(const Attribution& a) {
   auto tokens = [](const std::vector<Token>& list) {
     nlohmann::json out = nlohmann::json::array();
     for (const Token& t : list) {
-      out.push_back({{"id", t.id}, {"text", t.text}, {"char_begin", t.char_begin}, {"char_end", t.char_end},
-                     {"log_prob", t.log_prob}, {"special", t.special}});
+      out.push_back({{"id", t.id},
+                     {"text", t.text},
+                     {"char_begin", t.char_begin},
+                     {"char_end", t.char_end},
+                     {"log_prob", t.log_prob},
+                     {"special", t.special}});
     }
     return out;
   };
   nlohmann::json features = nlohmann::json::array();
-  for (const Feature& f : a.features) features.push_back({{"token_begin", f.token_begin}, {"token_end", f.token_end}, {"text", f.text}});
-  nlohmann::json out = {{"model", a.model}, {"method", a.method}, {"prompt_tokens", tokens(a.prompt_tokens)},
-                        {"target_tokens", tokens(a.target_tokens)}, {"features", features},
+  for (const Feature& f : a.features)
+    features.push_back({{"token_begin", f.token_begin}, {"token_end", f.token_end}, {"text", f.text}});
+  nlohmann::json out = {{"model", a.model},
+                        {"method", a.method},
+                        {"prompt_tokens", tokens(a.prompt_tokens)},
+                        {"target_tokens", tokens(a.target_tokens)},
+                        {"features", features},
                         {"fixed_tokens", a.fixed_tokens},
-                        {"sequence_attribution", a.sequence}, {"token_matrix", a.token_matrix},
+                        {"sequence_attribution", a.sequence},
+                        {"token_matrix", a.token_matrix},
                         {"objective", a.objective},
-                        {"stats", {{"rows", a.stats.rows}, {"forward_passes", a.stats.forward_passes},
-                                   {"backward_passes", a.stats.backward_passes}, {"queue_seconds", a.stats.queue_seconds},
-                                   {"device_seconds", a.stats.device_seconds}, {"wall_seconds", a.stats.wall_seconds}}}};
+                        {"stats",
+                         {{"rows", a.stats.rows},
+                          {"forward_passes", a.stats.forward_passes},
+                          {"backward_passes", a.stats.backward_passes},
+                          {"queue_seconds", a.stats.queue_seconds},
+                          {"device_seconds", a.stats.device_seconds},
+                          {"wall_seconds", a.stats.wall_seconds}}}};
   if (a.convergence_delta) out["convergence_delta"] = *a.convergence_delta;
   if (a.integration_steps > 0) out["integration_steps"] = a.integration_steps;
   if (a.tolerance_met) out["tolerance_met"] = *a.tolerance_met;
   if (const std::optional<Faithfulness>& f = a.faithfulness) {
-    out["faithfulness"] = {{"percents", f->percents}, {"features_at", f->features_at}, {"full", f->full},
-                           {"empty", f->empty}, {"deletion", f->deletion}, {"insertion", f->insertion},
+    out["faithfulness"] = {{"percents", f->percents},
+                           {"features_at", f->features_at},
+                           {"full", f->full},
+                           {"empty", f->empty},
+                           {"deletion", f->deletion},
+                           {"insertion", f->insertion},
                            {"comprehensiveness_aopc", f->comprehensiveness_aopc},
                            {"sufficiency_aopc", f->sufficiency_aopc}};
   }

@@ -51,9 +51,13 @@ absl::Status SetBaseline(const std::string& name, v1::AttributeRequest* out) {
     out->set_baseline_token_id(id);
     return absl::OkStatus();
   }
-  absl::StatusOr<v1::BaselineKind> kind = Lookup<v1::BaselineKind>(
-      "baseline", name, {{"default", v1::BASELINE_UNSPECIFIED}, {"zero", v1::ZERO_EMBEDDING}, {"pad", v1::PAD_TOKEN},
-                         {"unk", v1::UNK_TOKEN}, {"eos", v1::EOS_TOKEN}, {"bos", v1::BOS_TOKEN}});
+  absl::StatusOr<v1::BaselineKind> kind = Lookup<v1::BaselineKind>("baseline", name,
+                                                                   {{"default", v1::BASELINE_UNSPECIFIED},
+                                                                    {"zero", v1::ZERO_EMBEDDING},
+                                                                    {"pad", v1::PAD_TOKEN},
+                                                                    {"unk", v1::UNK_TOKEN},
+                                                                    {"eos", v1::EOS_TOKEN},
+                                                                    {"bos", v1::BOS_TOKEN}});
   if (!kind.ok()) return kind.status();
   out->set_baseline(*kind);
   return absl::OkStatus();
@@ -72,8 +76,12 @@ absl::Status SetPromptFields(const Options& o, Request* out) {
 }
 
 RunStats StatsFromProto(const v1::RunStats& s) {
-  return {.rows = s.rows(), .forward_passes = s.forward_passes(), .backward_passes = s.backward_passes(),
-          .queue_seconds = s.queue_seconds(), .device_seconds = s.device_seconds(), .wall_seconds = s.wall_seconds()};
+  return {.rows = s.rows(),
+          .forward_passes = s.forward_passes(),
+          .backward_passes = s.backward_passes(),
+          .queue_seconds = s.queue_seconds(),
+          .device_seconds = s.device_seconds(),
+          .wall_seconds = s.wall_seconds()};
 }
 
 std::vector<Token> TokensFromProto(const google::protobuf::RepeatedPtrField<v1::Token>& tokens) {
@@ -85,7 +93,12 @@ std::vector<Token> TokensFromProto(const google::protobuf::RepeatedPtrField<v1::
 }  // namespace
 
 Token FromProto(const v1::Token& t) {
-  return {.id = t.id(), .text = t.text(), .bytes = t.token_bytes(), .char_begin = t.char_begin(), .char_end = t.char_end(), .log_prob = t.log_prob(),
+  return {.id = t.id(),
+          .text = t.text(),
+          .bytes = t.token_bytes(),
+          .char_begin = t.char_begin(),
+          .char_end = t.char_end(),
+          .log_prob = t.log_prob(),
           .special = t.special()};
 }
 
@@ -98,16 +111,21 @@ absl::StatusOr<v1::AttributeRequest> ToProto(const AttributeOptions& o) {
   out.set_target_tokenization(*tokenization);
   out.set_include_special_tokens(o.include_special_tokens);
   SetGeneration(o.generation, out.mutable_generation());
-  absl::StatusOr<v1::Method> method = Lookup<v1::Method>(
-      "method", o.method,
-      {{"integrated_gradients", v1::INTEGRATED_GRADIENTS}, {"ig", v1::INTEGRATED_GRADIENTS},
-       {"gradient_shap", v1::GRADIENT_SHAP}, {"saliency", v1::SALIENCY}, {"input_x_gradient", v1::INPUT_X_GRADIENT},
-       {"feature_ablation", v1::FEATURE_ABLATION}, {"shapley_values", v1::SHAPLEY_VALUES},
-       {"shapley_value_sampling", v1::SHAPLEY_VALUE_SAMPLING}, {"lime", v1::LIME}, {"kernel_shap", v1::KERNEL_SHAP}});
+  absl::StatusOr<v1::Method> method = Lookup<v1::Method>("method", o.method,
+                                                         {{"integrated_gradients", v1::INTEGRATED_GRADIENTS},
+                                                          {"ig", v1::INTEGRATED_GRADIENTS},
+                                                          {"gradient_shap", v1::GRADIENT_SHAP},
+                                                          {"saliency", v1::SALIENCY},
+                                                          {"input_x_gradient", v1::INPUT_X_GRADIENT},
+                                                          {"feature_ablation", v1::FEATURE_ABLATION},
+                                                          {"shapley_values", v1::SHAPLEY_VALUES},
+                                                          {"shapley_value_sampling", v1::SHAPLEY_VALUE_SAMPLING},
+                                                          {"lime", v1::LIME},
+                                                          {"kernel_shap", v1::KERNEL_SHAP}});
   if (!method.ok()) return method.status();
   out.set_method(*method);
-  absl::StatusOr<v1::Quantity> quantity =
-      Lookup<v1::Quantity>("quantity", o.quantity, {{"log_prob", v1::LOG_PROB}, {"prob", v1::PROB}, {"logit", v1::LOGIT}});
+  absl::StatusOr<v1::Quantity> quantity = Lookup<v1::Quantity>(
+      "quantity", o.quantity, {{"log_prob", v1::LOG_PROB}, {"prob", v1::PROB}, {"logit", v1::LOGIT}});
   if (!quantity.ok()) return quantity.status();
   out.set_quantity(*quantity);
   if (!o.foil.empty() || !o.foil_ids.empty()) {
@@ -122,15 +140,19 @@ absl::StatusOr<v1::AttributeRequest> ToProto(const AttributeOptions& o) {
     v1::FeatureGroup* group = out.add_feature_groups();
     group->set_token_begin(g.token_begin);
     group->set_token_end(g.token_end);
-    if (!g.baseline_text.empty() || !g.baseline_ids.empty()) SetInput(g.baseline_text, g.baseline_ids, group->mutable_baseline());
+    if (!g.baseline_text.empty() || !g.baseline_ids.empty())
+      SetInput(g.baseline_text, g.baseline_ids, group->mutable_baseline());
   }
   if (absl::Status s = SetBaseline(o.baseline, &out); !s.ok()) return s;
   out.set_n_steps(o.n_steps);
   out.set_completeness_tolerance(o.completeness_tolerance);
-  absl::StatusOr<v1::IntegrationRule> rule = Lookup<v1::IntegrationRule>(
-      "rule", o.rule,
-      {{"gausslegendre", v1::GAUSS_LEGENDRE}, {"riemann_left", v1::RIEMANN_LEFT}, {"riemann_right", v1::RIEMANN_RIGHT},
-       {"riemann_middle", v1::RIEMANN_MIDDLE}, {"riemann_trapezoid", v1::RIEMANN_TRAPEZOID}});
+  absl::StatusOr<v1::IntegrationRule> rule =
+      Lookup<v1::IntegrationRule>("rule", o.rule,
+                                  {{"gausslegendre", v1::GAUSS_LEGENDRE},
+                                   {"riemann_left", v1::RIEMANN_LEFT},
+                                   {"riemann_right", v1::RIEMANN_RIGHT},
+                                   {"riemann_middle", v1::RIEMANN_MIDDLE},
+                                   {"riemann_trapezoid", v1::RIEMANN_TRAPEZOID}});
   if (!rule.ok()) return rule.status();
   out.set_rule(*rule);
   out.set_n_samples(o.n_samples);
@@ -169,7 +191,8 @@ Attribution FromProto(const v1::AttributeResponse& r) {
   for (const v1::Feature& f : r.features()) out.features.push_back({f.token_begin(), f.token_end(), f.text()});
   out.fixed_tokens.assign(r.fixed_tokens().begin(), r.fixed_tokens().end());
   out.sequence.assign(r.sequence_attribution().begin(), r.sequence_attribution().end());
-  for (const v1::AttributionRow& row : r.token_matrix()) out.token_matrix.emplace_back(row.values().begin(), row.values().end());
+  for (const v1::AttributionRow& row : r.token_matrix())
+    out.token_matrix.emplace_back(row.values().begin(), row.values().end());
   out.objective = r.objective();
   if (r.has_convergence_delta()) out.convergence_delta = r.convergence_delta();
   out.integration_steps = r.integration_steps();
@@ -178,7 +201,8 @@ Attribution FromProto(const v1::AttributeResponse& r) {
     const v1::Faithfulness& f = r.faithfulness();
     out.faithfulness = Faithfulness{.percents = {f.percents().begin(), f.percents().end()},
                                     .features_at = {f.features_at().begin(), f.features_at().end()},
-                                    .full = f.full(), .empty = f.empty(),
+                                    .full = f.full(),
+                                    .empty = f.empty(),
                                     .deletion = {f.deletion().begin(), f.deletion().end()},
                                     .insertion = {f.insertion().begin(), f.insertion().end()},
                                     .comprehensiveness_aopc = f.comprehensiveness_aopc(),
@@ -189,8 +213,12 @@ Attribution FromProto(const v1::AttributeResponse& r) {
 }
 
 Generation FromProto(const v1::GenerateResponse& r) {
-  return {.prompt_tokens = TokensFromProto(r.prompt_tokens()), .tokens = TokensFromProto(r.tokens()), .text = r.text(),
-          .text_bytes = r.text_bytes(), .stopped = r.stopped(), .stats = StatsFromProto(r.stats())};
+  return {.prompt_tokens = TokensFromProto(r.prompt_tokens()),
+          .tokens = TokensFromProto(r.tokens()),
+          .text = r.text(),
+          .text_bytes = r.text_bytes(),
+          .stopped = r.stopped(),
+          .stats = StatsFromProto(r.stats())};
 }
 
 Logprobs FromProto(const v1::LogprobsResponse& r) {
@@ -212,12 +240,21 @@ std::vector<ModelInfo> FromProto(const v1::ListModelsResponse& r) {
   std::vector<ModelInfo> out;
   for (const v1::ModelInfo& m : r.models()) {
     const v1::Limits& l = m.limits();
-    out.push_back({.name = m.name(), .architecture = m.architecture(), .dtype = m.dtype(),
-                   .quantization = m.quantization(), .device = m.device(),
-                   .resident_weight_bytes = m.resident_weight_bytes(), .vocab_size = m.vocab_size(),
-                   .num_layers = m.num_layers(), .hidden_size = m.hidden_size(), .max_steps = l.max_steps(),
-                   .max_samples = l.max_samples(), .max_features = l.max_features(), .max_tokens = l.max_tokens(),
-                   .max_new_tokens = l.max_new_tokens(), .max_top_k = l.max_top_k()});
+    out.push_back({.name = m.name(),
+                   .architecture = m.architecture(),
+                   .dtype = m.dtype(),
+                   .quantization = m.quantization(),
+                   .device = m.device(),
+                   .resident_weight_bytes = m.resident_weight_bytes(),
+                   .vocab_size = m.vocab_size(),
+                   .num_layers = m.num_layers(),
+                   .hidden_size = m.hidden_size(),
+                   .max_steps = l.max_steps(),
+                   .max_samples = l.max_samples(),
+                   .max_features = l.max_features(),
+                   .max_tokens = l.max_tokens(),
+                   .max_new_tokens = l.max_new_tokens(),
+                   .max_top_k = l.max_top_k()});
   }
   return out;
 }

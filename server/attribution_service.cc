@@ -53,8 +53,11 @@ void AttributionServiceImpl::CallEnded(const CallLog& log, const grpc::Status& s
   const absl::Time now = absl::Now();
   const char* code = StatusCodeName(status.error_code());
   metrics_->RecordRpc(log.method, code, now - log.received);
-  nlohmann::json line = {{"rpc", log.method}, {"model", AbbreviateUserText(log.model)}, {"code", code},
-                         {"wall_s", absl::ToDoubleSeconds(now - log.received)}, {"peer", log.peer}};
+  nlohmann::json line = {{"rpc", log.method},
+                         {"model", AbbreviateUserText(log.model)},
+                         {"code", code},
+                         {"wall_s", absl::ToDoubleSeconds(now - log.received)},
+                         {"peer", log.peer}};
   if (log.stats.rows() > 0) {
     line["rows"] = log.stats.rows();
     line["queue_s"] = log.stats.queue_seconds();
@@ -158,10 +161,13 @@ grpc::ServerUnaryReactor* AttributionServiceImpl::Generate(grpc::CallbackServerC
                                                            const v1::GenerateRequest* request,
                                                            v1::GenerateResponse* response) {
   auto* call = new UnaryCall(this, "Generate", context);
-  StartGeneration(call, context, *request, [call, response](absl::StatusOr<v1::GenerateResponse> result) {
-    if (result.ok()) *response = std::move(*result);
-    call->Complete(result.status());
-  }, nullptr);
+  StartGeneration(
+      call, context, *request,
+      [call, response](absl::StatusOr<v1::GenerateResponse> result) {
+        if (result.ok()) *response = std::move(*result);
+        call->Complete(result.status());
+      },
+      nullptr);
   return call;
 }
 
@@ -173,12 +179,15 @@ grpc::ServerWriteReactor<v1::GenerateEvent>* AttributionServiceImpl::GenerateStr
     ToStreamedToken(id, log_prob, served, event.mutable_token());
     call->Send(std::move(event));
   };
-  StartGeneration(call, context, *request, [call](absl::StatusOr<v1::GenerateResponse> result) {
-    if (!result.ok()) return call->Complete(result.status());
-    v1::GenerateEvent last;
-    *last.mutable_result() = std::move(*result);
-    call->Complete(absl::OkStatus(), std::move(last));
-  }, on_token);
+  StartGeneration(
+      call, context, *request,
+      [call](absl::StatusOr<v1::GenerateResponse> result) {
+        if (!result.ok()) return call->Complete(result.status());
+        v1::GenerateEvent last;
+        *last.mutable_result() = std::move(*result);
+        call->Complete(absl::OkStatus(), std::move(last));
+      },
+      on_token);
   return call;
 }
 
@@ -201,17 +210,16 @@ grpc::ServerUnaryReactor* AttributionServiceImpl::Logprobs(grpc::CallbackServerC
   auto handle = served->engine->NewRequest(logprobs->priority, DeadlineOf(context));
   call->OnCancelDo([served, handle] { served->engine->Cancel(*handle); });
   const absl::Time received = call->log().received;
-  engine::ScoreTarget(*served->engine, handle, logprobs->prompt.encoding.ids,
-                      logprobs->target.encoding.ids, logprobs->top_k,
-                      [call, served, logprobs, handle, response,
-                       received](absl::StatusOr<engine::TargetScores> scores) {
-                        if (scores.ok()) {
-                          ToLogprobsResponse(*scores, *logprobs, *served, response);
-                          ToRunStats(handle->stats(), received, response->mutable_stats());
-                          call->log().stats = response->stats();
-                        }
-                        call->Complete(scores.status());
-                      });
+  engine::ScoreTarget(
+      *served->engine, handle, logprobs->prompt.encoding.ids, logprobs->target.encoding.ids, logprobs->top_k,
+      [call, served, logprobs, handle, response, received](absl::StatusOr<engine::TargetScores> scores) {
+        if (scores.ok()) {
+          ToLogprobsResponse(*scores, *logprobs, *served, response);
+          ToRunStats(handle->stats(), received, response->mutable_stats());
+          call->log().stats = response->stats();
+        }
+        call->Complete(scores.status());
+      });
   return call;
 }
 

@@ -41,8 +41,8 @@ class AttributionServiceImpl final : public v1::AttributionService::CallbackServ
 
  private:
   // Authenticates, takes a gate slot and finds the model (nullptr when the call needs none).
-  absl::StatusOr<const ServedModel*> Admit(CallLog& log, grpc::CallbackServerContext* context,
-                                           const std::string& model, bool needs_model = true);
+  absl::StatusOr<const ServedModel*> Admit(CallLog& log, grpc::CallbackServerContext* context, const std::string& model,
+                                           bool needs_model = true);
   void CallEnded(const CallLog& log, const grpc::Status& status) override;
   using TokenSink = std::function<void(const ServedModel&, int64_t id, float log_prob)>;
   template <typename Call>
@@ -50,8 +50,7 @@ class AttributionServiceImpl final : public v1::AttributionService::CallbackServ
                         std::function<void(absl::StatusOr<v1::AttributeResponse>)> done);
   template <typename Call>
   void StartGeneration(Call* call, grpc::CallbackServerContext* context, const v1::GenerateRequest& request,
-                       std::function<void(absl::StatusOr<v1::GenerateResponse>)> done,
-                       TokenSink on_token);
+                       std::function<void(absl::StatusOr<v1::GenerateResponse>)> done, TokenSink on_token);
 
   const ServerConfig& config_;
   ServerMetrics* const metrics_;

@@ -11,7 +11,8 @@ absl::Status CallGate::Enter() {
   std::lock_guard<std::mutex> lock(mu_);
   if (draining_) return absl::UnavailableError("the server is shutting down; retry on another replica");
   if (in_flight_ >= max_in_flight_) {
-    return absl::ResourceExhaustedError(absl::StrCat("too many concurrent requests (the limit is ", max_in_flight_, ")"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("too many concurrent requests (the limit is ", max_in_flight_, ")"));
   }
   ++in_flight_;
   return absl::OkStatus();

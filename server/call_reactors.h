@@ -67,8 +67,7 @@ class CancelHook {
 // Deletes itself when gRPC is done with it. Complete() must be the caller's last use of the object.
 class UnaryCall final : public grpc::ServerUnaryReactor {
  public:
-  UnaryCall(CallObserver* observer, std::string method, grpc::CallbackServerContext* context)
-      : observer_(observer) {
+  UnaryCall(CallObserver* observer, std::string method, grpc::CallbackServerContext* context) : observer_(observer) {
     log_.method = std::move(method);
     log_.peer = context->peer();
   }
@@ -94,8 +93,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
 template <typename Event>
 class StreamCall final : public grpc::ServerWriteReactor<Event> {
  public:
-  StreamCall(CallObserver* observer, std::string method, grpc::CallbackServerContext* context)
-      : observer_(observer) {
+  StreamCall(CallObserver* observer, std::string method, grpc::CallbackServerContext* context) : observer_(observer) {
     log_.method = std::move(method);
     log_.peer = context->peer();
   }

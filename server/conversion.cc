@@ -30,7 +30,8 @@ absl::Status InField(absl::string_view field, const absl::Status& status) {
 // INVALID_ARGUMENT for an enum value this server does not know, listing the ones it does.
 absl::Status UnknownEnumValue(absl::string_view field, int value, const google::protobuf::EnumDescriptor* descriptor) {
   std::string names;
-  for (int i = 0; i < descriptor->value_count(); ++i) absl::StrAppend(&names, i ? ", " : "", descriptor->value(i)->name());
+  for (int i = 0; i < descriptor->value_count(); ++i)
+    absl::StrAppend(&names, i ? ", " : "", descriptor->value(i)->name());
   return Invalid(field, absl::StrCat("unknown value ", value, " (one of: ", names, ")"));
 }
 
@@ -42,7 +43,8 @@ absl::StatusOr<ResolvedInput> Resolve(const v1::Input& input, absl::string_view 
   ResolvedInput out;
   if (input.token_ids_size() > 0) {
     out.encoding.ids.assign(input.token_ids().begin(), input.token_ids().end());
-    RETURN_IF_ERROR(InField(field, engine::CheckTokenIds(out.encoding.ids, "token_ids", model.model->config().vocab_size)));
+    RETURN_IF_ERROR(
+        InField(field, engine::CheckTokenIds(out.encoding.ids, "token_ids", model.model->config().vocab_size)));
     return out;
   }
   out.text = input.text();
@@ -70,14 +72,18 @@ absl::StatusOr<ResolvedInput> ResolveContinuation(const std::string& text, absl:
 }
 
 // A target or foil: token ids as they are; text as the prompt's continuation or on its own.
-absl::StatusOr<ResolvedInput> ResolveTarget(const v1::Input& input, absl::string_view field, const ResolvedInput& prompt,
-                                            v1::TargetTokenization tokenization, const ServedModel& model) {
+absl::StatusOr<ResolvedInput> ResolveTarget(const v1::Input& input, absl::string_view field,
+                                            const ResolvedInput& prompt, v1::TargetTokenization tokenization,
+                                            const ServedModel& model) {
   if (input.text().empty() || input.token_ids_size() > 0) return Resolve(input, field, model, false);
   switch (tokenization) {
     case v1::TARGET_TOKENIZATION_UNSPECIFIED:
-    case v1::CONTINUATION: return ResolveContinuation(input.text(), field, prompt, *model.tokenizer);
-    case v1::SEPARATE: return Resolve(input, field, model, false);
-    default: return UnknownEnumValue("target_tokenization", tokenization, v1::TargetTokenization_descriptor());
+    case v1::CONTINUATION:
+      return ResolveContinuation(input.text(), field, prompt, *model.tokenizer);
+    case v1::SEPARATE:
+      return Resolve(input, field, model, false);
+    default:
+      return UnknownEnumValue("target_tokenization", tokenization, v1::TargetTokenization_descriptor());
   }
 }
 
@@ -90,10 +96,14 @@ absl::StatusOr<ResolvedInput> ResolvePrompt(const v1::Input& prompt, bool no_spe
 absl::StatusOr<Priority> ToPriority(v1::Priority priority) {
   switch (priority) {
     case v1::PRIORITY_UNSPECIFIED:
-    case v1::NORMAL: return Priority::kNormal;
-    case v1::LOW: return Priority::kLow;
-    case v1::HIGH: return Priority::kHigh;
-    default: return UnknownEnumValue("priority", priority, v1::Priority_descriptor());
+    case v1::NORMAL:
+      return Priority::kNormal;
+    case v1::LOW:
+      return Priority::kLow;
+    case v1::HIGH:
+      return Priority::kHigh;
+    default:
+      return UnknownEnumValue("priority", priority, v1::Priority_descriptor());
   }
 }
 
@@ -103,8 +113,7 @@ absl::StatusOr<engine::TokenQuantity> ParseTokenQuantity(const std::string& name
   if (name == "log_prob") return engine::TokenQuantity::kLogProb;
   if (name == "prob") return engine::TokenQuantity::kProb;
   if (name == "logit") return engine::TokenQuantity::kLogit;
-  return absl::InvalidArgumentError(
-      absl::StrCat("quantity \"", name, "\" is not supported (log_prob, prob, logit)"));
+  return absl::InvalidArgumentError(absl::StrCat("quantity \"", name, "\" is not supported (log_prob, prob, logit)"));
 }
 
 // The engine value of a proto enum value, matched by name so that the engine's parser stays the one
@@ -116,14 +125,12 @@ template <typename EngineEnum>
 absl::StatusOr<EngineEnum> FromProtoEnum(absl::string_view field, int value, int unspecified,
                                          const google::protobuf::EnumDescriptor* descriptor,
                                          absl::StatusOr<EngineEnum> (*parse)(const std::string&)) {
-  const google::protobuf::EnumValueDescriptor* named =
-      descriptor->FindValueByNumber(value == 0 ? unspecified : value);
+  const google::protobuf::EnumValueDescriptor* named = descriptor->FindValueByNumber(value == 0 ? unspecified : value);
   if (named == nullptr) return UnknownEnumValue(field, value, descriptor);
   const std::string name = absl::AsciiStrToLower(named->name());
   absl::StatusOr<EngineEnum> parsed = parse(name);
   if (!parsed.ok()) {
-    return absl::InternalError(
-        absl::StrCat(field, ": ", named->name(), " has no engine counterpart"));
+    return absl::InternalError(absl::StrCat(field, ": ", named->name(), " has no engine counterpart"));
   }
   return parsed;
 }
@@ -146,8 +153,7 @@ absl::StatusOr<engine::IntegrationRule> ToRule(v1::IntegrationRule rule) {
 }
 
 absl::StatusOr<engine::TokenQuantity> ToQuantity(v1::Quantity quantity) {
-  return FromProtoEnum("quantity", quantity, v1::LOG_PROB, v1::Quantity_descriptor(),
-                       &ParseTokenQuantity);
+  return FromProtoEnum("quantity", quantity, v1::LOG_PROB, v1::Quantity_descriptor(), &ParseTokenQuantity);
 }
 
 // Sets the baseline fields of `request` from the proto's baseline kind.
@@ -164,19 +170,28 @@ absl::Status ApplyBaseline(const v1::AttributeRequest& proto, const ServedModel&
   std::optional<int64_t> eos;
   if (!config.eos_token_ids.empty()) eos = config.eos_token_ids.front();
   switch (proto.baseline()) {
-    case v1::BASELINE_UNSPECIFIED: request.baseline_token_id = 0; return absl::OkStatus();
+    case v1::BASELINE_UNSPECIFIED:
+      request.baseline_token_id = 0;
+      return absl::OkStatus();
     case v1::ZERO_EMBEDDING:
       if (!engine::IsGradientMethod(request.method)) {
         return Invalid("baseline", "ZERO_EMBEDDING applies to gradient methods only; perturbations replace tokens");
       }
       request.zero_embedding_baseline = true;
       return absl::OkStatus();
-    case v1::PAD_TOKEN: return use(special.pad, config.pad_token_id, "pad");
-    case v1::UNK_TOKEN: return use(special.unk, config.unk_token_id, "unk");
-    case v1::EOS_TOKEN: return use(special.eos, eos, "eos");
-    case v1::BOS_TOKEN: return use(special.bos, config.bos_token_id, "bos");
-    case v1::TOKEN_ID: request.baseline_token_id = proto.baseline_token_id(); return absl::OkStatus();
-    default: return UnknownEnumValue("baseline", proto.baseline(), v1::BaselineKind_descriptor());
+    case v1::PAD_TOKEN:
+      return use(special.pad, config.pad_token_id, "pad");
+    case v1::UNK_TOKEN:
+      return use(special.unk, config.unk_token_id, "unk");
+    case v1::EOS_TOKEN:
+      return use(special.eos, eos, "eos");
+    case v1::BOS_TOKEN:
+      return use(special.bos, config.bos_token_id, "bos");
+    case v1::TOKEN_ID:
+      request.baseline_token_id = proto.baseline_token_id();
+      return absl::OkStatus();
+    default:
+      return UnknownEnumValue("baseline", proto.baseline(), v1::BaselineKind_descriptor());
   }
 }
 
@@ -214,12 +229,14 @@ absl::Status ApplyFeatures(const v1::AttributeRequest& proto, const ServedModel&
     return AddTokenFeatures(proto, model, 0, prompt_length, request);
   }
   if (proto.has_feature_range()) {
-    if (proto.feature_groups_size() > 0) return Invalid("feature_range", "set feature_range or feature_groups, not both");
+    if (proto.feature_groups_size() > 0)
+      return Invalid("feature_range", "set feature_range or feature_groups, not both");
     RETURN_IF_ERROR(CheckSpan(proto.feature_range(), "feature_range", prompt_length));
     if (IsSet(proto.feature_range().baseline())) {
       return Invalid("feature_range.baseline", "is not used; give per-feature baselines with feature_groups");
     }
-    return AddTokenFeatures(proto, model, proto.feature_range().token_begin(), proto.feature_range().token_end(), request);
+    return AddTokenFeatures(proto, model, proto.feature_range().token_begin(), proto.feature_range().token_end(),
+                            request);
   }
   int64_t covered_until = 0;
   for (int i = 0; i < proto.feature_groups_size(); ++i) {
@@ -254,7 +271,8 @@ absl::StatusOr<engine::GenerationOptions> ToGenerationOptions(const v1::Generati
   options.seed = proto.seed();
   options.ignore_stop_tokens = proto.ignore_stop_tokens();
   options.stop_token_ids.assign(proto.stop_token_ids().begin(), proto.stop_token_ids().end());
-  RETURN_IF_ERROR(engine::CheckTokenIds(options.stop_token_ids, "generation.stop_token_ids", model.model->config().vocab_size));
+  RETURN_IF_ERROR(
+      engine::CheckTokenIds(options.stop_token_ids, "generation.stop_token_ids", model.model->config().vocab_size));
   RETURN_IF_ERROR(InField("generation", engine::CheckGenerationOptions(options)));
   return options;
 }
@@ -272,7 +290,8 @@ absl::Status CheckPromptLength(const ResolvedInput& prompt, int64_t continuation
 
 int64_t CodePoints(absl::string_view text, size_t bytes) {
   bytes = std::min(bytes, text.size());
-  return std::count_if(text.begin(), text.begin() + bytes, [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; });
+  return std::count_if(text.begin(), text.begin() + bytes,
+                       [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; });
 }
 
 // A token's id, readable text (valid UTF-8) and exact bytes, for Token and TopToken.
@@ -330,14 +349,15 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
     return Invalid("target", "is set but empty; omit the field to have the target generated");
   }
   if (IsSet(proto.target())) {
-    ASSIGN_OR_RETURN(call.target, ResolveTarget(proto.target(), "target", call.prompt, proto.target_tokenization(), model));
+    ASSIGN_OR_RETURN(call.target,
+                     ResolveTarget(proto.target(), "target", call.prompt, proto.target_tokenization(), model));
   }
   request.target_ids = call.target.encoding.ids;
   if (call.target.empty()) {
     ASSIGN_OR_RETURN(request.generation, ToGenerationOptions(proto.generation(), model));
   }
-  RETURN_IF_ERROR(CheckPromptLength(call.prompt, call.target.empty() ? request.generation.max_new_tokens
-                                                                     : request.target_ids.size(), model));
+  RETURN_IF_ERROR(CheckPromptLength(
+      call.prompt, call.target.empty() ? request.generation.max_new_tokens : request.target_ids.size(), model));
   ASSIGN_OR_RETURN(request.quantity, ToQuantity(proto.quantity()));
   if (proto.contrastive() != IsSet(proto.foil())) {
     return proto.contrastive() ? Invalid("foil", "contrastive needs a foil (text or token_ids)")
@@ -345,7 +365,8 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
   }
   if (proto.contrastive()) {
     if (call.target.empty()) return Invalid("target", "contrastive attribution needs a given target");
-    ASSIGN_OR_RETURN(ResolvedInput foil, ResolveTarget(proto.foil(), "foil", call.prompt, proto.target_tokenization(), model));
+    ASSIGN_OR_RETURN(ResolvedInput foil,
+                     ResolveTarget(proto.foil(), "foil", call.prompt, proto.target_tokenization(), model));
     if (foil.encoding.ids.size() != request.target_ids.size()) {
       return Invalid("foil", absl::StrCat("has ", foil.encoding.ids.size(), " tokens; the target has ",
                                           request.target_ids.size(), " (they must match)"));
@@ -357,8 +378,10 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
   RETURN_IF_ERROR(ApplyBaseline(proto, model, request));
   request.completeness_tolerance = proto.completeness_tolerance();
   // With a tolerance, n_steps bounds the orders tried; unset, the server's limit does.
-  if (proto.n_steps() != 0) request.n_steps = proto.n_steps();
-  else if (request.completeness_tolerance > 0) request.n_steps = model.spec.limits.max_steps;
+  if (proto.n_steps() != 0)
+    request.n_steps = proto.n_steps();
+  else if (request.completeness_tolerance > 0)
+    request.n_steps = model.spec.limits.max_steps;
   ASSIGN_OR_RETURN(request.rule, ToRule(proto.rule()));
   if (proto.n_samples() != 0) request.n_samples = proto.n_samples();
   if (!std::isfinite(proto.stdev()) || proto.stdev() < 0) {
@@ -374,8 +397,8 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
   return call;
 }
 
-void ToAttributeResponse(const engine::AttributionResult& result, const AttributeCall& call,
-                         const ServedModel& model, v1::AttributeResponse* out) {
+void ToAttributeResponse(const engine::AttributionResult& result, const AttributeCall& call, const ServedModel& model,
+                         v1::AttributeResponse* out) {
   const engine::Tokenizer& tokenizer = *model.tokenizer;
   out->set_model(model.spec.name);
   out->set_method(ToProtoMethod(call.request.method));
@@ -465,7 +488,8 @@ absl::StatusOr<LogprobsCall> ToLogprobsCall(const v1::LogprobsRequest& proto, co
   LogprobsCall call;
   ASSIGN_OR_RETURN(call.prompt, ResolvePrompt(proto.prompt(), proto.no_special_tokens(), model));
   if (!IsSet(proto.target())) return Invalid("target", "must hold at least one token (set text or token_ids)");
-  ASSIGN_OR_RETURN(call.target, ResolveTarget(proto.target(), "target", call.prompt, proto.target_tokenization(), model));
+  ASSIGN_OR_RETURN(call.target,
+                   ResolveTarget(proto.target(), "target", call.prompt, proto.target_tokenization(), model));
   RETURN_IF_ERROR(CheckPromptLength(call.prompt, call.target.encoding.ids.size(), model));
   if (proto.top_k() < 0 || proto.top_k() > max_top_k) {
     return Invalid("top_k", absl::StrCat(proto.top_k(), " is outside [0, ", max_top_k, "]"));
@@ -475,8 +499,8 @@ absl::StatusOr<LogprobsCall> ToLogprobsCall(const v1::LogprobsRequest& proto, co
   return call;
 }
 
-void ToLogprobsResponse(const engine::TargetScores& scores, const LogprobsCall& call,
-                        const ServedModel& model, v1::LogprobsResponse* out) {
+void ToLogprobsResponse(const engine::TargetScores& scores, const LogprobsCall& call, const ServedModel& model,
+                        v1::LogprobsResponse* out) {
   const engine::Tokenizer& tokenizer = *model.tokenizer;
   out->set_model(model.spec.name);
   FillTokens(call.prompt, tokenizer, out->mutable_prompt_tokens());

@@ -31,8 +31,8 @@ struct AttributeCall {
 };
 absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto, const ServedModel& model,
                                               absl::Time deadline);
-void ToAttributeResponse(const engine::AttributionResult& result, const AttributeCall& call,
-                         const ServedModel& model, v1::AttributeResponse* out);
+void ToAttributeResponse(const engine::AttributionResult& result, const AttributeCall& call, const ServedModel& model,
+                         v1::AttributeResponse* out);
 
 struct GenerateCall {
   ResolvedInput prompt;
@@ -53,8 +53,8 @@ struct LogprobsCall {
 };
 absl::StatusOr<LogprobsCall> ToLogprobsCall(const v1::LogprobsRequest& proto, const ServedModel& model,
                                             int64_t max_top_k);
-void ToLogprobsResponse(const engine::TargetScores& scores, const LogprobsCall& call,
-                        const ServedModel& model, v1::LogprobsResponse* out);
+void ToLogprobsResponse(const engine::TargetScores& scores, const LogprobsCall& call, const ServedModel& model,
+                        v1::LogprobsResponse* out);
 
 void ToModelInfo(const ServedModel& model, int64_t max_top_k, v1::ModelInfo* out);
 

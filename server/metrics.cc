@@ -6,7 +6,6 @@
 #include <prometheus/metric_family.h>
 #include <prometheus/text_serializer.h>
 
-
 #include <set>
 
 #include "absl/strings/numbers.h"
@@ -35,29 +34,40 @@ class EngineCollector : public prometheus::Collectable {
 
   std::vector<prometheus::MetricFamily> Collect() const override {
     std::vector<prometheus::MetricFamily> families = {
-        Family("attribution_engine_queued_rows", "Rows waiting in the model's batching engine", prometheus::MetricType::Gauge),
+        Family("attribution_engine_queued_rows", "Rows waiting in the model's batching engine",
+               prometheus::MetricType::Gauge),
         Family("attribution_engine_queued_tokens", "Tokens of the rows waiting", prometheus::MetricType::Gauge),
         Family("attribution_engine_queued_bytes", "Memory the waiting work holds (rows, embedding paths)",
                prometheus::MetricType::Gauge),
-        Family("attribution_engine_token_budget", "Padded tokens per batch now (shrinks after out-of-memory)", prometheus::MetricType::Gauge),
-        Family("attribution_model_resident_weight_bytes", "Bytes of weights the model holds on its device", prometheus::MetricType::Gauge),
+        Family("attribution_engine_token_budget", "Padded tokens per batch now (shrinks after out-of-memory)",
+               prometheus::MetricType::Gauge),
+        Family("attribution_model_resident_weight_bytes", "Bytes of weights the model holds on its device",
+               prometheus::MetricType::Gauge),
         Family("attribution_engine_batches_total", "Batches run", prometheus::MetricType::Counter),
         Family("attribution_engine_rows_total", "Rows run (rate() gives rows/s)", prometheus::MetricType::Counter),
-        Family("attribution_engine_tokens_total", "Real tokens run (rate() gives tokens/s)", prometheus::MetricType::Counter),
+        Family("attribution_engine_tokens_total", "Real tokens run (rate() gives tokens/s)",
+               prometheus::MetricType::Counter),
         Family("attribution_engine_padded_tokens_total", "Tokens including padding", prometheus::MetricType::Counter),
-        Family("attribution_engine_failed_rows_total", "Rows that failed on the device", prometheus::MetricType::Counter),
-        Family("attribution_engine_device_seconds_total", "Time the executor spent running batches", prometheus::MetricType::Counter),
+        Family("attribution_engine_failed_rows_total", "Rows that failed on the device",
+               prometheus::MetricType::Counter),
+        Family("attribution_engine_device_seconds_total", "Time the executor spent running batches",
+               prometheus::MetricType::Counter),
         Family("attribution_engine_time_limited_batches_total",
                "Batches that max_batch_seconds kept short because other calls waited", prometheus::MetricType::Counter),
     };
     for (const auto& model : models_.models()) {
       const engine::EngineStats s = model->engine->Stats();
-      const double values[] = {static_cast<double>(s.queued_rows), static_cast<double>(s.queued_tokens),
+      const double values[] = {static_cast<double>(s.queued_rows),
+                               static_cast<double>(s.queued_tokens),
                                static_cast<double>(s.queued_bytes),
-                               static_cast<double>(s.token_budget), static_cast<double>(model->model->ResidentWeightBytes()),
-                               static_cast<double>(s.batches), static_cast<double>(s.rows),
-                               static_cast<double>(s.tokens), static_cast<double>(s.padded_tokens),
-                               static_cast<double>(s.failed_rows), absl::ToDoubleSeconds(s.device_time),
+                               static_cast<double>(s.token_budget),
+                               static_cast<double>(model->model->ResidentWeightBytes()),
+                               static_cast<double>(s.batches),
+                               static_cast<double>(s.rows),
+                               static_cast<double>(s.tokens),
+                               static_cast<double>(s.padded_tokens),
+                               static_cast<double>(s.failed_rows),
+                               absl::ToDoubleSeconds(s.device_time),
                                static_cast<double>(s.time_limited_batches)};
       for (size_t i = 0; i < families.size(); ++i) {
         prometheus::ClientMetric metric;
@@ -121,13 +131,23 @@ class EngineCollector : public prometheus::Collectable {
 
 ServerMetrics::ServerMetrics()
     : registry_(std::make_shared<prometheus::Registry>()),
-      rpcs_(BuildCounter().Name("attribution_rpcs_total").Help("RPCs answered, by method and status code").Register(*registry_)),
-      rpc_seconds_(BuildHistogram().Name("attribution_rpc_seconds").Help("RPC latency, receipt to answer").Register(*registry_)),
-      in_flight_(BuildGauge().Name("attribution_rpcs_in_flight").Help("Calls being served").Register(*registry_).Add({})),
+      rpcs_(BuildCounter()
+                .Name("attribution_rpcs_total")
+                .Help("RPCs answered, by method and status code")
+                .Register(*registry_)),
+      rpc_seconds_(
+          BuildHistogram().Name("attribution_rpc_seconds").Help("RPC latency, receipt to answer").Register(*registry_)),
+      in_flight_(
+          BuildGauge().Name("attribution_rpcs_in_flight").Help("Calls being served").Register(*registry_).Add({})),
       batch_rows_(BuildHistogram().Name("attribution_batch_rows").Help("Rows per batch").Register(*registry_)),
-      batch_tokens_(BuildHistogram().Name("attribution_batch_tokens").Help("Padded tokens per batch").Register(*registry_)),
-      batch_padding_(BuildHistogram().Name("attribution_batch_padding_waste").Help("Share of a batch's tokens that is padding").Register(*registry_)),
-      batch_seconds_(BuildHistogram().Name("attribution_batch_seconds").Help("Device time per batch").Register(*registry_)) {}
+      batch_tokens_(
+          BuildHistogram().Name("attribution_batch_tokens").Help("Padded tokens per batch").Register(*registry_)),
+      batch_padding_(BuildHistogram()
+                         .Name("attribution_batch_padding_waste")
+                         .Help("Share of a batch's tokens that is padding")
+                         .Register(*registry_)),
+      batch_seconds_(
+          BuildHistogram().Name("attribution_batch_seconds").Help("Device time per batch").Register(*registry_)) {}
 
 ServerMetrics::~ServerMetrics() = default;
 
@@ -166,8 +186,8 @@ void ServerMetrics::WatchModels(const ModelRegistry& models) {
 }
 
 void ServerMetrics::ObserveBatch(const std::string& model, const engine::BatchRecord& batch) {
-  static const Histogram::BucketBoundaries kRows = Exponential(1, 2, 11);       // 1 .. 1024
-  static const Histogram::BucketBoundaries kTokens = Exponential(16, 2, 13);    // 16 .. 65536
+  static const Histogram::BucketBoundaries kRows = Exponential(1, 2, 11);     // 1 .. 1024
+  static const Histogram::BucketBoundaries kTokens = Exponential(16, 2, 13);  // 16 .. 65536
   static const Histogram::BucketBoundaries kShare = {0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1};
   static const Histogram::BucketBoundaries kSeconds = Exponential(0.0005, 2, 16);
   const prometheus::Labels labels = {{"model", model}, {"kind", engine::RowKindName(batch.kind)}};

@@ -3,9 +3,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/common/files.h"
 #include "engine/common/status_macros.h"
 #include "engine/model/quantization.h"
-#include "engine/common/files.h"
 #include "engine/model/torch_errors.h"
 #include "engine/tokenizer/id_only_tokenizer.h"
 #include "server/user_text.h"
@@ -83,8 +83,8 @@ absl::StatusOr<const ServedModel*> ModelRegistry::Find(const std::string& name) 
     if (m->spec.name == name) return m.get();
     names.push_back(m->spec.name);
   }
-  return absl::NotFoundError(absl::StrCat("model: no model named ", QuoteUserText(name), " (this server holds: ",
-                                          absl::StrJoin(names, ", "), ")"));
+  return absl::NotFoundError(absl::StrCat("model: no model named ", QuoteUserText(name),
+                                          " (this server holds: ", absl::StrJoin(names, ", "), ")"));
 }
 
 void ModelRegistry::Shutdown() {

@@ -2,7 +2,6 @@
 #include "server/server_config.h"
 
 #include <nlohmann/json.hpp>
-
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -41,7 +40,8 @@ class ObjectReader {
 
   absl::Status Finish() const {
     for (const auto& [key, value] : object_.items()) {
-      if (!used_.count(key)) return absl::InvalidArgumentError(absl::StrCat(where_, " has an unknown key \"", key, "\""));
+      if (!used_.count(key))
+        return absl::InvalidArgumentError(absl::StrCat(where_, " has an unknown key \"", key, "\""));
     }
     return absl::OkStatus();
   }
@@ -150,14 +150,17 @@ absl::Duration DefaultMaxBatchTime(const std::string& device) {
 }
 
 absl::Status ValidateServerConfig(const ServerConfig& config) {
-  if (config.models.empty()) return absl::InvalidArgumentError("no models: give --model NAME=PATH or a config file with models");
+  if (config.models.empty())
+    return absl::InvalidArgumentError("no models: give --model NAME=PATH or a config file with models");
   std::set<std::string> names;
   for (size_t i = 0; i < config.models.size(); ++i) {
     const ModelSpec& m = config.models[i];
     const std::string where = absl::StrCat("models[", i, "]");
     if (m.name.empty()) return absl::InvalidArgumentError(absl::StrCat(where, ".name must not be empty"));
-    if (m.path.empty()) return absl::InvalidArgumentError(absl::StrCat(where, " (", m.name, "): path must not be empty"));
-    if (!names.insert(m.name).second) return absl::InvalidArgumentError(absl::StrCat("model name \"", m.name, "\" appears twice"));
+    if (m.path.empty())
+      return absl::InvalidArgumentError(absl::StrCat(where, " (", m.name, "): path must not be empty"));
+    if (!names.insert(m.name).second)
+      return absl::InvalidArgumentError(absl::StrCat("model name \"", m.name, "\" appears twice"));
     RETURN_IF_ERROR(Positive(m.engine.max_batch_tokens, where + ".engine.max_batch_tokens"));
     RETURN_IF_ERROR(Positive(m.engine.max_batch_rows, where + ".engine.max_batch_rows"));
     if (!(m.engine.max_batch_time > absl::ZeroDuration())) {
@@ -180,7 +183,8 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
   if (!config.tls.client_ca_file.empty() && config.tls.cert_file.empty()) {
     return absl::InvalidArgumentError("tls: client_ca_file (mutual TLS) needs cert_file and key_file");
   }
-  if (config.grace_period < absl::ZeroDuration()) return absl::InvalidArgumentError("grace_period_seconds must not be negative");
+  if (config.grace_period < absl::ZeroDuration())
+    return absl::InvalidArgumentError("grace_period_seconds must not be negative");
   return absl::OkStatus();
 }
 

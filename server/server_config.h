@@ -23,8 +23,8 @@ struct ModelSpec {
   std::string quantization = "none";
   std::string device = "cpu";
   bool allow_nonfinite_weights = false;  // load weights holding NaN / inf instead of refusing them
-  engine::EngineOptions engine;        // batching budgets
-  engine::AttributionLimits limits;    // per-request maxima
+  engine::EngineOptions engine;          // batching budgets
+  engine::AttributionLimits limits;      // per-request maxima
 };
 
 struct TlsConfig {

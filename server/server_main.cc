@@ -30,19 +30,24 @@
 #include "server/attribution_service.h"
 #include "server/log_line.h"
 
-ABSL_FLAG(std::string, config, "", "JSON config file (listen addresses, TLS, auth, limits, models); flags given "
+ABSL_FLAG(std::string, config, "",
+          "JSON config file (listen addresses, TLS, auth, limits, models); flags given "
           "on the command line override its values");
 ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC address host:port (port 0: any free port, see --port_file)");
-ABSL_FLAG(std::string, port_file, "", "once serving, write the bound gRPC port and then the metrics port (0: none), "
+ABSL_FLAG(std::string, port_file, "",
+          "once serving, write the bound gRPC port and then the metrics port (0: none), "
           "one per line, to this file (for scripts and tests)");
 ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9464", "Prometheus /metrics address host:port; empty: none");
-ABSL_FLAG(std::vector<std::string>, model, {}, "NAME=PATH of a Hugging Face model directory to serve; several as one "
-          "comma-separated list (--model=a=DIR1,b=DIR2: a repeated --model keeps only its last value); uses --dtype, --quantization and --device. Without --model and --config: the "
+ABSL_FLAG(std::vector<std::string>, model, {},
+          "NAME=PATH of a Hugging Face model directory to serve; several as one "
+          "comma-separated list (--model=a=DIR1,b=DIR2: a repeated --model keeps only its last value); uses --dtype, "
+          "--quantization and --device. Without --model and --config: the "
           "embedded default model tiny-qa-llama ($ATTRIBUTION_DEFAULT_MODEL overrides its folder)");
 ABSL_FLAG(std::string, dtype, "float32", "compute dtype of --model models: float32 | bfloat16 | float16");
 ABSL_FLAG(std::string, quantization, "none", "weight quantization of --model models: none | int8 | nf4");
 ABSL_FLAG(std::string, device, "cpu", "device of --model models: cpu | cuda:N");
-ABSL_FLAG(bool, allow_nonfinite_weights, false, "load --model models whose weights hold NaN or infinite values "
+ABSL_FLAG(bool, allow_nonfinite_weights, false,
+          "load --model models whose weights hold NaN or infinite values "
           "(refused by default: such a model's answers are NaN)");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve TLS (with --tls_key)");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
@@ -53,9 +58,11 @@ ABSL_FLAG(int64_t, max_message_bytes, 4 << 20, "largest request or response mess
 ABSL_FLAG(int64_t, max_tokens, 4096, "per request: prompt + target (or new) tokens, for --model models");
 ABSL_FLAG(int64_t, max_steps, 1024, "per request: integrated-gradient steps, for --model models");
 ABSL_FLAG(int64_t, max_samples, 1024, "per request: sampling methods' samples, for --model models");
-ABSL_FLAG(double, max_batch_seconds, 0, "device time of one batch while short calls wait beside long work (latency "
+ABSL_FLAG(double, max_batch_seconds, 0,
+          "device time of one batch while short calls wait beside long work (latency "
           "isolation), for --model models; 0: 0.025 on the CPU, 0.005 on CUDA");
-ABSL_FLAG(bool, check_config, false, "validate the config and flags, print a summary and exit (0: valid, 1: not); "
+ABSL_FLAG(bool, check_config, false,
+          "validate the config and flags, print a summary and exit (0: valid, 1: not); "
           "loads no model (e.g. for a ConfigMap in CI)");
 ABSL_FLAG(double, grace_period_seconds, 30, "on SIGTERM, how long calls in flight may take to finish");
 
@@ -87,14 +94,18 @@ std::string DefaultModelDir() {
 
 // A --model (or the default model) with the per-model flags.
 ModelSpec ModelSpecFromFlags(std::string name, std::string path) {
-  ModelSpec spec{.name = std::move(name), .path = std::move(path), .dtype = absl::GetFlag(FLAGS_dtype),
-                 .quantization = absl::GetFlag(FLAGS_quantization), .device = absl::GetFlag(FLAGS_device)};
+  ModelSpec spec{.name = std::move(name),
+                 .path = std::move(path),
+                 .dtype = absl::GetFlag(FLAGS_dtype),
+                 .quantization = absl::GetFlag(FLAGS_quantization),
+                 .device = absl::GetFlag(FLAGS_device)};
   spec.allow_nonfinite_weights = absl::GetFlag(FLAGS_allow_nonfinite_weights);
   spec.limits.max_tokens = absl::GetFlag(FLAGS_max_tokens);
   spec.limits.max_steps = absl::GetFlag(FLAGS_max_steps);
   spec.limits.max_samples = absl::GetFlag(FLAGS_max_samples);
   const double max_batch_seconds = absl::GetFlag(FLAGS_max_batch_seconds);
-  spec.engine.max_batch_time = max_batch_seconds > 0 ? absl::Seconds(max_batch_seconds) : DefaultMaxBatchTime(spec.device);
+  spec.engine.max_batch_time =
+      max_batch_seconds > 0 ? absl::Seconds(max_batch_seconds) : DefaultMaxBatchTime(spec.device);
   return spec;
 }
 
@@ -113,10 +124,12 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   Override("auth_tokens_file", FLAGS_auth_tokens_file, config.auth_tokens_file);
   Override("max_concurrent_requests", FLAGS_max_concurrent_requests, config.max_concurrent_requests);
   Override("max_message_bytes", FLAGS_max_message_bytes, config.max_message_bytes);
-  if (OnCommandLine("grace_period_seconds")) config.grace_period = absl::Seconds(absl::GetFlag(FLAGS_grace_period_seconds));
+  if (OnCommandLine("grace_period_seconds"))
+    config.grace_period = absl::Seconds(absl::GetFlag(FLAGS_grace_period_seconds));
   for (const std::string& entry : absl::GetFlag(FLAGS_model)) {
     std::vector<std::string> parts = absl::StrSplit(entry, absl::MaxSplits('=', 1));
-    if (parts.size() != 2) return absl::InvalidArgumentError(absl::StrCat("--model \"", entry, "\": expected NAME=PATH"));
+    if (parts.size() != 2)
+      return absl::InvalidArgumentError(absl::StrCat("--model \"", entry, "\": expected NAME=PATH"));
     config.models.push_back(ModelSpecFromFlags(parts[0], parts[1]));
   }
   if (absl::GetFlag(FLAGS_config).empty() && absl::GetFlag(FLAGS_model).empty()) {
@@ -157,9 +170,10 @@ void WarnOfUnusedWeights(const ServedModel& m) {
   std::vector<std::string> listed(unused.begin(), unused.begin() + std::min(unused.size(), kListed));
   std::string names = absl::StrJoin(listed, ", ");
   if (unused.size() > kListed) absl::StrAppend(&names, " and ", unused.size() - kListed, " more");
-  Log("model_warning", absl::StrCat("model \"", m.spec.name, "\" (", m.spec.path, "): ", unused.size(),
-                                    " stored tensor(s) that the ", engine::ArchitectureName(m.model->config().architecture),
-                                    " architecture does not use were not loaded: ", names));
+  Log("model_warning",
+      absl::StrCat("model \"", m.spec.name, "\" (", m.spec.path, "): ", unused.size(), " stored tensor(s) that the ",
+                   engine::ArchitectureName(m.model->config().architecture),
+                   " architecture does not use were not loaded: ", names));
 }
 
 int Fail(const absl::Status& status) {
@@ -172,9 +186,10 @@ int Serve() {
   absl::StatusOr<ServerConfig> config = ConfigFromFlags();
   if (!config.ok()) return Fail(config.status());
   if (absl::GetFlag(FLAGS_check_config)) {
-    std::printf("config ok: listen %s, metrics %s, %zu model(s):", config->listen.c_str(), config->metrics_listen.c_str(),
-                config->models.size());
-    for (const ModelSpec& m : config->models) std::printf(" %s (%s on %s)", m.name.c_str(), m.path.c_str(), m.device.c_str());
+    std::printf("config ok: listen %s, metrics %s, %zu model(s):", config->listen.c_str(),
+                config->metrics_listen.c_str(), config->models.size());
+    for (const ModelSpec& m : config->models)
+      std::printf(" %s (%s on %s)", m.name.c_str(), m.path.c_str(), m.device.c_str());
     std::printf("\n");
     return 0;
   }
@@ -199,12 +214,13 @@ int Serve() {
   builder.SetMaxSendMessageSize(static_cast<int>(config->max_message_bytes));
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || port == 0) return Fail(absl::UnavailableError(absl::StrCat("cannot listen on ", config->listen)));
+  if (server == nullptr || port == 0)
+    return Fail(absl::UnavailableError(absl::StrCat("cannot listen on ", config->listen)));
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   health->SetServingStatus(false);
-  Log("listening", absl::StrCat("port ", port, config->tls.cert_file.empty() ? " plaintext" : " TLS",
-                                config->tls.client_ca_file.empty() ? "" : " (mutual)", ", metrics port ",
-                                metrics->get()->port()));
+  Log("listening",
+      absl::StrCat("port ", port, config->tls.cert_file.empty() ? " plaintext" : " TLS",
+                   config->tls.client_ca_file.empty() ? "" : " (mutual)", ", metrics port ", metrics->get()->port()));
 
   absl::StatusOr<std::unique_ptr<ModelRegistry>> models = ModelRegistry::Load(config->models);
   if (!models.ok()) {
@@ -219,7 +235,8 @@ int Serve() {
                                      " on ", m->spec.device, ", ", m->model->ResidentWeightBytes(), " weight bytes"));
     WarnOfUnusedWeights(*m);
     if (dynamic_cast<const engine::IdOnlyTokenizer*>(m->tokenizer.get()) != nullptr) {
-      Log("model_warning", absl::StrCat("model \"", m->spec.name, "\" (", m->spec.path, "): no tokenizer.json or "
+      Log("model_warning", absl::StrCat("model \"", m->spec.name, "\" (", m->spec.path,
+                                        "): no tokenizer.json or "
                                         "tokenizer.model: it serves token ids only"));
     }
   }
@@ -263,9 +280,10 @@ int main(int argc, char** argv) {
   usage.contains_help_flags = [](absl::string_view file) { return absl::EndsWith(file, "server/server_main.cc"); };
   usage.contains_helpshort_flags = usage.contains_help_flags;
   absl::SetFlagsUsageConfig(usage);
-  absl::SetProgramUsageMessage("Serves attribution.v1 (Attribute, Generate, Logprobs, ListModels) over gRPC.\n"
-                               "  attribution-server --model tiny=/models/tiny [--listen 0.0.0.0:50051]\n"
-                               "  attribution-server --config server.json");
+  absl::SetProgramUsageMessage(
+      "Serves attribution.v1 (Attribute, Generate, Logprobs, ListModels) over gRPC.\n"
+      "  attribution-server --model tiny=/models/tiny [--listen 0.0.0.0:50051]\n"
+      "  attribution-server --config server.json");
   absl::ParseCommandLine(argc, argv);
   // Everything below returns statuses; an exception that still escapes (a bug) ends startup with
   // status 1 and its message rather than std::terminate's abort.

@@ -17,7 +17,8 @@ absl::Status CheckRange(int64_t value, int64_t low, int64_t high, absl::string_v
 absl::Status CheckTokenIds(const std::vector<int64_t>& ids, absl::string_view field, int64_t vocab) {
   for (size_t i = 0; i < ids.size(); ++i) {
     if (ids[i] < 0 || ids[i] >= vocab) {
-      return absl::InvalidArgumentError(absl::StrCat(field, "[", i, "] = ", ids[i], " is outside the vocabulary [0, ", vocab, ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, "[", i, "] = ", ids[i], " is outside the vocabulary [0, ", vocab, ")"));
     }
   }
   return absl::OkStatus();
@@ -39,7 +40,8 @@ absl::Status ValidateAttributionRequest(const AttributionRequest& r, const Model
   if (auto s = CheckRange(prompt + target, 2, limits.max_tokens, "prompt + target tokens"); !s.ok()) return s;
   if (!r.foil_ids.empty()) {
     if (r.target_ids.empty() || r.foil_ids.size() != r.target_ids.size()) {
-      return absl::InvalidArgumentError("foil_ids must have as many tokens as target_ids (contrastive needs a given target)");
+      return absl::InvalidArgumentError(
+          "foil_ids must have as many tokens as target_ids (contrastive needs a given target)");
     }
     if (r.quantity == TokenQuantity::kProb && r.target_ids.size() > 1) {
       return absl::InvalidArgumentError("contrastive prob is defined for single-token targets; use log_prob or logit");
@@ -56,17 +58,20 @@ absl::Status ValidateAttributionRequest(const AttributionRequest& r, const Model
                                                      ") is not a non-empty span of the ", prompt, " prompt tokens"));
     }
     for (int64_t p = span.begin; p < span.end; ++p) {
-      if (covered[p]) return absl::InvalidArgumentError(absl::StrCat("features[", f, "] overlaps an earlier feature at token ", p));
+      if (covered[p])
+        return absl::InvalidArgumentError(absl::StrCat("features[", f, "] overlaps an earlier feature at token ", p));
       covered[p] = true;
     }
     if (auto s = CheckTokenIds(span.baseline_ids, "features[].baseline_ids", vocab); !s.ok()) return s;
     if (IsGradientMethod(r.method) && !span.baseline_ids.empty() &&
         static_cast<int64_t>(span.baseline_ids.size()) != span.end - span.begin) {
-      return absl::InvalidArgumentError(absl::StrCat("features[", f, "].baseline_ids: gradient methods need one baseline token per position"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("features[", f, "].baseline_ids: gradient methods need one baseline token per position"));
     }
   }
   if (!(r.completeness_tolerance >= 0 && r.completeness_tolerance <= 1)) {
-    return absl::InvalidArgumentError(absl::StrCat("completeness_tolerance = ", r.completeness_tolerance, " is outside [0, 1]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("completeness_tolerance = ", r.completeness_tolerance, " is outside [0, 1]"));
   }
   if (r.completeness_tolerance > 0 && r.method != AttributionMethod::kIntegratedGradients) {
     return absl::InvalidArgumentError(absl::StrCat("completeness_tolerance applies to integrated_gradients only, not ",

@@ -61,18 +61,18 @@ struct AttributionRequest {
   // `baseline_token_id` (also the default perturbation replacement).
   bool zero_embedding_baseline = false;
   int64_t baseline_token_id = 0;
-  int64_t n_steps = 50;                       // integrated gradients (with a tolerance: points over all orders)
+  int64_t n_steps = 50;  // integrated gradients (with a tolerance: points over all orders)
   IntegrationRule rule = IntegrationRule::kGaussLegendre;
   // Integrated gradients: > 0 runs orders 8, 16, 32, ... (at most n_steps points in all) until
   // |convergence delta| and the estimated error of the latest order are both within
   // completeness_tolerance · |f(x) - f(baseline)|; 0 runs n_steps points once.
   double completeness_tolerance = 0;
-  int64_t n_samples = 25;                     // Shapley value sampling, GradientShap, Lime, KernelShap
-  double stdev = 0.0;                         // GradientShap: noise added to the input embeddings
+  int64_t n_samples = 25;  // Shapley value sampling, GradientShap, Lime, KernelShap
+  double stdev = 0.0;      // GradientShap: noise added to the input embeddings
   uint64_t seed = 0;
-  bool saliency_abs = true;                   // Saliency: |gradient| (Captum's default) or signed
-  bool want_token_matrix = false;             // per-output-token attributions (T x F)
-  bool want_faithfulness = false;             // deletion / insertion curves of the sequence attribution
+  bool saliency_abs = true;        // Saliency: |gradient| (Captum's default) or signed
+  bool want_token_matrix = false;  // per-output-token attributions (T x F)
+  bool want_faithfulness = false;  // deletion / insertion curves of the sequence attribution
 
   Priority priority = Priority::kNormal;
   absl::Time deadline = absl::InfiniteFuture();
@@ -100,26 +100,26 @@ struct AttributionLimits {
 // Features are ranked by signed attribution (supporting the target first); k% of F features means
 // ceil(k * F / 100) of them.
 struct Faithfulness {
-  std::vector<double> percents;          // the curve points: 1, 5, 10, 20, 50 (% of features)
-  std::vector<int64_t> features_at;      // features removed / kept at each point
-  double full = 0;                       // p(target | prompt)
-  double empty = 0;                      // p(target | every feature at its baseline)
-  std::vector<double> deletion;          // per point
-  std::vector<double> insertion;         // per point
+  std::vector<double> percents;      // the curve points: 1, 5, 10, 20, 50 (% of features)
+  std::vector<int64_t> features_at;  // features removed / kept at each point
+  double full = 0;                   // p(target | prompt)
+  double empty = 0;                  // p(target | every feature at its baseline)
+  std::vector<double> deletion;      // per point
+  std::vector<double> insertion;     // per point
   double comprehensiveness_aopc = 0;
   double sufficiency_aopc = 0;
 };
 
 struct AttributionResult {
-  std::vector<int64_t> target_ids;              // as given or generated
-  std::vector<double> sequence;                  // [F]
-  std::vector<std::vector<double>> per_token;    // [T][F] when asked (and for perturbation methods)
-  std::vector<double> target_log_probs;          // [T] log p(target_t | prompt, target_<t)
-  double objective = 0;                          // the scored quantity at the input
-  std::optional<double> convergence_delta;       // integrated gradients: sum(attr) - (f(x) - f(x'))
-  int64_t integration_steps = 0;                 // integrated gradients: points of the answer's order
-  std::optional<bool> tolerance_met;             // with a completeness tolerance: whether it was reached
-  std::optional<Faithfulness> faithfulness;      // when asked
+  std::vector<int64_t> target_ids;             // as given or generated
+  std::vector<double> sequence;                // [F]
+  std::vector<std::vector<double>> per_token;  // [T][F] when asked (and for perturbation methods)
+  std::vector<double> target_log_probs;        // [T] log p(target_t | prompt, target_<t)
+  double objective = 0;                        // the scored quantity at the input
+  std::optional<double> convergence_delta;     // integrated gradients: sum(attr) - (f(x) - f(x'))
+  int64_t integration_steps = 0;               // integrated gradients: points of the answer's order
+  std::optional<bool> tolerance_met;           // with a completeness tolerance: whether it was reached
+  std::optional<Faithfulness> faithfulness;    // when asked
   int64_t rows = 0, forward_passes = 0, backward_passes = 0;
   absl::Duration queue_time, device_time;
 };

@@ -54,8 +54,12 @@ class PlanRun : public std::enable_shared_from_this<PlanRun> {
  public:
   PlanRun(BatchingEngine* engine, std::shared_ptr<Request> handle, std::shared_ptr<RowPlan> plan,
           std::shared_ptr<const AttributionRequest> measured, Attributor::Done done, Attributor::Progress report)
-      : engine_(engine), handle_(std::move(handle)), plan_(std::move(plan)), measured_(std::move(measured)),
-        done_(std::move(done)), progress_(std::make_shared<RowProgress>()) {
+      : engine_(engine),
+        handle_(std::move(handle)),
+        plan_(std::move(plan)),
+        measured_(std::move(measured)),
+        done_(std::move(done)),
+        progress_(std::make_shared<RowProgress>()) {
     progress_->report = std::move(report);
     progress_->plan = plan_;
     if (measured_) progress_->extra = FaithfulnessRowCount();
@@ -92,15 +96,16 @@ class PlanRun : public std::enable_shared_from_this<PlanRun> {
     if (!measured_) return Answer(std::move(*result));
     auto attribution = std::make_shared<AttributionResult>(std::move(*result));
     auto self = shared_from_this();
-    MeasureFaithfulness(*engine_, handle_, *measured_, attribution->sequence,
-                        [self, attribution](absl::StatusOr<Faithfulness> faithfulness) {
-                          if (!faithfulness.ok()) return self->done_(faithfulness.status());
-                          attribution->faithfulness = std::move(*faithfulness);
-                          attribution->rows += FaithfulnessRowCount();
-                          attribution->forward_passes += FaithfulnessRowCount();
-                          self->Answer(std::move(*attribution));
-                        },
-                        [progress = progress_] { progress->RowAnswered(); });
+    MeasureFaithfulness(
+        *engine_, handle_, *measured_, attribution->sequence,
+        [self, attribution](absl::StatusOr<Faithfulness> faithfulness) {
+          if (!faithfulness.ok()) return self->done_(faithfulness.status());
+          attribution->faithfulness = std::move(*faithfulness);
+          attribution->rows += FaithfulnessRowCount();
+          attribution->forward_passes += FaithfulnessRowCount();
+          self->Answer(std::move(*attribution));
+        },
+        [progress = progress_] { progress->RowAnswered(); });
   }
 
   // The answer, with the request's queue and device time once all its rows ran.
@@ -142,12 +147,11 @@ absl::StatusOr<AttributionResult> Attributor::AttributeAndWait(const Attribution
   std::mutex mu;
   std::condition_variable cv;
   std::optional<absl::StatusOr<AttributionResult>> result;
-  Attribute(engine_->NewRequest(request.priority, request.deadline), request,
-            [&](absl::StatusOr<AttributionResult> r) {
-              std::lock_guard<std::mutex> lock(mu);
-              result = std::move(r);
-              cv.notify_all();
-            });
+  Attribute(engine_->NewRequest(request.priority, request.deadline), request, [&](absl::StatusOr<AttributionResult> r) {
+    std::lock_guard<std::mutex> lock(mu);
+    result = std::move(r);
+    cv.notify_all();
+  });
   std::unique_lock<std::mutex> lock(mu);
   cv.wait(lock, [&] { return result.has_value(); });
   return std::move(*result);

@@ -36,8 +36,7 @@ class Attributor {
   const AttributionLimits& limits() const { return limits_; }
 
  private:
-  void AttributeTarget(std::shared_ptr<Request> handle, AttributionRequest request, Done done,
-                       Progress progress) const;
+  void AttributeTarget(std::shared_ptr<Request> handle, AttributionRequest request, Done done, Progress progress) const;
 
   std::shared_ptr<const CausalLM> model_;
   BatchingEngine* engine_;

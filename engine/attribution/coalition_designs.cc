@@ -119,7 +119,8 @@ class SurrogateFit : public CoalitionDesign {
  public:
   SurrogateFit(bool lime, int64_t features, int64_t samples, uint64_t seed)
       : lime_(lime),
-        samples_(lime ? SampleLimeCoalitions(features, samples, seed) : SampleKernelShapCoalitions(features, samples, seed)) {}
+        samples_(lime ? SampleLimeCoalitions(features, samples, seed)
+                      : SampleKernelShapCoalitions(features, samples, seed)) {}
   std::vector<Coalition> Coalitions() const override { return samples_; }
   std::vector<double> Attribute(const std::function<double(const Coalition&)>& value) const override {
     std::vector<double> y;

@@ -20,8 +20,7 @@ Row TargetProbabilityRow(const AttributionRequest& request, const std::vector<bo
   std::vector<int64_t> ids = PerturbedPrompt(request, present);
   const int64_t prompt = static_cast<int64_t>(ids.size());
   ids.insert(ids.end(), request.target_ids.begin(), request.target_ids.end());
-  RowObjective objective =
-      TargetObjective(prompt, request.target_ids, /*foil_ids=*/{}, TokenQuantity::kProb);
+  RowObjective objective = TargetObjective(prompt, request.target_ids, /*foil_ids=*/{}, TokenQuantity::kProb);
   return Row{.kind = RowKind::kScore, .input_ids = std::move(ids), .objective = std::move(objective)};
 }
 

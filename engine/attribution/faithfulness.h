@@ -13,7 +13,6 @@
 
 namespace attribution::engine {
 
-
 // Score rows one faithfulness measurement submits.
 int64_t FaithfulnessRowCount();
 

@@ -26,8 +26,10 @@ class GradientPlan : public RowPlan {
   explicit GradientPlan(AttributionRequest request) : RowPlan(std::move(request)) {
     path_ = std::make_shared<EmbeddingPath>(MakePath());
     const int64_t p = prompt_length();
-    rows_.push_back(Row{.kind = RowKind::kScore, .point = {.path = path_, .alpha = 1.0}, .objective = SequenceObjective(p)});
-    rows_.push_back(Row{.kind = RowKind::kScore, .point = {.path = path_, .alpha = 0.0}, .objective = SequenceObjective(p)});
+    rows_.push_back(
+        Row{.kind = RowKind::kScore, .point = {.path = path_, .alpha = 1.0}, .objective = SequenceObjective(p)});
+    rows_.push_back(
+        Row{.kind = RowKind::kScore, .point = {.path = path_, .alpha = 0.0}, .objective = SequenceObjective(p)});
     order_ = adaptive() ? std::min(kFirstAdaptiveOrder, request_.n_steps) : request_.n_steps;
     QueueGradRows(Samples(order_));
   }
@@ -50,8 +52,8 @@ class GradientPlan : public RowPlan {
     if (!previous_.sequence.empty()) change_ = MaxChange(previous_.sequence, current_.sequence);
     if (!adaptive()) return absl::OkStatus();
     const double allowed = request_.completeness_tolerance * std::abs(at_input_.value - at_baseline_.value);
-    tolerance_met_ = !previous_.sequence.empty() && std::abs(ConvergenceDelta(current_)) <= allowed &&
-                     EstimatedError() <= allowed;
+    tolerance_met_ =
+        !previous_.sequence.empty() && std::abs(ConvergenceDelta(current_)) <= allowed && EstimatedError() <= allowed;
     // n_steps is the budget of points over all orders: the next order doubles, or takes what is left
     // if that is still more points than the last; adaptive never costs more than fixed n_steps.
     points_used_ += order_;
@@ -117,8 +119,8 @@ class GradientPlan : public RowPlan {
     rows_pending_ = RowsPerPoint() * static_cast<int64_t>(samples_.alphas.size());
     const int64_t p = prompt_length();
     for (size_t i = 0; i < samples_.alphas.size(); ++i) {
-      const PathPoint point{.path = path_, .alpha = samples_.alphas[i],
-                            .noise_sample = samples_.noisy ? static_cast<int64_t>(i) : -1};
+      const PathPoint point{
+          .path = path_, .alpha = samples_.alphas[i], .noise_sample = samples_.noisy ? static_cast<int64_t>(i) : -1};
       rows_.push_back(Row{.kind = RowKind::kGrad, .point = point, .objective = SequenceObjective(p)});
       if (!request_.want_token_matrix) continue;
       for (int64_t t = 0; t < target_length(); ++t) {
@@ -172,15 +174,16 @@ class GradientPlan : public RowPlan {
   }
 
   std::shared_ptr<const EmbeddingPath> path_;
-  int64_t order_ = 0;           // integrated gradients: the points of the latest round
-  int64_t points_used_ = 0;     // adaptive: points of the orders absorbed
-  PathSamples samples_;         // of the latest round
+  int64_t order_ = 0;        // integrated gradients: the points of the latest round
+  int64_t points_used_ = 0;  // adaptive: points of the orders absorbed
+  PathSamples samples_;      // of the latest round
   bool ends_scored_ = false;
   RowResult at_input_, at_baseline_;
   Attribution current_, previous_;  // of the latest round and the one before
-  double change_ = 0, previous_change_ = 0;  // largest attribution change into the latest order, and into the one before
-  int64_t rows_done_ = 0;          // grad rows absorbed
-  int64_t rows_pending_ = 0;       // grad rows queued, not yet absorbed
+  double change_ = 0,
+         previous_change_ = 0;  // largest attribution change into the latest order, and into the one before
+  int64_t rows_done_ = 0;       // grad rows absorbed
+  int64_t rows_pending_ = 0;    // grad rows queued, not yet absorbed
   bool tolerance_met_ = false;
 };
 

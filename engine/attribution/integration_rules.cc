@@ -72,7 +72,8 @@ int64_t MinIntegrationSteps(IntegrationRule rule) { return rule == IntegrationRu
 absl::StatusOr<IntegrationPoints> MakeIntegrationPoints(IntegrationRule rule, int64_t n) {
   const int64_t min_steps = MinIntegrationSteps(rule);
   if (n < min_steps) {
-    return absl::InvalidArgumentError(absl::StrCat("n_steps ", n, " must be at least ", min_steps, " for ", IntegrationRuleName(rule)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("n_steps ", n, " must be at least ", min_steps, " for ", IntegrationRuleName(rule)));
   }
   // Riemann sums: `first` plus `span` spaced as torch.linspace, each weight 1/n.
   auto spaced = [n](double first, double span) {

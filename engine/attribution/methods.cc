@@ -24,7 +24,8 @@ absl::Status ValidateIntegratedGradients(const AttributionRequest& r, int64_t, c
 }
 
 absl::Status ValidateGradientShap(const AttributionRequest& r, int64_t features, const AttributionLimits& limits) {
-  if (!(r.stdev >= 0 && r.stdev <= 10)) return absl::InvalidArgumentError(absl::StrCat("stdev = ", r.stdev, " is outside [0, 10]"));
+  if (!(r.stdev >= 0 && r.stdev <= 10))
+    return absl::InvalidArgumentError(absl::StrCat("stdev = ", r.stdev, " is outside [0, 10]"));
   return CheckSamples(r, features, limits);
 }
 
@@ -64,26 +65,64 @@ absl::Status ValidateKernelShap(const AttributionRequest& r, int64_t features, c
   return CheckRange(r.n_samples, 2, limits.max_samples, "n_samples");
 }
 
-constexpr Method kIntegratedGradients{AttributionMethod::kIntegratedGradients, "integrated_gradients",
-                                      MethodFamily::kGradient, ValidateIntegratedGradients, TimesDirection,
-                                      IntegrationSamples, nullptr};
-constexpr Method kGradientShap{AttributionMethod::kGradientShap, "gradient_shap", MethodFamily::kGradient,
-                               ValidateGradientShap, TimesDirection, GradientShapSamples, nullptr};
-constexpr Method kSaliency{AttributionMethod::kSaliency, "saliency", MethodFamily::kGradient, NothingMore,
-                           SaliencyReduction, AtInput, nullptr};
-constexpr Method kInputXGradient{AttributionMethod::kInputXGradient, "input_x_gradient", MethodFamily::kGradient,
-                                 NothingMore, TimesInput, AtInput, nullptr};
-constexpr Method kFeatureAblation{AttributionMethod::kFeatureAblation, "feature_ablation", MethodFamily::kPerturbation,
-                                  NothingMore, nullptr, nullptr, FeatureAblationCoalitions};
-constexpr Method kShapleyValues{AttributionMethod::kShapleyValues, "shapley_values", MethodFamily::kPerturbation,
-                                ValidateShapleyValues, nullptr, nullptr, ShapleyValuesCoalitions};
-constexpr Method kShapleyValueSampling{AttributionMethod::kShapleyValueSampling, "shapley_value_sampling",
-                                       MethodFamily::kPerturbation, CheckSamples, nullptr, nullptr,
+constexpr Method kIntegratedGradients{AttributionMethod::kIntegratedGradients,
+                                      "integrated_gradients",
+                                      MethodFamily::kGradient,
+                                      ValidateIntegratedGradients,
+                                      TimesDirection,
+                                      IntegrationSamples,
+                                      nullptr};
+constexpr Method kGradientShap{AttributionMethod::kGradientShap,
+                               "gradient_shap",
+                               MethodFamily::kGradient,
+                               ValidateGradientShap,
+                               TimesDirection,
+                               GradientShapSamples,
+                               nullptr};
+constexpr Method kSaliency{AttributionMethod::kSaliency,
+                           "saliency",
+                           MethodFamily::kGradient,
+                           NothingMore,
+                           SaliencyReduction,
+                           AtInput,
+                           nullptr};
+constexpr Method kInputXGradient{AttributionMethod::kInputXGradient,
+                                 "input_x_gradient",
+                                 MethodFamily::kGradient,
+                                 NothingMore,
+                                 TimesInput,
+                                 AtInput,
+                                 nullptr};
+constexpr Method kFeatureAblation{AttributionMethod::kFeatureAblation,
+                                  "feature_ablation",
+                                  MethodFamily::kPerturbation,
+                                  NothingMore,
+                                  nullptr,
+                                  nullptr,
+                                  FeatureAblationCoalitions};
+constexpr Method kShapleyValues{AttributionMethod::kShapleyValues,
+                                "shapley_values",
+                                MethodFamily::kPerturbation,
+                                ValidateShapleyValues,
+                                nullptr,
+                                nullptr,
+                                ShapleyValuesCoalitions};
+constexpr Method kShapleyValueSampling{AttributionMethod::kShapleyValueSampling,
+                                       "shapley_value_sampling",
+                                       MethodFamily::kPerturbation,
+                                       CheckSamples,
+                                       nullptr,
+                                       nullptr,
                                        ShapleyValueSamplingCoalitions};
-constexpr Method kLime{AttributionMethod::kLime, "lime", MethodFamily::kPerturbation, CheckSamples, nullptr, nullptr,
-                       LimeCoalitions};
-constexpr Method kKernelShap{AttributionMethod::kKernelShap, "kernel_shap", MethodFamily::kPerturbation,
-                             ValidateKernelShap, nullptr, nullptr, KernelShapCoalitions};
+constexpr Method kLime{
+    AttributionMethod::kLime, "lime", MethodFamily::kPerturbation, CheckSamples, nullptr, nullptr, LimeCoalitions};
+constexpr Method kKernelShap{AttributionMethod::kKernelShap,
+                             "kernel_shap",
+                             MethodFamily::kPerturbation,
+                             ValidateKernelShap,
+                             nullptr,
+                             nullptr,
+                             KernelShapCoalitions};
 
 }  // namespace
 

@@ -55,9 +55,15 @@ struct Method {
 
 const Method& MethodOf(AttributionMethod method);
 inline constexpr AttributionMethod kAllMethods[] = {
-    AttributionMethod::kIntegratedGradients, AttributionMethod::kGradientShap,   AttributionMethod::kSaliency,
-    AttributionMethod::kInputXGradient,      AttributionMethod::kFeatureAblation, AttributionMethod::kShapleyValues,
-    AttributionMethod::kShapleyValueSampling, AttributionMethod::kLime,           AttributionMethod::kKernelShap,
+    AttributionMethod::kIntegratedGradients,
+    AttributionMethod::kGradientShap,
+    AttributionMethod::kSaliency,
+    AttributionMethod::kInputXGradient,
+    AttributionMethod::kFeatureAblation,
+    AttributionMethod::kShapleyValues,
+    AttributionMethod::kShapleyValueSampling,
+    AttributionMethod::kLime,
+    AttributionMethod::kKernelShap,
 };
 
 }  // namespace attribution::engine

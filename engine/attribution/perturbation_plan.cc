@@ -18,7 +18,7 @@ class PerturbationPlan : public RowPlan {
  public:
   PerturbationPlan(AttributionRequest request, int64_t num_layers) : RowPlan(std::move(request)) {
     design_ = MethodOf(request_.method).coalitions(request_, num_features());
-    Index(Coalition(num_features(), true));  // row 0: the real input
+    Index(Coalition(num_features(), true));                     // row 0: the real input
     for (const Coalition& c : design_->Coalitions()) Index(c);  // repeated coalitions share one row
     result_of_.resize(coalitions_.size());
     std::iota(result_of_.begin(), result_of_.end(), 0);
@@ -66,7 +66,8 @@ class PerturbationPlan : public RowPlan {
     // Longest rows first: the engine then batches rows of similar lengths (little padding).
     std::vector<size_t> order(rows.size());
     std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return rows[a].length() > rows[b].length(); });
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return rows[a].length() > rows[b].length(); });
     for (size_t position = 0; position < order.size(); ++position) {
       result_of_[order[position]] = position;
       rows_.push_back(std::move(rows[order[position]]));

@@ -77,7 +77,8 @@ std::pair<int64_t, int64_t> RowPlan::FeatureSpanOf(int64_t f) const { return Fea
 void RowPlan::FillTargetScores(const RowResult& at_input, AttributionResult& out) const {
   out.target_ids = request_.target_ids;
   out.objective = at_input.value;
-  for (int64_t t = 0; t < target_length(); ++t) out.target_log_probs.push_back(at_input.token_log_probs[t].item<double>());
+  for (int64_t t = 0; t < target_length(); ++t)
+    out.target_log_probs.push_back(at_input.token_log_probs[t].item<double>());
 }
 
 }  // namespace attribution::engine

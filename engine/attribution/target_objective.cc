@@ -11,8 +11,7 @@ RowObjective TargetObjective(int64_t prompt_length, const std::vector<int64_t>& 
   const int64_t end = only_token ? *only_token + 1 : static_cast<int64_t>(target_ids.size());
   // p(whole target) = exp(sum of log-probs): summing per-token probabilities would mean nothing.
   const bool whole_target_prob = !only_token && quantity == TokenQuantity::kProb && !contrastive;
-  RowObjective o{.quantity = whole_target_prob ? TokenQuantity::kLogProb : quantity,
-                 .exp_of_sum = whole_target_prob};
+  RowObjective o{.quantity = whole_target_prob ? TokenQuantity::kLogProb : quantity, .exp_of_sum = whole_target_prob};
   auto add = [&](const std::vector<int64_t>& ids, double weight) {
     for (int64_t t = begin; t < end; ++t) {
       o.positions.push_back(prompt_length - 1 + t);

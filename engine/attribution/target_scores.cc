@@ -18,8 +18,7 @@ std::vector<double> ToDoubles(const at::Tensor& values) {
 
 // The score row's results in plain numbers; T scored positions, k alternatives each.
 TargetScores ToTargetScores(const RowResult& row, int64_t top_k) {
-  TargetScores out{.log_probs = ToDoubles(row.token_log_probs),
-                   .logits = ToDoubles(row.token_logits)};
+  TargetScores out{.log_probs = ToDoubles(row.token_log_probs), .logits = ToDoubles(row.token_logits)};
   if (top_k == 0) return out;
   const at::Tensor ids = row.top_ids.to(at::kCPU, at::kLong).contiguous();                // [T, k]
   const at::Tensor log_probs = row.top_log_probs.to(at::kCPU, at::kDouble).contiguous();  // [T, k]
@@ -35,13 +34,12 @@ TargetScores ToTargetScores(const RowResult& row, int64_t top_k) {
 
 }  // namespace
 
-void ScoreTarget(BatchingEngine& engine, const std::shared_ptr<Request>& handle,
-                 const std::vector<int64_t>& prompt_ids, const std::vector<int64_t>& target_ids,
-                 int64_t top_k, std::function<void(absl::StatusOr<TargetScores>)> done) {
+void ScoreTarget(BatchingEngine& engine, const std::shared_ptr<Request>& handle, const std::vector<int64_t>& prompt_ids,
+                 const std::vector<int64_t>& target_ids, int64_t top_k,
+                 std::function<void(absl::StatusOr<TargetScores>)> done) {
   if (prompt_ids.empty()) return done(absl::InvalidArgumentError("prompt_ids must not be empty"));
   if (target_ids.empty()) return done(absl::InvalidArgumentError("target_ids must not be empty"));
-  if (top_k < 0)
-    return done(absl::InvalidArgumentError(absl::StrCat("top_k = ", top_k, " must be >= 0")));
+  if (top_k < 0) return done(absl::InvalidArgumentError(absl::StrCat("top_k = ", top_k, " must be >= 0")));
   Row row{.kind = RowKind::kScore, .top_k = top_k};
   row.input_ids = prompt_ids;
   row.input_ids.insert(row.input_ids.end(), target_ids.begin(), target_ids.end());

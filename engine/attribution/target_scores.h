@@ -19,10 +19,9 @@ namespace attribution::engine {
 
 // Per target token t: its score after the prompt and target tokens before it.
 struct TargetScores {
-  std::vector<double> log_probs;  // [T] log p(target_t | prompt, target_<t)
-  std::vector<double> logits;     // [T] the logit of target_t there
-  std::vector<std::vector<int64_t>>
-      top_ids;  // [T][top_k] the likeliest tokens there, likeliest first
+  std::vector<double> log_probs;                   // [T] log p(target_t | prompt, target_<t)
+  std::vector<double> logits;                      // [T] the logit of target_t there
+  std::vector<std::vector<int64_t>> top_ids;       // [T][top_k] the likeliest tokens there, likeliest first
   std::vector<std::vector<double>> top_log_probs;  // [T][top_k] their log-probs
 };
 
@@ -30,8 +29,8 @@ struct TargetScores {
 // vocabulary) with one score row under `handle`, with the `top_k` (>= 0) likeliest alternatives at
 // each target position. `done` is called exactly once: on the engine's executor thread, or at once
 // when the arguments are invalid (INVALID_ARGUMENT) or the engine refuses the row.
-void ScoreTarget(BatchingEngine& engine, const std::shared_ptr<Request>& handle,
-                 const std::vector<int64_t>& prompt_ids, const std::vector<int64_t>& target_ids,
-                 int64_t top_k, std::function<void(absl::StatusOr<TargetScores>)> done);
+void ScoreTarget(BatchingEngine& engine, const std::shared_ptr<Request>& handle, const std::vector<int64_t>& prompt_ids,
+                 const std::vector<int64_t>& target_ids, int64_t top_k,
+                 std::function<void(absl::StatusOr<TargetScores>)> done);
 
 }  // namespace attribution::engine

@@ -1,9 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "engine/model/causal_lm.h"
 
-#include <c10/core/GradMode.h>
-
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include <algorithm>
 #include <cmath>
@@ -36,8 +35,7 @@ absl::StatusOr<at::Device> ParseDevice(const std::string& name) {
       at::empty({1}, at::TensorOptions().device(device));  // fails fast without a usable device
       return device;
     } catch (const std::exception& e) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("device \"", name, "\" is not usable here: ", e.what()));
+      return absl::FailedPreconditionError(absl::StrCat("device \"", name, "\" is not usable here: ", e.what()));
     }
   }
   return absl::InvalidArgumentError(absl::StrCat("device \"", name, "\" is not supported (cpu, cuda:N)"));
@@ -49,8 +47,8 @@ at::Tensor AttentionMask(const at::Tensor& past, const at::Tensor& lengths, int6
                          const std::optional<int64_t>& window) {
   const auto long_options = past.options();
   at::Tensor query_pos = past.unsqueeze(1) + at::arange(queries, long_options).unsqueeze(0);  // [B, S]
-  at::Tensor key_pos = at::arange(keys, long_options).view({1, 1, keys});                      // [1, 1, K]
-  at::Tensor q = query_pos.unsqueeze(2);                                                       // [B, S, 1]
+  at::Tensor key_pos = at::arange(keys, long_options).view({1, 1, keys});                     // [1, 1, K]
+  at::Tensor q = query_pos.unsqueeze(2);                                                      // [B, S, 1]
   at::Tensor mask = (key_pos <= q).logical_and(key_pos < (past + lengths).view({-1, 1, 1}));
   if (window) mask = mask.logical_and(q - key_pos < *window);
   return mask.unsqueeze(1);
@@ -62,8 +60,7 @@ absl::StatusOr<at::ScalarType> ParseDtype(const std::string& name) {
   if (name == "float32" || name == "fp32") return at::kFloat;
   if (name == "bfloat16" || name == "bf16") return at::kBFloat16;
   if (name == "float16" || name == "fp16") return at::kHalf;
-  return absl::InvalidArgumentError(
-      absl::StrCat("dtype \"", name, "\" is not supported (float32, bfloat16, float16)"));
+  return absl::InvalidArgumentError(absl::StrCat("dtype \"", name, "\" is not supported (float32, bfloat16, float16)"));
 }
 
 at::Tensor CausalLM::Impl::Norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) const {
@@ -81,8 +78,7 @@ at::Tensor CausalLM::Impl::Mlp(const DecoderLayer& layer, const at::Tensor& x) c
 }
 
 at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
-  at::Tensor x = batch.inputs_embeds.defined() ? batch.inputs_embeds
-                                               : at::embedding(token_embedding, batch.input_ids);
+  at::Tensor x = batch.inputs_embeds.defined() ? batch.inputs_embeds : at::embedding(token_embedding, batch.input_ids);
   const int64_t b = x.size(0), s = x.size(1);
   const auto long_options = at::TensorOptions().dtype(at::kLong).device(device);
   std::vector<int64_t> lengths = batch.lengths.empty() ? std::vector<int64_t>(b, s) : batch.lengths;
@@ -105,7 +101,7 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
     at::Tensor h = Norm(x, layer.attention_norm_weight, layer.attention_norm_bias);
     // Views into one [B, S, (H + 2 KV) * D] output; splitting the last dim keeps them views.
     const std::vector<at::Tensor> qkv = layer.qkv.ForwardParts(h);
-    at::Tensor q = qkv[0].view({b, s, heads, head_dim}).transpose(1, 2);  // [B, H, S, D]
+    at::Tensor q = qkv[0].view({b, s, heads, head_dim}).transpose(1, 2);     // [B, H, S, D]
     at::Tensor k = qkv[1].view({b, s, kv_heads, head_dim}).transpose(1, 2);  // [B, KV, S, D]
     at::Tensor v = qkv[2].view({b, s, kv_heads, head_dim}).transpose(1, 2);  // [B, KV, S, D]
     if (!is_gpt2()) {
@@ -218,18 +214,20 @@ absl::Status CausalLM::Validate(const ForwardBatch& batch) const {
   } else {
     const at::Tensor& e = batch.inputs_embeds;
     if (e.dim() != 3 || e.size(2) != c.hidden_size || e.scalar_type() != dtype() || e.device() != device()) {
-      return absl::InvalidArgumentError(absl::StrCat("inputs_embeds must be [batch, seq, ", c.hidden_size,
-                                                     "] in the model's dtype on its device"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("inputs_embeds must be [batch, seq, ", c.hidden_size, "] in the model's dtype on its device"));
     }
     b = e.size(0), s = e.size(1);
   }
   if (b == 0 || s == 0) return absl::InvalidArgumentError("batch and sequence must not be empty");
   if (!batch.lengths.empty()) {
     if (static_cast<int64_t>(batch.lengths.size()) != b) {
-      return absl::InvalidArgumentError(absl::StrCat("lengths has ", batch.lengths.size(), " entries for ", b, " rows"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("lengths has ", batch.lengths.size(), " entries for ", b, " rows"));
     }
     for (int64_t len : batch.lengths) {
-      if (len < 1 || len > s) return absl::InvalidArgumentError(absl::StrCat("lengths: ", len, " outside [1, ", s, "]"));
+      if (len < 1 || len > s)
+        return absl::InvalidArgumentError(absl::StrCat("lengths: ", len, " outside [1, ", s, "]"));
     }
   }
   int64_t longest_past = 0;
@@ -240,8 +238,8 @@ absl::Status CausalLM::Validate(const ForwardBatch& batch) const {
     longest_past = *std::max_element(batch.cache->lengths().begin(), batch.cache->lengths().end());
   }
   if (longest_past + s > c.max_position_embeddings && impl_->is_gpt2()) {
-    return absl::InvalidArgumentError(absl::StrCat("sequence of ", longest_past + s,
-                                                   " positions exceeds the model's ", c.max_position_embeddings));
+    return absl::InvalidArgumentError(
+        absl::StrCat("sequence of ", longest_past + s, " positions exceeds the model's ", c.max_position_embeddings));
   }
   return absl::OkStatus();
 }
@@ -261,8 +259,8 @@ at::Tensor CausalLM::LogitsAt(const at::Tensor& hidden, const std::vector<int64_
   at::Tensor r = at::tensor(rows, at::kLong).to(hidden.device());
   at::Tensor p = at::tensor(positions, at::kLong).to(hidden.device());
   at::Tensor selected = hidden.index({r, p});  // [N, hidden]
-  at::Tensor logits = impl_->tied_head ? at::linear(selected, impl_->token_embedding)
-                                       : impl_->lm_head.Forward(selected);
+  at::Tensor logits =
+      impl_->tied_head ? at::linear(selected, impl_->token_embedding) : impl_->lm_head.Forward(selected);
   return logits.to(at::kFloat);
 }
 

@@ -46,10 +46,10 @@ struct ActivationHooks {
 
 // One forward's inputs. Rows are right-padded to S; lengths[r] tokens of row r are real.
 struct ForwardBatch {
-  at::Tensor input_ids;      // [B, S] int64, or undefined when inputs_embeds is given
-  at::Tensor inputs_embeds;  // [B, S, hidden] compute dtype: token embeddings (GPT-2 adds positions)
-  std::vector<int64_t> lengths;         // empty: every row has S real tokens
-  KvCache* cache = nullptr;             // when set, row r continues the sequence held in the cache
+  at::Tensor input_ids;          // [B, S] int64, or undefined when inputs_embeds is given
+  at::Tensor inputs_embeds;      // [B, S, hidden] compute dtype: token embeddings (GPT-2 adds positions)
+  std::vector<int64_t> lengths;  // empty: every row has S real tokens
+  KvCache* cache = nullptr;      // when set, row r continues the sequence held in the cache
   const ActivationHooks* hooks = nullptr;
 };
 

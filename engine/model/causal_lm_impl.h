@@ -17,7 +17,7 @@ namespace attribution::engine {
 struct DecoderLayer {
   at::Tensor attention_norm_weight, attention_norm_bias;  // [hidden]
   at::Tensor mlp_norm_weight, mlp_norm_bias;              // [hidden]
-  Linear qkv;      // parts {q: heads * head_dim, k: kv_heads * head_dim, v: kv_heads * head_dim}
+  Linear qkv;  // parts {q: heads * head_dim, k: kv_heads * head_dim, v: kv_heads * head_dim}
   Linear o;
   Linear gate_up;  // parts {gate, up: intermediate each}; GPT-2: one part, c_fc
   Linear down;
@@ -32,10 +32,10 @@ class CausalLM::Impl {
   at::Tensor position_embedding;  // [max_positions, hidden], GPT-2 only
   std::vector<DecoderLayer> layers;
   at::Tensor final_norm_weight, final_norm_bias;
-  Linear lm_head;               // untied head
-  bool tied_head = false;       // true: logits = hidden @ token_embedding^T
-  at::Tensor rope_inverse_frequencies;  // [head_dim / 2], Llama family only
-  int64_t resident_weight_bytes = 0;    // counted once at load
+  Linear lm_head;                           // untied head
+  bool tied_head = false;                   // true: logits = hidden @ token_embedding^T
+  at::Tensor rope_inverse_frequencies;      // [head_dim / 2], Llama family only
+  int64_t resident_weight_bytes = 0;        // counted once at load
   std::vector<std::string> unused_weights;  // stored tensors the architecture does not use
 
   bool is_gpt2() const { return config.architecture == Architecture::kGpt2; }

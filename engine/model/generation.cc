@@ -26,7 +26,8 @@ absl::Status CheckPrompts(const std::vector<std::vector<int64_t>>& prompts) {
 
 absl::Status CheckGenerationOptions(const GenerationOptions& o) {
   if (o.max_new_tokens < 1) return absl::InvalidArgumentError("max_new_tokens must be at least 1");
-  if (!(o.temperature >= 0 && o.temperature <= 1e4)) return absl::InvalidArgumentError("temperature must be in [0, 10000]");
+  if (!(o.temperature >= 0 && o.temperature <= 1e4))
+    return absl::InvalidArgumentError("temperature must be in [0, 10000]");
   if (!(o.top_p > 0 && o.top_p <= 1)) return absl::InvalidArgumentError("top_p must be in (0, 1]");
   return absl::OkStatus();
 }

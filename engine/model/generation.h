@@ -6,10 +6,10 @@
 //   ASSIGN_OR_RETURN(auto outputs, Generate(*model, {prompt_ids}, options));
 #pragma once
 
+#include <ATen/core/Generator.h>
+
 #include <cstdint>
 #include <vector>
-
-#include <ATen/core/Generator.h>
 
 #include "absl/status/statusor.h"
 #include "engine/model/causal_lm.h"
@@ -26,9 +26,9 @@ struct GenerationOptions {
 };
 
 struct Generation {
-  std::vector<int64_t> tokens;     // generated ids, the stop token included when one was produced
-  std::vector<float> log_probs;    // log-prob of each generated token under the unscaled model
-  bool stopped = false;            // true when a stop token ended it
+  std::vector<int64_t> tokens;   // generated ids, the stop token included when one was produced
+  std::vector<float> log_probs;  // log-prob of each generated token under the unscaled model
+  bool stopped = false;          // true when a stop token ended it
 };
 
 // Picks the next token of every row from [B, vocab] float32 CPU logits: argmax when temperature is 0,

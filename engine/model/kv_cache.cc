@@ -20,8 +20,7 @@ at::Tensor Reserve(const at::Tensor& buffer, const at::Tensor& like, int64_t nee
 
 }  // namespace
 
-std::pair<at::Tensor, at::Tensor> KvCache::Append(int64_t layer, const at::Tensor& keys,
-                                                  const at::Tensor& values) {
+std::pair<at::Tensor, at::Tensor> KvCache::Append(int64_t layer, const at::Tensor& keys, const at::Tensor& values) {
   const int64_t new_slots = keys.size(2);
   const int64_t end = *std::max_element(lengths_.begin(), lengths_.end()) + new_slots;
   keys_[layer] = Reserve(keys_[layer], keys, end);
@@ -53,14 +52,15 @@ KvCache KvCache::Stack(const std::vector<const KvCache*>& parts, std::vector<int
   }
   const int64_t longest = *std::max_element(batch.lengths_.begin(), batch.lengths_.end());
   for (int64_t l = 0; l < layers; ++l) {
-    for (auto [buffers, stacked] : {std::pair{&KvCache::keys_, &batch.keys_}, std::pair{&KvCache::values_, &batch.values_}}) {
+    for (auto [buffers, stacked] :
+         {std::pair{&KvCache::keys_, &batch.keys_}, std::pair{&KvCache::values_, &batch.values_}}) {
       at::Tensor like;  // any filled part gives the [1, heads, -, head_dim] shape
       for (const KvCache* part : parts) {
         if (part != nullptr && (part->*buffers)[l].defined()) like = (part->*buffers)[l];
       }
       if (!like.defined() || longest == 0) continue;  // every sequence is empty: Append allocates
-      at::Tensor buffer = at::zeros({static_cast<int64_t>(parts.size()), like.size(1), longest + room, like.size(3)},
-                                    like.options());
+      at::Tensor buffer =
+          at::zeros({static_cast<int64_t>(parts.size()), like.size(1), longest + room, like.size(3)}, like.options());
       for (size_t r = 0; r < parts.size(); ++r) {
         const int64_t len = batch.lengths_[r];
         if (len > 0) buffer[r].narrow(1, 0, len).copy_((parts[r]->*buffers)[l][0].narrow(1, 0, len));

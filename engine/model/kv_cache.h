@@ -20,8 +20,7 @@ class KvCache {
   // Stores `keys`/`values` ([B, kv_heads, S, head_dim]) of layer `layer` so that row r's new slot s
   // lands at lengths()[r] + s, growing the buffers as needed, and returns the keys and values of all
   // slots [0, max_r lengths()[r] + S) of that layer.
-  std::pair<at::Tensor, at::Tensor> Append(int64_t layer, const at::Tensor& keys,
-                                           const at::Tensor& values);
+  std::pair<at::Tensor, at::Tensor> Append(int64_t layer, const at::Tensor& keys, const at::Tensor& values);
 
   // Records that row r gained new_lengths[r] tokens; call once after all layers appended.
   void Advance(const std::vector<int64_t>& new_lengths);
@@ -30,8 +29,7 @@ class KvCache {
   // take one decode step together. Each part must have batch 1. With `lengths`, row r keeps only the
   // first lengths[r] slots of its part (a shared prefix); a null part stands for an empty sequence.
   // `room` extra slots are allocated for the tokens about to be appended (saves a regrowth copy).
-  static KvCache Stack(const std::vector<const KvCache*>& parts, std::vector<int64_t> lengths = {},
-                       int64_t room = 0);
+  static KvCache Stack(const std::vector<const KvCache*>& parts, std::vector<int64_t> lengths = {}, int64_t room = 0);
 
   // Replaces the contents of `part` (batch 1) with row `row` of this cache.
   void ExtractRow(int64_t row, KvCache& part) const;

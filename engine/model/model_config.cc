@@ -23,15 +23,13 @@ absl::StatusOr<json> ParseJsonObject(const std::string& text, const std::string&
 // Reads a required positive integer field.
 absl::StatusOr<int64_t> PositiveInt(const json& config, const char* key, const std::string& source) {
   if (!config.contains(key) || !config[key].is_number_integer() || config[key].get<int64_t>() <= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(source, ": \"", key, "\" must be a positive integer"));
+    return absl::InvalidArgumentError(absl::StrCat(source, ": \"", key, "\" must be a positive integer"));
   }
   return config[key].get<int64_t>();
 }
 
 int64_t OptionalInt(const json& config, const char* key, int64_t fallback) {
-  return config.contains(key) && config[key].is_number_integer() ? config[key].get<int64_t>()
-                                                                 : fallback;
+  return config.contains(key) && config[key].is_number_integer() ? config[key].get<int64_t>() : fallback;
 }
 
 double OptionalNumber(const json& config, const char* key, double fallback) {
@@ -94,14 +92,14 @@ absl::Status ParseRopeScaling(const json& config, const std::string& source, Mod
     s.original_max_position_embeddings =
         OptionalInt(*scaling, "original_max_position_embeddings", s.original_max_position_embeddings);
     if (s.factor <= 0 || s.low_freq_factor <= 0 || s.high_freq_factor <= s.low_freq_factor) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          source, ": llama3 rope scaling needs factor > 0 and high_freq_factor > low_freq_factor > 0"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": llama3 rope scaling needs factor > 0 and high_freq_factor > low_freq_factor > 0"));
     }
     out.llama3_rope_scaling = s;
     return absl::OkStatus();
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      source, ": rope scaling type \"", type, "\" is not supported (supported: default, linear, llama3)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat(source, ": rope scaling type \"", type, "\" is not supported (supported: default, linear, llama3)"));
 }
 
 absl::Status ParseDecoderFields(const json& config, const std::string& source, ModelConfig& out) {
@@ -122,8 +120,8 @@ absl::Status ParseDecoderFields(const json& config, const std::string& source, M
   out.rope_theta = OptionalNumber(config, "rope_theta", 10000.0);
   ASSIGN_OR_RETURN(out.hidden_act, OptionalString(config, "hidden_act", "silu", source));
   if (out.hidden_act != "silu") {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": hidden_act \"", out.hidden_act,
-                                                   "\" is not supported for this architecture (silu)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": hidden_act \"", out.hidden_act, "\" is not supported for this architecture (silu)"));
   }
   if (out.architecture == Architecture::kQwen2) {
     out.attention_bias = true;  // Qwen2 always has q/k/v biases and no o_proj bias
@@ -151,8 +149,8 @@ absl::Status ParseGpt2Fields(const json& config, const std::string& source, Mode
   out.norm_eps = OptionalNumber(config, "layer_norm_epsilon", 1e-5);
   ASSIGN_OR_RETURN(out.hidden_act, OptionalString(config, "activation_function", "gelu_new", source));
   if (out.hidden_act != "gelu_new" && out.hidden_act != "gelu") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        source, ": activation_function \"", out.hidden_act, "\" is not supported (gelu_new, gelu)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": activation_function \"", out.hidden_act, "\" is not supported (gelu_new, gelu)"));
   }
   out.attention_bias = true;
   out.output_bias = true;
@@ -164,12 +162,11 @@ absl::Status ParseGpt2Fields(const json& config, const std::string& source, Mode
 absl::Status CheckConsistency(const std::string& source, const ModelConfig& c) {
   if (c.num_kv_heads <= 0 || c.num_heads % c.num_kv_heads != 0) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": num_attention_heads ", c.num_heads,
-                                                   " is not a multiple of num_key_value_heads ",
-                                                   c.num_kv_heads));
+                                                   " is not a multiple of num_key_value_heads ", c.num_kv_heads));
   }
   if (c.architecture == Architecture::kGpt2 && c.hidden_size % c.num_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": n_embd ", c.hidden_size,
-                                                   " is not divisible by n_head ", c.num_heads));
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": n_embd ", c.hidden_size, " is not divisible by n_head ", c.num_heads));
   }
   if (c.head_dim <= 0 || c.head_dim % 2 != 0) {
     return absl::InvalidArgumentError(
@@ -177,8 +174,8 @@ absl::Status CheckConsistency(const std::string& source, const ModelConfig& c) {
   }
   for (auto id : {c.bos_token_id, c.pad_token_id, c.unk_token_id}) {
     if (id && (*id < 0 || *id >= c.vocab_size)) {
-      return absl::InvalidArgumentError(absl::StrCat(source, ": special token id ", *id,
-                                                     " is outside the vocabulary of ", c.vocab_size));
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": special token id ", *id, " is outside the vocabulary of ", c.vocab_size));
     }
   }
   return absl::OkStatus();
@@ -191,13 +188,17 @@ absl::StatusOr<ModelConfig> ParseConfigObject(const std::string& json_text, cons
   }
   const std::string type = config["model_type"].get<std::string>();
   ModelConfig out;
-  if (type == "llama") out.architecture = Architecture::kLlama;
-  else if (type == "mistral") out.architecture = Architecture::kMistral;
-  else if (type == "qwen2") out.architecture = Architecture::kQwen2;
-  else if (type == "gpt2") out.architecture = Architecture::kGpt2;
+  if (type == "llama")
+    out.architecture = Architecture::kLlama;
+  else if (type == "mistral")
+    out.architecture = Architecture::kMistral;
+  else if (type == "qwen2")
+    out.architecture = Architecture::kQwen2;
+  else if (type == "gpt2")
+    out.architecture = Architecture::kGpt2;
   else {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": model_type \"", type,
-                                                   "\" is not supported (supported: llama, mistral, qwen2, gpt2)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": model_type \"", type, "\" is not supported (supported: llama, mistral, qwen2, gpt2)"));
   }
   ASSIGN_OR_RETURN(out.vocab_size, PositiveInt(config, "vocab_size", source));
   if (out.architecture == Architecture::kGpt2) {

@@ -38,7 +38,7 @@ at::Tensor QuantizeNf4Codes(const at::Tensor& weight, at::Tensor& absmax_out) {
   at::Tensor codebook = Nf4CodeBook(weight.device());
   // Nearest code value: the code book is sorted, so count the midpoints lying below each value.
   at::Tensor midpoints = (codebook.slice(0, 1) + codebook.slice(0, 0, 15)) / 2;  // [15]
-  at::Tensor index = at::bucketize(normalized, midpoints).to(at::kByte);       // [blocks, 64]
+  at::Tensor index = at::bucketize(normalized, midpoints).to(at::kByte);         // [blocks, 64]
   at::Tensor pairs = index.reshape({-1, 2});
   absmax_out = absmax.reshape({-1});
   return (pairs.select(1, 0).bitwise_left_shift(4)).bitwise_or(pairs.select(1, 1)).contiguous();
@@ -56,16 +56,14 @@ at::Tensor DequantizeNf4(const QuantizedWeight& weight, at::ScalarType dtype) {
 // Autograd node: saves nothing dequantized; the weight is re-materialised in backward.
 class QuantizedLinearFunction : public torch::autograd::Function<QuantizedLinearFunction> {
  public:
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
-                            const QuantizedWeight* weight) {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const QuantizedWeight* weight) {
     ctx->saved_data["weight"] = reinterpret_cast<int64_t>(weight);
     return at::linear(x, Dequantize(*weight, x.scalar_type()));
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad_outputs) {
-    const auto* weight =
-        reinterpret_cast<const QuantizedWeight*>(ctx->saved_data["weight"].toInt());
+    const auto* weight = reinterpret_cast<const QuantizedWeight*>(ctx->saved_data["weight"].toInt());
     const at::Tensor& grad_y = grad_outputs[0];  // [..., out]
     at::Tensor w = Dequantize(*weight, grad_y.scalar_type());
     return {at::matmul(grad_y, w), at::Tensor()};
@@ -78,8 +76,7 @@ absl::StatusOr<Quantization> ParseQuantization(const std::string& name) {
   if (name.empty() || name == "none") return Quantization::kNone;
   if (name == "int8") return Quantization::kInt8;
   if (name == "nf4") return Quantization::kNf4;
-  return absl::InvalidArgumentError(
-      absl::StrCat("quantization \"", name, "\" is not supported (none, int8, nf4)"));
+  return absl::InvalidArgumentError(absl::StrCat("quantization \"", name, "\" is not supported (none, int8, nf4)"));
 }
 
 const char* QuantizationName(Quantization q) {
@@ -99,8 +96,7 @@ int64_t QuantizedWeight::ResidentBytes() const {
 }
 
 at::Tensor Nf4CodeBook(const at::Device& device) {
-  return at::tensor(at::ArrayRef<float>(kNf4Codes, 16), at::TensorOptions().dtype(at::kFloat))
-      .to(device);
+  return at::tensor(at::ArrayRef<float>(kNf4Codes, 16), at::TensorOptions().dtype(at::kFloat)).to(device);
 }
 
 absl::StatusOr<QuantizedWeight> Quantize(const at::Tensor& weight, Quantization kind) {
@@ -144,9 +140,9 @@ absl::StatusOr<QuantizedWeight> ConcatOutputs(const std::vector<QuantizedWeight>
   std::vector<at::Tensor> codes, scales;
   for (const QuantizedWeight& part : parts) {
     if (part.kind != out.kind || part.in_features != out.in_features) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "concatenate quantized weights: a ", QuantizationName(part.kind), " part of input width ",
-          part.in_features, " beside a ", QuantizationName(out.kind), " part of width ", out.in_features));
+      return absl::InvalidArgumentError(absl::StrCat("concatenate quantized weights: a ", QuantizationName(part.kind),
+                                                     " part of input width ", part.in_features, " beside a ",
+                                                     QuantizationName(out.kind), " part of width ", out.in_features));
     }
     out.out_features += part.out_features;
     codes.push_back(part.codes);

@@ -15,8 +15,8 @@ at::Tensor InverseRms(const at::Tensor& x32, double eps) {
 // Autograd node for the input gradient only (the weight is a buffer here, never a parameter).
 class RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
  public:
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
-                            const at::Tensor& weight, double eps) {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            double eps) {
     at::Tensor x32 = x.to(at::kFloat);
     at::Tensor inverse_rms = InverseRms(x32, eps);  // [..., 1]
     ctx->save_for_backward({x, weight, inverse_rms});
@@ -33,8 +33,7 @@ class RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
     // The weight multiplies in x's dtype, as the forward did; the rest runs in float32.
     at::Tensor g = (grad_outputs[0] * saved[1]).to(at::kFloat);  // [..., hidden]
     at::Tensor x32 = x.to(at::kFloat);
-    at::Tensor projection =
-        (g * x32).mean(-1, /*keepdim=*/true) * inverse_rms.square();  // [..., 1]
+    at::Tensor projection = (g * x32).mean(-1, /*keepdim=*/true) * inverse_rms.square();  // [..., 1]
     at::Tensor grad_x = (g - x32 * projection) * inverse_rms;
     return {grad_x.to(x.scalar_type()), at::Tensor(), at::Tensor()};
   }
@@ -43,8 +42,7 @@ class RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
 }  // namespace
 
 at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  if (c10::GradMode::is_enabled() && x.requires_grad())
-    return RmsNormFunction::apply(x, weight, eps);
+  if (c10::GradMode::is_enabled() && x.requires_grad()) return RmsNormFunction::apply(x, weight, eps);
   at::Tensor x32 = x.to(at::kFloat);
   return weight * (x32 * InverseRms(x32, eps)).to(x.scalar_type());
 }

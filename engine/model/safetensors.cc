@@ -11,9 +11,9 @@
 #include <cerrno>
 #include <cstring>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
-#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -87,12 +87,12 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   uint64_t header_bytes = 0;
   for (int i = 7; i >= 0; --i) header_bytes = (header_bytes << 8) | mapping->data()[i];
   if (header_bytes > kMaxHeaderBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": header length ", header_bytes,
-                                                   " exceeds the limit of ", kMaxHeaderBytes));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": header length ", header_bytes, " exceeds the limit of ", kMaxHeaderBytes));
   }
   if (8 + header_bytes > size) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": header length ", header_bytes,
-                                                   " runs past the end of the ", size, "-byte file"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": header length ", header_bytes, " runs past the end of the ", size, "-byte file"));
   }
   std::unique_ptr<SafetensorsFile> file(new SafetensorsFile(path, std::move(mapping)));
   RETURN_IF_ERROR(file->ParseHeader(header_bytes));
@@ -118,8 +118,7 @@ absl::Status SafetensorsFile::ParseHeader(uint64_t header_bytes) {
     return absl::InvalidArgumentError(absl::StrCat(path_, ": header is not valid JSON"));
   }
   if (duplicate) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path_, ": header names \"", *duplicate, "\" more than once"));
+    return absl::InvalidArgumentError(absl::StrCat(path_, ": header names \"", *duplicate, "\" more than once"));
   }
   if (!header.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(path_, ": header is not a JSON object"));
@@ -141,10 +140,8 @@ absl::Status SafetensorsFile::ParseHeader(uint64_t header_bytes) {
       }
       continue;
     }
-    if (!entry.is_object() || !entry.contains("dtype") || !entry.contains("shape") ||
-        !entry.contains("data_offsets")) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, "entry needs \"dtype\", \"shape\" and \"data_offsets\""));
+    if (!entry.is_object() || !entry.contains("dtype") || !entry.contains("shape") || !entry.contains("data_offsets")) {
+      return absl::InvalidArgumentError(absl::StrCat(where, "entry needs \"dtype\", \"shape\" and \"data_offsets\""));
     }
     if (!entry["dtype"].is_string()) {
       return absl::InvalidArgumentError(absl::StrCat(where, "dtype is not a string"));
@@ -182,15 +179,13 @@ absl::Status SafetensorsFile::ParseHeader(uint64_t header_bytes) {
           absl::StrCat(where, "data_offsets [", begin, ", ", end, "] has begin after end"));
     }
     if (end > data_size) {
-      return absl::InvalidArgumentError(absl::StrCat(where, "data_offsets end ", end,
-                                                     " lies past the data section of ", data_size,
-                                                     " bytes (file truncated?)"));
+      return absl::InvalidArgumentError(absl::StrCat(where, "data_offsets end ", end, " lies past the data section of ",
+                                                     data_size, " bytes (file truncated?)"));
     }
     const uint64_t expected = elements * static_cast<uint64_t>(ElementSize(record.dtype));
     if (end - begin != expected) {
-      return absl::InvalidArgumentError(absl::StrCat(where, "holds ", end - begin, " bytes but shape ",
-                                                     shape.dump(), " of ", entry["dtype"].get<std::string>(),
-                                                     " needs ", expected));
+      return absl::InvalidArgumentError(absl::StrCat(where, "holds ", end - begin, " bytes but shape ", shape.dump(),
+                                                     " of ", entry["dtype"].get<std::string>(), " needs ", expected));
     }
     record.begin = data_start + begin;
     record.end = data_start + end;
@@ -215,8 +210,8 @@ absl::Status SafetensorsFile::ParseHeader(uint64_t header_bytes) {
     cursor = record->end;
   }
   if (cursor != mapping_->size()) {
-    return absl::InvalidArgumentError(absl::StrCat(path_, ": ", mapping_->size() - cursor,
-                                                   " trailing bytes after the last tensor"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path_, ": ", mapping_->size() - cursor, " trailing bytes after the last tensor"));
   }
   return absl::OkStatus();
 }

@@ -72,7 +72,8 @@ absl::StatusOr<TokenScores> CausalLM::ScoreTokens(const ForwardBatch& batch, con
   for (const auto& [row, index] : slot_of_query) order.push_back(row_start[row] + index);
   try {
     const at::Tensor index = at::tensor(order, at::kLong);
-    TokenScores scores{.logits = details.logits.index_select(0, index), .log_probs = details.log_probs.index_select(0, index)};
+    TokenScores scores{.logits = details.logits.index_select(0, index),
+                       .log_probs = details.log_probs.index_select(0, index)};
     if (top_k > 0) {
       scores.top_ids = details.top_ids.index_select(0, index);
       scores.top_log_probs = details.top_log_probs.index_select(0, index);
@@ -100,7 +101,8 @@ absl::StatusOr<at::Tensor> CausalLM::ObjectiveValues(const ForwardBatch& batch,
   for (size_t r = 0; r < objectives.size(); ++r) {
     const RowObjective& o = objectives[r];
     if (o.tokens.size() != o.positions.size() || (!o.weights.empty() && o.weights.size() != o.tokens.size())) {
-      return absl::InvalidArgumentError(absl::StrCat("objective of row ", r, ": positions, tokens and weights differ in length"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("objective of row ", r, ": positions, tokens and weights differ in length"));
     }
     for (size_t i = 0; i < o.tokens.size(); ++i) {
       RETURN_IF_ERROR(CheckQuery(static_cast<int64_t>(r), o.positions[i], o.tokens[i], lengths, config().vocab_size));
@@ -132,8 +134,9 @@ absl::StatusOr<at::Tensor> CausalLM::ObjectiveValues(const ForwardBatch& batch,
       }
     }
     at::Tensor kind = at::tensor(kinds, at::kLong).to(dev);
-    at::Tensor quantity = at::where(kind == static_cast<int64_t>(TokenQuantity::kLogit), logit,
-                                    at::where(kind == static_cast<int64_t>(TokenQuantity::kProb), log_prob.exp(), log_prob));
+    at::Tensor quantity =
+        at::where(kind == static_cast<int64_t>(TokenQuantity::kLogit), logit,
+                  at::where(kind == static_cast<int64_t>(TokenQuantity::kProb), log_prob.exp(), log_prob));
     at::Tensor weighted = quantity * at::tensor(weights, at::kDouble).to(at::kFloat).to(dev);
     values = values.index_add(0, at::tensor(rows, at::kLong).to(dev), weighted);
     at::Tensor exp_mask = at::tensor(exp_rows, at::kByte).to(dev).to(at::kBool);

@@ -15,17 +15,14 @@
 namespace attribution::engine {
 namespace {
 
-
 // Reads model.safetensors.index.json and returns the shard files it names, in a stable order, with the
 // tensor -> shard map it declares.
 absl::Status ReadShardIndex(const std::string& index_path, std::vector<std::string>& shards,
                             std::map<std::string, std::string>& declared) {
   ASSIGN_OR_RETURN(std::string text, ReadFile(index_path));
   auto index = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (index.is_discarded() || !index.is_object() || !index.contains("weight_map") ||
-      !index["weight_map"].is_object()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(index_path, ": not a JSON object with a \"weight_map\" object"));
+  if (index.is_discarded() || !index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(index_path, ": not a JSON object with a \"weight_map\" object"));
   }
   std::set<std::string> unique;
   for (const auto& [tensor, shard] : index["weight_map"].items()) {
@@ -57,35 +54,34 @@ absl::StatusOr<std::unique_ptr<WeightStore>> WeightStore::Open(const std::string
   } else if (FileExists(single)) {
     shards.push_back("model.safetensors");
   } else {
-    return absl::NotFoundError(absl::StrCat(
-        dir, ": no model.safetensors or model.safetensors.index.json in the model directory"));
+    return absl::NotFoundError(
+        absl::StrCat(dir, ": no model.safetensors or model.safetensors.index.json in the model directory"));
   }
   for (const std::string& shard : shards) {
     ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(dir + "/" + shard));
     for (const auto& [name, record] : file->tensors()) {
       auto [it, inserted] = store->index_.emplace(name, file.get());
       if (!inserted) {
-        return absl::InvalidArgumentError(absl::StrCat("tensor \"", name, "\" is stored in both ",
-                                                       it->second->path(), " and ", file->path()));
+        return absl::InvalidArgumentError(
+            absl::StrCat("tensor \"", name, "\" is stored in both ", it->second->path(), " and ", file->path()));
       }
       if (!declared.empty() && (declared.count(name) == 0 || declared[name] != shard)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            file->path(), ": tensor \"", name, "\" is not assigned to this shard by ", index_path));
+        return absl::InvalidArgumentError(
+            absl::StrCat(file->path(), ": tensor \"", name, "\" is not assigned to this shard by ", index_path));
       }
     }
     store->files_.push_back(std::move(file));
   }
   for (const auto& [name, shard] : declared) {
     if (store->index_.count(name) == 0) {
-      return absl::InvalidArgumentError(absl::StrCat(index_path, ": tensor \"", name,
-                                                     "\" is declared in ", shard, " but missing there"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(index_path, ": tensor \"", name, "\" is declared in ", shard, " but missing there"));
     }
   }
   return store;
 }
 
-absl::StatusOr<at::Tensor> WeightStore::Take(const std::string& name,
-                                             const std::vector<int64_t>& shape,
+absl::StatusOr<at::Tensor> WeightStore::Take(const std::string& name, const std::vector<int64_t>& shape,
                                              const at::TensorOptions& options, bool allow_nonfinite) {
   auto it = index_.find(name);
   if (it == index_.end()) {
@@ -95,9 +91,9 @@ absl::StatusOr<at::Tensor> WeightStore::Take(const std::string& name,
   const SafetensorsFile& file = *it->second;
   const TensorRecord& record = *file.Find(name);
   if (record.shape != shape) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        file.path(), ": tensor \"", name, "\" has shape [", absl::StrJoin(record.shape, ", "),
-        "] but the config needs [", absl::StrJoin(shape, ", "), "]"));
+    return absl::InvalidArgumentError(absl::StrCat(file.path(), ": tensor \"", name, "\" has shape [",
+                                                   absl::StrJoin(record.shape, ", "), "] but the config needs [",
+                                                   absl::StrJoin(shape, ", "), "]"));
   }
   taken_.insert(name);
   at::Tensor view = file.View(record);

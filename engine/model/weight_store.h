@@ -43,7 +43,7 @@ class WeightStore {
 
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::map<std::string, const SafetensorsFile*> index_;  // tensor name -> file holding it
-  std::set<std::string> taken_;                           // names taken or skipped
+  std::set<std::string> taken_;                          // names taken or skipped
 };
 
 }  // namespace attribution::engine

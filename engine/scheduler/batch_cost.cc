@@ -65,7 +65,8 @@ void BatchCostModel::Observe(RowKind kind, int64_t rows, int64_t longest, absl::
   }
   ++s.batches;
   // Fewer terms when the batches seen cannot tell them apart or a term would be negative.
-  static constexpr bool kSubsets[][3] = {{true, true, true}, {true, true, false}, {false, true, true}, {false, true, false}};
+  static constexpr bool kSubsets[][3] = {
+      {true, true, true}, {true, true, false}, {false, true, true}, {false, true, false}};
   BatchCost& cost = costs_[static_cast<int>(kind)];
   for (const bool* use : kSubsets) {
     double c[3];

@@ -94,7 +94,8 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
   // Priority levels are strict: a lower level only fills what the higher ones leave.
   for (size_t level_begin = 0; level_begin < order.size() && !limited;) {
     size_t level_end = level_begin;
-    while (level_end < order.size() && queue[order[level_end]].priority == queue[order[level_begin]].priority) ++level_end;
+    while (level_end < order.size() && queue[order[level_end]].priority == queue[order[level_begin]].priority)
+      ++level_end;
     for (bool progress = true; progress && !limited;) {
       progress = false;
       for (size_t o = level_begin; o < level_end; ++o) {
@@ -105,8 +106,8 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
         const int64_t padded = (decision.rows + 1) * longest;
         const double waste = PaddingWaste(decision.tokens + rows[taken[i]], padded);
         // Interactive requests' rows are what the bound protects: they always join.
-        const bool in_time = !time_limited || queue[i].interactive ||
-                             cost.Seconds(decision.rows + 1, longest) <= max_seconds;
+        const bool in_time =
+            !time_limited || queue[i].interactive || cost.Seconds(decision.rows + 1, longest) <= max_seconds;
         const bool fits = decision.rows + 1 <= limits.max_rows && padded <= limits.token_budget &&
                           (decision.rows == 0 || waste <= limits.max_padding_waste) && in_time;
         decision.time_limited = decision.time_limited || (!in_time && decision.rows > 0);

@@ -5,11 +5,11 @@
 // Policy: requests are ordered by priority (high first), then deadline (earliest first), then arrival.
 // Kinds take turns: among the kinds queued at the highest priority level with work, the batch takes
 // the first one at or after `next_kind` in cyclic order (so a scoring call is never stuck behind a
-// long run of gradient batches). Priority levels are strict: the batch is filled from the highest level first. Within a level it is filled round-robin,
-// one row per request per pass in deadline order, so a short request queued behind a 512-step
-// integrated-gradients job gets rows into the very next batch. A batch holds at most `max_rows` rows
-// and rows x longest row <= token budget (padding counted); a single row longer than the budget runs
-// alone. A batch that is not full waits until its oldest row has waited `max_queue_delay`.
+// long run of gradient batches). Priority levels are strict: the batch is filled from the highest level first. Within a
+// level it is filled round-robin, one row per request per pass in deadline order, so a short request queued behind a
+// 512-step integrated-gradients job gets rows into the very next batch. A batch holds at most `max_rows` rows and rows
+// x longest row <= token budget (padding counted); a single row longer than the budget runs alone. A batch that is not
+// full waits until its oldest row has waited `max_queue_delay`.
 //
 // Latency isolation: while the queue is contended (an interactive request waits beside long work, or
 // did so within the engine's recent memory), a batch also stays within
@@ -41,7 +41,7 @@ struct QueuedRequestView {
   // protects these from long work.
   bool interactive = false;
   struct KindQueue {
-    std::vector<int64_t> lengths;   // queued rows of this kind, front first
+    std::vector<int64_t> lengths;  // queued rows of this kind, front first
     absl::Time oldest_enqueued = absl::InfiniteFuture();
   };
   KindQueue kinds[kRowKinds];
@@ -72,16 +72,16 @@ inline constexpr int64_t kInteractiveRows = 16;
 inline constexpr double kIsolationFactor = 2.0;
 
 struct BatchDecision {
-  bool run = false;               // false: nothing to run now
+  bool run = false;                                // false: nothing to run now
   absl::Duration wait = absl::InfiniteDuration();  // when !run: how long until the decision may change
   RowKind kind = RowKind::kScore;
   // (index into the view vector, rows taken from the front of that request's `kind` queue)
   std::vector<std::pair<size_t, int64_t>> take;
   int64_t rows = 0;
   int64_t longest = 0;
-  int64_t tokens = 0;  // real (unpadded) tokens
-  bool contended = false;     // the queue is contended now (see the file comment)
-  bool time_limited = false;  // max_batch_time bounded this batch's size
+  int64_t tokens = 0;              // real (unpadded) tokens
+  bool contended = false;          // the queue is contended now (see the file comment)
+  bool time_limited = false;       // max_batch_time bounded this batch's size
   double interactive_seconds = 0;  // predicted time of the queued interactive work, 0 when none
 };
 

@@ -33,7 +33,8 @@ absl::Status CheckRow(const Row& row, size_t index) {
   if (const EmbeddingPath* path = row.point.path.get()) {
     if (path->baseline_ids.size() != path->input_ids.size() ||
         (!path->zero_baseline.empty() && path->zero_baseline.size() != path->input_ids.size())) {
-      return absl::InvalidArgumentError(where + "the path's baseline_ids and zero_baseline must match its input_ids in length");
+      return absl::InvalidArgumentError(where +
+                                        "the path's baseline_ids and zero_baseline must match its input_ids in length");
     }
     if (!(path->noise_stdev >= 0)) return absl::InvalidArgumentError(where + "the path's noise_stdev must be >= 0");
   }
@@ -56,15 +57,18 @@ Request::Stats Request::stats() const {
 }
 
 BatchingEngine::BatchingEngine(std::unique_ptr<BatchExecutor> executor, EngineOptions options)
-    : executor_(std::move(executor)), options_(std::move(options)), started_(Now()),
+    : executor_(std::move(executor)),
+      options_(std::move(options)),
+      started_(Now()),
       token_budget_(options_.max_batch_tokens) {}
 
 absl::StatusOr<std::unique_ptr<BatchingEngine>> BatchingEngine::Create(std::unique_ptr<BatchExecutor> executor,
-                                                                      EngineOptions options) {
+                                                                       EngineOptions options) {
   if (!executor) return absl::InvalidArgumentError("engine needs an executor");
   if (options.max_batch_tokens < 1 || options.max_batch_rows < 1 || options.min_batch_tokens < 1 ||
       options.min_batch_tokens > options.max_batch_tokens) {
-    return absl::InvalidArgumentError("engine options: need 1 <= min_batch_tokens <= max_batch_tokens and max_batch_rows >= 1");
+    return absl::InvalidArgumentError(
+        "engine options: need 1 <= min_batch_tokens <= max_batch_tokens and max_batch_rows >= 1");
   }
   std::unique_ptr<BatchingEngine> engine(new BatchingEngine(std::move(executor), std::move(options)));
   engine->thread_ = std::thread([e = engine.get()] { e->Loop(); });
@@ -104,14 +108,17 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
     return status;
   };
   if (queue.rows + count > options_.max_rows_per_request) {
-    return reject(absl::ResourceExhaustedError(absl::StrCat("request would queue ", queue.rows + count,
-                                                            " rows; the limit per request is ", options_.max_rows_per_request)));
+    return reject(
+        absl::ResourceExhaustedError(absl::StrCat("request would queue ", queue.rows + count,
+                                                  " rows; the limit per request is ", options_.max_rows_per_request)));
   }
   if (queue.tokens + tokens > options_.max_tokens_per_request) {
     return reject(absl::ResourceExhaustedError(absl::StrCat("request would queue ", queue.tokens + tokens,
-                                                            " tokens; the limit per request is ", options_.max_tokens_per_request)));
+                                                            " tokens; the limit per request is ",
+                                                            options_.max_tokens_per_request)));
   }
-  if (stats_.queued_rows + count > options_.max_queued_rows || stats_.queued_tokens + tokens > options_.max_queued_tokens) {
+  if (stats_.queued_rows + count > options_.max_queued_rows ||
+      stats_.queued_tokens + tokens > options_.max_queued_tokens) {
     return reject(absl::ResourceExhaustedError(absl::StrCat("engine queue is full (", stats_.queued_rows, " rows, ",
                                                             stats_.queued_tokens, " tokens queued)")));
   }
@@ -120,9 +127,9 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
     if (queue.path_rows.count(path) > 0) bytes -= PathBytes(*path);
   }
   if (stats_.queued_bytes + bytes > options_.max_queued_bytes) {
-    return reject(absl::ResourceExhaustedError(absl::StrCat(
-        "engine queue memory is full: ", Mebibytes(stats_.queued_bytes), " queued and this request needs ", Mebibytes(bytes),
-        " more; the limit is ", Mebibytes(options_.max_queued_bytes))));
+    return reject(absl::ResourceExhaustedError(
+        absl::StrCat("engine queue memory is full: ", Mebibytes(stats_.queued_bytes), " queued and this request needs ",
+                     Mebibytes(bytes), " more; the limit is ", Mebibytes(options_.max_queued_bytes))));
   }
   if (fresh) {
     queue.request = request;
@@ -161,8 +168,10 @@ void BatchingEngine::DropDeadRowsLocked(absl::Time now, std::vector<Answer>& ans
   for (auto it = queues_.begin(); it != queues_.end();) {
     RequestQueue& queue = it->second;
     absl::Status status;
-    if (queue.request->cancelled()) status = absl::CancelledError("request was cancelled");
-    else if (now > queue.request->deadline()) status = absl::DeadlineExceededError("request deadline passed while queued");
+    if (queue.request->cancelled())
+      status = absl::CancelledError("request was cancelled");
+    else if (now > queue.request->deadline())
+      status = absl::DeadlineExceededError("request deadline passed while queued");
     if (status.ok() && queue.rows > 0) {
       ++it;
       continue;
@@ -240,12 +249,15 @@ void BatchingEngine::Loop() {
         views.push_back(std::move(view));
         ids.push_back(id);
       }
-      BatchLimits limits{.token_budget = token_budget_, .max_rows = options_.max_batch_rows,
+      BatchLimits limits{.token_budget = token_budget_,
+                         .max_rows = options_.max_batch_rows,
                          .max_queue_delay = stopping_ ? absl::ZeroDuration() : options_.max_queue_delay,
-                         .next_kind = next_kind_, .max_padding_waste = options_.max_padding_waste,
+                         .next_kind = next_kind_,
+                         .max_padding_waste = options_.max_padding_waste,
                          .max_batch_time = options_.max_batch_time,
                          .contended_recently = now - last_contended_ < options_.contention_memory};
-      if (now - last_interactive_ < options_.contention_memory) limits.recent_interactive_seconds = recent_interactive_seconds_;
+      if (now - last_interactive_ < options_.contention_memory)
+        limits.recent_interactive_seconds = recent_interactive_seconds_;
       for (int k = 0; k < kRowKinds; ++k) limits.costs[k] = costs_.cost(static_cast<RowKind>(k));
       const BatchDecision decision = DecideBatch(views, now, limits);
       if (decision.contended) last_contended_ = now;
@@ -262,7 +274,8 @@ void BatchingEngine::Loop() {
         // Wait for the oldest row's delay to run out, or for new rows to change the decision.
         const uint64_t seen = submissions_;
         work_changed_.wait_for(lock, absl::ToChronoNanoseconds(decision.wait),
-                               [this, seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || submissions_ != seen; });
+                               [this, seen]()
+                                   ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || submissions_ != seen; });
       }
     }
     Deliver(dropped);
@@ -322,7 +335,9 @@ void BatchingEngine::Execute(RowKind kind, std::vector<PendingRow*> rows, std::v
 
 void BatchingEngine::Finish(RowKind kind, std::vector<PendingRow>& batch, std::vector<RowResult>& results,
                             absl::Time started, absl::Duration device_time, bool time_limited) {
-  BatchRecord record{.kind = kind, .rows = static_cast<int64_t>(batch.size()), .device_time = device_time,
+  BatchRecord record{.kind = kind,
+                     .rows = static_cast<int64_t>(batch.size()),
+                     .device_time = device_time,
                      .time_limited = time_limited};
   int64_t longest = 0;
   for (const PendingRow& row : batch) {
@@ -336,8 +351,10 @@ void BatchingEngine::Finish(RowKind kind, std::vector<PendingRow>& batch, std::v
   int64_t failed = 0;
   for (size_t i = 0; i < batch.size(); ++i) {
     Request& request = *batch[i].group->request;
-    if (request.cancelled()) results[i] = RowResult{.status = absl::CancelledError("request was cancelled")};
-    else if (now > request.deadline()) results[i] = RowResult{.status = absl::DeadlineExceededError("request deadline passed while running")};
+    if (request.cancelled())
+      results[i] = RowResult{.status = absl::CancelledError("request was cancelled")};
+    else if (now > request.deadline())
+      results[i] = RowResult{.status = absl::DeadlineExceededError("request deadline passed while running")};
     if (!results[i].status.ok()) ++failed;
     {
       std::lock_guard<std::mutex> lock(request.mu_);
@@ -395,7 +412,8 @@ void BatchingEngine::Shutdown() {
     for (auto& [id, queue] : queues_) {
       for (auto& kind : queue.kinds) {
         for (PendingRow& row : kind) {
-          answers.push_back({row.group, row.index, RowResult{.status = absl::UnavailableError("engine is shutting down")}});
+          answers.push_back(
+              {row.group, row.index, RowResult{.status = absl::UnavailableError("engine is shutting down")}});
         }
       }
     }

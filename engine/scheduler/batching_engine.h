@@ -30,24 +30,24 @@
 namespace attribution::engine {
 
 struct EngineOptions {
-  int64_t max_batch_tokens = 8192;   // padded tokens (rows x longest row) per batch
-  int64_t min_batch_tokens = 64;     // out-of-memory retries never shrink the budget below this
+  int64_t max_batch_tokens = 8192;  // padded tokens (rows x longest row) per batch
+  int64_t min_batch_tokens = 64;    // out-of-memory retries never shrink the budget below this
   int64_t max_batch_rows = 64;
   absl::Duration max_queue_delay = absl::Milliseconds(2);
-  double max_padding_waste = 0.25;          // see BatchLimits
-  int64_t max_queued_rows = 1 << 20;        // per engine (model)
+  double max_padding_waste = 0.25;    // see BatchLimits
+  int64_t max_queued_rows = 1 << 20;  // per engine (model)
   int64_t max_queued_tokens = int64_t{1} << 28;
   // Memory the queued work holds: rows, and each embedding path's ids and (once it runs) its input and
   // baseline embeddings, counted once per request. Submissions above it are refused.
   int64_t max_queued_bytes = int64_t{8} << 30;
-  int64_t max_rows_per_request = 1 << 16;   // queued at once
+  int64_t max_rows_per_request = 1 << 16;  // queued at once
   int64_t max_tokens_per_request = int64_t{1} << 24;
   // Latency isolation (see batch_policy.h): while contended, one batch takes at most this device time
   // by the cost the engine learns per kind from its own batches (infinite: no bound). Contention is
   // remembered for `contention_memory`, so the gaps between interactive calls stay bounded too.
   absl::Duration max_batch_time = absl::Milliseconds(25);
   absl::Duration contention_memory = absl::Seconds(1);
-  std::function<absl::Time()> clock;       // default: absl::Now
+  std::function<absl::Time()> clock;  // default: absl::Now
 };
 
 // One finished batch, for metrics.
@@ -73,7 +73,7 @@ struct EngineStats {
   int64_t padded_tokens = 0;
   int64_t failed_rows = 0;
   int64_t time_limited_batches = 0;  // kept short by max_batch_time
-  int64_t token_budget = 0;  // current (shrinks after out-of-memory)
+  int64_t token_budget = 0;          // current (shrinks after out-of-memory)
   absl::Duration device_time;
   absl::Duration uptime;
   double padding_waste() const { return PaddingWaste(tokens, padded_tokens); }
@@ -205,7 +205,7 @@ class BatchingEngine {
   EngineStats stats_ ABSL_GUARDED_BY(mu_);
   std::function<void(const BatchRecord&)> observer_ ABSL_GUARDED_BY(mu_);
 
-  std::thread thread_;  // the executor thread; joined by Shutdown
+  std::thread thread_;      // the executor thread; joined by Shutdown
   std::mutex shutdown_mu_;  // serialises Shutdown callers around the join
 };
 

@@ -37,14 +37,16 @@ struct EmbeddingPath {
 
   int64_t length() const { return static_cast<int64_t>(input_ids.size()); }
   // Bytes the path holds once embedded (input and baseline), in a `dtype_bytes` compute dtype.
-  int64_t EmbeddedBytes(int64_t hidden_size, int64_t dtype_bytes) const { return 2 * length() * hidden_size * dtype_bytes; }
+  int64_t EmbeddedBytes(int64_t hidden_size, int64_t dtype_bytes) const {
+    return 2 * length() * hidden_size * dtype_bytes;
+  }
 };
 
 // A row's point on a path.
 struct PathPoint {
   std::shared_ptr<const EmbeddingPath> path;  // null: the row is given by token ids
-  double alpha = 1.0;                          // 0: the baseline, 1: the path's end
-  int64_t noise_sample = -1;                   // >= 0: GradientShap sample whose noise moves the end
+  double alpha = 1.0;                         // 0: the baseline, 1: the path's end
+  int64_t noise_sample = -1;                  // >= 0: GradientShap sample whose noise moves the end
 };
 
 }  // namespace attribution::engine

@@ -26,9 +26,8 @@ struct GenerationRun : std::enable_shared_from_this<GenerationRun> {
   void Submit(std::vector<int64_t> tokens) {
     auto self = shared_from_this();
     Row row{.kind = RowKind::kDecode, .input_ids = std::move(tokens), .decode_state = state};
-    absl::Status status = engine->Submit(request, {std::move(row)}, [self](size_t, RowResult result) {
-      self->OnStep(std::move(result));
-    });
+    absl::Status status = engine->Submit(request, {std::move(row)},
+                                         [self](size_t, RowResult result) { self->OnStep(std::move(result)); });
     if (!status.ok()) done(status);
   }
 

@@ -53,7 +53,8 @@ class ModelExecutor : public BatchExecutor {
       return batch;
     }
     const int64_t hidden = model_->config().hidden_size;
-    batch.inputs_embeds = at::zeros({b, longest, hidden}, at::TensorOptions().dtype(model_->dtype()).device(model_->device()));
+    batch.inputs_embeds =
+        at::zeros({b, longest, hidden}, at::TensorOptions().dtype(model_->dtype()).device(model_->device()));
     ASSIGN_OR_RETURN(std::vector<PathEmbeddings::PathRows> filled, paths_.Fill(rows, batch.inputs_embeds));
     if (paths != nullptr) *paths = std::move(filled);
     return batch;
@@ -78,8 +79,9 @@ class ModelExecutor : public BatchExecutor {
     }
     KvCache stacked(0, 0);
     if (any_prefix) {
-      stacked = KvCache::Stack(prefixes, prefix_lengths, /*room=*/batch.input_ids.defined() ? batch.input_ids.size(1)
-                                                                                          : batch.inputs_embeds.size(1));
+      stacked =
+          KvCache::Stack(prefixes, prefix_lengths,
+                         /*room=*/batch.input_ids.defined() ? batch.input_ids.size(1) : batch.inputs_embeds.size(1));
       batch.cache = &stacked;
     }
     ObjectiveDetails details;

@@ -29,7 +29,8 @@ uint64_t SampleSeed(uint64_t seed, int64_t sample) {
 
 }  // namespace
 
-absl::StatusOr<const PathEmbeddings::Embedded*> PathEmbeddings::Embed(const std::shared_ptr<const EmbeddingPath>& path) {
+absl::StatusOr<const PathEmbeddings::Embedded*> PathEmbeddings::Embed(
+    const std::shared_ptr<const EmbeddingPath>& path) {
   if (auto it = paths_.find(path.get()); it != paths_.end()) return &it->second;
   // Kept across batches, some of which take gradients: never inference tensors.
   c10::InferenceMode not_inference(/*enabled=*/false);
@@ -38,7 +39,8 @@ absl::StatusOr<const PathEmbeddings::Embedded*> PathEmbeddings::Embed(const std:
   ASSIGN_OR_RETURN(e.input, EmbedIds(*model_, path->input_ids));
   ASSIGN_OR_RETURN(e.baseline, EmbedIds(*model_, path->baseline_ids));
   if (!path->zero_baseline.empty()) {
-    const at::Tensor zero = at::tensor(path->zero_baseline, at::kByte).to(e.baseline.device()).to(at::kBool).unsqueeze(1);
+    const at::Tensor zero =
+        at::tensor(path->zero_baseline, at::kByte).to(e.baseline.device()).to(at::kBool).unsqueeze(1);
     e.baseline = e.baseline.masked_fill(zero, 0);  // [S, hidden]
   }
   e.direction = e.input.to(at::kFloat) - e.baseline.to(at::kFloat);
@@ -75,13 +77,14 @@ absl::StatusOr<std::vector<PathEmbeddings::PathRows>> PathEmbeddings::Group(cons
       directions.push_back(sample >= 0 ? e.direction + Noise(e, sample) : e.direction);
     }
     // Rows without noise share the path's direction: a broadcast view, not b copies.
-    group.directions = noisy ? at::stack(directions) : e.direction.unsqueeze(0).expand({static_cast<int64_t>(group.rows.size()), -1, -1});
+    group.directions = noisy ? at::stack(directions)
+                             : e.direction.unsqueeze(0).expand({static_cast<int64_t>(group.rows.size()), -1, -1});
   }
   return groups;
 }
 
 absl::StatusOr<std::vector<PathEmbeddings::PathRows>> PathEmbeddings::Fill(const std::vector<const Row*>& rows,
-                                                                          at::Tensor& embeds) {
+                                                                           at::Tensor& embeds) {
   c10::AutoGradMode no_grad(false);
   ASSIGN_OR_RETURN(std::vector<PathRows> groups, Group(rows));
   for (const PathRows& group : groups) {
@@ -117,7 +120,7 @@ void PathEmbeddings::Reduce(const std::vector<PathRows>& paths, const at::Tensor
     const int64_t s = e.input.size(0);
     const at::Tensor index = at::tensor(group.rows, at::kLong).to(gradients.device());
     const at::Tensor g = gradients.narrow(1, 0, s).index_select(0, index).to(at::kFloat);  // [b, S, hidden]
-    at::Tensor values;  // [b, S]
+    at::Tensor values;                                                                     // [b, S]
     switch (e.path->reduction) {
       case PathReduction::kTimesDirection:
         values = (g * group.directions).sum(-1);
@@ -133,7 +136,8 @@ void PathEmbeddings::Reduce(const std::vector<PathRows>& paths, const at::Tensor
         break;
     }
     values = values.cpu();
-    for (size_t i = 0; i < group.rows.size(); ++i) results[group.rows[i]].position_values = values[static_cast<int64_t>(i)];
+    for (size_t i = 0; i < group.rows.size(); ++i)
+      results[group.rows[i]].position_values = values[static_cast<int64_t>(i)];
   }
 }
 

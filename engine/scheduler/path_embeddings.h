@@ -21,12 +21,12 @@ class PathEmbeddings {
  public:
   explicit PathEmbeddings(std::shared_ptr<const CausalLM> model) : model_(std::move(model)) {}
 
-  struct Embedded {  // one path's embeddings
+  struct Embedded {                             // one path's embeddings
     std::shared_ptr<const EmbeddingPath> path;  // keeps the key alive; use_count 1: only we hold it
-    at::Tensor input;      // [S, hidden] compute dtype
-    at::Tensor baseline;   // [S, hidden]
-    at::Tensor direction;  // [S, hidden] float32: input - baseline
-    at::Tensor differs;    // [S, 1] float32: 1 where input and baseline differ (GradientShap noise goes there)
+    at::Tensor input;                           // [S, hidden] compute dtype
+    at::Tensor baseline;                        // [S, hidden]
+    at::Tensor direction;                       // [S, hidden] float32: input - baseline
+    at::Tensor differs;  // [S, 1] float32: 1 where input and baseline differ (GradientShap noise goes there)
   };
   // The rows of one path in a batch, and the direction each row's point moved along.
   struct PathRows {

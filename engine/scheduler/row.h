@@ -37,10 +37,10 @@ struct DecodeState {
 
 struct Row {
   RowKind kind = RowKind::kScore;
-  std::vector<int64_t> input_ids;     // score / decode rows (decode: the tokens to append)
-  PathPoint point;                    // grad rows, and score rows given as a point instead of ids
-  RowObjective objective;             // score / grad rows: what is scored
-  int64_t top_k = 0;                  // score rows: alternatives at each scored position
+  std::vector<int64_t> input_ids;             // score / decode rows (decode: the tokens to append)
+  PathPoint point;                            // grad rows, and score rows given as a point instead of ids
+  RowObjective objective;                     // score / grad rows: what is scored
+  int64_t top_k = 0;                          // score rows: alternatives at each scored position
   std::shared_ptr<DecodeState> decode_state;  // decode rows
   // Score rows may continue a shared, already computed prefix: the first `prefix_length` positions are
   // read from `prefix`'s KV cache, `input_ids` hold the rest, and objective positions count from the
@@ -55,13 +55,13 @@ struct Row {
 
 struct RowResult {
   absl::Status status;
-  double value = 0;              // the row objective (score / grad rows)
-  at::Tensor token_log_probs;    // [n scored] float32, score rows
-  at::Tensor token_logits;       // [n scored] float32, score rows
-  at::Tensor top_ids;            // [n scored, k] int64, score rows with top_k
-  at::Tensor top_log_probs;      // [n scored, k] float32
-  at::Tensor position_values;    // [S] float32 grad rows: the gradient reduced per position (see PathReduction)
-  at::Tensor next_logits;        // [vocab] float32 decode rows: logits after the last appended token
+  double value = 0;            // the row objective (score / grad rows)
+  at::Tensor token_log_probs;  // [n scored] float32, score rows
+  at::Tensor token_logits;     // [n scored] float32, score rows
+  at::Tensor top_ids;          // [n scored, k] int64, score rows with top_k
+  at::Tensor top_log_probs;    // [n scored, k] float32
+  at::Tensor position_values;  // [S] float32 grad rows: the gradient reduced per position (see PathReduction)
+  at::Tensor next_logits;      // [vocab] float32 decode rows: logits after the last appended token
 };
 
 // Called once per row, on the engine's executor thread (keep it short; never block on the engine).

@@ -25,7 +25,8 @@ absl::StatusOr<BpeModel> BpeModel::FromJson(const nlohmann::json& model) {
   BpeModel bpe;
   for (const auto& [token, id] : model["vocab"].items()) {
     if (!id.is_number_integer() || id.get<int64_t>() < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("tokenizer.json: vocab id of \"", token, "\" is not a non-negative integer"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tokenizer.json: vocab id of \"", token, "\" is not a non-negative integer"));
     }
     const int64_t i = id.get<int64_t>();
     bpe.vocab_[token] = i;
@@ -38,7 +39,8 @@ absl::StatusOr<BpeModel> BpeModel::FromJson(const nlohmann::json& model) {
     if (merge.is_string()) {  // "a b" (older files)
       const std::string text = merge.get<std::string>();
       const size_t space = text.find(' ', 1);
-      if (space == std::string::npos) return absl::InvalidArgumentError(absl::StrCat("tokenizer.json: merge \"", text, "\" has no space"));
+      if (space == std::string::npos)
+        return absl::InvalidArgumentError(absl::StrCat("tokenizer.json: merge \"", text, "\" has no space"));
       left = text.substr(0, space);
       right = text.substr(space + 1);
     } else if (merge.is_array() && merge.size() == 2) {  // ["a", "b"] (newer files)
@@ -49,11 +51,13 @@ absl::StatusOr<BpeModel> BpeModel::FromJson(const nlohmann::json& model) {
     }
     auto a = bpe.vocab_.find(left), b = bpe.vocab_.find(right), merged = bpe.vocab_.find(left + right);
     if (a == bpe.vocab_.end() || b == bpe.vocab_.end() || merged == bpe.vocab_.end()) {
-      return absl::InvalidArgumentError(absl::StrCat("tokenizer.json: merge \"", left, " ", right, "\" uses tokens outside the vocab"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tokenizer.json: merge \"", left, " ", right, "\" uses tokens outside the vocab"));
     }
     bpe.merges_.emplace(PairKey(a->second, b->second), Merge{rank++, merged->second});
   }
-  if (model.contains("unk_token") && model["unk_token"].is_string()) bpe.unk_id_ = bpe.IdOf(model["unk_token"].get<std::string>());
+  if (model.contains("unk_token") && model["unk_token"].is_string())
+    bpe.unk_id_ = bpe.IdOf(model["unk_token"].get<std::string>());
   bpe.fuse_unk_ = model.value("fuse_unk", false);
   bpe.ignore_merges_ = model.value("ignore_merges", false);
   bpe.byte_fallback_ = model.value("byte_fallback", false);
@@ -84,13 +88,17 @@ std::vector<WordToken> BpeModel::Tokenize(const std::string& word) const {
     if (auto id = IdOf(word.substr(i, len))) {
       symbols.push_back({*id, i, i + len});
     } else if (byte_fallback_ && [&] {
-                 for (size_t k = 0; k < len; ++k) if (!byte_ids_[static_cast<unsigned char>(word[i + k])]) return false;
+                 for (size_t k = 0; k < len; ++k)
+                   if (!byte_ids_[static_cast<unsigned char>(word[i + k])]) return false;
                  return true;
                }()) {
-      for (size_t k = 0; k < len; ++k) symbols.push_back({*byte_ids_[static_cast<unsigned char>(word[i + k])], i + k, i + k + 1});
+      for (size_t k = 0; k < len; ++k)
+        symbols.push_back({*byte_ids_[static_cast<unsigned char>(word[i + k])], i + k, i + k + 1});
     } else if (unk_id_) {
-      if (fuse_unk_ && !symbols.empty() && symbols.back().id == *unk_id_) symbols.back().end = i + len;
-      else symbols.push_back({*unk_id_, i, i + len});
+      if (fuse_unk_ && !symbols.empty() && symbols.back().id == *unk_id_)
+        symbols.back().end = i + len;
+      else
+        symbols.push_back({*unk_id_, i, i + len});
     }
     i += len;
   }

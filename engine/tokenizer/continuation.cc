@@ -14,7 +14,8 @@ namespace {
 std::string QuotedTokens(const Tokenizer& tokenizer, const std::vector<int64_t>& ids, size_t begin, size_t end) {
   std::string out = "[";
   for (size_t i = begin; i < end && i < ids.size(); ++i) {
-    absl::StrAppend(&out, i == begin ? "" : ", ", "\"", absl::Utf8SafeCHexEscape(ToValidUtf8(tokenizer.TokenText(ids[i]))), "\"");
+    absl::StrAppend(&out, i == begin ? "" : ", ", "\"",
+                    absl::Utf8SafeCHexEscape(ToValidUtf8(tokenizer.TokenText(ids[i]))), "\"");
   }
   return out + "]";
 }
@@ -38,7 +39,8 @@ absl::StatusOr<Encoding> EncodeContinuation(const Tokenizer& tokenizer, const st
         "; move the shared characters into one of them, give token_ids, or set target_tokenization = SEPARATE"));
   }
   if (joint.ids.size() == n) {
-    return absl::InvalidArgumentError("the text adds no token after the prompt (set text with at least one token, or token_ids)");
+    return absl::InvalidArgumentError(
+        "the text adds no token after the prompt (set text with at least one token, or token_ids)");
   }
   Encoding out;
   out.ids.assign(joint.ids.begin() + static_cast<std::ptrdiff_t>(n), joint.ids.end());

@@ -28,7 +28,8 @@ bool DecoderStripsLeadingSpace(const json& decoder) {
   if (!decoder.is_object()) return false;
   const std::string type = decoder.value("type", std::string());
   if (type == "Strip") return decoder.value("start", 0) > 0;
-  if (type == "Metaspace") return decoder.value("prepend_scheme", std::string("always")) != "never" && decoder.value("add_prefix_space", true);
+  if (type == "Metaspace")
+    return decoder.value("prepend_scheme", std::string("always")) != "never" && decoder.value("add_prefix_space", true);
   if (type == "Sequence") {
     for (const json& d : decoder.value("decoders", json::array())) {
       if (DecoderStripsLeadingSpace(d)) return true;
@@ -131,12 +132,15 @@ absl::Status HfTokenizer::EncodeSegment(const std::string& text, size_t begin, s
   NormalizedText normalized = NormalizedText::FromOriginal(text.substr(begin, end - begin), begin);
   if (normalizer_) normalized = normalizer_->Apply(normalized);
   std::vector<NormalizedText> words;
-  if (pre_tokenizer_) RETURN_IF_ERROR(pre_tokenizer_->Split(normalized, begin == 0, words));
-  else words.push_back(std::move(normalized));
+  if (pre_tokenizer_)
+    RETURN_IF_ERROR(pre_tokenizer_->Split(normalized, begin == 0, words));
+  else
+    words.push_back(std::move(normalized));
   for (const NormalizedText& word : words) {
     for (const WordToken& token : model_.Tokenize(word.text)) {
       out.ids.push_back(token.id);
-      out.spans.push_back({word.OriginAt(token.begin), token.end < word.text.size() ? word.OriginAt(token.end) : word.origin_end});
+      out.spans.push_back(
+          {word.OriginAt(token.begin), token.end < word.text.size() ? word.OriginAt(token.end) : word.origin_end});
     }
   }
   return absl::OkStatus();
@@ -186,7 +190,8 @@ absl::StatusOr<Encoding> HfTokenizer::Encode(const std::string& text, bool add_s
   return out;
 }
 
-std::string HfTokenizer::DecodeTokens(const std::vector<int64_t>& ids, bool skip_special, bool strip_leading_space) const {
+std::string HfTokenizer::DecodeTokens(const std::vector<int64_t>& ids, bool skip_special,
+                                      bool strip_leading_space) const {
   std::string bytes;
   for (int64_t id : ids) {
     if (auto it = added_by_id_.find(id); it != added_by_id_.end()) {

@@ -5,10 +5,9 @@
 #pragma once
 
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json_fwd.hpp>
 
 #include "engine/tokenizer/bpe_model.h"
 #include "engine/tokenizer/normalized_text.h"
@@ -46,7 +45,7 @@ class HfTokenizer : public Tokenizer {
   std::vector<AddedToken> added_;  // longest content first, for greedy matching
   std::unordered_map<int64_t, const AddedToken*> added_by_id_;
   std::unique_ptr<TextNormalizer> normalizer_;    // may be null
-  std::unique_ptr<PreTokenizer> pre_tokenizer_;  // may be null
+  std::unique_ptr<PreTokenizer> pre_tokenizer_;   // may be null
   std::vector<int64_t> prefix_ids_, suffix_ids_;  // template tokens around a single sequence
   bool byte_level_ = false;
   bool strip_decoded_leading_space_ = false;

@@ -9,9 +9,9 @@ IdOnlyTokenizer::IdOnlyTokenizer(std::string model_dir, int64_t vocab_size, Spec
     : model_dir_(std::move(model_dir)), vocab_size_(vocab_size), special_(special) {}
 
 absl::StatusOr<Encoding> IdOnlyTokenizer::Encode(const std::string& text, bool add_special_tokens) const {
-  return absl::FailedPreconditionError(absl::StrCat(
-      "this model has no tokenizer (no tokenizer.json or tokenizer.model in ", model_dir_,
-      "), so it takes token_ids, not text"));
+  return absl::FailedPreconditionError(
+      absl::StrCat("this model has no tokenizer (no tokenizer.json or tokenizer.model in ", model_dir_,
+                   "), so it takes token_ids, not text"));
 }
 
 absl::StatusOr<std::string> IdOnlyTokenizer::Decode(const std::vector<int64_t>& ids, bool skip_special_tokens) const {

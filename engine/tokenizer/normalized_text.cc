@@ -17,8 +17,7 @@ namespace {
 
 using nlohmann::json;
 
-constexpr char kGpt2Pattern[] =
-    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+constexpr char kGpt2Pattern[] = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
 
 std::string TypeOf(const json& spec) {
   return spec.is_object() && spec.contains("type") && spec["type"].is_string() ? spec["type"].get<std::string>() : "";
@@ -47,7 +46,8 @@ class Regex {
     std::unique_ptr<icu::RegexPattern> compiled(
         icu::RegexPattern::compile(icu::UnicodeString::fromUTF8(pattern), 0, parse_error, status));
     if (U_FAILURE(status)) {
-      return absl::InvalidArgumentError(absl::StrCat("regex \"", pattern, "\" does not compile: ", u_errorName(status)));
+      return absl::InvalidArgumentError(
+          absl::StrCat("regex \"", pattern, "\" does not compile: ", u_errorName(status)));
     }
     auto regex = std::make_unique<Regex>();
     regex->pattern_ = std::move(compiled);
@@ -150,7 +150,8 @@ class PrependNormalizer : public TextNormalizer {
 
 class ReplaceNormalizer : public TextNormalizer {
  public:
-  ReplaceNormalizer(std::string pattern, std::string content) : pattern_(std::move(pattern)), content_(std::move(content)) {}
+  ReplaceNormalizer(std::string pattern, std::string content)
+      : pattern_(std::move(pattern)), content_(std::move(content)) {}
   NormalizedText Apply(const NormalizedText& in) const override {
     NormalizedText out;
     out.origin_end = in.origin_end;
@@ -235,8 +236,10 @@ void SplitAround(const NormalizedText& piece, const std::vector<std::pair<size_t
         if (is_match) ranges.emplace_back(start, end);
         break;
       case SplitBehavior::kMergedWithPrevious:
-        if (is_match && !ranges.empty() && ranges.back().second == start) ranges.back().second = end;
-        else ranges.emplace_back(start, end);
+        if (is_match && !ranges.empty() && ranges.back().second == start)
+          ranges.back().second = end;
+        else
+          ranges.emplace_back(start, end);
         break;
       case SplitBehavior::kMergedWithNext:
         if (is_match && i + 1 < cuts.size() && !cuts[i + 1].second) {
@@ -247,8 +250,10 @@ void SplitAround(const NormalizedText& piece, const std::vector<std::pair<size_t
         ranges.emplace_back(start, end);
         break;
       case SplitBehavior::kContiguous:
-        if (is_match && i > 0 && cuts[i - 1].second) ranges.back().second = end;
-        else ranges.emplace_back(start, end);
+        if (is_match && i > 0 && cuts[i - 1].second)
+          ranges.back().second = end;
+        else
+          ranges.emplace_back(start, end);
         break;
     }
     start = end;
@@ -314,8 +319,10 @@ class ByteLevelPreTokenizer : public PreTokenizer {
       text = std::move(prefixed);
     }
     std::vector<NormalizedText> parts;
-    if (regex_) SplitAround(text, regex_->Matches(text.text), SplitBehavior::kIsolated, parts);
-    else parts.push_back(text);
+    if (regex_)
+      SplitAround(text, regex_->Matches(text.text), SplitBehavior::kIsolated, parts);
+    else
+      parts.push_back(text);
     for (const NormalizedText& part : parts) {
       NormalizedText mapped;
       mapped.origin_end = part.origin_end;
@@ -348,8 +355,10 @@ class MetaspacePreTokenizer : public PreTokenizer {
       text.Append(replacement_, piece.origin[0]);
     }
     for (size_t i = 0; i < piece.text.size(); ++i) {
-      if (piece.text[i] == ' ') text.Append(replacement_, piece.origin[i]);
-      else text.Append(std::string(1, piece.text[i]), piece.origin[i]);
+      if (piece.text[i] == ' ')
+        text.Append(replacement_, piece.origin[i]);
+      else
+        text.Append(std::string(1, piece.text[i]), piece.origin[i]);
     }
     if (!split_) {
       out.push_back(std::move(text));
@@ -455,7 +464,8 @@ absl::StatusOr<std::unique_ptr<TextNormalizer>> TextNormalizer::FromJson(const j
   if (type == "NFKD") return std::make_unique<UnicodeNormalizer>(icu::Normalizer2::getNFKDInstance(status));
   if (type == "Lowercase") return std::make_unique<LowercaseNormalizer>();
   if (type == "Prepend") return std::make_unique<PrependNormalizer>(spec.value("prepend", std::string()));
-  if (type == "Strip") return std::make_unique<StripNormalizer>(spec.value("strip_left", true), spec.value("strip_right", true));
+  if (type == "Strip")
+    return std::make_unique<StripNormalizer>(spec.value("strip_left", true), spec.value("strip_right", true));
   if (type == "Replace") {
     bool is_regex = false;
     ASSIGN_OR_RETURN(std::string pattern, PatternOf(spec, is_regex));
@@ -483,7 +493,8 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> PreTokenizer::FromJson(const json&
     return std::make_unique<ByteLevelPreTokenizer>(spec.value("add_prefix_space", false), std::move(regex));
   }
   if (type == "Split") {
-    if (spec.value("invert", false)) return absl::InvalidArgumentError("tokenizer.json: inverted Split is not supported");
+    if (spec.value("invert", false))
+      return absl::InvalidArgumentError("tokenizer.json: inverted Split is not supported");
     bool is_regex = false;
     ASSIGN_OR_RETURN(std::string pattern, PatternOf(spec, is_regex));
     ASSIGN_OR_RETURN(SplitBehavior behavior, ParseBehavior(spec));

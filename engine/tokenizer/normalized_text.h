@@ -4,19 +4,18 @@
 #pragma once
 
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json_fwd.hpp>
 
 #include "absl/status/statusor.h"
 
 namespace attribution::engine {
 
 struct NormalizedText {
-  std::string text;             // UTF-8
-  std::vector<size_t> origin;   // origin[i]: offset in the original input of text[i]
-  size_t origin_end = 0;        // offset in the original input just past this piece
+  std::string text;            // UTF-8
+  std::vector<size_t> origin;  // origin[i]: offset in the original input of text[i]
+  size_t origin_end = 0;       // offset in the original input just past this piece
 
   static NormalizedText FromOriginal(const std::string& text, size_t offset);
   // Appends `bytes`, all attributed to original offset `from`.

@@ -46,8 +46,8 @@ const Module& LoadModule() {
   static Module module;
   static std::once_flag once;
   std::call_once(once, [] {
-    // RTLD_DEEPBIND keeps libsentencepiece bound to its bundled protobuf. AddressSanitizer refuses
-    // it; the sanitizer jobs' binaries load no other protobuf, so plain RTLD_LOCAL is enough there.
+  // RTLD_DEEPBIND keeps libsentencepiece bound to its bundled protobuf. AddressSanitizer refuses
+  // it; the sanitizer jobs' binaries load no other protobuf, so plain RTLD_LOCAL is enough there.
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
     const int flags = RTLD_NOW | RTLD_LOCAL;
 #else
@@ -61,10 +61,13 @@ const Module& LoadModule() {
       module.error = absl::StrCat("cannot load ", path, ": ", ::dlerror());
     }
     if (handle == nullptr) {
-      if (module.error.empty()) module.error = absl::StrCat(kModuleName, " not found (set ATTRIBUTION_SENTENCEPIECE_MODULE)");
+      if (module.error.empty())
+        module.error = absl::StrCat(kModuleName, " not found (set ATTRIBUTION_SENTENCEPIECE_MODULE)");
       return;
     }
-    auto bind = [&](auto& fn, const char* name) { fn = reinterpret_cast<std::decay_t<decltype(fn)>>(::dlsym(handle, name)); };
+    auto bind = [&](auto& fn, const char* name) {
+      fn = reinterpret_cast<std::decay_t<decltype(fn)>>(::dlsym(handle, name));
+    };
     bind(module.load, "attribution_spm_load");
     bind(module.free_processor, "attribution_spm_free");
     bind(module.free_buffer, "attribution_spm_free_buffer");
@@ -139,7 +142,9 @@ int SentencePieceBackend::bos_id() const { return LoadModule().id(processor_, 1)
 int SentencePieceBackend::eos_id() const { return LoadModule().id(processor_, 2); }
 int SentencePieceBackend::pad_id() const { return LoadModule().id(processor_, 3); }
 int SentencePieceBackend::unk_id() const { return LoadModule().id(processor_, 4); }
-bool SentencePieceBackend::IsControlOrUnknown(int id) const { return LoadModule().is_control_or_unknown(processor_, id) != 0; }
+bool SentencePieceBackend::IsControlOrUnknown(int id) const {
+  return LoadModule().is_control_or_unknown(processor_, id) != 0;
+}
 
 std::string SentencePieceBackend::IdToPiece(int id) const {
   const Module& module = LoadModule();

@@ -52,7 +52,8 @@ void attribution_spm_free_buffer(void* buffer) { std::free(buffer); }
 long attribution_spm_encode(void* processor, const char* text, size_t length, long** triples) {
   try {
     const sentencepiece::ImmutableSentencePieceText encoded =
-        static_cast<sentencepiece::SentencePieceProcessor*>(processor)->EncodeAsImmutableProto(std::string(text, length));
+        static_cast<sentencepiece::SentencePieceProcessor*>(processor)->EncodeAsImmutableProto(
+            std::string(text, length));
     const size_t count = encoded.pieces_size();
     *triples = static_cast<long*>(std::malloc(sizeof(long) * 3 * (count + 1)));
     for (size_t i = 0; i < count; ++i) {
@@ -72,8 +73,8 @@ char* attribution_spm_decode(void* processor, const int* ids, size_t count, size
                              size_t error_size) {
   try {
     std::string text;
-    const auto status =
-        static_cast<sentencepiece::SentencePieceProcessor*>(processor)->Decode(std::vector<int>(ids, ids + count), &text);
+    const auto status = static_cast<sentencepiece::SentencePieceProcessor*>(processor)->Decode(
+        std::vector<int>(ids, ids + count), &text);
     if (status.ok()) return CopyOut(text, length);
     SetError(status.ToString(), error, error_size);
   } catch (const std::exception& e) {
@@ -86,11 +87,16 @@ char* attribution_spm_decode(void* processor, const int* ids, size_t count, size
 int attribution_spm_id(void* processor, int kind) {
   auto* p = static_cast<sentencepiece::SentencePieceProcessor*>(processor);
   switch (kind) {
-    case 0: return p->GetPieceSize();
-    case 1: return p->bos_id();
-    case 2: return p->eos_id();
-    case 3: return p->pad_id();
-    default: return p->unk_id();
+    case 0:
+      return p->GetPieceSize();
+    case 1:
+      return p->bos_id();
+    case 2:
+      return p->eos_id();
+    case 3:
+      return p->pad_id();
+    default:
+      return p->unk_id();
   }
 }
 

@@ -6,8 +6,8 @@
 
 namespace attribution::engine {
 
-absl::StatusOr<std::unique_ptr<SentencePieceTokenizer>> SentencePieceTokenizer::Create(
-    const std::string& model_path, bool add_bos, bool add_eos) {
+absl::StatusOr<std::unique_ptr<SentencePieceTokenizer>> SentencePieceTokenizer::Create(const std::string& model_path,
+                                                                                       bool add_bos, bool add_eos) {
   std::unique_ptr<SentencePieceTokenizer> tokenizer(new SentencePieceTokenizer());
   std::string error;
   tokenizer->processor_ = SentencePieceBackend::Load(model_path, &error);

@@ -13,8 +13,8 @@ namespace attribution::engine {
 class SentencePieceTokenizer : public Tokenizer {
  public:
   // `add_bos` / `add_eos`: whether Encode(..., add_special_tokens=true) adds them (Llama: bos only).
-  static absl::StatusOr<std::unique_ptr<SentencePieceTokenizer>> Create(const std::string& model_path,
-                                                                        bool add_bos, bool add_eos);
+  static absl::StatusOr<std::unique_ptr<SentencePieceTokenizer>> Create(const std::string& model_path, bool add_bos,
+                                                                        bool add_eos);
 
   absl::StatusOr<Encoding> Encode(const std::string& text, bool add_special_tokens) const override;
   absl::StatusOr<std::string> Decode(const std::vector<int64_t>& ids, bool skip_special_tokens) const override;

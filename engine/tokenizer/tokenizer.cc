@@ -31,9 +31,12 @@ size_t Utf8Length(const unsigned char* s, size_t i, size_t n, bool subpart) {
   if (c < 0x80) return 1;
   size_t len = 0;
   unsigned char low = 0x80, high = 0xBF;  // of the second byte
-  if (c >= 0xC2 && c <= 0xDF) len = 2;
-  else if (c >= 0xE0 && c <= 0xEF) len = 3, low = c == 0xE0 ? 0xA0 : 0x80, high = c == 0xED ? 0x9F : 0xBF;
-  else if (c >= 0xF0 && c <= 0xF4) len = 4, low = c == 0xF0 ? 0x90 : 0x80, high = c == 0xF4 ? 0x8F : 0xBF;
+  if (c >= 0xC2 && c <= 0xDF)
+    len = 2;
+  else if (c >= 0xE0 && c <= 0xEF)
+    len = 3, low = c == 0xE0 ? 0xA0 : 0x80, high = c == 0xED ? 0x9F : 0xBF;
+  else if (c >= 0xF0 && c <= 0xF4)
+    len = 4, low = c == 0xF0 ? 0x90 : 0x80, high = c == 0xF4 ? 0x8F : 0xBF;
   if (len == 0) return subpart ? 1 : 0;
   size_t k = 1;
   for (; k < len && i + k < n; ++k) {
@@ -91,7 +94,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
     try {
       tokenizer = HfTokenizer::Create(tokenizer_json, config);
     } catch (const std::exception& e) {
-      tokenizer = absl::InvalidArgumentError(absl::StrCat("malformed (tokenizer.json or tokenizer_config.json): ", e.what()));
+      tokenizer =
+          absl::InvalidArgumentError(absl::StrCat("malformed (tokenizer.json or tokenizer_config.json): ", e.what()));
     }
     if (!tokenizer.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", tokenizer.status().message()));
     return std::unique_ptr<Tokenizer>(std::move(*tokenizer));
@@ -99,7 +103,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
   if (const std::string path = model_dir + "/tokenizer.model"; FileExists(path)) {
     // json::value throws on a value of another type; such a flag keeps its default.
     auto flag = [&](const char* key, bool fallback) {
-      return config.is_object() && config.contains(key) && config[key].is_boolean() ? config[key].get<bool>() : fallback;
+      return config.is_object() && config.contains(key) && config[key].is_boolean() ? config[key].get<bool>()
+                                                                                    : fallback;
     };
     const bool add_bos = flag("add_bos_token", true);
     const bool add_eos = flag("add_eos_token", false);

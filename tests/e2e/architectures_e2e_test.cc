@@ -114,7 +114,8 @@ TEST_P(Architectures, LogprobsMatchTransformers) {
 TEST_P(Architectures, GreedyGenerationMatchesTransformers) {
   const std::vector<int64_t> expected = reference_["greedy"].get<std::vector<int64_t>>();
   absl::StatusOr<client::Generation> result = client_->Generate(
-      {.model = GetParam(), .prompt_ids = prompt_,
+      {.model = GetParam(),
+       .prompt_ids = prompt_,
        .generation = {.max_new_tokens = static_cast<int>(expected.size()), .ignore_stop_tokens = true}});
   ASSERT_THAT(result, IsOk());
   std::vector<int64_t> ours;
@@ -127,10 +128,14 @@ TEST_P(Architectures, GreedyGenerationMatchesTransformers) {
 // to 6.2e-7), the convergence delta to 1e-3 absolute.
 TEST_P(Architectures, IntegratedGradientsMatchCaptum) {
   const nlohmann::json& ig = reference_["ig"];
-  absl::StatusOr<client::Attribution> result = client_->Attribute(
-      {.model = GetParam(), .prompt_ids = prompt_, .target_ids = target_, .method = "integrated_gradients",
-       .baseline = std::to_string(ig["baseline_token"].get<int64_t>()), .n_steps = ig["n_steps"].get<int>(),
-       .rule = ig["rule"].get<std::string>()});
+  absl::StatusOr<client::Attribution> result =
+      client_->Attribute({.model = GetParam(),
+                          .prompt_ids = prompt_,
+                          .target_ids = target_,
+                          .method = "integrated_gradients",
+                          .baseline = std::to_string(ig["baseline_token"].get<int64_t>()),
+                          .n_steps = ig["n_steps"].get<int>(),
+                          .rule = ig["rule"].get<std::string>()});
   ASSERT_THAT(result, IsOk());
   const double error = ScaledError(result->sequence, ig["seq_attr"].get<std::vector<double>>());
   std::cout << GetParam() << ": IG scaled error " << error << "\n";
@@ -158,7 +163,8 @@ TEST(TokenizerlessModel, ServesTokenIdsAndRefusesText) {
   const auto prompt = reference["prompt"].get<std::vector<int64_t>>();
   const auto target = reference["target"].get<std::vector<int64_t>>();
 
-  absl::StatusOr<client::Logprobs> logprobs = (*client)->GetLogprobs({.model = "bare", .prompt_ids = prompt, .target_ids = target});
+  absl::StatusOr<client::Logprobs> logprobs =
+      (*client)->GetLogprobs({.model = "bare", .prompt_ids = prompt, .target_ids = target});
   ASSERT_THAT(logprobs, IsOk());
   std::vector<double> ours;
   for (const auto& t : logprobs->target) ours.push_back(t.token.log_prob);
@@ -173,14 +179,14 @@ TEST(TokenizerlessModel, ServesTokenIdsAndRefusesText) {
   ASSERT_EQ(generation->tokens.size(), 3u);
   EXPECT_EQ(generation->tokens[0].text, absl::StrCat("<", generation->tokens[0].id, ">"));
 
-  absl::StatusOr<client::Attribution> by_ids = (*client)->Attribute(
-      {.model = "bare", .prompt_ids = prompt, .target_ids = target, .n_steps = 4});
+  absl::StatusOr<client::Attribution> by_ids =
+      (*client)->Attribute({.model = "bare", .prompt_ids = prompt, .target_ids = target, .n_steps = 4});
   EXPECT_THAT(by_ids, IsOk());
 
   absl::StatusOr<client::Attribution> by_text =
       (*client)->Attribute({.model = "bare", .prompt = "Is it true?", .target_ids = target});
-  EXPECT_THAT(by_text, StatusIs(absl::StatusCode::kFailedPrecondition,
-                                HasSubstr("no tokenizer.json or tokenizer.model")));
+  EXPECT_THAT(by_text,
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("no tokenizer.json or tokenizer.model")));
   absl::StatusOr<client::Logprobs> text_target =
       (*client)->GetLogprobs({.model = "bare", .prompt_ids = prompt, .target = " yes"});
   EXPECT_THAT(text_target, StatusIs(absl::StatusCode::kFailedPrecondition));

@@ -59,35 +59,41 @@ struct BadCase {
 
 template <typename Mutate>
 BadCase Attribute(std::string name, Mutate mutate, StatusCode code, std::string message) {
-  return {std::move(name), [mutate](v1::AttributionService::Stub& stub) {
+  return {std::move(name),
+          [mutate](v1::AttributionService::Stub& stub) {
             v1::AttributeRequest request = GoodAttribute();
             mutate(request);
             grpc::ClientContext context;
             v1::AttributeResponse response;
             return stub.Attribute(&context, request, &response);
-          }, code, std::move(message)};
+          },
+          code, std::move(message)};
 }
 
 template <typename Mutate>
 BadCase Generate(std::string name, Mutate mutate, StatusCode code, std::string message) {
-  return {std::move(name), [mutate](v1::AttributionService::Stub& stub) {
+  return {std::move(name),
+          [mutate](v1::AttributionService::Stub& stub) {
             v1::GenerateRequest request = GoodGenerate();
             mutate(request);
             grpc::ClientContext context;
             v1::GenerateResponse response;
             return stub.Generate(&context, request, &response);
-          }, code, std::move(message)};
+          },
+          code, std::move(message)};
 }
 
 template <typename Mutate>
 BadCase Logprobs(std::string name, Mutate mutate, StatusCode code, std::string message) {
-  return {std::move(name), [mutate](v1::AttributionService::Stub& stub) {
+  return {std::move(name),
+          [mutate](v1::AttributionService::Stub& stub) {
             v1::LogprobsRequest request = GoodLogprobs();
             mutate(request);
             grpc::ClientContext context;
             v1::LogprobsResponse response;
             return stub.Logprobs(&context, request, &response);
-          }, code, std::move(message)};
+          },
+          code, std::move(message)};
 }
 
 std::vector<BadCase> BadCases() {
@@ -96,78 +102,287 @@ std::vector<BadCase> BadCases() {
   using G = v1::GenerateRequest;
   using L = v1::LogprobsRequest;
   return {
-      Attribute("unknown model", [](A& r) { r.set_model("gpt-9"); }, StatusCode::NOT_FOUND, "no model named \"gpt-9\""),
-      Attribute("no model", [](A& r) { r.clear_model(); }, kInvalid, "model"),
-      Attribute("unknown method", [](A& r) { r.set_method(static_cast<v1::Method>(99)); }, kInvalid, "method: unknown value 99 (one of: METHOD_UNSPECIFIED, INTEGRATED_GRADIENTS,"),
-      Attribute("unknown rule", [](A& r) { r.set_rule(static_cast<v1::IntegrationRule>(42)); }, kInvalid, "rule: unknown value 42"),
-      Attribute("unknown quantity", [](A& r) { r.set_quantity(static_cast<v1::Quantity>(9)); }, kInvalid, "quantity"),
-      Attribute("unknown priority", [](A& r) { r.set_priority(static_cast<v1::Priority>(7)); }, kInvalid, "priority"),
-      Attribute("unknown baseline", [](A& r) { r.set_baseline(static_cast<v1::BaselineKind>(77)); }, kInvalid, "baseline"),
-      Attribute("empty prompt", [](A& r) { r.clear_prompt(); }, kInvalid, "prompt"),
-      Attribute("text and ids", [](A& r) { r.mutable_prompt()->add_token_ids(5); }, kInvalid, "prompt: set text or token_ids, not both"),
-      Attribute("over-long prompt", [](A& r) { r.mutable_prompt()->set_text(std::string(20000, 'x')); }, kInvalid, "exceed this model's limit of 4096"),
-      Attribute("prompt id out of range", [](A& r) { r.mutable_prompt()->clear_text(); r.mutable_prompt()->add_token_ids(1400); }, kInvalid, "prompt: token_ids[0] = 1400 is outside the vocabulary"),
-      Attribute("negative prompt id", [](A& r) { r.mutable_prompt()->clear_text(); r.mutable_prompt()->add_token_ids(-3); }, kInvalid, "token_ids[0] = -3"),
-      Attribute("target id out of range", [](A& r) { r.mutable_target()->clear_text(); r.mutable_target()->add_token_ids(99999); }, kInvalid, "target: token_ids[0] = 99999"),
-      Attribute("malformed UTF-8 prompt", [](A& r) { r.mutable_prompt()->set_text("bad \xC3\x28 byte"); }, kInvalid, "prompt.text"),
-      Attribute("malformed UTF-8 target", [](A& r) { r.mutable_target()->set_text("\xFF"); }, kInvalid, "target.text"),
-      Attribute("n_steps too large", [](A& r) { r.set_n_steps(5000); }, kInvalid, "n_steps"),
-      Attribute("n_steps too small", [](A& r) { r.set_n_steps(-3); }, kInvalid, "n_steps"),
-      Attribute("one trapezoid step", [](A& r) { r.set_n_steps(1); r.set_rule(v1::RIEMANN_TRAPEZOID); }, kInvalid, "n_steps = 1 is outside [2, "),
-      Attribute("target set but empty", [](A& r) { r.mutable_target()->clear_text(); }, kInvalid, "target: is set but empty"),
-      Attribute("unknown target tokenization", [](A& r) { r.set_target_tokenization(static_cast<v1::TargetTokenization>(7)); }, kInvalid, "target_tokenization: unknown value 7 (one of: TARGET_TOKENIZATION_UNSPECIFIED, CONTINUATION, SEPARATE)"),
-      Attribute("target splitting the prompt's last token", [](A& r) { r.mutable_prompt()->set_text("Once upon a time"); r.mutable_target()->set_text(" there"); }, kInvalid, "target: the text does not start on a token boundary"),
-      Attribute("prompt of special tokens only", [](A& r) { r.mutable_prompt()->clear_text(); r.mutable_prompt()->add_token_ids(1); }, kInvalid, "prompt: holds only special tokens"),
-      Attribute("negative n_steps", [](A& r) { r.set_n_steps(-4); }, kInvalid, "n_steps"),
-      Attribute("n_samples too large", [](A& r) { r.set_method(v1::SHAPLEY_VALUE_SAMPLING); r.set_n_samples(100000); }, kInvalid, "n_samples"),
-      Attribute("negative n_samples", [](A& r) { r.set_method(v1::GRADIENT_SHAP); r.set_n_samples(-1); }, kInvalid, "n_samples"),
-      Attribute("kernel_shap with one sample", [](A& r) { r.set_method(v1::KERNEL_SHAP); r.set_n_samples(1); }, kInvalid, "n_samples = 1"),
-      Attribute("kernel_shap with one feature", [](A& r) { r.set_method(v1::KERNEL_SHAP); r.mutable_feature_range()->set_token_begin(1); r.mutable_feature_range()->set_token_end(2); }, kInvalid, "number of features for kernel_shap"),
-      Attribute("negative stdev", [](A& r) { r.set_method(v1::GRADIENT_SHAP); r.set_stdev(-1); }, kInvalid, "stdev"),
-      Attribute("NaN stdev", [](A& r) { r.set_method(v1::GRADIENT_SHAP); r.set_stdev(std::nan("")); }, kInvalid, "stdev"),
-      Attribute("exact shapley over the cap", [](A& r) { r.set_method(v1::SHAPLEY_VALUES); }, kInvalid, "exact shapley_values"),
-      Attribute("contrastive without foil", [](A& r) { r.set_contrastive(true); }, kInvalid, "foil: contrastive needs a foil"),
-      Attribute("foil without contrastive", [](A& r) { r.mutable_foil()->set_text(" Yes"); }, kInvalid, "contrastive"),
-      Attribute("foil of another length", [](A& r) { r.set_contrastive(true); r.mutable_foil()->set_text(" Yes it is so"); }, kInvalid, "foil: has"),
-      Attribute("contrastive generated target", [](A& r) { r.clear_target(); r.set_contrastive(true); r.mutable_foil()->set_text(" Yes"); }, kInvalid, "needs a given target"),
-      Attribute("range past the prompt", [](A& r) { r.mutable_feature_range()->set_token_begin(2); r.mutable_feature_range()->set_token_end(500); }, kInvalid, "feature_range: [2, 500)"),
-      Attribute("empty range", [](A& r) { r.mutable_feature_range()->set_token_begin(3); r.mutable_feature_range()->set_token_end(3); }, kInvalid, "feature_range"),
-      Attribute("range and groups", [](A& r) { r.mutable_feature_range()->set_token_end(2); r.add_feature_groups()->set_token_end(1); }, kInvalid, "not both"),
-      Attribute("negative group", [](A& r) { auto* g = r.add_feature_groups(); g->set_token_begin(-1); g->set_token_end(2); }, kInvalid, "feature_groups[0]"),
-      Attribute("overlapping groups", [](A& r) {
-        auto* a = r.add_feature_groups(); a->set_token_begin(0); a->set_token_end(3);
-        auto* b = r.add_feature_groups(); b->set_token_begin(2); b->set_token_end(4);
-      }, kInvalid, "feature_groups[1]: starts at token 2"),
-      Attribute("group baseline id out of range", [](A& r) {
-        auto* g = r.add_feature_groups(); g->set_token_begin(1); g->set_token_end(2); g->mutable_baseline()->add_token_ids(1 << 20);
-      }, kInvalid, "feature_groups[0].baseline"),
-      Attribute("gradient group baseline length", [](A& r) {
-        auto* g = r.add_feature_groups(); g->set_token_begin(1); g->set_token_end(3); g->mutable_baseline()->add_token_ids(5);
-      }, kInvalid, "one baseline token per position"),
-      Attribute("baseline token out of range", [](A& r) { r.set_baseline(v1::TOKEN_ID); r.set_baseline_token_id(1400); }, kInvalid, "baseline_token_id"),
-      Attribute("zero baseline for ablation", [](A& r) { r.set_method(v1::FEATURE_ABLATION); r.set_baseline(v1::ZERO_EMBEDDING); }, kInvalid, "baseline: ZERO_EMBEDDING"),
-      Attribute("no pad token", [](A& r) { r.set_baseline(v1::PAD_TOKEN); }, kInvalid, "has no pad token"),
-      Attribute("too many new tokens", [](A& r) { r.clear_target(); r.mutable_generation()->set_max_new_tokens(100000); }, kInvalid, "generation.max_new_tokens"),
-      Attribute("negative temperature", [](A& r) { r.clear_target(); r.mutable_generation()->set_temperature(-1); }, kInvalid, "generation: temperature"),
-      Attribute("top_p above one", [](A& r) { r.clear_target(); r.mutable_generation()->set_top_p(1.5); }, kInvalid, "top_p"),
-      Attribute("oversized message", [](A& r) { r.mutable_prompt()->set_text(std::string(5 << 20, 'a')); }, StatusCode::RESOURCE_EXHAUSTED, "larger than max"),
-      Generate("generate: unknown model", [](G& r) { r.set_model("nope"); }, StatusCode::NOT_FOUND, "nope"),
-      Generate("generate: empty prompt", [](G& r) { r.clear_prompt(); }, kInvalid, "prompt"),
-      Generate("generate: stop id out of range", [](G& r) { r.mutable_generation()->add_stop_token_ids(-2); }, kInvalid, "generation.stop_token_ids"),
-      Generate("generate: NaN temperature", [](G& r) { r.mutable_generation()->set_temperature(std::nan("")); }, kInvalid, "temperature"),
-      Generate("generate: prompt + new tokens over the limit", [](G& r) {
-        r.mutable_prompt()->clear_text();
-        for (int i = 0; i < 4090; ++i) r.mutable_prompt()->add_token_ids(5);
-        r.mutable_generation()->set_max_new_tokens(10);
-      }, kInvalid, "exceed this model's limit"),
-      Logprobs("logprobs: no target", [](L& r) { r.clear_target(); }, kInvalid, "target: must hold at least one token"),
-      Logprobs("logprobs: top_k over the cap", [](L& r) { r.set_top_k(21); }, kInvalid, "top_k: 21 is outside [0, 20]"),
-      Logprobs("logprobs: negative top_k", [](L& r) { r.set_top_k(-1); }, kInvalid, "top_k"),
-      Logprobs("logprobs: malformed UTF-8", [](L& r) { r.mutable_target()->set_text("\xE2\x82"); }, kInvalid, "target.text"),
+      Attribute(
+          "unknown model", [](A& r) { r.set_model("gpt-9"); }, StatusCode::NOT_FOUND, "no model named \"gpt-9\""),
+      Attribute(
+          "no model", [](A& r) { r.clear_model(); }, kInvalid, "model"),
+      Attribute(
+          "unknown method", [](A& r) { r.set_method(static_cast<v1::Method>(99)); }, kInvalid,
+          "method: unknown value 99 (one of: METHOD_UNSPECIFIED, INTEGRATED_GRADIENTS,"),
+      Attribute(
+          "unknown rule", [](A& r) { r.set_rule(static_cast<v1::IntegrationRule>(42)); }, kInvalid,
+          "rule: unknown value 42"),
+      Attribute(
+          "unknown quantity", [](A& r) { r.set_quantity(static_cast<v1::Quantity>(9)); }, kInvalid, "quantity"),
+      Attribute(
+          "unknown priority", [](A& r) { r.set_priority(static_cast<v1::Priority>(7)); }, kInvalid, "priority"),
+      Attribute(
+          "unknown baseline", [](A& r) { r.set_baseline(static_cast<v1::BaselineKind>(77)); }, kInvalid, "baseline"),
+      Attribute(
+          "empty prompt", [](A& r) { r.clear_prompt(); }, kInvalid, "prompt"),
+      Attribute(
+          "text and ids", [](A& r) { r.mutable_prompt()->add_token_ids(5); }, kInvalid,
+          "prompt: set text or token_ids, not both"),
+      Attribute(
+          "over-long prompt", [](A& r) { r.mutable_prompt()->set_text(std::string(20000, 'x')); }, kInvalid,
+          "exceed this model's limit of 4096"),
+      Attribute(
+          "prompt id out of range",
+          [](A& r) {
+            r.mutable_prompt()->clear_text();
+            r.mutable_prompt()->add_token_ids(1400);
+          },
+          kInvalid, "prompt: token_ids[0] = 1400 is outside the vocabulary"),
+      Attribute(
+          "negative prompt id",
+          [](A& r) {
+            r.mutable_prompt()->clear_text();
+            r.mutable_prompt()->add_token_ids(-3);
+          },
+          kInvalid, "token_ids[0] = -3"),
+      Attribute(
+          "target id out of range",
+          [](A& r) {
+            r.mutable_target()->clear_text();
+            r.mutable_target()->add_token_ids(99999);
+          },
+          kInvalid, "target: token_ids[0] = 99999"),
+      Attribute(
+          "malformed UTF-8 prompt", [](A& r) { r.mutable_prompt()->set_text("bad \xC3\x28 byte"); }, kInvalid,
+          "prompt.text"),
+      Attribute(
+          "malformed UTF-8 target", [](A& r) { r.mutable_target()->set_text("\xFF"); }, kInvalid, "target.text"),
+      Attribute(
+          "n_steps too large", [](A& r) { r.set_n_steps(5000); }, kInvalid, "n_steps"),
+      Attribute(
+          "n_steps too small", [](A& r) { r.set_n_steps(-3); }, kInvalid, "n_steps"),
+      Attribute(
+          "one trapezoid step",
+          [](A& r) {
+            r.set_n_steps(1);
+            r.set_rule(v1::RIEMANN_TRAPEZOID);
+          },
+          kInvalid, "n_steps = 1 is outside [2, "),
+      Attribute(
+          "target set but empty", [](A& r) { r.mutable_target()->clear_text(); }, kInvalid, "target: is set but empty"),
+      Attribute(
+          "unknown target tokenization",
+          [](A& r) { r.set_target_tokenization(static_cast<v1::TargetTokenization>(7)); }, kInvalid,
+          "target_tokenization: unknown value 7 (one of: TARGET_TOKENIZATION_UNSPECIFIED, CONTINUATION, SEPARATE)"),
+      Attribute(
+          "target splitting the prompt's last token",
+          [](A& r) {
+            r.mutable_prompt()->set_text("Once upon a time");
+            r.mutable_target()->set_text(" there");
+          },
+          kInvalid, "target: the text does not start on a token boundary"),
+      Attribute(
+          "prompt of special tokens only",
+          [](A& r) {
+            r.mutable_prompt()->clear_text();
+            r.mutable_prompt()->add_token_ids(1);
+          },
+          kInvalid, "prompt: holds only special tokens"),
+      Attribute(
+          "negative n_steps", [](A& r) { r.set_n_steps(-4); }, kInvalid, "n_steps"),
+      Attribute(
+          "n_samples too large",
+          [](A& r) {
+            r.set_method(v1::SHAPLEY_VALUE_SAMPLING);
+            r.set_n_samples(100000);
+          },
+          kInvalid, "n_samples"),
+      Attribute(
+          "negative n_samples",
+          [](A& r) {
+            r.set_method(v1::GRADIENT_SHAP);
+            r.set_n_samples(-1);
+          },
+          kInvalid, "n_samples"),
+      Attribute(
+          "kernel_shap with one sample",
+          [](A& r) {
+            r.set_method(v1::KERNEL_SHAP);
+            r.set_n_samples(1);
+          },
+          kInvalid, "n_samples = 1"),
+      Attribute(
+          "kernel_shap with one feature",
+          [](A& r) {
+            r.set_method(v1::KERNEL_SHAP);
+            r.mutable_feature_range()->set_token_begin(1);
+            r.mutable_feature_range()->set_token_end(2);
+          },
+          kInvalid, "number of features for kernel_shap"),
+      Attribute(
+          "negative stdev",
+          [](A& r) {
+            r.set_method(v1::GRADIENT_SHAP);
+            r.set_stdev(-1);
+          },
+          kInvalid, "stdev"),
+      Attribute(
+          "NaN stdev",
+          [](A& r) {
+            r.set_method(v1::GRADIENT_SHAP);
+            r.set_stdev(std::nan(""));
+          },
+          kInvalid, "stdev"),
+      Attribute(
+          "exact shapley over the cap", [](A& r) { r.set_method(v1::SHAPLEY_VALUES); }, kInvalid,
+          "exact shapley_values"),
+      Attribute(
+          "contrastive without foil", [](A& r) { r.set_contrastive(true); }, kInvalid,
+          "foil: contrastive needs a foil"),
+      Attribute(
+          "foil without contrastive", [](A& r) { r.mutable_foil()->set_text(" Yes"); }, kInvalid, "contrastive"),
+      Attribute(
+          "foil of another length",
+          [](A& r) {
+            r.set_contrastive(true);
+            r.mutable_foil()->set_text(" Yes it is so");
+          },
+          kInvalid, "foil: has"),
+      Attribute(
+          "contrastive generated target",
+          [](A& r) {
+            r.clear_target();
+            r.set_contrastive(true);
+            r.mutable_foil()->set_text(" Yes");
+          },
+          kInvalid, "needs a given target"),
+      Attribute(
+          "range past the prompt",
+          [](A& r) {
+            r.mutable_feature_range()->set_token_begin(2);
+            r.mutable_feature_range()->set_token_end(500);
+          },
+          kInvalid, "feature_range: [2, 500)"),
+      Attribute(
+          "empty range",
+          [](A& r) {
+            r.mutable_feature_range()->set_token_begin(3);
+            r.mutable_feature_range()->set_token_end(3);
+          },
+          kInvalid, "feature_range"),
+      Attribute(
+          "range and groups",
+          [](A& r) {
+            r.mutable_feature_range()->set_token_end(2);
+            r.add_feature_groups()->set_token_end(1);
+          },
+          kInvalid, "not both"),
+      Attribute(
+          "negative group",
+          [](A& r) {
+            auto* g = r.add_feature_groups();
+            g->set_token_begin(-1);
+            g->set_token_end(2);
+          },
+          kInvalid, "feature_groups[0]"),
+      Attribute(
+          "overlapping groups",
+          [](A& r) {
+            auto* a = r.add_feature_groups();
+            a->set_token_begin(0);
+            a->set_token_end(3);
+            auto* b = r.add_feature_groups();
+            b->set_token_begin(2);
+            b->set_token_end(4);
+          },
+          kInvalid, "feature_groups[1]: starts at token 2"),
+      Attribute(
+          "group baseline id out of range",
+          [](A& r) {
+            auto* g = r.add_feature_groups();
+            g->set_token_begin(1);
+            g->set_token_end(2);
+            g->mutable_baseline()->add_token_ids(1 << 20);
+          },
+          kInvalid, "feature_groups[0].baseline"),
+      Attribute(
+          "gradient group baseline length",
+          [](A& r) {
+            auto* g = r.add_feature_groups();
+            g->set_token_begin(1);
+            g->set_token_end(3);
+            g->mutable_baseline()->add_token_ids(5);
+          },
+          kInvalid, "one baseline token per position"),
+      Attribute(
+          "baseline token out of range",
+          [](A& r) {
+            r.set_baseline(v1::TOKEN_ID);
+            r.set_baseline_token_id(1400);
+          },
+          kInvalid, "baseline_token_id"),
+      Attribute(
+          "zero baseline for ablation",
+          [](A& r) {
+            r.set_method(v1::FEATURE_ABLATION);
+            r.set_baseline(v1::ZERO_EMBEDDING);
+          },
+          kInvalid, "baseline: ZERO_EMBEDDING"),
+      Attribute(
+          "no pad token", [](A& r) { r.set_baseline(v1::PAD_TOKEN); }, kInvalid, "has no pad token"),
+      Attribute(
+          "too many new tokens",
+          [](A& r) {
+            r.clear_target();
+            r.mutable_generation()->set_max_new_tokens(100000);
+          },
+          kInvalid, "generation.max_new_tokens"),
+      Attribute(
+          "negative temperature",
+          [](A& r) {
+            r.clear_target();
+            r.mutable_generation()->set_temperature(-1);
+          },
+          kInvalid, "generation: temperature"),
+      Attribute(
+          "top_p above one",
+          [](A& r) {
+            r.clear_target();
+            r.mutable_generation()->set_top_p(1.5);
+          },
+          kInvalid, "top_p"),
+      Attribute(
+          "oversized message", [](A& r) { r.mutable_prompt()->set_text(std::string(5 << 20, 'a')); },
+          StatusCode::RESOURCE_EXHAUSTED, "larger than max"),
+      Generate(
+          "generate: unknown model", [](G& r) { r.set_model("nope"); }, StatusCode::NOT_FOUND, "nope"),
+      Generate(
+          "generate: empty prompt", [](G& r) { r.clear_prompt(); }, kInvalid, "prompt"),
+      Generate(
+          "generate: stop id out of range", [](G& r) { r.mutable_generation()->add_stop_token_ids(-2); }, kInvalid,
+          "generation.stop_token_ids"),
+      Generate(
+          "generate: NaN temperature", [](G& r) { r.mutable_generation()->set_temperature(std::nan("")); }, kInvalid,
+          "temperature"),
+      Generate(
+          "generate: prompt + new tokens over the limit",
+          [](G& r) {
+            r.mutable_prompt()->clear_text();
+            for (int i = 0; i < 4090; ++i) r.mutable_prompt()->add_token_ids(5);
+            r.mutable_generation()->set_max_new_tokens(10);
+          },
+          kInvalid, "exceed this model's limit"),
+      Logprobs(
+          "logprobs: no target", [](L& r) { r.clear_target(); }, kInvalid, "target: must hold at least one token"),
+      Logprobs(
+          "logprobs: top_k over the cap", [](L& r) { r.set_top_k(21); }, kInvalid, "top_k: 21 is outside [0, 20]"),
+      Logprobs(
+          "logprobs: negative top_k", [](L& r) { r.set_top_k(-1); }, kInvalid, "top_k"),
+      Logprobs(
+          "logprobs: malformed UTF-8", [](L& r) { r.mutable_target()->set_text("\xE2\x82"); }, kInvalid, "target.text"),
       // A huge name is quoted by a short prefix: echoed whole, the message overflowed gRPC's 8 KB
       // metadata limit and the client saw RESOURCE_EXHAUSTED.
-      Attribute("huge model name", [](A& r) { r.set_model(std::string(10000, 'm')); }, StatusCode::NOT_FOUND, "(10000 bytes)"),
-      Logprobs("logprobs: huge model name", [](L& r) { r.set_model(std::string(10000, 'm')); }, StatusCode::NOT_FOUND, "(10000 bytes)"),
+      Attribute(
+          "huge model name", [](A& r) { r.set_model(std::string(10000, 'm')); }, StatusCode::NOT_FOUND,
+          "(10000 bytes)"),
+      Logprobs(
+          "logprobs: huge model name", [](L& r) { r.set_model(std::string(10000, 'm')); }, StatusCode::NOT_FOUND,
+          "(10000 bytes)"),
   };
 }
 
@@ -175,8 +390,8 @@ TEST(BadInputs, EachGetsItsCodeAndFieldAndTheServerStaysCorrect) {
   auto server = ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir()});
   ASSERT_THAT(server, IsOk());
   auto client = *client::AttributionClient::Connect({.target = (*server)->address()});
-  const client::AttributeOptions good{.model = "demo", .prompt = "Is it true that vaccines cause autism?",
-                                      .target = " No", .n_steps = 8};
+  const client::AttributeOptions good{
+      .model = "demo", .prompt = "Is it true that vaccines cause autism?", .target = " No", .n_steps = 8};
   absl::StatusOr<client::Attribution> before = client->Attribute(good);
   ASSERT_THAT(before, IsOk());
 
@@ -216,8 +431,8 @@ TEST(BadInputs, EachGetsItsCodeAndFieldAndTheServerStaysCorrect) {
 TEST(BadInputs, HugeModelNameIsQuotedShortlyInTheStatusAndTheLog) {
   auto server = ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir()});
   ASSERT_THAT(server, IsOk());
-  auto stub = v1::AttributionService::NewStub(
-      grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
+  auto stub =
+      v1::AttributionService::NewStub(grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
   v1::LogprobsRequest request = GoodLogprobs();
   request.set_model(std::string(10000, 'm'));
   grpc::ClientContext context;
@@ -240,8 +455,7 @@ TEST(BadInputs, HugeModelNameIsQuotedShortlyInTheStatusAndTheLog) {
 }
 
 TEST(BadInputs, CallsOverTheConcurrencyLimitAreResourceExhausted) {
-  auto server = ServerProcess::Start(
-      {"--model=demo=" + test_support::DemoModelDir(), "--max_concurrent_requests=1"});
+  auto server = ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir(), "--max_concurrent_requests=1"});
   ASSERT_THAT(server, IsOk());
   auto client = *client::AttributionClient::Connect({.target = (*server)->address()});
   absl::StatusOr<client::Attribution> slow = absl::UnknownError("not run");

@@ -86,45 +86,82 @@ std::vector<BadModel> BadModels() {
   const std::string norm = "model.norm.weight";
   return {
       // LibTorch / JSON exceptions that used to escape and abort the server.
-      {"config_hidden_act_not_a_string", "llama", [=](auto d) { EditJson(config(d), [](json& c) { c["hidden_act"] = 1; }); },
+      {"config_hidden_act_not_a_string",
+       "llama",
+       [=](auto d) { EditJson(config(d), [](json& c) { c["hidden_act"] = 1; }); },
        {"config.json", "hidden_act"}},
-      {"config_rope_type_not_a_string", "llama3-scaled",
+      {"config_rope_type_not_a_string",
+       "llama3-scaled",
        [=](auto d) { EditJson(config(d), [](json& c) { c["rope_parameters"]["rope_type"] = 3; }); },
        {"config.json", "rope_type"}},
-      {"tokenizer_json_model_type_not_a_string", "llama",
-       [](auto d) { EditJson(d + "/tokenizer.json", [](json& t) { t["model"]["type"] = 5; }); }, {"tokenizer.json"}},
-      {"tokenizer_json_added_token_id_not_an_integer", "llama",
+      {"tokenizer_json_model_type_not_a_string",
+       "llama",
+       [](auto d) { EditJson(d + "/tokenizer.json", [](json& t) { t["model"]["type"] = 5; }); },
+       {"tokenizer.json"}},
+      {"tokenizer_json_added_token_id_not_an_integer",
+       "llama",
        [](auto d) { EditJson(d + "/tokenizer.json", [](json& t) { t["added_tokens"][0]["id"] = "one"; }); },
        {"tokenizer.json", "added_tokens"}},
       // Damaged weights files.
-      {"empty_weights_file", "llama", [=](auto d) { WriteAll(weights(d), ""); },
+      {"empty_weights_file",
+       "llama",
+       [=](auto d) { WriteAll(weights(d), ""); },
        {"model.safetensors", "shorter than the 8-byte header"}},
-      {"truncated_weights_file", "llama",
-       [=](auto d) { std::string b = ReadAll(weights(d)); WriteAll(weights(d), b.substr(0, b.size() - 100)); },
+      {"truncated_weights_file",
+       "llama",
+       [=](auto d) {
+         std::string b = ReadAll(weights(d));
+         WriteAll(weights(d), b.substr(0, b.size() - 100));
+       },
        {"model.safetensors", "tensor \"", "past the data section"}},
-      {"header_length_beyond_the_file", "llama",
-       [=](auto d) { Safetensors::Read(weights(d)).Write(weights(d), 1 << 24); }, {"model.safetensors", "runs past the end"}},
-      {"header_not_json", "llama",
-       [=](auto d) { Safetensors f = Safetensors::Read(weights(d)); f.header[0] = '['; f.Write(weights(d)); },
+      {"header_length_beyond_the_file",
+       "llama",
+       [=](auto d) { Safetensors::Read(weights(d)).Write(weights(d), 1 << 24); },
+       {"model.safetensors", "runs past the end"}},
+      {"header_not_json",
+       "llama",
+       [=](auto d) {
+         Safetensors f = Safetensors::Read(weights(d));
+         f.header[0] = '[';
+         f.Write(weights(d));
+       },
        {"model.safetensors", "header is not valid JSON"}},
-      {"overlapping_offsets", "llama",
-       [=](auto d) { EditHeader(weights(d), [](json& h) {
-         h["model.layers.0.input_layernorm.weight"]["data_offsets"] = h["model.layers.0.post_attention_layernorm.weight"]["data_offsets"];
-       }); }, {"model.safetensors", "tensor \"model.layers.0."}},
-      {"negative_offset", "llama",
+      {"overlapping_offsets",
+       "llama",
+       [=](auto d) {
+         EditHeader(weights(d), [](json& h) {
+           h["model.layers.0.input_layernorm.weight"]["data_offsets"] =
+               h["model.layers.0.post_attention_layernorm.weight"]["data_offsets"];
+         });
+       },
+       {"model.safetensors", "tensor \"model.layers.0."}},
+      {"negative_offset",
+       "llama",
        [=](auto d) { EditHeader(weights(d), [&](json& h) { h[norm]["data_offsets"][0] = -4; }); },
        {"model.safetensors", "tensor \"model.norm.weight\"", "non-negative integers"}},
-      {"offset_past_the_data", "llama",
+      {"offset_past_the_data",
+       "llama",
        [=](auto d) { EditHeader(weights(d), [&](json& h) { h[norm]["data_offsets"][1] = uint64_t{1} << 32; }); },
        {"model.safetensors", "tensor \"model.norm.weight\"", "past the data section"}},
-      {"unknown_dtype", "llama", [=](auto d) { EditHeader(weights(d), [&](json& h) { h[norm]["dtype"] = "F7"; }); },
+      {"unknown_dtype",
+       "llama",
+       [=](auto d) { EditHeader(weights(d), [&](json& h) { h[norm]["dtype"] = "F7"; }); },
        {"model.safetensors", "tensor \"model.norm.weight\"", "dtype \"F7\" is not supported"}},
-      {"integer_dtype", "llama", [=](auto d) { EditHeader(weights(d), [&](json& h) { h[norm]["dtype"] = "I32"; }); },
+      {"integer_dtype",
+       "llama",
+       [=](auto d) { EditHeader(weights(d), [&](json& h) { h[norm]["dtype"] = "I32"; }); },
        {"model.safetensors", "tensor \"model.norm.weight\"", "dtype \"I32\" is not supported"}},
-      {"missing_tensor", "llama",
-       [=](auto d) { EditHeader(weights(d), [&](json& h) { h["model.norm.weight.old"] = h[norm]; h.erase(norm); }); },
+      {"missing_tensor",
+       "llama",
+       [=](auto d) {
+         EditHeader(weights(d), [&](json& h) {
+           h["model.norm.weight.old"] = h[norm];
+           h.erase(norm);
+         });
+       },
        {"model.safetensors", "lack the required tensor \"model.norm.weight\""}},
-      {"non_finite_weights", "gpt2",
+      {"non_finite_weights",
+       "gpt2",
        [=](auto d) {
          Safetensors f = Safetensors::Read(weights(d));
          const uint64_t begin = json::parse(f.header)["transformer.ln_f.weight"]["data_offsets"][0].get<uint64_t>();
@@ -134,28 +171,62 @@ std::vector<BadModel> BadModels() {
        },
        {"model.safetensors", "tensor \"transformer.ln_f.weight\" holds NaN", "--allow_nonfinite_weights"}},
       // Configs that disagree with the weights or with themselves.
-      {"shape_disagrees_with_config", "llama", [=](auto d) { EditJson(config(d), [](json& c) { c["intermediate_size"] = 96; }); },
-       {"model.safetensors", "\"model.layers.0.mlp.gate_proj.weight\" has shape [128, 64] but the config needs [96, 64]"}},
-      {"vocab_disagrees_with_weights", "qwen2", [=](auto d) { EditJson(config(d), [](json& c) { c["vocab_size"] = 1000; }); },
+      {"shape_disagrees_with_config",
+       "llama",
+       [=](auto d) { EditJson(config(d), [](json& c) { c["intermediate_size"] = 96; }); },
+       {"model.safetensors",
+        "\"model.layers.0.mlp.gate_proj.weight\" has shape [128, 64] but the config needs [96, 64]"}},
+      {"vocab_disagrees_with_weights",
+       "qwen2",
+       [=](auto d) { EditJson(config(d), [](json& c) { c["vocab_size"] = 1000; }); },
        {"model.safetensors", "\"model.embed_tokens.weight\" has shape [1408, 64] but the config needs [1000, 64]"}},
-      {"tokenizer_larger_than_vocab", "gpt2", [](auto d) { EditJson(d + "/tokenizer.json", [](json& t) {
-         t["added_tokens"].push_back({{"id", 1500}, {"content", "<|extra|>"}, {"special", true}, {"single_word", false},
-                                      {"lstrip", false}, {"rstrip", false}, {"normalized", false}});
-       }); }, {"tokenizer.json has 1501 tokens, more than the vocab_size 1408 of config.json"}},
-      {"hidden_size_zero", "llama", [=](auto d) { EditJson(config(d), [](json& c) { c["hidden_size"] = 0; }); },
+      {"tokenizer_larger_than_vocab",
+       "gpt2",
+       [](auto d) {
+         EditJson(d + "/tokenizer.json", [](json& t) {
+           t["added_tokens"].push_back({{"id", 1500},
+                                        {"content", "<|extra|>"},
+                                        {"special", true},
+                                        {"single_word", false},
+                                        {"lstrip", false},
+                                        {"rstrip", false},
+                                        {"normalized", false}});
+         });
+       },
+       {"tokenizer.json has 1501 tokens, more than the vocab_size 1408 of config.json"}},
+      {"hidden_size_zero",
+       "llama",
+       [=](auto d) { EditJson(config(d), [](json& c) { c["hidden_size"] = 0; }); },
        {"config.json", "\"hidden_size\" must be a positive integer"}},
-      {"heads_do_not_divide_hidden", "mistral", [=](auto d) { EditJson(config(d), [](json& c) {
-         c.erase("head_dim"); c["num_attention_heads"] = 5; c["num_key_value_heads"] = 5;
-       }); }, {"config.json", "hidden_size 64", "num_attention_heads 5"}},
+      {"heads_do_not_divide_hidden",
+       "mistral",
+       [=](auto d) {
+         EditJson(config(d), [](json& c) {
+           c.erase("head_dim");
+           c["num_attention_heads"] = 5;
+           c["num_key_value_heads"] = 5;
+         });
+       },
+       {"config.json", "hidden_size 64", "num_attention_heads 5"}},
       {"config_missing", "llama", [=](auto d) { ::unlink(config(d).c_str()); }, {"config.json", "cannot open"}},
-      {"config_not_json", "llama", [=](auto d) { WriteAll(config(d), "{\"model_type\": "); }, {"config.json", "not a valid JSON"}},
-      {"unknown_model_type", "llama", [=](auto d) { EditJson(config(d), [](json& c) { c["model_type"] = "falcon"; }); },
+      {"config_not_json",
+       "llama",
+       [=](auto d) { WriteAll(config(d), "{\"model_type\": "); },
+       {"config.json", "not a valid JSON"}},
+      {"unknown_model_type",
+       "llama",
+       [=](auto d) { EditJson(config(d), [](json& c) { c["model_type"] = "falcon"; }); },
        {"config.json", "model_type \"falcon\" is not supported"}},
       // Damaged tokenizers.
-      {"garbage_tokenizer_model", "llama",
-       [](auto d) { ::unlink((d + "/tokenizer.json").c_str()); WriteAll(d + "/tokenizer.model", "not a sentencepiece model"); },
+      {"garbage_tokenizer_model",
+       "llama",
+       [](auto d) {
+         ::unlink((d + "/tokenizer.json").c_str());
+         WriteAll(d + "/tokenizer.model", "not a sentencepiece model");
+       },
        {"tokenizer.model", "cannot load the SentencePiece model"}},
-      {"tokenizer_json_unknown_model_type", "gpt2",
+      {"tokenizer_json_unknown_model_type",
+       "gpt2",
        [](auto d) { EditJson(d + "/tokenizer.json", [](json& t) { t["model"]["type"] = "Unigram"; }); },
        {"tokenizer.json", "only \"BPE\" models are supported"}},
   };
@@ -167,8 +238,7 @@ TEST_P(BadModelDirectory, ServerExitsWithStatusOneNamingTheFileAndField) {
   const BadModel& c = GetParam();
   test_support::TempDir root;
   const std::string dir = root.File("model");
-  test_support::CopyDirectoryFiles(absl::StrCat(ATTRIBUTION_ARCHITECTURE_MODELS_DIR, "/", c.base),
-                                   dir);
+  test_support::CopyDirectoryFiles(absl::StrCat(ATTRIBUTION_ARCHITECTURE_MODELS_DIR, "/", c.base), dir);
   c.damage(dir);
   // Loading a model this small takes well under a second; 30 s only bounds a hang.
   auto [code, log] = ServerProcess::RunToExit({"--model=bad=" + dir}, absl::Seconds(30));
@@ -186,8 +256,7 @@ INSTANTIATE_TEST_SUITE_P(EveryDamage, BadModelDirectory, ::testing::ValuesIn(Bad
 TEST(BadModelDirectory, ExtraTensorServesWithOneWarningLine) {
   test_support::TempDir root;
   const std::string dir = root.File("model");
-  test_support::CopyDirectoryFiles(absl::StrCat(ATTRIBUTION_ARCHITECTURE_MODELS_DIR, "/qwen2"),
-                                   dir);
+  test_support::CopyDirectoryFiles(absl::StrCat(ATTRIBUTION_ARCHITECTURE_MODELS_DIR, "/qwen2"), dir);
   Safetensors f = Safetensors::Read(dir + "/model.safetensors");
   json header = json::parse(f.header);
   header["model.layers.0.mlp.extra_proj.weight"] = {
@@ -209,8 +278,7 @@ TEST(BadModelDirectory, ExtraTensorServesWithOneWarningLine) {
 TEST(BadModelDirectory, NonFiniteWeightsServeWhenAllowed) {
   test_support::TempDir root;
   const std::string dir = root.File("model");
-  test_support::CopyDirectoryFiles(absl::StrCat(ATTRIBUTION_ARCHITECTURE_MODELS_DIR, "/llama"),
-                                   dir);
+  test_support::CopyDirectoryFiles(absl::StrCat(ATTRIBUTION_ARCHITECTURE_MODELS_DIR, "/llama"), dir);
   Safetensors f = Safetensors::Read(dir + "/model.safetensors");
   const uint64_t begin = json::parse(f.header)["model.layers.1.mlp.up_proj.weight"]["data_offsets"][0].get<uint64_t>();
   const float inf = std::numeric_limits<float>::infinity();

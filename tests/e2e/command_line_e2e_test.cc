@@ -45,15 +45,15 @@ TEST_P(Help, ListsTheProgramsOwnFlags) {
   EXPECT_THAT(output, Not(HasSubstr("--flagfile")));
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    EveryProgram, Help,
-    ::testing::Values(Program{ATTRIBUTION_SERVER_BINARY, {"listen", "model", "dtype", "allow_nonfinite_weights"}},
-                      Program{ATTRIBUTION_CLI_BINARY, {"server", "prompt", "target", "model"}},
-                      Program{ATTRIBUTION_BENCH_BINARY, {"server", "concurrency"}}),
-    [](const auto& info) {
-      std::string name = info.param.binary.substr(info.param.binary.rfind('/') + 1);
-      return name.substr(name.find('-') + 1);
-    });
+INSTANTIATE_TEST_SUITE_P(EveryProgram, Help,
+                         ::testing::Values(Program{ATTRIBUTION_SERVER_BINARY,
+                                                   {"listen", "model", "dtype", "allow_nonfinite_weights"}},
+                                           Program{ATTRIBUTION_CLI_BINARY, {"server", "prompt", "target", "model"}},
+                                           Program{ATTRIBUTION_BENCH_BINARY, {"server", "concurrency"}}),
+                         [](const auto& info) {
+                           std::string name = info.param.binary.substr(info.param.binary.rfind('/') + 1);
+                           return name.substr(name.find('-') + 1);
+                         });
 
 }  // namespace
 }  // namespace attribution

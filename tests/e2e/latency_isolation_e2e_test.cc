@@ -22,13 +22,15 @@ using test_support::WaitForQueuedRows;
 
 TEST(LatencyIsolation, ShortCallOvertakesLongAttributionWhichStaysTheSame) {
   // A bound the tiny demo model's batches exceed, so that it shows on a 2-core machine.
-  auto server = ServerProcess::Start(
-      {"--model=demo=" + test_support::DemoModelDir(), "--max_batch_seconds=0.002"});
+  auto server = ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir(), "--max_batch_seconds=0.002"});
   ASSERT_THAT(server, IsOk());
   auto client = std::move(*client::AttributionClient::Connect({.target = (*server)->address()}));
   const std::string limited = "attribution_engine_time_limited_batches_total{model=\"demo\"}";
-  const client::AttributeOptions long_ig{.model = "demo", .prompt = std::string(200, 'a') + " is it?", .target = " yes",
-                                         .target_tokenization = "separate", .n_steps = 384};
+  const client::AttributeOptions long_ig{.model = "demo",
+                                         .prompt = std::string(200, 'a') + " is it?",
+                                         .target = " yes",
+                                         .target_tokenization = "separate",
+                                         .n_steps = 384};
 
   absl::StatusOr<client::Attribution> alone = client->Attribute(long_ig);
   ASSERT_THAT(alone, IsOk());
@@ -43,8 +45,8 @@ TEST(LatencyIsolation, ShortCallOvertakesLongAttributionWhichStaysTheSame) {
     finished.Notify();
   });
   ASSERT_TRUE(WaitForQueuedRows((*server)->metrics_port(), "demo"));
-  absl::StatusOr<client::Logprobs> quick = client->GetLogprobs(
-      {.model = "demo", .prompt = "Is it", .target = " yes", .target_tokenization = "separate"});
+  absl::StatusOr<client::Logprobs> quick =
+      client->GetLogprobs({.model = "demo", .prompt = "Is it", .target = " yes", .target_tokenization = "separate"});
   const bool overtook = !long_done;
   finished.WaitForNotification();
   ASSERT_THAT(quick, IsOk());

@@ -27,19 +27,21 @@ double StatusMegabytes(pid_t pid, const std::string& field) {
 }
 
 TEST(Memory, AnIdleServerReturnsWhatABurstTook) {
-  auto server =
-      test_support::ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir()});
+  auto server = test_support::ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir()});
   ASSERT_THAT(server, IsOk());
   // A generous deadline: the test measures memory, and beside other tests on 2 cores the burst can
   // take minutes.
-  auto client = std::move(*client::AttributionClient::Connect({.target = (*server)->address(), .timeout = absl::Minutes(10)}));
-  client::AttributeOptions small{.model = "demo", .prompt = "warm up the server", .target = " yes",
-                                 .target_tokenization = "separate", .n_steps = 64};
+  auto client =
+      std::move(*client::AttributionClient::Connect({.target = (*server)->address(), .timeout = absl::Minutes(10)}));
+  client::AttributeOptions small{.model = "demo",
+                                 .prompt = "warm up the server",
+                                 .target = " yes",
+                                 .target_tokenization = "separate",
+                                 .n_steps = 64};
   // Warm-up as the burst will run: three calls at once, so the server's threads (and their allocator
   // arenas) exist before the baseline is taken.
   std::vector<std::thread> warm_up;
-  for (int i = 0; i < 3; ++i)
-    warm_up.emplace_back([&] { EXPECT_THAT(client->Attribute(small), IsOk()); });
+  for (int i = 0; i < 3; ++i) warm_up.emplace_back([&] { EXPECT_THAT(client->Attribute(small), IsOk()); });
   for (std::thread& t : warm_up) t.join();
   const double warm = StatusMegabytes((*server)->pid(), "VmRSS");
 
@@ -49,8 +51,7 @@ TEST(Memory, AnIdleServerReturnsWhatABurstTook) {
   large.prompt = words;
   large.n_steps = 128;
   std::vector<std::thread> burst;
-  for (int i = 0; i < 3; ++i)
-    burst.emplace_back([&] { EXPECT_THAT(client->Attribute(large), IsOk()); });
+  for (int i = 0; i < 3; ++i) burst.emplace_back([&] { EXPECT_THAT(client->Attribute(large), IsOk()); });
   for (std::thread& t : burst) t.join();
   const double peak = StatusMegabytes((*server)->pid(), "VmHWM");
   // The engine trims once its queue is empty after the last batch; the answer may arrive first.
@@ -59,7 +60,8 @@ TEST(Memory, AnIdleServerReturnsWhatABurstTook) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));  // polling another process's memory
     idle = StatusMegabytes((*server)->pid(), "VmRSS");
   }
-  std::cout << "[ memory   ] after warm-up " << warm << " MB, peak " << peak << " MB, idle after the burst " << idle << " MB\n";
+  std::cout << "[ memory   ] after warm-up " << warm << " MB, peak " << peak << " MB, idle after the burst " << idle
+            << " MB\n";
   ASSERT_GT(peak - warm, 200);  // the burst did take memory
   // At most a quarter of the burst's growth stays: alone this test measures 491 MB idle from 494 MB
   // after warm-up; beside other tests (allocations interleave) 520-565 MB from 500 MB.

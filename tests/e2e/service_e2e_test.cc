@@ -70,7 +70,8 @@ class DirectEngine {
 // methods difference log-probs of magnitude ~10: rounding ~1e-6 each), however the rows were batched.
 void ExpectSameValues(const std::vector<double>& actual, const std::vector<double>& expected) {
   ASSERT_EQ(actual.size(), expected.size());
-  for (size_t i = 0; i < actual.size(); ++i) EXPECT_NEAR(actual[i], expected[i], 1e-5 * (1 + std::fabs(expected[i]))) << i;
+  for (size_t i = 0; i < actual.size(); ++i)
+    EXPECT_NEAR(actual[i], expected[i], 1e-5 * (1 + std::fabs(expected[i]))) << i;
 }
 
 class ServiceTest : public ::testing::Test {
@@ -100,7 +101,8 @@ TEST_F(ServiceTest, HealthAndModelsDescribeTheServer) {
 
 TEST_F(ServiceTest, ReflectionDescribesEveryRpcAsGrpcurlSeesIt) {
   namespace reflection = ::grpc::reflection::v1alpha;
-  auto stub = reflection::ServerReflection::NewStub(grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials()));
+  auto stub = reflection::ServerReflection::NewStub(
+      grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials()));
   grpc::ClientContext context;
   auto stream = stub->ServerReflectionInfo(&context);
   reflection::ServerReflectionRequest request;
@@ -136,28 +138,40 @@ TEST_F(ServiceTest, ReflectionDescribesEveryRpcAsGrpcurlSeesIt) {
 
 TEST_F(ServiceTest, AttributeEqualsTheEngineRunDirectly) {
   auto client = Connect(server_->address());
-  for (const char* method : {"integrated_gradients", "feature_ablation", "saliency", "shapley_value_sampling", "lime",
-                             "kernel_shap"}) {
+  for (const char* method :
+       {"integrated_gradients", "feature_ablation", "saliency", "shapley_value_sampling", "lime", "kernel_shap"}) {
     SCOPED_TRACE(method);
     // The engine's request as the server built it before target continuation and fixed special tokens:
     // these two options give exactly that (what Captum parity needs).
-    AttributeOptions options{.model = "demo", .prompt = kPrompt, .target = kTarget, .target_tokenization = "separate",
-                             .method = method, .n_steps = 12, .n_samples = 40, .seed = 5, .want_token_matrix = true,
+    AttributeOptions options{.model = "demo",
+                             .prompt = kPrompt,
+                             .target = kTarget,
+                             .target_tokenization = "separate",
+                             .method = method,
+                             .n_steps = 12,
+                             .n_samples = 40,
+                             .seed = 5,
+                             .want_token_matrix = true,
                              .include_special_tokens = true};
     absl::StatusOr<Attribution> remote = client->Attribute(options);
     ASSERT_THAT(remote, IsOk());
 
     DirectEngine direct;
-    engine::AttributionRequest request{.prompt_ids = direct.Encode(kPrompt, true), .target_ids = direct.Encode(kTarget, false),
-                                       .method = *engine::ParseAttributionMethod(method), .n_steps = 12, .n_samples = 40,
-                                       .seed = 5, .want_token_matrix = true};
+    engine::AttributionRequest request{.prompt_ids = direct.Encode(kPrompt, true),
+                                       .target_ids = direct.Encode(kTarget, false),
+                                       .method = *engine::ParseAttributionMethod(method),
+                                       .n_steps = 12,
+                                       .n_samples = 40,
+                                       .seed = 5,
+                                       .want_token_matrix = true};
     engine::AttributionResult local = direct.Attribute(request);
     ExpectSameValues(remote->sequence, local.sequence);
     ASSERT_EQ(remote->token_matrix.size(), local.per_token.size());
     for (size_t t = 0; t < local.per_token.size(); ++t) ExpectSameValues(remote->token_matrix[t], local.per_token[t]);
     EXPECT_NEAR(remote->objective, local.objective, 1e-6);
     ASSERT_EQ(remote->prompt_tokens.size(), request.prompt_ids.size());
-    for (size_t i = 0; i < request.prompt_ids.size(); ++i) EXPECT_EQ(remote->prompt_tokens[i].id, request.prompt_ids[i]);
+    for (size_t i = 0; i < request.prompt_ids.size(); ++i)
+      EXPECT_EQ(remote->prompt_tokens[i].id, request.prompt_ids[i]);
     ASSERT_EQ(remote->target_tokens.size(), request.target_ids.size());
     EXPECT_EQ(remote->features.size(), request.prompt_ids.size());
     EXPECT_EQ(remote->stats.rows, local.rows);
@@ -167,14 +181,20 @@ TEST_F(ServiceTest, AttributeEqualsTheEngineRunDirectly) {
 
 TEST_F(ServiceTest, FaithfulnessOnRequestEqualsTheEngineMeasuringTheSameExplanation) {
   auto client = Connect(server_->address());
-  absl::StatusOr<Attribution> a = client->Attribute({.model = "demo", .prompt = kPrompt, .target = kTarget,
-                                                     .target_tokenization = "separate", .method = "feature_ablation",
-                                                     .want_faithfulness = true, .include_special_tokens = true});
+  absl::StatusOr<Attribution> a = client->Attribute({.model = "demo",
+                                                     .prompt = kPrompt,
+                                                     .target = kTarget,
+                                                     .target_tokenization = "separate",
+                                                     .method = "feature_ablation",
+                                                     .want_faithfulness = true,
+                                                     .include_special_tokens = true});
   ASSERT_THAT(a, IsOk());
   ASSERT_TRUE(a->faithfulness.has_value());
   DirectEngine direct;
-  engine::AttributionRequest request{.prompt_ids = direct.Encode(kPrompt, true), .target_ids = direct.Encode(kTarget, false),
-                                     .method = engine::AttributionMethod::kFeatureAblation, .want_faithfulness = true};
+  engine::AttributionRequest request{.prompt_ids = direct.Encode(kPrompt, true),
+                                     .target_ids = direct.Encode(kTarget, false),
+                                     .method = engine::AttributionMethod::kFeatureAblation,
+                                     .want_faithfulness = true};
   const engine::AttributionResult expected = direct.Attribute(request);
   const engine::Faithfulness& f = *expected.faithfulness;
   EXPECT_EQ(a->faithfulness->percents, f.percents);
@@ -189,8 +209,11 @@ TEST_F(ServiceTest, FaithfulnessOnRequestEqualsTheEngineMeasuringTheSameExplanat
   // p(target) at the input is the attribution's own log-prob objective, exponentiated.
   EXPECT_NEAR(f.full, std::exp(expected.objective), 1e-6);
   // Without the option, no faithfulness and 12 rows fewer.
-  absl::StatusOr<Attribution> plain = client->Attribute({.model = "demo", .prompt = kPrompt, .target = kTarget,
-                                                         .target_tokenization = "separate", .method = "feature_ablation",
+  absl::StatusOr<Attribution> plain = client->Attribute({.model = "demo",
+                                                         .prompt = kPrompt,
+                                                         .target = kTarget,
+                                                         .target_tokenization = "separate",
+                                                         .method = "feature_ablation",
                                                          .include_special_tokens = true});
   ASSERT_THAT(plain, IsOk());
   EXPECT_FALSE(plain->faithfulness.has_value());
@@ -201,11 +224,11 @@ TEST_F(ServiceTest, TokenOffsetsPointIntoThePromptText) {
   auto client = Connect(server_->address());
   const std::string prompt = "Zürich café, naïve";  // multi-byte characters: code points != bytes
   // The demo tokenizer merges "naïve" and " ok" across the word boundary: the target alone.
-  absl::StatusOr<Attribution> a = client->Attribute({.model = "demo", .prompt = prompt, .target = " ok",
-                                                     .target_tokenization = "separate", .method = "saliency"});
+  absl::StatusOr<Attribution> a = client->Attribute(
+      {.model = "demo", .prompt = prompt, .target = " ok", .target_tokenization = "separate", .method = "saliency"});
   ASSERT_THAT(a, IsOk());
   EXPECT_EQ(a->prompt_tokens.front().char_begin, a->prompt_tokens.front().char_end);  // bos: empty span
-  EXPECT_EQ(a->prompt_tokens.back().char_end, 18);  // code points, not the 21 bytes
+  EXPECT_EQ(a->prompt_tokens.back().char_end, 18);                                    // code points, not the 21 bytes
   // Token 0 is the bos token the tokenizer added: special, so a fixed token and no feature.
   EXPECT_EQ(a->prompt_tokens.front().text, "<s>");
   EXPECT_TRUE(a->prompt_tokens.front().special);
@@ -228,8 +251,8 @@ TEST_F(ServiceTest, StreamsReportProgressAndEndWithTheUnaryResult) {
   for (size_t i = 1; i < progress.size(); ++i) EXPECT_GT(progress[i].first, progress[i - 1].first);
   ExpectSameValues(streamed->sequence, client->Attribute(options)->sequence);
 
-  client::GenerateOptions generate{.model = "demo", .prompt = "Once upon a time",
-                                   .generation = {.max_new_tokens = 12, .ignore_stop_tokens = true}};
+  client::GenerateOptions generate{
+      .model = "demo", .prompt = "Once upon a time", .generation = {.max_new_tokens = 12, .ignore_stop_tokens = true}};
   std::vector<int64_t> streamed_ids;
   auto generated = client->GenerateStream(generate, [&](const client::Token& t) { streamed_ids.push_back(t.id); });
   ASSERT_THAT(generated, IsOk());
@@ -242,8 +265,8 @@ TEST_F(ServiceTest, StreamsReportProgressAndEndWithTheUnaryResult) {
 
 TEST_F(ServiceTest, LogprobsMatchTheGeneratedTokensAndTopAlternatives) {
   auto client = Connect(server_->address());
-  auto generated = client->Generate({.model = "demo", .prompt = "Once upon a time",
-                                     .generation = {.max_new_tokens = 6, .ignore_stop_tokens = true}});
+  auto generated = client->Generate(
+      {.model = "demo", .prompt = "Once upon a time", .generation = {.max_new_tokens = 6, .ignore_stop_tokens = true}});
   ASSERT_THAT(generated, IsOk());
   std::vector<int64_t> ids;
   for (const client::Token& t : generated->tokens) ids.push_back(t.id);
@@ -265,11 +288,11 @@ TEST_F(ServiceTest, LogprobsMatchTheGeneratedTokensAndTopAlternatives) {
 TEST_F(ServiceTest, AsyncCallsOfEveryRpcRunTogetherAndMatchTheSyncOnes) {
   auto client = Connect(server_->address());
   const AttributeOptions attribute{.model = "demo", .prompt = kPrompt, .target = kTarget, .n_steps = 8};
-  const client::GenerateOptions generate{.model = "demo", .prompt = "Once upon a time",
-                                         .generation = {.max_new_tokens = 5, .ignore_stop_tokens = true}};
+  const client::GenerateOptions generate{
+      .model = "demo", .prompt = "Once upon a time", .generation = {.max_new_tokens = 5, .ignore_stop_tokens = true}};
   // The demo tokenizer merges " time" and " there" across the word boundary: the target alone.
-  const client::LogprobsOptions logprobs{.model = "demo", .prompt = "Once upon a time", .target = " there",
-                                         .target_tokenization = "separate", .top_k = 2};
+  const client::LogprobsOptions logprobs{
+      .model = "demo", .prompt = "Once upon a time", .target = " there", .target_tokenization = "separate", .top_k = 2};
   std::mutex mu;
   std::condition_variable cv;
   int pending = 7;
@@ -282,13 +305,34 @@ TEST_F(ServiceTest, AsyncCallsOfEveryRpcRunTogetherAndMatchTheSyncOnes) {
   std::optional<absl::StatusOr<client::Logprobs>> l;
   std::optional<absl::StatusOr<std::vector<client::ModelInfo>>> m;
   std::optional<absl::StatusOr<std::string>> h;
-  client->AttributeAsync(attribute, [&](auto r) { a1 = std::move(r); finished(); });
-  client->AttributeStreamAsync(attribute, nullptr, [&](auto r) { a2 = std::move(r); finished(); });
-  client->GenerateAsync(generate, [&](auto r) { g1 = std::move(r); finished(); });
-  client->GenerateStreamAsync(generate, nullptr, [&](auto r) { g2 = std::move(r); finished(); });
-  client->GetLogprobsAsync(logprobs, [&](auto r) { l = std::move(r); finished(); });
-  client->ListModelsAsync([&](auto r) { m = std::move(r); finished(); });
-  client->HealthAsync("", [&](auto r) { h = std::move(r); finished(); });
+  client->AttributeAsync(attribute, [&](auto r) {
+    a1 = std::move(r);
+    finished();
+  });
+  client->AttributeStreamAsync(attribute, nullptr, [&](auto r) {
+    a2 = std::move(r);
+    finished();
+  });
+  client->GenerateAsync(generate, [&](auto r) {
+    g1 = std::move(r);
+    finished();
+  });
+  client->GenerateStreamAsync(generate, nullptr, [&](auto r) {
+    g2 = std::move(r);
+    finished();
+  });
+  client->GetLogprobsAsync(logprobs, [&](auto r) {
+    l = std::move(r);
+    finished();
+  });
+  client->ListModelsAsync([&](auto r) {
+    m = std::move(r);
+    finished();
+  });
+  client->HealthAsync("", [&](auto r) {
+    h = std::move(r);
+    finished();
+  });
   {
     std::unique_lock<std::mutex> lock(mu);
     cv.wait(lock, [&] { return pending == 0; });
@@ -313,12 +357,23 @@ TEST_F(ServiceTest, ThirtyTwoConcurrentClientsGetWhatEachGetsAlone) {
   // The demo tokenizer merges across word boundaries ("world again"): targets tokenized alone.
   const std::vector<AttributeOptions> kinds = {
       {.model = "demo", .prompt = kPrompt, .target = kTarget, .target_tokenization = "separate", .n_steps = 8},
-      {.model = "demo", .prompt = "The cat sat on the mat", .target = " today", .target_tokenization = "separate",
+      {.model = "demo",
+       .prompt = "The cat sat on the mat",
+       .target = " today",
+       .target_tokenization = "separate",
        .method = "feature_ablation"},
-      {.model = "demo", .prompt = "Hello world", .target = " again", .target_tokenization = "separate",
+      {.model = "demo",
+       .prompt = "Hello world",
+       .target = " again",
+       .target_tokenization = "separate",
        .method = "input_x_gradient"},
-      {.model = "demo", .prompt = "One two three four", .target = " five", .target_tokenization = "separate",
-       .method = "shapley_value_sampling", .n_samples = 2, .seed = 7},
+      {.model = "demo",
+       .prompt = "One two three four",
+       .target = " five",
+       .target_tokenization = "separate",
+       .method = "shapley_value_sampling",
+       .n_samples = 2,
+       .seed = 7},
   };
   auto client = Connect(server_->address());
   std::vector<std::vector<double>> alone;
@@ -366,7 +421,8 @@ TEST_F(ServiceTest, DeadlinesAndCancellationEndCallsAndDropTheirRows) {
 
   // The engine dropped the rest: the queue drains quickly and new work is served at once.
   auto client = Connect(server_->address());
-  absl::StatusOr<Attribution> after = client->Attribute({.model = "demo", .prompt = kPrompt, .target = kTarget, .n_steps = 8});
+  absl::StatusOr<Attribution> after =
+      client->Attribute({.model = "demo", .prompt = kPrompt, .target = kTarget, .n_steps = 8});
   ASSERT_THAT(after, IsOk());
   EXPECT_LT(after->stats.wall_seconds, 30);
   auto metrics = test_support::HttpGet(server_->metrics_port(), "/metrics");
@@ -388,8 +444,7 @@ TEST_F(ServiceTest, MetricsCountRpcsBatchesAndResidentBytes) {
         "attribution_model_resident_weight_bytes{model=\"demo\"} "}) {
     EXPECT_NE(metrics->find(expected), std::string::npos) << expected;
   }
-  EXPECT_THAT(test_support::HttpGet(server_->metrics_port(), "/other"),
-              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(test_support::HttpGet(server_->metrics_port(), "/other"), StatusIs(absl::StatusCode::kNotFound));
   // One JSON log line per request.
   EXPECT_NE(server_->Log().find(R"("code":"OK","device_s":)"), std::string::npos);
   EXPECT_NE(server_->Log().find(R"("rows":1,"rpc":"Logprobs")"), std::string::npos) << server_->Log();
@@ -403,7 +458,8 @@ TEST(ServerLifecycle, SigtermFinishesCallsInFlightRefusesNewOnesAndExitsZero) {
   absl::StatusOr<Attribution> in_flight = absl::UnknownError("not run");
   std::thread call([&] {
     started = true;
-    in_flight = client->Attribute({.model = "demo", .prompt = std::string(300, 'b'), .target = kTarget, .n_steps = 200});
+    in_flight =
+        client->Attribute({.model = "demo", .prompt = std::string(300, 'b'), .target = kTarget, .n_steps = 200});
   });
   while (!started) std::this_thread::yield();
   EXPECT_TRUE(WaitForQueuedRows((*server)->metrics_port(), "demo"));
@@ -439,7 +495,8 @@ TEST(ServerLifecycle, BadConfigurationsFailAtStartupWithAClearMessage) {
       {{"--model=demo=/nonexistent"}, "model \"demo\" (/nonexistent)"},
       {{"--model=demo=" + DemoModelDir(), "--dtype=float64"}, "float64"},
       {{"--model=demo=" + DemoModelDir(), "--quantization=int3"}, "int3"},
-      {{"--model=demo=" + DemoModelDir(), "--tls_cert=" + dir.File("none.pem")}, "tls: cert_file and key_file go together"},
+      {{"--model=demo=" + DemoModelDir(), "--tls_cert=" + dir.File("none.pem")},
+       "tls: cert_file and key_file go together"},
       {{"--model=demo=" + DemoModelDir(), "--auth_tokens_file=" + dir.File("none")}, "none"},
   };
   for (const Case& c : cases) {
@@ -456,16 +513,14 @@ TEST(ServerModels, ServesASentencePieceTokenizerBesideGrpcsProtobuf) {
   ASSERT_THAT(server, IsOk());
   auto client = Connect((*server)->address());
   const std::string prompt = "Hello world, naïve café";
-  absl::StatusOr<Attribution> a = client->Attribute({.model = "spm", .prompt = prompt, .target = " again",
-                                                     .method = "feature_ablation"});
+  absl::StatusOr<Attribution> a =
+      client->Attribute({.model = "spm", .prompt = prompt, .target = " again", .method = "feature_ablation"});
   ASSERT_THAT(a, IsOk());
   EXPECT_EQ(a->fixed_tokens, std::vector<int64_t>{0});  // <s>: special, no feature
   std::string covered;
   for (const client::Feature& f : a->features) covered += f.text;
   EXPECT_EQ(covered, prompt);
-  EXPECT_THAT(
-      client->Generate({.model = "spm", .prompt = "the time", .generation = {.max_new_tokens = 4}}),
-      IsOk());
+  EXPECT_THAT(client->Generate({.model = "spm", .prompt = "the time", .generation = {.max_new_tokens = 4}}), IsOk());
 }
 
 TEST(ClientRetries, UnavailableIsRetriedWithBackoffUntilTheServerComesUp) {
@@ -476,8 +531,9 @@ TEST(ClientRetries, UnavailableIsRetriedWithBackoffUntilTheServerComesUp) {
   const std::string port = std::to_string((*server)->port());
   server->reset();
   // gRPC draws each backoff uniformly from [0, current]: 5 attempts from 1.5 s give ~7 s expected.
-  auto client = Connect("127.0.0.1:" + port,
-                        {.max_attempts = 5, .initial_backoff = absl::Milliseconds(1500), .max_backoff = absl::Seconds(5)});
+  auto client =
+      Connect("127.0.0.1:" + port,
+              {.max_attempts = 5, .initial_backoff = absl::Milliseconds(1500), .max_backoff = absl::Seconds(5)});
   std::thread restart([&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     *server = std::move(*ServerProcess::Start({"--model=demo=" + DemoModelDir(), "--listen=127.0.0.1:" + port}));
@@ -495,7 +551,8 @@ TEST(ClientRetries, UnavailableIsRetriedWithBackoffUntilTheServerComesUp) {
 // answer goes out, so it may trail the client by a moment).
 std::pair<int64_t, int64_t> LogprobsAnswered(const ServerProcess& a, const ServerProcess& b, int64_t total) {
   auto answered = [](const ServerProcess& server) {
-    return static_cast<int64_t>(MetricValue(server.metrics_port(), "attribution_rpcs_total{code=\"OK\",method=\"Logprobs\"}"));
+    return static_cast<int64_t>(
+        MetricValue(server.metrics_port(), "attribution_rpcs_total{code=\"OK\",method=\"Logprobs\"}"));
   };
   std::pair<int64_t, int64_t> counts;
   for (int attempt = 0; attempt < 500; ++attempt) {

@@ -64,14 +64,17 @@ absl::Status ListModelsWith(const std::string& address, ClientOptions options) {
 TEST(TlsAndAuth, MutualTlsWithTokensServesOnlyTheRightCredentials) {
   Certificates certs;
   ASSERT_TRUE(certs.ok()) << "openssl failed";
-  auto server = ServerProcess::Start(
-      {"--model=demo=" + test_support::DemoModelDir(), "--tls_cert=" + certs.File("server.pem"),
-       "--tls_key=" + certs.File("server.key"), "--tls_client_ca=" + certs.File("ca.pem"),
-       "--auth_tokens_file=" + certs.File("tokens")});
+  auto server =
+      ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir(), "--tls_cert=" + certs.File("server.pem"),
+                            "--tls_key=" + certs.File("server.key"), "--tls_client_ca=" + certs.File("ca.pem"),
+                            "--auth_tokens_file=" + certs.File("tokens")});
   ASSERT_THAT(server, IsOk());
   const std::string address = "localhost:" + std::to_string((*server)->port());
-  const ClientOptions good{.tls = true, .ca_file = certs.File("ca.pem"), .cert_file = certs.File("client.pem"),
-                           .key_file = certs.File("client.key"), .bearer_token = "secret-token-2"};
+  const ClientOptions good{.tls = true,
+                           .ca_file = certs.File("ca.pem"),
+                           .cert_file = certs.File("client.pem"),
+                           .key_file = certs.File("client.key"),
+                           .bearer_token = "secret-token-2"};
   EXPECT_THAT(ListModelsWith(address, good), IsOk());
 
   ClientOptions wrong_token = good;
@@ -104,17 +107,20 @@ TEST(TlsAndAuth, MutualTlsWithTokensServesOnlyTheRightCredentials) {
   EXPECT_THAT(ListModelsWith(address, plaintext), StatusIs(absl::StatusCode::kUnavailable));
 
   // Health stays open to probes that carry no token (Kubernetes gRPC probes cannot send one)... over TLS.
-  auto prober = *AttributionClient::Connect({.target = address, .tls = true, .ca_file = certs.File("ca.pem"),
-                                             .cert_file = certs.File("client.pem"), .key_file = certs.File("client.key")});
+  auto prober = *AttributionClient::Connect({.target = address,
+                                             .tls = true,
+                                             .ca_file = certs.File("ca.pem"),
+                                             .cert_file = certs.File("client.pem"),
+                                             .key_file = certs.File("client.key")});
   EXPECT_EQ(*prober->Health(), "SERVING");
 }
 
 TEST(TlsAndAuth, ServerOnlyTlsAcceptsAnyClientThatTrustsIt) {
   Certificates certs;
   ASSERT_TRUE(certs.ok()) << "openssl failed";
-  auto server = ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir(),
-                                      "--tls_cert=" + certs.File("server.pem"),
-                                      "--tls_key=" + certs.File("server.key")});
+  auto server =
+      ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir(), "--tls_cert=" + certs.File("server.pem"),
+                            "--tls_key=" + certs.File("server.key")});
   ASSERT_THAT(server, IsOk());
   const std::string address = "127.0.0.1:" + std::to_string((*server)->port());
   EXPECT_THAT(ListModelsWith(address, {.tls = true, .ca_file = certs.File("ca.pem")}), IsOk());

@@ -89,11 +89,11 @@ TEST_F(TokenSemanticsTest, TextTargetsAreTheTokensThatFollowThePromptAsTransform
     for (const nlohmann::json& c : model["cases"]) {
       const std::string prompt = c["prompt"], target = c["target"];
       SCOPED_TRACE(absl::StrCat(name, ": \"", prompt, "\" + \"", target, "\""));
-      absl::StatusOr<client::Logprobs> scored = client_->GetLogprobs({.model = name, .prompt = prompt, .target = target});
+      absl::StatusOr<client::Logprobs> scored =
+          client_->GetLogprobs({.model = name, .prompt = prompt, .target = target});
       if (c["continuation"].is_null()) {
-        EXPECT_THAT(scored,
-                    StatusIs(absl::StatusCode::kInvalidArgument,
-                             HasSubstr("target: the text does not start on a token boundary")));
+        EXPECT_THAT(scored, StatusIs(absl::StatusCode::kInvalidArgument,
+                                     HasSubstr("target: the text does not start on a token boundary")));
         EXPECT_THAT(scored.status().message(), HasSubstr("but prompt + target tokenize as"));
         ++refused;
         continue;
@@ -121,8 +121,8 @@ TEST_F(TokenSemanticsTest, SeparateTokenizesTheTargetAlone) {
 
 TEST_F(TokenSemanticsTest, AttributeScoresTheContinuationForTargetAndFoil) {
   const nlohmann::json& c = References()["default"]["cases"][0];  // " No" after "... A:"
-  absl::StatusOr<client::Attribution> a = client_->Attribute({.model = "default", .prompt = c["prompt"], .target = c["target"],
-                                                              .method = "feature_ablation", .foil = " Yes"});
+  absl::StatusOr<client::Attribution> a = client_->Attribute(
+      {.model = "default", .prompt = c["prompt"], .target = c["target"], .method = "feature_ablation", .foil = " Yes"});
   ASSERT_THAT(a, IsOk());
   EXPECT_EQ(Ids(a->target_tokens), c["continuation"].get<std::vector<int64_t>>());
   EXPECT_EQ(a->target_tokens[0].text, " No");
@@ -149,9 +149,10 @@ TEST_F(TokenSemanticsTest, ReadmeLogprobsCommandsScoreTheMeantTokens) {
 }
 
 TEST_F(TokenSemanticsTest, GeneratedTextPassedBackAsTargetScoresTheGeneratedTokens) {
-  const std::vector<std::string> prompts = {"The kettle is red. Q: Is it warm? A:", "The box is huge. Q: Is it small? A:",
-                                            "Ann lives in York. The kettle is red. Q: Is the kettle warm? A:",
-                                            "The cup is tiny. Q: Is it big? A: No. The rope is"};
+  const std::vector<std::string> prompts = {
+      "The kettle is red. Q: Is it warm? A:", "The box is huge. Q: Is it small? A:",
+      "Ann lives in York. The kettle is red. Q: Is the kettle warm? A:",
+      "The cup is tiny. Q: Is it big? A: No. The rope is"};
   for (const std::string& prompt : prompts) {
     SCOPED_TRACE(prompt);
     absl::StatusOr<client::Generation> generated =
@@ -177,7 +178,8 @@ TEST_F(TokenSemanticsTest, SpecialTokensAreFixedByDefaultAndFeaturesWhenIncluded
       const auto special = p["special"].get<std::vector<bool>>();
       std::vector<int64_t> fixed, features;
       for (size_t i = 0; i < ids.size(); ++i) (special[i] ? fixed : features).push_back(static_cast<int64_t>(i));
-      client::AttributeOptions options{.model = name, .prompt = p["prompt"], .target = " yes", .method = "feature_ablation"};
+      client::AttributeOptions options{
+          .model = name, .prompt = p["prompt"], .target = " yes", .method = "feature_ablation"};
       absl::StatusOr<client::Attribution> a = client_->Attribute(options);
       ASSERT_THAT(a, IsOk());
       ASSERT_EQ(Ids(a->prompt_tokens), ids);
@@ -225,20 +227,19 @@ TEST_F(TokenSemanticsTest, TokenTextIsValidUtf8AndTokenBytesKeepEveryByte) {
   }
   EXPECT_EQ(bytes, prompt);
   EXPECT_GE(partial, 2);  // the test does meet tokens holding part of a character
-  for (const client::Feature& f : a->features)
-    EXPECT_THAT(engine::CheckUtf8(f.text), IsOk()) << f.token_begin;
+  for (const client::Feature& f : a->features) EXPECT_THAT(engine::CheckUtf8(f.text), IsOk()) << f.token_begin;
 
   absl::StatusOr<client::Logprobs> scored =
       client_->GetLogprobs({.model = "bytelevel", .prompt = "A grin", .target = " \xF0\x9F\x98\x80", .top_k = 20});
   ASSERT_THAT(scored, IsOk());
   for (const client::TokenLogprob& t : scored->target) {
-    for (const client::Token& top : t.top)
-      EXPECT_THAT(engine::CheckUtf8(top.text), IsOk()) << top.id;
+    for (const client::Token& top : t.top) EXPECT_THAT(engine::CheckUtf8(top.text), IsOk()) << top.id;
   }
   // A random model samples byte tokens freely: whatever it ends on, the text stays valid.
   for (uint64_t seed = 0; seed < 8; ++seed) {
     absl::StatusOr<client::Generation> g = client_->Generate(
-        {.model = "bytelevel", .prompt = prompt,
+        {.model = "bytelevel",
+         .prompt = prompt,
          .generation = {.max_new_tokens = 24, .temperature = 1.5, .seed = seed, .ignore_stop_tokens = true}});
     ASSERT_THAT(g, IsOk());
     EXPECT_THAT(engine::CheckUtf8(g->text), IsOk()) << seed;
@@ -281,8 +282,11 @@ TEST_F(TokenSemanticsTest, ApiDefaultsPutTheDecisiveWordFirstOnHeldOutQuestions)
       ++in_flight;
       lock.unlock();
       // The file's targets are the answer words; the model reads them after "A:" as " Yes" / " No".
-      client_->AttributeAsync({.model = "default", .prompt = q["prompt"], .target = absl::StrCat(" ", q["target"].get<std::string>()),
-                               .method = method, .n_steps = 32},
+      client_->AttributeAsync({.model = "default",
+                               .prompt = q["prompt"],
+                               .target = absl::StrCat(" ", q["target"].get<std::string>()),
+                               .method = method,
+                               .n_steps = 32},
                               [&, q](absl::StatusOr<client::Attribution> a) {
                                 std::lock_guard<std::mutex> lock(mu);
                                 EXPECT_THAT(a, IsOk());

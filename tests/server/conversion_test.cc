@@ -66,8 +66,7 @@ template <typename ProtoEnum>
 std::vector<ProtoEnum> SpecifiedValues(const google::protobuf::EnumDescriptor* descriptor) {
   std::vector<ProtoEnum> values;
   for (int i = 0; i < descriptor->value_count(); ++i) {
-    if (descriptor->value(i)->number() != 0)
-      values.push_back(static_cast<ProtoEnum>(descriptor->value(i)->number()));
+    if (descriptor->value(i)->number() != 0) values.push_back(static_cast<ProtoEnum>(descriptor->value(i)->number()));
   }
   return values;
 }
@@ -107,8 +106,7 @@ TEST_F(ConversionTest, EveryIntegrationRuleMapsToItsEngineRule) {
       {v1::RIEMANN_MIDDLE, engine::IntegrationRule::kRiemannMiddle},
       {v1::RIEMANN_TRAPEZOID, engine::IntegrationRule::kRiemannTrapezoid},
   };
-  for (v1::IntegrationRule rule :
-       SpecifiedValues<v1::IntegrationRule>(v1::IntegrationRule_descriptor())) {
+  for (v1::IntegrationRule rule : SpecifiedValues<v1::IntegrationRule>(v1::IntegrationRule_descriptor())) {
     SCOPED_TRACE(v1::IntegrationRule_Name(rule));
     ASSERT_EQ(expected.count(rule), 1u);
     v1::AttributeRequest proto = Request();
@@ -138,9 +136,7 @@ TEST_F(ConversionTest, EveryQuantityMapsToItsEngineQuantity) {
 
 TEST_F(ConversionTest, EveryPriorityMapsToItsEnginePriority) {
   const std::map<v1::Priority, engine::Priority> expected = {
-      {v1::LOW, engine::Priority::kLow},
-      {v1::NORMAL, engine::Priority::kNormal},
-      {v1::HIGH, engine::Priority::kHigh}};
+      {v1::LOW, engine::Priority::kLow}, {v1::NORMAL, engine::Priority::kNormal}, {v1::HIGH, engine::Priority::kHigh}};
   for (v1::Priority priority : SpecifiedValues<v1::Priority>(v1::Priority_descriptor())) {
     SCOPED_TRACE(v1::Priority_Name(priority));
     ASSERT_EQ(expected.count(priority), 1u);
@@ -205,7 +201,7 @@ TEST_F(ConversionTest, FieldsAreCopiedIntoTheEngineRequest) {
   EXPECT_TRUE(r.want_token_matrix);
   EXPECT_TRUE(r.want_faithfulness);
   EXPECT_EQ(r.prompt_ids, Encode("Is the sky blue?", false));  // no bos
-  EXPECT_TRUE(r.features.empty());  // every token a feature: the engine's default
+  EXPECT_TRUE(r.features.empty());                             // every token a feature: the engine's default
 }
 
 TEST_F(ConversionTest, TokenIdsArePassedAsGiven) {
@@ -272,28 +268,20 @@ TEST_F(ConversionTest, UnknownEnumValuesNameTheFieldAndTheValidNames) {
     std::function<void(v1::AttributeRequest&)> set;
   };
   const std::vector<Case> cases = {
-      {"method", "KERNEL_SHAP",
-       [](auto& p) { p.set_method(static_cast<v1::Method>(kUnknownEnumValue)); }},
-      {"rule", "RIEMANN_TRAPEZOID",
-       [](auto& p) { p.set_rule(static_cast<v1::IntegrationRule>(kUnknownEnumValue)); }},
-      {"quantity", "LOGIT",
-       [](auto& p) { p.set_quantity(static_cast<v1::Quantity>(kUnknownEnumValue)); }},
-      {"priority", "HIGH",
-       [](auto& p) { p.set_priority(static_cast<v1::Priority>(kUnknownEnumValue)); }},
-      {"baseline", "PAD_TOKEN",
-       [](auto& p) { p.set_baseline(static_cast<v1::BaselineKind>(kUnknownEnumValue)); }},
+      {"method", "KERNEL_SHAP", [](auto& p) { p.set_method(static_cast<v1::Method>(kUnknownEnumValue)); }},
+      {"rule", "RIEMANN_TRAPEZOID", [](auto& p) { p.set_rule(static_cast<v1::IntegrationRule>(kUnknownEnumValue)); }},
+      {"quantity", "LOGIT", [](auto& p) { p.set_quantity(static_cast<v1::Quantity>(kUnknownEnumValue)); }},
+      {"priority", "HIGH", [](auto& p) { p.set_priority(static_cast<v1::Priority>(kUnknownEnumValue)); }},
+      {"baseline", "PAD_TOKEN", [](auto& p) { p.set_baseline(static_cast<v1::BaselineKind>(kUnknownEnumValue)); }},
       {"target_tokenization", "SEPARATE",
-       [](auto& p) {
-         p.set_target_tokenization(static_cast<v1::TargetTokenization>(kUnknownEnumValue));
-       }},
+       [](auto& p) { p.set_target_tokenization(static_cast<v1::TargetTokenization>(kUnknownEnumValue)); }},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.field);
     v1::AttributeRequest proto = Request();
     c.set(proto);
     EXPECT_THAT(Convert(proto),
-                StatusIs(kInvalid, AllOf(StartsWith(c.field + ": "), HasSubstr("77"),
-                                         HasSubstr(c.a_valid_name))));
+                StatusIs(kInvalid, AllOf(StartsWith(c.field + ": "), HasSubstr("77"), HasSubstr(c.a_valid_name))));
   }
 }
 
@@ -314,8 +302,7 @@ TEST_F(ConversionTest, BadFieldsAreInvalidArgumentNamingTheField) {
        }},
       {"empty target", "target:", [](auto& p) { p.mutable_target()->clear_text(); }},
       {"negative stdev", "stdev", [](auto& p) { p.set_stdev(-1); }},
-      {"foil without contrastive",
-       "contrastive:", [](auto& p) { p.mutable_foil()->set_text(" no"); }},
+      {"foil without contrastive", "contrastive:", [](auto& p) { p.mutable_foil()->set_text(" no"); }},
       {"contrastive without foil", "foil:", [](auto& p) { p.set_contrastive(true); }},
       {"foil of another length", "foil:",
        [](auto& p) {
@@ -329,8 +316,7 @@ TEST_F(ConversionTest, BadFieldsAreInvalidArgumentNamingTheField) {
          p.set_method(v1::FEATURE_ABLATION);
          p.set_baseline(v1::ZERO_EMBEDDING);
        }},
-      {"no pad token", "baseline: model \"default\" has no pad token",
-       [](auto& p) { p.set_baseline(v1::PAD_TOKEN); }},
+      {"no pad token", "baseline: model \"default\" has no pad token", [](auto& p) { p.set_baseline(v1::PAD_TOKEN); }},
       {"empty feature range", "feature_range:",
        [](auto& p) {
          p.mutable_feature_range()->set_token_begin(2);
@@ -371,8 +357,7 @@ TEST_F(ConversionTest, LogprobsCallScoresTheTargetAfterThePrompt) {
   // A continuation: prompt and target tokenized together, the prompt's tokens taken off.
   std::vector<int64_t> together = Encode("Is the sky blue? yes it is", true);
   ASSERT_GT(together.size(), call->prompt.encoding.ids.size());
-  together.erase(together.begin(),
-                 together.begin() + static_cast<int64_t>(call->prompt.encoding.ids.size()));
+  together.erase(together.begin(), together.begin() + static_cast<int64_t>(call->prompt.encoding.ids.size()));
   EXPECT_EQ(call->target.encoding.ids, together);
   EXPECT_EQ(call->top_k, 3);
   EXPECT_EQ(call->priority, engine::Priority::kHigh);
@@ -389,8 +374,7 @@ TEST_F(ConversionTest, LogprobsBadFieldsAreInvalidArgumentNamingTheField) {
   EXPECT_THAT(ToLogprobsCall(proto, *served_, 20), StatusIs(kInvalid, HasSubstr("target:")));
   proto.mutable_target()->set_text(" yes");
   proto.set_top_k(21);
-  EXPECT_THAT(ToLogprobsCall(proto, *served_, 20),
-              StatusIs(kInvalid, HasSubstr("top_k: 21 is outside [0, 20]")));
+  EXPECT_THAT(ToLogprobsCall(proto, *served_, 20), StatusIs(kInvalid, HasSubstr("top_k: 21 is outside [0, 20]")));
   proto.set_top_k(-1);
   EXPECT_THAT(ToLogprobsCall(proto, *served_, 20), StatusIs(kInvalid, HasSubstr("top_k")));
   proto.set_top_k(0);

@@ -32,7 +32,8 @@ TEST(ServerConfig, ParsesEveryKey) {
                            "max_padding_waste": 0.5, "max_queued_rows": 100, "max_queued_tokens": 1000,
                            "max_queued_bytes": 1048576},
                 "limits": {"max_steps": 64, "max_samples": 32, "max_features": 100, "max_exact_shapley_features": 8,
-                           "max_tokens": 512, "max_new_tokens": 16}}]})", "test.json");
+                           "max_tokens": 512, "max_new_tokens": 16}}]})",
+                                                          "test.json");
   ASSERT_THAT(config, IsOk());
   EXPECT_EQ(config->listen, "0.0.0.0:6000");
   EXPECT_EQ(config->metrics_listen, "");
@@ -55,13 +56,15 @@ TEST(ServerConfig, ParsesEveryKey) {
 TEST(ServerConfig, BatchTimeBoundDefaultsByDeviceAndMustBePositive) {
   absl::StatusOr<ServerConfig> config = ParseServerConfig(R"({"models": [
       {"name": "c", "path": "/p"}, {"name": "g", "path": "/p", "device": "cuda:0"},
-      {"name": "s", "path": "/p", "engine": {"max_batch_seconds": 0.1}}]})", "t.json");
+      {"name": "s", "path": "/p", "engine": {"max_batch_seconds": 0.1}}]})",
+                                                          "t.json");
   ASSERT_THAT(config, IsOk());
   EXPECT_EQ(config->models[0].engine.max_batch_time, absl::Milliseconds(25));
   EXPECT_EQ(config->models[1].engine.max_batch_time, absl::Milliseconds(5));
   EXPECT_EQ(config->models[2].engine.max_batch_time, absl::Milliseconds(100));
   config->models[2].engine.max_batch_time = absl::ZeroDuration();
-  EXPECT_THAT(ValidateServerConfig(*config).message(), HasSubstr("models[2].engine.max_batch_seconds must be positive"));
+  EXPECT_THAT(ValidateServerConfig(*config).message(),
+              HasSubstr("models[2].engine.max_batch_seconds must be positive"));
 }
 
 TEST(ServerConfig, RejectsTyposWrongTypesAndBadValuesNamingThem) {
@@ -70,7 +73,8 @@ TEST(ServerConfig, RejectsTyposWrongTypesAndBadValuesNamingThem) {
     const char* message;
   } cases[] = {
       {R"({"listne": "x"})", "unknown key \"listne\""},
-      {R"({"models": [{"name": "m", "path": "/p", "engine": {"max_batch_token": 1}}]})", "s.json.models[0].engine has an unknown key"},
+      {R"({"models": [{"name": "m", "path": "/p", "engine": {"max_batch_token": 1}}]})",
+       "s.json.models[0].engine has an unknown key"},
       {R"({"max_concurrent_requests": "many"})", "max_concurrent_requests has the wrong type (string)"},
       {R"({"models": {}})", "models must be an array"},
       {R"([1, 2])", "top level must be an object"},
@@ -131,10 +135,10 @@ TEST(CallGate, RefusesOverTheLimitAndWhileDrainingAndWaitsForIdle) {
 }
 
 TEST(GrpcStatus, KeepsCodeAndMessage) {
-  for (absl::StatusCode code : {absl::StatusCode::kInvalidArgument, absl::StatusCode::kNotFound,
-                                absl::StatusCode::kResourceExhausted, absl::StatusCode::kDeadlineExceeded,
-                                absl::StatusCode::kCancelled, absl::StatusCode::kUnavailable,
-                                absl::StatusCode::kUnauthenticated, absl::StatusCode::kInternal}) {
+  for (absl::StatusCode code :
+       {absl::StatusCode::kInvalidArgument, absl::StatusCode::kNotFound, absl::StatusCode::kResourceExhausted,
+        absl::StatusCode::kDeadlineExceeded, absl::StatusCode::kCancelled, absl::StatusCode::kUnavailable,
+        absl::StatusCode::kUnauthenticated, absl::StatusCode::kInternal}) {
     const grpc::Status s = ToGrpcStatus(absl::Status(code, "field: problem"));
     EXPECT_EQ(static_cast<int>(s.error_code()), static_cast<int>(code));
     EXPECT_EQ(s.error_message(), "field: problem");

@@ -29,7 +29,8 @@ struct RecordedRow {
 // Records every score and grad row on its way to the model, then runs it.
 class RecordingExecutor : public engine::BatchExecutor {
  public:
-  explicit RecordingExecutor(std::shared_ptr<const engine::CausalLM> model) : model_(engine::MakeModelExecutor(std::move(model))) {}
+  explicit RecordingExecutor(std::shared_ptr<const engine::CausalLM> model)
+      : model_(engine::MakeModelExecutor(std::move(model))) {}
 
   absl::Status Run(engine::RowKind kind, const std::vector<const engine::Row*>& rows,
                    std::vector<engine::RowResult>& results) override {
@@ -75,7 +76,7 @@ Counts CompareRows(const std::vector<RecordedRow>& rows, const std::vector<int64
     for (int64_t p = row.prefix_length; p < length; ++p) {
       const bool same = row.point.path ? PathKeeps(row.point, p, prompt)
                                        : p - row.prefix_length < static_cast<int64_t>(row.input_ids.size()) &&
-                                  row.input_ids[p - row.prefix_length] == prompt[p];
+                                             row.input_ids[p - row.prefix_length] == prompt[p];
       if (!same) ++(special[p] ? counts.changed_special : counts.changed_other);
     }
   }
@@ -103,7 +104,8 @@ TEST_P(SpecialTokensInRows, NeverChangeUnderAnyMethodUnlessIncluded) {
     for (v1::Method method : {v1::INTEGRATED_GRADIENTS, v1::GRADIENT_SHAP, v1::SALIENCY, v1::INPUT_X_GRADIENT,
                               v1::FEATURE_ABLATION, v1::SHAPLEY_VALUE_SAMPLING, v1::LIME, v1::KERNEL_SHAP}) {
       for (bool include : {false, true}) {
-        SCOPED_TRACE(absl::StrCat(p["prompt"].get<std::string>(), " ", v1::Method_Name(method), include ? " included" : ""));
+        SCOPED_TRACE(
+            absl::StrCat(p["prompt"].get<std::string>(), " ", v1::Method_Name(method), include ? " included" : ""));
         v1::AttributeRequest proto;
         proto.mutable_prompt()->set_text(p["prompt"].get<std::string>());
         proto.mutable_target()->set_text(" yes");

@@ -5,12 +5,12 @@
 #pragma once
 
 #include <functional>
+#include <mutex>
 #include <numeric>
 #include <vector>
 
-#include <mutex>
-#include "tests/testing/notification.h"
 #include "engine/scheduler/batch_executor.h"
+#include "tests/testing/notification.h"
 
 namespace attribution::test_support {
 

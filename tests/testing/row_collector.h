@@ -4,11 +4,11 @@
 
 #include <gtest/gtest.h>
 
+#include <mutex>
 #include <vector>
 
-#include <mutex>
-#include "tests/testing/notification.h"
 #include "engine/scheduler/row.h"
+#include "tests/testing/notification.h"
 
 namespace attribution::test_support {
 

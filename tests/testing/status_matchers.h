@@ -38,8 +38,7 @@ class StatusIsMatcher {
     if (status.code() != code_) return false;
     ::testing::StringMatchResultListener message_listener;
     const bool matches = message_.MatchAndExplain(std::string(status.message()), &message_listener);
-    if (!message_listener.str().empty())
-      *listener << ", and whose message " << message_listener.str();
+    if (!message_listener.str().empty()) *listener << ", and whose message " << message_listener.str();
     return matches;
   }
   void DescribeTo(std::ostream* os) const {
@@ -47,8 +46,7 @@ class StatusIsMatcher {
     message_.DescribeTo(os);
   }
   void DescribeNegationTo(std::ostream* os) const {
-    *os << "has a status code other than " << absl::StatusCodeToString(code_)
-        << " or a message that ";
+    *os << "has a status code other than " << absl::StatusCodeToString(code_) << " or a message that ";
     message_.DescribeNegationTo(os);
   }
 
@@ -75,8 +73,7 @@ class IsOkMatcher {
 // for equality, or a matcher such as HasSubstr("n_steps")).
 inline ::testing::PolymorphicMatcher<status_matchers_internal::StatusIsMatcher> StatusIs(
     absl::StatusCode code, ::testing::Matcher<const std::string&> message = ::testing::_) {
-  return ::testing::MakePolymorphicMatcher(
-      status_matchers_internal::StatusIsMatcher(code, std::move(message)));
+  return ::testing::MakePolymorphicMatcher(status_matchers_internal::StatusIsMatcher(code, std::move(message)));
 }
 
 // Matches an OK status, or a StatusOr holding a value.

@@ -69,7 +69,8 @@ class AttributionTest : public ::testing::Test {
       }
       EXPECT_LT(token_error, 1e-4) << name;
     }
-    std::cout << "[ captum   ] " << name << ": sequence rel. error " << seq_error << ", per-token " << token_error << "\n";
+    std::cout << "[ captum   ] " << name << ": sequence rel. error " << seq_error << ", per-token " << token_error
+              << "\n";
   }
   static AttributionRequest FromCase(const nlohmann::json& c) {
     AttributionRequest r;
@@ -83,7 +84,8 @@ class AttributionTest : public ::testing::Test {
     r.seed = c.value("seed", uint64_t{0});
     r.baseline_token_id = c.value("baseline_token", 0);
     r.zero_embedding_baseline = c.value("zero_embedding", false);
-    r.quantity = c.value("quantity", std::string("log_prob")) == "prob" ? TokenQuantity::kProb : TokenQuantity::kLogProb;
+    r.quantity =
+        c.value("quantity", std::string("log_prob")) == "prob" ? TokenQuantity::kProb : TokenQuantity::kLogProb;
     r.want_token_matrix = !c["token_attr"].is_null();
     if (c.contains("foil")) r.foil_ids = c["foil"].get<std::vector<int64_t>>();
     return r;
@@ -178,7 +180,8 @@ TEST_F(AttributionTest, Seed001ManyStatementsConcurrentlyEqualAlone) {
   }
   {
     std::unique_lock<std::mutex> lock(mu);
-    cv.wait(lock, [&] { return std::all_of(results.begin(), results.end(), [](const auto& r) { return r.has_value(); }); });
+    cv.wait(lock,
+            [&] { return std::all_of(results.begin(), results.end(), [](const auto& r) { return r.has_value(); }); });
   }
   for (int i = 0; i < kStatements; ++i) {
     ASSERT_THAT(*results[i], IsOk());

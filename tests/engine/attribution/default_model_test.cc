@@ -65,12 +65,14 @@ class DefaultModelTest : public ::testing::Test {
 };
 
 TEST_F(DefaultModelTest, AnswersHeldOutQuestionsThroughTheEngine) {
-  const int64_t yes = *tokenizer_->Encode("Yes", false)->ids.begin(), no = *tokenizer_->Encode("No", false)->ids.begin();
+  const int64_t yes = *tokenizer_->Encode("Yes", false)->ids.begin(),
+                no = *tokenizer_->Encode("No", false)->ids.begin();
   std::vector<Row> rows;
   for (const HeldOutQuestion& q : *questions_) {
     const int64_t last = static_cast<int64_t>(q.request.prompt_ids.size()) - 1;
     for (int64_t answer : {yes, no}) {
-      rows.push_back(Row{.kind = RowKind::kScore, .input_ids = q.request.prompt_ids,
+      rows.push_back(Row{.kind = RowKind::kScore,
+                         .input_ids = q.request.prompt_ids,
                          .objective = {.positions = {last}, .tokens = {answer}, .weights = {1.0}}});
     }
   }

@@ -32,8 +32,7 @@ TEST(TargetObjective, ProbabilityOfAWholeTargetIsTheExponentialOfItsSummedLogPro
 }
 
 TEST(TargetObjective, ContrastiveScoresTheFoilAtTheSamePositionsAndSubtractsIt) {
-  for (TokenQuantity quantity :
-       {TokenQuantity::kLogProb, TokenQuantity::kProb, TokenQuantity::kLogit}) {
+  for (TokenQuantity quantity : {TokenQuantity::kLogProb, TokenQuantity::kProb, TokenQuantity::kLogit}) {
     const RowObjective o = TargetObjective(2, kTarget, kFoil, quantity);
     EXPECT_THAT(o.positions, ElementsAre(1, 2, 3, 1, 2, 3));
     EXPECT_THAT(o.tokens, ElementsAre(11, 12, 13, 21, 22, 23));

@@ -31,15 +31,14 @@ class ScoreTargetTest : public ::testing::Test {
     ASSERT_THAT(engine, IsOk());
     engine_ = std::move(*engine);
   }
-  absl::StatusOr<TargetScores> Score(const std::vector<int64_t>& prompt,
-                                     const std::vector<int64_t>& target, int64_t top_k) {
+  absl::StatusOr<TargetScores> Score(const std::vector<int64_t>& prompt, const std::vector<int64_t>& target,
+                                     int64_t top_k) {
     Notification done;
     absl::StatusOr<TargetScores> out;
-    ScoreTarget(*engine_, engine_->NewRequest(), prompt, target, top_k,
-                [&](absl::StatusOr<TargetScores> scores) {
-                  out = std::move(scores);
-                  done.Notify();
-                });
+    ScoreTarget(*engine_, engine_->NewRequest(), prompt, target, top_k, [&](absl::StatusOr<TargetScores> scores) {
+      out = std::move(scores);
+      done.Notify();
+    });
     done.WaitForNotification();
     return out;
   }
@@ -51,8 +50,7 @@ TEST_F(ScoreTargetTest, EachTargetTokenMatchesTransformersAtThePositionBeforeIt)
   const auto row = reference.spec["rows"][0].get<std::vector<int64_t>>();
   constexpr int64_t kPrompt = 3, kTopK = 4;
   ASSERT_GT(row.size(), static_cast<size_t>(kPrompt + 1));
-  const std::vector<int64_t> prompt(row.begin(), row.begin() + kPrompt),
-      target(row.begin() + kPrompt, row.end());
+  const std::vector<int64_t> prompt(row.begin(), row.begin() + kPrompt), target(row.begin() + kPrompt, row.end());
   absl::StatusOr<TargetScores> scores = Score(prompt, target, kTopK);
   ASSERT_THAT(scores, IsOk());
   ASSERT_EQ(scores->log_probs.size(), target.size());
@@ -84,12 +82,9 @@ TEST_F(ScoreTargetTest, WithoutTopKThereAreNoAlternatives) {
 }
 
 TEST_F(ScoreTargetTest, InvalidArgumentsAreRefusedAtOnce) {
-  EXPECT_THAT(Score({}, {1}, 0),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("prompt_ids")));
-  EXPECT_THAT(Score({1}, {}, 0),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("target_ids")));
-  EXPECT_THAT(Score({1}, {2}, -1),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("top_k")));
+  EXPECT_THAT(Score({}, {1}, 0), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("prompt_ids")));
+  EXPECT_THAT(Score({1}, {}, 0), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("target_ids")));
+  EXPECT_THAT(Score({1}, {2}, -1), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("top_k")));
 }
 
 }  // namespace

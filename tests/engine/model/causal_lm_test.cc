@@ -133,8 +133,7 @@ TEST_P(CausalLMParity, InputGradientMatchesTransformers) {
                          .tokens = reference_.spec["objective_tokens"].get<std::vector<int64_t>>()};
   auto result = model_->ObjectiveGradients(batch, {objective});
   ASSERT_THAT(result, IsOk());
-  EXPECT_NEAR(result->values[0].item<double>(), reference_.Tensor("objective")[0].item<double>(),
-              fp32() ? 1e-4 : 0.15);
+  EXPECT_NEAR(result->values[0].item<double>(), reference_.Tensor("objective")[0].item<double>(), fp32() ? 1e-4 : 0.15);
   EXPECT_LT(ScaledError(result->gradients[0], reference_.Tensor("gradient")), fp32() ? 1e-4 : 6e-2);
 }
 
@@ -194,10 +193,12 @@ TEST_P(CausalLMFp32, ResidentWeightBytesAreTheCheckpointsTensorBytes) {
 TEST_P(CausalLMFp32, CheckpointHasNoUnusedTensors) { EXPECT_THAT(model_->unused_weights(), ::testing::IsEmpty()); }
 
 INSTANTIATE_TEST_SUITE_P(AllArchitectures, CausalLMParity,
-                         ::testing::Values(Case{"llama", "float32"}, Case{"llama", "bfloat16"}, Case{"llama", "float16"},
-                                           Case{"mistral", "float32"}, Case{"mistral", "bfloat16"}, Case{"mistral", "float16"},
-                                           Case{"qwen2", "float32"}, Case{"qwen2", "bfloat16"}, Case{"qwen2", "float16"},
-                                           Case{"gpt2", "float32"}, Case{"gpt2", "bfloat16"}, Case{"gpt2", "float16"}),
+                         ::testing::Values(Case{"llama", "float32"}, Case{"llama", "bfloat16"},
+                                           Case{"llama", "float16"}, Case{"mistral", "float32"},
+                                           Case{"mistral", "bfloat16"}, Case{"mistral", "float16"},
+                                           Case{"qwen2", "float32"}, Case{"qwen2", "bfloat16"},
+                                           Case{"qwen2", "float16"}, Case{"gpt2", "float32"}, Case{"gpt2", "bfloat16"},
+                                           Case{"gpt2", "float16"}),
                          [](const auto& info) { return info.param.arch + "_" + info.param.dtype; });
 INSTANTIATE_TEST_SUITE_P(AllArchitectures, CausalLMFp32,
                          ::testing::Values(Case{"llama", "float32"}, Case{"mistral", "float32"},
@@ -251,8 +252,9 @@ TEST(CausalLM, SamplingIsSeededAndTopPNarrowsToGreedy) {
   ASSERT_THAT(model, IsOk());
   const std::vector<std::vector<int64_t>> prompts = {{5, 17, 99}, {12, 8}};
   auto sample = [&](uint64_t seed, double top_p) {
-    return *Generate(**model, prompts, {.max_new_tokens = 12, .temperature = 1.5, .top_p = top_p, .seed = seed,
-                                        .ignore_stop_tokens = true});
+    return *Generate(
+        **model, prompts,
+        {.max_new_tokens = 12, .temperature = 1.5, .top_p = top_p, .seed = seed, .ignore_stop_tokens = true});
   };
   auto a = sample(1, 1.0), b = sample(1, 1.0), c = sample(2, 1.0);
   EXPECT_EQ(a[0].tokens, b[0].tokens);
@@ -266,8 +268,7 @@ TEST(CausalLM, SamplingIsSeededAndTopPNarrowsToGreedy) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("top_p")));
   EXPECT_THAT(Generate(**model, prompts, {.temperature = -1}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("temperature")));
-  EXPECT_THAT(Generate(**model, {{}}, {}),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("prompt")));
+  EXPECT_THAT(Generate(**model, {{}}, {}), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("prompt")));
 }
 
 TEST(CausalLM, GenerationStopsAtEos) {
@@ -277,8 +278,9 @@ TEST(CausalLM, GenerationStopsAtEos) {
   // Declaring the third greedy token a stop token ends generation right there.
   auto stopped = *Generate(**model, {{5, 17, 99}}, {.max_new_tokens = 8, .stop_token_ids = {greedy[0].tokens[2]}});
   EXPECT_TRUE(stopped[0].stopped);
-  EXPECT_EQ(stopped[0].tokens.size(), static_cast<size_t>(std::find(greedy[0].tokens.begin(), greedy[0].tokens.end(),
-                                                                     greedy[0].tokens[2]) - greedy[0].tokens.begin() + 1));
+  EXPECT_EQ(stopped[0].tokens.size(),
+            static_cast<size_t>(std::find(greedy[0].tokens.begin(), greedy[0].tokens.end(), greedy[0].tokens[2]) -
+                                greedy[0].tokens.begin() + 1));
 }
 
 TEST(CausalLM, ShardedCheckpointLoadsTheSameWeights) {
@@ -301,10 +303,8 @@ TEST(CausalLM, MalformedBatchesAreStatusesOnEveryEntryPoint) {
                                     ForwardBatch{.inputs_embeds = at::zeros({1, 2})}}) {
     EXPECT_THAT(m.ScoreTokens(batch, {.rows = {0}, .positions = {0}, .tokens = {3}}),
                 StatusIs(absl::StatusCode::kInvalidArgument));
-    EXPECT_THAT(m.ObjectiveValues(batch, {objective}),
-                StatusIs(absl::StatusCode::kInvalidArgument));
-    EXPECT_THAT(m.ObjectiveGradients(batch, {objective}),
-                StatusIs(absl::StatusCode::kInvalidArgument));
+    EXPECT_THAT(m.ObjectiveValues(batch, {objective}), StatusIs(absl::StatusCode::kInvalidArgument));
+    EXPECT_THAT(m.ObjectiveGradients(batch, {objective}), StatusIs(absl::StatusCode::kInvalidArgument));
   }
 }
 

@@ -60,10 +60,11 @@ TEST_P(GpuParity, LogitsOnTheDeviceMatchTransformers) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllArchitectures, GpuParity,
-                         ::testing::Values(Case{"llama", "float32"}, Case{"llama", "bfloat16"}, Case{"llama", "float16"},
-                                           Case{"mistral", "float32"}, Case{"mistral", "bfloat16"},
-                                           Case{"qwen2", "float32"}, Case{"qwen2", "bfloat16"},
-                                           Case{"gpt2", "float32"}, Case{"gpt2", "bfloat16"}),
+                         ::testing::Values(Case{"llama", "float32"}, Case{"llama", "bfloat16"},
+                                           Case{"llama", "float16"}, Case{"mistral", "float32"},
+                                           Case{"mistral", "bfloat16"}, Case{"qwen2", "float32"},
+                                           Case{"qwen2", "bfloat16"}, Case{"gpt2", "float32"},
+                                           Case{"gpt2", "bfloat16"}),
                          [](const auto& info) { return info.param.arch + "_" + info.param.dtype; });
 
 // The same attribution requests through an engine on each device.
@@ -75,12 +76,17 @@ TEST(GpuAttribution, EveryMethodOnTheDeviceEqualsTheCpuRun) {
     Attributor attributor(model, engine.get());
     return attributor.AttributeAndWait(request);
   };
-  for (AttributionMethod method : {AttributionMethod::kIntegratedGradients, AttributionMethod::kGradientShap,
-                                   AttributionMethod::kSaliency, AttributionMethod::kInputXGradient,
-                                   AttributionMethod::kFeatureAblation, AttributionMethod::kShapleyValueSampling,
-                                   AttributionMethod::kLime, AttributionMethod::kKernelShap}) {
-    AttributionRequest request{.prompt_ids = {1, 17, 42, 99, 7, 23, 5}, .target_ids = {11, 12}, .method = method,
-                               .n_steps = 16, .n_samples = 8, .want_token_matrix = true, .want_faithfulness = true};
+  for (AttributionMethod method :
+       {AttributionMethod::kIntegratedGradients, AttributionMethod::kGradientShap, AttributionMethod::kSaliency,
+        AttributionMethod::kInputXGradient, AttributionMethod::kFeatureAblation,
+        AttributionMethod::kShapleyValueSampling, AttributionMethod::kLime, AttributionMethod::kKernelShap}) {
+    AttributionRequest request{.prompt_ids = {1, 17, 42, 99, 7, 23, 5},
+                               .target_ids = {11, 12},
+                               .method = method,
+                               .n_steps = 16,
+                               .n_samples = 8,
+                               .want_token_matrix = true,
+                               .want_faithfulness = true};
     auto cpu = attribute("cpu", request);
     auto gpu = attribute("cuda:0", request);
     ASSERT_THAT(cpu, IsOk()) << AttributionMethodName(method);

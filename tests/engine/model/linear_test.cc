@@ -75,29 +75,25 @@ TEST_P(FusedLinear, ResidentBytesAreThePartsBytes) {
   const std::vector<Linear> alone = GqaParts(GetParam().quantization, GetParam().bias);
   int64_t expected = 0;
   for (const Linear& part : alone) expected += part.ResidentBytes();
-  EXPECT_EQ(Linear::Concat(GqaParts(GetParam().quantization, GetParam().bias))->ResidentBytes(),
-            expected);
+  EXPECT_EQ(Linear::Concat(GqaParts(GetParam().quantization, GetParam().bias))->ResidentBytes(), expected);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Formats, FusedLinear,
-    ::testing::Values(Case{Quantization::kNone, false}, Case{Quantization::kNone, true},
-                      Case{Quantization::kInt8, false}, Case{Quantization::kInt8, true},
-                      Case{Quantization::kNf4, false}, Case{Quantization::kNf4, true}),
-    [](const auto& info) {
-      return std::string(QuantizationName(info.param.quantization)) +
-             (info.param.bias ? "_bias" : "");
-    });
+INSTANTIATE_TEST_SUITE_P(Formats, FusedLinear,
+                         ::testing::Values(Case{Quantization::kNone, false}, Case{Quantization::kNone, true},
+                                           Case{Quantization::kInt8, false}, Case{Quantization::kInt8, true},
+                                           Case{Quantization::kNf4, false}, Case{Quantization::kNf4, true}),
+                         [](const auto& info) {
+                           return std::string(QuantizationName(info.param.quantization)) +
+                                  (info.param.bias ? "_bias" : "");
+                         });
 
 TEST(FusedLinear, RejectsPartsOfDifferentFormatsOrBias) {
   std::vector<Linear> mixed_format = GqaParts(Quantization::kNone, false);
   mixed_format[1] = GqaParts(Quantization::kInt8, false)[1];
-  EXPECT_EQ(Linear::Concat(std::move(mixed_format)).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Linear::Concat(std::move(mixed_format)).status().code(), absl::StatusCode::kInvalidArgument);
   std::vector<Linear> mixed_bias = GqaParts(Quantization::kNf4, false);
   mixed_bias[2] = GqaParts(Quantization::kNf4, true)[2];
-  EXPECT_EQ(Linear::Concat(std::move(mixed_bias)).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Linear::Concat(std::move(mixed_bias)).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(Linear::Concat({}), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
@@ -109,7 +105,8 @@ TEST(FusedLinear, GivenOutputPartsSplitAStoredFusedWeight) {
   const std::vector<at::Tensor> parts = linear->ForwardParts(x);
   ASSERT_EQ(parts.size(), 3u);
   EXPECT_LT(ScaledError(parts[2], at::linear(x, weight.narrow(0, 64, 32))), 1e-5);
-  EXPECT_THAT(Linear::Create(weight, at::Tensor(), Quantization::kNone, {32, 32}), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(Linear::Create(weight, at::Tensor(), Quantization::kNone, {32, 32}),
+              StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 }  // namespace

@@ -86,12 +86,9 @@ INSTANTIATE_TEST_SUITE_P(Schemes, RoundTrip, ::testing::Values(Quantization::kIn
                          [](const auto& info) { return std::string(QuantizationName(info.param)); });
 
 TEST(Quantize, RejectsWeightsNotInWholeBlocks) {
-  EXPECT_THAT(Quantize(at::zeros({3, 10}), Quantization::kNf4),
-              StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(Quantize(at::zeros({8}), Quantization::kInt8),
-              StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(ParseQuantization("fp8"),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("fp8")));
+  EXPECT_THAT(Quantize(at::zeros({3, 10}), Quantization::kNf4), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(Quantize(at::zeros({8}), Quantization::kInt8), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(ParseQuantization("fp8"), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("fp8")));
 }
 
 // A Llama whose linears dominate its size, as in real Llamas: quantized models stay close to the
@@ -114,8 +111,9 @@ TEST_P(QuantizedModel, StaysCloseToFloatModelAndShrinks) {
   auto approx = (*quantized)->ObjectiveGradients(batch, {objective});
   ASSERT_THAT(exact, IsOk());
   ASSERT_THAT(approx, IsOk());
-  const double cosine = at::cosine_similarity(exact->gradients.flatten().to(at::kFloat),
-                                              approx->gradients.flatten().to(at::kFloat), 0).item<double>();
+  const double cosine =
+      at::cosine_similarity(exact->gradients.flatten().to(at::kFloat), approx->gradients.flatten().to(at::kFloat), 0)
+          .item<double>();
   std::cout << "[ quant    ] " << QuantizationName(GetParam()) << " objective " << approx->values[0].item<double>()
             << " vs " << exact->values[0].item<double>() << ", gradient cosine " << cosine << "\n";
   EXPECT_GT(cosine, GetParam() == Quantization::kNf4 ? 0.9 : 0.99);

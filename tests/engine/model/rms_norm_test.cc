@@ -26,8 +26,7 @@ class RmsNormGradient : public ::testing::TestWithParam<at::ScalarType> {};
 TEST_P(RmsNormGradient, MatchesAutogradThroughTheComposedFormula) {
   const at::ScalarType dtype = GetParam();
   at::manual_seed(5);
-  at::Tensor x =
-      (at::randn({3, 7, 64}) * 3).to(dtype).requires_grad_(true);  // [batch, seq, hidden]
+  at::Tensor x = (at::randn({3, 7, 64}) * 3).to(dtype).requires_grad_(true);  // [batch, seq, hidden]
   at::Tensor weight = (1 + 0.1 * at::randn({64})).to(dtype);
   at::Tensor grad_out = at::randn({3, 7, 64}).to(dtype);
   at::Tensor ours = RmsNorm(x, weight, 1e-5);
@@ -40,8 +39,7 @@ TEST_P(RmsNormGradient, MatchesAutogradThroughTheComposedFormula) {
   EXPECT_LT(ScaledError(grad, expected_grad), dtype == at::kFloat ? 1e-5 : 1e-2);
 }
 
-INSTANTIATE_TEST_SUITE_P(Dtypes, RmsNormGradient,
-                         ::testing::Values(at::kFloat, at::kBFloat16, at::kHalf),
+INSTANTIATE_TEST_SUITE_P(Dtypes, RmsNormGradient, ::testing::Values(at::kFloat, at::kBFloat16, at::kHalf),
                          [](const auto& info) { return std::string(c10::toString(info.param)); });
 
 TEST(RmsNorm, WithoutGradModeIsTheSameForward) {

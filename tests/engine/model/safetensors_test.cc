@@ -92,23 +92,31 @@ INSTANTIATE_TEST_SUITE_P(
         Defect{"HeaderNotJson", "{\"a\": [", "", std::nullopt, "not valid JSON"},
         Defect{"HeaderNotObject", "[1, 2, 3]", "", std::nullopt, "not a JSON object"},
         Defect{"EntryMissingFields", R"({"a": {"dtype": "F32"}})", "", std::nullopt, "needs \"dtype\""},
-        Defect{"UnsupportedDtype", ValidHeader({{"a", {{"dtype", "I64"}}}}), kData, std::nullopt, "\"I64\" is not supported"},
+        Defect{"UnsupportedDtype", ValidHeader({{"a", {{"dtype", "I64"}}}}), kData, std::nullopt,
+               "\"I64\" is not supported"},
         Defect{"DtypeNotString", ValidHeader({{"a", {{"dtype", 7}}}}), kData, std::nullopt, "dtype is not a string"},
         Defect{"ShapeNotList", ValidHeader({{"a", {{"shape", "2x2"}}}}), kData, std::nullopt, "shape is not a list"},
-        Defect{"NegativeDimension", ValidHeader({{"a", {{"shape", {-2, -2}}}}}), kData, std::nullopt, "non-negative integer"},
-        Defect{"OffsetsNotPair", ValidHeader({{"a", {{"data_offsets", {0}}}}}), kData, std::nullopt, "two non-negative integers"},
-        Defect{"OffsetsReversed", ValidHeader({{"a", {{"data_offsets", {16, 0}}}}}), kData, std::nullopt, "begin after end"},
+        Defect{"NegativeDimension", ValidHeader({{"a", {{"shape", {-2, -2}}}}}), kData, std::nullopt,
+               "non-negative integer"},
+        Defect{"OffsetsNotPair", ValidHeader({{"a", {{"data_offsets", {0}}}}}), kData, std::nullopt,
+               "two non-negative integers"},
+        Defect{"OffsetsReversed", ValidHeader({{"a", {{"data_offsets", {16, 0}}}}}), kData, std::nullopt,
+               "begin after end"},
         Defect{"SizeDisagreesWithShape", ValidHeader({{"a", {{"shape", {3, 2}}}}}), kData, std::nullopt, "needs 24"},
         Defect{"TruncatedData", ValidHeader(), std::string(20, '\0'), std::nullopt, "past the data section"},
-        Defect{"OverlappingTensors", ValidHeader({{"b", {{"data_offsets", {8, 16}}}}}), std::string(16, '\0'), std::nullopt, "overlaps"},
-        Defect{"HoleBetweenTensors", ValidHeader({{"b", {{"data_offsets", {20, 28}}}}}), std::string(28, '\0'), std::nullopt, "leaving a hole"},
+        Defect{"OverlappingTensors", ValidHeader({{"b", {{"data_offsets", {8, 16}}}}}), std::string(16, '\0'),
+               std::nullopt, "overlaps"},
+        Defect{"HoleBetweenTensors", ValidHeader({{"b", {{"data_offsets", {20, 28}}}}}), std::string(28, '\0'),
+               std::nullopt, "leaving a hole"},
         Defect{"TrailingBytes", ValidHeader(), std::string(30, '\0'), std::nullopt, "trailing bytes"},
-        Defect{"MetadataNotStrings", ValidHeader({{"__metadata__", {{"format", 3}}}}), kData, std::nullopt, "is not a string"},
+        Defect{"MetadataNotStrings", ValidHeader({{"__metadata__", {{"format", 3}}}}), kData, std::nullopt,
+               "is not a string"},
         Defect{"DuplicatedTensorName",
                R"({"a": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
                    "a": {"dtype": "BF16", "shape": [4], "data_offsets": [16, 24]}})",
                kData, std::nullopt, "names \"a\" more than once"},
-        Defect{"HugeShapeOverflows", ValidHeader({{"a", {{"shape", {uint64_t{1} << 40, uint64_t{1} << 40}}}}}), kData, std::nullopt, "overflows"}),
+        Defect{"HugeShapeOverflows", ValidHeader({{"a", {{"shape", {uint64_t{1} << 40, uint64_t{1} << 40}}}}}), kData,
+               std::nullopt, "overflows"}),
     [](const auto& info) { return info.param.name; });
 
 TEST(Safetensors, ShortFileIsRejected) {
@@ -119,8 +127,7 @@ TEST(Safetensors, ShortFileIsRejected) {
 }
 
 TEST(Safetensors, MissingFileIsNotFound) {
-  EXPECT_THAT(SafetensorsFile::Open("/nonexistent/m.safetensors"),
-              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(SafetensorsFile::Open("/nonexistent/m.safetensors"), StatusIs(absl::StatusCode::kNotFound));
 }
 
 // Model-directory defects: a copy of the random llama test model, damaged one way per test.
@@ -148,7 +155,8 @@ class ModelDirectoryDefect : public ::testing::Test {
     std::string data;
     for (const auto& [name, t] : tensors) {
       at::Tensor c = t.contiguous();
-      header[name] = {{"dtype", "F32"}, {"shape", c.sizes().vec()}, {"data_offsets", {data.size(), data.size() + c.nbytes()}}};
+      header[name] = {
+          {"dtype", "F32"}, {"shape", c.sizes().vec()}, {"data_offsets", {data.size(), data.size() + c.nbytes()}}};
       data.append(static_cast<const char*>(c.data_ptr()), c.nbytes());
     }
     WriteRaw(dir_ + "/model.safetensors", header.dump(), data);
@@ -248,8 +256,8 @@ TEST_F(ModelDirectoryDefect, TensorStoredInTwoShards) {
   std::ofstream(dir_ + "/model.safetensors.index.json") << index.dump();
   // Whichever shard is read first, the duplicate is caught as such or as a tensor the index did not
   // assign to that shard.
-  EXPECT_THAT(Load().message(), ::testing::AnyOf(HasSubstr("is stored in both"),
-                                                  HasSubstr("is not assigned to this shard")));
+  EXPECT_THAT(Load().message(),
+              ::testing::AnyOf(HasSubstr("is stored in both"), HasSubstr("is not assigned to this shard")));
 }
 
 TEST_F(ModelDirectoryDefect, UnsupportedRopeScaling) {

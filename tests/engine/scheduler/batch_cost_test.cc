@@ -48,10 +48,12 @@ TEST(BatchCostModel, FollowsADeviceThatSlowsDown) {
   BatchCostModel model;
   const int64_t shapes[][2] = {{4, 32}, {16, 64}, {64, 128}};
   for (int round = 0; round < 10; ++round) {
-    for (const auto& [rows, longest] : shapes) model.Observe(RowKind::kScore, rows, longest, Law(0, 1e-6, 0, rows, longest));
+    for (const auto& [rows, longest] : shapes)
+      model.Observe(RowKind::kScore, rows, longest, Law(0, 1e-6, 0, rows, longest));
   }
   for (int round = 0; round < 100; ++round) {
-    for (const auto& [rows, longest] : shapes) model.Observe(RowKind::kScore, rows, longest, Law(0, 2e-6, 0, rows, longest));
+    for (const auto& [rows, longest] : shapes)
+      model.Observe(RowKind::kScore, rows, longest, Law(0, 2e-6, 0, rows, longest));
   }
   EXPECT_NEAR(model.cost(RowKind::kScore).Seconds(16, 64), 2e-6 * 16 * 64, 0.02 * 2e-6 * 16 * 64);
 }

@@ -20,8 +20,8 @@ QueuedRequestView Request(uint64_t id, RowKind kind, int rows, int64_t length) {
 
 // 1 ms per 1000 padded tokens plus 1 ms per 100,000 token pairs, nothing fixed.
 BatchLimits TimedLimits(RowKind kind) {
-  BatchLimits limits{.token_budget = 1 << 20, .max_rows = 1024, .next_kind = kind,
-                     .max_batch_time = absl::Milliseconds(25)};
+  BatchLimits limits{
+      .token_budget = 1 << 20, .max_rows = 1024, .next_kind = kind, .max_batch_time = absl::Milliseconds(25)};
   limits.costs[static_cast<int>(kind)] = {.per_token = 1e-6, .per_token_pair = 1e-8, .known = true};
   return limits;
 }
@@ -35,8 +35,8 @@ TEST(BatchPolicy, AloneAGradientRequestFillsTheTokenBudget) {
 }
 
 TEST(BatchPolicy, AWaitingScoreRowBoundsTheGradientBatchByTime) {
-  const BatchDecision d = DecideBatch({Request(1, RowKind::kGrad, 512, 100), Request(2, RowKind::kScore, 1, 10)},
-                                      kNow, TimedLimits(RowKind::kGrad));
+  const BatchDecision d = DecideBatch({Request(1, RowKind::kGrad, 512, 100), Request(2, RowKind::kScore, 1, 10)}, kNow,
+                                      TimedLimits(RowKind::kGrad));
   ASSERT_TRUE(d.run);
   EXPECT_EQ(d.kind, RowKind::kGrad);
   EXPECT_TRUE(d.contended);
@@ -46,15 +46,15 @@ TEST(BatchPolicy, AWaitingScoreRowBoundsTheGradientBatchByTime) {
 }
 
 TEST(BatchPolicy, LongRowsPayForAttentionSoFewerFit) {
-  const BatchDecision d = DecideBatch({Request(1, RowKind::kGrad, 64, 1000), Request(2, RowKind::kScore, 1, 10)},
-                                      kNow, TimedLimits(RowKind::kGrad));
+  const BatchDecision d = DecideBatch({Request(1, RowKind::kGrad, 64, 1000), Request(2, RowKind::kScore, 1, 10)}, kNow,
+                                      TimedLimits(RowKind::kGrad));
   // 1 ms + 10 ms of attention per row of 1000 tokens: two rows fit 25 ms, three would not.
   EXPECT_EQ(d.rows, 2);
 }
 
 TEST(BatchPolicy, ARowOverTheBudgetStillRunsAlone) {
-  const BatchDecision d = DecideBatch({Request(1, RowKind::kGrad, 40, 4000), Request(2, RowKind::kScore, 1, 10)},
-                                      kNow, TimedLimits(RowKind::kGrad));
+  const BatchDecision d = DecideBatch({Request(1, RowKind::kGrad, 40, 4000), Request(2, RowKind::kScore, 1, 10)}, kNow,
+                                      TimedLimits(RowKind::kGrad));
   ASSERT_TRUE(d.run);
   EXPECT_EQ(d.rows, 1);  // 164 ms alone: never starved
 }
@@ -65,8 +65,8 @@ TEST(BatchPolicy, TheBoundGrowsToTwiceAShortCallsOwnBatchTime) {
   // short call nothing.
   BatchLimits limits = TimedLimits(RowKind::kGrad);
   limits.costs[static_cast<int>(RowKind::kScore)] = {.fixed = 0.03, .known = true};
-  const BatchDecision d = DecideBatch({Request(1, RowKind::kGrad, 512, 100), Request(2, RowKind::kScore, 1, 10)},
-                                      kNow, limits);
+  const BatchDecision d =
+      DecideBatch({Request(1, RowKind::kGrad, 512, 100), Request(2, RowKind::kScore, 1, 10)}, kNow, limits);
   EXPECT_NEAR(d.interactive_seconds, 0.03, 1e-12);
   EXPECT_EQ(d.rows, 300);
 }
@@ -127,8 +127,8 @@ TEST(BatchPolicy, TwoLargeRequestsOfOneKindDoNotContend) {
 TEST(BatchPolicy, AnUnknownCostLeavesBatchesUnbounded) {
   BatchLimits limits = TimedLimits(RowKind::kGrad);
   limits.costs[static_cast<int>(RowKind::kGrad)].known = false;
-  const BatchDecision d = DecideBatch({Request(1, RowKind::kGrad, 512, 100), Request(2, RowKind::kScore, 1, 10)},
-                                      kNow, limits);
+  const BatchDecision d =
+      DecideBatch({Request(1, RowKind::kGrad, 512, 100), Request(2, RowKind::kScore, 1, 10)}, kNow, limits);
   EXPECT_TRUE(d.contended);
   EXPECT_EQ(d.rows, 512);
 }

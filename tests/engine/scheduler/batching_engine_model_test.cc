@@ -29,8 +29,9 @@ class EngineOverModel : public ::testing::Test {
     ASSERT_THAT(model, IsOk());
     model_ = std::move(*model);
     // A long queue delay gathers every row submitted below into shared batches.
-    auto engine = BatchingEngine::Create(MakeModelExecutor(model_), {.max_batch_tokens = 4096, .max_batch_rows = 32,
-                                                                      .max_queue_delay = absl::Milliseconds(200)});
+    auto engine = BatchingEngine::Create(
+        MakeModelExecutor(model_),
+        {.max_batch_tokens = 4096, .max_batch_rows = 32, .max_queue_delay = absl::Milliseconds(200)});
     ASSERT_THAT(engine, IsOk());
     engine_ = std::move(*engine);
     engine_->SetBatchObserver([this](const BatchRecord& record) {
@@ -69,7 +70,8 @@ TEST_F(EngineOverModel, RowResultsEqualRowsComputedAlone) {
   std::vector<ExpectedGrad> expected;
   for (size_t i = 0; i < lengths.size(); ++i) {
     const std::vector<int64_t> ids = Ids(lengths[i], static_cast<int64_t>(i));
-    RowObjective objective{.positions = {lengths[i] - 2, lengths[i] - 1}, .tokens = {7, 9},
+    RowObjective objective{.positions = {lengths[i] - 2, lengths[i] - 1},
+                           .tokens = {7, 9},
                            .quantity = i % 2 ? TokenQuantity::kProb : TokenQuantity::kLogProb};
     score_rows.push_back(Row{.kind = RowKind::kScore, .input_ids = ids, .objective = objective, .top_k = 3});
     // A path from another token (or, for odd rows, the zero embedding) at the first two positions.
@@ -84,7 +86,8 @@ TEST_F(EngineOverModel, RowResultsEqualRowsComputedAlone) {
     auto alone = model_->ObjectiveGradients({.inputs_embeds = point.unsqueeze(0)}, {objective});
     ASSERT_THAT(alone, IsOk());
     const at::Tensor g = alone->gradients[0];
-    const at::Tensor by_reduction[] = {(g * (input - baseline)).sum(-1), (g * input).sum(-1), g.abs().sum(-1), g.sum(-1)};
+    const at::Tensor by_reduction[] = {(g * (input - baseline)).sum(-1), (g * input).sum(-1), g.abs().sum(-1),
+                                       g.sum(-1)};
     expected.push_back({alone->values[0].item<double>(), by_reduction[i % 4]});
     Row grad{.kind = RowKind::kGrad, .objective = objective};
     grad.point = PathPoint{.path = std::make_shared<const EmbeddingPath>(std::move(path)), .alpha = alpha};
@@ -94,12 +97,8 @@ TEST_F(EngineOverModel, RowResultsEqualRowsComputedAlone) {
   for (size_t i = 0; i < lengths.size(); ++i) {
     score_results.push_back(std::make_unique<RowCollector>(1));
     grad_results.push_back(std::make_unique<RowCollector>(1));
-    ASSERT_THAT(
-        engine_->Submit(engine_->NewRequest(), {score_rows[i]}, score_results.back()->Callback()),
-        IsOk());
-    ASSERT_THAT(
-        engine_->Submit(engine_->NewRequest(), {grad_rows[i]}, grad_results.back()->Callback()),
-        IsOk());
+    ASSERT_THAT(engine_->Submit(engine_->NewRequest(), {score_rows[i]}, score_results.back()->Callback()), IsOk());
+    ASSERT_THAT(engine_->Submit(engine_->NewRequest(), {grad_rows[i]}, grad_results.back()->Callback()), IsOk());
   }
   for (size_t i = 0; i < lengths.size(); ++i) {
     score_results[i]->Wait();
@@ -108,8 +107,8 @@ TEST_F(EngineOverModel, RowResultsEqualRowsComputedAlone) {
     const RowResult& score = score_results[i]->result(0);
     ASSERT_THAT(grad.status, IsOk());
     ASSERT_THAT(score.status, IsOk());
-    auto scored_alone = model_->ObjectiveValues({.input_ids = at::tensor(score_rows[i].input_ids, at::kLong).unsqueeze(0)},
-                                                {score_rows[i].objective});
+    auto scored_alone = model_->ObjectiveValues(
+        {.input_ids = at::tensor(score_rows[i].input_ids, at::kLong).unsqueeze(0)}, {score_rows[i].objective});
     ASSERT_THAT(scored_alone, IsOk());
     EXPECT_NEAR(score.value, (*scored_alone)[0].item<double>(), 1e-5);
     EXPECT_NEAR(grad.value, expected[i].value, 1e-5);
@@ -126,7 +125,8 @@ TEST_F(EngineOverModel, RowResultsEqualRowsComputedAlone) {
 TEST_F(EngineOverModel, PathEmbeddingsLiveWhileRowsHoldTheirPath) {
   PathEmbeddings paths(model_);
   const std::vector<int64_t> ids = Ids(6, 1);
-  auto path = std::make_shared<const EmbeddingPath>(EmbeddingPath{.input_ids = ids, .baseline_ids = std::vector<int64_t>(6, 4)});
+  auto path = std::make_shared<const EmbeddingPath>(
+      EmbeddingPath{.input_ids = ids, .baseline_ids = std::vector<int64_t>(6, 4)});
   std::vector<Row> rows = {Row{.kind = RowKind::kScore, .point = {.path = path, .alpha = 0.0}},
                            Row{.kind = RowKind::kScore, .point = {.path = path, .alpha = 1.0}}};
   at::Tensor embeds = at::zeros({2, 6, model_->config().hidden_size});
@@ -144,11 +144,14 @@ TEST_F(EngineOverModel, PathEmbeddingsLiveWhileRowsHoldTheirPath) {
 
 TEST_F(EngineOverModel, NoisySampleDoesNotDependOnItsBatchMates) {
   const std::vector<int64_t> ids = Ids(9, 3);
-  EmbeddingPath path{.input_ids = ids, .baseline_ids = std::vector<int64_t>(ids.size(), 4), .noise_stdev = 0.5, .noise_seed = 11};
+  EmbeddingPath path{
+      .input_ids = ids, .baseline_ids = std::vector<int64_t>(ids.size(), 4), .noise_stdev = 0.5, .noise_seed = 11};
   auto shared = std::make_shared<const EmbeddingPath>(path);
   const RowObjective objective{.positions = {8}, .tokens = {7}};
   auto row = [&](int64_t sample) {
-    return Row{.kind = RowKind::kGrad, .point = {.path = shared, .alpha = 0.5, .noise_sample = sample}, .objective = objective};
+    return Row{.kind = RowKind::kGrad,
+               .point = {.path = shared, .alpha = 0.5, .noise_sample = sample},
+               .objective = objective};
   };
   // Sample 2 alone, then in one batch with samples 0..3 (in another order), then without noise.
   RowCollector alone(1), together(4), noiseless(1);

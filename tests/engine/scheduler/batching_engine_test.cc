@@ -46,8 +46,7 @@ class BatchingEngineTest : public ::testing::Test {
   // Holds the executor on a one-row batch until `gate` is notified, so rows submitted meanwhile queue.
   void HoldExecutor(Notification& gate, RowCollector& blocking) {
     executor_->HoldFirstBatch(&gate);
-    ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 7), blocking.Callback()),
-                IsOk());
+    ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 7), blocking.Callback()), IsOk());
     executor_->started().WaitForNotification();
   }
   // Index of the first batch holding a row whose ids start with `marker`.
@@ -131,12 +130,8 @@ TEST_F(BatchingEngineTest, HigherPriorityRunsFirst) {
   Notification gate;
   RowCollector blocking(1), low(4), high(4);
   HoldExecutor(gate, blocking);
-  ASSERT_THAT(
-      engine_->Submit(engine_->NewRequest(Priority::kLow), ScoreRows(4, 2, 1), low.Callback()),
-      IsOk());
-  ASSERT_THAT(
-      engine_->Submit(engine_->NewRequest(Priority::kHigh), ScoreRows(4, 2, 3), high.Callback()),
-      IsOk());
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(Priority::kLow), ScoreRows(4, 2, 1), low.Callback()), IsOk());
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(Priority::kHigh), ScoreRows(4, 2, 3), high.Callback()), IsOk());
   gate.Notify();
   blocking.Wait();  // the collectors must outlive every callback
   low.Wait();
@@ -149,11 +144,11 @@ TEST_F(BatchingEngineTest, EarlierDeadlineRunsFirst) {
   Notification gate;
   RowCollector blocking(1), late(4), soon(4);
   HoldExecutor(gate, blocking);
-  ASSERT_THAT(engine_->Submit(engine_->NewRequest(Priority::kNormal, Now() + absl::Hours(2)),
-                              ScoreRows(4, 2, 1), late.Callback()),
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(Priority::kNormal, Now() + absl::Hours(2)), ScoreRows(4, 2, 1),
+                              late.Callback()),
               IsOk());
-  ASSERT_THAT(engine_->Submit(engine_->NewRequest(Priority::kNormal, Now() + absl::Hours(1)),
-                              ScoreRows(4, 2, 2), soon.Callback()),
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(Priority::kNormal, Now() + absl::Hours(1)), ScoreRows(4, 2, 2),
+                              soon.Callback()),
               IsOk());
   gate.Notify();
   blocking.Wait();  // the collectors must outlive every callback
@@ -177,8 +172,7 @@ TEST_F(BatchingEngineTest, CancelledRowsNeverReachTheExecutor) {
   kept.Wait();
   EXPECT_EQ(CountRowsWith(2), 0);
   EXPECT_EQ(CountRowsWith(1), 8);
-  for (int i = 0; i < 8; ++i)
-    EXPECT_THAT(cancelled.result(i).status, StatusIs(absl::StatusCode::kCancelled));
+  for (int i = 0; i < 8; ++i) EXPECT_THAT(cancelled.result(i).status, StatusIs(absl::StatusCode::kCancelled));
   EXPECT_THAT(engine_->Submit(victim, ScoreRows(1, 2, 2), [](size_t, RowResult) {}),
               StatusIs(absl::StatusCode::kCancelled));
 }
@@ -246,8 +240,7 @@ TEST_F(BatchingEngineTest, RowThatAlwaysFailsFailsOnlyItsRequest) {
   good.Wait();
   bad.Wait();
   for (int i = 0; i < 8; ++i) EXPECT_THAT(good.result(i).status, IsOk());
-  EXPECT_THAT(bad.result(0).status,
-              StatusIs(absl::StatusCode::kInternal, HasSubstr("poisoned row")));
+  EXPECT_THAT(bad.result(0).status, StatusIs(absl::StatusCode::kInternal, HasSubstr("poisoned row")));
 }
 
 TEST_F(BatchingEngineTest, FullQueueRejectsBeforeAccepting) {
@@ -260,8 +253,7 @@ TEST_F(BatchingEngineTest, FullQueueRejectsBeforeAccepting) {
   ASSERT_THAT(engine_->Submit(request, ScoreRows(6, 2, 1), accepted.Callback()), IsOk());
   bool called = false;
   absl::Status status = engine_->Submit(request, ScoreRows(5, 2, 1), [&](size_t, RowResult) { called = true; });
-  EXPECT_THAT(status,
-              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("limit per request is 10")));
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("limit per request is 10")));
   EXPECT_EQ(engine_->Stats().queued_rows, 6);  // nothing of the rejected call was queued
   gate.Notify();
   blocking.Wait();  // the collectors must outlive every callback
@@ -273,16 +265,18 @@ TEST_F(BatchingEngineTest, QueueMemoryCountsEachRequestsPathOnceAndRefusesAboveT
   auto executor = std::make_unique<FakeExecutor>();
   executor->SetEmbeddedBytesPerToken(1000);  // a 100-token path: ~100 KB once it runs
   executor_ = executor.get();
-  engine_ = *BatchingEngine::Create(std::move(executor), {.max_queue_delay = absl::ZeroDuration(), .max_queued_bytes = 256 << 10});
+  engine_ = *BatchingEngine::Create(std::move(executor),
+                                    {.max_queue_delay = absl::ZeroDuration(), .max_queued_bytes = 256 << 10});
   Notification gate;
   RowCollector blocking(1);
   HoldExecutor(gate, blocking);
   // 64 points on one path each: counted per row the path would need 6.5 MB; counted once it fits.
   auto points_on_a_path = [](int64_t marker) {
-    auto path = std::make_shared<const EmbeddingPath>(EmbeddingPath{.input_ids = std::vector<int64_t>(100, marker),
-                                                                    .baseline_ids = std::vector<int64_t>(100, 0)});
+    auto path = std::make_shared<const EmbeddingPath>(
+        EmbeddingPath{.input_ids = std::vector<int64_t>(100, marker), .baseline_ids = std::vector<int64_t>(100, 0)});
     std::vector<Row> rows;
-    for (int i = 0; i < 64; ++i) rows.push_back(Row{.kind = RowKind::kGrad, .point = {.path = path, .alpha = i / 64.0}});
+    for (int i = 0; i < 64; ++i)
+      rows.push_back(Row{.kind = RowKind::kGrad, .point = {.path = path, .alpha = i / 64.0}});
     return rows;
   };
   RowCollector first(64), second(64);
@@ -292,7 +286,8 @@ TEST_F(BatchingEngineTest, QueueMemoryCountsEachRequestsPathOnceAndRefusesAboveT
   EXPECT_GT(queued, 2 * 100 * 1000);
   EXPECT_LT(queued, 256 << 10);
   bool called = false;
-  const absl::Status refused = engine_->Submit(engine_->NewRequest(), points_on_a_path(3), [&](size_t, RowResult) { called = true; });
+  const absl::Status refused =
+      engine_->Submit(engine_->NewRequest(), points_on_a_path(3), [&](size_t, RowResult) { called = true; });
   EXPECT_THAT(refused, StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("queue memory")));
   EXPECT_EQ(engine_->Stats().queued_bytes, queued);  // nothing of the refused call was counted
   gate.Notify();
@@ -308,15 +303,14 @@ TEST_F(BatchingEngineTest, MalformedRowsAreRejected) {
   auto request = engine_->NewRequest();
   EXPECT_THAT(engine_->Submit(request, {ScoreRow({})}, [](size_t, RowResult) {}),
               StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(engine_->Submit(request, {Row{.kind = RowKind::kGrad, .input_ids = {1}}},
-                              [](size_t, RowResult) {}),
+  EXPECT_THAT(engine_->Submit(request, {Row{.kind = RowKind::kGrad, .input_ids = {1}}}, [](size_t, RowResult) {}),
               StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(engine_->Submit(request, {Row{.kind = RowKind::kDecode, .input_ids = {1}}},
-                              [](size_t, RowResult) {}),
+  EXPECT_THAT(engine_->Submit(request, {Row{.kind = RowKind::kDecode, .input_ids = {1}}}, [](size_t, RowResult) {}),
               StatusIs(absl::StatusCode::kInvalidArgument));
   auto uneven = std::make_shared<const EmbeddingPath>(EmbeddingPath{.input_ids = {1, 2}, .baseline_ids = {0}});
-  EXPECT_THAT(engine_->Submit(request, {Row{.kind = RowKind::kGrad, .point = {.path = uneven}}}, [](size_t, RowResult) {}),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("baseline_ids")));
+  EXPECT_THAT(
+      engine_->Submit(request, {Row{.kind = RowKind::kGrad, .point = {.path = uneven}}}, [](size_t, RowResult) {}),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("baseline_ids")));
 }
 
 TEST_F(BatchingEngineTest, ShutdownAnswersQueuedRowsAndRefusesNewOnes) {
@@ -333,8 +327,7 @@ TEST_F(BatchingEngineTest, ShutdownAnswersQueuedRowsAndRefusesNewOnes) {
   stopper.join();
   rows.Wait();
   EXPECT_THAT(rows.result(0).status, IsOk());  // the running batch finished
-  for (int i = 1; i < 5; ++i)
-    EXPECT_THAT(rows.result(i).status, StatusIs(absl::StatusCode::kUnavailable));
+  for (int i = 1; i < 5; ++i) EXPECT_THAT(rows.result(i).status, StatusIs(absl::StatusCode::kUnavailable));
   EXPECT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 1), [](size_t, RowResult) {}),
               StatusIs(absl::StatusCode::kUnavailable));
   engine_->Shutdown();  // idempotent
@@ -355,12 +348,12 @@ TEST_F(BatchingEngineTest, ConcurrentSubmittersGetEveryRowExactlyOnce) {
         for (int r = 0; r < 1 + (t + s) % 7; ++r) {
           std::vector<int64_t> ids(1 + (t * 7 + r) % 13, static_cast<int64_t>(slot * 100 + r));
           expected[slot].push_back(static_cast<double>(ids.size()) * ids[0]);
-          rows.push_back(Row{.kind = (r % 2 == 0) ? RowKind::kScore : RowKind::kDecode, .input_ids = ids,
+          rows.push_back(Row{.kind = (r % 2 == 0) ? RowKind::kScore : RowKind::kDecode,
+                             .input_ids = ids,
                              .decode_state = (r % 2 == 0) ? nullptr : std::make_shared<DecodeState>(1)});
         }
         collectors[slot] = std::make_unique<RowCollector>(rows.size());
-        ASSERT_THAT(engine_->Submit(request, std::move(rows), collectors[slot]->Callback()),
-                    IsOk());
+        ASSERT_THAT(engine_->Submit(request, std::move(rows), collectors[slot]->Callback()), IsOk());
       }
     });
   }

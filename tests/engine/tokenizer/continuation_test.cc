@@ -37,8 +37,8 @@ TEST_P(ContinuationTest, EncodesAsTransformersTokenizesPromptPlusTarget) {
     SCOPED_TRACE("\"" + prompt + "\" + \"" + target + "\"");
     absl::StatusOr<Encoding> encoding = EncodeContinuation(*tokenizer_, prompt, target);
     if (c["continuation"].is_null()) {
-      EXPECT_THAT(encoding, StatusIs(absl::StatusCode::kInvalidArgument,
-                                     HasSubstr("does not start on a token boundary")));
+      EXPECT_THAT(encoding,
+                  StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("does not start on a token boundary")));
       continue;
     }
     ASSERT_THAT(encoding, IsOk());

@@ -85,11 +85,10 @@ TEST_P(TokenizerParity, SpansLieInTheTextInOrder) {
 }
 
 TEST_P(TokenizerParity, RejectsInvalidUtf8NamingTheByte) {
-  for (const std::string& bad : {std::string("ok \xff"), std::string("\xc3"), std::string("a\xed\xa0\x80"),
-                                std::string("\xc0\xaf")}) {
+  for (const std::string& bad :
+       {std::string("ok \xff"), std::string("\xc3"), std::string("a\xed\xa0\x80"), std::string("\xc0\xaf")}) {
     auto encoding = tokenizer_->Encode(bad, true);
-    EXPECT_THAT(encoding,
-                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("not valid UTF-8 at byte")));
+    EXPECT_THAT(encoding, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("not valid UTF-8 at byte")));
   }
   EXPECT_THAT(tokenizer_->Decode({-1}, false), StatusIs(absl::StatusCode::kInvalidArgument));
 }
@@ -112,22 +111,21 @@ TEST(Tokenizer, MissingTokenizerIsNotFound) {
   EXPECT_THAT(Tokenizer::Load("/nonexistent"), StatusIs(absl::StatusCode::kNotFound));
 }
 
-
 // Expected values are Python's bytes.decode("utf-8", errors="replace") re-encoded (as Hugging Face
 // decodes): one U+FFFD per maximal ill-formed subpart.
 TEST(Utf8, IllFormedSequencesBecomeOneReplacementEachAsPythonDecodes) {
   const std::string r = "\xEF\xBF\xBD";
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"abc", "abc"},
-      {"\xE2\x98", r},                             // a snowman's first two bytes
-      {"\xE2\x98\x83", "\xE2\x98\x83"},            // the whole snowman
+      {"\xE2\x98", r},                   // a snowman's first two bytes
+      {"\xE2\x98\x83", "\xE2\x98\x83"},  // the whole snowman
       {"\xFF", r},
       {"a\xC3(b", "a" + r + "(b"},
-      {"\xF0\x9F\x98", r},                         // an emoji's first three bytes
-      {"\xED\xA0\x80", r + r + r},                 // a surrogate: no subpart
-      {"\xC0\xAF", r + r},                         // overlong
-      {"\xF4\x90\x80\x80", r + r + r + r},         // past U+10FFFF
-      {"\xE0\x80\xAF", r + r + r},                 // overlong
+      {"\xF0\x9F\x98", r},                  // an emoji's first three bytes
+      {"\xED\xA0\x80", r + r + r},          // a surrogate: no subpart
+      {"\xC0\xAF", r + r},                  // overlong
+      {"\xF4\x90\x80\x80", r + r + r + r},  // past U+10FFFF
+      {"\xE0\x80\xAF", r + r + r},          // overlong
       {"\xF0\x9F\x98\x80\xE2", "\xF0\x9F\x98\x80" + r},
       {"\x80\x80", r + r},
   };
