@@ -39,13 +39,13 @@ namespace {
 // Counts a plan's answered rows for progress reports.
 struct RowProgress {
   Attributor::Progress report;
-  std::atomic<int64_t> extra{0};  // rows after the plan's (faithfulness)
+  int64_t extra = 0;  // rows after the plan's (faithfulness); set before any row is submitted
   std::atomic<int64_t> done{0};
   std::shared_ptr<RowPlan> plan;
   void RowAnswered() {
     const int64_t now = done.fetch_add(1) + 1;
     // Rows of one round are answered on the executor thread, between the plan's rounds.
-    if (report) report(now, plan->expected_rows() + extra.load());
+    if (report) report(now, plan->expected_rows() + extra);
   }
 };
 

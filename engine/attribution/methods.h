@@ -7,6 +7,7 @@
 //   RETURN_IF_ERROR(method.validate(request, features, limits));
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <vector>
 
