@@ -64,6 +64,7 @@ absl::Status ReadEngineOptions(const json& object, const std::string& where, eng
   RETURN_IF_ERROR(reader.Read("max_queued_bytes", out.max_queued_bytes));
   RETURN_IF_ERROR(reader.ReadSeconds("max_queue_delay_seconds", out.max_queue_delay));
   RETURN_IF_ERROR(reader.ReadSeconds("max_batch_seconds", out.max_batch_time));
+  RETURN_IF_ERROR(reader.ReadSeconds("max_uncontended_batch_seconds", out.max_uncontended_batch_time));
   return reader.Finish();
 }
 
@@ -165,6 +166,9 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
     RETURN_IF_ERROR(Positive(m.engine.max_batch_rows, where + ".engine.max_batch_rows"));
     if (!(m.engine.max_batch_time > absl::ZeroDuration())) {
       return absl::InvalidArgumentError(absl::StrCat(where, ".engine.max_batch_seconds must be positive"));
+    }
+    if (!(m.engine.max_uncontended_batch_time > absl::ZeroDuration())) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ".engine.max_uncontended_batch_seconds must be positive"));
     }
     RETURN_IF_ERROR(Positive(m.limits.max_tokens, where + ".limits.max_tokens"));
     RETURN_IF_ERROR(Positive(m.limits.max_steps, where + ".limits.max_steps"));

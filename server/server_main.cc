@@ -61,6 +61,9 @@ ABSL_FLAG(int64_t, max_samples, 1024, "per request: sampling methods' samples, f
 ABSL_FLAG(double, max_batch_seconds, 0,
           "device time of one batch while short calls wait beside long work (latency "
           "isolation), for --model models; 0: 0.025 on the CPU, 0.005 on CUDA");
+ABSL_FLAG(double, max_uncontended_batch_seconds, 0.25,
+          "device time of one batch at any time, so a request running alone stops within about "
+          "one batch of its cancellation or deadline, for --model models");
 ABSL_FLAG(bool, check_config, false,
           "validate the config and flags, print a summary and exit (0: valid, 1: not); "
           "loads no model (e.g. for a ConfigMap in CI)");
@@ -106,6 +109,7 @@ ModelSpec ModelSpecFromFlags(std::string name, std::string path) {
   const double max_batch_seconds = absl::GetFlag(FLAGS_max_batch_seconds);
   spec.engine.max_batch_time =
       max_batch_seconds > 0 ? absl::Seconds(max_batch_seconds) : DefaultMaxBatchTime(spec.device);
+  spec.engine.max_uncontended_batch_time = absl::Seconds(absl::GetFlag(FLAGS_max_uncontended_batch_seconds));
   return spec;
 }
 

@@ -2,6 +2,7 @@
 #include "engine/scheduler/batch_policy.h"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 namespace attribution::engine {
@@ -79,14 +80,21 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
   const int k = static_cast<int>(decision.kind);
   decision.contended = Contended(queue);
   const BatchCost& cost = limits.costs[k];
-  const bool time_limited = limits.max_batch_time < absl::InfiniteDuration() && cost.known &&
-                            (decision.contended || limits.contended_recently);
   // A short call waits for the batch that runs and then its own: a bound below a few times its own
   // batch's time only costs the long work its batching and helps nobody.
   decision.interactive_seconds = InteractiveSeconds(queue, limits.costs);
-  const double max_seconds =
-      std::max(absl::ToDoubleSeconds(limits.max_batch_time),
-               kIsolationFactor * std::max(decision.interactive_seconds, limits.recent_interactive_seconds));
+  double max_seconds = absl::ToDoubleSeconds(limits.max_uncontended_batch_time);
+  if (decision.contended || limits.contended_recently) {
+    max_seconds = std::min(max_seconds, std::max(absl::ToDoubleSeconds(limits.max_batch_time),
+                                                 kIsolationFactor * std::max(decision.interactive_seconds,
+                                                                             limits.recent_interactive_seconds)));
+  }
+  const bool time_limited = cost.known && std::isfinite(max_seconds);
+  // Until its cost is known, a kind's batches grow 1, 4, 16, 64, ... rows: a first batch of long rows
+  // on a fresh engine cannot overrun the bound by a whole token budget's worth of work.
+  int64_t max_rows = limits.max_rows;
+  if (!cost.known && std::isfinite(absl::ToDoubleSeconds(limits.max_uncontended_batch_time)))
+    max_rows = std::min<int64_t>(max_rows, int64_t{1} << std::min(2 * cost.batches, 40));
   std::vector<int64_t> taken(queue.size(), 0);
   std::vector<bool> blocked(queue.size(), false);
   bool limited = false;  // true once a limit (not a lack of rows) stopped the filling
@@ -108,7 +116,7 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
         // Interactive requests' rows are what the bound protects: they always join.
         const bool in_time =
             !time_limited || queue[i].interactive || cost.Seconds(decision.rows + 1, longest) <= max_seconds;
-        const bool fits = decision.rows + 1 <= limits.max_rows && padded <= limits.token_budget &&
+        const bool fits = decision.rows + 1 <= max_rows && padded <= limits.token_budget &&
                           (decision.rows == 0 || waste <= limits.max_padding_waste) && in_time;
         decision.time_limited = decision.time_limited || (!in_time && decision.rows > 0);
         if (!fits && decision.rows > 0) {
@@ -124,7 +132,7 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
         progress = true;
         if (!fits) break;  // an over-long row runs alone
       }
-      if (decision.rows >= limits.max_rows || decision.rows * decision.longest >= limits.token_budget) limited = true;
+      if (decision.rows >= max_rows || decision.rows * decision.longest >= limits.token_budget) limited = true;
     }
     level_begin = level_end;
   }

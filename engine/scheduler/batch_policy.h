@@ -15,7 +15,10 @@
 // did so within the engine's recent memory), a batch also stays within
 // max(`max_batch_time`, kIsolationFactor x the waiting short calls' own batch time) of device time by
 // the learned cost of its kind, so a short call waits at most one short batch. Uncontended, batches
-// fill the token budget (throughput of a request alone is kept).
+// fill the token budget up to the looser `max_uncontended_batch_time`, so a request running alone
+// still stops within about one batch of its cancellation or deadline (long rows, whose attention cost
+// grows with their square, run in fewer rows per batch). While a kind's cost is still being learned,
+// its batches grow from one row by a factor of four per batch.
 #pragma once
 
 #include <cstdint>
@@ -59,6 +62,8 @@ struct BatchLimits {
   // limited). `contended_recently`: the engine saw contention within its memory window.
   absl::Duration max_batch_time = absl::InfiniteDuration();
   BatchCost costs[kRowKinds];
+  // Device time of one batch at any time, contended or not (infinite: only the token budget bounds it).
+  absl::Duration max_uncontended_batch_time = absl::InfiniteDuration();
   bool contended_recently = false;
   // The latest interactive_seconds (see BatchDecision) the engine saw, while within its memory window.
   double recent_interactive_seconds = 0;
@@ -81,7 +86,7 @@ struct BatchDecision {
   int64_t longest = 0;
   int64_t tokens = 0;              // real (unpadded) tokens
   bool contended = false;          // the queue is contended now (see the file comment)
-  bool time_limited = false;       // max_batch_time bounded this batch's size
+  bool time_limited = false;       // max_batch_time or max_uncontended_batch_time bounded its size
   double interactive_seconds = 0;  // predicted time of the queued interactive work, 0 when none
 };
 

@@ -255,6 +255,7 @@ void BatchingEngine::Loop() {
                          .next_kind = next_kind_,
                          .max_padding_waste = options_.max_padding_waste,
                          .max_batch_time = options_.max_batch_time,
+                         .max_uncontended_batch_time = options_.max_uncontended_batch_time,
                          .contended_recently = now - last_contended_ < options_.contention_memory};
       if (now - last_interactive_ < options_.contention_memory)
         limits.recent_interactive_seconds = recent_interactive_seconds_;

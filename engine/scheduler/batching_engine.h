@@ -47,6 +47,10 @@ struct EngineOptions {
   // remembered for `contention_memory`, so the gaps between interactive calls stay bounded too.
   absl::Duration max_batch_time = absl::Milliseconds(25);
   absl::Duration contention_memory = absl::Seconds(1);
+  // Uncontended too, one batch takes at most this device time (by the same learned cost), so a
+  // request running alone stops within about one batch of its cancellation or deadline, and a call
+  // that arrives then waits at most that long. Infinite: only the token budget bounds a batch.
+  absl::Duration max_uncontended_batch_time = absl::Milliseconds(250);
   std::function<absl::Time()> clock;  // default: absl::Now
 };
 
@@ -59,7 +63,7 @@ struct BatchRecord {
   absl::Duration device_time;
   absl::Duration max_queue_wait;
   bool failed = false;
-  bool time_limited = false;  // max_batch_time bounded its size
+  bool time_limited = false;  // max_batch_time or max_uncontended_batch_time bounded its size
   double padding_waste() const { return PaddingWaste(tokens, padded_tokens); }
 };
 
@@ -72,7 +76,7 @@ struct EngineStats {
   int64_t tokens = 0;
   int64_t padded_tokens = 0;
   int64_t failed_rows = 0;
-  int64_t time_limited_batches = 0;  // kept short by max_batch_time
+  int64_t time_limited_batches = 0;  // kept short by max_batch_time or max_uncontended_batch_time
   int64_t token_budget = 0;          // current (shrinks after out-of-memory)
   absl::Duration device_time;
   absl::Duration uptime;

@@ -30,6 +30,7 @@ class FakeExecutor : public engine::BatchExecutor {
       gate_->WaitForNotification();
       gate_ = nullptr;  // only the first batch waits
     }
+    if (during_batch_) during_batch_(rows);
     if (failure_) {
       if (absl::Status s = failure_(rows); !s.ok()) {
         RecordAttempt(rows);
@@ -51,6 +52,11 @@ class FakeExecutor : public engine::BatchExecutor {
   void HoldFirstBatch(Notification* gate) { gate_ = gate; }
   Notification& started() { return started_; }
   void FailWhen(FailureRule rule) { failure_ = std::move(rule); }
+  // Runs inside every batch, e.g. to advance a fake clock by the batch's device time (set before the
+  // engine starts).
+  void DuringBatch(std::function<void(const std::vector<const engine::Row*>&)> hook) {
+    during_batch_ = std::move(hook);
+  }
   // What an embedding path costs per token once it runs (set before the engine starts).
   void SetEmbeddedBytesPerToken(int64_t bytes) { embedded_bytes_per_token_ = bytes; }
   int64_t EmbeddedBytesPerToken() const override { return embedded_bytes_per_token_; }
@@ -72,6 +78,7 @@ class FakeExecutor : public engine::BatchExecutor {
   Notification* gate_ = nullptr;  // touched by the executor thread only after setup
   Notification started_;
   FailureRule failure_;
+  std::function<void(const std::vector<const engine::Row*>&)> during_batch_;
   int64_t embedded_bytes_per_token_ = 0;
   mutable std::mutex mu_;
   std::vector<Batch> batches_;

@@ -37,6 +37,10 @@ class BatchingEngineTest : public ::testing::Test {
  protected:
   void Start(EngineOptions options = {}) {
     options.max_queue_delay = absl::ZeroDuration();
+    // The fake clock stands still unless a test moves it, so no cost is ever learned and the bound's
+    // learning batches would stay at one row: tests of the bound set it themselves.
+    if (options.max_uncontended_batch_time == EngineOptions{}.max_uncontended_batch_time)
+      options.max_uncontended_batch_time = absl::InfiniteDuration();
     options.clock = [this] { return absl::FromUnixSeconds(1000) + absl::Milliseconds(now_ms_.load()); };
     auto executor = std::make_unique<FakeExecutor>();
     executor_ = executor.get();
@@ -206,6 +210,33 @@ TEST_F(BatchingEngineTest, ExpiredRowsAreDroppedWithDeadlineExceeded) {
   EXPECT_THAT(expiring.result(0).status, StatusIs(absl::StatusCode::kDeadlineExceeded));
   EXPECT_THAT(engine_->Submit(request, ScoreRows(1, 2, 5), [](size_t, RowResult) {}),
               StatusIs(absl::StatusCode::kDeadlineExceeded));
+}
+
+// 10 ms of fake device time per row. A first request teaches the engine that cost; a second one,
+// alone on the engine, expires 100 ms after it starts: its batches stay within the uncontended bound
+// (2 rows), so it stops within about one such batch of its deadline instead of running a batch of
+// 64 rows (640 ms) past it.
+TEST_F(BatchingEngineTest, ARequestAloneStopsWithinAboutOneBoundedBatchOfItsDeadline) {
+  Start({.max_batch_tokens = 1 << 20, .max_batch_rows = 64, .max_uncontended_batch_time = absl::Milliseconds(25)});
+  executor_->DuringBatch([this](const std::vector<const Row*>& rows) { now_ms_ += 10 * rows.size(); });
+  RowCollector teaching(256);
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(256, 4, 3), teaching.Callback()), IsOk());
+  teaching.Wait();
+  const absl::Time deadline = Now() + absl::Milliseconds(100);
+  RowCollector expiring(200);
+  ASSERT_THAT(
+      engine_->Submit(engine_->NewRequest(Priority::kNormal, deadline), ScoreRows(200, 4, 5), expiring.Callback()),
+      IsOk());
+  expiring.Wait();
+  EXPECT_LE(CountRowsWith(5), 12);  // 100 ms of 20 ms batches, and the one that crosses the deadline
+  EXPECT_LE(Now(), deadline + absl::Milliseconds(20));
+  EXPECT_THAT(expiring.result(199).status, StatusIs(absl::StatusCode::kDeadlineExceeded));
+  for (const auto& batch : executor_->batches()) {
+    if (batch.rows[0][0] == 5) {
+      EXPECT_LE(batch.rows.size(), 2u);
+    }
+  }
+  EXPECT_GT(engine_->Stats().time_limited_batches, 0);
 }
 
 TEST_F(BatchingEngineTest, OutOfMemoryBatchesAreSplitAndBudgetShrinks) {
