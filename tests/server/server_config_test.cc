@@ -56,15 +56,21 @@ TEST(ServerConfig, ParsesEveryKey) {
 TEST(ServerConfig, BatchTimeBoundDefaultsByDeviceAndMustBePositive) {
   absl::StatusOr<ServerConfig> config = ParseServerConfig(R"({"models": [
       {"name": "c", "path": "/p"}, {"name": "g", "path": "/p", "device": "cuda:0"},
-      {"name": "s", "path": "/p", "engine": {"max_batch_seconds": 0.1}}]})",
+      {"name": "s", "path": "/p", "engine": {"max_batch_seconds": 0.1, "max_uncontended_batch_seconds": 2}}]})",
                                                           "t.json");
   ASSERT_THAT(config, IsOk());
   EXPECT_EQ(config->models[0].engine.max_batch_time, absl::Milliseconds(25));
   EXPECT_EQ(config->models[1].engine.max_batch_time, absl::Milliseconds(5));
   EXPECT_EQ(config->models[2].engine.max_batch_time, absl::Milliseconds(100));
+  EXPECT_EQ(config->models[0].engine.max_uncontended_batch_time, absl::Milliseconds(250));
+  EXPECT_EQ(config->models[2].engine.max_uncontended_batch_time, absl::Seconds(2));
   config->models[2].engine.max_batch_time = absl::ZeroDuration();
   EXPECT_THAT(ValidateServerConfig(*config).message(),
               HasSubstr("models[2].engine.max_batch_seconds must be positive"));
+  config->models[2].engine.max_batch_time = absl::Seconds(1);
+  config->models[2].engine.max_uncontended_batch_time = absl::ZeroDuration();
+  EXPECT_THAT(ValidateServerConfig(*config).message(),
+              HasSubstr("models[2].engine.max_uncontended_batch_seconds must be positive"));
 }
 
 TEST(ServerConfig, RejectsTyposWrongTypesAndBadValuesNamingThem) {
