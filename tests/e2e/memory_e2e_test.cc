@@ -62,7 +62,9 @@ TEST(Memory, AnIdleServerReturnsWhatABurstTook) {
   }
   std::cout << "[ memory   ] after warm-up " << warm << " MB, peak " << peak << " MB, idle after the burst " << idle
             << " MB\n";
-  ASSERT_GT(peak - warm, 200);  // the burst did take memory
+  // The burst did take memory (since rows stopped carrying [S, hidden] embeddings it grows the server
+  // by about 170-220 MB, where it took 700 MB before).
+  ASSERT_GT(peak - warm, 100);
   // At most a quarter of the burst's growth stays: alone this test measures 491 MB idle from 494 MB
   // after warm-up; beside other tests (allocations interleave) 520-565 MB from 500 MB.
   EXPECT_LE(idle - warm, 0.25 * (peak - warm));
