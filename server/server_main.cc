@@ -39,8 +39,8 @@ ABSL_FLAG(std::string, port_file, "",
           "one per line, to this file (for scripts and tests)");
 ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9464", "Prometheus /metrics address host:port; empty: none");
 ABSL_FLAG(std::vector<std::string>, model, {},
-          "NAME=PATH of a Hugging Face model directory to serve; several as one "
-          "comma-separated list (--model=a=DIR1,b=DIR2: a repeated --model keeps only its last value); uses --dtype, "
+          "NAME=PATH of a Hugging Face model directory to serve; repeat it (or give a "
+          "comma-separated list, --model=a=DIR1,b=DIR2) for several; uses --dtype, "
           "--quantization and --device. Without --model and --config: the "
           "embedded default model tiny-qa-llama ($ATTRIBUTION_DEFAULT_MODEL overrides its folder)");
 ABSL_FLAG(std::string, dtype, "float32", "compute dtype of --model models: float32 | bfloat16 | float16");
@@ -180,6 +180,26 @@ void WarnOfUnusedWeights(const ServedModel& m) {
                    " architecture does not use were not loaded: ", names));
 }
 
+// Every --model value on the command line, in order (each may itself be a comma-separated list):
+// abseil keeps only the last value of a repeated flag.
+std::vector<std::string> EveryModelFlag(int argc, char** argv) {
+  std::vector<std::string> models;
+  for (int i = 1; i < argc; ++i) {
+    const absl::string_view arg = argv[i];
+    if (arg == "--") break;  // what follows is not flags
+    std::string value;
+    if (absl::StartsWith(arg, "--model=") || absl::StartsWith(arg, "-model=")) {
+      value = std::string(arg.substr(arg.find('=') + 1));
+    } else if ((arg == "--model" || arg == "-model") && i + 1 < argc) {
+      value = argv[++i];
+    } else {
+      continue;
+    }
+    for (absl::string_view entry : absl::StrSplit(value, ',')) models.emplace_back(entry);
+  }
+  return models;
+}
+
 int Fail(const absl::Status& status) {
   Log("startup_failed", std::string(status.message()));
   std::fprintf(stderr, "attribution-server: %s\n", std::string(status.message()).c_str());
@@ -289,6 +309,8 @@ int main(int argc, char** argv) {
       "  attribution-server --model tiny=/models/tiny [--listen 0.0.0.0:50051]\n"
       "  attribution-server --config server.json");
   absl::ParseCommandLine(argc, argv);
+  if (std::vector<std::string> models = attribution::server::EveryModelFlag(argc, argv); !models.empty())
+    absl::SetFlag(&FLAGS_model, models);
   // Everything below returns statuses; an exception that still escapes (a bug) ends startup with
   // status 1 and its message rather than std::terminate's abort.
   try {

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // The programs' command lines: --help lists each program's own flags (abseil's default lists only
-// flags of files named after the program, which printed "No flags matched").
+// flags of files named after the program, which printed "No flags matched"), and a repeated --model
+// serves every model it names (abseil kept only the last).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
@@ -9,9 +10,14 @@
 #include <string>
 #include <utility>
 
+#include "client/attribution_client.h"
+#include "tests/testing/server_process.h"
+#include "tests/testing/status_matchers.h"
+
 namespace attribution {
 namespace {
 
+using ::attribution::test_support::IsOk;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
@@ -54,6 +60,19 @@ INSTANTIATE_TEST_SUITE_P(EveryProgram, Help,
                            std::string name = info.param.binary.substr(info.param.binary.rfind('/') + 1);
                            return name.substr(name.find('-') + 1);
                          });
+
+TEST(ServerCommandLine, ARepeatedModelFlagServesEveryModel) {
+  const std::string dir = test_support::DemoModelDir();
+  auto server = test_support::ServerProcess::Start({"--model=a=" + dir + ",b=" + dir, "--model", "c=" + dir});
+  ASSERT_THAT(server, IsOk());
+  auto client = client::AttributionClient::Connect({.target = (*server)->address()});
+  ASSERT_THAT(client, IsOk());
+  absl::StatusOr<std::vector<client::ModelInfo>> models = (*client)->ListModels();
+  ASSERT_THAT(models, IsOk());
+  std::vector<std::string> names;
+  for (const client::ModelInfo& model : *models) names.push_back(model.name);
+  EXPECT_THAT(names, ::testing::UnorderedElementsAre("a", "b", "c"));
+}
 
 }  // namespace
 }  // namespace attribution
