@@ -38,6 +38,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "attribution/v1/attribution.grpc.pb.h"
+#include "tests/testing/rpc_exchange.h"
 #include "tests/testing/server_process.h"
 #include "tests/testing/status_matchers.h"
 
@@ -45,8 +46,15 @@ namespace attribution {
 namespace {
 
 using ::attribution::test_support::IsOk;
+using test_support::Call;
+using test_support::CompareAnswers;
+using test_support::Deviation;
+using test_support::Exchange;
 using test_support::MetricValue;
+using test_support::Outcome;
 using test_support::ProcessStatusMegabytes;
+using test_support::Rpc;
+using test_support::RpcName;
 using test_support::ServerProcess;
 using Stub = v1::AttributionService::Stub;
 
@@ -65,36 +73,6 @@ int EnvInt(const char* name, int fallback) {
   int parsed = 0;
   return value != nullptr && absl::SimpleAtoi(value, &parsed) && parsed > 0 ? parsed : fallback;
 }
-
-enum class Rpc { kAttribute, kAttributeStream, kGenerate, kGenerateStream, kLogprobs };
-
-const char* RpcName(Rpc rpc) {
-  switch (rpc) {
-    case Rpc::kAttribute:
-      return "Attribute";
-    case Rpc::kAttributeStream:
-      return "AttributeStream";
-    case Rpc::kGenerate:
-      return "Generate";
-    case Rpc::kGenerateStream:
-      return "GenerateStream";
-    case Rpc::kLogprobs:
-      return "Logprobs";
-  }
-  return "?";
-}
-
-// One call: its request and, once answered OK, its response (only the fields of its RPC are used).
-struct Exchange {
-  Rpc rpc = Rpc::kLogprobs;
-  std::string kind;  // the RPC and its variant (method, sampling): the strata of the replay sample
-  v1::AttributeRequest attribute_request;
-  v1::GenerateRequest generate_request;
-  v1::LogprobsRequest logprobs_request;
-  v1::AttributeResponse attribute_response;
-  v1::GenerateResponse generate_response;
-  v1::LogprobsResponse logprobs_response;
-};
 
 const char* const kPrompts[] = {"Is it true that vaccines cause autism?",
                                 "The capital of France is",
@@ -210,98 +188,6 @@ class RequestMix {
 
   std::mt19937 rng_;
 };
-
-// What a call returned: the status, and for streams whether the events came as the API promises.
-struct Outcome {
-  grpc::Status status;
-  std::string protocol_error;  // empty: the events were in order
-};
-
-Outcome ReadAttributeStream(Stub& stub, grpc::ClientContext& context, Exchange& e) {
-  Outcome out;
-  auto reader = stub.AttributeStream(&context, e.attribute_request);
-  v1::AttributeEvent event;
-  int events = 0;
-  int64_t rows_done = -1;
-  bool answered = false;
-  while (reader->Read(&event)) {
-    if (answered) out.protocol_error = "an event after the result";
-    switch (event.event_case()) {
-      case v1::AttributeEvent::kQueued:
-        if (events != 0) out.protocol_error = "queued is not the first event";
-        break;
-      case v1::AttributeEvent::kProgress:
-        if (event.progress().rows_done() < rows_done || event.progress().rows_done() > event.progress().rows_total()) {
-          out.protocol_error = absl::StrCat("progress ", event.progress().rows_done(), "/",
-                                            event.progress().rows_total(), " after ", rows_done);
-        }
-        rows_done = event.progress().rows_done();
-        break;
-      case v1::AttributeEvent::kResult:
-        answered = true;
-        e.attribute_response = std::move(*event.mutable_result());
-        break;
-      case v1::AttributeEvent::EVENT_NOT_SET:
-        out.protocol_error = "an empty event";
-        break;
-    }
-    ++events;
-  }
-  out.status = reader->Finish();
-  if (out.status.ok() && !answered) out.protocol_error = "OK without a result";
-  return out;
-}
-
-Outcome ReadGenerateStream(Stub& stub, grpc::ClientContext& context, Exchange& e) {
-  Outcome out;
-  auto reader = stub.GenerateStream(&context, e.generate_request);
-  v1::GenerateEvent event;
-  std::vector<int64_t> streamed;
-  bool answered = false;
-  while (reader->Read(&event)) {
-    if (answered) out.protocol_error = "an event after the result";
-    switch (event.event_case()) {
-      case v1::GenerateEvent::kToken:
-        streamed.push_back(event.token().id());
-        break;
-      case v1::GenerateEvent::kResult:
-        answered = true;
-        e.generate_response = std::move(*event.mutable_result());
-        break;
-      case v1::GenerateEvent::EVENT_NOT_SET:
-        out.protocol_error = "an empty event";
-        break;
-    }
-  }
-  out.status = reader->Finish();
-  if (out.status.ok() && !answered) out.protocol_error = "OK without a result";
-  if (out.status.ok() && answered) {
-    std::vector<int64_t> result;
-    for (const v1::Token& t : e.generate_response.tokens()) result.push_back(t.id());
-    if (result != streamed) {
-      out.protocol_error = absl::StrCat("streamed tokens [", absl::StrJoin(streamed, ","), "] but the result has [",
-                                        absl::StrJoin(result, ","), "]");
-    }
-  }
-  return out;
-}
-
-// Runs `e`'s call on `stub`, filling its response.
-Outcome Call(Stub& stub, grpc::ClientContext& context, Exchange& e) {
-  switch (e.rpc) {
-    case Rpc::kAttribute:
-      return {stub.Attribute(&context, e.attribute_request, &e.attribute_response), ""};
-    case Rpc::kAttributeStream:
-      return ReadAttributeStream(stub, context, e);
-    case Rpc::kGenerate:
-      return {stub.Generate(&context, e.generate_request, &e.generate_response), ""};
-    case Rpc::kGenerateStream:
-      return ReadGenerateStream(stub, context, e);
-    case Rpc::kLogprobs:
-      return {stub.Logprobs(&context, e.logprobs_request, &e.logprobs_response), ""};
-  }
-  return {grpc::Status(grpc::StatusCode::INTERNAL, "unknown rpc"), ""};
-}
 
 // Cancels calls at their appointed times from one thread, as a client that gives up would.
 // Thread-safe.
@@ -467,117 +353,6 @@ std::string Ledger::Table(double seconds) const {
   return out;
 }
 
-// The largest deviation of replayed floats seen, relative as kRelativeTolerance measures it.
-struct Deviation {
-  double worst = 0;
-  std::string where;
-};
-
-// Compares a soak answer with its replay alone; appends each difference to `diffs`.
-class Comparison {
- public:
-  Comparison(std::string kind, Deviation* deviation) : kind_(std::move(kind)), deviation_(deviation) {}
-  const std::vector<std::string>& diffs() const { return diffs_; }
-
-  template <typename T>
-  void Exact(const std::string& what, const T& soak, const T& alone) {
-    if (!(soak == alone)) diffs_.push_back(absl::StrCat(kind_, ": ", what, " differs"));
-  }
-  // Floats of one vector (or one scalar, scale = its magnitude).
-  void Close(const std::string& what, double soak, double alone, double scale) {
-    const double relative = std::fabs(soak - alone) / std::max(1.0, scale);
-    if (relative > deviation_->worst) *deviation_ = {relative, absl::StrCat(kind_, " ", what)};
-    if (!(relative <= kRelativeTolerance)) {
-      diffs_.push_back(absl::StrFormat("%s: %s %.9g under load, %.9g alone", kind_, what, soak, alone));
-    }
-  }
-  template <typename Vector>
-  void CloseAll(const std::string& what, const Vector& soak, const Vector& alone) {
-    if (soak.size() != alone.size()) {
-      diffs_.push_back(absl::StrCat(kind_, ": ", what, " has ", soak.size(), " values, alone ", alone.size()));
-      return;
-    }
-    double scale = 0;
-    for (double v : alone) scale = std::max(scale, std::fabs(v));
-    for (int i = 0; i < alone.size(); ++i) Close(absl::StrCat(what, "[", i, "]"), soak[i], alone[i], scale);
-  }
-  void Tokens(const std::string& what, const google::protobuf::RepeatedPtrField<v1::Token>& soak,
-              const google::protobuf::RepeatedPtrField<v1::Token>& alone) {
-    std::vector<int64_t> soak_ids, alone_ids;
-    std::vector<double> soak_lp, alone_lp;
-    for (const v1::Token& t : soak) soak_ids.push_back(t.id()), soak_lp.push_back(t.log_prob());
-    for (const v1::Token& t : alone) alone_ids.push_back(t.id()), alone_lp.push_back(t.log_prob());
-    Exact(what + " ids", soak_ids, alone_ids);
-    if (soak_ids == alone_ids) {
-      for (size_t i = 0; i < alone_lp.size(); ++i) {
-        Close(absl::StrCat(what, "[", i, "].log_prob"), soak_lp[i], alone_lp[i], std::fabs(alone_lp[i]));
-      }
-    }
-  }
-
- private:
-  const std::string kind_;
-  Deviation* const deviation_;
-  std::vector<std::string> diffs_;
-};
-
-void CompareAttributions(const v1::AttributeResponse& soak, const v1::AttributeResponse& alone, Comparison& c) {
-  c.Exact("method", soak.method(), alone.method());
-  c.Tokens("prompt_tokens", soak.prompt_tokens(), alone.prompt_tokens());
-  c.Tokens("target_tokens", soak.target_tokens(), alone.target_tokens());
-  std::vector<std::pair<int64_t, int64_t>> soak_features, alone_features;
-  for (const v1::Feature& f : soak.features()) soak_features.emplace_back(f.token_begin(), f.token_end());
-  for (const v1::Feature& f : alone.features()) alone_features.emplace_back(f.token_begin(), f.token_end());
-  c.Exact("features", soak_features, alone_features);
-  c.Exact("integration_steps", soak.integration_steps(), alone.integration_steps());
-  c.CloseAll("sequence_attribution", soak.sequence_attribution(), alone.sequence_attribution());
-  if (soak.token_matrix_size() != alone.token_matrix_size()) {
-    c.Exact("token_matrix rows", soak.token_matrix_size(), alone.token_matrix_size());
-  } else {
-    for (int t = 0; t < alone.token_matrix_size(); ++t) {
-      c.CloseAll(absl::StrCat("token_matrix[", t, "]"), soak.token_matrix(t).values(), alone.token_matrix(t).values());
-    }
-  }
-  c.Close("objective", soak.objective(), alone.objective(), std::fabs(alone.objective()));
-  c.Exact("has convergence_delta", soak.has_convergence_delta(), alone.has_convergence_delta());
-  if (alone.has_convergence_delta()) {
-    // sum(attr) - (f(x) - f(x')): its rounding is that of its largest term.
-    double scale = std::fabs(alone.objective());
-    for (double v : alone.sequence_attribution()) scale += std::fabs(v);
-    c.Close("convergence_delta", soak.convergence_delta(), alone.convergence_delta(), scale);
-  }
-}
-
-void CompareGenerations(const v1::GenerateResponse& soak, const v1::GenerateResponse& alone, Comparison& c) {
-  c.Tokens("prompt_tokens", soak.prompt_tokens(), alone.prompt_tokens());
-  c.Tokens("tokens", soak.tokens(), alone.tokens());
-  c.Exact("text_bytes", soak.text_bytes(), alone.text_bytes());
-  c.Exact("stopped", soak.stopped(), alone.stopped());
-}
-
-void CompareLogprobs(const v1::LogprobsResponse& soak, const v1::LogprobsResponse& alone, Comparison& c) {
-  c.Tokens("prompt_tokens", soak.prompt_tokens(), alone.prompt_tokens());
-  c.Close("total_log_prob", soak.total_log_prob(), alone.total_log_prob(), std::fabs(alone.total_log_prob()));
-  c.Exact("target positions", soak.target_size(), alone.target_size());
-  for (int i = 0; i < std::min(soak.target_size(), alone.target_size()); ++i) {
-    const v1::TokenLogprob& s = soak.target(i);
-    const v1::TokenLogprob& a = alone.target(i);
-    c.Exact(absl::StrCat("target[", i, "].id"), s.token().id(), a.token().id());
-    c.Close(absl::StrCat("target[", i, "].log_prob"), s.token().log_prob(), a.token().log_prob(),
-            std::fabs(a.token().log_prob()));
-    c.Exact(absl::StrCat("target[", i, "].top size"), s.top_size(), a.top_size());
-    for (int k = 0; k < std::min(s.top_size(), a.top_size()); ++k) {
-      // Two alternatives within rounding of each other may swap places; their log-probs still agree.
-      if (s.top(k).id() != a.top(k).id() &&
-          std::fabs(s.top(k).log_prob() - a.top(k).log_prob()) > kRelativeTolerance * std::fabs(a.top(k).log_prob())) {
-        c.Exact(absl::StrCat("target[", i, "].top[", k, "].id"), s.top(k).id(), a.top(k).id());
-      }
-      c.Close(absl::StrCat("target[", i, "].top[", k, "].log_prob"), s.top(k).log_prob(), a.top(k).log_prob(),
-              std::fabs(a.top(k).log_prob()));
-    }
-  }
-}
-
 // Replays `soak` alone (no deadline, nothing else running) and compares the answers.
 std::vector<std::string> Replay(Stub& stub, const Exchange& soak, Deviation* deviation) {
   Exchange alone = soak;
@@ -587,21 +362,7 @@ std::vector<std::string> Replay(Stub& stub, const Exchange& soak, Deviation* dev
   if (!outcome.status.ok()) {
     return {absl::StrCat(soak.kind, ": the replay failed: ", outcome.status.error_message())};
   }
-  Comparison c(soak.kind, deviation);
-  switch (soak.rpc) {
-    case Rpc::kAttribute:
-    case Rpc::kAttributeStream:
-      CompareAttributions(soak.attribute_response, alone.attribute_response, c);
-      break;
-    case Rpc::kGenerate:
-    case Rpc::kGenerateStream:
-      CompareGenerations(soak.generate_response, alone.generate_response, c);
-      break;
-    case Rpc::kLogprobs:
-      CompareLogprobs(soak.logprobs_response, alone.logprobs_response, c);
-      break;
-  }
-  return c.diffs();
+  return CompareAnswers(soak, alone, kRelativeTolerance, deviation);
 }
 
 // How one client ends a call: waits for the answer, gives up after a delay, or sets a short deadline.
