@@ -97,14 +97,15 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
     max_rows = std::min<int64_t>(max_rows, int64_t{1} << std::min(2 * cost.batches, 40));
   std::vector<int64_t> taken(queue.size(), 0);
   std::vector<bool> blocked(queue.size(), false);
-  bool limited = false;  // true once a limit (not a lack of rows) stopped the filling
+  bool limited = false;  // true once a limit (not a lack of rows) kept a row out: the batch runs now
+  bool full = false;     // rows, token budget or time: no further row joins
   absl::Time oldest_in_batch = absl::InfiniteFuture();
   // Priority levels are strict: a lower level only fills what the higher ones leave.
-  for (size_t level_begin = 0; level_begin < order.size() && !limited;) {
+  for (size_t level_begin = 0; level_begin < order.size() && !full;) {
     size_t level_end = level_begin;
     while (level_end < order.size() && queue[order[level_end]].priority == queue[order[level_begin]].priority)
       ++level_end;
-    for (bool progress = true; progress && !limited;) {
+    for (bool progress = true; progress && !full;) {
       progress = false;
       for (size_t o = level_begin; o < level_end; ++o) {
         const size_t i = order[o];
@@ -116,12 +117,16 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
         // Interactive requests' rows are what the bound protects: they always join.
         const bool in_time =
             !time_limited || queue[i].interactive || cost.Seconds(decision.rows + 1, longest) <= max_seconds;
-        const bool fits = decision.rows + 1 <= max_rows && padded <= limits.token_budget &&
-                          (decision.rows == 0 || waste <= limits.max_padding_waste) && in_time;
+        const bool fits_size = decision.rows + 1 <= max_rows && padded <= limits.token_budget;
+        const bool fits = fits_size && (decision.rows == 0 || waste <= limits.max_padding_waste) && in_time;
         decision.time_limited = decision.time_limited || (!in_time && decision.rows > 0);
         if (!fits && decision.rows > 0) {
           blocked[i] = true;  // keeps this request's row order: nothing behind it jumps ahead
           limited = true;
+          // A row that would only pad the batch too much keeps its own request out; the rows of the
+          // others (of lengths like the batch's, the leading request's own among them) still join.
+          // Otherwise a short request first in line ran one row per batch beside long ones.
+          full = full || !fits_size || !in_time;
           continue;
         }
         if (taken[i] == 0) oldest_in_batch = std::min(oldest_in_batch, queue[i].kinds[k].oldest_enqueued);
@@ -132,7 +137,9 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
         progress = true;
         if (!fits) break;  // an over-long row runs alone
       }
-      if (decision.rows >= max_rows || decision.rows * decision.longest >= limits.token_budget) limited = true;
+      if (decision.rows >= max_rows || decision.rows * decision.longest >= limits.token_budget) {
+        limited = full = true;
+      }
     }
     level_begin = level_end;
   }

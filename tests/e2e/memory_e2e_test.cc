@@ -5,7 +5,6 @@
 // from 496 MB after warm-up and a 1.23 GB peak).
 #include <gtest/gtest.h>
 
-#include <fstream>
 #include <thread>
 
 #include "client/attribution_client.h"
@@ -16,15 +15,7 @@ namespace attribution {
 namespace {
 
 using ::attribution::test_support::IsOk;
-
-// A field of /proc/PID/status in MB (VmRSS: resident now, VmHWM: the peak).
-double StatusMegabytes(pid_t pid, const std::string& field) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind(field + ":", 0) == 0) return std::stod(line.substr(field.size() + 1)) / 1024;
-  }
-  return -1;
-}
+using ::attribution::test_support::ProcessStatusMegabytes;
 
 TEST(Memory, AnIdleServerReturnsWhatABurstTook) {
   auto server = test_support::ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir()});
@@ -43,7 +34,7 @@ TEST(Memory, AnIdleServerReturnsWhatABurstTook) {
   std::vector<std::thread> warm_up;
   for (int i = 0; i < 3; ++i) warm_up.emplace_back([&] { EXPECT_THAT(client->Attribute(small), IsOk()); });
   for (std::thread& t : warm_up) t.join();
-  const double warm = StatusMegabytes((*server)->pid(), "VmRSS");
+  const double warm = ProcessStatusMegabytes((*server)->pid(), "VmRSS");
 
   std::string words;
   for (int i = 0; i < 600; ++i) words += "word ";
@@ -53,12 +44,12 @@ TEST(Memory, AnIdleServerReturnsWhatABurstTook) {
   std::vector<std::thread> burst;
   for (int i = 0; i < 3; ++i) burst.emplace_back([&] { EXPECT_THAT(client->Attribute(large), IsOk()); });
   for (std::thread& t : burst) t.join();
-  const double peak = StatusMegabytes((*server)->pid(), "VmHWM");
+  const double peak = ProcessStatusMegabytes((*server)->pid(), "VmHWM");
   // The engine trims once its queue is empty after the last batch; the answer may arrive first.
-  double idle = StatusMegabytes((*server)->pid(), "VmRSS");
+  double idle = ProcessStatusMegabytes((*server)->pid(), "VmRSS");
   for (int i = 0; i < 100 && idle - warm > 0.25 * (peak - warm); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));  // polling another process's memory
-    idle = StatusMegabytes((*server)->pid(), "VmRSS");
+    idle = ProcessStatusMegabytes((*server)->pid(), "VmRSS");
   }
   std::cout << "[ memory   ] after warm-up " << warm << " MB, peak " << peak << " MB, idle after the burst " << idle
             << " MB\n";

@@ -123,9 +123,12 @@ absl::StatusOr<std::string> HttpGet(int port, const std::string& path) {
 
 double MetricValue(int metrics_port, const std::string& series) {
   absl::StatusOr<std::string> metrics = HttpGet(metrics_port, "/metrics");
-  const std::string key = series + " ";
-  if (!metrics.ok() || metrics->find(key) == std::string::npos) return 0;
-  return std::stod(metrics->substr(metrics->find(key) + key.size()));
+  // At a line's start: a series without labels also appears in its family's "# HELP" line.
+  const std::string key = "\n" + series + " ";
+  if (!metrics.ok()) return 0;
+  const size_t at = ("\n" + *metrics).find(key);
+  if (at == std::string::npos) return 0;
+  return std::stod(metrics->substr(at + key.size() - 1));
 }
 
 bool WaitForQueuedRows(int metrics_port, const std::string& model) {
@@ -135,6 +138,26 @@ bool WaitForQueuedRows(int metrics_port, const std::string& model) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));  // polling a server: no event to wait on
   }
   return false;
+}
+
+bool WaitForIdle(int metrics_port, const std::string& model, absl::Duration timeout) {
+  const std::string queued = absl::StrCat("attribution_engine_queued_rows{model=\"", model, "\"}");
+  const absl::Time deadline = absl::Now() + timeout;
+  do {
+    if (MetricValue(metrics_port, queued) == 0 && MetricValue(metrics_port, "attribution_rpcs_in_flight") == 0) {
+      return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // polling a server: no event to wait on
+  } while (absl::Now() < deadline);
+  return false;
+}
+
+double ProcessStatusMegabytes(pid_t pid, const std::string& field) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind(field + ":", 0) == 0) return std::stod(line.substr(field.size() + 1)) / 1024;
+  }
+  return -1;
 }
 
 }  // namespace attribution::test_support

@@ -57,4 +57,11 @@ double MetricValue(int metrics_port, const std::string& series);
 // to be on the server (a fixed sleep is not enough on a loaded machine). False after 30 s.
 bool WaitForQueuedRows(int metrics_port, const std::string& model);
 
+// Polls the metrics endpoint until `model`'s engine has no rows queued and no call is in flight (its
+// answers may still be on their way). False when that did not happen within `timeout`.
+bool WaitForIdle(int metrics_port, const std::string& model, absl::Duration timeout);
+
+// A field of /proc/PID/status in MB (VmRSS: resident now, VmHWM: the peak); -1 when there is none.
+double ProcessStatusMegabytes(pid_t pid, const std::string& field);
+
 }  // namespace attribution::test_support

@@ -165,5 +165,30 @@ TEST(BatchPolicy, AnUnknownCostLeavesBatchesUnbounded) {
   EXPECT_EQ(d.rows, 512);
 }
 
+// Found by the slow-reader e2e test: a 16-step integrated gradients call (18 rows of ~15 tokens) sent
+// beside four per-token attributions of 300-token rows waited 7.3 s, until they had all finished. Its
+// earlier deadline put it first in line; the first long row padded the batch too much and closed it,
+// so each batch held one of its rows.
+TEST(BatchPolicy, AShortRequestFirstInLineFillsTheBatchWithItsOwnRowsBesideLongOnes) {
+  std::vector<QueuedRequestView> queue;
+  for (uint64_t id = 1; id <= 4; ++id) {
+    queue.push_back(Request(id, RowKind::kGrad, 64, 300));
+    queue.back().deadline = kNow + absl::Seconds(120);
+  }
+  queue.push_back(Request(5, RowKind::kGrad, 18, 15));
+  queue.back().deadline = kNow + absl::Seconds(119);
+  const BatchLimits limits{
+      .token_budget = 8192, .max_rows = 64, .next_kind = RowKind::kGrad, .max_padding_waste = 0.25};
+  const BatchDecision d = DecideBatch(queue, kNow, limits);
+  ASSERT_TRUE(d.run);
+  ASSERT_EQ(d.take.size(), 1u);
+  EXPECT_EQ(d.take[0], std::make_pair(size_t{4}, int64_t{18}));  // all its rows, no long one padded
+  // The next batch (its rows gone) is the long requests' own, round-robin.
+  queue.back().kinds[static_cast<int>(RowKind::kGrad)].lengths.clear();
+  const BatchDecision next = DecideBatch(queue, kNow, limits);
+  EXPECT_EQ(next.rows, 8192 / 300);
+  EXPECT_EQ(next.take.size(), 4u);
+}
+
 }  // namespace
 }  // namespace attribution::engine
