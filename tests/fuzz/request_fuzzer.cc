@@ -115,21 +115,28 @@ void CheckRefusal(const absl::Status& status) {
   const bool client_error = code == absl::StatusCode::kInvalidArgument || code == absl::StatusCode::kOutOfRange ||
                             code == absl::StatusCode::kFailedPrecondition ||
                             code == absl::StatusCode::kResourceExhausted;
-  if (!client_error) std::fprintf(stderr, "request_fuzzer: refused with %s\n", status.ToString().c_str());
+  // ATTRIBUTION_FUZZ_VERBOSE=1 shows every refusal (to see why a seed stops short of the engine).
+  static const bool verbose = std::getenv("ATTRIBUTION_FUZZ_VERBOSE") != nullptr;
+  if (!client_error || verbose) std::fprintf(stderr, "request_fuzzer: refused with %s\n", status.ToString().c_str());
   FUZZ_CHECK(client_error);
 }
 
 void RunAttribute(v1::AttributeRequest& proto, const ServedModel& model) {
-  CapInput(proto.mutable_prompt());
-  CapInput(proto.mutable_target());
-  CapInput(proto.mutable_foil());
-  CapGeneration(proto.mutable_generation());
+  // Only fields that are set: a set but empty message means something else than an absent one.
+  if (proto.has_prompt()) CapInput(proto.mutable_prompt());
+  if (proto.has_target()) CapInput(proto.mutable_target());
+  if (proto.has_foil()) CapInput(proto.mutable_foil());
+  CapGeneration(proto.mutable_generation());  // unset and empty settings both mean the defaults
   proto.set_n_steps(Capped(proto.n_steps(), 4));
   proto.set_n_samples(Capped(proto.n_samples(), 4));
   if (proto.feature_groups_size() > 4)
     proto.mutable_feature_groups()->DeleteSubrange(4, proto.feature_groups_size() - 4);
-  for (auto& group : *proto.mutable_feature_groups()) CapInput(group.mutable_baseline());
-  CapInput(proto.mutable_feature_range()->mutable_baseline());
+  for (auto& group : *proto.mutable_feature_groups()) {
+    if (group.has_baseline()) CapInput(group.mutable_baseline());
+  }
+  if (proto.has_feature_range() && proto.feature_range().has_baseline()) {
+    CapInput(proto.mutable_feature_range()->mutable_baseline());
+  }
   absl::StatusOr<AttributeCall> call = ToAttributeCall(proto, model, absl::InfiniteFuture());
   if (!call.ok()) return CheckRefusal(call.status());
   auto result = Wait<engine::AttributionResult>([&](auto done) {
@@ -142,7 +149,7 @@ void RunAttribute(v1::AttributeRequest& proto, const ServedModel& model) {
 }
 
 void RunGenerate(v1::GenerateRequest& proto, const ServedModel& model) {
-  CapInput(proto.mutable_prompt());
+  if (proto.has_prompt()) CapInput(proto.mutable_prompt());
   CapGeneration(proto.mutable_generation());
   absl::StatusOr<GenerateCall> call = ToGenerateCall(proto, model);
   if (!call.ok()) return CheckRefusal(call.status());
@@ -157,8 +164,8 @@ void RunGenerate(v1::GenerateRequest& proto, const ServedModel& model) {
 }
 
 void RunLogprobs(v1::LogprobsRequest& proto, const ServedModel& model) {
-  CapInput(proto.mutable_prompt());
-  CapInput(proto.mutable_target());
+  if (proto.has_prompt()) CapInput(proto.mutable_prompt());
+  if (proto.has_target()) CapInput(proto.mutable_target());
   absl::StatusOr<LogprobsCall> call = ToLogprobsCall(proto, model, kMaxTopK);
   if (!call.ok()) return CheckRefusal(call.status());
   auto scores = Wait<engine::TargetScores>([&](auto done) {
