@@ -4,6 +4,7 @@
 #pragma once
 
 #include <fcntl.h>
+#include <ftw.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -21,7 +22,8 @@
 
 namespace attribution::fuzz {
 
-// A folder of this process (in /dev/shm where there is one, so writes stay in memory), made once.
+// A folder of this process (in /dev/shm where there is one, so writes stay in memory), made once and
+// removed with its contents when the process exits normally (a crash leaves it for inspection).
 inline const std::string& ScratchDir() {
   static const std::string dir = [] {
     std::string pattern =
@@ -29,6 +31,13 @@ inline const std::string& ScratchDir() {
     if (mkdtemp(pattern.data()) == nullptr) std::abort();
     return pattern;
   }();
+  // Registered once `dir` is complete, so it runs before `dir` is destroyed.
+  static const int cleanup = std::atexit([] {
+    nftw(
+        ScratchDir().c_str(), [](const char* path, const struct stat*, int, FTW*) { return remove(path); }, 16,
+        FTW_DEPTH | FTW_PHYS);
+  });
+  (void)cleanup;
   return dir;
 }
 
