@@ -39,7 +39,11 @@ std::vector<int64_t> StopTokens(const ModelConfig& config, const GenerationOptio
 
 at::Tensor PickNextTokens(const at::Tensor& logits, const GenerationOptions& o, at::Generator& generator) {
   if (o.temperature == 0) return logits.argmax(-1);
-  at::Tensor probs = at::softmax(logits / o.temperature, -1);
+  // In double (a temperature below float's range would be 0) and shifted so the largest logit is 0
+  // before dividing: a tiny temperature then sends the others to -inf (probability 0), where
+  // logits / temperature alone overflow to inf and softmax gives NaN.
+  const at::Tensor wide = logits.to(at::kDouble);  // [batch, vocab]
+  at::Tensor probs = at::softmax((wide - wide.amax(-1, /*keepdim=*/true)) / o.temperature, -1);
   if (o.top_p < 1) {
     auto [sorted, order] = probs.sort(-1, /*descending=*/true);
     // Keep a token while the mass before it is below top_p: the first token always survives.

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "engine/model/model_config.h"
 
+#include <cmath>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -145,7 +147,13 @@ absl::Status ParseGpt2Fields(const json& config, const std::string& source, Mode
   ASSIGN_OR_RETURN(out.max_position_embeddings, PositiveInt(config, "n_positions", source));
   out.num_kv_heads = out.num_heads;
   out.head_dim = out.hidden_size / out.num_heads;
-  out.intermediate_size = OptionalInt(config, "n_inner", 4 * out.hidden_size);
+  if (config.contains("n_inner") && !config["n_inner"].is_null()) {  // null: 4 * n_embd, as transformers
+    ASSIGN_OR_RETURN(out.intermediate_size, PositiveInt(config, "n_inner", source));
+  } else if (out.hidden_size > std::numeric_limits<int64_t>::max() / 4) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": n_embd ", out.hidden_size, " is too large"));
+  } else {
+    out.intermediate_size = 4 * out.hidden_size;
+  }
   out.norm_eps = OptionalNumber(config, "layer_norm_epsilon", 1e-5);
   ASSIGN_OR_RETURN(out.hidden_act, OptionalString(config, "activation_function", "gelu_new", source));
   if (out.hidden_act != "gelu_new" && out.hidden_act != "gelu") {
@@ -160,6 +168,26 @@ absl::Status ParseGpt2Fields(const json& config, const std::string& source, Mode
 }
 
 absl::Status CheckConsistency(const std::string& source, const ModelConfig& c) {
+  if (c.max_position_embeddings <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": max_position_embeddings ", c.max_position_embeddings, " must be positive"));
+  }
+  if (c.sliding_window && *c.sliding_window <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": sliding_window ", *c.sliding_window, " must be positive"));
+  }
+  if (!(std::isfinite(c.norm_eps) && c.norm_eps >= 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": the norm epsilon (rms_norm_eps / layer_norm_epsilon) ",
+                                                   c.norm_eps, " must be a finite number >= 0"));
+  }
+  if (!(std::isfinite(c.rope_theta) && c.rope_theta > 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": rope_theta ", c.rope_theta, " must be a finite number > 0"));
+  }
+  if (c.linear_rope_factor && !(std::isfinite(*c.linear_rope_factor) && *c.linear_rope_factor > 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": linear rope scaling factor ", *c.linear_rope_factor, " must be a finite number > 0"));
+  }
   if (c.num_kv_heads <= 0 || c.num_heads % c.num_kv_heads != 0) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": num_attention_heads ", c.num_heads,
                                                    " is not a multiple of num_key_value_heads ", c.num_kv_heads));

@@ -160,7 +160,9 @@ absl::Status SafetensorsFile::ParseHeader(uint64_t header_bytes) {
             absl::StrCat(where, "shape ", shape.dump(), " has a dimension that is not a non-negative integer"));
       }
       const uint64_t d = dim.get<uint64_t>();
-      if (d != 0 && elements > std::numeric_limits<uint64_t>::max() / 8 / d) {
+      // A dimension past int64 would read as negative in the tensor's shape, even beside a 0.
+      if (d > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
+          (d != 0 && elements > std::numeric_limits<uint64_t>::max() / 8 / d)) {
         return absl::InvalidArgumentError(absl::StrCat(where, "shape ", shape.dump(), " overflows"));
       }
       elements *= d;

@@ -22,6 +22,10 @@ struct WordToken {
 // Immutable after FromJson; thread-safe.
 class BpeModel {
  public:
+  // Token ids (vocab and added tokens) must lie below this: far above any real vocabulary (Gemma's
+  // 262k), low enough that a table indexed by id stays small and merge keys do not collide.
+  static constexpr int64_t kMaxTokenId = int64_t{1} << 24;
+
   static absl::StatusOr<BpeModel> FromJson(const nlohmann::json& model);
 
   std::vector<WordToken> Tokenize(const std::string& word) const;

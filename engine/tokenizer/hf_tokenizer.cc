@@ -60,6 +60,10 @@ absl::StatusOr<std::unique_ptr<HfTokenizer>> HfTokenizer::Create(const json& tj,
       return absl::InvalidArgumentError(
           "tokenizer.json: added_tokens entries need a non-negative integer \"id\" and a string \"content\"");
     }
+    if (a["id"].get<int64_t>() >= BpeModel::kMaxTokenId) {
+      return absl::InvalidArgumentError(absl::StrCat("tokenizer.json: added token id ", a["id"].get<int64_t>(),
+                                                     " is not below the limit of ", BpeModel::kMaxTokenId));
+    }
     t->added_.push_back({a["id"].get<int64_t>(), a["content"].get<std::string>(), a.value("special", false),
                          a.value("lstrip", false), a.value("rstrip", false)});
     t->vocab_size_ = std::max(t->vocab_size_, t->added_.back().id + 1);
@@ -77,6 +81,14 @@ absl::StatusOr<std::unique_ptr<HfTokenizer>> HfTokenizer::Create(const json& tj,
   t->byte_level_ = (t->pre_tokenizer_ && t->pre_tokenizer_->byte_level()) || DecoderIsByteLevel(decoder);
   t->strip_decoded_leading_space_ = DecoderStripsLeadingSpace(decoder);
   RETURN_IF_ERROR(t->ParsePostProcessor(tj.value("post_processor", json())));
+  for (const std::vector<int64_t>* ids : {&t->prefix_ids_, &t->suffix_ids_}) {
+    for (int64_t id : *ids) {
+      if (!t->HasToken(id)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("tokenizer.json: post_processor adds token id ", id, ", which is not in the vocabulary"));
+      }
+    }
+  }
   auto find = [&](const char* key) -> std::optional<int64_t> {
     auto token = ConfiguredToken(config, key);
     return token ? t->IdOf(*token) : std::nullopt;
@@ -93,21 +105,47 @@ absl::Status HfTokenizer::ParsePostProcessor(const json& spec) {
     return absl::OkStatus();
   }
   if (type == "TemplateProcessing") {
+    // "single": [{"SpecialToken": {"id": NAME}} | {"Sequence": ...}, ...], and "special_tokens":
+    // {NAME: {"ids": [...]}}.
+    const json special_tokens = spec.value("special_tokens", json::object());
     bool after_sequence = false;
     for (const json& item : spec.value("single", json::array())) {
-      if (item.contains("Sequence")) {
+      if (item.is_object() && item.contains("Sequence")) {
         after_sequence = true;
         continue;
       }
-      const std::string name = item["SpecialToken"]["id"].get<std::string>();
-      const json& entry = spec["special_tokens"][name];
-      for (const json& id : entry["ids"]) (after_sequence ? suffix_ids_ : prefix_ids_).push_back(id.get<int64_t>());
+      const json special = item.is_object() ? item.value("SpecialToken", json()) : json();
+      const json name = special.is_object() ? special.value("id", json()) : json();
+      if (!name.is_string() || !special_tokens.is_object() || !special_tokens.contains(name.get<std::string>())) {
+        return absl::InvalidArgumentError(absl::StrCat("tokenizer.json: post_processor template item ", item.dump(),
+                                                       " names no entry of its special_tokens"));
+      }
+      const json& entry = special_tokens[name.get<std::string>()];
+      const json ids = entry.is_object() ? entry.value("ids", json()) : json();
+      if (!ids.is_array()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("tokenizer.json: post_processor special token ", name.dump(), " has no \"ids\" list"));
+      }
+      for (const json& id : ids) {
+        if (!id.is_number_integer()) {
+          return absl::InvalidArgumentError(absl::StrCat("tokenizer.json: post_processor special token ", name.dump(),
+                                                         " has an id that is not an integer"));
+        }
+        (after_sequence ? suffix_ids_ : prefix_ids_).push_back(id.get<int64_t>());
+      }
     }
     return absl::OkStatus();
   }
   if (type == "RobertaProcessing" || type == "BertProcessing") {
-    prefix_ids_.push_back(spec["cls"][1].get<int64_t>());
-    suffix_ids_.push_back(spec["sep"][1].get<int64_t>());
+    // "cls" and "sep" are [token, id] pairs.
+    for (const char* key : {"cls", "sep"}) {
+      const json pair = spec.value(key, json());
+      if (!pair.is_array() || pair.size() != 2 || !pair[1].is_number_integer()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("tokenizer.json: post_processor ", type, " needs \"", key, "\" as [token, id]"));
+      }
+      (std::string(key) == "cls" ? prefix_ids_ : suffix_ids_).push_back(pair[1].get<int64_t>());
+    }
     return absl::OkStatus();
   }
   if (type == "ByteLevel") return absl::OkStatus();  // adjusts offsets only
@@ -224,9 +262,14 @@ std::string HfTokenizer::DecodeTokens(const std::vector<int64_t>& ids, bool skip
   return bytes;
 }
 
+bool HfTokenizer::HasToken(int64_t id) const {
+  if (added_by_id_.count(id)) return true;
+  return id >= 0 && id < static_cast<int64_t>(model_.tokens().size()) && !model_.tokens()[id].empty();
+}
+
 absl::StatusOr<std::string> HfTokenizer::Decode(const std::vector<int64_t>& ids, bool skip_special_tokens) const {
   for (int64_t id : ids) {
-    if (id < 0 || id >= vocab_size_ || (!added_by_id_.count(id) && model_.tokens()[id].empty())) {
+    if (!HasToken(id)) {
       return absl::InvalidArgumentError(absl::StrCat("token id ", id, " is not in the vocabulary of ", vocab_size_));
     }
   }
@@ -234,8 +277,7 @@ absl::StatusOr<std::string> HfTokenizer::Decode(const std::vector<int64_t>& ids,
 }
 
 std::string HfTokenizer::TokenText(int64_t id) const {
-  if (id < 0 || id >= vocab_size_) return "";
-  if (!added_by_id_.count(id) && model_.tokens()[id].empty()) return "";
+  if (!HasToken(id)) return "";
   return DecodeTokens({id}, /*skip_special=*/false, /*strip_leading_space=*/false);
 }
 

@@ -37,6 +37,8 @@ class HfTokenizer : public Tokenizer {
   HfTokenizer() = default;
   absl::Status ParsePostProcessor(const nlohmann::json& spec);
   std::optional<int64_t> IdOf(const std::string& token) const;
+  // Whether `id` names a token: an added token or a vocab entry (a vocabulary may have gaps).
+  bool HasToken(int64_t id) const;
   // Tokenizes text between added tokens.
   absl::Status EncodeSegment(const std::string& text, size_t begin, size_t end, Encoding& out) const;
   std::string DecodeTokens(const std::vector<int64_t>& ids, bool skip_special, bool strip_leading_space) const;

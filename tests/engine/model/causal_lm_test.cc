@@ -271,6 +271,23 @@ TEST(CausalLM, SamplingIsSeededAndTopPNarrowsToGreedy) {
   EXPECT_THAT(Generate(**model, {{}}, {}), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("prompt")));
 }
 
+// Found by tests/fuzz/request_fuzzer: logits / 1e-78 overflowed to inf, softmax gave NaN and sampling
+// failed with INTERNAL.
+TEST(CausalLM, TinyTemperatureSamplesTheMostLikelyToken) {
+  auto model = CausalLM::Load(TestModelsDir() + "/llama", {});
+  ASSERT_THAT(model, IsOk());
+  const std::vector<std::vector<int64_t>> prompts = {{5, 17, 99}, {12, 8}};
+  auto greedy = Generate(**model, prompts, {.max_new_tokens = 6, .ignore_stop_tokens = true});
+  ASSERT_THAT(greedy, IsOk());
+  for (double temperature : {1e-78, 1e-300, 5e-324}) {
+    auto sampled = Generate(**model, prompts,
+                            {.max_new_tokens = 6, .temperature = temperature, .seed = 1, .ignore_stop_tokens = true});
+    ASSERT_THAT(sampled, IsOk()) << temperature;
+    EXPECT_EQ((*sampled)[0].tokens, (*greedy)[0].tokens) << temperature;
+    EXPECT_EQ((*sampled)[1].tokens, (*greedy)[1].tokens) << temperature;
+  }
+}
+
 TEST(CausalLM, GenerationStopsAtEos) {
   auto model = CausalLM::Load(TestModelsDir() + "/llama", {});
   ASSERT_THAT(model, IsOk());

@@ -119,6 +119,13 @@ INSTANTIATE_TEST_SUITE_P(
                std::nullopt, "overflows"}),
     [](const auto& info) { return info.param.name; });
 
+// Found with tests/fuzz/safetensors_fuzzer: beside a 0 the overflow check let a dimension of 2^64 - 1
+// through, which became -1 in the tensor's shape and made View throw.
+TEST(Safetensors, DimensionPastInt64BesideAZeroIsRejected) {
+  const std::string header = R"({"a": {"dtype": "F32", "shape": [0, 18446744073709551615], "data_offsets": [0, 0]}})";
+  EXPECT_THAT(OpenStatus(header, ""), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("overflows")));
+}
+
 TEST(Safetensors, ShortFileIsRejected) {
   TempDir dir;
   std::ofstream(dir.File("m.safetensors")) << "abc";

@@ -12,6 +12,7 @@
 
 #include "tests/testing/reference.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
 
 namespace attribution::engine {
 namespace {
@@ -105,6 +106,51 @@ TEST(Tokenizer, SpansOfAsciiWordsCoverTheirText) {
   std::string rebuilt;
   for (const TokenSpan& span : encoding->spans) rebuilt += text.substr(span.begin, span.end - span.begin);
   EXPECT_EQ(rebuilt, text);
+}
+
+// A tokenizer.json of `json_text` loaded as the server loads one.
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerJson(const std::string& json_text) {
+  test_support::TempDir dir;
+  std::ofstream(dir.File("tokenizer.json")) << json_text;
+  return Tokenizer::Load(dir.path());
+}
+
+// Found with tests/fuzz/tokenizer_json_fuzzer: an added token's id past the BPE vocabulary made ids in
+// between count as part of the vocabulary, and decoding one read past the token table.
+TEST(HfTokenizerFile, IdsInAGapOfTheVocabularyAreNoTokens) {
+  auto tokenizer = LoadTokenizerJson(
+      R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}}, "added_tokens": [{"id": 100, "content": "<x>"}]})");
+  ASSERT_THAT(tokenizer, IsOk());
+  EXPECT_EQ((*tokenizer)->vocab_size(), 101);
+  EXPECT_THAT((*tokenizer)->Decode({50}, false), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("50")));
+  EXPECT_EQ((*tokenizer)->TokenText(50), "");
+  EXPECT_THAT((*tokenizer)->Decode({0, 100}, false), IsOk());
+}
+
+// Found with tests/fuzz/tokenizer_json_fuzzer: an id of 2^63 - 1 overflowed computing the vocabulary
+// size, and a vocab id of 4e9 allocated a table of 4e9 strings.
+TEST(HfTokenizerFile, HugeTokenIdsAreRefused) {
+  EXPECT_THAT(LoadTokenizerJson(R"({"model": {"type": "BPE", "vocab": {"a": 0}},
+                                    "added_tokens": [{"id": 9223372036854775807, "content": "<x>"}]})"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("added token id 9223372036854775807")));
+  EXPECT_THAT(LoadTokenizerJson(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 4000000000}}})"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("vocab id 4000000000 of \"b\"")));
+}
+
+// Found with tests/fuzz/tokenizer_json_fuzzer: template tokens were added to every encoding unchecked,
+// so a request's prompt could carry ids outside the vocabulary; a template naming no special_tokens
+// entry read through a missing JSON key.
+TEST(HfTokenizerFile, PostProcessorTokensMustBeInTheVocabulary) {
+  EXPECT_THAT(LoadTokenizerJson(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}},
+      "post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>"}}],
+                         "special_tokens": {"<s>": {"ids": [77]}}}})"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("post_processor adds token id 77")));
+  EXPECT_THAT(LoadTokenizerJson(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}},
+      "post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>"}}]}})"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("names no entry of its special_tokens")));
+  EXPECT_THAT(LoadTokenizerJson(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}},
+      "post_processor": {"type": "BertProcessing", "cls": ["a", 0]}})"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("\"sep\" as [token, id]")));
 }
 
 TEST(Tokenizer, MissingTokenizerIsNotFound) {

@@ -1,0 +1,73 @@
+// SPDX-License-Identifier: Apache-2.0
+// config.json values a model cannot be built from are INVALID_ARGUMENT naming the field, never a
+// config that parses into sizes the loader then trips over (cases found with
+// tests/fuzz/model_config_fuzzer).
+#include "engine/model/model_config.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "tests/testing/status_matchers.h"
+
+namespace attribution::engine {
+namespace {
+
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
+using ::testing::HasSubstr;
+
+nlohmann::json Llama(const nlohmann::json& patch = nlohmann::json::object()) {
+  nlohmann::json config = {{"model_type", "llama"},         {"vocab_size", 10},       {"hidden_size", 8},
+                           {"intermediate_size", 16},       {"num_hidden_layers", 1}, {"num_attention_heads", 2},
+                           {"max_position_embeddings", 64}, {"rms_norm_eps", 1e-5}};
+  config.merge_patch(patch);
+  return config;
+}
+
+nlohmann::json Gpt2(const nlohmann::json& patch = nlohmann::json::object()) {
+  nlohmann::json config = {{"model_type", "gpt2"}, {"vocab_size", 10}, {"n_embd", 8},
+                           {"n_layer", 1},         {"n_head", 2},      {"n_positions", 64}};
+  config.merge_patch(patch);
+  return config;
+}
+
+TEST(ModelConfig, ValidConfigsParse) {
+  EXPECT_THAT(ParseModelConfig(Llama().dump(), "config.json"), IsOk());
+  auto gpt2 = ParseModelConfig(Gpt2({{"n_inner", nullptr}}).dump(), "config.json");
+  ASSERT_THAT(gpt2, IsOk());
+  EXPECT_EQ(gpt2->intermediate_size, 32);  // n_inner null: 4 * n_embd
+}
+
+struct BadConfig {
+  std::string name;
+  nlohmann::json config;
+  std::string message;
+};
+
+void PrintTo(const BadConfig& bad, std::ostream* os) { *os << bad.name; }
+
+class ModelConfigDefect : public ::testing::TestWithParam<BadConfig> {};
+
+TEST_P(ModelConfigDefect, IsInvalidArgumentNamingTheField) {
+  EXPECT_THAT(ParseModelConfig(GetParam().config.dump(), "dir/config.json"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(GetParam().message)));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllKinds, ModelConfigDefect,
+    ::testing::Values(
+        BadConfig{"NegativeInnerSize", Gpt2({{"n_inner", -4}}), "\"n_inner\" must be a positive integer"},
+        BadConfig{"InnerSizeOverflows", Gpt2({{"n_embd", int64_t{1} << 62}}),
+                  "n_embd 4611686018427387904 is too large"},
+        BadConfig{"NegativeMaxPositions", Llama({{"max_position_embeddings", -3}}), "max_position_embeddings -3"},
+        BadConfig{"ZeroSlidingWindow", Llama({{"model_type", "mistral"}, {"sliding_window", 0}}), "sliding_window 0"},
+        BadConfig{"NegativeNormEpsilon", Llama({{"rms_norm_eps", -1}}), "norm epsilon"},
+        BadConfig{"NegativeRopeTheta", Llama({{"rope_theta", -1}}), "rope_theta -1"},
+        BadConfig{"ZeroLinearRopeFactor", Llama({{"rope_scaling", {{"type", "linear"}, {"factor", 0}}}}),
+                  "linear rope scaling factor 0"}),
+    [](const auto& info) { return info.param.name; });
+
+}  // namespace
+}  // namespace attribution::engine
