@@ -64,7 +64,6 @@ void BatchCostModel::Observe(RowKind kind, int64_t rows, int64_t longest, absl::
     for (int j = 0; j < 3; ++j) s.uu[i][j] = kDecay * s.uu[i][j] + u[i] * u[j];
   }
   ++s.batches;
-  costs_[static_cast<int>(kind)].batches = s.batches;
   // Fewer terms when the batches seen cannot tell them apart or a term would be negative.
   static constexpr bool kSubsets[][3] = {
       {true, true, true}, {true, true, false}, {false, true, true}, {false, true, false}};
@@ -72,11 +71,7 @@ void BatchCostModel::Observe(RowKind kind, int64_t rows, int64_t longest, absl::
   for (const bool* use : kSubsets) {
     double c[3];
     if (SolveSubset(s.uu, s.u, use, c)) {
-      cost = {.fixed = c[0],
-              .per_token = c[1],
-              .per_token_pair = c[2],
-              .known = s.batches >= kMinBatches,
-              .batches = s.batches};
+      cost = {.fixed = c[0], .per_token = c[1], .per_token_pair = c[2], .known = s.batches >= kMinBatches};
       return;
     }
   }

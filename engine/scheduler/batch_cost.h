@@ -23,7 +23,6 @@ struct BatchCost {
   double per_token = 0;
   double per_token_pair = 0;
   bool known = false;  // enough batches seen to trust the coefficients
-  int batches = 0;     // batches seen
   double Seconds(int64_t rows, int64_t longest) const;
 };
 

@@ -90,11 +90,7 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
                                                                              limits.recent_interactive_seconds)));
   }
   const bool time_limited = cost.known && std::isfinite(max_seconds);
-  // Until its cost is known, a kind's batches grow 1, 4, 16, 64, ... rows: a first batch of long rows
-  // on a fresh engine cannot overrun the bound by a whole token budget's worth of work.
-  int64_t max_rows = limits.max_rows;
-  if (!cost.known && std::isfinite(absl::ToDoubleSeconds(limits.max_uncontended_batch_time)))
-    max_rows = std::min<int64_t>(max_rows, int64_t{1} << std::min(2 * cost.batches, 40));
+  const int64_t max_rows = limits.max_rows;
   std::vector<int64_t> taken(queue.size(), 0);
   std::vector<bool> blocked(queue.size(), false);
   bool limited = false;  // true once a limit (not a lack of rows) kept a row out: the batch runs now

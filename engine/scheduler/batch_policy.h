@@ -17,8 +17,10 @@
 // the learned cost of its kind, so a short call waits at most one short batch. Uncontended, batches
 // fill the token budget up to the looser `max_uncontended_batch_time`, so a request running alone
 // still stops within about one batch of its cancellation or deadline (long rows, whose attention cost
-// grows with their square, run in fewer rows per batch). While a kind's cost is still being learned,
-// its batches grow from one row by a factor of four per batch.
+// grows with their square, run in fewer rows per batch). Until a kind's cost is known (a few batches),
+// its batches are bounded by the token budget only: growing them from one row instead would make the
+// first requests' results differ in the last float bits from later ones (batch shapes change fp32
+// summation order).
 #pragma once
 
 #include <cstdint>

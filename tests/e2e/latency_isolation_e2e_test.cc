@@ -22,7 +22,10 @@ using test_support::WaitForQueuedRows;
 
 TEST(LatencyIsolation, ShortCallOvertakesLongAttributionWhichStaysTheSame) {
   // A bound the tiny demo model's batches exceed, so that it shows on a 2-core machine.
-  auto server = ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir(), "--max_batch_seconds=0.002"});
+  // Alone, the long IG's batches must not be time-limited at all: the uncontended bound is set out of
+  // reach (on a loaded CI machine the default 0.25 s bounds batches of this IG too).
+  auto server = ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir(), "--max_batch_seconds=0.002",
+                                      "--max_uncontended_batch_seconds=1000"});
   ASSERT_THAT(server, IsOk());
   auto client = std::move(*client::AttributionClient::Connect({.target = (*server)->address()}));
   const std::string limited = "attribution_engine_time_limited_batches_total{model=\"demo\"}";

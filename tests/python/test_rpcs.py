@@ -19,7 +19,9 @@ from attribution_client import _channel
 from conftest import PROMPT, cli, cli_json
 
 # One float32 ULP of the values involved, turned to float64 and printed: both clients read one answer.
-CLOSE = dict(rtol=1e-6, atol=1e-9)
+# Both clients' calls run on the same server, but in batches whose shapes depend on the server's load
+# and learned batch costs, which changes fp32 summation order (a few 1e-6 relative).
+CLOSE = dict(rtol=2e-5, atol=1e-8)
 
 
 @pytest.fixture(scope="module")

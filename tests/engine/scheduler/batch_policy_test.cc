@@ -71,19 +71,6 @@ TEST(BatchPolicy, ContendedTheTighterOfTheTwoBoundsHolds) {
   EXPECT_EQ(d.rows, 1);  // 12 ms, not max_batch_time's 25 ms, bounds it
 }
 
-TEST(BatchPolicy, WhileItsCostIsLearnedAKindsBatchesGrowFromOneRow) {
-  BatchLimits limits = TimedLimits(RowKind::kGrad);
-  limits.max_uncontended_batch_time = absl::Milliseconds(50);
-  std::vector<int64_t> rows;
-  for (int seen = 0; seen < 3; ++seen) {
-    limits.costs[static_cast<int>(RowKind::kGrad)] = {.known = false, .batches = seen};
-    rows.push_back(DecideBatch({Request(1, RowKind::kGrad, 512, 10)}, kNow, limits).rows);
-  }
-  EXPECT_EQ(rows, (std::vector<int64_t>{1, 4, 16}));
-  limits.max_uncontended_batch_time = absl::InfiniteDuration();  // no bound: nothing to learn first
-  EXPECT_EQ(DecideBatch({Request(1, RowKind::kGrad, 512, 10)}, kNow, limits).rows, 512);
-}
-
 TEST(BatchPolicy, ARowOverTheBudgetStillRunsAlone) {
   const BatchDecision d = DecideBatch({Request(1, RowKind::kGrad, 40, 4000), Request(2, RowKind::kScore, 1, 10)}, kNow,
                                       TimedLimits(RowKind::kGrad));

@@ -37,10 +37,6 @@ class BatchingEngineTest : public ::testing::Test {
  protected:
   void Start(EngineOptions options = {}) {
     options.max_queue_delay = absl::ZeroDuration();
-    // The fake clock stands still unless a test moves it, so no cost is ever learned and the bound's
-    // learning batches would stay at one row: tests of the bound set it themselves.
-    if (options.max_uncontended_batch_time == EngineOptions{}.max_uncontended_batch_time)
-      options.max_uncontended_batch_time = absl::InfiniteDuration();
     options.clock = [this] { return absl::FromUnixSeconds(1000) + absl::Milliseconds(now_ms_.load()); };
     auto executor = std::make_unique<FakeExecutor>();
     executor_ = executor.get();
