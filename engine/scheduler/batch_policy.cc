@@ -90,7 +90,6 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
                                                                              limits.recent_interactive_seconds)));
   }
   const bool time_limited = cost.known && std::isfinite(max_seconds);
-  const int64_t max_rows = limits.max_rows;
   std::vector<int64_t> taken(queue.size(), 0);
   std::vector<bool> blocked(queue.size(), false);
   bool limited = false;  // true once a limit (not a lack of rows) kept a row out: the batch runs now
@@ -113,7 +112,7 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
         // Interactive requests' rows are what the bound protects: they always join.
         const bool in_time =
             !time_limited || queue[i].interactive || cost.Seconds(decision.rows + 1, longest) <= max_seconds;
-        const bool fits_size = decision.rows + 1 <= max_rows && padded <= limits.token_budget;
+        const bool fits_size = decision.rows + 1 <= limits.max_rows && padded <= limits.token_budget;
         const bool fits = fits_size && (decision.rows == 0 || waste <= limits.max_padding_waste) && in_time;
         decision.time_limited = decision.time_limited || (!in_time && decision.rows > 0);
         if (!fits && decision.rows > 0) {
@@ -133,7 +132,7 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
         progress = true;
         if (!fits) break;  // an over-long row runs alone
       }
-      if (decision.rows >= max_rows || decision.rows * decision.longest >= limits.token_budget) {
+      if (decision.rows >= limits.max_rows || decision.rows * decision.longest >= limits.token_budget) {
         limited = full = true;
       }
     }
