@@ -45,9 +45,12 @@ TEST(Memory, AnIdleServerReturnsWhatABurstTook) {
   for (int i = 0; i < 3; ++i) burst.emplace_back([&] { EXPECT_THAT(client->Attribute(large), IsOk()); });
   for (std::thread& t : burst) t.join();
   const double peak = ProcessStatusMegabytes((*server)->pid(), "VmHWM");
-  // The engine trims once its queue is empty after the last batch; the answer may arrive first.
+  // The engine trims after its queue has been empty for a moment, so the answers arrive first; wait
+  // for both bars below (waiting only for the weaker one once stopped between a tensor's unmap and the
+  // trim, at 11% above warm-up).
   double idle = ProcessStatusMegabytes((*server)->pid(), "VmRSS");
-  for (int i = 0; i < 100 && idle - warm > 0.25 * (peak - warm); ++i) {
+  const auto holds_burst_memory = [&] { return idle - warm > 0.25 * (peak - warm) || idle > 1.10 * warm; };
+  for (int i = 0; i < 200 && holds_burst_memory(); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));  // polling another process's memory
     idle = ProcessStatusMegabytes((*server)->pid(), "VmRSS");
   }
