@@ -86,6 +86,7 @@ struct AttributeOptions {
   GenerationSettings generation;
   std::string method = "integrated_gradients";  // gradient_shap saliency input_x_gradient feature_ablation
                                                 // shapley_values shapley_value_sampling lime kernel_shap
+                                                // attn_lrp cp_lrp
   std::string quantity = "log_prob";            // prob logit
   std::string foil;                             // contrastive when set (text or ids)
   std::vector<int64_t> foil_ids;

@@ -45,7 +45,8 @@ ABSL_FLAG(bool, include_special_tokens, false,
 ABSL_FLAG(std::string, foil, "", "contrastive: attribute target minus this foil");
 ABSL_FLAG(std::string, method, "integrated_gradients",
           "integrated_gradients | gradient_shap | saliency | "
-          "input_x_gradient | feature_ablation | shapley_values | shapley_value_sampling | lime | kernel_shap");
+          "input_x_gradient | feature_ablation | shapley_values | shapley_value_sampling | lime | kernel_shap | "
+          "attn_lrp | cp_lrp");
 ABSL_FLAG(std::string, quantity, "log_prob", "log_prob | prob | logit");
 ABSL_FLAG(int32_t, n_steps, 0,
           "integrated-gradient steps (0: server default 50; with --tolerance, the most points in all)");

@@ -121,7 +121,9 @@ absl::StatusOr<v1::AttributeRequest> ToProto(const AttributeOptions& o) {
                                                           {"shapley_values", v1::SHAPLEY_VALUES},
                                                           {"shapley_value_sampling", v1::SHAPLEY_VALUE_SAMPLING},
                                                           {"lime", v1::LIME},
-                                                          {"kernel_shap", v1::KERNEL_SHAP}});
+                                                          {"kernel_shap", v1::KERNEL_SHAP},
+                                                          {"attn_lrp", v1::ATTN_LRP},
+                                                          {"cp_lrp", v1::CP_LRP}});
   if (!method.ok()) return method.status();
   out.set_method(*method);
   absl::StatusOr<v1::Quantity> quantity = Lookup<v1::Quantity>(

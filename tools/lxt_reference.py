@@ -122,7 +122,7 @@ def load(model_dir):
     with tempfile.TemporaryDirectory() as tmp:
         for file in os.listdir(model_dir):
             if file != "config.json":
-                os.symlink(os.path.join(model_dir, file), os.path.join(tmp, file))
+                os.symlink(os.path.abspath(os.path.join(model_dir, file)), os.path.join(tmp, file))
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config4, f)
         model, info = transformers.AutoModelForCausalLM.from_pretrained(

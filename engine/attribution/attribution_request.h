@@ -34,6 +34,8 @@ enum class AttributionMethod {
   kShapleyValueSampling,
   kLime,
   kKernelShap,
+  kAttnLrp,
+  kCpLrp,
 };
 // By the method table (methods.h).
 absl::StatusOr<AttributionMethod> ParseAttributionMethod(const std::string& name);

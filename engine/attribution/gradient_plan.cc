@@ -107,6 +107,7 @@ class GradientPlan : public RowPlan {
       }
     }
     path.reduction = MethodOf(request_.method).reduction(request_);
+    path.rules = MethodOf(request_.method).rules;
     path.noise_stdev = request_.method == AttributionMethod::kGradientShap ? request_.stdev : 0.0;
     path.noise_seed = request_.seed;
     return path;

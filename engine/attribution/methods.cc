@@ -51,7 +51,7 @@ PathSamples GradientShapSamples(const AttributionRequest& r, int64_t) {
   return samples;
 }
 
-// Saliency and InputXGradient: the gradient at the input itself.
+// Saliency, InputXGradient and the LRP methods: the gradient at the input itself.
 PathSamples AtInput(const AttributionRequest&, int64_t) { return PathSamples{{1.0}, {1.0}}; }
 
 // --- perturbation methods -------------------------------------------------------------------------
@@ -123,6 +123,13 @@ constexpr Method kKernelShap{AttributionMethod::kKernelShap,
                              nullptr,
                              nullptr,
                              KernelShapCoalitions};
+// LRP: one grad row at the input whose backward applies the rules; relevance = input · gradient.
+constexpr Method kAttnLrp{
+    AttributionMethod::kAttnLrp, "attn_lrp", MethodFamily::kGradient, NothingMore, TimesInput, AtInput, nullptr,
+    PropagationRules::kAttnLrp};
+constexpr Method kCpLrp{
+    AttributionMethod::kCpLrp, "cp_lrp", MethodFamily::kGradient, NothingMore, TimesInput, AtInput, nullptr,
+    PropagationRules::kCpLrp};
 
 }  // namespace
 
@@ -146,6 +153,10 @@ const Method& MethodOf(AttributionMethod method) {
       return kLime;
     case AttributionMethod::kKernelShap:
       return kKernelShap;
+    case AttributionMethod::kAttnLrp:
+      return kAttnLrp;
+    case AttributionMethod::kCpLrp:
+      return kCpLrp;
   }
   return kIntegratedGradients;  // unreachable for a valid enum value
 }

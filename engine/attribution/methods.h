@@ -52,6 +52,8 @@ struct Method {
   PathSamples (*samples)(const AttributionRequest& request, int64_t order);
   // Perturbation methods: the coalitions and their reduction.
   std::unique_ptr<CoalitionDesign> (*coalitions)(const AttributionRequest& request, int64_t features);
+  // Gradient methods: what the backward of their rows propagates (LRP methods shape it).
+  PropagationRules rules = PropagationRules::kGradient;
 };
 
 const Method& MethodOf(AttributionMethod method);
@@ -65,6 +67,8 @@ inline constexpr AttributionMethod kAllMethods[] = {
     AttributionMethod::kShapleyValueSampling,
     AttributionMethod::kLime,
     AttributionMethod::kKernelShap,
+    AttributionMethod::kAttnLrp,
+    AttributionMethod::kCpLrp,
 };
 
 }  // namespace attribution::engine

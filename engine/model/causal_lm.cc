@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
 #include "engine/model/causal_lm_impl.h"
+#include "engine/model/lrp_rules.h"
 #include "engine/model/rms_norm.h"
 #include "engine/model/rope.h"
 #include "engine/model/torch_errors.h"
@@ -63,18 +64,33 @@ absl::StatusOr<at::ScalarType> ParseDtype(const std::string& name) {
   return absl::InvalidArgumentError(absl::StrCat("dtype \"", name, "\" is not supported (float32, bfloat16, float16)"));
 }
 
-at::Tensor CausalLM::Impl::Norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) const {
+at::Tensor CausalLM::Impl::Norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                PropagationRules rules) const {
+  if (rules != PropagationRules::kGradient) {
+    return is_gpt2() ? LayerNormIdentityRule(x, weight, bias, config.norm_eps)
+                     : RmsNormIdentityRule(x, weight, config.norm_eps);
+  }
   if (is_gpt2()) return at::layer_norm(x, {x.size(-1)}, weight, bias, config.norm_eps);
   return RmsNorm(x, weight, config.norm_eps);
 }
 
-at::Tensor CausalLM::Impl::Mlp(const DecoderLayer& layer, const at::Tensor& x) const {
+at::Tensor CausalLM::Impl::Mlp(const DecoderLayer& layer, const at::Tensor& x, PropagationRules rules) const {
   if (is_gpt2()) {
-    const bool tanh = config.hidden_act == "gelu_new";
-    return layer.down.Forward(at::gelu(layer.gate_up.Forward(x), tanh ? "tanh" : "none"));
+    const Activation gelu = config.hidden_act == "gelu_new" ? Activation::kGeluTanh : Activation::kGeluExact;
+    at::Tensor inner = layer.gate_up.Forward(x);
+    inner = rules == PropagationRules::kGradient ? Activate(inner, gelu) : IdentityRuleActivation(inner, gelu);
+    return layer.down.Forward(inner);
   }
-  const std::vector<at::Tensor> gate_up = layer.gate_up.ForwardParts(x);  // 2 x [B, S, intermediate]
-  return layer.down.Forward(at::silu(gate_up[0]) * gate_up[1]);
+  std::vector<at::Tensor> gate_up = layer.gate_up.ForwardParts(x);  // 2 x [B, S, intermediate]
+  switch (rules) {
+    case PropagationRules::kGradient:
+      return layer.down.Forward(at::silu(gate_up[0]) * gate_up[1]);
+    case PropagationRules::kAttnLrp:
+      return layer.down.Forward(ScaleGradient(IdentityRuleActivation(gate_up[0], Activation::kSilu) * gate_up[1], 0.5));
+    case PropagationRules::kCpLrp:
+      return layer.down.Forward(at::silu(gate_up[0].detach()) * gate_up[1]);
+  }
+  return at::Tensor();
 }
 
 at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
@@ -98,7 +114,7 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
   if (!is_gpt2()) rope = RopeAnglesAt(positions, rope_inverse_frequencies, x.scalar_type());
   for (size_t i = 0; i < layers.size(); ++i) {
     const DecoderLayer& layer = layers[i];
-    at::Tensor h = Norm(x, layer.attention_norm_weight, layer.attention_norm_bias);
+    at::Tensor h = Norm(x, layer.attention_norm_weight, layer.attention_norm_bias, batch.rules);
     // Views into one [B, S, (H + 2 KV) * D] output; splitting the last dim keeps them views.
     const std::vector<at::Tensor> qkv = layer.qkv.ForwardParts(h);
     at::Tensor q = qkv[0].view({b, s, heads, head_dim}).transpose(1, 2);     // [B, H, S, D]
@@ -107,6 +123,14 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
     if (!is_gpt2()) {
       q = ApplyRope(q, rope);
       k = ApplyRope(k, rope);
+    }
+    if (batch.rules == PropagationRules::kAttnLrp) {  // q·kᵀ and A·v each split their gradient in two
+      q = ScaleGradient(q, 0.25);
+      k = ScaleGradient(k, 0.25);
+      v = ScaleGradient(v, 0.5);
+    } else if (batch.rules == PropagationRules::kCpLrp) {  // the attention weights are constants
+      q = q.detach();
+      k = k.detach();
     }
     if (batch.cache != nullptr) std::tie(k, v) = batch.cache->Append(static_cast<int64_t>(i), k, v);
     at::Tensor attended = at::scaled_dot_product_attention(q, k, v, mask, 0.0, false, std::nullopt,
@@ -118,7 +142,7 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
       }
     }
     x = x + layer.o.Forward(per_head.reshape({b, s, heads * head_dim}));
-    x = x + Mlp(layer, Norm(x, layer.mlp_norm_weight, layer.mlp_norm_bias));
+    x = x + Mlp(layer, Norm(x, layer.mlp_norm_weight, layer.mlp_norm_bias, batch.rules), batch.rules);
     if (batch.hooks && batch.hooks->after_layer) {
       if (at::Tensor replaced = batch.hooks->after_layer(static_cast<int64_t>(i), x); replaced.defined()) {
         x = replaced;
@@ -126,7 +150,7 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
     }
   }
   if (batch.cache != nullptr) batch.cache->Advance(lengths);
-  return Norm(x, final_norm_weight, final_norm_bias);
+  return Norm(x, final_norm_weight, final_norm_bias, batch.rules);
 }
 
 CausalLM::CausalLM(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

@@ -19,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "engine/model/kv_cache.h"
 #include "engine/model/model_config.h"
+#include "engine/model/propagation_rules.h"
 #include "engine/model/quantization.h"
 
 namespace attribution::engine {
@@ -51,6 +52,8 @@ struct ForwardBatch {
   std::vector<int64_t> lengths;  // empty: every row has S real tokens
   KvCache* cache = nullptr;      // when set, row r continues the sequence held in the cache
   const ActivationHooks* hooks = nullptr;
+  // What the backward propagates (forward values are the same under every rule).
+  PropagationRules rules = PropagationRules::kGradient;
 };
 
 // (row, position, token) triples: the score of `token` as the next token after `position`.

@@ -39,8 +39,8 @@ class CausalLM::Impl {
   std::vector<std::string> unused_weights;  // stored tensors the architecture does not use
 
   bool is_gpt2() const { return config.architecture == Architecture::kGpt2; }
-  at::Tensor Norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) const;
-  at::Tensor Mlp(const DecoderLayer& layer, const at::Tensor& x) const;
+  at::Tensor Norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, PropagationRules rules) const;
+  at::Tensor Mlp(const DecoderLayer& layer, const at::Tensor& x, PropagationRules rules) const;
   at::Tensor Forward(const ForwardBatch& batch) const;  // throws c10::Error on LibTorch failures
 };
 

@@ -14,6 +14,8 @@
 #include <memory>
 #include <vector>
 
+#include "engine/model/propagation_rules.h"
+
 namespace attribution::engine {
 
 // What a grad row on a path returns at each position p: Σ_hidden of
@@ -29,6 +31,7 @@ struct EmbeddingPath {
   std::vector<int64_t> baseline_ids;   // [S] the baseline's token at each position
   std::vector<uint8_t> zero_baseline;  // [S] or empty; 1: the baseline there is the zero embedding
   PathReduction reduction = PathReduction::kTimesDirection;
+  PropagationRules rules = PropagationRules::kGradient;  // AttnLRP / CP-LRP shape the backward
   // GradientShap: sample s ends the path at input + noise_stdev · N(0, 1), the noise drawn from a
   // generator seeded by (noise_seed, s) at positions where baseline and input differ, so a sample's
   // noise does not depend on which batch its row lands in.

@@ -107,8 +107,27 @@ class ModelExecutor : public BatchExecutor {
     for (const Row* row : rows) {
       if (!row->point.path) return absl::InvalidArgumentError("grad rows need a point on an embedding path");
     }
+    // Each propagation rule needs its own forward; the rows of one rule share it.
+    std::vector<size_t> by_rules[kPropagationRuleCount];
+    for (size_t r = 0; r < rows.size(); ++r) by_rules[static_cast<int>(rows[r]->point.path->rules)].push_back(r);
+    for (int rules = 0; rules < kPropagationRuleCount; ++rules) {
+      const std::vector<size_t>& indices = by_rules[rules];
+      if (indices.size() == rows.size()) return RunGradUnder(static_cast<PropagationRules>(rules), rows, results);
+      if (indices.empty()) continue;
+      std::vector<const Row*> some;
+      for (size_t r : indices) some.push_back(rows[r]);
+      std::vector<RowResult> some_results(indices.size());
+      RETURN_IF_ERROR(RunGradUnder(static_cast<PropagationRules>(rules), some, some_results));
+      for (size_t i = 0; i < indices.size(); ++i) results[indices[i]] = std::move(some_results[i]);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status RunGradUnder(PropagationRules rules, const std::vector<const Row*>& rows,
+                            std::vector<RowResult>& results) {
     std::vector<PathEmbeddings::PathRows> paths;
     ASSIGN_OR_RETURN(ForwardBatch batch, Pad(rows, &paths));
+    batch.rules = rules;
     std::vector<RowObjective> objectives;
     for (const Row* row : rows) objectives.push_back(row->objective);
     ASSIGN_OR_RETURN(InputGradients grads, model_->ObjectiveGradients(batch, objectives));

@@ -82,6 +82,8 @@ TEST_F(ConversionTest, EveryMethodMapsToItsEngineMethodAndBack) {
       {v1::SHAPLEY_VALUE_SAMPLING, engine::AttributionMethod::kShapleyValueSampling},
       {v1::LIME, engine::AttributionMethod::kLime},
       {v1::KERNEL_SHAP, engine::AttributionMethod::kKernelShap},
+      {v1::ATTN_LRP, engine::AttributionMethod::kAttnLrp},
+      {v1::CP_LRP, engine::AttributionMethod::kCpLrp},
   };
   for (v1::Method method : SpecifiedValues<v1::Method>(v1::Method_descriptor())) {
     SCOPED_TRACE(v1::Method_Name(method));

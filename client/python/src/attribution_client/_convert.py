@@ -19,6 +19,7 @@ METHODS: Dict[str, int] = {
     "gradient_shap": pb.GRADIENT_SHAP, "saliency": pb.SALIENCY, "input_x_gradient": pb.INPUT_X_GRADIENT,
     "feature_ablation": pb.FEATURE_ABLATION, "shapley_values": pb.SHAPLEY_VALUES,
     "shapley_value_sampling": pb.SHAPLEY_VALUE_SAMPLING, "lime": pb.LIME, "kernel_shap": pb.KERNEL_SHAP,
+    "attn_lrp": pb.ATTN_LRP, "cp_lrp": pb.CP_LRP,
 }
 QUANTITIES: Dict[str, int] = {"log_prob": pb.LOG_PROB, "prob": pb.PROB, "logit": pb.LOGIT}
 RULES: Dict[str, int] = {

@@ -68,7 +68,7 @@ class AttributeOptions:
     target_tokenization: str = "continuation"
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     # integrated_gradients gradient_shap saliency input_x_gradient feature_ablation shapley_values
-    # shapley_value_sampling lime kernel_shap
+    # shapley_value_sampling lime kernel_shap attn_lrp cp_lrp
     method: str = "integrated_gradients"
     quantity: str = "log_prob"  # prob logit
     foil: TextOrIds = None      # contrastive when set
