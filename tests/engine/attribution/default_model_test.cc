@@ -9,6 +9,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <thread>
 
 #include "bench/heldout_questions.h"
 #include "engine/attribution/attributor.h"
@@ -148,6 +149,62 @@ TEST_F(DefaultModelTest, IntegratedGradientsAndFeatureAblationFindTheDecisiveWor
     EXPECT_GE(fa.at(task), 0.9);  // one ablated word flips a yes/no answer
     EXPECT_GE(ig.at(task), top1["random"].at(task) + 0.3);
     EXPECT_GE(fa.at(task), top1["random"].at(task) + 0.5);
+  }
+}
+
+// AttnLRP and CP-LRP (one grad row each) find the decisive words, and the int8 and nf4 versions of the
+// model rank the same word first on at least 95% of the held-out questions.
+TEST_F(DefaultModelTest, LrpFindsTheDecisiveWordsAndQuantizedModelsRankAlike) {
+  std::vector<std::shared_ptr<const CausalLM>> models = {model_};
+  for (Quantization q : {Quantization::kInt8, Quantization::kNf4}) {
+    absl::StatusOr<std::unique_ptr<CausalLM>> loaded =
+        CausalLM::Load(ATTRIBUTION_DEFAULT_MODEL_DIR, {.quantization = q});
+    ASSERT_THAT(loaded, IsOk());
+    models.push_back(std::move(*loaded));
+  }
+  // Every question's sequence attribution by `model`, the questions in flight together so rows batch.
+  const auto attribute_all = [&](const std::shared_ptr<const CausalLM>& model, AttributionMethod method) {
+    std::unique_ptr<BatchingEngine> engine = std::move(*BatchingEngine::Create(MakeModelExecutor(model), {}));
+    Attributor attributor(model, engine.get());
+    std::vector<std::vector<double>> sequences(questions_->size());
+    std::vector<std::thread> callers;
+    for (size_t first = 0; first < 16; ++first) {
+      callers.emplace_back([&, first] {
+        for (size_t i = first; i < questions_->size(); i += 16) {
+          AttributionRequest request = (*questions_)[i].request;
+          request.method = method;
+          absl::StatusOr<AttributionResult> result = attributor.AttributeAndWait(request);
+          EXPECT_THAT(result, IsOk());
+          if (result.ok()) sequences[i] = result->sequence;
+        }
+      });
+    }
+    for (std::thread& caller : callers) caller.join();
+    return sequences;
+  };
+  const auto top = [](const std::vector<double>& v) { return std::max_element(v.begin(), v.end()) - v.begin(); };
+  for (AttributionMethod method : {AttributionMethod::kAttnLrp, AttributionMethod::kCpLrp}) {
+    SCOPED_TRACE(AttributionMethodName(method));
+    std::vector<std::vector<std::vector<double>>> by_model;
+    for (const auto& model : models) by_model.push_back(attribute_all(model, method));
+    std::map<std::string, std::pair<double, int>> hits;  // task -> (top-1 hits, questions)
+    for (size_t i = 0; i < questions_->size(); ++i) {
+      const HeldOutQuestion& q = (*questions_)[i];
+      hits[q.task].first += bench::RankDecisive(by_model[0][i], q.decisive).top1;
+      ++hits[q.task].second;
+    }
+    for (const auto& [task, counts] : hits) {
+      std::cout << AttributionMethodName(method) << " " << task << ": top-1 " << counts.first / counts.second << "\n";
+      EXPECT_GE(counts.first / counts.second, 0.9) << task;
+    }
+    for (size_t m = 1; m < models.size(); ++m) {
+      int same = 0;
+      for (size_t i = 0; i < questions_->size(); ++i) same += top(by_model[m][i]) == top(by_model[0][i]);
+      const double agreement = static_cast<double>(same) / static_cast<double>(questions_->size());
+      std::cout << AttributionMethodName(method) << " " << (m == 1 ? "int8" : "nf4") << ": same top-1 as float32 on "
+                << agreement << " of " << questions_->size() << " questions\n";
+      EXPECT_GE(agreement, 0.95) << (m == 1 ? "int8" : "nf4");
+    }
   }
 }
 
