@@ -174,6 +174,8 @@ int Main(int argc, char** argv) {
                                  {"GradientShap", server::v1::GRADIENT_SHAP, 16},
                                  {"Saliency", server::v1::SALIENCY},
                                  {"InputXGradient", server::v1::INPUT_X_GRADIENT},
+                                 {"AttnLRP", server::v1::ATTN_LRP},
+                                 {"CP-LRP", server::v1::CP_LRP},
                                  {"FeatureAblation", server::v1::FEATURE_ABLATION},
                                  {"ShapleyValueSampling", server::v1::SHAPLEY_VALUE_SAMPLING, 8},
                                  {"Lime", server::v1::LIME, 64},

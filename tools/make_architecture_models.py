@@ -17,7 +17,9 @@ tokenizer.json, tokenizer_config.json) and OUT_DIR/NAME/reference.json:
     LayerIntegratedGradients on the embedding layer does), baseline the embedding of token 0 at every
     position, 16 Gauss-Legendre steps, objective the summed target log-prob; attributions summed over
     the hidden dimension, and Captum's convergence delta.
-OUT_DIR/no-tokenizer/ is the llama model without any tokenizer file.
+OUT_DIR/no-tokenizer/ is the llama model without any tokenizer file. OUT_DIR/gpt2-zero-bias/ and
+OUT_DIR/qwen2-zero-bias/ are those models with every bias (linear and norm) set to zero, saved by
+transformers: the closed-form LRP tests need networks where nothing absorbs relevance.
 """
 import json
 import os
@@ -122,6 +124,21 @@ def write_model(directory, tokenizer_kind, config, seed):
         json.dump(references(loaded), f)
 
 
+def write_zero_bias_copy(source, directory):
+    shutil.rmtree(directory, ignore_errors=True)
+    model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    zeroed = 0
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(".bias"):
+                parameter.zero_()
+                zeroed += 1
+    assert zeroed > 0, source
+    model.save_pretrained(directory, safe_serialization=True)
+    for file in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(source, file), directory)
+
+
 def main():
     out_dir = sys.argv[1]
     torch.use_deterministic_algorithms(True)
@@ -129,11 +146,13 @@ def main():
         directory = os.path.join(out_dir, name)
         shutil.rmtree(directory, ignore_errors=True)
         write_model(directory, tokenizer_kind, config, seed)
+    for name in ("gpt2", "qwen2"):
+        write_zero_bias_copy(os.path.join(out_dir, name), os.path.join(out_dir, f"{name}-zero-bias"))
     bare = os.path.join(out_dir, "no-tokenizer")
     shutil.rmtree(bare, ignore_errors=True)
     shutil.copytree(os.path.join(out_dir, "llama"), bare,
                     ignore=shutil.ignore_patterns("tokenizer.json", "tokenizer_config.json"))
-    print(f"make_architecture_models: wrote {list(configs(0))} and no-tokenizer to {out_dir}")
+    print(f"make_architecture_models: wrote {list(configs(0))}, zero-bias gpt2 and qwen2, and no-tokenizer to {out_dir}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/model/causal_lm.h"
+#include "engine/model/safetensors.h"
 #include "tests/testing/status_matchers.h"
 
 namespace attribution::engine {
@@ -44,6 +45,7 @@ RowObjective TargetLogits(size_t prompt_length, const std::vector<int64_t>& targ
 
 struct Relevance {
   double objective = 0;
+  at::Tensor gradient;                   // [S, hidden] float64: dObjective / d(input embeddings)
   at::Tensor per_token;                  // [S] float64: Σ_hidden embedding · gradient
   std::vector<double> after_each_layer;  // Σ over positions and hidden of h_l · dObjective/dh_l
 };
@@ -70,7 +72,8 @@ Relevance Propagate(const CausalLM& model, const std::vector<int64_t>& prompt, c
   for (size_t l = 0; l < layers.size(); ++l) {
     out.after_each_layer.push_back((layers[l] * grads[l]).sum().item<double>());
   }
-  out.per_token = (embeds * grads.back()).sum(-1)[0].to(at::kDouble).detach();
+  out.gradient = grads.back()[0].to(at::kDouble).detach();
+  out.per_token = (embeds[0].to(at::kDouble).detach() * out.gradient).sum(-1);
   return out;
 }
 
@@ -168,20 +171,45 @@ INSTANTIATE_TEST_SUITE_P(EveryArchitecture, LrpRules,
                            return name;
                          });
 
-// Closed form: with every detached factor a constant, a bias-free network is linear in its input
+// Closed form: with every detached factor a constant, a network without biases is linear in its input
 // embeddings, so CP-LRP's relevance sums to the objective, at every layer too (float32 rounding only).
-TEST(CpLrp, ConservesTheObjectiveInBiasFreeModels) {
-  for (const std::string name : {"llama", "llama3-scaled", "mistral"}) {
+// GPT-2 adds position embeddings inside the model: their relevance is part of the sum.
+TEST(CpLrp, ConservesTheObjectiveWhereNoBiasAbsorbsRelevance) {
+  const nlohmann::json& ids = Reference()["models"]["llama"];
+  const auto prompt = ids["prompt"].get<std::vector<int64_t>>(), target = ids["target"].get<std::vector<int64_t>>();
+  for (const std::string name : {"llama", "llama3-scaled", "mistral", "qwen2-zero-bias", "gpt2-zero-bias"}) {
     SCOPED_TRACE(name);
     std::unique_ptr<CausalLM> model = Load(name);
     ASSERT_NE(model, nullptr);
-    const nlohmann::json& reference = Reference()["models"][name];
-    const Relevance r = Propagate(*model, reference["prompt"].get<std::vector<int64_t>>(),
-                                  reference["target"].get<std::vector<int64_t>>(), PropagationRules::kCpLrp);
+    const Relevance r = Propagate(*model, prompt, target, PropagationRules::kCpLrp);
+    double total = r.per_token.sum().item<double>();
+    if (name == "gpt2-zero-bias") {
+      auto weights =
+          SafetensorsFile::Open(absl::StrCat(ATTRIBUTION_ARCHITECTURE_MODELS_DIR, "/", name, "/model.safetensors"));
+      ASSERT_THAT(weights, IsOk());
+      const TensorRecord* positions = (*weights)->Find("transformer.wpe.weight");
+      ASSERT_NE(positions, nullptr);
+      const at::Tensor used = (*weights)->View(*positions).narrow(0, 0, r.gradient.size(0)).to(at::kDouble);
+      const double position_relevance = (used * r.gradient).sum().item<double>();
+      EXPECT_GT(std::abs(position_relevance), 1e-3);  // so the check below includes it
+      total += position_relevance;
+    }
     const double tolerance = 1e-5 * std::max(1.0, std::abs(r.objective));
-    EXPECT_NEAR(r.per_token.sum().item<double>(), r.objective, tolerance);
-    for (double layer : r.after_each_layer) EXPECT_NEAR(layer, r.objective, tolerance);
+    EXPECT_NEAR(total, r.objective, tolerance);
+    if (name != "gpt2-zero-bias") {  // there the layers' sums also hold the position embeddings' share
+      for (double layer : r.after_each_layer) EXPECT_NEAR(layer, r.objective, tolerance);
+    }
   }
+}
+
+// Biases do absorb relevance: with them the sum misses the objective (so the test above can fail).
+TEST(CpLrp, BiasesAbsorbRelevance) {
+  const nlohmann::json& ids = Reference()["models"]["llama"];
+  std::unique_ptr<CausalLM> model = Load("qwen2");
+  ASSERT_NE(model, nullptr);
+  const Relevance r = Propagate(*model, ids["prompt"].get<std::vector<int64_t>>(),
+                                ids["target"].get<std::vector<int64_t>>(), PropagationRules::kCpLrp);
+  EXPECT_GT(std::abs(r.per_token.sum().item<double>() - r.objective), 1e-2 * std::abs(r.objective));
 }
 
 }  // namespace
