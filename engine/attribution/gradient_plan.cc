@@ -7,7 +7,7 @@
 // points in all at most) until both the convergence delta and the estimated error of the latest order (from the
 // changes between orders, see EstimatedError) are within tolerance · |f(x) - f(baseline)|.
 // Gauss-Legendre nodes of different orders do not nest, so each order is a fresh round of grad rows; the
-// two score rows at the path's ends run once.
+// score rows at the path's ends run once.
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -26,23 +26,27 @@ class GradientPlan : public RowPlan {
   explicit GradientPlan(AttributionRequest request) : RowPlan(std::move(request)) {
     path_ = std::make_shared<EmbeddingPath>(MakePath());
     const int64_t p = prompt_length();
+    // The input's score row gives the response its target tokens' log-probs; the baseline's is needed
+    // only by integrated gradients (convergence delta, tolerance).
     rows_.push_back(
         Row{.kind = RowKind::kScore, .point = {.path = path_, .alpha = 1.0}, .objective = SequenceObjective(p)});
-    rows_.push_back(
-        Row{.kind = RowKind::kScore, .point = {.path = path_, .alpha = 0.0}, .objective = SequenceObjective(p)});
+    if (integrated_gradients()) {
+      rows_.push_back(
+          Row{.kind = RowKind::kScore, .point = {.path = path_, .alpha = 0.0}, .objective = SequenceObjective(p)});
+    }
     order_ = adaptive() ? std::min(kFirstAdaptiveOrder, request_.n_steps) : request_.n_steps;
     QueueGradRows(Samples(order_));
   }
 
-  int64_t expected_rows() const override { return 2 + rows_done_ + rows_pending_; }
+  int64_t expected_rows() const override { return end_rows() + rows_done_ + rows_pending_; }
 
   absl::Status Absorb(std::vector<RowResult>& results) override {
     size_t first_grad = 0;
     if (!ends_scored_) {
       at_input_ = std::move(results[0]);
-      at_baseline_ = std::move(results[1]);
+      if (integrated_gradients()) at_baseline_ = std::move(results[1]);
       ends_scored_ = true;
-      first_grad = 2;
+      first_grad = static_cast<size_t>(end_rows());
     }
     rows_done_ += static_cast<int64_t>(results.size() - first_grad);
     rows_pending_ = 0;
@@ -69,12 +73,12 @@ class GradientPlan : public RowPlan {
     FillTargetScores(at_input_, out);
     out.sequence = current_.sequence;
     out.per_token = current_.per_token;
-    if (request_.method == AttributionMethod::kIntegratedGradients) {
+    if (integrated_gradients()) {
       out.convergence_delta = ConvergenceDelta(current_);
       out.integration_steps = order_;
       if (adaptive()) out.tolerance_met = tolerance_met_;
     }
-    out.rows = 2 + rows_done_;
+    out.rows = end_rows() + rows_done_;
     out.forward_passes = out.rows;
     out.backward_passes = rows_done_;
     return out;
@@ -86,9 +90,10 @@ class GradientPlan : public RowPlan {
     std::vector<std::vector<double>> per_token;  // [T][F] when asked
   };
 
-  bool adaptive() const {
-    return request_.method == AttributionMethod::kIntegratedGradients && request_.completeness_tolerance > 0;
-  }
+  bool integrated_gradients() const { return request_.method == AttributionMethod::kIntegratedGradients; }
+  bool adaptive() const { return integrated_gradients() && request_.completeness_tolerance > 0; }
+  // Score rows at the path's ends: the input, and for integrated gradients the baseline.
+  int64_t end_rows() const { return integrated_gradients() ? 2 : 1; }
   int64_t RowsPerPoint() const { return 1 + (request_.want_token_matrix ? target_length() : 0); }
 
   // Token ids of the path's ends; which positions' baselines are the zero embedding.

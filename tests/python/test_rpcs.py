@@ -67,6 +67,9 @@ CASES = {
                                 ["--method=kernel_shap", "--n_samples=40", "--seed=3", "--foil= No"]),
     "saliency_special_tokens": (dict(method="saliency", include_special_tokens=True),
                                 ["--method=saliency", "--include_special_tokens"]),
+    "attn_lrp_logit_matrix": (dict(method="attn_lrp", quantity="logit", want_token_matrix=True),
+                              ["--method=attn_lrp", "--quantity=logit", "--matrix"]),
+    "cp_lrp_contrastive": (dict(method="cp_lrp", foil=" No"), ["--method=cp_lrp", "--foil= No"]),
 }
 
 
