@@ -109,6 +109,19 @@ TEST_P(LrpRules, RelevanceAfterEachLayerEqualsLxt) {
   }
 }
 
+// With the rules off (plain autograd, what InputXGradient runs) the same readout is LXT's unpatched
+// gradient × input: what the rules change is the backward alone.
+TEST_P(LrpRules, WithoutTheRulesTheReadoutIsGradientTimesInput) {
+  std::unique_ptr<CausalLM> model = Load(name());
+  ASSERT_NE(model, nullptr);
+  const at::Tensor ours = Propagate(*model, prompt_, target_, PropagationRules::kGradient).per_token;
+  const at::Tensor expected = at::tensor((*reference_)["input_x_gradient"].get<std::vector<double>>(), at::kDouble);
+  EXPECT_LT((ours - expected).abs().max().item<double>(), 1e-4 * expected.abs().max().item<double>());
+  const at::Tensor lrp =
+      at::tensor((*reference_)[RulesName(rules())]["relevance"].get<std::vector<double>>(), at::kDouble);
+  EXPECT_GT((ours - lrp).abs().max().item<double>(), 1e-2 * lrp.abs().max().item<double>());
+}
+
 // A padded batch of rows of different lengths gives each row what it gets alone.
 TEST_P(LrpRules, RowsInABatchEqualRowsAlone) {
   std::unique_ptr<CausalLM> model = Load(name());
