@@ -23,7 +23,13 @@ absl::Time DeadlineOf(const grpc::CallbackServerContext* context) {
 
 AttributionServiceImpl::AttributionServiceImpl(const ServerConfig& config, ServerMetrics* metrics,
                                                std::optional<BearerAuth> auth)
-    : config_(config), metrics_(metrics), auth_(std::move(auth)), gate_(config.max_concurrent_requests) {}
+    : config_(config), metrics_(metrics), auth_(std::move(auth)), gate_(config.max_concurrent_requests) {
+  if (config.client_read_timeout > absl::ZeroDuration()) watchdog_.emplace(config.client_read_timeout);
+}
+
+std::shared_ptr<DeliveryWatch> AttributionServiceImpl::WatchDelivery(grpc::CallbackServerContext* context) {
+  return watchdog_ ? watchdog_->Watch(context) : nullptr;
+}
 
 absl::StatusOr<const ServedModel*> AttributionServiceImpl::Admit(CallLog& log, grpc::CallbackServerContext* context,
                                                                  const std::string& model, bool needs_model) {

@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "attribution/v1/attribution.pb.h"
+#include "server/delivery_watchdog.h"
 #include "server/grpc_status.h"
 
 namespace attribution::server {
@@ -33,6 +34,8 @@ class CallObserver {
  public:
   virtual ~CallObserver() = default;
   virtual void CallEnded(const CallLog& log, const grpc::Status& status) = 0;
+  // The call's delivery, watched for a client that stopped reading (nullptr: not watched).
+  virtual std::shared_ptr<DeliveryWatch> WatchDelivery(grpc::CallbackServerContext* context) = 0;
 };
 
 // Holds the cancel hook of a call: run once when the client cancels, at once if it already has.
@@ -67,7 +70,8 @@ class CancelHook {
 // Deletes itself when gRPC is done with it. Complete() must be the caller's last use of the object.
 class UnaryCall final : public grpc::ServerUnaryReactor {
  public:
-  UnaryCall(CallObserver* observer, std::string method, grpc::CallbackServerContext* context) : observer_(observer) {
+  UnaryCall(CallObserver* observer, std::string method, grpc::CallbackServerContext* context)
+      : observer_(observer), watch_(observer->WatchDelivery(context)) {
     log_.method = std::move(method);
     log_.peer = context->peer();
   }
@@ -76,13 +80,18 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
   void Complete(const absl::Status& status) {
     const grpc::Status grpc_status = ToGrpcStatus(status);
     observer_->CallEnded(log_, grpc_status);
+    if (watch_) watch_->WriteStarted();
     Finish(grpc_status);
   }
   void OnCancel() override { cancel_.Fire(); }
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    if (watch_) watch_->CallDone();
+    delete this;
+  }
 
  private:
   CallObserver* const observer_;
+  const std::shared_ptr<DeliveryWatch> watch_;
   CallLog log_;
   CancelHook cancel_;
 };
@@ -93,7 +102,8 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
 template <typename Event>
 class StreamCall final : public grpc::ServerWriteReactor<Event> {
  public:
-  StreamCall(CallObserver* observer, std::string method, grpc::CallbackServerContext* context) : observer_(observer) {
+  StreamCall(CallObserver* observer, std::string method, grpc::CallbackServerContext* context)
+      : observer_(observer), watch_(observer->WatchDelivery(context)) {
     log_.method = std::move(method);
     log_.peer = context->peer();
   }
@@ -126,6 +136,7 @@ class StreamCall final : public grpc::ServerWriteReactor<Event> {
   }
 
   void OnWriteDone(bool ok) override {
+    if (watch_) watch_->WriteDone();
     {
       std::lock_guard<std::mutex> lock(mu_);
       writing_ = false;
@@ -134,7 +145,10 @@ class StreamCall final : public grpc::ServerWriteReactor<Event> {
     Pump();
   }
   void OnCancel() override { cancel_.Fire(); }
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    if (watch_) watch_->CallDone();
+    delete this;
+  }
 
  private:
   // Starts the next write, or finishes once everything is written; never under the lock, since gRPC
@@ -154,14 +168,21 @@ class StreamCall final : public grpc::ServerWriteReactor<Event> {
         action = kFinish;
       }
     }
-    if (action == kWrite) this->StartWrite(&current_);
+    if (action == kWrite) {
+      if (watch_) watch_->WriteStarted();
+      this->StartWrite(&current_);
+    }
     if (action == kFinish) {
+      if (watch_ && watch_->cancelled()) status_ = grpc::Status(grpc::StatusCode::CANCELLED, kStoppedReading);
       observer_->CallEnded(log_, status_);
+      if (watch_) watch_->WriteStarted();
       this->Finish(status_);
     }
   }
 
+  static constexpr char kStoppedReading[] = "cancelled by the server: the client stopped reading its answer";
   CallObserver* const observer_;
+  const std::shared_ptr<DeliveryWatch> watch_;
   CallLog log_;
   CancelHook cancel_;
   std::mutex mu_;

@@ -121,6 +121,7 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::string& json_text, con
   RETURN_IF_ERROR(reader.Read("max_message_bytes", config.max_message_bytes));
   RETURN_IF_ERROR(reader.Read("max_top_k", config.max_top_k));
   RETURN_IF_ERROR(reader.ReadSeconds("grace_period_seconds", config.grace_period));
+  RETURN_IF_ERROR(reader.ReadSeconds("client_read_timeout_seconds", config.client_read_timeout));
   json tls = json::object(), models = json::array();
   RETURN_IF_ERROR(reader.Read("tls", tls));
   RETURN_IF_ERROR(reader.Read("models", models));
@@ -189,6 +190,8 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
   }
   if (config.grace_period < absl::ZeroDuration())
     return absl::InvalidArgumentError("grace_period_seconds must not be negative");
+  if (config.client_read_timeout < absl::ZeroDuration())
+    return absl::InvalidArgumentError("client_read_timeout_seconds must not be negative (0: no timeout)");
   return absl::OkStatus();
 }
 

@@ -42,6 +42,9 @@ struct ServerConfig {
   int64_t max_message_bytes = 4 << 20;
   int64_t max_top_k = 20;  // Logprobs alternatives per position
   absl::Duration grace_period = absl::Seconds(30);
+  // How long an answer may wait for its client to read it before the call is cancelled (frees the
+  // admission slot of a client that stopped reading); zero: forever.
+  absl::Duration client_read_timeout = absl::Seconds(120);
   std::vector<ModelSpec> models;
 };
 

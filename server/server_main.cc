@@ -68,6 +68,8 @@ ABSL_FLAG(bool, check_config, false,
           "validate the config and flags, print a summary and exit (0: valid, 1: not); "
           "loads no model (e.g. for a ConfigMap in CI)");
 ABSL_FLAG(double, grace_period_seconds, 30, "on SIGTERM, how long calls in flight may take to finish");
+ABSL_FLAG(double, client_read_timeout_seconds, 120,
+          "cancel a call whose answer waited this long for its client to read it (0: never)");
 
 namespace attribution::server {
 namespace {
@@ -130,6 +132,8 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   Override("max_message_bytes", FLAGS_max_message_bytes, config.max_message_bytes);
   if (OnCommandLine("grace_period_seconds"))
     config.grace_period = absl::Seconds(absl::GetFlag(FLAGS_grace_period_seconds));
+  if (OnCommandLine("client_read_timeout_seconds"))
+    config.client_read_timeout = absl::Seconds(absl::GetFlag(FLAGS_client_read_timeout_seconds));
   for (const std::string& entry : absl::GetFlag(FLAGS_model)) {
     std::vector<std::string> parts = absl::StrSplit(entry, absl::MaxSplits('=', 1));
     if (parts.size() != 2)

@@ -312,5 +312,57 @@ TEST(SlowReader, StalledStreamsNeitherBlockOtherCallsNorGrowServerMemory) {
   EXPECT_LE(end, middle + 16) << "memory still grows during the stall";
 }
 
+// A reader that stops for longer than --client_read_timeout_seconds: the server cancels its call, which
+// frees the admission slot it held (here the only one) and ends it CANCELLED on both sides. Without the
+// timeout a client that never reads nor disconnects would hold its slot forever.
+TEST(SlowReader, AReaderStalledPastTheReadTimeoutIsCancelledAndFreesItsSlot) {
+  auto server = ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir(), "--max_concurrent_requests=1",
+                                      "--client_read_timeout_seconds=2"});
+  ASSERT_THAT(server, IsOk());
+  grpc::ChannelArguments small_window;
+  small_window.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 1024);
+  small_window.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  auto stalled_stub = NewStub((*server)->address(), small_window);
+  grpc::ChannelArguments other;
+  other.SetInt("attribution.other_connection", 1);
+  auto other_stub = NewStub((*server)->address(), other);
+
+  absl::Notification resume;
+  StalledReader reader;
+  reader.thread = std::thread([&] { ReadGenerateStream(*stalled_stub, reader, resume); });
+  while (!reader.started) std::this_thread::sleep_for(std::chrono::milliseconds(10));  // polling another thread
+
+  // The stalled stream holds the only slot: a Logprobs call is refused at first, then answered once
+  // the server cancelled the stream (2 s after its writes stopped moving; the generation itself takes
+  // a few seconds first).
+  const absl::Time stalled_at = absl::Now();
+  grpc::Status refused;
+  {
+    grpc::ClientContext context;
+    v1::LogprobsResponse response;
+    refused = other_stub->Logprobs(&context, ShortLogprobs(), &response);
+  }
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << refused.error_message();
+  grpc::Status status;
+  do {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // polling the server for the freed slot
+    grpc::ClientContext context;
+    v1::LogprobsResponse response;
+    status = other_stub->Logprobs(&context, ShortLogprobs(), &response);
+  } while (!status.ok() && absl::Now() - stalled_at < absl::Seconds(120));
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  std::cout << "[ slow     ] slot " << (status.ok() ? "freed " : "still held ")
+            << absl::FormatDuration(absl::Now() - stalled_at) << " after the reader stopped\n";
+  EXPECT_EQ(
+      MetricValue((*server)->metrics_port(), "attribution_rpcs_total{code=\"CANCELLED\",method=\"GenerateStream\"}"),
+      1);
+
+  resume.Notify();
+  reader.thread.join();
+  EXPECT_EQ(reader.status.error_code(), grpc::StatusCode::CANCELLED) << reader.status.error_message();
+  EXPECT_FALSE(reader.answered);
+  EXPECT_TRUE(test_support::WaitForIdle((*server)->metrics_port(), "demo", absl::Seconds(30)));
+}
+
 }  // namespace
 }  // namespace attribution

@@ -22,10 +22,19 @@ using ::attribution::test_support::IsOk;
 using ::attribution::test_support::StatusIs;
 using ::testing::HasSubstr;
 
+TEST(ServerConfig, ClientReadTimeoutDefaultsToTwoMinutesAndMustNotBeNegative) {
+  absl::StatusOr<ServerConfig> config = ParseServerConfig(R"({"models": [{"name": "m", "path": "/p"}]})", "test.json");
+  ASSERT_THAT(config, IsOk());
+  EXPECT_EQ(config->client_read_timeout, absl::Seconds(120));
+  config->client_read_timeout = absl::Seconds(-1);
+  EXPECT_THAT(ValidateServerConfig(*config), StatusIs(absl::StatusCode::kInvalidArgument,
+                                                      HasSubstr("client_read_timeout_seconds must not be negative")));
+}
+
 TEST(ServerConfig, ParsesEveryKey) {
   absl::StatusOr<ServerConfig> config = ParseServerConfig(R"({
     "listen": "0.0.0.0:6000", "metrics_listen": "", "auth_tokens_file": "/t", "max_concurrent_requests": 7,
-    "max_message_bytes": 1000, "max_top_k": 5, "grace_period_seconds": 2.5,
+    "max_message_bytes": 1000, "max_top_k": 5, "grace_period_seconds": 2.5, "client_read_timeout_seconds": 0,
     "tls": {"cert_file": "c", "key_file": "k", "client_ca_file": "ca"},
     "models": [{"name": "m", "path": "/p", "dtype": "bfloat16", "quantization": "nf4", "device": "cuda:1",
                 "engine": {"max_batch_tokens": 4096, "max_batch_rows": 16, "max_queue_delay_seconds": 0.005,
@@ -39,6 +48,7 @@ TEST(ServerConfig, ParsesEveryKey) {
   EXPECT_EQ(config->metrics_listen, "");
   EXPECT_EQ(config->max_concurrent_requests, 7);
   EXPECT_EQ(config->grace_period, absl::Milliseconds(2500));
+  EXPECT_EQ(config->client_read_timeout, absl::ZeroDuration());  // 0: no timeout
   EXPECT_EQ(config->tls.client_ca_file, "ca");
   ASSERT_EQ(config->models.size(), 1u);
   const ModelSpec& m = config->models[0];
