@@ -66,7 +66,8 @@ int Main(int argc, char** argv) {
     return r;
   };
   const auto flop_of = [&](const AttributionResult& r) {
-    return static_cast<double>(r.forward_passes) * row_forward + static_cast<double>(r.backward_passes) * 2 * row_forward;
+    return static_cast<double>(r.forward_passes) * row_forward +
+           static_cast<double>(r.backward_passes) * 2 * row_forward;
   };
   // Warm-up: the engine learns each kind's cost, LibTorch sets up its kernels.
   for (int i = 0; i < 3; ++i) (void)attributor.AttributeAndWait(request_for(jobs[3]));
@@ -91,8 +92,8 @@ int Main(int argc, char** argv) {
     }
     const double median = Median(ms);
     if (plain_ms == 0) plain_ms = median;
-    std::printf("%-16s %6lld %9.2f %10.1f %9.1f %13.2fx\n", job.name.c_str(), (long long)last.rows,
-                flop_of(last) / 1e9, median, flop_of(last) / median / 1e6, median / plain_ms);
+    std::printf("%-16s %6lld %9.2f %10.1f %9.1f %13.2fx\n", job.name.c_str(), (long long)last.rows, flop_of(last) / 1e9,
+                median, flop_of(last) / median / 1e6, median / plain_ms);
   }
 
   std::printf("\n%lld requests at once (rows of all requests batch together)\n", (long long)concurrent);
