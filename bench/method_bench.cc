@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_join.h"
 #include "bench/bench_util.h"
+#include "bench/synthetic_job.h"
 #include "engine/attribution/attributor.h"
 
 namespace attribution {
@@ -36,12 +37,8 @@ int Main(int argc, char** argv) {
   const ModelConfig& c = model->config();
   const int64_t p = std::stoll(Flag(argc, argv, "prompt_tokens", "64")),
                 t = std::stoll(Flag(argc, argv, "target_tokens", "8"));
-  AttributionRequest base;
-  for (int64_t i = 0; i < p; ++i) base.prompt_ids.push_back(i == 0 ? 1 : 3 + (i * 7919) % (c.vocab_size - 3));
-  for (int64_t i = 0; i < t; ++i) base.target_ids.push_back(3 + (i * 104729) % (c.vocab_size - 3));
-  const double linear = c.num_layers * (c.hidden_size * c.head_dim * (2.0 * c.num_heads + 2.0 * c.num_kv_heads) +
-                                        3.0 * c.hidden_size * c.intermediate_size);
-  const double row_forward = 2.0 * linear * (p + t) + 2.0 * c.hidden_size * c.vocab_size * t;  // LM head at T positions
+  const AttributionRequest base = bench::SyntheticRequest(c, p, t);
+  const double row_forward = bench::RowForwardFlop(c, p, t);
 
   struct Job {
     std::string name, captum;

@@ -47,6 +47,17 @@ std::unique_ptr<Stub> NewStub(const std::string& address, const grpc::ChannelArg
   return v1::AttributionService::NewStub(grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
 }
 
+// The stalled readers' connection: a 1 KB stream window without growth, so the server's writes wait
+// for the reader almost at once (gRPC would otherwise buffer megabytes in the client); and another one.
+std::pair<std::unique_ptr<Stub>, std::unique_ptr<Stub>> Connections(const std::string& address) {
+  grpc::ChannelArguments small_window;
+  small_window.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 1024);
+  small_window.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  grpc::ChannelArguments other;
+  other.SetInt("attribution.other_connection", 1);
+  return {NewStub(address, small_window), NewStub(address, other)};
+}
+
 v1::LogprobsRequest ShortLogprobs() {
   v1::LogprobsRequest r;
   r.set_model("demo");
@@ -177,15 +188,7 @@ TEST(SlowReader, StalledStreamsNeitherBlockOtherCallsNorGrowServerMemory) {
   auto server = ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir()});
   ASSERT_THAT(server, IsOk());
   const pid_t pid = (*server)->pid();
-  // The stalled readers' connection: a 1 KB stream window without growth, so the server's writes wait
-  // for the reader almost at once (gRPC would otherwise buffer megabytes in the client).
-  grpc::ChannelArguments small_window;
-  small_window.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 1024);
-  small_window.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
-  auto stalled_stub = NewStub((*server)->address(), small_window);
-  grpc::ChannelArguments other;
-  other.SetInt("attribution.other_connection", 1);
-  auto other_stub = NewStub((*server)->address(), other);
+  auto [stalled_stub, other_stub] = Connections((*server)->address());
 
   // Latency of the short calls on the quiet server (after a warm-up).
   ShortCalls quiet;
@@ -319,13 +322,7 @@ TEST(SlowReader, AReaderStalledPastTheReadTimeoutIsCancelledAndFreesItsSlot) {
   auto server = ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir(), "--max_concurrent_requests=1",
                                       "--client_read_timeout_seconds=2"});
   ASSERT_THAT(server, IsOk());
-  grpc::ChannelArguments small_window;
-  small_window.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 1024);
-  small_window.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
-  auto stalled_stub = NewStub((*server)->address(), small_window);
-  grpc::ChannelArguments other;
-  other.SetInt("attribution.other_connection", 1);
-  auto other_stub = NewStub((*server)->address(), other);
+  auto [stalled_stub, other_stub] = Connections((*server)->address());
 
   absl::Notification resume;
   StalledReader reader;
