@@ -79,7 +79,8 @@ TEST(GpuAttribution, EveryMethodOnTheDeviceEqualsTheCpuRun) {
   for (AttributionMethod method :
        {AttributionMethod::kIntegratedGradients, AttributionMethod::kGradientShap, AttributionMethod::kSaliency,
         AttributionMethod::kInputXGradient, AttributionMethod::kFeatureAblation,
-        AttributionMethod::kShapleyValueSampling, AttributionMethod::kLime, AttributionMethod::kKernelShap}) {
+        AttributionMethod::kShapleyValueSampling, AttributionMethod::kLime, AttributionMethod::kKernelShap,
+        AttributionMethod::kAttnLrp, AttributionMethod::kCpLrp}) {
     AttributionRequest request{.prompt_ids = {1, 17, 42, 99, 7, 23, 5},
                                .target_ids = {11, 12},
                                .method = method,
