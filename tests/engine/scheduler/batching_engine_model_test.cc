@@ -65,6 +65,8 @@ TEST_F(EngineOverModel, RowResultsEqualRowsComputedAlone) {
   const std::vector<int64_t> lengths = {5, 11, 3, 8, 11, 6};
   const PathReduction reductions[] = {PathReduction::kTimesDirection, PathReduction::kTimesInput,
                                       PathReduction::kAbsolute, PathReduction::kSigned};
+  // Rows under different propagation rules share batches too (the executor runs a forward per rule).
+  const PropagationRules rules[] = {PropagationRules::kGradient, PropagationRules::kAttnLrp, PropagationRules::kCpLrp};
   std::vector<std::unique_ptr<RowCollector>> score_results, grad_results;
   std::vector<Row> score_rows, grad_rows;
   std::vector<ExpectedGrad> expected;
@@ -75,7 +77,7 @@ TEST_F(EngineOverModel, RowResultsEqualRowsComputedAlone) {
                            .quantity = i % 2 ? TokenQuantity::kProb : TokenQuantity::kLogProb};
     score_rows.push_back(Row{.kind = RowKind::kScore, .input_ids = ids, .objective = objective, .top_k = 3});
     // A path from another token (or, for odd rows, the zero embedding) at the first two positions.
-    EmbeddingPath path{.input_ids = ids, .baseline_ids = ids, .reduction = reductions[i % 4]};
+    EmbeddingPath path{.input_ids = ids, .baseline_ids = ids, .reduction = reductions[i % 4], .rules = rules[i % 3]};
     path.baseline_ids[0] = path.baseline_ids[1] = 4;
     if (i % 2) path.zero_baseline = {1, 1};
     path.zero_baseline.resize(i % 2 ? ids.size() : 0, 0);
@@ -83,7 +85,7 @@ TEST_F(EngineOverModel, RowResultsEqualRowsComputedAlone) {
     at::Tensor input = Embeds(ids), baseline = Embeds(path.baseline_ids);
     if (i % 2) baseline.narrow(0, 0, 2).zero_();
     const at::Tensor point = baseline + alpha * (input - baseline);
-    auto alone = model_->ObjectiveGradients({.inputs_embeds = point.unsqueeze(0)}, {objective});
+    auto alone = model_->ObjectiveGradients({.inputs_embeds = point.unsqueeze(0), .rules = rules[i % 3]}, {objective});
     ASSERT_THAT(alone, IsOk());
     const at::Tensor g = alone->gradients[0];
     const at::Tensor by_reduction[] = {(g * (input - baseline)).sum(-1), (g * input).sum(-1), g.abs().sum(-1),
