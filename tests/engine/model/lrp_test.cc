@@ -156,8 +156,9 @@ TEST_P(LrpRules, RowsInABatchEqualRowsAlone) {
 
 // bfloat16 and float16 stay finite (no NaN from a rule's quotient, no overflow) and close to float32:
 // float16 within 5% of the largest relevance (observed 0.08-1.5%). bfloat16 keeps 8 bits of mantissa
-// through the forward: plain gradient x input is 1.1-7.2% off on these models, LRP 0.8-2.4%, but
-// 27% on mistral's AttnLRP, whose relevances cancel (they sum to 0.05 of a 0.8 objective); its bar is 30%.
+// through the forward: plain gradient x input is 1.1-7.2% off on these models, LRP 0.8-2.4%, but on
+// mistral 7.6% (CP-LRP) and 27% (AttnLRP, whose relevances cancel: they sum to 0.05 of a 0.8
+// objective); the bar is 30%.
 TEST_P(LrpRules, HalfPrecisionStaysFiniteAndCloseToFloat32) {
   std::unique_ptr<CausalLM> full = Load(name());
   ASSERT_NE(full, nullptr);
