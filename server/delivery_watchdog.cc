@@ -32,12 +32,11 @@ bool DeliveryWatch::cancelled() {
   return cancelled_;
 }
 
-bool DeliveryWatch::CancelIfStalled(absl::Time stalled_before) {
+void DeliveryWatch::CancelIfStalled(absl::Time stalled_before) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
-  if (done_ || cancelled_ || !pending_since_ || *pending_since_ > stalled_before) return false;
+  if (done_ || cancelled_ || !pending_since_ || *pending_since_ > stalled_before) return;
   cancelled_ = true;
   context_->TryCancel();  // under the lock: CallDone (and the context's end) waits for it
-  return true;
 }
 
 DeliveryWatchdog::DeliveryWatchdog(absl::Duration limit) : limit_(limit), thread_([this] { Run(); }) {}
@@ -58,24 +57,16 @@ std::shared_ptr<DeliveryWatch> DeliveryWatchdog::Watch(grpc::CallbackServerConte
   return watch;
 }
 
-int64_t DeliveryWatchdog::cancelled() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return cancelled_;
-}
-
 void DeliveryWatchdog::Run() {
   const absl::Duration period = std::min(limit_ / 4, absl::Seconds(1));
   std::unique_lock<std::mutex> lock(mu_);
   while (!stop_changed_.wait_for(lock, absl::ToChronoNanoseconds(period), [this] { return stopping_; })) {
-    std::vector<std::shared_ptr<DeliveryWatch>> live;
     watches_.remove_if([](const std::shared_ptr<DeliveryWatch>& w) { return w->done(); });
-    live.assign(watches_.begin(), watches_.end());
+    const std::vector<std::shared_ptr<DeliveryWatch>> live(watches_.begin(), watches_.end());
     lock.unlock();  // cancelling runs the call's reactions, which may start new calls (Watch)
     const absl::Time stalled_before = absl::Now() - limit_;
-    int64_t cancelled = 0;
-    for (const auto& watch : live) cancelled += watch->CancelIfStalled(stalled_before);
+    for (const auto& watch : live) watch->CancelIfStalled(stalled_before);
     lock.lock();
-    cancelled_ += cancelled;
   }
 }
 

@@ -29,8 +29,8 @@ class DeliveryWatch {
   void WriteDone();
   // The call is over: the context may go away. Must precede the reactor's deletion.
   void CallDone();
-  // Cancels the call if a write has been pending since before `stalled_before`; true if it did.
-  bool CancelIfStalled(absl::Time stalled_before);
+  // Cancels the call if a write has been pending since before `stalled_before`.
+  void CancelIfStalled(absl::Time stalled_before);
   bool done();
   bool cancelled();  // by CancelIfStalled
 
@@ -53,18 +53,15 @@ class DeliveryWatchdog {
   DeliveryWatchdog& operator=(const DeliveryWatchdog&) = delete;
 
   std::shared_ptr<DeliveryWatch> Watch(grpc::CallbackServerContext* context);
-  // Calls cancelled so far for not reading.
-  int64_t cancelled() const;
 
  private:
   void Run();
 
   const absl::Duration limit_;
-  mutable std::mutex mu_;
+  std::mutex mu_;
   std::condition_variable stop_changed_;
   bool stopping_ = false;
   std::list<std::shared_ptr<DeliveryWatch>> watches_;
-  int64_t cancelled_ = 0;
   std::thread thread_;
 };
 
