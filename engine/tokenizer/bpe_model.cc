@@ -28,11 +28,11 @@ absl::StatusOr<BpeModel> BpeModel::FromJson(const nlohmann::json& model) {
       return absl::InvalidArgumentError(
           absl::StrCat("tokenizer.json: vocab id of \"", token, "\" is not a non-negative integer"));
     }
-    if (id.get<int64_t>() >= kMaxTokenId) {
-      return absl::InvalidArgumentError(absl::StrCat("tokenizer.json: vocab id ", id.get<int64_t>(), " of \"", token,
-                                                     "\" is not below the limit of ", kMaxTokenId));
-    }
     const int64_t i = id.get<int64_t>();
+    if (i >= kMaxTokenId) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tokenizer.json: vocab id ", i, " of \"", token, "\" is not below the limit of ", kMaxTokenId));
+    }
     bpe.vocab_[token] = i;
     if (static_cast<int64_t>(bpe.tokens_.size()) <= i) bpe.tokens_.resize(i + 1);
     bpe.tokens_[i] = token;
