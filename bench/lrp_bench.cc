@@ -66,7 +66,8 @@ int Main(int argc, char** argv) {
            static_cast<double>(r.backward_passes) * 2 * row_forward;
   };
   // Warm-up: the engine learns each kind's cost, LibTorch sets up its kernels.
-  for (int i = 0; i < 3; ++i) (void)attributor.AttributeAndWait(request_for(jobs[3]));
+  const Job warm_up{"", AttributionMethod::kIntegratedGradients, 32};
+  for (int i = 0; i < 3; ++i) (void)attributor.AttributeAndWait(request_for(warm_up));
 
   std::printf("model: %lld layers, hidden %lld, vocab %lld, fp32; prompt %lld tokens, target %lld tokens\n",
               (long long)c.num_layers, (long long)c.hidden_size, (long long)c.vocab_size, (long long)p, (long long)t);
