@@ -174,6 +174,11 @@ struct Logprobs {
 
 struct ModelInfo {
   std::string name, architecture, dtype, quantization, device;
+  // nf4 / fp4 (bitsandbytes' formats): block size, double quantization, and whether the weights were
+  // loaded as a bitsandbytes checkpoint saved them (with that checkpoint's bnb_4bit_compute_dtype).
+  int64_t quantization_block_size = 0;
+  bool double_quantization = false, quantization_from_checkpoint = false;
+  std::string checkpoint_compute_dtype;
   int64_t resident_weight_bytes = 0, vocab_size = 0, num_layers = 0, hidden_size = 0;
   int64_t max_steps = 0, max_samples = 0, max_features = 0, max_tokens = 0, max_new_tokens = 0, max_top_k = 0;
 };

@@ -194,12 +194,19 @@ int LogprobsCommand(AttributionClient& client, const std::string& model) {
   return 0;
 }
 
+// "nf4/64+dq (saved)": a 4-bit format's block size, double quantization, and a pre-quantized checkpoint.
+std::string QuantizationLabel(const ModelInfo& m) {
+  if (m.quantization_block_size == 0) return m.quantization;
+  return absl::StrCat(m.quantization, "/", m.quantization_block_size, m.double_quantization ? "+dq" : "",
+                      m.quantization_from_checkpoint ? " (saved)" : "");
+}
+
 int Models(AttributionClient& client) {
   absl::StatusOr<std::vector<ModelInfo>> models = client.ListModels();
   if (!models.ok()) return Failed(models.status());
   for (const ModelInfo& m : *models) {
     std::cout << absl::StrFormat("%-16s %-8s %-9s %-5s %-7s %12d bytes  vocab %d  layers %d  hidden %d\n", m.name,
-                                 m.architecture, m.dtype, m.quantization, m.device, m.resident_weight_bytes,
+                                 m.architecture, m.dtype, QuantizationLabel(m), m.device, m.resident_weight_bytes,
                                  m.vocab_size, m.num_layers, m.hidden_size);
   }
   return 0;

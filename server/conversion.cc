@@ -527,7 +527,18 @@ void ToModelInfo(const ServedModel& model, int64_t max_top_k, v1::ModelInfo* out
   out->set_name(model.spec.name);
   out->set_architecture(engine::ArchitectureName(config.architecture));
   out->set_dtype(model.spec.dtype);
-  out->set_quantization(model.spec.quantization);
+  const engine::LoadOptions& loaded = model.model->options();
+  out->set_quantization(engine::QuantizationName(loaded.quantization));
+  v1::QuantizationInfo* quantization = out->mutable_quantization_info();
+  quantization->set_type(engine::QuantizationName(loaded.quantization));
+  if (engine::IsFourBit(loaded.quantization)) {
+    quantization->set_block_size(loaded.four_bit.block_size);
+    quantization->set_double_quantization(loaded.four_bit.double_quantization);
+  }
+  quantization->set_from_checkpoint(model.model->prequantized());
+  if (config.checkpoint_quantization) {
+    quantization->set_checkpoint_compute_dtype(config.checkpoint_quantization->compute_dtype);
+  }
   out->set_device(model.spec.device);
   out->set_resident_weight_bytes(model.model->ResidentWeightBytes());
   out->set_vocab_size(config.vocab_size);

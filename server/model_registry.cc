@@ -38,6 +38,7 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModel(const ModelSpec& spec, co
   options.allow_nonfinite_weights = spec.allow_nonfinite_weights;
   ASSIGN_OR_RETURN(options.dtype, engine::ParseDtype(spec.dtype));
   ASSIGN_OR_RETURN(options.quantization, engine::ParseQuantization(spec.quantization));
+  options.four_bit = {.block_size = spec.quantization_block_size, .double_quantization = spec.double_quantization};
   step = "loading the model";
   ASSIGN_OR_RETURN(std::unique_ptr<engine::CausalLM> model, engine::CausalLM::Load(spec.path, options));
   served->model = std::move(model);

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/common/files.h"
 #include "engine/common/status_macros.h"
+#include "engine/model/quantization.h"
 
 namespace attribution::server {
 namespace {
@@ -86,6 +87,8 @@ absl::Status ReadModel(const json& object, const std::string& where, ModelSpec& 
   RETURN_IF_ERROR(reader.Read("path", out.path));
   RETURN_IF_ERROR(reader.Read("dtype", out.dtype));
   RETURN_IF_ERROR(reader.Read("quantization", out.quantization));
+  RETURN_IF_ERROR(reader.Read("quantization_block_size", out.quantization_block_size));
+  RETURN_IF_ERROR(reader.Read("double_quantization", out.double_quantization));
   RETURN_IF_ERROR(reader.Read("device", out.device));
   RETURN_IF_ERROR(reader.Read("allow_nonfinite_weights", out.allow_nonfinite_weights));
   json engine = json::object(), limits = json::object();
@@ -163,6 +166,12 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
       return absl::InvalidArgumentError(absl::StrCat(where, " (", m.name, "): path must not be empty"));
     if (!names.insert(m.name).second)
       return absl::InvalidArgumentError(absl::StrCat("model name \"", m.name, "\" appears twice"));
+    if (absl::Status s = engine::ParseQuantization(m.quantization).status(); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ".quantization: ", s.message()));
+    }
+    if (absl::Status s = engine::ValidateFourBitOptions({.block_size = m.quantization_block_size}); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ".quantization_block_size: ", s.message()));
+    }
     RETURN_IF_ERROR(Positive(m.engine.max_batch_tokens, where + ".engine.max_batch_tokens"));
     RETURN_IF_ERROR(Positive(m.engine.max_batch_rows, where + ".engine.max_batch_rows"));
     if (!(m.engine.max_batch_time > absl::ZeroDuration())) {

@@ -20,7 +20,9 @@ struct ModelSpec {
   std::string name;
   std::string path;  // a Hugging Face model directory (config.json, safetensors, tokenizer)
   std::string dtype = "float32";
-  std::string quantization = "none";
+  std::string quantization = "none";     // none | int8 | nf4 | fp4 (a pre-quantized checkpoint: none or its own)
+  int64_t quantization_block_size = 64;  // nf4 / fp4
+  bool double_quantization = false;      // nf4 / fp4: bitsandbytes' double quantization of the absmaxes
   std::string device = "cpu";
   bool allow_nonfinite_weights = false;  // load weights holding NaN / inf instead of refusing them
   engine::EngineOptions engine;          // batching budgets

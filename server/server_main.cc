@@ -44,7 +44,12 @@ ABSL_FLAG(std::vector<std::string>, model, {},
           "--quantization and --device. Without --model and --config: the "
           "embedded default model tiny-qa-llama ($ATTRIBUTION_DEFAULT_MODEL overrides its folder)");
 ABSL_FLAG(std::string, dtype, "float32", "compute dtype of --model models: float32 | bfloat16 | float16");
-ABSL_FLAG(std::string, quantization, "none", "weight quantization of --model models: none | int8 | nf4");
+ABSL_FLAG(std::string, quantization, "none",
+          "weight quantization of --model models: none | int8 | nf4 | fp4 (nf4 and fp4 are bitsandbytes' formats, "
+          "bit for bit; a checkpoint saved quantized by bitsandbytes loads as saved with none or its own type)");
+ABSL_FLAG(int64_t, quantization_block_size, 64, "nf4 / fp4 block size (bnb_4bit_blocksize): 32, 64, ..., 4096");
+ABSL_FLAG(bool, double_quantization, false,
+          "nf4 / fp4: quantize each block's absmax to 8 bits as bitsandbytes' bnb_4bit_use_double_quant does");
 ABSL_FLAG(std::string, device, "cpu", "device of --model models: cpu | cuda:N");
 ABSL_FLAG(bool, allow_nonfinite_weights, false,
           "load --model models whose weights hold NaN or infinite values "
@@ -105,6 +110,8 @@ ModelSpec ModelSpecFromFlags(std::string name, std::string path) {
                  .quantization = absl::GetFlag(FLAGS_quantization),
                  .device = absl::GetFlag(FLAGS_device)};
   spec.allow_nonfinite_weights = absl::GetFlag(FLAGS_allow_nonfinite_weights);
+  spec.quantization_block_size = absl::GetFlag(FLAGS_quantization_block_size);
+  spec.double_quantization = absl::GetFlag(FLAGS_double_quantization);
   spec.limits.max_tokens = absl::GetFlag(FLAGS_max_tokens);
   spec.limits.max_steps = absl::GetFlag(FLAGS_max_steps);
   spec.limits.max_samples = absl::GetFlag(FLAGS_max_samples);
@@ -259,8 +266,11 @@ int Serve() {
   service.SetModels(models->get());
   health->SetServingStatus(true);
   for (const auto& m : (*models)->models()) {
-    Log("model_loaded", absl::StrCat(m->spec.name, " ", m->spec.path, " ", m->spec.dtype, " ", m->spec.quantization,
-                                     " on ", m->spec.device, ", ", m->model->ResidentWeightBytes(), " weight bytes"));
+    const engine::LoadOptions& loaded = m->model->options();
+    Log("model_loaded", absl::StrCat(m->spec.name, " ", m->spec.path, " ", m->spec.dtype, " ",
+                                     engine::QuantizationName(loaded.quantization),
+                                     m->model->prequantized() ? " (as saved by bitsandbytes)" : "", " on ",
+                                     m->spec.device, ", ", m->model->ResidentWeightBytes(), " weight bytes"));
     WarnOfUnusedWeights(*m);
     if (dynamic_cast<const engine::IdOnlyTokenizer*>(m->tokenizer.get()) != nullptr) {
       Log("model_warning", absl::StrCat("model \"", m->spec.name, "\" (", m->spec.path,

@@ -103,7 +103,7 @@ def int8_round_trip(w):
 
 def nf4_round_trip(w):
     blocks = w.reshape(-1, 64)
-    absmax = np.abs(blocks).max(axis=1).astype(np.float16).astype(np.float32)
+    absmax = np.abs(blocks).max(axis=1).astype(np.float32)  # float32, as bitsandbytes keeps it
     safe = np.where(absmax > 0, absmax, 1)
     index = np.abs(blocks[:, :, None] / safe[:, None, None] - NF4_CODES[None, None, :]).argmin(axis=2)
     return (NF4_CODES[index] * absmax[:, None]).reshape(w.shape).astype(np.float32)

@@ -173,6 +173,26 @@ int64_t CountResidentBytes(const CausalLM::Impl& m) {
   return total;
 }
 
+// A checkpoint saved quantized decides its own format: asking for another one is an error, since it
+// would mean re-quantizing already rounded weights.
+absl::Status ResolveQuantization(const std::string& dir, CausalLM::Impl& impl) {
+  LoadOptions& options = impl.options;
+  if (IsFourBit(options.quantization)) RETURN_IF_ERROR(ValidateFourBitOptions(options.four_bit));
+  if (!impl.config.checkpoint_quantization) return absl::OkStatus();
+  const CheckpointQuantization& saved = *impl.config.checkpoint_quantization;
+  ASSIGN_OR_RETURN(Quantization kind, ParseQuantization(saved.quant_type));
+  if (options.quantization != Quantization::kNone && options.quantization != kind) {
+    return absl::InvalidArgumentError(absl::StrCat(dir, " is saved quantized by bitsandbytes as ", saved.quant_type,
+                                                   " (config.json quantization_config); ", "quantization ",
+                                                   QuantizationName(options.quantization),
+                                                   " would re-quantize it: ask for none or ", saved.quant_type));
+  }
+  options.quantization = kind;
+  options.four_bit.double_quantization = saved.double_quantization;
+  impl.prequantized = true;
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<CausalLM>> CausalLM::Load(const std::string& dir, const LoadOptions& options) {
@@ -185,6 +205,7 @@ absl::StatusOr<std::unique_ptr<CausalLM>> CausalLM::Load(const std::string& dir,
     return absl::InvalidArgumentError("dtype must be float32, bfloat16 or float16");
   }
   impl->options = options;
+  RETURN_IF_ERROR(ResolveQuantization(dir, *impl));
   ASSIGN_OR_RETURN(impl->device, ParseDevice(options.device));
   RETURN_IF_ERROR(Guarded("loading weights", [&]() -> absl::Status {
     c10::AutoGradMode no_grad(false);
@@ -198,6 +219,8 @@ absl::StatusOr<std::unique_ptr<CausalLM>> CausalLM::Load(const std::string& dir,
 }
 
 const ModelConfig& CausalLM::config() const { return impl_->config; }
+const LoadOptions& CausalLM::options() const { return impl_->options; }
+bool CausalLM::prequantized() const { return impl_->prequantized; }
 at::ScalarType CausalLM::dtype() const { return impl_->options.dtype; }
 at::Device CausalLM::device() const { return impl_->device; }
 

@@ -28,6 +28,7 @@ struct LoadOptions {
   at::ScalarType dtype = at::kFloat;  // compute dtype: float32, bfloat16 or float16
   std::string device = "cpu";         // "cpu" or "cuda:N"
   Quantization quantization = Quantization::kNone;
+  FourBitOptions four_bit;  // nf4 / fp4 settings
   // NaN or infinite weights fail the load unless this is set (a checkpoint known to carry them, e.g.
   // -inf masks stored as weights).
   bool allow_nonfinite_weights = false;
@@ -102,6 +103,10 @@ class CausalLM {
   ~CausalLM();
 
   const ModelConfig& config() const;
+  // The options in effect: a checkpoint saved quantized by bitsandbytes sets quantization and four_bit.
+  const LoadOptions& options() const;
+  // Whether the linears were loaded quantized from the checkpoint (not quantized at load).
+  bool prequantized() const;
   at::ScalarType dtype() const;
   at::Device device() const;
   // Bytes of every weight held on the device (quantized linears count their codes and scales).

@@ -27,6 +27,7 @@ class CausalLM::Impl {
  public:
   ModelConfig config;
   LoadOptions options;
+  bool prequantized = false;  // config.json's quantization_config: linears load as stored
   at::Device device{at::kCPU};
   at::Tensor token_embedding;     // [vocab, hidden]
   at::Tensor position_embedding;  // [max_positions, hidden], GPT-2 only

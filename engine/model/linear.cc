@@ -11,23 +11,36 @@
 namespace attribution::engine {
 
 absl::StatusOr<Linear> Linear::Create(at::Tensor weight, at::Tensor bias, Quantization quantization,
-                                      std::vector<int64_t> output_parts) {
+                                      std::vector<int64_t> output_parts, const FourBitOptions& four_bit) {
+  if (quantization != Quantization::kNone) {
+    ASSIGN_OR_RETURN(QuantizedWeight quantized, Quantize(weight, quantization, four_bit));
+    return FromQuantized(std::move(quantized), std::move(bias), std::move(output_parts));
+  }
   Linear linear;
-  linear.out_features_ = weight.size(0);
-  if (output_parts.empty()) output_parts = {linear.out_features_};
-  if (std::accumulate(output_parts.begin(), output_parts.end(), int64_t{0}) != linear.out_features_) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("linear: output parts do not sum to the weight's ", linear.out_features_, " outputs"));
-  }
-  linear.output_parts_ = std::move(output_parts);
+  RETURN_IF_ERROR(linear.SetOutputs(weight.size(0), std::move(output_parts)));
+  linear.weight_ = std::move(weight);
   linear.bias_ = std::move(bias);
-  if (quantization == Quantization::kNone) {
-    linear.weight_ = std::move(weight);
-    return linear;
-  }
-  ASSIGN_OR_RETURN(QuantizedWeight quantized, Quantize(weight, quantization));
-  linear.quantized_ = std::make_shared<const QuantizedWeight>(std::move(quantized));
   return linear;
+}
+
+absl::StatusOr<Linear> Linear::FromQuantized(QuantizedWeight weight, at::Tensor bias,
+                                             std::vector<int64_t> output_parts) {
+  Linear linear;
+  RETURN_IF_ERROR(linear.SetOutputs(weight.out_features, std::move(output_parts)));
+  linear.quantized_ = std::make_shared<const QuantizedWeight>(std::move(weight));
+  linear.bias_ = std::move(bias);
+  return linear;
+}
+
+absl::Status Linear::SetOutputs(int64_t out_features, std::vector<int64_t> output_parts) {
+  out_features_ = out_features;
+  if (output_parts.empty()) output_parts = {out_features};
+  if (std::accumulate(output_parts.begin(), output_parts.end(), int64_t{0}) != out_features) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("linear: output parts do not sum to the weight's ", out_features, " outputs"));
+  }
+  output_parts_ = std::move(output_parts);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Linear> Linear::Concat(std::vector<Linear> parts) {

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// A linear layer whose weight is either dense in the compute dtype or quantized (int8 / nf4), possibly
+// A linear layer whose weight is either dense in the compute dtype or quantized (int8 / nf4 / fp4), possibly
 // several projections of one input fused into one matmul (q/k/v, gate/up).
 //
 //   ASSIGN_OR_RETURN(Linear qkv, Linear::Concat({std::move(q), std::move(k), std::move(v)}));
@@ -25,7 +25,10 @@ class Linear {
   // output for ForwardParts (sizes summing to out; empty: one part), for a checkpoint that stores
   // projections already fused (GPT-2's c_attn).
   static absl::StatusOr<Linear> Create(at::Tensor weight, at::Tensor bias, Quantization quantization,
-                                       std::vector<int64_t> output_parts = {});
+                                       std::vector<int64_t> output_parts = {}, const FourBitOptions& four_bit = {});
+  // A weight that arrives quantized (a pre-quantized checkpoint); `bias` in the compute dtype.
+  static absl::StatusOr<Linear> FromQuantized(QuantizedWeight weight, at::Tensor bias,
+                                              std::vector<int64_t> output_parts = {});
 
   // Stacks `parts` (same input width and weight format; all with a bias or none) along the output
   // dimension, so one matmul computes them all; ForwardParts splits the result back. The parts' storage
@@ -44,6 +47,8 @@ class Linear {
   const std::vector<int64_t>& output_parts() const { return output_parts_; }
 
  private:
+  absl::Status SetOutputs(int64_t out_features, std::vector<int64_t> output_parts);
+
   at::Tensor weight_;  // [out, in], compute dtype; undefined when quantized
   at::Tensor bias_;    // [out] or undefined
   // Heap-held so the autograd node may keep a stable pointer while Linear objects move.

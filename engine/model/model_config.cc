@@ -209,6 +209,40 @@ absl::Status CheckConsistency(const std::string& source, const ModelConfig& c) {
   return absl::OkStatus();
 }
 
+// quantization_config: bitsandbytes 4-bit checkpoints load as they are; anything else is refused by name.
+absl::Status ParseQuantizationConfig(const json& config, const std::string& source, ModelConfig& out) {
+  if (!config.contains("quantization_config") || config["quantization_config"].is_null()) return absl::OkStatus();
+  const json& q = config["quantization_config"];
+  const std::string where = absl::StrCat(source, ": quantization_config");
+  if (!q.is_object()) return absl::InvalidArgumentError(absl::StrCat(where, " must be an object"));
+  ASSIGN_OR_RETURN(std::string method, OptionalString(q, "quant_method", "bitsandbytes", where));
+  if (method != "bitsandbytes") {
+    return absl::InvalidArgumentError(absl::StrCat(where, ".quant_method \"", method,
+                                                   "\" is not supported (pre-quantized checkpoints load only from "
+                                                   "bitsandbytes 4-bit; serve the unquantized checkpoint instead)"));
+  }
+  if (OptionalBool(q, "load_in_8bit", false)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        where,
+        ".load_in_8bit: bitsandbytes LLM.int8 checkpoints (weights with SCB scales) are not supported; serve "
+        "the unquantized checkpoint with --quantization int8"));
+  }
+  if (!OptionalBool(q, "load_in_4bit", false)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ".load_in_4bit is not true: nothing says how it is quantized"));
+  }
+  CheckpointQuantization quantization;
+  ASSIGN_OR_RETURN(quantization.quant_type, OptionalString(q, "bnb_4bit_quant_type", "fp4", where));
+  if (quantization.quant_type != "nf4" && quantization.quant_type != "fp4") {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ".bnb_4bit_quant_type \"", quantization.quant_type, "\" is not supported (nf4, fp4)"));
+  }
+  quantization.double_quantization = OptionalBool(q, "bnb_4bit_use_double_quant", false);
+  ASSIGN_OR_RETURN(quantization.compute_dtype, OptionalString(q, "bnb_4bit_compute_dtype", "float32", where));
+  out.checkpoint_quantization = std::move(quantization);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ModelConfig> ParseConfigObject(const std::string& json_text, const std::string& source) {
   ASSIGN_OR_RETURN(json config, ParseJsonObject(json_text, source));
   if (!config.contains("model_type") || !config["model_type"].is_string()) {
@@ -238,6 +272,7 @@ absl::StatusOr<ModelConfig> ParseConfigObject(const std::string& json_text, cons
   out.bos_token_id = OptionalId(config, "bos_token_id");
   out.eos_token_ids = IdList(config, "eos_token_id");
   out.pad_token_id = OptionalId(config, "pad_token_id");
+  RETURN_IF_ERROR(ParseQuantizationConfig(config, source, out));
   RETURN_IF_ERROR(CheckConsistency(source, out));
   return out;
 }

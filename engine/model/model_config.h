@@ -27,6 +27,15 @@ struct Llama3RopeScaling {
   int64_t original_max_position_embeddings = 8192;
 };
 
+// config.json's quantization_config of a checkpoint saved quantized by bitsandbytes (4-bit): its linears
+// are stored as codes and quant states, and load as they are.
+struct CheckpointQuantization {
+  std::string quant_type;            // bnb_4bit_quant_type: "nf4" or "fp4"
+  bool double_quantization = false;  // bnb_4bit_use_double_quant
+  std::string compute_dtype;         // bnb_4bit_compute_dtype, as written (the server's --dtype decides)
+  // llm_int8_skip_modules needs no field: a skipped linear is stored dense, without a quant state.
+};
+
 struct ModelConfig {
   Architecture architecture = Architecture::kLlama;
   int64_t vocab_size = 0;
@@ -51,6 +60,7 @@ struct ModelConfig {
   std::vector<int64_t> eos_token_ids;
   std::optional<int64_t> pad_token_id;
   std::optional<int64_t> unk_token_id;
+  std::optional<CheckpointQuantization> checkpoint_quantization;
 };
 
 // Reads <dir>/config.json (+ generation_config.json, tokenizer_config.json where present).

@@ -5,6 +5,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
+#include "engine/model/bitsandbytes_checkpoint.h"
 #include "engine/model/causal_lm_impl.h"
 #include "engine/model/rope.h"
 #include "engine/model/weight_store.h"
@@ -35,11 +36,27 @@ class Loader {
   // `output_parts` as Linear::Create takes them.
   absl::StatusOr<Linear> MakeLinear(const std::string& prefix, int64_t in, int64_t out, bool bias,
                                     bool conv1d_layout = false, std::vector<int64_t> output_parts = {}) {
+    ASSIGN_OR_RETURN(at::Tensor b, OptionalBias(bias, prefix + ".bias", out));
+    if (impl_.prequantized) return PrequantizedLinear(prefix, in, out, std::move(b), std::move(output_parts));
     std::vector<int64_t> shape = conv1d_layout ? std::vector<int64_t>{in, out} : std::vector<int64_t>{out, in};
     ASSIGN_OR_RETURN(at::Tensor weight, Take(prefix + ".weight", shape, LinearWeightOptions()));
     if (conv1d_layout) weight = weight.t().contiguous();
-    ASSIGN_OR_RETURN(at::Tensor b, OptionalBias(bias, prefix + ".bias", out));
-    return Linear::Create(std::move(weight), std::move(b), impl_.options.quantization, std::move(output_parts));
+    return Linear::Create(std::move(weight), std::move(b), impl_.options.quantization, std::move(output_parts),
+                          impl_.options.four_bit);
+  }
+
+  // A linear of a bitsandbytes checkpoint: its codes and quant state as stored, or, for a module the
+  // quantization skipped (llm_int8_skip_modules), its dense weight.
+  absl::StatusOr<Linear> PrequantizedLinear(const std::string& prefix, int64_t in, int64_t out, at::Tensor bias,
+                                            std::vector<int64_t> output_parts) {
+    if (!IsBitsandbytesWeight(store_, prefix, impl_.options.quantization)) {
+      ASSIGN_OR_RETURN(at::Tensor weight, Tensor(prefix + ".weight", {out, in}));
+      return Linear::Create(std::move(weight), std::move(bias), Quantization::kNone, std::move(output_parts));
+    }
+    ASSIGN_OR_RETURN(QuantizedWeight weight,
+                     ReadBitsandbytesWeight(store_, prefix, impl_.options.quantization, out, in, impl_.device));
+    impl_.options.four_bit.block_size = weight.block_size;
+    return Linear::FromQuantized(std::move(weight), std::move(bias), std::move(output_parts));
   }
 
   absl::Status LoadLlamaFamily() {
@@ -80,6 +97,11 @@ class Loader {
   absl::Status LoadGpt2() {
     const ModelConfig& c = impl_.config;
     const int64_t h = c.hidden_size;
+    if (impl_.prequantized) {
+      return absl::InvalidArgumentError(
+          "config.json quantization_config: pre-quantized bitsandbytes checkpoints load for llama, mistral and "
+          "qwen2; GPT-2's Conv1D layers are not supported (serve the unquantized checkpoint with --quantization)");
+    }
     // GPT2LMHeadModel saves "transformer.*"; bare GPT2Model checkpoints drop the prefix.
     const std::string root = store_.Contains("transformer.wte.weight") ? "transformer." : "";
     ASSIGN_OR_RETURN(impl_.token_embedding, Tensor(root + "wte.weight", {c.vocab_size, h}));
@@ -109,7 +131,7 @@ class Loader {
     return impl_.options.quantization == Quantization::kNone ? options_ : options_.dtype(at::kFloat);
   }
 
-  // GPT-2 stores q, k, v fused in one Conv1D ([hidden, 3 * hidden]), as our layers hold them. nf4
+  // GPT-2 stores q, k, v fused in one Conv1D ([hidden, 3 * hidden]), as our layers hold them. 4-bit
   // blocks never straddle two of the parts: each holds hidden * hidden weights, whole blocks of 64
   // whenever hidden is a multiple of 8.
   absl::Status LoadGpt2Attention(const std::string& p, DecoderLayer& layer) {

@@ -26,23 +26,14 @@ absl::StatusOr<at::ScalarType> ParseDtype(const std::string& dtype) {
   if (dtype == "F32") return at::kFloat;
   if (dtype == "F16") return at::kHalf;
   if (dtype == "BF16") return at::kBFloat16;
+  if (dtype == "U8") return at::kByte;  // bitsandbytes' packed 4-bit codes and quant states
   return absl::InvalidArgumentError(
-      absl::StrCat("dtype \"", dtype, "\" is not supported for weights (supported: F32, F16, BF16)"));
+      absl::StrCat("dtype \"", dtype, "\" is not supported for weights (supported: F32, F16, BF16, U8)"));
 }
 
 }  // namespace
 
-int64_t ElementSize(at::ScalarType dtype) {
-  switch (dtype) {
-    case at::kFloat:
-      return 4;
-    case at::kHalf:
-    case at::kBFloat16:
-      return 2;
-    default:
-      return 0;
-  }
-}
+int64_t ElementSize(at::ScalarType dtype) { return static_cast<int64_t>(c10::elementSize(dtype)); }
 
 // Owns one read-only mmap of a whole file.
 class SafetensorsFile::Mapping {

@@ -106,6 +106,11 @@ absl::StatusOr<at::Tensor> WeightStore::Take(const std::string& name, const std:
   return view.to(options, /*non_blocking=*/false, /*copy=*/true);
 }
 
+const TensorRecord* WeightStore::Find(const std::string& name) const {
+  auto it = index_.find(name);
+  return it == index_.end() ? nullptr : it->second->Find(name);
+}
+
 std::vector<std::string> WeightStore::Untaken() const {
   std::vector<std::string> names;
   for (const auto& [name, file] : index_) {

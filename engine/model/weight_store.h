@@ -26,6 +26,8 @@ class WeightStore {
   static absl::StatusOr<std::unique_ptr<WeightStore>> Open(const std::string& dir);
 
   bool Contains(const std::string& name) const { return index_.count(name) > 0; }
+  // The stored dtype and shape of `name`, or nullptr when absent.
+  const TensorRecord* Find(const std::string& name) const;
 
   // Marks `name` as known though not loaded (a copy of a tied head, a saved buffer).
   void Skip(const std::string& name) { taken_.insert(name); }

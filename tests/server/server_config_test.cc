@@ -111,6 +111,13 @@ TEST(ServerConfig, ValidationNamesTheField) {
   config.models[0].limits.max_steps = 0;
   EXPECT_THAT(ValidateServerConfig(config).message(), HasSubstr("models[0].limits.max_steps = 0"));
   config.models[0].limits.max_steps = 10;
+  config.models[0].quantization = "fp8";
+  EXPECT_THAT(ValidateServerConfig(config).message(), HasSubstr("models[0].quantization: quantization \"fp8\""));
+  config.models[0].quantization = "fp4";
+  config.models[0].quantization_block_size = 48;
+  EXPECT_THAT(ValidateServerConfig(config).message(),
+              HasSubstr("models[0].quantization_block_size: 4-bit block size 48"));
+  config.models[0].quantization_block_size = 128;
   config.max_top_k = 21;
   EXPECT_THAT(ValidateServerConfig(config).message(), HasSubstr("max_top_k = 21"));
   config.max_top_k = 20;

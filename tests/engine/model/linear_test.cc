@@ -22,14 +22,14 @@ constexpr int64_t kIn = 128;
 
 // q/k/v of grouped-query attention: 4 heads of 16, 2 key/value heads. Each part gets its own weight
 // scale, so a scale or block landing in the wrong part shows.
-std::vector<Linear> GqaParts(Quantization quantization, bool bias) {
+std::vector<Linear> GqaParts(Quantization quantization, bool bias, const FourBitOptions& four_bit = {}) {
   const std::vector<int64_t> widths = {64, 32, 32};
   std::vector<Linear> parts;
   at::manual_seed(3);
   for (size_t i = 0; i < widths.size(); ++i) {
     at::Tensor weight = at::randn({widths[i], kIn}) * (1.0 + 4.0 * i);  // [out, in]
     at::Tensor b = bias ? at::randn({widths[i]}) : at::Tensor();
-    auto part = Linear::Create(weight, b, quantization);
+    auto part = Linear::Create(weight, b, quantization, {}, four_bit);
     EXPECT_THAT(part, IsOk());
     parts.push_back(std::move(*part));
   }
@@ -39,17 +39,19 @@ std::vector<Linear> GqaParts(Quantization quantization, bool bias) {
 struct Case {
   Quantization quantization;
   bool bias;
+  FourBitOptions four_bit = {};
 };
 
 void PrintTo(const Case& c, std::ostream* os) {
-  *os << QuantizationName(c.quantization) << (c.bias ? " with bias" : "");
+  *os << QuantizationName(c.quantization) << (c.bias ? " with bias" : "")
+      << (c.four_bit.double_quantization ? " double-quantized" : "");
 }
 
 class FusedLinear : public ::testing::TestWithParam<Case> {};
 
 TEST_P(FusedLinear, EachPartEqualsThatProjectionAlone) {
-  const std::vector<Linear> alone = GqaParts(GetParam().quantization, GetParam().bias);
-  auto fused = Linear::Concat(GqaParts(GetParam().quantization, GetParam().bias));
+  const std::vector<Linear> alone = GqaParts(GetParam().quantization, GetParam().bias, GetParam().four_bit);
+  auto fused = Linear::Concat(GqaParts(GetParam().quantization, GetParam().bias, GetParam().four_bit));
   ASSERT_THAT(fused, IsOk());
   EXPECT_EQ(fused->output_parts(), (std::vector<int64_t>{64, 32, 32}));
   EXPECT_EQ(fused->out_features(), 128);
@@ -72,19 +74,30 @@ TEST_P(FusedLinear, EachPartEqualsThatProjectionAlone) {
 }
 
 TEST_P(FusedLinear, ResidentBytesAreThePartsBytes) {
-  const std::vector<Linear> alone = GqaParts(GetParam().quantization, GetParam().bias);
+  const std::vector<Linear> alone = GqaParts(GetParam().quantization, GetParam().bias, GetParam().four_bit);
   int64_t expected = 0;
   for (const Linear& part : alone) expected += part.ResidentBytes();
-  EXPECT_EQ(Linear::Concat(GqaParts(GetParam().quantization, GetParam().bias))->ResidentBytes(), expected);
+  if (IsFourBit(GetParam().quantization)) expected -= 2 * 16 * 4;  // the fused weight keeps one code book
+  if (GetParam().four_bit.double_quantization) {
+    // Parts of 128 and 64 blocks are not whole nested blocks of 256: the fused weight holds float32
+    // absmaxes instead of each part's 8-bit codes, nested scales, offsets and 256-value code book.
+    const int64_t blocks = (64 + 32 + 32) * kIn / 64, nested_bytes = 3 * (4 + 4 + 256 * 4);
+    expected += blocks * 4 - blocks - nested_bytes;
+  }
+  EXPECT_EQ(Linear::Concat(GqaParts(GetParam().quantization, GetParam().bias, GetParam().four_bit))->ResidentBytes(),
+            expected);
 }
 
 INSTANTIATE_TEST_SUITE_P(Formats, FusedLinear,
                          ::testing::Values(Case{Quantization::kNone, false}, Case{Quantization::kNone, true},
                                            Case{Quantization::kInt8, false}, Case{Quantization::kInt8, true},
-                                           Case{Quantization::kNf4, false}, Case{Quantization::kNf4, true}),
+                                           Case{Quantization::kNf4, false}, Case{Quantization::kNf4, true},
+                                           Case{Quantization::kFp4, false}, Case{Quantization::kFp4, true},
+                                           Case{Quantization::kNf4, false, {.double_quantization = true}}),
                          [](const auto& info) {
                            return std::string(QuantizationName(info.param.quantization)) +
-                                  (info.param.bias ? "_bias" : "");
+                                  (info.param.bias ? "_bias" : "") +
+                                  (info.param.four_bit.double_quantization ? "_double" : "");
                          });
 
 TEST(FusedLinear, RejectsPartsOfDifferentFormatsOrBias) {

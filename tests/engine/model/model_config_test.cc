@@ -33,6 +33,23 @@ nlohmann::json Gpt2(const nlohmann::json& patch = nlohmann::json::object()) {
   return config;
 }
 
+TEST(ModelConfig, ReadsBitsandbytesQuantizationConfig) {
+  auto config = ParseModelConfig(Llama({{"quantization_config",
+                                         {{"quant_method", "bitsandbytes"},
+                                          {"load_in_4bit", true},
+                                          {"bnb_4bit_use_double_quant", true},
+                                          {"bnb_4bit_compute_dtype", "bfloat16"},
+                                          {"llm_int8_skip_modules", {"lm_head", "mlp.down_proj"}}}}})
+                                     .dump(),
+                                 "config.json");
+  ASSERT_THAT(config, IsOk());
+  ASSERT_TRUE(config->checkpoint_quantization.has_value());
+  EXPECT_EQ(config->checkpoint_quantization->quant_type, "fp4");  // BitsAndBytesConfig's default
+  EXPECT_TRUE(config->checkpoint_quantization->double_quantization);
+  EXPECT_EQ(config->checkpoint_quantization->compute_dtype, "bfloat16");
+  EXPECT_FALSE(ParseModelConfig(Llama().dump(), "config.json")->checkpoint_quantization.has_value());
+}
+
 TEST(ModelConfig, ValidConfigsParse) {
   EXPECT_THAT(ParseModelConfig(Llama().dump(), "config.json"), IsOk());
   auto gpt2 = ParseModelConfig(Gpt2({{"n_inner", nullptr}}).dump(), "config.json");
@@ -66,7 +83,15 @@ INSTANTIATE_TEST_SUITE_P(
         BadConfig{"NegativeNormEpsilon", Llama({{"rms_norm_eps", -1}}), "norm epsilon"},
         BadConfig{"NegativeRopeTheta", Llama({{"rope_theta", -1}}), "rope_theta -1"},
         BadConfig{"ZeroLinearRopeFactor", Llama({{"rope_scaling", {{"type", "linear"}, {"factor", 0}}}}),
-                  "linear rope scaling factor 0"}),
+                  "linear rope scaling factor 0"},
+        BadConfig{"Int8Checkpoint",
+                  Llama({{"quantization_config", {{"quant_method", "bitsandbytes"}, {"load_in_8bit", true}}}}),
+                  "quantization_config.load_in_8bit: bitsandbytes LLM.int8 checkpoints"},
+        BadConfig{"GptqCheckpoint", Llama({{"quantization_config", {{"quant_method", "gptq"}}}}),
+                  "quantization_config.quant_method \"gptq\" is not supported"},
+        BadConfig{"UnknownFourBitType",
+                  Llama({{"quantization_config", {{"load_in_4bit", true}, {"bnb_4bit_quant_type", "int4"}}}}),
+                  "quantization_config.bnb_4bit_quant_type \"int4\""}),
     [](const auto& info) { return info.param.name; });
 
 }  // namespace

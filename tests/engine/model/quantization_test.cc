@@ -53,8 +53,8 @@ TEST_P(RoundTrip, ErrorIsBoundedByTheScheme) {
     at::Tensor half_step = weight.abs().amax(1, true) / 254.0;
     EXPECT_TRUE((error <= half_step + 1e-6).all().item<bool>());
   } else {
-    // Half the widest gap between NF4 codes (0.3038 / 2), in units of each block's absmax (plus its
-    // float16 rounding).
+    // Half the widest gap between NF4 codes (0.3038 / 2), in units of each block's absmax (plus float
+    // rounding).
     at::Tensor absmax = weight.reshape({-1, 64}).abs().amax(1, true);
     at::Tensor bound = (absmax * (0.3039 / 2 + 1e-3)).expand({-1, 64}).reshape(weight.sizes());
     EXPECT_TRUE((error <= bound).all().item<bool>());
@@ -65,8 +65,10 @@ TEST_P(RoundTrip, ResidentBytesShrink) {
   at::Tensor weight = ReferenceTensor("weight");
   const double bf16_bytes = 2.0 * weight.numel();
   const double ratio = Quantize(weight, GetParam())->ResidentBytes() / bf16_bytes;
-  // int8: 8 bits + a float32 per row of 256; nf4: 4 bits + a float16 per 64 weights.
-  EXPECT_NEAR(ratio, GetParam() == Quantization::kInt8 ? 0.5 + 4.0 / 512 : 4.25 / 16, 1e-9);
+  // int8: 8 bits + a float32 per row of 256; nf4: 4 bits + a float32 absmax per 64 weights (+ the
+  // 64-byte code book).
+  const double code_book = GetParam() == Quantization::kInt8 ? 0 : 64.0 / bf16_bytes;
+  EXPECT_NEAR(ratio, GetParam() == Quantization::kInt8 ? 0.5 + 4.0 / 512 : 4.5 / 16 + code_book, 1e-9);
 }
 
 TEST_P(RoundTrip, LinearBackwardUsesDequantizedWeight) {

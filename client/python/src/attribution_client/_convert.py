@@ -179,5 +179,9 @@ def models(r: pb.ListModelsResponse) -> List[ModelInfo]:
                       max_samples=m.limits.max_samples, max_features=m.limits.max_features,
                       max_exact_shapley_features=m.limits.max_exact_shapley_features,
                       max_tokens=m.limits.max_tokens, max_new_tokens=m.limits.max_new_tokens,
-                      max_top_k=m.limits.max_top_k)
+                      max_top_k=m.limits.max_top_k,
+                      quantization_block_size=m.quantization_info.block_size,
+                      double_quantization=m.quantization_info.double_quantization,
+                      quantization_from_checkpoint=m.quantization_info.from_checkpoint,
+                      checkpoint_compute_dtype=m.quantization_info.checkpoint_compute_dtype)
             for m in r.models]

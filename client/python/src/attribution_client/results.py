@@ -199,3 +199,9 @@ class ModelInfo:
     max_tokens: int
     max_new_tokens: int
     max_top_k: int
+    # nf4 / fp4 (bitsandbytes' formats): block size, double quantization, whether the weights were loaded
+    # as a bitsandbytes checkpoint saved them, and that checkpoint's bnb_4bit_compute_dtype.
+    quantization_block_size: int = 0
+    double_quantization: bool = False
+    quantization_from_checkpoint: bool = False
+    checkpoint_compute_dtype: str = ""
