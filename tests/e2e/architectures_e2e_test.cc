@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "client/attribution_client.h"
+#include "tests/testing/scaled_error.h"
 #include "tests/testing/server_process.h"
 #include "tests/testing/status_matchers.h"
 
@@ -23,6 +24,7 @@ namespace {
 
 using ::attribution::test_support::IsOk;
 using ::attribution::test_support::StatusIs;
+using test_support::ScaledErrorOf;
 using test_support::ServerProcess;
 using ::testing::HasSubstr;
 
@@ -33,17 +35,6 @@ std::string ModelDir(const std::string& name) { return absl::StrCat(ATTRIBUTION_
 nlohmann::json ReadReference(const std::string& name) {
   std::ifstream in(ModelDir(name) + "/reference.json");
   return nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-}
-
-// Max |ours - reference| / max(1, max |reference|): the error on the reference's own scale.
-double ScaledError(const std::vector<double>& ours, const std::vector<double>& reference) {
-  EXPECT_EQ(ours.size(), reference.size());
-  double scale = 1, error = 0;
-  for (size_t i = 0; i < reference.size(); ++i) {
-    scale = std::max(scale, std::abs(reference[i]));
-    if (i < ours.size()) error = std::max(error, std::abs(ours[i] - reference[i]));
-  }
-  return error / scale;
 }
 
 // One server for the whole suite: loading five models is the slow part.
@@ -105,7 +96,7 @@ TEST_P(Architectures, LogprobsMatchTransformers) {
   ASSERT_THAT(result, IsOk());
   std::vector<double> ours;
   for (const auto& t : result->target) ours.push_back(t.token.log_prob);
-  const double error = ScaledError(ours, reference_["target_log_probs"].get<std::vector<double>>());
+  const double error = ScaledErrorOf(ours, reference_["target_log_probs"].get<std::vector<double>>());
   std::cout << GetParam() << ": log-prob scaled error " << error << "\n";
   EXPECT_LT(error, 1e-4);
 }
@@ -137,7 +128,7 @@ TEST_P(Architectures, IntegratedGradientsMatchCaptum) {
                           .n_steps = ig["n_steps"].get<int>(),
                           .rule = ig["rule"].get<std::string>()});
   ASSERT_THAT(result, IsOk());
-  const double error = ScaledError(result->sequence, ig["seq_attr"].get<std::vector<double>>());
+  const double error = ScaledErrorOf(result->sequence, ig["seq_attr"].get<std::vector<double>>());
   std::cout << GetParam() << ": IG scaled error " << error << "\n";
   EXPECT_LT(error, 1e-3);
   ASSERT_TRUE(result->convergence_delta.has_value());
@@ -168,7 +159,7 @@ TEST(TokenizerlessModel, ServesTokenIdsAndRefusesText) {
   ASSERT_THAT(logprobs, IsOk());
   std::vector<double> ours;
   for (const auto& t : logprobs->target) ours.push_back(t.token.log_prob);
-  EXPECT_LT(ScaledError(ours, reference["target_log_probs"].get<std::vector<double>>()), 1e-4);
+  EXPECT_LT(ScaledErrorOf(ours, reference["target_log_probs"].get<std::vector<double>>()), 1e-4);
   ASSERT_EQ(logprobs->prompt_tokens.size(), prompt.size());
   EXPECT_EQ(logprobs->prompt_tokens[1].text, absl::StrCat("<", prompt[1], ">"));
   EXPECT_EQ(logprobs->target[0].token.text, absl::StrCat("<", target[0], ">"));
