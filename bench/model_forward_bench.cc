@@ -4,6 +4,7 @@
 //
 //   model_forward_bench --model=DIR [--batch=8] [--seq=72] [--iterations=5] [--dtype=float32]
 //                       [--device=cpu] [--python=.venv/bin/python] [--quantization=none]
+//                       [--quantization_block_size=64] [--double_quantization=false]
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
@@ -29,6 +30,8 @@ int Run(int argc, char** argv) {
   options.dtype = *engine::ParseDtype(Flag(argc, argv, "dtype", "float32"));
   options.device = Flag(argc, argv, "device", "cpu");
   options.quantization = *engine::ParseQuantization(Flag(argc, argv, "quantization", "none"));
+  options.four_bit = {.block_size = std::stoll(Flag(argc, argv, "quantization_block_size", "64")),
+                      .double_quantization = Flag(argc, argv, "double_quantization", "false") == "true"};
   auto loaded = engine::CausalLM::Load(dir, options);
   if (!loaded.ok()) {
     std::cerr << loaded.status() << "\n";
@@ -64,9 +67,12 @@ int Run(int argc, char** argv) {
   const double peak = bench::MatmulPeakGflops(1024, options.dtype, model.device());
 
   std::printf(
-      "model: %lld layers, hidden %lld, vocab %lld, %s, %s; batch x seq = %lld x %lld; peak matmul %.1f GFLOP/s\n",
+      "model: %lld layers, hidden %lld, vocab %lld, %s, %s, %s%s; resident weights %lld bytes; batch x seq = %lld x "
+      "%lld; peak matmul %.1f GFLOP/s\n",
       (long long)c.num_layers, (long long)c.hidden_size, (long long)c.vocab_size,
-      Flag(argc, argv, "dtype", "float32").c_str(), options.device.c_str(), (long long)batch, (long long)seq, peak);
+      Flag(argc, argv, "dtype", "float32").c_str(), options.device.c_str(),
+      engine::QuantizationName(options.quantization), options.four_bit.double_quantization ? "+dq" : "",
+      (long long)model.ResidentWeightBytes(), (long long)batch, (long long)seq, peak);
   std::printf("%-30s %12s %12s %12s %10s\n", "job", "ms/iter", "tokens/s", "GFLOP/s", "% peak");
   auto row = [&](const char* name, double seconds, double flop) {
     std::printf("%-30s %12.1f %12.0f %12.1f %9.1f%%\n", name, seconds * 1e3, tokens / seconds, flop / seconds / 1e9,
