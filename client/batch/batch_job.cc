@@ -1,0 +1,249 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "client/batch/batch_job.h"
+
+#include <cinttypes>
+#include <cstdio>
+#include <fstream>
+#include <map>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+
+namespace attribution::client::batch {
+namespace {
+
+using nlohmann::json;
+
+// CSV (RFC 4180): fields separated by commas, optionally quoted, quotes doubled inside quotes,
+// newlines allowed inside quotes. Returns the records, or the 1-based line of an unclosed quote.
+absl::StatusOr<std::vector<std::pair<int64_t, std::vector<std::string>>>> ParseCsv(const std::string& text,
+                                                                                   const std::string& path) {
+  std::vector<std::pair<int64_t, std::vector<std::string>>> records;
+  std::vector<std::string> fields(1);
+  int64_t line = 1, record_line = 1;
+  bool quoted = false, any = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (quoted) {
+      if (c == '"' && i + 1 < text.size() && text[i + 1] == '"') {
+        fields.back() += '"';
+        ++i;
+      } else if (c == '"') {
+        quoted = false;
+      } else {
+        if (c == '\n') ++line;
+        fields.back() += c;
+      }
+      continue;
+    }
+    if (c == '"') {
+      quoted = any = true;
+    } else if (c == ',') {
+      fields.emplace_back();
+      any = true;
+    } else if (c == '\n' || c == '\r') {
+      if (c == '\r' && i + 1 < text.size() && text[i + 1] == '\n') ++i;
+      if (any || fields.size() > 1 || !fields[0].empty()) records.push_back({record_line, fields});
+      fields.assign(1, "");
+      any = false;
+      record_line = ++line;
+    } else {
+      fields.back() += c;
+      any = true;
+    }
+  }
+  if (quoted) return absl::InvalidArgumentError(absl::StrCat(path, ":", record_line, ": unclosed quote"));
+  if (any || fields.size() > 1 || !fields[0].empty()) records.push_back({record_line, fields});
+  return records;
+}
+
+absl::StatusOr<BatchRow> RowFromJson(const json& object, const std::string& where) {
+  if (!object.is_object()) return absl::InvalidArgumentError(where + ": a row must be a JSON object");
+  BatchRow row;
+  for (const auto& [key, value] : object.items()) {
+    if (key == "id") {
+      if (!value.is_string() && !value.is_number_integer()) {
+        return absl::InvalidArgumentError(where + ": \"id\" must be a string or an integer");
+      }
+      row.id = value.is_string() ? value.get<std::string>() : std::to_string(value.get<int64_t>());
+    } else if (key == "prompt" || key == "target" || key == "label") {
+      if (!value.is_string())
+        return absl::InvalidArgumentError(absl::StrCat(where, ": \"", key, "\" must be a string"));
+      if (key == "prompt") row.prompt = value.get<std::string>();
+      if (key == "target") row.target = value.get<std::string>();
+      if (key == "label") row.label = value.get<std::string>();
+    } else if (key == "choices") {
+      if (!value.is_array()) return absl::InvalidArgumentError(where + ": \"choices\" must be a list of strings");
+      for (const json& choice : value) {
+        if (!choice.is_string()) return absl::InvalidArgumentError(where + ": \"choices\" must be a list of strings");
+        row.choices.push_back(choice.get<std::string>());
+      }
+    } else if (key == "settings") {
+      if (!value.is_object()) return absl::InvalidArgumentError(where + ": \"settings\" must be an object");
+      row.settings = value;
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": unknown key \"", key, "\" (id, prompt, target, choices, label, settings)"));
+    }
+  }
+  if (row.id.empty()) return absl::InvalidArgumentError(where + ": the row has no \"id\"");
+  if (row.target && !row.choices.empty()) {
+    return absl::InvalidArgumentError(where + ": give \"target\" or \"choices\", not both");
+  }
+  if (row.label && row.choices.empty()) return absl::InvalidArgumentError(where + ": \"label\" needs \"choices\"");
+  return row;
+}
+
+absl::StatusOr<std::vector<BatchRow>> RowsFromCsv(const std::string& text, const std::string& path) {
+  auto records = ParseCsv(text, path);
+  if (!records.ok()) return records.status();
+  if (records->empty()) return std::vector<BatchRow>{};
+  const std::vector<std::string>& header = records->front().second;
+  std::vector<BatchRow> rows;
+  for (size_t r = 1; r < records->size(); ++r) {
+    const auto& [line, fields] = (*records)[r];
+    const std::string where = absl::StrCat(path, ":", line);
+    if (fields.size() != header.size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": ", fields.size(), " fields, the header has ", header.size()));
+    }
+    json object = json::object();
+    for (size_t c = 0; c < header.size(); ++c) {
+      const bool optional = header[c] == "target" || header[c] == "choices" || header[c] == "label";
+      if (optional && fields[c].empty()) continue;  // an empty cell: not given
+      if (header[c] == "choices") {
+        std::vector<std::string> choices = absl::StrSplit(fields[c], '|');
+        object["choices"] = choices;
+      } else {
+        object[header[c]] = fields[c];
+      }
+    }
+    auto row = RowFromJson(object, where);
+    if (!row.ok()) return row.status();
+    row->line = line;
+    rows.push_back(std::move(*row));
+  }
+  return rows;
+}
+
+absl::StatusOr<std::vector<BatchRow>> RowsFromJsonl(const std::string& text, const std::string& path) {
+  std::vector<BatchRow> rows;
+  int64_t line_number = 0;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    ++line_number;
+    if (absl::StripAsciiWhitespace(line).empty()) continue;
+    const std::string where = absl::StrCat(path, ":", line_number);
+    json object = json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (object.is_discarded()) return absl::InvalidArgumentError(where + ": not valid JSON");
+    auto row = RowFromJson(object, where);
+    if (!row.ok()) return row.status();
+    row->line = line_number;
+    rows.push_back(std::move(*row));
+  }
+  return rows;
+}
+
+uint64_t Fnv1a(const std::string& text) {
+  uint64_t hash = 1469598103934665603ull;
+  for (unsigned char c : text) {
+    hash ^= c;
+    hash *= 1099511628211ull;
+  }
+  return hash;
+}
+
+std::string Hex(uint64_t value) {
+  char buffer[17];
+  std::snprintf(buffer, sizeof(buffer), "%016" PRIx64, value);
+  return buffer;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<BatchRow>> ReadRows(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  absl::StatusOr<std::vector<BatchRow>> rows;
+  if (absl::EndsWith(path, ".csv")) {
+    rows = RowsFromCsv(text, path);
+  } else if (absl::EndsWith(path, ".jsonl") || absl::EndsWith(path, ".json")) {
+    rows = RowsFromJsonl(text, path);
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": rows come as .jsonl or .csv"));
+  }
+  if (!rows.ok()) return rows.status();
+  std::map<std::string, int64_t> seen;
+  for (const BatchRow& row : *rows) {
+    auto [it, inserted] = seen.emplace(row.id, row.line);
+    if (!inserted) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ":", row.line, ": id \"", row.id, "\" repeats line ", it->second));
+    }
+  }
+  return rows;
+}
+
+json JobDefaults() {
+  return {{"model", ""},
+          {"method", "integrated_gradients"},
+          {"quantity", "log_prob"},
+          {"n_steps", 0},
+          {"rule", "gausslegendre"},
+          {"baseline", "default"},
+          {"n_samples", 0},
+          {"stdev", 0.0},
+          {"seed", 0},
+          {"target_tokenization", "continuation"},
+          {"include_special_tokens", false},
+          {"matrix", false},
+          {"completeness_tolerance", 0.0}};
+}
+
+absl::StatusOr<json> MergeSettings(const json& base, const json& overrides, const std::string& where) {
+  json merged = base;
+  for (const auto& [key, value] : overrides.items()) {
+    if (!base.contains(key)) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": unknown setting \"", key, "\""));
+    }
+    const json& expected = base[key];
+    const bool same_type = expected.is_number() ? value.is_number() : expected.type() == value.type();
+    if (!same_type || (expected.is_number_integer() && !value.is_number_integer())) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": setting \"", key, "\" must be a ",
+                                                     expected.is_number_integer() ? "integer" : expected.type_name()));
+    }
+    merged[key] = value;
+  }
+  return merged;
+}
+
+AttributeOptions ToAttributeOptions(const json& settings, const BatchRow& row, const std::string& target) {
+  return {.model = settings["model"].get<std::string>(),
+          .prompt = row.prompt,
+          .target = target,
+          .target_tokenization = settings["target_tokenization"].get<std::string>(),
+          .method = settings["method"].get<std::string>(),
+          .quantity = settings["quantity"].get<std::string>(),
+          .baseline = settings["baseline"].get<std::string>(),
+          .n_steps = settings["n_steps"].get<int>(),
+          .completeness_tolerance = settings["completeness_tolerance"].get<double>(),
+          .rule = settings["rule"].get<std::string>(),
+          .n_samples = settings["n_samples"].get<int>(),
+          .stdev = settings["stdev"].get<double>(),
+          .seed = settings["seed"].get<uint64_t>(),
+          .want_token_matrix = settings["matrix"].get<bool>(),
+          .include_special_tokens = settings["include_special_tokens"].get<bool>()};
+}
+
+std::string SettingsHash(const json& settings) { return Hex(Fnv1a(settings.dump())); }
+
+std::string RequestId(const std::string& model_fingerprint, const json& settings, const BatchRow& row) {
+  json identity = {{"model", model_fingerprint}, {"settings", settings},
+                   {"prompt", row.prompt},       {"target", row.target ? json(*row.target) : json()},
+                   {"choices", row.choices},     {"label", row.label ? json(*row.label) : json()}};
+  return Hex(Fnv1a(identity.dump()));
+}
+
+}  // namespace attribution::client::batch

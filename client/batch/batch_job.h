@@ -1,0 +1,53 @@
+// SPDX-License-Identifier: Apache-2.0
+// A data-set attribution job: the rows (JSONL or CSV), the method settings all rows share (each row may
+// override them), and the deterministic identity of each request.
+//
+//   ASSIGN_OR_RETURN(std::vector<BatchRow> rows, ReadRows("facts.jsonl"));
+//   ASSIGN_OR_RETURN(nlohmann::json settings, MergeSettings(JobDefaults(), job_file_settings));
+//   AttributeOptions request = ToAttributeOptions(EffectiveSettings(settings, rows[0]), rows[0], target);
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "client/attribution_client.h"
+
+namespace attribution::client::batch {
+
+// One input row. JSONL: {"id", "prompt", "target"} or {"id", "prompt", "choices": [...], "label"},
+// plus optional "settings": {...} overriding the job's. CSV: a header naming id, prompt, target or
+// choices ("|"-separated) and label.
+struct BatchRow {
+  std::string id;
+  std::string prompt;
+  std::optional<std::string> target;
+  std::vector<std::string> choices;
+  std::optional<std::string> label;
+  nlohmann::json settings = nlohmann::json::object();
+  int64_t line = 0;  // where it was read (1-based), for messages
+};
+
+// Reads a .jsonl / .csv file (by extension). A line that does not parse, a row without id or prompt,
+// or an id seen before fails the whole read, naming the line.
+absl::StatusOr<std::vector<BatchRow>> ReadRows(const std::string& path);
+
+// The settings a job may set (from flags or a JSON job file) and rows may override, with their
+// defaults: model, method, quantity, n_steps, rule, baseline, n_samples, stdev, seed,
+// target_tokenization, include_special_tokens, matrix, completeness_tolerance.
+nlohmann::json JobDefaults();
+// `overrides` onto `base`; an unknown key or a value of the wrong type is INVALID_ARGUMENT naming it.
+absl::StatusOr<nlohmann::json> MergeSettings(const nlohmann::json& base, const nlohmann::json& overrides,
+                                             const std::string& where);
+
+AttributeOptions ToAttributeOptions(const nlohmann::json& settings, const BatchRow& row, const std::string& target);
+
+// Stable hex digests (FNV-1a 64 of canonical JSON): of the settings, and of everything that decides a
+// request's answer (model fingerprint, settings, prompt, target), so a retried or resumed row carries
+// the same request id.
+std::string SettingsHash(const nlohmann::json& settings);
+std::string RequestId(const std::string& model_fingerprint, const nlohmann::json& settings, const BatchRow& row);
+
+}  // namespace attribution::client::batch

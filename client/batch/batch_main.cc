@@ -1,0 +1,229 @@
+// SPDX-License-Identifier: Apache-2.0
+// attribution-batch: attributions for a whole data set, resumable.
+//
+//   attribution-batch --input=facts.jsonl --output=results.jsonl --server=a:50051,b:50051
+//       --method=integrated_gradients --n_steps=512 --quantity=prob
+//   attribution-batch merge --input=facts.jsonl --output=all.jsonl shard-0.jsonl shard-1.jsonl
+//
+// Run it again with the same arguments after any interruption (even kill -9): rows already in the
+// output are skipped, the rest are added in input order. Exit status: 0 when every row has a result
+// (rows that failed carry their error), 1 when the job could not run or finish, 2 on a usage error.
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "client/attribution_client.h"
+#include "client/batch/batch_job.h"
+#include "client/batch/batch_runner.h"
+#include "client/batch/result_log.h"
+
+ABSL_FLAG(std::string, input, "", "rows: .jsonl ({id, prompt, target | choices [, label] [, settings]}) or .csv");
+ABSL_FLAG(std::string, output, "", "results, one JSON line per row (appended; rerun to resume)");
+ABSL_FLAG(std::string, job, "", "a JSON file of settings (keys as the flags below); flags given override it");
+ABSL_FLAG(std::vector<std::string>, server, {"localhost:50051"},
+          "servers, comma-separated (rows take turns), or one gRPC target such as dns:///svc:50051 with "
+          "--load_balancing=round_robin");
+ABSL_FLAG(std::string, load_balancing, "pick_first", "pick_first | round_robin over each target's addresses");
+ABSL_FLAG(bool, tls, false, "connect with TLS");
+ABSL_FLAG(std::string, ca, "", "PEM roots that sign the server certificate (TLS)");
+ABSL_FLAG(std::string, token_file, "", "file holding the bearer token");
+ABSL_FLAG(double, timeout, 600, "deadline of each call in seconds");
+ABSL_FLAG(int32_t, window, 0, "rows in flight (0: 32 per server)");
+ABSL_FLAG(int32_t, max_attempts, 8, "tries per call while the servers answer UNAVAILABLE / RESOURCE_EXHAUSTED");
+ABSL_FLAG(std::string, progress, "auto", "auto (a bar on a terminal, else log lines) | bar | log");
+ABSL_FLAG(double, progress_seconds, 10, "seconds between progress log lines");
+ABSL_FLAG(int32_t, shard_index, 0, "run only rows i with i % shard_count == shard_index (0-based input order)");
+ABSL_FLAG(int32_t, shard_count, 1, "shards the input is split into (e.g. a Kubernetes Indexed Job's completions)");
+// The method settings (JobDefaults), overridable per row.
+ABSL_FLAG(std::string, model, "", "model name (empty: the servers' first model)");
+ABSL_FLAG(std::string, method, "integrated_gradients", "attribution method (see attribution-cli --help)");
+ABSL_FLAG(std::string, quantity, "log_prob", "log_prob | prob | logit");
+ABSL_FLAG(int32_t, n_steps, 0, "integration steps (0: server default)");
+ABSL_FLAG(std::string, rule, "gausslegendre", "integration rule");
+ABSL_FLAG(std::string, baseline, "default", "default | zero | pad | unk | eos | bos | a token id");
+ABSL_FLAG(int32_t, n_samples, 0, "samples of sampling methods (0: server default)");
+ABSL_FLAG(double, stdev, 0, "GradientShap noise");
+ABSL_FLAG(uint64_t, seed, 0, "random seed");
+ABSL_FLAG(std::string, target_tokenization, "continuation", "continuation | separate");
+ABSL_FLAG(bool, include_special_tokens, false, "special tokens as features too (Captum parity)");
+ABSL_FLAG(bool, matrix, false, "also the per-output-token matrix");
+ABSL_FLAG(double, tolerance, 0, "integrated gradients: completeness tolerance (adaptive steps)");
+
+namespace attribution::client::batch {
+namespace {
+
+using nlohmann::json;
+
+int Failed(const absl::Status& status) {
+  std::fprintf(stderr, "attribution-batch: %s: %s\n", absl::StatusCodeToString(status.code()).c_str(),
+               std::string(status.message()).c_str());
+  return 1;
+}
+
+bool OnCommandLine(const char* name) {
+  const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+  return flag != nullptr && flag->CurrentValue() != flag->DefaultValue();
+}
+
+// Defaults, then the job file, then the flags given.
+absl::StatusOr<json> SettingsFromFlags() {
+  json settings = JobDefaults();
+  if (!absl::GetFlag(FLAGS_job).empty()) {
+    std::ifstream in(absl::GetFlag(FLAGS_job));
+    json file = json::parse(in, nullptr, /*allow_exceptions=*/false);
+    if (!in || file.is_discarded() || !file.is_object()) {
+      return absl::InvalidArgumentError(absl::StrCat("--job ", absl::GetFlag(FLAGS_job), ": not a JSON object"));
+    }
+    absl::StatusOr<json> merged = MergeSettings(settings, file, "--job " + absl::GetFlag(FLAGS_job));
+    if (!merged.ok()) return merged.status();
+    settings = *merged;
+  }
+  const std::pair<const char*, json> flags[] = {
+      {"model", absl::GetFlag(FLAGS_model)},
+      {"method", absl::GetFlag(FLAGS_method)},
+      {"quantity", absl::GetFlag(FLAGS_quantity)},
+      {"n_steps", absl::GetFlag(FLAGS_n_steps)},
+      {"rule", absl::GetFlag(FLAGS_rule)},
+      {"baseline", absl::GetFlag(FLAGS_baseline)},
+      {"n_samples", absl::GetFlag(FLAGS_n_samples)},
+      {"stdev", absl::GetFlag(FLAGS_stdev)},
+      {"seed", absl::GetFlag(FLAGS_seed)},
+      {"target_tokenization", absl::GetFlag(FLAGS_target_tokenization)},
+      {"include_special_tokens", absl::GetFlag(FLAGS_include_special_tokens)},
+      {"matrix", absl::GetFlag(FLAGS_matrix)},
+      {"completeness_tolerance", absl::GetFlag(FLAGS_tolerance)},
+  };
+  for (const auto& [name, value] : flags) {
+    const char* flag_name = std::string(name) == "completeness_tolerance" ? "tolerance" : name;
+    if (OnCommandLine(flag_name)) settings[name] = value;
+  }
+  return settings;
+}
+
+absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> Connect() {
+  ClientOptions options{.load_balancing = absl::GetFlag(FLAGS_load_balancing),
+                        .tls = absl::GetFlag(FLAGS_tls),
+                        .ca_file = absl::GetFlag(FLAGS_ca),
+                        .timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout))};
+  if (!absl::GetFlag(FLAGS_token_file).empty()) {
+    absl::StatusOr<std::string> token = ReadBearerTokenFile(absl::GetFlag(FLAGS_token_file));
+    if (!token.ok()) return token.status();
+    options.bearer_token = *token;
+  }
+  std::vector<std::unique_ptr<AttributionClient>> clients;
+  for (const std::string& target : absl::GetFlag(FLAGS_server)) {
+    options.target = target;
+    absl::StatusOr<std::unique_ptr<AttributionClient>> client = AttributionClient::Connect(options);
+    if (!client.ok()) return client.status();
+    clients.push_back(std::move(*client));
+  }
+  return clients;
+}
+
+// This shard's rows, in input order.
+absl::StatusOr<std::vector<BatchRow>> ShardOf(std::vector<BatchRow> rows) {
+  const int count = absl::GetFlag(FLAGS_shard_count), index = absl::GetFlag(FLAGS_shard_index);
+  if (count < 1 || index < 0 || index >= count) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--shard_index ", index, " must lie in [0, --shard_count ", count, ")"));
+  }
+  std::vector<BatchRow> shard;
+  for (size_t i = static_cast<size_t>(index); i < rows.size(); i += static_cast<size_t>(count)) {
+    shard.push_back(std::move(rows[i]));
+  }
+  return shard;
+}
+
+int Run() {
+  if (absl::GetFlag(FLAGS_input).empty() || absl::GetFlag(FLAGS_output).empty()) {
+    std::fprintf(stderr, "attribution-batch: give --input and --output (see --help)\n");
+    return 2;
+  }
+  absl::StatusOr<std::vector<BatchRow>> rows = ReadRows(absl::GetFlag(FLAGS_input));
+  if (!rows.ok()) return Failed(rows.status());
+  rows = ShardOf(std::move(*rows));
+  if (!rows.ok()) return Failed(rows.status());
+  absl::StatusOr<json> settings = SettingsFromFlags();
+  if (!settings.ok()) return Failed(settings.status());
+  absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> owned = Connect();
+  if (!owned.ok()) return Failed(owned.status());
+  std::vector<AttributionClient*> clients;
+  for (auto& client : *owned) clients.push_back(client.get());
+  std::string model = (*settings)["model"].get<std::string>();
+  absl::StatusOr<std::string> fingerprint = ModelFingerprint(clients, model);
+  if (!fingerprint.ok()) return Failed(fingerprint.status());
+  (*settings)["model"] = model;
+  absl::StatusOr<std::unique_ptr<ResultLog>> log = ResultLog::Open(absl::GetFlag(FLAGS_output));
+  if (!log.ok()) return Failed(log.status());
+
+  const std::string progress = absl::GetFlag(FLAGS_progress);
+  RunnerOptions options{
+      .window = absl::GetFlag(FLAGS_window) > 0 ? absl::GetFlag(FLAGS_window) : 32 * static_cast<int>(clients.size()),
+      .max_attempts = std::max(1, absl::GetFlag(FLAGS_max_attempts)),
+      .progress_every = absl::Seconds(absl::GetFlag(FLAGS_progress_seconds)),
+      .progress_bar = progress == "bar" || (progress == "auto" && ::isatty(STDERR_FILENO))};
+  absl::StatusOr<JobSummary> summary = RunJob(*rows, *settings, *fingerprint, clients, **log, options, std::cerr);
+  if (!summary.ok()) return Failed(summary.status());
+  PrintSummary(*summary, std::cerr);
+  return 0;
+}
+
+// Joins shard outputs into one file in the input's row order; every row must have exactly one result.
+int Merge(const std::vector<std::string>& shard_files) {
+  absl::StatusOr<std::vector<BatchRow>> rows = ReadRows(absl::GetFlag(FLAGS_input));
+  if (!rows.ok()) return Failed(rows.status());
+  std::map<std::string, std::string> results;
+  for (const std::string& file : shard_files) {
+    std::ifstream in(file);
+    if (!in) return Failed(absl::NotFoundError("cannot read " + file));
+    for (std::string line; std::getline(in, line);) {
+      json result = json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (result.is_discarded() || !result.contains("id") || !result["id"].is_string()) {
+        return Failed(absl::DataLossError(absl::StrCat(file, ": a line is not a result: ", line.substr(0, 80))));
+      }
+      if (!results.emplace(result["id"].get<std::string>(), line).second) {
+        return Failed(absl::DataLossError(
+            absl::StrCat(file, ": row \"", result["id"].get<std::string>(), "\" has a result in two shard files")));
+      }
+    }
+  }
+  std::ofstream out(absl::GetFlag(FLAGS_output), std::ios::trunc);
+  for (const BatchRow& row : *rows) {
+    auto it = results.find(row.id);
+    if (it == results.end()) return Failed(absl::NotFoundError(absl::StrCat("row \"", row.id, "\" has no result")));
+    out << it->second << "\n";
+  }
+  out.close();
+  if (!out) return Failed(absl::InternalError("cannot write " + absl::GetFlag(FLAGS_output)));
+  std::fprintf(stderr, "attribution-batch: merged %zu rows into %s\n", rows->size(),
+               absl::GetFlag(FLAGS_output).c_str());
+  return 0;
+}
+
+}  // namespace
+}  // namespace attribution::client::batch
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "attributions for a whole data set, resumable: attribution-batch --input=ROWS --output=RESULTS [flags]; "
+      "attribution-batch merge --input=ROWS --output=RESULTS SHARD_RESULTS...");
+  std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  if (positional.size() >= 2 && std::string(positional[1]) == "merge") {
+    return attribution::client::batch::Merge({positional.begin() + 2, positional.end()});
+  }
+  if (positional.size() > 1) {
+    std::fprintf(stderr, "attribution-batch: unexpected argument \"%s\" (see --help)\n", positional[1]);
+    return 2;
+  }
+  return attribution::client::batch::Run();
+}

@@ -1,0 +1,294 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "client/batch/batch_runner.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace attribution::client::batch {
+namespace {
+
+using nlohmann::json;
+
+bool Retryable(absl::StatusCode code) {
+  return code == absl::StatusCode::kUnavailable || code == absl::StatusCode::kResourceExhausted;
+}
+
+// Calls `call` on the row's server, moving on to the next server after each refusal, with exponential
+// backoff; `attempts` counts the calls made.
+template <typename T, typename Call>
+absl::StatusOr<T> WithRetries(const std::vector<AttributionClient*>& clients, size_t first,
+                              const RunnerOptions& options, int& attempts, Call call) {
+  absl::Duration backoff = options.initial_backoff;
+  for (int attempt = 0;; ++attempt) {
+    ++attempts;
+    absl::StatusOr<T> result = call(*clients[(first + attempt) % clients.size()]);
+    if (result.ok() || !Retryable(result.status().code()) || attempt + 1 >= options.max_attempts) return result;
+    absl::SleepFor(backoff);
+    backoff = std::min(backoff * 2, options.max_backoff);
+  }
+}
+
+json Texts(const std::vector<Token>& tokens) {
+  json texts = json::array();
+  for (const Token& token : tokens) texts.push_back(token.text);
+  return texts;
+}
+
+// What one row produced: its result line, and what the summary counts.
+struct RowOutcome {
+  std::string line;
+  std::string error_code;  // empty: ok
+  std::optional<double> delta;
+};
+
+class RowProcessor {
+ public:
+  RowProcessor(const json& settings, const std::string& fingerprint, const std::vector<AttributionClient*>& clients,
+               const RunnerOptions& options)
+      : settings_(settings), fingerprint_(fingerprint), clients_(clients), options_(options) {}
+
+  RowOutcome Process(const BatchRow& row, size_t position) const {
+    json result = {{"id", row.id}, {"model_fingerprint", fingerprint_}};
+    absl::StatusOr<json> effective = MergeSettings(settings_, row.settings, "row \"" + row.id + "\" settings");
+    if (!effective.ok()) return Failure(result, effective.status(), 0);
+    result["request_id"] = RequestId(fingerprint_, *effective, row);
+    result["model"] = (*effective)["model"];
+    result["method"] = (*effective)["method"];
+    result["settings_hash"] = SettingsHash(*effective);
+    result["seed"] = (*effective)["seed"];
+    int attempts = 0;
+    std::string target = row.target.value_or("");
+    if (!row.choices.empty()) {
+      absl::Status chosen = ScoreChoices(row, *effective, position, attempts, result);
+      if (!chosen.ok()) return Failure(result, chosen, attempts);
+      target =
+          result["label"].is_string() ? result["label"].get<std::string>() : result["predicted"].get<std::string>();
+    }
+    const AttributeOptions request = ToAttributeOptions(*effective, row, target);
+    absl::StatusOr<Attribution> attribution = WithRetries<Attribution>(
+        clients_, position, options_, attempts, [&](AttributionClient& client) { return client.Attribute(request); });
+    if (!attribution.ok()) return Failure(result, attribution.status(), attempts);
+    result["status"] = "ok";
+    result["prompt_tokens"] = Texts(attribution->prompt_tokens);
+    result["target_tokens"] = Texts(attribution->target_tokens);
+    json features = json::array();
+    for (const Feature& feature : attribution->features) features.push_back(feature.text);
+    result["features"] = features;
+    result["attribution"] = attribution->sequence;
+    if (!attribution->token_matrix.empty()) result["token_matrix"] = attribution->token_matrix;
+    result["objective"] = attribution->objective;
+    result["convergence_delta"] = attribution->convergence_delta ? json(*attribution->convergence_delta) : json();
+    result["server_seconds"] = attribution->stats.wall_seconds;
+    result["attempts"] = attempts;
+    return {.line = result.dump(), .delta = attribution->convergence_delta};
+  }
+
+ private:
+  // Multiple choice: each choice's probability after the prompt (over the whole vocabulary, and
+  // renormalised over the choices), the predicted choice, and whether it is the label.
+  absl::Status ScoreChoices(const BatchRow& row, const json& settings, size_t position, int& attempts,
+                            json& result) const {
+    std::vector<double> probs;
+    for (const std::string& choice : row.choices) {
+      const LogprobsOptions request{.model = settings["model"].get<std::string>(),
+                                    .prompt = row.prompt,
+                                    .target = choice,
+                                    .target_tokenization = settings["target_tokenization"].get<std::string>()};
+      absl::StatusOr<Logprobs> scored =
+          WithRetries<Logprobs>(clients_, position, options_, attempts,
+                                [&](AttributionClient& client) { return client.GetLogprobs(request); });
+      if (!scored.ok()) return scored.status();
+      probs.push_back(std::exp(scored->total_log_prob));
+    }
+    double total = 0;
+    for (double p : probs) total += p;
+    std::vector<double> renormalised;
+    for (double p : probs) renormalised.push_back(total > 0 ? p / total : 0);
+    const size_t best = std::max_element(probs.begin(), probs.end()) - probs.begin();
+    result["choices"] = row.choices;
+    result["choice_probs"] = probs;
+    result["choice_probs_renormalised"] = renormalised;
+    result["predicted"] = row.choices[best];
+    result["predicted_prob"] = probs[best];
+    result["label"] = row.label ? json(*row.label) : json();
+    if (row.label) {
+      auto label = std::find(row.choices.begin(), row.choices.end(), *row.label);
+      if (label == row.choices.end()) {
+        return absl::InvalidArgumentError(absl::StrCat("label \"", *row.label, "\" is not one of the choices"));
+      }
+      result["correct"] = row.choices[best] == *row.label;
+    }
+    return absl::OkStatus();
+  }
+
+  static RowOutcome Failure(json& result, const absl::Status& status, int attempts) {
+    const std::string code = absl::StatusCodeToString(status.code());
+    result["status"] = "error";
+    result["error"] = {{"code", code}, {"message", std::string(status.message())}};
+    result["attempts"] = attempts;
+    return {.line = result.dump(), .error_code = code};
+  }
+
+  const json& settings_;
+  const std::string& fingerprint_;
+  const std::vector<AttributionClient*>& clients_;
+  const RunnerOptions& options_;
+};
+
+std::string Clock(double seconds) {
+  const int64_t s = static_cast<int64_t>(std::llround(seconds));
+  return absl::StrFormat("%d:%02d:%02d", s / 3600, s / 60 % 60, s % 60);
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient*>& clients, std::string& model) {
+  std::string fingerprint;
+  for (size_t i = 0; i < clients.size(); ++i) {
+    absl::StatusOr<std::vector<ModelInfo>> models = clients[i]->ListModels();
+    if (!models.ok()) return models.status();
+    if (models->empty()) return absl::FailedPreconditionError("a server holds no models");
+    if (model.empty()) model = models->front().name;
+    auto it = std::find_if(models->begin(), models->end(), [&](const ModelInfo& m) { return m.name == model; });
+    if (it == models->end())
+      return absl::NotFoundError(absl::StrCat("server ", i + 1, " has no model \"", model, "\""));
+    const json identity = {{"name", it->name},
+                           {"architecture", it->architecture},
+                           {"dtype", it->dtype},
+                           {"quantization", it->quantization},
+                           {"block_size", it->quantization_block_size},
+                           {"double_quantization", it->double_quantization},
+                           {"vocab_size", it->vocab_size},
+                           {"num_layers", it->num_layers},
+                           {"hidden_size", it->hidden_size},
+                           {"resident_weight_bytes", it->resident_weight_bytes}};
+    const std::string digest = SettingsHash(identity);
+    if (!fingerprint.empty() && digest != fingerprint) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the servers hold different models named \"", model, "\": ", identity.dump()));
+    }
+    fingerprint = digest;
+  }
+  return fingerprint;
+}
+
+absl::StatusOr<JobSummary> RunJob(const std::vector<BatchRow>& rows, const json& settings,
+                                  const std::string& model_fingerprint, const std::vector<AttributionClient*>& clients,
+                                  ResultLog& log, const RunnerOptions& options, std::ostream& progress) {
+  JobSummary summary;
+  summary.rows = static_cast<int64_t>(rows.size());
+  std::vector<const BatchRow*> todo;
+  for (const BatchRow& row : rows) {
+    auto done = log.done().find(row.id);
+    if (done == log.done().end()) {
+      todo.push_back(&row);
+      continue;
+    }
+    absl::StatusOr<json> effective = MergeSettings(settings, row.settings, "row \"" + row.id + "\" settings");
+    if (effective.ok() && SettingsHash(*effective) != done->second) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the results file holds row \"", row.id, "\" done with other settings (settings_hash ", done->second,
+          ", this job's ", SettingsHash(*effective), "): write to another file to run these settings"));
+    }
+    ++summary.skipped;
+  }
+
+  const RowProcessor processor(settings, model_fingerprint, clients, options);
+  std::mutex mutex;
+  std::condition_variable finished_one;
+  std::map<size_t, RowOutcome> finished;  // position in todo -> outcome, until written
+  std::atomic<size_t> next{0};
+  std::vector<std::thread> workers;
+  for (int w = 0; w < std::min<int>(options.window, static_cast<int>(todo.size())); ++w) {
+    workers.emplace_back([&] {
+      for (size_t i = next++; i < todo.size(); i = next++) {
+        RowOutcome outcome = processor.Process(*todo[i], i);
+        std::lock_guard<std::mutex> lock(mutex);
+        finished.emplace(i, std::move(outcome));
+        finished_one.notify_one();
+      }
+    });
+  }
+
+  const absl::Time start = absl::Now();
+  absl::Time last_report = start;
+  absl::Status write_status;
+  size_t written = 0;
+  while (written < todo.size() && write_status.ok()) {
+    std::vector<RowOutcome> ready;
+    {
+      std::unique_lock<std::mutex> lock(mutex);
+      finished_one.wait_for(lock, std::chrono::milliseconds(200), [&] { return finished.count(written) > 0; });
+      for (auto it = finished.find(written); it != finished.end() && it->first == written + ready.size();
+           it = finished.erase(it)) {
+        ready.push_back(std::move(it->second));
+      }
+    }
+    std::vector<std::string> lines;
+    for (RowOutcome& outcome : ready) {
+      lines.push_back(std::move(outcome.line));
+      if (!outcome.error_code.empty()) {
+        ++summary.errors;
+        ++summary.errors_by_code[outcome.error_code];
+      }
+      if (outcome.delta) {
+        summary.abs_deltas.push_back(std::abs(*outcome.delta));
+        summary.worst_deltas.emplace_back(std::abs(*outcome.delta), todo[written + lines.size() - 1]->id);
+      }
+    }
+    write_status = log.Append(lines);
+    written += ready.size();
+    summary.done = static_cast<int64_t>(written);
+
+    const absl::Time now = absl::Now();
+    const double elapsed = absl::ToDoubleSeconds(now - start), rate = elapsed > 0 ? written / elapsed : 0;
+    const double eta = rate > 0 ? (todo.size() - written) / rate : 0;
+    if (options.progress_bar) {
+      const int width = 30, filled = todo.empty() ? width : static_cast<int>(width * written / todo.size());
+      progress << absl::StrFormat("\r[%s%s] %d/%d rows  %.1f rows/s  ETA %s  errors %d ", std::string(filled, '#'),
+                                  std::string(width - filled, '.'), written, todo.size(), rate, Clock(eta),
+                                  summary.errors)
+               << std::flush;
+    } else if (now - last_report >= options.progress_every || written == todo.size()) {
+      progress << absl::StrFormat("progress %d/%d rows, %.1f rows/s, eta %s, errors %d\n", written, todo.size(), rate,
+                                  Clock(eta), summary.errors)
+               << std::flush;
+      last_report = now;
+    }
+  }
+  if (!write_status.ok()) next = todo.size();  // workers stop taking rows; the ones in flight finish
+  for (std::thread& worker : workers) worker.join();
+  if (options.progress_bar) progress << "\n";
+  if (!write_status.ok()) return write_status;
+  summary.wall_seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  std::sort(summary.worst_deltas.rbegin(), summary.worst_deltas.rend());
+  if (summary.worst_deltas.size() > static_cast<size_t>(options.worst_rows))
+    summary.worst_deltas.resize(options.worst_rows);
+  return summary;
+}
+
+void PrintSummary(const JobSummary& summary, std::ostream& out) {
+  const int64_t ran = summary.done;
+  out << absl::StrFormat("rows %d: %d done now (%d errors), %d done before; %.1f s, %.2f rows/s\n", summary.rows, ran,
+                         summary.errors, summary.skipped, summary.wall_seconds,
+                         summary.wall_seconds > 0 ? ran / summary.wall_seconds : 0.0);
+  for (const auto& [code, count] : summary.errors_by_code) out << absl::StrFormat("  errors %s: %d\n", code, count);
+  if (!summary.abs_deltas.empty()) {
+    std::vector<double> deltas = summary.abs_deltas;
+    std::sort(deltas.begin(), deltas.end());
+    auto at = [&](double q) { return deltas[std::min(deltas.size() - 1, static_cast<size_t>(q * deltas.size()))]; };
+    out << absl::StrFormat("  |convergence delta|: p50 %.3g  p90 %.3g  p99 %.3g  max %.3g\n", at(0.5), at(0.9),
+                           at(0.99), deltas.back());
+    for (const auto& [delta, id] : summary.worst_deltas) out << absl::StrFormat("    %.3g  %s\n", delta, id);
+  }
+}
+
+}  // namespace attribution::client::batch

@@ -1,0 +1,48 @@
+// SPDX-License-Identifier: Apache-2.0
+// Runs a batch job: keeps `window` rows in flight over the servers (a row's calls go to one server,
+// rows take turns), retries calls the servers refuse for lack of capacity with exponential backoff,
+// records every other failure as that row's error, writes results in input order through a
+// ResultLog, and reports progress and a final summary.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "client/attribution_client.h"
+#include "client/batch/batch_job.h"
+#include "client/batch/result_log.h"
+
+namespace attribution::client::batch {
+
+struct RunnerOptions {
+  int window = 32;       // rows in flight
+  int max_attempts = 8;  // per call, while the servers answer UNAVAILABLE or RESOURCE_EXHAUSTED
+  absl::Duration initial_backoff = absl::Milliseconds(200);
+  absl::Duration max_backoff = absl::Seconds(30);
+  absl::Duration progress_every = absl::Seconds(10);  // log lines (no terminal)
+  bool progress_bar = false;                          // a live bar on a terminal instead
+  int worst_rows = 5;                                 // largest |convergence delta| in the summary
+};
+
+struct JobSummary {
+  int64_t rows = 0, skipped = 0, done = 0, errors = 0;
+  std::map<std::string, int64_t> errors_by_code;
+  double wall_seconds = 0;
+  std::vector<double> abs_deltas;                            // |convergence delta| of the rows that have one
+  std::vector<std::pair<double, std::string>> worst_deltas;  // (|delta|, id), largest first
+};
+
+// The model's identity as the servers report it (all must agree), for request ids and results.
+absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient*>& clients, std::string& model);
+
+absl::StatusOr<JobSummary> RunJob(const std::vector<BatchRow>& rows, const nlohmann::json& settings,
+                                  const std::string& model_fingerprint, const std::vector<AttributionClient*>& clients,
+                                  ResultLog& log, const RunnerOptions& options, std::ostream& progress);
+
+void PrintSummary(const JobSummary& summary, std::ostream& out);
+
+}  // namespace attribution::client::batch

@@ -1,0 +1,309 @@
+// SPDX-License-Identifier: Apache-2.0
+// attribution-batch against real servers on the default model, with a generated data set of its
+// warmth questions (known answers): results equal the same requests sent one by one, a job killed
+// with SIGKILL three times and resumed ends with the output of an uninterrupted run, two servers
+// share the work (and one may die), shards merge into the single run, bad rows are recorded.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "client/attribution_client.h"
+#include "tests/testing/server_process.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+
+namespace attribution {
+namespace {
+
+using ::attribution::test_support::IsOk;
+using nlohmann::json;
+using test_support::MetricValue;
+using test_support::ServerProcess;
+using test_support::TempDir;
+using ::testing::HasSubstr;
+
+constexpr int kRows = 2000;
+
+// Every third row multiple choice (" Yes" / " No" with the known answer as label), the others with
+// the known answer as target; one row with an empty prompt, which the server refuses.
+std::string WriteRows(const TempDir& dir) {
+  const std::vector<std::string> objects = {"cup", "box", "ball", "hat", "coat", "car", "door", "lamp", "kite", "boat"};
+  const std::vector<std::pair<std::string, bool>> colours = {{"red", true},   {"orange", true}, {"gold", true},
+                                                             {"blue", false}, {"green", false}, {"grey", false}};
+  const std::string path = dir.File("rows.jsonl");
+  std::ofstream out(path);
+  for (int i = 0; i < kRows; ++i) {
+    const auto& [colour, warm] = colours[i % colours.size()];
+    const std::string& object = objects[(i / colours.size()) % objects.size()];
+    json row = {{"id", absl::StrCat("q", i)},
+                {"prompt", absl::StrCat("The ", object, " is ", colour, ". Q: Is it warm? A:")}};
+    if (i == 7) row["prompt"] = "";
+    if (i % 3 == 0) {
+      row["choices"] = {" Yes", " No"};
+      row["label"] = warm ? " Yes" : " No";
+    } else {
+      row["target"] = warm ? " Yes" : " No";
+    }
+    out << row.dump() << "\n";
+  }
+  return path;
+}
+
+std::vector<json> ReadResults(const std::string& path) {
+  std::vector<json> results;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) results.push_back(json::parse(line));
+  return results;
+}
+
+// Starts attribution-batch with `args`, output to `log`; kills it with SIGKILL after `kill_after`
+// unless it exits first. Returns its exit code (-1 when killed).
+int RunBatch(const std::vector<std::string>& args, const std::string& log,
+             absl::Duration kill_after = absl::InfiniteDuration()) {
+  std::vector<std::string> argv = {ATTRIBUTION_BATCH_BINARY};
+  argv.insert(argv.end(), args.begin(), args.end());
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    ::dup2(fd, STDOUT_FILENO);
+    ::dup2(fd, STDERR_FILENO);
+    std::vector<char*> c_args;
+    for (std::string& arg : argv) c_args.push_back(arg.data());
+    c_args.push_back(nullptr);
+    ::execv(c_args[0], c_args.data());
+    ::_exit(127);
+  }
+  const absl::Time deadline = absl::Now() + kill_after;
+  int status = 0;
+  while (::waitpid(pid, &status, WNOHANG) == 0) {
+    if (absl::Now() >= deadline) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      return -1;
+    }
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// Same rows in the same order, each once; same statuses, tokens and choices; numbers equal up to the
+// float noise of different batch compositions (1e-5 of the value's scale).
+void ExpectSameResults(const std::vector<json>& actual, const std::vector<json>& expected) {
+  ASSERT_EQ(actual.size(), expected.size());
+  for (size_t i = 0; i < expected.size(); ++i) {
+    SCOPED_TRACE(expected[i]["id"].get<std::string>());
+    ASSERT_EQ(actual[i]["id"], expected[i]["id"]);
+    for (const char* key : {"status", "error", "prompt_tokens", "target_tokens", "features", "predicted", "request_id",
+                            "settings_hash"}) {
+      EXPECT_EQ(actual[i].value(key, json()), expected[i].value(key, json())) << key;
+    }
+    for (const char* key : {"attribution", "choice_probs"}) {
+      const json a = actual[i].value(key, json::array()), e = expected[i].value(key, json::array());
+      ASSERT_EQ(a.size(), e.size()) << key;
+      for (size_t j = 0; j < e.size(); ++j) {
+        EXPECT_NEAR(a[j].get<double>(), e[j].get<double>(), 1e-5 * std::max(1.0, std::abs(e[j].get<double>()))) << key;
+      }
+    }
+  }
+}
+
+class Batch : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new TempDir;
+    rows_ = new std::string(WriteRows(*dir_));
+    auto a = ServerProcess::Start({});
+    auto b = ServerProcess::Start({});
+    start_status_ = a.ok() ? b.status() : a.status();
+    if (!start_status_.ok()) return;
+    a_ = a->release();
+    b_ = b->release();
+    // The uninterrupted single-server run every test compares with.
+    const std::string reference = dir_->File("reference.jsonl");
+    const absl::Time start = absl::Now();
+    reference_exit_ = RunBatch({"--input=" + *rows_, "--output=" + reference, "--server=" + a_->address(),
+                                "--method=saliency", "--progress=log"},
+                               dir_->File("reference.log"));
+    reference_seconds_ = absl::ToDoubleSeconds(absl::Now() - start);
+    reference_results_ = new std::vector<json>(ReadResults(reference));
+  }
+  static void TearDownTestSuite() {
+    delete a_;
+    delete b_;
+    delete reference_results_;
+    delete rows_;
+    delete dir_;
+  }
+  void SetUp() override {
+    ASSERT_THAT(start_status_, IsOk());
+    ASSERT_EQ(reference_exit_, 0) << ReadFile(dir_->File("reference.log"));
+  }
+  std::vector<std::string> Args(const std::string& output, const std::string& servers) const {
+    return {"--input=" + *rows_, "--output=" + output, "--server=" + servers, "--method=saliency", "--progress=log"};
+  }
+
+  static TempDir* dir_;
+  static std::string* rows_;
+  static absl::Status start_status_;
+  static ServerProcess *a_, *b_;
+  static int reference_exit_;
+  static double reference_seconds_;
+  static std::vector<json>* reference_results_;
+};
+
+TempDir* Batch::dir_ = nullptr;
+std::string* Batch::rows_ = nullptr;
+absl::Status Batch::start_status_;
+ServerProcess* Batch::a_ = nullptr;
+ServerProcess* Batch::b_ = nullptr;
+int Batch::reference_exit_ = -1;
+double Batch::reference_seconds_ = 0;
+std::vector<json>* Batch::reference_results_ = nullptr;
+
+TEST_F(Batch, ResultsEqualTheSameRequestsSentOneByOne) {
+  const std::vector<json>& results = *reference_results_;
+  ASSERT_EQ(results.size(), static_cast<size_t>(kRows));
+  std::cout << "[ batch    ] " << kRows << " rows in " << reference_seconds_ << " s\n";
+  auto client = client::AttributionClient::Connect({.target = a_->address()});
+  ASSERT_THAT(client, IsOk());
+  int correct = 0, scored = 0;
+  for (int i = 0; i < kRows; ++i) {
+    const json& result = results[i];
+    if (i == 7) {
+      EXPECT_EQ(result["status"], "error");
+      EXPECT_EQ(result["error"]["code"], "INVALID_ARGUMENT");
+      EXPECT_THAT(result["error"]["message"].get<std::string>(), HasSubstr("prompt"));
+      continue;
+    }
+    ASSERT_EQ(result["status"], "ok") << result.dump();
+    if (result.contains("correct")) {
+      ++scored;
+      correct += result["correct"].get<bool>();
+    }
+    if (i % 97 != 1 && i % 97 != 3) continue;  // a sample of both kinds, one by one
+    std::ifstream rows(*rows_);
+    json row;
+    for (std::string line; std::getline(rows, line);) {
+      row = json::parse(line);
+      if (row["id"] == result["id"]) break;
+    }
+    const std::string target =
+        row.contains("target") ? row["target"].get<std::string>() : result["label"].get<std::string>();
+    auto alone = (*client)->Attribute({.model = result["model"].get<std::string>(),
+                                       .prompt = row["prompt"].get<std::string>(),
+                                       .target = target,
+                                       .method = "saliency"});
+    ASSERT_THAT(alone, IsOk());
+    ExpectSameResults({json{{"id", result["id"]}, {"attribution", alone->sequence}}},
+                      {json{{"id", result["id"]}, {"attribution", result["attribution"]}}});
+    if (row.contains("choices")) {
+      for (size_t c = 0; c < 2; ++c) {
+        auto logprobs = (*client)->GetLogprobs({.model = result["model"],
+                                                .prompt = row["prompt"].get<std::string>(),
+                                                .target = row["choices"][c].get<std::string>()});
+        ASSERT_THAT(logprobs, IsOk());
+        EXPECT_NEAR(std::exp(logprobs->total_log_prob), result["choice_probs"][c].get<double>(), 1e-6);
+      }
+    }
+  }
+  // The default model knows its warmth questions.
+  EXPECT_GT(correct, scored * 9 / 10);
+}
+
+TEST_F(Batch, KilledThreeTimesAndResumedEndsWithTheUninterruptedOutput) {
+  const std::string output = dir_->File("killed.jsonl"), log = dir_->File("killed.log");
+  std::mt19937 random(20261201);
+  // Each run picks up where the last stopped: three kills within 0.15-0.3 of the whole job's time
+  // leave rows for the final run.
+  std::uniform_real_distribution<double> fraction(0.15, 0.3);
+  for (int kill = 0; kill < 3; ++kill) {
+    const absl::Duration after = absl::Seconds(reference_seconds_ * fraction(random));
+    EXPECT_EQ(RunBatch(Args(output, a_->address()), log, after), -1) << "finished before its kill";
+  }
+  EXPECT_EQ(RunBatch(Args(output, a_->address()), log), 0) << ReadFile(log);
+  ExpectSameResults(ReadResults(output), *reference_results_);
+}
+
+TEST_F(Batch, TwoServersShareTheWorkAndOneMayDie) {
+  auto c = ServerProcess::Start({});
+  ASSERT_THAT(c, IsOk());
+  const std::string output = dir_->File("two.jsonl"), log = dir_->File("two.log");
+  const std::string served = "attribution_rpcs_total{code=\"OK\",method=\"Attribute\"}";
+  // A runs the first part of the job, then dies: its rows go to B.
+  std::thread killer([&] {
+    absl::SleepFor(absl::Seconds(reference_seconds_ / 4));
+    (*c)->Signal(SIGKILL);
+  });
+  EXPECT_EQ(RunBatch(Args(output, absl::StrCat((*c)->address(), ",", b_->address())), log), 0) << ReadFile(log);
+  killer.join();
+  ExpectSameResults(ReadResults(output), *reference_results_);
+  EXPECT_GT(MetricValue(b_->metrics_port(), served), 0);
+  EXPECT_THAT(ReadFile(log), HasSubstr("errors INVALID_ARGUMENT: 1\n"));  // only the empty prompt
+  EXPECT_THAT(ReadFile(log), ::testing::Not(HasSubstr("errors UNAVAILABLE")));
+}
+
+TEST_F(Batch, ShardsMergeIntoTheSingleRun) {
+  std::vector<std::string> shards;
+  for (int shard = 0; shard < 3; ++shard) {
+    shards.push_back(dir_->File(absl::StrCat("shard-", shard, ".jsonl")));
+    std::vector<std::string> args = Args(shards.back(), b_->address());
+    args.push_back(absl::StrCat("--shard_index=", shard));
+    args.push_back("--shard_count=3");
+    ASSERT_EQ(RunBatch(args, dir_->File("shards.log")), 0) << ReadFile(dir_->File("shards.log"));
+  }
+  const std::string merged = dir_->File("merged.jsonl");
+  std::vector<std::string> merge = {"merge", "--input=" + *rows_, "--output=" + merged};
+  merge.insert(merge.end(), shards.begin(), shards.end());
+  ASSERT_EQ(RunBatch(merge, dir_->File("merge.log")), 0) << ReadFile(dir_->File("merge.log"));
+  ExpectSameResults(ReadResults(merged), *reference_results_);
+}
+
+TEST_F(Batch, ResumingWithOtherSettingsIsRefused) {
+  const std::string output = dir_->File("other.jsonl"), log = dir_->File("other.log");
+  std::ofstream(output) << (*reference_results_)[0].dump() << "\n";
+  std::vector<std::string> args = Args(output, a_->address());
+  args.push_back("--method=input_x_gradient");
+  EXPECT_EQ(RunBatch(args, log), 1);
+  EXPECT_THAT(ReadFile(log), HasSubstr("done with other settings"));
+}
+
+TEST_F(Batch, CsvRowsAndBadInputFiles) {
+  const std::string csv = dir_->File("rows.csv"), output = dir_->File("csv.jsonl"), log = dir_->File("csv.log");
+  std::ofstream(csv) << "id,prompt,target,choices,label\n"
+                     << "a,\"The cup is red. Q: Is it warm? A:\", Yes,,\n"
+                     << "b,\"The box is blue. Q: Is it warm? A:\",, Yes| No, No\n";
+  ASSERT_EQ(RunBatch({"--input=" + csv, "--output=" + output, "--server=" + a_->address(), "--method=saliency"}, log),
+            0)
+      << ReadFile(log);
+  const std::vector<json> results = ReadResults(output);
+  ASSERT_EQ(results.size(), 2u);
+  EXPECT_EQ(results[0]["target_tokens"], (*reference_results_)[1]["target_tokens"]);
+  EXPECT_EQ(results[1]["predicted"], " No");
+
+  const std::string duplicate = dir_->File("duplicate.jsonl");
+  std::ofstream(duplicate) << R"({"id": "x", "prompt": "a", "target": " b"})"
+                           << "\n"
+                           << R"({"id": "x", "prompt": "c", "target": " d"})"
+                           << "\n";
+  EXPECT_EQ(RunBatch({"--input=" + duplicate, "--output=" + output, "--server=" + a_->address()}, log), 1);
+  EXPECT_THAT(ReadFile(log), HasSubstr("duplicate.jsonl:2: id \"x\" repeats line 1"));
+}
+
+}  // namespace
+}  // namespace attribution
