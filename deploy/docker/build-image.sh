@@ -3,7 +3,7 @@
 # The container image's build stage (Dockerfile), also run by scripts/check-container-build in a clean
 # Debian root: installs the build dependencies (scripts/setup build), builds the server, the CLI and
 # the load generator, and lays out PREFIX as the runtime stage copies it:
-#   PREFIX/bin       attribution-server, attribution-cli, attribution-bench
+#   PREFIX/bin       attribution-server, attribution-cli, attribution-bench, attribution-batch
 #   PREFIX/lib       every shared library they need beyond the base image's C/C++ runtime, LibTorch's
 #                    (and, in the CUDA variant, the wheel's CUDA libraries, which LibTorch opens lazily)
 #                    and the SentencePiece module
@@ -22,10 +22,11 @@ esac
 ATTRIBUTION_VENV=${ATTRIBUTION_VENV:-/opt/venv} scripts/setup build
 cmake -S . -B build-image -G Ninja -DCMAKE_BUILD_TYPE=Release -DATTRIBUTION_BUILD_TESTS=OFF \
   -DATTRIBUTION_BUILD_BENCH=OFF "${cuda_flags[@]}"
-cmake --build build-image --target attribution-server attribution-cli attribution-bench attribution_sentencepiece
+cmake --build build-image --target attribution-server attribution-cli attribution-bench attribution-batch attribution_sentencepiece
 
 mkdir -p "$prefix/bin" "$prefix/lib" "$prefix/models" "$prefix/config"
-cp build-image/server/attribution-server build-image/client/attribution-cli build-image/client/attribution-bench "$prefix/bin/"
+cp build-image/server/attribution-server build-image/client/attribution-cli build-image/client/attribution-bench \
+  build-image/client/attribution-batch "$prefix/bin/"
 cp build-image/lib/libattribution_sentencepiece.so "$prefix/lib/"
 cp -r models/tiny-qa-llama "$prefix/models/"
 cp deploy/config/server.json "$prefix/config/"

@@ -9,10 +9,14 @@
   allows for a model load, liveness outlasts the drain, the pod's grace period covers preStop plus the
   server's drain, GPU requests equal limits, the HPA scales the Deployment on a metric the server
   exports, the ConfigMap's config passes `attribution-server --check_config`;
+* the batch Jobs (deploy/k8s/batch) validate the same way and agree with the serving manifests and the
+  tool: an Indexed Job whose shard flags match its completions, that reaches the headless Service with
+  round robin, names only flags attribution-batch has, and shares a ReadWriteMany volume with the
+  merge Job, which reads what the shards write; the image carries attribution-batch;
 * the compose file, Prometheus and Grafana provisioning agree (scrape target = server metrics port,
   datasource uid = the dashboard's); the Dockerfile passes hadolint and its HEALTHCHECK / ports match.
 
-Usage: manifests_check.py SERVER_BINARY
+Usage: manifests_check.py SERVER_BINARY BATCH_BINARY
 """
 import glob
 import json
@@ -47,11 +51,12 @@ def seconds(probe):
     return probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3)
 
 
-def check_kubernetes(server_binary):
-    files = sorted(glob.glob(os.path.join(ROOT, "deploy/k8s/*.yaml")))
+def validate_manifests(files, also_lint=()):
+    """kubernetes-validate (strict) over `files`, yamllint over them and `also_lint`; their documents by
+    (kind, name)."""
     lint = subprocess.run([venv_tool("yamllint"), "-f", "parsable", "-d",
                            "{extends: default, rules: {line-length: {max: 120}, document-start: disable}}", *files,
-                           os.path.join(ROOT, "deploy/compose"), os.path.join(ROOT, "deploy/grafana")],
+                           *also_lint],
                           capture_output=True, text=True)
     check(lint.returncode == 0, f"yamllint:\n{lint.stdout}")
     docs = {}
@@ -63,6 +68,12 @@ def check_kubernetes(server_binary):
         check(validate.returncode == 0, f"kubernetes-validate {os.path.basename(path)}:\n{validate.stdout}{validate.stderr}")
         for doc in yaml.safe_load_all(open(path)):
             docs[(doc["kind"], doc["metadata"]["name"])] = doc
+    return docs
+
+
+def check_kubernetes(server_binary):
+    files = sorted(glob.glob(os.path.join(ROOT, "deploy/k8s/*.yaml")))
+    docs = validate_manifests(files, [os.path.join(ROOT, "deploy/compose"), os.path.join(ROOT, "deploy/grafana")])
     kustomization = yaml.safe_load(open(os.path.join(ROOT, "deploy/k8s/kustomization.yaml")))
     listed = set(kustomization["resources"])
     for path in files:
@@ -124,6 +135,44 @@ def check_kubernetes(server_binary):
           "the adapter rules do not serve the HPA's metric")
 
 
+def check_batch_jobs(batch_binary):
+    files = sorted(glob.glob(os.path.join(ROOT, "deploy/k8s/batch/*.yaml")))
+    docs = validate_manifests(files)
+    listed = set(yaml.safe_load(open(os.path.join(ROOT, "deploy/k8s/batch/kustomization.yaml")))["resources"])
+    check(listed == {"data-pvc.yaml", "indexed-job.yaml"}, "batch kustomization must list the volume and the indexed job")
+    job, merge = docs[("Job", "attribution-batch")], docs[("Job", "attribution-batch-merge")]
+    pvc = docs[("PersistentVolumeClaim", "attribution-batch-data")]
+    check(pvc["spec"]["accessModes"] == ["ReadWriteMany"], "the batch data volume must be ReadWriteMany")
+    spec = job["spec"]
+    check(spec.get("completionMode") == "Indexed" and "backoffLimitPerIndex" in spec,
+          "the batch Job must be Indexed with a per-index backoff limit")
+    check(spec["parallelism"] <= spec["completions"], "parallelism above completions")
+    script = job["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    merge_script = merge["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    flags = dict(re.findall(r"--([a-z_]+)=(\S+)", script))
+    check(flags.get("shard_count") == str(spec["completions"]), "--shard_count differs from completions")
+    check(flags.get("shard_index") == "${JOB_COMPLETION_INDEX}", "--shard_index is not the completion index")
+    check(flags.get("load_balancing") == "round_robin", "the batch pods do not spread calls over the replicas")
+    headless = yaml.safe_load(open(os.path.join(ROOT, "deploy/k8s/service-headless.yaml")))
+    check(flags.get("server") == f"dns:///{headless['metadata']['name']}:{headless['spec']['ports'][0]['port']}",
+          "--server is not the headless Service's gRPC port")
+    known = set(re.findall(r"--([a-z_]+)", subprocess.run([batch_binary, "--helpfull"], capture_output=True,
+                                                         text=True).stdout))
+    for name in re.findall(r"--([a-z_]+)", script + merge_script):
+        check(name in known, f"attribution-batch has no flag --{name}")
+    merge_flags = dict(re.findall(r"--([a-z_]+)=(\S+)", merge_script))
+    check(merge_flags.get("input") == flags.get("input"), "the merge reads another input than the shards")
+    shard_dir = os.path.dirname(flags.get("output", ""))
+    check(f"{shard_dir}/shard-*.jsonl" in merge_script, "the merge does not read the shards' results")
+    for doc in (job, merge):
+        pod = doc["spec"]["template"]["spec"]
+        claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
+        check(claims == [pvc["metadata"]["name"]], f"{doc['metadata']['name']} does not mount the batch data volume")
+        check(pod["securityContext"].get("runAsNonRoot") is True, f"{doc['metadata']['name']} may run as root")
+    build_script = open(os.path.join(ROOT, "deploy/docker/build-image.sh")).read()
+    check("client/attribution-batch" in build_script, "the image does not carry attribution-batch")
+
+
 def check_compose_and_grafana():
     compose = yaml.safe_load(open(os.path.join(ROOT, "deploy/compose/docker-compose.yml")))
     services = compose["services"]
@@ -164,8 +213,9 @@ def check_dockerfile():
 
 
 def main():
-    server_binary = sys.argv[1]
+    server_binary, batch_binary = sys.argv[1], sys.argv[2]
     check_kubernetes(server_binary)
+    check_batch_jobs(batch_binary)
     check_compose_and_grafana()
     check_dockerfile()
     for failure in failures:
