@@ -20,6 +20,8 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "client/attribution_client.h"
@@ -214,6 +216,11 @@ int Merge(const std::vector<std::string>& shard_files) {
 }  // namespace attribution::client::batch
 
 int main(int argc, char** argv) {
+  // abseil's --help lists the flags of files named after the program; ours are defined in this file.
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) { return absl::EndsWith(file, "client/batch/batch_main.cc"); };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(
       "attributions for a whole data set, resumable: attribution-batch --input=ROWS --output=RESULTS [flags]; "
       "attribution-batch merge --input=ROWS --output=RESULTS SHARD_RESULTS...");

@@ -53,9 +53,12 @@ TEST_P(Help, ListsTheProgramsOwnFlags) {
 
 INSTANTIATE_TEST_SUITE_P(EveryProgram, Help,
                          ::testing::Values(Program{ATTRIBUTION_SERVER_BINARY,
-                                                   {"listen", "model", "dtype", "allow_nonfinite_weights"}},
+                                                   {"listen", "model", "dtype", "allow_nonfinite_weights",
+                                                    "quantization_block_size", "double_quantization"}},
                                            Program{ATTRIBUTION_CLI_BINARY, {"server", "prompt", "target", "model"}},
-                                           Program{ATTRIBUTION_BENCH_BINARY, {"server", "concurrency"}}),
+                                           Program{ATTRIBUTION_BENCH_BINARY, {"server", "concurrency"}},
+                                           Program{ATTRIBUTION_BATCH_BINARY,
+                                                   {"input", "output", "window", "shard_index"}}),
                          [](const auto& info) {
                            std::string name = info.param.binary.substr(info.param.binary.rfind('/') + 1);
                            return name.substr(name.find('-') + 1);
