@@ -38,10 +38,6 @@ std::string Paint(const std::string& text, Rgb c) {
   return absl::StrFormat("\x1b[48;2;%d;%d;%dm\x1b[38;2;0;0;0m%s\x1b[0m", c.r, c.g, c.b, text);
 }
 
-std::string HtmlEscape(const std::string& text) {
-  return absl::StrReplaceAll(text, {{"&", "&amp;"}, {"<", "&lt;"}, {">", "&gt;"}, {"\"", "&quot;"}});
-}
-
 std::string Css(Rgb c) { return absl::StrFormat("background:rgb(%d,%d,%d)", c.r, c.g, c.b); }
 
 // The prompt in order: each feature (with its index) and, between them, the fixed tokens (index -1).
@@ -91,6 +87,10 @@ std::string FaithfulnessSummary(const Faithfulness& f) {
 }
 
 }  // namespace
+
+std::string HtmlEscape(const std::string& text) {
+  return absl::StrReplaceAll(text, {{"&", "&amp;"}, {"<", "&lt;"}, {">", "&gt;"}, {"\"", "&quot;"}});
+}
 
 std::string TargetTokensLine(const std::vector<Token>& tokens) {
   std::string out = absl::StrFormat("target tokens (%d):", tokens.size());

@@ -20,6 +20,9 @@ std::string TerminalHeatmap(const Attribution& attribution, bool color);
 // A standalone HTML page (no external resources): the same token colouring and matrix heatmap.
 std::string HtmlReport(const Attribution& attribution);
 
+// `text` safe inside HTML elements and attribute values.
+std::string HtmlEscape(const std::string& text);
+
 // Every field of the attribution as JSON text.
 std::string AttributionJson(const Attribution& attribution);
 

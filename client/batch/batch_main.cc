@@ -27,10 +27,13 @@
 #include "client/attribution_client.h"
 #include "client/batch/batch_job.h"
 #include "client/batch/batch_runner.h"
+#include "client/batch/html_pages.h"
 #include "client/batch/result_log.h"
 
 ABSL_FLAG(std::string, input, "", "rows: .jsonl ({id, prompt, target | choices [, label] [, settings]}) or .csv");
 ABSL_FLAG(std::string, output, "", "results, one JSON line per row (appended; rerun to resume)");
+ABSL_FLAG(std::string, html, "",
+          "also write DIR/index.html (every result, sortable) and DIR/rows/ID.html (each answered row's page)");
 ABSL_FLAG(std::string, job, "", "a JSON file of settings (keys as the flags below); flags given override it");
 ABSL_FLAG(std::vector<std::string>, server, {"localhost:50051"},
           "servers, comma-separated (rows take turns), or one gRPC target such as dns:///svc:50051 with "
@@ -173,10 +176,15 @@ int Run() {
       .window = absl::GetFlag(FLAGS_window) > 0 ? absl::GetFlag(FLAGS_window) : 32 * static_cast<int>(clients.size()),
       .max_attempts = std::max(1, absl::GetFlag(FLAGS_max_attempts)),
       .progress_every = absl::Seconds(absl::GetFlag(FLAGS_progress_seconds)),
-      .progress_bar = progress == "bar" || (progress == "auto" && ::isatty(STDERR_FILENO))};
+      .progress_bar = progress == "bar" || (progress == "auto" && ::isatty(STDERR_FILENO)),
+      .html_dir = absl::GetFlag(FLAGS_html)};
   absl::StatusOr<JobSummary> summary = RunJob(*rows, *settings, *fingerprint, clients, **log, options, std::cerr);
   if (!summary.ok()) return Failed(summary.status());
   PrintSummary(*summary, std::cerr);
+  if (!options.html_dir.empty()) {
+    absl::Status index = WriteIndex(options.html_dir, absl::GetFlag(FLAGS_output));
+    if (!index.ok()) return Failed(index);
+  }
   return 0;
 }
 

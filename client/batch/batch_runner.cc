@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "client/batch/html_pages.h"
 
 namespace attribution::client::batch {
 namespace {
@@ -47,6 +48,7 @@ struct RowOutcome {
   std::string line;
   std::string error_code;  // empty: ok
   std::optional<double> delta;
+  absl::Status fatal;  // the job cannot go on (its page could not be written)
 };
 
 class RowProcessor {
@@ -88,7 +90,9 @@ class RowProcessor {
     result["convergence_delta"] = attribution->convergence_delta ? json(*attribution->convergence_delta) : json();
     result["server_seconds"] = attribution->stats.wall_seconds;
     result["attempts"] = attempts;
-    return {.line = result.dump(), .delta = attribution->convergence_delta};
+    absl::Status page =
+        options_.html_dir.empty() ? absl::OkStatus() : WriteRowPage(options_.html_dir, row.id, *attribution);
+    return {.line = result.dump(), .delta = attribution->convergence_delta, .fatal = page};
   }
 
  private:
@@ -234,6 +238,7 @@ absl::StatusOr<JobSummary> RunJob(const std::vector<BatchRow>& rows, const json&
     }
     std::vector<std::string> lines;
     for (RowOutcome& outcome : ready) {
+      if (!outcome.fatal.ok() && write_status.ok()) write_status = outcome.fatal;
       lines.push_back(std::move(outcome.line));
       if (!outcome.error_code.empty()) {
         ++summary.errors;
@@ -244,7 +249,7 @@ absl::StatusOr<JobSummary> RunJob(const std::vector<BatchRow>& rows, const json&
         summary.worst_deltas.emplace_back(std::abs(*outcome.delta), todo[written + lines.size() - 1]->id);
       }
     }
-    write_status = log.Append(lines);
+    if (write_status.ok()) write_status = log.Append(lines);
     written += ready.size();
     summary.done = static_cast<int64_t>(written);
 

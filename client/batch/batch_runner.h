@@ -26,6 +26,7 @@ struct RunnerOptions {
   absl::Duration progress_every = absl::Seconds(10);  // log lines (no terminal)
   bool progress_bar = false;                          // a live bar on a terminal instead
   int worst_rows = 5;                                 // largest |convergence delta| in the summary
+  std::string html_dir;                               // non-empty: a page per answered row (html_pages.h)
 };
 
 struct JobSummary {

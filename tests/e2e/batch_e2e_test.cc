@@ -19,6 +19,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "client/attribution_client.h"
+#include "client/batch/html_pages.h"
 #include "tests/testing/server_process.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -283,18 +284,32 @@ TEST_F(Batch, ResumingWithOtherSettingsIsRefused) {
   EXPECT_THAT(ReadFile(log), HasSubstr("done with other settings"));
 }
 
-TEST_F(Batch, CsvRowsAndBadInputFiles) {
+TEST_F(Batch, CsvRowsHtmlPagesAndBadInputFiles) {
   const std::string csv = dir_->File("rows.csv"), output = dir_->File("csv.jsonl"), log = dir_->File("csv.log");
+  const std::string html = dir_->File("html");
   std::ofstream(csv) << "id,prompt,target,choices,label\n"
                      << "a,\"The cup is red. Q: Is it warm? A:\", Yes,,\n"
-                     << "b,\"The box is blue. Q: Is it warm? A:\",, Yes| No, No\n";
-  ASSERT_EQ(RunBatch({"--input=" + csv, "--output=" + output, "--server=" + a_->address(), "--method=saliency"}, log),
+                     << "b,\"The box is blue. Q: Is it warm? A:\",, Yes| No, No\n"
+                     << "c&<,, Yes,,\n";
+  ASSERT_EQ(RunBatch({"--input=" + csv, "--output=" + output, "--server=" + a_->address(), "--method=saliency",
+                      "--html=" + html},
+                     log),
             0)
       << ReadFile(log);
   const std::vector<json> results = ReadResults(output);
-  ASSERT_EQ(results.size(), 2u);
+  ASSERT_EQ(results.size(), 3u);
   EXPECT_EQ(results[0]["target_tokens"], (*reference_results_)[1]["target_tokens"]);
   EXPECT_EQ(results[1]["predicted"], " No");
+  EXPECT_EQ(results[2]["error"]["code"], "INVALID_ARGUMENT");
+  // The index lists every result, links the answered rows to their pages, escapes ids.
+  const std::string index = ReadFile(html + "/index.html");
+  EXPECT_THAT(index, HasSubstr("3 rows, 1 errors"));
+  for (const char* id : {"a", "b"}) {
+    EXPECT_THAT(index, HasSubstr(absl::StrCat("<a href=\"", client::batch::RowPagePath(id), "\">", id, "</a>")));
+    EXPECT_THAT(ReadFile(absl::StrCat(html, "/", client::batch::RowPagePath(id))), HasSubstr("Attribution (saliency)"));
+  }
+  EXPECT_THAT(index, HasSubstr("<td>c&amp;&lt;</td><td>INVALID_ARGUMENT</td>"));
+  EXPECT_TRUE(ReadFile(absl::StrCat(html, "/", client::batch::RowPagePath("c&<"))).empty());
 
   const std::string duplicate = dir_->File("duplicate.jsonl");
   std::ofstream(duplicate) << R"({"id": "x", "prompt": "a", "target": " b"})"

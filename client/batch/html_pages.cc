@@ -1,0 +1,120 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "client/batch/html_pages.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "client/batch/batch_job.h"
+#include "client/heatmap.h"
+
+namespace attribution::client::batch {
+namespace {
+
+using nlohmann::json;
+
+absl::Status MakeDirectory(const std::string& path) {
+  if (::mkdir(path.c_str(), 0755) == 0 || errno == EEXIST) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat("cannot create ", path));
+}
+
+absl::Status WriteAtomically(const std::string& path, const std::string& text) {
+  const std::string temporary = path + ".tmp";
+  {
+    std::ofstream out(temporary, std::ios::trunc);
+    out << text;
+    if (!out) return absl::InternalError("cannot write " + temporary);
+  }
+  if (std::rename(temporary.c_str(), path.c_str()) != 0) return absl::InternalError("cannot rename over " + path);
+  return absl::OkStatus();
+}
+
+// The three features with the largest |attribution|, strongest first.
+std::string TopFeatures(const json& result) {
+  const json features = result.value("features", json::array()), values = result.value("attribution", json::array());
+  std::vector<size_t> order(std::min(features.size(), values.size()));
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(),
+            [&](size_t a, size_t b) { return std::abs(values[a].get<double>()) > std::abs(values[b].get<double>()); });
+  std::string text;
+  for (size_t i = 0; i < std::min<size_t>(3, order.size()); ++i) {
+    absl::StrAppend(&text, i ? " " : "", "<code>", HtmlEscape(features[order[i]].get<std::string>()), "</code>");
+  }
+  return text;
+}
+
+std::string Cell(const json& value) {
+  if (value.is_null()) return "";
+  if (value.is_number_float()) return absl::StrFormat("%.4g", value.get<double>());
+  if (value.is_string()) return HtmlEscape(value.get<std::string>());
+  return HtmlEscape(value.dump());
+}
+
+// Sorts the table by the clicked column (numbers numerically), again to reverse.
+constexpr char kSortScript[] = R"(<script>
+document.querySelectorAll("th").forEach((th, column) => th.addEventListener("click", () => {
+  const body = th.closest("table").tBodies[0], rows = Array.from(body.rows);
+  const key = r => { const t = r.cells[column].dataset.v ?? r.cells[column].textContent;
+                     const n = parseFloat(t); return isNaN(n) ? t : n; };
+  const up = th.dataset.up !== "1"; th.dataset.up = up ? "1" : "0";
+  rows.sort((a, b) => { const x = key(a), y = key(b); return (x < y ? -1 : x > y ? 1 : 0) * (up ? 1 : -1); });
+  rows.forEach(r => body.appendChild(r));
+}));
+</script>)";
+
+}  // namespace
+
+std::string RowPagePath(const std::string& id) {
+  std::string safe;
+  for (char c : id.substr(0, 64))
+    safe += (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_') ? c : '_';
+  return absl::StrCat("rows/", safe, "-", SettingsHash(json(id)).substr(0, 8), ".html");
+}
+
+absl::Status WriteRowPage(const std::string& dir, const std::string& id, const Attribution& attribution) {
+  if (absl::Status made = MakeDirectory(dir); !made.ok()) return made;
+  if (absl::Status made = MakeDirectory(dir + "/rows"); !made.ok()) return made;
+  return WriteAtomically(absl::StrCat(dir, "/", RowPagePath(id)), HtmlReport(attribution));
+}
+
+absl::Status WriteIndex(const std::string& dir, const std::string& results_path) {
+  if (absl::Status made = MakeDirectory(dir); !made.ok()) return made;
+  std::ifstream in(results_path);
+  std::string rows;
+  int64_t count = 0, errors = 0;
+  for (std::string line; std::getline(in, line);) {
+    const json result = json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (result.is_discarded() || !result.contains("id")) continue;
+    ++count;
+    const std::string id = result["id"].get<std::string>();
+    const bool ok = result.value("status", "") == "ok";
+    errors += !ok;
+    const json delta = result.value("convergence_delta", json());
+    absl::StrAppend(
+        &rows, "<tr><td>",
+        ok ? absl::StrCat("<a href=\"", HtmlEscape(RowPagePath(id)), "\">", HtmlEscape(id), "</a>") : HtmlEscape(id),
+        "</td><td>", ok ? "ok" : HtmlEscape(result["error"].value("code", "error")), "</td><td>",
+        Cell(result.value("predicted", json())), "</td><td>", Cell(result.value("label", json())), "</td><td>",
+        Cell(result.value("objective", json())), "</td><td>",
+        delta.is_number() ? absl::StrFormat("%.4g", std::abs(delta.get<double>())) : "", "</td><td>",
+        TopFeatures(result), "</td></tr>\n");
+  }
+  const std::string html = absl::StrCat(
+      "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Batch results</title>\n<style>"
+      "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ddd;"
+      "padding:4px 6px}th{background:#f4f4f4;cursor:pointer}</style></head><body>\n<h2>",
+      count, " rows, ", errors, " errors</h2>\n<p>Results: ", HtmlEscape(results_path),
+      ". Click a column to sort.</p>\n<table><thead><tr><th>id</th><th>status</th><th>predicted</th><th>label</th>"
+      "<th>objective</th><th>|convergence delta|</th><th>strongest features</th></tr></thead><tbody>\n",
+      rows, "</tbody></table>\n", kSortScript, "</body></html>\n");
+  return WriteAtomically(dir + "/index.html", html);
+}
+
+}  // namespace attribution::client::batch

@@ -1,0 +1,25 @@
+// SPDX-License-Identifier: Apache-2.0
+// A batch job's results for people (--html DIR): DIR/rows/ID.html for each row answered, the same page
+// as `attribution-cli attribute --html`, and DIR/index.html, every result of the results file in a
+// table (id linking to its page, status, prediction, label, objective, |convergence delta|, the three
+// strongest features) that sorts by a column when its header is clicked. Self-contained files.
+#pragma once
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "client/attribution_client.h"
+
+namespace attribution::client::batch {
+
+// DIR-relative path of a row's page: its id made file-safe, plus a digest so that ids differing only
+// in unsafe characters stay apart.
+std::string RowPagePath(const std::string& id);
+
+// Writes the row's page through a temporary file and rename(2) (a kill leaves no half page).
+absl::Status WriteRowPage(const std::string& dir, const std::string& id, const Attribution& attribution);
+
+// Rewrites DIR/index.html from the results file.
+absl::Status WriteIndex(const std::string& dir, const std::string& results_path);
+
+}  // namespace attribution::client::batch
