@@ -237,13 +237,13 @@ AttributeOptions ToAttributeOptions(const json& settings, const BatchRow& row, c
           .include_special_tokens = settings["include_special_tokens"].get<bool>()};
 }
 
-std::string SettingsHash(const json& settings) { return Hex(Fnv1a(settings.dump())); }
+std::string Digest(const json& value) { return Hex(Fnv1a(value.dump())); }
 
 std::string RequestId(const std::string& model_fingerprint, const json& settings, const BatchRow& row) {
   json identity = {{"model", model_fingerprint}, {"settings", settings},
                    {"prompt", row.prompt},       {"target", row.target ? json(*row.target) : json()},
                    {"choices", row.choices},     {"label", row.label ? json(*row.label) : json()}};
-  return Hex(Fnv1a(identity.dump()));
+  return Digest(identity);
 }
 
 }  // namespace attribution::client::batch

@@ -44,10 +44,11 @@ absl::StatusOr<nlohmann::json> MergeSettings(const nlohmann::json& base, const n
 
 AttributeOptions ToAttributeOptions(const nlohmann::json& settings, const BatchRow& row, const std::string& target);
 
-// Stable hex digests (FNV-1a 64 of canonical JSON): of the settings, and of everything that decides a
-// request's answer (model fingerprint, settings, prompt, target), so a retried or resumed row carries
-// the same request id.
-std::string SettingsHash(const nlohmann::json& settings);
+// A stable hex digest of a JSON value (FNV-1a 64 of its canonical text: object keys sorted): of the
+// settings (a result's settings_hash), of a model's identity, ...
+std::string Digest(const nlohmann::json& value);
+// The digest of everything that decides a request's answer (model fingerprint, settings, prompt,
+// target), so a retried or resumed row carries the same request id.
 std::string RequestId(const std::string& model_fingerprint, const nlohmann::json& settings, const BatchRow& row);
 
 }  // namespace attribution::client::batch

@@ -93,24 +93,28 @@ absl::StatusOr<json> SettingsFromFlags() {
     if (!merged.ok()) return merged.status();
     settings = *merged;
   }
-  const std::pair<const char*, json> flags[] = {
-      {"model", absl::GetFlag(FLAGS_model)},
-      {"method", absl::GetFlag(FLAGS_method)},
-      {"quantity", absl::GetFlag(FLAGS_quantity)},
-      {"n_steps", absl::GetFlag(FLAGS_n_steps)},
-      {"rule", absl::GetFlag(FLAGS_rule)},
-      {"baseline", absl::GetFlag(FLAGS_baseline)},
-      {"n_samples", absl::GetFlag(FLAGS_n_samples)},
-      {"stdev", absl::GetFlag(FLAGS_stdev)},
-      {"seed", absl::GetFlag(FLAGS_seed)},
-      {"target_tokenization", absl::GetFlag(FLAGS_target_tokenization)},
-      {"include_special_tokens", absl::GetFlag(FLAGS_include_special_tokens)},
-      {"matrix", absl::GetFlag(FLAGS_matrix)},
-      {"completeness_tolerance", absl::GetFlag(FLAGS_tolerance)},
+  struct FlagSetting {
+    const char* flag;
+    const char* setting;
+    json value;
   };
-  for (const auto& [name, value] : flags) {
-    const char* flag_name = std::string(name) == "completeness_tolerance" ? "tolerance" : name;
-    if (OnCommandLine(flag_name)) settings[name] = value;
+  const FlagSetting flags[] = {
+      {"model", "model", absl::GetFlag(FLAGS_model)},
+      {"method", "method", absl::GetFlag(FLAGS_method)},
+      {"quantity", "quantity", absl::GetFlag(FLAGS_quantity)},
+      {"n_steps", "n_steps", absl::GetFlag(FLAGS_n_steps)},
+      {"rule", "rule", absl::GetFlag(FLAGS_rule)},
+      {"baseline", "baseline", absl::GetFlag(FLAGS_baseline)},
+      {"n_samples", "n_samples", absl::GetFlag(FLAGS_n_samples)},
+      {"stdev", "stdev", absl::GetFlag(FLAGS_stdev)},
+      {"seed", "seed", absl::GetFlag(FLAGS_seed)},
+      {"target_tokenization", "target_tokenization", absl::GetFlag(FLAGS_target_tokenization)},
+      {"include_special_tokens", "include_special_tokens", absl::GetFlag(FLAGS_include_special_tokens)},
+      {"matrix", "matrix", absl::GetFlag(FLAGS_matrix)},
+      {"tolerance", "completeness_tolerance", absl::GetFlag(FLAGS_tolerance)},
+  };
+  for (const FlagSetting& flag : flags) {
+    if (OnCommandLine(flag.flag)) settings[flag.setting] = flag.value;
   }
   return settings;
 }

@@ -64,7 +64,7 @@ class RowProcessor {
     result["request_id"] = RequestId(fingerprint_, *effective, row);
     result["model"] = (*effective)["model"];
     result["method"] = (*effective)["method"];
-    result["settings_hash"] = SettingsHash(*effective);
+    result["settings_hash"] = Digest(*effective);
     result["seed"] = (*effective)["seed"];
     int attempts = 0;
     std::string target = row.target.value_or("");
@@ -174,7 +174,7 @@ absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient
                            {"num_layers", it->num_layers},
                            {"hidden_size", it->hidden_size},
                            {"resident_weight_bytes", it->resident_weight_bytes}};
-    const std::string digest = SettingsHash(identity);
+    const std::string digest = Digest(identity);
     if (!fingerprint.empty() && digest != fingerprint) {
       return absl::FailedPreconditionError(
           absl::StrCat("the servers hold different models named \"", model, "\": ", identity.dump()));
@@ -197,10 +197,10 @@ absl::StatusOr<JobSummary> RunJob(const std::vector<BatchRow>& rows, const json&
       continue;
     }
     absl::StatusOr<json> effective = MergeSettings(settings, row.settings, "row \"" + row.id + "\" settings");
-    if (effective.ok() && SettingsHash(*effective) != done->second) {
+    if (effective.ok() && Digest(*effective) != done->second) {
       return absl::FailedPreconditionError(absl::StrCat(
           "the results file holds row \"", row.id, "\" done with other settings (settings_hash ", done->second,
-          ", this job's ", SettingsHash(*effective), "): write to another file to run these settings"));
+          ", this job's ", Digest(*effective), "): write to another file to run these settings"));
     }
     ++summary.skipped;
   }

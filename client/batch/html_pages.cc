@@ -75,7 +75,7 @@ std::string RowPagePath(const std::string& id) {
   std::string safe;
   for (char c : id.substr(0, 64))
     safe += (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_') ? c : '_';
-  return absl::StrCat("rows/", safe, "-", SettingsHash(json(id)).substr(0, 8), ".html");
+  return absl::StrCat("rows/", safe, "-", Digest(json(id)).substr(0, 8), ".html");
 }
 
 absl::Status WriteRowPage(const std::string& dir, const std::string& id, const Attribution& attribution) {
