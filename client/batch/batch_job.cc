@@ -120,6 +120,11 @@ absl::StatusOr<std::vector<BatchRow>> RowsFromCsv(const std::string& text, const
         object[header[c]] = fields[c];
       }
     }
+    try {
+      (void)object.dump();  // JSONL is checked by its parser; CSV bytes are checked here
+    } catch (const json::type_error&) {
+      return absl::InvalidArgumentError(where + ": not valid UTF-8");
+    }
     auto row = RowFromJson(object, where);
     if (!row.ok()) return row.status();
     row->line = line;

@@ -318,6 +318,12 @@ TEST_F(Batch, CsvRowsHtmlPagesAndBadInputFiles) {
                            << "\n";
   EXPECT_EQ(RunBatch({"--input=" + duplicate, "--output=" + output, "--server=" + a_->address()}, log), 1);
   EXPECT_THAT(ReadFile(log), HasSubstr("duplicate.jsonl:2: id \"x\" repeats line 1"));
+
+  const std::string latin1 = dir_->File("latin1.csv");
+  std::ofstream(latin1) << "id,prompt,target\n"
+                        << "a,caf\xe9, Yes\n";
+  EXPECT_EQ(RunBatch({"--input=" + latin1, "--output=" + output, "--server=" + a_->address()}, log), 1);
+  EXPECT_THAT(ReadFile(log), HasSubstr("latin1.csv:2: not valid UTF-8"));
 }
 
 }  // namespace
