@@ -57,6 +57,20 @@ at::Tensor AttentionMask(const at::Tensor& past, const at::Tensor& lengths, int6
 
 }  // namespace
 
+const char* ComponentSiteName(ComponentSite site) {
+  switch (site) {
+    case ComponentSite::kResidPre:
+      return "resid_pre";
+    case ComponentSite::kHeads:
+      return "heads";
+    case ComponentSite::kAttnOut:
+      return "attn_out";
+    case ComponentSite::kMlpOut:
+      return "mlp_out";
+  }
+  return "unknown";
+}
+
 absl::StatusOr<at::ScalarType> ParseDtype(const std::string& name) {
   if (name == "float32" || name == "fp32") return at::kFloat;
   if (name == "bfloat16" || name == "bf16") return at::kBFloat16;
@@ -112,8 +126,16 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
   const int64_t heads = config.num_heads, kv_heads = config.num_kv_heads, head_dim = config.head_dim;
   RopeAngles rope;
   if (!is_gpt2()) rope = RopeAnglesAt(positions, rope_inverse_frequencies, x.scalar_type());
+  // Lets the hooks read or replace the activation at `site` of layer i.
+  auto at_site = [&batch](ComponentSite site, size_t i, at::Tensor& activation) {
+    if (batch.hooks == nullptr || !batch.hooks->at_site) return;
+    if (at::Tensor replaced = batch.hooks->at_site(site, static_cast<int64_t>(i), activation); replaced.defined()) {
+      activation = std::move(replaced);
+    }
+  };
   for (size_t i = 0; i < layers.size(); ++i) {
     const DecoderLayer& layer = layers[i];
+    at_site(ComponentSite::kResidPre, i, x);
     at::Tensor h = Norm(x, layer.attention_norm_weight, layer.attention_norm_bias, batch.rules);
     // Views into one [B, S, (H + 2 KV) * D] output; splitting the last dim keeps them views.
     const std::vector<at::Tensor> qkv = layer.qkv.ForwardParts(h);
@@ -136,13 +158,13 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
     at::Tensor attended = at::scaled_dot_product_attention(q, k, v, mask, 0.0, false, std::nullopt,
                                                            /*enable_gqa=*/kv_heads != heads);
     at::Tensor per_head = attended.transpose(1, 2);  // [B, S, H, D]
-    if (batch.hooks && batch.hooks->head_outputs) {
-      if (at::Tensor replaced = batch.hooks->head_outputs(static_cast<int64_t>(i), per_head); replaced.defined()) {
-        per_head = replaced;
-      }
-    }
-    x = x + layer.o.Forward(per_head.reshape({b, s, heads * head_dim}));
-    x = x + Mlp(layer, Norm(x, layer.mlp_norm_weight, layer.mlp_norm_bias, batch.rules), batch.rules);
+    at_site(ComponentSite::kHeads, i, per_head);
+    at::Tensor attention_out = layer.o.Forward(per_head.reshape({b, s, heads * head_dim}));
+    at_site(ComponentSite::kAttnOut, i, attention_out);
+    x = x + attention_out;
+    at::Tensor mlp_out = Mlp(layer, Norm(x, layer.mlp_norm_weight, layer.mlp_norm_bias, batch.rules), batch.rules);
+    at_site(ComponentSite::kMlpOut, i, mlp_out);
+    x = x + mlp_out;
     if (batch.hooks && batch.hooks->after_layer) {
       if (at::Tensor replaced = batch.hooks->after_layer(static_cast<int64_t>(i), x); replaced.defined()) {
         x = replaced;

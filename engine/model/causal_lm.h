@@ -37,13 +37,24 @@ struct LoadOptions {
 // "float32" | "bfloat16" | "float16" (also "fp32", "bf16", "fp16").
 absl::StatusOr<at::ScalarType> ParseDtype(const std::string& name);
 
+// The points of each decoder layer where component attribution reads and replaces activations, in
+// forward order (TransformerLens's hook_resid_pre, hook_z, hook_attn_out, hook_mlp_out).
+enum class ComponentSite {
+  kResidPre = 0,  // the residual stream entering the layer: [B, S, hidden] (GPT-2: positions added)
+  kHeads = 1,     // each query head's attention output before the output projection: [B, S, heads, head_dim]
+  kAttnOut = 2,   // what the attention block adds to the residual stream (projection and bias): [B, S, hidden]
+  kMlpOut = 3,    // what the MLP adds to the residual stream: [B, S, hidden]
+};
+inline constexpr int kComponentSites = 4;
+const char* ComponentSiteName(ComponentSite site);
+
 // Callbacks into the forward pass. Each receives a tensor and may return a replacement of the same
 // shape (e.g. a leaf that requires grad, or a patched activation), or an undefined tensor to keep it.
 struct ActivationHooks {
   // The residual stream after decoder layer `layer`: [B, S, hidden].
   std::function<at::Tensor(int64_t layer, const at::Tensor& residual)> after_layer;
-  // Each head's attention output before the output projection: [B, S, heads, head_dim].
-  std::function<at::Tensor(int64_t layer, const at::Tensor& heads)> head_outputs;
+  // Every component site of every layer, in forward order.
+  std::function<at::Tensor(ComponentSite site, int64_t layer, const at::Tensor& activation)> at_site;
 };
 
 // One forward's inputs. Rows are right-padded to S; lengths[r] tokens of row r are real.

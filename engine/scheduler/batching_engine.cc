@@ -17,7 +17,12 @@ absl::Status CheckRow(const Row& row, size_t index) {
   if (row.length() < 1) return absl::InvalidArgumentError(where + "has no tokens");
   switch (row.kind) {
     case RowKind::kGrad:
-      if (!row.point.path) return absl::InvalidArgumentError(where + "grad rows need a point on an embedding path");
+      if (!row.point.path && !row.component.pair) {
+        return absl::InvalidArgumentError(where + "grad rows need a point on an embedding path or a prompt pair");
+      }
+      if (row.component.pair && !row.component.patch && !row.component.site_estimates) {
+        return absl::InvalidArgumentError(where + "a pair's grad row needs a patch or site estimates");
+      }
       break;
     case RowKind::kDecode:
       if (!row.decode_state) return absl::InvalidArgumentError(where + "decode rows need a decode state");
@@ -30,6 +35,17 @@ absl::Status CheckRow(const Row& row, size_t index) {
       break;
   }
   if (row.top_k < 0) return absl::InvalidArgumentError(where + "top_k must be >= 0");
+  if (const ComponentWork& c = row.component; c.pair) {
+    const PromptPair& pair = *c.pair;
+    if (row.kind == RowKind::kDecode || row.point.path || row.prefix ||
+        pair.corrupted_ids.size() != pair.clean_ids.size() || row.input_ids != pair.ids(c.run == PairRun::kClean)) {
+      return absl::InvalidArgumentError(where + "a pair's row reads one of its two equal-length prompts as input_ids");
+    }
+    if (c.patch && (c.patch->layer < 0 || c.patch->position >= pair.length() || c.patch->position < -1 ||
+                    c.patch->head < -1 || (c.patch->head >= 0 && c.patch->site != ComponentSite::kHeads))) {
+      return absl::InvalidArgumentError(where + "the patch selects no component of the pair");
+    }
+  }
   if (const EmbeddingPath* path = row.point.path.get()) {
     if (path->baseline_ids.size() != path->input_ids.size() ||
         (!path->zero_baseline.empty() && path->zero_baseline.size() != path->input_ids.size())) {

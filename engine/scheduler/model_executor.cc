@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
 #include "engine/scheduler/batch_executor.h"
+#include "engine/scheduler/component_runs.h"
 #include "engine/scheduler/path_embeddings.h"
 
 namespace attribution::engine {
@@ -12,15 +13,30 @@ namespace {
 
 class ModelExecutor : public BatchExecutor {
  public:
-  explicit ModelExecutor(std::shared_ptr<const CausalLM> model) : model_(model), paths_(std::move(model)) {}
+  explicit ModelExecutor(std::shared_ptr<const CausalLM> model)
+      : model_(model), paths_(model), components_(std::move(model)) {}
 
   absl::Status Run(RowKind kind, const std::vector<const Row*>& rows, std::vector<RowResult>& results) override {
     paths_.ReleaseUnused();
+    components_.ReleaseUnused();
     switch (kind) {
       case RowKind::kScore:
-        return RunScore(rows, results);
+        return RunGrouped(
+            rows, results, 2, [](const Row& row) { return row.component.pair ? 1 : 0; },
+            [this](int group, const std::vector<const Row*>& some, std::vector<RowResult>& out) {
+              return group == 1 ? components_.RunScore(some, out) : RunScore(some, out);
+            });
       case RowKind::kGrad:
-        return RunGrad(rows, results);
+        // Each propagation rule needs its own forward; the rows of one rule share it.
+        return RunGrouped(
+            rows, results, kPropagationRuleCount + 1,
+            [](const Row& row) {
+              return row.component.pair ? kPropagationRuleCount : static_cast<int>(row.point.path->rules);
+            },
+            [this](int group, const std::vector<const Row*>& some, std::vector<RowResult>& out) {
+              return group == kPropagationRuleCount ? components_.RunGrad(some, out)
+                                                    : RunGradUnder(static_cast<PropagationRules>(group), some, out);
+            });
       case RowKind::kDecode:
         return RunDecode(rows, results);
     }
@@ -103,21 +119,20 @@ class ModelExecutor : public BatchExecutor {
     return absl::OkStatus();
   }
 
-  absl::Status RunGrad(const std::vector<const Row*>& rows, std::vector<RowResult>& results) {
-    for (const Row* row : rows) {
-      if (!row->point.path) return absl::InvalidArgumentError("grad rows need a point on an embedding path");
-    }
-    // Each propagation rule needs its own forward; the rows of one rule share it.
-    std::vector<size_t> by_rules[kPropagationRuleCount];
-    for (size_t r = 0; r < rows.size(); ++r) by_rules[static_cast<int>(rows[r]->point.path->rules)].push_back(r);
-    for (int rules = 0; rules < kPropagationRuleCount; ++rules) {
-      const std::vector<size_t>& indices = by_rules[rules];
-      if (indices.size() == rows.size()) return RunGradUnder(static_cast<PropagationRules>(rules), rows, results);
+  // Runs the rows of each group (group_of(row) in [0, groups)) as their own batch through run(group, ...).
+  template <typename GroupOf, typename RunGroup>
+  static absl::Status RunGrouped(const std::vector<const Row*>& rows, std::vector<RowResult>& results, int groups,
+                                 GroupOf group_of, RunGroup run) {
+    std::vector<std::vector<size_t>> members(groups);
+    for (size_t r = 0; r < rows.size(); ++r) members[group_of(*rows[r])].push_back(r);
+    for (int group = 0; group < groups; ++group) {
+      const std::vector<size_t>& indices = members[group];
+      if (indices.size() == rows.size()) return run(group, rows, results);
       if (indices.empty()) continue;
       std::vector<const Row*> some;
       for (size_t r : indices) some.push_back(rows[r]);
       std::vector<RowResult> some_results(indices.size());
-      RETURN_IF_ERROR(RunGradUnder(static_cast<PropagationRules>(rules), some, some_results));
+      RETURN_IF_ERROR(run(group, some, some_results));
       for (size_t i = 0; i < indices.size(); ++i) results[indices[i]] = std::move(some_results[i]);
     }
     return absl::OkStatus();
@@ -162,7 +177,8 @@ class ModelExecutor : public BatchExecutor {
   }
 
   std::shared_ptr<const CausalLM> model_;
-  PathEmbeddings paths_;  // embedded once per path, while its rows run
+  PathEmbeddings paths_;      // embedded once per path, while its rows run
+  ComponentRuns components_;  // each prompt pair's activations, while its rows run
 };
 
 }  // namespace

@@ -5,6 +5,8 @@
 //            log-prob (forward)
 //   grad   - a point on an embedding path -> the row objective and its input gradient, reduced per
 //            position as the path says (forward and backward)
+//   score / grad rows of a prompt pair (component_work.h) -> the objective with a component patched,
+//            its derivative along the patch, or every component's attribution-patching estimate
 //   decode - tokens appended to a live sequence's KV cache -> the next-token logits
 #pragma once
 
@@ -18,6 +20,7 @@
 #include "absl/status/status.h"
 #include "engine/model/causal_lm.h"
 #include "engine/model/kv_cache.h"
+#include "engine/scheduler/component_work.h"
 #include "engine/scheduler/embedding_path.h"
 
 namespace attribution::engine {
@@ -47,6 +50,7 @@ struct Row {
   // start of the whole sequence. Perturbations that leave a prompt's head unchanged skip its compute.
   std::shared_ptr<const DecodeState> prefix;
   int64_t prefix_length = 0;
+  ComponentWork component;  // score / grad rows of a prompt pair (input_ids: the prompt run)
 
   int64_t length() const { return point.path ? point.path->length() : static_cast<int64_t>(input_ids.size()); }
   // Host memory the queued row holds, its path counted in full (the engine counts a shared path once).
@@ -62,6 +66,10 @@ struct RowResult {
   at::Tensor top_log_probs;    // [n scored, k] float32
   at::Tensor position_values;  // [S] float32 grad rows: the gradient reduced per position (see PathReduction)
   at::Tensor next_logits;      // [vocab] float32 decode rows: logits after the last appended token
+  double alpha_gradient = 0;   // grad rows with a component patch: d value / d alpha
+  // Grad rows asking for site estimates, per ComponentSite: [layers, S] float32 ([layers, S, heads]
+  // for kHeads), on the CPU.
+  std::vector<at::Tensor> site_estimates;
 };
 
 // Called once per row, on the engine's executor thread (keep it short; never block on the engine).

@@ -1,0 +1,397 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "engine/attribution/component_attribution.h"
+
+#include <ATen/ATen.h>
+
+#include <atomic>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "engine/attribution/attribution_request.h"
+#include "engine/attribution/submit_rows.h"
+#include "engine/common/status_macros.h"
+#include "engine/model/torch_errors.h"
+
+namespace attribution::engine {
+namespace {
+
+bool IsDifference(ComponentMetric metric) {
+  switch (metric) {
+    case ComponentMetric::kLogitDifference:
+    case ComponentMetric::kNormalizedLogitDifference:
+    case ComponentMetric::kProbDifference:
+      return true;
+    case ComponentMetric::kLogProb:
+    case ComponentMetric::kProb:
+      return false;
+  }
+  return false;
+}
+
+// A grid's components, entry i in row-major order.
+struct GridLayout {
+  ComponentSite site;
+  ComponentGranularity granularity;
+  std::vector<int64_t> shape;
+
+  GridLayout(ComponentSite s, ComponentGranularity g, const ModelConfig& config, int64_t length)
+      : site(s), granularity(g) {
+    switch (g) {
+      case ComponentGranularity::kLayerHead:
+        shape = {config.num_layers, config.num_heads};
+        break;
+      case ComponentGranularity::kLayerPosition:
+        shape = {config.num_layers, length};
+        break;
+      case ComponentGranularity::kLayerPositionHead:
+        shape = {config.num_layers, length, config.num_heads};
+        break;
+    }
+  }
+  int64_t size() const {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return n;
+  }
+  ComponentSelection Select(int64_t i) const {
+    switch (granularity) {
+      case ComponentGranularity::kLayerHead:
+        return {.site = site, .layer = i / shape[1], .head = i % shape[1]};
+      case ComponentGranularity::kLayerPosition:
+        return {.site = site, .layer = i / shape[1], .position = i % shape[1]};
+      case ComponentGranularity::kLayerPositionHead:
+        return {.site = site,
+                .layer = i / (shape[1] * shape[2]),
+                .position = (i / shape[2]) % shape[1],
+                .head = i % shape[2]};
+    }
+    return {};
+  }
+};
+
+std::vector<GridLayout> Layouts(const ComponentRequest& request, const ModelConfig& config, int64_t length) {
+  std::vector<GridLayout> layouts;
+  for (ComponentSite site : request.sites) {
+    layouts.emplace_back(site, request.granularity.value_or(DefaultGranularity(site)), config, length);
+  }
+  return layouts;
+}
+
+// The metric as a row objective at the last of `length` positions (normalisation is applied later).
+RowObjective MetricObjective(const ComponentRequest& request, int64_t length) {
+  RowObjective objective{.positions = {length - 1}, .tokens = {request.answer}, .weights = {1.0}};
+  switch (request.metric) {
+    case ComponentMetric::kLogitDifference:
+    case ComponentMetric::kNormalizedLogitDifference:
+      objective.quantity = TokenQuantity::kLogit;
+      break;
+    case ComponentMetric::kLogProb:
+      objective.quantity = TokenQuantity::kLogProb;
+      break;
+    case ComponentMetric::kProb:
+    case ComponentMetric::kProbDifference:
+      objective.quantity = TokenQuantity::kProb;
+      break;
+  }
+  if (IsDifference(request.metric)) {
+    objective.positions.push_back(length - 1);
+    objective.tokens.push_back(request.wrong_answer);
+    objective.weights.push_back(-1.0);
+  }
+  return objective;
+}
+
+int64_t RowsPerComponent(const ComponentRequest& request) {
+  switch (request.method) {
+    case ComponentMethod::kActivationPatching:
+      return 1;
+    case ComponentMethod::kLayerIntegratedGradients:
+      return 1 + request.n_steps;  // the patch itself gives the convergence delta
+    case ComponentMethod::kAttributionPatching:
+      return 0;  // one row per pair estimates every component
+  }
+  return 0;
+}
+
+int64_t CountRows(const ComponentRequest& request, const ModelConfig& config) {
+  int64_t rows = 0;
+  for (const PromptPair& pair : request.pairs) {
+    rows += request.method == ComponentMethod::kAttributionPatching ? 3 : 2;
+    for (const GridLayout& layout : Layouts(request, config, pair.length())) {
+      rows += layout.size() * RowsPerComponent(request);
+    }
+  }
+  return rows;
+}
+
+// One request's rows and their reduction.
+class ComponentRun : public std::enable_shared_from_this<ComponentRun> {
+ public:
+  ComponentRun(std::shared_ptr<Request> handle, const ModelConfig& config, ComponentRequest request, ComponentDone done,
+               ComponentProgress progress)
+      : handle_(std::move(handle)),
+        config_(config),
+        request_(std::move(request)),
+        done_(std::move(done)),
+        progress_(std::move(progress)) {}
+
+  void Start(BatchingEngine& engine) {
+    std::vector<Row> rows;
+    for (const PromptPair& p : request_.pairs) {
+      auto pair = std::make_shared<const PromptPair>(p);
+      const RowObjective objective = MetricObjective(request_, pair->length());
+      rows.push_back(Row{.kind = RowKind::kScore, .input_ids = pair->clean_ids, .objective = objective});
+      rows.push_back(Row{.kind = RowKind::kScore, .input_ids = pair->corrupted_ids, .objective = objective});
+      const PairRun run = request_.direction == PatchDirection::kDenoising ? PairRun::kCorrupted : PairRun::kClean;
+      const ComponentWork base{.pair = pair, .run = run};
+      auto row = [&](RowKind kind, ComponentWork work) {
+        return Row{.kind = kind,
+                   .input_ids = pair->ids(run == PairRun::kClean),
+                   .objective = objective,
+                   .component = std::move(work)};
+      };
+      if (request_.method == ComponentMethod::kAttributionPatching) {
+        ComponentWork estimates = base;
+        estimates.site_estimates = true;
+        rows.push_back(row(RowKind::kGrad, estimates));
+        continue;
+      }
+      for (const GridLayout& layout : Layouts(request_, config_, pair->length())) {
+        for (int64_t i = 0; i < layout.size(); ++i) {
+          ComponentWork patched = base;
+          patched.patch = layout.Select(i);
+          rows.push_back(row(RowKind::kScore, patched));
+          for (double alpha : points_.alphas) {
+            patched.alpha = alpha;
+            rows.push_back(row(RowKind::kGrad, patched));
+          }
+        }
+      }
+    }
+    total_rows_ = static_cast<int64_t>(rows.size());
+    for (const Row& row : rows) grad_rows_ += row.kind == RowKind::kGrad ? 1 : 0;
+    auto self = shared_from_this();
+    SubmitRows(
+        engine, handle_, std::move(rows),
+        [self] {
+          const int64_t now = self->rows_done_.fetch_add(1) + 1;
+          if (self->progress_) self->progress_(now, self->total_rows_);
+        },
+        [self](std::vector<RowResult>& results) {
+          absl::StatusOr<ComponentResult> result;
+          try {
+            result = self->Reduce(results);
+          } catch (const std::exception& e) {
+            result = StatusFromException(e, "reducing component rows");
+          }
+          self->done_(std::move(result));
+        },
+        [self](const absl::Status& status) { self->done_(status); });
+  }
+
+  absl::Status SetPoints() {
+    if (request_.method != ComponentMethod::kLayerIntegratedGradients) return absl::OkStatus();
+    ASSIGN_OR_RETURN(points_, MakeIntegrationPoints(request_.rule, request_.n_steps));
+    return absl::OkStatus();
+  }
+
+ private:
+  absl::StatusOr<ComponentResult> Reduce(std::vector<RowResult>& results) const {
+    ComponentResult out;
+    size_t next = 0;
+    for (size_t k = 0; k < request_.pairs.size(); ++k) {
+      const int64_t length = request_.pairs[k].length();
+      PairComponents pair{.clean_metric = results[next].value, .corrupted_metric = results[next + 1].value};
+      next += 2;
+      double scale = 1;
+      if (request_.metric == ComponentMetric::kNormalizedLogitDifference) {
+        if (pair.clean_metric == pair.corrupted_metric) {
+          return absl::FailedPreconditionError(
+              absl::StrCat("pairs[", k, "]: the clean and corrupted logit differences are equal (", pair.clean_metric,
+                           "), so NORMALIZED_LOGIT_DIFFERENCE is undefined; ask for LOGIT_DIFFERENCE"));
+        }
+        scale = 1 / (pair.clean_metric - pair.corrupted_metric);
+      }
+      const double base = request_.direction == PatchDirection::kDenoising ? pair.corrupted_metric : pair.clean_metric;
+      if (request_.method == ComponentMethod::kAttributionPatching) {
+        const RowResult& estimated = results[next++];
+        for (const GridLayout& layout : Layouts(request_, config_, length)) {
+          pair.grids.push_back(Estimated(layout, estimated.site_estimates[static_cast<int>(layout.site)], scale));
+        }
+      } else {
+        for (const GridLayout& layout : Layouts(request_, config_, length)) {
+          ComponentGrid grid{.site = layout.site, .granularity = layout.granularity, .shape = layout.shape};
+          for (int64_t i = 0; i < layout.size(); ++i) {
+            const double effect = (results[next++].value - base) * scale;
+            if (request_.method == ComponentMethod::kActivationPatching) {
+              grid.values.push_back(effect);
+              continue;
+            }
+            double integral = 0;
+            for (double weight : points_.weights) integral += weight * results[next++].alpha_gradient;
+            grid.values.push_back(integral * scale);
+            grid.convergence_deltas.push_back(integral * scale - effect);
+          }
+          pair.grids.push_back(std::move(grid));
+        }
+      }
+      out.pairs.push_back(std::move(pair));
+    }
+    out.grids = out.pairs[0].grids;
+    const double n = static_cast<double>(out.pairs.size());
+    for (size_t g = 0; g < out.grids.size(); ++g) {
+      ComponentGrid& mean = out.grids[g];
+      for (size_t k = 1; k < out.pairs.size(); ++k) {
+        const ComponentGrid& other = out.pairs[k].grids[g];
+        for (size_t i = 0; i < mean.values.size(); ++i) mean.values[i] += other.values[i];
+        for (size_t i = 0; i < mean.convergence_deltas.size(); ++i) {
+          mean.convergence_deltas[i] += other.convergence_deltas[i];
+        }
+      }
+      for (double& v : mean.values) v /= n;
+      for (double& v : mean.convergence_deltas) v /= n;
+    }
+    out.rows = total_rows_;
+    out.forward_passes = total_rows_;
+    out.backward_passes = grad_rows_;
+    return out;
+  }
+
+  // AtP's per-site estimates ([layers, S] or, for heads, [layers, S, heads]) summed into a grid.
+  static ComponentGrid Estimated(const GridLayout& layout, const at::Tensor& estimates, double scale) {
+    at::Tensor values = estimates.to(at::kDouble);
+    if (layout.site == ComponentSite::kHeads) {
+      if (layout.granularity == ComponentGranularity::kLayerHead) values = values.sum(1);
+      if (layout.granularity == ComponentGranularity::kLayerPosition) values = values.sum(2);
+    }
+    values = (values * scale).contiguous();
+    const double* data = values.data_ptr<double>();
+    return ComponentGrid{.site = layout.site,
+                         .granularity = layout.granularity,
+                         .shape = layout.shape,
+                         .values = std::vector<double>(data, data + values.numel())};
+  }
+
+  std::shared_ptr<Request> handle_;
+  const ModelConfig config_;
+  const ComponentRequest request_;
+  ComponentDone done_;
+  ComponentProgress progress_;
+  IntegrationPoints points_;
+  int64_t total_rows_ = 0, grad_rows_ = 0;
+  std::atomic<int64_t> rows_done_{0};
+};
+
+}  // namespace
+
+const char* ComponentMethodName(ComponentMethod method) {
+  switch (method) {
+    case ComponentMethod::kActivationPatching:
+      return "activation_patching";
+    case ComponentMethod::kLayerIntegratedGradients:
+      return "layer_integrated_gradients";
+    case ComponentMethod::kAttributionPatching:
+      return "attribution_patching";
+  }
+  return "unknown";
+}
+
+const char* ComponentMetricName(ComponentMetric metric) {
+  switch (metric) {
+    case ComponentMetric::kLogitDifference:
+      return "logit_difference";
+    case ComponentMetric::kNormalizedLogitDifference:
+      return "normalized_logit_difference";
+    case ComponentMetric::kLogProb:
+      return "log_prob";
+    case ComponentMetric::kProb:
+      return "prob";
+    case ComponentMetric::kProbDifference:
+      return "prob_difference";
+  }
+  return "unknown";
+}
+
+ComponentGranularity DefaultGranularity(ComponentSite site) {
+  return site == ComponentSite::kHeads ? ComponentGranularity::kLayerHead : ComponentGranularity::kLayerPosition;
+}
+
+bool SiteHasGranularity(ComponentSite site, ComponentGranularity granularity) {
+  return site == ComponentSite::kHeads || granularity == ComponentGranularity::kLayerPosition;
+}
+
+absl::Status ValidateComponentRequest(const ComponentRequest& request, const ModelConfig& config,
+                                      const ComponentLimits& limits) {
+  RETURN_IF_ERROR(CheckRange(static_cast<int64_t>(request.pairs.size()), 1, limits.max_pairs, "pairs (count)"));
+  for (size_t k = 0; k < request.pairs.size(); ++k) {
+    const PromptPair& pair = request.pairs[k];
+    const std::string field = absl::StrCat("pairs[", k, "]");
+    RETURN_IF_ERROR(CheckRange(pair.length(), 1, limits.max_tokens, field + ".clean (tokens)"));
+    if (pair.corrupted_ids.size() != pair.clean_ids.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ": clean has ", pair.clean_ids.size(),
+                                                     " tokens, corrupted has ", pair.corrupted_ids.size(),
+                                                     "; patching needs prompts of equal length"));
+    }
+    RETURN_IF_ERROR(CheckTokenIds(pair.clean_ids, field + ".clean", config.vocab_size));
+    RETURN_IF_ERROR(CheckTokenIds(pair.corrupted_ids, field + ".corrupted", config.vocab_size));
+    if (config.architecture == Architecture::kGpt2) {
+      RETURN_IF_ERROR(CheckRange(pair.length(), 1, config.max_position_embeddings, field + ".clean (tokens)"));
+    }
+  }
+  RETURN_IF_ERROR(CheckTokenIds({request.answer}, "answer", config.vocab_size));
+  if (IsDifference(request.metric)) {
+    RETURN_IF_ERROR(CheckTokenIds({request.wrong_answer}, "wrong_answer", config.vocab_size));
+    if (request.wrong_answer == request.answer) {
+      return absl::InvalidArgumentError(absl::StrCat("wrong_answer: the same token as answer (", request.answer, "); ",
+                                                     ComponentMetricName(request.metric),
+                                                     " compares two different tokens"));
+    }
+  }
+  if (request.sites.empty()) return absl::InvalidArgumentError("sites: name at least one component site");
+  bool seen[kComponentSites] = {};
+  bool positional = false;
+  for (ComponentSite site : request.sites) {
+    if (seen[static_cast<int>(site)]) {
+      return absl::InvalidArgumentError(absl::StrCat("sites: ", ComponentSiteName(site), " is named twice"));
+    }
+    seen[static_cast<int>(site)] = true;
+    const ComponentGranularity granularity = request.granularity.value_or(DefaultGranularity(site));
+    if (!SiteHasGranularity(site, granularity)) {
+      return absl::InvalidArgumentError(absl::StrCat("granularity: ", ComponentSiteName(site),
+                                                     " components are per (layer, position); only heads have "
+                                                     "per-head granularities"));
+    }
+    positional = positional || granularity != ComponentGranularity::kLayerHead;
+  }
+  for (size_t k = 1; positional && k < request.pairs.size(); ++k) {
+    if (request.pairs[k].length() != request.pairs[0].length()) {
+      return absl::InvalidArgumentError(absl::StrCat("pairs[", k, "]: ", request.pairs[k].length(),
+                                                     " tokens, pairs[0] has ", request.pairs[0].length(),
+                                                     "; per-position grids average pairs of one length"));
+    }
+  }
+  if (request.method == ComponentMethod::kLayerIntegratedGradients) {
+    RETURN_IF_ERROR(CheckRange(request.n_steps, MinIntegrationSteps(request.rule), limits.max_steps, "n_steps"));
+  }
+  const int64_t rows = CountRows(request, config);
+  if (rows > limits.max_rows) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the request needs ", rows, " rows (pairs x sites x components",
+                     request.method == ComponentMethod::kLayerIntegratedGradients ? " x (n_steps + 1)" : "",
+                     "), over this server's limit of ", limits.max_rows,
+                     ": ask for fewer pairs, sites or steps, or a coarser granularity"));
+  }
+  return absl::OkStatus();
+}
+
+void AttributeComponents(BatchingEngine& engine, std::shared_ptr<Request> handle, const ModelConfig& config,
+                         const ComponentLimits& limits, ComponentRequest request, ComponentDone done,
+                         ComponentProgress progress) {
+  if (absl::Status s = ValidateComponentRequest(request, config, limits); !s.ok()) return done(s);
+  auto run = std::make_shared<ComponentRun>(std::move(handle), config, std::move(request), std::move(done),
+                                            std::move(progress));
+  if (absl::Status s = run->SetPoints(); !s.ok()) return done(s);
+  run->Start(engine);
+}
+
+}  // namespace attribution::engine

@@ -1,0 +1,240 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "engine/scheduler/component_runs.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+#include <c10/core/InferenceMode.h>
+#include <torch/csrc/autograd/autograd.h>
+
+#include <algorithm>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "engine/common/status_macros.h"
+#include "engine/model/torch_errors.h"
+
+namespace attribution::engine {
+namespace {
+
+// Rows right-padded into [B, S_max] ids.
+ForwardBatch PadIds(const std::vector<const Row*>& rows) {
+  ForwardBatch batch;
+  int64_t longest = 0;
+  for (const Row* row : rows) {
+    batch.lengths.push_back(row->length());
+    longest = std::max(longest, row->length());
+  }
+  batch.input_ids = at::zeros({static_cast<int64_t>(rows.size()), longest}, at::kLong);
+  for (size_t r = 0; r < rows.size(); ++r) {
+    batch.input_ids[static_cast<int64_t>(r)].narrow(0, 0, batch.lengths[r]).copy_(at::tensor(rows[r]->input_ids));
+  }
+  return batch;
+}
+
+std::vector<RowObjective> Objectives(const std::vector<const Row*>& rows) {
+  std::vector<RowObjective> objectives;
+  for (const Row* row : rows) objectives.push_back(row->objective);
+  return objectives;
+}
+
+absl::Status CheckPatch(const ComponentSelection& patch, const ModelConfig& config) {
+  if (patch.layer >= config.num_layers || patch.head >= config.num_heads) {
+    return absl::InvalidArgumentError(absl::StrCat("patch at layer ", patch.layer, ", head ", patch.head,
+                                                   " is outside the model's ", config.num_layers, " layers and ",
+                                                   config.num_heads, " heads"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<const ComponentRuns::Captured*> ComponentRuns::Capture(const std::shared_ptr<const PromptPair>& pair) {
+  if (auto it = pairs_.find(pair.get()); it != pairs_.end()) return &it->second;
+  // Kept across batches, some of which take gradients: never inference tensors.
+  c10::InferenceMode not_inference(/*enabled=*/false);
+  c10::AutoGradMode no_grad(false);
+  std::array<std::vector<at::Tensor>, kComponentSites> per_layer;
+  ActivationHooks hooks{.at_site = [&per_layer](ComponentSite site, int64_t, const at::Tensor& activation) {
+    per_layer[static_cast<int>(site)].push_back(activation.detach());
+    return at::Tensor();
+  }};
+  ForwardBatch batch{.input_ids = at::stack({at::tensor(pair->clean_ids), at::tensor(pair->corrupted_ids)}),
+                     .hooks = &hooks};
+  RETURN_IF_ERROR(model_->Hidden(batch).status());
+  Captured captured{.pair = pair};
+  for (int site = 0; site < kComponentSites; ++site) captured.activations[site] = at::stack(per_layer[site], 1);
+  return &pairs_.emplace(pair.get(), std::move(captured)).first->second;
+}
+
+at::Tensor ComponentRuns::Gather(const std::vector<const Captured*>& captured, const std::vector<const Row*>& rows,
+                                 ComponentSite site, int64_t layer, bool own, int64_t longest) const {
+  std::vector<at::Tensor> padded;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const bool clean = (rows[r]->component.run == PairRun::kClean) == own;
+    const at::Tensor activation = captured[r]->activations[static_cast<int>(site)][clean ? 0 : 1][layer];  // [S, ...]
+    std::vector<int64_t> padding(2 * (activation.dim() - 1), 0);  // last dimensions first, as at::pad reads them
+    padding.push_back(0);
+    padding.push_back(longest - activation.size(0));
+    padded.push_back(at::constant_pad_nd(activation, padding));
+  }
+  return at::stack(padded);
+}
+
+absl::Status ComponentRuns::RunScore(const std::vector<const Row*>& rows, std::vector<RowResult>& results) {
+  return RunPatched(rows, results, /*gradients=*/false);
+}
+
+absl::Status ComponentRuns::RunGrad(const std::vector<const Row*>& rows, std::vector<RowResult>& results) {
+  std::vector<const Row*> patched, estimated;
+  std::vector<size_t> patched_index, estimated_index;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    (rows[r]->component.patch ? patched : estimated).push_back(rows[r]);
+    (rows[r]->component.patch ? patched_index : estimated_index).push_back(r);
+  }
+  for (auto [some, index, run] :
+       {std::tuple(&patched, &patched_index, true), std::tuple(&estimated, &estimated_index, false)}) {
+    if (some->empty()) continue;
+    std::vector<RowResult> some_results(some->size());
+    RETURN_IF_ERROR(run ? RunPatched(*some, some_results, /*gradients=*/true) : RunSiteEstimates(*some, some_results));
+    for (size_t i = 0; i < some->size(); ++i) results[(*index)[i]] = std::move(some_results[i]);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ComponentRuns::RunPatched(const std::vector<const Row*>& rows, std::vector<RowResult>& results,
+                                       bool gradients) {
+  const ModelConfig& config = model_->config();
+  std::vector<const Captured*> captured;
+  // The rows patched at each (site, layer).
+  std::map<std::pair<int, int64_t>, std::vector<int64_t>> patched_at;
+  std::vector<double> alphas;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    ASSIGN_OR_RETURN(const Captured* pair, Capture(rows[r]->component.pair));
+    captured.push_back(pair);
+    alphas.push_back(rows[r]->component.alpha);
+    if (const std::optional<ComponentSelection>& patch = rows[r]->component.patch) {
+      RETURN_IF_ERROR(CheckPatch(*patch, config));
+      patched_at[{static_cast<int>(patch->site), patch->layer}].push_back(static_cast<int64_t>(r));
+    }
+  }
+  ForwardBatch batch = PadIds(rows);
+  const int64_t longest = batch.input_ids.size(1);
+  const auto options = at::TensorOptions().dtype(model_->dtype()).device(model_->device());
+  struct SitePatch {
+    at::Tensor other;  // [B, S_max, ...] the other run's activation
+    at::Tensor mask;   // broadcastable to it: 1 where a row's patch applies
+  };
+  std::map<std::pair<int, int64_t>, SitePatch> patches;
+  c10::InferenceMode not_inference(/*enabled=*/false);
+  c10::AutoGradMode grad_mode(gradients);
+  for (const auto& [key, patched_rows] : patched_at) {
+    const auto site = static_cast<ComponentSite>(key.first);
+    SitePatch patch{.other = Gather(captured, rows, site, key.second, /*own=*/false, longest)};
+    std::vector<int64_t> mask_shape = {static_cast<int64_t>(rows.size()), longest};
+    if (site == ComponentSite::kHeads) mask_shape.push_back(config.num_heads);
+    mask_shape.push_back(1);
+    patch.mask = at::zeros(mask_shape, at::kFloat);
+    for (int64_t r : patched_rows) {
+      const ComponentSelection& selection = *rows[r]->component.patch;
+      at::Tensor selected = selection.position >= 0 ? patch.mask[r].narrow(0, selection.position, 1)
+                                                    : patch.mask[r].narrow(0, 0, batch.lengths[r]);
+      if (selection.head >= 0) selected = selected.narrow(1, selection.head, 1);
+      selected.fill_(1);
+    }
+    patch.mask = patch.mask.to(options);
+    patches.emplace(key, std::move(patch));
+  }
+  const bool all_whole = std::all_of(alphas.begin(), alphas.end(), [](double a) { return a == 1.0; });
+  at::Tensor alpha = at::tensor(alphas, at::kDouble).to(at::kFloat).to(model_->device());
+  if (gradients) alpha.requires_grad_(true);
+  ActivationHooks hooks{.at_site = [&](ComponentSite site, int64_t layer, const at::Tensor& activation) {
+    auto it = patches.find({static_cast<int>(site), layer});
+    if (it == patches.end()) return at::Tensor();
+    const SitePatch& patch = it->second;
+    // A whole move takes the other run's value exactly, with no rounding through the interpolation.
+    if (!gradients && all_whole) return at::where(patch.mask.to(at::kBool), patch.other, activation);
+    std::vector<int64_t> alpha_shape(activation.dim(), 1);
+    alpha_shape[0] = activation.size(0);
+    const at::Tensor moved = patch.mask * alpha.view(alpha_shape).to(activation.scalar_type());
+    return activation + moved * (patch.other - activation);
+  }};
+  batch.hooks = &hooks;
+  if (!gradients) {
+    c10::InferenceMode inference;
+    ASSIGN_OR_RETURN(at::Tensor values, model_->ObjectiveValues(batch, Objectives(rows)));
+    values = values.cpu();
+    for (size_t r = 0; r < rows.size(); ++r) results[r].value = values[static_cast<int64_t>(r)].item<double>();
+    return absl::OkStatus();
+  }
+  ASSIGN_OR_RETURN(at::Tensor values, model_->ObjectiveValues(batch, Objectives(rows)));
+  try {
+    at::Tensor alpha_gradients = torch::autograd::grad({values.sum()}, {alpha}, /*grad_outputs=*/{},
+                                                       /*retain_graph=*/false, /*create_graph=*/false,
+                                                       /*allow_unused=*/true)[0];
+    if (!alpha_gradients.defined()) alpha_gradients = at::zeros_like(alpha);
+    values = values.detach().cpu();
+    alpha_gradients = alpha_gradients.cpu();
+    for (size_t r = 0; r < rows.size(); ++r) {
+      results[r].value = values[static_cast<int64_t>(r)].item<double>();
+      results[r].alpha_gradient = alpha_gradients[static_cast<int64_t>(r)].item<double>();
+    }
+  } catch (const std::exception& e) {
+    return StatusFromException(e, "patch gradients");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ComponentRuns::RunSiteEstimates(const std::vector<const Row*>& rows, std::vector<RowResult>& results) {
+  std::vector<const Captured*> captured;
+  for (const Row* row : rows) {
+    ASSIGN_OR_RETURN(const Captured* pair, Capture(row->component.pair));
+    captured.push_back(pair);
+  }
+  ForwardBatch batch = PadIds(rows);
+  const int64_t longest = batch.input_ids.size(1);
+  c10::InferenceMode not_inference(/*enabled=*/false);
+  c10::AutoGradMode grad_mode(true);
+  // A zero added at every site: its gradient is the activation's, and the graph still flows through.
+  std::vector<at::Tensor> zeros;
+  std::vector<std::pair<ComponentSite, int64_t>> zero_sites;
+  ActivationHooks hooks{.at_site = [&](ComponentSite site, int64_t layer, const at::Tensor& activation) {
+    zeros.push_back(at::zeros_like(activation).requires_grad_(true));
+    zero_sites.emplace_back(site, layer);
+    return activation + zeros.back();
+  }};
+  batch.hooks = &hooks;
+  ASSIGN_OR_RETURN(at::Tensor values, model_->ObjectiveValues(batch, Objectives(rows)));
+  try {
+    const std::vector<at::Tensor> gradients = torch::autograd::grad({values.sum()}, zeros, /*grad_outputs=*/{},
+                                                                    /*retain_graph=*/false, /*create_graph=*/false,
+                                                                    /*allow_unused=*/true);
+    c10::AutoGradMode no_grad(false);
+    std::array<std::vector<at::Tensor>, kComponentSites> per_layer;  // each [B, S_max(, heads)]
+    for (size_t i = 0; i < zeros.size(); ++i) {
+      const auto [site, layer] = zero_sites[i];
+      const at::Tensor difference = Gather(captured, rows, site, layer, /*own=*/false, longest).to(at::kFloat) -
+                                    Gather(captured, rows, site, layer, /*own=*/true, longest).to(at::kFloat);
+      const at::Tensor gradient = gradients[i].defined() ? gradients[i].to(at::kFloat) : at::zeros_like(difference);
+      per_layer[static_cast<int>(site)].push_back((difference * gradient).sum(-1));
+    }
+    values = values.detach().cpu();
+    for (size_t r = 0; r < rows.size(); ++r) results[r].value = values[static_cast<int64_t>(r)].item<double>();
+    for (int site = 0; site < kComponentSites; ++site) {
+      const at::Tensor estimates = at::stack(per_layer[site], 1).cpu();  // [B, layers, S_max(, heads)]
+      for (size_t r = 0; r < rows.size(); ++r) {
+        results[r].site_estimates.push_back(estimates[static_cast<int64_t>(r)].narrow(1, 0, rows[r]->length()));
+      }
+    }
+  } catch (const std::exception& e) {
+    return StatusFromException(e, "site estimates");
+  }
+  return absl::OkStatus();
+}
+
+void ComponentRuns::ReleaseUnused() {
+  for (auto it = pairs_.begin(); it != pairs_.end();) {
+    it = it->second.pair.use_count() == 1 ? pairs_.erase(it) : std::next(it);
+  }
+}
+
+}  // namespace attribution::engine

@@ -1,0 +1,53 @@
+// SPDX-License-Identifier: Apache-2.0
+// The executor's side of prompt-pair rows (component_work.h): it runs each pair's clean and corrupted
+// prompts once, keeping their activations at every site of every layer while any row or plan holds the
+// pair, and runs a batch of pair rows as one forward (and backward) whose hooks apply every row's patch
+// at once. Used by the executor thread only.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <array>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/model/causal_lm.h"
+#include "engine/scheduler/row.h"
+
+namespace attribution::engine {
+
+class ComponentRuns {
+ public:
+  explicit ComponentRuns(std::shared_ptr<const CausalLM> model) : model_(std::move(model)) {}
+
+  // Score rows of pairs: each row's objective with its patch applied.
+  absl::Status RunScore(const std::vector<const Row*>& rows, std::vector<RowResult>& results);
+  // Grad rows of pairs: d objective / d alpha of patched rows; site estimates of the others.
+  absl::Status RunGrad(const std::vector<const Row*>& rows, std::vector<RowResult>& results);
+  // Forgets the activations of pairs that no row or plan holds any more.
+  void ReleaseUnused();
+  // Pairs whose activations are held now.
+  size_t size() const { return pairs_.size(); }
+
+ private:
+  struct Captured {
+    std::shared_ptr<const PromptPair> pair;  // keeps the key alive; use_count 1: only we hold it
+    // Per site: [2, layers, S, ...] in the compute dtype; index 0 the clean run, 1 the corrupted.
+    std::array<at::Tensor, kComponentSites> activations;
+  };
+  absl::StatusOr<const Captured*> Capture(const std::shared_ptr<const PromptPair>& pair);
+  // The rows' activations at `site` of `layer`, [B, S_max, ...], from their own run (`own`) or the
+  // other one, zero past each row's length.
+  at::Tensor Gather(const std::vector<const Captured*>& captured, const std::vector<const Row*>& rows,
+                    ComponentSite site, int64_t layer, bool own, int64_t longest) const;
+  // Patched rows, with gradients d value / d alpha when `gradients` is set.
+  absl::Status RunPatched(const std::vector<const Row*>& rows, std::vector<RowResult>& results, bool gradients);
+  absl::Status RunSiteEstimates(const std::vector<const Row*>& rows, std::vector<RowResult>& results);
+
+  std::shared_ptr<const CausalLM> model_;
+  std::unordered_map<const PromptPair*, Captured> pairs_;
+};
+
+}  // namespace attribution::engine
