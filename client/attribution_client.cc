@@ -229,6 +229,28 @@ absl::StatusOr<Attribution> AttributionClient::AttributeStream(const AttributeOp
       [&](Callback<Attribution> done) { AttributeStreamAsync(options, progress, std::move(done)); });
 }
 
+void AttributionClient::AttributeComponentsAsync(const ComponentOptions& options,
+                                                 std::function<void(int64_t, int64_t)> progress,
+                                                 Callback<ComponentAttribution> done) {
+  absl::StatusOr<v1::AttributeComponentsRequest> request = ToProto(options);
+  if (!request.ok()) return done(request.status());
+  auto on_event = [progress = std::move(progress)](const v1::AttributeComponentsEvent& event,
+                                                   std::optional<ComponentAttribution>& result) {
+    if (event.has_progress() && progress) progress(event.progress().rows_done(), event.progress().rows_total());
+    if (event.has_result()) result = FromProto(event.result());
+  };
+  auto* call = new StreamCall<v1::AttributeComponentsRequest, v1::AttributeComponentsEvent, ComponentAttribution>(
+      impl_->NewContext(), std::move(*request), std::move(on_event), std::move(done));
+  auto* async = impl_->stub->async();
+  call->Run([async](auto* c, auto* q, auto* r) { async->AttributeComponentsStream(c, q, r); });
+}
+
+absl::StatusOr<ComponentAttribution> AttributionClient::AttributeComponents(
+    const ComponentOptions& options, std::function<void(int64_t, int64_t)> progress) {
+  return Wait<ComponentAttribution>(
+      [&](Callback<ComponentAttribution> done) { AttributeComponentsAsync(options, progress, std::move(done)); });
+}
+
 void AttributionClient::GenerateAsync(const GenerateOptions& options, Callback<Generation> done) {
   absl::StatusOr<v1::GenerateRequest> request = ToProto(options);
   if (!request.ok()) return done(request.status());

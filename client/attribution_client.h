@@ -183,6 +183,52 @@ struct ModelInfo {
   int64_t max_steps = 0, max_samples = 0, max_features = 0, max_tokens = 0, max_new_tokens = 0, max_top_k = 0;
 };
 
+// A clean and a corrupted prompt of the same token length (text, or ids).
+struct PromptPair {
+  std::string clean, corrupted;
+  std::vector<int64_t> clean_ids, corrupted_ids;
+};
+
+struct ComponentOptions {
+  std::string model;
+  std::vector<PromptPair> pairs;  // grids average them
+  bool no_special_tokens = false;
+  std::string answer;  // one token each: text (tokenized alone) or an id
+  std::optional<int64_t> answer_id;
+  std::string wrong_answer;  // the difference metrics
+  std::optional<int64_t> wrong_answer_id;
+  std::string metric = "logit_difference";     // normalized_logit_difference log_prob prob prob_difference
+  std::string method = "activation_patching";  // layer_integrated_gradients attribution_patching
+  std::string direction = "denoising";         // noising
+  std::vector<std::string> sites = {"heads"};  // attn_out mlp_out resid_pre
+  std::string granularity = "default";         // layer_head layer_position layer_position_head
+  int n_steps = 0;                             // layer integrated gradients; 0: 16
+  std::string rule = "gausslegendre";
+  std::string priority = "normal";
+};
+
+struct ComponentGrid {
+  std::string site, granularity;  // as ComponentOptions spells them
+  std::vector<int64_t> shape;
+  std::vector<std::string> axes;  // "layer", "head", "position"
+  std::vector<double> values;     // row-major
+  std::vector<double> convergence_deltas;
+};
+
+struct PairComponents {
+  double clean_metric = 0, corrupted_metric = 0;
+  std::vector<ComponentGrid> grids;
+  std::vector<Token> clean_tokens, corrupted_tokens;
+};
+
+struct ComponentAttribution {
+  std::string model, method, metric, direction;
+  std::vector<ComponentGrid> grids;  // per site, averaged over pairs
+  std::vector<PairComponents> pairs;
+  Token answer, wrong_answer;
+  RunStats stats;
+};
+
 // The bearer token on the first line of `path` (what --token_file flags name); NOT_FOUND when the file
 // cannot be read, INVALID_ARGUMENT when its first line is empty.
 absl::StatusOr<std::string> ReadBearerTokenFile(const std::string& path);
@@ -204,6 +250,13 @@ class AttributionClient {
                                               std::function<void(int64_t, int64_t)> progress);
   void AttributeStreamAsync(const AttributeOptions& options, std::function<void(int64_t, int64_t)> progress,
                             Callback<Attribution> done);
+
+  // Component attribution (activation patching, layer integrated gradients, attribution patching);
+  // `progress` (may be empty) hears rows done / total while it runs.
+  absl::StatusOr<ComponentAttribution> AttributeComponents(const ComponentOptions& options,
+                                                           std::function<void(int64_t, int64_t)> progress = nullptr);
+  void AttributeComponentsAsync(const ComponentOptions& options, std::function<void(int64_t, int64_t)> progress,
+                                Callback<ComponentAttribution> done);
 
   absl::StatusOr<Generation> Generate(const GenerateOptions& options);
   void GenerateAsync(const GenerateOptions& options, Callback<Generation> done);

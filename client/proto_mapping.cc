@@ -44,6 +44,15 @@ absl::StatusOr<v1::Priority> ToPriority(const std::string& name) {
   return Lookup<v1::Priority>("priority", name, {{"low", v1::LOW}, {"normal", v1::NORMAL}, {"high", v1::HIGH}});
 }
 
+absl::StatusOr<v1::IntegrationRule> ToRule(const std::string& name) {
+  return Lookup<v1::IntegrationRule>("rule", name,
+                                     {{"gausslegendre", v1::GAUSS_LEGENDRE},
+                                      {"riemann_left", v1::RIEMANN_LEFT},
+                                      {"riemann_right", v1::RIEMANN_RIGHT},
+                                      {"riemann_middle", v1::RIEMANN_MIDDLE},
+                                      {"riemann_trapezoid", v1::RIEMANN_TRAPEZOID}});
+}
+
 absl::Status SetBaseline(const std::string& name, v1::AttributeRequest* out) {
   int64_t id = 0;
   if (absl::SimpleAtoi(name, &id)) {
@@ -148,13 +157,7 @@ absl::StatusOr<v1::AttributeRequest> ToProto(const AttributeOptions& o) {
   if (absl::Status s = SetBaseline(o.baseline, &out); !s.ok()) return s;
   out.set_n_steps(o.n_steps);
   out.set_completeness_tolerance(o.completeness_tolerance);
-  absl::StatusOr<v1::IntegrationRule> rule =
-      Lookup<v1::IntegrationRule>("rule", o.rule,
-                                  {{"gausslegendre", v1::GAUSS_LEGENDRE},
-                                   {"riemann_left", v1::RIEMANN_LEFT},
-                                   {"riemann_right", v1::RIEMANN_RIGHT},
-                                   {"riemann_middle", v1::RIEMANN_MIDDLE},
-                                   {"riemann_trapezoid", v1::RIEMANN_TRAPEZOID}});
+  absl::StatusOr<v1::IntegrationRule> rule = ToRule(o.rule);
   if (!rule.ok()) return rule.status();
   out.set_rule(*rule);
   out.set_n_samples(o.n_samples);
@@ -261,6 +264,120 @@ std::vector<ModelInfo> FromProto(const v1::ListModelsResponse& r) {
                    .max_tokens = l.max_tokens(),
                    .max_new_tokens = l.max_new_tokens(),
                    .max_top_k = l.max_top_k()});
+  }
+  return out;
+}
+
+namespace {
+
+const std::map<std::string, v1::ComponentSite>& SiteNames() {
+  static const auto* names = new std::map<std::string, v1::ComponentSite>{{"heads", v1::ATTENTION_HEADS},
+                                                                          {"attn_out", v1::ATTENTION_OUTPUT},
+                                                                          {"mlp_out", v1::MLP_OUTPUT},
+                                                                          {"resid_pre", v1::RESIDUAL_PRE}};
+  return *names;
+}
+
+const std::map<std::string, v1::ComponentGranularity>& GranularityNames() {
+  static const auto* names =
+      new std::map<std::string, v1::ComponentGranularity>{{"default", v1::COMPONENT_GRANULARITY_UNSPECIFIED},
+                                                          {"layer_head", v1::LAYER_HEAD},
+                                                          {"layer_position", v1::LAYER_POSITION},
+                                                          {"layer_position_head", v1::LAYER_POSITION_HEAD}};
+  return *names;
+}
+
+// The client's spelling of a proto enum value (the key of `table` that maps to it).
+template <typename Enum>
+std::string NameOf(Enum value, const std::map<std::string, Enum>& table) {
+  for (const auto& [name, v] : table) {
+    if (v == value) return name;
+  }
+  return absl::StrCat(static_cast<int>(value));
+}
+
+void SetAnswer(const std::string& text, const std::optional<int64_t>& id, v1::Input* out) {
+  out->set_text(text);
+  if (id) out->add_token_ids(*id);
+}
+
+ComponentGrid GridFromProto(const v1::ComponentGrid& g) {
+  return {.site = NameOf(g.site(), SiteNames()),
+          .granularity = NameOf(g.granularity(), GranularityNames()),
+          .shape = {g.shape().begin(), g.shape().end()},
+          .axes = {g.axes().begin(), g.axes().end()},
+          .values = {g.values().begin(), g.values().end()},
+          .convergence_deltas = {g.convergence_deltas().begin(), g.convergence_deltas().end()}};
+}
+
+const std::map<std::string, v1::ComponentMethod> kComponentMethods = {
+    {"activation_patching", v1::ACTIVATION_PATCHING},
+    {"layer_integrated_gradients", v1::LAYER_INTEGRATED_GRADIENTS},
+    {"attribution_patching", v1::ATTRIBUTION_PATCHING}};
+const std::map<std::string, v1::ComponentMetric> kComponentMetrics = {
+    {"logit_difference", v1::LOGIT_DIFFERENCE},
+    {"normalized_logit_difference", v1::NORMALIZED_LOGIT_DIFFERENCE},
+    {"log_prob", v1::ANSWER_LOG_PROB},
+    {"prob", v1::ANSWER_PROB},
+    {"prob_difference", v1::PROB_DIFFERENCE}};
+const std::map<std::string, v1::PatchDirection> kDirections = {{"denoising", v1::DENOISING}, {"noising", v1::NOISING}};
+
+}  // namespace
+
+absl::StatusOr<v1::AttributeComponentsRequest> ToProto(const ComponentOptions& o) {
+  v1::AttributeComponentsRequest out;
+  out.set_model(o.model);
+  for (const PromptPair& pair : o.pairs) {
+    v1::PromptPair* p = out.add_pairs();
+    SetInput(pair.clean, pair.clean_ids, p->mutable_clean());
+    SetInput(pair.corrupted, pair.corrupted_ids, p->mutable_corrupted());
+  }
+  out.set_no_special_tokens(o.no_special_tokens);
+  SetAnswer(o.answer, o.answer_id, out.mutable_answer());
+  SetAnswer(o.wrong_answer, o.wrong_answer_id, out.mutable_wrong_answer());
+  absl::StatusOr<v1::ComponentMetric> metric = Lookup("metric", o.metric, kComponentMetrics);
+  if (!metric.ok()) return metric.status();
+  out.set_metric(*metric);
+  absl::StatusOr<v1::ComponentMethod> method = Lookup("method", o.method, kComponentMethods);
+  if (!method.ok()) return method.status();
+  out.set_method(*method);
+  absl::StatusOr<v1::PatchDirection> direction = Lookup("direction", o.direction, kDirections);
+  if (!direction.ok()) return direction.status();
+  out.set_direction(*direction);
+  for (const std::string& name : o.sites) {
+    absl::StatusOr<v1::ComponentSite> site = Lookup("sites", name, SiteNames());
+    if (!site.ok()) return site.status();
+    out.add_sites(*site);
+  }
+  absl::StatusOr<v1::ComponentGranularity> granularity = Lookup("granularity", o.granularity, GranularityNames());
+  if (!granularity.ok()) return granularity.status();
+  out.set_granularity(*granularity);
+  out.set_n_steps(o.n_steps);
+  absl::StatusOr<v1::IntegrationRule> rule = ToRule(o.rule);
+  if (!rule.ok()) return rule.status();
+  out.set_rule(*rule);
+  absl::StatusOr<v1::Priority> priority = ToPriority(o.priority);
+  if (!priority.ok()) return priority.status();
+  out.set_priority(*priority);
+  return out;
+}
+
+ComponentAttribution FromProto(const v1::AttributeComponentsResponse& r) {
+  ComponentAttribution out{.model = r.model(),
+                           .method = NameOf(r.method(), kComponentMethods),
+                           .metric = NameOf(r.metric(), kComponentMetrics),
+                           .direction = NameOf(r.direction(), kDirections),
+                           .answer = FromProto(r.answer()),
+                           .wrong_answer = FromProto(r.wrong_answer()),
+                           .stats = StatsFromProto(r.stats())};
+  for (const v1::ComponentGrid& g : r.grids()) out.grids.push_back(GridFromProto(g));
+  for (const v1::PairComponents& p : r.pairs()) {
+    PairComponents pair{.clean_metric = p.clean_metric(),
+                        .corrupted_metric = p.corrupted_metric(),
+                        .clean_tokens = TokensFromProto(p.clean_tokens()),
+                        .corrupted_tokens = TokensFromProto(p.corrupted_tokens())};
+    for (const v1::ComponentGrid& g : p.grids()) pair.grids.push_back(GridFromProto(g));
+    out.pairs.push_back(std::move(pair));
   }
   return out;
 }

@@ -13,10 +13,12 @@ namespace v1 = ::attribution::v1;
 absl::StatusOr<v1::AttributeRequest> ToProto(const AttributeOptions& options);
 absl::StatusOr<v1::GenerateRequest> ToProto(const GenerateOptions& options);
 absl::StatusOr<v1::LogprobsRequest> ToProto(const LogprobsOptions& options);
+absl::StatusOr<v1::AttributeComponentsRequest> ToProto(const ComponentOptions& options);
 
 Attribution FromProto(const v1::AttributeResponse& response);
 Generation FromProto(const v1::GenerateResponse& response);
 Logprobs FromProto(const v1::LogprobsResponse& response);
+ComponentAttribution FromProto(const v1::AttributeComponentsResponse& response);
 std::vector<ModelInfo> FromProto(const v1::ListModelsResponse& response);
 Token FromProto(const v1::Token& token);
 

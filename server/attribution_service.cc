@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/scheduler/engine_generation.h"
+#include "server/component_conversion.h"
 #include "server/conversion.h"
 #include "server/log_line.h"
 #include "server/user_text.h"
@@ -129,6 +130,67 @@ grpc::ServerWriteReactor<v1::AttributeEvent>* AttributionServiceImpl::AttributeS
   StartAttribution(call, context, *request, [call](absl::StatusOr<v1::AttributeResponse> result) {
     if (!result.ok()) return call->Complete(result.status());
     v1::AttributeEvent last;
+    *last.mutable_result() = std::move(*result);
+    call->Complete(absl::OkStatus(), std::move(last));
+  });
+  return call;
+}
+
+template <typename Call>
+void AttributionServiceImpl::StartComponents(
+    Call* call, grpc::CallbackServerContext* context, const v1::AttributeComponentsRequest& request,
+    std::function<void(absl::StatusOr<v1::AttributeComponentsResponse>)> done) {
+  absl::StatusOr<const ServedModel*> model = Admit(call->log(), context, request.model());
+  if (!model.ok()) return done(model.status());
+  absl::StatusOr<ComponentsCall> converted = ToComponentsCall(request, **model, DeadlineOf(context));
+  if (!converted.ok()) return done(converted.status());
+  const ServedModel* served = *model;
+  auto components = std::make_shared<ComponentsCall>(std::move(*converted));
+  auto handle = served->engine->NewRequest(components->request.priority, components->request.deadline);
+  call->OnCancelDo([served, handle] { served->engine->Cancel(*handle); });
+  const absl::Time received = call->log().received;
+  engine::ComponentProgress progress;
+  if constexpr (std::is_same_v<Call, StreamCall<v1::AttributeComponentsEvent>>) {
+    v1::AttributeComponentsEvent queued;
+    queued.mutable_queued();
+    call->Send(std::move(queued));
+    progress = [call](int64_t rows_done, int64_t rows_total) {
+      v1::AttributeComponentsEvent event;
+      event.mutable_progress()->set_rows_done(rows_done);
+      event.mutable_progress()->set_rows_total(rows_total);
+      call->Send(std::move(event), /*replaceable=*/true);
+    };
+  }
+  engine::AttributeComponents(
+      *served->engine, handle, served->model->config(), components->limits, components->request,
+      [call, served, components, handle, received, done](absl::StatusOr<engine::ComponentResult> result) {
+        if (!result.ok()) return done(result.status());
+        v1::AttributeComponentsResponse response;
+        ToComponentsResponse(*result, *components, *served, &response);
+        ToRunStats(handle->stats(), received, response.mutable_stats());
+        call->log().stats = response.stats();
+        done(std::move(response));
+      },
+      std::move(progress));
+}
+
+grpc::ServerUnaryReactor* AttributionServiceImpl::AttributeComponents(grpc::CallbackServerContext* context,
+                                                                      const v1::AttributeComponentsRequest* request,
+                                                                      v1::AttributeComponentsResponse* response) {
+  auto* call = new UnaryCall(this, "AttributeComponents", context);
+  StartComponents(call, context, *request, [call, response](absl::StatusOr<v1::AttributeComponentsResponse> result) {
+    if (result.ok()) *response = std::move(*result);
+    call->Complete(result.status());
+  });
+  return call;
+}
+
+grpc::ServerWriteReactor<v1::AttributeComponentsEvent>* AttributionServiceImpl::AttributeComponentsStream(
+    grpc::CallbackServerContext* context, const v1::AttributeComponentsRequest* request) {
+  auto* call = new StreamCall<v1::AttributeComponentsEvent>(this, "AttributeComponentsStream", context);
+  StartComponents(call, context, *request, [call](absl::StatusOr<v1::AttributeComponentsResponse> result) {
+    if (!result.ok()) return call->Complete(result.status());
+    v1::AttributeComponentsEvent last;
     *last.mutable_result() = std::move(*result);
     call->Complete(absl::OkStatus(), std::move(last));
   });

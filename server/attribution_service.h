@@ -36,6 +36,11 @@ class AttributionServiceImpl final : public v1::AttributionService::CallbackServ
                                                               const v1::GenerateRequest* request) override;
   grpc::ServerUnaryReactor* Logprobs(grpc::CallbackServerContext* context, const v1::LogprobsRequest* request,
                                      v1::LogprobsResponse* response) override;
+  grpc::ServerUnaryReactor* AttributeComponents(grpc::CallbackServerContext* context,
+                                                const v1::AttributeComponentsRequest* request,
+                                                v1::AttributeComponentsResponse* response) override;
+  grpc::ServerWriteReactor<v1::AttributeComponentsEvent>* AttributeComponentsStream(
+      grpc::CallbackServerContext* context, const v1::AttributeComponentsRequest* request) override;
   grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context, const v1::ListModelsRequest* request,
                                        v1::ListModelsResponse* response) override;
 
@@ -49,6 +54,9 @@ class AttributionServiceImpl final : public v1::AttributionService::CallbackServ
   template <typename Call>
   void StartAttribution(Call* call, grpc::CallbackServerContext* context, const v1::AttributeRequest& request,
                         std::function<void(absl::StatusOr<v1::AttributeResponse>)> done);
+  template <typename Call>
+  void StartComponents(Call* call, grpc::CallbackServerContext* context, const v1::AttributeComponentsRequest& request,
+                       std::function<void(absl::StatusOr<v1::AttributeComponentsResponse>)> done);
   template <typename Call>
   void StartGeneration(Call* call, grpc::CallbackServerContext* context, const v1::GenerateRequest& request,
                        std::function<void(absl::StatusOr<v1::GenerateResponse>)> done, TokenSink on_token);

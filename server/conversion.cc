@@ -10,49 +10,13 @@
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
 #include "engine/tokenizer/continuation.h"
+#include "server/conversion_parts.h"
 
 namespace attribution::server {
 namespace {
 
 using engine::AttributionMethod;
 using engine::Priority;
-
-absl::Status Invalid(absl::string_view field, absl::string_view problem) {
-  return absl::InvalidArgumentError(absl::StrCat(field, ": ", problem));
-}
-
-// Prefixes an engine message with the proto field it concerns.
-absl::Status InField(absl::string_view field, const absl::Status& status) {
-  if (status.ok()) return status;
-  return absl::Status(status.code(), absl::StrCat(field, ": ", status.message()));
-}
-
-// INVALID_ARGUMENT for an enum value this server does not know, listing the ones it does.
-absl::Status UnknownEnumValue(absl::string_view field, int value, const google::protobuf::EnumDescriptor* descriptor) {
-  std::string names;
-  for (int i = 0; i < descriptor->value_count(); ++i)
-    absl::StrAppend(&names, i ? ", " : "", descriptor->value(i)->name());
-  return Invalid(field, absl::StrCat("unknown value ", value, " (one of: ", names, ")"));
-}
-
-bool IsSet(const v1::Input& input) { return !input.text().empty() || input.token_ids_size() > 0; }
-
-absl::StatusOr<ResolvedInput> Resolve(const v1::Input& input, absl::string_view field, const ServedModel& model,
-                                      bool add_special_tokens) {
-  if (!input.text().empty() && input.token_ids_size() > 0) return Invalid(field, "set text or token_ids, not both");
-  ResolvedInput out;
-  if (input.token_ids_size() > 0) {
-    out.encoding.ids.assign(input.token_ids().begin(), input.token_ids().end());
-    RETURN_IF_ERROR(
-        InField(field, engine::CheckTokenIds(out.encoding.ids, "token_ids", model.model->config().vocab_size)));
-    return out;
-  }
-  out.text = input.text();
-  absl::StatusOr<engine::Encoding> encoding = model.tokenizer->Encode(out.text, add_special_tokens);
-  if (!encoding.ok()) return InField(absl::StrCat(field, ".text"), encoding.status());
-  out.encoding = std::move(*encoding);
-  return out;
-}
 
 // The text a prompt stands for: its own text, or its ids decoded (special tokens skipped).
 absl::StatusOr<std::string> PromptText(const ResolvedInput& prompt, const engine::Tokenizer& tokenizer) {
@@ -93,20 +57,6 @@ absl::StatusOr<ResolvedInput> ResolvePrompt(const v1::Input& prompt, bool no_spe
   return Resolve(prompt, "prompt", model, !no_special_tokens);
 }
 
-absl::StatusOr<Priority> ToPriority(v1::Priority priority) {
-  switch (priority) {
-    case v1::PRIORITY_UNSPECIFIED:
-    case v1::NORMAL:
-      return Priority::kNormal;
-    case v1::LOW:
-      return Priority::kLow;
-    case v1::HIGH:
-      return Priority::kHigh;
-    default:
-      return UnknownEnumValue("priority", priority, v1::Priority_descriptor());
-  }
-}
-
 // The engine's spelling of a token quantity, as its other enums have ParseX functions (the engine
 // has none for TokenQuantity; the names follow the proto's, in lower case).
 absl::StatusOr<engine::TokenQuantity> ParseTokenQuantity(const std::string& name) {
@@ -114,25 +64,6 @@ absl::StatusOr<engine::TokenQuantity> ParseTokenQuantity(const std::string& name
   if (name == "prob") return engine::TokenQuantity::kProb;
   if (name == "logit") return engine::TokenQuantity::kLogit;
   return absl::InvalidArgumentError(absl::StrCat("quantity \"", name, "\" is not supported (log_prob, prob, logit)"));
-}
-
-// The engine value of a proto enum value, matched by name so that the engine's parser stays the one
-// table: `value`'s name in lower case (METHOD_UNSPECIFIED, 0, stands for `unspecified`). The engine
-// keeps Captum's one-word spelling of some names ("gausslegendre" for GAUSS_LEGENDRE), so a name is
-// also tried without underscores. A value outside the proto's enum is INVALID_ARGUMENT naming
-// `field`; a proto value the engine cannot parse is a bug of ours (conversion_test maps each).
-template <typename EngineEnum>
-absl::StatusOr<EngineEnum> FromProtoEnum(absl::string_view field, int value, int unspecified,
-                                         const google::protobuf::EnumDescriptor* descriptor,
-                                         absl::StatusOr<EngineEnum> (*parse)(const std::string&)) {
-  const google::protobuf::EnumValueDescriptor* named = descriptor->FindValueByNumber(value == 0 ? unspecified : value);
-  if (named == nullptr) return UnknownEnumValue(field, value, descriptor);
-  const std::string name = absl::AsciiStrToLower(named->name());
-  absl::StatusOr<EngineEnum> parsed = parse(name);
-  if (!parsed.ok()) {
-    return absl::InternalError(absl::StrCat(field, ": ", named->name(), " has no engine counterpart"));
-  }
-  return parsed;
 }
 
 absl::StatusOr<AttributionMethod> ToMethod(v1::Method method) {
@@ -145,11 +76,6 @@ v1::Method ToProtoMethod(AttributionMethod method) {
   v1::Method out = v1::METHOD_UNSPECIFIED;
   v1::Method_Parse(absl::AsciiStrToUpper(engine::AttributionMethodName(method)), &out);
   return out;
-}
-
-absl::StatusOr<engine::IntegrationRule> ToRule(v1::IntegrationRule rule) {
-  return FromProtoEnum("rule", rule, v1::GAUSS_LEGENDRE, v1::IntegrationRule_descriptor(),
-                       &engine::ParseIntegrationRule);
 }
 
 absl::StatusOr<engine::TokenQuantity> ToQuantity(v1::Quantity quantity) {
@@ -286,37 +212,6 @@ absl::Status CheckPromptLength(const ResolvedInput& prompt, int64_t continuation
                                           " target/new tokens exceed this model's limit of ", max_tokens));
   }
   return absl::OkStatus();
-}
-
-int64_t CodePoints(absl::string_view text, size_t bytes) {
-  bytes = std::min(bytes, text.size());
-  return std::count_if(text.begin(), text.begin() + bytes,
-                       [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; });
-}
-
-// A token's id, readable text (valid UTF-8) and exact bytes, for Token and TopToken.
-template <typename ProtoToken>
-void SetTokenText(int64_t id, const engine::Tokenizer& tokenizer, ProtoToken* out) {
-  std::string bytes = tokenizer.TokenText(id);
-  out->set_id(id);
-  out->set_text(engine::ToValidUtf8(bytes));
-  out->set_token_bytes(std::move(bytes));
-}
-
-void FillTokens(const ResolvedInput& input, const engine::Tokenizer& tokenizer,
-                google::protobuf::RepeatedPtrField<v1::Token>* out) {
-  for (size_t i = 0; i < input.encoding.ids.size(); ++i) {
-    v1::Token* token = out->Add();
-    SetTokenText(input.encoding.ids[i], tokenizer, token);
-    token->set_special(tokenizer.IsSpecial(input.encoding.ids[i]));
-    if (i < input.encoding.spans.size()) {
-      const engine::TokenSpan& span = input.encoding.spans[i];
-      token->set_byte_begin(span.begin);
-      token->set_byte_end(span.end);
-      token->set_char_begin(CodePoints(input.text, span.begin));
-      token->set_char_end(CodePoints(input.text, span.end));
-    }
-  }
 }
 
 // Generated ids as the text they continue the prompt with, each token with its span.

@@ -6,8 +6,8 @@ transformers, as the reference for the C++ component attribution tests.
 
 Usage: component_reference.py OUT_JSON MODELS_DIR   (MODELS_DIR as written by make_architecture_models.py)
 
-Runs under its own venv (/root/.cache/attribution/venv-tl-scratch): torch 2.11.0, transformers 5.23.0,
-transformer-lens 4.3.0, captum 0.9.0. TransformerLens 4 has no HookedTransformer: the model is booted with
+Runs under the main environment (.venv, scripts/setup): torch 2.11.0, transformers 5.23.0, transformer-lens
+4.3.0 (it installs beside them without changing a version), captum 0.9.0. TransformerLens 4 has no HookedTransformer: the model is booted with
 TransformerBridge.boot_transformers(MODELS_DIR/NAME), which wraps the HF model with its raw weights (no layer
 norm folding, no centering; compatibility mode is never enabled) and eager attention; its logits are checked
 against transformers' (eager) within 1e-4. The bridge exposes HookedTransformer's names as aliases
@@ -25,6 +25,8 @@ Sites (one forward of the base run, values from the other run's cache):
   heads[l, h]            z of query head h (the input of o_proj / attn.c_proj, slice h*d_head:(h+1)*d_head) at
                          all positions; heads_by_pos[l, p, h] the same at position p only.
 Denoising runs the corrupted ids with clean activations patched in, noising the clean ids with corrupted ones.
+The hf grids patch one cell per batch row (one batched forward per grid); TL's patch one cell per forward, from
+the bridge's own run_with_cache, and hold float32 values (transformer_lens.patching stores them so).
 
 OUT_JSON: {"versions": {"transformer_lens", "transformers", "torch", "captum"}, "n_steps": 16,
            "models": {NAME: {"clean_ids": [P], "corrupted_ids": [P], "answer": int, "wrong_answer": int,
@@ -39,7 +41,8 @@ LIG: the base run with the site replaced by a_base + alpha * (a_other - a_base) 
 sum_k w_k dm/dalpha(alpha_k) with Captum's Gauss-Legendre alphas and weights for n_steps=16; it approximates the
 patching effect m_patched - m_base. All numbers float64.
 Self-checks: TL grids equal the hf grids within 1e-4 of the grid's max abs; LIG sums against the patching
-effects (max gap printed); patching resid_pre[0, 3] into the corrupted run gives the clean metric.
+effects (max gap printed); AtP heads and resid_pre against dm/dalpha at alpha = 0 of the LIG path within 1e-4;
+patching resid_pre[0, 3] into the corrupted run gives the clean metric (exactly, in one unbatched forward).
 """
 import contextlib
 import importlib.metadata
@@ -207,13 +210,15 @@ def atp_grids(products, shape):
 
 
 def lig(model, base_ids, other_cache, grid, shape):
-    """Layer integrated gradients: sum_k w_k dm/dalpha at alpha_k, the site going from a_base to a_other."""
+    """Layer integrated gradients: sum_k w_k dm/dalpha at alpha_k, the site going from a_base to a_other; also
+    dm/dalpha at alpha = 0 (an extra batch row), which is what attribution patching computes."""
     step_sizes, alphas = approximation_parameters("gausslegendre")
     weights = torch.tensor(step_sizes(N_STEPS), dtype=torch.float64)
-    batch = base_ids.expand(N_STEPS, -1)
+    batch = base_ids.expand(N_STEPS + 1, -1)
     values = torch.zeros(grid_shape(grid, shape), dtype=torch.float64)
+    slopes = torch.zeros_like(values)
     for index, site, layer, sel in cells(grid, shape):
-        alpha = torch.tensor(alphas(N_STEPS), dtype=torch.float32, requires_grad=True)
+        alpha = torch.tensor(alphas(N_STEPS) + [0.0], dtype=torch.float32, requires_grad=True)
 
         def edit(s, l, a):
             if (s, l) != (site, layer):
@@ -223,8 +228,9 @@ def lig(model, base_ids, other_cache, grid, shape):
             return a + alpha.view(-1, 1, 1) * mask * (other_cache[site, layer] - a)
 
         metric(forward(model, batch, edit)).sum().backward()
-        values[index] = (weights * alpha.grad.double()).sum()
-    return values
+        values[index] = (weights * alpha.grad[:N_STEPS].double()).sum()
+        slopes[index] = alpha.grad[N_STEPS]
+    return values, slopes
 
 
 def check_grids(label, reference, other, tolerance):
@@ -276,12 +282,16 @@ def model_reference(directory):
         tl_clean_logits, tl_clean_cache = bridge.run_with_cache(clean)
         _, tl_corrupted_cache = bridge.run_with_cache(corrupted)
     tl_clean_metric = metric(tl_clean_logits).item()
-    runs = {"denoising": (corrupted, clean_cache, tl_clean_cache), "noising": (clean, corrupted_cache, tl_corrupted_cache)}
+    runs = {
+        "denoising": (corrupted, clean_cache, tl_clean_cache),
+        "noising": (clean, corrupted_cache, tl_corrupted_cache),
+    }
     for direction, (base_ids, source_cache, tl_source_cache) in runs.items():
         hf = hf_patching(model, base_ids, source_cache, shape)
         tl = tl_patching(bridge, base_ids, tl_source_cache)
         check_grids(f"tl_{direction} vs hf_{direction}", hf, tl, GRID_TOLERANCE)
         out[f"hf_{direction}"], out[f"tl_{direction}"] = hf, tl
+
     # The corruption is at position 3 only: restoring the residual there restores the clean run exactly (one
     # unbatched forward; the batched grid cell can differ in the last bits).
     def restore(site, layer, a):
@@ -300,16 +310,23 @@ def model_reference(directory):
         print(f"  {source} denoising resid_pre[0, {CORRUPT_POSITION}] - {source} clean metric: {value - reference:.3g}")
         assert abs(value - reference) <= 1e-6 * max(1.0, abs(reference)), (source, value, reference)
 
-    baselines = {"noising": (clean, corrupted_cache, clean_metric), "denoising": (corrupted, clean_cache, corrupted_metric)}
+    baselines = {
+        "noising": (clean, corrupted_cache, clean_metric),
+        "denoising": (corrupted, clean_cache, corrupted_metric),
+    }
     for direction, (base_ids, other_cache, base_metric) in baselines.items():
         out[f"atp_{direction}"] = atp_grids(atp(model, base_ids, other_cache), shape)
-        for grid, key in (("heads", "heads"), ("resid_pre", "resid_pre")):
-            values = lig(model, base_ids, other_cache, grid, shape)
+        for grid in ("heads", "resid_pre"):
+            values, slopes = lig(model, base_ids, other_cache, grid, shape)
+            atp_values = out[f"atp_{direction}"][grid]
+            gap = (atp_values - slopes).abs().max().item() / max(atp_values.abs().max().item(), 1e-12)
+            print(f"  atp_{direction} {grid} vs dm/dalpha at alpha 0: max gap / max abs = {gap:.3g}")
+            assert gap < GRID_TOLERANCE, (direction, grid, gap)
             effect = out[f"hf_{direction}"][grid] - base_metric
             gap = (values - effect).abs().max().item() / max(effect.abs().max().item(), 1e-12)
-            print(f"  lig_{direction}_{key} vs patching effect: max gap / max abs effect = {gap:.3g}")
+            print(f"  lig_{direction}_{grid} vs patching effect: max gap / max abs effect = {gap:.3g}")
             assert gap < LIG_TOLERANCE, (direction, grid, gap)
-            out[f"lig_{direction}_{key}"] = values
+            out[f"lig_{direction}_{grid}"] = values
     return out
 
 

@@ -1,0 +1,250 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "server/component_conversion.h"
+
+#include "engine/common/status_macros.h"
+#include "server/conversion_parts.h"
+
+namespace attribution::server {
+namespace {
+
+using engine::ComponentGranularity;
+using engine::ComponentMethod;
+using engine::ComponentMetric;
+using engine::ComponentSite;
+using engine::PatchDirection;
+
+absl::StatusOr<ComponentMethod> ToComponentMethod(v1::ComponentMethod method) {
+  switch (method) {
+    case v1::COMPONENT_METHOD_UNSPECIFIED:
+    case v1::ACTIVATION_PATCHING:
+      return ComponentMethod::kActivationPatching;
+    case v1::LAYER_INTEGRATED_GRADIENTS:
+      return ComponentMethod::kLayerIntegratedGradients;
+    case v1::ATTRIBUTION_PATCHING:
+      return ComponentMethod::kAttributionPatching;
+    default:
+      return UnknownEnumValue("method", method, v1::ComponentMethod_descriptor());
+  }
+}
+
+absl::StatusOr<ComponentMetric> ToComponentMetric(v1::ComponentMetric metric) {
+  switch (metric) {
+    case v1::COMPONENT_METRIC_UNSPECIFIED:
+    case v1::LOGIT_DIFFERENCE:
+      return ComponentMetric::kLogitDifference;
+    case v1::NORMALIZED_LOGIT_DIFFERENCE:
+      return ComponentMetric::kNormalizedLogitDifference;
+    case v1::ANSWER_LOG_PROB:
+      return ComponentMetric::kLogProb;
+    case v1::ANSWER_PROB:
+      return ComponentMetric::kProb;
+    case v1::PROB_DIFFERENCE:
+      return ComponentMetric::kProbDifference;
+    default:
+      return UnknownEnumValue("metric", metric, v1::ComponentMetric_descriptor());
+  }
+}
+
+v1::ComponentMethod ToProtoMethod(ComponentMethod method) {
+  switch (method) {
+    case ComponentMethod::kActivationPatching:
+      return v1::ACTIVATION_PATCHING;
+    case ComponentMethod::kLayerIntegratedGradients:
+      return v1::LAYER_INTEGRATED_GRADIENTS;
+    case ComponentMethod::kAttributionPatching:
+      return v1::ATTRIBUTION_PATCHING;
+  }
+  return v1::COMPONENT_METHOD_UNSPECIFIED;
+}
+
+v1::ComponentMetric ToProtoMetric(ComponentMetric metric) {
+  switch (metric) {
+    case ComponentMetric::kLogitDifference:
+      return v1::LOGIT_DIFFERENCE;
+    case ComponentMetric::kNormalizedLogitDifference:
+      return v1::NORMALIZED_LOGIT_DIFFERENCE;
+    case ComponentMetric::kLogProb:
+      return v1::ANSWER_LOG_PROB;
+    case ComponentMetric::kProb:
+      return v1::ANSWER_PROB;
+    case ComponentMetric::kProbDifference:
+      return v1::PROB_DIFFERENCE;
+  }
+  return v1::COMPONENT_METRIC_UNSPECIFIED;
+}
+
+absl::StatusOr<PatchDirection> ToDirection(v1::PatchDirection direction) {
+  switch (direction) {
+    case v1::PATCH_DIRECTION_UNSPECIFIED:
+    case v1::DENOISING:
+      return PatchDirection::kDenoising;
+    case v1::NOISING:
+      return PatchDirection::kNoising;
+    default:
+      return UnknownEnumValue("direction", direction, v1::PatchDirection_descriptor());
+  }
+}
+
+absl::StatusOr<ComponentSite> ToSite(int site, absl::string_view field) {
+  switch (site) {
+    case v1::ATTENTION_HEADS:
+      return ComponentSite::kHeads;
+    case v1::ATTENTION_OUTPUT:
+      return ComponentSite::kAttnOut;
+    case v1::MLP_OUTPUT:
+      return ComponentSite::kMlpOut;
+    case v1::RESIDUAL_PRE:
+      return ComponentSite::kResidPre;
+    case v1::COMPONENT_SITE_UNSPECIFIED:
+      return Invalid(field, "COMPONENT_SITE_UNSPECIFIED names no site");
+    default:
+      return UnknownEnumValue(field, site, v1::ComponentSite_descriptor());
+  }
+}
+
+v1::ComponentSite ToProtoSite(ComponentSite site) {
+  switch (site) {
+    case ComponentSite::kHeads:
+      return v1::ATTENTION_HEADS;
+    case ComponentSite::kAttnOut:
+      return v1::ATTENTION_OUTPUT;
+    case ComponentSite::kMlpOut:
+      return v1::MLP_OUTPUT;
+    case ComponentSite::kResidPre:
+      return v1::RESIDUAL_PRE;
+  }
+  return v1::COMPONENT_SITE_UNSPECIFIED;
+}
+
+absl::StatusOr<std::optional<ComponentGranularity>> ToGranularity(v1::ComponentGranularity granularity) {
+  switch (granularity) {
+    case v1::COMPONENT_GRANULARITY_UNSPECIFIED:
+      return std::nullopt;
+    case v1::LAYER_HEAD:
+      return ComponentGranularity::kLayerHead;
+    case v1::LAYER_POSITION:
+      return ComponentGranularity::kLayerPosition;
+    case v1::LAYER_POSITION_HEAD:
+      return ComponentGranularity::kLayerPositionHead;
+    default:
+      return UnknownEnumValue("granularity", granularity, v1::ComponentGranularity_descriptor());
+  }
+}
+
+v1::ComponentGranularity ToProtoGranularity(ComponentGranularity granularity) {
+  switch (granularity) {
+    case ComponentGranularity::kLayerHead:
+      return v1::LAYER_HEAD;
+    case ComponentGranularity::kLayerPosition:
+      return v1::LAYER_POSITION;
+    case ComponentGranularity::kLayerPositionHead:
+      return v1::LAYER_POSITION_HEAD;
+  }
+  return v1::COMPONENT_GRANULARITY_UNSPECIFIED;
+}
+
+// An answer: exactly one token (text tokenized on its own, without special tokens).
+absl::StatusOr<ResolvedInput> ResolveAnswer(const v1::Input& input, absl::string_view field, const ServedModel& model) {
+  if (!IsSet(input)) return Invalid(field, "must be one token (set text or token_ids)");
+  ASSIGN_OR_RETURN(ResolvedInput answer, Resolve(input, field, model, /*add_special_tokens=*/false));
+  if (answer.encoding.ids.size() != 1) {
+    std::string tokens;
+    for (int64_t id : answer.encoding.ids) {
+      absl::StrAppend(&tokens, tokens.empty() ? "" : ", ", "\"", engine::ToValidUtf8(model.tokenizer->TokenText(id)),
+                      "\"");
+    }
+    return Invalid(field, absl::StrCat("must be one token; it is ", answer.encoding.ids.size(), " (", tokens, ")"));
+  }
+  return answer;
+}
+
+void ToProtoGrid(const engine::ComponentGrid& grid, v1::ComponentGrid* out) {
+  out->set_site(ToProtoSite(grid.site));
+  out->set_granularity(ToProtoGranularity(grid.granularity));
+  out->mutable_shape()->Add(grid.shape.begin(), grid.shape.end());
+  out->add_axes("layer");
+  if (grid.granularity != ComponentGranularity::kLayerHead) out->add_axes("position");
+  if (grid.granularity != ComponentGranularity::kLayerPosition) out->add_axes("head");
+  out->mutable_values()->Add(grid.values.begin(), grid.values.end());
+  out->mutable_convergence_deltas()->Add(grid.convergence_deltas.begin(), grid.convergence_deltas.end());
+}
+
+}  // namespace
+
+absl::StatusOr<ComponentsCall> ToComponentsCall(const v1::AttributeComponentsRequest& proto, const ServedModel& model,
+                                                absl::Time deadline) {
+  ComponentsCall call;
+  engine::ComponentRequest& request = call.request;
+  const engine::AttributionLimits& limits = model.attributor->limits();
+  call.limits = {.max_tokens = limits.max_tokens, .max_steps = limits.max_steps};
+  if (proto.pairs_size() == 0) return Invalid("pairs", "give at least one clean/corrupted pair");
+  if (proto.pairs_size() > call.limits.max_pairs) {
+    return Invalid("pairs", absl::StrCat(proto.pairs_size(), " pairs exceed the limit of ", call.limits.max_pairs));
+  }
+  for (int k = 0; k < proto.pairs_size(); ++k) {
+    const v1::PromptPair& pair = proto.pairs(k);
+    for (bool clean : {true, false}) {
+      const std::string field = absl::StrCat("pairs[", k, "].", clean ? "clean" : "corrupted");
+      const v1::Input& input = clean ? pair.clean() : pair.corrupted();
+      if (!IsSet(input)) return Invalid(field, "must not be empty (set text or token_ids)");
+      ASSIGN_OR_RETURN(ResolvedInput resolved, Resolve(input, field, model, !proto.no_special_tokens()));
+      (clean ? call.clean : call.corrupted).push_back(std::move(resolved));
+    }
+    request.pairs.push_back(
+        {.clean_ids = call.clean.back().encoding.ids, .corrupted_ids = call.corrupted.back().encoding.ids});
+  }
+  ASSIGN_OR_RETURN(request.metric, ToComponentMetric(proto.metric()));
+  ASSIGN_OR_RETURN(call.answer, ResolveAnswer(proto.answer(), "answer", model));
+  request.answer = call.answer.encoding.ids[0];
+  const bool compares = request.metric == ComponentMetric::kLogitDifference ||
+                        request.metric == ComponentMetric::kNormalizedLogitDifference ||
+                        request.metric == ComponentMetric::kProbDifference;
+  if (compares) {
+    ASSIGN_OR_RETURN(call.wrong_answer, ResolveAnswer(proto.wrong_answer(), "wrong_answer", model));
+    request.wrong_answer = call.wrong_answer.encoding.ids[0];
+  } else if (IsSet(proto.wrong_answer())) {
+    return Invalid("wrong_answer", absl::StrCat("is only read by the difference metrics, not ",
+                                                v1::ComponentMetric_Name(proto.metric())));
+  }
+  ASSIGN_OR_RETURN(request.method, ToComponentMethod(proto.method()));
+  ASSIGN_OR_RETURN(request.direction, ToDirection(proto.direction()));
+  if (proto.sites_size() > 0) request.sites.clear();
+  for (int i = 0; i < proto.sites_size(); ++i) {
+    ASSIGN_OR_RETURN(ComponentSite site, ToSite(proto.sites(i), absl::StrCat("sites[", i, "]")));
+    request.sites.push_back(site);
+  }
+  ASSIGN_OR_RETURN(request.granularity, ToGranularity(proto.granularity()));
+  if (proto.n_steps() < 0) return Invalid("n_steps", "must be >= 0 (0: 16)");
+  if (proto.n_steps() > 0) request.n_steps = proto.n_steps();
+  ASSIGN_OR_RETURN(request.rule, ToRule(proto.rule()));
+  ASSIGN_OR_RETURN(request.priority, ToPriority(proto.priority()));
+  request.deadline = deadline;
+  RETURN_IF_ERROR(engine::ValidateComponentRequest(request, model.model->config(), call.limits));
+  return call;
+}
+
+void ToComponentsResponse(const engine::ComponentResult& result, const ComponentsCall& call, const ServedModel& model,
+                          v1::AttributeComponentsResponse* out) {
+  const engine::ComponentRequest& request = call.request;
+  out->set_model(model.spec.name);
+  out->set_method(ToProtoMethod(request.method));
+  out->set_metric(ToProtoMetric(request.metric));
+  out->set_direction(request.direction == PatchDirection::kDenoising ? v1::DENOISING : v1::NOISING);
+  for (const engine::ComponentGrid& grid : result.grids) ToProtoGrid(grid, out->add_grids());
+  for (size_t k = 0; k < result.pairs.size(); ++k) {
+    v1::PairComponents* pair = out->add_pairs();
+    pair->set_clean_metric(result.pairs[k].clean_metric);
+    pair->set_corrupted_metric(result.pairs[k].corrupted_metric);
+    for (const engine::ComponentGrid& grid : result.pairs[k].grids) ToProtoGrid(grid, pair->add_grids());
+    FillTokens(call.clean[k], *model.tokenizer, pair->mutable_clean_tokens());
+    FillTokens(call.corrupted[k], *model.tokenizer, pair->mutable_corrupted_tokens());
+  }
+  SetTokenText(request.answer, *model.tokenizer, out->mutable_answer());
+  if (!call.wrong_answer.empty()) SetTokenText(request.wrong_answer, *model.tokenizer, out->mutable_wrong_answer());
+  v1::RunStats* stats = out->mutable_stats();
+  stats->set_rows(result.rows);
+  stats->set_forward_passes(result.forward_passes);
+  stats->set_backward_passes(result.backward_passes);
+}
+
+}  // namespace attribution::server

@@ -1,0 +1,26 @@
+// SPDX-License-Identifier: Apache-2.0
+// AttributeComponents at the edge: the request proto to the engine's ComponentRequest (prompts
+// tokenized, answers checked to be one token, enums mapped) and the engine's result back.
+#pragma once
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "attribution/v1/attribution.pb.h"
+#include "engine/attribution/component_attribution.h"
+#include "server/conversion.h"
+
+namespace attribution::server {
+
+struct ComponentsCall {
+  engine::ComponentRequest request;
+  engine::ComponentLimits limits;
+  std::vector<ResolvedInput> clean, corrupted;  // per pair
+  ResolvedInput answer, wrong_answer;           // wrong_answer empty unless the metric compares
+};
+absl::StatusOr<ComponentsCall> ToComponentsCall(const v1::AttributeComponentsRequest& proto, const ServedModel& model,
+                                                absl::Time deadline);
+void ToComponentsResponse(const engine::ComponentResult& result, const ComponentsCall& call, const ServedModel& model,
+                          v1::AttributeComponentsResponse* out);
+
+}  // namespace attribution::server

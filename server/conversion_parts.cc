@@ -1,0 +1,89 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "server/conversion_parts.h"
+
+#include <algorithm>
+
+#include "engine/common/status_macros.h"
+
+namespace attribution::server {
+namespace {
+
+int64_t CodePoints(absl::string_view text, size_t bytes) {
+  bytes = std::min(bytes, text.size());
+  return std::count_if(text.begin(), text.begin() + bytes,
+                       [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; });
+}
+
+}  // namespace
+
+absl::Status Invalid(absl::string_view field, absl::string_view problem) {
+  return absl::InvalidArgumentError(absl::StrCat(field, ": ", problem));
+}
+
+absl::Status InField(absl::string_view field, const absl::Status& status) {
+  if (status.ok()) return status;
+  return absl::Status(status.code(), absl::StrCat(field, ": ", status.message()));
+}
+
+absl::Status UnknownEnumValue(absl::string_view field, int value, const google::protobuf::EnumDescriptor* descriptor) {
+  std::string names;
+  for (int i = 0; i < descriptor->value_count(); ++i)
+    absl::StrAppend(&names, i ? ", " : "", descriptor->value(i)->name());
+  return Invalid(field, absl::StrCat("unknown value ", value, " (one of: ", names, ")"));
+}
+
+bool IsSet(const v1::Input& input) { return !input.text().empty() || input.token_ids_size() > 0; }
+
+absl::StatusOr<ResolvedInput> Resolve(const v1::Input& input, absl::string_view field, const ServedModel& model,
+                                      bool add_special_tokens) {
+  if (!input.text().empty() && input.token_ids_size() > 0) return Invalid(field, "set text or token_ids, not both");
+  ResolvedInput out;
+  if (input.token_ids_size() > 0) {
+    out.encoding.ids.assign(input.token_ids().begin(), input.token_ids().end());
+    RETURN_IF_ERROR(
+        InField(field, engine::CheckTokenIds(out.encoding.ids, "token_ids", model.model->config().vocab_size)));
+    return out;
+  }
+  out.text = input.text();
+  absl::StatusOr<engine::Encoding> encoding = model.tokenizer->Encode(out.text, add_special_tokens);
+  if (!encoding.ok()) return InField(absl::StrCat(field, ".text"), encoding.status());
+  out.encoding = std::move(*encoding);
+  return out;
+}
+
+absl::StatusOr<engine::Priority> ToPriority(v1::Priority priority) {
+  switch (priority) {
+    case v1::PRIORITY_UNSPECIFIED:
+    case v1::NORMAL:
+      return engine::Priority::kNormal;
+    case v1::LOW:
+      return engine::Priority::kLow;
+    case v1::HIGH:
+      return engine::Priority::kHigh;
+    default:
+      return UnknownEnumValue("priority", priority, v1::Priority_descriptor());
+  }
+}
+
+absl::StatusOr<engine::IntegrationRule> ToRule(v1::IntegrationRule rule) {
+  return FromProtoEnum("rule", rule, v1::GAUSS_LEGENDRE, v1::IntegrationRule_descriptor(),
+                       &engine::ParseIntegrationRule);
+}
+
+void FillTokens(const ResolvedInput& input, const engine::Tokenizer& tokenizer,
+                google::protobuf::RepeatedPtrField<v1::Token>* out) {
+  for (size_t i = 0; i < input.encoding.ids.size(); ++i) {
+    v1::Token* token = out->Add();
+    SetTokenText(input.encoding.ids[i], tokenizer, token);
+    token->set_special(tokenizer.IsSpecial(input.encoding.ids[i]));
+    if (i < input.encoding.spans.size()) {
+      const engine::TokenSpan& span = input.encoding.spans[i];
+      token->set_byte_begin(span.begin);
+      token->set_byte_end(span.end);
+      token->set_char_begin(CodePoints(input.text, span.begin));
+      token->set_char_end(CodePoints(input.text, span.end));
+    }
+  }
+}
+
+}  // namespace attribution::server

@@ -1,0 +1,63 @@
+// SPDX-License-Identifier: Apache-2.0
+// Pieces shared by the request converters (conversion.cc, component_conversion.cc): field-named
+// errors, inputs resolved to ids, proto enums mapped to the engine's, tokens described for responses.
+// Private to server/.
+#pragma once
+#include <google/protobuf/descriptor.h>
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "server/conversion.h"
+
+namespace attribution::server {
+
+// INVALID_ARGUMENT "field: problem".
+absl::Status Invalid(absl::string_view field, absl::string_view problem);
+// Prefixes an engine message with the proto field it concerns.
+absl::Status InField(absl::string_view field, const absl::Status& status);
+// INVALID_ARGUMENT for an enum value this server does not know, listing the ones it does.
+absl::Status UnknownEnumValue(absl::string_view field, int value, const google::protobuf::EnumDescriptor* descriptor);
+
+bool IsSet(const v1::Input& input);
+// Token ids as they are (checked against the vocabulary), or text tokenized.
+absl::StatusOr<ResolvedInput> Resolve(const v1::Input& input, absl::string_view field, const ServedModel& model,
+                                      bool add_special_tokens);
+
+absl::StatusOr<engine::Priority> ToPriority(v1::Priority priority);
+absl::StatusOr<engine::IntegrationRule> ToRule(v1::IntegrationRule rule);
+
+// The engine value of a proto enum value, matched by name so that the engine's parser stays the one
+// table: `value`'s name in lower case (METHOD_UNSPECIFIED, 0, stands for `unspecified`). The engine
+// keeps Captum's one-word spelling of some names ("gausslegendre" for GAUSS_LEGENDRE), so a name is
+// also tried without underscores. A value outside the proto's enum is INVALID_ARGUMENT naming
+// `field`; a proto value the engine cannot parse is a bug of ours (conversion_test maps each).
+template <typename EngineEnum>
+absl::StatusOr<EngineEnum> FromProtoEnum(absl::string_view field, int value, int unspecified,
+                                         const google::protobuf::EnumDescriptor* descriptor,
+                                         absl::StatusOr<EngineEnum> (*parse)(const std::string&)) {
+  const google::protobuf::EnumValueDescriptor* named = descriptor->FindValueByNumber(value == 0 ? unspecified : value);
+  if (named == nullptr) return UnknownEnumValue(field, value, descriptor);
+  const std::string name = absl::AsciiStrToLower(named->name());
+  absl::StatusOr<EngineEnum> parsed = parse(name);
+  if (!parsed.ok()) {
+    return absl::InternalError(absl::StrCat(field, ": ", named->name(), " has no engine counterpart"));
+  }
+  return parsed;
+}
+
+// Each token of `input` with its text and (for text inputs) its offsets.
+void FillTokens(const ResolvedInput& input, const engine::Tokenizer& tokenizer,
+                google::protobuf::RepeatedPtrField<v1::Token>* out);
+// A token's id, readable text (valid UTF-8) and exact bytes, for Token and TopToken.
+template <typename ProtoToken>
+void SetTokenText(int64_t id, const engine::Tokenizer& tokenizer, ProtoToken* out) {
+  std::string bytes = tokenizer.TokenText(id);
+  out->set_id(id);
+  out->set_text(engine::ToValidUtf8(bytes));
+  out->set_token_bytes(std::move(bytes));
+}
+
+}  // namespace attribution::server

@@ -1,0 +1,240 @@
+// SPDX-License-Identifier: Apache-2.0
+// AttributeComponents through the real server binary on GPT-2, Llama and Qwen2 directories written by
+// transformers (tools/make_architecture_models.py), against tools/component_reference.py on the same
+// weights: TransformerLens 4.3's transformer_lens.patching grids (activation patching), seed 003's
+// layer integrated gradients over transformers with PyTorch hooks, and attribution patching by
+// autograd over transformers. The reference metric is the raw logit difference of the patched run;
+// ours is the patching effect, so the unpatched run's metric is subtracted from the reference.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "client/attribution_client.h"
+#include "tests/testing/server_process.h"
+#include "tests/testing/status_matchers.h"
+
+namespace attribution {
+namespace {
+
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
+using test_support::ServerProcess;
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+
+const char* const kModels[] = {"gpt2", "llama", "qwen2"};
+
+const nlohmann::json& Reference() {
+  static const nlohmann::json* reference = [] {
+    std::ifstream in(absl::StrCat(ATTRIBUTION_ARCHITECTURE_MODELS_DIR, "/component_reference.json"));
+    return new nlohmann::json(nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false));
+  }();
+  return *reference;
+}
+
+// A nested JSON grid flattened row-major, minus `offset` in every entry.
+std::vector<double> Flatten(const nlohmann::json& grid, double offset = 0) {
+  std::vector<double> out;
+  if (!grid.is_array()) return {grid.get<double>() - offset};
+  for (const nlohmann::json& entry : grid) {
+    std::vector<double> inner = Flatten(entry, offset);
+    out.insert(out.end(), inner.begin(), inner.end());
+  }
+  return out;
+}
+
+// Max |ours - reference| over max |reference|.
+double RelativeError(const std::vector<double>& ours, const std::vector<double>& reference) {
+  EXPECT_EQ(ours.size(), reference.size());
+  double scale = 1e-12, error = 0;
+  for (size_t i = 0; i < reference.size() && i < ours.size(); ++i) {
+    scale = std::max(scale, std::abs(reference[i]));
+    error = std::max(error, std::abs(ours[i] - reference[i]));
+  }
+  return error / scale;
+}
+
+class ComponentsMatchReference : public ::testing::TestWithParam<std::string> {
+ protected:
+  static void SetUpTestSuite() {
+    std::vector<std::string> models;
+    for (const char* name : kModels)
+      models.push_back(absl::StrCat(name, "=", ATTRIBUTION_ARCHITECTURE_MODELS_DIR, "/", name));
+    auto started = ServerProcess::Start({"--model=" + absl::StrJoin(models, ","), "--dtype=float32"});
+    start_status_ = started.status();
+    if (!started.ok()) return;
+    server_ = started->release();
+    auto client = client::AttributionClient::Connect({.target = server_->address()});
+    start_status_ = client.status();
+    if (client.ok()) client_ = client->release();
+  }
+  static void TearDownTestSuite() {
+    delete client_;
+    delete server_;
+  }
+  void SetUp() override {
+    ASSERT_THAT(start_status_, IsOk());
+    ASSERT_FALSE(Reference().is_discarded()) << "no component_reference.json (ctest fixture make_component_reference)";
+    reference_ = &Reference()["models"][GetParam()];
+  }
+  client::ComponentOptions Options(const std::string& method, const std::string& direction) const {
+    return {.model = GetParam(),
+            .pairs = {{.clean_ids = (*reference_)["clean_ids"].get<std::vector<int64_t>>(),
+                       .corrupted_ids = (*reference_)["corrupted_ids"].get<std::vector<int64_t>>()}},
+            .answer_id = (*reference_)["answer"].get<int64_t>(),
+            .wrong_answer_id = (*reference_)["wrong_answer"].get<int64_t>(),
+            .method = method,
+            .direction = direction,
+            .sites = {"heads", "resid_pre", "attn_out", "mlp_out"}};
+  }
+  // The reference's unpatched metric of the run patched into.
+  double Base(const std::string& direction) const {
+    return (*reference_)[direction == "denoising" ? "corrupted_metric" : "clean_metric"].get<double>();
+  }
+
+  static absl::Status start_status_;
+  static ServerProcess* server_;
+  static client::AttributionClient* client_;
+  const nlohmann::json* reference_ = nullptr;
+};
+
+absl::Status ComponentsMatchReference::start_status_;
+ServerProcess* ComponentsMatchReference::server_ = nullptr;
+client::AttributionClient* ComponentsMatchReference::client_ = nullptr;
+
+// Every grid of transformer_lens.patching (and of the plain-hook reference) within 1e-4 relative.
+TEST_P(ComponentsMatchReference, ActivationPatchingEqualsTransformerLens) {
+  for (const std::string direction : {"denoising", "noising"}) {
+    SCOPED_TRACE(direction);
+    absl::StatusOr<client::ComponentAttribution> result =
+        client_->AttributeComponents(Options("activation_patching", direction));
+    ASSERT_THAT(result, IsOk());
+    EXPECT_NEAR(result->pairs[0].clean_metric, (*reference_)["clean_metric"].get<double>(), 1e-5);
+    EXPECT_NEAR(result->pairs[0].corrupted_metric, (*reference_)["corrupted_metric"].get<double>(), 1e-5);
+    const nlohmann::json& tl = (*reference_)["tl_" + direction];
+    const nlohmann::json& hf = (*reference_)["hf_" + direction];
+    ASSERT_EQ(result->grids.size(), 4u);
+    const char* names[] = {"heads", "resid_pre", "attn_out", "mlp_out"};
+    for (size_t g = 0; g < 4; ++g) {
+      SCOPED_TRACE(names[g]);
+      EXPECT_EQ(result->grids[g].site, names[g]);
+      EXPECT_LT(RelativeError(result->grids[g].values, Flatten(tl[names[g]], Base(direction))), 1e-4);
+      EXPECT_LT(RelativeError(result->grids[g].values, Flatten(hf[names[g]], Base(direction))), 1e-4);
+    }
+    client::ComponentOptions by_position = Options("activation_patching", direction);
+    by_position.sites = {"heads"};
+    by_position.granularity = "layer_position_head";
+    absl::StatusOr<client::ComponentAttribution> heads = client_->AttributeComponents(by_position);
+    ASSERT_THAT(heads, IsOk());
+    ASSERT_EQ(heads->grids[0].axes, (std::vector<std::string>{"layer", "position", "head"}));
+    EXPECT_LT(RelativeError(heads->grids[0].values, Flatten(tl["heads_by_pos"], Base(direction))), 1e-4);
+  }
+}
+
+// Seed 003's layer integrated gradients at each head (and at each residual position), 16
+// Gauss-Legendre points, and their convergence deltas against our own patching effects.
+TEST_P(ComponentsMatchReference, LayerIntegratedGradientsEqualSeed003sHooks) {
+  for (const std::string direction : {"denoising", "noising"}) {
+    SCOPED_TRACE(direction);
+    client::ComponentOptions options = Options("layer_integrated_gradients", direction);
+    options.sites = {"heads", "resid_pre"};
+    options.n_steps = Reference()["n_steps"].get<int>();
+    absl::StatusOr<client::ComponentAttribution> result = client_->AttributeComponents(options);
+    ASSERT_THAT(result, IsOk());
+    EXPECT_LT(RelativeError(result->grids[0].values, Flatten((*reference_)["lig_" + direction + "_heads"])), 1e-4);
+    EXPECT_LT(RelativeError(result->grids[1].values, Flatten((*reference_)["lig_" + direction + "_resid_pre"])), 1e-4);
+    const std::vector<double> effects = Flatten((*reference_)["hf_" + direction]["heads"], Base(direction));
+    ASSERT_EQ(result->grids[0].convergence_deltas.size(), effects.size());
+    for (size_t i = 0; i < effects.size(); ++i) {
+      EXPECT_NEAR(result->grids[0].convergence_deltas[i], result->grids[0].values[i] - effects[i], 1e-5);
+    }
+    EXPECT_EQ(result->stats.rows,
+              2 + (options.n_steps + 1) * static_cast<int64_t>(effects.size() + result->grids[1].values.size()));
+  }
+}
+
+// Attribution patching against autograd over transformers, every grid.
+TEST_P(ComponentsMatchReference, AttributionPatchingEqualsAutograd) {
+  for (const std::string direction : {"denoising", "noising"}) {
+    SCOPED_TRACE(direction);
+    absl::StatusOr<client::ComponentAttribution> result =
+        client_->AttributeComponents(Options("attribution_patching", direction));
+    ASSERT_THAT(result, IsOk());
+    EXPECT_EQ(result->stats.rows, 3);
+    EXPECT_EQ(result->stats.backward_passes, 1);
+    const nlohmann::json& atp = (*reference_)["atp_" + direction];
+    const char* names[] = {"heads", "resid_pre", "attn_out", "mlp_out"};
+    for (size_t g = 0; g < 4; ++g) {
+      SCOPED_TRACE(names[g]);
+      EXPECT_LT(RelativeError(result->grids[g].values, Flatten(atp[names[g]])), 1e-4);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Architectures, ComponentsMatchReference, ::testing::Values("gpt2", "llama", "qwen2"));
+
+// What users send wrong gets INVALID_ARGUMENT naming the field, and the server goes on.
+TEST(ComponentsOverGrpc, BadRequestsNameTheFieldAndTextPairsWork) {
+  auto server = ServerProcess::Start(
+      {absl::StrCat("--model=gpt2=", ATTRIBUTION_ARCHITECTURE_MODELS_DIR, "/gpt2"), "--dtype=float32"});
+  ASSERT_THAT(server.status(), IsOk());
+  auto client = client::AttributionClient::Connect({.target = (*server)->address()});
+  ASSERT_THAT(client.status(), IsOk());
+  client::ComponentOptions options{
+      .model = "gpt2",
+      .pairs = {{.clean = "the cat sat on the mat", .corrupted = "the dog sat on the mat"}},
+      .answer_id = 620,
+      .wrong_answer_id = 333};
+  absl::StatusOr<client::ComponentAttribution> ok = (*client)->AttributeComponents(options);
+  ASSERT_THAT(ok, IsOk());
+  ASSERT_FALSE(ok->pairs[0].clean_tokens.empty());
+  EXPECT_EQ(ok->pairs[0].clean_tokens.size(), ok->pairs[0].corrupted_tokens.size());
+  EXPECT_EQ(ok->grids[0].axes, (std::vector<std::string>{"layer", "head"}));
+  int64_t progress_calls = 0, last_total = 0;
+  absl::StatusOr<client::ComponentAttribution> streamed =
+      (*client)->AttributeComponents(options, [&](int64_t, int64_t total) {
+        ++progress_calls;
+        last_total = total;
+      });
+  ASSERT_THAT(streamed, IsOk());
+  EXPECT_GT(progress_calls, 0);
+  EXPECT_EQ(last_total, streamed->stats.rows);
+  EXPECT_EQ(streamed->grids[0].values, ok->grids[0].values);
+
+  client::ComponentOptions bad = options;
+  bad.pairs[0].corrupted = "the big dog sat on the mat";
+  EXPECT_THAT((*client)->AttributeComponents(bad).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, AllOf(HasSubstr("pairs[0]"), HasSubstr("clean has"))));
+  bad = options;
+  bad.answer_id.reset();
+  bad.answer = "the cat";
+  EXPECT_THAT((*client)->AttributeComponents(bad).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, AllOf(HasSubstr("answer"), HasSubstr("one token"))));
+  bad = options;
+  bad.wrong_answer_id.reset();
+  EXPECT_THAT((*client)->AttributeComponents(bad).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("wrong_answer")));
+  bad = options;
+  bad.sites = {"mlp_out"};
+  bad.granularity = "layer_head";
+  EXPECT_THAT((*client)->AttributeComponents(bad).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("granularity")));
+  bad = options;
+  bad.pairs.clear();
+  EXPECT_THAT((*client)->AttributeComponents(bad).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("pairs")));
+  bad = options;
+  bad.pairs[0] = {.clean_ids = {1, 2, 5000}, .corrupted_ids = {1, 2, 3}};
+  EXPECT_THAT((*client)->AttributeComponents(bad).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("pairs[0].clean")));
+  // The server still answers after all of these.
+  EXPECT_THAT((*client)->AttributeComponents(options), IsOk());
+}
+
+}  // namespace
+}  // namespace attribution
