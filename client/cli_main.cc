@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// attribution-cli: attribute | generate | logprobs | models | health against an attribution server.
+// attribution-cli: attribute | components | generate | logprobs | models | health against an attribution
+// server.
 // Exit status: 0 on success, 1 when the call failed (the status code and message go to stderr),
 // 2 on a usage error.
 #include <unistd.h>
@@ -19,6 +20,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "client/attribution_client.h"
+#include "client/component_render.h"
 #include "client/heatmap.h"
 
 ABSL_FLAG(std::string, server, "localhost:50051",
@@ -67,6 +69,22 @@ ABSL_FLAG(int32_t, top_k, 0, "logprobs: alternatives per position (at most 20)")
 ABSL_FLAG(bool, stream, false, "attribute: show progress; generate: print tokens as they come");
 ABSL_FLAG(bool, json, false, "print JSON instead of the heatmap");
 ABSL_FLAG(std::string, html, "", "attribute: also write a self-contained HTML report to this file");
+ABSL_FLAG(std::string, clean, "", "components: the clean prompt");
+ABSL_FLAG(std::string, corrupted, "", "components: the corrupted prompt (as many tokens as --clean)");
+ABSL_FLAG(std::string, pairs, "",
+          "components: a JSONL file of {\"clean\": ..., \"corrupted\": ...} prompt pairs (instead of --clean "
+          "/ --corrupted); the grids average them");
+ABSL_FLAG(std::string, answer, "", "components: the answer token (text, tokenized alone, or #ID)");
+ABSL_FLAG(std::string, wrong_answer, "", "components: the other token of the difference metrics (text or #ID)");
+ABSL_FLAG(std::string, component_method, "activation_patching",
+          "components: activation_patching | layer_integrated_gradients | attribution_patching");
+ABSL_FLAG(std::string, metric, "logit_difference",
+          "components: logit_difference | normalized_logit_difference | log_prob | prob | prob_difference");
+ABSL_FLAG(std::string, direction, "denoising",
+          "components: denoising (run corrupted, patch clean in) | noising (run clean, patch corrupted in)");
+ABSL_FLAG(std::vector<std::string>, sites, {"heads"}, "components: heads,attn_out,mlp_out,resid_pre");
+ABSL_FLAG(std::string, granularity, "default",
+          "components: layer_head | layer_position | layer_position_head (heads only but layer_position)");
 ABSL_FLAG(bool, color, true, "colour the terminal heatmap (off when stdout is not a terminal)");
 
 namespace attribution::client {
@@ -154,6 +172,69 @@ int Attribute(AttributionClient& client, const std::string& model) {
   return 0;
 }
 
+// "#12" is token id 12; anything else is text.
+void SetAnswer(const std::string& flag, std::string& text, std::optional<int64_t>& id) {
+  int64_t parsed = 0;
+  if (absl::StartsWith(flag, "#") && absl::SimpleAtoi(flag.substr(1), &parsed)) {
+    id = parsed;
+  } else {
+    text = flag;
+  }
+}
+
+absl::StatusOr<std::vector<PromptPair>> PairsFromFlags() {
+  if (absl::GetFlag(FLAGS_pairs).empty()) {
+    if (absl::GetFlag(FLAGS_clean).empty() || absl::GetFlag(FLAGS_corrupted).empty()) {
+      return absl::InvalidArgumentError("components: give --clean and --corrupted, or --pairs FILE");
+    }
+    return std::vector<PromptPair>{{.clean = absl::GetFlag(FLAGS_clean), .corrupted = absl::GetFlag(FLAGS_corrupted)}};
+  }
+  std::ifstream in(absl::GetFlag(FLAGS_pairs));
+  if (!in) return absl::NotFoundError(absl::StrCat("--pairs: cannot read ", absl::GetFlag(FLAGS_pairs)));
+  std::vector<PromptPair> pairs;
+  std::string line;
+  for (int number = 1; std::getline(in, line); ++number) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const nlohmann::json row = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (!row.is_object() || !row.contains("clean") || !row.contains("corrupted") || !row["clean"].is_string() ||
+        !row["corrupted"].is_string()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--pairs: line ", number, " is not {\"clean\": text, \"corrupted\": text}"));
+    }
+    pairs.push_back({.clean = row["clean"], .corrupted = row["corrupted"]});
+  }
+  return pairs;
+}
+
+int Components(AttributionClient& client, const std::string& model) {
+  absl::StatusOr<std::vector<PromptPair>> pairs = PairsFromFlags();
+  if (!pairs.ok()) return Failed(pairs.status());
+  ComponentOptions o{.model = model,
+                     .pairs = std::move(*pairs),
+                     .metric = absl::GetFlag(FLAGS_metric),
+                     .method = absl::GetFlag(FLAGS_component_method),
+                     .direction = absl::GetFlag(FLAGS_direction),
+                     .sites = absl::GetFlag(FLAGS_sites),
+                     .granularity = absl::GetFlag(FLAGS_granularity),
+                     .n_steps = absl::GetFlag(FLAGS_n_steps),
+                     .rule = absl::GetFlag(FLAGS_rule)};
+  SetAnswer(absl::GetFlag(FLAGS_answer), o.answer, o.answer_id);
+  SetAnswer(absl::GetFlag(FLAGS_wrong_answer), o.wrong_answer, o.wrong_answer_id);
+  std::function<void(int64_t, int64_t)> progress;
+  if (absl::GetFlag(FLAGS_stream)) {
+    progress = [](int64_t done, int64_t total) {
+      std::fprintf(stderr, "\rrows %lld / %lld", static_cast<long long>(done), static_cast<long long>(total));
+    };
+  }
+  absl::StatusOr<ComponentAttribution> result = client.AttributeComponents(o, progress);
+  if (progress) std::fprintf(stderr, "\n");
+  if (!result.ok()) return Failed(result.status());
+  if (!absl::GetFlag(FLAGS_html).empty()) std::ofstream(absl::GetFlag(FLAGS_html)) << ComponentHtmlReport(*result);
+  const bool color = absl::GetFlag(FLAGS_color) && isatty(STDOUT_FILENO);
+  std::cout << (absl::GetFlag(FLAGS_json) ? ComponentJson(*result) + "\n" : TerminalComponents(*result, color));
+  return 0;
+}
+
 int Generate(AttributionClient& client, const std::string& model) {
   GenerateOptions o{.model = model, .prompt = absl::GetFlag(FLAGS_prompt), .generation = GenerationFromFlags()};
   absl::StatusOr<Generation> result;
@@ -214,7 +295,8 @@ int Models(AttributionClient& client) {
 
 int Run(const std::vector<char*>& positional) {
   if (positional.size() != 2) {
-    std::fprintf(stderr, "usage: attribution-cli attribute|generate|logprobs|models|health [flags]; see --help\n");
+    std::fprintf(stderr,
+                 "usage: attribution-cli attribute|components|generate|logprobs|models|health [flags]; see --help\n");
     return 2;
   }
   const std::string command = positional[1];
@@ -227,13 +309,14 @@ int Run(const std::vector<char*>& positional) {
     std::cout << *health << "\n";
     return *health == "SERVING" ? 0 : 1;
   }
-  if (command != "attribute" && command != "generate" && command != "logprobs") {
+  if (command != "attribute" && command != "components" && command != "generate" && command != "logprobs") {
     std::fprintf(stderr, "attribution-cli: unknown command \"%s\"\n", command.c_str());
     return 2;
   }
   absl::StatusOr<std::string> model = ModelName(**client);
   if (!model.ok()) return Failed(model.status());
   if (command == "attribute") return Attribute(**client, *model);
+  if (command == "components") return Components(**client, *model);
   if (command == "generate") return Generate(**client, *model);
   return LogprobsCommand(**client, *model);
 }
@@ -252,6 +335,8 @@ int main(int argc, char** argv) {
       "Calls an attribution server. A text target is tokenized as the prompt's continuation (what the model\n"
       "reads when it follows the prompt); the scored target tokens are printed first.\n"
       "  attribution-cli attribute --prompt 'Is it true that vaccines cause autism?' --target ' No'\n"
+      "  attribution-cli components --clean 'When Mary and John went out, John gave a drink to' \\\n"
+      "      --corrupted 'When Mary and John went out, Mary gave a drink to' --answer ' Mary' --wrong_answer ' John'\n"
       "  attribution-cli generate --prompt 'Once upon a time' --stream\n"
       "  attribution-cli logprobs --prompt 'The capital of France is' --target ' Paris' --top_k 5\n"
       "  attribution-cli models | health");

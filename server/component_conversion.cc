@@ -143,10 +143,11 @@ v1::ComponentGranularity ToProtoGranularity(ComponentGranularity granularity) {
   return v1::COMPONENT_GRANULARITY_UNSPECIFIED;
 }
 
-// An answer: exactly one token (text tokenized on its own, without special tokens).
-absl::StatusOr<ResolvedInput> ResolveAnswer(const v1::Input& input, absl::string_view field, const ServedModel& model) {
+// An answer: exactly one token, text read as the continuation of the first clean prompt.
+absl::StatusOr<ResolvedInput> ResolveAnswer(const v1::Input& input, absl::string_view field, const ResolvedInput& clean,
+                                            const ServedModel& model) {
   if (!IsSet(input)) return Invalid(field, "must be one token (set text or token_ids)");
-  ASSIGN_OR_RETURN(ResolvedInput answer, Resolve(input, field, model, /*add_special_tokens=*/false));
+  ASSIGN_OR_RETURN(ResolvedInput answer, ResolveTarget(input, field, clean, v1::CONTINUATION, model));
   if (answer.encoding.ids.size() != 1) {
     std::string tokens;
     for (int64_t id : answer.encoding.ids) {
@@ -194,13 +195,13 @@ absl::StatusOr<ComponentsCall> ToComponentsCall(const v1::AttributeComponentsReq
         {.clean_ids = call.clean.back().encoding.ids, .corrupted_ids = call.corrupted.back().encoding.ids});
   }
   ASSIGN_OR_RETURN(request.metric, ToComponentMetric(proto.metric()));
-  ASSIGN_OR_RETURN(call.answer, ResolveAnswer(proto.answer(), "answer", model));
+  ASSIGN_OR_RETURN(call.answer, ResolveAnswer(proto.answer(), "answer", call.clean[0], model));
   request.answer = call.answer.encoding.ids[0];
   const bool compares = request.metric == ComponentMetric::kLogitDifference ||
                         request.metric == ComponentMetric::kNormalizedLogitDifference ||
                         request.metric == ComponentMetric::kProbDifference;
   if (compares) {
-    ASSIGN_OR_RETURN(call.wrong_answer, ResolveAnswer(proto.wrong_answer(), "wrong_answer", model));
+    ASSIGN_OR_RETURN(call.wrong_answer, ResolveAnswer(proto.wrong_answer(), "wrong_answer", call.clean[0], model));
     request.wrong_answer = call.wrong_answer.encoding.ids[0];
   } else if (IsSet(proto.wrong_answer())) {
     return Invalid("wrong_answer", absl::StrCat("is only read by the difference metrics, not ",

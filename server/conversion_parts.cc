@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "engine/common/status_macros.h"
+#include "engine/tokenizer/continuation.h"
 
 namespace attribution::server {
 namespace {
@@ -12,6 +13,23 @@ int64_t CodePoints(absl::string_view text, size_t bytes) {
   bytes = std::min(bytes, text.size());
   return std::count_if(text.begin(), text.begin() + bytes,
                        [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; });
+}
+
+// The text a prompt stands for: its own text, or its ids decoded (special tokens skipped).
+absl::StatusOr<std::string> PromptText(const ResolvedInput& prompt, const engine::Tokenizer& tokenizer) {
+  if (!prompt.encoding.spans.empty()) return prompt.text;
+  return tokenizer.Decode(prompt.encoding.ids, /*skip_special_tokens=*/true);
+}
+
+// A text target as the tokens that follow the prompt's own when both are tokenized together.
+absl::StatusOr<ResolvedInput> ResolveContinuation(const std::string& text, absl::string_view field,
+                                                  const ResolvedInput& prompt, const engine::Tokenizer& tokenizer) {
+  if (absl::Status utf8 = engine::CheckUtf8(text); !utf8.ok()) return InField(absl::StrCat(field, ".text"), utf8);
+  absl::StatusOr<std::string> prompt_text = PromptText(prompt, tokenizer);
+  if (!prompt_text.ok()) return InField("prompt", prompt_text.status());
+  absl::StatusOr<engine::Encoding> encoding = engine::EncodeContinuation(tokenizer, *prompt_text, text);
+  if (!encoding.ok()) return InField(field, encoding.status());
+  return ResolvedInput{.text = text, .encoding = std::move(*encoding)};
 }
 
 }  // namespace
@@ -83,6 +101,22 @@ void FillTokens(const ResolvedInput& input, const engine::Tokenizer& tokenizer,
       token->set_char_begin(CodePoints(input.text, span.begin));
       token->set_char_end(CodePoints(input.text, span.end));
     }
+  }
+}
+
+// A target or foil: token ids as they are; text as the prompt's continuation or on its own.
+absl::StatusOr<ResolvedInput> ResolveTarget(const v1::Input& input, absl::string_view field,
+                                            const ResolvedInput& prompt, v1::TargetTokenization tokenization,
+                                            const ServedModel& model) {
+  if (input.text().empty() || input.token_ids_size() > 0) return Resolve(input, field, model, false);
+  switch (tokenization) {
+    case v1::TARGET_TOKENIZATION_UNSPECIFIED:
+    case v1::CONTINUATION:
+      return ResolveContinuation(input.text(), field, prompt, *model.tokenizer);
+    case v1::SEPARATE:
+      return Resolve(input, field, model, false);
+    default:
+      return UnknownEnumValue("target_tokenization", tokenization, v1::TargetTokenization_descriptor());
   }
 }
 

@@ -26,6 +26,12 @@ bool IsSet(const v1::Input& input);
 absl::StatusOr<ResolvedInput> Resolve(const v1::Input& input, absl::string_view field, const ServedModel& model,
                                       bool add_special_tokens);
 
+// A target, foil or answer: token ids as they are; text as the prompt's continuation (the tokens that
+// follow the prompt's own when both are tokenized together) or on its own.
+absl::StatusOr<ResolvedInput> ResolveTarget(const v1::Input& input, absl::string_view field,
+                                            const ResolvedInput& prompt, v1::TargetTokenization tokenization,
+                                            const ServedModel& model);
+
 absl::StatusOr<engine::Priority> ToPriority(v1::Priority priority);
 absl::StatusOr<engine::IntegrationRule> ToRule(v1::IntegrationRule rule);
 

@@ -10,7 +10,9 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <iostream>
 #include <nlohmann/json.hpp>
+#include <numeric>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -234,6 +236,75 @@ TEST(ComponentsOverGrpc, BadRequestsNameTheFieldAndTextPairsWork) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("pairs[0].clean")));
   // The server still answers after all of these.
   EXPECT_THAT((*client)->AttributeComponents(options), IsOk());
+}
+
+// Spearman's rank correlation (ties broken by position: the values here are continuous).
+double Spearman(const std::vector<double>& x, const std::vector<double>& y) {
+  auto ranks = [](const std::vector<double>& v) {
+    std::vector<size_t> order(v.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return v[a] < v[b]; });
+    std::vector<double> rank(v.size());
+    for (size_t r = 0; r < order.size(); ++r) rank[order[r]] = static_cast<double>(r);
+    return rank;
+  };
+  const std::vector<double> rx = ranks(x), ry = ranks(y);
+  const double mean = (static_cast<double>(x.size()) - 1) / 2;
+  double xy = 0, xx = 0, yy = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    xy += (rx[i] - mean) * (ry[i] - mean);
+    xx += (rx[i] - mean) * (rx[i] - mean);
+    yy += (ry[i] - mean) * (ry[i] - mean);
+  }
+  return xy / std::sqrt(xx * yy);
+}
+
+// The README's demo on the default model: which heads carry the colour that decides "Yes" to the
+// answer. Patching the colour's position at layer 0 restores the clean answer exactly and nothing
+// before it matters; attribution patching (one backward) ranks the heads as patching does.
+TEST(ComponentsOnTheDefaultModel, TheColourHeadLeadsAndAttributionPatchingRanksHeadsAlike) {
+  auto server = ServerProcess::Start({});
+  ASSERT_THAT(server.status(), IsOk());
+  auto client = client::AttributionClient::Connect({.target = (*server)->address()});
+  ASSERT_THAT(client.status(), IsOk());
+  client::ComponentOptions options{
+      .model = "tiny-qa-llama",
+      .pairs = {{.clean = "Tom lives in Dover. The cup is red. Q: Is the cup warm? A:",
+                 .corrupted = "Tom lives in Dover. The cup is blue. Q: Is the cup warm? A:"}},
+      .answer = " Yes",
+      .wrong_answer = " No",
+      .metric = "normalized_logit_difference",
+      .sites = {"resid_pre"}};
+  absl::StatusOr<client::ComponentAttribution> resid = (*client)->AttributeComponents(options);
+  ASSERT_THAT(resid, IsOk());
+  EXPECT_GT(resid->pairs[0].clean_metric, 0);  // the model answers Yes for red, No for blue
+  EXPECT_LT(resid->pairs[0].corrupted_metric, 0);
+  const std::vector<client::Token>& tokens = resid->pairs[0].clean_tokens;
+  const int64_t colour = std::find_if(tokens.begin(), tokens.end(),
+                                      [](const client::Token& t) { return t.text.find("red") != std::string::npos; }) -
+                         tokens.begin();
+  ASSERT_LT(colour, static_cast<int64_t>(tokens.size()));
+  const std::vector<double>& layer0 = resid->grids[0].values;  // layer 0 is the first row
+  EXPECT_NEAR(layer0[colour], 1.0, 1e-4);
+  for (int64_t p = 0; p < colour; ++p) EXPECT_EQ(layer0[p], 0.0) << p;
+
+  options.sites = {"heads"};
+  absl::StatusOr<client::ComponentAttribution> patched = (*client)->AttributeComponents(options);
+  options.method = "attribution_patching";
+  absl::StatusOr<client::ComponentAttribution> estimated = (*client)->AttributeComponents(options);
+  ASSERT_THAT(patched, IsOk());
+  ASSERT_THAT(estimated, IsOk());
+  const std::vector<double>& p = patched->grids[0].values;
+  const std::vector<double>& a = estimated->grids[0].values;
+  auto strongest = [](const std::vector<double>& v) {
+    return std::max_element(v.begin(), v.end(), [](double x, double y) { return std::abs(x) < std::abs(y); }) -
+           v.begin();
+  };
+  EXPECT_EQ(strongest(a), strongest(p));
+  const double rho = Spearman(p, a);
+  std::cout << "default model heads: strongest " << strongest(p) << ", patching " << p[strongest(p)] << ", AtP "
+            << a[strongest(p)] << ", Spearman " << rho << "\n";
+  EXPECT_GT(rho, 0.8);
 }
 
 }  // namespace
