@@ -72,8 +72,8 @@ ABSL_FLAG(std::string, html, "", "attribute: also write a self-contained HTML re
 ABSL_FLAG(std::string, clean, "", "components: the clean prompt");
 ABSL_FLAG(std::string, corrupted, "", "components: the corrupted prompt (as many tokens as --clean)");
 ABSL_FLAG(std::string, pairs, "",
-          "components: a JSONL file of {\"clean\": ..., \"corrupted\": ...} prompt pairs (instead of --clean "
-          "/ --corrupted); the grids average them");
+          "components: a JSONL file of prompt pairs, {\"clean\": text, \"corrupted\": text} or \"clean_ids\" / "
+          "\"corrupted_ids\": [token ids] (instead of --clean / --corrupted); the grids average them");
 ABSL_FLAG(std::string, answer, "", "components: the answer token (text, tokenized alone, or #ID)");
 ABSL_FLAG(std::string, wrong_answer, "", "components: the other token of the difference metrics (text or #ID)");
 ABSL_FLAG(std::string, component_method, "activation_patching",
@@ -196,12 +196,28 @@ absl::StatusOr<std::vector<PromptPair>> PairsFromFlags() {
   for (int number = 1; std::getline(in, line); ++number) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     const nlohmann::json row = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (!row.is_object() || !row.contains("clean") || !row.contains("corrupted") || !row["clean"].is_string() ||
-        !row["corrupted"].is_string()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--pairs: line ", number, " is not {\"clean\": text, \"corrupted\": text}"));
+    PromptPair pair;
+    bool ok = row.is_object();
+    for (const auto& [name, text, ids] : {std::tuple("clean", &pair.clean, &pair.clean_ids),
+                                          std::tuple("corrupted", &pair.corrupted, &pair.corrupted_ids)}) {
+      if (!ok) break;
+      const std::string ids_name = absl::StrCat(name, "_ids");
+      if (row.contains(name) && row[name].is_string()) {
+        *text = row[name].get<std::string>();
+      } else if (row.contains(ids_name) && row[ids_name].is_array() &&
+                 std::all_of(row[ids_name].begin(), row[ids_name].end(),
+                             [](const auto& v) { return v.is_number_integer(); })) {
+        *ids = row[ids_name].get<std::vector<int64_t>>();
+      } else {
+        ok = false;
+      }
     }
-    pairs.push_back({.clean = row["clean"], .corrupted = row["corrupted"]});
+    if (!ok) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--pairs: line ", number,
+                       " is not {\"clean\": text or \"clean_ids\": [ids], \"corrupted\" or \"corrupted_ids\"}"));
+    }
+    pairs.push_back(std::move(pair));
   }
   return pairs;
 }

@@ -116,7 +116,7 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
   at::Tensor past_t = at::tensor(past, at::kLong).to(device);
   at::Tensor lengths_t = at::tensor(lengths, at::kLong).to(device);
   at::Tensor positions = past_t.unsqueeze(1) + at::arange(s, long_options).unsqueeze(0);  // [B, S]
-  if (is_gpt2()) {
+  if (is_gpt2() && batch.first_layer == 0) {
     // Padded slots may run past the table; they are masked, so clamping them is harmless.
     at::Tensor clamped = positions.clamp_max(config.max_position_embeddings - 1);
     x = x + at::embedding(position_embedding, clamped);
@@ -133,7 +133,7 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
       activation = std::move(replaced);
     }
   };
-  for (size_t i = 0; i < layers.size(); ++i) {
+  for (size_t i = static_cast<size_t>(batch.first_layer); i < layers.size(); ++i) {
     const DecoderLayer& layer = layers[i];
     at_site(ComponentSite::kResidPre, i, x);
     at::Tensor h = Norm(x, layer.attention_norm_weight, layer.attention_norm_bias, batch.rules);
@@ -289,6 +289,11 @@ absl::Status CausalLM::Validate(const ForwardBatch& batch) const {
     b = e.size(0), s = e.size(1);
   }
   if (b == 0 || s == 0) return absl::InvalidArgumentError("batch and sequence must not be empty");
+  if (batch.first_layer < 0 || batch.first_layer > c.num_layers || (batch.first_layer > 0 && !has_embeds) ||
+      (batch.first_layer > 0 && batch.cache != nullptr)) {
+    return absl::InvalidArgumentError(absl::StrCat("first_layer ", batch.first_layer, " outside [0, ", c.num_layers,
+                                                   "], or given without a residual stream as inputs_embeds"));
+  }
   if (!batch.lengths.empty()) {
     if (static_cast<int64_t>(batch.lengths.size()) != b) {
       return absl::InvalidArgumentError(

@@ -64,6 +64,9 @@ struct ForwardBatch {
   std::vector<int64_t> lengths;  // empty: every row has S real tokens
   KvCache* cache = nullptr;      // when set, row r continues the sequence held in the cache
   const ActivationHooks* hooks = nullptr;
+  // > 0: inputs_embeds is the residual stream entering this decoder layer (a cached activation), and
+  // the forward starts there: earlier layers, and GPT-2's position embeddings, are skipped.
+  int64_t first_layer = 0;
   // What the backward propagates (forward values are the same under every rule).
   PropagationRules rules = PropagationRules::kGradient;
 };

@@ -103,6 +103,25 @@ absl::Status ComponentRuns::RunGrad(const std::vector<const Row*>& rows, std::ve
 
 absl::Status ComponentRuns::RunPatched(const std::vector<const Row*>& rows, std::vector<RowResult>& results,
                                        bool gradients) {
+  // A row patched at layer l reads the run's own activations up to there: its forward starts at
+  // layer l from the cached residual stream, so rows are batched by that layer.
+  std::map<int64_t, std::vector<size_t>> by_layer;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const std::optional<ComponentSelection>& patch = rows[r]->component.patch;
+    by_layer[patch ? patch->layer : 0].push_back(r);
+  }
+  for (const auto& [layer, indices] : by_layer) {
+    std::vector<const Row*> some;
+    for (size_t r : indices) some.push_back(rows[r]);
+    std::vector<RowResult> some_results(indices.size());
+    RETURN_IF_ERROR(RunPatchedFrom(layer, some, some_results, gradients));
+    for (size_t i = 0; i < indices.size(); ++i) results[indices[i]] = std::move(some_results[i]);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ComponentRuns::RunPatchedFrom(int64_t first_layer, const std::vector<const Row*>& rows,
+                                           std::vector<RowResult>& results, bool gradients) {
   const ModelConfig& config = model_->config();
   std::vector<const Captured*> captured;
   // The rows patched at each (site, layer).
@@ -120,6 +139,11 @@ absl::Status ComponentRuns::RunPatched(const std::vector<const Row*>& rows, std:
   ForwardBatch batch = PadIds(rows);
   const int64_t longest = batch.input_ids.size(1);
   const auto options = at::TensorOptions().dtype(model_->dtype()).device(model_->device());
+  if (first_layer > 0) {
+    batch.inputs_embeds = Gather(captured, rows, ComponentSite::kResidPre, first_layer, /*own=*/true, longest);
+    batch.input_ids = at::Tensor();
+    batch.first_layer = first_layer;
+  }
   struct SitePatch {
     at::Tensor other;  // [B, S_max, ...] the other run's activation
     at::Tensor mask;   // broadcastable to it: 1 where a row's patch applies

@@ -44,6 +44,9 @@ class ComponentRuns {
                     ComponentSite site, int64_t layer, bool own, int64_t longest) const;
   // Patched rows, with gradients d value / d alpha when `gradients` is set.
   absl::Status RunPatched(const std::vector<const Row*>& rows, std::vector<RowResult>& results, bool gradients);
+  // Rows whose patches are all at `first_layer` or later, their forward started there.
+  absl::Status RunPatchedFrom(int64_t first_layer, const std::vector<const Row*>& rows, std::vector<RowResult>& results,
+                              bool gradients);
   absl::Status RunSiteEstimates(const std::vector<const Row*>& rows, std::vector<RowResult>& results);
 
   std::shared_ptr<const CausalLM> model_;

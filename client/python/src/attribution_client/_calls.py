@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional, Type, TypeVar, Union
 from . import _convert
 from ._generated.attribution.v1 import attribution_pb2 as pb
 from .options import ClientOptions, GenerationSettings
-from .results import Attribution, Generation, Progress, Token
+from .results import Attribution, ComponentAttribution, Generation, Progress, Token
 
 O = TypeVar("O")
 _GENERATION_FIELDS = {f.name for f in dataclasses.fields(GenerationSettings)}
@@ -44,6 +44,15 @@ def attribute_event(event: pb.AttributeEvent) -> Union[Progress, Attribution]:
     kind = event.WhichOneof("event")
     if kind == "result":
         return _convert.attribution(event.result)
+    if kind == "queued":
+        return Progress(rows_done=0, rows_total=0, queued=True)
+    return Progress(rows_done=event.progress.rows_done, rows_total=event.progress.rows_total)
+
+
+def component_event(event: pb.AttributeComponentsEvent) -> Union[Progress, ComponentAttribution]:
+    kind = event.WhichOneof("event")
+    if kind == "result":
+        return _convert.component_attribution(event.result)
     if kind == "queued":
         return Progress(rows_done=0, rows_total=0, queued=True)
     return Progress(rows_done=event.progress.rows_done, rows_total=event.progress.rows_total)

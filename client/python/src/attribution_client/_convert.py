@@ -2,14 +2,16 @@
 """Options to request protos and response protos to results: the one place that knows both."""
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Sequence, TypeVar, Union
+import numbers
+from typing import Any, Dict, List, Mapping, Sequence, TypeVar, Union
 
 import numpy as np
 
 from ._generated.attribution.v1 import attribution_pb2 as pb
-from .options import AttributeOptions, GenerateOptions, GenerationSettings, LogprobsOptions, TextOrIds
-from .results import (Attribution, Faithfulness, Feature, Generation, Logprobs, ModelInfo, RunStats, Token,
-                      TokenLogprob, TopToken)
+from .options import (AnswerToken, AttributeOptions, ComponentOptions, GenerateOptions, GenerationSettings,
+                      LogprobsOptions, PromptPair, TextOrIds)
+from .results import (Attribution, ComponentAttribution, ComponentGrid, Faithfulness, Feature, Generation, Logprobs,
+                      ModelInfo, PairComponents, RunStats, Token, TokenLogprob, TopToken)
 
 E = TypeVar("E")
 
@@ -32,6 +34,23 @@ BASELINES: Dict[str, int] = {
 }
 TOKENIZATIONS: Dict[str, int] = {"continuation": pb.CONTINUATION, "separate": pb.SEPARATE}
 PRIORITIES: Dict[str, int] = {"low": pb.LOW, "normal": pb.NORMAL, "high": pb.HIGH}
+COMPONENT_METHODS: Dict[str, int] = {
+    "activation_patching": pb.ACTIVATION_PATCHING, "layer_integrated_gradients": pb.LAYER_INTEGRATED_GRADIENTS,
+    "attribution_patching": pb.ATTRIBUTION_PATCHING,
+}
+COMPONENT_METRICS: Dict[str, int] = {
+    "logit_difference": pb.LOGIT_DIFFERENCE, "normalized_logit_difference": pb.NORMALIZED_LOGIT_DIFFERENCE,
+    "log_prob": pb.ANSWER_LOG_PROB, "prob": pb.ANSWER_PROB, "prob_difference": pb.PROB_DIFFERENCE,
+}
+DIRECTIONS: Dict[str, int] = {"denoising": pb.DENOISING, "noising": pb.NOISING}
+SITES: Dict[str, int] = {
+    "heads": pb.ATTENTION_HEADS, "attn_out": pb.ATTENTION_OUTPUT, "mlp_out": pb.MLP_OUTPUT,
+    "resid_pre": pb.RESIDUAL_PRE,
+}
+GRANULARITIES: Dict[str, int] = {
+    "default": pb.COMPONENT_GRANULARITY_UNSPECIFIED, "layer_head": pb.LAYER_HEAD,
+    "layer_position": pb.LAYER_POSITION, "layer_position_head": pb.LAYER_POSITION_HEAD,
+}
 
 
 def _lookup(option: str, name: str, table: Mapping[str, int]) -> int:
@@ -39,6 +58,14 @@ def _lookup(option: str, name: str, table: Mapping[str, int]) -> int:
     if value is None:
         raise ValueError(f'{option}: unknown value "{name}" (one of: {", ".join(sorted(table))})')
     return value
+
+
+def _name_of(value: int, table: Mapping[str, int]) -> str:
+    """The client's spelling of a proto enum value (as the C++ client's NameOf: the number if unknown)."""
+    for name, v in table.items():
+        if v == value:
+            return name
+    return str(value)
 
 
 def _set_input(value: TextOrIds, out: pb.Input) -> None:
@@ -106,6 +133,51 @@ def attribute_request(o: AttributeOptions) -> pb.AttributeRequest:
     return out
 
 
+def _set_answer(value: AnswerToken, out: pb.Input) -> None:
+    """An int (or a one-element id sequence) is a token id; text is tokenized by the server."""
+    out.SetInParent()  # always present, as the C++ client sends it
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        out.token_ids.append(int(value))
+    else:
+        _set_input(value, out)
+
+
+def _prompt_pair(pair: Any, index: int) -> PromptPair:
+    if isinstance(pair, PromptPair):
+        return pair
+    if isinstance(pair, Mapping):
+        return PromptPair(clean=pair.get("clean", pair.get("clean_ids")),
+                          corrupted=pair.get("corrupted", pair.get("corrupted_ids")))
+    if isinstance(pair, (tuple, list)) and len(pair) == 2:
+        return PromptPair(clean=pair[0], corrupted=pair[1])
+    raise TypeError(f"pairs[{index}]: a PromptPair or a (clean, corrupted) tuple, not {pair!r}")
+
+
+def component_request(o: ComponentOptions) -> pb.AttributeComponentsRequest:
+    out = pb.AttributeComponentsRequest()
+    out.model = o.model
+    for i, pair in enumerate(o.pairs):
+        p = _prompt_pair(pair, i)
+        added = out.pairs.add()
+        added.clean.SetInParent()
+        added.corrupted.SetInParent()
+        _set_input(p.clean, added.clean)
+        _set_input(p.corrupted, added.corrupted)
+    out.no_special_tokens = o.no_special_tokens
+    _set_answer(o.answer, out.answer)
+    _set_answer(o.wrong_answer, out.wrong_answer)
+    out.metric = _lookup("metric", o.metric, COMPONENT_METRICS)
+    out.method = _lookup("method", o.method, COMPONENT_METHODS)
+    out.direction = _lookup("direction", o.direction, DIRECTIONS)
+    sites = o.sites.split(",") if isinstance(o.sites, str) else o.sites
+    out.sites.extend(_lookup("sites", site.strip(), SITES) for site in sites)
+    out.granularity = _lookup("granularity", o.granularity, GRANULARITIES)
+    out.n_steps = o.n_steps
+    out.rule = _lookup("rule", o.rule, RULES)
+    out.priority = _lookup("priority", o.priority, PRIORITIES)
+    return out
+
+
 def generate_request(o: GenerateOptions) -> pb.GenerateRequest:
     out = pb.GenerateRequest()
     _set_prompt_fields(o, out)
@@ -157,6 +229,23 @@ def attribution(r: pb.AttributeResponse) -> Attribution:
         integration_steps=r.integration_steps,
         tolerance_met=r.tolerance_met if r.HasField("tolerance_met") else None,
         faithfulness=faithfulness, stats=_stats(r.stats))
+
+
+def _grid(g: pb.ComponentGrid) -> ComponentGrid:
+    return ComponentGrid(site=_name_of(g.site, SITES), granularity=_name_of(g.granularity, GRANULARITIES),
+                         shape=tuple(g.shape), axes=list(g.axes), values=np.array(g.values, dtype=np.float64),
+                         convergence_deltas=np.array(g.convergence_deltas, dtype=np.float64))
+
+
+def component_attribution(r: pb.AttributeComponentsResponse) -> ComponentAttribution:
+    pairs = [PairComponents(clean_metric=p.clean_metric, corrupted_metric=p.corrupted_metric,
+                            grids=[_grid(g) for g in p.grids], clean_tokens=_tokens(p.clean_tokens),
+                            corrupted_tokens=_tokens(p.corrupted_tokens))
+             for p in r.pairs]
+    return ComponentAttribution(
+        model=r.model, method=_name_of(r.method, COMPONENT_METHODS), metric=_name_of(r.metric, COMPONENT_METRICS),
+        direction=_name_of(r.direction, DIRECTIONS), grids=[_grid(g) for g in r.grids], pairs=pairs,
+        answer=token(r.answer), wrong_answer=token(r.wrong_answer), stats=_stats(r.stats))
 
 
 def generation(r: pb.GenerateResponse) -> Generation:

@@ -20,8 +20,8 @@ from . import _calls, _channel, _convert
 from ._generated.attribution.v1 import attribution_pb2 as pb
 from ._generated.attribution.v1 import attribution_pb2_grpc as pb_grpc
 from .errors import error_for, from_grpc
-from .options import AttributeOptions, ClientOptions, GenerateOptions, LogprobsOptions
-from .results import Attribution, Generation, Logprobs, ModelInfo, Progress, Token
+from .options import AttributeOptions, ClientOptions, ComponentOptions, GenerateOptions, LogprobsOptions
+from .results import Attribution, ComponentAttribution, Generation, Logprobs, ModelInfo, Progress, Token
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -130,6 +130,28 @@ class AsyncAttributionClient:
                                           timeout=_calls.timeout(timeout, self.options.timeout),
                                           metadata=self._metadata)
         return AsyncStream(call, _calls.attribute_event, Attribution)
+
+    async def attribute_components(self, options: Optional[ComponentOptions] = None, *,
+                                   timeout: Any = _calls.DEFAULT, progress: Optional[Callable[[Progress], None]] = None,
+                                   **fields: Any) -> ComponentAttribution:
+        """As AttributionClient.attribute_components; `progress`, when given, is called with each Progress."""
+        o = await self._model(_calls.build(ComponentOptions, options, fields))
+        if progress is not None:
+            stream = await self.attribute_components_stream(o, timeout=timeout)
+            async for p in stream:
+                progress(p)
+            return await stream.result()
+        return _convert.component_attribution(
+            await self._unary(self._stub.AttributeComponents, _convert.component_request(o), timeout))
+
+    async def attribute_components_stream(self, options: Optional[ComponentOptions] = None, *,
+                                          timeout: Any = _calls.DEFAULT,
+                                          **fields: Any) -> AsyncStream[Progress, ComponentAttribution]:
+        o = await self._model(_calls.build(ComponentOptions, options, fields))
+        call = self._stub.AttributeComponentsStream(_convert.component_request(o),
+                                                    timeout=_calls.timeout(timeout, self.options.timeout),
+                                                    metadata=self._metadata)
+        return AsyncStream(call, _calls.component_event, ComponentAttribution)
 
     async def generate(self, options: Optional[GenerateOptions] = None, *, timeout: Any = _calls.DEFAULT,
                        **fields: Any) -> Generation:

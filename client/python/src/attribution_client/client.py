@@ -19,8 +19,8 @@ from . import _calls, _channel, _convert
 from ._generated.attribution.v1 import attribution_pb2 as pb
 from ._generated.attribution.v1 import attribution_pb2_grpc as pb_grpc
 from .errors import AttributionError, error_for, from_grpc
-from .options import AttributeOptions, ClientOptions, GenerateOptions, LogprobsOptions
-from .results import Attribution, Generation, Logprobs, ModelInfo, Progress, Token
+from .options import AttributeOptions, ClientOptions, ComponentOptions, GenerateOptions, LogprobsOptions
+from .results import Attribution, ComponentAttribution, Generation, Logprobs, ModelInfo, Progress, Token
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -74,10 +74,11 @@ class Stream(Generic[Item, Result]):
 
 
 AttributeStream = Stream[Progress, Attribution]
+ComponentStream = Stream[Progress, ComponentAttribution]
 GenerateStream = Stream[Token, Generation]
 
 
-def _progress_bar(stream: AttributeStream, description: str) -> Attribution:
+def _progress_bar(stream: "Stream[Progress, Result]", description: str) -> Result:
     try:
         from tqdm.auto import tqdm
     except ImportError as e:  # an optional dependency: pip install attribution-client[progress]
@@ -154,6 +155,31 @@ class AttributionClient:
                                           metadata=self._metadata)
         return Stream(call, _calls.attribute_event, Attribution)
 
+    def attribute_components(self, options: Optional[ComponentOptions] = None, *, timeout: Any = _calls.DEFAULT,
+                             progress: ProgressArg = False, **fields: Any) -> ComponentAttribution:
+        """Attributes the metric's change between clean and corrupted prompts to model components
+        (attention heads, attention / MLP outputs, the residual stream) per layer. progress=True shows a
+        tqdm bar (through ComponentStream); a callable gets each Progress."""
+        o = self._model(_calls.build(ComponentOptions, options, fields))
+        if progress:
+            stream = self.attribute_components_stream(o, timeout=timeout)
+            if callable(progress):
+                for p in stream:
+                    progress(p)
+                return stream.result()
+            return _progress_bar(stream, o.method)
+        return _convert.component_attribution(
+            self._unary(self._stub.AttributeComponents, _convert.component_request(o), timeout))
+
+    def attribute_components_stream(self, options: Optional[ComponentOptions] = None, *,
+                                    timeout: Any = _calls.DEFAULT, **fields: Any) -> ComponentStream:
+        """Iterate for Progress events (queued, then rows done / total), then call result()."""
+        o = self._model(_calls.build(ComponentOptions, options, fields))
+        call = self._stub.AttributeComponentsStream(_convert.component_request(o),
+                                                    timeout=_calls.timeout(timeout, self.options.timeout),
+                                                    metadata=self._metadata)
+        return Stream(call, _calls.component_event, ComponentAttribution)
+
     def generate(self, options: Optional[GenerateOptions] = None, *, timeout: Any = _calls.DEFAULT,
                  **fields: Any) -> Generation:
         o = self._model(_calls.build(GenerateOptions, options, fields))
@@ -183,4 +209,4 @@ class AttributionClient:
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
 
-__all__ = ["AttributionClient", "AttributeStream", "GenerateStream", "Stream", "AttributionError"]
+__all__ = ["AttributionClient", "AttributeStream", "ComponentStream", "GenerateStream", "Stream", "AttributionError"]

@@ -2,8 +2,9 @@
 """Typed options of the client and its calls, mirroring the C++ client (client/attribution_client.h).
 
 Enumerations are the same lower-case names the C++ client and the CLI take (method="feature_ablation",
-quantity="prob", baseline="pad" or a token id, rule="riemann_trapezoid", priority="high"); an unknown
-name raises ValueError listing the accepted ones. Durations are seconds (floats).
+quantity="prob", baseline="pad" or a token id, rule="riemann_trapezoid", priority="high",
+metric="prob_difference", sites=["heads", "mlp_out"]); an unknown name raises ValueError listing the
+accepted ones. Durations are seconds (floats).
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 # A prompt, target or foil: text, or token ids used as they are.
 TextOrIds = Union[str, Sequence[int], None]
+# An answer token of AttributeComponents: text, or a token id (an int or a one-element sequence).
+AnswerToken = Union[str, int, Sequence[int], None]
 
 
 @dataclass
@@ -105,6 +108,37 @@ class LogprobsOptions:
     no_special_tokens: bool = False
     target_tokenization: str = "continuation"  # or "separate"
     top_k: int = 0
+    priority: str = "normal"
+
+
+@dataclass
+class PromptPair:
+    """A clean and a corrupted prompt (text or token ids) of as many tokens (C++: PromptPair)."""
+
+    clean: TextOrIds = ""
+    corrupted: TextOrIds = ""
+
+
+@dataclass
+class ComponentOptions:
+    """One AttributeComponents request (C++: ComponentOptions). model "" means the server's first model.
+
+    `pairs` holds PromptPair or (clean, corrupted) tuples; the grids average them. `answer` and
+    `wrong_answer` are one token each: text (read as the continuation of the first clean prompt) or a
+    token id."""
+
+    pairs: List[Union[PromptPair, Tuple[TextOrIds, TextOrIds]]] = field(default_factory=list)
+    answer: AnswerToken = ""
+    wrong_answer: AnswerToken = ""  # the difference metrics
+    model: str = ""
+    no_special_tokens: bool = False
+    metric: str = "logit_difference"     # normalized_logit_difference log_prob prob prob_difference
+    method: str = "activation_patching"  # layer_integrated_gradients attribution_patching
+    direction: str = "denoising"         # noising
+    sites: Union[Sequence[str], str] = field(default_factory=lambda: ["heads"])  # attn_out mlp_out resid_pre
+    granularity: str = "default"         # layer_head layer_position layer_position_head
+    n_steps: int = 0                     # layer integrated gradients; 0: server default (16)
+    rule: str = "gausslegendre"
     priority: str = "normal"
 
 

@@ -1,12 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Typed results of the client (C++: Attribution, Generation, Logprobs, ModelInfo), with conversions
+"""Typed results of the client (C++: Attribution, ComponentAttribution, Generation, Logprobs, ModelInfo), with conversions
 for notebooks: numpy arrays, pandas DataFrames, Captum's LLMAttributionResult and an HTML heatmap.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, List, Optional
+from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
 import numpy as np
 
@@ -58,7 +58,7 @@ class Faithfulness:
 
 @dataclass(frozen=True)
 class Progress:
-    """An AttributeStream event: queued (rows_total 0 until the plan is known) or rows done / total."""
+    """An AttributeStream / AttributeComponentsStream event: queued (rows_total 0 until the plan is known) or rows done / total."""
 
     rows_done: int
     rows_total: int
@@ -133,6 +133,85 @@ class Attribution:
         from ._html import attribution_html
 
         return attribution_html(self)
+
+
+# Row / column labels of component grids, per axis: "L0" (layer), "H3" (head), "P5" (position).
+_AXIS_LABELS = {"layer": "L", "head": "H", "position": "P"}
+
+
+@dataclass
+class ComponentGrid:
+    """One site's component attributions: `values` is row-major over `shape` (to_numpy() reshapes it),
+    [layers, heads], [layers, positions] or [layers, positions, heads] as `axes` name them."""
+
+    site: str          # heads attn_out mlp_out resid_pre
+    granularity: str   # layer_head layer_position layer_position_head
+    shape: Tuple[int, ...]
+    axes: List[str]    # "layer", "head", "position"
+    values: np.ndarray  # flat, float64
+    convergence_deltas: np.ndarray = field(default_factory=lambda: np.zeros(0))  # layer IG: value − patching effect
+
+    def to_numpy(self) -> np.ndarray:
+        """The values as an array of `shape`."""
+        return self.values.reshape(self.shape).copy()
+
+    def labels(self, axis: int) -> List[str]:
+        """Labels along one axis: "L0", "L1", ... for layers, "H0" heads, "P0" positions."""
+        prefix = _AXIS_LABELS.get(self.axes[axis], self.axes[axis][:1].upper())
+        return [f"{prefix}{i}" for i in range(self.shape[axis])]
+
+    def to_dataframe(self) -> "pandas.DataFrame":
+        """A 2-D grid as a DataFrame, rows layers ("L0", ...) and columns heads ("H0", ...) or positions
+        ("P0", ...); a 3-D grid's rows are (layer, position) pairs."""
+        import pandas as pd
+
+        if len(self.shape) == 2:
+            return pd.DataFrame(self.to_numpy(), index=self.labels(0), columns=self.labels(1))
+        if len(self.shape) == 3:
+            index = pd.MultiIndex.from_product([self.labels(0), self.labels(1)], names=self.axes[:2])
+            return pd.DataFrame(self.to_numpy().reshape(-1, self.shape[2]), index=index, columns=self.labels(2))
+        raise ValueError(f"to_dataframe: a grid of shape {self.shape} is not 2-D or 3-D")
+
+
+def _find_grid(grids: List[ComponentGrid], site: str) -> ComponentGrid:
+    for g in grids:
+        if g.site == site:
+            return g
+    raise KeyError(f'no grid for site "{site}" (sites: {", ".join(g.site for g in grids)})')
+
+
+@dataclass
+class PairComponents:
+    """One prompt pair's grids; its metrics (for normalized_logit_difference the raw logit differences)."""
+
+    clean_metric: float
+    corrupted_metric: float
+    grids: List[ComponentGrid]
+    clean_tokens: List[Token]
+    corrupted_tokens: List[Token]
+
+    def grid(self, site: str) -> ComponentGrid:
+        return _find_grid(self.grids, site)
+
+
+@dataclass
+class ComponentAttribution:
+    """An AttributeComponents answer: per site a grid averaged over the pairs (`grids`; grid("heads")),
+    and each pair's own grids (`pairs`)."""
+
+    model: str
+    method: str      # activation_patching layer_integrated_gradients attribution_patching
+    metric: str      # logit_difference normalized_logit_difference log_prob prob prob_difference
+    direction: str   # denoising noising
+    grids: List[ComponentGrid]
+    pairs: List[PairComponents]
+    answer: Token
+    wrong_answer: Token
+    stats: RunStats = field(default_factory=RunStats)
+
+    def grid(self, site: str) -> ComponentGrid:
+        """The grid of one site ("heads", "attn_out", "mlp_out", "resid_pre"); KeyError if not asked."""
+        return _find_grid(self.grids, site)
 
 
 @dataclass
