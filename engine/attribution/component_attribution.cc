@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 
@@ -101,6 +102,14 @@ RowObjective MetricObjective(const ComponentRequest& request, int64_t length) {
   return objective;
 }
 
+// Whether a component sits at a position before the pair's prompts first differ: a causal model
+// computes the same value there in both runs, so patching it changes nothing (exactly 0, no row).
+bool Unchanged(const ComponentSelection& selection, const PromptPair& pair) {
+  if (selection.position < 0) return false;
+  const auto first_difference = std::mismatch(pair.clean_ids.begin(), pair.clean_ids.end(), pair.corrupted_ids.begin());
+  return selection.position < first_difference.first - pair.clean_ids.begin();
+}
+
 int64_t RowsPerComponent(const ComponentRequest& request) {
   switch (request.method) {
     case ComponentMethod::kActivationPatching:
@@ -160,6 +169,7 @@ class ComponentRun : public std::enable_shared_from_this<ComponentRun> {
         for (int64_t i = 0; i < layout.size(); ++i) {
           ComponentWork patched = base;
           patched.patch = layout.Select(i);
+          if (Unchanged(*patched.patch, *pair)) continue;
           rows.push_back(row(RowKind::kScore, patched));
           for (double alpha : points_.alphas) {
             patched.alpha = alpha;
@@ -222,6 +232,11 @@ class ComponentRun : public std::enable_shared_from_this<ComponentRun> {
         for (const GridLayout& layout : Layouts(request_, config_, length)) {
           ComponentGrid grid{.site = layout.site, .granularity = layout.granularity, .shape = layout.shape};
           for (int64_t i = 0; i < layout.size(); ++i) {
+            if (Unchanged(layout.Select(i), request_.pairs[k])) {  // no row ran: both runs hold one value
+              grid.values.push_back(0);
+              if (request_.method == ComponentMethod::kLayerIntegratedGradients) grid.convergence_deltas.push_back(0);
+              continue;
+            }
             const double effect = (results[next++].value - base) * scale;
             if (request_.method == ComponentMethod::kActivationPatching) {
               grid.values.push_back(effect);

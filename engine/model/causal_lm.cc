@@ -289,8 +289,7 @@ absl::Status CausalLM::Validate(const ForwardBatch& batch) const {
     b = e.size(0), s = e.size(1);
   }
   if (b == 0 || s == 0) return absl::InvalidArgumentError("batch and sequence must not be empty");
-  if (batch.first_layer < 0 || batch.first_layer > c.num_layers || (batch.first_layer > 0 && !has_embeds) ||
-      (batch.first_layer > 0 && batch.cache != nullptr)) {
+  if (batch.first_layer < 0 || batch.first_layer > c.num_layers || (batch.first_layer > 0 && !has_embeds)) {
     return absl::InvalidArgumentError(absl::StrCat("first_layer ", batch.first_layer, " outside [0, ", c.num_layers,
                                                    "], or given without a residual stream as inputs_embeds"));
   }

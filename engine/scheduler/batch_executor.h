@@ -20,6 +20,9 @@ class BatchExecutor {
   // Device bytes per token of an embedding path once its rows run (its input and baseline embeddings),
   // which the engine counts against its queue memory.
   virtual int64_t EmbeddedBytesPerToken() const { return 0; }
+  // Device bytes per token of a prompt pair once its rows run (both runs' activations at every
+  // component site of every layer), counted the same way.
+  virtual int64_t CapturedBytesPerToken() const { return 0; }
 };
 
 // Executes rows with a CausalLM: right-pads them into one batch per call.

@@ -4,7 +4,6 @@
 #include <malloc.h>
 
 #include <algorithm>
-#include <unordered_set>
 
 #include "absl/strings/str_cat.h"
 #include "engine/model/torch_errors.h"
@@ -97,19 +96,28 @@ std::shared_ptr<Request> BatchingEngine::NewRequest(Priority priority, absl::Tim
   return std::make_shared<Request>(next_request_id_.fetch_add(1), priority, deadline);
 }
 
-int64_t BatchingEngine::PathBytes(const EmbeddingPath& path) const {
-  // Ids and mask on the host, input and baseline embeddings on the device once the path runs.
-  return path.length() * (17 + executor_->EmbeddedBytesPerToken());
+std::pair<const void*, int64_t> BatchingEngine::SharedInput(const Row& row) const {
+  // A path: ids and mask on the host, input and baseline embeddings on the device once it runs. A
+  // pair: both prompts' ids, and both runs' activations at every site once its first row runs.
+  if (const EmbeddingPath* path = row.point.path.get()) {
+    return {path, path->length() * (17 + executor_->EmbeddedBytesPerToken())};
+  }
+  if (const PromptPair* pair = row.component.pair.get()) {
+    return {pair, pair->length() * (16 + executor_->CapturedBytesPerToken())};
+  }
+  return {nullptr, 0};
 }
 
 absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std::vector<Row> rows, RowCallback done) {
   int64_t tokens = 0, bytes = 0;
-  std::unordered_set<const EmbeddingPath*> paths;
+  std::unordered_map<const void*, int64_t> shared;  // bytes of each path or pair the rows hold
   for (size_t i = 0; i < rows.size(); ++i) {
     if (absl::Status s = CheckRow(rows[i], i); !s.ok()) return s;
     tokens += rows[i].length();
     bytes += rows[i].QueuedBytes();
-    if (rows[i].point.path && paths.insert(rows[i].point.path.get()).second) bytes += PathBytes(*rows[i].point.path);
+    if (const auto [input, input_bytes] = SharedInput(rows[i]); input && shared.emplace(input, input_bytes).second) {
+      bytes += input_bytes;
+    }
   }
   if (request->cancelled()) return absl::CancelledError("request was cancelled");
   const absl::Time now = Now();
@@ -138,9 +146,9 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
     return reject(absl::ResourceExhaustedError(absl::StrCat("engine queue is full (", stats_.queued_rows, " rows, ",
                                                             stats_.queued_tokens, " tokens queued)")));
   }
-  // A path this request already has queued rows on is counted already.
-  for (const EmbeddingPath* path : paths) {
-    if (queue.path_rows.count(path) > 0) bytes -= PathBytes(*path);
+  // A path or pair this request already has queued rows on is counted already.
+  for (const auto& [input, input_bytes] : shared) {
+    if (queue.shared_rows.count(input) > 0) bytes -= input_bytes;
   }
   if (stats_.queued_bytes + bytes > options_.max_queued_bytes) {
     return reject(absl::ResourceExhaustedError(
@@ -155,7 +163,7 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
   for (size_t i = 0; i < rows.size(); ++i) {
     const int k = static_cast<int>(rows[i].kind);
     if (rows[i].kind != RowKind::kDecode) request->submitted_work_rows_ += 1;
-    if (rows[i].point.path) queue.path_rows[rows[i].point.path.get()] += 1;
+    if (const void* input = SharedInput(rows[i]).first) queue.shared_rows[input] += 1;
     queue.kinds[k].push_back(PendingRow{std::move(rows[i]), group, i, now});
   }
   queue.rows += count;
@@ -212,9 +220,9 @@ std::vector<BatchingEngine::PendingRow> BatchingEngine::TakeBatchLocked(const Ba
       PendingRow row = std::move(queue.kinds[k].front());
       queue.kinds[k].pop_front();
       int64_t bytes = row.row.QueuedBytes();
-      if (const EmbeddingPath* path = row.row.point.path.get(); path && --queue.path_rows[path] == 0) {
-        queue.path_rows.erase(path);
-        bytes += PathBytes(*path);
+      if (const auto [input, input_bytes] = SharedInput(row.row); input && --queue.shared_rows[input] == 0) {
+        queue.shared_rows.erase(input);
+        bytes += input_bytes;
       }
       queue.rows -= 1;
       queue.tokens -= row.row.length();

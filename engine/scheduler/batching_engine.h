@@ -37,8 +37,9 @@ struct EngineOptions {
   double max_padding_waste = 0.25;    // see BatchLimits
   int64_t max_queued_rows = 1 << 20;  // per engine (model)
   int64_t max_queued_tokens = int64_t{1} << 28;
-  // Memory the queued work holds: rows, and each embedding path's ids and (once it runs) its input and
-  // baseline embeddings, counted once per request. Submissions above it are refused.
+  // Memory the queued work holds: rows, each embedding path's ids and (once it runs) its input and
+  // baseline embeddings, and each prompt pair's ids and (once it runs) both runs' activations at every
+  // component site, paths and pairs counted once per request. Submissions above it are refused.
   int64_t max_queued_bytes = int64_t{8} << 30;
   int64_t max_rows_per_request = 1 << 16;  // queued at once
   int64_t max_tokens_per_request = int64_t{1} << 24;
@@ -155,7 +156,7 @@ class BatchingEngine {
     std::shared_ptr<Request> request;
     uint64_t arrival = 0;
     int64_t rows = 0, tokens = 0, bytes = 0;
-    std::unordered_map<const EmbeddingPath*, int64_t> path_rows;  // queued rows per path
+    std::unordered_map<const void*, int64_t> shared_rows;  // queued rows per embedding path or prompt pair
     std::deque<PendingRow> kinds[kRowKinds];
   };
   struct Answer {  // a callback to make outside the lock
@@ -166,7 +167,8 @@ class BatchingEngine {
 
   BatchingEngine(std::unique_ptr<BatchExecutor> executor, EngineOptions options);
   absl::Time Now() const { return options_.clock ? options_.clock() : absl::Now(); }
-  int64_t PathBytes(const EmbeddingPath& path) const;
+  // The embedding path or prompt pair `row` shares with other rows, and the memory it holds once.
+  std::pair<const void*, int64_t> SharedInput(const Row& row) const;
   void Loop();
   // Removes rows of expired or cancelled requests; appends their answers.
   void DropDeadRowsLocked(absl::Time now, std::vector<Answer>& answers) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -16,24 +16,33 @@
 namespace attribution::engine {
 namespace {
 
-// Rows right-padded into [B, S_max] ids.
-ForwardBatch PadIds(const std::vector<const Row*>& rows) {
+// Rows right-padded into [B, S_max] ids, without the first skipped[r] tokens of row r (empty: none).
+ForwardBatch PadIds(const std::vector<const Row*>& rows, const std::vector<int64_t>& skipped = {}) {
   ForwardBatch batch;
   int64_t longest = 0;
-  for (const Row* row : rows) {
-    batch.lengths.push_back(row->length());
-    longest = std::max(longest, row->length());
+  for (size_t r = 0; r < rows.size(); ++r) {
+    batch.lengths.push_back(rows[r]->length() - (skipped.empty() ? 0 : skipped[r]));
+    longest = std::max(longest, batch.lengths.back());
   }
   batch.input_ids = at::zeros({static_cast<int64_t>(rows.size()), longest}, at::kLong);
   for (size_t r = 0; r < rows.size(); ++r) {
-    batch.input_ids[static_cast<int64_t>(r)].narrow(0, 0, batch.lengths[r]).copy_(at::tensor(rows[r]->input_ids));
+    const std::vector<int64_t>& ids = rows[r]->input_ids;
+    batch.input_ids[static_cast<int64_t>(r)]
+        .narrow(0, 0, batch.lengths[r])
+        .copy_(at::tensor(std::vector<int64_t>(ids.end() - batch.lengths[r], ids.end())));
   }
   return batch;
 }
 
-std::vector<RowObjective> Objectives(const std::vector<const Row*>& rows) {
+// The rows' objectives, positions counted from the first token each row computes.
+std::vector<RowObjective> Objectives(const std::vector<const Row*>& rows, const std::vector<int64_t>& skipped = {}) {
   std::vector<RowObjective> objectives;
-  for (const Row* row : rows) objectives.push_back(row->objective);
+  for (size_t r = 0; r < rows.size(); ++r) {
+    objectives.push_back(rows[r]->objective);
+    if (!skipped.empty()) {
+      for (int64_t& position : objectives.back().positions) position -= skipped[r];
+    }
+  }
   return objectives;
 }
 
@@ -63,15 +72,30 @@ absl::StatusOr<const ComponentRuns::Captured*> ComponentRuns::Capture(const std:
   RETURN_IF_ERROR(model_->Hidden(batch).status());
   Captured captured{.pair = pair};
   for (int site = 0; site < kComponentSites; ++site) captured.activations[site] = at::stack(per_layer[site], 1);
+  // The tokens both prompts share before they first differ (all but the last when they never do): no
+  // patch changes anything there, so score rows take those positions' keys and values from here.
+  const auto first_difference =
+      std::mismatch(pair->clean_ids.begin(), pair->clean_ids.end(), pair->corrupted_ids.begin()).first;
+  captured.shared_length = std::min<int64_t>(first_difference - pair->clean_ids.begin(), pair->length() - 1);
+  if (captured.shared_length > 0) {
+    captured.shared_prefix = std::make_unique<KvCache>(model_->config().num_layers, 1);
+    ForwardBatch prefix{.input_ids = at::tensor(std::vector<int64_t>(pair->clean_ids.begin(),
+                                                                     pair->clean_ids.begin() + captured.shared_length))
+                                         .unsqueeze(0),
+                        .cache = captured.shared_prefix.get()};
+    RETURN_IF_ERROR(model_->Hidden(prefix).status());
+  }
   return &pairs_.emplace(pair.get(), std::move(captured)).first->second;
 }
 
 at::Tensor ComponentRuns::Gather(const std::vector<const Captured*>& captured, const std::vector<const Row*>& rows,
-                                 ComponentSite site, int64_t layer, bool own, int64_t longest) const {
+                                 ComponentSite site, int64_t layer, bool own, int64_t longest,
+                                 const std::vector<int64_t>& skipped) const {
   std::vector<at::Tensor> padded;
   for (size_t r = 0; r < rows.size(); ++r) {
     const bool clean = (rows[r]->component.run == PairRun::kClean) == own;
-    const at::Tensor activation = captured[r]->activations[static_cast<int>(site)][clean ? 0 : 1][layer];  // [S, ...]
+    at::Tensor activation = captured[r]->activations[static_cast<int>(site)][clean ? 0 : 1][layer];  // [S, ...]
+    if (!skipped.empty()) activation = activation.narrow(0, skipped[r], activation.size(0) - skipped[r]);
     std::vector<int64_t> padding(2 * (activation.dim() - 1), 0);  // last dimensions first, as at::pad reads them
     padding.push_back(0);
     padding.push_back(longest - activation.size(0));
@@ -136,13 +160,26 @@ absl::Status ComponentRuns::RunPatchedFrom(int64_t first_layer, const std::vecto
       patched_at[{static_cast<int>(patch->site), patch->layer}].push_back(static_cast<int64_t>(r));
     }
   }
-  ForwardBatch batch = PadIds(rows);
+  // Score rows start after their pair's shared prefix (gradient rows run whole: their backward would
+  // flow into the cached keys and values).
+  std::vector<int64_t> skipped(rows.size(), 0);
+  std::vector<const KvCache*> prefixes(rows.size(), nullptr);
+  for (size_t r = 0; r < rows.size() && !gradients; ++r) {
+    skipped[r] = captured[r]->shared_length;
+    prefixes[r] = captured[r]->shared_prefix.get();
+  }
+  ForwardBatch batch = PadIds(rows, skipped);
   const int64_t longest = batch.input_ids.size(1);
   const auto options = at::TensorOptions().dtype(model_->dtype()).device(model_->device());
   if (first_layer > 0) {
-    batch.inputs_embeds = Gather(captured, rows, ComponentSite::kResidPre, first_layer, /*own=*/true, longest);
+    batch.inputs_embeds = Gather(captured, rows, ComponentSite::kResidPre, first_layer, /*own=*/true, longest, skipped);
     batch.input_ids = at::Tensor();
     batch.first_layer = first_layer;
+  }
+  KvCache stacked(0, 0);
+  if (std::any_of(skipped.begin(), skipped.end(), [](int64_t n) { return n > 0; })) {
+    stacked = KvCache::Stack(prefixes, skipped, /*room=*/longest);
+    batch.cache = &stacked;
   }
   struct SitePatch {
     at::Tensor other;  // [B, S_max, ...] the other run's activation
@@ -153,15 +190,17 @@ absl::Status ComponentRuns::RunPatchedFrom(int64_t first_layer, const std::vecto
   c10::AutoGradMode grad_mode(gradients);
   for (const auto& [key, patched_rows] : patched_at) {
     const auto site = static_cast<ComponentSite>(key.first);
-    SitePatch patch{.other = Gather(captured, rows, site, key.second, /*own=*/false, longest)};
+    SitePatch patch{.other = Gather(captured, rows, site, key.second, /*own=*/false, longest, skipped)};
     std::vector<int64_t> mask_shape = {static_cast<int64_t>(rows.size()), longest};
     if (site == ComponentSite::kHeads) mask_shape.push_back(config.num_heads);
     mask_shape.push_back(1);
     patch.mask = at::zeros(mask_shape, at::kFloat);
     for (int64_t r : patched_rows) {
       const ComponentSelection& selection = *rows[r]->component.patch;
-      at::Tensor selected = selection.position >= 0 ? patch.mask[r].narrow(0, selection.position, 1)
-                                                    : patch.mask[r].narrow(0, 0, batch.lengths[r]);
+      const int64_t position = selection.position - skipped[r];
+      if (selection.position >= 0 && position < 0) continue;  // a shared position: nothing to patch
+      at::Tensor selected =
+          selection.position >= 0 ? patch.mask[r].narrow(0, position, 1) : patch.mask[r].narrow(0, 0, batch.lengths[r]);
       if (selection.head >= 0) selected = selected.narrow(1, selection.head, 1);
       selected.fill_(1);
     }
@@ -185,7 +224,7 @@ absl::Status ComponentRuns::RunPatchedFrom(int64_t first_layer, const std::vecto
   batch.hooks = &hooks;
   if (!gradients) {
     c10::InferenceMode inference;
-    ASSIGN_OR_RETURN(at::Tensor values, model_->ObjectiveValues(batch, Objectives(rows)));
+    ASSIGN_OR_RETURN(at::Tensor values, model_->ObjectiveValues(batch, Objectives(rows, skipped)));
     values = values.cpu();
     for (size_t r = 0; r < rows.size(); ++r) results[r].value = values[static_cast<int64_t>(r)].item<double>();
     return absl::OkStatus();

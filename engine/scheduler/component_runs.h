@@ -36,12 +36,16 @@ class ComponentRuns {
     std::shared_ptr<const PromptPair> pair;  // keeps the key alive; use_count 1: only we hold it
     // Per site: [2, layers, S, ...] in the compute dtype; index 0 the clean run, 1 the corrupted.
     std::array<at::Tensor, kComponentSites> activations;
+    // The keys and values of the tokens both prompts share before they first differ.
+    int64_t shared_length = 0;
+    std::unique_ptr<KvCache> shared_prefix;
   };
   absl::StatusOr<const Captured*> Capture(const std::shared_ptr<const PromptPair>& pair);
   // The rows' activations at `site` of `layer`, [B, S_max, ...], from their own run (`own`) or the
-  // other one, zero past each row's length.
+  // other one, without row r's first skipped[r] positions (empty: none), zero past each row's length.
   at::Tensor Gather(const std::vector<const Captured*>& captured, const std::vector<const Row*>& rows,
-                    ComponentSite site, int64_t layer, bool own, int64_t longest) const;
+                    ComponentSite site, int64_t layer, bool own, int64_t longest,
+                    const std::vector<int64_t>& skipped = {}) const;
   // Patched rows, with gradients d value / d alpha when `gradients` is set.
   absl::Status RunPatched(const std::vector<const Row*>& rows, std::vector<RowResult>& results, bool gradients);
   // Rows whose patches are all at `first_layer` or later, their forward started there.

@@ -47,6 +47,13 @@ class ModelExecutor : public BatchExecutor {
     return 2 * model_->config().hidden_size * static_cast<int64_t>(c10::elementSize(model_->dtype()));
   }
 
+  int64_t CapturedBytesPerToken() const override {
+    const ModelConfig& c = model_->config();
+    // Two runs; per layer the residual stream, attention and MLP outputs and every head's output.
+    return 2 * c.num_layers * (3 * c.hidden_size + c.num_heads * c.head_dim) *
+           static_cast<int64_t>(c10::elementSize(model_->dtype()));
+  }
+
  private:
   // Right-pads the rows into [B, S] ids, or [B, S, hidden] embeddings when any row is a point on an
   // embedding path (whose rows `paths` then receives).

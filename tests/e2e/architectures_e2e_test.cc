@@ -13,7 +13,6 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "client/attribution_client.h"
 #include "tests/testing/scaled_error.h"
 #include "tests/testing/server_process.h"
@@ -41,9 +40,8 @@ nlohmann::json ReadReference(const std::string& name) {
 class Architectures : public ::testing::TestWithParam<std::string> {
  protected:
   static void SetUpTestSuite() {
-    std::vector<std::string> models;
-    for (const std::string& name : ArchitectureNames()) models.push_back(absl::StrCat(name, "=", ModelDir(name)));
-    auto started = ServerProcess::Start({"--model=" + absl::StrJoin(models, ","), "--dtype=float32"});
+    auto started = ServerProcess::Start(
+        {test_support::ModelsFlag(ATTRIBUTION_ARCHITECTURE_MODELS_DIR, ArchitectureNames()), "--dtype=float32"});
     // A failed assertion here would make gtest skip the tests (and ctest count them as skipped); each
     // test fails on start_status_ instead.
     start_status_ = started.status();

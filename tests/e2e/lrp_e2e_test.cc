@@ -12,7 +12,6 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "client/attribution_client.h"
 #include "tests/testing/server_process.h"
 #include "tests/testing/status_matchers.h"
@@ -53,11 +52,9 @@ struct Case {
 class LrpMatchesLxt : public ::testing::TestWithParam<Case> {
  protected:
   static void SetUpTestSuite() {
-    std::vector<std::string> models;
-    for (const char* name : kArchitectures) {
-      models.push_back(absl::StrCat(name, "=", ATTRIBUTION_ARCHITECTURE_MODELS_DIR, "/", name));
-    }
-    auto started = ServerProcess::Start({"--model=" + absl::StrJoin(models, ","), "--dtype=float32"});
+    const std::vector<std::string> models(std::begin(kArchitectures), std::end(kArchitectures));
+    auto started = ServerProcess::Start(
+        {test_support::ModelsFlag(ATTRIBUTION_ARCHITECTURE_MODELS_DIR, models), "--dtype=float32"});
     start_status_ = started.status();
     if (!started.ok()) return;
     server_ = started->release();

@@ -130,8 +130,9 @@ TEST_F(ServiceTest, ReflectionDescribesEveryRpcAsGrpcurlSeesIt) {
     methods.insert(service->method(i)->name());
     EXPECT_NE(service->method(i)->input_type(), nullptr);
   }
-  EXPECT_EQ(methods, (std::set<std::string>{"Attribute", "AttributeStream", "Generate", "GenerateStream", "Logprobs",
-                                            "ListModels"}));
+  EXPECT_EQ(methods,
+            (std::set<std::string>{"Attribute", "AttributeStream", "AttributeComponents", "AttributeComponentsStream",
+                                   "Generate", "GenerateStream", "Logprobs", "ListModels"}));
   stream->WritesDone();
   EXPECT_TRUE(stream->Finish().ok());
 }

@@ -60,6 +60,9 @@ class FakeExecutor : public engine::BatchExecutor {
   // What an embedding path costs per token once it runs (set before the engine starts).
   void SetEmbeddedBytesPerToken(int64_t bytes) { embedded_bytes_per_token_ = bytes; }
   int64_t EmbeddedBytesPerToken() const override { return embedded_bytes_per_token_; }
+  // What a prompt pair's captured activations cost per token (set before the engine starts).
+  void SetCapturedBytesPerToken(int64_t bytes) { captured_bytes_per_token_ = bytes; }
+  int64_t CapturedBytesPerToken() const override { return captured_bytes_per_token_; }
 
   std::vector<Batch> batches() const {
     std::lock_guard<std::mutex> lock(mu_);
@@ -80,6 +83,7 @@ class FakeExecutor : public engine::BatchExecutor {
   FailureRule failure_;
   std::function<void(const std::vector<const engine::Row*>&)> during_batch_;
   int64_t embedded_bytes_per_token_ = 0;
+  int64_t captured_bytes_per_token_ = 0;
   mutable std::mutex mu_;
   std::vector<Batch> batches_;
   int64_t failed_attempts_ = 0;

@@ -33,6 +33,12 @@ int WaitFor(pid_t pid, absl::Duration timeout) {
 
 }  // namespace
 
+std::string ModelsFlag(const std::string& dir, const std::vector<std::string>& names) {
+  std::string flag = "--model=";
+  for (size_t i = 0; i < names.size(); ++i) absl::StrAppend(&flag, i ? "," : "", names[i], "=", dir, "/", names[i]);
+  return flag;
+}
+
 std::string DemoModelDir() {
   const char* env = std::getenv("ATTRIBUTION_DEMO_MODEL");
   return env != nullptr ? env : ATTRIBUTION_DEMO_MODEL_DIR;

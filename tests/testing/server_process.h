@@ -17,6 +17,9 @@ namespace attribution::test_support {
 // The demo model directory the test_data fixture writes (tools/make_demo_model.py).
 std::string DemoModelDir();
 
+// "--model=NAME=DIR/NAME,...": a server flag serving each of `names` from its folder under `dir`.
+std::string ModelsFlag(const std::string& dir, const std::vector<std::string>& names);
+
 class ServerProcess {
  public:
   // Starts the server with `args` plus loopback listen flags and waits until it serves (health

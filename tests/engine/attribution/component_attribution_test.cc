@@ -107,44 +107,39 @@ TEST_P(ComponentAttributionTest, LayerIntegratedGradientsSumToThePatchingEffectB
 }
 
 TEST_P(ComponentAttributionTest, OneLeftRiemannStepIsAttributionPatching) {
-  for (ComponentGranularity granularity : {ComponentGranularity::kLayerHead, ComponentGranularity::kLayerPosition,
-                                           ComponentGranularity::kLayerPositionHead}) {
-    for (PatchDirection direction : {PatchDirection::kDenoising, PatchDirection::kNoising}) {
-      ComponentRequest atp = Request(ComponentMethod::kAttributionPatching, {ComponentSite::kHeads});
-      atp.granularity = granularity;
-      atp.direction = direction;
-      atp.metric = ComponentMetric::kProbDifference;
-      ComponentRequest step = atp;
-      step.method = ComponentMethod::kLayerIntegratedGradients;
-      step.rule = IntegrationRule::kRiemannLeft;
-      step.n_steps = 1;
-      absl::StatusOr<ComponentResult> estimated = Run(atp), stepped = Run(step);
-      ASSERT_THAT(estimated.status(), IsOk());
-      ASSERT_THAT(stepped.status(), IsOk());
-      const std::vector<double>& a = estimated->grids[0].values;
-      const std::vector<double>& b = stepped->grids[0].values;
+  // Both read d metric / d activation at the run's own value, one through d / d alpha of a patched
+  // row, the other through every site's gradient in one backward.
+  auto expect_equal = [this](ComponentRequest atp) {
+    ComponentRequest step = atp;
+    step.method = ComponentMethod::kLayerIntegratedGradients;
+    step.rule = IntegrationRule::kRiemannLeft;
+    step.n_steps = 1;
+    absl::StatusOr<ComponentResult> estimated = Run(atp), stepped = Run(step);
+    ASSERT_THAT(estimated.status(), IsOk());
+    ASSERT_THAT(stepped.status(), IsOk());
+    for (size_t g = 0; g < atp.sites.size(); ++g) {
+      const std::vector<double>& a = estimated->grids[g].values;
+      const std::vector<double>& b = stepped->grids[g].values;
       ASSERT_EQ(a.size(), b.size());
       double scale = 0;
       for (double v : b) scale = std::max(scale, std::abs(v));
       ASSERT_GT(scale, 0);
-      for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5 * scale) << i;
+      for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5 * scale) << g << ", " << i;
+    }
+  };
+  for (ComponentGranularity granularity : {ComponentGranularity::kLayerHead, ComponentGranularity::kLayerPosition,
+                                           ComponentGranularity::kLayerPositionHead}) {
+    for (PatchDirection direction : {PatchDirection::kDenoising, PatchDirection::kNoising}) {
+      SCOPED_TRACE(static_cast<int>(granularity) * 2 + static_cast<int>(direction));
+      ComponentRequest atp = Request(ComponentMethod::kAttributionPatching, {ComponentSite::kHeads});
+      atp.granularity = granularity;
+      atp.direction = direction;
+      atp.metric = ComponentMetric::kProbDifference;
+      expect_equal(atp);
     }
   }
-  // The hidden-size sites too, in one request.
-  ComponentRequest atp = Request(ComponentMethod::kAttributionPatching,
-                                 {ComponentSite::kResidPre, ComponentSite::kAttnOut, ComponentSite::kMlpOut});
-  ComponentRequest step = atp;
-  step.method = ComponentMethod::kLayerIntegratedGradients;
-  step.rule = IntegrationRule::kRiemannLeft;
-  step.n_steps = 1;
-  absl::StatusOr<ComponentResult> estimated = Run(atp), stepped = Run(step);
-  ASSERT_THAT(estimated.status(), IsOk());
-  ASSERT_THAT(stepped.status(), IsOk());
-  for (size_t g = 0; g < 3; ++g) {
-    for (size_t i = 0; i < stepped->grids[g].values.size(); ++i) {
-      EXPECT_NEAR(estimated->grids[g].values[i], stepped->grids[g].values[i], 1e-4) << g << ", " << i;
-    }
-  }
+  expect_equal(Request(ComponentMethod::kAttributionPatching,
+                       {ComponentSite::kResidPre, ComponentSite::kAttnOut, ComponentSite::kMlpOut}));
 }
 
 TEST_P(ComponentAttributionTest, PairsTogetherEqualPairsAloneAndAverage) {
@@ -163,9 +158,11 @@ TEST_P(ComponentAttributionTest, PairsTogetherEqualPairsAloneAndAverage) {
     for (size_t g = 0; g < 2; ++g) {
       for (size_t i = 0; i < together->grids[g].values.size(); ++i) {
         const double a = alone0->grids[g].values[i], b = alone1->grids[g].values[i];
-        EXPECT_NEAR(together->pairs[0].grids[g].values[i], a, 1e-5 * (1 + std::abs(a)));
-        EXPECT_NEAR(together->pairs[1].grids[g].values[i], b, 1e-5 * (1 + std::abs(b)));
-        EXPECT_NEAR(together->grids[g].values[i], (a + b) / 2, 1e-5 * (1 + std::abs(a) + std::abs(b)));
+        // Batches of other rows round differently (float32); the normalisation by a small clean -
+        // corrupted difference magnifies that, hence 1e-4.
+        EXPECT_NEAR(together->pairs[0].grids[g].values[i], a, 1e-4 * (1 + std::abs(a)));
+        EXPECT_NEAR(together->pairs[1].grids[g].values[i], b, 1e-4 * (1 + std::abs(b)));
+        EXPECT_NEAR(together->grids[g].values[i], (a + b) / 2, 1e-4 * (1 + std::abs(a) + std::abs(b)));
       }
     }
   }

@@ -325,6 +325,46 @@ TEST_F(BatchingEngineTest, QueueMemoryCountsEachRequestsPathOnceAndRefusesAboveT
   EXPECT_EQ(engine_->Stats().queued_bytes, 0);
 }
 
+TEST_F(BatchingEngineTest, QueueMemoryCountsEachRequestsPromptPairOnceAndRefusesAboveTheLimit) {
+  auto executor = std::make_unique<FakeExecutor>();
+  executor->SetCapturedBytesPerToken(1000);  // a 100-token pair: ~100 KB of activations once it runs
+  executor_ = executor.get();
+  engine_ = *BatchingEngine::Create(std::move(executor),
+                                    {.max_queue_delay = absl::ZeroDuration(), .max_queued_bytes = 320 << 10});
+  Notification gate;
+  RowCollector blocking(1);
+  HoldExecutor(gate, blocking);
+  // 16 patches of one pair each (rows hold their ids too): counted per row the pair would need 1.6 MB;
+  // counted once, two requests fit.
+  auto patches_of_a_pair = [](int64_t marker) {
+    auto pair = std::make_shared<const PromptPair>(
+        PromptPair{.clean_ids = std::vector<int64_t>(100, marker), .corrupted_ids = std::vector<int64_t>(100, 0)});
+    std::vector<Row> rows;
+    for (int i = 0; i < 16; ++i) {
+      rows.push_back(Row{
+          .kind = RowKind::kScore,
+          .input_ids = pair->corrupted_ids,
+          .component = {
+              .pair = pair, .run = PairRun::kCorrupted, .patch = ComponentSelection{.layer = i % 4, .head = i / 4}}});
+    }
+    return rows;
+  };
+  RowCollector first(16), second(16);
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), patches_of_a_pair(1), first.Callback()), IsOk());
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), patches_of_a_pair(2), second.Callback()), IsOk());
+  const int64_t queued = engine_->Stats().queued_bytes;
+  EXPECT_GT(queued, 2 * 100 * 1000);
+  EXPECT_LT(queued, 320 << 10);
+  const absl::Status refused = engine_->Submit(engine_->NewRequest(), patches_of_a_pair(3), [](size_t, RowResult) {});
+  EXPECT_THAT(refused, StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("queue memory")));
+  EXPECT_EQ(engine_->Stats().queued_bytes, queued);
+  gate.Notify();
+  blocking.Wait();
+  first.Wait();
+  second.Wait();
+  EXPECT_EQ(engine_->Stats().queued_bytes, 0);
+}
+
 TEST_F(BatchingEngineTest, MalformedRowsAreRejected) {
   Start();
   auto request = engine_->NewRequest();
