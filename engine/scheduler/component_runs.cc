@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
 #include "engine/model/torch_errors.h"
+#include "engine/scheduler/row_groups.h"
 
 namespace attribution::engine {
 namespace {
@@ -109,39 +110,22 @@ absl::Status ComponentRuns::RunScore(const std::vector<const Row*>& rows, std::v
 }
 
 absl::Status ComponentRuns::RunGrad(const std::vector<const Row*>& rows, std::vector<RowResult>& results) {
-  std::vector<const Row*> patched, estimated;
-  std::vector<size_t> patched_index, estimated_index;
-  for (size_t r = 0; r < rows.size(); ++r) {
-    (rows[r]->component.patch ? patched : estimated).push_back(rows[r]);
-    (rows[r]->component.patch ? patched_index : estimated_index).push_back(r);
-  }
-  for (auto [some, index, run] :
-       {std::tuple(&patched, &patched_index, true), std::tuple(&estimated, &estimated_index, false)}) {
-    if (some->empty()) continue;
-    std::vector<RowResult> some_results(some->size());
-    RETURN_IF_ERROR(run ? RunPatched(*some, some_results, /*gradients=*/true) : RunSiteEstimates(*some, some_results));
-    for (size_t i = 0; i < some->size(); ++i) results[(*index)[i]] = std::move(some_results[i]);
-  }
-  return absl::OkStatus();
+  return RunInGroups(
+      rows, results, [](const Row& row) { return row.component.patch.has_value(); },
+      [this](bool patched, const std::vector<const Row*>& some, std::vector<RowResult>& out) {
+        return patched ? RunPatched(some, out, /*gradients=*/true) : RunSiteEstimates(some, out);
+      });
 }
 
 absl::Status ComponentRuns::RunPatched(const std::vector<const Row*>& rows, std::vector<RowResult>& results,
                                        bool gradients) {
   // A row patched at layer l reads the run's own activations up to there: its forward starts at
   // layer l from the cached residual stream, so rows are batched by that layer.
-  std::map<int64_t, std::vector<size_t>> by_layer;
-  for (size_t r = 0; r < rows.size(); ++r) {
-    const std::optional<ComponentSelection>& patch = rows[r]->component.patch;
-    by_layer[patch ? patch->layer : 0].push_back(r);
-  }
-  for (const auto& [layer, indices] : by_layer) {
-    std::vector<const Row*> some;
-    for (size_t r : indices) some.push_back(rows[r]);
-    std::vector<RowResult> some_results(indices.size());
-    RETURN_IF_ERROR(RunPatchedFrom(layer, some, some_results, gradients));
-    for (size_t i = 0; i < indices.size(); ++i) results[indices[i]] = std::move(some_results[i]);
-  }
-  return absl::OkStatus();
+  return RunInGroups(
+      rows, results, [](const Row& row) { return row.component.patch ? row.component.patch->layer : int64_t{0}; },
+      [this, gradients](int64_t layer, const std::vector<const Row*>& some, std::vector<RowResult>& out) {
+        return RunPatchedFrom(layer, some, out, gradients);
+      });
 }
 
 absl::Status ComponentRuns::RunPatchedFrom(int64_t first_layer, const std::vector<const Row*>& rows,

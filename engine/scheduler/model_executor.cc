@@ -7,6 +7,7 @@
 #include "engine/scheduler/batch_executor.h"
 #include "engine/scheduler/component_runs.h"
 #include "engine/scheduler/path_embeddings.h"
+#include "engine/scheduler/row_groups.h"
 
 namespace attribution::engine {
 namespace {
@@ -21,15 +22,15 @@ class ModelExecutor : public BatchExecutor {
     components_.ReleaseUnused();
     switch (kind) {
       case RowKind::kScore:
-        return RunGrouped(
-            rows, results, 2, [](const Row& row) { return row.component.pair ? 1 : 0; },
-            [this](int group, const std::vector<const Row*>& some, std::vector<RowResult>& out) {
-              return group == 1 ? components_.RunScore(some, out) : RunScore(some, out);
+        return RunInGroups(
+            rows, results, [](const Row& row) { return row.component.pair != nullptr; },
+            [this](bool pair, const std::vector<const Row*>& some, std::vector<RowResult>& out) {
+              return pair ? components_.RunScore(some, out) : RunScore(some, out);
             });
       case RowKind::kGrad:
         // Each propagation rule needs its own forward; the rows of one rule share it.
-        return RunGrouped(
-            rows, results, kPropagationRuleCount + 1,
+        return RunInGroups(
+            rows, results,
             [](const Row& row) {
               return row.component.pair ? kPropagationRuleCount : static_cast<int>(row.point.path->rules);
             },
@@ -49,8 +50,9 @@ class ModelExecutor : public BatchExecutor {
 
   int64_t CapturedBytesPerToken() const override {
     const ModelConfig& c = model_->config();
-    // Two runs; per layer the residual stream, attention and MLP outputs and every head's output.
-    return 2 * c.num_layers * (3 * c.hidden_size + c.num_heads * c.head_dim) *
+    // Two runs; per layer the residual stream, attention and MLP outputs and every head's output, and
+    // the shared prefix's keys and values.
+    return c.num_layers * (2 * (3 * c.hidden_size + c.num_heads * c.head_dim) + 2 * c.num_kv_heads * c.head_dim) *
            static_cast<int64_t>(c10::elementSize(model_->dtype()));
   }
 
@@ -122,25 +124,6 @@ class ModelExecutor : public BatchExecutor {
         out.top_log_probs = details.top_log_probs.narrow(0, offset, n).narrow(1, 0, rows[r]->top_k);
       }
       offset += n;
-    }
-    return absl::OkStatus();
-  }
-
-  // Runs the rows of each group (group_of(row) in [0, groups)) as their own batch through run(group, ...).
-  template <typename GroupOf, typename RunGroup>
-  static absl::Status RunGrouped(const std::vector<const Row*>& rows, std::vector<RowResult>& results, int groups,
-                                 GroupOf group_of, RunGroup run) {
-    std::vector<std::vector<size_t>> members(groups);
-    for (size_t r = 0; r < rows.size(); ++r) members[group_of(*rows[r])].push_back(r);
-    for (int group = 0; group < groups; ++group) {
-      const std::vector<size_t>& indices = members[group];
-      if (indices.size() == rows.size()) return run(group, rows, results);
-      if (indices.empty()) continue;
-      std::vector<const Row*> some;
-      for (size_t r : indices) some.push_back(rows[r]);
-      std::vector<RowResult> some_results(indices.size());
-      RETURN_IF_ERROR(run(group, some, some_results));
-      for (size_t i = 0; i < indices.size(); ++i) results[indices[i]] = std::move(some_results[i]);
     }
     return absl::OkStatus();
   }
