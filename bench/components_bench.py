@@ -4,8 +4,8 @@
 vocabulary 50257; transformers' GPT2LMHeadModel with seeded random weights), 20-token clean/corrupted
 pairs that differ in one token: our server (attribution-cli components over gRPC, one request) against
 TransformerLens 4.3's transformer_lens.patching.get_act_patch_attn_head_out_all_pos on the same CPU in
-the same run, and attribution patching (AtP, one request) against both, with AtP's Spearman rank
-correlation to the patching grid. Also checks that the two patching grids agree. Prints a Markdown
+the same run, and attribution patching (AtP, and AtP*: one request each) against both, with their Spearman
+rank correlations to the patching grid (AtP*, a magnitude, against |patching|). Also checks that the two patching grids agree. Prints a Markdown
 table.
 
 Usage: components_bench.py SERVER_BINARY CLI_BINARY [PAIRS] [REPEATS]
@@ -74,7 +74,7 @@ def ours(server, cli, model_dir, pairs, repeats):
         with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
             for clean, corrupted in pairs:
                 f.write(json.dumps({"clean_ids": clean, "corrupted_ids": corrupted}) + "\n")
-        for method in ("activation_patching", "attribution_patching"):
+        for method in ("activation_patching", "attribution_patching", "attribution_patching_star"):
             cmd = [cli, "components", f"--server=127.0.0.1:{port}", "--model=gpt2s", f"--pairs={f.name}",
                    f"--answer=#{ANSWER}", f"--wrong_answer=#{WRONG}", f"--component_method={method}", "--json",
                    "--timeout=3600"]
@@ -136,7 +136,11 @@ def main():
     atp_seconds, atp_grids, atp_rows = served["attribution_patching"]
     gap = max(abs(a - b) for ours_grid, tl_grid in zip(patch_grids, tl_grids) for a, b in zip(ours_grid, tl_grid))
     scale = max(abs(v) for grid in tl_grids for v in grid)
+    star_seconds, star_grids, star_rows = served["attribution_patching_star"]
     rho = sum(spearman(p, a) for p, a in zip(patch_grids, atp_grids)) / len(pairs)
+
+    def magnitude_rho(grids):  # AtP* estimates |effect|: ranked against |patching|
+        return sum(spearman([abs(v) for v in p], [abs(v) for v in a]) for p, a in zip(patch_grids, grids)) / len(pairs)
     print(f"GPT-2-small-shaped random model, {LENGTH}-token pairs, {count} pairs, best of {repeats}, "
           f"{os.cpu_count()} CPU threads; torch {torch.__version__}, transformers {transformers.__version__}")
     print(f"patching grids: max |ours - TransformerLens| / max |TransformerLens| = {gap / scale:.2e}")
@@ -148,9 +152,13 @@ def main():
           f"{tl_seconds / patch_seconds:.1f}x |")
     print(f"| ours, attribution patching (AtP) | {atp_rows // count} | {atp_seconds:.3f} | "
           f"{tl_seconds / atp_seconds:.1f}x |")
+    print(f"| ours, AtP* (QK fix, GradDrop) | {star_rows // count} | {star_seconds:.3f} | "
+          f"{tl_seconds / star_seconds:.1f}x |")
     print()
     print(f"AtP vs activation patching: Spearman {rho:.3f} (mean over pairs), "
           f"{patch_seconds / atp_seconds:.1f}x faster")
+    print(f"against |patching|: Spearman |AtP| {magnitude_rho(atp_grids):.3f}, AtP* {magnitude_rho(star_grids):.3f}; "
+          f"AtP* {patch_seconds / star_seconds:.1f}x faster than patching")
 
 
 if __name__ == "__main__":

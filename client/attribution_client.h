@@ -198,7 +198,7 @@ struct ComponentOptions {
   std::string wrong_answer;  // the difference metrics
   std::optional<int64_t> wrong_answer_id;
   std::string metric = "logit_difference";     // normalized_logit_difference log_prob prob prob_difference
-  std::string method = "activation_patching";  // layer_integrated_gradients attribution_patching
+  std::string method = "activation_patching";  // layer_integrated_gradients attribution_patching[_star]
   std::string direction = "denoising";         // noising
   std::vector<std::string> sites = {"heads"};  // attn_out mlp_out resid_pre
   std::string granularity = "default";         // layer_head layer_position layer_position_head

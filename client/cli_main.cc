@@ -77,7 +77,8 @@ ABSL_FLAG(std::string, pairs, "",
 ABSL_FLAG(std::string, answer, "", "components: the answer token (text, tokenized alone, or #ID)");
 ABSL_FLAG(std::string, wrong_answer, "", "components: the other token of the difference metrics (text or #ID)");
 ABSL_FLAG(std::string, component_method, "activation_patching",
-          "components: activation_patching | layer_integrated_gradients | attribution_patching");
+          "components: activation_patching | layer_integrated_gradients | attribution_patching | "
+          "attribution_patching_star");
 ABSL_FLAG(std::string, metric, "logit_difference",
           "components: logit_difference | normalized_logit_difference | log_prob | prob | prob_difference");
 ABSL_FLAG(std::string, direction, "denoising",

@@ -313,7 +313,8 @@ ComponentGrid GridFromProto(const v1::ComponentGrid& g) {
 const std::map<std::string, v1::ComponentMethod> kComponentMethods = {
     {"activation_patching", v1::ACTIVATION_PATCHING},
     {"layer_integrated_gradients", v1::LAYER_INTEGRATED_GRADIENTS},
-    {"attribution_patching", v1::ATTRIBUTION_PATCHING}};
+    {"attribution_patching", v1::ATTRIBUTION_PATCHING},
+    {"attribution_patching_star", v1::ATTRIBUTION_PATCHING_STAR}};
 const std::map<std::string, v1::ComponentMetric> kComponentMetrics = {
     {"logit_difference", v1::LOGIT_DIFFERENCE},
     {"normalized_logit_difference", v1::NORMALIZED_LOGIT_DIFFERENCE},

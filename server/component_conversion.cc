@@ -22,6 +22,8 @@ absl::StatusOr<ComponentMethod> ToComponentMethod(v1::ComponentMethod method) {
       return ComponentMethod::kLayerIntegratedGradients;
     case v1::ATTRIBUTION_PATCHING:
       return ComponentMethod::kAttributionPatching;
+    case v1::ATTRIBUTION_PATCHING_STAR:
+      return ComponentMethod::kAttributionPatchingStar;
     default:
       return UnknownEnumValue("method", method, v1::ComponentMethod_descriptor());
   }
@@ -53,6 +55,8 @@ v1::ComponentMethod ToProtoMethod(ComponentMethod method) {
       return v1::LAYER_INTEGRATED_GRADIENTS;
     case ComponentMethod::kAttributionPatching:
       return v1::ATTRIBUTION_PATCHING;
+    case ComponentMethod::kAttributionPatchingStar:
+      return v1::ATTRIBUTION_PATCHING_STAR;
   }
   return v1::COMPONENT_METHOD_UNSPECIFIED;
 }

@@ -34,6 +34,7 @@ OUT_JSON: {"versions": {"transformer_lens", "transformers", "torch", "captum"}, 
                "tl_denoising", "tl_noising", "hf_denoising", "hf_noising": GRIDS  (m of the patched run),
                "atp_noising", "atp_denoising": GRIDS  (attribution patching: (a_other - a_base) * dm/da at the
                    base run, summed over hidden / over positions and d_head for heads / over d_head),
+               "atp_star_noising", "atp_star_denoising": GRIDS  (AtP*, by definition: atp_star_reference.py),
                "lig_noising_heads", "lig_denoising_heads": [L][H], "lig_noising_resid_pre",
                "lig_denoising_resid_pre": [L][P]}}}
 GRIDS = {"resid_pre": [L][P], "attn_out": [L][P], "mlp_out": [L][P], "heads": [L][H], "heads_by_pos": [L][P][H]}.
@@ -310,12 +311,16 @@ def model_reference(directory):
         print(f"  {source} denoising resid_pre[0, {CORRUPT_POSITION}] - {source} clean metric: {value - reference:.3g}")
         assert abs(value - reference) <= 1e-6 * max(1.0, abs(reference)), (source, value, reference)
 
+    from atp_star_reference import atp_star  # it imports this module's helpers
+
     baselines = {
         "noising": (clean, corrupted_cache, clean_metric),
         "denoising": (corrupted, clean_cache, corrupted_metric),
     }
     for direction, (base_ids, other_cache, base_metric) in baselines.items():
         out[f"atp_{direction}"] = atp_grids(atp(model, base_ids, other_cache), shape)
+        other_ids = clean if direction == "denoising" else corrupted
+        out[f"atp_star_{direction}"] = atp_star(model, base_ids, other_ids, shape)
         for grid in ("heads", "resid_pre"):
             values, slopes = lig(model, base_ids, other_cache, grid, shape)
             atp_values = out[f"atp_{direction}"][grid]

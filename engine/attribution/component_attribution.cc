@@ -105,9 +105,7 @@ RowObjective MetricObjective(const ComponentRequest& request, int64_t length) {
 // Whether a component sits at a position before the pair's prompts first differ: a causal model
 // computes the same value there in both runs, so patching it changes nothing (exactly 0, no row).
 bool Unchanged(const ComponentSelection& selection, const PromptPair& pair) {
-  if (selection.position < 0) return false;
-  const auto first_difference = std::mismatch(pair.clean_ids.begin(), pair.clean_ids.end(), pair.corrupted_ids.begin());
-  return selection.position < first_difference.first - pair.clean_ids.begin();
+  return selection.position >= 0 && selection.position < pair.shared_length();
 }
 
 int64_t RowsPerComponent(const ComponentRequest& request) {
@@ -117,15 +115,22 @@ int64_t RowsPerComponent(const ComponentRequest& request) {
     case ComponentMethod::kLayerIntegratedGradients:
       return 1 + request.n_steps;  // the patch itself gives the convergence delta
     case ComponentMethod::kAttributionPatching:
-      return 0;  // one row per pair estimates every component
+    case ComponentMethod::kAttributionPatchingStar:
+      return 0;  // a pair's estimate rows estimate every component
   }
   return 0;
+}
+
+// Rows per pair that estimate every component at once: AtP's one, AtP*'s one per dropped layer.
+int64_t EstimateRows(ComponentMethod method, const ModelConfig& config) {
+  if (method == ComponentMethod::kAttributionPatching) return 1;
+  return method == ComponentMethod::kAttributionPatchingStar ? config.num_layers : 0;
 }
 
 int64_t CountRows(const ComponentRequest& request, const ModelConfig& config) {
   int64_t rows = 0;
   for (const PromptPair& pair : request.pairs) {
-    rows += request.method == ComponentMethod::kAttributionPatching ? 3 : 2;
+    rows += 2 + EstimateRows(request.method, config);
     for (const GridLayout& layout : Layouts(request, config, pair.length())) {
       rows += layout.size() * RowsPerComponent(request);
     }
@@ -159,10 +164,16 @@ class ComponentRun : public std::enable_shared_from_this<ComponentRun> {
                    .objective = objective,
                    .component = std::move(work)};
       };
-      if (request_.method == ComponentMethod::kAttributionPatching) {
-        ComponentWork estimates = base;
-        estimates.site_estimates = true;
-        rows.push_back(row(RowKind::kGrad, estimates));
+      if (const int64_t estimate_rows = EstimateRows(request_.method, config_); estimate_rows > 0) {
+        for (int64_t l = 0; l < estimate_rows; ++l) {
+          ComponentWork estimates = base;
+          estimates.site_estimates = true;
+          if (request_.method == ComponentMethod::kAttributionPatchingStar) {
+            estimates.exact_attention_weights = true;
+            estimates.gradient_dropped_layer = l;
+          }
+          rows.push_back(row(RowKind::kGrad, estimates));
+        }
         continue;
       }
       for (const GridLayout& layout : Layouts(request_, config_, pair->length())) {
@@ -223,11 +234,25 @@ class ComponentRun : public std::enable_shared_from_this<ComponentRun> {
         scale = 1 / (pair.clean_metric - pair.corrupted_metric);
       }
       const double base = request_.direction == PatchDirection::kDenoising ? pair.corrupted_metric : pair.clean_metric;
-      if (request_.method == ComponentMethod::kAttributionPatching) {
-        const RowResult& estimated = results[next++];
+      if (const int64_t estimate_rows = EstimateRows(request_.method, config_); estimate_rows > 0) {
         for (const GridLayout& layout : Layouts(request_, config_, length)) {
-          pair.grids.push_back(Estimated(layout, estimated.site_estimates[static_cast<int>(layout.site)], scale));
+          const int site = static_cast<int>(layout.site);
+          if (request_.method == ComponentMethod::kAttributionPatching) {
+            pair.grids.push_back(Estimated(layout, results[next].site_estimates[site], scale));
+            continue;
+          }
+          // GradDrop: the mean magnitude over the dropped layers, of which a component's own layer
+          // contributes nothing to its outputs' estimates (hence L − 1).
+          ComponentGrid grid = Estimated(layout, results[next].site_estimates[site], scale);
+          for (double& v : grid.values) v = std::abs(v);
+          for (int64_t l = 1; l < estimate_rows; ++l) {
+            const ComponentGrid dropped = Estimated(layout, results[next + l].site_estimates[site], scale);
+            for (size_t i = 0; i < grid.values.size(); ++i) grid.values[i] += std::abs(dropped.values[i]);
+          }
+          for (double& v : grid.values) v /= static_cast<double>(std::max<int64_t>(estimate_rows - 1, 1));
+          pair.grids.push_back(std::move(grid));
         }
+        next += estimate_rows;
       } else {
         for (const GridLayout& layout : Layouts(request_, config_, length)) {
           ComponentGrid grid{.site = layout.site, .granularity = layout.granularity, .shape = layout.shape};
@@ -307,6 +332,8 @@ const char* ComponentMethodName(ComponentMethod method) {
       return "layer_integrated_gradients";
     case ComponentMethod::kAttributionPatching:
       return "attribution_patching";
+    case ComponentMethod::kAttributionPatchingStar:
+      return "attribution_patching_star";
   }
   return "unknown";
 }

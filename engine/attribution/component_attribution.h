@@ -12,6 +12,10 @@
 //   ATTRIBUTION_PATCHING (AtP)  the first-order estimate (other − this) · d metric / d activation of
 //                               every component from one forward + backward (Nanda 2023; Kramár et al.
 //                               2024).
+//   ATTRIBUTION_PATCHING_STAR   AtP* (Kramár et al. 2024): heads' attention weights recomputed exactly for
+//                               the moved queries and keys, and GradDrop: per layer l a backward without
+//                               the gradient through l's outputs, the estimate Σ_l |AtP_l| / (L − 1). A
+//                               magnitude for ranking components (no sign), from L forward + backward.
 //
 // Denoising runs the corrupted prompt and patches in clean activations; noising the reverse. Every
 // row of every pair goes to the batching engine; the executor runs each pair's two prompts once and
@@ -30,7 +34,12 @@
 
 namespace attribution::engine {
 
-enum class ComponentMethod { kActivationPatching, kLayerIntegratedGradients, kAttributionPatching };
+enum class ComponentMethod {
+  kActivationPatching,
+  kLayerIntegratedGradients,
+  kAttributionPatching,
+  kAttributionPatchingStar,
+};
 enum class PatchDirection { kDenoising, kNoising };
 enum class ComponentMetric {
   kLogitDifference,            // logit(answer) − logit(wrong_answer)

@@ -146,6 +146,9 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
       q = ApplyRope(q, rope);
       k = ApplyRope(k, rope);
     }
+    if (batch.hooks != nullptr && batch.hooks->attention_inputs) {
+      batch.hooks->attention_inputs(static_cast<int64_t>(i), q, k, v, mask);
+    }
     if (batch.rules == PropagationRules::kAttnLrp) {  // q·kᵀ and A·v each split their gradient in two
       q = ScaleGradient(q, 0.25);
       k = ScaleGradient(k, 0.25);

@@ -55,6 +55,12 @@ struct ActivationHooks {
   std::function<at::Tensor(int64_t layer, const at::Tensor& residual)> after_layer;
   // Every component site of every layer, in forward order.
   std::function<at::Tensor(ComponentSite site, int64_t layer, const at::Tensor& activation)> at_site;
+  // Read only: what each layer's attention computes from this forward's tokens, queries and keys with
+  // positions applied: q [B, heads, S, D], k and v [B, kv_heads, S, D], and the mask [B, 1, S, K] of
+  // the keys each query sees. The attention weights are softmax(q·kᵀ / √D) over the visible keys.
+  std::function<void(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                     const at::Tensor& mask)>
+      attention_inputs;
 };
 
 // One forward's inputs. Rows are right-padded to S; lengths[r] tokens of row r are real.

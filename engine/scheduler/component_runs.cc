@@ -7,6 +7,8 @@
 #include <torch/csrc/autograd/autograd.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <map>
 
 #include "absl/strings/str_cat.h"
@@ -16,24 +18,6 @@
 
 namespace attribution::engine {
 namespace {
-
-// Rows right-padded into [B, S_max] ids, without the first skipped[r] tokens of row r (empty: none).
-ForwardBatch PadIds(const std::vector<const Row*>& rows, const std::vector<int64_t>& skipped = {}) {
-  ForwardBatch batch;
-  int64_t longest = 0;
-  for (size_t r = 0; r < rows.size(); ++r) {
-    batch.lengths.push_back(rows[r]->length() - (skipped.empty() ? 0 : skipped[r]));
-    longest = std::max(longest, batch.lengths.back());
-  }
-  batch.input_ids = at::zeros({static_cast<int64_t>(rows.size()), longest}, at::kLong);
-  for (size_t r = 0; r < rows.size(); ++r) {
-    const std::vector<int64_t>& ids = rows[r]->input_ids;
-    batch.input_ids[static_cast<int64_t>(r)]
-        .narrow(0, 0, batch.lengths[r])
-        .copy_(at::tensor(std::vector<int64_t>(ids.end() - batch.lengths[r], ids.end())));
-  }
-  return batch;
-}
 
 // The rows' objectives, positions counted from the first token each row computes.
 std::vector<RowObjective> Objectives(const std::vector<const Row*>& rows, const std::vector<int64_t>& skipped = {}) {
@@ -56,28 +40,111 @@ absl::Status CheckPatch(const ComponentSelection& patch, const ModelConfig& conf
   return absl::OkStatus();
 }
 
+// AtP*'s value + query + key terms (ComponentWork::exact_attention_weights) of some heads of one layer,
+// from the run's and the other run's q, k, v ([heads, S, D], float64: the terms are differences of
+// nearly equal weights), the hidden (query, key) slots [S, S] and d objective / d head output
+// [heads, S, D]: [heads, S].
+at::Tensor ExactWeightTerms(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& other_q,
+                            const at::Tensor& other_k, const at::Tensor& other_v, const at::Tensor& hidden,
+                            const at::Tensor& gradient) {
+  const at::Tensor scale = at::scalar_tensor(1 / std::sqrt(static_cast<double>(q.size(-1))), q.options());
+  auto logits = [&](const at::Tensor& qs, const at::Tensor& ks) {
+    return at::matmul(qs, ks.transpose(-1, -2)) * scale;
+  };
+  auto masked = [&](const at::Tensor& x) { return x.masked_fill(hidden, -std::numeric_limits<double>::infinity()); };
+  const at::Tensor own_logits = logits(q, k);
+  const at::Tensor log_weights = at::log_softmax(masked(own_logits), -1);  // [heads, S, S]
+  const at::Tensor weights = log_weights.exp();
+  const at::Tensor weight_gradient = at::matmul(gradient, v.transpose(-1, -2));  // d objective / d a[t, s]
+  const at::Tensor expected = (weights * weight_gradient).sum(-1, /*keepdim=*/true);
+  // Values enter linearly: their first-order term is exact for this head's output.
+  const at::Tensor value_term = ((other_v - v) * at::matmul(weights.transpose(-1, -2), gradient)).sum(-1);
+  // The other run's query at t: row t's weights recomputed.
+  const at::Tensor query_term = ((at::softmax(masked(logits(other_q, k)), -1) - weights) * weight_gradient).sum(-1);
+  // The other run's key at s shifts logit s of every row by δ, so row t's weights become a' with
+  // a'[s] = a[s] e^δ / Z, a'[j] = a[j] / Z, Z = 1 − a[s] + a[s] e^δ, and
+  // Σ_j (a'[j] − a[j]) g[j] = f · (g[s] − Σ_j a[j] g[j]) with f = (a[s] e^δ − a[s]) / Z.
+  const at::Tensor shifted = log_weights + (logits(q, other_k) - own_logits);  // log(a[s] e^δ)
+  const at::Tensor small = shifted.clamp_max(0).exp(), large_inverse = (-shifted.clamp_min(0)).exp();
+  const at::Tensor share = at::where(shifted > 0, (1 - weights * large_inverse) / (1 + (1 - weights) * large_inverse),
+                                     (small - weights) / (1 - weights + small));
+  const at::Tensor key_term = at::where(hidden, at::zeros_like(share), share * (weight_gradient - expected)).sum(1);
+  return value_term + query_term + key_term;
+}
+
+// ExactWeightTerms of every head of one layer of run `own` ([2, layers, heads, S, D] captures), given
+// d objective / d head output [S, heads, D]: [S, heads]. Heads go a few at a time, so that the
+// [heads, S, S] temporaries stay near 64 MB.
+at::Tensor ExactWeightEstimates(const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& values,
+                                const at::Tensor& visible, int own, int64_t layer, const at::Tensor& head_gradient) {
+  const int64_t heads = queries.size(2), length = queries.size(3);
+  const int64_t group = heads / keys.size(2);  // query heads per key / value head
+  const int64_t chunk = std::max<int64_t>(1, (int64_t{64} << 20) / (length * length * 8));
+  const at::Tensor hidden = visible.logical_not();
+  const at::Tensor gradient = head_gradient.transpose(0, 1);  // [heads, S, D]
+  std::vector<at::Tensor> parts;
+  for (int64_t first = 0; first < heads; first += chunk) {
+    const int64_t count = std::min(chunk, heads - first);
+    // Run `run`'s query heads [first, first + count), or the key / value heads they read.
+    auto take = [&](const at::Tensor& captured, int run, bool per_query_head) {
+      const at::Tensor x = captured[run][layer];
+      if (per_query_head) return x.narrow(0, first, count).to(at::kDouble);
+      const at::Tensor index = at::arange(first, first + count, at::kLong).div(group, "floor").to(x.device());
+      return x.index_select(0, index).to(at::kDouble);
+    };
+    parts.push_back(ExactWeightTerms(take(queries, own, true), take(keys, own, false), take(values, own, false),
+                                     take(queries, 1 - own, true), take(keys, 1 - own, false),
+                                     take(values, 1 - own, false), hidden,
+                                     gradient.narrow(0, first, count).to(at::kDouble)));
+  }
+  return at::cat(parts).transpose(0, 1);
+}
+
 }  // namespace
 
-absl::StatusOr<const ComponentRuns::Captured*> ComponentRuns::Capture(const std::shared_ptr<const PromptPair>& pair) {
-  if (auto it = pairs_.find(pair.get()); it != pairs_.end()) return &it->second;
+absl::StatusOr<const ComponentRuns::Captured*> ComponentRuns::Capture(const Row& row) {
+  const std::shared_ptr<const PromptPair>& pair = row.component.pair;
+  const bool attention = row.component.exact_attention_weights;
+  auto held = pairs_.find(pair.get());
+  if (held != pairs_.end() && (!attention || held->second.queries.defined())) return &held->second;
+  const bool sites = held == pairs_.end();
   // Kept across batches, some of which take gradients: never inference tensors.
   c10::InferenceMode not_inference(/*enabled=*/false);
   c10::AutoGradMode no_grad(false);
   std::array<std::vector<at::Tensor>, kComponentSites> per_layer;
-  ActivationHooks hooks{.at_site = [&per_layer](ComponentSite site, int64_t, const at::Tensor& activation) {
-    per_layer[static_cast<int>(site)].push_back(activation.detach());
-    return at::Tensor();
-  }};
+  std::array<std::vector<at::Tensor>, 3> attention_inputs;  // queries, keys, values
+  at::Tensor visible;
+  ActivationHooks hooks;
+  if (sites) {
+    hooks.at_site = [&per_layer](ComponentSite site, int64_t, const at::Tensor& activation) {
+      per_layer[static_cast<int>(site)].push_back(activation.detach());
+      return at::Tensor();
+    };
+  }
+  if (attention) {
+    hooks.attention_inputs = [&](int64_t, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                 const at::Tensor& mask) {
+      attention_inputs[0].push_back(q.detach());
+      attention_inputs[1].push_back(k.detach());
+      attention_inputs[2].push_back(v.detach());
+      visible = mask[0][0];
+    };
+  }
   ForwardBatch batch{.input_ids = at::stack({at::tensor(pair->clean_ids), at::tensor(pair->corrupted_ids)}),
                      .hooks = &hooks};
   RETURN_IF_ERROR(model_->Hidden(batch).status());
-  Captured captured{.pair = pair};
+  Captured& captured = sites ? pairs_.emplace(pair.get(), Captured{.pair = pair}).first->second : held->second;
+  if (attention) {
+    captured.queries = at::stack(attention_inputs[0], 1);
+    captured.keys = at::stack(attention_inputs[1], 1);
+    captured.values = at::stack(attention_inputs[2], 1);
+    captured.visible = visible;
+  }
+  if (!sites) return &captured;
   for (int site = 0; site < kComponentSites; ++site) captured.activations[site] = at::stack(per_layer[site], 1);
   // The tokens both prompts share before they first differ (all but the last when they never do): no
   // patch changes anything there, so score rows take those positions' keys and values from here.
-  const auto first_difference =
-      std::mismatch(pair->clean_ids.begin(), pair->clean_ids.end(), pair->corrupted_ids.begin()).first;
-  captured.shared_length = std::min<int64_t>(first_difference - pair->clean_ids.begin(), pair->length() - 1);
+  captured.shared_length = std::min(pair->shared_length(), pair->length() - 1);
   if (captured.shared_length > 0) {
     captured.shared_prefix = std::make_unique<KvCache>(model_->config().num_layers, 1);
     ForwardBatch prefix{.input_ids = at::tensor(std::vector<int64_t>(pair->clean_ids.begin(),
@@ -86,7 +153,7 @@ absl::StatusOr<const ComponentRuns::Captured*> ComponentRuns::Capture(const std:
                         .cache = captured.shared_prefix.get()};
     RETURN_IF_ERROR(model_->Hidden(prefix).status());
   }
-  return &pairs_.emplace(pair.get(), std::move(captured)).first->second;
+  return &captured;
 }
 
 at::Tensor ComponentRuns::Gather(const std::vector<const Captured*>& captured, const std::vector<const Row*>& rows,
@@ -136,7 +203,7 @@ absl::Status ComponentRuns::RunPatchedFrom(int64_t first_layer, const std::vecto
   std::map<std::pair<int, int64_t>, std::vector<int64_t>> patched_at;
   std::vector<double> alphas;
   for (size_t r = 0; r < rows.size(); ++r) {
-    ASSIGN_OR_RETURN(const Captured* pair, Capture(rows[r]->component.pair));
+    ASSIGN_OR_RETURN(const Captured* pair, Capture(*rows[r]));
     captured.push_back(pair);
     alphas.push_back(rows[r]->component.alpha);
     if (const std::optional<ComponentSelection>& patch = rows[r]->component.patch) {
@@ -152,7 +219,7 @@ absl::Status ComponentRuns::RunPatchedFrom(int64_t first_layer, const std::vecto
     skipped[r] = captured[r]->shared_length;
     prefixes[r] = captured[r]->shared_prefix.get();
   }
-  ForwardBatch batch = PadIds(rows, skipped);
+  ForwardBatch batch = PadRowIds(rows, skipped);
   const int64_t longest = batch.input_ids.size(1);
   const auto options = at::TensorOptions().dtype(model_->dtype()).device(model_->device());
   if (first_layer > 0) {
@@ -234,20 +301,35 @@ absl::Status ComponentRuns::RunPatchedFrom(int64_t first_layer, const std::vecto
 absl::Status ComponentRuns::RunSiteEstimates(const std::vector<const Row*>& rows, std::vector<RowResult>& results) {
   std::vector<const Captured*> captured;
   for (const Row* row : rows) {
-    ASSIGN_OR_RETURN(const Captured* pair, Capture(row->component.pair));
+    ASSIGN_OR_RETURN(const Captured* pair, Capture(*row));
     captured.push_back(pair);
   }
-  ForwardBatch batch = PadIds(rows);
+  ForwardBatch batch = PadRowIds(rows);
   const int64_t longest = batch.input_ids.size(1);
   c10::InferenceMode not_inference(/*enabled=*/false);
   c10::AutoGradMode grad_mode(true);
+  // GradDrop: per layer, [B, 1, 1] with 0 for the rows whose backward skips that layer's outputs.
+  std::map<int64_t, at::Tensor> gradient_kept;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const int64_t dropped = rows[r]->component.gradient_dropped_layer;
+    if (dropped < 0) continue;
+    at::Tensor& kept = gradient_kept[dropped];
+    if (!kept.defined()) kept = at::ones({static_cast<int64_t>(rows.size()), 1, 1}, at::kFloat);
+    kept[static_cast<int64_t>(r)].fill_(0);
+  }
+  for (auto& [layer, kept] : gradient_kept) kept = kept.to(model_->device(), model_->dtype());
   // A zero added at every site: its gradient is the activation's, and the graph still flows through.
   std::vector<at::Tensor> zeros;
   std::vector<std::pair<ComponentSite, int64_t>> zero_sites;
   ActivationHooks hooks{.at_site = [&](ComponentSite site, int64_t layer, const at::Tensor& activation) {
     zeros.push_back(at::zeros_like(activation).requires_grad_(true));
     zero_sites.emplace_back(site, layer);
-    return activation + zeros.back();
+    at::Tensor out = activation + zeros.back();
+    auto kept = gradient_kept.find(layer);
+    if (kept != gradient_kept.end() && (site == ComponentSite::kAttnOut || site == ComponentSite::kMlpOut)) {
+      out = out * kept->second + out.detach() * (1 - kept->second);  // the same value, a gated gradient
+    }
+    return out;
   }};
   batch.hooks = &hooks;
   ASSIGN_OR_RETURN(at::Tensor values, model_->ObjectiveValues(batch, Objectives(rows)));
@@ -262,7 +344,17 @@ absl::Status ComponentRuns::RunSiteEstimates(const std::vector<const Row*>& rows
       const at::Tensor difference = Gather(captured, rows, site, layer, /*own=*/false, longest).to(at::kFloat) -
                                     Gather(captured, rows, site, layer, /*own=*/true, longest).to(at::kFloat);
       const at::Tensor gradient = gradients[i].defined() ? gradients[i].to(at::kFloat) : at::zeros_like(difference);
-      per_layer[static_cast<int>(site)].push_back((difference * gradient).sum(-1));
+      at::Tensor estimates = (difference * gradient).sum(-1);
+      for (size_t r = 0; r < rows.size() && site == ComponentSite::kHeads; ++r) {
+        if (!rows[r]->component.exact_attention_weights) continue;
+        const int64_t length = rows[r]->length();
+        estimates[static_cast<int64_t>(r)]
+            .narrow(0, 0, length)
+            .copy_(ExactWeightEstimates(captured[r]->queries, captured[r]->keys, captured[r]->values,
+                                        captured[r]->visible, rows[r]->component.run == PairRun::kClean ? 0 : 1, layer,
+                                        gradient[static_cast<int64_t>(r)].narrow(0, 0, length)));
+      }
+      per_layer[static_cast<int>(site)].push_back(estimates);
     }
     values = values.detach().cpu();
     for (size_t r = 0; r < rows.size(); ++r) results[r].value = values[static_cast<int64_t>(r)].item<double>();

@@ -39,8 +39,12 @@ class ComponentRuns {
     // The keys and values of the tokens both prompts share before they first differ.
     int64_t shared_length = 0;
     std::unique_ptr<KvCache> shared_prefix;
+    // Rows that recompute attention weights (AtP*): each layer's queries [2, layers, heads, S, D],
+    // keys and values [2, layers, kv_heads, S, D] and the keys each query sees, [S, S].
+    at::Tensor queries, keys, values, visible;
   };
-  absl::StatusOr<const Captured*> Capture(const std::shared_ptr<const PromptPair>& pair);
+  // The pair of `row`, run now unless held (with its attention inputs when the row needs them).
+  absl::StatusOr<const Captured*> Capture(const Row& row);
   // The rows' activations at `site` of `layer`, [B, S_max, ...], from their own run (`own`) or the
   // other one, without row r's first skipped[r] positions (empty: none), zero past each row's length.
   at::Tensor Gather(const std::vector<const Captured*>& captured, const std::vector<const Row*>& rows,

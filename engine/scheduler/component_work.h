@@ -11,6 +11,7 @@
 //                         .patch = ComponentSelection{.site = ComponentSite::kHeads, .layer = 3, .head = 5}}};
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -26,6 +27,12 @@ struct PromptPair {
   std::vector<int64_t> corrupted_ids;
   int64_t length() const { return static_cast<int64_t>(clean_ids.size()); }
   const std::vector<int64_t>& ids(bool clean) const { return clean ? clean_ids : corrupted_ids; }
+  // The tokens both prompts share before they first differ: a causal model computes the same values
+  // there in both runs.
+  int64_t shared_length() const {
+    return std::mismatch(clean_ids.begin(), clean_ids.end(), corrupted_ids.begin(), corrupted_ids.end()).first -
+           clean_ids.begin();
+  }
 };
 
 enum class PairRun { kClean, kCorrupted };
@@ -49,6 +56,15 @@ struct ComponentWork {
   // activation) · d objective / d activation (attribution patching), per layer and position (heads:
   // and head).
   bool site_estimates = false;
+  // AtP*'s two corrections of those estimates (Kramár et al. 2024). Heads: the effect of moving the
+  // head's query, key and value at each position to the other run's, with the attention weights the
+  // moved query or key gives recomputed exactly (a saturated softmax has a vanishing gradient) and
+  // only what follows them linearised: Σ_s (a'[t,s] − a[t,s]) · d objective / d a[t,s], plus the value's
+  // first-order term.
+  bool exact_attention_weights = false;
+  // >= 0: the backward drops the gradient through this layer's attention and MLP outputs (GradDrop),
+  // so estimates that cancel through the layer's paths are seen apart.
+  int64_t gradient_dropped_layer = -1;
 };
 
 }  // namespace attribution::engine

@@ -50,9 +50,10 @@ class ModelExecutor : public BatchExecutor {
 
   int64_t CapturedBytesPerToken() const override {
     const ModelConfig& c = model_->config();
-    // Two runs; per layer the residual stream, attention and MLP outputs and every head's output, and
-    // the shared prefix's keys and values.
-    return c.num_layers * (2 * (3 * c.hidden_size + c.num_heads * c.head_dim) + 2 * c.num_kv_heads * c.head_dim) *
+    // Two runs; per layer the residual stream, attention and MLP outputs and every head's output, the
+    // attention's queries, keys and values (AtP*), and the shared prefix's keys and values.
+    const int64_t queries = c.num_heads * c.head_dim, keys = c.num_kv_heads * c.head_dim;
+    return c.num_layers * (2 * (3 * c.hidden_size + queries) + 2 * (queries + 2 * keys) + 2 * keys) *
            static_cast<int64_t>(c10::elementSize(model_->dtype()));
   }
 
@@ -61,25 +62,18 @@ class ModelExecutor : public BatchExecutor {
   // embedding path (whose rows `paths` then receives).
   absl::StatusOr<ForwardBatch> Pad(const std::vector<const Row*>& rows,
                                    std::vector<PathEmbeddings::PathRows>* paths = nullptr) {
+    if (std::none_of(rows.begin(), rows.end(), [](const Row* row) { return row->point.path != nullptr; })) {
+      return PadRowIds(rows);
+    }
     ForwardBatch batch;
     int64_t longest = 0;
-    bool any_path = false;
     for (const Row* row : rows) {
       batch.lengths.push_back(row->length());
       longest = std::max(longest, row->length());
-      any_path = any_path || row->point.path != nullptr;
-    }
-    const int64_t b = static_cast<int64_t>(rows.size());
-    if (!any_path) {
-      batch.input_ids = at::zeros({b, longest}, at::kLong);
-      for (int64_t r = 0; r < b; ++r) {
-        batch.input_ids[r].narrow(0, 0, batch.lengths[r]).copy_(at::tensor(rows[r]->input_ids, at::kLong));
-      }
-      return batch;
     }
     const int64_t hidden = model_->config().hidden_size;
-    batch.inputs_embeds =
-        at::zeros({b, longest, hidden}, at::TensorOptions().dtype(model_->dtype()).device(model_->device()));
+    batch.inputs_embeds = at::zeros({static_cast<int64_t>(rows.size()), longest, hidden},
+                                    at::TensorOptions().dtype(model_->dtype()).device(model_->device()));
     ASSIGN_OR_RETURN(std::vector<PathEmbeddings::PathRows> filled, paths_.Fill(rows, batch.inputs_embeds));
     if (paths != nullptr) *paths = std::move(filled);
     return batch;
@@ -175,6 +169,23 @@ class ModelExecutor : public BatchExecutor {
 
 std::unique_ptr<BatchExecutor> MakeModelExecutor(std::shared_ptr<const CausalLM> model) {
   return std::make_unique<ModelExecutor>(std::move(model));
+}
+
+ForwardBatch PadRowIds(const std::vector<const Row*>& rows, const std::vector<int64_t>& skipped) {
+  ForwardBatch batch;
+  int64_t longest = 0;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    batch.lengths.push_back(rows[r]->length() - (skipped.empty() ? 0 : skipped[r]));
+    longest = std::max(longest, batch.lengths.back());
+  }
+  batch.input_ids = at::zeros({static_cast<int64_t>(rows.size()), longest}, at::kLong);
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const std::vector<int64_t>& ids = rows[r]->input_ids;
+    batch.input_ids[static_cast<int64_t>(r)]
+        .narrow(0, 0, batch.lengths[r])
+        .copy_(at::tensor(c10::ArrayRef<int64_t>(ids).slice(ids.size() - batch.lengths[r])));
+  }
+  return batch;
 }
 
 const char* RowKindName(RowKind kind) {

@@ -72,6 +72,10 @@ struct RowResult {
   std::vector<at::Tensor> site_estimates;
 };
 
+// The rows' ids right-padded into [B, S_max] (input_ids and lengths), without the first skipped[r]
+// tokens of row r (empty: none).
+ForwardBatch PadRowIds(const std::vector<const Row*>& rows, const std::vector<int64_t>& skipped = {});
+
 // Called once per row, on the engine's executor thread (keep it short; never block on the engine).
 using RowCallback = std::function<void(size_t row_index, RowResult result)>;
 

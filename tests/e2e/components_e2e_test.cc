@@ -181,6 +181,32 @@ TEST_P(ComponentsMatchReference, AttributionPatchingEqualsAutograd) {
   }
 }
 
+// AtP* against its definition over transformers (tools/atp_star_reference.py: every moved key's softmax
+// recomputed whole, one backward per dropped layer), every grid and the heads per position.
+TEST_P(ComponentsMatchReference, AttributionPatchingStarEqualsItsDefinition) {
+  for (const std::string direction : {"denoising", "noising"}) {
+    SCOPED_TRACE(direction);
+    client::ComponentOptions options = Options("attribution_patching_star", direction);
+    absl::StatusOr<client::ComponentAttribution> result = client_->AttributeComponents(options);
+    ASSERT_THAT(result, IsOk());
+    const int64_t layers = result->grids[0].shape[0];
+    EXPECT_EQ(result->stats.rows, 2 + layers);
+    EXPECT_EQ(result->stats.backward_passes, layers);
+    const nlohmann::json& star = (*reference_)["atp_star_" + direction];
+    const char* names[] = {"heads", "resid_pre", "attn_out", "mlp_out"};
+    for (size_t g = 0; g < 4; ++g) {
+      SCOPED_TRACE(names[g]);
+      EXPECT_LT(RelativeError(result->grids[g].values, Flatten(star[names[g]])), 1e-4);
+      EXPECT_GE(*std::min_element(result->grids[g].values.begin(), result->grids[g].values.end()), 0);
+    }
+    options.sites = {"heads"};
+    options.granularity = "layer_position_head";
+    absl::StatusOr<client::ComponentAttribution> by_position = client_->AttributeComponents(options);
+    ASSERT_THAT(by_position, IsOk());
+    EXPECT_LT(RelativeError(by_position->grids[0].values, Flatten(star["heads_by_pos"])), 1e-4);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Architectures, ComponentsMatchReference, ::testing::Values("gpt2", "llama", "qwen2"));
 
 // What users send wrong gets INVALID_ARGUMENT naming the field, and the server goes on.
@@ -308,6 +334,20 @@ TEST(ComponentsOnTheDefaultModel, TheColourHeadLeadsAndAttributionPatchingRanksH
   std::cout << "default model heads: strongest " << strongest(p) << ", patching " << p[strongest(p)] << ", AtP "
             << a[strongest(p)] << ", Spearman " << rho << "\n";
   EXPECT_GT(rho, 0.8);
+
+  // AtP* estimates magnitudes: ranked against |patching effect|, as |AtP| is.
+  options.method = "attribution_patching_star";
+  absl::StatusOr<client::ComponentAttribution> starred = (*client)->AttributeComponents(options);
+  ASSERT_THAT(starred, IsOk());
+  const std::vector<double>& star = starred->grids[0].values;
+  auto magnitudes = [](std::vector<double> v) {
+    for (double& x : v) x = std::abs(x);
+    return v;
+  };
+  EXPECT_EQ(strongest(star), strongest(p));
+  const double rho_star = Spearman(magnitudes(p), star), rho_plain = Spearman(magnitudes(p), magnitudes(a));
+  std::cout << "default model heads, against |patching|: Spearman AtP* " << rho_star << ", |AtP| " << rho_plain << "\n";
+  EXPECT_GT(rho_star, 0.75);
 }
 
 }  // namespace

@@ -21,6 +21,7 @@ LAYERS, HEADS = 4, 8  # the default model (models/tiny-qa-llama)
 METHODS = {
     "activation_patching": ({}, []),
     "attribution_patching": ({}, []),
+    "attribution_patching_star": ({}, []),
     "layer_integrated_gradients": (dict(n_steps=4), ["--n_steps=4"]),
 }
 

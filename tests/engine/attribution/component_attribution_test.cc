@@ -142,8 +142,32 @@ TEST_P(ComponentAttributionTest, OneLeftRiemannStepIsAttributionPatching) {
                        {ComponentSite::kResidPre, ComponentSite::kAttnOut, ComponentSite::kMlpOut}));
 }
 
+TEST_P(ComponentAttributionTest, AttributionPatchingStarOfTheLastLayersOutputsIsTheMagnitudeOfAtP) {
+  // The last layer's outputs reach the metric directly: dropping an earlier layer's gradient leaves
+  // theirs as it is, dropping their own layer's zeroes it, so Σ_l |AtP_l| / (L − 1) = |AtP|.
+  for (PatchDirection direction : {PatchDirection::kDenoising, PatchDirection::kNoising}) {
+    ComponentRequest atp =
+        Request(ComponentMethod::kAttributionPatching, {ComponentSite::kAttnOut, ComponentSite::kMlpOut});
+    atp.direction = direction;
+    ComponentRequest star = atp;
+    star.method = ComponentMethod::kAttributionPatchingStar;
+    absl::StatusOr<ComponentResult> plain = Run(atp), starred = Run(star);
+    ASSERT_THAT(plain.status(), IsOk());
+    ASSERT_THAT(starred.status(), IsOk());
+    EXPECT_EQ(starred->rows, 2 + config().num_layers);
+    const int64_t length = kPair.length(), last = (config().num_layers - 1) * length;
+    for (size_t g = 0; g < 2; ++g) {
+      for (int64_t p = 0; p < length; ++p) {
+        const double a = plain->grids[g].values[last + p];
+        EXPECT_NEAR(starred->grids[g].values[last + p], std::abs(a), 1e-6 * (1 + std::abs(a))) << g << ", " << p;
+      }
+    }
+  }
+}
+
 TEST_P(ComponentAttributionTest, PairsTogetherEqualPairsAloneAndAverage) {
-  for (ComponentMethod method : {ComponentMethod::kActivationPatching, ComponentMethod::kAttributionPatching}) {
+  for (ComponentMethod method : {ComponentMethod::kActivationPatching, ComponentMethod::kAttributionPatching,
+                                 ComponentMethod::kAttributionPatchingStar}) {
     ComponentRequest both = Request(method, {ComponentSite::kHeads, ComponentSite::kMlpOut});
     both.pairs = {kPair, kOtherPair};
     both.metric = ComponentMetric::kNormalizedLogitDifference;

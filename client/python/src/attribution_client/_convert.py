@@ -36,7 +36,7 @@ TOKENIZATIONS: Dict[str, int] = {"continuation": pb.CONTINUATION, "separate": pb
 PRIORITIES: Dict[str, int] = {"low": pb.LOW, "normal": pb.NORMAL, "high": pb.HIGH}
 COMPONENT_METHODS: Dict[str, int] = {
     "activation_patching": pb.ACTIVATION_PATCHING, "layer_integrated_gradients": pb.LAYER_INTEGRATED_GRADIENTS,
-    "attribution_patching": pb.ATTRIBUTION_PATCHING,
+    "attribution_patching": pb.ATTRIBUTION_PATCHING, "attribution_patching_star": pb.ATTRIBUTION_PATCHING_STAR,
 }
 COMPONENT_METRICS: Dict[str, int] = {
     "logit_difference": pb.LOGIT_DIFFERENCE, "normalized_logit_difference": pb.NORMALIZED_LOGIT_DIFFERENCE,

@@ -133,7 +133,7 @@ class ComponentOptions:
     model: str = ""
     no_special_tokens: bool = False
     metric: str = "logit_difference"     # normalized_logit_difference log_prob prob prob_difference
-    method: str = "activation_patching"  # layer_integrated_gradients attribution_patching
+    method: str = "activation_patching"  # layer_integrated_gradients attribution_patching[_star]
     direction: str = "denoising"         # noising
     sites: Union[Sequence[str], str] = field(default_factory=lambda: ["heads"])  # attn_out mlp_out resid_pre
     granularity: str = "default"         # layer_head layer_position layer_position_head

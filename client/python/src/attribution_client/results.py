@@ -200,7 +200,7 @@ class ComponentAttribution:
     and each pair's own grids (`pairs`)."""
 
     model: str
-    method: str      # activation_patching layer_integrated_gradients attribution_patching
+    method: str      # activation_patching layer_integrated_gradients attribution_patching[_star]
     metric: str      # logit_difference normalized_logit_difference log_prob prob prob_difference
     direction: str   # denoising noising
     grids: List[ComponentGrid]
