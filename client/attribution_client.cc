@@ -121,23 +121,26 @@ struct AttributionClient::Impl {
   std::unique_ptr<v1::AttributionService::Stub> stub;
   std::unique_ptr<grpc::health::v1::Health::Stub> health;
 
-  std::unique_ptr<grpc::ClientContext> NewContext() const {
+  // `request_id`, when set, goes as x-request-id metadata: the server writes it in the call's log line.
+  std::unique_ptr<grpc::ClientContext> NewContext(const std::string& request_id = "") const {
     auto context = std::make_unique<grpc::ClientContext>();
     context->set_deadline(absl::ToChronoTime(absl::Now() + options.timeout));
     if (!options.bearer_token.empty()) context->AddMetadata("authorization", "Bearer " + options.bearer_token);
+    if (!request_id.empty()) context->AddMetadata("x-request-id", request_id);
     return context;
   }
 
   // One unary call on the callback API: owns its context and messages until the callback ran.
   template <typename Request, typename Response, typename Result, typename Start, typename Convert>
-  void Unary(Request request, Start start, Convert convert, Callback<Result> done) const {
+  void Unary(const std::string& request_id, Request request, Start start, Convert convert,
+             Callback<Result> done) const {
     struct Call {
       std::unique_ptr<grpc::ClientContext> context;
       Request request;
       Response response;
     };
     auto call = std::make_shared<Call>();
-    call->context = NewContext();
+    call->context = NewContext(request_id);
     call->request = std::move(request);
     start(call->context.get(), &call->request, &call->response,
           [call, convert, done = std::move(done)](grpc::Status status) mutable {
@@ -199,7 +202,8 @@ void AttributionClient::AttributeAsync(const AttributeOptions& options, Callback
   if (!request.ok()) return done(request.status());
   auto* async = impl_->stub->async();
   impl_->Unary<v1::AttributeRequest, v1::AttributeResponse, Attribution>(
-      std::move(*request), [async](auto* c, auto* q, auto* r, auto cb) { async->Attribute(c, q, r, std::move(cb)); },
+      options.request_id, std::move(*request),
+      [async](auto* c, auto* q, auto* r, auto cb) { async->Attribute(c, q, r, std::move(cb)); },
       [](const v1::AttributeResponse& r) { return FromProto(r); }, std::move(done));
 }
 
@@ -218,7 +222,7 @@ void AttributionClient::AttributeStreamAsync(const AttributeOptions& options,
     if (event.has_result()) result = FromProto(event.result());
   };
   auto* call = new StreamCall<v1::AttributeRequest, v1::AttributeEvent, Attribution>(
-      impl_->NewContext(), std::move(*request), std::move(on_event), std::move(done));
+      impl_->NewContext(options.request_id), std::move(*request), std::move(on_event), std::move(done));
   auto* async = impl_->stub->async();
   call->Run([async](auto* c, auto* q, auto* r) { async->AttributeStream(c, q, r); });
 }
@@ -240,7 +244,7 @@ void AttributionClient::AttributeComponentsAsync(const ComponentOptions& options
     if (event.has_result()) result = FromProto(event.result());
   };
   auto* call = new StreamCall<v1::AttributeComponentsRequest, v1::AttributeComponentsEvent, ComponentAttribution>(
-      impl_->NewContext(), std::move(*request), std::move(on_event), std::move(done));
+      impl_->NewContext(options.request_id), std::move(*request), std::move(on_event), std::move(done));
   auto* async = impl_->stub->async();
   call->Run([async](auto* c, auto* q, auto* r) { async->AttributeComponentsStream(c, q, r); });
 }
@@ -256,7 +260,8 @@ void AttributionClient::GenerateAsync(const GenerateOptions& options, Callback<G
   if (!request.ok()) return done(request.status());
   auto* async = impl_->stub->async();
   impl_->Unary<v1::GenerateRequest, v1::GenerateResponse, Generation>(
-      std::move(*request), [async](auto* c, auto* q, auto* r, auto cb) { async->Generate(c, q, r, std::move(cb)); },
+      options.request_id, std::move(*request),
+      [async](auto* c, auto* q, auto* r, auto cb) { async->Generate(c, q, r, std::move(cb)); },
       [](const v1::GenerateResponse& r) { return FromProto(r); }, std::move(done));
 }
 
@@ -273,7 +278,7 @@ void AttributionClient::GenerateStreamAsync(const GenerateOptions& options, std:
     if (event.has_result()) result = FromProto(event.result());
   };
   auto* call = new StreamCall<v1::GenerateRequest, v1::GenerateEvent, Generation>(
-      impl_->NewContext(), std::move(*request), std::move(on_event), std::move(done));
+      impl_->NewContext(options.request_id), std::move(*request), std::move(on_event), std::move(done));
   auto* async = impl_->stub->async();
   call->Run([async](auto* c, auto* q, auto* r) { async->GenerateStream(c, q, r); });
 }
@@ -288,7 +293,8 @@ void AttributionClient::GetLogprobsAsync(const LogprobsOptions& options, Callbac
   if (!request.ok()) return done(request.status());
   auto* async = impl_->stub->async();
   impl_->Unary<v1::LogprobsRequest, v1::LogprobsResponse, Logprobs>(
-      std::move(*request), [async](auto* c, auto* q, auto* r, auto cb) { async->Logprobs(c, q, r, std::move(cb)); },
+      options.request_id, std::move(*request),
+      [async](auto* c, auto* q, auto* r, auto cb) { async->Logprobs(c, q, r, std::move(cb)); },
       [](const v1::LogprobsResponse& r) { return FromProto(r); }, std::move(done));
 }
 
@@ -299,7 +305,7 @@ absl::StatusOr<Logprobs> AttributionClient::GetLogprobs(const LogprobsOptions& o
 void AttributionClient::ListModelsAsync(Callback<std::vector<ModelInfo>> done) {
   auto* async = impl_->stub->async();
   impl_->Unary<v1::ListModelsRequest, v1::ListModelsResponse, std::vector<ModelInfo>>(
-      v1::ListModelsRequest(),
+      "", v1::ListModelsRequest(),
       [async](auto* c, auto* q, auto* r, auto cb) { async->ListModels(c, q, r, std::move(cb)); },
       [](const v1::ListModelsResponse& r) { return FromProto(r); }, std::move(done));
 }
@@ -313,7 +319,7 @@ void AttributionClient::HealthAsync(const std::string& service, Callback<std::st
   request.set_service(service);
   auto* async = impl_->health->async();
   impl_->Unary<grpc::health::v1::HealthCheckRequest, grpc::health::v1::HealthCheckResponse, std::string>(
-      std::move(request), [async](auto* c, auto* q, auto* r, auto cb) { async->Check(c, q, r, std::move(cb)); },
+      "", std::move(request), [async](auto* c, auto* q, auto* r, auto cb) { async->Check(c, q, r, std::move(cb)); },
       [](const grpc::health::v1::HealthCheckResponse& r) {
         return grpc::health::v1::HealthCheckResponse::ServingStatus_Name(r.status());
       },

@@ -104,6 +104,7 @@ struct AttributeOptions {
   bool want_faithfulness = false;       // deletion / insertion curves (12 more forward rows on the server)
   bool include_special_tokens = false;  // special tokens (bos, ...) as features too (Captum parity)
   std::string priority = "normal";      // low high
+  std::string request_id;               // sent as x-request-id metadata; the server logs it with the call
 };
 
 // Deletion / insertion curves of an explanation (see Faithfulness in the proto): probabilities of the
@@ -138,6 +139,7 @@ struct GenerateOptions {
   bool no_special_tokens = false;
   GenerationSettings generation;
   std::string priority = "normal";
+  std::string request_id;  // sent as x-request-id metadata; the server logs it with the call
 };
 
 struct Generation {
@@ -158,6 +160,7 @@ struct LogprobsOptions {
   std::string target_tokenization = "continuation";  // or "separate" (see AttributeOptions)
   int top_k = 0;
   std::string priority = "normal";
+  std::string request_id;  // sent as x-request-id metadata; the server logs it with the call
 };
 
 struct TokenLogprob {
@@ -205,6 +208,7 @@ struct ComponentOptions {
   int n_steps = 0;                             // layer integrated gradients; 0: 16
   std::string rule = "gausslegendre";
   std::string priority = "normal";
+  std::string request_id;  // sent as x-request-id metadata; the server logs it with the call
 };
 
 struct ComponentGrid {

@@ -65,6 +65,9 @@ void AttributionServiceImpl::CallEnded(const CallLog& log, const grpc::Status& s
                          {"code", code},
                          {"wall_s", absl::ToDoubleSeconds(now - log.received)},
                          {"peer", log.peer}};
+  // The client's id for the call (a batch job's is a hash of model, settings and row), so a retried
+  // row is recognisable; client text, so capped like the model name.
+  if (!log.request_id.empty()) line["request_id"] = AbbreviateUserText(log.request_id, 128);
   if (log.stats.rows() > 0) {
     line["rows"] = log.stats.rows();
     line["queue_s"] = log.stats.queue_seconds();

@@ -25,10 +25,21 @@ struct CallLog {
   std::string method;
   std::string model;
   std::string peer;
+  std::string request_id;  // the client's x-request-id metadata, if any
   absl::Time received = absl::Now();
   bool admitted = false;  // holds a CallGate slot
   attribution::v1::RunStats stats;
 };
+
+// Who the call is and where it came from, for its log line.
+inline CallLog StartCallLog(std::string method, const grpc::CallbackServerContext* context) {
+  CallLog log{.method = std::move(method), .peer = context->peer()};
+  const auto& metadata = context->client_metadata();
+  if (auto id = metadata.find("x-request-id"); id != metadata.end()) {
+    log.request_id.assign(id->second.data(), id->second.size());
+  }
+  return log;
+}
 
 class CallObserver {
  public:
@@ -71,10 +82,7 @@ class CancelHook {
 class UnaryCall final : public grpc::ServerUnaryReactor {
  public:
   UnaryCall(CallObserver* observer, std::string method, grpc::CallbackServerContext* context)
-      : observer_(observer), watch_(observer->WatchDelivery(context)) {
-    log_.method = std::move(method);
-    log_.peer = context->peer();
-  }
+      : observer_(observer), watch_(observer->WatchDelivery(context)), log_(StartCallLog(std::move(method), context)) {}
   CallLog& log() { return log_; }
   void OnCancelDo(std::function<void()> cancel) { cancel_.Set(std::move(cancel)); }
   void Complete(const absl::Status& status) {
@@ -103,10 +111,7 @@ template <typename Event>
 class StreamCall final : public grpc::ServerWriteReactor<Event> {
  public:
   StreamCall(CallObserver* observer, std::string method, grpc::CallbackServerContext* context)
-      : observer_(observer), watch_(observer->WatchDelivery(context)) {
-    log_.method = std::move(method);
-    log_.peer = context->peer();
-  }
+      : observer_(observer), watch_(observer->WatchDelivery(context)), log_(StartCallLog(std::move(method), context)) {}
   CallLog& log() { return log_; }
   void OnCancelDo(std::function<void()> cancel) { cancel_.Set(std::move(cancel)); }
 

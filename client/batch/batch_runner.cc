@@ -74,7 +74,8 @@ class RowProcessor {
       target =
           result["label"].is_string() ? result["label"].get<std::string>() : result["predicted"].get<std::string>();
     }
-    const AttributeOptions request = ToAttributeOptions(*effective, row, target);
+    AttributeOptions request = ToAttributeOptions(*effective, row, target);
+    request.request_id = result["request_id"].get<std::string>();
     absl::StatusOr<Attribution> attribution = WithRetries<Attribution>(
         clients_, position, options_, attempts, [&](AttributionClient& client) { return client.Attribute(request); });
     if (!attribution.ok()) return Failure(result, attribution.status(), attempts);
@@ -105,7 +106,8 @@ class RowProcessor {
       const LogprobsOptions request{.model = settings["model"].get<std::string>(),
                                     .prompt = row.prompt,
                                     .target = choice,
-                                    .target_tokenization = settings["target_tokenization"].get<std::string>()};
+                                    .target_tokenization = settings["target_tokenization"].get<std::string>(),
+                                    .request_id = result["request_id"].get<std::string>()};
       absl::StatusOr<Logprobs> scored =
           WithRetries<Logprobs>(clients_, position, options_, attempts,
                                 [&](AttributionClient& client) { return client.GetLogprobs(request); });

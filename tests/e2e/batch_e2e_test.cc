@@ -11,8 +11,10 @@
 #include <cmath>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <sstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -225,6 +227,40 @@ TEST_F(Batch, ResultsEqualTheSameRequestsSentOneByOne) {
   }
   // The default model knows its warmth questions.
   EXPECT_GT(correct, scored * 9 / 10);
+}
+
+// Each row's calls carry its request id (x-request-id metadata) into the server's log lines, the
+// failed row's too: one Attribute call per row, plus one Logprobs call per choice (a failed row: its one
+// failed call).
+TEST_F(Batch, TheServerLogsEachCallWithItsRowsRequestId) {
+  std::map<std::string, std::map<std::string, int>> calls;  // request id -> rpc -> count
+  std::istringstream log(a_->Log());
+  for (std::string line; std::getline(log, line);) {
+    const json entry = json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (entry.is_object() && entry.contains("request_id")) {
+      ++calls[entry["request_id"].get<std::string>()][entry["rpc"].get<std::string>()];
+    }
+  }
+  std::ifstream rows(*rows_);
+  std::map<std::string, size_t> choices;
+  for (std::string line; std::getline(rows, line);) {
+    const json row = json::parse(line);
+    choices[row["id"].get<std::string>()] = row.value("choices", json::array()).size();
+  }
+  // Rows with the same model, settings and input share one id (the request is the same).
+  std::map<std::string, std::map<std::string, int>> expected;
+  for (const json& result : *reference_results_) {
+    const std::string id = result["request_id"].get<std::string>();
+    if (result["status"] == "error") {  // its first call failed, which one depends on the row
+      EXPECT_EQ(calls[id].size(), 1u) << result["id"];
+      calls.erase(id);
+      continue;
+    }
+    ++expected[id]["Attribute"];
+    if (const size_t n = choices[result["id"].get<std::string>()]; n > 0)
+      expected[id]["Logprobs"] += static_cast<int>(n);
+  }
+  EXPECT_EQ(calls, expected);
 }
 
 TEST_F(Batch, KilledThreeTimesAndResumedEndsWithTheUninterruptedOutput) {

@@ -169,6 +169,25 @@ def test_async_client_matches_sync_client(client, server):
     assert models == client.list_models() and health == "SERVING"
 
 
+def test_request_ids_reach_the_servers_log_lines(client, server):
+    """request_id goes as x-request-id metadata on unary, streaming and asyncio calls; the server writes
+    it in the call's log line (a JSON object per line)."""
+    client.logprobs(prompt=PROMPT, target=" red", request_id="py-unary")
+    client.attribute_stream(prompt=PROMPT, target=" red", method="saliency", request_id="py-stream").result()
+
+    async def run():
+        async with ac.AsyncAttributionClient(server.address) as c:
+            await c.generate(prompt=PROMPT, max_new_tokens=1, request_id="py-async")
+
+    asyncio.run(run())
+    time.sleep(0.5)  # the log line is written as the call ends
+    with open(server.log.name) as f:
+        logged = {line["request_id"]: line["rpc"]
+                  for line in map(json.loads, filter(str.strip, f)) if "request_id" in line}
+    assert {k: logged.get(k) for k in ("py-unary", "py-stream", "py-async")} == {
+        "py-unary": "Logprobs", "py-stream": "AttributeStream", "py-async": "Generate"}
+
+
 def test_cancel_raises_cancelled(client):
     stream = client.attribute_stream(prompt=PROMPT, target=" Yes", n_steps=1024, timeout=120)
     with pytest.raises(ac.Cancelled) as error:

@@ -63,3 +63,8 @@ def metadata(o: ClientOptions) -> Tuple[Tuple[str, str], ...]:
     # As call metadata rather than call credentials: gRPC refuses those on plaintext channels, and the
     # server accepts tokens on both.
     return (("authorization", f"Bearer {o.bearer_token}"),) if o.bearer_token else ()
+
+
+def with_request_id(metadata: Tuple[Tuple[str, str], ...], request_id: str) -> Tuple[Tuple[str, str], ...]:
+    """The call's metadata: the client's, and the request id as x-request-id (the server logs it)."""
+    return metadata + (("x-request-id", request_id),) if request_id else metadata

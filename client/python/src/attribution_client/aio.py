@@ -95,10 +95,10 @@ class AsyncAttributionClient:
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
 
-    async def _unary(self, method: Any, request: Any, timeout: Any) -> Any:
+    async def _unary(self, method: Any, request: Any, timeout: Any, request_id: str = "") -> Any:
         try:
             return await method(request, timeout=_calls.timeout(timeout, self.options.timeout),
-                                metadata=self._metadata)
+                                metadata=_channel.with_request_id(self._metadata, request_id))
         except grpc.RpcError as e:
             raise from_grpc(e) from None
 
@@ -121,14 +121,15 @@ class AsyncAttributionClient:
             async for p in stream:
                 progress(p)
             return await stream.result()
-        return _convert.attribution(await self._unary(self._stub.Attribute, _convert.attribute_request(o), timeout))
+        return _convert.attribution(
+            await self._unary(self._stub.Attribute, _convert.attribute_request(o), timeout, o.request_id))
 
     async def attribute_stream(self, options: Optional[AttributeOptions] = None, *, timeout: Any = _calls.DEFAULT,
                                **fields: Any) -> AsyncStream[Progress, Attribution]:
         o = await self._model(_calls.build(AttributeOptions, options, fields))
         call = self._stub.AttributeStream(_convert.attribute_request(o),
                                           timeout=_calls.timeout(timeout, self.options.timeout),
-                                          metadata=self._metadata)
+                                          metadata=_channel.with_request_id(self._metadata, o.request_id))
         return AsyncStream(call, _calls.attribute_event, Attribution)
 
     async def attribute_components(self, options: Optional[ComponentOptions] = None, *,
@@ -142,7 +143,7 @@ class AsyncAttributionClient:
                 progress(p)
             return await stream.result()
         return _convert.component_attribution(
-            await self._unary(self._stub.AttributeComponents, _convert.component_request(o), timeout))
+            await self._unary(self._stub.AttributeComponents, _convert.component_request(o), timeout, o.request_id))
 
     async def attribute_components_stream(self, options: Optional[ComponentOptions] = None, *,
                                           timeout: Any = _calls.DEFAULT,
@@ -150,26 +151,28 @@ class AsyncAttributionClient:
         o = await self._model(_calls.build(ComponentOptions, options, fields))
         call = self._stub.AttributeComponentsStream(_convert.component_request(o),
                                                     timeout=_calls.timeout(timeout, self.options.timeout),
-                                                    metadata=self._metadata)
+                                                    metadata=_channel.with_request_id(self._metadata, o.request_id))
         return AsyncStream(call, _calls.component_event, ComponentAttribution)
 
     async def generate(self, options: Optional[GenerateOptions] = None, *, timeout: Any = _calls.DEFAULT,
                        **fields: Any) -> Generation:
         o = await self._model(_calls.build(GenerateOptions, options, fields))
-        return _convert.generation(await self._unary(self._stub.Generate, _convert.generate_request(o), timeout))
+        return _convert.generation(
+            await self._unary(self._stub.Generate, _convert.generate_request(o), timeout, o.request_id))
 
     async def generate_stream(self, options: Optional[GenerateOptions] = None, *, timeout: Any = _calls.DEFAULT,
                               **fields: Any) -> AsyncStream[Token, Generation]:
         o = await self._model(_calls.build(GenerateOptions, options, fields))
         call = self._stub.GenerateStream(_convert.generate_request(o),
                                          timeout=_calls.timeout(timeout, self.options.timeout),
-                                         metadata=self._metadata)
+                                         metadata=_channel.with_request_id(self._metadata, o.request_id))
         return AsyncStream(call, _calls.generate_event, Generation)
 
     async def logprobs(self, options: Optional[LogprobsOptions] = None, *, timeout: Any = _calls.DEFAULT,
                        **fields: Any) -> Logprobs:
         o = await self._model(_calls.build(LogprobsOptions, options, fields))
-        return _convert.logprobs(await self._unary(self._stub.Logprobs, _convert.logprobs_request(o), timeout))
+        return _convert.logprobs(
+            await self._unary(self._stub.Logprobs, _convert.logprobs_request(o), timeout, o.request_id))
 
     async def list_models(self, *, timeout: Any = _calls.DEFAULT) -> List[ModelInfo]:
         return _convert.models(await self._unary(self._stub.ListModels, pb.ListModelsRequest(), timeout))

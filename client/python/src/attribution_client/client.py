@@ -115,9 +115,10 @@ class AttributionClient:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _unary(self, method: Any, request: Any, timeout: Any) -> Any:
+    def _unary(self, method: Any, request: Any, timeout: Any, request_id: str = "") -> Any:
         try:
-            return method(request, timeout=_calls.timeout(timeout, self.options.timeout), metadata=self._metadata)
+            return method(request, timeout=_calls.timeout(timeout, self.options.timeout),
+                          metadata=_channel.with_request_id(self._metadata, request_id))
         except grpc.RpcError as e:
             raise from_grpc(e) from None
 
@@ -144,7 +145,8 @@ class AttributionClient:
                     progress(p)
                 return stream.result()
             return _progress_bar(stream, o.method)
-        return _convert.attribution(self._unary(self._stub.Attribute, _convert.attribute_request(o), timeout))
+        return _convert.attribution(
+            self._unary(self._stub.Attribute, _convert.attribute_request(o), timeout, o.request_id))
 
     def attribute_stream(self, options: Optional[AttributeOptions] = None, *, timeout: Any = _calls.DEFAULT,
                          **fields: Any) -> AttributeStream:
@@ -152,7 +154,7 @@ class AttributionClient:
         o = self._model(_calls.build(AttributeOptions, options, fields))
         call = self._stub.AttributeStream(_convert.attribute_request(o),
                                           timeout=_calls.timeout(timeout, self.options.timeout),
-                                          metadata=self._metadata)
+                                          metadata=_channel.with_request_id(self._metadata, o.request_id))
         return Stream(call, _calls.attribute_event, Attribution)
 
     def attribute_components(self, options: Optional[ComponentOptions] = None, *, timeout: Any = _calls.DEFAULT,
@@ -169,7 +171,7 @@ class AttributionClient:
                 return stream.result()
             return _progress_bar(stream, o.method)
         return _convert.component_attribution(
-            self._unary(self._stub.AttributeComponents, _convert.component_request(o), timeout))
+            self._unary(self._stub.AttributeComponents, _convert.component_request(o), timeout, o.request_id))
 
     def attribute_components_stream(self, options: Optional[ComponentOptions] = None, *,
                                     timeout: Any = _calls.DEFAULT, **fields: Any) -> ComponentStream:
@@ -177,13 +179,14 @@ class AttributionClient:
         o = self._model(_calls.build(ComponentOptions, options, fields))
         call = self._stub.AttributeComponentsStream(_convert.component_request(o),
                                                     timeout=_calls.timeout(timeout, self.options.timeout),
-                                                    metadata=self._metadata)
+                                                    metadata=_channel.with_request_id(self._metadata, o.request_id))
         return Stream(call, _calls.component_event, ComponentAttribution)
 
     def generate(self, options: Optional[GenerateOptions] = None, *, timeout: Any = _calls.DEFAULT,
                  **fields: Any) -> Generation:
         o = self._model(_calls.build(GenerateOptions, options, fields))
-        return _convert.generation(self._unary(self._stub.Generate, _convert.generate_request(o), timeout))
+        return _convert.generation(
+            self._unary(self._stub.Generate, _convert.generate_request(o), timeout, o.request_id))
 
     def generate_stream(self, options: Optional[GenerateOptions] = None, *, timeout: Any = _calls.DEFAULT,
                         **fields: Any) -> GenerateStream:
@@ -191,14 +194,15 @@ class AttributionClient:
         o = self._model(_calls.build(GenerateOptions, options, fields))
         call = self._stub.GenerateStream(_convert.generate_request(o),
                                          timeout=_calls.timeout(timeout, self.options.timeout),
-                                         metadata=self._metadata)
+                                         metadata=_channel.with_request_id(self._metadata, o.request_id))
         return Stream(call, _calls.generate_event, Generation)
 
     def logprobs(self, options: Optional[LogprobsOptions] = None, *, timeout: Any = _calls.DEFAULT,
                  **fields: Any) -> Logprobs:
         """Log-probabilities of the target's tokens after the prompt, with top_k alternatives."""
         o = self._model(_calls.build(LogprobsOptions, options, fields))
-        return _convert.logprobs(self._unary(self._stub.Logprobs, _convert.logprobs_request(o), timeout))
+        return _convert.logprobs(
+            self._unary(self._stub.Logprobs, _convert.logprobs_request(o), timeout, o.request_id))
 
     def list_models(self, *, timeout: Any = _calls.DEFAULT) -> List[ModelInfo]:
         return _convert.models(self._unary(self._stub.ListModels, pb.ListModelsRequest(), timeout))

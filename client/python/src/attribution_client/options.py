@@ -89,6 +89,7 @@ class AttributeOptions:
     want_faithfulness: bool = False
     include_special_tokens: bool = False  # special tokens (bos, ...) as features too (Captum parity)
     priority: str = "normal"              # low high
+    request_id: str = ""                  # sent as x-request-id metadata; the server logs it with the call
 
 
 @dataclass
@@ -98,6 +99,7 @@ class GenerateOptions:
     no_special_tokens: bool = False
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     priority: str = "normal"
+    request_id: str = ""  # sent as x-request-id metadata; the server logs it with the call
 
 
 @dataclass
@@ -109,6 +111,7 @@ class LogprobsOptions:
     target_tokenization: str = "continuation"  # or "separate"
     top_k: int = 0
     priority: str = "normal"
+    request_id: str = ""  # sent as x-request-id metadata; the server logs it with the call
 
 
 @dataclass
@@ -140,6 +143,7 @@ class ComponentOptions:
     n_steps: int = 0                     # layer integrated gradients; 0: server default (16)
     rule: str = "gausslegendre"
     priority: str = "normal"
+    request_id: str = ""  # sent as x-request-id metadata; the server logs it with the call
 
 
 def read_bearer_token_file(path: str) -> str:
