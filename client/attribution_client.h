@@ -90,6 +90,10 @@ struct AttributeOptions {
   std::string quantity = "log_prob";            // prob logit
   std::string foil;                             // contrastive when set (text or ids)
   std::vector<int64_t> foil_ids;
+  // Answer choices, one token each (text as the target is read, or ids): the target's probability is
+  // renormalised over them.
+  std::vector<std::string> choices;
+  std::vector<int64_t> choice_ids;
   std::optional<std::pair<int64_t, int64_t>> feature_range;  // [begin, end) tokens, one feature each
   std::vector<FeatureGroup> feature_groups;
   std::string baseline = "default";    // zero pad unk eos bos, or a token id

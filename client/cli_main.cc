@@ -45,6 +45,9 @@ ABSL_FLAG(std::string, target_tokenization, "continuation",
 ABSL_FLAG(bool, include_special_tokens, false,
           "attribute: make special tokens (bos, ...) features too (Captum parity)");
 ABSL_FLAG(std::string, foil, "", "contrastive: attribute target minus this foil");
+ABSL_FLAG(std::vector<std::string>, choices, {},
+          "answer choices, one token each, comma-separated (e.g. A,B,C): the target's probability "
+          "renormalised over them");
 ABSL_FLAG(std::string, method, "integrated_gradients",
           "integrated_gradients | gradient_shap | saliency | "
           "input_x_gradient | feature_ablation | shapley_values | shapley_value_sampling | lime | kernel_shap | "
@@ -137,6 +140,7 @@ int Attribute(AttributionClient& client, const std::string& model) {
                      .method = absl::GetFlag(FLAGS_method),
                      .quantity = absl::GetFlag(FLAGS_quantity),
                      .foil = absl::GetFlag(FLAGS_foil),
+                     .choices = absl::GetFlag(FLAGS_choices),
                      .baseline = absl::GetFlag(FLAGS_baseline),
                      .n_steps = absl::GetFlag(FLAGS_n_steps),
                      .completeness_tolerance = absl::GetFlag(FLAGS_tolerance),

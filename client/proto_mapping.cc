@@ -143,6 +143,8 @@ absl::StatusOr<v1::AttributeRequest> ToProto(const AttributeOptions& o) {
     out.set_contrastive(true);
     SetInput(o.foil, o.foil_ids, out.mutable_foil());
   }
+  for (const std::string& choice : o.choices) SetInput(choice, {}, out.add_choices());
+  for (int64_t id : o.choice_ids) SetInput("", {id}, out.add_choices());
   if (o.feature_range) {
     out.mutable_feature_range()->set_token_begin(o.feature_range->first);
     out.mutable_feature_range()->set_token_end(o.feature_range->second);

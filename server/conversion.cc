@@ -235,6 +235,16 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
     }
     request.foil_ids = std::move(foil.encoding.ids);
   }
+  for (int i = 0; i < proto.choices_size(); ++i) {
+    const std::string field = absl::StrCat("choices[", i, "]");
+    if (!IsSet(proto.choices(i))) return Invalid(field, "is empty");
+    ASSIGN_OR_RETURN(ResolvedInput choice,
+                     ResolveTarget(proto.choices(i), field, call.prompt, proto.target_tokenization(), model));
+    if (choice.encoding.ids.size() != 1) {
+      return Invalid(field, absl::StrCat("has ", choice.encoding.ids.size(), " tokens; a choice is one token"));
+    }
+    request.choice_ids.push_back(choice.encoding.ids[0]);
+  }
   ASSIGN_OR_RETURN(request.method, ToMethod(proto.method()));
   RETURN_IF_ERROR(ApplyFeatures(proto, model, request));
   RETURN_IF_ERROR(ApplyBaseline(proto, model, request));

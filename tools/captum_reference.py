@@ -212,6 +212,25 @@ def main():
                   "n_steps": 512, "baseline_token": 0, "quantity": "prob", "prompt": chat, "target": [no_token],
                   "foil": [yes_token], "seq_attr": attr.sum(-1)[0].tolist(), "token_attr": None, "delta": delta.item()})
 
+    # Seed 001: the label's probability renormalised over the option letters (one token each), from a pad
+    # baseline; and feature ablation of its log (Captum's core classes on a forward that renormalises).
+    choices, label = [65, 66, 67, 68, 69], 67
+
+    def choice_log_prob(logits):
+        return torch.log_softmax(logits[:, -1].float()[:, choices], -1)[:, choices.index(label)]
+
+    ig = IntegratedGradients(lambda e: choice_log_prob(model(inputs_embeds=e).logits).exp())
+    attr, delta = ig.attribute(prompt_embeds, baselines=embed(torch.zeros(1, len(PROMPT), dtype=torch.long)),
+                               n_steps=16, method="gausslegendre", return_convergence_delta=True)
+    cases.append({"name": "seed001_choice_prob", "method": "integrated_gradients", "rule": "gausslegendre",
+                  "n_steps": 16, "baseline_token": 0, "quantity": "prob", "prompt": PROMPT, "target": [label],
+                  "choices": choices, "seq_attr": attr.sum(-1)[0].tolist(), "token_attr": None, "delta": delta.item()})
+    fa = FeatureAblation(lambda ids: choice_log_prob(model(input_ids=ids).logits))
+    attr = fa.attribute(torch.tensor([PROMPT]), baselines=7)
+    cases.append({"name": "feature_ablation_choice_log_prob", "method": "feature_ablation", "baseline_token": 7,
+                  "quantity": "log_prob", "prompt": PROMPT, "target": [label], "choices": choices,
+                  "seq_attr": attr[0].tolist(), "token_attr": None})
+
     ixg = LLMGradientAttribution(LayerGradientXActivation(model, embed), tokenizer)
     r = ixg.attribute(TextTokenInput(text(PROMPT), tokenizer), target=torch.tensor(TARGET))
     cases.append(result_dict("input_x_gradient", r, method="input_x_gradient", prompt=PROMPT, target=TARGET))

@@ -204,7 +204,8 @@ json JobDefaults() {
           {"target_tokenization", "continuation"},
           {"include_special_tokens", false},
           {"matrix", false},
-          {"completeness_tolerance", 0.0}};
+          {"completeness_tolerance", 0.0},
+          {"over_choices", false}};
 }
 
 absl::StatusOr<json> MergeSettings(const json& base, const json& overrides, const std::string& where) {
@@ -225,12 +226,14 @@ absl::StatusOr<json> MergeSettings(const json& base, const json& overrides, cons
 }
 
 AttributeOptions ToAttributeOptions(const json& settings, const BatchRow& row, const std::string& target) {
+  const bool over_choices = settings["over_choices"].get<bool>();
   return {.model = settings["model"].get<std::string>(),
           .prompt = row.prompt,
           .target = target,
           .target_tokenization = settings["target_tokenization"].get<std::string>(),
           .method = settings["method"].get<std::string>(),
           .quantity = settings["quantity"].get<std::string>(),
+          .choices = over_choices ? row.choices : std::vector<std::string>(),
           .baseline = settings["baseline"].get<std::string>(),
           .n_steps = settings["n_steps"].get<int>(),
           .completeness_tolerance = settings["completeness_tolerance"].get<double>(),

@@ -53,6 +53,9 @@ ABSL_FLAG(int32_t, shard_count, 1, "shards the input is split into (e.g. a Kuber
 ABSL_FLAG(std::string, model, "", "model name (empty: the servers' first model)");
 ABSL_FLAG(std::string, method, "integrated_gradients", "attribution method (see attribution-cli --help)");
 ABSL_FLAG(std::string, quantity, "log_prob", "log_prob | prob | logit");
+ABSL_FLAG(bool, over_choices, false,
+          "multiple choice: the label's probability renormalised over the row's choices (one token each) "
+          "is attributed, not its probability over the whole vocabulary (seed 001's way)");
 ABSL_FLAG(int32_t, n_steps, 0, "integration steps (0: server default)");
 ABSL_FLAG(std::string, rule, "gausslegendre", "integration rule");
 ABSL_FLAG(std::string, baseline, "default", "default | zero | pad | unk | eos | bos | a token id");
@@ -112,6 +115,7 @@ absl::StatusOr<json> SettingsFromFlags() {
       {"include_special_tokens", "include_special_tokens", absl::GetFlag(FLAGS_include_special_tokens)},
       {"matrix", "matrix", absl::GetFlag(FLAGS_matrix)},
       {"tolerance", "completeness_tolerance", absl::GetFlag(FLAGS_tolerance)},
+      {"over_choices", "over_choices", absl::GetFlag(FLAGS_over_choices)},
   };
   for (const FlagSetting& flag : flags) {
     if (OnCommandLine(flag.flag)) settings[flag.setting] = flag.value;

@@ -47,6 +47,28 @@ absl::Status ValidateAttributionRequest(const AttributionRequest& r, const Model
       return absl::InvalidArgumentError("contrastive prob is defined for single-token targets; use log_prob or logit");
     }
   }
+  if (!r.choice_ids.empty()) {
+    if (auto s = CheckTokenIds(r.choice_ids, "choices", vocab); !s.ok()) return s;
+    if (r.choice_ids.size() < 2) return absl::InvalidArgumentError("choices: give at least two answer choices");
+    for (size_t i = 0; i < r.choice_ids.size(); ++i) {
+      if (std::find(r.choice_ids.begin(), r.choice_ids.begin() + i, r.choice_ids[i]) != r.choice_ids.begin() + i) {
+        return absl::InvalidArgumentError(absl::StrCat("choices: token ", r.choice_ids[i], " is given twice"));
+      }
+    }
+    if (r.target_ids.size() != 1 ||
+        std::find(r.choice_ids.begin(), r.choice_ids.end(), r.target_ids[0]) == r.choice_ids.end()) {
+      return absl::InvalidArgumentError(
+          "choices: the target must be given and be one of the choices (one token) to be renormalised over them");
+    }
+    if (!r.foil_ids.empty()) {
+      return absl::InvalidArgumentError(
+          "choices and foil: one or the other (over the choices, the contrast "
+          "of two of them is their logit difference)");
+    }
+    if (r.quantity == TokenQuantity::kLogit) {
+      return absl::InvalidArgumentError("choices: a logit is not renormalised; ask for log_prob or prob");
+    }
+  }
   if (auto s = CheckTokenIds({r.baseline_token_id}, "baseline_token_id", vocab); !s.ok()) return s;
   const int64_t features = r.features.empty() ? prompt : static_cast<int64_t>(r.features.size());
   if (auto s = CheckRange(features, 1, limits.max_features, "number of features"); !s.ok()) return s;

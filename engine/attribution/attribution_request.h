@@ -56,6 +56,10 @@ struct AttributionRequest {
   GenerationOptions generation;     // used only when target_ids is empty
   std::vector<int64_t> foil_ids;    // contrastive when given: same length as the target
   TokenQuantity quantity = TokenQuantity::kLogProb;
+  // Answer choices, one token each (seed 001's option letters): when given, the target (one of them)
+  // is scored by its probability renormalised over them, p(target) / Σ_c p(c), instead of over the
+  // vocabulary (quantity log_prob or prob).
+  std::vector<int64_t> choice_ids;
   std::vector<FeatureSpan> features;  // empty: one feature per prompt token
 
   AttributionMethod method = AttributionMethod::kIntegratedGradients;

@@ -15,12 +15,14 @@ namespace {
 constexpr double kPercents[] = {1, 5, 10, 20, 50};
 constexpr int64_t kPoints = sizeof(kPercents) / sizeof(kPercents[0]);
 
-// A score row of p(target) after the prompt with the features not `present` at their baselines.
+// A score row of p(target) (over the choices, if any) after the prompt with the features not `present` at their
+// baselines.
 Row TargetProbabilityRow(const AttributionRequest& request, const std::vector<bool>& present) {
   std::vector<int64_t> ids = PerturbedPrompt(request, present);
   const int64_t prompt = static_cast<int64_t>(ids.size());
   ids.insert(ids.end(), request.target_ids.begin(), request.target_ids.end());
   RowObjective objective = TargetObjective(prompt, request.target_ids, /*foil_ids=*/{}, TokenQuantity::kProb);
+  objective.choice_tokens = request.choice_ids;  // over the choices when the explanation is
   return Row{.kind = RowKind::kScore, .input_ids = std::move(ids), .objective = std::move(objective)};
 }
 

@@ -18,11 +18,15 @@ absl::StatusOr<std::unique_ptr<RowPlan>> RowPlan::Create(const ModelConfig& conf
 }
 
 RowObjective RowPlan::SequenceObjective(int64_t prompt_length) const {
-  return TargetObjective(prompt_length, request_.target_ids, request_.foil_ids, request_.quantity);
+  RowObjective objective = TargetObjective(prompt_length, request_.target_ids, request_.foil_ids, request_.quantity);
+  objective.choice_tokens = request_.choice_ids;
+  return objective;
 }
 
 RowObjective RowPlan::TokenObjective(int64_t prompt_length, int64_t t) const {
-  return TargetObjective(prompt_length, request_.target_ids, request_.foil_ids, request_.quantity, t);
+  RowObjective objective = TargetObjective(prompt_length, request_.target_ids, request_.foil_ids, request_.quantity, t);
+  objective.choice_tokens = request_.choice_ids;
+  return objective;
 }
 
 double RowPlan::TokenValue(const RowResult& score, int64_t t) const {

@@ -101,6 +101,9 @@ struct RowObjective {
   std::vector<double> weights;  // empty: all 1
   TokenQuantity quantity = TokenQuantity::kLogProb;
   bool exp_of_sum = false;
+  // Non-empty: log-probs (and probs) are over these tokens only, log_softmax of their logits: the
+  // probability of an answer renormalised over the answer choices.
+  std::vector<int64_t> choice_tokens;
 };
 
 // Per-token scores behind row objectives, flattened in row order (row 0's tokens first).

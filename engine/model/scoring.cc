@@ -100,6 +100,12 @@ absl::StatusOr<at::Tensor> CausalLM::ObjectiveValues(const ForwardBatch& batch,
   std::vector<uint8_t> exp_rows;
   for (size_t r = 0; r < objectives.size(); ++r) {
     const RowObjective& o = objectives[r];
+    for (int64_t choice : o.choice_tokens) {
+      if (choice < 0 || choice >= config().vocab_size) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("objective of row ", r, ": choice token ", choice, " outside the vocabulary"));
+      }
+    }
     if (o.tokens.size() != o.positions.size() || (!o.weights.empty() && o.weights.size() != o.tokens.size())) {
       return absl::InvalidArgumentError(
           absl::StrCat("objective of row ", r, ": positions, tokens and weights differ in length"));
@@ -124,6 +130,17 @@ absl::StatusOr<at::Tensor> CausalLM::ObjectiveValues(const ForwardBatch& batch,
     at::Tensor logit = logits.gather(1, token_index).squeeze(1);
     at::Tensor all_log_probs = at::log_softmax(logits, -1);
     at::Tensor log_prob = all_log_probs.gather(1, token_index).squeeze(1);
+    // Rows scored over their answer choices: the token's logit minus the choices' log-sum-exp.
+    for (size_t i = 0, r = 0; r < objectives.size(); i += objectives[r].tokens.size(), ++r) {
+      const std::vector<int64_t>& choices = objectives[r].choice_tokens;
+      if (choices.empty() || objectives[r].tokens.empty()) continue;
+      const int64_t n = static_cast<int64_t>(objectives[r].tokens.size());
+      const at::Tensor row_logits = logits.narrow(0, static_cast<int64_t>(i), n);
+      const at::Tensor normalizer = row_logits.index_select(1, at::tensor(choices, at::kLong).to(dev)).logsumexp(-1);
+      log_prob =
+          log_prob.index_put({at::arange(static_cast<int64_t>(i), static_cast<int64_t>(i) + n, at::kLong).to(dev)},
+                             logit.narrow(0, static_cast<int64_t>(i), n) - normalizer);
+    }
     if (details != nullptr) {
       details->log_probs = log_prob.detach().cpu();
       details->logits = logit.detach().cpu();

@@ -115,6 +115,44 @@ std::vector<BadCase> BadCases() {
       Attribute(
           "unknown quantity", [](A& r) { r.set_quantity(static_cast<v1::Quantity>(9)); }, kInvalid, "quantity"),
       Attribute(
+          "empty choice", [](A& r) { r.add_choices(); }, kInvalid, "choices[0]: is empty"),
+      Attribute(
+          "two-token choice",
+          [](A& r) {
+            r.add_choices()->add_token_ids(5);
+            v1::Input* choice = r.add_choices();
+            choice->add_token_ids(6);
+            choice->add_token_ids(7);
+          },
+          kInvalid, "choices[1]: has 2 tokens; a choice is one token"),
+      Attribute(
+          "target not a choice",
+          [](A& r) {
+            r.mutable_target()->Clear();
+            r.mutable_target()->add_token_ids(9);
+            r.add_choices()->add_token_ids(5);
+            r.add_choices()->add_token_ids(6);
+          },
+          kInvalid, "choices: the target must be given and be one of the choices"),
+      Attribute(
+          "one choice",
+          [](A& r) {
+            r.mutable_target()->Clear();
+            r.mutable_target()->add_token_ids(5);
+            r.add_choices()->add_token_ids(5);
+          },
+          kInvalid, "choices: give at least two"),
+      Attribute(
+          "choices and a logit",
+          [](A& r) {
+            r.mutable_target()->Clear();
+            r.mutable_target()->add_token_ids(5);
+            r.add_choices()->add_token_ids(5);
+            r.add_choices()->add_token_ids(6);
+            r.set_quantity(v1::LOGIT);
+          },
+          kInvalid, "choices: a logit is not renormalised"),
+      Attribute(
           "unknown priority", [](A& r) { r.set_priority(static_cast<v1::Priority>(7)); }, kInvalid, "priority"),
       Attribute(
           "unknown baseline", [](A& r) { r.set_baseline(static_cast<v1::BaselineKind>(77)); }, kInvalid, "baseline"),

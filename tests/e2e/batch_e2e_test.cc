@@ -263,6 +263,45 @@ TEST_F(Batch, TheServerLogsEachCallWithItsRowsRequestId) {
   EXPECT_EQ(calls, expected);
 }
 
+// --over_choices: the attributed quantity is the label's probability renormalised over the row's
+// choices, the value the job also reports from each choice's Logprobs call (a separate RPC).
+TEST_F(Batch, OverChoicesAttributesTheLabelsProbabilityRenormalisedOverTheChoices) {
+  const std::string input = dir_->File("choices.jsonl"), output = dir_->File("over_choices.jsonl");
+  {
+    std::ifstream rows(*rows_);
+    std::ofstream subset(input);
+    int kept = 0;
+    // Choices the model gives little of its mass: renormalising over them changes the probability.
+    for (std::string line; std::getline(rows, line) && kept < 30;) {
+      json row = json::parse(line);
+      if (row.contains("choices") && row.contains("label")) {
+        row["choices"] = {" red", " blue"};
+        row["label"] = " red";
+        subset << row.dump() << "\n";
+        ++kept;
+      }
+    }
+    ASSERT_EQ(kept, 30);
+  }
+  ASSERT_EQ(RunBatch({"--input=" + input, "--output=" + output, "--server=" + a_->address(), "--method=saliency",
+                      "--quantity=prob", "--over_choices", "--progress=log"},
+                     dir_->File("over_choices.log")),
+            0)
+      << ReadFile(dir_->File("over_choices.log"));
+  double largest_gap = 0;  // between the renormalised and the vocabulary probability
+  for (const json& result : ReadResults(output)) {
+    SCOPED_TRACE(result["id"].get<std::string>());
+    ASSERT_EQ(result["status"], "ok") << result.dump();
+    const auto choices = result["choices"].get<std::vector<std::string>>();
+    const size_t label = std::find(choices.begin(), choices.end(), result["label"]) - choices.begin();
+    ASSERT_LT(label, choices.size());
+    const double renormalised = result["choice_probs_renormalised"][label].get<double>();
+    EXPECT_NEAR(result["objective"].get<double>(), renormalised, 1e-5 * std::max(1.0, renormalised));
+    largest_gap = std::max(largest_gap, std::abs(renormalised - result["choice_probs"][label].get<double>()));
+  }
+  EXPECT_GT(largest_gap, 0.1);  // the two quantities differ: the flag changed what was attributed
+}
+
 TEST_F(Batch, KilledThreeTimesAndResumedEndsWithTheUninterruptedOutput) {
   const std::string output = dir_->File("killed.jsonl"), log = dir_->File("killed.log");
   std::mt19937 random(20261201);

@@ -70,6 +70,8 @@ CASES = {
     "attn_lrp_logit_matrix": (dict(method="attn_lrp", quantity="logit", want_token_matrix=True),
                               ["--method=attn_lrp", "--quantity=logit", "--matrix"]),
     "cp_lrp_contrastive": (dict(method="cp_lrp", foil=" No"), ["--method=cp_lrp", "--foil= No"]),
+    "ig_prob_over_choices": (dict(method="ig", n_steps=8, quantity="prob", choices=[" Yes", " No", " red"]),
+                             ["--method=ig", "--n_steps=8", "--quantity=prob", "--choices= Yes, No, red"]),
 }
 
 

@@ -88,6 +88,7 @@ class AttributionTest : public ::testing::Test {
         c.value("quantity", std::string("log_prob")) == "prob" ? TokenQuantity::kProb : TokenQuantity::kLogProb;
     r.want_token_matrix = !c["token_attr"].is_null();
     if (c.contains("foil")) r.foil_ids = c["foil"].get<std::vector<int64_t>>();
+    if (c.contains("choices")) r.choice_ids = c["choices"].get<std::vector<int64_t>>();
     return r;
   }
 

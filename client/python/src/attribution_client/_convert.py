@@ -110,6 +110,8 @@ def attribute_request(o: AttributeOptions) -> pb.AttributeRequest:
     if _given(o.foil):
         out.contrastive = True
         _set_input(o.foil, out.foil)
+    for choice in o.choices:
+        _set_input([choice] if isinstance(choice, int) else choice, out.choices.add())
     if o.feature_range is not None:
         out.feature_range.token_begin, out.feature_range.token_end = o.feature_range
     for g in o.feature_groups:

@@ -75,6 +75,8 @@ class AttributeOptions:
     method: str = "integrated_gradients"
     quantity: str = "log_prob"  # prob logit
     foil: TextOrIds = None      # contrastive when set
+    # Answer choices, one token each (text, or a one-id list): the target's probability is renormalised over them.
+    choices: List[TextOrIds] = field(default_factory=list)
     feature_range: Optional[Tuple[int, int]] = None  # [begin, end) tokens, one feature each
     feature_groups: List[FeatureGroup] = field(default_factory=list)
     baseline: Union[str, int] = "default"  # zero pad unk eos bos, or a token id
