@@ -59,6 +59,69 @@ std::string FaithfulnessSummary(const Faithfulness& f) {
   return out;
 }
 
+// The deletion and insertion curves as an inline SVG chart: p(target) against the percent of
+// features (strongest first) removed from the prompt, or kept with the rest at their baselines; each
+// point's value shows on hover.
+std::string FaithfulnessChart(const Faithfulness& f) {
+  constexpr double kWidth = 520, kHeight = 260, kLeft = 56, kRight = 150, kTop = 14, kBottom = 40;
+  std::vector<double> percents = {0}, deletion = {f.full}, insertion = {f.empty};
+  for (size_t i = 0; i < f.percents.size() && i < f.deletion.size() && i < f.insertion.size(); ++i) {
+    percents.push_back(f.percents[i]);
+    deletion.push_back(f.deletion[i]);
+    insertion.push_back(f.insertion[i]);
+  }
+  percents.push_back(100);
+  deletion.push_back(f.empty);
+  insertion.push_back(f.full);
+  double top = 1e-12;
+  for (double p : deletion) top = std::max(top, p);
+  for (double p : insertion) top = std::max(top, p);
+  auto x = [&](double percent) { return kLeft + percent / 100 * (kWidth - kLeft - kRight); };
+  auto y = [&](double p) { return kHeight - kBottom - p / top * (kHeight - kTop - kBottom); };
+  std::string svg = absl::StrFormat(
+      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%g\" height=\"%g\" font-family=\"sans-serif\" "
+      "font-size=\"12\"><line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"#444\"/>"
+      "<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"#444\"/>",
+      kWidth, kHeight, kLeft, y(0), x(100), y(0), kLeft, y(0), kLeft, y(top));
+  for (double tick : {0.0, 25.0, 50.0, 75.0, 100.0}) {
+    absl::StrAppend(
+        &svg, absl::StrFormat("<text x=\"%g\" y=\"%g\" text-anchor=\"middle\">%g%%</text>", x(tick), y(0) + 16, tick));
+  }
+  for (double tick : {0.0, top / 2, top}) {
+    absl::StrAppend(
+        &svg, absl::StrFormat("<text x=\"%g\" y=\"%g\" text-anchor=\"end\">%.3g</text>", kLeft - 6, y(tick) + 4, tick));
+  }
+  absl::StrAppend(&svg, absl::StrFormat("<text x=\"%g\" y=\"%g\" text-anchor=\"middle\">features, strongest "
+                                        "first</text>",
+                                        x(50), kHeight - 4));
+  struct Curve {
+    const char* name;
+    const char* colour;
+    const std::vector<double>& values;
+  };
+  const Curve curves[] = {{"deleted", "#1f77b4", deletion}, {"only kept", "#ff7f0e", insertion}};
+  for (size_t c = 0; c < 2; ++c) {
+    std::string points;
+    for (size_t i = 0; i < percents.size(); ++i) {
+      absl::StrAppend(&points, i ? " " : "", absl::StrFormat("%.1f,%.1f", x(percents[i]), y(curves[c].values[i])));
+    }
+    absl::StrAppend(&svg, absl::StrFormat("<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"3\" points=\"%s\"/>",
+                                          curves[c].colour, points));
+    for (size_t i = 0; i < percents.size(); ++i) {
+      absl::StrAppend(&svg, absl::StrFormat("<circle cx=\"%.1f\" cy=\"%.1f\" r=\"4\" fill=\"%s\"><title>%s %g%%: "
+                                            "p = %.4g</title></circle>",
+                                            x(percents[i]), y(curves[c].values[i]), curves[c].colour, curves[c].name,
+                                            percents[i], curves[c].values[i]));
+    }
+    const double legend = kTop + 10 + 20 * static_cast<double>(c);
+    absl::StrAppend(&svg, absl::StrFormat("<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"%s\" "
+                                          "stroke-width=\"3\"/><text x=\"%g\" y=\"%g\">%s</text>",
+                                          kWidth - kRight + 14, legend, kWidth - kRight + 38, legend, curves[c].colour,
+                                          kWidth - kRight + 44, legend + 4, curves[c].name));
+  }
+  return svg + "</svg>\n";
+}
+
 }  // namespace
 
 std::string HtmlEscape(const std::string& text) {
@@ -175,7 +238,10 @@ std::string HtmlReport(const Attribution& a) {
   }
   if (a.convergence_delta)
     absl::StrAppend(&html, absl::StrFormat("<p>Convergence delta: %.4g</p>\n", *a.convergence_delta));
-  if (a.faithfulness) absl::StrAppend(&html, "<pre>", HtmlEscape(FaithfulnessSummary(*a.faithfulness)), "</pre>\n");
+  if (a.faithfulness) {
+    absl::StrAppend(&html, "<h3>Faithfulness: p(target) as features go</h3>\n", FaithfulnessChart(*a.faithfulness),
+                    "<pre>", HtmlEscape(FaithfulnessSummary(*a.faithfulness)), "</pre>\n");
+  }
   absl::StrAppend(&html,
                   absl::StrFormat("<p>%d rows, %.3f s wall</p>\n</body></html>\n", a.stats.rows, a.stats.wall_seconds));
   return html;

@@ -7,6 +7,8 @@ meaningful number of pixels. A page that failed to render (blank, error page) fa
 Usage: check_screenshot.py SCREENSHOT.png [--green-only]
 --green-only: a page whose values are (nearly) all positive, as the component demo's heads grid; only
 the green is required.
+--curves: the page also draws the faithfulness chart: its deletion (blue, #1f77b4) and insertion
+(orange, #ff7f0e) curves must both show.
 """
 import struct
 import sys
@@ -54,7 +56,8 @@ def read_png(path):
 
 def main():
     width, height, channels, rows = read_png(sys.argv[1])
-    green = red = 0
+    green = red = blue = orange = 0
+    near = lambda r, g, b, colour: max(abs(r - colour[0]), abs(g - colour[1]), abs(b - colour[2])) < 24  # noqa: E731
     for line in rows:
         for x in range(0, width * channels, channels):
             r, g, b = line[x], line[x + 1], line[x + 2]
@@ -62,9 +65,16 @@ def main():
                 green += 1
             elif r > 240 and g < 235 and abs(g - b) < 6:
                 red += 1
-    print(f"check_screenshot: {width}x{height}, {green} green and {red} red pixels")
+            elif near(r, g, b, (31, 119, 180)):
+                blue += 1
+            elif near(r, g, b, (255, 127, 14)):
+                orange += 1
+    print(f"check_screenshot: {width}x{height}, {green} green, {red} red, {blue} curve-blue and {orange} "
+          "curve-orange pixels")
     if green < 200 or (red < 200 and "--green-only" not in sys.argv[2:]):
         raise SystemExit("check_screenshot: the report's colours are missing: the page did not render")
+    if "--curves" in sys.argv[2:] and (blue < 200 or orange < 200):
+        raise SystemExit("check_screenshot: the faithfulness curves are missing")
 
 
 if __name__ == "__main__":

@@ -205,7 +205,8 @@ json JobDefaults() {
           {"include_special_tokens", false},
           {"matrix", false},
           {"completeness_tolerance", 0.0},
-          {"over_choices", false}};
+          {"over_choices", false},
+          {"faithfulness", false}};
 }
 
 absl::StatusOr<json> MergeSettings(const json& base, const json& overrides, const std::string& where) {
@@ -242,6 +243,7 @@ AttributeOptions ToAttributeOptions(const json& settings, const BatchRow& row, c
           .stdev = settings["stdev"].get<double>(),
           .seed = settings["seed"].get<uint64_t>(),
           .want_token_matrix = settings["matrix"].get<bool>(),
+          .want_faithfulness = settings["faithfulness"].get<bool>(),
           .include_special_tokens = settings["include_special_tokens"].get<bool>()};
 }
 

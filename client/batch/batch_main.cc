@@ -53,6 +53,9 @@ ABSL_FLAG(int32_t, shard_count, 1, "shards the input is split into (e.g. a Kuber
 ABSL_FLAG(std::string, model, "", "model name (empty: the servers' first model)");
 ABSL_FLAG(std::string, method, "integrated_gradients", "attribution method (see attribution-cli --help)");
 ABSL_FLAG(std::string, quantity, "log_prob", "log_prob | prob | logit");
+ABSL_FLAG(bool, faithfulness, false,
+          "also measure each explanation's deletion / insertion curves (12 more forward rows per row): AOPCs in "
+          "the results, the curves on the --html pages");
 ABSL_FLAG(bool, over_choices, false,
           "multiple choice: the label's probability renormalised over the row's choices (one token each) "
           "is attributed, not its probability over the whole vocabulary (seed 001's way)");
@@ -116,6 +119,7 @@ absl::StatusOr<json> SettingsFromFlags() {
       {"matrix", "matrix", absl::GetFlag(FLAGS_matrix)},
       {"tolerance", "completeness_tolerance", absl::GetFlag(FLAGS_tolerance)},
       {"over_choices", "over_choices", absl::GetFlag(FLAGS_over_choices)},
+      {"faithfulness", "faithfulness", absl::GetFlag(FLAGS_faithfulness)},
   };
   for (const FlagSetting& flag : flags) {
     if (OnCommandLine(flag.flag)) settings[flag.setting] = flag.value;

@@ -88,6 +88,10 @@ class RowProcessor {
     result["attribution"] = attribution->sequence;
     if (!attribution->token_matrix.empty()) result["token_matrix"] = attribution->token_matrix;
     result["objective"] = attribution->objective;
+    if (const std::optional<Faithfulness>& f = attribution->faithfulness) {
+      result["comprehensiveness_aopc"] = f->comprehensiveness_aopc;
+      result["sufficiency_aopc"] = f->sufficiency_aopc;
+    }
     result["convergence_delta"] = attribution->convergence_delta ? json(*attribution->convergence_delta) : json();
     result["server_seconds"] = attribution->stats.wall_seconds;
     result["attempts"] = attempts;

@@ -14,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "client/batch/batch_job.h"
 #include "client/heatmap.h"
+#include "client/palette.h"
 
 namespace attribution::client::batch {
 namespace {
@@ -36,16 +37,20 @@ absl::Status WriteAtomically(const std::string& path, const std::string& text) {
   return absl::OkStatus();
 }
 
-// The three features with the largest |attribution|, strongest first.
+// The three features with the largest |attribution|, strongest first, coloured as on the row's page.
 std::string TopFeatures(const json& result) {
   const json features = result.value("features", json::array()), values = result.value("attribution", json::array());
   std::vector<size_t> order(std::min(features.size(), values.size()));
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::sort(order.begin(), order.end(),
             [&](size_t a, size_t b) { return std::abs(values[a].get<double>()) > std::abs(values[b].get<double>()); });
+  const double scale = order.empty() ? 0 : std::abs(values[order[0]].get<double>());
   std::string text;
   for (size_t i = 0; i < std::min<size_t>(3, order.size()); ++i) {
-    absl::StrAppend(&text, i ? " " : "", "<code>", HtmlEscape(features[order[i]].get<std::string>()), "</code>");
+    const double value = values[order[i]].get<double>();
+    absl::StrAppend(&text, i ? " " : "", "<code style=\"", Css(ColorOf(value, scale)), "\" title=\"",
+                    absl::StrFormat("%.4g", value), "\">", HtmlEscape(features[order[i]].get<std::string>()),
+                    "</code>");
   }
   return text;
 }
@@ -55,6 +60,13 @@ std::string Cell(const json& value) {
   if (value.is_number_float()) return absl::StrFormat("%.4g", value.get<double>());
   if (value.is_string()) return HtmlEscape(value.get<std::string>());
   return HtmlEscape(value.dump());
+}
+
+// A predicted choice's cell: green when it is the label, red when not (nothing without a label).
+std::string Correctness(const json& result) {
+  const json correct = result.value("correct", json());
+  if (!correct.is_boolean()) return "";
+  return absl::StrCat(" style=\"", Css(ColorOf(correct.get<bool>() ? 1 : -1, 2)), "\"");
 }
 
 // Sorts the table by the clicked column (numbers numerically), again to reverse.
@@ -100,8 +112,8 @@ absl::Status WriteIndex(const std::string& dir, const std::string& results_path)
     absl::StrAppend(
         &rows, "<tr><td>",
         ok ? absl::StrCat("<a href=\"", HtmlEscape(RowPagePath(id)), "\">", HtmlEscape(id), "</a>") : HtmlEscape(id),
-        "</td><td>", ok ? "ok" : HtmlEscape(result["error"].value("code", "error")), "</td><td>",
-        Cell(result.value("predicted", json())), "</td><td>", Cell(result.value("label", json())), "</td><td>",
+        "</td><td>", ok ? "ok" : HtmlEscape(result["error"].value("code", "error")), "</td><td", Correctness(result),
+        ">", Cell(result.value("predicted", json())), "</td><td>", Cell(result.value("label", json())), "</td><td>",
         Cell(result.value("objective", json())), "</td><td>",
         delta.is_number() ? absl::StrFormat("%.4g", std::abs(delta.get<double>())) : "", "</td><td>",
         TopFeatures(result), "</td></tr>\n");

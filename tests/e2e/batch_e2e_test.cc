@@ -367,7 +367,7 @@ TEST_F(Batch, CsvRowsHtmlPagesAndBadInputFiles) {
                      << "b,\"The box is blue. Q: Is it warm? A:\",, Yes| No, No\n"
                      << "c&<,, Yes,,\n";
   ASSERT_EQ(RunBatch({"--input=" + csv, "--output=" + output, "--server=" + a_->address(), "--method=saliency",
-                      "--html=" + html},
+                      "--html=" + html, "--faithfulness"},
                      log),
             0)
       << ReadFile(log);
@@ -384,6 +384,17 @@ TEST_F(Batch, CsvRowsHtmlPagesAndBadInputFiles) {
     EXPECT_THAT(ReadFile(absl::StrCat(html, "/", client::batch::RowPagePath(id))), HasSubstr("Attribution (saliency)"));
   }
   EXPECT_THAT(index, HasSubstr("<td>c&amp;&lt;</td><td>INVALID_ARGUMENT</td>"));
+  // Row b's prediction is its label: its cell is green; the strongest features carry their colours.
+  EXPECT_THAT(index, HasSubstr("<td style=\"background:rgb(159,255,159)\"> No</td>"));
+  EXPECT_THAT(index, HasSubstr("<code style=\"background:rgb("));
+  // --faithfulness: the AOPCs in the results, the deletion / insertion curves drawn on each page.
+  EXPECT_TRUE(results[0]["comprehensiveness_aopc"].is_number());
+  EXPECT_TRUE(results[0]["sufficiency_aopc"].is_number());
+  const std::string page = ReadFile(absl::StrCat(html, "/", client::batch::RowPagePath("a")));
+  EXPECT_THAT(page, HasSubstr("<svg"));
+  EXPECT_THAT(page, HasSubstr("<polyline fill=\"none\" stroke=\"#1f77b4\""));
+  EXPECT_THAT(page, HasSubstr("<polyline fill=\"none\" stroke=\"#ff7f0e\""));
+  EXPECT_THAT(page, HasSubstr("<title>deleted 50%: p = "));
   EXPECT_TRUE(ReadFile(absl::StrCat(html, "/", client::batch::RowPagePath("c&<"))).empty());
 
   const std::string duplicate = dir_->File("duplicate.jsonl");
