@@ -10,6 +10,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "client/batch/parquet_writer.h"
 
 namespace attribution::client::batch {
 namespace {
@@ -254,6 +255,66 @@ std::string RequestId(const std::string& model_fingerprint, const json& settings
                    {"prompt", row.prompt},       {"target", row.target ? json(*row.target) : json()},
                    {"choices", row.choices},     {"label", row.label ? json(*row.label) : json()}};
   return Digest(identity);
+}
+
+absl::Status WriteResultsParquet(const std::string& results_path, const std::string& parquet_path) {
+  static const std::vector<ParquetColumn> kColumns = {
+      {"id", ParquetType::kString},
+      {"request_id", ParquetType::kString},
+      {"model", ParquetType::kString},
+      {"model_fingerprint", ParquetType::kString},
+      {"method", ParquetType::kString},
+      {"settings_hash", ParquetType::kString},
+      {"seed", ParquetType::kInt64},
+      {"status", ParquetType::kString},
+      {"error_code", ParquetType::kString},
+      {"error_message", ParquetType::kString},
+      {"prompt_tokens", ParquetType::kStringList},
+      {"target_tokens", ParquetType::kStringList},
+      {"features", ParquetType::kStringList},
+      {"attribution", ParquetType::kDoubleList},
+      {"token_matrix", ParquetType::kDoubleMatrix},
+      {"objective", ParquetType::kDouble},
+      {"convergence_delta", ParquetType::kDouble},
+      {"comprehensiveness_aopc", ParquetType::kDouble},
+      {"sufficiency_aopc", ParquetType::kDouble},
+      {"choices", ParquetType::kStringList},
+      {"choice_probs", ParquetType::kDoubleList},
+      {"choice_probs_renormalised", ParquetType::kDoubleList},
+      {"predicted", ParquetType::kString},
+      {"predicted_prob", ParquetType::kDouble},
+      {"label", ParquetType::kString},
+      {"correct", ParquetType::kBool},
+      {"server_seconds", ParquetType::kDouble},
+      {"attempts", ParquetType::kInt64},
+  };
+  std::ifstream in(results_path);
+  if (!in) return absl::NotFoundError("cannot read " + results_path);
+  std::vector<json> rows;
+  for (std::string line; std::getline(in, line);) {
+    json row = json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (row.is_discarded() || !row.is_object()) {
+      return absl::DataLossError(absl::StrCat(results_path, ":", rows.size() + 1, ": not a result line"));
+    }
+    if (const json error = row.value("error", json()); error.is_object()) {
+      row["error_code"] = error.value("code", json());
+      row["error_message"] = error.value("message", json());
+    }
+    rows.push_back(std::move(row));
+  }
+  absl::StatusOr<std::string> bytes = ParquetFile(kColumns, rows);
+  if (!bytes.ok())
+    return absl::Status(bytes.status().code(), absl::StrCat(results_path, ": ", bytes.status().message()));
+  const std::string temporary = parquet_path + ".tmp";
+  {
+    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+    out << *bytes;
+    if (!out) return absl::InternalError("cannot write " + temporary);
+  }
+  if (std::rename(temporary.c_str(), parquet_path.c_str()) != 0) {
+    return absl::InternalError("cannot rename over " + parquet_path);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace attribution::client::batch

@@ -47,6 +47,10 @@ AttributeOptions ToAttributeOptions(const nlohmann::json& settings, const BatchR
 // A stable hex digest of a JSON value (FNV-1a 64 of its canonical text: object keys sorted): of the
 // settings (a result's settings_hash), of a model's identity, ...
 std::string Digest(const nlohmann::json& value);
+
+// The results file (JSONL) as a Parquet table at `parquet_path` (temp + rename): one row per line, a
+// column per result field (error as error_code, error_message), nulls where a row has no value.
+absl::Status WriteResultsParquet(const std::string& results_path, const std::string& parquet_path);
 // The digest of everything that decides a request's answer (model fingerprint, settings, prompt,
 // target), so a retried or resumed row carries the same request id.
 std::string RequestId(const std::string& model_fingerprint, const nlohmann::json& settings, const BatchRow& row);

@@ -34,6 +34,8 @@ ABSL_FLAG(std::string, input, "", "rows: .jsonl ({id, prompt, target | choices [
 ABSL_FLAG(std::string, output, "", "results, one JSON line per row (appended; rerun to resume)");
 ABSL_FLAG(std::string, html, "",
           "also write DIR/index.html (every result, sortable) and DIR/rows/ID.html (each answered row's page)");
+ABSL_FLAG(std::string, parquet, "",
+          "also write the results as a Parquet table here once the job (or merge) ends (pyarrow, pandas, Spark)");
 ABSL_FLAG(std::string, job, "", "a JSON file of settings (keys as the flags below); flags given override it");
 ABSL_FLAG(std::vector<std::string>, server, {"localhost:50051"},
           "servers, comma-separated (rows take turns), or one gRPC target such as dns:///svc:50051 with "
@@ -197,6 +199,10 @@ int Run() {
     absl::Status index = WriteIndex(options.html_dir, absl::GetFlag(FLAGS_output));
     if (!index.ok()) return Failed(index);
   }
+  if (!absl::GetFlag(FLAGS_parquet).empty()) {
+    absl::Status table = WriteResultsParquet(absl::GetFlag(FLAGS_output), absl::GetFlag(FLAGS_parquet));
+    if (!table.ok()) return Failed(table);
+  }
   return 0;
 }
 
@@ -227,6 +233,10 @@ int Merge(const std::vector<std::string>& shard_files) {
   }
   out.close();
   if (!out) return Failed(absl::InternalError("cannot write " + absl::GetFlag(FLAGS_output)));
+  if (!absl::GetFlag(FLAGS_parquet).empty()) {
+    absl::Status table = WriteResultsParquet(absl::GetFlag(FLAGS_output), absl::GetFlag(FLAGS_parquet));
+    if (!table.ok()) return Failed(table);
+  }
   std::fprintf(stderr, "attribution-batch: merged %zu rows into %s\n", rows->size(),
                absl::GetFlag(FLAGS_output).c_str());
   return 0;

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -21,7 +22,9 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "client/attribution_client.h"
+#include "client/batch/batch_job.h"
 #include "client/batch/html_pages.h"
+#include "client/batch/parquet_writer.h"
 #include "tests/testing/server_process.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -30,6 +33,7 @@ namespace attribution {
 namespace {
 
 using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
 using nlohmann::json;
 using test_support::MetricValue;
 using test_support::ServerProcess;
@@ -263,6 +267,40 @@ TEST_F(Batch, TheServerLogsEachCallWithItsRowsRequestId) {
   EXPECT_EQ(calls, expected);
 }
 
+// The Parquet writer's corners, read back by pyarrow: nulls and missing keys in every type, empty lists,
+// empty inner lists, long lists (more than one level run), booleans past a byte, non-ASCII strings; a
+// value of the wrong type is refused naming its row and column.
+TEST(ResultsParquet, EveryShapeReadsBackEqual) {
+  TempDir dir;
+  std::vector<json> rows;
+  for (int i = 0; i < 20; ++i) {
+    json row = {{"id", absl::StrCat("r", i)}, {"correct", i % 3 == 0}, {"attempts", i - 5}};
+    if (i % 4 == 1) row["objective"] = nullptr;
+    if (i % 4 != 1) row["objective"] = -0.5 * i;
+    if (i % 5 != 2) row["features"] = json::array({"caf\u00e9", "", "\u2581No"});
+    if (i % 5 == 3) row["features"] = json::array();
+    row["attribution"] = json::array();
+    for (int k = 0; k < i; ++k) row["attribution"].push_back(k * 0.25);
+    if (i % 6 == 4) row["token_matrix"] = json::array({json::array(), json::array({1.5, -2.0}), json::array()});
+    if (i % 6 == 5) row["token_matrix"] = json::array();
+    if (i % 6 == 0) row["token_matrix"] = json::array({json::array({0.5}), json::array({1.0, 2.0, 3.0})});
+    if (i == 7) row["error"] = {{"code", "INVALID_ARGUMENT"}, {"message", "prompt: empty"}};
+    rows.push_back(row);
+  }
+  const std::string jsonl = dir.File("rows.jsonl"), parquet = dir.File("rows.parquet"), log = dir.File("check.log");
+  {
+    std::ofstream out(jsonl);
+    for (const json& row : rows) out << row.dump() << "\n";
+  }
+  ASSERT_THAT(client::batch::WriteResultsParquet(jsonl, parquet), IsOk());
+  EXPECT_EQ(std::system(absl::StrCat(ATTRIBUTION_PARQUET_CHECK, " ", parquet, " ", jsonl, " > ", log, " 2>&1").c_str()),
+            0)
+      << ReadFile(log);
+  absl::StatusOr<std::string> refused = client::batch::ParquetFile(
+      {{"objective", client::batch::ParquetType::kDouble}}, {json{{"objective", 1.0}}, json{{"objective", "high"}}});
+  EXPECT_THAT(refused.status(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("row 1, column \"objective\"")));
+}
+
 // --over_choices: the attributed quantity is the label's probability renormalised over the row's
 // choices, the value the job also reports from each choice's Logprobs call (a separate RPC).
 TEST_F(Batch, OverChoicesAttributesTheLabelsProbabilityRenormalisedOverTheChoices) {
@@ -366,8 +404,9 @@ TEST_F(Batch, CsvRowsHtmlPagesAndBadInputFiles) {
                      << "a,\"The cup is red. Q: Is it warm? A:\", Yes,,\n"
                      << "b,\"The box is blue. Q: Is it warm? A:\",, Yes| No, No\n"
                      << "c&<,, Yes,,\n";
+  const std::string parquet = dir_->File("csv.parquet");
   ASSERT_EQ(RunBatch({"--input=" + csv, "--output=" + output, "--server=" + a_->address(), "--method=saliency",
-                      "--html=" + html, "--faithfulness"},
+                      "--html=" + html, "--faithfulness", "--matrix", "--parquet=" + parquet},
                      log),
             0)
       << ReadFile(log);
@@ -376,6 +415,11 @@ TEST_F(Batch, CsvRowsHtmlPagesAndBadInputFiles) {
   EXPECT_EQ(results[0]["target_tokens"], (*reference_results_)[1]["target_tokens"]);
   EXPECT_EQ(results[1]["predicted"], " No");
   EXPECT_EQ(results[2]["error"]["code"], "INVALID_ARGUMENT");
+  // The Parquet table, read back by pyarrow, holds the JSONL's rows (a target row, a multiple-choice row
+  // and an error; token matrices, choice lists, booleans and nulls).
+  EXPECT_EQ(
+      std::system(absl::StrCat(ATTRIBUTION_PARQUET_CHECK, " ", parquet, " ", output, " > ", log, " 2>&1").c_str()), 0)
+      << ReadFile(log);
   // The index lists every result, links the answered rows to their pages, escapes ids.
   const std::string index = ReadFile(html + "/index.html");
   EXPECT_THAT(index, HasSubstr("3 rows, 1 errors"));

@@ -1,0 +1,350 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "client/batch/parquet_writer.h"
+
+#include <bit>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+
+#include "absl/strings/str_cat.h"
+
+namespace attribution::client::batch {
+namespace {
+
+using nlohmann::json;
+
+static_assert(std::endian::native == std::endian::little, "PLAIN values are written as the host stores them");
+
+// Parquet's enums (parquet.thrift).
+enum PhysicalType { kBoolean = 0, kInt64 = 2, kDouble = 5, kByteArray = 6 };
+enum Repetition { kRequired = 0, kOptional = 1, kRepeated = 2 };
+enum ConvertedType { kUtf8 = 0, kList = 3 };
+enum Encoding { kPlain = 0, kRle = 3 };
+
+// Thrift's compact protocol, the part Parquet's page headers and file metadata use. Fields are written
+// in increasing id order within each struct.
+class Compact {
+ public:
+  static constexpr int kI32 = 5, kI64 = 6, kBinary = 8, kListType = 9, kStruct = 12;
+
+  void I32(int16_t id, int64_t value) {
+    Field(id, kI32);
+    Varint(ZigZag(value));
+  }
+  void I64(int16_t id, int64_t value) {
+    Field(id, kI64);
+    Varint(ZigZag(value));
+  }
+  void Binary(int16_t id, const std::string& value) {
+    Field(id, kBinary);
+    String(value);
+  }
+  void Struct(int16_t id) {
+    Field(id, kStruct);
+    last_.push_back(0);
+  }
+  void List(int16_t id, int element_type, size_t size) {
+    Field(id, kListType);
+    if (size < 15) {
+      out_.push_back(static_cast<char>(size << 4 | element_type));
+    } else {
+      out_.push_back(static_cast<char>(0xF0 | element_type));
+      Varint(size);
+    }
+  }
+  void ElementStruct() { last_.push_back(0); }
+  void ElementI32(int64_t value) { Varint(ZigZag(value)); }
+  void ElementBinary(const std::string& value) { String(value); }
+  void End() {
+    out_.push_back(0);
+    last_.pop_back();
+  }
+  // The bytes of the outermost struct, ended.
+  std::string Finish() {
+    out_.push_back(0);
+    return std::move(out_);
+  }
+
+ private:
+  void Field(int16_t id, int type) {
+    const int delta = id - last_.back();
+    if (delta > 0 && delta <= 15) {
+      out_.push_back(static_cast<char>(delta << 4 | type));
+    } else {
+      out_.push_back(static_cast<char>(type));
+      Varint(ZigZag(id));
+    }
+    last_.back() = id;
+  }
+  void Varint(uint64_t value) {
+    for (; value >= 0x80; value >>= 7) out_.push_back(static_cast<char>(value | 0x80));
+    out_.push_back(static_cast<char>(value));
+  }
+  static uint64_t ZigZag(int64_t value) {
+    return (static_cast<uint64_t>(value) << 1) ^ static_cast<uint64_t>(value >> 63);
+  }
+  void String(const std::string& value) {
+    Varint(value.size());
+    out_ += value;
+  }
+
+  std::string out_;
+  std::vector<int16_t> last_{0};
+};
+
+// One column's levels and PLAIN values.
+struct Encoded {
+  int max_repetition = 0, max_definition = 0;
+  std::vector<int> repetition, definition;
+  std::string values;
+  std::vector<bool> bits;  // booleans, packed at the end
+};
+
+template <typename T>
+void AppendRaw(std::string& out, T value) {
+  char bytes[sizeof(T)];
+  std::memcpy(bytes, &value, sizeof(T));
+  out.append(bytes, sizeof(T));
+}
+
+// Appends a leaf value of `type`'s element kind, or says why it does not fit.
+absl::Status AppendValue(ParquetType type, const json& value, Encoded& out) {
+  switch (type) {
+    case ParquetType::kString:
+    case ParquetType::kStringList:
+      if (!value.is_string()) return absl::InvalidArgumentError("not a string");
+      AppendRaw(out.values, static_cast<uint32_t>(value.get_ref<const std::string&>().size()));
+      out.values += value.get_ref<const std::string&>();
+      return absl::OkStatus();
+    case ParquetType::kDouble:
+    case ParquetType::kDoubleList:
+    case ParquetType::kDoubleMatrix:
+      if (!value.is_number()) return absl::InvalidArgumentError("not a number");
+      AppendRaw(out.values, value.get<double>());
+      return absl::OkStatus();
+    case ParquetType::kInt64:
+      if (!value.is_number_integer()) return absl::InvalidArgumentError("not an integer");
+      AppendRaw(out.values, value.get<int64_t>());
+      return absl::OkStatus();
+    case ParquetType::kBool:
+      if (!value.is_boolean()) return absl::InvalidArgumentError("not a boolean");
+      out.bits.push_back(value.get<bool>());
+      return absl::OkStatus();
+  }
+  return absl::InternalError("unknown column type");
+}
+
+void Level(Encoded& out, int repetition, int definition) {
+  out.repetition.push_back(repetition);
+  out.definition.push_back(definition);
+}
+
+// A row's value (or null) as levels and leaf values: primitives (definition 1: present), lists
+// (2: an element; 1: empty) and lists of lists (3: an element; 2: an empty inner list; 1: empty).
+absl::Status EncodeRow(ParquetType type, const json* value, Encoded& out) {
+  if (value == nullptr || value->is_null()) {
+    Level(out, 0, 0);
+    return absl::OkStatus();
+  }
+  switch (type) {
+    case ParquetType::kString:
+    case ParquetType::kDouble:
+    case ParquetType::kInt64:
+    case ParquetType::kBool:
+      Level(out, 0, 1);
+      return AppendValue(type, *value, out);
+    case ParquetType::kStringList:
+    case ParquetType::kDoubleList: {
+      if (!value->is_array()) return absl::InvalidArgumentError("not a list");
+      if (value->empty()) Level(out, 0, 1);
+      for (size_t i = 0; i < value->size(); ++i) {
+        Level(out, i == 0 ? 0 : 1, 2);
+        if (absl::Status s = AppendValue(type, (*value)[i], out); !s.ok()) return s;
+      }
+      return absl::OkStatus();
+    }
+    case ParquetType::kDoubleMatrix: {
+      if (!value->is_array()) return absl::InvalidArgumentError("not a list of lists");
+      if (value->empty()) Level(out, 0, 1);
+      for (size_t i = 0; i < value->size(); ++i) {
+        const json& inner = (*value)[i];
+        if (!inner.is_array()) return absl::InvalidArgumentError("not a list of lists");
+        if (inner.empty()) Level(out, i == 0 ? 0 : 1, 2);
+        for (size_t j = 0; j < inner.size(); ++j) {
+          Level(out, i == 0 && j == 0 ? 0 : j == 0 ? 1 : 2, 3);
+          if (absl::Status s = AppendValue(type, inner[j], out); !s.ok()) return s;
+        }
+      }
+      return absl::OkStatus();
+    }
+  }
+  return absl::InternalError("unknown column type");
+}
+
+// Levels in the RLE / bit-packing hybrid, runs only, behind their 4-byte length (data page v1).
+std::string Levels(const std::vector<int>& levels, int max_level) {
+  if (max_level == 0) return "";
+  std::string runs;
+  for (size_t i = 0; i < levels.size();) {
+    size_t j = i;
+    while (j < levels.size() && levels[j] == levels[i]) ++j;
+    for (uint64_t header = (j - i) << 1; true; header >>= 7) {
+      if (header < 0x80) {
+        runs.push_back(static_cast<char>(header));
+        break;
+      }
+      runs.push_back(static_cast<char>(header | 0x80));
+    }
+    runs.push_back(static_cast<char>(levels[i]));  // levels here fit one byte
+    i = j;
+  }
+  std::string out;
+  AppendRaw(out, static_cast<uint32_t>(runs.size()));
+  return out + runs;
+}
+
+PhysicalType LeafType(ParquetType type) {
+  switch (type) {
+    case ParquetType::kString:
+    case ParquetType::kStringList:
+      return kByteArray;
+    case ParquetType::kInt64:
+      return kInt64;
+    case ParquetType::kBool:
+      return kBoolean;
+    case ParquetType::kDouble:
+    case ParquetType::kDoubleList:
+    case ParquetType::kDoubleMatrix:
+      return kDouble;
+  }
+  return kByteArray;
+}
+
+void SchemaElement(Compact& c, std::optional<int> type, Repetition repetition, const std::string& name,
+                   std::optional<int> children, std::optional<int> converted) {
+  c.ElementStruct();
+  if (type) c.I32(1, *type);
+  c.I32(3, repetition);
+  c.Binary(4, name);
+  if (children) c.I32(5, *children);
+  if (converted) c.I32(6, *converted);
+  c.End();
+}
+
+// The column's schema elements (depth first) and its leaf's path.
+std::vector<std::string> WriteSchema(Compact& c, const ParquetColumn& column) {
+  const std::optional<int> utf8 = LeafType(column.type) == kByteArray ? std::optional<int>(kUtf8) : std::nullopt;
+  switch (column.type) {
+    case ParquetType::kStringList:
+    case ParquetType::kDoubleList:
+      SchemaElement(c, std::nullopt, kOptional, column.name, 1, kList);
+      SchemaElement(c, std::nullopt, kRepeated, "list", 1, std::nullopt);
+      SchemaElement(c, LeafType(column.type), kRequired, "element", std::nullopt, utf8);
+      return {column.name, "list", "element"};
+    case ParquetType::kDoubleMatrix:
+      SchemaElement(c, std::nullopt, kOptional, column.name, 1, kList);
+      SchemaElement(c, std::nullopt, kRepeated, "list", 1, std::nullopt);
+      SchemaElement(c, std::nullopt, kRequired, "element", 1, kList);
+      SchemaElement(c, std::nullopt, kRepeated, "list", 1, std::nullopt);
+      SchemaElement(c, kDouble, kRequired, "element", std::nullopt, std::nullopt);
+      return {column.name, "list", "element", "list", "element"};
+    default:
+      SchemaElement(c, LeafType(column.type), kOptional, column.name, std::nullopt, utf8);
+      return {column.name};
+  }
+}
+
+struct Chunk {
+  std::vector<std::string> path;
+  int64_t offset = 0, size = 0, values = 0;
+};
+
+}  // namespace
+
+absl::StatusOr<std::string> ParquetFile(const std::vector<ParquetColumn>& columns, const std::vector<json>& rows) {
+  std::string file = "PAR1";
+  std::vector<Chunk> chunks;
+  Compact schema;
+  for (const ParquetColumn& column : columns) {
+    Encoded encoded;
+    encoded.max_definition = column.type == ParquetType::kDoubleMatrix                                            ? 3
+                             : column.type == ParquetType::kStringList || column.type == ParquetType::kDoubleList ? 2
+                                                                                                                  : 1;
+    encoded.max_repetition = encoded.max_definition - 1;
+    for (size_t r = 0; r < rows.size(); ++r) {
+      const json* value = rows[r].contains(column.name) ? &rows[r][column.name] : nullptr;
+      if (absl::Status s = EncodeRow(column.type, value, encoded); !s.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat("row ", r, ", column \"", column.name, "\": ", s.message()));
+      }
+    }
+    for (size_t i = 0; i < encoded.bits.size(); i += 8) {
+      uint8_t byte = 0;
+      for (size_t b = 0; b < 8 && i + b < encoded.bits.size(); ++b) byte |= encoded.bits[i + b] << b;
+      encoded.values.push_back(static_cast<char>(byte));
+    }
+    const std::string data = Levels(encoded.repetition, encoded.max_repetition) +
+                             Levels(encoded.definition, encoded.max_definition) + encoded.values;
+    Compact header;
+    header.I32(1, 0);  // DATA_PAGE
+    header.I32(2, static_cast<int64_t>(data.size()));
+    header.I32(3, static_cast<int64_t>(data.size()));
+    header.Struct(5);
+    header.I32(1, static_cast<int64_t>(encoded.definition.size()));
+    header.I32(2, kPlain);
+    header.I32(3, kRle);
+    header.I32(4, kRle);
+    header.End();
+    const std::string page = header.Finish() + data;
+    chunks.push_back({.path = {},
+                      .offset = static_cast<int64_t>(file.size()),
+                      .size = static_cast<int64_t>(page.size()),
+                      .values = static_cast<int64_t>(encoded.definition.size())});
+    file += page;
+  }
+  Compact meta;
+  meta.I32(1, 1);  // version
+  size_t elements = 1;
+  for (const ParquetColumn& column : columns) {
+    elements += column.type == ParquetType::kDoubleMatrix                                            ? 5
+                : column.type == ParquetType::kStringList || column.type == ParquetType::kDoubleList ? 3
+                                                                                                     : 1;
+  }
+  meta.List(2, Compact::kStruct, elements);
+  SchemaElement(meta, std::nullopt, kRequired, "schema", static_cast<int>(columns.size()), std::nullopt);
+  for (size_t c = 0; c < columns.size(); ++c) chunks[c].path = WriteSchema(meta, columns[c]);
+  meta.I64(3, static_cast<int64_t>(rows.size()));
+  meta.List(4, Compact::kStruct, 1);
+  meta.ElementStruct();  // the one row group
+  meta.List(1, Compact::kStruct, columns.size());
+  int64_t total = 0;
+  for (size_t c = 0; c < columns.size(); ++c) {
+    const Chunk& chunk = chunks[c];
+    total += chunk.size;
+    meta.ElementStruct();
+    meta.I64(2, chunk.offset);
+    meta.Struct(3);
+    meta.I32(1, LeafType(columns[c].type));
+    meta.List(2, Compact::kI32, 2);
+    meta.ElementI32(kPlain);
+    meta.ElementI32(kRle);
+    meta.List(3, Compact::kBinary, chunk.path.size());
+    for (const std::string& part : chunk.path) meta.ElementBinary(part);
+    meta.I32(4, 0);  // UNCOMPRESSED
+    meta.I64(5, chunk.values);
+    meta.I64(6, chunk.size);
+    meta.I64(7, chunk.size);
+    meta.I64(9, chunk.offset);
+    meta.End();
+    meta.End();
+  }
+  meta.I64(2, total);
+  meta.I64(3, static_cast<int64_t>(rows.size()));
+  meta.End();
+  meta.Binary(6, "attribution-batch");
+  const std::string footer = meta.Finish();
+  file += footer;
+  AppendRaw(file, static_cast<uint32_t>(footer.size()));
+  return file + "PAR1";
+}
+
+}  // namespace attribution::client::batch

@@ -1,0 +1,32 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+"""Checks that a Parquet file written by attribution-batch (client/batch/parquet_writer.cc) holds what its
+JSONL holds, read back by pyarrow (an independent reader): the same rows in order, every field of a line equal
+in its column (an "error" object as error_code / error_message), and every column a line lacks null.
+
+Usage: parquet_equals_jsonl.py TABLE.parquet RESULTS.jsonl   (exit 0 and "equal" when they match)
+"""
+import json
+import sys
+
+import pyarrow.parquet as pq
+
+
+def main():
+    table = pq.read_table(sys.argv[1])
+    rows = table.to_pylist()
+    with open(sys.argv[2]) as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    assert len(rows) == len(lines), (len(rows), len(lines))
+    for number, (row, line) in enumerate(zip(rows, lines), 1):
+        error = line.pop("error", None)
+        if isinstance(error, dict):
+            line["error_code"], line["error_message"] = error.get("code"), error.get("message")
+        for column, value in row.items():
+            expected = line.get(column)
+            assert value == expected, f"line {number}, column {column}: parquet {value!r}, jsonl {expected!r}"
+    print(f"equal: {len(rows)} rows, {table.num_columns} columns ({', '.join(table.column_names)})")
+
+
+if __name__ == "__main__":
+    main()
