@@ -20,6 +20,45 @@ absl::Time DeadlineOf(const grpc::CallbackServerContext* context) {
   return absl::FromChrono(deadline);
 }
 
+// A stream's progress: the queued event now, then a callback that sends rows done / total as
+// replaceable events. A unary call has none.
+template <typename Event, typename Call>
+std::function<void(int64_t, int64_t)> ProgressEvents(Call* call) {
+  if constexpr (std::is_same_v<Call, StreamCall<Event>>) {
+    Event queued;
+    queued.mutable_queued();
+    call->Send(std::move(queued));
+    return [call](int64_t rows_done, int64_t rows_total) {
+      Event event;
+      event.mutable_progress()->set_rows_done(rows_done);
+      event.mutable_progress()->set_rows_total(rows_total);
+      call->Send(std::move(event), /*replaceable=*/true);
+    };
+  } else {
+    return nullptr;
+  }
+}
+
+// How a unary call ends: its response, or the error.
+template <typename Response>
+std::function<void(absl::StatusOr<Response>)> FinishUnary(UnaryCall* call, Response* response) {
+  return [call, response](absl::StatusOr<Response> result) {
+    if (result.ok()) *response = std::move(*result);
+    call->Complete(result.status());
+  };
+}
+
+// How a stream ends: the result as its last event, or the error.
+template <typename Response, typename Event>
+std::function<void(absl::StatusOr<Response>)> FinishStream(StreamCall<Event>* call) {
+  return [call](absl::StatusOr<Response> result) {
+    if (!result.ok()) return call->Complete(result.status());
+    Event last;
+    *last.mutable_result() = std::move(*result);
+    call->Complete(absl::OkStatus(), std::move(last));
+  };
+}
+
 }  // namespace
 
 AttributionServiceImpl::AttributionServiceImpl(const ServerConfig& config, ServerMetrics* metrics,
@@ -91,18 +130,6 @@ void AttributionServiceImpl::StartAttribution(Call* call, grpc::CallbackServerCo
   auto handle = served->engine->NewRequest(attribute->request.priority, attribute->request.deadline);
   call->OnCancelDo([served, handle] { served->engine->Cancel(*handle); });
   const absl::Time received = call->log().received;
-  engine::Attributor::Progress progress;
-  if constexpr (std::is_same_v<Call, StreamCall<v1::AttributeEvent>>) {
-    v1::AttributeEvent queued;
-    queued.mutable_queued();
-    call->Send(std::move(queued));
-    progress = [call](int64_t rows_done, int64_t rows_total) {
-      v1::AttributeEvent event;
-      event.mutable_progress()->set_rows_done(rows_done);
-      event.mutable_progress()->set_rows_total(rows_total);
-      call->Send(std::move(event), /*replaceable=*/true);
-    };
-  }
   served->attributor->Attribute(
       handle, attribute->request,
       [call, served, attribute, received, done](absl::StatusOr<engine::AttributionResult> result) {
@@ -113,29 +140,21 @@ void AttributionServiceImpl::StartAttribution(Call* call, grpc::CallbackServerCo
         call->log().stats = response.stats();
         done(std::move(response));
       },
-      std::move(progress));
+      ProgressEvents<v1::AttributeEvent>(call));
 }
 
 grpc::ServerUnaryReactor* AttributionServiceImpl::Attribute(grpc::CallbackServerContext* context,
                                                             const v1::AttributeRequest* request,
                                                             v1::AttributeResponse* response) {
   auto* call = new UnaryCall(this, "Attribute", context);
-  StartAttribution(call, context, *request, [call, response](absl::StatusOr<v1::AttributeResponse> result) {
-    if (result.ok()) *response = std::move(*result);
-    call->Complete(result.status());
-  });
+  StartAttribution(call, context, *request, FinishUnary(call, response));
   return call;
 }
 
 grpc::ServerWriteReactor<v1::AttributeEvent>* AttributionServiceImpl::AttributeStream(
     grpc::CallbackServerContext* context, const v1::AttributeRequest* request) {
   auto* call = new StreamCall<v1::AttributeEvent>(this, "AttributeStream", context);
-  StartAttribution(call, context, *request, [call](absl::StatusOr<v1::AttributeResponse> result) {
-    if (!result.ok()) return call->Complete(result.status());
-    v1::AttributeEvent last;
-    *last.mutable_result() = std::move(*result);
-    call->Complete(absl::OkStatus(), std::move(last));
-  });
+  StartAttribution(call, context, *request, FinishStream<v1::AttributeResponse>(call));
   return call;
 }
 
@@ -152,18 +171,6 @@ void AttributionServiceImpl::StartComponents(
   auto handle = served->engine->NewRequest(components->request.priority, components->request.deadline);
   call->OnCancelDo([served, handle] { served->engine->Cancel(*handle); });
   const absl::Time received = call->log().received;
-  engine::ComponentProgress progress;
-  if constexpr (std::is_same_v<Call, StreamCall<v1::AttributeComponentsEvent>>) {
-    v1::AttributeComponentsEvent queued;
-    queued.mutable_queued();
-    call->Send(std::move(queued));
-    progress = [call](int64_t rows_done, int64_t rows_total) {
-      v1::AttributeComponentsEvent event;
-      event.mutable_progress()->set_rows_done(rows_done);
-      event.mutable_progress()->set_rows_total(rows_total);
-      call->Send(std::move(event), /*replaceable=*/true);
-    };
-  }
   engine::AttributeComponents(
       *served->engine, handle, served->model->config(), components->limits, components->request,
       [call, served, components, handle, received, done](absl::StatusOr<engine::ComponentResult> result) {
@@ -174,29 +181,21 @@ void AttributionServiceImpl::StartComponents(
         call->log().stats = response.stats();
         done(std::move(response));
       },
-      std::move(progress));
+      ProgressEvents<v1::AttributeComponentsEvent>(call));
 }
 
 grpc::ServerUnaryReactor* AttributionServiceImpl::AttributeComponents(grpc::CallbackServerContext* context,
                                                                       const v1::AttributeComponentsRequest* request,
                                                                       v1::AttributeComponentsResponse* response) {
   auto* call = new UnaryCall(this, "AttributeComponents", context);
-  StartComponents(call, context, *request, [call, response](absl::StatusOr<v1::AttributeComponentsResponse> result) {
-    if (result.ok()) *response = std::move(*result);
-    call->Complete(result.status());
-  });
+  StartComponents(call, context, *request, FinishUnary(call, response));
   return call;
 }
 
 grpc::ServerWriteReactor<v1::AttributeComponentsEvent>* AttributionServiceImpl::AttributeComponentsStream(
     grpc::CallbackServerContext* context, const v1::AttributeComponentsRequest* request) {
   auto* call = new StreamCall<v1::AttributeComponentsEvent>(this, "AttributeComponentsStream", context);
-  StartComponents(call, context, *request, [call](absl::StatusOr<v1::AttributeComponentsResponse> result) {
-    if (!result.ok()) return call->Complete(result.status());
-    v1::AttributeComponentsEvent last;
-    *last.mutable_result() = std::move(*result);
-    call->Complete(absl::OkStatus(), std::move(last));
-  });
+  StartComponents(call, context, *request, FinishStream<v1::AttributeComponentsResponse>(call));
   return call;
 }
 
@@ -232,13 +231,7 @@ grpc::ServerUnaryReactor* AttributionServiceImpl::Generate(grpc::CallbackServerC
                                                            const v1::GenerateRequest* request,
                                                            v1::GenerateResponse* response) {
   auto* call = new UnaryCall(this, "Generate", context);
-  StartGeneration(
-      call, context, *request,
-      [call, response](absl::StatusOr<v1::GenerateResponse> result) {
-        if (result.ok()) *response = std::move(*result);
-        call->Complete(result.status());
-      },
-      nullptr);
+  StartGeneration(call, context, *request, FinishUnary(call, response), nullptr);
   return call;
 }
 
@@ -250,15 +243,7 @@ grpc::ServerWriteReactor<v1::GenerateEvent>* AttributionServiceImpl::GenerateStr
     ToStreamedToken(id, log_prob, served, event.mutable_token());
     call->Send(std::move(event));
   };
-  StartGeneration(
-      call, context, *request,
-      [call](absl::StatusOr<v1::GenerateResponse> result) {
-        if (!result.ok()) return call->Complete(result.status());
-        v1::GenerateEvent last;
-        *last.mutable_result() = std::move(*result);
-        call->Complete(absl::OkStatus(), std::move(last));
-      },
-      on_token);
+  StartGeneration(call, context, *request, FinishStream<v1::GenerateResponse>(call), on_token);
   return call;
 }
 
