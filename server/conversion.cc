@@ -235,6 +235,10 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
     }
     request.foil_ids = std::move(foil.encoding.ids);
   }
+  if (proto.choices_size() > model.spec.limits.max_choices) {
+    return Invalid("choices", absl::StrCat(proto.choices_size(), " choices, over this server's limit of ",
+                                           model.spec.limits.max_choices));
+  }
   for (int i = 0; i < proto.choices_size(); ++i) {
     const std::string field = absl::StrCat("choices[", i, "]");
     if (!IsSet(proto.choices(i))) return Invalid(field, "is empty");

@@ -4,7 +4,7 @@
 the report's colours, both the green of positive and the red of negative attributions, over a
 meaningful number of pixels. A page that failed to render (blank, error page) fails the check.
 
-Usage: check_screenshot.py SCREENSHOT.png [--green-only]
+Usage: check_screenshot.py SCREENSHOT.png [--green-only] [--curves]
 --green-only: a page whose values are (nearly) all positive, as the component demo's heads grid; only
 the green is required.
 --curves: the page also draws the faithfulness chart: its deletion (blue, #1f77b4) and insertion

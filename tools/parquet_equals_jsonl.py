@@ -22,6 +22,8 @@ def main():
         error = line.pop("error", None)
         if isinstance(error, dict):
             line["error_code"], line["error_message"] = error.get("code"), error.get("message")
+        missing = set(line) - set(table.column_names)
+        assert not missing, f"line {number}: fields with no column: {sorted(missing)}"
         for column, value in row.items():
             expected = line.get(column)
             assert value == expected, f"line {number}, column {column}: parquet {value!r}, jsonl {expected!r}"

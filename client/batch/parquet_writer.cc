@@ -123,7 +123,9 @@ absl::Status AppendValue(ParquetType type, const json& value, Encoded& out) {
       AppendRaw(out.values, value.get<double>());
       return absl::OkStatus();
     case ParquetType::kInt64:
-      if (!value.is_number_integer()) return absl::InvalidArgumentError("not an integer");
+      if (!value.is_number_integer() || (value.is_number_unsigned() && value.get<uint64_t>() > INT64_MAX)) {
+        return absl::InvalidArgumentError("not an integer of 64 signed bits");
+      }
       AppendRaw(out.values, value.get<int64_t>());
       return absl::OkStatus();
     case ParquetType::kBool:
@@ -139,8 +141,19 @@ void Level(Encoded& out, int repetition, int definition) {
   out.definition.push_back(definition);
 }
 
-// A row's value (or null) as levels and leaf values: primitives (definition 1: present), lists
-// (2: an element; 1: empty) and lists of lists (3: an element; 2: an empty inner list; 1: empty).
+// A list element: its definition level when present (one less when null, as JSON writes NaN).
+absl::Status AppendElement(ParquetType type, const json& value, int repetition, int definition, Encoded& out) {
+  if (value.is_null()) {
+    Level(out, repetition, definition - 1);
+    return absl::OkStatus();
+  }
+  Level(out, repetition, definition);
+  return AppendValue(type, value, out);
+}
+
+// A row's value (or null) as levels and leaf values, definition levels counting what is there:
+// primitives 1: present; lists 1: empty, 2: a null element, 3: an element; lists of lists 1: empty,
+// 2: a null inner list, 3: an empty one, 4: a null element, 5: an element.
 absl::Status EncodeRow(ParquetType type, const json* value, Encoded& out) {
   if (value == nullptr || value->is_null()) {
     Level(out, 0, 0);
@@ -158,8 +171,7 @@ absl::Status EncodeRow(ParquetType type, const json* value, Encoded& out) {
       if (!value->is_array()) return absl::InvalidArgumentError("not a list");
       if (value->empty()) Level(out, 0, 1);
       for (size_t i = 0; i < value->size(); ++i) {
-        Level(out, i == 0 ? 0 : 1, 2);
-        if (absl::Status s = AppendValue(type, (*value)[i], out); !s.ok()) return s;
+        if (absl::Status s = AppendElement(type, (*value)[i], i == 0 ? 0 : 1, 3, out); !s.ok()) return s;
       }
       return absl::OkStatus();
     }
@@ -168,11 +180,15 @@ absl::Status EncodeRow(ParquetType type, const json* value, Encoded& out) {
       if (value->empty()) Level(out, 0, 1);
       for (size_t i = 0; i < value->size(); ++i) {
         const json& inner = (*value)[i];
+        const int first = i == 0 ? 0 : 1;
+        if (inner.is_null()) {
+          Level(out, first, 2);
+          continue;
+        }
         if (!inner.is_array()) return absl::InvalidArgumentError("not a list of lists");
-        if (inner.empty()) Level(out, i == 0 ? 0 : 1, 2);
+        if (inner.empty()) Level(out, first, 3);
         for (size_t j = 0; j < inner.size(); ++j) {
-          Level(out, i == 0 && j == 0 ? 0 : j == 0 ? 1 : 2, 3);
-          if (absl::Status s = AppendValue(type, inner[j], out); !s.ok()) return s;
+          if (absl::Status s = AppendElement(type, inner[j], j == 0 ? first : 2, 5, out); !s.ok()) return s;
         }
       }
       return absl::OkStatus();
@@ -239,14 +255,14 @@ std::vector<std::string> WriteSchema(Compact& c, const ParquetColumn& column) {
     case ParquetType::kDoubleList:
       SchemaElement(c, std::nullopt, kOptional, column.name, 1, kList);
       SchemaElement(c, std::nullopt, kRepeated, "list", 1, std::nullopt);
-      SchemaElement(c, LeafType(column.type), kRequired, "element", std::nullopt, utf8);
+      SchemaElement(c, LeafType(column.type), kOptional, "element", std::nullopt, utf8);
       return {column.name, "list", "element"};
     case ParquetType::kDoubleMatrix:
       SchemaElement(c, std::nullopt, kOptional, column.name, 1, kList);
       SchemaElement(c, std::nullopt, kRepeated, "list", 1, std::nullopt);
-      SchemaElement(c, std::nullopt, kRequired, "element", 1, kList);
+      SchemaElement(c, std::nullopt, kOptional, "element", 1, kList);
       SchemaElement(c, std::nullopt, kRepeated, "list", 1, std::nullopt);
-      SchemaElement(c, kDouble, kRequired, "element", std::nullopt, std::nullopt);
+      SchemaElement(c, kDouble, kOptional, "element", std::nullopt, std::nullopt);
       return {column.name, "list", "element", "list", "element"};
     default:
       SchemaElement(c, LeafType(column.type), kOptional, column.name, std::nullopt, utf8);
@@ -267,10 +283,9 @@ absl::StatusOr<std::string> ParquetFile(const std::vector<ParquetColumn>& column
   Compact schema;
   for (const ParquetColumn& column : columns) {
     Encoded encoded;
-    encoded.max_definition = column.type == ParquetType::kDoubleMatrix                                            ? 3
-                             : column.type == ParquetType::kStringList || column.type == ParquetType::kDoubleList ? 2
-                                                                                                                  : 1;
-    encoded.max_repetition = encoded.max_definition - 1;
+    const bool list = column.type == ParquetType::kStringList || column.type == ParquetType::kDoubleList;
+    encoded.max_definition = column.type == ParquetType::kDoubleMatrix ? 5 : list ? 3 : 1;
+    encoded.max_repetition = column.type == ParquetType::kDoubleMatrix ? 2 : list ? 1 : 0;
     for (size_t r = 0; r < rows.size(); ++r) {
       const json* value = rows[r].contains(column.name) ? &rows[r][column.name] : nullptr;
       if (absl::Status s = EncodeRow(column.type, value, encoded); !s.ok()) {
@@ -284,6 +299,10 @@ absl::StatusOr<std::string> ParquetFile(const std::vector<ParquetColumn>& column
     }
     const std::string data = Levels(encoded.repetition, encoded.max_repetition) +
                              Levels(encoded.definition, encoded.max_definition) + encoded.values;
+    if (data.size() > static_cast<size_t>(INT32_MAX) - 4096) {  // page sizes are 32-bit
+      return absl::ResourceExhaustedError(
+          absl::StrCat("column \"", column.name, "\" holds ", data.size(), " bytes, over one Parquet page's 2 GiB"));
+    }
     Compact header;
     header.I32(1, 0);  // DATA_PAGE
     header.I32(2, static_cast<int64_t>(data.size()));

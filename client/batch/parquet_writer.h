@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // A Parquet file of JSON rows, for the batch job's results (pyarrow, pandas, Spark and DuckDB read it).
 // Debian 12 has no Arrow, so this is a small writer of its own: one row group, one uncompressed data page
-// per column, PLAIN values and RLE levels, the metadata in Thrift's compact protocol. Every column is
-// nullable; lists are Parquet's three-level LIST groups.
+// per column, PLAIN values and RLE levels, the metadata in Thrift's compact protocol. Every column, list
+// and list element is nullable (JSON writes NaN as null); lists are Parquet's three-level LIST groups.
 //
 //   ASSIGN_OR_RETURN(std::string bytes, ParquetFile({{"id", ParquetType::kString},
 //                                                    {"attribution", ParquetType::kDoubleList}}, rows));

@@ -2,6 +2,7 @@
 #include "engine/attribution/attribution_request.h"
 
 #include <algorithm>
+#include <unordered_set>
 
 #include "absl/strings/str_cat.h"
 #include "engine/attribution/methods.h"
@@ -50,9 +51,13 @@ absl::Status ValidateAttributionRequest(const AttributionRequest& r, const Model
   if (!r.choice_ids.empty()) {
     if (auto s = CheckTokenIds(r.choice_ids, "choices", vocab); !s.ok()) return s;
     if (r.choice_ids.size() < 2) return absl::InvalidArgumentError("choices: give at least two answer choices");
-    for (size_t i = 0; i < r.choice_ids.size(); ++i) {
-      if (std::find(r.choice_ids.begin(), r.choice_ids.begin() + i, r.choice_ids[i]) != r.choice_ids.begin() + i) {
-        return absl::InvalidArgumentError(absl::StrCat("choices: token ", r.choice_ids[i], " is given twice"));
+    if (auto s = CheckRange(static_cast<int64_t>(r.choice_ids.size()), 2, limits.max_choices, "choices (count)");
+        !s.ok())
+      return s;
+    std::unordered_set<int64_t> seen;
+    for (int64_t choice : r.choice_ids) {
+      if (!seen.insert(choice).second) {
+        return absl::InvalidArgumentError(absl::StrCat("choices: token ", choice, " is given twice"));
       }
     }
     if (r.target_ids.size() != 1 ||

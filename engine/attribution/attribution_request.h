@@ -91,6 +91,7 @@ struct AttributionLimits {
   int64_t max_exact_shapley_features = 12;  // 2^12 coalitions
   int64_t max_tokens = 4096;                // prompt + target
   int64_t max_new_tokens = 512;
+  int64_t max_choices = 256;  // answer choices a target is renormalised over
 };
 
 // How faithful an explanation is to the model: deletion and insertion curves over its top-ranked

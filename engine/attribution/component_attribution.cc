@@ -108,6 +108,10 @@ bool Unchanged(const ComponentSelection& selection, const PromptPair& pair) {
   return selection.position >= 0 && selection.position < pair.shared_length();
 }
 
+bool HasSite(const ComponentRequest& request, ComponentSite site) {
+  return std::find(request.sites.begin(), request.sites.end(), site) != request.sites.end();
+}
+
 int64_t RowsPerComponent(const ComponentRequest& request) {
   switch (request.method) {
     case ComponentMethod::kActivationPatching:
@@ -169,7 +173,7 @@ class ComponentRun : public std::enable_shared_from_this<ComponentRun> {
           ComponentWork estimates = base;
           estimates.site_estimates = true;
           if (request_.method == ComponentMethod::kAttributionPatchingStar) {
-            estimates.exact_attention_weights = true;
+            estimates.exact_attention_weights = HasSite(request_, ComponentSite::kHeads);
             estimates.gradient_dropped_layer = l;
           }
           rows.push_back(row(RowKind::kGrad, estimates));
@@ -241,8 +245,8 @@ class ComponentRun : public std::enable_shared_from_this<ComponentRun> {
             pair.grids.push_back(Estimated(layout, results[next].site_estimates[site], scale));
             continue;
           }
-          // GradDrop: the mean magnitude over the dropped layers, of which a component's own layer
-          // contributes nothing to its outputs' estimates (hence L − 1).
+          // GradDrop: Σ_l |AtP_l| / (L − 1), the paper's normalisation (dropping a component's own
+          // layer zeroes the estimates of that layer's heads and outputs).
           ComponentGrid grid = Estimated(layout, results[next].site_estimates[site], scale);
           for (double& v : grid.values) v = std::abs(v);
           for (int64_t l = 1; l < estimate_rows; ++l) {
@@ -414,6 +418,11 @@ absl::Status ValidateComponentRequest(const ComponentRequest& request, const Mod
   }
   if (request.method == ComponentMethod::kLayerIntegratedGradients) {
     RETURN_IF_ERROR(CheckRange(request.n_steps, MinIntegrationSteps(request.rule), limits.max_steps, "n_steps"));
+  }
+  if (request.method == ComponentMethod::kAttributionPatchingStar && config.num_layers < 2) {
+    return absl::InvalidArgumentError(
+        "method: ATTRIBUTION_PATCHING_STAR drops one layer's gradient at a time and needs a model of two or more "
+        "layers; ask for ATTRIBUTION_PATCHING");
   }
   const int64_t rows = CountRows(request, config);
   if (rows > limits.max_rows) {

@@ -21,8 +21,9 @@ class BatchExecutor {
   // which the engine counts against its queue memory.
   virtual int64_t EmbeddedBytesPerToken() const { return 0; }
   // Device bytes per token of a prompt pair once its rows run (both runs' activations at every
-  // component site of every layer), counted the same way.
-  virtual int64_t CapturedBytesPerToken() const { return 0; }
+  // component site of every layer, and their attention inputs when its rows recompute attention
+  // weights), counted the same way.
+  virtual int64_t CapturedBytesPerToken(bool attention_inputs) const { return 0; }
 };
 
 // Executes rows with a CausalLM: right-pads them into one batch per call.

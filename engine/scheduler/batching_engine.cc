@@ -103,7 +103,7 @@ std::pair<const void*, int64_t> BatchingEngine::SharedInput(const Row& row) cons
     return {path, path->length() * (17 + executor_->EmbeddedBytesPerToken())};
   }
   if (const PromptPair* pair = row.component.pair.get()) {
-    return {pair, pair->length() * (16 + executor_->CapturedBytesPerToken())};
+    return {pair, pair->length() * (16 + executor_->CapturedBytesPerToken(row.component.exact_attention_weights))};
   }
   return {nullptr, 0};
 }

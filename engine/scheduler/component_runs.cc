@@ -73,8 +73,9 @@ at::Tensor ExactWeightTerms(const at::Tensor& q, const at::Tensor& k, const at::
 }
 
 // ExactWeightTerms of every head of one layer of run `own` ([2, layers, heads, S, D] captures), given
-// d objective / d head output [S, heads, D]: [S, heads]. Heads go a few at a time, so that the
-// [heads, S, S] temporaries stay near 64 MB.
+// d objective / d head output [S, heads, D]: [S, heads]. Heads go a few at a time, so that each of the
+// ~10 [heads, S, S] float64 temporaries alive at once stays near 64 MB (one head of a 4096-token
+// prompt: 128 MB each).
 at::Tensor ExactWeightEstimates(const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& values,
                                 const at::Tensor& visible, int own, int64_t layer, const at::Tensor& head_gradient) {
   const int64_t heads = queries.size(2), length = queries.size(3);

@@ -48,12 +48,13 @@ class ModelExecutor : public BatchExecutor {
     return 2 * model_->config().hidden_size * static_cast<int64_t>(c10::elementSize(model_->dtype()));
   }
 
-  int64_t CapturedBytesPerToken() const override {
+  int64_t CapturedBytesPerToken(bool attention_inputs) const override {
     const ModelConfig& c = model_->config();
     // Two runs; per layer the residual stream, attention and MLP outputs and every head's output, the
-    // attention's queries, keys and values (AtP*), and the shared prefix's keys and values.
+    // attention's queries, keys and values when asked (AtP*), and the shared prefix's keys and values.
     const int64_t queries = c.num_heads * c.head_dim, keys = c.num_kv_heads * c.head_dim;
-    return c.num_layers * (2 * (3 * c.hidden_size + queries) + 2 * (queries + 2 * keys) + 2 * keys) *
+    const int64_t attention = attention_inputs ? 2 * (queries + 2 * keys) : 0;
+    return c.num_layers * (2 * (3 * c.hidden_size + queries) + attention + 2 * keys) *
            static_cast<int64_t>(c10::elementSize(model_->dtype()));
   }
 

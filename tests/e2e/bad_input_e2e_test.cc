@@ -153,6 +153,35 @@ std::vector<BadCase> BadCases() {
           },
           kInvalid, "choices: a logit is not renormalised"),
       Attribute(
+          "a choice twice",
+          [](A& r) {
+            r.mutable_target()->Clear();
+            r.mutable_target()->add_token_ids(5);
+            r.add_choices()->add_token_ids(5);
+            r.add_choices()->add_token_ids(5);
+          },
+          kInvalid, "choices: token 5 is given twice"),
+      Attribute(
+          "a choice outside the vocabulary",
+          [](A& r) {
+            r.mutable_target()->Clear();
+            r.mutable_target()->add_token_ids(5);
+            r.add_choices()->add_token_ids(5);
+            r.add_choices()->add_token_ids(1 << 30);
+          },
+          kInvalid, "choices[1]"),
+      Attribute(
+          "choices and a foil",
+          [](A& r) {
+            r.mutable_target()->Clear();
+            r.mutable_target()->add_token_ids(5);
+            r.add_choices()->add_token_ids(5);
+            r.add_choices()->add_token_ids(6);
+            r.set_contrastive(true);
+            r.mutable_foil()->add_token_ids(6);
+          },
+          kInvalid, "choices and foil: one or the other"),
+      Attribute(
           "unknown priority", [](A& r) { r.set_priority(static_cast<v1::Priority>(7)); }, kInvalid, "priority"),
       Attribute(
           "unknown baseline", [](A& r) { r.set_baseline(static_cast<v1::BaselineKind>(77)); }, kInvalid, "baseline"),

@@ -268,8 +268,8 @@ TEST_F(Batch, TheServerLogsEachCallWithItsRowsRequestId) {
 }
 
 // The Parquet writer's corners, read back by pyarrow: nulls and missing keys in every type, empty lists,
-// empty inner lists, long lists (more than one level run), booleans past a byte, non-ASCII strings; a
-// value of the wrong type is refused naming its row and column.
+// empty and null inner lists, null elements (NaN in JSON), long lists (more than one level run),
+// booleans past a byte, non-ASCII strings; a value of the wrong type is refused naming its row and column.
 TEST(ResultsParquet, EveryShapeReadsBackEqual) {
   TempDir dir;
   std::vector<json> rows;
@@ -281,7 +281,8 @@ TEST(ResultsParquet, EveryShapeReadsBackEqual) {
     if (i % 5 == 3) row["features"] = json::array();
     row["attribution"] = json::array();
     for (int k = 0; k < i; ++k) row["attribution"].push_back(k * 0.25);
-    if (i % 6 == 4) row["token_matrix"] = json::array({json::array(), json::array({1.5, -2.0}), json::array()});
+    if (i % 7 == 6) row["attribution"].push_back(nullptr);  // a NaN, as JSON writes it
+    if (i % 6 == 4) row["token_matrix"] = json::array({json::array(), json::array({1.5, nullptr}), nullptr});
     if (i % 6 == 5) row["token_matrix"] = json::array();
     if (i % 6 == 0) row["token_matrix"] = json::array({json::array({0.5}), json::array({1.0, 2.0, 3.0})});
     if (i == 7) row["error"] = {{"code", "INVALID_ARGUMENT"}, {"message", "prompt: empty"}};
@@ -299,6 +300,9 @@ TEST(ResultsParquet, EveryShapeReadsBackEqual) {
   absl::StatusOr<std::string> refused = client::batch::ParquetFile(
       {{"objective", client::batch::ParquetType::kDouble}}, {json{{"objective", 1.0}}, json{{"objective", "high"}}});
   EXPECT_THAT(refused.status(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("row 1, column \"objective\"")));
+  refused =
+      client::batch::ParquetFile({{"seed", client::batch::ParquetType::kInt64}}, {json{{"seed", uint64_t{1} << 63}}});
+  EXPECT_THAT(refused.status(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("64 signed bits")));
 }
 
 // --over_choices: the attributed quantity is the label's probability renormalised over the row's

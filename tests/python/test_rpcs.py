@@ -182,12 +182,16 @@ def test_request_ids_reach_the_servers_log_lines(client, server):
             await c.generate(prompt=PROMPT, max_new_tokens=1, request_id="py-async")
 
     asyncio.run(run())
-    time.sleep(0.5)  # the log line is written as the call ends
-    with open(server.log.name) as f:
-        logged = {line["request_id"]: line["rpc"]
-                  for line in map(json.loads, filter(str.strip, f)) if "request_id" in line}
-    assert {k: logged.get(k) for k in ("py-unary", "py-stream", "py-async")} == {
-        "py-unary": "Logprobs", "py-stream": "AttributeStream", "py-async": "Generate"}
+    expected = {"py-unary": "Logprobs", "py-stream": "AttributeStream", "py-async": "Generate"}
+    deadline = time.monotonic() + 10  # each log line is written as its call ends
+    while True:
+        with open(server.log.name) as f:
+            logged = {line["request_id"]: line["rpc"]
+                      for line in map(json.loads, filter(str.strip, f)) if "request_id" in line}
+        if all(k in logged for k in expected) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert {k: logged.get(k) for k in expected} == expected
 
 
 def test_cancel_raises_cancelled(client):

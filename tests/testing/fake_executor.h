@@ -62,7 +62,7 @@ class FakeExecutor : public engine::BatchExecutor {
   int64_t EmbeddedBytesPerToken() const override { return embedded_bytes_per_token_; }
   // What a prompt pair's captured activations cost per token (set before the engine starts).
   void SetCapturedBytesPerToken(int64_t bytes) { captured_bytes_per_token_ = bytes; }
-  int64_t CapturedBytesPerToken() const override { return captured_bytes_per_token_; }
+  int64_t CapturedBytesPerToken(bool) const override { return captured_bytes_per_token_; }
 
   std::vector<Batch> batches() const {
     std::lock_guard<std::mutex> lock(mu_);
