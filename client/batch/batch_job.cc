@@ -250,8 +250,26 @@ AttributeOptions ToAttributeOptions(const json& settings, const BatchRow& row, c
 
 std::string Digest(const json& value) { return Hex(Fnv1a(value.dump())); }
 
+namespace {
+
+// The settings as their digests see them: those added after the first release only when set.
+json CountedSettings(const json& settings) {
+  static const char* const kLaterSettings[] = {"over_choices", "faithfulness"};
+  const json defaults = JobDefaults();
+  json counted = settings;
+  for (const char* key : kLaterSettings) {
+    if (counted.contains(key) && counted[key] == defaults[key]) counted.erase(key);
+  }
+  return counted;
+}
+
+}  // namespace
+
+std::string SettingsDigest(const json& settings) { return Digest(CountedSettings(settings)); }
+
 std::string RequestId(const std::string& model_fingerprint, const json& settings, const BatchRow& row) {
-  json identity = {{"model", model_fingerprint}, {"settings", settings},
+  const json counted = CountedSettings(settings);
+  json identity = {{"model", model_fingerprint}, {"settings", counted},
                    {"prompt", row.prompt},       {"target", row.target ? json(*row.target) : json()},
                    {"choices", row.choices},     {"label", row.label ? json(*row.label) : json()}};
   return Digest(identity);

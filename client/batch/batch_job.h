@@ -47,6 +47,10 @@ AttributeOptions ToAttributeOptions(const nlohmann::json& settings, const BatchR
 // A stable hex digest of a JSON value (FNV-1a 64 of its canonical text: object keys sorted): of the
 // settings (a result's settings_hash), of a model's identity, ...
 std::string Digest(const nlohmann::json& value);
+// The digest of a job's effective settings (settings_hash, and part of each request id). Settings added
+// after the first release count only when set away from their defaults, so results written before
+// they existed keep their hash and resume.
+std::string SettingsDigest(const nlohmann::json& settings);
 
 // The results file (JSONL) as a Parquet table at `parquet_path` (temp + rename): one row per line, a
 // column per result field (error as error_code, error_message), nulls where a row has no value.

@@ -64,7 +64,7 @@ class RowProcessor {
     result["request_id"] = RequestId(fingerprint_, *effective, row);
     result["model"] = (*effective)["model"];
     result["method"] = (*effective)["method"];
-    result["settings_hash"] = Digest(*effective);
+    result["settings_hash"] = SettingsDigest(*effective);
     result["seed"] = (*effective)["seed"];
     int attempts = 0;
     std::string target = row.target.value_or("");
@@ -203,10 +203,10 @@ absl::StatusOr<JobSummary> RunJob(const std::vector<BatchRow>& rows, const json&
       continue;
     }
     absl::StatusOr<json> effective = MergeSettings(settings, row.settings, "row \"" + row.id + "\" settings");
-    if (effective.ok() && Digest(*effective) != done->second) {
+    if (effective.ok() && SettingsDigest(*effective) != done->second) {
       return absl::FailedPreconditionError(absl::StrCat(
           "the results file holds row \"", row.id, "\" done with other settings (settings_hash ", done->second,
-          ", this job's ", Digest(*effective), "): write to another file to run these settings"));
+          ", this job's ", SettingsDigest(*effective), "): write to another file to run these settings"));
     }
     ++summary.skipped;
   }

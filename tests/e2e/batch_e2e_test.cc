@@ -305,6 +305,21 @@ TEST(ResultsParquet, EveryShapeReadsBackEqual) {
   EXPECT_THAT(refused.status(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("64 signed bits")));
 }
 
+// Settings added after the first release (over_choices, faithfulness) leave the settings hash and the
+// request ids of a job that does not set them as they were, so results written before still resume.
+TEST(BatchSettings, LaterSettingsAtTheirDefaultsKeepTheHash) {
+  json before = client::batch::JobDefaults();
+  before.erase("over_choices");
+  before.erase("faithfulness");
+  const json now = client::batch::JobDefaults();
+  EXPECT_EQ(client::batch::SettingsDigest(now), client::batch::Digest(before));
+  json asked = now;
+  asked["faithfulness"] = true;
+  EXPECT_NE(client::batch::SettingsDigest(asked), client::batch::SettingsDigest(now));
+  const client::batch::BatchRow row{.id = "r", .prompt = "Q: Is it warm? A:", .target = " Yes"};
+  EXPECT_NE(client::batch::RequestId("m", asked, row), client::batch::RequestId("m", now, row));
+}
+
 // --over_choices: the attributed quantity is the label's probability renormalised over the row's
 // choices, the value the job also reports from each choice's Logprobs call (a separate RPC).
 TEST_F(Batch, OverChoicesAttributesTheLabelsProbabilityRenormalisedOverTheChoices) {
