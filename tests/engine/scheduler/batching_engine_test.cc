@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <functional>
 #include <thread>
 
 #include "tests/testing/fake_executor.h"
@@ -65,6 +66,37 @@ class BatchingEngineTest : public ::testing::Test {
       for (const auto& row : batch.rows) count += row[0] == marker;
     }
     return count;
+  }
+
+  // Two requests whose rows share one input each (`rows_of(marker)`, 100 tokens, the executor counting
+  // 1000 bytes per token of it once it runs) fit under `limit` only if each input is counted once; a
+  // third is refused whole, and the queue memory returns to 0 once all ran.
+  void ExpectSharedInputCountedOnce(std::unique_ptr<FakeExecutor> executor, int64_t limit,
+                                    const std::function<std::vector<Row>(int64_t marker)>& rows_of) {
+    executor_ = executor.get();
+    engine_ = *BatchingEngine::Create(std::move(executor),
+                                      {.max_queue_delay = absl::ZeroDuration(), .max_queued_bytes = limit});
+    Notification gate;
+    RowCollector blocking(1);
+    HoldExecutor(gate, blocking);
+    const size_t rows = rows_of(0).size();
+    RowCollector first(rows), second(rows);
+    ASSERT_THAT(engine_->Submit(engine_->NewRequest(), rows_of(1), first.Callback()), IsOk());
+    ASSERT_THAT(engine_->Submit(engine_->NewRequest(), rows_of(2), second.Callback()), IsOk());
+    const int64_t queued = engine_->Stats().queued_bytes;
+    EXPECT_GT(queued, 2 * 100 * 1000);
+    EXPECT_LT(queued, limit);
+    bool called = false;
+    const absl::Status refused =
+        engine_->Submit(engine_->NewRequest(), rows_of(3), [&](size_t, RowResult) { called = true; });
+    EXPECT_THAT(refused, StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("queue memory")));
+    EXPECT_EQ(engine_->Stats().queued_bytes, queued);  // nothing of the refused call was counted
+    gate.Notify();
+    blocking.Wait();
+    first.Wait();
+    second.Wait();
+    EXPECT_FALSE(called);
+    EXPECT_EQ(engine_->Stats().queued_bytes, 0);
   }
 
   std::atomic<int64_t> now_ms_{0};
@@ -291,52 +323,23 @@ TEST_F(BatchingEngineTest, FullQueueRejectsBeforeAccepting) {
 TEST_F(BatchingEngineTest, QueueMemoryCountsEachRequestsPathOnceAndRefusesAboveTheLimit) {
   auto executor = std::make_unique<FakeExecutor>();
   executor->SetEmbeddedBytesPerToken(1000);  // a 100-token path: ~100 KB once it runs
-  executor_ = executor.get();
-  engine_ = *BatchingEngine::Create(std::move(executor),
-                                    {.max_queue_delay = absl::ZeroDuration(), .max_queued_bytes = 256 << 10});
-  Notification gate;
-  RowCollector blocking(1);
-  HoldExecutor(gate, blocking);
   // 64 points on one path each: counted per row the path would need 6.5 MB; counted once it fits.
-  auto points_on_a_path = [](int64_t marker) {
+  ExpectSharedInputCountedOnce(std::move(executor), 256 << 10, [](int64_t marker) {
     auto path = std::make_shared<const EmbeddingPath>(
         EmbeddingPath{.input_ids = std::vector<int64_t>(100, marker), .baseline_ids = std::vector<int64_t>(100, 0)});
     std::vector<Row> rows;
     for (int i = 0; i < 64; ++i)
       rows.push_back(Row{.kind = RowKind::kGrad, .point = {.path = path, .alpha = i / 64.0}});
     return rows;
-  };
-  RowCollector first(64), second(64);
-  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), points_on_a_path(1), first.Callback()), IsOk());
-  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), points_on_a_path(2), second.Callback()), IsOk());
-  const int64_t queued = engine_->Stats().queued_bytes;
-  EXPECT_GT(queued, 2 * 100 * 1000);
-  EXPECT_LT(queued, 256 << 10);
-  bool called = false;
-  const absl::Status refused =
-      engine_->Submit(engine_->NewRequest(), points_on_a_path(3), [&](size_t, RowResult) { called = true; });
-  EXPECT_THAT(refused, StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("queue memory")));
-  EXPECT_EQ(engine_->Stats().queued_bytes, queued);  // nothing of the refused call was counted
-  gate.Notify();
-  blocking.Wait();
-  first.Wait();
-  second.Wait();
-  EXPECT_FALSE(called);
-  EXPECT_EQ(engine_->Stats().queued_bytes, 0);
+  });
 }
 
 TEST_F(BatchingEngineTest, QueueMemoryCountsEachRequestsPromptPairOnceAndRefusesAboveTheLimit) {
   auto executor = std::make_unique<FakeExecutor>();
   executor->SetCapturedBytesPerToken(1000);  // a 100-token pair: ~100 KB of activations once it runs
-  executor_ = executor.get();
-  engine_ = *BatchingEngine::Create(std::move(executor),
-                                    {.max_queue_delay = absl::ZeroDuration(), .max_queued_bytes = 320 << 10});
-  Notification gate;
-  RowCollector blocking(1);
-  HoldExecutor(gate, blocking);
   // 16 patches of one pair each (rows hold their ids too): counted per row the pair would need 1.6 MB;
   // counted once, two requests fit.
-  auto patches_of_a_pair = [](int64_t marker) {
+  ExpectSharedInputCountedOnce(std::move(executor), 320 << 10, [](int64_t marker) {
     auto pair = std::make_shared<const PromptPair>(
         PromptPair{.clean_ids = std::vector<int64_t>(100, marker), .corrupted_ids = std::vector<int64_t>(100, 0)});
     std::vector<Row> rows;
@@ -348,21 +351,7 @@ TEST_F(BatchingEngineTest, QueueMemoryCountsEachRequestsPromptPairOnceAndRefuses
               .pair = pair, .run = PairRun::kCorrupted, .patch = ComponentSelection{.layer = i % 4, .head = i / 4}}});
     }
     return rows;
-  };
-  RowCollector first(16), second(16);
-  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), patches_of_a_pair(1), first.Callback()), IsOk());
-  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), patches_of_a_pair(2), second.Callback()), IsOk());
-  const int64_t queued = engine_->Stats().queued_bytes;
-  EXPECT_GT(queued, 2 * 100 * 1000);
-  EXPECT_LT(queued, 320 << 10);
-  const absl::Status refused = engine_->Submit(engine_->NewRequest(), patches_of_a_pair(3), [](size_t, RowResult) {});
-  EXPECT_THAT(refused, StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("queue memory")));
-  EXPECT_EQ(engine_->Stats().queued_bytes, queued);
-  gate.Notify();
-  blocking.Wait();
-  first.Wait();
-  second.Wait();
-  EXPECT_EQ(engine_->Stats().queued_bytes, 0);
+  });
 }
 
 TEST_F(BatchingEngineTest, MalformedRowsAreRejected) {
