@@ -275,6 +275,17 @@ std::string RequestId(const std::string& model_fingerprint, const json& settings
   return Digest(identity);
 }
 
+absl::Status WriteAtomically(const std::string& path, const std::string& bytes) {
+  const std::string temporary = path + ".tmp";
+  {
+    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+    out << bytes;
+    if (!out) return absl::InternalError("cannot write " + temporary);
+  }
+  if (std::rename(temporary.c_str(), path.c_str()) != 0) return absl::InternalError("cannot rename over " + path);
+  return absl::OkStatus();
+}
+
 absl::Status WriteResultsParquet(const std::string& results_path, const std::string& parquet_path) {
   static const std::vector<ParquetColumn> kColumns = {
       {"id", ParquetType::kString},
@@ -323,16 +334,7 @@ absl::Status WriteResultsParquet(const std::string& results_path, const std::str
   absl::StatusOr<std::string> bytes = ParquetFile(kColumns, rows);
   if (!bytes.ok())
     return absl::Status(bytes.status().code(), absl::StrCat(results_path, ": ", bytes.status().message()));
-  const std::string temporary = parquet_path + ".tmp";
-  {
-    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    out << *bytes;
-    if (!out) return absl::InternalError("cannot write " + temporary);
-  }
-  if (std::rename(temporary.c_str(), parquet_path.c_str()) != 0) {
-    return absl::InternalError("cannot rename over " + parquet_path);
-  }
-  return absl::OkStatus();
+  return WriteAtomically(parquet_path, *bytes);
 }
 
 }  // namespace attribution::client::batch

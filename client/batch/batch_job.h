@@ -52,6 +52,10 @@ std::string Digest(const nlohmann::json& value);
 // they existed keep their hash and resume.
 std::string SettingsDigest(const nlohmann::json& settings);
 
+// Writes `bytes` to `path` through a temporary beside it and a rename, so readers see the old file or
+// the whole new one.
+absl::Status WriteAtomically(const std::string& path, const std::string& bytes);
+
 // The results file (JSONL) as a Parquet table at `parquet_path` (temp + rename): one row per line, a
 // column per result field (error as error_code, error_message), nulls where a row has no value.
 absl::Status WriteResultsParquet(const std::string& results_path, const std::string& parquet_path);

@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
-#include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -24,17 +23,6 @@ using nlohmann::json;
 absl::Status MakeDirectory(const std::string& path) {
   if (::mkdir(path.c_str(), 0755) == 0 || errno == EEXIST) return absl::OkStatus();
   return absl::InternalError(absl::StrCat("cannot create ", path));
-}
-
-absl::Status WriteAtomically(const std::string& path, const std::string& text) {
-  const std::string temporary = path + ".tmp";
-  {
-    std::ofstream out(temporary, std::ios::trunc);
-    out << text;
-    if (!out) return absl::InternalError("cannot write " + temporary);
-  }
-  if (std::rename(temporary.c_str(), path.c_str()) != 0) return absl::InternalError("cannot rename over " + path);
-  return absl::OkStatus();
 }
 
 // The three features with the largest |attribution|, strongest first, coloured as on the row's page.
