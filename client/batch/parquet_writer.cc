@@ -236,6 +236,20 @@ PhysicalType LeafType(ParquetType type) {
   return kByteArray;
 }
 
+// The nodes of a column's schema path (WriteSchema): 1, 3 for a list, 5 for a list of lists. None is
+// required, so it is also the column's maximum definition level.
+int SchemaDepth(ParquetType type) {
+  switch (type) {
+    case ParquetType::kStringList:
+    case ParquetType::kDoubleList:
+      return 3;
+    case ParquetType::kDoubleMatrix:
+      return 5;
+    default:
+      return 1;
+  }
+}
+
 void SchemaElement(Compact& c, std::optional<int> type, Repetition repetition, const std::string& name,
                    std::optional<int> children, std::optional<int> converted) {
   c.ElementStruct();
@@ -283,9 +297,8 @@ absl::StatusOr<std::string> ParquetFile(const std::vector<ParquetColumn>& column
   Compact schema;
   for (const ParquetColumn& column : columns) {
     Encoded encoded;
-    const bool list = column.type == ParquetType::kStringList || column.type == ParquetType::kDoubleList;
-    encoded.max_definition = column.type == ParquetType::kDoubleMatrix ? 5 : list ? 3 : 1;
-    encoded.max_repetition = column.type == ParquetType::kDoubleMatrix ? 2 : list ? 1 : 0;
+    encoded.max_definition = SchemaDepth(column.type);
+    encoded.max_repetition = (encoded.max_definition - 1) / 2;  // one repeated node per list level
     for (size_t r = 0; r < rows.size(); ++r) {
       const json* value = rows[r].contains(column.name) ? &rows[r][column.name] : nullptr;
       if (absl::Status s = EncodeRow(column.type, value, encoded); !s.ok()) {
@@ -323,11 +336,7 @@ absl::StatusOr<std::string> ParquetFile(const std::vector<ParquetColumn>& column
   Compact meta;
   meta.I32(1, 1);  // version
   size_t elements = 1;
-  for (const ParquetColumn& column : columns) {
-    elements += column.type == ParquetType::kDoubleMatrix                                            ? 5
-                : column.type == ParquetType::kStringList || column.type == ParquetType::kDoubleList ? 3
-                                                                                                     : 1;
-  }
+  for (const ParquetColumn& column : columns) elements += SchemaDepth(column.type);
   meta.List(2, Compact::kStruct, elements);
   SchemaElement(meta, std::nullopt, kRequired, "schema", static_cast<int>(columns.size()), std::nullopt);
   for (size_t c = 0; c < columns.size(); ++c) chunks[c].path = WriteSchema(meta, columns[c]);
