@@ -9,6 +9,8 @@
 #include <functional>
 #include <string>
 
+#include "engine/model/model_config.h"
+
 namespace attribution::bench {
 
 // Mean seconds per call of `fn` over `iterations` calls, after one warm-up call.
@@ -22,5 +24,17 @@ std::string RunCommand(const std::string& command);
 
 // Value of "--name=value" in argv, or `fallback`.
 std::string Flag(int argc, char** argv, const std::string& name, const std::string& fallback);
+
+// The decoder linear weights one token passes through: q, k, v, o, and the MLP (gated: gate, up, down;
+// GPT-2 and Falcon: two; Mixtral: the router and the experts_per_token experts it picks, not the others).
+inline double DecoderLinearWeightsPerToken(const engine::ModelConfig& c) {
+  const double attention = c.hidden_size * c.head_dim * (2.0 * c.num_heads + 2.0 * c.num_kv_heads);
+  const bool gated = c.architecture != engine::Architecture::kGpt2 && c.architecture != engine::Architecture::kFalcon;
+  double mlp = (gated ? 3.0 : 2.0) * c.hidden_size * c.intermediate_size;
+  if (c.mixture_of_experts) {
+    mlp = mlp * c.mixture_of_experts->experts_per_token + c.hidden_size * c.mixture_of_experts->num_experts;
+  }
+  return c.num_layers * (attention + mlp);
+}
 
 }  // namespace attribution::bench

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Forward and forward + input-gradient throughput of the engine's model runtime on a Llama shape,
+// Forward and forward + input-gradient throughput of the engine's model runtime (Llama, Falcon or Mixtral shapes),
 // against the machine's measured matmul peak and against transformers in Python on the same weights.
 //
 //   model_forward_bench --model=DIR [--batch=8] [--seq=72] [--iterations=5] [--dtype=float32]
@@ -43,8 +43,7 @@ int Run(int argc, char** argv) {
   // The work the job needs: every decoder linear at every token, attention over the causal
   // prefix, the LM head at one scored position per row. Input gradients double the linear work.
   const double tokens = static_cast<double>(batch * seq);
-  const double linear_params = c.num_layers * (c.hidden_size * c.head_dim * (2.0 * c.num_heads + 2.0 * c.num_kv_heads) +
-                                               3.0 * c.hidden_size * c.intermediate_size);
+  const double linear_params = bench::DecoderLinearWeightsPerToken(c);  // Mixtral: only the experts used
   const double attention = c.num_layers * 2.0 * batch * seq * seq * c.num_heads * c.head_dim;  // QK^T + AV, causal half
   const double head = 2.0 * batch * c.hidden_size * c.vocab_size;
   const double forward_flop = 2.0 * linear_params * tokens + attention + head;
@@ -67,10 +66,11 @@ int Run(int argc, char** argv) {
   const double peak = bench::MatmulPeakGflops(1024, options.dtype, model.device());
 
   std::printf(
-      "model: %lld layers, hidden %lld, vocab %lld, %s, %s, %s%s; resident weights %lld bytes; batch x seq = %lld x "
+      "model: %s, %lld layers, hidden %lld, vocab %lld, %s, %s, %s%s; resident weights %lld bytes; batch x seq = %lld "
+      "x "
       "%lld; peak matmul %.1f GFLOP/s\n",
-      (long long)c.num_layers, (long long)c.hidden_size, (long long)c.vocab_size,
-      Flag(argc, argv, "dtype", "float32").c_str(), options.device.c_str(),
+      engine::ArchitectureName(c.architecture), (long long)c.num_layers, (long long)c.hidden_size,
+      (long long)c.vocab_size, Flag(argc, argv, "dtype", "float32").c_str(), options.device.c_str(),
       engine::QuantizationName(options.quantization), options.four_bit.double_quantization ? "+dq" : "",
       (long long)model.ResidentWeightBytes(), (long long)batch, (long long)seq, peak);
   std::printf("%-30s %12s %12s %12s %10s\n", "job", "ms/iter", "tokens/s", "GFLOP/s", "% peak");

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "bench/bench_util.h"
 #include "engine/attribution/attribution_request.h"
 #include "engine/model/model_config.h"
 
@@ -22,9 +23,7 @@ inline engine::AttributionRequest SyntheticRequest(const engine::ModelConfig& c,
 // 2 · decoder linear parameters · tokens, plus the LM head at the target's positions; a backward with
 // respect to the inputs costs two of these.
 inline double RowForwardFlop(const engine::ModelConfig& c, int64_t prompt_tokens, int64_t target_tokens) {
-  const double linear = c.num_layers * (c.hidden_size * c.head_dim * (2.0 * c.num_heads + 2.0 * c.num_kv_heads) +
-                                        3.0 * c.hidden_size * c.intermediate_size);
-  return 2.0 * linear * static_cast<double>(prompt_tokens + target_tokens) +
+  return 2.0 * DecoderLinearWeightsPerToken(c) * static_cast<double>(prompt_tokens + target_tokens) +
          2.0 * c.hidden_size * c.vocab_size * static_cast<double>(target_tokens);
 }
 

@@ -15,7 +15,8 @@ For a base run (the prompt the patches go into) and an other run:
     key    sum over query rows r of sum_s (A''[r, s] - A[r, s]) dm/dA[r, s], A'' the whole softmax recomputed
            with key t replaced by k_other[t] (one recomputation per key: the definition, no closed form).
   The attention weights A and their gradient come from an eager attention function installed in place of the
-  model's (same mask, same scaling; queries and keys after rotary embeddings, as the model uses them).
+  model's (same mask, same scaling; queries and keys after rotary embeddings, as the model uses them); Falcon,
+  whose attention is inline, gets it in place of F.scaled_dot_product_attention.
 """
 import contextlib
 import importlib
@@ -24,33 +25,57 @@ import torch
 
 from component_reference import GRIDS, cells, grid_shape, hooked, metric
 
-_MODULES = {"gpt2": "gpt2", "llama": "llama", "qwen2": "qwen2"}
+_MODULES = {"gpt2": "gpt2", "llama": "llama", "qwen2": "qwen2", "mixtral": "mixtral"}
+
+
+def record_attention(record, layer, query, key, value, attention_mask, scaling):
+    """Attention as transformers computes it, storing q, k, v (key and value heads repeated for their query
+    heads), the additive mask, the scaling and the weights (their gradient retained) as record[layer]."""
+    groups = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    if attention_mask is None:
+        mask = torch.zeros(query.shape[-2], key.shape[-2], dtype=query.dtype)
+    elif attention_mask.dtype == torch.bool:
+        mask = torch.zeros(attention_mask.shape, dtype=query.dtype).masked_fill(~attention_mask, float("-inf"))
+    else:
+        mask = attention_mask[..., : key.shape[-2]]
+    weights = torch.softmax(query @ key.transpose(-1, -2) * scaling + mask, dim=-1)
+    if weights.requires_grad:
+        weights.retain_grad()
+        value.retain_grad()
+    record[layer] = {"q": query, "k": key, "v": value, "mask": mask, "scaling": scaling, "a": weights}
+    return weights @ value  # [B, H, S, D]
 
 
 @contextlib.contextmanager
 def recorded_attention(model, record):
-    """Replaces the model's eager attention by one that stores, per layer, q, k, v (key and value heads repeated
-    for their query heads), the additive mask, the scaling and the weights (their gradient retained)."""
+    """Replaces the model's attention by record_attention for the duration."""
+    if model.config.model_type == "falcon":
+        # Falcon computes its attention inline; its sdpa path calls F.scaled_dot_product_attention once per
+        # layer, in layer order, with a mask or with is_causal.
+        original, implementation = torch.nn.functional.scaled_dot_product_attention, model.config._attn_implementation
+
+        def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, **kwargs):
+            if attn_mask is None and is_causal:
+                attn_mask = torch.ones(query.shape[-2], key.shape[-2], dtype=torch.bool).tril()
+            return record_attention(record, len(record), query, key, value, attn_mask, None)
+
+        torch.nn.functional.scaled_dot_product_attention = sdpa
+        model.config._attn_implementation = "sdpa"
+        try:
+            yield
+        finally:
+            torch.nn.functional.scaled_dot_product_attention = original
+            model.config._attn_implementation = implementation
+        return
     module = importlib.import_module(f"transformers.models.{_MODULES[model.config.model_type]}.modeling_"
                                      f"{_MODULES[model.config.model_type]}")
     original = module.eager_attention_forward
 
     def attention(attn, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-        groups = query.shape[1] // key.shape[1]
-        key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
-        scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
-        if attention_mask is None:
-            mask = torch.zeros(query.shape[-2], key.shape[-2], dtype=query.dtype)
-        elif attention_mask.dtype == torch.bool:
-            mask = torch.zeros(attention_mask.shape, dtype=query.dtype).masked_fill(~attention_mask, float("-inf"))
-        else:
-            mask = attention_mask[..., : key.shape[-2]]
-        weights = torch.softmax(query @ key.transpose(-1, -2) * scaling + mask, dim=-1)
-        if weights.requires_grad:
-            weights.retain_grad()
-            value.retain_grad()
-        record[attn.layer_idx] = {"q": query, "k": key, "v": value, "mask": mask, "scaling": scaling, "a": weights}
-        return (weights @ value).transpose(1, 2), weights
+        out = record_attention(record, attn.layer_idx, query, key, value, attention_mask, scaling)
+        return out.transpose(1, 2), record[attn.layer_idx]["a"]
 
     module.eager_attention_forward = attention
     try:

@@ -15,7 +15,8 @@ against transformers' (eager) within 1e-4. The bridge exposes HookedTransformer'
 [batch, pos, n_heads, d_head]: query heads, also for grouped-query llama/qwen2), so the functions of
 transformer_lens.patching run on it unchanged.
 
-For each NAME in gpt2, llama, qwen2 (float32, eval mode, CPU) the clean ids are the first 10 prompt ids of
+For each NAME in gpt2, llama, qwen2, falcon (the 7B layout: attention and MLP in parallel, so mlp_out of a layer
+does not see its attn_out) and mixtral (mlp_out: the sparse MoE block's output) (float32, eval mode, CPU) the clean ids are the first 10 prompt ids of
 reference.json and the corrupted ids the same with position 3 replaced by CORRUPT_TOKEN; ids are fed as they
 are (no BOS). The metric is m = logits[0, -1, ANSWER] - logits[0, -1, WRONG] (raw logit difference).
 Sites (one forward of the base run, values from the other run's cache):
@@ -42,7 +43,7 @@ LIG: the base run with the site replaced by a_base + alpha * (a_other - a_base) 
 sum_k w_k dm/dalpha(alpha_k) with Captum's Gauss-Legendre alphas and weights for n_steps=16; it approximates the
 patching effect m_patched - m_base. All numbers float64.
 Self-checks: TL grids equal the hf grids within 1e-4 of the grid's max abs; LIG sums against the patching
-effects (max gap printed); AtP heads and resid_pre against dm/dalpha at alpha = 0 of the LIG path within 1e-4;
+effects (max gap printed; asserted within 1e-3 except for mixtral, whose routing jumps no gradient sees); AtP heads and resid_pre against dm/dalpha at alpha = 0 of the LIG path within 1e-4;
 patching resid_pre[0, 3] into the corrupted run gives the clean metric (exactly, in one unbatched forward).
 """
 import contextlib
@@ -58,7 +59,7 @@ from captum.attr._utils.approximation_methods import approximation_parameters  #
 from transformer_lens import patching  # noqa: E402
 from transformer_lens.model_bridge import TransformerBridge  # noqa: E402
 
-NAMES = ("gpt2", "llama", "qwen2")
+NAMES = ("gpt2", "llama", "qwen2", "falcon", "mixtral")
 N_TOKENS = 10
 CORRUPT_POSITION = 3
 CORRUPT_TOKEN = 700  # ordinary token (300-1199), differs from every prompt's id at position 3
@@ -87,6 +88,8 @@ def site_modules(model, layer):
     """{site: (module, is_pre_hook)}: where each site's activation enters or leaves a module."""
     if model.config.model_type == "gpt2":
         attn, mlp, o_proj = layer.attn, layer.mlp, layer.attn.c_proj
+    elif model.config.model_type == "falcon":
+        attn, mlp, o_proj = layer.self_attention, layer.mlp, layer.self_attention.dense
     else:
         attn, mlp, o_proj = layer.self_attn, layer.mlp, layer.self_attn.o_proj
     return {"resid_pre": (layer, True), "attn_out": (attn, False), "mlp_out": (mlp, False), "z": (o_proj, True)}
@@ -96,7 +99,7 @@ def site_modules(model, layer):
 def hooked(model, edit):
     """Forward hooks that replace every site's activation a of layer l by edit(site, l, a)."""
     handles = []
-    for index, layer in enumerate(model.base_model.h if model.config.model_type == "gpt2" else model.model.layers):
+    for index, layer in enumerate(model.base_model.h if hasattr(model.base_model, "h") else model.model.layers):
         for site, (module, pre) in site_modules(model, layer).items():
             if pre:
 
@@ -330,7 +333,9 @@ def model_reference(directory):
             effect = out[f"hf_{direction}"][grid] - base_metric
             gap = (values - effect).abs().max().item() / max(effect.abs().max().item(), 1e-12)
             print(f"  lig_{direction}_{grid} vs patching effect: max gap / max abs effect = {gap:.3g}")
-            assert gap < LIG_TOLERANCE, (direction, grid, gap)
+            # A mixture of experts is discontinuous where the router's top-k changes along the path: no gradient
+            # sees those jumps, so there the integral need not reach the patching effect.
+            assert gap < LIG_TOLERANCE or getattr(model.config, "num_local_experts", None), (direction, grid, gap)
             out[f"lig_{direction}_{grid}"] = values
     return out
 

@@ -8,7 +8,8 @@ on it, for the end-to-end test that runs the real server on every architecture
 Usage: make_architecture_models.py OUT_DIR
 
 For each NAME in llama, llama3-scaled (llama3 rope scaling), mistral (sliding window 6), qwen2 (bias on
-q/k/v, tied head), gpt2 (tied head) it writes OUT_DIR/NAME/ (config.json, model.safetensors,
+q/k/v, tied head), gpt2 (tied head), falcon (the 7B layout), falcon-grouped (new_decoder_architecture)
+and mixtral (4 experts, 2 per token, sliding window 6) it writes OUT_DIR/NAME/ (config.json, model.safetensors,
 tokenizer.json, tokenizer_config.json) and OUT_DIR/NAME/reference.json:
   * prompt, target: token ids (the test sends ids: no tokenizer in the loop);
   * target_log_probs: log-softmax of the target tokens, teacher-forced after the prompt;
@@ -17,8 +18,8 @@ tokenizer.json, tokenizer_config.json) and OUT_DIR/NAME/reference.json:
     LayerIntegratedGradients on the embedding layer does), baseline the embedding of token 0 at every
     position, 16 Gauss-Legendre steps, objective the summed target log-prob; attributions summed over
     the hidden dimension, and Captum's convergence delta.
-OUT_DIR/no-tokenizer/ is the llama model without any tokenizer file. OUT_DIR/gpt2-zero-bias/ and
-OUT_DIR/qwen2-zero-bias/ are those models with every bias (linear and norm) set to zero, saved by
+OUT_DIR/no-tokenizer/ is the llama model without any tokenizer file. OUT_DIR/gpt2-zero-bias/,
+OUT_DIR/qwen2-zero-bias/ and OUT_DIR/falcon-zero-bias/ are those models with every bias (linear and norm) set to zero, saved by
 transformers: the closed-form LRP tests need networks where nothing absorbs relevance.
 """
 import json
@@ -32,7 +33,7 @@ from captum.attr import IntegratedGradients
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from captum_reference import embedding_forward  # noqa: E402
-from make_test_models import randomize  # noqa: E402
+from make_test_models import falcon_configs, randomize  # noqa: E402
 from make_test_tokenizers import corpus, metaspace_tokenizer  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
@@ -45,7 +46,7 @@ TARGET = [620, 333, 860, 718]
 N_STEPS = 16
 BASELINE_TOKEN = 0
 NEW_TOKENS = 8
-SPECIALS = {"gpt2": "<|endoftext|>", "qwen2": "<|im_end|>", "llama2": "</s>"}
+SPECIALS = {"gpt2": "<|endoftext|>", "qwen2": "<|im_end|>", "llama2": "</s>", "falcon": "<|endoftext|>"}
 
 
 def ascii_byte_level_tokenizer(special):
@@ -63,7 +64,7 @@ def ascii_byte_level_tokenizer(special):
 
 def tokenizer_for(kind):
     """A trained tokenizer of the family the architecture ships with (byte-level BPE or Metaspace)."""
-    if kind in ("gpt2", "qwen2"):
+    if kind in ("gpt2", "qwen2", "falcon"):
         return ascii_byte_level_tokenizer(SPECIALS[kind])
     return metaspace_tokenizer("llama2", corpus(1, 1500, ""))
 
@@ -82,6 +83,10 @@ def configs(vocab):
         "qwen2": ("qwen2", transformers.Qwen2Config(**common, tie_word_embeddings=True, rope_theta=1000000.0)),
         "gpt2": ("gpt2", transformers.GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=64,
                                                  bos_token_id=1, eos_token_id=2)),
+        "falcon": ("falcon", falcon_configs(vocab)["falcon"]),
+        "falcon-grouped": ("falcon", falcon_configs(vocab)["falcon-grouped"]),
+        "mixtral": ("llama2", transformers.MixtralConfig(**common, num_local_experts=4, num_experts_per_tok=2,
+                                                         sliding_window=6, tie_word_embeddings=False)),
     }
 
 
@@ -146,13 +151,14 @@ def main():
         directory = os.path.join(out_dir, name)
         shutil.rmtree(directory, ignore_errors=True)
         write_model(directory, tokenizer_kind, config, seed)
-    for name in ("gpt2", "qwen2"):
+    for name in ("gpt2", "qwen2", "falcon"):
         write_zero_bias_copy(os.path.join(out_dir, name), os.path.join(out_dir, f"{name}-zero-bias"))
     bare = os.path.join(out_dir, "no-tokenizer")
     shutil.rmtree(bare, ignore_errors=True)
     shutil.copytree(os.path.join(out_dir, "llama"), bare,
                     ignore=shutil.ignore_patterns("tokenizer.json", "tokenizer_config.json"))
-    print(f"make_architecture_models: wrote {list(configs(0))}, zero-bias gpt2 and qwen2, and no-tokenizer to {out_dir}")
+    print(f"make_architecture_models: wrote {list(configs(0))}, zero-bias gpt2, qwen2 and falcon, and no-tokenizer "
+          f"to {out_dir}")
 
 
 if __name__ == "__main__":

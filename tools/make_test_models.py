@@ -17,8 +17,10 @@ size (as in real Llamas) to OUT_DIR/llama-wide/, and OUT_DIR/quantization.safete
 with its int8 and nf4 round trips computed by the numpy reference implementation below.
 For each architecture and scheme Q in {int8, nf4}, OUT_DIR/A/reference_Q.* holds the float32
 references of the model whose decoder linears (q, k, v, o, gate, up, down; GPT-2's c_attn, c_proj,
-c_fc) were each round-tripped through Q on their own, as an nn.Linear [out, in] weight: what a
-quantized load must compute however it lays the projections out.
+c_fc; Falcon's query_key_value, dense, dense_h_to_4h, dense_4h_to_h; each Mixtral expert's w1, w3, w2
+but not its router) were each round-tripped through Q on their own, as an nn.Linear [out, in] weight:
+what a quantized load must compute however it lays the projections out.
+Mixtral references also hold router_logits_r: [layers, len_r, experts], row r alone.
 """
 import copy
 import json
@@ -49,6 +51,24 @@ def configs():
         "qwen2": transformers.Qwen2Config(**common, tie_word_embeddings=True, rope_theta=1000000.0),
         "gpt2": transformers.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64,
                                         bos_token_id=1, eos_token_id=2),
+        **falcon_configs(VOCAB),
+        "mixtral": transformers.MixtralConfig(**common, num_local_experts=4, num_experts_per_tok=2, sliding_window=6,
+                                              tie_word_embeddings=False),
+    }
+
+
+def falcon_configs(vocab):
+    """Falcon's three fused query_key_value layouts: the 7B one (multi-query, one LayerNorm for the parallel
+    attention and MLP), new_decoder_architecture (grouped KV heads, a LayerNorm per branch, here with
+    biases) and the sequential per-head one (with biases)."""
+    common = dict(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0, alibi=False)
+    return {
+        "falcon": transformers.FalconConfig(**common, multi_query=True, parallel_attn=True, bias=False),
+        "falcon-grouped": transformers.FalconConfig(**common, new_decoder_architecture=True, num_kv_heads=2,
+                                                    bias=True),
+        "falcon-sequential": transformers.FalconConfig(**common, multi_query=False, parallel_attn=False,
+                                                       bias=True),
     }
 
 
@@ -64,6 +84,42 @@ def randomize(model, seed):
                 p.copy_(0.15 * torch.randn(p.shape, generator=gen))
 
 
+def decision_margin(model):
+    """The smallest gap, over every token of ROWS followed by its first two greedy tokens and every layer, between
+    the router logits of the last expert a token keeps and the first it drops, and between the two largest
+    next-token logits where greedy decoding chooses (float32)."""
+    k = model.config.num_experts_per_tok
+    margin = float("inf")
+    with torch.no_grad():
+        for ids in ROWS:
+            ids = list(ids)
+            for step in range(3):
+                out = model(torch.tensor([ids]), output_router_logits=True)
+                if step == 0:
+                    for logits in out.router_logits:
+                        top = logits.float().topk(k + 1, dim=-1).values
+                        margin = min(margin, (top[:, k - 1] - top[:, k]).min().item())
+                if step < 2:
+                    top = out.logits[0, -1].float().topk(2)
+                    margin = min(margin, (top.values[0] - top.values[1]).item())
+                    ids.append(top.indices[0].item())
+                else:
+                    for logits in out.router_logits:  # the generated tokens' routing
+                        top = logits[-2:].float().topk(k + 1, dim=-1).values
+                        margin = min(margin, (top[:, k - 1] - top[:, k]).min().item())
+    return margin
+
+
+def randomize_separated_routing(model, seed, margin=0.08):
+    """Re-randomizes `model` (seeds seed, seed + 1000, ...) until no decision is a near-tie: half precision
+    rounds logits by ~0.01, and a top-k routing or a greedy choice flipped by rounding is a real
+    discontinuity of the model, not an error of either implementation, so the bfloat16 / float16 parity
+    tests need rows that route and decode unambiguously."""
+    while decision_margin(model) < margin:
+        seed += 1000
+        randomize(model, seed)
+
+
 def references(model, dtype):
     model = model.to(dtype)
     out = {}
@@ -73,6 +129,11 @@ def references(model, dtype):
     with torch.no_grad():
         hidden = model(torch.tensor([ROWS[0]]), output_hidden_states=True).hidden_states
     out["residual_after_layer0"] = hidden[1][0].float()
+    if getattr(model.config, "num_local_experts", None):  # Mixtral: every layer's router logits, per row
+        for r, ids in enumerate(ROWS):
+            with torch.no_grad():
+                router = model(torch.tensor([ids]), output_router_logits=True).router_logits
+            out[f"router_logits_{r}"] = torch.stack([layer.float() for layer in router])  # [layers, len, experts]
     embeds = model.get_input_embeddings()(torch.tensor([ROWS[0]])).detach().requires_grad_(True)
     log_probs = torch.log_softmax(model(inputs_embeds=embeds).logits[0].float(), -1)
     objective = sum(log_probs[p, t] for p, t in zip(OBJECTIVE_POSITIONS, OBJECTIVE_TOKENS))
@@ -121,6 +182,11 @@ def round_trip_decoder_linears(model, round_trip):
             elif isinstance(module, transformers.pytorch_utils.Conv1D):  # GPT-2 stores [in, out]
                 w = np.ascontiguousarray(module.weight.numpy().T)
                 module.weight.copy_(torch.from_numpy(np.ascontiguousarray(round_trip(w).T)))
+            elif hasattr(module, "gate_up_proj"):  # Mixtral's experts: [experts, 2 * inner, hidden] and
+                for e in range(module.gate_up_proj.shape[0]):  # [experts, hidden, inner]; the router stays
+                    gate, up = (round_trip(part.numpy()) for part in module.gate_up_proj[e].chunk(2, 0))
+                    module.gate_up_proj[e].copy_(torch.from_numpy(np.concatenate([gate, up])))
+                    module.down_proj[e].copy_(torch.from_numpy(round_trip(module.down_proj[e].numpy())))
     return model
 
 
@@ -155,6 +221,8 @@ def main():
         torch.manual_seed(seed)
         model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
         randomize(model, seed)
+        if arch == "mixtral":
+            randomize_separated_routing(model, seed)
         directory = os.path.join(out_dir, arch)
         model.save_pretrained(directory, safe_serialization=True)
         if arch == "llama":

@@ -81,28 +81,35 @@ absl::StatusOr<at::ScalarType> ParseDtype(const std::string& name) {
 at::Tensor CausalLM::Impl::Norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                                 PropagationRules rules) const {
   if (rules != PropagationRules::kGradient) {
-    return is_gpt2() ? LayerNormIdentityRule(x, weight, bias, config.norm_eps)
-                     : RmsNormIdentityRule(x, weight, config.norm_eps);
+    return uses_layer_norm() ? LayerNormIdentityRule(x, weight, bias, config.norm_eps)
+                             : RmsNormIdentityRule(x, weight, config.norm_eps);
   }
-  if (is_gpt2()) return at::layer_norm(x, {x.size(-1)}, weight, bias, config.norm_eps);
+  if (uses_layer_norm()) return at::layer_norm(x, {x.size(-1)}, weight, bias, config.norm_eps);
   return RmsNorm(x, weight, config.norm_eps);
 }
 
-at::Tensor CausalLM::Impl::Mlp(const DecoderLayer& layer, const at::Tensor& x, PropagationRules rules) const {
-  if (is_gpt2()) {
+at::Tensor CausalLM::Impl::Mlp(const DecoderLayer& layer, int64_t index, const at::Tensor& x, PropagationRules rules,
+                               const ActivationHooks* hooks) const {
+  if (config.mixture_of_experts) return ExpertsForward(layer.experts, index, x, rules, hooks);
+  if (uses_layer_norm()) {  // GPT-2 and Falcon: no gate
     const Activation gelu = config.hidden_act == "gelu_new" ? Activation::kGeluTanh : Activation::kGeluExact;
     at::Tensor inner = layer.gate_up.Forward(x);
     inner = rules == PropagationRules::kGradient ? Activate(inner, gelu) : IdentityRuleActivation(inner, gelu);
     return layer.down.Forward(inner);
   }
-  std::vector<at::Tensor> gate_up = layer.gate_up.ForwardParts(x);  // 2 x [B, S, intermediate]
+  return GatedMlp(layer.gate_up, layer.down, x, rules);
+}
+
+at::Tensor CausalLM::Impl::GatedMlp(const Linear& gate_up_linear, const Linear& down, const at::Tensor& x,
+                                    PropagationRules rules) const {
+  std::vector<at::Tensor> gate_up = gate_up_linear.ForwardParts(x);  // 2 x [..., intermediate]
   switch (rules) {
     case PropagationRules::kGradient:
-      return layer.down.Forward(at::silu(gate_up[0]) * gate_up[1]);
+      return down.Forward(at::silu(gate_up[0]) * gate_up[1]);
     case PropagationRules::kAttnLrp:
-      return layer.down.Forward(ScaleGradient(IdentityRuleActivation(gate_up[0], Activation::kSilu) * gate_up[1], 0.5));
+      return down.Forward(ScaleGradient(IdentityRuleActivation(gate_up[0], Activation::kSilu) * gate_up[1], 0.5));
     case PropagationRules::kCpLrp:
-      return layer.down.Forward(at::silu(gate_up[0].detach()) * gate_up[1]);
+      return down.Forward(at::silu(gate_up[0].detach()) * gate_up[1]);
   }
   return at::Tensor();
 }
@@ -125,7 +132,7 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
   const at::Tensor mask = AttentionMask(past_t, lengths_t, s, key_count, config.sliding_window);
   const int64_t heads = config.num_heads, kv_heads = config.num_kv_heads, head_dim = config.head_dim;
   RopeAngles rope;
-  if (!is_gpt2()) rope = RopeAnglesAt(positions, rope_inverse_frequencies, x.scalar_type());
+  if (uses_rope()) rope = RopeAnglesAt(positions, rope_inverse_frequencies, x.scalar_type());
   // Lets the hooks read or replace the activation at `site` of layer i.
   auto at_site = [&batch](ComponentSite site, size_t i, at::Tensor& activation) {
     if (batch.hooks == nullptr || !batch.hooks->at_site) return;
@@ -142,7 +149,7 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
     at::Tensor q = qkv[0].view({b, s, heads, head_dim}).transpose(1, 2);     // [B, H, S, D]
     at::Tensor k = qkv[1].view({b, s, kv_heads, head_dim}).transpose(1, 2);  // [B, KV, S, D]
     at::Tensor v = qkv[2].view({b, s, kv_heads, head_dim}).transpose(1, 2);  // [B, KV, S, D]
-    if (!is_gpt2()) {
+    if (uses_rope()) {
       q = ApplyRope(q, rope);
       k = ApplyRope(k, rope);
     }
@@ -164,10 +171,20 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
     at_site(ComponentSite::kHeads, i, per_head);
     at::Tensor attention_out = layer.o.Forward(per_head.reshape({b, s, heads * head_dim}));
     at_site(ComponentSite::kAttnOut, i, attention_out);
-    x = x + attention_out;
-    at::Tensor mlp_out = Mlp(layer, Norm(x, layer.mlp_norm_weight, layer.mlp_norm_bias, batch.rules), batch.rules);
-    at_site(ComponentSite::kMlpOut, i, mlp_out);
-    x = x + mlp_out;
+    const int64_t index = static_cast<int64_t>(i);
+    if (config.parallel_attention) {  // Falcon: the MLP reads the block's input too
+      const at::Tensor mlp_in =
+          layer.mlp_norm_weight.defined() ? Norm(x, layer.mlp_norm_weight, layer.mlp_norm_bias, batch.rules) : h;
+      at::Tensor mlp_out = Mlp(layer, index, mlp_in, batch.rules, batch.hooks);
+      at_site(ComponentSite::kMlpOut, i, mlp_out);
+      x = x + attention_out + mlp_out;
+    } else {
+      x = x + attention_out;
+      at::Tensor mlp_out =
+          Mlp(layer, index, Norm(x, layer.mlp_norm_weight, layer.mlp_norm_bias, batch.rules), batch.rules, batch.hooks);
+      at_site(ComponentSite::kMlpOut, i, mlp_out);
+      x = x + mlp_out;
+    }
     if (batch.hooks && batch.hooks->after_layer) {
       if (at::Tensor replaced = batch.hooks->after_layer(static_cast<int64_t>(i), x); replaced.defined()) {
         x = replaced;
@@ -191,8 +208,11 @@ int64_t CountResidentBytes(const CausalLM::Impl& m) {
   for (const DecoderLayer& l : m.layers) {
     total += bytes(l.attention_norm_weight) + bytes(l.attention_norm_bias) + bytes(l.mlp_norm_weight) +
              bytes(l.mlp_norm_bias);
-    for (const Linear* linear : {&l.qkv, &l.o, &l.gate_up, &l.down}) {
+    for (const Linear* linear : {&l.qkv, &l.o, &l.gate_up, &l.down, &l.experts.router}) {
       total += linear->ResidentBytes();
+    }
+    for (const std::vector<Linear>* experts : {&l.experts.gate_up, &l.experts.down}) {
+      for (const Linear& linear : *experts) total += linear.ResidentBytes();
     }
   }
   return total;

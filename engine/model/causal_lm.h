@@ -61,6 +61,9 @@ struct ActivationHooks {
   std::function<void(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                      const at::Tensor& mask)>
       attention_inputs;
+  // Read only: a mixture-of-experts layer's router logits [B, S, num_experts] (Mixtral), before the
+  // softmax and top-k choice.
+  std::function<void(int64_t layer, const at::Tensor& router_logits)> router_logits;
 };
 
 // One forward's inputs. Rows are right-padded to S; lengths[r] tokens of row r are real.

@@ -11,16 +11,26 @@
 
 namespace attribution::engine {
 
-// One pre-norm decoder block. Llama-family blocks use RMSNorm (no norm biases) and a gated SiLU MLP;
-// GPT-2 blocks use LayerNorm with biases and a GELU MLP without gate. Projections that read the same
-// input are fused into one matmul: a few wide matmuls keep the device busier than many narrow ones.
+// A Mixtral MLP: each expert is a gated SiLU MLP; the router's logits pick the experts of each token.
+struct ExpertsMlp {
+  Linear router;                // [num_experts, hidden], never quantized: its top-k is discontinuous
+  std::vector<Linear> gate_up;  // per expert, parts {gate (w1), up (w3)}
+  std::vector<Linear> down;     // per expert, w2
+};
+
+// One pre-norm decoder block. Llama-family blocks use RMSNorm (no norm biases) and a gated SiLU MLP
+// (Mixtral: a mixture of such experts); GPT-2 and Falcon blocks use LayerNorm with biases and a GELU
+// MLP without gate. Falcon's parallel blocks feed the block's input to both attention and MLP, through
+// one shared norm (mlp_norm_weight undefined) or two. Projections that read the same input are fused
+// into one matmul: a few wide matmuls keep the device busier than many narrow ones.
 struct DecoderLayer {
   at::Tensor attention_norm_weight, attention_norm_bias;  // [hidden]
   at::Tensor mlp_norm_weight, mlp_norm_bias;              // [hidden]
   Linear qkv;  // parts {q: heads * head_dim, k: kv_heads * head_dim, v: kv_heads * head_dim}
   Linear o;
-  Linear gate_up;  // parts {gate, up: intermediate each}; GPT-2: one part, c_fc
+  Linear gate_up;  // parts {gate, up: intermediate each}; GPT-2 and Falcon: one part
   Linear down;
+  ExpertsMlp experts;  // Mixtral only; gate_up and down are then empty
 };
 
 class CausalLM::Impl {
@@ -40,8 +50,15 @@ class CausalLM::Impl {
   std::vector<std::string> unused_weights;  // stored tensors the architecture does not use
 
   bool is_gpt2() const { return config.architecture == Architecture::kGpt2; }
+  bool uses_layer_norm() const { return is_gpt2() || config.architecture == Architecture::kFalcon; }
+  bool uses_rope() const { return !is_gpt2(); }
   at::Tensor Norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, PropagationRules rules) const;
-  at::Tensor Mlp(const DecoderLayer& layer, const at::Tensor& x, PropagationRules rules) const;
+  at::Tensor Mlp(const DecoderLayer& layer, int64_t index, const at::Tensor& x, PropagationRules rules,
+                 const ActivationHooks* hooks) const;
+  at::Tensor GatedMlp(const Linear& gate_up, const Linear& down, const at::Tensor& x, PropagationRules rules) const;
+  // `hooks` may read the router's logits.
+  at::Tensor ExpertsForward(const ExpertsMlp& experts, int64_t layer, const at::Tensor& x, PropagationRules rules,
+                            const ActivationHooks* hooks) const;
   at::Tensor Forward(const ForwardBatch& batch) const;  // throws c10::Error on LibTorch failures
 };
 

@@ -132,11 +132,95 @@ absl::Status ParseDecoderFields(const json& config, const std::string& source, M
     out.output_bias = out.attention_bias;
     out.mlp_bias = OptionalBool(config, "mlp_bias", false);
   }
+  const bool mistral_like = out.architecture == Architecture::kMistral || out.architecture == Architecture::kMixtral;
   if (out.architecture != Architecture::kLlama && config.contains("sliding_window") &&
       config["sliding_window"].is_number_integer() &&
-      (out.architecture == Architecture::kMistral || OptionalBool(config, "use_sliding_window", false))) {
+      (mistral_like || OptionalBool(config, "use_sliding_window", false))) {
     out.sliding_window = config["sliding_window"].get<int64_t>();
   }
+  return ParseRopeScaling(config, source, out);
+}
+
+// Mixtral: a Mistral whose MLPs are sparse mixtures of experts.
+absl::Status ParseMixtureOfExperts(const json& config, const std::string& source, ModelConfig& out) {
+  MixtureOfExperts moe;
+  moe.num_experts = OptionalInt(config, "num_local_experts", 8);
+  moe.experts_per_token = OptionalInt(config, "num_experts_per_tok", 2);
+  if (moe.num_experts <= 0 || moe.experts_per_token <= 0 || moe.experts_per_token > moe.num_experts) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": num_experts_per_tok ", moe.experts_per_token,
+                                                   " must be in [1, num_local_experts ", moe.num_experts, "]"));
+  }
+  out.mixture_of_experts = moe;
+  return absl::OkStatus();
+}
+
+// The first of `keys` present (FalconConfig accepts the older n_layer / n_head / n_head_kv spellings).
+const char* FirstPresent(const json& config, std::initializer_list<const char*> keys) {
+  for (const char* key : keys) {
+    if (config.contains(key) && !config[key].is_null()) return key;
+  }
+  return *keys.begin();
+}
+
+// Falcon (FalconConfig): LayerNorm blocks with a GELU MLP, rotary positions, one fused query_key_value
+// whose row order depends on the layout (multi-query 7B, grouped new_decoder_architecture, per head).
+absl::Status ParseFalconFields(const json& config, const std::string& source, ModelConfig& out) {
+  if (OptionalBool(config, "alibi", false)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        source, ": \"alibi\": true: Falcon models with ALiBi position biases are not supported (rotary ones are)"));
+  }
+  ASSIGN_OR_RETURN(out.hidden_size, PositiveInt(config, "hidden_size", source));
+  ASSIGN_OR_RETURN(out.num_layers, PositiveInt(config, FirstPresent(config, {"num_hidden_layers", "n_layer"}), source));
+  ASSIGN_OR_RETURN(out.num_heads, PositiveInt(config, FirstPresent(config, {"num_attention_heads", "n_head"}), source));
+  if (out.hidden_size % out.num_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": hidden_size ", out.hidden_size,
+                                                   " is not divisible by num_attention_heads ", out.num_heads));
+  }
+  out.head_dim = out.hidden_size / out.num_heads;
+  out.parallel_attention = OptionalBool(config, "parallel_attn", true);
+  const char* norms_key = "num_ln_in_parallel_attn";
+  const int64_t parallel_norms = OptionalInt(config, norms_key, 0);  // 0: null or absent
+  if (OptionalBool(config, "new_decoder_architecture", false)) {
+    if (!out.parallel_attention) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          source, ": new_decoder_architecture with \"parallel_attn\": false is not a layout transformers runs"));
+    }
+    if (parallel_norms != 0 && parallel_norms != 1 && parallel_norms != 2) {
+      return absl::InvalidArgumentError(absl::StrCat(source, ": \"", norms_key, "\" must be 1 or 2"));
+    }
+    const char* kv_key = FirstPresent(config, {"num_kv_heads", "n_head_kv"});
+    out.num_kv_heads = out.num_heads;  // FalconConfig's default
+    if (config.contains(kv_key) && !config[kv_key].is_null()) {
+      ASSIGN_OR_RETURN(out.num_kv_heads, PositiveInt(config, kv_key, source));
+    }
+    out.qkv_layout = FusedQkvLayout::kPerKvGroup;
+    out.separate_parallel_norms = parallel_norms != 1;
+  } else {
+    if (out.parallel_attention && parallel_norms == 2) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          source, ": \"", norms_key, "\": 2 needs new_decoder_architecture (transformers runs it only there)"));
+    }
+    const bool multi_query = OptionalBool(config, "multi_query", true);
+    out.num_kv_heads = multi_query ? 1 : out.num_heads;
+    out.qkv_layout = multi_query ? FusedQkvLayout::kConsecutive : FusedQkvLayout::kPerHead;
+  }
+  if (config.contains("ffn_hidden_size") && !config["ffn_hidden_size"].is_null()) {
+    ASSIGN_OR_RETURN(out.intermediate_size, PositiveInt(config, "ffn_hidden_size", source));
+  } else if (out.hidden_size > std::numeric_limits<int64_t>::max() / 4) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": hidden_size ", out.hidden_size, " is too large"));
+  } else {
+    out.intermediate_size = 4 * out.hidden_size;  // FalconConfig's default
+  }
+  out.max_position_embeddings = OptionalInt(config, "max_position_embeddings", 2048);
+  out.norm_eps = OptionalNumber(config, "layer_norm_epsilon", 1e-5);
+  out.rope_theta = OptionalNumber(config, "rope_theta", 10000.0);
+  ASSIGN_OR_RETURN(out.hidden_act, OptionalString(config, "activation", "gelu", source));
+  if (out.hidden_act != "gelu") {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": activation \"", out.hidden_act, "\" is not supported for falcon (gelu)"));
+  }
+  out.attention_bias = out.output_bias = out.mlp_bias = OptionalBool(config, "bias", false);
+  out.tie_word_embeddings = OptionalBool(config, "tie_word_embeddings", true);
   return ParseRopeScaling(config, source, out);
 }
 
@@ -164,6 +248,7 @@ absl::Status ParseGpt2Fields(const json& config, const std::string& source, Mode
   out.output_bias = true;
   out.mlp_bias = true;
   out.tie_word_embeddings = true;
+  out.qkv_layout = FusedQkvLayout::kConsecutive;
   return absl::OkStatus();
 }
 
@@ -258,16 +343,24 @@ absl::StatusOr<ModelConfig> ParseConfigObject(const std::string& json_text, cons
     out.architecture = Architecture::kQwen2;
   else if (type == "gpt2")
     out.architecture = Architecture::kGpt2;
+  else if (type == "falcon")
+    out.architecture = Architecture::kFalcon;
+  else if (type == "mixtral")
+    out.architecture = Architecture::kMixtral;
   else {
     return absl::InvalidArgumentError(
-        absl::StrCat(source, ": model_type \"", type, "\" is not supported (supported: llama, mistral, qwen2, gpt2)"));
+        absl::StrCat(source, ": model_type \"", type,
+                     "\" is not supported (supported: llama, mistral, qwen2, gpt2, falcon, mixtral)"));
   }
   ASSIGN_OR_RETURN(out.vocab_size, PositiveInt(config, "vocab_size", source));
   if (out.architecture == Architecture::kGpt2) {
     RETURN_IF_ERROR(ParseGpt2Fields(config, source, out));
+  } else if (out.architecture == Architecture::kFalcon) {
+    RETURN_IF_ERROR(ParseFalconFields(config, source, out));
   } else {
     RETURN_IF_ERROR(ParseDecoderFields(config, source, out));
     out.tie_word_embeddings = OptionalBool(config, "tie_word_embeddings", false);
+    if (out.architecture == Architecture::kMixtral) RETURN_IF_ERROR(ParseMixtureOfExperts(config, source, out));
   }
   out.bos_token_id = OptionalId(config, "bos_token_id");
   out.eos_token_ids = IdList(config, "eos_token_id");
@@ -289,6 +382,10 @@ const char* ArchitectureName(Architecture arch) {
       return "qwen2";
     case Architecture::kGpt2:
       return "gpt2";
+    case Architecture::kFalcon:
+      return "falcon";
+    case Architecture::kMixtral:
+      return "mixtral";
   }
   return "unknown";
 }

@@ -14,9 +14,9 @@
 
 namespace attribution::engine {
 
-enum class Architecture { kLlama, kMistral, kQwen2, kGpt2 };
+enum class Architecture { kLlama, kMistral, kQwen2, kGpt2, kFalcon, kMixtral };
 
-// Returns the Hugging Face model_type spelling ("llama", "mistral", "qwen2", "gpt2").
+// Returns the Hugging Face model_type spelling ("llama", "mistral", "qwen2", "gpt2", "falcon", "mixtral").
 const char* ArchitectureName(Architecture arch);
 
 // Llama-3 style frequency-dependent RoPE scaling ("rope_type": "llama3").
@@ -25,6 +25,20 @@ struct Llama3RopeScaling {
   double low_freq_factor = 1.0;
   double high_freq_factor = 4.0;
   int64_t original_max_position_embeddings = 8192;
+};
+
+// How Falcon's fused query_key_value weight orders its rows (transformers' FalconAttention._split_heads).
+enum class FusedQkvLayout {
+  kSeparate,     // not fused: q_proj, k_proj, v_proj (every architecture but GPT-2 and Falcon)
+  kConsecutive,  // [q heads | k heads | v heads]: GPT-2's c_attn, Falcon multi_query
+  kPerHead,      // [heads, (q, k, v), head_dim]: Falcon without multi_query
+  kPerKvGroup,   // [kv_heads, (q of the group's heads, k, v), head_dim]: new_decoder_architecture
+};
+
+// A Mixtral sparse mixture-of-experts MLP: a router picks experts_per_token of num_experts per token.
+struct MixtureOfExperts {
+  int64_t num_experts = 0;        // num_local_experts
+  int64_t experts_per_token = 0;  // num_experts_per_tok
 };
 
 // config.json's quantization_config of a checkpoint saved quantized by bitsandbytes (4-bit): its linears
@@ -46,7 +60,7 @@ struct ModelConfig {
   int64_t num_kv_heads = 0;
   int64_t head_dim = 0;
   int64_t max_position_embeddings = 0;
-  double norm_eps = 1e-6;  // rms_norm_eps, or layer_norm_epsilon for GPT-2
+  double norm_eps = 1e-6;  // rms_norm_eps, or layer_norm_epsilon for GPT-2 and Falcon
   double rope_theta = 10000.0;
   std::optional<Llama3RopeScaling> llama3_rope_scaling;
   std::optional<double> linear_rope_factor;  // "rope_type": "linear"
@@ -56,6 +70,12 @@ struct ModelConfig {
   bool mlp_bias = false;
   std::optional<int64_t> sliding_window;  // Mistral; keys further back than this are masked
   std::string hidden_act = "silu";
+  // Falcon: the attention and the MLP both read the block's input (parallel_attn or
+  // new_decoder_architecture), each through its own LayerNorm when separate_parallel_norms.
+  bool parallel_attention = false;
+  bool separate_parallel_norms = false;
+  FusedQkvLayout qkv_layout = FusedQkvLayout::kSeparate;
+  std::optional<MixtureOfExperts> mixture_of_experts;
   std::optional<int64_t> bos_token_id;
   std::vector<int64_t> eos_token_ids;
   std::optional<int64_t> pad_token_id;

@@ -70,28 +70,59 @@ class Loader {
       ASSIGN_OR_RETURN(layer.mlp_norm_weight, Tensor(p + "post_attention_layernorm.weight", {h}));
       // Each projection is read (and quantized) on its own, then stacked: one part at a time is
       // transient beside the fused weight, never a second copy of the model.
-      std::vector<Linear> qkv(3), gate_up(2);
+      std::vector<Linear> qkv(3);
       ASSIGN_OR_RETURN(qkv[0], MakeLinear(p + "self_attn.q_proj", h, q_out, c.attention_bias));
       ASSIGN_OR_RETURN(qkv[1], MakeLinear(p + "self_attn.k_proj", h, kv_out, c.attention_bias));
       ASSIGN_OR_RETURN(qkv[2], MakeLinear(p + "self_attn.v_proj", h, kv_out, c.attention_bias));
       ASSIGN_OR_RETURN(layer.qkv, Linear::Concat(std::move(qkv)));
       ASSIGN_OR_RETURN(layer.o, MakeLinear(p + "self_attn.o_proj", q_out, h, c.output_bias));
-      ASSIGN_OR_RETURN(gate_up[0], MakeLinear(p + "mlp.gate_proj", h, c.intermediate_size, c.mlp_bias));
-      ASSIGN_OR_RETURN(gate_up[1], MakeLinear(p + "mlp.up_proj", h, c.intermediate_size, c.mlp_bias));
-      ASSIGN_OR_RETURN(layer.gate_up, Linear::Concat(std::move(gate_up)));
-      ASSIGN_OR_RETURN(layer.down, MakeLinear(p + "mlp.down_proj", c.intermediate_size, h, c.mlp_bias));
+      if (c.mixture_of_experts) {
+        RETURN_IF_ERROR(LoadExperts(p + "block_sparse_moe.", layer.experts));
+      } else {
+        ASSIGN_OR_RETURN(layer.gate_up, LoadGateUp(p + "mlp.gate_proj", p + "mlp.up_proj", c.mlp_bias));
+        ASSIGN_OR_RETURN(layer.down, MakeLinear(p + "mlp.down_proj", c.intermediate_size, h, c.mlp_bias));
+      }
       impl_.layers.push_back(std::move(layer));
     }
     ASSIGN_OR_RETURN(impl_.final_norm_weight, Tensor("model.norm.weight", {h}));
     impl_.rope_inverse_frequencies = RopeInverseFrequencies(c, impl_.device);
-    // Checkpoints of tied models sometimes carry a copy of the head; the embedding is authoritative.
-    impl_.tied_head = c.tie_word_embeddings || !store_.Contains("lm_head.weight");
-    if (impl_.tied_head) store_.Skip("lm_head.weight");
-    if (!impl_.tied_head) {
-      ASSIGN_OR_RETURN(at::Tensor head, Tensor("lm_head.weight", {c.vocab_size, h}));
-      ASSIGN_OR_RETURN(impl_.lm_head, Linear::Create(std::move(head), at::Tensor(), Quantization::kNone));
+    return LoadHead();
+  }
+
+  // Falcon: "transformer.h.N.*", LayerNorms with biases, one fused query_key_value whose rows are put
+  // in our [q | k | v] order at load, a GELU MLP; parallel blocks have one norm ("input_layernorm") or,
+  // in the new decoder architecture, one per branch ("ln_attn", "ln_mlp").
+  absl::Status LoadFalcon() {
+    const ModelConfig& c = impl_.config;
+    const int64_t h = c.hidden_size, q_out = c.num_heads * c.head_dim;
+    if (impl_.prequantized) {
+      return absl::InvalidArgumentError(
+          "config.json quantization_config: pre-quantized bitsandbytes checkpoints load for llama, mistral, qwen2 and "
+          "mixtral; Falcon's fused query_key_value is not supported (serve the unquantized checkpoint with "
+          "--quantization)");
     }
-    return absl::OkStatus();
+    ASSIGN_OR_RETURN(impl_.token_embedding, Tensor("transformer.word_embeddings.weight", {c.vocab_size, h}));
+    for (int64_t i = 0; i < c.num_layers; ++i) {
+      const std::string p = absl::StrCat("transformer.h.", i, ".");
+      DecoderLayer layer;
+      const std::string attention_norm = c.separate_parallel_norms ? "ln_attn" : "input_layernorm";
+      ASSIGN_OR_RETURN(layer.attention_norm_weight, Tensor(p + attention_norm + ".weight", {h}));
+      ASSIGN_OR_RETURN(layer.attention_norm_bias, Tensor(p + attention_norm + ".bias", {h}));
+      if (c.separate_parallel_norms || !c.parallel_attention) {
+        const std::string mlp_norm = c.separate_parallel_norms ? "ln_mlp" : "post_attention_layernorm";
+        ASSIGN_OR_RETURN(layer.mlp_norm_weight, Tensor(p + mlp_norm + ".weight", {h}));
+        ASSIGN_OR_RETURN(layer.mlp_norm_bias, Tensor(p + mlp_norm + ".bias", {h}));
+      }
+      ASSIGN_OR_RETURN(layer.qkv, LoadFusedQkv(p + "self_attention.query_key_value"));
+      ASSIGN_OR_RETURN(layer.o, MakeLinear(p + "self_attention.dense", q_out, h, c.attention_bias));
+      ASSIGN_OR_RETURN(layer.gate_up, MakeLinear(p + "mlp.dense_h_to_4h", h, c.intermediate_size, c.mlp_bias));
+      ASSIGN_OR_RETURN(layer.down, MakeLinear(p + "mlp.dense_4h_to_h", c.intermediate_size, h, c.mlp_bias));
+      impl_.layers.push_back(std::move(layer));
+    }
+    ASSIGN_OR_RETURN(impl_.final_norm_weight, Tensor("transformer.ln_f.weight", {h}));
+    ASSIGN_OR_RETURN(impl_.final_norm_bias, Tensor("transformer.ln_f.bias", {h}));
+    impl_.rope_inverse_frequencies = RopeInverseFrequencies(c, impl_.device);
+    return LoadHead();
   }
 
   absl::Status LoadGpt2() {
@@ -99,8 +130,9 @@ class Loader {
     const int64_t h = c.hidden_size;
     if (impl_.prequantized) {
       return absl::InvalidArgumentError(
-          "config.json quantization_config: pre-quantized bitsandbytes checkpoints load for llama, mistral and "
-          "qwen2; GPT-2's Conv1D layers are not supported (serve the unquantized checkpoint with --quantization)");
+          "config.json quantization_config: pre-quantized bitsandbytes checkpoints load for llama, mistral, qwen2 "
+          "and mixtral; GPT-2's Conv1D layers are not supported (serve the unquantized checkpoint with "
+          "--quantization)");
     }
     // GPT2LMHeadModel saves "transformer.*"; bare GPT2Model checkpoints drop the prefix.
     const std::string root = store_.Contains("transformer.wte.weight") ? "transformer." : "";
@@ -129,6 +161,86 @@ class Loader {
   // Weights about to be quantized are read in float32, so quantization sees full precision.
   at::TensorOptions LinearWeightOptions() const {
     return impl_.options.quantization == Quantization::kNone ? options_ : options_.dtype(at::kFloat);
+  }
+
+  // Checkpoints of tied models sometimes carry a copy of the head; the embedding is authoritative.
+  absl::Status LoadHead() {
+    const ModelConfig& c = impl_.config;
+    impl_.tied_head = c.tie_word_embeddings || !store_.Contains("lm_head.weight");
+    if (impl_.tied_head) {
+      store_.Skip("lm_head.weight");
+      return absl::OkStatus();
+    }
+    ASSIGN_OR_RETURN(at::Tensor head, Tensor("lm_head.weight", {c.vocab_size, c.hidden_size}));
+    ASSIGN_OR_RETURN(impl_.lm_head, Linear::Create(std::move(head), at::Tensor(), Quantization::kNone));
+    return absl::OkStatus();
+  }
+
+  // A gated MLP's gate and up projections, fused into one matmul.
+  absl::StatusOr<Linear> LoadGateUp(const std::string& gate, const std::string& up, bool bias) {
+    const ModelConfig& c = impl_.config;
+    std::vector<Linear> parts(2);
+    ASSIGN_OR_RETURN(parts[0], MakeLinear(gate, c.hidden_size, c.intermediate_size, bias));
+    ASSIGN_OR_RETURN(parts[1], MakeLinear(up, c.hidden_size, c.intermediate_size, bias));
+    return Linear::Concat(std::move(parts));
+  }
+
+  // Mixtral's "block_sparse_moe.": the router ("gate", kept dense: a quantized router would pick other
+  // experts) and each expert's w1 (gate), w3 (up) and w2 (down).
+  absl::Status LoadExperts(const std::string& p, ExpertsMlp& experts) {
+    const ModelConfig& c = impl_.config;
+    const int64_t h = c.hidden_size, count = c.mixture_of_experts->num_experts;
+    if (impl_.prequantized && IsBitsandbytesWeight(store_, p + "gate", impl_.options.quantization)) {
+      ASSIGN_OR_RETURN(experts.router, PrequantizedLinear(p + "gate", h, count, at::Tensor(), {}));
+    } else {
+      ASSIGN_OR_RETURN(at::Tensor router, Tensor(p + "gate.weight", {count, h}));
+      ASSIGN_OR_RETURN(experts.router, Linear::Create(std::move(router), at::Tensor(), Quantization::kNone));
+    }
+    for (int64_t e = 0; e < count; ++e) {
+      const std::string expert = absl::StrCat(p, "experts.", e, ".");
+      ASSIGN_OR_RETURN(Linear gate_up, LoadGateUp(expert + "w1", expert + "w3", false));
+      ASSIGN_OR_RETURN(Linear down, MakeLinear(expert + "w2", c.intermediate_size, h, false));
+      experts.gate_up.push_back(std::move(gate_up));
+      experts.down.push_back(std::move(down));
+    }
+    return absl::OkStatus();
+  }
+
+  // Falcon's query_key_value, its rows reordered into [q heads | k heads | v heads] (see FusedQkvLayout)
+  // before quantization, so 4-bit blocks follow the rows wherever the input width is a multiple of 64.
+  absl::StatusOr<Linear> LoadFusedQkv(const std::string& prefix) {
+    const ModelConfig& c = impl_.config;
+    const int64_t h = c.hidden_size, d = c.head_dim, heads = c.num_heads, kv = c.num_kv_heads;
+    const int64_t out = (heads + 2 * kv) * d;
+    ASSIGN_OR_RETURN(at::Tensor weight, Take(prefix + ".weight", {out, h}, LinearWeightOptions()));
+    ASSIGN_OR_RETURN(at::Tensor bias, OptionalBias(c.attention_bias, prefix + ".bias", out));
+    // Stored head slots (each d rows) in our order: q heads, then k heads, then v heads.
+    std::vector<int64_t> slots;
+    const int64_t group = heads / kv;
+    auto add = [&](auto slot_of, int64_t count) {
+      for (int64_t j = 0; j < count; ++j) slots.push_back(slot_of(j));
+    };
+    switch (c.qkv_layout) {
+      case FusedQkvLayout::kPerHead:  // [heads, 3, d]
+        for (int64_t part = 0; part < 3; ++part) add([&](int64_t j) { return 3 * j + part; }, heads);
+        break;
+      case FusedQkvLayout::kPerKvGroup:  // [kv, group + 2, d]
+        add([&](int64_t j) { return (j / group) * (group + 2) + j % group; }, heads);
+        add([&](int64_t j) { return j * (group + 2) + group; }, kv);
+        add([&](int64_t j) { return j * (group + 2) + group + 1; }, kv);
+        break;
+      case FusedQkvLayout::kConsecutive:
+      case FusedQkvLayout::kSeparate:
+        add([](int64_t j) { return j; }, heads + 2 * kv);
+        break;
+    }
+    const at::Tensor rows = (at::tensor(slots, at::kLong).mul(d).unsqueeze(1) + at::arange(d, at::kLong).unsqueeze(0))
+                                .reshape(-1)
+                                .to(weight.device());
+    weight = weight.index_select(0, rows);
+    if (bias.defined()) bias = bias.index_select(0, rows);
+    return Linear::Create(std::move(weight), std::move(bias), impl_.options.quantization, {heads * d, kv * d, kv * d},
+                          impl_.options.four_bit);
   }
 
   // GPT-2 stores q, k, v fused in one Conv1D ([hidden, 3 * hidden]), as our layers hold them. 4-bit
@@ -160,7 +272,16 @@ bool IsSavedBuffer(const std::string& name) {
 absl::Status LoadWeights(const std::string& dir, CausalLM::Impl& impl) {
   ASSIGN_OR_RETURN(auto store, WeightStore::Open(dir));
   Loader loader(*store, impl);
-  RETURN_IF_ERROR(impl.is_gpt2() ? loader.LoadGpt2() : loader.LoadLlamaFamily());
+  switch (impl.config.architecture) {
+    case Architecture::kGpt2:
+      RETURN_IF_ERROR(loader.LoadGpt2());
+      break;
+    case Architecture::kFalcon:
+      RETURN_IF_ERROR(loader.LoadFalcon());
+      break;
+    default:
+      RETURN_IF_ERROR(loader.LoadLlamaFamily());
+  }
   for (const std::string& name : store->Untaken()) {
     if (!IsSavedBuffer(name)) impl.unused_weights.push_back(name);
   }

@@ -27,7 +27,9 @@ using test_support::ScaledErrorOf;
 using test_support::ServerProcess;
 using ::testing::HasSubstr;
 
-std::vector<std::string> ArchitectureNames() { return {"llama", "llama3-scaled", "mistral", "qwen2", "gpt2"}; }
+std::vector<std::string> ArchitectureNames() {
+  return {"llama", "llama3-scaled", "mistral", "qwen2", "gpt2", "falcon", "falcon-grouped", "mixtral"};
+}
 
 std::string ModelDir(const std::string& name) { return absl::StrCat(ATTRIBUTION_ARCHITECTURE_MODELS_DIR, "/", name); }
 
@@ -36,7 +38,7 @@ nlohmann::json ReadReference(const std::string& name) {
   return nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
 }
 
-// One server for the whole suite: loading five models is the slow part.
+// One server for the whole suite: loading the models is the slow part.
 class Architectures : public ::testing::TestWithParam<std::string> {
  protected:
   static void SetUpTestSuite() {
@@ -84,6 +86,9 @@ TEST_P(Architectures, ServerLoadsAndListsTheModel) {
   auto it = std::find_if(models->begin(), models->end(), [&](const auto& m) { return m.name == GetParam(); });
   ASSERT_NE(it, models->end());
   EXPECT_GT(it->resident_weight_bytes, 0);
+  // The architecture as config.json's model_type names it ("falcon" for both Falcon layouts).
+  std::ifstream config(ModelDir(GetParam()) + "/config.json");
+  EXPECT_EQ(it->architecture, nlohmann::json::parse(config)["model_type"].get<std::string>());
 }
 
 // float32 on both sides: log-probs agree to 1e-4 of their scale (max(1, |log p|)); observed: 1.0e-7 to

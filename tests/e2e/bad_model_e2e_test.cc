@@ -215,8 +215,8 @@ std::vector<BadModel> BadModels() {
        {"config.json", "not a valid JSON"}},
       {"unknown_model_type",
        "llama",
-       [=](auto d) { EditJson(config(d), [](json& c) { c["model_type"] = "falcon"; }); },
-       {"config.json", "model_type \"falcon\" is not supported"}},
+       [=](auto d) { EditJson(config(d), [](json& c) { c["model_type"] = "bloom"; }); },
+       {"config.json", "model_type \"bloom\" is not supported"}},
       // Damaged tokenizers.
       {"garbage_tokenizer_model",
        "llama",

@@ -28,7 +28,8 @@ using test_support::ServerProcess;
 using ::testing::AllOf;
 using ::testing::HasSubstr;
 
-const char* const kModels[] = {"gpt2", "llama", "qwen2"};
+// Falcon runs attention and MLP in parallel; Mixtral's mlp_out is its sparse mixture of experts.
+const char* const kModels[] = {"gpt2", "llama", "qwen2", "falcon", "mixtral"};
 
 const nlohmann::json& Reference() {
   static const nlohmann::json* reference = [] {
@@ -207,7 +208,9 @@ TEST_P(ComponentsMatchReference, AttributionPatchingStarEqualsItsDefinition) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Architectures, ComponentsMatchReference, ::testing::Values("gpt2", "llama", "qwen2"));
+INSTANTIATE_TEST_SUITE_P(Architectures, ComponentsMatchReference,
+                         ::testing::ValuesIn(std::vector<std::string>(std::begin(kModels), std::end(kModels))),
+                         [](const auto& info) { return info.param; });
 
 // What users send wrong gets INVALID_ARGUMENT naming the field, and the server goes on.
 TEST(ComponentsOverGrpc, BadRequestsNameTheFieldAndTextPairsWork) {

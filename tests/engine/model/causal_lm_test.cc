@@ -10,7 +10,9 @@
 #include <gtest/gtest.h>
 #include <torch/csrc/autograd/autograd.h>
 
+#include <algorithm>
 #include <iostream>
+#include <set>
 
 #include "engine/model/generation.h"
 #include "engine/model/safetensors.h"
@@ -192,18 +194,63 @@ TEST_P(CausalLMFp32, ResidentWeightBytesAreTheCheckpointsTensorBytes) {
 // transformers' own checkpoints hold exactly the tensors we load (a tied head is not stored).
 TEST_P(CausalLMFp32, CheckpointHasNoUnusedTensors) { EXPECT_THAT(model_->unused_weights(), ::testing::IsEmpty()); }
 
-INSTANTIATE_TEST_SUITE_P(AllArchitectures, CausalLMParity,
-                         ::testing::Values(Case{"llama", "float32"}, Case{"llama", "bfloat16"},
-                                           Case{"llama", "float16"}, Case{"mistral", "float32"},
-                                           Case{"mistral", "bfloat16"}, Case{"mistral", "float16"},
-                                           Case{"qwen2", "float32"}, Case{"qwen2", "bfloat16"},
-                                           Case{"qwen2", "float16"}, Case{"gpt2", "float32"}, Case{"gpt2", "bfloat16"},
-                                           Case{"gpt2", "float16"}),
-                         [](const auto& info) { return info.param.arch + "_" + info.param.dtype; });
+// Every dtype for every architecture: Falcon in its three query_key_value layouts, Mixtral's experts.
+std::vector<Case> EveryArchitectureAndDtype() {
+  std::vector<Case> cases;
+  for (const char* arch :
+       {"llama", "mistral", "qwen2", "gpt2", "falcon", "falcon-grouped", "falcon-sequential", "mixtral"}) {
+    for (const char* dtype : {"float32", "bfloat16", "float16"}) cases.push_back({arch, dtype});
+  }
+  return cases;
+}
+
+std::string CaseName(const ::testing::TestParamInfo<Case>& info) {
+  std::string name = info.param.arch + "_" + info.param.dtype;
+  std::replace(name.begin(), name.end(), '-', '_');
+  return name;
+}
+
+INSTANTIATE_TEST_SUITE_P(AllArchitectures, CausalLMParity, ::testing::ValuesIn(EveryArchitectureAndDtype()), CaseName);
 INSTANTIATE_TEST_SUITE_P(AllArchitectures, CausalLMFp32,
                          ::testing::Values(Case{"llama", "float32"}, Case{"mistral", "float32"},
-                                           Case{"qwen2", "float32"}, Case{"gpt2", "float32"}),
-                         [](const auto& info) { return info.param.arch; });
+                                           Case{"qwen2", "float32"}, Case{"gpt2", "float32"}, Case{"falcon", "float32"},
+                                           Case{"falcon-grouped", "float32"}, Case{"falcon-sequential", "float32"},
+                                           Case{"mixtral", "float32"}),
+                         CaseName);
+
+// Mixtral's router, read through the router_logits hook while all rows run in one padded batch: every
+// token of every row picks the experts transformers picks (row alone), from logits within 1e-4. The
+// rows' tokens spread over the experts, so RowInBatchEqualsRowAlone above covers rows routed apart.
+class MixtralRouting : public CausalLMParity {};
+
+TEST_P(MixtralRouting, EveryTokenPicksTheExpertsTransformersPicks) {
+  const int64_t layers = model_->config().num_layers, top_k = model_->config().mixture_of_experts->experts_per_token;
+  std::vector<at::Tensor> captured(layers);
+  ActivationHooks hooks{
+      .router_logits = [&](int64_t layer, const at::Tensor& logits) { captured[layer] = logits.detach().clone(); }};
+  c10::InferenceMode inference;
+  ForwardBatch batch = PaddedBatch();
+  batch.hooks = &hooks;
+  ASSERT_THAT(model_->Hidden(batch), IsOk());
+  std::set<int64_t> used;
+  for (size_t r = 0; r < rows_.size(); ++r) {
+    const at::Tensor expected = reference_.Tensor("router_logits_" + std::to_string(r));  // [layers, len, experts]
+    for (int64_t layer = 0; layer < layers; ++layer) {
+      ASSERT_TRUE(captured[layer].defined());
+      const at::Tensor ours = captured[layer][r].narrow(0, 0, batch.lengths[r]);
+      EXPECT_LT(ScaledError(ours, expected[layer]), 1e-4) << "row " << r << " layer " << layer;
+      const at::Tensor chosen = std::get<0>(std::get<1>(ours.topk(top_k, -1)).sort(-1));
+      EXPECT_TRUE(at::equal(chosen, std::get<0>(std::get<1>(expected[layer].topk(top_k, -1)).sort(-1))))
+          << "row " << r << " layer " << layer;
+      for (int64_t e : std::vector<int64_t>(chosen.data_ptr<int64_t>(), chosen.data_ptr<int64_t>() + chosen.numel())) {
+        used.insert(e);
+      }
+    }
+  }
+  EXPECT_EQ(used.size(), static_cast<size_t>(model_->config().mixture_of_experts->num_experts));
+}
+
+INSTANTIATE_TEST_SUITE_P(Mixtral, MixtralRouting, ::testing::Values(Case{"mixtral", "float32"}), CaseName);
 
 TEST(CausalLM, NoParameterRequiresGradAfterGradients) {
   auto model = CausalLM::Load(TestModelsDir() + "/llama", {});

@@ -9,6 +9,8 @@
 #include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "engine/attribution/attributor.h"
 #include "tests/testing/reference.h"
 #include "tests/testing/status_matchers.h"
@@ -63,9 +65,15 @@ INSTANTIATE_TEST_SUITE_P(AllArchitectures, GpuParity,
                          ::testing::Values(Case{"llama", "float32"}, Case{"llama", "bfloat16"},
                                            Case{"llama", "float16"}, Case{"mistral", "float32"},
                                            Case{"mistral", "bfloat16"}, Case{"qwen2", "float32"},
-                                           Case{"qwen2", "bfloat16"}, Case{"gpt2", "float32"},
-                                           Case{"gpt2", "bfloat16"}),
-                         [](const auto& info) { return info.param.arch + "_" + info.param.dtype; });
+                                           Case{"qwen2", "bfloat16"}, Case{"gpt2", "float32"}, Case{"gpt2", "bfloat16"},
+                                           Case{"falcon", "float32"}, Case{"falcon", "bfloat16"},
+                                           Case{"falcon-grouped", "bfloat16"}, Case{"mixtral", "float32"},
+                                           Case{"mixtral", "bfloat16"}),
+                         [](const auto& info) {
+                           std::string name = info.param.arch + "_" + info.param.dtype;
+                           std::replace(name.begin(), name.end(), '-', '_');
+                           return name;
+                         });
 
 // The same attribution requests through an engine on each device.
 TEST(GpuAttribution, EveryMethodOnTheDeviceEqualsTheCpuRun) {

@@ -187,11 +187,13 @@ INSTANTIATE_TEST_SUITE_P(EveryArchitecture, LrpRules,
 
 // Closed form: with every detached factor a constant, a network without biases is linear in its input
 // embeddings, so CP-LRP's relevance sums to the objective, at every layer too (float32 rounding only).
-// GPT-2 adds position embeddings inside the model: their relevance is part of the sum.
+// GPT-2 adds position embeddings inside the model: their relevance is part of the sum. Falcon's parallel
+// blocks split the residual three ways; Mixtral's routing weights are constants under the LRP rules.
 TEST(CpLrp, ConservesTheObjectiveWhereNoBiasAbsorbsRelevance) {
   const nlohmann::json& ids = Reference()["models"]["llama"];
   const auto prompt = ids["prompt"].get<std::vector<int64_t>>(), target = ids["target"].get<std::vector<int64_t>>();
-  for (const std::string name : {"llama", "llama3-scaled", "mistral", "qwen2-zero-bias", "gpt2-zero-bias"}) {
+  for (const std::string name :
+       {"llama", "llama3-scaled", "mistral", "qwen2-zero-bias", "gpt2-zero-bias", "falcon-zero-bias", "mixtral"}) {
     SCOPED_TRACE(name);
     std::unique_ptr<CausalLM> model = Load(name);
     ASSERT_NE(model, nullptr);

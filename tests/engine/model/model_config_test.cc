@@ -33,6 +33,57 @@ nlohmann::json Gpt2(const nlohmann::json& patch = nlohmann::json::object()) {
   return config;
 }
 
+nlohmann::json Falcon(const nlohmann::json& patch = nlohmann::json::object()) {
+  nlohmann::json config = {{"model_type", "falcon"},
+                           {"vocab_size", 10},
+                           {"hidden_size", 8},
+                           {"num_hidden_layers", 1},
+                           {"num_attention_heads", 4}};
+  config.merge_patch(patch);
+  return config;
+}
+
+// FalconConfig's defaults (multi_query, parallel_attn, no bias, 4 * hidden MLP, tied head) and its three
+// fused query_key_value layouts, as transformers' FalconAttention reads them.
+TEST(ModelConfig, FalconLayoutsFollowTransformersDefaults) {
+  auto seven_b = ParseModelConfig(Falcon().dump(), "config.json");
+  ASSERT_THAT(seven_b, IsOk());
+  EXPECT_EQ(seven_b->num_kv_heads, 1);
+  EXPECT_EQ(seven_b->qkv_layout, FusedQkvLayout::kConsecutive);
+  EXPECT_TRUE(seven_b->parallel_attention);
+  EXPECT_FALSE(seven_b->separate_parallel_norms);
+  EXPECT_EQ(seven_b->intermediate_size, 32);
+  EXPECT_TRUE(seven_b->tie_word_embeddings);
+  EXPECT_FALSE(seven_b->attention_bias);
+
+  auto grouped = ParseModelConfig(Falcon({{"new_decoder_architecture", true}, {"n_head_kv", 2}}).dump(), "c");
+  ASSERT_THAT(grouped, IsOk());
+  EXPECT_EQ(grouped->num_kv_heads, 2);
+  EXPECT_EQ(grouped->qkv_layout, FusedQkvLayout::kPerKvGroup);
+  EXPECT_TRUE(grouped->separate_parallel_norms);  // num_ln_in_parallel_attn null: 2
+
+  auto sequential =
+      ParseModelConfig(Falcon({{"multi_query", false}, {"parallel_attn", false}, {"bias", true}}).dump(), "c");
+  ASSERT_THAT(sequential, IsOk());
+  EXPECT_EQ(sequential->num_kv_heads, 4);
+  EXPECT_EQ(sequential->qkv_layout, FusedQkvLayout::kPerHead);
+  EXPECT_FALSE(sequential->parallel_attention);
+  EXPECT_TRUE(sequential->attention_bias && sequential->mlp_bias);
+}
+
+TEST(ModelConfig, MixtralReadsItsExperts) {
+  auto mixtral = ParseModelConfig(
+      Llama({{"model_type", "mixtral"}, {"num_local_experts", 4}, {"num_experts_per_tok", 2}, {"sliding_window", 6}})
+          .dump(),
+      "config.json");
+  ASSERT_THAT(mixtral, IsOk());
+  ASSERT_TRUE(mixtral->mixture_of_experts.has_value());
+  EXPECT_EQ(mixtral->mixture_of_experts->num_experts, 4);
+  EXPECT_EQ(mixtral->mixture_of_experts->experts_per_token, 2);
+  EXPECT_EQ(mixtral->sliding_window, 6);
+  EXPECT_FALSE(ParseModelConfig(Llama().dump(), "config.json")->mixture_of_experts.has_value());
+}
+
 TEST(ModelConfig, ReadsBitsandbytesQuantizationConfig) {
   auto config = ParseModelConfig(Llama({{"quantization_config",
                                          {{"quant_method", "bitsandbytes"},
@@ -91,7 +142,17 @@ INSTANTIATE_TEST_SUITE_P(
                   "quantization_config.quant_method \"gptq\" is not supported"},
         BadConfig{"UnknownFourBitType",
                   Llama({{"quantization_config", {{"load_in_4bit", true}, {"bnb_4bit_quant_type", "int4"}}}}),
-                  "quantization_config.bnb_4bit_quant_type \"int4\""}),
+                  "quantization_config.bnb_4bit_quant_type \"int4\""},
+        BadConfig{"FalconAlibi", Falcon({{"alibi", true}}), "\"alibi\": true"},
+        BadConfig{"FalconNewDecoderNotParallel", Falcon({{"new_decoder_architecture", true}, {"parallel_attn", false}}),
+                  "new_decoder_architecture with \"parallel_attn\": false"},
+        BadConfig{"FalconTwoNormsWithoutNewDecoder", Falcon({{"num_ln_in_parallel_attn", 2}}),
+                  "\"num_ln_in_parallel_attn\": 2 needs new_decoder_architecture"},
+        BadConfig{"FalconOtherActivation", Falcon({{"activation", "relu"}}), "activation \"relu\""},
+        BadConfig{"FalconHeadsDoNotDivideHidden", Falcon({{"num_attention_heads", 3}}), "not divisible"},
+        BadConfig{"MixtralMoreExpertsPerTokenThanExperts",
+                  Llama({{"model_type", "mixtral"}, {"num_local_experts", 2}, {"num_experts_per_tok", 3}}),
+                  "num_experts_per_tok 3 must be in [1, num_local_experts 2]"}),
     [](const auto& info) { return info.param.name; });
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <torch/csrc/autograd/autograd.h>
 
+#include <algorithm>
 #include <iostream>
 
 #include "engine/model/causal_lm.h"
@@ -126,7 +127,8 @@ INSTANTIATE_TEST_SUITE_P(Schemes, QuantizedModel, ::testing::Values(Quantization
 
 // Every architecture loaded quantized against transformers on the same model with each decoder linear
 // round-tripped through the scheme on its own: fusing q/k/v and gate/up (GQA widths in llama and
-// mistral, q/k/v biases in qwen2, GPT-2's stored c_attn) must not move a scale or a block.
+// mistral, q/k/v biases in qwen2, GPT-2's stored c_attn, Falcon's reordered query_key_value, each Mixtral
+// expert) must not move a scale or a block.
 struct ArchScheme {
   std::string arch;
   Quantization quantization;
@@ -163,13 +165,20 @@ TEST_P(QuantizedParity, LogitsAndInputGradientMatchTransformersOnRoundTrippedWei
   EXPECT_LT(ScaledError(result->gradients[0], reference.Tensor("gradient")), 1e-4);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    AllArchitectures, QuantizedParity,
-    ::testing::Values(ArchScheme{"llama", Quantization::kInt8}, ArchScheme{"llama", Quantization::kNf4},
-                      ArchScheme{"mistral", Quantization::kInt8}, ArchScheme{"mistral", Quantization::kNf4},
-                      ArchScheme{"qwen2", Quantization::kInt8}, ArchScheme{"qwen2", Quantization::kNf4},
-                      ArchScheme{"gpt2", Quantization::kInt8}, ArchScheme{"gpt2", Quantization::kNf4}),
-    [](const auto& info) { return info.param.arch + "_" + QuantizationName(info.param.quantization); });
+INSTANTIATE_TEST_SUITE_P(AllArchitectures, QuantizedParity, ::testing::ValuesIn([] {
+                           std::vector<ArchScheme> cases;
+                           for (const char* arch : {"llama", "mistral", "qwen2", "gpt2", "falcon", "falcon-grouped",
+                                                    "falcon-sequential", "mixtral"}) {
+                             for (Quantization q : {Quantization::kInt8, Quantization::kNf4})
+                               cases.push_back({arch, q});
+                           }
+                           return cases;
+                         }()),
+                         [](const auto& info) {
+                           std::string name = info.param.arch + "_" + QuantizationName(info.param.quantization);
+                           std::replace(name.begin(), name.end(), '-', '_');
+                           return name;
+                         });
 
 }  // namespace
 }  // namespace attribution::engine

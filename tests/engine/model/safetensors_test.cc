@@ -210,9 +210,9 @@ TEST_F(ModelDirectoryDefect, NonFiniteWeightsAreRejected) {
 
 TEST_F(ModelDirectoryDefect, UnknownModelTypeListsSupportedOnes) {
   auto config = Config();
-  config["model_type"] = "falcon";
+  config["model_type"] = "bloom";
   WriteConfig(config);
-  EXPECT_THAT(Load().message(), HasSubstr("supported: llama, mistral, qwen2, gpt2"));
+  EXPECT_THAT(Load().message(), HasSubstr("supported: llama, mistral, qwen2, gpt2, falcon, mixtral"));
 }
 
 TEST_F(ModelDirectoryDefect, MissingConfigFieldIsNamed) {
