@@ -141,6 +141,16 @@ absl::Status ParseDecoderFields(const json& config, const std::string& source, M
   return ParseRopeScaling(config, source, out);
 }
 
+// GPT-2's n_inner, Falcon's ffn_hidden_size: null or absent means 4 * hidden, as transformers reads them.
+absl::StatusOr<int64_t> MlpWidth(const json& config, const char* key, const char* hidden_key, int64_t hidden,
+                                 const std::string& source) {
+  if (config.contains(key) && !config[key].is_null()) return PositiveInt(config, key, source);
+  if (hidden > std::numeric_limits<int64_t>::max() / 4) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": ", hidden_key, " ", hidden, " is too large"));
+  }
+  return 4 * hidden;
+}
+
 // Mixtral: a Mistral whose MLPs are sparse mixtures of experts.
 absl::Status ParseMixtureOfExperts(const json& config, const std::string& source, ModelConfig& out) {
   MixtureOfExperts moe;
@@ -204,13 +214,7 @@ absl::Status ParseFalconFields(const json& config, const std::string& source, Mo
     out.num_kv_heads = multi_query ? 1 : out.num_heads;
     out.qkv_layout = multi_query ? FusedQkvLayout::kConsecutive : FusedQkvLayout::kPerHead;
   }
-  if (config.contains("ffn_hidden_size") && !config["ffn_hidden_size"].is_null()) {
-    ASSIGN_OR_RETURN(out.intermediate_size, PositiveInt(config, "ffn_hidden_size", source));
-  } else if (out.hidden_size > std::numeric_limits<int64_t>::max() / 4) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": hidden_size ", out.hidden_size, " is too large"));
-  } else {
-    out.intermediate_size = 4 * out.hidden_size;  // FalconConfig's default
-  }
+  ASSIGN_OR_RETURN(out.intermediate_size, MlpWidth(config, "ffn_hidden_size", "hidden_size", out.hidden_size, source));
   out.max_position_embeddings = OptionalInt(config, "max_position_embeddings", 2048);
   out.norm_eps = OptionalNumber(config, "layer_norm_epsilon", 1e-5);
   out.rope_theta = OptionalNumber(config, "rope_theta", 10000.0);
@@ -231,13 +235,7 @@ absl::Status ParseGpt2Fields(const json& config, const std::string& source, Mode
   ASSIGN_OR_RETURN(out.max_position_embeddings, PositiveInt(config, "n_positions", source));
   out.num_kv_heads = out.num_heads;
   out.head_dim = out.hidden_size / out.num_heads;
-  if (config.contains("n_inner") && !config["n_inner"].is_null()) {  // null: 4 * n_embd, as transformers
-    ASSIGN_OR_RETURN(out.intermediate_size, PositiveInt(config, "n_inner", source));
-  } else if (out.hidden_size > std::numeric_limits<int64_t>::max() / 4) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": n_embd ", out.hidden_size, " is too large"));
-  } else {
-    out.intermediate_size = 4 * out.hidden_size;
-  }
+  ASSIGN_OR_RETURN(out.intermediate_size, MlpWidth(config, "n_inner", "n_embd", out.hidden_size, source));
   out.norm_eps = OptionalNumber(config, "layer_norm_epsilon", 1e-5);
   ASSIGN_OR_RETURN(out.hidden_act, OptionalString(config, "activation_function", "gelu_new", source));
   if (out.hidden_act != "gelu_new" && out.hidden_act != "gelu") {

@@ -138,6 +138,36 @@ TEST_P(Architectures, IntegratedGradientsMatchCaptum) {
   EXPECT_NEAR(*result->convergence_delta, ig["delta"].get<double>(), 1e-3);
 }
 
+// Every attribution method answers on every architecture with one finite value per prompt token, and
+// sampled Shapley values keep their efficiency exactly (each permutation's marginal contributions sum to
+// f(prompt) - f(baseline)): they sum to the objective minus the objective of the all-baseline prompt,
+// which Logprobs gives independently.
+TEST_P(Architectures, EveryMethodAnswersAndSampledShapleyValuesAreEfficient) {
+  for (const char* method :
+       {"integrated_gradients", "gradient_shap", "saliency", "input_x_gradient", "feature_ablation",
+        "shapley_value_sampling", "lime", "kernel_shap", "attn_lrp", "cp_lrp"}) {
+    SCOPED_TRACE(method);
+    absl::StatusOr<client::Attribution> result = client_->Attribute({.model = GetParam(),
+                                                                     .prompt_ids = prompt_,
+                                                                     .target_ids = target_,
+                                                                     .method = method,
+                                                                     .baseline = "0",
+                                                                     .n_steps = 8,
+                                                                     .n_samples = 8});
+    ASSERT_THAT(result, IsOk());
+    ASSERT_EQ(result->sequence.size(), prompt_.size());
+    for (double value : result->sequence) EXPECT_TRUE(std::isfinite(value));
+    if (std::string(method) != "shapley_value_sampling") continue;
+    absl::StatusOr<client::Logprobs> baseline = client_->GetLogprobs(
+        {.model = GetParam(), .prompt_ids = std::vector<int64_t>(prompt_.size(), 0), .target_ids = target_});
+    ASSERT_THAT(baseline, IsOk());
+    double baseline_objective = 0, total = 0;
+    for (const auto& t : baseline->target) baseline_objective += t.token.log_prob;
+    for (double value : result->sequence) total += value;
+    EXPECT_NEAR(total, result->objective - baseline_objective, 1e-4 * std::max(1.0, std::abs(result->objective)));
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(EveryArchitecture, Architectures, ::testing::ValuesIn(ArchitectureNames()),
                          [](const auto& info) {
                            std::string name = info.param;
