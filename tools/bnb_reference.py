@@ -13,14 +13,16 @@ Writes
     (float32, or uint8 with D), "Q_B_D.nested_absmax", "Q_B_D.nested_code", "Q_B_D.offset" (with D) and
     dequantize_4bit's float32 and bfloat16 results "Q_B_D.dequantized", "Q_B_D.dequantized_bf16"; the
     code books "nf4_code", "fp4_code" and "dynamic_code" (create_dynamic_map()).
-  * for A in {llama, mistral, qwen2}: OUT_DIR/A/, a random fp32 model with all linear widths multiples of
+  * for A in {llama, mistral, qwen2, mixtral}: OUT_DIR/A/, a random fp32 model with all linear widths multiples of
     64 (bitsandbytes' CPU kernels want them), saved by transformers with the tokenizer of
     ARCHITECTURE_MODELS_DIR/A; and for Q in {nf4, fp4} and D in {"", "-dq"} OUT_DIR/A-QD/: that model
     loaded by transformers with BitsAndBytesConfig(load_in_4bit, Q, D, compute float32) on the CPU and
     saved pre-quantized by save_pretrained, with reference.json: target_log_probs, greedy and Captum IG
     as make_architecture_models.py computes them, and input_grad, the gradient of the summed target
     log-prob with respect to the input embeddings of prompt + target ([S, hidden]). OUT_DIR/llama-nf4-skip/
-    likewise, with llm_int8_skip_modules ["lm_head", "down_proj"] (those saved dense).
+    likewise, with llm_int8_skip_modules ["lm_head", "down_proj"] (those saved dense). transformers 5 keeps
+    Mixtral's experts and router as 3-D parameters, not nn.Linear: bitsandbytes quantizes only its attention
+    and the checkpoint stores the experts dense.
   * OUT_DIR/seed000/ (a bf16 llama) and OUT_DIR/seed000/reference.json: seed 000's job on it loaded
     FP4 with bf16 compute: Captum IG (15 steps, Gauss-Legendre, zero baseline) of log p("No") - the
     prompt of 40 tokens.
@@ -130,7 +132,7 @@ def write_quantized_model(base, directory, quant_type, double, skip=None):
 
 
 def write_quantized_models(out_dir, arch_models_dir):
-    for seed, arch in enumerate(("llama", "mistral", "qwen2")):
+    for seed, arch in enumerate(("llama", "mistral", "qwen2", "mixtral")):
         base = os.path.join(out_dir, arch)
         write_base_model(os.path.join(arch_models_dir, arch), base, seed + 10)
         for quant_type in ("nf4", "fp4"):

@@ -186,7 +186,7 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
       x = x + mlp_out;
     }
     if (batch.hooks && batch.hooks->after_layer) {
-      if (at::Tensor replaced = batch.hooks->after_layer(static_cast<int64_t>(i), x); replaced.defined()) {
+      if (at::Tensor replaced = batch.hooks->after_layer(index, x); replaced.defined()) {
         x = replaced;
       }
     }

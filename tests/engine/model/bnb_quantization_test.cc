@@ -172,10 +172,15 @@ TEST_P(BnbModel, AnswersLikeTransformersWithBitsandbytes) {
 
 std::vector<ModelCase> ModelCases() {
   std::vector<ModelCase> cases;
-  for (const char* arch : {"llama", "mistral", "qwen2"}) {
+  for (const char* arch : {"llama", "mistral", "qwen2", "mixtral"}) {
     for (Quantization kind : {Quantization::kNf4, Quantization::kFp4}) {
       for (bool double_quantization : {false, true}) {
-        for (bool from_checkpoint : {true, false}) cases.push_back({arch, kind, double_quantization, from_checkpoint});
+        for (bool from_checkpoint : {true, false}) {
+          // transformers + bitsandbytes leave Mixtral's experts dense (3-D parameters, no nn.Linear), where a
+          // --quantization load quantizes them: only its saved checkpoints are the same model.
+          if (std::string(arch) == "mixtral" && !from_checkpoint) continue;
+          cases.push_back({arch, kind, double_quantization, from_checkpoint});
+        }
       }
     }
   }
