@@ -15,10 +15,11 @@ against transformers' (eager) within 1e-4. The bridge exposes HookedTransformer'
 [batch, pos, n_heads, d_head]: query heads, also for grouped-query llama/qwen2), so the functions of
 transformer_lens.patching run on it unchanged.
 
-For each NAME in gpt2, llama, qwen2, falcon (the 7B layout: attention and MLP in parallel, so mlp_out of a layer
-does not see its attn_out) and mixtral (mlp_out: the sparse MoE block's output) (float32, eval mode, CPU) the clean ids are the first 10 prompt ids of
-reference.json and the corrupted ids the same with position 3 replaced by CORRUPT_TOKEN; ids are fed as they
-are (no BOS). The metric is m = logits[0, -1, ANSWER] - logits[0, -1, WRONG] (raw logit difference).
+For each NAME in gpt2, llama, qwen2, falcon (the 7B layout: attention and MLP in parallel, so a layer's
+mlp_out does not see its attn_out) and mixtral (mlp_out: the sparse MoE block's output), in float32, eval mode,
+on the CPU, the clean ids are the first 10 prompt ids of reference.json and the corrupted ids the same with
+position 3 replaced by CORRUPT_TOKEN; ids are fed as they are (no BOS). The metric is
+m = logits[0, -1, ANSWER] - logits[0, -1, WRONG] (raw logit difference).
 Sites (one forward of the base run, values from the other run's cache):
   resid_pre[l, p]        the input hidden state of decoder layer l at position p (GPT-2: with position embeddings);
   attn_out[l, p]         the attention block's output (after the output projection and its bias) at position p;
@@ -43,8 +44,9 @@ LIG: the base run with the site replaced by a_base + alpha * (a_other - a_base) 
 sum_k w_k dm/dalpha(alpha_k) with Captum's Gauss-Legendre alphas and weights for n_steps=16; it approximates the
 patching effect m_patched - m_base. All numbers float64.
 Self-checks: TL grids equal the hf grids within 1e-4 of the grid's max abs; LIG sums against the patching
-effects (max gap printed; asserted within 1e-3 except for mixtral, whose routing jumps no gradient sees); AtP heads and resid_pre against dm/dalpha at alpha = 0 of the LIG path within 1e-4;
-patching resid_pre[0, 3] into the corrupted run gives the clean metric (exactly, in one unbatched forward).
+effects (max gap printed; asserted within 1e-3 except for mixtral, whose routing jumps no gradient sees);
+AtP heads and resid_pre against dm/dalpha at alpha = 0 of the LIG path within 1e-4; patching resid_pre[0, 3]
+into the corrupted run gives the clean metric (exactly, in one unbatched forward).
 """
 import contextlib
 import importlib.metadata

@@ -19,8 +19,8 @@ tokenizer.json, tokenizer_config.json) and OUT_DIR/NAME/reference.json:
     position, 16 Gauss-Legendre steps, objective the summed target log-prob; attributions summed over
     the hidden dimension, and Captum's convergence delta.
 OUT_DIR/no-tokenizer/ is the llama model without any tokenizer file. OUT_DIR/gpt2-zero-bias/,
-OUT_DIR/qwen2-zero-bias/ and OUT_DIR/falcon-zero-bias/ are those models with every bias (linear and norm) set to zero, saved by
-transformers: the closed-form LRP tests need networks where nothing absorbs relevance.
+OUT_DIR/qwen2-zero-bias/ and OUT_DIR/falcon-zero-bias/ are those models with every bias (linear and norm) set
+to zero, saved by transformers: the closed-form LRP tests need networks where nothing absorbs relevance.
 """
 import json
 import os
