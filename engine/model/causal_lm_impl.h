@@ -13,7 +13,7 @@ namespace attribution::engine {
 
 // A Mixtral MLP: each expert is a gated SiLU MLP; the router's logits pick the experts of each token.
 struct ExpertsMlp {
-  Linear router;                // [num_experts, hidden], never quantized: its top-k is discontinuous
+  Linear router;                // [num_experts, hidden]; --quantization leaves it dense (its top-k is discontinuous)
   std::vector<Linear> gate_up;  // per expert, parts {gate (w1), up (w3)}
   std::vector<Linear> down;     // per expert, w2
 };

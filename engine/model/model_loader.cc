@@ -214,33 +214,31 @@ class Loader {
     const int64_t out = (heads + 2 * kv) * d;
     ASSIGN_OR_RETURN(at::Tensor weight, Take(prefix + ".weight", {out, h}, LinearWeightOptions()));
     ASSIGN_OR_RETURN(at::Tensor bias, OptionalBias(c.attention_bias, prefix + ".bias", out));
-    // Stored head slots (each d rows) in our order: q heads, then k heads, then v heads.
-    std::vector<int64_t> slots;
-    const int64_t group = heads / kv;
+    if (c.qkv_layout != FusedQkvLayout::kConsecutive) {  // multi-query weights are stored in our order
+      const at::Tensor rows = FusedQkvRowOrder(c).to(weight.device());
+      weight = weight.index_select(0, rows);
+      if (bias.defined()) bias = bias.index_select(0, rows);
+    }
+    return Linear::Create(std::move(weight), std::move(bias), impl_.options.quantization, {heads * d, kv * d, kv * d},
+                          impl_.options.four_bit);
+  }
+
+  // The stored rows of each of our [q heads | k heads | v heads] rows, for the per-head and per-KV-group
+  // layouts of Falcon's query_key_value.
+  static at::Tensor FusedQkvRowOrder(const ModelConfig& c) {
+    const int64_t d = c.head_dim, heads = c.num_heads, kv = c.num_kv_heads, group = heads / kv;
+    std::vector<int64_t> slots;  // stored head slots (d rows each), in our order
     auto add = [&](auto slot_of, int64_t count) {
       for (int64_t j = 0; j < count; ++j) slots.push_back(slot_of(j));
     };
-    switch (c.qkv_layout) {
-      case FusedQkvLayout::kPerHead:  // [heads, 3, d]
-        for (int64_t part = 0; part < 3; ++part) add([&](int64_t j) { return 3 * j + part; }, heads);
-        break;
-      case FusedQkvLayout::kPerKvGroup:  // [kv, group + 2, d]
-        add([&](int64_t j) { return (j / group) * (group + 2) + j % group; }, heads);
-        add([&](int64_t j) { return j * (group + 2) + group; }, kv);
-        add([&](int64_t j) { return j * (group + 2) + group + 1; }, kv);
-        break;
-      case FusedQkvLayout::kConsecutive:
-      case FusedQkvLayout::kSeparate:
-        add([](int64_t j) { return j; }, heads + 2 * kv);
-        break;
+    if (c.qkv_layout == FusedQkvLayout::kPerHead) {  // [heads, (q, k, v), d]
+      for (int64_t part = 0; part < 3; ++part) add([&](int64_t j) { return 3 * j + part; }, heads);
+    } else {  // kPerKvGroup: [kv, (the group's q heads, k, v), d]
+      add([&](int64_t j) { return (j / group) * (group + 2) + j % group; }, heads);
+      add([&](int64_t j) { return j * (group + 2) + group; }, kv);
+      add([&](int64_t j) { return j * (group + 2) + group + 1; }, kv);
     }
-    const at::Tensor rows = (at::tensor(slots, at::kLong).mul(d).unsqueeze(1) + at::arange(d, at::kLong).unsqueeze(0))
-                                .reshape(-1)
-                                .to(weight.device());
-    weight = weight.index_select(0, rows);
-    if (bias.defined()) bias = bias.index_select(0, rows);
-    return Linear::Create(std::move(weight), std::move(bias), impl_.options.quantization, {heads * d, kv * d, kv * d},
-                          impl_.options.four_bit);
+    return (at::tensor(slots, at::kLong).mul(d).unsqueeze(1) + at::arange(d, at::kLong).unsqueeze(0)).reshape(-1);
   }
 
   // GPT-2 stores q, k, v fused in one Conv1D ([hidden, 3 * hidden]), as our layers hold them. 4-bit
