@@ -123,16 +123,27 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
   at::Tensor past_t = at::tensor(past, at::kLong).to(device);
   at::Tensor lengths_t = at::tensor(lengths, at::kLong).to(device);
   at::Tensor positions = past_t.unsqueeze(1) + at::arange(s, long_options).unsqueeze(0);  // [B, S]
-  if (is_gpt2() && batch.first_layer == 0) {
+  const std::vector<int64_t>& joining = batch.first_layers;
+  if (is_gpt2() && joining.empty()) {
     // Padded slots may run past the table; they are masked, so clamping them is harmless.
     at::Tensor clamped = positions.clamp_max(config.max_position_embeddings - 1);
     x = x + at::embedding(position_embedding, clamped);
   }
   const int64_t key_count = *std::max_element(past.begin(), past.end()) + s;
-  const at::Tensor mask = AttentionMask(past_t, lengths_t, s, key_count, config.sliding_window);
+  const at::Tensor all_rows_mask = AttentionMask(past_t, lengths_t, s, key_count, config.sliding_window);
   const int64_t heads = config.num_heads, kv_heads = config.num_kv_heads, head_dim = config.head_dim;
-  RopeAngles rope;
-  if (uses_rope()) rope = RopeAnglesAt(positions, rope_inverse_frequencies, x.scalar_type());
+  RopeAngles all_rows_rope;
+  if (uses_rope()) all_rows_rope = RopeAnglesAt(positions, rope_inverse_frequencies, x.scalar_type());
+  // Joining rows: the first `active` rows have joined; x holds theirs only.
+  const at::Tensor entering = x;
+  int64_t active = joining.empty() ? b : 0;
+  auto join_until = [&](int64_t layer) {
+    const int64_t joined = std::upper_bound(joining.begin(), joining.end(), layer) - joining.begin();
+    if (joined == active) return;
+    x = active == 0 ? entering.narrow(0, 0, joined) : at::cat({x, entering.narrow(0, active, joined - active)});
+    active = joined;
+  };
+  const size_t first_layer = joining.empty() ? 0 : static_cast<size_t>(joining.front());
   // Lets the hooks read or replace the activation at `site` of layer i.
   auto at_site = [&batch](ComponentSite site, size_t i, at::Tensor& activation) {
     if (batch.hooks == nullptr || !batch.hooks->at_site) return;
@@ -140,15 +151,21 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
       activation = std::move(replaced);
     }
   };
-  for (size_t i = static_cast<size_t>(batch.first_layer); i < layers.size(); ++i) {
+  for (size_t i = first_layer; i < layers.size(); ++i) {
     const DecoderLayer& layer = layers[i];
+    if (!joining.empty()) join_until(static_cast<int64_t>(i));
+    const int64_t rows = active;
+    auto active_rows = [rows](const at::Tensor& t) { return rows == t.size(0) ? t : t.narrow(0, 0, rows); };
+    const at::Tensor mask = active_rows(all_rows_mask);
+    RopeAngles rope;
+    if (uses_rope()) rope = {active_rows(all_rows_rope.cos), active_rows(all_rows_rope.signed_sin)};
     at_site(ComponentSite::kResidPre, i, x);
     at::Tensor h = Norm(x, layer.attention_norm_weight, layer.attention_norm_bias, batch.rules);
     // Views into one [B, S, (H + 2 KV) * D] output; splitting the last dim keeps them views.
     const std::vector<at::Tensor> qkv = layer.qkv.ForwardParts(h);
-    at::Tensor q = qkv[0].view({b, s, heads, head_dim}).transpose(1, 2);     // [B, H, S, D]
-    at::Tensor k = qkv[1].view({b, s, kv_heads, head_dim}).transpose(1, 2);  // [B, KV, S, D]
-    at::Tensor v = qkv[2].view({b, s, kv_heads, head_dim}).transpose(1, 2);  // [B, KV, S, D]
+    at::Tensor q = qkv[0].view({rows, s, heads, head_dim}).transpose(1, 2);     // [B, H, S, D]
+    at::Tensor k = qkv[1].view({rows, s, kv_heads, head_dim}).transpose(1, 2);  // [B, KV, S, D]
+    at::Tensor v = qkv[2].view({rows, s, kv_heads, head_dim}).transpose(1, 2);  // [B, KV, S, D]
     if (uses_rope()) {
       q = ApplyRope(q, rope);
       k = ApplyRope(k, rope);
@@ -169,7 +186,7 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
                                                            /*enable_gqa=*/kv_heads != heads);
     at::Tensor per_head = attended.transpose(1, 2);  // [B, S, H, D]
     at_site(ComponentSite::kHeads, i, per_head);
-    at::Tensor attention_out = layer.o.Forward(per_head.reshape({b, s, heads * head_dim}));
+    at::Tensor attention_out = layer.o.Forward(per_head.reshape({rows, s, heads * head_dim}));
     at_site(ComponentSite::kAttnOut, i, attention_out);
     const int64_t index = static_cast<int64_t>(i);
     if (config.parallel_attention) {  // Falcon: the MLP reads the block's input too
@@ -191,6 +208,7 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
       }
     }
   }
+  if (!joining.empty()) join_until(config.num_layers);
   if (batch.cache != nullptr) batch.cache->Advance(lengths);
   return Norm(x, final_norm_weight, final_norm_bias, batch.rules);
 }
@@ -312,9 +330,16 @@ absl::Status CausalLM::Validate(const ForwardBatch& batch) const {
     b = e.size(0), s = e.size(1);
   }
   if (b == 0 || s == 0) return absl::InvalidArgumentError("batch and sequence must not be empty");
-  if (batch.first_layer < 0 || batch.first_layer > c.num_layers || (batch.first_layer > 0 && !has_embeds)) {
-    return absl::InvalidArgumentError(absl::StrCat("first_layer ", batch.first_layer, " outside [0, ", c.num_layers,
-                                                   "], or given without a residual stream as inputs_embeds"));
+  if (!batch.first_layers.empty()) {
+    const std::vector<int64_t>& first = batch.first_layers;
+    if (!has_embeds || static_cast<int64_t>(first.size()) != b) {
+      return absl::InvalidArgumentError(absl::StrCat("first_layers has ", first.size(), " entries for ", b,
+                                                     " rows of residual stream (inputs_embeds)"));
+    }
+    if (first.front() < 0 || first.back() > c.num_layers || !std::is_sorted(first.begin(), first.end())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("first_layers must be non-decreasing within [0, ", c.num_layers, "]"));
+    }
   }
   if (!batch.lengths.empty()) {
     if (static_cast<int64_t>(batch.lengths.size()) != b) {

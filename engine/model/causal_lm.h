@@ -73,9 +73,12 @@ struct ForwardBatch {
   std::vector<int64_t> lengths;  // empty: every row has S real tokens
   KvCache* cache = nullptr;      // when set, row r continues the sequence held in the cache
   const ActivationHooks* hooks = nullptr;
-  // > 0: inputs_embeds is the residual stream entering this decoder layer (a cached activation), and
-  // the forward starts there: earlier layers, and GPT-2's position embeddings, are skipped.
-  int64_t first_layer = 0;
+  // Non-empty: row r of inputs_embeds is the residual stream entering decoder layer first_layers[r] (a
+  // cached activation, GPT-2's positions included), and the row joins the forward there: layers before
+  // it, and the position embeddings, skip the row. Non-decreasing, so the rows a layer runs are the
+  // batch's first rows and its matmuls hold every row that has joined (rows patched at different
+  // layers share one forward). A cache given with it keeps no keys of a row's skipped layers.
+  std::vector<int64_t> first_layers;
   // What the backward propagates (forward values are the same under every rule).
   PropagationRules rules = PropagationRules::kGradient;
 };

@@ -9,11 +9,11 @@ namespace attribution::engine {
 namespace {
 
 // Grows a [B, H, capacity, D] buffer along the slot dimension, doubling to amortise copies.
-at::Tensor Reserve(const at::Tensor& buffer, const at::Tensor& like, int64_t needed) {
+at::Tensor Reserve(const at::Tensor& buffer, int64_t rows, const at::Tensor& like, int64_t needed) {
   const int64_t have = buffer.defined() ? buffer.size(2) : 0;
   if (have >= needed) return buffer;
   const int64_t capacity = std::max(needed, 2 * have);
-  at::Tensor grown = at::zeros({like.size(0), like.size(1), capacity, like.size(3)}, like.options());
+  at::Tensor grown = at::zeros({rows, like.size(1), capacity, like.size(3)}, like.options());
   if (have > 0) grown.narrow(2, 0, have).copy_(buffer);
   return grown;
 }
@@ -21,19 +21,21 @@ at::Tensor Reserve(const at::Tensor& buffer, const at::Tensor& like, int64_t nee
 }  // namespace
 
 std::pair<at::Tensor, at::Tensor> KvCache::Append(int64_t layer, const at::Tensor& keys, const at::Tensor& values) {
-  const int64_t new_slots = keys.size(2);
+  const int64_t new_slots = keys.size(2), rows = keys.size(0);
   const int64_t end = *std::max_element(lengths_.begin(), lengths_.end()) + new_slots;
-  keys_[layer] = Reserve(keys_[layer], keys, end);
-  values_[layer] = Reserve(values_[layer], values, end);
+  keys_[layer] = Reserve(keys_[layer], batch(), keys, end);
+  values_[layer] = Reserve(values_[layer], batch(), values, end);
   // slot[r, s] = lengths[r] + s: one scatter per buffer writes every row at its own offset.
-  at::Tensor offsets = at::tensor(lengths_, at::TensorOptions().dtype(at::kLong)).to(keys.device());
+  const std::vector<int64_t> row_lengths(lengths_.begin(), lengths_.begin() + rows);
+  at::Tensor offsets = at::tensor(row_lengths, at::TensorOptions().dtype(at::kLong)).to(keys.device());
   at::Tensor slots = offsets.unsqueeze(1) + at::arange(new_slots, offsets.options()).unsqueeze(0);
-  at::Tensor index = slots.view({keys.size(0), 1, new_slots, 1}).expand_as(keys);
+  at::Tensor index = slots.view({rows, 1, new_slots, 1}).expand_as(keys);
+  at::Tensor row_keys = keys_[layer].narrow(0, 0, rows), row_values = values_[layer].narrow(0, 0, rows);
   // Writes into the cache buffers happen outside autograd: the cache holds no graph.
-  keys_[layer].scatter_(2, index, keys.detach());
-  values_[layer].scatter_(2, index, values.detach());
-  at::Tensor past_keys = keys_[layer].narrow(2, 0, end);
-  at::Tensor past_values = values_[layer].narrow(2, 0, end);
+  row_keys.scatter_(2, index, keys.detach());
+  row_values.scatter_(2, index, values.detach());
+  at::Tensor past_keys = row_keys.narrow(2, 0, end);
+  at::Tensor past_values = row_values.narrow(2, 0, end);
   if (!keys.requires_grad() && !values.requires_grad()) return {past_keys, past_values};
   // Gradients must flow to the new slots: rebuild them out of place from the differentiable inputs.
   at::Tensor slot_index = index.narrow(2, 0, new_slots);

@@ -19,7 +19,8 @@ class KvCache {
 
   // Stores `keys`/`values` ([B, kv_heads, S, head_dim]) of layer `layer` so that row r's new slot s
   // lands at lengths()[r] + s, growing the buffers as needed, and returns the keys and values of all
-  // slots [0, max_r lengths()[r] + S) of that layer.
+  // slots [0, max_r lengths()[r] + S) of that layer. B may be fewer than batch(): the first B rows
+  // (rows that join a forward at a later layer, ForwardBatch::first_layers).
   std::pair<at::Tensor, at::Tensor> Append(int64_t layer, const at::Tensor& keys, const at::Tensor& values);
 
   // Records that row r gained new_lengths[r] tokens; call once after all layers appended.

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <numeric>
 
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
@@ -30,6 +31,10 @@ std::vector<RowObjective> Objectives(const std::vector<const Row*>& rows, const 
   }
   return objectives;
 }
+
+// The layer whose residual stream a row's forward starts from: its patch's (before it, the row's
+// activations are its own run's, captured).
+int64_t JoiningLayer(const Row& row) { return row.component.patch ? row.component.patch->layer : 0; }
 
 absl::Status CheckPatch(const ComponentSelection& patch, const ModelConfig& config) {
   if (patch.layer >= config.num_layers || patch.head >= config.num_heads) {
@@ -158,12 +163,12 @@ absl::StatusOr<const ComponentRuns::Captured*> ComponentRuns::Capture(const Row&
 }
 
 at::Tensor ComponentRuns::Gather(const std::vector<const Captured*>& captured, const std::vector<const Row*>& rows,
-                                 ComponentSite site, int64_t layer, bool own, int64_t longest,
+                                 ComponentSite site, const std::vector<int64_t>& layers, bool own, int64_t longest,
                                  const std::vector<int64_t>& skipped) const {
   std::vector<at::Tensor> padded;
-  for (size_t r = 0; r < rows.size(); ++r) {
+  for (size_t r = 0; r < layers.size(); ++r) {
     const bool clean = (rows[r]->component.run == PairRun::kClean) == own;
-    at::Tensor activation = captured[r]->activations[static_cast<int>(site)][clean ? 0 : 1][layer];  // [S, ...]
+    at::Tensor activation = captured[r]->activations[static_cast<int>(site)][clean ? 0 : 1][layers[r]];  // [S, ...]
     if (!skipped.empty()) activation = activation.narrow(0, skipped[r], activation.size(0) - skipped[r]);
     std::vector<int64_t> padding(2 * (activation.dim() - 1), 0);  // last dimensions first, as at::pad reads them
     padding.push_back(0);
@@ -187,26 +192,34 @@ absl::Status ComponentRuns::RunGrad(const std::vector<const Row*>& rows, std::ve
 
 absl::Status ComponentRuns::RunPatched(const std::vector<const Row*>& rows, std::vector<RowResult>& results,
                                        bool gradients) {
-  // A row patched at layer l reads the run's own activations up to there: its forward starts at
-  // layer l from the cached residual stream, so rows are batched by that layer.
-  return RunInGroups(
-      rows, results, [](const Row& row) { return row.component.patch ? row.component.patch->layer : int64_t{0}; },
-      [this, gradients](int64_t layer, const std::vector<const Row*>& some, std::vector<RowResult>& out) {
-        return RunPatchedFrom(layer, some, out, gradients);
-      });
+  // A row patched at layer l reads the run's own activations up to there: it joins the forward at
+  // layer l from the cached residual stream, so rows patched at every layer share one forward whose
+  // later layers run all of them together. The forward takes them in order of that layer.
+  std::vector<size_t> order(rows.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&rows](size_t a, size_t b) { return JoiningLayer(*rows[a]) < JoiningLayer(*rows[b]); });
+  std::vector<const Row*> joining;
+  for (size_t r : order) joining.push_back(rows[r]);
+  std::vector<RowResult> joining_results(rows.size());
+  RETURN_IF_ERROR(RunPatchedJoining(joining, joining_results, gradients));
+  for (size_t i = 0; i < order.size(); ++i) results[order[i]] = std::move(joining_results[i]);
+  return absl::OkStatus();
 }
 
-absl::Status ComponentRuns::RunPatchedFrom(int64_t first_layer, const std::vector<const Row*>& rows,
-                                           std::vector<RowResult>& results, bool gradients) {
+absl::Status ComponentRuns::RunPatchedJoining(const std::vector<const Row*>& rows, std::vector<RowResult>& results,
+                                              bool gradients) {
   const ModelConfig& config = model_->config();
   std::vector<const Captured*> captured;
   // The rows patched at each (site, layer).
   std::map<std::pair<int, int64_t>, std::vector<int64_t>> patched_at;
   std::vector<double> alphas;
+  std::vector<int64_t> first_layers;
   for (size_t r = 0; r < rows.size(); ++r) {
     ASSIGN_OR_RETURN(const Captured* pair, Capture(*rows[r]));
     captured.push_back(pair);
     alphas.push_back(rows[r]->component.alpha);
+    first_layers.push_back(JoiningLayer(*rows[r]));
     if (const std::optional<ComponentSelection>& patch = rows[r]->component.patch) {
       RETURN_IF_ERROR(CheckPatch(*patch, config));
       patched_at[{static_cast<int>(patch->site), patch->layer}].push_back(static_cast<int64_t>(r));
@@ -223,11 +236,9 @@ absl::Status ComponentRuns::RunPatchedFrom(int64_t first_layer, const std::vecto
   ForwardBatch batch = PadRowIds(rows, skipped);
   const int64_t longest = batch.input_ids.size(1);
   const auto options = at::TensorOptions().dtype(model_->dtype()).device(model_->device());
-  if (first_layer > 0) {
-    batch.inputs_embeds = Gather(captured, rows, ComponentSite::kResidPre, first_layer, /*own=*/true, longest, skipped);
-    batch.input_ids = at::Tensor();
-    batch.first_layer = first_layer;
-  }
+  batch.inputs_embeds = Gather(captured, rows, ComponentSite::kResidPre, first_layers, /*own=*/true, longest, skipped);
+  batch.input_ids = at::Tensor();
+  batch.first_layers = first_layers;
   KvCache stacked(0, 0);
   if (std::any_of(skipped.begin(), skipped.end(), [](int64_t n) { return n > 0; })) {
     stacked = KvCache::Stack(prefixes, skipped, /*room=*/longest);
@@ -242,8 +253,11 @@ absl::Status ComponentRuns::RunPatchedFrom(int64_t first_layer, const std::vecto
   c10::AutoGradMode grad_mode(gradients);
   for (const auto& [key, patched_rows] : patched_at) {
     const auto site = static_cast<ComponentSite>(key.first);
-    SitePatch patch{.other = Gather(captured, rows, site, key.second, /*own=*/false, longest, skipped)};
-    std::vector<int64_t> mask_shape = {static_cast<int64_t>(rows.size()), longest};
+    // The rows that have joined the forward by this layer.
+    const std::vector<int64_t> layers(first_layers.begin(),
+                                      std::upper_bound(first_layers.begin(), first_layers.end(), key.second));
+    SitePatch patch{.other = Gather(captured, rows, site, layers, /*own=*/false, longest, skipped)};
+    std::vector<int64_t> mask_shape = {static_cast<int64_t>(layers.size()), longest};
     if (site == ComponentSite::kHeads) mask_shape.push_back(config.num_heads);
     mask_shape.push_back(1);
     patch.mask = at::zeros(mask_shape, at::kFloat);
@@ -270,7 +284,8 @@ absl::Status ComponentRuns::RunPatchedFrom(int64_t first_layer, const std::vecto
     if (!gradients && all_whole) return at::where(patch.mask.to(at::kBool), patch.other, activation);
     std::vector<int64_t> alpha_shape(activation.dim(), 1);
     alpha_shape[0] = activation.size(0);
-    const at::Tensor moved = patch.mask * alpha.view(alpha_shape).to(activation.scalar_type());
+    const at::Tensor joined_alpha = alpha.narrow(0, 0, activation.size(0));
+    const at::Tensor moved = patch.mask * joined_alpha.view(alpha_shape).to(activation.scalar_type());
     return activation + moved * (patch.other - activation);
   }};
   batch.hooks = &hooks;
@@ -342,8 +357,9 @@ absl::Status ComponentRuns::RunSiteEstimates(const std::vector<const Row*>& rows
     std::array<std::vector<at::Tensor>, kComponentSites> per_layer;  // each [B, S_max(, heads)]
     for (size_t i = 0; i < zeros.size(); ++i) {
       const auto [site, layer] = zero_sites[i];
-      const at::Tensor difference = Gather(captured, rows, site, layer, /*own=*/false, longest).to(at::kFloat) -
-                                    Gather(captured, rows, site, layer, /*own=*/true, longest).to(at::kFloat);
+      const std::vector<int64_t> layers(rows.size(), layer);
+      const at::Tensor difference = Gather(captured, rows, site, layers, /*own=*/false, longest).to(at::kFloat) -
+                                    Gather(captured, rows, site, layers, /*own=*/true, longest).to(at::kFloat);
       const at::Tensor gradient = gradients[i].defined() ? gradients[i].to(at::kFloat) : at::zeros_like(difference);
       at::Tensor estimates = (difference * gradient).sum(-1);
       for (size_t r = 0; r < rows.size() && site == ComponentSite::kHeads; ++r) {

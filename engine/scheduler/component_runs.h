@@ -45,16 +45,16 @@ class ComponentRuns {
   };
   // The pair of `row`, run now unless held (with its attention inputs when the row needs them).
   absl::StatusOr<const Captured*> Capture(const Row& row);
-  // The rows' activations at `site` of `layer`, [B, S_max, ...], from their own run (`own`) or the
-  // other one, without row r's first skipped[r] positions (empty: none), zero past each row's length.
+  // The activations at `site` of the first layers.size() rows, row r's of layer layers[r], [R, S_max, ...],
+  // from their own run (`own`) or the other one, without row r's first skipped[r] positions (empty:
+  // none), zero past each row's length.
   at::Tensor Gather(const std::vector<const Captured*>& captured, const std::vector<const Row*>& rows,
-                    ComponentSite site, int64_t layer, bool own, int64_t longest,
+                    ComponentSite site, const std::vector<int64_t>& layers, bool own, int64_t longest,
                     const std::vector<int64_t>& skipped = {}) const;
   // Patched rows, with gradients d value / d alpha when `gradients` is set.
   absl::Status RunPatched(const std::vector<const Row*>& rows, std::vector<RowResult>& results, bool gradients);
-  // Rows whose patches are all at `first_layer` or later, their forward started there.
-  absl::Status RunPatchedFrom(int64_t first_layer, const std::vector<const Row*>& rows, std::vector<RowResult>& results,
-                              bool gradients);
+  // The same, rows in order of the layer they join the forward at (JoiningLayer).
+  absl::Status RunPatchedJoining(const std::vector<const Row*>& rows, std::vector<RowResult>& results, bool gradients);
   absl::Status RunSiteEstimates(const std::vector<const Row*>& rows, std::vector<RowResult>& results);
 
   std::shared_ptr<const CausalLM> model_;

@@ -181,6 +181,45 @@ TEST_P(CausalLMFp32, PrefillThenDecodeEqualsFullForward) {
   EXPECT_EQ(cache.lengths()[0], static_cast<int64_t>(row.size()));
 }
 
+// Rows joining one forward at different layers (row r from the residual stream entering layer r,
+// the last row after every layer) give transformers' logits, as the runtime's component rows use them.
+TEST_P(CausalLMFp32, RowsJoiningAtTheirLayersGiveTransformersLogits) {
+  c10::InferenceMode inference;
+  const int64_t layers = model_->config().num_layers;
+  ForwardBatch padded = PaddedBatch();
+  const int64_t rows = padded.input_ids.size(0);
+  ASSERT_EQ(layers, rows - 1) << "the test joins one row per layer and one after the last";
+  std::vector<at::Tensor> entering(layers + 1);  // [B, S, hidden] per layer, and after the last
+  ActivationHooks capture{
+      .after_layer =
+          [&](int64_t layer, const at::Tensor& residual) {
+            entering[layer + 1] = residual.clone();
+            return at::Tensor();
+          },
+      .at_site =
+          [&](ComponentSite site, int64_t layer, const at::Tensor& activation) {
+            if (site == ComponentSite::kResidPre) entering[layer] = activation.clone();
+            return at::Tensor();
+          },
+  };
+  padded.hooks = &capture;
+  ASSERT_THAT(model_->Hidden(padded), IsOk());
+  std::vector<at::Tensor> inputs;
+  std::vector<int64_t> first_layers;
+  for (int64_t r = 0; r < rows; ++r) {
+    inputs.push_back(entering[r][r]);
+    first_layers.push_back(r);
+  }
+  ForwardBatch joining{.inputs_embeds = at::stack(inputs), .lengths = padded.lengths, .first_layers = first_layers};
+  auto hidden = model_->Hidden(joining);
+  ASSERT_THAT(hidden, IsOk());
+  for (int64_t r = 0; r < rows; ++r) {
+    EXPECT_LT(ScaledError(LogitsOfRow(joining, *hidden, r), reference_.Tensor("logits_" + std::to_string(r))),
+              tolerance())
+        << "row " << r << " joining at layer " << r;
+  }
+}
+
 // Every tensor of the float32 checkpoint is used once, in float32 (tied heads are not stored), so the
 // resident bytes are the checkpoint's data bytes. GPT-2 has no gate projection: it must count 0.
 TEST_P(CausalLMFp32, ResidentWeightBytesAreTheCheckpointsTensorBytes) {
@@ -384,6 +423,15 @@ TEST(CausalLM, RejectsBadForwardInputs) {
   EXPECT_EQ(code(ForwardBatch{.input_ids = Ids({1, 2}), .lengths = {3}}), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(code(ForwardBatch{.input_ids = Ids({1, 2}), .lengths = {0}}), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(code(ForwardBatch{.inputs_embeds = at::zeros({1, 2, 7})}), absl::StatusCode::kInvalidArgument);
+  const at::Tensor residual = at::zeros({2, 2, m.config().hidden_size});
+  EXPECT_THAT(m.Hidden({.inputs_embeds = residual, .first_layers = {1, 0}}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("non-decreasing")));
+  EXPECT_THAT(m.Hidden({.inputs_embeds = residual, .first_layers = {0, m.config().num_layers + 1}}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("first_layers")));
+  EXPECT_THAT(m.Hidden({.inputs_embeds = residual, .first_layers = {0}}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("first_layers has 1 entries for 2 rows")));
+  EXPECT_THAT(m.Hidden({.input_ids = Ids({1, 2}), .first_layers = {0}}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("first_layers")));
   auto scores = m.ScoreTokens({.input_ids = Ids({1, 2})}, {.rows = {0}, .positions = {2}, .tokens = {1}});
   EXPECT_THAT(scores, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("position 2")));
   EXPECT_THAT(CausalLM::Load(TestModelsDir() + "/qwen2", {.device = "tpu"}),
