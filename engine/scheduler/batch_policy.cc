@@ -83,7 +83,10 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
   // A short call waits for the batch that runs and then its own: a bound below a few times its own
   // batch's time only costs the long work its batching and helps nobody.
   decision.interactive_seconds = InteractiveSeconds(queue, limits.costs);
-  double max_seconds = absl::ToDoubleSeconds(limits.max_uncontended_batch_time);
+  // Uncontended, the bound never makes a batch so small that its fixed cost (on a CPU, reading and
+  // repacking every weight matrix once per batch) is most of its time.
+  double max_seconds =
+      std::max(absl::ToDoubleSeconds(limits.max_uncontended_batch_time), cost.fixed / kMaxFixedCostShare);
   if (decision.contended || limits.contended_recently) {
     max_seconds = std::min(max_seconds, std::max(absl::ToDoubleSeconds(limits.max_batch_time),
                                                  kIsolationFactor * std::max(decision.interactive_seconds,

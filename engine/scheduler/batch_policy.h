@@ -15,9 +15,10 @@
 // did so within the engine's recent memory), a batch also stays within
 // max(`max_batch_time`, kIsolationFactor x the waiting short calls' own batch time) of device time by
 // the learned cost of its kind, so a short call waits at most one short batch. Uncontended, batches
-// fill the token budget up to the looser `max_uncontended_batch_time`, so a request running alone
-// still stops within about one batch of its cancellation or deadline (long rows, whose attention cost
-// grows with their square, run in fewer rows per batch). Until a kind's cost is known (a few batches),
+// fill the token budget up to the looser `max_uncontended_batch_time` (or kMaxFixedCostShare, where
+// the per-batch cost alone nears it), so a request running alone still stops within about one batch of
+// its cancellation or deadline (long rows, whose attention cost grows with their square, run in fewer
+// rows per batch). Until a kind's cost is known (a few batches),
 // its batches are bounded by the token budget only: growing them from one row instead would make the
 // first requests' results differ in the last float bits from later ones (batch shapes change fp32
 // summation order).
@@ -74,6 +75,11 @@ struct BatchLimits {
 // A request that submits at most this many score / grad rows in all is interactive: beside long work
 // it makes the queue contended, and its rows are never kept out of a batch by the time bound.
 inline constexpr int64_t kInteractiveRows = 16;
+// Uncontended, the time bound lets a batch grow until the per-batch fixed cost of its kind (by the
+// learned cost) is at most this share of the batch's time: a bound that cut batches below that would
+// spend the device mostly on per-batch work (a 20-token gradient row of a GPT-2-small-sized model
+// alone: 3-4x the device time per row of a batch of 25).
+inline constexpr double kMaxFixedCostShare = 0.25;
 // The time bound is at least this many times the interactive work's own batch time, so on a device
 // where one short call takes longer than max_batch_time, long work keeps batches worth running.
 inline constexpr double kIsolationFactor = 2.0;

@@ -62,6 +62,24 @@ TEST(BatchPolicy, AloneLongRowsStayWithinTheUncontendedBound) {
   EXPECT_EQ(d.rows, 4);  // 11 ms per row of 1000 tokens: four fit 50 ms, five would not
 }
 
+// A device whose every batch first spends 41 ms on fixed work (a CPU repacking large weights): alone,
+// the 50 ms bound would leave one 20 ms row beside it; the batch grows until the fixed cost is a
+// quarter of it (164 ms: 6 rows), and no further.
+TEST(BatchPolicy, AloneTheBoundKeepsTheFixedCostAQuarterOfTheBatch) {
+  BatchLimits limits = TimedLimits(RowKind::kGrad);
+  limits.max_uncontended_batch_time = absl::Milliseconds(50);
+  limits.costs[static_cast<int>(RowKind::kGrad)] = {.fixed = 0.041, .per_token = 1e-3, .known = true};
+  const BatchDecision alone = DecideBatch({Request(1, RowKind::kGrad, 64, 20)}, kNow, limits);
+  ASSERT_TRUE(alone.run);
+  EXPECT_TRUE(alone.time_limited);
+  EXPECT_EQ(alone.rows, 6);  // 41 + 6 x 20 = 161 ms; 7 rows: 181 ms
+  // Contended, the short call's bound holds: twice its own 42 ms batch.
+  const BatchDecision contended =
+      DecideBatch({Request(1, RowKind::kGrad, 64, 20), Request(2, RowKind::kGrad, 1, 1)}, kNow, limits);
+  EXPECT_TRUE(contended.contended);
+  EXPECT_EQ(contended.rows, 2);  // a long row and the short call's: 61 ms; another long row: 101 > 84 ms
+}
+
 TEST(BatchPolicy, ContendedTheTighterOfTheTwoBoundsHolds) {
   BatchLimits limits = TimedLimits(RowKind::kGrad);
   limits.max_uncontended_batch_time = absl::Milliseconds(12);
