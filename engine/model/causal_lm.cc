@@ -385,4 +385,14 @@ at::Tensor CausalLM::LogitsAt(const at::Tensor& hidden, const std::vector<int64_
   return logits.to(at::kFloat);
 }
 
+at::Tensor CausalLM::TokenLogitsAt(const at::Tensor& hidden, const std::vector<int64_t>& rows,
+                                   const std::vector<int64_t>& positions, const std::vector<int64_t>& tokens) const {
+  const at::Tensor& head = impl_->tied_head ? impl_->token_embedding : impl_->lm_head.dense_weight();
+  const at::Tensor token_index = at::tensor(tokens, at::kLong).to(hidden.device());
+  if (!head.defined()) return LogitsAt(hidden, rows, positions).gather(1, token_index.unsqueeze(1)).squeeze(1);
+  const at::Tensor selected = hidden.index({at::tensor(rows, at::kLong).to(hidden.device()),
+                                            at::tensor(positions, at::kLong).to(hidden.device())});  // [N, hidden]
+  return (selected.to(at::kFloat) * head.index_select(0, token_index).to(at::kFloat)).sum(-1);
+}
+
 }  // namespace attribution::engine

@@ -154,6 +154,11 @@ class CausalLM {
   at::Tensor LogitsAt(const at::Tensor& hidden, const std::vector<int64_t>& rows,
                       const std::vector<int64_t>& positions) const;
 
+  // The logits of tokens[i] at (rows[i], positions[i]) of `hidden`: [N] float32, from those tokens'
+  // rows of the LM head only (a logit difference reads two of the vocabulary's logits).
+  at::Tensor TokenLogitsAt(const at::Tensor& hidden, const std::vector<int64_t>& rows,
+                           const std::vector<int64_t>& positions, const std::vector<int64_t>& tokens) const;
+
   // Forward only: scores of the queried tokens, plus the top_k alternatives at each queried position.
   absl::StatusOr<TokenScores> ScoreTokens(const ForwardBatch& batch, const TokenQueries& queries,
                                           int64_t top_k = 0) const;

@@ -44,6 +44,8 @@ class Linear {
   // head has none of its own).
   int64_t ResidentBytes() const;
   int64_t out_features() const { return out_features_; }
+  // The [out, in] weight in the compute dtype; undefined when quantized.
+  const at::Tensor& dense_weight() const { return weight_; }
   const std::vector<int64_t>& output_parts() const { return output_parts_; }
 
  private:

@@ -6,6 +6,8 @@
 #include <c10/core/InferenceMode.h>
 #include <torch/csrc/autograd/autograd.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
 #include "engine/model/causal_lm.h"
@@ -125,6 +127,16 @@ absl::StatusOr<at::Tensor> CausalLM::ObjectiveValues(const ForwardBatch& batch,
     const at::Device dev = hidden.device();
     at::Tensor values = at::zeros({static_cast<int64_t>(lengths.size())}, at::TensorOptions().device(dev));
     if (rows.empty()) return values;
+    at::Tensor weight_tensor = at::tensor(weights, at::kDouble).to(at::kFloat).to(dev);
+    at::Tensor exp_mask = at::tensor(exp_rows, at::kByte).to(dev).to(at::kBool);
+    auto sum_rows = [&](const at::Tensor& quantity) {
+      values = values.index_add(0, at::tensor(rows, at::kLong).to(dev), quantity * weight_tensor);
+      return at::where(exp_mask, values.exp(), values);
+    };
+    const bool only_logits = details == nullptr && std::all_of(objectives.begin(), objectives.end(), [](const auto& o) {
+                               return o.quantity == TokenQuantity::kLogit && o.choice_tokens.empty();
+                             });
+    if (only_logits) return sum_rows(TokenLogitsAt(hidden, rows, positions, tokens));
     at::Tensor logits = LogitsAt(hidden, rows, positions);  // [N, vocab] float32
     at::Tensor token_index = at::tensor(tokens, at::kLong).to(dev).unsqueeze(1);
     at::Tensor logit = logits.gather(1, token_index).squeeze(1);
@@ -154,10 +166,7 @@ absl::StatusOr<at::Tensor> CausalLM::ObjectiveValues(const ForwardBatch& batch,
     at::Tensor quantity =
         at::where(kind == static_cast<int64_t>(TokenQuantity::kLogit), logit,
                   at::where(kind == static_cast<int64_t>(TokenQuantity::kProb), log_prob.exp(), log_prob));
-    at::Tensor weighted = quantity * at::tensor(weights, at::kDouble).to(at::kFloat).to(dev);
-    values = values.index_add(0, at::tensor(rows, at::kLong).to(dev), weighted);
-    at::Tensor exp_mask = at::tensor(exp_rows, at::kByte).to(dev).to(at::kBool);
-    return at::where(exp_mask, values.exp(), values);
+    return sum_rows(quantity);
   } catch (const std::exception& e) {
     return StatusFromException(e, "scoring");
   }

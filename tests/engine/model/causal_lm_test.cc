@@ -129,6 +129,30 @@ TEST_P(CausalLMParity, ScoresOfGivenTokensMatchTransformersLogSoftmax) {
   }
 }
 
+// A logit objective (a logit difference) reads only its tokens' rows of the LM head.
+TEST_P(CausalLMParity, LogitObjectivesMatchTransformersLogits) {
+  const auto positions = reference_.spec["objective_positions"].get<std::vector<int64_t>>();
+  const auto tokens = reference_.spec["objective_tokens"].get<std::vector<int64_t>>();
+  const at::Tensor logits = reference_.Tensor("logits_0");
+  std::vector<double> weights;
+  double expected = 0;
+  for (size_t i = 0; i < positions.size(); ++i) {
+    weights.push_back(i % 2 == 0 ? 1.0 : -1.0);
+    expected += weights.back() * logits[positions[i]][tokens[i]].item<double>();
+  }
+  const RowObjective difference{
+      .positions = positions, .tokens = tokens, .weights = weights, .quantity = TokenQuantity::kLogit};
+  ForwardBatch batch = PaddedBatch();
+  std::vector<RowObjective> objectives(rows_.size(), RowObjective{.quantity = TokenQuantity::kLogit});
+  objectives[0] = difference;
+  c10::InferenceMode inference;
+  auto values = model_->ObjectiveValues(batch, objectives);
+  ASSERT_THAT(values, IsOk());
+  const double scale = logits.abs().max().item<double>();
+  EXPECT_NEAR((*values)[0].item<double>(), expected, tolerance() * scale * static_cast<double>(positions.size()));
+  EXPECT_EQ((*values)[1].item<double>(), 0.0);  // no tokens: nothing scored
+}
+
 TEST_P(CausalLMParity, InputGradientMatchesTransformers) {
   ForwardBatch batch{.inputs_embeds = *model_->Embed(at::tensor(rows_[0], at::kLong).unsqueeze(0))};
   RowObjective objective{.positions = reference_.spec["objective_positions"].get<std::vector<int64_t>>(),
