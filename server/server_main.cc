@@ -67,8 +67,9 @@ ABSL_FLAG(double, max_batch_seconds, 0,
           "device time of one batch while short calls wait beside long work (latency "
           "isolation), for --model models; 0: 0.025 on the CPU, 0.005 on CUDA");
 ABSL_FLAG(double, max_uncontended_batch_seconds, 0.25,
-          "device time of one batch at any time, so a request running alone stops within about "
-          "one batch of its cancellation or deadline, for --model models");
+          "device time of one batch at any time (or four times a batch's learned fixed cost, where "
+          "that is more), so a request running alone stops within about one batch of its "
+          "cancellation or deadline, for --model models");
 ABSL_FLAG(bool, check_config, false,
           "validate the config and flags, print a summary and exit (0: valid, 1: not); "
           "loads no model (e.g. for a ConfigMap in CI)");

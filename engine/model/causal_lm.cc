@@ -332,7 +332,8 @@ absl::Status CausalLM::Validate(const ForwardBatch& batch) const {
   if (b == 0 || s == 0) return absl::InvalidArgumentError("batch and sequence must not be empty");
   if (!batch.first_layers.empty()) {
     const std::vector<int64_t>& first = batch.first_layers;
-    if (!has_embeds || static_cast<int64_t>(first.size()) != b) {
+    if (!has_embeds) return absl::InvalidArgumentError("first_layers needs the residual stream as inputs_embeds");
+    if (static_cast<int64_t>(first.size()) != b) {
       return absl::InvalidArgumentError(absl::StrCat("first_layers has ", first.size(), " entries for ", b,
                                                      " rows of residual stream (inputs_embeds)"));
     }
@@ -392,7 +393,10 @@ at::Tensor CausalLM::TokenLogitsAt(const at::Tensor& hidden, const std::vector<i
   if (!head.defined()) return LogitsAt(hidden, rows, positions).gather(1, token_index.unsqueeze(1)).squeeze(1);
   const at::Tensor selected = hidden.index({at::tensor(rows, at::kLong).to(hidden.device()),
                                             at::tensor(positions, at::kLong).to(hidden.device())});  // [N, hidden]
-  return (selected.to(at::kFloat) * head.index_select(0, token_index).to(at::kFloat)).sum(-1);
+  // Accumulated in float32 and rounded to the compute dtype as the head's matmul does, so these logits
+  // are LogitsAt's up to summation order (a patched row's and its unpatched run's are differenced).
+  const at::Tensor logits = (selected.to(at::kFloat) * head.index_select(0, token_index).to(at::kFloat)).sum(-1);
+  return logits.to(hidden.scalar_type()).to(at::kFloat);
 }
 
 }  // namespace attribution::engine

@@ -50,6 +50,7 @@ const char* ComponentSiteName(ComponentSite site);
 
 // Callbacks into the forward pass. Each receives a tensor and may return a replacement of the same
 // shape (e.g. a leaf that requires grad, or a patched activation), or an undefined tensor to keep it.
+// With ForwardBatch::first_layers, B is the rows that have joined by that layer (the batch's first B).
 struct ActivationHooks {
   // The residual stream after decoder layer `layer`: [B, S, hidden].
   std::function<at::Tensor(int64_t layer, const at::Tensor& residual)> after_layer;

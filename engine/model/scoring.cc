@@ -133,9 +133,10 @@ absl::StatusOr<at::Tensor> CausalLM::ObjectiveValues(const ForwardBatch& batch,
       values = values.index_add(0, at::tensor(rows, at::kLong).to(dev), quantity * weight_tensor);
       return at::where(exp_mask, values.exp(), values);
     };
-    const bool only_logits = details == nullptr && std::all_of(objectives.begin(), objectives.end(), [](const auto& o) {
-                               return o.quantity == TokenQuantity::kLogit && o.choice_tokens.empty();
-                             });
+    const bool only_logits =
+        details == nullptr && std::all_of(objectives.begin(), objectives.end(), [](const auto& o) {
+          return o.tokens.empty() || (o.quantity == TokenQuantity::kLogit && o.choice_tokens.empty());
+        });
     if (only_logits) return sum_rows(TokenLogitsAt(hidden, rows, positions, tokens));
     at::Tensor logits = LogitsAt(hidden, rows, positions);  // [N, vocab] float32
     at::Tensor token_index = at::tensor(tokens, at::kLong).to(dev).unsqueeze(1);

@@ -15,10 +15,10 @@
 // did so within the engine's recent memory), a batch also stays within
 // max(`max_batch_time`, kIsolationFactor x the waiting short calls' own batch time) of device time by
 // the learned cost of its kind, so a short call waits at most one short batch. Uncontended, batches
-// fill the token budget up to the looser `max_uncontended_batch_time` (or kMaxFixedCostShare, where
-// the per-batch cost alone nears it), so a request running alone still stops within about one batch of
-// its cancellation or deadline (long rows, whose attention cost grows with their square, run in fewer
-// rows per batch). Until a kind's cost is known (a few batches),
+// fill the token budget up to the looser `max_uncontended_batch_time` (raised to 1 / kMaxFixedCostShare
+// times the kind's per-batch fixed cost where that is more), so a request running alone still stops
+// within about one batch of its cancellation or deadline (long rows, whose attention cost grows with
+// their square, run in fewer rows per batch). Until a kind's cost is known (a few batches),
 // its batches are bounded by the token budget only: growing them from one row instead would make the
 // first requests' results differ in the last float bits from later ones (batch shapes change fp32
 // summation order).

@@ -48,7 +48,8 @@ struct EngineOptions {
   // remembered for `contention_memory`, so the gaps between interactive calls stay bounded too.
   absl::Duration max_batch_time = absl::Milliseconds(25);
   absl::Duration contention_memory = absl::Seconds(1);
-  // Uncontended too, one batch takes at most this device time (by the same learned cost), so a
+  // Uncontended too, one batch takes at most this device time (by the same learned cost), or four
+  // times its kind's learned per-batch fixed cost where that is more (kMaxFixedCostShare), so a
   // request running alone stops within about one batch of its cancellation or deadline, and a call
   // that arrives then waits at most that long. Infinite: only the token budget bounds a batch.
   absl::Duration max_uncontended_batch_time = absl::Milliseconds(250);

@@ -37,7 +37,7 @@ std::vector<RowObjective> Objectives(const std::vector<const Row*>& rows, const 
 int64_t JoiningLayer(const Row& row) { return row.component.patch ? row.component.patch->layer : 0; }
 
 absl::Status CheckPatch(const ComponentSelection& patch, const ModelConfig& config) {
-  if (patch.layer >= config.num_layers || patch.head >= config.num_heads) {
+  if (patch.layer < 0 || patch.layer >= config.num_layers || patch.head >= config.num_heads) {
     return absl::InvalidArgumentError(absl::StrCat("patch at layer ", patch.layer, ", head ", patch.head,
                                                    " is outside the model's ", config.num_layers, " layers and ",
                                                    config.num_heads, " heads"));

@@ -151,6 +151,15 @@ TEST_P(CausalLMParity, LogitObjectivesMatchTransformersLogits) {
   const double scale = logits.abs().max().item<double>();
   EXPECT_NEAR((*values)[0].item<double>(), expected, tolerance() * scale * static_cast<double>(positions.size()));
   EXPECT_EQ((*values)[1].item<double>(), 0.0);  // no tokens: nothing scored
+  // Rounded to the compute dtype as the whole head's logits are (an effect differences a patched row's
+  // logits with its run's, scored with details through the whole head), within one unit of it.
+  const at::Tensor hidden = *model_->Hidden(batch);
+  const std::vector<int64_t> first_row(positions.size(), 0);
+  const at::Tensor own = model_->TokenLogitsAt(hidden, first_row, positions, tokens);
+  const at::Tensor whole =
+      model_->LogitsAt(hidden, first_row, positions).gather(1, at::tensor(tokens, at::kLong).unsqueeze(1)).squeeze(1);
+  EXPECT_TRUE(at::equal(own, own.to(model_->dtype()).to(at::kFloat)));
+  EXPECT_TRUE(at::allclose(own, whole, /*rtol=*/fp32() ? 1e-6 : 1.0 / 128, /*atol=*/1e-6));
 }
 
 TEST_P(CausalLMParity, InputGradientMatchesTransformers) {
