@@ -376,11 +376,19 @@ absl::StatusOr<at::Tensor> CausalLM::Hidden(const ForwardBatch& batch) const {
   });
 }
 
+namespace {
+
+// hidden[rows[i], positions[i]]: [N, hidden].
+at::Tensor HiddenAt(const at::Tensor& hidden, const std::vector<int64_t>& rows, const std::vector<int64_t>& positions) {
+  return hidden.index(
+      {at::tensor(rows, at::kLong).to(hidden.device()), at::tensor(positions, at::kLong).to(hidden.device())});
+}
+
+}  // namespace
+
 at::Tensor CausalLM::LogitsAt(const at::Tensor& hidden, const std::vector<int64_t>& rows,
                               const std::vector<int64_t>& positions) const {
-  at::Tensor r = at::tensor(rows, at::kLong).to(hidden.device());
-  at::Tensor p = at::tensor(positions, at::kLong).to(hidden.device());
-  at::Tensor selected = hidden.index({r, p});  // [N, hidden]
+  const at::Tensor selected = HiddenAt(hidden, rows, positions);
   at::Tensor logits =
       impl_->tied_head ? at::linear(selected, impl_->token_embedding) : impl_->lm_head.Forward(selected);
   return logits.to(at::kFloat);
@@ -388,14 +396,12 @@ at::Tensor CausalLM::LogitsAt(const at::Tensor& hidden, const std::vector<int64_
 
 at::Tensor CausalLM::TokenLogitsAt(const at::Tensor& hidden, const std::vector<int64_t>& rows,
                                    const std::vector<int64_t>& positions, const std::vector<int64_t>& tokens) const {
+  // The loader keeps the head dense in every format.
   const at::Tensor& head = impl_->tied_head ? impl_->token_embedding : impl_->lm_head.dense_weight();
-  const at::Tensor token_index = at::tensor(tokens, at::kLong).to(hidden.device());
-  if (!head.defined()) return LogitsAt(hidden, rows, positions).gather(1, token_index.unsqueeze(1)).squeeze(1);
-  const at::Tensor selected = hidden.index({at::tensor(rows, at::kLong).to(hidden.device()),
-                                            at::tensor(positions, at::kLong).to(hidden.device())});  // [N, hidden]
+  const at::Tensor head_rows = head.index_select(0, at::tensor(tokens, at::kLong).to(hidden.device()));
   // Accumulated in float32 and rounded to the compute dtype as the head's matmul does, so these logits
   // are LogitsAt's up to summation order (a patched row's and its unpatched run's are differenced).
-  const at::Tensor logits = (selected.to(at::kFloat) * head.index_select(0, token_index).to(at::kFloat)).sum(-1);
+  const at::Tensor logits = (HiddenAt(hidden, rows, positions).to(at::kFloat) * head_rows.to(at::kFloat)).sum(-1);
   return logits.to(hidden.scalar_type()).to(at::kFloat);
 }
 
