@@ -8,10 +8,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <iostream>
+#include <iterator>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -74,10 +77,11 @@ std::vector<json> ReadResults(const std::string& path) {
   return results;
 }
 
-// Starts attribution-batch with `args`, output to `log`; kills it with SIGKILL after `kill_after`
-// unless it exits first. Returns its exit code (-1 when killed).
-int RunBatch(const std::vector<std::string>& args, const std::string& log,
-             absl::Duration kill_after = absl::InfiniteDuration()) {
+// Starts attribution-batch with `args`, output to `log`; kills it with SIGKILL once `kill_when` says so
+// (polled every 20 ms) unless it exits first. Returns its exit code (-1 when killed).
+int RunBatch(
+    const std::vector<std::string>& args, const std::string& log,
+    const std::function<bool()>& kill_when = [] { return false; }) {
   std::vector<std::string> argv = {ATTRIBUTION_BATCH_BINARY};
   argv.insert(argv.end(), args.begin(), args.end());
   const pid_t pid = ::fork();
@@ -91,10 +95,9 @@ int RunBatch(const std::vector<std::string>& args, const std::string& log,
     ::execv(c_args[0], c_args.data());
     ::_exit(127);
   }
-  const absl::Time deadline = absl::Now() + kill_after;
   int status = 0;
   while (::waitpid(pid, &status, WNOHANG) == 0) {
-    if (absl::Now() >= deadline) {
+    if (kill_when()) {
       ::kill(pid, SIGKILL);
       ::waitpid(pid, &status, 0);
       return -1;
@@ -102,6 +105,11 @@ int RunBatch(const std::vector<std::string>& args, const std::string& log,
     absl::SleepFor(absl::Milliseconds(20));
   }
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+size_t CountLines(const std::string& path) {
+  std::ifstream in(path);
+  return std::count(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>(), '\n');
 }
 
 std::string ReadFile(const std::string& path) {
@@ -362,12 +370,14 @@ TEST_F(Batch, OverChoicesAttributesTheLabelsProbabilityRenormalisedOverTheChoice
 TEST_F(Batch, KilledThreeTimesAndResumedEndsWithTheUninterruptedOutput) {
   const std::string output = dir_->File("killed.jsonl"), log = dir_->File("killed.log");
   std::mt19937 random(20261201);
-  // Each run picks up where the last stopped: three kills within 0.15-0.3 of the whole job's time
-  // leave rows for the final run.
-  std::uniform_real_distribution<double> fraction(0.15, 0.3);
+  // Each run picks up where the last stopped and is killed once it has added 15-30% of the rows (by
+  // progress, not time: a run may be faster than the reference run was), which leaves rows for the final
+  // run. Lines land in groups, so a kill also falls anywhere within a group's write.
+  std::uniform_int_distribution<size_t> rows(kRows * 15 / 100, kRows * 30 / 100);
   for (int kill = 0; kill < 3; ++kill) {
-    const absl::Duration after = absl::Seconds(reference_seconds_ * fraction(random));
-    EXPECT_EQ(RunBatch(Args(output, a_->address()), log, after), -1) << "finished before its kill";
+    const size_t target = CountLines(output) + rows(random);
+    EXPECT_EQ(RunBatch(Args(output, a_->address()), log, [&] { return CountLines(output) >= target; }), -1)
+        << "finished before its kill";
   }
   EXPECT_EQ(RunBatch(Args(output, a_->address()), log), 0) << ReadFile(log);
   ExpectSameResults(ReadResults(output), *reference_results_);
