@@ -66,6 +66,7 @@ absl::Status ReadEngineOptions(const json& object, const std::string& where, eng
   RETURN_IF_ERROR(reader.ReadSeconds("max_queue_delay_seconds", out.max_queue_delay));
   RETURN_IF_ERROR(reader.ReadSeconds("max_batch_seconds", out.max_batch_time));
   RETURN_IF_ERROR(reader.ReadSeconds("max_uncontended_batch_seconds", out.max_uncontended_batch_time));
+  RETURN_IF_ERROR(reader.Read("contended_intra_op_threads", out.contended_intra_op_threads));
   return reader.Finish();
 }
 
@@ -96,6 +97,7 @@ absl::Status ReadModel(const json& object, const std::string& where, ModelSpec& 
   RETURN_IF_ERROR(reader.Read("limits", limits));
   RETURN_IF_ERROR(reader.Finish());
   out.engine.max_batch_time = DefaultMaxBatchTime(out.device);
+  out.engine.contended_intra_op_threads = DefaultContendedIntraOpThreads(out.device);
   RETURN_IF_ERROR(ReadEngineOptions(engine, where + ".engine", out.engine));
   return ReadLimits(limits, where + ".limits", out.limits);
 }
@@ -154,6 +156,12 @@ absl::Duration DefaultMaxBatchTime(const std::string& device) {
   return device.rfind("cuda", 0) == 0 ? absl::Milliseconds(5) : absl::Milliseconds(25);
 }
 
+int DefaultContendedIntraOpThreads(const std::string& device) {
+  // On a CPU the batches share the cores with the threads serving calls (EngineOptions); a CUDA
+  // device's batches need few host threads.
+  return device.rfind("cuda", 0) == 0 ? 0 : engine::EngineOptions::kOneThreadFewer;
+}
+
 absl::Status ValidateServerConfig(const ServerConfig& config) {
   if (config.models.empty())
     return absl::InvalidArgumentError("no models: give --model NAME=PATH or a config file with models");
@@ -179,6 +187,11 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
     }
     if (!(m.engine.max_uncontended_batch_time > absl::ZeroDuration())) {
       return absl::InvalidArgumentError(absl::StrCat(where, ".engine.max_uncontended_batch_seconds must be positive"));
+    }
+    if (m.engine.contended_intra_op_threads < engine::EngineOptions::kOneThreadFewer) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ".engine.contended_intra_op_threads = ", m.engine.contended_intra_op_threads,
+                       " must be -1 (one fewer), 0 (all) or a thread count"));
     }
     RETURN_IF_ERROR(Positive(m.limits.max_tokens, where + ".limits.max_tokens"));
     RETURN_IF_ERROR(Positive(m.limits.max_steps, where + ".limits.max_steps"));

@@ -60,5 +60,8 @@ absl::Status ValidateServerConfig(const ServerConfig& config);
 
 // engine.max_batch_seconds when a model does not set it: 25 ms on the CPU, 5 ms on a CUDA device.
 absl::Duration DefaultMaxBatchTime(const std::string& device);
+// engine.contended_intra_op_threads when a model does not set it: one thread fewer on the CPU
+// (EngineOptions::kOneThreadFewer), all on a CUDA device.
+int DefaultContendedIntraOpThreads(const std::string& device);
 
 }  // namespace attribution::server

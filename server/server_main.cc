@@ -120,6 +120,7 @@ ModelSpec ModelSpecFromFlags(std::string name, std::string path) {
   spec.engine.max_batch_time =
       max_batch_seconds > 0 ? absl::Seconds(max_batch_seconds) : DefaultMaxBatchTime(spec.device);
   spec.engine.max_uncontended_batch_time = absl::Seconds(absl::GetFlag(FLAGS_max_uncontended_batch_seconds));
+  spec.engine.contended_intra_op_threads = DefaultContendedIntraOpThreads(spec.device);
   return spec;
 }
 

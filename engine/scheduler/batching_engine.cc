@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "engine/scheduler/batching_engine.h"
 
+#include <ATen/Parallel.h>
 #include <malloc.h>
 
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
 #include "engine/model/torch_errors.h"
+#include "engine/scheduler/intra_op_threads.h"
 
 namespace attribution::engine {
 namespace {
@@ -237,11 +239,15 @@ std::vector<BatchingEngine::PendingRow> BatchingEngine::TakeBatchLocked(const Ba
 }
 
 void BatchingEngine::Loop() {
+  const int all_threads = at::get_num_threads();
+  const int contended_threads = options_.contended_intra_op_threads == EngineOptions::kOneThreadFewer
+                                    ? std::max(1, all_threads - 1)
+                                    : options_.contended_intra_op_threads;
   while (true) {
     std::vector<Answer> dropped;
     std::vector<PendingRow> batch;
     RowKind kind = RowKind::kScore;
-    bool time_limited = false;
+    bool time_limited = false, contended = false;
     {
       std::unique_lock<std::mutex> lock(mu_);
       auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || stats_.queued_rows > 0; };
@@ -294,6 +300,7 @@ void BatchingEngine::Loop() {
         kind = decision.kind;
         time_limited = decision.time_limited;
         next_kind_ = static_cast<RowKind>((static_cast<int>(kind) + 1) % kRowKinds);
+        contended = decision.contended || limits.contended_recently;
         batch = TakeBatchLocked(decision, ids);
       } else if (!views.empty() && dropped.empty()) {
         // Wait for the oldest row's delay to run out, or for new rows to change the decision.
@@ -308,6 +315,7 @@ void BatchingEngine::Loop() {
     std::vector<PendingRow*> rows;
     for (PendingRow& row : batch) rows.push_back(&row);
     std::vector<RowResult> results(batch.size());
+    if (contended_threads > 0) SetThreadIntraOpThreads(contended ? contended_threads : all_threads);
     const absl::Time started = Now();
     Execute(kind, rows, results);
     Finish(kind, batch, results, started, Now() - started, time_limited);

@@ -53,6 +53,13 @@ struct EngineOptions {
   // request running alone stops within about one batch of its cancellation or deadline, and a call
   // that arrives then waits at most that long. Infinite: only the token budget bounds a batch.
   absl::Duration max_uncontended_batch_time = absl::Milliseconds(250);
+  // Intra-op threads of the batches that run while contended: 0 as many as the others (all the process
+  // has), kOneThreadFewer one fewer than that (at least one), N > 0 N. On a CPU device the engine's
+  // threads share the cores with the threads that receive and answer calls; one fewer leaves them a
+  // core, so an interactive call is answered sooner (bench/RESULTS.md: Logprobs p90 beside integrated
+  // gradients 25-28 ms against 30-37 ms on 2 cores). Uncontended batches always use all.
+  static constexpr int kOneThreadFewer = -1;
+  int contended_intra_op_threads = 0;
   std::function<absl::Time()> clock;  // default: absl::Now
 };
 

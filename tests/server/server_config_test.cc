@@ -83,6 +83,21 @@ TEST(ServerConfig, BatchTimeBoundDefaultsByDeviceAndMustBePositive) {
               HasSubstr("models[2].engine.max_uncontended_batch_seconds must be positive"));
 }
 
+TEST(ServerConfig, ContendedIntraOpThreadsDefaultByDeviceAndNamedWhenOutOfRange) {
+  absl::StatusOr<ServerConfig> config = ParseServerConfig(R"({"models": [
+      {"name": "c", "path": "/p"}, {"name": "g", "path": "/p", "device": "cuda:0"},
+      {"name": "s", "path": "/p", "engine": {"contended_intra_op_threads": 0}}]})",
+                                                          "t.json");
+  ASSERT_THAT(config, IsOk());
+  EXPECT_EQ(config->models[0].engine.contended_intra_op_threads, engine::EngineOptions::kOneThreadFewer);
+  EXPECT_EQ(config->models[1].engine.contended_intra_op_threads, 0);
+  EXPECT_EQ(config->models[2].engine.contended_intra_op_threads, 0);
+  EXPECT_THAT(ValidateServerConfig(*config), IsOk());
+  config->models[2].engine.contended_intra_op_threads = -2;
+  EXPECT_THAT(ValidateServerConfig(*config).message(),
+              HasSubstr("models[2].engine.contended_intra_op_threads = -2 must be"));
+}
+
 TEST(ServerConfig, RejectsTyposWrongTypesAndBadValuesNamingThem) {
   struct Case {
     const char* json;

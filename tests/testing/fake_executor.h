@@ -4,6 +4,8 @@
 // held at a gate, and fails on request.
 #pragma once
 
+#include <ATen/Parallel.h>
+
 #include <functional>
 #include <mutex>
 #include <numeric>
@@ -19,6 +21,7 @@ class FakeExecutor : public engine::BatchExecutor {
   struct Batch {
     engine::RowKind kind;
     std::vector<std::vector<int64_t>> rows;  // input ids of each row
+    int intra_op_threads = 0;                // at::get_num_threads() on the engine's thread as it ran
   };
   // Returns a non-OK status to fail a batch (before any row is answered).
   using FailureRule = std::function<absl::Status(const std::vector<const engine::Row*>&)>;
@@ -37,7 +40,7 @@ class FakeExecutor : public engine::BatchExecutor {
         return s;
       }
     }
-    Batch batch{kind, {}};
+    Batch batch{kind, {}, at::get_num_threads()};
     for (size_t i = 0; i < rows.size(); ++i) {
       const std::vector<int64_t>& ids = rows[i]->point.path ? rows[i]->point.path->input_ids : rows[i]->input_ids;
       batch.rows.push_back(ids);

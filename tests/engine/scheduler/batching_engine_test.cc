@@ -157,6 +157,31 @@ TEST_F(BatchingEngineTest, ScoringCallIsNotStuckBehindGradientBatches) {
   EXPECT_EQ(executor_->batches().size(), 1u + 16u + 1u);
 }
 
+// While an interactive request waits beside long work (and for the contention memory after), batches run
+// on the contended thread count; before and after, on all the process has.
+TEST_F(BatchingEngineTest, ContendedBatchesRunOnFewerIntraOpThreads) {
+  const int all = at::get_num_threads();
+  if (all < 2) GTEST_SKIP() << "one intra-op thread: nothing to leave to the serving threads";
+  Start({.max_batch_rows = 4, .contended_intra_op_threads = EngineOptions::kOneThreadFewer});
+  Notification gate;
+  RowCollector blocking(1), long_rows(64), short_rows(1), later(64);
+  HoldExecutor(gate, blocking);
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(64, 2, 5), long_rows.Callback()), IsOk());
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 9), short_rows.Callback()), IsOk());
+  gate.Notify();
+  blocking.Wait();
+  long_rows.Wait();
+  short_rows.Wait();
+  now_ms_ += 2000;  // past the contention memory
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(64, 2, 6), later.Callback()), IsOk());
+  later.Wait();
+  const auto batches = executor_->batches();
+  ASSERT_EQ(batches.size(), 1u + 17u + 16u);
+  EXPECT_EQ(batches[0].intra_op_threads, all);  // the blocker ran before anything waited beside it
+  for (size_t b = 1; b < 18; ++b) EXPECT_EQ(batches[b].intra_op_threads, all - 1) << b;
+  for (size_t b = 18; b < batches.size(); ++b) EXPECT_EQ(batches[b].intra_op_threads, all) << b;
+}
+
 TEST_F(BatchingEngineTest, HigherPriorityRunsFirst) {
   Start({.max_batch_rows = 4});
   Notification gate;
