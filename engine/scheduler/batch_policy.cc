@@ -79,6 +79,7 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
 
   const int k = static_cast<int>(decision.kind);
   decision.contended = Contended(queue);
+  decision.isolating = decision.contended || limits.contended_recently;
   const BatchCost& cost = limits.costs[k];
   // A short call waits for the batch that runs and then its own: a bound below a few times its own
   // batch's time only costs the long work its batching and helps nobody.
@@ -87,7 +88,7 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
   // repacking every weight matrix once per batch) is most of its time.
   double max_seconds =
       std::max(absl::ToDoubleSeconds(limits.max_uncontended_batch_time), cost.fixed / kMaxFixedCostShare);
-  if (decision.contended || limits.contended_recently) {
+  if (decision.isolating) {
     max_seconds = std::min(max_seconds, std::max(absl::ToDoubleSeconds(limits.max_batch_time),
                                                  kIsolationFactor * std::max(decision.interactive_seconds,
                                                                              limits.recent_interactive_seconds)));

@@ -94,6 +94,7 @@ struct BatchDecision {
   int64_t longest = 0;
   int64_t tokens = 0;              // real (unpadded) tokens
   bool contended = false;          // the queue is contended now (see the file comment)
+  bool isolating = false;          // contended now or recently: the contended time bound applies
   bool time_limited = false;       // max_batch_time or max_uncontended_batch_time bounded its size
   double interactive_seconds = 0;  // predicted time of the queued interactive work, 0 when none
 };

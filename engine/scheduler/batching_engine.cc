@@ -247,7 +247,7 @@ void BatchingEngine::Loop() {
     std::vector<Answer> dropped;
     std::vector<PendingRow> batch;
     RowKind kind = RowKind::kScore;
-    bool time_limited = false, contended = false;
+    bool time_limited = false, isolating = false;
     {
       std::unique_lock<std::mutex> lock(mu_);
       auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || stats_.queued_rows > 0; };
@@ -300,7 +300,7 @@ void BatchingEngine::Loop() {
         kind = decision.kind;
         time_limited = decision.time_limited;
         next_kind_ = static_cast<RowKind>((static_cast<int>(kind) + 1) % kRowKinds);
-        contended = decision.contended || limits.contended_recently;
+        isolating = decision.isolating;
         batch = TakeBatchLocked(decision, ids);
       } else if (!views.empty() && dropped.empty()) {
         // Wait for the oldest row's delay to run out, or for new rows to change the decision.
@@ -315,7 +315,7 @@ void BatchingEngine::Loop() {
     std::vector<PendingRow*> rows;
     for (PendingRow& row : batch) rows.push_back(&row);
     std::vector<RowResult> results(batch.size());
-    if (contended_threads > 0) SetThreadIntraOpThreads(contended ? contended_threads : all_threads);
+    if (contended_threads > 0) SetThreadIntraOpThreads(isolating ? contended_threads : all_threads);
     const absl::Time started = Now();
     Execute(kind, rows, results);
     Finish(kind, batch, results, started, Now() - started, time_limited);
