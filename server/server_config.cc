@@ -55,6 +55,8 @@ class ObjectReader {
   std::set<std::string> used_;
 };
 
+bool OnCuda(const std::string& device) { return device.rfind("cuda", 0) == 0; }
+
 absl::Status ReadEngineOptions(const json& object, const std::string& where, engine::EngineOptions& out) {
   ObjectReader reader(object, where);
   RETURN_IF_ERROR(reader.Read("max_batch_tokens", out.max_batch_tokens));
@@ -153,13 +155,13 @@ absl::StatusOr<ServerConfig> ReadServerConfig(const std::string& path) {
 absl::Duration DefaultMaxBatchTime(const std::string& device) {
   // CPU: measured on the default model (bench/RESULTS.md, latency isolation); a GPU runs a batch of
   // the same rows 10-100x faster, so interactive calls there get a correspondingly shorter bound.
-  return device.rfind("cuda", 0) == 0 ? absl::Milliseconds(5) : absl::Milliseconds(25);
+  return OnCuda(device) ? absl::Milliseconds(5) : absl::Milliseconds(25);
 }
 
 int DefaultContendedIntraOpThreads(const std::string& device) {
   // On a CPU the batches share the cores with the threads serving calls (EngineOptions); a CUDA
   // device's batches need few host threads.
-  return device.rfind("cuda", 0) == 0 ? 0 : engine::EngineOptions::kOneThreadFewer;
+  return OnCuda(device) ? 0 : engine::EngineOptions::kOneThreadFewer;
 }
 
 absl::Status ValidateServerConfig(const ServerConfig& config) {
