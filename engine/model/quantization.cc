@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
+#include "engine/model/quantized_matmul.h"
 
 namespace attribution::engine {
 namespace {
@@ -125,19 +126,25 @@ at::Tensor DequantizeFourBit(const QuantizedWeight& weight, at::ScalarType dtype
 }
 
 // Autograd node: saves nothing dequantized; the weight is re-materialised in backward.
+// x · Wᵀ (forward) or x · W (input gradient): on CUDA inside one kernel, elsewhere through a
+// dequantized copy of W that dies with the call.
+at::Tensor DequantizingMatmul(const at::Tensor& x, const QuantizedWeight& weight, MatmulSide side) {
+  if (std::optional<at::Tensor> fused = FusedQuantizedMatmul(x, weight, side)) return *std::move(fused);
+  const at::Tensor w = Dequantize(weight, x.scalar_type());
+  return side == MatmulSide::kForward ? at::linear(x, w) : at::matmul(x, w);
+}
+
 class QuantizedLinearFunction : public torch::autograd::Function<QuantizedLinearFunction> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const QuantizedWeight* weight) {
     ctx->saved_data["weight"] = reinterpret_cast<int64_t>(weight);
-    return at::linear(x, Dequantize(*weight, x.scalar_type()));
+    return DequantizingMatmul(x, *weight, MatmulSide::kForward);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad_outputs) {
     const auto* weight = reinterpret_cast<const QuantizedWeight*>(ctx->saved_data["weight"].toInt());
-    const at::Tensor& grad_y = grad_outputs[0];  // [..., out]
-    at::Tensor w = Dequantize(*weight, grad_y.scalar_type());
-    return {at::matmul(grad_y, w), at::Tensor()};
+    return {DequantizingMatmul(grad_outputs[0], *weight, MatmulSide::kInputGradient), at::Tensor()};
   }
 };
 
@@ -308,6 +315,9 @@ at::Tensor Dequantize(const QuantizedWeight& weight, at::ScalarType dtype) {
 
 at::Tensor QuantizedLinear(const at::Tensor& x, const QuantizedWeight& weight, const at::Tensor& bias) {
   if (!c10::GradMode::is_enabled() || !x.requires_grad()) {
+    if (std::optional<at::Tensor> y = FusedQuantizedMatmul(x, weight, MatmulSide::kForward)) {
+      return bias.defined() ? *y + bias : *std::move(y);
+    }
     at::Tensor w = Dequantize(weight, x.scalar_type());
     return bias.defined() ? at::linear(x, w, bias) : at::linear(x, w);
   }

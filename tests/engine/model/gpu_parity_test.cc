@@ -4,26 +4,24 @@
 // every architecture in fp32 / bf16 / fp16, and attribution through the batching engine on the GPU
 // against the same request on the CPU.
 #include <ATen/ATen.h>
-#include <ATen/Context.h>
-#include <ATen/detail/CUDAHooksInterface.h>
 #include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 
 #include "engine/attribution/attributor.h"
+#include "tests/testing/cuda_device.h"
 #include "tests/testing/reference.h"
 #include "tests/testing/status_matchers.h"
 
 namespace attribution::engine {
 namespace {
 
+using ::attribution::test_support::HasCudaDevice;
 using ::attribution::test_support::IsOk;
 using ::attribution::test_support::LoadReference;
 using ::attribution::test_support::ScaledError;
 using ::attribution::test_support::TestModelsDir;
-
-bool HasCudaDevice() { return at::globalContext().hasCUDA() && at::detail::getCUDAHooks().deviceCount() > 0; }
 
 struct Case {
   std::string arch;
