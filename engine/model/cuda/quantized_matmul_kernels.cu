@@ -5,86 +5,24 @@
 #include <mma.h>
 
 #include "engine/model/cuda/quantized_matmul_kernels.h"
+#include "engine/model/cuda/quantized_tiles.h"
 
 namespace attribution::engine::cuda_kernels {
-namespace {
 
-// One block computes a 64 x 64 output tile in 32-wide steps of the reduction, with 4 warps.
-constexpr int kTileRows = 64, kTileColumns = 64, kTileReduction = 32, kThreads = 128;
-
-template <typename T>
-struct Element;
-template <>
-struct Element<float> {
-  __device__ static float FromFloat(float v) { return v; }
-  __device__ static float ToFloat(float v) { return v; }
-  static constexpr int kPad = 1;  // a 33-float row stride spreads a warp's column reads over the banks
-};
 template <>
 struct Element<__nv_bfloat16> {
-  __device__ static __nv_bfloat16 FromFloat(float v) { return __float2bfloat16_rn(v); }
-  __device__ static float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
+  ATTRIBUTION_HOST_DEVICE static __nv_bfloat16 FromFloat(float v) { return __float2bfloat16_rn(v); }
+  ATTRIBUTION_HOST_DEVICE static float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
   static constexpr int kPad = 8;  // WMMA loads need 16-byte multiples of row stride for 16-bit types
 };
 template <>
 struct Element<__half> {
-  __device__ static __half FromFloat(float v) { return __float2half_rn(v); }
-  __device__ static float ToFloat(__half v) { return __half2float(v); }
+  ATTRIBUTION_HOST_DEVICE static __half FromFloat(float v) { return __float2half_rn(v); }
+  ATTRIBUTION_HOST_DEVICE static float ToFloat(__half v) { return __half2float(v); }
   static constexpr int kPad = 8;
 };
 
-template <typename T>
-struct SharedTiles {
-  static constexpr int kStride = kTileReduction + Element<T>::kPad;
-  // input[r][k]: row r of the output tile; weight[c][k]: column c of the output tile (column-major B).
-  alignas(32) T input[kTileRows][kStride];
-  alignas(32) T weight[kTileColumns][kStride];
-  float code_book[16];
-};
-
-// Weight element (row, col) of the [out, in] weight, dequantized exactly as Dequantize() does on the
-// host: 4-bit values as code value × absmax in float32 rounded once; int8 as code × scale in T.
-template <typename T>
-__device__ T DequantizedWeight(const QuantizedMatmulArgs& a, const float* code_book, int64_t row, int64_t col) {
-  const int64_t index = row * a.in_features + col;
-  if (a.format == WeightFormat::kInt8) {
-    const float scale = Element<T>::ToFloat(Element<T>::FromFloat(a.scales[row]));
-    return Element<T>::FromFloat(static_cast<float>(static_cast<const int8_t*>(a.codes)[index]) * scale);
-  }
-  const uint8_t byte = static_cast<const uint8_t*>(a.codes)[index >> 1];
-  const int code = (index & 1) ? (byte & 0xF) : (byte >> 4);
-  return Element<T>::FromFloat(code_book[code] * a.scales[index / a.block_size]);
-}
-
-// Fills the shared tiles for reduction step k0. Consecutive threads read consecutive addresses: along
-// the reduction for the input and the forward's weight rows, along the columns for the transposed
-// weight (whose reduction index is the weight's row).
-template <typename T>
-__device__ void LoadTiles(const QuantizedMatmulArgs& a, SharedTiles<T>& tiles, int64_t row0, int64_t col0, int64_t k0) {
-  const T* input = static_cast<const T*>(a.input);
-  for (int e = threadIdx.x; e < kTileRows * kTileReduction; e += kThreads) {
-    const int r = e / kTileReduction, k = e % kTileReduction;
-    const int64_t row = row0 + r, red = k0 + k;
-    tiles.input[r][k] = (row < a.rows && red < a.reduction) ? input[row * a.reduction + red] : Element<T>::FromFloat(0);
-  }
-  for (int e = threadIdx.x; e < kTileColumns * kTileReduction; e += kThreads) {
-    int c, k;
-    if (a.weight_transposed) {
-      k = e / kTileColumns;
-      c = e % kTileColumns;
-    } else {
-      c = e / kTileReduction;
-      k = e % kTileReduction;
-    }
-    const int64_t col = col0 + c, red = k0 + k;
-    T value = Element<T>::FromFloat(0);
-    if (col < a.columns && red < a.reduction) {
-      value = a.weight_transposed ? DequantizedWeight<T>(a, tiles.code_book, red, col)
-                                  : DequantizedWeight<T>(a, tiles.code_book, col, red);
-    }
-    tiles.weight[c][k] = value;
-  }
-}
+namespace {
 
 template <typename T>
 __device__ void LoadCodeBook(const QuantizedMatmulArgs& a, SharedTiles<T>& tiles) {
@@ -102,7 +40,7 @@ __global__ void __launch_bounds__(kThreads) QuantizedMatmulFloat(QuantizedMatmul
   const int tr = threadIdx.x / 16, tc = threadIdx.x % 16;
   float acc[8][4] = {};
   for (int64_t k0 = 0; k0 < a.reduction; k0 += kTileReduction) {
-    LoadTiles(a, tiles, row0, col0, k0);
+    LoadTiles(a, tiles, row0, col0, k0, threadIdx.x, kThreads);
     __syncthreads();
 #pragma unroll 8
     for (int k = 0; k < kTileReduction; ++k) {
@@ -155,7 +93,7 @@ __global__ void __launch_bounds__(kThreads) QuantizedMatmulTensorCores(Quantized
     for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
   }
   for (int64_t k0 = 0; k0 < a.reduction; k0 += kTileReduction) {
-    LoadTiles(a, tiles, row0, col0, k0);
+    LoadTiles(a, tiles, row0, col0, k0, threadIdx.x, kThreads);
     __syncthreads();
 #pragma unroll
     for (int k = 0; k < kTileReduction; k += 16) {
