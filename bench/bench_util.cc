@@ -2,6 +2,7 @@
 #include "bench/bench_util.h"
 
 #include <ATen/ATen.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -14,6 +15,10 @@ double SecondsPerCall(const std::function<void()>& fn, int iterations) {
   const auto start = std::chrono::steady_clock::now();
   for (int i = 0; i < iterations; ++i) fn();
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / iterations;
+}
+
+void SynchronizeDevice(const at::Device& device) {
+  if (device.is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(device.index() < 0 ? 0 : device.index());
 }
 
 double MatmulPeakGflops(int64_t n, at::ScalarType dtype, const at::Device& device) {

@@ -16,6 +16,10 @@ namespace attribution::bench {
 // Mean seconds per call of `fn` over `iterations` calls, after one warm-up call.
 double SecondsPerCall(const std::function<void()>& fn, int iterations);
 
+// Waits for the work queued on `device` (CUDA runs kernels asynchronously; a CPU needs nothing), so
+// a timed call that leaves results on the device is timed to its end.
+void SynchronizeDevice(const at::Device& device);
+
 // Best fp32 (or `dtype`) GFLOP/s of an n x n x n matmul on `device` over a few repetitions.
 double MatmulPeakGflops(int64_t n, at::ScalarType dtype, const at::Device& device);
 

@@ -5,15 +5,24 @@
 //   model_forward_bench --model=DIR [--batch=8] [--seq=72] [--iterations=5] [--dtype=float32]
 //                       [--device=cpu] [--python=.venv/bin/python] [--quantization=none]
 //                       [--quantization_block_size=64] [--double_quantization=false]
+//                       [--decode_batches=1,32 [--decode_tokens=32]] [--json=PATH]
+//
+// --decode_batches also times greedy decoding (engine::Generate with its KV cache) of --decode_tokens
+// new tokens after --seq-token prompts at each batch size. Decode tokens/s leaves the prefill out:
+// (batch x (decode_tokens - 1)) / (seconds for decode_tokens - seconds for 1 new token).
+// --json writes the results (and the resident weight bytes) as JSON (scripts/gpu-check reads it).
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "bench/bench_util.h"
 #include "engine/model/causal_lm.h"
+#include "engine/model/generation.h"
 
 namespace attribution {
 namespace {
@@ -58,11 +67,19 @@ int Run(int argc, char** argv) {
     queries.tokens.push_back(5);
     objectives.push_back({.positions = {seq - 1}, .tokens = {5}});
   }
-  const double forward_s =
-      bench::SecondsPerCall([&] { (void)model.ScoreTokens({.input_ids = ids}, queries); }, iterations);
+  const double forward_s = bench::SecondsPerCall(
+      [&] {
+        (void)model.ScoreTokens({.input_ids = ids}, queries);
+        bench::SynchronizeDevice(model.device());
+      },
+      iterations);
   const at::Tensor embeds = *model.Embed(ids);
-  const double grad_s =
-      bench::SecondsPerCall([&] { (void)model.ObjectiveGradients({.inputs_embeds = embeds}, objectives); }, iterations);
+  const double grad_s = bench::SecondsPerCall(
+      [&] {
+        (void)model.ObjectiveGradients({.inputs_embeds = embeds}, objectives);
+        bench::SynchronizeDevice(model.device());
+      },
+      iterations);
   const double peak = bench::MatmulPeakGflops(1024, options.dtype, model.device());
 
   std::printf(
@@ -74,12 +91,65 @@ int Run(int argc, char** argv) {
       engine::QuantizationName(options.quantization), options.four_bit.double_quantization ? "+dq" : "",
       (long long)model.ResidentWeightBytes(), (long long)batch, (long long)seq, peak);
   std::printf("%-30s %12s %12s %12s %10s\n", "job", "ms/iter", "tokens/s", "GFLOP/s", "% peak");
+  nlohmann::json report = {{"model",
+                            {{"layers", c.num_layers},
+                             {"hidden", c.hidden_size},
+                             {"vocab", c.vocab_size},
+                             {"dtype", Flag(argc, argv, "dtype", "float32")},
+                             {"device", options.device},
+                             {"quantization", engine::QuantizationName(options.quantization)},
+                             {"resident_weight_bytes", model.ResidentWeightBytes()}}},
+                           {"batch", batch},
+                           {"seq", seq},
+                           {"peak_gflops", peak}};
   auto row = [&](const char* name, double seconds, double flop) {
     std::printf("%-30s %12.1f %12.0f %12.1f %9.1f%%\n", name, seconds * 1e3, tokens / seconds, flop / seconds / 1e9,
                 100.0 * flop / seconds / 1e9 / peak);
   };
   row("engine forward", forward_s, forward_flop);
   row("engine forward+input-grad", grad_s, forward_flop + backward_flop);
+  report["forward"] = {{"seconds", forward_s}, {"flop", forward_flop}, {"tokens_per_second", tokens / forward_s}};
+  report["forward_input_grad"] = {
+      {"seconds", grad_s}, {"flop", forward_flop + backward_flop}, {"tokens_per_second", tokens / grad_s}};
+  if (const std::string list = Flag(argc, argv, "decode_batches", ""); !list.empty()) {
+    const int64_t new_tokens = std::max<int64_t>(2, std::stoll(Flag(argc, argv, "decode_tokens", "32")));
+    report["decode"] = nlohmann::json::array();
+    std::stringstream items(list);
+    for (std::string item; std::getline(items, item, ',');) {
+      const int64_t rows = std::stoll(item);
+      at::Tensor prompt_ids = at::randint(3, c.vocab_size, {rows, seq}, at::kLong);
+      std::vector<std::vector<int64_t>> prompts;
+      for (int64_t r = 0; r < rows; ++r) {
+        at::Tensor row_ids = prompt_ids[r].contiguous();
+        prompts.emplace_back(row_ids.data_ptr<int64_t>(), row_ids.data_ptr<int64_t>() + seq);
+      }
+      // Generate returns host-side token ids, so each call ends with the device done.
+      absl::Status failed;
+      auto generate = [&](int64_t n) {
+        return bench::SecondsPerCall(
+            [&] {
+              auto out = engine::Generate(model, prompts, {.max_new_tokens = n, .ignore_stop_tokens = true});
+              if (!out.ok()) failed = out.status();
+            },
+            iterations);
+      };
+      const double prefill_s = generate(1), total_s = generate(new_tokens);
+      if (!failed.ok()) {
+        std::cerr << "decode at batch " << rows << ": " << failed << "\n";
+        return 1;
+      }
+      const double decode_tps = rows * (new_tokens - 1) / std::max(1e-9, total_s - prefill_s);
+      std::printf("%-30s batch %4lld: %lld new tokens in %.1f ms (prefill + first %.1f ms): %.0f decode tokens/s\n",
+                  "engine greedy decode", (long long)rows, (long long)new_tokens, total_s * 1e3, prefill_s * 1e3,
+                  decode_tps);
+      report["decode"].push_back({{"batch", rows},
+                                  {"prompt_tokens", seq},
+                                  {"new_tokens", new_tokens},
+                                  {"seconds", total_s},
+                                  {"prefill_seconds", prefill_s},
+                                  {"decode_tokens_per_second", decode_tps}});
+    }
+  }
   if (!python.empty()) {
     const std::string out = bench::RunCommand(
         python + " " + std::string(ATTRIBUTION_SOURCE_DIR) + "/bench/python_forward_reference.py " + dir + " " +
@@ -96,6 +166,9 @@ int Run(int argc, char** argv) {
     std::printf("ratio engine/transformers: forward %.2fx, forward+input-grad %.2fx (torch %s, transformers %s)\n",
                 py_forward / forward_s, py_grad / grad_s, reference["torch"].get<std::string>().c_str(),
                 reference["transformers"].get<std::string>().c_str());
+  }
+  if (const std::string path = Flag(argc, argv, "json", ""); !path.empty()) {
+    std::ofstream(path) << report.dump(2) << "\n";
   }
   return 0;
 }

@@ -40,7 +40,8 @@ double Seconds(const std::function<at::Tensor()>& fn, int iterations) {
 
 int Run(int argc, char** argv) {
   const at::Device device(Flag(argc, argv, "device", "cpu"));
-  auto dtype = engine::ParseDtype(Flag(argc, argv, "dtype", device.is_cuda() ? "bfloat16" : "float32"));
+  const std::string dtype_name = Flag(argc, argv, "dtype", device.is_cuda() ? "bfloat16" : "float32");
+  auto dtype = engine::ParseDtype(dtype_name);
   const int64_t in = std::stoll(Flag(argc, argv, "in", "4096")), out = std::stoll(Flag(argc, argv, "out", "11008"));
   const int iterations = std::stoi(Flag(argc, argv, "iterations", "20"));
   if (!dtype.ok()) {
@@ -92,7 +93,7 @@ int Run(int argc, char** argv) {
                              {"rows", rows},
                              {"in", in},
                              {"out", out},
-                             {"dtype", c10::toString(*dtype)},
+                             {"dtype", dtype_name},
                              {"device", device.str()},
                              {"dense_s", dense_s},
                              {"dequantize_matmul_s", dequantized_s},
