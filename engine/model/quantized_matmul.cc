@@ -35,14 +35,30 @@ std::optional<at::Tensor> FusedQuantizedMatmul(const at::Tensor& x, const Quanti
   const int64_t columns = forward ? weight.out_features : weight.in_features;
   TORCH_CHECK(x.size(-1) == reduction, "quantized matmul: input width ", x.size(-1), ", expected ", reduction);
 
+  // The kernel trusts these shapes; a weight that disagrees with them must fail here, not as an illegal
+  // memory access that poisons the device for every other request.
+  const bool four_bit = IsFourBit(weight.kind);
+  const int64_t elements = weight.out_features * weight.in_features;
+  const int block_size_log2 = four_bit ? cuda_kernels::BlockSizeLog2(weight.block_size) : 0;
+  TORCH_CHECK(!four_bit || (weight.block_size > 0 && int64_t{1} << block_size_log2 == weight.block_size),
+              "quantized matmul: block size ", weight.block_size, " is not a power of two");
+  TORCH_CHECK(weight.codes.scalar_type() == (four_bit ? at::kByte : at::kChar) &&
+                  weight.codes.numel() == (four_bit ? (elements + 1) / 2 : elements),
+              "quantized matmul: ", weight.codes.numel(), " codes of type ", weight.codes.scalar_type(), " for a ",
+              weight.out_features, " x ", weight.in_features, " ", QuantizationName(weight.kind), " weight");
+
   c10::cuda::CUDAGuard device_guard(x.device());
   const at::Tensor input = x.reshape({-1, reduction}).contiguous();
   at::Tensor output = at::empty({input.size(0), columns}, x.options());
-  const bool four_bit = IsFourBit(weight.kind);
   // A nested absmax is expanded per call: a float per block (1/32 of a 4-bit weight's codes at block 64),
   // and it dies with the call.
-  const at::Tensor scales = (four_bit ? weight.Absmax() : weight.scales).to(at::kFloat).contiguous();
-  const at::Tensor code_book = four_bit ? weight.code_book.to(at::kFloat).contiguous() : at::Tensor();
+  const at::Tensor scales = (four_bit ? weight.Absmax() : weight.scales).to(x.device(), at::kFloat).contiguous();
+  TORCH_CHECK(scales.numel() == (four_bit ? elements >> block_size_log2 : weight.out_features),
+              "quantized matmul: ", scales.numel(), " scales for a ", weight.out_features, " x ", weight.in_features,
+              " ", QuantizationName(weight.kind), " weight");
+  const at::Tensor code_book = four_bit ? weight.code_book.to(x.device(), at::kFloat).contiguous() : at::Tensor();
+  TORCH_CHECK(!four_bit || code_book.numel() == 16, "quantized matmul: a 4-bit code book of ", code_book.numel(),
+              " values");
   const at::Tensor codes = weight.codes.contiguous();
 
   const cuda_kernels::QuantizedMatmulArgs args{
@@ -57,7 +73,7 @@ std::optional<at::Tensor> FusedQuantizedMatmul(const at::Tensor& x, const Quanti
       .codes = codes.data_ptr(),
       .scales = scales.data_ptr<float>(),
       .code_book = four_bit ? code_book.data_ptr<float>() : nullptr,
-      .block_size = weight.block_size,
+      .block_size_log2 = block_size_log2,
       .in_features = weight.in_features,
       .stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream(),
   };

@@ -27,13 +27,20 @@ struct QuantizedMatmulArgs {
   // The [out_features, in_features] weight, as QuantizedWeight holds it (engine/model/quantization.h).
   WeightFormat format = WeightFormat::kInt8;
   const void* codes = nullptr;       // int8: [out, in] int8; 4-bit: [out * in / 2] uint8, high nibble first
-  const float* scales = nullptr;     // int8: [out] per row; 4-bit: [out * in / block_size] absmax
+  const float* scales = nullptr;     // int8: [out] per row; 4-bit: [out * in / 2^block_size_log2] absmax
   const float* code_book = nullptr;  // 4-bit: [16] values of the codes
-  int64_t block_size = 0;            // 4-bit
+  int block_size_log2 = 0;           // 4-bit: blocks are powers of two (a shift, not a 64-bit division)
   int64_t in_features = 0;
 
   void* stream = nullptr;  // cudaStream_t
 };
+
+// log2 of a 4-bit block size (bitsandbytes allows 32, 64, ..., 4096).
+inline int BlockSizeLog2(int64_t block_size) {
+  int log2 = 0;
+  while ((int64_t{1} << log2) < block_size) ++log2;
+  return log2;
+}
 
 // Enqueues the product on `stream`; returns nullptr, or CUDA's description of the launch error.
 const char* LaunchQuantizedMatmul(const QuantizedMatmulArgs& args);

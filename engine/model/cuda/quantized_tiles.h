@@ -51,7 +51,7 @@ ATTRIBUTION_HOST_DEVICE T DequantizedWeight(const QuantizedMatmulArgs& a, const 
   }
   const uint8_t byte = static_cast<const uint8_t*>(a.codes)[index >> 1];
   const int code = (index & 1) ? (byte & 0xF) : (byte >> 4);
-  return Element<T>::FromFloat(code_book[code] * a.scales[index / a.block_size]);
+  return Element<T>::FromFloat(code_book[code] * a.scales[index >> a.block_size_log2]);
 }
 
 // Thread `thread` of `threads` stages its share of the tiles for reduction step k0; outside the matrices

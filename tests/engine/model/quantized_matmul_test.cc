@@ -100,6 +100,39 @@ TEST_P(FusedMatmul, ForwardAndInputGradientMatchDequantizedProductInFloat64) {
   }
 }
 
+// An identity input reads the dequantized weight back through each product: every output is one
+// weight element times one, exact in float32 accumulation, so the kernel's dequantization must equal
+// Dequantize's bit for bit (scale rounding to the dtype included), not only within the tolerance.
+TEST_P(FusedMatmul, IdentityInputGivesTheDequantizedWeightExactly) {
+  const Case& c = GetParam();
+  at::manual_seed(5);
+  auto quantized = Quantize(at::randn({c.shape.out_features, c.shape.in_features}), c.format.kind,
+                            {.block_size = 64, .double_quantization = c.format.double_quantization});
+  ASSERT_THAT(quantized, IsOk());
+  const at::Tensor dense = Dequantize(*quantized, c.dtype);  // [out, in]
+  const QuantizedWeight on_device = ToDevice(*quantized, at::Device("cuda:0"));
+  const auto cuda = at::TensorOptions().dtype(c.dtype).device(at::Device("cuda:0"));
+  auto forward = FusedQuantizedMatmul(at::eye(c.shape.in_features, cuda), on_device, MatmulSide::kForward);
+  auto input_gradient =
+      FusedQuantizedMatmul(at::eye(c.shape.out_features, cuda), on_device, MatmulSide::kInputGradient);
+  ASSERT_TRUE(forward.has_value() && input_gradient.has_value());
+  EXPECT_TRUE(at::equal(forward->to(at::kCPU), dense.t().contiguous()));
+  EXPECT_TRUE(at::equal(input_gradient->to(at::kCPU), dense));
+}
+
+// A transposed (non-contiguous) input and an odd width, whose code bytes straddle two weight rows.
+TEST(FusedQuantizedMatmul, NonContiguousInputAndOddWidth) {
+  if (!HasCudaDevice()) GTEST_SKIP() << "no CUDA device";
+  at::manual_seed(9);
+  auto quantized = Quantize(at::randn({64, 129}), Quantization::kNf4);
+  ASSERT_THAT(quantized, IsOk());
+  const at::Tensor dense = Dequantize(*quantized, at::kFloat).to(at::kDouble);
+  const at::Tensor x = at::randn({129, 7}).t();  // [7, 129], column-major
+  auto ours = FusedQuantizedMatmul(x.to("cuda:0"), ToDevice(*quantized, at::Device("cuda:0")), MatmulSide::kForward);
+  ASSERT_TRUE(ours.has_value());
+  EXPECT_LT(ScaledError(ours->to(at::kCPU), at::matmul(x.to(at::kDouble), dense.t()).to(at::kFloat)), 1e-5);
+}
+
 std::vector<Case> AllCases() {
   std::vector<Case> cases;
   for (Format format : {Format{Quantization::kInt8, false}, Format{Quantization::kNf4, false},
