@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "engine/model/model_config.h"
@@ -28,6 +29,18 @@ std::string RunCommand(const std::string& command);
 
 // Value of "--name=value" in argv, or `fallback`.
 std::string Flag(int argc, char** argv, const std::string& name, const std::string& fallback);
+
+// The model facts a benchmark's --json report opens with.
+inline nlohmann::json ModelFacts(const engine::ModelConfig& c, const std::string& dtype, const std::string& device,
+                                 const std::string& quantization, int64_t resident_weight_bytes) {
+  return {{"layers", c.num_layers},
+          {"hidden", c.hidden_size},
+          {"vocab", c.vocab_size},
+          {"dtype", dtype},
+          {"device", device},
+          {"quantization", quantization},
+          {"resident_weight_bytes", resident_weight_bytes}};
+}
 
 // The decoder linear weights one token passes through: q, k, v, o, and the MLP (gated: gate, up, down;
 // GPT-2 and Falcon: two; Mixtral: the router and the experts_per_token experts it picks, not the others).

@@ -158,16 +158,11 @@ int Main(int argc, char** argv) {
       (long long)model->ResidentWeightBytes(), (long long)p, (long long)t, repeats);
   std::printf("%-36s %6s %9s %9s %9s %12s %12s %9s %10s\n", "job", "rows", "TFLOP", "seconds", "GFLOP/s", "captum s",
               "captum-seed s", "speedup", "max |diff|");
-  nlohmann::json report = {{"model",
-                            {{"layers", c.num_layers},
-                             {"hidden", c.hidden_size},
-                             {"vocab", c.vocab_size},
-                             {"dtype", Flag(argc, argv, "dtype", "float32")},
-                             {"device", options.device},
-                             {"quantization", QuantizationName(options.quantization)},
-                             {"resident_weight_bytes", model->ResidentWeightBytes()}}},
-                           {"repeats", repeats},
-                           {"jobs", nlohmann::json::object()}};
+  nlohmann::json report = {
+      {"model", bench::ModelFacts(c, Flag(argc, argv, "dtype", "float32"), options.device,
+                                  QuantizationName(options.quantization), model->ResidentWeightBytes())},
+      {"repeats", repeats},
+      {"jobs", nlohmann::json::object()}};
   for (size_t i = 0; i < jobs.size(); ++i) {
     const AttributionResult& r = ours[i].result;
     const AttributionRequest& q = jobs[i].request;

@@ -91,17 +91,12 @@ int Run(int argc, char** argv) {
       engine::QuantizationName(options.quantization), options.four_bit.double_quantization ? "+dq" : "",
       (long long)model.ResidentWeightBytes(), (long long)batch, (long long)seq, peak);
   std::printf("%-30s %12s %12s %12s %10s\n", "job", "ms/iter", "tokens/s", "GFLOP/s", "% peak");
-  nlohmann::json report = {{"model",
-                            {{"layers", c.num_layers},
-                             {"hidden", c.hidden_size},
-                             {"vocab", c.vocab_size},
-                             {"dtype", Flag(argc, argv, "dtype", "float32")},
-                             {"device", options.device},
-                             {"quantization", engine::QuantizationName(options.quantization)},
-                             {"resident_weight_bytes", model.ResidentWeightBytes()}}},
-                           {"batch", batch},
-                           {"seq", seq},
-                           {"peak_gflops", peak}};
+  nlohmann::json report = {
+      {"model", bench::ModelFacts(c, Flag(argc, argv, "dtype", "float32"), options.device,
+                                  engine::QuantizationName(options.quantization), model.ResidentWeightBytes())},
+      {"batch", batch},
+      {"seq", seq},
+      {"peak_gflops", peak}};
   auto row = [&](const char* name, double seconds, double flop) {
     std::printf("%-30s %12.1f %12.0f %12.1f %9.1f%%\n", name, seconds * 1e3, tokens / seconds, flop / seconds / 1e9,
                 100.0 * flop / seconds / 1e9 / peak);
