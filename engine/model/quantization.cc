@@ -125,7 +125,6 @@ at::Tensor DequantizeFourBit(const QuantizedWeight& weight, at::ScalarType dtype
   return (values * weight.Absmax().unsqueeze(1)).reshape({weight.out_features, weight.in_features}).to(dtype);
 }
 
-// Autograd node: saves nothing dequantized; the weight is re-materialised in backward.
 // x · Wᵀ (forward) or x · W (input gradient): on CUDA inside one kernel, elsewhere through a
 // dequantized copy of W that dies with the call.
 at::Tensor DequantizingMatmul(const at::Tensor& x, const QuantizedWeight& weight, MatmulSide side) {
@@ -134,6 +133,7 @@ at::Tensor DequantizingMatmul(const at::Tensor& x, const QuantizedWeight& weight
   return side == MatmulSide::kForward ? at::linear(x, w) : at::matmul(x, w);
 }
 
+// Autograd node: saves nothing dequantized; the weight is re-materialised in backward.
 class QuantizedLinearFunction : public torch::autograd::Function<QuantizedLinearFunction> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const QuantizedWeight* weight) {
