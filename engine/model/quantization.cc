@@ -125,10 +125,24 @@ at::Tensor DequantizeFourBit(const QuantizedWeight& weight, at::ScalarType dtype
   return (values * weight.Absmax().unsqueeze(1)).reshape({weight.out_features, weight.in_features}).to(dtype);
 }
 
-// x · Wᵀ (forward) or x · W (input gradient): on CUDA inside one kernel, elsewhere through a
+// Up to this many rows a CUDA product dequantizes inside the kernel; above it, through a dequantized copy
+// and the library matmul. The fused kernel reads the 4-bit weight once per 64 rows and dequantizes it
+// again each time, while the copy costs one pass over the weight whatever the rows: an estimate puts the
+// crossover at a few hundred rows on an H100/H200 (decode and small batches fused, IG's thousands of rows
+// on cuBLAS). quantized_matmul_bench, run by scripts/gpu-check, measures both paths per row count; set
+// this from its table.
+constexpr int64_t kFusedKernelMaxRows = 256;
+
+std::optional<at::Tensor> FusedIfFewRows(const at::Tensor& x, const QuantizedWeight& weight, MatmulSide side) {
+  const int64_t width = x.dim() > 0 ? x.size(-1) : 0;
+  if (width == 0 || x.numel() / width > kFusedKernelMaxRows) return std::nullopt;
+  return FusedQuantizedMatmul(x, weight, side);
+}
+
+// x · Wᵀ (forward) or x · W (input gradient): on CUDA and few rows inside one kernel, else through a
 // dequantized copy of W that dies with the call.
 at::Tensor DequantizingMatmul(const at::Tensor& x, const QuantizedWeight& weight, MatmulSide side) {
-  if (std::optional<at::Tensor> fused = FusedQuantizedMatmul(x, weight, side)) return *std::move(fused);
+  if (std::optional<at::Tensor> fused = FusedIfFewRows(x, weight, side)) return *std::move(fused);
   const at::Tensor w = Dequantize(weight, x.scalar_type());
   return side == MatmulSide::kForward ? at::linear(x, w) : at::matmul(x, w);
 }
@@ -315,7 +329,7 @@ at::Tensor Dequantize(const QuantizedWeight& weight, at::ScalarType dtype) {
 
 at::Tensor QuantizedLinear(const at::Tensor& x, const QuantizedWeight& weight, const at::Tensor& bias) {
   if (!c10::GradMode::is_enabled() || !x.requires_grad()) {
-    if (std::optional<at::Tensor> y = FusedQuantizedMatmul(x, weight, MatmulSide::kForward)) {
+    if (std::optional<at::Tensor> y = FusedIfFewRows(x, weight, MatmulSide::kForward)) {
       return bias.defined() ? *y + bias : *std::move(y);
     }
     at::Tensor w = Dequantize(weight, x.scalar_type());
