@@ -55,8 +55,6 @@ class ObjectReader {
   std::set<std::string> used_;
 };
 
-bool OnCuda(const std::string& device) { return device.rfind("cuda", 0) == 0; }
-
 absl::Status ReadEngineOptions(const json& object, const std::string& where, engine::EngineOptions& out) {
   ObjectReader reader(object, where);
   RETURN_IF_ERROR(reader.Read("max_batch_tokens", out.max_batch_tokens));
@@ -98,8 +96,7 @@ absl::Status ReadModel(const json& object, const std::string& where, ModelSpec& 
   RETURN_IF_ERROR(reader.Read("engine", engine));
   RETURN_IF_ERROR(reader.Read("limits", limits));
   RETURN_IF_ERROR(reader.Finish());
-  out.engine.max_batch_time = DefaultMaxBatchTime(out.device);
-  out.engine.contended_intra_op_threads = DefaultContendedIntraOpThreads(out.device);
+  ApplyDeviceDefaults(out.device, out.engine);
   RETURN_IF_ERROR(ReadEngineOptions(engine, where + ".engine", out.engine));
   return ReadLimits(limits, where + ".limits", out.limits);
 }
@@ -152,16 +149,14 @@ absl::StatusOr<ServerConfig> ReadServerConfig(const std::string& path) {
   return ParseServerConfig(text, path);
 }
 
-absl::Duration DefaultMaxBatchTime(const std::string& device) {
+void ApplyDeviceDefaults(const std::string& device, engine::EngineOptions& engine) {
+  const bool cuda = device.rfind("cuda", 0) == 0;
   // CPU: measured on the default model (bench/RESULTS.md, latency isolation); a GPU runs a batch of
   // the same rows 10-100x faster, so interactive calls there get a correspondingly shorter bound.
-  return OnCuda(device) ? absl::Milliseconds(5) : absl::Milliseconds(25);
-}
-
-int DefaultContendedIntraOpThreads(const std::string& device) {
+  engine.max_batch_time = cuda ? absl::Milliseconds(5) : absl::Milliseconds(25);
   // On a CPU the batches share the cores with the threads serving calls (EngineOptions); a CUDA
   // device's batches need few host threads.
-  return OnCuda(device) ? 0 : engine::EngineOptions::kOneThreadFewer;
+  engine.contended_intra_op_threads = cuda ? 0 : engine::EngineOptions::kOneThreadFewer;
 }
 
 absl::Status ValidateServerConfig(const ServerConfig& config) {

@@ -58,10 +58,9 @@ absl::StatusOr<ServerConfig> ReadServerConfig(const std::string& path);
 // Checks a complete config (after flags): at least one model, unique names, values in range.
 absl::Status ValidateServerConfig(const ServerConfig& config);
 
-// engine.max_batch_seconds when a model does not set it: 25 ms on the CPU, 5 ms on a CUDA device.
-absl::Duration DefaultMaxBatchTime(const std::string& device);
-// engine.contended_intra_op_threads when a model does not set it: one thread fewer on the CPU
-// (EngineOptions::kOneThreadFewer), all on a CUDA device.
-int DefaultContendedIntraOpThreads(const std::string& device);
+// The engine settings whose defaults depend on the model's device, for a model that does not set them:
+// max_batch_seconds 25 ms on the CPU, 5 ms on a CUDA device; contended_intra_op_threads one thread
+// fewer on the CPU (EngineOptions::kOneThreadFewer), all on a CUDA device.
+void ApplyDeviceDefaults(const std::string& device, engine::EngineOptions& engine);
 
 }  // namespace attribution::server

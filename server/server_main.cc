@@ -116,11 +116,11 @@ ModelSpec ModelSpecFromFlags(std::string name, std::string path) {
   spec.limits.max_tokens = absl::GetFlag(FLAGS_max_tokens);
   spec.limits.max_steps = absl::GetFlag(FLAGS_max_steps);
   spec.limits.max_samples = absl::GetFlag(FLAGS_max_samples);
-  const double max_batch_seconds = absl::GetFlag(FLAGS_max_batch_seconds);
-  spec.engine.max_batch_time =
-      max_batch_seconds > 0 ? absl::Seconds(max_batch_seconds) : DefaultMaxBatchTime(spec.device);
+  ApplyDeviceDefaults(spec.device, spec.engine);
+  if (const double max_batch_seconds = absl::GetFlag(FLAGS_max_batch_seconds); max_batch_seconds > 0) {
+    spec.engine.max_batch_time = absl::Seconds(max_batch_seconds);
+  }
   spec.engine.max_uncontended_batch_time = absl::Seconds(absl::GetFlag(FLAGS_max_uncontended_batch_seconds));
-  spec.engine.contended_intra_op_threads = DefaultContendedIntraOpThreads(spec.device);
   return spec;
 }
 
