@@ -139,12 +139,16 @@ std::optional<at::Tensor> FusedIfFewRows(const at::Tensor& x, const QuantizedWei
   return FusedQuantizedMatmul(x, weight, side);
 }
 
-// x · Wᵀ (forward) or x · W (input gradient): on CUDA and few rows inside one kernel, else through a
-// dequantized copy of W that dies with the call.
-at::Tensor DequantizingMatmul(const at::Tensor& x, const QuantizedWeight& weight, MatmulSide side) {
-  if (std::optional<at::Tensor> fused = FusedIfFewRows(x, weight, side)) return *std::move(fused);
+// x · Wᵀ + bias (forward; bias may be undefined) or x · W (input gradient): on CUDA and few rows inside
+// one kernel, else through a dequantized copy of W that dies with the call.
+at::Tensor DequantizingMatmul(const at::Tensor& x, const QuantizedWeight& weight, MatmulSide side,
+                              const at::Tensor& bias = {}) {
+  if (std::optional<at::Tensor> fused = FusedIfFewRows(x, weight, side)) {
+    return bias.defined() ? *fused + bias : *std::move(fused);
+  }
   const at::Tensor w = Dequantize(weight, x.scalar_type());
-  return side == MatmulSide::kForward ? at::linear(x, w) : at::matmul(x, w);
+  if (side == MatmulSide::kInputGradient) return at::matmul(x, w);
+  return bias.defined() ? at::linear(x, w, bias) : at::linear(x, w);
 }
 
 // Autograd node: saves nothing dequantized; the weight is re-materialised in backward.
@@ -329,11 +333,7 @@ at::Tensor Dequantize(const QuantizedWeight& weight, at::ScalarType dtype) {
 
 at::Tensor QuantizedLinear(const at::Tensor& x, const QuantizedWeight& weight, const at::Tensor& bias) {
   if (!c10::GradMode::is_enabled() || !x.requires_grad()) {
-    if (std::optional<at::Tensor> y = FusedIfFewRows(x, weight, MatmulSide::kForward)) {
-      return bias.defined() ? *y + bias : *std::move(y);
-    }
-    at::Tensor w = Dequantize(weight, x.scalar_type());
-    return bias.defined() ? at::linear(x, w, bias) : at::linear(x, w);
+    return DequantizingMatmul(x, weight, MatmulSide::kForward, bias);
   }
   at::Tensor y = QuantizedLinearFunction::apply(x, &weight);
   return bias.defined() ? y + bias : y;
