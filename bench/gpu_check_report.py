@@ -338,30 +338,16 @@ def report(out_dir):
         f.write("\n".join(lines) + "\n")
 
 
+COMMANDS = {"run-info": run_info, "versions": versions, "build-summary": build_summary,
+            "model-summary": model_summary, "gpu-test-targets": gpu_test_targets, "ctest-summary": ctest_summary,
+            "parity": parity, "json-lines": json_lines, "record": record, "report": report}
+
+
 def main():
     command, args = sys.argv[1], sys.argv[2:]
-    if command == "run-info":
-        run_info(*args)
-    elif command == "versions":
-        versions(*args)
-    elif command == "build-summary":
-        build_summary(*args)
-    elif command == "model-summary":
-        model_summary(*args)
-    elif command == "gpu-test-targets":
-        gpu_test_targets(*args)
-    elif command == "ctest-summary":
-        ctest_summary(*args)
-    elif command == "parity":
-        parity(*args)
-    elif command == "json-lines":
-        json_lines(*args)
-    elif command == "record":
-        record(*args)
-    elif command == "report":
-        report(*args)
-    else:
+    if command not in COMMANDS:
         sys.exit(f"unknown command {command}")
+    COMMANDS[command](*args)
 
 
 if __name__ == "__main__":
