@@ -36,6 +36,9 @@ struct ClientOptions {
   int max_attempts = 4;                         // tries per call while the answer is UNAVAILABLE
   absl::Duration initial_backoff = absl::Milliseconds(100);
   absl::Duration max_backoff = absl::Seconds(2);
+  // How long one connection attempt (TCP, TLS and the HTTP/2 handshake) may take before it counts as
+  // failed: a busy server or a distant one needs more than a loopback round trip.
+  absl::Duration connect_timeout = absl::Seconds(20);
   int64_t max_message_bytes = 64 << 20;
 };
 

@@ -548,6 +548,29 @@ TEST(ClientRetries, UnavailableIsRetriedWithBackoffUntilTheServerComesUp) {
   EXPECT_THAT(once, StatusIs(absl::StatusCode::kUnavailable));
 }
 
+TEST(ClientConnect, ASlowHandshakeIsWaitedForUpToTheConnectTimeout) {
+  // A stopped server still completes TCP connections (the kernel's backlog) but sends no HTTP/2
+  // SETTINGS until it runs again, as a busy or distant server answers late.
+  auto server = ServerProcess::Start({"--model=demo=" + DemoModelDir()});
+  ASSERT_THAT(server, IsOk());
+  auto call_while_stopped = [&](client::ClientOptions options) {
+    options.max_attempts = 1;
+    auto client = Connect((*server)->address(), options);
+    (*server)->Signal(SIGSTOP);
+    std::thread resume([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+      (*server)->Signal(SIGCONT);
+    });
+    absl::StatusOr<std::vector<client::ModelInfo>> models = client->ListModels();
+    resume.join();
+    return models.status();
+  };
+  EXPECT_THAT(call_while_stopped({}), IsOk());
+  absl::Status impatient = call_while_stopped({.connect_timeout = absl::Milliseconds(200)});
+  EXPECT_THAT(impatient, StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_NE(std::string(impatient.message()).find("SETTINGS"), std::string::npos) << impatient;
+}
+
 // Logprobs calls each server has counted, once their sum reaches `total` (the count is made as the
 // answer goes out, so it may trail the client by a moment).
 std::pair<int64_t, int64_t> LogprobsAnswered(const ServerProcess& a, const ServerProcess& b, int64_t total) {

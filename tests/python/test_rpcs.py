@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import threading
 import time
 
@@ -257,6 +258,24 @@ def test_unavailable_is_retried_then_raised():
         assert isinstance(error.value, ConnectionError)
         assert time.monotonic() - started >= 0.2
 
+
+
+def test_a_slow_handshake_is_waited_for_up_to_the_connect_timeout(server):
+    # A stopped server still completes TCP connections (the kernel's backlog) but sends no HTTP/2
+    # SETTINGS until it runs again, as a busy or distant server answers late.
+    def call_while_stopped(**options):
+        with ac.AttributionClient(server.address, max_attempts=1, **options) as c:
+            server.process.send_signal(signal.SIGSTOP)
+            resume = threading.Timer(1.5, server.process.send_signal, (signal.SIGCONT,))
+            resume.start()
+            try:
+                return c.health(timeout=20)
+            finally:
+                resume.join()
+
+    call_while_stopped()
+    with pytest.raises(ac.Unavailable):
+        call_while_stopped(connect_timeout=0.2)
 
 def test_results_convert_to_numpy_dataframe_and_html(client):
     a = client.attribute(prompt=PROMPT, target=" Yes", method="feature_ablation", want_token_matrix=True)

@@ -37,7 +37,8 @@ def channel_args(o: ClientOptions) -> List[Tuple[str, object]]:
         ("grpc.service_config", service_config(o)),
         ("grpc.enable_retries", 1 if o.max_attempts > 1 else 0),
         ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
+        # gRPC reads its "min reconnect backoff" as the time a connection attempt is given.
+        ("grpc.min_reconnect_backoff_ms", int(o.connect_timeout * 1000)),
         ("grpc.max_reconnect_backoff_ms", int(o.max_backoff * 1000)),
         ("grpc.max_receive_message_length", o.max_message_bytes),
         ("grpc.max_send_message_length", o.max_message_bytes),

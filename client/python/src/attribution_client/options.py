@@ -35,6 +35,8 @@ class ClientOptions:
     max_attempts: int = 4      # tries per call while the answer is UNAVAILABLE (gRPC caps it at 5)
     initial_backoff: float = 0.1
     max_backoff: float = 2.0
+    # Seconds one connection attempt (TCP, TLS, HTTP/2 handshake) may take before it counts as failed.
+    connect_timeout: float = 20.0
     max_message_bytes: int = 64 << 20
 
 
