@@ -92,13 +92,14 @@ absl::StatusOr<const ServedModel*> AttributionServiceImpl::Admit(CallLog& log, g
 }
 
 void AttributionServiceImpl::CallEnded(const CallLog& log, const grpc::Status& status) {
+  const absl::Time now = absl::Now();
+  const char* code = StatusCodeName(status.error_code());
+  // Counted before its slot frees: a call admitted into that slot finds this one in the metrics.
+  metrics_->RecordRpc(log.method, code, now - log.received);
   if (log.admitted) {
     gate_.Leave();
     metrics_->SetInFlight(gate_.in_flight());
   }
-  const absl::Time now = absl::Now();
-  const char* code = StatusCodeName(status.error_code());
-  metrics_->RecordRpc(log.method, code, now - log.received);
   nlohmann::json line = {{"rpc", log.method},
                          {"model", AbbreviateUserText(log.model)},
                          {"code", code},

@@ -294,8 +294,9 @@ int Serve() {
   int signal_number = 0;
   sigwait(&signals, &signal_number);
   Log("draining", absl::StrCat("signal ", signal_number, ", ", service.gate().in_flight(), " calls in flight"));
-  health->SetServingStatus(false);
+  // Refusals begin before NOT_SERVING is advertised: a caller that saw NOT_SERVING is refused.
   service.gate().StartDraining();
+  health->SetServingStatus(false);
   const bool idle = service.gate().WaitIdle(absl::Now() + config->grace_period);
   // Stops the engines first, so calls still running past the grace period end UNAVAILABLE.
   (*models)->Shutdown();

@@ -388,9 +388,12 @@ TEST_F(Batch, TwoServersShareTheWorkAndOneMayDie) {
   ASSERT_THAT(c, IsOk());
   const std::string output = dir_->File("two.jsonl"), log = dir_->File("two.log");
   const std::string served = "attribution_rpcs_total{code=\"OK\",method=\"Attribute\"}";
-  // A runs the first part of the job, then dies: its rows go to B.
+  // C runs the first part of the job, then dies: its rows go to B. The kill waits for C's answers
+  // (polled; a fixed wait could fire before the runner had even asked every server for its models).
   std::thread killer([&] {
-    absl::SleepFor(absl::Seconds(reference_seconds_ / 4));
+    const absl::Time deadline = absl::Now() + absl::Seconds(60);
+    while (MetricValue((*c)->metrics_port(), served) < kRows / 8 && absl::Now() < deadline)
+      absl::SleepFor(absl::Milliseconds(10));
     (*c)->Signal(SIGKILL);
   });
   EXPECT_EQ(RunBatch(Args(output, absl::StrCat((*c)->address(), ",", b_->address())), log), 0) << ReadFile(log);

@@ -100,7 +100,7 @@ def test_bad_transport_never_connects(certs, mtls_server, change):
         "untrusted_server": dict(ca_file=str(certs / "rogue-ca.pem")),
         "plaintext": dict(tls=False),
     }[change]
-    with ac.AttributionClient(options(certs, mtls_server, timeout=5, **fields)) as c:
+    with ac.AttributionClient(options(certs, mtls_server, timeout=30, **fields)) as c:
         with pytest.raises(ac.Unavailable):
             c.list_models()
 
