@@ -4,10 +4,11 @@
 server, idle and while attribution-bench keeps it busy: the time a client's connect timeout must
 cover. Prints a Markdown table.
 
-Usage: handshake_latency.py SERVER_BINARY BENCH_BINARY [--connections N] [--background "attribute n_steps=512 concurrency=2"]
+Usage: handshake_latency.py SERVER_BINARY BENCH_BINARY [--connections N] [--load "ATTRIBUTION-BENCH FLAGS"]
 """
 import argparse
 import os
+import shlex
 import statistics
 import subprocess
 import tempfile
@@ -41,7 +42,8 @@ def main():
     parser.add_argument("server")
     parser.add_argument("bench")
     parser.add_argument("--connections", type=int, default=100)
-    parser.add_argument("--background", default="attribute n_steps=512 concurrency=2")
+    parser.add_argument("--load", default="--mix=attribute=1 --n_steps=512 --concurrency=2",
+                        help="attribution-bench flags of the load that keeps the server busy")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="handshake_latency.")
     ports = os.path.join(work, "ports")
@@ -53,17 +55,14 @@ def main():
             time.sleep(0.05)
         address = f"127.0.0.1:{open(ports).read().split()[0]}"
         idle = handshakes(address, args.connections)
-        settings = dict(word.split("=", 1) for word in args.background.split()[1:])
-        load = subprocess.Popen([args.bench, f"--server={address}", f"--mix={args.background.split()[0]}=1",
-                                 f"--n_steps={settings.get('n_steps', 512)}",
-                                 f"--concurrency={settings.get('concurrency', 2)}", "--duration=3600"],
+        load = subprocess.Popen([args.bench, f"--server={address}", "--duration=3600", *shlex.split(args.load)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(3)
         busy = handshakes(address, args.connections)
         print("| server | connections | p50 ms | p99 ms | max ms | over 100 ms |")
         print("|---|---:|---:|---:|---:|---:|")
         print(row("idle", idle))
-        print(row(f"busy: {args.background}", busy))
+        print(row(f"busy: {args.load}", busy))
     finally:
         for process in (load, server):
             if process is not None:

@@ -259,7 +259,6 @@ def test_unavailable_is_retried_then_raised():
         assert time.monotonic() - started >= 0.2
 
 
-
 def test_a_slow_handshake_is_waited_for_up_to_the_connect_timeout(server):
     # A stopped server still completes TCP connections (the kernel's backlog) but sends no HTTP/2
     # SETTINGS until it runs again, as a busy or distant server answers late.
@@ -276,6 +275,7 @@ def test_a_slow_handshake_is_waited_for_up_to_the_connect_timeout(server):
     call_while_stopped()
     with pytest.raises(ac.Unavailable):
         call_while_stopped(connect_timeout=0.2)
+
 
 def test_results_convert_to_numpy_dataframe_and_html(client):
     a = client.attribute(prompt=PROMPT, target=" Yes", method="feature_ablation", want_token_matrix=True)
