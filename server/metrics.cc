@@ -54,6 +54,9 @@ class EngineCollector : public prometheus::Collectable {
                prometheus::MetricType::Counter),
         Family("attribution_engine_time_limited_batches_total",
                "Batches that max_batch_seconds kept short because other calls waited", prometheus::MetricType::Counter),
+        Family("attribution_engine_batches_inside_pauses_total",
+               "Batches of short calls run while a long gradient batch paused between layers",
+               prometheus::MetricType::Counter),
     };
     for (const auto& model : models_.models()) {
       const engine::EngineStats s = model->engine->Stats();
@@ -68,7 +71,8 @@ class EngineCollector : public prometheus::Collectable {
                                static_cast<double>(s.padded_tokens),
                                static_cast<double>(s.failed_rows),
                                absl::ToDoubleSeconds(s.device_time),
-                               static_cast<double>(s.time_limited_batches)};
+                               static_cast<double>(s.time_limited_batches),
+                               static_cast<double>(s.batches_inside_pauses)};
       for (size_t i = 0; i < families.size(); ++i) {
         prometheus::ClientMetric metric;
         metric.label.push_back({"model", model->spec.name});

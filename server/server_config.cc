@@ -67,6 +67,7 @@ absl::Status ReadEngineOptions(const json& object, const std::string& where, eng
   RETURN_IF_ERROR(reader.ReadSeconds("max_batch_seconds", out.max_batch_time));
   RETURN_IF_ERROR(reader.ReadSeconds("max_uncontended_batch_seconds", out.max_uncontended_batch_time));
   RETURN_IF_ERROR(reader.Read("contended_intra_op_threads", out.contended_intra_op_threads));
+  RETURN_IF_ERROR(reader.Read("pause_long_batches", out.pause_long_batches));
   return reader.Finish();
 }
 

@@ -151,9 +151,16 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
       activation = std::move(replaced);
     }
   };
+  auto pause = [&batch](const at::Tensor& residual) {
+    if (!batch.pause_point) return;
+    batch.pause_point();
+    if (residual.requires_grad())
+      residual.register_hook([pause_point = batch.pause_point](const at::TensorBase&) { pause_point(); });
+  };
   for (size_t i = first_layer; i < layers.size(); ++i) {
     const DecoderLayer& layer = layers[i];
     if (!joining.empty()) join_until(static_cast<int64_t>(i));
+    pause(x);
     const int64_t rows = active;
     auto active_rows = [rows](const at::Tensor& t) { return rows == t.size(0) ? t : t.narrow(0, 0, rows); };
     const at::Tensor mask = active_rows(all_rows_mask);
@@ -209,6 +216,7 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
     }
   }
   if (!joining.empty()) join_until(config.num_layers);
+  pause(x);
   if (batch.cache != nullptr) batch.cache->Advance(lengths);
   return Norm(x, final_norm_weight, final_norm_bias, batch.rules);
 }

@@ -82,6 +82,11 @@ struct ForwardBatch {
   std::vector<int64_t> first_layers;
   // What the backward propagates (forward values are the same under every rule).
   PropagationRules rules = PropagationRules::kGradient;
+  // Called as each decoder layer begins and before the final norm, and, when the batch takes
+  // gradients, again as the backward reaches each of those points (on autograd's thread for the
+  // device): the engine runs short waiting work there, so one long batch does not hold it up. Values
+  // and gradients are the same with it or without.
+  std::function<void()> pause_point;
 };
 
 // (row, position, token) triples: the score of `token` as the next token after `position`.

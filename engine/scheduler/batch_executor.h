@@ -3,6 +3,7 @@
 // executor thread; tests substitute fakes that count calls or fail on purpose.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -24,6 +25,13 @@ class BatchExecutor {
   // component site of every layer, and their attention inputs when its rows recompute attention
   // weights), counted the same way.
   virtual int64_t CapturedBytesPerToken(bool attention_inputs) const { return 0; }
+  // Work to run at points spread through each batch of `kind` that can pause (a model's gradient
+  // batches: between decoder layers, in the forward and in the backward), on the thread running that
+  // part of the batch; the engine runs waiting short calls there. Set before the first Run.
+  virtual void SetPausePoint(std::function<void()> pause_point) {}
+  // Into how many stretches of about equal or less device time those points cut a batch of `kind`
+  // (1: it never pauses).
+  virtual int PausedStretches(RowKind kind) const { return 1; }
 };
 
 // Executes rows with a CausalLM: right-pads them into one batch per call.

@@ -25,6 +25,12 @@ bool Contended(const std::vector<QueuedRequestView>& queue) {
   return interactive && long_work;
 }
 
+bool InteractiveGrad(const std::vector<QueuedRequestView>& queue) {
+  return std::any_of(queue.begin(), queue.end(), [](const QueuedRequestView& view) {
+    return view.interactive && !view.kinds[static_cast<int>(RowKind::kGrad)].lengths.empty();
+  });
+}
+
 // The predicted device time of the slowest interactive request's rows, each kind as one batch.
 double InteractiveSeconds(const std::vector<QueuedRequestView>& queue, const BatchCost costs[kRowKinds]) {
   double seconds = 0;
@@ -88,10 +94,14 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
   // repacking every weight matrix once per batch) is most of its time.
   double max_seconds =
       std::max(absl::ToDoubleSeconds(limits.max_uncontended_batch_time), cost.fixed / kMaxFixedCostShare);
+  decision.interactive_grad = InteractiveGrad(queue);
   if (decision.isolating) {
-    max_seconds = std::min(max_seconds, std::max(absl::ToDoubleSeconds(limits.max_batch_time),
-                                                 kIsolationFactor * std::max(decision.interactive_seconds,
-                                                                             limits.recent_interactive_seconds)));
+    const int stretches =
+        decision.interactive_grad || limits.recent_interactive_grad ? 1 : std::max(1, limits.paused_stretches[k]);
+    const double max_stretch_seconds =
+        std::max(absl::ToDoubleSeconds(limits.max_batch_time),
+                 kIsolationFactor * std::max(decision.interactive_seconds, limits.recent_interactive_seconds));
+    max_seconds = std::min(max_seconds, stretches * max_stretch_seconds);
   }
   const bool time_limited = cost.known && std::isfinite(max_seconds);
   std::vector<int64_t> taken(queue.size(), 0);

@@ -14,7 +14,9 @@
 // Latency isolation: while the queue is contended (an interactive request waits beside long work, or
 // did so within the engine's recent memory), a batch also stays within
 // max(`max_batch_time`, kIsolationFactor x the waiting short calls' own batch time) of device time by
-// the learned cost of its kind, so a short call waits at most one short batch. Uncontended, batches
+// the learned cost of its kind, so a short call waits at most one short batch. A batch that pauses to
+// run waiting short calls (gradient batches, between layers) keeps each stretch within that bound
+// instead, so long work keeps batches of an efficient size beside short calls. Uncontended, batches
 // fill the token budget up to the looser `max_uncontended_batch_time` (raised to 1 / kMaxFixedCostShare
 // times the kind's per-batch fixed cost where that is more), so a request running alone still stops
 // within about one batch of its cancellation or deadline (long rows, whose attention cost grows with
@@ -70,6 +72,12 @@ struct BatchLimits {
   bool contended_recently = false;
   // The latest interactive_seconds (see BatchDecision) the engine saw, while within its memory window.
   double recent_interactive_seconds = 0;
+  // How many stretches a batch of each kind pauses between to run waiting interactive score and decode
+  // rows (BatchExecutor::PausedStretches). While contended, the time bound holds for one stretch of
+  // such a batch, unless interactive gradient rows wait or did so recently (`recent_interactive_grad`):
+  // those cannot run inside it.
+  int paused_stretches[kRowKinds] = {1, 1, 1};
+  bool recent_interactive_grad = false;
 };
 
 // A request that submits at most this many score / grad rows in all is interactive: beside long work
@@ -97,6 +105,7 @@ struct BatchDecision {
   bool isolating = false;          // contended now or recently: the contended time bound applies
   bool time_limited = false;       // max_batch_time or max_uncontended_batch_time bounded its size
   double interactive_seconds = 0;  // predicted time of the queued interactive work, 0 when none
+  bool interactive_grad = false;   // queued interactive work includes gradient rows
 };
 
 BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Time now, const BatchLimits& limits);

@@ -88,6 +88,12 @@ absl::StatusOr<std::unique_ptr<BatchingEngine>> BatchingEngine::Create(std::uniq
         "engine options: need 1 <= min_batch_tokens <= max_batch_tokens and max_batch_rows >= 1");
   }
   std::unique_ptr<BatchingEngine> engine(new BatchingEngine(std::move(executor), std::move(options)));
+  if (engine->options_.pause_long_batches) {
+    engine->executor_->SetPausePoint([e = engine.get()] { e->RunShortWorkWhilePaused(); });
+    for (int k = 0; k < kRowKinds; ++k) {
+      engine->paused_stretches_[k] = std::max(1, engine->executor_->PausedStretches(static_cast<RowKind>(k)));
+    }
+  }
   engine->thread_ = std::thread([e = engine.get()] { e->Loop(); });
   return engine;
 }
@@ -267,41 +273,28 @@ void BatchingEngine::Loop() {
       if (stopping_ && stats_.queued_rows == 0) return;
       const absl::Time now = Now();
       DropDeadRowsLocked(now, dropped);
-      std::vector<QueuedRequestView> views;
       std::vector<uint64_t> ids;
-      for (const auto& [id, queue] : queues_) {
-        QueuedRequestView view{id, queue.request->priority(), queue.request->deadline(), queue.arrival,
-                               queue.request->submitted_work_rows_ <= kInteractiveRows};
-        for (int k = 0; k < kRowKinds; ++k) {
-          for (const PendingRow& row : queue.kinds[k]) view.kinds[k].lengths.push_back(row.row.length());
-          if (!queue.kinds[k].empty()) view.kinds[k].oldest_enqueued = queue.kinds[k].front().enqueued;
-        }
-        views.push_back(std::move(view));
-        ids.push_back(id);
-      }
-      BatchLimits limits{.token_budget = token_budget_,
-                         .max_rows = options_.max_batch_rows,
-                         .max_queue_delay = stopping_ ? absl::ZeroDuration() : options_.max_queue_delay,
-                         .next_kind = next_kind_,
-                         .max_padding_waste = options_.max_padding_waste,
-                         .max_batch_time = options_.max_batch_time,
-                         .max_uncontended_batch_time = options_.max_uncontended_batch_time,
-                         .contended_recently = now - last_contended_ < options_.contention_memory};
-      if (now - last_interactive_ < options_.contention_memory)
-        limits.recent_interactive_seconds = recent_interactive_seconds_;
-      for (int k = 0; k < kRowKinds; ++k) limits.costs[k] = costs_.cost(static_cast<RowKind>(k));
-      const BatchDecision decision = DecideBatch(views, now, limits);
+      const std::vector<QueuedRequestView> views = QueueViewsLocked(/*inside_pause=*/false, ids);
+      const BatchDecision decision = DecideBatch(views, now, LimitsLocked(now));
       if (decision.contended) last_contended_ = now;
       if (decision.interactive_seconds > 0) {  // the latest sighting, remembered for the window
         recent_interactive_seconds_ = decision.interactive_seconds;
         last_interactive_ = now;
       }
+      if (decision.interactive_grad) last_interactive_grad_ = now;
       if (decision.run) {
         kind = decision.kind;
         time_limited = decision.time_limited;
         next_kind_ = static_cast<RowKind>((static_cast<int>(kind) + 1) % kRowKinds);
         isolating = decision.isolating;
         batch = TakeBatchLocked(decision, ids);
+        running_priority_ = Priority::kLow;
+        running_requests_.clear();
+        for (const PendingRow& row : batch) {
+          running_priority_ = std::max(running_priority_, row.group->request->priority());
+          running_requests_.push_back(row.group->request->id());
+        }
+        std::sort(running_requests_.begin(), running_requests_.end());
       } else if (!views.empty() && dropped.empty()) {
         // Wait for the oldest row's delay to run out, or for new rows to change the decision.
         const uint64_t seen = submissions_;
@@ -315,11 +308,97 @@ void BatchingEngine::Loop() {
     std::vector<PendingRow*> rows;
     for (PendingRow& row : batch) rows.push_back(&row);
     std::vector<RowResult> results(batch.size());
-    if (contended_threads > 0) SetThreadIntraOpThreads(isolating ? contended_threads : all_threads);
+    // A batch that pauses for the short calls keeps every thread: they run inside it, so leaving them a
+    // core only slows the long work (bench/RESULTS.md).
+    if (contended_threads > 0) {
+      SetThreadIntraOpThreads(isolating && paused_stretches_[static_cast<int>(kind)] == 1 ? contended_threads
+                                                                                          : all_threads);
+    }
     const absl::Time started = Now();
+    paused_time_ = absl::ZeroDuration();
     Execute(kind, rows, results);
-    Finish(kind, batch, results, started, Now() - started, time_limited);
+    Finish(kind, batch, results, started, Now() - started - paused_time_, time_limited, /*inside_pause=*/false);
   }
+}
+
+std::vector<QueuedRequestView> BatchingEngine::QueueViewsLocked(bool inside_pause, std::vector<uint64_t>& ids) const {
+  std::vector<QueuedRequestView> views;
+  for (const auto& [id, queue] : queues_) {
+    const bool interactive = queue.request->submitted_work_rows_ <= kInteractiveRows;
+    // A request with rows in the running batch waits for it: so a request alone always gets the same
+    // batches, whenever its rows arrive.
+    if (inside_pause && (!interactive || queue.request->priority() < running_priority_ ||
+                         std::binary_search(running_requests_.begin(), running_requests_.end(), id))) {
+      continue;
+    }
+    QueuedRequestView view{id, queue.request->priority(), queue.request->deadline(), queue.arrival, interactive};
+    for (int k = 0; k < kRowKinds; ++k) {
+      // Gradient rows cannot run inside a paused gradient batch.
+      if (inside_pause && k == static_cast<int>(RowKind::kGrad)) continue;
+      for (const PendingRow& row : queue.kinds[k]) view.kinds[k].lengths.push_back(row.row.length());
+      if (!queue.kinds[k].empty()) view.kinds[k].oldest_enqueued = queue.kinds[k].front().enqueued;
+    }
+    views.push_back(std::move(view));
+    ids.push_back(id);
+  }
+  return views;
+}
+
+BatchLimits BatchingEngine::LimitsLocked(absl::Time now) const {
+  BatchLimits limits{.token_budget = token_budget_,
+                     .max_rows = options_.max_batch_rows,
+                     .max_queue_delay = stopping_ ? absl::ZeroDuration() : options_.max_queue_delay,
+                     .next_kind = next_kind_,
+                     .max_padding_waste = options_.max_padding_waste,
+                     .max_batch_time = options_.max_batch_time,
+                     .max_uncontended_batch_time = options_.max_uncontended_batch_time,
+                     .contended_recently = now - last_contended_ < options_.contention_memory,
+                     .recent_interactive_grad = now - last_interactive_grad_ < options_.contention_memory};
+  if (now - last_interactive_ < options_.contention_memory)
+    limits.recent_interactive_seconds = recent_interactive_seconds_;
+  for (int k = 0; k < kRowKinds; ++k) {
+    limits.costs[k] = costs_.cost(static_cast<RowKind>(k));
+    limits.paused_stretches[k] = paused_stretches_[k];
+  }
+  return limits;
+}
+
+void BatchingEngine::RunShortWorkWhilePaused() {
+  const absl::Time paused = Now();
+  std::vector<Answer> dropped;
+  std::vector<PendingRow> batch;
+  BatchDecision decision;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stats_.queued_rows == 0) return;
+    DropDeadRowsLocked(paused, dropped);
+    std::vector<uint64_t> ids;
+    const std::vector<QueuedRequestView> views = QueueViewsLocked(/*inside_pause=*/true, ids);
+    if (!views.empty()) {
+      BatchLimits limits = LimitsLocked(paused);
+      limits.max_queue_delay = absl::ZeroDuration();  // the device is ours only for this pause
+      decision = DecideBatch(views, paused, limits);
+      if (decision.run) {
+        // Short calls waited beside the long batch: contention, which the batches after it respect.
+        last_contended_ = paused;
+        if (decision.interactive_seconds > 0) {
+          recent_interactive_seconds_ = decision.interactive_seconds;
+          last_interactive_ = paused;
+        }
+        batch = TakeBatchLocked(decision, ids);
+      }
+    }
+  }
+  Deliver(dropped);
+  if (!batch.empty()) {
+    std::vector<PendingRow*> rows;
+    for (PendingRow& row : batch) rows.push_back(&row);
+    std::vector<RowResult> results(batch.size());
+    const absl::Time started = Now();
+    Execute(decision.kind, rows, results);
+    Finish(decision.kind, batch, results, started, Now() - started, decision.time_limited, /*inside_pause=*/true);
+  }
+  paused_time_ += Now() - paused;
 }
 
 void BatchingEngine::ReleaseFreeMemory() {
@@ -367,11 +446,12 @@ void BatchingEngine::Execute(RowKind kind, std::vector<PendingRow*> rows, std::v
 }
 
 void BatchingEngine::Finish(RowKind kind, std::vector<PendingRow>& batch, std::vector<RowResult>& results,
-                            absl::Time started, absl::Duration device_time, bool time_limited) {
+                            absl::Time started, absl::Duration device_time, bool time_limited, bool inside_pause) {
   BatchRecord record{.kind = kind,
                      .rows = static_cast<int64_t>(batch.size()),
                      .device_time = device_time,
-                     .time_limited = time_limited};
+                     .time_limited = time_limited,
+                     .inside_pause = inside_pause};
   int64_t longest = 0;
   for (const PendingRow& row : batch) {
     record.tokens += row.row.length();
@@ -407,6 +487,7 @@ void BatchingEngine::Finish(RowKind kind, std::vector<PendingRow>& batch, std::v
     stats_.padded_tokens += record.padded_tokens;
     stats_.failed_rows += failed;
     stats_.time_limited_batches += time_limited ? 1 : 0;
+    stats_.batches_inside_pauses += inside_pause ? 1 : 0;
     stats_.device_time += device_time;
     // A failed batch's time (split retries, errors) says nothing about the kind's cost.
     if (failed == 0) costs_.Observe(kind, record.rows, longest, device_time);

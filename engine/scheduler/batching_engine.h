@@ -57,9 +57,14 @@ struct EngineOptions {
   // has), kOneThreadFewer one fewer than that (at least one), N > 0 N. On a CPU device the engine's
   // threads share the cores with the threads that receive and answer calls; one fewer leaves them a
   // core, so an interactive call is answered sooner (bench/RESULTS.md: Logprobs p90 beside integrated
-  // gradients 25-28 ms against 30-37 ms on 2 cores). Uncontended batches always use all.
+  // gradients 25-28 ms against 30-37 ms on 2 cores). Uncontended batches always use all, and so do
+  // batches that pause for the short calls (pause_long_batches).
   static constexpr int kOneThreadFewer = -1;
   int contended_intra_op_threads = 0;
+  // Long gradient batches pause between layers to run waiting interactive score and decode rows (see
+  // BatchExecutor::SetPausePoint), so beside short calls they keep an efficient size: while contended,
+  // max_batch_time bounds one stretch between pauses rather than the whole batch.
+  bool pause_long_batches = true;
   std::function<absl::Time()> clock;  // default: absl::Now
 };
 
@@ -73,6 +78,7 @@ struct BatchRecord {
   absl::Duration max_queue_wait;
   bool failed = false;
   bool time_limited = false;  // max_batch_time or max_uncontended_batch_time bounded its size
+  bool inside_pause = false;  // short calls' rows run while a long batch paused
   double padding_waste() const { return PaddingWaste(tokens, padded_tokens); }
 };
 
@@ -85,8 +91,9 @@ struct EngineStats {
   int64_t tokens = 0;
   int64_t padded_tokens = 0;
   int64_t failed_rows = 0;
-  int64_t time_limited_batches = 0;  // kept short by max_batch_time or max_uncontended_batch_time
-  int64_t token_budget = 0;          // current (shrinks after out-of-memory)
+  int64_t time_limited_batches = 0;   // kept short by max_batch_time or max_uncontended_batch_time
+  int64_t batches_inside_pauses = 0;  // of short calls' rows, run while a long batch paused
+  int64_t token_budget = 0;           // current (shrinks after out-of-memory)
   absl::Duration device_time;
   absl::Duration uptime;
   double padding_waste() const { return PaddingWaste(tokens, padded_tokens); }
@@ -178,6 +185,15 @@ class BatchingEngine {
   // The embedding path or prompt pair `row` shares with other rows, and the memory it holds once.
   std::pair<const void*, int64_t> SharedInput(const Row& row) const;
   void Loop();
+  // Views of the queued requests for DecideBatch, with `ids` their request ids. Inside a pause: only
+  // the interactive requests of at least the running batch's priority that have no rows in it, and only
+  // their score and decode rows (what can run inside a paused gradient batch).
+  std::vector<QueuedRequestView> QueueViewsLocked(bool inside_pause, std::vector<uint64_t>& ids) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  BatchLimits LimitsLocked(absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The executor's pause point: runs one batch of the waiting short work QueueViewsLocked shows inside
+  // a pause, inside the running batch.
+  void RunShortWorkWhilePaused();
   // Removes rows of expired or cancelled requests; appends their answers.
   void DropDeadRowsLocked(absl::Time now, std::vector<Answer>& answers) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<PendingRow> TakeBatchLocked(const BatchDecision& decision, const std::vector<uint64_t>& ids)
@@ -185,7 +201,7 @@ class BatchingEngine {
   // Runs rows as one batch, splitting it on failure until failures are pinned to single rows.
   void Execute(RowKind kind, std::vector<PendingRow*> rows, std::vector<RowResult>& results);
   void Finish(RowKind kind, std::vector<PendingRow>& batch, std::vector<RowResult>& results, absl::Time started,
-              absl::Duration device_time, bool time_limited);
+              absl::Duration device_time, bool time_limited, bool inside_pause);
   static void Deliver(std::vector<Answer>& answers);
   // Returns freed heap memory to the system. After at least kTokensBetweenTrims padded tokens of work,
   // the executor calls it kIdleTrims times, each after kIdleBeforeTrim with an empty queue, so memory
@@ -196,6 +212,10 @@ class BatchingEngine {
   static constexpr int kIdleTrims = 3;
 
   const std::unique_ptr<BatchExecutor> executor_;  // used by the executor thread only
+  int paused_stretches_[kRowKinds] = {1, 1, 1};    // set before the executor thread starts
+  // Of the running batch, the time spent in short batches run inside it: its own device time is less.
+  // Only the thread that runs batches (the executor thread, or autograd's while that thread waits) uses it.
+  absl::Duration paused_time_;
   const EngineOptions options_;
   const absl::Time started_;
   std::atomic<uint64_t> next_request_id_{1};
@@ -212,6 +232,10 @@ class BatchingEngine {
   RowKind next_kind_ ABSL_GUARDED_BY(mu_) = RowKind::kScore;  // kinds take turns between batches
   absl::Time last_contended_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   absl::Time last_interactive_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  absl::Time last_interactive_grad_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  // The running batch's highest priority and its requests' ids, sorted.
+  Priority running_priority_ ABSL_GUARDED_BY(mu_) = Priority::kLow;
+  std::vector<uint64_t> running_requests_ ABSL_GUARDED_BY(mu_);
   double recent_interactive_seconds_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t padded_tokens_at_trim_ ABSL_GUARDED_BY(mu_) = 0;
   int idle_trims_left_ ABSL_GUARDED_BY(mu_) = 0;

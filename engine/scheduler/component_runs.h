@@ -8,6 +8,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <array>
+#include <functional>
 #include <memory>
 #include <unordered_map>
 #include <vector>
@@ -28,6 +29,8 @@ class ComponentRuns {
   absl::Status RunGrad(const std::vector<const Row*>& rows, std::vector<RowResult>& results);
   // Forgets the activations of pairs that no row or plan holds any more.
   void ReleaseUnused();
+  // Where gradient runs pause (ForwardBatch::pause_point).
+  void SetPausePoint(std::function<void()> pause_point) { pause_point_ = std::move(pause_point); }
   // Pairs whose activations are held now.
   size_t size() const { return pairs_.size(); }
 
@@ -59,6 +62,7 @@ class ComponentRuns {
 
   std::shared_ptr<const CausalLM> model_;
   std::unordered_map<const PromptPair*, Captured> pairs_;
+  std::function<void()> pause_point_;
 };
 
 }  // namespace attribution::engine

@@ -44,6 +44,19 @@ class ModelExecutor : public BatchExecutor {
     return absl::InternalError("unknown row kind");
   }
 
+  void SetPausePoint(std::function<void()> pause_point) override {
+    components_.SetPausePoint(pause_point);
+    pause_point_ = std::move(pause_point);
+  }
+
+  // Gradient batches pause as each layer begins and as the backward leaves it. A layer's backward takes
+  // about twice its forward, so the longest stretch is about 2 / (3 x layers) of the batch; 1 / layers
+  // leaves room for the head and for noise (bench/RESULTS.md: on the 4-layer default model the longest
+  // stretch was 0.14 of its batch on average).
+  int PausedStretches(RowKind kind) const override {
+    return kind == RowKind::kGrad && pause_point_ ? model_->config().num_layers : 1;
+  }
+
   int64_t EmbeddedBytesPerToken() const override {
     return 2 * model_->config().hidden_size * static_cast<int64_t>(c10::elementSize(model_->dtype()));
   }
@@ -128,6 +141,7 @@ class ModelExecutor : public BatchExecutor {
     std::vector<PathEmbeddings::PathRows> paths;
     ASSIGN_OR_RETURN(ForwardBatch batch, Pad(rows, &paths));
     batch.rules = rules;
+    batch.pause_point = pause_point_;
     std::vector<RowObjective> objectives;
     for (const Row* row : rows) objectives.push_back(row->objective);
     ASSIGN_OR_RETURN(InputGradients grads, model_->ObjectiveGradients(batch, objectives));
@@ -162,6 +176,7 @@ class ModelExecutor : public BatchExecutor {
   }
 
   std::shared_ptr<const CausalLM> model_;
+  std::function<void()> pause_point_;
   PathEmbeddings paths_;      // embedded once per path, while its rows run
   ComponentRuns components_;  // each prompt pair's activations, while its rows run
 };

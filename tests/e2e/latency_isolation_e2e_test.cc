@@ -63,5 +63,47 @@ TEST(LatencyIsolation, ShortCallOvertakesLongAttributionWhichStaysTheSame) {
   }
 }
 
+// A gradient batch pauses between layers to run a short call's rows: the Logprobs call is answered
+// from inside a batch of the long request (the engine's pause counter), and the long request's result
+// is the one it gets alone.
+TEST(LatencyIsolation, ShortCallsRunInsideTheLongAttributionsBatches) {
+  auto server = ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir()});
+  ASSERT_THAT(server, IsOk());
+  auto client = std::move(*client::AttributionClient::Connect({.target = (*server)->address()}));
+  const std::string paused = "attribution_engine_batches_inside_pauses_total{model=\"demo\"}";
+  const client::AttributeOptions long_ig{.model = "demo",
+                                         .prompt = std::string(200, 'a') + " is it?",
+                                         .target = " yes",
+                                         .target_tokenization = "separate",
+                                         .n_steps = 512};
+  absl::StatusOr<client::Attribution> alone = client->Attribute(long_ig);
+  ASSERT_THAT(alone, IsOk());
+  EXPECT_EQ(MetricValue((*server)->metrics_port(), paused), 0);
+
+  std::atomic<bool> long_done{false};
+  absl::Notification finished;
+  absl::StatusOr<client::Attribution> loaded = absl::UnknownError("not run");
+  client->AttributeAsync(long_ig, [&](absl::StatusOr<client::Attribution> r) {
+    loaded = std::move(r);
+    long_done = true;
+    finished.Notify();
+  });
+  ASSERT_TRUE(WaitForQueuedRows((*server)->metrics_port(), "demo"));
+  // A call can arrive in the gap between two batches and run on its own; the next ones then land
+  // inside a batch (the device is busy with the long request nearly all the time).
+  int calls = 0;
+  while (!long_done && MetricValue((*server)->metrics_port(), paused) == 0) {
+    ASSERT_THAT(client->GetLogprobs({.model = "demo", .prompt = "Is it", .target = " yes"}), IsOk());
+    ++calls;
+  }
+  finished.WaitForNotification();
+  ASSERT_THAT(loaded, IsOk());
+  EXPECT_GT(MetricValue((*server)->metrics_port(), paused), 0) << calls << " Logprobs calls";
+  ASSERT_EQ(loaded->sequence.size(), alone->sequence.size());
+  for (size_t i = 0; i < alone->sequence.size(); ++i) {
+    EXPECT_NEAR(loaded->sequence[i], alone->sequence[i], 1e-5 * (1 + std::fabs(alone->sequence[i]))) << i;
+  }
+}
+
 }  // namespace
 }  // namespace attribution

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // A BatchExecutor for scheduler tests: no model, no tensors. Each row's value is the sum of its
 // input ids, or its path's (so a result mixed up between rows is visible); it records every batch it runs, can be
-// held at a gate, and fails on request.
+// held at a gate, pauses grad batches for the engine's short work, and fails on request.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -34,6 +34,7 @@ class FakeExecutor : public engine::BatchExecutor {
       gate_ = nullptr;  // only the first batch waits
     }
     if (during_batch_) during_batch_(rows);
+    for (int i = 1; kind == engine::RowKind::kGrad && i < paused_stretches_ && pause_point_; ++i) pause_point_();
     if (failure_) {
       if (absl::Status s = failure_(rows); !s.ok()) {
         RecordAttempt(rows);
@@ -60,6 +61,13 @@ class FakeExecutor : public engine::BatchExecutor {
   void DuringBatch(std::function<void(const std::vector<const engine::Row*>&)> hook) {
     during_batch_ = std::move(hook);
   }
+  // Grad batches call the engine's pause point `stretches - 1` times, after the DuringBatch hook (set
+  // before the engine starts).
+  void PauseGradBatches(int stretches) { paused_stretches_ = stretches; }
+  void SetPausePoint(std::function<void()> pause_point) override { pause_point_ = std::move(pause_point); }
+  int PausedStretches(engine::RowKind kind) const override {
+    return kind == engine::RowKind::kGrad ? paused_stretches_ : 1;
+  }
   // What an embedding path costs per token once it runs (set before the engine starts).
   void SetEmbeddedBytesPerToken(int64_t bytes) { embedded_bytes_per_token_ = bytes; }
   int64_t EmbeddedBytesPerToken() const override { return embedded_bytes_per_token_; }
@@ -85,6 +93,8 @@ class FakeExecutor : public engine::BatchExecutor {
   Notification started_;
   FailureRule failure_;
   std::function<void(const std::vector<const engine::Row*>&)> during_batch_;
+  int paused_stretches_ = 1;
+  std::function<void()> pause_point_;
   int64_t embedded_bytes_per_token_ = 0;
   int64_t captured_bytes_per_token_ = 0;
   mutable std::mutex mu_;

@@ -172,6 +172,39 @@ TEST_P(CausalLMParity, InputGradientMatchesTransformers) {
   EXPECT_LT(ScaledError(result->gradients[0], reference_.Tensor("gradient")), fp32() ? 1e-4 : 6e-2);
 }
 
+// The engine runs short calls at a gradient batch's pause points: the batch pauses as each layer
+// begins and before the final norm, in the forward and again in the backward, and a forward run there
+// changes none of its values or gradients.
+TEST_P(CausalLMParity, GradientsPauseAtEveryLayerBothWaysAndAForwardRunThereChangesNothing) {
+  ForwardBatch batch{.inputs_embeds = *model_->Embed(at::tensor(rows_[0], at::kLong).unsqueeze(0))};
+  RowObjective objective{.positions = reference_.spec["objective_positions"].get<std::vector<int64_t>>(),
+                         .tokens = reference_.spec["objective_tokens"].get<std::vector<int64_t>>()};
+  auto plain = model_->ObjectiveGradients(batch, {objective});
+  ASSERT_THAT(plain, IsOk());
+  const ForwardBatch other = PaddedBatch();
+  const std::vector<RowObjective> other_objectives(rows_.size(), RowObjective{.positions = {0}, .tokens = {1}});
+  std::vector<at::Tensor> run_while_paused;
+  batch.pause_point = [&] {
+    c10::InferenceMode inference;
+    run_while_paused.push_back(*model_->ObjectiveValues(other, other_objectives));
+  };
+  auto paused = model_->ObjectiveGradients(batch, {objective});
+  ASSERT_THAT(paused, IsOk());
+  const size_t layers = static_cast<size_t>(model_->config().num_layers);
+  EXPECT_EQ(run_while_paused.size(), 2 * (layers + 1));
+  EXPECT_TRUE(at::equal(paused->values, plain->values));
+  EXPECT_TRUE(at::equal(paused->gradients, plain->gradients));
+  c10::InferenceMode inference;
+  const at::Tensor alone = *model_->ObjectiveValues(other, other_objectives);
+  for (const at::Tensor& values : run_while_paused) EXPECT_TRUE(at::equal(values, alone));
+  // A forward without gradients pauses only on the way in.
+  run_while_paused.clear();
+  ForwardBatch scored = other;
+  scored.pause_point = batch.pause_point;
+  ASSERT_THAT(model_->ObjectiveValues(scored, other_objectives), IsOk());
+  EXPECT_EQ(run_while_paused.size(), layers + 1);
+}
+
 TEST_P(CausalLMParity, GreedyGenerationMatchesTransformers) {
   GenerationOptions options{.max_new_tokens = 8, .ignore_stop_tokens = true};
   auto generations = Generate(*model_, rows_, options);

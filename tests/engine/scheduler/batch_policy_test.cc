@@ -45,6 +45,49 @@ TEST(BatchPolicy, AWaitingScoreRowBoundsTheGradientBatchByTime) {
   EXPECT_EQ(d.rows, 125);
 }
 
+TEST(BatchPolicy, AGradientBatchThatPausesForScoreRowsKeepsEachStretchWithinTheBound) {
+  BatchLimits limits = TimedLimits(RowKind::kGrad);
+  limits.paused_stretches[static_cast<int>(RowKind::kGrad)] = 4;
+  limits.max_uncontended_batch_time = absl::Milliseconds(250);
+  const BatchDecision d =
+      DecideBatch({Request(1, RowKind::kGrad, 512, 100), Request(2, RowKind::kScore, 1, 10)}, kNow, limits);
+  ASSERT_TRUE(d.run);
+  EXPECT_TRUE(d.contended);
+  EXPECT_TRUE(d.time_limited);
+  EXPECT_FALSE(d.interactive_grad);
+  // Four stretches of at most 25 ms: 100 ms, 500 rows of 0.2 ms.
+  EXPECT_EQ(d.rows, 500);
+}
+
+TEST(BatchPolicy, ThePausesNeverLiftTheUncontendedBound) {
+  BatchLimits limits = TimedLimits(RowKind::kGrad);
+  limits.paused_stretches[static_cast<int>(RowKind::kGrad)] = 8;
+  limits.max_uncontended_batch_time = absl::Milliseconds(50);
+  const BatchDecision d =
+      DecideBatch({Request(1, RowKind::kGrad, 512, 100), Request(2, RowKind::kScore, 1, 10)}, kNow, limits);
+  EXPECT_EQ(d.rows, 250);  // 50 ms, not 8 x 25 ms
+}
+
+TEST(BatchPolicy, InteractiveGradientRowsCannotRunInAPauseSoTheWholeBatchIsBounded) {
+  BatchLimits limits = TimedLimits(RowKind::kGrad);
+  limits.paused_stretches[static_cast<int>(RowKind::kGrad)] = 4;
+  // An interactive request's gradient row waits: it joins this batch (interactive rows always join),
+  // and the batch it joins stays within 25 ms.
+  BatchDecision d =
+      DecideBatch({Request(1, RowKind::kGrad, 512, 100), Request(2, RowKind::kGrad, 1, 100)}, kNow, limits);
+  EXPECT_TRUE(d.interactive_grad);
+  EXPECT_EQ(d.rows, 125);
+  // Seen within the engine's memory: the next interactive gradient row may come any moment.
+  limits.contended_recently = true;
+  limits.recent_interactive_grad = true;
+  d = DecideBatch({Request(1, RowKind::kGrad, 512, 100)}, kNow, limits);
+  EXPECT_FALSE(d.interactive_grad);
+  EXPECT_EQ(d.rows, 125);
+  limits.recent_interactive_grad = false;
+  d = DecideBatch({Request(1, RowKind::kGrad, 512, 100)}, kNow, limits);
+  EXPECT_EQ(d.rows, 500);
+}
+
 TEST(BatchPolicy, LongRowsPayForAttentionSoFewerFit) {
   const BatchDecision d = DecideBatch({Request(1, RowKind::kGrad, 64, 1000), Request(2, RowKind::kScore, 1, 10)}, kNow,
                                       TimedLimits(RowKind::kGrad));

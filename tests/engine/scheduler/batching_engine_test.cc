@@ -28,6 +28,15 @@ using Notification = ::attribution::test_support::Notification;
 
 Row ScoreRow(std::vector<int64_t> ids) { return Row{.kind = RowKind::kScore, .input_ids = std::move(ids)}; }
 
+// `count` points on one path whose input ids are all `marker`.
+std::vector<Row> GradRows(int count, int64_t marker) {
+  auto path =
+      std::make_shared<const EmbeddingPath>(EmbeddingPath{.input_ids = {marker, marker}, .baseline_ids = {0, 0}});
+  std::vector<Row> rows;
+  for (int i = 0; i < count; ++i) rows.push_back(Row{.kind = RowKind::kGrad, .point = {.path = path, .alpha = 0.5}});
+  return rows;
+}
+
 std::vector<Row> ScoreRows(int count, int64_t length, int64_t marker) {
   std::vector<Row> rows;
   for (int i = 0; i < count; ++i) rows.push_back(ScoreRow(std::vector<int64_t>(length, marker)));
@@ -36,10 +45,11 @@ std::vector<Row> ScoreRows(int count, int64_t length, int64_t marker) {
 
 class BatchingEngineTest : public ::testing::Test {
  protected:
-  void Start(EngineOptions options = {}) {
+  void Start(EngineOptions options = {}, const std::function<void(FakeExecutor&)>& configure = nullptr) {
     options.max_queue_delay = absl::ZeroDuration();
     options.clock = [this] { return absl::FromUnixSeconds(1000) + absl::Milliseconds(now_ms_.load()); };
     auto executor = std::make_unique<FakeExecutor>();
+    if (configure) configure(*executor);
     executor_ = executor.get();
     engine_ = *BatchingEngine::Create(std::move(executor), options);
   }
@@ -157,6 +167,165 @@ TEST_F(BatchingEngineTest, ScoringCallIsNotStuckBehindGradientBatches) {
   EXPECT_EQ(executor_->batches().size(), 1u + 16u + 1u);
 }
 
+// Submits `submit` once, from inside the first gradient batch, before that batch's first pause.
+std::function<void(const std::vector<const Row*>&)> OnceInFirstGradBatch(std::function<void()> submit) {
+  auto done = std::make_shared<bool>(false);  // the executor thread's only
+  return [done, submit = std::move(submit)](const std::vector<const Row*>& rows) {
+    if (rows[0]->kind != RowKind::kGrad || *done) return;
+    *done = true;
+    submit();
+  };
+}
+
+TEST_F(BatchingEngineTest, AnInteractiveScoreRowRunsInsideAPausedGradientBatch) {
+  RowCollector gradients(64), score(1);
+  std::atomic<bool> gradients_done_when_scored{true};
+  Start({.max_batch_rows = 64}, [&](FakeExecutor& executor) {
+    executor.PauseGradBatches(4);
+    executor.DuringBatch(OnceInFirstGradBatch([&] {
+      auto done = score.Callback();
+      ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 9),
+                                  [&, done](size_t i, RowResult r) {
+                                    gradients_done_when_scored = gradients.done();
+                                    done(i, std::move(r));
+                                  }),
+                  IsOk());
+    }));
+  });
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), GradRows(64, 1), gradients.Callback()), IsOk());
+  gradients.Wait();
+  score.Wait();
+  EXPECT_FALSE(gradients_done_when_scored);
+  EXPECT_EQ(score.result(0).value, 18);
+  const auto batches = executor_->batches();
+  ASSERT_EQ(batches.size(), 2u);
+  // The score batch finished inside the gradient batch, which is recorded as it ends.
+  EXPECT_EQ(batches[0].kind, RowKind::kScore);
+  EXPECT_EQ(batches[1].kind, RowKind::kGrad);
+  EXPECT_EQ(batches[1].rows.size(), 64u);
+}
+
+TEST_F(BatchingEngineTest, APausedBatchRunsOnlyInteractiveScoreAndDecodeRowsOfItsPriorityOrHigher) {
+  RowCollector gradients(64), low(1), long_score(20), interactive_grad(1), high(1);
+  Start({.max_batch_rows = 64}, [&](FakeExecutor& executor) {
+    executor.PauseGradBatches(4);
+    executor.DuringBatch(OnceInFirstGradBatch([&] {
+      ASSERT_THAT(engine_->Submit(engine_->NewRequest(Priority::kLow), ScoreRows(1, 2, 3), low.Callback()), IsOk());
+      ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(20, 2, 4), long_score.Callback()), IsOk());
+      ASSERT_THAT(engine_->Submit(engine_->NewRequest(), GradRows(1, 5), interactive_grad.Callback()), IsOk());
+      ASSERT_THAT(engine_->Submit(engine_->NewRequest(Priority::kHigh), ScoreRows(1, 2, 6), high.Callback()), IsOk());
+    }));
+  });
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), GradRows(64, 1), gradients.Callback()), IsOk());
+  for (RowCollector* c : {&gradients, &low, &long_score, &interactive_grad, &high}) c->Wait();
+  EXPECT_EQ(FirstBatchWith(6), 0);  // inside the gradient batch
+  EXPECT_EQ(FirstBatchWith(1), 1);  // the gradient batch, recorded as it ends
+  EXPECT_GT(FirstBatchWith(3), 1);
+  EXPECT_GT(FirstBatchWith(4), 1);
+  EXPECT_GT(FirstBatchWith(5), 1);
+}
+
+// So that a request alone always gets the same batches (and bit-identical results), whenever its own
+// rows arrive.
+TEST_F(BatchingEngineTest, ARequestsOwnRowsNeverRunInsideItsPausedBatch) {
+  RowCollector gradients(4), own(1);
+  std::shared_ptr<Request> request;
+  Start({}, [&](FakeExecutor& executor) {
+    executor.PauseGradBatches(4);
+    executor.DuringBatch(OnceInFirstGradBatch(
+        [&] { ASSERT_THAT(engine_->Submit(request, ScoreRows(1, 2, 9), own.Callback()), IsOk()); }));
+  });
+  request = engine_->NewRequest();
+  ASSERT_THAT(engine_->Submit(request, GradRows(4, 1), gradients.Callback()), IsOk());
+  gradients.Wait();
+  own.Wait();
+  EXPECT_EQ(FirstBatchWith(1), 0);
+  EXPECT_EQ(FirstBatchWith(9), 1);
+}
+
+TEST_F(BatchingEngineTest, APausedBatchsDeviceTimeLeavesOutTheWorkRunInsideIt) {
+  RowCollector gradients(64), score(1);
+  std::mutex mu;
+  std::vector<BatchRecord> records;
+  Start({.max_batch_rows = 64}, [&](FakeExecutor& executor) {
+    executor.PauseGradBatches(4);
+    auto submit_once = OnceInFirstGradBatch(
+        [&] { ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 9), score.Callback()), IsOk()); });
+    executor.DuringBatch([&, submit_once](const std::vector<const Row*>& rows) {
+      now_ms_ += rows[0]->kind == RowKind::kGrad ? 30 : 10;
+      submit_once(rows);
+    });
+  });
+  engine_->SetBatchObserver([&](const BatchRecord& record) {
+    std::lock_guard<std::mutex> lock(mu);
+    records.push_back(record);
+  });
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), GradRows(64, 1), gradients.Callback()), IsOk());
+  gradients.Wait();
+  score.Wait();
+  std::lock_guard<std::mutex> lock(mu);
+  ASSERT_EQ(records.size(), 2u);
+  EXPECT_EQ(records[0].kind, RowKind::kScore);
+  EXPECT_EQ(records[0].device_time, absl::Milliseconds(10));
+  EXPECT_EQ(records[1].kind, RowKind::kGrad);
+  EXPECT_EQ(records[1].device_time, absl::Milliseconds(30));
+  EXPECT_TRUE(records[0].inside_pause);
+  EXPECT_FALSE(records[1].inside_pause);
+  EXPECT_EQ(engine_->Stats().device_time, absl::Milliseconds(40));
+  EXPECT_EQ(engine_->Stats().batches_inside_pauses, 1);
+}
+
+// A short call served inside a pause is contention like any other: the gradient batches after it keep
+// each of their stretches within max_batch_time, until the engine's contention memory runs out.
+TEST_F(BatchingEngineTest, AShortCallRunInsideAPauseBoundsTheNextBatchesStretches) {
+  constexpr int kWarmUpBatches = 4, kShortCallInBatch = kWarmUpBatches + 3;
+  std::atomic<int> grad_batches{0};
+  RowCollector short_call(1);
+  Start({.max_batch_rows = 64, .max_batch_time = absl::Microseconds(10500)}, [&](FakeExecutor& executor) {
+    executor.PauseGradBatches(4);
+    executor.DuringBatch([&](const std::vector<const Row*>& rows) {
+      if (rows[0]->kind != RowKind::kGrad) return;
+      now_ms_ += static_cast<int64_t>(rows.size());  // 1 ms per row: the cost model learns it exactly
+      if (++grad_batches == kShortCallInBatch) {
+        ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 9), short_call.Callback()), IsOk());
+      }
+    });
+  });
+  for (int rows : {8, 16, 32, 64}) {  // batches of four sizes, so the cost model is determined
+    RowCollector warm_up(rows);
+    ASSERT_THAT(engine_->Submit(engine_->NewRequest(), GradRows(rows, 2), warm_up.Callback()), IsOk());
+    warm_up.Wait();
+  }
+  now_ms_ += 2000;  // past the memory of the warm-up's interactive gradient rows
+  RowCollector long_rows(2000);
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), GradRows(2000, 1), long_rows.Callback()), IsOk());
+  long_rows.Wait();
+  short_call.Wait();
+  std::vector<size_t> sizes;
+  for (const auto& batch : executor_->batches()) {
+    if (batch.kind == RowKind::kGrad && batch.rows[0][0] == 1) sizes.push_back(batch.rows.size());
+  }
+  ASSERT_GT(sizes.size(), 10u);
+  EXPECT_EQ(sizes[0], 64u);
+  EXPECT_EQ(sizes[2], 64u);                 // the short call ran inside this one
+  EXPECT_EQ(sizes[3], 42u);                 // four stretches of at most 10.5 ms, 1 ms per row
+  EXPECT_EQ(sizes[sizes.size() - 2], 64u);  // a second later, uncontended again
+}
+
+TEST_F(BatchingEngineTest, WithoutPausesAScoreRowWaitsForTheWholeGradientBatch) {
+  RowCollector gradients(64), score(1);
+  Start({.max_batch_rows = 64, .pause_long_batches = false}, [&](FakeExecutor& executor) {
+    executor.PauseGradBatches(4);
+    executor.DuringBatch(OnceInFirstGradBatch(
+        [&] { ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 9), score.Callback()), IsOk()); }));
+  });
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), GradRows(64, 1), gradients.Callback()), IsOk());
+  gradients.Wait();
+  score.Wait();
+  EXPECT_EQ(FirstBatchWith(1), 0);
+  EXPECT_EQ(FirstBatchWith(9), 1);
+}
+
 // While an interactive request waits beside long work (and for the contention memory after), batches run
 // on the contended thread count; before and after, on all the process has.
 TEST_F(BatchingEngineTest, ContendedBatchesRunOnFewerIntraOpThreads) {
@@ -180,6 +349,27 @@ TEST_F(BatchingEngineTest, ContendedBatchesRunOnFewerIntraOpThreads) {
   EXPECT_EQ(batches[0].intra_op_threads, all);  // the blocker ran before anything waited beside it
   for (size_t b = 1; b < 18; ++b) EXPECT_EQ(batches[b].intra_op_threads, all - 1) << b;
   for (size_t b = 18; b < batches.size(); ++b) EXPECT_EQ(batches[b].intra_op_threads, all) << b;
+}
+
+// Gradient batches that pause run the short calls inside themselves: they keep every thread.
+TEST_F(BatchingEngineTest, ContendedBatchesThatPauseKeepEveryIntraOpThread) {
+  const int all = at::get_num_threads();
+  if (all < 2) GTEST_SKIP() << "one intra-op thread: nothing to leave to the serving threads";
+  Start({.max_batch_rows = 4, .contended_intra_op_threads = EngineOptions::kOneThreadFewer},
+        [](FakeExecutor& executor) { executor.PauseGradBatches(4); });
+  Notification gate;
+  RowCollector blocking(1), gradients(64), short_rows(1);
+  HoldExecutor(gate, blocking);
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), GradRows(64, 5), gradients.Callback()), IsOk());
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 9), short_rows.Callback()), IsOk());
+  gate.Notify();
+  blocking.Wait();
+  gradients.Wait();
+  short_rows.Wait();
+  const auto batches = executor_->batches();
+  ASSERT_EQ(batches.size(), 1u + 16u + 1u);
+  EXPECT_EQ(FirstBatchWith(9), 1);  // inside the first gradient batch, recorded before it
+  for (size_t b = 1; b < batches.size(); ++b) EXPECT_EQ(batches[b].intra_op_threads, all) << b;
 }
 
 TEST_F(BatchingEngineTest, HigherPriorityRunsFirst) {
