@@ -20,6 +20,38 @@ using test_support::MetricValue;
 using test_support::ServerProcess;
 using test_support::WaitForQueuedRows;
 
+// A 200-token prompt's integrated gradients over `n_steps`: many gradient rows on the demo model.
+client::AttributeOptions LongAttribution(int n_steps) {
+  return {.model = "demo",
+          .prompt = std::string(200, 'a') + " is it?",
+          .target = " yes",
+          .target_tokenization = "separate",
+          .n_steps = n_steps};
+}
+
+// An Attribute call in flight, answered on the client's thread.
+struct InFlight {
+  std::atomic<bool> done{false};
+  absl::Notification finished;
+  absl::StatusOr<client::Attribution> result = absl::UnknownError("not run");
+};
+
+void StartAttribute(client::AttributionClient& client, const client::AttributeOptions& options, InFlight& call) {
+  client.AttributeAsync(options, [&call](absl::StatusOr<client::Attribution> r) {
+    call.result = std::move(r);
+    call.done = true;
+    call.finished.Notify();
+  });
+}
+
+// The same rows in other batches: equal to float32 rounding.
+void ExpectSameAttribution(const client::Attribution& loaded, const client::Attribution& alone) {
+  ASSERT_EQ(loaded.sequence.size(), alone.sequence.size());
+  for (size_t i = 0; i < alone.sequence.size(); ++i) {
+    EXPECT_NEAR(loaded.sequence[i], alone.sequence[i], 1e-5 * (1 + std::fabs(alone.sequence[i]))) << i;
+  }
+}
+
 TEST(LatencyIsolation, ShortCallOvertakesLongAttributionWhichStaysTheSame) {
   // A bound the tiny demo model's batches exceed, so that it shows on a 2-core machine.
   // Alone, the long IG's batches must not be time-limited at all: the uncontended bound is set out of
@@ -29,38 +61,22 @@ TEST(LatencyIsolation, ShortCallOvertakesLongAttributionWhichStaysTheSame) {
   ASSERT_THAT(server, IsOk());
   auto client = std::move(*client::AttributionClient::Connect({.target = (*server)->address()}));
   const std::string limited = "attribution_engine_time_limited_batches_total{model=\"demo\"}";
-  const client::AttributeOptions long_ig{.model = "demo",
-                                         .prompt = std::string(200, 'a') + " is it?",
-                                         .target = " yes",
-                                         .target_tokenization = "separate",
-                                         .n_steps = 384};
-
-  absl::StatusOr<client::Attribution> alone = client->Attribute(long_ig);
+  absl::StatusOr<client::Attribution> alone = client->Attribute(LongAttribution(384));
   ASSERT_THAT(alone, IsOk());
   EXPECT_EQ(MetricValue((*server)->metrics_port(), limited), 0);  // alone, batches fill the token budget
 
-  std::atomic<bool> long_done{false};
-  absl::Notification finished;
-  absl::StatusOr<client::Attribution> loaded = absl::UnknownError("not run");
-  client->AttributeAsync(long_ig, [&](absl::StatusOr<client::Attribution> r) {
-    loaded = std::move(r);
-    long_done = true;
-    finished.Notify();
-  });
+  InFlight loaded;
+  StartAttribute(*client, LongAttribution(384), loaded);
   ASSERT_TRUE(WaitForQueuedRows((*server)->metrics_port(), "demo"));
   absl::StatusOr<client::Logprobs> quick =
       client->GetLogprobs({.model = "demo", .prompt = "Is it", .target = " yes", .target_tokenization = "separate"});
-  const bool overtook = !long_done;
-  finished.WaitForNotification();
+  const bool overtook = !loaded.done;
+  loaded.finished.WaitForNotification();
   ASSERT_THAT(quick, IsOk());
-  ASSERT_THAT(loaded, IsOk());
+  ASSERT_THAT(loaded.result, IsOk());
   EXPECT_TRUE(overtook);
   EXPECT_GT(MetricValue((*server)->metrics_port(), limited), 0);
-  // The same rows in other batches: equal to float32 rounding.
-  ASSERT_EQ(loaded->sequence.size(), alone->sequence.size());
-  for (size_t i = 0; i < alone->sequence.size(); ++i) {
-    EXPECT_NEAR(loaded->sequence[i], alone->sequence[i], 1e-5 * (1 + std::fabs(alone->sequence[i]))) << i;
-  }
+  ExpectSameAttribution(*loaded.result, *alone);
 }
 
 // A gradient batch pauses between layers to run a short call's rows: the Logprobs call is answered
@@ -71,38 +87,24 @@ TEST(LatencyIsolation, ShortCallsRunInsideTheLongAttributionsBatches) {
   ASSERT_THAT(server, IsOk());
   auto client = std::move(*client::AttributionClient::Connect({.target = (*server)->address()}));
   const std::string paused = "attribution_engine_batches_inside_pauses_total{model=\"demo\"}";
-  const client::AttributeOptions long_ig{.model = "demo",
-                                         .prompt = std::string(200, 'a') + " is it?",
-                                         .target = " yes",
-                                         .target_tokenization = "separate",
-                                         .n_steps = 512};
-  absl::StatusOr<client::Attribution> alone = client->Attribute(long_ig);
+  absl::StatusOr<client::Attribution> alone = client->Attribute(LongAttribution(512));
   ASSERT_THAT(alone, IsOk());
   EXPECT_EQ(MetricValue((*server)->metrics_port(), paused), 0);
 
-  std::atomic<bool> long_done{false};
-  absl::Notification finished;
-  absl::StatusOr<client::Attribution> loaded = absl::UnknownError("not run");
-  client->AttributeAsync(long_ig, [&](absl::StatusOr<client::Attribution> r) {
-    loaded = std::move(r);
-    long_done = true;
-    finished.Notify();
-  });
+  InFlight loaded;
+  StartAttribute(*client, LongAttribution(512), loaded);
   ASSERT_TRUE(WaitForQueuedRows((*server)->metrics_port(), "demo"));
   // A call can arrive in the gap between two batches and run on its own; the next ones then land
   // inside a batch (the device is busy with the long request nearly all the time).
   int calls = 0;
-  while (!long_done && MetricValue((*server)->metrics_port(), paused) == 0) {
+  while (!loaded.done && MetricValue((*server)->metrics_port(), paused) == 0) {
     ASSERT_THAT(client->GetLogprobs({.model = "demo", .prompt = "Is it", .target = " yes"}), IsOk());
     ++calls;
   }
-  finished.WaitForNotification();
-  ASSERT_THAT(loaded, IsOk());
+  loaded.finished.WaitForNotification();
+  ASSERT_THAT(loaded.result, IsOk());
   EXPECT_GT(MetricValue((*server)->metrics_port(), paused), 0) << calls << " Logprobs calls";
-  ASSERT_EQ(loaded->sequence.size(), alone->sequence.size());
-  for (size_t i = 0; i < alone->sequence.size(); ++i) {
-    EXPECT_NEAR(loaded->sequence[i], alone->sequence[i], 1e-5 * (1 + std::fabs(alone->sequence[i]))) << i;
-  }
+  ExpectSameAttribution(*loaded.result, *alone);
 }
 
 }  // namespace
