@@ -83,6 +83,20 @@ TEST(ServerConfig, BatchTimeBoundDefaultsByDeviceAndMustBePositive) {
               HasSubstr("models[2].engine.max_uncontended_batch_seconds must be positive"));
 }
 
+TEST(ServerConfig, LongBatchesPauseUnlessTurnedOffAndTheValueMustBeABoolean) {
+  absl::StatusOr<ServerConfig> config = ParseServerConfig(R"({"models": [
+      {"name": "a", "path": "/p"}, {"name": "b", "path": "/p", "engine": {"pause_long_batches": false}}]})",
+                                                          "t.json");
+  ASSERT_THAT(config, IsOk());
+  EXPECT_TRUE(config->models[0].engine.pause_long_batches);
+  EXPECT_FALSE(config->models[1].engine.pause_long_batches);
+  EXPECT_THAT(
+      ParseServerConfig(R"({"models": [{"name": "a", "path": "/p", "engine": {"pause_long_batches": 1}}]})", "t.json")
+          .status()
+          .message(),
+      HasSubstr("pause_long_batches"));
+}
+
 TEST(ServerConfig, ContendedIntraOpThreadsDefaultByDeviceAndNamedWhenOutOfRange) {
   absl::StatusOr<ServerConfig> config = ParseServerConfig(R"({"models": [
       {"name": "c", "path": "/p"}, {"name": "g", "path": "/p", "device": "cuda:0"},
