@@ -29,8 +29,8 @@ class BatchExecutor {
   // batches: between decoder layers, in the forward and in the backward), on the thread running that
   // part of the batch; the engine runs waiting short calls there. Set before the first Run.
   virtual void SetPausePoint(std::function<void()> pause_point) {}
-  // Into how many stretches of about equal or less device time those points cut a batch of `kind`
-  // (1: it never pauses).
+  // At most into how many stretches of about equal device time those points cut a batch of `kind` (1:
+  // it never pauses); the engine learns how many it sees.
   virtual int PausedStretches(RowKind kind) const { return 1; }
 };
 

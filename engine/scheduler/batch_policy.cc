@@ -25,9 +25,11 @@ bool Contended(const std::vector<QueuedRequestView>& queue) {
   return interactive && long_work;
 }
 
-bool InteractiveGrad(const std::vector<QueuedRequestView>& queue) {
-  return std::any_of(queue.begin(), queue.end(), [](const QueuedRequestView& view) {
-    return view.interactive && !view.kinds[static_cast<int>(RowKind::kGrad)].lengths.empty();
+// Interactive work a paused batch cannot run: gradient rows, and rows below `top` (a batch's priority).
+bool Unpausable(const std::vector<QueuedRequestView>& queue, Priority top) {
+  return std::any_of(queue.begin(), queue.end(), [top](const QueuedRequestView& view) {
+    return view.interactive && HasRows(view) &&
+           (view.priority < top || !view.kinds[static_cast<int>(RowKind::kGrad)].lengths.empty());
   });
 }
 
@@ -94,10 +96,10 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
   // repacking every weight matrix once per batch) is most of its time.
   double max_seconds =
       std::max(absl::ToDoubleSeconds(limits.max_uncontended_batch_time), cost.fixed / kMaxFixedCostShare);
-  decision.interactive_grad = InteractiveGrad(queue);
+  decision.unpausable = Unpausable(queue, top);
   if (decision.isolating) {
-    const int stretches =
-        decision.interactive_grad || limits.recent_interactive_grad ? 1 : std::max(1, limits.paused_stretches[k]);
+    const double stretches =
+        decision.unpausable || limits.recent_unpausable ? 1 : std::max(1.0, limits.paused_stretches[k]);
     const double max_stretch_seconds =
         std::max(absl::ToDoubleSeconds(limits.max_batch_time),
                  kIsolationFactor * std::max(decision.interactive_seconds, limits.recent_interactive_seconds));

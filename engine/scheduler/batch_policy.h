@@ -72,12 +72,12 @@ struct BatchLimits {
   bool contended_recently = false;
   // The latest interactive_seconds (see BatchDecision) the engine saw, while within its memory window.
   double recent_interactive_seconds = 0;
-  // How many stretches a batch of each kind pauses between to run waiting interactive score and decode
-  // rows (BatchExecutor::PausedStretches). While contended, the time bound holds for one stretch of
-  // such a batch, unless interactive gradient rows wait or did so recently (`recent_interactive_grad`):
-  // those cannot run inside it.
-  int paused_stretches[kRowKinds] = {1, 1, 1};
-  bool recent_interactive_grad = false;
+  // Into how many stretches a batch of each kind is cut by its pauses, where waiting interactive score
+  // and decode rows run (as the engine sees them; 1: none). While contended, the time bound holds for
+  // one stretch of such a batch, unless interactive work that cannot run in a pause waits, or did so
+  // recently (`recent_unpausable`): gradient rows, or rows below the queue's highest priority.
+  double paused_stretches[kRowKinds] = {1, 1, 1};
+  bool recent_unpausable = false;
 };
 
 // A request that submits at most this many score / grad rows in all is interactive: beside long work
@@ -105,7 +105,7 @@ struct BatchDecision {
   bool isolating = false;          // contended now or recently: the contended time bound applies
   bool time_limited = false;       // max_batch_time or max_uncontended_batch_time bounded its size
   double interactive_seconds = 0;  // predicted time of the queued interactive work, 0 when none
-  bool interactive_grad = false;   // queued interactive work includes gradient rows
+  bool unpausable = false;         // queued interactive work that cannot run in a pause (see BatchLimits)
 };
 
 BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Time now, const BatchLimits& limits);

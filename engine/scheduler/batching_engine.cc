@@ -90,8 +90,10 @@ absl::StatusOr<std::unique_ptr<BatchingEngine>> BatchingEngine::Create(std::uniq
   std::unique_ptr<BatchingEngine> engine(new BatchingEngine(std::move(executor), std::move(options)));
   if (engine->options_.pause_long_batches) {
     engine->executor_->SetPausePoint([e = engine.get()] { e->RunShortWorkWhilePaused(); });
+    std::lock_guard<std::mutex> lock(engine->mu_);
     for (int k = 0; k < kRowKinds; ++k) {
-      engine->paused_stretches_[k] = std::max(1, engine->executor_->PausedStretches(static_cast<RowKind>(k)));
+      engine->max_paused_stretches_[k] = std::max(1, engine->executor_->PausedStretches(static_cast<RowKind>(k)));
+      engine->paused_stretches_[k] = engine->max_paused_stretches_[k];
     }
   }
   engine->thread_ = std::thread([e = engine.get()] { e->Loop(); });
@@ -281,7 +283,7 @@ void BatchingEngine::Loop() {
         recent_interactive_seconds_ = decision.interactive_seconds;
         last_interactive_ = now;
       }
-      if (decision.interactive_grad) last_interactive_grad_ = now;
+      if (decision.unpausable) last_unpausable_ = now;
       if (decision.run) {
         kind = decision.kind;
         time_limited = decision.time_limited;
@@ -311,23 +313,30 @@ void BatchingEngine::Loop() {
     // A batch that pauses for the short calls keeps every thread: they run inside it, so leaving them a
     // core only slows the long work (bench/RESULTS.md).
     if (contended_threads > 0) {
-      SetThreadIntraOpThreads(isolating && paused_stretches_[static_cast<int>(kind)] == 1 ? contended_threads
-                                                                                          : all_threads);
+      SetThreadIntraOpThreads(isolating && max_paused_stretches_[static_cast<int>(kind)] == 1 ? contended_threads
+                                                                                              : all_threads);
     }
     const absl::Time started = Now();
-    paused_time_ = absl::ZeroDuration();
-    Execute(kind, rows, results);
+    paused_time_ = longest_stretch_ = absl::ZeroDuration();
+    stretch_began_ = started;
+    Execute(kind, rows, results, /*inside_pause=*/false);
+    longest_stretch_ = std::max(longest_stretch_, Now() - stretch_began_);
     Finish(kind, batch, results, started, Now() - started - paused_time_, time_limited, /*inside_pause=*/false);
   }
 }
 
 std::vector<QueuedRequestView> BatchingEngine::QueueViewsLocked(bool inside_pause, std::vector<uint64_t>& ids) const {
+  // Inside a pause priority levels stay strict: nothing runs ahead of queued work of a higher level.
+  Priority lowest_in_pause = running_priority_;
+  for (const auto& [id, queue] : queues_) {
+    if (inside_pause && queue.rows > 0) lowest_in_pause = std::max(lowest_in_pause, queue.request->priority());
+  }
   std::vector<QueuedRequestView> views;
   for (const auto& [id, queue] : queues_) {
     const bool interactive = queue.request->submitted_work_rows_ <= kInteractiveRows;
     // A request with rows in the running batch waits for it: so a request alone always gets the same
     // batches, whenever its rows arrive.
-    if (inside_pause && (!interactive || queue.request->priority() < running_priority_ ||
+    if (inside_pause && (!interactive || queue.request->priority() < lowest_in_pause ||
                          std::binary_search(running_requests_.begin(), running_requests_.end(), id))) {
       continue;
     }
@@ -353,7 +362,7 @@ BatchLimits BatchingEngine::LimitsLocked(absl::Time now) const {
                      .max_batch_time = options_.max_batch_time,
                      .max_uncontended_batch_time = options_.max_uncontended_batch_time,
                      .contended_recently = now - last_contended_ < options_.contention_memory,
-                     .recent_interactive_grad = now - last_interactive_grad_ < options_.contention_memory};
+                     .recent_unpausable = now - last_unpausable_ < options_.contention_memory};
   if (now - last_interactive_ < options_.contention_memory)
     limits.recent_interactive_seconds = recent_interactive_seconds_;
   for (int k = 0; k < kRowKinds; ++k) {
@@ -365,40 +374,44 @@ BatchLimits BatchingEngine::LimitsLocked(absl::Time now) const {
 
 void BatchingEngine::RunShortWorkWhilePaused() {
   const absl::Time paused = Now();
-  std::vector<Answer> dropped;
+  longest_stretch_ = std::max(longest_stretch_, paused - stretch_began_);
+  RunShortWork(paused);
+  const absl::Time resumed = Now();
+  paused_time_ += resumed - paused;
+  stretch_began_ = resumed;
+}
+
+void BatchingEngine::RunShortWork(absl::Time now) {
   std::vector<PendingRow> batch;
   BatchDecision decision;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stats_.queued_rows == 0) return;
-    DropDeadRowsLocked(paused, dropped);
+    // Dead rows are left to the next decision between batches: dropping a request's queue here could
+    // drop the running request's, and its next rows would then queue as a later arrival.
     std::vector<uint64_t> ids;
     const std::vector<QueuedRequestView> views = QueueViewsLocked(/*inside_pause=*/true, ids);
-    if (!views.empty()) {
-      BatchLimits limits = LimitsLocked(paused);
-      limits.max_queue_delay = absl::ZeroDuration();  // the device is ours only for this pause
-      decision = DecideBatch(views, paused, limits);
-      if (decision.run) {
-        // Short calls waited beside the long batch: contention, which the batches after it respect.
-        last_contended_ = paused;
-        if (decision.interactive_seconds > 0) {
-          recent_interactive_seconds_ = decision.interactive_seconds;
-          last_interactive_ = paused;
-        }
-        batch = TakeBatchLocked(decision, ids);
-      }
+    if (views.empty()) return;
+    BatchLimits limits = LimitsLocked(now);
+    limits.max_queue_delay = absl::ZeroDuration();  // the device is free only for this pause
+    limits.next_kind = next_kind_in_pause_;         // score and decode take turns here too
+    decision = DecideBatch(views, now, limits);
+    if (!decision.run) return;
+    // Short calls waited beside the long batch: contention, which the batches after it respect.
+    last_contended_ = now;
+    if (decision.interactive_seconds > 0) {
+      recent_interactive_seconds_ = decision.interactive_seconds;
+      last_interactive_ = now;
     }
+    next_kind_in_pause_ = static_cast<RowKind>((static_cast<int>(decision.kind) + 1) % kRowKinds);
+    batch = TakeBatchLocked(decision, ids);
   }
-  Deliver(dropped);
-  if (!batch.empty()) {
-    std::vector<PendingRow*> rows;
-    for (PendingRow& row : batch) rows.push_back(&row);
-    std::vector<RowResult> results(batch.size());
-    const absl::Time started = Now();
-    Execute(decision.kind, rows, results);
-    Finish(decision.kind, batch, results, started, Now() - started, decision.time_limited, /*inside_pause=*/true);
-  }
-  paused_time_ += Now() - paused;
+  std::vector<PendingRow*> rows;
+  for (PendingRow& row : batch) rows.push_back(&row);
+  std::vector<RowResult> results(batch.size());
+  const absl::Time started = Now();
+  Execute(decision.kind, rows, results, /*inside_pause=*/true);
+  Finish(decision.kind, batch, results, started, Now() - started, decision.time_limited, /*inside_pause=*/true);
 }
 
 void BatchingEngine::ReleaseFreeMemory() {
@@ -409,7 +422,8 @@ void BatchingEngine::ReleaseFreeMemory() {
 #endif
 }
 
-void BatchingEngine::Execute(RowKind kind, std::vector<PendingRow*> rows, std::vector<RowResult>& results) {
+void BatchingEngine::Execute(RowKind kind, std::vector<PendingRow*> rows, std::vector<RowResult>& results,
+                             bool inside_pause) {
   std::vector<const Row*> plain;
   int64_t longest = 0;
   for (PendingRow* row : rows) {
@@ -431,7 +445,8 @@ void BatchingEngine::Execute(RowKind kind, std::vector<PendingRow*> rows, std::v
     results[0].status = status;
     return;
   }
-  if (status.code() == absl::StatusCode::kResourceExhausted) {
+  // Out of memory beside a paused batch's activations says little about what a batch alone can hold.
+  if (status.code() == absl::StatusCode::kResourceExhausted && !inside_pause) {
     std::lock_guard<std::mutex> lock(mu_);
     const int64_t padded = static_cast<int64_t>(rows.size()) * longest;
     token_budget_ = std::max(options_.min_batch_tokens, std::min(token_budget_, padded / 2));
@@ -439,8 +454,8 @@ void BatchingEngine::Execute(RowKind kind, std::vector<PendingRow*> rows, std::v
   // Halve and retry, so only rows that fail alone fail.
   const size_t half = rows.size() / 2;
   std::vector<RowResult> first(half), second(rows.size() - half);
-  Execute(kind, std::vector<PendingRow*>(rows.begin(), rows.begin() + half), first);
-  Execute(kind, std::vector<PendingRow*>(rows.begin() + half, rows.end()), second);
+  Execute(kind, std::vector<PendingRow*>(rows.begin(), rows.begin() + half), first, inside_pause);
+  Execute(kind, std::vector<PendingRow*>(rows.begin() + half, rows.end()), second, inside_pause);
   for (size_t i = 0; i < half; ++i) results[i] = std::move(first[i]);
   for (size_t i = half; i < rows.size(); ++i) results[i] = std::move(second[i - half]);
 }
@@ -491,11 +506,23 @@ void BatchingEngine::Finish(RowKind kind, std::vector<PendingRow>& batch, std::v
     stats_.device_time += device_time;
     // A failed batch's time (split retries, errors) says nothing about the kind's cost.
     if (failed == 0) costs_.Observe(kind, record.rows, longest, device_time);
+    if (failed == 0 && !inside_pause) ObserveStretchesLocked(kind, device_time);
     observer = observer_;
   }
   // Observed before the answers go out, so whoever learns a result also finds its batch counted.
   if (observer) observer(record);
   Deliver(answers);
+}
+
+void BatchingEngine::ObserveStretchesLocked(RowKind kind, absl::Duration device_time) {
+  const int k = static_cast<int>(kind);
+  if (max_paused_stretches_[k] == 1 || longest_stretch_ <= absl::ZeroDuration()) return;
+  // The longest stretch, not the count of pauses, is what a short call may wait. A batch that paused
+  // less (rows joining at a later layer) lowers the estimate at once; it grows back slowly.
+  const double seen =
+      std::clamp(absl::FDivDuration(device_time, longest_stretch_), 1.0, static_cast<double>(max_paused_stretches_[k]));
+  double& estimate = paused_stretches_[k];
+  estimate = seen < estimate ? seen : estimate + kStretchesRecovery * (seen - estimate);
 }
 
 void BatchingEngine::Deliver(std::vector<Answer>& answers) {

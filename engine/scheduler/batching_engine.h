@@ -191,15 +191,19 @@ class BatchingEngine {
   std::vector<QueuedRequestView> QueueViewsLocked(bool inside_pause, std::vector<uint64_t>& ids) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   BatchLimits LimitsLocked(absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The executor's pause point: runs one batch of the waiting short work QueueViewsLocked shows inside
-  // a pause, inside the running batch.
+  // The executor's pause point: times the stretch that ended and runs the short work.
   void RunShortWorkWhilePaused();
+  // Runs one batch of the waiting short work QueueViewsLocked shows inside a pause.
+  void RunShortWork(absl::Time now);
+  // Learns paused_stretches_ from a finished batch's own device time and longest stretch.
+  void ObserveStretchesLocked(RowKind kind, absl::Duration device_time) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  static constexpr double kStretchesRecovery = 0.1;
   // Removes rows of expired or cancelled requests; appends their answers.
   void DropDeadRowsLocked(absl::Time now, std::vector<Answer>& answers) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<PendingRow> TakeBatchLocked(const BatchDecision& decision, const std::vector<uint64_t>& ids)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Runs rows as one batch, splitting it on failure until failures are pinned to single rows.
-  void Execute(RowKind kind, std::vector<PendingRow*> rows, std::vector<RowResult>& results);
+  void Execute(RowKind kind, std::vector<PendingRow*> rows, std::vector<RowResult>& results, bool inside_pause);
   void Finish(RowKind kind, std::vector<PendingRow>& batch, std::vector<RowResult>& results, absl::Time started,
               absl::Duration device_time, bool time_limited, bool inside_pause);
   static void Deliver(std::vector<Answer>& answers);
@@ -211,11 +215,13 @@ class BatchingEngine {
   static constexpr int64_t kTokensBetweenTrims = 1 << 16;
   static constexpr int kIdleTrims = 3;
 
-  const std::unique_ptr<BatchExecutor> executor_;  // used by the executor thread only
-  int paused_stretches_[kRowKinds] = {1, 1, 1};    // set before the executor thread starts
-  // Of the running batch, the time spent in short batches run inside it: its own device time is less.
-  // Only the thread that runs batches (the executor thread, or autograd's while that thread waits) uses it.
-  absl::Duration paused_time_;
+  const std::unique_ptr<BatchExecutor> executor_;    // used by the executor thread only
+  int max_paused_stretches_[kRowKinds] = {1, 1, 1};  // the executor's, set before the executor thread starts
+  // Only the thread that runs batches (the executor thread, or autograd's while that thread waits) uses
+  // these: of the running batch, the time spent in short batches run inside it (its own device time is
+  // less), its longest stretch between pauses so far, and when the current stretch began.
+  absl::Duration paused_time_, longest_stretch_;
+  absl::Time stretch_began_;
   const EngineOptions options_;
   const absl::Time started_;
   std::atomic<uint64_t> next_request_id_{1};
@@ -232,7 +238,9 @@ class BatchingEngine {
   RowKind next_kind_ ABSL_GUARDED_BY(mu_) = RowKind::kScore;  // kinds take turns between batches
   absl::Time last_contended_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   absl::Time last_interactive_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
-  absl::Time last_interactive_grad_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  absl::Time last_unpausable_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  double paused_stretches_[kRowKinds] ABSL_GUARDED_BY(mu_) = {1, 1, 1};  // learned, at most the executor's
+  RowKind next_kind_in_pause_ ABSL_GUARDED_BY(mu_) = RowKind::kScore;
   // The running batch's highest priority and its requests' ids, sorted.
   Priority running_priority_ ABSL_GUARDED_BY(mu_) = Priority::kLow;
   std::vector<uint64_t> running_requests_ ABSL_GUARDED_BY(mu_);

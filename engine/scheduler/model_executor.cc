@@ -44,20 +44,20 @@ class ModelExecutor : public BatchExecutor {
     return absl::InternalError("unknown row kind");
   }
 
+  // On a CUDA device the host reaches a pause point while the device still runs the kernels queued
+  // before it: short work run there would wait for them, and the time of each would be misread. So
+  // batches pause on the CPU only, until measured on a GPU.
   void SetPausePoint(std::function<void()> pause_point) override {
+    if (model_->device().is_cuda()) return;
     components_.SetPausePoint(pause_point);
     pause_point_ = std::move(pause_point);
   }
 
   // Gradient batches pause as each layer begins and as the backward leaves it. A layer's backward takes
-  // about twice its forward, so the longest stretch is about 2 / (3 x layers) of the batch; 1 / layers
-  // leaves room for the head and for noise (bench/RESULTS.md: on the 4-layer default model the longest
-  // stretch was 0.14 of its batch on average). On a CUDA device the host reaches a pause point while
-  // the device still runs the kernels queued before it, which the short work then waits for too: the
-  // pauses still let it in early, but cut the batch's device time into no stretches the policy can
-  // count on until measured on a GPU.
+  // about twice its forward, so the longest stretch is about 2 / (3 x layers) of the batch: at most
+  // `layers` stretches (rows joining at a later layer pause less; the engine learns what it sees).
   int PausedStretches(RowKind kind) const override {
-    return kind == RowKind::kGrad && pause_point_ && !model_->device().is_cuda() ? model_->config().num_layers : 1;
+    return kind == RowKind::kGrad && pause_point_ ? model_->config().num_layers : 1;
   }
 
   int64_t EmbeddedBytesPerToken() const override {

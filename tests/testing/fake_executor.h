@@ -34,7 +34,10 @@ class FakeExecutor : public engine::BatchExecutor {
       gate_ = nullptr;  // only the first batch waits
     }
     if (during_batch_) during_batch_(rows);
-    for (int i = 1; kind == engine::RowKind::kGrad && i < paused_stretches_ && pause_point_; ++i) pause_point_();
+    for (int i = 0; kind == engine::RowKind::kGrad && paused_stretches_ > 1 && i < paused_stretches_; ++i) {
+      if (during_stretch_) during_stretch_(rows);
+      if (i + 1 < paused_stretches_ && pause_point_) pause_point_();
+    }
     if (failure_) {
       if (absl::Status s = failure_(rows); !s.ok()) {
         RecordAttempt(rows);
@@ -61,9 +64,12 @@ class FakeExecutor : public engine::BatchExecutor {
   void DuringBatch(std::function<void(const std::vector<const engine::Row*>&)> hook) {
     during_batch_ = std::move(hook);
   }
-  // Grad batches call the engine's pause point `stretches - 1` times, after the DuringBatch hook (set
-  // before the engine starts).
+  // Grad batches call the engine's pause point `stretches - 1` times, after the DuringBatch hook, and
+  // run the DuringStretch hook before each pause and after the last (set before the engine starts).
   void PauseGradBatches(int stretches) { paused_stretches_ = stretches; }
+  void DuringStretch(std::function<void(const std::vector<const engine::Row*>&)> hook) {
+    during_stretch_ = std::move(hook);
+  }
   void SetPausePoint(std::function<void()> pause_point) override { pause_point_ = std::move(pause_point); }
   int PausedStretches(engine::RowKind kind) const override {
     return kind == engine::RowKind::kGrad ? paused_stretches_ : 1;
@@ -92,7 +98,7 @@ class FakeExecutor : public engine::BatchExecutor {
   Notification* gate_ = nullptr;  // touched by the executor thread only after setup
   Notification started_;
   FailureRule failure_;
-  std::function<void(const std::vector<const engine::Row*>&)> during_batch_;
+  std::function<void(const std::vector<const engine::Row*>&)> during_batch_, during_stretch_;
   int paused_stretches_ = 1;
   std::function<void()> pause_point_;
   int64_t embedded_bytes_per_token_ = 0;

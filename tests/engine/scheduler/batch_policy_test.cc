@@ -54,7 +54,7 @@ TEST(BatchPolicy, AGradientBatchThatPausesForScoreRowsKeepsEachStretchWithinTheB
   ASSERT_TRUE(d.run);
   EXPECT_TRUE(d.contended);
   EXPECT_TRUE(d.time_limited);
-  EXPECT_FALSE(d.interactive_grad);
+  EXPECT_FALSE(d.unpausable);
   // Four stretches of at most 25 ms: 100 ms, 500 rows of 0.2 ms.
   EXPECT_EQ(d.rows, 500);
 }
@@ -75,17 +75,27 @@ TEST(BatchPolicy, InteractiveGradientRowsCannotRunInAPauseSoTheWholeBatchIsBound
   // and the batch it joins stays within 25 ms.
   BatchDecision d =
       DecideBatch({Request(1, RowKind::kGrad, 512, 100), Request(2, RowKind::kGrad, 1, 100)}, kNow, limits);
-  EXPECT_TRUE(d.interactive_grad);
+  EXPECT_TRUE(d.unpausable);
   EXPECT_EQ(d.rows, 125);
   // Seen within the engine's memory: the next interactive gradient row may come any moment.
   limits.contended_recently = true;
-  limits.recent_interactive_grad = true;
+  limits.recent_unpausable = true;
   d = DecideBatch({Request(1, RowKind::kGrad, 512, 100)}, kNow, limits);
-  EXPECT_FALSE(d.interactive_grad);
+  EXPECT_FALSE(d.unpausable);
   EXPECT_EQ(d.rows, 125);
-  limits.recent_interactive_grad = false;
+  limits.recent_unpausable = false;
   d = DecideBatch({Request(1, RowKind::kGrad, 512, 100)}, kNow, limits);
   EXPECT_EQ(d.rows, 500);
+}
+
+TEST(BatchPolicy, AShortCallBelowTheBatchsPriorityCannotRunInItsPausesSoTheWholeBatchIsBounded) {
+  BatchLimits limits = TimedLimits(RowKind::kGrad);
+  limits.paused_stretches[static_cast<int>(RowKind::kGrad)] = 4;
+  QueuedRequestView long_work = Request(1, RowKind::kGrad, 512, 100);
+  long_work.priority = Priority::kHigh;
+  const BatchDecision d = DecideBatch({long_work, Request(2, RowKind::kScore, 1, 10)}, kNow, limits);
+  EXPECT_TRUE(d.unpausable);
+  EXPECT_EQ(d.rows, 125);
 }
 
 TEST(BatchPolicy, LongRowsPayForAttentionSoFewerFit) {

@@ -109,6 +109,8 @@ class BatchingEngineTest : public ::testing::Test {
     EXPECT_EQ(engine_->Stats().queued_bytes, 0);
   }
 
+  std::vector<size_t> BatchSizesAfterAShortCallInAPause(bool spread_evenly);
+
   std::atomic<int64_t> now_ms_{0};
   FakeExecutor* executor_ = nullptr;
   std::unique_ptr<BatchingEngine> engine_;
@@ -275,9 +277,10 @@ TEST_F(BatchingEngineTest, APausedBatchsDeviceTimeLeavesOutTheWorkRunInsideIt) {
   EXPECT_EQ(engine_->Stats().batches_inside_pauses, 1);
 }
 
-// A short call served inside a pause is contention like any other: the gradient batches after it keep
-// each of their stretches within max_batch_time, until the engine's contention memory runs out.
-TEST_F(BatchingEngineTest, AShortCallRunInsideAPauseBoundsTheNextBatchesStretches) {
+// A long request's gradient batch sizes after a short call is served inside the 7th gradient batch.
+// Grad batches pause into four stretches and cost 1 ms per row, spread over the stretches as
+// `spread_evenly` says (else all before the first pause); the contended bound is 10.5 ms.
+std::vector<size_t> BatchingEngineTest::BatchSizesAfterAShortCallInAPause(bool spread_evenly) {
   constexpr int kWarmUpBatches = 4, kShortCallInBatch = kWarmUpBatches + 3;
   std::atomic<int> grad_batches{0};
   RowCollector short_call(1);
@@ -285,31 +288,93 @@ TEST_F(BatchingEngineTest, AShortCallRunInsideAPauseBoundsTheNextBatchesStretche
     executor.PauseGradBatches(4);
     executor.DuringBatch([&](const std::vector<const Row*>& rows) {
       if (rows[0]->kind != RowKind::kGrad) return;
-      now_ms_ += static_cast<int64_t>(rows.size());  // 1 ms per row: the cost model learns it exactly
+      if (!spread_evenly) now_ms_ += static_cast<int64_t>(rows.size());
       if (++grad_batches == kShortCallInBatch) {
         ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 9), short_call.Callback()), IsOk());
       }
     });
+    executor.DuringStretch([&](const std::vector<const Row*>& rows) {
+      if (spread_evenly) now_ms_ += static_cast<int64_t>(rows.size()) / 4;
+    });
   });
   for (int rows : {8, 16, 32, 64}) {  // batches of four sizes, so the cost model is determined
     RowCollector warm_up(rows);
-    ASSERT_THAT(engine_->Submit(engine_->NewRequest(), GradRows(rows, 2), warm_up.Callback()), IsOk());
+    EXPECT_THAT(engine_->Submit(engine_->NewRequest(), GradRows(rows, 2), warm_up.Callback()), IsOk());
     warm_up.Wait();
   }
   now_ms_ += 2000;  // past the memory of the warm-up's interactive gradient rows
   RowCollector long_rows(2000);
-  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), GradRows(2000, 1), long_rows.Callback()), IsOk());
+  EXPECT_THAT(engine_->Submit(engine_->NewRequest(), GradRows(2000, 1), long_rows.Callback()), IsOk());
   long_rows.Wait();
   short_call.Wait();
   std::vector<size_t> sizes;
   for (const auto& batch : executor_->batches()) {
     if (batch.kind == RowKind::kGrad && batch.rows[0][0] == 1) sizes.push_back(batch.rows.size());
   }
+  return sizes;
+}
+
+// A short call served inside a pause is contention like any other: the gradient batches after it keep
+// each of their stretches within max_batch_time, until the engine's contention memory runs out.
+TEST_F(BatchingEngineTest, AShortCallRunInsideAPauseBoundsTheNextBatchesStretches) {
+  const std::vector<size_t> sizes = BatchSizesAfterAShortCallInAPause(/*spread_evenly=*/true);
   ASSERT_GT(sizes.size(), 10u);
   EXPECT_EQ(sizes[0], 64u);
   EXPECT_EQ(sizes[2], 64u);                 // the short call ran inside this one
   EXPECT_EQ(sizes[3], 42u);                 // four stretches of at most 10.5 ms, 1 ms per row
   EXPECT_EQ(sizes[sizes.size() - 2], 64u);  // a second later, uncontended again
+}
+
+// The engine bounds what it sees, not what the executor promises: pauses that cut a batch unevenly
+// (here all its time before the first) leave one stretch as long as the batch.
+TEST_F(BatchingEngineTest, PausesThatCutBatchesUnevenlyBoundTheWholeBatch) {
+  const std::vector<size_t> sizes = BatchSizesAfterAShortCallInAPause(/*spread_evenly=*/false);
+  ASSERT_GT(sizes.size(), 10u);
+  EXPECT_EQ(sizes[3], 10u);  // one stretch of at most 10.5 ms
+}
+
+// Inside pauses too, score and decode rows take turns: a generation's next decode step, always queued,
+// does not keep a Logprobs call out of every pause.
+TEST_F(BatchingEngineTest, ScoreAndDecodeRowsTakeTurnsInsidePauses) {
+  RowCollector gradients(64), decode(1), score(1);
+  Start({.max_batch_rows = 64}, [&](FakeExecutor& executor) {
+    executor.PauseGradBatches(4);
+    executor.DuringBatch(OnceInFirstGradBatch([&] {
+      ASSERT_THAT(
+          engine_->Submit(
+              engine_->NewRequest(),
+              {Row{.kind = RowKind::kDecode, .input_ids = {8}, .decode_state = std::make_shared<DecodeState>(1)}},
+              decode.Callback()),
+          IsOk());
+      ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 9), score.Callback()), IsOk());
+    }));
+  });
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), GradRows(64, 1), gradients.Callback()), IsOk());
+  gradients.Wait();
+  decode.Wait();
+  score.Wait();
+  EXPECT_EQ(FirstBatchWith(9), 0);  // the first pause: the score row's turn
+  EXPECT_EQ(FirstBatchWith(8), 1);  // the next pause
+  EXPECT_EQ(FirstBatchWith(1), 2);
+}
+
+// Priority levels stay strict inside pauses: while higher-priority work waits, nothing of a lower
+// level runs in a pause of the running batch.
+TEST_F(BatchingEngineTest, NothingRunsInAPauseAheadOfHigherPriorityWork) {
+  RowCollector gradients(64), high(64), normal(1);
+  Start({.max_batch_rows = 64}, [&](FakeExecutor& executor) {
+    executor.PauseGradBatches(4);
+    executor.DuringBatch(OnceInFirstGradBatch([&] {
+      ASSERT_THAT(engine_->Submit(engine_->NewRequest(Priority::kHigh), GradRows(64, 3), high.Callback()), IsOk());
+      ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 9), normal.Callback()), IsOk());
+    }));
+  });
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(Priority::kLow), GradRows(64, 1), gradients.Callback()), IsOk());
+  gradients.Wait();
+  high.Wait();
+  normal.Wait();
+  EXPECT_EQ(FirstBatchWith(1), 0);
+  EXPECT_LT(FirstBatchWith(3), FirstBatchWith(9));
 }
 
 TEST_F(BatchingEngineTest, WithoutPausesAScoreRowWaitsForTheWholeGradientBatch) {
