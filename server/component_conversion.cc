@@ -14,137 +14,30 @@ using engine::ComponentSite;
 using engine::PatchDirection;
 
 absl::StatusOr<ComponentMethod> ToComponentMethod(v1::ComponentMethod method) {
-  switch (method) {
-    case v1::COMPONENT_METHOD_UNSPECIFIED:
-    case v1::ACTIVATION_PATCHING:
-      return ComponentMethod::kActivationPatching;
-    case v1::LAYER_INTEGRATED_GRADIENTS:
-      return ComponentMethod::kLayerIntegratedGradients;
-    case v1::ATTRIBUTION_PATCHING:
-      return ComponentMethod::kAttributionPatching;
-    case v1::ATTRIBUTION_PATCHING_STAR:
-      return ComponentMethod::kAttributionPatchingStar;
-    default:
-      return UnknownEnumValue("method", method, v1::ComponentMethod_descriptor());
-  }
+  return FromProtoEnum("method", method, v1::ACTIVATION_PATCHING, v1::ComponentMethod_descriptor(),
+                       &engine::ParseComponentMethod);
 }
 
 absl::StatusOr<ComponentMetric> ToComponentMetric(v1::ComponentMetric metric) {
-  switch (metric) {
-    case v1::COMPONENT_METRIC_UNSPECIFIED:
-    case v1::LOGIT_DIFFERENCE:
-      return ComponentMetric::kLogitDifference;
-    case v1::NORMALIZED_LOGIT_DIFFERENCE:
-      return ComponentMetric::kNormalizedLogitDifference;
-    case v1::ANSWER_LOG_PROB:
-      return ComponentMetric::kLogProb;
-    case v1::ANSWER_PROB:
-      return ComponentMetric::kProb;
-    case v1::PROB_DIFFERENCE:
-      return ComponentMetric::kProbDifference;
-    default:
-      return UnknownEnumValue("metric", metric, v1::ComponentMetric_descriptor());
-  }
-}
-
-v1::ComponentMethod ToProtoMethod(ComponentMethod method) {
-  switch (method) {
-    case ComponentMethod::kActivationPatching:
-      return v1::ACTIVATION_PATCHING;
-    case ComponentMethod::kLayerIntegratedGradients:
-      return v1::LAYER_INTEGRATED_GRADIENTS;
-    case ComponentMethod::kAttributionPatching:
-      return v1::ATTRIBUTION_PATCHING;
-    case ComponentMethod::kAttributionPatchingStar:
-      return v1::ATTRIBUTION_PATCHING_STAR;
-  }
-  return v1::COMPONENT_METHOD_UNSPECIFIED;
-}
-
-v1::ComponentMetric ToProtoMetric(ComponentMetric metric) {
-  switch (metric) {
-    case ComponentMetric::kLogitDifference:
-      return v1::LOGIT_DIFFERENCE;
-    case ComponentMetric::kNormalizedLogitDifference:
-      return v1::NORMALIZED_LOGIT_DIFFERENCE;
-    case ComponentMetric::kLogProb:
-      return v1::ANSWER_LOG_PROB;
-    case ComponentMetric::kProb:
-      return v1::ANSWER_PROB;
-    case ComponentMetric::kProbDifference:
-      return v1::PROB_DIFFERENCE;
-  }
-  return v1::COMPONENT_METRIC_UNSPECIFIED;
+  return FromProtoEnum("metric", metric, v1::LOGIT_DIFFERENCE, v1::ComponentMetric_descriptor(),
+                       &engine::ParseComponentMetric);
 }
 
 absl::StatusOr<PatchDirection> ToDirection(v1::PatchDirection direction) {
-  switch (direction) {
-    case v1::PATCH_DIRECTION_UNSPECIFIED:
-    case v1::DENOISING:
-      return PatchDirection::kDenoising;
-    case v1::NOISING:
-      return PatchDirection::kNoising;
-    default:
-      return UnknownEnumValue("direction", direction, v1::PatchDirection_descriptor());
-  }
+  return FromProtoEnum("direction", direction, v1::DENOISING, v1::PatchDirection_descriptor(),
+                       &engine::ParsePatchDirection);
 }
 
 absl::StatusOr<ComponentSite> ToSite(int site, absl::string_view field) {
-  switch (site) {
-    case v1::ATTENTION_HEADS:
-      return ComponentSite::kHeads;
-    case v1::ATTENTION_OUTPUT:
-      return ComponentSite::kAttnOut;
-    case v1::MLP_OUTPUT:
-      return ComponentSite::kMlpOut;
-    case v1::RESIDUAL_PRE:
-      return ComponentSite::kResidPre;
-    case v1::COMPONENT_SITE_UNSPECIFIED:
-      return Invalid(field, "COMPONENT_SITE_UNSPECIFIED names no site");
-    default:
-      return UnknownEnumValue(field, site, v1::ComponentSite_descriptor());
-  }
+  if (site == v1::COMPONENT_SITE_UNSPECIFIED) return Invalid(field, "COMPONENT_SITE_UNSPECIFIED names no site");
+  return FromProtoEnum(field, site, site, v1::ComponentSite_descriptor(), &engine::ParseComponentSite);
 }
 
-v1::ComponentSite ToProtoSite(ComponentSite site) {
-  switch (site) {
-    case ComponentSite::kHeads:
-      return v1::ATTENTION_HEADS;
-    case ComponentSite::kAttnOut:
-      return v1::ATTENTION_OUTPUT;
-    case ComponentSite::kMlpOut:
-      return v1::MLP_OUTPUT;
-    case ComponentSite::kResidPre:
-      return v1::RESIDUAL_PRE;
-  }
-  return v1::COMPONENT_SITE_UNSPECIFIED;
-}
-
+// Unspecified: each site's own default (engine::DefaultGranularity).
 absl::StatusOr<std::optional<ComponentGranularity>> ToGranularity(v1::ComponentGranularity granularity) {
-  switch (granularity) {
-    case v1::COMPONENT_GRANULARITY_UNSPECIFIED:
-      return std::nullopt;
-    case v1::LAYER_HEAD:
-      return ComponentGranularity::kLayerHead;
-    case v1::LAYER_POSITION:
-      return ComponentGranularity::kLayerPosition;
-    case v1::LAYER_POSITION_HEAD:
-      return ComponentGranularity::kLayerPositionHead;
-    default:
-      return UnknownEnumValue("granularity", granularity, v1::ComponentGranularity_descriptor());
-  }
-}
-
-v1::ComponentGranularity ToProtoGranularity(ComponentGranularity granularity) {
-  switch (granularity) {
-    case ComponentGranularity::kLayerHead:
-      return v1::LAYER_HEAD;
-    case ComponentGranularity::kLayerPosition:
-      return v1::LAYER_POSITION;
-    case ComponentGranularity::kLayerPositionHead:
-      return v1::LAYER_POSITION_HEAD;
-  }
-  return v1::COMPONENT_GRANULARITY_UNSPECIFIED;
+  if (granularity == v1::COMPONENT_GRANULARITY_UNSPECIFIED) return std::nullopt;
+  return FromProtoEnum("granularity", granularity, granularity, v1::ComponentGranularity_descriptor(),
+                       &engine::ParseComponentGranularity);
 }
 
 // An answer: exactly one token, text read as the continuation of the first clean prompt.
@@ -164,8 +57,9 @@ absl::StatusOr<ResolvedInput> ResolveAnswer(const v1::Input& input, absl::string
 }
 
 void ToProtoGrid(const engine::ComponentGrid& grid, v1::ComponentGrid* out) {
-  out->set_site(ToProtoSite(grid.site));
-  out->set_granularity(ToProtoGranularity(grid.granularity));
+  out->set_site(ToProtoEnum(engine::ComponentSiteName(grid.site), &v1::ComponentSite_Parse));
+  out->set_granularity(
+      ToProtoEnum(engine::ComponentGranularityName(grid.granularity), &v1::ComponentGranularity_Parse));
   out->mutable_shape()->Add(grid.shape.begin(), grid.shape.end());
   out->add_axes("layer");
   if (grid.granularity != ComponentGranularity::kLayerHead) out->add_axes("position");
@@ -201,10 +95,7 @@ absl::StatusOr<ComponentsCall> ToComponentsCall(const v1::AttributeComponentsReq
   ASSIGN_OR_RETURN(request.metric, ToComponentMetric(proto.metric()));
   ASSIGN_OR_RETURN(call.answer, ResolveAnswer(proto.answer(), "answer", call.clean[0], model));
   request.answer = call.answer.encoding.ids[0];
-  const bool compares = request.metric == ComponentMetric::kLogitDifference ||
-                        request.metric == ComponentMetric::kNormalizedLogitDifference ||
-                        request.metric == ComponentMetric::kProbDifference;
-  if (compares) {
+  if (engine::IsDifference(request.metric)) {
     ASSIGN_OR_RETURN(call.wrong_answer, ResolveAnswer(proto.wrong_answer(), "wrong_answer", call.clean[0], model));
     request.wrong_answer = call.wrong_answer.encoding.ids[0];
   } else if (IsSet(proto.wrong_answer())) {
@@ -232,9 +123,9 @@ void ToComponentsResponse(const engine::ComponentResult& result, const Component
                           v1::AttributeComponentsResponse* out) {
   const engine::ComponentRequest& request = call.request;
   out->set_model(model.spec.name);
-  out->set_method(ToProtoMethod(request.method));
-  out->set_metric(ToProtoMetric(request.metric));
-  out->set_direction(request.direction == PatchDirection::kDenoising ? v1::DENOISING : v1::NOISING);
+  out->set_method(ToProtoEnum(engine::ComponentMethodName(request.method), &v1::ComponentMethod_Parse));
+  out->set_metric(ToProtoEnum(engine::ComponentMetricName(request.metric), &v1::ComponentMetric_Parse));
+  out->set_direction(ToProtoEnum(engine::PatchDirectionName(request.direction), &v1::PatchDirection_Parse));
   for (const engine::ComponentGrid& grid : result.grids) ToProtoGrid(grid, out->add_grids());
   for (size_t k = 0; k < result.pairs.size(); ++k) {
     v1::PairComponents* pair = out->add_pairs();

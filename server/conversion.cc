@@ -39,10 +39,7 @@ absl::StatusOr<AttributionMethod> ToMethod(v1::Method method) {
 }
 
 v1::Method ToProtoMethod(AttributionMethod method) {
-  // Every engine method has the proto value of its name in upper case (conversion_test checks it).
-  v1::Method out = v1::METHOD_UNSPECIFIED;
-  v1::Method_Parse(absl::AsciiStrToUpper(engine::AttributionMethodName(method)), &out);
-  return out;
+  return ToProtoEnum(engine::AttributionMethodName(method), &v1::Method_Parse);
 }
 
 absl::StatusOr<engine::TokenQuantity> ToQuantity(v1::Quantity quantity) {

@@ -54,6 +54,16 @@ absl::StatusOr<EngineEnum> FromProtoEnum(absl::string_view field, int value, int
   return parsed;
 }
 
+// The proto value named as the engine names its value, in upper case (the `_Parse` protoc generates for
+// ProtoEnum); _UNSPECIFIED (0) if the proto has no such name, which conversion tests rule out for
+// every engine value.
+template <typename ProtoEnum, typename ProtoName>
+ProtoEnum ToProtoEnum(absl::string_view engine_name, bool (*parse)(ProtoName, ProtoEnum*)) {
+  ProtoEnum value{};
+  if (!parse(absl::AsciiStrToUpper(engine_name), &value)) return ProtoEnum{};
+  return value;
+}
+
 // Each token of `input` with its text and (for text inputs) its offsets.
 void FillTokens(const ResolvedInput& input, const engine::Tokenizer& tokenizer,
                 google::protobuf::RepeatedPtrField<v1::Token>* out);

@@ -10,24 +10,12 @@
 #include "absl/strings/str_cat.h"
 #include "engine/attribution/attribution_request.h"
 #include "engine/attribution/submit_rows.h"
+#include "engine/common/enum_names.h"
 #include "engine/common/status_macros.h"
 #include "engine/model/torch_errors.h"
 
 namespace attribution::engine {
 namespace {
-
-bool IsDifference(ComponentMetric metric) {
-  switch (metric) {
-    case ComponentMetric::kLogitDifference:
-    case ComponentMetric::kNormalizedLogitDifference:
-    case ComponentMetric::kProbDifference:
-      return true;
-    case ComponentMetric::kLogProb:
-    case ComponentMetric::kProb:
-      return false;
-  }
-  return false;
-}
 
 // A grid's components, entry i in row-major order.
 struct GridLayout {
@@ -349,13 +337,64 @@ const char* ComponentMetricName(ComponentMetric metric) {
     case ComponentMetric::kNormalizedLogitDifference:
       return "normalized_logit_difference";
     case ComponentMetric::kLogProb:
-      return "log_prob";
+      return "answer_log_prob";
     case ComponentMetric::kProb:
-      return "prob";
+      return "answer_prob";
     case ComponentMetric::kProbDifference:
       return "prob_difference";
   }
   return "unknown";
+}
+
+const char* PatchDirectionName(PatchDirection direction) {
+  switch (direction) {
+    case PatchDirection::kDenoising:
+      return "denoising";
+    case PatchDirection::kNoising:
+      return "noising";
+  }
+  return "unknown";
+}
+
+const char* ComponentGranularityName(ComponentGranularity granularity) {
+  switch (granularity) {
+    case ComponentGranularity::kLayerHead:
+      return "layer_head";
+    case ComponentGranularity::kLayerPosition:
+      return "layer_position";
+    case ComponentGranularity::kLayerPositionHead:
+      return "layer_position_head";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<ComponentMethod> ParseComponentMethod(const std::string& name) {
+  return ParseByName("method", name, kAllComponentMethods, &ComponentMethodName);
+}
+
+absl::StatusOr<ComponentMetric> ParseComponentMetric(const std::string& name) {
+  return ParseByName("metric", name, kAllComponentMetrics, &ComponentMetricName);
+}
+
+absl::StatusOr<PatchDirection> ParsePatchDirection(const std::string& name) {
+  return ParseByName("direction", name, kAllPatchDirections, &PatchDirectionName);
+}
+
+absl::StatusOr<ComponentGranularity> ParseComponentGranularity(const std::string& name) {
+  return ParseByName("granularity", name, kAllComponentGranularities, &ComponentGranularityName);
+}
+
+bool IsDifference(ComponentMetric metric) {
+  switch (metric) {
+    case ComponentMetric::kLogitDifference:
+    case ComponentMetric::kNormalizedLogitDifference:
+    case ComponentMetric::kProbDifference:
+      return true;
+    case ComponentMetric::kLogProb:
+    case ComponentMetric::kProb:
+      return false;
+  }
+  return false;
 }
 
 ComponentGranularity DefaultGranularity(ComponentSite site) {

@@ -52,8 +52,28 @@ enum class ComponentMetric {
 // every head (hidden-size sites: the whole vector), or a (layer, position, head).
 enum class ComponentGranularity { kLayerHead, kLayerPosition, kLayerPositionHead };
 
+inline constexpr ComponentMethod kAllComponentMethods[] = {
+    ComponentMethod::kActivationPatching, ComponentMethod::kLayerIntegratedGradients,
+    ComponentMethod::kAttributionPatching, ComponentMethod::kAttributionPatchingStar};
+inline constexpr ComponentMetric kAllComponentMetrics[] = {
+    ComponentMetric::kLogitDifference, ComponentMetric::kNormalizedLogitDifference, ComponentMetric::kLogProb,
+    ComponentMetric::kProb, ComponentMetric::kProbDifference};
+inline constexpr PatchDirection kAllPatchDirections[] = {PatchDirection::kDenoising, PatchDirection::kNoising};
+inline constexpr ComponentGranularity kAllComponentGranularities[] = {
+    ComponentGranularity::kLayerHead, ComponentGranularity::kLayerPosition, ComponentGranularity::kLayerPositionHead};
+
+// Names as the API spells the values, in lower case ("answer_log_prob" for ANSWER_LOG_PROB), so the server
+// maps proto values to these enums by name and messages use the names the caller sent.
 const char* ComponentMethodName(ComponentMethod method);
 const char* ComponentMetricName(ComponentMetric metric);
+const char* PatchDirectionName(PatchDirection direction);
+const char* ComponentGranularityName(ComponentGranularity granularity);
+absl::StatusOr<ComponentMethod> ParseComponentMethod(const std::string& name);
+absl::StatusOr<ComponentMetric> ParseComponentMetric(const std::string& name);
+absl::StatusOr<PatchDirection> ParsePatchDirection(const std::string& name);
+absl::StatusOr<ComponentGranularity> ParseComponentGranularity(const std::string& name);
+// The metrics that compare the answer with a wrong answer (they need wrong_answer).
+bool IsDifference(ComponentMetric metric);
 // Heads default to (layer, head); the other sites have (layer, position) only.
 ComponentGranularity DefaultGranularity(ComponentSite site);
 bool SiteHasGranularity(ComponentSite site, ComponentGranularity granularity);

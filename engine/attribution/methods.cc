@@ -5,8 +5,8 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "engine/attribution/coalition_designs.h"
+#include "engine/common/enum_names.h"
 
 namespace attribution::engine {
 namespace {
@@ -162,13 +162,7 @@ const Method& MethodOf(AttributionMethod method) {
 }
 
 absl::StatusOr<AttributionMethod> ParseAttributionMethod(const std::string& name) {
-  std::vector<std::string> names;
-  for (AttributionMethod m : kAllMethods) {
-    if (name == MethodOf(m).name) return m;
-    names.push_back(MethodOf(m).name);
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat("method \"", name, "\" is not supported (", absl::StrJoin(names, ", "), ")"));
+  return ParseByName("method", name, kAllMethods, &AttributionMethodName);
 }
 
 const char* AttributionMethodName(AttributionMethod method) { return MethodOf(method).name; }

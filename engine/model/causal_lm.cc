@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "engine/common/enum_names.h"
 #include "engine/common/status_macros.h"
 #include "engine/model/causal_lm_impl.h"
 #include "engine/model/lrp_rules.h"
@@ -60,15 +61,19 @@ at::Tensor AttentionMask(const at::Tensor& past, const at::Tensor& lengths, int6
 const char* ComponentSiteName(ComponentSite site) {
   switch (site) {
     case ComponentSite::kResidPre:
-      return "resid_pre";
+      return "residual_pre";
     case ComponentSite::kHeads:
-      return "heads";
+      return "attention_heads";
     case ComponentSite::kAttnOut:
-      return "attn_out";
+      return "attention_output";
     case ComponentSite::kMlpOut:
-      return "mlp_out";
+      return "mlp_output";
   }
   return "unknown";
+}
+
+absl::StatusOr<ComponentSite> ParseComponentSite(const std::string& name) {
+  return ParseByName("site", name, kAllComponentSites, &ComponentSiteName);
 }
 
 absl::StatusOr<at::ScalarType> ParseDtype(const std::string& name) {

@@ -46,7 +46,11 @@ enum class ComponentSite {
   kMlpOut = 3,    // what the MLP adds to the residual stream: [B, S, hidden]
 };
 inline constexpr int kComponentSites = 4;
+inline constexpr ComponentSite kAllComponentSites[kComponentSites] = {ComponentSite::kResidPre, ComponentSite::kHeads,
+                                                                      ComponentSite::kAttnOut, ComponentSite::kMlpOut};
+// The API's names in lower case: residual_pre, attention_heads, attention_output, mlp_output.
 const char* ComponentSiteName(ComponentSite site);
+absl::StatusOr<ComponentSite> ParseComponentSite(const std::string& name);
 
 // Callbacks into the forward pass. Each receives a tensor and may return a replacement of the same
 // shape (e.g. a leaf that requires grad, or a patched activation), or an undefined tensor to keep it.

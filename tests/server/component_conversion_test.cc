@@ -1,0 +1,236 @@
+// SPDX-License-Identifier: Apache-2.0
+// AttributeComponents at the edge (server/component_conversion.h) without a running server, on the committed
+// default model: every proto enum value maps to the engine value of the same meaning (written out here by
+// hand) and the response names it back; _UNSPECIFIED means the documented default; unknown values are
+// INVALID_ARGUMENT naming the field.
+#include "server/component_conversion.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <map>
+
+#include "engine/attribution/attributor.h"
+#include "tests/testing/status_matchers.h"
+
+namespace attribution::server {
+namespace {
+
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
+using ::testing::AllOf;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+constexpr int kUnknownEnumValue = 77;
+
+// Every value of a proto enum but _UNSPECIFIED (0), so a value added to the proto fails these tests until
+// the expected tables below name it.
+template <typename ProtoEnum>
+std::vector<ProtoEnum> SpecifiedValues(const google::protobuf::EnumDescriptor* descriptor) {
+  std::vector<ProtoEnum> values;
+  for (int i = 0; i < descriptor->value_count(); ++i) {
+    if (descriptor->value(i)->number() != 0) values.push_back(static_cast<ProtoEnum>(descriptor->value(i)->number()));
+  }
+  return values;
+}
+
+class ComponentConversionTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    served_ = new ServedModel;
+    served_->spec.name = "default";
+    auto model = engine::CausalLM::Load(ATTRIBUTION_DEFAULT_MODEL_DIR, {});
+    ASSERT_THAT(model, IsOk());
+    served_->model = std::move(*model);
+    auto tokenizer = engine::Tokenizer::Load(ATTRIBUTION_DEFAULT_MODEL_DIR);
+    ASSERT_THAT(tokenizer, IsOk());
+    served_->tokenizer = std::move(*tokenizer);
+    // Conversion reads only the attributor's limits; nothing here submits rows.
+    served_->attributor = std::make_unique<engine::Attributor>(served_->model, nullptr);
+  }
+  static void TearDownTestSuite() { delete served_; }
+
+  // A valid request: one pair of equal length, answer and wrong answer, everything else at its default.
+  static v1::AttributeComponentsRequest Request() {
+    v1::AttributeComponentsRequest proto;
+    v1::PromptPair* pair = proto.add_pairs();
+    pair->mutable_clean()->set_text("the cat sat on the mat");
+    pair->mutable_corrupted()->set_text("the dog sat on the mat");
+    proto.mutable_answer()->set_text(" Yes");
+    proto.mutable_wrong_answer()->set_text(" No");
+    return proto;
+  }
+  static absl::StatusOr<ComponentsCall> Convert(const v1::AttributeComponentsRequest& proto) {
+    return ToComponentsCall(proto, *served_, absl::InfiniteFuture());
+  }
+  static v1::AttributeComponentsResponse Respond(const ComponentsCall& call, const engine::ComponentResult& result) {
+    v1::AttributeComponentsResponse response;
+    ToComponentsResponse(result, call, *served_, &response);
+    return response;
+  }
+
+  static ServedModel* served_;
+};
+ServedModel* ComponentConversionTest::served_ = nullptr;
+
+TEST_F(ComponentConversionTest, UnspecifiedFieldsTakeTheDocumentedDefaults) {
+  absl::StatusOr<ComponentsCall> call = Convert(Request());
+  ASSERT_THAT(call, IsOk());
+  EXPECT_EQ(call->request.method, engine::ComponentMethod::kActivationPatching);
+  EXPECT_EQ(call->request.metric, engine::ComponentMetric::kLogitDifference);
+  EXPECT_EQ(call->request.direction, engine::PatchDirection::kDenoising);
+  EXPECT_THAT(call->request.sites, ElementsAre(engine::ComponentSite::kHeads));
+  EXPECT_EQ(call->request.granularity, std::nullopt);
+}
+
+TEST_F(ComponentConversionTest, EveryMethodMapsToItsEngineMethodAndBack) {
+  const std::map<v1::ComponentMethod, engine::ComponentMethod> expected = {
+      {v1::ACTIVATION_PATCHING, engine::ComponentMethod::kActivationPatching},
+      {v1::LAYER_INTEGRATED_GRADIENTS, engine::ComponentMethod::kLayerIntegratedGradients},
+      {v1::ATTRIBUTION_PATCHING, engine::ComponentMethod::kAttributionPatching},
+      {v1::ATTRIBUTION_PATCHING_STAR, engine::ComponentMethod::kAttributionPatchingStar},
+  };
+  for (v1::ComponentMethod method : SpecifiedValues<v1::ComponentMethod>(v1::ComponentMethod_descriptor())) {
+    SCOPED_TRACE(v1::ComponentMethod_Name(method));
+    ASSERT_EQ(expected.count(method), 1u);
+    v1::AttributeComponentsRequest proto = Request();
+    proto.set_method(method);
+    absl::StatusOr<ComponentsCall> call = Convert(proto);
+    ASSERT_THAT(call, IsOk());
+    EXPECT_EQ(call->request.method, expected.at(method));
+    EXPECT_EQ(Respond(*call, {}).method(), method);
+  }
+}
+
+TEST_F(ComponentConversionTest, EveryMetricMapsToItsEngineMetricAndBack) {
+  struct Expected {
+    engine::ComponentMetric metric;
+    bool compares;  // reads wrong_answer
+  };
+  const std::map<v1::ComponentMetric, Expected> expected = {
+      {v1::LOGIT_DIFFERENCE, {engine::ComponentMetric::kLogitDifference, true}},
+      {v1::NORMALIZED_LOGIT_DIFFERENCE, {engine::ComponentMetric::kNormalizedLogitDifference, true}},
+      {v1::ANSWER_LOG_PROB, {engine::ComponentMetric::kLogProb, false}},
+      {v1::ANSWER_PROB, {engine::ComponentMetric::kProb, false}},
+      {v1::PROB_DIFFERENCE, {engine::ComponentMetric::kProbDifference, true}},
+  };
+  for (v1::ComponentMetric metric : SpecifiedValues<v1::ComponentMetric>(v1::ComponentMetric_descriptor())) {
+    SCOPED_TRACE(v1::ComponentMetric_Name(metric));
+    ASSERT_EQ(expected.count(metric), 1u);
+    v1::AttributeComponentsRequest proto = Request();
+    proto.set_metric(metric);
+    if (!expected.at(metric).compares) {
+      EXPECT_THAT(Convert(proto), StatusIs(absl::StatusCode::kInvalidArgument, StartsWith("wrong_answer: ")));
+      proto.clear_wrong_answer();
+    }
+    absl::StatusOr<ComponentsCall> call = Convert(proto);
+    ASSERT_THAT(call, IsOk());
+    EXPECT_EQ(call->request.metric, expected.at(metric).metric);
+    EXPECT_EQ(Respond(*call, {}).metric(), metric);
+  }
+}
+
+TEST_F(ComponentConversionTest, EveryDirectionMapsToItsEngineDirectionAndBack) {
+  const std::map<v1::PatchDirection, engine::PatchDirection> expected = {
+      {v1::DENOISING, engine::PatchDirection::kDenoising},
+      {v1::NOISING, engine::PatchDirection::kNoising},
+  };
+  for (v1::PatchDirection direction : SpecifiedValues<v1::PatchDirection>(v1::PatchDirection_descriptor())) {
+    SCOPED_TRACE(v1::PatchDirection_Name(direction));
+    ASSERT_EQ(expected.count(direction), 1u);
+    v1::AttributeComponentsRequest proto = Request();
+    proto.set_direction(direction);
+    absl::StatusOr<ComponentsCall> call = Convert(proto);
+    ASSERT_THAT(call, IsOk());
+    EXPECT_EQ(call->request.direction, expected.at(direction));
+    EXPECT_EQ(Respond(*call, {}).direction(), direction);
+  }
+}
+
+// Each site at each granularity it has: the request carries both, and a grid of them is answered with the
+// same proto values.
+TEST_F(ComponentConversionTest, EverySiteAndGranularityMapsToTheEnginesAndBack) {
+  const std::map<v1::ComponentSite, engine::ComponentSite> sites = {
+      {v1::ATTENTION_HEADS, engine::ComponentSite::kHeads},
+      {v1::ATTENTION_OUTPUT, engine::ComponentSite::kAttnOut},
+      {v1::MLP_OUTPUT, engine::ComponentSite::kMlpOut},
+      {v1::RESIDUAL_PRE, engine::ComponentSite::kResidPre},
+  };
+  const std::map<v1::ComponentGranularity, engine::ComponentGranularity> granularities = {
+      {v1::LAYER_HEAD, engine::ComponentGranularity::kLayerHead},
+      {v1::LAYER_POSITION, engine::ComponentGranularity::kLayerPosition},
+      {v1::LAYER_POSITION_HEAD, engine::ComponentGranularity::kLayerPositionHead},
+  };
+  for (v1::ComponentSite site : SpecifiedValues<v1::ComponentSite>(v1::ComponentSite_descriptor())) {
+    ASSERT_EQ(sites.count(site), 1u) << v1::ComponentSite_Name(site);
+    for (v1::ComponentGranularity granularity :
+         SpecifiedValues<v1::ComponentGranularity>(v1::ComponentGranularity_descriptor())) {
+      SCOPED_TRACE(v1::ComponentSite_Name(site) + " " + v1::ComponentGranularity_Name(granularity));
+      ASSERT_EQ(granularities.count(granularity), 1u);
+      if (!engine::SiteHasGranularity(sites.at(site), granularities.at(granularity))) continue;
+      v1::AttributeComponentsRequest proto = Request();
+      proto.add_sites(site);
+      proto.set_granularity(granularity);
+      absl::StatusOr<ComponentsCall> call = Convert(proto);
+      ASSERT_THAT(call, IsOk());
+      EXPECT_THAT(call->request.sites, ElementsAre(sites.at(site)));
+      EXPECT_EQ(call->request.granularity, granularities.at(granularity));
+      engine::ComponentResult result;
+      result.grids.push_back({.site = sites.at(site), .granularity = granularities.at(granularity)});
+      const v1::AttributeComponentsResponse response = Respond(*call, result);
+      ASSERT_EQ(response.grids_size(), 1);
+      EXPECT_EQ(response.grids(0).site(), site);
+      EXPECT_EQ(response.grids(0).granularity(), granularity);
+    }
+  }
+}
+
+TEST_F(ComponentConversionTest, UnknownEnumValuesNameTheFieldAndTheValidNames) {
+  struct Case {
+    std::string field, a_valid_name;
+    std::function<void(v1::AttributeComponentsRequest&)> set;
+  };
+  const std::vector<Case> cases = {
+      {"method", "ATTRIBUTION_PATCHING_STAR",
+       [](auto& p) { p.set_method(static_cast<v1::ComponentMethod>(kUnknownEnumValue)); }},
+      {"metric", "PROB_DIFFERENCE", [](auto& p) { p.set_metric(static_cast<v1::ComponentMetric>(kUnknownEnumValue)); }},
+      {"direction", "NOISING", [](auto& p) { p.set_direction(static_cast<v1::PatchDirection>(kUnknownEnumValue)); }},
+      {"sites[1]", "RESIDUAL_PRE",
+       [](auto& p) {
+         p.add_sites(v1::MLP_OUTPUT);
+         p.add_sites(static_cast<v1::ComponentSite>(kUnknownEnumValue));
+       }},
+      {"granularity", "LAYER_POSITION_HEAD",
+       [](auto& p) { p.set_granularity(static_cast<v1::ComponentGranularity>(kUnknownEnumValue)); }},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.field);
+    v1::AttributeComponentsRequest proto = Request();
+    c.set(proto);
+    EXPECT_THAT(Convert(proto),
+                StatusIs(absl::StatusCode::kInvalidArgument,
+                         AllOf(StartsWith(c.field + ": "), HasSubstr("77"), HasSubstr(c.a_valid_name))));
+  }
+  v1::AttributeComponentsRequest proto = Request();
+  proto.add_sites(v1::COMPONENT_SITE_UNSPECIFIED);
+  EXPECT_THAT(Convert(proto), StatusIs(absl::StatusCode::kInvalidArgument, StartsWith("sites[0]: ")));
+}
+
+// Messages of the engine's validation name values as the caller sent them.
+TEST_F(ComponentConversionTest, EngineMessagesUseTheApisNames) {
+  v1::AttributeComponentsRequest twice = Request();
+  twice.add_sites(v1::ATTENTION_OUTPUT);
+  twice.add_sites(v1::ATTENTION_OUTPUT);
+  EXPECT_THAT(Convert(twice),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("attention_output is named twice")));
+  v1::AttributeComponentsRequest same = Request();
+  same.set_metric(v1::PROB_DIFFERENCE);
+  same.mutable_wrong_answer()->set_text(" Yes");
+  EXPECT_THAT(Convert(same), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("prob_difference compares")));
+}
+
+}  // namespace
+}  // namespace attribution::server
