@@ -46,11 +46,15 @@ absl::StatusOr<ResolvedInput> ResolveAnswer(const v1::Input& input, absl::string
   if (!IsSet(input)) return Invalid(field, "must be one token (set text or token_ids)");
   ASSIGN_OR_RETURN(ResolvedInput answer, ResolveTarget(input, field, clean, v1::CONTINUATION, model));
   if (answer.encoding.ids.size() != 1) {
+    // The first few tokens only: a status message past gRPC's 8 KiB metadata limit reaches the caller as
+    // RESOURCE_EXHAUSTED instead.
+    constexpr size_t kTokensShown = 4;
     std::string tokens;
-    for (int64_t id : answer.encoding.ids) {
-      absl::StrAppend(&tokens, tokens.empty() ? "" : ", ", "\"", engine::ToValidUtf8(model.tokenizer->TokenText(id)),
-                      "\"");
+    for (size_t i = 0; i < std::min(kTokensShown, answer.encoding.ids.size()); ++i) {
+      absl::StrAppend(&tokens, i == 0 ? "" : ", ", "\"",
+                      engine::ToValidUtf8(model.tokenizer->TokenText(answer.encoding.ids[i])), "\"");
     }
+    if (answer.encoding.ids.size() > kTokensShown) absl::StrAppend(&tokens, ", ...");
     return Invalid(field, absl::StrCat("must be one token; it is ", answer.encoding.ids.size(), " (", tokens, ")"));
   }
   return answer;

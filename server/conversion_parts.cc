@@ -62,6 +62,17 @@ absl::StatusOr<ResolvedInput> Resolve(const v1::Input& input, absl::string_view 
         InField(field, engine::CheckTokenIds(out.encoding.ids, "token_ids", model.model->config().vocab_size)));
     return out;
   }
+  // A token stands for at most longest_token_bytes of normalized text, and normalization (NFKC) leaves a
+  // character at least a quarter of its bytes, so a longer text holds more tokens than any request may:
+  // refused before tokenizing, it cannot cost seconds of CPU and a concurrency slot.
+  constexpr int64_t kNormalizationShrink = 4;
+  const int64_t max_bytes =
+      kNormalizationShrink * model.tokenizer->longest_token_bytes() * model.spec.limits.max_tokens;
+  if (static_cast<int64_t>(input.text().size()) > max_bytes) {
+    return Invalid(absl::StrCat(field, ".text"),
+                   absl::StrCat(input.text().size(), " bytes make more tokens than this model's limit of ",
+                                model.spec.limits.max_tokens));
+  }
   out.text = input.text();
   absl::StatusOr<engine::Encoding> encoding = model.tokenizer->Encode(out.text, add_special_tokens);
   if (!encoding.ok()) return InField(absl::StrCat(field, ".text"), encoding.status());

@@ -3,6 +3,8 @@
 
 #include <string>
 
+#include "absl/strings/str_cat.h"
+
 namespace attribution::server {
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
@@ -14,7 +16,13 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   const grpc::StatusCode grpc_code = code >= 1 && code <= grpc::StatusCode::UNAUTHENTICATED
                                          ? static_cast<grpc::StatusCode>(code)
                                          : grpc::StatusCode::UNKNOWN;
-  return grpc::Status(grpc_code, std::string(status.message()));
+  // gRPC sends the message in trailing metadata: past 8 KiB of it the caller gets RESOURCE_EXHAUSTED
+  // instead of this status. Cut at a character boundary, so the message stays valid UTF-8.
+  absl::string_view message = status.message();
+  if (message.size() <= kMaxStatusMessageBytes) return grpc::Status(grpc_code, std::string(message));
+  size_t cut = kMaxStatusMessageBytes;
+  while (cut > 0 && (static_cast<unsigned char>(message[cut]) & 0xC0) == 0x80) --cut;
+  return grpc::Status(grpc_code, absl::StrCat(message.substr(0, cut), " ... (", message.size(), " bytes in all)"));
 }
 
 const char* StatusCodeName(grpc::StatusCode code) {

@@ -7,7 +7,9 @@
 
 namespace attribution::server {
 
-// Same canonical code (absl and gRPC share google.rpc.Code), same message.
+inline constexpr size_t kMaxStatusMessageBytes = 2048;
+
+// Same canonical code (absl and gRPC share google.rpc.Code), same message up to kMaxStatusMessageBytes.
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
 // "OK", "INVALID_ARGUMENT", ...: the code's canonical name, for logs and metric labels.

@@ -78,6 +78,7 @@ absl::Status ValidateAttributionRequest(const AttributionRequest& r, const Model
   const int64_t features = r.features.empty() ? prompt : static_cast<int64_t>(r.features.size());
   if (auto s = CheckRange(features, 1, limits.max_features, "number of features"); !s.ok()) return s;
   std::vector<bool> covered(prompt, false);
+  int64_t baseline_growth = 0;  // tokens a row gains with every feature at its baseline
   for (size_t f = 0; f < r.features.size(); ++f) {
     const FeatureSpan& span = r.features[f];
     if (span.begin < 0 || span.end > prompt || span.begin >= span.end) {
@@ -90,11 +91,26 @@ absl::Status ValidateAttributionRequest(const AttributionRequest& r, const Model
       covered[p] = true;
     }
     if (auto s = CheckTokenIds(span.baseline_ids, "features[].baseline_ids", vocab); !s.ok()) return s;
+    baseline_growth += std::max<int64_t>(0, static_cast<int64_t>(span.baseline_ids.size()) - (span.end - span.begin));
     if (IsGradientMethod(r.method) && !span.baseline_ids.empty() &&
         static_cast<int64_t>(span.baseline_ids.size()) != span.end - span.begin) {
       return absl::InvalidArgumentError(
           absl::StrCat("features[", f, "].baseline_ids: gradient methods need one baseline token per position"));
     }
+  }
+  // Perturbation rows put longer baselines in place of their features; the longest row must fit the limits
+  // the prompt itself is held to (and GPT-2's learned positions).
+  const int64_t longest_row = prompt + target + baseline_growth;
+  if (longest_row > limits.max_tokens) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("features[].baseline_ids: with every feature at its baseline a row "
+                     "holds ",
+                     longest_row, " tokens (prompt + target), over the limit of ", limits.max_tokens));
+  }
+  if (config.architecture == Architecture::kGpt2 && longest_row > config.max_position_embeddings) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("prompt + target tokens (with every feature at its baseline): ", longest_row,
+                     " exceed the model's ", config.max_position_embeddings, " positions"));
   }
   if (!(r.completeness_tolerance >= 0 && r.completeness_tolerance <= 1)) {
     return absl::InvalidArgumentError(

@@ -8,10 +8,13 @@
 namespace attribution::engine {
 
 absl::Status StatusFromException(const std::exception& e, const char* what) {
+  // A c10::Error's what() carries a C++ backtrace (file paths, addresses); callers get the message only.
+  const auto* torch_error = dynamic_cast<const c10::Error*>(&e);
+  const char* message = torch_error != nullptr ? torch_error->what_without_backtrace() : e.what();
   if (dynamic_cast<const c10::OutOfMemoryError*>(&e) != nullptr) {
-    return absl::ResourceExhaustedError(absl::StrCat(what, ": out of device memory: ", e.what()));
+    return absl::ResourceExhaustedError(absl::StrCat(what, ": out of device memory: ", message));
   }
-  return absl::InternalError(absl::StrCat(what, ": ", e.what()));
+  return absl::InternalError(absl::StrCat(what, ": ", message));
 }
 
 }  // namespace attribution::engine

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "engine/tokenizer/tokenizer.h"
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -79,6 +80,15 @@ std::string ToValidUtf8(const std::string& bytes) {
 bool Tokenizer::IsSpecial(int64_t id) const {
   const SpecialTokens& s = special_tokens();
   return id == s.bos || id == s.eos || id == s.pad;
+}
+
+int64_t Tokenizer::longest_token_bytes() const {
+  std::call_once(longest_token_once_, [this] {
+    for (int64_t id = 0; id < vocab_size(); ++id) {
+      longest_token_bytes_ = std::max(longest_token_bytes_, static_cast<int64_t>(TokenText(id).size()));
+    }
+  });
+  return longest_token_bytes_;
 }
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& model_dir) {

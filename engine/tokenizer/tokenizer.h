@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -50,6 +51,14 @@ class Tokenizer {
   // special (pad, control and chat-template tokens). Attribution keeps these out of the features by
   // default. The default answers for bos, eos and pad.
   virtual bool IsSpecial(int64_t id) const;
+
+  // The most bytes of text any one token stands for (the longest TokenText), found on first use: a text
+  // longer than this many bytes per token cannot fit a given number of tokens.
+  int64_t longest_token_bytes() const;
+
+ private:
+  mutable std::once_flag longest_token_once_;
+  mutable int64_t longest_token_bytes_ = 0;
 };
 
 // INVALID_ARGUMENT naming the first offending byte when `text` is not valid UTF-8.

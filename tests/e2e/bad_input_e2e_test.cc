@@ -370,6 +370,19 @@ std::vector<BadCase> BadCases() {
           },
           kInvalid, "feature_groups[0].baseline"),
       Attribute(
+          "group baselines make rows over max_tokens",
+          [](A& r) {
+            r.set_method(v1::FEATURE_ABLATION);
+            auto* g = r.add_feature_groups();
+            g->set_token_begin(1);
+            g->set_token_end(3);
+            for (int i = 0; i < 30000; ++i) g->mutable_baseline()->add_token_ids(5);
+          },
+          kInvalid, "baseline_ids: with every feature at its baseline a row holds 300"),
+      Logprobs(
+          "prompt text of megabytes", [](L& r) { r.mutable_prompt()->set_text(std::string(4'000'000, 'a')); }, kInvalid,
+          "prompt.text: 4000000 bytes make more tokens than this model's limit"),
+      Attribute(
           "gradient group baseline length",
           [](A& r) {
             auto* g = r.add_feature_groups();

@@ -219,6 +219,17 @@ TEST_F(ComponentConversionTest, UnknownEnumValuesNameTheFieldAndTheValidNames) {
   EXPECT_THAT(Convert(proto), StatusIs(absl::StatusCode::kInvalidArgument, StartsWith("sites[0]: ")));
 }
 
+// An answer of thousands of tokens is refused with a short message: a status message past gRPC's 8 KiB
+// metadata limit reaches the caller as RESOURCE_EXHAUSTED.
+TEST_F(ComponentConversionTest, AnAnswerOfManyTokensIsQuotedShortly) {
+  v1::AttributeComponentsRequest proto = Request();
+  proto.mutable_answer()->clear_text();
+  for (int i = 0; i < 3000; ++i) proto.mutable_answer()->add_token_ids(298);
+  const absl::StatusOr<ComponentsCall> call = Convert(proto);
+  EXPECT_THAT(call, StatusIs(absl::StatusCode::kInvalidArgument, StartsWith("answer: must be one token; it is 3000")));
+  EXPECT_LT(call.status().message().size(), 200u);
+}
+
 // Messages of the engine's validation name values as the caller sent them.
 TEST_F(ComponentConversionTest, EngineMessagesUseTheApisNames) {
   v1::AttributeComponentsRequest twice = Request();

@@ -199,5 +199,20 @@ TEST(GrpcStatus, KeepsCodeAndMessage) {
   EXPECT_STREQ(StatusCodeName(grpc::StatusCode::RESOURCE_EXHAUSTED), "RESOURCE_EXHAUSTED");
 }
 
+// A message past gRPC's metadata limit would turn the status into RESOURCE_EXHAUSTED on the caller's side.
+TEST(GrpcStatus, CutsLongMessagesAtACharacterBoundary) {
+  std::string message = "field: ";
+  while (message.size() < 3 * kMaxStatusMessageBytes) message += "\xE2\x82\xAC";  // "€", three bytes each
+  const grpc::Status s = ToGrpcStatus(absl::InvalidArgumentError(message));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_LE(s.error_message().size(), kMaxStatusMessageBytes + 40);
+  EXPECT_THAT(s.error_message(), ::testing::EndsWith(absl::StrCat(" ... (", message.size(), " bytes in all)")));
+  const std::string kept = s.error_message().substr(0, s.error_message().find(" ... ("));
+  EXPECT_EQ(message.substr(0, kept.size()), kept);
+  EXPECT_EQ((kept.size() - 7) % 3, 0u);  // whole "€"s only
+  EXPECT_EQ(ToGrpcStatus(absl::InvalidArgumentError(std::string(kMaxStatusMessageBytes, 'x'))).error_message(),
+            std::string(kMaxStatusMessageBytes, 'x'));
+}
+
 }  // namespace
 }  // namespace attribution::server

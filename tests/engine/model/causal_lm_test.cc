@@ -16,6 +16,7 @@
 
 #include "engine/model/generation.h"
 #include "engine/model/safetensors.h"
+#include "engine/model/torch_errors.h"
 #include "tests/testing/reference.h"
 #include "tests/testing/status_matchers.h"
 
@@ -82,6 +83,19 @@ class CausalLMParity : public ::testing::TestWithParam<Case> {
   Reference reference_;
   std::vector<std::vector<int64_t>> rows_;
 };
+
+// Torch's own errors reach callers as a status message without the C++ backtrace c10::Error::what() holds.
+TEST(TorchErrors, StatusKeepsTheMessageAndDropsTheBacktrace) {
+  absl::Status status;
+  try {
+    at::ones({2}).view({3});
+  } catch (const std::exception& e) {
+    ASSERT_THAT(e.what(), HasSubstr("frame #"));  // what this test is about: torch adds the backtrace
+    status = StatusFromException(e, "forward");
+  }
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kInternal, HasSubstr("forward: shape '[3]' is invalid")));
+  EXPECT_THAT(std::string(status.message()), ::testing::Not(HasSubstr("frame #")));
+}
 
 TEST_P(CausalLMParity, PaddedBatchLogitsMatchTransformers) {
   c10::InferenceMode inference;

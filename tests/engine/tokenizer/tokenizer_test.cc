@@ -153,6 +153,27 @@ TEST(HfTokenizerFile, PostProcessorTokensMustBeInTheVocabulary) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("\"sep\" as [token, id]")));
 }
 
+// A character outside the vocabulary becomes byte-fallback pieces ("<0xE9>", ...): each token's text is
+// its one byte, so the tokens' texts join to the character's UTF-8 bytes (not to three U+FFFD).
+TEST(SentencePieceTokenizer, ByteFallbackPiecesStandForTheirByte) {
+  {
+    auto tokenizer = Tokenizer::Load(TokenizersDir() + "/sentencepiece");
+    ASSERT_THAT(tokenizer, IsOk());
+    const std::string rare = "\xE9\xBE\x98";  // U+9F98, in no test corpus
+    auto encoding = (*tokenizer)->Encode("a" + rare, /*add_special_tokens=*/false);
+    ASSERT_THAT(encoding, IsOk());
+    std::string joined;
+    int single_bytes = 0;
+    for (int64_t id : encoding->ids) {
+      const std::string text = (*tokenizer)->TokenText(id);
+      joined += text;
+      single_bytes += text.size() == 1 && static_cast<unsigned char>(text[0]) >= 0x80;
+    }
+    EXPECT_EQ(single_bytes, 3);
+    EXPECT_THAT(joined, ::testing::EndsWith(rare));
+  }
+}
+
 TEST(Tokenizer, MissingTokenizerIsNotFound) {
   EXPECT_THAT(Tokenizer::Load("/nonexistent"), StatusIs(absl::StatusCode::kNotFound));
 }
