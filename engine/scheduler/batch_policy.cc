@@ -125,11 +125,14 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
         const int64_t longest = std::max(decision.longest, rows[taken[i]]);
         const int64_t padded = (decision.rows + 1) * longest;
         const double waste = PaddingWaste(decision.tokens + rows[taken[i]], padded);
-        // Interactive requests' rows are what the bound protects: they always join.
+        // Interactive requests' rows are what the bound protects: they always join, padded or not (a short
+        // Logprobs row beside a perturbation method's long rows of the same kind would otherwise be kept
+        // out of every batch until the long request's rows ran out).
         const bool in_time =
             !time_limited || queue[i].interactive || cost.Seconds(decision.rows + 1, longest) <= max_seconds;
         const bool fits_size = decision.rows + 1 <= limits.max_rows && padded <= limits.token_budget;
-        const bool fits = fits_size && (decision.rows == 0 || waste <= limits.max_padding_waste) && in_time;
+        const bool padded_enough = decision.rows == 0 || queue[i].interactive || waste <= limits.max_padding_waste;
+        const bool fits = fits_size && padded_enough && in_time;
         decision.time_limited = decision.time_limited || (!in_time && decision.rows > 0);
         if (!fits && decision.rows > 0) {
           blocked[i] = true;  // keeps this request's row order: nothing behind it jumps ahead

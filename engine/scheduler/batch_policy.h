@@ -62,6 +62,7 @@ struct BatchLimits {
   RowKind next_kind = RowKind::kScore;  // the kind after the previous batch's
   // A row joins a batch of two or more rows only while padding stays at most this fraction of the
   // batch's padded tokens: requests that list rows longest first get batches of similar lengths.
+  // Interactive requests' rows join regardless, as they do beyond the time bound.
   double max_padding_waste = 1.0;
   // Device time of one batch while contended, by `costs` (a kind whose cost is not known yet is not
   // limited). `contended_recently`: the engine saw contention within its memory window.

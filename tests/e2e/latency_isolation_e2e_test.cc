@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // Latency isolation through the real server: a Logprobs call sent while a long integrated-gradients
-// request runs is answered before it, the long request's result does not change, and the engine keeps
+// request or feature ablation runs is answered before it, the long request's result does not change, and the engine keeps
 // its batches short only while the short call is around (the time-limited batch counter).
 #include <gtest/gtest.h>
 
@@ -104,6 +104,37 @@ TEST(LatencyIsolation, ShortCallsRunInsideTheLongAttributionsBatches) {
   loaded.finished.WaitForNotification();
   ASSERT_THAT(loaded.result, IsOk());
   EXPECT_GT(MetricValue((*server)->metrics_port(), paused), 0) << calls << " Logprobs calls";
+  ExpectSameAttribution(*loaded.result, *alone);
+}
+
+// A perturbation method's rows are score rows, as a Logprobs call's are, so kinds taking turns does not
+// help: the short row must join the long request's batches, however much it pads them. The Logprobs call
+// is answered while most of the feature ablation's rows are still queued (before the fix it waited for
+// the last of them), and the ablation's result is the one it gets alone.
+TEST(LatencyIsolation, ShortCallJoinsTheBatchesOfALongPerturbationOfItsKind) {
+  auto server = ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir()});
+  ASSERT_THAT(server, IsOk());
+  auto client = std::move(*client::AttributionClient::Connect({.target = (*server)->address()}));
+  client::AttributeOptions ablation = LongAttribution(0);
+  ablation.method = "feature_ablation";
+  ablation.prompt = std::string(600, 'a') + " is it?";
+  absl::StatusOr<client::Attribution> alone = client->Attribute(ablation);
+  ASSERT_THAT(alone, IsOk());
+  const double rows = static_cast<double>(alone->stats.rows);
+
+  InFlight loaded;
+  StartAttribute(*client, ablation, loaded);
+  ASSERT_TRUE(WaitForQueuedRows((*server)->metrics_port(), "demo"));
+  // The short call's deadline is the later one, so it is not first in line for that reason.
+  auto patient =
+      std::move(*client::AttributionClient::Connect({.target = (*server)->address(), .timeout = absl::Seconds(600)}));
+  absl::StatusOr<client::Logprobs> quick =
+      patient->GetLogprobs({.model = "demo", .prompt = "Is it", .target = " yes", .target_tokenization = "separate"});
+  const double left = MetricValue((*server)->metrics_port(), "attribution_engine_queued_rows{model=\"demo\"}");
+  loaded.finished.WaitForNotification();
+  ASSERT_THAT(quick, IsOk());
+  ASSERT_THAT(loaded.result, IsOk());
+  EXPECT_GT(left, rows / 2) << "of " << rows << " rows";
   ExpectSameAttribution(*loaded.result, *alone);
 }
 

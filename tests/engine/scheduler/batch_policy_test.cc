@@ -248,5 +248,20 @@ TEST(BatchPolicy, AShortRequestFirstInLineFillsTheBatchWithItsOwnRowsBesideLongO
   EXPECT_EQ(next.take.size(), 4u);
 }
 
+// Found by a hostile-input audit: a Logprobs call beside a feature ablation of a 300-token prompt (300
+// score rows of ~300 tokens, first in line) waited 4.4 s, until the ablation's rows ran out: its short
+// row padded every batch of long rows too much to join.
+TEST(BatchPolicy, AShortInteractiveRowJoinsABatchOfLongRowsOfItsKind) {
+  const std::vector<QueuedRequestView> queue = {Request(1, RowKind::kScore, 300, 300),
+                                                Request(2, RowKind::kScore, 1, 12)};
+  const BatchLimits limits{
+      .token_budget = 8192, .max_rows = 64, .next_kind = RowKind::kScore, .max_padding_waste = 0.25};
+  const BatchDecision d = DecideBatch(queue, kNow, limits);
+  ASSERT_TRUE(d.run);
+  ASSERT_EQ(d.take.size(), 2u);
+  EXPECT_EQ(d.take[1], std::make_pair(size_t{1}, int64_t{1}));
+  EXPECT_LE(d.rows * d.longest, 8192);
+}
+
 }  // namespace
 }  // namespace attribution::engine
