@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Latency isolation through the real server: a Logprobs call sent while a long integrated-gradients
-// request or feature ablation runs is answered before it, the long request's result does not change, and the engine keeps
-// its batches short only while the short call is around (the time-limited batch counter).
+// request or feature ablation runs is answered before it, the long request's result does not change, and the engine
+// keeps its batches short only while the short call is around (the time-limited batch counter).
 #include <gtest/gtest.h>
 
 #include <atomic>
