@@ -39,22 +39,35 @@ std::function<void(int64_t, int64_t)> ProgressEvents(Call* call) {
   }
 }
 
+// A response over the server's message limit would fail in gRPC's send with a message naming no field,
+// after the call was logged OK: it ends RESOURCE_EXHAUSTED here, saying what to ask for instead.
+absl::Status CheckResponseSize(const google::protobuf::Message& message, int64_t max_bytes) {
+  const size_t bytes = message.ByteSizeLong();
+  if (static_cast<int64_t>(bytes) <= max_bytes) return absl::OkStatus();
+  return absl::ResourceExhaustedError(
+      absl::StrCat("the response would be ", bytes, " bytes, over this server's max_message_bytes of ", max_bytes,
+                   ": ask for less (want_token_matrix, fewer pairs, positions or tokens), or raise max_message_bytes"));
+}
+
 // How a unary call ends: its response, or the error.
 template <typename Response>
-std::function<void(absl::StatusOr<Response>)> FinishUnary(UnaryCall* call, Response* response) {
-  return [call, response](absl::StatusOr<Response> result) {
-    if (result.ok()) *response = std::move(*result);
-    call->Complete(result.status());
+std::function<void(absl::StatusOr<Response>)> FinishUnary(UnaryCall* call, Response* response, int64_t max_bytes) {
+  return [call, response, max_bytes](absl::StatusOr<Response> result) {
+    if (!result.ok()) return call->Complete(result.status());
+    if (absl::Status fits = CheckResponseSize(*result, max_bytes); !fits.ok()) return call->Complete(fits);
+    *response = std::move(*result);
+    call->Complete(absl::OkStatus());
   };
 }
 
 // How a stream ends: the result as its last event, or the error.
 template <typename Response, typename Event>
-std::function<void(absl::StatusOr<Response>)> FinishStream(StreamCall<Event>* call) {
-  return [call](absl::StatusOr<Response> result) {
+std::function<void(absl::StatusOr<Response>)> FinishStream(StreamCall<Event>* call, int64_t max_bytes) {
+  return [call, max_bytes](absl::StatusOr<Response> result) {
     if (!result.ok()) return call->Complete(result.status());
     Event last;
     *last.mutable_result() = std::move(*result);
+    if (absl::Status fits = CheckResponseSize(last, max_bytes); !fits.ok()) return call->Complete(fits);
     call->Complete(absl::OkStatus(), std::move(last));
   };
 }
@@ -148,14 +161,14 @@ grpc::ServerUnaryReactor* AttributionServiceImpl::Attribute(grpc::CallbackServer
                                                             const v1::AttributeRequest* request,
                                                             v1::AttributeResponse* response) {
   auto* call = new UnaryCall(this, "Attribute", context);
-  StartAttribution(call, context, *request, FinishUnary(call, response));
+  StartAttribution(call, context, *request, FinishUnary(call, response, config_.max_message_bytes));
   return call;
 }
 
 grpc::ServerWriteReactor<v1::AttributeEvent>* AttributionServiceImpl::AttributeStream(
     grpc::CallbackServerContext* context, const v1::AttributeRequest* request) {
   auto* call = new StreamCall<v1::AttributeEvent>(this, "AttributeStream", context);
-  StartAttribution(call, context, *request, FinishStream<v1::AttributeResponse>(call));
+  StartAttribution(call, context, *request, FinishStream<v1::AttributeResponse>(call, config_.max_message_bytes));
   return call;
 }
 
@@ -189,14 +202,15 @@ grpc::ServerUnaryReactor* AttributionServiceImpl::AttributeComponents(grpc::Call
                                                                       const v1::AttributeComponentsRequest* request,
                                                                       v1::AttributeComponentsResponse* response) {
   auto* call = new UnaryCall(this, "AttributeComponents", context);
-  StartComponents(call, context, *request, FinishUnary(call, response));
+  StartComponents(call, context, *request, FinishUnary(call, response, config_.max_message_bytes));
   return call;
 }
 
 grpc::ServerWriteReactor<v1::AttributeComponentsEvent>* AttributionServiceImpl::AttributeComponentsStream(
     grpc::CallbackServerContext* context, const v1::AttributeComponentsRequest* request) {
   auto* call = new StreamCall<v1::AttributeComponentsEvent>(this, "AttributeComponentsStream", context);
-  StartComponents(call, context, *request, FinishStream<v1::AttributeComponentsResponse>(call));
+  StartComponents(call, context, *request,
+                  FinishStream<v1::AttributeComponentsResponse>(call, config_.max_message_bytes));
   return call;
 }
 
@@ -232,7 +246,7 @@ grpc::ServerUnaryReactor* AttributionServiceImpl::Generate(grpc::CallbackServerC
                                                            const v1::GenerateRequest* request,
                                                            v1::GenerateResponse* response) {
   auto* call = new UnaryCall(this, "Generate", context);
-  StartGeneration(call, context, *request, FinishUnary(call, response), nullptr);
+  StartGeneration(call, context, *request, FinishUnary(call, response, config_.max_message_bytes), nullptr);
   return call;
 }
 
@@ -244,7 +258,8 @@ grpc::ServerWriteReactor<v1::GenerateEvent>* AttributionServiceImpl::GenerateStr
     ToStreamedToken(id, log_prob, served, event.mutable_token());
     call->Send(std::move(event));
   };
-  StartGeneration(call, context, *request, FinishStream<v1::GenerateResponse>(call), on_token);
+  StartGeneration(call, context, *request, FinishStream<v1::GenerateResponse>(call, config_.max_message_bytes),
+                  on_token);
   return call;
 }
 

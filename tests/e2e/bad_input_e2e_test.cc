@@ -556,5 +556,43 @@ TEST(BadInputs, CallsOverTheConcurrencyLimitAreResourceExhausted) {
   EXPECT_THAT(client->ListModels(), IsOk());
 }
 
+// A response over max_message_bytes (here a token matrix of 30 x 300 values under a 16 KiB limit) ends
+// RESOURCE_EXHAUSTED saying what to ask for instead, on the unary and the streaming call, and is logged
+// so; gRPC's own send would fail with a message naming nothing, after a log line saying OK.
+TEST(BadInputs, AResponseOverTheMessageLimitSaysWhatToAskForLess) {
+  auto server = ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir(), "--max_message_bytes=16384"});
+  ASSERT_THAT(server, IsOk());
+  auto stub =
+      v1::AttributionService::NewStub(grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
+  v1::AttributeRequest request = GoodAttribute();
+  request.mutable_prompt()->set_text(std::string(300, 'a'));
+  request.mutable_target()->set_text(std::string(30, 'b'));
+  request.set_target_tokenization(v1::SEPARATE);
+  request.set_method(v1::SALIENCY);
+  request.set_want_token_matrix(true);
+  {
+    grpc::ClientContext context;
+    v1::AttributeResponse response;
+    const grpc::Status status = stub->Attribute(&context, request, &response);
+    EXPECT_EQ(status.error_code(), StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_THAT(status.error_message(), HasSubstr("max_message_bytes of 16384: ask for less (want_token_matrix"));
+  }
+  {
+    grpc::ClientContext context;
+    auto reader = stub->AttributeStream(&context, request);
+    v1::AttributeEvent event;
+    while (reader->Read(&event)) EXPECT_FALSE(event.has_result());
+    const grpc::Status status = reader->Finish();
+    EXPECT_EQ(status.error_code(), StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_THAT(status.error_message(), HasSubstr("max_message_bytes of 16384"));
+  }
+  (*server)->Signal(SIGTERM);
+  EXPECT_EQ((*server)->Wait(absl::Seconds(60)), 0);
+  const std::string log = (*server)->Log();
+  size_t exhausted = 0;
+  for (size_t at = 0; (at = log.find("\"code\":\"RESOURCE_EXHAUSTED\"", at)) != std::string::npos; ++at) ++exhausted;
+  EXPECT_EQ(exhausted, 2u) << log.substr(0, 2000);
+}
+
 }  // namespace
 }  // namespace attribution
