@@ -212,8 +212,10 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
                      ResolveTarget(proto.target(), "target", call.prompt, proto.target_tokenization(), model));
   }
   request.target_ids = call.target.encoding.ids;
-  if (call.target.empty()) {
-    ASSIGN_OR_RETURN(request.generation, ToGenerationOptions(proto.generation(), model));
+  // Settings given beside a target are not read, but are checked as any other field is.
+  if (call.target.empty() || proto.has_generation()) {
+    ASSIGN_OR_RETURN(engine::GenerationOptions generation, ToGenerationOptions(proto.generation(), model));
+    if (call.target.empty()) request.generation = generation;
   }
   RETURN_IF_ERROR(CheckPromptLength(
       call.prompt, call.target.empty() ? request.generation.max_new_tokens : request.target_ids.size(), model));

@@ -160,6 +160,11 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
   for (const auto& [input, input_bytes] : shared) {
     if (queue.shared_rows.count(input) > 0) bytes -= input_bytes;
   }
+  if (bytes > options_.max_queued_bytes) {
+    return reject(absl::ResourceExhaustedError(absl::StrCat(
+        "this request alone needs ", Mebibytes(bytes), " of queue memory, more than the limit of ",
+        Mebibytes(options_.max_queued_bytes), ": it cannot be queued even on an idle server (fewer or shorter rows)")));
+  }
   if (stats_.queued_bytes + bytes > options_.max_queued_bytes) {
     return reject(absl::ResourceExhaustedError(
         absl::StrCat("engine queue memory is full: ", Mebibytes(stats_.queued_bytes), " queued and this request needs ",

@@ -9,6 +9,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <functional>
 #include <map>
 
@@ -304,6 +305,11 @@ TEST_F(ConversionTest, BadFieldsAreInvalidArgumentNamingTheField) {
        }},
       {"empty target", "target:", [](auto& p) { p.mutable_target()->clear_text(); }},
       {"negative stdev", "stdev", [](auto& p) { p.set_stdev(-1); }},
+      // Generation settings beside a target are not read, and checked all the same.
+      {"negative max_new_tokens beside a target", "generation.max_new_tokens: -1",
+       [](auto& p) { p.mutable_generation()->set_max_new_tokens(-1); }},
+      {"NaN temperature beside a target", "generation: temperature",
+       [](auto& p) { p.mutable_generation()->set_temperature(std::nan("")); }},
       {"foil without contrastive", "contrastive:", [](auto& p) { p.mutable_foil()->set_text(" no"); }},
       {"contrastive without foil", "foil:", [](auto& p) { p.set_contrastive(true); }},
       {"foil of another length", "foil:",

@@ -614,6 +614,21 @@ TEST_F(BatchingEngineTest, QueueMemoryCountsEachRequestsPathOnceAndRefusesAboveT
   });
 }
 
+// A request over the limit on its own is told it can never be queued, not that the queue is full now.
+TEST_F(BatchingEngineTest, ARequestOverTheQueueMemoryLimitAloneIsToldItNeverFits) {
+  auto executor = std::make_unique<FakeExecutor>();
+  executor->SetEmbeddedBytesPerToken(1000);
+  executor_ = executor.get();
+  engine_ = *BatchingEngine::Create(std::move(executor), {.max_queued_bytes = 64 << 10});
+  auto path = std::make_shared<const EmbeddingPath>(
+      EmbeddingPath{.input_ids = std::vector<int64_t>(100, 7), .baseline_ids = std::vector<int64_t>(100, 0)});
+  std::vector<Row> rows = {Row{.kind = RowKind::kGrad, .point = {.path = path, .alpha = 0.5}}};
+  EXPECT_THAT(engine_->Submit(engine_->NewRequest(), std::move(rows), [](size_t, RowResult) {}),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       AllOf(HasSubstr("this request alone needs"), HasSubstr("even on an idle server"))));
+  EXPECT_EQ(engine_->Stats().queued_bytes, 0);
+}
+
 TEST_F(BatchingEngineTest, QueueMemoryCountsEachRequestsPromptPairOnceAndRefusesAboveTheLimit) {
   auto executor = std::make_unique<FakeExecutor>();
   executor->SetCapturedBytesPerToken(1000);  // a 100-token pair: ~100 KB of activations once it runs
