@@ -52,6 +52,23 @@ absl::Status UnknownEnumValue(absl::string_view field, int value, const google::
 
 bool IsSet(const v1::Input& input) { return !input.text().empty() || input.token_ids_size() > 0; }
 
+namespace {
+
+// A token stands for at most longest_token_bytes of normalized text, and normalization (NFKC) leaves a
+// character at least a quarter of its bytes, so a longer text holds more tokens than any request may:
+// refused before tokenizing, it cannot cost seconds of CPU and a concurrency slot.
+absl::Status CheckTextFits(const std::string& text, absl::string_view field, const ServedModel& model) {
+  constexpr int64_t kNormalizationShrink = 4;
+  const int64_t max_bytes =
+      kNormalizationShrink * model.tokenizer->longest_token_bytes() * model.spec.limits.max_tokens;
+  if (static_cast<int64_t>(text.size()) <= max_bytes) return absl::OkStatus();
+  return Invalid(
+      absl::StrCat(field, ".text"),
+      absl::StrCat(text.size(), " bytes make more tokens than this model's limit of ", model.spec.limits.max_tokens));
+}
+
+}  // namespace
+
 absl::StatusOr<ResolvedInput> Resolve(const v1::Input& input, absl::string_view field, const ServedModel& model,
                                       bool add_special_tokens) {
   if (!input.text().empty() && input.token_ids_size() > 0) return Invalid(field, "set text or token_ids, not both");
@@ -62,17 +79,7 @@ absl::StatusOr<ResolvedInput> Resolve(const v1::Input& input, absl::string_view 
         InField(field, engine::CheckTokenIds(out.encoding.ids, "token_ids", model.model->config().vocab_size)));
     return out;
   }
-  // A token stands for at most longest_token_bytes of normalized text, and normalization (NFKC) leaves a
-  // character at least a quarter of its bytes, so a longer text holds more tokens than any request may:
-  // refused before tokenizing, it cannot cost seconds of CPU and a concurrency slot.
-  constexpr int64_t kNormalizationShrink = 4;
-  const int64_t max_bytes =
-      kNormalizationShrink * model.tokenizer->longest_token_bytes() * model.spec.limits.max_tokens;
-  if (static_cast<int64_t>(input.text().size()) > max_bytes) {
-    return Invalid(absl::StrCat(field, ".text"),
-                   absl::StrCat(input.text().size(), " bytes make more tokens than this model's limit of ",
-                                model.spec.limits.max_tokens));
-  }
+  RETURN_IF_ERROR(CheckTextFits(input.text(), field, model));
   out.text = input.text();
   absl::StatusOr<engine::Encoding> encoding = model.tokenizer->Encode(out.text, add_special_tokens);
   if (!encoding.ok()) return InField(absl::StrCat(field, ".text"), encoding.status());
@@ -123,6 +130,7 @@ absl::StatusOr<ResolvedInput> ResolveTarget(const v1::Input& input, absl::string
   switch (tokenization) {
     case v1::TARGET_TOKENIZATION_UNSPECIFIED:
     case v1::CONTINUATION:
+      RETURN_IF_ERROR(CheckTextFits(input.text(), field, model));
       return ResolveContinuation(input.text(), field, prompt, *model.tokenizer);
     case v1::SEPARATE:
       return Resolve(input, field, model, false);

@@ -379,6 +379,13 @@ std::vector<BadCase> BadCases() {
             for (int i = 0; i < 30000; ++i) g->mutable_baseline()->add_token_ids(5);
           },
           kInvalid, "baseline_ids: with every feature at its baseline a row holds 300"),
+      Attribute(
+          "target text of megabytes, read as the prompt's continuation",
+          [](A& r) {
+            r.set_target_tokenization(v1::CONTINUATION);
+            r.mutable_target()->set_text(std::string(4'000'000, 'a'));
+          },
+          kInvalid, "target.text: 4000000 bytes make more tokens than this model's limit"),
       Logprobs(
           "prompt text of megabytes", [](L& r) { r.mutable_prompt()->set_text(std::string(4'000'000, 'a')); }, kInvalid,
           "prompt.text: 4000000 bytes make more tokens than this model's limit"),
