@@ -11,13 +11,14 @@
 #include <functional>
 #include <map>
 
-#include "engine/attribution/attributor.h"
+#include "tests/testing/served_default_model.h"
 #include "tests/testing/status_matchers.h"
 
 namespace attribution::server {
 namespace {
 
 using ::attribution::test_support::IsOk;
+using ::attribution::test_support::SpecifiedValues;
 using ::attribution::test_support::StatusIs;
 using ::testing::AllOf;
 using ::testing::ElementsAre;
@@ -26,30 +27,11 @@ using ::testing::StartsWith;
 
 constexpr int kUnknownEnumValue = 77;
 
-// Every value of a proto enum but _UNSPECIFIED (0), so a value added to the proto fails these tests until
-// the expected tables below name it.
-template <typename ProtoEnum>
-std::vector<ProtoEnum> SpecifiedValues(const google::protobuf::EnumDescriptor* descriptor) {
-  std::vector<ProtoEnum> values;
-  for (int i = 0; i < descriptor->value_count(); ++i) {
-    if (descriptor->value(i)->number() != 0) values.push_back(static_cast<ProtoEnum>(descriptor->value(i)->number()));
-  }
-  return values;
-}
-
 class ComponentConversionTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    served_ = new ServedModel;
-    served_->spec.name = "default";
-    auto model = engine::CausalLM::Load(ATTRIBUTION_DEFAULT_MODEL_DIR, {});
-    ASSERT_THAT(model, IsOk());
-    served_->model = std::move(*model);
-    auto tokenizer = engine::Tokenizer::Load(ATTRIBUTION_DEFAULT_MODEL_DIR);
-    ASSERT_THAT(tokenizer, IsOk());
-    served_->tokenizer = std::move(*tokenizer);
-    // Conversion reads only the attributor's limits; nothing here submits rows.
-    served_->attributor = std::make_unique<engine::Attributor>(served_->model, nullptr);
+    served_ = test_support::LoadServedDefaultModel(ATTRIBUTION_DEFAULT_MODEL_DIR);
+    ASSERT_NE(served_, nullptr);
   }
   static void TearDownTestSuite() { delete served_; }
 

@@ -13,12 +13,14 @@
 #include <functional>
 #include <map>
 
+#include "tests/testing/served_default_model.h"
 #include "tests/testing/status_matchers.h"
 
 namespace attribution::server {
 namespace {
 
 using ::attribution::test_support::IsOk;
+using ::attribution::test_support::SpecifiedValues;
 using ::attribution::test_support::StatusIs;
 using ::testing::AllOf;
 using ::testing::ElementsAre;
@@ -32,14 +34,8 @@ constexpr int64_t kBos = 1, kEos = 2;
 class ConversionTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    served_ = new ServedModel;
-    served_->spec.name = "default";
-    auto model = engine::CausalLM::Load(ATTRIBUTION_DEFAULT_MODEL_DIR, {});
-    ASSERT_THAT(model, IsOk());
-    served_->model = std::move(*model);
-    auto tokenizer = engine::Tokenizer::Load(ATTRIBUTION_DEFAULT_MODEL_DIR);
-    ASSERT_THAT(tokenizer, IsOk());
-    served_->tokenizer = std::move(*tokenizer);
+    served_ = test_support::LoadServedDefaultModel(ATTRIBUTION_DEFAULT_MODEL_DIR);
+    ASSERT_NE(served_, nullptr);
   }
   static void TearDownTestSuite() { delete served_; }
 
@@ -60,17 +56,6 @@ class ConversionTest : public ::testing::Test {
   static ServedModel* served_;
 };
 ServedModel* ConversionTest::served_ = nullptr;
-
-// Every value of a proto enum but _UNSPECIFIED (0), so a value added to the proto fails these tests
-// until the expected tables below name it.
-template <typename ProtoEnum>
-std::vector<ProtoEnum> SpecifiedValues(const google::protobuf::EnumDescriptor* descriptor) {
-  std::vector<ProtoEnum> values;
-  for (int i = 0; i < descriptor->value_count(); ++i) {
-    if (descriptor->value(i)->number() != 0) values.push_back(static_cast<ProtoEnum>(descriptor->value(i)->number()));
-  }
-  return values;
-}
 
 TEST_F(ConversionTest, EveryMethodMapsToItsEngineMethodAndBack) {
   const std::map<v1::Method, engine::AttributionMethod> expected = {
