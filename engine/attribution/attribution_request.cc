@@ -103,9 +103,8 @@ absl::Status ValidateAttributionRequest(const AttributionRequest& r, const Model
   const int64_t longest_row = prompt + target + baseline_growth;
   if (longest_row > limits.max_tokens) {
     return absl::InvalidArgumentError(
-        absl::StrCat("features[].baseline_ids: with every feature at its baseline a row "
-                     "holds ",
-                     longest_row, " tokens (prompt + target), over the limit of ", limits.max_tokens));
+        absl::StrCat("features[].baseline_ids: with every feature at its baseline a row holds ", longest_row,
+                     " tokens (prompt + target), over the limit of ", limits.max_tokens));
   }
   if (config.architecture == Architecture::kGpt2 && longest_row > config.max_position_embeddings) {
     return absl::InvalidArgumentError(
