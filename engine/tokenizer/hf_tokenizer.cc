@@ -244,9 +244,8 @@ std::string HfTokenizer::DecodeTokens(const std::vector<int64_t>& ids, bool skip
       }
       continue;
     }
-    unsigned byte = 0;
-    if (model_.byte_fallback() && token.size() == 6 && std::sscanf(token.c_str(), "<0x%02X>", &byte) == 1) {
-      bytes.push_back(static_cast<char>(byte));
+    if (const std::optional<char> byte = model_.byte_fallback() ? BytePieceValue(token) : std::nullopt) {
+      bytes.push_back(*byte);
       continue;
     }
     for (size_t i = 0; i < token.size();) {

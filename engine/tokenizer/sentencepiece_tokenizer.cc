@@ -3,7 +3,6 @@
 
 #include <string>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
 
@@ -68,9 +67,8 @@ std::string SentencePieceTokenizer::TokenText(int64_t id) const {
   if (!processor_->Decode({i}, &text, &error)) return piece;
   // A byte-fallback piece of a non-ASCII byte ("<0xE2>") decodes alone to U+FFFD. Its text is the byte
   // itself, as a byte-level BPE token's is (callers make text valid UTF-8 where they show it).
-  if (text == "\xEF\xBF\xBD" && piece.size() == 6 && piece.rfind("<0x", 0) == 0 && piece[5] == '>' &&
-      absl::ascii_isxdigit(piece[3]) && absl::ascii_isxdigit(piece[4])) {
-    return std::string(1, static_cast<char>(std::stoi(piece.substr(3, 2), nullptr, 16)));
+  if (const std::optional<char> byte = text == "\xEF\xBF\xBD" ? BytePieceValue(piece) : std::nullopt) {
+    return std::string(1, *byte);
   }
   // Decoding a lone piece drops its word-boundary mark; show it as the space it stands for.
   if (piece.rfind("\xE2\x96\x81", 0) == 0 && (text.empty() || text[0] != ' ')) text = " " + text;

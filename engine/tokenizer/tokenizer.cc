@@ -2,6 +2,7 @@
 #include "engine/tokenizer/tokenizer.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -80,6 +81,12 @@ std::string ToValidUtf8(const std::string& bytes) {
 bool Tokenizer::IsSpecial(int64_t id) const {
   const SpecialTokens& s = special_tokens();
   return id == s.bos || id == s.eos || id == s.pad;
+}
+
+std::optional<char> BytePieceValue(const std::string& piece) {
+  unsigned byte = 0;
+  if (piece.size() != 6 || std::sscanf(piece.c_str(), "<0x%02X>", &byte) != 1) return std::nullopt;
+  return static_cast<char>(byte);
 }
 
 int64_t Tokenizer::longest_token_bytes() const {

@@ -61,6 +61,10 @@ class Tokenizer {
   mutable int64_t longest_token_bytes_ = 0;
 };
 
+// The byte a byte-fallback piece ("<0xE2>", as SentencePiece and tokenizer.json BPE name them) stands for;
+// nullopt for any other piece.
+std::optional<char> BytePieceValue(const std::string& piece);
+
 // INVALID_ARGUMENT naming the first offending byte when `text` is not valid UTF-8.
 absl::Status CheckUtf8(const std::string& text);
 
