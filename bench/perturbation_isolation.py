@@ -11,7 +11,6 @@ Usage: perturbation_isolation.py SERVER_BINARY
 """
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -20,19 +19,10 @@ import time
 import grpc
 from attribution_client._generated.attribution.v1 import attribution_pb2 as pb
 from attribution_client._generated.attribution.v1 import attribution_pb2_grpc as pb_grpc
+from serving import serve
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = [(pb.FEATURE_ABLATION, 300), (pb.FEATURE_ABLATION, 1000), (pb.LIME, 300)]
-
-
-def serve(binary, work):
-    port_file = os.path.join(work, "ports")
-    server = subprocess.Popen([binary, "--model=m=" + os.path.join(ROOT, "models/tiny-qa-llama"),
-                               "--listen=127.0.0.1:0", "--metrics_listen=", f"--port_file={port_file}"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not (os.path.exists(port_file) and open(port_file).read().strip()):
-        time.sleep(0.2)
-    return server, open(port_file).read().split()[0]
 
 
 def timed(call, request):
@@ -43,7 +33,7 @@ def timed(call, request):
 
 def main():
     with tempfile.TemporaryDirectory() as work:
-        server, port = serve(sys.argv[1], work)
+        server, port = serve(sys.argv[1], os.path.join(ROOT, "models/tiny-qa-llama"), work)
         try:
             stub = pb_grpc.AttributionServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
             logprobs = pb.LogprobsRequest(model="m", prompt=pb.Input(text=b"Question: Is the sky green? Answer:"),

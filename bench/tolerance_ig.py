@@ -22,6 +22,7 @@ import time
 import torch
 import transformers
 from captum.attr import IntegratedGradients
+from serving import serve
 
 SCANNED_ORDERS = [8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,17 +51,6 @@ def captum_reference(model_dir, prompt_ids, target_ids, steps):
     attr = ig.attribute(embed(prompt), baselines=embed(torch.zeros_like(prompt)), n_steps=steps,
                         method="gausslegendre", internal_batch_size=64)
     return attr.sum(-1)[0].tolist()
-
-
-def serve(server, model_dir, work):
-    port_file = os.path.join(work, "ports")
-    process = subprocess.Popen([server, f"--model=m={model_dir}", "--listen=127.0.0.1:0", "--metrics_listen=",
-                                f"--port_file={port_file}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not (os.path.exists(port_file) and open(port_file).read().strip()):
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited on {model_dir}")
-        time.sleep(0.2)
-    return process, open(port_file).read().split()[0]
 
 
 def attribute(cli, port, prompt, extra):
