@@ -11,6 +11,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <fstream>
+#include <future>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -553,20 +554,24 @@ TEST(ClientConnect, ASlowHandshakeIsWaitedForUpToTheConnectTimeout) {
   // SETTINGS until it runs again, as a busy or distant server answers late.
   auto server = ServerProcess::Start({"--model=demo=" + DemoModelDir()});
   ASSERT_THAT(server, IsOk());
-  auto call_while_stopped = [&](client::ClientOptions options) {
+  // The server runs again after `stopped_for`, or as soon as the call has returned. The impatient call
+  // gets a long stop, so a loaded machine that starts its connection late cannot make it succeed.
+  auto call_while_stopped = [&](std::chrono::milliseconds stopped_for, client::ClientOptions options) {
     options.max_attempts = 1;
     auto client = Connect((*server)->address(), options);
-    (*server)->Signal(SIGSTOP);
-    std::thread resume([&] {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    (*server)->Pause();
+    std::promise<void> returned;
+    std::thread resume([&, call_returned = returned.get_future()] {
+      call_returned.wait_for(stopped_for);
       (*server)->Signal(SIGCONT);
     });
     absl::StatusOr<std::vector<client::ModelInfo>> models = client->ListModels();
+    returned.set_value();
     resume.join();
     return models.status();
   };
-  EXPECT_THAT(call_while_stopped({}), IsOk());
-  absl::Status impatient = call_while_stopped({.connect_timeout = absl::Milliseconds(200)});
+  EXPECT_THAT(call_while_stopped(std::chrono::milliseconds(1500), {}), IsOk());
+  absl::Status impatient = call_while_stopped(std::chrono::seconds(15), {.connect_timeout = absl::Milliseconds(200)});
   EXPECT_THAT(impatient, StatusIs(absl::StatusCode::kUnavailable));
   EXPECT_NE(std::string(impatient.message()).find("SETTINGS"), std::string::npos) << impatient;
 }

@@ -50,6 +50,13 @@ class Server:
         self.port = int(port_file.read_text().split()[0])
         self.address = f"127.0.0.1:{self.port}"
 
+    def pause(self) -> None:
+        """SIGSTOP, returning once every thread has stopped: the kernel stops threads one by one, so right
+        after kill() a thread can still answer a call. Resume with process.send_signal(SIGCONT)."""
+        self.process.send_signal(signal.SIGSTOP)
+        while not os.WIFSTOPPED(os.waitpid(self.process.pid, os.WUNTRACED)[1]):
+            pass
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

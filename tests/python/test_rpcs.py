@@ -262,19 +262,22 @@ def test_unavailable_is_retried_then_raised():
 def test_a_slow_handshake_is_waited_for_up_to_the_connect_timeout(server):
     # A stopped server still completes TCP connections (the kernel's backlog) but sends no HTTP/2
     # SETTINGS until it runs again, as a busy or distant server answers late.
-    def call_while_stopped(**options):
+    # The server runs again after `stopped_for` seconds, or as soon as the call has returned. The impatient
+    # call gets a long stop, so a loaded machine that starts its connection late cannot make it succeed.
+    def call_while_stopped(stopped_for, **options):
         with ac.AttributionClient(server.address, max_attempts=1, **options) as c:
-            server.process.send_signal(signal.SIGSTOP)
-            resume = threading.Timer(1.5, server.process.send_signal, (signal.SIGCONT,))
+            server.pause()
+            resume = threading.Timer(stopped_for, server.process.send_signal, (signal.SIGCONT,))
             resume.start()
             try:
                 return c.health(timeout=20)
             finally:
-                resume.join()
+                resume.cancel()
+                server.process.send_signal(signal.SIGCONT)
 
-    call_while_stopped()
+    call_while_stopped(1.5)
     with pytest.raises(ac.Unavailable):
-        call_while_stopped(connect_timeout=0.2)
+        call_while_stopped(15, connect_timeout=0.2)
 
 
 def test_results_convert_to_numpy_dataframe_and_html(client):

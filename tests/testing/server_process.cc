@@ -96,6 +96,13 @@ ServerProcess::~ServerProcess() {
 
 void ServerProcess::Signal(int signal) const { ::kill(pid_, signal); }
 
+void ServerProcess::Pause() const {
+  ::kill(pid_, SIGSTOP);
+  int status = 0;
+  while (::waitpid(pid_, &status, WUNTRACED) == pid_ && !WIFSTOPPED(status)) {
+  }
+}
+
 int ServerProcess::Wait(absl::Duration timeout) {
   const int code = WaitFor(pid_, timeout);
   if (code != -1) pid_ = -1;

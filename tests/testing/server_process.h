@@ -36,6 +36,9 @@ class ServerProcess {
   int metrics_port() const { return metrics_port_; }
   pid_t pid() const { return pid_; }
   void Signal(int signal) const;
+  // SIGSTOP, returning once every thread has stopped: the kernel stops threads one by one, so right after
+  // kill() a thread can still answer a call. Resume with Signal(SIGCONT).
+  void Pause() const;
   // Waits for the exit; the exit code, or -1 when it did not exit in time or died of a signal.
   int Wait(absl::Duration timeout);
   std::string Log() const;
