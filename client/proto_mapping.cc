@@ -46,7 +46,9 @@ absl::StatusOr<v1::Priority> ToPriority(const std::string& name) {
 
 absl::StatusOr<v1::IntegrationRule> ToRule(const std::string& name) {
   return Lookup<v1::IntegrationRule>("rule", name,
-                                     {{"gausslegendre", v1::GAUSS_LEGENDRE},
+                                     {{"default", v1::INTEGRATION_RULE_UNSPECIFIED},
+                                      {"gausslegendre", v1::GAUSS_LEGENDRE},
+                                      {"clenshaw_curtis", v1::CLENSHAW_CURTIS},
                                       {"riemann_left", v1::RIEMANN_LEFT},
                                       {"riemann_right", v1::RIEMANN_RIGHT},
                                       {"riemann_middle", v1::RIEMANN_MIDDLE},

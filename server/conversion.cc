@@ -257,7 +257,7 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
     request.n_steps = proto.n_steps();
   else if (request.completeness_tolerance > 0)
     request.n_steps = model.spec.limits.max_steps;
-  ASSIGN_OR_RETURN(request.rule, ToRule(proto.rule()));
+  ASSIGN_OR_RETURN(request.rule, ToRule(proto.rule(), /*to_tolerance=*/request.completeness_tolerance > 0));
   if (proto.n_samples() != 0) request.n_samples = proto.n_samples();
   if (!std::isfinite(proto.stdev()) || proto.stdev() < 0) {
     return Invalid("stdev", absl::StrCat(proto.stdev(), " must be a finite number >= 0"));

@@ -33,7 +33,8 @@ absl::StatusOr<ResolvedInput> ResolveTarget(const v1::Input& input, absl::string
                                             const ServedModel& model);
 
 absl::StatusOr<engine::Priority> ToPriority(v1::Priority priority);
-absl::StatusOr<engine::IntegrationRule> ToRule(v1::IntegrationRule rule);
+// An unspecified rule is Gauss-Legendre (Captum's), or Clenshaw-Curtis when integrating to a tolerance.
+absl::StatusOr<engine::IntegrationRule> ToRule(v1::IntegrationRule rule, bool to_tolerance = false);
 
 // The engine value of a proto enum value, matched by name so that the engine's parser stays the one
 // table: `value`'s name in lower case (METHOD_UNSPECIFIED, 0, stands for `unspecified`). The engine

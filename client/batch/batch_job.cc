@@ -197,7 +197,7 @@ json JobDefaults() {
           {"method", "integrated_gradients"},
           {"quantity", "log_prob"},
           {"n_steps", 0},
-          {"rule", "gausslegendre"},
+          {"rule", "default"},
           {"baseline", "default"},
           {"n_samples", 0},
           {"stdev", 0.0},

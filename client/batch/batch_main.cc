@@ -62,7 +62,9 @@ ABSL_FLAG(bool, over_choices, false,
           "multiple choice: the label's probability renormalised over the row's choices (one token each) "
           "is attributed, not its probability over the whole vocabulary (seed 001's way)");
 ABSL_FLAG(int32_t, n_steps, 0, "integration steps (0: server default)");
-ABSL_FLAG(std::string, rule, "gausslegendre", "integration rule");
+ABSL_FLAG(std::string, rule, "default",
+          "integration rule: default (gausslegendre, or clenshaw_curtis with --tolerance), gausslegendre, "
+          "clenshaw_curtis, riemann_left, riemann_right, riemann_middle, riemann_trapezoid");
 ABSL_FLAG(std::string, baseline, "default", "default | zero | pad | unk | eos | bos | a token id");
 ABSL_FLAG(int32_t, n_samples, 0, "samples of sampling methods (0: server default)");
 ABSL_FLAG(double, stdev, 0, "GradientShap noise");

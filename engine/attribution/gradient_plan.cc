@@ -3,11 +3,12 @@
 // on one embedding path (embedding_path.h): the plan holds token ids and per-row alphas and weights;
 // the executor embeds, interpolates and reduces each row's gradient to one value per position.
 //
-// With a completeness tolerance, integrated gradients runs Gauss-Legendre at orders 8, 16, 32, ... (n_steps
-// points in all at most) until both the convergence delta and the estimated error of the latest order (from the
-// changes between orders, see EstimatedError) are within tolerance · |f(x) - f(baseline)|.
-// Gauss-Legendre nodes of different orders do not nest, so each order is a fresh round of grad rows; the
-// score rows at the path's ends run once.
+// With a completeness tolerance, integrated gradients refines its rule until both the convergence delta and
+// the estimated error of the latest order (from the changes between orders, see EstimatedError) are within
+// tolerance · |f(x) - f(baseline)|, with n_steps points in all at most. Clenshaw-Curtis runs 9, 17, 33, ...
+// points, each order adding only the midpoints between the last one's (its nodes nest); the other rules run
+// orders 8, 16, 32, ..., each a fresh round of grad rows (Gauss-Legendre nodes of different orders do not
+// nest). The score rows at the path's ends run once.
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -20,6 +21,7 @@ namespace attribution::engine {
 namespace {
 
 constexpr int64_t kFirstAdaptiveOrder = 8;
+constexpr int64_t kFirstNestedOrder = 9;  // Clenshaw-Curtis: 2^k + 1 points
 
 class GradientPlan : public RowPlan {
  public:
@@ -34,8 +36,9 @@ class GradientPlan : public RowPlan {
       rows_.push_back(
           Row{.kind = RowKind::kScore, .point = {.path = path_, .alpha = 0.0}, .objective = SequenceObjective(p)});
     }
-    order_ = adaptive() ? std::min(kFirstAdaptiveOrder, request_.n_steps) : request_.n_steps;
-    QueueGradRows(Samples(order_));
+    order_ = FirstOrder();
+    samples_ = Samples(order_);
+    QueueGradRows(samples_.alphas, samples_.noisy);
   }
 
   int64_t expected_rows() const override { return end_rows() + rows_done_ + rows_pending_; }
@@ -50,21 +53,33 @@ class GradientPlan : public RowPlan {
     }
     rows_done_ += static_cast<int64_t>(results.size() - first_grad);
     rows_pending_ = 0;
+    AddRound(results, first_grad);
     previous_ = std::move(current_);
-    current_ = Attribute(results, first_grad);
+    current_ = Attribute();
     previous_change_ = change_;
     if (!previous_.sequence.empty()) change_ = MaxChange(previous_.sequence, current_.sequence);
     if (!adaptive()) return absl::OkStatus();
     const double allowed = request_.completeness_tolerance * std::abs(at_input_.value - at_baseline_.value);
     tolerance_met_ =
         !previous_.sequence.empty() && std::abs(ConvergenceDelta(current_)) <= allowed && EstimatedError() <= allowed;
-    // n_steps is the budget of points over all orders: the next order doubles, or takes what is left
-    // if that is still more points than the last; adaptive never costs more than fixed n_steps.
+    // n_steps is the budget of points over all orders: adaptive never costs more than fixed n_steps.
+    if (nested()) {
+      const int64_t next = 2 * order_ - 1;
+      if (tolerance_met_ || next > request_.n_steps) return absl::OkStatus();
+      order_ = next;
+      samples_ = Samples(order_);
+      std::vector<double> midpoints;  // the new order's odd nodes; the even ones are the last order's
+      for (size_t i = 1; i < samples_.alphas.size(); i += 2) midpoints.push_back(samples_.alphas[i]);
+      QueueGradRows(midpoints, false);
+      return absl::OkStatus();
+    }
+    // The next order doubles, or takes what is left if that is still more points than the last.
     points_used_ += order_;
     const int64_t next = std::min(2 * order_, request_.n_steps - points_used_);
     if (tolerance_met_ || next <= order_) return absl::OkStatus();
     order_ = next;
-    QueueGradRows(Samples(order_));
+    samples_ = Samples(order_);
+    QueueGradRows(samples_.alphas, samples_.noisy);
     return absl::OkStatus();
   }
 
@@ -92,6 +107,16 @@ class GradientPlan : public RowPlan {
 
   bool integrated_gradients() const { return request_.method == AttributionMethod::kIntegratedGradients; }
   bool adaptive() const { return integrated_gradients() && request_.completeness_tolerance > 0; }
+  bool nested() const { return adaptive() && request_.rule == IntegrationRule::kClenshawCurtis; }
+
+  int64_t FirstOrder() const {
+    if (!adaptive()) return request_.n_steps;
+    if (!nested()) return std::min(kFirstAdaptiveOrder, request_.n_steps);
+    // The most points of the form 2^k + 1 within both the first order and n_steps (2 at least).
+    int64_t points = 2;
+    while (2 * points - 1 <= std::min(kFirstNestedOrder, request_.n_steps)) points = 2 * points - 1;
+    return points;
+  }
   // Score rows at the path's ends: the input, and for integrated gradients the baseline.
   int64_t end_rows() const { return integrated_gradients() ? 2 : 1; }
   int64_t RowsPerPoint() const { return 1 + (request_.want_token_matrix ? target_length() : 0); }
@@ -120,13 +145,11 @@ class GradientPlan : public RowPlan {
 
   PathSamples Samples(int64_t order) const { return MethodOf(request_.method).samples(request_, order); }
 
-  void QueueGradRows(PathSamples samples) {
-    samples_ = std::move(samples);
-    rows_pending_ = RowsPerPoint() * static_cast<int64_t>(samples_.alphas.size());
+  void QueueGradRows(const std::vector<double>& alphas, bool noisy) {
+    rows_pending_ = RowsPerPoint() * static_cast<int64_t>(alphas.size());
     const int64_t p = prompt_length();
-    for (size_t i = 0; i < samples_.alphas.size(); ++i) {
-      const PathPoint point{
-          .path = path_, .alpha = samples_.alphas[i], .noise_sample = samples_.noisy ? static_cast<int64_t>(i) : -1};
+    for (size_t i = 0; i < alphas.size(); ++i) {
+      const PathPoint point{.path = path_, .alpha = alphas[i], .noise_sample = noisy ? static_cast<int64_t>(i) : -1};
       rows_.push_back(Row{.kind = RowKind::kGrad, .point = point, .objective = SequenceObjective(p)});
       if (!request_.want_token_matrix) continue;
       for (int64_t t = 0; t < target_length(); ++t) {
@@ -135,14 +158,35 @@ class GradientPlan : public RowPlan {
     }
   }
 
-  // Feature attributions of the round's grad rows (from results[first] on): the weighted sum over
-  // points of each row's per-position values, summed over each feature's span.
-  Attribution Attribute(const std::vector<RowResult>& results, size_t first) const {
+  // Takes the round's grad rows (from results[first] on) into point_values_: in place of the last order's,
+  // or, for a nested rule, interleaved with them as the new order's odd nodes.
+  void AddRound(const std::vector<RowResult>& results, size_t first) {
     const int64_t per_point = RowsPerPoint();
+    std::vector<std::vector<at::Tensor>> round;
+    for (size_t r = first; r < results.size(); r += per_point) {
+      std::vector<at::Tensor>& rows = round.emplace_back();
+      for (int64_t which = 0; which < per_point; ++which) rows.push_back(results[r + which].position_values);
+    }
+    if (!nested() || point_values_.empty()) {
+      point_values_ = std::move(round);
+      return;
+    }
+    std::vector<std::vector<at::Tensor>> merged;
+    for (size_t i = 0; i < round.size(); ++i) {
+      merged.push_back(std::move(point_values_[i]));
+      merged.push_back(std::move(round[i]));
+    }
+    merged.push_back(std::move(point_values_.back()));
+    point_values_ = std::move(merged);
+  }
+
+  // Feature attributions of the latest order: the weighted sum over its points of each row's per-position
+  // values, summed over each feature's span.
+  Attribution Attribute() const {
     auto features_of = [&](int64_t which) {
       at::Tensor per_position = at::zeros({path_->length()}, at::kDouble);  // [S]
-      for (size_t i = 0; i < samples_.alphas.size(); ++i) {
-        per_position += samples_.weights[i] * results[first + i * per_point + which].position_values.to(at::kDouble);
+      for (size_t i = 0; i < samples_.weights.size(); ++i) {
+        per_position += samples_.weights[i] * point_values_[i][which].to(at::kDouble);
       }
       std::vector<double> features;
       for (int64_t f = 0; f < num_features(); ++f) {
@@ -180,9 +224,10 @@ class GradientPlan : public RowPlan {
   }
 
   std::shared_ptr<const EmbeddingPath> path_;
-  int64_t order_ = 0;        // integrated gradients: the points of the latest round
-  int64_t points_used_ = 0;  // adaptive: points of the orders absorbed
-  PathSamples samples_;      // of the latest round
+  int64_t order_ = 0;                                  // integrated gradients: the points of the latest round
+  int64_t points_used_ = 0;                            // adaptive, not nested: points of the orders absorbed
+  PathSamples samples_;                                // of the latest order: every point's alpha and weight
+  std::vector<std::vector<at::Tensor>> point_values_;  // [point of the latest order][row of the point]: [S]
   bool ends_scored_ = false;
   RowResult at_input_, at_baseline_;
   Attribution current_, previous_;  // of the latest round and the one before

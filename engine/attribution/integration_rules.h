@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // Integration points (alphas in [0, 1]) and weights of integrated gradients, as Captum defines them:
 // riemann_left / right / middle / trapezoid (each weight 1/n, trapezoid halves both ends) and
-// gausslegendre (Gauss-Legendre nodes and weights mapped from [-1, 1] to [0, 1]).
+// gausslegendre (Gauss-Legendre nodes and weights mapped from [-1, 1] to [0, 1]); and, not in Captum,
+// clenshaw_curtis, whose nodes nest (those of n points are among those of 2n - 1), so integrated gradients
+// to a tolerance refines it without computing a point twice.
 #pragma once
 
 #include <string>
@@ -11,7 +13,14 @@
 
 namespace attribution::engine {
 
-enum class IntegrationRule { kRiemannLeft, kRiemannRight, kRiemannMiddle, kRiemannTrapezoid, kGaussLegendre };
+enum class IntegrationRule {
+  kRiemannLeft,
+  kRiemannRight,
+  kRiemannMiddle,
+  kRiemannTrapezoid,
+  kGaussLegendre,
+  kClenshawCurtis,
+};
 
 absl::StatusOr<IntegrationRule> ParseIntegrationRule(const std::string& name);
 const char* IntegrationRuleName(IntegrationRule rule);
@@ -22,7 +31,7 @@ struct IntegrationPoints {
 };
 
 // The fewest points a rule is defined for: one (the midpoint for Gauss-Legendre, an end or the middle
-// for Riemann sums), two for the trapezoid, whose ends share the weight.
+// for Riemann sums), two for the trapezoid and Clenshaw-Curtis, which include both ends.
 int64_t MinIntegrationSteps(IntegrationRule rule);
 // n_steps must be at least MinIntegrationSteps(rule).
 absl::StatusOr<IntegrationPoints> MakeIntegrationPoints(IntegrationRule rule, int64_t n_steps);

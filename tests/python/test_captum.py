@@ -21,8 +21,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from captum.attr import (FeatureAblation, LLMAttribution, LLMAttributionResult, RemoteLLMAttribution,  # noqa: E402
-                         ShapleyValueSampling, TextTemplateInput, TextTokenInput)
+from captum.attr import (FeatureAblation, IntegratedGradients, LLMAttribution, LLMAttributionResult,  # noqa: E402
+                         RemoteLLMAttribution, ShapleyValueSampling, TextTemplateInput, TextTokenInput)
 
 import attribution_client as ac  # noqa: E402
 from attribution_client.captum import AttributionProvider  # noqa: E402
@@ -128,3 +128,27 @@ def test_provider_answers_as_the_service(client, tokenizer):
                                                           target_tokenization="separate").log_probs)
     with pytest.raises(ValueError):
         provider.get_logprobs(PROMPT, "", tokenizer)
+
+
+def test_tolerance_driven_integrated_gradients_reaches_captums_512_steps(client, model, tokenizer):
+    # Seed 001 asks Captum for 512 Gauss-Legendre steps; with a tolerance the server refines nested
+    # Clenshaw-Curtis orders (the rule when none is given) until it is sure of 1e-3, computing each point once.
+    target = [tokenizer.convert_tokens_to_ids("▁Yes")]
+    ours = client.attribute(prompt=PROMPT, target=target, method="integrated_gradients", baseline=0,
+                            include_special_tokens=True, completeness_tolerance=1e-3, n_steps=512)
+    prompt = torch.tensor([tokenizer.encode(PROMPT)])
+    embed = model.get_input_embeddings()
+    model.requires_grad_(False)
+
+    def target_log_prob(prompt_embeds):  # [n, P, hidden] -> [n]
+        n, p = prompt_embeds.shape[0], prompt.shape[1]
+        x = torch.cat([prompt_embeds, embed(torch.tensor([target])).expand(n, -1, -1)], 1)
+        return torch.log_softmax(model(inputs_embeds=x).logits[:, p - 1], -1)[:, target[0]]
+
+    theirs = IntegratedGradients(target_log_prob).attribute(
+        embed(prompt), baselines=embed(torch.zeros_like(prompt)), n_steps=512, method="gausslegendre",
+        internal_batch_size=128).sum(-1)[0].detach().numpy()
+    assert ours.tolerance_met
+    assert np.abs(ours.to_numpy() - theirs).max() <= 1e-3 * np.abs(theirs).max()
+    assert ours.integration_steps in (9, 17, 33, 65, 129, 257)
+    assert ours.stats.rows == ours.integration_steps + 2  # every point once, and the path's two ends scored

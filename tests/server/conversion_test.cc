@@ -93,6 +93,7 @@ TEST_F(ConversionTest, EveryIntegrationRuleMapsToItsEngineRule) {
       {v1::RIEMANN_RIGHT, engine::IntegrationRule::kRiemannRight},
       {v1::RIEMANN_MIDDLE, engine::IntegrationRule::kRiemannMiddle},
       {v1::RIEMANN_TRAPEZOID, engine::IntegrationRule::kRiemannTrapezoid},
+      {v1::CLENSHAW_CURTIS, engine::IntegrationRule::kClenshawCurtis},
   };
   for (v1::IntegrationRule rule : SpecifiedValues<v1::IntegrationRule>(v1::IntegrationRule_descriptor())) {
     SCOPED_TRACE(v1::IntegrationRule_Name(rule));
@@ -103,6 +104,22 @@ TEST_F(ConversionTest, EveryIntegrationRuleMapsToItsEngineRule) {
     ASSERT_THAT(call, IsOk());
     EXPECT_EQ(call->request.rule, expected.at(rule));
   }
+}
+
+TEST_F(ConversionTest, AnUnspecifiedRuleIsGaussLegendreOrWithAToleranceTheNestedClenshawCurtis) {
+  v1::AttributeRequest proto = Request();
+  absl::StatusOr<AttributeCall> fixed = Convert(proto);
+  ASSERT_THAT(fixed, IsOk());
+  EXPECT_EQ(fixed->request.rule, engine::IntegrationRule::kGaussLegendre);
+  proto.set_completeness_tolerance(1e-3);
+  absl::StatusOr<AttributeCall> to_tolerance = Convert(proto);
+  ASSERT_THAT(to_tolerance, IsOk());
+  EXPECT_EQ(to_tolerance->request.rule, engine::IntegrationRule::kClenshawCurtis);
+  // A rule asked for is kept.
+  proto.set_rule(v1::GAUSS_LEGENDRE);
+  absl::StatusOr<AttributeCall> asked = Convert(proto);
+  ASSERT_THAT(asked, IsOk());
+  EXPECT_EQ(asked->request.rule, engine::IntegrationRule::kGaussLegendre);
 }
 
 TEST_F(ConversionTest, EveryQuantityMapsToItsEngineQuantity) {

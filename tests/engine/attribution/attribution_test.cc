@@ -233,6 +233,56 @@ TEST_F(AttributionTest, ToleranceOutOfReachStopsAtNSteps) {
   EXPECT_FALSE(fixed->tolerance_met.has_value());
 }
 
+TEST_F(AttributionTest, ClenshawCurtisToleranceComputesEveryPointOnceAndReachesCaptums512Steps) {
+  const nlohmann::json& captum = Case("seed000_no_vs_yes_512_steps");
+  AttributionRequest r = FromCase(captum);
+  r.completeness_tolerance = 1e-3;
+  r.rule = IntegrationRule::kClenshawCurtis;
+  auto nested = attributor_->AttributeAndWait(r);
+  ASSERT_THAT(nested, IsOk());
+  const double error = RelativeError(nested->sequence, captum["seq_attr"].get<std::vector<double>>());
+  std::cout << "[ nested   ] stopped at " << nested->integration_steps << " points after " << nested->rows
+            << " rows; relative error to Captum's 512 steps " << error << "\n";
+  EXPECT_LT(error, 1e-3);
+  EXPECT_EQ(nested->tolerance_met, std::optional<bool>(true));
+  // The orders' points nest: the rows are the last order's points and the two ends' score rows.
+  EXPECT_EQ(nested->rows, 2 + nested->integration_steps);
+  EXPECT_EQ((nested->integration_steps - 1) & (nested->integration_steps - 2), 0) << "2^k + 1 points";
+  r.rule = IntegrationRule::kGaussLegendre;
+  auto fresh = attributor_->AttributeAndWait(r);
+  ASSERT_THAT(fresh, IsOk());
+  EXPECT_LT(nested->rows, fresh->rows);
+}
+
+TEST_F(AttributionTest, ClenshawCurtisToleranceOutOfReachEqualsTheFixedRuleAtItsLastOrder) {
+  AttributionRequest r = FromCase(Case("ig_gausslegendre_token7"));
+  r.rule = IntegrationRule::kClenshawCurtis;
+  r.completeness_tolerance = 1e-15;
+  r.n_steps = 20;
+  auto result = attributor_->AttributeAndWait(r);
+  ASSERT_THAT(result, IsOk());
+  // 9 points, then 17 (the 8 midpoints added); 33 would exceed n_steps.
+  EXPECT_EQ(result->integration_steps, 17);
+  EXPECT_EQ(result->tolerance_met, std::optional<bool>(false));
+  const int64_t per_point = 1 + static_cast<int64_t>(r.target_ids.size());  // sequence and per-token rows
+  EXPECT_EQ(result->rows, 2 + per_point * 17);
+  // The reused and the new points, interleaved, give the answer of 17 points computed at once.
+  r.completeness_tolerance = 0;
+  r.n_steps = 17;
+  auto fixed = attributor_->AttributeAndWait(r);
+  ASSERT_THAT(fixed, IsOk());
+  EXPECT_LT(RelativeError(result->sequence, fixed->sequence), 1e-6);
+  for (size_t t = 0; t < fixed->per_token.size(); ++t) {
+    EXPECT_LT(RelativeError(result->per_token[t], fixed->per_token[t]), 1e-6) << "target token " << t;
+  }
+  // Fewer than 9 points allowed: the largest 2^k + 1 within n_steps, once.
+  r.completeness_tolerance = 1e-15;
+  r.n_steps = 6;
+  auto small = attributor_->AttributeAndWait(r);
+  ASSERT_THAT(small, IsOk());
+  EXPECT_EQ(small->integration_steps, 5);
+}
+
 TEST_F(AttributionTest, PerTokenMatrixSumsToSequenceAttribution) {
   AttributionRequest r = FromCase(Case("ig_riemann_middle_token0"));
   auto result = attributor_->AttributeAndWait(r);

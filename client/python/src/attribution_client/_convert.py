@@ -25,7 +25,8 @@ METHODS: Dict[str, int] = {
 }
 QUANTITIES: Dict[str, int] = {"log_prob": pb.LOG_PROB, "prob": pb.PROB, "logit": pb.LOGIT}
 RULES: Dict[str, int] = {
-    "gausslegendre": pb.GAUSS_LEGENDRE, "riemann_left": pb.RIEMANN_LEFT, "riemann_right": pb.RIEMANN_RIGHT,
+    "default": pb.INTEGRATION_RULE_UNSPECIFIED, "gausslegendre": pb.GAUSS_LEGENDRE,
+    "clenshaw_curtis": pb.CLENSHAW_CURTIS, "riemann_left": pb.RIEMANN_LEFT, "riemann_right": pb.RIEMANN_RIGHT,
     "riemann_middle": pb.RIEMANN_MIDDLE, "riemann_trapezoid": pb.RIEMANN_TRAPEZOID,
 }
 BASELINES: Dict[str, int] = {

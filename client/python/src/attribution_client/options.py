@@ -84,7 +84,9 @@ class AttributeOptions:
     baseline: Union[str, int] = "default"  # zero pad unk eos bos, or a token id
     n_steps: int = 0                       # 0: server default (50)
     completeness_tolerance: float = 0.0
-    rule: str = "gausslegendre"  # riemann_left riemann_right riemann_middle riemann_trapezoid
+    # "default" (the server's: gausslegendre, or clenshaw_curtis with a completeness_tolerance), gausslegendre,
+    # clenshaw_curtis, riemann_left, riemann_right, riemann_middle, riemann_trapezoid
+    rule: str = "default"
     n_samples: int = 0
     stdev: float = 0.0
     seed: int = 0
@@ -145,7 +147,7 @@ class ComponentOptions:
     sites: Union[Sequence[str], str] = field(default_factory=lambda: ["heads"])  # attn_out mlp_out resid_pre
     granularity: str = "default"         # layer_head layer_position layer_position_head
     n_steps: int = 0                     # layer integrated gradients; 0: server default (16)
-    rule: str = "gausslegendre"
+    rule: str = "default"  # as AttributeOptions.rule
     priority: str = "normal"
     request_id: str = ""  # sent as x-request-id metadata; the server logs it with the call
 
