@@ -4,10 +4,11 @@
 
 For each model and prompt: Captum's IntegratedGradients (Gauss-Legendre, 512 steps, the pad token's
 embedding as baseline, over the prompt embeddings, log-prob of the target) is the reference. The server
-(attribution-cli, over gRPC) answers the same attribution twice: with n_steps=512, and with a
-completeness tolerance (orders 8, 16, 32, ... up to 512), and at fixed orders 8, 12, 16, 24, ... to find
-the smallest that is within 1e-3 of Captum. Prints, per case, the rows each needed, their wall time and
-their largest error relative to Captum's largest attribution.
+(attribution-cli, over gRPC) answers the same attribution with n_steps=512; with a completeness
+tolerance and no rule (nested Clenshaw-Curtis, 9, 17, 33, ... points within 512); with the tolerance and
+--rule=gausslegendre (orders 8, 16, 32, ... within 512 points in all); and at fixed Gauss-Legendre orders
+8, 12, 16, 24, ... to find the smallest that is within 1e-3 of Captum. Prints, per case, the rows each
+needed, their wall time and their largest error relative to Captum's largest attribution.
 
 Usage: tolerance_ig.py SERVER_BINARY CLI_BINARY [--tolerance 1e-3] [--model NAME=DIR ...]
 """
@@ -76,9 +77,9 @@ def main():
     args = parser.parse_args()
     models = [m.split("=", 1) for m in args.model] or [["default (tiny-qa-llama)", os.path.join(ROOT, "models/tiny-qa-llama")],
                                                        ["random llama 512x8", "/tmp/llama-512x8"]]
-    print(f"| model | prompt tokens | fixed 512: rows | s | rel. error | tolerance {args.tolerance:g}: order | rows | s "
-          f"| rel. error | rows saved | smallest order within 1e-3 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| model | prompt tokens | fixed 512: rows | s | rel. error | tolerance {args.tolerance:g}: points | rows | s "
+          f"| rel. error | rows saved | with gausslegendre: order | rows | rel. error | smallest order within 1e-3 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, model_dir in models:
         with tempfile.TemporaryDirectory() as work:
             server, port = serve(args.server, model_dir, work)
@@ -86,6 +87,8 @@ def main():
                 for prompt in PROMPTS:
                     fixed, fixed_s = attribute(args.cli, port, prompt, ["--n_steps=512"])
                     adaptive, adaptive_s = attribute(args.cli, port, prompt, [f"--tolerance={args.tolerance}", "--n_steps=512"])
+                    legendre, _ = attribute(args.cli, port, prompt,
+                                            [f"--tolerance={args.tolerance}", "--n_steps=512", "--rule=gausslegendre"])
                     prompt_ids = [t["id"] for t in fixed["prompt_tokens"]]
                     target_ids = [t["id"] for t in fixed["target_tokens"]]
                     reference = captum_reference(model_dir, prompt_ids, target_ids, 512)
@@ -97,7 +100,11 @@ def main():
                           f"{adaptive.get('integration_steps')}{'' if adaptive.get('tolerance_met') else ' (not met)'} | "
                           f"{adaptive['stats']['rows']} | {adaptive_s:.2f} | "
                           f"{relative_error(adaptive['sequence_attribution'], reference):.1e} | "
-                          f"{fixed['stats']['rows'] / adaptive['stats']['rows']:.1f}x | {enough or '> 384'} |", flush=True)
+                          f"{fixed['stats']['rows'] / adaptive['stats']['rows']:.1f}x | "
+                          f"{legendre.get('integration_steps')}{'' if legendre.get('tolerance_met') else ' (not met)'} | "
+                          f"{legendre['stats']['rows']} | "
+                          f"{relative_error(legendre['sequence_attribution'], reference):.1e} | {enough or '> 384'} |",
+                          flush=True)
             finally:
                 server.kill()
                 server.wait()
