@@ -99,9 +99,9 @@ struct AttributeOptions {
   std::vector<int64_t> choice_ids;
   std::optional<std::pair<int64_t, int64_t>> feature_range;  // [begin, end) tokens, one feature each
   std::vector<FeatureGroup> feature_groups;
-  std::string baseline = "default";    // zero pad unk eos bos, or a token id
-  int n_steps = 0;                     // 0: server default (50; with a tolerance, the server's max_steps points in all)
-  double completeness_tolerance = 0;   // > 0: integrated gradients at growing orders until this close
+  std::string baseline = "default";   // zero pad unk eos bos, or a token id
+  int n_steps = 0;                    // 0: server default (50; with a tolerance, the server's max_steps points in all)
+  double completeness_tolerance = 0;  // > 0: integrated gradients at growing orders until this close
   // "default" (the server's: gausslegendre, or clenshaw_curtis with a completeness_tolerance), gausslegendre,
   // clenshaw_curtis, riemann_left, riemann_right, riemann_middle, riemann_trapezoid
   std::string rule = "default";
@@ -215,7 +215,7 @@ struct ComponentOptions {
   std::vector<std::string> sites = {"heads"};  // attn_out mlp_out resid_pre
   std::string granularity = "default";         // layer_head layer_position layer_position_head
   int n_steps = 0;                             // layer integrated gradients; 0: 16
-  std::string rule = "default";  // as AttributeOptions::rule
+  std::string rule = "default";                // as AttributeOptions::rule
   std::string priority = "normal";
   std::string request_id;  // sent as x-request-id metadata; the server logs it with the call
 };
