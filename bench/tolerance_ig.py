@@ -5,7 +5,7 @@
 For each model and prompt: Captum's IntegratedGradients (Gauss-Legendre, 512 steps, the pad token's
 embedding as baseline, over the prompt embeddings, log-prob of the target) is the reference. The server
 (attribution-cli, over gRPC) answers the same attribution with n_steps=512; with a completeness
-tolerance and no rule (nested Clenshaw-Curtis, 9, 17, 33, ... points within 512); with the tolerance and
+tolerance and no rule (Fejér's second rule, nested orders 7, 15, 31, ... points within 512); with the tolerance and
 --rule=gausslegendre (orders 8, 16, 32, ... within 512 points in all); and at fixed Gauss-Legendre orders
 8, 12, 16, 24, ... to find the smallest that is within 1e-3 of Captum. Prints, per case, the rows each
 needed, their wall time and their largest error relative to Captum's largest attribution.

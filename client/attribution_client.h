@@ -102,8 +102,8 @@ struct AttributeOptions {
   std::string baseline = "default";   // zero pad unk eos bos, or a token id
   int n_steps = 0;                    // 0: server default (50; with a tolerance, the server's max_steps points in all)
   double completeness_tolerance = 0;  // > 0: integrated gradients at growing orders until this close
-  // "default" (the server's: gausslegendre, or clenshaw_curtis with a completeness_tolerance), gausslegendre,
-  // clenshaw_curtis, riemann_left, riemann_right, riemann_middle, riemann_trapezoid
+  // "default" (the server's: gausslegendre, or fejer2 with a completeness_tolerance), gausslegendre,
+  // fejer2, riemann_left, riemann_right, riemann_middle, riemann_trapezoid
   std::string rule = "default";
   int n_samples = 0;
   double stdev = 0;

@@ -59,8 +59,8 @@ ABSL_FLAG(double, tolerance, 0,
           "integrated gradients: raise the order (8, 16, 32, ...) until the convergence delta and "
           "the change between orders are within this fraction of |f(input) - f(baseline)|");
 ABSL_FLAG(std::string, rule, "default",
-          "integration rule: default (gausslegendre, or clenshaw_curtis with --tolerance), gausslegendre, "
-          "clenshaw_curtis, riemann_left, riemann_right, riemann_middle, riemann_trapezoid");
+          "integration rule: default (gausslegendre, or fejer2 with --tolerance), gausslegendre, "
+          "fejer2, riemann_left, riemann_right, riemann_middle, riemann_trapezoid");
 ABSL_FLAG(int32_t, n_samples, 0, "samples of sampling methods (0: server default 25)");
 ABSL_FLAG(double, stdev, 0, "GradientShap noise");
 ABSL_FLAG(uint64_t, seed, 0, "random seed");

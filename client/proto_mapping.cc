@@ -48,7 +48,7 @@ absl::StatusOr<v1::IntegrationRule> ToRule(const std::string& name) {
   return Lookup<v1::IntegrationRule>("rule", name,
                                      {{"default", v1::INTEGRATION_RULE_UNSPECIFIED},
                                       {"gausslegendre", v1::GAUSS_LEGENDRE},
-                                      {"clenshaw_curtis", v1::CLENSHAW_CURTIS},
+                                      {"fejer2", v1::FEJER2},
                                       {"riemann_left", v1::RIEMANN_LEFT},
                                       {"riemann_right", v1::RIEMANN_RIGHT},
                                       {"riemann_middle", v1::RIEMANN_MIDDLE},

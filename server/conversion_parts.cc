@@ -102,8 +102,8 @@ absl::StatusOr<engine::Priority> ToPriority(v1::Priority priority) {
 }
 
 absl::StatusOr<engine::IntegrationRule> ToRule(v1::IntegrationRule rule, bool to_tolerance) {
-  return FromProtoEnum("rule", rule, to_tolerance ? v1::CLENSHAW_CURTIS : v1::GAUSS_LEGENDRE,
-                       v1::IntegrationRule_descriptor(), &engine::ParseIntegrationRule);
+  return FromProtoEnum("rule", rule, to_tolerance ? v1::FEJER2 : v1::GAUSS_LEGENDRE, v1::IntegrationRule_descriptor(),
+                       &engine::ParseIntegrationRule);
 }
 
 void FillTokens(const ResolvedInput& input, const engine::Tokenizer& tokenizer,

@@ -33,7 +33,7 @@ absl::StatusOr<ResolvedInput> ResolveTarget(const v1::Input& input, absl::string
                                             const ServedModel& model);
 
 absl::StatusOr<engine::Priority> ToPriority(v1::Priority priority);
-// An unspecified rule is Gauss-Legendre (Captum's), or Clenshaw-Curtis when integrating to a tolerance.
+// An unspecified rule is Gauss-Legendre (Captum's), or Fejér's second rule when integrating to a tolerance.
 absl::StatusOr<engine::IntegrationRule> ToRule(v1::IntegrationRule rule, bool to_tolerance = false);
 
 // The engine value of a proto enum value, matched by name so that the engine's parser stays the one

@@ -63,8 +63,8 @@ ABSL_FLAG(bool, over_choices, false,
           "is attributed, not its probability over the whole vocabulary (seed 001's way)");
 ABSL_FLAG(int32_t, n_steps, 0, "integration steps (0: server default)");
 ABSL_FLAG(std::string, rule, "default",
-          "integration rule: default (gausslegendre, or clenshaw_curtis with --tolerance), gausslegendre, "
-          "clenshaw_curtis, riemann_left, riemann_right, riemann_middle, riemann_trapezoid");
+          "integration rule: default (gausslegendre, or fejer2 with --tolerance), gausslegendre, "
+          "fejer2, riemann_left, riemann_right, riemann_middle, riemann_trapezoid");
 ABSL_FLAG(std::string, baseline, "default", "default | zero | pad | unk | eos | bos | a token id");
 ABSL_FLAG(int32_t, n_samples, 0, "samples of sampling methods (0: server default)");
 ABSL_FLAG(double, stdev, 0, "GradientShap noise");

@@ -5,10 +5,10 @@
 //
 // With a completeness tolerance, integrated gradients refines its rule until both the convergence delta and
 // the estimated error of the latest order (from the changes between orders, see EstimatedError) are within
-// tolerance · |f(x) - f(baseline)|, with n_steps points in all at most. Clenshaw-Curtis runs 9, 17, 33, ...
-// points, each order adding only the midpoints between the last one's (its nodes nest); the other rules run
-// orders 8, 16, 32, ..., each a fresh round of grad rows (Gauss-Legendre nodes of different orders do not
-// nest). The score rows at the path's ends run once.
+// tolerance · |f(x) - f(baseline)|, with n_steps points in all at most. Fejér's second rule runs 7, 15, 31,
+// ... points, each order adding only the n + 1 nodes between and beside the last one's n (its nodes nest);
+// the other rules run orders 8, 16, 32, ..., each a fresh round of grad rows (Gauss-Legendre nodes of
+// different orders do not nest). The score rows at the path's ends run once.
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -21,7 +21,7 @@ namespace attribution::engine {
 namespace {
 
 constexpr int64_t kFirstAdaptiveOrder = 8;
-constexpr int64_t kFirstNestedOrder = 9;  // Clenshaw-Curtis: 2^k + 1 points
+constexpr int64_t kFirstNestedOrder = 7;  // Fejér's second rule: 2^k - 1 points
 
 class GradientPlan : public RowPlan {
  public:
@@ -64,13 +64,13 @@ class GradientPlan : public RowPlan {
         !previous_.sequence.empty() && std::abs(ConvergenceDelta(current_)) <= allowed && EstimatedError() <= allowed;
     // n_steps is the budget of points over all orders: adaptive never costs more than fixed n_steps.
     if (nested()) {
-      const int64_t next = 2 * order_ - 1;
+      const int64_t next = 2 * order_ + 1;
       if (tolerance_met_ || next > request_.n_steps) return absl::OkStatus();
       order_ = next;
       samples_ = Samples(order_);
-      std::vector<double> midpoints;  // the new order's odd nodes; the even ones are the last order's
-      for (size_t i = 1; i < samples_.alphas.size(); i += 2) midpoints.push_back(samples_.alphas[i]);
-      QueueGradRows(midpoints, false);
+      std::vector<double> added;  // the new order's nodes 0, 2, 4, ...; the odd ones are the last order's
+      for (size_t i = 0; i < samples_.alphas.size(); i += 2) added.push_back(samples_.alphas[i]);
+      QueueGradRows(added, false);
       return absl::OkStatus();
     }
     // The next order doubles, or takes what is left if that is still more points than the last.
@@ -107,14 +107,14 @@ class GradientPlan : public RowPlan {
 
   bool integrated_gradients() const { return request_.method == AttributionMethod::kIntegratedGradients; }
   bool adaptive() const { return integrated_gradients() && request_.completeness_tolerance > 0; }
-  bool nested() const { return adaptive() && request_.rule == IntegrationRule::kClenshawCurtis; }
+  bool nested() const { return adaptive() && request_.rule == IntegrationRule::kFejer2; }
 
   int64_t FirstOrder() const {
     if (!adaptive()) return request_.n_steps;
     if (!nested()) return std::min(kFirstAdaptiveOrder, request_.n_steps);
-    // The most points of the form 2^k + 1 within both the first order and n_steps (2 at least).
-    int64_t points = 2;
-    while (2 * points - 1 <= std::min(kFirstNestedOrder, request_.n_steps)) points = 2 * points - 1;
+    // The most points of the form 2^k - 1 within both the first order and n_steps (1 at least).
+    int64_t points = 1;
+    while (2 * points + 1 <= std::min(kFirstNestedOrder, request_.n_steps)) points = 2 * points + 1;
     return points;
   }
   // Score rows at the path's ends: the input, and for integrated gradients the baseline.
@@ -159,7 +159,7 @@ class GradientPlan : public RowPlan {
   }
 
   // Takes the round's grad rows (from results[first] on) into point_values_: in place of the last order's,
-  // or, for a nested rule, interleaved with them as the new order's odd nodes.
+  // or, for a nested rule, interleaved with them (the last order's n points are the new order's odd nodes).
   void AddRound(const std::vector<RowResult>& results, size_t first) {
     const int64_t per_point = RowsPerPoint();
     std::vector<std::vector<at::Tensor>> round;
@@ -172,11 +172,11 @@ class GradientPlan : public RowPlan {
       return;
     }
     std::vector<std::vector<at::Tensor>> merged;
-    for (size_t i = 0; i < round.size(); ++i) {
-      merged.push_back(std::move(point_values_[i]));
+    for (size_t i = 0; i < point_values_.size(); ++i) {
       merged.push_back(std::move(round[i]));
+      merged.push_back(std::move(point_values_[i]));
     }
-    merged.push_back(std::move(point_values_.back()));
+    merged.push_back(std::move(round.back()));
     point_values_ = std::move(merged);
   }
 

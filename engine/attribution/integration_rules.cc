@@ -37,24 +37,24 @@ IntegrationPoints GaussLegendre(int64_t n) {
   return p;
 }
 
-// Nodes and weights of n-point Clenshaw-Curtis quadrature (n >= 2): the nodes cos(jπ/N), N = n - 1, both
-// ends included, with the weights that integrate Chebyshev polynomials up to degree N exactly (Waldvogel's
-// closed form as a sum, O(n²)). The angle is formed as (π·j)/N so that the nodes of n and 2n - 1 points
-// that coincide are bitwise equal (doubling numerator and denominator changes no rounding).
-IntegrationPoints ClenshawCurtis(int64_t n) {
-  const int64_t intervals = n - 1;
+// Nodes and weights of n-point Fejér quadrature of the second kind: the interior nodes cos(jπ/N),
+// j = 1 .. N - 1 = n, of Clenshaw-Curtis, without its ends (where a zero-embedding baseline makes the
+// gradient blow up), with the weights that integrate polynomials up to degree n - 1 exactly (Waldvogel's closed
+// form as a sum, O(n²)). The angle is formed as (π·j)/N so that the nodes of n and 2n + 1 points that
+// coincide are bitwise equal (doubling numerator and denominator changes no rounding).
+IntegrationPoints Fejer2(int64_t n) {
+  const int64_t intervals = n + 1;
   IntegrationPoints p;
-  for (int64_t j = 0; j <= intervals; ++j) {
+  for (int64_t j = 1; j < intervals; ++j) {
     const double angle = (M_PI * static_cast<double>(j)) / static_cast<double>(intervals);
     double sum = 0;
     for (int64_t k = 1; 2 * k <= intervals; ++k) {
-      const double b = 2 * k == intervals ? 1.0 : 2.0;
-      sum += b * std::cos(2.0 * static_cast<double>(k) * angle) / (4.0 * static_cast<double>(k * k) - 1.0);
+      const double odd = static_cast<double>(2 * k - 1);
+      sum += std::sin(odd * angle) / odd;
     }
-    const double end_factor = j == 0 || j == intervals ? 1.0 : 2.0;
-    // x = cos(angle) runs from 1 to -1; alpha = (1 - x) / 2 ascends from 0 to 1.
+    // x = cos(angle) runs from 1 to -1; alpha = (1 - x) / 2 ascends in (0, 1).
     p.alphas.push_back(0.5 * (1.0 - std::cos(angle)));
-    p.weights.push_back(0.5 * end_factor / static_cast<double>(intervals) * (1.0 - sum));
+    p.weights.push_back(2.0 * std::sin(angle) / static_cast<double>(intervals) * sum);
   }
   return p;
 }
@@ -68,11 +68,11 @@ absl::StatusOr<IntegrationRule> ParseIntegrationRule(const std::string& name) {
   if (name == "riemann_trapezoid") return IntegrationRule::kRiemannTrapezoid;
   // Captum spells it "gausslegendre"; the proto enum's lower-case name is "gauss_legendre".
   if (name == "gausslegendre" || name == "gauss_legendre" || name.empty()) return IntegrationRule::kGaussLegendre;
-  if (name == "clenshaw_curtis") return IntegrationRule::kClenshawCurtis;
+  if (name == "fejer2") return IntegrationRule::kFejer2;
   return absl::InvalidArgumentError(
       absl::StrCat("integration rule \"", name,
                    "\" is not supported (riemann_left, riemann_right, riemann_middle, riemann_trapezoid, "
-                   "gausslegendre, clenshaw_curtis)"));
+                   "gausslegendre, fejer2)"));
 }
 
 const char* IntegrationRuleName(IntegrationRule rule) {
@@ -87,15 +87,13 @@ const char* IntegrationRuleName(IntegrationRule rule) {
       return "riemann_trapezoid";
     case IntegrationRule::kGaussLegendre:
       return "gausslegendre";
-    case IntegrationRule::kClenshawCurtis:
-      return "clenshaw_curtis";
+    case IntegrationRule::kFejer2:
+      return "fejer2";
   }
   return "unknown";
 }
 
-int64_t MinIntegrationSteps(IntegrationRule rule) {
-  return rule == IntegrationRule::kRiemannTrapezoid || rule == IntegrationRule::kClenshawCurtis ? 2 : 1;
-}
+int64_t MinIntegrationSteps(IntegrationRule rule) { return rule == IntegrationRule::kRiemannTrapezoid ? 2 : 1; }
 
 absl::StatusOr<IntegrationPoints> MakeIntegrationPoints(IntegrationRule rule, int64_t n) {
   const int64_t min_steps = MinIntegrationSteps(rule);
@@ -116,8 +114,8 @@ absl::StatusOr<IntegrationPoints> MakeIntegrationPoints(IntegrationRule rule, in
   switch (rule) {
     case IntegrationRule::kGaussLegendre:
       return GaussLegendre(n);
-    case IntegrationRule::kClenshawCurtis:
-      return ClenshawCurtis(n);
+    case IntegrationRule::kFejer2:
+      return Fejer2(n);
     case IntegrationRule::kRiemannLeft:
       return spaced(0.0, 1.0 - 1.0 / n);
     case IntegrationRule::kRiemannRight:

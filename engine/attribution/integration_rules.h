@@ -2,8 +2,8 @@
 // Integration points (alphas in [0, 1]) and weights of integrated gradients, as Captum defines them:
 // riemann_left / right / middle / trapezoid (each weight 1/n, trapezoid halves both ends) and
 // gausslegendre (Gauss-Legendre nodes and weights mapped from [-1, 1] to [0, 1]); and, not in Captum,
-// clenshaw_curtis, whose nodes nest (those of n points are among those of 2n - 1), so integrated gradients
-// to a tolerance refines it without computing a point twice.
+// fejer2 (Fejér's second rule), whose nodes nest (those of n points are among those of 2n + 1), so
+// integrated gradients to a tolerance refines it without computing a point twice.
 #pragma once
 
 #include <string>
@@ -19,7 +19,7 @@ enum class IntegrationRule {
   kRiemannMiddle,
   kRiemannTrapezoid,
   kGaussLegendre,
-  kClenshawCurtis,
+  kFejer2,
 };
 
 absl::StatusOr<IntegrationRule> ParseIntegrationRule(const std::string& name);
@@ -31,7 +31,7 @@ struct IntegrationPoints {
 };
 
 // The fewest points a rule is defined for: one (the midpoint for Gauss-Legendre, an end or the middle
-// for Riemann sums), two for the trapezoid and Clenshaw-Curtis, which include both ends.
+// for Riemann sums, the midpoint for Fejér's second rule), two for the trapezoid, whose ends share the weight.
 int64_t MinIntegrationSteps(IntegrationRule rule);
 // n_steps must be at least MinIntegrationSteps(rule).
 absl::StatusOr<IntegrationPoints> MakeIntegrationPoints(IntegrationRule rule, int64_t n_steps);

@@ -93,7 +93,7 @@ TEST_F(ConversionTest, EveryIntegrationRuleMapsToItsEngineRule) {
       {v1::RIEMANN_RIGHT, engine::IntegrationRule::kRiemannRight},
       {v1::RIEMANN_MIDDLE, engine::IntegrationRule::kRiemannMiddle},
       {v1::RIEMANN_TRAPEZOID, engine::IntegrationRule::kRiemannTrapezoid},
-      {v1::CLENSHAW_CURTIS, engine::IntegrationRule::kClenshawCurtis},
+      {v1::FEJER2, engine::IntegrationRule::kFejer2},
   };
   for (v1::IntegrationRule rule : SpecifiedValues<v1::IntegrationRule>(v1::IntegrationRule_descriptor())) {
     SCOPED_TRACE(v1::IntegrationRule_Name(rule));
@@ -106,7 +106,7 @@ TEST_F(ConversionTest, EveryIntegrationRuleMapsToItsEngineRule) {
   }
 }
 
-TEST_F(ConversionTest, AnUnspecifiedRuleIsGaussLegendreOrWithAToleranceTheNestedClenshawCurtis) {
+TEST_F(ConversionTest, AnUnspecifiedRuleIsGaussLegendreOrWithAToleranceTheNestedFejer2) {
   v1::AttributeRequest proto = Request();
   absl::StatusOr<AttributeCall> fixed = Convert(proto);
   ASSERT_THAT(fixed, IsOk());
@@ -114,7 +114,7 @@ TEST_F(ConversionTest, AnUnspecifiedRuleIsGaussLegendreOrWithAToleranceTheNested
   proto.set_completeness_tolerance(1e-3);
   absl::StatusOr<AttributeCall> to_tolerance = Convert(proto);
   ASSERT_THAT(to_tolerance, IsOk());
-  EXPECT_EQ(to_tolerance->request.rule, engine::IntegrationRule::kClenshawCurtis);
+  EXPECT_EQ(to_tolerance->request.rule, engine::IntegrationRule::kFejer2);
   // A rule asked for is kept.
   proto.set_rule(v1::GAUSS_LEGENDRE);
   absl::StatusOr<AttributeCall> asked = Convert(proto);

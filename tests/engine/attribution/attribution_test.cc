@@ -233,11 +233,11 @@ TEST_F(AttributionTest, ToleranceOutOfReachStopsAtNSteps) {
   EXPECT_FALSE(fixed->tolerance_met.has_value());
 }
 
-TEST_F(AttributionTest, ClenshawCurtisToleranceComputesEveryPointOnceAndReachesCaptums512Steps) {
+TEST_F(AttributionTest, NestedToleranceComputesEveryPointOnceAndReachesCaptums512Steps) {
   const nlohmann::json& captum = Case("seed000_no_vs_yes_512_steps");
   AttributionRequest r = FromCase(captum);
   r.completeness_tolerance = 1e-3;
-  r.rule = IntegrationRule::kClenshawCurtis;
+  r.rule = IntegrationRule::kFejer2;
   auto nested = attributor_->AttributeAndWait(r);
   ASSERT_THAT(nested, IsOk());
   const double error = RelativeError(nested->sequence, captum["seq_attr"].get<std::vector<double>>());
@@ -247,40 +247,63 @@ TEST_F(AttributionTest, ClenshawCurtisToleranceComputesEveryPointOnceAndReachesC
   EXPECT_EQ(nested->tolerance_met, std::optional<bool>(true));
   // The orders' points nest: the rows are the last order's points and the two ends' score rows.
   EXPECT_EQ(nested->rows, 2 + nested->integration_steps);
-  EXPECT_EQ((nested->integration_steps - 1) & (nested->integration_steps - 2), 0) << "2^k + 1 points";
+  EXPECT_EQ((nested->integration_steps + 1) & nested->integration_steps, 0) << "2^k - 1 points";
   r.rule = IntegrationRule::kGaussLegendre;
   auto fresh = attributor_->AttributeAndWait(r);
   ASSERT_THAT(fresh, IsOk());
   EXPECT_LT(nested->rows, fresh->rows);
 }
 
-TEST_F(AttributionTest, ClenshawCurtisToleranceOutOfReachEqualsTheFixedRuleAtItsLastOrder) {
+TEST_F(AttributionTest, NestedToleranceOutOfReachEqualsTheFixedRuleAtItsLastOrder) {
   AttributionRequest r = FromCase(Case("ig_gausslegendre_token7"));
-  r.rule = IntegrationRule::kClenshawCurtis;
+  r.rule = IntegrationRule::kFejer2;
   r.completeness_tolerance = 1e-15;
   r.n_steps = 20;
   auto result = attributor_->AttributeAndWait(r);
   ASSERT_THAT(result, IsOk());
-  // 9 points, then 17 (the 8 midpoints added); 33 would exceed n_steps.
-  EXPECT_EQ(result->integration_steps, 17);
+  // 7 points, then 15 (8 added around them); 31 would exceed n_steps.
+  EXPECT_EQ(result->integration_steps, 15);
   EXPECT_EQ(result->tolerance_met, std::optional<bool>(false));
   const int64_t per_point = 1 + static_cast<int64_t>(r.target_ids.size());  // sequence and per-token rows
-  EXPECT_EQ(result->rows, 2 + per_point * 17);
-  // The reused and the new points, interleaved, give the answer of 17 points computed at once.
+  EXPECT_EQ(result->rows, 2 + per_point * 15);
+  // The reused and the new points, interleaved, give the answer of 15 points computed at once.
   r.completeness_tolerance = 0;
-  r.n_steps = 17;
+  r.n_steps = 15;
   auto fixed = attributor_->AttributeAndWait(r);
   ASSERT_THAT(fixed, IsOk());
   EXPECT_LT(RelativeError(result->sequence, fixed->sequence), 1e-6);
   for (size_t t = 0; t < fixed->per_token.size(); ++t) {
     EXPECT_LT(RelativeError(result->per_token[t], fixed->per_token[t]), 1e-6) << "target token " << t;
   }
-  // Fewer than 9 points allowed: the largest 2^k + 1 within n_steps, once.
+  // Fewer than 7 points allowed: the largest 2^k - 1 within n_steps, once.
   r.completeness_tolerance = 1e-15;
   r.n_steps = 6;
   auto small = attributor_->AttributeAndWait(r);
   ASSERT_THAT(small, IsOk());
-  EXPECT_EQ(small->integration_steps, 5);
+  EXPECT_EQ(small->integration_steps, 3);
+}
+
+TEST_F(AttributionTest, NestedToleranceWithAZeroEmbeddingBaselineIsAsCloseAsGaussLegendre) {
+  // At alpha = 0 a zero baseline feeds zeros to every RMSNorm, whose gradient there is 1/sqrt(eps) per
+  // layer: a rule that evaluates the path's end (Clenshaw-Curtis) is off by orders of magnitude. Neither
+  // rule converges within 512 points here; both are measured against Gauss-Legendre's 1024.
+  AttributionRequest r = FromCase(Case("ig_gausslegendre_token7"));
+  r.zero_embedding_baseline = true;
+  r.n_steps = 1024;
+  auto finest = attributor_->AttributeAndWait(r);
+  r.n_steps = 512;
+  auto legendre = attributor_->AttributeAndWait(r);
+  r.rule = IntegrationRule::kFejer2;
+  r.completeness_tolerance = 1e-3;
+  auto nested = attributor_->AttributeAndWait(r);
+  ASSERT_THAT(finest, IsOk());
+  ASSERT_THAT(legendre, IsOk());
+  ASSERT_THAT(nested, IsOk());
+  const double legendre_error = RelativeError(legendre->sequence, finest->sequence);
+  const double nested_error = RelativeError(nested->sequence, finest->sequence);
+  std::cout << "[ zero     ] to 1024 Gauss-Legendre points: 512 Gauss-Legendre " << legendre_error << ", "
+            << nested->integration_steps << " of Fejer's second rule " << nested_error << "\n";
+  EXPECT_LT(nested_error, 2 * legendre_error);
 }
 
 TEST_F(AttributionTest, PerTokenMatrixSumsToSequenceAttribution) {

@@ -16,13 +16,13 @@ double Integrate(const IntegrationPoints& p, double (*f)(double)) {
   return sum;
 }
 
-TEST(ClenshawCurtis, IntegratesPolynomialsUpToDegreeNMinusOneExactly) {
-  for (int64_t n : {3, 5, 9, 17, 33, 10}) {
-    auto points = MakeIntegrationPoints(IntegrationRule::kClenshawCurtis, n);
+TEST(Fejer2, IntegratesPolynomialsUpToDegreeNMinusOneExactlyInsideTheInterval) {
+  for (int64_t n : {1, 3, 7, 15, 31, 10}) {
+    auto points = MakeIntegrationPoints(IntegrationRule::kFejer2, n);
     ASSERT_TRUE(points.ok());
     ASSERT_EQ(points->alphas.size(), static_cast<size_t>(n));
-    EXPECT_EQ(points->alphas.front(), 0.0);
-    EXPECT_DOUBLE_EQ(points->alphas.back(), 1.0);
+    EXPECT_GT(points->alphas.front(), 0.0);  // no end: a zero baseline's gradient blows up there
+    EXPECT_LT(points->alphas.back(), 1.0);
     for (int64_t degree = 0; degree < n; ++degree) {
       double sum = 0;
       for (size_t i = 0; i < points->alphas.size(); ++i)
@@ -32,32 +32,30 @@ TEST(ClenshawCurtis, IntegratesPolynomialsUpToDegreeNMinusOneExactly) {
   }
 }
 
-TEST(ClenshawCurtis, TwoPointsAreTheTrapezoidAndMorePointsConvergeOnExp) {
-  auto two = MakeIntegrationPoints(IntegrationRule::kClenshawCurtis, 2);
-  ASSERT_TRUE(two.ok());
-  EXPECT_THAT(two->alphas, ::testing::ElementsAre(0.0, 1.0));
-  EXPECT_THAT(two->weights, ::testing::ElementsAre(0.5, 0.5));
-  const double exact = std::exp(1.0) - 1.0;
-  auto nine = MakeIntegrationPoints(IntegrationRule::kClenshawCurtis, 9);
-  ASSERT_TRUE(nine.ok());
-  EXPECT_NEAR(Integrate(*nine, [](double x) { return std::exp(x); }), exact, 1e-12);
+TEST(Fejer2, OnePointIsTheMidpointAndMorePointsConvergeOnExp) {
+  auto one = MakeIntegrationPoints(IntegrationRule::kFejer2, 1);
+  ASSERT_TRUE(one.ok());
+  EXPECT_THAT(one->alphas, ::testing::ElementsAre(::testing::DoubleEq(0.5)));
+  EXPECT_THAT(one->weights, ::testing::ElementsAre(::testing::DoubleEq(1.0)));
+  auto fifteen = MakeIntegrationPoints(IntegrationRule::kFejer2, 15);
+  ASSERT_TRUE(fifteen.ok());
+  EXPECT_NEAR(Integrate(*fifteen, [](double x) { return std::exp(x); }), std::exp(1.0) - 1.0, 1e-12);
 }
 
-TEST(ClenshawCurtis, EveryNodeOfNPointsIsANodeOf2NMinus1Points) {
-  for (int64_t n : {2, 3, 5, 9, 17, 33, 65, 129, 257}) {
-    auto coarse = MakeIntegrationPoints(IntegrationRule::kClenshawCurtis, n);
-    auto fine = MakeIntegrationPoints(IntegrationRule::kClenshawCurtis, 2 * n - 1);
+TEST(Fejer2, EveryNodeOfNPointsIsANodeOf2NPlus1Points) {
+  for (int64_t n : {1, 3, 7, 15, 31, 63, 127, 255}) {
+    auto coarse = MakeIntegrationPoints(IntegrationRule::kFejer2, n);
+    auto fine = MakeIntegrationPoints(IntegrationRule::kFejer2, 2 * n + 1);
     ASSERT_TRUE(coarse.ok() && fine.ok());
-    // Bitwise: the tolerance-driven plan reuses the coarse nodes' rows as the fine rule's even nodes.
-    for (int64_t j = 0; j < n; ++j) EXPECT_EQ(coarse->alphas[j], fine->alphas[2 * j]) << n << " points, node " << j;
+    // Bitwise: the tolerance-driven plan reuses the coarse nodes' rows as the fine rule's odd nodes.
+    for (int64_t j = 0; j < n; ++j) EXPECT_EQ(coarse->alphas[j], fine->alphas[2 * j + 1]) << n << " points, node " << j;
   }
 }
 
-TEST(ClenshawCurtis, NeedsTwoPointsAndParsesByItsName) {
-  EXPECT_EQ(MinIntegrationSteps(IntegrationRule::kClenshawCurtis), 2);
-  EXPECT_FALSE(MakeIntegrationPoints(IntegrationRule::kClenshawCurtis, 1).ok());
-  EXPECT_EQ(ParseIntegrationRule("clenshaw_curtis").value(), IntegrationRule::kClenshawCurtis);
-  EXPECT_STREQ(IntegrationRuleName(IntegrationRule::kClenshawCurtis), "clenshaw_curtis");
+TEST(Fejer2, ParsesByItsName) {
+  EXPECT_EQ(MinIntegrationSteps(IntegrationRule::kFejer2), 1);
+  EXPECT_EQ(ParseIntegrationRule("fejer2").value(), IntegrationRule::kFejer2);
+  EXPECT_STREQ(IntegrationRuleName(IntegrationRule::kFejer2), "fejer2");
 }
 
 TEST(GaussLegendre, IntegratesPolynomialsUpToDegree2NMinus1Exactly) {

@@ -26,7 +26,7 @@ METHODS: Dict[str, int] = {
 QUANTITIES: Dict[str, int] = {"log_prob": pb.LOG_PROB, "prob": pb.PROB, "logit": pb.LOGIT}
 RULES: Dict[str, int] = {
     "default": pb.INTEGRATION_RULE_UNSPECIFIED, "gausslegendre": pb.GAUSS_LEGENDRE,
-    "clenshaw_curtis": pb.CLENSHAW_CURTIS, "riemann_left": pb.RIEMANN_LEFT, "riemann_right": pb.RIEMANN_RIGHT,
+    "fejer2": pb.FEJER2, "riemann_left": pb.RIEMANN_LEFT, "riemann_right": pb.RIEMANN_RIGHT,
     "riemann_middle": pb.RIEMANN_MIDDLE, "riemann_trapezoid": pb.RIEMANN_TRAPEZOID,
 }
 BASELINES: Dict[str, int] = {

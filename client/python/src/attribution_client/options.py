@@ -84,8 +84,8 @@ class AttributeOptions:
     baseline: Union[str, int] = "default"  # zero pad unk eos bos, or a token id
     n_steps: int = 0                       # 0: server default (50)
     completeness_tolerance: float = 0.0
-    # "default" (the server's: gausslegendre, or clenshaw_curtis with a completeness_tolerance), gausslegendre,
-    # clenshaw_curtis, riemann_left, riemann_right, riemann_middle, riemann_trapezoid
+    # "default" (the server's: gausslegendre, or fejer2 with a completeness_tolerance), gausslegendre,
+    # fejer2, riemann_left, riemann_right, riemann_middle, riemann_trapezoid
     rule: str = "default"
     n_samples: int = 0
     stdev: float = 0.0
