@@ -252,13 +252,17 @@ std::string Digest(const json& value) { return Hex(Fnv1a(value.dump())); }
 
 namespace {
 
-// The settings as their digests see them: those added after the first release only when set.
+// The settings as their digests see them: those added after the first release only when set, and the
+// rule the server runs for "default" (the default was "gausslegendre" before the server chose the rule).
 json CountedSettings(const json& settings) {
   static const char* const kLaterSettings[] = {"over_choices", "faithfulness"};
   const json defaults = JobDefaults();
   json counted = settings;
   for (const char* key : kLaterSettings) {
     if (counted.contains(key) && counted[key] == defaults[key]) counted.erase(key);
+  }
+  if (counted.value("rule", "") == "default") {
+    counted["rule"] = counted.value("completeness_tolerance", 0.0) > 0 ? "fejer2" : "gausslegendre";
   }
   return counted;
 }
@@ -305,6 +309,8 @@ absl::Status WriteResultsParquet(const std::string& results_path, const std::str
       {"token_matrix", ParquetType::kDoubleMatrix},
       {"objective", ParquetType::kDouble},
       {"convergence_delta", ParquetType::kDouble},
+      {"integration_steps", ParquetType::kInt64},
+      {"tolerance_met", ParquetType::kBool},
       {"comprehensiveness_aopc", ParquetType::kDouble},
       {"sufficiency_aopc", ParquetType::kDouble},
       {"choices", ParquetType::kStringList},

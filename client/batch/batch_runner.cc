@@ -93,6 +93,8 @@ class RowProcessor {
       result["sufficiency_aopc"] = f->sufficiency_aopc;
     }
     result["convergence_delta"] = attribution->convergence_delta ? json(*attribution->convergence_delta) : json();
+    if (attribution->integration_steps > 0) result["integration_steps"] = attribution->integration_steps;
+    if (attribution->tolerance_met) result["tolerance_met"] = *attribution->tolerance_met;
     result["server_seconds"] = attribution->stats.wall_seconds;
     result["attempts"] = attempts;
     absl::Status page =

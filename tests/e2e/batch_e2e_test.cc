@@ -17,6 +17,7 @@
 #include <iterator>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <numeric>
 #include <random>
 #include <sstream>
 #include <thread>
@@ -319,6 +320,7 @@ TEST(BatchSettings, LaterSettingsAtTheirDefaultsKeepTheHash) {
   json before = client::batch::JobDefaults();
   before.erase("over_choices");
   before.erase("faithfulness");
+  before["rule"] = "gausslegendre";  // the first release's default; "default" is the server's choice
   const json now = client::batch::JobDefaults();
   EXPECT_EQ(client::batch::SettingsDigest(now), client::batch::Digest(before));
   json asked = now;
@@ -326,6 +328,13 @@ TEST(BatchSettings, LaterSettingsAtTheirDefaultsKeepTheHash) {
   EXPECT_NE(client::batch::SettingsDigest(asked), client::batch::SettingsDigest(now));
   const client::batch::BatchRow row{.id = "r", .prompt = "Q: Is it warm? A:", .target = " Yes"};
   EXPECT_NE(client::batch::RequestId("m", asked, row), client::batch::RequestId("m", now, row));
+  // With a tolerance the server's choice is Fejér's second rule, and the old default now asks for other work.
+  json tolerance = now, tolerance_old_default = before, tolerance_fejer = now;
+  tolerance["completeness_tolerance"] = tolerance_old_default["completeness_tolerance"] =
+      tolerance_fejer["completeness_tolerance"] = 1e-3;
+  tolerance_fejer["rule"] = "fejer2";
+  EXPECT_NE(client::batch::SettingsDigest(tolerance), client::batch::SettingsDigest(tolerance_old_default));
+  EXPECT_EQ(client::batch::SettingsDigest(tolerance), client::batch::SettingsDigest(tolerance_fejer));
 }
 
 // --over_choices: the attributed quantity is the label's probability renormalised over the row's
@@ -365,6 +374,50 @@ TEST_F(Batch, OverChoicesAttributesTheLabelsProbabilityRenormalisedOverTheChoice
     largest_gap = std::max(largest_gap, std::abs(renormalised - result["choice_probs"][label].get<double>()));
   }
   EXPECT_GT(largest_gap, 0.1);  // the two quantities differ: the flag changed what was attributed
+}
+
+// A job to a completeness tolerance says per row how many points its answer took and whether it got there.
+TEST_F(Batch, ToleranceRowsReportTheirPointsAndWhetherTheToleranceWasMet) {
+  const std::string input = dir_->File("tolerance.jsonl"), output = dir_->File("tolerance_out.jsonl");
+  {
+    std::ifstream rows(*rows_);
+    std::ofstream subset(input);
+    int kept = 0;
+    for (std::string line; std::getline(rows, line) && kept < 6;) {
+      const json row = json::parse(line);
+      if (row.contains("target") && !row["prompt"].get<std::string>().empty()) {
+        subset << line << "\n";
+        ++kept;
+      }
+    }
+  }
+  const std::string log = dir_->File("tolerance.log");
+  ASSERT_EQ(RunBatch({"--input=" + input, "--output=" + output, "--server=" + a_->address(), "--tolerance=1e-3",
+                      "--n_steps=64", "--progress=log"},
+                     log),
+            0)
+      << ReadFile(log);
+  const std::vector<json> results = ReadResults(output);
+  ASSERT_EQ(results.size(), 6u);
+  for (const json& result : results) {
+    SCOPED_TRACE(result.dump());
+    ASSERT_EQ(result["status"], "ok");
+    // Fejér's second rule, the server's choice with a tolerance: 7, 15, 31 or 63 points within n_steps 64.
+    EXPECT_THAT(result["integration_steps"].get<int>(), ::testing::AnyOf(7, 15, 31, 63));
+    ASSERT_TRUE(result["tolerance_met"].is_boolean());
+    // Met: |delta| within 1e-3 of f(input) - f(baseline), which is the attributions' sum less delta.
+    const double delta = result["convergence_delta"].get<double>();
+    const auto attribution = result["attribution"].get<std::vector<double>>();
+    const double change = std::accumulate(attribution.begin(), attribution.end(), 0.0) - delta;
+    if (result["tolerance_met"].get<bool>()) {
+      EXPECT_LE(std::abs(delta), 1e-3 * std::abs(change));
+    }
+  }
+  const std::string parquet = dir_->File("tolerance.parquet"), check = dir_->File("tolerance_check.log");
+  ASSERT_THAT(client::batch::WriteResultsParquet(output, parquet), IsOk());
+  EXPECT_EQ(
+      std::system(absl::StrCat(ATTRIBUTION_PARQUET_CHECK, " ", parquet, " ", output, " > ", check, " 2>&1").c_str()), 0)
+      << ReadFile(check);
 }
 
 TEST_F(Batch, KilledThreeTimesAndResumedEndsWithTheUninterruptedOutput) {
