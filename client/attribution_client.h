@@ -215,7 +215,7 @@ struct ComponentOptions {
   std::vector<std::string> sites = {"heads"};  // attn_out mlp_out resid_pre
   std::string granularity = "default";         // layer_head layer_position layer_position_head
   int n_steps = 0;                             // layer integrated gradients; 0: 16
-  std::string rule = "default";                // as AttributeOptions::rule
+  std::string rule = "default";  // as AttributeOptions::rule; without a tolerance, default is gausslegendre
   std::string priority = "normal";
   std::string request_id;  // sent as x-request-id metadata; the server logs it with the call
 };

@@ -209,9 +209,9 @@ class GradientPlan : public RowPlan {
   }
 
   // The error of the latest order's attributions, estimated from how they moved between orders:
-  // Gauss-Legendre converges geometrically in the order for smooth integrands (e_2n ≈ e_n² / C), so with
-  // changes c_n (n/2 -> n) and c_n/2 before it the error of A_n is about c_n² / c_n/2. With one change,
-  // or while changes do not shrink (not yet geometric), the change itself bounds it.
+  // Gauss-Legendre and Fejér's rule converge geometrically in the order for smooth integrands (e_2n ≈ e_n² / C), so
+  // with changes c_n (n/2 -> n) and c_n/2 before it the error of A_n is about c_n² / c_n/2. With one change, or while
+  // changes do not shrink (not yet geometric), the change itself bounds it.
   double EstimatedError() const {
     if (previous_change_ <= 0 || change_ >= previous_change_) return change_;
     return change_ * change_ / previous_change_;

@@ -54,8 +54,10 @@ class Server:
         """SIGSTOP, returning once every thread has stopped: the kernel stops threads one by one, so right
         after kill() a thread can still answer a call. Resume with process.send_signal(SIGCONT)."""
         self.process.send_signal(signal.SIGSTOP)
-        while not os.WIFSTOPPED(os.waitpid(self.process.pid, os.WUNTRACED)[1]):
-            pass
+        status = os.waitpid(self.process.pid, os.WUNTRACED)[1]
+        if not os.WIFSTOPPED(status):
+            self.process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+            raise RuntimeError(f"the server exited ({self.process.returncode}) instead of stopping")
 
     def stop(self) -> None:
         if self.process.poll() is None:

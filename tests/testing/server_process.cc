@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
 #include <fstream>
 #include <thread>
@@ -96,11 +97,14 @@ ServerProcess::~ServerProcess() {
 
 void ServerProcess::Signal(int signal) const { ::kill(pid_, signal); }
 
-void ServerProcess::Pause() const {
+void ServerProcess::Pause() {
   ::kill(pid_, SIGSTOP);
   int status = 0;
-  while (::waitpid(pid_, &status, WUNTRACED) == pid_ && !WIFSTOPPED(status)) {
-  }
+  pid_t waited;
+  do {
+    waited = ::waitpid(pid_, &status, WUNTRACED);
+  } while (waited == -1 && errno == EINTR);
+  if (waited == pid_ && !WIFSTOPPED(status)) pid_ = -1;  // it had exited, and is reaped now
 }
 
 int ServerProcess::Wait(absl::Duration timeout) {

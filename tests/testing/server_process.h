@@ -38,7 +38,7 @@ class ServerProcess {
   void Signal(int signal) const;
   // SIGSTOP, returning once every thread has stopped: the kernel stops threads one by one, so right after
   // kill() a thread can still answer a call. Resume with Signal(SIGCONT).
-  void Pause() const;
+  void Pause();
   // Waits for the exit; the exit code, or -1 when it did not exit in time or died of a signal.
   int Wait(absl::Duration timeout);
   std::string Log() const;

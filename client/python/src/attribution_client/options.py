@@ -147,7 +147,7 @@ class ComponentOptions:
     sites: Union[Sequence[str], str] = field(default_factory=lambda: ["heads"])  # attn_out mlp_out resid_pre
     granularity: str = "default"         # layer_head layer_position layer_position_head
     n_steps: int = 0                     # layer integrated gradients; 0: server default (16)
-    rule: str = "default"  # as AttributeOptions.rule
+    rule: str = "default"  # as AttributeOptions.rule; without a tolerance, default is gausslegendre
     priority: str = "normal"
     request_id: str = ""  # sent as x-request-id metadata; the server logs it with the call
 
