@@ -173,6 +173,20 @@ class Batch : public ::testing::Test {
   std::vector<std::string> Args(const std::string& output, const std::string& servers) const {
     return {"--input=" + *rows_, "--output=" + output, "--server=" + servers, "--method=saliency", "--progress=log"};
   }
+  // Writes to `path` the first `count` rows of the data set that `keep` accepts (it may change them);
+  // returns how many it wrote.
+  static int WriteSubset(const std::string& path, int count, const std::function<bool(json&)>& keep) {
+    std::ifstream rows(*rows_);
+    std::ofstream subset(path);
+    int kept = 0;
+    for (std::string line; std::getline(rows, line) && kept < count;) {
+      json row = json::parse(line);
+      if (!keep(row)) continue;
+      subset << row.dump() << "\n";
+      ++kept;
+    }
+    return kept;
+  }
 
   static TempDir* dir_;
   static std::string* rows_;
@@ -341,22 +355,15 @@ TEST(BatchSettings, LaterSettingsAtTheirDefaultsKeepTheHash) {
 // choices, the value the job also reports from each choice's Logprobs call (a separate RPC).
 TEST_F(Batch, OverChoicesAttributesTheLabelsProbabilityRenormalisedOverTheChoices) {
   const std::string input = dir_->File("choices.jsonl"), output = dir_->File("over_choices.jsonl");
-  {
-    std::ifstream rows(*rows_);
-    std::ofstream subset(input);
-    int kept = 0;
-    // Choices the model gives little of its mass: renormalising over them changes the probability.
-    for (std::string line; std::getline(rows, line) && kept < 30;) {
-      json row = json::parse(line);
-      if (row.contains("choices") && row.contains("label")) {
-        row["choices"] = {" red", " blue"};
-        row["label"] = " red";
-        subset << row.dump() << "\n";
-        ++kept;
-      }
-    }
-    ASSERT_EQ(kept, 30);
-  }
+  // Choices the model gives little of its mass: renormalising over them changes the probability.
+  ASSERT_EQ(WriteSubset(input, 30,
+                        [](json& row) {
+                          if (!row.contains("choices") || !row.contains("label")) return false;
+                          row["choices"] = {" red", " blue"};
+                          row["label"] = " red";
+                          return true;
+                        }),
+            30);
   ASSERT_EQ(RunBatch({"--input=" + input, "--output=" + output, "--server=" + a_->address(), "--method=saliency",
                       "--quantity=prob", "--over_choices", "--progress=log"},
                      dir_->File("over_choices.log")),
@@ -379,18 +386,9 @@ TEST_F(Batch, OverChoicesAttributesTheLabelsProbabilityRenormalisedOverTheChoice
 // A job to a completeness tolerance says per row how many points its answer took and whether it got there.
 TEST_F(Batch, ToleranceRowsReportTheirPointsAndWhetherTheToleranceWasMet) {
   const std::string input = dir_->File("tolerance.jsonl"), output = dir_->File("tolerance_out.jsonl");
-  {
-    std::ifstream rows(*rows_);
-    std::ofstream subset(input);
-    int kept = 0;
-    for (std::string line; std::getline(rows, line) && kept < 6;) {
-      const json row = json::parse(line);
-      if (row.contains("target") && !row["prompt"].get<std::string>().empty()) {
-        subset << line << "\n";
-        ++kept;
-      }
-    }
-  }
+  ASSERT_EQ(WriteSubset(input, 6,
+                        [](json& row) { return row.contains("target") && !row["prompt"].get<std::string>().empty(); }),
+            6);
   const std::string log = dir_->File("tolerance.log");
   ASSERT_EQ(RunBatch({"--input=" + input, "--output=" + output, "--server=" + a_->address(), "--tolerance=1e-3",
                       "--n_steps=512", "--progress=log"},
