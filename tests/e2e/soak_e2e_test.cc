@@ -140,7 +140,7 @@ class RequestMix {
       r.set_method(v1::INTEGRATED_GRADIENTS);
       // Now and then a long one that fills batches for a while.
       r.set_n_steps(Uniform(0, 9) == 0 ? 256 : Uniform(4, 48));
-      r.set_rule(static_cast<v1::IntegrationRule>(Uniform(1, 5)));
+      r.set_rule(static_cast<v1::IntegrationRule>(Uniform(1, 6)));  // every rule, FEJER2 (6) included
       r.set_baseline(Uniform(0, 1) == 0 ? v1::BASELINE_UNSPECIFIED : v1::UNK_TOKEN);
     } else if (which == 3) {
       r.set_method(v1::GRADIENT_SHAP);
