@@ -36,9 +36,7 @@ class GradientPlan : public RowPlan {
       rows_.push_back(
           Row{.kind = RowKind::kScore, .point = {.path = path_, .alpha = 0.0}, .objective = SequenceObjective(p)});
     }
-    order_ = FirstOrder();
-    samples_ = Samples(order_);
-    QueueGradRows(samples_.alphas, samples_.noisy);
+    StartOrder(FirstOrder());
   }
 
   int64_t expected_rows() const override { return end_rows() + rows_done_ + rows_pending_; }
@@ -65,21 +63,13 @@ class GradientPlan : public RowPlan {
     // n_steps is the budget of points over all orders: adaptive never costs more than fixed n_steps.
     if (nested()) {
       const int64_t next = 2 * order_ + 1;
-      if (tolerance_met_ || next > request_.n_steps) return absl::OkStatus();
-      order_ = next;
-      samples_ = Samples(order_);
-      std::vector<double> added;  // the new order's nodes 0, 2, 4, ...; the odd ones are the last order's
-      for (size_t i = 0; i < samples_.alphas.size(); i += 2) added.push_back(samples_.alphas[i]);
-      QueueGradRows(added, false);
+      if (!tolerance_met_ && next <= request_.n_steps) StartOrder(next);
       return absl::OkStatus();
     }
     // The next order doubles, or takes what is left if that is still more points than the last.
     points_used_ += order_;
     const int64_t next = std::min(2 * order_, request_.n_steps - points_used_);
-    if (tolerance_met_ || next <= order_) return absl::OkStatus();
-    order_ = next;
-    samples_ = Samples(order_);
-    QueueGradRows(samples_.alphas, samples_.noisy);
+    if (!tolerance_met_ && next > order_) StartOrder(next);
     return absl::OkStatus();
   }
 
@@ -143,7 +133,17 @@ class GradientPlan : public RowPlan {
     return path;
   }
 
-  PathSamples Samples(int64_t order) const { return MethodOf(request_.method).samples(request_, order); }
+  // Makes `order` the latest and queues its grad rows: every point, or when a nested rule refines the last
+  // order only the points it lacks (the new order's nodes 0, 2, 4, ...; the odd ones are the last order's).
+  void StartOrder(int64_t order) {
+    const bool refines = nested() && !samples_.alphas.empty();
+    order_ = order;
+    samples_ = MethodOf(request_.method).samples(request_, order);
+    if (!refines) return QueueGradRows(samples_.alphas, samples_.noisy);
+    std::vector<double> added;
+    for (size_t i = 0; i < samples_.alphas.size(); i += 2) added.push_back(samples_.alphas[i]);
+    QueueGradRows(added, false);
+  }
 
   void QueueGradRows(const std::vector<double>& alphas, bool noisy) {
     rows_pending_ = RowsPerPoint() * static_cast<int64_t>(alphas.size());
