@@ -22,11 +22,10 @@ import time
 import numpy as np
 import torch
 import transformers
+from batch_bench import write_rows
 from captum.attr import IntegratedGradients
 from serving import serve
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
-from default_model_tasks import held_out_questions  # noqa: E402
+from tolerance_ig import relative_error
 
 
 def seed_loop(model_dir, statements):
@@ -66,24 +65,16 @@ def run_job(batch, port, rows_path, output, window, extra):
     return results, wall
 
 
-def relative_error(ours, reference):
-    return np.abs(ours - reference).max() / np.abs(reference).max()
-
-
 def main():
     server, batch, model_dir = sys.argv[1:4]
     rows = int(sys.argv[4]) if len(sys.argv) > 4 else 300
     captum_rows = int(sys.argv[5]) if len(sys.argv) > 5 else 20
     window = int(sys.argv[6]) if len(sys.argv) > 6 else 32
-    questions = held_out_questions((rows + 2) // 3)[:rows]
-    statements = [(q.prompt, " " + q.answer) for q in questions]
     every = max(1, rows // captum_rows)
     compared = list(range(0, rows, every))[:captum_rows]
     with tempfile.TemporaryDirectory() as work:
         rows_path = os.path.join(work, "rows.jsonl")
-        with open(rows_path, "w") as f:
-            for i, (prompt, answer) in enumerate(statements):
-                f.write(json.dumps({"id": f"s{i}", "prompt": prompt, "target": answer}) + "\n")
+        statements = [(q.prompt, " " + q.answer) for q in write_rows(rows_path, rows)]
         process, port = serve(server, model_dir, work)
         try:
             fixed, fixed_wall = run_job(batch, port, rows_path, os.path.join(work, "fixed.jsonl"), window, [])
@@ -102,7 +93,7 @@ def main():
           f"{captum_wall:.1f} | 1.0x | - | - |")
     for name, results, wall in (("attribution-batch, 512 steps", fixed, fixed_wall),
                                 ("attribution-batch, completeness_tolerance 1e-3", adaptive, adaptive_wall)):
-        errors = [relative_error(results[f"s{i}"], r) for i, r in zip(compared, reference)]
+        errors = [relative_error(results[f"q{i}"], r) for i, r in zip(compared, reference)]
         rate = rows / wall
         print(f"| {name} | {rate:.3f} | {wall:.1f} | {rate / captum_rate:.1f}x | {np.median(errors):.1e} | "
               f"{max(errors):.1e} |", flush=True)
