@@ -25,6 +25,8 @@ class AttributionServiceImpl final : public v1::AttributionService::CallbackServ
   // Publishes the loaded models; until then calls are answered UNAVAILABLE.
   void SetModels(const ModelRegistry* models) { models_.store(models); }
   CallGate& gate() { return gate_; }
+  // Reports calls that end before reaching a handler (server/unparsable_request.h).
+  CallObserver* call_observer() { return this; }
 
   grpc::ServerUnaryReactor* Attribute(grpc::CallbackServerContext* context, const v1::AttributeRequest* request,
                                       v1::AttributeResponse* response) override;

@@ -289,3 +289,38 @@ def test_results_convert_to_numpy_dataframe_and_html(client):
     np.testing.assert_array_equal(frame["attribution"].to_numpy(), a.sequence)
     html = a._repr_html_()
     assert " red" in html and "rgba(" in html and "<table" in html and "<script" not in html
+
+
+def test_bytes_that_do_not_parse_are_invalid_argument_naming_the_type_and_field(client, server):
+    """gRPC's callback API answers a request that does not parse before any handler runs (UNIMPLEMENTED,
+    no message); the server makes that INVALID_ARGUMENT naming the message type and the field."""
+    raw = grpc.insecure_channel(server.address)
+    attribute = raw.unary_unary("/attribution.v1.AttributionService/Attribute")
+    stream = raw.unary_stream("/attribution.v1.AttributionService/GenerateStream")
+    bad_utf8_model = b"\x0a\x02\xff\xfe"  # field 1 (model, a string): two bytes that are not UTF-8
+    truncated = b"\x0a\x05ab"  # field 1 says 5 bytes, 2 follow
+    for call, request, expected in [
+            (attribute, bad_utf8_model,
+             "does not parse as attribution.v1.AttributeRequest: string field attribution.v1.AttributeRequest.model "
+             "is not valid UTF-8"),
+            (attribute, truncated, "does not parse as attribution.v1.AttributeRequest: its protobuf encoding is "
+                                   "malformed"),
+            (lambda r, timeout: list(stream(r, timeout=timeout)), bad_utf8_model,
+             "does not parse as attribution.v1.GenerateRequest: string field attribution.v1.GenerateRequest.model")]:
+        with pytest.raises(grpc.RpcError) as error:
+            call(request, timeout=30)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, error.value.details()
+        assert expected in error.value.details()
+    raw.close()
+    assert client.logprobs(prompt=PROMPT, target=" red").target  # the server goes on
+    deadline = time.monotonic() + 10  # each log line is written as its call ends
+    while True:
+        with open(server.log.name) as f:
+            text = f.read()
+        refused = [line for line in map(json.loads, filter(lambda l: l.startswith("{"), text.splitlines()))
+                   if line.get("code") == "INVALID_ARGUMENT" and "does not parse" in line.get("message", "")]
+        if len(refused) >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert sorted(line["rpc"] for line in refused) == ["Attribute", "Attribute", "GenerateStream"]
+    assert "invalid UTF-8" not in text.replace("not valid UTF-8", "")  # protobuf's own complaint stays off stderr

@@ -1,0 +1,111 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "server/unparsable_request.h"
+
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/stubs/logging.h>
+
+#include <mutex>
+#include <optional>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+
+namespace attribution::server {
+namespace {
+
+// protobuf's parser says which string field failed only in a log line ("String field 'pkg.Type.field'
+// contains invalid UTF-8 data when parsing a protocol buffer. ..."), written on the thread that
+// parses; gRPC parses a request on the thread that then runs the interceptors.
+thread_local std::string parser_complaint;
+google::protobuf::LogHandler* other_protobuf_logs = nullptr;
+
+void RouteProtobufLog(google::protobuf::LogLevel level, const char* filename, int line, const std::string& message) {
+  if (absl::StrContains(message, "when parsing a protocol buffer")) {
+    // A client's bad bytes: its call's answer and log line carry this, so stderr does not repeat it.
+    parser_complaint = message;
+    return;
+  }
+  if (other_protobuf_logs != nullptr) other_protobuf_logs(level, filename, line, message);
+}
+
+// "/attribution.v1.AttributionService/Attribute" → "attribution.v1.AttributeRequest" (or "the request").
+std::string RequestTypeName(const std::string& grpc_method) {
+  const std::string method_name = absl::StrReplaceAll(grpc_method.substr(grpc_method.empty() ? 0 : 1), {{"/", "."}});
+  const google::protobuf::MethodDescriptor* method =
+      google::protobuf::DescriptorPool::generated_pool()->FindMethodByName(method_name);
+  return method != nullptr ? method->input_type()->full_name() : "the request message";
+}
+
+// The quoted field name of a UTF-8 complaint, if it is one.
+std::optional<std::string> FieldWithBadUtf8(const std::string& complaint) {
+  constexpr std::string_view kPrefix = "String field '";
+  const size_t start = complaint.find(kPrefix);
+  if (start == std::string::npos || !absl::StrContains(complaint, "invalid UTF-8")) return std::nullopt;
+  const size_t name = start + kPrefix.size(), end = complaint.find('\'', name);
+  if (end == std::string::npos) return std::nullopt;
+  return complaint.substr(name, end - name);
+}
+
+class UnparsableRequestInterceptor final : public grpc::experimental::Interceptor {
+ public:
+  UnparsableRequestInterceptor(CallObserver* observer, grpc::experimental::ServerRpcInfo* info)
+      : observer_(observer), info_(info) {}
+
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    using grpc::experimental::InterceptionHookPoints;
+    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_MESSAGE)) {
+      const std::string complaint = std::exchange(parser_complaint, {});
+      if (methods->GetRecvMessage() == nullptr) refusal_ = UnparsableRequestStatus(info_->method(), complaint);
+    }
+    if (refusal_.has_value() && methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS) &&
+        methods->GetSendStatus().error_code() == grpc::StatusCode::UNIMPLEMENTED) {
+      methods->ModifySendStatus(*refusal_);
+      const std::string method = info_->method();
+      CallLog log{.method = method.substr(method.rfind('/') + 1), .peer = info_->server_context()->peer()};
+      log.received = received_;
+      observer_->CallEnded(log, *refusal_);
+    }
+    methods->Proceed();
+  }
+
+ private:
+  CallObserver* const observer_;
+  grpc::experimental::ServerRpcInfo* const info_;
+  const absl::Time received_ = absl::Now();
+  std::optional<grpc::Status> refusal_;
+};
+
+}  // namespace
+
+grpc::Status UnparsableRequestStatus(const std::string& grpc_method, const std::string& parser_complaint) {
+  const std::string prefix = absl::StrCat("the request does not parse as ", RequestTypeName(grpc_method), ": ");
+  if (std::optional<std::string> field = FieldWithBadUtf8(parser_complaint)) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        absl::StrCat(prefix, "string field ", *field, " is not valid UTF-8 (send raw bytes as UTF-8 text "
+                                             "or as token ids)"));
+  }
+  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                      absl::StrCat(prefix,
+                                   "its protobuf encoding is malformed (truncated, or a field's wire type does not "
+                                   "match the schema)"));
+}
+
+UnparsableRequestInterceptorFactory::UnparsableRequestInterceptorFactory(CallObserver* observer)
+    : observer_(observer) {
+  static std::once_flag routed;
+  std::call_once(routed, [] { other_protobuf_logs = google::protobuf::SetLogHandler(&RouteProtobufLog); });
+}
+
+grpc::experimental::Interceptor* UnparsableRequestInterceptorFactory::CreateServerInterceptor(
+    grpc::experimental::ServerRpcInfo* info) {
+  // Streams of requests end with an empty read, which looks like a failed parse; our RPCs take one.
+  if (info->type() != grpc::experimental::ServerRpcInfo::Type::UNARY &&
+      info->type() != grpc::experimental::ServerRpcInfo::Type::SERVER_STREAMING) {
+    return nullptr;
+  }
+  return new UnparsableRequestInterceptor(observer_, info);
+}
+
+}  // namespace attribution::server

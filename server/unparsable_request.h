@@ -1,0 +1,31 @@
+// SPDX-License-Identifier: Apache-2.0
+// A request whose bytes do not parse as its message (truncated wire data, a string field that is not
+// UTF-8) never reaches a handler: gRPC's callback API answers it itself with UNIMPLEMENTED and no
+// message. This interceptor turns that answer into INVALID_ARGUMENT naming the message type and, when
+// protobuf's parser names one, the field, and reports the call like any other (log line, metrics).
+#pragma once
+#include <grpcpp/support/server_interceptor.h>
+
+#include <string>
+
+#include "server/call_reactors.h"
+
+namespace attribution::server {
+
+// The status an unparsable request gets. `grpc_method` is gRPC's path ("/package.Service/Method");
+// `parser_complaint` is what protobuf's parser logged while failing (empty: nothing).
+grpc::Status UnparsableRequestStatus(const std::string& grpc_method, const std::string& parser_complaint);
+
+class UnparsableRequestInterceptorFactory final : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  // Routes protobuf's parse complaints to the interceptor (any other protobuf log line still goes to
+  // stderr). Call before the server starts: protobuf's log handler is not thread-safe to set.
+  // `observer` reports the refused calls and must outlive the server.
+  explicit UnparsableRequestInterceptorFactory(CallObserver* observer);
+  grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo* info) override;
+
+ private:
+  CallObserver* const observer_;
+};
+
+}  // namespace attribution::server
