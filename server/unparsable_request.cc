@@ -62,15 +62,30 @@ class UnparsableRequestInterceptor final : public grpc::experimental::Intercepto
     if (refusal_.has_value() && methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS) &&
         methods->GetSendStatus().error_code() == grpc::StatusCode::UNIMPLEMENTED) {
       methods->ModifySendStatus(*refusal_);
-      const std::string method = info_->method();
-      CallLog log{.method = method.substr(method.rfind('/') + 1), .peer = info_->server_context()->peer()};
-      log.received = received_;
-      observer_->CallEnded(log, *refusal_);
+    }
+    // Reported once the call is closed, when the context knows whether it was cancelled.
+    if (refusal_.has_value() && methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_CLOSE)) {
+      Report();
     }
     methods->Proceed();
   }
 
  private:
+  void Report() {
+    grpc::ServerContextBase* context = info_->server_context();
+    const std::string method = info_->method();
+    CallLog log{.method = method.substr(method.rfind('/') + 1), .peer = context->peer()};
+    log.received = received_;
+    // A call cancelled (or expired) before its message came has no message either: no bad input.
+    if (context->IsCancelled()) {
+      const bool expired = absl::FromChrono(context->deadline()) < absl::Now();
+      observer_->CallEnded(log, grpc::Status(expired ? grpc::StatusCode::DEADLINE_EXCEEDED : grpc::StatusCode::CANCELLED,
+                                             "the call ended before its request message arrived"));
+      return;
+    }
+    observer_->CallEnded(log, *refusal_);
+  }
+
   CallObserver* const observer_;
   grpc::experimental::ServerRpcInfo* const info_;
   const absl::Time received_ = absl::Now();

@@ -311,6 +311,10 @@ def test_bytes_that_do_not_parse_are_invalid_argument_naming_the_type_and_field(
             call(request, timeout=30)
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, error.value.details()
         assert expected in error.value.details()
+    # A call cancelled before its message arrives reaches the server without one too: no bad input.
+    logprobs = raw.unary_unary("/attribution.v1.AttributionService/Logprobs")
+    for _ in range(100):
+        logprobs.future(b"\x0a\x01x", timeout=30).cancel()
     raw.close()
     assert client.logprobs(prompt=PROMPT, target=" red").target  # the server goes on
     deadline = time.monotonic() + 10  # each log line is written as its call ends
