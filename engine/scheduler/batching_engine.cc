@@ -5,6 +5,7 @@
 #include <malloc.h>
 
 #include <algorithm>
+#include <stdexcept>
 
 #include "absl/strings/str_cat.h"
 #include "engine/model/torch_errors.h"
@@ -324,7 +325,10 @@ void BatchingEngine::Loop() {
     const absl::Time started = Now();
     paused_time_ = longest_stretch_ = absl::ZeroDuration();
     stretch_began_ = started;
+    running_batch_ = &batch;
+    running_batch_abandoned_ = false;
     Execute(kind, rows, results, /*inside_pause=*/false);
+    running_batch_ = nullptr;
     longest_stretch_ = std::max(longest_stretch_, Now() - stretch_began_);
     Finish(kind, batch, results, started, Now() - started - paused_time_, time_limited, /*inside_pause=*/false);
   }
@@ -377,8 +381,21 @@ BatchLimits BatchingEngine::LimitsLocked(absl::Time now) const {
   return limits;
 }
 
+bool BatchingEngine::NoRowIsWanted(const std::vector<PendingRow>& batch, absl::Time now) {
+  return std::all_of(batch.begin(), batch.end(), [now](const PendingRow& row) {
+    const Request& request = *row.group->request;
+    return request.cancelled() || now > request.deadline();
+  });
+}
+
 void BatchingEngine::RunShortWorkWhilePaused() {
   const absl::Time paused = Now();
+  if (running_batch_ != nullptr && NoRowIsWanted(*running_batch_, paused)) {
+    running_batch_abandoned_ = true;
+    // Unwinds the forward or backward (through autograd when thrown from a gradient hook) to Execute;
+    // its activations are freed on the way.
+    throw std::runtime_error("batch abandoned: every request in it was cancelled or expired");
+  }
   longest_stretch_ = std::max(longest_stretch_, paused - stretch_began_);
   RunShortWork(paused);
   const absl::Time resumed = Now();
@@ -437,10 +454,17 @@ void BatchingEngine::Execute(RowKind kind, std::vector<PendingRow*> rows, std::v
   }
   std::vector<RowResult> local(rows.size());
   absl::Status status;
-  try {
-    status = executor_->Run(kind, plain, local);
-  } catch (const std::exception& e) {
-    status = StatusFromException(e, "batch");
+  if (!running_batch_abandoned_) {
+    try {
+      status = executor_->Run(kind, plain, local);
+    } catch (const std::exception& e) {
+      status = StatusFromException(e, "batch");
+    }
+  }
+  if (running_batch_abandoned_ && !inside_pause) {
+    // Finish answers each row for its request's reason (cancelled or expired); nothing is retried.
+    for (RowResult& result : results) result = RowResult{.status = absl::CancelledError("batch abandoned")};
+    return;
   }
   if (status.ok()) {
     results = std::move(local);

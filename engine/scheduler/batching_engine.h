@@ -191,8 +191,11 @@ class BatchingEngine {
   std::vector<QueuedRequestView> QueueViewsLocked(bool inside_pause, std::vector<uint64_t>& ids) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   BatchLimits LimitsLocked(absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The executor's pause point: times the stretch that ended and runs the short work.
+  // The executor's pause point: abandons the running batch if no row of it is still wanted, else times
+  // the stretch that ended and runs the short work.
   void RunShortWorkWhilePaused();
+  // Whether every row of `batch` belongs to a cancelled or expired request.
+  static bool NoRowIsWanted(const std::vector<PendingRow>& batch, absl::Time now);
   // Runs one batch of the waiting short work QueueViewsLocked shows inside a pause.
   void RunShortWork(absl::Time now);
   // Learns paused_stretches_ from a finished batch's own device time and longest stretch.
@@ -222,6 +225,10 @@ class BatchingEngine {
   // less), its longest stretch between pauses so far, and when the current stretch began.
   absl::Duration paused_time_, longest_stretch_;
   absl::Time stretch_began_;
+  // The batch Loop runs, and whether a pause abandoned it: its work stops at the next layer once its
+  // requests are all cancelled or expired, rather than running the whole batch for nobody.
+  const std::vector<PendingRow>* running_batch_ = nullptr;
+  bool running_batch_abandoned_ = false;
   const EngineOptions options_;
   const absl::Time started_;
   std::atomic<uint64_t> next_request_id_{1};

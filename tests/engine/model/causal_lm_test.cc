@@ -219,6 +219,31 @@ TEST_P(CausalLMParity, GradientsPauseAtEveryLayerBothWaysAndAForwardRunThereChan
   EXPECT_EQ(run_while_paused.size(), layers + 1);
 }
 
+// The engine abandons a batch whose requests are all gone by throwing from its pause point: thrown in
+// the forward or from a gradient hook in the backward (through autograd's engine), it becomes an error
+// status, and the next batch's gradients are exact.
+TEST_P(CausalLMParity, APausePointThatThrowsStopsTheGradientsWithAnError) {
+  ForwardBatch batch{.inputs_embeds = *model_->Embed(at::tensor(rows_[0], at::kLong).unsqueeze(0))};
+  RowObjective objective{.positions = reference_.spec["objective_positions"].get<std::vector<int64_t>>(),
+                         .tokens = reference_.spec["objective_tokens"].get<std::vector<int64_t>>()};
+  auto plain = model_->ObjectiveGradients(batch, {objective});
+  ASSERT_THAT(plain, IsOk());
+  const int layers = static_cast<int>(model_->config().num_layers);
+  for (const int throw_at : {1, layers + 2, 2 * (layers + 1)}) {  // forward, backward, last backward pause
+    int pauses = 0;
+    ForwardBatch abandoned = batch;
+    abandoned.pause_point = [&] {
+      if (++pauses == throw_at) throw std::runtime_error("batch abandoned");
+    };
+    EXPECT_THAT(model_->ObjectiveGradients(abandoned, {objective}), StatusIs(absl::StatusCode::kInternal))
+        << "thrown at pause " << throw_at;
+    EXPECT_EQ(pauses, throw_at);
+    auto after = model_->ObjectiveGradients(batch, {objective});
+    ASSERT_THAT(after, IsOk());
+    EXPECT_TRUE(at::equal(after->gradients, plain->gradients));
+  }
+}
+
 TEST_P(CausalLMParity, GreedyGenerationMatchesTransformers) {
   GenerationOptions options{.max_new_tokens = 8, .ignore_stop_tokens = true};
   auto generations = Generate(*model_, rows_, options);

@@ -503,6 +503,82 @@ TEST_F(BatchingEngineTest, InFlightResultsOfCancelledRequestAreDiscarded) {
   EXPECT_THAT(rows.result(0).status, StatusIs(absl::StatusCode::kCancelled));
 }
 
+// A gradient batch whose requests are all cancelled stops at its next pause instead of its end, and
+// the engine goes on.
+TEST_F(BatchingEngineTest, AGradientBatchStopsAtItsNextPauseOnceNoRowOfItIsWanted) {
+  RowCollector cancelled(8), later(2);
+  std::atomic<int> stretches{0};
+  std::shared_ptr<Request> request;
+  Start({.max_batch_rows = 64}, [&](FakeExecutor& executor) {
+    executor.PauseGradBatches(4);
+    executor.DuringStretch([&](const std::vector<const Row*>& rows) {
+      if (rows[0]->point.path->input_ids[0] == 1 && stretches++ == 0) engine_->Cancel(*request);
+    });
+  });
+  request = engine_->NewRequest();
+  ASSERT_THAT(engine_->Submit(request, GradRows(8, 1), cancelled.Callback()), IsOk());
+  cancelled.Wait();
+  EXPECT_EQ(stretches, 1);
+  EXPECT_EQ(CountRowsWith(1), 0);  // no batch of it ran to its end
+  for (size_t i = 0; i < 8; ++i) {
+    EXPECT_THAT(cancelled.result(i).status, StatusIs(absl::StatusCode::kCancelled, HasSubstr("request was cancelled")));
+  }
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), GradRows(2, 2), later.Callback()), IsOk());
+  later.Wait();
+  EXPECT_THAT(later.result(1).status, IsOk());
+  EXPECT_EQ(later.result(1).value, 4);
+  EXPECT_EQ(CountRowsWith(2), 2);
+}
+
+// An expired request's batch stops at the next pause as well; its rows say why.
+TEST_F(BatchingEngineTest, AGradientBatchStopsAtItsNextPauseOnceItsRequestExpired) {
+  RowCollector expiring(8);
+  std::atomic<int> stretches{0};
+  Start({.max_batch_rows = 64}, [&](FakeExecutor& executor) {
+    executor.PauseGradBatches(4);
+    executor.DuringStretch([&](const std::vector<const Row*>&) {
+      if (stretches++ == 0) now_ms_ += 2000;
+    });
+  });
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(Priority::kNormal, Now() + absl::Seconds(1)), GradRows(8, 1),
+                              expiring.Callback()),
+              IsOk());
+  expiring.Wait();
+  EXPECT_EQ(stretches, 1);
+  EXPECT_THAT(expiring.result(0).status, StatusIs(absl::StatusCode::kDeadlineExceeded));
+}
+
+// A batch that still holds a live request's rows runs to its end; only the cancelled request's rows
+// are answered CANCELLED.
+TEST_F(BatchingEngineTest, AGradientBatchWithALiveRequestsRowsRunsToItsEnd) {
+  Notification gate;
+  RowCollector blocking(1), cancelled(4), live(4);
+  std::atomic<int> stretches{0};
+  std::shared_ptr<Request> request;
+  Start({.max_batch_rows = 64}, [&](FakeExecutor& executor) {
+    executor.PauseGradBatches(4);
+    executor.DuringStretch([&](const std::vector<const Row*>&) {
+      if (stretches++ == 0) engine_->Cancel(*request);
+    });
+  });
+  HoldExecutor(gate, blocking);
+  request = engine_->NewRequest();
+  ASSERT_THAT(engine_->Submit(request, GradRows(4, 1), cancelled.Callback()), IsOk());
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), GradRows(4, 2), live.Callback()), IsOk());
+  gate.Notify();
+  blocking.Wait();
+  cancelled.Wait();
+  live.Wait();
+  EXPECT_EQ(stretches, 4);
+  ASSERT_EQ(executor_->batches().size(), 2u);
+  EXPECT_EQ(executor_->batches()[1].rows.size(), 8u);
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_THAT(cancelled.result(i).status, StatusIs(absl::StatusCode::kCancelled));
+    EXPECT_THAT(live.result(i).status, IsOk());
+    EXPECT_EQ(live.result(i).value, 4);
+  }
+}
+
 TEST_F(BatchingEngineTest, ExpiredRowsAreDroppedWithDeadlineExceeded) {
   Start({.max_batch_rows = 4});
   Notification gate;

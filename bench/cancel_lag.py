@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+"""How long a cancelled integrated-gradients call keeps the device after the client cancels: a
+saliency call (gradient rows, which cannot run inside another gradient batch's pauses) is sent the
+moment the long call is cancelled, and its latency is compared with its latency on an idle server.
+Prints a Markdown table.
+
+Usage (the test environment's Python, which has the client package):
+  cancel_lag.py SERVER_BINARY [SERVER_BINARY ...] [--repeats N] [--model DIR]
+"""
+import argparse
+import os
+import random
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+
+import attribution_client as ac
+
+PROMPT = "Ann lives in York. The kettle is red. The box is huge. Q: Is the kettle warm? A:"
+# About 500 tokens: one row of it is a long stretch of gradient work that no batch bound can split.
+LONG_PROMPT = " ".join(["The kettle is red and the box is huge."] * 45) + " Q: Is the kettle warm? A:"
+
+
+def start(binary, model, work):
+    ports = os.path.join(work, "ports")
+    server = subprocess.Popen([binary, "--listen=127.0.0.1:0", "--metrics_listen=", f"--port_file={ports}",
+                               *([f"--model=default={model}"] if model else [])],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not (os.path.exists(ports) and open(ports).read().split()):
+        time.sleep(0.05)
+    return server, f"127.0.0.1:{open(ports).read().split()[0]}"
+
+
+def probe(client):
+    started = time.perf_counter()
+    client.attribute(prompt=PROMPT, target=" No", method="saliency")
+    return time.perf_counter() - started
+
+
+def lags(client, prompt, n_steps, repeats):
+    seconds = []
+    for _ in range(repeats):
+        stream = client.attribute_stream(prompt=prompt, target=" No", n_steps=n_steps, timeout=600)
+        progressed = threading.Event()
+
+        def read():
+            try:
+                for event in stream:
+                    if event.rows_done > 0:
+                        progressed.set()
+            except ac.Cancelled:
+                pass
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        progressed.wait(timeout=600)
+        time.sleep(random.uniform(0.0, 0.5))  # cancel anywhere inside a batch
+        stream.cancel()
+        seconds.append(probe(client))
+        reader.join()
+        time.sleep(0.5)
+    return seconds
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("servers", nargs="+")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--model", default="", help="model directory (default: the embedded default model)")
+    args = parser.parse_args()
+    random.seed(0)
+    print("| server | cancelled call | probe idle ms (median) | probe after cancel ms: median | p90 | max |")
+    print("|---|---|---:|---:|---:|---:|")
+    for binary in args.servers:
+        work = tempfile.mkdtemp(prefix="cancel_lag.")
+        server, address = start(binary, args.model, work)
+        try:
+            with ac.AttributionClient(address) as client:
+                idle = statistics.median(probe(client) for _ in range(10))
+                for label, prompt, n_steps in [("IG 1024 steps, 24 tokens", PROMPT, 1024),
+                                               ("IG 64 steps, ~500 tokens", LONG_PROMPT, 64)]:
+                    ms = sorted(s * 1000 for s in lags(client, prompt, n_steps, args.repeats))
+                    p90 = ms[min(len(ms) - 1, int(round(0.9 * (len(ms) - 1))))]
+                    print(f"| {binary} | {label} | {idle * 1000:.1f} | {statistics.median(ms):.1f} | {p90:.1f} | "
+                          f"{ms[-1]:.1f} |", flush=True)
+        finally:
+            server.terminate()
+            server.wait()
+
+
+if __name__ == "__main__":
+    main()
