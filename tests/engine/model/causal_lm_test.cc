@@ -72,6 +72,15 @@ class CausalLMParity : public ::testing::TestWithParam<Case> {
     return ForwardBatch{.input_ids = ids, .lengths = lengths};
   }
 
+  // The first row as input embeddings, and the objective the reference scored on it.
+  ForwardBatch FirstRowEmbedded() const {
+    return ForwardBatch{.inputs_embeds = *model_->Embed(at::tensor(rows_[0], at::kLong).unsqueeze(0))};
+  }
+  RowObjective ReferenceObjective() const {
+    return RowObjective{.positions = reference_.spec["objective_positions"].get<std::vector<int64_t>>(),
+                        .tokens = reference_.spec["objective_tokens"].get<std::vector<int64_t>>()};
+  }
+
   at::Tensor LogitsOfRow(const ForwardBatch& batch, const at::Tensor& hidden, int64_t r) const {
     const int64_t len = batch.lengths.empty() ? hidden.size(1) : batch.lengths[r];
     std::vector<int64_t> rows(len, r), positions(len);
@@ -177,9 +186,8 @@ TEST_P(CausalLMParity, LogitObjectivesMatchTransformersLogits) {
 }
 
 TEST_P(CausalLMParity, InputGradientMatchesTransformers) {
-  ForwardBatch batch{.inputs_embeds = *model_->Embed(at::tensor(rows_[0], at::kLong).unsqueeze(0))};
-  RowObjective objective{.positions = reference_.spec["objective_positions"].get<std::vector<int64_t>>(),
-                         .tokens = reference_.spec["objective_tokens"].get<std::vector<int64_t>>()};
+  ForwardBatch batch = FirstRowEmbedded();
+  const RowObjective objective = ReferenceObjective();
   auto result = model_->ObjectiveGradients(batch, {objective});
   ASSERT_THAT(result, IsOk());
   EXPECT_NEAR(result->values[0].item<double>(), reference_.Tensor("objective")[0].item<double>(), fp32() ? 1e-4 : 0.15);
@@ -190,9 +198,8 @@ TEST_P(CausalLMParity, InputGradientMatchesTransformers) {
 // begins and before the final norm, in the forward and again in the backward, and a forward run there
 // changes none of its values or gradients.
 TEST_P(CausalLMParity, GradientsPauseAtEveryLayerBothWaysAndAForwardRunThereChangesNothing) {
-  ForwardBatch batch{.inputs_embeds = *model_->Embed(at::tensor(rows_[0], at::kLong).unsqueeze(0))};
-  RowObjective objective{.positions = reference_.spec["objective_positions"].get<std::vector<int64_t>>(),
-                         .tokens = reference_.spec["objective_tokens"].get<std::vector<int64_t>>()};
+  ForwardBatch batch = FirstRowEmbedded();
+  const RowObjective objective = ReferenceObjective();
   auto plain = model_->ObjectiveGradients(batch, {objective});
   ASSERT_THAT(plain, IsOk());
   const ForwardBatch other = PaddedBatch();
@@ -223,9 +230,8 @@ TEST_P(CausalLMParity, GradientsPauseAtEveryLayerBothWaysAndAForwardRunThereChan
 // the forward or from a gradient hook in the backward (through autograd's engine), it becomes an error
 // status, and the next batch's gradients are exact.
 TEST_P(CausalLMParity, APausePointThatThrowsStopsTheGradientsWithAnError) {
-  ForwardBatch batch{.inputs_embeds = *model_->Embed(at::tensor(rows_[0], at::kLong).unsqueeze(0))};
-  RowObjective objective{.positions = reference_.spec["objective_positions"].get<std::vector<int64_t>>(),
-                         .tokens = reference_.spec["objective_tokens"].get<std::vector<int64_t>>()};
+  ForwardBatch batch = FirstRowEmbedded();
+  const RowObjective objective = ReferenceObjective();
   auto plain = model_->ObjectiveGradients(batch, {objective});
   ASSERT_THAT(plain, IsOk());
   const int layers = static_cast<int>(model_->config().num_layers);
