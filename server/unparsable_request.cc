@@ -79,8 +79,9 @@ class UnparsableRequestInterceptor final : public grpc::experimental::Intercepto
     // A call cancelled (or expired) before its message came has no message either: no bad input.
     if (context->IsCancelled()) {
       const bool expired = absl::FromChrono(context->deadline()) < absl::Now();
-      observer_->CallEnded(log, grpc::Status(expired ? grpc::StatusCode::DEADLINE_EXCEEDED : grpc::StatusCode::CANCELLED,
-                                             "the call ended before its request message arrived"));
+      observer_->CallEnded(log,
+                           grpc::Status(expired ? grpc::StatusCode::DEADLINE_EXCEEDED : grpc::StatusCode::CANCELLED,
+                                        "the call ended before its request message arrived"));
       return;
     }
     observer_->CallEnded(log, *refusal_);
@@ -98,8 +99,9 @@ grpc::Status UnparsableRequestStatus(const std::string& grpc_method, const std::
   const std::string prefix = absl::StrCat("the request does not parse as ", RequestTypeName(grpc_method), ": ");
   if (std::optional<std::string> field = FieldWithBadUtf8(parser_complaint)) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                        absl::StrCat(prefix, "string field ", *field, " is not valid UTF-8 (send raw bytes as UTF-8 text "
-                                             "or as token ids)"));
+                        absl::StrCat(prefix, "string field ", *field,
+                                     " is not valid UTF-8 (send raw bytes as UTF-8 text "
+                                     "or as token ids)"));
   }
   return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                       absl::StrCat(prefix,
@@ -107,8 +109,7 @@ grpc::Status UnparsableRequestStatus(const std::string& grpc_method, const std::
                                    "match the schema)"));
 }
 
-UnparsableRequestInterceptorFactory::UnparsableRequestInterceptorFactory(CallObserver* observer)
-    : observer_(observer) {
+UnparsableRequestInterceptorFactory::UnparsableRequestInterceptorFactory(CallObserver* observer) : observer_(observer) {
   static std::once_flag routed;
   std::call_once(routed, [] { other_protobuf_logs = google::protobuf::SetLogHandler(&RouteProtobufLog); });
 }
