@@ -49,6 +49,21 @@ absl::Status CheckResponseSize(const google::protobuf::Message& message, int64_t
                    ": ask for less (want_token_matrix, fewer pairs, positions or tokens), or raise max_message_bytes"));
 }
 
+// The token matrix alone (T x F doubles) is a floor under an attribution's response size, known before
+// any work: a request whose matrix cannot fit is refused then, not after minutes of device time.
+absl::Status CheckTokenMatrixFits(const engine::AttributionRequest& request, int64_t max_bytes) {
+  if (!request.want_token_matrix) return absl::OkStatus();
+  const int64_t targets = static_cast<int64_t>(request.target_ids.size());
+  const int64_t features = static_cast<int64_t>(request.features.empty() ? request.prompt_ids.size()
+                                                                          : request.features.size());
+  const int64_t bytes = targets * features * static_cast<int64_t>(sizeof(double));
+  if (bytes <= max_bytes) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "the response would be at least ", bytes, " bytes (the token matrix alone: ", targets, " target tokens x ",
+      features, " features x 8 bytes), over this server's max_message_bytes of ", max_bytes,
+      ": ask for less (want_token_matrix, fewer target tokens or features), or raise max_message_bytes"));
+}
+
 // How a unary call ends: its response, or the error.
 template <typename Response>
 std::function<void(absl::StatusOr<Response>)> FinishUnary(UnaryCall* call, Response* response, int64_t max_bytes) {
@@ -139,6 +154,9 @@ void AttributionServiceImpl::StartAttribution(Call* call, grpc::CallbackServerCo
   if (!model.ok()) return done(model.status());
   absl::StatusOr<AttributeCall> converted = ToAttributeCall(request, **model, DeadlineOf(context));
   if (!converted.ok()) return done(converted.status());
+  if (absl::Status fits = CheckTokenMatrixFits(converted->request, config_.max_message_bytes); !fits.ok()) {
+    return done(fits);
+  }
   const ServedModel* served = *model;
   auto attribute = std::make_shared<AttributeCall>(std::move(*converted));
   auto handle = served->engine->NewRequest(attribute->request.priority, attribute->request.deadline);

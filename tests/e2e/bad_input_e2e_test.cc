@@ -22,6 +22,7 @@ using grpc::StatusCode;
 using test_support::ServerProcess;
 using ::testing::DoubleNear;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using ::testing::Pointwise;
 
 v1::AttributeRequest GoodAttribute() {
@@ -583,6 +584,21 @@ TEST(BadInputs, AResponseOverTheMessageLimitSaysWhatToAskForLess) {
     const grpc::Status status = stub->Attribute(&context, request, &response);
     EXPECT_EQ(status.error_code(), StatusCode::RESOURCE_EXHAUSTED);
     EXPECT_THAT(status.error_message(), HasSubstr("max_message_bytes of 16384: ask for less (want_token_matrix"));
+    // Known before the work: the matrix alone is too large.
+    EXPECT_THAT(status.error_message(), HasSubstr("(the token matrix alone: 30 target tokens x"));
+  }
+  {
+    // A matrix that fits, in a response that does not: found after the work.
+    v1::AttributeRequest small_matrix = request;
+    small_matrix.mutable_prompt()->set_text(std::string(1500, 'a'));
+    small_matrix.mutable_target()->set_text("b");
+    small_matrix.set_want_token_matrix(false);
+    grpc::ClientContext context;
+    v1::AttributeResponse response;
+    const grpc::Status status = stub->Attribute(&context, small_matrix, &response);
+    EXPECT_EQ(status.error_code(), StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_THAT(status.error_message(), HasSubstr("the response would be "));
+    EXPECT_THAT(status.error_message(), Not(HasSubstr("token matrix alone")));
   }
   {
     grpc::ClientContext context;
@@ -598,7 +614,7 @@ TEST(BadInputs, AResponseOverTheMessageLimitSaysWhatToAskForLess) {
   const std::string log = (*server)->Log();
   size_t exhausted = 0;
   for (size_t at = 0; (at = log.find("\"code\":\"RESOURCE_EXHAUSTED\"", at)) != std::string::npos; ++at) ++exhausted;
-  EXPECT_EQ(exhausted, 2u) << log.substr(0, 2000);
+  EXPECT_EQ(exhausted, 3u) << log.substr(0, 2000);
 }
 
 }  // namespace
