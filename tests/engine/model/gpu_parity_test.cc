@@ -73,6 +73,30 @@ INSTANTIATE_TEST_SUITE_P(AllArchitectures, GpuParity,
                            return name;
                          });
 
+// The engine abandons a batch by throwing from its pause point. On a CUDA device the backward runs on
+// autograd's device thread, which hands the exception back to the caller: an error status, after which
+// the model's gradients are exact again.
+TEST(GpuAttribution, APausePointThatThrowsInTheBackwardStopsTheGradientsWithAnError) {
+  if (!HasCudaDevice()) GTEST_SKIP() << "no CUDA device";
+  std::unique_ptr<CausalLM> model = std::move(*CausalLM::Load(TestModelsDir() + "/llama", {.device = "cuda:0"}));
+  ForwardBatch batch{.inputs_embeds = *model->Embed(
+                         at::tensor(std::vector<int64_t>{1, 17, 42, 99}, at::kLong).unsqueeze(0).to(model->device()))};
+  const RowObjective objective{.positions = {3}, .tokens = {11}};
+  auto plain = model->ObjectiveGradients(batch, {objective});
+  ASSERT_THAT(plain, IsOk());
+  const int layers = static_cast<int>(model->config().num_layers);
+  int pauses = 0;
+  ForwardBatch abandoned = batch;
+  abandoned.pause_point = [&] {
+    if (++pauses == layers + 2) throw std::runtime_error("batch abandoned");  // the backward's first pause
+  };
+  EXPECT_FALSE(model->ObjectiveGradients(abandoned, {objective}).ok());
+  EXPECT_EQ(pauses, layers + 2);
+  auto after = model->ObjectiveGradients(batch, {objective});
+  ASSERT_THAT(after, IsOk());
+  EXPECT_TRUE(at::equal(after->gradients, plain->gradients));
+}
+
 // The same attribution requests through an engine on each device.
 TEST(GpuAttribution, EveryMethodOnTheDeviceEqualsTheCpuRun) {
   if (!HasCudaDevice()) GTEST_SKIP() << "no CUDA device";
