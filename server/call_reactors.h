@@ -32,7 +32,7 @@ struct CallLog {
 };
 
 // Who the call is and where it came from, for its log line.
-inline CallLog StartCallLog(std::string method, const grpc::CallbackServerContext* context) {
+inline CallLog StartCallLog(std::string method, const grpc::ServerContextBase* context) {
   CallLog log{.method = std::move(method), .peer = context->peer()};
   const auto& metadata = context->client_metadata();
   if (auto id = metadata.find("x-request-id"); id != metadata.end()) {

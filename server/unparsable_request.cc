@@ -30,22 +30,30 @@ void RouteProtobufLog(google::protobuf::LogLevel level, const char* filename, in
   if (other_protobuf_logs != nullptr) other_protobuf_logs(level, filename, line, message);
 }
 
-// "/attribution.v1.AttributionService/Attribute" → "attribution.v1.AttributeRequest" (or "the request").
-std::string RequestTypeName(const std::string& grpc_method) {
+// "/attribution.v1.AttributionService/Attribute" → AttributeRequest's descriptor (nullptr: not ours).
+const google::protobuf::Descriptor* RequestType(const std::string& grpc_method) {
   const std::string method_name = absl::StrReplaceAll(grpc_method.substr(grpc_method.empty() ? 0 : 1), {{"/", "."}});
   const google::protobuf::MethodDescriptor* method =
       google::protobuf::DescriptorPool::generated_pool()->FindMethodByName(method_name);
-  return method != nullptr ? method->input_type()->full_name() : "the request message";
+  return method != nullptr ? method->input_type() : nullptr;
 }
 
-// The quoted field name of a UTF-8 complaint, if it is one.
-std::optional<std::string> FieldWithBadUtf8(const std::string& complaint) {
+// The field a UTF-8 complaint names, if it is a field of `request`: a complaint is left behind by any
+// parse on the thread, an earlier call's on a stream included. (The requests' only strings are
+// top-level model names; their text travels as bytes.)
+std::optional<std::string> FieldWithBadUtf8(const std::string& complaint, const google::protobuf::Descriptor* request) {
   constexpr std::string_view kPrefix = "String field '";
   const size_t start = complaint.find(kPrefix);
-  if (start == std::string::npos || !absl::StrContains(complaint, "invalid UTF-8")) return std::nullopt;
+  if (request == nullptr || start == std::string::npos || !absl::StrContains(complaint, "invalid UTF-8")) {
+    return std::nullopt;
+  }
   const size_t name = start + kPrefix.size(), end = complaint.find('\'', name);
   if (end == std::string::npos) return std::nullopt;
-  return complaint.substr(name, end - name);
+  const std::string field_name = complaint.substr(name, end - name);
+  const google::protobuf::FieldDescriptor* field =
+      google::protobuf::DescriptorPool::generated_pool()->FindFieldByName(field_name);
+  if (field == nullptr || field->containing_type() != request) return std::nullopt;
+  return field_name;
 }
 
 class UnparsableRequestInterceptor final : public grpc::experimental::Interceptor {
@@ -74,7 +82,7 @@ class UnparsableRequestInterceptor final : public grpc::experimental::Intercepto
   void Report() {
     grpc::ServerContextBase* context = info_->server_context();
     const std::string method = info_->method();
-    CallLog log{.method = method.substr(method.rfind('/') + 1), .peer = context->peer()};
+    CallLog log = StartCallLog(method.substr(method.rfind('/') + 1), context);
     log.received = received_;
     // A call cancelled (or expired) before its message came has no message either: no bad input.
     if (context->IsCancelled()) {
@@ -96,8 +104,10 @@ class UnparsableRequestInterceptor final : public grpc::experimental::Intercepto
 }  // namespace
 
 grpc::Status UnparsableRequestStatus(const std::string& grpc_method, const std::string& parser_complaint) {
-  const std::string prefix = absl::StrCat("the request does not parse as ", RequestTypeName(grpc_method), ": ");
-  if (std::optional<std::string> field = FieldWithBadUtf8(parser_complaint)) {
+  const google::protobuf::Descriptor* request = RequestType(grpc_method);
+  const std::string prefix = absl::StrCat("the request does not parse as ",
+                                          request != nullptr ? request->full_name() : "the request message", ": ");
+  if (std::optional<std::string> field = FieldWithBadUtf8(parser_complaint, request)) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                         absl::StrCat(prefix, "string field ", *field,
                                      " is not valid UTF-8 (send raw bytes as UTF-8 text "

@@ -311,10 +311,20 @@ def test_bytes_that_do_not_parse_are_invalid_argument_naming_the_type_and_field(
             call(request, timeout=30)
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, error.value.details()
         assert expected in error.value.details()
-    # A call cancelled before its message arrives reaches the server without one too: no bad input.
-    logprobs = raw.unary_unary("/attribution.v1.AttributionService/Logprobs")
-    for _ in range(100):
-        logprobs.future(b"\x0a\x01x", timeout=30).cancel()
+    # A call cancelled before its message arrives reaches the server without one too: no bad input. A
+    # client stream that never sends its message is one (the server reads Logprobs' single message).
+    never_sent = threading.Event()
+
+    def no_message():
+        never_sent.wait()
+        yield b""
+
+    waiting = raw.stream_unary("/attribution.v1.AttributionService/Logprobs").future(no_message(), timeout=30)
+    time.sleep(0.5)
+    waiting.cancel()
+    never_sent.set()
+    for _ in range(100):  # and calls cancelled at once, some before their message left
+        raw.unary_unary("/attribution.v1.AttributionService/Logprobs").future(b"\x0a\x01x", timeout=30).cancel()
     raw.close()
     assert client.logprobs(prompt=PROMPT, target=" red").target  # the server goes on
     deadline = time.monotonic() + 10  # each log line is written as its call ends
@@ -327,4 +337,6 @@ def test_bytes_that_do_not_parse_are_invalid_argument_naming_the_type_and_field(
             break
         time.sleep(0.05)
     assert sorted(line["rpc"] for line in refused) == ["Attribute", "Attribute", "GenerateStream"]
+    assert any(line.get("code") == "CANCELLED" and "before its request message arrived" in line.get("message", "")
+               for line in map(json.loads, filter(lambda l: l.startswith("{"), text.splitlines())))
     assert "invalid UTF-8" not in text.replace("not valid UTF-8", "")  # protobuf's own complaint stays off stderr
