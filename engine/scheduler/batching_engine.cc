@@ -452,20 +452,20 @@ void BatchingEngine::Execute(RowKind kind, std::vector<PendingRow*> rows, std::v
     plain.push_back(&row->row);
     longest = std::max(longest, row->row.length());
   }
+  // Finish answers an abandoned batch's rows for their requests' reasons (cancelled or expired); no
+  // part of it runs again.
+  auto answer_abandoned = [&results] {
+    for (RowResult& result : results) result = RowResult{.status = absl::CancelledError("batch abandoned")};
+  };
+  if (running_batch_abandoned_) return answer_abandoned();
   std::vector<RowResult> local(rows.size());
   absl::Status status;
-  if (!running_batch_abandoned_) {
-    try {
-      status = executor_->Run(kind, plain, local);
-    } catch (const std::exception& e) {
-      status = StatusFromException(e, "batch");
-    }
+  try {
+    status = executor_->Run(kind, plain, local);
+  } catch (const std::exception& e) {
+    status = StatusFromException(e, "batch");
   }
-  if (running_batch_abandoned_ && !inside_pause) {
-    // Finish answers each row for its request's reason (cancelled or expired); nothing is retried.
-    for (RowResult& result : results) result = RowResult{.status = absl::CancelledError("batch abandoned")};
-    return;
-  }
+  if (running_batch_abandoned_) return answer_abandoned();
   if (status.ok()) {
     results = std::move(local);
     return;

@@ -548,6 +548,30 @@ TEST_F(BatchingEngineTest, AGradientBatchStopsAtItsNextPauseOnceItsRequestExpire
   EXPECT_THAT(expiring.result(0).status, StatusIs(absl::StatusCode::kDeadlineExceeded));
 }
 
+// A batch that fails whole is halved and retried; abandoned in its first half, the second half does not
+// run either.
+TEST_F(BatchingEngineTest, ABatchAbandonedInAHalvedRetryRunsNoOtherPart) {
+  RowCollector cancelled(8);
+  std::atomic<int> stretches{0};
+  std::shared_ptr<Request> request;
+  Start({.max_batch_rows = 64}, [&](FakeExecutor& executor) {
+    executor.PauseGradBatches(4);
+    executor.FailWhen([](const std::vector<const Row*>& rows) {
+      return rows.size() == 8 ? absl::ResourceExhaustedError("out of memory") : absl::OkStatus();
+    });
+    executor.DuringStretch([&](const std::vector<const Row*>& rows) {
+      if (rows.size() == 4 && stretches++ == 0) engine_->Cancel(*request);
+    });
+  });
+  request = engine_->NewRequest();
+  ASSERT_THAT(engine_->Submit(request, GradRows(8, 1), cancelled.Callback()), IsOk());
+  cancelled.Wait();
+  EXPECT_EQ(stretches, 1);  // the second half never started
+  EXPECT_EQ(executor_->failed_attempts(), 1);
+  EXPECT_EQ(CountRowsWith(1), 0);
+  for (size_t i = 0; i < 8; ++i) EXPECT_THAT(cancelled.result(i).status, StatusIs(absl::StatusCode::kCancelled));
+}
+
 // A batch that still holds a live request's rows runs to its end; only the cancelled request's rows
 // are answered CANCELLED.
 TEST_F(BatchingEngineTest, AGradientBatchWithALiveRequestsRowsRunsToItsEnd) {
