@@ -4,6 +4,7 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "engine/attribution/row_plan.h"
 #include "engine/scheduler/engine_generation.h"
 #include "server/component_conversion.h"
 #include "server/conversion.h"
@@ -54,8 +55,7 @@ absl::Status CheckResponseSize(const google::protobuf::Message& message, int64_t
 absl::Status CheckTokenMatrixFits(const engine::AttributionRequest& request, int64_t max_bytes) {
   if (!request.want_token_matrix) return absl::OkStatus();
   const int64_t targets = static_cast<int64_t>(request.target_ids.size());
-  const int64_t features =
-      static_cast<int64_t>(request.features.empty() ? request.prompt_ids.size() : request.features.size());
+  const int64_t features = engine::NumFeatures(request);
   const int64_t bytes = targets * features * static_cast<int64_t>(sizeof(double));
   if (bytes <= max_bytes) return absl::OkStatus();
   return absl::ResourceExhaustedError(absl::StrCat(

@@ -588,7 +588,7 @@ TEST(BadInputs, AResponseOverTheMessageLimitSaysWhatToAskForLess) {
     EXPECT_THAT(status.error_message(), HasSubstr("(the token matrix alone: 30 target tokens x"));
   }
   {
-    // A matrix that fits, in a response that does not: found after the work.
+    // No token matrix, and a response over the limit all the same: found after the work.
     v1::AttributeRequest small_matrix = request;
     small_matrix.mutable_prompt()->set_text(std::string(1500, 'a'));
     small_matrix.mutable_target()->set_text("b");
