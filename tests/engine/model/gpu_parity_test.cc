@@ -73,9 +73,10 @@ INSTANTIATE_TEST_SUITE_P(AllArchitectures, GpuParity,
                            return name;
                          });
 
-// The engine abandons a batch by throwing from its pause point. On a CUDA device the backward runs on
-// autograd's device thread, which hands the exception back to the caller: an error status, after which
-// the model's gradients are exact again.
+// Batches pause on the CPU only today (ModelExecutor::SetPausePoint), and the engine abandons a batch by
+// throwing from a pause point. For when CUDA batches pause too: there the backward runs on autograd's
+// device thread, which must hand the exception back to the caller as an error status, after which the
+// model's gradients are exact again.
 TEST(GpuAttribution, APausePointThatThrowsInTheBackwardStopsTheGradientsWithAnError) {
   if (!HasCudaDevice()) GTEST_SKIP() << "no CUDA device";
   std::unique_ptr<CausalLM> model = std::move(*CausalLM::Load(TestModelsDir() + "/llama", {.device = "cuda:0"}));
