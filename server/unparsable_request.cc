@@ -6,6 +6,7 @@
 
 #include <mutex>
 #include <optional>
+#include <string_view>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -109,9 +110,7 @@ grpc::Status UnparsableRequestStatus(const std::string& grpc_method, const std::
                                           request != nullptr ? request->full_name() : "the request message", ": ");
   if (std::optional<std::string> field = FieldWithBadUtf8(parser_complaint, request)) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                        absl::StrCat(prefix, "string field ", *field,
-                                     " is not valid UTF-8 (send raw bytes as UTF-8 text "
-                                     "or as token ids)"));
+                        absl::StrCat(prefix, "string field ", *field, " is not valid UTF-8"));
   }
   return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                       absl::StrCat(prefix,
