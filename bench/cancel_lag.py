@@ -12,26 +12,16 @@ import argparse
 import os
 import random
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
 
 import attribution_client as ac
+from serving import serve
 
 PROMPT = "Ann lives in York. The kettle is red. The box is huge. Q: Is the kettle warm? A:"
 # About 500 tokens: one row of it is a long stretch of gradient work that no batch bound can split.
 LONG_PROMPT = " ".join(["The kettle is red and the box is huge."] * 45) + " Q: Is the kettle warm? A:"
-
-
-def start(binary, model, work):
-    ports = os.path.join(work, "ports")
-    server = subprocess.Popen([binary, "--listen=127.0.0.1:0", "--metrics_listen=", f"--port_file={ports}",
-                               *([f"--model=default={model}"] if model else [])],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not (os.path.exists(ports) and open(ports).read().split()):
-        time.sleep(0.05)
-    return server, f"127.0.0.1:{open(ports).read().split()[0]}"
 
 
 def probe(client):
@@ -69,14 +59,16 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("servers", nargs="+")
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--model", default="", help="model directory (default: the embedded default model)")
+    default_model = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "models", "tiny-qa-llama")
+    parser.add_argument("--model", default=default_model, help="model directory (default: the default model)")
     args = parser.parse_args()
     random.seed(0)
     print("| server | cancelled call | probe idle ms (median) | probe after cancel ms: median | p90 | max |")
     print("|---|---|---:|---:|---:|---:|")
     for binary in args.servers:
         work = tempfile.mkdtemp(prefix="cancel_lag.")
-        server, address = start(binary, args.model, work)
+        server, port = serve(binary, args.model, work)
+        address = f"127.0.0.1:{port}"
         try:
             with ac.AttributionClient(address) as client:
                 idle = statistics.median(probe(client) for _ in range(10))
