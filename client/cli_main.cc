@@ -57,8 +57,7 @@ ABSL_FLAG(int32_t, n_steps, 0,
           "integrated-gradient steps (0: server default 50; with --tolerance, the most points in all)");
 ABSL_FLAG(double, tolerance, 0,
           "integrated gradients: raise the order (fejer2: 7, 15, 31, ...; other rules 8, 16, 32, ...) until the "
-          "convergence delta and "
-          "the change between orders are within this fraction of |f(input) - f(baseline)|");
+          "convergence delta and the change between orders are within this fraction of |f(input) - f(baseline)|");
 ABSL_FLAG(std::string, rule, "default",
           "integration rule: default (gausslegendre, or fejer2 with --tolerance), gausslegendre, "
           "fejer2, riemann_left, riemann_right, riemann_middle, riemann_trapezoid");

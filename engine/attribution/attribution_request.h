@@ -70,9 +70,8 @@ struct AttributionRequest {
   int64_t n_steps = 50;  // integrated gradients (with a tolerance: points over all orders)
   IntegrationRule rule = IntegrationRule::kGaussLegendre;
   // Integrated gradients: > 0 raises the order (fejer2: 7, 15, 31, ... nested; other rules 8, 16, 32, ...;
-  // at most n_steps points in all) until
-  // |convergence delta| and the estimated error of the latest order are both within
-  // completeness_tolerance · |f(x) - f(baseline)|; 0 runs n_steps points once.
+  // at most n_steps points in all) until |convergence delta| and the estimated error of the latest order
+  // are both within completeness_tolerance · |f(x) - f(baseline)|; 0 runs n_steps points once.
   double completeness_tolerance = 0;
   int64_t n_samples = 25;  // Shapley value sampling, GradientShap, Lime, KernelShap
   double stdev = 0.0;      // GradientShap: noise added to the input embeddings
