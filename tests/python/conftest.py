@@ -14,7 +14,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from typing import Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -58,6 +58,18 @@ class Server:
         if not os.WIFSTOPPED(status):
             self.process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
             raise RuntimeError(f"the server exited ({self.process.returncode}) instead of stopping")
+
+    def log_lines(self, until: Callable[[List[dict]], bool], seconds: float = 10) -> Tuple[str, List[dict]]:
+        """The log's text and its JSON lines, once `until(lines)` holds or after `seconds`: each call's line
+        is written as the call ends, which can be after the client has its answer."""
+        deadline = time.monotonic() + seconds
+        while True:
+            with open(self.log.name) as f:
+                text = f.read()
+            lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+            if until(lines) or time.monotonic() > deadline:
+                return text, lines
+            time.sleep(0.05)
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -184,15 +184,12 @@ def test_request_ids_reach_the_servers_log_lines(client, server):
 
     asyncio.run(run())
     expected = {"py-unary": "Logprobs", "py-stream": "AttributeStream", "py-async": "Generate"}
-    deadline = time.monotonic() + 10  # each log line is written as its call ends
-    while True:
-        with open(server.log.name) as f:
-            logged = {line["request_id"]: line["rpc"]
-                      for line in map(json.loads, filter(str.strip, f)) if "request_id" in line}
-        if all(k in logged for k in expected) or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert {k: logged.get(k) for k in expected} == expected
+
+    def logged(lines):
+        return {line["request_id"]: line["rpc"] for line in lines if "request_id" in line}
+
+    lines = server.log_lines(until=lambda lines: all(k in logged(lines) for k in expected))[1]
+    assert {k: logged(lines).get(k) for k in expected} == expected
 
 
 def test_cancel_raises_cancelled(client):
@@ -327,16 +324,16 @@ def test_bytes_that_do_not_parse_are_invalid_argument_naming_the_type_and_field(
         raw.unary_unary("/attribution.v1.AttributionService/Logprobs").future(b"\x0a\x01x", timeout=30).cancel()
     raw.close()
     assert client.logprobs(prompt=PROMPT, target=" red").target  # the server goes on
-    deadline = time.monotonic() + 10  # each log line is written as its call ends
-    while True:
-        with open(server.log.name) as f:
-            text = f.read()
-        refused = [line for line in map(json.loads, filter(lambda l: l.startswith("{"), text.splitlines()))
-                   if line.get("code") == "INVALID_ARGUMENT" and "does not parse" in line.get("message", "")]
-        if len(refused) >= 3 or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert sorted(line["rpc"] for line in refused) == ["Attribute", "Attribute", "GenerateStream"]
-    assert any(line.get("code") == "CANCELLED" and "before its request message arrived" in line.get("message", "")
-               for line in map(json.loads, filter(lambda l: l.startswith("{"), text.splitlines())))
+
+    def refused(lines):
+        return [line for line in lines
+                if line.get("code") == "INVALID_ARGUMENT" and "does not parse" in line.get("message", "")]
+
+    def cancelled_early(lines):
+        return any(line.get("code") == "CANCELLED" and "before its request message arrived" in line.get("message", "")
+                   for line in lines)
+
+    text, lines = server.log_lines(until=lambda lines: len(refused(lines)) >= 3 and cancelled_early(lines))
+    assert sorted(line["rpc"] for line in refused(lines)) == ["Attribute", "Attribute", "GenerateStream"]
+    assert cancelled_early(lines)
     assert "invalid UTF-8" not in text.replace("not valid UTF-8", "")  # protobuf's own complaint stays off stderr
