@@ -6,6 +6,7 @@
 //                       [--device=cpu] [--python=.venv/bin/python] [--quantization=none]
 //                       [--quantization_block_size=64] [--double_quantization=false]
 //                       [--decode_batches=1,32 [--decode_tokens=32]] [--json=PATH]
+//                       [--pack_weights_for_few_rows=true]
 //
 // --decode_batches also times greedy decoding (engine::Generate with its KV cache) of --decode_tokens
 // new tokens after --seq-token prompts at each batch size. Decode tokens/s leaves the prefill out:
@@ -41,6 +42,7 @@ int Run(int argc, char** argv) {
   options.quantization = *engine::ParseQuantization(Flag(argc, argv, "quantization", "none"));
   options.four_bit = {.block_size = std::stoll(Flag(argc, argv, "quantization_block_size", "64")),
                       .double_quantization = Flag(argc, argv, "double_quantization", "false") == "true"};
+  options.pack_weights_for_few_rows = Flag(argc, argv, "pack_weights_for_few_rows", "true") == "true";
   auto loaded = engine::CausalLM::Load(dir, options);
   if (!loaded.ok()) {
     std::cerr << loaded.status() << "\n";

@@ -36,6 +36,7 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModel(const ModelSpec& spec, co
   engine::LoadOptions options;
   options.device = spec.device;
   options.allow_nonfinite_weights = spec.allow_nonfinite_weights;
+  options.pack_weights_for_few_rows = spec.pack_weights_for_few_rows;
   ASSIGN_OR_RETURN(options.dtype, engine::ParseDtype(spec.dtype));
   ASSIGN_OR_RETURN(options.quantization, engine::ParseQuantization(spec.quantization));
   options.four_bit = {.block_size = spec.quantization_block_size, .double_quantization = spec.double_quantization};

@@ -93,6 +93,7 @@ absl::Status ReadModel(const json& object, const std::string& where, ModelSpec& 
   RETURN_IF_ERROR(reader.Read("double_quantization", out.double_quantization));
   RETURN_IF_ERROR(reader.Read("device", out.device));
   RETURN_IF_ERROR(reader.Read("allow_nonfinite_weights", out.allow_nonfinite_weights));
+  RETURN_IF_ERROR(reader.Read("pack_weights_for_few_rows", out.pack_weights_for_few_rows));
   json engine = json::object(), limits = json::object();
   RETURN_IF_ERROR(reader.Read("engine", engine));
   RETURN_IF_ERROR(reader.Read("limits", limits));

@@ -25,6 +25,8 @@ struct ModelSpec {
   bool double_quantization = false;      // nf4 / fp4: bitsandbytes' double quantization of the absmaxes
   std::string device = "cpu";
   bool allow_nonfinite_weights = false;  // load weights holding NaN / inf instead of refusing them
+  // float32 on the CPU: a second copy of the linear weights, laid out for fast products of few rows
+  bool pack_weights_for_few_rows = true;
   engine::EngineOptions engine;          // batching budgets
   engine::AttributionLimits limits;      // per-request maxima
 };

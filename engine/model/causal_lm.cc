@@ -231,22 +231,18 @@ CausalLM::~CausalLM() = default;
 
 namespace {
 
-// Bytes of every weight the model holds; a tied head counts 0.
+// Bytes of every weight the model holds, packed copies included; a tied head's weight counts once.
 int64_t CountResidentBytes(const CausalLM::Impl& m) {
   auto bytes = [](const at::Tensor& t) { return t.defined() ? t.numel() * t.element_size() : 0; };
   int64_t total = bytes(m.token_embedding) + bytes(m.position_embedding) + bytes(m.final_norm_weight) +
-                  bytes(m.final_norm_bias) + (m.tied_head ? 0 : m.lm_head.ResidentBytes());
+                  bytes(m.final_norm_bias);
   for (const DecoderLayer& l : m.layers) {
     total += bytes(l.attention_norm_weight) + bytes(l.attention_norm_bias) + bytes(l.mlp_norm_weight) +
              bytes(l.mlp_norm_bias);
-    for (const Linear* linear : {&l.qkv, &l.o, &l.gate_up, &l.down, &l.experts.router}) {
-      total += linear->ResidentBytes();
-    }
-    for (const std::vector<Linear>* experts : {&l.experts.gate_up, &l.experts.down}) {
-      for (const Linear& linear : *experts) total += linear.ResidentBytes();
-    }
   }
-  return total;
+  ForEachLinear(m, [&](const Linear& linear) { total += linear.ResidentBytes(); });
+  // A tied head's weight is the embedding, counted above.
+  return m.tied_head ? total - bytes(m.token_embedding) : total;
 }
 
 // A checkpoint saved quantized decides its own format: asking for another one is an error, since it
@@ -286,6 +282,7 @@ absl::StatusOr<std::unique_ptr<CausalLM>> CausalLM::Load(const std::string& dir,
   RETURN_IF_ERROR(Guarded("loading weights", [&]() -> absl::Status {
     c10::AutoGradMode no_grad(false);
     RETURN_IF_ERROR(LoadWeights(dir, *impl));
+    if (impl->options.pack_weights_for_few_rows) ForEachLinear(*impl, [](Linear& linear) { linear.PackForFewRows(); });
     // Counted once here, where a LibTorch error becomes a status; callers (the startup log line,
     // ListModels, metrics) then read a number that cannot throw.
     impl->resident_weight_bytes = CountResidentBytes(*impl);
@@ -402,15 +399,13 @@ at::Tensor HiddenAt(const at::Tensor& hidden, const std::vector<int64_t>& rows, 
 at::Tensor CausalLM::LogitsAt(const at::Tensor& hidden, const std::vector<int64_t>& rows,
                               const std::vector<int64_t>& positions) const {
   const at::Tensor selected = HiddenAt(hidden, rows, positions);
-  at::Tensor logits =
-      impl_->tied_head ? at::linear(selected, impl_->token_embedding) : impl_->lm_head.Forward(selected);
-  return logits.to(at::kFloat);
+  return impl_->lm_head.Forward(selected).to(at::kFloat);
 }
 
 at::Tensor CausalLM::TokenLogitsAt(const at::Tensor& hidden, const std::vector<int64_t>& rows,
                                    const std::vector<int64_t>& positions, const std::vector<int64_t>& tokens) const {
   // The loader keeps the head dense in every format.
-  const at::Tensor& head = impl_->tied_head ? impl_->token_embedding : impl_->lm_head.dense_weight();
+  const at::Tensor& head = impl_->lm_head.dense_weight();
   const at::Tensor head_rows = head.index_select(0, at::tensor(tokens, at::kLong).to(hidden.device()));
   // Accumulated in float32 and rounded to the compute dtype as the head's matmul does, so these logits
   // are LogitsAt's up to summation order (a patched row's and its unpatched run's are differenced).

@@ -43,7 +43,7 @@ class CausalLM::Impl {
   at::Tensor position_embedding;  // [max_positions, hidden], GPT-2 only
   std::vector<DecoderLayer> layers;
   at::Tensor final_norm_weight, final_norm_bias;
-  Linear lm_head;                           // untied head
+  Linear lm_head;                           // tied: its weight is token_embedding's tensor
   bool tied_head = false;                   // true: logits = hidden @ token_embedding^T
   at::Tensor rope_inverse_frequencies;      // [head_dim / 2], Llama family only
   int64_t resident_weight_bytes = 0;        // counted once at load
@@ -65,5 +65,18 @@ class CausalLM::Impl {
 // Reads every weight the architecture needs from `dir` into `impl`, and lists the stored tensors it
 // does not use in impl.unused_weights (throws nothing; statuses only).
 absl::Status LoadWeights(const std::string& dir, CausalLM::Impl& impl);
+
+// Calls `visit` on every linear of `model` (a CausalLM::Impl, const or not): each layer's projections, the
+// experts and their router, and the head.
+template <typename Model, typename Visit>
+void ForEachLinear(Model& model, Visit&& visit) {
+  for (auto& layer : model.layers) {
+    for (auto* linear : {&layer.qkv, &layer.o, &layer.gate_up, &layer.down, &layer.experts.router}) visit(*linear);
+    for (auto* experts : {&layer.experts.gate_up, &layer.experts.down}) {
+      for (auto& linear : *experts) visit(linear);
+    }
+  }
+  visit(model.lm_head);
+}
 
 }  // namespace attribution::engine

@@ -74,8 +74,13 @@ absl::StatusOr<Linear> Linear::Concat(std::vector<Linear> parts) {
   return fused;
 }
 
+void Linear::PackForFewRows() {
+  if (!quantized_) packed_ = PackedWeight::Pack(weight_);
+}
+
 at::Tensor Linear::Forward(const at::Tensor& x) const {
   if (quantized_) return QuantizedLinear(x, *quantized_, bias_);
+  if (packed_ && packed_->Suits(x)) return packed_->Multiply(x, bias_);
   return bias_.defined() ? at::linear(x, weight_, bias_) : at::linear(x, weight_);
 }
 
@@ -85,6 +90,7 @@ std::vector<at::Tensor> Linear::ForwardParts(const at::Tensor& x) const {
 
 int64_t Linear::ResidentBytes() const {
   int64_t bytes = bias_.defined() ? bias_.numel() * bias_.element_size() : 0;
+  if (packed_) bytes += packed_->ResidentBytes();
   if (quantized_) return bytes + quantized_->ResidentBytes();
   // A default-constructed linear holds no weight; an undefined tensor has no dtype to ask the element
   // size of.

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/model/packed_weight.h"
 #include "engine/model/quantization.h"
 
 namespace attribution::engine {
@@ -35,13 +36,17 @@ class Linear {
   // is released: only the fused weight stays resident.
   static absl::StatusOr<Linear> Concat(std::vector<Linear> parts);
 
+  // Keeps a copy of a dense float32 CPU weight in MKL's packed layout, which Forward then uses for
+  // products of few rows without gradients (PackedWeight); does nothing for other weights.
+  void PackForFewRows();
+
   // [..., in] -> [..., out]
   at::Tensor Forward(const at::Tensor& x) const;
   // [..., in] -> one [..., part] tensor per output part: views of Forward's result (no copies).
   std::vector<at::Tensor> ForwardParts(const at::Tensor& x) const;
 
-  // Bytes of the weight (dense or quantized) and bias; 0 for a default-constructed Linear (a tied LM
-  // head has none of its own).
+  // Bytes of the weight (dense or quantized), its packed copy and the bias; 0 for a default-constructed
+  // Linear.
   int64_t ResidentBytes() const;
   int64_t out_features() const { return out_features_; }
   // The [out, in] weight in the compute dtype; undefined when quantized.
@@ -55,6 +60,7 @@ class Linear {
   at::Tensor bias_;    // [out] or undefined
   // Heap-held so the autograd node may keep a stable pointer while Linear objects move.
   std::shared_ptr<const QuantizedWeight> quantized_;
+  std::shared_ptr<const PackedWeight> packed_;  // null: not packed
   int64_t out_features_ = 0;
   std::vector<int64_t> output_parts_;  // widths of the fused projections, summing to out_features_
 };

@@ -152,9 +152,8 @@ class Loader {
     }
     ASSIGN_OR_RETURN(impl_.final_norm_weight, Tensor(root + "ln_f.weight", {h}));
     ASSIGN_OR_RETURN(impl_.final_norm_bias, Tensor(root + "ln_f.bias", {h}));
-    impl_.tied_head = true;
     store_.Skip("lm_head.weight");  // a stored copy of the tied head is known, not unused
-    return absl::OkStatus();
+    return TieHead();
   }
 
  private:
@@ -169,10 +168,17 @@ class Loader {
     impl_.tied_head = c.tie_word_embeddings || !store_.Contains("lm_head.weight");
     if (impl_.tied_head) {
       store_.Skip("lm_head.weight");
-      return absl::OkStatus();
+      return TieHead();
     }
     ASSIGN_OR_RETURN(at::Tensor head, Tensor("lm_head.weight", {c.vocab_size, c.hidden_size}));
     ASSIGN_OR_RETURN(impl_.lm_head, Linear::Create(std::move(head), at::Tensor(), Quantization::kNone));
+    return absl::OkStatus();
+  }
+
+  // The head's weight is the token embedding's tensor itself (shared, not copied).
+  absl::Status TieHead() {
+    impl_.tied_head = true;
+    ASSIGN_OR_RETURN(impl_.lm_head, Linear::Create(impl_.token_embedding, at::Tensor(), Quantization::kNone));
     return absl::OkStatus();
   }
 
