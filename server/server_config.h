@@ -27,8 +27,8 @@ struct ModelSpec {
   bool allow_nonfinite_weights = false;  // load weights holding NaN / inf instead of refusing them
   // float32 on the CPU: a second copy of the linear weights, laid out for fast products of few rows
   bool pack_weights_for_few_rows = true;
-  engine::EngineOptions engine;          // batching budgets
-  engine::AttributionLimits limits;      // per-request maxima
+  engine::EngineOptions engine;      // batching budgets
+  engine::AttributionLimits limits;  // per-request maxima
 };
 
 struct TlsConfig {

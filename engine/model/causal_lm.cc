@@ -234,8 +234,8 @@ namespace {
 // Bytes of every weight the model holds, packed copies included; a tied head's weight counts once.
 int64_t CountResidentBytes(const CausalLM::Impl& m) {
   auto bytes = [](const at::Tensor& t) { return t.defined() ? t.numel() * t.element_size() : 0; };
-  int64_t total = bytes(m.token_embedding) + bytes(m.position_embedding) + bytes(m.final_norm_weight) +
-                  bytes(m.final_norm_bias);
+  int64_t total =
+      bytes(m.token_embedding) + bytes(m.position_embedding) + bytes(m.final_norm_weight) + bytes(m.final_norm_bias);
   for (const DecoderLayer& l : m.layers) {
     total += bytes(l.attention_norm_weight) + bytes(l.attention_norm_bias) + bytes(l.mlp_norm_weight) +
              bytes(l.mlp_norm_bias);
