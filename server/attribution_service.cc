@@ -64,6 +64,17 @@ absl::Status CheckTokenMatrixFits(const engine::AttributionRequest& request, int
       ": ask for less (want_token_matrix, fewer target tokens or features), or raise max_message_bytes"));
 }
 
+// Likewise the grids of a component attribution (8 bytes a value): a floor known before any row runs.
+absl::Status CheckGridsFit(const engine::ComponentRequest& request, const engine::ModelConfig& config,
+                           int64_t max_bytes) {
+  const int64_t bytes = engine::CountGridValues(request, config) * static_cast<int64_t>(sizeof(double));
+  if (bytes <= max_bytes) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "the response would be at least ", bytes, " bytes (the grids alone: their values x 8 bytes), over this server's ",
+      "max_message_bytes of ", max_bytes, ": ask for fewer pairs, sites or shorter prompts, a coarser granularity, ",
+      "or raise max_message_bytes"));
+}
+
 // How a unary call ends: its response, or the error.
 template <typename Response>
 std::function<void(absl::StatusOr<Response>)> FinishUnary(UnaryCall* call, Response* response, int64_t max_bytes) {
@@ -198,6 +209,10 @@ void AttributionServiceImpl::StartComponents(
   if (!model.ok()) return done(model.status());
   absl::StatusOr<ComponentsCall> converted = ToComponentsCall(request, **model, DeadlineOf(context));
   if (!converted.ok()) return done(converted.status());
+  if (absl::Status fits = CheckGridsFit(converted->request, (*model)->model->config(), config_.max_message_bytes);
+      !fits.ok()) {
+    return done(fits);
+  }
   const ServedModel* served = *model;
   auto components = std::make_shared<ComponentsCall>(std::move(*converted));
   auto handle = served->engine->NewRequest(components->request.priority, components->request.deadline);

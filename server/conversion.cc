@@ -138,6 +138,14 @@ absl::Status ApplyFeatures(const v1::AttributeRequest& proto, const ServedModel&
                                          ", inside or before the previous group (groups are disjoint and in order)"));
     }
     covered_until = group.token_end();
+    // Special tokens keep their real embeddings unless the request makes them features: a group does not.
+    for (int64_t p = group.token_begin(); p < group.token_end() && !proto.include_special_tokens(); ++p) {
+      if (model.tokenizer->IsSpecial(request.prompt_ids[p])) {
+        return Invalid(field, absl::StrCat("holds the special token at position ", p,
+                                           ", which is no feature by default: leave it out of the group, or set "
+                                           "include_special_tokens"));
+      }
+    }
     engine::FeatureSpan span{.begin = group.token_begin(), .end = group.token_end()};
     if (IsSet(group.baseline())) {
       ASSIGN_OR_RETURN(ResolvedInput baseline, Resolve(group.baseline(), field + ".baseline", model, false));

@@ -1,9 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "server/server_config.h"
 
+#include <algorithm>
+#include <cctype>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "engine/common/files.h"
 #include "engine/common/status_macros.h"
@@ -161,6 +166,73 @@ void ApplyDeviceDefaults(const std::string& device, engine::EngineOptions& engin
   engine.contended_intra_op_threads = cuda ? 0 : engine::EngineOptions::kOneThreadFewer;
 }
 
+namespace {
+
+// At most `high`: a bound a value cannot reasonably exceed, so arithmetic on it cannot overflow.
+absl::Status Within(int64_t value, int64_t low, int64_t high, const std::string& name) {
+  if (value >= low && value <= high) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(name, " = ", value, " is outside [", low, ", ", high, "]"));
+}
+
+// gRPC reads host:port's port modulo 65536 (70000 would listen on 4464); Unix sockets have no port.
+absl::Status CheckListenAddress(const std::string& listen) {
+  if (absl::StartsWith(listen, "unix:") || absl::StartsWith(listen, "unix-abstract:")) return absl::OkStatus();
+  const size_t colon = listen.rfind(':');
+  const std::string port = colon == std::string::npos ? "" : listen.substr(colon + 1);
+  int64_t value = -1;
+  if (port.empty() || port.size() > 5 || !std::all_of(port.begin(), port.end(), ::isdigit) ||
+      !absl::SimpleAtoi(port, &value) || value > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("listen \"", listen, "\": expected host:port with a port in [0, 65535], or unix:PATH"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateEngineOptions(const engine::EngineOptions& engine, const std::string& where) {
+  RETURN_IF_ERROR(Positive(engine.max_batch_tokens, where + ".max_batch_tokens"));
+  RETURN_IF_ERROR(Positive(engine.max_batch_rows, where + ".max_batch_rows"));
+  RETURN_IF_ERROR(Positive(engine.max_queued_rows, where + ".max_queued_rows"));
+  RETURN_IF_ERROR(Positive(engine.max_queued_tokens, where + ".max_queued_tokens"));
+  RETURN_IF_ERROR(Positive(engine.max_queued_bytes, where + ".max_queued_bytes"));
+  if (!(engine.max_padding_waste >= 0 && engine.max_padding_waste <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ".max_padding_waste = ", engine.max_padding_waste, " is outside [0, 1]"));
+  }
+  // A batch waits at most this long for more rows; every call waits it too, so it is a latency, not a timeout.
+  if (!(engine.max_queue_delay >= absl::ZeroDuration() && engine.max_queue_delay <= absl::Seconds(1))) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        where, ".max_queue_delay_seconds = ", absl::ToDoubleSeconds(engine.max_queue_delay), " is outside [0, 1]"));
+  }
+  if (!(engine.max_batch_time > absl::ZeroDuration())) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ".max_batch_seconds must be positive"));
+  }
+  if (!(engine.max_uncontended_batch_time > absl::ZeroDuration())) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ".max_uncontended_batch_seconds must be positive"));
+  }
+  if (engine.contended_intra_op_threads < engine::EngineOptions::kOneThreadFewer) {
+    return absl::InvalidArgumentError(absl::StrCat(where,
+                                                   ".contended_intra_op_threads = ", engine.contended_intra_op_threads,
+                                                   " must be -1 (one fewer), 0 (all) or a thread count"));
+  }
+  return absl::OkStatus();
+}
+
+// Limits far above what one request can use are refused: request checks multiply them (tokens by bytes,
+// samples by features) and must not overflow.
+absl::Status ValidateLimits(const engine::AttributionLimits& limits, const std::string& where) {
+  constexpr int64_t kMillion = 1 << 20;
+  RETURN_IF_ERROR(Within(limits.max_tokens, 1, 16 * kMillion, where + ".max_tokens"));
+  RETURN_IF_ERROR(Within(limits.max_steps, 1, kMillion, where + ".max_steps"));
+  RETURN_IF_ERROR(Within(limits.max_samples, 1, kMillion, where + ".max_samples"));
+  RETURN_IF_ERROR(Within(limits.max_features, 1, kMillion, where + ".max_features"));
+  RETURN_IF_ERROR(Within(limits.max_new_tokens, 1, kMillion, where + ".max_new_tokens"));
+  RETURN_IF_ERROR(Within(limits.max_choices, 1, kMillion, where + ".max_choices"));
+  // 2^n coalitions: beyond 16 features exact Shapley values exceed any request's row limit.
+  return Within(limits.max_exact_shapley_features, 1, 16, where + ".max_exact_shapley_features");
+}
+
+}  // namespace
+
 absl::Status ValidateServerConfig(const ServerConfig& config) {
   if (config.models.empty())
     return absl::InvalidArgumentError("no models: give --model NAME=PATH or a config file with models");
@@ -179,27 +251,13 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
     if (absl::Status s = engine::ValidateFourBitOptions({.block_size = m.quantization_block_size}); !s.ok()) {
       return absl::InvalidArgumentError(absl::StrCat(where, ".quantization_block_size: ", s.message()));
     }
-    RETURN_IF_ERROR(Positive(m.engine.max_batch_tokens, where + ".engine.max_batch_tokens"));
-    RETURN_IF_ERROR(Positive(m.engine.max_batch_rows, where + ".engine.max_batch_rows"));
-    if (!(m.engine.max_batch_time > absl::ZeroDuration())) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ".engine.max_batch_seconds must be positive"));
-    }
-    if (!(m.engine.max_uncontended_batch_time > absl::ZeroDuration())) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ".engine.max_uncontended_batch_seconds must be positive"));
-    }
-    if (m.engine.contended_intra_op_threads < engine::EngineOptions::kOneThreadFewer) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, ".engine.contended_intra_op_threads = ", m.engine.contended_intra_op_threads,
-                       " must be -1 (one fewer), 0 (all) or a thread count"));
-    }
-    RETURN_IF_ERROR(Positive(m.limits.max_tokens, where + ".limits.max_tokens"));
-    RETURN_IF_ERROR(Positive(m.limits.max_steps, where + ".limits.max_steps"));
-    RETURN_IF_ERROR(Positive(m.limits.max_samples, where + ".limits.max_samples"));
-    RETURN_IF_ERROR(Positive(m.limits.max_features, where + ".limits.max_features"));
-    RETURN_IF_ERROR(Positive(m.limits.max_new_tokens, where + ".limits.max_new_tokens"));
+    RETURN_IF_ERROR(ValidateEngineOptions(m.engine, where + ".engine"));
+    RETURN_IF_ERROR(ValidateLimits(m.limits, where + ".limits"));
   }
   RETURN_IF_ERROR(Positive(config.max_concurrent_requests, "max_concurrent_requests"));
-  RETURN_IF_ERROR(Positive(config.max_message_bytes, "max_message_bytes"));
+  RETURN_IF_ERROR(CheckListenAddress(config.listen));
+  // gRPC takes the message limit as an int.
+  RETURN_IF_ERROR(Within(config.max_message_bytes, 1, std::numeric_limits<int>::max(), "max_message_bytes"));
   if (config.max_top_k < 0 || config.max_top_k > 20) {
     return absl::InvalidArgumentError(absl::StrCat("max_top_k = ", config.max_top_k, " is outside [0, 20]"));
   }

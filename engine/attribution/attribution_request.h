@@ -92,6 +92,8 @@ struct AttributionLimits {
   int64_t max_tokens = 4096;                // prompt + target
   int64_t max_new_tokens = 512;
   int64_t max_choices = 256;  // answer choices a target is renormalised over
+  // Rows one request may queue: the Attributor takes its engine's max_rows_per_request.
+  int64_t max_rows = 1 << 16;
 };
 
 // How faithful an explanation is to the model: deletion and insertion curves over its top-ranked

@@ -405,6 +405,16 @@ bool SiteHasGranularity(ComponentSite site, ComponentGranularity granularity) {
   return site == ComponentSite::kHeads || granularity == ComponentGranularity::kLayerPosition;
 }
 
+int64_t CountGridValues(const ComponentRequest& request, const ModelConfig& config) {
+  int64_t values = 0, longest = 0;
+  for (const PromptPair& pair : request.pairs) {
+    for (const GridLayout& layout : Layouts(request, config, pair.length())) values += layout.size();
+    longest = std::max(longest, pair.length());
+  }
+  for (const GridLayout& layout : Layouts(request, config, longest)) values += layout.size();  // the average
+  return request.method == ComponentMethod::kLayerIntegratedGradients ? 2 * values : values;
+}
+
 absl::Status ValidateComponentRequest(const ComponentRequest& request, const ModelConfig& config,
                                       const ComponentLimits& limits) {
   RETURN_IF_ERROR(CheckRange(static_cast<int64_t>(request.pairs.size()), 1, limits.max_pairs, "pairs (count)"));
@@ -465,7 +475,7 @@ absl::Status ValidateComponentRequest(const ComponentRequest& request, const Mod
   }
   const int64_t rows = CountRows(request, config);
   if (rows > limits.max_rows) {
-    return absl::InvalidArgumentError(
+    return absl::ResourceExhaustedError(
         absl::StrCat("the request needs ", rows, " rows (pairs x sites x components",
                      request.method == ComponentMethod::kLayerIntegratedGradients ? " x (n_steps + 1)" : "",
                      "), over this server's limit of ", limits.max_rows,

@@ -124,6 +124,11 @@ struct ComponentResult {
 absl::Status ValidateComponentRequest(const ComponentRequest& request, const ModelConfig& config,
                                       const ComponentLimits& limits);
 
+// The values the result's grids hold: each pair's grids and the grids averaged over pairs (layer integrated
+// gradients: as many convergence deltas again). Known before any row runs, so a result too large to send is
+// refused up front.
+int64_t CountGridValues(const ComponentRequest& request, const ModelConfig& config);
+
 using ComponentDone = std::function<void(absl::StatusOr<ComponentResult>)>;
 // Rows answered so far and their total, on the executor thread.
 using ComponentProgress = std::function<void(int64_t rows_done, int64_t rows_total)>;

@@ -60,6 +60,18 @@ absl::Status ValidateShapleyValues(const AttributionRequest&, int64_t features, 
   return CheckRange(features, 1, limits.max_exact_shapley_features, "number of features for exact shapley_values");
 }
 
+// Each sampled permutation adds a coalition per feature, so the rows are known (and refused) before any is built.
+absl::Status ValidateShapleyValueSampling(const AttributionRequest& r, int64_t features,
+                                          const AttributionLimits& limits) {
+  if (absl::Status s = CheckSamples(r, features, limits); !s.ok()) return s;
+  const int64_t rows = r.n_samples * features + 1;
+  if (rows <= limits.max_rows) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "n_samples x features = ", r.n_samples, " x ", features, ": shapley_value_sampling would score up to ", rows,
+      " rows, over this server's limit of ", limits.max_rows,
+      " rows per request; ask for fewer n_samples, or fewer features (feature_range, feature_groups)"));
+}
+
 absl::Status ValidateKernelShap(const AttributionRequest& r, int64_t features, const AttributionLimits& limits) {
   if (auto s = CheckRange(features, 2, limits.max_features, "number of features for kernel_shap"); !s.ok()) return s;
   return CheckRange(r.n_samples, 2, limits.max_samples, "n_samples");
@@ -110,7 +122,7 @@ constexpr Method kShapleyValues{AttributionMethod::kShapleyValues,
 constexpr Method kShapleyValueSampling{AttributionMethod::kShapleyValueSampling,
                                        "shapley_value_sampling",
                                        MethodFamily::kPerturbation,
-                                       CheckSamples,
+                                       ValidateShapleyValueSampling,
                                        nullptr,
                                        nullptr,
                                        ShapleyValueSamplingCoalitions};

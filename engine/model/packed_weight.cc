@@ -39,8 +39,8 @@ const PackedGemm& Mkl() {
 std::shared_ptr<const PackedWeight> PackedWeight::Pack(const at::Tensor& weight) {
   constexpr int64_t kIntMax = std::numeric_limits<int>::max();
   if (!Mkl().available() || !weight.defined() || weight.dim() != 2 || !weight.device().is_cpu() ||
-      weight.scalar_type() != at::kFloat || weight.size(0) == 0 || weight.size(1) == 0 ||
-      weight.size(0) > kIntMax || weight.size(1) > kIntMax) {
+      weight.scalar_type() != at::kFloat || weight.size(0) == 0 || weight.size(1) == 0 || weight.size(0) > kIntMax ||
+      weight.size(1) > kIntMax) {
     return nullptr;
   }
   const int out = static_cast<int>(weight.size(0)), in = static_cast<int>(weight.size(1));

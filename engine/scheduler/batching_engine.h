@@ -150,6 +150,8 @@ class BatchingEngine {
   void Cancel(Request& request);
 
   EngineStats Stats() const;
+  // The most rows one request may have queued at once (EngineOptions::max_rows_per_request).
+  int64_t max_rows_per_request() const { return options_.max_rows_per_request; }
   // Called on the executor thread after every batch, before its rows are answered.
   void SetBatchObserver(std::function<void(const BatchRecord&)> observer);
 

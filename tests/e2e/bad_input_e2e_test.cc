@@ -263,6 +263,17 @@ std::vector<BadCase> BadCases() {
           },
           kInvalid, "n_samples"),
       Attribute(
+          // 1000 permutations of 200 features: refused before its 200,001 coalitions are built.
+          "shapley_value_sampling over the row limit",
+          [](A& r) {
+            r.mutable_prompt()->clear_text();
+            for (int i = 0; i < 200; ++i) r.mutable_prompt()->add_token_ids(300 + i);  // no byte pieces (special)
+            r.set_target_tokenization(v1::SEPARATE);
+            r.set_method(v1::SHAPLEY_VALUE_SAMPLING);
+            r.set_n_samples(1000);
+          },
+          StatusCode::RESOURCE_EXHAUSTED, "n_samples x features = 1000 x 200"),
+      Attribute(
           "negative n_samples",
           [](A& r) {
             r.set_method(v1::GRADIENT_SHAP);
@@ -343,6 +354,14 @@ std::vector<BadCase> BadCases() {
           },
           kInvalid, "not both"),
       Attribute(
+          "group holding bos",
+          [](A& r) {
+            r.mutable_prompt()->clear_text();
+            for (int64_t id : {1, 100, 101}) r.mutable_prompt()->add_token_ids(id);
+            r.add_feature_groups()->set_token_end(2);
+          },
+          kInvalid, "feature_groups[0]: holds the special token at position 0"),
+      Attribute(
           "negative group",
           [](A& r) {
             auto* g = r.add_feature_groups();
@@ -354,7 +373,7 @@ std::vector<BadCase> BadCases() {
           "overlapping groups",
           [](A& r) {
             auto* a = r.add_feature_groups();
-            a->set_token_begin(0);
+            a->set_token_begin(1);
             a->set_token_end(3);
             auto* b = r.add_feature_groups();
             b->set_token_begin(2);
@@ -609,12 +628,33 @@ TEST(BadInputs, AResponseOverTheMessageLimitSaysWhatToAskForLess) {
     EXPECT_EQ(status.error_code(), StatusCode::RESOURCE_EXHAUSTED);
     EXPECT_THAT(status.error_message(), HasSubstr("max_message_bytes of 16384"));
   }
+  {
+    // Component grids of 8 pairs x 100 positions x every layer and head: refused before any row runs.
+    v1::AttributeComponentsRequest components;
+    components.set_model("demo");
+    for (int pair = 0; pair < 8; ++pair) {
+      v1::PromptPair* p = components.add_pairs();
+      for (int i = 0; i < 100; ++i) {
+        p->mutable_clean()->add_token_ids(100 + i);
+        p->mutable_corrupted()->add_token_ids(i == 50 ? 300 : 100 + i);
+      }
+    }
+    components.mutable_answer()->add_token_ids(5);
+    components.mutable_wrong_answer()->add_token_ids(6);
+    components.set_method(v1::ATTRIBUTION_PATCHING);
+    components.set_granularity(v1::LAYER_POSITION_HEAD);
+    grpc::ClientContext context;
+    v1::AttributeComponentsResponse response;
+    const grpc::Status status = stub->AttributeComponents(&context, components, &response);
+    EXPECT_EQ(status.error_code(), StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_THAT(status.error_message(), HasSubstr("(the grids alone: their values x 8 bytes)"));
+  }
   (*server)->Signal(SIGTERM);
   EXPECT_EQ((*server)->Wait(absl::Seconds(60)), 0);
   const std::string log = (*server)->Log();
   size_t exhausted = 0;
   for (size_t at = 0; (at = log.find("\"code\":\"RESOURCE_EXHAUSTED\"", at)) != std::string::npos; ++at) ++exhausted;
-  EXPECT_EQ(exhausted, 3u) << log.substr(0, 2000);
+  EXPECT_EQ(exhausted, 4u) << log.substr(0, 2000);
 }
 
 }  // namespace

@@ -335,7 +335,7 @@ TEST_F(ConversionTest, BadFieldsAreInvalidArgumentNamingTheField) {
       {"overlapping feature groups", "feature_groups[1]:",
        [](auto& p) {
          v1::FeatureGroup* a = p.add_feature_groups();
-         a->set_token_begin(0);
+         a->set_token_begin(1);
          a->set_token_end(3);
          v1::FeatureGroup* b = p.add_feature_groups();
          b->set_token_begin(2);

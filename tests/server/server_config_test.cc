@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <functional>
 #include <thread>
 
 #include "server/bearer_auth.h"
@@ -152,6 +153,39 @@ TEST(ServerConfig, ValidationNamesTheField) {
   config.max_top_k = 20;
   config.tls.client_ca_file = "ca.pem";
   EXPECT_THAT(ValidateServerConfig(config).message(), HasSubstr("client_ca_file (mutual TLS) needs cert_file"));
+}
+
+// Values that would start a broken server: a queue delay every call waits, a port gRPC wraps modulo 65536,
+// a message limit gRPC's int cannot hold, limits whose products overflow, queue bounds that refuse everything.
+TEST(ServerConfig, RefusesValuesThatWouldStartABrokenServer) {
+  const auto invalid = [](const std::function<void(ServerConfig&)>& change) {
+    ServerConfig config;
+    config.models.push_back({.name = "m", .path = "/m"});
+    change(config);
+    return std::string(ValidateServerConfig(config).message());
+  };
+  EXPECT_EQ(invalid([](ServerConfig&) {}), "");
+  EXPECT_THAT(invalid([](ServerConfig& c) { c.models[0].engine.max_queue_delay = absl::Seconds(1e300); }),
+              HasSubstr("models[0].engine.max_queue_delay_seconds = "));
+  EXPECT_THAT(invalid([](ServerConfig& c) { c.models[0].engine.max_queue_delay = absl::Milliseconds(-1); }),
+              HasSubstr("max_queue_delay_seconds = -0.001 is outside [0, 1]"));
+  EXPECT_THAT(invalid([](ServerConfig& c) { c.models[0].engine.max_queued_tokens = 0; }),
+              HasSubstr("models[0].engine.max_queued_tokens = 0 must be positive"));
+  EXPECT_THAT(invalid([](ServerConfig& c) { c.models[0].engine.max_queued_bytes = -7; }),
+              HasSubstr("models[0].engine.max_queued_bytes = -7"));
+  EXPECT_THAT(invalid([](ServerConfig& c) { c.models[0].engine.max_padding_waste = 2; }),
+              HasSubstr("max_padding_waste = 2 is outside [0, 1]"));
+  EXPECT_THAT(invalid([](ServerConfig& c) { c.models[0].limits.max_tokens = int64_t{1} << 60; }),
+              HasSubstr("models[0].limits.max_tokens = 1152921504606846976 is outside [1, 16777216]"));
+  EXPECT_THAT(invalid([](ServerConfig& c) { c.models[0].limits.max_exact_shapley_features = 30; }),
+              HasSubstr("max_exact_shapley_features = 30"));
+  EXPECT_THAT(invalid([](ServerConfig& c) { c.max_message_bytes = int64_t{1} << 32; }),
+              HasSubstr("max_message_bytes = 4294967296 is outside [1, 2147483647]"));
+  EXPECT_THAT(invalid([](ServerConfig& c) { c.listen = "127.0.0.1:70000"; }),
+              HasSubstr("listen \"127.0.0.1:70000\": expected host:port with a port in [0, 65535]"));
+  EXPECT_THAT(invalid([](ServerConfig& c) { c.listen = "localhost"; }), HasSubstr("listen \"localhost\""));
+  EXPECT_EQ(invalid([](ServerConfig& c) { c.listen = "[::]:0"; }), "");
+  EXPECT_EQ(invalid([](ServerConfig& c) { c.listen = "unix:/tmp/attribution.sock"; }), "");
 }
 
 TEST(BearerAuth, AcceptsListedTokensOnly) {
