@@ -97,6 +97,10 @@ absl::Status ParseRopeScaling(const json& config, const std::string& source, Mod
       return absl::InvalidArgumentError(
           absl::StrCat(source, ": llama3 rope scaling needs factor > 0 and high_freq_factor > low_freq_factor > 0"));
     }
+    if (s.original_max_position_embeddings <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat(source, ": llama3 rope scaling original_max_position_embeddings ",
+                                                     s.original_max_position_embeddings, " must be positive"));
+    }
     out.llama3_rope_scaling = s;
     return absl::OkStatus();
   }
@@ -259,9 +263,10 @@ absl::Status CheckConsistency(const std::string& source, const ModelConfig& c) {
     return absl::InvalidArgumentError(
         absl::StrCat(source, ": sliding_window ", *c.sliding_window, " must be positive"));
   }
-  if (!(std::isfinite(c.norm_eps) && c.norm_eps >= 0)) {
+  // Added to a variance in the compute dtype: above 1 it swamps any activation's (and 1e300 is inf in float32).
+  if (!(std::isfinite(c.norm_eps) && c.norm_eps >= 0 && c.norm_eps <= 1)) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": the norm epsilon (rms_norm_eps / layer_norm_epsilon) ",
-                                                   c.norm_eps, " must be a finite number >= 0"));
+                                                   c.norm_eps, " must be a finite number in [0, 1]"));
   }
   if (!(std::isfinite(c.rope_theta) && c.rope_theta > 0)) {
     return absl::InvalidArgumentError(

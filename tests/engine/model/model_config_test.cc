@@ -132,6 +132,12 @@ INSTANTIATE_TEST_SUITE_P(
         BadConfig{"NegativeMaxPositions", Llama({{"max_position_embeddings", -3}}), "max_position_embeddings -3"},
         BadConfig{"ZeroSlidingWindow", Llama({{"model_type", "mistral"}, {"sliding_window", 0}}), "sliding_window 0"},
         BadConfig{"NegativeNormEpsilon", Llama({{"rms_norm_eps", -1}}), "norm epsilon"},
+        // Finite as a double, infinite in float32: every answer would be uniform.
+        BadConfig{"HugeNormEpsilon", Llama({{"rms_norm_eps", 1e300}}), "must be a finite number in [0, 1]"},
+        BadConfig{"Llama3RopeWithoutOriginalPositions",
+                  Llama({{"rope_scaling",
+                          {{"rope_type", "llama3"}, {"factor", 8.0}, {"original_max_position_embeddings", 0}}}}),
+                  "original_max_position_embeddings 0 must be positive"},
         BadConfig{"NegativeRopeTheta", Llama({{"rope_theta", -1}}), "rope_theta -1"},
         BadConfig{"ZeroLinearRopeFactor", Llama({{"rope_scaling", {{"type", "linear"}, {"factor", 0}}}}),
                   "linear rope scaling factor 0"},
