@@ -27,13 +27,16 @@ struct CallLog {
   std::string peer;
   std::string request_id;  // the client's x-request-id metadata, if any
   absl::Time received = absl::Now();
-  bool admitted = false;  // holds a CallGate slot
+  absl::Time deadline = absl::InfiniteFuture();  // the client's
+  bool admitted = false;                         // holds a CallGate slot
   attribution::v1::RunStats stats;
 };
 
 // Who the call is and where it came from, for its log line.
 inline CallLog StartCallLog(std::string method, const grpc::ServerContextBase* context) {
   CallLog log{.method = std::move(method), .peer = context->peer()};
+  // gRPC's far-future "no deadline" converts to an absl time past any clock reading.
+  log.deadline = absl::FromChrono(context->deadline());
   const auto& metadata = context->client_metadata();
   if (auto id = metadata.find("x-request-id"); id != metadata.end()) {
     log.request_id.assign(id->second.data(), id->second.size());
@@ -78,6 +81,15 @@ class CancelHook {
   std::function<void()> cancel_;
 };
 
+// gRPC cancels a call whose deadline passed as it cancels one its client gave up, and the engine then ends the
+// work CANCELLED: the log line and metrics say which it was.
+inline grpc::Status EndStatus(const absl::Status& status, const CallLog& log) {
+  if (status.code() == absl::StatusCode::kCancelled && absl::Now() >= log.deadline) {
+    return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "the call's deadline passed before its work finished");
+  }
+  return ToGrpcStatus(status);
+}
+
 // Deletes itself when gRPC is done with it. Complete() must be the caller's last use of the object.
 class UnaryCall final : public grpc::ServerUnaryReactor {
  public:
@@ -86,7 +98,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
   CallLog& log() { return log_; }
   void OnCancelDo(std::function<void()> cancel) { cancel_.Set(std::move(cancel)); }
   void Complete(const absl::Status& status) {
-    const grpc::Status grpc_status = ToGrpcStatus(status);
+    const grpc::Status grpc_status = EndStatus(status, log_);
     observer_->CallEnded(log_, grpc_status);
     if (watch_) watch_->WriteStarted();
     Finish(grpc_status);
@@ -135,7 +147,7 @@ class StreamCall final : public grpc::ServerWriteReactor<Event> {
       if (ending_) return;
       if (last && status.ok()) queue_.emplace_back(std::move(*last), false);
       ending_ = true;
-      status_ = ToGrpcStatus(status);
+      status_ = EndStatus(status, log_);
     }
     Pump();
   }

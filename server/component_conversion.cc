@@ -114,7 +114,10 @@ absl::StatusOr<ComponentsCall> ToComponentsCall(const v1::AttributeComponentsReq
     request.sites.push_back(site);
   }
   ASSIGN_OR_RETURN(request.granularity, ToGranularity(proto.granularity()));
-  if (proto.n_steps() < 0) return Invalid("n_steps", "must be >= 0 (0: 16)");
+  // Checked whatever the method (only layer integrated gradients reads it), as every field is.
+  if (proto.n_steps() < 0 || proto.n_steps() > call.limits.max_steps) {
+    return Invalid("n_steps", absl::StrCat(proto.n_steps(), " is outside [0, ", call.limits.max_steps, "] (0: 16)"));
+  }
   if (proto.n_steps() > 0) request.n_steps = proto.n_steps();
   ASSIGN_OR_RETURN(request.rule, ToRule(proto.rule()));
   ASSIGN_OR_RETURN(request.priority, ToPriority(proto.priority()));

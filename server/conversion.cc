@@ -59,6 +59,9 @@ absl::Status ApplyBaseline(const v1::AttributeRequest& proto, const ServedModel&
   };
   std::optional<int64_t> eos;
   if (!config.eos_token_ids.empty()) eos = config.eos_token_ids.front();
+  if (proto.baseline_token_id() != 0 && proto.baseline() != v1::TOKEN_ID) {
+    return Invalid("baseline_token_id", "is read only with baseline = TOKEN_ID");
+  }
   switch (proto.baseline()) {
     case v1::BASELINE_UNSPECIFIED:
       request.baseline_token_id = 0;
@@ -228,6 +231,7 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
   RETURN_IF_ERROR(CheckPromptLength(
       call.prompt, call.target.empty() ? request.generation.max_new_tokens : request.target_ids.size(), model));
   ASSIGN_OR_RETURN(request.quantity, ToQuantity(proto.quantity()));
+  if (proto.has_foil() && !IsSet(proto.foil())) return Invalid("foil", "is set but empty");
   if (proto.contrastive() != IsSet(proto.foil())) {
     return proto.contrastive() ? Invalid("foil", "contrastive needs a foil (text or token_ids)")
                                : Invalid("contrastive", "a foil is given but contrastive is false");
@@ -267,8 +271,12 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
     request.n_steps = model.spec.limits.max_steps;
   ASSIGN_OR_RETURN(request.rule, ToRule(proto.rule(), /*to_tolerance=*/request.completeness_tolerance > 0));
   if (proto.n_samples() != 0) request.n_samples = proto.n_samples();
-  if (!std::isfinite(proto.stdev()) || proto.stdev() < 0) {
-    return Invalid("stdev", absl::StrCat(proto.stdev(), " must be a finite number >= 0"));
+  // Settings the method does not read are checked as any other field is (0: the method's default).
+  const engine::AttributionLimits& limits = model.spec.limits;
+  RETURN_IF_ERROR(engine::CheckRange(proto.n_steps(), 0, limits.max_steps, "n_steps"));
+  RETURN_IF_ERROR(engine::CheckRange(proto.n_samples(), 0, limits.max_samples, "n_samples"));
+  if (!(proto.stdev() >= 0 && proto.stdev() <= 10)) {
+    return Invalid("stdev", absl::StrCat(proto.stdev(), " is outside [0, 10]"));
   }
   request.stdev = proto.stdev();
   request.seed = proto.seed();

@@ -74,7 +74,7 @@ absl::Status ValidateAttributionRequest(const AttributionRequest& r, const Model
       return absl::InvalidArgumentError("choices: a logit is not renormalised; ask for log_prob or prob");
     }
   }
-  if (auto s = CheckTokenIds({r.baseline_token_id}, "baseline_token_id", vocab); !s.ok()) return s;
+  if (auto s = CheckRange(r.baseline_token_id, 0, vocab - 1, "baseline_token_id"); !s.ok()) return s;
   const int64_t features = r.features.empty() ? prompt : static_cast<int64_t>(r.features.size());
   if (auto s = CheckRange(features, 1, limits.max_features, "number of features"); !s.ok()) return s;
   std::vector<bool> covered(prompt, false);
@@ -82,20 +82,22 @@ absl::Status ValidateAttributionRequest(const AttributionRequest& r, const Model
   for (size_t f = 0; f < r.features.size(); ++f) {
     const FeatureSpan& span = r.features[f];
     if (span.begin < 0 || span.end > prompt || span.begin >= span.end) {
-      return absl::InvalidArgumentError(absl::StrCat("features[", f, "] = [", span.begin, ", ", span.end,
+      return absl::InvalidArgumentError(absl::StrCat("feature_groups[", f, "] = [", span.begin, ", ", span.end,
                                                      ") is not a non-empty span of the ", prompt, " prompt tokens"));
     }
     for (int64_t p = span.begin; p < span.end; ++p) {
       if (covered[p])
-        return absl::InvalidArgumentError(absl::StrCat("features[", f, "] overlaps an earlier feature at token ", p));
+        return absl::InvalidArgumentError(
+            absl::StrCat("feature_groups[", f, "] overlaps an earlier feature at token ", p));
       covered[p] = true;
     }
-    if (auto s = CheckTokenIds(span.baseline_ids, "features[].baseline_ids", vocab); !s.ok()) return s;
+    if (auto s = CheckTokenIds(span.baseline_ids, absl::StrCat("feature_groups[", f, "].baseline"), vocab); !s.ok())
+      return s;
     baseline_growth += std::max<int64_t>(0, static_cast<int64_t>(span.baseline_ids.size()) - (span.end - span.begin));
     if (IsGradientMethod(r.method) && !span.baseline_ids.empty() &&
         static_cast<int64_t>(span.baseline_ids.size()) != span.end - span.begin) {
       return absl::InvalidArgumentError(
-          absl::StrCat("features[", f, "].baseline_ids: gradient methods need one baseline token per position"));
+          absl::StrCat("feature_groups[", f, "].baseline: gradient methods need one baseline token per position"));
     }
   }
   // Perturbation rows put longer baselines in place of their features; the longest row must fit the limits
@@ -103,7 +105,7 @@ absl::Status ValidateAttributionRequest(const AttributionRequest& r, const Model
   const int64_t longest_row = prompt + target + baseline_growth;
   if (longest_row > limits.max_tokens) {
     return absl::InvalidArgumentError(
-        absl::StrCat("features[].baseline_ids: with every feature at its baseline a row holds ", longest_row,
+        absl::StrCat("feature_groups[].baseline: with every feature at its baseline a row holds ", longest_row,
                      " tokens (prompt + target), over the limit of ", limits.max_tokens));
   }
   if (config.architecture == Architecture::kGpt2 && longest_row > config.max_position_embeddings) {

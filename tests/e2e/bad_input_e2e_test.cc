@@ -398,7 +398,7 @@ std::vector<BadCase> BadCases() {
             g->set_token_end(3);
             for (int i = 0; i < 30000; ++i) g->mutable_baseline()->add_token_ids(5);
           },
-          kInvalid, "baseline_ids: with every feature at its baseline a row holds 300"),
+          kInvalid, "feature_groups[].baseline: with every feature at its baseline a row holds 300"),
       Attribute(
           "target text of megabytes, read as the prompt's continuation",
           [](A& r) {
@@ -424,7 +424,27 @@ std::vector<BadCase> BadCases() {
             r.set_baseline(v1::TOKEN_ID);
             r.set_baseline_token_id(1400);
           },
-          kInvalid, "baseline_token_id"),
+          kInvalid, "baseline_token_id = 1400 is outside [0, 1399]"),
+      Attribute(
+          "baseline token without baseline = TOKEN_ID", [](A& r) { r.set_baseline_token_id(5); }, kInvalid,
+          "baseline_token_id: is read only with baseline = TOKEN_ID"),
+      // Settings the method does not read are checked all the same.
+      Attribute(
+          "negative n_steps for saliency",
+          [](A& r) {
+            r.set_method(v1::SALIENCY);
+            r.set_n_steps(-1);
+          },
+          kInvalid, "n_steps = -1 is outside [0, 1024]"),
+      Attribute(
+          "stdev over 10 for saliency",
+          [](A& r) {
+            r.set_method(v1::SALIENCY);
+            r.set_stdev(11);
+          },
+          kInvalid, "stdev: 11 is outside [0, 10]"),
+      Attribute(
+          "empty foil", [](A& r) { r.mutable_foil(); }, kInvalid, "foil: is set but empty"),
       Attribute(
           "zero baseline for ablation",
           [](A& r) {

@@ -215,19 +215,26 @@ def test_cancel_raises_cancelled(client):
 def test_deadline_raises_deadline_exceeded(client, server):
     started = time.monotonic()
     with pytest.raises(ac.DeadlineExceeded) as error:
-        client.attribute(prompt=PROMPT, target=" Yes", n_steps=1024, timeout=0.2)
+        client.attribute(prompt=PROMPT, target=" Yes", n_steps=1024, timeout=0.2, request_id="deadline-1")
     assert error.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and isinstance(error.value, TimeoutError)
     assert time.monotonic() - started < 10
     with ac.AttributionClient(server.address, timeout=0.2) as short:
         with pytest.raises(ac.DeadlineExceeded):
-            list(short.attribute_stream(prompt=PROMPT, target=" Yes", n_steps=1024))
+            list(short.attribute_stream(prompt=PROMPT, target=" Yes", n_steps=1024, request_id="deadline-2"))
 
     async def deadline_async():
         async with ac.AsyncAttributionClient(server.address) as c:
-            await c.attribute(prompt=PROMPT, target=" Yes", n_steps=1024, timeout=0.2)
+            await c.attribute(prompt=PROMPT, target=" Yes", n_steps=1024, timeout=0.2, request_id="deadline-3")
 
     with pytest.raises(ac.DeadlineExceeded):
         asyncio.run(deadline_async())
+    # The server's log line (and metrics) say the deadline ended these calls, not a client's cancel: gRPC
+    # cancels both alike.
+    def ended(lines):
+        return [line["code"] for line in lines if line.get("request_id", "").startswith("deadline-")]
+
+    _, lines = server.log_lines(until=lambda lines: len(ended(lines)) >= 3)
+    assert ended(lines) == ["DEADLINE_EXCEEDED"] * 3
 
 
 def test_server_errors_carry_code_and_message(client):

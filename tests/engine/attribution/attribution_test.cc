@@ -411,7 +411,7 @@ TEST_F(AttributionTest, BadRequestsNameTheField) {
   expect(r, "overlaps");
   r = good;
   r.features = {{4, 2, {}}};
-  expect(r, "features[0]");
+  expect(r, "feature_groups[0]");
   r = good;
   r.foil_ids = {1};
   expect(r, "foil_ids");
