@@ -5,7 +5,9 @@
 // 2 on a usage error.
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -102,6 +104,17 @@ int Failed(const absl::Status& status) {
   return 1;
 }
 
+// Writes an --html report; the error names the path, so that a report asked for is never lost silently.
+absl::Status WriteHtml(const std::string& path, const std::string& html) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out)
+    return absl::FailedPreconditionError(absl::StrCat("--html: cannot write ", path, ": ", std::strerror(errno)));
+  out << html;
+  out.close();
+  if (!out) return absl::InternalError(absl::StrCat("--html: cannot write ", path, ": ", std::strerror(errno)));
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<AttributionClient>> ConnectFromFlags() {
   ClientOptions options{.target = absl::GetFlag(FLAGS_server),
                         .load_balancing = absl::GetFlag(FLAGS_load_balancing),
@@ -172,7 +185,9 @@ int Attribute(AttributionClient& client, const std::string& model) {
   }
   if (!result.ok()) return Failed(result.status());
   if (!absl::GetFlag(FLAGS_html).empty()) {
-    std::ofstream(absl::GetFlag(FLAGS_html)) << HtmlReport(*result);
+    if (absl::Status written = WriteHtml(absl::GetFlag(FLAGS_html), HtmlReport(*result)); !written.ok()) {
+      return Failed(written);
+    }
   }
   const bool color = absl::GetFlag(FLAGS_color) && isatty(STDOUT_FILENO);
   std::cout << (absl::GetFlag(FLAGS_json) ? AttributionJson(*result) + "\n" : TerminalHeatmap(*result, color));
@@ -252,7 +267,11 @@ int Components(AttributionClient& client, const std::string& model) {
   absl::StatusOr<ComponentAttribution> result = client.AttributeComponents(o, progress);
   if (progress) std::fprintf(stderr, "\n");
   if (!result.ok()) return Failed(result.status());
-  if (!absl::GetFlag(FLAGS_html).empty()) std::ofstream(absl::GetFlag(FLAGS_html)) << ComponentHtmlReport(*result);
+  if (!absl::GetFlag(FLAGS_html).empty()) {
+    if (absl::Status written = WriteHtml(absl::GetFlag(FLAGS_html), ComponentHtmlReport(*result)); !written.ok()) {
+      return Failed(written);
+    }
+  }
   const bool color = absl::GetFlag(FLAGS_color) && isatty(STDOUT_FILENO);
   std::cout << (absl::GetFlag(FLAGS_json) ? ComponentJson(*result) + "\n" : TerminalComponents(*result, color));
   return 0;

@@ -1,9 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "client/batch/batch_job.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cinttypes>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
+#include <limits>
 #include <map>
 
 #include "absl/strings/ascii.h"
@@ -17,14 +23,16 @@ namespace {
 
 using nlohmann::json;
 
-// CSV (RFC 4180): fields separated by commas, optionally quoted, quotes doubled inside quotes,
-// newlines allowed inside quotes. Returns the records, or the 1-based line of an unclosed quote.
+// CSV (RFC 4180, read as Python's csv module reads it by default): fields separated by commas,
+// optionally quoted, quotes doubled inside quotes, newlines allowed inside quotes. A quote opens a
+// quoted field only as the field's first character; elsewhere it is text (`5" screen`), so a stray
+// quote cannot swallow the rows after it. Returns the records, or the 1-based line of an unclosed quote.
 absl::StatusOr<std::vector<std::pair<int64_t, std::vector<std::string>>>> ParseCsv(const std::string& text,
                                                                                    const std::string& path) {
   std::vector<std::pair<int64_t, std::vector<std::string>>> records;
   std::vector<std::string> fields(1);
   int64_t line = 1, record_line = 1;
-  bool quoted = false, any = false;
+  bool quoted = false, any = false, field_start = true;
   for (size_t i = 0; i < text.size(); ++i) {
     const char c = text[i];
     if (quoted) {
@@ -39,20 +47,23 @@ absl::StatusOr<std::vector<std::pair<int64_t, std::vector<std::string>>>> ParseC
       }
       continue;
     }
-    if (c == '"') {
+    if (c == '"' && field_start) {
       quoted = any = true;
+      field_start = false;
     } else if (c == ',') {
       fields.emplace_back();
-      any = true;
+      any = field_start = true;
     } else if (c == '\n' || c == '\r') {
       if (c == '\r' && i + 1 < text.size() && text[i + 1] == '\n') ++i;
       if (any || fields.size() > 1 || !fields[0].empty()) records.push_back({record_line, fields});
       fields.assign(1, "");
       any = false;
+      field_start = true;
       record_line = ++line;
     } else {
       fields.back() += c;
       any = true;
+      field_start = false;
     }
   }
   if (quoted) return absl::InvalidArgumentError(absl::StrCat(path, ":", record_line, ": unclosed quote"));
@@ -168,15 +179,36 @@ std::string Hex(uint64_t value) {
 
 }  // namespace
 
+// With read(2), not a stream: libstdc++'s filebuf throws from underflow on a directory, which an
+// istreambuf_iterator does not catch.
+absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return absl::NotFoundError(absl::StrCat("cannot read ", path, ": ", std::strerror(errno)));
+  std::string text;
+  char buffer[1 << 16];
+  for (;;) {
+    const ssize_t n = ::read(fd, buffer, sizeof(buffer));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int error = errno;
+      ::close(fd);
+      return absl::NotFoundError(absl::StrCat("cannot read ", path, ": ", std::strerror(error)));
+    }
+    if (n == 0) break;
+    text.append(buffer, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return text;
+}
+
 absl::StatusOr<std::vector<BatchRow>> ReadRows(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  absl::StatusOr<std::string> text = ReadWholeFile(path);
+  if (!text.ok()) return text.status();
   absl::StatusOr<std::vector<BatchRow>> rows;
   if (absl::EndsWith(path, ".csv")) {
-    rows = RowsFromCsv(text, path);
+    rows = RowsFromCsv(*text, path);
   } else if (absl::EndsWith(path, ".jsonl") || absl::EndsWith(path, ".json")) {
-    rows = RowsFromJsonl(text, path);
+    rows = RowsFromJsonl(*text, path);
   } else {
     return absl::InvalidArgumentError(absl::StrCat(path, ": rows come as .jsonl or .csv"));
   }
@@ -210,6 +242,30 @@ json JobDefaults() {
           {"faithfulness", false}};
 }
 
+namespace {
+
+// The integer settings fit what the request carries (int32 counts, an unsigned 64-bit seed): nlohmann's
+// get<int>() of 4294967304 is 8 and get<uint64_t>() of -1 is 2^64 - 1, another request than the one
+// the results would record.
+absl::Status CheckIntegerRange(const std::string& key, const json& value, const std::string& where) {
+  if (!value.is_number_integer()) return absl::OkStatus();
+  if (key == "seed") {
+    if (value.is_number_unsigned() || value.get<int64_t>() >= 0) return absl::OkStatus();
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": setting \"seed\" must lie in [0, 2^64), not ", value.dump()));
+  }
+  const bool fits = value.is_number_unsigned()
+                        ? value.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<int32_t>::max())
+                        : value.get<int64_t>() >= std::numeric_limits<int32_t>::min() &&
+                              value.get<int64_t>() <= std::numeric_limits<int32_t>::max();
+  if (fits) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(where, ": setting \"", key, "\" must lie in [",
+                                                 std::numeric_limits<int32_t>::min(), ", ",
+                                                 std::numeric_limits<int32_t>::max(), "], not ", value.dump()));
+}
+
+}  // namespace
+
 absl::StatusOr<json> MergeSettings(const json& base, const json& overrides, const std::string& where) {
   json merged = base;
   for (const auto& [key, value] : overrides.items()) {
@@ -222,6 +278,7 @@ absl::StatusOr<json> MergeSettings(const json& base, const json& overrides, cons
       return absl::InvalidArgumentError(absl::StrCat(where, ": setting \"", key, "\" must be a ",
                                                      expected.is_number_integer() ? "integer" : expected.type_name()));
     }
+    if (absl::Status range = CheckIntegerRange(key, value, where); !range.ok()) return range;
     merged[key] = value;
   }
   return merged;
@@ -284,9 +341,17 @@ absl::Status WriteAtomically(const std::string& path, const std::string& bytes) 
   {
     std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
     out << bytes;
-    if (!out) return absl::InternalError("cannot write " + temporary);
+    out.close();
+    if (!out) {
+      std::remove(temporary.c_str());
+      return absl::InternalError(absl::StrCat("cannot write ", temporary, ": ", std::strerror(errno)));
+    }
   }
-  if (std::rename(temporary.c_str(), path.c_str()) != 0) return absl::InternalError("cannot rename over " + path);
+  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
+    const int error = errno;
+    std::remove(temporary.c_str());
+    return absl::InternalError(absl::StrCat("cannot rename over ", path, ": ", std::strerror(error)));
+  }
   return absl::OkStatus();
 }
 

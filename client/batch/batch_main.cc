@@ -15,12 +15,14 @@
 #include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -94,9 +96,10 @@ bool OnCommandLine(const char* name) {
 absl::StatusOr<json> SettingsFromFlags() {
   json settings = JobDefaults();
   if (!absl::GetFlag(FLAGS_job).empty()) {
-    std::ifstream in(absl::GetFlag(FLAGS_job));
-    json file = json::parse(in, nullptr, /*allow_exceptions=*/false);
-    if (!in || file.is_discarded() || !file.is_object()) {
+    absl::StatusOr<std::string> text = ReadWholeFile(absl::GetFlag(FLAGS_job));
+    if (!text.ok()) return absl::Status(text.status().code(), absl::StrCat("--job: ", text.status().message()));
+    json file = json::parse(*text, nullptr, /*allow_exceptions=*/false);
+    if (file.is_discarded() || !file.is_object()) {
       return absl::InvalidArgumentError(absl::StrCat("--job ", absl::GetFlag(FLAGS_job), ": not a JSON object"));
     }
     absl::StatusOr<json> merged = MergeSettings(settings, file, "--job " + absl::GetFlag(FLAGS_job));
@@ -165,9 +168,25 @@ absl::StatusOr<std::vector<BatchRow>> ShardOf(std::vector<BatchRow> rows) {
   return shard;
 }
 
+// A usage error to report (exit 2), or "" when --server names at least one server and no blank one.
+std::string ServerListError() {
+  const std::vector<std::string>& servers = absl::GetFlag(FLAGS_server);
+  if (servers.empty()) return "--server: give at least one server (host:port, comma-separated)";
+  for (size_t i = 0; i < servers.size(); ++i) {
+    if (absl::StripAsciiWhitespace(servers[i]).empty()) {
+      return absl::StrCat("--server: entry ", i + 1, " of ", servers.size(), " is empty");
+    }
+  }
+  return "";
+}
+
 int Run() {
   if (absl::GetFlag(FLAGS_input).empty() || absl::GetFlag(FLAGS_output).empty()) {
     std::fprintf(stderr, "attribution-batch: give --input and --output (see --help)\n");
+    return 2;
+  }
+  if (const std::string error = ServerListError(); !error.empty()) {
+    std::fprintf(stderr, "attribution-batch: %s\n", error.c_str());
     return 2;
   }
   absl::StatusOr<std::vector<BatchRow>> rows = ReadRows(absl::GetFlag(FLAGS_input));
@@ -208,33 +227,70 @@ int Run() {
   return 0;
 }
 
-// Joins shard outputs into one file in the input's row order; every row must have exactly one result.
+// Whether `result` can join results of the job `first` came from: the same model, and for rows that
+// do not override the job's settings, the same settings. Returns the error naming both, else OK.
+absl::Status SameJob(const json& first, const std::string& first_file, const json& result, const std::string& file,
+                     const char* key) {
+  const json mine = first.value(key, json()), theirs = result.value(key, json());
+  if (mine.is_null() || theirs.is_null() || mine == theirs) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(file, ": row \"", result["id"].get<std::string>(), "\" has ", key,
+                                                    " ", theirs.dump(), ", but row \"", first["id"].get<std::string>(),
+                                                    "\" of ", first_file, " has ", mine.dump(),
+                                                    ": the shards come from different jobs"));
+}
+
+// Joins shard outputs into one file in the input's row order; every row must have exactly one result,
+// from one job (one model, one settings hash for the rows without settings of their own). The output
+// is replaced only once the merge succeeded.
 int Merge(const std::vector<std::string>& shard_files) {
   absl::StatusOr<std::vector<BatchRow>> rows = ReadRows(absl::GetFlag(FLAGS_input));
   if (!rows.ok()) return Failed(rows.status());
+  std::map<std::string, const BatchRow*> by_id;
+  for (const BatchRow& row : *rows) by_id[row.id] = &row;
   std::map<std::string, std::string> results;
+  std::optional<std::pair<json, std::string>> first_job_row;  // a row without own settings, and its file
+  std::optional<std::pair<json, std::string>> first_row;      // any row, for the model
   for (const std::string& file : shard_files) {
-    std::ifstream in(file);
-    if (!in) return Failed(absl::NotFoundError("cannot read " + file));
-    for (std::string line; std::getline(in, line);) {
+    absl::StatusOr<std::string> text = ReadWholeFile(file);
+    if (!text.ok()) return Failed(text.status());
+    for (absl::string_view piece : absl::StrSplit(*text, '\n', absl::SkipEmpty())) {
+      const std::string line(piece);
       json result = json::parse(line, nullptr, /*allow_exceptions=*/false);
-      if (result.is_discarded() || !result.contains("id") || !result["id"].is_string()) {
+      if (result.is_discarded() || !result.is_object() || !result.contains("id") || !result["id"].is_string()) {
         return Failed(absl::DataLossError(absl::StrCat(file, ": a line is not a result: ", line.substr(0, 80))));
       }
-      if (!results.emplace(result["id"].get<std::string>(), line).second) {
-        return Failed(absl::DataLossError(
-            absl::StrCat(file, ": row \"", result["id"].get<std::string>(), "\" has a result in two shard files")));
+      const std::string id = result["id"].get<std::string>();
+      auto row = by_id.find(id);
+      if (row == by_id.end()) {
+        return Failed(absl::FailedPreconditionError(absl::StrCat(
+            file, ": row \"", id, "\" is not in ", absl::GetFlag(FLAGS_input), ": the shard is of another job")));
+      }
+      if (!first_row) first_row.emplace(result, file);
+      if (absl::Status same = SameJob(first_row->first, first_row->second, result, file, "model_fingerprint");
+          !same.ok()) {
+        return Failed(same);
+      }
+      if (row->second->settings.empty()) {
+        if (!first_job_row) first_job_row.emplace(result, file);
+        if (absl::Status same = SameJob(first_job_row->first, first_job_row->second, result, file, "settings_hash");
+            !same.ok()) {
+          return Failed(same);
+        }
+      }
+      if (!results.emplace(id, line).second) {
+        return Failed(absl::DataLossError(absl::StrCat(file, ": row \"", id, "\" has a result in two shard files")));
       }
     }
   }
-  std::ofstream out(absl::GetFlag(FLAGS_output), std::ios::trunc);
+  std::string merged;
   for (const BatchRow& row : *rows) {
     auto it = results.find(row.id);
     if (it == results.end()) return Failed(absl::NotFoundError(absl::StrCat("row \"", row.id, "\" has no result")));
-    out << it->second << "\n";
+    absl::StrAppend(&merged, it->second, "\n");
   }
-  out.close();
-  if (!out) return Failed(absl::InternalError("cannot write " + absl::GetFlag(FLAGS_output)));
+  if (absl::Status written = WriteAtomically(absl::GetFlag(FLAGS_output), merged); !written.ok()) {
+    return Failed(written);
+  }
   if (!absl::GetFlag(FLAGS_parquet).empty()) {
     absl::Status table = WriteResultsParquet(absl::GetFlag(FLAGS_output), absl::GetFlag(FLAGS_parquet));
     if (!table.ok()) return Failed(table);

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -160,9 +161,55 @@ std::string Clock(double seconds) {
   return absl::StrFormat("%d:%02d:%02d", s / 3600, s / 60 % 60, s % 60);
 }
 
+// Refuses a results file written by another job: a done row this job would send with another request
+// id (other settings, model or input), or a row this job does not have. Lines written before results
+// carried request ids are checked by their settings hash only.
+absl::Status CheckDoneRowsAreThisJobs(const std::vector<BatchRow>& rows, const json& settings,
+                                      const std::string& model_fingerprint, const ResultLog& log) {
+  std::map<std::string, const BatchRow*> by_id;
+  for (const BatchRow& row : rows) by_id[row.id] = &row;
+  const std::pair<const std::string, DoneRow>* first_foreign = nullptr;
+  for (const auto& entry : log.done()) {
+    if (!by_id.contains(entry.first) && (first_foreign == nullptr || entry.second.line < first_foreign->second.line)) {
+      first_foreign = &entry;
+    }
+  }
+  if (first_foreign != nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(log.path(), ":", first_foreign->second.line, ": row \"", first_foreign->first,
+                     "\" is not in this job's input: the file holds another job's results; write to another file"));
+  }
+  for (const BatchRow& row : rows) {
+    auto done = log.done().find(row.id);
+    if (done == log.done().end()) continue;
+    const DoneRow& result = done->second;
+    absl::StatusOr<json> effective = MergeSettings(settings, row.settings, "row \"" + row.id + "\" settings");
+    if (!effective.ok()) continue;  // the row's result is that error, again
+    const std::string where = absl::StrCat(log.path(), ":", result.line, ": row \"", row.id, "\"");
+    if (SettingsDigest(*effective) != result.settings_hash) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(where, " done with other settings (settings_hash ", result.settings_hash, ", this job's ",
+                       SettingsDigest(*effective), "): write to another file to run these settings"));
+    }
+    if (!result.model_fingerprint.empty() && result.model_fingerprint != model_fingerprint) {
+      return absl::FailedPreconditionError(absl::StrCat(where, " done on another model (model_fingerprint ",
+                                                        result.model_fingerprint, ", the servers' ", model_fingerprint,
+                                                        "): write to another file to run this model"));
+    }
+    if (!result.request_id.empty() && result.request_id != RequestId(model_fingerprint, *effective, row)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(where, " done for another input (request_id ", result.request_id, ", this job's ",
+                       RequestId(model_fingerprint, *effective, row),
+                       "): the file holds another job's results; write to another file"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient*>& clients, std::string& model) {
+  if (clients.empty()) return absl::InvalidArgumentError("no servers to ask for the model");
   std::string fingerprint;
   for (size_t i = 0; i < clients.size(); ++i) {
     absl::StatusOr<std::vector<ModelInfo>> models = clients[i]->ListModels();
@@ -195,23 +242,50 @@ absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient
 absl::StatusOr<JobSummary> RunJob(const std::vector<BatchRow>& rows, const json& settings,
                                   const std::string& model_fingerprint, const std::vector<AttributionClient*>& clients,
                                   ResultLog& log, const RunnerOptions& options, std::ostream& progress) {
+  if (clients.empty()) return absl::InvalidArgumentError("no servers to send the rows to");
   JobSummary summary;
   summary.rows = static_cast<int64_t>(rows.size());
+  if (absl::Status same = CheckDoneRowsAreThisJobs(rows, settings, model_fingerprint, log); !same.ok()) return same;
   std::vector<const BatchRow*> todo;
   for (const BatchRow& row : rows) {
-    auto done = log.done().find(row.id);
-    if (done == log.done().end()) {
+    if (log.done().contains(row.id)) {
+      ++summary.skipped;
+    } else {
       todo.push_back(&row);
-      continue;
     }
-    absl::StatusOr<json> effective = MergeSettings(settings, row.settings, "row \"" + row.id + "\" settings");
-    if (effective.ok() && SettingsDigest(*effective) != done->second) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "the results file holds row \"", row.id, "\" done with other settings (settings_hash ", done->second,
-          ", this job's ", SettingsDigest(*effective), "): write to another file to run these settings"));
-    }
-    ++summary.skipped;
   }
+  // Rows to run that an uninterrupted run would have written before rows the file already holds (they
+  // failed for lack of capacity and were dropped on reopening): a prefix of `todo`, since both are in
+  // input order. Their lines are held back and go in with one Rewrite of the whole file in input order.
+  size_t last_done = 0;  // 1 + the input position of the last row done
+  bool done_in_order = true;
+  int64_t previous_line = 0;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    auto done = log.done().find(rows[i].id);
+    if (done == log.done().end()) continue;
+    last_done = i + 1;
+    done_in_order = done_in_order && done->second.line > previous_line;
+    previous_line = done->second.line;
+  }
+  size_t held_back = 0;
+  while (held_back < todo.size() && static_cast<size_t>(todo[held_back] - rows.data()) < last_done) ++held_back;
+  bool reorder = held_back > 0 || !done_in_order;
+  std::vector<std::string> held_lines;
+  // Once every held-back row has its line: the file rewritten as an uninterrupted run would have it.
+  auto rewrite_in_input_order = [&]() -> absl::Status {
+    std::vector<std::string> lines;
+    size_t held = 0;
+    for (size_t i = 0; i < last_done; ++i) {
+      if (auto done = log.done().find(rows[i].id); done != log.done().end()) {
+        lines.push_back(done->second.text);
+      } else if (held < held_lines.size()) {
+        lines.push_back(std::move(held_lines[held++]));
+      }
+    }
+    held_lines.clear();
+    reorder = false;
+    return log.Rewrite(lines);
+  };
 
   const RowProcessor processor(settings, model_fingerprint, clients, options);
   std::mutex mutex;
@@ -234,6 +308,7 @@ absl::StatusOr<JobSummary> RunJob(const std::vector<BatchRow>& rows, const json&
   absl::Time last_report = start;
   absl::Status write_status;
   size_t written = 0;
+  if (reorder && held_back == 0) write_status = rewrite_in_input_order();
   while (written < todo.size() && write_status.ok()) {
     std::vector<RowOutcome> ready;
     {
@@ -256,6 +331,12 @@ absl::StatusOr<JobSummary> RunJob(const std::vector<BatchRow>& rows, const json&
         summary.abs_deltas.push_back(std::abs(*outcome.delta));
         summary.worst_deltas.emplace_back(std::abs(*outcome.delta), todo[written + lines.size() - 1]->id);
       }
+    }
+    if (reorder) {
+      const size_t take = std::min(lines.size(), held_back - written);
+      std::move(lines.begin(), lines.begin() + static_cast<std::ptrdiff_t>(take), std::back_inserter(held_lines));
+      lines.erase(lines.begin(), lines.begin() + static_cast<std::ptrdiff_t>(take));
+      if (written + take == held_back && write_status.ok()) write_status = rewrite_in_input_order();
     }
     if (write_status.ok()) write_status = log.Append(lines);
     written += ready.size();

@@ -40,6 +40,9 @@ struct JobSummary {
 // The model's identity as the servers report it (all must agree), for request ids and results.
 absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient*>& clients, std::string& model);
 
+// Runs the rows `log` does not hold yet and writes their results in input order. FAILED_PRECONDITION,
+// naming the file's line, when `log` holds rows of another job: a row not in `rows`, or one done with
+// other settings, on another model or for another input (its request_id).
 absl::StatusOr<JobSummary> RunJob(const std::vector<BatchRow>& rows, const nlohmann::json& settings,
                                   const std::string& model_fingerprint, const std::vector<AttributionClient*>& clients,
                                   ResultLog& log, const RunnerOptions& options, std::ostream& progress);

@@ -26,10 +26,16 @@ absl::Status MakeDirectory(const std::string& path) {
 }
 
 // The three features with the largest |attribution|, strongest first, coloured as on the row's page.
+// Features without a finite value (NaN is written as null) or a text are left out.
 std::string TopFeatures(const json& result) {
-  const json features = result.value("features", json::array()), values = result.value("attribution", json::array());
-  std::vector<size_t> order(std::min(features.size(), values.size()));
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  const json features = result.value("features", json()), values = result.value("attribution", json());
+  if (!features.is_array() || !values.is_array()) return "";
+  std::vector<size_t> order;
+  for (size_t i = 0; i < std::min(features.size(), values.size()); ++i) {
+    if (features[i].is_string() && values[i].is_number() && std::isfinite(values[i].get<double>())) {
+      order.push_back(i);
+    }
+  }
   std::sort(order.begin(), order.end(),
             [&](size_t a, size_t b) { return std::abs(values[a].get<double>()) > std::abs(values[b].get<double>()); });
   const double scale = order.empty() ? 0 : std::abs(values[order[0]].get<double>());
@@ -41,6 +47,13 @@ std::string TopFeatures(const json& result) {
                     "</code>");
   }
   return text;
+}
+
+// A failed row's status cell: its error code.
+std::string ErrorCode(const json& result) {
+  const json error = result.value("error", json());
+  const json code = error.is_object() ? error.value("code", json()) : json();
+  return code.is_string() ? code.get<std::string>() : "error";
 }
 
 std::string Cell(const json& value) {
@@ -91,17 +104,17 @@ absl::Status WriteIndex(const std::string& dir, const std::string& results_path)
   int64_t count = 0, errors = 0;
   for (std::string line; std::getline(in, line);) {
     const json result = json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (result.is_discarded() || !result.contains("id")) continue;
+    if (result.is_discarded() || !result.is_object() || !result.contains("id") || !result["id"].is_string()) continue;
     ++count;
     const std::string id = result["id"].get<std::string>();
-    const bool ok = result.value("status", "") == "ok";
+    const bool ok = result.value("status", json()) == "ok";
     errors += !ok;
     const json delta = result.value("convergence_delta", json());
     absl::StrAppend(
         &rows, "<tr><td>",
         ok ? absl::StrCat("<a href=\"", HtmlEscape(RowPagePath(id)), "\">", HtmlEscape(id), "</a>") : HtmlEscape(id),
-        "</td><td>", ok ? "ok" : HtmlEscape(result["error"].value("code", "error")), "</td><td", Correctness(result),
-        ">", Cell(result.value("predicted", json())), "</td><td>", Cell(result.value("label", json())), "</td><td>",
+        "</td><td>", ok ? "ok" : HtmlEscape(ErrorCode(result)), "</td><td", Correctness(result), ">",
+        Cell(result.value("predicted", json())), "</td><td>", Cell(result.value("label", json())), "</td><td>",
         Cell(result.value("objective", json())), "</td><td>",
         delta.is_number() ? absl::StrFormat("%.4g", std::abs(delta.get<double>())) : "", "</td><td>",
         TopFeatures(result), "</td></tr>\n");

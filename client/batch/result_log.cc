@@ -36,16 +36,38 @@ bool RetriedOnResume(const std::string& code) {
   return code == "UNAVAILABLE" || code == "RESOURCE_EXHAUSTED" || code == "DEADLINE_EXCEEDED" || code == "CANCELLED";
 }
 
+namespace {
+
+// `bytes` as the whole file at `path`: readers (and a kill) see the old file or the new one.
+absl::Status ReplaceFile(const std::string& path, const std::string& bytes) {
+  const std::string temporary = path + ".tmp";
+  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return Errno("cannot create", temporary);
+  absl::Status written = WriteAll(fd, bytes, temporary);
+  ::close(fd);
+  if (!written.ok()) return written;
+  if (::rename(temporary.c_str(), path.c_str()) != 0) return Errno("cannot rename over", path);
+  return absl::OkStatus();
+}
+
+std::string StringField(const nlohmann::json& result, const char* key) {
+  const nlohmann::json value = result.value(key, nlohmann::json());
+  return value.is_string() ? value.get<std::string>() : "";
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<ResultLog>> ResultLog::Open(const std::string& path) {
-  std::map<std::string, std::string> done;
+  std::map<std::string, DoneRow> done;
   std::string kept;
+  int64_t kept_lines = 0;
   bool rewrite = false;
   if (std::ifstream in(path, std::ios::binary); in) {
     std::stringstream buffer;
     buffer << in.rdbuf();
     const std::string text = buffer.str();
     size_t begin = 0;
-    while (begin < text.size()) {
+    for (int64_t number = 1; begin < text.size(); ++number) {
       const size_t end = text.find('\n', begin);
       if (end == std::string::npos) {  // cut short by a kill: never counted as done
         rewrite = true;
@@ -54,33 +76,42 @@ absl::StatusOr<std::unique_ptr<ResultLog>> ResultLog::Open(const std::string& pa
       const std::string line = text.substr(begin, end - begin);
       begin = end + 1;
       nlohmann::json result = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-      if (result.is_discarded() || !result.contains("id") || !result["id"].is_string()) {
-        return absl::DataLossError(absl::StrCat(path, ": a line is not a result of this tool: ", line.substr(0, 80)));
+      if (result.is_discarded() || !result.is_object() || !result.contains("id") || !result["id"].is_string()) {
+        return absl::DataLossError(
+            absl::StrCat(path, ":", number, ": a line is not a result of this tool: ", line.substr(0, 80)));
       }
-      const std::string code = result.value("error", nlohmann::json::object()).value("code", "");
+      // The index page and Parquet table read these fields: a line of another shape is not ours.
+      const nlohmann::json status = result.value("status", nlohmann::json());
+      const nlohmann::json error = result.value("error", nlohmann::json());
+      if (!status.is_string() ||
+          (status != "ok" && !(error.is_object() && error.value("code", nlohmann::json()).is_string()))) {
+        return absl::DataLossError(absl::StrCat(path, ":", number,
+                                                ": a line is not a result of this tool (no \"status\" \"ok\" "
+                                                "or \"error\" {code, message}): ",
+                                                line.substr(0, 80)));
+      }
+      const std::string code = status == "ok" ? "" : error["code"].get<std::string>();
       if (RetriedOnResume(code)) {
         rewrite = true;
         continue;
       }
-      done[result["id"].get<std::string>()] = result.value("settings_hash", "");
+      done[result["id"].get<std::string>()] = {.line = ++kept_lines,
+                                               .settings_hash = StringField(result, "settings_hash"),
+                                               .request_id = StringField(result, "request_id"),
+                                               .model_fingerprint = StringField(result, "model_fingerprint"),
+                                               .text = line};
       kept += line + "\n";
     }
   }
   if (rewrite) {
-    const std::string temporary = path + ".tmp";
-    const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return Errno("cannot create", temporary);
-    absl::Status written = WriteAll(fd, kept, temporary);
-    ::close(fd);
-    if (!written.ok()) return written;
-    if (::rename(temporary.c_str(), path.c_str()) != 0) return Errno("cannot rename over", path);
+    if (absl::Status replaced = ReplaceFile(path, kept); !replaced.ok()) return replaced;
   }
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (fd < 0) return Errno("cannot open", path);
   return std::unique_ptr<ResultLog>(new ResultLog(path, fd, std::move(done)));
 }
 
-ResultLog::ResultLog(std::string path, int fd, std::map<std::string, std::string> done)
+ResultLog::ResultLog(std::string path, int fd, std::map<std::string, DoneRow> done)
     : path_(std::move(path)), fd_(fd), done_(std::move(done)) {}
 
 ResultLog::~ResultLog() { ::close(fd_); }
@@ -90,6 +121,18 @@ absl::Status ResultLog::Append(const std::vector<std::string>& lines) {
   std::string bytes;
   for (const std::string& line : lines) absl::StrAppend(&bytes, line, "\n");
   return WriteAll(fd_, bytes, path_);
+}
+
+absl::Status ResultLog::Rewrite(const std::vector<std::string>& lines) {
+  std::string bytes;
+  for (const std::string& line : lines) absl::StrAppend(&bytes, line, "\n");
+  if (absl::Status replaced = ReplaceFile(path_, bytes); !replaced.ok()) return replaced;
+  // The rename left fd_ on the old file's inode: later appends must reach the new one.
+  const int fd = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  if (fd < 0) return Errno("cannot open", path_);
+  ::close(fd_);
+  fd_ = fd;
+  return absl::OkStatus();
 }
 
 }  // namespace attribution::client::batch

@@ -4,6 +4,8 @@
 // Reopening the file resumes the job: a last line cut short by a kill is dropped, and so are rows that
 // failed only for lack of capacity (UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, CANCELLED),
 // which the resumed job tries again; the kept lines are rewritten through PATH.tmp and rename(2).
+// Rows tried again belong in the middle of the file: the job hands their lines to Rewrite, which
+// replaces the whole file the same way, so a kill leaves either file and never a mix.
 //
 //   ASSIGN_OR_RETURN(auto log, ResultLog::Open("out.jsonl"));
 //   if (!log->done().contains(row.id)) ... RETURN_IF_ERROR(log->Append({line}));
@@ -21,22 +23,35 @@ namespace attribution::client::batch {
 // Whether a row that ended with this status code is tried again when the job resumes.
 bool RetriedOnResume(const std::string& code);
 
+// A row the file already holds a final result of: what identifies the job that wrote it.
+struct DoneRow {
+  int64_t line = 0;               // 1-based, in the file as reopened
+  std::string settings_hash;      // "" when the line has none
+  std::string request_id;         // "" when the line has none (a row whose settings did not merge)
+  std::string model_fingerprint;  // "" when the line has none
+  std::string text;               // the line, without its newline
+};
+
+// Not thread-safe: one writer.
 class ResultLog {
  public:
   static absl::StatusOr<std::unique_ptr<ResultLog>> Open(const std::string& path);
   ~ResultLog();
 
-  // id -> settings_hash of the rows already done.
-  const std::map<std::string, std::string>& done() const { return done_; }
+  const std::string& path() const { return path_; }
+  // id -> the row's result, of the rows already done.
+  const std::map<std::string, DoneRow>& done() const { return done_; }
   // Lines without their newline; written in one call and synced before it returns.
   absl::Status Append(const std::vector<std::string>& lines);
+  // Replaces the file with `lines` (through PATH.tmp, fsync and rename(2)); later Appends follow them.
+  absl::Status Rewrite(const std::vector<std::string>& lines);
 
  private:
-  ResultLog(std::string path, int fd, std::map<std::string, std::string> done);
+  ResultLog(std::string path, int fd, std::map<std::string, DoneRow> done);
 
   std::string path_;
-  int fd_;
-  std::map<std::string, std::string> done_;
+  int fd_;  // O_APPEND, on the file now at path_
+  std::map<std::string, DoneRow> done_;
 };
 
 }  // namespace attribution::client::batch

@@ -2,9 +2,12 @@
 // attribution-batch against real servers on the default model, with a generated data set of its
 // warmth questions (known answers): results equal the same requests sent one by one, a job killed
 // with SIGKILL three times and resumed ends with the output of an uninterrupted run, two servers
-// share the work (and one may die), shards merge into the single run, bad rows are recorded.
+// share the work (and one may die), shards merge into the single run, bad rows are recorded; hostile
+// inputs and misuse (stray CSV quotes, no servers, directories, another job's results or shards, rows
+// retried on resume, odd result lines) end in a clear error or the right file, never lost rows.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -540,6 +543,275 @@ TEST_F(Batch, CsvRowsHtmlPagesAndBadInputFiles) {
                         << "a,caf\xe9, Yes\n";
   EXPECT_EQ(RunBatch({"--input=" + latin1, "--output=" + output, "--server=" + a_->address()}, log), 1);
   EXPECT_THAT(ReadFile(log), HasSubstr("latin1.csv:2: not valid UTF-8"));
+}
+
+// Hostile inputs and misuse: none of these may lose rows, hang, or end in an uncaught exception.
+
+// RFC 4180 as Python's csv module reads it: a quote opens a quoted field only at the field's start;
+// inside an unquoted field it is text. Before, an even number of stray quotes merged rows silently.
+TEST(BatchInput, AQuoteInsideAnUnquotedFieldIsText) {
+  TempDir dir;
+  const std::string csv = dir.File("rows.csv");
+  std::ofstream(csv) << "id,prompt,target\n"
+                     << "a,Is a 5\" screen big? A:, No\n"
+                     << "b,Is a 7\" screen big? A:, Yes\n"
+                     << "c,\"quoted, with \"\"quotes\"\"\", No\n";
+  absl::StatusOr<std::vector<client::batch::BatchRow>> rows = client::batch::ReadRows(csv);
+  ASSERT_THAT(rows, IsOk());
+  ASSERT_EQ(rows->size(), 3u);
+  EXPECT_EQ((*rows)[0].prompt, "Is a 5\" screen big? A:");
+  EXPECT_EQ((*rows)[0].target, " No");
+  EXPECT_EQ((*rows)[1].id, "b");
+  EXPECT_EQ((*rows)[1].prompt, "Is a 7\" screen big? A:");
+  EXPECT_EQ((*rows)[2].prompt, "quoted, with \"quotes\"");
+  EXPECT_EQ((*rows)[2].line, 4);
+}
+
+// Settings are checked against what the request carries: get<int>() wrapped 2^32 + 8 to 8 steps, and a
+// seed of -1 was recorded as -1 but sent as 2^64 - 1.
+TEST(BatchSettings, IntegersOutOfRangeAreRefusedNamingTheSetting) {
+  const json defaults = client::batch::JobDefaults();
+  EXPECT_THAT(client::batch::MergeSettings(defaults, json{{"n_steps", 4294967304ull}}, "--job j").status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--job j: setting \"n_steps\" must lie in")));
+  EXPECT_THAT(client::batch::MergeSettings(defaults, json{{"n_samples", -4294967296ll}}, "row").status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("\"n_samples\"")));
+  EXPECT_THAT(client::batch::MergeSettings(defaults, json{{"seed", -1}}, "row").status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("\"seed\" must lie in [0, 2^64)")));
+  EXPECT_THAT(client::batch::MergeSettings(defaults, json{{"n_steps", 512}, {"seed", 18446744073709551615ull}}, "row"),
+              IsOk());
+}
+
+// An empty server list started no workers and waited forever (or divided by zero with --window).
+TEST(BatchCommandLine, AnEmptyServerListIsAUsageError) {
+  TempDir dir;
+  const std::string input = dir.File("rows.jsonl"), log = dir.File("log");
+  std::ofstream(input) << R"({"id": "a", "prompt": "Q: Is it warm? A:", "target": " Yes"})"
+                       << "\n";
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  const auto hung = [&] { return absl::Now() > deadline; };
+  EXPECT_EQ(RunBatch({"--input=" + input, "--output=" + dir.File("out.jsonl"), "--server="}, log, hung), 2);
+  EXPECT_EQ(RunBatch({"--input=" + input, "--output=" + dir.File("out.jsonl"), "--server=", "--window=2"}, log, hung),
+            2);
+  EXPECT_EQ(RunBatch({"--input=" + input, "--output=" + dir.File("out.jsonl"), "--server=,,"}, log, hung), 2);
+  EXPECT_THAT(ReadFile(log), HasSubstr("--server: give at least one server"));
+  EXPECT_THAT(ReadFile(log), HasSubstr("--server: entry 1 of 3 is empty"));
+}
+
+// A directory where a file belongs: an error naming it (libstdc++'s stream threw from underflow).
+TEST(BatchCommandLine, ADirectoryForAnInputFileIsAnErrorNamingIt) {
+  TempDir dir;
+  const std::string input = dir.File("rows.jsonl"), folder = dir.File("folder.jsonl"), log = dir.File("log");
+  ASSERT_EQ(::mkdir(folder.c_str(), 0755), 0);
+  std::ofstream(input) << R"({"id": "a", "prompt": "Q: Is it warm? A:", "target": " Yes"})"
+                       << "\n";
+  const std::string output = "--output=" + dir.File("out.jsonl"), server = "--server=127.0.0.1:1";
+  EXPECT_EQ(RunBatch({"--input=" + folder, output, server}, log), 1);
+  EXPECT_EQ(RunBatch({"--input=" + input, "--job=" + folder, output, server}, log), 1);
+  EXPECT_EQ(RunBatch({"merge", "--input=" + folder, output}, log), 1);
+  EXPECT_EQ(RunBatch({"merge", "--input=" + input, output, folder}, log), 1);
+  const std::string text = ReadFile(log);
+  EXPECT_THAT(text, HasSubstr("cannot read " + folder + ": Is a directory"));
+  EXPECT_THAT(text, HasSubstr("--job: cannot read " + folder + ": Is a directory"));
+  EXPECT_THAT(text, ::testing::Not(HasSubstr("terminate")));
+}
+
+// Shard result lines as a job writes them (the fields merge compares).
+std::string ShardLine(const std::string& id, const std::string& settings_hash, const std::string& fingerprint = "m1") {
+  return json{{"id", id},
+              {"model_fingerprint", fingerprint},
+              {"settings_hash", settings_hash},
+              {"status", "ok"},
+              {"features", {"x"}},
+              {"attribution", {0.5}}}
+      .dump();
+}
+
+// A merge that fails (a shard forgotten) leaves the output as it was: before, it truncated it first.
+TEST(BatchMerge, AFailedMergeLeavesTheOutputAsItWas) {
+  TempDir dir;
+  const std::string input = dir.File("rows.jsonl"), output = dir.File("merged.jsonl"), log = dir.File("log");
+  std::ofstream(input) << R"({"id": "r0", "prompt": "a", "target": " b"})"
+                       << "\n"
+                       << R"({"id": "r1", "prompt": "c", "target": " d"})"
+                       << "\n";
+  std::ofstream(dir.File("s0.jsonl")) << ShardLine("r0", "h") << "\n";
+  std::ofstream(dir.File("s1.jsonl")) << ShardLine("r1", "h") << "\n";
+  ASSERT_EQ(
+      RunBatch({"merge", "--input=" + input, "--output=" + output, dir.File("s0.jsonl"), dir.File("s1.jsonl")}, log), 0)
+      << ReadFile(log);
+  const std::string merged = ReadFile(output);
+  ASSERT_EQ(CountLines(output), 2u);
+  EXPECT_EQ(RunBatch({"merge", "--input=" + input, "--output=" + output, dir.File("s0.jsonl")}, log), 1);
+  EXPECT_THAT(ReadFile(log), HasSubstr("row \"r1\" has no result"));
+  EXPECT_EQ(ReadFile(output), merged);
+}
+
+// Shards of different jobs (settings or model) or with rows of another input are not joined.
+TEST(BatchMerge, ShardsOfDifferentJobsAreRefused) {
+  TempDir dir;
+  const std::string input = dir.File("rows.jsonl"), output = dir.File("merged.jsonl"), log = dir.File("log");
+  std::ofstream(input) << R"({"id": "r0", "prompt": "a", "target": " b"})"
+                       << "\n"
+                       << R"({"id": "r1", "prompt": "c", "target": " d"})"
+                       << "\n"
+                       << R"({"id": "r2", "prompt": "e", "target": " f", "settings": {"n_steps": 8}})"
+                       << "\n";
+  std::ofstream(dir.File("s0.jsonl")) << ShardLine("r0", "h") << "\n";
+  std::ofstream(dir.File("s1.jsonl")) << ShardLine("r1", "other") << "\n" << ShardLine("r2", "own") << "\n";
+  std::ofstream(dir.File("s1_model.jsonl")) << ShardLine("r1", "h", "m2") << "\n" << ShardLine("r2", "own") << "\n";
+  std::ofstream(dir.File("s1_foreign.jsonl")) << ShardLine("r1", "h") << "\n"
+                                              << ShardLine("r2", "own") << "\n"
+                                              << ShardLine("zzz", "h") << "\n";
+  std::ofstream(dir.File("s1_good.jsonl")) << ShardLine("r1", "h") << "\n" << ShardLine("r2", "own") << "\n";
+  const std::vector<std::string> merge = {"merge", "--input=" + input, "--output=" + output, dir.File("s0.jsonl")};
+  auto with = [&](const std::string& shard) {
+    std::vector<std::string> args = merge;
+    args.push_back(dir.File(shard));
+    return args;
+  };
+  EXPECT_EQ(RunBatch(with("s1.jsonl"), log), 1);
+  EXPECT_THAT(ReadFile(log), HasSubstr("row \"r1\" has settings_hash \"other\""));
+  EXPECT_EQ(RunBatch(with("s1_model.jsonl"), log), 1);
+  EXPECT_THAT(ReadFile(log), HasSubstr("row \"r1\" has model_fingerprint \"m2\""));
+  EXPECT_EQ(RunBatch(with("s1_foreign.jsonl"), log), 1);
+  EXPECT_THAT(ReadFile(log), HasSubstr("row \"zzz\" is not in " + input));
+  EXPECT_FALSE(std::ifstream(output).good());
+  // A row with its own settings may have its own hash.
+  EXPECT_EQ(RunBatch(with("s1_good.jsonl"), log), 0) << ReadFile(log);
+  EXPECT_EQ(CountLines(output), 3u);
+}
+
+// The index renders any result line without throwing: no error object, NaN attributions (null), values
+// of unexpected types.
+TEST(BatchIndex, OddlyShapedResultLinesRender) {
+  TempDir dir;
+  const std::string results = dir.File("results.jsonl");
+  std::ofstream(results) << R"({"id":"e","status":"error"})"
+                         << "\n"
+                         << R"({"id":"n","status":"ok","features":["a","b","c"],"attribution":[null,1,"x"]})"
+                         << "\n"
+                         << R"({"id":"t","status":7,"error":"boom","features":"a","attribution":{},"correct":1})"
+                         << "\n"
+                         << R"({"id":3,"status":"ok"})"
+                         << "\n"
+                         << R"([1,2])"
+                         << "\n";
+  ASSERT_THAT(client::batch::WriteIndex(dir.File("html"), results), IsOk());
+  const std::string index = ReadFile(dir.File("html/index.html"));
+  EXPECT_THAT(index, HasSubstr("3 rows, 2 errors"));
+  EXPECT_THAT(index, HasSubstr("<td>e</td><td>error</td>"));
+  EXPECT_THAT(index, HasSubstr(">b</code>"));
+  EXPECT_THAT(index, ::testing::Not(HasSubstr(">a</code>")));
+}
+
+// Resuming against real rows: one server, a handful of rows.
+class BatchResume : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto server = ServerProcess::Start({});
+    start_status_ = server.status();
+    if (server.ok()) server_ = server->release();
+  }
+  static void TearDownTestSuite() { delete server_; }
+  void SetUp() override { ASSERT_THAT(start_status_, IsOk()); }
+
+  // `count` rows r0, r1, ... asking whether a thing of the colour `colours[i % size]` is warm.
+  std::string WriteQuestions(const std::string& name, int count, const std::string& object = "cup") const {
+    const std::vector<std::string> colours = {"red", "blue", "gold", "green"};
+    const std::string path = dir_.File(name);
+    std::ofstream out(path);
+    for (int i = 0; i < count; ++i) {
+      out << json{{"id", absl::StrCat("r", i)},
+                  {"prompt", absl::StrCat("The ", object, " is ", colours[i % colours.size()], ". Q: Is it warm? A:")},
+                  {"target", " Yes"}}
+                 .dump()
+          << "\n";
+    }
+    return path;
+  }
+  int Run(const std::string& input, const std::string& output) const {
+    return RunBatch({"--input=" + input, "--output=" + output, "--server=" + server_->address(), "--method=saliency",
+                     "--progress=log"},
+                    log_);
+  }
+  static std::vector<std::string> Ids(const std::vector<json>& results) {
+    std::vector<std::string> ids;
+    for (const json& result : results) ids.push_back(result["id"].get<std::string>());
+    return ids;
+  }
+
+  TempDir dir_;
+  const std::string log_ = dir_.File("batch.log");
+  static absl::Status start_status_;
+  static ServerProcess* server_;
+};
+
+absl::Status BatchResume::start_status_;
+ServerProcess* BatchResume::server_ = nullptr;
+
+// Another job's results file (same ids and settings, other prompts; or rows not in the input) is
+// refused naming the file and the row; before, its rows counted as done.
+TEST_F(BatchResume, AnotherJobsResultsFileIsRefused) {
+  const std::string output = dir_.File("out.jsonl");
+  ASSERT_EQ(Run(WriteQuestions("first.jsonl", 3), output), 0) << ReadFile(log_);
+  const std::string before = ReadFile(output);
+  EXPECT_EQ(Run(WriteQuestions("other.jsonl", 3, "box"), output), 1);
+  EXPECT_THAT(ReadFile(log_), HasSubstr(output + ":1: row \"r0\" done for another input (request_id "));
+  EXPECT_EQ(RunBatch({"--input=" + WriteQuestions("fewer.jsonl", 2), "--output=" + output,
+                      "--server=" + server_->address(), "--method=saliency"},
+                     log_),
+            1);
+  EXPECT_THAT(ReadFile(log_), HasSubstr(output + ":3: row \"r2\" is not in this job's input"));
+  EXPECT_EQ(ReadFile(output), before);
+  // The same job resumes as before.
+  EXPECT_EQ(Run(dir_.File("first.jsonl"), output), 0) << ReadFile(log_);
+  EXPECT_EQ(ReadFile(output), before);
+}
+
+// A row that failed for lack of capacity is run again on resume and lands where an uninterrupted run
+// puts it; before, it went to the end of the file.
+TEST_F(BatchResume, ARowTriedAgainKeepsItsPlaceInInputOrder) {
+  const std::string input = WriteQuestions("rows.jsonl", 5), reference = dir_.File("reference.jsonl");
+  ASSERT_EQ(Run(input, reference), 0) << ReadFile(log_);
+  const std::vector<json> expected = ReadResults(reference);
+  ASSERT_EQ(expected.size(), 5u);
+  // As if the servers had gone while r1 ran and the job was killed after r3: r4 is not done either.
+  const std::string output = dir_.File("resumed.jsonl");
+  {
+    std::ofstream out(output);
+    for (int i = 0; i < 4; ++i) {
+      json line = expected[i];
+      if (i == 1) {
+        line = {{"id", "r1"},
+                {"request_id", expected[1]["request_id"]},
+                {"status", "error"},
+                {"error", {{"code", "UNAVAILABLE"}, {"message", "failed to connect"}}},
+                {"attempts", 8}};
+      }
+      out << line.dump() << "\n";
+    }
+  }
+  ASSERT_EQ(Run(input, output), 0) << ReadFile(log_);
+  const std::vector<json> resumed = ReadResults(output);
+  EXPECT_THAT(Ids(resumed), ::testing::ElementsAre("r0", "r1", "r2", "r3", "r4"));
+  ExpectSameResults(resumed, expected);
+  // A file left out of order (by an earlier version) is put back in order.
+  {
+    std::ofstream out(output);
+    for (int i : {0, 2, 3, 4, 1}) out << expected[i].dump() << "\n";
+  }
+  ASSERT_EQ(Run(input, output), 0) << ReadFile(log_);
+  EXPECT_THAT(Ids(ReadResults(output)), ::testing::ElementsAre("r0", "r1", "r2", "r3", "r4"));
+}
+
+// A line of another shape than the tool writes is refused when the job resumes, naming its line.
+TEST_F(BatchResume, AResultLineOfAnotherShapeIsRefused) {
+  const std::string input = WriteQuestions("rows.jsonl", 2), output = dir_.File("odd.jsonl");
+  ASSERT_EQ(Run(input, output), 0) << ReadFile(log_);
+  std::ofstream(output, std::ios::app) << R"({"id":"r9","status":"error"})"
+                                       << "\n";
+  EXPECT_EQ(Run(input, output), 1);
+  EXPECT_THAT(ReadFile(log_), HasSubstr(output + ":3: a line is not a result of this tool"));
 }
 
 }  // namespace

@@ -1,18 +1,22 @@
 // SPDX-License-Identifier: Apache-2.0
 // The programs' command lines: --help lists each program's own flags (abseil's default lists only
-// flags of files named after the program, which printed "No flags matched"), and a repeated --model
-// serves every model it names (abseil kept only the last).
+// flags of files named after the program, which printed "No flags matched"), a repeated --model
+// serves every model it names (abseil kept only the last), and the CLI's --html to a path it cannot
+// write is an error.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
 #include <cstdio>
 #include <string>
+#include <tuple>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "client/attribution_client.h"
 #include "tests/testing/server_process.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
 
 namespace attribution {
 namespace {
@@ -75,6 +79,32 @@ TEST(ServerCommandLine, ARepeatedModelFlagServesEveryModel) {
   std::vector<std::string> names;
   for (const client::ModelInfo& model : *models) names.push_back(model.name);
   EXPECT_THAT(names, ::testing::UnorderedElementsAre("a", "b", "c"));
+}
+
+// An --html report that cannot be written is an error naming the path (it exited 0 without a word).
+TEST(CliCommandLine, AnHtmlReportThatCannotBeWrittenIsAnError) {
+  auto server = test_support::ServerProcess::Start({});
+  ASSERT_THAT(server, IsOk());
+  test_support::TempDir dir;
+  const std::string attribute = absl::StrCat(ATTRIBUTION_CLI_BINARY, " attribute --server=", (*server)->address(),
+                                             " --prompt='The cup is red. Q: Is it warm? A:' --target=' Yes'"
+                                             " --method=saliency --html=");
+  for (const std::string& path : {dir.path(), dir.File("missing/report.html")}) {
+    auto [code, output] = RunCommand(attribute + path);
+    EXPECT_EQ(code, 1) << output;
+    EXPECT_THAT(output, HasSubstr("--html: cannot write " + path)) << output;
+  }
+  auto [code, output] = RunCommand(attribute + dir.File("report.html"));
+  EXPECT_EQ(code, 0) << output;
+  const std::string components = absl::StrCat(
+      ATTRIBUTION_CLI_BINARY, " components --server=", (*server)->address(),
+      " --clean='When Mary and John went out, John gave a drink to'"
+      " --corrupted='When Mary and John went out, Mary gave a drink to' --answer=' Mary' --wrong_answer=' John'"
+      " --sites=attn_out --html=",
+      dir.path());
+  std::tie(code, output) = RunCommand(components);
+  EXPECT_EQ(code, 1) << output;
+  EXPECT_THAT(output, HasSubstr("--html: cannot write " + dir.path())) << output;
 }
 
 }  // namespace
