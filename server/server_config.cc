@@ -3,9 +3,13 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <limits>
+#include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -19,6 +23,77 @@ namespace {
 
 using nlohmann::json;
 
+// What a message shows of a value of the wrong type: a number as written, anything else by its type.
+std::string Shown(const json& value) { return value.is_number() ? value.dump() : value.type_name(); }
+
+// Each ValueOf overload converts one JSON value or says what was expected: nlohmann's get<> would
+// truncate 1.9 to 1, wrap 1e30 and accept any number where a bool is expected.
+std::optional<const char*> ValueOf(const json& value, int64_t& out) {
+  // 2^63 as a double: the first value int64 cannot hold.
+  constexpr double kInt64Limit = 9223372036854775808.0;
+  if (value.is_number_unsigned()) {
+    if (value.get<uint64_t>() > uint64_t{std::numeric_limits<int64_t>::max()}) return "an integer within int64";
+    out = static_cast<int64_t>(value.get<uint64_t>());
+  } else if (value.is_number_integer()) {
+    out = value.get<int64_t>();
+  } else if (value.is_number_float() && std::trunc(value.get<double>()) == value.get<double>() &&
+             std::abs(value.get<double>()) < kInt64Limit) {
+    out = static_cast<int64_t>(value.get<double>());  // 1e6: how Helm's toJson writes 1000000
+  } else {
+    return "an integer";
+  }
+  return std::nullopt;
+}
+
+std::optional<const char*> ValueOf(const json& value, int& out) {
+  int64_t wide = 0;
+  if (ValueOf(value, wide) || wide < std::numeric_limits<int>::min() || wide > std::numeric_limits<int>::max()) {
+    return "an integer within int32";
+  }
+  out = static_cast<int>(wide);
+  return std::nullopt;
+}
+
+std::optional<const char*> ValueOf(const json& value, double& out) {
+  if (!value.is_number()) return "a number";
+  out = value.get<double>();
+  return std::nullopt;
+}
+
+std::optional<const char*> ValueOf(const json& value, bool& out) {
+  if (!value.is_boolean()) return "true or false";
+  out = value.get<bool>();
+  return std::nullopt;
+}
+
+std::optional<const char*> ValueOf(const json& value, std::string& out) {
+  if (!value.is_string()) return "a string";
+  out = value.get<std::string>();
+  return std::nullopt;
+}
+
+// A section (tls, engine, limits) must be an object: iterating a string or an array as one would
+// report its characters or indices as unknown keys.
+struct Section {
+  json value = json::object();
+};
+
+std::optional<const char*> ValueOf(const json& value, Section& out) {
+  if (!value.is_object()) return "an object";
+  out.value = value;
+  return std::nullopt;
+}
+
+struct List {
+  json value = json::array();
+};
+
+std::optional<const char*> ValueOf(const json& value, List& out) {
+  if (!value.is_array()) return "an array";
+  out.value = value;
+  return std::nullopt;
+}
+
 // Reads the keys of one JSON object, remembering which were used so that leftovers (typos) fail.
 class ObjectReader {
  public:
@@ -29,10 +104,8 @@ class ObjectReader {
     used_.insert(key);
     auto it = object_.find(key);
     if (it == object_.end()) return absl::OkStatus();
-    try {
-      out = it->template get<T>();
-    } catch (const json::exception&) {
-      return absl::InvalidArgumentError(absl::StrCat(where_, ".", key, " has the wrong type (", it->type_name(), ")"));
+    if (std::optional<const char*> expected = ValueOf(*it, out)) {
+      return absl::InvalidArgumentError(absl::StrCat(where_, ".", key, " must be ", *expected, ", got ", Shown(*it)));
     }
     return absl::OkStatus();
   }
@@ -99,13 +172,29 @@ absl::Status ReadModel(const json& object, const std::string& where, ModelSpec& 
   RETURN_IF_ERROR(reader.Read("device", out.device));
   RETURN_IF_ERROR(reader.Read("allow_nonfinite_weights", out.allow_nonfinite_weights));
   RETURN_IF_ERROR(reader.Read("pack_weights_for_few_rows", out.pack_weights_for_few_rows));
-  json engine = json::object(), limits = json::object();
+  Section engine, limits;
   RETURN_IF_ERROR(reader.Read("engine", engine));
   RETURN_IF_ERROR(reader.Read("limits", limits));
   RETURN_IF_ERROR(reader.Finish());
   ApplyDeviceDefaults(out.device, out.engine);
-  RETURN_IF_ERROR(ReadEngineOptions(engine, where + ".engine", out.engine));
-  return ReadLimits(limits, where + ".limits", out.limits);
+  RETURN_IF_ERROR(ReadEngineOptions(engine.value, where + ".engine", out.engine));
+  return ReadLimits(limits.value, where + ".limits", out.limits);
+}
+
+// A parser callback that records the first key repeated within one object (nested objects have their own keys).
+json::parser_callback_t DuplicateKeyFinder(std::optional<std::string>& duplicate) {
+  auto keys = std::make_shared<std::vector<std::set<std::string>>>();
+  return [keys, &duplicate](int /*depth*/, json::parse_event_t event, json& parsed) {
+    if (event == json::parse_event_t::object_start) {
+      keys->emplace_back();
+    } else if (event == json::parse_event_t::object_end) {
+      keys->pop_back();
+    } else if (event == json::parse_event_t::key && !keys->back().insert(parsed.get<std::string>()).second &&
+               !duplicate) {
+      duplicate = parsed.get<std::string>();
+    }
+    return true;
+  };
 }
 
 absl::Status Positive(int64_t value, const std::string& name) {
@@ -117,10 +206,16 @@ absl::Status Positive(int64_t value, const std::string& name) {
 
 absl::StatusOr<ServerConfig> ParseServerConfig(const std::string& json_text, const std::string& source) {
   json root;
+  std::optional<std::string> duplicate;
   try {
-    root = json::parse(json_text);
+    root = json::parse(json_text, DuplicateKeyFinder(duplicate));
   } catch (const json::parse_error& e) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": not valid JSON: ", e.what()));
+  }
+  // nlohmann keeps the last of repeated keys; one of the two settings would be silently lost.
+  if (duplicate) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": the key \"", *duplicate, "\" appears twice in one object"));
   }
   if (!root.is_object()) return absl::InvalidArgumentError(absl::StrCat(source, ": the top level must be an object"));
   ServerConfig config;
@@ -133,19 +228,19 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::string& json_text, con
   RETURN_IF_ERROR(reader.Read("max_top_k", config.max_top_k));
   RETURN_IF_ERROR(reader.ReadSeconds("grace_period_seconds", config.grace_period));
   RETURN_IF_ERROR(reader.ReadSeconds("client_read_timeout_seconds", config.client_read_timeout));
-  json tls = json::object(), models = json::array();
+  Section tls;
+  List models;
   RETURN_IF_ERROR(reader.Read("tls", tls));
   RETURN_IF_ERROR(reader.Read("models", models));
   RETURN_IF_ERROR(reader.Finish());
-  ObjectReader tls_reader(tls, source + ".tls");
+  ObjectReader tls_reader(tls.value, source + ".tls");
   RETURN_IF_ERROR(tls_reader.Read("cert_file", config.tls.cert_file));
   RETURN_IF_ERROR(tls_reader.Read("key_file", config.tls.key_file));
   RETURN_IF_ERROR(tls_reader.Read("client_ca_file", config.tls.client_ca_file));
   RETURN_IF_ERROR(tls_reader.Finish());
-  if (!models.is_array()) return absl::InvalidArgumentError(absl::StrCat(source, ".models must be an array"));
-  for (size_t i = 0; i < models.size(); ++i) {
+  for (size_t i = 0; i < models.value.size(); ++i) {
     ModelSpec spec;
-    RETURN_IF_ERROR(ReadModel(models[i], absl::StrCat(source, ".models[", i, "]"), spec));
+    RETURN_IF_ERROR(ReadModel(models.value[i], absl::StrCat(source, ".models[", i, "]"), spec));
     config.models.push_back(std::move(spec));
   }
   return config;
@@ -174,18 +269,41 @@ absl::Status Within(int64_t value, int64_t low, int64_t high, const std::string&
   return absl::InvalidArgumentError(absl::StrCat(name, " = ", value, " is outside [", low, ", ", high, "]"));
 }
 
-// gRPC reads host:port's port modulo 65536 (70000 would listen on 4464); Unix sockets have no port.
+// True for host:port with a decimal port in [0, 65535]: gRPC reads the port modulo 65536 (70000 would
+// listen on 4464).
+bool IsHostPort(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  const std::string port = colon == std::string::npos ? "" : address.substr(colon + 1);
+  int64_t value = -1;
+  return !port.empty() && port.size() <= 5 && std::all_of(port.begin(), port.end(), ::isdigit) &&
+         absl::SimpleAtoi(port, &value) && value <= 65535;
+}
+
+// Unix sockets have no port.
 absl::Status CheckListenAddress(const std::string& listen) {
   if (absl::StartsWith(listen, "unix:") || absl::StartsWith(listen, "unix-abstract:")) return absl::OkStatus();
-  const size_t colon = listen.rfind(':');
-  const std::string port = colon == std::string::npos ? "" : listen.substr(colon + 1);
-  int64_t value = -1;
-  if (port.empty() || port.size() > 5 || !std::all_of(port.begin(), port.end(), ::isdigit) ||
-      !absl::SimpleAtoi(port, &value) || value > 65535) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("listen \"", listen, "\": expected host:port with a port in [0, 65535], or unix:PATH"));
+  if (IsHostPort(listen)) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("listen \"", listen, "\": expected host:port with a port in [0, 65535], or unix:PATH"));
+}
+
+// The metrics endpoint is a plain TCP socket; empty turns it off.
+absl::Status CheckMetricsAddress(const std::string& metrics_listen) {
+  if (metrics_listen.empty() || IsHostPort(metrics_listen)) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("metrics_listen \"", metrics_listen, "\": expected host:port with a port in [0, 65535], or empty"));
+}
+
+// The spelling only: whether the device is usable here is known only once LibTorch initialises it,
+// which --check_config does not do.
+absl::Status CheckDeviceName(const std::string& device, const std::string& where) {
+  const std::string ordinal = absl::StartsWith(device, "cuda:") ? device.substr(5) : "";
+  if (device == "cpu" || device == "cuda" ||
+      (!ordinal.empty() && ordinal.size() <= 3 && std::all_of(ordinal.begin(), ordinal.end(), ::isdigit))) {
+    return absl::OkStatus();
   }
-  return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(where, ".device \"", device, "\" is not supported (cpu, cuda, cuda:N)"));
 }
 
 absl::Status ValidateEngineOptions(const engine::EngineOptions& engine, const std::string& where) {
@@ -245,6 +363,10 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
       return absl::InvalidArgumentError(absl::StrCat(where, " (", m.name, "): path must not be empty"));
     if (!names.insert(m.name).second)
       return absl::InvalidArgumentError(absl::StrCat("model name \"", m.name, "\" appears twice"));
+    if (absl::Status s = engine::ParseDtype(m.dtype).status(); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ".dtype: ", s.message()));
+    }
+    RETURN_IF_ERROR(CheckDeviceName(m.device, where));
     if (absl::Status s = engine::ParseQuantization(m.quantization).status(); !s.ok()) {
       return absl::InvalidArgumentError(absl::StrCat(where, ".quantization: ", s.message()));
     }
@@ -256,6 +378,7 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
   }
   RETURN_IF_ERROR(Positive(config.max_concurrent_requests, "max_concurrent_requests"));
   RETURN_IF_ERROR(CheckListenAddress(config.listen));
+  RETURN_IF_ERROR(CheckMetricsAddress(config.metrics_listen));
   // gRPC takes the message limit as an int.
   RETURN_IF_ERROR(Within(config.max_message_bytes, 1, std::numeric_limits<int>::max(), "max_message_bytes"));
   if (config.max_top_k < 0 || config.max_top_k > 20) {

@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -22,13 +23,17 @@
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "engine/common/files.h"
+#include "engine/common/status_macros.h"
+#include "engine/model/torch_errors.h"
 #include "engine/tokenizer/id_only_tokenizer.h"
 #include "server/attribution_service.h"
+#include "server/bearer_auth.h"
 #include "server/log_line.h"
 #include "server/unparsable_request.h"
 
@@ -73,8 +78,12 @@ ABSL_FLAG(double, max_uncontended_batch_seconds, 0.25,
           "that is more), so a request running alone stops within about one batch of its "
           "cancellation or deadline, for --model models");
 ABSL_FLAG(bool, check_config, false,
-          "validate the config and flags, print a summary and exit (0: valid, 1: not); "
-          "loads no model (e.g. for a ConfigMap in CI)");
+          "validate the config and flags as startup does before it loads a model (values, addresses, "
+          "each model's config.json, TLS and token files), print a summary and exit (0: valid, 1: not); "
+          "loads no model and binds no port");
+ABSL_FLAG(bool, check_config_files, true,
+          "with --check_config: also check the files the config names (false: the values only, for a "
+          "config checked away from the machine that holds its models and keys, e.g. a ConfigMap in CI)");
 ABSL_FLAG(double, grace_period_seconds, 30, "on SIGTERM, how long calls in flight may take to finish");
 ABSL_FLAG(double, client_read_timeout_seconds, 120,
           "cancel a call whose answer waited this long for its client to read it (0: never)");
@@ -158,21 +167,77 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   return config;
 }
 
-absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const TlsConfig& tls) {
-  if (tls.cert_file.empty()) return grpc::InsecureServerCredentials();
-  grpc::SslServerCredentialsOptions options;
-  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
-  absl::StatusOr<std::string> cert = engine::ReadFile(tls.cert_file);
-  if (!cert.ok()) return cert.status();
-  absl::StatusOr<std::string> key = engine::ReadFile(tls.key_file);
-  if (!key.ok()) return key.status();
-  pair.cert_chain = *cert;
-  pair.private_key = *key;
-  options.pem_key_cert_pairs.push_back(pair);
+// True when `text` holds a PEM block whose label ends with `label` ("CERTIFICATE", "PRIVATE KEY" for
+// RSA, EC and PKCS#8 keys) and whose body is base64. Not a DER parse: it catches the wrong file or a
+// garbled one, which gRPC reports only as "cannot listen on ADDR".
+bool HoldsPemBlock(absl::string_view text, absl::string_view label) {
+  constexpr absl::string_view kBegin = "-----BEGIN ", kDashes = "-----";
+  for (size_t at = text.find(kBegin); at != absl::string_view::npos; at = text.find(kBegin, at + 1)) {
+    const size_t label_start = at + kBegin.size();
+    const size_t label_end = text.find(kDashes, label_start);
+    if (label_end == absl::string_view::npos) return false;
+    const absl::string_view found = text.substr(label_start, label_end - label_start);
+    if (!absl::EndsWith(found, label)) continue;
+    const size_t body_start = label_end + kDashes.size();
+    const size_t body_end = text.find(absl::StrCat("-----END ", found, kDashes), body_start);
+    if (body_end == absl::string_view::npos) return false;
+    const absl::string_view body = text.substr(body_start, body_end - body_start);
+    const bool base64 = std::all_of(body.begin(), body.end(), [](char c) {
+      return absl::ascii_isalnum(c) || c == '+' || c == '/' || c == '=' || absl::ascii_isspace(c);
+    });
+    if (base64 && !absl::StripAsciiWhitespace(body).empty()) return true;
+  }
+  return false;
+}
+
+// The PEM text of `path`, or an error naming the setting and the file.
+absl::StatusOr<std::string> ReadPem(const std::string& path, const char* setting, absl::string_view label) {
+  absl::StatusOr<std::string> text = engine::ReadFile(path);
+  if (!text.ok()) return absl::Status(text.status().code(), absl::StrCat(setting, ": ", text.status().message()));
+  if (!HoldsPemBlock(*text, label)) {
+    return absl::InvalidArgumentError(absl::StrCat(setting, " \"", path, "\" holds no PEM ", label, " block"));
+  }
+  return text;
+}
+
+// The files startup reads before it loads a model or listens: --check_config reads them too, so a
+// config it passes does not fail on them a moment later.
+struct StartupFiles {
+  std::optional<BearerAuth> auth;
+  grpc::SslServerCredentialsOptions::PemKeyCertPair tls_pair;  // empty without TLS
+  std::string tls_client_ca;                                   // empty without mutual TLS
+};
+
+// Also checks that each model directory holds a config.json, the first file loading needs.
+absl::StatusOr<StartupFiles> ReadStartupFiles(const ServerConfig& config) {
+  for (const ModelSpec& m : config.models) {
+    if (absl::Status readable = engine::ReadFile(m.path + "/config.json").status(); !readable.ok()) {
+      return absl::Status(readable.code(), absl::StrCat("model \"", m.name, "\" (", m.path, "): ", readable.message()));
+    }
+  }
+  StartupFiles files;
+  if (!config.auth_tokens_file.empty()) {
+    absl::StatusOr<BearerAuth> auth = BearerAuth::Load(config.auth_tokens_file);
+    if (!auth.ok()) return auth.status();
+    files.auth = std::move(*auth);
+  }
+  const TlsConfig& tls = config.tls;
+  if (!tls.cert_file.empty()) {
+    ASSIGN_OR_RETURN(files.tls_pair.cert_chain, ReadPem(tls.cert_file, "tls cert_file", "CERTIFICATE"));
+    ASSIGN_OR_RETURN(files.tls_pair.private_key, ReadPem(tls.key_file, "tls key_file", "PRIVATE KEY"));
+  }
   if (!tls.client_ca_file.empty()) {
-    absl::StatusOr<std::string> ca = engine::ReadFile(tls.client_ca_file);
-    if (!ca.ok()) return ca.status();
-    options.pem_root_certs = *ca;
+    ASSIGN_OR_RETURN(files.tls_client_ca, ReadPem(tls.client_ca_file, "tls client_ca_file", "CERTIFICATE"));
+  }
+  return files;
+}
+
+std::shared_ptr<grpc::ServerCredentials> Credentials(const StartupFiles& files) {
+  if (files.tls_pair.cert_chain.empty()) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions options;
+  options.pem_key_cert_pairs.push_back(files.tls_pair);
+  if (!files.tls_client_ca.empty()) {
+    options.pem_root_certs = files.tls_client_ca;
     options.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
   }
   return grpc::SslServerCredentials(options);
@@ -224,7 +289,11 @@ int Fail(const absl::Status& status) {
 int Serve() {
   absl::StatusOr<ServerConfig> config = ConfigFromFlags();
   if (!config.ok()) return Fail(config.status());
-  if (absl::GetFlag(FLAGS_check_config)) {
+  const bool check_only = absl::GetFlag(FLAGS_check_config);
+  absl::StatusOr<StartupFiles> files = StartupFiles{};
+  if (!check_only || absl::GetFlag(FLAGS_check_config_files)) files = ReadStartupFiles(*config);
+  if (!files.ok()) return Fail(files.status());
+  if (check_only) {
     std::printf("config ok: listen %s, metrics %s, %zu model(s):", config->listen.c_str(),
                 config->metrics_listen.c_str(), config->models.size());
     for (const ModelSpec& m : config->models)
@@ -232,23 +301,15 @@ int Serve() {
     std::printf("\n");
     return 0;
   }
-  std::optional<BearerAuth> auth;
-  if (!config->auth_tokens_file.empty()) {
-    absl::StatusOr<BearerAuth> loaded = BearerAuth::Load(config->auth_tokens_file);
-    if (!loaded.ok()) return Fail(loaded.status());
-    auth = std::move(*loaded);
-  }
-  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = Credentials(config->tls);
-  if (!credentials.ok()) return Fail(credentials.status());
   absl::StatusOr<std::unique_ptr<ServerMetrics>> metrics = ServerMetrics::Create(config->metrics_listen);
   if (!metrics.ok()) return Fail(metrics.status());
 
-  AttributionServiceImpl service(*config, metrics->get(), std::move(auth));
+  AttributionServiceImpl service(*config, metrics->get(), std::move(files->auth));
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(config->listen, *credentials, &port);
+  builder.AddListeningPort(config->listen, Credentials(*files), &port);
   builder.SetMaxReceiveMessageSize(static_cast<int>(config->max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config->max_message_bytes));
   builder.RegisterService(&service);
@@ -256,8 +317,15 @@ int Serve() {
   interceptors.push_back(std::make_unique<UnparsableRequestInterceptorFactory>(service.call_observer()));
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || port == 0)
-    return Fail(absl::UnavailableError(absl::StrCat("cannot listen on ", config->listen)));
+  if (server == nullptr || port == 0) {
+    // The PEM blocks were checked, but gRPC parses them only here (a key that does not match the
+    // certificate, a damaged block) and says which in its own log lines.
+    const std::string tls = config->tls.cert_file.empty()
+                                ? ""
+                                : absl::StrCat(" (or gRPC refused tls cert_file \"", config->tls.cert_file,
+                                               "\" / key_file \"", config->tls.key_file, "\": see its lines above)");
+    return Fail(absl::UnavailableError(absl::StrCat("cannot listen on ", config->listen, tls)));
+  }
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   health->SetServingStatus(false);
   Log("listening",
@@ -338,6 +406,7 @@ int main(int argc, char** argv) {
   try {
     return attribution::server::Serve();
   } catch (const std::exception& e) {
-    return attribution::server::Fail(absl::InternalError(absl::StrCat("unexpected error: ", e.what())));
+    return attribution::server::Fail(
+        absl::InternalError(absl::StrCat("unexpected error: ", attribution::engine::ExceptionMessage(e))));
   }
 }

@@ -37,7 +37,8 @@ absl::StatusOr<at::Device> ParseDevice(const std::string& name) {
       at::empty({1}, at::TensorOptions().device(device));  // fails fast without a usable device
       return device;
     } catch (const std::exception& e) {
-      return absl::FailedPreconditionError(absl::StrCat("device \"", name, "\" is not usable here: ", e.what()));
+      return absl::FailedPreconditionError(
+          absl::StrCat("device \"", name, "\" is not usable here: ", ExceptionMessage(e)));
     }
   }
   return absl::InvalidArgumentError(absl::StrCat("device \"", name, "\" is not supported (cpu, cuda:N)"));

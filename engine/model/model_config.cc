@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "engine/model/model_config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -30,72 +31,106 @@ absl::StatusOr<int64_t> PositiveInt(const json& config, const char* key, const s
   return config[key].get<int64_t>();
 }
 
-int64_t OptionalInt(const json& config, const char* key, int64_t fallback) {
-  return config.contains(key) && config[key].is_number_integer() ? config[key].get<int64_t>() : fallback;
+// transformers writes null for an option left unset ("pad_token_id": null, "rope_scaling": null), so a
+// null value means the same as an absent key.
+const json* Present(const json& config, const char* key) {
+  auto it = config.find(key);
+  return it == config.end() || it->is_null() ? nullptr : &*it;
 }
 
-double OptionalNumber(const json& config, const char* key, double fallback) {
-  return config.contains(key) && config[key].is_number() ? config[key].get<double>() : fallback;
+absl::Status WrongType(const std::string& source, const char* key, const char* expected) {
+  return absl::InvalidArgumentError(absl::StrCat(source, ": \"", key, "\" must be ", expected));
 }
 
-bool OptionalBool(const json& config, const char* key, bool fallback) {
-  return config.contains(key) && config[key].is_boolean() ? config[key].get<bool>() : fallback;
+// An integer JSON value that int64 holds: nlohmann stores 2^63 and above as unsigned, which would wrap.
+bool IsInt64(const json& value) {
+  return value.is_number_integer() &&
+         !(value.is_number_unsigned() && value.get<uint64_t>() > uint64_t{std::numeric_limits<int64_t>::max()});
 }
 
-// Reads an optional string field; a value of another type is an error naming the field, not a throw.
+// The optional readers below refuse a present value of the wrong type rather than fall back to the
+// default: a checkpoint served with a default it was not trained with answers wrongly without an error.
+absl::StatusOr<std::optional<int64_t>> MaybeInt(const json& config, const char* key, const std::string& source) {
+  const json* value = Present(config, key);
+  if (value == nullptr) return std::nullopt;
+  if (!IsInt64(*value)) return WrongType(source, key, "an integer");
+  return value->get<int64_t>();
+}
+
+absl::StatusOr<int64_t> OptionalInt(const json& config, const char* key, int64_t fallback, const std::string& source) {
+  ASSIGN_OR_RETURN(std::optional<int64_t> value, MaybeInt(config, key, source));
+  return value.value_or(fallback);
+}
+
+absl::StatusOr<double> OptionalNumber(const json& config, const char* key, double fallback, const std::string& source) {
+  const json* value = Present(config, key);
+  if (value == nullptr) return fallback;
+  if (!value->is_number()) return WrongType(source, key, "a number");
+  return value->get<double>();
+}
+
+absl::StatusOr<bool> OptionalBool(const json& config, const char* key, bool fallback, const std::string& source) {
+  const json* value = Present(config, key);
+  if (value == nullptr) return fallback;
+  if (!value->is_boolean()) return WrongType(source, key, "true or false");
+  return value->get<bool>();
+}
+
 absl::StatusOr<std::string> OptionalString(const json& config, const char* key, std::string fallback,
                                            const std::string& source) {
-  if (!config.contains(key)) return fallback;
-  if (!config[key].is_string()) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": \"", key, "\" must be a string"));
-  }
-  return config[key].get<std::string>();
-}
-
-std::optional<int64_t> OptionalId(const json& config, const char* key) {
-  if (config.contains(key) && config[key].is_number_integer()) return config[key].get<int64_t>();
-  return std::nullopt;
+  const json* value = Present(config, key);
+  if (value == nullptr) return fallback;
+  if (!value->is_string()) return WrongType(source, key, "a string");
+  return value->get<std::string>();
 }
 
 // eos_token_id is an int or a list of ints (Llama 3).
-std::vector<int64_t> IdList(const json& config, const char* key) {
-  std::vector<int64_t> ids;
-  if (!config.contains(key)) return ids;
-  if (config[key].is_number_integer()) ids.push_back(config[key].get<int64_t>());
-  if (config[key].is_array()) {
-    for (const auto& id : config[key]) {
-      if (id.is_number_integer()) ids.push_back(id.get<int64_t>());
-    }
+absl::StatusOr<std::vector<int64_t>> IdList(const json& config, const char* key, const std::string& source) {
+  const json* value = Present(config, key);
+  if (value == nullptr) return std::vector<int64_t>{};
+  if (IsInt64(*value)) return std::vector<int64_t>{value->get<int64_t>()};
+  if (!value->is_array() || !std::all_of(value->begin(), value->end(), IsInt64)) {
+    return WrongType(source, key, "an integer or a list of integers");
   }
-  return ids;
+  return value->get<std::vector<int64_t>>();
+}
+
+// The value is used in float32 (RoPE frequencies, norms): a double beyond its range would overflow there.
+bool FiniteInFloat(double value) {
+  return std::isfinite(value) && std::abs(value) <= std::numeric_limits<float>::max();
 }
 
 absl::Status ParseRopeScaling(const json& config, const std::string& source, ModelConfig& out) {
-  const json* scaling = nullptr;
-  if (config.contains("rope_scaling") && config["rope_scaling"].is_object()) {
-    scaling = &config["rope_scaling"];
-  } else if (config.contains("rope_parameters") && config["rope_parameters"].is_object()) {
-    scaling = &config["rope_parameters"];  // transformers >= 5 spelling
+  const char* section = "rope_scaling";
+  const json* scaling = Present(config, section);
+  if (scaling == nullptr) {
+    section = "rope_parameters";  // transformers >= 5 spelling
+    scaling = Present(config, section);
   }
   if (scaling == nullptr) return absl::OkStatus();
-  out.rope_theta = OptionalNumber(*scaling, "rope_theta", out.rope_theta);
-  ASSIGN_OR_RETURN(std::string type, OptionalString(*scaling, "type", "default", source));
-  ASSIGN_OR_RETURN(type, OptionalString(*scaling, "rope_type", type, source));
+  if (!scaling->is_object()) return WrongType(source, section, "an object");
+  const std::string where = absl::StrCat(source, ": ", section);
+  ASSIGN_OR_RETURN(out.rope_theta, OptionalNumber(*scaling, "rope_theta", out.rope_theta, where));
+  ASSIGN_OR_RETURN(std::string type, OptionalString(*scaling, "type", "default", where));
+  ASSIGN_OR_RETURN(type, OptionalString(*scaling, "rope_type", type, where));
   if (type == "default") return absl::OkStatus();
   if (type == "linear") {
-    out.linear_rope_factor = OptionalNumber(*scaling, "factor", 1.0);
+    ASSIGN_OR_RETURN(out.linear_rope_factor, OptionalNumber(*scaling, "factor", 1.0, where));
     return absl::OkStatus();
   }
   if (type == "llama3") {
     Llama3RopeScaling s;
-    s.factor = OptionalNumber(*scaling, "factor", s.factor);
-    s.low_freq_factor = OptionalNumber(*scaling, "low_freq_factor", s.low_freq_factor);
-    s.high_freq_factor = OptionalNumber(*scaling, "high_freq_factor", s.high_freq_factor);
-    s.original_max_position_embeddings =
-        OptionalInt(*scaling, "original_max_position_embeddings", s.original_max_position_embeddings);
-    if (s.factor <= 0 || s.low_freq_factor <= 0 || s.high_freq_factor <= s.low_freq_factor) {
+    ASSIGN_OR_RETURN(s.factor, OptionalNumber(*scaling, "factor", s.factor, where));
+    ASSIGN_OR_RETURN(s.low_freq_factor, OptionalNumber(*scaling, "low_freq_factor", s.low_freq_factor, where));
+    ASSIGN_OR_RETURN(s.high_freq_factor, OptionalNumber(*scaling, "high_freq_factor", s.high_freq_factor, where));
+    ASSIGN_OR_RETURN(s.original_max_position_embeddings, OptionalInt(*scaling, "original_max_position_embeddings",
+                                                                     s.original_max_position_embeddings, where));
+    if (!(s.factor > 0 && s.low_freq_factor > 0 && s.high_freq_factor > s.low_freq_factor && FiniteInFloat(s.factor) &&
+          FiniteInFloat(s.high_freq_factor))) {
       return absl::InvalidArgumentError(
-          absl::StrCat(source, ": llama3 rope scaling needs factor > 0 and high_freq_factor > low_freq_factor > 0"));
+          absl::StrCat(where,
+                       ": llama3 rope scaling needs finite float32 factors with factor > 0 and high_freq_factor > "
+                       "low_freq_factor > 0"));
     }
     if (s.original_max_position_embeddings <= 0) {
       return absl::InvalidArgumentError(absl::StrCat(source, ": llama3 rope scaling original_max_position_embeddings ",
@@ -113,17 +148,17 @@ absl::Status ParseDecoderFields(const json& config, const std::string& source, M
   ASSIGN_OR_RETURN(out.intermediate_size, PositiveInt(config, "intermediate_size", source));
   ASSIGN_OR_RETURN(out.num_layers, PositiveInt(config, "num_hidden_layers", source));
   ASSIGN_OR_RETURN(out.num_heads, PositiveInt(config, "num_attention_heads", source));
-  out.num_kv_heads = OptionalInt(config, "num_key_value_heads", out.num_heads);
-  const bool head_dim_given = config.contains("head_dim") && config["head_dim"].is_number_integer();
-  if (!head_dim_given && out.hidden_size % out.num_heads != 0) {
+  ASSIGN_OR_RETURN(out.num_kv_heads, OptionalInt(config, "num_key_value_heads", out.num_heads, source));
+  ASSIGN_OR_RETURN(std::optional<int64_t> head_dim, MaybeInt(config, "head_dim", source));
+  if (!head_dim && out.hidden_size % out.num_heads != 0) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": hidden_size ", out.hidden_size,
                                                    " is not divisible by num_attention_heads ", out.num_heads,
                                                    " (and no head_dim is given)"));
   }
-  out.head_dim = head_dim_given ? config["head_dim"].get<int64_t>() : out.hidden_size / out.num_heads;
-  out.max_position_embeddings = OptionalInt(config, "max_position_embeddings", 4096);
-  out.norm_eps = OptionalNumber(config, "rms_norm_eps", 1e-6);
-  out.rope_theta = OptionalNumber(config, "rope_theta", 10000.0);
+  out.head_dim = head_dim.value_or(out.hidden_size / out.num_heads);
+  ASSIGN_OR_RETURN(out.max_position_embeddings, OptionalInt(config, "max_position_embeddings", 4096, source));
+  ASSIGN_OR_RETURN(out.norm_eps, OptionalNumber(config, "rms_norm_eps", 1e-6, source));
+  ASSIGN_OR_RETURN(out.rope_theta, OptionalNumber(config, "rope_theta", 10000.0, source));
   ASSIGN_OR_RETURN(out.hidden_act, OptionalString(config, "hidden_act", "silu", source));
   if (out.hidden_act != "silu") {
     return absl::InvalidArgumentError(
@@ -132,15 +167,16 @@ absl::Status ParseDecoderFields(const json& config, const std::string& source, M
   if (out.architecture == Architecture::kQwen2) {
     out.attention_bias = true;  // Qwen2 always has q/k/v biases and no o_proj bias
   } else if (out.architecture == Architecture::kLlama) {
-    out.attention_bias = OptionalBool(config, "attention_bias", false);
+    ASSIGN_OR_RETURN(out.attention_bias, OptionalBool(config, "attention_bias", false, source));
     out.output_bias = out.attention_bias;
-    out.mlp_bias = OptionalBool(config, "mlp_bias", false);
+    ASSIGN_OR_RETURN(out.mlp_bias, OptionalBool(config, "mlp_bias", false, source));
   }
-  const bool mistral_like = out.architecture == Architecture::kMistral || out.architecture == Architecture::kMixtral;
-  if (out.architecture != Architecture::kLlama && config.contains("sliding_window") &&
-      config["sliding_window"].is_number_integer() &&
-      (mistral_like || OptionalBool(config, "use_sliding_window", false))) {
-    out.sliding_window = config["sliding_window"].get<int64_t>();
+  // LlamaConfig has no sliding window; Qwen2 applies its window only with use_sliding_window.
+  if (out.architecture != Architecture::kLlama) {
+    const bool mistral_like = out.architecture == Architecture::kMistral || out.architecture == Architecture::kMixtral;
+    ASSIGN_OR_RETURN(std::optional<int64_t> window, MaybeInt(config, "sliding_window", source));
+    ASSIGN_OR_RETURN(bool use_window, OptionalBool(config, "use_sliding_window", false, source));
+    if (mistral_like || use_window) out.sliding_window = window;
   }
   return ParseRopeScaling(config, source, out);
 }
@@ -158,8 +194,8 @@ absl::StatusOr<int64_t> MlpWidth(const json& config, const char* key, const char
 // Mixtral: a Mistral whose MLPs are sparse mixtures of experts.
 absl::Status ParseMixtureOfExperts(const json& config, const std::string& source, ModelConfig& out) {
   MixtureOfExperts moe;
-  moe.num_experts = OptionalInt(config, "num_local_experts", 8);
-  moe.experts_per_token = OptionalInt(config, "num_experts_per_tok", 2);
+  ASSIGN_OR_RETURN(moe.num_experts, OptionalInt(config, "num_local_experts", 8, source));
+  ASSIGN_OR_RETURN(moe.experts_per_token, OptionalInt(config, "num_experts_per_tok", 2, source));
   if (moe.num_experts <= 0 || moe.experts_per_token <= 0 || moe.experts_per_token > moe.num_experts) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": num_experts_per_tok ", moe.experts_per_token,
                                                    " must be in [1, num_local_experts ", moe.num_experts, "]"));
@@ -179,7 +215,8 @@ const char* FirstPresent(const json& config, std::initializer_list<const char*> 
 // Falcon (FalconConfig): LayerNorm blocks with a GELU MLP, rotary positions, one fused query_key_value
 // whose row order depends on the layout (multi-query 7B, grouped new_decoder_architecture, per head).
 absl::Status ParseFalconFields(const json& config, const std::string& source, ModelConfig& out) {
-  if (OptionalBool(config, "alibi", false)) {
+  ASSIGN_OR_RETURN(const bool alibi, OptionalBool(config, "alibi", false, source));
+  if (alibi) {
     return absl::InvalidArgumentError(absl::StrCat(
         source, ": \"alibi\": true: Falcon models with ALiBi position biases are not supported (rotary ones are)"));
   }
@@ -191,10 +228,11 @@ absl::Status ParseFalconFields(const json& config, const std::string& source, Mo
                                                    " is not divisible by num_attention_heads ", out.num_heads));
   }
   out.head_dim = out.hidden_size / out.num_heads;
-  out.parallel_attention = OptionalBool(config, "parallel_attn", true);
+  ASSIGN_OR_RETURN(out.parallel_attention, OptionalBool(config, "parallel_attn", true, source));
   const char* norms_key = "num_ln_in_parallel_attn";
-  const int64_t parallel_norms = OptionalInt(config, norms_key, 0);  // 0: null or absent
-  if (OptionalBool(config, "new_decoder_architecture", false)) {
+  ASSIGN_OR_RETURN(const int64_t parallel_norms, OptionalInt(config, norms_key, 0, source));  // 0: null or absent
+  ASSIGN_OR_RETURN(const bool new_decoder, OptionalBool(config, "new_decoder_architecture", false, source));
+  if (new_decoder) {
     if (!out.parallel_attention) {
       return absl::InvalidArgumentError(absl::StrCat(
           source, ": new_decoder_architecture with \"parallel_attn\": false is not a layout transformers runs"));
@@ -214,21 +252,22 @@ absl::Status ParseFalconFields(const json& config, const std::string& source, Mo
       return absl::InvalidArgumentError(absl::StrCat(
           source, ": \"", norms_key, "\": 2 needs new_decoder_architecture (transformers runs it only there)"));
     }
-    const bool multi_query = OptionalBool(config, "multi_query", true);
+    ASSIGN_OR_RETURN(const bool multi_query, OptionalBool(config, "multi_query", true, source));
     out.num_kv_heads = multi_query ? 1 : out.num_heads;
     out.qkv_layout = multi_query ? FusedQkvLayout::kConsecutive : FusedQkvLayout::kPerHead;
   }
   ASSIGN_OR_RETURN(out.intermediate_size, MlpWidth(config, "ffn_hidden_size", "hidden_size", out.hidden_size, source));
-  out.max_position_embeddings = OptionalInt(config, "max_position_embeddings", 2048);
-  out.norm_eps = OptionalNumber(config, "layer_norm_epsilon", 1e-5);
-  out.rope_theta = OptionalNumber(config, "rope_theta", 10000.0);
+  ASSIGN_OR_RETURN(out.max_position_embeddings, OptionalInt(config, "max_position_embeddings", 2048, source));
+  ASSIGN_OR_RETURN(out.norm_eps, OptionalNumber(config, "layer_norm_epsilon", 1e-5, source));
+  ASSIGN_OR_RETURN(out.rope_theta, OptionalNumber(config, "rope_theta", 10000.0, source));
   ASSIGN_OR_RETURN(out.hidden_act, OptionalString(config, "activation", "gelu", source));
   if (out.hidden_act != "gelu") {
     return absl::InvalidArgumentError(
         absl::StrCat(source, ": activation \"", out.hidden_act, "\" is not supported for falcon (gelu)"));
   }
-  out.attention_bias = out.output_bias = out.mlp_bias = OptionalBool(config, "bias", false);
-  out.tie_word_embeddings = OptionalBool(config, "tie_word_embeddings", true);
+  ASSIGN_OR_RETURN(out.attention_bias, OptionalBool(config, "bias", false, source));
+  out.output_bias = out.mlp_bias = out.attention_bias;
+  ASSIGN_OR_RETURN(out.tie_word_embeddings, OptionalBool(config, "tie_word_embeddings", true, source));
   return ParseRopeScaling(config, source, out);
 }
 
@@ -240,7 +279,7 @@ absl::Status ParseGpt2Fields(const json& config, const std::string& source, Mode
   out.num_kv_heads = out.num_heads;
   out.head_dim = out.hidden_size / out.num_heads;
   ASSIGN_OR_RETURN(out.intermediate_size, MlpWidth(config, "n_inner", "n_embd", out.hidden_size, source));
-  out.norm_eps = OptionalNumber(config, "layer_norm_epsilon", 1e-5);
+  ASSIGN_OR_RETURN(out.norm_eps, OptionalNumber(config, "layer_norm_epsilon", 1e-5, source));
   ASSIGN_OR_RETURN(out.hidden_act, OptionalString(config, "activation_function", "gelu_new", source));
   if (out.hidden_act != "gelu_new" && out.hidden_act != "gelu") {
     return absl::InvalidArgumentError(
@@ -251,6 +290,26 @@ absl::Status ParseGpt2Fields(const json& config, const std::string& source, Mode
   out.mlp_bias = true;
   out.tie_word_embeddings = true;
   out.qkv_layout = FusedQkvLayout::kConsecutive;
+  return absl::OkStatus();
+}
+
+// An id outside the vocabulary is never produced (an eos that never stops generation) or indexes past the
+// embedding (a bos or pad put into a prompt); `ids` holds those `source` names.
+absl::Status CheckSpecialTokenIds(const std::string& source, const ModelConfig& ids, int64_t vocab_size) {
+  const std::pair<const char*, std::optional<int64_t>> single[] = {
+      {"bos_token_id", ids.bos_token_id}, {"pad_token_id", ids.pad_token_id}, {"unk_token_id", ids.unk_token_id}};
+  for (const auto& [key, id] : single) {
+    if (id && (*id < 0 || *id >= vocab_size)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": ", key, ": special token id ", *id, " is outside the vocabulary of ", vocab_size));
+    }
+  }
+  for (int64_t id : ids.eos_token_ids) {
+    if (id < 0 || id >= vocab_size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": eos_token_id: special token id ", id, " is outside the vocabulary of ", vocab_size));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -268,13 +327,15 @@ absl::Status CheckConsistency(const std::string& source, const ModelConfig& c) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": the norm epsilon (rms_norm_eps / layer_norm_epsilon) ",
                                                    c.norm_eps, " must be a finite number in [0, 1]"));
   }
-  if (!(std::isfinite(c.rope_theta) && c.rope_theta > 0)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(source, ": rope_theta ", c.rope_theta, " must be a finite number > 0"));
+  // RoPE frequencies are computed in float32: a theta finite as a double (1e308) overflows there.
+  if (!(FiniteInFloat(c.rope_theta) && c.rope_theta > 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": rope_theta ", c.rope_theta,
+                                                   " must be a number > 0 that float32 holds (at most ",
+                                                   std::numeric_limits<float>::max(), ")"));
   }
-  if (c.linear_rope_factor && !(std::isfinite(*c.linear_rope_factor) && *c.linear_rope_factor > 0)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(source, ": linear rope scaling factor ", *c.linear_rope_factor, " must be a finite number > 0"));
+  if (c.linear_rope_factor && !(FiniteInFloat(*c.linear_rope_factor) && *c.linear_rope_factor > 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": linear rope scaling factor ", *c.linear_rope_factor,
+                                                   " must be a number > 0 that float32 holds"));
   }
   if (c.num_kv_heads <= 0 || c.num_heads % c.num_kv_heads != 0) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": num_attention_heads ", c.num_heads,
@@ -288,13 +349,7 @@ absl::Status CheckConsistency(const std::string& source, const ModelConfig& c) {
     return absl::InvalidArgumentError(
         absl::StrCat(source, ": head_dim ", c.head_dim, " must be a positive even number"));
   }
-  for (auto id : {c.bos_token_id, c.pad_token_id, c.unk_token_id}) {
-    if (id && (*id < 0 || *id >= c.vocab_size)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(source, ": special token id ", *id, " is outside the vocabulary of ", c.vocab_size));
-    }
-  }
-  return absl::OkStatus();
+  return CheckSpecialTokenIds(source, c, c.vocab_size);
 }
 
 // quantization_config: bitsandbytes 4-bit checkpoints load as they are; anything else is refused by name.
@@ -309,13 +364,15 @@ absl::Status ParseQuantizationConfig(const json& config, const std::string& sour
                                                    "\" is not supported (pre-quantized checkpoints load only from "
                                                    "bitsandbytes 4-bit; serve the unquantized checkpoint instead)"));
   }
-  if (OptionalBool(q, "load_in_8bit", false)) {
+  ASSIGN_OR_RETURN(const bool eight_bit, OptionalBool(q, "load_in_8bit", false, where));
+  if (eight_bit) {
     return absl::InvalidArgumentError(absl::StrCat(
         where,
         ".load_in_8bit: bitsandbytes LLM.int8 checkpoints (weights with SCB scales) are not supported; serve "
         "the unquantized checkpoint with --quantization int8"));
   }
-  if (!OptionalBool(q, "load_in_4bit", false)) {
+  ASSIGN_OR_RETURN(const bool four_bit, OptionalBool(q, "load_in_4bit", false, where));
+  if (!four_bit) {
     return absl::InvalidArgumentError(
         absl::StrCat(where, ".load_in_4bit is not true: nothing says how it is quantized"));
   }
@@ -325,7 +382,7 @@ absl::Status ParseQuantizationConfig(const json& config, const std::string& sour
     return absl::InvalidArgumentError(
         absl::StrCat(where, ".bnb_4bit_quant_type \"", quantization.quant_type, "\" is not supported (nf4, fp4)"));
   }
-  quantization.double_quantization = OptionalBool(q, "bnb_4bit_use_double_quant", false);
+  ASSIGN_OR_RETURN(quantization.double_quantization, OptionalBool(q, "bnb_4bit_use_double_quant", false, where));
   ASSIGN_OR_RETURN(quantization.compute_dtype, OptionalString(q, "bnb_4bit_compute_dtype", "float32", where));
   out.checkpoint_quantization = std::move(quantization);
   return absl::OkStatus();
@@ -362,12 +419,12 @@ absl::StatusOr<ModelConfig> ParseConfigObject(const std::string& json_text, cons
     RETURN_IF_ERROR(ParseFalconFields(config, source, out));
   } else {
     RETURN_IF_ERROR(ParseDecoderFields(config, source, out));
-    out.tie_word_embeddings = OptionalBool(config, "tie_word_embeddings", false);
+    ASSIGN_OR_RETURN(out.tie_word_embeddings, OptionalBool(config, "tie_word_embeddings", false, source));
     if (out.architecture == Architecture::kMixtral) RETURN_IF_ERROR(ParseMixtureOfExperts(config, source, out));
   }
-  out.bos_token_id = OptionalId(config, "bos_token_id");
-  out.eos_token_ids = IdList(config, "eos_token_id");
-  out.pad_token_id = OptionalId(config, "pad_token_id");
+  ASSIGN_OR_RETURN(out.bos_token_id, MaybeInt(config, "bos_token_id", source));
+  ASSIGN_OR_RETURN(out.eos_token_ids, IdList(config, "eos_token_id", source));
+  ASSIGN_OR_RETURN(out.pad_token_id, MaybeInt(config, "pad_token_id", source));
   RETURN_IF_ERROR(ParseQuantizationConfig(config, source, out));
   RETURN_IF_ERROR(CheckConsistency(source, out));
   return out;
@@ -407,15 +464,20 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& dir) {
   const std::string path = dir + "/config.json";
   ASSIGN_OR_RETURN(std::string text, ReadFile(path));
   ASSIGN_OR_RETURN(ModelConfig config, ParseModelConfig(text, path));
-  // generation_config.json overrides the ids used for generation where it names them.
+  // generation_config.json overrides the ids used for generation where it names them; its ids are checked
+  // here so that an error names the file they came from.
   const std::string generation_path = dir + "/generation_config.json";
   if (auto generation_text = ReadFile(generation_path); generation_text.ok()) {
     ASSIGN_OR_RETURN(json generation, ParseJsonObject(*generation_text, generation_path));
-    if (auto bos = OptionalId(generation, "bos_token_id")) config.bos_token_id = bos;
-    if (auto eos = IdList(generation, "eos_token_id"); !eos.empty()) config.eos_token_ids = eos;
-    if (auto pad = OptionalId(generation, "pad_token_id")) config.pad_token_id = pad;
+    ModelConfig ids;
+    ASSIGN_OR_RETURN(ids.bos_token_id, MaybeInt(generation, "bos_token_id", generation_path));
+    ASSIGN_OR_RETURN(ids.eos_token_ids, IdList(generation, "eos_token_id", generation_path));
+    ASSIGN_OR_RETURN(ids.pad_token_id, MaybeInt(generation, "pad_token_id", generation_path));
+    RETURN_IF_ERROR(CheckSpecialTokenIds(generation_path, ids, config.vocab_size));
+    if (ids.bos_token_id) config.bos_token_id = ids.bos_token_id;
+    if (!ids.eos_token_ids.empty()) config.eos_token_ids = ids.eos_token_ids;
+    if (ids.pad_token_id) config.pad_token_id = ids.pad_token_id;
   }
-  RETURN_IF_ERROR(CheckConsistency(path, config));
   return config;
 }
 

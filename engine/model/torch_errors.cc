@@ -7,10 +7,13 @@
 
 namespace attribution::engine {
 
-absl::Status StatusFromException(const std::exception& e, const char* what) {
-  // A c10::Error's what() carries a C++ backtrace (file paths, addresses); callers get the message only.
+const char* ExceptionMessage(const std::exception& e) {
   const auto* torch_error = dynamic_cast<const c10::Error*>(&e);
-  const char* message = torch_error != nullptr ? torch_error->what_without_backtrace() : e.what();
+  return torch_error != nullptr ? torch_error->what_without_backtrace() : e.what();
+}
+
+absl::Status StatusFromException(const std::exception& e, const char* what) {
+  const char* message = ExceptionMessage(e);
   if (dynamic_cast<const c10::OutOfMemoryError*>(&e) != nullptr) {
     return absl::ResourceExhaustedError(absl::StrCat(what, ": out of device memory: ", message));
   }

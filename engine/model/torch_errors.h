@@ -12,4 +12,8 @@ namespace attribution::engine {
 
 absl::Status StatusFromException(const std::exception& e, const char* what);
 
+// Returns e's message; for a c10::Error, without the C++ backtrace (file paths, addresses) that its
+// what() appends, which means nothing to whoever reads a status or a startup error.
+const char* ExceptionMessage(const std::exception& e);
+
 }  // namespace attribution::engine

@@ -37,6 +37,8 @@ absl::StatusOr<BpeModel> BpeModel::FromJson(const nlohmann::json& model) {
     if (static_cast<int64_t>(bpe.tokens_.size()) <= i) bpe.tokens_.resize(i + 1);
     bpe.tokens_[i] = token;
   }
+  // Without a single piece no text can be encoded; refused here rather than as every text request failing.
+  if (bpe.tokens_.empty()) return absl::InvalidArgumentError("tokenizer.json: the BPE model's \"vocab\" is empty");
   int64_t rank = 0;
   for (const auto& merge : model.value("merges", nlohmann::json::array())) {
     std::string left, right;

@@ -102,6 +102,30 @@ std::vector<BadModel> BadModels() {
        "llama",
        [](auto d) { EditJson(d + "/tokenizer.json", [](json& t) { t["added_tokens"][0]["id"] = "one"; }); },
        {"tokenizer.json", "added_tokens"}},
+      // Values of the wrong type or range that used to load and answer wrongly.
+      {"config_rope_theta_a_string",
+       "llama",
+       [=](auto d) { EditJson(config(d), [](json& c) { c["rope_parameters"]["rope_theta"] = "500000"; }); },
+       {"config.json", "rope_parameters: \"rope_theta\" must be a number"}},
+      {"config_rope_theta_beyond_float32",
+       "llama",
+       [=](auto d) { EditJson(config(d), [](json& c) { c["rope_parameters"]["rope_theta"] = 1e308; }); },
+       {"config.json", "rope_theta 1e+308"}},
+      {"generation_config_eos_outside_the_vocabulary",
+       "llama",
+       [](auto d) {
+         WriteJson(d + "/generation_config.json", {{"eos_token_id", 99999}});
+       },
+       {"generation_config.json", "eos_token_id", "99999 is outside the vocabulary"}},
+      {"tokenizer_json_empty_vocabulary",
+       "llama",
+       [](auto d) {
+         EditJson(d + "/tokenizer.json", [](json& t) {
+           t["model"]["vocab"] = json::object();
+           t["model"]["merges"] = json::array();
+         });
+       },
+       {"tokenizer.json", "\"vocab\" is empty"}},
       // Damaged weights files.
       {"empty_weights_file",
        "llama",
@@ -252,6 +276,17 @@ TEST_P(BadModelDirectory, ServerExitsWithStatusOneNamingTheFileAndField) {
 
 INSTANTIATE_TEST_SUITE_P(EveryDamage, BadModelDirectory, ::testing::ValuesIn(BadModels()),
                          [](const auto& info) { return info.param.name; });
+
+// c10::Error's what() appends a C++ backtrace of 16 frames; the message says what is wrong without it.
+TEST(BadModelDirectory, UnusableDeviceIsNamedWithoutABacktrace) {
+  auto [code, log] = ServerProcess::RunToExit(
+      {absl::StrCat("--model=m=", ATTRIBUTION_ARCHITECTURE_MODELS_DIR, "/llama"), "--device=cuda:7"},
+      absl::Seconds(30));
+  EXPECT_EQ(code, 1) << log;
+  EXPECT_NE(log.find("device \"cuda:7\" is not usable here"), std::string::npos) << log;
+  EXPECT_EQ(log.find("frame #"), std::string::npos) << log;
+  EXPECT_EQ(log.find("Exception raised from"), std::string::npos) << log;
+}
 
 TEST(BadModelDirectory, ExtraTensorServesWithOneWarningLine) {
   test_support::TempDir root;

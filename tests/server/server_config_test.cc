@@ -121,7 +121,7 @@ TEST(ServerConfig, RejectsTyposWrongTypesAndBadValuesNamingThem) {
       {R"({"listne": "x"})", "unknown key \"listne\""},
       {R"({"models": [{"name": "m", "path": "/p", "engine": {"max_batch_token": 1}}]})",
        "s.json.models[0].engine has an unknown key"},
-      {R"({"max_concurrent_requests": "many"})", "max_concurrent_requests has the wrong type (string)"},
+      {R"({"max_concurrent_requests": "many"})", "s.json.max_concurrent_requests must be an integer, got string"},
       {R"({"models": {}})", "models must be an array"},
       {R"([1, 2])", "top level must be an object"},
       {R"({"models": [)", "not valid JSON"},
@@ -129,6 +129,52 @@ TEST(ServerConfig, RejectsTyposWrongTypesAndBadValuesNamingThem) {
   for (const Case& c : cases) {
     EXPECT_THAT(ParseServerConfig(c.json, "s.json").status().message(), HasSubstr(c.message)) << c.json;
   }
+}
+
+// nlohmann's get<int64_t> truncated 1.9 to 1 and turned 1e30 into INT64_MIN; iterating a string as an
+// object reported an unknown key "".
+TEST(ServerConfig, ValuesOfTheWrongKindNameTheKeyAndWhatWasExpected) {
+  struct Case {
+    const char* json;
+    const char* message;
+  } cases[] = {
+      {R"({"max_concurrent_requests": 1.9})", "s.json.max_concurrent_requests must be an integer, got 1.9"},
+      {R"({"models": [{"name": "m", "path": "/p", "limits": {"max_tokens": 1e30}}]})",
+       "s.json.models[0].limits.max_tokens must be an integer, got 1e+30"},
+      {R"({"max_message_bytes": 18446744073709551615})",
+       "s.json.max_message_bytes must be an integer within int64, got 18446744073709551615"},
+      {R"({"models": [{"name": "m", "path": "/p", "double_quantization": 1}]})",
+       "s.json.models[0].double_quantization must be true or false, got 1"},
+      {R"({"grace_period_seconds": "5"})", "s.json.grace_period_seconds must be a number, got string"},
+      {R"({"tls": "x"})", "s.json.tls must be an object, got string"},
+      {R"({"models": [{"name": "m", "path": "/p", "limits": [1, 2]}]})",
+       "s.json.models[0].limits must be an object, got array"},
+      {R"({"models": [{"name": "m", "path": "/p", "engine": null}]})",
+       "s.json.models[0].engine must be an object, got null"},
+      {R"({"models": null})", "s.json.models must be an array, got null"},
+  };
+  for (const Case& c : cases) {
+    EXPECT_THAT(ParseServerConfig(c.json, "s.json"), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(c.message)))
+        << c.json;
+  }
+  // An integral number written with an exponent (Helm's toJson writes 1000000 as 1e+06) is that integer.
+  absl::StatusOr<ServerConfig> config =
+      ParseServerConfig(R"({"max_concurrent_requests": 1e3, "models": [{"name": "m", "path": "/p"}]})", "s.json");
+  ASSERT_THAT(config, IsOk());
+  EXPECT_EQ(config->max_concurrent_requests, 1000);
+}
+
+// nlohmann keeps the last of repeated keys, so one of the two settings was silently dropped.
+TEST(ServerConfig, RefusesARepeatedKeyNamingIt) {
+  EXPECT_THAT(ParseServerConfig(R"({"listen": "127.0.0.1:1", "listen": "127.0.0.1:2"})", "s.json"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("s.json: the key \"listen\" appears twice")));
+  EXPECT_THAT(ParseServerConfig(R"({"models": [{"name": "a", "path": "/p", "name": "b"}]})", "s.json"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("the key \"name\" appears twice")));
+  // The same key in different objects is no repetition.
+  EXPECT_THAT(ParseServerConfig(R"({"models": [{"name": "a", "path": "/p", "engine": {"max_batch_rows": 2}},
+                                               {"name": "b", "path": "/p", "engine": {"max_batch_rows": 2}}]})",
+                                "s.json"),
+              IsOk());
 }
 
 TEST(ServerConfig, ValidationNamesTheField) {
@@ -186,6 +232,30 @@ TEST(ServerConfig, RefusesValuesThatWouldStartABrokenServer) {
   EXPECT_THAT(invalid([](ServerConfig& c) { c.listen = "localhost"; }), HasSubstr("listen \"localhost\""));
   EXPECT_EQ(invalid([](ServerConfig& c) { c.listen = "[::]:0"; }), "");
   EXPECT_EQ(invalid([](ServerConfig& c) { c.listen = "unix:/tmp/attribution.sock"; }), "");
+}
+
+// Values --check_config passed and startup refused a moment later: they are now refused by the validation
+// both run.
+TEST(ServerConfig, RefusesWhatStartupWouldRefuseBeforeLoadingAnything) {
+  const auto invalid = [](const std::function<void(ServerConfig&)>& change) {
+    ServerConfig config;
+    config.models.push_back({.name = "m", .path = "/m"});
+    change(config);
+    return std::string(ValidateServerConfig(config).message());
+  };
+  EXPECT_THAT(invalid([](ServerConfig& c) { c.models[0].dtype = "float8"; }),
+              HasSubstr("models[0].dtype: dtype \"float8\" is not supported"));
+  EXPECT_THAT(invalid([](ServerConfig& c) { c.models[0].dtype = "FLOAT32"; }), HasSubstr("models[0].dtype"));
+  EXPECT_THAT(invalid([](ServerConfig& c) { c.models[0].device = "tpu"; }),
+              HasSubstr("models[0].device \"tpu\" is not supported"));
+  EXPECT_THAT(invalid([](ServerConfig& c) { c.models[0].device = "cpu:1"; }), HasSubstr("models[0].device"));
+  EXPECT_THAT(invalid([](ServerConfig& c) { c.models[0].device = "cuda:x"; }), HasSubstr("models[0].device"));
+  EXPECT_EQ(invalid([](ServerConfig& c) { c.models[0].device = "cuda:1"; }), "");
+  EXPECT_THAT(invalid([](ServerConfig& c) { c.metrics_listen = "garbage:::"; }),
+              HasSubstr("metrics_listen \"garbage:::\": expected host:port"));
+  EXPECT_THAT(invalid([](ServerConfig& c) { c.metrics_listen = "127.0.0.1:99999"; }),
+              HasSubstr("metrics_listen \"127.0.0.1:99999\""));
+  EXPECT_EQ(invalid([](ServerConfig& c) { c.metrics_listen = ""; }), "");
 }
 
 TEST(BearerAuth, AcceptsListedTokensOnly) {

@@ -7,6 +7,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "tests/testing/status_matchers.h"
@@ -108,6 +110,49 @@ TEST(ModelConfig, ValidConfigsParse) {
   EXPECT_EQ(gpt2->intermediate_size, 32);  // n_inner null: 4 * n_embd
 }
 
+// transformers writes null for unset options: null means the key is absent, not a value of the wrong type.
+TEST(ModelConfig, NullMeansAbsent) {
+  nlohmann::json config = Llama();
+  for (const char* key : {"pad_token_id", "bos_token_id", "eos_token_id", "rope_scaling", "rope_theta", "head_dim",
+                          "num_key_value_heads", "tie_word_embeddings", "attention_bias", "max_position_embeddings"}) {
+    config[key] = nullptr;
+  }
+  auto parsed = ParseModelConfig(config.dump(), "config.json");
+  ASSERT_THAT(parsed, IsOk());
+  EXPECT_EQ(parsed->max_position_embeddings, 4096);
+  EXPECT_EQ(parsed->num_kv_heads, 2);
+  EXPECT_EQ(parsed->rope_theta, 10000.0);
+  EXPECT_FALSE(parsed->pad_token_id.has_value());
+  EXPECT_TRUE(parsed->eos_token_ids.empty());
+
+  nlohmann::json qwen = Llama({{"model_type", "qwen2"}, {"use_sliding_window", false}});
+  qwen["sliding_window"] = nullptr;
+  EXPECT_THAT(ParseModelConfig(qwen.dump(), "config.json"), IsOk());
+}
+
+// Ids from generation_config.json are checked against config.json's vocabulary, and an error names
+// generation_config.json, where the id came from.
+TEST(ModelConfig, GenerationConfigEosOutsideVocabularyIsRefused) {
+  const std::string dir = ::testing::TempDir() + "/model_config_generation_eos";
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/config.json") << Llama({{"eos_token_id", 2}}).dump();
+  std::ofstream(dir + "/generation_config.json") << R"({"eos_token_id": 99999})";
+  EXPECT_THAT(ReadModelConfig(dir),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("generation_config.json: eos_token_id: special token id 99999 is outside the "
+                                 "vocabulary of 10")));
+  std::ofstream(dir + "/generation_config.json") << R"({"eos_token_id": [2, -7]})";
+  EXPECT_THAT(ReadModelConfig(dir), StatusIs(absl::StatusCode::kInvalidArgument,
+                                             HasSubstr("generation_config.json: eos_token_id: special token id -7")));
+  std::ofstream(dir + "/generation_config.json") << R"({"pad_token_id": "0"})";
+  EXPECT_THAT(ReadModelConfig(dir), StatusIs(absl::StatusCode::kInvalidArgument,
+                                             HasSubstr("generation_config.json: \"pad_token_id\" must be an integer")));
+  std::ofstream(dir + "/generation_config.json") << R"({"eos_token_id": 3, "pad_token_id": null})";
+  auto config = ReadModelConfig(dir);
+  ASSERT_THAT(config, IsOk());
+  EXPECT_EQ(config->eos_token_ids, std::vector<int64_t>{3});
+}
+
 struct BadConfig {
   std::string name;
   nlohmann::json config;
@@ -139,6 +184,42 @@ INSTANTIATE_TEST_SUITE_P(
                           {{"rope_type", "llama3"}, {"factor", 8.0}, {"original_max_position_embeddings", 0}}}}),
                   "original_max_position_embeddings 0 must be positive"},
         BadConfig{"NegativeRopeTheta", Llama({{"rope_theta", -1}}), "rope_theta -1"},
+        // Finite as a double, infinite in the float32 RoPE frequencies.
+        BadConfig{"RopeThetaBeyondFloat", Llama({{"rope_theta", 1e308}}), "dir/config.json: rope_theta 1e+308"},
+        // A present value of the wrong type is refused, never replaced by the default.
+        BadConfig{"RopeThetaString", Llama({{"rope_theta", "500000"}}),
+                  "dir/config.json: \"rope_theta\" must be a number"},
+        BadConfig{"RopeParametersThetaString",
+                  Llama({{"rope_parameters", {{"rope_type", "default"}, {"rope_theta", "500000"}}}}),
+                  "dir/config.json: rope_parameters: \"rope_theta\" must be a number"},
+        BadConfig{"RopeFactorString", Llama({{"rope_parameters", {{"rope_type", "linear"}, {"factor", "4"}}}}),
+                  "rope_parameters: \"factor\" must be a number"},
+        BadConfig{"RopeParametersNotObject", Llama({{"rope_parameters", "default"}}),
+                  "\"rope_parameters\" must be an object"},
+        BadConfig{"NormEpsilonString", Llama({{"rms_norm_eps", "1e-5"}}), "\"rms_norm_eps\" must be a number"},
+        BadConfig{"MaxPositionsString", Llama({{"max_position_embeddings", "512"}}),
+                  "\"max_position_embeddings\" must be an integer"},
+        BadConfig{"HeadDimString", Llama({{"head_dim", "32"}}), "\"head_dim\" must be an integer"},
+        BadConfig{"KvHeadsFloat", Llama({{"num_key_value_heads", 2.0}}), "\"num_key_value_heads\" must be an integer"},
+        BadConfig{"KvHeadsBeyondInt64", Llama({{"num_key_value_heads", uint64_t{1} << 63}}),
+                  "\"num_key_value_heads\" must be an integer"},
+        BadConfig{"TieEmbeddingsString", Llama({{"tie_word_embeddings", "true"}}),
+                  "\"tie_word_embeddings\" must be true or false"},
+        BadConfig{"SlidingWindowString", Llama({{"model_type", "mistral"}, {"sliding_window", "4096"}}),
+                  "\"sliding_window\" must be an integer"},
+        BadConfig{"FalconParallelAttentionString", Falcon({{"parallel_attn", "yes"}}),
+                  "\"parallel_attn\" must be true or false"},
+        BadConfig{"Gpt2EpsilonString", Gpt2({{"layer_norm_epsilon", "1e-5"}}),
+                  "\"layer_norm_epsilon\" must be a number"},
+        BadConfig{"FourBitFlagString", Llama({{"quantization_config", {{"load_in_4bit", "true"}}}}),
+                  "quantization_config: \"load_in_4bit\" must be true or false"},
+        BadConfig{"BosString", Llama({{"bos_token_id", "1"}}), "\"bos_token_id\" must be an integer"},
+        BadConfig{"EosListWithString", Llama({{"eos_token_id", {2, "3"}}}),
+                  "\"eos_token_id\" must be an integer or a list of integers"},
+        BadConfig{"EosOutsideVocabulary", Llama({{"eos_token_id", 10}}),
+                  "dir/config.json: eos_token_id: special token id 10 is outside the vocabulary of 10"},
+        BadConfig{"EosListNegative", Llama({{"eos_token_id", {2, -1}}}), "eos_token_id: special token id -1"},
+        BadConfig{"PadOutsideVocabulary", Llama({{"pad_token_id", 12}}), "pad_token_id: special token id 12"},
         BadConfig{"ZeroLinearRopeFactor", Llama({{"rope_scaling", {{"type", "linear"}, {"factor", 0}}}}),
                   "linear rope scaling factor 0"},
         BadConfig{"Int8Checkpoint",

@@ -137,6 +137,14 @@ TEST(HfTokenizerFile, HugeTokenIdsAreRefused) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("vocab id 4000000000 of \"b\"")));
 }
 
+// A vocabulary without a single piece encodes no text: it loaded, and then every text request failed
+// as if its prompt were too long.
+TEST(HfTokenizerFile, EmptyVocabularyIsRefused) {
+  EXPECT_THAT(
+      LoadTokenizerJson(R"({"model": {"type": "BPE", "vocab": {}, "merges": []}})"),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("tokenizer.json: the BPE model's \"vocab\" is empty")));
+}
+
 // Found with tests/fuzz/tokenizer_json_fuzzer: template tokens were added to every encoding unchecked,
 // so a request's prompt could carry ids outside the vocabulary; a template naming no special_tokens
 // entry read through a missing JSON key.
