@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -22,6 +23,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "client/attribution_client.h"
+#include "client/batch/command_line.h"
 #include "client/component_render.h"
 #include "client/heatmap.h"
 
@@ -341,6 +343,11 @@ int Run(const std::vector<char*>& positional) {
                  "usage: attribution-cli attribute|components|generate|logprobs|models|health [flags]; see --help\n");
     return 2;
   }
+  // absl::Seconds(NaN) is an infinite duration: no deadline, where a number was meant.
+  if (std::isnan(absl::GetFlag(FLAGS_timeout))) {
+    std::fprintf(stderr, "attribution-cli: --timeout: give a number of seconds, not nan\n");
+    return 2;
+  }
   const std::string command = positional[1];
   absl::StatusOr<std::unique_ptr<AttributionClient>> client = ConnectFromFlags();
   if (!client.ok()) return Failed(client.status());
@@ -382,5 +389,10 @@ int main(int argc, char** argv) {
       "  attribution-cli generate --prompt 'Once upon a time' --stream\n"
       "  attribution-cli logprobs --prompt 'The capital of France is' --target ' Paris' --top_k 5\n"
       "  attribution-cli models | health");
+  const attribution::client::CommandLine line = attribution::client::ScanCommandLine(argc, argv, "client/cli_main.cc");
+  if (!line.error.empty()) {
+    std::fprintf(stderr, "attribution-cli: %s\n", line.error.c_str());
+    return 2;
+  }
   return attribution::client::Run(absl::ParseCommandLine(argc, argv));
 }

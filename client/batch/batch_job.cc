@@ -15,6 +15,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "client/batch/parquet_writer.h"
 
@@ -162,6 +163,8 @@ absl::StatusOr<std::vector<BatchRow>> RowsFromJsonl(const std::string& text, con
   return rows;
 }
 
+constexpr absl::string_view kUtf8ByteOrderMark = "\xEF\xBB\xBF";
+
 uint64_t Fnv1a(const std::string& text) {
   uint64_t hash = 1469598103934665603ull;
   for (unsigned char c : text) {
@@ -204,6 +207,9 @@ absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
 absl::StatusOr<std::vector<BatchRow>> ReadRows(const std::string& path) {
   absl::StatusOr<std::string> text = ReadWholeFile(path);
   if (!text.ok()) return text.status();
+  // Excel's "CSV UTF-8" (and some JSONL writers) open the file with a byte order mark, which would
+  // otherwise be part of the first header name or id.
+  if (absl::StartsWith(*text, kUtf8ByteOrderMark)) text->erase(0, kUtf8ByteOrderMark.size());
   absl::StatusOr<std::vector<BatchRow>> rows;
   if (absl::EndsWith(path, ".csv")) {
     rows = RowsFromCsv(*text, path);
@@ -264,18 +270,39 @@ absl::Status CheckIntegerRange(const std::string& key, const json& value, const 
                                                  std::numeric_limits<int32_t>::max(), "], not ", value.dump()));
 }
 
+// Settings whose flag has another name: the job file takes keys "as the flags" (README), so --tolerance's
+// key "tolerance" names completeness_tolerance, the request field it sets.
+constexpr std::pair<absl::string_view, absl::string_view> kSettingAliases[] = {{"tolerance", "completeness_tolerance"}};
+
+std::string SettingName(const std::string& key) {
+  for (const auto& [alias, name] : kSettingAliases) {
+    if (key == alias) return std::string(name);
+  }
+  return key;
+}
+
 }  // namespace
 
 absl::StatusOr<json> MergeSettings(const json& base, const json& overrides, const std::string& where) {
   json merged = base;
-  for (const auto& [key, value] : overrides.items()) {
+  for (const auto& [alias, key] : kSettingAliases) {
+    if (overrides.contains(alias) && overrides.contains(key)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": give \"", alias, "\" or \"", key, "\", not both (the same setting)"));
+    }
+  }
+  for (const auto& [given_key, value] : overrides.items()) {
+    const std::string key = SettingName(given_key);
     if (!base.contains(key)) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ": unknown setting \"", key, "\""));
+      std::vector<std::string> known;
+      for (const auto& item : base.items()) known.push_back(item.key());
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": unknown setting \"", given_key, "\" (", absl::StrJoin(known, ", "), ")"));
     }
     const json& expected = base[key];
     const bool same_type = expected.is_number() ? value.is_number() : expected.type() == value.type();
     if (!same_type || (expected.is_number_integer() && !value.is_number_integer())) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ": setting \"", key, "\" must be a ",
+      return absl::InvalidArgumentError(absl::StrCat(where, ": setting \"", given_key, "\" must be a ",
                                                      expected.is_number_integer() ? "integer" : expected.type_name()));
     }
     if (absl::Status range = CheckIntegerRange(key, value, where); !range.ok()) return range;

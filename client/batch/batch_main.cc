@@ -7,9 +7,12 @@
 //
 // Run it again with the same arguments after any interruption (even kill -9): rows already in the
 // output are skipped, the rest are added in input order. Exit status: 0 when every row has a result
-// (rows that failed carry their error), 1 when the job could not run or finish, 2 on a usage error.
+// (rows that failed carry their error), 1 when the job could not run or finish, 2 on a usage error,
+// 3 when rows ended for lack of capacity or time (UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED,
+// CANCELLED): running the same command again tries them again.
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -29,6 +32,7 @@
 #include "client/attribution_client.h"
 #include "client/batch/batch_job.h"
 #include "client/batch/batch_runner.h"
+#include "client/batch/command_line.h"
 #include "client/batch/html_pages.h"
 #include "client/batch/result_log.h"
 
@@ -87,13 +91,16 @@ int Failed(const absl::Status& status) {
   return 1;
 }
 
-bool OnCommandLine(const char* name) {
+// Whether the flag `name` was set: named on the command line (even to its default value, which must
+// still override the job file), or away from its default by a --flagfile, which argv does not show.
+bool FlagGiven(const CommandLine& line, const char* name) {
+  if (line.given.contains(name)) return true;
   const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
   return flag != nullptr && flag->CurrentValue() != flag->DefaultValue();
 }
 
 // Defaults, then the job file, then the flags given.
-absl::StatusOr<json> SettingsFromFlags() {
+absl::StatusOr<json> SettingsFromFlags(const CommandLine& line) {
   json settings = JobDefaults();
   if (!absl::GetFlag(FLAGS_job).empty()) {
     absl::StatusOr<std::string> text = ReadWholeFile(absl::GetFlag(FLAGS_job));
@@ -129,7 +136,7 @@ absl::StatusOr<json> SettingsFromFlags() {
       {"faithfulness", "faithfulness", absl::GetFlag(FLAGS_faithfulness)},
   };
   for (const FlagSetting& flag : flags) {
-    if (OnCommandLine(flag.flag)) settings[flag.setting] = flag.value;
+    if (FlagGiven(line, flag.flag)) settings[flag.setting] = flag.value;
   }
   return settings;
 }
@@ -168,8 +175,14 @@ absl::StatusOr<std::vector<BatchRow>> ShardOf(std::vector<BatchRow> rows) {
   return shard;
 }
 
-// A usage error to report (exit 2), or "" when --server names at least one server and no blank one.
-std::string ServerListError() {
+// A usage error to report (exit 2) in flag values abseil parsed, or "".
+std::string FlagValueError() {
+  const std::string progress = absl::GetFlag(FLAGS_progress);
+  if (progress != "auto" && progress != "bar" && progress != "log") {
+    return absl::StrCat("--progress: \"", progress, "\" is not auto, bar or log");
+  }
+  // absl::Seconds(NaN) is an infinite duration: no deadline, where a number was meant.
+  if (std::isnan(absl::GetFlag(FLAGS_timeout))) return "--timeout: give a number of seconds, not nan";
   const std::vector<std::string>& servers = absl::GetFlag(FLAGS_server);
   if (servers.empty()) return "--server: give at least one server (host:port, comma-separated)";
   for (size_t i = 0; i < servers.size(); ++i) {
@@ -180,12 +193,21 @@ std::string ServerListError() {
   return "";
 }
 
-int Run() {
+// Rows a rerun tries again (ResultLog drops their lines on reopening), counted from the summary.
+int64_t RowsToRetry(const JobSummary& summary) {
+  int64_t rows = 0;
+  for (const auto& [code, count] : summary.errors_by_code) {
+    if (RetriedOnResume(code)) rows += count;
+  }
+  return rows;
+}
+
+int Run(const CommandLine& line) {
   if (absl::GetFlag(FLAGS_input).empty() || absl::GetFlag(FLAGS_output).empty()) {
     std::fprintf(stderr, "attribution-batch: give --input and --output (see --help)\n");
     return 2;
   }
-  if (const std::string error = ServerListError(); !error.empty()) {
+  if (const std::string error = FlagValueError(); !error.empty()) {
     std::fprintf(stderr, "attribution-batch: %s\n", error.c_str());
     return 2;
   }
@@ -193,7 +215,7 @@ int Run() {
   if (!rows.ok()) return Failed(rows.status());
   rows = ShardOf(std::move(*rows));
   if (!rows.ok()) return Failed(rows.status());
-  absl::StatusOr<json> settings = SettingsFromFlags();
+  absl::StatusOr<json> settings = SettingsFromFlags(line);
   if (!settings.ok()) return Failed(settings.status());
   absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> owned = Connect();
   if (!owned.ok()) return Failed(owned.status());
@@ -223,6 +245,14 @@ int Run() {
   if (!absl::GetFlag(FLAGS_parquet).empty()) {
     absl::Status table = WriteResultsParquet(absl::GetFlag(FLAGS_output), absl::GetFlag(FLAGS_parquet));
     if (!table.ok()) return Failed(table);
+  }
+  // A script (or a Kubernetes Job's restart policy) must be able to tell an incomplete job from a done one.
+  if (const int64_t retry = RowsToRetry(*summary); retry > 0) {
+    std::fprintf(stderr,
+                 "attribution-batch: %lld rows ended for lack of capacity or time; run the same command again to "
+                 "retry them\n",
+                 static_cast<long long>(retry));
+    return 3;
   }
   return 0;
 }
@@ -312,6 +342,12 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "attributions for a whole data set, resumable: attribution-batch --input=ROWS --output=RESULTS [flags]; "
       "attribution-batch merge --input=ROWS --output=RESULTS SHARD_RESULTS...");
+  const attribution::client::CommandLine line =
+      attribution::client::ScanCommandLine(argc, argv, "client/batch/batch_main.cc");
+  if (!line.error.empty()) {
+    std::fprintf(stderr, "attribution-batch: %s\n", line.error.c_str());
+    return 2;
+  }
   std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
   if (positional.size() >= 2 && std::string(positional[1]) == "merge") {
     return attribution::client::batch::Merge({positional.begin() + 2, positional.end()});
@@ -320,5 +356,5 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "attribution-batch: unexpected argument \"%s\" (see --help)\n", positional[1]);
     return 2;
   }
-  return attribution::client::batch::Run();
+  return attribution::client::batch::Run(line);
 }

@@ -4,7 +4,8 @@
 // with SIGKILL three times and resumed ends with the output of an uninterrupted run, two servers
 // share the work (and one may die), shards merge into the single run, bad rows are recorded; hostile
 // inputs and misuse (stray CSV quotes, no servers, directories, another job's results or shards, rows
-// retried on resume, odd result lines) end in a clear error or the right file, never lost rows.
+// retried on resume, odd result lines) end in a clear error or the right file, never lost rows; bad
+// flags exit 2, and a job that leaves rows for a rerun exits 3.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -581,6 +582,69 @@ TEST(BatchSettings, IntegersOutOfRangeAreRefusedNamingTheSetting) {
               IsOk());
 }
 
+// The job file takes keys "as the flags" (README): --tolerance's key "tolerance" was refused as unknown.
+TEST(BatchSettings, ToleranceIsTheJobFilesKeyOfCompletenessTolerance) {
+  const json defaults = client::batch::JobDefaults();
+  absl::StatusOr<json> merged = client::batch::MergeSettings(defaults, json{{"tolerance", 0.001}}, "--job j");
+  ASSERT_THAT(merged, IsOk());
+  EXPECT_EQ((*merged)["completeness_tolerance"], 0.001);
+  EXPECT_FALSE(merged->contains("tolerance"));
+  EXPECT_EQ(client::batch::SettingsDigest(*merged), client::batch::SettingsDigest(*client::batch::MergeSettings(
+                                                        defaults, json{{"completeness_tolerance", 0.001}}, "--job j")));
+  EXPECT_THAT(
+      client::batch::MergeSettings(defaults, json{{"tolerance", 0.1}, {"completeness_tolerance", 0.1}}, "row").status(),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("give \"tolerance\" or \"completeness_tolerance\"")));
+  EXPECT_THAT(client::batch::MergeSettings(defaults, json{{"tolerance", "0.1"}}, "row").status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("setting \"tolerance\" must be a number")));
+  EXPECT_THAT(client::batch::MergeSettings(defaults, json{{"nsteps", 8}}, "row").status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("unknown setting \"nsteps\" (")));
+}
+
+// Excel's "CSV UTF-8" starts with a byte order mark: it became part of the first header name and the
+// file was refused for an unknown key whose name looked like "id".
+TEST(BatchInput, AByteOrderMarkIsSkipped) {
+  TempDir dir;
+  const std::string bom = "\xEF\xBB\xBF";
+  const std::string csv = dir.File("excel.csv"), jsonl = dir.File("rows.jsonl");
+  std::ofstream(csv) << bom << "id,prompt,target\r\nr0,Q: Is it warm? A:, Yes\r\n";
+  std::ofstream(jsonl) << bom << R"({"id": "r0", "prompt": "Q: Is it warm? A:", "target": " Yes"})"
+                       << "\n";
+  for (const std::string& path : {csv, jsonl}) {
+    absl::StatusOr<std::vector<client::batch::BatchRow>> rows = client::batch::ReadRows(path);
+    ASSERT_THAT(rows, IsOk()) << path;
+    ASSERT_EQ(rows->size(), 1u) << path;
+    EXPECT_EQ((*rows)[0].id, "r0") << path;
+    EXPECT_EQ((*rows)[0].target, " Yes") << path;
+  }
+}
+
+// Bad flag values and unknown flags exited 1 (abseil's parser), where the tool documents 2.
+TEST(BatchCommandLine, BadFlagsAreUsageErrors) {
+  TempDir dir;
+  const std::string input = dir.File("rows.jsonl"), log = dir.File("log");
+  std::ofstream(input) << R"({"id": "a", "prompt": "Q: Is it warm? A:", "target": " Yes"})"
+                       << "\n";
+  const std::vector<std::string> job = {"--input=" + input, "--output=" + dir.File("out.jsonl"),
+                                        "--server=127.0.0.1:1"};
+  const std::pair<std::string, std::string> cases[] = {
+      {"--window=abc", "--window: illegal value \"abc\""},
+      {"--n_steps=nan", "--n_steps: illegal value \"nan\""},
+      {"--tls=maybe", "--tls: illegal value \"maybe\""},
+      {"--no_such_flag=1", "unknown flag --no_such_flag"},
+      {"--progress=weird", "--progress: \"weird\" is not auto, bar or log"},
+      {"--timeout=nan", "--timeout: give a number of seconds, not nan"},
+      {"--shard_count", "--shard_count: give a value"},
+  };
+  for (const auto& [flag, message] : cases) {
+    std::vector<std::string> args = job;
+    args.push_back(flag);
+    EXPECT_EQ(RunBatch(args, log), 2) << flag << ": " << ReadFile(log);
+    EXPECT_THAT(ReadFile(log), HasSubstr("attribution-batch: " + message)) << flag;
+  }
+  EXPECT_EQ(RunBatch({"merge", "--input=" + input, "--output=" + dir.File("m.jsonl"), "--window=x"}, log), 2);
+  EXPECT_THAT(ReadFile(log), ::testing::Not(HasSubstr("ERROR: Illegal value")));
+}
+
 // An empty server list started no workers and waited forever (or divided by zero with --window).
 TEST(BatchCommandLine, AnEmptyServerListIsAUsageError) {
   TempDir dir;
@@ -802,6 +866,62 @@ TEST_F(BatchResume, ARowTriedAgainKeepsItsPlaceInInputOrder) {
   }
   ASSERT_EQ(Run(input, output), 0) << ReadFile(log_);
   EXPECT_THAT(Ids(ReadResults(output)), ::testing::ElementsAre("r0", "r1", "r2", "r3", "r4"));
+}
+
+// README: "flags given win" over the job file. A flag given with its default value (the method
+// integrated_gradients) lost to the job file's, as if it had not been given.
+TEST_F(BatchResume, AFlagGivenAtItsDefaultValueOverridesTheJobFile) {
+  const std::string job = dir_.File("job.json"), output = dir_.File("flags.jsonl");
+  std::ofstream(job) << R"({"method": "feature_ablation", "tolerance": 0.25})";
+  ASSERT_EQ(
+      RunBatch({"--input=" + WriteQuestions("rows.jsonl", 2), "--output=" + output, "--server=" + server_->address(),
+                "--job=" + job, "--method=integrated_gradients", "--progress=log"},
+               log_),
+      0)
+      << ReadFile(log_);
+  const std::vector<json> results = ReadResults(output);
+  ASSERT_EQ(results.size(), 2u);
+  for (const json& result : results) {
+    EXPECT_EQ(result["method"], "integrated_gradients") << result.dump();
+    EXPECT_TRUE(result.contains("tolerance_met")) << result.dump();  // the job file's tolerance still counts
+  }
+}
+
+// Servers gone mid-job left rows UNAVAILABLE and the job exited 0, as if it were complete: it exits 3,
+// says how many rows a rerun tries again, and the rerun finishes the job.
+TEST_F(BatchResume, RowsLeftForLackOfCapacityExitThreeAndTheRerunFinishes) {
+  auto doomed = ServerProcess::Start({});
+  ASSERT_THAT(doomed, IsOk());
+  const std::string input = WriteQuestions("rows.jsonl", 20), output = dir_.File("gone.jsonl");
+  // One row at a time and no retries: the server dies once the first rows are written, the rest fail
+  // (each after the client library's own retries, 0.7 s).
+  bool killed = false;
+  const auto kill_server_after_first_rows = [&] {
+    if (!killed && CountLines(output) >= 2) {
+      (*doomed)->Signal(SIGKILL);
+      killed = true;
+    }
+    return false;
+  };
+  const int code = RunBatch({"--input=" + input, "--output=" + output, "--server=" + (*doomed)->address(),
+                             "--method=saliency", "--progress=log", "--window=1", "--max_attempts=1"},
+                            log_, kill_server_after_first_rows);
+  ASSERT_TRUE(killed) << ReadFile(log_);
+  EXPECT_EQ(code, 3) << ReadFile(log_);
+  size_t unavailable = 0;
+  for (const json& result : ReadResults(output)) unavailable += result["status"] == "error";
+  ASSERT_GT(unavailable, 0u);
+  EXPECT_THAT(ReadFile(log_), HasSubstr(absl::StrCat("attribution-batch: ", unavailable,
+                                                     " rows ended for lack of capacity or time; run the same "
+                                                     "command again to retry them")));
+  EXPECT_EQ(RunBatch({"--input=" + input, "--output=" + output, "--server=" + server_->address(), "--method=saliency",
+                      "--progress=log"},
+                     log_),
+            0)
+      << ReadFile(log_);
+  const std::vector<json> results = ReadResults(output);
+  ASSERT_EQ(results.size(), 20u);
+  for (const json& result : results) EXPECT_EQ(result["status"], "ok") << result.dump();
 }
 
 // A line of another shape than the tool writes is refused when the job resumes, naming its line.

@@ -1,13 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 // The programs' command lines: --help lists each program's own flags (abseil's default lists only
 // flags of files named after the program, which printed "No flags matched"), a repeated --model
-// serves every model it names (abseil kept only the last), and the CLI's --html to a path it cannot
-// write is an error.
+// serves every model it names (abseil kept only the last), the CLI's --html to a path it cannot
+// write is an error, and bad flags are usage errors (exit 2).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
 #include <cstdio>
+#include <fstream>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -81,6 +82,52 @@ TEST(ServerCommandLine, ARepeatedModelFlagServesEveryModel) {
   EXPECT_THAT(names, ::testing::UnorderedElementsAre("a", "b", "c"));
 }
 
+// --check_config said "config ok" for settings startup refused a moment later; it now reads what startup
+// reads before loading a model (the model's config.json, TLS and token files) and checks the same values.
+TEST(ServerCommandLine, CheckConfigRefusesWhatStartupRefuses) {
+  test_support::TempDir dir;
+  const std::string garbage = dir.File("garbage.pem");
+  std::ofstream(garbage) << "not a certificate\n";
+  const std::string check = absl::StrCat(ATTRIBUTION_SERVER_BINARY, " --check_config ");
+  const std::pair<std::string, std::string> cases[] = {
+      {"--model=m=" + dir.File("missing"),
+       "model \"m\" (" + dir.File("missing") + "): " + dir.File("missing/config.json") + ": cannot open"},
+      {"--dtype=FLOAT32", "models[0].dtype: dtype \"FLOAT32\" is not supported"},
+      {"--device=cpu:1", "models[0].device \"cpu:1\" is not supported"},
+      {"--listen=127.0.0.1:70000", "listen \"127.0.0.1:70000\""},
+      {"--metrics_listen=garbage:::", "metrics_listen \"garbage:::\""},
+      {"--auth_tokens_file=" + dir.File("no-tokens"), dir.File("no-tokens")},
+      {"--tls_cert=" + dir.File("no-cert") + " --tls_key=" + garbage, "tls cert_file: "},
+      {"--tls_cert=" + garbage + " --tls_key=" + garbage,
+       "tls cert_file \"" + garbage + "\" holds no PEM CERTIFICATE block"},
+  };
+  for (const auto& [flags, message] : cases) {
+    auto [code, output] = RunCommand(check + flags);
+    EXPECT_EQ(code, 1) << flags << ": " << output;
+    EXPECT_THAT(output, HasSubstr(message)) << flags;
+  }
+  auto [code, output] = RunCommand(check);
+  EXPECT_EQ(code, 0) << output;
+  EXPECT_THAT(output, HasSubstr("config ok"));
+  // A config checked away from its machine (a ConfigMap in CI): the values only.
+  auto [values_code, values_output] = RunCommand(check + "--check_config_files=false --model=m=" + dir.File("missing") +
+                                                 " --tls_cert=" + garbage + " --tls_key=" + garbage);
+  EXPECT_EQ(values_code, 0) << values_output;
+  auto [bad_code, bad_output] = RunCommand(check + "--check_config_files=false --device=tpu");
+  EXPECT_EQ(bad_code, 1) << bad_output;
+}
+
+// A TLS certificate that is not PEM was reported only as "cannot listen on ADDR".
+TEST(ServerCommandLine, ATlsFileThatIsNotPemIsNamedAtStartup) {
+  test_support::TempDir dir;
+  const std::string garbage = dir.File("garbage.pem");
+  std::ofstream(garbage) << "-----BEGIN CERTIFICATE-----\n%%% not base64 %%%\n-----END CERTIFICATE-----\n";
+  auto [code, log] =
+      test_support::ServerProcess::RunToExit({"--tls_cert=" + garbage, "--tls_key=" + garbage}, absl::Seconds(30));
+  EXPECT_EQ(code, 1) << log;
+  EXPECT_THAT(log, HasSubstr("tls cert_file \"" + garbage + "\" holds no PEM CERTIFICATE block"));
+}
+
 // An --html report that cannot be written is an error naming the path (it exited 0 without a word).
 TEST(CliCommandLine, AnHtmlReportThatCannotBeWrittenIsAnError) {
   auto server = test_support::ServerProcess::Start({});
@@ -105,6 +152,24 @@ TEST(CliCommandLine, AnHtmlReportThatCannotBeWrittenIsAnError) {
   std::tie(code, output) = RunCommand(components);
   EXPECT_EQ(code, 1) << output;
   EXPECT_THAT(output, HasSubstr("--html: cannot write " + dir.path())) << output;
+}
+
+// Bad flag values and unknown flags exited 1 (abseil's parser), where the CLI documents 2 for usage
+// errors; --timeout=nan meant no deadline at all.
+TEST(CliCommandLine, BadFlagsAreUsageErrors) {
+  const std::pair<std::string, std::string> cases[] = {
+      {"--n_steps=nan", "--n_steps: illegal value \"nan\""},
+      {"--top_k=3.5", "--top_k: illegal value \"3.5\""},
+      {"--json=perhaps", "--json: illegal value \"perhaps\""},
+      {"--no_such_flag", "unknown flag --no_such_flag"},
+      {"--timeout=nan", "--timeout: give a number of seconds, not nan"},
+      {"--prompt", "--prompt: give a value"},
+  };
+  for (const auto& [flag, message] : cases) {
+    auto [code, output] = RunCommand(absl::StrCat(ATTRIBUTION_CLI_BINARY, " models --server=127.0.0.1:1 ", flag));
+    EXPECT_EQ(code, 2) << flag << ": " << output;
+    EXPECT_THAT(output, HasSubstr("attribution-cli: " + message)) << flag;
+  }
 }
 
 }  // namespace

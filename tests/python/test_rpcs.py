@@ -250,6 +250,88 @@ def test_server_errors_carry_code_and_message(client):
         client.attribute(prompt=PROMPT, n_stepz=3)
 
 
+# Misuse the client catches before sending: (call, options, exception, message). Without these checks, protobuf
+# truncated floats (prompt=[1.5, 2] went out as token 1) or refused with a message that names no field
+# ("Value out of range: -1", "'int' object is not iterable").
+MISUSE = {
+    "float_token_id": ("attribute", dict(prompt=[1.5, 2], target=" Yes"), TypeError, r"prompt\[0\]: .*integer.*1\.5"),
+    "bool_token_id": ("attribute", dict(prompt=[5, True], target=" Yes"), TypeError, r"prompt\[1\]: .*True"),
+    "float_target_id": ("logprobs", dict(prompt=PROMPT, target=[np.float64(3.0)]), TypeError, r"target\[0\]"),
+    "text_as_ids": ("attribute", dict(prompt=["a", "b"], target=" Yes"), TypeError, r"prompt\[0\]"),
+    "int_prompt": ("attribute", dict(prompt=123, target=" Yes"), TypeError, r"prompt: .*text .*token ids"),
+    "int_target": ("attribute", dict(prompt=PROMPT, target=5), TypeError, r"target: "),
+    "huge_token_id": ("attribute", dict(prompt=[10**30], target=" Yes"), ValueError, r"prompt\[0\]: .* is outside"),
+    "text_n_steps": ("attribute", dict(prompt=PROMPT, target=" Yes", n_steps="8"), TypeError, r"^n_steps: "),
+    "huge_n_steps": ("attribute", dict(prompt=PROMPT, target=" Yes", n_steps=2**40), ValueError,
+                     r"^n_steps: .*outside"),
+    "float_n_samples": ("attribute", dict(prompt=PROMPT, target=" Yes", n_samples=2.5), TypeError, r"^n_samples: "),
+    "negative_seed": ("attribute", dict(prompt=PROMPT, target=" Yes", seed=-1), ValueError, r"^seed: -1 is outside"),
+    "text_seed": ("attribute", dict(prompt=PROMPT, target=" Yes", seed="x"), TypeError, r"^seed: "),
+    "text_stdev": ("attribute", dict(prompt=PROMPT, target=" Yes", stdev="0.1"), TypeError, r"^stdev: "),
+    "huge_baseline": ("attribute", dict(prompt=PROMPT, target=" Yes", baseline=10**30), ValueError, r"^baseline: "),
+    "bool_baseline": ("attribute", dict(prompt=PROMPT, target=" Yes", baseline=True), TypeError, r"^baseline: "),
+    "short_feature_range": ("attribute", dict(prompt=PROMPT, target=" Yes", feature_range=(3,)), TypeError,
+                            r"^feature_range: "),
+    "text_choices": ("attribute", dict(prompt=PROMPT, choices=" Yes"), TypeError, r"^choices: .*list"),
+    "text_matrix_flag": ("attribute", dict(prompt=PROMPT, target=" Yes", want_token_matrix="yes"), TypeError,
+                         r"^want_token_matrix: "),
+    "surrogate_prompt": ("attribute", dict(prompt="a\udc80", target=" Yes"), ValueError, r"^prompt: character 1"),
+    "text_top_k": ("logprobs", dict(prompt=PROMPT, target=" red", top_k="3"), TypeError, r"^top_k: "),
+    "float_max_new_tokens": ("generate", dict(prompt=PROMPT, max_new_tokens=2.0), TypeError, r"^max_new_tokens: "),
+    "float_stop_token": ("generate", dict(prompt=PROMPT, stop_token_ids=[1.5]), TypeError, r"^stop_token_ids\[0\]: "),
+    "int_model": ("generate", dict(prompt=PROMPT, model=3), TypeError, r"^model: "),
+    "bool_answer": ("attribute_components", dict(pairs=[("a", "b")], answer=True), TypeError, r"^answer: "),
+    "text_component_steps": ("attribute_components", dict(pairs=[("a", "b")], answer=" x", n_steps="4"), TypeError,
+                             r"^n_steps: "),
+}
+
+
+@pytest.mark.parametrize("case", list(MISUSE))
+def test_misused_options_raise_naming_the_option_before_sending(client, server, case):
+    call, options, error, message = MISUSE[case]
+    with pytest.raises(error, match=message):
+        getattr(client, call)(**options)
+
+
+def test_a_request_id_gRPC_cannot_carry_is_a_value_error_naming_it(client, capfd):
+    """gRPC metadata values are printable ASCII; gRPC itself refuses others as INTERNAL (a server failure,
+    to the caller) and prints its own trace to stderr."""
+    for bad in ("line\nbreak", "caf\u00e9", "tab\there"):
+        with pytest.raises(ValueError, match=r"^request_id: character \d+ .*printable ASCII"):
+            client.logprobs(prompt=PROMPT, target=" red", request_id=bad)
+        with pytest.raises(ValueError, match=r"^request_id: "):
+            client.attribute_stream(prompt=PROMPT, target=" red", method="saliency", request_id=bad).result()
+    assert "x-request-id" not in capfd.readouterr().err
+    with pytest.raises(ValueError, match=r"^bearer_token: "):
+        ac.AttributionClient("127.0.0.1:1", bearer_token="token\n")
+    assert client.logprobs(prompt=PROMPT, target=" red", request_id="ok id ~!").target
+
+
+def test_nan_or_negative_timeouts_are_refused_and_infinite_means_no_deadline(client, server):
+    for bad in (float("nan"), -1.0):
+        with pytest.raises(ValueError, match=r"^timeout: "):
+            client.health(timeout=bad)
+        with pytest.raises(ValueError, match=r"^timeout: "):
+            client.attribute_stream(prompt=PROMPT, target=" Yes", timeout=bad)
+        with pytest.raises(ValueError, match=r"^timeout: "):
+            ac.AttributionClient(server.address, timeout=bad)
+    with pytest.raises(TypeError, match=r"^timeout: "):
+        client.health(timeout="5")
+    with pytest.raises(ValueError, match=r"^connect_timeout: "):
+        ac.AttributionClient(server.address, connect_timeout=float("nan"))
+
+    async def nan_async():
+        async with ac.AsyncAttributionClient(server.address) as c:
+            await c.health(timeout=float("nan"))
+
+    with pytest.raises(ValueError, match=r"^timeout: "):
+        asyncio.run(nan_async())
+    # gRPC turns now + inf into a deadline already past; the CLI and attribution-batch read it as none.
+    assert client.health(timeout=float("inf")) == "SERVING"
+    with ac.AttributionClient(server.address, timeout=1e300) as patient:
+        assert patient.health() == "SERVING"
+
+
 def test_unavailable_is_retried_then_raised():
     config = json.loads(_channel.service_config(ac.ClientOptions(max_attempts=4)))
     policy = config["methodConfig"][0]["retryPolicy"]

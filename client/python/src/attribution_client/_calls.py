@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Optional, Type, TypeVar, Union
 
-from . import _convert
+from . import _channel, _convert
 from ._generated.attribution.v1 import attribution_pb2 as pb
 from .options import ClientOptions, GenerationSettings
 from .results import Attribution, ComponentAttribution, Generation, Progress, Token
@@ -20,8 +20,11 @@ DEFAULT: Any = object()
 
 def client_options(target: Union[str, ClientOptions, None], fields: Dict[str, Any]) -> ClientOptions:
     if isinstance(target, ClientOptions):
-        return dataclasses.replace(target, **fields)
-    return ClientOptions(**({"target": target} if target else {}), **fields)
+        options = dataclasses.replace(target, **fields)
+    else:
+        options = ClientOptions(**({"target": target} if target else {}), **fields)
+    _channel.check(options)
+    return options
 
 
 def build(cls: Type[O], options: Optional[O], fields: Dict[str, Any]) -> O:
@@ -65,4 +68,5 @@ def generate_event(event: pb.GenerateEvent) -> Union[Token, Generation]:
 
 
 def timeout(value: Any, default: Optional[float]) -> Optional[float]:
-    return default if value is DEFAULT else value
+    """The call's deadline in seconds (None: none); ValueError naming `timeout` for NaN or a negative one."""
+    return _convert.seconds("timeout", default if value is DEFAULT else value, none_means="no deadline")

@@ -8,6 +8,7 @@ from typing import List, Optional, Tuple
 
 import grpc
 
+from . import _convert
 from .options import ClientOptions
 
 SERVICES = ("attribution.v1.AttributionService", "grpc.health.v1.Health")
@@ -60,6 +61,29 @@ def credentials(o: ClientOptions) -> Optional[grpc.ChannelCredentials]:
         certificate_chain=_read(o.cert_file) if o.cert_file else None)
 
 
+def check(o: ClientOptions) -> None:
+    """Refuses settings gRPC would fail on later, or take for others, with a message naming them: a NaN
+    connect_timeout fails int(), a NaN timeout expires every call at once."""
+    _convert.seconds("timeout", o.timeout, none_means="no deadline")
+    for name in ("connect_timeout", "initial_backoff", "max_backoff"):
+        _convert.seconds(name, getattr(o, name))
+    _convert.integer("max_attempts", o.max_attempts, _convert.INT32)
+    _convert.integer("max_message_bytes", o.max_message_bytes, (1, _convert.INT32[1]))
+    _metadata_value("bearer_token", o.bearer_token)
+
+
+def _metadata_value(name: str, value: object) -> str:
+    """`value` as an ASCII metadata value: gRPC refuses others only when the call starts, as an INTERNAL
+    error (a failure of the server, to the caller) after logging its own trace to stderr."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name}: must be a str, not {value!r}")
+    bad = next((i for i, c in enumerate(value) if not " " <= c <= "~"), None)
+    if bad is not None:
+        raise ValueError(f"{name}: character {bad} ({value[bad]!r}) is not printable ASCII, which gRPC metadata "
+                         "carries")
+    return value
+
+
 def metadata(o: ClientOptions) -> Tuple[Tuple[str, str], ...]:
     # As call metadata rather than call credentials: gRPC refuses those on plaintext channels, and the
     # server accepts tokens on both.
@@ -68,4 +92,4 @@ def metadata(o: ClientOptions) -> Tuple[Tuple[str, str], ...]:
 
 def with_request_id(metadata: Tuple[Tuple[str, str], ...], request_id: str) -> Tuple[Tuple[str, str], ...]:
     """The call's metadata: the client's, and the request id as x-request-id (the server logs it)."""
-    return metadata + (("x-request-id", request_id),) if request_id else metadata
+    return metadata + (("x-request-id", _metadata_value("request_id", request_id)),) if request_id else metadata

@@ -2,14 +2,16 @@
 """Options to request protos and response protos to results: the one place that knows both."""
 from __future__ import annotations
 
+import math
 import numbers
-from typing import Any, Dict, List, Mapping, Sequence, TypeVar, Union
+from collections.abc import Iterable, Sized
+from typing import Any, Dict, List, Mapping, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 
 from ._generated.attribution.v1 import attribution_pb2 as pb
-from .options import (AnswerToken, AttributeOptions, ComponentOptions, GenerateOptions, GenerationSettings,
-                      LogprobsOptions, PromptPair, TextOrIds)
+from .options import (AnswerToken, AttributeOptions, ComponentOptions, FeatureGroup, GenerateOptions,
+                      GenerationSettings, LogprobsOptions, PromptPair, TextOrIds)
 from .results import (Attribution, ComponentAttribution, ComponentGrid, Faithfulness, Feature, Generation, Logprobs,
                       ModelInfo, PairComponents, RunStats, Token, TokenLogprob, TopToken)
 
@@ -69,80 +71,181 @@ def _name_of(value: int, table: Mapping[str, int]) -> str:
     return str(value)
 
 
-def _set_input(value: TextOrIds, out: pb.Input) -> None:
+# The ranges of the proto's integer types: protobuf refuses a value outside them with a message that does not
+# name the field ("Value out of range: -1"), so the client checks first. Limits of the server's own (n_steps
+# at most 1024, ...) are left to the server, whose message names them.
+INT32 = (-(2**31), 2**31 - 1)
+INT64 = (-(2**63), 2**63 - 1)
+UINT64 = (0, 2**64 - 1)
+
+# Timeouts beyond this many seconds mean "no deadline": gRPC turns now + 1e300 (or inf) into a deadline that
+# has already passed, and answers DEADLINE_EXCEEDED at once.
+_LONGEST_DEADLINE = 1e9
+
+
+def integer(name: str, value: Any, bounds: Sequence[int]) -> int:
+    """`value` as an integer field named `name`: a float would be truncated (1.5 sent as 1) and a bool
+    sent as 0 / 1, so both are refused; TypeError / ValueError naming the field."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: must be an integer, not {value!r}")
+    low, high = bounds
+    if not low <= value <= high:
+        raise ValueError(f"{name}: {value} is outside [{low}, {high}]")
+    return int(value)
+
+
+def number(name: str, value: Any) -> float:
+    """`value` as a floating-point field (NaN and infinities go on: the server's message names them)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: must be a number, not {value!r}")
+    return float(value)
+
+
+def seconds(name: str, value: Any, *, none_means: Optional[str] = None) -> Optional[float]:
+    """A duration in seconds >= 0; with `none_means`, None (and inf, or more than gRPC can hold) is
+    allowed and returned as None."""
+    if value is None and none_means is not None:
+        return None
+    s = number(name, value)
+    if math.isnan(s) or s < 0 or (none_means is None and math.isinf(s)):
+        allowed = f", or None for {none_means}" if none_means is not None else ""
+        raise ValueError(f"{name}: {value!r} is not a number of seconds >= 0{allowed}")
+    return None if none_means is not None and s > _LONGEST_DEADLINE else s
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_, numbers.Integral)):
+        raise TypeError(f"{name}: must be True or False, not {value!r}")
+    return bool(value)
+
+
+def _string(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name}: must be a str, not {value!r}")
+    return value
+
+
+def _set_input(name: str, value: TextOrIds, out: pb.Input) -> None:
+    """Text (str, or UTF-8 bytes) or token ids (any iterable of integers) into `out`; None sets nothing."""
     if isinstance(value, (bytes, bytearray)):
         out.text = bytes(value)
     elif isinstance(value, str):
-        out.text = value.encode("utf-8")
+        try:
+            out.text = value.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate, from bytes decoded with surrogateescape
+            raise ValueError(f"{name}: character {e.start} ({value[e.start]!r}) cannot be sent as UTF-8") from None
+    elif isinstance(value, Iterable):
+        out.token_ids.extend(integer(f"{name}[{i}]", token, INT64) for i, token in enumerate(value))
     elif value is not None:
-        out.token_ids.extend(int(i) for i in value)
+        raise TypeError(f"{name}: must be text (str) or a sequence of token ids, not {value!r}")
 
 
 def _given(value: TextOrIds) -> bool:
-    return value is not None and len(value) > 0
+    """None and empty text or ids are "not given"; anything else goes to _set_input, which checks it."""
+    return value is not None and not (isinstance(value, Sized) and len(value) == 0)
 
 
 def _set_generation(g: GenerationSettings, out: pb.GenerationSettings) -> None:
-    out.max_new_tokens = g.max_new_tokens
-    out.temperature = g.temperature
-    out.top_p = g.top_p
-    out.seed = g.seed
-    out.stop_token_ids.extend(g.stop_token_ids)
-    out.ignore_stop_tokens = g.ignore_stop_tokens
+    # Named as the keyword arguments that set them (max_new_tokens=5), not as generation.max_new_tokens.
+    if not isinstance(g, GenerationSettings):
+        raise TypeError(f"generation: must be a GenerationSettings, not {g!r}")
+    out.max_new_tokens = integer("max_new_tokens", g.max_new_tokens, INT32)
+    out.temperature = number("temperature", g.temperature)
+    out.top_p = number("top_p", g.top_p)
+    out.seed = integer("seed", g.seed, UINT64)
+    out.stop_token_ids.extend(_ids("stop_token_ids", g.stop_token_ids))
+    out.ignore_stop_tokens = _flag("ignore_stop_tokens", g.ignore_stop_tokens)
+
+
+def _ids(name: str, value: Any) -> Sequence[int]:
+    """A list of token ids, checked as _set_input checks a prompt's."""
+    if isinstance(value, (str, bytes, bytearray)) or not isinstance(value, Iterable):
+        raise TypeError(f"{name}: must be a sequence of token ids, not {value!r}")
+    ids = pb.Input()
+    _set_input(name, value, ids)
+    return list(ids.token_ids)
 
 
 def _set_prompt_fields(o: Union[AttributeOptions, GenerateOptions, LogprobsOptions], out) -> None:
-    out.model = o.model
-    _set_input(o.prompt, out.prompt)
-    out.no_special_tokens = o.no_special_tokens
+    out.model = _string("model", o.model)
+    _set_input("prompt", o.prompt, out.prompt)
+    out.no_special_tokens = _flag("no_special_tokens", o.no_special_tokens)
     out.priority = _lookup("priority", o.priority, PRIORITIES)
+
+
+def _feature_range(value: Any, out: pb.FeatureGroup) -> None:
+    try:
+        begin, end = value
+    except (TypeError, ValueError):
+        raise TypeError(f"feature_range: must be a (begin, end) pair of token indices, not {value!r}") from None
+    out.token_begin = integer("feature_range[0]", begin, INT64)
+    out.token_end = integer("feature_range[1]", end, INT64)
+
+
+def _set_baseline(value: Any, out: pb.AttributeRequest) -> None:
+    """A baseline name, or a token id (an int, or its digits as text, as the CLI's --baseline takes it)."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        out.baseline = pb.TOKEN_ID
+        out.baseline_token_id = integer("baseline", value, INT64)
+    elif isinstance(value, str):
+        out.baseline = _lookup("baseline", value, BASELINES)
+    else:
+        raise TypeError(f"baseline: must be a name ({', '.join(sorted(BASELINES))}) or a token id, not {value!r}")
+
+
+def _list(name: str, value: Any) -> Sequence[Any]:
+    """A list option given as a list: a str would be taken one character at a time."""
+    if isinstance(value, (str, bytes, bytearray)) or not isinstance(value, Iterable):
+        raise TypeError(f"{name}: must be a list, not {value!r}")
+    return list(value)
 
 
 def attribute_request(o: AttributeOptions) -> pb.AttributeRequest:
     out = pb.AttributeRequest()
     _set_prompt_fields(o, out)
     if _given(o.target):
-        _set_input(o.target, out.target)
+        _set_input("target", o.target, out.target)
     out.target_tokenization = _lookup("target_tokenization", o.target_tokenization, TOKENIZATIONS)
-    out.include_special_tokens = o.include_special_tokens
+    out.include_special_tokens = _flag("include_special_tokens", o.include_special_tokens)
     _set_generation(o.generation, out.generation)
     out.method = _lookup("method", o.method, METHODS)
     out.quantity = _lookup("quantity", o.quantity, QUANTITIES)
     if _given(o.foil):
         out.contrastive = True
-        _set_input(o.foil, out.foil)
-    for choice in o.choices:
-        _set_input([choice] if isinstance(choice, int) else choice, out.choices.add())
+        _set_input("foil", o.foil, out.foil)
+    for i, choice in enumerate(_list("choices", o.choices)):
+        _set_answer(f"choices[{i}]", choice, out.choices.add())
     if o.feature_range is not None:
-        out.feature_range.token_begin, out.feature_range.token_end = o.feature_range
-    for g in o.feature_groups:
-        group = out.feature_groups.add(token_begin=g.token_begin, token_end=g.token_end)
+        _feature_range(o.feature_range, out.feature_range)
+    for i, g in enumerate(_list("feature_groups", o.feature_groups)):
+        if not isinstance(g, FeatureGroup):
+            raise TypeError(f"feature_groups[{i}]: must be a FeatureGroup, not {g!r}")
+        group = out.feature_groups.add(token_begin=integer(f"feature_groups[{i}].token_begin", g.token_begin, INT64),
+                                       token_end=integer(f"feature_groups[{i}].token_end", g.token_end, INT64))
         if _given(g.baseline):
-            _set_input(g.baseline, group.baseline)
-    if isinstance(o.baseline, int) or str(o.baseline).lstrip("-").isdigit():
-        out.baseline = pb.TOKEN_ID
-        out.baseline_token_id = int(o.baseline)
-    else:
-        out.baseline = _lookup("baseline", str(o.baseline), BASELINES)
-    out.n_steps = o.n_steps
-    out.completeness_tolerance = o.completeness_tolerance
+            _set_input(f"feature_groups[{i}].baseline", g.baseline, group.baseline)
+    _set_baseline(o.baseline, out)
+    out.n_steps = integer("n_steps", o.n_steps, INT32)
+    out.completeness_tolerance = number("completeness_tolerance", o.completeness_tolerance)
     out.rule = _lookup("rule", o.rule, RULES)
-    out.n_samples = o.n_samples
-    out.stdev = o.stdev
-    out.seed = o.seed
-    out.signed_saliency = o.signed_saliency
-    out.want_token_matrix = o.want_token_matrix
-    out.want_faithfulness = o.want_faithfulness
+    out.n_samples = integer("n_samples", o.n_samples, INT32)
+    out.stdev = number("stdev", o.stdev)
+    out.seed = integer("seed", o.seed, UINT64)
+    out.signed_saliency = _flag("signed_saliency", o.signed_saliency)
+    out.want_token_matrix = _flag("want_token_matrix", o.want_token_matrix)
+    out.want_faithfulness = _flag("want_faithfulness", o.want_faithfulness)
     return out
 
 
-def _set_answer(value: AnswerToken, out: pb.Input) -> None:
+def _set_answer(name: str, value: AnswerToken, out: pb.Input) -> None:
     """An int (or a one-element id sequence) is a token id; text is tokenized by the server."""
     out.SetInParent()  # always present, as the C++ client sends it
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        out.token_ids.append(int(value))
+        out.token_ids.append(integer(name, value, INT64))
     else:
-        _set_input(value, out)
+        _set_input(name, value, out)
 
 
 def _prompt_pair(pair: Any, index: int) -> PromptPair:
@@ -158,24 +261,24 @@ def _prompt_pair(pair: Any, index: int) -> PromptPair:
 
 def component_request(o: ComponentOptions) -> pb.AttributeComponentsRequest:
     out = pb.AttributeComponentsRequest()
-    out.model = o.model
-    for i, pair in enumerate(o.pairs):
+    out.model = _string("model", o.model)
+    for i, pair in enumerate(_list("pairs", o.pairs)):
         p = _prompt_pair(pair, i)
         added = out.pairs.add()
         added.clean.SetInParent()
         added.corrupted.SetInParent()
-        _set_input(p.clean, added.clean)
-        _set_input(p.corrupted, added.corrupted)
-    out.no_special_tokens = o.no_special_tokens
-    _set_answer(o.answer, out.answer)
-    _set_answer(o.wrong_answer, out.wrong_answer)
+        _set_input(f"pairs[{i}].clean", p.clean, added.clean)
+        _set_input(f"pairs[{i}].corrupted", p.corrupted, added.corrupted)
+    out.no_special_tokens = _flag("no_special_tokens", o.no_special_tokens)
+    _set_answer("answer", o.answer, out.answer)
+    _set_answer("wrong_answer", o.wrong_answer, out.wrong_answer)
     out.metric = _lookup("metric", o.metric, COMPONENT_METRICS)
     out.method = _lookup("method", o.method, COMPONENT_METHODS)
     out.direction = _lookup("direction", o.direction, DIRECTIONS)
-    sites = o.sites.split(",") if isinstance(o.sites, str) else o.sites
-    out.sites.extend(_lookup("sites", site.strip(), SITES) for site in sites)
+    sites = o.sites.split(",") if isinstance(o.sites, str) else _list("sites", o.sites)
+    out.sites.extend(_lookup("sites", str(site).strip(), SITES) for site in sites)
     out.granularity = _lookup("granularity", o.granularity, GRANULARITIES)
-    out.n_steps = o.n_steps
+    out.n_steps = integer("n_steps", o.n_steps, INT32)
     out.rule = _lookup("rule", o.rule, RULES)
     out.priority = _lookup("priority", o.priority, PRIORITIES)
     return out
@@ -191,9 +294,9 @@ def generate_request(o: GenerateOptions) -> pb.GenerateRequest:
 def logprobs_request(o: LogprobsOptions) -> pb.LogprobsRequest:
     out = pb.LogprobsRequest()
     _set_prompt_fields(o, out)
-    _set_input(o.target, out.target)
+    _set_input("target", o.target, out.target)
     out.target_tokenization = _lookup("target_tokenization", o.target_tokenization, TOKENIZATIONS)
-    out.top_k = o.top_k
+    out.top_k = integer("top_k", o.top_k, INT32)
     return out
 
 
