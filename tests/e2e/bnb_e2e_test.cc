@@ -122,7 +122,9 @@ TEST(Bitsandbytes, FloatCheckpointsQuantizedByTheServerAnswerLikeTransformers) {
 
 // Seed 000's job: a bfloat16 Llama loaded in FP4 with bfloat16 compute (bitsandbytes' default type),
 // 15-step IG from a zero baseline. bfloat16 on both sides, so the bound is the bf16 one of the other
-// tests (3e-2 of the attribution scale), and the ranking of the tokens must agree at the top.
+// tests (3e-2 of the attribution scale), and our top token must be one of Captum's top tokens within
+// that bound (two tokens 2% apart, as this prompt has, may swap places under bf16 rounding, whose
+// kernels differ by CPU).
 TEST(Bitsandbytes, SeedZeroJobInFp4WithBfloat16ComputeMatchesCaptum) {
   Served served = Start({"seed000"}, {"seed000"}, {"--dtype=bfloat16", "--quantization=fp4"});
   ASSERT_NE(served.client, nullptr);
@@ -138,13 +140,15 @@ TEST(Bitsandbytes, SeedZeroJobInFp4WithBfloat16ComputeMatchesCaptum) {
   ASSERT_THAT(attribution, IsOk());
   const auto expected = reference["seq_attr"].get<std::vector<double>>();
   const double error = ScaledErrorOf(attribution->sequence, expected);
-  auto top = [](const std::vector<double>& v) {
-    return std::max_element(v.begin(), v.end(), [](double a, double b) { return std::abs(a) < std::abs(b); }) -
-           v.begin();
-  };
+  const auto by_magnitude = [](double a, double b) { return std::abs(a) < std::abs(b); };
   std::cout << "[ bnb      ] seed 000 job, fp4 + bf16: IG error " << error << "\n";
   EXPECT_LT(error, 3e-2);
-  EXPECT_EQ(top(attribution->sequence), top(expected));
+  const size_t ours = std::max_element(attribution->sequence.begin(), attribution->sequence.end(), by_magnitude) -
+                      attribution->sequence.begin();
+  const double captum_top = std::abs(*std::max_element(expected.begin(), expected.end(), by_magnitude));
+  ASSERT_LT(ours, expected.size());
+  EXPECT_GE(std::abs(expected[ours]), captum_top - 3e-2 * std::max(1.0, captum_top))
+      << "our top token " << ours << " is not among Captum's top tokens";
 }
 
 }  // namespace
