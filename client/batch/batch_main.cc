@@ -307,6 +307,14 @@ int Merge(const std::vector<std::string>& shard_files) {
           return Failed(same);
         }
       }
+      // A row its shard's job would try again on a rerun has no final result yet.
+      const json error = result.value("error", json());
+      if (error.is_object() && error.value("code", json()).is_string() &&
+          RetriedOnResume(error["code"].get<std::string>())) {
+        return Failed(absl::FailedPreconditionError(
+            absl::StrCat(file, ": row \"", id, "\" ended ", error["code"].get<std::string>(),
+                         ", which a rerun tries again: run that shard's command again before merging")));
+      }
       if (!results.emplace(id, line).second) {
         return Failed(absl::DataLossError(absl::StrCat(file, ": row \"", id, "\" has a result in two shard files")));
       }

@@ -708,6 +708,17 @@ TEST(BatchMerge, AFailedMergeLeavesTheOutputAsItWas) {
   EXPECT_EQ(RunBatch({"merge", "--input=" + input, "--output=" + output, dir.File("s0.jsonl")}, log), 1);
   EXPECT_THAT(ReadFile(log), HasSubstr("row \"r1\" has no result"));
   EXPECT_EQ(ReadFile(output), merged);
+  // A row its shard's job left for a rerun (the servers went away) is not a result to merge yet.
+  json unavailable = json::parse(ShardLine("r1", "h"));
+  unavailable["status"] = "error";
+  unavailable["error"] = {{"code", "UNAVAILABLE"}, {"message", "connection refused"}};
+  std::ofstream(dir.File("s1_unavailable.jsonl")) << unavailable.dump() << "\n";
+  EXPECT_EQ(RunBatch({"merge", "--input=" + input, "--output=" + output, dir.File("s0.jsonl"),
+                      dir.File("s1_unavailable.jsonl")},
+                     log),
+            1);
+  EXPECT_THAT(ReadFile(log), HasSubstr("row \"r1\" ended UNAVAILABLE, which a rerun tries again"));
+  EXPECT_EQ(ReadFile(output), merged);
 }
 
 // Shards of different jobs (settings or model) or with rows of another input are not joined.
