@@ -261,6 +261,17 @@ void ApplyDeviceDefaults(const std::string& device, engine::EngineOptions& engin
   engine.contended_intra_op_threads = cuda ? 0 : engine::EngineOptions::kOneThreadFewer;
 }
 
+std::optional<int> ListenPort(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  const std::string port = colon == std::string::npos ? "" : address.substr(colon + 1);
+  int value = -1;
+  if (port.empty() || port.size() > 5 || !std::all_of(port.begin(), port.end(), ::isdigit) ||
+      !absl::SimpleAtoi(port, &value) || value > 65535) {
+    return std::nullopt;
+  }
+  return value;
+}
+
 namespace {
 
 // At most `high`: a bound a value cannot reasonably exceed, so arithmetic on it cannot overflow.
@@ -269,41 +280,19 @@ absl::Status Within(int64_t value, int64_t low, int64_t high, const std::string&
   return absl::InvalidArgumentError(absl::StrCat(name, " = ", value, " is outside [", low, ", ", high, "]"));
 }
 
-// True for host:port with a decimal port in [0, 65535]: gRPC reads the port modulo 65536 (70000 would
-// listen on 4464).
-bool IsHostPort(const std::string& address) {
-  const size_t colon = address.rfind(':');
-  const std::string port = colon == std::string::npos ? "" : address.substr(colon + 1);
-  int64_t value = -1;
-  return !port.empty() && port.size() <= 5 && std::all_of(port.begin(), port.end(), ::isdigit) &&
-         absl::SimpleAtoi(port, &value) && value <= 65535;
-}
-
 // Unix sockets have no port.
 absl::Status CheckListenAddress(const std::string& listen) {
   if (absl::StartsWith(listen, "unix:") || absl::StartsWith(listen, "unix-abstract:")) return absl::OkStatus();
-  if (IsHostPort(listen)) return absl::OkStatus();
+  if (ListenPort(listen)) return absl::OkStatus();
   return absl::InvalidArgumentError(
       absl::StrCat("listen \"", listen, "\": expected host:port with a port in [0, 65535], or unix:PATH"));
 }
 
 // The metrics endpoint is a plain TCP socket; empty turns it off.
 absl::Status CheckMetricsAddress(const std::string& metrics_listen) {
-  if (metrics_listen.empty() || IsHostPort(metrics_listen)) return absl::OkStatus();
+  if (metrics_listen.empty() || ListenPort(metrics_listen)) return absl::OkStatus();
   return absl::InvalidArgumentError(
       absl::StrCat("metrics_listen \"", metrics_listen, "\": expected host:port with a port in [0, 65535], or empty"));
-}
-
-// The spelling only: whether the device is usable here is known only once LibTorch initialises it,
-// which --check_config does not do.
-absl::Status CheckDeviceName(const std::string& device, const std::string& where) {
-  const std::string ordinal = absl::StartsWith(device, "cuda:") ? device.substr(5) : "";
-  if (device == "cpu" || device == "cuda" ||
-      (!ordinal.empty() && ordinal.size() <= 3 && std::all_of(ordinal.begin(), ordinal.end(), ::isdigit))) {
-    return absl::OkStatus();
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat(where, ".device \"", device, "\" is not supported (cpu, cuda, cuda:N)"));
 }
 
 absl::Status ValidateEngineOptions(const engine::EngineOptions& engine, const std::string& where) {
@@ -366,7 +355,9 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
     if (absl::Status s = engine::ParseDtype(m.dtype).status(); !s.ok()) {
       return absl::InvalidArgumentError(absl::StrCat(where, ".dtype: ", s.message()));
     }
-    RETURN_IF_ERROR(CheckDeviceName(m.device, where));
+    if (absl::Status s = engine::CheckDeviceName(m.device); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ".", s.message()));  // models[i].device "x" ...
+    }
     if (absl::Status s = engine::ParseQuantization(m.quantization).status(); !s.ok()) {
       return absl::InvalidArgumentError(absl::StrCat(where, ".quantization: ", s.message()));
     }

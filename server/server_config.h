@@ -5,6 +5,7 @@
 //   ASSIGN_OR_RETURN(ServerConfig config, ReadServerConfig("/etc/attribution/server.json"));
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -59,6 +60,10 @@ absl::StatusOr<ServerConfig> ReadServerConfig(const std::string& path);
 
 // Checks a complete config (after flags): at least one model, unique names, values in range.
 absl::Status ValidateServerConfig(const ServerConfig& config);
+
+// The port of "host:port" when it is a decimal in [0, 65535]: gRPC reads 70000 as 4464 (modulo 65536), and
+// the metrics socket binds what the config check accepted.
+std::optional<int> ListenPort(const std::string& address);
 
 // The engine settings whose defaults depend on the model's device, for a model that does not set them:
 // max_batch_seconds 25 ms on the CPU, 5 ms on a CUDA device; contended_intra_op_threads one thread

@@ -5,6 +5,7 @@
 #include <c10/core/GradMode.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -30,18 +31,16 @@ auto Guarded(const char* what, Fn&& body) -> decltype(body()) {
 }
 
 absl::StatusOr<at::Device> ParseDevice(const std::string& name) {
+  RETURN_IF_ERROR(CheckDeviceName(name));
   if (name == "cpu") return at::Device(at::kCPU);
-  if (name == "cuda" || name.rfind("cuda:", 0) == 0) {
-    try {
-      at::Device device(name);
-      at::empty({1}, at::TensorOptions().device(device));  // fails fast without a usable device
-      return device;
-    } catch (const std::exception& e) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("device \"", name, "\" is not usable here: ", ExceptionMessage(e)));
-    }
+  try {
+    at::Device device(name);
+    at::empty({1}, at::TensorOptions().device(device));  // fails fast without a usable device
+    return device;
+  } catch (const std::exception& e) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("device \"", name, "\" is not usable here: ", ExceptionMessage(e)));
   }
-  return absl::InvalidArgumentError(absl::StrCat("device \"", name, "\" is not supported (cpu, cuda:N)"));
 }
 
 // [B, 1, S, K] attention mask: query (r, s) at absolute position past[r] + s sees key slot j when
@@ -82,6 +81,15 @@ absl::StatusOr<at::ScalarType> ParseDtype(const std::string& name) {
   if (name == "bfloat16" || name == "bf16") return at::kBFloat16;
   if (name == "float16" || name == "fp16") return at::kHalf;
   return absl::InvalidArgumentError(absl::StrCat("dtype \"", name, "\" is not supported (float32, bfloat16, float16)"));
+}
+
+absl::Status CheckDeviceName(const std::string& name) {
+  const std::string ordinal = name.rfind("cuda:", 0) == 0 ? name.substr(5) : "";
+  if (name == "cpu" || name == "cuda" ||
+      (!ordinal.empty() && ordinal.size() <= 3 && std::all_of(ordinal.begin(), ordinal.end(), ::isdigit))) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat("device \"", name, "\" is not supported (cpu, cuda, cuda:N)"));
 }
 
 at::Tensor CausalLM::Impl::Norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,

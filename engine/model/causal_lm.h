@@ -40,6 +40,10 @@ struct LoadOptions {
 // "float32" | "bfloat16" | "float16" (also "fp32", "bf16", "fp16").
 absl::StatusOr<at::ScalarType> ParseDtype(const std::string& name);
 
+// "cpu" | "cuda" | "cuda:N": the spelling only (whether the device works is known once LibTorch starts it, at
+// Load), so a config can be checked without a device.
+absl::Status CheckDeviceName(const std::string& name);
+
 // The points of each decoder layer where component attribution reads and replaces activations, in
 // forward order (TransformerLens's hook_resid_pre, hook_z, hook_attn_out, hook_mlp_out).
 enum class ComponentSite {
