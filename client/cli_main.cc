@@ -23,7 +23,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "client/attribution_client.h"
-#include "client/batch/command_line.h"
+#include "client/command_line.h"
 #include "client/component_render.h"
 #include "client/heatmap.h"
 

@@ -32,9 +32,9 @@
 #include "client/attribution_client.h"
 #include "client/batch/batch_job.h"
 #include "client/batch/batch_runner.h"
-#include "client/batch/command_line.h"
 #include "client/batch/html_pages.h"
 #include "client/batch/result_log.h"
+#include "client/command_line.h"
 
 ABSL_FLAG(std::string, input, "", "rows: .jsonl ({id, prompt, target | choices [, label] [, settings]}) or .csv");
 ABSL_FLAG(std::string, output, "", "results, one JSON line per row (appended; rerun to resume)");

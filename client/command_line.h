@@ -2,7 +2,7 @@
 // The command line of attribution-batch and attribution-cli, read before abseil parses it: which flags
 // it names, and its usage errors. abseil's ParseCommandLine exits with status 1 on a usage error, where
 // both tools promise 2, and says whether a flag was given only through a private accessor. Header-only:
-// both binaries use it, and the CLI links no batch code.
+// both binaries use it.
 //
 //   const CommandLine line = ScanCommandLine(argc, argv, "client/batch/batch_main.cc");
 //   if (!line.error.empty()) { std::fprintf(stderr, "attribution-batch: %s\n", line.error.c_str()); return 2; }
