@@ -14,8 +14,11 @@ from conftest import cli_json
 
 CLEAN = "Tom lives in Dover. The cup is red. Q: Is the cup warm? A:"
 CORRUPTED = "Tom lives in Dover. The cup is blue. Q: Is the cup warm? A:"
-# Both clients read one answer of the same deterministic computation: equal up to printing.
-EXACT = dict(rtol=0, atol=1e-9)
+# Both clients' calls run on the same server, but in batches whose sizes depend on the server's load and
+# learned batch costs (a loaded CI machine makes them time-limited), which changes fp32 summation order
+# (its layer_integrated_gradients case failed an exact comparison once in a parallel run). The metric is a
+# logit difference of order 1, hence the absolute floor.
+CLOSE = dict(rtol=2e-5, atol=1e-6)
 LAYERS, HEADS = 4, 8  # the default model (models/tiny-qa-llama)
 
 METHODS = {
@@ -40,8 +43,8 @@ def components(client, **fields):
 def assert_grid_equal(grid: ac.ComponentGrid, reference: dict):
     assert (grid.site, grid.granularity, list(grid.shape), grid.axes) == (
         reference["site"], reference["granularity"], reference["shape"], reference["axes"])
-    np.testing.assert_allclose(grid.values, reference["values"], **EXACT)
-    np.testing.assert_allclose(grid.convergence_deltas, reference["convergence_deltas"], **EXACT)
+    np.testing.assert_allclose(grid.values, reference["values"], **CLOSE)
+    np.testing.assert_allclose(grid.convergence_deltas, reference["convergence_deltas"], **CLOSE)
     assert grid.to_numpy().shape == tuple(reference["shape"])
 
 
@@ -57,7 +60,7 @@ def assert_components_equal(ours: ac.ComponentAttribution, reference: dict):
     assert len(ours.pairs) == len(reference["pairs"])
     for pair, ref in zip(ours.pairs, reference["pairs"]):
         np.testing.assert_allclose([pair.clean_metric, pair.corrupted_metric],
-                                   [ref["clean_metric"], ref["corrupted_metric"]], **EXACT)
+                                   [ref["clean_metric"], ref["corrupted_metric"]], **CLOSE)
         assert [t.text for t in pair.clean_tokens] == ref["clean_tokens"]
         assert [t.text for t in pair.corrupted_tokens] == ref["corrupted_tokens"]
         assert [g.site for g in pair.grids] == [g["site"] for g in ref["grids"]]
@@ -95,10 +98,10 @@ def test_options_objects_token_ids_and_names(client, server):
     by_id = client.attribute_components(options, direction="noising")
     assert options.direction == "denoising"  # the caller's options stay as they were
     assert (by_id.answer.id, by_id.wrong_answer.id) == (by_text.answer.id, by_text.wrong_answer.id)
-    np.testing.assert_allclose(by_id.grid("heads").values, by_text.grid("heads").values, **EXACT)
+    np.testing.assert_allclose(by_id.grid("heads").values, by_text.grid("heads").values, **CLOSE)
     ids = [t.id for t in by_text.pairs[0].clean_tokens], [t.id for t in by_text.pairs[0].corrupted_tokens]
     by_ids = components(client, pairs=[ids], metric="prob_difference", direction="noising", no_special_tokens=True)
-    np.testing.assert_allclose(by_ids.grid("heads").values, by_text.grid("heads").values, **EXACT)
+    np.testing.assert_allclose(by_ids.grid("heads").values, by_text.grid("heads").values, **CLOSE)
     with pytest.raises(ValueError, match=r'metric: unknown value "logit_diff" \(one of: .*logit_difference'):
         components(client, metric="logit_diff")
     with pytest.raises(ValueError, match=r'sites: unknown value "mlp"'):
@@ -122,12 +125,12 @@ def test_components_stream_progress_is_monotone_and_ends_in_the_result(client):
     result = stream.result()
     unary = components(client, method="layer_integrated_gradients", n_steps=4, sites=["heads", "mlp_out"])
     for ours, theirs in zip(result.grids, unary.grids):
-        np.testing.assert_allclose(ours.values, theirs.values, **EXACT)
+        np.testing.assert_allclose(ours.values, theirs.values, **CLOSE)
     seen = []
     a = components(client, progress=seen.append)
     assert seen and seen[-1].rows_done == seen[-1].rows_total > 0
     b = components(client, progress=True)
-    np.testing.assert_allclose(a.grid("heads").values, b.grid("heads").values, **EXACT)
+    np.testing.assert_allclose(a.grid("heads").values, b.grid("heads").values, **CLOSE)
 
 
 def test_pairs_of_different_lengths_raise_invalid_argument(client):
@@ -180,10 +183,10 @@ def test_async_client_matches_sync_client(client, server):
 
     unary, done, streamed, seen, with_progress, error = asyncio.run(run())
     np.testing.assert_allclose(unary.grid("heads").values,
-                               components(client, method="attribution_patching").grid("heads").values, **EXACT)
+                               components(client, method="attribution_patching").grid("heads").values, **CLOSE)
     assert done and done == sorted(done) and done[-1] > 0
     sync = components(client)
     for result in (streamed, with_progress):
-        np.testing.assert_allclose(result.grid("heads").values, sync.grid("heads").values, **EXACT)
+        np.testing.assert_allclose(result.grid("heads").values, sync.grid("heads").values, **CLOSE)
     assert seen and seen[-1].rows_done == seen[-1].rows_total
     assert "pairs[0]" in error.message
