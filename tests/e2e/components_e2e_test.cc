@@ -26,7 +26,9 @@ using ::attribution::test_support::IsOk;
 using ::attribution::test_support::StatusIs;
 using test_support::ServerProcess;
 using ::testing::AllOf;
+using ::testing::DoubleNear;
 using ::testing::HasSubstr;
+using ::testing::Pointwise;
 
 // Falcon runs attention and MLP in parallel; Mixtral's mlp_out is its sparse mixture of experts.
 const char* const kModels[] = {"gpt2", "llama", "qwen2", "falcon", "mixtral"};
@@ -238,7 +240,8 @@ TEST(ComponentsOverGrpc, BadRequestsNameTheFieldAndTextPairsWork) {
   ASSERT_THAT(streamed, IsOk());
   EXPECT_GT(progress_calls, 0);
   EXPECT_EQ(last_total, streamed->stats.rows);
-  EXPECT_EQ(streamed->grids[0].values, ok->grids[0].values);
+  // The same rows, in batches whose sizes follow the server's load: equal up to fp32 summation order.
+  EXPECT_THAT(streamed->grids[0].values, Pointwise(DoubleNear(1e-5), ok->grids[0].values));
 
   client::ComponentOptions bad = options;
   bad.pairs[0].corrupted = "the big dog sat on the mat";
