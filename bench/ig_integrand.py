@@ -22,14 +22,8 @@ import numpy as np
 import torch
 import transformers
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROMPTS = [
-    "Question: Is the sky green? Answer:",
-    "Question: Can a fish climb a tree? Answer:",
-    "The opposite of hot is",
-    "Question: Is fire cold? Answer:",
-]
-GL_ORDERS = [8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384]
+from tolerance_ig import PROMPTS, ROOT, SCANNED_ORDERS as GL_ORDERS
+
 FEJER_ORDERS = [7, 15, 31, 63, 127, 255, 511]
 
 
