@@ -19,6 +19,7 @@ import argparse
 import os
 
 import numpy as np
+import sentencepiece
 import torch
 import transformers
 
@@ -30,10 +31,11 @@ FEJER_ORDERS = [7, 15, 31, 63, 127, 255, 511]
 class Integrand:
     """f(alpha) per prompt position, each alpha computed once."""
 
-    def __init__(self, model, tokenizer, prompt):
+    def __init__(self, model, pieces, prompt):
         embed = model.get_input_embeddings()
-        ids = tokenizer(prompt).input_ids
-        target = torch.tensor(tokenizer(" yes", add_special_tokens=False).input_ids)
+        # As tolerance_ig.py asks the server: bos, the prompt, and " yes" tokenized alone (▁, ▁y, es).
+        ids = [model.config.bos_token_id] + pieces.encode(prompt)
+        target = torch.tensor(pieces.encode(" yes"))
         p, t = len(ids), len(target)
         x = embed(torch.tensor([ids]))[0]
         b = embed(torch.zeros(1, p, dtype=torch.long))[0]
@@ -121,14 +123,14 @@ def main():
     parser.add_argument("model", nargs="?", default=os.path.join(ROOT, "models/tiny-qa-llama"))
     parser.add_argument("--within", type=float, default=1e-3)
     args = parser.parse_args()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(os.path.join(ROOT, "models/tiny-qa-llama"))
+    pieces = sentencepiece.SentencePieceProcessor(model_file=os.path.join(ROOT, "models/tiny-qa-llama/tokenizer.model"))
     model = transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float64).eval()
     model.requires_grad_(False)
     print(f"| prompt | tokens | f(x) - f(b) | max \\|A\\| | peak \\|sum_p f\\| | Gauss-Legendre | Fejér 2 nested "
           f"| adaptive GK 7/15 | fewest rows saved vs 512 |")
     print("|---|---|---|---|---|---|---|---|---|")
     for prompt in PROMPTS:
-        f = Integrand(model, tokenizer, prompt)
+        f = Integrand(model, pieces, prompt)
         x, w = gauss_legendre(512)
         reference = w @ f(x)
         peak = np.abs(f(np.linspace(0, 1, 257)).sum(1)).max()
