@@ -16,7 +16,7 @@ CLEAN = "Tom lives in Dover. The cup is red. Q: Is the cup warm? A:"
 CORRUPTED = "Tom lives in Dover. The cup is blue. Q: Is the cup warm? A:"
 # Both clients' calls run on the same server, but in batches whose sizes depend on the server's load and
 # learned batch costs (a loaded CI machine makes them time-limited), which changes fp32 summation order
-# (its layer_integrated_gradients case failed an exact comparison once in a parallel run). The metric is a
+# (its layer_integrated_gradients case differed by up to 5.5e-7 in a loaded run). The metric is a
 # logit difference of order 1, hence the absolute floor.
 CLOSE = dict(rtol=2e-5, atol=1e-6)
 LAYERS, HEADS = 4, 8  # the default model (models/tiny-qa-llama)
