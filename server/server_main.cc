@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/debugging/failure_signal_handler.h"
+#include "absl/debugging/symbolize.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
@@ -382,6 +384,10 @@ int Serve() {
 }  // namespace attribution::server
 
 int main(int argc, char** argv) {
+  // A crash (SIGSEGV, SIGABRT, ...) writes its signal and a symbolized stack trace of the failing
+  // thread to the log before the process dies of the same signal; without it a crash leaves no trace.
+  absl::InitializeSymbolizer(argv[0]);
+  absl::InstallFailureSignalHandler({});
   // Blocked in every thread (they inherit the mask), so only sigwait in Serve sees them.
   sigset_t signals;
   sigemptyset(&signals);

@@ -37,6 +37,7 @@ using test_support::DemoModelDir;
 using test_support::MetricValue;
 using test_support::ServerProcess;
 using test_support::WaitForQueuedRows;
+using ::testing::HasSubstr;
 
 constexpr char kPrompt[] = "Is it true that vaccines cause autism?";
 constexpr char kTarget[] = " No";
@@ -483,6 +484,18 @@ TEST(ServerLifecycle, SigtermFinishesCallsInFlightRefusesNewOnesAndExitsZero) {
   EXPECT_THAT(in_flight, IsOk());
   EXPECT_EQ((*server)->Wait(absl::Seconds(60)), 0) << (*server)->Log();
   EXPECT_NE((*server)->Log().find("\"detail\":\"every call finished\",\"event\":\"stopped\""), std::string::npos);
+}
+
+// A crash leaves its signal and the failing thread's stack in the log, and the process still dies of
+// that signal (a supervisor sees the crash, not an exit).
+TEST(ServerLifecycle, ACrashWritesItsSignalAndStackTraceToTheLog) {
+  auto server = ServerProcess::Start({"--model=demo=" + DemoModelDir()});
+  ASSERT_THAT(server, IsOk());
+  (*server)->Signal(SIGSEGV);
+  EXPECT_EQ((*server)->Wait(absl::Seconds(60)), -1);  // died of a signal
+  const std::string log = (*server)->Log();
+  EXPECT_THAT(log, HasSubstr("*** SIGSEGV received at time=")) << log;
+  EXPECT_THAT(log, HasSubstr("PC: @ ")) << log;
 }
 
 TEST(ServerLifecycle, BadConfigurationsFailAtStartupWithAClearMessage) {
