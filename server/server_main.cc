@@ -376,6 +376,9 @@ int Serve() {
   // Stops the engines first, so calls still running past the grace period end UNAVAILABLE.
   (*models)->Shutdown();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  // The metrics endpoint reads the models on every scrape: it stops while they are alive (declared
+  // after it, they would be destroyed first).
+  metrics->reset();
   Log("stopped", idle ? "every call finished" : "grace period over; remaining calls were cut off");
   return 0;
 }
