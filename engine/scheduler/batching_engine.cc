@@ -199,9 +199,24 @@ void BatchingEngine::Cancel(Request& request) {
   std::vector<Answer> answers;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    DropDeadRowsLocked(Now(), answers);
+    // This request's rows only. Other requests' dead rows are the executor's to drop: a call's answers
+    // then arrive on the executor or on the thread cancelling that call, never inside the cancellation
+    // of another call (whose gRPC reaction it is).
+    if (auto it = queues_.find(request.id()); it != queues_.end()) {
+      DropQueueLocked(it->second, absl::CancelledError("request was cancelled"), answers);
+      queues_.erase(it);
+    }
   }
   Deliver(answers);
+}
+
+void BatchingEngine::DropQueueLocked(RequestQueue& queue, const absl::Status& status, std::vector<Answer>& answers) {
+  for (auto& kind : queue.kinds) {
+    for (PendingRow& row : kind) answers.push_back({row.group, row.index, RowResult{.status = status}});
+  }
+  stats_.queued_rows -= queue.rows;
+  stats_.queued_tokens -= queue.tokens;
+  stats_.queued_bytes -= queue.bytes;
 }
 
 void BatchingEngine::DropDeadRowsLocked(absl::Time now, std::vector<Answer>& answers) {
@@ -216,12 +231,7 @@ void BatchingEngine::DropDeadRowsLocked(absl::Time now, std::vector<Answer>& ans
       ++it;
       continue;
     }
-    for (auto& kind : queue.kinds) {
-      for (PendingRow& row : kind) answers.push_back({row.group, row.index, RowResult{.status = status}});
-    }
-    stats_.queued_rows -= queue.rows;
-    stats_.queued_tokens -= queue.tokens;
-    stats_.queued_bytes -= queue.bytes;
+    DropQueueLocked(queue, status, answers);
     it = queues_.erase(it);
   }
 }

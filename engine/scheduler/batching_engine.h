@@ -205,6 +205,9 @@ class BatchingEngine {
   static constexpr double kStretchesRecovery = 0.1;
   // Removes rows of expired or cancelled requests; appends their answers.
   void DropDeadRowsLocked(absl::Time now, std::vector<Answer>& answers) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Answers every queued row of `queue` with `status` and takes them off the totals; the caller erases it.
+  void DropQueueLocked(RequestQueue& queue, const absl::Status& status, std::vector<Answer>& answers)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<PendingRow> TakeBatchLocked(const BatchDecision& decision, const std::vector<uint64_t>& ids)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Runs rows as one batch, splitting it on failure until failures are pinned to single rows.

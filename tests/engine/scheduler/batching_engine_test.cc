@@ -489,6 +489,39 @@ TEST_F(BatchingEngineTest, CancelledRowsNeverReachTheExecutor) {
               StatusIs(absl::StatusCode::kCancelled));
 }
 
+// Cancelling one request answers only its own rows on the cancelling thread. Another request's rows,
+// expired meanwhile, are answered by the executor: in the server, a call's answer must not arrive
+// inside the gRPC cancellation of a different call.
+TEST_F(BatchingEngineTest, CancelAnswersOnlyItsOwnRowsAndLeavesOthersExpiredRowsToTheExecutor) {
+  Start({.max_batch_rows = 4});
+  Notification gate;
+  RowCollector blocking(1), cancelled(3);
+  HoldExecutor(gate, blocking);
+  auto victim = engine_->NewRequest();
+  auto expiring = engine_->NewRequest(Priority::kNormal, Now() + absl::Seconds(1));
+  std::atomic<int> expired_answers{0};
+  Notification expired_done;
+  std::thread::id expired_thread;
+  ASSERT_THAT(engine_->Submit(victim, ScoreRows(3, 2, 1), cancelled.Callback()), IsOk());
+  ASSERT_THAT(engine_->Submit(expiring, ScoreRows(2, 2, 2),
+                              [&](size_t, RowResult result) {
+                                EXPECT_THAT(result.status, StatusIs(absl::StatusCode::kDeadlineExceeded));
+                                expired_thread = std::this_thread::get_id();
+                                if (++expired_answers == 2) expired_done.Notify();
+                              }),
+              IsOk());
+  now_ms_ += 2000;
+  engine_->Cancel(*victim);
+  ASSERT_TRUE(cancelled.done());
+  EXPECT_EQ(expired_answers.load(), 0);  // not answered inside the cancellation
+  gate.Notify();
+  blocking.Wait();
+  expired_done.WaitForNotification();
+  EXPECT_NE(expired_thread, std::this_thread::get_id());
+  EXPECT_EQ(CountRowsWith(2), 0);
+  EXPECT_EQ(engine_->Stats().queued_rows, 0);
+}
+
 TEST_F(BatchingEngineTest, InFlightResultsOfCancelledRequestAreDiscarded) {
   Start();
   Notification gate;
