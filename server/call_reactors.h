@@ -5,6 +5,7 @@
 #pragma once
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <deque>
 #include <functional>
 #include <mutex>
@@ -17,6 +18,7 @@
 #include "attribution/v1/attribution.pb.h"
 #include "server/delivery_watchdog.h"
 #include "server/grpc_status.h"
+#include "server/log_line.h"
 
 namespace attribution::server {
 
@@ -90,6 +92,15 @@ inline grpc::Status EndStatus(const absl::Status& status, const CallLog& log) {
   return ToGrpcStatus(status);
 }
 
+// Every path ends a call once. A second end would make gRPC finish the call twice and free it twice,
+// corrupting the heap far from the cause: it is dropped and logged instead.
+inline void LogSecondEnd(const CallLog& log, const absl::Status& status) {
+  WriteLogLine({{"event", "internal_error"},
+                {"detail", "a call was ended twice; the second end is dropped"},
+                {"rpc", log.method},
+                {"second_status", status.ToString()}});
+}
+
 // Deletes itself when gRPC is done with it. Complete() must be the caller's last use of the object.
 class UnaryCall final : public grpc::ServerUnaryReactor {
  public:
@@ -98,6 +109,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
   CallLog& log() { return log_; }
   void OnCancelDo(std::function<void()> cancel) { cancel_.Set(std::move(cancel)); }
   void Complete(const absl::Status& status) {
+    if (completed_.exchange(true)) return LogSecondEnd(log_, status);
     const grpc::Status grpc_status = EndStatus(status, log_);
     observer_->CallEnded(log_, grpc_status);
     if (watch_) watch_->WriteStarted();
@@ -114,6 +126,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
   const std::shared_ptr<DeliveryWatch> watch_;
   CallLog log_;
   CancelHook cancel_;
+  std::atomic<bool> completed_{false};
 };
 
 // A server stream: events are written one at a time in order; a `replaceable` event (progress) that
@@ -144,7 +157,7 @@ class StreamCall final : public grpc::ServerWriteReactor<Event> {
   void Complete(const absl::Status& status, std::optional<Event> last = std::nullopt) {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (ending_) return;
+      if (ending_) return LogSecondEnd(log_, status);
       if (last && status.ok()) queue_.emplace_back(std::move(*last), false);
       ending_ = true;
       status_ = EndStatus(status, log_);
