@@ -31,10 +31,10 @@ void WriteAll(int fd, const std::string& data) {
 
 absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(const std::string& listen,
                                                                         std::function<std::string()> render) {
-  const std::optional<int> port = ListenPort(listen);
-  if (!port) return absl::InvalidArgumentError(absl::StrCat("metrics_listen \"", listen, "\": expected host:port"));
-  std::string host = listen.substr(0, listen.rfind(':'));
-  if (host.empty() || host == "0.0.0.0" || host == "*") host = "0.0.0.0";
+  const std::optional<HostPort> split = SplitListenAddress(listen);
+  if (!split) return absl::InvalidArgumentError(absl::StrCat("metrics_listen \"", listen, "\": expected host:port"));
+  std::string host = split->host;
+  if (host.empty() || host == "*") host = "0.0.0.0";
   addrinfo hints{}, *found = nullptr;
   hints.ai_family = AF_INET;
   hints.ai_socktype = SOCK_STREAM;
@@ -43,7 +43,7 @@ absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(const st
   }
   sockaddr_in address = *reinterpret_cast<sockaddr_in*>(found->ai_addr);
   freeaddrinfo(found);
-  address.sin_port = htons(static_cast<uint16_t>(*port));
+  address.sin_port = htons(static_cast<uint16_t>(split->port));
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   const int one = 1;
   ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));

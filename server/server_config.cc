@@ -261,15 +261,16 @@ void ApplyDeviceDefaults(const std::string& device, engine::EngineOptions& engin
   engine.contended_intra_op_threads = cuda ? 0 : engine::EngineOptions::kOneThreadFewer;
 }
 
-std::optional<int> ListenPort(const std::string& address) {
+std::optional<HostPort> SplitListenAddress(const std::string& address) {
   const size_t colon = address.rfind(':');
-  const std::string port = colon == std::string::npos ? "" : address.substr(colon + 1);
+  if (colon == std::string::npos) return std::nullopt;
+  const std::string port = address.substr(colon + 1);
   int value = -1;
   if (port.empty() || port.size() > 5 || !std::all_of(port.begin(), port.end(), ::isdigit) ||
       !absl::SimpleAtoi(port, &value) || value > 65535) {
     return std::nullopt;
   }
-  return value;
+  return HostPort{.host = address.substr(0, colon), .port = value};
 }
 
 namespace {
@@ -283,14 +284,14 @@ absl::Status Within(int64_t value, int64_t low, int64_t high, const std::string&
 // Unix sockets have no port.
 absl::Status CheckListenAddress(const std::string& listen) {
   if (absl::StartsWith(listen, "unix:") || absl::StartsWith(listen, "unix-abstract:")) return absl::OkStatus();
-  if (ListenPort(listen)) return absl::OkStatus();
+  if (SplitListenAddress(listen)) return absl::OkStatus();
   return absl::InvalidArgumentError(
       absl::StrCat("listen \"", listen, "\": expected host:port with a port in [0, 65535], or unix:PATH"));
 }
 
 // The metrics endpoint is a plain TCP socket; empty turns it off.
 absl::Status CheckMetricsAddress(const std::string& metrics_listen) {
-  if (metrics_listen.empty() || ListenPort(metrics_listen)) return absl::OkStatus();
+  if (metrics_listen.empty() || SplitListenAddress(metrics_listen)) return absl::OkStatus();
   return absl::InvalidArgumentError(
       absl::StrCat("metrics_listen \"", metrics_listen, "\": expected host:port with a port in [0, 65535], or empty"));
 }

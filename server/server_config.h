@@ -61,9 +61,13 @@ absl::StatusOr<ServerConfig> ReadServerConfig(const std::string& path);
 // Checks a complete config (after flags): at least one model, unique names, values in range.
 absl::Status ValidateServerConfig(const ServerConfig& config);
 
-// The port of "host:port" when it is a decimal in [0, 65535]: gRPC reads 70000 as 4464 (modulo 65536), and
+// "host:port" split, when the port is a decimal in [0, 65535]: gRPC reads 70000 as 4464 (modulo 65536), and
 // the metrics socket binds what the config check accepted.
-std::optional<int> ListenPort(const std::string& address);
+struct HostPort {
+  std::string host;  // may be empty
+  int port = 0;
+};
+std::optional<HostPort> SplitListenAddress(const std::string& address);
 
 // The engine settings whose defaults depend on the model's device, for a model that does not set them:
 // max_batch_seconds 25 ms on the CPU, 5 ms on a CUDA device; contended_intra_op_threads one thread

@@ -308,11 +308,9 @@ int Merge(const std::vector<std::string>& shard_files) {
         }
       }
       // A row its shard's job would try again on a rerun has no final result yet.
-      const json error = result.value("error", json());
-      if (error.is_object() && error.value("code", json()).is_string() &&
-          RetriedOnResume(error["code"].get<std::string>())) {
+      if (const std::string code = ResultErrorCode(result); RetriedOnResume(code)) {
         return Failed(absl::FailedPreconditionError(
-            absl::StrCat(file, ": row \"", id, "\" ended ", error["code"].get<std::string>(),
+            absl::StrCat(file, ": row \"", id, "\" ended ", code,
                          ", which a rerun tries again: run that shard's command again before merging")));
       }
       if (!results.emplace(id, line).second) {

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "client/batch/batch_job.h"
+#include "client/batch/result_log.h"
 #include "client/heatmap.h"
 #include "client/palette.h"
 
@@ -51,9 +52,8 @@ std::string TopFeatures(const json& result) {
 
 // A failed row's status cell: its error code.
 std::string ErrorCode(const json& result) {
-  const json error = result.value("error", json());
-  const json code = error.is_object() ? error.value("code", json()) : json();
-  return code.is_string() ? code.get<std::string>() : "error";
+  const std::string code = ResultErrorCode(result);
+  return code.empty() ? "error" : code;
 }
 
 std::string Cell(const json& value) {

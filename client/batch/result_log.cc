@@ -36,6 +36,12 @@ bool RetriedOnResume(const std::string& code) {
   return code == "UNAVAILABLE" || code == "RESOURCE_EXHAUSTED" || code == "DEADLINE_EXCEEDED" || code == "CANCELLED";
 }
 
+std::string ResultErrorCode(const nlohmann::json& result) {
+  const nlohmann::json error = result.value("error", nlohmann::json());
+  const nlohmann::json code = error.is_object() ? error.value("code", nlohmann::json()) : nlohmann::json();
+  return code.is_string() ? code.get<std::string>() : "";
+}
+
 namespace {
 
 // `bytes` as the whole file at `path`: readers (and a kill) see the old file or the new one.
@@ -82,15 +88,13 @@ absl::StatusOr<std::unique_ptr<ResultLog>> ResultLog::Open(const std::string& pa
       }
       // The index page and Parquet table read these fields: a line of another shape is not ours.
       const nlohmann::json status = result.value("status", nlohmann::json());
-      const nlohmann::json error = result.value("error", nlohmann::json());
-      if (!status.is_string() ||
-          (status != "ok" && !(error.is_object() && error.value("code", nlohmann::json()).is_string()))) {
+      const std::string code = status == "ok" ? "" : ResultErrorCode(result);
+      if (!status.is_string() || (status != "ok" && code.empty())) {
         return absl::DataLossError(absl::StrCat(path, ":", number,
                                                 ": a line is not a result of this tool (no \"status\" \"ok\" "
                                                 "or \"error\" {code, message}): ",
                                                 line.substr(0, 80)));
       }
-      const std::string code = status == "ok" ? "" : error["code"].get<std::string>();
       if (RetriedOnResume(code)) {
         rewrite = true;
         continue;

@@ -13,6 +13,7 @@
 
 #include <map>
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,9 @@ namespace attribution::client::batch {
 
 // Whether a row that ended with this status code is tried again when the job resumes.
 bool RetriedOnResume(const std::string& code);
+
+// A result line's error code, "" when it has none (an ok row, or a line not written by this tool).
+std::string ResultErrorCode(const nlohmann::json& result);
 
 // A row the file already holds a final result of: what identifies the job that wrote it.
 struct DoneRow {
