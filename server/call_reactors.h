@@ -141,6 +141,7 @@ class StreamCall final : public grpc::ServerWriteReactor<Event> {
   void OnCancelDo(std::function<void()> cancel) { cancel_.Set(std::move(cancel)); }
 
   void Send(Event event, bool replaceable = false) {
+    Step step;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (ending_) return;
@@ -149,30 +150,37 @@ class StreamCall final : public grpc::ServerWriteReactor<Event> {
       } else {
         queue_.emplace_back(std::move(event), replaceable);
       }
+      step = NextStepLocked();
     }
-    Pump();
+    if (step != Step::kNothing) Take(step);
   }
 
   // Ends the stream after the queued events (and `last`, when given); the caller's last use.
   void Complete(const absl::Status& status, std::optional<Event> last = std::nullopt) {
+    Step step;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (ending_) return LogSecondEnd(log_, status);
       if (last && status.ok()) queue_.emplace_back(std::move(*last), false);
       ending_ = true;
       status_ = EndStatus(status, log_);
+      // Decided under the lock that set ending_: once it is released, a write completing on a gRPC
+      // thread may finish the call, and gRPC may then free it.
+      step = NextStepLocked();
     }
-    Pump();
+    if (step != Step::kNothing) Take(step);
   }
 
   void OnWriteDone(bool ok) override {
     if (watch_) watch_->WriteDone();
+    Step step;
     {
       std::lock_guard<std::mutex> lock(mu_);
       writing_ = false;
       if (!ok) queue_.clear();  // the client is gone; nothing more can be written
+      step = NextStepLocked();
     }
-    Pump();
+    if (step != Step::kNothing) Take(step);
   }
   void OnCancel() override { cancel_.Fire(); }
   void OnDone() override {
@@ -181,28 +189,32 @@ class StreamCall final : public grpc::ServerWriteReactor<Event> {
   }
 
  private:
-  // Starts the next write, or finishes once everything is written; never under the lock, since gRPC
-  // may run reactions inline.
-  void Pump() {
-    enum { kNothing, kWrite, kFinish } action = kNothing;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (writing_ || finished_) return;
-      if (!queue_.empty()) {
-        current_ = std::move(queue_.front().first);
-        queue_.pop_front();
-        writing_ = true;
-        action = kWrite;
-      } else if (ending_) {
-        finished_ = true;
-        action = kFinish;
-      }
+  // The next write, or the finish once everything is written. The step belongs to the thread that took
+  // it (writing_ and finished_ are set here), and every caller takes it in the critical section of its
+  // own change: a thread that released the lock with nothing to do must not touch the call again, since
+  // another thread may finish it and gRPC free it at any moment after that.
+  enum class Step { kNothing, kWrite, kFinish };
+  Step NextStepLocked() {
+    if (writing_ || finished_) return Step::kNothing;
+    if (!queue_.empty()) {
+      current_ = std::move(queue_.front().first);
+      queue_.pop_front();
+      writing_ = true;
+      return Step::kWrite;
     }
-    if (action == kWrite) {
+    if (!ending_) return Step::kNothing;
+    finished_ = true;
+    return Step::kFinish;
+  }
+
+  // Outside the lock, since gRPC may run reactions inline. A write keeps the call open until its
+  // OnWriteDone; the finish is this object's last use. Not called for kNothing: even a member call that
+  // does nothing reads a call another thread may have freed.
+  void Take(Step step) {
+    if (step == Step::kWrite) {
       if (watch_) watch_->WriteStarted();
       this->StartWrite(&current_);
-    }
-    if (action == kFinish) {
+    } else {
       if (watch_ && watch_->cancelled()) status_ = grpc::Status(grpc::StatusCode::CANCELLED, kStoppedReading);
       observer_->CallEnded(log_, status_);
       if (watch_) watch_->WriteStarted();
