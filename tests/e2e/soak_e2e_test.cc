@@ -9,7 +9,7 @@
 //       fewer calls than there are clients), as the clients and the server's own metrics saw it,
 //   (c) the engine's queue and the calls in flight return to 0,
 //   (d) the server still serves, exits 0 on SIGTERM and logged no internal error,
-//   (e) its resident memory once idle is within 5% of its value after the warm-up,
+//   (e) its resident memory once idle is within 5% of its value after the warm-up (not under ASan),
 // and prints a table (calls per RPC, outcomes, latency, memory).
 //
 // ATTRIBUTION_SOAK_SECONDS sets the measured run (default 60: the CI version; the benchmark in
@@ -67,6 +67,17 @@ constexpr double kRelativeTolerance = 1e-4;
 constexpr int kMaxConcurrentRequests = 56;
 // Resident memory after the run, once idle, may exceed its post-warm-up value by this fraction.
 constexpr double kMemoryGrowthAllowed = 0.05;
+// scripts/test-asan runs this test against the AddressSanitizer build of the server.
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ATTRIBUTION_SOAK_UNDER_ASAN 1
+#endif
+#endif
+#if defined(ATTRIBUTION_SOAK_UNDER_ASAN) || defined(__SANITIZE_ADDRESS__)
+constexpr bool kAddressSanitizer = true;
+#else
+constexpr bool kAddressSanitizer = false;
+#endif
 
 int EnvInt(const char* name, int fallback) {
   const char* value = std::getenv(name);
@@ -529,7 +540,11 @@ TEST(Soak, MixedClientsWithCancellationsAndDeadlinesLeaveTheServerAsTheyFoundIt)
       << absl::StrFormat(
              "[ soak     ] server RSS: after warm-up %.1f MB, peak %.1f MB, idle after the run %.1f MB (%+.1f%%)\n",
              rss_warm, rss_peak, rss_after, 100 * (rss_after / rss_warm - 1));
-  EXPECT_LE(rss_after, (1 + kMemoryGrowthAllowed) * rss_warm);
+  if (kAddressSanitizer) {
+    std::cout << "[ soak     ] memory growth not checked: AddressSanitizer's quarantine holds freed memory\n";
+  } else {
+    EXPECT_LE(rss_after, (1 + kMemoryGrowthAllowed) * rss_warm);
+  }
 
   (*server)->Signal(SIGTERM);
   EXPECT_EQ((*server)->Wait(absl::Seconds(60)), 0) << (*server)->Log();
