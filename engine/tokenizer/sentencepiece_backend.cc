@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/common/files.h"
+#include "engine/common/sanitizers.h"
 
 namespace attribution::engine {
 namespace {
@@ -42,30 +43,13 @@ std::vector<std::string> Candidates() {
   return paths;
 }
 
-// GCC names sanitized builds with __SANITIZE_ADDRESS__ / __SANITIZE_THREAD__; clang only through
-// __has_feature.
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define ATTRIBUTION_SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define ATTRIBUTION_SANITIZED 1
-#endif
-#endif
-#ifndef ATTRIBUTION_SANITIZED
-#define ATTRIBUTION_SANITIZED 0
-#endif
-
 const Module& LoadModule() {
   static Module module;
   static std::once_flag once;
   std::call_once(once, [] {
-  // RTLD_DEEPBIND keeps libsentencepiece bound to its bundled protobuf. AddressSanitizer refuses
-  // it; the sanitizer jobs' binaries load no other protobuf, so plain RTLD_LOCAL is enough there.
-#if ATTRIBUTION_SANITIZED
-    const int flags = RTLD_NOW | RTLD_LOCAL;
-#else
-    const int flags = RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND;
-#endif
+    // RTLD_DEEPBIND keeps libsentencepiece bound to its bundled protobuf. AddressSanitizer refuses
+    // it; the sanitizer jobs' binaries load no other protobuf, so plain RTLD_LOCAL is enough there.
+    const int flags = RTLD_NOW | RTLD_LOCAL | (kAddressSanitizer || kThreadSanitizer ? 0 : RTLD_DEEPBIND);
     void* handle = nullptr;
     for (const std::string& path : Candidates()) {
       if (::access(path.c_str(), R_OK) != 0) continue;

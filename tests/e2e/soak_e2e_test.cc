@@ -38,6 +38,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "attribution/v1/attribution.grpc.pb.h"
+#include "engine/common/sanitizers.h"
 #include "tests/testing/rpc_exchange.h"
 #include "tests/testing/server_process.h"
 #include "tests/testing/status_matchers.h"
@@ -67,17 +68,6 @@ constexpr double kRelativeTolerance = 1e-4;
 constexpr int kMaxConcurrentRequests = 56;
 // Resident memory after the run, once idle, may exceed its post-warm-up value by this fraction.
 constexpr double kMemoryGrowthAllowed = 0.05;
-// scripts/test-asan runs this test against the AddressSanitizer build of the server.
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define ATTRIBUTION_SOAK_UNDER_ASAN 1
-#endif
-#endif
-#if defined(ATTRIBUTION_SOAK_UNDER_ASAN) || defined(__SANITIZE_ADDRESS__)
-constexpr bool kAddressSanitizer = true;
-#else
-constexpr bool kAddressSanitizer = false;
-#endif
 
 int EnvInt(const char* name, int fallback) {
   const char* value = std::getenv(name);
@@ -540,7 +530,7 @@ TEST(Soak, MixedClientsWithCancellationsAndDeadlinesLeaveTheServerAsTheyFoundIt)
       << absl::StrFormat(
              "[ soak     ] server RSS: after warm-up %.1f MB, peak %.1f MB, idle after the run %.1f MB (%+.1f%%)\n",
              rss_warm, rss_peak, rss_after, 100 * (rss_after / rss_warm - 1));
-  if (kAddressSanitizer) {
+  if (kAddressSanitizer) {  // scripts/test-asan runs this test against the ASan build of the server
     std::cout << "[ soak     ] memory growth not checked: AddressSanitizer's quarantine holds freed memory\n";
   } else {
     EXPECT_LE(rss_after, (1 + kMemoryGrowthAllowed) * rss_warm);

@@ -1,0 +1,29 @@
+// SPDX-License-Identifier: Apache-2.0
+// Whether this translation unit is built with AddressSanitizer or ThreadSanitizer. GCC says so with
+// __SANITIZE_ADDRESS__ / __SANITIZE_THREAD__; clang only through __has_feature.
+#pragma once
+
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ATTRIBUTION_CLANG_ASAN 1
+#endif
+#if __has_feature(thread_sanitizer)
+#define ATTRIBUTION_CLANG_TSAN 1
+#endif
+#endif
+
+namespace attribution {
+
+#if defined(__SANITIZE_ADDRESS__) || defined(ATTRIBUTION_CLANG_ASAN)
+inline constexpr bool kAddressSanitizer = true;
+#else
+inline constexpr bool kAddressSanitizer = false;
+#endif
+
+#if defined(__SANITIZE_THREAD__) || defined(ATTRIBUTION_CLANG_TSAN)
+inline constexpr bool kThreadSanitizer = true;
+#else
+inline constexpr bool kThreadSanitizer = false;
+#endif
+
+}  // namespace attribution
