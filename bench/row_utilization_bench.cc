@@ -83,8 +83,10 @@ double ProjectionSeconds(const engine::ModelConfig& c, int64_t tokens, const std
       iterations);
 }
 
-// Runs `fn` once under the CPU profiler and saves the trace to `path`.
+// Runs `fn` once under the CPU profiler, after one run without it (a first run also pays for page faults
+// and one-off setup), and saves the trace to `path`.
 void Profile(const std::function<void()>& fn, const std::string& path) {
+  fn();
   namespace profiler = torch::autograd::profiler;
   using torch::profiler::impl::ActivityType;
   const torch::profiler::impl::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO);

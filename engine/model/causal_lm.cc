@@ -12,6 +12,7 @@
 #include "engine/common/enum_names.h"
 #include "engine/common/status_macros.h"
 #include "engine/model/causal_lm_impl.h"
+#include "engine/model/gated_silu.h"
 #include "engine/model/lrp_rules.h"
 #include "engine/model/rms_norm.h"
 #include "engine/model/rope.h"
@@ -116,16 +117,12 @@ at::Tensor CausalLM::Impl::Mlp(const DecoderLayer& layer, int64_t index, const a
 
 at::Tensor CausalLM::Impl::GatedMlp(const Linear& gate_up_linear, const Linear& down, const at::Tensor& x,
                                     PropagationRules rules) const {
-  std::vector<at::Tensor> gate_up = gate_up_linear.ForwardParts(x);  // 2 x [..., intermediate]
-  switch (rules) {
-    case PropagationRules::kGradient:
-      return down.Forward(at::silu(gate_up[0]) * gate_up[1]);
-    case PropagationRules::kAttnLrp:
-      return down.Forward(ScaleGradient(IdentityRuleActivation(gate_up[0], Activation::kSilu) * gate_up[1], 0.5));
-    case PropagationRules::kCpLrp:
-      return down.Forward(at::silu(gate_up[0].detach()) * gate_up[1]);
+  if (rules == PropagationRules::kGradient) return down.Forward(GatedSilu(gate_up_linear.Forward(x)));
+  const std::vector<at::Tensor> gate_up = gate_up_linear.ForwardParts(x);  // 2 x [..., intermediate]
+  if (rules == PropagationRules::kAttnLrp) {
+    return down.Forward(ScaleGradient(IdentityRuleActivation(gate_up[0], Activation::kSilu) * gate_up[1], 0.5));
   }
-  return at::Tensor();
+  return down.Forward(at::silu(gate_up[0].detach()) * gate_up[1]);  // kCpLrp
 }
 
 at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
@@ -182,14 +179,18 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
     if (uses_rope()) rope = {active_rows(all_rows_rope.cos), active_rows(all_rows_rope.signed_sin)};
     at_site(ComponentSite::kResidPre, i, x);
     at::Tensor h = Norm(x, layer.attention_norm_weight, layer.attention_norm_bias, batch.rules);
-    // Views into one [B, S, (H + 2 KV) * D] output; splitting the last dim keeps them views.
-    const std::vector<at::Tensor> qkv = layer.qkv.ForwardParts(h);
-    at::Tensor q = qkv[0].view({rows, s, heads, head_dim}).transpose(1, 2);     // [B, H, S, D]
-    at::Tensor k = qkv[1].view({rows, s, kv_heads, head_dim}).transpose(1, 2);  // [B, KV, S, D]
-    at::Tensor v = qkv[2].view({rows, s, kv_heads, head_dim}).transpose(1, 2);  // [B, KV, S, D]
+    at::Tensor q, k, v;  // [B, H, S, D], [B, KV, S, D], [B, KV, S, D]
     if (uses_rope()) {
-      q = ApplyRope(q, rope);
-      k = ApplyRope(k, rope);
+      const AttentionHeads rotated = RotatedHeads(layer.qkv.Forward(h), heads, kv_heads, rope);
+      q = rotated.q;
+      k = rotated.k;
+      v = rotated.v;
+    } else {
+      // Views into one [B, S, (H + 2 KV) * D] output; splitting the last dim keeps them views.
+      const std::vector<at::Tensor> qkv = layer.qkv.ForwardParts(h);
+      q = qkv[0].view({rows, s, heads, head_dim}).transpose(1, 2);
+      k = qkv[1].view({rows, s, kv_heads, head_dim}).transpose(1, 2);
+      v = qkv[2].view({rows, s, kv_heads, head_dim}).transpose(1, 2);
     }
     if (batch.hooks != nullptr && batch.hooks->attention_inputs) {
       batch.hooks->attention_inputs(static_cast<int64_t>(i), q, k, v, mask);

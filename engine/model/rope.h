@@ -24,4 +24,15 @@ RopeAngles RopeAnglesAt(const at::Tensor& positions, const at::Tensor& inverse_f
 // Rotates x ([B, heads, S, head_dim]) by `angles`.
 at::Tensor ApplyRope(const at::Tensor& x, const RopeAngles& angles);
 
+// The attention's inputs, each [B, heads, S, head_dim] (a transposed view of [B, S, heads, head_dim]).
+struct AttentionHeads {
+  at::Tensor q, k, v;
+};
+
+// Splits the fused projection's output qkv ([B, S, (heads + 2 kv_heads) * head_dim]) into heads and
+// rotates q and k by `angles`; differentiable. On the CPU in float32 one pass each way, the backward
+// writing q's, k's and v's gradients into one tensor (ATen's ops take four passes per rotation and a
+// concatenation of the three).
+AttentionHeads RotatedHeads(const at::Tensor& qkv, int64_t heads, int64_t kv_heads, const RopeAngles& angles);
+
 }  // namespace attribution::engine
