@@ -15,11 +15,12 @@ namespace attribution::engine {
 // Compiles a loop for AVX-512, AVX2 and the baseline; the loader picks the one this CPU runs.
 #define ATTRIBUTION_VECTORIZED_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
-// Whether the CPU loops apply: float32 tensors on the CPU, every one contiguous.
+// Whether the CPU loops apply: float32 tensors on the CPU, every one contiguous and not empty (the loops
+// divide by row widths).
 template <typename... Tensors>
 bool RunsCpuRowKernel(const Tensors&... tensors) {
   return ((tensors.defined() && tensors.device().is_cpu() && tensors.scalar_type() == at::kFloat &&
-           tensors.is_contiguous()) &&
+           tensors.is_contiguous() && tensors.numel() > 0) &&
           ...);
 }
 

@@ -18,8 +18,8 @@ void GatedSiluRow(const float* gate, const float* up, const float* sigmoid, floa
 
 // With s = sigmoid(gate): d silu(gate) / d gate = s * (1 + gate * (1 - s)).
 ATTRIBUTION_VECTORIZED_CLONES
-void GatedSiluGradientRow(const float* grad, const float* gate, const float* up, const float* sigmoid,
-                          float* grad_gate, float* grad_up, int64_t width) {
+void GatedSiluGradientRow(const float* grad, const float* gate, const float* up, const float* sigmoid, float* grad_gate,
+                          float* grad_up, int64_t width) {
   for (int64_t i = 0; i < width; ++i) {
     const float s = sigmoid[i], g = grad[i];
     grad_gate[i] = g * up[i] * s * (1.0f + gate[i] * (1.0f - s));
@@ -27,7 +27,10 @@ void GatedSiluGradientRow(const float* grad, const float* gate, const float* up,
   }
 }
 
-int64_t Width(const at::Tensor& gate_up) { return gate_up.size(-1) / 2; }
+int64_t Width(const at::Tensor& gate_up) {
+  TORCH_CHECK(gate_up.size(-1) % 2 == 0, "GatedSilu: gate_up's last dimension ", gate_up.size(-1), " is odd");
+  return gate_up.size(-1) / 2;
+}
 
 // [..., 2 I] float32 contiguous -> ([..., I] output, [..., I] sigmoid of the gate).
 std::pair<at::Tensor, at::Tensor> FusedForward(const at::Tensor& gate_up) {

@@ -48,6 +48,7 @@ void GradientRow(const float* grad, const float* weight, const float* x, float i
 // [rows, n] float32 contiguous -> (normalized [rows, n], inverse_rms [rows]), a row at a time.
 std::pair<at::Tensor, at::Tensor> FusedForward(const at::Tensor& x, const at::Tensor& weight, double eps) {
   const int64_t n = x.size(-1), rows = x.numel() / n;
+  TORCH_CHECK(weight.numel() == n, "RmsNorm: weight ", weight.sizes(), " for x ", x.sizes());
   at::Tensor out = at::empty_like(x);
   at::Tensor inverse_rms = at::empty({rows}, x.options());
   const float* in = x.const_data_ptr<float>();

@@ -71,8 +71,16 @@ struct HeadShape {
   int64_t width() const { return (heads + 2 * kv_heads) * dim; }
 };
 
+// The loops below trust these sizes; a mismatch is a caller's bug, thrown as ATen's own checks throw.
 HeadShape ShapeOf(const at::Tensor& qkv, int64_t heads, int64_t kv_heads, const RopeAngles& angles) {
-  return {qkv.size(0), qkv.size(1), heads, kv_heads, angles.cos.size(-1)};
+  const HeadShape shape{qkv.size(0), qkv.size(1), heads, kv_heads, angles.cos.size(-1)};
+  TORCH_CHECK(qkv.dim() == 3 && qkv.size(2) == shape.width(), "RotatedHeads: qkv is ", qkv.sizes(), " for ", heads,
+              " + 2 x ", kv_heads, " heads of ", shape.dim);
+  for (const at::Tensor* t : {&angles.cos, &angles.signed_sin}) {
+    TORCH_CHECK(t->numel() == shape.batch * shape.seq * shape.dim, "RotatedHeads: angles ", t->sizes(), " for qkv ",
+                qkv.sizes());
+  }
+  return shape;
 }
 
 // The angles' rows of token (b, s): cos and signed_sin are [B, 1, S, D] contiguous.

@@ -50,5 +50,12 @@ TEST(GatedSilu, NonContiguousInputTakesTheComposedOps) {
   EXPECT_LT(ScaledError(GatedSilu(gate_up), ComposedGatedSilu(gate_up.to(at::kDouble))), 1e-6);
 }
 
+// A batch of no rows (the loops would divide by zero) and an odd width (a caller's bug) take the ATen
+// path and ATen's error.
+TEST(GatedSilu, EmptyAndOddInputs) {
+  EXPECT_EQ(GatedSilu(at::randn({0, 8}).requires_grad_(true)).sizes(), at::IntArrayRef({0, 4}));
+  EXPECT_THROW(GatedSilu(at::randn({2, 7})), c10::Error);
+}
+
 }  // namespace
 }  // namespace attribution::engine

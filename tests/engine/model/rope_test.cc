@@ -62,8 +62,8 @@ TEST_P(RotatedHeadsTest, ForwardAndGradientMatchFloat64) {
   // Gradients as the attention hands them back: [B, H, S, D] contiguous, so transposed to ours.
   const at::Tensor gq = at::randn(q.sizes()), gk = at::randn(k.sizes()), gv = at::randn(v.sizes());
   at::Tensor grad = torch::autograd::grad({ours.q, ours.k, ours.v}, {qkv}, {gq, gk, gv})[0];
-  at::Tensor expected = torch::autograd::grad({q, k, v}, {qkv64}, {gq.to(at::kDouble), gk.to(at::kDouble),
-                                                                   gv.to(at::kDouble)})[0];
+  at::Tensor expected =
+      torch::autograd::grad({q, k, v}, {qkv64}, {gq.to(at::kDouble), gk.to(at::kDouble), gv.to(at::kDouble)})[0];
   EXPECT_LT(ScaledError(grad, expected), 1e-6);
 }
 
