@@ -22,7 +22,6 @@
 #include <sstream>
 
 #include "bench/bench_util.h"
-#include "engine/common/heap_memory.h"
 #include "engine/model/causal_lm.h"
 #include "engine/model/generation.h"
 
@@ -32,7 +31,6 @@ namespace {
 using bench::Flag;
 
 int Run(int argc, char** argv) {
-  KeepLargeBlocksOnTheHeap();  // as the batching engine does
   const std::string dir = Flag(argc, argv, "model", "");
   const int64_t batch = std::stoll(Flag(argc, argv, "batch", "8"));
   const int64_t seq = std::stoll(Flag(argc, argv, "seq", "72"));

@@ -32,7 +32,6 @@
 #include <sstream>
 
 #include "bench/bench_util.h"
-#include "engine/common/heap_memory.h"
 #include "engine/model/causal_lm.h"
 
 namespace attribution {
@@ -97,7 +96,6 @@ void Profile(const std::function<void()>& fn, const std::string& path) {
 }
 
 int Run(int argc, char** argv) {
-  KeepLargeBlocksOnTheHeap();  // as the batching engine does
   const std::string dir = Flag(argc, argv, "model", "");
   const int64_t seq = std::stoll(Flag(argc, argv, "seq", "64"));
   const int iterations = std::stoi(Flag(argc, argv, "iterations", "5"));

@@ -2,12 +2,12 @@
 #include "engine/scheduler/batching_engine.h"
 
 #include <ATen/Parallel.h>
+#include <malloc.h>
 
 #include <algorithm>
 #include <stdexcept>
 
 #include "absl/strings/str_cat.h"
-#include "engine/common/heap_memory.h"
 #include "engine/model/torch_errors.h"
 #include "engine/scheduler/intra_op_threads.h"
 
@@ -88,9 +88,6 @@ absl::StatusOr<std::unique_ptr<BatchingEngine>> BatchingEngine::Create(std::uniq
     return absl::InvalidArgumentError(
         "engine options: need 1 <= min_batch_tokens <= max_batch_tokens and max_batch_rows >= 1");
   }
-  // Batches allocate and free activations of megabytes; the heap keeps them while busy, and the idle
-  // loop hands them back.
-  KeepLargeBlocksOnTheHeap();
   std::unique_ptr<BatchingEngine> engine(new BatchingEngine(std::move(executor), std::move(options)));
   if (engine->options_.pause_long_batches) {
     engine->executor_->SetPausePoint([e = engine.get()] { e->RunShortWorkWhilePaused(); });
@@ -286,7 +283,7 @@ void BatchingEngine::Loop() {
         if (idle_trims_left_ > 0) {
           --idle_trims_left_;
           lock.unlock();
-          ReleaseFreeHeapMemory();
+          ReleaseFreeMemory();
           continue;
         }
         work_changed_.wait(lock, has_work);
@@ -447,6 +444,14 @@ void BatchingEngine::RunShortWork(absl::Time now) {
   const absl::Time started = Now();
   Execute(decision.kind, rows, results, /*inside_pause=*/true);
   Finish(decision.kind, batch, results, started, Now() - started, decision.time_limited, /*inside_pause=*/true);
+}
+
+void BatchingEngine::ReleaseFreeMemory() {
+#ifdef __GLIBC__
+  // The allocator keeps freed heap pages (its mmap threshold grows with the large tensors a burst
+  // frees), so an idle server would stay at its peak; hand them back to the system.
+  malloc_trim(0);
+#endif
 }
 
 void BatchingEngine::Execute(RowKind kind, std::vector<PendingRow*> rows, std::vector<RowResult>& results,

@@ -215,9 +215,10 @@ class BatchingEngine {
   void Finish(RowKind kind, std::vector<PendingRow>& batch, std::vector<RowResult>& results, absl::Time started,
               absl::Duration device_time, bool time_limited, bool inside_pause);
   static void Deliver(std::vector<Answer>& answers);
-  // After at least kTokensBetweenTrims padded tokens of work, the executor returns the heap's free memory
-  // to the system (ReleaseFreeHeapMemory) kIdleTrims times, each after kIdleBeforeTrim with an empty
-  // queue, so memory after a burst falls back towards its idle size.
+  // Returns freed heap memory to the system. After at least kTokensBetweenTrims padded tokens of work,
+  // the executor calls it kIdleTrims times, each after kIdleBeforeTrim with an empty queue, so memory
+  // after a burst falls back towards its idle size.
+  static void ReleaseFreeMemory();
   static constexpr absl::Duration kIdleBeforeTrim = absl::Milliseconds(200);
   static constexpr int64_t kTokensBetweenTrims = 1 << 16;
   static constexpr int kIdleTrims = 3;
