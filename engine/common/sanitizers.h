@@ -12,6 +12,12 @@
 #endif
 #endif
 
+// For preprocessor decisions: defined in a build with AddressSanitizer or ThreadSanitizer.
+#if defined(__SANITIZE_ADDRESS__) || defined(ATTRIBUTION_CLANG_ASAN) || defined(__SANITIZE_THREAD__) || \
+    defined(ATTRIBUTION_CLANG_TSAN)
+#define ATTRIBUTION_SANITIZED_BUILD 1
+#endif
+
 namespace attribution {
 
 #if defined(__SANITIZE_ADDRESS__) || defined(ATTRIBUTION_CLANG_ASAN)

@@ -10,10 +10,18 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "engine/common/sanitizers.h"
+
 namespace attribution::engine {
 
-// Compiles a loop for AVX-512, AVX2 and the baseline; the loader picks the one this CPU runs.
+// Compiles a loop for AVX-512, AVX2 and the baseline; the loader picks the one this CPU runs. The pick
+// (an ifunc resolver) runs while the program is being relocated, before a sanitizer's runtime has started,
+// and an instrumented resolver crashes there: sanitized builds compile each loop once, for the baseline.
+#ifdef ATTRIBUTION_SANITIZED_BUILD
+#define ATTRIBUTION_VECTORIZED_CLONES
+#else
 #define ATTRIBUTION_VECTORIZED_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
 
 // Whether the CPU loops apply: float32 tensors on the CPU, every one contiguous and not empty (the loops
 // divide by row widths).
