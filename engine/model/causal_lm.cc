@@ -179,19 +179,8 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
     if (uses_rope()) rope = {active_rows(all_rows_rope.cos), active_rows(all_rows_rope.signed_sin)};
     at_site(ComponentSite::kResidPre, i, x);
     at::Tensor h = Norm(x, layer.attention_norm_weight, layer.attention_norm_bias, batch.rules);
-    at::Tensor q, k, v;  // [B, H, S, D], [B, KV, S, D], [B, KV, S, D]
-    if (uses_rope()) {
-      const AttentionHeads rotated = RotatedHeads(layer.qkv.Forward(h), heads, kv_heads, rope);
-      q = rotated.q;
-      k = rotated.k;
-      v = rotated.v;
-    } else {
-      // Views into one [B, S, (H + 2 KV) * D] output; splitting the last dim keeps them views.
-      const std::vector<at::Tensor> qkv = layer.qkv.ForwardParts(h);
-      q = qkv[0].view({rows, s, heads, head_dim}).transpose(1, 2);
-      k = qkv[1].view({rows, s, kv_heads, head_dim}).transpose(1, 2);
-      v = qkv[2].view({rows, s, kv_heads, head_dim}).transpose(1, 2);
-    }
+    // [B, H, S, D], [B, KV, S, D], [B, KV, S, D]; rope is empty (no rotation) for GPT-2.
+    auto [q, k, v] = SplitHeads(layer.qkv.Forward(h), heads, kv_heads, head_dim, rope);
     if (batch.hooks != nullptr && batch.hooks->attention_inputs) {
       batch.hooks->attention_inputs(static_cast<int64_t>(i), q, k, v, mask);
     }

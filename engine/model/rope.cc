@@ -72,12 +72,12 @@ struct HeadShape {
 };
 
 // The loops below trust these sizes; a mismatch is a caller's bug, thrown as ATen's own checks throw.
-HeadShape ShapeOf(const at::Tensor& qkv, int64_t heads, int64_t kv_heads, const RopeAngles& angles) {
-  const HeadShape shape{qkv.size(0), qkv.size(1), heads, kv_heads, angles.cos.size(-1)};
-  TORCH_CHECK(qkv.dim() == 3 && qkv.size(2) == shape.width(), "RotatedHeads: qkv is ", qkv.sizes(), " for ", heads,
-              " + 2 x ", kv_heads, " heads of ", shape.dim);
+HeadShape ShapeOf(const at::Tensor& qkv, int64_t heads, int64_t kv_heads, int64_t head_dim, const RopeAngles& angles) {
+  const HeadShape shape{qkv.size(0), qkv.size(1), heads, kv_heads, head_dim};
+  TORCH_CHECK(qkv.dim() == 3 && qkv.size(2) == shape.width(), "SplitHeads: qkv is ", qkv.sizes(), " for ", heads,
+              " + 2 x ", kv_heads, " heads of ", head_dim);
   for (const at::Tensor* t : {&angles.cos, &angles.signed_sin}) {
-    TORCH_CHECK(t->numel() == shape.batch * shape.seq * shape.dim, "RotatedHeads: angles ", t->sizes(), " for qkv ",
+    TORCH_CHECK(t->numel() == shape.batch * shape.seq * head_dim, "SplitHeads: angles ", t->sizes(), " for qkv ",
                 qkv.sizes());
   }
   return shape;
@@ -131,24 +131,19 @@ class RotatedHeadsFunction : public torch::autograd::Function<RotatedHeadsFuncti
                                                 int64_t heads, int64_t kv_heads, const at::Tensor& cos,
                                                 const at::Tensor& signed_sin) {
     const RopeAngles angles{cos, signed_sin};
-    const HeadShape shape = ShapeOf(qkv, heads, kv_heads, angles);
     ctx->save_for_backward({cos, signed_sin});
-    ctx->saved_data["heads"] = heads;
-    ctx->saved_data["kv_heads"] = kv_heads;
-    ctx->saved_data["batch"] = shape.batch;
-    ctx->saved_data["seq"] = shape.seq;
-    return RotateForward(qkv, shape, angles, /*copy_v=*/true);
+    return RotateForward(qkv, ShapeOf(qkv, heads, kv_heads, cos.size(-1), angles), angles, /*copy_v=*/true);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const HeadShape shape{ctx->saved_data["batch"].toInt(), ctx->saved_data["seq"].toInt(),
-                          ctx->saved_data["heads"].toInt(), ctx->saved_data["kv_heads"].toInt(), saved[0].size(-1)};
     const float* cos = saved[0].const_data_ptr<float>();
     const float* sin = saved[1].const_data_ptr<float>();
     const at::Tensor gq = InnermostContiguous(grads[0]), gk = InnermostContiguous(grads[1]);
     const at::Tensor gv = InnermostContiguous(grads[2]);
+    // The gradients have the outputs' shapes: [B, S, heads, D] and [B, S, kv_heads, D].
+    const HeadShape shape{gq.size(0), gq.size(1), gq.size(2), gk.size(2), gq.size(3)};
     at::Tensor grad_qkv = at::empty({shape.batch, shape.seq, shape.width()}, saved[0].options());
     float* out = grad_qkv.mutable_data_ptr<float>();
     const int64_t d = shape.dim, half = d / 2;
@@ -172,20 +167,27 @@ class RotatedHeadsFunction : public torch::autograd::Function<RotatedHeadsFuncti
 
 }  // namespace
 
-AttentionHeads RotatedHeads(const at::Tensor& qkv, int64_t heads, int64_t kv_heads, const RopeAngles& angles) {
-  const int64_t b = qkv.size(0), s = qkv.size(1), d = angles.cos.size(-1);
-  if (!RunsCpuRowKernel(qkv, angles.cos, angles.signed_sin) || d % 2 != 0) {
+AttentionHeads SplitHeads(const at::Tensor& qkv, int64_t heads, int64_t kv_heads, int64_t head_dim,
+                          const RopeAngles& angles) {
+  const int64_t b = qkv.size(0), s = qkv.size(1), d = head_dim;
+  const bool rotate = angles.cos.defined();
+  if (!rotate || !RunsCpuRowKernel(qkv, angles.cos, angles.signed_sin) || d % 2 != 0) {
+    // Views into qkv; splitting the last dim keeps them views.
     const std::vector<at::Tensor> parts = qkv.split_with_sizes({heads * d, kv_heads * d, kv_heads * d}, -1);
-    return {ApplyRope(parts[0].view({b, s, heads, d}).transpose(1, 2), angles),
-            ApplyRope(parts[1].view({b, s, kv_heads, d}).transpose(1, 2), angles),
-            parts[2].view({b, s, kv_heads, d}).transpose(1, 2)};
+    at::Tensor q = parts[0].view({b, s, heads, d}).transpose(1, 2);
+    at::Tensor k = parts[1].view({b, s, kv_heads, d}).transpose(1, 2);
+    if (rotate) {
+      q = ApplyRope(q, angles);
+      k = ApplyRope(k, angles);
+    }
+    return {q, k, parts[2].view({b, s, kv_heads, d}).transpose(1, 2)};
   }
-  const HeadShape shape = ShapeOf(qkv, heads, kv_heads, angles);
   if (c10::GradMode::is_enabled() && qkv.requires_grad()) {
     const auto out = RotatedHeadsFunction::apply(qkv, heads, kv_heads, angles.cos, angles.signed_sin);
     return {out[0].transpose(1, 2), out[1].transpose(1, 2), out[2].transpose(1, 2)};
   }
-  const std::vector<at::Tensor> out = RotateForward(qkv, shape, angles, /*copy_v=*/false);
+  const std::vector<at::Tensor> out =
+      RotateForward(qkv, ShapeOf(qkv, heads, kv_heads, d, angles), angles, /*copy_v=*/false);
   const at::Tensor v = qkv.narrow(-1, (heads + kv_heads) * d, kv_heads * d).view({b, s, kv_heads, d});
   return {out[0].transpose(1, 2), out[1].transpose(1, 2), v.transpose(1, 2)};
 }

@@ -29,10 +29,11 @@ struct AttentionHeads {
   at::Tensor q, k, v;
 };
 
-// Splits the fused projection's output qkv ([B, S, (heads + 2 kv_heads) * head_dim]) into heads and
-// rotates q and k by `angles`; differentiable. On the CPU in float32 one pass each way, the backward
-// writing q's, k's and v's gradients into one tensor (ATen's ops take four passes per rotation and a
-// concatenation of the three).
-AttentionHeads RotatedHeads(const at::Tensor& qkv, int64_t heads, int64_t kv_heads, const RopeAngles& angles);
+// Splits the fused projection's output qkv ([B, S, (heads + 2 kv_heads) * head_dim]) into heads and, when
+// `angles` is given (undefined tensors: GPT-2, no rotation), rotates q and k by it; differentiable.
+// Rotated on the CPU in float32, one pass each way, the backward writing q's, k's and v's gradients into
+// one tensor (ATen's ops take four passes per rotation and a concatenation of the three).
+AttentionHeads SplitHeads(const at::Tensor& qkv, int64_t heads, int64_t kv_heads, int64_t head_dim,
+                          const RopeAngles& angles);
 
 }  // namespace attribution::engine

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// RotatedHeads against transformers' apply_rotary_pos_emb (q * cos + rotate_half(q) * sin, rotate_half
+// SplitHeads against transformers' apply_rotary_pos_emb (q * cos + rotate_half(q) * sin, rotate_half
 // by slicing and concatenating), differentiated by autograd in float64.
 #include "engine/model/rope.h"
 
@@ -30,9 +30,9 @@ struct Case {
   int64_t batch, seq, heads, kv_heads, dim;
 };
 
-class RotatedHeadsTest : public ::testing::TestWithParam<Case> {};
+class SplitHeadsTest : public ::testing::TestWithParam<Case> {};
 
-TEST_P(RotatedHeadsTest, ForwardAndGradientMatchFloat64) {
+TEST_P(SplitHeadsTest, ForwardAndGradientMatchFloat64) {
   const Case c = GetParam();
   at::manual_seed(7);
   ModelConfig config;
@@ -42,7 +42,7 @@ TEST_P(RotatedHeadsTest, ForwardAndGradientMatchFloat64) {
   const RopeAngles angles = RopeAnglesAt(positions, RopeInverseFrequencies(config, at::kCPU), at::kFloat);
   const int64_t width = (c.heads + 2 * c.kv_heads) * c.dim;
   at::Tensor qkv = at::randn({c.batch, c.seq, width}).requires_grad_(true);
-  const AttentionHeads ours = RotatedHeads(qkv, c.heads, c.kv_heads, angles);
+  const AttentionHeads ours = SplitHeads(qkv, c.heads, c.kv_heads, c.dim, angles);
 
   // The same float32 angles, in transformers' form: its sin is the plain sine of the doubled angles, where
   // ours carries rotate_half's sign on the first half.
@@ -67,7 +67,7 @@ TEST_P(RotatedHeadsTest, ForwardAndGradientMatchFloat64) {
   EXPECT_LT(ScaledError(grad, expected), 1e-6);
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, RotatedHeadsTest,
+INSTANTIATE_TEST_SUITE_P(Shapes, SplitHeadsTest,
                          ::testing::Values(Case{2, 5, 4, 4, 8}, Case{3, 70, 8, 2, 64}, Case{1, 1, 2, 1, 2}),
                          [](const auto& info) {
                            const Case& c = info.param;
@@ -76,19 +76,29 @@ INSTANTIATE_TEST_SUITE_P(Shapes, RotatedHeadsTest,
                                   std::to_string(c.dim);
                          });
 
-TEST(RotatedHeads, WithoutGradModeMatchesTheGradientPath) {
+TEST(SplitHeads, WithoutGradModeMatchesTheGradientPath) {
   ModelConfig config;
   config.head_dim = 16;
   config.rope_theta = 500000;
   const RopeAngles angles =
       RopeAnglesAt(at::arange(9, at::kLong).unsqueeze(0), RopeInverseFrequencies(config, at::kCPU), at::kFloat);
   const at::Tensor qkv = at::randn({1, 9, (4 + 2 * 2) * 16});
-  const AttentionHeads with_grad = RotatedHeads(qkv.clone().requires_grad_(true), 4, 2, angles);
+  const AttentionHeads with_grad = SplitHeads(qkv.clone().requires_grad_(true), 4, 2, 16, angles);
   c10::InferenceMode inference;
-  const AttentionHeads without = RotatedHeads(qkv, 4, 2, angles);
+  const AttentionHeads without = SplitHeads(qkv, 4, 2, 16, angles);
   EXPECT_TRUE(at::equal(without.q, with_grad.q.detach()));
   EXPECT_TRUE(at::equal(without.k, with_grad.k.detach()));
   EXPECT_TRUE(at::equal(without.v, with_grad.v.detach()));
+}
+
+// Without angles (GPT-2) the heads are qkv's columns, unrotated and not copied.
+TEST(SplitHeads, WithoutAnglesViewsTheColumns) {
+  const at::Tensor qkv = at::randn({2, 3, (2 + 2 * 1) * 4});
+  const AttentionHeads split = SplitHeads(qkv, 2, 1, 4, RopeAngles{});
+  EXPECT_TRUE(at::equal(split.q, ReferenceHeads(qkv, 0, 2, 4, {}, {}, false)));
+  EXPECT_TRUE(at::equal(split.k, ReferenceHeads(qkv, 8, 1, 4, {}, {}, false)));
+  EXPECT_TRUE(at::equal(split.v, ReferenceHeads(qkv, 12, 1, 4, {}, {}, false)));
+  EXPECT_EQ(split.v.data_ptr(), qkv.data_ptr<float>() + 12);
 }
 
 }  // namespace
