@@ -41,24 +41,27 @@ std::function<void(int64_t, int64_t)> ProgressEvents(Call* call) {
 }
 
 // A response over the server's message limit would fail in gRPC's send with a message naming no field,
-// after the call was logged OK: it ends RESOURCE_EXHAUSTED here, saying what to ask for instead.
+// after the call was logged OK: it ends INVALID_ARGUMENT here (asking again cannot fit it), saying what
+// to ask for instead.
 absl::Status CheckResponseSize(const google::protobuf::Message& message, int64_t max_bytes) {
   const size_t bytes = message.ByteSizeLong();
   if (static_cast<int64_t>(bytes) <= max_bytes) return absl::OkStatus();
-  return absl::ResourceExhaustedError(
-      absl::StrCat("the response would be ", bytes, " bytes, over this server's max_message_bytes of ", max_bytes,
-                   ": ask for less (want_token_matrix, fewer pairs, positions or tokens), or raise max_message_bytes"));
+  return absl::InvalidArgumentError(absl::StrCat(
+      "the response would be ", bytes, " bytes, over this server's max_message_bytes of ", max_bytes,
+      ": ask for less (want_token_matrix, top_k, fewer pairs, positions or tokens), or raise max_message_bytes"));
 }
 
 // The token matrix alone (T x F doubles) is a floor under an attribution's response size, known before
-// any work: a request whose matrix cannot fit is refused then, not after minutes of device time.
+// any work: a request whose matrix cannot fit is refused then, not after minutes of device time. A
+// generated target is counted at generation.max_new_tokens, as the row limit counts it.
 absl::Status CheckTokenMatrixFits(const engine::AttributionRequest& request, int64_t max_bytes) {
   if (!request.want_token_matrix) return absl::OkStatus();
-  const int64_t targets = static_cast<int64_t>(request.target_ids.size());
+  const int64_t targets =
+      request.target_ids.empty() ? request.generation.max_new_tokens : static_cast<int64_t>(request.target_ids.size());
   const int64_t features = engine::NumFeatures(request);
   const int64_t bytes = targets * features * static_cast<int64_t>(sizeof(double));
   if (bytes <= max_bytes) return absl::OkStatus();
-  return absl::ResourceExhaustedError(absl::StrCat(
+  return absl::InvalidArgumentError(absl::StrCat(
       "the response would be at least ", bytes, " bytes (the token matrix alone: ", targets, " target tokens x ",
       features, " features x 8 bytes), over this server's max_message_bytes of ", max_bytes,
       ": ask for less (want_token_matrix, fewer target tokens or features), or raise max_message_bytes"));
@@ -69,7 +72,7 @@ absl::Status CheckGridsFit(const engine::ComponentRequest& request, const engine
                            int64_t max_bytes) {
   const int64_t bytes = engine::CountGridValues(request, config) * static_cast<int64_t>(sizeof(double));
   if (bytes <= max_bytes) return absl::OkStatus();
-  return absl::ResourceExhaustedError(absl::StrCat(
+  return absl::InvalidArgumentError(absl::StrCat(
       "the response would be at least ", bytes, " bytes (the grids alone: their values x 8 bytes), over this server's ",
       "max_message_bytes of ", max_bytes, ": ask for fewer pairs, sites or shorter prompts, a coarser granularity, ",
       "or raise max_message_bytes"));
@@ -315,16 +318,20 @@ grpc::ServerUnaryReactor* AttributionServiceImpl::Logprobs(grpc::CallbackServerC
   auto handle = served->engine->NewRequest(logprobs->priority, DeadlineOf(context));
   call->OnCancelDo([served, handle] { served->engine->Cancel(*handle); });
   const absl::Time received = call->log().received;
-  engine::ScoreTarget(
-      *served->engine, handle, logprobs->prompt.encoding.ids, logprobs->target.encoding.ids, logprobs->top_k,
-      [call, served, logprobs, handle, response, received](absl::StatusOr<engine::TargetScores> scores) {
-        if (scores.ok()) {
-          ToLogprobsResponse(*scores, *logprobs, *served, response);
-          ToRunStats(handle->stats(), received, response->mutable_stats());
-          call->log().stats = response->stats();
-        }
-        call->Complete(scores.status());
-      });
+  engine::ScoreTarget(*served->engine, handle, logprobs->prompt.encoding.ids, logprobs->target.encoding.ids,
+                      logprobs->top_k,
+                      [call, served, logprobs, handle, response, received,
+                       max_bytes = config_.max_message_bytes](absl::StatusOr<engine::TargetScores> scores) {
+                        if (!scores.ok()) return call->Complete(scores.status());
+                        ToLogprobsResponse(*scores, *logprobs, *served, response);
+                        ToRunStats(handle->stats(), received, response->mutable_stats());
+                        if (absl::Status fits = CheckResponseSize(*response, max_bytes); !fits.ok()) {
+                          response->Clear();
+                          return call->Complete(fits);
+                        }
+                        call->log().stats = response->stats();
+                        call->Complete(absl::OkStatus());
+                      });
   return call;
 }
 

@@ -18,10 +18,28 @@ namespace {
 using engine::AttributionMethod;
 using engine::Priority;
 
-// A prompt must be given even when the tokenizer would add tokens (bos) to empty text.
+// The most tokens a sequence of this model may hold: the server's limit, and GPT-2's learned positions.
+int64_t MaxSequenceTokens(const ServedModel& model) {
+  const engine::ModelConfig& config = model.model->config();
+  const int64_t max_tokens = model.spec.limits.max_tokens;
+  if (config.architecture != engine::Architecture::kGpt2) return max_tokens;
+  return std::min(max_tokens, config.max_position_embeddings);
+}
+
+// A prompt must be given even when the tokenizer would add tokens (bos) to empty text. Its length is
+// checked at once, before a target or choices are tokenized against it.
 absl::StatusOr<ResolvedInput> ResolvePrompt(const v1::Input& prompt, bool no_special_tokens, const ServedModel& model) {
   if (!IsSet(prompt)) return Invalid("prompt", "must not be empty (set text or token_ids)");
-  return Resolve(prompt, "prompt", model, !no_special_tokens);
+  ASSIGN_OR_RETURN(ResolvedInput resolved, Resolve(prompt, "prompt", model, !no_special_tokens));
+  if (resolved.empty()) return Invalid("prompt", "must hold at least one token (set text or token_ids)");
+  const int64_t tokens = static_cast<int64_t>(resolved.encoding.ids.size()), max_tokens = MaxSequenceTokens(model);
+  if (tokens >= max_tokens) {
+    return Invalid("prompt", absl::StrCat(tokens,
+                                          " tokens leave no room for a target or new tokens within this "
+                                          "model's limit of ",
+                                          max_tokens));
+  }
+  return resolved;
 }
 
 // The engine's spelling of a token quantity, as its other enums have ParseX functions (the engine
@@ -172,21 +190,19 @@ absl::StatusOr<engine::GenerationOptions> ToGenerationOptions(const v1::Generati
   options.seed = proto.seed();
   options.ignore_stop_tokens = proto.ignore_stop_tokens();
   options.stop_token_ids.assign(proto.stop_token_ids().begin(), proto.stop_token_ids().end());
+  RETURN_IF_ERROR(InField("generation", engine::CheckGenerationOptions(options)));
   RETURN_IF_ERROR(
       engine::CheckTokenIds(options.stop_token_ids, "generation.stop_token_ids", model.model->config().vocab_size));
-  RETURN_IF_ERROR(InField("generation", engine::CheckGenerationOptions(options)));
   return options;
 }
 
-absl::Status CheckPromptLength(const ResolvedInput& prompt, int64_t continuation, const ServedModel& model) {
-  if (prompt.empty()) return Invalid("prompt", "must hold at least one token (set text or token_ids)");
-  const int64_t total = static_cast<int64_t>(prompt.encoding.ids.size()) + continuation;
-  const int64_t max_tokens = model.spec.limits.max_tokens;
-  if (total > max_tokens) {
-    return Invalid("prompt", absl::StrCat(prompt.encoding.ids.size(), " tokens + ", continuation,
-                                          " target/new tokens exceed this model's limit of ", max_tokens));
-  }
-  return absl::OkStatus();
+// The prompt fits alone (ResolvePrompt): what is over the limit is what follows it, named by `field`.
+absl::Status CheckContinuationLength(const ResolvedInput& prompt, int64_t continuation, absl::string_view field,
+                                     const ServedModel& model) {
+  const int64_t max_tokens = MaxSequenceTokens(model);
+  if (static_cast<int64_t>(prompt.encoding.ids.size()) + continuation <= max_tokens) return absl::OkStatus();
+  return Invalid(field, absl::StrCat(continuation, " tokens after the prompt's ", prompt.encoding.ids.size(),
+                                     " exceed this model's limit of ", max_tokens));
 }
 
 // Generated ids as the text they continue the prompt with, each token with its span.
@@ -228,8 +244,10 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
     ASSIGN_OR_RETURN(engine::GenerationOptions generation, ToGenerationOptions(proto.generation(), model));
     if (call.target.empty()) request.generation = generation;
   }
-  RETURN_IF_ERROR(CheckPromptLength(
-      call.prompt, call.target.empty() ? request.generation.max_new_tokens : request.target_ids.size(), model));
+  RETURN_IF_ERROR(
+      call.target.empty()
+          ? CheckContinuationLength(call.prompt, request.generation.max_new_tokens, "generation.max_new_tokens", model)
+          : CheckContinuationLength(call.prompt, request.target_ids.size(), "target", model));
   ASSIGN_OR_RETURN(request.quantity, ToQuantity(proto.quantity()));
   if (proto.has_foil() && !IsSet(proto.foil())) return Invalid("foil", "is set but empty");
   if (proto.contrastive() != IsSet(proto.foil())) {
@@ -351,7 +369,8 @@ absl::StatusOr<GenerateCall> ToGenerateCall(const v1::GenerateRequest& proto, co
   GenerateCall call;
   ASSIGN_OR_RETURN(call.prompt, ResolvePrompt(proto.prompt(), proto.no_special_tokens(), model));
   ASSIGN_OR_RETURN(call.options, ToGenerationOptions(proto.generation(), model));
-  RETURN_IF_ERROR(CheckPromptLength(call.prompt, call.options.max_new_tokens, model));
+  RETURN_IF_ERROR(
+      CheckContinuationLength(call.prompt, call.options.max_new_tokens, "generation.max_new_tokens", model));
   ASSIGN_OR_RETURN(call.priority, ToPriority(proto.priority()));
   return call;
 }
@@ -381,9 +400,11 @@ absl::StatusOr<LogprobsCall> ToLogprobsCall(const v1::LogprobsRequest& proto, co
   if (!IsSet(proto.target())) return Invalid("target", "must hold at least one token (set text or token_ids)");
   ASSIGN_OR_RETURN(call.target,
                    ResolveTarget(proto.target(), "target", call.prompt, proto.target_tokenization(), model));
-  RETURN_IF_ERROR(CheckPromptLength(call.prompt, call.target.encoding.ids.size(), model));
-  if (proto.top_k() < 0 || proto.top_k() > max_top_k) {
-    return Invalid("top_k", absl::StrCat(proto.top_k(), " is outside [0, ", max_top_k, "]"));
+  RETURN_IF_ERROR(CheckContinuationLength(call.prompt, call.target.encoding.ids.size(), "target", model));
+  // A model of few tokens has fewer alternatives than the server's limit.
+  const int64_t most = std::min(max_top_k, model.model->config().vocab_size);
+  if (proto.top_k() < 0 || proto.top_k() > most) {
+    return Invalid("top_k", absl::StrCat(proto.top_k(), " is outside [0, ", most, "]"));
   }
   call.top_k = proto.top_k();
   ASSIGN_OR_RETURN(call.priority, ToPriority(proto.priority()));

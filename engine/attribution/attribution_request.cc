@@ -93,6 +93,10 @@ absl::Status ValidateAttributionRequest(const AttributionRequest& r, const Model
     }
     if (auto s = CheckTokenIds(span.baseline_ids, absl::StrCat("feature_groups[", f, "].baseline"), vocab); !s.ok())
       return s;
+    if (r.zero_embedding_baseline && !span.baseline_ids.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "feature_groups[", f, "].baseline: not used with the zero-embedding baseline, which every feature takes"));
+    }
     baseline_growth += std::max<int64_t>(0, static_cast<int64_t>(span.baseline_ids.size()) - (span.end - span.begin));
     if (IsGradientMethod(r.method) && !span.baseline_ids.empty() &&
         static_cast<int64_t>(span.baseline_ids.size()) != span.end - span.begin) {

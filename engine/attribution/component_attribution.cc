@@ -475,7 +475,7 @@ absl::Status ValidateComponentRequest(const ComponentRequest& request, const Mod
   }
   const int64_t rows = CountRows(request, config);
   if (rows > limits.max_rows) {
-    return absl::ResourceExhaustedError(
+    return absl::InvalidArgumentError(
         absl::StrCat("the request needs ", rows, " rows (pairs x sites x components",
                      request.method == ComponentMethod::kLayerIntegratedGradients ? " x (n_steps + 1)" : "",
                      "), over this server's limit of ", limits.max_rows,

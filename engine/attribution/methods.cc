@@ -19,14 +19,31 @@ absl::Status CheckSamples(const AttributionRequest& r, int64_t, const Attributio
 
 // --- gradient methods -----------------------------------------------------------------------------
 
+// A path of `points` points queues a grad row per point, and with the token matrix one more per target
+// token (a generated target counted at max_new_tokens): refused before the plan builds any of them.
+absl::Status CheckPathRows(const AttributionRequest& r, int64_t points, const char* points_field,
+                           const AttributionLimits& limits) {
+  const int64_t targets =
+      r.target_ids.empty() ? r.generation.max_new_tokens : static_cast<int64_t>(r.target_ids.size());
+  const int64_t per_point = 1 + (r.want_token_matrix ? targets : 0);
+  const int64_t rows = points * per_point + 2;  // and the score rows at the path's ends
+  if (rows <= limits.max_rows) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      points_field, " x (1 + target tokens with want_token_matrix) = ", points, " x ", per_point, ": ",
+      AttributionMethodName(r.method), " would queue ", rows, " rows, over this server's limit of ", limits.max_rows,
+      " rows per request; ask for fewer ", points_field, ", a shorter target, or want_token_matrix = false"));
+}
+
 absl::Status ValidateIntegratedGradients(const AttributionRequest& r, int64_t, const AttributionLimits& limits) {
-  return CheckRange(r.n_steps, MinIntegrationSteps(r.rule), limits.max_steps, "n_steps");
+  if (auto s = CheckRange(r.n_steps, MinIntegrationSteps(r.rule), limits.max_steps, "n_steps"); !s.ok()) return s;
+  return CheckPathRows(r, r.n_steps, "n_steps", limits);
 }
 
 absl::Status ValidateGradientShap(const AttributionRequest& r, int64_t features, const AttributionLimits& limits) {
   if (!(r.stdev >= 0 && r.stdev <= 10))
     return absl::InvalidArgumentError(absl::StrCat("stdev = ", r.stdev, " is outside [0, 10]"));
-  return CheckSamples(r, features, limits);
+  if (auto s = CheckSamples(r, features, limits); !s.ok()) return s;
+  return CheckPathRows(r, r.n_samples, "n_samples", limits);
 }
 
 PathReduction TimesDirection(const AttributionRequest&) { return PathReduction::kTimesDirection; }
@@ -66,7 +83,7 @@ absl::Status ValidateShapleyValueSampling(const AttributionRequest& r, int64_t f
   if (absl::Status s = CheckSamples(r, features, limits); !s.ok()) return s;
   const int64_t rows = r.n_samples * features + 1;
   if (rows <= limits.max_rows) return absl::OkStatus();
-  return absl::ResourceExhaustedError(absl::StrCat(
+  return absl::InvalidArgumentError(absl::StrCat(
       "n_samples x features = ", r.n_samples, " x ", features, ": shapley_value_sampling would score up to ", rows,
       " rows, over this server's limit of ", limits.max_rows,
       " rows per request; ask for fewer n_samples, or fewer features (feature_range, feature_groups)"));

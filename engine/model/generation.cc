@@ -29,6 +29,13 @@ absl::Status CheckGenerationOptions(const GenerationOptions& o) {
   if (!(o.temperature >= 0 && o.temperature <= 1e4))
     return absl::InvalidArgumentError("temperature must be in [0, 10000]");
   if (!(o.top_p > 0 && o.top_p <= 1)) return absl::InvalidArgumentError("top_p must be in (0, 1]");
+  if (static_cast<int64_t>(o.stop_token_ids.size()) > kMaxStopTokenIds) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("stop_token_ids: ", o.stop_token_ids.size(), " ids, more than the limit of ", kMaxStopTokenIds));
+  }
+  if (o.ignore_stop_tokens && !o.stop_token_ids.empty()) {
+    return absl::InvalidArgumentError("stop_token_ids: given with ignore_stop_tokens, which would ignore them");
+  }
   return absl::OkStatus();
 }
 

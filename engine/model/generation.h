@@ -21,9 +21,12 @@ struct GenerationOptions {
   double temperature = 0.0;  // 0: greedy (argmax); > 0: sample from softmax(logits / temperature)
   double top_p = 1.0;        // sample only from the smallest set of tokens whose mass reaches top_p
   uint64_t seed = 0;
-  std::vector<int64_t> stop_token_ids;  // empty: the model's eos ids
+  std::vector<int64_t> stop_token_ids;  // empty: the model's eos ids; at most kMaxStopTokenIds
   bool ignore_stop_tokens = false;      // run to max_new_tokens whatever is produced
 };
+
+// Every generated token is looked up among the stop ids on the executor thread, so their count is bounded.
+inline constexpr int64_t kMaxStopTokenIds = 256;
 
 struct Generation {
   std::vector<int64_t> tokens;   // generated ids, the stop token included when one was produced

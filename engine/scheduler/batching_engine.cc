@@ -144,13 +144,13 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
   };
   if (queue.rows + count > options_.max_rows_per_request) {
     return reject(
-        absl::ResourceExhaustedError(absl::StrCat("request would queue ", queue.rows + count,
-                                                  " rows; the limit per request is ", options_.max_rows_per_request)));
+        absl::InvalidArgumentError(absl::StrCat("request would queue ", queue.rows + count,
+                                                " rows; the limit per request is ", options_.max_rows_per_request)));
   }
   if (queue.tokens + tokens > options_.max_tokens_per_request) {
-    return reject(absl::ResourceExhaustedError(absl::StrCat("request would queue ", queue.tokens + tokens,
-                                                            " tokens; the limit per request is ",
-                                                            options_.max_tokens_per_request)));
+    return reject(absl::InvalidArgumentError(absl::StrCat("request would queue ", queue.tokens + tokens,
+                                                          " tokens; the limit per request is ",
+                                                          options_.max_tokens_per_request)));
   }
   if (stats_.queued_rows + count > options_.max_queued_rows ||
       stats_.queued_tokens + tokens > options_.max_queued_tokens) {
@@ -162,7 +162,7 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
     if (queue.shared_rows.count(input) > 0) bytes -= input_bytes;
   }
   if (bytes > options_.max_queued_bytes) {
-    return reject(absl::ResourceExhaustedError(absl::StrCat(
+    return reject(absl::InvalidArgumentError(absl::StrCat(
         "this request alone needs ", Mebibytes(bytes), " of queue memory, more than the limit of ",
         Mebibytes(options_.max_queued_bytes), ": it cannot be queued even on an idle server (fewer or shorter rows)")));
   }

@@ -142,7 +142,8 @@ class BatchingEngine {
 
   // Queues `rows` of `request`. Either accepts them all (OK; then `done` is called exactly once per
   // row, possibly with CANCELLED / DEADLINE_EXCEEDED / UNAVAILABLE) or none: INVALID_ARGUMENT for a
-  // malformed row, RESOURCE_EXHAUSTED when a queue limit (rows, tokens, bytes) would be exceeded, CANCELLED /
+  // malformed row or one over a per-request limit (rows, tokens, bytes: no wait makes it fit),
+  // RESOURCE_EXHAUSTED when the engine's queue is full now (retrying later may succeed), CANCELLED /
   // DEADLINE_EXCEEDED for a finished request, UNAVAILABLE after Shutdown.
   absl::Status Submit(const std::shared_ptr<Request>& request, std::vector<Row> rows, RowCallback done);
 

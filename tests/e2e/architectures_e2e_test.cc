@@ -117,6 +117,28 @@ TEST_P(Architectures, GreedyGenerationMatchesTransformers) {
   EXPECT_EQ(ours, expected);
 }
 
+// GPT-2's learned positions (64 in the test model) bound a sequence below the server's max_tokens: calls
+// that would run past them are refused before any work, naming what to shorten, not failed mid-way.
+TEST_P(Architectures, CallsPastGpt2sPositionsAreRefusedNamingTheField) {
+  if (GetParam() != "gpt2") GTEST_SKIP() << "only GPT-2 has learned positions";
+  const std::vector<int64_t> prompt(60, prompt_[0]);
+  EXPECT_THAT(
+      client_->Generate(
+          {.model = GetParam(), .prompt_ids = prompt, .generation = {.max_new_tokens = 5, .ignore_stop_tokens = true}}),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("generation.max_new_tokens: 5 tokens after the prompt's 60 exceed this model's "
+                         "limit of 64")));
+  EXPECT_THAT(client_->GetLogprobs({.model = GetParam(), .prompt_ids = prompt, .target_ids = {5, 6, 7, 8, 9}}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("target: 5 tokens after the prompt's 60")));
+  EXPECT_THAT(client_->GetLogprobs({.model = GetParam(), .prompt_ids = std::vector<int64_t>(64, 5), .target_ids = {5}}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("prompt: 64 tokens leave no room")));
+  // At the limit it runs.
+  EXPECT_THAT(
+      client_->Generate(
+          {.model = GetParam(), .prompt_ids = prompt, .generation = {.max_new_tokens = 4, .ignore_stop_tokens = true}}),
+      IsOk());
+}
+
 // Same baseline (token 0's embedding at every prompt position), rule (Gauss-Legendre) and steps (16)
 // as the Captum reference: attributions agree to 1e-3 of max(1, largest attribution) (observed: 2.9e-7
 // to 6.2e-7), the convergence delta to 1e-3 absolute.

@@ -195,7 +195,7 @@ std::vector<BadCase> BadCases() {
           "prompt: set text or token_ids, not both"),
       Attribute(
           "over-long prompt", [](A& r) { r.mutable_prompt()->set_text(std::string(20000, 'x')); }, kInvalid,
-          "exceed this model's limit of 4096"),
+          "within this model's limit of 4096"),
       Attribute(
           "prompt id out of range",
           [](A& r) {
@@ -272,7 +272,39 @@ std::vector<BadCase> BadCases() {
             r.set_method(v1::SHAPLEY_VALUE_SAMPLING);
             r.set_n_samples(1000);
           },
-          StatusCode::RESOURCE_EXHAUSTED, "n_samples x features = 1000 x 200"),
+          StatusCode::INVALID_ARGUMENT, "n_samples x features = 1000 x 200"),
+      Attribute(
+          "a group's baseline beside the zero-embedding baseline",
+          [](A& r) {
+            v1::FeatureGroup* group = r.add_feature_groups();
+            group->set_token_begin(1);
+            group->set_token_end(2);
+            group->mutable_baseline()->add_token_ids(5);
+            r.set_baseline(v1::ZERO_EMBEDDING);
+          },
+          kInvalid, "feature_groups[0].baseline: not used with the zero-embedding baseline"),
+      Attribute(
+          // 1024 points x (1 + 100 target tokens): refused before the plan builds its 103,426 rows.
+          "integrated_gradients with a token matrix over the row limit",
+          [](A& r) {
+            r.mutable_target()->clear_text();
+            for (int i = 0; i < 100; ++i) r.mutable_target()->add_token_ids(300 + i);
+            r.set_target_tokenization(v1::SEPARATE);
+            r.set_n_steps(1024);
+            r.set_want_token_matrix(true);
+          },
+          kInvalid, "n_steps x (1 + target tokens with want_token_matrix) = 1024 x 101"),
+      Attribute(
+          // A generated target is counted at max_new_tokens.
+          "gradient_shap with a generated target's token matrix over the row limit",
+          [](A& r) {
+            r.clear_target();
+            r.mutable_generation()->set_max_new_tokens(512);
+            r.set_method(v1::GRADIENT_SHAP);
+            r.set_n_samples(200);
+            r.set_want_token_matrix(true);
+          },
+          kInvalid, "n_samples x (1 + target tokens with want_token_matrix) = 200 x 513"),
       Attribute(
           "negative n_samples",
           [](A& r) {
@@ -486,6 +518,20 @@ std::vector<BadCase> BadCases() {
           "generate: stop id out of range", [](G& r) { r.mutable_generation()->add_stop_token_ids(-2); }, kInvalid,
           "generation.stop_token_ids"),
       Generate(
+          // Every generated token is looked up among them on the executor thread.
+          "generate: too many stop ids",
+          [](G& r) {
+            for (int i = 0; i < 300; ++i) r.mutable_generation()->add_stop_token_ids(5);
+          },
+          kInvalid, "generation: stop_token_ids: 300 ids, more than the limit of 256"),
+      Generate(
+          "generate: stop ids that ignore_stop_tokens would ignore",
+          [](G& r) {
+            r.mutable_generation()->add_stop_token_ids(5);
+            r.mutable_generation()->set_ignore_stop_tokens(true);
+          },
+          kInvalid, "generation: stop_token_ids: given with ignore_stop_tokens"),
+      Generate(
           "generate: NaN temperature", [](G& r) { r.mutable_generation()->set_temperature(std::nan("")); }, kInvalid,
           "temperature"),
       Generate(
@@ -495,7 +541,7 @@ std::vector<BadCase> BadCases() {
             for (int i = 0; i < 4090; ++i) r.mutable_prompt()->add_token_ids(5);
             r.mutable_generation()->set_max_new_tokens(10);
           },
-          kInvalid, "exceed this model's limit"),
+          kInvalid, "generation.max_new_tokens: 10 tokens after the prompt's 4090 exceed this model's limit of 4096"),
       Logprobs(
           "logprobs: no target", [](L& r) { r.clear_target(); }, kInvalid, "target: must hold at least one token"),
       Logprobs(
@@ -604,8 +650,8 @@ TEST(BadInputs, CallsOverTheConcurrencyLimitAreResourceExhausted) {
 }
 
 // A response over max_message_bytes (here a token matrix of 30 x 300 values under a 16 KiB limit) ends
-// RESOURCE_EXHAUSTED saying what to ask for instead, on the unary and the streaming call, and is logged
-// so; gRPC's own send would fail with a message naming nothing, after a log line saying OK.
+// INVALID_ARGUMENT (no retry can fit it) saying what to ask for instead, on every call that answers, and is
+// logged so; gRPC's own send would fail with a message naming nothing, after a log line saying OK.
 TEST(BadInputs, AResponseOverTheMessageLimitSaysWhatToAskForLess) {
   auto server = ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir(), "--max_message_bytes=16384"});
   ASSERT_THAT(server, IsOk());
@@ -621,9 +667,20 @@ TEST(BadInputs, AResponseOverTheMessageLimitSaysWhatToAskForLess) {
     grpc::ClientContext context;
     v1::AttributeResponse response;
     const grpc::Status status = stub->Attribute(&context, request, &response);
-    EXPECT_EQ(status.error_code(), StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_EQ(status.error_code(), StatusCode::INVALID_ARGUMENT);
     EXPECT_THAT(status.error_message(), HasSubstr("max_message_bytes of 16384: ask for less (want_token_matrix"));
     // Known before the work: the matrix alone is too large.
+    EXPECT_THAT(status.error_message(), HasSubstr("(the token matrix alone: 30 target tokens x"));
+  }
+  {
+    // A generated target's matrix is counted at max_new_tokens: refused before the generation runs.
+    v1::AttributeRequest generated = request;
+    generated.clear_target();
+    generated.mutable_generation()->set_max_new_tokens(30);
+    grpc::ClientContext context;
+    v1::AttributeResponse response;
+    const grpc::Status status = stub->Attribute(&context, generated, &response);
+    EXPECT_EQ(status.error_code(), StatusCode::INVALID_ARGUMENT);
     EXPECT_THAT(status.error_message(), HasSubstr("(the token matrix alone: 30 target tokens x"));
   }
   {
@@ -635,7 +692,7 @@ TEST(BadInputs, AResponseOverTheMessageLimitSaysWhatToAskForLess) {
     grpc::ClientContext context;
     v1::AttributeResponse response;
     const grpc::Status status = stub->Attribute(&context, small_matrix, &response);
-    EXPECT_EQ(status.error_code(), StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_EQ(status.error_code(), StatusCode::INVALID_ARGUMENT);
     EXPECT_THAT(status.error_message(), HasSubstr("the response would be "));
     EXPECT_THAT(status.error_message(), Not(HasSubstr("token matrix alone")));
   }
@@ -645,7 +702,7 @@ TEST(BadInputs, AResponseOverTheMessageLimitSaysWhatToAskForLess) {
     v1::AttributeEvent event;
     while (reader->Read(&event)) EXPECT_FALSE(event.has_result());
     const grpc::Status status = reader->Finish();
-    EXPECT_EQ(status.error_code(), StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_EQ(status.error_code(), StatusCode::INVALID_ARGUMENT);
     EXPECT_THAT(status.error_message(), HasSubstr("max_message_bytes of 16384"));
   }
   {
@@ -666,15 +723,28 @@ TEST(BadInputs, AResponseOverTheMessageLimitSaysWhatToAskForLess) {
     grpc::ClientContext context;
     v1::AttributeComponentsResponse response;
     const grpc::Status status = stub->AttributeComponents(&context, components, &response);
-    EXPECT_EQ(status.error_code(), StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_EQ(status.error_code(), StatusCode::INVALID_ARGUMENT);
     EXPECT_THAT(status.error_message(), HasSubstr("(the grids alone: their values x 8 bytes)"));
+  }
+  {
+    // 20 alternatives at each of 150 positions (text and bytes each): checked like the other responses.
+    v1::LogprobsRequest logprobs = GoodLogprobs();
+    logprobs.mutable_target()->clear_text();
+    for (int i = 0; i < 150; ++i) logprobs.mutable_target()->add_token_ids(100 + i);
+    logprobs.set_top_k(20);
+    grpc::ClientContext context;
+    v1::LogprobsResponse response;
+    const grpc::Status status = stub->Logprobs(&context, logprobs, &response);
+    EXPECT_EQ(status.error_code(), StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(status.error_message(),
+                HasSubstr("max_message_bytes of 16384: ask for less (want_token_matrix, top_k"));
   }
   (*server)->Signal(SIGTERM);
   EXPECT_EQ((*server)->Wait(absl::Seconds(60)), 0);
   const std::string log = (*server)->Log();
-  size_t exhausted = 0;
-  for (size_t at = 0; (at = log.find("\"code\":\"RESOURCE_EXHAUSTED\"", at)) != std::string::npos; ++at) ++exhausted;
-  EXPECT_EQ(exhausted, 4u) << log.substr(0, 2000);
+  size_t refused = 0;
+  for (size_t at = 0; (at = log.find("\"code\":\"INVALID_ARGUMENT\"", at)) != std::string::npos; ++at) ++refused;
+  EXPECT_EQ(refused, 6u) << log.substr(0, 2000);
 }
 
 }  // namespace

@@ -208,7 +208,7 @@ TEST_P(ComponentAttributionTest, BadRequestsNameTheField) {
   request.granularity = ComponentGranularity::kLayerPositionHead;
   request.n_steps = 64;
   EXPECT_THAT(Run(request, {.max_rows = 1000}).status(),
-              StatusIs(absl::StatusCode::kResourceExhausted, AllOf(HasSubstr("rows"), HasSubstr("n_steps"))));
+              StatusIs(absl::StatusCode::kInvalidArgument, AllOf(HasSubstr("rows"), HasSubstr("n_steps"))));
   request = Request(ComponentMethod::kActivationPatching, {ComponentSite::kHeads});
   request.pairs[0].clean_ids[0] = config().vocab_size;
   EXPECT_THAT(Run(request).status(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("pairs[0].clean")));

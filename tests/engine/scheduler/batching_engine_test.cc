@@ -725,7 +725,7 @@ TEST_F(BatchingEngineTest, FullQueueRejectsBeforeAccepting) {
   ASSERT_THAT(engine_->Submit(request, ScoreRows(6, 2, 1), accepted.Callback()), IsOk());
   bool called = false;
   absl::Status status = engine_->Submit(request, ScoreRows(5, 2, 1), [&](size_t, RowResult) { called = true; });
-  EXPECT_THAT(status, StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("limit per request is 10")));
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("limit per request is 10")));
   EXPECT_EQ(engine_->Stats().queued_rows, 6);  // nothing of the rejected call was queued
   gate.Notify();
   blocking.Wait();  // the collectors must outlive every callback
@@ -757,7 +757,7 @@ TEST_F(BatchingEngineTest, ARequestOverTheQueueMemoryLimitAloneIsToldItNeverFits
       EmbeddingPath{.input_ids = std::vector<int64_t>(100, 7), .baseline_ids = std::vector<int64_t>(100, 0)});
   std::vector<Row> rows = {Row{.kind = RowKind::kGrad, .point = {.path = path, .alpha = 0.5}}};
   EXPECT_THAT(engine_->Submit(engine_->NewRequest(), std::move(rows), [](size_t, RowResult) {}),
-              StatusIs(absl::StatusCode::kResourceExhausted,
+              StatusIs(absl::StatusCode::kInvalidArgument,
                        AllOf(HasSubstr("this request alone needs"), HasSubstr("even on an idle server"))));
   EXPECT_EQ(engine_->Stats().queued_bytes, 0);
 }
