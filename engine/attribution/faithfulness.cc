@@ -33,7 +33,10 @@ int64_t FaithfulnessRowCount() { return 2 + 2 * kPoints; }
 std::vector<int64_t> RankFeatures(const std::vector<double>& attribution) {
   std::vector<int64_t> ranked(attribution.size());
   std::iota(ranked.begin(), ranked.end(), 0);
-  std::stable_sort(ranked.begin(), ranked.end(), [&](int64_t a, int64_t b) { return attribution[a] > attribution[b]; });
+  // NaN (an attribution that overflowed) ranks last: `>` alone is no ordering once a NaN is among the values.
+  std::stable_sort(ranked.begin(), ranked.end(), [&](int64_t a, int64_t b) {
+    return !std::isnan(attribution[a]) && (std::isnan(attribution[b]) || attribution[a] > attribution[b]);
+  });
   return ranked;
 }
 

@@ -16,7 +16,7 @@ namespace attribution::engine {
 // Score rows one faithfulness measurement submits.
 int64_t FaithfulnessRowCount();
 
-// Feature indices by attribution, highest first; ties keep prompt order (the ranking the curves use).
+// Feature indices by attribution, highest first, NaN last; ties keep prompt order (the ranking the curves use).
 std::vector<int64_t> RankFeatures(const std::vector<double>& attribution);
 
 // Measures `attribution` (one value per feature of `request`: its prompt, target, features and

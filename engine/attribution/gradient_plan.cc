@@ -58,8 +58,9 @@ class GradientPlan : public RowPlan {
     if (!previous_.sequence.empty()) change_ = MaxChange(previous_.sequence, current_.sequence);
     if (!adaptive()) return absl::OkStatus();
     const double allowed = request_.completeness_tolerance * std::abs(at_input_.value - at_baseline_.value);
-    tolerance_met_ =
-        !previous_.sequence.empty() && std::abs(ConvergenceDelta(current_)) <= allowed && EstimatedError() <= allowed;
+    // An infinite objective allows any error: such a path runs to n_steps instead.
+    tolerance_met_ = std::isfinite(allowed) && !previous_.sequence.empty() &&
+                     std::abs(ConvergenceDelta(current_)) <= allowed && EstimatedError() <= allowed;
     // n_steps is the budget of points over all orders: adaptive never costs more than fixed n_steps.
     if (nested()) {
       const int64_t next = 2 * order_ + 1;

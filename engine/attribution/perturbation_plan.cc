@@ -51,7 +51,8 @@ class PerturbationPlan : public RowPlan {
     auto of = [&](size_t coalition) -> const RowResult& { return results[result_of_[coalition]]; };
     FillTargetScores(of(0), out);
     out.sequence = design_->Attribute([&](const Coalition& c) { return of(index_.at(c)).value; });
-    for (int64_t t = 0; t < target_length(); ++t) {
+    // A fit per target token (a Lasso for LIME) runs on the engine's thread: only when the matrix is asked for.
+    for (int64_t t = 0; request_.want_token_matrix && t < target_length(); ++t) {
       out.per_token.push_back(design_->Attribute([&](const Coalition& c) { return TokenValue(of(index_.at(c)), t); }));
     }
     out.rows = static_cast<int64_t>(results.size());

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/attribution/submit_rows.h"
 #include "engine/attribution/target_objective.h"
+#include "engine/model/torch_errors.h"
 
 namespace attribution::engine {
 namespace {
@@ -49,7 +50,16 @@ void ScoreTarget(BatchingEngine& engine, const std::shared_ptr<Request>& handle,
   rows.push_back(std::move(row));
   SubmitRows(
       engine, handle, std::move(rows), /*row_answered=*/nullptr,
-      [done, top_k](std::vector<RowResult>& results) { done(ToTargetScores(results[0], top_k)); },
+      [done, top_k](std::vector<RowResult>& results) {
+        // On the engine's thread: an ATen error must end this call, not the thread.
+        absl::StatusOr<TargetScores> scores;
+        try {
+          scores = ToTargetScores(results[0], top_k);
+        } catch (const std::exception& e) {
+          scores = StatusFromException(e, "target scores");
+        }
+        done(std::move(scores));
+      },
       [done](const absl::Status& status) { done(status); });
 }
 

@@ -4,6 +4,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <condition_variable>
 #include <fstream>
 #include <iostream>
@@ -12,6 +13,7 @@
 #include <numeric>
 
 #include "engine/attribution/attributor.h"
+#include "engine/attribution/faithfulness.h"
 #include "engine/attribution/methods.h"
 #include "tests/testing/reference.h"
 #include "tests/testing/status_matchers.h"
@@ -364,6 +366,26 @@ TEST_F(AttributionTest, FeatureGroupsWithTheirOwnBaselines) {
   auto ablated = attributor_->AttributeAndWait(replaced);
   ASSERT_THAT(ablated, IsOk());
   EXPECT_NEAR(grouped->sequence[0], grouped->objective - ablated->objective, 1e-5);
+}
+
+// The per-token fits (a Lasso each for LIME) run on the engine's thread, so only when asked for.
+TEST_F(AttributionTest, PerturbationMethodsFitTheTokenMatrixOnlyWhenAskedFor) {
+  AttributionRequest r = FromCase(Case("feature_ablation_log_prob"));
+  r.target_ids = {11, 12};
+  r.want_token_matrix = false;
+  auto without = attributor_->AttributeAndWait(r);
+  r.want_token_matrix = true;
+  auto with = attributor_->AttributeAndWait(r);
+  ASSERT_THAT(without, IsOk());
+  ASSERT_THAT(with, IsOk());
+  EXPECT_TRUE(without->per_token.empty());
+  EXPECT_EQ(with->per_token.size(), 2u);
+  EXPECT_EQ(without->sequence, with->sequence);
+}
+
+TEST(RankFeatures, NanRanksLastAndTiesKeepPromptOrder) {
+  const double nan = std::nan("");
+  EXPECT_EQ(RankFeatures({1, nan, 3, 1, nan, 2}), (std::vector<int64_t>{2, 5, 0, 3, 1, 4}));
 }
 
 TEST_F(AttributionTest, ContrastiveIsTargetMinusFoil) {
