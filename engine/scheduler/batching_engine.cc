@@ -363,7 +363,7 @@ std::vector<QueuedRequestView> BatchingEngine::QueueViewsLocked(bool inside_paus
     for (int k = 0; k < kRowKinds; ++k) {
       // Gradient rows cannot run inside a paused gradient batch.
       if (inside_pause && k == static_cast<int>(RowKind::kGrad)) continue;
-      for (const PendingRow& row : queue.kinds[k]) view.kinds[k].lengths.push_back(row.row.length());
+      for (const PendingRow& row : queue.kinds[k]) view.kinds[k].lengths.push_back(row.row.batch_length());
       if (!queue.kinds[k].empty()) view.kinds[k].oldest_enqueued = queue.kinds[k].front().enqueued;
     }
     views.push_back(std::move(view));
@@ -454,13 +454,23 @@ void BatchingEngine::ReleaseFreeMemory() {
 #endif
 }
 
+// A budget shrunk by one batch's out-of-memory (another request's long rows, a transient peak) would
+// otherwise bound every later batch until a restart: after a run of batches that fit it doubles, up to
+// the configured budget; a batch that still does not fit shrinks it again.
+void BatchingEngine::RegrowTokenBudget() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (token_budget_ >= options_.max_batch_tokens || ++batches_since_shrink_ < kBatchesBeforeBudgetRegrows) return;
+  token_budget_ = std::min(options_.max_batch_tokens, 2 * token_budget_);
+  batches_since_shrink_ = 0;
+}
+
 void BatchingEngine::Execute(RowKind kind, std::vector<PendingRow*> rows, std::vector<RowResult>& results,
                              bool inside_pause) {
   std::vector<const Row*> plain;
   int64_t longest = 0;
   for (PendingRow* row : rows) {
     plain.push_back(&row->row);
-    longest = std::max(longest, row->row.length());
+    longest = std::max(longest, row->row.batch_length());
   }
   // Finish answers an abandoned batch's rows for their requests' reasons (cancelled or expired); no
   // part of it runs again.
@@ -478,6 +488,7 @@ void BatchingEngine::Execute(RowKind kind, std::vector<PendingRow*> rows, std::v
   if (running_batch_abandoned_) return answer_abandoned();
   if (status.ok()) {
     results = std::move(local);
+    if (!inside_pause) RegrowTokenBudget();
     return;
   }
   if (rows.size() == 1) {
@@ -489,6 +500,7 @@ void BatchingEngine::Execute(RowKind kind, std::vector<PendingRow*> rows, std::v
     std::lock_guard<std::mutex> lock(mu_);
     const int64_t padded = static_cast<int64_t>(rows.size()) * longest;
     token_budget_ = std::max(options_.min_batch_tokens, std::min(token_budget_, padded / 2));
+    batches_since_shrink_ = 0;
   }
   // Halve and retry, so only rows that fail alone fail.
   const size_t half = rows.size() / 2;
@@ -509,7 +521,7 @@ void BatchingEngine::Finish(RowKind kind, std::vector<PendingRow>& batch, std::v
   int64_t longest = 0;
   for (const PendingRow& row : batch) {
     record.tokens += row.row.length();
-    longest = std::max(longest, row.row.length());
+    longest = std::max(longest, row.row.batch_length());
     record.max_queue_wait = std::max(record.max_queue_wait, started - row.enqueued);
   }
   record.padded_tokens = longest * record.rows;

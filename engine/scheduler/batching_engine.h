@@ -93,7 +93,7 @@ struct EngineStats {
   int64_t failed_rows = 0;
   int64_t time_limited_batches = 0;   // kept short by max_batch_time or max_uncontended_batch_time
   int64_t batches_inside_pauses = 0;  // of short calls' rows, run while a long batch paused
-  int64_t token_budget = 0;           // current (shrinks after out-of-memory)
+  int64_t token_budget = 0;           // current (shrinks after out-of-memory, regrows after batches that fit)
   absl::Duration device_time;
   absl::Duration uptime;
   double padding_waste() const { return PaddingWaste(tokens, padded_tokens); }
@@ -213,6 +213,7 @@ class BatchingEngine {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Runs rows as one batch, splitting it on failure until failures are pinned to single rows.
   void Execute(RowKind kind, std::vector<PendingRow*> rows, std::vector<RowResult>& results, bool inside_pause);
+  void RegrowTokenBudget();
   void Finish(RowKind kind, std::vector<PendingRow>& batch, std::vector<RowResult>& results, absl::Time started,
               absl::Duration device_time, bool time_limited, bool inside_pause);
   static void Deliver(std::vector<Answer>& answers);
@@ -248,6 +249,8 @@ class BatchingEngine {
   uint64_t submissions_ ABSL_GUARDED_BY(mu_) = 0;  // tells a waiting executor that rows arrived
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   int64_t token_budget_ ABSL_GUARDED_BY(mu_);
+  int64_t batches_since_shrink_ ABSL_GUARDED_BY(mu_) = 0;  // batches that fit since the budget last changed
+  static constexpr int64_t kBatchesBeforeBudgetRegrows = 32;
   RowKind next_kind_ ABSL_GUARDED_BY(mu_) = RowKind::kScore;  // kinds take turns between batches
   absl::Time last_contended_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   absl::Time last_interactive_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();

@@ -53,6 +53,9 @@ struct Row {
   ComponentWork component;  // score / grad rows of a prompt pair (input_ids: the prompt run)
 
   int64_t length() const { return point.path ? point.path->length() : static_cast<int64_t>(input_ids.size()); }
+  // Positions the row takes in a batch, which the token budget bounds: its tokens, and the cached prefix
+  // it continues (stacked with the batch's other prefixes, so memory as its own tokens are).
+  int64_t batch_length() const { return length() + (prefix ? prefix_length : 0); }
   // Host memory the queued row holds, its path counted in full (the engine counts a shared path once).
   int64_t QueuedBytes() const;
 };

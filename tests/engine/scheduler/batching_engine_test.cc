@@ -694,6 +694,46 @@ TEST_F(BatchingEngineTest, OutOfMemoryBatchesAreSplitAndBudgetShrinks) {
   for (const auto& batch : executor_->batches()) EXPECT_LE(batch.rows.size(), 4u);
 }
 
+// One request's out-of-memory must not bound every later batch until a restart.
+TEST_F(BatchingEngineTest, AShrunkBudgetRegrowsAfterBatchesThatFit) {
+  Start({.max_batch_tokens = 4096, .max_batch_rows = 64});
+  std::atomic<bool> short_of_memory{true};
+  executor_->FailWhen([&](const std::vector<const Row*>& rows) {
+    return short_of_memory && rows.size() > 4 ? absl::ResourceExhaustedError("out of device memory") : absl::OkStatus();
+  });
+  RowCollector first(32);
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(32, 8, 3), first.Callback()), IsOk());
+  first.Wait();
+  const int64_t shrunk = engine_->Stats().token_budget;
+  ASSERT_LT(shrunk, 4096);
+  short_of_memory = false;
+  for (int round = 0; round < 400 && engine_->Stats().token_budget < 4096; ++round) {
+    RowCollector more(64);
+    ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(64, 8, 3), more.Callback()), IsOk());
+    more.Wait();
+  }
+  EXPECT_EQ(engine_->Stats().token_budget, 4096);
+}
+
+// Rows that continue a cached prefix take its positions in the batch too: eight 10-token rows over a
+// 1000-token prefix are 8080 positions, not 80, so a 2048 budget runs them two at a time.
+TEST_F(BatchingEngineTest, TheTokenBudgetCountsTheCachedPrefixRowsContinue) {
+  Start({.max_batch_tokens = 2048, .max_batch_rows = 64});
+  auto prefix = std::make_shared<DecodeState>(/*num_layers=*/1);
+  prefix->cache.Advance({1000});
+  std::vector<Row> rows = ScoreRows(8, 10, 3);
+  for (Row& row : rows) {
+    row.prefix = prefix;
+    row.prefix_length = 1000;
+  }
+  RowCollector collector(8);
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), std::move(rows), collector.Callback()), IsOk());
+  collector.Wait();
+  for (int i = 0; i < 8; ++i) EXPECT_THAT(collector.result(i).status, IsOk());
+  ASSERT_FALSE(executor_->batches().empty());
+  for (const auto& batch : executor_->batches()) EXPECT_LE(batch.rows.size(), 2u);
+}
+
 TEST_F(BatchingEngineTest, RowThatAlwaysFailsFailsOnlyItsRequest) {
   Start({.max_batch_rows = 16});
   executor_->FailWhen([](const std::vector<const Row*>& rows) {
