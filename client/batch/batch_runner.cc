@@ -2,12 +2,12 @@
 #include "client/batch/batch_runner.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <condition_variable>
 #include <iterator>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -243,6 +243,7 @@ absl::StatusOr<JobSummary> RunJob(const std::vector<BatchRow>& rows, const json&
                                   const std::string& model_fingerprint, const std::vector<AttributionClient*>& clients,
                                   ResultLog& log, const RunnerOptions& options, std::ostream& progress) {
   if (clients.empty()) return absl::InvalidArgumentError("no servers to send the rows to");
+  if (options.window < 1) return absl::InvalidArgumentError(absl::StrCat("window ", options.window, " must be >= 1"));
   JobSummary summary;
   summary.rows = static_cast<int64_t>(rows.size());
   if (absl::Status same = CheckDoneRowsAreThisJobs(rows, settings, model_fingerprint, log); !same.ok()) return same;
@@ -288,17 +289,32 @@ absl::StatusOr<JobSummary> RunJob(const std::vector<BatchRow>& rows, const json&
   };
 
   const RowProcessor processor(settings, model_fingerprint, clients, options);
+  // Rows finished ahead of the first unwritten one wait in `finished`, unwritten (lost to a kill, held in
+  // memory): a worker takes row i only while i < written + kAhead * window, so a row stuck in retries
+  // holds back at most that many lines.
+  constexpr size_t kAhead = 4;
+  const size_t ahead = kAhead * static_cast<size_t>(std::max(1, options.window));
   std::mutex mutex;
-  std::condition_variable finished_one;
-  std::map<size_t, RowOutcome> finished;  // position in todo -> outcome, until written
-  std::atomic<size_t> next{0};
+  std::condition_variable finished_one;   // the writer waits on it for the next row in order
+  std::condition_variable may_take;       // workers wait on it for `written_shared` to advance
+  std::map<size_t, RowOutcome> finished;  // position in todo -> outcome, until written; guarded by mutex
+  size_t next = 0;                        // the next row to take; guarded by mutex
+  size_t written_shared = 0;              // rows written, as workers see it; guarded by mutex
+  bool stop = false;                      // the writer failed: take no more rows; guarded by mutex
+  // The next row to run, once within `ahead` of the rows written; nullopt once there are none or the job stops.
+  auto take = [&]() -> std::optional<size_t> {
+    std::unique_lock<std::mutex> lock(mutex);
+    may_take.wait(lock, [&] { return stop || next >= todo.size() || next < written_shared + ahead; });
+    if (stop || next >= todo.size()) return std::nullopt;
+    return next++;
+  };
   std::vector<std::thread> workers;
   for (int w = 0; w < std::min<int>(options.window, static_cast<int>(todo.size())); ++w) {
     workers.emplace_back([&] {
-      for (size_t i = next++; i < todo.size(); i = next++) {
-        RowOutcome outcome = processor.Process(*todo[i], i);
+      while (std::optional<size_t> i = take()) {
+        RowOutcome outcome = processor.Process(*todo[*i], *i);
         std::lock_guard<std::mutex> lock(mutex);
-        finished.emplace(i, std::move(outcome));
+        finished.emplace(*i, std::move(outcome));
         finished_one.notify_one();
       }
     });
@@ -341,6 +357,13 @@ absl::StatusOr<JobSummary> RunJob(const std::vector<BatchRow>& rows, const json&
     if (write_status.ok()) write_status = log.Append(lines);
     written += ready.size();
     summary.done = static_cast<int64_t>(written);
+    if (!ready.empty()) {
+      {
+        std::lock_guard<std::mutex> lock(mutex);
+        written_shared = written;
+      }
+      may_take.notify_all();
+    }
 
     const absl::Time now = absl::Now();
     const double elapsed = absl::ToDoubleSeconds(now - start), rate = elapsed > 0 ? written / elapsed : 0;
@@ -358,7 +381,13 @@ absl::StatusOr<JobSummary> RunJob(const std::vector<BatchRow>& rows, const json&
       last_report = now;
     }
   }
-  if (!write_status.ok()) next = todo.size();  // workers stop taking rows; the ones in flight finish
+  if (!write_status.ok()) {  // workers stop taking rows (those waiting for room too); the ones in flight finish
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      stop = true;
+    }
+    may_take.notify_all();
+  }
   for (std::thread& worker : workers) worker.join();
   if (options.progress_bar) progress << "\n";
   if (!write_status.ok()) return write_status;

@@ -19,7 +19,7 @@
 namespace attribution::client::batch {
 
 struct RunnerOptions {
-  int window = 32;       // rows in flight
+  int window = 32;       // rows in flight (>= 1); none runs 4 x window or more ahead of the first unwritten row
   int max_attempts = 8;  // per call, while the servers answer UNAVAILABLE or RESOURCE_EXHAUSTED
   absl::Duration initial_backoff = absl::Milliseconds(200);
   absl::Duration max_backoff = absl::Seconds(30);

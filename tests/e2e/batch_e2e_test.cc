@@ -449,7 +449,7 @@ TEST_F(Batch, TwoServersShareTheWorkAndOneMayDie) {
   // C runs the first part of the job, then dies: its rows go to B. The kill waits for C's answers
   // (polled; a fixed wait could fire before the runner had even asked every server for its models).
   std::thread killer([&] {
-    const absl::Time deadline = absl::Now() + absl::Seconds(60);
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
     while (MetricValue((*c)->metrics_port(), served) < kRows / 8 && absl::Now() < deadline)
       absl::SleepFor(absl::Milliseconds(10));
     (*c)->Signal(SIGKILL);
@@ -651,7 +651,7 @@ TEST(BatchCommandLine, AnEmptyServerListIsAUsageError) {
   const std::string input = dir.File("rows.jsonl"), log = dir.File("log");
   std::ofstream(input) << R"({"id": "a", "prompt": "Q: Is it warm? A:", "target": " Yes"})"
                        << "\n";
-  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
   const auto hung = [&] { return absl::Now() > deadline; };
   EXPECT_EQ(RunBatch({"--input=" + input, "--output=" + dir.File("out.jsonl"), "--server="}, log, hung), 2);
   EXPECT_EQ(RunBatch({"--input=" + input, "--output=" + dir.File("out.jsonl"), "--server=", "--window=2"}, log, hung),
@@ -933,6 +933,56 @@ TEST_F(BatchResume, RowsLeftForLackOfCapacityExitThreeAndTheRerunFinishes) {
   const std::vector<json> results = ReadResults(output);
   ASSERT_EQ(results.size(), 20u);
   for (const json& result : results) EXPECT_EQ(result["status"], "ok") << result.dump();
+}
+
+// A row that runs long (here 1024 integration steps beside saliency rows) holds back at most 4 x --window
+// rows: before, the other workers ran every later row and their lines waited in memory, unwritten, until
+// it finished. The server logs each call as it ends, so the rows it answered before the slow one are
+// those the job ran ahead of it.
+TEST_F(BatchResume, RowsRunAheadOfASlowRowAreBounded) {
+  const std::string input = dir_.File("slow.jsonl"), output = dir_.File("slow_out.jsonl");
+  constexpr int kCount = 60, kWindow = 2;
+  {
+    std::ofstream out(input);
+    for (int i = 0; i < kCount; ++i) {
+      json row = {{"id", absl::StrCat("r", i)},
+                  {"prompt", absl::StrCat("Question ", i, ": the cup is red. Q: Is it warm? A:")},
+                  {"target", " Yes"}};
+      if (i == 0) row["settings"] = {{"method", "integrated_gradients"}, {"n_steps", 1024}};
+      out << row.dump() << "\n";
+    }
+  }
+  ASSERT_EQ(RunBatch({"--input=" + input, "--output=" + output, "--server=" + server_->address(), "--method=saliency",
+                      "--progress=log", absl::StrCat("--window=", kWindow)},
+                     log_),
+            0)
+      << ReadFile(log_);
+  const std::vector<json> results = ReadResults(output);
+  ASSERT_EQ(results.size(), static_cast<size_t>(kCount));
+  std::map<std::string, std::string> row_of;  // request id -> row id
+  for (const json& result : results) row_of[result["request_id"].get<std::string>()] = result["id"];
+  std::vector<std::string> answered;  // this job's rows, in the order the server answered them
+  std::istringstream server_log(server_->Log());
+  for (std::string line; std::getline(server_log, line);) {
+    const json entry = json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (!entry.is_object() || !entry.contains("request_id") || entry.value("rpc", "") != "Attribute") continue;
+    if (auto row = row_of.find(entry["request_id"].get<std::string>()); row != row_of.end()) {
+      answered.push_back(row->second);
+    }
+  }
+  ASSERT_EQ(answered.size(), static_cast<size_t>(kCount));
+  const size_t slow = std::find(answered.begin(), answered.end(), "r0") - answered.begin();
+  EXPECT_LE(slow, static_cast<size_t>(4 * kWindow - 1)) << absl::StrJoin(answered, " ");
+  // A job that cannot write (a row's page, where a file stands) stops, workers waiting for room included.
+  const std::string not_a_directory = dir_.File("file");
+  std::ofstream(not_a_directory) << "x";
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  EXPECT_EQ(RunBatch({"--input=" + input, "--output=" + dir_.File("unwritable.jsonl"), "--server=" + server_->address(),
+                      "--method=saliency", "--progress=log", "--window=1", "--html=" + not_a_directory},
+                     log_, [&] { return absl::Now() > deadline; }),
+            1)
+      << ReadFile(log_);
+  EXPECT_THAT(ReadFile(log_), HasSubstr(not_a_directory));
 }
 
 // A line of another shape than the tool writes is refused when the job resumes, naming its line.
