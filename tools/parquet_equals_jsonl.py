@@ -4,7 +4,8 @@
 JSONL holds, read back by pyarrow (an independent reader): the same rows in order, every field of a line equal
 in its column (an "error" object as error_code / error_message), and every column a line lacks null.
 
-Usage: parquet_equals_jsonl.py TABLE.parquet RESULTS.jsonl   (exit 0 and "equal" when they match)
+Usage: parquet_equals_jsonl.py TABLE.parquet RESULTS.jsonl   (exit 0 and "equal" when they match, with each
+column's name and pyarrow type)
 """
 import json
 import sys
@@ -27,7 +28,8 @@ def main():
         for column, value in row.items():
             expected = line.get(column)
             assert value == expected, f"line {number}, column {column}: parquet {value!r}, jsonl {expected!r}"
-    print(f"equal: {len(rows)} rows, {table.num_columns} columns ({', '.join(table.column_names)})")
+    columns = ", ".join(f"{field.name}: {field.type}" for field in table.schema)
+    print(f"equal: {len(rows)} rows, {table.num_columns} columns ({columns})")
 
 
 if __name__ == "__main__":

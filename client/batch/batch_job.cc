@@ -390,7 +390,7 @@ absl::Status WriteResultsParquet(const std::string& results_path, const std::str
       {"model_fingerprint", ParquetType::kString},
       {"method", ParquetType::kString},
       {"settings_hash", ParquetType::kString},
-      {"seed", ParquetType::kInt64},
+      {"seed", ParquetType::kUint64},  // the request's seed is a uint64
       {"status", ParquetType::kString},
       {"error_code", ParquetType::kString},
       {"error_message", ParquetType::kString},

@@ -18,7 +18,7 @@ static_assert(std::endian::native == std::endian::little, "PLAIN values are writ
 // Parquet's enums (parquet.thrift).
 enum PhysicalType { kBoolean = 0, kInt64 = 2, kDouble = 5, kByteArray = 6 };
 enum Repetition { kRequired = 0, kOptional = 1, kRepeated = 2 };
-enum ConvertedType { kUtf8 = 0, kList = 3 };
+enum ConvertedType { kUtf8 = 0, kList = 3, kUint64 = 14 };
 enum Encoding { kPlain = 0, kRle = 3 };
 
 // Thrift's compact protocol, the part Parquet's page headers and file metadata use. Fields are written
@@ -128,6 +128,12 @@ absl::Status AppendValue(ParquetType type, const json& value, Encoded& out) {
       }
       AppendRaw(out.values, value.get<int64_t>());
       return absl::OkStatus();
+    case ParquetType::kUint64:
+      if (!value.is_number_integer() || (!value.is_number_unsigned() && value.get<int64_t>() < 0)) {
+        return absl::InvalidArgumentError("not an integer of 64 unsigned bits");
+      }
+      AppendRaw(out.values, value.get<uint64_t>());
+      return absl::OkStatus();
     case ParquetType::kBool:
       if (!value.is_boolean()) return absl::InvalidArgumentError("not a boolean");
       out.bits.push_back(value.get<bool>());
@@ -163,6 +169,7 @@ absl::Status EncodeRow(ParquetType type, const json* value, Encoded& out) {
     case ParquetType::kString:
     case ParquetType::kDouble:
     case ParquetType::kInt64:
+    case ParquetType::kUint64:
     case ParquetType::kBool:
       Level(out, 0, 1);
       return AppendValue(type, *value, out);
@@ -225,6 +232,7 @@ PhysicalType LeafType(ParquetType type) {
     case ParquetType::kStringList:
       return kByteArray;
     case ParquetType::kInt64:
+    case ParquetType::kUint64:
       return kInt64;
     case ParquetType::kBool:
       return kBoolean;
@@ -264,6 +272,7 @@ void SchemaElement(Compact& c, std::optional<int> type, Repetition repetition, c
 // The column's schema elements (depth first) and its leaf's path.
 std::vector<std::string> WriteSchema(Compact& c, const ParquetColumn& column) {
   const std::optional<int> utf8 = LeafType(column.type) == kByteArray ? std::optional<int>(kUtf8) : std::nullopt;
+  const std::optional<int> converted = column.type == ParquetType::kUint64 ? std::optional<int>(kUint64) : utf8;
   switch (column.type) {
     case ParquetType::kStringList:
     case ParquetType::kDoubleList:
@@ -279,7 +288,7 @@ std::vector<std::string> WriteSchema(Compact& c, const ParquetColumn& column) {
       SchemaElement(c, kDouble, kOptional, "element", std::nullopt, std::nullopt);
       return {column.name, "list", "element", "list", "element"};
     default:
-      SchemaElement(c, LeafType(column.type), kOptional, column.name, std::nullopt, utf8);
+      SchemaElement(c, LeafType(column.type), kOptional, column.name, std::nullopt, converted);
       return {column.name};
   }
 }

@@ -20,6 +20,7 @@ enum class ParquetType {
   kString,
   kDouble,
   kInt64,
+  kUint64,  // 64-bit INT64 values read as unsigned (UINT_64), e.g. a uint64 seed
   kBool,
   kStringList,
   kDoubleList,

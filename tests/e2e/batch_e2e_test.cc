@@ -302,6 +302,9 @@ TEST(ResultsParquet, EveryShapeReadsBackEqual) {
   std::vector<json> rows;
   for (int i = 0; i < 20; ++i) {
     json row = {{"id", absl::StrCat("r", i)}, {"correct", i % 3 == 0}, {"attempts", i - 5}};
+    // Seeds are uint64 (the request's type): every one a job accepts exports, 2^63 and up included.
+    if (i % 4 != 2) row["seed"] = i % 4 == 0 ? json(18446744073709551615ull) : json(uint64_t{1} << 63 | i);
+    if (i == 5) row["seed"] = 0;
     if (i % 4 == 1) row["objective"] = nullptr;
     if (i % 4 != 1) row["objective"] = -0.5 * i;
     if (i % 5 != 2) row["features"] = json::array({"caf\u00e9", "", "\u2581No"});
@@ -324,12 +327,15 @@ TEST(ResultsParquet, EveryShapeReadsBackEqual) {
   EXPECT_EQ(std::system(absl::StrCat(ATTRIBUTION_PARQUET_CHECK, " ", parquet, " ", jsonl, " > ", log, " 2>&1").c_str()),
             0)
       << ReadFile(log);
+  EXPECT_THAT(ReadFile(log), HasSubstr("seed: uint64"));
   absl::StatusOr<std::string> refused = client::batch::ParquetFile(
       {{"objective", client::batch::ParquetType::kDouble}}, {json{{"objective", 1.0}}, json{{"objective", "high"}}});
   EXPECT_THAT(refused.status(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("row 1, column \"objective\"")));
   refused =
       client::batch::ParquetFile({{"seed", client::batch::ParquetType::kInt64}}, {json{{"seed", uint64_t{1} << 63}}});
   EXPECT_THAT(refused.status(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("64 signed bits")));
+  refused = client::batch::ParquetFile({{"seed", client::batch::ParquetType::kUint64}}, {json{{"seed", -1}}});
+  EXPECT_THAT(refused.status(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("64 unsigned bits")));
 }
 
 // Settings added after the first release (over_choices, faithfulness) leave the settings hash and the
