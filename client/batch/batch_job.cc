@@ -102,6 +102,12 @@ absl::StatusOr<BatchRow> RowFromJson(const json& object, const std::string& wher
     }
   }
   if (row.id.empty()) return absl::InvalidArgumentError(where + ": the row has no \"id\"");
+  // The request would carry no target, and the server would attribute one it generates; a target set but
+  // empty is INVALID_ARGUMENT in the contract (attribution.proto).
+  if (row.target && row.target->empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        where, ": row \"", row.id, "\": \"target\" is empty (leave it out to attribute a generated target)"));
+  }
   if (row.target && !row.choices.empty()) {
     return absl::InvalidArgumentError(where + ": give \"target\" or \"choices\", not both");
   }
@@ -123,8 +129,10 @@ absl::StatusOr<std::vector<BatchRow>> RowsFromCsv(const std::string& text, const
           absl::StrCat(where, ": ", fields.size(), " fields, the header has ", header.size()));
     }
     json object = json::object();
+    bool empty_target = false;
     for (size_t c = 0; c < header.size(); ++c) {
       const bool optional = header[c] == "target" || header[c] == "choices" || header[c] == "label";
+      empty_target = empty_target || (header[c] == "target" && fields[c].empty());
       if (optional && fields[c].empty()) continue;  // an empty cell: not given
       if (header[c] == "choices") {
         std::vector<std::string> choices = absl::StrSplit(fields[c], '|');
@@ -140,6 +148,13 @@ absl::StatusOr<std::vector<BatchRow>> RowsFromCsv(const std::string& text, const
     }
     auto row = RowFromJson(object, where);
     if (!row.ok()) return row.status();
+    // An empty target cell is a multiple-choice row's in a file of both kinds; a row with neither has lost
+    // its target (a generated one is asked for by a file without the target column).
+    if (empty_target && row->choices.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": row \"", row->id,
+                                                     "\": the \"target\" cell is empty and the row has no choices "
+                                                     "(leave out the target column to attribute generated targets)"));
+    }
     row->line = line;
     rows.push_back(std::move(*row));
   }

@@ -19,7 +19,9 @@ namespace attribution::client::batch {
 
 // One input row. JSONL: {"id", "prompt", "target"} or {"id", "prompt", "choices": [...], "label"},
 // plus optional "settings": {...} overriding the job's. CSV: a header naming id, prompt, target or
-// choices ("|"-separated) and label.
+// choices ("|"-separated) and label; an empty cell is a field not given. No target and no choices: the
+// server generates the target; a target given but empty is refused (an empty CSV target cell in a row
+// without choices too).
 struct BatchRow {
   std::string id;
   std::string prompt;

@@ -574,6 +574,36 @@ TEST(BatchInput, AQuoteInsideAnUnquotedFieldIsText) {
   EXPECT_EQ((*rows)[2].line, 4);
 }
 
+// A target given but empty asked, silently, for a generated target (the request carried none): it is an
+// error naming the row and the field. Left out, or an empty cell of a multiple-choice row, it is not.
+TEST(BatchInput, AnEmptyTargetIsAnErrorNamingTheRow) {
+  TempDir dir;
+  const std::string jsonl = dir.File("rows.jsonl"), csv = dir.File("rows.csv"), mixed = dir.File("mixed.csv");
+  std::ofstream(jsonl) << R"({"id": "a", "prompt": "Q: Is it warm? A:", "target": " Yes"})"
+                       << "\n"
+                       << R"({"id": "b", "prompt": "Q: Is it warm? A:", "target": ""})"
+                       << "\n";
+  EXPECT_THAT(client::batch::ReadRows(jsonl).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("rows.jsonl:2: row \"b\": \"target\" is empty")));
+  std::ofstream(csv) << "id,prompt,target\n"
+                     << "a,Q: Is it warm? A:, Yes\n"
+                     << "b,Q: Is it warm? A:,\n";
+  EXPECT_THAT(client::batch::ReadRows(csv).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("rows.csv:3: row \"b\": the \"target\" cell is empty and the row has no choices")));
+  std::ofstream(mixed) << "id,prompt,target,choices,label\n"
+                       << "a,Q: Is it warm? A:, Yes,,\n"
+                       << "b,Q: Is it warm? A:,, Yes| No, No\n";
+  absl::StatusOr<std::vector<client::batch::BatchRow>> rows = client::batch::ReadRows(mixed);
+  ASSERT_THAT(rows, IsOk());
+  EXPECT_FALSE((*rows)[1].target.has_value());
+  std::ofstream(jsonl) << R"({"id": "a", "prompt": "Q: Is it warm? A:"})"
+                       << "\n";
+  rows = client::batch::ReadRows(jsonl);
+  ASSERT_THAT(rows, IsOk());
+  EXPECT_FALSE((*rows)[0].target.has_value());  // left out: the server generates the target
+}
+
 // Settings are checked against what the request carries: get<int>() wrapped 2^32 + 8 to 8 steps, and a
 // seed of -1 was recorded as -1 but sent as 2^64 - 1.
 TEST(BatchSettings, IntegersOutOfRangeAreRefusedNamingTheSetting) {
