@@ -80,7 +80,8 @@ absl::StatusOr<BatchRow> RowFromJson(const json& object, const std::string& wher
       if (!value.is_string() && !value.is_number_integer()) {
         return absl::InvalidArgumentError(where + ": \"id\" must be a string or an integer");
       }
-      row.id = value.is_string() ? value.get<std::string>() : std::to_string(value.get<int64_t>());
+      // An integer's exact digits: get<int64_t>() of an id past INT64_MAX wrapped it to a negative one.
+      row.id = value.is_string() ? value.get<std::string>() : value.dump();
     } else if (key == "prompt" || key == "target" || key == "label") {
       if (!value.is_string())
         return absl::InvalidArgumentError(absl::StrCat(where, ": \"", key, "\" must be a string"));

@@ -604,6 +604,25 @@ TEST(BatchInput, AnEmptyTargetIsAnErrorNamingTheRow) {
   EXPECT_FALSE((*rows)[0].target.has_value());  // left out: the server generates the target
 }
 
+// Integer ids keep their digits: one past INT64_MAX was read as int64 and wrapped to a negative id.
+TEST(BatchInput, IntegerIdsKeepTheirDigits) {
+  TempDir dir;
+  const std::string jsonl = dir.File("rows.jsonl");
+  std::ofstream(jsonl) << R"({"id": 18446744073709551615, "prompt": "a", "target": " b"})"
+                       << "\n"
+                       << R"({"id": 9223372036854775808, "prompt": "a", "target": " b"})"
+                       << "\n"
+                       << R"({"id": -9223372036854775808, "prompt": "a", "target": " b"})"
+                       << "\n"
+                       << R"({"id": 7, "prompt": "a", "target": " b"})"
+                       << "\n";
+  absl::StatusOr<std::vector<client::batch::BatchRow>> rows = client::batch::ReadRows(jsonl);
+  ASSERT_THAT(rows, IsOk());
+  std::vector<std::string> ids;
+  for (const client::batch::BatchRow& row : *rows) ids.push_back(row.id);
+  EXPECT_THAT(ids, ::testing::ElementsAre("18446744073709551615", "9223372036854775808", "-9223372036854775808", "7"));
+}
+
 // Settings are checked against what the request carries: get<int>() wrapped 2^32 + 8 to 8 steps, and a
 // seed of -1 was recorded as -1 but sent as 2^64 - 1.
 TEST(BatchSettings, IntegersOutOfRangeAreRefusedNamingTheSetting) {
