@@ -322,7 +322,8 @@ absl::StatusOr<json> MergeSettings(const json& base, const json& overrides, cons
                                                      expected.is_number_integer() ? "integer" : expected.type_name()));
     }
     if (absl::Status range = CheckIntegerRange(key, value, where); !range.ok()) return range;
-    merged[key] = value;
+    // In the default's type: the digest sees the text, and "stdev": 1 must hash as --stdev=1 (1.0) does.
+    merged[key] = expected.is_number_float() ? json(value.get<double>()) : value;
   }
   return merged;
 }

@@ -44,7 +44,9 @@ absl::StatusOr<std::vector<BatchRow>> ReadRows(const std::string& path);
 // defaults: model, method, quantity, n_steps, rule, baseline, n_samples, stdev, seed,
 // target_tokenization, include_special_tokens, matrix, completeness_tolerance.
 nlohmann::json JobDefaults();
-// `overrides` onto `base`; an unknown key or a value of the wrong type is INVALID_ARGUMENT naming it.
+// `overrides` onto `base`, each value in its default's type (an integer for a number setting becomes a
+// double, so equal settings hash equally); an unknown key or a value of the wrong type is INVALID_ARGUMENT
+// naming it.
 absl::StatusOr<nlohmann::json> MergeSettings(const nlohmann::json& base, const nlohmann::json& overrides,
                                              const std::string& where);
 

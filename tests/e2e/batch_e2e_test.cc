@@ -655,6 +655,22 @@ TEST(BatchSettings, ToleranceIsTheJobFilesKeyOfCompletenessTolerance) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("unknown setting \"nsteps\" (")));
 }
 
+// A number setting spelled as an integer ("stdev": 1 in a job file) hashes as the flag's 1.0 does: before,
+// its settings hash differed and the resume was refused.
+TEST(BatchSettings, AnIntegerForANumberSettingHashesAsTheNumber) {
+  const json defaults = client::batch::JobDefaults();
+  json from_flags = defaults;
+  from_flags["stdev"] = 1.0;
+  from_flags["completeness_tolerance"] = 2.0;
+  absl::StatusOr<json> from_file =
+      client::batch::MergeSettings(defaults, json::parse(R"({"stdev": 1, "tolerance": 2})"), "--job j");
+  ASSERT_THAT(from_file, IsOk());
+  EXPECT_EQ(client::batch::SettingsDigest(*from_file), client::batch::SettingsDigest(from_flags));
+  EXPECT_TRUE((*from_file)["stdev"].is_number_float());
+  const client::batch::BatchRow row{.id = "r", .prompt = "Q: Is it warm? A:", .target = " Yes"};
+  EXPECT_EQ(client::batch::RequestId("m", *from_file, row), client::batch::RequestId("m", from_flags, row));
+}
+
 // Excel's "CSV UTF-8" starts with a byte order mark: it became part of the first header name and the
 // file was refused for an unknown key whose name looked like "id".
 TEST(BatchInput, AByteOrderMarkIsSkipped) {
