@@ -161,13 +161,9 @@ absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> Connect() {
   return clients;
 }
 
-// This shard's rows, in input order.
-absl::StatusOr<std::vector<BatchRow>> ShardOf(std::vector<BatchRow> rows) {
+// This shard's rows, in input order (FlagValueError checked the shard flags).
+std::vector<BatchRow> ShardOf(std::vector<BatchRow> rows) {
   const int count = absl::GetFlag(FLAGS_shard_count), index = absl::GetFlag(FLAGS_shard_index);
-  if (count < 1 || index < 0 || index >= count) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--shard_index ", index, " must lie in [0, --shard_count ", count, ")"));
-  }
   std::vector<BatchRow> shard;
   for (size_t i = static_cast<size_t>(index); i < rows.size(); i += static_cast<size_t>(count)) {
     shard.push_back(std::move(rows[i]));
@@ -181,8 +177,27 @@ std::string FlagValueError() {
   if (progress != "auto" && progress != "bar" && progress != "log") {
     return absl::StrCat("--progress: \"", progress, "\" is not auto, bar or log");
   }
-  // absl::Seconds(NaN) is an infinite duration: no deadline, where a number was meant.
-  if (std::isnan(absl::GetFlag(FLAGS_timeout))) return "--timeout: give a number of seconds, not nan";
+  // absl::Seconds(NaN) is an infinite duration: no deadline, where a number was meant; a deadline of 0 or
+  // less fails every call at once, as DEADLINE_EXCEEDED, which a rerun tries again (and fails again).
+  if (const double timeout = absl::GetFlag(FLAGS_timeout); std::isnan(timeout)) {
+    return "--timeout: give a number of seconds, not nan";
+  } else if (timeout <= 0) {
+    return absl::StrCat("--timeout: give a number of seconds above 0, not ", timeout);
+  }
+  // 0 is the default (32 rows per server); below, the default was taken silently.
+  if (const int window = absl::GetFlag(FLAGS_window); window < 0) {
+    return absl::StrCat("--window: give a number of rows (0: 32 per server), not ", window);
+  }
+  if (const int attempts = absl::GetFlag(FLAGS_max_attempts); attempts < 1) {
+    return absl::StrCat("--max_attempts: give a number of tries of at least 1, not ", attempts);
+  }
+  if (const double seconds = absl::GetFlag(FLAGS_progress_seconds); !(seconds >= 0)) {
+    return absl::StrCat("--progress_seconds: give a number of seconds of at least 0, not ", seconds);
+  }
+  if (const int count = absl::GetFlag(FLAGS_shard_count), index = absl::GetFlag(FLAGS_shard_index);
+      count < 1 || index < 0 || index >= count) {
+    return absl::StrCat("--shard_index ", index, " must lie in [0, --shard_count ", count, ")");
+  }
   const std::vector<std::string>& servers = absl::GetFlag(FLAGS_server);
   if (servers.empty()) return "--server: give at least one server (host:port, comma-separated)";
   for (size_t i = 0; i < servers.size(); ++i) {
@@ -214,7 +229,6 @@ int Run(const CommandLine& line) {
   absl::StatusOr<std::vector<BatchRow>> rows = ReadRows(absl::GetFlag(FLAGS_input));
   if (!rows.ok()) return Failed(rows.status());
   rows = ShardOf(std::move(*rows));
-  if (!rows.ok()) return Failed(rows.status());
   absl::StatusOr<json> settings = SettingsFromFlags(line);
   if (!settings.ok()) return Failed(settings.status());
   absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> owned = Connect();
@@ -231,7 +245,7 @@ int Run(const CommandLine& line) {
   const std::string progress = absl::GetFlag(FLAGS_progress);
   RunnerOptions options{
       .window = absl::GetFlag(FLAGS_window) > 0 ? absl::GetFlag(FLAGS_window) : 32 * static_cast<int>(clients.size()),
-      .max_attempts = std::max(1, absl::GetFlag(FLAGS_max_attempts)),
+      .max_attempts = absl::GetFlag(FLAGS_max_attempts),
       .progress_every = absl::Seconds(absl::GetFlag(FLAGS_progress_seconds)),
       .progress_bar = progress == "bar" || (progress == "auto" && ::isatty(STDERR_FILENO)),
       .html_dir = absl::GetFlag(FLAGS_html)};

@@ -704,6 +704,13 @@ TEST(BatchCommandLine, BadFlagsAreUsageErrors) {
       {"--no_such_flag=1", "unknown flag --no_such_flag"},
       {"--progress=weird", "--progress: \"weird\" is not auto, bar or log"},
       {"--timeout=nan", "--timeout: give a number of seconds, not nan"},
+      {"--timeout=0", "--timeout: give a number of seconds above 0, not 0"},
+      {"--timeout=-1.5", "--timeout: give a number of seconds above 0, not -1.5"},
+      {"--window=-4", "--window: give a number of rows (0: 32 per server), not -4"},
+      {"--max_attempts=0", "--max_attempts: give a number of tries of at least 1, not 0"},
+      {"--progress_seconds=-1", "--progress_seconds: give a number of seconds of at least 0, not -1"},
+      {"--progress_seconds=nan", "--progress_seconds: give a number of seconds of at least 0, not nan"},
+      {"--shard_index=3", "--shard_index 3 must lie in [0, --shard_count 1)"},
       {"--shard_count", "--shard_count: give a value"},
   };
   for (const auto& [flag, message] : cases) {
