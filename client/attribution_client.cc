@@ -188,7 +188,7 @@ absl::StatusOr<std::unique_ptr<AttributionClient>> AttributionClient::Connect(co
   // gRPC reads its "min reconnect backoff" as the time a connection attempt is given.
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, static_cast<int>(absl::ToInt64Milliseconds(options.connect_timeout)));
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, static_cast<int>(absl::ToInt64Milliseconds(options.max_backoff)));
-  args.SetMaxReceiveMessageSize(static_cast<int>(options.max_message_bytes));
+  args.SetMaxReceiveMessageSize(static_cast<int>(options.max_receive_message_bytes));
   args.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
   auto impl = std::make_unique<Impl>();
   impl->options = options;

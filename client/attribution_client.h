@@ -39,7 +39,10 @@ struct ClientOptions {
   // How long one connection attempt (TCP, TLS and the HTTP/2 handshake) may take before it counts as
   // failed: a busy server or a distant one needs more than a loopback round trip.
   absl::Duration connect_timeout = absl::Seconds(20);
-  int64_t max_message_bytes = 64 << 20;
+  int64_t max_message_bytes = 64 << 20;  // largest request sent
+  // Largest response accepted; -1: any. A larger one fails the call with gRPC's RESOURCE_EXHAUSTED
+  // ("Received message larger than max"), which retrying never cures.
+  int64_t max_receive_message_bytes = 64 << 20;
 };
 
 struct Token {

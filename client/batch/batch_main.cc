@@ -151,14 +151,7 @@ absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> Connect() {
     if (!token.ok()) return token.status();
     options.bearer_token = *token;
   }
-  std::vector<std::unique_ptr<AttributionClient>> clients;
-  for (const std::string& target : absl::GetFlag(FLAGS_server)) {
-    options.target = target;
-    absl::StatusOr<std::unique_ptr<AttributionClient>> client = AttributionClient::Connect(options);
-    if (!client.ok()) return client.status();
-    clients.push_back(std::move(*client));
-  }
-  return clients;
+  return ConnectToServers(absl::GetFlag(FLAGS_server), options);
 }
 
 // This shard's rows, in input order (FlagValueError checked the shard flags).

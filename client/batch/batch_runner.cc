@@ -208,6 +208,19 @@ absl::Status CheckDoneRowsAreThisJobs(const std::vector<BatchRow>& rows, const j
 
 }  // namespace
 
+absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> ConnectToServers(
+    const std::vector<std::string>& targets, ClientOptions options) {
+  options.max_receive_message_bytes = -1;
+  std::vector<std::unique_ptr<AttributionClient>> clients;
+  for (const std::string& target : targets) {
+    options.target = target;
+    absl::StatusOr<std::unique_ptr<AttributionClient>> client = AttributionClient::Connect(options);
+    if (!client.ok()) return client.status();
+    clients.push_back(std::move(*client));
+  }
+  return clients;
+}
+
 absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient*>& clients, std::string& model) {
   if (clients.empty()) return absl::InvalidArgumentError("no servers to ask for the model");
   std::string fingerprint;

@@ -5,6 +5,7 @@
 // ResultLog, and reports progress and a final summary.
 #pragma once
 
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <ostream>
 #include <string>
@@ -36,6 +37,12 @@ struct JobSummary {
   std::vector<double> abs_deltas;                            // |convergence delta| of the rows that have one
   std::vector<std::pair<double, std::string>> worst_deltas;  // (|delta|, id), largest first
 };
+
+// A client per target, with `options` except that any response size is accepted: the servers bound their
+// responses themselves (max_message_bytes), and a response over the client's limit would fail as
+// RESOURCE_EXHAUSTED, which the job retries as the servers' load although it never goes away.
+absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> ConnectToServers(
+    const std::vector<std::string>& targets, ClientOptions options);
 
 // The model's identity as the servers report it (all must agree), for request ids and results.
 absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient*>& clients, std::string& model);

@@ -31,6 +31,7 @@
 #include "absl/time/clock.h"
 #include "client/attribution_client.h"
 #include "client/batch/batch_job.h"
+#include "client/batch/batch_runner.h"
 #include "client/batch/html_pages.h"
 #include "client/batch/parquet_writer.h"
 #include "tests/testing/server_process.h"
@@ -1061,6 +1062,27 @@ TEST_F(BatchResume, RowsRunAheadOfASlowRowAreBounded) {
             1)
       << ReadFile(log_);
   EXPECT_THAT(ReadFile(log_), HasSubstr(not_a_directory));
+}
+
+// A response over the client's receive limit fails as RESOURCE_EXHAUSTED, which the job would retry as
+// load although it never goes away: the job's channels accept any size (the server bounds its own).
+TEST_F(BatchResume, TheJobsChannelsAcceptAnyResponseSize) {
+  const client::ClientOptions small{.target = server_->address(), .max_receive_message_bytes = 64};
+  auto job = client::batch::ConnectToServers({server_->address(), server_->address()}, small);
+  ASSERT_THAT(job, IsOk());
+  ASSERT_EQ(job->size(), 2u);
+  auto models = (*job)[0]->ListModels();
+  ASSERT_THAT(models, IsOk());
+  ASSERT_FALSE(models->empty());
+  const client::AttributeOptions request{.model = models->front().name,
+                                         .prompt = "The cup is red. Q: Is it warm? A:",
+                                         .target = " Yes",
+                                         .method = "saliency"};
+  for (const auto& client : *job) EXPECT_THAT(client->Attribute(request), IsOk());
+  auto limited = client::AttributionClient::Connect(small);
+  ASSERT_THAT(limited, IsOk());
+  EXPECT_THAT((*limited)->Attribute(request).status(),
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("larger than max")));
 }
 
 // A line of another shape than the tool writes is refused when the job resumes, naming its line.
