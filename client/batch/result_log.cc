@@ -2,6 +2,7 @@
 #include "client/batch/result_log.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -56,6 +57,26 @@ absl::Status ReplaceFile(const std::string& path, const std::string& bytes) {
   return absl::OkStatus();
 }
 
+// An exclusive lock on PATH.lock for this process, or why not: another job writing to the same file
+// (a replacement pod while the old one still runs, a second shell) would interleave and lose lines.
+// Returns the lock file's descriptor, which holds the lock until closed.
+absl::StatusOr<int> LockResults(const std::string& path) {
+  const std::string lock_path = path + ".lock";
+  const int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return Errno("cannot create", lock_path);
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int error = errno;
+    ::close(fd);
+    if (error == EWOULDBLOCK) {
+      return absl::FailedPreconditionError(absl::StrCat(path, ": another job is writing this results file (it holds ",
+                                                        lock_path,
+                                                        "): let it finish or stop it first, or write to another file"));
+    }
+    return absl::InternalError(absl::StrCat("cannot lock ", lock_path, ": ", std::strerror(error)));
+  }
+  return fd;
+}
+
 std::string StringField(const nlohmann::json& result, const char* key) {
   const nlohmann::json value = result.value(key, nlohmann::json());
   return value.is_string() ? value.get<std::string>() : "";
@@ -64,7 +85,16 @@ std::string StringField(const nlohmann::json& result, const char* key) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ResultLog>> ResultLog::Open(const std::string& path) {
+  absl::StatusOr<int> lock_fd = LockResults(path);
+  if (!lock_fd.ok()) return lock_fd.status();
+  absl::StatusOr<std::unique_ptr<ResultLog>> log = OpenLocked(path, *lock_fd);
+  if (!log.ok()) ::close(*lock_fd);
+  return log;
+}
+
+absl::StatusOr<std::unique_ptr<ResultLog>> ResultLog::OpenLocked(const std::string& path, int lock_fd) {
   std::map<std::string, DoneRow> done;
+  std::map<std::string, int64_t> line_of;  // id -> its kept line's number in the file as read
   std::string kept;
   int64_t kept_lines = 0;
   bool rewrite = false;
@@ -99,11 +129,18 @@ absl::StatusOr<std::unique_ptr<ResultLog>> ResultLog::Open(const std::string& pa
         rewrite = true;
         continue;
       }
-      done[result["id"].get<std::string>()] = {.line = ++kept_lines,
-                                               .settings_hash = StringField(result, "settings_hash"),
-                                               .request_id = StringField(result, "request_id"),
-                                               .model_fingerprint = StringField(result, "model_fingerprint"),
-                                               .text = line};
+      const std::string id = result["id"].get<std::string>();
+      if (auto [first, inserted] = line_of.emplace(id, number); !inserted) {
+        return absl::DataLossError(absl::StrCat(path, ":", number, ": row \"", id, "\" already has a result on line ",
+                                                first->second,
+                                                ": the file holds two results of one row (two jobs wrote it?); "
+                                                "keep one of the lines, or write to another file"));
+      }
+      done[id] = {.line = ++kept_lines,
+                  .settings_hash = StringField(result, "settings_hash"),
+                  .request_id = StringField(result, "request_id"),
+                  .model_fingerprint = StringField(result, "model_fingerprint"),
+                  .text = line};
       kept += line + "\n";
     }
   }
@@ -112,13 +149,16 @@ absl::StatusOr<std::unique_ptr<ResultLog>> ResultLog::Open(const std::string& pa
   }
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (fd < 0) return Errno("cannot open", path);
-  return std::unique_ptr<ResultLog>(new ResultLog(path, fd, std::move(done)));
+  return std::unique_ptr<ResultLog>(new ResultLog(path, fd, lock_fd, std::move(done)));
 }
 
-ResultLog::ResultLog(std::string path, int fd, std::map<std::string, DoneRow> done)
-    : path_(std::move(path)), fd_(fd), done_(std::move(done)) {}
+ResultLog::ResultLog(std::string path, int fd, int lock_fd, std::map<std::string, DoneRow> done)
+    : path_(std::move(path)), fd_(fd), lock_fd_(lock_fd), done_(std::move(done)) {}
 
-ResultLog::~ResultLog() { ::close(fd_); }
+ResultLog::~ResultLog() {
+  ::close(fd_);
+  ::close(lock_fd_);  // releases the lock, once the last line is on disk
+}
 
 absl::Status ResultLog::Append(const std::vector<std::string>& lines) {
   if (lines.empty()) return absl::OkStatus();

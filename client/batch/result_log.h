@@ -6,6 +6,8 @@
 // which the resumed job tries again; the kept lines are rewritten through PATH.tmp and rename(2).
 // Rows tried again belong in the middle of the file: the job hands their lines to Rewrite, which
 // replaces the whole file the same way, so a kill leaves either file and never a mix.
+// One job at a time writes a results file: Open takes an exclusive flock(2) on PATH.lock (not on the file,
+// which Rewrite replaces) and holds it until the ResultLog is destroyed; the lock file stays behind.
 //
 //   ASSIGN_OR_RETURN(auto log, ResultLog::Open("out.jsonl"));
 //   if (!log->done().contains(row.id)) ... RETURN_IF_ERROR(log->Append({line}));
@@ -39,6 +41,8 @@ struct DoneRow {
 // Not thread-safe: one writer.
 class ResultLog {
  public:
+  // FAILED_PRECONDITION naming the path when another process (or ResultLog) holds the file's lock;
+  // DATA_LOSS naming the line when a line is not a result of this tool or repeats a row's id.
   static absl::StatusOr<std::unique_ptr<ResultLog>> Open(const std::string& path);
   ~ResultLog();
 
@@ -51,10 +55,13 @@ class ResultLog {
   absl::Status Rewrite(const std::vector<std::string>& lines);
 
  private:
-  ResultLog(std::string path, int fd, std::map<std::string, DoneRow> done);
+  ResultLog(std::string path, int fd, int lock_fd, std::map<std::string, DoneRow> done);
+  // Open's work once the lock is held; on success the ResultLog owns `lock_fd`.
+  static absl::StatusOr<std::unique_ptr<ResultLog>> OpenLocked(const std::string& path, int lock_fd);
 
   std::string path_;
-  int fd_;  // O_APPEND, on the file now at path_
+  int fd_;       // O_APPEND, on the file now at path_
+  int lock_fd_;  // PATH.lock, flock(LOCK_EX) held while this object lives
   std::map<std::string, DoneRow> done_;
 };
 

@@ -34,6 +34,7 @@
 #include "client/batch/batch_runner.h"
 #include "client/batch/html_pages.h"
 #include "client/batch/parquet_writer.h"
+#include "client/batch/result_log.h"
 #include "tests/testing/server_process.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -858,6 +859,17 @@ TEST(BatchIndex, OddlyShapedResultLinesRender) {
   EXPECT_THAT(index, ::testing::Not(HasSubstr(">a</code>")));
 }
 
+// A results file with two results of one row (as two jobs writing it left it) is refused on reopening,
+// naming the row and both lines: before, the later line silently replaced the earlier.
+TEST(BatchResults, TwoResultsOfOneRowAreRefusedNamingBothLines) {
+  TempDir dir;
+  const std::string output = dir.File("out.jsonl");
+  std::ofstream(output) << ShardLine("r0", "h") << "\n" << ShardLine("r1", "h") << "\n" << ShardLine("r0", "h") << "\n";
+  EXPECT_THAT(
+      client::batch::ResultLog::Open(output).status(),
+      StatusIs(absl::StatusCode::kDataLoss, HasSubstr(output + ":3: row \"r0\" already has a result on line 1")));
+}
+
 // Resuming against real rows: one server, a handful of rows.
 class BatchResume : public ::testing::Test {
  protected:
@@ -1083,6 +1095,28 @@ TEST_F(BatchResume, TheJobsChannelsAcceptAnyResponseSize) {
   ASSERT_THAT(limited, IsOk());
   EXPECT_THAT((*limited)->Attribute(request).status(),
               StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("larger than max")));
+}
+
+// Two jobs writing one results file (a replacement pod while the old one still runs, two shells) went
+// unnoticed and interleaved their lines: the second is refused, naming the file, while the first runs, and
+// the lock outlives the rewrites that replace the file.
+TEST_F(BatchResume, ASecondJobOnTheSameResultsFileIsRefused) {
+  const std::string input = WriteQuestions("rows.jsonl", 2), output = dir_.File("locked.jsonl");
+  ASSERT_EQ(Run(input, output), 0) << ReadFile(log_);
+  const std::string before = ReadFile(output);
+  {
+    auto first = client::batch::ResultLog::Open(output);
+    ASSERT_THAT(first, IsOk());
+    ASSERT_THAT((*first)->Rewrite({before.substr(0, before.find('\n'))}), IsOk());
+    EXPECT_THAT(client::batch::ResultLog::Open(output).status(),
+                StatusIs(absl::StatusCode::kFailedPrecondition,
+                         HasSubstr(output + ": another job is writing this results file")));
+    EXPECT_EQ(Run(input, output), 1);
+    EXPECT_THAT(ReadFile(log_), HasSubstr(output + ": another job is writing this results file"));
+  }
+  // Once the first job ends, the file is free again and the job finishes (r1, which the rewrite left out).
+  EXPECT_EQ(Run(input, output), 0) << ReadFile(log_);
+  EXPECT_THAT(Ids(ReadResults(output)), ::testing::ElementsAre("r0", "r1"));
 }
 
 // A line of another shape than the tool writes is refused when the job resumes, naming its line.
