@@ -157,6 +157,7 @@ absl::Status ReadLimits(const json& object, const std::string& where, engine::At
   RETURN_IF_ERROR(reader.Read("max_exact_shapley_features", out.max_exact_shapley_features));
   RETURN_IF_ERROR(reader.Read("max_tokens", out.max_tokens));
   RETURN_IF_ERROR(reader.Read("max_new_tokens", out.max_new_tokens));
+  RETURN_IF_ERROR(reader.Read("max_choices", out.max_choices));
   return reader.Finish();
 }
 
@@ -384,8 +385,12 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
   }
   if (config.grace_period < absl::ZeroDuration())
     return absl::InvalidArgumentError("grace_period_seconds must not be negative");
-  if (config.client_read_timeout < absl::ZeroDuration())
-    return absl::InvalidArgumentError("client_read_timeout_seconds must not be negative (0: no timeout)");
+  // The watchdog wakes once per timeout: a tiny one would spin a thread.
+  if (config.client_read_timeout < absl::ZeroDuration() ||
+      (config.client_read_timeout > absl::ZeroDuration() && config.client_read_timeout < absl::Seconds(0.1))) {
+    return absl::InvalidArgumentError(
+        "client_read_timeout_seconds must be 0 (no timeout) or at least 0.1, and not negative");
+  }
   return absl::OkStatus();
 }
 

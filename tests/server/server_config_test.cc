@@ -28,8 +28,13 @@ TEST(ServerConfig, ClientReadTimeoutDefaultsToTwoMinutesAndMustNotBeNegative) {
   ASSERT_THAT(config, IsOk());
   EXPECT_EQ(config->client_read_timeout, absl::Seconds(120));
   config->client_read_timeout = absl::Seconds(-1);
-  EXPECT_THAT(ValidateServerConfig(*config), StatusIs(absl::StatusCode::kInvalidArgument,
-                                                      HasSubstr("client_read_timeout_seconds must not be negative")));
+  EXPECT_THAT(ValidateServerConfig(*config),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("client_read_timeout_seconds must be 0")));
+  config->client_read_timeout = absl::Nanoseconds(1);  // the watchdog would spin
+  EXPECT_THAT(ValidateServerConfig(*config),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("or at least 0.1, and not negative")));
+  config->client_read_timeout = absl::Seconds(0.1);
+  EXPECT_THAT(ValidateServerConfig(*config), IsOk());
 }
 
 TEST(ServerConfig, ParsesEveryKey) {
@@ -42,7 +47,7 @@ TEST(ServerConfig, ParsesEveryKey) {
                            "max_padding_waste": 0.5, "max_queued_rows": 100, "max_queued_tokens": 1000,
                            "max_queued_bytes": 1048576},
                 "limits": {"max_steps": 64, "max_samples": 32, "max_features": 100, "max_exact_shapley_features": 8,
-                           "max_tokens": 512, "max_new_tokens": 16}}]})",
+                           "max_tokens": 512, "max_new_tokens": 16, "max_choices": 12}}]})",
                                                           "test.json");
   ASSERT_THAT(config, IsOk());
   EXPECT_EQ(config->listen, "0.0.0.0:6000");
@@ -61,6 +66,7 @@ TEST(ServerConfig, ParsesEveryKey) {
   EXPECT_EQ(m.engine.max_queued_bytes, 1048576);
   EXPECT_EQ(m.limits.max_steps, 64);
   EXPECT_EQ(m.limits.max_new_tokens, 16);
+  EXPECT_EQ(m.limits.max_choices, 12);
   EXPECT_THAT(ValidateServerConfig(*config), IsOk());
 }
 
