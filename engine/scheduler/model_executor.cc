@@ -171,8 +171,16 @@ class ModelExecutor : public BatchExecutor {
       last.push_back(batch.lengths[r] - 1);
     }
     at::Tensor logits = model_->LogitsAt(hidden, indices, last).cpu();  // [B, vocab]
+    // Every row's cache is copied out before any is replaced: a copy that fails (out of memory) leaves
+    // them all as they were for the engine's split retry, which would otherwise append this step twice.
+    std::vector<KvCache> extracted;
+    extracted.reserve(rows.size());
     for (size_t r = 0; r < rows.size(); ++r) {
-      stacked.ExtractRow(static_cast<int64_t>(r), rows[r]->decode_state->cache);
+      extracted.emplace_back(model_->config().num_layers, 1);
+      stacked.ExtractRow(static_cast<int64_t>(r), extracted.back());
+    }
+    for (size_t r = 0; r < rows.size(); ++r) {
+      rows[r]->decode_state->cache = std::move(extracted[r]);
       results[r].next_logits = logits[r];
     }
     return absl::OkStatus();
