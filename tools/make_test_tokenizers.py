@@ -40,6 +40,11 @@ QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[
                r"\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
+# Single words tens of kilobytes long: BPE merges them in O(n log n) (a rescan per merge, O(n²), held a
+# request thread for minutes on a 200 KB word), and the ids must still be the library's.
+LONG_WORDS = ["".join(w for w in WORDS if w.isalpha()) * 12, "日本語のテキスト" * 500, "ab" * 8000]
+
+
 def random_text(rng, special):
     parts = []
     for _ in range(rng.randint(1, 12)):
@@ -127,7 +132,7 @@ def main():
         tokenizer.save(os.path.join(directory, "tokenizer.json"))
         with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
             json.dump({"eos_token": SPECIALS[kind]}, f)
-        write_expected(directory, corpus(2, 2200, SPECIALS[kind]),
+        write_expected(directory, corpus(2, 2200, SPECIALS[kind]) + LONG_WORDS,
                        lambda t: tokenizer.encode(t).ids, lambda i: tokenizer.decode(i, skip_special_tokens=False))
 
     directory = os.path.join(out_dir, "sentencepiece")

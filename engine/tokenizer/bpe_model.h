@@ -39,6 +39,7 @@ class BpeModel {
     int64_t rank;
     int64_t merged_id;
   };
+  std::vector<WordToken> MergeAll(std::vector<WordToken> symbols) const;
   static uint64_t PairKey(int64_t a, int64_t b) { return (static_cast<uint64_t>(a) << 32) | static_cast<uint64_t>(b); }
 
   std::unordered_map<std::string, int64_t> vocab_;
