@@ -94,6 +94,11 @@ absl::StatusOr<BatchRow> RowFromJson(const json& object, const std::string& wher
         if (!choice.is_string()) return absl::InvalidArgumentError(where + ": \"choices\" must be a list of strings");
         row.choices.push_back(choice.get<std::string>());
       }
+      // As an empty target: without choices the row would silently attribute a generated target.
+      if (row.choices.empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ": \"choices\" is empty (leave it out to attribute a generated target)"));
+      }
     } else if (key == "settings") {
       if (!value.is_object()) return absl::InvalidArgumentError(where + ": \"settings\" must be an object");
       row.settings = value;

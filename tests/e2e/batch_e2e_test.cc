@@ -577,7 +577,8 @@ TEST(BatchInput, AQuoteInsideAnUnquotedFieldIsText) {
 }
 
 // A target given but empty asked, silently, for a generated target (the request carried none): it is an
-// error naming the row and the field. Left out, or an empty cell of a multiple-choice row, it is not.
+// error naming the row and the field, as is an empty list of choices. Left out, or an empty cell of a multiple-choice
+// row, it is not.
 TEST(BatchInput, AnEmptyTargetIsAnErrorNamingTheRow) {
   TempDir dir;
   const std::string jsonl = dir.File("rows.jsonl"), csv = dir.File("rows.csv"), mixed = dir.File("mixed.csv");
@@ -587,6 +588,11 @@ TEST(BatchInput, AnEmptyTargetIsAnErrorNamingTheRow) {
                        << "\n";
   EXPECT_THAT(client::batch::ReadRows(jsonl).status(),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("rows.jsonl:2: row \"b\": \"target\" is empty")));
+  const std::string no_choices = dir.File("no_choices.jsonl");
+  std::ofstream(no_choices) << R"({"id": "a", "prompt": "Q: Is it warm? A:", "choices": []})"
+                            << "\n";
+  EXPECT_THAT(client::batch::ReadRows(no_choices).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("no_choices.jsonl:1: \"choices\" is empty")));
   std::ofstream(csv) << "id,prompt,target\n"
                      << "a,Q: Is it warm? A:, Yes\n"
                      << "b,Q: Is it warm? A:,\n";
