@@ -10,6 +10,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "attribution/v1/attribution.grpc.pb.h"
 #include "client/proto_mapping.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -27,7 +28,8 @@ absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
   return text.str();
 }
 
-std::string Seconds(absl::Duration d) { return absl::StrCat(absl::ToDoubleSeconds(d), "s"); }
+// gRPC's JSON duration: decimal digits (StrCat would write 1e-05), whole milliseconds being what it keeps.
+std::string Seconds(absl::Duration d) { return absl::StrFormat("%.3fs", absl::ToDoubleSeconds(d)); }
 
 // The load-balancing policy, and retries of UNAVAILABLE (only) with exponential backoff for every
 // method of both services (gRPC caps attempts at 5).
@@ -115,6 +117,8 @@ absl::StatusOr<std::string> ReadBearerTokenFile(const std::string& path) {
   return token;
 }
 
+absl::Status CheckAttributeOptions(const AttributeOptions& options) { return ToProto(options).status(); }
+
 struct AttributionClient::Impl {
   ClientOptions options;
   std::shared_ptr<grpc::Channel> channel;
@@ -181,6 +185,16 @@ absl::StatusOr<std::unique_ptr<AttributionClient>> AttributionClient::Connect(co
   if (options.load_balancing != "pick_first" && options.load_balancing != "round_robin") {
     return absl::InvalidArgumentError(
         absl::StrCat("load_balancing: \"", options.load_balancing, "\" is not pick_first or round_robin"));
+  }
+  // gRPC keeps whole milliseconds of these and refuses a zero retry backoff, failing every call on the
+  // channel ("Failed to create channel"); the channel arguments hold milliseconds in an int (24 days).
+  for (const auto& [name, duration] :
+       {std::pair{"initial_backoff", options.initial_backoff}, std::pair{"max_backoff", options.max_backoff},
+        std::pair{"connect_timeout", options.connect_timeout}}) {
+    if (!(duration >= absl::Milliseconds(1) && duration <= absl::Hours(24))) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, ": ", absl::FormatDuration(duration), " does not lie between 1 ms and 24 h"));
+    }
   }
   args.SetServiceConfigJSON(ServiceConfig(options));
   args.SetInt(GRPC_ARG_ENABLE_RETRIES, options.max_attempts > 1 ? 1 : 0);

@@ -249,6 +249,10 @@ struct ComponentAttribution {
 // cannot be read, INVALID_ARGUMENT when its first line is empty.
 absl::StatusOr<std::string> ReadBearerTokenFile(const std::string& path);
 
+// What AttributeAsync would answer at once, without a call: INVALID_ARGUMENT naming an option whose
+// name (method, quantity, rule, baseline, priority, ...) is unknown; OK otherwise.
+absl::Status CheckAttributeOptions(const AttributeOptions& options);
+
 template <typename T>
 using Callback = std::function<void(absl::StatusOr<T>)>;
 

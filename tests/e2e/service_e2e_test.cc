@@ -569,6 +569,25 @@ TEST(ClientRetries, UnavailableIsRetriedWithBackoffUntilTheServerComesUp) {
   EXPECT_THAT(once, StatusIs(absl::StatusCode::kUnavailable));
 }
 
+// gRPC keeps whole milliseconds of a retry backoff and, given a zero one, fails every call of the channel
+// ("Failed to create channel"); Connect names the option instead, and a 2 ms backoff makes a working channel.
+TEST(ClientConnect, BackoffsAndConnectTimeoutsOutsideOneMillisecondToADayAreRefused) {
+  for (auto [options, name] :
+       {std::pair{client::ClientOptions{.initial_backoff = absl::Microseconds(500)}, "initial_backoff"},
+        std::pair{client::ClientOptions{.max_backoff = absl::ZeroDuration()}, "max_backoff"},
+        std::pair{client::ClientOptions{.connect_timeout = absl::Hours(24 * 30)}, "connect_timeout"}}) {
+    options.target = "127.0.0.1:1";
+    EXPECT_THAT(client::AttributionClient::Connect(options),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(std::string(name) + ": ")));
+  }
+  auto server = ServerProcess::Start({"--model=demo=" + DemoModelDir()});
+  ASSERT_THAT(server, IsOk());
+  auto client =
+      Connect("127.0.0.1:" + std::to_string((*server)->port()),
+              {.max_attempts = 3, .initial_backoff = absl::Milliseconds(2), .max_backoff = absl::Milliseconds(2)});
+  EXPECT_THAT(client->ListModels(), IsOk());
+}
+
 TEST(ClientConnect, ASlowHandshakeIsWaitedForUpToTheConnectTimeout) {
   // A stopped server still completes TCP connections (the kernel's backlog) but sends no HTTP/2
   // SETTINGS until it runs again, as a busy or distant server answers late.

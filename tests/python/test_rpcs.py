@@ -332,6 +332,18 @@ def test_nan_or_negative_timeouts_are_refused_and_infinite_means_no_deadline(cli
         assert patient.health() == "SERVING"
 
 
+def test_backoffs_under_a_millisecond_are_refused_and_small_ones_are_written_as_decimals(server):
+    # gRPC keeps whole milliseconds of a retry backoff: a zero one (or "1e-05s", not a duration to it) fails
+    # every call of the channel with "Failed to create channel".
+    for name in ("initial_backoff", "max_backoff", "connect_timeout"):
+        with pytest.raises(ValueError, match=rf"^{name}: "):
+            ac.AttributionClient(server.address, max_attempts=3, **{name: 0.0005})
+    policy = json.loads(_channel.service_config(ac.ClientOptions(initial_backoff=0.00002 + 0.002)))
+    assert policy["methodConfig"][0]["retryPolicy"]["initialBackoff"] == "0.002s"
+    with ac.AttributionClient(server.address, max_attempts=3, initial_backoff=0.002, max_backoff=0.002) as c:
+        assert c.health() == "SERVING"
+
+
 def test_unavailable_is_retried_then_raised():
     config = json.loads(_channel.service_config(ac.ClientOptions(max_attempts=4)))
     policy = config["methodConfig"][0]["retryPolicy"]

@@ -26,8 +26,8 @@ def service_config(o: ClientOptions) -> str:
     if o.max_attempts > 1:
         config["methodConfig"] = [{
             "name": [{"service": s} for s in SERVICES],
-            "retryPolicy": {"maxAttempts": min(5, o.max_attempts), "initialBackoff": f"{o.initial_backoff}s",
-                            "maxBackoff": f"{o.max_backoff}s", "backoffMultiplier": 2,
+            "retryPolicy": {"maxAttempts": min(5, o.max_attempts), "initialBackoff": f"{o.initial_backoff:.3f}s",
+                            "maxBackoff": f"{o.max_backoff:.3f}s", "backoffMultiplier": 2,
                             "retryableStatusCodes": ["UNAVAILABLE"]},
         }]
     return json.dumps(config)
@@ -65,8 +65,12 @@ def check(o: ClientOptions) -> None:
     """Refuses settings gRPC would fail on later, or take for others, with a message naming them: a NaN
     connect_timeout fails int(), a NaN timeout expires every call at once."""
     _convert.seconds("timeout", o.timeout, none_means="no deadline")
+    # gRPC keeps whole milliseconds of these and refuses a zero retry backoff, failing every call on the
+    # channel ("Failed to create channel"); its channel arguments hold milliseconds in an int (24 days).
     for name in ("connect_timeout", "initial_backoff", "max_backoff"):
-        _convert.seconds(name, getattr(o, name))
+        value = _convert.seconds(name, getattr(o, name))
+        if not 0.001 <= value <= 86400:
+            raise ValueError(f"{name}: {value!r} s does not lie between 1 ms and 24 h")
     _convert.integer("max_attempts", o.max_attempts, _convert.INT32)
     _convert.integer("max_message_bytes", o.max_message_bytes, (1, _convert.INT32[1]))
     _metadata_value("bearer_token", o.bearer_token)
