@@ -6,12 +6,15 @@
 // errors by code per RPC, or JSON (--json).
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <condition_variable>
 #include <cstdio>
+#include <future>
 #include <iostream>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <numeric>
 #include <random>
 #include <thread>
 
@@ -21,6 +24,7 @@
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "client/attribution_client.h"
@@ -113,6 +117,8 @@ absl::StatusOr<Mix> ParseMix(const std::string& text) {
     mix.rpcs.push_back(kv[0]);
     weights.push_back(weight);
   }
+  if (std::accumulate(weights.begin(), weights.end(), 0.0) <= 0)
+    return absl::InvalidArgumentError("--mix: the weights sum to 0, so no call would be sent");
   mix.pick = std::discrete_distribution<int>(weights.begin(), weights.end());
   return mix;
 }
@@ -166,6 +172,21 @@ absl::StatusOr<LoadSpec> ParseBackground(const std::string& text) {
   return spec;
 }
 
+// Refuses a load that could not run as asked (`where` names the flag), before any call is sent: a closed
+// loop needs clients, an open loop a finite rate, and the Attribute settings must make a request.
+absl::Status CheckLoad(const std::string& where, const LoadSpec& spec) {
+  auto refuse = [&](const std::string& what) { return absl::InvalidArgumentError(absl::StrCat(where, ": ", what)); };
+  if (absl::Status mix = ParseMix(spec.mix).status(); !mix.ok()) return mix;
+  if (!std::isfinite(spec.rate) || spec.rate < 0) return refuse("rate must be a finite number >= 0");
+  if (spec.rate == 0 && (spec.concurrency < 1 || spec.concurrency > 10000))
+    return refuse("concurrency must lie in [1, 10000]");
+  if (spec.n_steps < 1) return refuse("n_steps must be >= 1");
+  if (spec.max_new_tokens < 1) return refuse("max_new_tokens must be >= 1");
+  if (absl::Status method = CheckAttributeOptions({.method = spec.method}); !method.ok())
+    return refuse(std::string(method.message()));
+  return absl::OkStatus();
+}
+
 // Starts one call of kind `rpc`; `done` receives its status code.
 void Call(AttributionClient& client, const std::string& model, const LoadSpec& spec, const std::string& rpc, int index,
           std::function<void(absl::StatusCode)> done) {
@@ -194,44 +215,49 @@ nlohmann::json RunLoad(AttributionClient& client, const std::string& model, cons
                        absl::Duration duration) {
   Mix mix = *ParseMix(spec.mix);
   Recorder recorder;
-  std::atomic<int64_t> in_flight{0};
-  std::mutex mu;
-  std::condition_variable idle;
   const absl::Time start = absl::Now(), end = start + duration;
   std::mt19937 rng(1);
-  std::mutex rng_mu;  // callbacks of finished calls issue the next ones from gRPC threads
-  auto issue = [&](int index, absl::Time scheduled, std::function<void()> then) {
-    std::string rpc;
-    {
-      std::lock_guard<std::mutex> lock(rng_mu);
-      rpc = mix.rpcs[mix.pick(rng)];
-    }
-    in_flight += 1;
-    Call(client, model, spec, rpc, index, [&, rpc, scheduled, then](absl::StatusCode code) {
-      recorder.Add(rpc, {absl::ToDoubleSeconds(absl::Now() - scheduled), code});
-      if (then) then();
-      std::lock_guard<std::mutex> lock(mu);
-      if (--in_flight == 0) idle.notify_all();
-    });
+  std::mutex rng_mu;  // open-loop callbacks and closed-loop clients draw from one generator
+  auto pick = [&] {
+    std::lock_guard<std::mutex> lock(rng_mu);
+    return mix.rpcs[mix.pick(rng)];
   };
-  std::function<void(int)> next;  // closed loop; outlives every call (we wait for idle below)
-  if (spec.rate > 0) {            // open loop: send on schedule regardless of answers
+  if (spec.rate > 0) {  // open loop: send on schedule regardless of answers
+    std::atomic<int64_t> in_flight{0};
+    std::mutex mu;
+    std::condition_variable idle;
     for (int i = 0;; ++i) {
       const absl::Time scheduled = start + absl::Seconds(i / spec.rate);
       if (scheduled >= end) break;
       std::this_thread::sleep_until(absl::ToChronoTime(scheduled));
-      issue(i, scheduled, nullptr);
+      const std::string rpc = pick();
+      in_flight += 1;
+      Call(client, model, spec, rpc, i, [&, rpc, scheduled](absl::StatusCode code) {
+        recorder.Add(rpc, {absl::ToDoubleSeconds(absl::Now() - scheduled), code});
+        std::lock_guard<std::mutex> lock(mu);
+        if (--in_flight == 0) idle.notify_all();
+      });
     }
-  } else {  // closed loop: each client sends its next call when the last returns
-    next = [&](int index) {
-      if (absl::Now() >= end) return;
-      issue(index, absl::Now(), [&next, index] { next(index + 1000); });
-    };
-    for (int c = 0; c < spec.concurrency; ++c) next(c);
-    std::this_thread::sleep_until(absl::ToChronoTime(end));
+    std::unique_lock<std::mutex> lock(mu);
+    idle.wait(lock, [&] { return in_flight == 0; });
+  } else {  // closed loop: each client thread sends its next call when the last returns
+    // One thread per client rather than issuing the next call from the last one's callback: a call
+    // that fails before it is sent calls back at once, and chaining those recursed until the stack ran out.
+    std::vector<std::thread> clients;
+    for (int c = 0; c < spec.concurrency; ++c) {
+      clients.emplace_back([&, c] {
+        for (int index = c; absl::Now() < end; index += spec.concurrency) {
+          const std::string rpc = pick();
+          const absl::Time sent = absl::Now();
+          std::promise<absl::StatusCode> answered;
+          Call(client, model, spec, rpc, index, [&answered](absl::StatusCode code) { answered.set_value(code); });
+          const absl::StatusCode code = answered.get_future().get();
+          recorder.Add(rpc, {absl::ToDoubleSeconds(absl::Now() - sent), code});
+        }
+      });
+    }
+    for (std::thread& t : clients) t.join();
   }
-  std::unique_lock<std::mutex> lock(mu);
-  idle.wait(lock, [&] { return in_flight == 0; });
   const double elapsed = absl::ToDoubleSeconds(absl::Now() - start);
   return {{"mode", spec.rate > 0 ? "open" : "closed"},
           {"rate", spec.rate},
@@ -263,9 +289,12 @@ nlohmann::json RunIsolation(AttributionClient& client, const std::string& model,
   nlohmann::json out;
   out["foreground_alone"] = RunLoad(client, model, foreground, duration);
   out["background_alone"] = RunLoad(client, model, background, duration);
-  std::thread behind([&] { out["background_loaded"] = RunLoad(client, model, background, duration); });
+  // The two loaded runs write their own reports; one json object written by two threads would race.
+  nlohmann::json background_loaded;
+  std::thread behind([&] { background_loaded = RunLoad(client, model, background, duration); });
   out["foreground_loaded"] = RunLoad(client, model, foreground, duration);
   behind.join();
+  out["background_loaded"] = std::move(background_loaded);
   auto ratio = [&](const char* loaded, const char* alone, const char* key) {
     nlohmann::json ratios = nlohmann::json::object();
     for (const auto& [rpc, r] : out[alone]["rpcs"].items()) {
@@ -296,10 +325,13 @@ int Run() {
   absl::StatusOr<LoadSpec> background = absl::GetFlag(FLAGS_background).empty()
                                             ? absl::StatusOr<LoadSpec>(LoadSpec{})
                                             : ParseBackground(absl::GetFlag(FLAGS_background));
+  const double seconds = absl::GetFlag(FLAGS_duration);
   absl::Status valid = !client.ok()       ? client.status()
                        : !background.ok() ? background.status()
-                                          : ParseMix(foreground.mix).status();
-  if (valid.ok() && !background->mix.empty()) valid = ParseMix(background->mix).status();
+                                          : CheckLoad("flags", foreground);
+  if (valid.ok() && !background->mix.empty()) valid = CheckLoad("--background", *background);
+  if (valid.ok() && !(std::isfinite(seconds) && seconds > 0))
+    valid = absl::InvalidArgumentError("--duration must be a finite number of seconds > 0");
   if (!valid.ok()) {
     std::fprintf(stderr, "attribution-bench: %s\n", valid.ToString().c_str());
     return 2;
@@ -313,7 +345,7 @@ int Run() {
     }
     model = models->front().name;
   }
-  const absl::Duration duration = absl::Seconds(absl::GetFlag(FLAGS_duration));
+  const absl::Duration duration = absl::Seconds(seconds);
   if (background->mix.empty()) {
     const nlohmann::json load = RunLoad(**client, model, foreground, duration);
     if (absl::GetFlag(FLAGS_json))
