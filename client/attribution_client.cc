@@ -67,11 +67,12 @@ absl::StatusOr<T> Wait(const std::function<void(Callback<T>)>& start) {
 }
 
 // One server-streaming call on the callback API: owns its context and request, hands each event to
-// `on_event` (which sets the result from the last one) and reports once at the end; deletes itself.
+// `on_event` (which sets the result, or the status of a malformed one, from the last one) and reports
+// once at the end; deletes itself.
 template <typename Request, typename Event, typename Result>
 class StreamCall final : public grpc::ClientReadReactor<Event> {
  public:
-  using OnEvent = std::function<void(const Event&, std::optional<Result>&)>;
+  using OnEvent = std::function<void(const Event&, std::optional<absl::StatusOr<Result>>&)>;
   StreamCall(std::unique_ptr<grpc::ClientContext> context, Request request, OnEvent on_event, Callback<Result> done)
       : context_(std::move(context)),
         request_(std::move(request)),
@@ -91,7 +92,7 @@ class StreamCall final : public grpc::ClientReadReactor<Event> {
   void OnDone(const grpc::Status& status) override {
     absl::StatusOr<Result> result =
         !status.ok() ? absl::StatusOr<Result>(ToAbsl(status))
-        : result_    ? absl::StatusOr<Result>(std::move(*result_))
+        : result_    ? std::move(*result_)
                      : absl::StatusOr<Result>(absl::DataLossError("the stream ended without a result"));
     Callback<Result> done = std::move(done_);
     delete this;  // the context goes before the caller hears of the result (see Impl::Unary)
@@ -104,7 +105,7 @@ class StreamCall final : public grpc::ClientReadReactor<Event> {
   OnEvent on_event_;
   Callback<Result> done_;
   Event event_;
-  std::optional<Result> result_;
+  std::optional<absl::StatusOr<Result>> result_;
 };
 
 }  // namespace
@@ -134,7 +135,8 @@ struct AttributionClient::Impl {
     return context;
   }
 
-  // One unary call on the callback API: owns its context and messages until the callback ran.
+  // One unary call on the callback API: owns its context and messages until the callback ran. `convert`
+  // maps the response to absl::StatusOr<Result>: a malformed response fails the call with its status.
   template <typename Request, typename Response, typename Result, typename Start, typename Convert>
   void Unary(const std::string& request_id, Request request, Start start, Convert convert,
              Callback<Result> done) const {
@@ -149,8 +151,8 @@ struct AttributionClient::Impl {
     start(call->context.get(), &call->request, &call->response,
           [call, convert, done = std::move(done)](grpc::Status status) mutable {
             std::shared_ptr<Call> finished = std::move(call);
-            absl::StatusOr<Result> result = status.ok() ? absl::StatusOr<Result>(convert(finished->response))
-                                                        : absl::StatusOr<Result>(ToAbsl(status));
+            absl::StatusOr<Result> result =
+                status.ok() ? convert(finished->response) : absl::StatusOr<Result>(ToAbsl(status));
             // The context goes before the caller hears of the result: a caller that then tears the
             // client (or the process) down must not race gRPC releasing the call.
             finished.reset();
@@ -232,7 +234,7 @@ void AttributionClient::AttributeStreamAsync(const AttributeOptions& options,
   absl::StatusOr<v1::AttributeRequest> request = ToProto(options);
   if (!request.ok()) return done(request.status());
   auto on_event = [progress = std::move(progress)](const v1::AttributeEvent& event,
-                                                   std::optional<Attribution>& result) {
+                                                   std::optional<absl::StatusOr<Attribution>>& result) {
     if (event.has_progress() && progress) progress(event.progress().rows_done(), event.progress().rows_total());
     if (event.has_result()) result = FromProto(event.result());
   };
@@ -254,7 +256,7 @@ void AttributionClient::AttributeComponentsAsync(const ComponentOptions& options
   absl::StatusOr<v1::AttributeComponentsRequest> request = ToProto(options);
   if (!request.ok()) return done(request.status());
   auto on_event = [progress = std::move(progress)](const v1::AttributeComponentsEvent& event,
-                                                   std::optional<ComponentAttribution>& result) {
+                                                   std::optional<absl::StatusOr<ComponentAttribution>>& result) {
     if (event.has_progress() && progress) progress(event.progress().rows_done(), event.progress().rows_total());
     if (event.has_result()) result = FromProto(event.result());
   };
@@ -288,7 +290,8 @@ void AttributionClient::GenerateStreamAsync(const GenerateOptions& options, std:
                                             Callback<Generation> done) {
   absl::StatusOr<v1::GenerateRequest> request = ToProto(options);
   if (!request.ok()) return done(request.status());
-  auto on_event = [on_token = std::move(on_token)](const v1::GenerateEvent& event, std::optional<Generation>& result) {
+  auto on_event = [on_token = std::move(on_token)](const v1::GenerateEvent& event,
+                                                   std::optional<absl::StatusOr<Generation>>& result) {
     if (event.has_token() && on_token) on_token(FromProto(event.token()));
     if (event.has_result()) result = FromProto(event.result());
   };
@@ -335,7 +338,7 @@ void AttributionClient::HealthAsync(const std::string& service, Callback<std::st
   auto* async = impl_->health->async();
   impl_->Unary<grpc::health::v1::HealthCheckRequest, grpc::health::v1::HealthCheckResponse, std::string>(
       "", std::move(request), [async](auto* c, auto* q, auto* r, auto cb) { async->Check(c, q, r, std::move(cb)); },
-      [](const grpc::health::v1::HealthCheckResponse& r) {
+      [](const grpc::health::v1::HealthCheckResponse& r) -> absl::StatusOr<std::string> {
         return grpc::health::v1::HealthCheckResponse::ServingStatus_Name(r.status());
       },
       std::move(done));

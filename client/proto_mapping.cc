@@ -1,11 +1,16 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "client/proto_mapping.h"
 
+#include <algorithm>
+#include <limits>
 #include <map>
+#include <set>
+#include <utility>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace attribution::client {
 namespace {
@@ -101,6 +106,83 @@ std::vector<Token> TokensFromProto(const google::protobuf::RepeatedPtrField<v1::
   return out;
 }
 
+// DATA_LOSS naming the response field whose shape breaks what the server promises (a buggy or hostile
+// server, or a version skew): the renderers index by these shapes and must not read out of bounds.
+absl::Status Malformed(absl::string_view field, absl::string_view what) {
+  return absl::DataLossError(absl::StrCat(field, ": ", what));
+}
+
+// Features are non-empty spans of prompt tokens, disjoint and in order (the server refuses groups that
+// are not), and sequence_attribution holds one value per feature.
+absl::Status CheckFeatures(const v1::AttributeResponse& r) {
+  const int64_t prompt = r.prompt_tokens_size();
+  int64_t previous_end = 0;
+  for (int f = 0; f < r.features_size(); ++f) {
+    const int64_t begin = r.features(f).token_begin(), end = r.features(f).token_end();
+    const std::string field = absl::StrCat("AttributeResponse.features[", f, "]");
+    if (begin < 0 || end > prompt || begin >= end) {
+      return Malformed(field, absl::StrCat("tokens [", begin, ", ", end, ") are not a non-empty span of the ", prompt,
+                                           " prompt tokens"));
+    }
+    if (begin < previous_end) {
+      return Malformed(field, absl::StrCat("starts at token ", begin, ", before the previous feature ends (",
+                                           previous_end, "): features are disjoint and in order"));
+    }
+    previous_end = end;
+  }
+  if (r.sequence_attribution_size() != r.features_size()) {
+    return Malformed(
+        "AttributeResponse.sequence_attribution",
+        absl::StrCat(r.sequence_attribution_size(), " values, expected ", r.features_size(), " (one per feature)"));
+  }
+  for (int i = 0; i < r.fixed_tokens_size(); ++i) {
+    if (r.fixed_tokens(i) < 0 || r.fixed_tokens(i) >= prompt) {
+      return Malformed(absl::StrCat("AttributeResponse.fixed_tokens[", i, "]"),
+                       absl::StrCat("token ", r.fixed_tokens(i), " is outside the ", prompt, " prompt tokens"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The token matrix, when sent, is [target tokens][features].
+absl::Status CheckTokenMatrix(const v1::AttributeResponse& r) {
+  if (r.token_matrix_size() == 0) return absl::OkStatus();
+  if (r.token_matrix_size() != r.target_tokens_size()) {
+    return Malformed("AttributeResponse.token_matrix", absl::StrCat(r.token_matrix_size(), " rows, expected ",
+                                                                    r.target_tokens_size(), " (one per target token)"));
+  }
+  for (int t = 0; t < r.token_matrix_size(); ++t) {
+    if (r.token_matrix(t).values_size() != r.features_size()) {
+      return Malformed("AttributeResponse.token_matrix",
+                       absl::StrCat("row ", t, " has ", r.token_matrix(t).values_size(), " values, expected ",
+                                    r.features_size(), " (one per feature)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The curves have one point per percent, each removing between none and all of the features.
+absl::Status CheckFaithfulness(const v1::AttributeResponse& r) {
+  if (!r.has_faithfulness()) return absl::OkStatus();
+  const v1::Faithfulness& f = r.faithfulness();
+  const int points = f.percents_size();
+  for (const auto& [name, size] : {std::pair<const char*, int>{"features_at", f.features_at_size()},
+                                   {"deletion", f.deletion_size()},
+                                   {"insertion", f.insertion_size()}}) {
+    if (size != points) {
+      return Malformed(absl::StrCat("AttributeResponse.faithfulness.", name),
+                       absl::StrCat(size, " values, expected ", points, " (one per percent)"));
+    }
+  }
+  for (int i = 0; i < points; ++i) {
+    if (f.features_at(i) < 0 || f.features_at(i) > r.features_size()) {
+      return Malformed(absl::StrCat("AttributeResponse.faithfulness.features_at[", i, "]"),
+                       absl::StrCat(f.features_at(i), " features, outside [0, ", r.features_size(), "]"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 Token FromProto(const v1::Token& t) {
@@ -191,7 +273,10 @@ absl::StatusOr<v1::LogprobsRequest> ToProto(const LogprobsOptions& o) {
   return out;
 }
 
-Attribution FromProto(const v1::AttributeResponse& r) {
+absl::StatusOr<Attribution> FromProto(const v1::AttributeResponse& r) {
+  if (absl::Status s = CheckFeatures(r); !s.ok()) return s;
+  if (absl::Status s = CheckTokenMatrix(r); !s.ok()) return s;
+  if (absl::Status s = CheckFaithfulness(r); !s.ok()) return s;
   Attribution out;
   out.model = r.model();
   out.method = absl::AsciiStrToLower(v1::Method_Name(r.method()));
@@ -221,19 +306,21 @@ Attribution FromProto(const v1::AttributeResponse& r) {
   return out;
 }
 
-Generation FromProto(const v1::GenerateResponse& r) {
-  return {.prompt_tokens = TokensFromProto(r.prompt_tokens()),
-          .tokens = TokensFromProto(r.tokens()),
-          .text = r.text(),
-          .text_bytes = r.text_bytes(),
-          .stopped = r.stopped(),
-          .stats = StatsFromProto(r.stats())};
+absl::StatusOr<Generation> FromProto(const v1::GenerateResponse& r) {
+  return Generation{.prompt_tokens = TokensFromProto(r.prompt_tokens()),
+                    .tokens = TokensFromProto(r.tokens()),
+                    .text = r.text(),
+                    .text_bytes = r.text_bytes(),
+                    .stopped = r.stopped(),
+                    .stats = StatsFromProto(r.stats())};
 }
 
-Logprobs FromProto(const v1::LogprobsResponse& r) {
+absl::StatusOr<Logprobs> FromProto(const v1::LogprobsResponse& r) {
   Logprobs out;
   out.prompt_tokens = TokensFromProto(r.prompt_tokens());
-  for (const v1::TokenLogprob& t : r.target()) {
+  for (int i = 0; i < r.target_size(); ++i) {
+    const v1::TokenLogprob& t = r.target(i);
+    if (!t.has_token()) return Malformed(absl::StrCat("LogprobsResponse.target[", i, "].token"), "missing");
     TokenLogprob entry{.token = client::FromProto(t.token())};
     for (const v1::TopToken& top : t.top()) {
       entry.top.push_back({.id = top.id(), .text = top.text(), .bytes = top.token_bytes(), .log_prob = top.log_prob()});
@@ -245,9 +332,16 @@ Logprobs FromProto(const v1::LogprobsResponse& r) {
   return out;
 }
 
-std::vector<ModelInfo> FromProto(const v1::ListModelsResponse& r) {
+absl::StatusOr<std::vector<ModelInfo>> FromProto(const v1::ListModelsResponse& r) {
   std::vector<ModelInfo> out;
-  for (const v1::ModelInfo& m : r.models()) {
+  std::set<std::string> names;
+  for (int i = 0; i < r.models_size(); ++i) {
+    const v1::ModelInfo& m = r.models(i);
+    // Callers pick a model by its name (the first one's, or one given): it must name exactly one.
+    const std::string field = absl::StrCat("ListModelsResponse.models[", i, "].name");
+    if (m.name().empty()) return Malformed(field, "empty");
+    if (!names.insert(m.name()).second)
+      return Malformed(field, absl::StrCat("\"", m.name(), "\" names an earlier model too"));
     const v1::Limits& l = m.limits();
     out.push_back({.name = m.name(),
                    .architecture = m.architecture(),
@@ -303,6 +397,63 @@ std::string NameOf(Enum value, const std::map<std::string, Enum>& table) {
 void SetAnswer(const std::string& text, const std::optional<int64_t>& id, v1::Input* out) {
   out->set_text(text);
   if (id) out->add_token_ids(*id);
+}
+
+// A grid's axes are one of the layouts the server sends, shape has one size per axis and values one per
+// component (row-major), and convergence_deltas none or one per component.
+absl::Status CheckGrid(const v1::ComponentGrid& g, const std::string& field) {
+  static const auto* layouts = new std::vector<std::vector<std::string>>{
+      {"layer", "head"}, {"layer", "position"}, {"layer", "position", "head"}};
+  const std::vector<std::string> axes(g.axes().begin(), g.axes().end());
+  if (std::find(layouts->begin(), layouts->end(), axes) == layouts->end()) {
+    return Malformed(absl::StrCat(field, ".axes"),
+                     absl::StrCat("[", absl::StrJoin(axes, ", "),
+                                  "] is not [layer, head], [layer, position] or [layer, position, head]"));
+  }
+  if (g.shape_size() != g.axes_size()) {
+    return Malformed(absl::StrCat(field, ".shape"),
+                     absl::StrCat(g.shape_size(), " sizes, expected ", g.axes_size(), " (one per axis)"));
+  }
+  int64_t components = 1;
+  bool overflow = false;
+  for (int d = 0; d < g.shape_size(); ++d) {
+    if (g.shape(d) < 0) return Malformed(absl::StrCat(field, ".shape[", d, "]"), absl::StrCat(g.shape(d), " < 0"));
+    overflow = overflow || (g.shape(d) > 0 && components > std::numeric_limits<int64_t>::max() / g.shape(d));
+    if (!overflow) components *= g.shape(d);
+  }
+  if (overflow || g.values_size() != components) {
+    return Malformed(
+        absl::StrCat(field, ".values"),
+        absl::StrCat(g.values_size(), " values, expected the product of shape [", absl::StrJoin(g.shape(), ", "), "]",
+                     overflow ? "" : absl::StrCat(" = ", components)));
+  }
+  if (g.convergence_deltas_size() != 0 && g.convergence_deltas_size() != g.values_size()) {
+    return Malformed(
+        absl::StrCat(field, ".convergence_deltas"),
+        absl::StrCat(g.convergence_deltas_size(), " values, expected 0 or ", g.values_size(), " (one per component)"));
+  }
+  return absl::OkStatus();
+}
+
+// Every grid, and each pair's two prompts as long as each other (their tokens label the positions).
+absl::Status CheckComponents(const v1::AttributeComponentsResponse& r) {
+  for (int i = 0; i < r.grids_size(); ++i) {
+    if (absl::Status s = CheckGrid(r.grids(i), absl::StrCat("AttributeComponentsResponse.grids[", i, "]")); !s.ok())
+      return s;
+  }
+  for (int k = 0; k < r.pairs_size(); ++k) {
+    const v1::PairComponents& p = r.pairs(k);
+    const std::string field = absl::StrCat("AttributeComponentsResponse.pairs[", k, "]");
+    for (int i = 0; i < p.grids_size(); ++i) {
+      if (absl::Status s = CheckGrid(p.grids(i), absl::StrCat(field, ".grids[", i, "]")); !s.ok()) return s;
+    }
+    if (p.corrupted_tokens_size() != p.clean_tokens_size()) {
+      return Malformed(absl::StrCat(field, ".corrupted_tokens"),
+                       absl::StrCat(p.corrupted_tokens_size(), " tokens, expected ", p.clean_tokens_size(),
+                                    " (as many as clean_tokens)"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 ComponentGrid GridFromProto(const v1::ComponentGrid& g) {
@@ -367,7 +518,8 @@ absl::StatusOr<v1::AttributeComponentsRequest> ToProto(const ComponentOptions& o
   return out;
 }
 
-ComponentAttribution FromProto(const v1::AttributeComponentsResponse& r) {
+absl::StatusOr<ComponentAttribution> FromProto(const v1::AttributeComponentsResponse& r) {
+  if (absl::Status s = CheckComponents(r); !s.ok()) return s;
   ComponentAttribution out{.model = r.model(),
                            .method = NameOf(r.method(), kComponentMethods),
                            .metric = NameOf(r.metric(), kComponentMetrics),

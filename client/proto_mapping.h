@@ -15,11 +15,24 @@ absl::StatusOr<v1::GenerateRequest> ToProto(const GenerateOptions& options);
 absl::StatusOr<v1::LogprobsRequest> ToProto(const LogprobsOptions& options);
 absl::StatusOr<v1::AttributeComponentsRequest> ToProto(const ComponentOptions& options);
 
-Attribution FromProto(const v1::AttributeResponse& response);
-Generation FromProto(const v1::GenerateResponse& response);
-Logprobs FromProto(const v1::LogprobsResponse& response);
-ComponentAttribution FromProto(const v1::AttributeComponentsResponse& response);
-std::vector<ModelInfo> FromProto(const v1::ListModelsResponse& response);
+// Copies a response into the client's types after checking the shapes that the renderers (heatmap,
+// component tables, batch output) index by, so that a buggy or hostile server, or a version skew, cannot
+// make them read out of bounds. DATA_LOSS naming the field and the numbers when a shape is broken:
+//   Attribute: features are non-empty, disjoint, in-order spans of prompt_tokens; sequence_attribution
+//     holds one value per feature; fixed_tokens index prompt_tokens; token_matrix is empty or [target
+//     tokens][features]; faithfulness has one features_at / deletion / insertion value per percent, each
+//     features_at in [0, features].
+//   AttributeComponents: each grid's axes are [layer, head], [layer, position] or [layer, position, head],
+//     shape has one size (>= 0) per axis, values their product, convergence_deltas none or one per value;
+//     each pair has as many corrupted_tokens as clean_tokens.
+//   Logprobs: every target entry has its token. ListModels: names are non-empty and unique.
+//   Generate: nothing is indexed by its fields, so nothing is checked.
+absl::StatusOr<Attribution> FromProto(const v1::AttributeResponse& response);
+absl::StatusOr<Generation> FromProto(const v1::GenerateResponse& response);
+absl::StatusOr<Logprobs> FromProto(const v1::LogprobsResponse& response);
+absl::StatusOr<ComponentAttribution> FromProto(const v1::AttributeComponentsResponse& response);
+absl::StatusOr<std::vector<ModelInfo>> FromProto(const v1::ListModelsResponse& response);
+// Infallible: no consumer slices text by a token's offsets.
 Token FromProto(const v1::Token& token);
 
 }  // namespace attribution::client
