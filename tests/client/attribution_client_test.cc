@@ -1,0 +1,165 @@
+// SPDX-License-Identifier: Apache-2.0
+// The client (client/attribution_client.h) against a fake server on loopback that sends malformed
+// responses: every RPC, unary or streamed, fails with the mapping's DATA_LOSS instead of handing the
+// caller a result its renderers would index out of bounds; a well-formed response still maps.
+#include "client/attribution_client.h"
+
+#include <gmock/gmock.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
+
+#include "attribution/v1/attribution.grpc.pb.h"
+#include "tests/testing/status_matchers.h"
+
+namespace attribution::client {
+namespace {
+
+namespace v1 = ::attribution::v1;
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
+using ::testing::HasSubstr;
+
+constexpr absl::StatusCode kDataLoss = absl::StatusCode::kDataLoss;
+
+// Answers every RPC with the response a test set before calling (streams: one progress event, then it).
+class FakeService final : public v1::AttributionService::Service {
+ public:
+  v1::AttributeResponse attribute;
+  v1::AttributeComponentsResponse components;
+  v1::GenerateResponse generate;
+  v1::LogprobsResponse logprobs;
+  v1::ListModelsResponse models;
+
+  grpc::Status Attribute(grpc::ServerContext*, const v1::AttributeRequest*, v1::AttributeResponse* out) override {
+    *out = attribute;
+    return grpc::Status::OK;
+  }
+  grpc::Status AttributeStream(grpc::ServerContext*, const v1::AttributeRequest*,
+                               grpc::ServerWriter<v1::AttributeEvent>* writer) override {
+    v1::AttributeEvent event;
+    event.mutable_progress()->set_rows_total(1);
+    writer->Write(event);
+    *event.mutable_result() = attribute;
+    writer->Write(event);
+    return grpc::Status::OK;
+  }
+  grpc::Status AttributeComponentsStream(grpc::ServerContext*, const v1::AttributeComponentsRequest*,
+                                         grpc::ServerWriter<v1::AttributeComponentsEvent>* writer) override {
+    v1::AttributeComponentsEvent event;
+    event.mutable_progress()->set_rows_total(1);
+    writer->Write(event);
+    *event.mutable_result() = components;
+    writer->Write(event);
+    return grpc::Status::OK;
+  }
+  grpc::Status Generate(grpc::ServerContext*, const v1::GenerateRequest*, v1::GenerateResponse* out) override {
+    *out = generate;
+    return grpc::Status::OK;
+  }
+  grpc::Status GenerateStream(grpc::ServerContext*, const v1::GenerateRequest*,
+                              grpc::ServerWriter<v1::GenerateEvent>* writer) override {
+    v1::GenerateEvent event;
+    *event.mutable_token() = generate.tokens(0);
+    writer->Write(event);
+    *event.mutable_result() = generate;
+    writer->Write(event);
+    return grpc::Status::OK;
+  }
+  grpc::Status Logprobs(grpc::ServerContext*, const v1::LogprobsRequest*, v1::LogprobsResponse* out) override {
+    *out = logprobs;
+    return grpc::Status::OK;
+  }
+  grpc::Status ListModels(grpc::ServerContext*, const v1::ListModelsRequest*, v1::ListModelsResponse* out) override {
+    *out = models;
+    return grpc::Status::OK;
+  }
+};
+
+class AttributionClientTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    grpc::ServerBuilder builder;
+    builder.RegisterService(&service_);
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    server_ = builder.BuildAndStart();
+    ASSERT_NE(server_, nullptr);
+    absl::StatusOr<std::unique_ptr<AttributionClient>> client =
+        AttributionClient::Connect({.target = "127.0.0.1:" + std::to_string(port), .max_attempts = 1});
+    ASSERT_THAT(client, IsOk());
+    client_ = std::move(*client);
+  }
+  void TearDown() override {
+    client_.reset();
+    if (server_) server_->Shutdown();
+  }
+
+  FakeService service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<AttributionClient> client_;
+};
+
+// One feature and no value for it.
+v1::AttributeResponse AttributionWithoutSequence() {
+  v1::AttributeResponse r;
+  r.add_prompt_tokens()->set_text("Is");
+  r.add_features()->set_token_end(1);
+  return r;
+}
+
+TEST_F(AttributionClientTest, AttributeFailsWithDataLossOnAMalformedResponse) {
+  service_.attribute = AttributionWithoutSequence();
+  EXPECT_THAT(client_->Attribute({.model = "demo", .prompt = "Is", .target = " No"}),
+              StatusIs(kDataLoss, HasSubstr("AttributeResponse.sequence_attribution: 0 values, expected 1")));
+}
+
+TEST_F(AttributionClientTest, AttributeStreamFailsWithDataLossOnAMalformedResult) {
+  service_.attribute = AttributionWithoutSequence();
+  EXPECT_THAT(client_->AttributeStream({.model = "demo", .prompt = "Is", .target = " No"}, nullptr),
+              StatusIs(kDataLoss, HasSubstr("AttributeResponse.sequence_attribution")));
+}
+
+TEST_F(AttributionClientTest, AttributeComponentsFailsWithDataLossOnAMalformedResult) {
+  v1::ComponentGrid* grid = service_.components.add_grids();
+  grid->add_shape(2);
+  grid->add_shape(3);
+  grid->add_axes("layer");
+  grid->add_axes("head");
+  grid->add_values(1);  // of 6
+  EXPECT_THAT(client_->AttributeComponents({.model = "demo", .pairs = {{.clean = "a", .corrupted = "b"}}}),
+              StatusIs(kDataLoss, HasSubstr("AttributeComponentsResponse.grids[0].values: 1 values")));
+}
+
+TEST_F(AttributionClientTest, GetLogprobsFailsWithDataLossOnAMalformedResponse) {
+  service_.logprobs.add_target();  // without its token
+  EXPECT_THAT(client_->GetLogprobs({.model = "demo", .prompt = "Is", .target = " No"}),
+              StatusIs(kDataLoss, HasSubstr("LogprobsResponse.target[0].token")));
+}
+
+TEST_F(AttributionClientTest, ListModelsFailsWithDataLossOnAMalformedResponse) {
+  service_.models.add_models();  // without a name
+  EXPECT_THAT(client_->ListModels(), StatusIs(kDataLoss, HasSubstr("ListModelsResponse.models[0].name")));
+}
+
+TEST_F(AttributionClientTest, GenerateMapsAWellFormedResponse) {
+  v1::Token* token = service_.generate.add_tokens();
+  token->set_id(50);
+  token->set_text(" No");
+  service_.generate.set_text(" No");
+  absl::StatusOr<Generation> unary = client_->Generate({.model = "demo", .prompt = "Is"});
+  ASSERT_THAT(unary, IsOk());
+  EXPECT_EQ(unary->text, " No");
+  std::string streamed;
+  absl::StatusOr<Generation> stream =
+      client_->GenerateStream({.model = "demo", .prompt = "Is"}, [&](const Token& t) { streamed += t.text; });
+  ASSERT_THAT(stream, IsOk());
+  ASSERT_EQ(stream->tokens.size(), 1u);
+  EXPECT_EQ(stream->tokens[0].id, 50);
+  EXPECT_EQ(streamed, " No");
+}
+
+}  // namespace
+}  // namespace attribution::client
