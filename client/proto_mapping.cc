@@ -361,7 +361,9 @@ absl::StatusOr<std::vector<ModelInfo>> FromProto(const v1::ListModelsResponse& r
                    .max_features = l.max_features(),
                    .max_tokens = l.max_tokens(),
                    .max_new_tokens = l.max_new_tokens(),
-                   .max_top_k = l.max_top_k()});
+                   .max_top_k = l.max_top_k(),
+                   .max_choices = l.max_choices(),
+                   .max_rows = l.max_rows()});
   }
   return out;
 }

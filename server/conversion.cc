@@ -465,6 +465,8 @@ void ToModelInfo(const ServedModel& model, int64_t max_top_k, v1::ModelInfo* out
   limits->set_max_tokens(l.max_tokens);
   limits->set_max_new_tokens(l.max_new_tokens);
   limits->set_max_top_k(max_top_k);
+  limits->set_max_choices(l.max_choices);
+  limits->set_max_rows(model.attributor->limits().max_rows);
 }
 
 void ToRunStats(const engine::Request::Stats& stats, absl::Time received, v1::RunStats* out) {

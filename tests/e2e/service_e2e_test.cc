@@ -99,6 +99,9 @@ TEST_F(ServiceTest, HealthAndModelsDescribeTheServer) {
   EXPECT_EQ((*models)[0].num_layers, 2);
   EXPECT_GT((*models)[0].resident_weight_bytes, 0);
   EXPECT_EQ((*models)[0].max_top_k, 20);
+  // The limits requests are refused by: the engine's rows per request (EngineOptions), choices (AttributionLimits).
+  EXPECT_EQ((*models)[0].max_rows, int64_t{1} << 16);
+  EXPECT_EQ((*models)[0].max_choices, 256);
 }
 
 TEST_F(ServiceTest, ReflectionDescribesEveryRpcAsGrpcurlSeesIt) {

@@ -278,6 +278,9 @@ class ModelInfo:
     max_tokens: int
     max_new_tokens: int
     max_top_k: int
+    max_choices: int
+    # Rows one request may queue (forward or forward + backward passes of a sequence).
+    max_rows: int
     # nf4 / fp4 (bitsandbytes' formats): block size, double quantization, whether the weights were loaded
     # as a bitsandbytes checkpoint saved them, and that checkpoint's bnb_4bit_compute_dtype.
     quantization_block_size: int = 0
