@@ -79,7 +79,10 @@ absl::StatusOr<ComponentsCall> ToComponentsCall(const v1::AttributeComponentsReq
   ComponentsCall call;
   engine::ComponentRequest& request = call.request;
   const engine::AttributionLimits& limits = model.attributor->limits();
-  call.limits = {.max_tokens = limits.max_tokens, .max_steps = limits.max_steps, .max_rows = limits.max_rows};
+  call.limits = {.max_tokens = limits.max_tokens,
+                 .max_steps = limits.max_steps,
+                 .max_rows = limits.max_rows,
+                 .max_queued_tokens = limits.max_queued_tokens};
   if (proto.pairs_size() == 0) return Invalid("pairs", "give at least one clean/corrupted pair");
   if (proto.pairs_size() > call.limits.max_pairs) {
     return Invalid("pairs", absl::StrCat(proto.pairs_size(), " pairs exceed the limit of ", call.limits.max_pairs));

@@ -94,6 +94,8 @@ struct AttributionLimits {
   int64_t max_choices = 256;  // answer choices a target is renormalised over
   // Rows one request may queue: the Attributor takes its engine's max_rows_per_request.
   int64_t max_rows = 1 << 16;
+  // Tokens those rows hold together: the Attributor takes its engine's max_tokens_per_request.
+  int64_t max_queued_tokens = int64_t{1} << 24;
 };
 
 // How faithful an explanation is to the model: deletion and insertion curves over its top-ranked

@@ -16,7 +16,10 @@ namespace attribution::engine {
 
 Attributor::Attributor(std::shared_ptr<const CausalLM> model, BatchingEngine* engine, AttributionLimits limits)
     : model_(std::move(model)), engine_(engine), limits_(limits) {
-  if (engine_ != nullptr) limits_.max_rows = engine_->max_rows_per_request();
+  if (engine_ != nullptr) {
+    limits_.max_rows = engine_->max_rows_per_request();
+    limits_.max_queued_tokens = engine_->max_tokens_per_request();
+  }
 }
 
 void Attributor::Attribute(std::shared_ptr<Request> handle, AttributionRequest request, Done done,

@@ -141,21 +141,52 @@ class ComponentRun : public std::enable_shared_from_this<ComponentRun> {
         done_(std::move(done)),
         progress_(std::move(progress)) {}
 
-  void Start(BatchingEngine& engine) {
+  // Refuses (before any row is built: each holds its own copy of a prompt) a request whose rows would
+  // hold more tokens than the engine takes from one request; then builds and submits them.
+  void Start(BatchingEngine& engine, int64_t max_queued_tokens) {
+    std::vector<std::shared_ptr<const PromptPair>> pairs;
+    for (const PromptPair& p : request_.pairs) pairs.push_back(std::make_shared<const PromptPair>(p));
+    int64_t tokens = 0, counted_rows = 0;
+    VisitRows(pairs,
+              [&](const std::shared_ptr<const PromptPair>&, RowKind, const std::vector<int64_t>& ids, ComponentWork) {
+                tokens += static_cast<int64_t>(ids.size());
+                ++counted_rows;
+              });
+    if (tokens > max_queued_tokens) {
+      return done_(absl::InvalidArgumentError(absl::StrCat(
+          "the request's ", counted_rows, " rows would run ", tokens,
+          " tokens (each row one prompt of its pair), over ", "this server's limit of ", max_queued_tokens,
+          " per request: ask for fewer pairs, sites or steps, shorter prompts, or a coarser granularity")));
+    }
     std::vector<Row> rows;
-    for (const PromptPair& p : request_.pairs) {
-      auto pair = std::make_shared<const PromptPair>(p);
-      const RowObjective objective = MetricObjective(request_, pair->length());
-      rows.push_back(Row{.kind = RowKind::kScore, .input_ids = pair->clean_ids, .objective = objective});
-      rows.push_back(Row{.kind = RowKind::kScore, .input_ids = pair->corrupted_ids, .objective = objective});
+    VisitRows(pairs, [&](const std::shared_ptr<const PromptPair>& pair, RowKind kind, const std::vector<int64_t>& ids,
+                         ComponentWork work) {
+      rows.push_back(Row{.kind = kind,
+                         .input_ids = ids,
+                         .objective = MetricObjective(request_, pair->length()),
+                         .component = std::move(work)});
+    });
+    Submit(engine, std::move(rows));
+  }
+
+  absl::Status SetPoints() {
+    if (request_.method != ComponentMethod::kLayerIntegratedGradients) return absl::OkStatus();
+    ASSIGN_OR_RETURN(points_, MakeIntegrationPoints(request_.rule, request_.n_steps));
+    return absl::OkStatus();
+  }
+
+ private:
+  // Calls visit(pair, kind, prompt ids, work) for every row of the request, in submission order: per pair,
+  // its clean and corrupted runs, then its estimate rows or its patched rows.
+  template <typename Visit>
+  void VisitRows(const std::vector<std::shared_ptr<const PromptPair>>& pairs, Visit visit) const {
+    for (const std::shared_ptr<const PromptPair>& pair : pairs) {
+      visit(pair, RowKind::kScore, pair->clean_ids, ComponentWork{});
+      visit(pair, RowKind::kScore, pair->corrupted_ids, ComponentWork{});
       const PairRun run = request_.direction == PatchDirection::kDenoising ? PairRun::kCorrupted : PairRun::kClean;
       const ComponentWork base{.pair = pair, .run = run};
-      auto row = [&](RowKind kind, ComponentWork work) {
-        return Row{.kind = kind,
-                   .input_ids = pair->ids(run == PairRun::kClean),
-                   .objective = objective,
-                   .component = std::move(work)};
-      };
+      const std::vector<int64_t>& ids = pair->ids(run == PairRun::kClean);
+      auto row = [&](RowKind kind, ComponentWork work) { visit(pair, kind, ids, std::move(work)); };
       if (const int64_t estimate_rows = EstimateRows(request_.method, config_); estimate_rows > 0) {
         for (int64_t l = 0; l < estimate_rows; ++l) {
           ComponentWork estimates = base;
@@ -164,7 +195,7 @@ class ComponentRun : public std::enable_shared_from_this<ComponentRun> {
             estimates.exact_attention_weights = HasSite(request_, ComponentSite::kHeads);
             estimates.gradient_dropped_layer = l;
           }
-          rows.push_back(row(RowKind::kGrad, estimates));
+          row(RowKind::kGrad, estimates);
         }
         continue;
       }
@@ -173,14 +204,17 @@ class ComponentRun : public std::enable_shared_from_this<ComponentRun> {
           ComponentWork patched = base;
           patched.patch = layout.Select(i);
           if (Unchanged(*patched.patch, *pair)) continue;
-          rows.push_back(row(RowKind::kScore, patched));
+          row(RowKind::kScore, patched);
           for (double alpha : points_.alphas) {
             patched.alpha = alpha;
-            rows.push_back(row(RowKind::kGrad, patched));
+            row(RowKind::kGrad, patched);
           }
         }
       }
     }
+  }
+
+  void Submit(BatchingEngine& engine, std::vector<Row> rows) {
     total_rows_ = static_cast<int64_t>(rows.size());
     for (const Row& row : rows) grad_rows_ += row.kind == RowKind::kGrad ? 1 : 0;
     auto self = shared_from_this();
@@ -202,13 +236,6 @@ class ComponentRun : public std::enable_shared_from_this<ComponentRun> {
         [self](const absl::Status& status) { self->done_(status); });
   }
 
-  absl::Status SetPoints() {
-    if (request_.method != ComponentMethod::kLayerIntegratedGradients) return absl::OkStatus();
-    ASSIGN_OR_RETURN(points_, MakeIntegrationPoints(request_.rule, request_.n_steps));
-    return absl::OkStatus();
-  }
-
- private:
   absl::StatusOr<ComponentResult> Reduce(std::vector<RowResult>& results) const {
     ComponentResult out;
     size_t next = 0;
@@ -429,6 +456,14 @@ absl::Status ValidateComponentRequest(const ComponentRequest& request, const Mod
     }
     RETURN_IF_ERROR(CheckTokenIds(pair.clean_ids, field + ".clean", config.vocab_size));
     RETURN_IF_ERROR(CheckTokenIds(pair.corrupted_ids, field + ".corrupted", config.vocab_size));
+    // The two runs' logit differences are then equal and the normalisation divides by zero: known now,
+    // not after every row ran.
+    if (request.metric == ComponentMetric::kNormalizedLogitDifference && pair.clean_ids == pair.corrupted_ids) {
+      return absl::InvalidArgumentError(absl::StrCat(field,
+                                                     ": clean and corrupted are the same tokens, so "
+                                                     "NORMALIZED_LOGIT_DIFFERENCE divides by zero; ask for "
+                                                     "LOGIT_DIFFERENCE, or give prompts that differ"));
+    }
     if (config.architecture == Architecture::kGpt2) {
       RETURN_IF_ERROR(CheckRange(pair.length(), 1, config.max_position_embeddings, field + ".clean (tokens)"));
     }
@@ -491,7 +526,7 @@ void AttributeComponents(BatchingEngine& engine, std::shared_ptr<Request> handle
   auto run = std::make_shared<ComponentRun>(std::move(handle), config, std::move(request), std::move(done),
                                             std::move(progress));
   if (absl::Status s = run->SetPoints(); !s.ok()) return done(s);
-  run->Start(engine);
+  run->Start(engine, limits.max_queued_tokens);
 }
 
 }  // namespace attribution::engine

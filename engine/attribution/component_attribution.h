@@ -98,6 +98,9 @@ struct ComponentLimits {
   int64_t max_tokens = 4096;  // per prompt
   int64_t max_steps = 1024;
   int64_t max_rows = 1 << 16;  // per request, all pairs and sites
+  // Tokens of those rows together (each row runs one prompt of its pair): the engine's limit per request,
+  // checked before the rows are built.
+  int64_t max_queued_tokens = int64_t{1} << 24;
 };
 
 struct ComponentGrid {

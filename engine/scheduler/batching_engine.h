@@ -153,6 +153,8 @@ class BatchingEngine {
   EngineStats Stats() const;
   // The most rows one request may have queued at once (EngineOptions::max_rows_per_request).
   int64_t max_rows_per_request() const { return options_.max_rows_per_request; }
+  // The most tokens (all its queued rows together) one request may queue (EngineOptions::max_tokens_per_request).
+  int64_t max_tokens_per_request() const { return options_.max_tokens_per_request; }
   // Called on the executor thread after every batch, before its rows are answered.
   void SetBatchObserver(std::function<void(const BatchRecord&)> observer);
 

@@ -80,9 +80,12 @@ at::Tensor ExactWeightTerms(const at::Tensor& q, const at::Tensor& k, const at::
 // ExactWeightTerms of every head of one layer of run `own` ([2, layers, heads, S, D] captures), given
 // d objective / d head output [S, heads, D]: [S, heads]. Heads go a few at a time, so that each of the
 // ~10 [heads, S, S] float64 temporaries alive at once stays near 64 MB (one head of a 4096-token
-// prompt: 128 MB each).
+// prompt: 128 MB each). `pause` runs between the groups: this work grows with S², a minute on a CPU
+// for one 4096-token pair, and waiting short calls (and the check for a cancelled batch) must not
+// wait for all of it.
 at::Tensor ExactWeightEstimates(const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& values,
-                                const at::Tensor& visible, int own, int64_t layer, const at::Tensor& head_gradient) {
+                                const at::Tensor& visible, int own, int64_t layer, const at::Tensor& head_gradient,
+                                const std::function<void()>& pause) {
   const int64_t heads = queries.size(2), length = queries.size(3);
   const int64_t group = heads / keys.size(2);  // query heads per key / value head
   const int64_t chunk = std::max<int64_t>(1, (int64_t{64} << 20) / (length * length * 8));
@@ -90,6 +93,7 @@ at::Tensor ExactWeightEstimates(const at::Tensor& queries, const at::Tensor& key
   const at::Tensor gradient = head_gradient.transpose(0, 1);  // [heads, S, D]
   std::vector<at::Tensor> parts;
   for (int64_t first = 0; first < heads; first += chunk) {
+    if (pause) pause();
     const int64_t count = std::min(chunk, heads - first);
     // Run `run`'s query heads [first, first + count), or the key / value heads they read.
     auto take = [&](const at::Tensor& captured, int run, bool per_query_head) {
@@ -371,7 +375,7 @@ absl::Status ComponentRuns::RunSiteEstimates(const std::vector<const Row*>& rows
             .narrow(0, 0, length)
             .copy_(ExactWeightEstimates(captured[r]->queries, captured[r]->keys, captured[r]->values,
                                         captured[r]->visible, rows[r]->component.run == PairRun::kClean ? 0 : 1, layer,
-                                        gradient[static_cast<int64_t>(r)].narrow(0, 0, length)));
+                                        gradient[static_cast<int64_t>(r)].narrow(0, 0, length), pause_point_));
       }
       per_layer[static_cast<int>(site)].push_back(estimates);
     }

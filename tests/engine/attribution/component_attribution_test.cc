@@ -12,6 +12,7 @@
 
 #include <future>
 
+#include "absl/strings/str_cat.h"
 #include "tests/testing/reference.h"
 #include "tests/testing/status_matchers.h"
 
@@ -212,11 +213,26 @@ TEST_P(ComponentAttributionTest, BadRequestsNameTheField) {
   request = Request(ComponentMethod::kActivationPatching, {ComponentSite::kHeads});
   request.pairs[0].clean_ids[0] = config().vocab_size;
   EXPECT_THAT(Run(request).status(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("pairs[0].clean")));
-  // Equal logit differences leave nothing to normalise by.
+  // Equal prompts leave nothing to normalise by: refused before any row runs.
   request = Request(ComponentMethod::kActivationPatching, {ComponentSite::kHeads});
   request.pairs[0].corrupted_ids = request.pairs[0].clean_ids;
   request.metric = ComponentMetric::kNormalizedLogitDifference;
-  EXPECT_THAT(Run(request).status(), StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("pairs[0]")));
+  EXPECT_THAT(Run(request).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("pairs[0]: clean and corrupted are the same")));
+}
+
+// Every row runs one 7-token prompt of the pair, so the request's rows hold 7 x rows tokens: a limit of
+// exactly that passes, one token less is refused before any row is built.
+TEST_P(ComponentAttributionTest, TheRowsTokensAreCountedAgainstTheLimitBeforeAnyRowIsBuilt) {
+  ComponentRequest request = Request(ComponentMethod::kActivationPatching, {ComponentSite::kResidPre});
+  absl::StatusOr<ComponentResult> all = Run(request);
+  ASSERT_THAT(all, IsOk());
+  const int64_t tokens = 7 * all->rows;
+  EXPECT_THAT(Run(request, {.max_queued_tokens = tokens}), IsOk());
+  EXPECT_THAT(Run(request, {.max_queued_tokens = tokens - 1}).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr(absl::StrCat(all->rows, " rows would run ", tokens, " tokens")),
+                             HasSubstr("limit of " + std::to_string(tokens - 1)))));
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, ComponentAttributionTest, ::testing::Values("llama", "gpt2", "qwen2"));
