@@ -8,6 +8,7 @@
 #include "engine/scheduler/engine_generation.h"
 #include "server/component_conversion.h"
 #include "server/conversion.h"
+#include "server/conversion_parts.h"
 #include "server/log_line.h"
 #include "server/user_text.h"
 
@@ -40,15 +41,24 @@ std::function<void(int64_t, int64_t)> ProgressEvents(Call* call) {
   }
 }
 
+// What a request can ask for less of, to make its response smaller (the fields of its own RPC).
+const char* AskForLess(const v1::AttributeResponse&) { return "want_token_matrix, fewer target tokens or features"; }
+const char* AskForLess(const v1::AttributeComponentsResponse&) {
+  return "fewer pairs or sites, shorter prompts, a coarser granularity";
+}
+const char* AskForLess(const v1::GenerateResponse&) { return "fewer generation.max_new_tokens"; }
+const char* AskForLess(const v1::LogprobsResponse&) { return "a smaller top_k, a shorter target or prompt"; }
+
 // A response over the server's message limit would fail in gRPC's send with a message naming no field,
 // after the call was logged OK: it ends INVALID_ARGUMENT here (asking again cannot fit it), saying what
 // to ask for instead.
+template <typename Response>
 absl::Status CheckResponseSize(const google::protobuf::Message& message, int64_t max_bytes) {
   const size_t bytes = message.ByteSizeLong();
   if (static_cast<int64_t>(bytes) <= max_bytes) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(
-      "the response would be ", bytes, " bytes, over this server's max_message_bytes of ", max_bytes,
-      ": ask for less (want_token_matrix, top_k, fewer pairs, positions or tokens), or raise max_message_bytes"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("the response would be ", bytes, " bytes, over this server's max_message_bytes of ", max_bytes,
+                   ": ask for less (", AskForLess(Response()), "), or raise max_message_bytes"));
 }
 
 // The token matrix alone (T x F doubles) is a floor under an attribution's response size, known before
@@ -67,15 +77,21 @@ absl::Status CheckTokenMatrixFits(const engine::AttributionRequest& request, int
       ": ask for less (want_token_matrix, fewer target tokens or features), or raise max_message_bytes"));
 }
 
-// Likewise the grids of a component attribution (8 bytes a value): a floor known before any row runs.
-absl::Status CheckGridsFit(const engine::ComponentRequest& request, const engine::ModelConfig& config,
-                           int64_t max_bytes) {
-  const int64_t bytes = engine::CountGridValues(request, config) * static_cast<int64_t>(sizeof(double));
+// Likewise a component attribution's grids (8 bytes a value) and the pairs' tokens it echoes (encoded
+// here as the response will hold them, a pair at a time): a floor known before any row runs.
+absl::Status CheckComponentsFit(const ComponentsCall& call, const ServedModel& model, int64_t max_bytes) {
+  int64_t bytes = engine::CountGridValues(call.request, model.model->config()) * static_cast<int64_t>(sizeof(double));
+  for (size_t k = 0; k < call.clean.size() && bytes <= max_bytes; ++k) {
+    v1::PairComponents tokens;
+    FillTokens(call.clean[k], *model.tokenizer, tokens.mutable_clean_tokens());
+    FillTokens(call.corrupted[k], *model.tokenizer, tokens.mutable_corrupted_tokens());
+    bytes += static_cast<int64_t>(tokens.ByteSizeLong());
+  }
   if (bytes <= max_bytes) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(
-      "the response would be at least ", bytes, " bytes (the grids alone: their values x 8 bytes), over this server's ",
-      "max_message_bytes of ", max_bytes, ": ask for fewer pairs, sites or shorter prompts, a coarser granularity, ",
-      "or raise max_message_bytes"));
+      "the response would be at least ", bytes, " bytes (the grids' values x 8 bytes and the pairs' tokens), over ",
+      "this server's max_message_bytes of ", max_bytes, ": ask for less (",
+      AskForLess(v1::AttributeComponentsResponse()), "), or raise max_message_bytes"));
 }
 
 // How a unary call ends: its response, or the error.
@@ -83,7 +99,7 @@ template <typename Response>
 std::function<void(absl::StatusOr<Response>)> FinishUnary(UnaryCall* call, Response* response, int64_t max_bytes) {
   return [call, response, max_bytes](absl::StatusOr<Response> result) {
     if (!result.ok()) return call->Complete(result.status());
-    if (absl::Status fits = CheckResponseSize(*result, max_bytes); !fits.ok()) return call->Complete(fits);
+    if (absl::Status fits = CheckResponseSize<Response>(*result, max_bytes); !fits.ok()) return call->Complete(fits);
     *response = std::move(*result);
     call->Complete(absl::OkStatus());
   };
@@ -96,7 +112,7 @@ std::function<void(absl::StatusOr<Response>)> FinishStream(StreamCall<Event>* ca
     if (!result.ok()) return call->Complete(result.status());
     Event last;
     *last.mutable_result() = std::move(*result);
-    if (absl::Status fits = CheckResponseSize(last, max_bytes); !fits.ok()) return call->Complete(fits);
+    if (absl::Status fits = CheckResponseSize<Response>(last, max_bytes); !fits.ok()) return call->Complete(fits);
     call->Complete(absl::OkStatus(), std::move(last));
   };
 }
@@ -122,6 +138,10 @@ absl::StatusOr<const ServedModel*> AttributionServiceImpl::Admit(CallLog& log, g
     std::optional<absl::string_view> authorization;
     if (it != metadata.end()) authorization = absl::string_view(it->second.data(), it->second.size());
     if (absl::Status s = auth_->Check(authorization); !s.ok()) return s;
+  }
+  if (const int64_t unread = unread_answers_.load(); unread >= config_.max_unread_answers) {
+    return absl::ResourceExhaustedError(absl::StrCat("too many answers not yet read by their clients (", unread,
+                                                     "; the limit is ", config_.max_unread_answers, ")"));
   }
   if (absl::Status s = gate_.Enter(); !s.ok()) return s;
   log.admitted = true;
@@ -159,6 +179,10 @@ void AttributionServiceImpl::CallEnded(const CallLog& log, const grpc::Status& s
   if (!status.ok()) line["message"] = AbbreviateUserText(status.error_message(), 1024);
   WriteLogLine(std::move(line));
 }
+
+void AttributionServiceImpl::AnswerWaiting() { unread_answers_.fetch_add(1); }
+
+void AttributionServiceImpl::AnswerGone() { unread_answers_.fetch_sub(1); }
 
 template <typename Call>
 void AttributionServiceImpl::StartAttribution(Call* call, grpc::CallbackServerContext* context,
@@ -212,8 +236,7 @@ void AttributionServiceImpl::StartComponents(
   if (!model.ok()) return done(model.status());
   absl::StatusOr<ComponentsCall> converted = ToComponentsCall(request, **model, DeadlineOf(context));
   if (!converted.ok()) return done(converted.status());
-  if (absl::Status fits = CheckGridsFit(converted->request, (*model)->model->config(), config_.max_message_bytes);
-      !fits.ok()) {
+  if (absl::Status fits = CheckComponentsFit(*converted, **model, config_.max_message_bytes); !fits.ok()) {
     return done(fits);
   }
   const ServedModel* served = *model;
@@ -318,20 +341,20 @@ grpc::ServerUnaryReactor* AttributionServiceImpl::Logprobs(grpc::CallbackServerC
   auto handle = served->engine->NewRequest(logprobs->priority, DeadlineOf(context));
   call->OnCancelDo([served, handle] { served->engine->Cancel(*handle); });
   const absl::Time received = call->log().received;
-  engine::ScoreTarget(*served->engine, handle, logprobs->prompt.encoding.ids, logprobs->target.encoding.ids,
-                      logprobs->top_k,
-                      [call, served, logprobs, handle, response, received,
-                       max_bytes = config_.max_message_bytes](absl::StatusOr<engine::TargetScores> scores) {
-                        if (!scores.ok()) return call->Complete(scores.status());
-                        ToLogprobsResponse(*scores, *logprobs, *served, response);
-                        ToRunStats(handle->stats(), received, response->mutable_stats());
-                        if (absl::Status fits = CheckResponseSize(*response, max_bytes); !fits.ok()) {
-                          response->Clear();
-                          return call->Complete(fits);
-                        }
-                        call->log().stats = response->stats();
-                        call->Complete(absl::OkStatus());
-                      });
+  engine::ScoreTarget(
+      *served->engine, handle, logprobs->prompt.encoding.ids, logprobs->target.encoding.ids, logprobs->top_k,
+      [call, served, logprobs, handle, response, received,
+       max_bytes = config_.max_message_bytes](absl::StatusOr<engine::TargetScores> scores) {
+        if (!scores.ok()) return call->Complete(scores.status());
+        ToLogprobsResponse(*scores, *logprobs, *served, response);
+        ToRunStats(handle->stats(), received, response->mutable_stats());
+        if (absl::Status fits = CheckResponseSize<v1::LogprobsResponse>(*response, max_bytes); !fits.ok()) {
+          response->Clear();
+          return call->Complete(fits);
+        }
+        call->log().stats = response->stats();
+        call->Complete(absl::OkStatus());
+      });
   return call;
 }
 

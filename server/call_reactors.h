@@ -50,6 +50,11 @@ class CallObserver {
  public:
   virtual ~CallObserver() = default;
   virtual void CallEnded(const CallLog& log, const grpc::Status& status) = 0;
+  // A unary answer handed to gRPC, until gRPC is done with its call (delivered, or the client gone). Its
+  // call has ended and left its admission slot; an answer the client does not read stays in memory, so
+  // the observer bounds how many there are (clients that never read could park gigabytes of them).
+  virtual void AnswerWaiting() = 0;
+  virtual void AnswerGone() = 0;
   // The call's delivery, watched for a client that stopped reading (nullptr: not watched).
   virtual std::shared_ptr<DeliveryWatch> WatchDelivery(grpc::CallbackServerContext* context) = 0;
 };
@@ -112,12 +117,14 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
     if (completed_.exchange(true)) return LogSecondEnd(log_, status);
     const grpc::Status grpc_status = EndStatus(status, log_);
     observer_->CallEnded(log_, grpc_status);
+    observer_->AnswerWaiting();
     if (watch_) watch_->WriteStarted();
     Finish(grpc_status);
   }
   void OnCancel() override { cancel_.Fire(); }
   void OnDone() override {
     if (watch_) watch_->CallDone();
+    if (completed_) observer_->AnswerGone();
     delete this;
   }
 

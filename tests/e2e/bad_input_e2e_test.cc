@@ -631,6 +631,25 @@ TEST(BadInputs, HugeModelNameIsQuotedShortlyInTheStatusAndTheLog) {
   EXPECT_LT(longest, 1000u);
 }
 
+// gRPC inflates a compressed message whole before it checks the size limit (4 MB of gzip became 4 GB of
+// memory, before authentication): compressed requests are refused, and plain ones still answered.
+TEST(BadInputs, CompressedRequestsAreRefusedBeforeTheyAreInflated) {
+  auto server = ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir()});
+  ASSERT_THAT(server, IsOk());
+  auto stub =
+      v1::AttributionService::NewStub(grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
+  for (grpc_compression_algorithm algorithm : {GRPC_COMPRESS_GZIP, GRPC_COMPRESS_DEFLATE}) {
+    grpc::ClientContext context;
+    context.set_compression_algorithm(algorithm);
+    v1::LogprobsResponse response;
+    const grpc::Status status = stub->Logprobs(&context, GoodLogprobs(), &response);
+    EXPECT_EQ(status.error_code(), StatusCode::UNIMPLEMENTED) << algorithm << ": " << status.error_message();
+  }
+  grpc::ClientContext context;
+  v1::LogprobsResponse response;
+  EXPECT_TRUE(stub->Logprobs(&context, GoodLogprobs(), &response).ok());
+}
+
 TEST(BadInputs, CallsOverTheConcurrencyLimitAreResourceExhausted) {
   auto server = ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir(), "--max_concurrent_requests=1"});
   ASSERT_THAT(server, IsOk());
@@ -724,7 +743,28 @@ TEST(BadInputs, AResponseOverTheMessageLimitSaysWhatToAskForLess) {
     v1::AttributeComponentsResponse response;
     const grpc::Status status = stub->AttributeComponents(&context, components, &response);
     EXPECT_EQ(status.error_code(), StatusCode::INVALID_ARGUMENT);
-    EXPECT_THAT(status.error_message(), HasSubstr("(the grids alone: their values x 8 bytes)"));
+    EXPECT_THAT(status.error_message(), HasSubstr("(the grids' values x 8 bytes and the pairs' tokens)"));
+  }
+  {
+    // Per-head grids are small; the 8 x 2 x 300 tokens the response echoes are not: refused before any row
+    // runs too (it was refused only after all of them, by the size of the finished response).
+    v1::AttributeComponentsRequest components;
+    components.set_model("demo");
+    for (int pair = 0; pair < 8; ++pair) {
+      v1::PromptPair* p = components.add_pairs();
+      for (int i = 0; i < 300; ++i) {
+        p->mutable_clean()->add_token_ids(100 + i);
+        p->mutable_corrupted()->add_token_ids(i == 50 ? 300 : 100 + i);
+      }
+    }
+    components.mutable_answer()->add_token_ids(5);
+    components.mutable_wrong_answer()->add_token_ids(6);
+    grpc::ClientContext context;
+    v1::AttributeComponentsResponse response;
+    const grpc::Status status = stub->AttributeComponents(&context, components, &response);
+    EXPECT_EQ(status.error_code(), StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(status.error_message(), HasSubstr("and the pairs' tokens), over this server's max_message_bytes"));
+    EXPECT_THAT(status.error_message(), HasSubstr("ask for less (fewer pairs or sites, shorter prompts"));
   }
   {
     // 20 alternatives at each of 150 positions (text and bytes each): checked like the other responses.
@@ -737,14 +777,14 @@ TEST(BadInputs, AResponseOverTheMessageLimitSaysWhatToAskForLess) {
     const grpc::Status status = stub->Logprobs(&context, logprobs, &response);
     EXPECT_EQ(status.error_code(), StatusCode::INVALID_ARGUMENT);
     EXPECT_THAT(status.error_message(),
-                HasSubstr("max_message_bytes of 16384: ask for less (want_token_matrix, top_k"));
+                HasSubstr("max_message_bytes of 16384: ask for less (a smaller top_k, a shorter target"));
   }
   (*server)->Signal(SIGTERM);
   EXPECT_EQ((*server)->Wait(absl::Seconds(60)), 0);
   const std::string log = (*server)->Log();
   size_t refused = 0;
   for (size_t at = 0; (at = log.find("\"code\":\"INVALID_ARGUMENT\"", at)) != std::string::npos; ++at) ++refused;
-  EXPECT_EQ(refused, 6u) << log.substr(0, 2000);
+  EXPECT_EQ(refused, 7u) << log.substr(0, 2000);
 }
 
 }  // namespace

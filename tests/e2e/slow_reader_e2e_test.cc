@@ -8,8 +8,12 @@
 // bounded (the server keeps at most the stream's unsent events: progress is coalesced, tokens are at
 // most max_new_tokens). Afterwards the readers get every token and their results, and a reader that
 // gives up while stalled frees its call.
+#include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -359,6 +363,127 @@ TEST(SlowReader, AReaderStalledPastTheReadTimeoutIsCancelledAndFreesItsSlot) {
   EXPECT_EQ(reader.status.error_code(), grpc::StatusCode::CANCELLED) << reader.status.error_message();
   EXPECT_FALSE(reader.answered);
   EXPECT_TRUE(test_support::WaitForIdle((*server)->metrics_port(), "demo", absl::Seconds(30)));
+}
+
+// An HTTP/2 client that never lets the server send a byte of DATA (initial window 0, never raised): a
+// caller that does not read its unary answer, which gRPC's own clients cannot be made to be. It answers the
+// server's SETTINGS and PINGs, so the connection stays up.
+class NonReadingClient {
+ public:
+  explicit NonReadingClient(int port) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(static_cast<uint16_t>(port));
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    connected_ = ::connect(fd_, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0;
+    Send("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    Frame(/*SETTINGS*/ 4, 0, 0, std::string("\x00\x04\x00\x00\x00\x00", 6));  // INITIAL_WINDOW_SIZE = 0
+    reader_ = std::thread([this] { Answer(); });
+  }
+  ~NonReadingClient() {
+    ::shutdown(fd_, SHUT_RDWR);
+    reader_.join();
+    ::close(fd_);
+  }
+  bool connected() const { return connected_; }
+
+  // Starts a unary call of `method` with `request` on stream `id` (odd, increasing).
+  void Call(uint32_t id, const std::string& method, const google::protobuf::Message& request) {
+    std::string headers;
+    for (const auto& [name, value] :
+         std::vector<std::pair<std::string, std::string>>{{":method", "POST"},
+                                                          {":scheme", "http"},
+                                                          {":path", method},
+                                                          {":authority", "localhost"},
+                                                          {"content-type", "application/grpc"},
+                                                          {"te", "trailers"}}) {
+      // HPACK: a literal field without indexing, new name, no Huffman coding (every length is under 127).
+      absl::StrAppend(&headers, std::string(1, '\0'), std::string(1, static_cast<char>(name.size())), name,
+                      std::string(1, static_cast<char>(value.size())), value);
+    }
+    Frame(/*HEADERS*/ 1, /*END_HEADERS*/ 4, id, headers);
+    const std::string body = request.SerializeAsString();
+    std::string message(5, '\0');
+    for (int i = 0; i < 4; ++i) message[1 + i] = static_cast<char>((body.size() >> (8 * (3 - i))) & 0xff);
+    Frame(/*DATA*/ 0, /*END_STREAM*/ 1, id, message + body);
+  }
+
+ private:
+  void Send(const std::string& bytes) {
+    std::lock_guard<std::mutex> lock(write_mu_);
+    for (size_t sent = 0; sent < bytes.size();) {
+      const ssize_t n = ::send(fd_, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
+      if (n <= 0) return;
+      sent += static_cast<size_t>(n);
+    }
+  }
+  void Frame(uint8_t type, uint8_t flags, uint32_t stream, const std::string& payload) {
+    std::string header(9, '\0');
+    for (int i = 0; i < 3; ++i) header[i] = static_cast<char>((payload.size() >> (8 * (2 - i))) & 0xff);
+    header[3] = static_cast<char>(type);
+    header[4] = static_cast<char>(flags);
+    for (int i = 0; i < 4; ++i) header[5 + i] = static_cast<char>((stream >> (8 * (3 - i))) & 0xff);
+    Send(header + payload);
+  }
+  bool Receive(char* out, size_t size) {
+    for (size_t got = 0; got < size;) {
+      const ssize_t n = ::recv(fd_, out + got, size - got, 0);
+      if (n <= 0) return false;
+      got += static_cast<size_t>(n);
+    }
+    return true;
+  }
+  void Answer() {
+    unsigned char header[9];
+    while (Receive(reinterpret_cast<char*>(header), 9)) {
+      std::string payload((size_t{header[0]} << 16) | (size_t{header[1]} << 8) | header[2], '\0');
+      if (!Receive(payload.data(), payload.size())) return;
+      const bool ack = (header[4] & 1) != 0;
+      if (header[3] == /*SETTINGS*/ 4 && !ack) Frame(4, /*ACK*/ 1, 0, "");
+      if (header[3] == /*PING*/ 6 && !ack) Frame(6, /*ACK*/ 1, 0, payload);
+    }
+  }
+
+  int fd_ = -1;
+  bool connected_ = false;
+  std::mutex write_mu_;
+  std::thread reader_;
+};
+
+// A unary answer the client does not read stays in the server's memory until it is delivered or the read
+// timeout cancels it: such answers are counted, and beyond max_unread_answers new calls are refused (there
+// was no bound, so clients that never read could park any number of answers).
+TEST(SlowReader, UnreadUnaryAnswersAreBoundedUntilTheReadTimeoutCancelsThem) {
+  auto server = ServerProcess::Start(
+      {"--model=demo=" + test_support::DemoModelDir(), "--max_unread_answers=1", "--client_read_timeout_seconds=3"});
+  ASSERT_THAT(server, IsOk());
+  auto [unused, stub] = Connections((*server)->address());
+  NonReadingClient parked((*server)->port());
+  ASSERT_TRUE(parked.connected());
+  parked.Call(1, "/attribution.v1.AttributionService/Logprobs", ShortLogprobs());
+  // The parked call's work is done in well under a second; its answer cannot leave the server.
+  std::this_thread::sleep_for(std::chrono::seconds(1));  // waiting for the server to answer the parked call
+  const absl::Time parked_at = absl::Now();
+  grpc::Status status;
+  {
+    grpc::ClientContext context;
+    v1::LogprobsResponse response;
+    status = stub->Logprobs(&context, ShortLogprobs(), &response);
+  }
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+  EXPECT_NE(status.error_message().find("too many answers not yet read by their clients (1; the limit is 1)"),
+            std::string::npos)
+      << status.error_message();
+  do {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // polling the server for the freed slot
+    grpc::ClientContext context;
+    v1::LogprobsResponse response;
+    status = stub->Logprobs(&context, ShortLogprobs(), &response);
+  } while (!status.ok() && absl::Now() - parked_at < absl::Seconds(60));
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  std::cout << "[ slow     ] calls admitted again " << absl::FormatDuration(absl::Now() - parked_at)
+            << " after the unread answer was ready\n";
 }
 
 }  // namespace
