@@ -45,69 +45,73 @@ absl::Status CheckPatch(const ComponentSelection& patch, const ModelConfig& conf
   return absl::OkStatus();
 }
 
-// AtP*'s value + query + key terms (ComponentWork::exact_attention_weights) of some heads of one layer,
-// from the run's and the other run's q, k, v ([heads, S, D], float64: the terms are differences of
-// nearly equal weights), the hidden (query, key) slots [S, S] and d objective / d head output
-// [heads, S, D]: [heads, S].
+// AtP*'s value + query + key terms (ComponentWork::exact_attention_weights) of one layer's heads, from
+// the run's and the other run's q, k, v ([heads, S, D], float64: the terms are differences of nearly
+// equal weights), the hidden (query, key) slots [S, S] and d objective / d head output [heads, S, D]:
+// [heads, S]. The [heads, S, S] weights go a block of query rows at a time (every term is a sum over
+// query rows, or one value per row), each of the ~10 temporaries of a block near 16 MB; `pause` runs
+// between blocks: the whole grows with S², about a minute on a CPU for one 4096-token pair, and waiting
+// short calls (and the check for a cancelled batch) must not wait for all of it.
 at::Tensor ExactWeightTerms(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& other_q,
                             const at::Tensor& other_k, const at::Tensor& other_v, const at::Tensor& hidden,
-                            const at::Tensor& gradient) {
+                            const at::Tensor& gradient, const std::function<void()>& pause) {
+  const int64_t heads = q.size(0), length = q.size(1);
   const at::Tensor scale = at::scalar_tensor(1 / std::sqrt(static_cast<double>(q.size(-1))), q.options());
   auto logits = [&](const at::Tensor& qs, const at::Tensor& ks) {
     return at::matmul(qs, ks.transpose(-1, -2)) * scale;
   };
-  auto masked = [&](const at::Tensor& x) { return x.masked_fill(hidden, -std::numeric_limits<double>::infinity()); };
-  const at::Tensor own_logits = logits(q, k);
-  const at::Tensor log_weights = at::log_softmax(masked(own_logits), -1);  // [heads, S, S]
-  const at::Tensor weights = log_weights.exp();
-  const at::Tensor weight_gradient = at::matmul(gradient, v.transpose(-1, -2));  // d objective / d a[t, s]
-  const at::Tensor expected = (weights * weight_gradient).sum(-1, /*keepdim=*/true);
-  // Values enter linearly: their first-order term is exact for this head's output.
-  const at::Tensor value_term = ((other_v - v) * at::matmul(weights.transpose(-1, -2), gradient)).sum(-1);
-  // The other run's query at t: row t's weights recomputed.
-  const at::Tensor query_term = ((at::softmax(masked(logits(other_q, k)), -1) - weights) * weight_gradient).sum(-1);
-  // The other run's key at s shifts logit s of every row by δ, so row t's weights become a' with
-  // a'[s] = a[s] e^δ / Z, a'[j] = a[j] / Z, Z = 1 − a[s] + a[s] e^δ, and
-  // Σ_j (a'[j] − a[j]) g[j] = f · (g[s] − Σ_j a[j] g[j]) with f = (a[s] e^δ − a[s]) / Z.
-  const at::Tensor shifted = log_weights + (logits(q, other_k) - own_logits);  // log(a[s] e^δ)
-  const at::Tensor small = shifted.clamp_max(0).exp(), large_inverse = (-shifted.clamp_min(0)).exp();
-  const at::Tensor share = at::where(shifted > 0, (1 - weights * large_inverse) / (1 + (1 - weights) * large_inverse),
-                                     (small - weights) / (1 - weights + small));
-  const at::Tensor key_term = at::where(hidden, at::zeros_like(share), share * (weight_gradient - expected)).sum(1);
-  return value_term + query_term + key_term;
+  const int64_t block = std::max<int64_t>(1, (int64_t{16} << 20) / (heads * length * 8));
+  at::Tensor value_term = at::zeros({heads, length}, q.options());
+  at::Tensor key_term = at::zeros({heads, length}, q.options());
+  std::vector<at::Tensor> query_terms;
+  for (int64_t first = 0; first < length; first += block) {
+    if (pause) pause();
+    const int64_t rows = std::min(block, length - first);
+    const at::Tensor hidden_rows = hidden.narrow(0, first, rows);  // [n, S]
+    auto masked = [&](const at::Tensor& x) {
+      return x.masked_fill(hidden_rows, -std::numeric_limits<double>::infinity());
+    };
+    const at::Tensor q_rows = q.narrow(1, first, rows), gradient_rows = gradient.narrow(1, first, rows);
+    const at::Tensor own_logits = logits(q_rows, k);
+    const at::Tensor log_weights = at::log_softmax(masked(own_logits), -1);  // [heads, n, S]
+    const at::Tensor weights = log_weights.exp();
+    const at::Tensor weight_gradient = at::matmul(gradient_rows, v.transpose(-1, -2));  // d objective / d a[t, s]
+    const at::Tensor expected = (weights * weight_gradient).sum(-1, /*keepdim=*/true);
+    // Values enter linearly: their first-order term is exact for this head's output.
+    value_term += ((other_v - v) * at::matmul(weights.transpose(-1, -2), gradient_rows)).sum(-1);
+    // The other run's query at t: row t's weights recomputed.
+    query_terms.push_back(
+        ((at::softmax(masked(logits(other_q.narrow(1, first, rows), k)), -1) - weights) * weight_gradient).sum(-1));
+    // The other run's key at s shifts logit s of every row by δ, so row t's weights become a' with
+    // a'[s] = a[s] e^δ / Z, a'[j] = a[j] / Z, Z = 1 − a[s] + a[s] e^δ, and
+    // Σ_j (a'[j] − a[j]) g[j] = f · (g[s] − Σ_j a[j] g[j]) with f = (a[s] e^δ − a[s]) / Z.
+    const at::Tensor shifted = log_weights + (logits(q_rows, other_k) - own_logits);  // log(a[s] e^δ)
+    const at::Tensor small = shifted.clamp_max(0).exp(), large_inverse = (-shifted.clamp_min(0)).exp();
+    const at::Tensor share = at::where(shifted > 0, (1 - weights * large_inverse) / (1 + (1 - weights) * large_inverse),
+                                       (small - weights) / (1 - weights + small));
+    key_term += at::where(hidden_rows, at::zeros_like(share), share * (weight_gradient - expected)).sum(1);
+  }
+  return value_term + at::cat(query_terms, 1) + key_term;
 }
 
 // ExactWeightTerms of every head of one layer of run `own` ([2, layers, heads, S, D] captures), given
-// d objective / d head output [S, heads, D]: [S, heads]. Heads go a few at a time, so that each of the
-// ~10 [heads, S, S] float64 temporaries alive at once stays near 64 MB (one head of a 4096-token
-// prompt: 128 MB each). `pause` runs between the groups: this work grows with S², a minute on a CPU
-// for one 4096-token pair, and waiting short calls (and the check for a cancelled batch) must not
-// wait for all of it.
+// d objective / d head output [S, heads, D]: [S, heads].
 at::Tensor ExactWeightEstimates(const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& values,
                                 const at::Tensor& visible, int own, int64_t layer, const at::Tensor& head_gradient,
                                 const std::function<void()>& pause) {
-  const int64_t heads = queries.size(2), length = queries.size(3);
+  const int64_t heads = queries.size(2);
   const int64_t group = heads / keys.size(2);  // query heads per key / value head
-  const int64_t chunk = std::max<int64_t>(1, (int64_t{64} << 20) / (length * length * 8));
-  const at::Tensor hidden = visible.logical_not();
-  const at::Tensor gradient = head_gradient.transpose(0, 1);  // [heads, S, D]
-  std::vector<at::Tensor> parts;
-  for (int64_t first = 0; first < heads; first += chunk) {
-    if (pause) pause();
-    const int64_t count = std::min(chunk, heads - first);
-    // Run `run`'s query heads [first, first + count), or the key / value heads they read.
-    auto take = [&](const at::Tensor& captured, int run, bool per_query_head) {
-      const at::Tensor x = captured[run][layer];
-      if (per_query_head) return x.narrow(0, first, count).to(at::kDouble);
-      const at::Tensor index = at::arange(first, first + count, at::kLong).div(group, "floor").to(x.device());
-      return x.index_select(0, index).to(at::kDouble);
-    };
-    parts.push_back(ExactWeightTerms(take(queries, own, true), take(keys, own, false), take(values, own, false),
-                                     take(queries, 1 - own, true), take(keys, 1 - own, false),
-                                     take(values, 1 - own, false), hidden,
-                                     gradient.narrow(0, first, count).to(at::kDouble)));
-  }
-  return at::cat(parts).transpose(0, 1);
+  // Run `run`'s query heads, or the key / value heads they read.
+  auto take = [&](const at::Tensor& captured, int run, bool per_query_head) {
+    const at::Tensor x = captured[run][layer];
+    if (per_query_head) return x.to(at::kDouble);
+    const at::Tensor index = at::arange(0, heads, at::kLong).div(group, "floor").to(x.device());
+    return x.index_select(0, index).to(at::kDouble);
+  };
+  return ExactWeightTerms(take(queries, own, true), take(keys, own, false), take(values, own, false),
+                          take(queries, 1 - own, true), take(keys, 1 - own, false), take(values, 1 - own, false),
+                          visible.logical_not(), head_gradient.transpose(0, 1).to(at::kDouble), pause)
+      .transpose(0, 1);
 }
 
 }  // namespace
