@@ -278,7 +278,7 @@ void PrintTable(const std::string& title, const nlohmann::json& load) {
     std::cout << absl::StrFormat("| %-9s | %6d | %6d | %8.2f | %9.1f | %9.1f | %9.1f | %s\n", rpc,
                                  r["calls"].get<int>(), r["ok"].get<int>(), r["per_second"].get<double>(),
                                  r["p50_ms"].get<double>(), r["p90_ms"].get<double>(), r["p99_ms"].get<double>(),
-                                 r["errors"].dump());
+                                 r["errors"].dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
   }
 }
 
@@ -349,21 +349,24 @@ int Run() {
   if (background->mix.empty()) {
     const nlohmann::json load = RunLoad(**client, model, foreground, duration);
     if (absl::GetFlag(FLAGS_json))
-      std::cout << load.dump(2) << "\n";
+      std::cout << load.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     else
       PrintTable("load", load);
     return 0;
   }
   const nlohmann::json report = RunIsolation(**client, model, foreground, *background, duration);
   if (absl::GetFlag(FLAGS_json)) {
-    std::cout << report.dump(2) << "\n";
+    std::cout << report.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     return 0;
   }
   for (const char* phase : {"foreground_alone", "background_alone", "foreground_loaded", "background_loaded"}) {
     PrintTable(phase, report[phase]);
   }
-  std::cout << "foreground p99 loaded / alone: " << report["foreground_p99_loaded_over_alone"].dump()
-            << "\nbackground throughput loaded / alone: " << report["background_throughput_loaded_over_alone"].dump()
+  std::cout << "foreground p99 loaded / alone: "
+            << report["foreground_p99_loaded_over_alone"].dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
+            << "\nbackground throughput loaded / alone: "
+            << report["background_throughput_loaded_over_alone"].dump(-1, ' ', false,
+                                                                      nlohmann::json::error_handler_t::replace)
             << "\n";
   return 0;
 }

@@ -26,6 +26,7 @@
 #include "client/command_line.h"
 #include "client/component_render.h"
 #include "client/heatmap.h"
+#include "client/result_json.h"
 
 ABSL_FLAG(std::string, server, "localhost:50051",
           "server address host:port, or any gRPC target (dns:///name:port, ...)");
@@ -290,10 +291,7 @@ int Generate(AttributionClient& client, const std::string& model) {
   }
   if (!result.ok()) return Failed(result.status());
   if (absl::GetFlag(FLAGS_json)) {
-    nlohmann::json tokens = nlohmann::json::array();
-    for (const Token& t : result->tokens) tokens.push_back({{"id", t.id}, {"text", t.text}, {"log_prob", t.log_prob}});
-    std::cout << nlohmann::json{{"text", result->text}, {"tokens", tokens}, {"stopped", result->stopped}}.dump(2)
-              << "\n";
+    std::cout << GenerationJson(*result) << "\n";
   } else if (!absl::GetFlag(FLAGS_stream)) {
     std::cout << result->text << "\n";
   }

@@ -181,7 +181,7 @@ std::string ComponentJson(const ComponentAttribution& a) {
     for (const ComponentGrid& g : p.grids) pair["grids"].push_back(grid_json(g));
     out["pairs"].push_back(std::move(pair));
   }
-  return out.dump(2);
+  return out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 }  // namespace attribution::client

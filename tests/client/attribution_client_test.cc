@@ -5,13 +5,13 @@
 #include "client/attribution_client.h"
 
 #include <gmock/gmock.h>
-#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
 #include <memory>
 #include <string>
 
 #include "attribution/v1/attribution.grpc.pb.h"
+#include "tests/testing/fake_attribution_service.h"
 #include "tests/testing/status_matchers.h"
 
 namespace attribution::client {
@@ -24,81 +24,19 @@ using ::testing::HasSubstr;
 
 constexpr absl::StatusCode kDataLoss = absl::StatusCode::kDataLoss;
 
-// Answers every RPC with the response a test set before calling (streams: one progress event, then it).
-class FakeService final : public v1::AttributionService::Service {
- public:
-  v1::AttributeResponse attribute;
-  v1::AttributeComponentsResponse components;
-  v1::GenerateResponse generate;
-  v1::LogprobsResponse logprobs;
-  v1::ListModelsResponse models;
-
-  grpc::Status Attribute(grpc::ServerContext*, const v1::AttributeRequest*, v1::AttributeResponse* out) override {
-    *out = attribute;
-    return grpc::Status::OK;
-  }
-  grpc::Status AttributeStream(grpc::ServerContext*, const v1::AttributeRequest*,
-                               grpc::ServerWriter<v1::AttributeEvent>* writer) override {
-    v1::AttributeEvent event;
-    event.mutable_progress()->set_rows_total(1);
-    writer->Write(event);
-    *event.mutable_result() = attribute;
-    writer->Write(event);
-    return grpc::Status::OK;
-  }
-  grpc::Status AttributeComponentsStream(grpc::ServerContext*, const v1::AttributeComponentsRequest*,
-                                         grpc::ServerWriter<v1::AttributeComponentsEvent>* writer) override {
-    v1::AttributeComponentsEvent event;
-    event.mutable_progress()->set_rows_total(1);
-    writer->Write(event);
-    *event.mutable_result() = components;
-    writer->Write(event);
-    return grpc::Status::OK;
-  }
-  grpc::Status Generate(grpc::ServerContext*, const v1::GenerateRequest*, v1::GenerateResponse* out) override {
-    *out = generate;
-    return grpc::Status::OK;
-  }
-  grpc::Status GenerateStream(grpc::ServerContext*, const v1::GenerateRequest*,
-                              grpc::ServerWriter<v1::GenerateEvent>* writer) override {
-    v1::GenerateEvent event;
-    *event.mutable_token() = generate.tokens(0);
-    writer->Write(event);
-    *event.mutable_result() = generate;
-    writer->Write(event);
-    return grpc::Status::OK;
-  }
-  grpc::Status Logprobs(grpc::ServerContext*, const v1::LogprobsRequest*, v1::LogprobsResponse* out) override {
-    *out = logprobs;
-    return grpc::Status::OK;
-  }
-  grpc::Status ListModels(grpc::ServerContext*, const v1::ListModelsRequest*, v1::ListModelsResponse* out) override {
-    *out = models;
-    return grpc::Status::OK;
-  }
-};
-
 class AttributionClientTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    grpc::ServerBuilder builder;
-    builder.RegisterService(&service_);
-    int port = 0;
-    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-    server_ = builder.BuildAndStart();
-    ASSERT_NE(server_, nullptr);
+    ASSERT_TRUE(server_.ok());
     absl::StatusOr<std::unique_ptr<AttributionClient>> client =
-        AttributionClient::Connect({.target = "127.0.0.1:" + std::to_string(port), .max_attempts = 1});
+        AttributionClient::Connect({.target = server_.address(), .max_attempts = 1});
     ASSERT_THAT(client, IsOk());
     client_ = std::move(*client);
   }
-  void TearDown() override {
-    client_.reset();
-    if (server_) server_->Shutdown();
-  }
+  void TearDown() override { client_.reset(); }
 
-  FakeService service_;
-  std::unique_ptr<grpc::Server> server_;
+  test_support::FakeAttributionServer server_;
+  test_support::FakeAttributionService& service_ = server_.service;
   std::unique_ptr<AttributionClient> client_;
 };
 

@@ -9,12 +9,15 @@
 
 #include <cstdio>
 #include <fstream>
+#include <iterator>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <tuple>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "client/attribution_client.h"
+#include "tests/testing/fake_attribution_service.h"
 #include "tests/testing/server_process.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -22,6 +25,7 @@
 namespace attribution {
 namespace {
 
+namespace v1 = ::attribution::v1;
 using ::attribution::test_support::IsOk;
 using ::testing::HasSubstr;
 using ::testing::Not;
@@ -35,6 +39,25 @@ std::pair<int, std::string> RunCommand(const std::string& command) {
   for (size_t n; (n = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0;) output.append(buffer, n);
   const int status = ::pclose(pipe);
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
+}
+
+// Runs `command` through the shell; its exit status, standard output and standard error apart.
+struct Outputs {
+  int code = -1;
+  std::string out, err;
+};
+Outputs RunCommandApart(const std::string& command) {
+  test_support::TempDir dir;
+  Outputs outputs;
+  FILE* pipe = ::popen(absl::StrCat(command, " 2>", dir.File("stderr")).c_str(), "r");
+  if (pipe == nullptr) return {-1, "", "popen failed"};
+  char buffer[4096];
+  for (size_t n; (n = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0;) outputs.out.append(buffer, n);
+  const int status = ::pclose(pipe);
+  outputs.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  std::ifstream err(dir.File("stderr"));
+  outputs.err.assign(std::istreambuf_iterator<char>(err), std::istreambuf_iterator<char>());
+  return outputs;
 }
 
 struct Program {
@@ -170,6 +193,25 @@ TEST(CliCommandLine, BadFlagsAreUsageErrors) {
     EXPECT_EQ(code, 2) << flag << ": " << output;
     EXPECT_THAT(output, HasSubstr("attribution-cli: " + message)) << flag;
   }
+}
+
+// Text that is not UTF-8 from a server (C++ protobuf only logs it) aborted `generate --json` (nlohmann's
+// strict dump threw); it is written with U+FFFD in place of the bad bytes. (The client's protobuf stops
+// parsing at the first such string and keeps what it read: the bad text is the last field here.)
+TEST(CliCommandLine, JsonOfServerTextThatIsNotUtf8HasReplacements) {
+  test_support::FakeAttributionServer fake;
+  ASSERT_TRUE(fake.ok());
+  v1::Token* token = fake.service.generate.add_tokens();
+  token->set_id(7);
+  token->set_text("b");
+  fake.service.generate.set_text(std::string("a\xff") + "b");
+  const Outputs generate = RunCommandApart(
+      absl::StrCat(ATTRIBUTION_CLI_BINARY, " generate --json --model=demo --prompt=x --server=", fake.address()));
+  ASSERT_EQ(generate.code, 0) << generate.err;
+  const nlohmann::json json = nlohmann::json::parse(generate.out, nullptr, /*allow_exceptions=*/false);
+  ASSERT_FALSE(json.is_discarded()) << generate.out << generate.err;
+  EXPECT_EQ(json["text"], std::string("a\xef\xbf\xbd") + "b");
+  EXPECT_EQ(json["tokens"][0]["text"], "b");
 }
 
 }  // namespace

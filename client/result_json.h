@@ -1,0 +1,18 @@
+// SPDX-License-Identifier: Apache-2.0
+// The results of Generate, Logprobs and ListModels as JSON text: what `attribution-cli --json` prints
+// for them (attributions: AttributionJson in heatmap.h; components: ComponentJson). Text that is not
+// valid UTF-8 (a server's protobuf strings are not checked on receipt) is written with U+FFFD in
+// place of the bad bytes.
+//
+//   std::cout << GenerationJson(*generation) << "\n";
+#pragma once
+#include <string>
+
+#include "client/attribution_client.h"
+
+namespace attribution::client {
+
+// {"text", "tokens": [{"id", "text", "log_prob"}], "stopped"}.
+std::string GenerationJson(const Generation& generation);
+
+}  // namespace attribution::client
