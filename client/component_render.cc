@@ -2,6 +2,7 @@
 #include "client/component_render.h"
 
 #include <algorithm>
+#include <cmath>
 #include <nlohmann/json.hpp>
 #include <numeric>
 
@@ -71,7 +72,7 @@ std::string Strongest(const ComponentGrid& grid, size_t count) {
   std::vector<size_t> order(grid.values.size());
   std::iota(order.begin(), order.end(), 0);
   std::sort(order.begin(), order.end(),
-            [&](size_t x, size_t y) { return std::abs(grid.values[x]) > std::abs(grid.values[y]); });
+            [&](size_t x, size_t y) { return StrongerThan(grid.values[x], grid.values[y]); });
   std::string out = "strongest:";
   for (size_t rank = 0; rank < order.size() && rank < count; ++rank) {
     size_t rest = order[rank];
@@ -110,7 +111,11 @@ std::string TerminalComponents(const ComponentAttribution& a, bool color) {
     }
     absl::StrAppend(&out, Strongest(grid, 5), "\n");
     if (!grid.convergence_deltas.empty()) {
-      absl::StrAppendFormat(&out, "largest |convergence delta| %.3g\n", MaxAbs(grid.convergence_deltas));
+      double largest = MaxAbs(grid.convergence_deltas);
+      for (double delta : grid.convergence_deltas) {
+        if (!std::isfinite(delta)) largest = std::fabs(delta);  // a NaN or infinite delta is the news
+      }
+      absl::StrAppendFormat(&out, "largest |convergence delta| %.3g\n", largest);
     }
   }
   absl::StrAppendFormat(&out, "\n%d rows (%d backward) in %.3f s\n", a.stats.rows, a.stats.backward_passes,

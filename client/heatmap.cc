@@ -39,6 +39,14 @@ std::vector<PromptPiece> PromptPieces(const Attribution& a) {
   return pieces;
 }
 
+// Whether every attribution value is a finite number (NaN and infinities are drawn grey).
+bool AllFinite(const Attribution& a) {
+  auto finite = [](const std::vector<double>& values) {
+    return std::all_of(values.begin(), values.end(), [](double v) { return std::isfinite(v); });
+  };
+  return finite(a.sequence) && std::all_of(a.token_matrix.begin(), a.token_matrix.end(), finite);
+}
+
 std::string TargetText(const Attribution& a) {
   std::string text;
   for (const Token& t : a.target_tokens) text += t.text;
@@ -73,9 +81,13 @@ std::string FaithfulnessChart(const Faithfulness& f) {
   percents.push_back(100);
   deletion.push_back(f.empty);
   insertion.push_back(f.full);
-  double top = 1e-12;
-  for (double p : deletion) top = std::max(top, p);
-  for (double p : insertion) top = std::max(top, p);
+  double top = 0;  // the largest finite p; 1 when there is none above 0
+  for (const std::vector<double>* curve : {&deletion, &insertion}) {
+    for (double p : *curve) {
+      if (std::isfinite(p)) top = std::max(top, p);
+    }
+  }
+  if (top <= 0) top = 1;
   auto x = [&](double percent) { return kLeft + percent / 100 * (kWidth - kLeft - kRight); };
   auto y = [&](double p) { return kHeight - kBottom - p / top * (kHeight - kTop - kBottom); };
   std::string svg = absl::StrFormat(
@@ -100,24 +112,40 @@ std::string FaithfulnessChart(const Faithfulness& f) {
     const std::vector<double>& values;
   };
   const Curve curves[] = {{"deleted", "#1f77b4", deletion}, {"only kept", "#ff7f0e", insertion}};
+  int not_drawn = 0;  // points NaN or infinite: they have no place on the chart, and a curve breaks there
   for (size_t c = 0; c < 2; ++c) {
-    std::string points;
+    std::vector<std::string> pieces(1);  // the curve's runs of drawable points
+    std::string circles;
     for (size_t i = 0; i < percents.size(); ++i) {
-      absl::StrAppend(&points, i ? " " : "", absl::StrFormat("%.1f,%.1f", x(percents[i]), y(curves[c].values[i])));
+      const double px = x(percents[i]), py = y(curves[c].values[i]);
+      if (!std::isfinite(px) || !std::isfinite(py)) {
+        ++not_drawn;
+        if (!pieces.back().empty()) pieces.emplace_back();
+        continue;
+      }
+      absl::StrAppend(&pieces.back(), pieces.back().empty() ? "" : " ", absl::StrFormat("%.1f,%.1f", px, py));
+      absl::StrAppend(&circles,
+                      absl::StrFormat("<circle cx=\"%.1f\" cy=\"%.1f\" r=\"4\" fill=\"%s\"><title>%s %g%%: "
+                                      "p = %.4g</title></circle>",
+                                      px, py, curves[c].colour, curves[c].name, percents[i], curves[c].values[i]));
     }
-    absl::StrAppend(&svg, absl::StrFormat("<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"3\" points=\"%s\"/>",
-                                          curves[c].colour, points));
-    for (size_t i = 0; i < percents.size(); ++i) {
-      absl::StrAppend(&svg, absl::StrFormat("<circle cx=\"%.1f\" cy=\"%.1f\" r=\"4\" fill=\"%s\"><title>%s %g%%: "
-                                            "p = %.4g</title></circle>",
-                                            x(percents[i]), y(curves[c].values[i]), curves[c].colour, curves[c].name,
-                                            percents[i], curves[c].values[i]));
+    for (const std::string& points : pieces) {
+      if (points.empty()) continue;
+      absl::StrAppend(&svg, absl::StrFormat("<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"3\" points=\"%s\"/>",
+                                            curves[c].colour, points));
     }
+    absl::StrAppend(&svg, circles);
     const double legend = kTop + 10 + 20 * static_cast<double>(c);
     absl::StrAppend(&svg, absl::StrFormat("<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"%s\" "
                                           "stroke-width=\"3\"/><text x=\"%g\" y=\"%g\">%s</text>",
                                           kWidth - kRight + 14, legend, kWidth - kRight + 38, legend, curves[c].colour,
                                           kWidth - kRight + 44, legend + 4, curves[c].name));
+  }
+  if (not_drawn > 0) {
+    absl::StrAppend(&svg, absl::StrFormat("<text x=\"%g\" y=\"%g\" fill=\"#b00\">%d point%s NaN or</text>"
+                                          "<text x=\"%g\" y=\"%g\" fill=\"#b00\">infinite: not drawn</text>",
+                                          kWidth - kRight + 14, kTop + 64, not_drawn, not_drawn == 1 ? "" : "s",
+                                          kWidth - kRight + 14, kTop + 80));
   }
   return svg + "</svg>\n";
 }
@@ -153,11 +181,12 @@ std::string TerminalHeatmap(const Attribution& a, bool color) {
     absl::StrAppend(&out, color ? "\n\x1b[38;5;245mgrey\x1b[0m" : "\n( )",
                     ": fixed tokens, kept real in every row (not features)");
   }
+  if (color && !AllFinite(a)) absl::StrAppend(&out, "\n", Paint("grey", kNonFiniteColor), ": NaN or infinite");
   absl::StrAppend(&out, "\n\n");
   std::vector<size_t> order(a.features.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::stable_sort(order.begin(), order.end(),
-                   [&](size_t x, size_t y) { return std::fabs(a.sequence[x]) > std::fabs(a.sequence[y]); });
+                   [&](size_t x, size_t y) { return StrongerThan(a.sequence[x], a.sequence[y]); });
   absl::StrAppend(&out, absl::StrFormat("%-6s %-24s %12s\n", "rank", "feature", "attribution"));
   for (size_t rank = 0; rank < order.size() && rank < 10; ++rank) {
     const size_t f = order[rank];
@@ -220,7 +249,11 @@ std::string HtmlReport(const Attribution& a) {
   absl::StrAppend(&html, "</div>\n<p>Legend: <span class=\"tok\" style=\"", Css(ColorOf(-1, 1)),
                   "\">negative</span><span class=\"tok\" style=\"", Css(ColorOf(0, 1)),
                   "\">neutral</span><span class=\"tok\" style=\"", Css(ColorOf(1, 1)), "\">positive</span>",
-                  a.fixed_tokens.empty() ? "" : "<span class=\"tok fixed\">fixed (not a feature)</span>", "</p>\n");
+                  a.fixed_tokens.empty() ? "" : "<span class=\"tok fixed\">fixed (not a feature)</span>",
+                  AllFinite(a)
+                      ? ""
+                      : absl::StrCat("<span class=\"tok\" style=\"", Css(kNonFiniteColor), "\">NaN or infinite</span>"),
+                  "</p>\n");
   if (!a.token_matrix.empty()) {
     absl::StrAppend(&html, "<h3>Per output token</h3>\n<table><tr><th></th>");
     for (const Feature& f : a.features) absl::StrAppend(&html, "<th>", HtmlEscape(f.text), "</th>");

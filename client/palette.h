@@ -15,17 +15,32 @@ struct Rgb {
   int r, g, b;
 };
 
-// Captum's palette: white at 0, green for positive, red for negative, saturating at |value| = scale.
+// The colour of a value that is NaN or infinite: neither sign nor strength means anything there.
+inline constexpr Rgb kNonFiniteColor{190, 190, 190};
+
+// Captum's palette: white at 0, green for positive, red for negative, saturating at |value| = scale;
+// grey for NaN and infinities (std::min(1.0, NaN) is 1 and NaN >= 0 is false: the strongest red).
 inline Rgb ColorOf(double value, double scale) {
-  const double strength = scale > 0 ? std::min(1.0, std::fabs(value) / scale) : 0;
+  if (!std::isfinite(value)) return kNonFiniteColor;
+  const double strength = std::isfinite(scale) && scale > 0 ? std::min(1.0, std::fabs(value) / scale) : 0;
   const int fade = static_cast<int>(std::lround(255 * (1 - 0.75 * strength)));
   return value >= 0 ? Rgb{fade, 255, fade} : Rgb{255, fade, fade};
 }
 
+// The largest finite |value|: the scale ColorOf saturates at (one infinity would wash out the rest).
 inline double MaxAbs(const std::vector<double>& values) {
   double m = 0;
-  for (double v : values) m = std::max(m, std::fabs(v));
+  for (double v : values) {
+    if (std::isfinite(v)) m = std::max(m, std::fabs(v));
+  }
   return m;
+}
+
+// Whether `x` ranks before `y`, strongest |value| first and NaN / infinities last: a strict weak order
+// for std::sort (comparing |NaN| is not one).
+inline bool StrongerThan(double x, double y) {
+  auto key = [](double v) { return std::isfinite(v) ? std::fabs(v) : -1.0; };
+  return key(x) > key(y);
 }
 
 // Makes whitespace and control characters visible and keeps a token on one line.

@@ -6,10 +6,17 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <nlohmann/json.hpp>
+#include <string>
+
+#include "absl/strings/str_format.h"
+#include "client/palette.h"
 
 namespace attribution::client {
 namespace {
+
+using ::testing::HasSubstr;
 
 // One layer of two heads over a one-token pair.
 ComponentAttribution TwoHeads(std::vector<double> values) {
@@ -41,6 +48,21 @@ TEST(ComponentJson, WritesTextThatIsNotUtf8WithReplacements) {
             "b");
   EXPECT_EQ(json["pairs"][0]["clean_tokens"][0], "\xef\xbf\xbd");
   EXPECT_EQ(json["grids"][0]["values"][1], -0.25);
+}
+
+// A NaN cell was the strongest red, and std::sort over |value| with a NaN is no strict weak order.
+TEST(TerminalComponents, PaintsNaNGreyAndRanksItLast) {
+  const ComponentAttribution a = TwoHeads({std::numeric_limits<double>::quiet_NaN(), -0.25});
+  const std::string out = TerminalComponents(a, /*color=*/true);
+  EXPECT_THAT(out,
+              HasSubstr(Paint(absl::StrFormat(" %8.4f", std::numeric_limits<double>::quiet_NaN()), kNonFiniteColor)));
+  EXPECT_THAT(out, HasSubstr(Paint("  -0.2500", ColorOf(-1, 1))));
+  EXPECT_THAT(out, HasSubstr("strongest:  L0.H1 -0.2500  L0.H0"));
+}
+
+TEST(ComponentHtmlReport, DrawsNaNGreyWithNaNOnHover) {
+  const std::string html = ComponentHtmlReport(TwoHeads({std::numeric_limits<double>::quiet_NaN(), -0.25}));
+  EXPECT_THAT(html, HasSubstr("<td style=\"" + Css(kNonFiniteColor) + "\" title=\"L0 H0: nan\">nan</td>"));
 }
 
 }  // namespace
