@@ -26,6 +26,7 @@
 #include "client/command_line.h"
 #include "client/component_render.h"
 #include "client/heatmap.h"
+#include "client/palette.h"
 #include "client/result_json.h"
 
 ABSL_FLAG(std::string, server, "localhost:50051",
@@ -102,8 +103,9 @@ namespace attribution::client {
 namespace {
 
 int Failed(const absl::Status& status) {
+  // The message may come from a server: its control characters are made visible.
   std::fprintf(stderr, "attribution-cli: %s: %s\n", absl::StatusCodeToString(status.code()).c_str(),
-               std::string(status.message()).c_str());
+               TerminalText(status.message()).c_str());
   return 1;
 }
 
@@ -284,7 +286,7 @@ int Generate(AttributionClient& client, const std::string& model) {
   GenerateOptions o{.model = model, .prompt = absl::GetFlag(FLAGS_prompt), .generation = GenerationFromFlags()};
   absl::StatusOr<Generation> result;
   if (absl::GetFlag(FLAGS_stream)) {
-    result = client.GenerateStream(o, [](const Token& t) { std::cout << t.text << std::flush; });
+    result = client.GenerateStream(o, [](const Token& t) { std::cout << TerminalText(t.text) << std::flush; });
     std::cout << "\n";
   } else {
     result = client.Generate(o);
@@ -293,7 +295,7 @@ int Generate(AttributionClient& client, const std::string& model) {
   if (absl::GetFlag(FLAGS_json)) {
     std::cout << GenerationJson(*result) << "\n";
   } else if (!absl::GetFlag(FLAGS_stream)) {
-    std::cout << result->text << "\n";
+    std::cout << TerminalText(result->text) << "\n";
   }
   return 0;
 }
@@ -309,8 +311,8 @@ int LogprobsCommand(AttributionClient& client, const std::string& model) {
   for (const TokenLogprob& t : result->target) scored.push_back(t.token);
   std::cout << TargetTokensLine(scored) << "\n";
   for (const TokenLogprob& t : result->target) {
-    std::cout << absl::StrFormat("%-16s %10.4f", "\"" + t.token.text + "\"", t.token.log_prob);
-    for (const Token& top : t.top) std::cout << absl::StrFormat("  %s:%.3f", top.text, top.log_prob);
+    std::cout << absl::StrFormat("%-16s %10.4f", absl::StrCat("\"", Printable(t.token.text), "\""), t.token.log_prob);
+    for (const Token& top : t.top) std::cout << absl::StrFormat("  %s:%.3f", Printable(top.text), top.log_prob);
     std::cout << "\n";
   }
   std::cout << absl::StrFormat("total log-prob %.4f\n", result->total_log_prob);
@@ -328,8 +330,9 @@ int Models(AttributionClient& client) {
   absl::StatusOr<std::vector<ModelInfo>> models = client.ListModels();
   if (!models.ok()) return Failed(models.status());
   for (const ModelInfo& m : *models) {
-    std::cout << absl::StrFormat("%-16s %-8s %-9s %-5s %-7s %12d bytes  vocab %d  layers %d  hidden %d\n", m.name,
-                                 m.architecture, m.dtype, QuantizationLabel(m), m.device, m.resident_weight_bytes,
+    std::cout << absl::StrFormat("%-16s %-8s %-9s %-5s %-7s %12d bytes  vocab %d  layers %d  hidden %d\n",
+                                 Printable(m.name), Printable(m.architecture), Printable(m.dtype),
+                                 Printable(QuantizationLabel(m)), Printable(m.device), m.resident_weight_bytes,
                                  m.vocab_size, m.num_layers, m.hidden_size);
   }
   return 0;
@@ -353,11 +356,11 @@ int Run(const std::vector<char*>& positional) {
   if (command == "health") {
     absl::StatusOr<std::string> health = (*client)->Health();
     if (!health.ok()) return Failed(health.status());
-    std::cout << *health << "\n";
+    std::cout << Printable(*health) << "\n";
     return *health == "SERVING" ? 0 : 1;
   }
   if (command != "attribute" && command != "components" && command != "generate" && command != "logprobs") {
-    std::fprintf(stderr, "attribution-cli: unknown command \"%s\"\n", command.c_str());
+    std::fprintf(stderr, "attribution-cli: unknown command \"%s\"\n", Printable(command).c_str());
     return 2;
   }
   absl::StatusOr<std::string> model = ModelName(**client);

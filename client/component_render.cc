@@ -57,7 +57,8 @@ std::vector<Table> Tables(const ComponentAttribution& a, const ComponentGrid& gr
 }
 
 std::string Summary(const ComponentAttribution& a) {
-  std::string out = absl::StrFormat("%s, %s, %s of \"%s\"", a.method, a.direction, a.metric, Printable(a.answer.text));
+  std::string out = absl::StrFormat("%s, %s, %s of \"%s\"", Printable(a.method), Printable(a.direction),
+                                    Printable(a.metric), Printable(a.answer.text));
   if (a.metric.find("difference") != std::string::npos)
     absl::StrAppend(&out, " vs \"", Printable(a.wrong_answer.text), "\"");
   for (size_t k = 0; k < a.pairs.size(); ++k) {
@@ -96,7 +97,7 @@ std::string TerminalComponents(const ComponentAttribution& a, bool color) {
   for (const ComponentGrid& grid : a.grids) {
     const double scale = MaxAbs(grid.values);
     for (const Table& table : Tables(a, grid)) {
-      absl::StrAppend(&out, "\n", table.title, "\n", absl::StrFormat("%-6s", ""));
+      absl::StrAppend(&out, "\n", Printable(table.title), "\n", absl::StrFormat("%-6s", ""));
       for (const std::string& column : table.columns) absl::StrAppendFormat(&out, " %8.8s", column);
       absl::StrAppend(&out, "\n");
       for (size_t r = 0; r < table.rows.size(); ++r) {

@@ -166,7 +166,7 @@ std::string TerminalHeatmap(const Attribution& a, bool color) {
   const double scale = MaxAbs(a.sequence);
   std::string out =
       absl::StrFormat("%s\nmodel %s, method %s, target \"%s\" (%s = %.6g)\n", TargetTokensLine(a.target_tokens),
-                      a.model, a.method, Printable(TargetText(a)), "objective", a.objective);
+                      Printable(a.model), Printable(a.method), Printable(TargetText(a)), "objective", a.objective);
   for (const PromptPiece& piece : PromptPieces(a)) {
     const std::string text = Printable(piece.text.empty() ? "·" : piece.text);
     if (piece.feature < 0) {

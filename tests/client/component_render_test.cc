@@ -65,5 +65,16 @@ TEST(ComponentHtmlReport, DrawsNaNGreyWithNaNOnHover) {
   EXPECT_THAT(html, HasSubstr("<td style=\"" + Css(kNonFiniteColor) + "\" title=\"L0 H0: nan\">nan</td>"));
 }
 
+TEST(TerminalComponents, ShowsControlCharactersInNamesVisibly) {
+  ComponentAttribution a = TwoHeads({0.5, -0.25});
+  a.method = "\x1b[2J";
+  a.grids[0].site = "heads\x07";
+  a.answer.text = "\x9b";
+  const std::string out = TerminalComponents(a, /*color=*/false);
+  EXPECT_EQ(out.find_first_of("\x1b\x07\x9b"), std::string::npos) << out;
+  EXPECT_THAT(out, HasSubstr("\\e[2J, denoising"));
+  EXPECT_THAT(out, HasSubstr("\nheads\\x07\n"));
+}
+
 }  // namespace
 }  // namespace attribution::client

@@ -93,5 +93,23 @@ TEST(TerminalHeatmap, PaintsNaNAttributionsGreyAndRanksThemLast) {
   EXPECT_THAT(plain, HasSubstr("\n3      it"));
 }
 
+// Tokens and names from a server reached the terminal with their control characters (only \n \t \r and
+// ESC were escaped; BEL, backspace, C1 CSI were not; the model and method name not at all).
+TEST(TerminalHeatmap, ShowsControlCharactersInTokensAndNamesVisibly) {
+  Attribution a = ThreeFeatures({0.5, 0.25, -1});
+  a.model = "\x1b]0;pwned\x07";
+  a.method = "m\x08";
+  a.features[1].text =
+      "\xc2\x9b"
+      "2J";
+  a.target_tokens[0].text = "\x07No";
+  const std::string out = TerminalHeatmap(a, /*color=*/false);
+  EXPECT_EQ(out.find_first_of("\x1b\x07\x08"), std::string::npos) << out;
+  EXPECT_EQ(out.find("\xc2\x9b"), std::string::npos) << out;
+  EXPECT_THAT(out, HasSubstr("model \\e]0;pwned\\x07, method m\\x08"));
+  EXPECT_THAT(out, HasSubstr("[\\u009b2J]"));
+  EXPECT_THAT(out, HasSubstr("\"\\x07No\""));
+}
+
 }  // namespace
 }  // namespace attribution::client

@@ -44,5 +44,28 @@ TEST(StrongerThan, RanksByMagnitudeWithNaNAndInfinitiesLast) {
   for (size_t i = 4; i < values.size(); ++i) EXPECT_FALSE(std::isfinite(values[i])) << i;
 }
 
+// Tokens, names and messages from a server reached the terminal raw: ESC, BEL or a C1 CSI could clear,
+// recolour or retitle it (only \n \t \r and ESC were escaped).
+TEST(Printable, MakesEveryControlCharacterVisible) {
+  EXPECT_EQ(Printable("\x1b]0;title\x07"), "\\e]0;title\\x07");
+  EXPECT_EQ(Printable(std::string("a\0b", 3)), "a\\x00b");
+  EXPECT_EQ(Printable("\x08\x7f\r\n\t"), "\\x08\\x7f\\r\\n\\t");
+  EXPECT_EQ(Printable("\xc2\x9b"
+                      "2J"),
+            "\\u009b2J");  // C1 CSI as UTF-8 encodes it
+  EXPECT_EQ(Printable("\x9b"
+                      "2J"),
+            "\\x9b2J");                              // a lone byte: CSI to an 8-bit terminal
+  EXPECT_EQ(Printable("a\xe2\x82"), "a\\xe2\\x82");  // a sequence cut short
+}
+
+TEST(Printable, KeepsPrintableUtf8) {
+  for (const char* text : {"caf\xc3\xa9", "\xc2\xa0nbsp", "\xe2\x96\x81token", "\xf0\x9f\x98\x80", "\xef\xbf\xbd"}) {
+    EXPECT_EQ(Printable(text), text);
+  }
+}
+
+TEST(TerminalText, KeepsLineBreaksAndTabsOnly) { EXPECT_EQ(TerminalText("a\nb\tc\r\x1b[2J"), "a\nb\tc\\r\\e[2J"); }
+
 }  // namespace
 }  // namespace attribution::client

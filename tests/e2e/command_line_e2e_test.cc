@@ -214,5 +214,35 @@ TEST(CliCommandLine, JsonOfServerTextThatIsNotUtf8HasReplacements) {
   EXPECT_EQ(json["tokens"][0]["text"], "b");
 }
 
+// Text from a server reached the terminal raw: a token, a model name or an error message holding ESC or
+// BEL could clear, recolour or retitle it. The CLI's human-readable output shows control characters as
+// escapes (--json keeps the text exact).
+TEST(CliCommandLine, ShowsControlCharactersFromAServerVisibly) {
+  test_support::FakeAttributionServer fake;
+  ASSERT_TRUE(fake.ok());
+  const std::string hostile = "\x1b]0;pwned\x07\x1b[2J";
+  const std::string shown = "\\e]0;pwned\\x07\\e[2J";
+  fake.service.models.add_models()->set_name("m" + hostile);
+  fake.service.generate.add_tokens()->set_text(hostile);
+  fake.service.generate.set_text(hostile + "\nupon");
+  v1::TokenLogprob* scored = fake.service.logprobs.add_target();
+  scored->mutable_token()->set_text(hostile);
+  scored->add_top()->set_text(hostile);
+  for (const char* command : {"models", "generate", "generate --stream", "logprobs --top_k=1"}) {
+    const Outputs outputs = RunCommandApart(absl::StrCat(
+        ATTRIBUTION_CLI_BINARY, " ", command, " --server=", fake.address(), " --model=m --prompt=x --target=y"));
+    EXPECT_EQ(outputs.code, 0) << command << ": " << outputs.err;
+    EXPECT_EQ((outputs.out + outputs.err).find_first_of("\x1b\x07"), std::string::npos)
+        << command << ": " << outputs.out;
+    EXPECT_THAT(outputs.out, HasSubstr(shown)) << command;
+  }
+  // A message naming the server's text: two models of one name are DATA_LOSS.
+  fake.service.models.add_models()->set_name("m" + hostile);
+  const Outputs failed = RunCommandApart(absl::StrCat(ATTRIBUTION_CLI_BINARY, " models --server=", fake.address()));
+  EXPECT_EQ(failed.code, 1) << failed.err;
+  EXPECT_EQ(failed.err.find_first_of("\x1b\x07"), std::string::npos) << failed.err;
+  EXPECT_THAT(failed.err, HasSubstr(shown));
+}
+
 }  // namespace
 }  // namespace attribution
