@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "client/attribution_client.h"
 
+#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <condition_variable>
-#include <fstream>
+#include <cstring>
 #include <mutex>
-#include <sstream>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -19,14 +21,6 @@ namespace attribution::client {
 namespace {
 
 namespace v1 = ::attribution::v1;
-
-absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 // gRPC's JSON duration: decimal digits (StrCat would write 1e-05), whole milliseconds being what it keeps.
 std::string Seconds(absl::Duration d) { return absl::StrFormat("%.3fs", absl::ToDoubleSeconds(d)); }
@@ -109,6 +103,28 @@ class StreamCall final : public grpc::ClientReadReactor<Event> {
 };
 
 }  // namespace
+
+// With read(2), not a stream: an ifstream opens a directory and then reads it as empty (libstdc++'s
+// filebuf fails in underflow), so a directory looked like an empty file.
+absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return absl::NotFoundError(absl::StrCat("cannot read ", path, ": ", std::strerror(errno)));
+  std::string text;
+  char buffer[1 << 16];
+  for (;;) {
+    const ssize_t n = ::read(fd, buffer, sizeof(buffer));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int error = errno;
+      ::close(fd);
+      return absl::NotFoundError(absl::StrCat("cannot read ", path, ": ", std::strerror(error)));
+    }
+    if (n == 0) break;
+    text.append(buffer, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return text;
+}
 
 absl::StatusOr<std::string> ReadBearerTokenFile(const std::string& path) {
   absl::StatusOr<std::string> text = ReadTextFile(path);

@@ -247,6 +247,10 @@ struct ComponentAttribution {
   RunStats stats;
 };
 
+// The whole of file `path`; NOT_FOUND naming the path and the reason ("Is a directory", ...) when it
+// cannot be read.
+absl::StatusOr<std::string> ReadTextFile(const std::string& path);
+
 // The bearer token on the first line of `path` (what --token_file flags name); NOT_FOUND when the file
 // cannot be read, INVALID_ARGUMENT when its first line is empty.
 absl::StatusOr<std::string> ReadBearerTokenFile(const std::string& path);

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // attribution-cli: attribute | components | generate | logprobs | models | health against an attribution
 // server.
-// Exit status: 0 on success, 1 when the call failed (the status code and message go to stderr),
-// 2 on a usage error.
+// Exit status: 0 on success, 1 when the call failed or an --html report could not be written (the
+// status code and message go to stderr), 2 on a usage error. Human-readable output shows the control
+// characters of a server's text as escapes; --json writes it exact (U+FFFD for bytes that are not UTF-8).
 #include <unistd.h>
 
 #include <cerrno>
@@ -12,6 +13,8 @@
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <utility>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -77,9 +80,12 @@ ABSL_FLAG(bool, faithfulness, false, "also measure deletion / insertion curves o
 ABSL_FLAG(int32_t, max_new_tokens, 0, "tokens to generate (0: server default 25)");
 ABSL_FLAG(double, temperature, 0, "sampling temperature (0: greedy)");
 ABSL_FLAG(int32_t, top_k, 0, "logprobs: alternatives per position (at most 20)");
-ABSL_FLAG(bool, stream, false, "attribute: show progress; generate: print tokens as they come");
-ABSL_FLAG(bool, json, false, "print JSON instead of the heatmap");
-ABSL_FLAG(std::string, html, "", "attribute: also write a self-contained HTML report to this file");
+ABSL_FLAG(bool, stream, false,
+          "attribute, components: show progress; generate: print tokens as they come (on stderr with --json)");
+ABSL_FLAG(bool, json, false, "print the result as JSON on stdout (every command but health)");
+ABSL_FLAG(std::string, html, "",
+          "attribute, components: also write a self-contained HTML report to this file (the result is printed "
+          "either way; one that cannot be written fails the command)");
 ABSL_FLAG(std::string, clean, "", "components: the clean prompt");
 ABSL_FLAG(std::string, corrupted, "", "components: the corrupted prompt (as many tokens as --clean)");
 ABSL_FLAG(std::string, pairs, "",
@@ -151,7 +157,31 @@ GenerationSettings GenerationFromFlags() {
           .seed = absl::GetFlag(FLAGS_seed)};
 }
 
-int Attribute(AttributionClient& client, const std::string& model) {
+// --range BEGIN:END; nullopt when not given. An error is a usage error, found before any call.
+absl::StatusOr<std::optional<std::pair<int64_t, int64_t>>> RangeFromFlag() {
+  const std::string range = absl::GetFlag(FLAGS_range);
+  if (range.empty()) return std::nullopt;
+  std::vector<std::string> parts = absl::StrSplit(range, ':');
+  int64_t begin = 0, end = 0;
+  if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &begin) || !absl::SimpleAtoi(parts[1], &end)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--range: expected BEGIN:END token indices, not \"", Printable(range), "\""));
+  }
+  return std::pair{begin, end};
+}
+
+// Writes the --html report, if one was asked for, after the result went to stdout: a report that cannot
+// be written fails the command (status 1) without losing the result computed.
+int WriteHtmlIfAsked(const std::string& html) {
+  const std::string path = absl::GetFlag(FLAGS_html);
+  if (path.empty()) return 0;
+  std::cout.flush();
+  if (absl::Status written = WriteHtml(path, html); !written.ok()) return Failed(written);
+  return 0;
+}
+
+int Attribute(AttributionClient& client, const std::string& model,
+              std::optional<std::pair<int64_t, int64_t>> feature_range) {
   AttributeOptions o{.model = model,
                      .prompt = absl::GetFlag(FLAGS_prompt),
                      .target = absl::GetFlag(FLAGS_target),
@@ -171,14 +201,7 @@ int Attribute(AttributionClient& client, const std::string& model) {
                      .want_token_matrix = absl::GetFlag(FLAGS_matrix),
                      .want_faithfulness = absl::GetFlag(FLAGS_faithfulness),
                      .include_special_tokens = absl::GetFlag(FLAGS_include_special_tokens)};
-  if (!absl::GetFlag(FLAGS_range).empty()) {
-    std::vector<std::string> parts = absl::StrSplit(absl::GetFlag(FLAGS_range), ':');
-    int64_t begin = 0, end = 0;
-    if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &begin) || !absl::SimpleAtoi(parts[1], &end)) {
-      return Failed(absl::InvalidArgumentError("--range: expected BEGIN:END token indices"));
-    }
-    o.feature_range = {begin, end};
-  }
+  o.feature_range = feature_range;
   absl::StatusOr<Attribution> result;
   if (absl::GetFlag(FLAGS_stream)) {
     result = client.AttributeStream(o, [](int64_t done, int64_t total) {
@@ -189,14 +212,9 @@ int Attribute(AttributionClient& client, const std::string& model) {
     result = client.Attribute(o);
   }
   if (!result.ok()) return Failed(result.status());
-  if (!absl::GetFlag(FLAGS_html).empty()) {
-    if (absl::Status written = WriteHtml(absl::GetFlag(FLAGS_html), HtmlReport(*result)); !written.ok()) {
-      return Failed(written);
-    }
-  }
   const bool color = absl::GetFlag(FLAGS_color) && isatty(STDOUT_FILENO);
   std::cout << (absl::GetFlag(FLAGS_json) ? AttributionJson(*result) + "\n" : TerminalHeatmap(*result, color));
-  return 0;
+  return WriteHtmlIfAsked(HtmlReport(*result));
 }
 
 // "#12" is token id 12; anything else is text.
@@ -216,11 +234,13 @@ absl::StatusOr<std::vector<PromptPair>> PairsFromFlags() {
     }
     return std::vector<PromptPair>{{.clean = absl::GetFlag(FLAGS_clean), .corrupted = absl::GetFlag(FLAGS_corrupted)}};
   }
-  std::ifstream in(absl::GetFlag(FLAGS_pairs));
-  if (!in) return absl::NotFoundError(absl::StrCat("--pairs: cannot read ", absl::GetFlag(FLAGS_pairs)));
+  const std::string path = absl::GetFlag(FLAGS_pairs);
+  absl::StatusOr<std::string> text = ReadTextFile(path);  // names a directory, which an ifstream read as empty
+  if (!text.ok()) return absl::NotFoundError(absl::StrCat("--pairs: ", text.status().message()));
   std::vector<PromptPair> pairs;
-  std::string line;
-  for (int number = 1; std::getline(in, line); ++number) {
+  int number = 0;
+  for (absl::string_view line : absl::StrSplit(*text, '\n')) {
+    ++number;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     const nlohmann::json row = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
     PromptPair pair;
@@ -246,14 +266,16 @@ absl::StatusOr<std::vector<PromptPair>> PairsFromFlags() {
     }
     pairs.push_back(std::move(pair));
   }
+  if (pairs.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--pairs: ", path, " holds no pairs (one {\"clean\": ..., \"corrupted\": ...} a line)"));
+  }
   return pairs;
 }
 
-int Components(AttributionClient& client, const std::string& model) {
-  absl::StatusOr<std::vector<PromptPair>> pairs = PairsFromFlags();
-  if (!pairs.ok()) return Failed(pairs.status());
+int Components(AttributionClient& client, const std::string& model, std::vector<PromptPair> pairs) {
   ComponentOptions o{.model = model,
-                     .pairs = std::move(*pairs),
+                     .pairs = std::move(pairs),
                      .metric = absl::GetFlag(FLAGS_metric),
                      .method = absl::GetFlag(FLAGS_component_method),
                      .direction = absl::GetFlag(FLAGS_direction),
@@ -272,22 +294,19 @@ int Components(AttributionClient& client, const std::string& model) {
   absl::StatusOr<ComponentAttribution> result = client.AttributeComponents(o, progress);
   if (progress) std::fprintf(stderr, "\n");
   if (!result.ok()) return Failed(result.status());
-  if (!absl::GetFlag(FLAGS_html).empty()) {
-    if (absl::Status written = WriteHtml(absl::GetFlag(FLAGS_html), ComponentHtmlReport(*result)); !written.ok()) {
-      return Failed(written);
-    }
-  }
   const bool color = absl::GetFlag(FLAGS_color) && isatty(STDOUT_FILENO);
   std::cout << (absl::GetFlag(FLAGS_json) ? ComponentJson(*result) + "\n" : TerminalComponents(*result, color));
-  return 0;
+  return WriteHtmlIfAsked(ComponentHtmlReport(*result));
 }
 
 int Generate(AttributionClient& client, const std::string& model) {
   GenerateOptions o{.model = model, .prompt = absl::GetFlag(FLAGS_prompt), .generation = GenerationFromFlags()};
   absl::StatusOr<Generation> result;
   if (absl::GetFlag(FLAGS_stream)) {
-    result = client.GenerateStream(o, [](const Token& t) { std::cout << TerminalText(t.text) << std::flush; });
-    std::cout << "\n";
+    // With --json, stdout holds the JSON alone: the tokens show on stderr as they come.
+    std::ostream& shown = absl::GetFlag(FLAGS_json) ? std::cerr : std::cout;
+    result = client.GenerateStream(o, [&shown](const Token& t) { shown << TerminalText(t.text) << std::flush; });
+    shown << "\n";
   } else {
     result = client.Generate(o);
   }
@@ -307,6 +326,10 @@ int LogprobsCommand(AttributionClient& client, const std::string& model) {
                                                         .target_tokenization = absl::GetFlag(FLAGS_target_tokenization),
                                                         .top_k = absl::GetFlag(FLAGS_top_k)});
   if (!result.ok()) return Failed(result.status());
+  if (absl::GetFlag(FLAGS_json)) {
+    std::cout << LogprobsJson(*result) << "\n";
+    return 0;
+  }
   std::vector<Token> scored;
   for (const TokenLogprob& t : result->target) scored.push_back(t.token);
   std::cout << TargetTokensLine(scored) << "\n";
@@ -329,6 +352,10 @@ std::string QuantizationLabel(const ModelInfo& m) {
 int Models(AttributionClient& client) {
   absl::StatusOr<std::vector<ModelInfo>> models = client.ListModels();
   if (!models.ok()) return Failed(models.status());
+  if (absl::GetFlag(FLAGS_json)) {
+    std::cout << ModelsJson(*models) << "\n";
+    return 0;
+  }
   for (const ModelInfo& m : *models) {
     std::cout << absl::StrFormat("%-16s %-8s %-9s %-5s %-7s %12d bytes  vocab %d  layers %d  hidden %d\n",
                                  Printable(m.name), Printable(m.architecture), Printable(m.dtype),
@@ -350,6 +377,22 @@ int Run(const std::vector<char*>& positional) {
     return 2;
   }
   const std::string command = positional[1];
+  if (command != "attribute" && command != "components" && command != "generate" && command != "logprobs" &&
+      command != "models" && command != "health") {
+    std::fprintf(stderr, "attribution-cli: unknown command \"%s\"\n", Printable(command).c_str());
+    return 2;
+  }
+  // What needs no server is checked before calling one: a bad --range, a --pairs file.
+  absl::StatusOr<std::optional<std::pair<int64_t, int64_t>>> range = RangeFromFlag();
+  if (command == "attribute" && !range.ok()) {
+    std::fprintf(stderr, "attribution-cli: %s\n", std::string(range.status().message()).c_str());
+    return 2;
+  }
+  absl::StatusOr<std::vector<PromptPair>> pairs;
+  if (command == "components") {
+    pairs = PairsFromFlags();
+    if (!pairs.ok()) return Failed(pairs.status());
+  }
   absl::StatusOr<std::unique_ptr<AttributionClient>> client = ConnectFromFlags();
   if (!client.ok()) return Failed(client.status());
   if (command == "models") return Models(**client);
@@ -359,14 +402,10 @@ int Run(const std::vector<char*>& positional) {
     std::cout << Printable(*health) << "\n";
     return *health == "SERVING" ? 0 : 1;
   }
-  if (command != "attribute" && command != "components" && command != "generate" && command != "logprobs") {
-    std::fprintf(stderr, "attribution-cli: unknown command \"%s\"\n", Printable(command).c_str());
-    return 2;
-  }
   absl::StatusOr<std::string> model = ModelName(**client);
   if (!model.ok()) return Failed(model.status());
-  if (command == "attribute") return Attribute(**client, *model);
-  if (command == "components") return Components(**client, *model);
+  if (command == "attribute") return Attribute(**client, *model, *range);
+  if (command == "components") return Components(**client, *model, std::move(*pairs));
   if (command == "generate") return Generate(**client, *model);
   return LogprobsCommand(**client, *model);
 }

@@ -19,4 +19,62 @@ std::string GenerationJson(const Generation& generation) {
   return Dump({{"text", generation.text}, {"tokens", tokens}, {"stopped", generation.stopped}});
 }
 
+std::string LogprobsJson(const Logprobs& logprobs) {
+  nlohmann::json prompt = nlohmann::json::array();
+  for (const Token& t : logprobs.prompt_tokens) {
+    prompt.push_back({{"id", t.id},
+                      {"text", t.text},
+                      {"char_begin", t.char_begin},
+                      {"char_end", t.char_end},
+                      {"special", t.special}});
+  }
+  nlohmann::json target = nlohmann::json::array();
+  for (const TokenLogprob& t : logprobs.target) {
+    nlohmann::json top = nlohmann::json::array();
+    for (const Token& alternative : t.top) {
+      top.push_back({{"id", alternative.id}, {"text", alternative.text}, {"log_prob", alternative.log_prob}});
+    }
+    target.push_back({{"id", t.token.id}, {"text", t.token.text}, {"log_prob", t.token.log_prob}, {"top", top}});
+  }
+  const RunStats& s = logprobs.stats;
+  return Dump({{"prompt_tokens", prompt},
+               {"target", target},
+               {"total_log_prob", logprobs.total_log_prob},
+               {"stats",
+                {{"rows", s.rows},
+                 {"forward_passes", s.forward_passes},
+                 {"backward_passes", s.backward_passes},
+                 {"queue_seconds", s.queue_seconds},
+                 {"device_seconds", s.device_seconds},
+                 {"wall_seconds", s.wall_seconds}}}});
+}
+
+std::string ModelsJson(const std::vector<ModelInfo>& models) {
+  nlohmann::json list = nlohmann::json::array();
+  for (const ModelInfo& m : models) {
+    list.push_back({{"name", m.name},
+                    {"architecture", m.architecture},
+                    {"dtype", m.dtype},
+                    {"quantization", m.quantization},
+                    {"quantization_block_size", m.quantization_block_size},
+                    {"double_quantization", m.double_quantization},
+                    {"quantization_from_checkpoint", m.quantization_from_checkpoint},
+                    {"checkpoint_compute_dtype", m.checkpoint_compute_dtype},
+                    {"device", m.device},
+                    {"resident_weight_bytes", m.resident_weight_bytes},
+                    {"vocab_size", m.vocab_size},
+                    {"num_layers", m.num_layers},
+                    {"hidden_size", m.hidden_size},
+                    {"max_steps", m.max_steps},
+                    {"max_samples", m.max_samples},
+                    {"max_features", m.max_features},
+                    {"max_tokens", m.max_tokens},
+                    {"max_new_tokens", m.max_new_tokens},
+                    {"max_top_k", m.max_top_k},
+                    {"max_choices", m.max_choices},
+                    {"max_rows", m.max_rows}});
+  }
+  return Dump({{"models", list}});
+}
+
 }  // namespace attribution::client

@@ -7,6 +7,7 @@
 //   std::cout << GenerationJson(*generation) << "\n";
 #pragma once
 #include <string>
+#include <vector>
 
 #include "client/attribution_client.h"
 
@@ -14,5 +15,12 @@ namespace attribution::client {
 
 // {"text", "tokens": [{"id", "text", "log_prob"}], "stopped"}.
 std::string GenerationJson(const Generation& generation);
+
+// {"prompt_tokens": [{"id", "text", "char_begin", "char_end", "special"}], "target": [{"id", "text",
+// "log_prob", "top": [{"id", "text", "log_prob"}]}], "total_log_prob", "stats"}.
+std::string LogprobsJson(const Logprobs& logprobs);
+
+// {"models": [...]}: every ModelInfo field by its name, the per-request limits (max_steps, ...) among them.
+std::string ModelsJson(const std::vector<ModelInfo>& models);
 
 }  // namespace attribution::client

@@ -151,7 +151,8 @@ TEST(ServerCommandLine, ATlsFileThatIsNotPemIsNamedAtStartup) {
   EXPECT_THAT(log, HasSubstr("tls cert_file \"" + garbage + "\" holds no PEM CERTIFICATE block"));
 }
 
-// An --html report that cannot be written is an error naming the path (it exited 0 without a word).
+// An --html report that cannot be written is an error naming the path (it exited 0 without a word), and
+// the result is printed all the same (it was lost).
 TEST(CliCommandLine, AnHtmlReportThatCannotBeWrittenIsAnError) {
   auto server = test_support::ServerProcess::Start({});
   ASSERT_THAT(server, IsOk());
@@ -160,9 +161,11 @@ TEST(CliCommandLine, AnHtmlReportThatCannotBeWrittenIsAnError) {
                                              " --prompt='The cup is red. Q: Is it warm? A:' --target=' Yes'"
                                              " --method=saliency --html=");
   for (const std::string& path : {dir.path(), dir.File("missing/report.html")}) {
-    auto [code, output] = RunCommand(attribute + path);
-    EXPECT_EQ(code, 1) << output;
-    EXPECT_THAT(output, HasSubstr("--html: cannot write " + path)) << output;
+    const Outputs outputs = RunCommandApart(attribute + path);
+    EXPECT_EQ(outputs.code, 1) << outputs.err;
+    EXPECT_THAT(outputs.err, HasSubstr("--html: cannot write " + path));
+    EXPECT_THAT(outputs.out, HasSubstr("target tokens (1)"));
+    EXPECT_THAT(outputs.out, HasSubstr("attribution\n1 "));  // the ranked table
   }
   auto [code, output] = RunCommand(attribute + dir.File("report.html"));
   EXPECT_EQ(code, 0) << output;
@@ -172,13 +175,14 @@ TEST(CliCommandLine, AnHtmlReportThatCannotBeWrittenIsAnError) {
       " --corrupted='When Mary and John went out, Mary gave a drink to' --answer=' Mary' --wrong_answer=' John'"
       " --sites=attn_out --html=",
       dir.path());
-  std::tie(code, output) = RunCommand(components);
-  EXPECT_EQ(code, 1) << output;
-  EXPECT_THAT(output, HasSubstr("--html: cannot write " + dir.path())) << output;
+  const Outputs outputs = RunCommandApart(components);
+  EXPECT_EQ(outputs.code, 1) << outputs.err;
+  EXPECT_THAT(outputs.err, HasSubstr("--html: cannot write " + dir.path()));
+  EXPECT_THAT(outputs.out, HasSubstr("strongest:"));
 }
 
-// Bad flag values and unknown flags exited 1 (abseil's parser), where the CLI documents 2 for usage
-// errors; --timeout=nan meant no deadline at all.
+// Bad flag values and unknown flags exited 1 (abseil's parser), as did a bad --range, where the CLI
+// documents 2 for usage errors; --timeout=nan meant no deadline at all.
 TEST(CliCommandLine, BadFlagsAreUsageErrors) {
   const std::pair<std::string, std::string> cases[] = {
       {"--n_steps=nan", "--n_steps: illegal value \"nan\""},
@@ -187,9 +191,11 @@ TEST(CliCommandLine, BadFlagsAreUsageErrors) {
       {"--no_such_flag", "unknown flag --no_such_flag"},
       {"--timeout=nan", "--timeout: give a number of seconds, not nan"},
       {"--prompt", "--prompt: give a value"},
+      {"--range=3", "--range: expected BEGIN:END token indices, not \"3\""},
+      {"--range=a:b", "--range: expected BEGIN:END token indices, not \"a:b\""},
   };
   for (const auto& [flag, message] : cases) {
-    auto [code, output] = RunCommand(absl::StrCat(ATTRIBUTION_CLI_BINARY, " models --server=127.0.0.1:1 ", flag));
+    auto [code, output] = RunCommand(absl::StrCat(ATTRIBUTION_CLI_BINARY, " attribute --server=127.0.0.1:1 ", flag));
     EXPECT_EQ(code, 2) << flag << ": " << output;
     EXPECT_THAT(output, HasSubstr("attribution-cli: " + message)) << flag;
   }
@@ -242,6 +248,75 @@ TEST(CliCommandLine, ShowsControlCharactersFromAServerVisibly) {
   EXPECT_EQ(failed.code, 1) << failed.err;
   EXPECT_EQ(failed.err.find_first_of("\x1b\x07"), std::string::npos) << failed.err;
   EXPECT_THAT(failed.err, HasSubstr(shown));
+}
+
+// A --pairs or --token_file path that is a directory read as an empty file: "give at least one
+// clean/corrupted pair" from the server, or "the first line holds no token".
+TEST(CliCommandLine, AnInputFileThatCannotBeReadIsNamed) {
+  test_support::TempDir dir;
+  const std::string cli = absl::StrCat(ATTRIBUTION_CLI_BINARY, " components --server=127.0.0.1:1 --model=m ");
+  const std::pair<std::string, std::string> cases[] = {
+      {"--pairs=" + dir.path(), "--pairs: cannot read " + dir.path() + ": Is a directory"},
+      {"--pairs=" + dir.File("missing"), "--pairs: cannot read " + dir.File("missing") + ": No such file"},
+      {"--pairs=/dev/null", "--pairs: /dev/null holds no pairs"},
+      {"--clean=a --corrupted=b --token_file=" + dir.path(),
+       "--token_file: cannot read " + dir.path() + ": Is a directory"},
+  };
+  for (const auto& [flags, message] : cases) {
+    auto [code, output] = RunCommand(cli + flags);
+    EXPECT_EQ(code, 1) << flags << ": " << output;
+    EXPECT_THAT(output, HasSubstr(message)) << flags;
+  }
+}
+
+// --json printed nothing but the table for logprobs and models, and generate --stream --json wrote the
+// streamed tokens on stdout before the JSON. Now stdout is one JSON document for each.
+TEST(CliCommandLine, JsonIsAllThatGoesToStdout) {
+  test_support::FakeAttributionServer fake;
+  ASSERT_TRUE(fake.ok());
+  v1::ModelInfo* model = fake.service.models.add_models();
+  model->set_name("m");
+  model->set_vocab_size(512);
+  model->mutable_limits()->set_max_top_k(20);
+  model->mutable_limits()->set_max_rows(65536);
+  v1::Token* token = fake.service.generate.add_tokens();
+  token->set_id(7);
+  token->set_text(" once");
+  fake.service.generate.set_text(" once");
+  fake.service.logprobs.add_prompt_tokens()->set_text("x");
+  v1::TokenLogprob* scored = fake.service.logprobs.add_target();
+  scored->mutable_token()->set_id(9);
+  scored->mutable_token()->set_text(" y");
+  scored->mutable_token()->set_log_prob(-0.5);
+  v1::TopToken* top = scored->add_top();
+  top->set_id(3);
+  top->set_text(" z");
+  top->set_log_prob(-1);
+  fake.service.logprobs.set_total_log_prob(-0.5);
+  auto run = [&](const std::string& command) {
+    const Outputs outputs =
+        RunCommandApart(absl::StrCat(ATTRIBUTION_CLI_BINARY, " ", command, " --json --server=", fake.address(),
+                                     " --model=m --prompt=x --target=' y'"));
+    EXPECT_EQ(outputs.code, 0) << command << ": " << outputs.err;
+    const nlohmann::json json = nlohmann::json::parse(outputs.out, nullptr, /*allow_exceptions=*/false);
+    EXPECT_FALSE(json.is_discarded()) << command << ": " << outputs.out;
+    return std::pair(json, outputs.err);
+  };
+  auto [streamed, shown] = run("generate --stream");
+  EXPECT_EQ(streamed["text"], " once");
+  EXPECT_EQ(streamed["tokens"][0]["id"], 7);
+  EXPECT_EQ(shown, " once\n");  // the tokens as they came, on stderr
+  const nlohmann::json logprobs = run("logprobs --top_k=1").first;
+  EXPECT_EQ(logprobs["prompt_tokens"][0]["text"], "x");
+  EXPECT_EQ(logprobs["target"][0]["text"], " y");
+  EXPECT_EQ(logprobs["target"][0]["log_prob"], -0.5);
+  EXPECT_EQ(logprobs["target"][0]["top"][0]["text"], " z");
+  EXPECT_EQ(logprobs["total_log_prob"], -0.5);
+  const nlohmann::json models = run("models").first;
+  EXPECT_EQ(models["models"][0]["name"], "m");
+  EXPECT_EQ(models["models"][0]["vocab_size"], 512);
+  EXPECT_EQ(models["models"][0]["max_top_k"], 20);
+  EXPECT_EQ(models["models"][0]["max_rows"], 65536);
 }
 
 }  // namespace
