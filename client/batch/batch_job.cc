@@ -18,6 +18,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "client/batch/parquet_writer.h"
+#include "client/batch/untrusted_text.h"
 
 namespace attribution::client::batch {
 namespace {
@@ -101,6 +102,14 @@ absl::StatusOr<BatchRow> RowFromJson(const json& object, const std::string& wher
       }
     } else if (key == "settings") {
       if (!value.is_object()) return absl::InvalidArgumentError(where + ": \"settings\" must be an object");
+      // Settings are numbers, strings and booleans (MergeSettings checks which); a list or an object is
+      // refused here, naming the line, before the row is copied about.
+      for (const auto& [name, setting] : value.items()) {
+        if (setting.is_structured()) {
+          return absl::InvalidArgumentError(absl::StrCat(where, ": setting \"", name, "\" must be a ",
+                                                         "number, a string or a boolean, not ", setting.type_name()));
+        }
+      }
       row.settings = value;
     } else {
       return absl::InvalidArgumentError(
@@ -126,6 +135,15 @@ absl::StatusOr<std::vector<BatchRow>> RowsFromCsv(const std::string& text, const
   if (!records.ok()) return records.status();
   if (records->empty()) return std::vector<BatchRow>{};
   const std::vector<std::string>& header = records->front().second;
+  // A repeated column would silently lose one of its cells to the other.
+  for (size_t c = 0; c < header.size(); ++c) {
+    for (size_t earlier = 0; earlier < c; ++earlier) {
+      if (header[c] == header[earlier]) {
+        return absl::InvalidArgumentError(absl::StrCat(path, ":", records->front().first, ": column \"", header[c],
+                                                       "\" repeats column ", earlier + 1, " of the header"));
+      }
+    }
+  }
   std::vector<BatchRow> rows;
   for (size_t r = 1; r < records->size(); ++r) {
     const auto& [line, fields] = (*records)[r];
@@ -174,9 +192,9 @@ absl::StatusOr<std::vector<BatchRow>> RowsFromJsonl(const std::string& text, con
     ++line_number;
     if (absl::StripAsciiWhitespace(line).empty()) continue;
     const std::string where = absl::StrCat(path, ":", line_number);
-    json object = json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (object.is_discarded()) return absl::InvalidArgumentError(where + ": not valid JSON");
-    auto row = RowFromJson(object, where);
+    absl::StatusOr<json> object = ParseJson(line, where);
+    if (!object.ok()) return object.status();
+    auto row = RowFromJson(*object, where);
     if (!row.ok()) return row.status();
     row->line = line_number;
     rows.push_back(std::move(*row));
@@ -441,10 +459,12 @@ absl::Status WriteResultsParquet(const std::string& results_path, const std::str
   if (!in) return absl::NotFoundError("cannot read " + results_path);
   std::vector<json> rows;
   for (std::string line; std::getline(in, line);) {
-    json row = json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (row.is_discarded() || !row.is_object()) {
+    absl::StatusOr<json> parsed = ParseJson(line, absl::StrCat(results_path, ":", rows.size() + 1));
+    if (!parsed.ok()) return absl::DataLossError(parsed.status().message());
+    if (!parsed->is_object()) {
       return absl::DataLossError(absl::StrCat(results_path, ":", rows.size() + 1, ": not a result line"));
     }
+    json row = std::move(*parsed);
     if (const json error = row.value("error", json()); error.is_object()) {
       row["error_code"] = error.value("code", json());
       row["error_message"] = error.value("message", json());

@@ -34,6 +34,7 @@
 #include "client/batch/batch_runner.h"
 #include "client/batch/html_pages.h"
 #include "client/batch/result_log.h"
+#include "client/batch/untrusted_text.h"
 #include "client/command_line.h"
 
 ABSL_FLAG(std::string, input, "", "rows: .jsonl ({id, prompt, target | choices [, label] [, settings]}) or .csv");
@@ -105,11 +106,12 @@ absl::StatusOr<json> SettingsFromFlags(const CommandLine& line) {
   if (!absl::GetFlag(FLAGS_job).empty()) {
     absl::StatusOr<std::string> text = ReadWholeFile(absl::GetFlag(FLAGS_job));
     if (!text.ok()) return absl::Status(text.status().code(), absl::StrCat("--job: ", text.status().message()));
-    json file = json::parse(*text, nullptr, /*allow_exceptions=*/false);
-    if (file.is_discarded() || !file.is_object()) {
+    absl::StatusOr<json> file = ParseJson(*text, "--job " + absl::GetFlag(FLAGS_job));
+    if (!file.ok()) return file.status();
+    if (!file->is_object()) {
       return absl::InvalidArgumentError(absl::StrCat("--job ", absl::GetFlag(FLAGS_job), ": not a JSON object"));
     }
-    absl::StatusOr<json> merged = MergeSettings(settings, file, "--job " + absl::GetFlag(FLAGS_job));
+    absl::StatusOr<json> merged = MergeSettings(settings, *file, "--job " + absl::GetFlag(FLAGS_job));
     if (!merged.ok()) return merged.status();
     settings = *merged;
   }
@@ -290,10 +292,15 @@ int Merge(const std::vector<std::string>& shard_files) {
   for (const std::string& file : shard_files) {
     absl::StatusOr<std::string> text = ReadWholeFile(file);
     if (!text.ok()) return Failed(text.status());
-    for (absl::string_view piece : absl::StrSplit(*text, '\n', absl::SkipEmpty())) {
+    int64_t number = 0;
+    for (absl::string_view piece : absl::StrSplit(*text, '\n')) {
+      ++number;
+      if (piece.empty()) continue;
       const std::string line(piece);
-      json result = json::parse(line, nullptr, /*allow_exceptions=*/false);
-      if (result.is_discarded() || !result.is_object() || !result.contains("id") || !result["id"].is_string()) {
+      absl::StatusOr<json> parsed = ParseJson(line, absl::StrCat(file, ":", number));
+      if (!parsed.ok()) return Failed(absl::DataLossError(parsed.status().message()));
+      const json& result = *parsed;
+      if (!result.is_object() || !result.contains("id") || !result["id"].is_string()) {
         return Failed(absl::DataLossError(absl::StrCat(file, ": a line is not a result: ", line.substr(0, 80))));
       }
       const std::string id = result["id"].get<std::string>();

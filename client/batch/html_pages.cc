@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "client/batch/batch_job.h"
 #include "client/batch/result_log.h"
+#include "client/batch/untrusted_text.h"
 #include "client/heatmap.h"
 #include "client/palette.h"
 
@@ -103,8 +104,10 @@ absl::Status WriteIndex(const std::string& dir, const std::string& results_path)
   std::string rows;
   int64_t count = 0, errors = 0;
   for (std::string line; std::getline(in, line);) {
-    const json result = json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (result.is_discarded() || !result.is_object() || !result.contains("id") || !result["id"].is_string()) continue;
+    const absl::StatusOr<json> parsed = ParseJson(line, results_path);
+    if (!parsed.ok()) continue;
+    const json& result = *parsed;
+    if (!result.is_object() || !result.contains("id") || !result["id"].is_string()) continue;
     ++count;
     const std::string id = result["id"].get<std::string>();
     const bool ok = result.value("status", json()) == "ok";

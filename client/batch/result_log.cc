@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "client/batch/untrusted_text.h"
 
 namespace attribution::client::batch {
 namespace {
@@ -111,8 +112,13 @@ absl::StatusOr<std::unique_ptr<ResultLog>> ResultLog::OpenLocked(const std::stri
       }
       const std::string line = text.substr(begin, end - begin);
       begin = end + 1;
-      nlohmann::json result = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-      if (result.is_discarded() || !result.is_object() || !result.contains("id") || !result["id"].is_string()) {
+      absl::StatusOr<nlohmann::json> parsed = ParseJson(line, absl::StrCat(path, ":", number));
+      if (!parsed.ok()) {
+        return absl::DataLossError(
+            absl::StrCat(parsed.status().message(), ": a line is not a result of this tool: ", line.substr(0, 80)));
+      }
+      const nlohmann::json& result = *parsed;
+      if (!result.is_object() || !result.contains("id") || !result["id"].is_string()) {
         return absl::DataLossError(
             absl::StrCat(path, ":", number, ": a line is not a result of this tool: ", line.substr(0, 80)));
       }

@@ -842,6 +842,26 @@ TEST(BatchMerge, ShardsOfDifferentJobsAreRefused) {
   EXPECT_EQ(CountLines(output), 3u);
 }
 
+// A value nested a million deep in a shard line or the job file overflowed the stack (exit 139) where it was
+// copied: it is refused naming the file (and the shard's line).
+TEST(BatchMerge, ADeeplyNestedShardLineOrJobFileIsRefused) {
+  TempDir dir;
+  const std::string input = dir.File("rows.jsonl"), log = dir.File("log"),
+                    deep = std::string(1000000, '[') + std::string(1000000, ']');
+  std::ofstream(input) << R"({"id": "r0", "prompt": "a", "target": " b"})"
+                       << "\n";
+  std::ofstream(dir.File("s0.jsonl")) << "\n"
+                                      << R"({"id":"r0","status":"ok","features":)" << deep << "}\n";
+  EXPECT_EQ(RunBatch({"merge", "--input=" + input, "--output=" + dir.File("m.jsonl"), dir.File("s0.jsonl")}, log), 1);
+  EXPECT_THAT(ReadFile(log), HasSubstr(dir.File("s0.jsonl") + ":2: objects and arrays nested more than 64 deep"));
+  std::ofstream(dir.File("job.json")) << R"({"seed": )" << deep << "}";
+  EXPECT_EQ(RunBatch({"--input=" + input, "--output=" + dir.File("out.jsonl"), "--job=" + dir.File("job.json"),
+                      "--server=127.0.0.1:1"},
+                     log),
+            1);
+  EXPECT_THAT(ReadFile(log), HasSubstr("--job " + dir.File("job.json") + ": objects and arrays nested more than 64"));
+}
+
 // The index renders any result line without throwing: no error object, NaN attributions (null), values
 // of unexpected types.
 TEST(BatchIndex, OddlyShapedResultLinesRender) {

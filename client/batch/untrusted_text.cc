@@ -1,0 +1,69 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "client/batch/untrusted_text.h"
+
+#include <set>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace attribution::client::batch {
+
+using nlohmann::json;
+
+absl::StatusOr<json> ParseJson(absl::string_view text, const std::string& where) {
+  std::string problem;                      // the first reason to refuse the text; then nothing more is kept
+  std::vector<std::set<std::string>> keys;  // of each object open now, innermost last
+  // Refusing a value (returning false) keeps it out of the DOM, and with it everything nested in it.
+  const json::parser_callback_t check = [&](int depth, json::parse_event_t event, json& parsed) {
+    if (!problem.empty()) return false;
+    switch (event) {
+      case json::parse_event_t::object_start:
+      case json::parse_event_t::array_start:
+        if (depth >= kMaxJsonDepth) {
+          problem = absl::StrCat("objects and arrays nested more than ", kMaxJsonDepth, " deep");
+          return false;
+        }
+        if (event == json::parse_event_t::object_start) keys.emplace_back();
+        return true;
+      case json::parse_event_t::key:
+        if (!keys.back().insert(parsed.get<std::string>()).second) {
+          problem = absl::StrCat("key \"", parsed.get<std::string>(), "\" given twice in one object");
+          return false;
+        }
+        return true;
+      case json::parse_event_t::object_end:
+        keys.pop_back();
+        return true;
+      case json::parse_event_t::array_end:
+      case json::parse_event_t::value:
+        return true;
+    }
+    return true;
+  };
+  json value = json::parse(text.begin(), text.end(), check, /*allow_exceptions=*/false);
+  if (!problem.empty()) return absl::InvalidArgumentError(absl::StrCat(where, ": ", problem));
+  if (value.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(where, ": not valid JSON"));
+  return value;
+}
+
+std::string JsonText(const json& value) { return value.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+std::string TerminalSafe(absl::string_view text) {
+  std::string safe;
+  safe.reserve(text.size());
+  for (size_t i = 0; i < text.size(); ++i) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c < 0x20 || c == 0x7f) {
+      absl::StrAppendFormat(&safe, "\\x%02x", c);
+    } else if (c == 0xc2 && i + 1 < text.size() && static_cast<unsigned char>(text[i + 1]) >= 0x80 &&
+               static_cast<unsigned char>(text[i + 1]) <= 0x9f) {  // U+0080..U+009F, e.g. CSI
+      absl::StrAppendFormat(&safe, "\\u%04x", static_cast<unsigned char>(text[++i]));
+    } else {
+      safe += text[i];
+    }
+  }
+  return safe;
+}
+
+}  // namespace attribution::client::batch

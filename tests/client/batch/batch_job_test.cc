@@ -1,0 +1,78 @@
+// SPDX-License-Identifier: Apache-2.0
+// Reading a job's rows (client/batch/batch_job.h) from hostile files: deep nesting, repeated keys and
+// columns, settings of the wrong shape and broken choices are refused naming the file's line; files are
+// replaced whole even with writers racing.
+#include "client/batch/batch_job.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <string>
+
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+
+namespace attribution::client::batch {
+namespace {
+
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
+using ::attribution::test_support::TempDir;
+using ::testing::HasSubstr;
+
+constexpr absl::StatusCode kInvalidArgument = absl::StatusCode::kInvalidArgument;
+
+// `text` as the file `name` in `dir`; returns its path.
+std::string Write(const TempDir& dir, const std::string& name, const std::string& text) {
+  const std::string path = dir.File(name);
+  std::ofstream(path) << text;
+  return path;
+}
+
+// A setting nested a million deep overflowed the stack (exit 139) where the row was copied.
+TEST(ReadRows, ADeeplyNestedValueIsRefusedNamingTheLine) {
+  TempDir dir;
+  const std::string rows =
+      Write(dir, "rows.jsonl",
+            "{\"id\":\"a\",\"prompt\":\"p\"}\n{\"id\":\"x\",\"prompt\":\"p\",\"settings\":{\"seed\":" +
+                std::string(1000000, '[') + std::string(1000000, ']') + "}}\n");
+  EXPECT_THAT(ReadRows(rows).status(),
+              StatusIs(kInvalidArgument, HasSubstr("rows.jsonl:2: objects and arrays nested more than 64 deep")));
+}
+
+// Settings are scalars: a list or an object is refused when the row is read, naming the setting.
+TEST(ReadRows, ASettingThatIsAListOrAnObjectIsRefused) {
+  TempDir dir;
+  EXPECT_THAT(ReadRows(Write(dir, "rows.jsonl",
+                             R"({"id":"x","prompt":"p","settings":{"seed":[1]}})"
+                             "\n"))
+                  .status(),
+              StatusIs(kInvalidArgument, HasSubstr("rows.jsonl:1: setting \"seed\" must be a number, a string or a "
+                                                   "boolean, not array")));
+  EXPECT_THAT(ReadRows(Write(dir, "object.jsonl",
+                             R"({"id":"x","prompt":"p","settings":{"model":{}}})"
+                             "\n"))
+                  .status(),
+              StatusIs(kInvalidArgument, HasSubstr("setting \"model\"")));
+  EXPECT_THAT(ReadRows(Write(dir, "ok.jsonl",
+                             R"({"id":"x","prompt":"p","settings":{"seed":1,"method":"saliency"}})"
+                             "\n")),
+              IsOk());
+}
+
+// nlohmann kept the last of a repeated key ("k2") silently; a repeated CSV column kept the second.
+TEST(ReadRows, ARepeatedKeyOrColumnIsRefusedNamingIt) {
+  TempDir dir;
+  EXPECT_THAT(ReadRows(Write(dir, "rows.jsonl",
+                             "{\"id\":\"k0\",\"prompt\":\"p\"}\n"
+                             R"({"id":"k1","prompt":"p","target":" t","id":"k2"})"
+                             "\n"))
+                  .status(),
+              StatusIs(kInvalidArgument, HasSubstr("rows.jsonl:2: key \"id\" given twice in one object")));
+  EXPECT_THAT(ReadRows(Write(dir, "rows.csv", "id,prompt,prompt,target\na,first,second, Yes\n")).status(),
+              StatusIs(kInvalidArgument, HasSubstr("rows.csv:1: column \"prompt\" repeats column 2 of the header")));
+}
+
+}  // namespace
+}  // namespace attribution::client::batch

@@ -1,0 +1,70 @@
+// SPDX-License-Identifier: Apache-2.0
+// Text a job does not control (client/batch/untrusted_text.h): JSON nested a million deep is refused
+// without overflowing the stack (nlohmann's DOM copies and destroys recursively), a repeated key is
+// refused naming it, invalid UTF-8 is written as U+FFFD instead of throwing, control characters are
+// escaped for the terminal.
+#include "client/batch/untrusted_text.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "tests/testing/status_matchers.h"
+
+namespace attribution::client::batch {
+namespace {
+
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
+using nlohmann::json;
+using ::testing::HasSubstr;
+
+std::string Nested(int levels, const std::string& inside = "") {
+  return std::string(levels, '[') + inside + std::string(levels, ']');
+}
+
+TEST(ParseJson, RefusesNestingPastTheLimitWithoutBuildingIt) {
+  // A million levels: building (or destroying) that DOM recursed once per level and overflowed the stack.
+  const std::string deep = R"({"id":"x","settings":{"seed":)" + Nested(1000000) + "}}";
+  EXPECT_THAT(ParseJson(deep, "rows.jsonl:3"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("rows.jsonl:3: objects and arrays nested more than 64 deep")));
+  EXPECT_THAT(ParseJson(Nested(kMaxJsonDepth, "1"), "f"), IsOk());
+  EXPECT_THAT(ParseJson(Nested(kMaxJsonDepth + 1, "1"), "f"), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(ParseJson(std::string(100000, '{'), "f"), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST(ParseJson, RefusesAKeyGivenTwiceInOneObject) {
+  EXPECT_THAT(
+      ParseJson(R"({"id":"k1","prompt":"p","id":"k2"})", "rows.jsonl:2"),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("rows.jsonl:2: key \"id\" given twice in one object")));
+  EXPECT_THAT(ParseJson(R"({"s":{"a":1,"a":2}})", "f"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("\"a\"")));
+  // The same key in different objects is no repeat.
+  absl::StatusOr<json> sibling = ParseJson(R"({"a":{"id":1},"b":[{"id":2},{"id":3}],"id":4})", "f");
+  ASSERT_THAT(sibling, IsOk());
+  EXPECT_EQ((*sibling)["b"][1]["id"], 3);
+  EXPECT_EQ((*sibling)["id"], 4);
+}
+
+TEST(ParseJson, RefusesTextThatIsNotJson) {
+  EXPECT_THAT(ParseJson("{\"id\":", "f:1"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("f:1: not valid JSON")));
+  EXPECT_THAT(ParseJson("\"caf\xe9\"", "f:1"), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+TEST(JsonText, WritesInvalidUtf8AsTheReplacementCharacter) {
+  EXPECT_EQ(JsonText(json{{"message", "bad \xff\xfe here"}}), "{\"message\":\"bad \xEF\xBF\xBD\xEF\xBF\xBD here\"}");
+}
+
+TEST(TerminalSafe, EscapesControlCharacters) {
+  EXPECT_EQ(TerminalSafe("r\x1b[2J\x07\n\x7f"
+                         "caf\xc3\xa9 \xc2\x9b"
+                         "1m"),
+            "r\\x1b[2J\\x07\\x0a\\x7f"
+            "caf\xc3\xa9 \\u009b1m");
+}
+
+}  // namespace
+}  // namespace attribution::client::batch
