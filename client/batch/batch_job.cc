@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cinttypes>
 #include <cstdio>
@@ -127,6 +128,19 @@ absl::StatusOr<BatchRow> RowFromJson(const json& object, const std::string& wher
     return absl::InvalidArgumentError(where + ": give \"target\" or \"choices\", not both");
   }
   if (row.label && row.choices.empty()) return absl::InvalidArgumentError(where + ": \"label\" needs \"choices\"");
+  // Found here, not after every choice was scored (or as the server's complaint about an empty target).
+  for (size_t c = 0; c < row.choices.size(); ++c) {
+    if (row.choices[c].empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": row \"", row.id, "\": choice ", c + 1, " of ",
+                                                     row.choices.size(),
+                                                     " is empty (in CSV, \"|\" separates choices: none may be empty)"));
+    }
+  }
+  if (row.label && std::find(row.choices.begin(), row.choices.end(), *row.label) == row.choices.end()) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": row \"", row.id, "\": label \"", *row.label,
+                                                   "\" is not one of the choices (\"",
+                                                   absl::StrJoin(row.choices, "\", \""), "\")"));
+  }
   return row;
 }
 

@@ -108,6 +108,10 @@ class RowProcessor {
   // renormalised over the choices), the predicted choice, and whether it is the label.
   absl::Status ScoreChoices(const BatchRow& row, const json& settings, size_t position, int& attempts,
                             json& result) const {
+    // ReadRows refuses such rows; a row built otherwise is refused before any call.
+    if (row.label && std::find(row.choices.begin(), row.choices.end(), *row.label) == row.choices.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("label \"", *row.label, "\" is not one of the choices"));
+    }
     std::vector<double> probs;
     for (const std::string& choice : row.choices) {
       const LogprobsOptions request{.model = settings["model"].get<std::string>(),
@@ -132,13 +136,7 @@ class RowProcessor {
     result["predicted"] = row.choices[best];
     result["predicted_prob"] = probs[best];
     result["label"] = row.label ? json(*row.label) : json();
-    if (row.label) {
-      auto label = std::find(row.choices.begin(), row.choices.end(), *row.label);
-      if (label == row.choices.end()) {
-        return absl::InvalidArgumentError(absl::StrCat("label \"", *row.label, "\" is not one of the choices"));
-      }
-      result["correct"] = row.choices[best] == *row.label;
-    }
+    if (row.label) result["correct"] = row.choices[best] == *row.label;
     return absl::OkStatus();
   }
 

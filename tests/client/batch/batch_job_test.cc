@@ -74,5 +74,25 @@ TEST(ReadRows, ARepeatedKeyOrColumnIsRefusedNamingIt) {
               StatusIs(kInvalidArgument, HasSubstr("rows.csv:1: column \"prompt\" repeats column 2 of the header")));
 }
 
+// Choices " Yes||" (CSV) reached the server as empty targets ("target: must hold at least one token"), and a
+// label not among the choices was found only after every choice was scored: both are refused when the row
+// is read, naming it.
+TEST(ReadRows, AnEmptyChoiceOrALabelNotAmongTheChoicesIsRefusedNamingTheRow) {
+  TempDir dir;
+  EXPECT_THAT(ReadRows(Write(dir, "rows.csv", "id,prompt,choices,label\nq1,Is it warm?, Yes||, Yes\n")).status(),
+              StatusIs(kInvalidArgument, HasSubstr("rows.csv:2: row \"q1\": choice 2 of 3 is empty")));
+  EXPECT_THAT(ReadRows(Write(dir, "rows.jsonl",
+                             R"({"id":"q2","prompt":"p","choices":[" Yes",""]})"
+                             "\n"))
+                  .status(),
+              StatusIs(kInvalidArgument, HasSubstr("rows.jsonl:1: row \"q2\": choice 2 of 2 is empty")));
+  EXPECT_THAT(ReadRows(Write(dir, "label.jsonl",
+                             R"({"id":"q3","prompt":"p","choices":[" Yes"," No"],"label":"Yes"})"
+                             "\n"))
+                  .status(),
+              StatusIs(kInvalidArgument, HasSubstr("label.jsonl:1: row \"q3\": label \"Yes\" is not one of the "
+                                                   "choices (\" Yes\", \" No\")")));
+}
+
 }  // namespace
 }  // namespace attribution::client::batch
