@@ -83,7 +83,7 @@ absl::StatusOr<BatchRow> RowFromJson(const json& object, const std::string& wher
         return absl::InvalidArgumentError(where + ": \"id\" must be a string or an integer");
       }
       // An integer's exact digits: get<int64_t>() of an id past INT64_MAX wrapped it to a negative one.
-      row.id = value.is_string() ? value.get<std::string>() : value.dump();
+      row.id = value.is_string() ? value.get<std::string>() : JsonText(value);
     } else if (key == "prompt" || key == "target" || key == "label") {
       if (!value.is_string())
         return absl::InvalidArgumentError(absl::StrCat(where, ": \"", key, "\" must be a string"));
@@ -311,7 +311,7 @@ absl::Status CheckIntegerRange(const std::string& key, const json& value, const 
   if (key == "seed") {
     if (value.is_number_unsigned() || value.get<int64_t>() >= 0) return absl::OkStatus();
     return absl::InvalidArgumentError(
-        absl::StrCat(where, ": setting \"seed\" must lie in [0, 2^64), not ", value.dump()));
+        absl::StrCat(where, ": setting \"seed\" must lie in [0, 2^64), not ", JsonText(value)));
   }
   const bool fits = value.is_number_unsigned()
                         ? value.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<int32_t>::max())
@@ -320,7 +320,7 @@ absl::Status CheckIntegerRange(const std::string& key, const json& value, const 
   if (fits) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(where, ": setting \"", key, "\" must lie in [",
                                                  std::numeric_limits<int32_t>::min(), ", ",
-                                                 std::numeric_limits<int32_t>::max(), "], not ", value.dump()));
+                                                 std::numeric_limits<int32_t>::max(), "], not ", JsonText(value)));
 }
 
 // Settings whose flag has another name: the job file takes keys "as the flags" (README), so --tolerance's
@@ -386,7 +386,7 @@ AttributeOptions ToAttributeOptions(const json& settings, const BatchRow& row, c
           .include_special_tokens = settings["include_special_tokens"].get<bool>()};
 }
 
-std::string Digest(const json& value) { return Hex(Fnv1a(value.dump())); }
+std::string Digest(const json& value) { return Hex(Fnv1a(JsonText(value))); }
 
 namespace {
 

@@ -86,10 +86,17 @@ namespace {
 
 using nlohmann::json;
 
+// Messages name ids and values from the rows: their control characters are escaped, not sent to the terminal.
 int Failed(const absl::Status& status) {
   std::fprintf(stderr, "attribution-batch: %s: %s\n", absl::StatusCodeToString(status.code()).c_str(),
-               std::string(status.message()).c_str());
+               TerminalSafe(status.message()).c_str());
   return 1;
+}
+
+// A usage error (exit 2).
+int UsageError(const std::string& message) {
+  std::fprintf(stderr, "attribution-batch: %s\n", TerminalSafe(message).c_str());
+  return 2;
 }
 
 // Whether the flag `name` was set: named on the command line (even to its default value, which must
@@ -217,10 +224,7 @@ int Run(const CommandLine& line) {
     std::fprintf(stderr, "attribution-batch: give --input and --output (see --help)\n");
     return 2;
   }
-  if (const std::string error = FlagValueError(); !error.empty()) {
-    std::fprintf(stderr, "attribution-batch: %s\n", error.c_str());
-    return 2;
-  }
+  if (const std::string error = FlagValueError(); !error.empty()) return UsageError(error);
   absl::StatusOr<std::vector<BatchRow>> rows = ReadRows(absl::GetFlag(FLAGS_input));
   if (!rows.ok()) return Failed(rows.status());
   rows = ShardOf(std::move(*rows));
@@ -273,9 +277,9 @@ absl::Status SameJob(const json& first, const std::string& first_file, const jso
   const json mine = first.value(key, json()), theirs = result.value(key, json());
   if (mine.is_null() || theirs.is_null() || mine == theirs) return absl::OkStatus();
   return absl::FailedPreconditionError(absl::StrCat(file, ": row \"", result["id"].get<std::string>(), "\" has ", key,
-                                                    " ", theirs.dump(), ", but row \"", first["id"].get<std::string>(),
-                                                    "\" of ", first_file, " has ", mine.dump(),
-                                                    ": the shards come from different jobs"));
+                                                    " ", JsonText(theirs), ", but row \"",
+                                                    first["id"].get<std::string>(), "\" of ", first_file, " has ",
+                                                    JsonText(mine), ": the shards come from different jobs"));
 }
 
 // Joins shard outputs into one file in the input's row order; every row must have exactly one result,
@@ -364,17 +368,14 @@ int main(int argc, char** argv) {
       "attribution-batch merge --input=ROWS --output=RESULTS SHARD_RESULTS...");
   const attribution::client::CommandLine line =
       attribution::client::ScanCommandLine(argc, argv, "client/batch/batch_main.cc");
-  if (!line.error.empty()) {
-    std::fprintf(stderr, "attribution-batch: %s\n", line.error.c_str());
-    return 2;
-  }
+  if (!line.error.empty()) return attribution::client::batch::UsageError(line.error);
   std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
   if (positional.size() >= 2 && std::string(positional[1]) == "merge") {
     return attribution::client::batch::Merge({positional.begin() + 2, positional.end()});
   }
   if (positional.size() > 1) {
-    std::fprintf(stderr, "attribution-batch: unexpected argument \"%s\" (see --help)\n", positional[1]);
-    return 2;
+    return attribution::client::batch::UsageError(
+        absl::StrCat("unexpected argument \"", positional[1], "\" (see --help)"));
   }
   return attribution::client::batch::Run(line);
 }

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "client/batch/html_pages.h"
+#include "client/batch/untrusted_text.h"
 
 namespace attribution::client::batch {
 namespace {
@@ -100,7 +101,7 @@ class RowProcessor {
     result["attempts"] = attempts;
     absl::Status page =
         options_.html_dir.empty() ? absl::OkStatus() : WriteRowPage(options_.html_dir, row.id, *attribution);
-    return {.line = result.dump(), .delta = attribution->convergence_delta, .fatal = page};
+    return {.line = JsonText(result), .delta = attribution->convergence_delta, .fatal = page};
   }
 
  private:
@@ -145,7 +146,7 @@ class RowProcessor {
     result["status"] = "error";
     result["error"] = {{"code", code}, {"message", std::string(status.message())}};
     result["attempts"] = attempts;
-    return {.line = result.dump(), .error_code = code};
+    return {.line = JsonText(result), .error_code = code};
   }
 
   const json& settings_;
@@ -243,7 +244,7 @@ absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient
     const std::string digest = Digest(identity);
     if (!fingerprint.empty() && digest != fingerprint) {
       return absl::FailedPreconditionError(
-          absl::StrCat("the servers hold different models named \"", model, "\": ", identity.dump()));
+          absl::StrCat("the servers hold different models named \"", model, "\": ", JsonText(identity)));
     }
     fingerprint = digest;
   }
@@ -421,7 +422,9 @@ void PrintSummary(const JobSummary& summary, std::ostream& out) {
     auto at = [&](double q) { return deltas[std::min(deltas.size() - 1, static_cast<size_t>(q * deltas.size()))]; };
     out << absl::StrFormat("  |convergence delta|: p50 %.3g  p90 %.3g  p99 %.3g  max %.3g\n", at(0.5), at(0.9),
                            at(0.99), deltas.back());
-    for (const auto& [delta, id] : summary.worst_deltas) out << absl::StrFormat("    %.3g  %s\n", delta, id);
+    for (const auto& [delta, id] : summary.worst_deltas) {
+      out << absl::StrFormat("    %.3g  %s\n", delta, TerminalSafe(id));
+    }
   }
 }
 

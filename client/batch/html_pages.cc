@@ -61,7 +61,7 @@ std::string Cell(const json& value) {
   if (value.is_null()) return "";
   if (value.is_number_float()) return absl::StrFormat("%.4g", value.get<double>());
   if (value.is_string()) return HtmlEscape(value.get<std::string>());
-  return HtmlEscape(value.dump());
+  return HtmlEscape(JsonText(value));
 }
 
 // A predicted choice's cell: green when it is the label, red when not (nothing without a label).

@@ -747,6 +747,19 @@ TEST(BatchCommandLine, AnEmptyServerListIsAUsageError) {
   EXPECT_THAT(ReadFile(log), HasSubstr("--server: entry 1 of 3 is empty"));
 }
 
+// Ids (and other values of the rows) in messages reached the terminal raw, escape sequences included.
+TEST(BatchCommandLine, ControlCharactersInMessagesAreEscaped) {
+  TempDir dir;
+  const std::string input = dir.File("rows.jsonl"), log = dir.File("log");
+  std::ofstream(input) << R"({"id": "x\u001b[2J", "prompt": "a", "target": " b"})"
+                       << "\n"
+                       << R"({"id": "x\u001b[2J", "prompt": "c", "target": " d"})"
+                       << "\n";
+  EXPECT_EQ(RunBatch({"--input=" + input, "--output=" + dir.File("out.jsonl"), "--server=127.0.0.1:1"}, log), 1);
+  EXPECT_THAT(ReadFile(log), HasSubstr("rows.jsonl:2: id \"x\\x1b[2J\" repeats line 1"));
+  EXPECT_THAT(ReadFile(log), ::testing::Not(HasSubstr("\x1b")));
+}
+
 // A directory where a file belongs: an error naming it (libstdc++'s stream threw from underflow).
 TEST(BatchCommandLine, ADirectoryForAnInputFileIsAnErrorNamingIt) {
   TempDir dir;

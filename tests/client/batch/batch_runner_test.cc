@@ -1,0 +1,139 @@
+// SPDX-License-Identifier: Apache-2.0
+// The batch runner (client/batch/batch_runner.h) against fake servers on loopback that answer what a test
+// sets: servers' bytes that are not UTF-8, requests over a gRPC message limit, rows of another model,
+// choices no probability can rank.
+#include "client/batch/batch_runner.h"
+
+#include <gmock/gmock.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cmath>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <sstream>
+#include <string>
+
+#include "attribution/v1/attribution.grpc.pb.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+
+namespace attribution::client::batch {
+namespace {
+
+namespace v1 = ::attribution::v1;
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::TempDir;
+using nlohmann::json;
+using ::testing::HasSubstr;
+
+// One prompt token, one feature, its value 0.5.
+grpc::Status OneFeature(const v1::AttributeRequest&, v1::AttributeResponse* out) {
+  out->add_prompt_tokens()->set_text("Is");
+  v1::Feature* feature = out->add_features();
+  feature->set_token_end(1);
+  feature->set_text("Is");
+  out->add_sequence_attribution(0.5);
+  return grpc::Status::OK;
+}
+
+// Answers with the handlers a test sets; counts the calls.
+class FakeService final : public v1::AttributionService::Service {
+ public:
+  std::function<grpc::Status(const v1::AttributeRequest&, v1::AttributeResponse*)> attribute = OneFeature;
+  std::function<grpc::Status(const v1::LogprobsRequest&, v1::LogprobsResponse*)> logprobs;
+  v1::ListModelsResponse models;
+  std::atomic<int> attribute_calls = 0;
+
+  grpc::Status Attribute(grpc::ServerContext*, const v1::AttributeRequest* in, v1::AttributeResponse* out) override {
+    ++attribute_calls;
+    return attribute(*in, out);
+  }
+  grpc::Status Logprobs(grpc::ServerContext*, const v1::LogprobsRequest* in, v1::LogprobsResponse* out) override {
+    return logprobs(*in, out);
+  }
+  grpc::Status ListModels(grpc::ServerContext*, const v1::ListModelsRequest*, v1::ListModelsResponse* out) override {
+    *out = models;
+    return grpc::Status::OK;
+  }
+};
+
+class BatchRunner : public ::testing::Test {
+ protected:
+  // Starts the fake server (accepting requests up to `max_request_bytes`) and the job's client of it.
+  void Start(int max_request_bytes = -1) {
+    v1::ModelInfo* model = service_.models.add_models();
+    model->set_name("demo");
+    model->set_architecture("llama");
+    grpc::ServerBuilder builder;
+    builder.RegisterService(&service_);
+    builder.SetMaxReceiveMessageSize(max_request_bytes);
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    server_ = builder.BuildAndStart();
+    ASSERT_NE(server_, nullptr);
+    absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> clients =
+        ConnectToServers({"127.0.0.1:" + std::to_string(port)}, {.max_attempts = 1});
+    ASSERT_THAT(clients, IsOk());
+    owned_ = std::move(*clients);
+    for (auto& client : owned_) clients_.push_back(client.get());
+  }
+  void TearDown() override {
+    owned_.clear();
+    if (server_) server_->Shutdown();
+  }
+
+  // Runs `rows` with the job's defaults on model "demo" into out.jsonl; returns the summary.
+  absl::StatusOr<JobSummary> Run(const std::vector<BatchRow>& rows, RunnerOptions options = {}) {
+    json settings = JobDefaults();
+    settings["model"] = "demo";
+    std::string model = "demo";
+    absl::StatusOr<std::string> fingerprint = ModelFingerprint(clients_, model);
+    if (!fingerprint.ok()) return fingerprint.status();
+    absl::StatusOr<std::unique_ptr<ResultLog>> log = ResultLog::Open(output_);
+    if (!log.ok()) return log.status();
+    options.initial_backoff = absl::Milliseconds(1);
+    std::ostringstream progress;
+    return RunJob(rows, settings, *fingerprint, clients_, **log, options, progress);
+  }
+  std::vector<json> Results() const {
+    std::vector<json> results;
+    std::ifstream in(output_);
+    for (std::string line; std::getline(in, line);) results.push_back(json::parse(line));
+    return results;
+  }
+
+  FakeService service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::vector<std::unique_ptr<AttributionClient>> owned_;
+  std::vector<AttributionClient*> clients_;
+  TempDir dir_;
+  const std::string output_ = dir_.File("out.jsonl");
+};
+
+// A server's error message that is not UTF-8 aborted the job (json::type_error 316 where the line was written).
+TEST_F(BatchRunner, AMessageThatIsNotUtf8IsWrittenWithReplacementCharacters) {
+  Start();
+  service_.attribute = [](const v1::AttributeRequest&, v1::AttributeResponse*) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "bad bytes \xff\xfe here");
+  };
+  ASSERT_THAT(Run({{.id = "r0", .prompt = "Is it warm?", .target = " Yes"}}), IsOk());
+  const std::vector<json> results = Results();
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0]["error"]["message"], "bad bytes \xEF\xBF\xBD\xEF\xBF\xBD here");
+}
+
+// Ids reach the terminal in the summary's worst rows: an escape sequence in one is printed escaped.
+TEST(PrintSummary, EscapesControlCharactersInIds) {
+  JobSummary summary{.rows = 1, .done = 1, .abs_deltas = {0.5}, .worst_deltas = {{0.5, "r\x1b[2J"}}};
+  std::ostringstream out;
+  PrintSummary(summary, out);
+  EXPECT_THAT(out.str(), HasSubstr("0.5  r\\x1b[2J\n"));
+  EXPECT_THAT(out.str(), ::testing::Not(HasSubstr("\x1b")));
+}
+
+}  // namespace
+}  // namespace attribution::client::batch
