@@ -210,15 +210,6 @@ std::string FlagValueError() {
   return "";
 }
 
-// Rows a rerun tries again (ResultLog drops their lines on reopening), counted from the summary.
-int64_t RowsToRetry(const JobSummary& summary) {
-  int64_t rows = 0;
-  for (const auto& [code, count] : summary.errors_by_code) {
-    if (RetriedOnResume(code)) rows += count;
-  }
-  return rows;
-}
-
 int Run(const CommandLine& line) {
   if (absl::GetFlag(FLAGS_input).empty() || absl::GetFlag(FLAGS_output).empty()) {
     std::fprintf(stderr, "attribution-batch: give --input and --output (see --help)\n");
@@ -260,7 +251,7 @@ int Run(const CommandLine& line) {
     if (!table.ok()) return Failed(table);
   }
   // A script (or a Kubernetes Job's restart policy) must be able to tell an incomplete job from a done one.
-  if (const int64_t retry = RowsToRetry(*summary); retry > 0) {
+  if (const int64_t retry = summary->to_retry; retry > 0) {
     std::fprintf(stderr,
                  "attribution-batch: %lld rows ended for lack of capacity or time; run the same command again to "
                  "retry them\n",
@@ -326,7 +317,7 @@ int Merge(const std::vector<std::string>& shard_files) {
         }
       }
       // A row its shard's job would try again on a rerun has no final result yet.
-      if (const std::string code = ResultErrorCode(result); RetriedOnResume(code)) {
+      if (const std::string code = ResultErrorCode(result); RetriedOnResume(code, ResultErrorMessage(result))) {
         return Failed(absl::FailedPreconditionError(
             absl::StrCat(file, ": row \"", id, "\" ended ", code,
                          ", which a rerun tries again: run that shard's command again before merging")));

@@ -20,8 +20,11 @@ namespace {
 
 using nlohmann::json;
 
-bool Retryable(absl::StatusCode code) {
-  return code == absl::StatusCode::kUnavailable || code == absl::StatusCode::kResourceExhausted;
+// The servers' lack of capacity; a request over a gRPC message limit is RESOURCE_EXHAUSTED too, but fails
+// the same way every time.
+bool Retryable(const absl::Status& status) {
+  if (OverMessageLimit(absl::StatusCodeToString(status.code()), status.message())) return false;
+  return status.code() == absl::StatusCode::kUnavailable || status.code() == absl::StatusCode::kResourceExhausted;
 }
 
 // Calls `call` on the row's server, moving on to the next server after each refusal, with exponential
@@ -33,7 +36,7 @@ absl::StatusOr<T> WithRetries(const std::vector<AttributionClient*>& clients, si
   for (int attempt = 0;; ++attempt) {
     ++attempts;
     absl::StatusOr<T> result = call(*clients[(first + attempt) % clients.size()]);
-    if (result.ok() || !Retryable(result.status().code()) || attempt + 1 >= options.max_attempts) return result;
+    if (result.ok() || !Retryable(result.status()) || attempt + 1 >= options.max_attempts) return result;
     absl::SleepFor(backoff);
     backoff = std::min(backoff * 2, options.max_backoff);
   }
@@ -49,6 +52,7 @@ json Texts(const std::vector<Token>& tokens) {
 struct RowOutcome {
   std::string line;
   std::string error_code;  // empty: ok
+  bool retry = false;      // a rerun tries the row again (RetriedOnResume)
   std::optional<double> delta;
   absl::Status fatal;  // the job cannot go on (its page could not be written)
 };
@@ -143,10 +147,16 @@ class RowProcessor {
 
   static RowOutcome Failure(json& result, const absl::Status& status, int attempts) {
     const std::string code = absl::StatusCodeToString(status.code());
+    std::string message(status.message());
+    if (OverMessageLimit(code, message)) {
+      absl::StrAppend(&message,
+                      " (a gRPC message size limit, which no retry lifts: shorten the row's prompt, or raise the "
+                      "servers' max_message_bytes; this tool sends requests of up to 64 MiB)");
+    }
     result["status"] = "error";
-    result["error"] = {{"code", code}, {"message", std::string(status.message())}};
+    result["error"] = {{"code", code}, {"message", message}};
     result["attempts"] = attempts;
-    return {.line = JsonText(result), .error_code = code};
+    return {.line = JsonText(result), .error_code = code, .retry = RetriedOnResume(code, message)};
   }
 
   const json& settings_;
@@ -355,6 +365,7 @@ absl::StatusOr<JobSummary> RunJob(const std::vector<BatchRow>& rows, const json&
         ++summary.errors;
         ++summary.errors_by_code[outcome.error_code];
       }
+      summary.to_retry += outcome.retry;
       if (outcome.delta) {
         summary.abs_deltas.push_back(std::abs(*outcome.delta));
         summary.worst_deltas.emplace_back(std::abs(*outcome.delta), todo[written + lines.size() - 1]->id);

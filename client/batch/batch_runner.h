@@ -20,8 +20,10 @@
 namespace attribution::client::batch {
 
 struct RunnerOptions {
-  int window = 32;       // rows in flight (>= 1); none runs 4 x window or more ahead of the first unwritten row
-  int max_attempts = 8;  // per call, while the servers answer UNAVAILABLE or RESOURCE_EXHAUSTED
+  int window = 32;  // rows in flight (>= 1); none runs 4 x window or more ahead of the first unwritten row
+  // Per call, while the servers answer UNAVAILABLE or RESOURCE_EXHAUSTED (not a gRPC message size limit:
+  // OverMessageLimit).
+  int max_attempts = 8;
   absl::Duration initial_backoff = absl::Milliseconds(200);
   absl::Duration max_backoff = absl::Seconds(30);
   absl::Duration progress_every = absl::Seconds(10);  // log lines (no terminal)
@@ -32,6 +34,7 @@ struct RunnerOptions {
 
 struct JobSummary {
   int64_t rows = 0, skipped = 0, done = 0, errors = 0;
+  int64_t to_retry = 0;  // rows that ended for lack of capacity or time, which a rerun tries again
   std::map<std::string, int64_t> errors_by_code;
   double wall_seconds = 0;
   std::vector<double> abs_deltas;                            // |convergence delta| of the rows that have one

@@ -11,6 +11,8 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "client/batch/untrusted_text.h"
 
@@ -34,15 +36,28 @@ absl::Status WriteAll(int fd, const std::string& bytes, const std::string& path)
 
 }  // namespace
 
-bool RetriedOnResume(const std::string& code) {
+bool OverMessageLimit(absl::string_view code, absl::string_view message) {
+  // gRPC core's texts, sent by whichever side refused the message.
+  return code == "RESOURCE_EXHAUSTED" && absl::StrContains(absl::AsciiStrToLower(message), "message larger than max");
+}
+
+bool RetriedOnResume(absl::string_view code, absl::string_view message) {
+  if (OverMessageLimit(code, message)) return false;
   return code == "UNAVAILABLE" || code == "RESOURCE_EXHAUSTED" || code == "DEADLINE_EXCEEDED" || code == "CANCELLED";
 }
 
-std::string ResultErrorCode(const nlohmann::json& result) {
+namespace {
+
+std::string ErrorField(const nlohmann::json& result, const char* key) {
   const nlohmann::json error = result.value("error", nlohmann::json());
-  const nlohmann::json code = error.is_object() ? error.value("code", nlohmann::json()) : nlohmann::json();
-  return code.is_string() ? code.get<std::string>() : "";
+  const nlohmann::json value = error.is_object() ? error.value(key, nlohmann::json()) : nlohmann::json();
+  return value.is_string() ? value.get<std::string>() : "";
 }
+
+}  // namespace
+
+std::string ResultErrorCode(const nlohmann::json& result) { return ErrorField(result, "code"); }
+std::string ResultErrorMessage(const nlohmann::json& result) { return ErrorField(result, "message"); }
 
 namespace {
 
@@ -131,7 +146,7 @@ absl::StatusOr<std::unique_ptr<ResultLog>> ResultLog::OpenLocked(const std::stri
                                                 "or \"error\" {code, message}): ",
                                                 line.substr(0, 80)));
       }
-      if (RetriedOnResume(code)) {
+      if (RetriedOnResume(code, ResultErrorMessage(result))) {
         rewrite = true;
         continue;
       }

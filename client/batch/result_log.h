@@ -20,14 +20,22 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace attribution::client::batch {
 
-// Whether a row that ended with this status code is tried again when the job resumes.
-bool RetriedOnResume(const std::string& code);
+// Whether a call failed on a gRPC message size limit ("Received message larger than max", "Sent message
+// larger than max"): RESOURCE_EXHAUSTED, but not the servers' load, and the same row fails the same way
+// every time.
+bool OverMessageLimit(absl::string_view code, absl::string_view message);
 
-// A result line's error code, "" when it has none (an ok row, or a line not written by this tool).
+// Whether a row that ended with this error is tried again when the job resumes: UNAVAILABLE,
+// RESOURCE_EXHAUSTED (unless OverMessageLimit), DEADLINE_EXCEEDED, CANCELLED.
+bool RetriedOnResume(absl::string_view code, absl::string_view message);
+
+// A result line's error code and message, "" when it has none (an ok row, or a line not written by this tool).
 std::string ResultErrorCode(const nlohmann::json& result);
+std::string ResultErrorMessage(const nlohmann::json& result);
 
 // A row the file already holds a final result of: what identifies the job that wrote it.
 struct DoneRow {

@@ -126,6 +126,36 @@ TEST_F(BatchRunner, AMessageThatIsNotUtf8IsWrittenWithReplacementCharacters) {
   EXPECT_EQ(results[0]["error"]["message"], "bad bytes \xEF\xBF\xBD\xEF\xBF\xBD here");
 }
 
+// A request over the server's message limit failed RESOURCE_EXHAUSTED, was retried as load, recorded for a
+// rerun and the job exited 3 on every rerun: it is the row's final error, tried once, kept on resume. The
+// servers' own RESOURCE_EXHAUSTED (load) is still retried.
+TEST_F(BatchRunner, ARequestOverTheMessageLimitIsTheRowsFinalError) {
+  Start(/*max_request_bytes=*/4096);
+  ASSERT_THAT(Run({{.id = "big", .prompt = std::string(5000, 'a'), .target = " Yes"},
+                   {.id = "small", .prompt = "Is it warm?", .target = " Yes"}}),
+              IsOk());
+  std::vector<json> results = Results();
+  ASSERT_EQ(results.size(), 2u);
+  EXPECT_EQ(results[0]["error"]["code"], "RESOURCE_EXHAUSTED");
+  EXPECT_THAT(results[0]["error"]["message"].get<std::string>(),
+              AllOf(HasSubstr("Received message larger than max"), HasSubstr("which no retry lifts: shorten")));
+  EXPECT_EQ(results[0]["attempts"], 1);
+  EXPECT_EQ(results[1]["status"], "ok");
+  absl::StatusOr<std::unique_ptr<ResultLog>> reopened = ResultLog::Open(output_);
+  ASSERT_THAT(reopened, IsOk());
+  EXPECT_TRUE((*reopened)->done().contains("big"));
+  reopened->reset();
+
+  service_.attribute = [](const v1::AttributeRequest&, v1::AttributeResponse*) {
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "queue full");
+  };
+  ASSERT_EQ(std::remove(output_.c_str()), 0);
+  absl::StatusOr<JobSummary> busy = Run({{.id = "r0", .prompt = "Is it warm?", .target = " Yes"}}, {.max_attempts = 3});
+  ASSERT_THAT(busy, IsOk());
+  EXPECT_EQ(busy->to_retry, 1);
+  EXPECT_EQ(Results()[0]["attempts"], 3);
+}
+
 // Ids reach the terminal in the summary's worst rows: an escape sequence in one is printed escaped.
 TEST(PrintSummary, EscapesControlCharactersInIds) {
   JobSummary summary{.rows = 1, .done = 1, .abs_deltas = {0.5}, .worst_deltas = {{0.5, "r\x1b[2J"}}};
