@@ -77,8 +77,17 @@ class RowProcessor {
     if (!row.choices.empty()) {
       absl::Status chosen = ScoreChoices(row, *effective, position, attempts, result);
       if (!chosen.ok()) return Failure(result, chosen, attempts);
-      target =
-          result["label"].is_string() ? result["label"].get<std::string>() : result["predicted"].get<std::string>();
+      if (result["label"].is_string()) {
+        target = result["label"].get<std::string>();
+      } else if (result["predicted"].is_string()) {
+        target = result["predicted"].get<std::string>();
+      } else {
+        return Failure(result,
+                       absl::FailedPreconditionError(
+                           "no choice has a finite, positive probability, so there is no prediction to attribute "
+                           "(give the row a label to attribute it)"),
+                       attempts);
+      }
     }
     AttributeOptions request = ToAttributeOptions(*effective, row, target);
     request.request_id = result["request_id"].get<std::string>();
@@ -130,18 +139,24 @@ class RowProcessor {
       if (!scored.ok()) return scored.status();
       probs.push_back(std::exp(scored->total_log_prob));
     }
+    // The prediction is the most probable choice of those with a finite, positive probability: a model that
+    // gives every choice 0 or NaN predicts none (max_element picked the first choice, "correct" if the label).
+    std::optional<size_t> best;
     double total = 0;
-    for (double p : probs) total += p;
-    std::vector<double> renormalised;
-    for (double p : probs) renormalised.push_back(total > 0 ? p / total : 0);
-    const size_t best = std::max_element(probs.begin(), probs.end()) - probs.begin();
+    for (size_t c = 0; c < probs.size(); ++c) {
+      if (!std::isfinite(probs[c]) || probs[c] <= 0) continue;
+      total += probs[c];
+      if (!best || probs[c] > probs[*best]) best = c;
+    }
+    std::vector<double> renormalised;  // NaN (null) where there is nothing to renormalise
+    for (double p : probs) renormalised.push_back(best && std::isfinite(p) ? p / total : std::nan(""));
     result["choices"] = row.choices;
     result["choice_probs"] = probs;
     result["choice_probs_renormalised"] = renormalised;
-    result["predicted"] = row.choices[best];
-    result["predicted_prob"] = probs[best];
+    result["predicted"] = best ? json(row.choices[*best]) : json();
+    result["predicted_prob"] = best ? json(probs[*best]) : json();
     result["label"] = row.label ? json(*row.label) : json();
-    if (row.label) result["correct"] = row.choices[best] == *row.label;
+    if (row.label) result["correct"] = best ? json(row.choices[*best] == *row.label) : json();
     return absl::OkStatus();
   }
 

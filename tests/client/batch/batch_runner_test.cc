@@ -156,6 +156,42 @@ TEST_F(BatchRunner, ARequestOverTheMessageLimitIsTheRowsFinalError) {
   EXPECT_EQ(Results()[0]["attempts"], 3);
 }
 
+// A model that gives every choice a NaN or zero probability predicts nothing: the first choice was reported
+// as the prediction, and as correct when it was the label.
+TEST_F(BatchRunner, ChoicesWithoutAFinitePositiveProbabilityHaveNoPrediction) {
+  Start();
+  for (const double log_prob : {std::nan(""), -std::numeric_limits<double>::infinity()}) {
+    SCOPED_TRACE(log_prob);
+    service_.logprobs = [&](const v1::LogprobsRequest&, v1::LogprobsResponse* out) {
+      out->set_total_log_prob(log_prob);
+      return grpc::Status::OK;
+    };
+    std::remove(output_.c_str());
+    ASSERT_THAT(Run({{.id = "labelled", .prompt = "Is it warm?", .choices = {" Yes", " No"}, .label = " Yes"},
+                     {.id = "unlabelled", .prompt = "Is it warm?", .choices = {" Yes", " No"}}}),
+                IsOk());
+    const std::vector<json> results = Results();
+    ASSERT_EQ(results.size(), 2u);
+    EXPECT_TRUE(results[0]["predicted"].is_null()) << results[0].dump();
+    EXPECT_TRUE(results[0]["correct"].is_null()) << results[0].dump();
+    EXPECT_EQ(results[0]["status"], "ok");  // the label's attribution
+    EXPECT_TRUE(results[1]["predicted"].is_null()) << results[1].dump();
+    EXPECT_EQ(results[1]["error"]["code"], "FAILED_PRECONDITION");
+    EXPECT_THAT(results[1]["error"]["message"].get<std::string>(), HasSubstr("no prediction to attribute"));
+  }
+  // One choice without a probability: the other is the prediction.
+  service_.logprobs = [](const v1::LogprobsRequest& request, v1::LogprobsResponse* out) {
+    out->set_total_log_prob(request.target().text() == " Yes" ? std::nan("") : -1.0);
+    return grpc::Status::OK;
+  };
+  std::remove(output_.c_str());
+  ASSERT_THAT(Run({{.id = "mixed", .prompt = "Is it warm?", .choices = {" Yes", " No"}, .label = " Yes"}}), IsOk());
+  const json mixed = Results().at(0);
+  EXPECT_EQ(mixed["predicted"], " No");
+  EXPECT_EQ(mixed["correct"], false);
+  EXPECT_EQ(mixed["choice_probs_renormalised"], json::parse("[null, 1.0]"));
+}
+
 // Ids reach the terminal in the summary's worst rows: an escape sequence in one is printed escaped.
 TEST(PrintSummary, EscapesControlCharactersInIds) {
   JobSummary summary{.rows = 1, .done = 1, .abs_deltas = {0.5}, .worst_deltas = {{0.5, "r\x1b[2J"}}};
