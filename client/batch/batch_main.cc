@@ -225,10 +225,8 @@ int Run(const CommandLine& line) {
   if (!owned.ok()) return Failed(owned.status());
   std::vector<AttributionClient*> clients;
   for (auto& client : *owned) clients.push_back(client.get());
-  std::string model = (*settings)["model"].get<std::string>();
-  absl::StatusOr<std::string> fingerprint = ModelFingerprint(clients, model);
-  if (!fingerprint.ok()) return Failed(fingerprint.status());
-  (*settings)["model"] = model;
+  absl::StatusOr<ModelFingerprints> fingerprints = FingerprintModels(*rows, *settings, clients);
+  if (!fingerprints.ok()) return Failed(fingerprints.status());
   absl::StatusOr<std::unique_ptr<ResultLog>> log = ResultLog::Open(absl::GetFlag(FLAGS_output));
   if (!log.ok()) return Failed(log.status());
 
@@ -239,7 +237,7 @@ int Run(const CommandLine& line) {
       .progress_every = absl::Seconds(absl::GetFlag(FLAGS_progress_seconds)),
       .progress_bar = progress == "bar" || (progress == "auto" && ::isatty(STDERR_FILENO)),
       .html_dir = absl::GetFlag(FLAGS_html)};
-  absl::StatusOr<JobSummary> summary = RunJob(*rows, *settings, *fingerprint, clients, **log, options, std::cerr);
+  absl::StatusOr<JobSummary> summary = RunJob(*rows, *settings, *fingerprints, clients, **log, options, std::cerr);
   if (!summary.ok()) return Failed(summary.status());
   PrintSummary(*summary, std::cerr);
   if (!options.html_dir.empty()) {
@@ -282,8 +280,8 @@ int Merge(const std::vector<std::string>& shard_files) {
   std::map<std::string, const BatchRow*> by_id;
   for (const BatchRow& row : *rows) by_id[row.id] = &row;
   std::map<std::string, std::string> results;
-  std::optional<std::pair<json, std::string>> first_job_row;  // a row without own settings, and its file
-  std::optional<std::pair<json, std::string>> first_row;      // any row, for the model
+  std::optional<std::pair<json, std::string>> first_job_row;           // a row without own settings, and its file
+  std::map<std::string, std::pair<json, std::string>> first_of_model;  // model name -> a row run on it, its file
   for (const std::string& file : shard_files) {
     absl::StatusOr<std::string> text = ReadWholeFile(file);
     if (!text.ok()) return Failed(text.status());
@@ -304,9 +302,11 @@ int Merge(const std::vector<std::string>& shard_files) {
         return Failed(absl::FailedPreconditionError(absl::StrCat(
             file, ": row \"", id, "\" is not in ", absl::GetFlag(FLAGS_input), ": the shard is of another job")));
       }
-      if (!first_row) first_row.emplace(result, file);
-      if (absl::Status same = SameJob(first_row->first, first_row->second, result, file, "model_fingerprint");
-          !same.ok()) {
+      // Rows may name their own model: each model is one and the same in every shard.
+      const json model = result.value("model", json());
+      const auto& [first_row, first_file] =
+          first_of_model.try_emplace(model.is_string() ? model.get<std::string>() : "", result, file).first->second;
+      if (absl::Status same = SameJob(first_row, first_file, result, file, "model_fingerprint"); !same.ok()) {
         return Failed(same);
       }
       if (row->second->settings.empty()) {

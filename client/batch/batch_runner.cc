@@ -57,18 +57,35 @@ struct RowOutcome {
   absl::Status fatal;  // the job cannot go on (its page could not be written)
 };
 
+// The fingerprint of `model`; INTERNAL when FingerprintModels did not ask for it.
+absl::StatusOr<std::string> FingerprintOf(const ModelFingerprints& fingerprints, const std::string& model) {
+  auto it = fingerprints.find(model);
+  if (it == fingerprints.end()) return absl::InternalError(absl::StrCat("model \"", model, "\" has no fingerprint"));
+  return it->second;
+}
+
 class RowProcessor {
  public:
-  RowProcessor(const json& settings, const std::string& fingerprint, const std::vector<AttributionClient*>& clients,
-               const RunnerOptions& options)
-      : settings_(settings), fingerprint_(fingerprint), clients_(clients), options_(options) {}
+  RowProcessor(const json& settings, const ModelFingerprints& fingerprints,
+               const std::vector<AttributionClient*>& clients, const RunnerOptions& options)
+      : settings_(settings), fingerprints_(fingerprints), clients_(clients), options_(options) {}
 
   RowOutcome Process(const BatchRow& row, size_t position) const {
-    json result = {{"id", row.id}, {"model_fingerprint", fingerprint_}};
+    json result = {{"id", row.id}};
     absl::StatusOr<json> effective = MergeSettings(settings_, row.settings, "row \"" + row.id + "\" settings");
-    if (!effective.ok()) return Failure(result, effective.status(), 0);
-    result["request_id"] = RequestId(fingerprint_, *effective, row);
+    if (!effective.ok()) {
+      if (auto job = FingerprintOf(fingerprints_, settings_["model"].get<std::string>()); job.ok()) {
+        result["model_fingerprint"] = *job;
+      }
+      return Failure(result, effective.status(), 0);
+    }
     result["model"] = (*effective)["model"];
+    // The model the row runs on: the job's, or the one its settings name.
+    const absl::StatusOr<std::string> fingerprint =
+        FingerprintOf(fingerprints_, (*effective)["model"].get<std::string>());
+    if (!fingerprint.ok()) return Failure(result, fingerprint.status(), 0);
+    result["model_fingerprint"] = *fingerprint;
+    result["request_id"] = RequestId(*fingerprint, *effective, row);
     result["method"] = (*effective)["method"];
     result["settings_hash"] = SettingsDigest(*effective);
     result["seed"] = (*effective)["seed"];
@@ -175,7 +192,7 @@ class RowProcessor {
   }
 
   const json& settings_;
-  const std::string& fingerprint_;
+  const ModelFingerprints& fingerprints_;
   const std::vector<AttributionClient*>& clients_;
   const RunnerOptions& options_;
 };
@@ -189,7 +206,7 @@ std::string Clock(double seconds) {
 // id (other settings, model or input), or a row this job does not have. Lines written before results
 // carried request ids are checked by their settings hash only.
 absl::Status CheckDoneRowsAreThisJobs(const std::vector<BatchRow>& rows, const json& settings,
-                                      const std::string& model_fingerprint, const ResultLog& log) {
+                                      const ModelFingerprints& fingerprints, const ResultLog& log) {
   std::map<std::string, const BatchRow*> by_id;
   for (const BatchRow& row : rows) by_id[row.id] = &row;
   const std::pair<const std::string, DoneRow>* first_foreign = nullptr;
@@ -209,21 +226,24 @@ absl::Status CheckDoneRowsAreThisJobs(const std::vector<BatchRow>& rows, const j
     const DoneRow& result = done->second;
     absl::StatusOr<json> effective = MergeSettings(settings, row.settings, "row \"" + row.id + "\" settings");
     if (!effective.ok()) continue;  // the row's result is that error, again
+    const absl::StatusOr<std::string> model_fingerprint =
+        FingerprintOf(fingerprints, (*effective)["model"].get<std::string>());
+    if (!model_fingerprint.ok()) continue;  // likewise
     const std::string where = absl::StrCat(log.path(), ":", result.line, ": row \"", row.id, "\"");
     if (SettingsDigest(*effective) != result.settings_hash) {
       return absl::FailedPreconditionError(
           absl::StrCat(where, " done with other settings (settings_hash ", result.settings_hash, ", this job's ",
                        SettingsDigest(*effective), "): write to another file to run these settings"));
     }
-    if (!result.model_fingerprint.empty() && result.model_fingerprint != model_fingerprint) {
+    if (!result.model_fingerprint.empty() && result.model_fingerprint != *model_fingerprint) {
       return absl::FailedPreconditionError(absl::StrCat(where, " done on another model (model_fingerprint ",
-                                                        result.model_fingerprint, ", the servers' ", model_fingerprint,
+                                                        result.model_fingerprint, ", the servers' ", *model_fingerprint,
                                                         "): write to another file to run this model"));
     }
-    if (!result.request_id.empty() && result.request_id != RequestId(model_fingerprint, *effective, row)) {
+    if (!result.request_id.empty() && result.request_id != RequestId(*model_fingerprint, *effective, row)) {
       return absl::FailedPreconditionError(
           absl::StrCat(where, " done for another input (request_id ", result.request_id, ", this job's ",
-                       RequestId(model_fingerprint, *effective, row),
+                       RequestId(*model_fingerprint, *effective, row),
                        "): the file holds another job's results; write to another file"));
     }
   }
@@ -276,14 +296,35 @@ absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient
   return fingerprint;
 }
 
+absl::StatusOr<ModelFingerprints> FingerprintModels(const std::vector<BatchRow>& rows, json& settings,
+                                                    const std::vector<AttributionClient*>& clients) {
+  std::string model = settings["model"].get<std::string>();
+  absl::StatusOr<std::string> job = ModelFingerprint(clients, model);
+  if (!job.ok()) return job.status();
+  settings["model"] = model;
+  ModelFingerprints fingerprints = {{model, *job}};
+  for (const BatchRow& row : rows) {
+    if (!row.settings.contains("model")) continue;
+    absl::StatusOr<json> effective = MergeSettings(settings, row.settings, "row");
+    if (!effective.ok()) continue;  // the row's result is that error
+    const std::string name = (*effective)["model"].get<std::string>();
+    if (fingerprints.contains(name)) continue;
+    std::string resolved = name;
+    absl::StatusOr<std::string> fingerprint = ModelFingerprint(clients, resolved);
+    if (!fingerprint.ok() && fingerprint.status().code() != absl::StatusCode::kNotFound) return fingerprint.status();
+    fingerprints.emplace(name, std::move(fingerprint));
+  }
+  return fingerprints;
+}
+
 absl::StatusOr<JobSummary> RunJob(const std::vector<BatchRow>& rows, const json& settings,
-                                  const std::string& model_fingerprint, const std::vector<AttributionClient*>& clients,
+                                  const ModelFingerprints& fingerprints, const std::vector<AttributionClient*>& clients,
                                   ResultLog& log, const RunnerOptions& options, std::ostream& progress) {
   if (clients.empty()) return absl::InvalidArgumentError("no servers to send the rows to");
   if (options.window < 1) return absl::InvalidArgumentError(absl::StrCat("window ", options.window, " must be >= 1"));
   JobSummary summary;
   summary.rows = static_cast<int64_t>(rows.size());
-  if (absl::Status same = CheckDoneRowsAreThisJobs(rows, settings, model_fingerprint, log); !same.ok()) return same;
+  if (absl::Status same = CheckDoneRowsAreThisJobs(rows, settings, fingerprints, log); !same.ok()) return same;
   std::vector<const BatchRow*> todo;
   for (const BatchRow& row : rows) {
     if (log.done().contains(row.id)) {
@@ -325,7 +366,7 @@ absl::StatusOr<JobSummary> RunJob(const std::vector<BatchRow>& rows, const json&
     return log.Rewrite(lines);
   };
 
-  const RowProcessor processor(settings, model_fingerprint, clients, options);
+  const RowProcessor processor(settings, fingerprints, clients, options);
   // Rows finished ahead of the first unwritten one wait in `finished`, unwritten (lost to a kill, held in
   // memory): a worker takes row i only while i < written + kAhead * window, so a row stuck in retries
   // holds back at most that many lines.

@@ -5,6 +5,7 @@
 // ResultLog, and reports progress and a final summary.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <ostream>
@@ -47,14 +48,26 @@ struct JobSummary {
 absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> ConnectToServers(
     const std::vector<std::string>& targets, ClientOptions options);
 
-// The model's identity as the servers report it (all must agree), for request ids and results.
+// The model's identity as the servers report it (all must agree), for request ids and results. An empty
+// `model` becomes the name of the servers' first model.
 absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient*>& clients, std::string& model);
 
-// Runs the rows `log` does not hold yet and writes their results in input order. FAILED_PRECONDITION,
-// naming the file's line, when `log` holds rows of another job: a row not in `rows`, or one done with
-// other settings, on another model or for another input (its request_id).
+// Each model a job's rows run on -> its fingerprint, or why it has none (NOT_FOUND: the servers do not hold
+// it, which fails only the rows that name it).
+using ModelFingerprints = std::map<std::string, absl::StatusOr<std::string>>;
+
+// The fingerprints of the job's model (settings["model"], set to the servers' first model when empty; the
+// job fails when the servers do not hold it) and of each model rows name in their own settings, asking the
+// servers once per model. A failure other than NOT_FOUND fails the job.
+absl::StatusOr<ModelFingerprints> FingerprintModels(const std::vector<BatchRow>& rows, nlohmann::json& settings,
+                                                    const std::vector<AttributionClient*>& clients);
+
+// Runs the rows `log` does not hold yet and writes their results in input order, each recording the
+// fingerprint of the model it ran on (`fingerprints`, from FingerprintModels). FAILED_PRECONDITION, naming
+// the file's line, when `log` holds rows of another job: a row not in `rows`, or one done with other
+// settings, on another model or for another input (its request_id).
 absl::StatusOr<JobSummary> RunJob(const std::vector<BatchRow>& rows, const nlohmann::json& settings,
-                                  const std::string& model_fingerprint, const std::vector<AttributionClient*>& clients,
+                                  const ModelFingerprints& fingerprints, const std::vector<AttributionClient*>& clients,
                                   ResultLog& log, const RunnerOptions& options, std::ostream& progress);
 
 void PrintSummary(const JobSummary& summary, std::ostream& out);

@@ -855,6 +855,33 @@ TEST(BatchMerge, ShardsOfDifferentJobsAreRefused) {
   EXPECT_EQ(CountLines(output), 3u);
 }
 
+// Rows that name their own model record its fingerprint: merge compares fingerprints per model, not across
+// models (it refused such rows as another job's).
+TEST(BatchMerge, RowsOnTheirOwnModelMerge) {
+  TempDir dir;
+  const std::string input = dir.File("rows.jsonl"), output = dir.File("merged.jsonl"), log = dir.File("log");
+  std::ofstream(input) << R"({"id": "r0", "prompt": "a", "target": " b"})"
+                       << "\n"
+                       << R"({"id": "r1", "prompt": "c", "target": " d", "settings": {"model": "big"}})"
+                       << "\n";
+  const auto line = [](const std::string& id, const std::string& model, const std::string& fingerprint) {
+    json result = json::parse(ShardLine(id, "h", fingerprint));
+    result["model"] = model;
+    return result.dump();
+  };
+  std::ofstream(dir.File("s0.jsonl")) << line("r0", "small", "m1") << "\n";
+  std::ofstream(dir.File("s1.jsonl")) << line("r1", "big", "m2") << "\n";
+  std::ofstream(dir.File("s1_other.jsonl")) << line("r1", "small", "m2") << "\n";
+  EXPECT_EQ(
+      RunBatch({"merge", "--input=" + input, "--output=" + output, dir.File("s0.jsonl"), dir.File("s1.jsonl")}, log), 0)
+      << ReadFile(log);
+  EXPECT_EQ(
+      RunBatch({"merge", "--input=" + input, "--output=" + output, dir.File("s0.jsonl"), dir.File("s1_other.jsonl")},
+               log),
+      1);
+  EXPECT_THAT(ReadFile(log), HasSubstr("row \"r1\" has model_fingerprint \"m2\""));
+}
+
 // A value nested a million deep in a shard line or the job file overflowed the stack (exit 139) where it was
 // copied: it is refused naming the file (and the shard's line).
 TEST(BatchMerge, ADeeplyNestedShardLineOrJobFileIsRefused) {

@@ -47,6 +47,7 @@ class FakeService final : public v1::AttributionService::Service {
   std::function<grpc::Status(const v1::LogprobsRequest&, v1::LogprobsResponse*)> logprobs;
   v1::ListModelsResponse models;
   std::atomic<int> attribute_calls = 0;
+  std::atomic<int> list_models_calls = 0;
 
   grpc::Status Attribute(grpc::ServerContext*, const v1::AttributeRequest* in, v1::AttributeResponse* out) override {
     ++attribute_calls;
@@ -56,6 +57,7 @@ class FakeService final : public v1::AttributionService::Service {
     return logprobs(*in, out);
   }
   grpc::Status ListModels(grpc::ServerContext*, const v1::ListModelsRequest*, v1::ListModelsResponse* out) override {
+    ++list_models_calls;
     *out = models;
     return grpc::Status::OK;
   }
@@ -90,14 +92,13 @@ class BatchRunner : public ::testing::Test {
   absl::StatusOr<JobSummary> Run(const std::vector<BatchRow>& rows, RunnerOptions options = {}) {
     json settings = JobDefaults();
     settings["model"] = "demo";
-    std::string model = "demo";
-    absl::StatusOr<std::string> fingerprint = ModelFingerprint(clients_, model);
-    if (!fingerprint.ok()) return fingerprint.status();
+    absl::StatusOr<ModelFingerprints> fingerprints = FingerprintModels(rows, settings, clients_);
+    if (!fingerprints.ok()) return fingerprints.status();
     absl::StatusOr<std::unique_ptr<ResultLog>> log = ResultLog::Open(output_);
     if (!log.ok()) return log.status();
     options.initial_backoff = absl::Milliseconds(1);
     std::ostringstream progress;
-    return RunJob(rows, settings, *fingerprint, clients_, **log, options, progress);
+    return RunJob(rows, settings, *fingerprints, clients_, **log, options, progress);
   }
   std::vector<json> Results() const {
     std::vector<json> results;
@@ -190,6 +191,43 @@ TEST_F(BatchRunner, ChoicesWithoutAFinitePositiveProbabilityHaveNoPrediction) {
   EXPECT_EQ(mixed["predicted"], " No");
   EXPECT_EQ(mixed["correct"], false);
   EXPECT_EQ(mixed["choice_probs_renormalised"], json::parse("[null, 1.0]"));
+}
+
+// A row naming its own model recorded the job model's fingerprint (and request id): each row records the
+// fingerprint of the model it ran on, the servers asked once per model; a model no server holds fails
+// only its rows.
+TEST_F(BatchRunner, ARowOnItsOwnModelRecordsThatModelsFingerprint) {
+  v1::ModelInfo* other = service_.models.add_models();
+  other->set_name("other");
+  other->set_architecture("qwen2");
+  Start();
+  const json other_settings = {{"model", "other"}};
+  ASSERT_THAT(Run({{.id = "job", .prompt = "Is it warm?", .target = " Yes"},
+                   {.id = "own", .prompt = "Is it warm?", .target = " Yes", .settings = other_settings},
+                   {.id = "own2", .prompt = "Is it cold?", .target = " Yes", .settings = other_settings},
+                   {.id = "gone", .prompt = "Is it warm?", .target = " Yes", .settings = {{"model", "gone"}}}}),
+              IsOk());
+  EXPECT_EQ(service_.list_models_calls, 3);  // demo, other, gone
+  std::string demo = "demo", named_other = "other";
+  const absl::StatusOr<std::string> demo_fingerprint = ModelFingerprint(clients_, demo);
+  const absl::StatusOr<std::string> other_fingerprint = ModelFingerprint(clients_, named_other);
+  ASSERT_THAT(demo_fingerprint, IsOk());
+  ASSERT_THAT(other_fingerprint, IsOk());
+  ASSERT_NE(*demo_fingerprint, *other_fingerprint);
+  const std::vector<json> results = Results();
+  ASSERT_EQ(results.size(), 4u);
+  EXPECT_EQ(results[0]["model_fingerprint"], *demo_fingerprint);
+  EXPECT_EQ(results[1]["model_fingerprint"], *other_fingerprint);
+  EXPECT_EQ(results[1]["model"], "other");
+  EXPECT_EQ(results[2]["model_fingerprint"], *other_fingerprint);
+  EXPECT_EQ(results[3]["error"]["code"], "NOT_FOUND");
+  EXPECT_THAT(results[3]["error"]["message"].get<std::string>(), HasSubstr("no model \"gone\""));
+  // The same job resumes over these results.
+  EXPECT_THAT(Run({{.id = "job", .prompt = "Is it warm?", .target = " Yes"},
+                   {.id = "own", .prompt = "Is it warm?", .target = " Yes", .settings = other_settings},
+                   {.id = "own2", .prompt = "Is it cold?", .target = " Yes", .settings = other_settings},
+                   {.id = "gone", .prompt = "Is it warm?", .target = " Yes", .settings = {{"model", "gone"}}}}),
+              IsOk());
 }
 
 // Ids reach the terminal in the summary's worst rows: an escape sequence in one is printed escaped.
