@@ -12,6 +12,7 @@
 // CANCELLED): running the same command again tries them again.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -52,7 +53,7 @@ ABSL_FLAG(bool, tls, false, "connect with TLS");
 ABSL_FLAG(std::string, ca, "", "PEM roots that sign the server certificate (TLS)");
 ABSL_FLAG(std::string, token_file, "", "file holding the bearer token");
 ABSL_FLAG(double, timeout, 600, "deadline of each call in seconds");
-ABSL_FLAG(int32_t, window, 0, "rows in flight (0: 32 per server)");
+ABSL_FLAG(int32_t, window, 0, "rows in flight, at most 1024 (0: 32 per server)");
 ABSL_FLAG(int32_t, max_attempts, 8, "tries per call while the servers answer UNAVAILABLE / RESOURCE_EXHAUSTED");
 ABSL_FLAG(std::string, progress, "auto", "auto (a bar on a terminal, else log lines) | bar | log");
 ABSL_FLAG(double, progress_seconds, 10, "seconds between progress log lines");
@@ -189,6 +190,8 @@ std::string FlagValueError() {
   // 0 is the default (32 rows per server); below, the default was taken silently.
   if (const int window = absl::GetFlag(FLAGS_window); window < 0) {
     return absl::StrCat("--window: give a number of rows (0: 32 per server), not ", window);
+  } else if (window > kMaxWindow) {
+    return absl::StrCat("--window: give at most ", kMaxWindow, " rows in flight (a thread each), not ", window);
   }
   if (const int attempts = absl::GetFlag(FLAGS_max_attempts); attempts < 1) {
     return absl::StrCat("--max_attempts: give a number of tries of at least 1, not ", attempts);
@@ -231,12 +234,13 @@ int Run(const CommandLine& line) {
   if (!log.ok()) return Failed(log.status());
 
   const std::string progress = absl::GetFlag(FLAGS_progress);
-  RunnerOptions options{
-      .window = absl::GetFlag(FLAGS_window) > 0 ? absl::GetFlag(FLAGS_window) : 32 * static_cast<int>(clients.size()),
-      .max_attempts = absl::GetFlag(FLAGS_max_attempts),
-      .progress_every = absl::Seconds(absl::GetFlag(FLAGS_progress_seconds)),
-      .progress_bar = progress == "bar" || (progress == "auto" && ::isatty(STDERR_FILENO)),
-      .html_dir = absl::GetFlag(FLAGS_html)};
+  RunnerOptions options{.window = absl::GetFlag(FLAGS_window) > 0
+                                      ? absl::GetFlag(FLAGS_window)
+                                      : std::min(kMaxWindow, 32 * static_cast<int>(clients.size())),
+                        .max_attempts = absl::GetFlag(FLAGS_max_attempts),
+                        .progress_every = absl::Seconds(absl::GetFlag(FLAGS_progress_seconds)),
+                        .progress_bar = progress == "bar" || (progress == "auto" && ::isatty(STDERR_FILENO)),
+                        .html_dir = absl::GetFlag(FLAGS_html)};
   absl::StatusOr<JobSummary> summary = RunJob(*rows, *settings, *fingerprints, clients, **log, options, std::cerr);
   if (!summary.ok()) return Failed(summary.status());
   PrintSummary(*summary, std::cerr);

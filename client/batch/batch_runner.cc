@@ -8,6 +8,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <system_error>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -321,7 +322,9 @@ absl::StatusOr<JobSummary> RunJob(const std::vector<BatchRow>& rows, const json&
                                   const ModelFingerprints& fingerprints, const std::vector<AttributionClient*>& clients,
                                   ResultLog& log, const RunnerOptions& options, std::ostream& progress) {
   if (clients.empty()) return absl::InvalidArgumentError("no servers to send the rows to");
-  if (options.window < 1) return absl::InvalidArgumentError(absl::StrCat("window ", options.window, " must be >= 1"));
+  if (options.window < 1 || options.window > kMaxWindow) {
+    return absl::InvalidArgumentError(absl::StrCat("window ", options.window, " must lie in [1, ", kMaxWindow, "]"));
+  }
   JobSummary summary;
   summary.rows = static_cast<int64_t>(rows.size());
   if (absl::Status same = CheckDoneRowsAreThisJobs(rows, settings, fingerprints, log); !same.ok()) return same;
@@ -388,14 +391,23 @@ absl::StatusOr<JobSummary> RunJob(const std::vector<BatchRow>& rows, const json&
   };
   std::vector<std::thread> workers;
   for (int w = 0; w < std::min<int>(options.window, static_cast<int>(todo.size())); ++w) {
-    workers.emplace_back([&] {
-      while (std::optional<size_t> i = take()) {
-        RowOutcome outcome = processor.Process(*todo[*i], *i);
-        std::lock_guard<std::mutex> lock(mutex);
-        finished.emplace(*i, std::move(outcome));
-        finished_one.notify_one();
-      }
-    });
+    // A thread the system will not start (a process or memory limit) leaves the job with fewer rows in
+    // flight, not an uncaught std::system_error.
+    try {
+      workers.emplace_back([&] {
+        while (std::optional<size_t> i = take()) {
+          RowOutcome outcome = processor.Process(*todo[*i], *i);
+          std::lock_guard<std::mutex> lock(mutex);
+          finished.emplace(*i, std::move(outcome));
+          finished_one.notify_one();
+        }
+      });
+    } catch (const std::system_error& error) {
+      if (workers.empty()) return absl::ResourceExhaustedError(absl::StrCat("cannot start a thread: ", error.what()));
+      progress << absl::StrFormat("rows in flight: %d (--window %d; no more threads: %s)\n", workers.size(),
+                                  options.window, error.what());
+      break;
+    }
   }
 
   const absl::Time start = absl::Now();

@@ -20,8 +20,11 @@
 
 namespace attribution::client::batch {
 
+// The most rows in flight: each has a thread of its own (40,000 threads failed to start and aborted a job).
+inline constexpr int kMaxWindow = 1024;
+
 struct RunnerOptions {
-  int window = 32;  // rows in flight (>= 1); none runs 4 x window or more ahead of the first unwritten row
+  int window = 32;  // rows in flight, [1, kMaxWindow]; none runs 4 x window or more ahead of the first unwritten row
   // Per call, while the servers answer UNAVAILABLE or RESOURCE_EXHAUSTED (not a gRPC message size limit:
   // OverMessageLimit).
   int max_attempts = 8;

@@ -715,6 +715,7 @@ TEST(BatchCommandLine, BadFlagsAreUsageErrors) {
       {"--timeout=0", "--timeout: give a number of seconds above 0, not 0"},
       {"--timeout=-1.5", "--timeout: give a number of seconds above 0, not -1.5"},
       {"--window=-4", "--window: give a number of rows (0: 32 per server), not -4"},
+      {"--window=40000", "--window: give at most 1024 rows in flight (a thread each), not 40000"},
       {"--max_attempts=0", "--max_attempts: give a number of tries of at least 1, not 0"},
       {"--progress_seconds=-1", "--progress_seconds: give a number of seconds of at least 0, not -1"},
       {"--progress_seconds=nan", "--progress_seconds: give a number of seconds of at least 0, not nan"},

@@ -26,6 +26,7 @@ namespace {
 
 namespace v1 = ::attribution::v1;
 using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
 using ::attribution::test_support::TempDir;
 using nlohmann::json;
 using ::testing::HasSubstr;
@@ -228,6 +229,14 @@ TEST_F(BatchRunner, ARowOnItsOwnModelRecordsThatModelsFingerprint) {
                    {.id = "own2", .prompt = "Is it cold?", .target = " Yes", .settings = other_settings},
                    {.id = "gone", .prompt = "Is it warm?", .target = " Yes", .settings = {{"model", "gone"}}}}),
               IsOk());
+}
+
+// A thread per row in flight: 40,000 failed to start and aborted the job (std::system_error).
+TEST_F(BatchRunner, AWindowPastTheLimitIsRefused) {
+  Start();
+  EXPECT_THAT(Run({{.id = "r0", .prompt = "Is it warm?", .target = " Yes"}}, {.window = 40000}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("window 40000 must lie in [1, 1024]")));
+  EXPECT_THAT(Run({{.id = "r0", .prompt = "Is it warm?", .target = " Yes"}}, {.window = kMaxWindow}), IsOk());
 }
 
 // Ids reach the terminal in the summary's worst rows: an escape sequence in one is printed escaped.
