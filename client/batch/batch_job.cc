@@ -2,6 +2,7 @@
 #include "client/batch/batch_job.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -418,20 +419,28 @@ std::string RequestId(const std::string& model_fingerprint, const json& settings
 }
 
 absl::Status WriteAtomically(const std::string& path, const std::string& bytes) {
-  const std::string temporary = path + ".tmp";
-  {
-    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    out << bytes;
-    out.close();
-    if (!out) {
-      std::remove(temporary.c_str());
-      return absl::InternalError(absl::StrCat("cannot write ", temporary, ": ", std::strerror(errno)));
-    }
+  // A temporary of this writer's own (PATH.XXXXXX.tmp): writers of one path, such as two jobs sharing an
+  // --html folder, each rename a whole file instead of writing into, or renaming away, each other's.
+  std::string temporary = path + ".XXXXXX.tmp";
+  const int fd = ::mkstemps(temporary.data(), 4);
+  if (fd < 0) return absl::InternalError(absl::StrCat("cannot create ", temporary, ": ", std::strerror(errno)));
+  // mkstemps makes it 0600; the files it replaces were created readable by all.
+  bool written = ::fchmod(fd, 0644) == 0;
+  for (size_t done = 0; written && done < bytes.size();) {
+    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    written = n > 0;
+    if (written) done += static_cast<size_t>(n);
+  }
+  const int error = errno;
+  if (::close(fd) != 0 || !written) {
+    ::unlink(temporary.c_str());
+    return absl::InternalError(absl::StrCat("cannot write ", temporary, ": ", std::strerror(written ? errno : error)));
   }
   if (std::rename(temporary.c_str(), path.c_str()) != 0) {
-    const int error = errno;
-    std::remove(temporary.c_str());
-    return absl::InternalError(absl::StrCat("cannot rename over ", path, ": ", std::strerror(error)));
+    const int rename_error = errno;
+    ::unlink(temporary.c_str());
+    return absl::InternalError(absl::StrCat("cannot rename over ", path, ": ", std::strerror(rename_error)));
   }
   return absl::OkStatus();
 }

@@ -60,8 +60,8 @@ std::string Digest(const nlohmann::json& value);
 // they existed keep their hash and resume.
 std::string SettingsDigest(const nlohmann::json& settings);
 
-// Writes `bytes` to `path` through a temporary beside it and a rename, so readers see the old file or
-// the whole new one.
+// Writes `bytes` to `path` through a temporary of this call's own beside it (PATH.XXXXXX.tmp) and a
+// rename, so readers see the old file or the whole new one, even with other writers of `path` racing.
 absl::Status WriteAtomically(const std::string& path, const std::string& bytes);
 
 // The results file (JSONL) as a Parquet table at `parquet_path` (temp + rename): one row per line, a

@@ -12,8 +12,8 @@
 
 namespace attribution::client::batch {
 
-// DIR-relative path of a row's page: its id made file-safe, plus a digest so that ids differing only
-// in unsafe characters stay apart.
+// DIR-relative path of a row's page: its id made file-safe (the first 64 characters), plus 128 bits of the
+// id's SHA-256, so that no two ids share a page.
 std::string RowPagePath(const std::string& id);
 
 // Writes the row's page through a temporary file and rename(2) (a kill leaves no half page).

@@ -1,0 +1,64 @@
+// SPDX-License-Identifier: Apache-2.0
+// The batch report's files (client/batch/html_pages.h): a page per row whose name no other id shares, pages
+// written whole while other writers race, an index that links only the pages there are.
+#include "client/batch/html_pages.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <iterator>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "client/batch/batch_job.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+
+namespace attribution::client::batch {
+namespace {
+
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::TempDir;
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// Ids sharing their first 64 characters were told apart by 32 bits of hash: among 110,000 of them two
+// pages shared a name (these two), and one row's page silently replaced the other's.
+TEST(RowPagePath, IdsSharingALongPrefixGetPagesOfTheirOwn) {
+  const std::string prefix(70, 'q');
+  EXPECT_NE(RowPagePath(prefix + "41a0"), RowPagePath(prefix + "1a312"));
+  std::set<std::string> paths;
+  for (int i = 0; i < 110000; ++i) paths.insert(RowPagePath(absl::StrCat(prefix, absl::Hex(i))));
+  EXPECT_EQ(paths.size(), 110000u);
+  EXPECT_EQ(RowPagePath("a b"), RowPagePath("a b"));
+  EXPECT_NE(RowPagePath("a b"), RowPagePath("a_b"));
+}
+
+// Writers of one path (two jobs sharing an --html folder) shared one PATH.tmp: one's rename failed, or a
+// page mixed both. Each now writes a temporary of its own and renames a whole file.
+TEST(WriteAtomically, RacingWritersEachReplaceTheFileWhole) {
+  TempDir dir;
+  const std::string path = dir.File("page.html");
+  std::vector<std::string> contents;
+  for (int w = 0; w < 8; ++w) contents.push_back(std::string(100000 + w, static_cast<char>('a' + w)));
+  std::vector<std::thread> writers;
+  std::vector<int> failures(contents.size(), 0);
+  for (size_t w = 0; w < contents.size(); ++w) {
+    writers.emplace_back([&, w] {
+      for (int i = 0; i < 50; ++i) failures[w] += !WriteAtomically(path, contents[w]).ok();
+    });
+  }
+  for (std::thread& writer : writers) writer.join();
+  EXPECT_THAT(failures, ::testing::Each(0));
+  EXPECT_THAT(contents, ::testing::Contains(ReadFile(path)));
+}
+
+}  // namespace
+}  // namespace attribution::client::batch
