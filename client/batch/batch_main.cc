@@ -41,7 +41,8 @@
 ABSL_FLAG(std::string, input, "", "rows: .jsonl ({id, prompt, target | choices [, label] [, settings]}) or .csv");
 ABSL_FLAG(std::string, output, "", "results, one JSON line per row (appended; rerun to resume)");
 ABSL_FLAG(std::string, html, "",
-          "also write DIR/index.html (every result, sortable) and DIR/rows/ID.html (each answered row's page)");
+          "also write DIR/index.html (every result, sortable) and DIR/rows/ID.html (each answered row's page); "
+          "merge: the index of the merged results, linking the pages the shards wrote to DIR");
 ABSL_FLAG(std::string, parquet, "",
           "also write the results as a Parquet table here once the job (or merge) ends (pyarrow, pandas, Spark)");
 ABSL_FLAG(std::string, job, "", "a JSON file of settings (keys as the flags below); flags given override it");
@@ -213,6 +214,19 @@ std::string FlagValueError() {
   return "";
 }
 
+// --html's index of --output; says how many answered rows have no page to link to.
+absl::Status WriteHtmlIndex() {
+  absl::StatusOr<int64_t> without_page = WriteIndex(absl::GetFlag(FLAGS_html), absl::GetFlag(FLAGS_output));
+  if (!without_page.ok()) return without_page.status();
+  if (*without_page > 0) {
+    std::fprintf(stderr,
+                 "attribution-batch: %lld answered rows have no page in %s (done by a run without --html, or "
+                 "their pages were written elsewhere): the index lists them without a link\n",
+                 static_cast<long long>(*without_page), TerminalSafe(absl::GetFlag(FLAGS_html)).c_str());
+  }
+  return absl::OkStatus();
+}
+
 int Run(const CommandLine& line) {
   if (absl::GetFlag(FLAGS_input).empty() || absl::GetFlag(FLAGS_output).empty()) {
     std::fprintf(stderr, "attribution-batch: give --input and --output (see --help)\n");
@@ -245,8 +259,7 @@ int Run(const CommandLine& line) {
   if (!summary.ok()) return Failed(summary.status());
   PrintSummary(*summary, std::cerr);
   if (!options.html_dir.empty()) {
-    absl::Status index = WriteIndex(options.html_dir, absl::GetFlag(FLAGS_output));
-    if (!index.ok()) return Failed(index);
+    if (absl::Status index = WriteHtmlIndex(); !index.ok()) return Failed(index);
   }
   if (!absl::GetFlag(FLAGS_parquet).empty()) {
     absl::Status table = WriteResultsParquet(absl::GetFlag(FLAGS_output), absl::GetFlag(FLAGS_parquet));
@@ -339,6 +352,10 @@ int Merge(const std::vector<std::string>& shard_files) {
   }
   if (absl::Status written = WriteAtomically(absl::GetFlag(FLAGS_output), merged); !written.ok()) {
     return Failed(written);
+  }
+  // The shards' jobs may have written their pages into one folder (each its own index): one index of all.
+  if (!absl::GetFlag(FLAGS_html).empty()) {
+    if (absl::Status index = WriteHtmlIndex(); !index.ok()) return Failed(index);
   }
   if (!absl::GetFlag(FLAGS_parquet).empty()) {
     absl::Status table = WriteResultsParquet(absl::GetFlag(FLAGS_output), absl::GetFlag(FLAGS_parquet));

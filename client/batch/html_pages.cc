@@ -115,11 +115,11 @@ absl::Status WriteRowPage(const std::string& dir, const std::string& id, const A
   return WriteAtomically(absl::StrCat(dir, "/", RowPagePath(id)), HtmlReport(attribution));
 }
 
-absl::Status WriteIndex(const std::string& dir, const std::string& results_path) {
+absl::StatusOr<int64_t> WriteIndex(const std::string& dir, const std::string& results_path) {
   if (absl::Status made = MakeDirectory(dir); !made.ok()) return made;
   std::ifstream in(results_path);
   std::string rows;
-  int64_t count = 0, errors = 0;
+  int64_t count = 0, errors = 0, without_page = 0;
   for (std::string line; std::getline(in, line);) {
     const absl::StatusOr<json> parsed = ParseJson(line, results_path);
     if (!parsed.ok()) continue;
@@ -130,24 +130,33 @@ absl::Status WriteIndex(const std::string& dir, const std::string& results_path)
     const bool ok = result.value("status", json()) == "ok";
     errors += !ok;
     const json delta = result.value("convergence_delta", json());
-    absl::StrAppend(
-        &rows, "<tr><td>",
-        ok ? absl::StrCat("<a href=\"", HtmlEscape(RowPagePath(id)), "\">", HtmlEscape(id), "</a>") : HtmlEscape(id),
-        "</td><td>", ok ? "ok" : HtmlEscape(ErrorCode(result)), "</td><td", Correctness(result), ">",
-        Cell(result.value("predicted", json())), "</td><td>", Cell(result.value("label", json())), "</td><td>",
-        Cell(result.value("objective", json())), "</td><td>",
-        delta.is_number() ? absl::StrFormat("%.4g", std::abs(delta.get<double>())) : "", "</td><td>",
-        TopFeatures(result), "</td></tr>\n");
+    struct stat page;
+    const bool linked = ok && ::stat(absl::StrCat(dir, "/", RowPagePath(id)).c_str(), &page) == 0;
+    without_page += ok && !linked;
+    absl::StrAppend(&rows, "<tr><td>",
+                    linked ? absl::StrCat("<a href=\"", HtmlEscape(RowPagePath(id)), "\">", HtmlEscape(id), "</a>")
+                           : HtmlEscape(id),
+                    "</td><td>", ok ? "ok" : HtmlEscape(ErrorCode(result)), "</td><td", Correctness(result), ">",
+                    Cell(result.value("predicted", json())), "</td><td>", Cell(result.value("label", json())),
+                    "</td><td>", Cell(result.value("objective", json())), "</td><td>",
+                    delta.is_number() ? absl::StrFormat("%.4g", std::abs(delta.get<double>())) : "", "</td><td>",
+                    TopFeatures(result), "</td></tr>\n");
   }
   const std::string html = absl::StrCat(
       "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Batch results</title>\n<style>"
       "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ddd;"
       "padding:4px 6px}th{background:#f4f4f4;cursor:pointer}</style></head><body>\n<h2>",
       count, " rows, ", errors, " errors</h2>\n<p>Results: ", HtmlEscape(results_path),
-      ". Click a column to sort.</p>\n<table><thead><tr><th>id</th><th>status</th><th>predicted</th><th>label</th>"
+      ". Click a column to sort.</p>\n",
+      without_page == 0 ? ""
+                        : absl::StrCat("<p>", without_page,
+                                       " answered rows have no page here (done by a run without --html, or their "
+                                       "pages were written elsewhere): their ids link nowhere.</p>\n"),
+      "<table><thead><tr><th>id</th><th>status</th><th>predicted</th><th>label</th>"
       "<th>objective</th><th>|convergence delta|</th><th>strongest features</th></tr></thead><tbody>\n",
       rows, "</tbody></table>\n", kSortScript, "</body></html>\n");
-  return WriteAtomically(dir + "/index.html", html);
+  if (absl::Status written = WriteAtomically(dir + "/index.html", html); !written.ok()) return written;
+  return without_page;
 }
 
 }  // namespace attribution::client::batch

@@ -5,9 +5,11 @@
 // strongest features) that sorts by a column when its header is clicked. Self-contained files.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "client/attribution_client.h"
 
 namespace attribution::client::batch {
@@ -19,7 +21,9 @@ std::string RowPagePath(const std::string& id);
 // Writes the row's page through a temporary file and rename(2) (a kill leaves no half page).
 absl::Status WriteRowPage(const std::string& dir, const std::string& id, const Attribution& attribution);
 
-// Rewrites DIR/index.html from the results file.
-absl::Status WriteIndex(const std::string& dir, const std::string& results_path);
+// Rewrites DIR/index.html from the results file, each answered row linking to its page when DIR has one
+// (rows done by a run without --html, or pages of shards written elsewhere, have none; the index says how
+// many). Returns how many answered rows have no page.
+absl::StatusOr<int64_t> WriteIndex(const std::string& dir, const std::string& results_path);
 
 }  // namespace attribution::client::batch

@@ -883,6 +883,26 @@ TEST(BatchMerge, RowsOnTheirOwnModelMerge) {
   EXPECT_THAT(ReadFile(log), HasSubstr("row \"r1\" has model_fingerprint \"m2\""));
 }
 
+// merge ignored --html: it writes the index of the merged results, linking the pages the shards' jobs
+// wrote to the folder (here none) and saying how many rows have none.
+TEST(BatchMerge, HtmlWritesTheIndexOfTheMergedResults) {
+  TempDir dir;
+  const std::string input = dir.File("rows.jsonl"), log = dir.File("log"), html = dir.File("html");
+  std::ofstream(input) << R"({"id": "r0", "prompt": "a", "target": " b"})"
+                       << "\n"
+                       << R"({"id": "r1", "prompt": "c", "target": " d"})"
+                       << "\n";
+  std::ofstream(dir.File("s0.jsonl")) << ShardLine("r0", "h") << "\n";
+  std::ofstream(dir.File("s1.jsonl")) << ShardLine("r1", "h") << "\n";
+  ASSERT_EQ(RunBatch({"merge", "--input=" + input, "--output=" + dir.File("merged.jsonl"), "--html=" + html,
+                      dir.File("s0.jsonl"), dir.File("s1.jsonl")},
+                     log),
+            0)
+      << ReadFile(log);
+  EXPECT_THAT(ReadFile(html + "/index.html"), HasSubstr("2 rows, 0 errors"));
+  EXPECT_THAT(ReadFile(log), HasSubstr("2 answered rows have no page in " + html));
+}
+
 // A value nested a million deep in a shard line or the job file overflowed the stack (exit 139) where it was
 // copied: it is refused naming the file (and the shard's line).
 TEST(BatchMerge, ADeeplyNestedShardLineOrJobFileIsRefused) {

@@ -23,6 +23,7 @@ namespace {
 
 using ::attribution::test_support::IsOk;
 using ::attribution::test_support::TempDir;
+using ::testing::HasSubstr;
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path);
@@ -58,6 +59,29 @@ TEST(WriteAtomically, RacingWritersEachReplaceTheFileWhole) {
   for (std::thread& writer : writers) writer.join();
   EXPECT_THAT(failures, ::testing::Each(0));
   EXPECT_THAT(contents, ::testing::Contains(ReadFile(path)));
+}
+
+// --html added on a rerun of a finished job linked every answered row to a page no run had written: the
+// index links the pages there are and says how many rows have none.
+TEST(WriteIndex, LinksOnlyThePagesThereAre) {
+  TempDir dir;
+  const std::string results = dir.File("out.jsonl"), html = dir.File("html");
+  std::ofstream(results) << R"({"id":"paged","status":"ok"})"
+                         << "\n"
+                         << R"({"id":"earlier","status":"ok"})"
+                         << "\n"
+                         << R"({"id":"failed","status":"error","error":{"code":"INTERNAL","message":"m"}})"
+                         << "\n";
+  const Attribution attribution{.prompt_tokens = {{.text = "Is"}}, .features = {{0, 1, "Is"}}, .sequence = {0.5}};
+  ASSERT_THAT(WriteRowPage(html, "paged", attribution), IsOk());
+  absl::StatusOr<int64_t> without_page = WriteIndex(html, results);
+  ASSERT_THAT(without_page, IsOk());
+  EXPECT_EQ(*without_page, 1);
+  const std::string index = ReadFile(html + "/index.html");
+  EXPECT_THAT(index, HasSubstr(absl::StrCat("<a href=\"", RowPagePath("paged"), "\">paged</a>")));
+  EXPECT_THAT(index, HasSubstr("<tr><td>earlier</td>"));
+  EXPECT_THAT(index, ::testing::Not(HasSubstr(RowPagePath("earlier"))));
+  EXPECT_THAT(index, HasSubstr("1 answered rows have no page here"));
 }
 
 }  // namespace
