@@ -10,6 +10,8 @@
 // (rows that failed carry their error), 1 when the job could not run or finish, 2 on a usage error,
 // 3 when rows ended for lack of capacity or time (UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED,
 // CANCELLED): running the same command again tries them again.
+#include <limits.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -214,6 +216,62 @@ std::string FlagValueError() {
   return "";
 }
 
+// `path` absolute, its folder's symbolic links, "." and ".." resolved (the folder must exist; else `path`).
+std::string ResolvedPath(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  const std::string folder = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  char resolved[PATH_MAX];
+  if (::realpath(folder.c_str(), resolved) == nullptr) return path;
+  return absl::StrCat(resolved, "/", path.substr(slash == std::string::npos ? 0 : slash + 1));
+}
+
+// Whether two paths name one file: one inode where both exist (links, hard links), else one resolved path.
+bool SameFile(const std::string& a, const std::string& b) {
+  struct stat a_stat, b_stat;
+  const bool a_exists = ::stat(a.c_str(), &a_stat) == 0, b_exists = ::stat(b.c_str(), &b_stat) == 0;
+  if (a_exists && b_exists) return a_stat.st_dev == b_stat.st_dev && a_stat.st_ino == b_stat.st_ino;
+  return a_exists == b_exists && ResolvedPath(a) == ResolvedPath(b);
+}
+
+// A file the command reads or writes, and the flag that names it.
+struct JobFile {
+  std::string what;  // for messages: "--output", "--output's lock file", ...
+  std::string path;
+  bool written;
+};
+
+// A usage error to report (exit 2) when a file the command writes is also another of its files (--parquet
+// naming --output or --input replaced it), or "".
+std::string SameFileError(const std::vector<JobFile>& files) {
+  for (size_t i = 0; i < files.size(); ++i) {
+    for (size_t j = i + 1; j < files.size(); ++j) {
+      const JobFile &a = files[i], &b = files[j];
+      if (a.path.empty() || b.path.empty() || (!a.written && !b.written)) continue;
+      if (absl::StartsWith(a.what, "--output") && absl::StartsWith(b.what, "--output")) continue;  // one job's own
+      if (SameFile(a.path, b.path)) {
+        return absl::StrCat(a.what, " and ", b.what, " name one file (", b.path,
+                            "), which writing one would replace: give each a file of its own");
+      }
+    }
+  }
+  return "";
+}
+
+// The files a command names: `inputs` read (--input, --job, shards), --output (with the temporary and lock
+// file beside it that a job writes), --parquet and --html's index written.
+std::vector<JobFile> JobFiles(std::vector<JobFile> inputs, bool job) {
+  const std::string output = absl::GetFlag(FLAGS_output);
+  inputs.push_back({"--output", output, true});
+  if (job) {
+    inputs.push_back({"--output's temporary file", output + ".tmp", true});
+    inputs.push_back({"--output's lock file", output + ".lock", true});
+  }
+  inputs.push_back({"--parquet", absl::GetFlag(FLAGS_parquet), true});
+  if (!absl::GetFlag(FLAGS_html).empty())
+    inputs.push_back({"--html index", absl::GetFlag(FLAGS_html) + "/index.html", true});
+  return inputs;
+}
+
 // --html's index of --output; says how many answered rows have no page to link to.
 absl::Status WriteHtmlIndex() {
   absl::StatusOr<int64_t> without_page = WriteIndex(absl::GetFlag(FLAGS_html), absl::GetFlag(FLAGS_output));
@@ -233,6 +291,12 @@ int Run(const CommandLine& line) {
     return 2;
   }
   if (const std::string error = FlagValueError(); !error.empty()) return UsageError(error);
+  if (const std::string error = SameFileError(
+          JobFiles({{"--input", absl::GetFlag(FLAGS_input), false}, {"--job", absl::GetFlag(FLAGS_job), false}},
+                   /*job=*/true));
+      !error.empty()) {
+    return UsageError(error);
+  }
   absl::StatusOr<std::vector<BatchRow>> rows = ReadRows(absl::GetFlag(FLAGS_input));
   if (!rows.ok()) return Failed(rows.status());
   rows = ShardOf(std::move(*rows));
@@ -292,6 +356,12 @@ absl::Status SameJob(const json& first, const std::string& first_file, const jso
 // from one job (one model, one settings hash for the rows without settings of their own). The output
 // is replaced only once the merge succeeded.
 int Merge(const std::vector<std::string>& shard_files) {
+  std::vector<JobFile> inputs = {{"--input", absl::GetFlag(FLAGS_input), false}};
+  for (size_t i = 0; i < shard_files.size(); ++i) {
+    inputs.push_back({absl::StrCat("shard file ", i + 1), shard_files[i], false});
+  }
+  if (const std::string error = SameFileError(JobFiles(inputs, /*job=*/false)); !error.empty())
+    return UsageError(error);
   absl::StatusOr<std::vector<BatchRow>> rows = ReadRows(absl::GetFlag(FLAGS_input));
   if (!rows.ok()) return Failed(rows.status());
   std::map<std::string, const BatchRow*> by_id;

@@ -923,6 +923,45 @@ TEST(BatchMerge, ADeeplyNestedShardLineOrJobFileIsRefused) {
   EXPECT_THAT(ReadFile(log), HasSubstr("--job " + dir.File("job.json") + ": objects and arrays nested more than 64"));
 }
 
+// --parquet naming --output or --input (or the lock file beside --output) silently replaced that file, and
+// so did merge's --output naming --input: usage errors, whichever path names the file (a link, "."), the
+// files left as they were.
+TEST(BatchCommandLine, AWrittenFileThatIsAnotherOfTheJobsFilesIsAUsageError) {
+  TempDir dir;
+  const std::string input = dir.File("rows.jsonl"), output = dir.File("out.jsonl"), log = dir.File("log");
+  const std::string row = R"({"id": "a", "prompt": "Q: Is it warm? A:", "target": " Yes"})";
+  std::ofstream(input) << row << "\n";
+  std::ofstream(output) << ShardLine("a", "h") << "\n";
+  ASSERT_EQ(::symlink(input.c_str(), dir.File("link.jsonl").c_str()), 0);
+  ASSERT_EQ(::link(output.c_str(), dir.File("hard.jsonl").c_str()), 0);
+  const std::vector<std::string> job = {"--input=" + input, "--output=" + output, "--server=127.0.0.1:1"};
+  const std::pair<std::string, std::string> cases[] = {
+      {"--parquet=" + output, "--output and --parquet name one file"},
+      {"--parquet=" + input, "--input and --parquet name one file"},
+      {"--parquet=" + dir.File("link.jsonl"), "--input and --parquet name one file"},
+      {"--parquet=" + dir.File("hard.jsonl"), "--output and --parquet name one file"},
+      {"--parquet=" + output + ".lock", "--output's lock file and --parquet name one file"},
+  };
+  for (const auto& [flag, message] : cases) {
+    std::vector<std::string> args = job;
+    args.push_back(flag);
+    EXPECT_EQ(RunBatch(args, log), 2) << flag << ": " << ReadFile(log);
+    EXPECT_THAT(ReadFile(log), HasSubstr("attribution-batch: " + message)) << flag;
+  }
+  // Neither file exists yet: the paths resolve to one.
+  EXPECT_EQ(RunBatch({"--input=" + input, "--output=" + dir.File("new.jsonl"), "--server=127.0.0.1:1",
+                      "--parquet=" + dir.path() + "/../" + dir.path().substr(dir.path().rfind('/') + 1) + "/new.jsonl"},
+                     log),
+            2);
+  EXPECT_THAT(ReadFile(log), HasSubstr("--output and --parquet name one file"));
+  EXPECT_EQ(RunBatch({"merge", "--input=" + input, "--output=" + input, output}, log), 2);
+  EXPECT_THAT(ReadFile(log), HasSubstr("--input and --output name one file"));
+  EXPECT_EQ(RunBatch({"merge", "--input=" + input, "--output=" + dir.File("hard.jsonl"), output}, log), 2);
+  EXPECT_THAT(ReadFile(log), HasSubstr("shard file 1 and --output name one file"));
+  EXPECT_EQ(ReadFile(input), row + "\n");
+  EXPECT_EQ(ReadFile(output), ShardLine("a", "h") + "\n");
+}
+
 // The index renders any result line without throwing: no error object, NaN attributions (null), values
 // of unexpected types.
 TEST(BatchIndex, OddlyShapedResultLinesRender) {
