@@ -418,6 +418,25 @@ std::string RequestId(const std::string& model_fingerprint, const json& settings
   return Digest(identity);
 }
 
+std::string InputDigest(const BatchRow& row) {
+  // The row's own settings as MergeSettings reads them ("stdev": 1 as 1.0, "tolerance" as
+  // completeness_tolerance), so spellings of one request hash alike.
+  json own = row.settings;
+  if (absl::StatusOr<json> merged = MergeSettings(JobDefaults(), row.settings, "row"); merged.ok()) {
+    own = json::object();
+    for (const auto& item : row.settings.items()) {
+      const std::string key = SettingName(item.key());
+      own[key] = (*merged)[key];
+    }
+  }
+  const json input = {{"prompt", row.prompt},
+                      {"target", row.target ? json(*row.target) : json()},
+                      {"choices", row.choices},
+                      {"label", row.label ? json(*row.label) : json()},
+                      {"settings", own}};
+  return Digest(input);
+}
+
 absl::Status WriteAtomically(const std::string& path, const std::string& bytes) {
   // A temporary of this writer's own (PATH.XXXXXX.tmp): writers of one path, such as two jobs sharing an
   // --html folder, each rename a whole file instead of writing into, or renaming away, each other's.
@@ -449,6 +468,7 @@ absl::Status WriteResultsParquet(const std::string& results_path, const std::str
   static const std::vector<ParquetColumn> kColumns = {
       {"id", ParquetType::kString},
       {"request_id", ParquetType::kString},
+      {"input_hash", ParquetType::kString},
       {"model", ParquetType::kString},
       {"model_fingerprint", ParquetType::kString},
       {"method", ParquetType::kString},

@@ -70,5 +70,8 @@ absl::Status WriteResultsParquet(const std::string& results_path, const std::str
 // The digest of everything that decides a request's answer (model fingerprint, settings, prompt,
 // target), so a retried or resumed row carries the same request id.
 std::string RequestId(const std::string& model_fingerprint, const nlohmann::json& settings, const BatchRow& row);
+// The digest of the row as the input file gives it (prompt, target, choices, label, its own settings), which
+// a result carries as input_hash: merge, which knows no job settings, tells a stale result by it.
+std::string InputDigest(const BatchRow& row);
 
 }  // namespace attribution::client::batch

@@ -340,87 +340,113 @@ int Run(const CommandLine& line) {
   return 0;
 }
 
-// Whether `result` can join results of the job `first` came from: the same model, and for rows that
-// do not override the job's settings, the same settings. Returns the error naming both, else OK.
-absl::Status SameJob(const json& first, const std::string& first_file, const json& result, const std::string& file,
-                     const char* key) {
-  const json mine = first.value(key, json()), theirs = result.value(key, json());
-  if (mine.is_null() || theirs.is_null() || mine == theirs) return absl::OkStatus();
-  return absl::FailedPreconditionError(absl::StrCat(file, ": row \"", result["id"].get<std::string>(), "\" has ", key,
-                                                    " ", JsonText(theirs), ", but row \"",
-                                                    first["id"].get<std::string>(), "\" of ", first_file, " has ",
-                                                    JsonText(mine), ": the shards come from different jobs"));
-}
+// The results of a job's shards by row: each line checked as a resumed job checks its file (ParseResultLine,
+// RetriedOnResume, CheckResultIsOfRow) and against the other shards' (one fingerprint per model, one
+// settings hash for rows without settings of their own, one result per row).
+class ShardResults {
+ public:
+  explicit ShardResults(const std::vector<BatchRow>& rows) : rows_(rows) {
+    for (const BatchRow& row : rows) by_id_[row.id] = &row;
+  }
+
+  absl::Status Add(const std::string& file) {
+    absl::StatusOr<std::string> text = ReadWholeFile(file);
+    if (!text.ok()) return text.status();
+    int64_t number = 0;
+    for (absl::string_view line : absl::StrSplit(*text, '\n')) {
+      ++number;
+      if (line.empty()) continue;
+      if (absl::Status added = AddLine(std::string(line), absl::StrCat(file, ":", number)); !added.ok()) return added;
+    }
+    return absl::OkStatus();
+  }
+
+  // The merged file's text, in input order; NOT_FOUND naming a row without a result.
+  absl::StatusOr<std::string> InInputOrder() const {
+    std::string merged;
+    for (const BatchRow& row : rows_) {
+      auto it = results_.find(row.id);
+      if (it == results_.end()) return absl::NotFoundError(absl::StrCat("row \"", row.id, "\" has no result"));
+      absl::StrAppend(&merged, it->second.first.text, "\n");
+    }
+    return merged;
+  }
+
+ private:
+  using Located = std::pair<DoneRow, std::string>;  // a result and where it was read (FILE:LINE)
+
+  absl::Status AddLine(const std::string& line, const std::string& where) {
+    absl::StatusOr<DoneRow> result = ParseResultLine(line, where);
+    if (!result.ok()) return result.status();
+    auto row = by_id_.find(result->id);
+    if (row == by_id_.end()) {
+      return absl::FailedPreconditionError(absl::StrCat(where, ": row \"", result->id, "\" is not in ",
+                                                        absl::GetFlag(FLAGS_input), ": the shard is of another job"));
+    }
+    // A row its shard's job would try again on a rerun has no final result yet.
+    if (RetriedOnResume(result->error_code, result->error_message)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(where, ": row \"", result->id, "\" ended ", result->error_code,
+                       ", which a rerun tries again: run that shard's command again before merging"));
+    }
+    if (absl::Status same = CheckResultIsOfRow(*result, *row->second, where); !same.ok()) return same;
+    // Rows may name their own model: each model is one and the same in every shard.
+    const Located& first_of_model = first_of_model_.try_emplace(result->model, *result, where).first->second;
+    if (absl::Status same = SameJob(first_of_model, *result, where, "model_fingerprint", &DoneRow::model_fingerprint);
+        !same.ok()) {
+      return same;
+    }
+    if (row->second->settings.empty()) {
+      if (!first_job_row_) first_job_row_.emplace(*result, where);
+      if (absl::Status same = SameJob(*first_job_row_, *result, where, "settings_hash", &DoneRow::settings_hash);
+          !same.ok()) {
+        return same;
+      }
+    }
+    const std::string id = result->id;
+    if (auto [first, added] = results_.try_emplace(id, std::move(*result), where); !added) {
+      return absl::DataLossError(
+          absl::StrCat(where, ": row \"", id, "\" already has a result at ", first->second.second));
+    }
+    return absl::OkStatus();
+  }
+
+  // Whether `result` can join the results of the job `first` came from (the same `key`, where both have one).
+  static absl::Status SameJob(const Located& first, const DoneRow& result, const std::string& where, const char* key,
+                              const std::string DoneRow::*field) {
+    const std::string &mine = first.first.*field, &theirs = result.*field;
+    if (mine.empty() || theirs.empty() || mine == theirs) return absl::OkStatus();
+    return absl::FailedPreconditionError(absl::StrCat(where, ": row \"", result.id, "\" has ", key, " \"", theirs,
+                                                      "\", but row \"", first.first.id, "\" of ", first.second,
+                                                      " has \"", mine, "\": the shards come from different jobs"));
+  }
+
+  const std::vector<BatchRow>& rows_;
+  std::map<std::string, const BatchRow*> by_id_;
+  std::map<std::string, Located> results_;         // row id -> its result
+  std::map<std::string, Located> first_of_model_;  // model name -> the first result on it
+  std::optional<Located> first_job_row_;           // the first result of a row without settings of its own
+};
 
 // Joins shard outputs into one file in the input's row order; every row must have exactly one result,
-// from one job (one model, one settings hash for the rows without settings of their own). The output
-// is replaced only once the merge succeeded.
+// from one job (ShardResults). The output is replaced only once the merge succeeded.
 int Merge(const std::vector<std::string>& shard_files) {
   std::vector<JobFile> inputs = {{"--input", absl::GetFlag(FLAGS_input), false}};
   for (size_t i = 0; i < shard_files.size(); ++i) {
     inputs.push_back({absl::StrCat("shard file ", i + 1), shard_files[i], false});
   }
-  if (const std::string error = SameFileError(JobFiles(inputs, /*job=*/false)); !error.empty())
+  if (const std::string error = SameFileError(JobFiles(inputs, /*job=*/false)); !error.empty()) {
     return UsageError(error);
+  }
   absl::StatusOr<std::vector<BatchRow>> rows = ReadRows(absl::GetFlag(FLAGS_input));
   if (!rows.ok()) return Failed(rows.status());
-  std::map<std::string, const BatchRow*> by_id;
-  for (const BatchRow& row : *rows) by_id[row.id] = &row;
-  std::map<std::string, std::string> results;
-  std::optional<std::pair<json, std::string>> first_job_row;           // a row without own settings, and its file
-  std::map<std::string, std::pair<json, std::string>> first_of_model;  // model name -> a row run on it, its file
+  ShardResults results(*rows);
   for (const std::string& file : shard_files) {
-    absl::StatusOr<std::string> text = ReadWholeFile(file);
-    if (!text.ok()) return Failed(text.status());
-    int64_t number = 0;
-    for (absl::string_view piece : absl::StrSplit(*text, '\n')) {
-      ++number;
-      if (piece.empty()) continue;
-      const std::string line(piece);
-      absl::StatusOr<json> parsed = ParseJson(line, absl::StrCat(file, ":", number));
-      if (!parsed.ok()) return Failed(absl::DataLossError(parsed.status().message()));
-      const json& result = *parsed;
-      if (!result.is_object() || !result.contains("id") || !result["id"].is_string()) {
-        return Failed(absl::DataLossError(absl::StrCat(file, ": a line is not a result: ", line.substr(0, 80))));
-      }
-      const std::string id = result["id"].get<std::string>();
-      auto row = by_id.find(id);
-      if (row == by_id.end()) {
-        return Failed(absl::FailedPreconditionError(absl::StrCat(
-            file, ": row \"", id, "\" is not in ", absl::GetFlag(FLAGS_input), ": the shard is of another job")));
-      }
-      // Rows may name their own model: each model is one and the same in every shard.
-      const json model = result.value("model", json());
-      const auto& [first_row, first_file] =
-          first_of_model.try_emplace(model.is_string() ? model.get<std::string>() : "", result, file).first->second;
-      if (absl::Status same = SameJob(first_row, first_file, result, file, "model_fingerprint"); !same.ok()) {
-        return Failed(same);
-      }
-      if (row->second->settings.empty()) {
-        if (!first_job_row) first_job_row.emplace(result, file);
-        if (absl::Status same = SameJob(first_job_row->first, first_job_row->second, result, file, "settings_hash");
-            !same.ok()) {
-          return Failed(same);
-        }
-      }
-      // A row its shard's job would try again on a rerun has no final result yet.
-      if (const std::string code = ResultErrorCode(result); RetriedOnResume(code, ResultErrorMessage(result))) {
-        return Failed(absl::FailedPreconditionError(
-            absl::StrCat(file, ": row \"", id, "\" ended ", code,
-                         ", which a rerun tries again: run that shard's command again before merging")));
-      }
-      if (!results.emplace(id, line).second) {
-        return Failed(absl::DataLossError(absl::StrCat(file, ": row \"", id, "\" has a result in two shard files")));
-      }
-    }
+    if (absl::Status added = results.Add(file); !added.ok()) return Failed(added);
   }
-  std::string merged;
-  for (const BatchRow& row : *rows) {
-    auto it = results.find(row.id);
-    if (it == results.end()) return Failed(absl::NotFoundError(absl::StrCat("row \"", row.id, "\" has no result")));
-    absl::StrAppend(&merged, it->second, "\n");
-  }
-  if (absl::Status written = WriteAtomically(absl::GetFlag(FLAGS_output), merged); !written.ok()) {
+  absl::StatusOr<std::string> merged = results.InInputOrder();
+  if (!merged.ok()) return Failed(merged.status());
+  if (absl::Status written = WriteAtomically(absl::GetFlag(FLAGS_output), *merged); !written.ok()) {
     return Failed(written);
   }
   // The shards' jobs may have written their pages into one folder (each its own index): one index of all.

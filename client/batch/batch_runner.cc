@@ -72,7 +72,7 @@ class RowProcessor {
       : settings_(settings), fingerprints_(fingerprints), clients_(clients), options_(options) {}
 
   RowOutcome Process(const BatchRow& row, size_t position) const {
-    json result = {{"id", row.id}};
+    json result = {{"id", row.id}, {"input_hash", InputDigest(row)}};
     absl::StatusOr<json> effective = MergeSettings(settings_, row.settings, "row \"" + row.id + "\" settings");
     if (!effective.ok()) {
       if (auto job = FingerprintOf(fingerprints_, settings_["model"].get<std::string>()); job.ok()) {
@@ -203,9 +203,38 @@ std::string Clock(double seconds) {
   return absl::StrFormat("%d:%02d:%02d", s / 3600, s / 60 % 60, s % 60);
 }
 
-// Refuses a results file written by another job: a done row this job would send with another request
-// id (other settings, model or input), or a row this job does not have. Lines written before results
-// carried request ids are checked by their settings hash only.
+// Refuses the done row `result` when this job would send `row` otherwise: with other settings, to another
+// model or for another input (its request_id). Rows whose settings do not merge or whose model the servers
+// do not hold are not checked: their results are those errors, again.
+absl::Status CheckRequestIsAsDone(const DoneRow& result, const BatchRow& row, const json& settings,
+                                  const ModelFingerprints& fingerprints, const std::string& where) {
+  absl::StatusOr<json> effective = MergeSettings(settings, row.settings, "row \"" + row.id + "\" settings");
+  if (!effective.ok()) return absl::OkStatus();
+  const absl::StatusOr<std::string> model_fingerprint =
+      FingerprintOf(fingerprints, (*effective)["model"].get<std::string>());
+  if (!model_fingerprint.ok()) return absl::OkStatus();
+  if (SettingsDigest(*effective) != result.settings_hash) {
+    return absl::FailedPreconditionError(absl::StrCat(where, " done with other settings (settings_hash ",
+                                                      result.settings_hash, ", this job's ", SettingsDigest(*effective),
+                                                      "): write to another file to run these settings"));
+  }
+  if (!result.model_fingerprint.empty() && result.model_fingerprint != *model_fingerprint) {
+    return absl::FailedPreconditionError(absl::StrCat(where, " done on another model (model_fingerprint ",
+                                                      result.model_fingerprint, ", the servers' ", *model_fingerprint,
+                                                      "): write to another file to run this model"));
+  }
+  if (const std::string request_id = RequestId(*model_fingerprint, *effective, row);
+      !result.request_id.empty() && result.request_id != request_id) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(where, " done for another input (request_id ", result.request_id, ", this job's ", request_id,
+                     "): the file holds another job's results; write to another file"));
+  }
+  return absl::OkStatus();
+}
+
+// Refuses a results file written by another job: a row this job does not have, one it would send otherwise
+// (CheckRequestIsAsDone), or one whose input changed since (CheckResultIsOfRow, as merge checks). Lines
+// written before results carried request ids are checked by their settings hash only.
 absl::Status CheckDoneRowsAreThisJobs(const std::vector<BatchRow>& rows, const json& settings,
                                       const ModelFingerprints& fingerprints, const ResultLog& log) {
   std::map<std::string, const BatchRow*> by_id;
@@ -225,28 +254,10 @@ absl::Status CheckDoneRowsAreThisJobs(const std::vector<BatchRow>& rows, const j
     auto done = log.done().find(row.id);
     if (done == log.done().end()) continue;
     const DoneRow& result = done->second;
-    absl::StatusOr<json> effective = MergeSettings(settings, row.settings, "row \"" + row.id + "\" settings");
-    if (!effective.ok()) continue;  // the row's result is that error, again
-    const absl::StatusOr<std::string> model_fingerprint =
-        FingerprintOf(fingerprints, (*effective)["model"].get<std::string>());
-    if (!model_fingerprint.ok()) continue;  // likewise
-    const std::string where = absl::StrCat(log.path(), ":", result.line, ": row \"", row.id, "\"");
-    if (SettingsDigest(*effective) != result.settings_hash) {
-      return absl::FailedPreconditionError(
-          absl::StrCat(where, " done with other settings (settings_hash ", result.settings_hash, ", this job's ",
-                       SettingsDigest(*effective), "): write to another file to run these settings"));
-    }
-    if (!result.model_fingerprint.empty() && result.model_fingerprint != *model_fingerprint) {
-      return absl::FailedPreconditionError(absl::StrCat(where, " done on another model (model_fingerprint ",
-                                                        result.model_fingerprint, ", the servers' ", *model_fingerprint,
-                                                        "): write to another file to run this model"));
-    }
-    if (!result.request_id.empty() && result.request_id != RequestId(*model_fingerprint, *effective, row)) {
-      return absl::FailedPreconditionError(
-          absl::StrCat(where, " done for another input (request_id ", result.request_id, ", this job's ",
-                       RequestId(*model_fingerprint, *effective, row),
-                       "): the file holds another job's results; write to another file"));
-    }
+    const std::string line = absl::StrCat(log.path(), ":", result.line);
+    absl::Status same = CheckRequestIsAsDone(result, row, settings, fingerprints, line + ": row \"" + row.id + "\"");
+    if (same.ok()) same = CheckResultIsOfRow(result, row, line);
+    if (!same.ok()) return same;
   }
   return absl::OkStatus();
 }

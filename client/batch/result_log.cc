@@ -100,6 +100,42 @@ std::string StringField(const nlohmann::json& result, const char* key) {
 
 }  // namespace
 
+absl::StatusOr<DoneRow> ParseResultLine(const std::string& line, const std::string& where) {
+  const std::string not_ours = absl::StrCat(": a line is not a result of this tool: ", line.substr(0, 80));
+  absl::StatusOr<nlohmann::json> parsed = ParseJson(line, where);
+  if (!parsed.ok()) return absl::DataLossError(absl::StrCat(parsed.status().message(), not_ours));
+  const nlohmann::json& result = *parsed;
+  if (!result.is_object() || !result.contains("id") || !result["id"].is_string()) {
+    return absl::DataLossError(absl::StrCat(where, not_ours));
+  }
+  // The index page and Parquet table read these fields: a line of another shape is not ours.
+  const nlohmann::json status = result.value("status", nlohmann::json());
+  const std::string code = status == "ok" ? "" : ResultErrorCode(result);
+  if (!status.is_string() || (status != "ok" && code.empty())) {
+    return absl::DataLossError(absl::StrCat(
+        where, ": a line is not a result of this tool (no \"status\" \"ok\" or \"error\" {code, message}): ",
+        line.substr(0, 80)));
+  }
+  return DoneRow{.id = result["id"].get<std::string>(),
+                 .error_code = code,
+                 .error_message = ResultErrorMessage(result),
+                 .settings_hash = StringField(result, "settings_hash"),
+                 .request_id = StringField(result, "request_id"),
+                 .model_fingerprint = StringField(result, "model_fingerprint"),
+                 .model = StringField(result, "model"),
+                 .input_hash = StringField(result, "input_hash"),
+                 .text = line};
+}
+
+absl::Status CheckResultIsOfRow(const DoneRow& result, const BatchRow& row, const std::string& where) {
+  if (result.input_hash.empty()) return absl::OkStatus();
+  const std::string input_hash = InputDigest(row);
+  if (result.input_hash == input_hash) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      where, ": row \"", row.id, "\" done for another input (input_hash ", result.input_hash, ", the input's ",
+      input_hash, "): its prompt, target, choices, label or settings changed since; run the row again"));
+}
+
 absl::StatusOr<std::unique_ptr<ResultLog>> ResultLog::Open(const std::string& path) {
   absl::StatusOr<int> lock_fd = LockResults(path);
   if (!lock_fd.ok()) return lock_fd.status();
@@ -127,41 +163,21 @@ absl::StatusOr<std::unique_ptr<ResultLog>> ResultLog::OpenLocked(const std::stri
       }
       const std::string line = text.substr(begin, end - begin);
       begin = end + 1;
-      absl::StatusOr<nlohmann::json> parsed = ParseJson(line, absl::StrCat(path, ":", number));
-      if (!parsed.ok()) {
-        return absl::DataLossError(
-            absl::StrCat(parsed.status().message(), ": a line is not a result of this tool: ", line.substr(0, 80)));
-      }
-      const nlohmann::json& result = *parsed;
-      if (!result.is_object() || !result.contains("id") || !result["id"].is_string()) {
-        return absl::DataLossError(
-            absl::StrCat(path, ":", number, ": a line is not a result of this tool: ", line.substr(0, 80)));
-      }
-      // The index page and Parquet table read these fields: a line of another shape is not ours.
-      const nlohmann::json status = result.value("status", nlohmann::json());
-      const std::string code = status == "ok" ? "" : ResultErrorCode(result);
-      if (!status.is_string() || (status != "ok" && code.empty())) {
-        return absl::DataLossError(absl::StrCat(path, ":", number,
-                                                ": a line is not a result of this tool (no \"status\" \"ok\" "
-                                                "or \"error\" {code, message}): ",
-                                                line.substr(0, 80)));
-      }
-      if (RetriedOnResume(code, ResultErrorMessage(result))) {
+      absl::StatusOr<DoneRow> result = ParseResultLine(line, absl::StrCat(path, ":", number));
+      if (!result.ok()) return result.status();
+      if (RetriedOnResume(result->error_code, result->error_message)) {
         rewrite = true;
         continue;
       }
-      const std::string id = result["id"].get<std::string>();
-      if (auto [first, inserted] = line_of.emplace(id, number); !inserted) {
-        return absl::DataLossError(absl::StrCat(path, ":", number, ": row \"", id, "\" already has a result on line ",
-                                                first->second,
+      if (auto [first, inserted] = line_of.emplace(result->id, number); !inserted) {
+        return absl::DataLossError(absl::StrCat(path, ":", number, ": row \"", result->id,
+                                                "\" already has a result on line ", first->second,
                                                 ": the file holds two results of one row (two jobs wrote it?); "
                                                 "keep one of the lines, or write to another file"));
       }
-      done[id] = {.line = ++kept_lines,
-                  .settings_hash = StringField(result, "settings_hash"),
-                  .request_id = StringField(result, "request_id"),
-                  .model_fingerprint = StringField(result, "model_fingerprint"),
-                  .text = line};
+      result->line = ++kept_lines;
+      std::string id = result->id;
+      done.emplace(std::move(id), std::move(*result));
       kept += line + "\n";
     }
   }

@@ -21,6 +21,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "client/batch/batch_job.h"
 
 namespace attribution::client::batch {
 
@@ -37,14 +38,28 @@ bool RetriedOnResume(absl::string_view code, absl::string_view message);
 std::string ResultErrorCode(const nlohmann::json& result);
 std::string ResultErrorMessage(const nlohmann::json& result);
 
-// A row the file already holds a final result of: what identifies the job that wrote it.
+// A result line: its row, how it ended, and what identifies the job that wrote it.
 struct DoneRow {
-  int64_t line = 0;               // 1-based, in the file as reopened
-  std::string settings_hash;      // "" when the line has none
-  std::string request_id;         // "" when the line has none (a row whose settings did not merge)
-  std::string model_fingerprint;  // "" when the line has none
-  std::string text;               // the line, without its newline
+  int64_t line = 0;  // 1-based, in the file as reopened
+  std::string id;
+  std::string error_code, error_message;  // "" for an ok row
+  std::string settings_hash;              // "" when the line has none
+  std::string request_id;                 // "" when the line has none (a row whose settings did not merge)
+  std::string model_fingerprint;          // "" when the line has none
+  std::string model;                      // "" when the line has none
+  std::string input_hash;                 // "" when the line has none (written before results carried it)
+  std::string text;                       // the line, without its newline
 };
+
+// `line` as a result this tool writes (a JSON object with a string "id", "status" "ok" or "error" with an
+// error {code, message}); DATA_LOSS naming `where` (FILE:LINE) otherwise. The resumed job and merge both
+// read lines through it.
+absl::StatusOr<DoneRow> ParseResultLine(const std::string& line, const std::string& where);
+
+// Whether `result` is the result of `row` as the input now has it (its input_hash; lines without one are
+// not checked): FAILED_PRECONDITION naming `where` and the row when its prompt, target, choices, label or
+// own settings changed since.
+absl::Status CheckResultIsOfRow(const DoneRow& result, const BatchRow& row, const std::string& where);
 
 // Not thread-safe: one writer.
 class ResultLog {

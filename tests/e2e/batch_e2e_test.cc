@@ -903,6 +903,22 @@ TEST(BatchMerge, HtmlWritesTheIndexOfTheMergedResults) {
   EXPECT_THAT(ReadFile(log), HasSubstr("2 answered rows have no page in " + html));
 }
 
+// merge accepted lines a resumed job refuses: of another shape ("status" "weird"), or cut short.
+TEST(BatchMerge, AShardLineOfAnotherShapeIsRefusedNamingIt) {
+  TempDir dir;
+  const std::string input = dir.File("rows.jsonl"), log = dir.File("log");
+  std::ofstream(input) << R"({"id": "r0", "prompt": "a", "target": " b"})"
+                       << "\n"
+                       << R"({"id": "r2", "prompt": "c", "target": " d"})"
+                       << "\n";
+  std::ofstream(dir.File("s0.jsonl")) << ShardLine("r0", "h") << "\n"
+                                      << R"({"id":"r2","status":"weird"})"
+                                      << "\n";
+  EXPECT_EQ(RunBatch({"merge", "--input=" + input, "--output=" + dir.File("m.jsonl"), dir.File("s0.jsonl")}, log), 1);
+  EXPECT_THAT(ReadFile(log), HasSubstr(dir.File("s0.jsonl") + ":2: a line is not a result of this tool"));
+  EXPECT_FALSE(std::ifstream(dir.File("m.jsonl")).good());
+}
+
 // A value nested a million deep in a shard line or the job file overflowed the stack (exit 139) where it was
 // copied: it is refused naming the file (and the shard's line).
 TEST(BatchMerge, ADeeplyNestedShardLineOrJobFileIsRefused) {
@@ -1058,6 +1074,20 @@ TEST_F(BatchResume, AnotherJobsResultsFileIsRefused) {
   // The same job resumes as before.
   EXPECT_EQ(Run(dir_.File("first.jsonl"), output), 0) << ReadFile(log_);
   EXPECT_EQ(ReadFile(output), before);
+}
+
+// merge took a shard's result of a row whose prompt was edited since (a resumed job refuses it): both refuse
+// it, naming the file's line and the row.
+TEST_F(BatchResume, MergeRefusesAResultOfARowEditedSince) {
+  const std::string output = dir_.File("shard.jsonl"), merged = dir_.File("merged.jsonl");
+  ASSERT_EQ(Run(WriteQuestions("rows.jsonl", 2), output), 0) << ReadFile(log_);
+  const std::string edited = WriteQuestions("edited.jsonl", 2, "box");
+  EXPECT_EQ(RunBatch({"merge", "--input=" + edited, "--output=" + merged, output}, log_), 1);
+  EXPECT_THAT(ReadFile(log_), HasSubstr(output + ":1: row \"r0\" done for another input (input_hash "));
+  EXPECT_FALSE(std::ifstream(merged).good());
+  EXPECT_EQ(RunBatch({"merge", "--input=" + dir_.File("rows.jsonl"), "--output=" + merged, output}, log_), 0)
+      << ReadFile(log_);
+  EXPECT_EQ(ReadFile(merged), ReadFile(output));
 }
 
 // A row that failed for lack of capacity is run again on resume and lands where an uninterrupted run
