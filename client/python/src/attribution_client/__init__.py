@@ -13,8 +13,8 @@ from importlib.metadata import PackageNotFoundError, version as _version
 
 from .aio import AsyncAttributionClient, AsyncStream
 from .client import AttributeStream, AttributionClient, ComponentStream, GenerateStream, Stream
-from .errors import (AttributionError, Cancelled, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument,
-                     NotFound, PermissionDenied, ResourceExhausted, Unauthenticated, Unavailable)
+from .errors import (AttributionError, Cancelled, DataLoss, DeadlineExceeded, FailedPrecondition, Internal,
+                     InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, Unauthenticated, Unavailable)
 from .options import (AttributeOptions, ClientOptions, ComponentOptions, FeatureGroup, GenerateOptions,
                       GenerationSettings, LogprobsOptions, PromptPair, read_bearer_token_file)
 from .results import (Attribution, ComponentAttribution, ComponentGrid, Faithfulness, Feature, Generation, Logprobs,
@@ -29,8 +29,8 @@ except PackageNotFoundError:  # imported from a source tree
 __all__ = [
     "AsyncAttributionClient", "AsyncStream", "AttributeOptions", "AttributeStream", "Attribution",
     "AttributionClient", "AttributionError", "Cancelled", "ClientOptions", "ComponentAttribution", "ComponentGrid",
-    "ComponentOptions", "ComponentStream", "DeadlineExceeded", "FailedPrecondition", "Faithfulness", "Feature",
-    "FeatureGroup", "GenerateOptions", "GenerateStream", "Generation", "GenerationSettings", "Internal",
+    "ComponentOptions", "ComponentStream", "DataLoss", "DeadlineExceeded", "FailedPrecondition", "Faithfulness",
+    "Feature", "FeatureGroup", "GenerateOptions", "GenerateStream", "Generation", "GenerationSettings", "Internal",
     "InvalidArgument", "Logprobs", "LogprobsOptions", "ModelInfo", "NotFound", "PROTO_PACKAGE", "PairComponents",
     "PermissionDenied", "Progress", "PromptPair", "ResourceExhausted", "RunStats", "Stream", "Token",
     "TokenLogprob", "TopToken", "Unauthenticated", "Unavailable", "read_bearer_token_file",

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 
+from . import _response_checks
 from ._generated.attribution.v1 import attribution_pb2 as pb
 from .options import (AnswerToken, AttributeOptions, ComponentOptions, FeatureGroup, GenerateOptions,
                       GenerationSettings, LogprobsOptions, PromptPair, TextOrIds)
@@ -69,6 +70,16 @@ def _name_of(value: int, table: Mapping[str, int]) -> str:
         if v == value:
             return name
     return str(value)
+
+
+def enum_name(enum: Any, value: int) -> str:
+    """The proto's name of an enum value, or the number as text for one this client does not know (a newer
+    server's): the result is kept, as the C++ client's NameOf keeps it, rather than lost to protobuf's
+    ValueError."""
+    try:
+        return enum.Name(value)
+    except ValueError:
+        return str(value)
 
 
 # The ranges of the proto's integer types: protobuf refuses a value outside them with a message that does not
@@ -315,6 +326,8 @@ def _stats(s: pb.RunStats) -> RunStats:
 
 
 def attribution(r: pb.AttributeResponse) -> Attribution:
+    """The result; DataLoss naming the field if `r` has not the shapes the result's methods index by."""
+    _response_checks.check_attribution(r)
     faithfulness = None
     if r.HasField("faithfulness"):
         f = r.faithfulness
@@ -326,7 +339,7 @@ def attribution(r: pb.AttributeResponse) -> Attribution:
     if len(r.token_matrix) > 0:
         matrix = np.array([list(row.values) for row in r.token_matrix], dtype=np.float64)
     return Attribution(
-        model=r.model, method=pb.Method.Name(r.method).lower(), prompt_tokens=_tokens(r.prompt_tokens),
+        model=r.model, method=enum_name(pb.Method, r.method).lower(), prompt_tokens=_tokens(r.prompt_tokens),
         target_tokens=_tokens(r.target_tokens),
         features=[Feature(f.token_begin, f.token_end, f.text) for f in r.features],
         sequence=np.array(r.sequence_attribution, dtype=np.float64), token_matrix=matrix, objective=r.objective,
@@ -344,6 +357,8 @@ def _grid(g: pb.ComponentGrid) -> ComponentGrid:
 
 
 def component_attribution(r: pb.AttributeComponentsResponse) -> ComponentAttribution:
+    """The result; DataLoss naming the field if a grid's shape or a pair's tokens do not fit together."""
+    _response_checks.check_components(r)
     pairs = [PairComponents(clean_metric=p.clean_metric, corrupted_metric=p.corrupted_metric,
                             grids=[_grid(g) for g in p.grids], clean_tokens=_tokens(p.clean_tokens),
                             corrupted_tokens=_tokens(p.corrupted_tokens))
@@ -360,6 +375,7 @@ def generation(r: pb.GenerateResponse) -> Generation:
 
 
 def logprobs(r: pb.LogprobsResponse) -> Logprobs:
+    _response_checks.check_logprobs(r)
     target = [TokenLogprob(token=token(t.token),
                            top=[TopToken(id=x.id, text=x.text, log_prob=x.log_prob, bytes=x.token_bytes) for x in t.top])
               for t in r.target]
@@ -368,6 +384,7 @@ def logprobs(r: pb.LogprobsResponse) -> Logprobs:
 
 
 def models(r: pb.ListModelsResponse) -> List[ModelInfo]:
+    _response_checks.check_models(r.models)
     return [ModelInfo(name=m.name, architecture=m.architecture, dtype=m.dtype, quantization=m.quantization,
                       device=m.device, resident_weight_bytes=m.resident_weight_bytes, vocab_size=m.vocab_size,
                       num_layers=m.num_layers, hidden_size=m.hidden_size, max_steps=m.limits.max_steps,

@@ -179,4 +179,4 @@ class AsyncAttributionClient:
 
     async def health(self, service: str = "", *, timeout: Any = _calls.DEFAULT) -> str:
         response = await self._unary(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+        return _convert.enum_name(health_pb2.HealthCheckResponse.ServingStatus, response.status)

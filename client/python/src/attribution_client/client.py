@@ -208,9 +208,10 @@ class AttributionClient:
         return _convert.models(self._unary(self._stub.ListModels, pb.ListModelsRequest(), timeout))
 
     def health(self, service: str = "", *, timeout: Any = _calls.DEFAULT) -> str:
-        """The standard health check: "SERVING", "NOT_SERVING", ... (service "" = the whole server)."""
+        """The standard health check: "SERVING", "NOT_SERVING", ... (service "" = the whole server); a
+        status this client does not know reads as its number."""
         response = self._unary(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+        return _convert.enum_name(health_pb2.HealthCheckResponse.ServingStatus, response.status)
 
 
 __all__ = ["AttributionClient", "AttributeStream", "ComponentStream", "GenerateStream", "Stream", "AttributionError"]

@@ -65,6 +65,12 @@ class Internal(AttributionError):
     """A failure inside the server."""
 
 
+class DataLoss(AttributionError):
+    """The server's answer is malformed or incomplete (a buggy server, or a version skew): the message names
+    the response field and what it should have held. Raised by the client itself, as the C++ client's
+    DATA_LOSS status."""
+
+
 _BY_CODE: Dict[grpc.StatusCode, Type[AttributionError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
@@ -77,6 +83,7 @@ _BY_CODE: Dict[grpc.StatusCode, Type[AttributionError]] = {
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.INTERNAL: Internal,
+    grpc.StatusCode.DATA_LOSS: DataLoss,
 }
 
 

@@ -4,7 +4,6 @@ for notebooks: numpy arrays, pandas DataFrames, Captum's LLMAttributionResult an
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
@@ -96,7 +95,8 @@ class Attribution:
     @property
     def target_probs(self) -> np.ndarray:
         """p(target token | everything before it), per target token."""
-        return np.exp(np.array([t.log_prob for t in self.target_tokens], dtype=np.float64))
+        with np.errstate(over="ignore"):  # inf for a malformed log_prob above ~709, as Logprobs.to_dataframe
+            return np.exp(np.array([t.log_prob for t in self.target_tokens], dtype=np.float64))
 
     def to_numpy(self) -> np.ndarray:
         """The sequence attribution, [features]."""
@@ -250,13 +250,19 @@ class Logprobs:
         return [t.token.log_prob for t in self.target]
 
     def to_dataframe(self) -> "pandas.DataFrame":
+        """One row per target token: id, text, log_prob and prob = exp(log_prob). A server's log_probs are
+        <= 0; one above ~709 (a malformed answer) gives prob inf rather than an OverflowError that would lose
+        the whole table, and the log_prob column shows what was sent."""
         import pandas as pd
 
+        log_probs = np.array(self.log_probs, dtype=np.float64)
+        with np.errstate(over="ignore"):
+            probs = np.exp(log_probs)
         return pd.DataFrame({
             "id": [t.token.id for t in self.target],
             "token": [t.token.text for t in self.target],
-            "log_prob": self.log_probs,
-            "prob": [math.exp(v) for v in self.log_probs],
+            "log_prob": log_probs,
+            "prob": probs,
         })
 
 
