@@ -8,6 +8,7 @@ import asyncio
 import json
 import re
 import signal
+import sys
 import threading
 import time
 
@@ -305,6 +306,45 @@ def test_a_request_id_gRPC_cannot_carry_is_a_value_error_naming_it(client, capfd
     with pytest.raises(ValueError, match=r"^bearer_token: "):
         ac.AttributionClient("127.0.0.1:1", bearer_token="token\n")
     assert client.logprobs(prompt=PROMPT, target=" red", request_id="ok id ~!").target
+
+
+def test_closing_the_async_client_ends_its_calls_as_cancelled(client, server):
+    """grpc.aio ends the calls a close() finds in flight with asyncio.CancelledError, which reads as the
+    caller's task being cancelled, and refuses later calls with its UsageError: both are Cancelled. A task's
+    own cancellation still raises asyncio.CancelledError."""
+    slow = dict(model="default", prompt=PROMPT, target=" Yes", n_steps=1024)
+
+    async def until_blocked():  # each call's task runs until it waits for the server's answer
+        for _ in range(10):
+            await asyncio.sleep(0)
+
+    async def run():
+        c = ac.AsyncAttributionClient(server.address, max_attempts=1)
+        await c.health()
+        unary = asyncio.ensure_future(c.attribute(**slow))
+        stream = await c.attribute_stream(**slow)
+        streamed = asyncio.ensure_future(stream.result())
+        cancelled = asyncio.ensure_future(c.attribute(**slow))
+        await until_blocked()
+        cancelled.cancel()
+        if sys.version_info < (3, 11):  # no Task.cancelling(): a cancel while closing reads as Cancelled
+            await asyncio.gather(cancelled, return_exceptions=True)
+        await c.close()
+        outcomes = await asyncio.gather(unary, streamed, cancelled, return_exceptions=True)
+        after = await asyncio.gather(c.health(), c.generate_stream(prompt=PROMPT), return_exceptions=True)
+        return outcomes, after
+
+    (unary, streamed, cancelled), after = asyncio.run(run())
+    for error in (unary, streamed):
+        assert isinstance(error, ac.Cancelled) and error.message == "the client was closed during the call", error
+    assert isinstance(cancelled, asyncio.CancelledError)
+    for error in after:
+        assert isinstance(error, ac.Cancelled) and error.message == "the client is closed", error
+    closed = ac.AttributionClient(server.address)
+    closed.close()
+    with pytest.raises(ac.Cancelled, match="the client is closed"):  # gRPC's own: a bare ValueError
+        closed.health()
+    assert client.health() == "SERVING"
 
 
 def test_nan_or_negative_timeouts_are_refused_and_infinite_means_no_deadline(client, server):

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from . import _calls, _channel, _convert
 from ._generated.attribution.v1 import attribution_pb2 as pb
 from ._generated.attribution.v1 import attribution_pb2_grpc as pb_grpc
-from .errors import error_for, from_grpc
+from .errors import AttributionError, error_for, from_grpc
 from .options import AttributeOptions, ClientOptions, ComponentOptions, GenerateOptions, LogprobsOptions
 from .results import Attribution, ComponentAttribution, Generation, Logprobs, ModelInfo, Progress, Token
 
@@ -27,16 +27,40 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
+def _task_cancelled() -> bool:
+    """Whether the running task was asked to stop (task.cancel()): its CancelledError must go on as it is.
+    Python 3.10 has no Task.cancelling() and cannot tell: False there, so a task cancelled while its client
+    closes raises Cancelled instead."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling and cancelling())
+
+
+def _cancelled_by_client(cancelled: bool, closed: bool) -> Optional[AttributionError]:
+    """Cancelled for a call's asyncio.CancelledError that this client caused (the stream's cancel(), or
+    close() with the call in flight: grpc.aio ends those calls with CancelledError); None for the task's own
+    cancellation, which propagates."""
+    if _task_cancelled():
+        return None
+    if cancelled:
+        return error_for(grpc.StatusCode.CANCELLED, "cancelled by the client")
+    if closed:
+        return error_for(grpc.StatusCode.CANCELLED, "the client was closed during the call")
+    return None
+
+
 class AsyncStream(Generic[Item, Result]):
     """A server-streaming call: `async for` its events, then `await result()`; cancel() ends it (the
     iteration then raises Cancelled)."""
 
-    def __init__(self, call: Any, convert: Callable[[Any], Union[Item, Result]], result_type: type) -> None:
+    def __init__(self, call: Any, convert: Callable[[Any], Union[Item, Result]], result_type: type,
+                 closed: Callable[[], bool] = lambda: False) -> None:
         self._call = call
         self._convert = convert
         self._result_type = result_type
         self._result: Optional[Result] = None
         self._cancelled = False
+        self._closed = closed  # whether the client that made the call is closed
 
     def __aiter__(self) -> AsyncIterator[Item]:
         return self
@@ -48,8 +72,9 @@ class AsyncStream(Generic[Item, Result]):
             except grpc.RpcError as e:
                 raise from_grpc(e) from None
             except asyncio.CancelledError:
-                if self._cancelled:  # our cancel(), not the task's
-                    raise error_for(grpc.StatusCode.CANCELLED, "cancelled by the client") from None
+                error = _cancelled_by_client(self._cancelled, self._closed())
+                if error is not None:
+                    raise error from None
                 raise
             if event is grpc.aio.EOF:
                 if self._result is None:
@@ -85,9 +110,23 @@ class AsyncAttributionClient:
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._metadata = _channel.metadata(self.options)
         self._default_model: Optional[str] = None
+        self._closed = False  # close() was called: calls in flight end as Cancelled, new ones are refused
 
     async def close(self) -> None:
+        """Closes the channel: calls in flight raise Cancelled, and so does any call made afterwards."""
+        self._closed = True
         await self._channel.close()
+
+    def _check_open(self) -> None:
+        if self._closed:  # grpc.aio would raise its UsageError
+            raise error_for(grpc.StatusCode.CANCELLED, "the client is closed")
+
+    def _stream(self, method: Any, request: Any, timeout: Any, request_id: str, convert: Callable[[Any], Any],
+                result_type: type) -> AsyncStream:
+        self._check_open()
+        call = method(request, timeout=_calls.timeout(timeout, self.options.timeout),
+                      metadata=_channel.with_request_id(self._metadata, request_id))
+        return AsyncStream(call, convert, result_type, lambda: self._closed)
 
     async def __aenter__(self) -> "AsyncAttributionClient":
         return self
@@ -96,11 +135,17 @@ class AsyncAttributionClient:
         await self.close()
 
     async def _unary(self, method: Any, request: Any, timeout: Any, request_id: str = "") -> Any:
+        self._check_open()
         try:
             return await method(request, timeout=_calls.timeout(timeout, self.options.timeout),
                                 metadata=_channel.with_request_id(self._metadata, request_id))
         except grpc.RpcError as e:
             raise from_grpc(e) from None
+        except asyncio.CancelledError:
+            error = _cancelled_by_client(False, self._closed)
+            if error is not None:
+                raise error from None
+            raise
 
     async def _model(self, options: Any) -> Any:
         if not options.model:
@@ -127,10 +172,8 @@ class AsyncAttributionClient:
     async def attribute_stream(self, options: Optional[AttributeOptions] = None, *, timeout: Any = _calls.DEFAULT,
                                **fields: Any) -> AsyncStream[Progress, Attribution]:
         o = await self._model(_calls.build(AttributeOptions, options, fields))
-        call = self._stub.AttributeStream(_convert.attribute_request(o),
-                                          timeout=_calls.timeout(timeout, self.options.timeout),
-                                          metadata=_channel.with_request_id(self._metadata, o.request_id))
-        return AsyncStream(call, _calls.attribute_event, Attribution)
+        return self._stream(self._stub.AttributeStream, _convert.attribute_request(o), timeout, o.request_id,
+                            _calls.attribute_event, Attribution)
 
     async def attribute_components(self, options: Optional[ComponentOptions] = None, *,
                                    timeout: Any = _calls.DEFAULT, progress: Optional[Callable[[Progress], None]] = None,
@@ -149,10 +192,8 @@ class AsyncAttributionClient:
                                           timeout: Any = _calls.DEFAULT,
                                           **fields: Any) -> AsyncStream[Progress, ComponentAttribution]:
         o = await self._model(_calls.build(ComponentOptions, options, fields))
-        call = self._stub.AttributeComponentsStream(_convert.component_request(o),
-                                                    timeout=_calls.timeout(timeout, self.options.timeout),
-                                                    metadata=_channel.with_request_id(self._metadata, o.request_id))
-        return AsyncStream(call, _calls.component_event, ComponentAttribution)
+        return self._stream(self._stub.AttributeComponentsStream, _convert.component_request(o), timeout,
+                            o.request_id, _calls.component_event, ComponentAttribution)
 
     async def generate(self, options: Optional[GenerateOptions] = None, *, timeout: Any = _calls.DEFAULT,
                        **fields: Any) -> Generation:
@@ -163,10 +204,8 @@ class AsyncAttributionClient:
     async def generate_stream(self, options: Optional[GenerateOptions] = None, *, timeout: Any = _calls.DEFAULT,
                               **fields: Any) -> AsyncStream[Token, Generation]:
         o = await self._model(_calls.build(GenerateOptions, options, fields))
-        call = self._stub.GenerateStream(_convert.generate_request(o),
-                                         timeout=_calls.timeout(timeout, self.options.timeout),
-                                         metadata=_channel.with_request_id(self._metadata, o.request_id))
-        return AsyncStream(call, _calls.generate_event, Generation)
+        return self._stream(self._stub.GenerateStream, _convert.generate_request(o), timeout, o.request_id,
+                            _calls.generate_event, Generation)
 
     async def logprobs(self, options: Optional[LogprobsOptions] = None, *, timeout: Any = _calls.DEFAULT,
                        **fields: Any) -> Logprobs:

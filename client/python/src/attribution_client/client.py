@@ -105,9 +105,23 @@ class AttributionClient:
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._metadata = _channel.metadata(self.options)
         self._default_model: Optional[str] = None
+        self._closed = False  # close() was called: new calls are refused (gRPC would raise a bare ValueError)
 
     def close(self) -> None:
+        """Closes the channel: calls in flight raise Cancelled, and so does any call made afterwards."""
+        self._closed = True
         self._channel.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise error_for(grpc.StatusCode.CANCELLED, "the client is closed")
+
+    def _stream(self, method: Any, request: Any, timeout: Any, request_id: str, convert: Callable[[Any], Any],
+                result_type: type) -> Stream:
+        self._check_open()
+        call = method(request, timeout=_calls.timeout(timeout, self.options.timeout),
+                      metadata=_channel.with_request_id(self._metadata, request_id))
+        return Stream(call, convert, result_type)
 
     def __enter__(self) -> "AttributionClient":
         return self
@@ -116,6 +130,7 @@ class AttributionClient:
         self.close()
 
     def _unary(self, method: Any, request: Any, timeout: Any, request_id: str = "") -> Any:
+        self._check_open()
         try:
             return method(request, timeout=_calls.timeout(timeout, self.options.timeout),
                           metadata=_channel.with_request_id(self._metadata, request_id))
@@ -152,10 +167,8 @@ class AttributionClient:
                          **fields: Any) -> AttributeStream:
         """Iterate for Progress events (queued, then rows done / total), then call result()."""
         o = self._model(_calls.build(AttributeOptions, options, fields))
-        call = self._stub.AttributeStream(_convert.attribute_request(o),
-                                          timeout=_calls.timeout(timeout, self.options.timeout),
-                                          metadata=_channel.with_request_id(self._metadata, o.request_id))
-        return Stream(call, _calls.attribute_event, Attribution)
+        return self._stream(self._stub.AttributeStream, _convert.attribute_request(o), timeout, o.request_id,
+                            _calls.attribute_event, Attribution)
 
     def attribute_components(self, options: Optional[ComponentOptions] = None, *, timeout: Any = _calls.DEFAULT,
                              progress: ProgressArg = False, **fields: Any) -> ComponentAttribution:
@@ -177,10 +190,8 @@ class AttributionClient:
                                     timeout: Any = _calls.DEFAULT, **fields: Any) -> ComponentStream:
         """Iterate for Progress events (queued, then rows done / total), then call result()."""
         o = self._model(_calls.build(ComponentOptions, options, fields))
-        call = self._stub.AttributeComponentsStream(_convert.component_request(o),
-                                                    timeout=_calls.timeout(timeout, self.options.timeout),
-                                                    metadata=_channel.with_request_id(self._metadata, o.request_id))
-        return Stream(call, _calls.component_event, ComponentAttribution)
+        return self._stream(self._stub.AttributeComponentsStream, _convert.component_request(o), timeout,
+                            o.request_id, _calls.component_event, ComponentAttribution)
 
     def generate(self, options: Optional[GenerateOptions] = None, *, timeout: Any = _calls.DEFAULT,
                  **fields: Any) -> Generation:
@@ -192,10 +203,8 @@ class AttributionClient:
                         **fields: Any) -> GenerateStream:
         """Iterate for each new Token (text and log_prob) as the server makes it, then result()."""
         o = self._model(_calls.build(GenerateOptions, options, fields))
-        call = self._stub.GenerateStream(_convert.generate_request(o),
-                                         timeout=_calls.timeout(timeout, self.options.timeout),
-                                         metadata=_channel.with_request_id(self._metadata, o.request_id))
-        return Stream(call, _calls.generate_event, Generation)
+        return self._stream(self._stub.GenerateStream, _convert.generate_request(o), timeout, o.request_id,
+                            _calls.generate_event, Generation)
 
     def logprobs(self, options: Optional[LogprobsOptions] = None, *, timeout: Any = _calls.DEFAULT,
                  **fields: Any) -> Logprobs:
