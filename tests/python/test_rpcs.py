@@ -308,6 +308,26 @@ def test_a_request_id_gRPC_cannot_carry_is_a_value_error_naming_it(client, capfd
     assert client.logprobs(prompt=PROMPT, target=" red", request_id="ok id ~!").target
 
 
+def test_request_ids_and_tokens_too_long_for_a_calls_metadata_are_refused_naming_them(client, server):
+    """Metadata over the server's limit (gRPC's 8 KiB) makes gRPC drop the connection, failing the other calls
+    on the channel too (RESOURCE_EXHAUSTED): request ids over 1 KiB and bearer tokens over 4 KiB are refused."""
+    long_id = "x" * 1025
+    with pytest.raises(ValueError, match=r"^request_id: 1025 characters, more than the 1024"):
+        client.logprobs(prompt=PROMPT, target=" red", request_id=long_id)
+    with pytest.raises(ValueError, match=r"^request_id: 1025 characters"):
+        client.attribute_stream(prompt=PROMPT, target=" red", method="saliency", request_id=long_id)
+
+    async def run():
+        async with ac.AsyncAttributionClient(server.address) as c:
+            await c.generate(prompt=PROMPT, max_new_tokens=1, request_id=long_id)
+
+    with pytest.raises(ValueError, match=r"^request_id: 1025 characters"):
+        asyncio.run(run())
+    with pytest.raises(ValueError, match=r"^bearer_token: 4097 characters, more than the 4096"):
+        ac.AttributionClient(server.address, bearer_token="t" * 4097)
+    assert client.logprobs(prompt=PROMPT, target=" red", request_id="y" * 1024).target
+
+
 def test_closing_the_async_client_ends_its_calls_as_cancelled(client, server):
     """grpc.aio ends the calls a close() finds in flight with asyncio.CancelledError, which reads as the
     caller's task being cancelled, and refuses later calls with its UsageError: both are Cancelled. A task's

@@ -13,6 +13,13 @@ from .options import ClientOptions
 
 SERVICES = ("attribution.v1.AttributionService", "grpc.health.v1.Health")
 
+# The longest request id and bearer token sent. A call's metadata over the server's limit (gRPC's default,
+# 8 KiB) makes gRPC drop the whole connection, failing the other calls on the channel with
+# RESOURCE_EXHAUSTED; these two stay well under it together. The server writes at most 128 bytes of a
+# request id in its log lines.
+MAX_REQUEST_ID_BYTES = 1024
+MAX_BEARER_TOKEN_BYTES = 4096
+
 
 def _read(path: str) -> bytes:
     with open(path, "rb") as f:
@@ -73,14 +80,17 @@ def check(o: ClientOptions) -> None:
             raise ValueError(f"{name}: {value!r} s does not lie between 1 ms and 24 h")
     _convert.integer("max_attempts", o.max_attempts, _convert.INT32)
     _convert.integer("max_message_bytes", o.max_message_bytes, (1, _convert.INT32[1]))
-    _metadata_value("bearer_token", o.bearer_token)
+    _metadata_value("bearer_token", o.bearer_token, MAX_BEARER_TOKEN_BYTES)
 
 
-def _metadata_value(name: str, value: object) -> str:
-    """`value` as an ASCII metadata value: gRPC refuses others only when the call starts, as an INTERNAL
-    error (a failure of the server, to the caller) after logging its own trace to stderr."""
+def _metadata_value(name: str, value: object, max_bytes: int) -> str:
+    """`value` as an ASCII metadata value of at most `max_bytes`: gRPC refuses other characters only when
+    the call starts, as an INTERNAL error (a failure of the server, to the caller) after logging its own
+    trace to stderr; a long value gets the connection dropped."""
     if not isinstance(value, str):
         raise TypeError(f"{name}: must be a str, not {value!r}")
+    if len(value) > max_bytes:
+        raise ValueError(f"{name}: {len(value)} characters, more than the {max_bytes} a call's metadata may carry")
     bad = next((i for i, c in enumerate(value) if not " " <= c <= "~"), None)
     if bad is not None:
         raise ValueError(f"{name}: character {bad} ({value[bad]!r}) is not printable ASCII, which gRPC metadata "
@@ -96,4 +106,6 @@ def metadata(o: ClientOptions) -> Tuple[Tuple[str, str], ...]:
 
 def with_request_id(metadata: Tuple[Tuple[str, str], ...], request_id: str) -> Tuple[Tuple[str, str], ...]:
     """The call's metadata: the client's, and the request id as x-request-id (the server logs it)."""
-    return metadata + (("x-request-id", _metadata_value("request_id", request_id)),) if request_id else metadata
+    if not request_id:
+        return metadata
+    return metadata + (("x-request-id", _metadata_value("request_id", request_id, MAX_REQUEST_ID_BYTES)),)
