@@ -281,6 +281,17 @@ MISUSE = {
     "float_max_new_tokens": ("generate", dict(prompt=PROMPT, max_new_tokens=2.0), TypeError, r"^max_new_tokens: "),
     "float_stop_token": ("generate", dict(prompt=PROMPT, stop_token_ids=[1.5]), TypeError, r"^stop_token_ids\[0\]: "),
     "int_model": ("generate", dict(prompt=PROMPT, model=3), TypeError, r"^model: "),
+    # len() of a 0-d array raised "len() of unsized object"; a 2-D one went out as ids row by row.
+    "zero_d_array_target": ("attribute", dict(prompt=PROMPT, target=np.array(5)), TypeError,
+                            r"^target: .*1-D array.*shape \(\)"),
+    "two_d_array_prompt": ("attribute", dict(prompt=np.array([[5, 6]]), target=" Yes"), TypeError,
+                           r"^prompt: .*1-D array.*shape \(1, 2\)"),
+    # A set's (or a mapping's keys') order is not one the caller chose.
+    "set_prompt": ("attribute", dict(prompt={5, 6, 7}, target=" Yes"), TypeError, r"^prompt: .*not a set"),
+    "dict_stop_tokens": ("generate", dict(prompt=PROMPT, stop_token_ids={2: "eos"}), TypeError,
+                         r"^stop_token_ids: .*not a dict"),
+    "count_as_flag": ("attribute", dict(prompt=PROMPT, target=" Yes", want_token_matrix=2), TypeError,
+                      r"^want_token_matrix: .*not 2"),
     "bool_answer": ("attribute_components", dict(pairs=[("a", "b")], answer=True), TypeError, r"^answer: "),
     "text_component_steps": ("attribute_components", dict(pairs=[("a", "b")], answer=" x", n_steps="4"), TypeError,
                              r"^n_steps: "),
@@ -326,6 +337,18 @@ def test_request_ids_and_tokens_too_long_for_a_calls_metadata_are_refused_naming
     with pytest.raises(ValueError, match=r"^bearer_token: 4097 characters, more than the 4096"):
         ac.AttributionClient(server.address, bearer_token="t" * 4097)
     assert client.logprobs(prompt=PROMPT, target=" red", request_id="y" * 1024).target
+
+
+def test_a_target_that_is_not_text_is_a_type_error_naming_it():
+    for bad in (53101, b"127.0.0.1:1", ac.ClientOptions(target=53101)):
+        with pytest.raises(TypeError, match=r"^target: must be a str"):
+            ac.AttributionClient(bad)
+
+    async def run():
+        ac.AsyncAttributionClient(53101)
+
+    with pytest.raises(TypeError, match=r"^target: must be a str"):
+        asyncio.run(run())
 
 
 def test_closing_the_async_client_ends_its_calls_as_cancelled(client, server):

@@ -21,8 +21,8 @@ DEFAULT: Any = object()
 def client_options(target: Union[str, ClientOptions, None], fields: Dict[str, Any]) -> ClientOptions:
     if isinstance(target, ClientOptions):
         options = dataclasses.replace(target, **fields)
-    else:
-        options = ClientOptions(**({"target": target} if target else {}), **fields)
+    else:  # None or "": the default target; anything else _channel.check checks
+        options = ClientOptions(**({} if target is None or target == "" else {"target": target}), **fields)
     _channel.check(options)
     return options
 

@@ -71,6 +71,8 @@ def credentials(o: ClientOptions) -> Optional[grpc.ChannelCredentials]:
 def check(o: ClientOptions) -> None:
     """Refuses settings gRPC would fail on later, or take for others, with a message naming them: a NaN
     connect_timeout fails int(), a NaN timeout expires every call at once."""
+    if not isinstance(o.target, str):  # gRPC would fail on it with an AttributeError
+        raise TypeError(f"target: must be a str (host:port or another gRPC target), not {o.target!r}")
     _convert.seconds("timeout", o.timeout, none_means="no deadline")
     # gRPC keeps whole milliseconds of these and refuses a zero retry backoff, failing every call on the
     # channel ("Failed to create channel"); its channel arguments hold milliseconds in an int (24 days).

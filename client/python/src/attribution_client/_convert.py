@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Sized
+from collections.abc import Iterable, Set, Sized
 from typing import Any, Dict, List, Mapping, Optional, Sequence, TypeVar, Union
 
 import numpy as np
@@ -125,9 +125,10 @@ def seconds(name: str, value: Any, *, none_means: Optional[str] = None) -> Optio
 
 
 def _flag(name: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_, numbers.Integral)):
-        raise TypeError(f"{name}: must be True or False, not {value!r}")
-    return bool(value)
+    """A bool (or numpy's), or 0 / 1: a larger number is more likely a count given to the wrong option."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, numbers.Integral) and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{name}: must be True or False, not {value!r}")
 
 
 def _string(name: str, value: Any) -> str:
@@ -146,13 +147,26 @@ def _set_input(name: str, value: TextOrIds, out: pb.Input) -> None:
         except UnicodeEncodeError as e:  # a lone surrogate, from bytes decoded with surrogateescape
             raise ValueError(f"{name}: character {e.start} ({value[e.start]!r}) cannot be sent as UTF-8") from None
     elif isinstance(value, Iterable):
+        _check_id_sequence(name, value)
         out.token_ids.extend(integer(f"{name}[{i}]", token, INT64) for i, token in enumerate(value))
     elif value is not None:
         raise TypeError(f"{name}: must be text (str) or a sequence of token ids, not {value!r}")
 
 
+def _check_id_sequence(name: str, value: Iterable) -> None:
+    """Token ids are a sequence: a set's or a mapping's iteration order is none the caller chose (and a
+    mapping's would send its keys); a numpy array other than 1-D is a scalar or a batch."""
+    if isinstance(value, (Set, Mapping)):
+        raise TypeError(f"{name}: token ids must be a sequence (list, tuple, 1-D array), not a "
+                        f"{type(value).__name__}: its order is not the tokens'")
+    if isinstance(value, np.ndarray) and value.ndim != 1:
+        raise TypeError(f"{name}: token ids must be a 1-D array, not one of shape {value.shape}")
+
+
 def _given(value: TextOrIds) -> bool:
     """None and empty text or ids are "not given"; anything else goes to _set_input, which checks it."""
+    if isinstance(value, np.ndarray):  # len() of a 0-d array raises; _set_input refuses it by name
+        return value.ndim != 1 or value.size > 0
     return value is not None and not (isinstance(value, Sized) and len(value) == 0)
 
 
