@@ -200,6 +200,11 @@ absl::StatusOr<std::unique_ptr<AttributionClient>> AttributionClient::Connect(co
     credentials = grpc::SslCredentials(ssl);
     if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
   }
+  if (options.bearer_token.size() > kMaxBearerTokenBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("bearer_token: ", options.bearer_token.size(),
+                                                   " bytes, more than the ", kMaxBearerTokenBytes,
+                                                   " a token may have"));
+  }
   if (options.load_balancing != "pick_first" && options.load_balancing != "round_robin") {
     return absl::InvalidArgumentError(
         absl::StrCat("load_balancing: \"", options.load_balancing, "\" is not pick_first or round_robin"));

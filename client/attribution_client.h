@@ -45,6 +45,11 @@ struct ClientOptions {
   int64_t max_receive_message_bytes = 64 << 20;
 };
 
+// The longest request_id (x-request-id metadata) and bearer token the client sends; longer ones are
+// INVALID_ARGUMENT, since gRPC drops a connection whose metadata passes 8 KiB.
+inline constexpr size_t kMaxRequestIdBytes = 1024;
+inline constexpr size_t kMaxBearerTokenBytes = 4096;
+
 struct Token {
   int64_t id = 0;
   std::string text;                      // valid UTF-8 (U+FFFD for part of a character)

@@ -79,9 +79,18 @@ absl::Status SetBaseline(const std::string& name, v1::AttributeRequest* out) {
   return absl::OkStatus();
 }
 
+// Metadata past gRPC's 8 KiB limit makes it drop the connection, failing the other calls on the channel
+// as RESOURCE_EXHAUSTED (read as load); the server logs 128 bytes of an id.
+absl::Status CheckRequestId(const std::string& request_id) {
+  if (request_id.size() <= kMaxRequestIdBytes) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("request_id: ", request_id.size(), " bytes, more than the ",
+                                                 kMaxRequestIdBytes, " a request id may have"));
+}
+
 // The fields every request with a prompt shares: model, prompt, special tokens, priority.
 template <typename Options, typename Request>
 absl::Status SetPromptFields(const Options& o, Request* out) {
+  if (absl::Status s = CheckRequestId(o.request_id); !s.ok()) return s;
   out->set_model(o.model);
   SetInput(o.prompt, o.prompt_ids, out->mutable_prompt());
   out->set_no_special_tokens(o.no_special_tokens);
@@ -484,6 +493,7 @@ const std::map<std::string, v1::PatchDirection> kDirections = {{"denoising", v1:
 
 absl::StatusOr<v1::AttributeComponentsRequest> ToProto(const ComponentOptions& o) {
   v1::AttributeComponentsRequest out;
+  if (absl::Status s = CheckRequestId(o.request_id); !s.ok()) return s;
   out.set_model(o.model);
   for (const PromptPair& pair : o.pairs) {
     v1::PromptPair* p = out.add_pairs();

@@ -74,6 +74,21 @@ v1::AttributeResponse WellFormedAttribution() {
   return r;
 }
 
+// gRPC drops a connection whose metadata passes 8 KiB, failing its other calls as RESOURCE_EXHAUSTED: a
+// request id over 1 KiB is refused before the call, naming the option, for every request kind.
+TEST(ProtoMapping, RequestIdsOverOneKibibyteAreRefused) {
+  const std::string longest(kMaxRequestIdBytes, 'r'), longer(kMaxRequestIdBytes + 1, 'r');
+  EXPECT_THAT(ToProto(AttributeOptions{.prompt = "p", .request_id = longest}), IsOk());
+  EXPECT_THAT(ToProto(AttributeOptions{.prompt = "p", .request_id = longer}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("request_id: 1025 bytes")));
+  EXPECT_THAT(ToProto(GenerateOptions{.prompt = "p", .request_id = longer}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("request_id")));
+  EXPECT_THAT(ToProto(LogprobsOptions{.prompt = "p", .target = "t", .request_id = longer}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("request_id")));
+  EXPECT_THAT(ToProto(ComponentOptions{.request_id = longer}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("request_id")));
+}
+
 TEST(ProtoMapping, MapsAWellFormedAttributeResponse) {
   absl::StatusOr<Attribution> a = FromProto(WellFormedAttribution());
   ASSERT_THAT(a, IsOk());

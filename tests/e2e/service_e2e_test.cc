@@ -578,7 +578,9 @@ TEST(ClientConnect, BackoffsAndConnectTimeoutsOutsideOneMillisecondToADayAreRefu
   for (auto [options, name] :
        {std::pair{client::ClientOptions{.initial_backoff = absl::Microseconds(500)}, "initial_backoff"},
         std::pair{client::ClientOptions{.max_backoff = absl::ZeroDuration()}, "max_backoff"},
-        std::pair{client::ClientOptions{.connect_timeout = absl::Hours(24 * 30)}, "connect_timeout"}}) {
+        std::pair{client::ClientOptions{.connect_timeout = absl::Hours(24 * 30)}, "connect_timeout"},
+        std::pair{client::ClientOptions{.bearer_token = std::string(client::kMaxBearerTokenBytes + 1, 't')},
+                  "bearer_token"}}) {
     options.target = "127.0.0.1:1";
     EXPECT_THAT(client::AttributionClient::Connect(options),
                 StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(std::string(name) + ": ")));
