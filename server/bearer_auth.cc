@@ -1,8 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "server/bearer_auth.h"
 
+#include <openssl/sha.h>
+
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "engine/common/files.h"
 #include "engine/common/status_macros.h"
@@ -10,9 +13,14 @@
 namespace attribution::server {
 namespace {
 
-// Compares in time independent of where the strings differ, so response timing leaks no prefix.
-bool ConstantTimeEquals(const std::string& a, const std::string& b) {
-  if (a.size() != b.size()) return false;
+std::array<unsigned char, 32> Digest(absl::string_view token) {
+  std::array<unsigned char, 32> digest{};
+  SHA256(reinterpret_cast<const unsigned char*>(token.data()), token.size(), digest.data());
+  return digest;
+}
+
+// Compares in time independent of where the digests differ, so response timing leaks no prefix.
+bool ConstantTimeEquals(const std::array<unsigned char, 32>& a, const std::array<unsigned char, 32>& b) {
   unsigned char diff = 0;
   for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
   return diff == 0;
@@ -23,12 +31,18 @@ bool ConstantTimeEquals(const std::string& a, const std::string& b) {
 absl::StatusOr<BearerAuth> BearerAuth::Load(const std::string& tokens_file) {
   ASSIGN_OR_RETURN(std::string text, engine::ReadFile(tokens_file));
   BearerAuth auth;
+  int line_number = 0;
   for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    ++line_number;
     line = absl::StripAsciiWhitespace(line);
     if (line.empty() || line[0] == '#') continue;
-    auth.tokens_.emplace_back(line);
+    if (line.size() > kMaxTokenBytes) {
+      return absl::InvalidArgumentError(absl::StrCat(tokens_file, ":", line_number, ": a token of ", line.size(),
+                                                     " bytes, longer than the ", kMaxTokenBytes, " a client can send"));
+    }
+    auth.digests_.push_back(Digest(line));
   }
-  if (auth.tokens_.empty()) return absl::InvalidArgumentError(tokens_file + ": holds no tokens");
+  if (auth.digests_.empty()) return absl::InvalidArgumentError(tokens_file + ": holds no tokens");
   return auth;
 }
 
@@ -38,9 +52,10 @@ absl::Status BearerAuth::Check(std::optional<absl::string_view> authorization) c
   if (!absl::StartsWithIgnoreCase(*authorization, kScheme)) {
     return absl::UnauthenticatedError("authorization metadata must use the Bearer scheme");
   }
-  const std::string token(absl::StripAsciiWhitespace(authorization->substr(kScheme.size())));
+  const std::array<unsigned char, 32> presented =
+      Digest(absl::StripAsciiWhitespace(authorization->substr(kScheme.size())));
   bool known = false;
-  for (const std::string& t : tokens_) known |= ConstantTimeEquals(t, token);
+  for (const auto& digest : digests_) known |= ConstantTimeEquals(digest, presented);
   if (!known) return absl::UnauthenticatedError("the bearer token is not valid");
   return absl::OkStatus();
 }

@@ -210,7 +210,7 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::string& json_text, con
   std::optional<std::string> duplicate;
   try {
     root = json::parse(json_text, DuplicateKeyFinder(duplicate));
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse errors, and numbers out of range (1e400)
     return absl::InvalidArgumentError(absl::StrCat(source, ": not valid JSON: ", e.what()));
   }
   // nlohmann keeps the last of repeated keys; one of the two settings would be silently lost.

@@ -3,6 +3,7 @@
 // status 1 within seconds, and a message naming the file and the tensor or field, never an abort.
 // Each case copies a good model directory (tools/make_architecture_models.py) and damages one thing.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -233,6 +234,29 @@ std::vector<BadModel> BadModels() {
        },
        {"config.json", "hidden_size 64", "num_attention_heads 5"}},
       {"config_missing", "llama", [=](auto d) { ::unlink(config(d).c_str()); }, {"config.json", "cannot open"}},
+      // Named pipes waited for a writer forever (startup hung, deaf to SIGTERM); a dangling link made the
+      // model serve token ids only, with no error.
+      {"config_is_a_fifo",
+       "llama",
+       [=](auto d) {
+         ::unlink(config(d).c_str());
+         ::mkfifo(config(d).c_str(), 0644);
+       },
+       {"config.json", "not a regular file"}},
+      {"weights_are_a_fifo",
+       "llama",
+       [=](auto d) {
+         ::unlink(weights(d).c_str());
+         ::mkfifo(weights(d).c_str(), 0644);
+       },
+       {"model.safetensors", "not a regular file"}},
+      {"tokenizer_json_dangling_link",
+       "llama",
+       [](auto d) {
+         ::unlink((d + "/tokenizer.json").c_str());
+         ::symlink((d + "/missing.json").c_str(), (d + "/tokenizer.json").c_str());
+       },
+       {"tokenizer.json", "cannot open"}},
       {"config_not_json",
        "llama",
        [=](auto d) { WriteAll(config(d), "{\"model_type\": "); },

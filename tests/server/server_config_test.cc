@@ -281,6 +281,21 @@ TEST(BearerAuth, AcceptsListedTokensOnly) {
   EXPECT_THAT(auth->Check(std::nullopt), StatusIs(absl::StatusCode::kUnauthenticated));
   std::ofstream(dir.File("empty")) << "# nothing\n";
   EXPECT_THAT(BearerAuth::Load(dir.File("empty")).status().message(), HasSubstr("holds no tokens"));
+  // A token no client can send (gRPC's metadata limit) is refused at load, naming its line.
+  std::ofstream(dir.File("long")) << "alpha\n" << std::string(BearerAuth::kMaxTokenBytes + 1, 't') << "\n";
+  EXPECT_THAT(BearerAuth::Load(dir.File("long")),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("long:2: a token of 4097 bytes")));
+  std::ofstream(dir.File("longest")) << std::string(BearerAuth::kMaxTokenBytes, 't') << "\n";
+  absl::StatusOr<BearerAuth> longest = BearerAuth::Load(dir.File("longest"));
+  ASSERT_THAT(longest, IsOk());
+  EXPECT_THAT(longest->Check("Bearer " + std::string(BearerAuth::kMaxTokenBytes, 't')), IsOk());
+}
+
+// nlohmann throws out_of_range (not parse_error) for a number past a double: it escaped as an unexpected
+// error naming no file.
+TEST(ServerConfig, NumbersPastADoubleAreInvalidJsonNamingTheFile) {
+  EXPECT_THAT(ParseServerConfig(R"({"max_concurrent_requests": 1e400})", "s.json"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("s.json: not valid JSON")));
 }
 
 TEST(CallGate, RefusesOverTheLimitAndWhileDrainingAndWaitsForIdle) {
