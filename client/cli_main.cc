@@ -63,7 +63,8 @@ ABSL_FLAG(std::string, method, "integrated_gradients",
           "attn_lrp | cp_lrp");
 ABSL_FLAG(std::string, quantity, "log_prob", "log_prob | prob | logit");
 ABSL_FLAG(int32_t, n_steps, 0,
-          "integrated-gradient steps (0: server default 50; with --tolerance, the most points in all)");
+          "integrated-gradient steps (0: the server's default: 50 for attribute, 16 for components' "
+          "layer_integrated_gradients; with --tolerance, the most points in all)");
 ABSL_FLAG(double, tolerance, 0,
           "integrated gradients: raise the order (fejer2: 7, 15, 31, ...; other rules 8, 16, 32, ...) until the "
           "convergence delta and the change between orders are within this fraction of |f(input) - f(baseline)|");
@@ -91,7 +92,8 @@ ABSL_FLAG(std::string, corrupted, "", "components: the corrupted prompt (as many
 ABSL_FLAG(std::string, pairs, "",
           "components: a JSONL file of prompt pairs, {\"clean\": text, \"corrupted\": text} or \"clean_ids\" / "
           "\"corrupted_ids\": [token ids] (instead of --clean / --corrupted); the grids average them");
-ABSL_FLAG(std::string, answer, "", "components: the answer token (text, tokenized alone, or #ID)");
+ABSL_FLAG(std::string, answer, "",
+          "components: the answer token (text, read as the first clean prompt's continuation, or #ID)");
 ABSL_FLAG(std::string, wrong_answer, "", "components: the other token of the difference metrics (text or #ID)");
 ABSL_FLAG(std::string, component_method, "activation_patching",
           "components: activation_patching | layer_integrated_gradients | attribution_patching | "

@@ -44,7 +44,7 @@ absl::StatusOr<std::optional<ComponentGranularity>> ToGranularity(v1::ComponentG
 absl::StatusOr<ResolvedInput> ResolveAnswer(const v1::Input& input, absl::string_view field, const ResolvedInput& clean,
                                             const ServedModel& model) {
   if (!IsSet(input)) return Invalid(field, "must be one token (set text or token_ids)");
-  ASSIGN_OR_RETURN(ResolvedInput answer, ResolveTarget(input, field, clean, v1::CONTINUATION, model));
+  ASSIGN_OR_RETURN(ResolvedInput answer, ResolveContinuationOf(input, field, clean, model));
   if (answer.encoding.ids.size() != 1) {
     // The first few tokens only: a status message past gRPC's 8 KiB metadata limit reaches the caller as
     // RESOURCE_EXHAUSTED instead.
@@ -107,7 +107,7 @@ absl::StatusOr<ComponentsCall> ToComponentsCall(const v1::AttributeComponentsReq
     request.wrong_answer = call.wrong_answer.encoding.ids[0];
   } else if (IsSet(proto.wrong_answer())) {
     return Invalid("wrong_answer", absl::StrCat("is only read by the difference metrics, not ",
-                                                v1::ComponentMetric_Name(proto.metric())));
+                                                engine::ComponentMetricName(request.metric)));
   }
   ASSIGN_OR_RETURN(request.method, ToComponentMethod(proto.method()));
   ASSIGN_OR_RETURN(request.direction, ToDirection(proto.direction()));

@@ -23,12 +23,15 @@ absl::StatusOr<std::string> PromptText(const ResolvedInput& prompt, const engine
 
 // A text target as the tokens that follow the prompt's own when both are tokenized together.
 absl::StatusOr<ResolvedInput> ResolveContinuation(const std::string& text, absl::string_view field,
-                                                  const ResolvedInput& prompt, const engine::Tokenizer& tokenizer) {
+                                                  const ResolvedInput& prompt, const engine::Tokenizer& tokenizer,
+                                                  absl::string_view other_way) {
   if (absl::Status utf8 = engine::CheckUtf8(text); !utf8.ok()) return InField(absl::StrCat(field, ".text"), utf8);
   absl::StatusOr<std::string> prompt_text = PromptText(prompt, tokenizer);
   if (!prompt_text.ok()) return InField("prompt", prompt_text.status());
   absl::StatusOr<engine::Encoding> encoding = engine::EncodeContinuation(tokenizer, *prompt_text, text);
-  if (!encoding.ok()) return InField(field, encoding.status());
+  if (!encoding.ok()) {
+    return InField(field, absl::Status(encoding.status().code(), absl::StrCat(encoding.status().message(), other_way)));
+  }
   return ResolvedInput{.text = text, .encoding = std::move(*encoding)};
 }
 
@@ -123,6 +126,14 @@ void FillTokens(const ResolvedInput& input, const engine::Tokenizer& tokenizer,
 }
 
 // A target or foil: token ids as they are; text as the prompt's continuation or on its own.
+absl::StatusOr<ResolvedInput> ResolveContinuationOf(const v1::Input& input, absl::string_view field,
+                                                    const ResolvedInput& prompt, const ServedModel& model,
+                                                    absl::string_view other_way) {
+  if (input.text().empty() || input.token_ids_size() > 0) return Resolve(input, field, model, false);
+  RETURN_IF_ERROR(CheckTextFits(input.text(), field, model));
+  return ResolveContinuation(input.text(), field, prompt, *model.tokenizer, other_way);
+}
+
 absl::StatusOr<ResolvedInput> ResolveTarget(const v1::Input& input, absl::string_view field,
                                             const ResolvedInput& prompt, v1::TargetTokenization tokenization,
                                             const ServedModel& model) {
@@ -130,8 +141,7 @@ absl::StatusOr<ResolvedInput> ResolveTarget(const v1::Input& input, absl::string
   switch (tokenization) {
     case v1::TARGET_TOKENIZATION_UNSPECIFIED:
     case v1::CONTINUATION:
-      RETURN_IF_ERROR(CheckTextFits(input.text(), field, model));
-      return ResolveContinuation(input.text(), field, prompt, *model.tokenizer);
+      return ResolveContinuationOf(input, field, prompt, model, "; or set target_tokenization = SEPARATE");
     case v1::SEPARATE:
       return Resolve(input, field, model, false);
     default:

@@ -26,8 +26,13 @@ bool IsSet(const v1::Input& input);
 absl::StatusOr<ResolvedInput> Resolve(const v1::Input& input, absl::string_view field, const ServedModel& model,
                                       bool add_special_tokens);
 
-// A target, foil or answer: token ids as they are; text as the prompt's continuation (the tokens that
-// follow the prompt's own when both are tokenized together) or on its own.
+// Token ids as they are; text as the prompt's continuation (the tokens that follow the prompt's own when
+// both are tokenized together). `other_way` ends the message of text that continues the prompt in no
+// tokens of its own (the request's other ways to give it).
+absl::StatusOr<ResolvedInput> ResolveContinuationOf(const v1::Input& input, absl::string_view field,
+                                                    const ResolvedInput& prompt, const ServedModel& model,
+                                                    absl::string_view other_way = "");
+// A target or foil: as ResolveContinuationOf, or text on its own (`tokenization` SEPARATE).
 absl::StatusOr<ResolvedInput> ResolveTarget(const v1::Input& input, absl::string_view field,
                                             const ResolvedInput& prompt, v1::TargetTokenization tokenization,
                                             const ServedModel& model);

@@ -461,8 +461,8 @@ absl::Status ValidateComponentRequest(const ComponentRequest& request, const Mod
     if (request.metric == ComponentMetric::kNormalizedLogitDifference && pair.clean_ids == pair.corrupted_ids) {
       return absl::InvalidArgumentError(absl::StrCat(field,
                                                      ": clean and corrupted are the same tokens, so "
-                                                     "NORMALIZED_LOGIT_DIFFERENCE divides by zero; ask for "
-                                                     "LOGIT_DIFFERENCE, or give prompts that differ"));
+                                                     "normalized_logit_difference divides by zero; ask for "
+                                                     "logit_difference, or give prompts that differ"));
     }
     if (config.architecture == Architecture::kGpt2) {
       RETURN_IF_ERROR(CheckRange(pair.length(), 1, config.max_position_embeddings, field + ".clean (tokens)"));

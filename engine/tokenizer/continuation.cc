@@ -32,11 +32,11 @@ absl::StatusOr<Encoding> EncodeContinuation(const Tokenizer& tokenizer, const st
   if (split.first != alone.ids.end()) {
     const size_t from = static_cast<size_t>(split.first - alone.ids.begin());
     const size_t context = from > 0 ? from - 1 : 0;
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the text does not start on a token boundary after the prompt: the prompt alone ends in tokens ",
-        QuotedTokens(tokenizer, alone.ids, context, n), " but prompt + target tokenize as ",
-        QuotedTokens(tokenizer, joint.ids, context, std::min(joint.ids.size(), n + 3)),
-        "; move the shared characters into one of them, give token_ids, or set target_tokenization = SEPARATE"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("the text does not start on a token boundary after the prompt: the prompt alone ends in tokens ",
+                     QuotedTokens(tokenizer, alone.ids, context, n), " but prompt + target tokenize as ",
+                     QuotedTokens(tokenizer, joint.ids, context, std::min(joint.ids.size(), n + 3)),
+                     "; move the shared characters into one of them, or give token_ids"));
   }
   if (joint.ids.size() == n) {
     return absl::InvalidArgumentError(

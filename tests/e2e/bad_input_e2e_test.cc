@@ -58,6 +58,7 @@ struct BadCase {
   std::function<grpc::Status(v1::AttributionService::Stub&)> call;
   StatusCode code;
   std::string message;  // a substring naming the field or the problem
+  std::string absent;   // a substring it must not hold (e.g. a field of another RPC)
 };
 
 template <typename Mutate>
@@ -246,6 +247,21 @@ std::vector<BadCase> BadCases() {
             r.mutable_target()->set_text(" there");
           },
           kInvalid, "target: the text does not start on a token boundary"),
+      // The other ways to give such a text are the RPC's own: AttributeComponents has no target_tokenization.
+      {"component answer splitting the clean prompt's last token",
+       [](v1::AttributionService::Stub& stub) {
+         v1::AttributeComponentsRequest r;
+         r.set_model("demo");
+         r.add_pairs()->mutable_clean()->set_text("Once upon a time");
+         r.mutable_pairs(0)->mutable_corrupted()->set_text("Once upon a time");
+         r.mutable_answer()->set_text(" there");
+         r.mutable_wrong_answer()->add_token_ids(6);
+         grpc::ClientContext context;
+         v1::AttributeComponentsResponse response;
+         return stub.AttributeComponents(&context, r, &response);
+       },
+       kInvalid, "answer: the text does not start on a token boundary after the prompt: the prompt alone ends in ",
+       "target_tokenization"},
       Attribute(
           "prompt of special tokens only",
           [](A& r) {
@@ -586,6 +602,10 @@ TEST(BadInputs, EachGetsItsCodeAndFieldAndTheServerStaysCorrect) {
     EXPECT_EQ(status.error_code(), c.code) << c.name << ": " << status.error_message();
     EXPECT_NE(status.error_message().find(c.message), std::string::npos)
         << c.name << ": \"" << status.error_message() << "\" lacks \"" << c.message << "\"";
+    if (!c.absent.empty()) {
+      EXPECT_EQ(status.error_message().find(c.absent), std::string::npos)
+          << c.name << ": \"" << status.error_message() << "\" holds \"" << c.absent << "\"";
+    }
   }
   for (std::thread& t : good_calls) t.join();
   // Equal up to float32 rounding: concurrent calls may share batches of other shapes, which changes
