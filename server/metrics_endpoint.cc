@@ -14,78 +14,24 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <list>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "server/server_config.h"
 
 namespace attribution::server {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-// Waits until `fd` has one of `events`; false when `deadline` passes first or `stop_fd` becomes readable.
-// An error or hang-up on `fd` counts as ready: the recv() or send() that follows reports it.
-bool AwaitReady(int fd, short events, int stop_fd, Clock::time_point deadline) {
-  for (;;) {
-    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
-    if (left <= 0) return false;
-    pollfd fds[2] = {{fd, events, 0}, {stop_fd, POLLIN, 0}};
-    const int ready = ::poll(fds, 2, static_cast<int>(std::min<int64_t>(left, std::numeric_limits<int>::max())));
-    if (ready < 0 && errno == EINTR) continue;
-    if (ready < 0 || fds[1].revents != 0) return false;
-    if (fds[0].revents != 0) return true;
-  }
-}
+using Render = std::function<std::string()>;
 
 bool WouldBlock() { return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR; }
-
-enum class RequestHead { kComplete, kTooLarge, kAbandoned };
-
-// Reads the request line and headers into `request` (a GET has no body), at most kMaxRequestBytes of them.
-// kAbandoned: the client closed, failed or took until the deadline.
-RequestHead ReadRequestHead(int fd, int stop_fd, Clock::time_point deadline, std::string* request) {
-  char buffer[2048];
-  for (;;) {
-    if (!AwaitReady(fd, POLLIN, stop_fd, deadline)) return RequestHead::kAbandoned;
-    const ssize_t n = ::recv(fd, buffer, sizeof(buffer), 0);
-    if (n < 0 && WouldBlock()) continue;
-    if (n <= 0) return RequestHead::kAbandoned;
-    const size_t searched = request->size() < 3 ? 0 : request->size() - 3;  // "\r\n\r\n" may span reads
-    request->append(buffer, static_cast<size_t>(n));
-    const size_t end = request->find("\r\n\r\n", searched);
-    if (end != std::string::npos && end + 4 <= MetricsEndpoint::kMaxRequestBytes) return RequestHead::kComplete;
-    if (request->size() >= MetricsEndpoint::kMaxRequestBytes) return RequestHead::kTooLarge;
-  }
-}
-
-// Sends all of `data`; false when the deadline passes first, the client goes away or the endpoint stops.
-bool SendAll(int fd, int stop_fd, Clock::time_point deadline, absl::string_view data) {
-  while (!data.empty()) {
-    if (!AwaitReady(fd, POLLOUT, stop_fd, deadline)) return false;
-    const ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
-    if (n < 0 && WouldBlock()) continue;
-    if (n <= 0) return false;
-    data.remove_prefix(static_cast<size_t>(n));
-  }
-  return true;
-}
-
-// Stops writing and discards what the client still sends until it closes or the deadline passes. For a
-// refusal sent before the request was read in full: closing with unread bytes would reset the connection,
-// and the client's kernel would drop the refusal before the client read it.
-void DrainUntilClosed(int fd, int stop_fd, Clock::time_point deadline) {
-  ::shutdown(fd, SHUT_WR);
-  char buffer[4096];
-  while (AwaitReady(fd, POLLIN, stop_fd, deadline)) {
-    const ssize_t n = ::recv(fd, buffer, sizeof(buffer), 0);
-    if (n < 0 && WouldBlock()) continue;
-    if (n <= 0) return;
-  }
-}
 
 std::string Response(absl::string_view status, absl::string_view extra_headers, absl::string_view body) {
   return absl::StrCat("HTTP/1.1 ", status, "\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n",
@@ -93,7 +39,7 @@ std::string Response(absl::string_view status, absl::string_view extra_headers, 
 }
 
 // The response to `request_line` ("GET /metrics HTTP/1.1"); calls `render` for a scrape only.
-std::string Respond(absl::string_view request_line, const std::function<std::string()>& render) {
+std::string Respond(absl::string_view request_line, const Render& render) {
   const std::vector<absl::string_view> parts = absl::StrSplit(request_line, ' ');
   if (parts.size() != 3 || !absl::StartsWith(parts[2], "HTTP/")) {
     return Response("400 Bad Request", "", "expected a request line \"GET /metrics HTTP/1.1\"\n");
@@ -102,6 +48,165 @@ std::string Respond(absl::string_view request_line, const std::function<std::str
   if (path != "/metrics") return Response("404 Not Found", "", "not found: try GET /metrics\n");
   if (parts[0] != "GET") return Response("405 Method Not Allowed", "Allow: GET\r\n", "only GET /metrics\n");
   return Response("200 OK", "", render());
+}
+
+// One accepted connection and how far its exchange has come; owns `fd`.
+struct Connection {
+  enum class Phase { kReadingHead, kWriting, kDraining };
+
+  Connection(int fd, Clock::time_point deadline) : fd(fd), deadline(deadline) {}
+  ~Connection() { ::close(fd); }
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  const int fd;                      // non-blocking
+  const Clock::time_point deadline;  // closed then, whatever its phase
+  Phase phase = Phase::kReadingHead;
+  std::string request;   // kReadingHead: what has arrived of the request line and headers
+  std::string response;  // kWriting: all of it, of which `sent` bytes are out
+  size_t sent = 0;
+  bool drain_after_writing = false;  // the response refuses a request that was not read in full (431)
+};
+using Phase = Connection::Phase;
+
+// What a connection needs after one step.
+enum class Next { kAwaitSocket, kContinue, kClose };
+
+// The poll() events `connection` waits for in its phase.
+short AwaitedEvents(const Connection& connection) {
+  switch (connection.phase) {
+    case Phase::kReadingHead:
+    case Phase::kDraining:
+      return POLLIN;
+    case Phase::kWriting:
+      return POLLOUT;
+  }
+  return 0;
+}
+
+void StartWriting(Connection& connection, std::string response, bool drain_after_writing) {
+  connection.phase = Phase::kWriting;
+  connection.response = std::move(response);
+  connection.drain_after_writing = drain_after_writing;
+}
+
+// kReadingHead: receives once (a GET has no body). Once the head is complete, prepares the response
+// (rendering for a scrape only); past kMaxRequestBytes without it, prepares a 431.
+Next ReadHead(Connection& connection, const Render& render) {
+  char buffer[2048];
+  const ssize_t n = ::recv(connection.fd, buffer, sizeof(buffer), 0);
+  if (n < 0 && WouldBlock()) return Next::kAwaitSocket;
+  if (n <= 0) return Next::kClose;  // the client closed or failed
+  std::string& request = connection.request;
+  const size_t searched = request.size() < 3 ? 0 : request.size() - 3;  // "\r\n\r\n" may span reads
+  request.append(buffer, static_cast<size_t>(n));
+  const size_t end = request.find("\r\n\r\n", searched);
+  if (end != std::string::npos && end + 4 <= MetricsEndpoint::kMaxRequestBytes) {
+    StartWriting(connection, Respond(request.substr(0, request.find("\r\n")), render), /*drain_after_writing=*/false);
+    return Next::kContinue;
+  }
+  if (request.size() >= MetricsEndpoint::kMaxRequestBytes) {
+    StartWriting(
+        connection,
+        Response("431 Request Header Fields Too Large", "",
+                 absl::StrCat("request line and headers over ", MetricsEndpoint::kMaxRequestBytes, " bytes\n")),
+        /*drain_after_writing=*/true);
+    return Next::kContinue;
+  }
+  return Next::kAwaitSocket;
+}
+
+// kWriting: sends once. Once all is out, closes, or for a refusal stops writing and moves to kDraining.
+Next WriteResponse(Connection& connection) {
+  const absl::string_view left = absl::string_view(connection.response).substr(connection.sent);
+  const ssize_t n = ::send(connection.fd, left.data(), left.size(), MSG_NOSIGNAL);
+  if (n < 0 && WouldBlock()) return Next::kAwaitSocket;
+  if (n <= 0) return Next::kClose;
+  connection.sent += static_cast<size_t>(n);
+  if (connection.sent < connection.response.size()) return Next::kAwaitSocket;
+  if (!connection.drain_after_writing) return Next::kClose;
+  ::shutdown(connection.fd, SHUT_WR);
+  connection.phase = Phase::kDraining;
+  return Next::kAwaitSocket;
+}
+
+// kDraining: discards what the client still sends until it closes (or the deadline passes). For a refusal
+// sent before the request was read in full: closing with unread bytes would reset the connection, and the
+// client's kernel would drop the refusal before the client read it. One recv() per call, so that a client
+// that keeps sending cannot hold the thread.
+Next Drain(Connection& connection) {
+  char buffer[4096];
+  const ssize_t n = ::recv(connection.fd, buffer, sizeof(buffer), 0);
+  if (n < 0 && WouldBlock()) return Next::kAwaitSocket;
+  return n <= 0 ? Next::kClose : Next::kAwaitSocket;
+}
+
+Next Step(Connection& connection, const Render& render) {
+  switch (connection.phase) {
+    case Phase::kReadingHead:
+      return ReadHead(connection, render);
+    case Phase::kWriting:
+      return WriteResponse(connection);
+    case Phase::kDraining:
+      return Drain(connection);
+  }
+  return Next::kClose;
+}
+
+// Moves `connection` on as far as its socket allows without waiting (at most one recv() and one send());
+// false once it is done with (answered, refused, or the client went away) and may be closed.
+bool Advance(Connection& connection, const Render& render) {
+  for (;;) {
+    switch (Step(connection, render)) {
+      case Next::kAwaitSocket:
+        return true;
+      case Next::kClose:
+        return false;
+      case Next::kContinue:
+        break;
+    }
+  }
+}
+
+// Milliseconds until the first deadline, rounded up so that it has passed when poll() returns; -1 (no
+// timeout) when no connection is open. `connections` are in the order accepted, so of their deadlines.
+int PollTimeout(const std::list<Connection>& connections) {
+  if (connections.empty()) return -1;
+  const auto left = std::chrono::ceil<std::chrono::milliseconds>(connections.front().deadline - Clock::now());
+  return static_cast<int>(std::clamp<int64_t>(left.count(), 0, std::numeric_limits<int>::max()));
+}
+
+// Closes the connections past their deadline and moves on those that poll() found ready; `polled` holds
+// one pollfd per connection, in order.
+void ServeReady(absl::Span<const pollfd> polled, const Render& render, std::list<Connection>& connections) {
+  const Clock::time_point now = Clock::now();
+  auto connection = connections.begin();
+  for (const pollfd& fd : polled) {
+    const bool done = now >= connection->deadline || (fd.revents != 0 && !Advance(*connection, render));
+    connection = done ? connections.erase(connection) : std::next(connection);
+  }
+}
+
+// Closes one connection to make room for a new one: the oldest still without its request (a scraper sends
+// it at once, so that is the one most likely idle), or the oldest of all when every one is being answered.
+void MakeRoom(std::list<Connection>& connections) {
+  const auto idle = std::find_if(connections.begin(), connections.end(),
+                                 [](const Connection& connection) { return connection.phase == Phase::kReadingHead; });
+  connections.erase(idle != connections.end() ? idle : connections.begin());
+}
+
+// Accepts the connections waiting in the listen backlog (at most kMaxConnections per call, so that a flood
+// cannot starve the open ones) and moves each on at once: a scraper's request often arrives with the
+// handshake, and is then answered before any later connection can displace it.
+void AcceptPending(int listen_fd, std::chrono::milliseconds connection_deadline, const Render& render,
+                   std::list<Connection>& connections) {
+  for (size_t i = 0; i < MetricsEndpoint::kMaxConnections; ++i) {
+    const int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) return;  // none left, or one reset before it was accepted: the next poll() tells
+    if (connections.size() >= MetricsEndpoint::kMaxConnections) MakeRoom(connections);
+    connections.emplace_back(fd, Clock::now() + connection_deadline);
+    if (!Advance(connections.back(), render)) connections.pop_back();
+  }
 }
 
 }  // namespace
@@ -129,7 +234,8 @@ absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(const st
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   const int one = 1;
   if (fd >= 0) ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0 || ::listen(fd, 16) != 0) {
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0 ||
+      ::listen(fd, static_cast<int>(kMaxConnections)) != 0) {
     const std::string error = std::strerror(errno);
     if (fd >= 0) ::close(fd);
     return absl::UnavailableError(absl::StrCat("metrics_listen \"", listen, "\": ", error));
@@ -160,34 +266,19 @@ MetricsEndpoint::~MetricsEndpoint() {
 }
 
 void MetricsEndpoint::Serve() {
+  std::list<Connection> connections;  // in the order accepted
+  std::vector<pollfd> fds;
   for (;;) {
-    pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {stop_pipe_[0], POLLIN, 0}};
-    if (::poll(fds, 2, -1) < 0 && errno != EINTR) return;
-    if (fds[1].revents != 0) return;
-    if ((fds[0].revents & POLLIN) == 0) continue;
-    const int connection = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-    if (connection < 0) continue;
-    Answer(connection, Clock::now() + connection_deadline_);
-    ::close(connection);
-  }
-}
-
-void MetricsEndpoint::Answer(int connection, Clock::time_point deadline) {
-  const int stop = stop_pipe_[0];
-  std::string request;
-  switch (ReadRequestHead(connection, stop, deadline, &request)) {
-    case RequestHead::kAbandoned:
+    fds = {{stop_pipe_[0], POLLIN, 0}, {listen_fd_, POLLIN, 0}};
+    for (const Connection& connection : connections) fds.push_back({connection.fd, AwaitedEvents(connection), 0});
+    if (::poll(fds.data(), fds.size(), PollTimeout(connections)) < 0) {
+      if (errno == EINTR) continue;
       return;
-    case RequestHead::kTooLarge:
-      if (SendAll(connection, stop, deadline,
-                  Response("431 Request Header Fields Too Large", "",
-                           absl::StrCat("request line and headers over ", kMaxRequestBytes, " bytes\n")))) {
-        DrainUntilClosed(connection, stop, deadline);
-      }
-      return;
-    case RequestHead::kComplete:
-      SendAll(connection, stop, deadline, Respond(request.substr(0, request.find("\r\n")), render_));
-      return;
+    }
+    if (fds[0].revents != 0) return;
+    // Open connections first: one whose request has arrived is answered before new ones can displace it.
+    ServeReady(absl::MakeConstSpan(fds).subspan(2), render_, connections);
+    if ((fds[1].revents & POLLIN) != 0) AcceptPending(listen_fd_, connection_deadline_, render_, connections);
   }
 }
 

@@ -3,13 +3,13 @@
 // exposer (civetweb) cannot start its worker threads in our process: it creates them with a small
 // fixed stack that the static TLS of the CUDA libraries LibTorch loads does not fit into (EINVAL).
 //
-// One thread answers one connection at a time. Scrapes are rare and small, and every connection has
-// one deadline for all of it (reading the request, rendering, writing the response), so a client that
-// trickles its request, never finishes its headers or never reads the response holds the thread for at
-// most `connection_deadline`, not per read or write: a scrape queued behind it waits that long at most
-// per connection ahead of it. Request headers are capped at kMaxRequestBytes (431 past it). What this
-// does not bound: many hostile connections at once each take their deadline in turn (the listen backlog
-// holds 16), so the port is best reachable by the scraper only.
+// One thread serves every connection at once with poll(): each has its own state (reading the request
+// head, writing the response, draining after a refusal) and one deadline for all of it, so a client that
+// trickles its request, never sends one or never reads the response is closed `connection_deadline` after
+// it was accepted, and a scrape beside it is answered as soon as its own request is in. Request headers
+// are capped at kMaxRequestBytes (431 past it). At most kMaxConnections are open: one more closes the
+// oldest that has not sent its request yet (see kMaxConnections). The port is still best reachable by the
+// scraper only: the rendering runs on this thread, and a flood of connections can displace a scrape.
 //
 //   absl::StatusOr<std::unique_ptr<MetricsEndpoint>> endpoint =
 //       MetricsEndpoint::Start("0.0.0.0:9464", [&] { return registry.Render(); });
@@ -27,17 +27,23 @@
 
 namespace attribution::server {
 
-// Thread-safe; the destructor stops the thread (at once, also mid-connection) and closes the socket.
+// Thread-safe; the destructor stops the thread (at once, also mid-connection) and closes every socket.
 class MetricsEndpoint {
  public:
   // Time for one connection in all: a Prometheus scrape of a few hundred kB takes milliseconds.
   static constexpr std::chrono::milliseconds kDefaultConnectionDeadline{2000};
   // Request line and headers together; Prometheus sends a few hundred bytes (more with a bearer token).
   static constexpr size_t kMaxRequestBytes = 8192;
+  // Open connections. Past it, the oldest one still without its complete request is closed for the new one
+  // (the oldest of all when every one has sent its request), rather than the new one refused: a scraper
+  // sends its request right after connecting and is answered (often when accepted) long before 64 newer
+  // connections could displace it, while refusing new ones would let anyone who holds 64 idle connections,
+  // reopening each as its deadline closes it, lock the scraper out for good.
+  static constexpr size_t kMaxConnections = 64;
 
   // Listens on "host:port" (port 0: any free port); `render` produces the exposition text per scrape
   // and is called on the endpoint's thread. A connection is closed once answered, or
-  // `connection_deadline` after it was accepted if that comes first.
+  // `connection_deadline` after it was accepted if that comes first (earlier to make room: kMaxConnections).
   static absl::StatusOr<std::unique_ptr<MetricsEndpoint>> Start(
       const std::string& listen, std::function<std::string()> render,
       std::chrono::milliseconds connection_deadline = kDefaultConnectionDeadline);
@@ -47,16 +53,14 @@ class MetricsEndpoint {
  private:
   MetricsEndpoint(int listen_fd, int port, std::function<std::string()> render,
                   std::chrono::milliseconds connection_deadline);
+  // The event loop, until the destructor writes to the stop pipe.
   void Serve();
-  // Answers one request on the non-blocking `connection`, giving up at `deadline` or when the
-  // destructor stops the endpoint.
-  void Answer(int connection, std::chrono::steady_clock::time_point deadline);
 
   const int listen_fd_;
   const int port_;
   const std::function<std::string()> render_;
   const std::chrono::milliseconds connection_deadline_;  // per connection, reading and writing together
-  int stop_pipe_[2] = {-1, -1};                          // written by the destructor to wake every poll()
+  int stop_pipe_[2] = {-1, -1};                          // written by the destructor to wake Serve()'s poll()
   std::thread thread_;
 };
 
