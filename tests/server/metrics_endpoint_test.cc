@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-// The /metrics endpoint over loopback: it answers scrapes, refuses other requests, and a client that
-// trickles its request or never reads the response holds its one thread for at most the connection
-// deadline, so a scrape behind it still gets its answer.
+// The /metrics endpoint over loopback: it answers scrapes, refuses other requests, cuts off a client that
+// trickles its request or never reads the response at the connection deadline, and answers a scrape at
+// once however many other connections are open and idle.
 #include "server/metrics_endpoint.h"
 
 #include <arpa/inet.h>
@@ -18,6 +18,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "tests/testing/notification.h"
 
@@ -31,6 +32,9 @@ using Clock = std::chrono::steady_clock;
 // Short, so the tests are quick; the bounds below leave 1.5 s on top for a loaded 2-core machine.
 constexpr std::chrono::milliseconds kDeadline{1000};
 constexpr std::chrono::milliseconds kSlack{1500};
+// For tests whose connections must not reach their deadline: a scrape that takes more than kSlack fails
+// them, well before this.
+constexpr std::chrono::milliseconds kLongDeadline{5000};
 constexpr char kScrape[] = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nAccept: text/plain\r\n\r\n";
 
 std::unique_ptr<MetricsEndpoint> StartEndpoint(std::function<std::string()> render,
@@ -41,15 +45,16 @@ std::unique_ptr<MetricsEndpoint> StartEndpoint(std::function<std::string()> rend
   return endpoint.ok() ? std::move(*endpoint) : nullptr;
 }
 
-// A blocking loopback connection; a receive buffer of `receive_buffer` bytes when given. Reads time out
-// after 20 s, so that a broken endpoint fails the test rather than hanging it.
+// A blocking loopback connection; a receive buffer of `receive_buffer` bytes when given. Connecting,
+// sends and reads time out after `timeout`, so that a broken endpoint fails the test rather than hanging it.
 class Client {
  public:
-  explicit Client(int port, std::optional<int> receive_buffer = std::nullopt)
+  explicit Client(int port, std::optional<int> receive_buffer = std::nullopt,
+                  std::chrono::seconds timeout = std::chrono::seconds(20))
       : fd_(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
-    timeval timeout{20, 0};
-    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-    ::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
+    const timeval timeout_value{static_cast<time_t>(timeout.count()), 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &timeout_value, sizeof(timeout_value));
+    ::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &timeout_value, sizeof(timeout_value));
     if (receive_buffer) ::setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &*receive_buffer, sizeof(*receive_buffer));
     sockaddr_in address{};
     address.sin_family = AF_INET;
@@ -91,13 +96,76 @@ class Client {
 };
 
 // One whole exchange: `request` sent, the response read until the endpoint closes.
-std::optional<std::string> Exchange(int port, std::string_view request) {
-  Client client(port);
+std::optional<std::string> Exchange(int port, std::string_view request,
+                                    std::chrono::seconds timeout = std::chrono::seconds(20)) {
+  Client client(port, std::nullopt, timeout);
   if (!client.connected() || !client.Send(request)) return std::nullopt;
   return client.ReadToEnd();
 }
 
 double Seconds(Clock::duration duration) { return std::chrono::duration<double>(duration).count(); }
+
+// `count` loopback connections that send nothing, opened without waiting for the endpoint to accept them.
+class IdleConnections {
+ public:
+  IdleConnections(int port, int count) {
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(static_cast<uint16_t>(port));
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    for (int i = 0; i < count; ++i) {
+      const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+      if (fd < 0) continue;
+      fds_.push_back(fd);
+      ::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));  // EINPROGRESS
+    }
+  }
+  ~IdleConnections() {
+    for (int fd : fds_) ::close(fd);
+  }
+  IdleConnections(const IdleConnections&) = delete;
+  IdleConnections& operator=(const IdleConnections&) = delete;
+
+  // How many completed their handshake (the kernel queued them for accept(), or the endpoint accepted them)
+  // once all have, or `wait` passed first.
+  int Established(Clock::duration wait) {
+    const Clock::time_point give_up = Clock::now() + wait;
+    std::vector<int> pending = fds_;
+    int established = 0;
+    while (!pending.empty()) {
+      const auto left = std::chrono::ceil<std::chrono::milliseconds>(give_up - Clock::now()).count();
+      if (left <= 0) break;
+      std::vector<pollfd> fds;
+      for (int fd : pending) fds.push_back({fd, POLLOUT, 0});
+      if (::poll(fds.data(), fds.size(), static_cast<int>(left)) < 0) break;
+      pending.clear();
+      for (const pollfd& fd : fds) {
+        if (fd.revents == 0) {
+          pending.push_back(fd.fd);
+          continue;
+        }
+        int error = 0;
+        socklen_t length = sizeof(error);
+        ::getsockopt(fd.fd, SOL_SOCKET, SO_ERROR, &error, &length);
+        established += error == 0 ? 1 : 0;
+      }
+    }
+    return established;
+  }
+
+  // How many the endpoint has closed by now.
+  int ClosedByEndpoint() const {
+    int closed = 0;
+    for (int fd : fds_) {
+      char byte;
+      closed += ::recv(fd, &byte, 1, MSG_DONTWAIT) == 0 ? 1 : 0;
+    }
+    return closed;
+  }
+
+ private:
+  std::vector<int> fds_;
+};
 
 TEST(MetricsEndpoint, AnswersAScrapeWithTheRenderedTextAndCloses) {
   std::unique_ptr<MetricsEndpoint> endpoint = StartEndpoint([] { return std::string("up 1\n"); });
@@ -195,7 +263,7 @@ TEST(MetricsEndpoint, ATricklingClientIsCutOffAtTheDeadlineAndAScrapeBehindItIsA
   TricklingClient trickler(endpoint->port());
   test_support::Notification started;
   std::thread trickling([&] { trickler.Run(started, std::chrono::seconds(30)); });
-  // The endpoint accepts connections in order: the trickler's is answered first.
+  // The trickler's connection is open, its request begun, before the scrape connects.
   started.WaitForNotification();
 
   const Clock::time_point scrape_start = Clock::now();
@@ -255,6 +323,76 @@ TEST(MetricsEndpoint, StopsAtOnceWhileAClientHoldsAConnection) {
   const Clock::time_point stop_start = Clock::now();
   endpoint.reset();
   EXPECT_LT(Seconds(Clock::now() - stop_start), Seconds(kSlack));
+}
+
+TEST(MetricsEndpoint, AnswersAScrapeAtOnceWhileFortyIdleConnectionsAreOpen) {
+  std::unique_ptr<MetricsEndpoint> endpoint = StartEndpoint([] { return std::string("up 1\n"); }, kLongDeadline);
+  ASSERT_NE(endpoint, nullptr);
+  IdleConnections idle(endpoint->port(), 40);
+  EXPECT_EQ(idle.Established(std::chrono::seconds(3)), 40);
+
+  const Clock::time_point scrape_start = Clock::now();
+  const std::optional<std::string> response = Exchange(endpoint->port(), kScrape, std::chrono::seconds(5));
+  const Clock::duration scrape = Clock::now() - scrape_start;
+  std::printf("[ measured ] scrape behind 40 idle connections: %.3f s (deadline %.1f s)\n", Seconds(scrape),
+              Seconds(kLongDeadline));
+  ASSERT_TRUE(response.has_value());
+  EXPECT_THAT(*response, StartsWith("HTTP/1.1 200 OK\r\n"));
+  EXPECT_LT(Seconds(scrape), Seconds(kSlack));
+}
+
+TEST(MetricsEndpoint, AnswersAScrapeWhileMoreIdleConnectionsThanTheBoundAreOpen) {
+  std::unique_ptr<MetricsEndpoint> endpoint = StartEndpoint([] { return std::string("up 1\n"); }, kLongDeadline);
+  ASSERT_NE(endpoint, nullptr);
+  const int count = static_cast<int>(MetricsEndpoint::kMaxConnections) + 16;
+  IdleConnections idle(endpoint->port(), count);
+  // Past the bound the endpoint closes the oldest idle ones: each completes its handshake all the same.
+  EXPECT_EQ(idle.Established(std::chrono::seconds(10)), count);
+
+  const Clock::time_point scrape_start = Clock::now();
+  const std::optional<std::string> response = Exchange(endpoint->port(), kScrape, std::chrono::seconds(5));
+  const Clock::duration scrape = Clock::now() - scrape_start;
+  std::printf("[ measured ] scrape behind %d idle connections (bound %zu): %.3f s\n", count,
+              MetricsEndpoint::kMaxConnections, Seconds(scrape));
+  ASSERT_TRUE(response.has_value());
+  EXPECT_THAT(*response, StartsWith("HTTP/1.1 200 OK\r\n"));
+  EXPECT_LT(Seconds(scrape), Seconds(kSlack));
+  // The oldest idle ones made room, one for each connection past the bound, the scrape's included.
+  EXPECT_EQ(idle.ClosedByEndpoint(), count + 1 - static_cast<int>(MetricsEndpoint::kMaxConnections));
+}
+
+TEST(MetricsEndpoint, AnswersTwoScrapesSentByteByByteInTurnEachOnceItsRequestIsComplete) {
+  std::atomic<int> renders{0};
+  std::unique_ptr<MetricsEndpoint> endpoint = StartEndpoint(
+      [&] {
+        ++renders;
+        return std::string("up 1\n");
+      },
+      kLongDeadline);
+  ASSERT_NE(endpoint, nullptr);
+  Client first(endpoint->port(), std::nullopt, std::chrono::seconds(5));
+  Client second(endpoint->port(), std::nullopt, std::chrono::seconds(5));
+  ASSERT_TRUE(first.connected());
+  ASSERT_TRUE(second.connected());
+  const std::string_view request = kScrape;
+  for (size_t i = 0; i < request.size(); ++i) {
+    if (i + 1 < request.size()) {
+      ASSERT_TRUE(first.Send(request.substr(i, 1)));
+    }
+    ASSERT_TRUE(second.Send(request.substr(i, 1)));
+  }
+  // The second request is complete and the first one is not: the second is answered first.
+  const std::optional<std::string> second_response = second.ReadToEnd();
+  ASSERT_TRUE(second_response.has_value());
+  EXPECT_THAT(*second_response, StartsWith("HTTP/1.1 200 OK\r\n"));
+  EXPECT_EQ(renders.load(), 1);
+
+  ASSERT_TRUE(first.Send(request.substr(request.size() - 1)));
+  const std::optional<std::string> first_response = first.ReadToEnd();
+  ASSERT_TRUE(first_response.has_value());
+  ASSERT_THAT(*first_response, StartsWith("HTTP/1.1 200 OK\r\n"));
+  EXPECT_EQ(first_response->substr(first_response->find("\r\n\r\n") + 4), "up 1\n");
+  EXPECT_EQ(renders.load(), 2);
 }
 
 TEST(MetricsEndpoint, RefusesANonPositiveDeadline) {
