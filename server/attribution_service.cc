@@ -51,11 +51,11 @@ const char* AskForLess(const v1::LogprobsResponse&) { return "a smaller top_k, a
 
 // A response over the server's message limit would fail in gRPC's send with a message naming no field,
 // after the call was logged OK: it ends INVALID_ARGUMENT here (asking again cannot fit it), saying what
-// to ask for instead.
+// to ask for instead. OK: its size in bytes.
 template <typename Response>
-absl::Status CheckResponseSize(const google::protobuf::Message& message, int64_t max_bytes) {
-  const size_t bytes = message.ByteSizeLong();
-  if (static_cast<int64_t>(bytes) <= max_bytes) return absl::OkStatus();
+absl::StatusOr<int64_t> CheckResponseSize(const google::protobuf::Message& message, int64_t max_bytes) {
+  const auto bytes = static_cast<int64_t>(message.ByteSizeLong());
+  if (bytes <= max_bytes) return bytes;
   return absl::InvalidArgumentError(
       absl::StrCat("the response would be ", bytes, " bytes, over this server's max_message_bytes of ", max_bytes,
                    ": ask for less (", AskForLess(Response()), "), or raise max_message_bytes"));
@@ -99,9 +99,10 @@ template <typename Response>
 std::function<void(absl::StatusOr<Response>)> FinishUnary(UnaryCall* call, Response* response, int64_t max_bytes) {
   return [call, response, max_bytes](absl::StatusOr<Response> result) {
     if (!result.ok()) return call->Complete(result.status());
-    if (absl::Status fits = CheckResponseSize<Response>(*result, max_bytes); !fits.ok()) return call->Complete(fits);
+    absl::StatusOr<int64_t> bytes = CheckResponseSize<Response>(*result, max_bytes);
+    if (!bytes.ok()) return call->Complete(bytes.status());
     *response = std::move(*result);
-    call->Complete(absl::OkStatus());
+    call->Complete(absl::OkStatus(), *bytes);
   };
 }
 
@@ -112,7 +113,9 @@ std::function<void(absl::StatusOr<Response>)> FinishStream(StreamCall<Event>* ca
     if (!result.ok()) return call->Complete(result.status());
     Event last;
     *last.mutable_result() = std::move(*result);
-    if (absl::Status fits = CheckResponseSize<Response>(last, max_bytes); !fits.ok()) return call->Complete(fits);
+    if (absl::Status fits = CheckResponseSize<Response>(last, max_bytes).status(); !fits.ok()) {
+      return call->Complete(fits);
+    }
     call->Complete(absl::OkStatus(), std::move(last));
   };
 }
@@ -139,9 +142,9 @@ absl::StatusOr<const ServedModel*> AttributionServiceImpl::Admit(CallLog& log, g
     if (it != metadata.end()) authorization = absl::string_view(it->second.data(), it->second.size());
     if (absl::Status s = auth_->Check(authorization); !s.ok()) return s;
   }
-  if (const int64_t unread = unread_answers_.load(); unread >= config_.max_unread_answers) {
-    return absl::ResourceExhaustedError(absl::StrCat("too many answers not yet read by their clients (", unread,
-                                                     "; the limit is ", config_.max_unread_answers, ")"));
+  if (const int64_t unread = unread_answer_bytes_.load(); unread >= config_.max_unread_answer_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat("answers not yet read by their clients hold ", unread,
+                                                     " bytes; the limit is ", config_.max_unread_answer_bytes));
   }
   if (absl::Status s = gate_.Enter(); !s.ok()) return s;
   log.admitted = true;
@@ -180,9 +183,9 @@ void AttributionServiceImpl::CallEnded(const CallLog& log, const grpc::Status& s
   WriteLogLine(std::move(line));
 }
 
-void AttributionServiceImpl::AnswerWaiting() { unread_answers_.fetch_add(1); }
+void AttributionServiceImpl::AnswerWaiting(int64_t bytes) { unread_answer_bytes_.fetch_add(bytes); }
 
-void AttributionServiceImpl::AnswerGone() { unread_answers_.fetch_sub(1); }
+void AttributionServiceImpl::AnswerGone(int64_t bytes) { unread_answer_bytes_.fetch_sub(bytes); }
 
 template <typename Call>
 void AttributionServiceImpl::StartAttribution(Call* call, grpc::CallbackServerContext* context,
@@ -341,20 +344,21 @@ grpc::ServerUnaryReactor* AttributionServiceImpl::Logprobs(grpc::CallbackServerC
   auto handle = served->engine->NewRequest(logprobs->priority, DeadlineOf(context));
   call->OnCancelDo([served, handle] { served->engine->Cancel(*handle); });
   const absl::Time received = call->log().received;
-  engine::ScoreTarget(
-      *served->engine, handle, logprobs->prompt.encoding.ids, logprobs->target.encoding.ids, logprobs->top_k,
-      [call, served, logprobs, handle, response, received,
-       max_bytes = config_.max_message_bytes](absl::StatusOr<engine::TargetScores> scores) {
-        if (!scores.ok()) return call->Complete(scores.status());
-        ToLogprobsResponse(*scores, *logprobs, *served, response);
-        ToRunStats(handle->stats(), received, response->mutable_stats());
-        if (absl::Status fits = CheckResponseSize<v1::LogprobsResponse>(*response, max_bytes); !fits.ok()) {
-          response->Clear();
-          return call->Complete(fits);
-        }
-        call->log().stats = response->stats();
-        call->Complete(absl::OkStatus());
-      });
+  engine::ScoreTarget(*served->engine, handle, logprobs->prompt.encoding.ids, logprobs->target.encoding.ids,
+                      logprobs->top_k,
+                      [call, served, logprobs, handle, response, received,
+                       max_bytes = config_.max_message_bytes](absl::StatusOr<engine::TargetScores> scores) {
+                        if (!scores.ok()) return call->Complete(scores.status());
+                        ToLogprobsResponse(*scores, *logprobs, *served, response);
+                        ToRunStats(handle->stats(), received, response->mutable_stats());
+                        absl::StatusOr<int64_t> bytes = CheckResponseSize<v1::LogprobsResponse>(*response, max_bytes);
+                        if (!bytes.ok()) {
+                          response->Clear();
+                          return call->Complete(bytes.status());
+                        }
+                        call->log().stats = response->stats();
+                        call->Complete(absl::OkStatus(), *bytes);
+                      });
   return call;
 }
 

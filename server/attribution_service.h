@@ -51,8 +51,8 @@ class AttributionServiceImpl final : public v1::AttributionService::CallbackServ
   absl::StatusOr<const ServedModel*> Admit(CallLog& log, grpc::CallbackServerContext* context, const std::string& model,
                                            bool needs_model = true);
   void CallEnded(const CallLog& log, const grpc::Status& status) override;
-  void AnswerWaiting() override;
-  void AnswerGone() override;
+  void AnswerWaiting(int64_t bytes) override;
+  void AnswerGone(int64_t bytes) override;
   std::shared_ptr<DeliveryWatch> WatchDelivery(grpc::CallbackServerContext* context) override;
   using TokenSink = std::function<void(const ServedModel&, int64_t id, float log_prob)>;
   template <typename Call>
@@ -69,8 +69,8 @@ class AttributionServiceImpl final : public v1::AttributionService::CallbackServ
   ServerMetrics* const metrics_;
   const std::optional<BearerAuth> auth_;
   CallGate gate_;
-  std::atomic<int64_t> unread_answers_{0};    // AnswerWaiting, not yet AnswerGone
-  std::optional<DeliveryWatchdog> watchdog_;  // when client_read_timeout is set
+  std::atomic<int64_t> unread_answer_bytes_{0};  // AnswerWaiting, not yet AnswerGone
+  std::optional<DeliveryWatchdog> watchdog_;     // when client_read_timeout is set
   std::atomic<const ModelRegistry*> models_{nullptr};
 };
 

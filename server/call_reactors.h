@@ -50,11 +50,11 @@ class CallObserver {
  public:
   virtual ~CallObserver() = default;
   virtual void CallEnded(const CallLog& log, const grpc::Status& status) = 0;
-  // A unary answer handed to gRPC, until gRPC is done with its call (delivered, or the client gone). Its
-  // call has ended and left its admission slot; an answer the client does not read stays in memory, so
-  // the observer bounds how many there are (clients that never read could park gigabytes of them).
-  virtual void AnswerWaiting() = 0;
-  virtual void AnswerGone() = 0;
+  // A unary answer of `bytes` (serialized) handed to gRPC, until gRPC is done with its call (delivered, or
+  // the client gone). Its call has ended and left its admission slot; an answer the client does not read
+  // stays in memory, so the observer bounds their bytes (clients that never read parked gigabytes).
+  virtual void AnswerWaiting(int64_t bytes) = 0;
+  virtual void AnswerGone(int64_t bytes) = 0;
   // The call's delivery, watched for a client that stopped reading (nullptr: not watched).
   virtual std::shared_ptr<DeliveryWatch> WatchDelivery(grpc::CallbackServerContext* context) = 0;
 };
@@ -113,18 +113,20 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
       : observer_(observer), watch_(observer->WatchDelivery(context)), log_(StartCallLog(std::move(method), context)) {}
   CallLog& log() { return log_; }
   void OnCancelDo(std::function<void()> cancel) { cancel_.Set(std::move(cancel)); }
-  void Complete(const absl::Status& status) {
+  // `answer_bytes`: the serialized size of the response it sends (0 with an error).
+  void Complete(const absl::Status& status, int64_t answer_bytes = 0) {
     if (completed_.exchange(true)) return LogSecondEnd(log_, status);
     const grpc::Status grpc_status = EndStatus(status, log_);
     observer_->CallEnded(log_, grpc_status);
-    observer_->AnswerWaiting();
+    answer_bytes_ = answer_bytes;
+    observer_->AnswerWaiting(answer_bytes_);
     if (watch_) watch_->WriteStarted();
     Finish(grpc_status);
   }
   void OnCancel() override { cancel_.Fire(); }
   void OnDone() override {
     if (watch_) watch_->CallDone();
-    if (completed_) observer_->AnswerGone();
+    if (completed_) observer_->AnswerGone(answer_bytes_);
     delete this;
   }
 
@@ -134,6 +136,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
   CallLog log_;
   CancelHook cancel_;
   std::atomic<bool> completed_{false};
+  int64_t answer_bytes_ = 0;
 };
 
 // A server stream: events are written one at a time in order; a `replaceable` event (progress) that

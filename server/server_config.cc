@@ -225,7 +225,7 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::string& json_text, con
   RETURN_IF_ERROR(reader.Read("metrics_listen", config.metrics_listen));
   RETURN_IF_ERROR(reader.Read("auth_tokens_file", config.auth_tokens_file));
   RETURN_IF_ERROR(reader.Read("max_concurrent_requests", config.max_concurrent_requests));
-  RETURN_IF_ERROR(reader.Read("max_unread_answers", config.max_unread_answers));
+  RETURN_IF_ERROR(reader.Read("max_unread_answer_bytes", config.max_unread_answer_bytes));
   RETURN_IF_ERROR(reader.Read("max_message_bytes", config.max_message_bytes));
   RETURN_IF_ERROR(reader.Read("max_top_k", config.max_top_k));
   RETURN_IF_ERROR(reader.ReadSeconds("grace_period_seconds", config.grace_period));
@@ -371,7 +371,7 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
     RETURN_IF_ERROR(ValidateLimits(m.limits, where + ".limits"));
   }
   RETURN_IF_ERROR(Positive(config.max_concurrent_requests, "max_concurrent_requests"));
-  RETURN_IF_ERROR(Positive(config.max_unread_answers, "max_unread_answers"));
+  RETURN_IF_ERROR(Positive(config.max_unread_answer_bytes, "max_unread_answer_bytes"));
   RETURN_IF_ERROR(CheckListenAddress(config.listen));
   RETURN_IF_ERROR(CheckMetricsAddress(config.metrics_listen));
   // gRPC takes the message limit as an int.

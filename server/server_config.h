@@ -44,9 +44,10 @@ struct ServerConfig {
   TlsConfig tls;
   std::string auth_tokens_file;  // one bearer token per line; empty: no auth
   int64_t max_concurrent_requests = 256;
-  // Unary answers handed to gRPC that their clients have not read yet: they stay in memory until read
-  // (or until client_read_timeout cancels them), outside max_concurrent_requests' slots.
-  int64_t max_unread_answers = 256;
+  // Bytes (serialized) of unary answers handed to gRPC that their clients have not read yet: they stay
+  // in memory until read (or until client_read_timeout cancels them), outside max_concurrent_requests'
+  // slots; beyond this new calls are refused. In memory an answer takes a few times its serialized size.
+  int64_t max_unread_answer_bytes = int64_t{64} << 20;
   int64_t max_message_bytes = 4 << 20;
   int64_t max_top_k = 20;  // Logprobs alternatives per position
   absl::Duration grace_period = absl::Seconds(30);

@@ -68,8 +68,9 @@ ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA bundle: require and verify client certificates (mutual TLS)");
 ABSL_FLAG(std::string, auth_tokens_file, "", "file of accepted bearer tokens, one per line; empty: no auth");
 ABSL_FLAG(int64_t, max_concurrent_requests, 256, "calls served at once; more are answered RESOURCE_EXHAUSTED");
-ABSL_FLAG(int64_t, max_unread_answers, 256,
-          "unary answers waiting for their clients to read them; beyond it new calls are answered RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, max_unread_answer_bytes, int64_t{64} << 20,
+          "bytes of unary answers waiting for their clients to read them; beyond it new calls are answered "
+          "RESOURCE_EXHAUSTED");
 ABSL_FLAG(int64_t, max_message_bytes, 4 << 20, "largest request or response message");
 ABSL_FLAG(int64_t, max_tokens, 4096, "per request: prompt + target (or new) tokens, for --model models");
 ABSL_FLAG(int64_t, max_steps, 1024, "per request: integrated-gradient steps, for --model models");
@@ -153,7 +154,7 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   Override("tls_client_ca", FLAGS_tls_client_ca, config.tls.client_ca_file);
   Override("auth_tokens_file", FLAGS_auth_tokens_file, config.auth_tokens_file);
   Override("max_concurrent_requests", FLAGS_max_concurrent_requests, config.max_concurrent_requests);
-  Override("max_unread_answers", FLAGS_max_unread_answers, config.max_unread_answers);
+  Override("max_unread_answer_bytes", FLAGS_max_unread_answer_bytes, config.max_unread_answer_bytes);
   Override("max_message_bytes", FLAGS_max_message_bytes, config.max_message_bytes);
   if (OnCommandLine("grace_period_seconds"))
     config.grace_period = absl::Seconds(absl::GetFlag(FLAGS_grace_period_seconds));

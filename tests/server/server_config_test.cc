@@ -40,7 +40,7 @@ TEST(ServerConfig, ClientReadTimeoutDefaultsToTwoMinutesAndMustNotBeNegative) {
 TEST(ServerConfig, ParsesEveryKey) {
   absl::StatusOr<ServerConfig> config = ParseServerConfig(R"({
     "listen": "0.0.0.0:6000", "metrics_listen": "", "auth_tokens_file": "/t", "max_concurrent_requests": 7,
-    "max_unread_answers": 9,
+    "max_unread_answer_bytes": 9,
     "max_message_bytes": 1000, "max_top_k": 5, "grace_period_seconds": 2.5, "client_read_timeout_seconds": 0,
     "tls": {"cert_file": "c", "key_file": "k", "client_ca_file": "ca"},
     "models": [{"name": "m", "path": "/p", "dtype": "bfloat16", "quantization": "nf4", "device": "cuda:1",
@@ -54,7 +54,7 @@ TEST(ServerConfig, ParsesEveryKey) {
   EXPECT_EQ(config->listen, "0.0.0.0:6000");
   EXPECT_EQ(config->metrics_listen, "");
   EXPECT_EQ(config->max_concurrent_requests, 7);
-  EXPECT_EQ(config->max_unread_answers, 9);
+  EXPECT_EQ(config->max_unread_answer_bytes, 9);
   EXPECT_EQ(config->grace_period, absl::Milliseconds(2500));
   EXPECT_EQ(config->client_read_timeout, absl::ZeroDuration());  // 0: no timeout
   EXPECT_EQ(config->tls.client_ca_file, "ca");
@@ -223,8 +223,8 @@ TEST(ServerConfig, RefusesValuesThatWouldStartABrokenServer) {
               HasSubstr("models[0].engine.max_queue_delay_seconds = "));
   EXPECT_THAT(invalid([](ServerConfig& c) { c.models[0].engine.max_queue_delay = absl::Milliseconds(-1); }),
               HasSubstr("max_queue_delay_seconds = -0.001 is outside [0, 1]"));
-  EXPECT_THAT(invalid([](ServerConfig& c) { c.max_unread_answers = 0; }),
-              HasSubstr("max_unread_answers = 0 must be positive"));
+  EXPECT_THAT(invalid([](ServerConfig& c) { c.max_unread_answer_bytes = 0; }),
+              HasSubstr("max_unread_answer_bytes = 0 must be positive"));
   EXPECT_THAT(invalid([](ServerConfig& c) { c.models[0].engine.max_queued_tokens = 0; }),
               HasSubstr("models[0].engine.max_queued_tokens = 0 must be positive"));
   EXPECT_THAT(invalid([](ServerConfig& c) { c.models[0].engine.max_queued_bytes = -7; }),
