@@ -236,30 +236,8 @@ std::string Hex(uint64_t value) {
 
 }  // namespace
 
-// With read(2), not a stream: libstdc++'s filebuf throws from underflow on a directory, which an
-// istreambuf_iterator does not catch.
-absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return absl::NotFoundError(absl::StrCat("cannot read ", path, ": ", std::strerror(errno)));
-  std::string text;
-  char buffer[1 << 16];
-  for (;;) {
-    const ssize_t n = ::read(fd, buffer, sizeof(buffer));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      const int error = errno;
-      ::close(fd);
-      return absl::NotFoundError(absl::StrCat("cannot read ", path, ": ", std::strerror(error)));
-    }
-    if (n == 0) break;
-    text.append(buffer, static_cast<size_t>(n));
-  }
-  ::close(fd);
-  return text;
-}
-
 absl::StatusOr<std::vector<BatchRow>> ReadRows(const std::string& path) {
-  absl::StatusOr<std::string> text = ReadWholeFile(path);
+  absl::StatusOr<std::string> text = ReadTextFile(path);
   if (!text.ok()) return text.status();
   // Excel's "CSV UTF-8" (and some JSONL writers) open the file with a byte order mark, which would
   // otherwise be part of the first header name or id.

@@ -32,10 +32,6 @@ struct BatchRow {
   int64_t line = 0;  // where it was read (1-based), for messages
 };
 
-// The bytes of the file at `path`; NOT_FOUND naming the path and the reason when it cannot be read
-// (missing, a directory, ...).
-absl::StatusOr<std::string> ReadWholeFile(const std::string& path);
-
 // Reads a .jsonl / .csv file (by extension). A line that does not parse, a row without id or prompt,
 // or an id seen before fails the whole read, naming the line.
 absl::StatusOr<std::vector<BatchRow>> ReadRows(const std::string& path);

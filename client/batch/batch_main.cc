@@ -115,7 +115,7 @@ bool FlagGiven(const CommandLine& line, const char* name) {
 absl::StatusOr<json> SettingsFromFlags(const CommandLine& line) {
   json settings = JobDefaults();
   if (!absl::GetFlag(FLAGS_job).empty()) {
-    absl::StatusOr<std::string> text = ReadWholeFile(absl::GetFlag(FLAGS_job));
+    absl::StatusOr<std::string> text = ReadTextFile(absl::GetFlag(FLAGS_job));
     if (!text.ok()) return absl::Status(text.status().code(), absl::StrCat("--job: ", text.status().message()));
     absl::StatusOr<json> file = ParseJson(*text, "--job " + absl::GetFlag(FLAGS_job));
     if (!file.ok()) return file.status();
@@ -350,7 +350,7 @@ class ShardResults {
   }
 
   absl::Status Add(const std::string& file) {
-    absl::StatusOr<std::string> text = ReadWholeFile(file);
+    absl::StatusOr<std::string> text = ReadTextFile(file);
     if (!text.ok()) return text.status();
     int64_t number = 0;
     for (absl::string_view line : absl::StrSplit(*text, '\n')) {
