@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
+#include <limits>
 #include <mutex>
 
 #include "absl/strings/numbers.h"
@@ -218,6 +219,17 @@ absl::StatusOr<std::unique_ptr<AttributionClient>> AttributionClient::Connect(co
       return absl::InvalidArgumentError(
           absl::StrCat(name, ": ", absl::FormatDuration(duration), " does not lie between 1 ms and 24 h"));
     }
+  }
+  // gRPC holds both limits in an int (-1: no limit on what is received).
+  constexpr int64_t kMostBytes = std::numeric_limits<int>::max();
+  if (!(options.max_message_bytes >= 1 && options.max_message_bytes <= kMostBytes)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_message_bytes: ", options.max_message_bytes, " does not lie in [1, ", kMostBytes, "]"));
+  }
+  if (!(options.max_receive_message_bytes == -1 ||
+        (options.max_receive_message_bytes >= 1 && options.max_receive_message_bytes <= kMostBytes))) {
+    return absl::InvalidArgumentError(absl::StrCat("max_receive_message_bytes: ", options.max_receive_message_bytes,
+                                                   " is neither -1 (any) nor in [1, ", kMostBytes, "]"));
   }
   args.SetServiceConfigJSON(ServiceConfig(options));
   args.SetInt(GRPC_ARG_ENABLE_RETRIES, options.max_attempts > 1 ? 1 : 0);

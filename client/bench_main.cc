@@ -249,9 +249,11 @@ nlohmann::json RunLoad(AttributionClient& client, const std::string& model, cons
         for (int index = c; absl::Now() < end; index += spec.concurrency) {
           const std::string rpc = pick();
           const absl::Time sent = absl::Now();
-          std::promise<absl::StatusCode> answered;
-          Call(client, model, spec, rpc, index, [&answered](absl::StatusCode code) { answered.set_value(code); });
-          const absl::StatusCode code = answered.get_future().get();
+          // Shared with the callback: set_value may still be returning on a gRPC thread after get() did.
+          auto answered = std::make_shared<std::promise<absl::StatusCode>>();
+          std::future<absl::StatusCode> answer = answered->get_future();
+          Call(client, model, spec, rpc, index, [answered](absl::StatusCode code) { answered->set_value(code); });
+          const absl::StatusCode code = answer.get();
           recorder.Add(rpc, {absl::ToDoubleSeconds(absl::Now() - sent), code});
         }
       });

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "client/palette.h"
 
 namespace attribution::client::batch {
 
@@ -49,21 +50,8 @@ absl::StatusOr<json> ParseJson(absl::string_view text, const std::string& where)
 
 std::string JsonText(const json& value) { return value.dump(-1, ' ', false, json::error_handler_t::replace); }
 
-std::string TerminalSafe(absl::string_view text) {
-  std::string safe;
-  safe.reserve(text.size());
-  for (size_t i = 0; i < text.size(); ++i) {
-    const auto c = static_cast<unsigned char>(text[i]);
-    if (c < 0x20 || c == 0x7f) {
-      absl::StrAppendFormat(&safe, "\\x%02x", c);
-    } else if (c == 0xc2 && i + 1 < text.size() && static_cast<unsigned char>(text[i + 1]) >= 0x80 &&
-               static_cast<unsigned char>(text[i + 1]) <= 0x9f) {  // U+0080..U+009F, e.g. CSI
-      absl::StrAppendFormat(&safe, "\\u%04x", static_cast<unsigned char>(text[++i]));
-    } else {
-      safe += text[i];
-    }
-  }
-  return safe;
-}
+// The CLI's escaping: C0/C1 controls and DEL shown as escapes, and bytes that are not UTF-8 too (a lone
+// 0x9b is CSI to an 8-bit terminal).
+std::string TerminalSafe(absl::string_view text) { return Printable(text); }
 
 }  // namespace attribution::client::batch

@@ -27,15 +27,17 @@ std::string ExecutableDir() {
 }
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  // O_NONBLOCK: opening a FIFO waits for a writer forever (a named pipe where a config was meant hung
-  // startup, ignoring SIGTERM); it is refused below like a directory, which an ifstream read as empty.
+  // O_NONBLOCK: opening a named pipe without a writer waited forever (startup hung, deaf to SIGTERM).
+  // Pipes are still read (`--config <(envsubst < server.json)`), with blocking reads: without a writer a
+  // pipe reads as empty at once. A directory, which an ifstream read as empty, is refused.
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return absl::NotFoundError(absl::StrCat(path, ": cannot open: ", std::strerror(errno)));
   struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+  if (::fstat(fd, &st) != 0 || S_ISDIR(st.st_mode)) {
     ::close(fd);
-    return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
+    return absl::InvalidArgumentError(absl::StrCat(path, ": a directory, not a file"));
   }
+  if (!S_ISREG(st.st_mode)) ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
   std::string text;
   char buffer[1 << 16];
   for (;;) {

@@ -242,7 +242,7 @@ std::vector<BadModel> BadModels() {
          ::unlink(config(d).c_str());
          ::mkfifo(config(d).c_str(), 0644);
        },
-       {"config.json", "not a regular file"}},
+       {"config.json", "not a valid JSON"}},
       {"weights_are_a_fifo",
        "llama",
        [=](auto d) {

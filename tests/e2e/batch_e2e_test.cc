@@ -757,7 +757,7 @@ TEST(BatchCommandLine, ControlCharactersInMessagesAreEscaped) {
                        << R"({"id": "x\u001b[2J", "prompt": "c", "target": " d"})"
                        << "\n";
   EXPECT_EQ(RunBatch({"--input=" + input, "--output=" + dir.File("out.jsonl"), "--server=127.0.0.1:1"}, log), 1);
-  EXPECT_THAT(ReadFile(log), HasSubstr("rows.jsonl:2: id \"x\\x1b[2J\" repeats line 1"));
+  EXPECT_THAT(ReadFile(log), HasSubstr("rows.jsonl:2: id \"x\\e[2J\" repeats line 1"));
   EXPECT_THAT(ReadFile(log), ::testing::Not(HasSubstr("\x1b")));
 }
 

@@ -573,14 +573,17 @@ TEST(ClientRetries, UnavailableIsRetriedWithBackoffUntilTheServerComesUp) {
 }
 
 // gRPC keeps whole milliseconds of a retry backoff and, given a zero one, fails every call of the channel
-// ("Failed to create channel"); Connect names the option instead, and a 2 ms backoff makes a working channel.
-TEST(ClientConnect, BackoffsAndConnectTimeoutsOutsideOneMillisecondToADayAreRefused) {
+// ("Failed to create channel"); sizes and times past an int wrap; metadata past 8 KiB drops the connection.
+// Connect names the option instead, and a 2 ms backoff makes a working channel.
+TEST(ClientConnect, OptionsGrpcCannotHoldAreRefusedNamingThem) {
   for (auto [options, name] :
        {std::pair{client::ClientOptions{.initial_backoff = absl::Microseconds(500)}, "initial_backoff"},
         std::pair{client::ClientOptions{.max_backoff = absl::ZeroDuration()}, "max_backoff"},
         std::pair{client::ClientOptions{.connect_timeout = absl::Hours(24 * 30)}, "connect_timeout"},
         std::pair{client::ClientOptions{.bearer_token = std::string(client::kMaxBearerTokenBytes + 1, 't')},
-                  "bearer_token"}}) {
+                  "bearer_token"},
+        std::pair{client::ClientOptions{.max_receive_message_bytes = int64_t{1} << 31}, "max_receive_message_bytes"},
+        std::pair{client::ClientOptions{.max_message_bytes = 0}, "max_message_bytes"}}) {
     options.target = "127.0.0.1:1";
     EXPECT_THAT(client::AttributionClient::Connect(options),
                 StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(std::string(name) + ": ")));

@@ -5,10 +5,11 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <functional>
-#include <thread>
 
 #include "server/bearer_auth.h"
 #include "server/call_gate.h"
@@ -289,6 +290,26 @@ TEST(BearerAuth, AcceptsListedTokensOnly) {
   absl::StatusOr<BearerAuth> longest = BearerAuth::Load(dir.File("longest"));
   ASSERT_THAT(longest, IsOk());
   EXPECT_THAT(longest->Check("Bearer " + std::string(BearerAuth::kMaxTokenBytes, 't')), IsOk());
+}
+
+// Files may come through pipes, as a shell's `--auth_tokens_file <(vault read ...)` gives them; a named pipe
+// nobody writes reads as empty at once (opening it waited for a writer forever), and a directory is named as
+// one (it read as empty).
+TEST(BearerAuth, TokensMayComeThroughAPipeButNotFromADirectory) {
+  int ends[2];
+  ASSERT_EQ(::pipe(ends), 0);
+  ASSERT_EQ(::write(ends[1], "alpha\n", 6), 6);
+  ::close(ends[1]);
+  absl::StatusOr<BearerAuth> piped = BearerAuth::Load("/dev/fd/" + std::to_string(ends[0]));
+  ::close(ends[0]);
+  ASSERT_THAT(piped, IsOk());
+  EXPECT_THAT(piped->Check("Bearer alpha"), IsOk());
+  test_support::TempDir dir;
+  const std::string fifo = dir.File("tokens.fifo");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_THAT(BearerAuth::Load(fifo), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("holds no tokens")));
+  EXPECT_THAT(BearerAuth::Load(dir.path()),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("a directory, not a file")));
 }
 
 // nlohmann throws out_of_range (not parse_error) for a number past a double: it escaped as an unexpected

@@ -244,7 +244,7 @@ TEST(PrintSummary, EscapesControlCharactersInIds) {
   JobSummary summary{.rows = 1, .done = 1, .abs_deltas = {0.5}, .worst_deltas = {{0.5, "r\x1b[2J"}}};
   std::ostringstream out;
   PrintSummary(summary, out);
-  EXPECT_THAT(out.str(), HasSubstr("0.5  r\\x1b[2J\n"));
+  EXPECT_THAT(out.str(), HasSubstr("0.5  r\\e[2J\n"));
   EXPECT_THAT(out.str(), ::testing::Not(HasSubstr("\x1b")));
 }
 

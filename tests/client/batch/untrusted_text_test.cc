@@ -61,9 +61,10 @@ TEST(JsonText, WritesInvalidUtf8AsTheReplacementCharacter) {
 TEST(TerminalSafe, EscapesControlCharacters) {
   EXPECT_EQ(TerminalSafe("r\x1b[2J\x07\n\x7f"
                          "caf\xc3\xa9 \xc2\x9b"
-                         "1m"),
-            "r\\x1b[2J\\x07\\x0a\\x7f"
-            "caf\xc3\xa9 \\u009b1m");
+                         "1m \x9b"
+                         "2J"),
+            "r\\e[2J\\x07\\n\\x7f"
+            "caf\xc3\xa9 \\u009b1m \\x9b2J");  // a lone 0x9b is CSI to an 8-bit terminal
 }
 
 }  // namespace

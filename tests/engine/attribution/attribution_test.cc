@@ -406,6 +406,19 @@ TEST_F(AttributionTest, ContrastiveIsTargetMinusFoil) {
   }
 }
 
+// With a tolerance, n_steps is a budget over rounds that each queue a part of it, and the request may stop at
+// any round: the row limit applies to a round (in the engine), not to n_steps x (1 + T) up front.
+TEST_F(AttributionTest, RowsArePreCountedFromNStepsOnlyWithoutATolerance) {
+  AttributionRequest r = FromCase(Case("ig_gausslegendre_token0"));
+  r.want_token_matrix = true;
+  r.n_steps = 1024;
+  const AttributionLimits limits{.max_rows = 2048};  // under 1024 x (1 + T) for any target
+  EXPECT_THAT(ValidateAttributionRequest(r, model_->config(), limits),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("n_steps x (1 + target tokens")));
+  r.completeness_tolerance = 0.01;
+  EXPECT_THAT(ValidateAttributionRequest(r, model_->config(), limits), IsOk());
+}
+
 TEST_F(AttributionTest, BadRequestsNameTheField) {
   AttributionRequest good = FromCase(Case("ig_gausslegendre_token0"));
   auto expect = [&](AttributionRequest r, const std::string& field) {

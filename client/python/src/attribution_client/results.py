@@ -284,9 +284,10 @@ class ModelInfo:
     max_tokens: int
     max_new_tokens: int
     max_top_k: int
-    max_choices: int
+    # Limits added later: default 0 (unknown) so that code building a ModelInfo by keyword keeps working.
+    max_choices: int = 0
     # Rows one request may queue (forward or forward + backward passes of a sequence).
-    max_rows: int
+    max_rows: int = 0
     # nf4 / fp4 (bitsandbytes' formats): block size, double quantization, whether the weights were loaded
     # as a bitsandbytes checkpoint saved them, and that checkpoint's bnb_4bit_compute_dtype.
     quantization_block_size: int = 0
