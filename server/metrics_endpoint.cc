@@ -15,6 +15,7 @@
 #include <cstring>
 #include <limits>
 #include <list>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -195,18 +196,32 @@ void MakeRoom(std::list<Connection>& connections) {
   connections.erase(idle != connections.end() ? idle : connections.begin());
 }
 
+int Accept(int listen_fd) { return ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK); }
+
 // Accepts the connections waiting in the listen backlog (at most kMaxConnections per call, so that a flood
 // cannot starve the open ones) and moves each on at once: a scraper's request often arrives with the
 // handshake, and is then answered before any later connection can displace it.
-void AcceptPending(int listen_fd, std::chrono::milliseconds connection_deadline, const Render& render,
+//
+// Out of file descriptors (EMFILE/ENFILE), one of ours is closed to make room, as past kMaxConnections.
+// accept() fails so whether or not a connection waits, and only the first one is known to (poll() said so):
+// later failures end the call, and the next poll() tells. False when we hold no connection to close: the
+// backlog then stays readable and must not be polled again at once (poll() would return at once, for as
+// long as the process is out of descriptors, and spin a core).
+bool AcceptPending(int listen_fd, std::chrono::milliseconds connection_deadline, const Render& render,
                    std::list<Connection>& connections) {
   for (size_t i = 0; i < MetricsEndpoint::kMaxConnections; ++i) {
-    const int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-    if (fd < 0) return;  // none left, or one reset before it was accepted: the next poll() tells
+    int fd = Accept(listen_fd);
+    if (fd < 0 && (errno == EMFILE || errno == ENFILE) && i == 0) {
+      if (connections.empty()) return false;
+      MakeRoom(connections);
+      fd = Accept(listen_fd);
+    }
+    if (fd < 0) return true;  // none left, one reset before it was accepted, or still out of descriptors
     if (connections.size() >= MetricsEndpoint::kMaxConnections) MakeRoom(connections);
     connections.emplace_back(fd, Clock::now() + connection_deadline);
     if (!Advance(connections.back(), render)) connections.pop_back();
   }
+  return true;
 }
 
 }  // namespace
@@ -268,17 +283,29 @@ MetricsEndpoint::~MetricsEndpoint() {
 void MetricsEndpoint::Serve() {
   std::list<Connection> connections;  // in the order accepted
   std::vector<pollfd> fds;
+  // Set while the process is out of file descriptors and none of ours could be closed: the backlog is left
+  // alone until then, and waits there as it would for a busy server.
+  std::optional<Clock::time_point> accept_again_at;
   for (;;) {
-    fds = {{stop_pipe_[0], POLLIN, 0}, {listen_fd_, POLLIN, 0}};
+    if (accept_again_at && Clock::now() >= *accept_again_at) accept_again_at.reset();
+    fds = {{stop_pipe_[0], POLLIN, 0}, {listen_fd_, static_cast<short>(accept_again_at ? 0 : POLLIN), 0}};
     for (const Connection& connection : connections) fds.push_back({connection.fd, AwaitedEvents(connection), 0});
-    if (::poll(fds.data(), fds.size(), PollTimeout(connections)) < 0) {
+    int timeout = PollTimeout(connections);
+    if (accept_again_at) {
+      const int pause = static_cast<int>(
+          std::max<int64_t>(0, std::chrono::ceil<std::chrono::milliseconds>(*accept_again_at - Clock::now()).count()));
+      timeout = timeout < 0 ? pause : std::min(timeout, pause);
+    }
+    if (::poll(fds.data(), fds.size(), timeout) < 0) {
       if (errno == EINTR) continue;
       return;
     }
     if (fds[0].revents != 0) return;
     // Open connections first: one whose request has arrived is answered before new ones can displace it.
     ServeReady(absl::MakeConstSpan(fds).subspan(2), render_, connections);
-    if ((fds[1].revents & POLLIN) != 0) AcceptPending(listen_fd_, connection_deadline_, render_, connections);
+    if ((fds[1].revents & POLLIN) != 0 && !AcceptPending(listen_fd_, connection_deadline_, render_, connections)) {
+      accept_again_at = Clock::now() + kAcceptPauseWhenOutOfDescriptors;
+    }
   }
 }
 

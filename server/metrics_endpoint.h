@@ -40,6 +40,9 @@ class MetricsEndpoint {
   // connections could displace it, while refusing new ones would let anyone who holds 64 idle connections,
   // reopening each as its deadline closes it, lock the scraper out for good.
   static constexpr size_t kMaxConnections = 64;
+  // How long new connections wait in the backlog while the process is out of file descriptors and the
+  // endpoint holds none it could close for them.
+  static constexpr std::chrono::milliseconds kAcceptPauseWhenOutOfDescriptors{100};
 
   // Listens on "host:port" (port 0: any free port); `render` produces the exposition text per scrape
   // and is called on the endpoint's thread. A connection is closed once answered, or
