@@ -5,6 +5,7 @@
 #include "server/metrics_endpoint.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -17,7 +18,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
-#include <filesystem>
+#include <cstdlib>
 #include <optional>
 #include <string>
 #include <thread>
@@ -406,10 +407,13 @@ class OutOfDescriptors {
  public:
   OutOfDescriptors() {
     ::getrlimit(RLIMIT_NOFILE, &saved_);
+    // opendir, not std::filesystem: LibTorch's library exports broken copies of its functions.
     int highest = 0;
-    for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
-      highest = std::max(highest, std::stoi(entry.path().filename().string()));
+    DIR* fds = ::opendir("/proc/self/fd");
+    for (const dirent* entry; fds != nullptr && (entry = ::readdir(fds)) != nullptr;) {
+      highest = std::max(highest, std::atoi(entry->d_name));
     }
+    if (fds != nullptr) ::closedir(fds);
     int next = ::dup(0);
     for (; next >= 0 && next < highest; next = ::dup(0)) holes_.push_back(next);
     ::close(next);

@@ -1,0 +1,35 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "server/grpc_log.h"
+
+#include <grpc/support/log.h>
+
+#include <string>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "server/lifecycle.h"
+#include "server/log_line.h"
+
+namespace attribution::server {
+namespace {
+
+void WriteGrpcLogLine(gpr_log_func_args* args) {
+  const absl::string_view file = args->file != nullptr ? args->file : "";
+  const std::string message = args->message != nullptr ? args->message : "";
+  WriteLogLine({{"event", "grpc"},
+                {"severity", gpr_log_severity_string(args->severity)},
+                {"source", absl::StrCat(file.substr(file.find_last_of('/') + 1), ":", args->line)},
+                {"detail", message}});
+  // tcp_server_posix.cc's on_read(): every accept() error but EAGAIN/ECONNABORTED/EINTR ends the listener.
+  if (absl::StartsWith(message, "Failed accept4")) {
+    Lifecycle::Fail(absl::StrCat("gRPC stopped accepting connections (", message,
+                                 "); its port stays dead until the server restarts"));
+  }
+}
+
+}  // namespace
+
+void RouteGrpcLogs() { gpr_set_log_function(&WriteGrpcLogLine); }
+
+}  // namespace attribution::server

@@ -1,0 +1,36 @@
+// SPDX-License-Identifier: Apache-2.0
+// What ends the server process, and how: a signal (SIGTERM/SIGINT) or a failure that leaves it unable
+// to serve (gRPC's listener stopped accepting), both watched from before the models load.
+//
+// A signal while the models load ends the process at once: a load can take minutes (tens of GB from
+// network storage) and nothing is in flight yet, so an orchestrator stopping a starting pod must not wait
+// for it. From ServingStarted() on, a signal or a failure wakes WaitForStop(), and the server drains.
+//
+//   Lifecycle::WatchSignals();      // SIGTERM and SIGINT blocked in every thread before, see main()
+//   ... load the models ...
+//   Lifecycle::ServingStarted();
+//   const Lifecycle::Stop stop = Lifecycle::WaitForStop();  // drain, then return stop.exit_code
+#pragma once
+#include <string>
+
+namespace attribution::server {
+
+class Lifecycle {
+ public:
+  struct Stop {
+    int exit_code = 0;   // 0 for a signal; 1 for a failure, so that orchestrators restart the server
+    std::string reason;  // for the log
+  };
+
+  // Starts the thread that waits for SIGTERM/SIGINT (blocked in every thread by the caller). Once only.
+  static void WatchSignals();
+  // A signal or failure from now on is answered by draining: WaitForStop() returns it.
+  static void ServingStarted();
+  // The server cannot serve any more; thread-safe, any number of times (the first one counts). Before
+  // ServingStarted() it ends the process at once with status 1.
+  static void Fail(const std::string& reason);
+  // Blocks until a signal or Fail() after ServingStarted().
+  static Stop WaitForStop();
+};
+
+}  // namespace attribution::server

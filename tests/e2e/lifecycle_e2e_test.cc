@@ -1,0 +1,123 @@
+// SPDX-License-Identifier: Apache-2.0
+// How the server process ends, through the real binary: a signal while its models load ends it at once,
+// and when gRPC stops accepting connections (out of file descriptors) it drains and exits 1 to be
+// restarted instead of living on with a dead port. Also: the open-files limit it raises at startup.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "client/attribution_client.h"
+#include "tests/testing/server_process.h"
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+
+namespace attribution {
+namespace {
+
+using ::attribution::test_support::IsOk;
+using test_support::ServerProcess;
+
+// Polls the server's log until it holds `text`; false after `timeout`.
+bool WaitForLog(const ServerProcess& server, const std::string& text, absl::Duration timeout) {
+  for (const absl::Time give_up = absl::Now() + timeout; absl::Now() < give_up;) {
+    if (server.Log().find(text) != std::string::npos) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
+// The soft and hard "Max open files" of a running process, from /proc/PID/limits.
+std::pair<std::string, std::string> OpenFileLimits(pid_t pid) {
+  std::ifstream limits(absl::StrCat("/proc/", pid, "/limits"));
+  for (std::string line; std::getline(limits, line);) {
+    if (line.rfind("Max open files", 0) != 0) continue;
+    std::istringstream fields(line.substr(std::string("Max open files").size()));
+    std::string soft, hard;
+    fields >> soft >> hard;
+    return {soft, hard};
+  }
+  return {};
+}
+
+// A model directory whose tokenizer.json is a named pipe that this test holds open for writing and never
+// writes to: loading the model then blocks reading it, for as long as the test likes.
+TEST(Lifecycle, ASignalWhileModelsLoadEndsTheProcessAtOnce) {
+  test_support::TempDir root;
+  const std::string dir = root.File("model");
+  test_support::CopyDirectoryFiles(test_support::DemoModelDir(), dir);
+  const std::string tokenizer = dir + "/tokenizer.json";
+  ASSERT_EQ(::unlink(tokenizer.c_str()), 0);
+  ASSERT_EQ(::mkfifo(tokenizer.c_str(), 0644), 0);
+  const int writer = ::open(tokenizer.c_str(), O_RDWR | O_CLOEXEC);  // O_RDWR: opening does not wait for a reader
+  ASSERT_GE(writer, 0);
+
+  std::unique_ptr<ServerProcess> server = ServerProcess::Spawn({"--model=m=" + dir});
+  // Loading begins once the port listens.
+  ASSERT_TRUE(WaitForLog(*server, "\"listening\"", absl::Seconds(60))) << server->Log();
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // into the read of tokenizer.json
+  server->Signal(SIGTERM);
+  // Before, the server waited for the load (here: forever) and the test's Wait timed out (-1).
+  const int code = server->Wait(absl::Seconds(20));
+  ::close(writer);
+  EXPECT_EQ(code, 0) << server->Log();
+  EXPECT_NE(server->Log().find("signal 15, before serving: exiting at once"), std::string::npos) << server->Log();
+}
+
+TEST(Lifecycle, RaisesTheSoftOpenFilesLimitToTheHardOne) {
+  rlimit own{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &own), 0);
+  if (own.rlim_max < 4096) GTEST_SKIP() << "this process's hard limit of open files is " << own.rlim_max;
+  auto server = ServerProcess::Start({"--model=m=" + test_support::DemoModelDir()}, absl::Seconds(120),
+                                     {.open_files_soft = 256, .open_files_hard = 4096});
+  ASSERT_THAT(server, IsOk());
+  EXPECT_EQ(OpenFileLimits((*server)->pid()), std::make_pair(std::string("4096"), std::string("4096")));
+  EXPECT_NE((*server)->Log().find("open files limit 4096"), std::string::npos) << (*server)->Log();
+}
+
+// gRPC 1.51's listener stops accepting for good once accept() fails with EMFILE, even after the
+// connections close. The server sees it in gRPC's log, drains and exits 1 so that it is restarted; before,
+// it lived on, deaf, and a client that held as many connections as its limit had it down for good.
+TEST(Lifecycle, OutOfFileDescriptorsTheServerDrainsAndExitsOneInsteadOfServingNoOne) {
+  auto server = ServerProcess::Start({"--model=m=" + test_support::DemoModelDir(), "--grace_period_seconds=5"},
+                                     absl::Seconds(120), {.open_files_soft = 128, .open_files_hard = 128});
+  ASSERT_THAT(server, IsOk());
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>((*server)->port()));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::vector<int> connections;
+  for (int i = 0; i < 200; ++i) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_GE(fd, 0);
+    connections.push_back(fd);
+    // The kernel completes the handshake into the backlog whether or not the server accepts.
+    (void)::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
+  }
+  const int code = (*server)->Wait(absl::Seconds(60));
+  for (int fd : connections) ::close(fd);
+  EXPECT_EQ(code, 1) << (*server)->Log();
+  const std::string log = (*server)->Log();
+  EXPECT_NE(log.find("gRPC stopped accepting connections (Failed accept4: Too many open files)"), std::string::npos)
+      << log;
+  // gRPC's own line is one JSON object, as the server's are.
+  EXPECT_NE(log.find("{\"detail\":\"Failed accept4: Too many open files\",\"event\":\"grpc\",\"severity\":\"E\""),
+            std::string::npos)
+      << log;
+}
+
+}  // namespace
+}  // namespace attribution
