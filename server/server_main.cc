@@ -3,11 +3,13 @@
 // with neither, the embedded default model (models/tiny-qa-llama, see its README.md).
 // Lifecycle: listen (health NOT_SERVING) -> load every model -> SERVING -> on SIGTERM/SIGINT:
 // NOT_SERVING, refuse new calls (UNAVAILABLE), let calls in flight finish within the grace period,
-// stop the engines, exit 0. Exits 1 with a clear message when the config or a model is bad.
+// stop the engines, exit 0. A signal while the models load exits 0 at once. Exits 1 with a clear message
+// when the config or a model is bad, and drains and exits 1 when gRPC stops accepting connections.
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -36,6 +38,8 @@
 #include "engine/tokenizer/id_only_tokenizer.h"
 #include "server/attribution_service.h"
 #include "server/bearer_auth.h"
+#include "server/grpc_log.h"
+#include "server/lifecycle.h"
 #include "server/log_line.h"
 #include "server/unparsable_request.h"
 
@@ -286,6 +290,20 @@ std::vector<std::string> EveryModelFlag(int argc, char** argv) {
   return models;
 }
 
+// Every connection is a file descriptor, and gRPC's listener stops for good when accept() runs out of
+// them (see RouteGrpcLogs): the soft limit (1024 by default in many shells and units) goes up to the hard
+// one, as servers that hold many connections do. The limit in force.
+rlim_t RaiseOpenFileLimit() {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return 0;
+  if (limit.rlim_cur < limit.rlim_max) {
+    rlimit raised = limit;
+    raised.rlim_cur = limit.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
+  }
+  return limit.rlim_cur;
+}
+
 int Fail(const absl::Status& status) {
   Log("startup_failed", std::string(status.message()));
   std::fprintf(stderr, "attribution-server: %s\n", std::string(status.message()).c_str());
@@ -307,6 +325,9 @@ int Serve() {
     std::printf("\n");
     return 0;
   }
+  Lifecycle::WatchSignals();
+  RouteGrpcLogs();
+  const rlim_t open_files = RaiseOpenFileLimit();
   absl::StatusOr<std::unique_ptr<ServerMetrics>> metrics = ServerMetrics::Create(config->metrics_listen);
   if (!metrics.ok()) return Fail(metrics.status());
 
@@ -339,15 +360,16 @@ int Serve() {
   }
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   health->SetServingStatus(false);
-  Log("listening",
-      absl::StrCat("port ", port, config->tls.cert_file.empty() ? " plaintext" : " TLS",
-                   config->tls.client_ca_file.empty() ? "" : " (mutual)", ", metrics port ", metrics->get()->port()));
+  Log("listening", absl::StrCat("port ", port, config->tls.cert_file.empty() ? " plaintext" : " TLS",
+                                config->tls.client_ca_file.empty() ? "" : " (mutual)", ", metrics port ",
+                                metrics->get()->port(), ", open files limit ", open_files));
 
   absl::StatusOr<std::unique_ptr<ModelRegistry>> models = ModelRegistry::Load(config->models);
   if (!models.ok()) {
     server->Shutdown();
     return Fail(models.status());
   }
+  Lifecycle::ServingStarted();
   metrics->get()->WatchModels(**models);
   service.SetModels(models->get());
   health->SetServingStatus(true);
@@ -371,13 +393,8 @@ int Serve() {
   }
   Log("serving", absl::StrCat("port ", port));
 
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  int signal_number = 0;
-  sigwait(&signals, &signal_number);
-  Log("draining", absl::StrCat("signal ", signal_number, ", ", service.gate().in_flight(), " calls in flight"));
+  const Lifecycle::Stop stop = Lifecycle::WaitForStop();
+  Log("draining", absl::StrCat(stop.reason, ", ", service.gate().in_flight(), " calls in flight"));
   // Refusals begin before NOT_SERVING is advertised: a caller that saw NOT_SERVING is refused.
   service.gate().StartDraining();
   health->SetServingStatus(false);
@@ -389,7 +406,7 @@ int Serve() {
   // after it, they would be destroyed first).
   metrics->reset();
   Log("stopped", idle ? "every call finished" : "grace period over; remaining calls were cut off");
-  return 0;
+  return stop.exit_code;
 }
 
 }  // namespace
@@ -400,7 +417,7 @@ int main(int argc, char** argv) {
   // thread to the log before the process dies of the same signal; without it a crash leaves no trace.
   absl::InitializeSymbolizer(argv[0]);
   absl::InstallFailureSignalHandler({});
-  // Blocked in every thread (they inherit the mask), so only sigwait in Serve sees them.
+  // Blocked in every thread (they inherit the mask), so only Lifecycle's thread (sigwait) sees them.
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -45,7 +46,7 @@ std::string DemoModelDir() {
   return env != nullptr ? env : ATTRIBUTION_DEMO_MODEL_DIR;
 }
 
-void ServerProcess::Launch(const std::vector<std::string>& args) {
+void ServerProcess::Launch(const std::vector<std::string>& args, const ProcessLimits& limits) {
   std::vector<std::string> argv = {ATTRIBUTION_SERVER_BINARY, "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
                                    "--port_file=" + dir_.File("ports")};
   argv.insert(argv.end(), args.begin(), args.end());
@@ -55,6 +56,13 @@ void ServerProcess::Launch(const std::vector<std::string>& args) {
     const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     ::dup2(fd, STDOUT_FILENO);
     ::dup2(fd, STDERR_FILENO);
+    if (limits.open_files_soft != 0 || limits.open_files_hard != 0) {
+      rlimit open_files{};
+      ::getrlimit(RLIMIT_NOFILE, &open_files);
+      if (limits.open_files_soft != 0) open_files.rlim_cur = limits.open_files_soft;
+      if (limits.open_files_hard != 0) open_files.rlim_max = limits.open_files_hard;
+      if (::setrlimit(RLIMIT_NOFILE, &open_files) != 0) ::_exit(126);
+    }
     std::vector<char*> c_args;
     for (std::string& a : argv) c_args.push_back(a.data());
     c_args.push_back(nullptr);
@@ -63,10 +71,16 @@ void ServerProcess::Launch(const std::vector<std::string>& args) {
   }
 }
 
-absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(const std::vector<std::string>& args,
-                                                                    absl::Duration timeout) {
+std::unique_ptr<ServerProcess> ServerProcess::Spawn(const std::vector<std::string>& args, const ProcessLimits& limits) {
   auto server = std::unique_ptr<ServerProcess>(new ServerProcess());
-  server->Launch(args);
+  server->Launch(args, limits);
+  return server;
+}
+
+absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(const std::vector<std::string>& args,
+                                                                    absl::Duration timeout,
+                                                                    const ProcessLimits& limits) {
+  std::unique_ptr<ServerProcess> server = Spawn(args, limits);
   const absl::Time deadline = absl::Now() + timeout;
   while (absl::Now() < deadline) {
     std::ifstream ports(server->dir_.File("ports"));

@@ -4,6 +4,7 @@
 #pragma once
 #include <sys/types.h>
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -20,12 +21,21 @@ std::string DemoModelDir();
 // "--model=NAME=DIR/NAME,...": a server flag serving each of `names` from its folder under `dir`.
 std::string ModelsFlag(const std::string& dir, const std::vector<std::string>& names);
 
+// Limits a server process starts with (0: as this process has them).
+struct ProcessLimits {
+  uint64_t open_files_soft = 0;
+  uint64_t open_files_hard = 0;
+};
+
 class ServerProcess {
  public:
   // Starts the server with `args` plus loopback listen flags and waits until it serves (health
   // SERVING, port file written) or fails (its log in the status message).
   static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(const std::vector<std::string>& args,
-                                                              absl::Duration timeout = absl::Seconds(120));
+                                                              absl::Duration timeout = absl::Seconds(120),
+                                                              const ProcessLimits& limits = {});
+  // Starts the server without waiting for anything: port() and metrics_port() stay 0.
+  static std::unique_ptr<ServerProcess> Spawn(const std::vector<std::string>& args, const ProcessLimits& limits = {});
   // Runs the server expecting it to exit by itself (e.g. on a bad config); returns its exit code and log.
   static std::pair<int, std::string> RunToExit(const std::vector<std::string>& args,
                                                absl::Duration timeout = absl::Seconds(60));
@@ -45,7 +55,7 @@ class ServerProcess {
 
  private:
   ServerProcess() = default;
-  void Launch(const std::vector<std::string>& args);
+  void Launch(const std::vector<std::string>& args, const ProcessLimits& limits = {});
 
   TempDir dir_;
   pid_t pid_ = -1;
