@@ -142,6 +142,55 @@ TEST_F(ServiceTest, ReflectionDescribesEveryRpcAsGrpcurlSeesIt) {
   EXPECT_TRUE(stream->Finish().ok());
 }
 
+// The threads of a running process, from /proc/PID/status.
+int Threads(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("Threads:", 0) == 0) return std::stoi(line.substr(8));
+  }
+  return -1;
+}
+
+// Each open reflection stream holds one of gRPC's threads for synchronous services, and it needs no token:
+// 24,000 of them held 24,000 threads and 6 GB. Past the bound, new ones are refused RESOURCE_EXHAUSTED.
+TEST_F(ServiceTest, OpenReflectionStreamsHoldBoundedThreadsAndOtherCallsGoOn) {
+  namespace reflection = ::grpc::reflection::v1alpha;
+  const int threads_before = Threads(server_->pid());
+  auto stub = reflection::ServerReflection::NewStub(
+      grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials()));
+  constexpr int kStreams = 48;
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::unique_ptr<
+      grpc::ClientReaderWriter<reflection::ServerReflectionRequest, reflection::ServerReflectionResponse>>>
+      open;
+  int refused = 0;
+  for (int i = 0; i < kStreams; ++i) {
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    auto stream = stub->ServerReflectionInfo(contexts.back().get());
+    reflection::ServerReflectionRequest request;
+    request.set_list_services("");
+    reflection::ServerReflectionResponse response;
+    if (stream->Write(request) && stream->Read(&response)) {
+      open.push_back(std::move(stream));  // answered, and held open
+      continue;
+    }
+    const grpc::Status status = stream->Finish();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+    ++refused;
+  }
+  const int threads_held = Threads(server_->pid());
+  std::printf("[ measured ] %d reflection streams: %zu open, %d refused; server threads %d -> %d\n", kStreams,
+              open.size(), refused, threads_before, threads_held);
+  EXPECT_GT(refused, 0);
+  EXPECT_LT(threads_held, threads_before + 24);
+  auto client = Connect(server_->address());
+  EXPECT_THAT(client->GetLogprobs({.model = "demo", .prompt = "a b c", .target = " d"}), IsOk());
+  for (auto& stream : open) {
+    stream->WritesDone();
+    EXPECT_TRUE(stream->Finish().ok());
+  }
+}
+
 TEST_F(ServiceTest, AttributeEqualsTheEngineRunDirectly) {
   auto client = Connect(server_->address());
   for (const char* method :
