@@ -18,6 +18,7 @@
 #include <fstream>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "engine/common/files.h"
 #include "engine/common/status_macros.h"
 #include "engine/model/torch_errors.h"
@@ -101,9 +103,30 @@ ABSL_FLAG(double, client_read_timeout_seconds, 120,
 namespace attribution::server {
 namespace {
 
-// A flag overrides the config file when it differs from its default (Debian's abseil keeps
-// IsSpecifiedOnCommandLine private).
+// The flags argv names (a bool's --noNAME as NAME), read before abseil parses it: Debian's abseil keeps
+// IsSpecifiedOnCommandLine private.
+std::set<std::string>& FlagsNamed() {
+  static auto* named = new std::set<std::string>;
+  return *named;
+}
+
+void NoteFlagsNamed(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view arg = argv[i];
+    if (arg == "--") break;                         // what follows is not flags
+    if (arg.size() < 2 || arg[0] != '-') continue;  // a value, or "-"
+    arg = absl::StripPrefix(absl::StripPrefix(arg, "-"), "-");
+    std::string name(arg.substr(0, arg.find('=')));
+    if (absl::FindCommandLineFlag(name) == nullptr && absl::StartsWith(name, "no")) name = name.substr(2);
+    FlagsNamed().insert(std::move(name));
+  }
+}
+
+// A flag overrides the config file when the command line names it, even at its default value (the
+// README's `--listen 0.0.0.0:50051` beside a config that says otherwise), or a --flagfile moved it away
+// from its default (argv does not show those).
 bool OnCommandLine(const char* name) {
+  if (FlagsNamed().count(name) != 0) return true;
   const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
   return flag != nullptr && flag->CurrentValue() != flag->DefaultValue();
 }
@@ -440,6 +463,7 @@ int main(int argc, char** argv) {
       "Serves attribution.v1 (Attribute, Generate, Logprobs, ListModels) over gRPC.\n"
       "  attribution-server --model tiny=/models/tiny [--listen 0.0.0.0:50051]\n"
       "  attribution-server --config server.json");
+  attribution::server::NoteFlagsNamed(argc, argv);
   absl::ParseCommandLine(argc, argv);
   if (std::vector<std::string> models = attribution::server::EveryModelFlag(argc, argv); !models.empty())
     absl::SetFlag(&FLAGS_model, models);

@@ -140,6 +140,24 @@ TEST(ServerCommandLine, CheckConfigRefusesWhatStartupRefuses) {
   EXPECT_EQ(bad_code, 1) << bad_output;
 }
 
+// A flag given on the command line overrides the config file even at its default value; it used to
+// count only when it differed from its default, so the file won.
+TEST(ServerCommandLine, AFlagAtItsDefaultValueStillOverridesTheConfigFile) {
+  test_support::TempDir dir;
+  const std::string config = dir.File("server.json");
+  std::ofstream(config)
+      << R"({"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0", "models": [{"name": "m", "path": "/m"}]})";
+  auto [code, output] =
+      RunCommand(absl::StrCat(ATTRIBUTION_SERVER_BINARY, " --check_config --check_config_files=false", " --config ",
+                              config, " --listen 0.0.0.0:50051 --metrics_listen=0.0.0.0:9464"));
+  EXPECT_EQ(code, 0) << output;
+  EXPECT_THAT(output, HasSubstr("config ok: listen 0.0.0.0:50051, metrics 0.0.0.0:9464"));
+  auto [file_code, file_output] = RunCommand(
+      absl::StrCat(ATTRIBUTION_SERVER_BINARY, " --check_config --check_config_files=false --config ", config));
+  EXPECT_EQ(file_code, 0) << file_output;
+  EXPECT_THAT(file_output, HasSubstr("config ok: listen 127.0.0.1:0, metrics 127.0.0.1:0"));
+}
+
 // A TLS certificate that is not PEM was reported only as "cannot listen on ADDR".
 TEST(ServerCommandLine, ATlsFileThatIsNotPemIsNamedAtStartup) {
   test_support::TempDir dir;
