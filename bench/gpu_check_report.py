@@ -253,6 +253,8 @@ def rows_for(name, results, run):
             if key in results:
                 j = results[key]
                 mfu = f", MFU {100 * j['mfu']:.1f}%" if "mfu" in j else ""
+                if j.get("mfu", 0) > 1:  # a peak run too small or too short for this device
+                    mfu += " (above the measured matmul peak: the peak is underestimated)"
                 rows.append((label, f"{j['seconds']:.3f} s: {j['steps_per_second']:.1f} steps/s, "
                                     f"{j['tflops']:.2f} TFLOP/s{mfu}"))
         if "seed000" in results:
@@ -263,8 +265,9 @@ def rows_for(name, results, run):
             rows.append(("FeatureAblation, 81 tokens", f"{j['rows']} rows in {j['seconds']:.3f} s: "
                                                        f"{j['rows_per_second']:.0f} rows/s"))
         for batch, d in results.get("decode", {}).items():
-            rows.append((f"greedy decode, batch {batch}", f"{d['decode_tokens_per_second']:.0f} tokens/s "
-                                                          f"({d['new_tokens']} new after {d['prompt_tokens']})"))
+            tps = d.get("decode_tokens_per_second")
+            rate = f"{tps:.0f} tokens/s" if tps is not None else "not measurable (no slower than 1 new token)"
+            rows.append((f"greedy decode, batch {batch}", f"{rate} ({d['new_tokens']} new after {d['prompt_tokens']})"))
         if "resident_weight_bytes" in results:
             rows.append(("resident weights", fmt_bytes(results["resident_weight_bytes"])))
         return rows
