@@ -14,6 +14,10 @@ tokenizer.json, tokenizer_config.json) and OUT_DIR/NAME/reference.json:
   * prompt, target: token ids (the test sends ids: no tokenizer in the loop);
   * target_log_probs: log-softmax of the target tokens, teacher-forced after the prompt;
   * greedy: 8 greedy new tokens after the prompt (eos disabled);
+  * past_tokenizer: 6 greedy new tokens (eos disabled) after the prompt [1, 50, 60, 70], which on the
+    byte-level models include ids past the tokenizer's tokens (the model has 1408 ids, its tokenizer
+    1200), their text as transformers' tokenizer decodes them (special tokens skipped), and the
+    tokenizer's number of tokens;
   * ig: Captum IntegratedGradients over the prompt's token embeddings (target embeddings fixed, as
     LayerIntegratedGradients on the embedding layer does), baseline the embedding of token 0 at every
     position, 16 Gauss-Legendre steps, objective the summed target log-prob; attributions summed over
@@ -90,14 +94,29 @@ def configs(vocab):
     }
 
 
+# Greedy after this prompt, the byte-level models generate ids that their tokenizer lacks.
+PAST_TOKENIZER_PROMPT = [1, 50, 60, 70]
+PAST_TOKENIZER_NEW_TOKENS = 6
+
+
+def greedy(model, prompt, new_tokens):
+    generated = model.generate(torch.tensor([prompt]), max_new_tokens=new_tokens, do_sample=False,
+                               eos_token_id=None, pad_token_id=0, attention_mask=torch.ones(1, len(prompt)))
+    return generated[0, len(prompt):].tolist()
+
+
+def past_tokenizer_reference(model, tokenizer):
+    generated = greedy(model, PAST_TOKENIZER_PROMPT, PAST_TOKENIZER_NEW_TOKENS)
+    return {"prompt": PAST_TOKENIZER_PROMPT, "generated": generated,
+            "text": tokenizer.decode(generated, skip_special_tokens=True), "tokenizer_size": len(tokenizer)}
+
+
 def references(model):
     ids = torch.tensor([PROMPT + TARGET])
     with torch.no_grad():
         log_probs = torch.log_softmax(model(ids).logits[0].float(), -1)
     p = len(PROMPT)
     target_log_probs = [log_probs[p - 1 + i, t].item() for i, t in enumerate(TARGET)]
-    generated = model.generate(torch.tensor([PROMPT]), max_new_tokens=NEW_TOKENS, do_sample=False,
-                               eos_token_id=None, pad_token_id=0, attention_mask=torch.ones(1, p))
     embed = model.get_input_embeddings()
     prompt_embeds = embed(torch.tensor([PROMPT])).detach()
     baseline = embed(torch.full((1, p), BASELINE_TOKEN)).detach()
@@ -105,9 +124,9 @@ def references(model):
     attr, delta = ig.attribute(prompt_embeds, baselines=baseline, n_steps=N_STEPS, method="gausslegendre",
                                return_convergence_delta=True)
     return {"prompt": PROMPT, "target": TARGET, "target_log_probs": target_log_probs,
-            "greedy": generated[0, p:].tolist(), "ig": {"n_steps": N_STEPS, "baseline_token": BASELINE_TOKEN,
-                                                       "rule": "gausslegendre", "seq_attr": attr.sum(-1)[0].tolist(),
-                                                       "delta": delta.item()}}
+            "greedy": greedy(model, PROMPT, NEW_TOKENS),
+            "ig": {"n_steps": N_STEPS, "baseline_token": BASELINE_TOKEN, "rule": "gausslegendre",
+                   "seq_attr": attr.sum(-1)[0].tolist(), "delta": delta.item()}}
 
 
 def write_model(directory, tokenizer_kind, config, seed):
@@ -126,7 +145,10 @@ def write_model(directory, tokenizer_kind, config, seed):
                                                                attn_implementation="eager").eval()
     loaded.requires_grad_(False)
     with open(os.path.join(directory, "reference.json"), "w") as f:
-        json.dump(references(loaded), f)
+        reference = references(loaded)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+        reference["past_tokenizer"] = past_tokenizer_reference(loaded, tokenizer)
+        json.dump(reference, f)
 
 
 def write_zero_bias_copy(source, directory):

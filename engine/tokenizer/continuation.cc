@@ -58,22 +58,34 @@ Continuation DecodeContinuation(const Tokenizer& tokenizer, const std::vector<in
   for (auto it = prompt_ids.rbegin(); it != prompt_ids.rend() && context.size() < kContextTokens; ++it) {
     if (!tokenizer.IsSpecial(*it)) context.insert(context.begin(), *it);
   }
-  const std::string context_text = tokenizer.Decode(context, true).value_or("");
-  std::vector<int64_t> sequence = context;
+  absl::StatusOr<std::string> context_text = tokenizer.Decode(context, true);
+  // Without the context's text nothing could be cut off the joint decoding: decode the ids alone.
+  if (!context_text.ok()) {
+    context.clear();
+    context_text = std::string();
+  }
+  std::vector<int64_t> sequence = context, alone;
   Continuation out;
   size_t previous = 0;
-  for (size_t i = 0; i < ids.size(); ++i) {
-    sequence.push_back(ids[i]);
+  for (int64_t id : ids) {
+    sequence.push_back(id);
+    alone.push_back(id);
     absl::StatusOr<std::string> text = tokenizer.Decode(sequence, true);
-    if (text.ok() && text->compare(0, context_text.size(), context_text) == 0) {
-      text->erase(0, context_text.size());
+    if (text.ok() && text->compare(0, context_text->size(), *context_text) == 0) {
+      text->erase(0, context_text->size());
     } else {
-      text = tokenizer.Decode({ids.begin(), ids.begin() + i + 1}, true);
+      text = tokenizer.Decode(alone, true);
     }
-    const size_t length = text.ok() ? text->size() : previous;
-    out.spans.push_back({.begin = std::min(previous, length), .end = length});
-    previous = length;
-    if (i + 1 == ids.size() && text.ok()) out.text = *text;
+    if (!text.ok()) {
+      // An id no decoding takes adds no text; left in, it would blank every later token's text too.
+      sequence.pop_back();
+      alone.pop_back();
+      out.spans.push_back({.begin = previous, .end = previous});
+      continue;
+    }
+    out.spans.push_back({.begin = std::min(previous, text->size()), .end = text->size()});
+    previous = text->size();
+    out.text = std::move(*text);
   }
   return out;
 }

@@ -25,7 +25,8 @@ absl::StatusOr<Encoding> EncodeContinuation(const Tokenizer& tokenizer, const st
 
 struct Continuation {
   std::string text;              // exact bytes (possibly ending inside a character)
-  std::vector<TokenSpan> spans;  // each id's bytes in `text`; special tokens get empty spans
+  std::vector<TokenSpan> spans;  // each id's bytes in `text`; special tokens and ids the tokenizer
+                                 // has no token for get empty spans
 };
 
 // `ids` decoded after the prompt's last words (special tokens skipped). Where the prompt's text is no

@@ -232,6 +232,7 @@ std::string HfTokenizer::DecodeTokens(const std::vector<int64_t>& ids, bool skip
                                       bool strip_leading_space) const {
   std::string bytes;
   for (int64_t id : ids) {
+    if (!HasToken(id)) continue;
     if (auto it = added_by_id_.find(id); it != added_by_id_.end()) {
       if (!(skip_special && it->second->special)) bytes += it->second->content;
       continue;
@@ -268,9 +269,7 @@ bool HfTokenizer::HasToken(int64_t id) const {
 
 absl::StatusOr<std::string> HfTokenizer::Decode(const std::vector<int64_t>& ids, bool skip_special_tokens) const {
   for (int64_t id : ids) {
-    if (!HasToken(id)) {
-      return absl::InvalidArgumentError(absl::StrCat("token id ", id, " is not in the vocabulary of ", vocab_size_));
-    }
+    if (id < 0) return absl::InvalidArgumentError(absl::StrCat("token id ", id, " is negative"));
   }
   return DecodeTokens(ids, skip_special_tokens, /*strip_leading_space=*/true);
 }

@@ -17,9 +17,8 @@ absl::StatusOr<Encoding> IdOnlyTokenizer::Encode(const std::string& text, bool a
 absl::StatusOr<std::string> IdOnlyTokenizer::Decode(const std::vector<int64_t>& ids, bool skip_special_tokens) const {
   std::string text;
   for (int64_t id : ids) {
-    if (id < 0 || id >= vocab_size_) {
-      return absl::InvalidArgumentError(absl::StrCat("token id ", id, " outside [0, ", vocab_size_, ")"));
-    }
+    if (id < 0) return absl::InvalidArgumentError(absl::StrCat("token id ", id, " is negative"));
+    if (id >= vocab_size_) continue;  // no token, as in the other tokenizers
     const bool special = id == special_.bos || id == special_.eos || id == special_.pad || id == special_.unk;
     if (skip_special_tokens && special) continue;
     absl::StrAppend(&text, TokenText(id));

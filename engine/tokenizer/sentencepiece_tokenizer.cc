@@ -47,9 +47,9 @@ absl::StatusOr<std::string> SentencePieceTokenizer::Decode(const std::vector<int
                                                            bool skip_special_tokens) const {
   std::vector<int> kept;
   for (int64_t id : ids) {
-    if (id < 0 || id >= vocab_size()) {
-      return absl::InvalidArgumentError(absl::StrCat("token id ", id, " outside [0, ", vocab_size(), ")"));
-    }
+    if (id < 0) return absl::InvalidArgumentError(absl::StrCat("token id ", id, " is negative"));
+    // As transformers' tokenizer for a tokenizer.model (libsentencepiece itself refuses such an id).
+    if (id >= vocab_size()) continue;
     if (skip_special_tokens && processor_->IsControlOrUnknown(static_cast<int>(id))) continue;
     kept.push_back(static_cast<int>(id));
   }

@@ -42,6 +42,9 @@ class Tokenizer {
 
   // Fails on text that is not valid UTF-8 (INVALID_ARGUMENT naming the byte offset).
   virtual absl::StatusOr<Encoding> Encode(const std::string& text, bool add_special_tokens) const = 0;
+  // Ids the tokenizer has no token for decode to nothing, as in Hugging Face's decode: a model's
+  // embedding table often has more rows than its tokenizer has tokens (Qwen2: 151936 rows, 151665
+  // tokens), and a model may generate one of those ids. Fails only on a negative id.
   virtual absl::StatusOr<std::string> Decode(const std::vector<int64_t>& ids, bool skip_special_tokens) const = 0;
   // The readable text of one token (as Decode of it alone, special tokens shown by name).
   virtual std::string TokenText(int64_t id) const = 0;

@@ -117,6 +117,49 @@ TEST_P(Architectures, GreedyGenerationMatchesTransformers) {
   EXPECT_EQ(ours, expected);
 }
 
+// A model's embedding has rows past its tokenizer's tokens (1408 ids here, 1200 tokens in the byte-level
+// tokenizers; Qwen2's real one: 151936 ids, 151665 tokens). An id among them that the model generates
+// reads as nothing, as transformers' tokenizer decodes it, and the other tokens keep their text and spans
+// (it blanked the whole text, and froze every later token's span).
+TEST_P(Architectures, GeneratedIdsPastTheTokenizerReadAsNothingAsInTransformers) {
+  const nlohmann::json& reference = reference_["past_tokenizer"];
+  const auto expected_ids = reference["generated"].get<std::vector<int64_t>>();
+  const int64_t tokenizer_size = reference["tokenizer_size"].get<int64_t>();
+  const bool past_tokenizer =
+      std::any_of(expected_ids.begin(), expected_ids.end(), [&](int64_t id) { return id >= tokenizer_size; });
+  if (GetParam() == "gpt2") {
+    ASSERT_TRUE(past_tokenizer) << "the reviewer's case: [607 x 5, 1252]";
+  }
+  if (!past_tokenizer) GTEST_SKIP() << "this model generates no id past its tokenizer here";
+  absl::StatusOr<client::Generation> result = client_->Generate(
+      {.model = GetParam(),
+       .prompt_ids = reference["prompt"].get<std::vector<int64_t>>(),
+       .generation = {.max_new_tokens = static_cast<int>(expected_ids.size()), .ignore_stop_tokens = true}});
+  ASSERT_THAT(result, IsOk());
+  std::vector<int64_t> ids;
+  for (const auto& t : result->tokens) ids.push_back(t.id);
+  ASSERT_EQ(ids, expected_ids);
+  const std::string expected_text = reference["text"].get<std::string>();
+  ASSERT_FALSE(expected_text.empty());
+  EXPECT_EQ(result->text, expected_text);
+  EXPECT_EQ(result->text_bytes, expected_text);
+  // Spans in order, covering the text (ASCII: code points are bytes); the unknown ids' are empty.
+  int64_t covered = 0;
+  for (size_t i = 0; i < result->tokens.size(); ++i) {
+    const client::Token& token = result->tokens[i];
+    SCOPED_TRACE(::testing::Message() << "token " << i << " (id " << token.id << ")");
+    EXPECT_EQ(token.char_begin, covered);
+    if (token.id >= tokenizer_size) {
+      EXPECT_EQ(token.char_end, token.char_begin);
+      EXPECT_EQ(token.text, "");
+    } else {
+      EXPECT_EQ(expected_text.substr(token.char_begin, token.char_end - token.char_begin), token.text);
+    }
+    covered = token.char_end;
+  }
+  EXPECT_EQ(covered, static_cast<int64_t>(expected_text.size()));
+}
+
 // GPT-2's learned positions (64 in the test model) bound a sequence below the server's max_tokens: calls
 // that would run past them are refused before any work, naming what to shorten, not failed mid-way.
 TEST_P(Architectures, CallsPastGpt2sPositionsAreRefusedNamingTheField) {

@@ -10,6 +10,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "engine/tokenizer/continuation.h"
 #include "tests/testing/reference.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -70,6 +71,36 @@ TEST_P(TokenizerParity, DecodeMatchesPython) {
   EXPECT_EQ(mismatches, 0);
 }
 
+// A model's embedding often has rows past its tokenizer's tokens (Qwen2: 151936 ids, 151665 tokens) and
+// may generate one: such ids decode to nothing, as in Python, and the other ids keep their text, whether
+// decoded alone or as a prompt's continuation (where each gets its span and those ids empty ones).
+TEST_P(TokenizerParity, IdsPastTheVocabularyDecodeToNothingAsPython) {
+  const auto ids = expected_["beyond_vocab_ids"].get<std::vector<std::vector<int64_t>>>();
+  const auto decoded = expected_["beyond_vocab_decoded"].get<std::vector<std::string>>();
+  ASSERT_EQ(ids.size(), decoded.size());
+  ASSERT_FALSE(ids.empty());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    SCOPED_TRACE(::testing::Message() << "ids " << ::testing::PrintToString(ids[i]));
+    const absl::StatusOr<std::string> text = tokenizer_->Decode(ids[i], /*skip_special_tokens=*/false);
+    ASSERT_THAT(text, IsOk());
+    EXPECT_EQ(*text, decoded[i]);
+    const Continuation continuation = DecodeContinuation(*tokenizer_, {}, ids[i]);
+    EXPECT_EQ(continuation.text, decoded[i]);
+    ASSERT_EQ(continuation.spans.size(), ids[i].size());
+    size_t previous_end = 0;
+    for (size_t t = 0; t < ids[i].size(); ++t) {
+      const TokenSpan& span = continuation.spans[t];
+      EXPECT_LE(span.begin, span.end);
+      EXPECT_GE(span.begin, std::min(previous_end, span.end)) << "token " << t;
+      if (ids[i][t] >= tokenizer_->vocab_size()) {
+        EXPECT_EQ(span.begin, span.end) << "token " << t;
+      }
+      previous_end = span.end;
+    }
+    EXPECT_EQ(continuation.spans.back().end, decoded[i].size());
+  }
+}
+
 TEST_P(TokenizerParity, SpansLieInTheTextInOrder) {
   const auto texts = expected_["texts"].get<std::vector<std::string>>();
   for (size_t i = 0; i < 300; ++i) {
@@ -122,8 +153,10 @@ TEST(HfTokenizerFile, IdsInAGapOfTheVocabularyAreNoTokens) {
       R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}}, "added_tokens": [{"id": 100, "content": "<x>"}]})");
   ASSERT_THAT(tokenizer, IsOk());
   EXPECT_EQ((*tokenizer)->vocab_size(), 101);
-  EXPECT_THAT((*tokenizer)->Decode({50}, false), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("50")));
+  // As the `tokenizers` library's decode: such an id adds nothing (its decode of [50] is '').
+  EXPECT_EQ((*tokenizer)->Decode({50}, false).value_or("<error>"), "");
   EXPECT_EQ((*tokenizer)->TokenText(50), "");
+  EXPECT_EQ((*tokenizer)->Decode({0, 50, 1}, false).value_or("?"), (*tokenizer)->Decode({0, 1}, false).value_or("!"));
   EXPECT_THAT((*tokenizer)->Decode({0, 100}, false), IsOk());
 }
 
