@@ -462,7 +462,7 @@ void ToModelInfo(const ServedModel& model, int64_t max_top_k, v1::ModelInfo* out
   limits->set_max_samples(l.max_samples);
   limits->set_max_features(l.max_features);
   limits->set_max_exact_shapley_features(l.max_exact_shapley_features);
-  limits->set_max_tokens(l.max_tokens);
+  limits->set_max_tokens(MaxSequenceTokens(model));
   limits->set_max_new_tokens(l.max_new_tokens);
   limits->set_max_top_k(max_top_k);
   limits->set_max_choices(l.max_choices);
