@@ -231,6 +231,7 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
   engine::AttributionRequest& request = call.request;
   ASSIGN_OR_RETURN(call.prompt, ResolvePrompt(proto.prompt(), proto.no_special_tokens(), model));
   request.prompt_ids = call.prompt.encoding.ids;
+  RETURN_IF_ERROR(CheckTargetTokenization(proto.target_tokenization()));  // also without a target
   if (proto.has_target() && !IsSet(proto.target())) {
     return Invalid("target", "is set but empty; omit the field to have the target generated");
   }

@@ -134,9 +134,15 @@ absl::StatusOr<ResolvedInput> ResolveContinuationOf(const v1::Input& input, absl
   return ResolveContinuation(input.text(), field, prompt, *model.tokenizer, other_way);
 }
 
+absl::Status CheckTargetTokenization(v1::TargetTokenization tokenization) {
+  if (v1::TargetTokenization_IsValid(tokenization)) return absl::OkStatus();
+  return UnknownEnumValue("target_tokenization", tokenization, v1::TargetTokenization_descriptor());
+}
+
 absl::StatusOr<ResolvedInput> ResolveTarget(const v1::Input& input, absl::string_view field,
                                             const ResolvedInput& prompt, v1::TargetTokenization tokenization,
                                             const ServedModel& model) {
+  RETURN_IF_ERROR(CheckTargetTokenization(tokenization));
   if (input.text().empty() || input.token_ids_size() > 0) return Resolve(input, field, model, false);
   switch (tokenization) {
     case v1::TARGET_TOKENIZATION_UNSPECIFIED:
@@ -144,7 +150,7 @@ absl::StatusOr<ResolvedInput> ResolveTarget(const v1::Input& input, absl::string
       return ResolveContinuationOf(input, field, prompt, model, "; or set target_tokenization = SEPARATE");
     case v1::SEPARATE:
       return Resolve(input, field, model, false);
-    default:
+    default:  // ruled out above; a value added to the proto lands here
       return UnknownEnumValue("target_tokenization", tokenization, v1::TargetTokenization_descriptor());
   }
 }

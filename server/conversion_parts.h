@@ -32,6 +32,9 @@ absl::StatusOr<ResolvedInput> Resolve(const v1::Input& input, absl::string_view 
 absl::StatusOr<ResolvedInput> ResolveContinuationOf(const v1::Input& input, absl::string_view field,
                                                     const ResolvedInput& prompt, const ServedModel& model,
                                                     absl::string_view other_way = "");
+// INVALID_ARGUMENT naming target_tokenization for a value outside its enum, whatever the targets are
+// (ids, text or none): a request is refused for a bad field even where the field is not read.
+absl::Status CheckTargetTokenization(v1::TargetTokenization tokenization);
 // A target or foil: as ResolveContinuationOf, or text on its own (`tokenization` SEPARATE).
 absl::StatusOr<ResolvedInput> ResolveTarget(const v1::Input& input, absl::string_view field,
                                             const ResolvedInput& prompt, v1::TargetTokenization tokenization,

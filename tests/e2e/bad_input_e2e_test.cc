@@ -240,6 +240,23 @@ std::vector<BadCase> BadCases() {
           "unknown target tokenization",
           [](A& r) { r.set_target_tokenization(static_cast<v1::TargetTokenization>(7)); }, kInvalid,
           "target_tokenization: unknown value 7 (one of: TARGET_TOKENIZATION_UNSPECIFIED, CONTINUATION, SEPARATE)"),
+      // Checked whatever the target is: ids (where it is not read), or none (generated).
+      Attribute(
+          "unknown target tokenization beside target ids",
+          [](A& r) {
+            r.mutable_target()->clear_text();
+            r.mutable_target()->add_token_ids(5);
+            r.set_target_tokenization(static_cast<v1::TargetTokenization>(99));
+          },
+          kInvalid, "target_tokenization: unknown value 99"),
+      Attribute(
+          "unknown target tokenization without a target",
+          [](A& r) {
+            r.clear_target();
+            r.mutable_generation()->set_max_new_tokens(2);
+            r.set_target_tokenization(static_cast<v1::TargetTokenization>(99));
+          },
+          kInvalid, "target_tokenization: unknown value 99"),
       Attribute(
           "target splitting the prompt's last token",
           [](A& r) {
@@ -564,6 +581,18 @@ std::vector<BadCase> BadCases() {
           "logprobs: top_k over the cap", [](L& r) { r.set_top_k(21); }, kInvalid, "top_k: 21 is outside [0, 20]"),
       Logprobs(
           "logprobs: negative top_k", [](L& r) { r.set_top_k(-1); }, kInvalid, "top_k"),
+      Logprobs(
+          "logprobs: unknown target tokenization beside text",
+          [](L& r) { r.set_target_tokenization(static_cast<v1::TargetTokenization>(99)); }, kInvalid,
+          "target_tokenization: unknown value 99"),
+      Logprobs(
+          "logprobs: unknown target tokenization beside target ids",
+          [](L& r) {
+            r.mutable_target()->clear_text();
+            r.mutable_target()->add_token_ids(5);
+            r.set_target_tokenization(static_cast<v1::TargetTokenization>(99));
+          },
+          kInvalid, "target_tokenization: unknown value 99"),
       Logprobs(
           "logprobs: malformed UTF-8", [](L& r) { r.mutable_target()->set_text("\xE2\x82"); }, kInvalid, "target.text"),
       // A huge name is quoted by a short prefix: echoed whole, the message overflowed gRPC's 8 KB
