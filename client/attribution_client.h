@@ -79,7 +79,9 @@ struct GenerationSettings {
   int max_new_tokens = 0;  // 0: server default (25)
   double temperature = 0;
   double top_p = 0;  // 0: no truncation
-  uint64_t seed = 0;
+  // Seeds sampling. Unset: Generate samples afresh each call and reports the seed it drew
+  // (Generation::seed); an Attribute target generated without one uses seed 0.
+  std::optional<uint64_t> seed;
   std::vector<int64_t> stop_token_ids;
   bool ignore_stop_tokens = false;
 };
@@ -164,6 +166,7 @@ struct Generation {
   std::string text;        // valid UTF-8: as it reads after the prompt (pass it back as a target)
   std::string text_bytes;  // exact bytes
   bool stopped = false;
+  uint64_t seed = 0;  // the seed sampled with: the request's, or the server's draw (send it to reproduce)
   RunStats stats;
 };
 

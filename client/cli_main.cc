@@ -73,7 +73,8 @@ ABSL_FLAG(std::string, rule, "default",
           "fejer2, riemann_left, riemann_right, riemann_middle, riemann_trapezoid");
 ABSL_FLAG(int32_t, n_samples, 0, "samples of sampling methods (0: server default 25)");
 ABSL_FLAG(double, stdev, 0, "GradientShap noise");
-ABSL_FLAG(uint64_t, seed, 0, "random seed");
+ABSL_FLAG(std::optional<uint64_t>, seed, std::nullopt,
+          "random seed (generate: unset, a fresh sample each call; --json shows the seed used to repeat it)");
 ABSL_FLAG(std::string, baseline, "default", "default | zero | pad | unk | eos | bos | a token id");
 ABSL_FLAG(std::string, range, "", "attribute only prompt tokens BEGIN:END");
 ABSL_FLAG(bool, matrix, false, "also compute the per-output-token matrix");
@@ -154,6 +155,7 @@ absl::StatusOr<std::string> ModelName(AttributionClient& client) {
 }
 
 GenerationSettings GenerationFromFlags() {
+  // No --seed: the server samples afresh.
   return {.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens),
           .temperature = absl::GetFlag(FLAGS_temperature),
           .seed = absl::GetFlag(FLAGS_seed)};
@@ -199,7 +201,7 @@ int Attribute(AttributionClient& client, const std::string& model,
                      .rule = absl::GetFlag(FLAGS_rule),
                      .n_samples = absl::GetFlag(FLAGS_n_samples),
                      .stdev = absl::GetFlag(FLAGS_stdev),
-                     .seed = absl::GetFlag(FLAGS_seed),
+                     .seed = absl::GetFlag(FLAGS_seed).value_or(0),
                      .want_token_matrix = absl::GetFlag(FLAGS_matrix),
                      .want_faithfulness = absl::GetFlag(FLAGS_faithfulness),
                      .include_special_tokens = absl::GetFlag(FLAGS_include_special_tokens)};

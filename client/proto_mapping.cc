@@ -35,7 +35,7 @@ void SetGeneration(const GenerationSettings& g, v1::GenerationSettings* out) {
   out->set_max_new_tokens(g.max_new_tokens);
   out->set_temperature(g.temperature);
   out->set_top_p(g.top_p);
-  out->set_seed(g.seed);
+  if (g.seed) out->set_seed(*g.seed);
   out->mutable_stop_token_ids()->Assign(g.stop_token_ids.begin(), g.stop_token_ids.end());
   out->set_ignore_stop_tokens(g.ignore_stop_tokens);
 }
@@ -321,6 +321,7 @@ absl::StatusOr<Generation> FromProto(const v1::GenerateResponse& r) {
                     .text = r.text(),
                     .text_bytes = r.text_bytes(),
                     .stopped = r.stopped(),
+                    .seed = r.seed(),
                     .stats = StatsFromProto(r.stats())};
 }
 

@@ -16,7 +16,8 @@ std::string Dump(const nlohmann::json& json) {
 std::string GenerationJson(const Generation& generation) {
   nlohmann::json tokens = nlohmann::json::array();
   for (const Token& t : generation.tokens) tokens.push_back({{"id", t.id}, {"text", t.text}, {"log_prob", t.log_prob}});
-  return Dump({{"text", generation.text}, {"tokens", tokens}, {"stopped", generation.stopped}});
+  return Dump(
+      {{"text", generation.text}, {"tokens", tokens}, {"stopped", generation.stopped}, {"seed", generation.seed}});
 }
 
 std::string LogprobsJson(const Logprobs& logprobs) {

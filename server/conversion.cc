@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <random>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -196,6 +197,12 @@ absl::StatusOr<engine::GenerationOptions> ToGenerationOptions(const v1::Generati
   return options;
 }
 
+// 64 bits from the operating system's entropy source.
+uint64_t FreshSeed() {
+  std::random_device entropy;
+  return static_cast<uint64_t>(entropy()) << 32 | entropy();
+}
+
 // The prompt fits alone (ResolvePrompt): what is over the limit is what follows it, named by `field`.
 absl::Status CheckContinuationLength(const ResolvedInput& prompt, int64_t continuation, absl::string_view field,
                                      const ServedModel& model) {
@@ -370,6 +377,8 @@ absl::StatusOr<GenerateCall> ToGenerateCall(const v1::GenerateRequest& proto, co
   GenerateCall call;
   ASSIGN_OR_RETURN(call.prompt, ResolvePrompt(proto.prompt(), proto.no_special_tokens(), model));
   ASSIGN_OR_RETURN(call.options, ToGenerationOptions(proto.generation(), model));
+  // Without a seed a user expects a fresh sample each call; the seed drawn is reported to reproduce it.
+  if (!proto.generation().has_seed()) call.options.seed = FreshSeed();
   RETURN_IF_ERROR(
       CheckContinuationLength(call.prompt, call.options.max_new_tokens, "generation.max_new_tokens", model));
   ASSIGN_OR_RETURN(call.priority, ToPriority(proto.priority()));
@@ -386,6 +395,7 @@ void ToGenerateResponse(const engine::Generation& generation, const GenerateCall
   out->set_text(engine::ToValidUtf8(continuation.text));
   out->set_text_bytes(continuation.text);
   out->set_stopped(generation.stopped);
+  out->set_seed(call.options.seed);
 }
 
 void ToStreamedToken(int64_t id, float log_prob, const ServedModel& model, v1::Token* out) {

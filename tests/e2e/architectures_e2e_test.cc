@@ -123,6 +123,50 @@ TEST_P(Architectures, GreedyGenerationMatchesTransformers) {
   EXPECT_EQ(ours, expected);
 }
 
+// Sampling without a seed samples afresh each call (it used seed 0, one sample for ever) and reports the
+// seed it drew, which reproduces the sample sent back, streamed or not; a given seed is reported as is.
+// Two fresh samples of 32 tokens at temperature 1 from random weights (no token near certain) being
+// equal is vanishingly unlikely.
+TEST_P(Architectures, UnseededSamplesDifferAndTheReportedSeedReproducesThem) {
+  client::GenerateOptions sampling{
+      .model = GetParam(),
+      .prompt_ids = prompt_,
+      .generation = {.max_new_tokens = 32, .temperature = 1.0, .ignore_stop_tokens = true}};
+  auto ids = [](const client::Generation& g) {
+    std::vector<int64_t> out;
+    for (const auto& t : g.tokens) out.push_back(t.id);
+    return out;
+  };
+  absl::StatusOr<client::Generation> first = client_->Generate(sampling);
+  absl::StatusOr<client::Generation> second = client_->Generate(sampling);
+  ASSERT_THAT(first, IsOk());
+  ASSERT_THAT(second, IsOk());
+  ASSERT_EQ(first->tokens.size(), 32u);
+  EXPECT_NE(ids(*first), ids(*second));
+  EXPECT_NE(first->seed, second->seed);
+
+  sampling.generation.seed = first->seed;
+  absl::StatusOr<client::Generation> again = client_->Generate(sampling);
+  ASSERT_THAT(again, IsOk());
+  EXPECT_EQ(again->seed, first->seed);
+  EXPECT_EQ(ids(*again), ids(*first));
+  absl::StatusOr<client::Generation> streamed = client_->GenerateStream(sampling, [](const client::Token&) {});
+  ASSERT_THAT(streamed, IsOk());
+  EXPECT_EQ(streamed->seed, first->seed);
+  EXPECT_EQ(ids(*streamed), ids(*first));
+
+  // 0 is a seed like any other: the same sample each time.
+  for (uint64_t seed : {uint64_t{0}, uint64_t{12345}}) {
+    sampling.generation.seed = seed;
+    absl::StatusOr<client::Generation> seeded = client_->Generate(sampling);
+    absl::StatusOr<client::Generation> reseeded = client_->Generate(sampling);
+    ASSERT_THAT(seeded, IsOk());
+    ASSERT_THAT(reseeded, IsOk());
+    EXPECT_EQ(seeded->seed, seed);
+    EXPECT_EQ(ids(*seeded), ids(*reseeded));
+  }
+}
+
 // A model's embedding has rows past its tokenizer's tokens (1408 ids here, 1200 tokens in the byte-level
 // tokenizers; Qwen2's real one: 151936 ids, 151665 tokens). An id among them that the model generates
 // reads as nothing, as transformers' tokenizer decodes it, and the other tokens keep their text and spans

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import attribution_client as ac
-from attribution_client import _channel
+from attribution_client import _channel, _convert
 from conftest import PROMPT, cli, cli_json
 
 # One float32 ULP of the values involved, turned to float64 and printed: both clients read one answer.
@@ -105,6 +105,23 @@ def test_generate_and_stream_equal_cpp_client(client, server):
                                    [t["log_prob"] for t in reference["tokens"]], **CLOSE)
     streamed = list(client.generate_stream(prompt=PROMPT, max_new_tokens=4))
     assert [t.text for t in streamed] == [t["text"] for t in reference["tokens"]]
+
+
+def test_generate_seed_is_optional_and_the_seed_used_is_reported(client):
+    # Unset, no seed goes on the wire (the server then draws one); 0 is a seed like any other.
+    unseeded = _convert.generate_request(ac.GenerateOptions(prompt=PROMPT)).generation
+    assert not unseeded.HasField("seed")
+    assert _convert.generate_request(
+        ac.GenerateOptions(prompt=PROMPT, generation=ac.GenerationSettings(seed=0))).generation.HasField("seed")
+    sampling = dict(prompt=PROMPT, temperature=1.0, max_new_tokens=8, ignore_stop_tokens=True)
+    drawn = client.generate(**sampling)
+    again = client.generate(**sampling, seed=drawn.seed)
+    assert again.seed == drawn.seed
+    assert [t.id for t in again.tokens] == [t.id for t in drawn.tokens]
+    streamed = client.generate_stream(**sampling, seed=drawn.seed).result()
+    assert (streamed.seed, [t.id for t in streamed.tokens]) == (drawn.seed, [t.id for t in drawn.tokens])
+    for seed in (0, 2 ** 64 - 1):
+        assert client.generate(**sampling, seed=seed).seed == seed
 
 
 def test_logprobs_equal_cpp_client(client, server):

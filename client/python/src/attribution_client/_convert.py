@@ -177,7 +177,8 @@ def _set_generation(g: GenerationSettings, out: pb.GenerationSettings) -> None:
     out.max_new_tokens = integer("max_new_tokens", g.max_new_tokens, INT32)
     out.temperature = number("temperature", g.temperature)
     out.top_p = number("top_p", g.top_p)
-    out.seed = integer("seed", g.seed, UINT64)
+    if g.seed is not None:
+        out.seed = integer("seed", g.seed, UINT64)
     out.stop_token_ids.extend(_ids("stop_token_ids", g.stop_token_ids))
     out.ignore_stop_tokens = _flag("ignore_stop_tokens", g.ignore_stop_tokens)
 
@@ -385,7 +386,7 @@ def component_attribution(r: pb.AttributeComponentsResponse) -> ComponentAttribu
 
 def generation(r: pb.GenerateResponse) -> Generation:
     return Generation(prompt_tokens=_tokens(r.prompt_tokens), tokens=_tokens(r.tokens), text=r.text,
-                      text_bytes=r.text_bytes, stopped=r.stopped, stats=_stats(r.stats))
+                      text_bytes=r.text_bytes, stopped=r.stopped, seed=r.seed, stats=_stats(r.stats))
 
 
 def logprobs(r: pb.LogprobsResponse) -> Logprobs:

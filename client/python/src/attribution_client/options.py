@@ -45,7 +45,9 @@ class GenerationSettings:
     max_new_tokens: int = 0    # 0: server default (25)
     temperature: float = 0.0   # 0: greedy
     top_p: float = 0.0         # 0: no truncation
-    seed: int = 0
+    # Seeds sampling. None: generate() samples afresh each call and reports the seed it drew
+    # (Generation.seed); an attribute() target generated without one uses seed 0.
+    seed: Optional[int] = None
     stop_token_ids: List[int] = field(default_factory=list)  # empty: the model's eos tokens
     ignore_stop_tokens: bool = False
 
