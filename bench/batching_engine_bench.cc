@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <iostream>
+#include <optional>
 
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
@@ -102,6 +103,10 @@ double Percentile(std::vector<double> v, double p) {
 }
 
 int Main(int argc, char** argv) {
+  if (std::optional<int> exit = bench::CheckFlags(
+          argc, argv,
+          {"ig_requests", "ig_rows", "max_batch_rows", "max_batch_tokens", "model", "score_requests", "seq"}))
+    return *exit;
   auto loaded = CausalLM::Load(Flag(argc, argv, "model", ""), {});
   if (!loaded.ok()) {
     std::cerr << loaded.status() << "\n";

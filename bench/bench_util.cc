@@ -41,6 +41,30 @@ std::string RunCommand(const std::string& command) {
   return out;
 }
 
+std::optional<int> CheckFlags(int argc, char** argv, std::initializer_list<std::string_view> known) {
+  std::string listed;
+  for (std::string_view name : known) listed += " --" + std::string(name) + "=";
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      const std::string_view path = argv[0], program = path.substr(path.rfind('/') + 1);
+      std::printf("%s flags:%s\n(each explained in the opening comment of bench/%s.cc)\n", argv[0], listed.c_str(),
+                  std::string(program).c_str());
+      return 0;
+    }
+    const size_t equals = arg.find('=');
+    const std::string_view name = arg.substr(2, equals == std::string_view::npos ? std::string_view::npos : equals - 2);
+    const bool named = arg.substr(0, 2) == "--" && equals != std::string_view::npos &&
+                       std::find(known.begin(), known.end(), name) != known.end();
+    if (!named) {
+      std::fprintf(stderr, "%s: \"%s\" is not one of its flags:%s (each as --NAME=VALUE)\n", argv[0],
+                   std::string(arg).c_str(), listed.c_str());
+      return 2;
+    }
+  }
+  return std::nullopt;
+}
+
 std::string Flag(int argc, char** argv, const std::string& name, const std::string& fallback) {
   const std::string prefix = "--" + name + "=";
   for (int i = 1; i < argc; ++i) {

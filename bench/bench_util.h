@@ -7,8 +7,11 @@
 
 #include <chrono>
 #include <functional>
+#include <initializer_list>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
+#include <string_view>
 
 #include "engine/model/model_config.h"
 
@@ -26,6 +29,13 @@ double MatmulPeakGflops(int64_t n, at::ScalarType dtype, const at::Device& devic
 
 // Runs `command` through the shell and returns its standard output (empty on failure).
 std::string RunCommand(const std::string& command);
+
+// Checks argv against the flags a benchmark reads, before it runs for minutes: --help lists them (exit
+// status 0), and an argument that is not --NAME=VALUE of one of them is a usage error (2), where before a
+// typo was ignored and --help ran the whole benchmark. nullopt: go on.
+//
+//   if (std::optional<int> exit = bench::CheckFlags(argc, argv, {"model", "seq"})) return *exit;
+std::optional<int> CheckFlags(int argc, char** argv, std::initializer_list<std::string_view> known);
 
 // Value of "--name=value" in argv, or `fallback`.
 std::string Flag(int argc, char** argv, const std::string& name, const std::string& fallback);

@@ -23,6 +23,7 @@
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 
 #include "absl/strings/str_split.h"
@@ -138,6 +139,9 @@ server::AttributeCall ApiCall(const HeldOutQuestion& question, server::v1::Metho
 }
 
 int Main(int argc, char** argv) {
+  if (std::optional<int> exit =
+          bench::CheckFlags(argc, argv, {"include_special_tokens", "json", "limit", "methods", "model", "questions"}))
+    return *exit;
   const std::string dir = Flag(argc, argv, "model", std::string(ATTRIBUTION_SOURCE_DIR) + "/models/tiny-qa-llama");
   auto loaded = CausalLM::Load(dir, {});
   auto tokenizer = Tokenizer::Load(dir);

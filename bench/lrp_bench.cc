@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <iostream>
+#include <optional>
 #include <thread>
 
 #include "bench/bench_util.h"
@@ -28,6 +29,9 @@ double Median(std::vector<double> values) {
 }
 
 int Main(int argc, char** argv) {
+  if (std::optional<int> exit =
+          bench::CheckFlags(argc, argv, {"concurrent", "model", "prompt_tokens", "repeats", "target_tokens"}))
+    return *exit;
   const std::string dir = Flag(argc, argv, "model", "");
   auto loaded = CausalLM::Load(dir, {});
   if (!loaded.ok()) {

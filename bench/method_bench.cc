@@ -19,6 +19,7 @@
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
 #include "absl/strings/str_join.h"
@@ -83,6 +84,11 @@ absl::StatusOr<Timed> RunJob(const Attributor& attributor, const AttributionRequ
 }
 
 int Main(int argc, char** argv) {
+  if (std::optional<int> exit =
+          bench::CheckFlags(argc, argv,
+                            {"captum_jobs", "device", "dtype", "jobs", "json", "max_batch_rows", "max_batch_tokens",
+                             "model", "prompt_tokens", "python", "quantization", "repeats", "target_tokens"}))
+    return *exit;
   const std::string dir = Flag(argc, argv, "model", "");
   LoadOptions options;
   auto dtype = ParseDtype(Flag(argc, argv, "dtype", "float32"));

@@ -20,6 +20,7 @@
 #include <iostream>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
 #include "bench/bench_util.h"
@@ -32,6 +33,11 @@ namespace {
 using bench::Flag;
 
 int Run(int argc, char** argv) {
+  if (std::optional<int> exit = bench::CheckFlags(
+          argc, argv,
+          {"batch", "decode_batches", "decode_tokens", "device", "double_quantization", "dtype", "iterations", "json",
+           "model", "pack_weights_for_few_rows", "python", "quantization", "quantization_block_size", "seq"}))
+    return *exit;
   const std::string dir = Flag(argc, argv, "model", "");
   const int64_t batch = std::stoll(Flag(argc, argv, "batch", "8"));
   const int64_t seq = std::stoll(Flag(argc, argv, "seq", "72"));

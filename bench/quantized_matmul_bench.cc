@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
@@ -38,6 +39,9 @@ double Seconds(const std::function<at::Tensor()>& fn, int iterations, const at::
 }
 
 int Run(int argc, char** argv) {
+  if (std::optional<int> exit =
+          bench::CheckFlags(argc, argv, {"device", "dtype", "formats", "in", "iterations", "out", "rows"}))
+    return *exit;
   const at::Device device(Flag(argc, argv, "device", "cpu"));
   const std::string dtype_name = Flag(argc, argv, "dtype", device.is_cuda() ? "bfloat16" : "float32");
   auto dtype = engine::ParseDtype(dtype_name);

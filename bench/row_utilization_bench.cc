@@ -29,6 +29,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <sstream>
 
 #include "bench/bench_util.h"
@@ -96,6 +97,9 @@ void Profile(const std::function<void()>& fn, const std::string& path) {
 }
 
 int Run(int argc, char** argv) {
+  if (std::optional<int> exit =
+          bench::CheckFlags(argc, argv, {"batches", "iterations", "model", "profile", "repeats", "seq"}))
+    return *exit;
   const std::string dir = Flag(argc, argv, "model", "");
   const int64_t seq = std::stoll(Flag(argc, argv, "seq", "64"));
   const int iterations = std::stoi(Flag(argc, argv, "iterations", "5"));

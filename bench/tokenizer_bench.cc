@@ -7,6 +7,7 @@
 // DIR: a model directory with tokenizer.json (e.g. build/test_tokenizers/llama2, which the tests write).
 #include <chrono>
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,8 @@
 #include "engine/tokenizer/tokenizer.h"
 
 int main(int argc, char** argv) {
+  if (std::optional<int> exit = attribution::bench::CheckFlags(argc, argv, {"iterations", "sizes", "tokenizer"}))
+    return *exit;
   using attribution::bench::Flag;
   const std::string dir = Flag(argc, argv, "tokenizer", "build/test_tokenizers/llama2");
   auto tokenizer = attribution::engine::Tokenizer::Load(dir);
