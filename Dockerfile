@@ -5,7 +5,7 @@
 #   docker build -t attribution-server:cuda .                                  # GPU nodes (default)
 #   docker build -t attribution-server:cpu --build-arg VARIANT=cpu \
 #     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu .       # laptops and CI
-#   docker run --gpus all -p 50051:50051 -p 9464:9464 attribution-server:cuda  # serves the default model
+#   docker run --gpus all -p 50051:50051 -p 9464:9464 attribution-server:cuda --device=cuda  # the default model
 #
 # The build stage runs deploy/docker/build-image.sh, the same script scripts/check-container-build runs
 # in a clean Debian root (docker builds cannot run on our build machines). The runtime stage holds only
@@ -46,6 +46,8 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=3 \
   CMD ["attribution-cli", "health", "--server=127.0.0.1:50051", "--timeout=4"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["attribution-server"]
-# The embedded default model. With a config: docker run ... -v $PWD/config:/config attribution-server
-# --config=/config/server.json (its models point into /models).
+# The embedded default model, on the CPU: arguments given to `docker run` replace these (the listen flags'
+# defaults are the same), so `... attribution-server:cuda --device=cuda` serves it on the GPU. With a
+# config: docker run ... -v $PWD/deploy/config:/config attribution-server --config=/config/server.json (its
+# models point into /models, each with its device).
 CMD ["--listen=0.0.0.0:50051", "--metrics_listen=0.0.0.0:9464"]
