@@ -190,6 +190,29 @@ def test_async_client_matches_sync_client(client, server):
     assert models == client.list_models() and health == "SERVING"
 
 
+def test_async_streams_are_iterated_directly_as_the_readme_says(client, server):
+    # `async for` over the stream method's value: it was a coroutine (TypeError: 'async for' requires an
+    # object with __aiter__); awaiting it first still works.
+    async def run():
+        async with ac.AsyncAttributionClient(server.address) as c:
+            tokens = [t.text async for t in c.generate_stream(prompt=PROMPT, max_new_tokens=3)]
+            stream = c.attribute_stream(prompt=PROMPT, target=" Yes", n_steps=16)
+            done = [p.rows_done async for p in stream if not p.queued]
+            awaited = await c.attribute_stream(prompt=PROMPT, target=" Yes", n_steps=16)
+            unstarted = c.generate_stream(prompt=PROMPT, max_new_tokens=3)
+            unstarted.cancel()
+            with pytest.raises(ac.Cancelled):
+                await unstarted.result()
+            with pytest.raises(TypeError, match="unknown option"):
+                c.generate_stream(prompt=PROMPT, no_such_option=1)  # refused when called, not when iterated
+            return tokens, done, await stream.result(), await awaited.result()
+
+    tokens, done, streamed, awaited = asyncio.run(run())
+    assert tokens == [t.text for t in client.generate(prompt=PROMPT, max_new_tokens=3).tokens]
+    assert done == sorted(done) and done[-1] > 0
+    np.testing.assert_allclose(streamed.sequence, awaited.sequence, **CLOSE)
+
+
 def test_request_ids_reach_the_servers_log_lines(client, server):
     """request_id goes as x-request-id metadata on unary, streaming and asyncio calls; the server writes
     it in the call's log line (a JSON object per line)."""

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Callable, Generic, List, Optional, TypeVar, Union
+from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Generic, List, Optional, TypeVar, Union
 
 import grpc
 import grpc.aio
@@ -51,24 +51,41 @@ def _cancelled_by_client(cancelled: bool, closed: bool) -> Optional[AttributionE
 
 class AsyncStream(Generic[Item, Result]):
     """A server-streaming call: `async for` its events, then `await result()`; cancel() ends it (the
-    iteration then raises Cancelled)."""
+    iteration then raises Cancelled). The call starts with the first event asked for (choosing the
+    server's first model needs a call of its own); `await`ing the stream starts it and gives it back,
+    as the stream methods' coroutines did before."""
 
-    def __init__(self, call: Any, convert: Callable[[Any], Union[Item, Result]], result_type: type,
-                 closed: Callable[[], bool] = lambda: False) -> None:
-        self._call = call
+    def __init__(self, start: Callable[[], Awaitable[Any]], convert: Callable[[Any], Union[Item, Result]],
+                 result_type: type, closed: Callable[[], bool] = lambda: False) -> None:
+        self._start = start
+        self._call: Any = None
         self._convert = convert
         self._result_type = result_type
         self._result: Optional[Result] = None
         self._cancelled = False
         self._closed = closed  # whether the client that made the call is closed
 
+    async def _started(self) -> Any:
+        if self._call is None:
+            if self._cancelled:
+                raise error_for(grpc.StatusCode.CANCELLED, "the call was cancelled")
+            self._call = await self._start()
+        return self._call
+
+    def __await__(self) -> Generator[Any, None, "AsyncStream[Item, Result]"]:
+        async def started() -> "AsyncStream[Item, Result]":
+            await self._started()
+            return self
+        return started().__await__()
+
     def __aiter__(self) -> AsyncIterator[Item]:
         return self
 
     async def __anext__(self) -> Item:
+        call = await self._started()
         while True:
             try:
-                event = await self._call.read()
+                event = await call.read()
             except grpc.RpcError as e:
                 raise from_grpc(e) from None
             except asyncio.CancelledError:
@@ -94,7 +111,8 @@ class AsyncStream(Generic[Item, Result]):
 
     def cancel(self) -> None:
         self._cancelled = True
-        self._call.cancel()
+        if self._call is not None:
+            self._call.cancel()
 
 
 class AsyncAttributionClient:
@@ -121,12 +139,19 @@ class AsyncAttributionClient:
         if self._closed:  # grpc.aio would raise its UsageError
             raise error_for(grpc.StatusCode.CANCELLED, "the client is closed")
 
-    def _stream(self, method: Any, request: Any, timeout: Any, request_id: str, convert: Callable[[Any], Any],
-                result_type: type) -> AsyncStream:
-        self._check_open()
-        call = method(request, timeout=_calls.timeout(timeout, self.options.timeout),
-                      metadata=_channel.with_request_id(self._metadata, request_id))
-        return AsyncStream(call, convert, result_type, lambda: self._closed)
+    def _stream(self, method: Any, options: Any, to_request: Callable[[Any], Any], timeout: Any,
+                convert: Callable[[Any], Any], result_type: type) -> AsyncStream:
+        """A stream whose request is built now (bad options raise here) and sent on first use, once the
+        model is known (a closed client raises Cancelled then, as its other calls do when awaited)."""
+        request = to_request(options)
+
+        async def start() -> Any:
+            self._check_open()
+            if not options.model:
+                request.model = (await self._model(options)).model
+            return method(request, timeout=_calls.timeout(timeout, self.options.timeout),
+                          metadata=_channel.with_request_id(self._metadata, options.request_id))
+        return AsyncStream(start, convert, result_type, lambda: self._closed)
 
     async def __aenter__(self) -> "AsyncAttributionClient":
         return self
@@ -169,11 +194,11 @@ class AsyncAttributionClient:
         return _convert.attribution(
             await self._unary(self._stub.Attribute, _convert.attribute_request(o), timeout, o.request_id))
 
-    async def attribute_stream(self, options: Optional[AttributeOptions] = None, *, timeout: Any = _calls.DEFAULT,
-                               **fields: Any) -> AsyncStream[Progress, Attribution]:
-        o = await self._model(_calls.build(AttributeOptions, options, fields))
-        return self._stream(self._stub.AttributeStream, _convert.attribute_request(o), timeout, o.request_id,
-                            _calls.attribute_event, Attribution)
+    def attribute_stream(self, options: Optional[AttributeOptions] = None, *, timeout: Any = _calls.DEFAULT,
+                         **fields: Any) -> AsyncStream[Progress, Attribution]:
+        """`async for` its Progress, then `await result()`."""
+        return self._stream(self._stub.AttributeStream, _calls.build(AttributeOptions, options, fields),
+                            _convert.attribute_request, timeout, _calls.attribute_event, Attribution)
 
     async def attribute_components(self, options: Optional[ComponentOptions] = None, *,
                                    timeout: Any = _calls.DEFAULT, progress: Optional[Callable[[Progress], None]] = None,
@@ -188,12 +213,12 @@ class AsyncAttributionClient:
         return _convert.component_attribution(
             await self._unary(self._stub.AttributeComponents, _convert.component_request(o), timeout, o.request_id))
 
-    async def attribute_components_stream(self, options: Optional[ComponentOptions] = None, *,
-                                          timeout: Any = _calls.DEFAULT,
-                                          **fields: Any) -> AsyncStream[Progress, ComponentAttribution]:
-        o = await self._model(_calls.build(ComponentOptions, options, fields))
-        return self._stream(self._stub.AttributeComponentsStream, _convert.component_request(o), timeout,
-                            o.request_id, _calls.component_event, ComponentAttribution)
+    def attribute_components_stream(self, options: Optional[ComponentOptions] = None, *,
+                                    timeout: Any = _calls.DEFAULT,
+                                    **fields: Any) -> AsyncStream[Progress, ComponentAttribution]:
+        """`async for` its Progress, then `await result()`."""
+        return self._stream(self._stub.AttributeComponentsStream, _calls.build(ComponentOptions, options, fields),
+                            _convert.component_request, timeout, _calls.component_event, ComponentAttribution)
 
     async def generate(self, options: Optional[GenerateOptions] = None, *, timeout: Any = _calls.DEFAULT,
                        **fields: Any) -> Generation:
@@ -201,11 +226,11 @@ class AsyncAttributionClient:
         return _convert.generation(
             await self._unary(self._stub.Generate, _convert.generate_request(o), timeout, o.request_id))
 
-    async def generate_stream(self, options: Optional[GenerateOptions] = None, *, timeout: Any = _calls.DEFAULT,
-                              **fields: Any) -> AsyncStream[Token, Generation]:
-        o = await self._model(_calls.build(GenerateOptions, options, fields))
-        return self._stream(self._stub.GenerateStream, _convert.generate_request(o), timeout, o.request_id,
-                            _calls.generate_event, Generation)
+    def generate_stream(self, options: Optional[GenerateOptions] = None, *, timeout: Any = _calls.DEFAULT,
+                        **fields: Any) -> AsyncStream[Token, Generation]:
+        """`async for` its Tokens as they come, then `await result()`."""
+        return self._stream(self._stub.GenerateStream, _calls.build(GenerateOptions, options, fields),
+                            _convert.generate_request, timeout, _calls.generate_event, Generation)
 
     async def logprobs(self, options: Optional[LogprobsOptions] = None, *, timeout: Any = _calls.DEFAULT,
                        **fields: Any) -> Logprobs:
