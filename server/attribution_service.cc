@@ -351,6 +351,8 @@ grpc::ServerUnaryReactor* AttributionServiceImpl::Logprobs(grpc::CallbackServerC
                         if (!scores.ok()) return call->Complete(scores.status());
                         ToLogprobsResponse(*scores, *logprobs, *served, response);
                         ToRunStats(handle->stats(), received, response->mutable_stats());
+                        // A score request runs each of its rows forward once and never backward.
+                        response->mutable_stats()->set_forward_passes(response->stats().rows());
                         absl::StatusOr<int64_t> bytes = CheckResponseSize<v1::LogprobsResponse>(*response, max_bytes);
                         if (!bytes.ok()) {
                           response->Clear();

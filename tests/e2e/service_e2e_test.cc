@@ -340,6 +340,16 @@ TEST_F(ServiceTest, LogprobsMatchTheGeneratedTokensAndTopAlternatives) {
   EXPECT_NEAR(scored->total_log_prob, total, 1e-4);
 }
 
+// Logprobs reported its one row with no forward pass ("rows": 1, "forward_passes": 0).
+TEST_F(ServiceTest, LogprobsCountTheirRowAsOneForwardPass) {
+  auto client = Connect(server_->address());
+  auto scored = client->GetLogprobs({.model = "demo", .prompt = "Once upon a time", .target_ids = {5, 6, 7}});
+  ASSERT_THAT(scored, IsOk());
+  EXPECT_EQ(scored->stats.rows, 1);
+  EXPECT_EQ(scored->stats.forward_passes, 1);
+  EXPECT_EQ(scored->stats.backward_passes, 0);
+}
+
 TEST_F(ServiceTest, AsyncCallsOfEveryRpcRunTogetherAndMatchTheSyncOnes) {
   auto client = Connect(server_->address());
   const AttributeOptions attribute{.model = "demo", .prompt = kPrompt, .target = kTarget, .n_steps = 8};
