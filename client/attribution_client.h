@@ -204,6 +204,7 @@ struct ModelInfo {
   std::string checkpoint_compute_dtype;
   int64_t resident_weight_bytes = 0, vocab_size = 0, num_layers = 0, hidden_size = 0;
   int64_t max_steps = 0, max_samples = 0, max_features = 0, max_tokens = 0, max_new_tokens = 0, max_top_k = 0;
+  int64_t max_exact_shapley_features = 0;  // shapley_values runs 2^features rows: more features are refused
   int64_t max_choices = 0;
   int64_t max_rows = 0;  // rows one request may queue (forward or forward + backward passes of a sequence)
 };

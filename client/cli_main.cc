@@ -346,11 +346,16 @@ int LogprobsCommand(AttributionClient& client, const std::string& model) {
   return 0;
 }
 
-// "nf4/64+dq (saved)": a 4-bit format's block size, double quantization, and a pre-quantized checkpoint.
+// "nf4/64+dq (saved, compute float16)": a 4-bit format's block size, double quantization, and a pre-quantized
+// checkpoint with the compute dtype it was saved for.
 std::string QuantizationLabel(const ModelInfo& m) {
   if (m.quantization_block_size == 0) return m.quantization;
-  return absl::StrCat(m.quantization, "/", m.quantization_block_size, m.double_quantization ? "+dq" : "",
-                      m.quantization_from_checkpoint ? " (saved)" : "");
+  std::string saved;
+  if (m.quantization_from_checkpoint) {
+    saved = m.checkpoint_compute_dtype.empty() ? " (saved)"
+                                               : absl::StrCat(" (saved, compute ", m.checkpoint_compute_dtype, ")");
+  }
+  return absl::StrCat(m.quantization, "/", m.quantization_block_size, m.double_quantization ? "+dq" : "", saved);
 }
 
 int Models(AttributionClient& client) {
@@ -365,6 +370,12 @@ int Models(AttributionClient& client) {
                                  Printable(m.name), Printable(m.architecture), Printable(m.dtype),
                                  Printable(QuantizationLabel(m)), Printable(m.device), m.resident_weight_bytes,
                                  m.vocab_size, m.num_layers, m.hidden_size);
+    // The limits a request is refused by, so that one can be sized before it is sent.
+    std::cout << absl::StrFormat(
+        "  limits: steps %d  samples %d  features %d  exact shapley features %d  tokens %d  new tokens %d  "
+        "top_k %d  choices %d  rows %d\n",
+        m.max_steps, m.max_samples, m.max_features, m.max_exact_shapley_features, m.max_tokens, m.max_new_tokens,
+        m.max_top_k, m.max_choices, m.max_rows);
   }
   return 0;
 }

@@ -372,6 +372,7 @@ absl::StatusOr<std::vector<ModelInfo>> FromProto(const v1::ListModelsResponse& r
                    .max_tokens = l.max_tokens(),
                    .max_new_tokens = l.max_new_tokens(),
                    .max_top_k = l.max_top_k(),
+                   .max_exact_shapley_features = l.max_exact_shapley_features(),
                    .max_choices = l.max_choices(),
                    .max_rows = l.max_rows()});
   }

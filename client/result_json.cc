@@ -69,6 +69,7 @@ std::string ModelsJson(const std::vector<ModelInfo>& models) {
                     {"max_steps", m.max_steps},
                     {"max_samples", m.max_samples},
                     {"max_features", m.max_features},
+                    {"max_exact_shapley_features", m.max_exact_shapley_features},
                     {"max_tokens", m.max_tokens},
                     {"max_new_tokens", m.max_new_tokens},
                     {"max_top_k", m.max_top_k},

@@ -337,5 +337,38 @@ TEST(CliCommandLine, JsonIsAllThatGoesToStdout) {
   EXPECT_EQ(models["models"][0]["max_rows"], 65536);
 }
 
+// `models` showed no max_exact_shapley_features (--json) and no limits at all (text), though the server
+// refuses requests by them. Every field of Limits (found by reflection, so that one added later is not
+// missed) shows in both, under its proto name in the JSON; and a saved checkpoint's compute dtype too.
+TEST(CliCommandLine, ModelsShowEveryLimitTheServerReports) {
+  test_support::FakeAttributionServer fake;
+  ASSERT_TRUE(fake.ok());
+  v1::ModelInfo* model = fake.service.models.add_models();
+  model->set_name("m");
+  model->set_quantization("nf4");
+  model->mutable_quantization_info()->set_block_size(64);
+  model->mutable_quantization_info()->set_from_checkpoint(true);
+  model->mutable_quantization_info()->set_checkpoint_compute_dtype("float16");
+  const google::protobuf::Descriptor* limits = v1::Limits::descriptor();
+  for (int i = 0; i < limits->field_count(); ++i) {
+    model->mutable_limits()->GetReflection()->SetInt64(model->mutable_limits(), limits->field(i), 1000 + i);
+  }
+  const std::string models = absl::StrCat(ATTRIBUTION_CLI_BINARY, " models --server=", fake.address());
+  const Outputs json_outputs = RunCommandApart(models + " --json");
+  ASSERT_EQ(json_outputs.code, 0) << json_outputs.err;
+  const nlohmann::json json = nlohmann::json::parse(json_outputs.out, nullptr, /*allow_exceptions=*/false);
+  ASSERT_FALSE(json.is_discarded()) << json_outputs.out;
+  const Outputs text = RunCommandApart(models);
+  ASSERT_EQ(text.code, 0) << text.err;
+  for (int i = 0; i < limits->field_count(); ++i) {
+    const std::string& name = limits->field(i)->name();
+    EXPECT_EQ(json["models"][0][name], 1000 + i) << name << " in " << json_outputs.out;
+    EXPECT_THAT(text.out, HasSubstr(absl::StrCat(" ", 1000 + i))) << name;
+  }
+  EXPECT_THAT(text.out, HasSubstr("exact shapley features 1003"));
+  EXPECT_EQ(json["models"][0]["checkpoint_compute_dtype"], "float16");
+  EXPECT_THAT(text.out, HasSubstr("nf4/64 (saved, compute float16)"));
+}
+
 }  // namespace
 }  // namespace attribution
