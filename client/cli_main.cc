@@ -161,7 +161,8 @@ GenerationSettings GenerationFromFlags() {
           .seed = absl::GetFlag(FLAGS_seed)};
 }
 
-// --range BEGIN:END; nullopt when not given. An error is a usage error, found before any call.
+// --range BEGIN:END; nullopt when not given. An error is a usage error, found before any call; only an END
+// past the prompt's last token needs the server (which tokenizes the prompt) to tell.
 absl::StatusOr<std::optional<std::pair<int64_t, int64_t>>> RangeFromFlag() {
   const std::string range = absl::GetFlag(FLAGS_range);
   if (range.empty()) return std::nullopt;
@@ -170,6 +171,12 @@ absl::StatusOr<std::optional<std::pair<int64_t, int64_t>>> RangeFromFlag() {
   if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &begin) || !absl::SimpleAtoi(parts[1], &end)) {
     return absl::InvalidArgumentError(
         absl::StrCat("--range: expected BEGIN:END token indices, not \"", Printable(range), "\""));
+  }
+  if (begin < 0 || begin >= end) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--range: expected 0 <= BEGIN < END (prompt tokens BEGIN to END - 1), "
+                     "not \"",
+                     Printable(range), "\""));
   }
   return std::pair{begin, end};
 }

@@ -211,6 +211,9 @@ TEST(CliCommandLine, BadFlagsAreUsageErrors) {
       {"--prompt", "--prompt: give a value"},
       {"--range=3", "--range: expected BEGIN:END token indices, not \"3\""},
       {"--range=a:b", "--range: expected BEGIN:END token indices, not \"a:b\""},
+      {"--range=5:2", "--range: expected 0 <= BEGIN < END (prompt tokens BEGIN to END - 1), not \"5:2\""},
+      {"--range=3:3", "--range: expected 0 <= BEGIN < END"},
+      {"--range=-1:3", "--range: expected 0 <= BEGIN < END"},
   };
   for (const auto& [flag, message] : cases) {
     auto [code, output] = RunCommand(absl::StrCat(ATTRIBUTION_CLI_BINARY, " attribute --server=127.0.0.1:1 ", flag));
