@@ -135,7 +135,14 @@ absl::StatusOr<std::string> ReadBearerTokenFile(const std::string& path) {
   return token;
 }
 
+absl::Status CheckLoadBalancing(const std::string& policy) {
+  if (policy == "pick_first" || policy == "round_robin") return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("load_balancing: \"", policy, "\" is not pick_first or round_robin"));
+}
+
 absl::Status CheckAttributeOptions(const AttributeOptions& options) { return ToProto(options).status(); }
+absl::Status CheckComponentOptions(const ComponentOptions& options) { return ToProto(options).status(); }
+absl::Status CheckLogprobsOptions(const LogprobsOptions& options) { return ToProto(options).status(); }
 
 struct AttributionClient::Impl {
   ClientOptions options;
@@ -206,10 +213,7 @@ absl::StatusOr<std::unique_ptr<AttributionClient>> AttributionClient::Connect(co
                                                    " bytes, more than the ", kMaxBearerTokenBytes,
                                                    " a token may have"));
   }
-  if (options.load_balancing != "pick_first" && options.load_balancing != "round_robin") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("load_balancing: \"", options.load_balancing, "\" is not pick_first or round_robin"));
-  }
+  if (absl::Status policy = CheckLoadBalancing(options.load_balancing); !policy.ok()) return policy;
   // gRPC keeps whole milliseconds of these and refuses a zero retry backoff, failing every call on the
   // channel ("Failed to create channel"); the channel arguments hold milliseconds in an int (24 days).
   for (const auto& [name, duration] :

@@ -45,6 +45,10 @@ struct ClientOptions {
   int64_t max_receive_message_bytes = 64 << 20;
 };
 
+// What Connect answers for ClientOptions::load_balancing: INVALID_ARGUMENT naming it and the policies
+// gRPC knows unless it is "pick_first" or "round_robin"; OK otherwise.
+absl::Status CheckLoadBalancing(const std::string& policy);
+
 // The longest request_id (x-request-id metadata) and bearer token the client sends; longer ones are
 // INVALID_ARGUMENT, since gRPC drops a connection whose metadata passes 8 KiB.
 inline constexpr size_t kMaxRequestIdBytes = 1024;
@@ -267,6 +271,10 @@ absl::StatusOr<std::string> ReadBearerTokenFile(const std::string& path);
 // What AttributeAsync would answer at once, without a call: INVALID_ARGUMENT naming an option whose
 // name (method, quantity, rule, baseline, priority, ...) is unknown; OK otherwise.
 absl::Status CheckAttributeOptions(const AttributeOptions& options);
+// The same for AttributeComponentsAsync (metric, method, direction, sites, granularity, rule, priority) and
+// GetLogprobsAsync (target_tokenization, priority).
+absl::Status CheckComponentOptions(const ComponentOptions& options);
+absl::Status CheckLogprobsOptions(const LogprobsOptions& options);
 
 template <typename T>
 using Callback = std::function<void(absl::StatusOr<T>)>;

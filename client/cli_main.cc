@@ -181,6 +181,43 @@ absl::StatusOr<std::optional<std::pair<int64_t, int64_t>>> RangeFromFlag() {
   return std::pair{begin, end};
 }
 
+// The first of `command`'s flags whose value is a name the client library does not map to the request
+// (its own tables decide, so the CLI accepts exactly what a call would send), as a usage error naming the
+// flag and the accepted values; "" when every name is known. Each flag is checked alone so that the
+// message names it as the command line spells it (components' --component_method is the request's method).
+std::string UnknownNameError(const std::string& command) {
+  std::vector<std::pair<std::string, absl::Status>> checks = {
+      {"load_balancing", CheckLoadBalancing(absl::GetFlag(FLAGS_load_balancing))}};
+  if (command == "attribute") {
+    checks.insert(checks.end(),
+                  {{"method", CheckAttributeOptions({.method = absl::GetFlag(FLAGS_method)})},
+                   {"quantity", CheckAttributeOptions({.quantity = absl::GetFlag(FLAGS_quantity)})},
+                   {"rule", CheckAttributeOptions({.rule = absl::GetFlag(FLAGS_rule)})},
+                   {"baseline", CheckAttributeOptions({.baseline = absl::GetFlag(FLAGS_baseline)})},
+                   {"target_tokenization",
+                    CheckAttributeOptions({.target_tokenization = absl::GetFlag(FLAGS_target_tokenization)})}});
+  } else if (command == "components") {
+    checks.insert(checks.end(),
+                  {{"metric", CheckComponentOptions({.metric = absl::GetFlag(FLAGS_metric)})},
+                   {"component_method", CheckComponentOptions({.method = absl::GetFlag(FLAGS_component_method)})},
+                   {"direction", CheckComponentOptions({.direction = absl::GetFlag(FLAGS_direction)})},
+                   {"sites", CheckComponentOptions({.sites = absl::GetFlag(FLAGS_sites)})},
+                   {"granularity", CheckComponentOptions({.granularity = absl::GetFlag(FLAGS_granularity)})},
+                   {"rule", CheckComponentOptions({.rule = absl::GetFlag(FLAGS_rule)})}});
+  } else if (command == "logprobs") {
+    checks.push_back({"target_tokenization",
+                      CheckLogprobsOptions({.target_tokenization = absl::GetFlag(FLAGS_target_tokenization)})});
+  }
+  for (const auto& [flag, status] : checks) {
+    if (status.ok()) continue;
+    // The library's message starts with its option's name ("method: unknown value ..."): the flag replaces it.
+    absl::string_view message = status.message();
+    if (const size_t colon = message.find(": "); colon != absl::string_view::npos) message.remove_prefix(colon + 2);
+    return absl::StrCat("--", flag, ": ", Printable(message));
+  }
+  return "";
+}
+
 // Writes the --html report, if one was asked for, after the result went to stdout: a report that cannot
 // be written fails the command (status 1) without losing the result computed.
 int WriteHtmlIfAsked(const std::string& html) {
@@ -404,7 +441,11 @@ int Run(const std::vector<char*>& positional) {
     std::fprintf(stderr, "attribution-cli: unknown command \"%s\"\n", Printable(command).c_str());
     return 2;
   }
-  // What needs no server is checked before calling one: a bad --range, a --pairs file.
+  // What needs no server is checked before calling one: names (--method, ...), a bad --range, a --pairs file.
+  if (const std::string error = UnknownNameError(command); !error.empty()) {
+    std::fprintf(stderr, "attribution-cli: %s\n", error.c_str());
+    return 2;
+  }
   absl::StatusOr<std::optional<std::pair<int64_t, int64_t>>> range = RangeFromFlag();
   if (command == "attribute" && !range.ok()) {
     std::fprintf(stderr, "attribution-cli: %s\n", std::string(range.status().message()).c_str());

@@ -15,15 +15,17 @@
 namespace attribution::client {
 namespace {
 
-// Looks `name` up (case-insensitive) in `table`, or names the option and the accepted values.
+// Looks `name` up (case-insensitive) in `table`, or names the option and the accepted values (`table`'s
+// keys, and `also` when the option takes something besides them).
 template <typename Enum>
 absl::StatusOr<Enum> Lookup(const std::string& option, const std::string& name,
-                            const std::map<std::string, Enum>& table) {
+                            const std::map<std::string, Enum>& table, absl::string_view also = "") {
   auto it = table.find(absl::AsciiStrToLower(name));
   if (it != table.end()) return it->second;
   std::string accepted;
   for (const auto& [key, value] : table) absl::StrAppend(&accepted, accepted.empty() ? "" : ", ", key);
-  return absl::InvalidArgumentError(absl::StrCat(option, ": unknown value \"", name, "\" (one of: ", accepted, ")"));
+  return absl::InvalidArgumentError(absl::StrCat(option, ": unknown value \"", name, "\" (one of: ", accepted,
+                                                 also.empty() ? "" : " or ", also, ")"));
 }
 
 void SetInput(const std::string& text, const std::vector<int64_t>& ids, v1::Input* out) {
@@ -73,7 +75,8 @@ absl::Status SetBaseline(const std::string& name, v1::AttributeRequest* out) {
                                                                     {"pad", v1::PAD_TOKEN},
                                                                     {"unk", v1::UNK_TOKEN},
                                                                     {"eos", v1::EOS_TOKEN},
-                                                                    {"bos", v1::BOS_TOKEN}});
+                                                                    {"bos", v1::BOS_TOKEN}},
+                                                                   "a token id");
   if (!kind.ok()) return kind.status();
   out->set_baseline(*kind);
   return absl::OkStatus();

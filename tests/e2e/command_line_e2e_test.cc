@@ -222,6 +222,42 @@ TEST(CliCommandLine, BadFlagsAreUsageErrors) {
   }
 }
 
+// A flag naming an unknown method (metric, rule, ...) reached the call and came back INVALID_ARGUMENT, exit 1.
+// It is a usage error found before any call (no server listens here), naming the flag as typed and the
+// values the client library accepts.
+TEST(CliCommandLine, UnknownNamesInFlagsAreUsageErrors) {
+  const std::string unknown = "unknown value \"bogus\" (one of: ";
+  const std::tuple<std::string, std::string, std::string> cases[] = {
+      {"attribute", "--method=bogus", "--method: " + unknown + "attn_lrp, cp_lrp, feature_ablation, "},
+      {"attribute", "--quantity=bogus", "--quantity: " + unknown + "log_prob, logit, prob)"},
+      {"attribute", "--rule=bogus", "--rule: " + unknown + "default, fejer2, gausslegendre, "},
+      {"attribute", "--baseline=bogus", "--baseline: " + unknown + "bos, default, eos, pad, unk, zero or a token id)"},
+      {"attribute", "--target_tokenization=bogus", "--target_tokenization: " + unknown + "continuation, separate)"},
+      {"logprobs", "--target_tokenization=bogus", "--target_tokenization: " + unknown + "continuation, separate)"},
+      {"components", "--metric=bogus", "--metric: " + unknown + "log_prob, logit_difference, "},
+      {"components", "--component_method=bogus", "--component_method: " + unknown + "activation_patching, "},
+      {"components", "--direction=bogus", "--direction: " + unknown + "denoising, noising)"},
+      {"components", "--sites=heads,bogus", "--sites: " + unknown + "attn_out, heads, mlp_out, resid_pre)"},
+      {"components", "--granularity=bogus", "--granularity: " + unknown + "default, layer_head, "},
+      {"components", "--rule=bogus", "--rule: " + unknown + "default, fejer2, "},
+      {"generate", "--load_balancing=bogus", "--load_balancing: \"bogus\" is not pick_first or round_robin"},
+  };
+  for (const auto& [command, flag, message] : cases) {
+    auto [code, output] = RunCommand(absl::StrCat(ATTRIBUTION_CLI_BINARY, " ", command,
+                                                  " --server=127.0.0.1:1 --model=m --prompt=x --target=y"
+                                                  " --clean=a --corrupted=b --answer=c ",
+                                                  flag));
+    EXPECT_EQ(code, 2) << command << " " << flag << ": " << output;
+    EXPECT_THAT(output, HasSubstr("attribution-cli: " + message)) << command << " " << flag;
+  }
+  // Names are read as the library reads them: in any case.
+  auto [code, output] = RunCommand(absl::StrCat(ATTRIBUTION_CLI_BINARY,
+                                                " attribute --server=127.0.0.1:1 --timeout=1 --model=m --prompt=x"
+                                                " --method=Saliency --quantity=PROB"));
+  EXPECT_EQ(code, 1) << output;
+  EXPECT_THAT(output, HasSubstr("UNAVAILABLE")) << output;
+}
+
 // Text that is not UTF-8 from a server (C++ protobuf only logs it) aborted `generate --json` (nlohmann's
 // strict dump threw); it is written with U+FFFD in place of the bad bytes. (The client's protobuf stops
 // parsing at the first such string and keeps what it read: the bad text is the last field here.)
