@@ -154,6 +154,26 @@ absl::StatusOr<json> SettingsFromFlags(const CommandLine& line) {
   return settings;
 }
 
+// A usage error (exit 2) naming the first setting of the job (from its flag, or else the --job file) whose
+// value is a name the client library does not map to the request, with the accepted values; "" when every
+// name is known. Sent anyway, every row would fail alike and fill --output with rows that a rerun with the
+// name corrected refuses as another job's. Rows' own settings stay their rows' errors.
+std::string UnknownNameError(const CommandLine& line, const json& settings) {
+  if (absl::Status policy = CheckLoadBalancing(absl::GetFlag(FLAGS_load_balancing)); !policy.ok()) {
+    return absl::StrCat("--", policy.message());
+  }
+  for (const char* key : {"method", "quantity", "rule", "baseline", "target_tokenization"}) {
+    json alone = JobDefaults();
+    alone[key] = settings[key];
+    const absl::Status status = CheckAttributeOptions(ToAttributeOptions(alone, BatchRow(), ""));
+    if (status.ok()) continue;
+    // The library's message names the option ("method: unknown value ..."), as the flag and the job file do.
+    return FlagGiven(line, key) ? absl::StrCat("--", status.message())
+                                : absl::StrCat("--job ", absl::GetFlag(FLAGS_job), ": ", status.message());
+  }
+  return "";
+}
+
 absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> Connect() {
   ClientOptions options{.load_balancing = absl::GetFlag(FLAGS_load_balancing),
                         .tls = absl::GetFlag(FLAGS_tls),
@@ -302,6 +322,7 @@ int Run(const CommandLine& line) {
   rows = ShardOf(std::move(*rows));
   absl::StatusOr<json> settings = SettingsFromFlags(line);
   if (!settings.ok()) return Failed(settings.status());
+  if (const std::string error = UnknownNameError(line, *settings); !error.empty()) return UsageError(error);
   absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> owned = Connect();
   if (!owned.ok()) return Failed(owned.status());
   std::vector<AttributionClient*> clients;

@@ -1182,6 +1182,49 @@ TEST_F(BatchResume, RowsLeftForLackOfCapacityExitThreeAndTheRerunFinishes) {
   for (const json& result : results) EXPECT_EQ(result["status"], "ok") << result.dump();
 }
 
+// --method=bogus (--quantity, --rule, ...) ran the job: every row written as INVALID_ARGUMENT, exit 0, and
+// the rerun with the name corrected was refused, the file holding rows "done with other settings". A name
+// the client library does not know, from a flag or the --job file, is now a usage error before any call,
+// naming where it came from and the accepted values, and nothing is written. A row's own settings are data:
+// a bad name there stays that row's error.
+TEST_F(BatchResume, UnknownNamesInTheJobsSettingsAreUsageErrors) {
+  const std::string input = WriteQuestions("rows.jsonl", 3), output = dir_.File("out.jsonl"),
+                    job = dir_.File("job.json");
+  std::ofstream(input, std::ios::app) << R"({"id": "own", "prompt": "Q: Is it warm? A:", "target": " Yes", )"
+                                      << R"("settings": {"method": "bogus"}})"
+                                      << "\n";
+  std::ofstream(job) << R"({"method": "bogus"})";
+  const std::vector<std::string> args = {"--input=" + input, "--output=" + output, "--server=" + server_->address(),
+                                         "--progress=log"};
+  const std::string unknown = "unknown value \"bogus\" (one of: ";
+  const std::pair<std::string, std::string> cases[] = {
+      {"--method=bogus", "--method: " + unknown + "attn_lrp, cp_lrp, feature_ablation, "},
+      {"--quantity=bogus", "--quantity: " + unknown + "log_prob, logit, prob)"},
+      {"--rule=bogus", "--rule: " + unknown + "default, fejer2, gausslegendre, "},
+      {"--baseline=bogus", "--baseline: " + unknown + "bos, default, eos, pad, unk, zero or a token id)"},
+      {"--target_tokenization=bogus", "--target_tokenization: " + unknown + "continuation, separate)"},
+      {"--load_balancing=bogus", "--load_balancing: \"bogus\" is not pick_first or round_robin"},
+      {"--job=" + job, "--job " + job + ": method: " + unknown + "attn_lrp, "},
+  };
+  for (const auto& [flag, message] : cases) {
+    std::vector<std::string> bad = args;
+    bad.push_back(flag);
+    EXPECT_EQ(RunBatch(bad, log_), 2) << flag << ": " << ReadFile(log_);
+    EXPECT_THAT(ReadFile(log_), HasSubstr("attribution-batch: " + message)) << flag;
+    EXPECT_NE(::access(output.c_str(), F_OK), 0) << flag << " wrote " << output;
+  }
+  // The name corrected by a flag (which wins over the job file): the job runs.
+  std::vector<std::string> corrected = args;
+  corrected.insert(corrected.end(), {"--job=" + job, "--method=saliency"});
+  ASSERT_EQ(RunBatch(corrected, log_), 0) << ReadFile(log_);
+  const std::vector<json> results = ReadResults(output);
+  ASSERT_EQ(results.size(), 4u);
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(results[i]["status"], "ok") << results[i].dump();
+  EXPECT_EQ(results[3]["status"], "error");
+  EXPECT_EQ(results[3]["error"]["code"], "INVALID_ARGUMENT");
+  EXPECT_THAT(results[3]["error"]["message"].get<std::string>(), HasSubstr("method: " + unknown));
+}
+
 // A row that runs long (here 1024 integration steps beside saliency rows) holds back at most 4 x --window
 // rows: before, the other workers ran every later row and their lines waited in memory, unwritten, until
 // it finished. The server logs each call as it ends, so the rows it answered before the slow one are
