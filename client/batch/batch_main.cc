@@ -328,7 +328,12 @@ int Run(const CommandLine& line) {
   std::vector<AttributionClient*> clients;
   for (auto& client : *owned) clients.push_back(client.get());
   absl::StatusOr<ModelFingerprints> fingerprints = FingerprintModels(*rows, *settings, clients);
-  if (!fingerprints.ok()) return Failed(fingerprints.status());
+  if (!fingerprints.ok()) {
+    // No server answered (all down or overloaded): the same command may succeed later, as when rows end so.
+    const absl::Status& status = fingerprints.status();
+    const int failed = Failed(status);
+    return RetriedOnResume(absl::StatusCodeToString(status.code()), status.message()) ? 3 : failed;
+  }
   absl::StatusOr<std::unique_ptr<ResultLog>> log = ResultLog::Open(absl::GetFlag(FLAGS_output));
   if (!log.ok()) return Failed(log.status());
 

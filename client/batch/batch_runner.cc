@@ -280,8 +280,16 @@ absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> ConnectToServers
 absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient*>& clients, std::string& model) {
   if (clients.empty()) return absl::InvalidArgumentError("no servers to ask for the model");
   std::string fingerprint;
+  std::string unanswered;  // the servers that did not answer, and why
   for (size_t i = 0; i < clients.size(); ++i) {
     absl::StatusOr<std::vector<ModelInfo>> models = clients[i]->ListModels();
+    // A server down or overloaded now gets its turn at rows all the same (they move on to the next server
+    // while it refuses them), as when it dies mid-job: the servers that answer name the model.
+    if (!models.ok() && RetriedOnResume(absl::StatusCodeToString(models.status().code()), models.status().message())) {
+      absl::StrAppend(&unanswered, unanswered.empty() ? "" : "; ", "server ", i + 1, ": ",
+                      absl::StatusCodeToString(models.status().code()), ": ", models.status().message());
+      continue;
+    }
     if (!models.ok()) return models.status();
     if (models->empty()) return absl::FailedPreconditionError("a server holds no models");
     if (model.empty()) model = models->front().name;
@@ -304,6 +312,9 @@ absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient
           absl::StrCat("the servers hold different models named \"", model, "\": ", JsonText(identity)));
     }
     fingerprint = digest;
+  }
+  if (fingerprint.empty()) {
+    return absl::UnavailableError(absl::StrCat("no server answered which models it holds (", unanswered, ")"));
   }
   return fingerprint;
 }

@@ -51,8 +51,10 @@ struct JobSummary {
 absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> ConnectToServers(
     const std::vector<std::string>& targets, ClientOptions options);
 
-// The model's identity as the servers report it (all must agree), for request ids and results. An empty
-// `model` becomes the name of the servers' first model.
+// The model's identity as the servers report it (all that answer must agree), for request ids and results.
+// An empty `model` becomes the name of the first answering server's first model. Servers that do not answer
+// for lack of capacity or time (RetriedOnResume: down, overloaded) are passed over; UNAVAILABLE when none
+// answers.
 absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient*>& clients, std::string& model);
 
 // Each model a job's rows run on -> its fingerprint, or why it has none (NOT_FOUND: the servers do not hold

@@ -1225,6 +1225,32 @@ TEST_F(BatchResume, UnknownNamesInTheJobsSettingsAreUsageErrors) {
   EXPECT_THAT(results[3]["error"]["message"].get<std::string>(), HasSubstr("method: " + unknown));
 }
 
+// One unreachable server among several stopped the job before it started (its ListModels failed: UNAVAILABLE,
+// exit 1, nothing written). The servers that answer now name the model, and rows sent to the dead one move on
+// to them, in either order of --server; with no server answering, the job exits 3 (a rerun may succeed).
+TEST_F(BatchResume, AnUnreachableServerAmongSeveralLeavesItsRowsToTheOthers) {
+  const std::string input = WriteQuestions("rows.jsonl", 6);
+  const std::string orders[] = {"127.0.0.1:1," + server_->address(), server_->address() + ",127.0.0.1:1"};
+  for (size_t i = 0; i < std::size(orders); ++i) {
+    const std::string output = dir_.File(absl::StrCat("out", i, ".jsonl"));
+    ASSERT_EQ(RunBatch({"--input=" + input, "--output=" + output, "--server=" + orders[i], "--method=saliency",
+                        "--progress=log"},
+                       log_),
+              0)
+        << orders[i] << ": " << ReadFile(log_);
+    const std::vector<json> results = ReadResults(output);
+    ASSERT_EQ(results.size(), 6u) << orders[i];
+    for (const json& result : results) EXPECT_EQ(result["status"], "ok") << orders[i] << ": " << result.dump();
+  }
+  const std::string output = dir_.File("none.jsonl");
+  EXPECT_EQ(RunBatch({"--input=" + input, "--output=" + output, "--server=127.0.0.1:1,127.0.0.1:1", "--method=saliency",
+                      "--progress=log"},
+                     log_),
+            3);
+  EXPECT_THAT(ReadFile(log_), HasSubstr("UNAVAILABLE: no server answered which models it holds (server 1: "));
+  EXPECT_NE(::access(output.c_str(), F_OK), 0);
+}
+
 // A row that runs long (here 1024 integration steps beside saliency rows) holds back at most 4 x --window
 // rows: before, the other workers ran every later row and their lines waited in memory, unwritten, until
 // it finished. The server logs each call as it ends, so the rows it answered before the slow one are
