@@ -297,6 +297,8 @@ void AttributionServiceImpl::StartGeneration(Call* call, grpc::CallbackServerCon
         v1::GenerateResponse response;
         ToGenerateResponse(*generation, *generate, *served, &response);
         ToRunStats(handle->stats(), received, response.mutable_stats());
+        // Prefill and each decode step run their row forward once, never backward.
+        response.mutable_stats()->set_forward_passes(response.stats().rows());
         call->log().stats = response.stats();
         done(std::move(response));
       },

@@ -350,6 +350,22 @@ TEST_F(ServiceTest, LogprobsCountTheirRowAsOneForwardPass) {
   EXPECT_EQ(scored->stats.backward_passes, 0);
 }
 
+// A generation's rows are its prefill and decode steps, each run forward once; forward_passes said 0.
+TEST_F(ServiceTest, GenerationsCountEachRowAsOneForwardPass) {
+  auto client = Connect(server_->address());
+  const client::GenerateOptions options{
+      .model = "demo", .prompt = "Once upon a time", .generation = {.max_new_tokens = 4, .ignore_stop_tokens = true}};
+  for (const bool streamed : {false, true}) {
+    SCOPED_TRACE(streamed ? "GenerateStream" : "Generate");
+    auto generated =
+        streamed ? client->GenerateStream(options, [](const client::Token&) {}) : client->Generate(options);
+    ASSERT_THAT(generated, IsOk());
+    EXPECT_GE(generated->stats.rows, 1);
+    EXPECT_EQ(generated->stats.forward_passes, generated->stats.rows);
+    EXPECT_EQ(generated->stats.backward_passes, 0);
+  }
+}
+
 TEST_F(ServiceTest, AsyncCallsOfEveryRpcRunTogetherAndMatchTheSyncOnes) {
   auto client = Connect(server_->address());
   const AttributeOptions attribute{.model = "demo", .prompt = kPrompt, .target = kTarget, .n_steps = 8};
