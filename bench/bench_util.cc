@@ -52,10 +52,9 @@ std::optional<int> CheckFlags(int argc, char** argv, std::initializer_list<std::
                   std::string(program).c_str());
       return 0;
     }
-    const size_t equals = arg.find('=');
-    const std::string_view name = arg.substr(2, equals == std::string_view::npos ? std::string_view::npos : equals - 2);
-    const bool named = arg.substr(0, 2) == "--" && equals != std::string_view::npos &&
-                       std::find(known.begin(), known.end(), name) != known.end();
+    const size_t equals = arg.find('=');  // "--NAME=VALUE": past the dashes, after a name
+    const bool named = arg.substr(0, 2) == "--" && equals != std::string_view::npos && equals > 2 &&
+                       std::find(known.begin(), known.end(), arg.substr(2, equals - 2)) != known.end();
     if (!named) {
       std::fprintf(stderr, "%s: \"%s\" is not one of its flags:%s (each as --NAME=VALUE)\n", argv[0],
                    std::string(arg).c_str(), listed.c_str());

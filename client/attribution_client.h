@@ -170,8 +170,8 @@ struct Generation {
   std::string text;        // valid UTF-8: as it reads after the prompt (pass it back as a target)
   std::string text_bytes;  // exact bytes
   bool stopped = false;
-  uint64_t seed = 0;  // the seed sampled with: the request's, or the server's draw (send it to reproduce)
   RunStats stats;
+  uint64_t seed = 0;  // the seed sampled with: the request's, or the server's draw (send it to reproduce)
 };
 
 struct LogprobsOptions {

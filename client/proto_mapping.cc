@@ -324,8 +324,8 @@ absl::StatusOr<Generation> FromProto(const v1::GenerateResponse& r) {
                     .text = r.text(),
                     .text_bytes = r.text_bytes(),
                     .stopped = r.stopped(),
-                    .seed = r.seed(),
-                    .stats = StatsFromProto(r.stats())};
+                    .stats = StatsFromProto(r.stats()),
+                    .seed = r.seed()};
 }
 
 absl::StatusOr<Logprobs> FromProto(const v1::LogprobsResponse& r) {

@@ -197,10 +197,11 @@ absl::StatusOr<engine::GenerationOptions> ToGenerationOptions(const v1::Generati
   return options;
 }
 
-// 64 bits from the operating system's entropy source.
+// 53 bits from the operating system's entropy source: a seed printed in JSON must read back exactly
+// where numbers are doubles (jq, JavaScript), or resending it would not reproduce the sample.
 uint64_t FreshSeed() {
   std::random_device entropy;
-  return static_cast<uint64_t>(entropy()) << 32 | entropy();
+  return (static_cast<uint64_t>(entropy()) << 32 | entropy()) & ((uint64_t{1} << 53) - 1);
 }
 
 // The prompt fits alone (ResolvePrompt): what is over the limit is what follows it, named by `field`.

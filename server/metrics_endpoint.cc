@@ -188,11 +188,17 @@ void ServeReady(absl::Span<const pollfd> polled, const Render& render, std::list
   }
 }
 
-// Closes one connection to make room for a new one: the oldest still without its request (a scraper sends
-// it at once, so that is the one most likely idle), or the oldest of all when every one is being answered.
+// The oldest connection still without its request (a scraper sends it at once, so that is the one most
+// likely idle), or end().
+std::list<Connection>::iterator OldestIdle(std::list<Connection>& connections) {
+  return std::find_if(connections.begin(), connections.end(),
+                      [](const Connection& connection) { return connection.phase == Phase::kReadingHead; });
+}
+
+// Closes one connection to make room for a new one: the oldest idle one, or the oldest of all when every
+// one is being answered.
 void MakeRoom(std::list<Connection>& connections) {
-  const auto idle = std::find_if(connections.begin(), connections.end(),
-                                 [](const Connection& connection) { return connection.phase == Phase::kReadingHead; });
+  const auto idle = OldestIdle(connections);
   connections.erase(idle != connections.end() ? idle : connections.begin());
 }
 
@@ -202,18 +208,20 @@ int Accept(int listen_fd) { return ::accept4(listen_fd, nullptr, nullptr, SOCK_C
 // cannot starve the open ones) and moves each on at once: a scraper's request often arrives with the
 // handshake, and is then answered before any later connection can displace it.
 //
-// Out of file descriptors (EMFILE/ENFILE), one of ours is closed to make room, as past kMaxConnections.
-// accept() fails so whether or not a connection waits, and only the first one is known to (poll() said so):
-// later failures end the call, and the next poll() tells. False when we hold no connection to close: the
-// backlog then stays readable and must not be polled again at once (poll() would return at once, for as
-// long as the process is out of descriptors, and spin a core).
+// Out of file descriptors (EMFILE/ENFILE), an idle connection of ours is closed to make room (one being
+// answered is left alone: a flood must not cut off scrapes). accept() fails so whether or not a connection
+// waits, and only the first one is known to (poll() said so): later failures end the call, and the next
+// poll() tells. False when we hold no idle connection to close: the backlog then stays readable and must
+// not be polled again at once (poll() would return at once, for as long as the process is out of
+// descriptors, and spin a core).
 bool AcceptPending(int listen_fd, std::chrono::milliseconds connection_deadline, const Render& render,
                    std::list<Connection>& connections) {
   for (size_t i = 0; i < MetricsEndpoint::kMaxConnections; ++i) {
     int fd = Accept(listen_fd);
     if (fd < 0 && (errno == EMFILE || errno == ENFILE) && i == 0) {
-      if (connections.empty()) return false;
-      MakeRoom(connections);
+      const auto idle = OldestIdle(connections);
+      if (idle == connections.end()) return false;
+      connections.erase(idle);
       fd = Accept(listen_fd);
     }
     if (fd < 0) return true;  // none left, one reset before it was accepted, or still out of descriptors

@@ -354,7 +354,6 @@ int Serve() {
     std::printf("\n");
     return 0;
   }
-  Lifecycle::WatchSignals();
   RouteGrpcLogs();
   const rlim_t open_files = RaiseOpenFileLimit();
   absl::StatusOr<std::unique_ptr<ServerMetrics>> metrics = ServerMetrics::Create(config->metrics_listen);
@@ -453,6 +452,8 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // From here on: reading the config and model files (network storage can stall) ends at a signal too.
+  attribution::server::Lifecycle::WatchSignals();
   // abseil's --help lists the flags of files named after the program (attribution-server.cc and
   // the like) and finds none; ours are defined in this file.
   absl::FlagsUsageConfig usage;

@@ -391,6 +391,21 @@ def test_a_target_that_is_not_text_is_a_type_error_naming_it():
         asyncio.run(run())
 
 
+def test_an_async_stream_cancelled_while_it_starts_ends_cancelled(server):
+    # A stream without a model asks ListModels first; a cancel() then used to be lost: the call started
+    # after it and ran to its end.
+    async def run():
+        async with ac.AsyncAttributionClient(server.address) as c:
+            stream = c.generate_stream(prompt=PROMPT, max_new_tokens=8)
+            result = asyncio.ensure_future(stream.result())
+            await asyncio.sleep(0)  # the task now waits in the start, for ListModels' answer
+            stream.cancel()
+            with pytest.raises(ac.Cancelled):
+                await result
+
+    asyncio.run(run())
+
+
 def test_closing_the_async_client_ends_its_calls_as_cancelled(client, server):
     """grpc.aio ends the calls a close() finds in flight with asyncio.CancelledError, which reads as the
     caller's task being cancelled, and refuses later calls with its UsageError: both are Cancelled. A task's

@@ -58,6 +58,7 @@ class AsyncStream(Generic[Item, Result]):
     def __init__(self, start: Callable[[], Awaitable[Any]], convert: Callable[[Any], Union[Item, Result]],
                  result_type: type, closed: Callable[[], bool] = lambda: False) -> None:
         self._start = start
+        self._starting: Optional[asyncio.Future] = None  # one start, however many tasks wait for it
         self._call: Any = None
         self._convert = convert
         self._result_type = result_type
@@ -69,7 +70,13 @@ class AsyncStream(Generic[Item, Result]):
         if self._call is None:
             if self._cancelled:
                 raise error_for(grpc.StatusCode.CANCELLED, "the call was cancelled")
-            self._call = await self._start()
+            if self._starting is None:
+                self._starting = asyncio.ensure_future(self._start())
+            call = await asyncio.shield(self._starting)
+            if self._call is None:
+                self._call = call
+                if self._cancelled:  # cancel() came while the call was starting
+                    call.cancel()
         return self._call
 
     def __await__(self) -> Generator[Any, None, "AsyncStream[Item, Result]"]:
@@ -112,7 +119,7 @@ class AsyncStream(Generic[Item, Result]):
     def cancel(self) -> None:
         self._cancelled = True
         if self._call is not None:
-            self._call.cancel()
+            self._call.cancel()  # else _started() cancels it once it exists
 
 
 class AsyncAttributionClient:

@@ -88,7 +88,7 @@ class AttributionProvider(RemoteLLMProvider):
         seed = args.pop("seed", None)
         return GenerationSettings(max_new_tokens=int(max_new),
                                   temperature=float(temperature or 1.0) if sample else 0.0,
-                                  top_p=float(top_p or 0.0) if sample else 0.0, seed=int(seed or 0))
+                                  top_p=float(top_p or 0.0) if sample else 0.0, seed=None if seed is None else int(seed))
 
 
 __all__ = ["AttributionProvider", "to_llm_attribution_result"]

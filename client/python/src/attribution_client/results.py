@@ -221,9 +221,9 @@ class Generation:
     text: str          # the continuation as it reads after the prompt (pass it back as a target)
     text_bytes: bytes  # exact bytes
     stopped: bool      # a stop token ended it (else max_new_tokens did)
+    stats: RunStats = field(default_factory=RunStats)
     # The seed sampled with: the request's, or the server's draw when it gave none (send it to reproduce).
     seed: int = 0
-    stats: RunStats = field(default_factory=RunStats)
 
 
 @dataclass(frozen=True)
