@@ -68,12 +68,13 @@ TEST(ModelsJson, WritesEveryFieldWithTheLimits) {
                                           .max_tokens = 4096,
                                           .max_new_tokens = 128,
                                           .max_top_k = 20,
+                                          .max_exact_shapley_features = 12,
                                           .max_choices = 256,
                                           .max_rows = 65536}};
   const nlohmann::json json = nlohmann::json::parse(ModelsJson(models));
   ASSERT_EQ(json["models"].size(), 1u);
   const nlohmann::json& m = json["models"][0];
-  EXPECT_EQ(m.size(), 21u);
+  EXPECT_EQ(m.size(), 22u);
   EXPECT_EQ(m["name"], "demo");
   EXPECT_EQ(m["quantization_block_size"], 64);
   EXPECT_EQ(m["double_quantization"], true);
@@ -84,6 +85,7 @@ TEST(ModelsJson, WritesEveryFieldWithTheLimits) {
   EXPECT_EQ(m["max_top_k"], 20);
   EXPECT_EQ(m["max_choices"], 256);
   EXPECT_EQ(m["max_rows"], 65536);
+  EXPECT_EQ(m["max_exact_shapley_features"], 12);
 }
 
 }  // namespace
