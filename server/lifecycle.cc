@@ -41,11 +41,14 @@ void Request(Lifecycle::Stop stop) {
 }  // namespace
 
 void Lifecycle::WatchSignals() {
-  std::thread([] {
-    sigset_t signals;
-    sigemptyset(&signals);
-    sigaddset(&signals, SIGTERM);
-    sigaddset(&signals, SIGINT);
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  // Threads inherit the mask: blocked here, before any other thread starts, the signals reach only the
+  // watcher's sigwait, never a default action that would kill the process without draining.
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  std::thread([signals] {
     int signal_number = 0;
     while (sigwait(&signals, &signal_number) != 0) {
     }

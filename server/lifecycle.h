@@ -6,7 +6,7 @@
 // network storage) and nothing is in flight yet, so an orchestrator stopping a starting pod must not wait
 // for it. From ServingStarted() on, a signal or a failure wakes WaitForStop(), and the server drains.
 //
-//   Lifecycle::WatchSignals();      // SIGTERM and SIGINT blocked in every thread before, see main()
+//   Lifecycle::WatchSignals();      // first thing in main(), before any other thread starts
 //   ... load the models ...
 //   Lifecycle::ServingStarted();
 //   const Lifecycle::Stop stop = Lifecycle::WaitForStop();  // drain, then return stop.exit_code
@@ -22,7 +22,8 @@ class Lifecycle {
     std::string reason;  // for the log
   };
 
-  // Starts the thread that waits for SIGTERM/SIGINT (blocked in every thread by the caller). Once only.
+  // Blocks SIGTERM and SIGINT in the calling thread, so in every thread started after it, and starts the
+  // one thread that waits for them. Once only, from main() before any other thread exists.
   static void WatchSignals();
   // A signal or failure from now on is answered by draining: WaitForStop() returns it.
   static void ServingStarted();

@@ -9,7 +9,6 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/resource_quota.h>
-#include <signal.h>
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -103,22 +102,34 @@ ABSL_FLAG(double, client_read_timeout_seconds, 120,
 namespace attribution::server {
 namespace {
 
-// The flags argv names (a bool's --noNAME as NAME), read before abseil parses it: Debian's abseil keeps
-// IsSpecifiedOnCommandLine private.
-std::set<std::string>& FlagsNamed() {
-  static auto* named = new std::set<std::string>;
-  return *named;
+// What argv says, read before abseil parses it: the flags it names (a bool's --noNAME as NAME), since
+// Debian's abseil keeps IsSpecifiedOnCommandLine private, and every --model value in order (each may be a
+// comma-separated list), since abseil keeps only the last value of a repeated flag.
+struct ArgvFlags {
+  std::set<std::string> named;
+  std::vector<std::string> models;
+};
+
+ArgvFlags& TheArgvFlags() {
+  static auto* flags = new ArgvFlags;
+  return *flags;
 }
 
-void NoteFlagsNamed(int argc, char** argv) {
+void ReadArgvFlags(int argc, char** argv) {
+  ArgvFlags& flags = TheArgvFlags();
   for (int i = 1; i < argc; ++i) {
     absl::string_view arg = argv[i];
     if (arg == "--") break;                         // what follows is not flags
     if (arg.size() < 2 || arg[0] != '-') continue;  // a value, or "-"
     arg = absl::StripPrefix(absl::StripPrefix(arg, "-"), "-");
-    std::string name(arg.substr(0, arg.find('=')));
+    const size_t equals = arg.find('=');
+    std::string name(arg.substr(0, equals));
     if (absl::FindCommandLineFlag(name) == nullptr && absl::StartsWith(name, "no")) name = name.substr(2);
-    FlagsNamed().insert(std::move(name));
+    if (name == "model" && (equals != absl::string_view::npos || i + 1 < argc)) {
+      const absl::string_view value = equals != absl::string_view::npos ? arg.substr(equals + 1) : argv[++i];
+      for (absl::string_view entry : absl::StrSplit(value, ',')) flags.models.emplace_back(entry);
+    }
+    flags.named.insert(std::move(name));
   }
 }
 
@@ -126,7 +137,7 @@ void NoteFlagsNamed(int argc, char** argv) {
 // README's `--listen 0.0.0.0:50051` beside a config that says otherwise), or a --flagfile moved it away
 // from its default (argv does not show those).
 bool OnCommandLine(const char* name) {
-  if (FlagsNamed().count(name) != 0) return true;
+  if (TheArgvFlags().named.count(name) != 0) return true;
   const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
   return flag != nullptr && flag->CurrentValue() != flag->DefaultValue();
 }
@@ -294,26 +305,6 @@ void WarnOfUnusedWeights(const ServedModel& m) {
                    " architecture does not use were not loaded: ", names));
 }
 
-// Every --model value on the command line, in order (each may itself be a comma-separated list):
-// abseil keeps only the last value of a repeated flag.
-std::vector<std::string> EveryModelFlag(int argc, char** argv) {
-  std::vector<std::string> models;
-  for (int i = 1; i < argc; ++i) {
-    const absl::string_view arg = argv[i];
-    if (arg == "--") break;  // what follows is not flags
-    std::string value;
-    if (absl::StartsWith(arg, "--model=") || absl::StartsWith(arg, "-model=")) {
-      value = std::string(arg.substr(arg.find('=') + 1));
-    } else if ((arg == "--model" || arg == "-model") && i + 1 < argc) {
-      value = argv[++i];
-    } else {
-      continue;
-    }
-    for (absl::string_view entry : absl::StrSplit(value, ',')) models.emplace_back(entry);
-  }
-  return models;
-}
-
 // Every connection is a file descriptor, and gRPC's listener stops for good when accept() runs out of
 // them (see RouteGrpcLogs): the soft limit (1024 by default in many shells and units) goes up to the hard
 // one, as servers that hold many connections do. The limit in force.
@@ -446,12 +437,6 @@ int main(int argc, char** argv) {
   // thread to the log before the process dies of the same signal; without it a crash leaves no trace.
   absl::InitializeSymbolizer(argv[0]);
   absl::InstallFailureSignalHandler({});
-  // Blocked in every thread (they inherit the mask), so only Lifecycle's thread (sigwait) sees them.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   // From here on: reading the config and model files (network storage can stall) ends at a signal too.
   attribution::server::Lifecycle::WatchSignals();
   // abseil's --help lists the flags of files named after the program (attribution-server.cc and
@@ -464,9 +449,9 @@ int main(int argc, char** argv) {
       "Serves attribution.v1 (Attribute, Generate, Logprobs, ListModels) over gRPC.\n"
       "  attribution-server --model tiny=/models/tiny [--listen 0.0.0.0:50051]\n"
       "  attribution-server --config server.json");
-  attribution::server::NoteFlagsNamed(argc, argv);
+  attribution::server::ReadArgvFlags(argc, argv);
   absl::ParseCommandLine(argc, argv);
-  if (std::vector<std::string> models = attribution::server::EveryModelFlag(argc, argv); !models.empty())
+  if (const auto& models = attribution::server::TheArgvFlags().models; !models.empty())
     absl::SetFlag(&FLAGS_model, models);
   // Everything below returns statuses; an exception that still escapes (a bug) ends startup with
   // status 1 and its message rather than std::terminate's abort.
