@@ -208,6 +208,7 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
       x = x + attention_out + mlp_out;
     } else {
       x = x + attention_out;
+      pause(x);  // the MLP reads the attention's output: a layer's two halves are separate stretches
       at::Tensor mlp_out =
           Mlp(layer, index, Norm(x, layer.mlp_norm_weight, layer.mlp_norm_bias, batch.rules), batch.rules, batch.hooks);
       at_site(ComponentSite::kMlpOut, i, mlp_out);

@@ -93,7 +93,8 @@ struct ForwardBatch {
   std::vector<int64_t> first_layers;
   // What the backward propagates (forward values are the same under every rule).
   PropagationRules rules = PropagationRules::kGradient;
-  // Called as each decoder layer begins and before the final norm, and, when the batch takes
+  // Called as each decoder layer begins, between its attention and its MLP (unless they run in parallel,
+  // as Falcon's do), and before the final norm, and, when the batch takes
   // gradients, again as the backward reaches each of those points (on autograd's thread for the
   // device): the engine runs short waiting work there, so one long batch does not hold it up. Values
   // and gradients are the same with it or without.

@@ -53,11 +53,15 @@ class ModelExecutor : public BatchExecutor {
     pause_point_ = std::move(pause_point);
   }
 
-  // Gradient batches pause as each layer begins and as the backward leaves it. A layer's backward takes
-  // about twice its forward, so the longest stretch is about 2 / (3 x layers) of the batch: at most
-  // `layers` stretches (rows joining at a later layer pause less; the engine learns what it sees).
+  // Gradient batches pause as each layer begins and between its attention and MLP, forward and backward.
+  // A layer's backward takes about twice its forward and its MLP about 2/3 of it at short lengths (the
+  // attention's share grows with the length), so the longest stretch is about 4 / (9 x layers) of the
+  // batch: at most 2 x layers stretches, or `layers` where attention and MLP run in parallel (rows
+  // joining at a later layer pause less; the engine learns what it sees).
   int PausedStretches(RowKind kind) const override {
-    return kind == RowKind::kGrad && pause_point_ ? model_->config().num_layers : 1;
+    if (kind != RowKind::kGrad || !pause_point_) return 1;
+    const ModelConfig& config = model_->config();
+    return config.parallel_attention ? config.num_layers : 2 * config.num_layers;
   }
 
   int64_t EmbeddedBytesPerToken() const override {

@@ -195,10 +195,16 @@ TEST_P(CausalLMParity, InputGradientMatchesTransformers) {
   EXPECT_LT(ScaledError(result->gradients[0], reference_.Tensor("gradient")), fp32() ? 1e-4 : 6e-2);
 }
 
-// The engine runs short calls at a gradient batch's pause points: the batch pauses as each layer
-// begins and before the final norm, in the forward and again in the backward, and a forward run there
-// changes none of its values or gradients.
-TEST_P(CausalLMParity, GradientsPauseAtEveryLayerBothWaysAndAForwardRunThereChangesNothing) {
+// Pause points in one pass: as each layer begins, between its attention and MLP where the MLP reads the
+// attention's output (not Falcon's parallel block), and before the final norm.
+size_t PausesPerPass(const ModelConfig& config) {
+  const size_t layers = static_cast<size_t>(config.num_layers);
+  return (config.parallel_attention ? layers : 2 * layers) + 1;
+}
+
+// The engine runs short calls at a gradient batch's pause points, in the forward and again in the
+// backward, and a forward run there changes none of its values or gradients.
+TEST_P(CausalLMParity, GradientsPauseInEveryLayerBothWaysAndAForwardRunThereChangesNothing) {
   ForwardBatch batch = FirstRowEmbedded();
   const RowObjective objective = ReferenceObjective();
   auto plain = model_->ObjectiveGradients(batch, {objective});
@@ -212,8 +218,8 @@ TEST_P(CausalLMParity, GradientsPauseAtEveryLayerBothWaysAndAForwardRunThereChan
   };
   auto paused = model_->ObjectiveGradients(batch, {objective});
   ASSERT_THAT(paused, IsOk());
-  const size_t layers = static_cast<size_t>(model_->config().num_layers);
-  EXPECT_EQ(run_while_paused.size(), 2 * (layers + 1));
+  const size_t pauses_per_pass = PausesPerPass(model_->config());
+  EXPECT_EQ(run_while_paused.size(), 2 * pauses_per_pass);
   EXPECT_TRUE(at::equal(paused->values, plain->values));
   EXPECT_TRUE(at::equal(paused->gradients, plain->gradients));
   c10::InferenceMode inference;
@@ -224,7 +230,7 @@ TEST_P(CausalLMParity, GradientsPauseAtEveryLayerBothWaysAndAForwardRunThereChan
   ForwardBatch scored = other;
   scored.pause_point = batch.pause_point;
   ASSERT_THAT(model_->ObjectiveValues(scored, other_objectives), IsOk());
-  EXPECT_EQ(run_while_paused.size(), layers + 1);
+  EXPECT_EQ(run_while_paused.size(), pauses_per_pass);
 }
 
 // The engine abandons a batch whose requests are all gone by throwing from its pause point: thrown in
@@ -235,8 +241,8 @@ TEST_P(CausalLMParity, APausePointThatThrowsStopsTheGradientsWithAnError) {
   const RowObjective objective = ReferenceObjective();
   auto plain = model_->ObjectiveGradients(batch, {objective});
   ASSERT_THAT(plain, IsOk());
-  const int layers = static_cast<int>(model_->config().num_layers);
-  for (const int throw_at : {1, layers + 2, 2 * (layers + 1)}) {  // forward, backward, last backward pause
+  const int pauses_per_pass = static_cast<int>(PausesPerPass(model_->config()));
+  for (const int throw_at : {1, 2, pauses_per_pass + 1, 2 * pauses_per_pass}) {  // forward; backward, its last
     int pauses = 0;
     ForwardBatch abandoned = batch;
     abandoned.pause_point = [&] {

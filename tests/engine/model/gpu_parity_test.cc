@@ -85,14 +85,15 @@ TEST(GpuAttribution, APausePointThatThrowsInTheBackwardStopsTheGradientsWithAnEr
   const RowObjective objective{.positions = {3}, .tokens = {11}};
   auto plain = model->ObjectiveGradients(batch, {objective});
   ASSERT_THAT(plain, IsOk());
-  const int layers = static_cast<int>(model->config().num_layers);
+  // Llama pauses as each layer begins, between its attention and MLP, and before the final norm.
+  const int backward_first_pause = 2 * static_cast<int>(model->config().num_layers) + 2;
   int pauses = 0;
   ForwardBatch abandoned = batch;
   abandoned.pause_point = [&] {
-    if (++pauses == layers + 2) throw std::runtime_error("batch abandoned");  // the backward's first pause
+    if (++pauses == backward_first_pause) throw std::runtime_error("batch abandoned");
   };
   EXPECT_FALSE(model->ObjectiveGradients(abandoned, {objective}).ok());
-  EXPECT_EQ(pauses, layers + 2);
+  EXPECT_EQ(pauses, backward_first_pause);
   auto after = model->ObjectiveGradients(batch, {objective});
   ASSERT_THAT(after, IsOk());
   EXPECT_TRUE(at::equal(after->gradients, plain->gradients));
