@@ -132,6 +132,10 @@ absl::StatusOr<std::string> ReadBearerTokenFile(const std::string& path) {
   if (!text.ok()) return text.status();
   std::string token = text->substr(0, text->find_first_of("\r\n"));
   if (token.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": the first line holds no token"));
+  if (absl::Status printable = CheckMetadataValue(absl::StrCat(path, ": the token"), token, kMaxBearerTokenBytes);
+      !printable.ok()) {
+    return printable;
+  }
   return token;
 }
 
@@ -208,10 +212,9 @@ absl::StatusOr<std::unique_ptr<AttributionClient>> AttributionClient::Connect(co
     credentials = grpc::SslCredentials(ssl);
     if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
   }
-  if (options.bearer_token.size() > kMaxBearerTokenBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("bearer_token: ", options.bearer_token.size(),
-                                                   " bytes, more than the ", kMaxBearerTokenBytes,
-                                                   " a token may have"));
+  if (absl::Status token = CheckMetadataValue("bearer_token", options.bearer_token, kMaxBearerTokenBytes);
+      !token.ok()) {
+    return token;
   }
   if (absl::Status policy = CheckLoadBalancing(options.load_balancing); !policy.ok()) return policy;
   // gRPC keeps whole milliseconds of these and refuses a zero retry backoff, failing every call on the

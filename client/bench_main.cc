@@ -5,7 +5,6 @@
 // Attribute / Logprobs / Generate is weighted (--mix). Prints throughput, latency percentiles and
 // errors by code per RPC, or JSON (--json).
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
@@ -79,17 +78,16 @@ class Recorder {
           errors[absl::StatusCodeToString(s.code)] += 1;
       }
       std::sort(ok.begin(), ok.end());
-      auto at = [&](double q) {
-        return ok.empty() ? 0.0 : ok[std::min(ok.size() - 1, static_cast<size_t>(q * ok.size()))];
+      // The nearest-rank percentile: the smallest latency at least a fraction q of the calls kept to;
+      // null without a call that succeeded.
+      auto ms_at = [&](double q) -> nlohmann::json {
+        if (ok.empty()) return nullptr;
+        const auto rank = static_cast<size_t>(std::ceil(q * static_cast<double>(ok.size())));
+        return 1e3 * ok[std::clamp<size_t>(rank, 1, ok.size()) - 1];
       };
-      out[rpc] = {{"calls", samples.size()},
-                  {"ok", ok.size()},
-                  {"per_second", ok.size() / elapsed},
-                  {"p50_ms", 1e3 * at(0.5)},
-                  {"p90_ms", 1e3 * at(0.9)},
-                  {"p99_ms", 1e3 * at(0.99)},
-                  {"max_ms", ok.empty() ? 0.0 : 1e3 * ok.back()},
-                  {"errors", errors}};
+      out[rpc] = {{"calls", samples.size()},  {"ok", ok.size()},         {"per_second", ok.size() / elapsed},
+                  {"p50_ms", ms_at(0.5)},     {"p90_ms", ms_at(0.9)},    {"p99_ms", ms_at(0.99)},
+                  {"max_ms", ms_at(1.0)},     {"errors", errors}};
     }
     return out;
   }
@@ -110,15 +108,17 @@ absl::StatusOr<Mix> ParseMix(const std::string& text) {
   for (absl::string_view part : absl::StrSplit(text, ',')) {
     std::vector<std::string> kv = absl::StrSplit(part, '=');
     double weight = 0;
-    if (kv.size() != 2 || !absl::SimpleAtod(kv[1], &weight) || weight < 0 ||
+    if (kv.size() != 2 || !absl::SimpleAtod(kv[1], &weight) || !std::isfinite(weight) || weight < 0 ||
         (kv[0] != "attribute" && kv[0] != "logprobs" && kv[0] != "generate")) {
-      return absl::InvalidArgumentError("--mix: expected e.g. attribute=1,logprobs=4,generate=1");
+      return absl::InvalidArgumentError(absl::StrCat(
+          "\"", part, "\" is not RPC=WEIGHT (attribute, logprobs, generate; a finite weight >= 0): expected e.g. "
+          "attribute=1,logprobs=4,generate=1"));
     }
     mix.rpcs.push_back(kv[0]);
     weights.push_back(weight);
   }
   if (std::accumulate(weights.begin(), weights.end(), 0.0) <= 0)
-    return absl::InvalidArgumentError("--mix: the weights sum to 0, so no call would be sent");
+    return absl::InvalidArgumentError("the weights sum to 0, so no call would be sent");
   mix.pick = std::discrete_distribution<int>(weights.begin(), weights.end());
   return mix;
 }
@@ -176,7 +176,7 @@ absl::StatusOr<LoadSpec> ParseBackground(const std::string& text) {
 // loop needs clients, an open loop a finite rate, and the Attribute settings must make a request.
 absl::Status CheckLoad(const std::string& where, const LoadSpec& spec) {
   auto refuse = [&](const std::string& what) { return absl::InvalidArgumentError(absl::StrCat(where, ": ", what)); };
-  if (absl::Status mix = ParseMix(spec.mix).status(); !mix.ok()) return mix;
+  if (absl::Status mix = ParseMix(spec.mix).status(); !mix.ok()) return refuse(absl::StrCat("mix: ", mix.message()));
   if (!std::isfinite(spec.rate) || spec.rate < 0) return refuse("rate must be a finite number >= 0");
   if (spec.rate == 0 && (spec.concurrency < 1 || spec.concurrency > 10000))
     return refuse("concurrency must lie in [1, 10000]");
@@ -222,24 +222,36 @@ nlohmann::json RunLoad(AttributionClient& client, const std::string& model, cons
     std::lock_guard<std::mutex> lock(rng_mu);
     return mix.rpcs[mix.pick(rng)];
   };
+  int64_t sent = 0;
   if (spec.rate > 0) {  // open loop: send on schedule regardless of answers
-    std::atomic<int64_t> in_flight{0};
+    // A rate the client cannot send (or a server that answers slower than asked) must not run past the
+    // duration or hold calls without bound: sending stops at the end, and waits while this many are out.
+    constexpr int64_t kMostInFlight = 10000;
+    int64_t in_flight = 0;
     std::mutex mu;
-    std::condition_variable idle;
-    for (int i = 0;; ++i) {
-      const absl::Time scheduled = start + absl::Seconds(i / spec.rate);
+    std::condition_variable answered;
+    for (int64_t i = 0;; ++i) {
+      const absl::Time scheduled = start + absl::Seconds(static_cast<double>(i) / spec.rate);
       if (scheduled >= end) break;
       std::this_thread::sleep_until(absl::ToChronoTime(scheduled));
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        if (!answered.wait_until(lock, absl::ToChronoTime(end), [&] { return in_flight < kMostInFlight; })) break;
+        if (absl::Now() >= end) break;
+        in_flight += 1;
+      }
       const std::string rpc = pick();
-      in_flight += 1;
-      Call(client, model, spec, rpc, i, [&, rpc, scheduled](absl::StatusCode code) {
+      sent += 1;
+      // Latency counts from the call's scheduled time, so a schedule the client fell behind shows in it.
+      Call(client, model, spec, rpc, static_cast<int>(i % std::size(kPrompts)), [&, rpc, scheduled](absl::StatusCode code) {
         recorder.Add(rpc, {absl::ToDoubleSeconds(absl::Now() - scheduled), code});
         std::lock_guard<std::mutex> lock(mu);
-        if (--in_flight == 0) idle.notify_all();
+        in_flight -= 1;
+        answered.notify_all();
       });
     }
     std::unique_lock<std::mutex> lock(mu);
-    idle.wait(lock, [&] { return in_flight == 0; });
+    answered.wait(lock, [&] { return in_flight == 0; });
   } else {  // closed loop: each client thread sends its next call when the last returns
     // One thread per client rather than issuing the next call from the last one's callback: a call
     // that fails before it is sent calls back at once, and chaining those recursed until the stack ran out.
@@ -263,6 +275,7 @@ nlohmann::json RunLoad(AttributionClient& client, const std::string& model, cons
   const double elapsed = absl::ToDoubleSeconds(absl::Now() - start);
   return {{"mode", spec.rate > 0 ? "open" : "closed"},
           {"rate", spec.rate},
+          {"sent_per_second", static_cast<double>(sent) / absl::ToDoubleSeconds(duration)},
           {"concurrency", spec.concurrency},
           {"seconds", elapsed},
           {"rpcs", recorder.Report(elapsed)}};
@@ -271,15 +284,19 @@ nlohmann::json RunLoad(AttributionClient& client, const std::string& model, cons
 void PrintTable(const std::string& title, const nlohmann::json& load) {
   const double rate = load["rate"].get<double>();
   std::cout << absl::StrFormat("%s: %s loop, %s, %.1f s\n", title, rate > 0 ? "open" : "closed",
-                               rate > 0 ? absl::StrFormat("%.1f calls/s offered", rate)
+                               rate > 0 ? absl::StrFormat("%.1f calls/s asked, %.1f sent", rate,
+                                                          load["sent_per_second"].get<double>())
                                         : absl::StrFormat("%d clients", load["concurrency"].get<int>()),
                                load["seconds"].get<double>());
   std::cout << absl::StrFormat("| %-9s | %6s | %6s | %8s | %9s | %9s | %9s | %s\n", "rpc", "calls", "ok", "ok/s",
                                "p50 ms", "p90 ms", "p99 ms", "errors");
+  auto ms = [](const nlohmann::json& value) {
+    return value.is_number() ? absl::StrFormat("%.1f", value.get<double>()) : std::string("-");
+  };
   for (const auto& [rpc, r] : load["rpcs"].items()) {
-    std::cout << absl::StrFormat("| %-9s | %6d | %6d | %8.2f | %9.1f | %9.1f | %9.1f | %s\n", rpc,
-                                 r["calls"].get<int>(), r["ok"].get<int>(), r["per_second"].get<double>(),
-                                 r["p50_ms"].get<double>(), r["p90_ms"].get<double>(), r["p99_ms"].get<double>(),
+    std::cout << absl::StrFormat("| %-9s | %6d | %6d | %8.2f | %9s | %9s | %9s | %s\n", rpc, r["calls"].get<int>(),
+                                 r["ok"].get<int>(), r["per_second"].get<double>(), ms(r["p50_ms"]),
+                                 ms(r["p90_ms"]), ms(r["p99_ms"]),
                                  r["errors"].dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
   }
 }
@@ -300,8 +317,10 @@ nlohmann::json RunIsolation(AttributionClient& client, const std::string& model,
   auto ratio = [&](const char* loaded, const char* alone, const char* key) {
     nlohmann::json ratios = nlohmann::json::object();
     for (const auto& [rpc, r] : out[alone]["rpcs"].items()) {
+      if (!r[key].is_number() || !out[loaded]["rpcs"].contains(rpc) || !out[loaded]["rpcs"][rpc][key].is_number())
+        continue;
       const double base = r[key].get<double>();
-      if (out[loaded]["rpcs"].contains(rpc) && base > 0)
+      if (base > 0)
         ratios[rpc] = out[loaded]["rpcs"][rpc][key].get<double>() / base;
     }
     return ratios;
@@ -332,8 +351,9 @@ int Run() {
                        : !background.ok() ? background.status()
                                           : CheckLoad("flags", foreground);
   if (valid.ok() && !background->mix.empty()) valid = CheckLoad("--background", *background);
-  if (valid.ok() && !(std::isfinite(seconds) && seconds > 0))
-    valid = absl::InvalidArgumentError("--duration must be a finite number of seconds > 0");
+  constexpr double kMostSeconds = 7 * 24 * 3600;  // a week; absl::Duration and the schedule hold more
+  if (valid.ok() && !(seconds > 0 && seconds <= kMostSeconds))
+    valid = absl::InvalidArgumentError(absl::StrCat("--duration must lie in (0, ", kMostSeconds, "] seconds"));
   if (!valid.ok()) {
     std::fprintf(stderr, "attribution-bench: %s\n", valid.ToString().c_str());
     return 2;

@@ -82,12 +82,31 @@ absl::Status SetBaseline(const std::string& name, v1::AttributeRequest* out) {
   return absl::OkStatus();
 }
 
+}  // namespace
+
 // Metadata past gRPC's 8 KiB limit makes it drop the connection, failing the other calls on the channel
-// as RESOURCE_EXHAUSTED (read as load); the server logs 128 bytes of an id.
+// as RESOURCE_EXHAUSTED (read as load), and a byte outside printable ASCII in a metadata value is an
+// assertion failure in gRPC that aborts the process.
+absl::Status CheckMetadataValue(absl::string_view field, absl::string_view value, size_t max_bytes) {
+  if (value.size() > max_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": ", value.size(), " bytes, more than the ", max_bytes, " it may have"));
+  }
+  for (size_t i = 0; i < value.size(); ++i) {
+    const auto byte = static_cast<unsigned char>(value[i]);
+    if (byte < 0x20 || byte > 0x7e) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ": byte ", i, " (0x", absl::Hex(byte, absl::kZeroPad2),
+                                                     ") is not printable ASCII, which gRPC metadata must be"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+
+// The server logs 128 bytes of an id.
 absl::Status CheckRequestId(const std::string& request_id) {
-  if (request_id.size() <= kMaxRequestIdBytes) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat("request_id: ", request_id.size(), " bytes, more than the ",
-                                                 kMaxRequestIdBytes, " a request id may have"));
+  return CheckMetadataValue("request_id", request_id, kMaxRequestIdBytes);
 }
 
 // The fields every request with a prompt shares: model, prompt, special tokens, priority.

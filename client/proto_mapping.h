@@ -10,6 +10,10 @@ namespace attribution::client {
 namespace v1 = ::attribution::v1;
 
 // INVALID_ARGUMENT naming the option when a name (method, quantity, rule, baseline, priority) is unknown.
+// INVALID_ARGUMENT naming `field` unless `value` is printable ASCII of at most `max_bytes` (what gRPC
+// metadata may carry: request ids, bearer tokens).
+absl::Status CheckMetadataValue(absl::string_view field, absl::string_view value, size_t max_bytes);
+
 absl::StatusOr<v1::AttributeRequest> ToProto(const AttributeOptions& options);
 absl::StatusOr<v1::GenerateRequest> ToProto(const GenerateOptions& options);
 absl::StatusOr<v1::LogprobsRequest> ToProto(const LogprobsOptions& options);

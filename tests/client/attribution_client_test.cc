@@ -7,6 +7,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <memory>
 #include <string>
 
@@ -39,6 +40,23 @@ class AttributionClientTest : public ::testing::Test {
   test_support::FakeAttributionService& service_ = server_.service;
   std::unique_ptr<AttributionClient> client_;
 };
+
+// A bearer token gRPC metadata cannot carry (gRPC aborts the process on one) is refused by Connect and by
+// ReadBearerTokenFile, naming it, and the process lives on.
+TEST(AttributionClientConnect, RefusesABearerTokenOutsidePrintableAscii) {
+  EXPECT_THAT(AttributionClient::Connect({.target = "127.0.0.1:1", .bearer_token = "secr\xc3\xa9t"}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("bearer_token: byte 4 (0xc3)")));
+  EXPECT_THAT(AttributionClient::Connect({.target = "127.0.0.1:1", .bearer_token = "tab\there"}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("bearer_token: byte 3 (0x09)")));
+  EXPECT_THAT(AttributionClient::Connect({.target = "127.0.0.1:1", .bearer_token = "s3cret-token_~"}), IsOk());
+  const std::string path = ::testing::TempDir() + "/token_with_a_tab";
+  {
+    std::ofstream file(path);
+    file << "tab\there\nsecond line\n";
+  }
+  EXPECT_THAT(ReadBearerTokenFile(path),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(path + ": the token: byte 3 (0x09)")));
+}
 
 // One feature and no value for it.
 v1::AttributeResponse AttributionWithoutSequence() {

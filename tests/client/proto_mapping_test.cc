@@ -89,6 +89,18 @@ TEST(ProtoMapping, RequestIdsOverOneKibibyteAreRefused) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("request_id")));
 }
 
+// A byte outside printable ASCII in gRPC metadata is an assertion failure in gRPC that aborts the
+// process: refused before the call instead, naming the option and the byte.
+TEST(ProtoMapping, RequestIdsOutsidePrintableAsciiAreRefused) {
+  EXPECT_THAT(ToProto(AttributeOptions{.prompt = "p", .request_id = "job-7 row ~42"}), IsOk());
+  EXPECT_THAT(ToProto(AttributeOptions{.prompt = "p", .request_id = "r\xc3\xa9"}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("request_id: byte 1 (0xc3)")));
+  EXPECT_THAT(ToProto(LogprobsOptions{.prompt = "p", .target = "t", .request_id = "a\tb"}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("request_id: byte 1 (0x09)")));
+  EXPECT_THAT(ToProto(GenerateOptions{.prompt = "p", .request_id = std::string("a\x7f", 2)}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("request_id: byte 1 (0x7f)")));
+}
+
 TEST(ProtoMapping, MapsAWellFormedAttributeResponse) {
   absl::StatusOr<Attribution> a = FromProto(WellFormedAttribution());
   ASSERT_THAT(a, IsOk());

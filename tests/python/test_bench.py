@@ -1,0 +1,96 @@
+# SPDX-License-Identifier: Apache-2.0
+"""attribution-bench against a fake server on loopback whose Logprobs answers take known times: the
+latency percentiles it reports are nearest-rank ones (a closed-form check), and an open loop asked for more
+calls than it can send stops at its duration and says how many it sent."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import pytest
+
+from attribution_client._generated.attribution.v1 import attribution_pb2 as pb
+from attribution_client._generated.attribution.v1 import attribution_pb2_grpc as pb_grpc
+
+
+class SteppedLatencies(pb_grpc.AttributionServiceServicer):
+    """Logprobs call k (counted from 0) answers after (k % 10 + 1) * step_seconds, or at once when 0."""
+
+    def __init__(self, step_seconds: float) -> None:
+        self.step_seconds = step_seconds
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def Logprobs(self, request, context):
+        with self.lock:
+            k = self.calls
+            self.calls += 1
+        time.sleep((k % 10 + 1) * self.step_seconds)
+        return pb.LogprobsResponse()
+
+
+@pytest.fixture
+def fake_server():
+    servers = []
+
+    def start(step_seconds: float):
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=64))
+        service = SteppedLatencies(step_seconds)
+        pb_grpc.add_AttributionServiceServicer_to_server(service, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        servers.append(server)
+        return f"127.0.0.1:{port}", service
+
+    yield start
+    for server in servers:
+        server.stop(grace=None)
+
+
+def bench(address: str, *flags: str) -> dict:
+    binary = os.environ["ATTRIBUTION_BENCH_BINARY"]
+    done = subprocess.run([binary, f"--server={address}", "--model=fake", "--mix=logprobs=1", "--json", *flags],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_percentiles_are_nearest_rank(fake_server):
+    # 100 calls, ten each answering in 0.1, 0.2, ..., 1.0 s: the nearest-rank p50 is the 50th fastest call
+    # (the 0.5 s class), p90 the 90th (0.9 s), p99 the 99th (1.0 s). One rank higher, as the bench once
+    # read them, is the next class up: the 100 ms between classes is the margin for the host's noise.
+    address, service = fake_server(0.1)
+    report = bench(address, "--rate=20", "--duration=5")
+    logprobs = report["rpcs"]["logprobs"]
+    assert logprobs["calls"] == 100 == service.calls
+    assert logprobs["ok"] == 100
+    assert 500 <= logprobs["p50_ms"] < 600
+    assert 900 <= logprobs["p90_ms"] < 1000
+    assert 1000 <= logprobs["p99_ms"] <= logprobs["max_ms"] < 1100
+
+
+def test_a_rate_above_what_the_client_can_send_stops_at_the_duration(fake_server):
+    address, service = fake_server(0.0)
+    report = bench(address, "--rate=10000000", "--duration=1")
+    assert report["rate"] == 10000000
+    # Sending stopped at the end of the second rather than after rate x duration calls.
+    assert report["sent_per_second"] < 10000000
+    # Every call sent was answered or failed (gRPC refuses some at the client under such a flood).
+    assert report["rpcs"]["logprobs"]["calls"] == pytest.approx(report["sent_per_second"] * 1.0, rel=1e-9)
+    assert 0 < report["rpcs"]["logprobs"]["ok"] <= service.calls
+
+
+def test_no_call_answered_shows_no_latency(fake_server):
+    address, _ = fake_server(0.0)
+    done = subprocess.run([os.environ["ATTRIBUTION_BENCH_BINARY"], f"--server={address}", "--model=fake",
+                           "--mix=attribute=1", "--concurrency=1", "--duration=0.5", "--json"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    attribute = json.loads(done.stdout)["rpcs"]["attribute"]
+    assert attribute["ok"] == 0 and attribute["calls"] > 0  # the fake server does not implement Attribute
+    assert attribute["p50_ms"] is None and attribute["p99_ms"] is None and attribute["max_ms"] is None
