@@ -85,9 +85,9 @@ class Recorder {
         const auto rank = static_cast<size_t>(std::ceil(q * static_cast<double>(ok.size())));
         return 1e3 * ok[std::clamp<size_t>(rank, 1, ok.size()) - 1];
       };
-      out[rpc] = {{"calls", samples.size()},  {"ok", ok.size()},         {"per_second", ok.size() / elapsed},
-                  {"p50_ms", ms_at(0.5)},     {"p90_ms", ms_at(0.9)},    {"p99_ms", ms_at(0.99)},
-                  {"max_ms", ms_at(1.0)},     {"errors", errors}};
+      out[rpc] = {{"calls", samples.size()}, {"ok", ok.size()},      {"per_second", ok.size() / elapsed},
+                  {"p50_ms", ms_at(0.5)},    {"p90_ms", ms_at(0.9)}, {"p99_ms", ms_at(0.99)},
+                  {"max_ms", ms_at(1.0)},    {"errors", errors}};
     }
     return out;
   }
@@ -110,9 +110,10 @@ absl::StatusOr<Mix> ParseMix(const std::string& text) {
     double weight = 0;
     if (kv.size() != 2 || !absl::SimpleAtod(kv[1], &weight) || !std::isfinite(weight) || weight < 0 ||
         (kv[0] != "attribute" && kv[0] != "logprobs" && kv[0] != "generate")) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "\"", part, "\" is not RPC=WEIGHT (attribute, logprobs, generate; a finite weight >= 0): expected e.g. "
-          "attribute=1,logprobs=4,generate=1"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("\"", part,
+                       "\" is not RPC=WEIGHT (attribute, logprobs, generate; a finite weight >= 0): expected e.g. "
+                       "attribute=1,logprobs=4,generate=1"));
     }
     mix.rpcs.push_back(kv[0]);
     weights.push_back(weight);
@@ -243,12 +244,13 @@ nlohmann::json RunLoad(AttributionClient& client, const std::string& model, cons
       const std::string rpc = pick();
       sent += 1;
       // Latency counts from the call's scheduled time, so a schedule the client fell behind shows in it.
-      Call(client, model, spec, rpc, static_cast<int>(i % std::size(kPrompts)), [&, rpc, scheduled](absl::StatusCode code) {
-        recorder.Add(rpc, {absl::ToDoubleSeconds(absl::Now() - scheduled), code});
-        std::lock_guard<std::mutex> lock(mu);
-        in_flight -= 1;
-        answered.notify_all();
-      });
+      Call(client, model, spec, rpc, static_cast<int>(i % std::size(kPrompts)),
+           [&, rpc, scheduled](absl::StatusCode code) {
+             recorder.Add(rpc, {absl::ToDoubleSeconds(absl::Now() - scheduled), code});
+             std::lock_guard<std::mutex> lock(mu);
+             in_flight -= 1;
+             answered.notify_all();
+           });
     }
     std::unique_lock<std::mutex> lock(mu);
     answered.wait(lock, [&] { return in_flight == 0; });
@@ -283,11 +285,11 @@ nlohmann::json RunLoad(AttributionClient& client, const std::string& model, cons
 
 void PrintTable(const std::string& title, const nlohmann::json& load) {
   const double rate = load["rate"].get<double>();
-  std::cout << absl::StrFormat("%s: %s loop, %s, %.1f s\n", title, rate > 0 ? "open" : "closed",
-                               rate > 0 ? absl::StrFormat("%.1f calls/s asked, %.1f sent", rate,
-                                                          load["sent_per_second"].get<double>())
-                                        : absl::StrFormat("%d clients", load["concurrency"].get<int>()),
-                               load["seconds"].get<double>());
+  std::cout << absl::StrFormat(
+      "%s: %s loop, %s, %.1f s\n", title, rate > 0 ? "open" : "closed",
+      rate > 0 ? absl::StrFormat("%.1f calls/s asked, %.1f sent", rate, load["sent_per_second"].get<double>())
+               : absl::StrFormat("%d clients", load["concurrency"].get<int>()),
+      load["seconds"].get<double>());
   std::cout << absl::StrFormat("| %-9s | %6s | %6s | %8s | %9s | %9s | %9s | %s\n", "rpc", "calls", "ok", "ok/s",
                                "p50 ms", "p90 ms", "p99 ms", "errors");
   auto ms = [](const nlohmann::json& value) {
@@ -295,8 +297,8 @@ void PrintTable(const std::string& title, const nlohmann::json& load) {
   };
   for (const auto& [rpc, r] : load["rpcs"].items()) {
     std::cout << absl::StrFormat("| %-9s | %6d | %6d | %8.2f | %9s | %9s | %9s | %s\n", rpc, r["calls"].get<int>(),
-                                 r["ok"].get<int>(), r["per_second"].get<double>(), ms(r["p50_ms"]),
-                                 ms(r["p90_ms"]), ms(r["p99_ms"]),
+                                 r["ok"].get<int>(), r["per_second"].get<double>(), ms(r["p50_ms"]), ms(r["p90_ms"]),
+                                 ms(r["p99_ms"]),
                                  r["errors"].dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
   }
 }
@@ -320,8 +322,7 @@ nlohmann::json RunIsolation(AttributionClient& client, const std::string& model,
       if (!r[key].is_number() || !out[loaded]["rpcs"].contains(rpc) || !out[loaded]["rpcs"][rpc][key].is_number())
         continue;
       const double base = r[key].get<double>();
-      if (base > 0)
-        ratios[rpc] = out[loaded]["rpcs"][rpc][key].get<double>() / base;
+      if (base > 0) ratios[rpc] = out[loaded]["rpcs"][rpc][key].get<double>() / base;
     }
     return ratios;
   };
