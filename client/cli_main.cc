@@ -218,14 +218,15 @@ std::string UnknownNameError(const std::string& command) {
   return "";
 }
 
-// Writes the --html report, if one was asked for, after the result went to stdout: a report that cannot
-// be written fails the command (status 1) without losing the result computed.
-int WriteHtmlIfAsked(const std::string& html) {
+// Writes the --html report, if one was asked for, then prints `shown`: written first, the report is not
+// lost when stdout is a pipe its reader closed (`| head -1` ends the process with SIGPIPE as it prints),
+// and a report that cannot be written fails the command (status 1) after the result is printed, so the
+// result computed is not lost either.
+int PrintWithHtml(const std::string& shown, const std::string& html) {
   const std::string path = absl::GetFlag(FLAGS_html);
-  if (path.empty()) return 0;
-  std::cout.flush();
-  if (absl::Status written = WriteHtml(path, html); !written.ok()) return Failed(written);
-  return 0;
+  const absl::Status written = path.empty() ? absl::OkStatus() : WriteHtml(path, html);
+  std::cout << shown << std::flush;
+  return written.ok() ? 0 : Failed(written);
 }
 
 int Attribute(AttributionClient& client, const std::string& model,
@@ -261,8 +262,8 @@ int Attribute(AttributionClient& client, const std::string& model,
   }
   if (!result.ok()) return Failed(result.status());
   const bool color = absl::GetFlag(FLAGS_color) && isatty(STDOUT_FILENO);
-  std::cout << (absl::GetFlag(FLAGS_json) ? AttributionJson(*result) + "\n" : TerminalHeatmap(*result, color));
-  return WriteHtmlIfAsked(HtmlReport(*result));
+  return PrintWithHtml(absl::GetFlag(FLAGS_json) ? AttributionJson(*result) + "\n" : TerminalHeatmap(*result, color),
+                       HtmlReport(*result));
 }
 
 // "#12" is token id 12; anything else is text.
@@ -343,8 +344,8 @@ int Components(AttributionClient& client, const std::string& model, std::vector<
   if (progress) std::fprintf(stderr, "\n");
   if (!result.ok()) return Failed(result.status());
   const bool color = absl::GetFlag(FLAGS_color) && isatty(STDOUT_FILENO);
-  std::cout << (absl::GetFlag(FLAGS_json) ? ComponentJson(*result) + "\n" : TerminalComponents(*result, color));
-  return WriteHtmlIfAsked(ComponentHtmlReport(*result));
+  return PrintWithHtml(absl::GetFlag(FLAGS_json) ? ComponentJson(*result) + "\n" : TerminalComponents(*result, color),
+                       ComponentHtmlReport(*result));
 }
 
 int Generate(AttributionClient& client, const std::string& model) {

@@ -58,6 +58,19 @@ TEST(AttributionClientConnect, RefusesABearerTokenOutsidePrintableAscii) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(path + ": the token: byte 3 (0x09)")));
 }
 
+// Certificate options without tls connected in plaintext, the files unread; half a key pair failed on
+// reading "" without naming the option missing.
+TEST(AttributionClientConnect, RefusesCertificateOptionsWithoutTlsAndHalfAKeyPair) {
+  EXPECT_THAT(AttributionClient::Connect({.target = "127.0.0.1:1", .ca_file = "/nonexistent/ca.pem"}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("ca_file: given without tls")));
+  EXPECT_THAT(AttributionClient::Connect({.target = "127.0.0.1:1", .tls_server_name = "localhost"}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("tls_server_name: given without tls")));
+  EXPECT_THAT(AttributionClient::Connect({.target = "127.0.0.1:1", .tls = true, .cert_file = "/tmp/client.pem"}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("cert_file: give cert_file and key_file")));
+  EXPECT_THAT(AttributionClient::Connect({.target = "127.0.0.1:1", .tls = true, .key_file = "/tmp/client.key"}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("key_file: give cert_file and key_file")));
+}
+
 // One feature and no value for it.
 v1::AttributeResponse AttributionWithoutSequence() {
   v1::AttributeResponse r;

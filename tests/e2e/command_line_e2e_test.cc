@@ -187,6 +187,12 @@ TEST(CliCommandLine, AnHtmlReportThatCannotBeWrittenIsAnError) {
   }
   auto [code, output] = RunCommand(attribute + dir.File("report.html"));
   EXPECT_EQ(code, 0) << output;
+  // stdout a pipe whose reader is gone before the answer comes (SIGPIPE as the result is printed): the
+  // report is written all the same (it was lost without a word).
+  RunCommand(attribute + dir.File("piped.html") + " | true");
+  const absl::StatusOr<std::string> piped = client::ReadTextFile(dir.File("piped.html"));
+  ASSERT_THAT(piped, IsOk());
+  EXPECT_THAT(*piped, HasSubstr("</html>"));
   const std::string components = absl::StrCat(
       ATTRIBUTION_CLI_BINARY, " components --server=", (*server)->address(),
       " --clean='When Mary and John went out, John gave a drink to'"

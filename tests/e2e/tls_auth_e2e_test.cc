@@ -104,6 +104,7 @@ TEST(TlsAndAuth, MutualTlsWithTokensServesOnlyTheRightCredentials) {
 
   ClientOptions plaintext = good;
   plaintext.tls = false;
+  plaintext.ca_file = plaintext.cert_file = plaintext.key_file = plaintext.tls_server_name = "";
   EXPECT_THAT(ListModelsWith(address, plaintext), StatusIs(absl::StatusCode::kUnavailable));
 
   // Health stays open to probes that carry no token (Kubernetes gRPC probes cannot send one)... over TLS.

@@ -98,7 +98,7 @@ def test_bad_transport_never_connects(certs, mtls_server, change):
         "no_client_certificate": dict(cert_file="", key_file=""),
         "untrusted_client_certificate": dict(cert_file=str(certs / "rogue.pem"), key_file=str(certs / "rogue.key")),
         "untrusted_server": dict(ca_file=str(certs / "rogue-ca.pem")),
-        "plaintext": dict(tls=False),
+        "plaintext": dict(tls=False, ca_file="", cert_file="", key_file=""),
     }[change]
     with ac.AttributionClient(options(certs, mtls_server, timeout=30, **fields)) as c:
         with pytest.raises(ac.Unavailable):
@@ -108,6 +108,17 @@ def test_bad_transport_never_connects(certs, mtls_server, change):
 def test_half_a_key_pair_is_refused_locally(certs, mtls_server):
     with pytest.raises(ValueError, match="cert_file and key_file"):
         ac.AttributionClient(options(certs, mtls_server, key_file=""))
+
+
+@pytest.mark.parametrize("name", ["ca_file", "cert_file", "tls_server_name"])
+def test_a_certificate_option_without_tls_is_refused_locally(certs, mtls_server, name):
+    # It connected in plaintext, the files neither read nor checked.
+    fields = dict(tls=False, ca_file="", cert_file="", key_file="")
+    fields[name] = str(certs / "ca.pem") if name != "tls_server_name" else "localhost"
+    if name == "cert_file":
+        fields["key_file"] = str(certs / "client.key")
+    with pytest.raises(ValueError, match=f"{name}: given without tls=True"):
+        ac.AttributionClient(options(certs, mtls_server, **fields))
 
 
 def test_token_over_plaintext(certs):

@@ -58,7 +58,10 @@ def channel_args(o: ClientOptions) -> List[Tuple[str, object]]:
 
 def credentials(o: ClientOptions) -> Optional[grpc.ChannelCredentials]:
     """TLS credentials (None: plaintext). Files are read now so a wrong path fails at connect."""
+    tls_only = [name for name in ("ca_file", "cert_file", "key_file", "tls_server_name") if getattr(o, name, None)]
     if not o.tls:
+        if tls_only:  # the call would go out in plaintext, certificates unread and unchecked
+            raise ValueError(f"{tls_only[0]}: given without tls=True; set tls=True, or leave it out")
         return None
     if bool(o.cert_file) != bool(o.key_file):
         raise ValueError("cert_file and key_file: give both for mutual TLS, or neither")
