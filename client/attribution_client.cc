@@ -196,16 +196,17 @@ absl::StatusOr<std::unique_ptr<AttributionClient>> AttributionClient::Connect(co
   std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
   grpc::ChannelArguments args;
   // A certificate option without tls would leave the connection plaintext, the files unread and unchecked.
-  for (const auto& [name, value] : {std::pair{"ca_file", &options.ca_file}, std::pair{"cert_file", &options.cert_file},
-                                    std::pair{"key_file", &options.key_file},
-                                    std::pair{"tls_server_name", &options.tls_server_name}}) {
+  for (const auto& [name, value] :
+       {std::pair{"ca_file", &options.ca_file}, std::pair{"cert_file", &options.cert_file},
+        std::pair{"key_file", &options.key_file}, std::pair{"tls_server_name", &options.tls_server_name}}) {
     if (!options.tls && !value->empty()) {
       return absl::InvalidArgumentError(absl::StrCat(name, ": given without tls (the connection would be plaintext)"));
     }
   }
   if (options.cert_file.empty() != options.key_file.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(options.cert_file.empty() ? "key_file" : "cert_file",
-                                                   ": give cert_file and key_file together for mutual TLS, or neither"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(options.cert_file.empty() ? "key_file" : "cert_file",
+                     ": give cert_file and key_file together for mutual TLS, or neither"));
   }
   if (options.tls) {
     grpc::SslCredentialsOptions ssl;
