@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from concurrent import futures
 from typing import Callable, Dict
 
@@ -234,6 +235,22 @@ def test_well_formed_answers_convert_and_render(fake, client):
     components = client.attribute_components(pairs=[("a b", "a c")], answer=1, wrong_answer=2, model="fake")
     assert components.grid("heads").to_dataframe().shape == (2, 3)
     assert [m.name for m in client.list_models()] == ["fake"]
+
+
+def _cell_colours(fragment: str) -> list:
+    return re.findall(r"background:(rgba\([^)]*\))", fragment)
+
+
+def test_the_heatmap_scales_by_finite_values_and_greys_nan_and_inf(fake, client):
+    """One NaN drew every cell at full strength (the NaN red, as if strongly negative); one inf blanked the
+    finite ones. The C++ renderers grey them and scale by the largest finite |value|."""
+    fake.attribution.ClearField("token_matrix")
+    fake.attribution.sequence_attribution[:] = [0.5, float("nan")]
+    shown = _cell_colours(client.attribute(prompt="a b c", target=" x", model="fake")._repr_html_())
+    assert shown == ["rgba(71,114,179,0.850)", "rgba(128,128,128,0.35)"]
+    fake.attribution.sequence_attribution[:] = [-0.25, float("inf")]
+    shown = _cell_colours(client.attribute(prompt="a b c", target=" x", model="fake")._repr_html_())
+    assert shown == ["rgba(208,54,91,0.850)", "rgba(128,128,128,0.35)"]
 
 
 def test_enum_values_this_client_does_not_know_read_as_numbers(fake, client):

@@ -311,6 +311,11 @@ MISUSE = {
     "text_stdev": ("attribute", dict(prompt=PROMPT, target=" Yes", stdev="0.1"), TypeError, r"^stdev: "),
     "huge_baseline": ("attribute", dict(prompt=PROMPT, target=" Yes", baseline=10**30), ValueError, r"^baseline: "),
     "bool_baseline": ("attribute", dict(prompt=PROMPT, target=" Yes", baseline=True), TypeError, r"^baseline: "),
+    # str.isdigit() let these through to int(), whose message names no option.
+    "double_minus_baseline": ("attribute", dict(prompt=PROMPT, target=" Yes", baseline="--5"), ValueError,
+                              r"^baseline: "),
+    "superscript_baseline": ("attribute", dict(prompt=PROMPT, target=" Yes", baseline="²"), ValueError,
+                             r"^baseline: "),
     "short_feature_range": ("attribute", dict(prompt=PROMPT, target=" Yes", feature_range=(3,)), TypeError,
                             r"^feature_range: "),
     "text_choices": ("attribute", dict(prompt=PROMPT, choices=" Yes"), TypeError, r"^choices: .*list"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from collections.abc import Iterable, Set, Sized
 from typing import Any, Dict, List, Mapping, Optional, Sequence, TypeVar, Union
 
@@ -210,7 +211,7 @@ def _feature_range(value: Any, out: pb.FeatureGroup) -> None:
 
 def _set_baseline(value: Any, out: pb.AttributeRequest) -> None:
     """A baseline name, or a token id (an int, or its digits as text, as the CLI's --baseline takes it)."""
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]+\s*", value):  # ASCII digits: "²" is a digit to isdigit()
         value = int(value)
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         out.baseline = pb.TOKEN_ID

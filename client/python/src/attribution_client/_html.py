@@ -1,9 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
 """The Jupyter heatmap of an Attribution: prompt tokens coloured by attribution (blue positive, red
-negative, as Captum's plots), fixed tokens grey, and the token matrix as a table when present."""
+negative, as Captum's plots; NaN and infinite values grey), fixed tokens grey, and the token matrix as a
+table when present."""
 from __future__ import annotations
 
 import html
+import math
 from typing import TYPE_CHECKING, List
 
 import numpy as np
@@ -12,7 +14,15 @@ if TYPE_CHECKING:
     from .results import Attribution
 
 
+def _finite_scale(values: np.ndarray) -> float:
+    """The largest finite |value|: one NaN or inf must not wash out (or blank) every other cell."""
+    finite = np.abs(values[np.isfinite(values)]) if values.size else values
+    return float(np.max(finite)) if finite.size else 0.0
+
+
 def _colour(value: float, scale: float) -> str:
+    if not math.isfinite(value):  # grey, as the CLI's heatmap and HTML report show it
+        return "rgba(128,128,128,0.35)"
     strength = 0.0 if scale <= 0 else min(1.0, abs(value) / scale)
     rgb = (71, 114, 179) if value >= 0 else (208, 54, 91)
     return f"rgba({rgb[0]},{rgb[1]},{rgb[2]},{0.85 * strength:.3f})"
@@ -26,7 +36,7 @@ def _cell(text: str, value: float, scale: float) -> str:
 
 def attribution_html(a: "Attribution") -> str:
     """A self-contained HTML fragment (no scripts) for Jupyter's rich display."""
-    scale = float(np.max(np.abs(a.sequence))) if a.sequence.size else 0.0
+    scale = _finite_scale(a.sequence)
     target = html.escape(a.target_text)
     parts: List[str] = [
         f'<div><b>{html.escape(a.method)}</b> on <b>{html.escape(a.model)}</b>, target '
@@ -38,7 +48,7 @@ def attribution_html(a: "Attribution") -> str:
     parts += [_cell(f.text, float(v), scale) for f, v in zip(a.features, a.sequence)]
     parts.append("</tr></table>")
     if a.token_matrix is not None:
-        mscale = float(np.max(np.abs(a.token_matrix))) if a.token_matrix.size else 0.0
+        mscale = _finite_scale(a.token_matrix)
         parts.append("<table style='border-collapse:collapse'><tr><th></th>")
         parts += [f"<th style='font-family:monospace'>{html.escape(f.text)}</th>" for f in a.features]
         parts.append("</tr>")
