@@ -2,6 +2,7 @@
 #include "client/attribution_client.h"
 
 #include <fcntl.h>
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <unistd.h>
 
@@ -61,11 +62,26 @@ absl::StatusOr<T> Wait(const std::function<void(Callback<T>)>& start) {
   return std::move(*result);
 }
 
+// An answer's bytes as `message`. gRPC's callback calls do not report an answer that fails to parse (a
+// string field that is not UTF-8): a unary call keeps the message cut short at that field under an OK
+// status, a stream's read ends as if the stream had. So the client reads bytes and parses them here.
+absl::Status ParseAnswer(grpc::ByteBuffer& answer, const std::string& path, google::protobuf::Message& message) {
+  std::vector<grpc::Slice> slices;
+  std::string bytes;
+  if (answer.Dump(&slices).ok()) {
+    for (const grpc::Slice& piece : slices) bytes.append(reinterpret_cast<const char*>(piece.begin()), piece.size());
+    if (message.ParseFromString(bytes)) return absl::OkStatus();
+  }
+  return absl::DataLossError(absl::StrCat("the answer to ", path, " (", bytes.size(), " bytes) does not parse as ",
+                                          message.GetTypeName(),
+                                          ": a string field that is not UTF-8, or bytes of another message"));
+}
+
 // One server-streaming call on the callback API: owns its context and request, hands each event to
 // `on_event` (which sets the result, or the status of a malformed one, from the last one) and reports
 // once at the end; deletes itself.
 template <typename Request, typename Event, typename Result>
-class StreamCall final : public grpc::ClientReadReactor<Event> {
+class StreamCall final : public grpc::ClientReadReactor<grpc::ByteBuffer> {
  public:
   using OnEvent = std::function<void(const Event&, std::optional<absl::StatusOr<Result>>&)>;
   StreamCall(std::unique_ptr<grpc::ClientContext> context, Request request, OnEvent on_event, Callback<Result> done)
@@ -73,22 +89,32 @@ class StreamCall final : public grpc::ClientReadReactor<Event> {
         request_(std::move(request)),
         on_event_(std::move(on_event)),
         done_(std::move(done)) {}
-  template <typename Start>
-  void Run(Start start) {
-    start(context_.get(), &request_, this);
-    this->StartRead(&event_);
-    this->StartCall();
+  // Starts the call of `method` of `service` on `channel`; its events arrive as bytes (see ParseAnswer).
+  void Run(grpc::ChannelInterface* channel, const char* service, const char* method) {
+    path_ = absl::StrCat("/", service, "/", method);
+    grpc::internal::ClientCallbackReaderFactory<grpc::ByteBuffer>::Create(
+        channel, grpc::internal::RpcMethod(path_.c_str(), grpc::internal::RpcMethod::SERVER_STREAMING), context_.get(),
+        &request_, this);
+    StartRead(&bytes_);
+    StartCall();
   }
   void OnReadDone(bool ok) override {
     if (!ok) return;  // the stream ended; OnDone follows
-    on_event_(event_, result_);
-    this->StartRead(&event_);
+    Event event;
+    if (absl::Status parsed = ParseAnswer(bytes_, path_, event); !parsed.ok()) {
+      malformed_ = std::move(parsed);
+      context_->TryCancel();  // no further read: the stream ends here
+      return;
+    }
+    on_event_(event, result_);
+    StartRead(&bytes_);
   }
   void OnDone(const grpc::Status& status) override {
     absl::StatusOr<Result> result =
-        !status.ok() ? absl::StatusOr<Result>(ToAbsl(status))
-        : result_    ? std::move(*result_)
-                     : absl::StatusOr<Result>(absl::DataLossError("the stream ended without a result"));
+        !malformed_.ok() ? absl::StatusOr<Result>(malformed_)
+        : !status.ok()   ? absl::StatusOr<Result>(ToAbsl(status))
+        : result_        ? std::move(*result_)
+                         : absl::StatusOr<Result>(absl::DataLossError("the stream ended without a result"));
     Callback<Result> done = std::move(done_);
     delete this;  // the context goes before the caller hears of the result (see Impl::Unary)
     done(std::move(result));
@@ -99,7 +125,9 @@ class StreamCall final : public grpc::ClientReadReactor<Event> {
   Request request_;
   OnEvent on_event_;
   Callback<Result> done_;
-  Event event_;
+  std::string path_;
+  grpc::ByteBuffer bytes_;
+  absl::Status malformed_;  // an event that did not parse
   std::optional<absl::StatusOr<Result>> result_;
 };
 
@@ -151,8 +179,7 @@ absl::Status CheckLogprobsOptions(const LogprobsOptions& options) { return ToPro
 struct AttributionClient::Impl {
   ClientOptions options;
   std::shared_ptr<grpc::Channel> channel;
-  std::unique_ptr<v1::AttributionService::Stub> stub;
-  std::unique_ptr<grpc::health::v1::Health::Stub> health;
+  std::unique_ptr<grpc::GenericStub> unary;  // unary calls: their answers' bytes, parsed here (see Unary)
 
   // `request_id`, when set, goes as x-request-id metadata: the server writes it in the call's log line.
   std::unique_ptr<grpc::ClientContext> NewContext(const std::string& request_id = "") const {
@@ -163,29 +190,35 @@ struct AttributionClient::Impl {
     return context;
   }
 
-  // One unary call on the callback API: owns its context and messages until the callback ran. `convert`
-  // maps the response to absl::StatusOr<Result>: a malformed response fails the call with its status.
-  template <typename Request, typename Response, typename Result, typename Start, typename Convert>
-  void Unary(const std::string& request_id, Request request, Start start, Convert convert,
-             Callback<Result> done) const {
+  // One unary call on the callback API: owns its context and messages until the callback ran; the answer
+  // comes as bytes (see ParseAnswer). `convert` maps the response to absl::StatusOr<Result>: a malformed
+  // response fails the call with its status.
+  template <typename Response, typename Result, typename Request, typename Convert>
+  void Unary(const std::string& request_id, const char* service, const char* method, const Request& request,
+             Convert convert, Callback<Result> done) const {
     struct Call {
       std::unique_ptr<grpc::ClientContext> context;
-      Request request;
-      Response response;
+      grpc::ByteBuffer request;
+      grpc::ByteBuffer response;
     };
     auto call = std::make_shared<Call>();
     call->context = NewContext(request_id);
-    call->request = std::move(request);
-    start(call->context.get(), &call->request, &call->response,
-          [call, convert, done = std::move(done)](grpc::Status status) mutable {
-            std::shared_ptr<Call> finished = std::move(call);
-            absl::StatusOr<Result> result =
-                status.ok() ? convert(finished->response) : absl::StatusOr<Result>(ToAbsl(status));
-            // The context goes before the caller hears of the result: a caller that then tears the
-            // client (or the process) down must not race gRPC releasing the call.
-            finished.reset();
-            done(std::move(result));
-          });
+    const std::string bytes = request.SerializeAsString();
+    grpc::Slice slice(bytes);
+    call->request = grpc::ByteBuffer(&slice, 1);
+    const std::string path = absl::StrCat("/", service, "/", method);
+    unary->UnaryCall(call->context.get(), path, grpc::StubOptions(), &call->request, &call->response,
+                     [call, convert, path, done = std::move(done)](grpc::Status status) mutable {
+                       std::shared_ptr<Call> finished = std::move(call);
+                       Response response;
+                       absl::Status parsed =
+                           status.ok() ? ParseAnswer(finished->response, path, response) : ToAbsl(status);
+                       absl::StatusOr<Result> result = parsed.ok() ? convert(response) : absl::StatusOr<Result>(parsed);
+                       // The context goes before the caller hears of the result: a caller that then tears the
+                       // client (or the process) down must not race gRPC releasing the call.
+                       finished.reset();
+                       done(std::move(result));
+                     });
   }
 };
 
@@ -262,18 +295,15 @@ absl::StatusOr<std::unique_ptr<AttributionClient>> AttributionClient::Connect(co
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   impl->channel = grpc::CreateCustomChannel(options.target, credentials, args);
-  impl->stub = v1::AttributionService::NewStub(impl->channel);
-  impl->health = grpc::health::v1::Health::NewStub(impl->channel);
+  impl->unary = std::make_unique<grpc::GenericStub>(impl->channel);
   return std::unique_ptr<AttributionClient>(new AttributionClient(std::move(impl)));
 }
 
 void AttributionClient::AttributeAsync(const AttributeOptions& options, Callback<Attribution> done) {
   absl::StatusOr<v1::AttributeRequest> request = ToProto(options);
   if (!request.ok()) return done(request.status());
-  auto* async = impl_->stub->async();
-  impl_->Unary<v1::AttributeRequest, v1::AttributeResponse, Attribution>(
-      options.request_id, std::move(*request),
-      [async](auto* c, auto* q, auto* r, auto cb) { async->Attribute(c, q, r, std::move(cb)); },
+  impl_->Unary<v1::AttributeResponse, Attribution>(
+      options.request_id, v1::AttributionService::service_full_name(), "Attribute", *request,
       [](const v1::AttributeResponse& r) { return FromProto(r); }, std::move(done));
 }
 
@@ -293,8 +323,7 @@ void AttributionClient::AttributeStreamAsync(const AttributeOptions& options,
   };
   auto* call = new StreamCall<v1::AttributeRequest, v1::AttributeEvent, Attribution>(
       impl_->NewContext(options.request_id), std::move(*request), std::move(on_event), std::move(done));
-  auto* async = impl_->stub->async();
-  call->Run([async](auto* c, auto* q, auto* r) { async->AttributeStream(c, q, r); });
+  call->Run(impl_->channel.get(), v1::AttributionService::service_full_name(), "AttributeStream");
 }
 
 absl::StatusOr<Attribution> AttributionClient::AttributeStream(const AttributeOptions& options,
@@ -315,8 +344,7 @@ void AttributionClient::AttributeComponentsAsync(const ComponentOptions& options
   };
   auto* call = new StreamCall<v1::AttributeComponentsRequest, v1::AttributeComponentsEvent, ComponentAttribution>(
       impl_->NewContext(options.request_id), std::move(*request), std::move(on_event), std::move(done));
-  auto* async = impl_->stub->async();
-  call->Run([async](auto* c, auto* q, auto* r) { async->AttributeComponentsStream(c, q, r); });
+  call->Run(impl_->channel.get(), v1::AttributionService::service_full_name(), "AttributeComponentsStream");
 }
 
 absl::StatusOr<ComponentAttribution> AttributionClient::AttributeComponents(
@@ -328,10 +356,8 @@ absl::StatusOr<ComponentAttribution> AttributionClient::AttributeComponents(
 void AttributionClient::GenerateAsync(const GenerateOptions& options, Callback<Generation> done) {
   absl::StatusOr<v1::GenerateRequest> request = ToProto(options);
   if (!request.ok()) return done(request.status());
-  auto* async = impl_->stub->async();
-  impl_->Unary<v1::GenerateRequest, v1::GenerateResponse, Generation>(
-      options.request_id, std::move(*request),
-      [async](auto* c, auto* q, auto* r, auto cb) { async->Generate(c, q, r, std::move(cb)); },
+  impl_->Unary<v1::GenerateResponse, Generation>(
+      options.request_id, v1::AttributionService::service_full_name(), "Generate", *request,
       [](const v1::GenerateResponse& r) { return FromProto(r); }, std::move(done));
 }
 
@@ -350,8 +376,7 @@ void AttributionClient::GenerateStreamAsync(const GenerateOptions& options, std:
   };
   auto* call = new StreamCall<v1::GenerateRequest, v1::GenerateEvent, Generation>(
       impl_->NewContext(options.request_id), std::move(*request), std::move(on_event), std::move(done));
-  auto* async = impl_->stub->async();
-  call->Run([async](auto* c, auto* q, auto* r) { async->GenerateStream(c, q, r); });
+  call->Run(impl_->channel.get(), v1::AttributionService::service_full_name(), "GenerateStream");
 }
 
 absl::StatusOr<Generation> AttributionClient::GenerateStream(const GenerateOptions& options,
@@ -362,10 +387,8 @@ absl::StatusOr<Generation> AttributionClient::GenerateStream(const GenerateOptio
 void AttributionClient::GetLogprobsAsync(const LogprobsOptions& options, Callback<Logprobs> done) {
   absl::StatusOr<v1::LogprobsRequest> request = ToProto(options);
   if (!request.ok()) return done(request.status());
-  auto* async = impl_->stub->async();
-  impl_->Unary<v1::LogprobsRequest, v1::LogprobsResponse, Logprobs>(
-      options.request_id, std::move(*request),
-      [async](auto* c, auto* q, auto* r, auto cb) { async->Logprobs(c, q, r, std::move(cb)); },
+  impl_->Unary<v1::LogprobsResponse, Logprobs>(
+      options.request_id, v1::AttributionService::service_full_name(), "Logprobs", *request,
       [](const v1::LogprobsResponse& r) { return FromProto(r); }, std::move(done));
 }
 
@@ -374,10 +397,8 @@ absl::StatusOr<Logprobs> AttributionClient::GetLogprobs(const LogprobsOptions& o
 }
 
 void AttributionClient::ListModelsAsync(Callback<std::vector<ModelInfo>> done) {
-  auto* async = impl_->stub->async();
-  impl_->Unary<v1::ListModelsRequest, v1::ListModelsResponse, std::vector<ModelInfo>>(
-      "", v1::ListModelsRequest(),
-      [async](auto* c, auto* q, auto* r, auto cb) { async->ListModels(c, q, r, std::move(cb)); },
+  impl_->Unary<v1::ListModelsResponse, std::vector<ModelInfo>>(
+      "", v1::AttributionService::service_full_name(), "ListModels", v1::ListModelsRequest(),
       [](const v1::ListModelsResponse& r) { return FromProto(r); }, std::move(done));
 }
 
@@ -388,9 +409,8 @@ absl::StatusOr<std::vector<ModelInfo>> AttributionClient::ListModels() {
 void AttributionClient::HealthAsync(const std::string& service, Callback<std::string> done) {
   grpc::health::v1::HealthCheckRequest request;
   request.set_service(service);
-  auto* async = impl_->health->async();
-  impl_->Unary<grpc::health::v1::HealthCheckRequest, grpc::health::v1::HealthCheckResponse, std::string>(
-      "", std::move(request), [async](auto* c, auto* q, auto* r, auto cb) { async->Check(c, q, r, std::move(cb)); },
+  impl_->Unary<grpc::health::v1::HealthCheckResponse, std::string>(
+      "", grpc::health::v1::Health::service_full_name(), "Check", request,
       [](const grpc::health::v1::HealthCheckResponse& r) -> absl::StatusOr<std::string> {
         return grpc::health::v1::HealthCheckResponse::ServingStatus_Name(r.status());
       },

@@ -113,6 +113,36 @@ TEST_F(AttributionClientTest, ListModelsFailsWithDataLossOnAMalformedResponse) {
   EXPECT_THAT(client_->ListModels(), StatusIs(kDataLoss, HasSubstr("ListModelsResponse.models[0].name")));
 }
 
+// A string field that is not UTF-8 stops protobuf's parse there, and gRPC's callback unary call kept the
+// message cut short under an OK status: every field after it read as empty (the seed 0, the text "",
+// every limit 0), exit 0. Every RPC now fails with DATA_LOSS naming the method and the message.
+TEST_F(AttributionClientTest, UnaryAnswersThatDoNotParseFailWithDataLoss) {
+  v1::Token* token = service_.generate.add_tokens();
+  token->set_id(50);
+  token->set_text("\xff\xfe");  // serialized all the same (protobuf only logs it), as a buggy server might
+  service_.generate.set_text("after the bad field");
+  service_.generate.set_seed(7);
+  EXPECT_THAT(client_->Generate({.model = "demo", .prompt = "Is"}),
+              StatusIs(kDataLoss, HasSubstr("/attribution.v1.AttributionService/Generate")));
+  v1::ModelInfo* model = service_.models.add_models();
+  model->set_name("\xc3");
+  model->set_architecture("llama");
+  EXPECT_THAT(client_->ListModels(), StatusIs(kDataLoss, HasSubstr("attribution.v1.ListModelsResponse")));
+  v1::TokenLogprob* scored = service_.logprobs.add_target();
+  scored->mutable_token()->set_text("\x80");
+  scored->mutable_token()->set_log_prob(-0.5);
+  EXPECT_THAT(client_->GetLogprobs({.model = "demo", .prompt = "Is", .target = " No"}), StatusIs(kDataLoss));
+  service_.attribute.add_prompt_tokens()->set_text("\xc0\x80");
+  service_.attribute.add_sequence_attribution(1.0);
+  EXPECT_THAT(client_->Attribute({.model = "demo", .prompt = "Is", .target = " No"}), StatusIs(kDataLoss));
+  // A stream's event that does not parse ended the read as if the stream had, and the call then waited
+  // for its deadline: now it is cancelled at once and fails with DATA_LOSS.
+  EXPECT_THAT(client_->AttributeStream({.model = "demo", .prompt = "Is", .target = " No"}, nullptr),
+              StatusIs(kDataLoss, HasSubstr("/attribution.v1.AttributionService/AttributeStream")));
+  EXPECT_THAT(client_->GenerateStream({.model = "demo", .prompt = "Is"}, nullptr),
+              StatusIs(kDataLoss, HasSubstr("attribution.v1.GenerateEvent")));
+}
+
 TEST_F(AttributionClientTest, GenerateMapsAWellFormedResponse) {
   v1::Token* token = service_.generate.add_tokens();
   token->set_id(50);

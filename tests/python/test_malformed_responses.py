@@ -282,3 +282,33 @@ def test_a_log_prob_above_zero_does_not_break_the_probabilities(fake, client):
     fake.attribution.target_tokens[0].log_prob = 1e6
     a = client.attribute(prompt="a b c", target=" x", model="fake")
     assert math.isinf(a.target_probs[0])
+
+
+class RawBytes(grpc.GenericRpcHandler):
+    """Answers Generate with the bytes it holds, as a buggy server might send them."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+
+    def service(self, details):
+        if details.method != "/attribution.v1.AttributionService/Generate":
+            return None
+        return grpc.unary_unary_rpc_method_handler(lambda request, context: self.answer,
+                                                   request_deserializer=lambda b: b, response_serializer=lambda b: b)
+
+
+def test_an_answer_that_does_not_parse_is_data_loss():
+    """A GenerateResponse whose model (field 1) is not UTF-8: grpcio's INTERNAL "Exception deserializing
+    response!" is DataLoss, as the C++ client's DATA_LOSS, not a failure inside the server."""
+    model = b"a\xffb"
+    answer = bytes([0x0A, len(model)]) + model
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((RawBytes(answer),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with ac.AttributionClient(f"127.0.0.1:{port}", max_attempts=1, timeout=30) as c:
+            with pytest.raises(ac.DataLoss, match="does not parse"):
+                c.generate(prompt="x", model="fake")
+    finally:
+        server.stop(grace=None)

@@ -87,10 +87,16 @@ _BY_CODE: Dict[grpc.StatusCode, Type[AttributionError]] = {
 }
 
 
+_UNPARSABLE_ANSWER = "Exception deserializing response!"
+
+
 def from_grpc(error: grpc.RpcError) -> AttributionError:
     """The exception for a failed call (grpc.RpcError / grpc.aio.AioRpcError)."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     message = error.details() if hasattr(error, "details") else str(error)
+    if code == grpc.StatusCode.INTERNAL and message == _UNPARSABLE_ANSWER:  # grpcio's words for it
+        return DataLoss(grpc.StatusCode.DATA_LOSS, "the answer does not parse (a string field that is not UTF-8, "
+                                                   "or bytes of another message)")
     return error_for(code, message or "")
 
 
