@@ -12,6 +12,7 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <utility>
@@ -302,7 +303,11 @@ absl::StatusOr<std::vector<PromptPair>> PairsFromFlags() {
         *text = row[name].get<std::string>();
       } else if (row.contains(ids_name) && row[ids_name].is_array() &&
                  std::all_of(row[ids_name].begin(), row[ids_name].end(),
-                             [](const auto& v) { return v.is_number_integer(); })) {
+                             [](const auto& v) {  // an id past int64 read as -1 and the like
+                               return v.is_number_integer() &&
+                                      !(v.is_number_unsigned() &&
+                                        v.template get<uint64_t>() > uint64_t{std::numeric_limits<int64_t>::max()});
+                             })) {
         *ids = row[ids_name].get<std::vector<int64_t>>();
       } else {
         ok = false;

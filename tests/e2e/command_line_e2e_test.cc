@@ -328,6 +328,12 @@ TEST(CliCommandLine, AnInputFileThatCannotBeReadIsNamed) {
     EXPECT_EQ(code, 1) << flags << ": " << output;
     EXPECT_THAT(output, HasSubstr(message)) << flags;
   }
+  // An id past int64 went out as -1 (nlohmann's unsigned number read as int64).
+  std::ofstream(dir.File("huge_id.jsonl")) << R"({"clean_ids": [1, 18446744073709551615], "corrupted": "b"})"
+                                           << "\n";
+  auto [code, output] = RunCommand(cli + "--pairs=" + dir.File("huge_id.jsonl"));
+  EXPECT_EQ(code, 1) << output;
+  EXPECT_THAT(output, HasSubstr("--pairs: line 1 is not"));
 }
 
 // --json printed nothing but the table for logprobs and models, and generate --stream --json wrote the
