@@ -21,7 +21,7 @@ from safetensors.torch import save
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / "models" / "tiny-qa-llama"
-TOKENIZER_KINDS = ["gpt2", "llama3", "qwen2", "llama2", "metaspace", "sentencepiece"]  # as in bpe_fuzzer.cc
+TOKENIZER_KINDS = ["gpt2", "llama3", "qwen2", "llama2", "metaspace", "sentencepiece", "sentencepiece_special"]  # as in bpe_fuzzer.cc
 RPCS = {"attribute": 0, "generate": 1, "logprobs": 2}  # request_fuzzer.cc's first byte
 
 

@@ -12,6 +12,17 @@ OUT_DIR/<kind>/expected.json = {"texts": [...], "ids": [[...], ...], "decoded": 
 gpt2 (byte-level BPE), llama3 (regex split + byte-level, ignore_merges), qwen2 (NFC + regex split +
 byte-level), llama2 (Metaspace-style normalizer + byte fallback), metaspace (Metaspace pre-tokenizer)
 and sentencepiece (a trained SentencePiece BPE model with byte fallback).
+
+Also OUT_DIR/sentencepiece_special/ and OUT_DIR/sentencepiece_map/: that tokenizer.model with a
+tokenizer_config.json naming bos / eos / unk and added tokens past the model's pieces (lstrip, rstrip,
+special or not, one the prefix of another), and with a special_tokens_map.json instead (eos with lstrip,
+which transformers 5 keeps only in added_tokens_decoder).
+Their expected.json = {"texts": [...], "ids": [...], "transformers_ids": [...], "plain": [...]}: "ids" as
+transformers' SentencePiece tokenizer (SentencePieceBackend: the text split on added and special
+tokens, each segment encoded by the sentencepiece library, as transformers' LlamaTokenizer did up to
+version 4 and Llama 2's tokenizer.json does) plus bos; "transformers_ids" as transformers 5's
+AutoTokenizer (LlamaTokenizer built from tokenizer.model), which adds no word-boundary mark to a segment
+that starts with a space; "plain": whether no segment does, where the two agree.
 """
 import io
 import json
@@ -61,7 +72,7 @@ def random_text(rng, special):
         elif r < 0.97:
             parts.append(rng.choice(["'s", "'ll", "...", "?!", "--", "(x)", "[1]", "\"quoted\""]))
         else:
-            parts.append(special)
+            parts.append(rng.choice(special) if isinstance(special, list) else special)
     sep = rng.choice([" ", " ", " ", "", "  "])
     text = sep.join(parts)
     if rng.random() < 0.1:
@@ -173,7 +184,75 @@ def main():
     # decoding of the ids that remain, i.e. our choice, not an independent reference for the skipping.
     write_expected(directory, corpus(2, 2200, ""), lambda t: [1] + processor.encode(t), lambda i: processor.decode(i[1:]),
                    (beyond, [processor.decode([x for x in i if x < size]) for i in beyond]))
+    write_sentencepiece_special(out_dir, model.getvalue())
     print(f"wrote tokenizers to {out_dir}")
+
+
+SPECIAL_TEXTS = ["Hello</s>", "</s>Hello", "<unk> and", "x<s>y", "<s>", "</s>", "<unk>", "<s></s>", "</s></s><s>",
+                 "</s", "<s", "s>", "</ s>", "<</s>>", "<<s>", "x</s>y</s>z", "Q:<unk>A", "\n</s>\n", "é</s>ü",
+                 "a<|tool|>b", "a<|tool|>callb", "a<|tool|>cal", "<|tool|", "<|tool|><|tool|>call<|tool|>",
+                 "a <sep> b", "a<sep>b", "a\t<sep>\n b", "a  <mask>  b", "a<mask>b", " <mask>", "<sep>", " <sep> ",
+                 "Hello </s> world", " No</s>", "</s> No", "", " ", "the end.</s>The start"]
+SP_SPECIALS = ["<s>", "</s>", "<unk>", "<|tool|>", "<|tool|>call", "<sep>", "<mask>", "</s", "<|tool|"]
+
+
+def write_sentencepiece_special(out_dir, model_bytes):
+    """Directories whose tokenizer_config.json / special_tokens_map.json name special and added tokens,
+    with transformers' ids for texts holding them."""
+    from transformers import AutoTokenizer
+    from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
+
+    def entry(content, special, lstrip=False, rstrip=False):
+        return {"content": content, "lstrip": lstrip, "normalized": False, "rstrip": rstrip, "single_word": False,
+                "special": special}
+    from sentencepiece import sentencepiece_model_pb2
+    # Text kept as it is, as Llama's model keeps it (the trainer's default normalizes NFKC and collapses
+    # runs of spaces, which transformers' LlamaTokenizer does not copy: a difference of its own).
+    proto = sentencepiece_model_pb2.ModelProto.FromString(model_bytes)
+    proto.normalizer_spec.name = "identity"
+    proto.normalizer_spec.precompiled_charsmap = b""
+    proto.normalizer_spec.remove_extra_whitespaces = False
+    model_bytes = proto.SerializeToString()
+    size = spm.SentencePieceProcessor(model_proto=model_bytes).get_piece_size()
+    base = {"tokenizer_class": "LlamaTokenizer", "legacy": True, "add_bos_token": True, "add_eos_token": False}
+    configs = {
+        "sentencepiece_special": (dict(base, bos_token="<s>", eos_token="</s>", unk_token="<unk>", added_tokens_decoder={
+            "0": entry("<unk>", True), "1": entry("<s>", True), "2": entry("</s>", True),
+            str(size): entry("<|tool|>", True), str(size + 1): entry("<|tool|>call", False),
+            str(size + 2): entry("<sep>", False, lstrip=True, rstrip=True),
+            str(size + 3): entry("<mask>", True, lstrip=True)}), None),
+        "sentencepiece_map": (base, {"bos_token": "<s>", "unk_token": "<unk>", "eos_token": {
+            "content": "</s>", "lstrip": True, "rstrip": False, "normalized": False, "single_word": False}}),
+    }
+    texts = SPECIAL_TEXTS + corpus(4, 600, SP_SPECIALS)
+    for kind, (config, special_tokens_map) in configs.items():
+        directory = os.path.join(out_dir, kind)
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "tokenizer.model"), "wb") as f:
+            f.write(model_bytes)
+        with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+            json.dump(config, f)
+        if special_tokens_map is not None:
+            with open(os.path.join(directory, "special_tokens_map.json"), "w") as f:
+                json.dump(special_tokens_map, f)
+        by_segments = SentencePieceBackend.from_pretrained(directory)
+        by_transformers = AutoTokenizer.from_pretrained(directory)
+        assert type(by_transformers).__name__ == "LlamaTokenizer", type(by_transformers)
+
+        def plain(text):
+            # Segments as transformers splits them (after lstrip / rstrip): none starts with whitespace.
+            pieces = by_segments.tokens_trie.split(text)
+            added = by_segments.added_tokens_encoder
+            for i, piece in enumerate(pieces):
+                if piece in added:
+                    token = by_segments.added_tokens_decoder[added[piece]]
+                    if token.rstrip and i + 1 < len(pieces):
+                        pieces[i + 1] = pieces[i + 1].lstrip()
+            return not any(p[:1].isspace() for p in pieces if p and p not in added)
+        ids = [[1] + by_segments.encode(t, add_special_tokens=False) for t in texts]
+        with open(os.path.join(directory, "expected.json"), "w") as f:
+            json.dump({"texts": texts, "ids": ids, "transformers_ids": [by_transformers.encode(t) for t in texts],
+                       "plain": [plain(t) for t in texts]}, f, ensure_ascii=False)
 
 
 if __name__ == "__main__":

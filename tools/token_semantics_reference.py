@@ -17,11 +17,15 @@ Writes
         separate: the target tokenized alone, without special tokens (transformers for tokenizer.json;
             the sentencepiece library for tokenizer.model, see below);
       and for each prompt: its ids (with special tokens) and which positions hold special tokens.
+      The default model also has prompts and targets holding its special tokens' strings ("</s>"),
+      which transformers reads as those tokens.
 
 Transformers 5's LlamaTokenizer reads tokenizer.model into a Metaspace pre-tokenizer that adds no
 second word-boundary mark to a text that starts with a space (" No" -> "▁No"), whereas the
 sentencepiece library, which our server uses for tokenizer.model, gives "▁", "▁No". Continuations
-never start a text, so both agree on them; `separate` for tokenizer.model follows the library.
+never start a text, so both agree on them; `separate` for tokenizer.model follows the library, through
+transformers' SentencePiece tokenizer (SentencePieceBackend: the text split on special tokens, each
+segment encoded by the library).
 """
 import json
 import os
@@ -31,6 +35,7 @@ import sentencepiece as spm
 import torch
 import transformers
 from tokenizers import processors
+from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_test_tokenizers import byte_level_tokenizer, corpus  # noqa: E402
@@ -43,6 +48,10 @@ CASES = [
 ]
 CHAT_PROMPT = "<|im_start|>user\nIs the kettle warm?<|im_end|>\n<|im_start|>assistant\n"
 PROMPTS = ["Is it true that vaccines cause autism?", QUESTION, CHAT_PROMPT]
+# Special tokens' strings in the default model's text (no segment after one starts with a space, where
+# transformers 5's LlamaTokenizer and SentencePiece differ; see above).
+DEFAULT_CASES = [(QUESTION, "</s>"), (QUESTION, " No</s>")]
+DEFAULT_PROMPTS = ["<s>The cup is tiny.</s>Q: Is it big? A:", "Hello</s>"]
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
@@ -59,16 +68,16 @@ def write_model(directory, tokenizer, config):
     transformers.LlamaForCausalLM(model_config).eval().save_pretrained(directory)
 
 
-def references(directory, separate):
+def references(directory, separate, extra_cases=(), extra_prompts=()):
     tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
     cases = []
-    for prompt, target in CASES:
+    for prompt, target in CASES + list(extra_cases):
         alone = tokenizer(prompt).input_ids
         joint = tokenizer(prompt + target).input_ids
         continuation = joint[len(alone):] if joint[:len(alone)] == alone else None
         cases.append({"prompt": prompt, "target": target, "continuation": continuation, "separate": separate(tokenizer, target)})
     prompts = []
-    for prompt in PROMPTS:
+    for prompt in PROMPTS + list(extra_prompts):
         ids = tokenizer(prompt).input_ids
         # Added tokens marked special (what decode(skip_special_tokens=True) drops), except the unknown
         # token: it stands for characters of the user's text.
@@ -90,10 +99,13 @@ def main():
     write_model(os.path.join(out_dir, "chat"), chat,
                 {"eos_token": "<|im_end|>", "pad_token": "<|im_end|>", "chat_template": CHAT_TEMPLATE})
 
-    sentencepiece = spm.SentencePieceProcessor(model_file=os.path.join(default_model, "tokenizer.model"))
-    by_library = lambda tokenizer, target: sentencepiece.encode(target)  # noqa: E731
+    sentencepiece = SentencePieceBackend.from_pretrained(default_model)
+    by_library = lambda tokenizer, target: sentencepiece.encode(target, add_special_tokens=False)  # noqa: E731
     by_transformers = lambda tokenizer, target: tokenizer(target, add_special_tokens=False).input_ids  # noqa: E731
-    result = {"default": references(default_model, by_library),
+    # Without special tokens' strings, as the library alone (checks that the two readings agree there).
+    library = spm.SentencePieceProcessor(model_file=os.path.join(default_model, "tokenizer.model"))
+    assert all(by_library(None, t) == library.encode(t) for _, t in CASES)
+    result = {"default": references(default_model, by_library, DEFAULT_CASES, DEFAULT_PROMPTS),
               "bytelevel": references(os.path.join(out_dir, "bytelevel"), by_transformers),
               "chat": references(os.path.join(out_dir, "chat"), by_transformers)}
     with open(os.path.join(out_dir, "token_semantics.json"), "w") as f:

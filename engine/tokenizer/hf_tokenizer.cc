@@ -12,8 +12,6 @@ namespace {
 
 using nlohmann::json;
 
-bool IsSpace(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
-
 // tokenizer_config.json names tokens as strings or as {"content": ...} objects.
 std::optional<std::string> ConfiguredToken(const json& config, const char* key) {
   if (!config.is_object() || !config.contains(key)) return std::nullopt;
@@ -54,6 +52,7 @@ absl::StatusOr<std::unique_ptr<HfTokenizer>> HfTokenizer::Create(const json& tj,
   std::unique_ptr<HfTokenizer> t(new HfTokenizer());
   ASSIGN_OR_RETURN(t->model_, BpeModel::FromJson(tj["model"]));
   t->vocab_size_ = static_cast<int64_t>(t->model_.tokens().size());
+  std::vector<AddedToken> added;
   for (const json& a : tj.value("added_tokens", json::array())) {
     if (!a.is_object() || !a.contains("id") || !a["id"].is_number_integer() || a["id"].get<int64_t>() < 0 ||
         !a.contains("content") || !a["content"].is_string()) {
@@ -64,13 +63,11 @@ absl::StatusOr<std::unique_ptr<HfTokenizer>> HfTokenizer::Create(const json& tj,
       return absl::InvalidArgumentError(absl::StrCat("tokenizer.json: added token id ", a["id"].get<int64_t>(),
                                                      " is not below the limit of ", BpeModel::kMaxTokenId));
     }
-    t->added_.push_back({a["id"].get<int64_t>(), a["content"].get<std::string>(), a.value("special", false),
-                         a.value("lstrip", false), a.value("rstrip", false)});
-    t->vocab_size_ = std::max(t->vocab_size_, t->added_.back().id + 1);
+    added.push_back({a["id"].get<int64_t>(), a["content"].get<std::string>(), a.value("special", false),
+                     a.value("lstrip", false), a.value("rstrip", false)});
+    t->vocab_size_ = std::max(t->vocab_size_, added.back().id + 1);
   }
-  std::stable_sort(t->added_.begin(), t->added_.end(),
-                   [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
-  for (const AddedToken& a : t->added_) t->added_by_id_[a.id] = &a;
+  t->added_ = AddedTokens(std::move(added));
   if (tj.contains("normalizer") && !tj["normalizer"].is_null()) {
     ASSIGN_OR_RETURN(t->normalizer_, TextNormalizer::FromJson(tj["normalizer"]));
   }
@@ -153,15 +150,13 @@ absl::Status HfTokenizer::ParsePostProcessor(const json& spec) {
 }
 
 bool HfTokenizer::IsSpecial(int64_t id) const {
-  if (auto added = added_by_id_.find(id); added != added_by_id_.end() && added->second->special) return true;
+  if (const AddedToken* added = added_.Find(id); added != nullptr && added->special) return true;
   auto in = [id](const std::vector<int64_t>& ids) { return std::find(ids.begin(), ids.end(), id) != ids.end(); };
   return in(prefix_ids_) || in(suffix_ids_) || Tokenizer::IsSpecial(id);
 }
 
 std::optional<int64_t> HfTokenizer::IdOf(const std::string& token) const {
-  for (const AddedToken& a : added_) {
-    if (a.content == token) return a.id;
-  }
+  if (std::optional<int64_t> id = added_.IdOf(token)) return id;
   return model_.IdOf(token);
 }
 
@@ -193,32 +188,12 @@ absl::StatusOr<Encoding> HfTokenizer::Encode(const std::string& text, bool add_s
       out.spans.push_back({0, 0});
     }
   }
-  size_t segment = 0, i = 0;
-  while (i < text.size()) {
-    const AddedToken* match = nullptr;
-    for (const AddedToken& a : added_) {
-      if (!a.content.empty() && text.compare(i, a.content.size(), a.content) == 0) {
-        match = &a;
-        break;
-      }
-    }
-    if (match == nullptr) {
-      ++i;
-      continue;
-    }
-    size_t segment_end = i, next = i + match->content.size();
-    if (match->lstrip) {
-      while (segment_end > segment && IsSpace(text[segment_end - 1])) --segment_end;
-    }
-    if (match->rstrip) {
-      while (next < text.size() && IsSpace(text[next])) ++next;
-    }
-    RETURN_IF_ERROR(EncodeSegment(text, segment, segment_end, out));
-    out.ids.push_back(match->id);
-    out.spans.push_back({i, i + match->content.size()});
-    segment = i = next;
-  }
-  RETURN_IF_ERROR(EncodeSegment(text, segment, text.size(), out));
+  RETURN_IF_ERROR(added_.Split(
+      text, [&](size_t begin, size_t end) { return EncodeSegment(text, begin, end, out); },
+      [&](const AddedToken& token, size_t begin, size_t end) {
+        out.ids.push_back(token.id);
+        out.spans.push_back({begin, end});
+      }));
   if (add_special_tokens) {
     for (int64_t id : suffix_ids_) {
       out.ids.push_back(id);
@@ -233,8 +208,8 @@ std::string HfTokenizer::DecodeTokens(const std::vector<int64_t>& ids, bool skip
   std::string bytes;
   for (int64_t id : ids) {
     if (!HasToken(id)) continue;
-    if (auto it = added_by_id_.find(id); it != added_by_id_.end()) {
-      if (!(skip_special && it->second->special)) bytes += it->second->content;
+    if (const AddedToken* added = added_.Find(id)) {
+      if (!(skip_special && added->special)) bytes += added->content;
       continue;
     }
     const std::string& token = model_.tokens()[id];
@@ -263,7 +238,7 @@ std::string HfTokenizer::DecodeTokens(const std::vector<int64_t>& ids, bool skip
 }
 
 bool HfTokenizer::HasToken(int64_t id) const {
-  if (added_by_id_.count(id)) return true;
+  if (added_.Find(id) != nullptr) return true;
   return id >= 0 && id < static_cast<int64_t>(model_.tokens().size()) && !model_.tokens()[id].empty();
 }
 

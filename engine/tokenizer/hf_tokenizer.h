@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/tokenizer/added_tokens.h"
 #include "engine/tokenizer/bpe_model.h"
 #include "engine/tokenizer/normalized_text.h"
 #include "engine/tokenizer/tokenizer.h"
@@ -29,11 +30,6 @@ class HfTokenizer : public Tokenizer {
   bool IsSpecial(int64_t id) const override;
 
  private:
-  struct AddedToken {
-    int64_t id;
-    std::string content;
-    bool special, lstrip, rstrip;
-  };
   HfTokenizer() = default;
   absl::Status ParsePostProcessor(const nlohmann::json& spec);
   std::optional<int64_t> IdOf(const std::string& token) const;
@@ -44,8 +40,7 @@ class HfTokenizer : public Tokenizer {
   std::string DecodeTokens(const std::vector<int64_t>& ids, bool skip_special, bool strip_leading_space) const;
 
   BpeModel model_;
-  std::vector<AddedToken> added_;  // longest content first, for greedy matching
-  std::unordered_map<int64_t, const AddedToken*> added_by_id_;
+  AddedTokens added_;
   std::unique_ptr<TextNormalizer> normalizer_;    // may be null
   std::unique_ptr<PreTokenizer> pre_tokenizer_;   // may be null
   std::vector<int64_t> prefix_ids_, suffix_ids_;  // template tokens around a single sequence

@@ -26,6 +26,7 @@ struct Module {
   int (*id)(void*, int) = nullptr;
   int (*is_control_or_unknown)(void*, int) = nullptr;
   char* (*id_to_piece)(void*, int, size_t*) = nullptr;
+  int (*piece_to_id)(void*, const char*, size_t) = nullptr;
   std::string error;  // why it could not be loaded
 };
 
@@ -73,8 +74,9 @@ const Module& LoadModule() {
     bind(module.id, "attribution_spm_id");
     bind(module.is_control_or_unknown, "attribution_spm_is_control_or_unknown");
     bind(module.id_to_piece, "attribution_spm_id_to_piece");
+    bind(module.piece_to_id, "attribution_spm_piece_to_id");
     if (!module.load || !module.free_processor || !module.free_buffer || !module.encode || !module.decode ||
-        !module.id || !module.is_control_or_unknown || !module.id_to_piece) {
+        !module.id || !module.is_control_or_unknown || !module.id_to_piece || !module.piece_to_id) {
       module.error = absl::StrCat(kModuleName, " lacks an entry point");
       module.load = nullptr;
     }
@@ -150,6 +152,10 @@ std::string SentencePieceBackend::IdToPiece(int id) const {
   std::string out(piece, length);
   module.free_buffer(piece);
   return out;
+}
+
+int SentencePieceBackend::PieceToId(const std::string& piece) const {
+  return LoadModule().piece_to_id(processor_, piece.data(), piece.size());
 }
 
 }  // namespace attribution::engine

@@ -33,6 +33,7 @@ class SentencePieceBackend {
   int unk_id() const;
   bool IsControlOrUnknown(int id) const;
   std::string IdToPiece(int id) const;
+  int PieceToId(const std::string& piece) const;  // -1 when the model has no such piece
 
  private:
   SentencePieceBackend();

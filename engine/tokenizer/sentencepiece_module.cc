@@ -105,6 +105,14 @@ int attribution_spm_is_control_or_unknown(void* processor, int id) {
   return p->IsControl(id) || p->IsUnknown(id);
 }
 
+// The id of `piece` (length bytes), or -1 when the model has no such piece.
+int attribution_spm_piece_to_id(void* processor, const char* piece, size_t length) {
+  auto* p = static_cast<sentencepiece::SentencePieceProcessor*>(processor);
+  const std::string text(piece, length);
+  const int id = p->PieceToId(text);
+  return id >= 0 && id < p->GetPieceSize() && p->IdToPiece(id) == text ? id : -1;
+}
+
 char* attribution_spm_id_to_piece(void* processor, int id, size_t* length) {
   return CopyOut(static_cast<sentencepiece::SentencePieceProcessor*>(processor)->IdToPiece(id), length);
 }

@@ -1,15 +1,40 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "engine/tokenizer/sentencepiece_tokenizer.h"
 
+#include <algorithm>
+#include <nlohmann/json.hpp>
 #include <string>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
+#include "engine/tokenizer/bpe_model.h"
 
 namespace attribution::engine {
+namespace {
+
+using nlohmann::json;
+
+// A token as tokenizer_config.json and special_tokens_map.json write one: a string, or an object with
+// "content" and flags (transformers' AddedToken).
+std::optional<AddedToken> TokenEntry(const json& v, bool special) {
+  if (v.is_string()) return AddedToken{.content = v.get<std::string>(), .special = special};
+  if (!v.is_object() || !v.contains("content") || !v["content"].is_string()) return std::nullopt;
+  auto flag = [&](const char* key, bool fallback) {
+    return v.contains(key) && v[key].is_boolean() ? v[key].get<bool>() : fallback;
+  };
+  return AddedToken{.content = v["content"].get<std::string>(),
+                    .special = flag("special", special),
+                    .lstrip = flag("lstrip", false),
+                    .rstrip = flag("rstrip", false)};
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<SentencePieceTokenizer>> SentencePieceTokenizer::Create(const std::string& model_path,
-                                                                                       bool add_bos, bool add_eos) {
+                                                                                       bool add_bos, bool add_eos,
+                                                                                       const json& tokenizer_config,
+                                                                                       const json& special_tokens_map) {
   std::unique_ptr<SentencePieceTokenizer> tokenizer(new SentencePieceTokenizer());
   std::string error;
   tokenizer->processor_ = SentencePieceBackend::Load(model_path, &error);
@@ -22,7 +47,87 @@ absl::StatusOr<std::unique_ptr<SentencePieceTokenizer>> SentencePieceTokenizer::
                          id_or_none(p.unk_id())};
   tokenizer->add_bos_ = add_bos && tokenizer->special_.bos.has_value();
   tokenizer->add_eos_ = add_eos && tokenizer->special_.eos.has_value();
+  tokenizer->pieces_ = tokenizer->vocab_size_ = p.size();
+  RETURN_IF_ERROR(tokenizer->ReadAddedTokens(tokenizer_config, special_tokens_map));
   return tokenizer;
+}
+
+// As transformers 5 reads them (PreTrainedTokenizerBase.from_pretrained): added_tokens_decoder gives
+// tokens with their ids and flags; the named special tokens come from tokenizer_config.json, overridden
+// by special_tokens_map.json where tokenizer_config.json has no added_tokens_decoder, and take the flags
+// of the added_tokens_decoder entry of the same content (their own lstrip / rstrip transformers 5
+// drops). A named token that is neither there nor a
+// piece of the model is left out: transformers would append it past the vocabulary, where the model's
+// embedding has no row for it.
+absl::Status SentencePieceTokenizer::ReadAddedTokens(const json& config, const json& special_tokens_map) {
+  std::vector<AddedToken> tokens;
+  const bool has_decoder = config.is_object() && config.contains("added_tokens_decoder");
+  if (has_decoder) {
+    const json& decoder = config["added_tokens_decoder"];
+    if (!decoder.is_object()) {
+      return absl::InvalidArgumentError("tokenizer_config.json: \"added_tokens_decoder\" is not an object");
+    }
+    for (const auto& [key, entry] : decoder.items()) {
+      int64_t id = -1;
+      std::optional<AddedToken> token = TokenEntry(entry, /*special=*/false);
+      if (!absl::SimpleAtoi(key, &id) || id < 0 || id >= BpeModel::kMaxTokenId || !token || !entry.is_object()) {
+        return absl::InvalidArgumentError(absl::StrCat("tokenizer_config.json: added_tokens_decoder entry \"", key,
+                                                       "\" needs a non-negative id below ", BpeModel::kMaxTokenId,
+                                                       " and an object with a string \"content\""));
+      }
+      token->id = id;
+      tokens.push_back(*token);
+      vocab_size_ = std::max(vocab_size_, id + 1);
+    }
+  }
+  // Named special tokens: role -> the model's own piece for a role no file names.
+  const std::vector<std::pair<const char*, int>> roles = {{"bos_token", processor_->bos_id()},
+                                                          {"eos_token", processor_->eos_id()},
+                                                          {"unk_token", processor_->unk_id()},
+                                                          {"sep_token", -1},
+                                                          {"pad_token", processor_->pad_id()},
+                                                          {"cls_token", -1},
+                                                          {"mask_token", -1}};
+  auto named = [&](const char* key) -> const json* {
+    if (!has_decoder && special_tokens_map.is_object() && special_tokens_map.contains(key)) {
+      return &special_tokens_map[key];
+    }
+    if (config.is_object() && config.contains(key)) return &config[key];
+    return nullptr;
+  };
+  std::vector<AddedToken> special;
+  for (const auto& [key, own_piece] : roles) {
+    if (const json* value = named(key)) {
+      if (std::optional<AddedToken> token = TokenEntry(*value, /*special=*/true)) special.push_back(*token);
+    } else if (own_piece >= 0 && own_piece < pieces_) {
+      special.push_back({.content = processor_->IdToPiece(own_piece), .special = true});
+    }
+  }
+  for (const char* key : {"additional_special_tokens", "extra_special_tokens"}) {
+    const json* list = named(key);
+    if (list == nullptr || !(list->is_array() || list->is_object())) continue;
+    for (const json& value : *list) {
+      if (std::optional<AddedToken> token = TokenEntry(value, /*special=*/true)) special.push_back(*token);
+    }
+  }
+  for (AddedToken& token : special) {
+    // transformers 5 keeps lstrip / rstrip of added_tokens_decoder entries only, not of named tokens.
+    token.special = true;
+    token.lstrip = token.rstrip = false;
+    if (token.content.empty()) continue;
+    if (std::any_of(tokens.begin(), tokens.end(), [&](const AddedToken& t) { return t.content == token.content; }))
+      continue;
+    const int id = processor_->PieceToId(token.content);
+    if (id < 0) continue;
+    token.id = id;
+    tokens.push_back(token);
+  }
+  added_ = AddedTokens(std::move(tokens));
+  return absl::OkStatus();
+}
+
+const AddedToken* SentencePieceTokenizer::BeyondPieces(int64_t id) const {
+  return id >= pieces_ ? added_.Find(id) : nullptr;
 }
 
 absl::StatusOr<Encoding> SentencePieceTokenizer::Encode(const std::string& text, bool add_special_tokens) const {
@@ -32,10 +137,20 @@ absl::StatusOr<Encoding> SentencePieceTokenizer::Encode(const std::string& text,
     out.ids.push_back(*special_.bos);
     out.spans.push_back({0, 0});
   }
-  for (const SentencePiece& piece : processor_->Encode(text)) {
-    out.ids.push_back(piece.id);
-    out.spans.push_back({piece.begin, piece.end});
-  }
+  // Each segment is encoded alone, as transformers does: SentencePiece gives it its word-boundary mark.
+  RETURN_IF_ERROR(added_.Split(
+      text,
+      [&](size_t begin, size_t end) {
+        for (const SentencePiece& piece : processor_->Encode(text.substr(begin, end - begin))) {
+          out.ids.push_back(piece.id);
+          out.spans.push_back({begin + piece.begin, begin + piece.end});
+        }
+        return absl::OkStatus();
+      },
+      [&](const AddedToken& token, size_t begin, size_t end) {
+        out.ids.push_back(token.id);
+        out.spans.push_back({begin, end});
+      }));
   if (add_special_tokens && add_eos_) {
     out.ids.push_back(*special_.eos);
     out.spans.push_back({text.size(), text.size()});
@@ -45,21 +160,41 @@ absl::StatusOr<Encoding> SentencePieceTokenizer::Encode(const std::string& text,
 
 absl::StatusOr<std::string> SentencePieceTokenizer::Decode(const std::vector<int64_t>& ids,
                                                            bool skip_special_tokens) const {
-  std::vector<int> kept;
   for (int64_t id : ids) {
     if (id < 0) return absl::InvalidArgumentError(absl::StrCat("token id ", id, " is negative"));
-    // As transformers' tokenizer for a tokenizer.model (libsentencepiece itself refuses such an id).
-    if (id >= vocab_size()) continue;
-    if (skip_special_tokens && processor_->IsControlOrUnknown(static_cast<int>(id))) continue;
-    kept.push_back(static_cast<int>(id));
   }
-  std::string text, error;
-  if (!processor_->Decode(kept, &text, &error)) return absl::InternalError(absl::StrCat("sentencepiece: ", error));
+  std::string text;
+  std::vector<int> pieces;  // a run of the model's pieces, decoded together
+  auto flush = [&]() -> absl::Status {
+    if (pieces.empty()) return absl::OkStatus();
+    std::string decoded, error;
+    if (!processor_->Decode(pieces, &decoded, &error))
+      return absl::InternalError(absl::StrCat("sentencepiece: ", error));
+    text += decoded;
+    pieces.clear();
+    return absl::OkStatus();
+  };
+  for (int64_t id : ids) {
+    // A skipped token leaves the pieces around it one run, as a control piece in the run would.
+    if (skip_special_tokens &&
+        (IsSpecial(id) || (id < pieces_ && processor_->IsControlOrUnknown(static_cast<int>(id)))))
+      continue;
+    if (const AddedToken* added = BeyondPieces(id)) {
+      RETURN_IF_ERROR(flush());
+      text += added->content;
+      continue;
+    }
+    // As transformers' tokenizer for a tokenizer.model (libsentencepiece itself refuses such an id).
+    if (id >= pieces_) continue;
+    pieces.push_back(static_cast<int>(id));
+  }
+  RETURN_IF_ERROR(flush());
   return text;
 }
 
 std::string SentencePieceTokenizer::TokenText(int64_t id) const {
-  if (id < 0 || id >= vocab_size()) return "";
+  if (const AddedToken* added = BeyondPieces(id)) return added->content;
+  if (id < 0 || id >= pieces_) return "";
   const int i = static_cast<int>(id);
   const std::string piece = processor_->IdToPiece(i);
   if (processor_->IsControlOrUnknown(i)) return piece;
@@ -76,10 +211,11 @@ std::string SentencePieceTokenizer::TokenText(int64_t id) const {
 }
 
 bool SentencePieceTokenizer::IsSpecial(int64_t id) const {
-  if (id < 0 || id >= vocab_size() || id == special_.unk) return false;
-  return processor_->IsControlOrUnknown(static_cast<int>(id));
+  if (id < 0 || id >= vocab_size_ || id == special_.unk) return false;
+  if (const AddedToken* added = added_.Find(id); added != nullptr && added->special) return true;
+  return id < pieces_ && processor_->IsControlOrUnknown(static_cast<int>(id));
 }
 
-int64_t SentencePieceTokenizer::vocab_size() const { return processor_->size(); }
+int64_t SentencePieceTokenizer::vocab_size() const { return vocab_size_; }
 
 }  // namespace attribution::engine

@@ -99,7 +99,7 @@ int64_t Tokenizer::longest_token_bytes() const {
 }
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& model_dir) {
-  nlohmann::json config;
+  nlohmann::json config, special_tokens_map;
   if (const std::string path = model_dir + "/tokenizer_config.json"; FileExists(path)) {
     ASSIGN_OR_RETURN(config, ReadJson(path));
   }
@@ -125,8 +125,18 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
     };
     const bool add_bos = flag("add_bos_token", true);
     const bool add_eos = flag("add_eos_token", false);
-    ASSIGN_OR_RETURN(auto tokenizer, SentencePieceTokenizer::Create(path, add_bos, add_eos));
-    return std::unique_ptr<Tokenizer>(std::move(tokenizer));
+    if (const std::string map_path = model_dir + "/special_tokens_map.json"; FileExists(map_path)) {
+      ASSIGN_OR_RETURN(special_tokens_map, ReadJson(map_path));
+    }
+    absl::StatusOr<std::unique_ptr<SentencePieceTokenizer>> tokenizer = absl::InternalError("not read");
+    try {  // as for tokenizer.json: a JSON type error is a status, not a crash
+      tokenizer = SentencePieceTokenizer::Create(path, add_bos, add_eos, config, special_tokens_map);
+    } catch (const std::exception& e) {
+      tokenizer = absl::InvalidArgumentError(
+          absl::StrCat("malformed (tokenizer_config.json or special_tokens_map.json): ", e.what()));
+    }
+    if (!tokenizer.ok()) return tokenizer.status();
+    return std::unique_ptr<Tokenizer>(std::move(*tokenizer));
   }
   return absl::NotFoundError(absl::StrCat(model_dir, ": no tokenizer.json or tokenizer.model"));
 }

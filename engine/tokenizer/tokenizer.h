@@ -37,7 +37,9 @@ class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
 
-  // Prefers tokenizer.json, then tokenizer.model; reads tokenizer_config.json where present.
+  // Prefers tokenizer.json, then tokenizer.model; reads tokenizer_config.json (and for tokenizer.model
+  // special_tokens_map.json) where present. Either kind reads the strings of its added and special
+  // tokens in text as those tokens ("Hi</s>" ends in eos), as transformers does.
   static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const std::string& model_dir);
 
   // Fails on text that is not valid UTF-8 (INVALID_ARGUMENT naming the byte offset).

@@ -103,7 +103,7 @@ TEST_F(TokenSemanticsTest, TextTargetsAreTheTokensThatFollowThePromptAsTransform
       ++checked;
     }
   }
-  EXPECT_EQ(checked, 28);
+  EXPECT_EQ(checked, 30);
   EXPECT_EQ(refused, 2);  // "Hello wor" + "ld" merges into one token in both byte-level models
 }
 
@@ -199,6 +199,46 @@ TEST_F(TokenSemanticsTest, SpecialTokensAreFixedByDefaultAndFeaturesWhenIncluded
       EXPECT_TRUE(all->fixed_tokens.empty());
     }
   }
+}
+
+// A special token's string in the text is that token, as transformers reads it: "</s>" in a prompt is
+// eos (not the characters <, /, s, >), special, so no feature by default, with its characters as its
+// text; as a target it scores eos.
+TEST_F(TokenSemanticsTest, SpecialTokenStringsInTheTextAreTheSpecialTokens) {
+  const std::string prompt = "<s>The cup is tiny.</s>Q: Is it big? A:";
+  const nlohmann::json* reference = nullptr;
+  for (const nlohmann::json& p : References()["default"]["prompts"]) {
+    if (p["prompt"] == prompt) reference = &p;
+  }
+  ASSERT_NE(reference, nullptr);
+  absl::StatusOr<client::Attribution> a =
+      client_->Attribute({.model = "default", .prompt = prompt, .target = " No", .method = "feature_ablation"});
+  ASSERT_THAT(a, IsOk());
+  ASSERT_EQ(Ids(a->prompt_tokens), (*reference)["ids"].get<std::vector<int64_t>>());
+  ASSERT_EQ(a->prompt_tokens[7].id, 2);
+  EXPECT_EQ(a->prompt_tokens[0].text, "<s>");  // the bos the tokenizer adds, at no character
+  EXPECT_EQ(a->prompt_tokens[0].char_begin, a->prompt_tokens[0].char_end);
+  for (const auto& [position, text] : std::vector<std::pair<size_t, std::string>>{{1, "<s>"}, {7, "</s>"}}) {
+    const client::Token& token = a->prompt_tokens[position];
+    EXPECT_TRUE(token.special) << position;
+    EXPECT_EQ(token.text, text);
+    EXPECT_EQ(token.char_begin, static_cast<int64_t>(prompt.find(text)));
+    EXPECT_EQ(token.char_end, static_cast<int64_t>(prompt.find(text) + text.size()));
+  }
+  EXPECT_EQ(a->fixed_tokens, (std::vector<int64_t>{0, 1, 7}));
+  EXPECT_EQ(a->features.size(), a->prompt_tokens.size() - 3);
+  EXPECT_EQ(Ids(a->target_tokens), (std::vector<int64_t>{292}));
+
+  for (const std::string tokenization : {"continuation", "separate"}) {
+    absl::StatusOr<client::Logprobs> eos = client_->GetLogprobs(
+        {.model = "default", .prompt = prompt, .target = "</s>", .target_tokenization = tokenization});
+    ASSERT_THAT(eos, IsOk());
+    EXPECT_EQ(Ids(*eos), (std::vector<int64_t>{2})) << tokenization;
+  }
+  absl::StatusOr<client::Generation> generated =
+      client_->Generate({.model = "default", .prompt = prompt, .generation = {.max_new_tokens = 4}});
+  ASSERT_THAT(generated, IsOk());
+  EXPECT_FALSE(generated->tokens.empty());
 }
 
 TEST_F(TokenSemanticsTest, CliShowsTargetTokensFirstAndFixedTokensApart) {

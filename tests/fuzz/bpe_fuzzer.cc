@@ -28,7 +28,8 @@ std::vector<std::unique_ptr<Tokenizer>> LoadTokenizers() {
     std::exit(2);
   }
   std::vector<std::unique_ptr<Tokenizer>> tokenizers;
-  for (const char* kind : {"gpt2", "llama3", "qwen2", "llama2", "metaspace", "sentencepiece"}) {
+  for (const char* kind :
+       {"gpt2", "llama3", "qwen2", "llama2", "metaspace", "sentencepiece", "sentencepiece_special"}) {
     auto tokenizer = Tokenizer::Load(std::string(root) + "/" + kind);
     if (!tokenizer.ok()) {
       std::fprintf(stderr, "bpe_fuzzer: %s\n", std::string(tokenizer.status().message()).c_str());

@@ -8,6 +8,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -53,6 +54,8 @@ TEST_P(ContinuationTest, DecodedContinuationEncodesToTheSameIds) {
     if (c["continuation"].is_null()) continue;
     const std::string prompt = c["prompt"];
     const auto ids = c["continuation"].get<std::vector<int64_t>>();
+    // A special token (" No</s>" ends in eos) decodes to no text, as a stop token that ended a generation.
+    if (std::any_of(ids.begin(), ids.end(), [&](int64_t id) { return tokenizer_->IsSpecial(id); })) continue;
     const Continuation decoded = DecodeContinuation(*tokenizer_, tokenizer_->Encode(prompt, true)->ids, ids);
     SCOPED_TRACE("\"" + prompt + "\" + \"" + decoded.text + "\"");
     absl::StatusOr<Encoding> again = EncodeContinuation(*tokenizer_, prompt, decoded.text);

@@ -6,6 +6,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -212,6 +213,136 @@ TEST(SentencePieceTokenizer, ByteFallbackPiecesStandForTheirByte) {
     }
     EXPECT_EQ(single_bytes, 3);
     EXPECT_THAT(joined, ::testing::EndsWith(rare));
+  }
+}
+
+// A tokenizer.model whose tokenizer_config.json (or special_tokens_map.json) names special and added
+// tokens reads their strings in text as those tokens, as transformers does: ids equal to transformers'
+// SentencePiece tokenizer (the text split on the tokens, each segment encoded by the sentencepiece
+// library) on 638 texts, and to transformers 5's LlamaTokenizer wherever no segment starts with a space
+// (there it adds no word-boundary mark: the server keeps SentencePiece's; see the README).
+class SentencePieceSpecialTokens : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    auto tokenizer = Tokenizer::Load(TokenizersDir() + "/" + GetParam());
+    ASSERT_THAT(tokenizer, IsOk());
+    tokenizer_ = std::move(*tokenizer);
+    std::ifstream in(TokenizersDir() + "/" + GetParam() + "/expected.json");
+    expected_ = nlohmann::json::parse(in);
+  }
+  std::unique_ptr<Tokenizer> tokenizer_;
+  nlohmann::json expected_;
+};
+
+TEST_P(SentencePieceSpecialTokens, IdsMatchTransformers) {
+  const auto texts = expected_["texts"].get<std::vector<std::string>>();
+  const auto ids = expected_["ids"].get<std::vector<std::vector<int64_t>>>();
+  const auto transformers_ids = expected_["transformers_ids"].get<std::vector<std::vector<int64_t>>>();
+  const auto plain = expected_["plain"].get<std::vector<bool>>();
+  int mismatches = 0, plain_checked = 0, with_special = 0;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    auto encoding = tokenizer_->Encode(texts[i], /*add_special_tokens=*/true);
+    ASSERT_THAT(encoding, IsOk());
+    with_special +=
+        std::any_of(encoding->ids.begin() + 1, encoding->ids.end(), [&](int64_t id) { return id <= 2 || id >= 900; });
+    const bool mismatch = encoding->ids != ids[i] || (plain[i] && encoding->ids != transformers_ids[i]);
+    plain_checked += plain[i];
+    if (mismatch && ++mismatches <= 5) {
+      ADD_FAILURE() << "text " << i << " \"" << texts[i]
+                    << "\"\n  ours:         " << ::testing::PrintToString(encoding->ids)
+                    << "\n  segments:     " << ::testing::PrintToString(ids[i])
+                    << "\n  transformers: " << ::testing::PrintToString(transformers_ids[i]);
+    }
+  }
+  std::cout << "[ tokenize ] " << GetParam() << ": " << texts.size() - mismatches << "/" << texts.size() << " texts ("
+            << with_special << " with special or added tokens) with transformers' ids, " << plain_checked
+            << " also LlamaTokenizer's\n";
+  EXPECT_EQ(mismatches, 0);
+  EXPECT_GE(with_special, 55);
+  EXPECT_GE(plain_checked, 480);
+}
+
+// Each added or special token found in the text spans exactly its string; the pieces between lie in
+// order around them.
+TEST_P(SentencePieceSpecialTokens, SpansCoverEachTokensString) {
+  const auto texts = expected_["texts"].get<std::vector<std::string>>();
+  int found = 0;
+  for (const std::string& text : texts) {
+    auto encoding = tokenizer_->Encode(text, /*add_special_tokens=*/true);
+    ASSERT_THAT(encoding, IsOk());
+    size_t previous_begin = 0, max_end = 0, added_end = 0;
+    for (size_t t = 0; t < encoding->ids.size(); ++t) {
+      const TokenSpan& span = encoding->spans[t];
+      SCOPED_TRACE(::testing::Message() << "token " << t << " of \"" << text << "\"");
+      ASSERT_LE(span.begin, span.end);
+      ASSERT_LE(span.end, text.size());
+      ASSERT_GE(span.begin, std::max(previous_begin, added_end));
+      const int64_t id = encoding->ids[t];
+      if (t > 0 && (id <= 2 || id >= 900)) {
+        ASSERT_GE(span.begin, max_end);  // no piece before it overlaps it
+        EXPECT_EQ(text.substr(span.begin, span.end - span.begin), tokenizer_->TokenText(id));
+        added_end = span.end;
+        ++found;
+      }
+      previous_begin = span.begin;
+      max_end = std::max(max_end, span.end);
+    }
+  }
+  EXPECT_GE(found, 60);
+}
+
+INSTANTIATE_TEST_SUITE_P(Configs, SentencePieceSpecialTokens,
+                         ::testing::Values("sentencepiece_special", "sentencepiece_map"));
+
+TEST(SentencePieceSpecialTokens, AddedTokensAreSpecialAsMarkedAndDecodeToTheirText) {
+  auto tokenizer = Tokenizer::Load(TokenizersDir() + "/sentencepiece_special");
+  ASSERT_THAT(tokenizer, IsOk());
+  const Tokenizer& t = **tokenizer;
+  EXPECT_EQ(t.vocab_size(), 904);  // 900 pieces and 4 added tokens
+  // <s>, </s>, <|tool|> and <mask> are marked special; <unk>, <|tool|>call and <sep> are not.
+  std::vector<bool> special;
+  for (int64_t id : {0, 1, 2, 900, 901, 902, 903}) special.push_back(t.IsSpecial(id));
+  EXPECT_THAT(special, ::testing::ElementsAre(false, true, true, true, false, false, true));
+  EXPECT_EQ(t.TokenText(900), "<|tool|>");
+  EXPECT_EQ(t.TokenText(2), "</s>");
+
+  auto round_trip = [&](const std::string& text, bool skip) {
+    auto encoding = t.Encode(text, /*add_special_tokens=*/false);
+    return encoding.ok() ? t.Decode(encoding->ids, skip).value_or("<error>") : "<error>";
+  };
+  EXPECT_EQ(round_trip("a<|tool|>callb", false), "a<|tool|>callb");
+  EXPECT_EQ(round_trip("a<|tool|>callb", true), "a<|tool|>callb");  // not special
+  EXPECT_EQ(round_trip("a<|tool|>b", false), "a<|tool|>b");
+  EXPECT_EQ(round_trip("a<|tool|>b", true), "a b");  // as a control piece between them (and transformers)
+  // The segment after a special token keeps its word-boundary mark: "the end", " it" -> ▁the ▁end, ▁ ▁it.
+  EXPECT_EQ(round_trip("the end</s> it", true), "the end  it");
+
+  // A target that is a special token is that token, with its span.
+  absl::StatusOr<Encoding> target = EncodeContinuation(t, "the end", "</s>");
+  ASSERT_THAT(target, IsOk());
+  EXPECT_THAT(target->ids, ::testing::ElementsAre(2));
+  EXPECT_EQ(target->spans[0].begin, 0u);
+  EXPECT_EQ(target->spans[0].end, 4u);
+  // A generated added token reads as its text after the prompt, and that text encodes to it again.
+  const Continuation generated = DecodeContinuation(t, t.Encode("the end", true)->ids, {901, 268});
+  absl::StatusOr<Encoding> again = EncodeContinuation(t, "the end", generated.text);
+  ASSERT_THAT(again, IsOk());
+  EXPECT_EQ(again->ids[0], 901);
+}
+
+// tokenizer_config.json's added tokens are checked as tokenizer.json's are.
+TEST(SentencePieceSpecialTokens, MalformedAddedTokensAreRefused) {
+  for (const char* config : {R"({"added_tokens_decoder": {"x": {"content": "<a>"}}})",
+                             R"({"added_tokens_decoder": {"-1": {"content": "<a>"}}})",
+                             R"({"added_tokens_decoder": {"99999999999": {"content": "<a>"}}})",
+                             R"({"added_tokens_decoder": {"950": "<a>"}})", R"({"added_tokens_decoder": []})"}) {
+    test_support::TempDir dir;
+    std::ifstream model(TokenizersDir() + "/sentencepiece/tokenizer.model", std::ios::binary);
+    std::ofstream(dir.File("tokenizer.model"), std::ios::binary) << model.rdbuf();
+    std::ofstream(dir.File("tokenizer_config.json")) << config;
+    EXPECT_THAT(Tokenizer::Load(dir.path()),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("added_tokens_decoder")))
+        << config;
   }
 }
 
