@@ -75,8 +75,10 @@ struct RunStats {
 
 struct FeatureGroup {
   int64_t token_begin = 0, token_end = 0;
-  std::string baseline_text;  // replaces the group in perturbation methods
-  std::vector<int64_t> baseline_ids;
+  // Replaces the group in perturbation methods: text or ids, any length; given but empty deletes the
+  // span. Neither given: the request's baseline token once per position.
+  std::optional<std::string> baseline_text;
+  std::optional<std::vector<int64_t>> baseline_ids;
 };
 
 struct GenerationSettings {

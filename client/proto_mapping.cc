@@ -268,8 +268,10 @@ absl::StatusOr<v1::AttributeRequest> ToProto(const AttributeOptions& o) {
     v1::FeatureGroup* group = out.add_feature_groups();
     group->set_token_begin(g.token_begin);
     group->set_token_end(g.token_end);
-    if (!g.baseline_text.empty() || !g.baseline_ids.empty())
-      SetInput(g.baseline_text, g.baseline_ids, group->mutable_baseline());
+    if (g.baseline_text || g.baseline_ids) {  // given but empty: the group is deleted
+      SetInput(g.baseline_text.value_or(""), g.baseline_ids.value_or(std::vector<int64_t>{}),
+               group->mutable_baseline());
+    }
   }
   if (absl::Status s = SetBaseline(o.baseline, &out); !s.ok()) return s;
   out.set_n_steps(o.n_steps);

@@ -144,7 +144,7 @@ absl::Status ApplyFeatures(const v1::AttributeRequest& proto, const ServedModel&
     if (proto.feature_groups_size() > 0)
       return Invalid("feature_range", "set feature_range or feature_groups, not both");
     RETURN_IF_ERROR(CheckSpan(proto.feature_range(), "feature_range", prompt_length));
-    if (IsSet(proto.feature_range().baseline())) {
+    if (proto.feature_range().has_baseline()) {
       return Invalid("feature_range.baseline", "is not used; give per-feature baselines with feature_groups");
     }
     return AddTokenFeatures(proto, model, proto.feature_range().token_begin(), proto.feature_range().token_end(),
@@ -169,7 +169,7 @@ absl::Status ApplyFeatures(const v1::AttributeRequest& proto, const ServedModel&
       }
     }
     engine::FeatureSpan span{.begin = group.token_begin(), .end = group.token_end()};
-    if (IsSet(group.baseline())) {
+    if (group.has_baseline()) {  // set but empty deletes the span
       ASSIGN_OR_RETURN(ResolvedInput baseline, Resolve(group.baseline(), field + ".baseline", model, false));
       span.baseline_ids = std::move(baseline.encoding.ids);
     }

@@ -21,6 +21,8 @@ absl::Status InField(absl::string_view field, const absl::Status& status);
 // INVALID_ARGUMENT for an enum value this server does not know, listing the ones it does.
 absl::Status UnknownEnumValue(absl::string_view field, int value, const google::protobuf::EnumDescriptor* descriptor);
 
+// Whether `input` holds text or ids. Where a set but empty Input means something (a feature group's baseline
+// deletes its span), read the parent's has_ instead.
 bool IsSet(const v1::Input& input);
 // Token ids as they are (checked against the vocabulary), or text tokenized.
 absl::StatusOr<ResolvedInput> Resolve(const v1::Input& input, absl::string_view field, const ServedModel& model,

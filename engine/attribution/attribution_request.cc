@@ -2,6 +2,7 @@
 #include "engine/attribution/attribution_request.h"
 
 #include <algorithm>
+#include <string>
 #include <unordered_set>
 
 #include "absl/strings/str_cat.h"
@@ -79,6 +80,7 @@ absl::Status ValidateAttributionRequest(const AttributionRequest& r, const Model
   if (auto s = CheckRange(features, 1, limits.max_features, "number of features"); !s.ok()) return s;
   std::vector<bool> covered(prompt, false);
   int64_t baseline_growth = 0;  // tokens a row gains with every feature at its baseline
+  int64_t baseline_shrink = 0;  // tokens it loses (shorter baselines; an empty one deletes its span)
   for (size_t f = 0; f < r.features.size(); ++f) {
     const FeatureSpan& span = r.features[f];
     if (span.begin < 0 || span.end > prompt || span.begin >= span.end) {
@@ -91,18 +93,29 @@ absl::Status ValidateAttributionRequest(const AttributionRequest& r, const Model
             absl::StrCat("feature_groups[", f, "] overlaps an earlier feature at token ", p));
       covered[p] = true;
     }
-    if (auto s = CheckTokenIds(span.baseline_ids, absl::StrCat("feature_groups[", f, "].baseline"), vocab); !s.ok())
-      return s;
-    if (r.zero_embedding_baseline && !span.baseline_ids.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "feature_groups[", f, "].baseline: not used with the zero-embedding baseline, which every feature takes"));
-    }
-    baseline_growth += std::max<int64_t>(0, static_cast<int64_t>(span.baseline_ids.size()) - (span.end - span.begin));
-    if (IsGradientMethod(r.method) && !span.baseline_ids.empty() &&
-        static_cast<int64_t>(span.baseline_ids.size()) != span.end - span.begin) {
+    if (!span.baseline_ids) continue;
+    const std::string field = absl::StrCat("feature_groups[", f, "].baseline");
+    if (auto s = CheckTokenIds(*span.baseline_ids, field, vocab); !s.ok()) return s;
+    if (r.zero_embedding_baseline) {
       return absl::InvalidArgumentError(
-          absl::StrCat("feature_groups[", f, "].baseline: gradient methods need one baseline token per position"));
+          absl::StrCat(field, ": not used with the zero-embedding baseline, which every feature takes"));
     }
+    const int64_t change = static_cast<int64_t>(span.baseline_ids->size()) - (span.end - span.begin);
+    if (IsGradientMethod(r.method) && change != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ": gradient methods need one baseline token per position (", span.end - span.begin, ", not ",
+          span.baseline_ids->size(), "); only perturbation methods replace a span by one of another length"));
+    }
+    baseline_growth += std::max<int64_t>(0, change);
+    baseline_shrink += std::max<int64_t>(0, -change);
+  }
+  // The first target token is scored after the token before it: every row needs a prompt token. The shortest
+  // row has each group whose baseline is shorter (an empty one deletes it) at its baseline, the others present.
+  if (prompt - baseline_shrink < 1) {
+    return absl::InvalidArgumentError(
+        "feature_groups[].baseline: the groups' shorter or empty baselines can leave the prompt empty, and the "
+        "target's first token needs a token before it (leave a token out of the groups, or give a group a "
+        "baseline as long as it)");
   }
   // Perturbation rows put longer baselines in place of their features; the longest row must fit the limits
   // the prompt itself is held to (and GPT-2's learned positions).

@@ -43,11 +43,12 @@ const char* AttributionMethodName(AttributionMethod method);
 bool IsGradientMethod(AttributionMethod method);
 
 // Prompt positions [begin, end) that act as one feature. Perturbation methods replace them by
-// `baseline_ids` (any length; empty: the request's baseline token once per position).
+// `baseline_ids` when given: any length, and empty deletes the span; gradient methods need one id per
+// position. Not given: the request's baseline token once per position.
 struct FeatureSpan {
   int64_t begin = 0;
   int64_t end = 0;
-  std::vector<int64_t> baseline_ids;
+  std::optional<std::vector<int64_t>> baseline_ids;
 };
 
 struct AttributionRequest {

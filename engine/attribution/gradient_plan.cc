@@ -121,9 +121,11 @@ class GradientPlan : public RowPlan {
     if (request_.zero_embedding_baseline) path.zero_baseline.assign(path.input_ids.size(), 0);
     for (int64_t f = 0; f < num_features(); ++f) {
       const auto [begin, end] = FeatureSpanOf(f);
-      const std::vector<int64_t>* given = request_.features.empty() ? nullptr : &request_.features[f].baseline_ids;
+      // Validation holds a given baseline to one id per position.
+      const std::optional<std::vector<int64_t>>* given =
+          request_.features.empty() ? nullptr : &request_.features[f].baseline_ids;
       for (int64_t p = begin; p < end; ++p) {
-        path.baseline_ids[p] = given && !given->empty() ? (*given)[p - begin] : request_.baseline_token_id;
+        path.baseline_ids[p] = given && *given ? (**given)[p - begin] : request_.baseline_token_id;
         if (request_.zero_embedding_baseline) path.zero_baseline[p] = 1;
       }
     }

@@ -63,8 +63,9 @@ std::vector<int64_t> PerturbedPrompt(const AttributionRequest& request, const st
     ids.insert(ids.end(), prompt.begin() + position, prompt.begin() + begin);
     if (present[f]) {
       ids.insert(ids.end(), prompt.begin() + begin, prompt.begin() + end);
-    } else if (!request.features.empty() && !request.features[f].baseline_ids.empty()) {
-      ids.insert(ids.end(), request.features[f].baseline_ids.begin(), request.features[f].baseline_ids.end());
+    } else if (!request.features.empty() && request.features[f].baseline_ids) {
+      const std::vector<int64_t>& baseline = *request.features[f].baseline_ids;  // empty: the span is deleted
+      ids.insert(ids.end(), baseline.begin(), baseline.end());
     } else {
       ids.insert(ids.end(), end - begin, request.baseline_token_id);
     }

@@ -484,6 +484,28 @@ std::vector<BadCase> BadCases() {
           },
           kInvalid, "one baseline token per position"),
       Attribute(
+          "gradient group baseline set but empty (a deletion)",
+          [](A& r) {
+            auto* g = r.add_feature_groups();
+            g->set_token_begin(1);
+            g->set_token_end(3);
+            g->mutable_baseline();
+          },
+          kInvalid, "feature_groups[0].baseline: gradient methods need one baseline token per position (2, not 0)"),
+      Attribute(
+          "group baselines that delete the whole prompt",
+          [](A& r) {
+            r.set_method(v1::SHAPLEY_VALUE_SAMPLING);
+            r.mutable_prompt()->clear_text();
+            for (int64_t id : {5, 6, 7}) r.mutable_prompt()->add_token_ids(id);
+            r.set_include_special_tokens(true);  // every token a feature: none kept back
+            auto* g = r.add_feature_groups();
+            g->set_token_begin(0);
+            g->set_token_end(3);
+            g->mutable_baseline()->set_text("");
+          },
+          kInvalid, "feature_groups[].baseline: the groups' shorter or empty baselines can leave the prompt empty"),
+      Attribute(
           "baseline token out of range",
           [](A& r) {
             r.set_baseline(v1::TOKEN_ID);

@@ -12,6 +12,8 @@ transformers' own log-softmax."""
 from __future__ import annotations
 
 import io
+import itertools
+import math
 
 import matplotlib
 
@@ -153,3 +155,69 @@ def test_tolerance_driven_integrated_gradients_reaches_captums_512_steps(client,
     assert np.abs(ours.to_numpy() - theirs).max() <= 1e-3 * np.abs(theirs).max()
     assert ours.integration_steps in (7, 15, 31, 63, 127, 255, 511)
     assert ours.stats.rows == ours.integration_steps + 2  # every point once, and the path's two ends scored
+
+
+def target_log_prob(model, prompt_ids, target):
+    """log p(target | prompt) by one transformers forward (the reference for span replacement)."""
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(torch.tensor([prompt_ids + target])).logits[0], dim=-1)
+    return sum(log_probs[len(prompt_ids) - 1 + t, token].item() for t, token in enumerate(target))
+
+
+def test_an_empty_group_baseline_deletes_the_span(client, model, tokenizer):
+    # A group's baseline given but empty ("" or []) deletes the span: the reference scores the prompt
+    # without it. Beside it: a baseline of another length, and none (token 0 once per position).
+    ids = tokenizer.encode(PROMPT)
+    target = [tokenizer.convert_tokens_to_ids("▁Yes"), tokenizer.eos_token_id]
+    blue = tokenizer.encode(" blue", add_special_tokens=False)
+    groups = [ac.FeatureGroup(1, 6), ac.FeatureGroup(9, 11, baseline=""),
+              ac.FeatureGroup(11, 15, baseline=blue), ac.FeatureGroup(20, 22, baseline=[])]
+    replaced = [[0] * 5, [], blue, []]
+    ours = client.attribute(prompt=PROMPT, target=target, method="feature_ablation", feature_groups=groups)
+    full = target_log_prob(model, ids, target)
+
+    def ablated(begin, end, baseline):
+        return full - target_log_prob(model, ids[:begin] + baseline + ids[end:], target)
+
+    expected = [ablated(g.token_begin, g.token_end, r) for g, r in zip(groups, replaced)]
+    # " kettle warm" matters when deleted, not when replaced by token 0 (what an empty baseline was read as).
+    assert abs(expected[3]) > 0.05 and abs(expected[3] - ablated(20, 22, [0, 0])) > 0.05
+    np.testing.assert_allclose(ours.sequence, expected, atol=1e-5, rtol=0)
+
+
+def test_deleting_every_feature_leaves_the_special_tokens(client, model, tokenizer):
+    # Exact Shapley values over three groups that delete the whole prompt but its bos: the empty
+    # coalition scores the target after bos alone, and the faithfulness curves' `empty` is that row.
+    ids = tokenizer.encode(PROMPT)
+    assert ids[0] == tokenizer.bos_token_id
+    target = [tokenizer.convert_tokens_to_ids("▁Yes")]
+    cuts = [(1, 6), (6, 15), (15, len(ids))]
+    ours = client.attribute(prompt=PROMPT, target=target, method="shapley_values", want_faithfulness=True,
+                            feature_groups=[ac.FeatureGroup(b, e, baseline=[]) for b, e in cuts])
+
+    def value(present):
+        kept = ids[:1] + [t for (b, e), p in zip(cuts, present) if p for t in ids[b:e]]
+        return target_log_prob(model, kept, target)
+
+    n = len(cuts)
+    expected = np.zeros(n)
+    for coalition in itertools.product([False, True], repeat=n):
+        for f in range(n):
+            if coalition[f]:
+                continue
+            size = sum(coalition)
+            weight = math.factorial(size) * math.factorial(n - size - 1) / math.factorial(n)
+            expected[f] += weight * (value([c or g == f for g, c in enumerate(coalition)]) - value(coalition))
+    np.testing.assert_allclose(ours.sequence, expected, atol=1e-5, rtol=0)
+    assert ours.faithfulness.empty == pytest.approx(math.exp(value([False] * n)), abs=1e-6)
+
+
+def test_deletions_that_leave_no_prompt_or_a_gradient_method_are_refused(client, tokenizer):
+    # Without bos nothing is left before the target: INVALID_ARGUMENT, not a row without a prompt.
+    with pytest.raises(ac.InvalidArgument, match=r"feature_groups\[\]\.baseline: .*leave the prompt empty"):
+        client.attribute(prompt=PROMPT, no_special_tokens=True, target=" Yes", method="feature_ablation",
+                         feature_groups=[ac.FeatureGroup(0, len(tokenizer.encode(PROMPT)) - 1, baseline="")])
+    # Gradient methods interpolate one baseline token per position: an empty baseline is none.
+    with pytest.raises(ac.InvalidArgument, match=r"feature_groups\[0\]\.baseline: gradient methods need one"):
+        client.attribute(prompt=PROMPT, target=" Yes", method="integrated_gradients",
+                         feature_groups=[ac.FeatureGroup(1, 3, baseline=[])])

@@ -244,6 +244,37 @@ TEST_F(ConversionTest, BaselineKindsPickTheModelsTokens) {
   EXPECT_TRUE(call->request.zero_embedding_baseline);
 }
 
+// A group's baseline is read by presence: set but empty (text or ids) deletes the span, unset takes the
+// request's baseline token.
+TEST_F(ConversionTest, AGroupBaselineSetButEmptyIsCarriedAsADeletion) {
+  v1::AttributeRequest proto = Request();
+  proto.set_method(v1::FEATURE_ABLATION);
+  auto add_group = [&](int64_t begin, int64_t end) {
+    v1::FeatureGroup* group = proto.add_feature_groups();
+    group->set_token_begin(begin);
+    group->set_token_end(end);
+    return group;
+  };
+  add_group(1, 2)->mutable_baseline()->add_token_ids(9);
+  add_group(2, 3)->mutable_baseline();                // empty ids
+  add_group(3, 4)->mutable_baseline()->set_text("");  // empty text
+  add_group(4, 5);                                    // unset
+  absl::StatusOr<AttributeCall> call = Convert(proto);
+  ASSERT_THAT(call, IsOk());
+  const std::vector<engine::FeatureSpan>& features = call->request.features;
+  ASSERT_EQ(features.size(), 4u);
+  EXPECT_EQ(features[0].baseline_ids, std::vector<int64_t>{9});
+  EXPECT_EQ(features[1].baseline_ids, std::vector<int64_t>{});
+  EXPECT_EQ(features[2].baseline_ids, std::vector<int64_t>{});
+  EXPECT_EQ(features[3].baseline_ids, std::nullopt);
+  // feature_range takes no baseline, an empty one included.
+  v1::AttributeRequest range = Request();
+  range.mutable_feature_range()->set_token_begin(1);
+  range.mutable_feature_range()->set_token_end(3);
+  range.mutable_feature_range()->mutable_baseline();
+  EXPECT_THAT(Convert(range), StatusIs(kInvalid, HasSubstr("feature_range.baseline: is not used")));
+}
+
 TEST_F(ConversionTest, ContrastiveRequestCarriesTheFoil) {
   v1::AttributeRequest proto;
   proto.mutable_prompt()->set_text("Is the sky blue?");

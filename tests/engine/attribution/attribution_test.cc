@@ -355,17 +355,25 @@ TEST_F(AttributionTest, FeatureTheTargetCannotSeeGetsZero) {
 
 TEST_F(AttributionTest, FeatureGroupsWithTheirOwnBaselines) {
   AttributionRequest r = FromCase(Case("feature_ablation_log_prob"));
-  r.features = {{1, 3, {60}}, {3, 6, {}}, {6, 8, {61, 62, 63}}};  // baselines of other lengths too
+  // Baselines of other lengths too; an empty one deletes its group.
+  using Ids = std::vector<int64_t>;
+  r.features = {{1, 3, Ids{60}}, {3, 6, Ids{}}, {6, 8, Ids{61, 62, 63}}};
   auto grouped = attributor_->AttributeAndWait(r);
   ASSERT_THAT(grouped, IsOk());
   ASSERT_EQ(grouped->sequence.size(), 3u);
-  // Ablating group 0 equals scoring the prompt with that group replaced by its baseline.
+  // Ablating a group equals scoring the prompt with that group replaced by its baseline.
   AttributionRequest replaced = r;
   replaced.features.clear();
   replaced.prompt_ids = {1, 60, 99, 3, 250, 41, 7};
   auto ablated = attributor_->AttributeAndWait(replaced);
   ASSERT_THAT(ablated, IsOk());
   EXPECT_NEAR(grouped->sequence[0], grouped->objective - ablated->objective, 1e-5);
+  replaced.prompt_ids = r.prompt_ids;
+  replaced.prompt_ids.erase(replaced.prompt_ids.begin() + 3, replaced.prompt_ids.begin() + 6);
+  auto deleted = attributor_->AttributeAndWait(replaced);
+  ASSERT_THAT(deleted, IsOk());
+  EXPECT_NEAR(grouped->sequence[1], grouped->objective - deleted->objective, 1e-5);
+  EXPECT_GT(std::abs(grouped->sequence[1]), 1e-4);  // not the default baseline's answer by accident of zero
 }
 
 // The per-token fits (a Lasso each for LIME) run on the engine's thread, so only when asked for.
@@ -450,6 +458,12 @@ TEST_F(AttributionTest, BadRequestsNameTheField) {
   r = good;
   r.foil_ids = {1};
   expect(r, "foil_ids");
+  r = good;  // integrated gradients: a deleted span has no point to interpolate from
+  r.features = {{0, 2, std::vector<int64_t>{}}};
+  expect(r, "feature_groups[0].baseline: gradient methods need one baseline token per position");
+  r.method = AttributionMethod::kFeatureAblation;
+  r.features = {{0, 2, std::vector<int64_t>{}}, {2, static_cast<int64_t>(r.prompt_ids.size()), std::vector<int64_t>{}}};
+  expect(r, "can leave the prompt empty");
   r = good;
   r.method = AttributionMethod::kShapleyValues;
   r.features.clear();

@@ -251,7 +251,8 @@ def attribute_request(o: AttributeOptions) -> pb.AttributeRequest:
             raise TypeError(f"feature_groups[{i}]: must be a FeatureGroup, not {g!r}")
         group = out.feature_groups.add(token_begin=integer(f"feature_groups[{i}].token_begin", g.token_begin, INT64),
                                        token_end=integer(f"feature_groups[{i}].token_end", g.token_end, INT64))
-        if _given(g.baseline):
+        if g.baseline is not None:  # given but empty ("" or []): the group is deleted
+            group.baseline.SetInParent()
             _set_input(f"feature_groups[{i}].baseline", g.baseline, group.baseline)
     _set_baseline(o.baseline, out)
     out.n_steps = integer("n_steps", o.n_steps, INT32)

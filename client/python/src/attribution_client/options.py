@@ -54,8 +54,9 @@ class GenerationSettings:
 
 @dataclass
 class FeatureGroup:
-    """Prompt tokens [token_begin, token_end) as one feature; `baseline` (text or ids) replaces them
-    in perturbation methods (None: the request's baseline token at every position)."""
+    """Prompt tokens [token_begin, token_end) as one feature; `baseline` (text or ids, any length)
+    replaces them in perturbation methods: empty ("" or []) deletes them; None: the request's baseline
+    token at every position."""
 
     token_begin: int
     token_end: int
