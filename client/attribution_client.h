@@ -155,6 +155,7 @@ struct Attribution {
   std::optional<bool> tolerance_met;  // with a completeness tolerance
   std::optional<Faithfulness> faithfulness;
   RunStats stats;
+  std::string model_digest;  // the weights that computed it (ModelInfo::model_digest); "" from older servers
 };
 
 struct GenerateOptions {
@@ -199,6 +200,7 @@ struct Logprobs {
   std::vector<TokenLogprob> target;
   double total_log_prob = 0;
   RunStats stats;
+  std::string model_digest;  // the weights that computed it (ModelInfo::model_digest); "" from older servers
 };
 
 struct ModelInfo {
@@ -213,6 +215,12 @@ struct ModelInfo {
   int64_t max_exact_shapley_features = 0;  // shapley_values runs 2^features rows: more features are refused
   int64_t max_choices = 0;
   int64_t max_rows = 0;  // rows one request may queue (forward or forward + backward passes of a sequence)
+  // SHA-256 (hex) of the files the server loaded the model from: which checkpoint this is, whatever its name
+  // ("" from servers before 2026-12-04).
+  std::string weights_digest;
+  // SHA-256 (hex) of the checkpoint as loaded (weights_digest, dtype, quantization): every Attribution and
+  // Logprobs computed on it carries it as model_digest.
+  std::string model_digest;
 };
 
 // A clean and a corrupted prompt of the same token length (text, or ids).

@@ -426,6 +426,10 @@ int Models(AttributionClient& client) {
         "top_k %d  choices %d  rows %d\n",
         m.max_steps, m.max_samples, m.max_features, m.max_exact_shapley_features, m.max_tokens, m.max_new_tokens,
         m.max_top_k, m.max_choices, m.max_rows);
+    if (!m.weights_digest.empty()) {
+      std::cout << "  weights_digest: " << Printable(m.weights_digest)
+                << "  model_digest: " << Printable(m.model_digest) << "\n";
+    }
   }
   return 0;
 }

@@ -297,6 +297,7 @@ std::string AttributionJson(const Attribution& a) {
   for (const Feature& f : a.features)
     features.push_back({{"token_begin", f.token_begin}, {"token_end", f.token_end}, {"text", f.text}});
   nlohmann::json out = {{"model", a.model},
+                        {"model_digest", a.model_digest},
                         {"method", a.method},
                         {"prompt_tokens", tokens(a.prompt_tokens)},
                         {"target_tokens", tokens(a.target_tokens)},

@@ -312,6 +312,7 @@ absl::StatusOr<Attribution> FromProto(const v1::AttributeResponse& r) {
   if (absl::Status s = CheckFaithfulness(r); !s.ok()) return s;
   Attribution out;
   out.model = r.model();
+  out.model_digest = r.model_digest();
   out.method = absl::AsciiStrToLower(v1::Method_Name(r.method()));
   out.prompt_tokens = TokensFromProto(r.prompt_tokens());
   out.target_tokens = TokensFromProto(r.target_tokens());
@@ -362,6 +363,7 @@ absl::StatusOr<Logprobs> FromProto(const v1::LogprobsResponse& r) {
     out.target.push_back(std::move(entry));
   }
   out.total_log_prob = r.total_log_prob();
+  out.model_digest = r.model_digest();
   out.stats = StatsFromProto(r.stats());
   return out;
 }
@@ -398,7 +400,9 @@ absl::StatusOr<std::vector<ModelInfo>> FromProto(const v1::ListModelsResponse& r
                    .max_top_k = l.max_top_k(),
                    .max_exact_shapley_features = l.max_exact_shapley_features(),
                    .max_choices = l.max_choices(),
-                   .max_rows = l.max_rows()});
+                   .max_rows = l.max_rows(),
+                   .weights_digest = m.weights_digest(),
+                   .model_digest = m.model_digest()});
   }
   return out;
 }

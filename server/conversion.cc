@@ -319,6 +319,7 @@ void ToAttributeResponse(const engine::AttributionResult& result, const Attribut
                          v1::AttributeResponse* out) {
   const engine::Tokenizer& tokenizer = *model.tokenizer;
   out->set_model(model.spec.name);
+  out->set_model_digest(model.model_digest);
   out->set_method(ToProtoMethod(call.request.method));
   FillTokens(call.prompt, tokenizer, out->mutable_prompt_tokens());
   const ResolvedInput target =
@@ -427,6 +428,7 @@ void ToLogprobsResponse(const engine::TargetScores& scores, const LogprobsCall& 
                         v1::LogprobsResponse* out) {
   const engine::Tokenizer& tokenizer = *model.tokenizer;
   out->set_model(model.spec.name);
+  out->set_model_digest(model.model_digest);
   FillTokens(call.prompt, tokenizer, out->mutable_prompt_tokens());
   google::protobuf::RepeatedPtrField<v1::Token> tokens;
   FillTokens(call.target, tokenizer, &tokens);
@@ -465,6 +467,8 @@ void ToModelInfo(const ServedModel& model, int64_t max_top_k, v1::ModelInfo* out
   }
   out->set_device(model.spec.device);
   out->set_resident_weight_bytes(model.model->ResidentWeightBytes());
+  out->set_weights_digest(model.weights_digest);
+  out->set_model_digest(model.model_digest);
   out->set_vocab_size(config.vocab_size);
   out->set_num_layers(config.num_layers);
   out->set_hidden_size(config.hidden_size);

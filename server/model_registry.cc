@@ -3,11 +3,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
 #include "engine/common/files.h"
 #include "engine/common/status_macros.h"
 #include "engine/model/quantization.h"
 #include "engine/model/torch_errors.h"
 #include "engine/tokenizer/id_only_tokenizer.h"
+#include "server/model_digest.h"
 #include "server/user_text.h"
 
 namespace attribution::server {
@@ -43,6 +45,16 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModel(const ModelSpec& spec, co
   step = "loading the model";
   ASSIGN_OR_RETURN(std::unique_ptr<engine::CausalLM> model, engine::CausalLM::Load(spec.path, options));
   served->model = std::move(model);
+  // Read right after the load, while the weights are in the page cache: one more pass over them.
+  step = "computing the weights digest";
+  const absl::Time digest_start = absl::Now();
+  ASSIGN_OR_RETURN(served->weights_digest, ModelFilesDigest(spec.path));
+  served->digest_seconds = absl::ToDoubleSeconds(absl::Now() - digest_start);
+  const engine::LoadOptions& loaded = served->model->options();
+  const bool four_bit = engine::IsFourBit(loaded.quantization);
+  served->model_digest =
+      LoadedModelDigest(served->weights_digest, spec.dtype, engine::QuantizationName(loaded.quantization),
+                        four_bit ? loaded.four_bit.block_size : 0, four_bit && loaded.four_bit.double_quantization);
   step = "loading the tokenizer";
   ASSIGN_OR_RETURN(std::unique_ptr<engine::Tokenizer> tokenizer, LoadTokenizer(spec.path, served->model->config()));
   if (tokenizer->vocab_size() > served->model->config().vocab_size) {

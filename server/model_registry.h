@@ -24,6 +24,10 @@ struct ServedModel {
   std::shared_ptr<const engine::Tokenizer> tokenizer;
   std::unique_ptr<engine::BatchingEngine> engine;
   std::unique_ptr<engine::Attributor> attributor;
+  // SHA-256 of the files the model was loaded from (model_digest.h), and the seconds computing it took.
+  std::string weights_digest;
+  std::string model_digest;  // of the weights as loaded (dtype, quantization): every answer carries it
+  double digest_seconds = 0;
 };
 
 class ModelRegistry {

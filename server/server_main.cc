@@ -31,6 +31,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
@@ -395,10 +396,12 @@ int Serve() {
   health->SetServingStatus(true);
   for (const auto& m : (*models)->models()) {
     const engine::LoadOptions& loaded = m->model->options();
-    Log("model_loaded", absl::StrCat(m->spec.name, " ", m->spec.path, " ", m->spec.dtype, " ",
-                                     engine::QuantizationName(loaded.quantization),
-                                     m->model->prequantized() ? " (as saved by bitsandbytes)" : "", " on ",
-                                     m->spec.device, ", ", m->model->ResidentWeightBytes(), " weight bytes"));
+    Log("model_loaded",
+        absl::StrCat(
+            m->spec.name, " ", m->spec.path, " ", m->spec.dtype, " ", engine::QuantizationName(loaded.quantization),
+            m->model->prequantized() ? " (as saved by bitsandbytes)" : "", " on ", m->spec.device, ", ",
+            m->model->ResidentWeightBytes(), " weight bytes, weights_digest ", m->weights_digest, ", model_digest ",
+            m->model_digest, " (", absl::StrFormat("%.2f", m->digest_seconds), " s to compute)"));
     WarnOfUnusedWeights(*m);
     if (dynamic_cast<const engine::IdOnlyTokenizer*>(m->tokenizer.get()) != nullptr) {
       Log("model_warning", absl::StrCat("model \"", m->spec.name, "\" (", m->spec.path,

@@ -344,7 +344,8 @@ int Run(const CommandLine& line) {
                         .max_attempts = absl::GetFlag(FLAGS_max_attempts),
                         .progress_every = absl::Seconds(absl::GetFlag(FLAGS_progress_seconds)),
                         .progress_bar = progress == "bar" || (progress == "auto" && ::isatty(STDERR_FILENO)),
-                        .html_dir = absl::GetFlag(FLAGS_html)};
+                        .html_dir = absl::GetFlag(FLAGS_html),
+                        .server_names = absl::GetFlag(FLAGS_server)};
   absl::StatusOr<JobSummary> summary = RunJob(*rows, *settings, *fingerprints, clients, **log, options, std::cerr);
   if (!summary.ok()) return Failed(summary.status());
   PrintSummary(*summary, std::cerr);

@@ -28,16 +28,42 @@ bool Retryable(const absl::Status& status) {
   return status.code() == absl::StatusCode::kUnavailable || status.code() == absl::StatusCode::kResourceExhausted;
 }
 
+std::string ServerName(const RunnerOptions& options, size_t i) {
+  return i < options.server_names.size() ? absl::StrCat("server ", i + 1, " (", options.server_names[i], ")")
+                                         : absl::StrCat("server ", i + 1);
+}
+
+// An answer computed by weights other than those the job runs on (a server started since with another
+// checkpoint under the model's name, a replica the job's ListModels did not reach): never the row's result.
+// FAILED_PRECONDITION with kOtherWeights in its message, which a rerun tries again (RetriedOnResume).
+absl::Status OtherWeights(const std::string& server, const std::string& model, const std::string& answered,
+                          const std::string& expected) {
+  return absl::FailedPreconditionError(absl::StrCat(
+      kOtherWeights, ": ", server, " answered with model \"", model, "\" of model_digest ",
+      answered.empty() ? "(none: a server before 2026-12-04)" : answered, ", but this job runs on model_digest ",
+      expected.empty() ? "(none)" : expected,
+      " (the model the servers reported at the job's start): the answer is not recorded; stop or update that "
+      "server and run the same command again to try the row again"));
+}
+
 // Calls `call` on the row's server, moving on to the next server after each refusal, with exponential
-// backoff; `attempts` counts the calls made.
+// backoff; `attempts` counts the calls made. An answer whose model_digest is not `digest` (the job's model's)
+// is refused as OtherWeights and tried on the next server as a refusal is.
 template <typename T, typename Call>
 absl::StatusOr<T> WithRetries(const std::vector<AttributionClient*>& clients, size_t first,
-                              const RunnerOptions& options, int& attempts, Call call) {
+                              const RunnerOptions& options, const std::string& model, const std::string& digest,
+                              int& attempts, Call call) {
   absl::Duration backoff = options.initial_backoff;
   for (int attempt = 0;; ++attempt) {
     ++attempts;
-    absl::StatusOr<T> result = call(*clients[(first + attempt) % clients.size()]);
-    if (result.ok() || !Retryable(result.status()) || attempt + 1 >= options.max_attempts) return result;
+    const size_t server = (first + attempt) % clients.size();
+    absl::StatusOr<T> result = call(*clients[server]);
+    bool retry = !result.ok() && Retryable(result.status());
+    if (result.ok() && result->model_digest != digest) {
+      result = OtherWeights(ServerName(options, server), model, result->model_digest, digest);
+      retry = true;
+    }
+    if (result.ok() || !retry || attempt + 1 >= options.max_attempts) return result;
     absl::SleepFor(backoff);
     backoff = std::min(backoff * 2, options.max_backoff);
   }
@@ -58,8 +84,8 @@ struct RowOutcome {
   absl::Status fatal;  // the job cannot go on (its page could not be written)
 };
 
-// The fingerprint of `model`; INTERNAL when FingerprintModels did not ask for it.
-absl::StatusOr<std::string> FingerprintOf(const ModelFingerprints& fingerprints, const std::string& model) {
+// The identity of `model`; INTERNAL when FingerprintModels did not ask for it.
+absl::StatusOr<ModelIdentity> FingerprintOf(const ModelFingerprints& fingerprints, const std::string& model) {
   auto it = fingerprints.find(model);
   if (it == fingerprints.end()) return absl::InternalError(absl::StrCat("model \"", model, "\" has no fingerprint"));
   return it->second;
@@ -76,24 +102,25 @@ class RowProcessor {
     absl::StatusOr<json> effective = MergeSettings(settings_, row.settings, "row \"" + row.id + "\" settings");
     if (!effective.ok()) {
       if (auto job = FingerprintOf(fingerprints_, settings_["model"].get<std::string>()); job.ok()) {
-        result["model_fingerprint"] = *job;
+        result["model_fingerprint"] = job->fingerprint;
       }
       return Failure(result, effective.status(), 0);
     }
     result["model"] = (*effective)["model"];
     // The model the row runs on: the job's, or the one its settings name.
-    const absl::StatusOr<std::string> fingerprint =
+    const absl::StatusOr<ModelIdentity> identity =
         FingerprintOf(fingerprints_, (*effective)["model"].get<std::string>());
-    if (!fingerprint.ok()) return Failure(result, fingerprint.status(), 0);
-    result["model_fingerprint"] = *fingerprint;
-    result["request_id"] = RequestId(*fingerprint, *effective, row);
+    if (!identity.ok()) return Failure(result, identity.status(), 0);
+    result["model_fingerprint"] = identity->fingerprint;
+    if (!identity->digest.empty()) result["model_digest"] = identity->digest;
+    result["request_id"] = RequestId(identity->fingerprint, *effective, row);
     result["method"] = (*effective)["method"];
     result["settings_hash"] = SettingsDigest(*effective);
     result["seed"] = (*effective)["seed"];
     int attempts = 0;
     std::string target = row.target.value_or("");
     if (!row.choices.empty()) {
-      absl::Status chosen = ScoreChoices(row, *effective, position, attempts, result);
+      absl::Status chosen = ScoreChoices(row, *effective, identity->digest, position, attempts, result);
       if (!chosen.ok()) return Failure(result, chosen, attempts);
       if (result["label"].is_string()) {
         target = result["label"].get<std::string>();
@@ -109,8 +136,9 @@ class RowProcessor {
     }
     AttributeOptions request = ToAttributeOptions(*effective, row, target);
     request.request_id = result["request_id"].get<std::string>();
-    absl::StatusOr<Attribution> attribution = WithRetries<Attribution>(
-        clients_, position, options_, attempts, [&](AttributionClient& client) { return client.Attribute(request); });
+    absl::StatusOr<Attribution> attribution =
+        WithRetries<Attribution>(clients_, position, options_, request.model, identity->digest, attempts,
+                                 [&](AttributionClient& client) { return client.Attribute(request); });
     if (!attribution.ok()) return Failure(result, attribution.status(), attempts);
     result["status"] = "ok";
     result["prompt_tokens"] = Texts(attribution->prompt_tokens);
@@ -138,8 +166,8 @@ class RowProcessor {
  private:
   // Multiple choice: each choice's probability after the prompt (over the whole vocabulary, and
   // renormalised over the choices), the predicted choice, and whether it is the label.
-  absl::Status ScoreChoices(const BatchRow& row, const json& settings, size_t position, int& attempts,
-                            json& result) const {
+  absl::Status ScoreChoices(const BatchRow& row, const json& settings, const std::string& digest, size_t position,
+                            int& attempts, json& result) const {
     // ReadRows refuses such rows; a row built otherwise is refused before any call.
     if (row.label && std::find(row.choices.begin(), row.choices.end(), *row.label) == row.choices.end()) {
       return absl::InvalidArgumentError(absl::StrCat("label \"", *row.label, "\" is not one of the choices"));
@@ -152,7 +180,7 @@ class RowProcessor {
                                     .target_tokenization = settings["target_tokenization"].get<std::string>(),
                                     .request_id = result["request_id"].get<std::string>()};
       absl::StatusOr<Logprobs> scored =
-          WithRetries<Logprobs>(clients_, position, options_, attempts,
+          WithRetries<Logprobs>(clients_, position, options_, request.model, digest, attempts,
                                 [&](AttributionClient& client) { return client.GetLogprobs(request); });
       if (!scored.ok()) return scored.status();
       probs.push_back(std::exp(scored->total_log_prob));
@@ -210,9 +238,9 @@ absl::Status CheckRequestIsAsDone(const DoneRow& result, const BatchRow& row, co
                                   const ModelFingerprints& fingerprints, const std::string& where) {
   absl::StatusOr<json> effective = MergeSettings(settings, row.settings, "row \"" + row.id + "\" settings");
   if (!effective.ok()) return absl::OkStatus();
-  const absl::StatusOr<std::string> model_fingerprint =
-      FingerprintOf(fingerprints, (*effective)["model"].get<std::string>());
-  if (!model_fingerprint.ok()) return absl::OkStatus();
+  const absl::StatusOr<ModelIdentity> identity = FingerprintOf(fingerprints, (*effective)["model"].get<std::string>());
+  if (!identity.ok()) return absl::OkStatus();
+  const std::string* model_fingerprint = &identity->fingerprint;
   if (SettingsDigest(*effective) != result.settings_hash) {
     return absl::FailedPreconditionError(absl::StrCat(where, " done with other settings (settings_hash ",
                                                       result.settings_hash, ", this job's ", SettingsDigest(*effective),
@@ -277,7 +305,8 @@ absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> ConnectToServers
   return clients;
 }
 
-absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient*>& clients, std::string& model) {
+absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient*>& clients, std::string& model,
+                                             std::string* model_digest) {
   if (clients.empty()) return absl::InvalidArgumentError("no servers to ask for the model");
   std::string fingerprint;
   std::string unanswered;  // the servers that did not answer, and why
@@ -296,22 +325,26 @@ absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient
     auto it = std::find_if(models->begin(), models->end(), [&](const ModelInfo& m) { return m.name == model; });
     if (it == models->end())
       return absl::NotFoundError(absl::StrCat("server ", i + 1, " has no model \"", model, "\""));
-    const json identity = {{"name", it->name},
-                           {"architecture", it->architecture},
-                           {"dtype", it->dtype},
-                           {"quantization", it->quantization},
-                           {"block_size", it->quantization_block_size},
-                           {"double_quantization", it->double_quantization},
-                           {"vocab_size", it->vocab_size},
-                           {"num_layers", it->num_layers},
-                           {"hidden_size", it->hidden_size},
-                           {"resident_weight_bytes", it->resident_weight_bytes}};
+    json identity = {{"name", it->name},
+                     {"architecture", it->architecture},
+                     {"dtype", it->dtype},
+                     {"quantization", it->quantization},
+                     {"block_size", it->quantization_block_size},
+                     {"double_quantization", it->double_quantization},
+                     {"vocab_size", it->vocab_size},
+                     {"num_layers", it->num_layers},
+                     {"hidden_size", it->hidden_size},
+                     {"resident_weight_bytes", it->resident_weight_bytes}};
+    // The checkpoint itself, as loaded (servers before 2026-12-04 report none: their fingerprints stay as they
+    // were).
+    if (!it->model_digest.empty()) identity["model_digest"] = it->model_digest;
     const std::string digest = Digest(identity);
     if (!fingerprint.empty() && digest != fingerprint) {
       return absl::FailedPreconditionError(
           absl::StrCat("the servers hold different models named \"", model, "\": ", JsonText(identity)));
     }
     fingerprint = digest;
+    if (model_digest != nullptr) *model_digest = it->model_digest;
   }
   if (fingerprint.empty()) {
     return absl::UnavailableError(absl::StrCat("no server answered which models it holds (", unanswered, ")"));
@@ -322,10 +355,11 @@ absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient
 absl::StatusOr<ModelFingerprints> FingerprintModels(const std::vector<BatchRow>& rows, json& settings,
                                                     const std::vector<AttributionClient*>& clients) {
   std::string model = settings["model"].get<std::string>();
-  absl::StatusOr<std::string> job = ModelFingerprint(clients, model);
+  std::string job_digest;
+  absl::StatusOr<std::string> job = ModelFingerprint(clients, model, &job_digest);
   if (!job.ok()) return job.status();
   settings["model"] = model;
-  ModelFingerprints fingerprints = {{model, *job}};
+  ModelFingerprints fingerprints = {{model, ModelIdentity{*job, job_digest}}};
   for (const BatchRow& row : rows) {
     if (!row.settings.contains("model")) continue;
     absl::StatusOr<json> effective = MergeSettings(settings, row.settings, "row");
@@ -333,9 +367,14 @@ absl::StatusOr<ModelFingerprints> FingerprintModels(const std::vector<BatchRow>&
     const std::string name = (*effective)["model"].get<std::string>();
     if (fingerprints.contains(name)) continue;
     std::string resolved = name;
-    absl::StatusOr<std::string> fingerprint = ModelFingerprint(clients, resolved);
+    std::string digest;
+    absl::StatusOr<std::string> fingerprint = ModelFingerprint(clients, resolved, &digest);
     if (!fingerprint.ok() && fingerprint.status().code() != absl::StatusCode::kNotFound) return fingerprint.status();
-    fingerprints.emplace(name, std::move(fingerprint));
+    if (fingerprint.ok()) {
+      fingerprints.emplace(name, ModelIdentity{*fingerprint, digest});
+    } else {
+      fingerprints.emplace(name, fingerprint.status());
+    }
   }
   return fingerprints;
 }

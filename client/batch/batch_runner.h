@@ -34,6 +34,7 @@ struct RunnerOptions {
   bool progress_bar = false;                          // a live bar on a terminal instead
   int worst_rows = 5;                                 // largest |convergence delta| in the summary
   std::string html_dir;                               // non-empty: a page per answered row (html_pages.h)
+  std::vector<std::string> server_names;              // for messages: clients[i]'s target (else "server i+1")
 };
 
 struct JobSummary {
@@ -51,15 +52,25 @@ struct JobSummary {
 absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> ConnectToServers(
     const std::vector<std::string>& targets, ClientOptions options);
 
-// The model's identity as the servers report it (all that answer must agree), for request ids and results.
-// An empty `model` becomes the name of the first answering server's first model. Servers that do not answer
-// for lack of capacity or time (RetriedOnResume: down, overloaded) are passed over; UNAVAILABLE when none
-// answers.
-absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient*>& clients, std::string& model);
+// The model's identity as the servers report it (all that answer must agree), for request ids and results:
+// its metadata and its model_digest (the SHA-256 of its files as loaded), which `model_digest` receives when
+// given. An
+// empty `model` becomes the name of the first answering server's first model. Servers that do not answer for
+// lack of capacity or time (RetriedOnResume: down, overloaded) are passed over (every answer's model_digest is
+// checked against the job's all the same); UNAVAILABLE when none answers.
+absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient*>& clients, std::string& model,
+                                             std::string* model_digest = nullptr);
 
-// Each model a job's rows run on -> its fingerprint, or why it has none (NOT_FOUND: the servers do not hold
+// What a job knows of a model: the fingerprint results record, and the model_digest every answer computed on
+// it must carry ("" when the servers report none: servers before 2026-12-04).
+struct ModelIdentity {
+  std::string fingerprint;
+  std::string digest;
+};
+
+// Each model a job's rows run on -> its identity, or why it has none (NOT_FOUND: the servers do not hold
 // it, which fails only the rows that name it).
-using ModelFingerprints = std::map<std::string, absl::StatusOr<std::string>>;
+using ModelFingerprints = std::map<std::string, absl::StatusOr<ModelIdentity>>;
 
 // The fingerprints of the job's model (settings["model"], set to the servers' first model when empty; the
 // job fails when the servers do not hold it) and of each model rows name in their own settings, asking the

@@ -30,8 +30,13 @@ namespace attribution::client::batch {
 // every time.
 bool OverMessageLimit(absl::string_view code, absl::string_view message);
 
+// How the message of a row's FAILED_PRECONDITION begins when a server answered it with weights other than the
+// job's (another model_digest): no result of the row, which a rerun tries again.
+inline constexpr absl::string_view kOtherWeights = "answered by other weights";
+
 // Whether a row that ended with this error is tried again when the job resumes: UNAVAILABLE,
-// RESOURCE_EXHAUSTED (unless OverMessageLimit), DEADLINE_EXCEEDED, CANCELLED.
+// RESOURCE_EXHAUSTED (unless OverMessageLimit), DEADLINE_EXCEEDED, CANCELLED, and FAILED_PRECONDITION
+// kOtherWeights.
 bool RetriedOnResume(absl::string_view code, absl::string_view message);
 
 // A result line's error code and message, "" when it has none (an ok row, or a line not written by this tool).

@@ -6,15 +6,20 @@
 // inputs and misuse (stray CSV quotes, no servers, directories, another job's results or shards, rows
 // retried on resume, odd result lines) end in a clear error or the right file, never lost rows; bad
 // flags exit 2, and a job that leaves rows for a rerun exits 3.
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iostream>
@@ -1352,6 +1357,142 @@ TEST_F(BatchResume, AResultLineOfAnotherShapeIsRefused) {
                                        << "\n";
   EXPECT_EQ(Run(input, output), 1);
   EXPECT_THAT(ReadFile(log_), HasSubstr(output + ":3: a line is not a result of this tool"));
+}
+
+// The model as the servers report it: the demo model's ModelInfo (name, weights_digest, model_digest).
+client::ModelInfo DemoModelInfo(const ServerProcess& server) {
+  auto client = client::AttributionClient::Connect({.target = server.address()});
+  EXPECT_THAT(client.status(), IsOk());
+  if (!client.ok()) return {};
+  absl::StatusOr<std::vector<client::ModelInfo>> models = (*client)->ListModels();
+  EXPECT_THAT(models.status(), IsOk());
+  if (!models.ok() || models->empty()) return {};
+  return models->front();
+}
+
+// The folder `server` loaded its model `name` from, as its "model_loaded" log line says ("NAME PATH dtype ...").
+std::string ServedModelDir(const ServerProcess& server, const std::string& name) {
+  const std::string log = server.Log(), marker = "\"detail\":\"" + name + " ";
+  const size_t begin = log.find(marker);
+  if (begin == std::string::npos) return "";
+  const size_t path = begin + marker.size();
+  return log.substr(path, log.find(' ', path) - path);
+}
+
+// A copy of the model `server` serves under `dir`/NAME (NAME: its name) whose weights differ in one bit of
+// the first tensor's first value: the same name, config and shapes, other weights.
+std::string OtherWeightsCopy(const TempDir& dir, const ServerProcess& server, const std::string& name) {
+  const std::filesystem::path copy = std::filesystem::path(dir.File("other")) / name;
+  std::filesystem::create_directories(copy);
+  for (const auto& entry : std::filesystem::directory_iterator(ServedModelDir(server, name))) {
+    std::filesystem::copy_file(entry.path(), copy / entry.path().filename());
+  }
+  std::fstream weights(copy / "model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+  uint64_t header = 0;
+  weights.read(reinterpret_cast<char*>(&header), sizeof(header));
+  weights.seekg(static_cast<std::streamoff>(8 + header));
+  char byte = 0;
+  weights.read(&byte, 1);
+  byte ^= 1;  // the lowest mantissa bit of a float32 / 16-bit value (little-endian): finite stays finite
+  weights.seekp(static_cast<std::streamoff>(8 + header));
+  weights.write(&byte, 1);
+  return copy.parent_path().string();
+}
+
+// A loopback port nothing listens on now (the kernel's pick, released).
+int FreePort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = 0;
+  socklen_t size = sizeof(address);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &size);
+  ::close(fd);
+  return ntohs(address.sin_port);
+}
+
+// ModelInfo.weights_digest is SHA-256 over the model's files in name order, each as name, "\n", size, "\n",
+// bytes: Python's hashlib over the same files (an independent implementation) gives the same digest.
+TEST_F(BatchResume, TheWeightsDigestIsSha256OfTheModelFiles) {
+  const client::ModelInfo info = DemoModelInfo(*server_);
+  ASSERT_EQ(info.weights_digest.size(), 64u);
+  ASSERT_EQ(info.model_digest.size(), 64u);
+  EXPECT_NE(info.weights_digest, info.model_digest);
+  const std::string script = dir_.File("digest.py");
+  std::ofstream(script) << "import hashlib, os, sys\n"
+                           "d = sys.argv[1]\n"
+                           "names = sorted(n for n in os.listdir(d) if n in ('config.json', 'generation_config.json',\n"
+                           "    'model.safetensors', 'tokenizer.json', 'tokenizer.model', 'tokenizer_config.json'))\n"
+                           "h = hashlib.sha256()\n"
+                           "for n in names:\n"
+                           "    data = open(os.path.join(d, n), 'rb').read()\n"
+                           "    h.update(n.encode() + b'\\n' + str(len(data)).encode() + b'\\n' + data)\n"
+                           "print(h.hexdigest())\n";
+  const std::string command = absl::StrCat(ATTRIBUTION_PYTHON, " ", script, " ", ServedModelDir(*server_, info.name),
+                                           " > ", dir_.File("digest"));
+  ASSERT_EQ(std::system(command.c_str()), 0) << command;
+  EXPECT_EQ(ReadFile(dir_.File("digest")), info.weights_digest + "\n");
+}
+
+// A server that was down when the job started comes up serving other weights under the model's name (as a
+// replica the job's ListModels did not reach would): no row is recorded as its answer. Each of its answers
+// is refused by its model_digest and the row goes to the next server; before, its answers were recorded under
+// the first server's fingerprint.
+TEST_F(BatchResume, ALateServerOfOtherWeightsUnderTheModelsNameGetsNoRowRecorded) {
+  const client::ModelInfo demo = DemoModelInfo(*server_);
+  const std::string other_dir = OtherWeightsCopy(dir_, *server_, demo.name);
+  const int port = FreePort();
+  const std::string input = WriteQuestions("rows.jsonl", 120), output = dir_.File("late.jsonl");
+  std::unique_ptr<ServerProcess> late;
+  absl::Status late_status = absl::UnknownError("not started");
+  const int exit_code = RunBatch(
+      {"--input=" + input, "--output=" + output, absl::StrCat("--server=", server_->address(), ",127.0.0.1:", port),
+       "--method=integrated_gradients", "--n_steps=16", "--window=2", "--progress=log"},
+      log_, [&] {
+        if (late == nullptr && CountLines(output) >= 2) {  // the job runs: bring the other server up
+          auto started = ServerProcess::Start(
+              {absl::StrCat("--listen=127.0.0.1:", port), test_support::ModelsFlag(other_dir, {demo.name})});
+          late_status = started.status();
+          if (started.ok()) late = std::move(*started);
+        }
+        return false;
+      });
+  ASSERT_THAT(late_status, IsOk());
+  EXPECT_NE(DemoModelInfo(*late).model_digest, demo.model_digest);
+  const std::vector<json> results = ReadResults(output);
+  ASSERT_EQ(results.size(), 120u) << ReadFile(log_);
+  int refused = 0;
+  for (const json& result : results) {
+    SCOPED_TRACE(result.dump());
+    EXPECT_EQ(result.value("model_digest", ""), demo.model_digest);
+    if (result["status"] == "ok") continue;
+    // Rows whose tries all met the other weights: no result, tried again by a rerun.
+    EXPECT_EQ(result["error"]["code"], "FAILED_PRECONDITION");
+    EXPECT_THAT(result["error"]["message"].get<std::string>(), HasSubstr("answered by other weights"));
+    ++refused;
+  }
+  EXPECT_EQ(exit_code, refused > 0 ? 3 : 0) << ReadFile(log_);
+  // The late server answered calls (each refused): the job did meet it.
+  EXPECT_THAT(late->Log(), HasSubstr("\"rpc\":\"Attribute\""));
+}
+
+// Resuming against other weights under the same name, config and shapes is refused: the model_digest is part of
+// the fingerprint. Before, the resumed rows mixed the two checkpoints' results silently.
+TEST_F(BatchResume, ResumingAfterTheWeightsWereSwappedIsRefused) {
+  const client::ModelInfo demo = DemoModelInfo(*server_);
+  const std::string input = WriteQuestions("rows.jsonl", 6), output = dir_.File("out.jsonl");
+  ASSERT_EQ(Run(WriteQuestions("first.jsonl", 3), output), 0) << ReadFile(log_);
+  auto swapped =
+      ServerProcess::Start({test_support::ModelsFlag(OtherWeightsCopy(dir_, *server_, demo.name), {demo.name})});
+  ASSERT_THAT(swapped.status(), IsOk());
+  EXPECT_EQ(RunBatch({"--input=" + input, "--output=" + output, "--server=" + (*swapped)->address(),
+                      "--method=saliency", "--progress=log"},
+                     log_),
+            1);
+  EXPECT_THAT(ReadFile(log_), HasSubstr(output + ":1: row \"r0\" done on another model (model_fingerprint "));
+  EXPECT_EQ(CountLines(output), 3u);
 }
 
 }  // namespace

@@ -364,7 +364,7 @@ def attribution(r: pb.AttributeResponse) -> Attribution:
         convergence_delta=r.convergence_delta if r.HasField("convergence_delta") else None,
         integration_steps=r.integration_steps,
         tolerance_met=r.tolerance_met if r.HasField("tolerance_met") else None,
-        faithfulness=faithfulness, stats=_stats(r.stats))
+        faithfulness=faithfulness, stats=_stats(r.stats), model_digest=r.model_digest)
 
 
 def _grid(g: pb.ComponentGrid) -> ComponentGrid:
@@ -397,7 +397,7 @@ def logprobs(r: pb.LogprobsResponse) -> Logprobs:
                            top=[TopToken(id=x.id, text=x.text, log_prob=x.log_prob, bytes=x.token_bytes) for x in t.top])
               for t in r.target]
     return Logprobs(prompt_tokens=_tokens(r.prompt_tokens), target=target, total_log_prob=r.total_log_prob,
-                    stats=_stats(r.stats))
+                    stats=_stats(r.stats), model_digest=r.model_digest)
 
 
 def models(r: pb.ListModelsResponse) -> List[ModelInfo]:
@@ -413,5 +413,6 @@ def models(r: pb.ListModelsResponse) -> List[ModelInfo]:
                       quantization_block_size=m.quantization_info.block_size,
                       double_quantization=m.quantization_info.double_quantization,
                       quantization_from_checkpoint=m.quantization_info.from_checkpoint,
-                      checkpoint_compute_dtype=m.quantization_info.checkpoint_compute_dtype)
+                      checkpoint_compute_dtype=m.quantization_info.checkpoint_compute_dtype,
+                      weights_digest=m.weights_digest, model_digest=m.model_digest)
             for m in r.models]

@@ -83,6 +83,8 @@ class Attribution:
     tolerance_met: Optional[bool] = None
     faithfulness: Optional[Faithfulness] = None
     stats: RunStats = field(default_factory=RunStats)
+    # ModelInfo.model_digest of the weights that computed this answer ("" from servers before 2026-12-04).
+    model_digest: str = ""
 
     @property
     def feature_texts(self) -> List[str]:
@@ -246,6 +248,8 @@ class Logprobs:
     target: List[TokenLogprob]
     total_log_prob: float
     stats: RunStats = field(default_factory=RunStats)
+    # ModelInfo.model_digest of the weights that computed this answer ("" from servers before 2026-12-04).
+    model_digest: str = ""
 
     @property
     def log_probs(self) -> List[float]:
@@ -296,3 +300,9 @@ class ModelInfo:
     double_quantization: bool = False
     quantization_from_checkpoint: bool = False
     checkpoint_compute_dtype: str = ""
+    # SHA-256 (hex) of the files the server loaded the model from: which checkpoint answers under this name
+    # ("" from servers before 2026-12-04).
+    weights_digest: str = ""
+    # SHA-256 (hex) of the checkpoint as loaded (weights_digest, dtype, quantization): every Attribution and
+    # Logprobs computed on it carries it as model_digest.
+    model_digest: str = ""
