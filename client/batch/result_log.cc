@@ -138,20 +138,22 @@ absl::Status CheckResultIsOfRow(const DoneRow& result, const BatchRow& row, cons
 }
 
 absl::StatusOr<std::unique_ptr<ResultLog>> ResultLog::Open(const std::string& path) {
-  absl::StatusOr<int> lock_fd = LockResults(path);
+  const std::string file = RealFilePath(path);
+  absl::StatusOr<int> lock_fd = LockResults(file);
   if (!lock_fd.ok()) return lock_fd.status();
-  absl::StatusOr<std::unique_ptr<ResultLog>> log = OpenLocked(path, *lock_fd);
+  absl::StatusOr<std::unique_ptr<ResultLog>> log = OpenLocked(path, file, *lock_fd);
   if (!log.ok()) ::close(*lock_fd);
   return log;
 }
 
-absl::StatusOr<std::unique_ptr<ResultLog>> ResultLog::OpenLocked(const std::string& path, int lock_fd) {
+absl::StatusOr<std::unique_ptr<ResultLog>> ResultLog::OpenLocked(const std::string& path, const std::string& file,
+                                                                 int lock_fd) {
   std::map<std::string, DoneRow> done;
   std::map<std::string, int64_t> line_of;  // id -> its kept line's number in the file as read
   std::string kept;
   int64_t kept_lines = 0;
   bool rewrite = false;
-  if (std::ifstream in(path, std::ios::binary); in) {
+  if (std::ifstream in(file, std::ios::binary); in) {
     std::stringstream buffer;
     buffer << in.rdbuf();
     const std::string text = buffer.str();
@@ -183,15 +185,15 @@ absl::StatusOr<std::unique_ptr<ResultLog>> ResultLog::OpenLocked(const std::stri
     }
   }
   if (rewrite) {
-    if (absl::Status replaced = ReplaceFile(path, kept); !replaced.ok()) return replaced;
+    if (absl::Status replaced = ReplaceFile(file, kept); !replaced.ok()) return replaced;
   }
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  if (fd < 0) return Errno("cannot open", path);
-  return std::unique_ptr<ResultLog>(new ResultLog(path, fd, lock_fd, std::move(done)));
+  const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (fd < 0) return Errno("cannot open", file);
+  return std::unique_ptr<ResultLog>(new ResultLog(path, file, fd, lock_fd, std::move(done)));
 }
 
-ResultLog::ResultLog(std::string path, int fd, int lock_fd, std::map<std::string, DoneRow> done)
-    : path_(std::move(path)), fd_(fd), lock_fd_(lock_fd), done_(std::move(done)) {}
+ResultLog::ResultLog(std::string path, std::string file, int fd, int lock_fd, std::map<std::string, DoneRow> done)
+    : path_(std::move(path)), file_(std::move(file)), fd_(fd), lock_fd_(lock_fd), done_(std::move(done)) {}
 
 ResultLog::~ResultLog() {
   ::close(fd_);
@@ -208,10 +210,10 @@ absl::Status ResultLog::Append(const std::vector<std::string>& lines) {
 absl::Status ResultLog::Rewrite(const std::vector<std::string>& lines) {
   std::string bytes;
   for (const std::string& line : lines) absl::StrAppend(&bytes, line, "\n");
-  if (absl::Status replaced = ReplaceFile(path_, bytes); !replaced.ok()) return replaced;
+  if (absl::Status replaced = ReplaceFile(file_, bytes); !replaced.ok()) return replaced;
   // The rename left fd_ on the old file's inode: later appends must reach the new one.
-  const int fd = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
-  if (fd < 0) return Errno("cannot open", path_);
+  const int fd = ::open(file_.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  if (fd < 0) return Errno("cannot open", file_);
   ::close(fd_);
   fd_ = fd;
   return absl::OkStatus();

@@ -7,7 +7,9 @@
 // Rows tried again belong in the middle of the file: the job hands their lines to Rewrite, which
 // replaces the whole file the same way, so a kill leaves either file and never a mix.
 // One job at a time writes a results file: Open takes an exclusive flock(2) on PATH.lock (not on the file,
-// which Rewrite replaces) and holds it until the ResultLog is destroyed; the lock file stays behind.
+// which Rewrite replaces) and holds it until the ResultLog is destroyed; the lock file stays behind. PATH is
+// the real file a given path names (RealFilePath: through symbolic links), so a job writing through a link
+// and one writing the file itself exclude each other, and a rewrite replaces the file, not the link.
 //
 //   ASSIGN_OR_RETURN(auto log, ResultLog::Open("out.jsonl"));
 //   if (!log->done().contains(row.id)) ... RETURN_IF_ERROR(log->Append({line}));
@@ -83,13 +85,16 @@ class ResultLog {
   absl::Status Rewrite(const std::vector<std::string>& lines);
 
  private:
-  ResultLog(std::string path, int fd, int lock_fd, std::map<std::string, DoneRow> done);
-  // Open's work once the lock is held; on success the ResultLog owns `lock_fd`.
-  static absl::StatusOr<std::unique_ptr<ResultLog>> OpenLocked(const std::string& path, int lock_fd);
+  ResultLog(std::string path, std::string file, int fd, int lock_fd, std::map<std::string, DoneRow> done);
+  // Open's work once the lock on `file` (the real file `path` names) is held; on success the ResultLog owns
+  // `lock_fd`.
+  static absl::StatusOr<std::unique_ptr<ResultLog>> OpenLocked(const std::string& path, const std::string& file,
+                                                               int lock_fd);
 
-  std::string path_;
-  int fd_;       // O_APPEND, on the file now at path_
-  int lock_fd_;  // PATH.lock, flock(LOCK_EX) held while this object lives
+  std::string path_;  // as given, for messages
+  std::string file_;  // RealFilePath(path_): the file locked, read, appended to and replaced
+  int fd_;            // O_APPEND, on the file now at path_
+  int lock_fd_;       // PATH.lock, flock(LOCK_EX) held while this object lives
   std::map<std::string, DoneRow> done_;
 };
 

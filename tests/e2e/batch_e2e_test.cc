@@ -1495,5 +1495,49 @@ TEST_F(BatchResume, ResumingAfterTheWeightsWereSwappedIsRefused) {
   EXPECT_EQ(CountLines(output), 3u);
 }
 
+// --output given as a symbolic link: the lock is the real file's, so a job writing through the link and one
+// writing the file by its own name exclude each other (before, both ran and interleaved their lines).
+TEST_F(BatchResume, JobsThroughALinkAndTheRealPathExcludeEachOther) {
+  const std::string input = WriteQuestions("rows.jsonl", 3);
+  const std::string real = dir_.File("real.jsonl"), link = dir_.File("link.jsonl");
+  ASSERT_EQ(::symlink("real.jsonl", link.c_str()), 0);
+  {
+    absl::StatusOr<std::unique_ptr<client::batch::ResultLog>> holder = client::batch::ResultLog::Open(real);
+    ASSERT_THAT(holder.status(), IsOk());
+    EXPECT_EQ(Run(input, link), 1);
+    EXPECT_THAT(ReadFile(log_), HasSubstr(real + ": another job is writing this results file"));
+  }
+  {
+    absl::StatusOr<std::unique_ptr<client::batch::ResultLog>> holder = client::batch::ResultLog::Open(link);
+    ASSERT_THAT(holder.status(), IsOk());
+    EXPECT_EQ(Run(input, real), 1);
+  }
+  EXPECT_EQ(CountLines(real), 0u);
+}
+
+// A resume through links (--output and --parquet) that rewrites the file replaces the link's target, and the
+// links stay links: before, the rename replaced the link with a regular file and the target kept a stale copy.
+TEST_F(BatchResume, AResumeThroughALinkKeepsTheLinkAndUpdatesItsTarget) {
+  const std::string store = dir_.File("store");
+  ASSERT_EQ(::mkdir(store.c_str(), 0755), 0);
+  const std::string link = dir_.File("results.jsonl"), parquet_link = dir_.File("results.parquet");
+  ASSERT_EQ(::symlink("store/res.jsonl", link.c_str()), 0);
+  ASSERT_EQ(::symlink((store + "/res.parquet").c_str(), parquet_link.c_str()), 0);
+  ASSERT_EQ(Run(WriteQuestions("first.jsonl", 3), link), 0) << ReadFile(log_);
+  std::ofstream(store + "/res.jsonl", std::ios::app) << "{\"id\":\"r3\",\"partial";  // a kill mid-line
+  ASSERT_EQ(RunBatch({"--input=" + WriteQuestions("rows.jsonl", 6), "--output=" + link, "--parquet=" + parquet_link,
+                      "--server=" + server_->address(), "--method=saliency", "--progress=log"},
+                     log_),
+            0)
+      << ReadFile(log_);
+  struct stat info;
+  ASSERT_EQ(::lstat(link.c_str(), &info), 0);
+  EXPECT_TRUE(S_ISLNK(info.st_mode));
+  ASSERT_EQ(::lstat(parquet_link.c_str(), &info), 0);
+  EXPECT_TRUE(S_ISLNK(info.st_mode));
+  EXPECT_EQ(Ids(ReadResults(store + "/res.jsonl")), (std::vector<std::string>{"r0", "r1", "r2", "r3", "r4", "r5"}));
+  EXPECT_EQ(::stat((store + "/res.parquet").c_str(), &info), 0);
+}
+
 }  // namespace
 }  // namespace attribution
