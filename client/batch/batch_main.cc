@@ -30,6 +30,7 @@
 #include "absl/flags/usage_config.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "client/attribution_client.h"
@@ -170,6 +171,52 @@ std::string UnknownNameError(const CommandLine& line, const json& settings) {
     // The library's message names the option ("method: unknown value ..."), as the flag and the job file do.
     return FlagGiven(line, key) ? absl::StrCat("--", status.message())
                                 : absl::StrCat("--job ", absl::GetFlag(FLAGS_job), ": ", status.message());
+  }
+  return "";
+}
+
+// Where a job setting came from, for messages: its flag, or else the --job file's key.
+std::string SettingSource(const CommandLine& line, const char* flag, const char* key) {
+  return FlagGiven(line, flag) ? absl::StrCat("--", flag) : absl::StrCat("--job ", absl::GetFlag(FLAGS_job), ": ", key);
+}
+
+// A usage error (exit 2) naming the first number setting of the job outside the range every server refuses
+// (n_steps or n_samples below 0, stdev outside [0, 10], tolerance outside [0, 1], a negative baseline token
+// id) or, given `limits` (the job's model as the servers reported it), over the servers' own limits
+// (max_steps, max_samples, the vocabulary for a baseline token id); "" when none is. Sent anyway, every row
+// would fail alike and fill --output with rows that a rerun with the value corrected refuses as another
+// job's. Rows' own settings stay their rows' errors.
+std::string SettingRangeError(const CommandLine& line, const json& settings, const ModelIdentity* limits) {
+  const int64_t n_steps = settings["n_steps"].get<int64_t>(), n_samples = settings["n_samples"].get<int64_t>();
+  const double stdev = settings["stdev"].get<double>(), tolerance = settings["completeness_tolerance"].get<double>();
+  if (n_steps < 0) return absl::StrCat(SettingSource(line, "n_steps", "n_steps"), ": ", n_steps, " is below 0");
+  if (n_samples < 0) {
+    return absl::StrCat(SettingSource(line, "n_samples", "n_samples"), ": ", n_samples, " is below 0");
+  }
+  if (!(stdev >= 0 && stdev <= 10)) {
+    return absl::StrCat(SettingSource(line, "stdev", "stdev"), ": ", stdev, " is outside [0, 10]");
+  }
+  if (!(tolerance >= 0 && tolerance <= 1)) {
+    return absl::StrCat(SettingSource(line, "tolerance", "completeness_tolerance"), ": ", tolerance,
+                        " is outside [0, 1]");
+  }
+  int64_t token = 0;
+  const bool token_id = absl::SimpleAtoi(settings["baseline"].get<std::string>(), &token);
+  if (token_id && token < 0) {
+    return absl::StrCat(SettingSource(line, "baseline", "baseline"), ": token id ", token, " is below 0");
+  }
+  if (limits == nullptr) return "";
+  if (limits->max_steps > 0 && n_steps > limits->max_steps) {
+    return absl::StrCat(SettingSource(line, "n_steps", "n_steps"), ": ", n_steps, " is over the servers' limit of ",
+                        limits->max_steps, " (ListModels' max_steps)");
+  }
+  if (limits->max_samples > 0 && n_samples > limits->max_samples) {
+    return absl::StrCat(SettingSource(line, "n_samples", "n_samples"), ": ", n_samples,
+                        " is over the servers' limit of ", limits->max_samples, " (ListModels' max_samples)");
+  }
+  if (token_id && limits->vocab_size > 0 && token >= limits->vocab_size) {
+    return absl::StrCat(SettingSource(line, "baseline", "baseline"), ": token id ", token,
+                        " is past the model's vocabulary of ", limits->vocab_size, " tokens");
   }
   return "";
 }
@@ -323,6 +370,7 @@ int Run(const CommandLine& line) {
   absl::StatusOr<json> settings = SettingsFromFlags(line);
   if (!settings.ok()) return Failed(settings.status());
   if (const std::string error = UnknownNameError(line, *settings); !error.empty()) return UsageError(error);
+  if (const std::string error = SettingRangeError(line, *settings, nullptr); !error.empty()) return UsageError(error);
   absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> owned = Connect();
   if (!owned.ok()) return Failed(owned.status());
   std::vector<AttributionClient*> clients;
@@ -333,6 +381,13 @@ int Run(const CommandLine& line) {
     const absl::Status& status = fingerprints.status();
     const int failed = Failed(status);
     return RetriedOnResume(absl::StatusCodeToString(status.code()), status.message()) ? 3 : failed;
+  }
+  // The servers' limits for the job's model, now known: a value over them would fail every row alike.
+  if (auto job = fingerprints->find((*settings)["model"].get<std::string>());
+      job != fingerprints->end() && job->second.ok()) {
+    if (const std::string error = SettingRangeError(line, *settings, &*job->second); !error.empty()) {
+      return UsageError(error);
+    }
   }
   absl::StatusOr<std::unique_ptr<ResultLog>> log = ResultLog::Open(absl::GetFlag(FLAGS_output));
   if (!log.ok()) return Failed(log.status());

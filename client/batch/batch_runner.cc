@@ -306,7 +306,7 @@ absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> ConnectToServers
 }
 
 absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient*>& clients, std::string& model,
-                                             std::string* model_digest) {
+                                             std::string* model_digest, ModelInfo* info) {
   if (clients.empty()) return absl::InvalidArgumentError("no servers to ask for the model");
   std::string fingerprint;
   std::string unanswered;  // the servers that did not answer, and why
@@ -345,6 +345,7 @@ absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient
     }
     fingerprint = digest;
     if (model_digest != nullptr) *model_digest = it->model_digest;
+    if (info != nullptr) *info = *it;
   }
   if (fingerprint.empty()) {
     return absl::UnavailableError(absl::StrCat("no server answered which models it holds (", unanswered, ")"));
@@ -356,10 +357,15 @@ absl::StatusOr<ModelFingerprints> FingerprintModels(const std::vector<BatchRow>&
                                                     const std::vector<AttributionClient*>& clients) {
   std::string model = settings["model"].get<std::string>();
   std::string job_digest;
-  absl::StatusOr<std::string> job = ModelFingerprint(clients, model, &job_digest);
+  ModelInfo info;
+  absl::StatusOr<std::string> job = ModelFingerprint(clients, model, &job_digest, &info);
   if (!job.ok()) return job.status();
   settings["model"] = model;
-  ModelFingerprints fingerprints = {{model, ModelIdentity{*job, job_digest}}};
+  ModelFingerprints fingerprints = {{model, ModelIdentity{.fingerprint = *job,
+                                                          .digest = job_digest,
+                                                          .max_steps = info.max_steps,
+                                                          .max_samples = info.max_samples,
+                                                          .vocab_size = info.vocab_size}}};
   for (const BatchRow& row : rows) {
     if (!row.settings.contains("model")) continue;
     absl::StatusOr<json> effective = MergeSettings(settings, row.settings, "row");
@@ -371,7 +377,7 @@ absl::StatusOr<ModelFingerprints> FingerprintModels(const std::vector<BatchRow>&
     absl::StatusOr<std::string> fingerprint = ModelFingerprint(clients, resolved, &digest);
     if (!fingerprint.ok() && fingerprint.status().code() != absl::StatusCode::kNotFound) return fingerprint.status();
     if (fingerprint.ok()) {
-      fingerprints.emplace(name, ModelIdentity{*fingerprint, digest});
+      fingerprints.emplace(name, ModelIdentity{.fingerprint = *fingerprint, .digest = digest});
     } else {
       fingerprints.emplace(name, fingerprint.status());
     }

@@ -59,13 +59,15 @@ absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> ConnectToServers
 // lack of capacity or time (RetriedOnResume: down, overloaded) are passed over (every answer's model_digest is
 // checked against the job's all the same); UNAVAILABLE when none answers.
 absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient*>& clients, std::string& model,
-                                             std::string* model_digest = nullptr);
+                                             std::string* model_digest = nullptr, ModelInfo* info = nullptr);
 
 // What a job knows of a model: the fingerprint results record, and the model_digest every answer computed on
 // it must carry ("" when the servers report none: servers before 2026-12-04).
 struct ModelIdentity {
   std::string fingerprint;
   std::string digest;
+  // The servers' limits for it (ListModels), which a job's settings are checked against before any row runs.
+  int64_t max_steps = 0, max_samples = 0, vocab_size = 0;
 };
 
 // Each model a job's rows run on -> its identity, or why it has none (NOT_FOUND: the servers do not hold

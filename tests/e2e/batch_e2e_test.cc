@@ -1539,5 +1539,40 @@ TEST_F(BatchResume, AResumeThroughALinkKeepsTheLinkAndUpdatesItsTarget) {
   EXPECT_EQ(::stat((store + "/res.parquet").c_str(), &info), 0);
 }
 
+// A job setting out of range is a usage error naming its flag (or the --job file's key), before any row runs:
+// the fixed ranges before any call, the servers' limits (ListModels) once the model is known. Before, every
+// row was written with the server's INVALID_ARGUMENT, the job exited 0, and the rerun with the value corrected
+// was refused as "done with other settings".
+TEST_F(BatchResume, OutOfRangeSettingsAreUsageErrorsNamingTheFlag) {
+  const std::string input = WriteQuestions("rows.jsonl", 3), output = dir_.File("out.jsonl");
+  const std::string job = dir_.File("job.json");
+  std::ofstream(job) << R"({"stdev": 11})";
+  const std::pair<std::string, std::string> cases[] = {
+      {"--n_steps=-5", "--n_steps: -5 is below 0"},
+      {"--n_samples=-3", "--n_samples: -3 is below 0"},
+      {"--stdev=-1", "--stdev: -1 is outside [0, 10]"},
+      {"--tolerance=2", "--tolerance: 2 is outside [0, 1]"},
+      {"--baseline=-1", "--baseline: token id -1 is below 0"},
+      {"--job=" + job, "--job " + job + ": stdev: 11 is outside [0, 10]"},
+      {"--n_steps=5000", "--n_steps: 5000 is over the servers' limit of 1024"},
+      {"--baseline=99999", "--baseline: token id 99999 is past the model's vocabulary of 4000 tokens"},
+  };
+  for (const auto& [flag, message] : cases) {
+    SCOPED_TRACE(flag);
+    ::unlink(log_.c_str());
+    EXPECT_EQ(RunBatch({"--input=" + input, "--output=" + output, "--server=" + server_->address(),
+                        "--method=integrated_gradients", "--progress=log", flag},
+                       log_),
+              2);
+    EXPECT_THAT(ReadFile(log_), HasSubstr(message));
+    EXPECT_NE(::access(output.c_str(), F_OK), 0);
+  }
+  EXPECT_EQ(RunBatch({"--input=" + input, "--output=" + output, "--server=" + server_->address(),
+                      "--method=integrated_gradients", "--progress=log", "--n_steps=8"},
+                     log_),
+            0)
+      << ReadFile(log_);
+}
+
 }  // namespace
 }  // namespace attribution
