@@ -471,6 +471,7 @@ absl::Status WriteResultsParquet(const std::string& results_path, const std::str
       {"input_hash", ParquetType::kString},
       {"model", ParquetType::kString},
       {"model_fingerprint", ParquetType::kString},
+      {"model_digest", ParquetType::kString},
       {"method", ParquetType::kString},
       {"settings_hash", ParquetType::kString},
       {"seed", ParquetType::kUint64},  // the request's seed is a uint64
