@@ -4,6 +4,7 @@
 #pragma once
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -76,6 +77,19 @@ inline size_t Utf8SequenceLength(absl::string_view text, size_t i) {
 // CSI to an 8-bit terminal), so that text from a server (a token, a model name, an error message)
 // cannot move the cursor, clear, recolour or retitle the terminal. `keep_line_breaks`: newlines and
 // tabs stay as they are (messages, generated text).
+// The code point of a Unicode bidirectional control that a 3-byte (or, for U+061C, 2-byte) UTF-8 sequence
+// at `text[i]` encodes (U+061C, U+200E/F, U+202A-U+202E, U+2066-U+2069), or 0: they reorder what the terminal
+// shows after them ("Trojan Source"), so they are escaped as the other controls are.
+inline uint32_t BidiControl(absl::string_view text, size_t i, size_t length) {
+  const auto byte = [&](size_t k) { return static_cast<unsigned char>(text[i + k]); };
+  if (length == 2 && byte(0) == 0xd8 && byte(1) == 0x9c) return 0x061c;
+  if (length != 3 || byte(0) != 0xe2) return 0;
+  const uint32_t code = 0x2000 | ((byte(1) & 0x3fu) << 6) | (byte(2) & 0x3fu);
+  const bool bidi =
+      code == 0x200e || code == 0x200f || (code >= 0x202a && code <= 0x202e) || (code >= 0x2066 && code <= 0x2069);
+  return bidi ? code : 0;
+}
+
 inline std::string EscapeControls(absl::string_view text, bool keep_line_breaks) {
   std::string out;
   out.reserve(text.size());
@@ -87,6 +101,8 @@ inline std::string EscapeControls(absl::string_view text, bool keep_line_breaks)
         absl::StrAppendFormat(&out, "\\x%02x", c);
       } else if (c == 0xc2 && static_cast<unsigned char>(text[i + 1]) <= 0x9f) {
         absl::StrAppendFormat(&out, "\\u%04x", static_cast<unsigned char>(text[i + 1]));
+      } else if (const uint32_t bidi = BidiControl(text, i, length); bidi != 0) {
+        absl::StrAppendFormat(&out, "\\u%04x", bidi);
       } else {
         out.append(text.data() + i, length);
       }

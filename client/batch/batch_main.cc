@@ -435,9 +435,17 @@ class ShardResults {
     absl::StatusOr<std::string> text = ReadTextFile(file);
     if (!text.ok()) return text.status();
     int64_t number = 0;
-    for (absl::string_view line : absl::StrSplit(*text, '\n')) {
+    const std::vector<absl::string_view> lines = absl::StrSplit(*text, '\n');
+    for (absl::string_view line : lines) {
       ++number;
       if (line.empty()) continue;
+      // The last line without its newline: cut short as its job was killed, never a result.
+      if (number == static_cast<int64_t>(lines.size())) {
+        return absl::FailedPreconditionError(
+            absl::StrCat(file, ":", number,
+                         ": the shard ends in a partial line (its job was interrupted): run that shard's command "
+                         "again to complete it, then merge"));
+      }
       if (absl::Status added = AddLine(std::string(line), absl::StrCat(file, ":", number)); !added.ok()) return added;
     }
     return absl::OkStatus();

@@ -908,6 +908,23 @@ TEST(BatchMerge, HtmlWritesTheIndexOfTheMergedResults) {
   EXPECT_THAT(ReadFile(log), HasSubstr("2 answered rows have no page in " + html));
 }
 
+// A shard cut short mid-line (its job killed): merge says so, and what to do, instead of "not valid JSON".
+TEST(BatchMerge, AShardEndingInAPartialLineIsRefusedSayingSo) {
+  TempDir dir;
+  const std::string input = dir.File("rows.jsonl"), log = dir.File("log");
+  std::ofstream(input) << R"({"id": "r0", "prompt": "a", "target": " b"})"
+                       << "\n"
+                       << R"({"id": "r2", "prompt": "c", "target": " d"})"
+                       << "\n";
+  std::ofstream(dir.File("s0.jsonl")) << ShardLine("r0", "h") << "\n"
+                                      << R"({"id":"r2","sta)";
+  EXPECT_EQ(RunBatch({"merge", "--input=" + input, "--output=" + dir.File("m.jsonl"), dir.File("s0.jsonl")}, log), 1);
+  EXPECT_THAT(ReadFile(log), HasSubstr(dir.File("s0.jsonl") +
+                                       ":2: the shard ends in a partial line (its job was interrupted): run that "
+                                       "shard's command again"));
+  EXPECT_FALSE(std::ifstream(dir.File("m.jsonl")).good());
+}
+
 // merge accepted lines a resumed job refuses: of another shape ("status" "weird"), or cut short.
 TEST(BatchMerge, AShardLineOfAnotherShapeIsRefusedNamingIt) {
   TempDir dir;

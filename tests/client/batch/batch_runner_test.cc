@@ -194,6 +194,18 @@ TEST_F(BatchRunner, ChoicesWithoutAFinitePositiveProbabilityHaveNoPrediction) {
   EXPECT_EQ(mixed["choice_probs_renormalised"], json::parse("[null, 1.0]"));
 }
 
+// A choice given twice split its probability with itself (" Yes", " Yes" -> 0.5 / 0.5): the row's
+// INVALID_ARGUMENT naming the choices, before any call.
+TEST_F(BatchRunner, AChoiceGivenTwiceIsTheRowsError) {
+  Start();
+  ASSERT_THAT(Run({{.id = "twice", .prompt = "Is it warm?", .choices = {" Yes", " No", " Yes"}}}), IsOk());
+  const json result = Results().at(0);
+  EXPECT_EQ(result["error"]["code"], "INVALID_ARGUMENT") << result.dump();
+  EXPECT_THAT(result["error"]["message"].get<std::string>(),
+              HasSubstr("choices: choice 3 (\" Yes\") repeats choice 1"));
+  EXPECT_EQ(result["attempts"], 0);
+}
+
 // A row naming its own model recorded the job model's fingerprint (and request id): each row records the
 // fingerprint of the model it ran on, the servers asked once per model; a model no server holds fails
 // only its rows.

@@ -67,5 +67,17 @@ TEST(TerminalSafe, EscapesControlCharacters) {
             "caf\xc3\xa9 \\u009b1m \\x9b2J");  // a lone 0x9b is CSI to an 8-bit terminal
 }
 
+// Unicode bidirectional controls (U+202A-U+202E, U+2066-U+2069, U+200E/F, U+061C) reorder what a terminal shows
+// after them: escaped as the other controls; other characters of those blocks pass.
+TEST(TerminalSafe, EscapesBidiControls) {
+  EXPECT_EQ(TerminalSafe("a\xe2\x80\xae"
+                         "b\xe2\x81\xa6"
+                         "c\xe2\x81\xa9"
+                         "d\xe2\x80\x8f"
+                         "e\xe2\x80\x8e\xd8\x9c"),
+            "a\\u202eb\\u2066c\\u2069d\\u200fe\\u200e\\u061c");
+  EXPECT_EQ(TerminalSafe("\xe2\x80\x94 \xe2\x81\xb0 \xe2\x80\xaf"), "\xe2\x80\x94 \xe2\x81\xb0 \xe2\x80\xaf");
+}
+
 }  // namespace
 }  // namespace attribution::client::batch
