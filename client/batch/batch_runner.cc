@@ -158,8 +158,9 @@ class RowProcessor {
     if (attribution->tolerance_met) result["tolerance_met"] = *attribution->tolerance_met;
     result["server_seconds"] = attribution->stats.wall_seconds;
     result["attempts"] = attempts;
-    absl::Status page =
-        options_.html_dir.empty() ? absl::OkStatus() : WriteRowPage(options_.html_dir, row.id, *attribution);
+    absl::Status page = options_.html_dir.empty() ? absl::OkStatus()
+                                                  : WriteRowPage(options_.html_dir, row.id,
+                                                                 result["request_id"].get<std::string>(), *attribution);
     return {.line = JsonText(result), .delta = attribution->convergence_delta, .fatal = page};
   }
 

@@ -109,10 +109,34 @@ std::string RowPagePath(const std::string& id) {
   return absl::StrCat("rows/", safe, "-", IdDigest(id), ".html");
 }
 
-absl::Status WriteRowPage(const std::string& dir, const std::string& id, const Attribution& attribution) {
+namespace {
+
+// The tag a row's page carries naming the result it shows (request ids are hex digests: nothing to escape).
+std::string RequestIdTag(const std::string& request_id) {
+  return absl::StrCat("<meta name=\"attribution-request-id\" content=\"", HtmlEscape(request_id), "\">");
+}
+
+// Whether the page at `path` was written for the result of `request_id`.
+bool PageIsOfResult(const std::string& path, const std::string& request_id) {
+  if (request_id.empty()) return false;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false;
+  std::string head(4096, '\0');  // the tag is in the page's <head>
+  in.read(head.data(), static_cast<std::streamsize>(head.size()));
+  head.resize(static_cast<size_t>(in.gcount()));
+  return head.find(RequestIdTag(request_id)) != std::string::npos;
+}
+
+}  // namespace
+
+absl::Status WriteRowPage(const std::string& dir, const std::string& id, const std::string& request_id,
+                          const Attribution& attribution) {
   if (absl::Status made = MakeDirectory(dir); !made.ok()) return made;
   if (absl::Status made = MakeDirectory(dir + "/rows"); !made.ok()) return made;
-  return WriteAtomically(absl::StrCat(dir, "/", RowPagePath(id)), HtmlReport(attribution));
+  std::string page = HtmlReport(attribution);
+  const size_t head = page.find("<head>");
+  page.insert(head == std::string::npos ? 0 : head + 6, RequestIdTag(request_id));
+  return WriteAtomically(absl::StrCat(dir, "/", RowPagePath(id)), page);
 }
 
 absl::StatusOr<int64_t> WriteIndex(const std::string& dir, const std::string& results_path) {
@@ -130,8 +154,9 @@ absl::StatusOr<int64_t> WriteIndex(const std::string& dir, const std::string& re
     const bool ok = result.value("status", json()) == "ok";
     errors += !ok;
     const json delta = result.value("convergence_delta", json());
-    struct stat page;
-    const bool linked = ok && ::stat(absl::StrCat(dir, "/", RowPagePath(id)).c_str(), &page) == 0;
+    const json request_id = result.value("request_id", json());
+    const bool linked = ok && request_id.is_string() &&
+                        PageIsOfResult(absl::StrCat(dir, "/", RowPagePath(id)), request_id.get<std::string>());
     without_page += ok && !linked;
     absl::StrAppend(&rows, "<tr><td>",
                     linked ? absl::StrCat("<a href=\"", HtmlEscape(RowPagePath(id)), "\">", HtmlEscape(id), "</a>")

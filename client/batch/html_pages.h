@@ -18,12 +18,15 @@ namespace attribution::client::batch {
 // id's SHA-256, so that no two ids share a page.
 std::string RowPagePath(const std::string& id);
 
-// Writes the row's page through a temporary file and rename(2) (a kill leaves no half page).
-absl::Status WriteRowPage(const std::string& dir, const std::string& id, const Attribution& attribution);
+// Writes the row's page through a temporary file and rename(2) (a kill leaves no half page). The page carries
+// the result's request_id (a digest of model, settings and row) in <meta name="attribution-request-id">.
+absl::Status WriteRowPage(const std::string& dir, const std::string& id, const std::string& request_id,
+                          const Attribution& attribution);
 
 // Rewrites DIR/index.html from the results file, each answered row linking to its page when DIR has one
-// (rows done by a run without --html, or pages of shards written elsewhere, have none; the index says how
-// many). Returns how many answered rows have no page.
+// written for that result (its request_id in the page: a page of another job's row of the same id, another
+// model, settings or input, is not linked; rows done by a run without --html, or pages of shards written
+// elsewhere, have none; the index says how many). Returns how many answered rows have no page.
 absl::StatusOr<int64_t> WriteIndex(const std::string& dir, const std::string& results_path);
 
 }  // namespace attribution::client::batch

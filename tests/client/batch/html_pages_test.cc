@@ -66,22 +66,27 @@ TEST(WriteAtomically, RacingWritersEachReplaceTheFileWhole) {
 TEST(WriteIndex, LinksOnlyThePagesThereAre) {
   TempDir dir;
   const std::string results = dir.File("out.jsonl"), html = dir.File("html");
-  std::ofstream(results) << R"({"id":"paged","status":"ok"})"
+  std::ofstream(results) << R"({"id":"paged","status":"ok","request_id":"r1"})"
                          << "\n"
-                         << R"({"id":"earlier","status":"ok"})"
+                         << R"({"id":"earlier","status":"ok","request_id":"r2"})"
+                         << "\n"
+                         << R"({"id":"foreign","status":"ok","request_id":"r3"})"
                          << "\n"
                          << R"({"id":"failed","status":"error","error":{"code":"INTERNAL","message":"m"}})"
                          << "\n";
   const Attribution attribution{.prompt_tokens = {{.text = "Is"}}, .features = {{0, 1, "Is"}}, .sequence = {0.5}};
-  ASSERT_THAT(WriteRowPage(html, "paged", attribution), IsOk());
+  ASSERT_THAT(WriteRowPage(html, "paged", "r1", attribution), IsOk());
+  // Another job's page of a row with the same id (another model, settings or input): not this result's.
+  ASSERT_THAT(WriteRowPage(html, "foreign", "another-job", attribution), IsOk());
   absl::StatusOr<int64_t> without_page = WriteIndex(html, results);
   ASSERT_THAT(without_page, IsOk());
-  EXPECT_EQ(*without_page, 1);
+  EXPECT_EQ(*without_page, 2);
+  EXPECT_THAT(ReadFile(html + "/index.html"), HasSubstr("<tr><td>foreign</td>"));
   const std::string index = ReadFile(html + "/index.html");
   EXPECT_THAT(index, HasSubstr(absl::StrCat("<a href=\"", RowPagePath("paged"), "\">paged</a>")));
   EXPECT_THAT(index, HasSubstr("<tr><td>earlier</td>"));
   EXPECT_THAT(index, ::testing::Not(HasSubstr(RowPagePath("earlier"))));
-  EXPECT_THAT(index, HasSubstr("1 answered rows have no page here"));
+  EXPECT_THAT(index, HasSubstr("2 answered rows have no page here"));
 }
 
 }  // namespace
