@@ -149,6 +149,15 @@ def test_list_models_and_health_equal_cpp_client(client, server):
     assert client.health() == cli(server.address, "health").strip() == "SERVING"
 
 
+def test_answers_carry_the_model_digest_list_models_reports(client, server):
+    (model,) = client.list_models()
+    assert re.fullmatch("[0-9a-f]{64}", model.weights_digest) and re.fullmatch("[0-9a-f]{64}", model.model_digest)
+    text = cli(server.address, "models")
+    assert f"weights_digest: {model.weights_digest}  model_digest: {model.model_digest}" in text
+    assert client.attribute(prompt=PROMPT, target=" Yes", method="saliency").model_digest == model.model_digest
+    assert client.logprobs(prompt=PROMPT, target=" Yes").model_digest == model.model_digest
+
+
 def test_attribute_stream_progress_is_monotone_and_ends_in_the_result(client):
     stream = client.attribute_stream(prompt=PROMPT, target=" Yes", n_steps=32)
     events = list(stream)
