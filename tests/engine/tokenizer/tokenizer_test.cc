@@ -221,18 +221,7 @@ TEST(SentencePieceTokenizer, ByteFallbackPiecesStandForTheirByte) {
 // SentencePiece tokenizer (the text split on the tokens, each segment encoded by the sentencepiece
 // library) on 638 texts, and to transformers 5's LlamaTokenizer wherever no segment starts with a space
 // (there it adds no word-boundary mark: the server keeps SentencePiece's; see the README).
-class SentencePieceSpecialTokens : public ::testing::TestWithParam<std::string> {
- protected:
-  void SetUp() override {
-    auto tokenizer = Tokenizer::Load(TokenizersDir() + "/" + GetParam());
-    ASSERT_THAT(tokenizer, IsOk());
-    tokenizer_ = std::move(*tokenizer);
-    std::ifstream in(TokenizersDir() + "/" + GetParam() + "/expected.json");
-    expected_ = nlohmann::json::parse(in);
-  }
-  std::unique_ptr<Tokenizer> tokenizer_;
-  nlohmann::json expected_;
-};
+class SentencePieceSpecialTokens : public TokenizerParity {};
 
 TEST_P(SentencePieceSpecialTokens, IdsMatchTransformers) {
   const auto texts = expected_["texts"].get<std::vector<std::string>>();
