@@ -440,9 +440,11 @@ int Run(const std::vector<char*>& positional) {
                  "usage: attribution-cli attribute|components|generate|logprobs|models|health [flags]; see --help\n");
     return 2;
   }
-  // absl::Seconds(NaN) is an infinite duration: no deadline, where a number was meant.
-  if (std::isnan(absl::GetFlag(FLAGS_timeout))) {
-    std::fprintf(stderr, "attribution-cli: --timeout: give a number of seconds, not nan\n");
+  // absl::Seconds(NaN) is an infinite duration: no deadline, where a number was meant; 0 or less expired
+  // every call before it was sent (DEADLINE_EXCEEDED, read as the server's slowness).
+  if (const double timeout = absl::GetFlag(FLAGS_timeout); !(timeout > 0)) {
+    std::fprintf(stderr, "attribution-cli: --timeout: give a number of seconds above 0, not %s\n",
+                 absl::StrCat(timeout).c_str());
     return 2;
   }
   const std::string command = positional[1];

@@ -206,14 +206,16 @@ TEST(CliCommandLine, AnHtmlReportThatCannotBeWrittenIsAnError) {
 }
 
 // Bad flag values and unknown flags exited 1 (abseil's parser), as did a bad --range, where the CLI
-// documents 2 for usage errors; --timeout=nan meant no deadline at all.
+// documents 2 for usage errors; --timeout=nan meant no deadline at all, and -1 a DEADLINE_EXCEEDED (exit 1).
 TEST(CliCommandLine, BadFlagsAreUsageErrors) {
   const std::pair<std::string, std::string> cases[] = {
       {"--n_steps=nan", "--n_steps: illegal value \"nan\""},
       {"--top_k=3.5", "--top_k: illegal value \"3.5\""},
       {"--json=perhaps", "--json: illegal value \"perhaps\""},
       {"--no_such_flag", "unknown flag --no_such_flag"},
-      {"--timeout=nan", "--timeout: give a number of seconds, not nan"},
+      {"--timeout=nan", "--timeout: give a number of seconds above 0, not nan"},
+      {"--timeout=-1", "--timeout: give a number of seconds above 0, not -1"},
+      {"--timeout=0", "--timeout: give a number of seconds above 0, not 0"},
       {"--prompt", "--prompt: give a value"},
       {"--range=3", "--range: expected BEGIN:END token indices, not \"3\""},
       {"--range=a:b", "--range: expected BEGIN:END token indices, not \"a:b\""},
