@@ -174,7 +174,8 @@ struct Generation {
   std::string text_bytes;  // exact bytes
   bool stopped = false;
   RunStats stats;
-  uint64_t seed = 0;  // the seed sampled with: the request's, or the server's draw (send it to reproduce)
+  uint64_t seed = 0;         // the seed sampled with: the request's, or the server's draw (send it to reproduce)
+  std::string model_digest;  // the weights that generated it (ModelInfo::model_digest); "" from older servers
 };
 
 struct LogprobsOptions {
@@ -268,6 +269,7 @@ struct ComponentAttribution {
   std::vector<PairComponents> pairs;
   Token answer, wrong_answer;
   RunStats stats;
+  std::string model_digest;  // the weights that computed it (ModelInfo::model_digest); "" from older servers
 };
 
 // The whole of file `path`; NOT_FOUND naming the path and the reason ("Is a directory", ...) when it

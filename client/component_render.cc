@@ -171,6 +171,7 @@ std::string ComponentJson(const ComponentAttribution& a) {
       {"method", a.method},
       {"metric", a.metric},
       {"direction", a.direction},
+      {"model_digest", a.model_digest},
       {"answer", {{"id", a.answer.id}, {"text", a.answer.text}}},
       {"wrong_answer", {{"id", a.wrong_answer.id}, {"text", a.wrong_answer.text}}},
       {"grids", nlohmann::json::array()},

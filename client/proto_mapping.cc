@@ -347,7 +347,8 @@ absl::StatusOr<Generation> FromProto(const v1::GenerateResponse& r) {
                     .text_bytes = r.text_bytes(),
                     .stopped = r.stopped(),
                     .stats = StatsFromProto(r.stats()),
-                    .seed = r.seed()};
+                    .seed = r.seed(),
+                    .model_digest = r.model_digest()};
 }
 
 absl::StatusOr<Logprobs> FromProto(const v1::LogprobsResponse& r) {
@@ -568,7 +569,8 @@ absl::StatusOr<ComponentAttribution> FromProto(const v1::AttributeComponentsResp
                            .direction = NameOf(r.direction(), kDirections),
                            .answer = FromProto(r.answer()),
                            .wrong_answer = FromProto(r.wrong_answer()),
-                           .stats = StatsFromProto(r.stats())};
+                           .stats = StatsFromProto(r.stats()),
+                           .model_digest = r.model_digest()};
   for (const v1::ComponentGrid& g : r.grids()) out.grids.push_back(GridFromProto(g));
   for (const v1::PairComponents& p : r.pairs()) {
     PairComponents pair{.clean_metric = p.clean_metric(),

@@ -16,8 +16,11 @@ std::string Dump(const nlohmann::json& json) {
 std::string GenerationJson(const Generation& generation) {
   nlohmann::json tokens = nlohmann::json::array();
   for (const Token& t : generation.tokens) tokens.push_back({{"id", t.id}, {"text", t.text}, {"log_prob", t.log_prob}});
-  return Dump(
-      {{"text", generation.text}, {"tokens", tokens}, {"stopped", generation.stopped}, {"seed", generation.seed}});
+  return Dump({{"text", generation.text},
+               {"tokens", tokens},
+               {"stopped", generation.stopped},
+               {"seed", generation.seed},
+               {"model_digest", generation.model_digest}});
 }
 
 std::string LogprobsJson(const Logprobs& logprobs) {

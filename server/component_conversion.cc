@@ -131,6 +131,7 @@ void ToComponentsResponse(const engine::ComponentResult& result, const Component
                           v1::AttributeComponentsResponse* out) {
   const engine::ComponentRequest& request = call.request;
   out->set_model(model.spec.name);
+  out->set_model_digest(model.model_digest);
   out->set_method(ToProtoEnum(engine::ComponentMethodName(request.method), &v1::ComponentMethod_Parse));
   out->set_metric(ToProtoEnum(engine::ComponentMetricName(request.metric), &v1::ComponentMetric_Parse));
   out->set_direction(ToProtoEnum(engine::PatchDirectionName(request.direction), &v1::PatchDirection_Parse));

@@ -398,6 +398,7 @@ void ToGenerateResponse(const engine::Generation& generation, const GenerateCall
   out->set_text_bytes(continuation.text);
   out->set_stopped(generation.stopped);
   out->set_seed(call.options.seed);
+  out->set_model_digest(model.model_digest);
 }
 
 void ToStreamedToken(int64_t id, float log_prob, const ServedModel& model, v1::Token* out) {

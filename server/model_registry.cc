@@ -40,6 +40,9 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModel(const ModelSpec& spec, co
   options.allow_nonfinite_weights = spec.allow_nonfinite_weights;
   options.pack_weights_for_few_rows = spec.pack_weights_for_few_rows;
   ASSIGN_OR_RETURN(options.dtype, engine::ParseDtype(spec.dtype));
+  // One spelling per dtype ("fp32" and "float32" load the same model): ListModels, the log and model_digest
+  // read it, and a batch job's fingerprint holds it, so two replicas configured each way must agree.
+  served->spec.dtype = engine::DtypeName(options.dtype);
   ASSIGN_OR_RETURN(options.quantization, engine::ParseQuantization(spec.quantization));
   options.four_bit = {.block_size = spec.quantization_block_size, .double_quantization = spec.double_quantization};
   step = "loading the model";
@@ -53,7 +56,7 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModel(const ModelSpec& spec, co
   const engine::LoadOptions& loaded = served->model->options();
   const bool four_bit = engine::IsFourBit(loaded.quantization);
   served->model_digest =
-      LoadedModelDigest(served->weights_digest, spec.dtype, engine::QuantizationName(loaded.quantization),
+      LoadedModelDigest(served->weights_digest, served->spec.dtype, engine::QuantizationName(loaded.quantization),
                         four_bit ? loaded.four_bit.block_size : 0, four_bit && loaded.four_bit.double_quantization);
   step = "loading the tokenizer";
   ASSIGN_OR_RETURN(std::unique_ptr<engine::Tokenizer> tokenizer, LoadTokenizer(spec.path, served->model->config()));

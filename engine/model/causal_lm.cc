@@ -84,6 +84,13 @@ absl::StatusOr<at::ScalarType> ParseDtype(const std::string& name) {
   return absl::InvalidArgumentError(absl::StrCat("dtype \"", name, "\" is not supported (float32, bfloat16, float16)"));
 }
 
+std::string DtypeName(at::ScalarType dtype) {
+  if (dtype == at::kFloat) return "float32";
+  if (dtype == at::kBFloat16) return "bfloat16";
+  if (dtype == at::kHalf) return "float16";
+  return c10::toString(dtype);
+}
+
 absl::Status CheckDeviceName(const std::string& name) {
   const std::string ordinal = name.rfind("cuda:", 0) == 0 ? name.substr(5) : "";
   if (name == "cpu" || name == "cuda" ||

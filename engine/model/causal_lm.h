@@ -39,6 +39,8 @@ struct LoadOptions {
 
 // "float32" | "bfloat16" | "float16" (also "fp32", "bf16", "fp16").
 absl::StatusOr<at::ScalarType> ParseDtype(const std::string& name);
+// The name ParseDtype reads first for a dtype it returns ("float32" for kFloat); other dtypes by LibTorch's name.
+std::string DtypeName(at::ScalarType dtype);
 
 // "cpu" | "cuda" | "cuda:N": the spelling only (whether the device works is known once LibTorch starts it, at
 // Load), so a config can be checked without a device.

@@ -1512,6 +1512,27 @@ TEST_F(BatchResume, ResumingAfterTheWeightsWereSwappedIsRefused) {
   EXPECT_EQ(CountLines(output), 3u);
 }
 
+// A replica given the dtype as "fp32" serves the same model as one given "float32": both report "float32" and
+// one model_digest, so a job resumes across them. Before, the digest hashed the spelling and the resume was
+// refused as "done on another model".
+TEST_F(BatchResume, ReplicasGivenTheDtypeInEitherSpellingServeOneModel) {
+  const client::ModelInfo demo = DemoModelInfo(*server_);
+  auto spelled = ServerProcess::Start({"--dtype=fp32"});
+  ASSERT_THAT(spelled.status(), IsOk());
+  const client::ModelInfo fp32 = DemoModelInfo(**spelled);
+  EXPECT_EQ(demo.dtype, "float32");
+  EXPECT_EQ(fp32.dtype, "float32");
+  EXPECT_EQ(fp32.model_digest, demo.model_digest);
+  const std::string output = dir_.File("out.jsonl");
+  ASSERT_EQ(Run(WriteQuestions("first.jsonl", 2), output), 0) << ReadFile(log_);
+  EXPECT_EQ(RunBatch({"--input=" + WriteQuestions("rows.jsonl", 4), "--output=" + output,
+                      "--server=" + (*spelled)->address(), "--method=saliency", "--progress=log"},
+                     log_),
+            0)
+      << ReadFile(log_);
+  EXPECT_EQ(CountLines(output), 4u);
+}
+
 // --output given as a symbolic link: the lock is the real file's, so a job writing through the link and one
 // writing the file by its own name exclude each other (before, both ran and interleaved their lines).
 TEST_F(BatchResume, JobsThroughALinkAndTheRealPathExcludeEachOther) {

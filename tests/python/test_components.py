@@ -49,8 +49,9 @@ def assert_grid_equal(grid: ac.ComponentGrid, reference: dict):
 
 
 def assert_components_equal(ours: ac.ComponentAttribution, reference: dict):
-    assert (ours.model, ours.method, ours.metric, ours.direction) == (
-        reference["model"], reference["method"], reference["metric"], reference["direction"])
+    assert (ours.model, ours.method, ours.metric, ours.direction, ours.model_digest) == (
+        reference["model"], reference["method"], reference["metric"], reference["direction"],
+        reference["model_digest"])
     assert (ours.answer.id, ours.answer.text) == (reference["answer"]["id"], reference["answer"]["text"])
     assert (ours.wrong_answer.id, ours.wrong_answer.text) == (
         reference["wrong_answer"]["id"], reference["wrong_answer"]["text"])
@@ -97,6 +98,7 @@ def test_options_objects_token_ids_and_names(client, server):
                                   wrong_answer=[by_text.wrong_answer.id], metric="prob_difference")
     by_id = client.attribute_components(options, direction="noising")
     assert options.direction == "denoising"  # the caller's options stay as they were
+    assert by_id.model_digest == client.list_models()[0].model_digest
     assert (by_id.answer.id, by_id.wrong_answer.id) == (by_text.answer.id, by_text.wrong_answer.id)
     np.testing.assert_allclose(by_id.grid("heads").values, by_text.grid("heads").values, **CLOSE)
     ids = [t.id for t in by_text.pairs[0].clean_tokens], [t.id for t in by_text.pairs[0].corrupted_tokens]

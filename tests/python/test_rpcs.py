@@ -156,6 +156,7 @@ def test_answers_carry_the_model_digest_list_models_reports(client, server):
     assert f"weights_digest: {model.weights_digest}  model_digest: {model.model_digest}" in text
     assert client.attribute(prompt=PROMPT, target=" Yes", method="saliency").model_digest == model.model_digest
     assert client.logprobs(prompt=PROMPT, target=" Yes").model_digest == model.model_digest
+    assert client.generate(prompt=PROMPT, max_new_tokens=2).model_digest == model.model_digest
 
 
 def test_attribute_stream_progress_is_monotone_and_ends_in_the_result(client):

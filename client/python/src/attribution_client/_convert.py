@@ -383,12 +383,14 @@ def component_attribution(r: pb.AttributeComponentsResponse) -> ComponentAttribu
     return ComponentAttribution(
         model=r.model, method=_name_of(r.method, COMPONENT_METHODS), metric=_name_of(r.metric, COMPONENT_METRICS),
         direction=_name_of(r.direction, DIRECTIONS), grids=[_grid(g) for g in r.grids], pairs=pairs,
-        answer=token(r.answer), wrong_answer=token(r.wrong_answer), stats=_stats(r.stats))
+        answer=token(r.answer), wrong_answer=token(r.wrong_answer), stats=_stats(r.stats),
+        model_digest=r.model_digest)
 
 
 def generation(r: pb.GenerateResponse) -> Generation:
     return Generation(prompt_tokens=_tokens(r.prompt_tokens), tokens=_tokens(r.tokens), text=r.text,
-                      text_bytes=r.text_bytes, stopped=r.stopped, seed=r.seed, stats=_stats(r.stats))
+                      text_bytes=r.text_bytes, stopped=r.stopped, seed=r.seed, stats=_stats(r.stats),
+                      model_digest=r.model_digest)
 
 
 def logprobs(r: pb.LogprobsResponse) -> Logprobs:

@@ -210,6 +210,8 @@ class ComponentAttribution:
     answer: Token
     wrong_answer: Token
     stats: RunStats = field(default_factory=RunStats)
+    # ModelInfo.model_digest of the weights that computed this answer ("" from servers before 2026-12-05).
+    model_digest: str = ""
 
     def grid(self, site: str) -> ComponentGrid:
         """The grid of one site ("heads", "attn_out", "mlp_out", "resid_pre"); KeyError if not asked."""
@@ -226,6 +228,8 @@ class Generation:
     stats: RunStats = field(default_factory=RunStats)
     # The seed sampled with: the request's, or the server's draw when it gave none (send it to reproduce).
     seed: int = 0
+    # ModelInfo.model_digest of the weights that generated it ("" from servers before 2026-12-05).
+    model_digest: str = ""
 
 
 @dataclass(frozen=True)
