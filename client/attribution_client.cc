@@ -12,6 +12,7 @@
 #include <limits>
 #include <mutex>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -228,6 +229,11 @@ AttributionClient::~AttributionClient() = default;
 absl::StatusOr<std::unique_ptr<AttributionClient>> AttributionClient::Connect(const ClientOptions& options) {
   std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
   grpc::ChannelArguments args;
+  // gRPC reads "" as "dns:///" and fails with "Failed to create secure client channel", naming nothing.
+  if (absl::StripAsciiWhitespace(options.target).empty()) {
+    return absl::InvalidArgumentError(
+        "target: no server address given (host:port, or a gRPC target such as dns:///NAME:PORT)");
+  }
   // A certificate option without tls would leave the connection plaintext, the files unread and unchecked.
   for (const auto& [name, value] :
        {std::pair{"ca_file", &options.ca_file}, std::pair{"cert_file", &options.cert_file},

@@ -21,6 +21,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -445,6 +446,11 @@ int Run(const std::vector<char*>& positional) {
   if (const double timeout = absl::GetFlag(FLAGS_timeout); !(timeout > 0)) {
     std::fprintf(stderr, "attribution-cli: --timeout: give a number of seconds above 0, not %s\n",
                  absl::StrCat(timeout).c_str());
+    return 2;
+  }
+  // gRPC read an empty address as "dns:///" and failed with "Failed to create secure client channel".
+  if (absl::StripAsciiWhitespace(absl::GetFlag(FLAGS_server)).empty()) {
+    std::fprintf(stderr, "attribution-cli: --server: give the server's address (host:port)\n");
     return 2;
   }
   const std::string command = positional[1];

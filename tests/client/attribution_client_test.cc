@@ -58,6 +58,14 @@ TEST(AttributionClientConnect, RefusesABearerTokenOutsidePrintableAscii) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(path + ": the token: byte 3 (0x09)")));
 }
 
+// An empty address reached gRPC, which failed with "Failed to create secure client channel", naming nothing.
+TEST(AttributionClientConnect, RefusesAnEmptyTargetNamingIt) {
+  for (const std::string target : {"", "  "}) {
+    EXPECT_THAT(AttributionClient::Connect({.target = target}),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("target: no server address given")));
+  }
+}
+
 // Certificate options without tls connected in plaintext, the files unread; half a key pair failed on
 // reading "" without naming the option missing.
 TEST(AttributionClientConnect, RefusesCertificateOptionsWithoutTlsAndHalfAKeyPair) {

@@ -206,7 +206,8 @@ TEST(CliCommandLine, AnHtmlReportThatCannotBeWrittenIsAnError) {
 }
 
 // Bad flag values and unknown flags exited 1 (abseil's parser), as did a bad --range, where the CLI
-// documents 2 for usage errors; --timeout=nan meant no deadline at all, and -1 a DEADLINE_EXCEEDED (exit 1).
+// documents 2 for usage errors; --timeout=nan meant no deadline at all, and -1 a DEADLINE_EXCEEDED (exit 1);
+// an empty --server failed inside gRPC ("Failed to create secure client channel", exit 1).
 TEST(CliCommandLine, BadFlagsAreUsageErrors) {
   const std::pair<std::string, std::string> cases[] = {
       {"--n_steps=nan", "--n_steps: illegal value \"nan\""},
@@ -222,6 +223,8 @@ TEST(CliCommandLine, BadFlagsAreUsageErrors) {
       {"--range=5:2", "--range: expected 0 <= BEGIN < END (prompt tokens BEGIN to END - 1), not \"5:2\""},
       {"--range=3:3", "--range: expected 0 <= BEGIN < END"},
       {"--range=-1:3", "--range: expected 0 <= BEGIN < END"},
+      {"--server=", "--server: give the server's address (host:port)"},
+      {"--server=' '", "--server: give the server's address (host:port)"},
   };
   for (const auto& [flag, message] : cases) {
     auto [code, output] = RunCommand(absl::StrCat(ATTRIBUTION_CLI_BINARY, " attribute --server=127.0.0.1:1 ", flag));
