@@ -298,8 +298,36 @@ absl::Status CheckMetricsAddress(const std::string& metrics_listen) {
       absl::StrCat("metrics_listen \"", metrics_listen, "\": expected host:port with a port in [0, 65535], or empty"));
 }
 
+bool IsWildcardHost(const std::string& host) {
+  return host.empty() || host == "0.0.0.0" || host == "[::]" || host == "::" || host == "*";
+}
+
+// The metrics socket binds first, so gRPC then failed to bind, after the config check had passed, with
+// only "cannot listen on ADDR". Two addresses clash on one port when either is a wildcard or both are the
+// same host; port 0 (any free port) never clashes.
+absl::Status CheckPortsDiffer(const std::string& listen, const std::string& metrics_listen) {
+  if (absl::StartsWith(listen, "unix")) return absl::OkStatus();  // a socket file, no port
+  const std::optional<HostPort> grpc = SplitListenAddress(listen);
+  const std::optional<HostPort> metrics = SplitListenAddress(metrics_listen);
+  if (!grpc || !metrics || metrics_listen.empty() || grpc->port == 0 || grpc->port != metrics->port) {
+    return absl::OkStatus();
+  }
+  if (!IsWildcardHost(grpc->host) && !IsWildcardHost(metrics->host) && grpc->host != metrics->host) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat("listen \"", listen, "\" and metrics_listen \"", metrics_listen,
+                                                 "\" use the same port ", grpc->port,
+                                                 ": give the metrics endpoint another port"));
+}
+
 absl::Status ValidateEngineOptions(const engine::EngineOptions& engine, const std::string& where) {
-  RETURN_IF_ERROR(Positive(engine.max_batch_tokens, where + ".max_batch_tokens"));
+  // The engine refuses a budget below the floor out-of-memory retries shrink it to; checked here, it is
+  // refused by --check_config and before the weights load rather than after.
+  if (engine.max_batch_tokens < engine.min_batch_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ".max_batch_tokens = ", engine.max_batch_tokens,
+                                                   " must be at least ", engine.min_batch_tokens,
+                                                   " (the smallest budget out-of-memory retries shrink to)"));
+  }
   RETURN_IF_ERROR(Positive(engine.max_batch_rows, where + ".max_batch_rows"));
   RETURN_IF_ERROR(Positive(engine.max_queued_rows, where + ".max_queued_rows"));
   RETURN_IF_ERROR(Positive(engine.max_queued_tokens, where + ".max_queued_tokens"));
@@ -374,6 +402,7 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
   RETURN_IF_ERROR(Positive(config.max_unread_answer_bytes, "max_unread_answer_bytes"));
   RETURN_IF_ERROR(CheckListenAddress(config.listen));
   RETURN_IF_ERROR(CheckMetricsAddress(config.metrics_listen));
+  RETURN_IF_ERROR(CheckPortsDiffer(config.listen, config.metrics_listen));
   // gRPC takes the message limit as an int.
   RETURN_IF_ERROR(Within(config.max_message_bytes, 1, std::numeric_limits<int>::max(), "max_message_bytes"));
   if (config.max_top_k < 0 || config.max_top_k > 20) {

@@ -123,6 +123,7 @@ TEST(ServerCommandLine, CheckConfigRefusesWhatStartupRefuses) {
       {"--tls_cert=" + dir.File("no-cert") + " --tls_key=" + garbage, "tls cert_file: "},
       {"--tls_cert=" + garbage + " --tls_key=" + garbage,
        "tls cert_file \"" + garbage + "\" holds no PEM CERTIFICATE block"},
+      {"--listen=127.0.0.1:9000 --metrics_listen=0.0.0.0:9000", "use the same port 9000"},
   };
   for (const auto& [flags, message] : cases) {
     auto [code, output] = RunCommand(check + flags);
@@ -138,6 +139,19 @@ TEST(ServerCommandLine, CheckConfigRefusesWhatStartupRefuses) {
   EXPECT_EQ(values_code, 0) << values_output;
   auto [bad_code, bad_output] = RunCommand(check + "--check_config_files=false --device=tpu");
   EXPECT_EQ(bad_code, 1) << bad_output;
+}
+
+// A batch token budget below the engine's floor passed --check_config, and startup refused it only after
+// the weights had loaded (minutes for a large model), naming min_batch_tokens, which no config has.
+TEST(ServerCommandLine, CheckConfigRefusesATokenBudgetTheEngineRefuses) {
+  test_support::TempDir dir;
+  const std::string config = dir.File("server.json");
+  std::ofstream(config) << R"({"listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0", "models": [)"
+                        << R"({"name": "m", "path": "/m", "engine": {"max_batch_tokens": 16}}]})";
+  auto [code, output] = RunCommand(
+      absl::StrCat(ATTRIBUTION_SERVER_BINARY, " --check_config --check_config_files=false --config ", config));
+  EXPECT_EQ(code, 1) << output;
+  EXPECT_THAT(output, HasSubstr("models[0].engine.max_batch_tokens = 16 must be at least 64"));
 }
 
 // A flag given on the command line overrides the config file even at its default value; it used to

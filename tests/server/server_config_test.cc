@@ -267,6 +267,29 @@ TEST(ServerConfig, RefusesWhatStartupWouldRefuseBeforeLoadingAnything) {
   EXPECT_THAT(invalid([](ServerConfig& c) { c.metrics_listen = "127.0.0.1:99999"; }),
               HasSubstr("metrics_listen \"127.0.0.1:99999\""));
   EXPECT_EQ(invalid([](ServerConfig& c) { c.metrics_listen = ""; }), "");
+  // The engine refused these only once the weights had loaded.
+  EXPECT_THAT(invalid([](ServerConfig& c) { c.models[0].engine.max_batch_tokens = 4; }),
+              HasSubstr("models[0].engine.max_batch_tokens = 4 must be at least 64"));
+  EXPECT_EQ(invalid([](ServerConfig& c) { c.models[0].engine.max_batch_tokens = 64; }), "");
+  // gRPC could not bind the port the metrics endpoint had taken.
+  EXPECT_THAT(invalid([](ServerConfig& c) { c.metrics_listen = "0.0.0.0:50051"; }),
+              HasSubstr("listen \"0.0.0.0:50051\" and metrics_listen \"0.0.0.0:50051\" use the same port 50051"));
+  EXPECT_THAT(invalid([](ServerConfig& c) {
+                c.listen = "127.0.0.1:9000";
+                c.metrics_listen = "[::]:9000";
+              }),
+              HasSubstr("use the same port 9000"));
+  EXPECT_EQ(invalid([](ServerConfig& c) {
+              c.listen = "10.0.0.1:9000";
+              c.metrics_listen = "10.0.0.2:9000";
+            }),
+            "");
+  EXPECT_EQ(invalid([](ServerConfig& c) {
+              c.listen = "127.0.0.1:0";
+              c.metrics_listen = "127.0.0.1:0";
+            }),
+            "");
+  EXPECT_EQ(invalid([](ServerConfig& c) { c.listen = "unix:/run/a:9464"; }), "");
 }
 
 TEST(BearerAuth, AcceptsListedTokensOnly) {
