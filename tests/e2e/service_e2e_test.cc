@@ -525,17 +525,33 @@ TEST_F(ServiceTest, MetricsCountRpcsBatchesAndResidentBytes) {
   auto metrics = test_support::HttpGet(server_->metrics_port(), "/metrics");
   ASSERT_THAT(metrics, IsOk());
   for (const char* expected :
-       {"attribution_rpcs_total{code=\"OK\",method=\"Logprobs\"}", "attribution_rpc_seconds_bucket{method=\"Logprobs\"",
-        "attribution_rpcs_in_flight", "attribution_batch_rows_bucket{kind=\"score\",model=\"demo\"",
-        "attribution_batch_padding_waste_bucket", "attribution_engine_rows_total{model=\"demo\"}",
-        "attribution_engine_tokens_total{model=\"demo\"}", "attribution_engine_queued_rows{model=\"demo\"}",
-        "attribution_model_resident_weight_bytes{model=\"demo\"} "}) {
+       {"attribution_rpcs_total{code=\"OK\",method=\"Logprobs\"}",
+        "attribution_rpc_seconds_bucket{code=\"OK\",method=\"Logprobs\"", "attribution_rpcs_in_flight",
+        "attribution_batch_rows_bucket{kind=\"score\",model=\"demo\"", "attribution_batch_padding_waste_bucket",
+        "attribution_engine_rows_total{model=\"demo\"}", "attribution_engine_tokens_total{model=\"demo\"}",
+        "attribution_engine_queued_rows{model=\"demo\"}", "attribution_model_resident_weight_bytes{model=\"demo\"} "}) {
     EXPECT_NE(metrics->find(expected), std::string::npos) << expected;
   }
   EXPECT_THAT(test_support::HttpGet(server_->metrics_port(), "/other"), StatusIs(absl::StatusCode::kNotFound));
   // One JSON log line per request.
   EXPECT_NE(server_->Log().find(R"("code":"OK","device_s":)"), std::string::npos);
   EXPECT_NE(server_->Log().find(R"("rows":1,"rpc":"Logprobs")"), std::string::npos) << server_->Log();
+}
+
+// The latency histogram had the method as its only label: refusals answered in microseconds (unknown
+// model, RESOURCE_EXHAUSTED under overload) landed beside served calls and pulled the dashboard's
+// quantiles down exactly when the server was overloaded. They are now series of their own code.
+TEST_F(ServiceTest, LatencyOfRefusedCallsIsKeptApartFromServedCalls) {
+  const int port = server_->metrics_port();
+  const std::string served = "attribution_rpc_seconds_count{code=\"OK\",method=\"Attribute\"}";
+  const std::string refused = "attribution_rpc_seconds_count{code=\"NOT_FOUND\",method=\"Attribute\"}";
+  const double served_before = test_support::MetricValue(port, served);
+  const double refused_before = test_support::MetricValue(port, refused);
+  auto client = Connect(server_->address());
+  EXPECT_THAT(client->Attribute({.model = "no-such-model", .prompt = kPrompt, .target = kTarget}),
+              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_EQ(test_support::MetricValue(port, refused), refused_before + 1);
+  EXPECT_EQ(test_support::MetricValue(port, served), served_before);
 }
 
 TEST(ServerLifecycle, SigtermFinishesCallsInFlightRefusesNewOnesAndExitsZero) {
