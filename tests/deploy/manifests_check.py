@@ -71,6 +71,22 @@ def validate_manifests(files, also_lint=()):
     return docs
 
 
+def check_restricted_pod(name, pod):
+    """Pod Security Standards "restricted" (what a namespace that enforces it admits), and a group that
+    owns the volumes a non-root pod writes: the batch Jobs lacked both, so they were refused beside the
+    server in such a namespace, and user 10001 could not create its results on a fresh volume."""
+    pod_context = pod.get("securityContext", {})
+    check(pod_context.get("runAsNonRoot") is True, f"{name} may run as root")
+    check(pod_context.get("fsGroup") == pod_context.get("runAsUser"), f"{name}: fsGroup is not its user's group")
+    for container in pod["containers"]:
+        context = container.get("securityContext", {})
+        seccomp = context.get("seccompProfile", pod_context.get("seccompProfile", {})).get("type")
+        where = f"{name} container {container['name']}"
+        check(seccomp in ("RuntimeDefault", "Localhost"), f"{where} has no seccomp profile")
+        check(context.get("allowPrivilegeEscalation") is False, f"{where} allows privilege escalation")
+        check(context.get("capabilities", {}).get("drop") == ["ALL"], f"{where} keeps Linux capabilities")
+
+
 def check_kubernetes(server_binary):
     files = sorted(glob.glob(os.path.join(ROOT, "deploy/k8s/*.yaml")))
     docs = validate_manifests(files, [os.path.join(ROOT, "deploy/compose"), os.path.join(ROOT, "deploy/grafana")])
@@ -101,7 +117,7 @@ def check_kubernetes(server_binary):
     resources = container["resources"]
     check(resources["requests"].get("nvidia.com/gpu") == resources["limits"].get("nvidia.com/gpu") == 1,
           "GPU request and limit must both be 1")
-    check(pod["spec"]["securityContext"].get("runAsNonRoot") is True, "pod may run as root")
+    check_restricted_pod("the server Deployment", pod["spec"])
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     check(container["args"] == [f"--config={mounts['config']}/server.json"], "server args do not read the mounted config")
     for model in server_config["models"]:
@@ -170,7 +186,7 @@ def check_batch_jobs(batch_binary):
         pod = doc["spec"]["template"]["spec"]
         claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
         check(claims == [pvc["metadata"]["name"]], f"{doc['metadata']['name']} does not mount the batch data volume")
-        check(pod["securityContext"].get("runAsNonRoot") is True, f"{doc['metadata']['name']} may run as root")
+        check_restricted_pod(doc["metadata"]["name"], pod)
     build_script = open(os.path.join(ROOT, "deploy/docker/build-image.sh")).read()
     check("client/attribution-batch" in build_script, "the image does not carry attribution-batch")
 
