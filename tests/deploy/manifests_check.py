@@ -191,6 +191,53 @@ def check_batch_jobs(batch_binary):
     check("client/attribution-batch" in build_script, "the image does not carry attribution-batch")
 
 
+class ComposeLoader(yaml.SafeLoader):
+    """Reads Compose's merge tags: !reset drops a key of the file below, !override replaces its value."""
+
+
+RESET = object()
+ComposeLoader.add_constructor("!reset", lambda loader, node: RESET)
+ComposeLoader.add_constructor("!override", lambda loader, node: ("override", loader.construct_sequence(node)))
+
+
+def mounted_config(service):
+    """The host file a compose service mounts as /config/server.json, relative to deploy/compose."""
+    for volume in service["volumes"]:
+        source, target = volume.split(":")[:2]
+        if target == "/config/server.json":
+            return os.path.join(ROOT, "deploy/compose", source)
+    return None
+
+
+def check_cpu_compose(gpu_server):
+    """The CPU override (no GPU on the host) must drop the GPU reservation, which Docker cannot satisfy
+    without the NVIDIA runtime, and mount a config whose models run on the CPU: the compose file alone with
+    VARIANT=cpu kept both and could not start."""
+    override = yaml.load(open(os.path.join(ROOT, "deploy/compose/docker-compose.cpu.yml")), Loader=ComposeLoader)
+    server = dict(gpu_server)
+    for key, value in override["services"]["server"].items():
+        if value is RESET:
+            server.pop(key, None)
+        elif isinstance(value, tuple):
+            server[key] = value[1]
+        elif isinstance(value, dict) and isinstance(server.get(key), dict):
+            server[key] = {**server[key], **value}
+        else:
+            server[key] = value
+    check("deploy" not in server, "the CPU compose override keeps the GPU reservation")
+    check(server["build"]["args"].get("VARIANT") == "cpu" and server["image"].endswith(":cpu"),
+          "the CPU compose override does not build the CPU image")
+    for name, service in (("GPU", gpu_server), ("CPU", server)):
+        path = mounted_config(service)
+        check(path is not None and os.path.exists(path), f"the {name} compose server mounts no config")
+        if path is None or not os.path.exists(path):
+            continue
+        devices = {m.get("device", "cpu").split(":")[0] for m in json.load(open(path))["models"]}
+        check(devices == ({"cuda"} if name == "GPU" else {"cpu"}), f"the {name} compose config puts models on {devices}")
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    check("-f deploy/compose/docker-compose.cpu.yml" in readme, "README does not show the CPU compose command")
+
+
 def check_compose_and_grafana():
     compose = yaml.safe_load(open(os.path.join(ROOT, "deploy/compose/docker-compose.yml")))
     services = compose["services"]
@@ -201,6 +248,7 @@ def check_compose_and_grafana():
     metrics_port = server_config["metrics_listen"].rsplit(":", 1)[1]
     check(f"server:{metrics_port}" in targets, "Prometheus does not scrape the server's metrics port")
     check(any(p.startswith(f"{metrics_port}:") for p in services["server"]["ports"]), "compose does not publish the metrics port")
+    check_cpu_compose(services["server"])
     datasource = yaml.safe_load(open(os.path.join(ROOT, "deploy/grafana/provisioning/datasources/prometheus.yml")))
     uid = datasource["datasources"][0]["uid"]
     dashboard = json.load(open(os.path.join(ROOT, "deploy/grafana/dashboards/attribution.json")))
