@@ -14,11 +14,24 @@
 namespace attribution::server {
 namespace {
 
+// gpr's "D" / "I" / "E" spelled as collectors read severities.
+const char* SeverityName(gpr_log_severity severity) {
+  switch (severity) {
+    case GPR_LOG_SEVERITY_DEBUG:
+      return "DEBUG";
+    case GPR_LOG_SEVERITY_INFO:
+      return "INFO";
+    case GPR_LOG_SEVERITY_ERROR:
+      return "ERROR";
+  }
+  return "ERROR";
+}
+
 void WriteGrpcLogLine(gpr_log_func_args* args) {
   const absl::string_view file = args->file != nullptr ? args->file : "";
   const std::string message = args->message != nullptr ? args->message : "";
   WriteLogLine({{"event", "grpc"},
-                {"severity", gpr_log_severity_string(args->severity)},
+                {"severity", SeverityName(args->severity)},
                 {"source", absl::StrCat(file.substr(file.find_last_of('/') + 1), ":", args->line)},
                 {"detail", message}});
   // tcp_server_posix.cc's on_read(): every accept() error but EAGAIN/ECONNABORTED/EINTR ends the listener.

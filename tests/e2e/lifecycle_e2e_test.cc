@@ -114,7 +114,7 @@ TEST(Lifecycle, OutOfFileDescriptorsTheServerDrainsAndExitsOneInsteadOfServingNo
   EXPECT_NE(log.find("gRPC stopped accepting connections (Failed accept4: Too many open files)"), std::string::npos)
       << log;
   // gRPC's own line is one JSON object, as the server's are.
-  EXPECT_NE(log.find("{\"detail\":\"Failed accept4: Too many open files\",\"event\":\"grpc\",\"severity\":\"E\""),
+  EXPECT_NE(log.find("{\"detail\":\"Failed accept4: Too many open files\",\"event\":\"grpc\",\"severity\":\"ERROR\""),
             std::string::npos)
       << log;
 }

@@ -12,8 +12,11 @@
 #include <condition_variable>
 #include <fstream>
 #include <future>
+#include <map>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "attribution/v1/attribution.grpc.pb.h"
@@ -552,6 +555,43 @@ TEST_F(ServiceTest, LatencyOfRefusedCallsIsKeptApartFromServedCalls) {
               StatusIs(absl::StatusCode::kNotFound));
   EXPECT_EQ(test_support::MetricValue(port, refused), refused_before + 1);
   EXPECT_EQ(test_support::MetricValue(port, served), served_before);
+}
+
+// The severity of every JSON line of `log` by its "event" or "rpc" and "code" (e.g. "rpc Logprobs OK");
+// lines without a severity as "missing".
+std::multimap<std::string, std::string> SeveritiesByLine(const std::string& log) {
+  std::multimap<std::string, std::string> severities;
+  std::istringstream lines(log);
+  for (std::string text; std::getline(lines, text);) {
+    const nlohmann::json line = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (!line.is_object()) continue;
+    const std::string what = line.contains("rpc")
+                                 ? absl::StrCat("rpc ", line.value("rpc", ""), " ", line.value("code", ""))
+                                 : line.value("event", "");
+    severities.emplace(what, line.value("severity", "missing"));
+  }
+  return severities;
+}
+
+// The log lines had no severity: collectors that read stderr without one (GKE, for one) file every
+// line, each served call's included, as an error.
+TEST_F(ServiceTest, EveryLogLineCarriesASeverity) {
+  auto client = Connect(server_->address());
+  ASSERT_THAT(client->GetLogprobs({.model = "demo", .prompt = "a b c", .target = " d"}), IsOk());
+  EXPECT_THAT(client->GetLogprobs({.model = "no-such-model", .prompt = "a b c", .target = " d"}),
+              StatusIs(absl::StatusCode::kNotFound));
+  const std::multimap<std::string, std::string> severities = SeveritiesByLine(server_->Log());
+  for (const auto& [what, severity] : severities) {
+    EXPECT_THAT(severity, ::testing::AnyOf("DEBUG", "INFO", "WARNING", "ERROR")) << what;
+  }
+  EXPECT_EQ(severities.find("rpc Logprobs OK")->second, "INFO");
+  EXPECT_EQ(severities.find("rpc Logprobs NOT_FOUND")->second, "INFO");  // the client's mistake
+  EXPECT_EQ(severities.find("serving")->second, "INFO");
+  auto [code, log] = ServerProcess::RunToExit({"--model=m=/nonexistent-model-dir"});
+  EXPECT_EQ(code, 1);
+  const std::multimap<std::string, std::string> failed = SeveritiesByLine(log);
+  ASSERT_EQ(failed.count("startup_failed"), 1u) << log;
+  EXPECT_EQ(failed.find("startup_failed")->second, "ERROR");
 }
 
 TEST(ServerLifecycle, SigtermFinishesCallsInFlightRefusesNewOnesAndExitsZero) {
