@@ -103,12 +103,22 @@ def check_kubernetes(server_binary):
     container = pod["spec"]["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     check(deployment["spec"]["selector"]["matchLabels"].items() <= labels.items(), "Deployment selector misses pod labels")
-    for probe_name in ("startupProbe", "readinessProbe", "livenessProbe"):
-        probe = container[probe_name]
-        check("grpc" in probe and probe["grpc"]["port"] == ports["grpc"], f"{probe_name} is not a gRPC probe on the gRPC port")
-    check(seconds(container["startupProbe"]) >= 300, "startup probe allows less than 5 minutes for model load")
     config_doc = docs[("ConfigMap", "attribution-server-config")]
     server_config = json.loads(config_doc["data"]["server.json"])
+    tls = bool(server_config.get("tls", {}).get("cert_file"))
+    for probe_name in ("startupProbe", "readinessProbe", "livenessProbe"):
+        probe = container[probe_name]
+        if tls:
+            # The kubelet's native gRPC probes speak plaintext only: against a TLS port every probe fails,
+            # so the pods never became ready and liveness restarted them.
+            command = probe.get("exec", {}).get("command", [])
+            check(command[:2] == ["attribution-cli", "health"] and any(a.startswith("--ca=") for a in command),
+                  f"{probe_name}: the config serves TLS, which gRPC probes cannot speak; use "
+                  "exec: attribution-cli health --server=127.0.0.1:PORT --ca=CA_FILE --tls_server_name=NAME")
+        else:
+            check("grpc" in probe and probe["grpc"]["port"] == ports["grpc"],
+                  f"{probe_name} is not a gRPC probe on the gRPC port")
+    check(seconds(container["startupProbe"]) >= 300, "startup probe allows less than 5 minutes for model load")
     grace = pod["spec"]["terminationGracePeriodSeconds"]
     pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
     check(grace >= pre_stop + server_config["grace_period_seconds"],
