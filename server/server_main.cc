@@ -380,6 +380,10 @@ int Serve() {
     return Fail(absl::UnavailableError(absl::StrCat("cannot listen on ", config->listen, tls)));
   }
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  // Registered by name too, so a check that names the service (grpc-health-probe -service, a probe's
+  // grpc.service, Envoy's service_name, a client's healthCheckConfig) follows the server as "" does; it
+  // was answered NOT_FOUND. SetServingStatus(bool) below moves every registered name.
+  health->SetServingStatus(attribution::v1::AttributionService::service_full_name(), false);
   health->SetServingStatus(false);
   Log("listening", absl::StrCat("port ", port, config->tls.cert_file.empty() ? " plaintext" : " TLS",
                                 config->tls.client_ca_file.empty() ? "" : " (mutual)", ", metrics port ",

@@ -607,11 +607,15 @@ TEST(ServerLifecycle, SigtermFinishesCallsInFlightRefusesNewOnesAndExitsZero) {
   });
   while (!started) std::this_thread::yield();
   EXPECT_TRUE(WaitForQueuedRows((*server)->metrics_port(), "demo"));
-  (*server)->Signal(SIGTERM);
   auto prober = Connect((*server)->address(), {.max_attempts = 1});
+  // A check that names the service follows the server as the overall one does (it was NOT_FOUND).
+  constexpr char kService[] = "attribution.v1.AttributionService";
+  EXPECT_EQ(prober->Health(kService).value_or("error"), "SERVING");
+  (*server)->Signal(SIGTERM);
   for (int attempt = 0; attempt < 1000 && prober->Health().value_or("gone") == "SERVING"; ++attempt) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));  // until the server began draining
   }
+  EXPECT_EQ(prober->Health(kService).value_or("error"), "NOT_SERVING");
   auto late = Connect((*server)->address(), {.max_attempts = 2})->ListModels();
   EXPECT_THAT(late, StatusIs(absl::StatusCode::kUnavailable));
   call.join();
