@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "client/batch/line_files.h"
 #include "client/batch/parquet_writer.h"
 #include "client/batch/untrusted_text.h"
 
@@ -436,32 +437,13 @@ std::string RealFilePath(const std::string& given) {
   return std::string(resolved) == "/" ? "/" + name : absl::StrCat(resolved, "/", name);
 }
 
-absl::Status WriteAtomically(const std::string& given, const std::string& bytes) {
-  const std::string path = RealFilePath(given);
-  // A temporary of this writer's own (PATH.XXXXXX.tmp): writers of one path, such as two jobs sharing an
-  // --html folder, each rename a whole file instead of writing into, or renaming away, each other's.
-  std::string temporary = path + ".XXXXXX.tmp";
-  const int fd = ::mkstemps(temporary.data(), 4);
-  if (fd < 0) return absl::InternalError(absl::StrCat("cannot create ", temporary, ": ", std::strerror(errno)));
-  // mkstemps makes it 0600; the files it replaces were created readable by all.
-  bool written = ::fchmod(fd, 0644) == 0;
-  for (size_t done = 0; written && done < bytes.size();) {
-    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    written = n > 0;
-    if (written) done += static_cast<size_t>(n);
-  }
-  const int error = errno;
-  if (::close(fd) != 0 || !written) {
-    ::unlink(temporary.c_str());
-    return absl::InternalError(absl::StrCat("cannot write ", temporary, ": ", std::strerror(written ? errno : error)));
-  }
-  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
-    const int rename_error = errno;
-    ::unlink(temporary.c_str());
-    return absl::InternalError(absl::StrCat("cannot rename over ", path, ": ", std::strerror(rename_error)));
-  }
-  return absl::OkStatus();
+absl::Status WriteAtomically(const std::string& path, const std::string& bytes) {
+  // A temporary of this writer's own: writers of one path, such as two jobs sharing an --html folder, each
+  // rename a whole file instead of writing into, or renaming away, each other's.
+  absl::StatusOr<std::unique_ptr<AtomicFileWriter>> out = AtomicFileWriter::Create(path);
+  if (!out.ok()) return out.status();
+  if (absl::Status written = (*out)->Write(bytes); !written.ok()) return written;
+  return (*out)->Commit();
 }
 
 absl::Status WriteResultsParquet(const std::string& results_path, const std::string& parquet_path) {

@@ -1,0 +1,160 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "client/batch/line_files.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "client/batch/batch_job.h"
+
+namespace attribution::client::batch {
+namespace {
+
+constexpr size_t kBufferBytes = 1 << 16;
+
+absl::Status Errno(const std::string& what, const std::string& path, int error) {
+  return absl::InternalError(absl::StrCat(what, " ", path, ": ", std::strerror(error)));
+}
+
+}  // namespace
+
+absl::StatusOr<LineReader> LineReader::Open(const std::string& path, int* error) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (error != nullptr) *error = errno;
+    return absl::NotFoundError(absl::StrCat("cannot read ", path, ": ", std::strerror(errno)));
+  }
+  return LineReader(path, fd);
+}
+
+LineReader::LineReader(LineReader&& other) noexcept
+    : path_(std::move(other.path_)),
+      fd_(std::exchange(other.fd_, -1)),
+      buffer_(std::move(other.buffer_)),
+      buffer_begin_(other.buffer_begin_),
+      offset_(other.offset_),
+      number_(other.number_),
+      end_(other.end_) {}
+
+LineReader::~LineReader() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+absl::StatusOr<bool> LineReader::Next(Line& line) {
+  size_t newline = buffer_.find('\n', buffer_begin_);
+  while (newline == std::string::npos && !end_) {
+    // Keep only the unread part, then read more behind it: the buffer grows only as long as one line.
+    buffer_.erase(0, buffer_begin_);
+    buffer_begin_ = 0;
+    const size_t searched = buffer_.size();
+    buffer_.resize(searched + kBufferBytes);
+    ssize_t n;
+    do {
+      n = ::read(fd_, buffer_.data() + searched, kBufferBytes);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) {
+      const int error = errno;
+      buffer_.resize(searched);
+      return absl::NotFoundError(absl::StrCat("cannot read ", path_, ": ", std::strerror(error)));
+    }
+    buffer_.resize(searched + static_cast<size_t>(n));
+    end_ = n == 0;
+    newline = buffer_.find('\n', searched);
+  }
+  if (buffer_begin_ == buffer_.size()) return false;
+  const size_t end = newline == std::string::npos ? buffer_.size() : newline;
+  line.text.assign(buffer_, buffer_begin_, end - buffer_begin_);
+  line.offset = offset_;
+  line.number = ++number_;
+  line.complete = newline != std::string::npos;
+  const size_t consumed = end - buffer_begin_ + (line.complete ? 1 : 0);
+  buffer_begin_ += consumed;
+  offset_ += static_cast<int64_t>(consumed);
+  return true;
+}
+
+absl::Status WriteAllBytes(int fd, absl::string_view bytes, const std::string& path) {
+  size_t written = 0;
+  while (written < bytes.size()) {
+    const ssize_t n = ::write(fd, bytes.data() + written, bytes.size() - written);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return Errno("cannot write", path, n < 0 ? errno : ENOSPC);
+    written += static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CopyFileBytes(int from_fd, const std::string& from, int64_t offset, int64_t length, int to_fd,
+                           const std::string& to) {
+  std::string buffer(static_cast<size_t>(std::min<int64_t>(length, kBufferBytes * 16)), '\0');
+  while (length > 0) {
+    const ssize_t n = ::pread(from_fd, buffer.data(), std::min<size_t>(buffer.size(), length), offset);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Errno("cannot read", from, errno);
+    if (n == 0) {
+      return absl::DataLossError(absl::StrCat(from, " changed while read: it ends before byte ", offset + length));
+    }
+    if (absl::Status written = WriteAllBytes(to_fd, {buffer.data(), static_cast<size_t>(n)}, to); !written.ok()) {
+      return written;
+    }
+    offset += n;
+    length -= n;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::Create(const std::string& given) {
+  const std::string path = RealFilePath(given);
+  std::string temporary = path + ".XXXXXX.tmp";
+  const int fd = ::mkstemps(temporary.data(), 4);
+  if (fd < 0) return Errno("cannot create", temporary, errno);
+  // mkstemps makes it 0600; the files it replaces were created readable by all.
+  if (::fchmod(fd, 0644) != 0) {
+    const int error = errno;
+    ::close(fd);
+    ::unlink(temporary.c_str());
+    return Errno("cannot write", temporary, error);
+  }
+  return std::unique_ptr<AtomicFileWriter>(new AtomicFileWriter(path, std::move(temporary), fd));
+}
+
+AtomicFileWriter::~AtomicFileWriter() {
+  if (fd_ < 0) return;
+  ::close(fd_);
+  ::unlink(temporary_.c_str());
+}
+
+absl::Status AtomicFileWriter::Write(absl::string_view bytes) {
+  size_ += static_cast<int64_t>(bytes.size());
+  return WriteAllBytes(fd_, bytes, temporary_);
+}
+
+absl::Status AtomicFileWriter::Copy(int from_fd, const std::string& from, int64_t offset, int64_t length) {
+  size_ += length;
+  return CopyFileBytes(from_fd, from, offset, length, fd_, temporary_);
+}
+
+absl::Status AtomicFileWriter::Commit() {
+  const int fd = std::exchange(fd_, -1);
+  if (::close(fd) != 0) {
+    const int error = errno;
+    ::unlink(temporary_.c_str());
+    return Errno("cannot write", temporary_, error);
+  }
+  if (std::rename(temporary_.c_str(), path_.c_str()) != 0) {
+    const int error = errno;
+    ::unlink(temporary_.c_str());
+    return Errno("cannot rename over", path_, error);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace attribution::client::batch

@@ -1,0 +1,103 @@
+// SPDX-License-Identifier: Apache-2.0
+// Reading results files a line at a time and copying lines by offset (client/batch/line_files.h).
+#include "client/batch/line_files.h"
+
+#include <fcntl.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+
+namespace attribution::client::batch {
+namespace {
+
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
+using ::attribution::test_support::TempDir;
+using ::testing::HasSubstr;
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+std::vector<Line> ReadLines(const std::string& path) {
+  absl::StatusOr<LineReader> reader = LineReader::Open(path);
+  EXPECT_THAT(reader, IsOk());
+  std::vector<Line> lines;
+  if (!reader.ok()) return lines;
+  for (Line line;;) {
+    absl::StatusOr<bool> more = reader->Next(line);
+    EXPECT_THAT(more, IsOk());
+    if (!more.ok() || !*more) break;
+    lines.push_back(line);
+  }
+  return lines;
+}
+
+// Lines longer than the reader's buffer, empty lines, and a last line cut short, each with its offset.
+TEST(LineReader, GivesEachLineWithItsOffsetAndWhetherItEnded) {
+  TempDir dir;
+  const std::string path = dir.File("lines.jsonl");
+  const std::string long_line(200000, 'x');  // three buffers' worth
+  std::ofstream(path) << "a\n" << long_line << "\n\nlast";
+  const std::vector<Line> lines = ReadLines(path);
+  ASSERT_EQ(lines.size(), 4u);
+  EXPECT_EQ(lines[0].text, "a");
+  EXPECT_EQ(lines[1].text, long_line);
+  EXPECT_EQ(lines[1].offset, 2);
+  EXPECT_EQ(lines[2].text, "");
+  EXPECT_EQ(lines[2].offset, 200003);
+  EXPECT_EQ(lines[3].text, "last");
+  EXPECT_EQ(lines[3].number, 4);
+  EXPECT_TRUE(lines[2].complete);
+  EXPECT_FALSE(lines[3].complete);
+  std::ofstream(dir.File("empty.jsonl")).flush();
+  EXPECT_TRUE(ReadLines(dir.File("empty.jsonl")).empty());
+}
+
+TEST(LineReader, ADirectoryOrAMissingFileIsNamed) {
+  TempDir dir;
+  EXPECT_THAT(LineReader::Open(dir.File("missing")).status(),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("cannot read " + dir.File("missing"))));
+  absl::StatusOr<LineReader> folder = LineReader::Open(dir.path());
+  ASSERT_THAT(folder, IsOk());
+  Line line;
+  EXPECT_THAT(folder->Next(line).status(),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("cannot read " + dir.path() + ": Is a directory")));
+}
+
+// Copies by offset land whole in the new file, which replaces the old one only on Commit.
+TEST(AtomicFileWriter, CopiesLinesByOffsetAndReplacesTheFileOnlyOnCommit) {
+  TempDir dir;
+  const std::string from = dir.File("from.jsonl"), to = dir.File("to.jsonl");
+  std::ofstream(from) << "first\nsecond\n";
+  std::ofstream(to) << "old\n";
+  const int fd = ::open(from.c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  {
+    absl::StatusOr<std::unique_ptr<AtomicFileWriter>> out = AtomicFileWriter::Create(to);
+    ASSERT_THAT(out, IsOk());
+    ASSERT_THAT((*out)->Copy(fd, from, 6, 7), IsOk());
+    EXPECT_THAT((*out)->Copy(fd, from, 6, 100), StatusIs(absl::StatusCode::kDataLoss, HasSubstr(from)));
+  }  // no Commit: the old file stays
+  EXPECT_EQ(ReadFile(to), "old\n");
+  absl::StatusOr<std::unique_ptr<AtomicFileWriter>> out = AtomicFileWriter::Create(to);
+  ASSERT_THAT(out, IsOk());
+  ASSERT_THAT((*out)->Copy(fd, from, 6, 7), IsOk());
+  ASSERT_THAT((*out)->Write("new\n"), IsOk());
+  ASSERT_THAT((*out)->Copy(fd, from, 0, 6), IsOk());
+  ASSERT_THAT((*out)->Commit(), IsOk());
+  EXPECT_EQ(ReadFile(to), "second\nnew\nfirst\n");
+  ::close(fd);
+}
+
+}  // namespace
+}  // namespace attribution::client::batch
