@@ -10,13 +10,16 @@
 // (rows that failed carry their error), 1 when the job could not run or finish, 2 on a usage error,
 // 3 when rows ended for lack of capacity or time (UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED,
 // CANCELLED): running the same command again tries them again.
+#include <fcntl.h>
 #include <limits.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -37,6 +40,7 @@
 #include "client/batch/batch_job.h"
 #include "client/batch/batch_runner.h"
 #include "client/batch/html_pages.h"
+#include "client/batch/line_files.h"
 #include "client/batch/result_log.h"
 #include "client/batch/untrusted_text.h"
 #include "client/command_line.h"
@@ -424,7 +428,9 @@ int Run(const CommandLine& line) {
 
 // The results of a job's shards by row: each line checked as a resumed job checks its file (ParseResultLine,
 // RetriedOnResume, CheckResultIsOfRow) and against the other shards' (one fingerprint per model, one
-// settings hash for rows without settings of their own, one result per row).
+// settings hash for rows without settings of their own, one result per row). Shards are read a line at a
+// time and only what the checks need is kept, with where each line is: the merged file is copied from the
+// shards by offset, so a merge holds no shard's text, whatever their sizes.
 class ShardResults {
  public:
   explicit ShardResults(const std::vector<BatchRow>& rows) : rows_(rows) {
@@ -432,42 +438,74 @@ class ShardResults {
   }
 
   absl::Status Add(const std::string& file) {
-    absl::StatusOr<std::string> text = ReadTextFile(file);
-    if (!text.ok()) return text.status();
-    int64_t number = 0;
-    const std::vector<absl::string_view> lines = absl::StrSplit(*text, '\n');
-    for (absl::string_view line : lines) {
-      ++number;
-      if (line.empty()) continue;
+    absl::StatusOr<LineReader> in = LineReader::Open(file);
+    if (!in.ok()) return in.status();
+    const size_t shard = files_.size();
+    files_.push_back(file);
+    for (Line line;;) {
+      absl::StatusOr<bool> more = in->Next(line);
+      if (!more.ok()) return more.status();
+      if (!*more) break;
+      if (line.text.empty()) continue;
       // The last line without its newline: cut short as its job was killed, never a result.
-      if (number == static_cast<int64_t>(lines.size())) {
+      if (!line.complete) {
         return absl::FailedPreconditionError(
-            absl::StrCat(file, ":", number,
+            absl::StrCat(file, ":", line.number,
                          ": the shard ends in a partial line (its job was interrupted): run that shard's command "
                          "again to complete it, then merge"));
       }
-      if (absl::Status added = AddLine(std::string(line), absl::StrCat(file, ":", number)); !added.ok()) return added;
+      if (absl::Status added = AddLine(line, shard); !added.ok()) return added;
     }
     return absl::OkStatus();
   }
 
-  // The merged file's text, in input order; NOT_FOUND naming a row without a result.
-  absl::StatusOr<std::string> InInputOrder() const {
-    std::string merged;
+  // Writes the merged file to `path` in input order (AtomicFileWriter: the file is replaced only once whole);
+  // NOT_FOUND naming a row without a result, before anything is written.
+  absl::Status WriteInInputOrder(const std::string& path) const {
     for (const BatchRow& row : rows_) {
-      auto it = results_.find(row.id);
-      if (it == results_.end()) return absl::NotFoundError(absl::StrCat("row \"", row.id, "\" has no result"));
-      absl::StrAppend(&merged, it->second.first.text, "\n");
+      if (!results_.contains(row.id)) return absl::NotFoundError(absl::StrCat("row \"", row.id, "\" has no result"));
     }
-    return merged;
+    std::vector<int> fds;
+    auto close_all = [&fds] {
+      for (int fd : fds) ::close(fd);
+    };
+    for (const std::string& file : files_) {
+      fds.push_back(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
+      if (fds.back() < 0) {
+        const int error = errno;
+        fds.pop_back();
+        close_all();
+        return absl::NotFoundError(absl::StrCat("cannot read ", file, ": ", std::strerror(error)));
+      }
+    }
+    absl::Status written;
+    absl::StatusOr<std::unique_ptr<AtomicFileWriter>> out = AtomicFileWriter::Create(path);
+    if (!out.ok()) written = out.status();
+    for (size_t r = 0; r < rows_.size() && written.ok(); ++r) {
+      const Located& located = results_.at(rows_[r].id);
+      written =
+          (*out)->Copy(fds[located.shard], files_[located.shard], located.result.offset, located.result.length + 1);
+    }
+    if (written.ok()) written = (*out)->Commit();
+    close_all();
+    return written;
   }
 
  private:
-  using Located = std::pair<DoneRow, std::string>;  // a result and where it was read (FILE:LINE)
+  struct Located {
+    DoneRow result;  // its line is its line number in the shard
+    size_t shard;
+  };
+  std::string Where(const Located& located) const {
+    return absl::StrCat(files_[located.shard], ":", located.result.line);
+  }
 
-  absl::Status AddLine(const std::string& line, const std::string& where) {
-    absl::StatusOr<DoneRow> result = ParseResultLine(line, where);
+  absl::Status AddLine(const Line& line, size_t shard) {
+    const std::string where = absl::StrCat(files_[shard], ":", line.number);
+    absl::StatusOr<DoneRow> result = ParseResultLine(line.text, where);
     if (!result.ok()) return result.status();
+    result->line = line.number;
+    result->offset = line.offset;
     auto row = by_id_.find(result->id);
     if (row == by_id_.end()) {
       return absl::FailedPreconditionError(absl::StrCat(where, ": row \"", result->id, "\" is not in ",
@@ -481,37 +519,38 @@ class ShardResults {
     }
     if (absl::Status same = CheckResultIsOfRow(*result, *row->second, where); !same.ok()) return same;
     // Rows may name their own model: each model is one and the same in every shard.
-    const Located& first_of_model = first_of_model_.try_emplace(result->model, *result, where).first->second;
+    const Located& first_of_model = first_of_model_.try_emplace(result->model, Located{*result, shard}).first->second;
     if (absl::Status same = SameJob(first_of_model, *result, where, "model_fingerprint", &DoneRow::model_fingerprint);
         !same.ok()) {
       return same;
     }
     if (row->second->settings.empty()) {
-      if (!first_job_row_) first_job_row_.emplace(*result, where);
+      if (!first_job_row_) first_job_row_.emplace(Located{*result, shard});
       if (absl::Status same = SameJob(*first_job_row_, *result, where, "settings_hash", &DoneRow::settings_hash);
           !same.ok()) {
         return same;
       }
     }
     const std::string id = result->id;
-    if (auto [first, added] = results_.try_emplace(id, std::move(*result), where); !added) {
+    if (auto [first, added] = results_.try_emplace(id, Located{std::move(*result), shard}); !added) {
       return absl::DataLossError(
-          absl::StrCat(where, ": row \"", id, "\" already has a result at ", first->second.second));
+          absl::StrCat(where, ": row \"", id, "\" already has a result at ", Where(first->second)));
     }
     return absl::OkStatus();
   }
 
   // Whether `result` can join the results of the job `first` came from (the same `key`, where both have one).
-  static absl::Status SameJob(const Located& first, const DoneRow& result, const std::string& where, const char* key,
-                              const std::string DoneRow::*field) {
-    const std::string &mine = first.first.*field, &theirs = result.*field;
+  absl::Status SameJob(const Located& first, const DoneRow& result, const std::string& where, const char* key,
+                       const std::string DoneRow::*field) const {
+    const std::string &mine = first.result.*field, &theirs = result.*field;
     if (mine.empty() || theirs.empty() || mine == theirs) return absl::OkStatus();
     return absl::FailedPreconditionError(absl::StrCat(where, ": row \"", result.id, "\" has ", key, " \"", theirs,
-                                                      "\", but row \"", first.first.id, "\" of ", first.second,
+                                                      "\", but row \"", first.result.id, "\" of ", Where(first),
                                                       " has \"", mine, "\": the shards come from different jobs"));
   }
 
   const std::vector<BatchRow>& rows_;
+  std::vector<std::string> files_;  // the shards, in the order added
   std::map<std::string, const BatchRow*> by_id_;
   std::map<std::string, Located> results_;         // row id -> its result
   std::map<std::string, Located> first_of_model_;  // model name -> the first result on it
@@ -534,9 +573,7 @@ int Merge(const std::vector<std::string>& shard_files) {
   for (const std::string& file : shard_files) {
     if (absl::Status added = results.Add(file); !added.ok()) return Failed(added);
   }
-  absl::StatusOr<std::string> merged = results.InInputOrder();
-  if (!merged.ok()) return Failed(merged.status());
-  if (absl::Status written = WriteAtomically(absl::GetFlag(FLAGS_output), *merged); !written.ok()) {
+  if (absl::Status written = results.WriteInInputOrder(absl::GetFlag(FLAGS_output)); !written.ok()) {
     return Failed(written);
   }
   // The shards' jobs may have written their pages into one folder (each its own index): one index of all.

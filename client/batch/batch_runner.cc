@@ -433,13 +433,14 @@ absl::StatusOr<JobSummary> RunJob(const std::vector<BatchRow>& rows, const json&
   std::vector<std::string> held_lines;
   // Once every held-back row has its line: the file rewritten as an uninterrupted run would have it.
   auto rewrite_in_input_order = [&]() -> absl::Status {
-    std::vector<std::string> lines;
+    // Kept lines are copied from the file by offset: the rewrite holds the held-back lines, not the file.
+    std::vector<ResultLog::RewrittenLine> lines;
     size_t held = 0;
     for (size_t i = 0; i < last_done; ++i) {
       if (auto done = log.done().find(rows[i].id); done != log.done().end()) {
-        lines.push_back(done->second.text);
+        lines.push_back({.done = &done->second});
       } else if (held < held_lines.size()) {
-        lines.push_back(std::move(held_lines[held++]));
+        lines.push_back({.text = std::move(held_lines[held++])});
       }
     }
     held_lines.clear();

@@ -7,13 +7,12 @@
 
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "client/batch/line_files.h"
 #include "client/batch/untrusted_text.h"
 
 namespace attribution::client::batch {
@@ -24,13 +23,7 @@ absl::Status Errno(const std::string& what, const std::string& path) {
 }
 
 absl::Status WriteAll(int fd, const std::string& bytes, const std::string& path) {
-  size_t written = 0;
-  while (written < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + written, bytes.size() - written);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return Errno("cannot write", path);
-    written += static_cast<size_t>(n);
-  }
+  if (absl::Status written = WriteAllBytes(fd, bytes, path); !written.ok()) return written;
   return ::fsync(fd) == 0 ? absl::OkStatus() : Errno("cannot sync", path);
 }
 
@@ -62,16 +55,49 @@ std::string ResultErrorMessage(const nlohmann::json& result) { return ErrorField
 
 namespace {
 
-// `bytes` as the whole file at `path`: readers (and a kill) see the old file or the new one.
-absl::Status ReplaceFile(const std::string& path, const std::string& bytes) {
+// A piece of the file ReplaceFile writes: `length` bytes at `offset` of the file it replaces, or new bytes.
+struct Piece {
+  int64_t offset = 0, length = 0;
+  std::string bytes;  // when length is 0
+};
+
+// `pieces` as the whole file at `path`, copied from the file now there or written: readers (and a kill) see
+// the old file or the new one. The old file is read by offset, never held in memory.
+absl::Status ReplaceFile(const std::string& path, const std::vector<Piece>& pieces) {
   const std::string temporary = path + ".tmp";
+  int old_fd = -1;
+  for (const Piece& piece : pieces) {
+    if (piece.length == 0 || old_fd >= 0) continue;
+    old_fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (old_fd < 0) return Errno("cannot read", path);
+  }
   const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return Errno("cannot create", temporary);
-  absl::Status written = WriteAll(fd, bytes, temporary);
+  if (fd < 0) {
+    if (old_fd >= 0) ::close(old_fd);
+    return Errno("cannot create", temporary);
+  }
+  absl::Status written;
+  for (const Piece& piece : pieces) {
+    written = piece.length > 0 ? CopyFileBytes(old_fd, path, piece.offset, piece.length, fd, temporary)
+                               : WriteAllBytes(fd, piece.bytes, temporary);
+    if (!written.ok()) break;
+  }
+  if (written.ok() && ::fsync(fd) != 0) written = Errno("cannot sync", temporary);
   ::close(fd);
+  if (old_fd >= 0) ::close(old_fd);
   if (!written.ok()) return written;
   if (::rename(temporary.c_str(), path.c_str()) != 0) return Errno("cannot rename over", path);
   return absl::OkStatus();
+}
+
+// Appends the bytes at [offset, offset + length) of the old file to `pieces`, joining it to the last piece
+// when they touch (a kept run of lines is one copy).
+void AddCopy(std::vector<Piece>& pieces, int64_t offset, int64_t length) {
+  if (!pieces.empty() && pieces.back().length > 0 && pieces.back().offset + pieces.back().length == offset) {
+    pieces.back().length += length;
+    return;
+  }
+  pieces.push_back({.offset = offset, .length = length});
 }
 
 // An exclusive lock on PATH.lock for this process, or why not: another job writing to the same file
@@ -125,7 +151,7 @@ absl::StatusOr<DoneRow> ParseResultLine(const std::string& line, const std::stri
                  .model_fingerprint = StringField(result, "model_fingerprint"),
                  .model = StringField(result, "model"),
                  .input_hash = StringField(result, "input_hash"),
-                 .text = line};
+                 .length = static_cast<int64_t>(line.size())};
 }
 
 absl::Status CheckResultIsOfRow(const DoneRow& result, const BatchRow& row, const std::string& where) {
@@ -150,39 +176,39 @@ absl::StatusOr<std::unique_ptr<ResultLog>> ResultLog::OpenLocked(const std::stri
                                                                  int lock_fd) {
   std::map<std::string, DoneRow> done;
   std::map<std::string, int64_t> line_of;  // id -> its kept line's number in the file as read
-  std::string kept;
-  int64_t kept_lines = 0;
+  std::vector<Piece> kept;                 // the kept lines' bytes in the file as read
+  int64_t kept_lines = 0, kept_bytes = 0;
   bool rewrite = false;
-  if (std::ifstream in(file, std::ios::binary); in) {
-    std::stringstream buffer;
-    buffer << in.rdbuf();
-    const std::string text = buffer.str();
-    size_t begin = 0;
-    for (int64_t number = 1; begin < text.size(); ++number) {
-      const size_t end = text.find('\n', begin);
-      if (end == std::string::npos) {  // cut short by a kill: never counted as done
-        rewrite = true;
-        break;
-      }
-      const std::string line = text.substr(begin, end - begin);
-      begin = end + 1;
-      absl::StatusOr<DoneRow> result = ParseResultLine(line, absl::StrCat(path, ":", number));
-      if (!result.ok()) return result.status();
-      if (RetriedOnResume(result->error_code, result->error_message)) {
-        rewrite = true;
-        continue;
-      }
-      if (auto [first, inserted] = line_of.emplace(result->id, number); !inserted) {
-        return absl::DataLossError(absl::StrCat(path, ":", number, ": row \"", result->id,
-                                                "\" already has a result on line ", first->second,
-                                                ": the file holds two results of one row (two jobs wrote it?); "
-                                                "keep one of the lines, or write to another file"));
-      }
-      result->line = ++kept_lines;
-      std::string id = result->id;
-      done.emplace(std::move(id), std::move(*result));
-      kept += line + "\n";
+  int open_error = 0;
+  absl::StatusOr<LineReader> in = LineReader::Open(file, &open_error);
+  if (!in.ok() && open_error != ENOENT) return in.status();
+  for (Line line; in.ok();) {
+    absl::StatusOr<bool> more = in->Next(line);
+    if (!more.ok()) return more.status();
+    if (!*more) break;
+    if (!line.complete) {  // cut short by a kill: never counted as done
+      rewrite = true;
+      break;
     }
+    absl::StatusOr<DoneRow> result = ParseResultLine(line.text, absl::StrCat(path, ":", line.number));
+    if (!result.ok()) return result.status();
+    if (RetriedOnResume(result->error_code, result->error_message)) {
+      rewrite = true;
+      continue;
+    }
+    if (auto [first, inserted] = line_of.emplace(result->id, line.number); !inserted) {
+      return absl::DataLossError(absl::StrCat(path, ":", line.number, ": row \"", result->id,
+                                              "\" already has a result on line ", first->second,
+                                              ": the file holds two results of one row (two jobs wrote it?); "
+                                              "keep one of the lines, or write to another file"));
+    }
+    AddCopy(kept, line.offset, result->length + 1);
+    // Where the line is once the lines before it that are dropped are gone (where it is now, if none is).
+    result->line = ++kept_lines;
+    result->offset = kept_bytes;
+    kept_bytes += result->length + 1;
+    std::string id = result->id;
+    done.emplace(std::move(id), std::move(*result));
   }
   if (rewrite) {
     if (absl::Status replaced = ReplaceFile(file, kept); !replaced.ok()) return replaced;
@@ -207,10 +233,32 @@ absl::Status ResultLog::Append(const std::vector<std::string>& lines) {
   return WriteAll(fd_, bytes, path_);
 }
 
-absl::Status ResultLog::Rewrite(const std::vector<std::string>& lines) {
-  std::string bytes;
-  for (const std::string& line : lines) absl::StrAppend(&bytes, line, "\n");
-  if (absl::Status replaced = ReplaceFile(file_, bytes); !replaced.ok()) return replaced;
+absl::Status ResultLog::Rewrite(const std::vector<RewrittenLine>& lines) {
+  std::vector<Piece> pieces;
+  struct Moved {
+    std::string id;
+    int64_t offset, line;  // in the new file
+  };
+  std::vector<Moved> moved;
+  int64_t size = 0, number = 0;
+  for (const RewrittenLine& line : lines) {
+    ++number;
+    if (line.done != nullptr) {
+      AddCopy(pieces, line.done->offset, line.done->length + 1);
+      moved.push_back({line.done->id, size, number});
+      size += line.done->length + 1;
+      continue;
+    }
+    if (pieces.empty() || pieces.back().length > 0) pieces.emplace_back();
+    absl::StrAppend(&pieces.back().bytes, line.text, "\n");
+    size += static_cast<int64_t>(line.text.size()) + 1;
+  }
+  if (absl::Status replaced = ReplaceFile(file_, pieces); !replaced.ok()) return replaced;
+  for (const Moved& row : moved) {
+    DoneRow& done = done_.at(row.id);
+    done.offset = row.offset;
+    done.line = row.line;
+  }
   // The rename left fd_ on the old file's inode: later appends must reach the new one.
   const int fd = ::open(file_.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
   if (fd < 0) return Errno("cannot open", file_);

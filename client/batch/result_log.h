@@ -6,6 +6,8 @@
 // which the resumed job tries again; the kept lines are rewritten through PATH.tmp and rename(2).
 // Rows tried again belong in the middle of the file: the job hands their lines to Rewrite, which
 // replaces the whole file the same way, so a kill leaves either file and never a mix.
+// Results files can be far larger than memory: the log keeps of each line what the job checks and where the
+// line is (offset, length), never its text, and rewrites copy kept lines from the old file by offset.
 // One job at a time writes a results file: Open takes an exclusive flock(2) on PATH.lock (not on the file,
 // which Rewrite replaces) and holds it until the ResultLog is destroyed; the lock file stays behind. PATH is
 // the real file a given path names (RealFilePath: through symbolic links), so a job writing through a link
@@ -55,7 +57,7 @@ struct DoneRow {
   std::string model_fingerprint;          // "" when the line has none
   std::string model;                      // "" when the line has none
   std::string input_hash;                 // "" when the line has none (written before results carried it)
-  std::string text;                       // the line, without its newline
+  int64_t offset = 0, length = 0;         // the line's bytes in the file (without its newline)
 };
 
 // `line` as a result this tool writes (a JSON object with a string "id", "status" "ok" or "error" with an
@@ -81,8 +83,14 @@ class ResultLog {
   const std::map<std::string, DoneRow>& done() const { return done_; }
   // Lines without their newline; written in one call and synced before it returns.
   absl::Status Append(const std::vector<std::string>& lines);
-  // Replaces the file with `lines` (through PATH.tmp, fsync and rename(2)); later Appends follow them.
-  absl::Status Rewrite(const std::vector<std::string>& lines);
+  // A line of the file Rewrite writes: a done row's line as the file holds it, or a new line.
+  struct RewrittenLine {
+    const DoneRow* done = nullptr;  // one of done(): copied from the file by its offset
+    std::string text;               // when `done` is null: the line, without its newline
+  };
+  // Replaces the file with `lines` (through PATH.tmp, fsync and rename(2)); later Appends follow them, and
+  // done() then says where its rows' lines are in the new file.
+  absl::Status Rewrite(const std::vector<RewrittenLine>& lines);
 
  private:
   ResultLog(std::string path, std::string file, int fd, int lock_fd, std::map<std::string, DoneRow> done);

@@ -1354,7 +1354,7 @@ TEST_F(BatchResume, ASecondJobOnTheSameResultsFileIsRefused) {
   {
     auto first = client::batch::ResultLog::Open(output);
     ASSERT_THAT(first, IsOk());
-    ASSERT_THAT((*first)->Rewrite({before.substr(0, before.find('\n'))}), IsOk());
+    ASSERT_THAT((*first)->Rewrite({{.text = before.substr(0, before.find('\n'))}}), IsOk());
     EXPECT_THAT(client::batch::ResultLog::Open(output).status(),
                 StatusIs(absl::StatusCode::kFailedPrecondition,
                          HasSubstr(output + ": another job is writing this results file")));

@@ -1,12 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 // Reopening a results file (client/batch/result_log.h) that holds hostile lines: refused naming the line,
-// never a crash.
+// never a crash. Rewrites copy kept lines by offset, and say where they moved.
 #include "client/batch/result_log.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <iterator>
 #include <string>
 
 #include "tests/testing/status_matchers.h"
@@ -15,6 +16,7 @@
 namespace attribution::client::batch {
 namespace {
 
+using ::attribution::test_support::IsOk;
 using ::attribution::test_support::StatusIs;
 using ::attribution::test_support::TempDir;
 using ::testing::HasSubstr;
@@ -29,6 +31,41 @@ TEST(ResultLog, ADeeplyNestedLineIsRefusedNamingIt) {
   EXPECT_THAT(
       ResultLog::Open(path).status(),
       StatusIs(absl::StatusCode::kDataLoss, HasSubstr(path + ":2: objects and arrays nested more than 64 deep")));
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// The log keeps where each line is, not its text: reopening drops a row left for a rerun and a last line
+// cut short, and each rewrite (a retried row put back in its place, then another order) copies every kept
+// line whole from where the file before it held it.
+TEST(ResultLog, RewritesCopyKeptLinesFromWhereTheyAre) {
+  TempDir dir;
+  const std::string path = dir.File("out.jsonl");
+  const std::string r0 = R"({"id":"r0","status":"ok","attribution":[0.5]})",
+                    r1 = R"({"id":"r1","status":"error","error":{"code":"UNAVAILABLE","message":"down"}})",
+                    r2 = R"({"id":"r2","status":"ok","attribution":[0.25,0.75]})";
+  std::ofstream(path) << r0 << "\n"
+                      << r1 << "\n"
+                      << r2 << "\n"
+                      << R"({"id":"r3","sta)";
+  absl::StatusOr<std::unique_ptr<ResultLog>> log = ResultLog::Open(path);
+  ASSERT_THAT(log, IsOk());
+  EXPECT_EQ(ReadFile(path), r0 + "\n" + r2 + "\n");
+  ASSERT_EQ((*log)->done().size(), 2u);
+  const DoneRow& done0 = (*log)->done().at("r0");
+  const DoneRow& done2 = (*log)->done().at("r2");
+  EXPECT_EQ(done2.offset, static_cast<int64_t>(r0.size() + 1));
+  const std::string r1_again = R"({"id":"r1","status":"ok","attribution":[1.0]})";
+  ASSERT_THAT((*log)->Rewrite({{.done = &done0}, {.text = r1_again}, {.done = &done2}}), IsOk());
+  EXPECT_EQ(ReadFile(path), r0 + "\n" + r1_again + "\n" + r2 + "\n");
+  EXPECT_EQ(done2.offset, static_cast<int64_t>(r0.size() + r1_again.size() + 2));
+  EXPECT_EQ(done2.line, 3);
+  ASSERT_THAT((*log)->Rewrite({{.done = &done2}, {.done = &done0}}), IsOk());
+  ASSERT_THAT((*log)->Append({r1_again}), IsOk());
+  EXPECT_EQ(ReadFile(path), r2 + "\n" + r0 + "\n" + r1_again + "\n");
 }
 
 }  // namespace
