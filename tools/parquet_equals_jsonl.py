@@ -2,10 +2,11 @@
 # SPDX-License-Identifier: Apache-2.0
 """Checks that a Parquet file written by attribution-batch (client/batch/parquet_writer.cc) holds what its
 JSONL holds, read back by pyarrow (an independent reader): the same rows in order, every field of a line equal
-in its column (an "error" object as error_code / error_message), and every column a line lacks null.
+in its column (an "error" object as error_code / error_message), and every column a line lacks null. The table
+is read whole and also one row group at a time (each group's rows are the next lines, their values equal).
 
-Usage: parquet_equals_jsonl.py TABLE.parquet RESULTS.jsonl   (exit 0 and "equal" when they match, with each
-column's name and pyarrow type)
+Usage: parquet_equals_jsonl.py TABLE.parquet RESULTS.jsonl   (exit 0 and "equal" when they match, with the
+number of row groups and each column's name and pyarrow type)
 """
 import json
 import sys
@@ -28,8 +29,16 @@ def main():
         for column, value in row.items():
             expected = line.get(column)
             assert value == expected, f"line {number}, column {column}: parquet {value!r}, jsonl {expected!r}"
+    parquet = pq.ParquetFile(sys.argv[1])
+    groups = parquet.metadata.num_row_groups
+    by_group = []
+    for group in range(groups):
+        read = parquet.read_row_group(group).to_pylist()
+        assert len(read) == parquet.metadata.row_group(group).num_rows, (group, len(read))
+        by_group += read
+    assert by_group == rows, "the row groups read one at a time differ from the table read whole"
     columns = ", ".join(f"{field.name}: {field.type}" for field in table.schema)
-    print(f"equal: {len(rows)} rows, {table.num_columns} columns ({columns})")
+    print(f"equal: {len(rows)} rows in {groups} row groups, {table.num_columns} columns ({columns})")
 
 
 if __name__ == "__main__":

@@ -446,7 +446,8 @@ absl::Status WriteAtomically(const std::string& path, const std::string& bytes) 
   return (*out)->Commit();
 }
 
-absl::Status WriteResultsParquet(const std::string& results_path, const std::string& parquet_path) {
+absl::Status WriteResultsParquet(const std::string& results_path, const std::string& parquet_path,
+                                 const ParquetRowGroupLimits& limits) {
   static const std::vector<ParquetColumn> kColumns = {
       {"id", ParquetType::kString},
       {"request_id", ParquetType::kString},
@@ -481,26 +482,35 @@ absl::Status WriteResultsParquet(const std::string& results_path, const std::str
       {"server_seconds", ParquetType::kDouble},
       {"attempts", ParquetType::kInt64},
   };
-  std::ifstream in(results_path);
-  if (!in) return absl::NotFoundError("cannot read " + results_path);
-  std::vector<json> rows;
-  for (std::string line; std::getline(in, line);) {
-    absl::StatusOr<json> parsed = ParseJson(line, absl::StrCat(results_path, ":", rows.size() + 1));
+  absl::StatusOr<LineReader> in = LineReader::Open(results_path);
+  if (!in.ok()) return in.status();
+  absl::StatusOr<std::unique_ptr<AtomicFileWriter>> out = AtomicFileWriter::Create(parquet_path);
+  if (!out.ok()) return out.status();
+  ParquetWriter table(
+      kColumns, [&out](absl::string_view bytes) { return (*out)->Write(bytes); }, limits);
+  // A line at a time: the table holds one row group's values, never the whole file's.
+  Line line;
+  for (;;) {
+    absl::StatusOr<bool> more = in->Next(line);
+    if (!more.ok()) return more.status();
+    if (!*more) break;
+    const std::string where = absl::StrCat(results_path, ":", line.number);
+    absl::StatusOr<json> parsed = ParseJson(line.text, where);
     if (!parsed.ok()) return absl::DataLossError(parsed.status().message());
-    if (!parsed->is_object()) {
-      return absl::DataLossError(absl::StrCat(results_path, ":", rows.size() + 1, ": not a result line"));
-    }
-    json row = std::move(*parsed);
+    if (!parsed->is_object()) return absl::DataLossError(absl::StrCat(where, ": not a result line"));
+    json& row = *parsed;
     if (const json error = row.value("error", json()); error.is_object()) {
       row["error_code"] = error.value("code", json());
       row["error_message"] = error.value("message", json());
     }
-    rows.push_back(std::move(row));
+    if (absl::Status added = table.Add(row); !added.ok()) {
+      return absl::Status(added.code(), absl::StrCat(results_path, ": ", added.message()));
+    }
   }
-  absl::StatusOr<std::string> bytes = ParquetFile(kColumns, rows);
-  if (!bytes.ok())
-    return absl::Status(bytes.status().code(), absl::StrCat(results_path, ": ", bytes.status().message()));
-  return WriteAtomically(parquet_path, *bytes);
+  if (absl::Status finished = table.Finish(); !finished.ok()) {
+    return absl::Status(finished.code(), absl::StrCat(results_path, ": ", finished.message()));
+  }
+  return (*out)->Commit();
 }
 
 }  // namespace attribution::client::batch

@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "client/attribution_client.h"
+#include "client/batch/parquet_writer.h"
 
 namespace attribution::client::batch {
 
@@ -68,8 +69,10 @@ std::string RealFilePath(const std::string& path);
 absl::Status WriteAtomically(const std::string& path, const std::string& bytes);
 
 // The results file (JSONL) as a Parquet table at `parquet_path` (temp + rename): one row per line, a
-// column per result field (error as error_code, error_message), nulls where a row has no value.
-absl::Status WriteResultsParquet(const std::string& results_path, const std::string& parquet_path);
+// column per result field (error as error_code, error_message), nulls where a row has no value. It reads a
+// line at a time and writes a row group whenever `limits` is reached, so its memory is one row group's.
+absl::Status WriteResultsParquet(const std::string& results_path, const std::string& parquet_path,
+                                 const ParquetRowGroupLimits& limits = {});
 // The digest of everything that decides a request's answer (model fingerprint, settings, prompt,
 // target), so a retried or resumed row carries the same request id.
 std::string RequestId(const std::string& model_fingerprint, const nlohmann::json& settings, const BatchRow& row);

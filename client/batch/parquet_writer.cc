@@ -55,6 +55,8 @@ class Compact {
   void ElementStruct() { last_.push_back(0); }
   void ElementI32(int64_t value) { Varint(ZigZag(value)); }
   void ElementBinary(const std::string& value) { String(value); }
+  // A list element already encoded (a struct's fields and its stop byte).
+  void ElementRaw(const std::string& encoded) { out_ += encoded; }
   void End() {
     out_.push_back(0);
     last_.pop_back();
@@ -95,7 +97,7 @@ class Compact {
 // One column's levels and PLAIN values.
 struct Encoded {
   int max_repetition = 0, max_definition = 0;
-  std::vector<int> repetition, definition;
+  std::vector<uint8_t> repetition, definition;  // levels here are at most 5
   std::string values;
   std::vector<bool> bits;  // booleans, packed at the end
 };
@@ -143,8 +145,8 @@ absl::Status AppendValue(ParquetType type, const json& value, Encoded& out) {
 }
 
 void Level(Encoded& out, int repetition, int definition) {
-  out.repetition.push_back(repetition);
-  out.definition.push_back(definition);
+  out.repetition.push_back(static_cast<uint8_t>(repetition));
+  out.definition.push_back(static_cast<uint8_t>(definition));
 }
 
 // A list element: its definition level when present (one less when null, as JSON writes NaN).
@@ -205,7 +207,7 @@ absl::Status EncodeRow(ParquetType type, const json* value, Encoded& out) {
 }
 
 // Levels in the RLE / bit-packing hybrid, runs only, behind their 4-byte length (data page v1).
-std::string Levels(const std::vector<int>& levels, int max_level) {
+std::string Levels(const std::vector<uint8_t>& levels, int max_level) {
   if (max_level == 0) return "";
   std::string runs;
   for (size_t i = 0; i < levels.size();) {
@@ -293,95 +295,153 @@ std::vector<std::string> WriteSchema(Compact& c, const ParquetColumn& column) {
   }
 }
 
-struct Chunk {
-  std::vector<std::string> path;
-  int64_t offset = 0, size = 0, values = 0;
-};
+// What a value adds to its column's buffers (values and one byte per level each), for the group's byte limit.
+int64_t BufferedBytes(const Encoded& encoded) {
+  return static_cast<int64_t>(encoded.values.size() + encoded.repetition.size() + encoded.definition.size() +
+                              encoded.bits.size() / 8);
+}
 
 }  // namespace
 
-absl::StatusOr<std::string> ParquetFile(const std::vector<ParquetColumn>& columns, const std::vector<json>& rows) {
-  std::string file = "PAR1";
-  std::vector<Chunk> chunks;
-  Compact schema;
-  for (const ParquetColumn& column : columns) {
-    Encoded encoded;
-    encoded.max_definition = SchemaDepth(column.type);
-    encoded.max_repetition = (encoded.max_definition - 1) / 2;  // one repeated node per list level
-    for (size_t r = 0; r < rows.size(); ++r) {
-      const json* value = rows[r].contains(column.name) ? &rows[r][column.name] : nullptr;
-      if (absl::Status s = EncodeRow(column.type, value, encoded); !s.ok()) {
-        return absl::InvalidArgumentError(absl::StrCat("row ", r, ", column \"", column.name, "\": ", s.message()));
-      }
+struct ParquetWriter::Group {
+  std::vector<Encoded> columns;
+  int64_t rows = 0;
+};
+
+ParquetWriter::ParquetWriter(std::vector<ParquetColumn> columns, Sink sink, ParquetRowGroupLimits limits)
+    : columns_(std::move(columns)), sink_(std::move(sink)), limits_(limits) {}
+
+ParquetWriter::~ParquetWriter() = default;
+
+absl::Status ParquetWriter::Add(const json& row) {
+  if (written_ == 0) {
+    if (absl::Status s = sink_("PAR1"); !s.ok()) return s;
+    written_ = 4;
+  }
+  if (!group_) {
+    group_ = std::make_unique<Group>();
+    group_->columns.resize(columns_.size());
+    for (size_t c = 0; c < columns_.size(); ++c) {
+      group_->columns[c].max_definition = SchemaDepth(columns_[c].type);
+      group_->columns[c].max_repetition = (group_->columns[c].max_definition - 1) / 2;  // one per list level
     }
+  }
+  int64_t bytes = 0;
+  for (size_t c = 0; c < columns_.size(); ++c) {
+    const ParquetColumn& column = columns_[c];
+    Encoded& encoded = group_->columns[c];
+    const auto value = row.find(column.name);
+    if (absl::Status s = EncodeRow(column.type, value == row.end() ? nullptr : &*value, encoded); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("row ", rows_, ", column \"", column.name, "\": ", s.message()));
+    }
+    bytes += BufferedBytes(encoded);
+  }
+  ++rows_;
+  ++group_->rows;
+  if (group_->rows >= limits_.rows || bytes >= limits_.bytes) return WriteGroup();
+  return absl::OkStatus();
+}
+
+absl::Status ParquetWriter::WriteGroup() {
+  std::unique_ptr<Group> group = std::move(group_);
+  Compact meta;  // the RowGroup struct, for the footer
+  meta.List(1, Compact::kStruct, columns_.size());
+  int64_t total = 0;
+  for (size_t c = 0; c < columns_.size(); ++c) {
+    Encoded& encoded = group->columns[c];
     for (size_t i = 0; i < encoded.bits.size(); i += 8) {
       uint8_t byte = 0;
       for (size_t b = 0; b < 8 && i + b < encoded.bits.size(); ++b) byte |= encoded.bits[i + b] << b;
       encoded.values.push_back(static_cast<char>(byte));
     }
-    const std::string data = Levels(encoded.repetition, encoded.max_repetition) +
-                             Levels(encoded.definition, encoded.max_definition) + encoded.values;
-    if (data.size() > static_cast<size_t>(INT32_MAX) - 4096) {  // page sizes are 32-bit
+    const std::string repetition = Levels(encoded.repetition, encoded.max_repetition);
+    const std::string definition = Levels(encoded.definition, encoded.max_definition);
+    const size_t data = repetition.size() + definition.size() + encoded.values.size();
+    if (data > static_cast<size_t>(INT32_MAX) - 4096) {  // page sizes are 32-bit
       return absl::ResourceExhaustedError(
-          absl::StrCat("column \"", column.name, "\" holds ", data.size(), " bytes, over one Parquet page's 2 GiB"));
+          absl::StrCat("column \"", columns_[c].name, "\" holds ", data, " bytes, over one Parquet page's 2 GiB"));
     }
     Compact header;
     header.I32(1, 0);  // DATA_PAGE
-    header.I32(2, static_cast<int64_t>(data.size()));
-    header.I32(3, static_cast<int64_t>(data.size()));
+    header.I32(2, static_cast<int64_t>(data));
+    header.I32(3, static_cast<int64_t>(data));
     header.Struct(5);
     header.I32(1, static_cast<int64_t>(encoded.definition.size()));
     header.I32(2, kPlain);
     header.I32(3, kRle);
     header.I32(4, kRle);
     header.End();
-    const std::string page = header.Finish() + data;
-    chunks.push_back({.path = {},
-                      .offset = static_cast<int64_t>(file.size()),
-                      .size = static_cast<int64_t>(page.size()),
-                      .values = static_cast<int64_t>(encoded.definition.size())});
-    file += page;
-  }
-  Compact meta;
-  meta.I32(1, 1);  // version
-  size_t elements = 1;
-  for (const ParquetColumn& column : columns) elements += SchemaDepth(column.type);
-  meta.List(2, Compact::kStruct, elements);
-  SchemaElement(meta, std::nullopt, kRequired, "schema", static_cast<int>(columns.size()), std::nullopt);
-  for (size_t c = 0; c < columns.size(); ++c) chunks[c].path = WriteSchema(meta, columns[c]);
-  meta.I64(3, static_cast<int64_t>(rows.size()));
-  meta.List(4, Compact::kStruct, 1);
-  meta.ElementStruct();  // the one row group
-  meta.List(1, Compact::kStruct, columns.size());
-  int64_t total = 0;
-  for (size_t c = 0; c < columns.size(); ++c) {
-    const Chunk& chunk = chunks[c];
-    total += chunk.size;
+    const std::string page_header = header.Finish();
+    const int64_t offset = written_, size = static_cast<int64_t>(page_header.size() + data);
+    const int64_t values = static_cast<int64_t>(encoded.definition.size());
+    const std::string* const page[] = {&page_header, &repetition, &definition, &encoded.values};
+    for (const std::string* part : page) {
+      if (absl::Status s = sink_(*part); !s.ok()) return s;
+    }
+    written_ += size;
+    total += size;
+    encoded = Encoded();  // the values are out: free them before the next column's copy
     meta.ElementStruct();
-    meta.I64(2, chunk.offset);
+    meta.I64(2, offset);
     meta.Struct(3);
-    meta.I32(1, LeafType(columns[c].type));
+    meta.I32(1, LeafType(columns_[c].type));
     meta.List(2, Compact::kI32, 2);
     meta.ElementI32(kPlain);
     meta.ElementI32(kRle);
-    meta.List(3, Compact::kBinary, chunk.path.size());
-    for (const std::string& part : chunk.path) meta.ElementBinary(part);
+    Compact scratch;  // the leaf's path, as the schema names it
+    const std::vector<std::string> path = WriteSchema(scratch, columns_[c]);
+    meta.List(3, Compact::kBinary, path.size());
+    for (const std::string& part : path) meta.ElementBinary(part);
     meta.I32(4, 0);  // UNCOMPRESSED
-    meta.I64(5, chunk.values);
-    meta.I64(6, chunk.size);
-    meta.I64(7, chunk.size);
-    meta.I64(9, chunk.offset);
+    meta.I64(5, values);
+    meta.I64(6, size);
+    meta.I64(7, size);
+    meta.I64(9, offset);
     meta.End();
     meta.End();
   }
   meta.I64(2, total);
-  meta.I64(3, static_cast<int64_t>(rows.size()));
-  meta.End();
+  meta.I64(3, group->rows);
+  groups_.push_back(meta.Finish());
+  return absl::OkStatus();
+}
+
+absl::Status ParquetWriter::Finish() {
+  if (written_ == 0) {
+    if (absl::Status s = sink_("PAR1"); !s.ok()) return s;
+    written_ = 4;
+  }
+  if (group_) {
+    if (absl::Status s = WriteGroup(); !s.ok()) return s;
+  }
+  Compact meta;
+  meta.I32(1, 1);  // version
+  size_t elements = 1;
+  for (const ParquetColumn& column : columns_) elements += SchemaDepth(column.type);
+  meta.List(2, Compact::kStruct, elements);
+  SchemaElement(meta, std::nullopt, kRequired, "schema", static_cast<int>(columns_.size()), std::nullopt);
+  for (const ParquetColumn& column : columns_) WriteSchema(meta, column);
+  meta.I64(3, rows_);
+  meta.List(4, Compact::kStruct, groups_.size());
+  for (const std::string& group : groups_) meta.ElementRaw(group);
   meta.Binary(6, "attribution-batch");
-  const std::string footer = meta.Finish();
-  file += footer;
-  AppendRaw(file, static_cast<uint32_t>(footer.size()));
-  return file + "PAR1";
+  std::string footer = meta.Finish();
+  AppendRaw(footer, static_cast<uint32_t>(footer.size()));
+  footer += "PAR1";
+  return sink_(footer);
+}
+
+absl::StatusOr<std::string> ParquetFile(const std::vector<ParquetColumn>& columns, const std::vector<json>& rows) {
+  std::string file;
+  ParquetWriter writer(columns, [&file](absl::string_view bytes) {
+    file.append(bytes.data(), bytes.size());
+    return absl::OkStatus();
+  });
+  for (const json& row : rows) {
+    if (absl::Status s = writer.Add(row); !s.ok()) return s;
+  }
+  if (absl::Status s = writer.Finish(); !s.ok()) return s;
+  return file;
 }
 
 }  // namespace attribution::client::batch

@@ -335,6 +335,18 @@ TEST(ResultsParquet, EveryShapeReadsBackEqual) {
             0)
       << ReadFile(log);
   EXPECT_THAT(ReadFile(log), HasSubstr("seed: uint64"));
+  EXPECT_THAT(ReadFile(log), HasSubstr("20 rows in 1 row groups"));
+  // The table is written a row group at a time (it held every row's values at once): groups of 3 rows, and
+  // groups cut by their bytes (here every row), each read back by pyarrow on its own with the same values.
+  for (const auto& [limits, groups] :
+       std::vector<std::pair<client::batch::ParquetRowGroupLimits, int>>{{{.rows = 3}, 7}, {{.bytes = 1}, 20}}) {
+    const std::string grouped = dir.File(absl::StrCat("rows_", groups, ".parquet"));
+    ASSERT_THAT(client::batch::WriteResultsParquet(jsonl, grouped, limits), IsOk());
+    EXPECT_EQ(
+        std::system(absl::StrCat(ATTRIBUTION_PARQUET_CHECK, " ", grouped, " ", jsonl, " > ", log, " 2>&1").c_str()), 0)
+        << ReadFile(log);
+    EXPECT_THAT(ReadFile(log), HasSubstr(absl::StrCat("20 rows in ", groups, " row groups")));
+  }
   absl::StatusOr<std::string> refused = client::batch::ParquetFile(
       {{"objective", client::batch::ParquetType::kDouble}}, {json{{"objective", 1.0}}, json{{"objective", "high"}}});
   EXPECT_THAT(refused.status(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("row 1, column \"objective\"")));
