@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -91,9 +92,10 @@ std::vector<json> ReadResults(const std::string& path) {
 
 // Starts attribution-batch with `args`, output to `log`; kills it with SIGKILL once `kill_when` says so
 // (polled every 20 ms) unless it exits first. Returns its exit code (-1 when killed).
+// `peak_rss_bytes`, when given, gets the child's maximum resident set size (wait4's rusage).
 int RunBatch(
     const std::vector<std::string>& args, const std::string& log,
-    const std::function<bool()>& kill_when = [] { return false; }) {
+    const std::function<bool()>& kill_when = [] { return false; }, int64_t* peak_rss_bytes = nullptr) {
   std::vector<std::string> argv = {ATTRIBUTION_BATCH_BINARY};
   argv.insert(argv.end(), args.begin(), args.end());
   const pid_t pid = ::fork();
@@ -108,7 +110,8 @@ int RunBatch(
     ::_exit(127);
   }
   int status = 0;
-  while (::waitpid(pid, &status, WNOHANG) == 0) {
+  rusage usage{};
+  while (::wait4(pid, &status, WNOHANG, &usage) == 0) {
     if (kill_when()) {
       ::kill(pid, SIGKILL);
       ::waitpid(pid, &status, 0);
@@ -116,6 +119,7 @@ int RunBatch(
     }
     absl::SleepFor(absl::Milliseconds(20));
   }
+  if (peak_rss_bytes != nullptr) *peak_rss_bytes = int64_t{usage.ru_maxrss} * 1024;  // Linux counts KiB
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
@@ -1376,6 +1380,99 @@ TEST_F(BatchResume, ASecondJobOnTheSameResultsFileIsRefused) {
   // Once the first job ends, the file is free again and the job finishes (r1, which the rewrite left out).
   EXPECT_EQ(Run(input, output), 0) << ReadFile(log_);
   EXPECT_THAT(Ids(ReadResults(output)), ::testing::ElementsAre("r0", "r1"));
+}
+
+// A resume, a merge and --parquet held the whole results file in memory several times over (a 143 MB file took
+// 784 MB: a shard past ~170 MB of results was OOM-killed in its 1 GiB pod on resume or merge). Each now keeps
+// per row only what it checks and where the line is, copying lines by offset, and --parquet one row group:
+// on a 60 MB file each stays under the file's size, and the files are as before (in input order, the row
+// tried again in its place; the table equal to the JSONL as pyarrow reads it, in several row groups).
+TEST_F(BatchResume, ALargeResultsFileResumesMergesAndConvertsInLessMemoryThanItsSize) {
+  const std::string prompt =
+      "The cup on the kitchen table is red and it was filled with hot tea a minute ago by my grandmother, who "
+      "likes her tea very hot and strong. Q: Is the cup warm to the touch right now? A:";
+  const auto row = [&](int i) {
+    return json{{"id", absl::StrCat("r", i)}, {"prompt", prompt}, {"target", " Yes"}}.dump() + "\n";
+  };
+  const std::string one = dir_.File("one.jsonl"), one_output = dir_.File("one_out.jsonl");
+  std::ofstream(one) << row(0);
+  ASSERT_EQ(Run(one, one_output), 0) << ReadFile(log_);
+  std::string line = ReadFile(one_output);
+  line.pop_back();  // its newline
+  const std::string first_id = "\"id\":\"r0\"";
+  const size_t id_at = line.find(first_id);
+  ASSERT_NE(id_at, std::string::npos) << line;
+  // The same real result for every row (the rows are alike), under each row's id.
+  const auto result_of = [&](int i) {
+    return std::string(line).replace(id_at, first_id.size(), absl::StrCat("\"id\":\"r", i, "\""));
+  };
+  constexpr int64_t kFileBytes = 60'000'000;
+  const int rows = static_cast<int>(kFileBytes / static_cast<int64_t>(line.size() + 1)), middle = rows / 2;
+  const std::string input = dir_.File("rows.jsonl"), output = dir_.File("large.jsonl");
+  {
+    std::ofstream in(input), out(output);
+    for (int i = 0; i < rows; ++i) {
+      in << row(i);
+      json result = json::parse(result_of(i));
+      if (i == middle) {  // left for a rerun: dropped on opening, run again, and rewritten into its place
+        result["status"] = "error";
+        result["error"] = {{"code", "UNAVAILABLE"}, {"message", "connection refused"}};
+      }
+      out << (i == middle ? result.dump() : result_of(i)) << "\n";
+    }
+  }
+  const int64_t file_bytes = static_cast<int64_t>(std::filesystem::file_size(output));
+  ASSERT_GT(file_bytes, kFileBytes * 9 / 10);
+
+  const std::string parquet = dir_.File("large.parquet");
+  int64_t peak = 0;
+  ASSERT_EQ(RunBatch(
+                {"--input=" + input, "--output=" + output, "--server=" + server_->address(), "--method=saliency",
+                 "--progress=log", "--parquet=" + parquet},
+                log_, [] { return false; }, &peak),
+            0)
+      << ReadFile(log_);
+  EXPECT_LT(peak, file_bytes) << "resume and --parquet of a " << file_bytes << "-byte results file";
+  {
+    std::ifstream resumed(output);
+    int i = 0;
+    for (std::string text; std::getline(resumed, text); ++i) {
+      if (i == middle) {
+        const json result = json::parse(text);
+        EXPECT_EQ(result["id"], absl::StrCat("r", middle));
+        EXPECT_EQ(result["status"], "ok");
+      } else if (text != result_of(i)) {
+        ADD_FAILURE() << "line " << i + 1 << " changed: " << text.substr(0, 200);
+        break;
+      }
+    }
+    EXPECT_EQ(i, rows);
+  }
+  const std::string check = dir_.File("large_check.log");
+  EXPECT_EQ(
+      std::system(absl::StrCat(ATTRIBUTION_PARQUET_CHECK, " ", parquet, " ", output, " > ", check, " 2>&1").c_str()), 0)
+      << ReadFile(check);
+  const int groups = (rows + 999) / 1000;  // ParquetRowGroupLimits' 1000 rows
+  EXPECT_THAT(ReadFile(check), HasSubstr(absl::StrCat(rows, " rows in ", groups, " row groups")));
+
+  // Four shards, rows dealt round-robin, so the merged file interleaves them line by line.
+  std::vector<std::string> merge = {"merge", "--input=" + input, "--output=" + dir_.File("merged.jsonl")};
+  {
+    std::ifstream resumed(output);
+    std::vector<std::ofstream> shards;
+    for (int s = 0; s < 4; ++s) {
+      merge.push_back(dir_.File(absl::StrCat("shard", s, ".jsonl")));
+      shards.emplace_back(merge.back());
+    }
+    int i = 0;
+    for (std::string text; std::getline(resumed, text); ++i) shards[i % 4] << text << "\n";
+  }
+  ASSERT_EQ(RunBatch(
+                merge, log_, [] { return false; }, &peak),
+            0)
+      << ReadFile(log_);
+  EXPECT_LT(peak, file_bytes) << "merge of 4 shards of a " << file_bytes << "-byte results file";
+  EXPECT_TRUE(ReadFile(dir_.File("merged.jsonl")) == ReadFile(output)) << "the merged file differs from the job's";
 }
 
 // A line of another shape than the tool writes is refused when the job resumes, naming its line.
