@@ -811,14 +811,19 @@ std::string ShardLine(const std::string& id, const std::string& settings_hash, c
       .dump();
 }
 
+// The input of rows r0 and r1 that the merge tests' shards answer.
+void WriteTwoRowInput(const std::string& path) {
+  std::ofstream(path) << R"({"id": "r0", "prompt": "a", "target": " b"})"
+                      << "\n"
+                      << R"({"id": "r1", "prompt": "c", "target": " d"})"
+                      << "\n";
+}
+
 // A merge that fails (a shard forgotten) leaves the output as it was: before, it truncated it first.
 TEST(BatchMerge, AFailedMergeLeavesTheOutputAsItWas) {
   TempDir dir;
   const std::string input = dir.File("rows.jsonl"), output = dir.File("merged.jsonl"), log = dir.File("log");
-  std::ofstream(input) << R"({"id": "r0", "prompt": "a", "target": " b"})"
-                       << "\n"
-                       << R"({"id": "r1", "prompt": "c", "target": " d"})"
-                       << "\n";
+  WriteTwoRowInput(input);
   std::ofstream(dir.File("s0.jsonl")) << ShardLine("r0", "h") << "\n";
   std::ofstream(dir.File("s1.jsonl")) << ShardLine("r1", "h") << "\n";
   ASSERT_EQ(
@@ -909,10 +914,7 @@ TEST(BatchMerge, RowsOnTheirOwnModelMerge) {
 TEST(BatchMerge, HtmlWritesTheIndexOfTheMergedResults) {
   TempDir dir;
   const std::string input = dir.File("rows.jsonl"), log = dir.File("log"), html = dir.File("html");
-  std::ofstream(input) << R"({"id": "r0", "prompt": "a", "target": " b"})"
-                       << "\n"
-                       << R"({"id": "r1", "prompt": "c", "target": " d"})"
-                       << "\n";
+  WriteTwoRowInput(input);
   std::ofstream(dir.File("s0.jsonl")) << ShardLine("r0", "h") << "\n";
   std::ofstream(dir.File("s1.jsonl")) << ShardLine("r1", "h") << "\n";
   ASSERT_EQ(RunBatch({"merge", "--input=" + input, "--output=" + dir.File("merged.jsonl"), "--html=" + html,
