@@ -351,6 +351,15 @@ TEST(ResultsParquet, EveryShapeReadsBackEqual) {
         << ReadFile(log);
     EXPECT_THAT(ReadFile(log), HasSubstr(absl::StrCat("20 rows in ", groups, " row groups")));
   }
+  // A job of no rows: a table of its columns and no row group.
+  const std::string empty = dir.File("empty.jsonl"), empty_parquet = dir.File("empty.parquet");
+  std::ofstream(empty).flush();
+  ASSERT_THAT(client::batch::WriteResultsParquet(empty, empty_parquet), IsOk());
+  EXPECT_EQ(
+      std::system(absl::StrCat(ATTRIBUTION_PARQUET_CHECK, " ", empty_parquet, " ", empty, " > ", log, " 2>&1").c_str()),
+      0)
+      << ReadFile(log);
+  EXPECT_THAT(ReadFile(log), HasSubstr("0 rows in 0 row groups, 32 columns"));
   absl::StatusOr<std::string> refused = client::batch::ParquetFile(
       {{"objective", client::batch::ParquetType::kDouble}}, {json{{"objective", 1.0}}, json{{"objective", "high"}}});
   EXPECT_THAT(refused.status(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("row 1, column \"objective\"")));
