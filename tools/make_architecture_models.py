@@ -22,7 +22,10 @@ tokenizer.json, tokenizer_config.json) and OUT_DIR/NAME/reference.json:
     LayerIntegratedGradients on the embedding layer does), baseline the embedding of token 0 at every
     position, 16 Gauss-Legendre steps, objective the summed target log-prob; attributions summed over
     the hidden dimension, and Captum's convergence delta.
-OUT_DIR/no-tokenizer/ is the llama model without any tokenizer file. OUT_DIR/gpt2-zero-bias/,
+OUT_DIR/llama-ties/ is the llama model whose final norm passes one hidden dimension only, into a head column of
+a few levels: its log-probs tie exactly (5 tokens at the top level, 30 at the next), and its reference.json
+holds the top 20 tokens after each prefix of the target, best first and equal log-probs in id order, and 4
+greedy new tokens. OUT_DIR/no-tokenizer/ is the llama model without any tokenizer file. OUT_DIR/gpt2-zero-bias/,
 OUT_DIR/qwen2-zero-bias/ and OUT_DIR/falcon-zero-bias/ are those models with every bias (linear and norm) set
 to zero, saved by transformers: the closed-form LRP tests need networks where nothing absorbs relevance.
 """
@@ -166,6 +169,42 @@ def write_zero_bias_copy(source, directory):
         shutil.copy(os.path.join(source, file), directory)
 
 
+TIES_TOP_K = 20
+
+
+def write_ties_model(source, directory):
+    """The llama model with exactly tied log-probs: the final norm keeps hidden dimension 0 only (every
+    other is an exact 0), so each logit is head[v, 0] * h0, equal for tokens of equal head[v, 0]."""
+    shutil.rmtree(directory, ignore_errors=True)
+    model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    levels = torch.zeros(model.config.vocab_size)
+    order = torch.randperm(model.config.vocab_size, generator=torch.Generator().manual_seed(7))
+    # Symmetric, so whichever sign h0 takes the top is 5 tokens and the next level 30: a top 20 ends
+    # inside a tie.
+    for value, ids in ((3.0, order[:5]), (-3.0, order[5:10]), (2.0, order[10:40]), (-2.0, order[40:70])):
+        levels[ids] = value
+    with torch.no_grad():
+        model.model.norm.weight.zero_()
+        model.model.norm.weight[0] = 1.0
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[:, 0] = levels
+    model.save_pretrained(directory, safe_serialization=True)
+    for file in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(source, file), directory)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    with torch.no_grad():
+        log_probs = torch.log_softmax(loaded(torch.tensor([PROMPT + TARGET])).logits[0].float(), -1)
+    top_ids, top_log_probs = [], []
+    for i in range(len(TARGET)):
+        row = log_probs[len(PROMPT) - 1 + i].tolist()
+        best = sorted(range(len(row)), key=lambda v: (-row[v], v))[:TIES_TOP_K]
+        top_ids.append(best)
+        top_log_probs.append([row[v] for v in best])
+    with open(os.path.join(directory, "reference.json"), "w") as f:
+        json.dump({"prompt": PROMPT, "target": TARGET, "top_k": TIES_TOP_K, "top_ids": top_ids,
+                   "top_log_probs": top_log_probs, "greedy": greedy(loaded, PROMPT, 4)}, f)
+
+
 def main():
     out_dir = sys.argv[1]
     torch.use_deterministic_algorithms(True)
@@ -175,12 +214,13 @@ def main():
         write_model(directory, tokenizer_kind, config, seed)
     for name in ("gpt2", "qwen2", "falcon"):
         write_zero_bias_copy(os.path.join(out_dir, name), os.path.join(out_dir, f"{name}-zero-bias"))
+    write_ties_model(os.path.join(out_dir, "llama"), os.path.join(out_dir, "llama-ties"))
     bare = os.path.join(out_dir, "no-tokenizer")
     shutil.rmtree(bare, ignore_errors=True)
     shutil.copytree(os.path.join(out_dir, "llama"), bare,
                     ignore=shutil.ignore_patterns("tokenizer.json", "tokenizer_config.json"))
-    print(f"make_architecture_models: wrote {list(configs(0))}, zero-bias gpt2, qwen2 and falcon, and no-tokenizer "
-          f"to {out_dir}")
+    print(f"make_architecture_models: wrote {list(configs(0))}, zero-bias gpt2, qwen2 and falcon, llama-ties and "
+          f"no-tokenizer to {out_dir}")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,13 @@ std::vector<std::string> ArchitectureNames() {
   return {"llama", "llama3-scaled", "mistral", "qwen2", "gpt2", "falcon", "falcon-grouped", "mixtral"};
 }
 
+// Besides every architecture, a llama whose log-probs tie exactly (make_architecture_models.py).
+std::vector<std::string> ServedModelNames() {
+  std::vector<std::string> names = ArchitectureNames();
+  names.push_back("llama-ties");
+  return names;
+}
+
 std::string ModelDir(const std::string& name) { return absl::StrCat(ATTRIBUTION_ARCHITECTURE_MODELS_DIR, "/", name); }
 
 nlohmann::json ReadReference(const std::string& name) {
@@ -43,7 +50,7 @@ class Architectures : public ::testing::TestWithParam<std::string> {
  protected:
   static void SetUpTestSuite() {
     auto started = ServerProcess::Start(
-        {test_support::ModelsFlag(ATTRIBUTION_ARCHITECTURE_MODELS_DIR, ArchitectureNames()), "--dtype=float32"});
+        {test_support::ModelsFlag(ATTRIBUTION_ARCHITECTURE_MODELS_DIR, ServedModelNames()), "--dtype=float32"});
     // A failed assertion here would make gtest skip the tests (and ctest count them as skipped); each
     // test fails on start_status_ instead.
     start_status_ = started.status();
@@ -121,6 +128,41 @@ TEST_P(Architectures, GreedyGenerationMatchesTransformers) {
   std::vector<int64_t> ours;
   for (const auto& t : result->tokens) ours.push_back(t.id);
   EXPECT_EQ(ours, expected);
+}
+
+// Equal log-probs are listed in id order, the cut of the top k included (at::topk left them in no set
+// order: [577, 328, 396, 225, 1085, ...] for the five tokens tied at the top, and one of the 30 tied next
+// in place of id 0). The ties are exact (one hidden dimension into a head of few levels), so the order
+// is checked against transformers' log-probs sorted by (-log p, id). Greedy takes the lowest tied id, as
+// transformers' argmax does.
+TEST_P(Architectures, TiedLogprobsAreListedInIdOrderAsTransformersScoresThem) {
+  if (GetParam() != "llama") GTEST_SKIP() << "one model with exact ties: llama-ties";
+  const nlohmann::json ties = ReadReference("llama-ties");
+  ASSERT_FALSE(ties.is_discarded());
+  const auto prompt = ties["prompt"].get<std::vector<int64_t>>(), target = ties["target"].get<std::vector<int64_t>>();
+  absl::StatusOr<client::Logprobs> result = client_->GetLogprobs(
+      {.model = "llama-ties", .prompt_ids = prompt, .target_ids = target, .top_k = ties["top_k"].get<int>()});
+  ASSERT_THAT(result, IsOk());
+  ASSERT_EQ(result->target.size(), target.size());
+  for (size_t t = 0; t < target.size(); ++t) {
+    SCOPED_TRACE(::testing::Message() << "target position " << t);
+    const auto expected_ids = ties["top_ids"][t].get<std::vector<int64_t>>();
+    const auto expected_log_probs = ties["top_log_probs"][t].get<std::vector<double>>();
+    std::vector<int64_t> ids;
+    std::vector<double> log_probs;
+    for (const client::Token& top : result->target[t].top) {
+      ids.push_back(top.id);
+      log_probs.push_back(top.log_prob);
+    }
+    EXPECT_EQ(ids, expected_ids);
+    EXPECT_LT(ScaledErrorOf(log_probs, expected_log_probs), 1e-5);
+  }
+  absl::StatusOr<client::Generation> greedy = client_->Generate(
+      {.model = "llama-ties", .prompt_ids = prompt, .generation = {.max_new_tokens = 4, .ignore_stop_tokens = true}});
+  ASSERT_THAT(greedy, IsOk());
+  std::vector<int64_t> ids;
+  for (const auto& t : greedy->tokens) ids.push_back(t.id);
+  EXPECT_EQ(ids, ties["greedy"].get<std::vector<int64_t>>());
 }
 
 // Sampling without a seed samples afresh each call (it used seed 0, one sample for ever) and reports the
