@@ -8,8 +8,9 @@ on it, for the end-to-end test that runs the real server on every architecture
 Usage: make_architecture_models.py OUT_DIR
 
 For each NAME in llama, llama3-scaled (llama3 rope scaling), mistral (sliding window 6), qwen2 (bias on
-q/k/v, tied head), gpt2 (tied head), falcon (the 7B layout), falcon-grouped (new_decoder_architecture)
-and mixtral (4 experts, 2 per token, sliding window 6) it writes OUT_DIR/NAME/ (config.json, model.safetensors,
+q/k/v, tied head), gpt2 (tied head), falcon (the 7B layout), falcon-grouped (new_decoder_architecture),
+mixtral (4 experts, 2 per token, sliding window 6) and qwen2-window (a window of 6 on its second layer
+only, as max_window_layers 1 asks) it writes OUT_DIR/NAME/ (config.json, model.safetensors,
 tokenizer.json, tokenizer_config.json) and OUT_DIR/NAME/reference.json:
   * prompt, target: token ids (the test sends ids: no tokenizer in the loop);
   * target_log_probs: log-softmax of the target tokens, teacher-forced after the prompt;
@@ -94,6 +95,9 @@ def configs(vocab):
         "falcon-grouped": ("falcon", falcon_configs(vocab)["falcon-grouped"]),
         "mixtral": ("llama2", transformers.MixtralConfig(**common, num_local_experts=4, num_experts_per_tok=2,
                                                          sliding_window=6, tie_word_embeddings=False)),
+        # Qwen2 windows only the layers from max_window_layers on (transformers writes them as layer_types).
+        "qwen2-window": ("qwen2", transformers.Qwen2Config(**common, tie_word_embeddings=True, use_sliding_window=True,
+                                                           sliding_window=6, max_window_layers=1)),
     }
 
 

@@ -148,7 +148,9 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
     x = x + at::embedding(position_embedding, clamped);
   }
   const int64_t key_count = *std::max_element(past.begin(), past.end()) + s;
-  const at::Tensor all_rows_mask = AttentionMask(past_t, lengths_t, s, key_count, config.sliding_window);
+  const at::Tensor all_rows_mask = AttentionMask(past_t, lengths_t, s, key_count, std::nullopt);
+  const at::Tensor all_rows_window_mask =
+      config.sliding_window ? AttentionMask(past_t, lengths_t, s, key_count, config.sliding_window) : all_rows_mask;
   const int64_t heads = config.num_heads, kv_heads = config.num_kv_heads, head_dim = config.head_dim;
   RopeAngles all_rows_rope;
   if (uses_rope()) all_rows_rope = RopeAnglesAt(positions, rope_inverse_frequencies, x.scalar_type());
@@ -181,7 +183,8 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
     pause(x);
     const int64_t rows = active;
     auto active_rows = [rows](const at::Tensor& t) { return rows == t.size(0) ? t : t.narrow(0, 0, rows); };
-    const at::Tensor mask = active_rows(all_rows_mask);
+    const bool windowed = config.sliding_window && config.windowed_layers[i];
+    const at::Tensor mask = active_rows(windowed ? all_rows_window_mask : all_rows_mask);
     RopeAngles rope;
     if (uses_rope()) rope = {active_rows(all_rows_rope.cos), active_rows(all_rows_rope.signed_sin)};
     at_site(ComponentSite::kResidPre, i, x);

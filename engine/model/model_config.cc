@@ -143,6 +143,32 @@ absl::Status ParseRopeScaling(const json& config, const std::string& source, Mod
       absl::StrCat(source, ": rope scaling type \"", type, "\" is not supported (supported: default, linear, llama3)"));
 }
 
+// Which layers apply the sliding window, as transformers' Qwen2Config decides (layer_types as written,
+// else the layers from max_window_layers on); Mistral and Mixtral window every layer.
+absl::StatusOr<std::vector<bool>> WindowedLayers(const json& config, const std::string& source,
+                                                 const ModelConfig& out) {
+  if (out.architecture != Architecture::kQwen2) return std::vector<bool>(out.num_layers, true);
+  std::vector<bool> windowed(out.num_layers, false);
+  if (const json* types = Present(config, "layer_types")) {
+    if (!types->is_array() || static_cast<int64_t>(types->size()) != out.num_layers) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": layer_types must list one attention type per layer (", out.num_layers, ")"));
+    }
+    for (int64_t i = 0; i < out.num_layers; ++i) {
+      const json& type = (*types)[i];
+      if (type != "sliding_attention" && type != "full_attention") {
+        return absl::InvalidArgumentError(absl::StrCat(source, ": layer_types[", i, "] ", type.dump(),
+                                                       " is not \"sliding_attention\" or \"full_attention\""));
+      }
+      windowed[i] = type == "sliding_attention";
+    }
+    return windowed;
+  }
+  ASSIGN_OR_RETURN(const int64_t max_window_layers, OptionalInt(config, "max_window_layers", 28, source));
+  for (int64_t i = std::max<int64_t>(max_window_layers, 0); i < out.num_layers; ++i) windowed[i] = true;
+  return windowed;
+}
+
 absl::Status ParseDecoderFields(const json& config, const std::string& source, ModelConfig& out) {
   ASSIGN_OR_RETURN(out.hidden_size, PositiveInt(config, "hidden_size", source));
   ASSIGN_OR_RETURN(out.intermediate_size, PositiveInt(config, "intermediate_size", source));
@@ -177,6 +203,9 @@ absl::Status ParseDecoderFields(const json& config, const std::string& source, M
     ASSIGN_OR_RETURN(std::optional<int64_t> window, MaybeInt(config, "sliding_window", source));
     ASSIGN_OR_RETURN(bool use_window, OptionalBool(config, "use_sliding_window", false, source));
     if (mistral_like || use_window) out.sliding_window = window;
+    if (out.sliding_window) {
+      ASSIGN_OR_RETURN(out.windowed_layers, WindowedLayers(config, source, out));
+    }
   }
   return ParseRopeScaling(config, source, out);
 }
@@ -321,6 +350,9 @@ absl::Status CheckConsistency(const std::string& source, const ModelConfig& c) {
   if (c.sliding_window && *c.sliding_window <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat(source, ": sliding_window ", *c.sliding_window, " must be positive"));
+  }
+  if (c.sliding_window && static_cast<int64_t>(c.windowed_layers.size()) != c.num_layers) {
+    return absl::InternalError(absl::StrCat(source, ": the sliding window's layers are not known"));
   }
   // Added to a variance in the compute dtype: above 1 it swamps any activation's (and 1e300 is inf in float32).
   if (!(std::isfinite(c.norm_eps) && c.norm_eps >= 0 && c.norm_eps <= 1)) {

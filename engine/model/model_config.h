@@ -69,6 +69,9 @@ struct ModelConfig {
   bool output_bias = false;     // o_proj carries a bias (Llama attention_bias=true)
   bool mlp_bias = false;
   std::optional<int64_t> sliding_window;  // Mistral; keys further back than this are masked
+  // With a sliding_window, the layers that apply it (num_layers entries): every layer of Mistral and
+  // Mixtral; Qwen2's from max_window_layers on, or those its layer_types name "sliding_attention".
+  std::vector<bool> windowed_layers;
   std::string hidden_act = "silu";
   // Falcon: the attention and the MLP both read the block's input (parallel_attn or
   // new_decoder_architecture), each through its own LayerNorm when separate_parallel_norms.

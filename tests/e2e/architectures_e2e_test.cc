@@ -28,7 +28,7 @@ using test_support::ServerProcess;
 using ::testing::HasSubstr;
 
 std::vector<std::string> ArchitectureNames() {
-  return {"llama", "llama3-scaled", "mistral", "qwen2", "gpt2", "falcon", "falcon-grouped", "mixtral"};
+  return {"llama", "llama3-scaled", "mistral", "qwen2", "gpt2", "falcon", "falcon-grouped", "mixtral", "qwen2-window"};
 }
 
 // Besides every architecture, a llama whose log-probs tie exactly (make_architecture_models.py).

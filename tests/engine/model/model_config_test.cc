@@ -86,6 +86,34 @@ TEST(ModelConfig, MixtralReadsItsExperts) {
   EXPECT_FALSE(ParseModelConfig(Llama().dump(), "config.json")->mixture_of_experts.has_value());
 }
 
+// As transformers' Qwen2Config: the window applies to the layers from max_window_layers on (default 28),
+// or to those layer_types names "sliding_attention"; Mistral's to every layer.
+TEST(ModelConfig, Qwen2WindowsOnlyItsSlidingAttentionLayers) {
+  auto qwen = [](nlohmann::json fields) {
+    fields.update(
+        {{"model_type", "qwen2"}, {"use_sliding_window", true}, {"sliding_window", 6}, {"num_hidden_layers", 3}});
+    return ParseModelConfig(Llama(fields).dump(), "config.json");
+  };
+  const int64_t layers = 3;
+  auto from_max_window_layers = qwen({{"max_window_layers", 1}});
+  ASSERT_THAT(from_max_window_layers, IsOk());
+  std::vector<bool> expected(layers, true);
+  expected[0] = false;
+  EXPECT_EQ(from_max_window_layers->windowed_layers, expected);
+  EXPECT_EQ(qwen({})->windowed_layers, std::vector<bool>(layers, false));  // max_window_layers 28
+  nlohmann::json types = nlohmann::json::array();
+  for (int64_t i = 0; i < layers; ++i) types.push_back(i % 2 ? "full_attention" : "sliding_attention");
+  auto listed = qwen({{"layer_types", types}, {"max_window_layers", 0}});
+  ASSERT_THAT(listed, IsOk());
+  for (int64_t i = 0; i < layers; ++i) EXPECT_EQ(listed->windowed_layers[i], i % 2 == 0) << "layer " << i;
+  EXPECT_THAT(qwen({{"layer_types", nlohmann::json::array({"sliding_attention"})}}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("layer_types must list one attention type")));
+  auto mistral = ParseModelConfig(
+      Llama({{"model_type", "mistral"}, {"sliding_window", 6}, {"num_hidden_layers", layers}}).dump(), "config.json");
+  ASSERT_THAT(mistral, IsOk());
+  EXPECT_EQ(mistral->windowed_layers, std::vector<bool>(layers, true));
+}
+
 TEST(ModelConfig, ReadsBitsandbytesQuantizationConfig) {
   auto config = ParseModelConfig(Llama({{"quantization_config",
                                          {{"quant_method", "bitsandbytes"},
