@@ -33,6 +33,7 @@
 #include "client/heatmap.h"
 #include "client/palette.h"
 #include "client/result_json.h"
+#include "client/streamed_text.h"
 
 ABSL_FLAG(std::string, server, "localhost:50051",
           "server address host:port, or any gRPC target (dns:///name:port, ...)");
@@ -360,8 +361,10 @@ int Generate(AttributionClient& client, const std::string& model) {
   if (absl::GetFlag(FLAGS_stream)) {
     // With --json, stdout holds the JSON alone: the tokens show on stderr as they come.
     std::ostream& shown = absl::GetFlag(FLAGS_json) ? std::cerr : std::cout;
-    result = client.GenerateStream(o, [&shown](const Token& t) { shown << TerminalText(t.text) << std::flush; });
-    shown << "\n";
+    // The tokens' bytes joined, so a character split across tokens shows whole, as the response's text.
+    StreamedText text;
+    result = client.GenerateStream(o, [&](const Token& t) { shown << TerminalText(text.Add(t)) << std::flush; });
+    shown << TerminalText(text.Finish()) << "\n";
   } else {
     result = client.Generate(o);
   }

@@ -251,6 +251,23 @@ TEST_F(TokenSemanticsTest, CliShowsTargetTokensFirstAndFixedTokensApart) {
   EXPECT_THAT(out, HasSubstr(": fixed tokens, kept real in every row (not features)"));
 }
 
+// `generate --stream` prints what `generate` prints: it printed each token's own text, so a character
+// that the byte-level tokenizer split across tokens showed as U+FFFD per piece ("��" for 斩 here) and the
+// eos that ended a generation as "<|endoftext|>". These seeds' samples (temperature 3) hold such
+// characters; the text without --stream is the server's, checked against transformers' decode elsewhere.
+TEST_F(TokenSemanticsTest, CliStreamPrintsTheGeneratedTextAsTheAnswerHasIt) {
+  for (int seed : {1, 6, 19}) {
+    SCOPED_TRACE(::testing::Message() << "seed " << seed);
+    const std::string generate = absl::StrCat("generate --server ", server_->address(), " --model bytelevel",
+                                              " --prompt 'A:' --temperature 3 --max_new_tokens 30 --seed ", seed);
+    auto [whole, whole_code] = RunCli(generate);
+    auto [streamed, streamed_code] = RunCli(generate + " --stream");
+    ASSERT_EQ(whole_code, 0) << whole;
+    ASSERT_EQ(streamed_code, 0) << streamed;
+    EXPECT_EQ(streamed, whole);
+  }
+}
+
 // A byte-level BPE splits characters it has not merged (☃, 😀) into tokens of single bytes: their text
 // must still be valid UTF-8 (or clients fail the whole call) and their bytes must lose nothing.
 TEST_F(TokenSemanticsTest, TokenTextIsValidUtf8AndTokenBytesKeepEveryByte) {

@@ -1,0 +1,44 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "client/streamed_text.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+namespace attribution::client {
+namespace {
+
+std::string Joined(const std::vector<Token>& tokens, std::vector<std::string>* pieces = nullptr) {
+  StreamedText text;
+  std::string out;
+  for (const Token& t : tokens) {
+    out += text.Add(t);
+    if (pieces != nullptr) pieces->push_back(out);
+  }
+  return out + text.Finish();
+}
+
+Token Bytes(std::string bytes) { return Token{.bytes = std::move(bytes)}; }
+
+// 斩 (E6 96 A9) in three single-byte tokens, as a byte-level BPE emits a character it has not merged:
+// each token's own text is U+FFFD; joined, the character shows once, when its last byte comes.
+TEST(StreamedText, ShowsACharacterSplitAcrossTokensWholeWhenItCompletes) {
+  std::vector<std::string> pieces;
+  EXPECT_EQ(Joined({Bytes("a"), Bytes("\xE6"), Bytes("\x96"), Bytes("\xA9 b")}, &pieces), "a\xE6\x96\xA9 b");
+  EXPECT_EQ(pieces, (std::vector<std::string>{"a", "a", "a", "a\xE6\x96\xA9 b"}));
+}
+
+// As GenerateResponse.text: special tokens (eos) are left out, bytes that can never be a character are
+// U+FFFD at once, and a character the stream ends inside is U+FFFD.
+TEST(StreamedText, ReadsAsTheResponseTextReads) {
+  Token eos{.text = "</s>", .bytes = "</s>", .special = true};
+  EXPECT_EQ(Joined({Bytes("x"), eos}), "x");
+  EXPECT_EQ(Joined({Bytes("\xF7"), Bytes("y")}), "\xEF\xBF\xBDy");
+  EXPECT_EQ(Joined({Bytes("\xE6\x96"), Bytes("z")}), "\xEF\xBF\xBDz");  // broken by an ASCII byte
+  EXPECT_EQ(Joined({Bytes("z"), Bytes("\xF0\x9F\x91")}), "z\xEF\xBF\xBD");
+  EXPECT_EQ(Joined({Bytes("\xF0\x9F"), Bytes("\x91\x8D")}), "\xF0\x9F\x91\x8D");
+}
+
+}  // namespace
+}  // namespace attribution::client
