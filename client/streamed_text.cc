@@ -39,7 +39,8 @@ bool StartsACharacter(unsigned char c) { return c >= 0xC2 && c <= 0xF4; }
 
 std::string StreamedText::Add(const Token& token) {
   if (token.special) return "";
-  pending_ += token.bytes;
+  // A server that sends no token_bytes (older ones, proxies that rebuild events) still has its text shown.
+  pending_ += token.bytes.empty() ? token.text : token.bytes;
   std::string out;
   size_t i = 0;
   while (i < pending_.size()) {

@@ -40,5 +40,11 @@ TEST(StreamedText, ReadsAsTheResponseTextReads) {
   EXPECT_EQ(Joined({Bytes("\xF0\x9F"), Bytes("\x91\x8D")}), "\xF0\x9F\x91\x8D");
 }
 
+// A server that sends each token's text without its bytes (one from before token_bytes was streamed): the
+// text is shown as it came. Before, such a stream printed nothing.
+TEST(StreamedText, ShowsTheTextOfTokensThatCameWithoutBytes) {
+  EXPECT_EQ(Joined({Token{.text = " once"}, Token{.text = " upon"}}), " once upon");
+}
+
 }  // namespace
 }  // namespace attribution::client
