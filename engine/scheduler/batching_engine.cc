@@ -152,8 +152,9 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
                                                           " tokens; the limit per request is ",
                                                           options_.max_tokens_per_request)));
   }
-  if (stats_.queued_rows + count > options_.max_queued_rows ||
-      stats_.queued_tokens + tokens > options_.max_queued_tokens) {
+  const bool admitted = request->admitted_.load();
+  if (!admitted && (stats_.queued_rows + count > options_.max_queued_rows ||
+                    stats_.queued_tokens + tokens > options_.max_queued_tokens)) {
     return reject(absl::ResourceExhaustedError(absl::StrCat("engine queue is full (", stats_.queued_rows, " rows, ",
                                                             stats_.queued_tokens, " tokens queued)")));
   }
@@ -166,7 +167,7 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
         "this request alone needs ", Mebibytes(bytes), " of queue memory, more than the limit of ",
         Mebibytes(options_.max_queued_bytes), ": it cannot be queued even on an idle server (fewer or shorter rows)")));
   }
-  if (stats_.queued_bytes + bytes > options_.max_queued_bytes) {
+  if (!admitted && stats_.queued_bytes + bytes > options_.max_queued_bytes) {
     return reject(absl::ResourceExhaustedError(
         absl::StrCat("engine queue memory is full: ", Mebibytes(stats_.queued_bytes), " queued and this request needs ",
                      Mebibytes(bytes), " more; the limit is ", Mebibytes(options_.max_queued_bytes))));
@@ -175,6 +176,7 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
     queue.request = request;
     queue.arrival = arrivals_++;
   }
+  request->admitted_.store(true);
   auto group = std::make_shared<Group>(Group{request, std::move(done)});
   for (size_t i = 0; i < rows.size(); ++i) {
     const int k = static_cast<int>(rows[i].kind);

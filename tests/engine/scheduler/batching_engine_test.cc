@@ -773,6 +773,33 @@ TEST_F(BatchingEngineTest, FullQueueRejectsBeforeAccepting) {
   EXPECT_FALSE(called);
 }
 
+// The queue's limits admit requests; a request already admitted is not refused its next stage (a generation's
+// next decode step, a method's next rows) for a queue that filled up meanwhile: before, an admitted Generate
+// failed part-way with RESOURCE_EXHAUSTED, its work lost.
+TEST_F(BatchingEngineTest, AFullQueueRefusesNewRequestsButNotTheNextStageOfAnAdmittedOne) {
+  Start({.max_queued_rows = 8});
+  Notification gate;
+  RowCollector blocking(1);
+  HoldExecutor(gate, blocking);
+  auto admitted = engine_->NewRequest();
+  RowCollector first_stage(2), others(6), next_stage(1);
+  ASSERT_THAT(engine_->Submit(admitted, ScoreRows(2, 2, 1), first_stage.Callback()), IsOk());
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(6, 2, 2), others.Callback()), IsOk());
+  bool called = false;
+  EXPECT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 3), [&](size_t, RowResult) { called = true; }),
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("engine queue is full (8 rows")));
+  EXPECT_THAT(engine_->Submit(admitted, ScoreRows(1, 2, 4), next_stage.Callback()), IsOk());
+  EXPECT_EQ(engine_->Stats().queued_rows, 9);
+  gate.Notify();
+  blocking.Wait();  // the collectors must outlive every callback
+  first_stage.Wait();
+  others.Wait();
+  next_stage.Wait();
+  EXPECT_THAT(next_stage.result(0).status, IsOk());
+  EXPECT_FALSE(called);
+  EXPECT_EQ(engine_->Stats().queued_rows, 0);
+}
+
 TEST_F(BatchingEngineTest, QueueMemoryCountsEachRequestsPathOnceAndRefusesAboveTheLimit) {
   auto executor = std::make_unique<FakeExecutor>();
   executor->SetEmbeddedBytesPerToken(1000);  // a 100-token path: ~100 KB once it runs
