@@ -124,7 +124,10 @@ std::function<void(absl::StatusOr<Response>)> FinishStream(StreamCall<Event>* ca
 
 AttributionServiceImpl::AttributionServiceImpl(const ServerConfig& config, ServerMetrics* metrics,
                                                std::optional<BearerAuth> auth)
-    : config_(config), metrics_(metrics), auth_(std::move(auth)), gate_(config.max_concurrent_requests) {
+    : config_(config),
+      metrics_(metrics),
+      auth_(std::move(auth)),
+      gate_(config.max_concurrent_requests, [metrics](int64_t calls) { metrics->SetInFlight(calls); }) {
   if (config.client_read_timeout > absl::ZeroDuration()) watchdog_.emplace(config.client_read_timeout);
 }
 
@@ -148,7 +151,6 @@ absl::StatusOr<const ServedModel*> AttributionServiceImpl::Admit(CallLog& log, g
   }
   if (absl::Status s = gate_.Enter(); !s.ok()) return s;
   log.admitted = true;
-  metrics_->SetInFlight(gate_.in_flight());
   const ModelRegistry* models = models_.load();
   if (models == nullptr) return absl::UnavailableError("the server is still loading its models");
   if (!needs_model) return nullptr;
@@ -163,7 +165,6 @@ void AttributionServiceImpl::CallEnded(const CallLog& log, const grpc::Status& s
   metrics_->RecordRpc(log.method, code, now - log.received);
   if (log.admitted) {
     gate_.Leave();
-    metrics_->SetInFlight(gate_.in_flight());
   }
   nlohmann::json line = {{"rpc", log.method},
                          {"model", AbbreviateUserText(log.model)},

@@ -15,6 +15,7 @@ absl::Status CallGate::Enter() {
         absl::StrCat("too many concurrent requests (the limit is ", max_in_flight_, ")"));
   }
   ++in_flight_;
+  if (on_change_) on_change_(in_flight_);
   return absl::OkStatus();
 }
 
@@ -23,6 +24,7 @@ void CallGate::Leave() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     idle = --in_flight_ == 0;
+    if (on_change_) on_change_(in_flight_);
   }
   if (idle) idle_.notify_all();
 }

@@ -5,7 +5,9 @@
 #pragma once
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <mutex>
+#include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -16,7 +18,11 @@ namespace attribution::server {
 // Thread-safe.
 class CallGate {
  public:
-  explicit CallGate(int64_t max_in_flight) : max_in_flight_(max_in_flight) {}
+  // `on_change` is told the number of calls in flight after each Enter and Leave, under the gate's lock, so
+  // what it records is never older than the last change (two calls ending together, each reading the count
+  // after its own Leave, could record 1 last and leave a gauge at 1 while idle).
+  explicit CallGate(int64_t max_in_flight, std::function<void(int64_t)> on_change = nullptr)
+      : max_in_flight_(max_in_flight), on_change_(std::move(on_change)) {}
   // Admits a call (OK: the caller must Leave() once) or refuses it.
   absl::Status Enter();
   void Leave();
@@ -29,6 +35,7 @@ class CallGate {
 
  private:
   const int64_t max_in_flight_;
+  const std::function<void(int64_t)> on_change_;
   mutable std::mutex mu_;
   std::condition_variable idle_;
   int64_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;

@@ -414,8 +414,11 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
   if (!config.tls.client_ca_file.empty() && config.tls.cert_file.empty()) {
     return absl::InvalidArgumentError("tls: client_ca_file (mutual TLS) needs cert_file and key_file");
   }
-  if (config.grace_period < absl::ZeroDuration())
-    return absl::InvalidArgumentError("grace_period_seconds must not be negative");
+  // NaN seconds read as an infinite duration: a drain that never ends (the pod killed at its own grace period).
+  if (!(config.grace_period >= absl::ZeroDuration() && config.grace_period <= absl::Hours(24))) {
+    return absl::InvalidArgumentError(absl::StrCat("grace_period_seconds must lie between 0 and 86400, not ",
+                                                   absl::ToDoubleSeconds(config.grace_period)));
+  }
   // The watchdog wakes once per timeout: a tiny one would spin a thread.
   if (config.client_read_timeout < absl::ZeroDuration() ||
       (config.client_read_timeout > absl::ZeroDuration() && config.client_read_timeout < absl::Seconds(0.1))) {

@@ -8,8 +8,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <functional>
+#include <thread>
+#include <vector>
 
 #include "server/bearer_auth.h"
 #include "server/call_gate.h"
@@ -206,6 +210,13 @@ TEST(ServerConfig, ValidationNamesTheField) {
   config.max_top_k = 21;
   EXPECT_THAT(ValidateServerConfig(config).message(), HasSubstr("max_top_k = 21"));
   config.max_top_k = 20;
+  // --grace_period_seconds=nan was an infinite drain; 1e300 one past any pod's grace period.
+  for (const double seconds : {std::nan(""), 1e300, -1.0}) {
+    config.grace_period = absl::Seconds(seconds);
+    EXPECT_THAT(ValidateServerConfig(config).message(), HasSubstr("grace_period_seconds must lie between 0 and 86400"))
+        << seconds;
+  }
+  config.grace_period = absl::Seconds(30);
   config.tls.client_ca_file = "ca.pem";
   EXPECT_THAT(ValidateServerConfig(config).message(), HasSubstr("client_ca_file (mutual TLS) needs cert_file"));
 }
@@ -357,6 +368,26 @@ TEST(CallGate, RefusesOverTheLimitAndWhileDrainingAndWaitsForIdle) {
   EXPECT_TRUE(gate.WaitIdle(absl::InfiniteFuture()));
   leaver.join();
   EXPECT_EQ(gate.in_flight(), 0);
+}
+
+// The in-flight gauge was set from a count read after each Enter / Leave, outside the gate's lock: two calls
+// ending together could record 1 last and leave the gauge at 1 while idle. The gate reports each change
+// under its lock, so the changes come in order, one call apart, and end at 0.
+TEST(CallGate, ReportsEveryChangeInOrder) {
+  std::vector<int64_t> seen;  // written under the gate's lock
+  CallGate gate(64, [&seen](int64_t calls) { seen.push_back(calls); });
+  std::vector<std::thread> callers;
+  for (int t = 0; t < 8; ++t) {
+    callers.emplace_back([&gate] {
+      for (int i = 0; i < 2000; ++i) {
+        if (gate.Enter().ok()) gate.Leave();
+      }
+    });
+  }
+  for (std::thread& caller : callers) caller.join();
+  ASSERT_EQ(seen.size(), 8u * 2000 * 2);
+  for (size_t i = 1; i < seen.size(); ++i) ASSERT_EQ(std::abs(seen[i] - seen[i - 1]), 1) << "at change " << i;
+  EXPECT_EQ(seen.back(), 0);
 }
 
 TEST(GrpcStatus, KeepsCodeAndMessage) {
