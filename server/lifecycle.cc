@@ -17,6 +17,7 @@ namespace {
 struct State {
   absl::Mutex mutex;
   bool serving ABSL_GUARDED_BY(mutex) = false;
+  bool signalled ABSL_GUARDED_BY(mutex) = false;
   std::optional<Lifecycle::Stop> stop ABSL_GUARDED_BY(mutex);
 };
 
@@ -27,14 +28,21 @@ State& TheState() {
 }
 
 // Records `stop`, or, before serving, logs it and ends the process: nothing is in flight to drain, and
-// main() is busy loading.
-void Request(Lifecycle::Stop stop) {
+// main() is busy loading. A second signal ends a drain at once (exit 1: calls were cut off), as an operator
+// pressing Ctrl-C twice means.
+void Request(Lifecycle::Stop stop, bool from_signal) {
   State& state = TheState();
   absl::MutexLock lock(&state.mutex);
   if (!state.serving) {
     WriteLogLine({{"event", "stopped"}, {"detail", absl::StrCat(stop.reason, ", before serving: exiting at once")}});
     std::_Exit(stop.exit_code);
   }
+  if (from_signal && state.signalled) {
+    WriteLogLine({{"event", "stopped"},
+                  {"detail", absl::StrCat(stop.reason, " again while draining: exiting at once, calls cut off")}});
+    std::_Exit(1);
+  }
+  state.signalled |= from_signal;
   if (!state.stop) state.stop = std::move(stop);
 }
 
@@ -49,10 +57,10 @@ void Lifecycle::WatchSignals() {
   // watcher's sigwait, never a default action that would kill the process without draining.
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   std::thread([signals] {
-    int signal_number = 0;
-    while (sigwait(&signals, &signal_number) != 0) {
+    for (;;) {
+      int signal_number = 0;
+      if (sigwait(&signals, &signal_number) == 0) Request({0, absl::StrCat("signal ", signal_number)}, true);
     }
-    Request({0, absl::StrCat("signal ", signal_number)});
   }).detach();
 }
 
@@ -62,7 +70,7 @@ void Lifecycle::ServingStarted() {
   state.serving = true;
 }
 
-void Lifecycle::Fail(const std::string& reason) { Request({1, reason}); }
+void Lifecycle::Fail(const std::string& reason) { Request({1, reason}, false); }
 
 Lifecycle::Stop Lifecycle::WaitForStop() {
   State& state = TheState();

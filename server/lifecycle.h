@@ -4,7 +4,8 @@
 //
 // A signal while the models load ends the process at once: a load can take minutes (tens of GB from
 // network storage) and nothing is in flight yet, so an orchestrator stopping a starting pod must not wait
-// for it. From ServingStarted() on, a signal or a failure wakes WaitForStop(), and the server drains.
+// for it. From ServingStarted() on, a signal or a failure wakes WaitForStop(), and the server drains; a
+// second signal while it drains ends the process at once (exit 1).
 //
 //   Lifecycle::WatchSignals();      // first thing in main(), before any other thread starts
 //   ... load the models ...

@@ -624,6 +624,29 @@ TEST(ServerLifecycle, SigtermFinishesCallsInFlightRefusesNewOnesAndExitsZero) {
   EXPECT_NE((*server)->Log().find("\"detail\":\"every call finished\",\"event\":\"stopped\""), std::string::npos);
 }
 
+// A second SIGINT while the server drains ends it at once, as Ctrl-C twice means; before, it was ignored and
+// the drain waited out the grace period (here 10 minutes) for the long call in flight.
+TEST(ServerLifecycle, ASecondSignalWhileDrainingExitsAtOnce) {
+  auto server = ServerProcess::Start({"--model=demo=" + DemoModelDir(), "--grace_period_seconds=600"});
+  ASSERT_THAT(server, IsOk());
+  auto client = Connect((*server)->address(), {.max_attempts = 1});
+  absl::StatusOr<Attribution> in_flight = absl::UnknownError("not run");
+  std::thread call([&] {
+    in_flight =
+        client->Attribute({.model = "demo", .prompt = std::string(300, 'b'), .target = kTarget, .n_steps = 1000});
+  });
+  EXPECT_TRUE(WaitForQueuedRows((*server)->metrics_port(), "demo"));
+  (*server)->Signal(SIGINT);
+  for (int attempt = 0; attempt < 1000 && (*server)->Log().find("\"draining\"") == std::string::npos; ++attempt) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  (*server)->Signal(SIGINT);
+  EXPECT_EQ((*server)->Wait(absl::Seconds(60)), 1) << (*server)->Log();
+  EXPECT_THAT((*server)->Log(), HasSubstr("signal 2 again while draining: exiting at once, calls cut off"));
+  call.join();
+  EXPECT_THAT(in_flight, StatusIs(absl::StatusCode::kUnavailable));
+}
+
 // A crash leaves its signal and the failing thread's stack in the log, and the process still dies of
 // that signal (a supervisor sees the crash, not an exit).
 TEST(ServerLifecycle, ACrashWritesItsSignalAndStackTraceToTheLog) {
