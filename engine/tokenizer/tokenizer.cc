@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/common/files.h"
 #include "engine/common/status_macros.h"
+#include "engine/common/utf8.h"
 #include "engine/tokenizer/hf_tokenizer.h"
 #include "engine/tokenizer/sentencepiece_tokenizer.h"
 
@@ -23,38 +24,9 @@ absl::StatusOr<nlohmann::json> ReadJson(const std::string& path) {
 
 }  // namespace
 
-namespace {
-
-// How many bytes of s[i..n) are a well-formed character (0: none), or with `subpart`, the length of the
-// maximal subpart of one (at least 1): the lead byte and the continuation bytes that can still follow
-// it. The ranges of the second byte exclude overlong forms, surrogates and code points past U+10FFFF.
-size_t Utf8Length(const unsigned char* s, size_t i, size_t n, bool subpart) {
-  const unsigned char c = s[i];
-  if (c < 0x80) return 1;
-  size_t len = 0;
-  unsigned char low = 0x80, high = 0xBF;  // of the second byte
-  if (c >= 0xC2 && c <= 0xDF)
-    len = 2;
-  else if (c >= 0xE0 && c <= 0xEF)
-    len = 3, low = c == 0xE0 ? 0xA0 : 0x80, high = c == 0xED ? 0x9F : 0xBF;
-  else if (c >= 0xF0 && c <= 0xF4)
-    len = 4, low = c == 0xF0 ? 0x90 : 0x80, high = c == 0xF4 ? 0x8F : 0xBF;
-  if (len == 0) return subpart ? 1 : 0;
-  size_t k = 1;
-  for (; k < len && i + k < n; ++k) {
-    const unsigned char b = s[i + k];
-    if (k == 1 ? (b < low || b > high) : (b & 0xC0) != 0x80) break;
-  }
-  if (k == len) return len;
-  return subpart ? k : 0;
-}
-
-}  // namespace
-
 absl::Status CheckUtf8(const std::string& text) {
-  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
   for (size_t i = 0; i < text.size();) {
-    const size_t len = Utf8Length(s, i, text.size(), /*subpart=*/false);
+    const size_t len = Utf8SequenceLength(text, i, /*subpart=*/false);
     if (len == 0) return absl::InvalidArgumentError(absl::StrCat("text is not valid UTF-8 at byte ", i));
     i += len;
   }
@@ -62,18 +34,17 @@ absl::Status CheckUtf8(const std::string& text) {
 }
 
 std::string ToValidUtf8(const std::string& bytes) {
-  const auto* s = reinterpret_cast<const unsigned char*>(bytes.data());
   std::string out;
   out.reserve(bytes.size());
   for (size_t i = 0; i < bytes.size();) {
-    const size_t len = Utf8Length(s, i, bytes.size(), /*subpart=*/false);
+    const size_t len = Utf8SequenceLength(bytes, i, /*subpart=*/false);
     if (len > 0) {
       out.append(bytes, i, len);
       i += len;
       continue;
     }
     out += "\xEF\xBF\xBD";  // U+FFFD
-    i += Utf8Length(s, i, bytes.size(), /*subpart=*/true);
+    i += Utf8SequenceLength(bytes, i, /*subpart=*/true);
   }
   return out;
 }
