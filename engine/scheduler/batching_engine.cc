@@ -152,9 +152,12 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
                                                           " tokens; the limit per request is ",
                                                           options_.max_tokens_per_request)));
   }
-  const bool admitted = request->admitted_.load();
-  if (!admitted && (stats_.queued_rows + count > options_.max_queued_rows ||
-                    stats_.queued_tokens + tokens > options_.max_queued_tokens)) {
+  // The next decode step of a generation admitted before: one row of one token, which a full queue must not
+  // fail part-way (its work would be lost); anything larger is checked as new work.
+  const bool next_decode_step = request->admitted_.load() && count == 1 && rows[0].kind == RowKind::kDecode &&
+                                rows[0].decode_state != nullptr && rows[0].length() == 1;
+  if (!next_decode_step && (stats_.queued_rows + count > options_.max_queued_rows ||
+                            stats_.queued_tokens + tokens > options_.max_queued_tokens)) {
     return reject(absl::ResourceExhaustedError(absl::StrCat("engine queue is full (", stats_.queued_rows, " rows, ",
                                                             stats_.queued_tokens, " tokens queued)")));
   }
@@ -167,7 +170,7 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
         "this request alone needs ", Mebibytes(bytes), " of queue memory, more than the limit of ",
         Mebibytes(options_.max_queued_bytes), ": it cannot be queued even on an idle server (fewer or shorter rows)")));
   }
-  if (!admitted && stats_.queued_bytes + bytes > options_.max_queued_bytes) {
+  if (!next_decode_step && stats_.queued_bytes + bytes > options_.max_queued_bytes) {
     return reject(absl::ResourceExhaustedError(
         absl::StrCat("engine queue memory is full: ", Mebibytes(stats_.queued_bytes), " queued and this request needs ",
                      Mebibytes(bytes), " more; the limit is ", Mebibytes(options_.max_queued_bytes))));
@@ -176,7 +179,7 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
     queue.request = request;
     queue.arrival = arrivals_++;
   }
-  request->admitted_.store(true);
+  if (count > 0) request->admitted_.store(true);
   auto group = std::make_shared<Group>(Group{request, std::move(done)});
   for (size_t i = 0; i < rows.size(); ++i) {
     const int k = static_cast<int>(rows[i].kind);

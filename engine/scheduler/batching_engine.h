@@ -126,8 +126,8 @@ class Request {
   std::atomic<bool> cancelled_{false};
   // Score and grad rows ever submitted (decode steps not counted): few make the request interactive.
   std::atomic<int64_t> submitted_work_rows_{0};
-  // Whether the engine has accepted rows of this request before: its later stages are not refused for a full
-  // queue (BatchingEngine::Submit).
+  // Whether the engine has accepted rows of this request before: its next decode step is not refused for a
+  // full queue (BatchingEngine::Submit).
   std::atomic<bool> admitted_{false};
   mutable std::mutex mu_;
   Stats stats_ ABSL_GUARDED_BY(mu_);
@@ -148,9 +148,9 @@ class BatchingEngine {
   // malformed row or one over a per-request limit (rows, tokens, bytes: no wait makes it fit),
   // RESOURCE_EXHAUSTED when the engine's queue is full now (retrying later may succeed), CANCELLED /
   // DEADLINE_EXCEEDED for a finished request, UNAVAILABLE after Shutdown. The queue's limits (rows, tokens,
-  // bytes) admit requests: once rows of a request were accepted, its later submissions (the next decode step,
-  // faithfulness curves, a component method's next stage, the next IG order) are accepted over them, so work
-  // admitted is finished rather than failed part-way; the per-request limits bound what each adds.
+  // bytes) admit work: the next decode step of a generation already admitted (one row of one token) is
+  // accepted over them, so a full queue does not fail a Generate part-way; each in-flight generation adds at
+  // most that one row.
   absl::Status Submit(const std::shared_ptr<Request>& request, std::vector<Row> rows, RowCallback done);
 
   // Drops the request's queued rows (answered CANCELLED now) and discards its in-flight results.

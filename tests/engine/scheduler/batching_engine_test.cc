@@ -773,29 +773,38 @@ TEST_F(BatchingEngineTest, FullQueueRejectsBeforeAccepting) {
   EXPECT_FALSE(called);
 }
 
-// The queue's limits admit requests; a request already admitted is not refused its next stage (a generation's
-// next decode step, a method's next rows) for a queue that filled up meanwhile: before, an admitted Generate
-// failed part-way with RESOURCE_EXHAUSTED, its work lost.
-TEST_F(BatchingEngineTest, AFullQueueRefusesNewRequestsButNotTheNextStageOfAnAdmittedOne) {
+// A full queue refuses new work but not the next decode step of a generation it admitted: before, each step
+// was checked as new work, and an admitted Generate failed part-way with RESOURCE_EXHAUSTED, its tokens lost.
+// Anything more than one decode step of one token (a method's next stage of many rows) is still new work.
+TEST_F(BatchingEngineTest, AFullQueueRefusesNewWorkButNotTheNextDecodeStepOfAnAdmittedGeneration) {
   Start({.max_queued_rows = 8});
   Notification gate;
   RowCollector blocking(1);
   HoldExecutor(gate, blocking);
-  auto admitted = engine_->NewRequest();
-  RowCollector first_stage(2), others(6), next_stage(1);
-  ASSERT_THAT(engine_->Submit(admitted, ScoreRows(2, 2, 1), first_stage.Callback()), IsOk());
-  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(6, 2, 2), others.Callback()), IsOk());
+  auto state = std::make_shared<DecodeState>(/*num_layers=*/1);
+  auto decode = [&state](std::vector<int64_t> ids) {
+    std::vector<Row> rows;
+    rows.push_back(Row{.kind = RowKind::kDecode, .input_ids = std::move(ids), .decode_state = state});
+    return rows;
+  };
+  auto generation = engine_->NewRequest();
+  RowCollector prompt(1), others(7), next_step(1);
+  ASSERT_THAT(engine_->Submit(generation, decode({5, 6, 7}), prompt.Callback()), IsOk());
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(7, 2, 2), others.Callback()), IsOk());
   bool called = false;
-  EXPECT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 3), [&](size_t, RowResult) { called = true; }),
+  auto never = [&](size_t, RowResult) { called = true; };
+  EXPECT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 3), never),
               StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("engine queue is full (8 rows")));
-  EXPECT_THAT(engine_->Submit(admitted, ScoreRows(1, 2, 4), next_stage.Callback()), IsOk());
+  EXPECT_THAT(engine_->Submit(generation, ScoreRows(1, 2, 4), never),
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("engine queue is full")));
+  EXPECT_THAT(engine_->Submit(generation, decode({8}), next_step.Callback()), IsOk());
   EXPECT_EQ(engine_->Stats().queued_rows, 9);
   gate.Notify();
   blocking.Wait();  // the collectors must outlive every callback
-  first_stage.Wait();
+  prompt.Wait();
   others.Wait();
-  next_stage.Wait();
-  EXPECT_THAT(next_stage.result(0).status, IsOk());
+  next_step.Wait();
+  EXPECT_THAT(next_step.result(0).status, IsOk());
   EXPECT_FALSE(called);
   EXPECT_EQ(engine_->Stats().queued_rows, 0);
 }
