@@ -440,6 +440,8 @@ class ShardResults {
   absl::Status Add(const std::string& file) {
     absl::StatusOr<LineReader> in = LineReader::Open(file);
     if (!in.ok()) return in.status();
+    absl::StatusOr<FileIdentity> before = in->identity();
+    if (!before.ok()) return before.status();
     const size_t shard = files_.size();
     files_.push_back(file);
     for (Line line;;) {
@@ -456,6 +458,10 @@ class ShardResults {
       }
       if (absl::Status added = AddLine(line, shard); !added.ok()) return added;
     }
+    absl::StatusOr<FileIdentity> after = in->identity();
+    if (!after.ok()) return after.status();
+    if (*after != *before) return ChangedWhileMerging(file);
+    identities_.push_back(*after);
     return absl::OkStatus();
   }
 
@@ -469,13 +475,20 @@ class ShardResults {
     auto close_all = [&fds] {
       for (int fd : fds) ::close(fd);
     };
-    for (const std::string& file : files_) {
+    for (size_t shard = 0; shard < files_.size(); ++shard) {
+      const std::string& file = files_[shard];
       fds.push_back(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
       if (fds.back() < 0) {
         const int error = errno;
         fds.pop_back();
         close_all();
         return absl::NotFoundError(absl::StrCat("cannot read ", file, ": ", std::strerror(error)));
+      }
+      // Lines are copied by the offsets read before: from the same file, unchanged, or not at all.
+      absl::StatusOr<FileIdentity> now = IdentityOfOpenFile(fds.back(), file);
+      if (!now.ok() || *now != identities_[shard]) {
+        close_all();
+        return now.ok() ? ChangedWhileMerging(file) : now.status();
       }
     }
     absl::Status written;
@@ -550,7 +563,13 @@ class ShardResults {
   }
 
   const std::vector<BatchRow>& rows_;
-  std::vector<std::string> files_;  // the shards, in the order added
+  static absl::Status ChangedWhileMerging(const std::string& file) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        file, ": the shard changed while it was being merged (is its job still running?): run merge again"));
+  }
+
+  std::vector<std::string> files_;        // the shards, in the order added
+  std::vector<FileIdentity> identities_;  // of each shard as read
   std::map<std::string, const BatchRow*> by_id_;
   std::map<std::string, Located> results_;         // row id -> its result
   std::map<std::string, Located> first_of_model_;  // model name -> the first result on it

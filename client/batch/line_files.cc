@@ -26,6 +26,15 @@ absl::Status Errno(const std::string& what, const std::string& path, int error) 
 
 }  // namespace
 
+absl::StatusOr<FileIdentity> IdentityOfOpenFile(int fd, const std::string& path) {
+  struct stat status;
+  if (::fstat(fd, &status) != 0) return Errno("cannot stat", path, errno);
+  return FileIdentity{.device = static_cast<uint64_t>(status.st_dev),
+                      .inode = static_cast<uint64_t>(status.st_ino),
+                      .size = static_cast<int64_t>(status.st_size),
+                      .modified_ns = static_cast<int64_t>(status.st_mtim.tv_sec) * 1000000000 + status.st_mtim.tv_nsec};
+}
+
 absl::StatusOr<LineReader> LineReader::Open(const std::string& path, int* error) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
@@ -144,6 +153,14 @@ absl::Status AtomicFileWriter::Copy(int from_fd, const std::string& from, int64_
 
 absl::Status AtomicFileWriter::Commit() {
   const int fd = std::exchange(fd_, -1);
+  // Without the sync a crash of the machine can leave the renamed file empty (ext4 and XFS order the rename
+  // before the data otherwise).
+  if (::fsync(fd) != 0) {
+    const int error = errno;
+    ::close(fd);
+    ::unlink(temporary_.c_str());
+    return Errno("cannot write", temporary_, error);
+  }
   if (::close(fd) != 0) {
     const int error = errno;
     ::unlink(temporary_.c_str());

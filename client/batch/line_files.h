@@ -28,6 +28,16 @@ struct Line {
   bool complete = false;  // false: the file ends before its newline (a write cut short by a kill)
 };
 
+// Which file an open descriptor reads, and in what state: a file replaced (renamed over) or written to since
+// has another identity. Merge checks it, since it copies lines by offset from files it read earlier.
+struct FileIdentity {
+  uint64_t device = 0, inode = 0;
+  int64_t size = 0, modified_ns = 0;
+  bool operator==(const FileIdentity&) const = default;
+};
+// INTERNAL naming `path` when fstat(2) fails.
+absl::StatusOr<FileIdentity> IdentityOfOpenFile(int fd, const std::string& path);
+
 // A file's lines through a fixed buffer: what it holds is one line and 64 KiB, whatever the file's size.
 class LineReader {
  public:
@@ -40,6 +50,8 @@ class LineReader {
   // The next line into `line`; false at the end of the file. NOT_FOUND "cannot read PATH: why" on a read
   // error (a directory reads as EISDIR).
   absl::StatusOr<bool> Next(Line& line);
+  // The identity of the file being read (IdentityOfOpenFile).
+  absl::StatusOr<FileIdentity> identity() const { return IdentityOfOpenFile(fd_, path_); }
 
  private:
   LineReader(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
@@ -72,7 +84,8 @@ class AtomicFileWriter {
   // Appends `length` bytes at `offset` of the open file `from_fd` (`from` in messages).
   absl::Status Copy(int from_fd, const std::string& from, int64_t offset, int64_t length);
   int64_t size() const { return size_; }
-  // Closes the temporary and renames it over the file; readers see the old file or the whole new one.
+  // Syncs and closes the temporary and renames it over the file; readers see the old file or the whole new
+  // one, also after a crash of the machine.
   absl::Status Commit();
 
  private:

@@ -53,7 +53,8 @@ class ParquetWriter {
   ~ParquetWriter();
 
   // row[column.name] for every column, a missing key or null a null. A value of another type is
-  // INVALID_ARGUMENT naming the row (0-based, in the file) and the column.
+  // INVALID_ARGUMENT naming the row (0-based, in the file) and the column; the columns before it already hold
+  // the row, so after an error the writer is done with: no Add or Finish (the file would be misaligned).
   absl::Status Add(const nlohmann::json& row);
   // The last row group and the footer that lists every group; no Add after it.
   absl::Status Finish();

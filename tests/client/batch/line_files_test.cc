@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -75,6 +76,29 @@ TEST(LineReader, ADirectoryOrAMissingFileIsNamed) {
 }
 
 // Copies by offset land whole in the new file, which replaces the old one only on Commit.
+// Merge copies lines by the offsets it read earlier, so it checks that a shard is still the file it read: one
+// renamed over it (a resumed shard job's rewrite) or appended to has another identity, an untouched one the same.
+TEST(LineReader, TellsAFileReplacedOrAppendedToFromTheSameFile) {
+  TempDir dir;
+  const std::string path = dir.File("shard.jsonl"), other = dir.File("other.jsonl");
+  std::ofstream(path) << "a\n";
+  std::ofstream(other) << "b\n";
+  absl::StatusOr<LineReader> reader = LineReader::Open(path);
+  ASSERT_THAT(reader, IsOk());
+  const absl::StatusOr<FileIdentity> read = reader->identity();
+  ASSERT_THAT(read, IsOk());
+  auto identity_now = [&path] {
+    absl::StatusOr<LineReader> again = LineReader::Open(path);
+    return again.ok() ? again->identity() : again.status();
+  };
+  EXPECT_EQ(*identity_now(), *read);
+  ASSERT_EQ(std::rename(other.c_str(), path.c_str()), 0);
+  EXPECT_NE(*identity_now(), *read);
+  const absl::StatusOr<FileIdentity> replaced = identity_now();
+  std::ofstream(path, std::ios::app) << "c\n";
+  EXPECT_NE(*identity_now(), *replaced);
+}
+
 TEST(AtomicFileWriter, CopiesLinesByOffsetAndReplacesTheFileOnlyOnCommit) {
   TempDir dir;
   const std::string from = dir.File("from.jsonl"), to = dir.File("to.jsonl");
