@@ -50,8 +50,9 @@ absl::StatusOr<std::vector<int64_t>> RowLengths(const ForwardBatch& batch) {
 std::pair<at::Tensor, at::Tensor> TopTokensInIdOrderOfTies(const at::Tensor& log_probs, int64_t k) {
   const at::Tensor kth_best = std::get<0>(log_probs.topk(k, -1)).narrow(1, k - 1, 1);  // [N, 1]
   // Every token at least as good as the k-th, in the row that has most: all tokens that could make the
-  // cut in any tie order (k at least: NaN compares false).
-  const int64_t candidates = std::max(k, (log_probs >= kth_best).sum(-1).max().item<int64_t>());
+  // cut in any tie order. topk ranks NaN above every number, but NaN compares false: counted apart.
+  const int64_t candidates =
+      std::max(k, ((log_probs >= kth_best).sum(-1) + log_probs.isnan().sum(-1)).max().item<int64_t>());
   auto [values, ids] = log_probs.topk(candidates, -1);  // [N, candidates], ties in any order
   auto [ids_ascending, by_id] = ids.sort(-1);
   const at::Tensor values_by_id = values.gather(1, by_id);
