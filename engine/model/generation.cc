@@ -28,6 +28,7 @@ absl::Status CheckGenerationOptions(const GenerationOptions& o) {
   if (o.max_new_tokens < 1) return absl::InvalidArgumentError("max_new_tokens must be at least 1");
   if (!(o.temperature >= 0 && o.temperature <= 1e4))
     return absl::InvalidArgumentError("temperature must be in [0, 10000]");
+  if (o.top_k < 0) return absl::InvalidArgumentError("top_k must be at least 0 (0: no top-k cut)");
   if (!(o.top_p > 0 && o.top_p <= 1)) return absl::InvalidArgumentError("top_p must be in (0, 1]");
   if (static_cast<int64_t>(o.stop_token_ids.size()) > kMaxStopTokenIds) {
     return absl::InvalidArgumentError(
@@ -51,6 +52,13 @@ at::Tensor PickNextTokens(const at::Tensor& logits, const GenerationOptions& o, 
   // logits / temperature alone overflow to inf and softmax gives NaN.
   const at::Tensor wide = logits.to(at::kDouble);  // [batch, vocab]
   at::Tensor probs = at::softmax((wide - wide.amax(-1, /*keepdim=*/true)) / o.temperature, -1);
+  const int64_t vocab = probs.size(-1);
+  if (o.top_k > 0 && o.top_k < vocab) {
+    // As TopKLogitsWarper: drop what is below the k-th largest (its ties stay), then renormalize.
+    at::Tensor kth = std::get<0>(probs.topk(o.top_k, -1)).narrow(-1, o.top_k - 1, 1);
+    probs = probs.masked_fill(probs < kth, 0.0);
+    probs = probs / probs.sum(-1, /*keepdim=*/true);
+  }
   if (o.top_p < 1) {
     auto [sorted, order] = probs.sort(-1, /*descending=*/true);
     // Keep a token while the mass before it is below top_p: the first token always survives.
