@@ -22,6 +22,7 @@ struct GenerationRun : std::enable_shared_from_this<GenerationRun> {
   Generation generation;
   std::function<void(absl::StatusOr<Generation>)> done;
   TokenCallback on_token;
+  StopCheck should_stop;
 
   void Submit(std::vector<int64_t> tokens) {
     auto self = shared_from_this();
@@ -49,7 +50,8 @@ struct GenerationRun : std::enable_shared_from_this<GenerationRun> {
     }
     generation.tokens.push_back(token);
     if (on_token) on_token(token, generation.log_probs.back());
-    generation.stopped = std::find(stops.begin(), stops.end(), token) != stops.end();
+    generation.stopped =
+        std::find(stops.begin(), stops.end(), token) != stops.end() || (should_stop && should_stop(generation.tokens));
     if (generation.stopped || static_cast<int64_t>(generation.tokens.size()) >= options.max_new_tokens) {
       done(std::move(generation));
       return;
@@ -62,7 +64,8 @@ struct GenerationRun : std::enable_shared_from_this<GenerationRun> {
 
 void GenerateAsync(BatchingEngine& engine, std::shared_ptr<Request> request, const ModelConfig& config,
                    std::vector<int64_t> prompt, const GenerationOptions& options,
-                   std::function<void(absl::StatusOr<Generation>)> done, TokenCallback on_token) {
+                   std::function<void(absl::StatusOr<Generation>)> done, TokenCallback on_token,
+                   StopCheck should_stop) {
   if (absl::Status s = CheckGenerationOptions(options); !s.ok()) return done(s);
   if (prompt.empty()) return done(absl::InvalidArgumentError("prompt must hold at least one token"));
   auto run = std::make_shared<GenerationRun>();
@@ -74,6 +77,7 @@ void GenerateAsync(BatchingEngine& engine, std::shared_ptr<Request> request, con
   run->generator = at::make_generator<at::CPUGeneratorImpl>(options.seed);
   run->done = std::move(done);
   run->on_token = std::move(on_token);
+  run->should_stop = std::move(should_stop);
   run->Submit(std::move(prompt));
 }
 
