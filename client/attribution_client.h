@@ -85,6 +85,8 @@ struct GenerationSettings {
   int max_new_tokens = 0;  // 0: server default (25)
   double temperature = 0;
   double top_p = 0;  // 0: no truncation
+  // Sample from the top_k most likely tokens only; 0: off (transformers' do_sample default is 50).
+  int top_k = 0;
   // Seeds sampling. Unset: Generate samples afresh each call and reports the seed it drew
   // (Generation::seed); an Attribute target generated without one uses seed 0.
   std::optional<uint64_t> seed;
@@ -166,6 +168,9 @@ struct GenerateOptions {
   GenerationSettings generation;
   std::string priority = "normal";
   std::string request_id;  // sent as x-request-id metadata; the server logs it with the call
+  // Text stop sequences (at most 8, 1 to 64 bytes each): generation ends once the continuation holds
+  // one; Generation::text ends before it, its tokens include the one that completed it.
+  std::vector<std::string> stop;
 };
 
 struct Generation {

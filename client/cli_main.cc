@@ -85,6 +85,12 @@ ABSL_FLAG(bool, faithfulness, false, "also measure deletion / insertion curves o
 ABSL_FLAG(int32_t, max_new_tokens, 0, "tokens to generate (0: server default 25)");
 ABSL_FLAG(double, temperature, 0, "sampling temperature (0: greedy)");
 ABSL_FLAG(int32_t, top_k, 0, "logprobs: alternatives per position (at most 20)");
+ABSL_FLAG(int32_t, sample_top_k, 0,
+          "generate, sampling (--temperature > 0): only from the k most likely tokens (0: off; transformers' "
+          "do_sample default is 50)");
+ABSL_FLAG(std::vector<std::string>, stop, {},
+          "generate: stop strings, comma-separated (at most 8): generation ends once the text holds one, and "
+          "the text shown ends before it");
 ABSL_FLAG(bool, stream, false,
           "attribute, components: show progress; generate: print tokens as they come (on stderr with --json)");
 ABSL_FLAG(bool, json, false, "print the result as JSON on stdout (every command but health)");
@@ -161,6 +167,7 @@ GenerationSettings GenerationFromFlags() {
   // No --seed: the server samples afresh.
   return {.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens),
           .temperature = absl::GetFlag(FLAGS_temperature),
+          .top_k = absl::GetFlag(FLAGS_sample_top_k),
           .seed = absl::GetFlag(FLAGS_seed)};
 }
 
@@ -356,7 +363,10 @@ int Components(AttributionClient& client, const std::string& model, std::vector<
 }
 
 int Generate(AttributionClient& client, const std::string& model) {
-  GenerateOptions o{.model = model, .prompt = absl::GetFlag(FLAGS_prompt), .generation = GenerationFromFlags()};
+  GenerateOptions o{.model = model,
+                    .prompt = absl::GetFlag(FLAGS_prompt),
+                    .generation = GenerationFromFlags(),
+                    .stop = absl::GetFlag(FLAGS_stop)};
   absl::StatusOr<Generation> result;
   if (absl::GetFlag(FLAGS_stream)) {
     // With --json, stdout holds the JSON alone: the tokens show on stderr as they come.

@@ -37,6 +37,7 @@ void SetGeneration(const GenerationSettings& g, v1::GenerationSettings* out) {
   out->set_max_new_tokens(g.max_new_tokens);
   out->set_temperature(g.temperature);
   out->set_top_p(g.top_p);
+  out->set_top_k(g.top_k);
   if (g.seed) out->set_seed(*g.seed);
   out->mutable_stop_token_ids()->Assign(g.stop_token_ids.begin(), g.stop_token_ids.end());
   out->set_ignore_stop_tokens(g.ignore_stop_tokens);
@@ -292,6 +293,7 @@ absl::StatusOr<v1::GenerateRequest> ToProto(const GenerateOptions& o) {
   v1::GenerateRequest out;
   if (absl::Status s = SetPromptFields(o, &out); !s.ok()) return s;
   SetGeneration(o.generation, out.mutable_generation());
+  for (const std::string& stop : o.stop) out.add_stop(stop);
   return out;
 }
 

@@ -188,6 +188,7 @@ absl::StatusOr<engine::GenerationOptions> ToGenerationOptions(const v1::Generati
   }
   options.temperature = proto.temperature();
   if (proto.top_p() != 0) options.top_p = proto.top_p();
+  options.top_k = proto.top_k();
   options.seed = proto.seed();
   options.ignore_stop_tokens = proto.ignore_stop_tokens();
   options.stop_token_ids.assign(proto.stop_token_ids().begin(), proto.stop_token_ids().end());
@@ -384,14 +385,40 @@ absl::StatusOr<GenerateCall> ToGenerateCall(const v1::GenerateRequest& proto, co
   RETURN_IF_ERROR(
       CheckContinuationLength(call.prompt, call.options.max_new_tokens, "generation.max_new_tokens", model));
   ASSIGN_OR_RETURN(call.priority, ToPriority(proto.priority()));
+  if (proto.stop_size() > kMaxStopStrings) {
+    return Invalid("stop", absl::StrCat(proto.stop_size(), " strings, more than the limit of ", kMaxStopStrings));
+  }
+  for (int i = 0; i < proto.stop_size(); ++i) {
+    const std::string& stop = proto.stop(i);
+    if (stop.empty()) return Invalid(absl::StrCat("stop[", i, "]"), "is empty");
+    if (stop.size() > kMaxStopStringBytes) {
+      return Invalid(absl::StrCat("stop[", i, "]"),
+                     absl::StrCat(stop.size(), " bytes, more than the limit of ", kMaxStopStringBytes));
+    }
+    call.stop.push_back(stop);
+  }
   return call;
+}
+
+size_t FindStop(absl::string_view text, const std::vector<std::string>& stop) {
+  size_t earliest = absl::string_view::npos;
+  for (const std::string& s : stop) earliest = std::min(earliest, text.find(s));
+  return earliest;
 }
 
 void ToGenerateResponse(const engine::Generation& generation, const GenerateCall& call, const ServedModel& model,
                         v1::GenerateResponse* out) {
   out->set_model(model.spec.name);
   FillTokens(call.prompt, *model.tokenizer, out->mutable_prompt_tokens());
-  const ResolvedInput continuation = DecodeContinuation(generation.tokens, call.prompt.encoding.ids, *model.tokenizer);
+  ResolvedInput continuation = DecodeContinuation(generation.tokens, call.prompt.encoding.ids, *model.tokenizer);
+  // A stop string ended it: the text ends before it; the tokens that reach past keep offsets at the end.
+  if (const size_t cut = FindStop(continuation.text, call.stop); cut != std::string::npos) {
+    continuation.text.resize(cut);
+    for (engine::TokenSpan& span : continuation.encoding.spans) {
+      span.begin = std::min<size_t>(span.begin, cut);
+      span.end = std::min<size_t>(span.end, cut);
+    }
+  }
   FillTokens(continuation, *model.tokenizer, out->mutable_tokens());
   for (int i = 0; i < out->tokens_size(); ++i) out->mutable_tokens(i)->set_log_prob(generation.log_probs[i]);
   out->set_text(engine::ToValidUtf8(continuation.text));

@@ -4,6 +4,7 @@
 // the engine's result back to the response proto. Nothing else in the server touches both.
 #pragma once
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -38,7 +39,12 @@ struct GenerateCall {
   ResolvedInput prompt;
   engine::GenerationOptions options;
   engine::Priority priority = engine::Priority::kNormal;
+  std::vector<std::string> stop;  // text stop sequences (GenerateRequest.stop)
 };
+// Where the earliest of `stop` begins in `text`; npos when none is there.
+size_t FindStop(absl::string_view text, const std::vector<std::string>& stop);
+inline constexpr int kMaxStopStrings = 8;
+inline constexpr size_t kMaxStopStringBytes = 64;
 absl::StatusOr<GenerateCall> ToGenerateCall(const v1::GenerateRequest& proto, const ServedModel& model);
 void ToGenerateResponse(const engine::Generation& generation, const GenerateCall& call, const ServedModel& model,
                         v1::GenerateResponse* out);

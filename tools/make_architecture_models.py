@@ -14,7 +14,11 @@ only, as max_window_layers 1 asks) it writes OUT_DIR/NAME/ (config.json, model.s
 tokenizer.json, tokenizer_config.json) and OUT_DIR/NAME/reference.json:
   * prompt, target: token ids (the test sends ids: no tokenizer in the loop);
   * target_log_probs: log-softmax of the target tokens, teacher-forced after the prompt;
-  * greedy: 8 greedy new tokens after the prompt (eos disabled);
+  * greedy: 8 greedy new tokens after the prompt (eos disabled); greedy_text, greedy_token_texts: their
+    text and each one's, as transformers' tokenizer decodes them (special tokens skipped);
+  * top_k_sampling: the distribution generate(do_sample=True, temperature=2, top_k=3) draws the first new
+    token from, as transformers' TemperatureLogitsWarper and TopKLogitsWarper warp the next-token logits
+    (ids and probabilities of the tokens left);
   * past_tokenizer: 6 greedy new tokens (eos disabled) after the prompt [1, 50, 60, 70], which on the
     byte-level models include ids past the tokenizer's tokens (the model has 1408 ids, its tokenizer
     1200), their text as transformers' tokenizer decodes them (special tokens skipped), and the
@@ -54,6 +58,8 @@ TARGET = [620, 333, 860, 718]
 N_STEPS = 16
 BASELINE_TOKEN = 0
 NEW_TOKENS = 8
+SAMPLING_TEMPERATURE = 2.0
+SAMPLING_TOP_K = 3
 SPECIALS = {"gpt2": "<|endoftext|>", "qwen2": "<|im_end|>", "llama2": "</s>", "falcon": "<|endoftext|>"}
 
 
@@ -118,10 +124,20 @@ def past_tokenizer_reference(model, tokenizer):
             "text": tokenizer.decode(generated, skip_special_tokens=True), "tokenizer_size": len(tokenizer)}
 
 
+def top_k_sampling_reference(logits):
+    warped = transformers.TemperatureLogitsWarper(SAMPLING_TEMPERATURE)(None, logits[None].double())
+    warped = transformers.TopKLogitsWarper(SAMPLING_TOP_K)(None, warped)
+    probs = torch.softmax(warped, -1)[0]
+    kept = torch.nonzero(probs > 0).flatten().tolist()
+    return {"temperature": SAMPLING_TEMPERATURE, "top_k": SAMPLING_TOP_K, "ids": kept,
+            "probs": [probs[i].item() for i in kept]}
+
+
 def references(model):
     ids = torch.tensor([PROMPT + TARGET])
     with torch.no_grad():
-        log_probs = torch.log_softmax(model(ids).logits[0].float(), -1)
+        logits = model(ids).logits[0].float()
+        log_probs = torch.log_softmax(logits, -1)
     p = len(PROMPT)
     target_log_probs = [log_probs[p - 1 + i, t].item() for i, t in enumerate(TARGET)]
     embed = model.get_input_embeddings()
@@ -132,6 +148,7 @@ def references(model):
                                return_convergence_delta=True)
     return {"prompt": PROMPT, "target": TARGET, "target_log_probs": target_log_probs,
             "greedy": greedy(model, PROMPT, NEW_TOKENS),
+            "top_k_sampling": top_k_sampling_reference(logits[len(PROMPT) - 1]),
             "ig": {"n_steps": N_STEPS, "baseline_token": BASELINE_TOKEN, "rule": "gausslegendre",
                    "seq_attr": attr.sum(-1)[0].tolist(), "delta": delta.item()}}
 
@@ -155,6 +172,8 @@ def write_model(directory, tokenizer_kind, config, seed):
         reference = references(loaded)
         tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
         reference["past_tokenizer"] = past_tokenizer_reference(loaded, tokenizer)
+        reference["greedy_text"] = tokenizer.decode(reference["greedy"], skip_special_tokens=True)
+        reference["greedy_token_texts"] = [tokenizer.decode([t], skip_special_tokens=True) for t in reference["greedy"]]
         json.dump(reference, f)
 
 

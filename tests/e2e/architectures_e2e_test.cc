@@ -10,6 +10,7 @@
 #include <cmath>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -207,6 +208,146 @@ TEST_P(Architectures, UnseededSamplesDifferAndTheReportedSeedReproducesThem) {
     EXPECT_EQ(seeded->seed, seed);
     EXPECT_EQ(ids(*seeded), ids(*reseeded));
   }
+}
+
+// top_k = 1 leaves only the most likely token, so sampling at any temperature is transformers' greedy.
+TEST_P(Architectures, SamplingWithTopKOneIsGreedy) {
+  absl::StatusOr<client::Generation> result =
+      client_->Generate({.model = GetParam(),
+                         .prompt_ids = prompt_,
+                         .generation = {.max_new_tokens = static_cast<int>(reference_["greedy"].size()),
+                                        .temperature = 5.0,
+                                        .top_k = 1,
+                                        .seed = 7,
+                                        .ignore_stop_tokens = true}});
+  ASSERT_THAT(result, IsOk());
+  std::vector<int64_t> ids;
+  for (const auto& t : result->tokens) ids.push_back(t.id);
+  EXPECT_EQ(ids, reference_["greedy"].get<std::vector<int64_t>>());
+}
+
+// The first token sampled with temperature 2 and top_k 3 over seeds 0..kSamples-1 comes from the
+// distribution transformers' TemperatureLogitsWarper + TopKLogitsWarper leave: never a token outside
+// their top 3, each of them seen when its share makes missing it impossible in practice (p * n > 20:
+// a chance below e^-20), and every count within 6 standard deviations of n * p (binomial). The seeds
+// are fixed: the outcome is the same every run.
+TEST_P(Architectures, TopKSamplingDrawsFromTransformersWarpedDistribution) {
+  const nlohmann::json& ref = reference_["top_k_sampling"];
+  const auto ids = ref["ids"].get<std::vector<int64_t>>();
+  const auto probs = ref["probs"].get<std::vector<double>>();
+  ASSERT_EQ(ids.size(), 3u);  // no ties at the third place in these random models
+  constexpr int kSamples = 300;
+  std::map<int64_t, int> counts;
+  for (int seed = 0; seed < kSamples; ++seed) {
+    absl::StatusOr<client::Generation> result =
+        client_->Generate({.model = GetParam(),
+                           .prompt_ids = prompt_,
+                           .generation = {.max_new_tokens = 1,
+                                          .temperature = ref["temperature"].get<double>(),
+                                          .top_k = ref["top_k"].get<int>(),
+                                          .seed = static_cast<uint64_t>(seed),
+                                          .ignore_stop_tokens = true}});
+    ASSERT_THAT(result, IsOk());
+    ASSERT_EQ(result->tokens.size(), 1u);
+    ++counts[result->tokens[0].id];
+  }
+  for (const auto& [id, count] : counts) {
+    EXPECT_NE(std::find(ids.begin(), ids.end(), id), ids.end()) << "token " << id << " outside the top 3";
+  }
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const double expected = kSamples * probs[i];
+    const int seen = counts.count(ids[i]) ? counts[ids[i]] : 0;
+    if (expected > 20) {
+      EXPECT_GT(seen, 0) << "token " << ids[i] << " (p " << probs[i] << ") never drawn";
+    }
+    EXPECT_LE(std::abs(seen - expected), 6 * std::sqrt(expected * (1 - probs[i])) + 1)
+        << "token " << ids[i] << " drawn " << seen << " times of " << kSamples << ", p " << probs[i];
+  }
+}
+
+// Negative top_k is refused naming the field (transformers' TopKLogitsWarper refuses it too); one
+// above the vocabulary is no cut (transformers clamps it to the vocabulary size).
+TEST_P(Architectures, TopKNegativeIsRefusedAndAboveTheVocabularyIsNoCut) {
+  client::GenerateOptions options{
+      .model = GetParam(),
+      .prompt_ids = prompt_,
+      .generation = {.max_new_tokens = 4, .temperature = 1.0, .top_k = -1, .seed = 3, .ignore_stop_tokens = true}};
+  EXPECT_THAT(client_->Generate(options), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("top_k")));
+  options.generation.top_k = 1 << 30;
+  absl::StatusOr<client::Generation> huge = client_->Generate(options);
+  options.generation.top_k = 0;
+  absl::StatusOr<client::Generation> off = client_->Generate(options);
+  ASSERT_THAT(huge, IsOk());
+  ASSERT_THAT(off, IsOk());
+  ASSERT_EQ(huge->tokens.size(), off->tokens.size());
+  for (size_t i = 0; i < off->tokens.size(); ++i) EXPECT_EQ(huge->tokens[i].id, off->tokens[i].id);
+}
+
+// A stop string made of the end of one greedy token's text and the start of the next one's (transformers'
+// decoding) ends the generation at the second token: the text ends before the stop string's first
+// occurrence, the tokens run through the one that completed it, stopped is set; the stream stops there
+// too. Models whose tokens' texts do not join into the text (metaspace) are skipped.
+TEST_P(Architectures, StopStringSpanningTwoTokensEndsGenerationBeforeIt) {
+  const auto greedy = reference_["greedy"].get<std::vector<int64_t>>();
+  const auto texts = reference_["greedy_token_texts"].get<std::vector<std::string>>();
+  const auto text = reference_["greedy_text"].get<std::string>();
+  std::string joined;
+  for (const std::string& t : texts) joined += t;
+  if (joined != text) GTEST_SKIP() << "token texts do not join into the text here";
+  // The first pair of neighbours with text on both sides: the last byte of one and the first of the next.
+  size_t i = 1;
+  while (i + 1 < texts.size() && (texts[i].empty() || texts[i + 1].empty())) ++i;
+  ASSERT_LT(i + 1, texts.size());
+  const std::string stop = texts[i].substr(texts[i].size() - 1) + texts[i + 1].substr(0, 1);
+  // The expected end: the first prefix of tokens whose text holds the stop string.
+  const size_t cut = text.find(stop);
+  ASSERT_NE(cut, std::string::npos);
+  size_t tokens = 0;
+  for (std::string prefix; prefix.find(stop) == std::string::npos; prefix += texts[tokens++]) {
+  }
+  ASSERT_LE(tokens, i + 2);
+  ASSERT_GE(tokens, 2u);
+  ASSERT_EQ(text.find(stop, 0), cut);
+
+  client::GenerateOptions options{
+      .model = GetParam(),
+      .prompt_ids = prompt_,
+      .generation = {.max_new_tokens = static_cast<int>(greedy.size()), .ignore_stop_tokens = true},
+      .stop = {"\x01never", stop}};
+  auto check = [&](const absl::StatusOr<client::Generation>& result) {
+    ASSERT_THAT(result, IsOk());
+    EXPECT_TRUE(result->stopped);
+    EXPECT_EQ(result->text, text.substr(0, cut)) << "stop " << stop;
+    std::vector<int64_t> ids;
+    for (const auto& t : result->tokens) ids.push_back(t.id);
+    EXPECT_EQ(ids, std::vector<int64_t>(greedy.begin(), greedy.begin() + tokens));
+  };
+  check(client_->Generate(options));
+  std::vector<int64_t> streamed;
+  absl::StatusOr<client::Generation> stream =
+      client_->GenerateStream(options, [&](const client::Token& t) { streamed.push_back(t.id); });
+  check(stream);
+  EXPECT_EQ(streamed, std::vector<int64_t>(greedy.begin(), greedy.begin() + tokens));
+
+  // Without the stop strings the same request runs to max_new_tokens.
+  options.stop.clear();
+  absl::StatusOr<client::Generation> whole = client_->Generate(options);
+  ASSERT_THAT(whole, IsOk());
+  EXPECT_FALSE(whole->stopped);
+  EXPECT_EQ(whole->text, text);
+}
+
+// Stop strings are checked, naming the field: empty, too long, too many.
+TEST_P(Architectures, BadStopStringsAreRefusedNamingTheField) {
+  client::GenerateOptions options{.model = GetParam(), .prompt_ids = prompt_, .generation = {.max_new_tokens = 2}};
+  options.stop = {"a", ""};
+  EXPECT_THAT(client_->Generate(options), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("stop[1]")));
+  options.stop = {std::string(65, 'x')};
+  EXPECT_THAT(client_->Generate(options), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("stop[0]")));
+  options.stop = std::vector<std::string>(9, "x");
+  EXPECT_THAT(client_->Generate(options), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("stop")));
+  options.stop = std::vector<std::string>(8, std::string(64, 'x'));
+  EXPECT_THAT(client_->Generate(options), IsOk());
 }
 
 // A model's embedding has rows past its tokenizer's tokens (1408 ids here, 1200 tokens in the byte-level

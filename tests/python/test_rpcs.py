@@ -107,6 +107,23 @@ def test_generate_and_stream_equal_cpp_client(client, server):
     assert [t.text for t in streamed] == [t["text"] for t in reference["tokens"]]
 
 
+def test_generate_top_k_and_stop_strings_equal_cpp_client(client, server):
+    # The CLI's --sample_top_k and --stop send what generate(top_k=..., stop=[...]) sends.
+    reference = cli_json(server.address, "generate", f"--prompt={PROMPT}", "--max_new_tokens=12", "--temperature=1.5",
+                         "--sample_top_k=3", "--seed=11", "--stop=e,zz")
+    for generation in (client.generate(prompt=PROMPT, max_new_tokens=12, temperature=1.5, top_k=3, seed=11,
+                                       stop=["e", "zz"]),
+                       client.generate_stream(prompt=PROMPT, max_new_tokens=12, temperature=1.5, top_k=3, seed=11,
+                                              stop=["e", "zz"]).result()):
+        assert generation.text == reference["text"] and generation.stopped == reference["stopped"]
+        assert [t.id for t in generation.tokens] == [t["id"] for t in reference["tokens"]]
+        assert "e" not in generation.text
+    assert _convert.generate_request(ac.GenerateOptions(prompt=PROMPT, stop=["a"])).stop == ["a"]
+    assert _convert.generate_request(ac.GenerateOptions(prompt=PROMPT)).generation.top_k == 0
+    with pytest.raises(ac.InvalidArgument, match=r"stop\[0\]"):
+        client.generate(prompt=PROMPT, stop=[""])
+
+
 def test_generate_seed_is_optional_and_the_seed_used_is_reported(client):
     # Unset, no seed goes on the wire (the server then draws one); 0 is a seed like any other.
     unseeded = _convert.generate_request(ac.GenerateOptions(prompt=PROMPT)).generation
@@ -336,6 +353,9 @@ MISUSE = {
     "float_max_new_tokens": ("generate", dict(prompt=PROMPT, max_new_tokens=2.0), TypeError, r"^max_new_tokens: "),
     "float_stop_token": ("generate", dict(prompt=PROMPT, stop_token_ids=[1.5]), TypeError, r"^stop_token_ids\[0\]: "),
     "int_model": ("generate", dict(prompt=PROMPT, model=3), TypeError, r"^model: "),
+    "float_sampling_top_k": ("generate", dict(prompt=PROMPT, top_k=1.5), TypeError, r"^top_k: "),
+    "text_stop": ("generate", dict(prompt=PROMPT, stop="###"), TypeError, r"^stop: .*list"),
+    "int_stop": ("generate", dict(prompt=PROMPT, stop=["a", 3]), TypeError, r"^stop\[1\]: "),
     # len() of a 0-d array raised "len() of unsized object"; a 2-D one went out as ids row by row.
     "zero_d_array_target": ("attribute", dict(prompt=PROMPT, target=np.array(5)), TypeError,
                             r"^target: .*1-D array.*shape \(\)"),

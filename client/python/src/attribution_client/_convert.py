@@ -178,6 +178,7 @@ def _set_generation(g: GenerationSettings, out: pb.GenerationSettings) -> None:
     out.max_new_tokens = integer("max_new_tokens", g.max_new_tokens, INT32)
     out.temperature = number("temperature", g.temperature)
     out.top_p = number("top_p", g.top_p)
+    out.top_k = integer("top_k", g.top_k, INT32)
     if g.seed is not None:
         out.seed = integer("seed", g.seed, UINT64)
     out.stop_token_ids.extend(_ids("stop_token_ids", g.stop_token_ids))
@@ -316,6 +317,9 @@ def generate_request(o: GenerateOptions) -> pb.GenerateRequest:
     out = pb.GenerateRequest()
     _set_prompt_fields(o, out)
     _set_generation(o.generation, out.generation)
+    if isinstance(o.stop, (str, bytes)) or not isinstance(o.stop, Iterable):
+        raise TypeError(f"stop: must be a list of strings, not {o.stop!r}")
+    out.stop.extend(_string(f"stop[{i}]", s) for i, s in enumerate(o.stop))
     return out
 
 

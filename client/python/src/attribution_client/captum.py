@@ -63,7 +63,7 @@ class AttributionProvider(RemoteLLMProvider):
         self.timeout = timeout if timeout is not None else client.options.timeout
 
     def generate(self, prompt: str, **gen_args: Any) -> str:
-        """Greedy unless do_sample=True; max_new_tokens (or max_tokens), temperature, top_p, seed."""
+        """Greedy unless do_sample=True; max_new_tokens (or max_tokens), temperature, top_k, top_p, seed."""
         settings = self._generation(gen_args)
         return self.client.generate(prompt=prompt, model=self.model, generation=settings, priority=self.priority,
                                     timeout=self.timeout).text
@@ -85,10 +85,12 @@ class AttributionProvider(RemoteLLMProvider):
         sample = bool(args.pop("do_sample", False))
         temperature = args.pop("temperature", None)
         top_p = args.pop("top_p", None)
+        top_k = args.pop("top_k", None)
         seed = args.pop("seed", None)
         return GenerationSettings(max_new_tokens=int(max_new),
                                   temperature=float(temperature or 1.0) if sample else 0.0,
-                                  top_p=float(top_p or 0.0) if sample else 0.0, seed=None if seed is None else int(seed))
+                                  top_p=float(top_p or 0.0) if sample else 0.0, top_k=int(top_k or 0) if sample else 0,
+                                  seed=None if seed is None else int(seed))
 
 
 __all__ = ["AttributionProvider", "to_llm_attribution_result"]

@@ -50,6 +50,9 @@ class GenerationSettings:
     seed: Optional[int] = None
     stop_token_ids: List[int] = field(default_factory=list)  # empty: the model's eos tokens
     ignore_stop_tokens: bool = False
+    # Sampling keeps only the top_k most likely tokens (after temperature, before top_p, as transformers);
+    # 0: off. transformers' generate(do_sample=True) uses 50 unless told otherwise.
+    top_k: int = 0
 
 
 @dataclass
@@ -109,6 +112,9 @@ class GenerateOptions:
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     priority: str = "normal"
     request_id: str = ""  # sent as x-request-id metadata; the server logs it with the call
+    # Text stop sequences (at most 8, 1 to 64 bytes each): generation ends once the text holds one;
+    # Generation.text ends before it, Generation.tokens include the token that completed it.
+    stop: List[str] = field(default_factory=list)
 
 
 @dataclass
