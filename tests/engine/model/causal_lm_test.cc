@@ -4,6 +4,7 @@
 #include "engine/model/causal_lm.h"
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <c10/core/GradMode.h>
 #include <c10/core/InferenceMode.h>
 #include <gmock/gmock.h>
@@ -488,6 +489,27 @@ TEST(CausalLM, SamplingIsSeededAndTopPNarrowsToGreedy) {
   EXPECT_THAT(Generate(**model, prompts, {.temperature = -1}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("temperature")));
   EXPECT_THAT(Generate(**model, {{}}, {}), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("prompt")));
+}
+
+// Closed form, transformers' order: probabilities 0.1, 0.2, 0.3, 0.4; top_k 3 leaves 0.2, 0.3, 0.4, renormalized
+// to 2/9, 3/9, 4/9; top_p 0.75 then drops 2/9 (the mass before it, 7/9, reaches 0.75), so only tokens 2 and 3
+// are drawn. top-p on the unrenormalized probabilities would keep token 1 (mass before it 0.7), and top_k
+// alone keeps it too: 2000 draws at 2/9 each show it.
+TEST(CausalLM, TopKCutsBeforeTopPAsTransformersWarpersDo) {
+  at::Tensor logits = at::log(at::tensor({0.1, 0.2, 0.3, 0.4}, at::kFloat)).unsqueeze(0).repeat({2000, 1});
+  auto drawn = [&](GenerationOptions options) {
+    at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(7);
+    at::Tensor tokens = PickNextTokens(logits, options, generator);
+    std::set<int64_t> seen;
+    for (int64_t i = 0; i < tokens.size(0); ++i) seen.insert(tokens[i].item<int64_t>());
+    return seen;
+  };
+  EXPECT_EQ(drawn({.temperature = 1.0, .top_k = 3, .top_p = 0.75}), (std::set<int64_t>{2, 3}));
+  EXPECT_EQ(drawn({.temperature = 1.0, .top_k = 3}), (std::set<int64_t>{1, 2, 3}));
+  EXPECT_EQ(drawn({.temperature = 1.0, .top_k = 1}), (std::set<int64_t>{3}));
+  EXPECT_EQ(drawn({.temperature = 1.0, .top_k = 4}), (std::set<int64_t>{0, 1, 2, 3}));
+  EXPECT_EQ(drawn({.temperature = 1.0, .top_k = 100}), (std::set<int64_t>{0, 1, 2, 3}));
+  EXPECT_THAT(CheckGenerationOptions({.top_k = -1}), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("top_k")));
 }
 
 // Found by tests/fuzz/request_fuzzer: logits / 1e-78 overflowed to inf, softmax gave NaN and sampling
