@@ -20,15 +20,15 @@ namespace {
 
 constexpr size_t kBufferBytes = 1 << 16;
 
-absl::Status Errno(const std::string& what, const std::string& path, int error) {
+}  // namespace
+
+absl::Status FileError(const std::string& what, const std::string& path, int error) {
   return absl::InternalError(absl::StrCat(what, " ", path, ": ", std::strerror(error)));
 }
 
-}  // namespace
-
 absl::StatusOr<FileIdentity> IdentityOfOpenFile(int fd, const std::string& path) {
   struct stat status;
-  if (::fstat(fd, &status) != 0) return Errno("cannot stat", path, errno);
+  if (::fstat(fd, &status) != 0) return FileError("cannot stat", path, errno);
   return FileIdentity{.device = static_cast<uint64_t>(status.st_dev),
                       .inode = static_cast<uint64_t>(status.st_ino),
                       .size = static_cast<int64_t>(status.st_size),
@@ -95,7 +95,7 @@ absl::Status WriteAllBytes(int fd, absl::string_view bytes, const std::string& p
   while (written < bytes.size()) {
     const ssize_t n = ::write(fd, bytes.data() + written, bytes.size() - written);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return Errno("cannot write", path, n < 0 ? errno : ENOSPC);
+    if (n <= 0) return FileError("cannot write", path, n < 0 ? errno : ENOSPC);
     written += static_cast<size_t>(n);
   }
   return absl::OkStatus();
@@ -107,7 +107,7 @@ absl::Status CopyFileBytes(int from_fd, const std::string& from, int64_t offset,
   while (length > 0) {
     const ssize_t n = ::pread(from_fd, buffer.data(), std::min<size_t>(buffer.size(), length), offset);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return Errno("cannot read", from, errno);
+    if (n < 0) return FileError("cannot read", from, errno);
     if (n == 0) {
       return absl::DataLossError(absl::StrCat(from, " changed while read: it ends before byte ", offset + length));
     }
@@ -124,13 +124,13 @@ absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::Create(const
   const std::string path = RealFilePath(given);
   std::string temporary = path + ".XXXXXX.tmp";
   const int fd = ::mkstemps(temporary.data(), 4);
-  if (fd < 0) return Errno("cannot create", temporary, errno);
+  if (fd < 0) return FileError("cannot create", temporary, errno);
   // mkstemps makes it 0600; the files it replaces were created readable by all.
   if (::fchmod(fd, 0644) != 0) {
     const int error = errno;
     ::close(fd);
     ::unlink(temporary.c_str());
-    return Errno("cannot write", temporary, error);
+    return FileError("cannot write", temporary, error);
   }
   return std::unique_ptr<AtomicFileWriter>(new AtomicFileWriter(path, std::move(temporary), fd));
 }
@@ -159,17 +159,17 @@ absl::Status AtomicFileWriter::Commit() {
     const int error = errno;
     ::close(fd);
     ::unlink(temporary_.c_str());
-    return Errno("cannot write", temporary_, error);
+    return FileError("cannot write", temporary_, error);
   }
   if (::close(fd) != 0) {
     const int error = errno;
     ::unlink(temporary_.c_str());
-    return Errno("cannot write", temporary_, error);
+    return FileError("cannot write", temporary_, error);
   }
   if (std::rename(temporary_.c_str(), path_.c_str()) != 0) {
     const int error = errno;
     ::unlink(temporary_.c_str());
-    return Errno("cannot rename over", path_, error);
+    return FileError("cannot rename over", path_, error);
   }
   return absl::OkStatus();
 }

@@ -97,6 +97,9 @@ class AtomicFileWriter {
   int64_t size_ = 0;
 };
 
+// INTERNAL "WHAT PATH: strerror(error)", the error of a file operation that failed with `error` (an errno).
+absl::Status FileError(const std::string& what, const std::string& path, int error);
+
 // Writes all of `bytes` to `fd` (`path` in messages), through short writes and EINTR.
 absl::Status WriteAllBytes(int fd, absl::string_view bytes, const std::string& path);
 

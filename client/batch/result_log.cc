@@ -6,7 +6,6 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstring>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/ascii.h"
@@ -18,13 +17,9 @@
 namespace attribution::client::batch {
 namespace {
 
-absl::Status Errno(const std::string& what, const std::string& path) {
-  return absl::InternalError(absl::StrCat(what, " ", path, ": ", std::strerror(errno)));
-}
-
 absl::Status WriteAll(int fd, const std::string& bytes, const std::string& path) {
   if (absl::Status written = WriteAllBytes(fd, bytes, path); !written.ok()) return written;
-  return ::fsync(fd) == 0 ? absl::OkStatus() : Errno("cannot sync", path);
+  return ::fsync(fd) == 0 ? absl::OkStatus() : FileError("cannot sync", path, errno);
 }
 
 }  // namespace
@@ -69,12 +64,12 @@ absl::Status ReplaceFile(const std::string& path, const std::vector<Piece>& piec
   for (const Piece& piece : pieces) {
     if (piece.length == 0 || old_fd >= 0) continue;
     old_fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (old_fd < 0) return Errno("cannot read", path);
+    if (old_fd < 0) return FileError("cannot read", path, errno);
   }
   const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) {
     if (old_fd >= 0) ::close(old_fd);
-    return Errno("cannot create", temporary);
+    return FileError("cannot create", temporary, errno);
   }
   absl::Status written;
   for (const Piece& piece : pieces) {
@@ -82,11 +77,11 @@ absl::Status ReplaceFile(const std::string& path, const std::vector<Piece>& piec
                                : WriteAllBytes(fd, piece.bytes, temporary);
     if (!written.ok()) break;
   }
-  if (written.ok() && ::fsync(fd) != 0) written = Errno("cannot sync", temporary);
+  if (written.ok() && ::fsync(fd) != 0) written = FileError("cannot sync", temporary, errno);
   ::close(fd);
   if (old_fd >= 0) ::close(old_fd);
   if (!written.ok()) return written;
-  if (::rename(temporary.c_str(), path.c_str()) != 0) return Errno("cannot rename over", path);
+  if (::rename(temporary.c_str(), path.c_str()) != 0) return FileError("cannot rename over", path, errno);
   return absl::OkStatus();
 }
 
@@ -106,7 +101,7 @@ void AddCopy(std::vector<Piece>& pieces, int64_t offset, int64_t length) {
 absl::StatusOr<int> LockResults(const std::string& path) {
   const std::string lock_path = path + ".lock";
   const int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) return Errno("cannot create", lock_path);
+  if (fd < 0) return FileError("cannot create", lock_path, errno);
   if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
     const int error = errno;
     ::close(fd);
@@ -115,7 +110,7 @@ absl::StatusOr<int> LockResults(const std::string& path) {
                                                         lock_path,
                                                         "): let it finish or stop it first, or write to another file"));
     }
-    return absl::InternalError(absl::StrCat("cannot lock ", lock_path, ": ", std::strerror(error)));
+    return FileError("cannot lock", lock_path, error);
   }
   return fd;
 }
@@ -214,7 +209,7 @@ absl::StatusOr<std::unique_ptr<ResultLog>> ResultLog::OpenLocked(const std::stri
     if (absl::Status replaced = ReplaceFile(file, kept); !replaced.ok()) return replaced;
   }
   const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  if (fd < 0) return Errno("cannot open", file);
+  if (fd < 0) return FileError("cannot open", file, errno);
   return std::unique_ptr<ResultLog>(new ResultLog(path, file, fd, lock_fd, std::move(done)));
 }
 
@@ -261,7 +256,7 @@ absl::Status ResultLog::Rewrite(const std::vector<RewrittenLine>& lines) {
   }
   // The rename left fd_ on the old file's inode: later appends must reach the new one.
   const int fd = ::open(file_.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
-  if (fd < 0) return Errno("cannot open", file_);
+  if (fd < 0) return FileError("cannot open", file_, errno);
   ::close(fd_);
   fd_ = fd;
   return absl::OkStatus();
