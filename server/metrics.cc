@@ -57,6 +57,10 @@ class EngineCollector : public prometheus::Collectable {
         Family("attribution_engine_batches_inside_pauses_total",
                "Batches of short calls run while a long gradient batch paused between layers",
                prometheus::MetricType::Counter),
+        Family("attribution_engine_seconds_without_progress",
+               "How long the running batch has gone without progress (0 between batches); past the model's "
+               "engine.stall_seconds the server is NOT_SERVING",
+               prometheus::MetricType::Gauge),
     };
     for (const auto& model : models_.models()) {
       const engine::EngineStats s = model->engine->Stats();
@@ -72,7 +76,8 @@ class EngineCollector : public prometheus::Collectable {
                                static_cast<double>(s.failed_rows),
                                absl::ToDoubleSeconds(s.device_time),
                                static_cast<double>(s.time_limited_batches),
-                               static_cast<double>(s.batches_inside_pauses)};
+                               static_cast<double>(s.batches_inside_pauses),
+                               absl::ToDoubleSeconds(model->engine->TimeWithoutProgress())};
       for (size_t i = 0; i < families.size(); ++i) {
         prometheus::ClientMetric metric;
         metric.label.push_back({"model", model->spec.name});

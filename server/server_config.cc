@@ -146,6 +146,7 @@ absl::Status ReadEngineOptions(const json& object, const std::string& where, eng
   RETURN_IF_ERROR(reader.ReadSeconds("max_uncontended_batch_seconds", out.max_uncontended_batch_time));
   RETURN_IF_ERROR(reader.Read("contended_intra_op_threads", out.contended_intra_op_threads));
   RETURN_IF_ERROR(reader.Read("pause_long_batches", out.pause_long_batches));
+  RETURN_IF_ERROR(reader.ReadSeconds("stall_seconds", out.stall_time));
   return reader.Finish();
 }
 
@@ -346,6 +347,10 @@ absl::Status ValidateEngineOptions(const engine::EngineOptions& engine, const st
   }
   if (!(engine.max_uncontended_batch_time > absl::ZeroDuration())) {
     return absl::InvalidArgumentError(absl::StrCat(where, ".max_uncontended_batch_seconds must be positive"));
+  }
+  // Reported stalled after this long without progress: 0 would report every batch.
+  if (!(engine.stall_time > absl::ZeroDuration())) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ".stall_seconds must be positive"));
   }
   if (engine.contended_intra_op_threads < engine::EngineOptions::kOneThreadFewer) {
     return absl::InvalidArgumentError(absl::StrCat(where,

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // attribution-server: serves attribution.v1 for the models of a config file and/or --model flags;
 // with neither, the embedded default model (models/tiny-qa-llama, see its README.md).
-// Lifecycle: listen (health NOT_SERVING) -> load every model -> SERVING -> on SIGTERM/SIGINT:
+// Lifecycle: listen (health NOT_SERVING) -> load every model -> SERVING (NOT_SERVING while a model is
+// stalled, see serving_health.h) -> on SIGTERM/SIGINT:
 // NOT_SERVING, refuse new calls (UNAVAILABLE), let calls in flight finish within the grace period,
 // stop the engines, exit 0. A signal while the models load exits 0 at once. Exits 1 with a clear message
 // when the config or a model is bad, and drains and exits 1 when gRPC stops accepting connections.
@@ -44,6 +45,7 @@
 #include "server/grpc_log.h"
 #include "server/lifecycle.h"
 #include "server/log_line.h"
+#include "server/serving_health.h"
 #include "server/unparsable_request.h"
 
 ABSL_FLAG(std::string, config, "",
@@ -379,12 +381,7 @@ int Serve() {
                                                "\" / key_file \"", config->tls.key_file, "\": see its lines above)");
     return Fail(absl::UnavailableError(absl::StrCat("cannot listen on ", config->listen, tls)));
   }
-  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
-  // Registered by name too, so a check that names the service (grpc-health-probe -service, a probe's
-  // grpc.service, Envoy's service_name, a client's healthCheckConfig) follows the server as "" does; it
-  // was answered NOT_FOUND. SetServingStatus(bool) below moves every registered name.
-  health->SetServingStatus(attribution::v1::AttributionService::service_full_name(), false);
-  health->SetServingStatus(false);
+  ServingHealth health(server->GetHealthCheckService(), attribution::v1::AttributionService::service_full_name());
   Log("listening", absl::StrCat("port ", port, config->tls.cert_file.empty() ? " plaintext" : " TLS",
                                 config->tls.client_ca_file.empty() ? "" : " (mutual)", ", metrics port ",
                                 metrics->get()->port(), ", open files limit ", open_files));
@@ -397,7 +394,7 @@ int Serve() {
   Lifecycle::ServingStarted();
   metrics->get()->WatchModels(**models);
   service.SetModels(models->get());
-  health->SetServingStatus(true);
+  health.Serve(**models);
   for (const auto& m : (*models)->models()) {
     const engine::LoadOptions& loaded = m->model->options();
     Log("model_loaded",
@@ -424,8 +421,18 @@ int Serve() {
   Log("draining", absl::StrCat(stop.reason, ", ", service.gate().in_flight(), " calls in flight"));
   // Refusals begin before NOT_SERVING is advertised: a caller that saw NOT_SERVING is refused.
   service.gate().StartDraining();
-  health->SetServingStatus(false);
+  health.StartDraining();
   const bool idle = service.gate().WaitIdle(absl::Now() + config->grace_period);
+  // A stalled model's batch may never end (a hung device): stopping its engine waits for that batch, so the
+  // process would hang until killed. It exits at once instead, for its supervisor to restart it.
+  for (const auto& m : (*models)->models()) {
+    if (!m->engine->stalled()) continue;
+    Log("stopped",
+        absl::StrCat("model \"", m->spec.name, "\" is stalled (its batch made no progress for ",
+                     absl::FormatDuration(absl::Trunc(m->engine->TimeWithoutProgress(), absl::Milliseconds(1))),
+                     "): exiting without waiting for it, calls cut off"));
+    std::_Exit(1);
+  }
   // Stops the engines first, so calls still running past the grace period end UNAVAILABLE.
   (*models)->Shutdown();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));

@@ -338,14 +338,18 @@ void BatchingEngine::Loop() {
                                                                                               : all_threads);
     }
     const absl::Time started = Now();
+    MarkProgress(started);
     paused_time_ = longest_stretch_ = absl::ZeroDuration();
     stretch_began_ = started;
     running_batch_ = &batch;
     running_batch_abandoned_ = false;
     Execute(kind, rows, results, /*inside_pause=*/false);
     running_batch_ = nullptr;
-    longest_stretch_ = std::max(longest_stretch_, Now() - stretch_began_);
-    Finish(kind, batch, results, started, Now() - started - paused_time_, time_limited, /*inside_pause=*/false);
+    const absl::Time ended = Now();
+    longest_stretch_ = std::max(longest_stretch_, ended - stretch_began_);
+    MarkProgress(ended);  // the answers' callbacks run on this thread too: a callback that hangs is a stall
+    Finish(kind, batch, results, started, ended - started - paused_time_, time_limited, /*inside_pause=*/false);
+    last_progress_ns_.store(kNoBatchRunning);
   }
 }
 
@@ -412,8 +416,10 @@ void BatchingEngine::RunShortWorkWhilePaused() {
     throw std::runtime_error("batch abandoned: every request in it was cancelled or expired");
   }
   longest_stretch_ = std::max(longest_stretch_, paused - stretch_began_);
+  MarkProgress(paused);
   RunShortWork(paused);
   const absl::Time resumed = Now();
+  MarkProgress(resumed);
   paused_time_ += resumed - paused;
   stretch_began_ = resumed;
 }
@@ -485,6 +491,7 @@ void BatchingEngine::Execute(RowKind kind, std::vector<PendingRow*> rows, std::v
   if (running_batch_abandoned_) return answer_abandoned();
   std::vector<RowResult> local(rows.size());
   absl::Status status;
+  MarkProgress(Now());  // a retried half is progress too
   try {
     status = executor_->Run(kind, plain, local);
   } catch (const std::exception& e) {
@@ -592,6 +599,12 @@ EngineStats BatchingEngine::Stats() const {
   stats.token_budget = token_budget_;
   stats.uptime = Now() - started_;
   return stats;
+}
+
+absl::Duration BatchingEngine::TimeWithoutProgress() const {
+  const int64_t last = last_progress_ns_.load();
+  if (last == kNoBatchRunning) return absl::ZeroDuration();
+  return std::max(absl::ZeroDuration(), Now() - absl::FromUnixNanos(last));
 }
 
 void BatchingEngine::SetBatchObserver(std::function<void(const BatchRecord&)> observer) {

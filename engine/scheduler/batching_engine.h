@@ -65,6 +65,12 @@ struct EngineOptions {
   // BatchExecutor::SetPausePoint), so beside short calls they keep an efficient size: while contended,
   // max_batch_time bounds one stretch between pauses rather than the whole batch.
   bool pause_long_batches = true;
+  // A batch that makes no progress for longer than this (see TimeWithoutProgress) marks the engine stalled:
+  // its device or its thread hangs (a stuck kernel, a driver fault, a deadlock), and the server stops
+  // advertising SERVING until it moves again. Long enough for any batch's longest stretch between pauses
+  // (on the CPU half a layer of one row; on a GPU a whole batch, which max_uncontended_batch_time keeps
+  // short). Infinite: never.
+  absl::Duration stall_time = absl::Seconds(120);
   std::function<absl::Time()> clock;  // default: absl::Now
 };
 
@@ -157,6 +163,12 @@ class BatchingEngine {
   void Cancel(Request& request);
 
   EngineStats Stats() const;
+  // How long the running batch has gone without progress: since it began, its latest pause point (the
+  // executor's, e.g. between layers), its latest retry of a part, or the start of its answers, whichever
+  // came last; zero while no batch runs. A hung device shows only here: its calls simply never end.
+  absl::Duration TimeWithoutProgress() const;
+  // TimeWithoutProgress() is over EngineOptions::stall_time.
+  bool stalled() const { return TimeWithoutProgress() > options_.stall_time; }
   // The most rows one request may have queued at once (EngineOptions::max_rows_per_request).
   int64_t max_rows_per_request() const { return options_.max_rows_per_request; }
   // The most tokens (all its queued rows together) one request may queue (EngineOptions::max_tokens_per_request).
@@ -244,6 +256,11 @@ class BatchingEngine {
   // requests are all cancelled or expired, rather than running the whole batch for nobody.
   const std::vector<PendingRow>* running_batch_ = nullptr;
   bool running_batch_abandoned_ = false;
+  // When the running batch last progressed (Unix nanoseconds by Now()), kNoBatchRunning between batches.
+  // Written by the thread that runs batches, read by anyone.
+  void MarkProgress(absl::Time now) { last_progress_ns_.store(absl::ToUnixNanos(now)); }
+  static constexpr int64_t kNoBatchRunning = INT64_MIN;
+  std::atomic<int64_t> last_progress_ns_{kNoBatchRunning};
   const EngineOptions options_;
   const absl::Time started_;
   std::atomic<uint64_t> next_request_id_{1};

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // How the server process ends, through the real binary: a signal while its models load ends it at once,
 // and when gRPC stops accepting connections (out of file descriptors) it drains and exits 1 to be
-// restarted instead of living on with a dead port. Also: the open-files limit it raises at startup.
+// restarted instead of living on with a dead port; while a model's batch makes no progress (a hung device)
+// it is NOT_SERVING. Also: the open-files limit it raises at startup.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -12,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -29,6 +31,7 @@ namespace attribution {
 namespace {
 
 using ::attribution::test_support::IsOk;
+using ::attribution::test_support::MetricValue;
 using test_support::ServerProcess;
 
 // Polls the server's log until it holds `text`; false after `timeout`.
@@ -117,6 +120,95 @@ TEST(Lifecycle, OutOfFileDescriptorsTheServerDrainsAndExitsOneInsteadOfServingNo
   EXPECT_NE(log.find("{\"detail\":\"Failed accept4: Too many open files\",\"event\":\"grpc\",\"severity\":\"ERROR\""),
             std::string::npos)
       << log;
+}
+
+// A server whose demo model counts as stalled after 0.3 s without progress, and whose batches never pause
+// and may run for a minute: the engine cannot tell a hung device from a batch that is only slow, so a batch
+// of long rows (OneLongBatch) stands in for a hang.
+std::unique_ptr<ServerProcess> StartWithQuickStall(const test_support::TempDir& root,
+                                                   const std::vector<std::string>& flags = {}) {
+  const std::string config = root.File("server.json");
+  std::ofstream(config) << R"({"models": [{"name": "demo", "path": ")" << test_support::DemoModelDir()
+                        << R"(", "engine": {"stall_seconds": 0.3, "pause_long_batches": false,
+                            "max_uncontended_batch_seconds": 60, "max_batch_tokens": 65536}}]})";
+  std::vector<std::string> args = {"--config=" + config};
+  args.insert(args.end(), flags.begin(), flags.end());
+  auto server = ServerProcess::Start(args);
+  EXPECT_THAT(server, IsOk());
+  return server.ok() ? std::move(*server) : nullptr;
+}
+
+// Integrated gradients on a 900-token prompt: `n_steps` rows in one batch, seconds of work on 2 cores.
+client::AttributeOptions OneLongBatch(int n_steps) {
+  std::string words;
+  for (int i = 0; i < 900; ++i) words += " word";
+  return {.model = "demo", .prompt = words, .target = " word", .target_tokenization = "separate", .n_steps = n_steps};
+}
+
+// Polls the health service until it says `status`: false after `timeout`.
+bool WaitForHealth(client::AttributionClient& client, const std::string& status, absl::Duration timeout) {
+  for (const absl::Time give_up = absl::Now() + timeout; absl::Now() < give_up;) {
+    if (client.Health().value_or("") == status) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
+// A hung device answers nothing, and without a check the server still advertised SERVING, so probes kept
+// sending it calls and never restarted it. NOT_SERVING while the batch makes no progress, SERVING again
+// once it moves, and the call's answer intact.
+TEST(Lifecycle, WhileABatchMakesNoProgressPastTheStallTimeHealthIsNotServing) {
+  test_support::TempDir root;
+  std::unique_ptr<ServerProcess> server = StartWithQuickStall(root);
+  ASSERT_NE(server, nullptr);
+  auto client = std::move(*client::AttributionClient::Connect({.target = server->address()}));
+  ASSERT_EQ(client->Health().value_or("error"), "SERVING");
+
+  std::atomic<bool> done{false};
+  absl::StatusOr<client::Attribution> result = absl::UnknownError("not run");
+  std::thread call([&] {
+    result = client->Attribute(OneLongBatch(16));
+    done = true;
+  });
+  bool saw_not_serving = false;
+  double most_seconds_without_progress = 0;
+  while (!done) {
+    saw_not_serving = saw_not_serving || client->Health().value_or("") == "NOT_SERVING";
+    most_seconds_without_progress =
+        std::max(most_seconds_without_progress,
+                 MetricValue(server->metrics_port(), R"(attribution_engine_seconds_without_progress{model="demo"})"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  call.join();
+  ASSERT_THAT(result, IsOk());
+  EXPECT_TRUE(saw_not_serving) << server->Log();
+  EXPECT_GT(most_seconds_without_progress, 0.3);
+  EXPECT_TRUE(WaitForLog(*server, "\"event\":\"model_stalled\"", absl::Seconds(1))) << server->Log();
+  // Moving again, it serves again (the watch looks every 75 ms here).
+  EXPECT_TRUE(WaitForHealth(*client, "SERVING", absl::Seconds(10)));
+  EXPECT_NE(server->Log().find("\"event\":\"model_progressing\""), std::string::npos);
+  // The batch was only slow: the call got its whole answer.
+  EXPECT_GE(result->prompt_tokens.size(), 900u);
+  EXPECT_EQ(result->sequence.size(), result->features.size());
+  EXPECT_TRUE(result->convergence_delta.has_value());
+}
+
+// Stopping waits for the running batch; a stalled one may never end, and the process then hung until
+// killed. At the end of the grace period (here 0 s) a server with a stalled model exits 1 at once.
+TEST(Lifecycle, ASignalWhileAModelIsStalledExitsAfterTheGracePeriodWithoutWaitingForTheBatch) {
+  test_support::TempDir root;
+  std::unique_ptr<ServerProcess> server = StartWithQuickStall(root, {"--grace_period_seconds=0"});
+  ASSERT_NE(server, nullptr);
+  auto client = std::move(*client::AttributionClient::Connect({.target = server->address()}));
+  absl::StatusOr<client::Attribution> result = absl::UnknownError("not run");
+  std::thread call([&] { result = client->Attribute(OneLongBatch(32)); });
+  ASSERT_TRUE(WaitForHealth(*client, "NOT_SERVING", absl::Seconds(30))) << server->Log();
+  server->Signal(SIGTERM);
+  EXPECT_EQ(server->Wait(absl::Seconds(30)), 1) << server->Log();
+  call.join();
+  EXPECT_FALSE(result.ok());
+  EXPECT_NE(server->Log().find("model \\\"demo\\\" is stalled (its batch made no progress for "), std::string::npos)
+      << server->Log();
 }
 
 }  // namespace

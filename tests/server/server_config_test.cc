@@ -111,6 +111,17 @@ TEST(ServerConfig, LongBatchesPauseUnlessTurnedOffAndTheValueMustBeABoolean) {
       HasSubstr("pause_long_batches"));
 }
 
+TEST(ServerConfig, StallSecondsDefaultsToTwoMinutesAndMustBePositive) {
+  absl::StatusOr<ServerConfig> config = ParseServerConfig(R"({"models": [
+      {"name": "a", "path": "/p"}, {"name": "b", "path": "/p", "engine": {"stall_seconds": 30}}]})",
+                                                          "t.json");
+  ASSERT_THAT(config, IsOk());
+  EXPECT_EQ(config->models[0].engine.stall_time, absl::Seconds(120));
+  EXPECT_EQ(config->models[1].engine.stall_time, absl::Seconds(30));
+  config->models[1].engine.stall_time = absl::ZeroDuration();
+  EXPECT_THAT(ValidateServerConfig(*config).message(), HasSubstr("models[1].engine.stall_seconds must be positive"));
+}
+
 TEST(ServerConfig, ContendedIntraOpThreadsDefaultByDeviceAndNamedWhenOutOfRange) {
   absl::StatusOr<ServerConfig> config = ParseServerConfig(R"({"models": [
       {"name": "c", "path": "/p"}, {"name": "g", "path": "/p", "device": "cuda:0"},

@@ -931,5 +931,58 @@ TEST_F(BatchingEngineTest, ConcurrentSubmittersGetEveryRowExactlyOnce) {
   }
 }
 
+// A batch that hangs (here: held at a gate while the fake clock runs on) shows as time without progress,
+// and past stall_time as stalled; once it finishes the engine is neither.
+TEST_F(BatchingEngineTest, ABatchThatHangsPastStallTimeMarksTheEngineStalledUntilItFinishes) {
+  Start({.stall_time = absl::Seconds(10)});
+  EXPECT_EQ(engine_->TimeWithoutProgress(), absl::ZeroDuration());  // idle is not stalled
+  Notification gate;
+  RowCollector blocking(1);
+  HoldExecutor(gate, blocking);
+  now_ms_ += 4000;
+  EXPECT_EQ(engine_->TimeWithoutProgress(), absl::Seconds(4));
+  EXPECT_FALSE(engine_->stalled());
+  now_ms_ += 7000;
+  EXPECT_EQ(engine_->TimeWithoutProgress(), absl::Seconds(11));
+  EXPECT_TRUE(engine_->stalled());
+  gate.Notify();
+  blocking.Wait();
+  EXPECT_THAT(blocking.result(0).status, IsOk());
+  // The engine clears its mark after the batch's answers: poll, moving the clock so that a mark still
+  // there shows as time without progress.
+  bool cleared = false;
+  for (int i = 0; i < 10000 && !cleared; ++i) {
+    now_ms_ += 1;
+    cleared = engine_->TimeWithoutProgress() == absl::ZeroDuration();
+    if (!cleared) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_TRUE(cleared);
+  EXPECT_FALSE(engine_->stalled());
+  now_ms_ += 60000;  // a long idle time is no stall either
+  EXPECT_FALSE(engine_->stalled());
+}
+
+// Progress is counted from the latest pause point: a long batch whose stretches between pauses are each
+// under stall_time is not stalled, however long it runs as a whole.
+TEST_F(BatchingEngineTest, ALongBatchThatReachesItsPausePointsIsNotStalled) {
+  std::vector<absl::Duration> without_progress;
+  std::atomic<bool> ever_stalled{false};
+  Start({.stall_time = absl::Seconds(10)}, [&](FakeExecutor& executor) {
+    executor.PauseGradBatches(4);
+    executor.DuringStretch([&](const std::vector<const Row*>&) {
+      now_ms_ += 6000;
+      without_progress.push_back(engine_->TimeWithoutProgress());
+      ever_stalled = ever_stalled || engine_->stalled();
+    });
+  });
+  RowCollector gradients(8);
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), GradRows(8, 1), gradients.Callback()), IsOk());
+  gradients.Wait();
+  // 24 s in all, but 6 s since the latest pause each time (not 6, 12, 18, 24: from the batch's start).
+  EXPECT_THAT(without_progress,
+              ::testing::ElementsAre(absl::Seconds(6), absl::Seconds(6), absl::Seconds(6), absl::Seconds(6)));
+  EXPECT_FALSE(ever_stalled);
+}
+
 }  // namespace
 }  // namespace attribution::engine

@@ -1,0 +1,80 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "server/serving_health.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "server/log_line.h"
+#include "server/model_registry.h"
+
+namespace attribution::server {
+
+ServingHealth::ServingHealth(grpc::HealthCheckServiceInterface* health, std::string service_name)
+    : health_(health), service_name_(std::move(service_name)) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ApplyLocked();
+}
+
+ServingHealth::~ServingHealth() { StartDraining(); }
+
+void ServingHealth::Serve(const ModelRegistry& models) {
+  absl::Duration period = absl::Seconds(1);
+  for (const auto& model : models.models()) {
+    period = std::min(period, std::max(absl::Milliseconds(10), model->spec.engine.stall_time / 4));
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    loaded_ = true;
+    ApplyLocked();
+  }
+  watch_ = std::thread([this, &models, period] { Watch(models, period); });
+}
+
+void ServingHealth::StartDraining() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    draining_ = stopping_ = true;
+    ApplyLocked();
+  }
+  stop_changed_.notify_all();
+  if (watch_.joinable()) watch_.join();  // nothing changes the health from now on
+}
+
+void ServingHealth::ApplyLocked() {
+  const bool serving = loaded_ && !draining_ && stalled_.empty();
+  // By name too, so a check that names the service (grpc-health-probe -service, a probe's grpc.service,
+  // Envoy's service_name, a client's healthCheckConfig) follows the server as "" does.
+  health_->SetServingStatus(service_name_, serving);
+  health_->SetServingStatus("", serving);
+}
+
+void ServingHealth::Watch(const ModelRegistry& models, absl::Duration period) {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stop_changed_.wait_for(lock, absl::ToChronoNanoseconds(period), [this] { return stopping_; })) {
+    for (const auto& model : models.models()) {
+      const std::string& name = model->spec.name;
+      const bool stalled = model->engine->stalled();
+      const auto listed = std::find(stalled_.begin(), stalled_.end(), name);
+      if (stalled == (listed != stalled_.end())) continue;
+      if (stalled) {
+        stalled_.push_back(name);
+        WriteLogLine({{"event", "model_stalled"},
+                      {"severity", "ERROR"},
+                      {"model", name},
+                      {"detail", absl::StrFormat("its running batch made no progress for %.1f s (engine.stall_seconds "
+                                                 "%.1f): health NOT_SERVING until it does",
+                                                 absl::ToDoubleSeconds(model->engine->TimeWithoutProgress()),
+                                                 absl::ToDoubleSeconds(model->spec.engine.stall_time))}});
+      } else {
+        stalled_.erase(listed);
+        WriteLogLine({{"event", "model_progressing"},
+                      {"model", name},
+                      {"detail", stalled_.empty() ? "no model is stalled now" : "other models are still stalled"}});
+      }
+      ApplyLocked();
+    }
+  }
+}
+
+}  // namespace attribution::server
