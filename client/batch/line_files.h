@@ -76,6 +76,9 @@ absl::Status CopyFileBytes(int from_fd, const std::string& from, int64_t offset,
 class AtomicFileWriter {
  public:
   static absl::StatusOr<std::unique_ptr<AtomicFileWriter>> Create(const std::string& path);
+  // For a file only its lock's holder writes (a results file): the temporary is PATH.tmp, which the next
+  // holder overwrites, so a writer killed before its Commit leaves one stray file at most, not one per kill.
+  static absl::StatusOr<std::unique_ptr<AtomicFileWriter>> CreateWhileLocked(const std::string& path);
   ~AtomicFileWriter();
   AtomicFileWriter(const AtomicFileWriter&) = delete;
   AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;

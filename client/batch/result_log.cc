@@ -59,30 +59,20 @@ struct Piece {
 // `pieces` as the whole file at `path`, copied from the file now there or written: readers (and a kill) see
 // the old file or the new one. The old file is read by offset, never held in memory.
 absl::Status ReplaceFile(const std::string& path, const std::vector<Piece>& pieces) {
-  const std::string temporary = path + ".tmp";
   int old_fd = -1;
   for (const Piece& piece : pieces) {
     if (piece.length == 0 || old_fd >= 0) continue;
     old_fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (old_fd < 0) return FileError("cannot read", path, errno);
   }
-  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    if (old_fd >= 0) ::close(old_fd);
-    return FileError("cannot create", temporary, errno);
+  absl::StatusOr<std::unique_ptr<AtomicFileWriter>> out = AtomicFileWriter::CreateWhileLocked(path);
+  absl::Status written = out.status();
+  for (size_t i = 0; written.ok() && i < pieces.size(); ++i) {
+    const Piece& piece = pieces[i];
+    written = piece.length > 0 ? (*out)->Copy(old_fd, path, piece.offset, piece.length) : (*out)->Write(piece.bytes);
   }
-  absl::Status written;
-  for (const Piece& piece : pieces) {
-    written = piece.length > 0 ? CopyFileBytes(old_fd, path, piece.offset, piece.length, fd, temporary)
-                               : WriteAllBytes(fd, piece.bytes, temporary);
-    if (!written.ok()) break;
-  }
-  if (written.ok() && ::fsync(fd) != 0) written = FileError("cannot sync", temporary, errno);
-  ::close(fd);
   if (old_fd >= 0) ::close(old_fd);
-  if (!written.ok()) return written;
-  if (::rename(temporary.c_str(), path.c_str()) != 0) return FileError("cannot rename over", path, errno);
-  return absl::OkStatus();
+  return written.ok() ? (*out)->Commit() : written;
 }
 
 // Appends the bytes at [offset, offset + length) of the old file to `pieces`, joining it to the last piece
