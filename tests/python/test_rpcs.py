@@ -356,6 +356,10 @@ MISUSE = {
     "float_sampling_top_k": ("generate", dict(prompt=PROMPT, top_k=1.5), TypeError, r"^top_k: "),
     "text_stop": ("generate", dict(prompt=PROMPT, stop="###"), TypeError, r"^stop: .*list"),
     "int_stop": ("generate", dict(prompt=PROMPT, stop=["a", 3]), TypeError, r"^stop\[1\]: "),
+    # protobuf raised a bare UnicodeEncodeError naming no option.
+    "surrogate_stop": ("generate", dict(prompt=PROMPT, stop=["###", "a\udc80"]), ValueError,
+                       r"^stop\[1\]: character 1"),
+    "surrogate_model": ("generate", dict(prompt=PROMPT, model="m\udc80"), ValueError, r"^model: character 1"),
     # len() of a 0-d array raised "len() of unsized object"; a 2-D one went out as ids row by row.
     "zero_d_array_target": ("attribute", dict(prompt=PROMPT, target=np.array(5)), TypeError,
                             r"^target: .*1-D array.*shape \(\)"),

@@ -135,6 +135,10 @@ def _flag(name: str, value: Any) -> bool:
 def _string(name: str, value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name}: must be a str, not {value!r}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:  # protobuf's own error named no field
+        raise ValueError(f"{name}: character {e.start} ({value[e.start]!r}) cannot be sent as UTF-8") from None
     return value
 
 
