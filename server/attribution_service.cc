@@ -6,7 +6,6 @@
 #include "absl/strings/str_cat.h"
 #include "engine/attribution/row_plan.h"
 #include "engine/scheduler/engine_generation.h"
-#include "engine/tokenizer/continuation.h"
 #include "server/component_conversion.h"
 #include "server/conversion.h"
 #include "server/conversion_parts.h"
@@ -306,11 +305,7 @@ void AttributionServiceImpl::StartGeneration(Call* call, grpc::CallbackServerCon
       },
       on_token ? engine::TokenCallback([served, on_token](int64_t id, float lp) { on_token(*served, id, lp); })
                : engine::TokenCallback(),
-      generate->stop.empty() ? engine::StopCheck() : engine::StopCheck([served, generate](const auto& tokens) {
-        const std::string text =
-            engine::DecodeContinuation(*served->tokenizer, generate->prompt.encoding.ids, tokens).text;
-        return FindStop(text, generate->stop) != std::string::npos;
-      }));
+      ToStopCheck(generate, *served->tokenizer));
 }
 
 grpc::ServerUnaryReactor* AttributionServiceImpl::Generate(grpc::CallbackServerContext* context,

@@ -3,6 +3,7 @@
 // engine types (validating what only the wire knows, with messages naming proto fields) and one from
 // the engine's result back to the response proto. Nothing else in the server touches both.
 #pragma once
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,7 @@
 #include "attribution/v1/attribution.pb.h"
 #include "engine/attribution/target_scores.h"
 #include "engine/model/generation.h"
+#include "engine/scheduler/engine_generation.h"
 #include "server/model_registry.h"
 
 namespace attribution::server {
@@ -46,6 +48,9 @@ size_t FindStop(absl::string_view text, const std::vector<std::string>& stop);
 inline constexpr int kMaxStopStrings = 8;
 inline constexpr size_t kMaxStopStringBytes = 64;
 absl::StatusOr<GenerateCall> ToGenerateCall(const v1::GenerateRequest& proto, const ServedModel& model);
+// The engine's check of `call`'s stop strings after each new token (null when it has none). It decodes
+// the continuation a token at a time as it grows (one decoding per token); `tokenizer` must outlive it.
+engine::StopCheck ToStopCheck(std::shared_ptr<const GenerateCall> call, const engine::Tokenizer& tokenizer);
 void ToGenerateResponse(const engine::Generation& generation, const GenerateCall& call, const ServedModel& model,
                         v1::GenerateResponse* out);
 // One streamed token: id, text and log-prob (offsets come with the final response).

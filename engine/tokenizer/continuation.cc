@@ -51,43 +51,47 @@ absl::StatusOr<Encoding> EncodeContinuation(const Tokenizer& tokenizer, const st
   return out;
 }
 
+ContinuationDecoder::ContinuationDecoder(const Tokenizer& tokenizer, const std::vector<int64_t>& prompt_ids)
+    : tokenizer_(tokenizer) {
+  constexpr size_t kContextTokens = 8;  // enough for any decoder's look-back (spaces, byte fallback)
+  for (auto it = prompt_ids.rbegin(); it != prompt_ids.rend() && sequence_.size() < kContextTokens; ++it) {
+    if (!tokenizer.IsSpecial(*it)) sequence_.insert(sequence_.begin(), *it);
+  }
+  absl::StatusOr<std::string> context_text = tokenizer.Decode(sequence_, true);
+  // Without the context's text nothing could be cut off the joint decoding: decode the ids alone.
+  if (context_text.ok()) {
+    context_text_ = std::move(*context_text);
+  } else {
+    sequence_.clear();
+  }
+}
+
+void ContinuationDecoder::Add(int64_t id) {
+  sequence_.push_back(id);
+  alone_.push_back(id);
+  absl::StatusOr<std::string> text = tokenizer_.Decode(sequence_, true);
+  if (text.ok() && text->compare(0, context_text_.size(), context_text_) == 0) {
+    text->erase(0, context_text_.size());
+  } else {
+    text = tokenizer_.Decode(alone_, true);
+  }
+  const size_t previous = out_.spans.empty() ? 0 : out_.spans.back().end;
+  if (!text.ok()) {
+    // An id no decoding takes adds no text; left in, it would blank every later token's text too.
+    sequence_.pop_back();
+    alone_.pop_back();
+    out_.spans.push_back({.begin = previous, .end = previous});
+    return;
+  }
+  out_.spans.push_back({.begin = std::min(previous, text->size()), .end = text->size()});
+  out_.text = std::move(*text);
+}
+
 Continuation DecodeContinuation(const Tokenizer& tokenizer, const std::vector<int64_t>& prompt_ids,
                                 const std::vector<int64_t>& ids) {
-  constexpr size_t kContextTokens = 8;  // enough for any decoder's look-back (spaces, byte fallback)
-  std::vector<int64_t> context;
-  for (auto it = prompt_ids.rbegin(); it != prompt_ids.rend() && context.size() < kContextTokens; ++it) {
-    if (!tokenizer.IsSpecial(*it)) context.insert(context.begin(), *it);
-  }
-  absl::StatusOr<std::string> context_text = tokenizer.Decode(context, true);
-  // Without the context's text nothing could be cut off the joint decoding: decode the ids alone.
-  if (!context_text.ok()) {
-    context.clear();
-    context_text = std::string();
-  }
-  std::vector<int64_t> sequence = context, alone;
-  Continuation out;
-  size_t previous = 0;
-  for (int64_t id : ids) {
-    sequence.push_back(id);
-    alone.push_back(id);
-    absl::StatusOr<std::string> text = tokenizer.Decode(sequence, true);
-    if (text.ok() && text->compare(0, context_text->size(), *context_text) == 0) {
-      text->erase(0, context_text->size());
-    } else {
-      text = tokenizer.Decode(alone, true);
-    }
-    if (!text.ok()) {
-      // An id no decoding takes adds no text; left in, it would blank every later token's text too.
-      sequence.pop_back();
-      alone.pop_back();
-      out.spans.push_back({.begin = previous, .end = previous});
-      continue;
-    }
-    out.spans.push_back({.begin = std::min(previous, text->size()), .end = text->size()});
-    previous = text->size();
-    out.text = std::move(*text);
-  }
-  return out;
+  ContinuationDecoder decoder(tokenizer, prompt_ids);
+  for (int64_t id : ids) decoder.Add(id);
+  return std::move(decoder).Take();
 }
 
 }  // namespace attribution::engine

@@ -34,4 +34,25 @@ struct Continuation {
 Continuation DecodeContinuation(const Tokenizer& tokenizer, const std::vector<int64_t>& prompt_ids,
                                 const std::vector<int64_t>& ids);
 
+// DecodeContinuation a token at a time, for a caller that looks at the text after each new token
+// (stop strings): Add costs one decoding, where DecodeContinuation of every prefix again would cost
+// one per token so far each time (cubic in the generation's length). Not thread-safe; the tokenizer
+// must outlive it.
+class ContinuationDecoder {
+ public:
+  ContinuationDecoder(const Tokenizer& tokenizer, const std::vector<int64_t>& prompt_ids);
+  // Appends one id; continuation() is then DecodeContinuation(prompt_ids, every id added so far).
+  void Add(int64_t id);
+  size_t size() const { return out_.spans.size(); }  // ids added
+  const Continuation& continuation() const { return out_; }
+  Continuation Take() && { return std::move(out_); }
+
+ private:
+  const Tokenizer& tokenizer_;
+  std::string context_text_;       // the prompt's last words, decoded
+  std::vector<int64_t> sequence_;  // those words' ids, then the ids that decode
+  std::vector<int64_t> alone_;     // the ids that decode, without the prompt's words
+  Continuation out_;
+};
+
 }  // namespace attribution::engine

@@ -423,5 +423,61 @@ TEST_F(ConversionTest, LogprobsBadFieldsAreInvalidArgumentNamingTheField) {
   EXPECT_THAT(ToLogprobsCall(proto, *served_, 20), StatusIs(kInvalid, StartsWith("priority: ")));
 }
 
+// Counts the token ids every Decode call reads, around the model's real tokenizer.
+class DecodeCounter : public engine::Tokenizer {
+ public:
+  explicit DecodeCounter(const engine::Tokenizer& inner) : inner_(inner) {}
+  absl::StatusOr<engine::Encoding> Encode(const std::string& text, bool add_special_tokens) const override {
+    return inner_.Encode(text, add_special_tokens);
+  }
+  absl::StatusOr<std::string> Decode(const std::vector<int64_t>& ids, bool skip_special_tokens) const override {
+    ids_decoded += static_cast<int64_t>(ids.size());
+    return inner_.Decode(ids, skip_special_tokens);
+  }
+  std::string TokenText(int64_t id) const override { return inner_.TokenText(id); }
+  int64_t vocab_size() const override { return inner_.vocab_size(); }
+  const engine::SpecialTokens& special_tokens() const override { return inner_.special_tokens(); }
+  bool IsSpecial(int64_t id) const override { return inner_.IsSpecial(id); }
+
+  mutable int64_t ids_decoded = 0;
+
+ private:
+  const engine::Tokenizer& inner_;
+};
+
+// The engine asks after every new token; a generation of max_new_tokens (512 by default) ran a check
+// that decoded every prefix of the tokens so far (~n^3/6 ids: 22 million at 512 on the executor
+// thread). Each token now decodes the continuation once: about n^2/2 ids in all, as the answer's own
+// decoding costs.
+TEST_F(ConversionTest, StopStringCheckDecodesEachNewTokenOnce) {
+  v1::GenerateRequest proto;
+  proto.mutable_prompt()->set_text("Is the sky blue?");
+  proto.add_stop("\x01never");
+  proto.add_stop("sky");
+  auto call = ToGenerateCall(proto, *served_);
+  ASSERT_THAT(call, IsOk());
+  auto shared = std::make_shared<const GenerateCall>(std::move(*call));
+  DecodeCounter counter(*served_->tokenizer);
+  engine::StopCheck check = ToStopCheck(shared, counter);
+  ASSERT_TRUE(check);
+
+  const std::vector<int64_t> words = Encode(" The lake is deep and the", false);
+  std::vector<int64_t> tokens;
+  constexpr int64_t kTokens = 256;
+  while (static_cast<int64_t>(tokens.size()) < kTokens) {
+    tokens.push_back(words[tokens.size() % words.size()]);
+    ASSERT_FALSE(check(tokens)) << "after " << tokens.size() << " tokens";
+  }
+  EXPECT_LE(counter.ids_decoded, kTokens * (kTokens + 2 * 8) + 8) << "ids decoded for " << kTokens << " tokens";
+  const std::vector<int64_t> sky = Encode(" sky", false);
+  tokens.insert(tokens.end(), sky.begin(), sky.end());
+  EXPECT_TRUE(check(tokens));
+
+  proto.clear_stop();
+  auto without = ToGenerateCall(proto, *served_);
+  ASSERT_THAT(without, IsOk());
+  EXPECT_FALSE(ToStopCheck(std::make_shared<const GenerateCall>(std::move(*without)), counter));
+}
+
 }  // namespace
 }  // namespace attribution::server
