@@ -224,7 +224,7 @@ class Generation:
     tokens: List[Token]
     text: str          # the continuation as it reads after the prompt (pass it back as a target)
     text_bytes: bytes  # exact bytes
-    stopped: bool      # a stop token ended it (else max_new_tokens did)
+    stopped: bool      # a stop token or stop string ended it (else max_new_tokens did)
     stats: RunStats = field(default_factory=RunStats)
     # The seed sampled with: the request's, or the server's draw when it gave none (send it to reproduce).
     seed: int = 0
