@@ -305,6 +305,37 @@ def test_deadline_raises_deadline_exceeded(client, server):
     assert ended(lines) == ["DEADLINE_EXCEEDED"] * 3
 
 
+def test_the_prompt_may_be_the_first_positional_argument(client, server):
+    # client.generate("Once upon a time") raised "TypeError: replace() should be called on dataclass instances":
+    # the first argument had to be an options object. It is now that or the prompt, on both clients.
+    as_keyword = client.generate(prompt=PROMPT, max_new_tokens=3)
+    assert [t.id for t in client.generate(PROMPT, max_new_tokens=3).tokens] == [t.id for t in as_keyword.tokens]
+    assert [t.id for t in client.generate_stream(PROMPT, max_new_tokens=3).result().tokens] == \
+        [t.id for t in as_keyword.tokens]
+    np.testing.assert_allclose(client.logprobs(PROMPT, target=" Yes").total_log_prob,
+                               client.logprobs(prompt=PROMPT, target=" Yes").total_log_prob, **CLOSE)
+    np.testing.assert_allclose(client.attribute(PROMPT, target=" Yes", method="feature_ablation").sequence,
+                               client.attribute(prompt=PROMPT, target=" Yes", method="feature_ablation").sequence,
+                               **CLOSE)
+    ids = [t.id for t in as_keyword.prompt_tokens]
+    assert [t.id for t in client.logprobs(ids, target=" Yes").prompt_tokens] == ids
+    with pytest.raises(TypeError, match="prompt is given twice"):
+        client.generate(PROMPT, prompt=PROMPT)
+    with pytest.raises(TypeError, match=r"the first argument must be the options \(AttributeOptions\) or the prompt, "
+                                        "not GenerateOptions"):
+        client.attribute(ac.GenerateOptions(prompt=PROMPT))
+    with pytest.raises(TypeError, match=r"the first argument must be the options \(ComponentOptions\), not str"):
+        client.attribute_components(PROMPT)
+
+    async def run():
+        async with ac.AsyncAttributionClient(server.address) as c:
+            streamed = [t.id async for t in c.generate_stream(PROMPT, max_new_tokens=3)]
+            return (await c.generate(PROMPT, max_new_tokens=3)).tokens, streamed
+
+    tokens, streamed = asyncio.run(run())
+    assert [t.id for t in tokens] == streamed == [t.id for t in as_keyword.tokens]
+
+
 def test_server_errors_carry_code_and_message(client):
     with pytest.raises(ac.InvalidArgument, match=r"n_steps") as error:
         client.attribute(prompt=PROMPT, target=" Yes", n_steps=100000)

@@ -27,10 +27,20 @@ def client_options(target: Union[str, ClientOptions, None], fields: Dict[str, An
     return options
 
 
-def build(cls: Type[O], options: Optional[O], fields: Dict[str, Any]) -> O:
+def build(cls: Type[O], options: Any, fields: Dict[str, Any]) -> O:
     """`options` with `fields` replaced (or cls(**fields)); GenerationSettings fields given flat
-    (max_new_tokens=5) go into options.generation."""
+    (max_new_tokens=5) go into options.generation. `options` may instead be the prompt (text or token ids),
+    as `client.generate("Once upon a time")`: dataclasses.replace failed on it with "replace() should be
+    called on dataclass instances", which named neither the call nor the prompt."""
     own = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    if options is not None and not isinstance(options, cls):
+        if dataclasses.is_dataclass(options) or "prompt" not in own:
+            raise TypeError(f"{cls.__name__}: the first argument must be the options ({cls.__name__})"
+                            f"{' or the prompt' if 'prompt' in own else ''}, not {type(options).__name__}")
+        if "prompt" in fields:
+            raise TypeError(f"{cls.__name__}: the prompt is given twice (as the first argument and as prompt=)")
+        fields["prompt"] = options
+        options = None
     flat = {k: fields.pop(k) for k in list(fields) if k not in own and k in _GENERATION_FIELDS}
     unknown = [k for k in fields if k not in own]
     if unknown:

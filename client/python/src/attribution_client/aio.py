@@ -20,7 +20,7 @@ from . import _calls, _channel, _convert
 from ._generated.attribution.v1 import attribution_pb2 as pb
 from ._generated.attribution.v1 import attribution_pb2_grpc as pb_grpc
 from .errors import AttributionError, error_for, from_grpc
-from .options import AttributeOptions, ClientOptions, ComponentOptions, GenerateOptions, LogprobsOptions
+from .options import AttributeOptions, ClientOptions, ComponentOptions, GenerateOptions, LogprobsOptions, TextOrIds
 from .results import Attribution, ComponentAttribution, Generation, Logprobs, ModelInfo, Progress, Token
 
 Item = TypeVar("Item")
@@ -189,7 +189,7 @@ class AsyncAttributionClient:
             options.model = self._default_model
         return options
 
-    async def attribute(self, options: Optional[AttributeOptions] = None, *, timeout: Any = _calls.DEFAULT,
+    async def attribute(self, options: Union[AttributeOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                         progress: Optional[Callable[[Progress], None]] = None, **fields: Any) -> Attribution:
         """As AttributionClient.attribute; `progress`, when given, is called with each Progress."""
         o = await self._model(_calls.build(AttributeOptions, options, fields))
@@ -201,7 +201,7 @@ class AsyncAttributionClient:
         return _convert.attribution(
             await self._unary(self._stub.Attribute, _convert.attribute_request(o), timeout, o.request_id))
 
-    def attribute_stream(self, options: Optional[AttributeOptions] = None, *, timeout: Any = _calls.DEFAULT,
+    def attribute_stream(self, options: Union[AttributeOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                          **fields: Any) -> AsyncStream[Progress, Attribution]:
         """`async for` its Progress, then `await result()`."""
         return self._stream(self._stub.AttributeStream, _calls.build(AttributeOptions, options, fields),
@@ -227,19 +227,19 @@ class AsyncAttributionClient:
         return self._stream(self._stub.AttributeComponentsStream, _calls.build(ComponentOptions, options, fields),
                             _convert.component_request, timeout, _calls.component_event, ComponentAttribution)
 
-    async def generate(self, options: Optional[GenerateOptions] = None, *, timeout: Any = _calls.DEFAULT,
+    async def generate(self, options: Union[GenerateOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                        **fields: Any) -> Generation:
         o = await self._model(_calls.build(GenerateOptions, options, fields))
         return _convert.generation(
             await self._unary(self._stub.Generate, _convert.generate_request(o), timeout, o.request_id))
 
-    def generate_stream(self, options: Optional[GenerateOptions] = None, *, timeout: Any = _calls.DEFAULT,
+    def generate_stream(self, options: Union[GenerateOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                         **fields: Any) -> AsyncStream[Token, Generation]:
         """`async for` its Tokens as they come, then `await result()`."""
         return self._stream(self._stub.GenerateStream, _calls.build(GenerateOptions, options, fields),
                             _convert.generate_request, timeout, _calls.generate_event, Generation)
 
-    async def logprobs(self, options: Optional[LogprobsOptions] = None, *, timeout: Any = _calls.DEFAULT,
+    async def logprobs(self, options: Union[LogprobsOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                        **fields: Any) -> Logprobs:
         o = await self._model(_calls.build(LogprobsOptions, options, fields))
         return _convert.logprobs(

@@ -19,7 +19,7 @@ from . import _calls, _channel, _convert
 from ._generated.attribution.v1 import attribution_pb2 as pb
 from ._generated.attribution.v1 import attribution_pb2_grpc as pb_grpc
 from .errors import AttributionError, error_for, from_grpc
-from .options import AttributeOptions, ClientOptions, ComponentOptions, GenerateOptions, LogprobsOptions
+from .options import AttributeOptions, ClientOptions, ComponentOptions, GenerateOptions, LogprobsOptions, TextOrIds
 from .results import Attribution, ComponentAttribution, Generation, Logprobs, ModelInfo, Progress, Token
 
 Item = TypeVar("Item")
@@ -148,7 +148,7 @@ class AttributionClient:
             options.model = self._default_model
         return options
 
-    def attribute(self, options: Optional[AttributeOptions] = None, *, timeout: Any = _calls.DEFAULT,
+    def attribute(self, options: Union[AttributeOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                   progress: ProgressArg = False, **fields: Any) -> Attribution:
         """Attributes the target's scored quantity to the prompt's features. progress=True shows a
         tqdm bar (through AttributeStream); a callable gets each Progress."""
@@ -163,7 +163,7 @@ class AttributionClient:
         return _convert.attribution(
             self._unary(self._stub.Attribute, _convert.attribute_request(o), timeout, o.request_id))
 
-    def attribute_stream(self, options: Optional[AttributeOptions] = None, *, timeout: Any = _calls.DEFAULT,
+    def attribute_stream(self, options: Union[AttributeOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                          **fields: Any) -> AttributeStream:
         """Iterate for Progress events (queued, then rows done / total), then call result()."""
         o = self._model(_calls.build(AttributeOptions, options, fields))
@@ -193,20 +193,20 @@ class AttributionClient:
         return self._stream(self._stub.AttributeComponentsStream, _convert.component_request(o), timeout,
                             o.request_id, _calls.component_event, ComponentAttribution)
 
-    def generate(self, options: Optional[GenerateOptions] = None, *, timeout: Any = _calls.DEFAULT,
+    def generate(self, options: Union[GenerateOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                  **fields: Any) -> Generation:
         o = self._model(_calls.build(GenerateOptions, options, fields))
         return _convert.generation(
             self._unary(self._stub.Generate, _convert.generate_request(o), timeout, o.request_id))
 
-    def generate_stream(self, options: Optional[GenerateOptions] = None, *, timeout: Any = _calls.DEFAULT,
+    def generate_stream(self, options: Union[GenerateOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                         **fields: Any) -> GenerateStream:
         """Iterate for each new Token (text and log_prob) as the server makes it, then result()."""
         o = self._model(_calls.build(GenerateOptions, options, fields))
         return self._stream(self._stub.GenerateStream, _convert.generate_request(o), timeout, o.request_id,
                             _calls.generate_event, Generation)
 
-    def logprobs(self, options: Optional[LogprobsOptions] = None, *, timeout: Any = _calls.DEFAULT,
+    def logprobs(self, options: Union[LogprobsOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                  **fields: Any) -> Logprobs:
         """Log-probabilities of the target's tokens after the prompt, with top_k alternatives."""
         o = self._model(_calls.build(LogprobsOptions, options, fields))
