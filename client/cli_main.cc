@@ -88,6 +88,9 @@ ABSL_FLAG(int32_t, top_k, 0, "logprobs: alternatives per position (at most 20)")
 ABSL_FLAG(int32_t, sample_top_k, 0,
           "generate, sampling (--temperature > 0): only from the k most likely tokens (0: off; transformers' "
           "do_sample default is 50)");
+ABSL_FLAG(double, top_p, 0,
+          "generate, sampling (--temperature > 0): only from the most likely tokens whose probability adds up to "
+          "this (nucleus sampling, after --sample_top_k; 0: off)");
 ABSL_FLAG(std::vector<std::string>, stop, {},
           "generate: stop strings, comma-separated (at most 8): generation ends once the text holds one, and "
           "the text shown ends before it");
@@ -167,6 +170,7 @@ GenerationSettings GenerationFromFlags() {
   // No --seed: the server samples afresh.
   return {.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens),
           .temperature = absl::GetFlag(FLAGS_temperature),
+          .top_p = absl::GetFlag(FLAGS_top_p),
           .top_k = absl::GetFlag(FLAGS_sample_top_k),
           .seed = absl::GetFlag(FLAGS_seed)};
 }

@@ -124,6 +124,19 @@ def test_generate_top_k_and_stop_strings_equal_cpp_client(client, server):
         client.generate(prompt=PROMPT, stop=[""])
 
 
+def test_cli_top_p_reaches_the_request(client, server):
+    # attribution-cli had no --top_p ("unknown flag"), though the README lists top_p among the sampling
+    # settings and the Python client takes it. A nucleus this small keeps only the most likely token, so even
+    # at temperature 5 the sample is the greedy continuation (12 tokens that chance would not repeat).
+    prompt = "Once upon a time"
+    greedy = [t.id for t in client.generate(prompt=prompt, max_new_tokens=12).tokens]
+    reference = cli_json(server.address, "generate", f"--prompt={prompt}", "--max_new_tokens=12", "--temperature=5",
+                         "--top_p=1e-6", "--seed=3")
+    assert [t["id"] for t in reference["tokens"]] == greedy
+    assert [t.id for t in client.generate(prompt=prompt, max_new_tokens=12, temperature=5, top_p=1e-6,
+                                          seed=3).tokens] == greedy
+
+
 def test_generate_seed_is_optional_and_the_seed_used_is_reported(client):
     # Unset, no seed goes on the wire (the server then draws one); 0 is a seed like any other.
     unseeded = _convert.generate_request(ac.GenerateOptions(prompt=PROMPT)).generation
