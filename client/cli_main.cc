@@ -407,7 +407,8 @@ int LogprobsCommand(AttributionClient& client, const std::string& model) {
   std::cout << TargetTokensLine(scored) << "\n";
   for (const TokenLogprob& t : result->target) {
     std::cout << absl::StrFormat("%-16s %10.4f", absl::StrCat("\"", Printable(t.token.text), "\""), t.token.log_prob);
-    for (const Token& top : t.top) std::cout << absl::StrFormat("  %s:%.3f", Printable(top.text), top.log_prob);
+    // Quoted as the scored token is: " No" and "No" are different tokens, which only the quotes tell apart.
+    for (const Token& top : t.top) std::cout << absl::StrFormat("  \"%s\":%.3f", Printable(top.text), top.log_prob);
     std::cout << "\n";
   }
   std::cout << absl::StrFormat("total log-prob %.4f\n", result->total_log_prob);

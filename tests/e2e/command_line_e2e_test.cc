@@ -405,6 +405,26 @@ TEST(CliCommandLine, JsonIsAllThatGoesToStdout) {
   EXPECT_EQ(models["models"][0]["max_rows"], 65536);
 }
 
+// logprobs' table quoted the scored token but not its alternatives, so " No" and "No" both read `No:-0.000`:
+// the difference the table is there to show when a text target was tokenized unlike the model's answer.
+TEST(CliCommandLine, LogprobsAlternativesShowTheirLeadingSpace) {
+  test_support::FakeAttributionServer fake;
+  ASSERT_TRUE(fake.ok());
+  v1::TokenLogprob* scored = fake.service.logprobs.add_target();
+  scored->mutable_token()->set_text("N");
+  scored->mutable_token()->set_log_prob(-22.5);
+  for (const char* text : {" No", "No"}) {
+    v1::TopToken* top = scored->add_top();
+    top->set_text(text);
+    top->set_log_prob(-1);
+  }
+  const Outputs outputs = RunCommandApart(absl::StrCat(ATTRIBUTION_CLI_BINARY, " logprobs --server=", fake.address(),
+                                                       " --model=m --prompt=x --target=No --top_k=2"));
+  ASSERT_EQ(outputs.code, 0) << outputs.err;
+  EXPECT_THAT(outputs.out, HasSubstr("\"N\"")) << outputs.out;
+  EXPECT_THAT(outputs.out, HasSubstr("\" No\":-1.000  \"No\":-1.000")) << outputs.out;
+}
+
 // `models` showed no max_exact_shapley_features (--json) and no limits at all (text), though the server
 // refuses requests by them. Every field of Limits (found by reflection, so that one added later is not
 // missed) shows in both, under its proto name in the JSON; and a saved checkpoint's compute dtype too.
