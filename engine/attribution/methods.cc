@@ -77,7 +77,13 @@ PathSamples AtInput(const AttributionRequest&, int64_t) { return PathSamples{{1.
 // --- perturbation methods -------------------------------------------------------------------------
 
 absl::Status ValidateShapleyValues(const AttributionRequest&, int64_t features, const AttributionLimits& limits) {
-  return CheckRange(features, 1, limits.max_exact_shapley_features, "number of features for exact shapley_values");
+  absl::Status s =
+      CheckRange(features, 1, limits.max_exact_shapley_features, "number of features for exact shapley_values");
+  if (s.ok()) return s;
+  // Every prompt word is a feature by default, so a plain question is already over the cap: say what fits.
+  return absl::InvalidArgumentError(absl::StrCat(s.message(),
+                                                 " (it scores every subset of the features: narrow feature_range, "
+                                                 "join tokens with feature_groups, or use shapley_value_sampling)"));
 }
 
 // Each sampled permutation adds a coalition per feature, so the rows are known (and refused) before any is built.

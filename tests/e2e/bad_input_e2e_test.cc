@@ -376,7 +376,8 @@ std::vector<BadCase> BadCases() {
           kInvalid, "stdev"),
       Attribute(
           "exact shapley over the cap", [](A& r) { r.set_method(v1::SHAPLEY_VALUES); }, kInvalid,
-          "exact shapley_values"),
+          "shapley_values = 24 is outside [1, 12] (it scores every subset of the features: narrow feature_range, "
+          "join tokens with feature_groups, or use shapley_value_sampling)"),
       Attribute(
           "contrastive without foil", [](A& r) { r.set_contrastive(true); }, kInvalid,
           "foil: contrastive needs a foil"),
