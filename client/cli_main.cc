@@ -375,8 +375,9 @@ int Generate(AttributionClient& client, const std::string& model) {
   if (absl::GetFlag(FLAGS_stream)) {
     // With --json, stdout holds the JSON alone: the tokens show on stderr as they come.
     std::ostream& shown = absl::GetFlag(FLAGS_json) ? std::cerr : std::cout;
-    // The tokens' bytes joined, so a character split across tokens shows whole, as the response's text.
-    StreamedText text;
+    // The tokens' bytes joined, so a character split across tokens shows whole, and cut before a stop string,
+    // as the response's text.
+    StreamedText text(o.stop);
     result = client.GenerateStream(o, [&](const Token& t) { shown << TerminalText(text.Add(t)) << std::flush; });
     shown << TerminalText(text.Finish()) << "\n";
   } else {

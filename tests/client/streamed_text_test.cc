@@ -9,8 +9,9 @@
 namespace attribution::client {
 namespace {
 
-std::string Joined(const std::vector<Token>& tokens, std::vector<std::string>* pieces = nullptr) {
-  StreamedText text;
+std::string Joined(const std::vector<Token>& tokens, std::vector<std::string>* pieces = nullptr,
+                   std::vector<std::string> stop = {}) {
+  StreamedText text(std::move(stop));
   std::string out;
   for (const Token& t : tokens) {
     out += text.Add(t);
@@ -44,6 +45,22 @@ TEST(StreamedText, ReadsAsTheResponseTextReads) {
 // text is shown as it came. Before, such a stream printed nothing.
 TEST(StreamedText, ShowsTheTextOfTokensThatCameWithoutBytes) {
   EXPECT_EQ(Joined({Token{.text = " once"}, Token{.text = " upon"}}), " once upon");
+}
+
+// generate --stream --stop printed the stop string and what its token held after it, where the response's
+// text (and generate without --stream) ends before it. Text that may begin a stop string is held back until
+// it cannot; the earliest stop string ends what is shown, also one spanning tokens.
+TEST(StreamedText, EndsBeforeTheEarliestStopString) {
+  std::vector<std::string> pieces;
+  EXPECT_EQ(Joined({Bytes("one #"), Bytes("#"), Bytes("# two")}, &pieces, {"###"}), "one ");
+  EXPECT_EQ(pieces, (std::vector<std::string>{"one ", "one ", "one "}));
+  EXPECT_EQ(Joined({Bytes("a END b."), Bytes("c")}, nullptr, {".", "END"}), "a ");
+  // A start that does not go on to a stop string is shown once it cannot, or at the end.
+  pieces.clear();
+  EXPECT_EQ(Joined({Bytes("x #"), Bytes("#y"), Bytes(" #")}, &pieces, {"###"}), "x ##y #");
+  EXPECT_EQ(pieces, (std::vector<std::string>{"x ", "x ##y", "x ##y "}));
+  EXPECT_EQ(Joined({Bytes("\xE6\x96"), Bytes("\xA9!")}, nullptr, {"\xE6\x96\xA9"}), "");
+  EXPECT_EQ(Joined({Bytes("a.b")}, nullptr, {""}), "a.b");  // an empty stop string (the server refuses it)
 }
 
 }  // namespace

@@ -118,6 +118,11 @@ def test_generate_top_k_and_stop_strings_equal_cpp_client(client, server):
         assert generation.text == reference["text"] and generation.stopped == reference["stopped"]
         assert [t.id for t in generation.tokens] == [t["id"] for t in reference["tokens"]]
         assert "e" not in generation.text
+    # generate --stream printed the stop string and what its token held after it: the streamed text now ends
+    # where the answer's text does.
+    streamed = cli(server.address, "generate", f"--prompt={PROMPT}", "--max_new_tokens=12", "--temperature=1.5",
+                   "--sample_top_k=3", "--seed=11", "--stop=e,zz", "--stream")
+    assert reference["stopped"] and streamed == reference["text"] + "\n"
     assert _convert.generate_request(ac.GenerateOptions(prompt=PROMPT, stop=["a"])).stop == ["a"]
     assert _convert.generate_request(ac.GenerateOptions(prompt=PROMPT)).generation.top_k == 0
     with pytest.raises(ac.InvalidArgument, match=r"stop\[0\]"):
