@@ -185,11 +185,11 @@ std::string SettingSource(const CommandLine& line, const char* flag, const char*
 }
 
 // A usage error (exit 2) naming the first number setting of the job outside the range every server refuses
-// (n_steps or n_samples below 0, stdev outside [0, 10], tolerance outside [0, 1], a negative baseline token
-// id) or, given `limits` (the job's model as the servers reported it), over the servers' own limits
-// (max_steps, max_samples, the vocabulary for a baseline token id); "" when none is. Sent anyway, every row
-// would fail alike and fill --output with rows that a rerun with the value corrected refuses as another
-// job's. Rows' own settings stay their rows' errors.
+// (n_steps or n_samples below 0, stdev outside [0, 10], tolerance outside [0, 1] or with a method other than
+// integrated gradients, a negative baseline token id) or, given `limits` (the job's model as the servers reported it),
+// over the servers' own limits (max_steps, max_samples, the vocabulary for a baseline token id); "" when none is. Sent
+// anyway, every row would fail alike and fill --output with rows that a rerun with the value corrected refuses as
+// another job's. Rows' own settings stay their rows' errors.
 std::string SettingRangeError(const CommandLine& line, const json& settings, const ModelIdentity* limits) {
   const int64_t n_steps = settings["n_steps"].get<int64_t>(), n_samples = settings["n_samples"].get<int64_t>();
   const double stdev = settings["stdev"].get<double>(), tolerance = settings["completeness_tolerance"].get<double>();
@@ -203,6 +203,12 @@ std::string SettingRangeError(const CommandLine& line, const json& settings, con
   if (!(tolerance >= 0 && tolerance <= 1)) {
     return absl::StrCat(SettingSource(line, "tolerance", "completeness_tolerance"), ": ", tolerance,
                         " is outside [0, 1]");
+  }
+  // UnknownNameError has checked the method's name; "ig" is integrated_gradients' other name.
+  if (const std::string method = absl::AsciiStrToLower(settings["method"].get<std::string>());
+      tolerance > 0 && method != "integrated_gradients" && method != "ig") {
+    return absl::StrCat(SettingSource(line, "tolerance", "completeness_tolerance"),
+                        ": applies to integrated_gradients only, not ", method);
   }
   int64_t token = 0;
   const bool token_id = absl::SimpleAtoi(settings["baseline"].get<std::string>(), &token);

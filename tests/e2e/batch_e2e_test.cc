@@ -1725,6 +1725,26 @@ TEST_F(BatchResume, OutOfRangeSettingsAreUsageErrorsNamingTheFlag) {
     EXPECT_THAT(ReadFile(log_), HasSubstr(message));
     EXPECT_NE(::access(output.c_str(), F_OK), 0);
   }
+  // A tolerance with another method: every server refuses it ("completeness_tolerance applies to
+  // integrated_gradients only"), so the job wrote every row as that error and exited 0.
+  const std::string tolerance_job = dir_.File("tolerance_job.json");
+  std::ofstream(tolerance_job) << R"({"method": "feature_ablation", "tolerance": 0.001})";
+  for (const auto& [flags, message] :
+       {std::pair<std::vector<std::string>, std::string>{{"--method=feature_ablation", "--tolerance=0.001"},
+                                                         "--tolerance: applies to integrated_gradients only, not "
+                                                         "feature_ablation"},
+        {{"--job=" + tolerance_job},
+         "--job " + tolerance_job +
+             ": completeness_tolerance: applies to integrated_gradients only, not "
+             "feature_ablation"}}) {
+    ::unlink(log_.c_str());
+    std::vector<std::string> args = {"--input=" + input, "--output=" + output, "--server=" + server_->address(),
+                                     "--progress=log"};
+    args.insert(args.end(), flags.begin(), flags.end());
+    EXPECT_EQ(RunBatch(args, log_), 2) << ReadFile(log_);
+    EXPECT_THAT(ReadFile(log_), HasSubstr(message));
+    EXPECT_NE(::access(output.c_str(), F_OK), 0);
+  }
   EXPECT_EQ(RunBatch({"--input=" + input, "--output=" + output, "--server=" + server_->address(),
                       "--method=integrated_gradients", "--progress=log", "--n_steps=8"},
                      log_),
