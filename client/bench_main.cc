@@ -27,6 +27,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "client/attribution_client.h"
+#include "client/connection_flags.h"
 
 ABSL_FLAG(std::string, server, "localhost:50051", "server address, or any gRPC target (dns:///name:port, ...)");
 ABSL_FLAG(std::string, load_balancing, "pick_first", "pick_first | round_robin over the target's addresses");
@@ -38,7 +39,6 @@ ABSL_FLAG(std::string, mix, "attribute=1,logprobs=4,generate=1", "weights of the
 ABSL_FLAG(std::string, method, "integrated_gradients", "attribution method of Attribute calls");
 ABSL_FLAG(int32_t, n_steps, 16, "integrated-gradient steps of Attribute calls");
 ABSL_FLAG(int32_t, max_new_tokens, 16, "tokens per Generate call");
-ABSL_FLAG(std::string, token_file, "", "bearer token file");
 ABSL_FLAG(bool, json, false, "print JSON");
 ABSL_FLAG(std::string, background, "",
           "a second load beside the first, e.g. \"attribute n_steps=512 concurrency=2\": "
@@ -334,13 +334,9 @@ nlohmann::json RunIsolation(AttributionClient& client, const std::string& model,
 int Run() {
   ClientOptions options{
       .target = absl::GetFlag(FLAGS_server), .load_balancing = absl::GetFlag(FLAGS_load_balancing), .max_attempts = 1};
-  if (!absl::GetFlag(FLAGS_token_file).empty()) {
-    absl::StatusOr<std::string> token = ReadBearerTokenFile(absl::GetFlag(FLAGS_token_file));
-    if (!token.ok()) {
-      std::fprintf(stderr, "attribution-bench: --token_file: %s\n", std::string(token.status().message()).c_str());
-      return 2;
-    }
-    options.bearer_token = *token;
+  if (absl::Status flags = ApplyConnectionFlags(options); !flags.ok()) {
+    std::fprintf(stderr, "attribution-bench: %s\n", std::string(flags.message()).c_str());
+    return 2;
   }
   auto client = AttributionClient::Connect(options);
   const LoadSpec foreground = ForegroundFromFlags();
@@ -401,7 +397,9 @@ int main(int argc, char** argv) {
   // abseil's --help lists the flags of files named after the program (attribution-server.cc and
   // the like) and finds none; ours are defined in this file.
   absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view file) { return absl::EndsWith(file, "client/bench_main.cc"); };
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "client/bench_main.cc") || attribution::client::DefinesConnectionFlags(file);
+  };
   usage.contains_helpshort_flags = usage.contains_help_flags;
   absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(

@@ -30,6 +30,7 @@
 #include "client/attribution_client.h"
 #include "client/command_line.h"
 #include "client/component_render.h"
+#include "client/connection_flags.h"
 #include "client/heatmap.h"
 #include "client/palette.h"
 #include "client/result_json.h"
@@ -38,12 +39,6 @@
 ABSL_FLAG(std::string, server, "localhost:50051",
           "server address host:port, or any gRPC target (dns:///name:port, ...)");
 ABSL_FLAG(std::string, load_balancing, "pick_first", "pick_first | round_robin over the target's addresses");
-ABSL_FLAG(bool, tls, false, "connect with TLS");
-ABSL_FLAG(std::string, ca, "", "PEM roots that sign the server certificate (TLS)");
-ABSL_FLAG(std::string, cert, "", "PEM client certificate (mutual TLS)");
-ABSL_FLAG(std::string, key, "", "PEM key of --cert");
-ABSL_FLAG(std::string, tls_server_name, "", "expected server name in its certificate");
-ABSL_FLAG(std::string, token_file, "", "file holding the bearer token");
 ABSL_FLAG(double, timeout, 300, "deadline of the call in seconds");
 ABSL_FLAG(std::string, model, "", "model name (see `models`); empty: the server's first model");
 ABSL_FLAG(std::string, prompt, "", "prompt text");
@@ -144,17 +139,8 @@ absl::Status WriteHtml(const std::string& path, const std::string& html) {
 absl::StatusOr<std::unique_ptr<AttributionClient>> ConnectFromFlags() {
   ClientOptions options{.target = absl::GetFlag(FLAGS_server),
                         .load_balancing = absl::GetFlag(FLAGS_load_balancing),
-                        .tls = absl::GetFlag(FLAGS_tls),
-                        .ca_file = absl::GetFlag(FLAGS_ca),
-                        .cert_file = absl::GetFlag(FLAGS_cert),
-                        .key_file = absl::GetFlag(FLAGS_key),
-                        .tls_server_name = absl::GetFlag(FLAGS_tls_server_name),
                         .timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout))};
-  if (!absl::GetFlag(FLAGS_token_file).empty()) {
-    absl::StatusOr<std::string> token = ReadBearerTokenFile(absl::GetFlag(FLAGS_token_file));
-    if (!token.ok()) return absl::InvalidArgumentError("--token_file: " + std::string(token.status().message()));
-    options.bearer_token = *token;
-  }
+  if (absl::Status flags = ApplyConnectionFlags(options); !flags.ok()) return flags;
   return AttributionClient::Connect(options);
 }
 
@@ -517,7 +503,9 @@ int main(int argc, char** argv) {
   // abseil's --help lists the flags of files named after the program (attribution-server.cc and
   // the like) and finds none; ours are defined in this file.
   absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view file) { return absl::EndsWith(file, "client/cli_main.cc"); };
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "client/cli_main.cc") || attribution::client::DefinesConnectionFlags(file);
+  };
   usage.contains_helpshort_flags = usage.contains_help_flags;
   absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(

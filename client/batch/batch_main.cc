@@ -44,6 +44,7 @@
 #include "client/batch/result_log.h"
 #include "client/batch/untrusted_text.h"
 #include "client/command_line.h"
+#include "client/connection_flags.h"
 
 ABSL_FLAG(std::string, input, "", "rows: .jsonl ({id, prompt, target | choices [, label] [, settings]}) or .csv");
 ABSL_FLAG(std::string, output, "", "results, one JSON line per row (appended; rerun to resume)");
@@ -57,9 +58,6 @@ ABSL_FLAG(std::vector<std::string>, server, {"localhost:50051"},
           "servers, comma-separated (rows take turns), or one gRPC target such as dns:///svc:50051 with "
           "--load_balancing=round_robin");
 ABSL_FLAG(std::string, load_balancing, "pick_first", "pick_first | round_robin over each target's addresses");
-ABSL_FLAG(bool, tls, false, "connect with TLS");
-ABSL_FLAG(std::string, ca, "", "PEM roots that sign the server certificate (TLS)");
-ABSL_FLAG(std::string, token_file, "", "file holding the bearer token");
 ABSL_FLAG(double, timeout, 600, "deadline of each call in seconds");
 ABSL_FLAG(int32_t, window, 0, "rows in flight, at most 1024 (0: 32 per server)");
 ABSL_FLAG(int32_t, max_attempts, 8, "tries per call while the servers answer UNAVAILABLE / RESOURCE_EXHAUSTED");
@@ -233,14 +231,8 @@ std::string SettingRangeError(const CommandLine& line, const json& settings, con
 
 absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> Connect() {
   ClientOptions options{.load_balancing = absl::GetFlag(FLAGS_load_balancing),
-                        .tls = absl::GetFlag(FLAGS_tls),
-                        .ca_file = absl::GetFlag(FLAGS_ca),
                         .timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout))};
-  if (!absl::GetFlag(FLAGS_token_file).empty()) {
-    absl::StatusOr<std::string> token = ReadBearerTokenFile(absl::GetFlag(FLAGS_token_file));
-    if (!token.ok()) return token.status();
-    options.bearer_token = *token;
-  }
+  if (absl::Status flags = ApplyConnectionFlags(options); !flags.ok()) return flags;
   return ConnectToServers(absl::GetFlag(FLAGS_server), options);
 }
 
@@ -620,7 +612,9 @@ int Merge(const std::vector<std::string>& shard_files) {
 int main(int argc, char** argv) {
   // abseil's --help lists the flags of files named after the program; ours are defined in this file.
   absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view file) { return absl::EndsWith(file, "client/batch/batch_main.cc"); };
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::EndsWith(file, "client/batch/batch_main.cc") || attribution::client::DefinesConnectionFlags(file);
+  };
   usage.contains_helpshort_flags = usage.contains_help_flags;
   absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(

@@ -79,18 +79,20 @@ TEST_P(Help, ListsTheProgramsOwnFlags) {
   EXPECT_THAT(output, Not(HasSubstr("--flagfile")));
 }
 
-INSTANTIATE_TEST_SUITE_P(EveryProgram, Help,
-                         ::testing::Values(Program{ATTRIBUTION_SERVER_BINARY,
-                                                   {"listen", "model", "dtype", "allow_nonfinite_weights",
-                                                    "quantization_block_size", "double_quantization"}},
-                                           Program{ATTRIBUTION_CLI_BINARY, {"server", "prompt", "target", "model"}},
-                                           Program{ATTRIBUTION_BENCH_BINARY, {"server", "concurrency"}},
-                                           Program{ATTRIBUTION_BATCH_BINARY,
-                                                   {"input", "output", "window", "shard_index"}}),
-                         [](const auto& info) {
-                           std::string name = info.param.binary.substr(info.param.binary.rfind('/') + 1);
-                           return name.substr(name.find('-') + 1);
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    EveryProgram, Help,
+    ::testing::Values(Program{ATTRIBUTION_SERVER_BINARY,
+                              {"listen", "model", "dtype", "allow_nonfinite_weights", "quantization_block_size",
+                               "double_quantization"}},
+                      Program{ATTRIBUTION_CLI_BINARY,
+                              {"server", "prompt", "target", "model", "tls", "cert", "key", "token_file"}},
+                      Program{ATTRIBUTION_BENCH_BINARY, {"server", "concurrency", "tls", "cert", "key", "token_file"}},
+                      Program{ATTRIBUTION_BATCH_BINARY,
+                              {"input", "output", "window", "shard_index", "tls", "cert", "key", "token_file"}}),
+    [](const auto& info) {
+      std::string name = info.param.binary.substr(info.param.binary.rfind('/') + 1);
+      return name.substr(name.find('-') + 1);
+    });
 
 TEST(ServerCommandLine, ARepeatedModelFlagServesEveryModel) {
   const std::string dir = test_support::DemoModelDir();

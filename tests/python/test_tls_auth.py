@@ -5,6 +5,8 @@ the C++ client; a missing token is UNAUTHENTICATED; an untrusted or missing cert
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import pathlib
 import subprocess
 
@@ -131,3 +133,35 @@ def test_token_over_plaintext(certs):
                 c.generate(prompt=PROMPT, max_new_tokens=1)
     finally:
         s.stop()
+
+
+def test_batch_and_bench_reach_a_mutual_tls_server_with_the_clis_flags(certs, mtls_server, tmp_path):
+    """attribution-batch had --tls and --ca but no --cert / --key / --tls_server_name, and attribution-bench no
+    TLS flag at all: neither could reach a server with --tls_client_ca. The three programs share the flags."""
+    flags = ["--tls", f"--ca={certs / 'ca.pem'}", f"--cert={certs / 'client.pem'}", f"--key={certs / 'client.key'}",
+             "--tls_server_name=localhost", f"--token_file={certs / 'token-file'}"]
+    address = f"127.0.0.1:{mtls_server.port}"  # the certificate's name comes from --tls_server_name
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"id": "q1", "prompt": PROMPT, "target": " Yes"}) + "\n")
+    out = tmp_path / "out.jsonl"
+    done = subprocess.run([os.environ["ATTRIBUTION_BATCH_BINARY"], f"--server={address}", f"--input={rows}",
+                           f"--output={out}", "--method=feature_ablation", *flags],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text().splitlines()[0])
+    reference = cli_json(f"localhost:{mtls_server.port}", "attribute", f"--prompt={PROMPT}", "--target= Yes",
+                         "--method=feature_ablation", *flags)
+    np.testing.assert_allclose(result["attribution"], reference["sequence_attribution"], rtol=1e-6,
+                               atol=1e-9)
+
+    done = subprocess.run([os.environ["ATTRIBUTION_BENCH_BINARY"], f"--server={address}", "--mix=logprobs=1",
+                           "--concurrency=1", "--duration=1", "--json", *flags],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    logprobs = json.loads(done.stdout)["rpcs"]["logprobs"]
+    assert logprobs["ok"] == logprobs["calls"] > 0
+    # Without the client certificate the server refuses the connection.
+    done = subprocess.run([os.environ["ATTRIBUTION_BENCH_BINARY"], f"--server={address}", "--mix=logprobs=1",
+                           "--concurrency=1", "--duration=1", "--json", *flags[:2], flags[4], flags[5]],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "cannot list models: UNAVAILABLE" in done.stderr, done.stderr

@@ -1,0 +1,33 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "client/connection_flags.h"
+
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/match.h"
+
+ABSL_FLAG(bool, tls, false, "connect with TLS");
+ABSL_FLAG(std::string, ca, "", "PEM roots that sign the server certificate (TLS; empty: the system's roots)");
+ABSL_FLAG(std::string, cert, "", "PEM client certificate (mutual TLS; with --key)");
+ABSL_FLAG(std::string, key, "", "PEM key of --cert");
+ABSL_FLAG(std::string, tls_server_name, "", "expected server name in its certificate (default: the target's host)");
+ABSL_FLAG(std::string, token_file, "", "file holding the bearer token (servers with --auth_tokens_file)");
+
+namespace attribution::client {
+
+absl::Status ApplyConnectionFlags(ClientOptions& options) {
+  options.tls = absl::GetFlag(FLAGS_tls);
+  options.ca_file = absl::GetFlag(FLAGS_ca);
+  options.cert_file = absl::GetFlag(FLAGS_cert);
+  options.key_file = absl::GetFlag(FLAGS_key);
+  options.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
+  if (absl::GetFlag(FLAGS_token_file).empty()) return absl::OkStatus();
+  absl::StatusOr<std::string> token = ReadBearerTokenFile(absl::GetFlag(FLAGS_token_file));
+  if (!token.ok()) return absl::InvalidArgumentError("--token_file: " + std::string(token.status().message()));
+  options.bearer_token = *token;
+  return absl::OkStatus();
+}
+
+bool DefinesConnectionFlags(absl::string_view file) { return absl::EndsWith(file, "client/connection_flags.cc"); }
+
+}  // namespace attribution::client
