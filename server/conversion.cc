@@ -380,8 +380,9 @@ absl::StatusOr<GenerateCall> ToGenerateCall(const v1::GenerateRequest& proto, co
   GenerateCall call;
   ASSIGN_OR_RETURN(call.prompt, ResolvePrompt(proto.prompt(), proto.no_special_tokens(), model));
   ASSIGN_OR_RETURN(call.options, ToGenerationOptions(proto.generation(), model));
-  // Without a seed a user expects a fresh sample each call; the seed drawn is reported to reproduce it.
-  if (!proto.generation().has_seed()) call.options.seed = FreshSeed();
+  // Without a seed a user expects a fresh sample each call; the seed drawn is reported to reproduce it. A
+  // greedy call samples nothing: a seed drawn for it (and reported) read as if its tokens depended on it.
+  if (!proto.generation().has_seed() && call.options.temperature > 0) call.options.seed = FreshSeed();
   RETURN_IF_ERROR(
       CheckContinuationLength(call.prompt, call.options.max_new_tokens, "generation.max_new_tokens", model));
   ASSIGN_OR_RETURN(call.priority, ToPriority(proto.priority()));

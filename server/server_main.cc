@@ -460,7 +460,7 @@ int main(int argc, char** argv) {
   usage.contains_helpshort_flags = usage.contains_help_flags;
   absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(
-      "Serves attribution.v1 (Attribute, Generate, Logprobs, ListModels) over gRPC.\n"
+      "Serves attribution.v1 (Attribute, AttributeComponents, Generate, Logprobs, ListModels) over gRPC.\n"
       "  attribution-server --model tiny=/models/tiny [--listen 0.0.0.0:50051]\n"
       "  attribution-server --config server.json");
   attribution::server::ReadArgvFlags(argc, argv);

@@ -157,6 +157,9 @@ def test_generate_seed_is_optional_and_the_seed_used_is_reported(client):
     assert (streamed.seed, [t.id for t in streamed.tokens]) == (drawn.seed, [t.id for t in drawn.tokens])
     for seed in (0, 2 ** 64 - 1):
         assert client.generate(**sampling, seed=seed).seed == seed
+    # Greedy decoding samples nothing: no seed is drawn, so none reads as if the tokens depended on it.
+    assert client.generate(prompt=PROMPT, max_new_tokens=4).seed == 0
+    assert client.generate(prompt=PROMPT, max_new_tokens=4, seed=9).seed == 9
 
 
 def test_logprobs_equal_cpp_client(client, server):
