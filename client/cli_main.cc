@@ -89,6 +89,10 @@ ABSL_FLAG(double, top_p, 0,
 ABSL_FLAG(std::vector<std::string>, stop, {},
           "generate: stop strings, comma-separated (at most 8): generation ends once the text holds one, and "
           "the text shown ends before it");
+ABSL_FLAG(std::vector<std::string>, stop_token_ids, {},
+          "generate: token ids that end the generation, comma-separated (at most 256), instead of the model's eos "
+          "tokens");
+ABSL_FLAG(bool, ignore_stop_tokens, false, "generate: run to --max_new_tokens, past eos and --stop_token_ids");
 ABSL_FLAG(bool, stream, false,
           "attribute, components: show progress; generate: print tokens as they come (on stderr with --json)");
 ABSL_FLAG(bool, json, false, "print the result as JSON on stdout (every command but health)");
@@ -152,13 +156,29 @@ absl::StatusOr<std::string> ModelName(AttributionClient& client) {
   return models->front().name;
 }
 
+// --stop_token_ids as ids; a usage error naming the flag and the entry that is no integer.
+absl::StatusOr<std::vector<int64_t>> StopTokenIdsFromFlag() {
+  std::vector<int64_t> ids;
+  for (const std::string& entry : absl::GetFlag(FLAGS_stop_token_ids)) {
+    int64_t id = 0;
+    if (!absl::SimpleAtoi(entry, &id)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--stop_token_ids: \"", Printable(entry), "\" is not a token id (comma-separated integers)"));
+    }
+    ids.push_back(id);
+  }
+  return ids;
+}
+
 GenerationSettings GenerationFromFlags() {
   // No --seed: the server samples afresh.
   return {.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens),
           .temperature = absl::GetFlag(FLAGS_temperature),
           .top_p = absl::GetFlag(FLAGS_top_p),
           .top_k = absl::GetFlag(FLAGS_sample_top_k),
-          .seed = absl::GetFlag(FLAGS_seed)};
+          .seed = absl::GetFlag(FLAGS_seed),
+          .stop_token_ids = StopTokenIdsFromFlag().value_or(std::vector<int64_t>{}),
+          .ignore_stop_tokens = absl::GetFlag(FLAGS_ignore_stop_tokens)};
 }
 
 // --range BEGIN:END; nullopt when not given. An error is a usage error, found before any call; only an END
@@ -472,6 +492,10 @@ int Run(const std::vector<char*>& positional) {
   absl::StatusOr<std::optional<std::pair<int64_t, int64_t>>> range = RangeFromFlag();
   if (command == "attribute" && !range.ok()) {
     std::fprintf(stderr, "attribution-cli: %s\n", std::string(range.status().message()).c_str());
+    return 2;
+  }
+  if (absl::StatusOr<std::vector<int64_t>> ids = StopTokenIdsFromFlag(); !ids.ok()) {
+    std::fprintf(stderr, "attribution-cli: %s\n", std::string(ids.status().message()).c_str());
     return 2;
   }
   absl::StatusOr<std::vector<PromptPair>> pairs;

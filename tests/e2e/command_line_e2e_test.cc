@@ -241,6 +241,7 @@ TEST(CliCommandLine, BadFlagsAreUsageErrors) {
       {"--range=-1:3", "--range: expected 0 <= BEGIN < END"},
       {"--server=", "--server: give the server's address (host:port)"},
       {"--server=' '", "--server: give the server's address (host:port)"},
+      {"--stop_token_ids=2,x", "--stop_token_ids: \"x\" is not a token id (comma-separated integers)"},
   };
   for (const auto& [flag, message] : cases) {
     auto [code, output] = RunCommand(absl::StrCat(ATTRIBUTION_CLI_BINARY, " attribute --server=127.0.0.1:1 ", flag));

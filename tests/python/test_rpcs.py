@@ -142,6 +142,22 @@ def test_cli_top_p_reaches_the_request(client, server):
                                           seed=3).tokens] == greedy
 
 
+def test_cli_stop_token_flags_reach_the_request(client, server):
+    # attribution-cli had neither --ignore_stop_tokens nor --stop_token_ids, which the Python client takes.
+    full = client.generate(prompt=PROMPT, max_new_tokens=12, ignore_stop_tokens=True)
+    assert len(full.tokens) == 12
+    reference = cli_json(server.address, "generate", f"--prompt={PROMPT}", "--max_new_tokens=12",
+                         "--ignore_stop_tokens")
+    assert [t["id"] for t in reference["tokens"]] == [t.id for t in full.tokens]
+    # The third token's id as the only stop token: the generation ends there, as the Python client's does.
+    stop = full.tokens[2].id
+    stopped = client.generate(prompt=PROMPT, max_new_tokens=12, stop_token_ids=[stop])
+    assert [t.id for t in stopped.tokens][-1] == stop and len(stopped.tokens) <= 3
+    reference = cli_json(server.address, "generate", f"--prompt={PROMPT}", "--max_new_tokens=12",
+                         f"--stop_token_ids={stop}")
+    assert [t["id"] for t in reference["tokens"]] == [t.id for t in stopped.tokens]
+
+
 def test_generate_seed_is_optional_and_the_seed_used_is_reported(client):
     # Unset, no seed goes on the wire (the server then draws one); 0 is a seed like any other.
     unseeded = _convert.generate_request(ac.GenerateOptions(prompt=PROMPT)).generation
