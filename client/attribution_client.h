@@ -147,6 +147,7 @@ struct Faithfulness {
 struct Attribution {
   std::string model, method;
   std::vector<Token> prompt_tokens, target_tokens;
+  std::vector<Token> foil_tokens;  // contrastive: the objective is the target's quantity minus the foil's
   std::vector<Feature> features;
   std::vector<int64_t> fixed_tokens;              // prompt token indices in no feature (kept real in every row)
   std::vector<double> sequence;                   // [features]

@@ -47,10 +47,19 @@ bool AllFinite(const Attribution& a) {
   return finite(a.sequence) && std::all_of(a.token_matrix.begin(), a.token_matrix.end(), finite);
 }
 
-std::string TargetText(const Attribution& a) {
+std::string TokensText(const std::vector<Token>& tokens) {
   std::string text;
-  for (const Token& t : a.target_tokens) text += t.text;
+  for (const Token& t : tokens) text += t.text;
   return text;
+}
+
+std::string TargetText(const Attribution& a) { return TokensText(a.target_tokens); }
+
+// What the objective scores: the target, or (contrastive) the target minus the foil.
+std::string ScoredText(const Attribution& a) {
+  std::string out = absl::StrCat("target \"", Printable(TargetText(a)), "\"");
+  if (!a.foil_tokens.empty()) absl::StrAppend(&out, " minus foil \"", Printable(TokensText(a.foil_tokens)), "\"");
+  return out;
 }
 
 // Two lines: the AOPCs, then p(target) along the deletion and insertion curves.
@@ -164,9 +173,8 @@ std::string TargetTokensLine(const std::vector<Token>& tokens) {
 
 std::string TerminalHeatmap(const Attribution& a, bool color) {
   const double scale = MaxAbs(a.sequence);
-  std::string out =
-      absl::StrFormat("%s\nmodel %s, method %s, target \"%s\" (%s = %.6g)\n", TargetTokensLine(a.target_tokens),
-                      Printable(a.model), Printable(a.method), Printable(TargetText(a)), "objective", a.objective);
+  std::string out = absl::StrFormat("%s\nmodel %s, method %s, %s (%s = %.6g)\n", TargetTokensLine(a.target_tokens),
+                                    Printable(a.model), Printable(a.method), ScoredText(a), "objective", a.objective);
   for (const PromptPiece& piece : PromptPieces(a)) {
     const std::string text = Printable(piece.text.empty() ? "·" : piece.text);
     if (piece.feature < 0) {
@@ -234,7 +242,9 @@ std::string HtmlReport(const Attribution& a) {
       "table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:4px 6px;font-family:monospace;"
       "text-align:right}th{background:#f4f4f4}.fixed{color:#999;background:#eee}</style></head><body>\n",
       "<h2>Attribution (", HtmlEscape(a.method), ") on model ", HtmlEscape(a.model), "</h2>\n<p>Target: <b>",
-      HtmlEscape(TargetText(a)), "</b> &mdash; objective ", absl::StrFormat("%.6g", a.objective), "</p>\n<p>",
+      HtmlEscape(TargetText(a)), "</b>",
+      a.foil_tokens.empty() ? "" : absl::StrCat(" minus foil <b>", HtmlEscape(TokensText(a.foil_tokens)), "</b>"),
+      " &mdash; objective ", absl::StrFormat("%.6g", a.objective), "</p>\n<p>",
       HtmlEscape(TargetTokensLine(a.target_tokens)), "</p>\n<h3>Input features</h3>\n<div>");
   for (const PromptPiece& piece : PromptPieces(a)) {
     if (piece.feature < 0) {
@@ -301,6 +311,7 @@ std::string AttributionJson(const Attribution& a) {
                         {"method", a.method},
                         {"prompt_tokens", tokens(a.prompt_tokens)},
                         {"target_tokens", tokens(a.target_tokens)},
+                        {"foil_tokens", tokens(a.foil_tokens)},
                         {"features", features},
                         {"fixed_tokens", a.fixed_tokens},
                         {"sequence_attribution", a.sequence},

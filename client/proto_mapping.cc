@@ -318,6 +318,7 @@ absl::StatusOr<Attribution> FromProto(const v1::AttributeResponse& r) {
   out.method = absl::AsciiStrToLower(v1::Method_Name(r.method()));
   out.prompt_tokens = TokensFromProto(r.prompt_tokens());
   out.target_tokens = TokensFromProto(r.target_tokens());
+  out.foil_tokens = TokensFromProto(r.foil_tokens());
   for (const v1::Feature& f : r.features()) out.features.push_back({f.token_begin(), f.token_end(), f.text()});
   out.fixed_tokens.assign(r.fixed_tokens().begin(), r.fixed_tokens().end());
   out.sequence.assign(r.sequence_attribution().begin(), r.sequence_attribution().end());

@@ -272,7 +272,8 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
       return Invalid("foil", absl::StrCat("has ", foil.encoding.ids.size(), " tokens; the target has ",
                                           request.target_ids.size(), " (they must match)"));
     }
-    request.foil_ids = std::move(foil.encoding.ids);
+    request.foil_ids = foil.encoding.ids;
+    call.foil = std::move(foil);
   }
   if (proto.choices_size() > model.spec.limits.max_choices) {
     return Invalid("choices", absl::StrCat(proto.choices_size(), " choices, over this server's limit of ",
@@ -326,6 +327,7 @@ void ToAttributeResponse(const engine::AttributionResult& result, const Attribut
   const ResolvedInput target =
       call.target.empty() ? DecodeContinuation(result.target_ids, call.request.prompt_ids, tokenizer) : call.target;
   FillTokens(target, tokenizer, out->mutable_target_tokens());
+  if (!call.foil.encoding.ids.empty()) FillTokens(call.foil, tokenizer, out->mutable_foil_tokens());
   for (int i = 0; i < out->target_tokens_size() && i < static_cast<int>(result.target_log_probs.size()); ++i) {
     out->mutable_target_tokens(i)->set_log_prob(static_cast<float>(result.target_log_probs[i]));
   }

@@ -31,6 +31,7 @@ struct AttributeCall {
   engine::AttributionRequest request;
   ResolvedInput prompt;
   ResolvedInput target;  // empty when the target is generated
+  ResolvedInput foil;    // contrastive only
 };
 absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto, const ServedModel& model,
                                               absl::Time deadline);

@@ -85,6 +85,23 @@ def test_attribute_equals_cpp_client(client, server, case):
     assert_attribution_equal(ours, reference)
 
 
+def test_contrastive_answers_name_their_foil(client, server):
+    # A contrastive objective is the target's quantity minus the foil's, but answers carried only the target:
+    # the CLI's heading read `target " Yes" (objective = ...)` as if the foil were not there.
+    ours = client.attribute(prompt=PROMPT, target=" Yes", foil=" No", method="feature_ablation")
+    no = client.logprobs(prompt=PROMPT, target=" No").target  # " No" as it follows the prompt
+    assert [t.id for t in ours.foil_tokens] == [t.token.id for t in no]
+    assert "".join(t.text for t in ours.foil_tokens) == " No"
+    reference = cli_json(server.address, "attribute", f"--prompt={PROMPT}", "--target= Yes", "--foil= No",
+                         "--method=feature_ablation")
+    assert [t["id"] for t in reference["foil_tokens"]] == [t.id for t in ours.foil_tokens]
+    shown = cli(server.address, "attribute", f"--prompt={PROMPT}", "--target= Yes", "--foil= No",
+                "--method=feature_ablation")
+    assert 'target " Yes" minus foil " No" (objective = ' in shown
+    assert "minus foil <code> No</code>" in ours._repr_html_()
+    assert client.attribute(prompt=PROMPT, target=" Yes", method="feature_ablation").foil_tokens == []
+
+
 def test_attribute_with_faithfulness_and_generated_target(client, server):
     ours = client.attribute(prompt=PROMPT, method="feature_ablation", want_faithfulness=True, max_new_tokens=2)
     reference = cli_json(server.address, "attribute", f"--prompt={PROMPT}", "--method=feature_ablation",

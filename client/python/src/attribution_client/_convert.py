@@ -372,7 +372,8 @@ def attribution(r: pb.AttributeResponse) -> Attribution:
         convergence_delta=r.convergence_delta if r.HasField("convergence_delta") else None,
         integration_steps=r.integration_steps,
         tolerance_met=r.tolerance_met if r.HasField("tolerance_met") else None,
-        faithfulness=faithfulness, stats=_stats(r.stats), model_digest=r.model_digest)
+        faithfulness=faithfulness, stats=_stats(r.stats), model_digest=r.model_digest,
+        foil_tokens=_tokens(r.foil_tokens))
 
 
 def _grid(g: pb.ComponentGrid) -> ComponentGrid:

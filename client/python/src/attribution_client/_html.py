@@ -38,9 +38,11 @@ def attribution_html(a: "Attribution") -> str:
     """A self-contained HTML fragment (no scripts) for Jupyter's rich display."""
     scale = _finite_scale(a.sequence)
     target = html.escape(a.target_text)
+    foil = "".join(t.text for t in a.foil_tokens)
     parts: List[str] = [
         f'<div><b>{html.escape(a.method)}</b> on <b>{html.escape(a.model)}</b>, target '
-        f'<code>{target}</code>, objective {a.objective:.4f}'
+        f'<code>{target}</code>' + (f' minus foil <code>{html.escape(foil)}</code>' if foil else "")
+        + f', objective {a.objective:.4f}'
         + (f", convergence delta {a.convergence_delta:.3g}" if a.convergence_delta is not None else "")
         + "</div>",
         "<table style='border-collapse:collapse'><tr>",

@@ -85,6 +85,8 @@ class Attribution:
     stats: RunStats = field(default_factory=RunStats)
     # ModelInfo.model_digest of the weights that computed this answer ("" from servers before 2026-12-04).
     model_digest: str = ""
+    # Contrastive: the foil's tokens (the objective is the target's quantity minus the foil's); else empty.
+    foil_tokens: List[Token] = field(default_factory=list)
 
     @property
     def feature_texts(self) -> List[str]:
