@@ -444,7 +444,9 @@ void ToGenerateResponse(const engine::Generation& generation, const GenerateCall
 
 void ToStreamedToken(int64_t id, float log_prob, const ServedModel& model, v1::Token* out) {
   SetTokenText(id, *model.tokenizer, out);
-  out->set_special(model.tokenizer->IsSpecial(id));
+  // As the answer's text leaves it out: a streaming client (attribution-cli --stream) that skips special tokens
+  // then shows what the text says, and finds stop strings where the server does.
+  out->set_special(model.tokenizer->SkippedInText(id));
   out->set_log_prob(log_prob);
 }
 

@@ -2,10 +2,11 @@
 // attribution-server: serves attribution.v1 for the models of a config file and/or --model flags;
 // with neither, the embedded default model (models/tiny-qa-llama, see its README.md).
 // Lifecycle: listen (health NOT_SERVING) -> load every model -> SERVING (NOT_SERVING while a model is
-// stalled, see serving_health.h) -> on SIGTERM/SIGINT:
-// NOT_SERVING, refuse new calls (UNAVAILABLE), let calls in flight finish within the grace period,
-// stop the engines, exit 0. A signal while the models load exits 0 at once. Exits 1 with a clear message
-// when the config or a model is bad, and drains and exits 1 when gRPC stops accepting connections.
+// stalled, see serving_health.h) -> on SIGTERM/SIGINT: NOT_SERVING, refuse new calls (UNAVAILABLE), let
+// calls in flight finish within the grace period, stop the engines, exit 0 (exit 1 at once when a model is
+// stalled then or while its engine stops). A signal while the models load exits 0 at once. Exits 1 with a
+// clear message when the config or a model is bad, and drains and exits 1 when gRPC stops accepting
+// connections.
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -13,6 +14,8 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -20,6 +23,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/debugging/failure_signal_handler.h"
@@ -394,6 +398,7 @@ int Serve() {
   Lifecycle::ServingStarted();
   metrics->get()->WatchModels(**models);
   service.SetModels(models->get());
+  // Its watch reads the models until StartDraining below, the one way on from here to the models' end.
   health.Serve(**models);
   for (const auto& m : (*models)->models()) {
     const engine::LoadOptions& loaded = m->model->options();
@@ -423,18 +428,29 @@ int Serve() {
   service.gate().StartDraining();
   health.StartDraining();
   const bool idle = service.gate().WaitIdle(absl::Now() + config->grace_period);
-  // A stalled model's batch may never end (a hung device): stopping its engine waits for that batch, so the
-  // process would hang until killed. It exits at once instead, for its supervisor to restart it.
-  for (const auto& m : (*models)->models()) {
-    if (!m->engine->stalled()) continue;
-    Log("stopped",
-        absl::StrCat("model \"", m->spec.name, "\" is stalled (its batch made no progress for ",
-                     absl::FormatDuration(absl::Trunc(m->engine->TimeWithoutProgress(), absl::Milliseconds(1))),
-                     "): exiting without waiting for it, calls cut off"));
-    std::_Exit(1);
+  // Stops the engines first, so calls still running past the grace period end UNAVAILABLE. Stopping waits for
+  // each engine's running batch, which on a hung device never ends: the process would hang until killed. So
+  // it stops them on another thread, and once a model is stalled (then or while waiting) it exits at once,
+  // for its supervisor to restart it.
+  std::atomic<bool> engines_stopped{false};
+  std::thread stopper([&] {
+    (*models)->Shutdown();
+    engines_stopped = true;
+  });
+  while (!engines_stopped) {
+    for (const auto& m : (*models)->models()) {
+      if (!m->engine->stalled()) continue;
+      WriteLogLine({{"event", "stopped"},
+                    {"severity", "ERROR"},
+                    {"detail", absl::StrCat("model \"", m->spec.name, "\" is stalled (its batch made no progress for ",
+                                            absl::FormatDuration(
+                                                absl::Trunc(m->engine->TimeWithoutProgress(), absl::Milliseconds(1))),
+                                            "): exiting without waiting for it, calls cut off")}});
+      std::_Exit(1);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  // Stops the engines first, so calls still running past the grace period end UNAVAILABLE.
-  (*models)->Shutdown();
+  stopper.join();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   // The metrics endpoint reads the models on every scrape: it stops while they are alive (declared
   // after it, they would be destroyed first).

@@ -67,9 +67,10 @@ struct EngineOptions {
   bool pause_long_batches = true;
   // A batch that makes no progress for longer than this (see TimeWithoutProgress) marks the engine stalled:
   // its device or its thread hangs (a stuck kernel, a driver fault, a deadlock), and the server stops
-  // advertising SERVING until it moves again. Long enough for any batch's longest stretch between pauses
-  // (on the CPU half a layer of one row; on a GPU a whole batch, which max_uncontended_batch_time keeps
-  // short). Infinite: never.
+  // advertising SERVING until it moves again. Long enough for the longest stretch any batch runs without
+  // progress: a gradient batch's between pauses (on the CPU, half a layer), a score or decode batch as a
+  // whole, the first batch of a kind before its cost is learned (max_uncontended_batch_time bounds the
+  // rest). Infinite: never.
   absl::Duration stall_time = absl::Seconds(120);
   std::function<absl::Time()> clock;  // default: absl::Now
 };

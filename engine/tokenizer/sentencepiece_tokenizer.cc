@@ -176,9 +176,7 @@ absl::StatusOr<std::string> SentencePieceTokenizer::Decode(const std::vector<int
   };
   for (int64_t id : ids) {
     // A skipped token leaves the pieces around it one run, as a control piece in the run would.
-    if (skip_special_tokens &&
-        (IsSpecial(id) || (id < pieces_ && processor_->IsControlOrUnknown(static_cast<int>(id)))))
-      continue;
+    if (skip_special_tokens && SkippedInText(id)) continue;
     if (const AddedToken* added = BeyondPieces(id)) {
       RETURN_IF_ERROR(flush());
       text += added->content;
@@ -214,6 +212,10 @@ bool SentencePieceTokenizer::IsSpecial(int64_t id) const {
   if (id < 0 || id >= vocab_size_ || id == special_.unk) return false;
   if (const AddedToken* added = added_.Find(id); added != nullptr && added->special) return true;
   return id < pieces_ && processor_->IsControlOrUnknown(static_cast<int>(id));
+}
+
+bool SentencePieceTokenizer::SkippedInText(int64_t id) const {
+  return IsSpecial(id) || (id >= 0 && id < pieces_ && processor_->IsControlOrUnknown(static_cast<int>(id)));
 }
 
 int64_t SentencePieceTokenizer::vocab_size() const { return vocab_size_; }

@@ -33,6 +33,7 @@ class SentencePieceTokenizer : public Tokenizer {
   // Control pieces (bos, eos, pad, user-defined controls) and added tokens marked special; the unknown
   // piece stands for real text.
   bool IsSpecial(int64_t id) const override;
+  bool SkippedInText(int64_t id) const override;
 
  private:
   SentencePieceTokenizer() = default;

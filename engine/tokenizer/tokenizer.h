@@ -56,6 +56,9 @@ class Tokenizer {
   // special (pad, control and chat-template tokens). Attribution keeps these out of the features by
   // default. The default answers for bos, eos and pad.
   virtual bool IsSpecial(int64_t id) const;
+  // Whether Decode with skip_special_tokens leaves `id` out: the special tokens, and for a SentencePiece
+  // model also its unknown piece (a feature in a prompt, not special, but left out of generated text).
+  virtual bool SkippedInText(int64_t id) const { return IsSpecial(id); }
 
   // The most bytes of text any one token stands for (the longest TokenText), found on first use: a text
   // longer than this many bytes per token cannot fit a given number of tokens.

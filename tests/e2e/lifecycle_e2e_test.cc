@@ -194,21 +194,46 @@ TEST(Lifecycle, WhileABatchMakesNoProgressPastTheStallTimeHealthIsNotServing) {
 }
 
 // Stopping waits for the running batch; a stalled one may never end, and the process then hung until
-// killed. At the end of the grace period (here 0 s) a server with a stalled model exits 1 at once.
-TEST(Lifecycle, ASignalWhileAModelIsStalledExitsAfterTheGracePeriodWithoutWaitingForTheBatch) {
+// killed. A server with a model stalled at the end of the grace period (here 0 s), or one that stalls while
+// its engine stops, exits 1 at once.
+void ExpectSignalWhileABatchRunsExitsOne(bool stalled_before_the_signal) {
   test_support::TempDir root;
   std::unique_ptr<ServerProcess> server = StartWithQuickStall(root, {"--grace_period_seconds=0"});
   ASSERT_NE(server, nullptr);
   auto client = std::move(*client::AttributionClient::Connect({.target = server->address()}));
   absl::StatusOr<client::Attribution> result = absl::UnknownError("not run");
   std::thread call([&] { result = client->Attribute(OneLongBatch(32)); });
-  ASSERT_TRUE(WaitForHealth(*client, "NOT_SERVING", absl::Seconds(30))) << server->Log();
+  if (stalled_before_the_signal) {
+    ASSERT_TRUE(WaitForHealth(*client, "NOT_SERVING", absl::Seconds(30))) << server->Log();
+  } else {
+    // The gradient batch runs (the call's first batch, of its score rows, is over and no row waits), not
+    // yet stalled (0.3 s).
+    const int port = server->metrics_port();
+    auto gradient_batch_runs = [port] {
+      return MetricValue(port, R"(attribution_engine_batches_total{model="demo"})") >= 1 &&
+             MetricValue(port, R"(attribution_engine_queued_rows{model="demo"})") == 0 &&
+             MetricValue(port, R"(attribution_engine_seconds_without_progress{model="demo"})") > 0.05;
+    };
+    for (const absl::Time give_up = absl::Now() + absl::Seconds(30); absl::Now() < give_up && !gradient_batch_runs();) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
   server->Signal(SIGTERM);
   EXPECT_EQ(server->Wait(absl::Seconds(30)), 1) << server->Log();
   call.join();
   EXPECT_FALSE(result.ok());
   EXPECT_NE(server->Log().find("model \\\"demo\\\" is stalled (its batch made no progress for "), std::string::npos)
       << server->Log();
+}
+
+TEST(Lifecycle, ASignalWhileAModelIsStalledExitsAfterTheGracePeriodWithoutWaitingForTheBatch) {
+  ExpectSignalWhileABatchRunsExitsOne(/*stalled_before_the_signal=*/true);
+}
+
+// Before, only a model already stalled when the grace period ended counted: one that stalled while its
+// engine stopped hung the process.
+TEST(Lifecycle, AModelThatStallsWhileItsEngineStopsEndsTheProcessToo) {
+  ExpectSignalWhileABatchRunsExitsOne(/*stalled_before_the_signal=*/false);
 }
 
 }  // namespace
