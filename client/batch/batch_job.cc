@@ -336,8 +336,9 @@ absl::StatusOr<json> MergeSettings(const json& base, const json& overrides, cons
     const json& expected = base[key];
     const bool same_type = expected.is_number() ? value.is_number() : expected.type() == value.type();
     if (!same_type || (expected.is_number_integer() && !value.is_number_integer())) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ": setting \"", given_key, "\" must be a ",
-                                                     expected.is_number_integer() ? "integer" : expected.type_name()));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": setting \"", given_key, "\" must be ",
+                       expected.is_number_integer() ? "an integer" : absl::StrCat("a ", expected.type_name())));
     }
     if (absl::Status range = CheckIntegerRange(key, value, where); !range.ok()) return range;
     // In the default's type: the digest sees the text, and "stdev": 1 must hash as --stdev=1 (1.0) does.

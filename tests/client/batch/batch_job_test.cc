@@ -94,5 +94,15 @@ TEST(ReadRows, AnEmptyChoiceOrALabelNotAmongTheChoicesIsRefusedNamingTheRow) {
                                                    "choices (\" Yes\", \" No\")")));
 }
 
+// A setting of the wrong type is named with its type, in English: "must be a integer" read as a typo.
+TEST(MergeSettings, AValueOfTheWrongTypeIsRefusedNamingTheType) {
+  EXPECT_THAT(MergeSettings(JobDefaults(), nlohmann::json{{"n_steps", 1.5}}, "row").status(),
+              StatusIs(kInvalidArgument, HasSubstr("row: setting \"n_steps\" must be an integer")));
+  EXPECT_THAT(MergeSettings(JobDefaults(), nlohmann::json{{"stdev", "1"}}, "row").status(),
+              StatusIs(kInvalidArgument, HasSubstr("row: setting \"stdev\" must be a number")));
+  EXPECT_THAT(MergeSettings(JobDefaults(), nlohmann::json{{"matrix", 1}}, "row").status(),
+              StatusIs(kInvalidArgument, HasSubstr("row: setting \"matrix\" must be a boolean")));
+}
+
 }  // namespace
 }  // namespace attribution::client::batch
