@@ -2,7 +2,7 @@
 // A data-set attribution job: the rows (JSONL or CSV), the method settings all rows share (each row may
 // override them), and the deterministic identity of each request.
 //
-//   ASSIGN_OR_RETURN(std::vector<BatchRow> rows, ReadRows("facts.jsonl"));
+//   ASSIGN_OR_RETURN(std::vector<BatchRow> rows, ReadRows("facts.jsonl"));  // input_rows.h
 //   ASSIGN_OR_RETURN(nlohmann::json settings, MergeSettings(JobDefaults(), job_file_settings));
 //   AttributeOptions request = ToAttributeOptions(EffectiveSettings(settings, rows[0]), rows[0], target);
 #pragma once
@@ -32,10 +32,6 @@ struct BatchRow {
   nlohmann::json settings = nlohmann::json::object();
   int64_t line = 0;  // where it was read (1-based), for messages
 };
-
-// Reads a .jsonl / .csv file (by extension). A line that does not parse, a row without id or prompt,
-// or an id seen before fails the whole read, naming the line.
-absl::StatusOr<std::vector<BatchRow>> ReadRows(const std::string& path);
 
 // The settings a job may set (from flags or a JSON job file) and rows may override, with their
 // defaults: model, method, quantity, n_steps, rule, baseline, n_samples, stdev, seed,

@@ -40,6 +40,7 @@
 #include "client/batch/batch_job.h"
 #include "client/batch/batch_runner.h"
 #include "client/batch/html_pages.h"
+#include "client/batch/input_rows.h"
 #include "client/batch/line_files.h"
 #include "client/batch/result_log.h"
 #include "client/batch/untrusted_text.h"
@@ -236,16 +237,6 @@ absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> Connect() {
   return ConnectToServers(absl::GetFlag(FLAGS_server), options);
 }
 
-// This shard's rows, in input order (FlagValueError checked the shard flags).
-std::vector<BatchRow> ShardOf(std::vector<BatchRow> rows) {
-  const int count = absl::GetFlag(FLAGS_shard_count), index = absl::GetFlag(FLAGS_shard_index);
-  std::vector<BatchRow> shard;
-  for (size_t i = static_cast<size_t>(index); i < rows.size(); i += static_cast<size_t>(count)) {
-    shard.push_back(std::move(rows[i]));
-  }
-  return shard;
-}
-
 // A usage error to report (exit 2) in flag values abseil parsed, or "".
 std::string FlagValueError() {
   const std::string progress = absl::GetFlag(FLAGS_progress);
@@ -366,9 +357,10 @@ int Run(const CommandLine& line) {
       !error.empty()) {
     return UsageError(error);
   }
-  absl::StatusOr<std::vector<BatchRow>> rows = ReadRows(absl::GetFlag(FLAGS_input));
+  // This shard's rows (FlagValueError checked the shard flags), read again one by one as they run.
+  absl::StatusOr<std::unique_ptr<InputRows>> rows =
+      InputRows::Open(absl::GetFlag(FLAGS_input), absl::GetFlag(FLAGS_shard_index), absl::GetFlag(FLAGS_shard_count));
   if (!rows.ok()) return Failed(rows.status());
-  rows = ShardOf(std::move(*rows));
   absl::StatusOr<json> settings = SettingsFromFlags(line);
   if (!settings.ok()) return Failed(settings.status());
   if (const std::string error = UnknownNameError(line, *settings); !error.empty()) return UsageError(error);
@@ -377,7 +369,7 @@ int Run(const CommandLine& line) {
   if (!owned.ok()) return Failed(owned.status());
   std::vector<AttributionClient*> clients;
   for (auto& client : *owned) clients.push_back(client.get());
-  absl::StatusOr<ModelFingerprints> fingerprints = FingerprintModels(*rows, *settings, clients);
+  absl::StatusOr<ModelFingerprints> fingerprints = FingerprintModels(**rows, *settings, clients);
   if (!fingerprints.ok()) {
     // No server answered (all down or overloaded): the same command may succeed later, as when rows end so.
     const absl::Status& status = fingerprints.status();
@@ -403,7 +395,7 @@ int Run(const CommandLine& line) {
                         .progress_bar = progress == "bar" || (progress == "auto" && ::isatty(STDERR_FILENO)),
                         .html_dir = absl::GetFlag(FLAGS_html),
                         .server_names = absl::GetFlag(FLAGS_server)};
-  absl::StatusOr<JobSummary> summary = RunJob(*rows, *settings, *fingerprints, clients, **log, options, std::cerr);
+  absl::StatusOr<JobSummary> summary = RunJob(**rows, *settings, *fingerprints, clients, **log, options, std::cerr);
   if (!summary.ok()) return Failed(summary.status());
   PrintSummary(*summary, std::cerr);
   if (!options.html_dir.empty()) {
@@ -428,11 +420,14 @@ int Run(const CommandLine& line) {
 // RetriedOnResume, CheckResultIsOfRow) and against the other shards' (one fingerprint per model, one
 // settings hash for rows without settings of their own, one result per row). Shards are read a line at a
 // time and only what the checks need is kept, with where each line is: the merged file is copied from the
-// shards by offset, so a merge holds no shard's text, whatever their sizes.
+// shards by offset, so a merge holds no shard's text, whatever their sizes; and the input's rows are read
+// from it as results name them (InputRows), so it holds no input text either.
 class ShardResults {
  public:
-  explicit ShardResults(const std::vector<BatchRow>& rows) : rows_(rows) {
-    for (const BatchRow& row : rows) by_id_[row.id] = &row;
+  explicit ShardResults(const JobRows& rows) : rows_(rows) {
+    by_id_.reserve(rows.size());
+    for (size_t i = 0; i < rows.size(); ++i) by_id_.emplace_back(rows.IdDigestOf(i), i);
+    std::sort(by_id_.begin(), by_id_.end());
   }
 
   absl::Status Add(const std::string& file) {
@@ -466,8 +461,11 @@ class ShardResults {
   // Writes the merged file to `path` in input order (AtomicFileWriter: the file is replaced only once whole);
   // NOT_FOUND naming a row without a result, before anything is written.
   absl::Status WriteInInputOrder(const std::string& path) const {
-    for (const BatchRow& row : rows_) {
-      if (!results_.contains(row.id)) return absl::NotFoundError(absl::StrCat("row \"", row.id, "\" has no result"));
+    for (size_t r = 0; r < rows_.size(); ++r) {
+      if (results_.contains(r)) continue;
+      absl::StatusOr<BatchRow> row = rows_.Row(r);
+      if (!row.ok()) return row.status();
+      return absl::NotFoundError(absl::StrCat("row \"", row->id, "\" has no result"));
     }
     std::vector<int> fds;
     auto close_all = [&fds] {
@@ -493,7 +491,7 @@ class ShardResults {
     absl::StatusOr<std::unique_ptr<AtomicFileWriter>> out = AtomicFileWriter::Create(path);
     if (!out.ok()) written = out.status();
     for (size_t r = 0; r < rows_.size() && written.ok(); ++r) {
-      const Located& located = results_.at(rows_[r].id);
+      const Located& located = results_.at(r);
       written =
           (*out)->Copy(fds[located.shard], files_[located.shard], located.result.offset, located.result.length + 1);
     }
@@ -517,8 +515,9 @@ class ShardResults {
     if (!result.ok()) return result.status();
     result->line = line.number;
     result->offset = line.offset;
-    auto row = by_id_.find(result->id);
-    if (row == by_id_.end()) {
+    absl::StatusOr<std::optional<std::pair<size_t, BatchRow>>> row = RowOfId(result->id);
+    if (!row.ok()) return row.status();
+    if (!row->has_value()) {
       return absl::FailedPreconditionError(absl::StrCat(where, ": row \"", result->id, "\" is not in ",
                                                         absl::GetFlag(FLAGS_input), ": the shard is of another job"));
     }
@@ -528,14 +527,15 @@ class ShardResults {
           absl::StrCat(where, ": row \"", result->id, "\" ended ", result->error_code,
                        ", which a rerun tries again: run that shard's command again before merging"));
     }
-    if (absl::Status same = CheckResultIsOfRow(*result, *row->second, where); !same.ok()) return same;
+    const auto& [position, input_row] = **row;
+    if (absl::Status same = CheckResultIsOfRow(*result, input_row, where); !same.ok()) return same;
     // Rows may name their own model: each model is one and the same in every shard.
     const Located& first_of_model = first_of_model_.try_emplace(result->model, Located{*result, shard}).first->second;
     if (absl::Status same = SameJob(first_of_model, *result, where, "model_fingerprint", &DoneRow::model_fingerprint);
         !same.ok()) {
       return same;
     }
-    if (row->second->settings.empty()) {
+    if (input_row.settings.empty()) {
       if (!first_job_row_) first_job_row_.emplace(Located{*result, shard});
       if (absl::Status same = SameJob(*first_job_row_, *result, where, "settings_hash", &DoneRow::settings_hash);
           !same.ok()) {
@@ -543,7 +543,7 @@ class ShardResults {
       }
     }
     const std::string id = result->id;
-    if (auto [first, added] = results_.try_emplace(id, Located{std::move(*result), shard}); !added) {
+    if (auto [first, added] = results_.try_emplace(position, Located{std::move(*result), shard}); !added) {
       return absl::DataLossError(
           absl::StrCat(where, ": row \"", id, "\" already has a result at ", Where(first->second)));
     }
@@ -560,18 +560,30 @@ class ShardResults {
                                                       " has \"", mine, "\": the shards come from different jobs"));
   }
 
-  const std::vector<BatchRow>& rows_;
+  // The input row of id `id` and its position, read from the input; none when no row has it.
+  absl::StatusOr<std::optional<std::pair<size_t, BatchRow>>> RowOfId(const std::string& id) const {
+    const uint64_t digest = IdDigest(id);
+    for (auto it = std::lower_bound(by_id_.begin(), by_id_.end(), std::make_pair(digest, size_t{0}));
+         it != by_id_.end() && it->first == digest; ++it) {
+      absl::StatusOr<BatchRow> row = rows_.Row(it->second);
+      if (!row.ok()) return row.status();
+      if (row->id == id) return std::make_optional(std::make_pair(it->second, std::move(*row)));
+    }
+    return std::nullopt;
+  }
+
+  const JobRows& rows_;
   static absl::Status ChangedWhileMerging(const std::string& file) {
     return absl::FailedPreconditionError(absl::StrCat(
         file, ": the shard changed while it was being merged (is its job still running?): run merge again"));
   }
 
-  std::vector<std::string> files_;        // the shards, in the order added
-  std::vector<FileIdentity> identities_;  // of each shard as read
-  std::map<std::string, const BatchRow*> by_id_;
-  std::map<std::string, Located> results_;         // row id -> its result
-  std::map<std::string, Located> first_of_model_;  // model name -> the first result on it
-  std::optional<Located> first_job_row_;           // the first result of a row without settings of its own
+  std::vector<std::string> files_;                  // the shards, in the order added
+  std::vector<FileIdentity> identities_;            // of each shard as read
+  std::vector<std::pair<uint64_t, size_t>> by_id_;  // (IdDigest, position) of each input row, sorted
+  std::map<size_t, Located> results_;               // input position -> its row's result
+  std::map<std::string, Located> first_of_model_;   // model name -> the first result on it
+  std::optional<Located> first_job_row_;            // the first result of a row without settings of its own
 };
 
 // Joins shard outputs into one file in the input's row order; every row must have exactly one result,
@@ -584,9 +596,9 @@ int Merge(const std::vector<std::string>& shard_files) {
   if (const std::string error = SameFileError(JobFiles(inputs, /*job=*/false)); !error.empty()) {
     return UsageError(error);
   }
-  absl::StatusOr<std::vector<BatchRow>> rows = ReadRows(absl::GetFlag(FLAGS_input));
+  absl::StatusOr<std::unique_ptr<InputRows>> rows = InputRows::Open(absl::GetFlag(FLAGS_input));
   if (!rows.ok()) return Failed(rows.status());
-  ShardResults results(*rows);
+  ShardResults results(**rows);
   for (const std::string& file : shard_files) {
     if (absl::Status added = results.Add(file); !added.ok()) return Failed(added);
   }
@@ -601,7 +613,7 @@ int Merge(const std::vector<std::string>& shard_files) {
     absl::Status table = WriteResultsParquet(absl::GetFlag(FLAGS_output), absl::GetFlag(FLAGS_parquet));
     if (!table.ok()) return Failed(table);
   }
-  std::fprintf(stderr, "attribution-batch: merged %zu rows into %s\n", rows->size(),
+  std::fprintf(stderr, "attribution-batch: merged %zu rows into %s\n", (*rows)->size(),
                absl::GetFlag(FLAGS_output).c_str());
   return 0;
 }

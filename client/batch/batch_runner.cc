@@ -4,10 +4,12 @@
 #include <algorithm>
 #include <cmath>
 #include <condition_variable>
+#include <functional>
 #include <iterator>
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <system_error>
 #include <thread>
 
@@ -81,7 +83,8 @@ struct RowOutcome {
   std::string error_code;  // empty: ok
   bool retry = false;      // a rerun tries the row again (RetriedOnResume)
   std::optional<double> delta;
-  absl::Status fatal;  // the job cannot go on (its page could not be written)
+  absl::Status fatal;  // the job cannot go on (its page could not be written, its row could not be read)
+  std::string id;      // the row's, for the summary's worst rows
 };
 
 // The identity of `model`; INTERNAL when FingerprintModels did not ask for it.
@@ -169,7 +172,7 @@ class RowProcessor {
   // renormalised over the choices), the predicted choice, and whether it is the label.
   absl::Status ScoreChoices(const BatchRow& row, const json& settings, const std::string& digest, size_t position,
                             int& attempts, json& result) const {
-    // ReadRows refuses such rows; a row built otherwise is refused before any call.
+    // Reading the input refuses such rows; a row built otherwise is refused before any call.
     if (row.label && std::find(row.choices.begin(), row.choices.end(), *row.label) == row.choices.end()) {
       return absl::InvalidArgumentError(absl::StrCat("label \"", *row.label, "\" is not one of the choices"));
     }
@@ -271,34 +274,55 @@ absl::Status CheckRequestIsAsDone(const DoneRow& result, const BatchRow& row, co
   return absl::OkStatus();
 }
 
-// Refuses a results file written by another job: a row this job does not have, one it would send otherwise
-// (CheckRequestIsAsDone), or one whose input changed since (CheckResultIsOfRow, as merge checks). Lines
-// written before results carried request ids are checked by their settings hash only.
-absl::Status CheckDoneRowsAreThisJobs(const std::vector<BatchRow>& rows, const json& settings,
-                                      const ModelFingerprints& fingerprints, const ResultLog& log) {
-  std::map<std::string, const BatchRow*> by_id;
-  for (const BatchRow& row : rows) by_id[row.id] = &row;
-  const std::pair<const std::string, DoneRow>* first_foreign = nullptr;
-  for (const auto& entry : log.done()) {
-    if (!by_id.contains(entry.first) && (first_foreign == nullptr || entry.second.line < first_foreign->second.line)) {
-      first_foreign = &entry;
-    }
+// A row the results file already holds: its position in the job's rows, and its result.
+struct DoneInInput {
+  size_t row;
+  const DoneRow* result;
+};
+
+// The rows `log` holds results of, in input order, once the file is found to be this job's: refuses a
+// results file written by another job (a row this job does not have, one it would send otherwise:
+// CheckRequestIsAsDone), or a result whose row changed since (CheckResultIsOfRow, as merge checks). Lines
+// written before results carried request ids are checked by their settings hash only. Only rows whose id
+// digest is among the results' are read.
+absl::StatusOr<std::vector<DoneInInput>> DoneRowsOfThisJob(const JobRows& rows, const json& settings,
+                                                           const ModelFingerprints& fingerprints,
+                                                           const ResultLog& log) {
+  std::vector<uint64_t> done_ids;
+  done_ids.reserve(log.done().size());
+  for (const auto& entry : log.done()) done_ids.push_back(IdDigest(entry.first));
+  std::sort(done_ids.begin(), done_ids.end());
+  std::vector<DoneInInput> done;
+  absl::Status first_mismatch;  // reported after a row not in the input, which was checked first
+  for (size_t i = 0; i < rows.size(); ++i) {
+    if (!std::binary_search(done_ids.begin(), done_ids.end(), rows.IdDigestOf(i))) continue;
+    absl::StatusOr<BatchRow> row = rows.Row(i);
+    if (!row.ok()) return row.status();
+    auto result = log.done().find(row->id);
+    if (result == log.done().end()) continue;  // another id of the same digest
+    done.push_back({i, &result->second});
+    if (!first_mismatch.ok()) continue;
+    const std::string line = absl::StrCat(log.path(), ":", result->second.line);
+    first_mismatch =
+        CheckRequestIsAsDone(result->second, *row, settings, fingerprints, line + ": row \"" + row->id + "\"");
+    if (first_mismatch.ok()) first_mismatch = CheckResultIsOfRow(result->second, *row, line);
   }
-  if (first_foreign != nullptr) {
+  if (done.size() < log.done().size()) {
+    std::set<const DoneRow*> of_rows;
+    for (const DoneInInput& row : done) of_rows.insert(row.result);
+    const std::pair<const std::string, DoneRow>* first_foreign = nullptr;
+    for (const auto& entry : log.done()) {
+      if (!of_rows.contains(&entry.second) &&
+          (first_foreign == nullptr || entry.second.line < first_foreign->second.line)) {
+        first_foreign = &entry;
+      }
+    }
     return absl::FailedPreconditionError(
         absl::StrCat(log.path(), ":", first_foreign->second.line, ": row \"", first_foreign->first,
                      "\" is not in this job's input: the file holds another job's results; write to another file"));
   }
-  for (const BatchRow& row : rows) {
-    auto done = log.done().find(row.id);
-    if (done == log.done().end()) continue;
-    const DoneRow& result = done->second;
-    const std::string line = absl::StrCat(log.path(), ":", result.line);
-    absl::Status same = CheckRequestIsAsDone(result, row, settings, fingerprints, line + ": row \"" + row.id + "\"");
-    if (same.ok()) same = CheckResultIsOfRow(result, row, line);
-    if (!same.ok()) return same;
-  }
-  return absl::OkStatus();
+  if (!first_mismatch.ok()) return first_mismatch;
+  return done;
 }
 
 }  // namespace
@@ -364,7 +388,7 @@ absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient
   return fingerprint;
 }
 
-absl::StatusOr<ModelFingerprints> FingerprintModels(const std::vector<BatchRow>& rows, json& settings,
+absl::StatusOr<ModelFingerprints> FingerprintModels(const JobRows& rows, json& settings,
                                                     const std::vector<AttributionClient*>& clients) {
   std::string model = settings["model"].get<std::string>();
   std::string job_digest;
@@ -377,11 +401,7 @@ absl::StatusOr<ModelFingerprints> FingerprintModels(const std::vector<BatchRow>&
                                                           .max_steps = info.max_steps,
                                                           .max_samples = info.max_samples,
                                                           .vocab_size = info.vocab_size}}};
-  for (const BatchRow& row : rows) {
-    if (!row.settings.contains("model")) continue;
-    absl::StatusOr<json> effective = MergeSettings(settings, row.settings, "row");
-    if (!effective.ok()) continue;  // the row's result is that error
-    const std::string name = (*effective)["model"].get<std::string>();
+  for (const std::string& name : rows.models()) {
     if (fingerprints.contains(name)) continue;
     std::string resolved = name;
     std::string digest;
@@ -396,39 +416,38 @@ absl::StatusOr<ModelFingerprints> FingerprintModels(const std::vector<BatchRow>&
   return fingerprints;
 }
 
-absl::StatusOr<JobSummary> RunJob(const std::vector<BatchRow>& rows, const json& settings,
-                                  const ModelFingerprints& fingerprints, const std::vector<AttributionClient*>& clients,
-                                  ResultLog& log, const RunnerOptions& options, std::ostream& progress) {
+absl::StatusOr<JobSummary> RunJob(const JobRows& rows, const json& settings, const ModelFingerprints& fingerprints,
+                                  const std::vector<AttributionClient*>& clients, ResultLog& log,
+                                  const RunnerOptions& options, std::ostream& progress) {
   if (clients.empty()) return absl::InvalidArgumentError("no servers to send the rows to");
   if (options.window < 1 || options.window > kMaxWindow) {
     return absl::InvalidArgumentError(absl::StrCat("window ", options.window, " must lie in [1, ", kMaxWindow, "]"));
   }
   JobSummary summary;
   summary.rows = static_cast<int64_t>(rows.size());
-  if (absl::Status same = CheckDoneRowsAreThisJobs(rows, settings, fingerprints, log); !same.ok()) return same;
-  std::vector<const BatchRow*> todo;
-  for (const BatchRow& row : rows) {
-    if (log.done().contains(row.id)) {
-      ++summary.skipped;
+  absl::StatusOr<std::vector<DoneInInput>> done = DoneRowsOfThisJob(rows, settings, fingerprints, log);
+  if (!done.ok()) return done.status();
+  summary.skipped = static_cast<int64_t>(done->size());
+  std::vector<size_t> todo;  // positions in `rows`
+  for (size_t i = 0, d = 0; i < rows.size(); ++i) {
+    if (d < done->size() && (*done)[d].row == i) {
+      ++d;
     } else {
-      todo.push_back(&row);
+      todo.push_back(i);
     }
   }
   // Rows to run that an uninterrupted run would have written before rows the file already holds (they
   // failed for lack of capacity and were dropped on reopening): a prefix of `todo`, since both are in
   // input order. Their lines are held back and go in with one Rewrite of the whole file in input order.
-  size_t last_done = 0;  // 1 + the input position of the last row done
+  const size_t last_done = done->empty() ? 0 : done->back().row + 1;  // 1 + the input position of the last row done
   bool done_in_order = true;
   int64_t previous_line = 0;
-  for (size_t i = 0; i < rows.size(); ++i) {
-    auto done = log.done().find(rows[i].id);
-    if (done == log.done().end()) continue;
-    last_done = i + 1;
-    done_in_order = done_in_order && done->second.line > previous_line;
-    previous_line = done->second.line;
+  for (const DoneInInput& row : *done) {
+    done_in_order = done_in_order && row.result->line > previous_line;
+    previous_line = row.result->line;
   }
   size_t held_back = 0;
-  while (held_back < todo.size() && static_cast<size_t>(todo[held_back] - rows.data()) < last_done) ++held_back;
+  while (held_back < todo.size() && todo[held_back] < last_done) ++held_back;
   bool reorder = held_back > 0 || !done_in_order;
   std::vector<std::string> held_lines;
   // Once every held-back row has its line: the file rewritten as an uninterrupted run would have it.
@@ -436,9 +455,9 @@ absl::StatusOr<JobSummary> RunJob(const std::vector<BatchRow>& rows, const json&
     // Kept lines are copied from the file by offset: the rewrite holds the held-back lines, not the file.
     std::vector<ResultLog::RewrittenLine> lines;
     size_t held = 0;
-    for (size_t i = 0; i < last_done; ++i) {
-      if (auto done = log.done().find(rows[i].id); done != log.done().end()) {
-        lines.push_back({.done = &done->second});
+    for (size_t i = 0, d = 0; i < last_done; ++i) {
+      if (d < done->size() && (*done)[d].row == i) {
+        lines.push_back({.done = (*done)[d++].result});
       } else if (held < held_lines.size()) {
         lines.push_back({.text = std::move(held_lines[held++])});
       }
@@ -475,7 +494,10 @@ absl::StatusOr<JobSummary> RunJob(const std::vector<BatchRow>& rows, const json&
     try {
       workers.emplace_back([&] {
         while (std::optional<size_t> i = take()) {
-          RowOutcome outcome = processor.Process(*todo[*i], *i);
+          // Read now, not held from the start: the rows in flight are what the job holds of its input.
+          absl::StatusOr<BatchRow> row = rows.Row(todo[*i]);
+          RowOutcome outcome = row.ok() ? processor.Process(*row, *i) : RowOutcome{.fatal = row.status()};
+          if (row.ok()) outcome.id = std::move(row->id);
           std::lock_guard<std::mutex> lock(mutex);
           finished.emplace(*i, std::move(outcome));
           finished_one.notify_one();
@@ -515,7 +537,13 @@ absl::StatusOr<JobSummary> RunJob(const std::vector<BatchRow>& rows, const json&
       summary.to_retry += outcome.retry;
       if (outcome.delta) {
         summary.abs_deltas.push_back(std::abs(*outcome.delta));
-        summary.worst_deltas.emplace_back(std::abs(*outcome.delta), todo[written + lines.size() - 1]->id);
+        // The worst rows only, not a pair per row: the summary names options.worst_rows of them.
+        summary.worst_deltas.emplace_back(std::abs(*outcome.delta), std::move(outcome.id));
+        std::push_heap(summary.worst_deltas.begin(), summary.worst_deltas.end(), std::greater<>());
+        if (summary.worst_deltas.size() > static_cast<size_t>(options.worst_rows)) {
+          std::pop_heap(summary.worst_deltas.begin(), summary.worst_deltas.end(), std::greater<>());
+          summary.worst_deltas.pop_back();
+        }
       }
     }
     if (reorder) {

@@ -16,6 +16,7 @@
 #include "absl/time/time.h"
 #include "client/attribution_client.h"
 #include "client/batch/batch_job.h"
+#include "client/batch/input_rows.h"
 #include "client/batch/result_log.h"
 
 namespace attribution::client::batch {
@@ -75,16 +76,18 @@ struct ModelIdentity {
 using ModelFingerprints = std::map<std::string, absl::StatusOr<ModelIdentity>>;
 
 // The fingerprints of the job's model (settings["model"], set to the servers' first model when empty; the
-// job fails when the servers do not hold it) and of each model rows name in their own settings, asking the
-// servers once per model. A failure other than NOT_FOUND fails the job.
-absl::StatusOr<ModelFingerprints> FingerprintModels(const std::vector<BatchRow>& rows, nlohmann::json& settings,
+// job fails when the servers do not hold it) and of each model rows name in their own settings
+// (rows.models()), asking the servers once per model. A failure other than NOT_FOUND fails the job.
+absl::StatusOr<ModelFingerprints> FingerprintModels(const JobRows& rows, nlohmann::json& settings,
                                                     const std::vector<AttributionClient*>& clients);
 
 // Runs the rows `log` does not hold yet and writes their results in input order, each recording the
 // fingerprint of the model it ran on (`fingerprints`, from FingerprintModels). FAILED_PRECONDITION, naming
 // the file's line, when `log` holds rows of another job: a row not in `rows`, or one done with other
-// settings, on another model or for another input (its request_id).
-absl::StatusOr<JobSummary> RunJob(const std::vector<BatchRow>& rows, const nlohmann::json& settings,
+// settings, on another model or for another input (its request_id). A row is read from `rows` when it is
+// checked against its result or about to run, so the job holds the rows in flight, not the input; one that
+// cannot be read (its file changed since it was checked) stops the job before its line is written.
+absl::StatusOr<JobSummary> RunJob(const JobRows& rows, const nlohmann::json& settings,
                                   const ModelFingerprints& fingerprints, const std::vector<AttributionClient*>& clients,
                                   ResultLog& log, const RunnerOptions& options, std::ostream& progress);
 

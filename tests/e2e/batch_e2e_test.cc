@@ -1486,6 +1486,62 @@ TEST_F(BatchResume, ALargeResultsFileResumesMergesAndConvertsInLessMemoryThanIts
   EXPECT_TRUE(ReadFile(dir_.File("merged.jsonl")) == ReadFile(output)) << "the merged file differs from the job's";
 }
 
+// A job read its whole input into memory, parsed, before its first row (a 100 MB CSV of 1,000,000 rows took
+// 756 MB), and each shard's pod reads the whole file: past ~130 MB of input a shard was OOM-killed in its
+// 1 GiB pod. It now keeps per row where the row is and digests of it, and reads a row again when it runs it:
+// a shard of a 48 MB CSV (prompts quoted across lines among its rows) runs in less memory than the file's
+// size, and its lines are those its rows get as a file of their own (all but the server's timings).
+TEST_F(BatchResume, AShardOfALargeInputRunsInLessMemoryThanTheInput) {
+  constexpr int kRows = 500'000, kShards = 2'500, kShard = 1;  // 200 rows run
+  const std::vector<std::string> colours = {"red", "blue", "gold", "green"};
+  const std::string input = dir_.File("large.csv"), alone = dir_.File("alone.csv");
+  {
+    std::ofstream all(input), own(alone);
+    all << "id,prompt,target\n";
+    own << "id,prompt,target\n";
+    for (int i = 0; i < kRows; ++i) {
+      const std::string prompt = absl::StrCat("Question ", i, ": the cup on the table is ", colours[i % colours.size()],
+                                              ". Q: Is it warm to the touch? A:");
+      const std::string field =
+          i % 7 == 0 ? absl::StrCat("\"", prompt.substr(0, 12), "\n\"\"", prompt.substr(12), "\"") : prompt;
+      const std::string record = absl::StrCat("r", i, ",", field, ",", i % 2 == 0 ? " Yes" : " No", "\n");
+      all << record;
+      if (i % kShards == kShard) own << record;
+    }
+  }
+  const int64_t file_bytes = static_cast<int64_t>(std::filesystem::file_size(input));
+  // One row at a time on both runs: the same batch compositions, so the same numbers.
+  const auto run = [&](const std::string& rows, const std::string& output, std::vector<std::string> more,
+                       int64_t* peak) {
+    std::vector<std::string> args = {"--input=" + rows,   "--output=" + output, "--server=" + server_->address(),
+                                     "--method=saliency", "--progress=log",     "--window=1"};
+    args.insert(args.end(), more.begin(), more.end());
+    return RunBatch(
+        args, log_, [] { return false; }, peak);
+  };
+  int64_t peak = 0;
+  const std::string shard = dir_.File("shard.jsonl"), expected = dir_.File("alone.jsonl");
+  ASSERT_EQ(run(input, shard, {absl::StrCat("--shard_count=", kShards), absl::StrCat("--shard_index=", kShard)}, &peak),
+            0)
+      << ReadFile(log_);
+  EXPECT_LT(peak, file_bytes) << "a shard of a " << file_bytes << "-byte input";
+  ASSERT_EQ(run(alone, expected, {}, nullptr), 0) << ReadFile(log_);
+  const auto without_timings = [](const std::string& path) {
+    std::vector<std::string> lines;
+    std::ifstream in(path);
+    for (std::string line; std::getline(in, line);) {
+      const size_t at = line.find("\"server_seconds\":");
+      const size_t end = at == std::string::npos ? at : line.find_first_of(",}", at);
+      lines.push_back(at == std::string::npos ? line : line.erase(at, end - at));
+    }
+    return lines;
+  };
+  const std::vector<std::string> lines = without_timings(shard), expected_lines = without_timings(expected);
+  ASSERT_EQ(lines.size(), static_cast<size_t>(kRows / kShards));
+  EXPECT_THAT(lines, ::testing::ContainerEq(expected_lines));
+  EXPECT_THAT(lines[3], HasSubstr("\"id\":\"r7501\""));
+}
+
 // A line of another shape than the tool writes is refused when the job resumes, naming its line.
 TEST_F(BatchResume, AResultLineOfAnotherShapeIsRefused) {
   const std::string input = WriteQuestions("rows.jsonl", 2), output = dir_.File("odd.jsonl");

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-// Reading a job's rows (client/batch/batch_job.h) from hostile files: deep nesting, repeated keys and
-// columns, settings of the wrong shape and broken choices are refused naming the file's line; files are
-// replaced whole even with writers racing.
+// Reading a job's rows (client/batch/batch_job.h) from hostile files: deep
+// nesting, repeated keys and columns, settings of the wrong shape and broken
+// choices are refused naming the file's line; files are replaced whole even
+// with writers racing.
 #include "client/batch/batch_job.h"
 
 #include <gmock/gmock.h>
@@ -10,6 +11,7 @@
 #include <fstream>
 #include <string>
 
+#include "client/batch/input_rows.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 
@@ -24,24 +26,26 @@ using ::testing::HasSubstr;
 constexpr absl::StatusCode kInvalidArgument = absl::StatusCode::kInvalidArgument;
 
 // `text` as the file `name` in `dir`; returns its path.
-std::string Write(const TempDir& dir, const std::string& name, const std::string& text) {
+std::string Write(const TempDir &dir, const std::string &name, const std::string &text) {
   const std::string path = dir.File(name);
   std::ofstream(path) << text;
   return path;
 }
 
-// A setting nested a million deep overflowed the stack (exit 139) where the row was copied.
+// A setting nested a million deep overflowed the stack (exit 139) where the row
+// was copied.
 TEST(ReadRows, ADeeplyNestedValueIsRefusedNamingTheLine) {
   TempDir dir;
-  const std::string rows =
-      Write(dir, "rows.jsonl",
-            "{\"id\":\"a\",\"prompt\":\"p\"}\n{\"id\":\"x\",\"prompt\":\"p\",\"settings\":{\"seed\":" +
-                std::string(1000000, '[') + std::string(1000000, ']') + "}}\n");
+  const std::string rows = Write(dir, "rows.jsonl",
+                                 "{\"id\":\"a\",\"prompt\":\"p\"}\n{\"id\":\"x\",\"prompt\":\"p\","
+                                 "\"settings\":{\"seed\":" +
+                                     std::string(1000000, '[') + std::string(1000000, ']') + "}}\n");
   EXPECT_THAT(ReadRows(rows).status(),
               StatusIs(kInvalidArgument, HasSubstr("rows.jsonl:2: objects and arrays nested more than 64 deep")));
 }
 
-// Settings are scalars: a list or an object is refused when the row is read, naming the setting.
+// Settings are scalars: a list or an object is refused when the row is read,
+// naming the setting.
 TEST(ReadRows, ASettingThatIsAListOrAnObjectIsRefused) {
   TempDir dir;
   EXPECT_THAT(ReadRows(Write(dir, "rows.jsonl",
@@ -61,7 +65,8 @@ TEST(ReadRows, ASettingThatIsAListOrAnObjectIsRefused) {
               IsOk());
 }
 
-// nlohmann kept the last of a repeated key ("k2") silently; a repeated CSV column kept the second.
+// nlohmann kept the last of a repeated key ("k2") silently; a repeated CSV
+// column kept the second.
 TEST(ReadRows, ARepeatedKeyOrColumnIsRefusedNamingIt) {
   TempDir dir;
   EXPECT_THAT(ReadRows(Write(dir, "rows.jsonl",
@@ -74,9 +79,10 @@ TEST(ReadRows, ARepeatedKeyOrColumnIsRefusedNamingIt) {
               StatusIs(kInvalidArgument, HasSubstr("rows.csv:1: column \"prompt\" repeats column 2 of the header")));
 }
 
-// Choices " Yes||" (CSV) reached the server as empty targets ("target: must hold at least one token"), and a
-// label not among the choices was found only after every choice was scored: both are refused when the row
-// is read, naming it.
+// Choices " Yes||" (CSV) reached the server as empty targets ("target: must
+// hold at least one token"), and a label not among the choices was found only
+// after every choice was scored: both are refused when the row is read, naming
+// it.
 TEST(ReadRows, AnEmptyChoiceOrALabelNotAmongTheChoicesIsRefusedNamingTheRow) {
   TempDir dir;
   EXPECT_THAT(ReadRows(Write(dir, "rows.csv", "id,prompt,choices,label\nq1,Is it warm?, Yes||, Yes\n")).status(),
@@ -94,7 +100,8 @@ TEST(ReadRows, AnEmptyChoiceOrALabelNotAmongTheChoicesIsRefusedNamingTheRow) {
                                                    "choices (\" Yes\", \" No\")")));
 }
 
-// A setting of the wrong type is named with its type, in English: "must be a integer" read as a typo.
+// A setting of the wrong type is named with its type, in English: "must be a
+// integer" read as a typo.
 TEST(MergeSettings, AValueOfTheWrongTypeIsRefusedNamingTheType) {
   EXPECT_THAT(MergeSettings(JobDefaults(), nlohmann::json{{"n_steps", 1.5}}, "row").status(),
               StatusIs(kInvalidArgument, HasSubstr("row: setting \"n_steps\" must be an integer")));

@@ -93,13 +93,14 @@ class BatchRunner : public ::testing::Test {
   absl::StatusOr<JobSummary> Run(const std::vector<BatchRow>& rows, RunnerOptions options = {}) {
     json settings = JobDefaults();
     settings["model"] = "demo";
-    absl::StatusOr<ModelFingerprints> fingerprints = FingerprintModels(rows, settings, clients_);
+    const RowsInMemory in_memory(rows);
+    absl::StatusOr<ModelFingerprints> fingerprints = FingerprintModels(in_memory, settings, clients_);
     if (!fingerprints.ok()) return fingerprints.status();
     absl::StatusOr<std::unique_ptr<ResultLog>> log = ResultLog::Open(output_);
     if (!log.ok()) return log.status();
     options.initial_backoff = absl::Milliseconds(1);
     std::ostringstream progress;
-    return RunJob(rows, settings, *fingerprints, clients_, **log, options, progress);
+    return RunJob(in_memory, settings, *fingerprints, clients_, **log, options, progress);
   }
   std::vector<json> Results() const {
     std::vector<json> results;
@@ -192,6 +193,32 @@ TEST_F(BatchRunner, ChoicesWithoutAFinitePositiveProbabilityHaveNoPrediction) {
   EXPECT_EQ(mixed["predicted"], " No");
   EXPECT_EQ(mixed["correct"], false);
   EXPECT_EQ(mixed["choice_probs_renormalised"], json::parse("[null, 1.0]"));
+}
+
+// A job reads each row again when it runs it: an input rewritten since the rows were checked (a job rerun
+// on a file still being written) stops the job before a row of the new file is sent or its line written.
+TEST_F(BatchRunner, AnInputChangedSinceItWasCheckedStopsTheJob) {
+  Start();
+  const std::string input = dir_.File("rows.jsonl");
+  std::ofstream(input) << R"({"id": "a", "prompt": "Is it warm?", "target": " Yes"})"
+                       << "\n"
+                       << R"({"id": "b", "prompt": "Is it cold?", "target": " No"})"
+                       << "\n";
+  absl::StatusOr<std::unique_ptr<InputRows>> rows = InputRows::Open(input);
+  ASSERT_THAT(rows, IsOk());
+  std::ofstream(input, std::ios::trunc) << R"({"id": "a", "prompt": "Is it hot?", "target": " Yes"})"
+                                        << "\n";
+  json settings = JobDefaults();
+  settings["model"] = "demo";
+  absl::StatusOr<ModelFingerprints> fingerprints = FingerprintModels(**rows, settings, clients_);
+  ASSERT_THAT(fingerprints, IsOk());
+  absl::StatusOr<std::unique_ptr<ResultLog>> log = ResultLog::Open(output_);
+  ASSERT_THAT(log, IsOk());
+  std::ostringstream progress;
+  EXPECT_THAT(RunJob(**rows, settings, *fingerprints, clients_, **log, {}, progress).status(),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("rows.jsonl: the input changed")));
+  EXPECT_EQ(service_.attribute_calls, 0);
+  EXPECT_TRUE(Results().empty());
 }
 
 // A choice given twice split its probability with itself (" Yes", " Yes" -> 0.5 / 0.5): the row's

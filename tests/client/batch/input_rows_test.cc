@@ -1,0 +1,137 @@
+// SPDX-License-Identifier: Apache-2.0
+// A job's rows read in bounded memory (client/batch/input_rows.h): each row read again by offset is the row
+// checked (CSV records across lines, byte order marks, shards), errors come as when files were read whole,
+// and a file changed since it was checked is refused, never mixed.
+#include "client/batch/input_rows.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+
+namespace attribution::client::batch {
+namespace {
+
+using ::attribution::test_support::IsOk;
+using ::attribution::test_support::StatusIs;
+using ::attribution::test_support::TempDir;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+std::string Write(const TempDir& dir, const std::string& name, const std::string& text) {
+  const std::string path = dir.File(name);
+  std::ofstream(path, std::ios::binary) << text;
+  return path;
+}
+
+std::vector<std::string> Ids(const JobRows& rows) {
+  std::vector<std::string> ids;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    absl::StatusOr<BatchRow> row = rows.Row(i);
+    ids.push_back(row.ok() ? row->id : std::string(row.status().message()));
+  }
+  return ids;
+}
+
+// Offsets follow the CSV parser's records, not lines: a quoted field across lines, "\r\n" ends and blank
+// lines between records read back as the records they were, each shard taking every other row.
+TEST(InputRows, CsvRecordsAcrossLinesReadBackByOffset) {
+  TempDir dir;
+  const std::string csv = Write(dir, "rows.csv",
+                                "\xEF\xBB\xBFid,prompt,target\r\n"
+                                "a,\"two\nlines, \"\"quoted\"\"\", Yes\r\n"
+                                "\n"
+                                "b,Is a 5\" screen big?, No\n"
+                                "c,\"three\n\nlines\", Yes");
+  absl::StatusOr<std::unique_ptr<InputRows>> all = InputRows::Open(csv);
+  ASSERT_THAT(all, IsOk());
+  ASSERT_EQ((*all)->size(), 3u);
+  absl::StatusOr<BatchRow> a = (*all)->Row(0), b = (*all)->Row(1), c = (*all)->Row(2);
+  ASSERT_THAT(a, IsOk());
+  ASSERT_THAT(b, IsOk());
+  ASSERT_THAT(c, IsOk());
+  EXPECT_EQ(a->prompt, "two\nlines, \"quoted\"");
+  EXPECT_EQ(a->target, " Yes");
+  EXPECT_EQ(a->line, 2);
+  EXPECT_EQ(b->prompt, "Is a 5\" screen big?");
+  EXPECT_EQ(b->line, 5);
+  EXPECT_EQ(c->prompt, "three\n\nlines");
+  EXPECT_EQ(c->line, 6);
+  absl::StatusOr<std::unique_ptr<InputRows>> odd = InputRows::Open(csv, 1, 2);
+  ASSERT_THAT(odd, IsOk());
+  EXPECT_THAT(Ids(**odd), ElementsAre("b"));
+  const std::string jsonl = Write(dir, "rows.jsonl",
+                                  "\xEF\xBB\xBF{\"id\": \"a\", \"prompt\": \"p\"}\n\n"
+                                  "{\"id\": 7, \"prompt\": \"q\", \"settings\": {\"model\": \"other\"}}\r\n"
+                                  "{\"id\": \"c\", \"prompt\": \"r\", \"settings\": {\"model\": \"other\"}}");
+  absl::StatusOr<std::unique_ptr<InputRows>> rows = InputRows::Open(jsonl);
+  ASSERT_THAT(rows, IsOk());
+  EXPECT_THAT(Ids(**rows), ElementsAre("a", "7", "c"));
+  EXPECT_EQ((*rows)->Row(2)->line, 4);
+  EXPECT_THAT((*rows)->models(), ElementsAre("other"));
+}
+
+// A repeated id is found across shards (each pod reads the whole file), naming both lines; a bad row is
+// reported before it, and an unclosed quote before a bad row (as when the whole file was parsed first).
+TEST(InputRows, ErrorsComeAsWhenTheFileWasReadWhole) {
+  TempDir dir;
+  const std::string repeated = Write(dir, "repeated.jsonl",
+                                     "{\"id\": \"a\", \"prompt\": \"p\"}\n"
+                                     "{\"id\": \"b\", \"prompt\": \"p\"}\n"
+                                     "{\"id\": \"c\", \"prompt\": \"p\"}\n"
+                                     "{\"id\": \"b\", \"prompt\": \"p\"}\n"
+                                     "{\"id\": \"a\", \"prompt\": \"p\"}\n");
+  for (int shard = 0; shard < 2; ++shard) {
+    EXPECT_THAT(InputRows::Open(repeated, shard, 2).status(),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("repeated.jsonl:4: id \"b\" repeats line 2")));
+  }
+  const std::string bad_then_repeated = Write(dir, "bad.jsonl",
+                                              "{\"id\": \"a\", \"prompt\": \"p\"}\n"
+                                              "{\"id\": \"a\", \"prompt\": \"p\"}\n"
+                                              "{\"id\": \"b\", \"prompt\": 3}\n");
+  EXPECT_THAT(InputRows::Open(bad_then_repeated).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("bad.jsonl:3: \"prompt\" must be a string")));
+  const std::string unclosed = Write(dir, "unclosed.csv", "id,prompt\na,p,extra\nb,\"never closed\n");
+  EXPECT_THAT(InputRows::Open(unclosed).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("unclosed.csv:3: unclosed quote")));
+  const std::string text = Write(dir, "rows.txt", "id,prompt\n");
+  EXPECT_THAT(InputRows::Open(text).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("rows.txt: rows come as .jsonl or .csv")));
+  EXPECT_THAT(InputRows::Open(dir.File("missing.csv")).status(),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("cannot read")));
+}
+
+// A file rewritten in place after its rows were checked (a job started on a file still being written) would
+// have the job send rows of two files: the rows are refused. A file renamed over the path is another file;
+// the job reads on the one it checked.
+TEST(InputRows, AFileChangedSinceItWasCheckedIsRefused) {
+  TempDir dir;
+  const std::string original = "id,prompt,target\na,first, Yes\nb,second, Yes\n";
+  for (const std::string& edit : {std::string("id,prompt,target\na,first, Yes\nb,SECOND, Yes\n"),
+                                  std::string("id,prompt,target\na,first, Yes\nb,second, Yes\nc,third, Yes\n")}) {
+    const std::string csv = Write(dir, "rows.csv", original);
+    absl::StatusOr<std::unique_ptr<InputRows>> rows = InputRows::Open(csv);
+    ASSERT_THAT(rows, IsOk());
+    ASSERT_THAT((*rows)->Row(1), IsOk());
+    std::ofstream(csv, std::ios::binary | std::ios::trunc) << edit;  // the same file, rewritten
+    for (size_t i = 0; i < 2; ++i) {
+      EXPECT_THAT((*rows)->Row(i).status(),
+                  StatusIs(absl::StatusCode::kFailedPrecondition,
+                           HasSubstr("rows.csv: the input changed while the job read it (is it being written?)")));
+    }
+  }
+  const std::string csv = Write(dir, "renamed.csv", original);
+  absl::StatusOr<std::unique_ptr<InputRows>> rows = InputRows::Open(csv);
+  ASSERT_THAT(rows, IsOk());
+  ASSERT_EQ(std::rename(Write(dir, "new.csv", "id,prompt,target\nx,other, No\n").c_str(), csv.c_str()), 0);
+  EXPECT_THAT(Ids(**rows), ElementsAre("a", "b"));
+}
+
+}  // namespace
+}  // namespace attribution::client::batch
