@@ -12,9 +12,18 @@ that line once per row, MEGABYTES in all. Then, each under /usr/bin/time -v (max
   parquet  the job rerun on its complete results file with --parquet (nothing to run; the table written).
 Prints one table row per case.
 
+With --input_rows N, the input side instead: a CSV (some prompts quoted across lines) and a JSONL file of N rows
+of about 100 bytes each (ids r0...), and for each, under /usr/bin/time -v:
+  shard    the job's shard 0 of --shards (each shard's pod reads and checks the whole file, then runs its rows),
+           run to the end; its results checked to be the shard's rows in input order;
+  whole    the whole file as one job, stopped after --seconds: its VmHWM (/proc/PID/status) then, and the rows
+           written by then.
+
 Usage: batch_memory.py BATCH_BINARY SERVER_BINARY MODEL_DIR [--megabytes 150] [--port 47150] [--label NAME]
+       batch_memory.py BATCH_BINARY SERVER_BINARY MODEL_DIR --input_rows 1000000 [--shards 1000] [--seconds 30]
 """
 import argparse
+import json
 import os
 import re
 import shutil
@@ -40,6 +49,62 @@ def peak_rss_mib(command, log):
     return status, int(match.group(1)) / 1024
 
 
+def write_inputs(work, rows):
+    """A CSV and a JSONL file of `rows` rows (one in 1000 of the CSV's prompts quoted across two lines)."""
+    colours = ["red", "blue", "gold", "green"]
+    csv_path, jsonl_path = os.path.join(work, "input.csv"), os.path.join(work, "input.jsonl")
+    with open(csv_path, "w") as csv, open(jsonl_path, "w") as jsonl:
+        csv.write("id,prompt,target\n")
+        for r in range(rows):
+            prompt = f"Question {r}: the cup on the table is {colours[r % 4]}. Q: Is it warm to the touch? A:"
+            target = " Yes" if r % 2 == 0 else " No"
+            quoted = '"' + prompt.replace(": the", ":\nthe") + '"' if r % 1000 == 0 else prompt
+            csv.write(f"r{r},{quoted},{target}\n")
+            jsonl.write('{"id": "r%d", "prompt": %s, "target": %s}\n' % (r, quote(prompt), quote(target)))
+    return csv_path, jsonl_path
+
+
+def peak_rss_after(command, log, seconds):
+    """Runs `command` for `seconds` (or until it ends); its VmHWM in MiB then. Stops it with SIGKILL."""
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.time() + seconds
+        while time.time() < deadline and process.poll() is None:
+            time.sleep(0.2)
+        peak = None
+        if process.poll() is None:
+            with open(f"/proc/{process.pid}/status") as status:
+                peak = int(re.search(r"VmHWM:\s+(\d+) kB", status.read()).group(1)) / 1024
+            process.kill()
+        process.wait()
+    if peak is None:
+        sys.exit(f"{' '.join(command)} ended ({process.returncode}) before {seconds} s:\n{open(log).read()[-3000:]}")
+    return peak
+
+
+def input_side(args, address, work):
+    csv_path, jsonl_path = write_inputs(work, args.input_rows)
+    print("| label | input | MB | rows | shard 0 of N: peak MiB | wall s | whole file after S s: VmHWM MiB |"
+          " rows written |")
+    for path in (csv_path, jsonl_path):
+        job = [args.batch, f"--input={path}", f"--server={address}", "--method=saliency", "--progress=log"]
+        shard = os.path.join(work, "shard.jsonl")
+        start = time.time()
+        _, shard_mib = peak_rss_mib(job + [f"--output={shard}", f"--shard_count={args.shards}", "--shard_index=0"],
+                                    os.path.join(work, "shard.log"))
+        wall = time.time() - start
+        ids = [json.loads(line)["id"] for line in open(shard)]
+        assert ids == [f"r{r}" for r in range(0, args.input_rows, args.shards)], "the shard's rows differ"
+        whole = os.path.join(work, "whole.jsonl")
+        whole_mib = peak_rss_after(job + [f"--output={whole}"], os.path.join(work, "whole.log"), args.seconds)
+        written = sum(1 for _ in open(whole)) if os.path.exists(whole) else 0
+        print(f"| {args.label} | {os.path.basename(path)} | {os.path.getsize(path) / 1e6:.0f} | {args.input_rows} | "
+              f"{shard_mib:.0f} (N = {args.shards}) | {wall:.1f} | {whole_mib:.0f} (S = {args.seconds}) | {written} |")
+        os.remove(shard)
+        if os.path.exists(whole):
+            os.remove(whole)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("batch")
@@ -48,6 +113,9 @@ def main():
     parser.add_argument("--megabytes", type=float, default=150)
     parser.add_argument("--port", type=int, default=47150)
     parser.add_argument("--label", default="")
+    parser.add_argument("--input_rows", type=int, default=0, help="measure the input side on files of this many rows")
+    parser.add_argument("--shards", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=30)
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="batch_memory_")
     address = f"127.0.0.1:{args.port}"
@@ -64,6 +132,9 @@ def main():
             time.sleep(0.3)
         line = open(one_output).readline().rstrip("\n")
         assert '"id":"r0"' in line, line
+        if args.input_rows:
+            input_side(args, address, work)
+            return
         rows = int(args.megabytes * 1e6 / (len(line) + 1))
         job_input, results = os.path.join(work, "rows.jsonl"), os.path.join(work, "results.jsonl")
         with open(job_input, "w") as f:
