@@ -541,7 +541,8 @@ int main(int argc, char** argv) {
       "  attribution-cli generate --prompt 'Once upon a time' --stream\n"
       "  attribution-cli logprobs --prompt 'The capital of France is' --target ' Paris' --top_k 5\n"
       "  attribution-cli models | health");
-  const attribution::client::CommandLine line = attribution::client::ScanCommandLine(argc, argv, "client/cli_main.cc");
+  const attribution::client::CommandLine line =
+      attribution::client::ScanCommandLine(argc, argv, usage.contains_help_flags);
   if (!line.error.empty()) {
     std::fprintf(stderr, "attribution-cli: %s\n", line.error.c_str());
     return 2;

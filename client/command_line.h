@@ -4,7 +4,7 @@
 // both tools promise 2, and says whether a flag was given only through a private accessor. Header-only:
 // both binaries use it.
 //
-//   const CommandLine line = ScanCommandLine(argc, argv, "client/batch/batch_main.cc");
+//   const CommandLine line = ScanCommandLine(argc, argv, [](absl::string_view file) { return ...; });
 //   if (!line.error.empty()) { std::fprintf(stderr, "attribution-batch: %s\n", line.error.c_str()); return 2; }
 //   std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
 //   if (line.given.contains("method")) ...
@@ -41,10 +41,11 @@ inline bool IsAbseilUsageFlag(absl::string_view name) {
 
 // Reads argv as abseil's parser does: "--" ends the flags; "-NAME" is "--NAME"; a value follows "=" or,
 // for a flag that is not a bool, comes as the next argument; "--noNAME" clears a bool. Values of the
-// flags defined in `own_file` are checked by parsing them into the flag (ParseCommandLine then parses
-// the same text again). abseil's own flags (--flagfile, --helpfull, ...) are left to it, as are the
-// flags of a --flagfile (abseil still exits 1 on those), and unknown flags named by --undefok.
-inline CommandLine ScanCommandLine(int argc, char** argv, absl::string_view own_file) {
+// flags defined in the files `own_file` accepts (the program's, as its --help lists them) are checked by
+// parsing them into the flag (ParseCommandLine then parses the same text again). abseil's own flags (--flagfile,
+// --helpfull, ...) are left to it, as are the flags of a --flagfile (abseil still exits 1 on those), and unknown flags
+// named by --undefok.
+inline CommandLine ScanCommandLine(int argc, char** argv, const std::function<bool(absl::string_view)>& own_file) {
   CommandLine line;
   std::vector<std::string> unknown;
   std::set<std::string, std::less<>> undefok;
@@ -82,7 +83,7 @@ inline CommandLine ScanCommandLine(int argc, char** argv, absl::string_view own_
       for (absl::string_view n : absl::StrSplit(value, ',', absl::SkipEmpty())) undefok.emplace(n);
     }
     line.given.insert(name);
-    if (!absl::EndsWith(flag->Filename(), own_file) || (!has_value && flag->IsOfType<bool>())) continue;
+    if (!own_file(flag->Filename()) || (!has_value && flag->IsOfType<bool>())) continue;
     if (std::string error; !flag->ParseFrom(value, &error)) {
       line.error = absl::StrCat("--", name, ": illegal value \"", value, "\" (", flag->Help(), ")");
     }

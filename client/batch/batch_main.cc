@@ -633,7 +633,7 @@ int main(int argc, char** argv) {
       "attributions for a whole data set, resumable: attribution-batch --input=ROWS --output=RESULTS [flags]; "
       "attribution-batch merge --input=ROWS --output=RESULTS SHARD_RESULTS...");
   const attribution::client::CommandLine line =
-      attribution::client::ScanCommandLine(argc, argv, "client/batch/batch_main.cc");
+      attribution::client::ScanCommandLine(argc, argv, usage.contains_help_flags);
   if (!line.error.empty()) return attribution::client::batch::UsageError(line.error);
   std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
   if (positional.size() >= 2 && std::string(positional[1]) == "merge") {

@@ -229,6 +229,7 @@ TEST(CliCommandLine, BadFlagsAreUsageErrors) {
       {"--n_steps=nan", "--n_steps: illegal value \"nan\""},
       {"--top_k=3.5", "--top_k: illegal value \"3.5\""},
       {"--json=perhaps", "--json: illegal value \"perhaps\""},
+      {"--tls=maybe", "--tls: illegal value \"maybe\""},
       {"--no_such_flag", "unknown flag --no_such_flag"},
       {"--timeout=nan", "--timeout: give a number of seconds above 0, not nan"},
       {"--timeout=-1", "--timeout: give a number of seconds above 0, not -1"},
