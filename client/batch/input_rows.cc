@@ -28,6 +28,14 @@ using nlohmann::json;
 
 constexpr absl::string_view kUtf8ByteOrderMark = "\xEF\xBB\xBF";
 constexpr size_t kChunkBytes = 1 << 16;
+// No request carries a row this long (the client's 64 MiB message limit): a longer one is refused as it is
+// read, before it is held whole (a CSV quote left open swallows the rest of the file into one field).
+constexpr int64_t kMaxRowBytes = int64_t{64} << 20;
+
+absl::Status RowTooLong(const std::string& path, int64_t line) {
+  return absl::InvalidArgumentError(absl::StrCat(path, ":", line, ": the row is over ", kMaxRowBytes >> 20,
+                                                 " MiB, more than a request may carry (a CSV quote left open?)"));
+}
 
 uint64_t Fnv1a(absl::string_view bytes, uint64_t hash = 1469598103934665603ull) {
   for (unsigned char c : bytes) {
@@ -73,19 +81,22 @@ class Bytes {
   }
   int64_t position() const { return buffer_offset_ + static_cast<int64_t>(pos_); }
   const absl::Status& status() const { return status_; }
-  // The bytes up to the next '\n' (or the end) into `text`, the '\n' consumed.
-  void ReadLine(std::string& text) {
+  // The bytes up to the next '\n' (or the end) into `text`, the '\n' consumed; false (the line's rest left
+  // unread) once `text` would pass `limit` bytes.
+  bool ReadLine(std::string& text, size_t limit) {
     text.clear();
     while (Available()) {
+      if (text.size() > limit) return false;
       const size_t newline = buffer_.find('\n', pos_);
       const size_t end = newline == std::string::npos ? buffer_.size() : newline;
       text.append(buffer_, pos_, end - pos_);
       pos_ = end;
       if (newline != std::string::npos) {
         ++pos_;
-        return;
+        return text.size() <= limit;
       }
     }
+    return text.size() <= limit;
   }
 
  private:
@@ -147,6 +158,7 @@ class CsvReader {
         return any || record.fields.size() > 1 || !record.fields[0].empty();
       }
       std::string& field = record.fields.back();
+      if (at - record.offset > kMaxRowBytes) return RowTooLong(path, record.line);
       if (quoted) {
         if (c == '"' && in_.Peek() == '"') {
           field += '"';
@@ -318,8 +330,9 @@ absl::Status ScanJsonl(Bytes& in, const std::string& path, const EachRow& each) 
   std::string text;
   for (int64_t number = 1; !in.AtEnd(); ++number) {
     const int64_t offset = in.position();
-    in.ReadLine(text);
+    const bool whole = in.ReadLine(text, kMaxRowBytes);
     if (!in.status().ok()) return in.status();
+    if (!whole) return RowTooLong(path, number);
     if (absl::StripAsciiWhitespace(text).empty()) continue;
     const std::string where = absl::StrCat(path, ":", number);
     absl::StatusOr<json> object = ParseJson(text, where);
@@ -342,9 +355,9 @@ absl::Status ScanCsv(Bytes& in, const std::string& path, std::vector<std::string
   absl::StatusOr<bool> more = reader.Next(record, path);
   if (!more.ok()) return more.status();
   if (!*more) return absl::OkStatus();
-  if (absl::Status checked = CheckHeader(record, path); !checked.ok()) return checked;
-  header = std::move(record.fields);
-  absl::Status first_error;
+  // A bad header is the file's error unless a quote is left open (found at the end): read on, as for rows.
+  absl::Status first_error = CheckHeader(record, path);
+  if (first_error.ok()) header = std::move(record.fields);
   for (;;) {
     more = reader.Next(record, path);
     if (!more.ok()) return more.status();
@@ -416,6 +429,18 @@ absl::StatusOr<std::unique_ptr<InputRows>> InputRows::Open(const std::string& pa
   const bool csv = absl::EndsWith(path, ".csv");
   std::unique_ptr<InputRows> rows(new InputRows(path, csv));
   rows->fd_ = fd;
+  struct stat file {};
+  if (::fstat(fd, &file) != 0) {
+    return absl::NotFoundError(absl::StrCat("cannot read ", path, ": ", std::strerror(errno)));
+  }
+  if (S_ISDIR(file.st_mode))
+    return absl::NotFoundError(absl::StrCat("cannot read ", path, ": ", std::strerror(EISDIR)));
+  // A pipe (`<(zcat rows.jsonl.gz)`, /dev/stdin) cannot be read twice: pread failed with "Illegal seek".
+  if (!S_ISREG(file.st_mode)) {
+    return absl::InvalidArgumentError(absl::StrCat(path,
+                                                   ": the input must be a regular file (it is read twice, by "
+                                                   "offset): write the rows to a file first"));
+  }
   if (!csv && !absl::EndsWith(path, ".jsonl") && !absl::EndsWith(path, ".json")) {
     // A file that cannot be read (a directory) is that error first, as when files were read whole.
     char byte;
@@ -457,7 +482,12 @@ absl::StatusOr<std::unique_ptr<InputRows>> InputRows::Open(const std::string& pa
   }
   ids = {};
   if (!repeated.empty()) {
-    if (absl::Status unique = FirstRepeatedId(fd, path, csv, repeated); !unique.ok()) return unique;
+    absl::Status unique = FirstRepeatedId(fd, path, csv, repeated);
+    // What that second read found is of the checked file only if the file is still that one.
+    absl::StatusOr<FileIdentity> still = IdentityOfOpenFile(fd, path);
+    if (!still.ok()) return still.status();
+    if (*still != rows->identity_) return Changed(path);
+    if (!unique.ok()) return unique;
   }
   return rows;
 }

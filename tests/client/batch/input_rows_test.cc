@@ -4,8 +4,10 @@
 // and a file changed since it was checked is refused, never mixed.
 #include "client/batch/input_rows.h"
 
+#include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -113,24 +115,75 @@ TEST(InputRows, ErrorsComeAsWhenTheFileWasReadWhole) {
 TEST(InputRows, AFileChangedSinceItWasCheckedIsRefused) {
   TempDir dir;
   const std::string original = "id,prompt,target\na,first, Yes\nb,second, Yes\n";
-  for (const std::string& edit : {std::string("id,prompt,target\na,first, Yes\nb,SECOND, Yes\n"),
-                                  std::string("id,prompt,target\na,first, Yes\nb,second, Yes\nc,third, Yes\n")}) {
-    const std::string csv = Write(dir, "rows.csv", original);
-    absl::StatusOr<std::unique_ptr<InputRows>> rows = InputRows::Open(csv);
-    ASSERT_THAT(rows, IsOk());
-    ASSERT_THAT((*rows)->Row(1), IsOk());
-    std::ofstream(csv, std::ios::binary | std::ios::trunc) << edit;  // the same file, rewritten
-    for (size_t i = 0; i < 2; ++i) {
-      EXPECT_THAT((*rows)->Row(i).status(),
-                  StatusIs(absl::StatusCode::kFailedPrecondition,
-                           HasSubstr("rows.csv: the input changed while the job read it (is it being written?)")));
-    }
+  const std::string csv = Write(dir, "rows.csv", original);
+  absl::StatusOr<std::unique_ptr<InputRows>> rows = InputRows::Open(csv);
+  ASSERT_THAT(rows, IsOk());
+  ASSERT_THAT((*rows)->Row(1), IsOk());
+  std::ofstream(csv, std::ios::binary | std::ios::app) << "c,third, Yes\n";  // the same file, grown
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_THAT((*rows)->Row(i).status(),
+                StatusIs(absl::StatusCode::kFailedPrecondition,
+                         HasSubstr("rows.csv: the input changed while the job read it (is it being written?)")));
   }
-  const std::string csv = Write(dir, "renamed.csv", original);
+}
+
+// The same size and modification time (a kernel without fine-grained timestamps stamps writes within one tick
+// alike): the file's identity is unchanged, and the row whose bytes changed is refused by its content digest.
+TEST(InputRows, ARowRewrittenInPlaceIsRefusedByItsContent) {
+  TempDir dir;
+  const std::string csv = Write(dir, "rows.csv", "id,prompt,target\na,first, Yes\nb,second, Yes\n");
+  absl::StatusOr<std::unique_ptr<InputRows>> rows = InputRows::Open(csv);
+  ASSERT_THAT(rows, IsOk());
+  struct stat before {};
+  ASSERT_EQ(::stat(csv.c_str(), &before), 0);
+  std::ofstream(csv, std::ios::binary | std::ios::trunc) << "id,prompt,target\na,first, Yes\nb,SECOND, Yes\n";
+  const timespec times[2] = {before.st_atim, before.st_mtim};
+  ASSERT_EQ(::utimensat(AT_FDCWD, csv.c_str(), times, 0), 0);
+  EXPECT_THAT((*rows)->Row(0), IsOk());
+  EXPECT_THAT((*rows)->Row(1).status(),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("rows.csv: the input changed")));
+}
+
+TEST(InputRows, AFileRenamedOverThePathIsReadOnAsChecked) {
+  TempDir dir;
+  const std::string csv = Write(dir, "renamed.csv", "id,prompt,target\na,first, Yes\nb,second, Yes\n");
   absl::StatusOr<std::unique_ptr<InputRows>> rows = InputRows::Open(csv);
   ASSERT_THAT(rows, IsOk());
   ASSERT_EQ(std::rename(Write(dir, "new.csv", "id,prompt,target\nx,other, No\n").c_str(), csv.c_str()), 0);
   EXPECT_THAT(Ids(**rows), ElementsAre("a", "b"));
+}
+
+// A pipe cannot be read twice (pread failed with "Illegal seek", which named no cause); a directory is the
+// error it always was.
+TEST(InputRows, AnInputThatIsNoRegularFileIsRefusedNamingWhy) {
+  TempDir dir;
+  const std::string fifo = dir.File("rows.jsonl");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0644), 0);
+  const int writer = ::open(fifo.c_str(), O_RDWR | O_CLOEXEC);  // so that opening it to read does not wait
+  ASSERT_GE(writer, 0);
+  EXPECT_THAT(InputRows::Open(fifo).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("rows.jsonl: the input must be a regular file (it is read twice, by offset)")));
+  ::close(writer);
+  EXPECT_THAT(InputRows::Open(dir.path()).status(), StatusIs(absl::StatusCode::kNotFound, HasSubstr("Is a directory")));
+}
+
+// A quote left open swallowed the rest of the file into one field, held whole before the error: a row past
+// what a request may carry is refused as it is read. A bad header is reported after an unclosed quote, as
+// when the whole file was parsed first.
+TEST(InputRows, ARowPastWhatARequestCarriesIsRefusedAsItIsRead) {
+  TempDir dir;
+  const std::string open_quote =
+      Write(dir, "open.csv", "id,prompt\na,\"5 inch\n" + std::string((int64_t{64} << 20) + 10, 'x') + "\n");
+  EXPECT_THAT(InputRows::Open(open_quote).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("open.csv:2: the row is over 64 MiB")));
+  const std::string long_line =
+      Write(dir, "long.jsonl", "{\"id\": \"a\", \"prompt\": \"" + std::string((int64_t{64} << 20) + 10, 'x'));
+  EXPECT_THAT(InputRows::Open(long_line).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("long.jsonl:1: the row is over 64 MiB")));
+  const std::string header = Write(dir, "header.csv", "id,prompt,prompt\na,\"never closed\n");
+  EXPECT_THAT(InputRows::Open(header).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("header.csv:2: unclosed quote")));
 }
 
 }  // namespace
