@@ -398,7 +398,7 @@ int Serve() {
   Lifecycle::ServingStarted();
   metrics->get()->WatchModels(**models);
   service.SetModels(models->get());
-  // Its watch reads the models until StartDraining below, the one way on from here to the models' end.
+  // Its watch reads the models until health.Stop() below, the one way on from here to the models' end.
   health.Serve(**models);
   for (const auto& m : (*models)->models()) {
     const engine::LoadOptions& loaded = m->model->options();
@@ -426,8 +426,9 @@ int Serve() {
   Log("draining", absl::StrCat(stop.reason, ", ", service.gate().in_flight(), " calls in flight"));
   // Refusals begin before NOT_SERVING is advertised: a caller that saw NOT_SERVING is refused.
   service.gate().StartDraining();
-  health.StartDraining();
+  health.StartDraining();  // its watch still refuses the work a stalled model holds, which could not finish
   const bool idle = service.gate().WaitIdle(absl::Now() + config->grace_period);
+  health.Stop();
   // Stops the engines first, so calls still running past the grace period end UNAVAILABLE. Stopping waits for
   // each engine's running batch, which on a hung device never ends: the process would hang until killed. So
   // it stops them on another thread, and once a model is stalled (then or while waiting) it exits at once,

@@ -16,7 +16,7 @@ ServingHealth::ServingHealth(grpc::HealthCheckServiceInterface* health, std::str
   ApplyLocked();
 }
 
-ServingHealth::~ServingHealth() { StartDraining(); }
+ServingHealth::~ServingHealth() { Stop(); }
 
 void ServingHealth::Serve(const ModelRegistry& models) {
   absl::Duration period = absl::Seconds(1);
@@ -32,6 +32,12 @@ void ServingHealth::Serve(const ModelRegistry& models) {
 }
 
 void ServingHealth::StartDraining() {
+  std::lock_guard<std::mutex> lock(mu_);
+  draining_ = true;
+  ApplyLocked();
+}
+
+void ServingHealth::Stop() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     draining_ = stopping_ = true;
@@ -53,28 +59,49 @@ void ServingHealth::Watch(const ModelRegistry& models, absl::Duration period) {
   std::unique_lock<std::mutex> lock(mu_);
   while (!stop_changed_.wait_for(lock, absl::ToChronoNanoseconds(period), [this] { return stopping_; })) {
     for (const auto& model : models.models()) {
-      const std::string& name = model->spec.name;
-      const bool stalled = model->engine->stalled();
-      const auto listed = std::find(stalled_.begin(), stalled_.end(), name);
-      if (stalled == (listed != stalled_.end())) continue;
-      if (stalled) {
-        stalled_.push_back(name);
-        WriteLogLine({{"event", "model_stalled"},
-                      {"severity", "ERROR"},
-                      {"model", name},
-                      {"detail", absl::StrFormat("its running batch made no progress for %.1f s (engine.stall_seconds "
-                                                 "%.1f): health NOT_SERVING until it does",
-                                                 absl::ToDoubleSeconds(model->engine->TimeWithoutProgress()),
-                                                 absl::ToDoubleSeconds(model->spec.engine.stall_time))}});
-      } else {
-        stalled_.erase(listed);
-        WriteLogLine({{"event", "model_progressing"},
-                      {"model", name},
-                      {"detail", stalled_.empty() ? "no model is stalled now" : "other models are still stalled"}});
-      }
-      ApplyLocked();
+      engine::BatchingEngine& engine = *model->engine;
+      // At every look while stalled, not only the first: it costs a lock, and no row can wait there unseen.
+      // Unlocked: the refused calls end on this thread, and gRPC's completion is no place for this lock.
+      lock.unlock();
+      const bool stalled = engine.stalled();
+      const int64_t refused = stalled ? engine.RefuseQueuedWorkWhileStalled() : 0;
+      const absl::Duration without_progress = engine.TimeWithoutProgress();
+      lock.lock();
+      if (stopping_) return;
+      UpdateLocked(model->spec.name, stalled, refused, without_progress, model->spec.engine.stall_time);
     }
   }
+}
+
+void ServingHealth::UpdateLocked(const std::string& model, bool stalled, int64_t refused,
+                                 absl::Duration without_progress, absl::Duration stall_time) {
+  const auto listed = std::find(stalled_.begin(), stalled_.end(), model);
+  if (stalled == (listed != stalled_.end())) {
+    if (refused > 0) {
+      WriteLogLine({{"event", "stalled_model_refused_work"},
+                    {"model", model},
+                    {"detail", absl::StrCat(refused, " queued rows answered UNAVAILABLE")}});
+    }
+    return;
+  }
+  if (stalled) {
+    stalled_.push_back(model);
+    WriteLogLine(
+        {{"event", "model_stalled"},
+         {"severity", "ERROR"},
+         {"model", model},
+         {"detail",
+          absl::StrFormat("its running batch made no progress for %.1f s (engine.stall_seconds %.1f): "
+                          "health NOT_SERVING and work that waits for the batch refused "
+                          "(UNAVAILABLE; %d queued rows) until it moves",
+                          absl::ToDoubleSeconds(without_progress), absl::ToDoubleSeconds(stall_time), refused)}});
+  } else {
+    stalled_.erase(listed);
+    WriteLogLine({{"event", "model_progressing"},
+                  {"model", model},
+                  {"detail", stalled_.empty() ? "no model is stalled now" : "other models are still stalled"}});
+  }
+  ApplyLocked();
 }
 
 }  // namespace attribution::server

@@ -49,7 +49,8 @@ struct RowProgress {
   std::shared_ptr<RowPlan> plan;
   void RowAnswered() {
     const int64_t now = done.fetch_add(1) + 1;
-    // Rows of one round are answered on the executor thread, between the plan's rounds.
+    // Rows of one round are all answered before the plan's next round begins (by the executor, or where
+    // BatchingEngine::Cancel or a stall's refusal answers them), so the plan does not change meanwhile.
     if (report) report(now, plan->expected_rows() + extra);
   }
 };

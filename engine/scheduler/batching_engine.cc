@@ -5,9 +5,11 @@
 #include <malloc.h>
 
 #include <algorithm>
+#include <chrono>
 #include <stdexcept>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "engine/model/torch_errors.h"
 #include "engine/scheduler/intra_op_threads.h"
 
@@ -136,6 +138,7 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
   const int64_t count = static_cast<int64_t>(rows.size());
   std::unique_lock<std::mutex> lock(mu_);
   if (stopping_) return absl::UnavailableError("engine is shutting down");
+  if (absl::Status stalled = StallRefusalLocked(request->id()); !stalled.ok()) return stalled;
   RequestQueue& queue = queues_[request->id()];
   const bool fresh = queue.request == nullptr;
   auto reject = [&](absl::Status status) {
@@ -213,6 +216,38 @@ void BatchingEngine::Cancel(Request& request) {
     }
   }
   Deliver(answers);
+}
+
+absl::Status BatchingEngine::StallRefusalLocked(uint64_t request_id) const {
+  const absl::Duration without_progress = TimeWithoutProgress();
+  if (without_progress <= options_.stall_time ||
+      std::binary_search(running_requests_.begin(), running_requests_.end(), request_id) ||
+      std::binary_search(paused_for_requests_.begin(), paused_for_requests_.end(), request_id)) {
+    return absl::OkStatus();
+  }
+  return absl::UnavailableError(absl::StrFormat(
+      "the model is stalled: its running batch has made no progress for %.1f s (the stall time is %.1f s), so work "
+      "that waits for it is refused until it moves; retry on another replica",
+      absl::ToDoubleSeconds(without_progress), absl::ToDoubleSeconds(options_.stall_time)));
+}
+
+int64_t BatchingEngine::RefuseQueuedWorkWhileStalled() {
+  std::vector<Answer> answers;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = queues_.begin(); it != queues_.end();) {
+      const absl::Status refusal = StallRefusalLocked(it->first);
+      if (refusal.ok()) {
+        ++it;
+        continue;
+      }
+      DropQueueLocked(it->second, refusal, answers);
+      it = queues_.erase(it);
+    }
+  }
+  const int64_t refused = static_cast<int64_t>(answers.size());
+  Deliver(answers);
+  return refused;
 }
 
 void BatchingEngine::DropQueueLocked(RequestQueue& queue, const absl::Status& status, std::vector<Answer>& answers) {
@@ -312,12 +347,9 @@ void BatchingEngine::Loop() {
         isolating = decision.isolating;
         batch = TakeBatchLocked(decision, ids);
         running_priority_ = Priority::kLow;
-        running_requests_.clear();
-        for (const PendingRow& row : batch) {
+        for (const PendingRow& row : batch)
           running_priority_ = std::max(running_priority_, row.group->request->priority());
-          running_requests_.push_back(row.group->request->id());
-        }
-        std::sort(running_requests_.begin(), running_requests_.end());
+        running_requests_ = RequestIds(batch);
       } else if (!views.empty() && dropped.empty()) {
         // Wait for the oldest row's delay to run out, or for new rows to change the decision.
         const uint64_t seen = submissions_;
@@ -338,7 +370,7 @@ void BatchingEngine::Loop() {
                                                                                               : all_threads);
     }
     const absl::Time started = Now();
-    MarkProgress(started);
+    MarkProgress();
     paused_time_ = longest_stretch_ = absl::ZeroDuration();
     stretch_began_ = started;
     running_batch_ = &batch;
@@ -347,7 +379,7 @@ void BatchingEngine::Loop() {
     running_batch_ = nullptr;
     const absl::Time ended = Now();
     longest_stretch_ = std::max(longest_stretch_, ended - stretch_began_);
-    MarkProgress(ended);  // the answers' callbacks run on this thread too: a callback that hangs is a stall
+    MarkProgress();  // the answers' callbacks run on this thread too: a callback that hangs is a stall
     Finish(kind, batch, results, started, ended - started - paused_time_, time_limited, /*inside_pause=*/false);
     last_progress_ns_.store(kNoBatchRunning);
   }
@@ -416,10 +448,10 @@ void BatchingEngine::RunShortWorkWhilePaused() {
     throw std::runtime_error("batch abandoned: every request in it was cancelled or expired");
   }
   longest_stretch_ = std::max(longest_stretch_, paused - stretch_began_);
-  MarkProgress(paused);
+  MarkProgress();
   RunShortWork(paused);
   const absl::Time resumed = Now();
-  MarkProgress(resumed);
+  MarkProgress();
   paused_time_ += resumed - paused;
   stretch_began_ = resumed;
 }
@@ -448,13 +480,18 @@ void BatchingEngine::RunShortWork(absl::Time now) {
     }
     next_kind_in_pause_ = static_cast<RowKind>((static_cast<int>(decision.kind) + 1) % kRowKinds);
     batch = TakeBatchLocked(decision, ids);
+    paused_for_requests_ = RequestIds(batch);
   }
   std::vector<PendingRow*> rows;
   for (PendingRow& row : batch) rows.push_back(&row);
   std::vector<RowResult> results(batch.size());
   const absl::Time started = Now();
   Execute(decision.kind, rows, results, /*inside_pause=*/true);
-  Finish(decision.kind, batch, results, started, Now() - started, decision.time_limited, /*inside_pause=*/true);
+  const absl::Time ended = Now();
+  MarkProgress();  // as between batches: its answers are progress
+  Finish(decision.kind, batch, results, started, ended - started, decision.time_limited, /*inside_pause=*/true);
+  std::lock_guard<std::mutex> lock(mu_);
+  paused_for_requests_.clear();
 }
 
 void BatchingEngine::ReleaseFreeMemory() {
@@ -491,7 +528,7 @@ void BatchingEngine::Execute(RowKind kind, std::vector<PendingRow*> rows, std::v
   if (running_batch_abandoned_) return answer_abandoned();
   std::vector<RowResult> local(rows.size());
   absl::Status status;
-  MarkProgress(Now());  // a retried half is progress too
+  MarkProgress();  // a retried half is progress too
   try {
     status = executor_->Run(kind, plain, local);
   } catch (const std::exception& e) {
@@ -588,6 +625,14 @@ void BatchingEngine::ObserveStretchesLocked(RowKind kind, absl::Duration device_
   estimate = seen < estimate ? seen : estimate + kStretchesRecovery * (seen - estimate);
 }
 
+std::vector<uint64_t> BatchingEngine::RequestIds(const std::vector<PendingRow>& batch) {
+  std::vector<uint64_t> ids;
+  for (const PendingRow& row : batch) ids.push_back(row.group->request->id());
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  return ids;
+}
+
 void BatchingEngine::Deliver(std::vector<Answer>& answers) {
   for (Answer& a : answers) a.group->done(a.index, std::move(a.result));
   answers.clear();
@@ -601,10 +646,16 @@ EngineStats BatchingEngine::Stats() const {
   return stats;
 }
 
+int64_t BatchingEngine::ProgressClock() const {
+  if (options_.clock) return absl::ToUnixNanos(options_.clock());
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 absl::Duration BatchingEngine::TimeWithoutProgress() const {
   const int64_t last = last_progress_ns_.load();
   if (last == kNoBatchRunning) return absl::ZeroDuration();
-  return std::max(absl::ZeroDuration(), Now() - absl::FromUnixNanos(last));
+  return std::max(absl::ZeroDuration(), absl::Nanoseconds(ProgressClock() - last));
 }
 
 void BatchingEngine::SetBatchObserver(std::function<void(const BatchRecord&)> observer) {

@@ -151,13 +151,13 @@ class BatchingEngine {
                                       absl::Time deadline = absl::InfiniteFuture());
 
   // Queues `rows` of `request`. Either accepts them all (OK; then `done` is called exactly once per
-  // row, possibly with CANCELLED / DEADLINE_EXCEEDED / UNAVAILABLE) or none: INVALID_ARGUMENT for a
+  // row, possibly with CANCELLED / DEADLINE_EXCEEDED / UNAVAILABLE, on the executor thread or on the thread
+  // of the Cancel, RefuseQueuedWorkWhileStalled or Shutdown call that answered it) or none: INVALID_ARGUMENT for a
   // malformed row or one over a per-request limit (rows, tokens, bytes: no wait makes it fit),
   // RESOURCE_EXHAUSTED when the engine's queue is full now (retrying later may succeed), CANCELLED /
-  // DEADLINE_EXCEEDED for a finished request, UNAVAILABLE after Shutdown. The queue's limits (rows, tokens,
-  // bytes) admit work: the next decode step of a generation already admitted (one row of one token) is
-  // accepted over them, so a full queue does not fail a Generate part-way; each in-flight generation adds at
-  // most that one row.
+  // DEADLINE_EXCEEDED for a finished request, UNAVAILABLE after Shutdown or while stalled. The queue's limits (rows,
+  // tokens, bytes) admit work: the next decode step of a generation already admitted (one row of one token) is accepted
+  // over them, so a full queue does not fail a Generate part-way; each in-flight generation adds at most that one row.
   absl::Status Submit(const std::shared_ptr<Request>& request, std::vector<Row> rows, RowCallback done);
 
   // Drops the request's queued rows (answered CANCELLED now) and discards its in-flight results.
@@ -170,6 +170,14 @@ class BatchingEngine {
   absl::Duration TimeWithoutProgress() const;
   // TimeWithoutProgress() is over EngineOptions::stall_time.
   bool stalled() const { return TimeWithoutProgress() > options_.stall_time; }
+  // While stalled, answers UNAVAILABLE the queued rows of every request with none in the running batch (or
+  // in the short batch running inside its pause): they would wait for it with no end, and a client's retry
+  // of UNAVAILABLE goes to another replica. The running batches' own requests keep theirs (their calls wait
+  // for the batch in any case, and finish if it moves again). Submit refuses the same requests' new rows
+  // while stalled. Returns the rows answered, whose callbacks run on the calling thread; the engine has no
+  // thread of its own to notice a stall with (its executor is the one that hangs): the server's health
+  // watch calls this.
+  int64_t RefuseQueuedWorkWhileStalled();
   // The most rows one request may have queued at once (EngineOptions::max_rows_per_request).
   int64_t max_rows_per_request() const { return options_.max_rows_per_request; }
   // The most tokens (all its queued rows together) one request may queue (EngineOptions::max_tokens_per_request).
@@ -225,6 +233,8 @@ class BatchingEngine {
   // Learns paused_stretches_ from a finished batch's own device time and longest stretch.
   void ObserveStretchesLocked(RowKind kind, absl::Duration device_time) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static constexpr double kStretchesRecovery = 0.1;
+  // UNAVAILABLE, naming the stall, for a request with no rows in the running batch while stalled; else OK.
+  absl::Status StallRefusalLocked(uint64_t request_id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Removes rows of expired or cancelled requests; appends their answers.
   void DropDeadRowsLocked(absl::Time now, std::vector<Answer>& answers) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Answers every queued row of `queue` with `status` and takes them off the totals; the caller erases it.
@@ -238,6 +248,8 @@ class BatchingEngine {
   void Finish(RowKind kind, std::vector<PendingRow>& batch, std::vector<RowResult>& results, absl::Time started,
               absl::Duration device_time, bool time_limited, bool inside_pause);
   static void Deliver(std::vector<Answer>& answers);
+  // The requests with rows in `batch`, sorted, each once.
+  static std::vector<uint64_t> RequestIds(const std::vector<PendingRow>& batch);
   // Returns freed heap memory to the system. After at least kTokensBetweenTrims padded tokens of work,
   // the executor calls it kIdleTrims times, each after kIdleBeforeTrim with an empty queue, so memory
   // after a burst falls back towards its idle size.
@@ -257,9 +269,12 @@ class BatchingEngine {
   // requests are all cancelled or expired, rather than running the whole batch for nobody.
   const std::vector<PendingRow>* running_batch_ = nullptr;
   bool running_batch_abandoned_ = false;
-  // When the running batch last progressed (Unix nanoseconds by Now()), kNoBatchRunning between batches.
-  // Written by the thread that runs batches, read by anyone.
-  void MarkProgress(absl::Time now) { last_progress_ns_.store(absl::ToUnixNanos(now)); }
+  // When the running batch last progressed (ProgressClock), kNoBatchRunning between batches. Written by the
+  // thread that runs batches, read by anyone.
+  void MarkProgress() { last_progress_ns_.store(ProgressClock()); }
+  // Nanoseconds by a monotonic clock (a wall clock stepped forward would look like a stall, and refuse
+  // work), or by the options' clock where a test gives one.
+  int64_t ProgressClock() const;
   static constexpr int64_t kNoBatchRunning = INT64_MIN;
   std::atomic<int64_t> last_progress_ns_{kNoBatchRunning};
   const EngineOptions options_;
@@ -283,9 +298,11 @@ class BatchingEngine {
   absl::Time last_unpausable_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   double paused_stretches_[kRowKinds] ABSL_GUARDED_BY(mu_) = {1, 1, 1};  // learned, at most the executor's
   RowKind next_kind_in_pause_ ABSL_GUARDED_BY(mu_) = RowKind::kScore;
-  // The running batch's highest priority and its requests' ids, sorted.
+  // The running batch's highest priority and its requests' ids, sorted (kept until the next batch); the ids
+  // of the short batch running inside its pause, sorted (empty when none runs).
   Priority running_priority_ ABSL_GUARDED_BY(mu_) = Priority::kLow;
   std::vector<uint64_t> running_requests_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint64_t> paused_for_requests_ ABSL_GUARDED_BY(mu_);
   double recent_interactive_seconds_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t padded_tokens_at_trim_ ABSL_GUARDED_BY(mu_) = 0;
   int idle_trims_left_ ABSL_GUARDED_BY(mu_) = 0;

@@ -126,10 +126,11 @@ TEST(Lifecycle, OutOfFileDescriptorsTheServerDrainsAndExitsOneInsteadOfServingNo
 // and may run for a minute: the engine cannot tell a hung device from a batch that is only slow, so a batch
 // of long rows (OneLongBatch) stands in for a hang.
 std::unique_ptr<ServerProcess> StartWithQuickStall(const test_support::TempDir& root,
-                                                   const std::vector<std::string>& flags = {}) {
+                                                   const std::vector<std::string>& flags = {},
+                                                   double stall_seconds = 0.3) {
   const std::string config = root.File("server.json");
   std::ofstream(config) << R"({"models": [{"name": "demo", "path": ")" << test_support::DemoModelDir()
-                        << R"(", "engine": {"stall_seconds": 0.3, "pause_long_batches": false,
+                        << R"(", "engine": {"stall_seconds": )" << stall_seconds << R"(, "pause_long_batches": false,
                             "max_uncontended_batch_seconds": 60, "max_batch_tokens": 65536}}]})";
   std::vector<std::string> args = {"--config=" + config};
   args.insert(args.end(), flags.begin(), flags.end());
@@ -191,6 +192,52 @@ TEST(Lifecycle, WhileABatchMakesNoProgressPastTheStallTimeHealthIsNotServing) {
   EXPECT_GE(result->prompt_tokens.size(), 900u);
   EXPECT_EQ(result->sequence.size(), result->features.size());
   EXPECT_TRUE(result->convergence_delta.has_value());
+}
+
+// Calls queued behind a hung batch, or arriving while it hangs, would wait for their deadlines on a client
+// that keeps its connection to this replica: they end UNAVAILABLE naming the stall (a client retries that
+// on another replica), long before the batch ends; the batch's own call still gets its whole answer.
+TEST(Lifecycle, WhileABatchMakesNoProgressPastTheStallTimeOtherCallsEndUnavailable) {
+  test_support::TempDir root;
+  // Stalled after 1 s: the first short call is surely sent before.
+  std::unique_ptr<ServerProcess> server = StartWithQuickStall(root, {}, /*stall_seconds=*/1);
+  ASSERT_NE(server, nullptr);
+  auto client = std::move(*client::AttributionClient::Connect({.target = server->address()}));
+  // One try: this test's only replica would answer the retries as it answered the first.
+  auto once = std::move(*client::AttributionClient::Connect({.target = server->address(), .max_attempts = 1}));
+
+  std::atomic<bool> done{false};
+  absl::StatusOr<client::Attribution> result = absl::UnknownError("not run");
+  std::thread call([&] {
+    result = client->Attribute(OneLongBatch(24));
+    done = true;
+  });
+  const client::LogprobsOptions short_call{
+      .model = "demo", .prompt = "The cup is tiny. Q: Is it big? A:", .target = " No"};
+  // Queued: sent while the long batch runs, before it counts as stalled.
+  while (!done &&
+         MetricValue(server->metrics_port(), R"(attribution_engine_seconds_without_progress{model="demo"})") < 0.05) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_FALSE(done) << "the long batch ended before the test saw it run";
+  const absl::StatusOr<client::Logprobs> queued = once->GetLogprobs(short_call);
+  EXPECT_FALSE(done);
+  EXPECT_THAT(queued, test_support::StatusIs(absl::StatusCode::kUnavailable,
+                                             ::testing::HasSubstr("the model is stalled: its running batch has made "
+                                                                  "no progress for")));
+  // Arriving while stalled: refused at once.
+  const absl::Time sent = absl::Now();
+  EXPECT_THAT(once->GetLogprobs(short_call),
+              test_support::StatusIs(absl::StatusCode::kUnavailable, ::testing::HasSubstr("retry on another replica")));
+  EXPECT_FALSE(done);
+  EXPECT_LT(absl::Now() - sent, absl::Seconds(1));
+  call.join();
+  ASSERT_THAT(result, IsOk());
+  EXPECT_GE(result->prompt_tokens.size(), 900u);
+  EXPECT_TRUE(WaitForLog(*server, "refused (UNAVAILABLE; 1 queued rows) until it moves", absl::Seconds(1)))
+      << server->Log();
+  // Moving again, it answers the same call.
+  EXPECT_THAT(once->GetLogprobs(short_call), IsOk());
 }
 
 // Stopping waits for the running batch; a stalled one may never end, and the process then hung until

@@ -10,7 +10,9 @@
 #include <atomic>
 #include <functional>
 #include <thread>
+#include <utility>
 
+#include "absl/cleanup/cleanup.h"
 #include "tests/testing/fake_executor.h"
 #include "tests/testing/row_collector.h"
 #include "tests/testing/status_matchers.h"
@@ -960,6 +962,104 @@ TEST_F(BatchingEngineTest, ABatchThatHangsPastStallTimeMarksTheEngineStalledUnti
   EXPECT_FALSE(engine_->stalled());
   now_ms_ += 60000;  // a long idle time is no stall either
   EXPECT_FALSE(engine_->stalled());
+}
+
+// Work queued behind a hung batch would wait with no end. Once stalled, the queued rows of requests with
+// none in the batch are answered UNAVAILABLE (a client retries them on another replica) and their new rows
+// refused; the batch's own request keeps its queued rows and may add more, and they all run if it moves.
+TEST_F(BatchingEngineTest, StalledQueuedWorkOfOtherRequestsIsRefusedAndTheBatchesOwnIsKept) {
+  Start({.stall_time = absl::Seconds(10)});
+  Notification gate;
+  executor_->HoldFirstBatch(&gate);
+  auto held = engine_->NewRequest();
+  RowCollector running(1), held_queued(2), held_later(1), other_queued(3);
+  ASSERT_THAT(engine_->Submit(held, ScoreRows(1, 2, 7), running.Callback()), IsOk());
+  executor_->started().WaitForNotification();
+  const absl::Cleanup release_on_return = [&] {  // as in the test below
+    if (!gate.HasBeenNotified()) gate.Notify();
+    engine_->Shutdown();
+  };
+  ASSERT_THAT(engine_->Submit(held, ScoreRows(2, 3, 8), held_queued.Callback()), IsOk());
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(3, 4, 9), other_queued.Callback()), IsOk());
+  now_ms_ += 9000;  // slow, not yet stalled: nothing is refused
+  EXPECT_EQ(engine_->RefuseQueuedWorkWhileStalled(), 0);
+  EXPECT_EQ(engine_->Stats().queued_rows, 5);
+
+  now_ms_ += 2000;
+  EXPECT_EQ(engine_->RefuseQueuedWorkWhileStalled(), 3);
+  ASSERT_TRUE(other_queued.done());
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_THAT(
+        other_queued.result(i).status,
+        StatusIs(absl::StatusCode::kUnavailable, HasSubstr("no progress for 11.0 s (the stall time is 10.0 s)")));
+  }
+  EXPECT_THAT(other_queued.answers(), Each(1));
+  EXPECT_EQ(engine_->Stats().queued_rows, 2);
+  EXPECT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 10), [](size_t, RowResult) {}),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("retry on another replica")));
+  ASSERT_THAT(engine_->Submit(held, ScoreRows(1, 2, 11), held_later.Callback()), IsOk());
+  EXPECT_FALSE(held_queued.done());
+
+  gate.Notify();  // it was only slow
+  for (RowCollector* rows : {&running, &held_queued, &held_later}) {
+    rows->Wait();
+    for (const int answers : rows->answers()) EXPECT_EQ(answers, 1);
+  }
+  EXPECT_THAT(held_queued.result(1).status, IsOk());
+  EXPECT_EQ(held_queued.result(1).value, 3 * 8);  // the fake executor's value: the sum of the row's ids
+  EXPECT_THAT(held_later.result(0).status, IsOk());
+  EXPECT_EQ(CountRowsWith(9), 0);  // the refused rows never ran
+  // Moving again, it accepts everyone.
+  RowCollector after(1);
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 12), after.Callback()), IsOk());
+  after.Wait();
+  EXPECT_THAT(after.result(0).status, IsOk());
+}
+
+// A short call's batch run inside a long batch's pause that hangs stalls the engine too: its request keeps its
+// queued rows (its call waits for that batch in any case), the long batch's request too, and other work is refused.
+TEST_F(BatchingEngineTest, StalledInsideAPauseTheShortBatchsRequestKeepsItsQueuedWork) {
+  Notification short_batch_began, release;
+  std::shared_ptr<Request> interactive;  // made once the engine is
+  RowCollector long_rows(4), interactive_score(1), interactive_grad(1), other(1);
+  Start({.stall_time = absl::Seconds(10)}, [&](FakeExecutor& executor) {
+    executor.PauseGradBatches(2);
+    executor.DuringStretch([&, first = true](const std::vector<const Row*>&) mutable {
+      if (!std::exchange(first, false)) return;
+      // Arriving while the long batch runs: the score row runs in its pause, the grad rows cannot.
+      ASSERT_THAT(engine_->Submit(interactive, ScoreRows(1, 2, 5), interactive_score.Callback()), IsOk());
+      ASSERT_THAT(engine_->Submit(interactive, GradRows(1, 6), interactive_grad.Callback()), IsOk());
+      ASSERT_THAT(engine_->Submit(engine_->NewRequest(), GradRows(1, 7), other.Callback()), IsOk());
+    });
+    executor.DuringBatch([&, first = true](const std::vector<const Row*>& rows) mutable {
+      if (rows[0]->kind != RowKind::kScore || !std::exchange(first, false)) return;
+      short_batch_began.Notify();
+      release.WaitForNotification();
+    });
+  });
+  interactive = engine_->NewRequest();
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), GradRows(4, 1), long_rows.Callback()), IsOk());
+  short_batch_began.WaitForNotification();
+  // A failed assertion returns: the held batch must still end, or the engine's destructor would wait for it,
+  // and the engine must stop before the collectors go.
+  const absl::Cleanup release_on_return = [&] {
+    if (!release.HasBeenNotified()) release.Notify();
+    engine_->Shutdown();
+  };
+  now_ms_ += 11000;
+  ASSERT_TRUE(engine_->stalled());
+  EXPECT_EQ(engine_->RefuseQueuedWorkWhileStalled(), 1);
+  ASSERT_TRUE(other.done());
+  EXPECT_THAT(other.result(0).status, StatusIs(absl::StatusCode::kUnavailable, HasSubstr("stalled")));
+  EXPECT_FALSE(interactive_grad.done());
+  RowCollector interactive_later(1);
+  ASSERT_THAT(engine_->Submit(interactive, ScoreRows(1, 2, 8), interactive_later.Callback()), IsOk());
+  release.Notify();
+  for (RowCollector* rows : {&long_rows, &interactive_score, &interactive_grad, &interactive_later}) {
+    rows->Wait();
+    EXPECT_THAT(rows->result(0).status, IsOk());
+  }
+  EXPECT_EQ(interactive_grad.result(0).value, 2 * 6);
 }
 
 // Progress is counted from the latest pause point: a long batch whose stretches between pauses are each
