@@ -331,6 +331,9 @@ void ToAttributeResponse(const engine::AttributionResult& result, const Attribut
   for (int i = 0; i < out->target_tokens_size() && i < static_cast<int>(result.target_log_probs.size()); ++i) {
     out->mutable_target_tokens(i)->set_log_prob(static_cast<float>(result.target_log_probs[i]));
   }
+  for (int i = 0; i < out->foil_tokens_size() && i < static_cast<int>(result.foil_log_probs.size()); ++i) {
+    out->mutable_foil_tokens(i)->set_log_prob(static_cast<float>(result.foil_log_probs[i]));
+  }
   const int64_t prompt_length = static_cast<int64_t>(call.request.prompt_ids.size());
   for (size_t f = 0; f < result.sequence.size(); ++f) {
     const int64_t begin = call.request.features.empty() ? f : call.request.features[f].begin;

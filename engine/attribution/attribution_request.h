@@ -127,6 +127,7 @@ struct AttributionResult {
   std::vector<double> sequence;                // [F]
   std::vector<std::vector<double>> per_token;  // [T][F] when asked (and for perturbation methods)
   std::vector<double> target_log_probs;        // [T] log p(target_t | prompt, target_<t)
+  std::vector<double> foil_log_probs;          // [T] contrastive: log p(foil_t | prompt, target_<t)
   double objective = 0;                        // the scored quantity at the input
   std::optional<double> convergence_delta;     // integrated gradients: sum(attr) - (f(x) - f(x'))
   int64_t integration_steps = 0;               // integrated gradients: points of the answer's order

@@ -84,6 +84,9 @@ void RowPlan::FillTargetScores(const RowResult& at_input, AttributionResult& out
   out.objective = at_input.value;
   for (int64_t t = 0; t < target_length(); ++t)
     out.target_log_probs.push_back(at_input.token_log_probs[t].item<double>());
+  // The objective's entries: the target's tokens, then the foil's at the same positions.
+  for (int64_t t = 0; t < static_cast<int64_t>(request_.foil_ids.size()); ++t)
+    out.foil_log_probs.push_back(at_input.token_log_probs[target_length() + t].item<double>());
 }
 
 }  // namespace attribution::engine

@@ -53,7 +53,8 @@ class RowPlan {
   int64_t num_features() const;
   int64_t target_length() const { return static_cast<int64_t>(request_.target_ids.size()); }
   int64_t prompt_length() const { return static_cast<int64_t>(request_.prompt_ids.size()); }
-  // Fills target_ids, target_log_probs and objective from a score row at the real input.
+  // Fills target_ids, target_log_probs (foil_log_probs when contrastive) and objective from a score row at
+  // the real input.
   void FillTargetScores(const RowResult& at_input, AttributionResult& out) const;
 
   AttributionRequest request_;

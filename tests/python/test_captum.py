@@ -164,6 +164,24 @@ def target_log_prob(model, prompt_ids, target):
     return sum(log_probs[len(prompt_ids) - 1 + t, token].item() for t, token in enumerate(target))
 
 
+def test_contrastive_answers_give_the_foils_log_probs_where_the_objective_scores_them(client, model, tokenizer):
+    # The objective subtracts each foil token's log-prob where the target's token is scored (after the target's
+    # tokens before it); the answer gave the target's log-probs only, so the two terms could not be told apart.
+    ids = tokenizer.encode(PROMPT)
+    target = [tokenizer.convert_tokens_to_ids("▁Yes"), tokenizer.eos_token_id]
+    foil = [tokenizer.convert_tokens_to_ids("▁No"), tokenizer.convert_tokens_to_ids("▁red")]
+    ours = client.attribute(prompt=PROMPT, target=target, foil=foil, method="feature_ablation")
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(torch.tensor([ids + target])).logits[0].double(), dim=-1)
+    positions = [len(ids) - 1 + t for t in range(len(target))]
+    expected_target = [log_probs[p, token].item() for p, token in zip(positions, target)]
+    expected_foil = [log_probs[p, token].item() for p, token in zip(positions, foil)]
+    assert [t.id for t in ours.foil_tokens] == foil
+    np.testing.assert_allclose([t.log_prob for t in ours.target_tokens], expected_target, atol=1e-4, rtol=1e-5)
+    np.testing.assert_allclose([t.log_prob for t in ours.foil_tokens], expected_foil, atol=1e-4, rtol=1e-5)
+    assert abs(ours.objective - (sum(expected_target) - sum(expected_foil))) < 1e-4
+
+
 def test_an_empty_group_baseline_deletes_the_span(client, model, tokenizer):
     # A group's baseline given but empty ("" or []) deletes the span: the reference scores the prompt
     # without it. Beside it: a baseline of another length, and none (token 0 once per position).
