@@ -401,7 +401,7 @@ absl::Status FirstRepeatedId(int fd, const std::string& path, bool csv, const st
     if (inserted) return absl::OkStatus();
     found = absl::InvalidArgumentError(
         absl::StrCat(path, ":", place.line, ": id \"", row.id, "\" repeats line ", it->second));
-    return absl::CancelledError();  // stops the scan
+    return absl::CancelledError();  // ends a JSONL scan; a CSV one reads on, for an unclosed quote
   });
   return found.ok() ? scanned : found;
 }
