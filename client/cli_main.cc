@@ -22,6 +22,7 @@
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -86,9 +87,9 @@ ABSL_FLAG(int32_t, sample_top_k, 0,
 ABSL_FLAG(double, top_p, 0,
           "generate, sampling (--temperature > 0): only from the most likely tokens whose probability adds up to "
           "this (nucleus sampling, after --sample_top_k; 0: off)");
-ABSL_FLAG(std::vector<std::string>, stop, {},
-          "generate: stop strings, comma-separated (at most 8): generation ends once the text holds one, and "
-          "the text shown ends before it");
+ABSL_FLAG(std::string, stop, "",
+          "generate: stop strings, comma-separated (at most 8), with C escapes (\\n a newline, \\, a comma, "
+          "\\\\ a backslash): generation ends once the text holds one, and the text shown ends before it");
 ABSL_FLAG(std::vector<std::string>, stop_token_ids, {},
           "generate: token ids that end the generation, comma-separated (at most 256), instead of the model's eos "
           "tokens");
@@ -168,6 +169,37 @@ absl::StatusOr<std::vector<int64_t>> StopTokenIdsFromFlag() {
     ids.push_back(id);
   }
   return ids;
+}
+
+// --stop as strings: split at commas not escaped, each entry's C escapes read (so `--stop='\n\n,Q:'` is a
+// blank line and "Q:", and `\,` a comma, which no entry could hold before); a usage error names a bad one.
+absl::StatusOr<std::vector<std::string>> StopStringsFromFlag() {
+  const std::string flag = absl::GetFlag(FLAGS_stop);
+  std::vector<std::string> escaped(1);
+  for (size_t i = 0; i < flag.size(); ++i) {
+    if (flag[i] == ',') {
+      escaped.emplace_back();
+    } else if (flag[i] == '\\' && i + 1 < flag.size() && flag[i + 1] == ',') {
+      escaped.back() += ',';
+      ++i;
+    } else if (flag[i] == '\\' && i + 1 < flag.size()) {
+      escaped.back() += flag.substr(i, 2);  // for CUnescape below: `\\,` is a backslash, then the next entry
+      ++i;
+    } else {
+      escaped.back() += flag[i];
+    }
+  }
+  std::vector<std::string> stops;
+  if (flag.empty()) return stops;
+  for (const std::string& entry : escaped) {
+    std::string text, error;
+    if (!absl::CUnescape(entry, &text, &error)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--stop: \"", Printable(entry), "\": ", error, " (C escapes: \\n, \\t, \\\\, \\, for a comma)"));
+    }
+    stops.push_back(std::move(text));
+  }
+  return stops;
 }
 
 GenerationSettings GenerationFromFlags() {
@@ -376,7 +408,7 @@ int Generate(AttributionClient& client, const std::string& model) {
   GenerateOptions o{.model = model,
                     .prompt = absl::GetFlag(FLAGS_prompt),
                     .generation = GenerationFromFlags(),
-                    .stop = absl::GetFlag(FLAGS_stop)};
+                    .stop = StopStringsFromFlag().value_or(std::vector<std::string>{})};
   absl::StatusOr<Generation> result;
   if (absl::GetFlag(FLAGS_stream)) {
     // With --json, stdout holds the JSON alone: the tokens show on stderr as they come.
@@ -496,6 +528,10 @@ int Run(const std::vector<char*>& positional) {
   }
   if (absl::StatusOr<std::vector<int64_t>> ids = StopTokenIdsFromFlag(); !ids.ok()) {
     std::fprintf(stderr, "attribution-cli: %s\n", std::string(ids.status().message()).c_str());
+    return 2;
+  }
+  if (absl::StatusOr<std::vector<std::string>> stops = StopStringsFromFlag(); !stops.ok()) {
+    std::fprintf(stderr, "attribution-cli: %s\n", std::string(stops.status().message()).c_str());
     return 2;
   }
   absl::StatusOr<std::vector<PromptPair>> pairs;

@@ -243,6 +243,10 @@ TEST(CliCommandLine, BadFlagsAreUsageErrors) {
       {"--server=", "--server: give the server's address (host:port)"},
       {"--server=' '", "--server: give the server's address (host:port)"},
       {"--stop_token_ids=2,x", "--stop_token_ids: \"x\" is not a token id (comma-separated integers)"},
+      // Stop strings split at commas that are not escaped, and each entry's escapes are read.
+      {"--stop='a\\,\\q'", "--stop: \"a,\\q\": "},
+      {"--stop='a\\,b,\\q'", "--stop: \"\\q\": "},
+      {"--stop='ok,\\'", "--stop: \"\\\": "},
   };
   for (const auto& [flag, message] : cases) {
     auto [code, output] = RunCommand(absl::StrCat(ATTRIBUTION_CLI_BINARY, " attribute --server=127.0.0.1:1 ", flag));

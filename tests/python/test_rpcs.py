@@ -140,6 +140,10 @@ def test_generate_top_k_and_stop_strings_equal_cpp_client(client, server):
     streamed = cli(server.address, "generate", f"--prompt={PROMPT}", "--max_new_tokens=12", "--temperature=1.5",
                    "--sample_top_k=3", "--seed=11", "--stop=e,zz", "--stream")
     assert reference["stopped"] and streamed == reference["text"] + "\n"
+    # --stop reads C escapes: "\x65" is "e" (command_line_e2e_test checks escaped commas and bad escapes).
+    escaped = cli_json(server.address, "generate", f"--prompt={PROMPT}", "--max_new_tokens=12", "--temperature=1.5",
+                       "--sample_top_k=3", "--seed=11", "--stop=\\x65,zz")
+    assert escaped["text"] == reference["text"] and escaped["tokens"] == reference["tokens"]
     assert _convert.generate_request(ac.GenerateOptions(prompt=PROMPT, stop=["a"])).stop == ["a"]
     assert _convert.generate_request(ac.GenerateOptions(prompt=PROMPT)).generation.top_k == 0
     with pytest.raises(ac.InvalidArgument, match=r"stop\[0\]"):
