@@ -85,7 +85,7 @@ std::string Strongest(const ComponentGrid& grid, size_t count) {
                           rest % grid.shape[d], name.empty() ? "" : ".", name);
       rest /= grid.shape[d];
     }
-    absl::StrAppendFormat(&out, "  %s %+.4f", name, grid.values[order[rank]]);
+    absl::StrAppendFormat(&out, "  %s %+.4f", name, Unsigned0(grid.values[order[rank]]));
   }
   return out;
 }
@@ -104,7 +104,7 @@ std::string TerminalComponents(const ComponentAttribution& a, bool color) {
         absl::StrAppendFormat(&out, "%-6.6s", table.rows[r]);
         for (size_t c = 0; c < table.columns.size(); ++c) {
           const double v = table.values[r * table.columns.size() + c];
-          const std::string cell = absl::StrFormat(" %8.4f", v);
+          const std::string cell = absl::StrFormat(" %8.4f", Unsigned0(v));
           absl::StrAppend(&out, color ? Paint(cell, ColorOf(v, scale)) : cell);
         }
         absl::StrAppend(&out, "\n");
@@ -143,7 +143,7 @@ std::string ComponentHtmlReport(const ComponentAttribution& a) {
         for (size_t c = 0; c < table.columns.size(); ++c) {
           const double v = table.values[r * table.columns.size() + c];
           absl::StrAppendFormat(&out, "<td style=\"%s\" title=\"%s %s: %.6g\">%.3f</td>", Css(ColorOf(v, scale)),
-                                HtmlEscape(table.rows[r]), HtmlEscape(table.columns[c]), v, v);
+                                HtmlEscape(table.rows[r]), HtmlEscape(table.columns[c]), Unsigned0(v), Unsigned0(v));
         }
         absl::StrAppend(&out, "</tr>");
       }

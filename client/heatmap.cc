@@ -198,7 +198,7 @@ std::string TerminalHeatmap(const Attribution& a, bool color) {
   absl::StrAppend(&out, absl::StrFormat("%-6s %-24s %12s\n", "rank", "feature", "attribution"));
   for (size_t rank = 0; rank < order.size() && rank < 10; ++rank) {
     const size_t f = order[rank];
-    const std::string value = absl::StrFormat("%12.5g", a.sequence[f]);
+    const std::string value = absl::StrFormat("%12.5g", Unsigned0(a.sequence[f]));
     absl::StrAppend(&out, absl::StrFormat("%-6d %-24s ", rank + 1, Printable(a.features[f].text).substr(0, 24)),
                     color ? Paint(value, ColorOf(a.sequence[f], scale)) : value, "\n");
   }
@@ -211,7 +211,7 @@ std::string TerminalHeatmap(const Attribution& a, bool color) {
       const std::string label = t < a.target_tokens.size() ? Printable(a.target_tokens[t].text) : "";
       absl::StrAppend(&out, absl::StrFormat("%-12.12s", label));
       for (double v : a.token_matrix[t]) {
-        const std::string cell = absl::StrFormat(" %9.3g", v);
+        const std::string cell = absl::StrFormat(" %9.3g", Unsigned0(v));
         absl::StrAppend(&out, color ? Paint(cell, ColorOf(v, row_scale)) : cell);
       }
       absl::StrAppend(&out, "\n");
@@ -254,7 +254,7 @@ std::string HtmlReport(const Attribution& a) {
     }
     const double value = a.sequence[piece.feature];
     absl::StrAppend(&html, "<span class=\"tok\" style=\"", Css(ColorOf(value, scale)), "\" title=\"",
-                    absl::StrFormat("%.6g", value), "\">", HtmlEscape(piece.text), "</span>");
+                    absl::StrFormat("%.6g", Unsigned0(value)), "\">", HtmlEscape(piece.text), "</span>");
   }
   absl::StrAppend(&html, "</div>\n<p>Legend: <span class=\"tok\" style=\"", Css(ColorOf(-1, 1)),
                   "\">negative</span><span class=\"tok\" style=\"", Css(ColorOf(0, 1)),
@@ -273,7 +273,8 @@ std::string HtmlReport(const Attribution& a) {
       absl::StrAppend(&html, "<tr><th>", t < a.target_tokens.size() ? HtmlEscape(a.target_tokens[t].text) : "",
                       "</th>");
       for (double v : a.token_matrix[t]) {
-        absl::StrAppend(&html, "<td style=\"", Css(ColorOf(v, row_scale)), "\">", absl::StrFormat("%.3g", v), "</td>");
+        absl::StrAppend(&html, "<td style=\"", Css(ColorOf(v, row_scale)), "\">", absl::StrFormat("%.3g", Unsigned0(v)),
+                        "</td>");
       }
       absl::StrAppend(&html, "</tr>\n");
     }

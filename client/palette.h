@@ -127,6 +127,10 @@ inline std::string EscapeControls(absl::string_view text, bool keep_line_breaks)
 }
 
 // A token or name for a terminal on one line: every control character visible, \n and \t included.
+// A value as tables show it: an exact zero as 0, whatever its sign (LIME's lasso, for one, answers -0 for
+// features it drops, which read as a negative attribution).
+inline double Unsigned0(double v) { return v == 0 ? 0.0 : v; }
+
 inline std::string Printable(absl::string_view text) { return EscapeControls(text, /*keep_line_breaks=*/false); }
 
 // A message or text for a terminal: control characters visible, line breaks and tabs kept.

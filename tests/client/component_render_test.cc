@@ -17,6 +17,7 @@ namespace attribution::client {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 // One layer of two heads over a one-token pair.
 ComponentAttribution TwoHeads(std::vector<double> values) {
@@ -48,6 +49,14 @@ TEST(ComponentJson, WritesTextThatIsNotUtf8WithReplacements) {
             "b");
   EXPECT_EQ(json["pairs"][0]["clean_tokens"][0], "\xef\xbf\xbd");
   EXPECT_EQ(json["grids"][0]["values"][1], -0.25);
+}
+
+// An exact zero shows as 0 in the table and the ranking, whatever its sign.
+TEST(TerminalComponents, ShowsAnExactZeroUnsigned) {
+  const std::string out = TerminalComponents(TwoHeads({-0.0, 0.5}), /*color=*/false);
+  EXPECT_THAT(out, Not(HasSubstr("-0.0000")));
+  EXPECT_THAT(out, HasSubstr("   0.0000   0.5000"));
+  EXPECT_THAT(ComponentHtmlReport(TwoHeads({-0.0, 0.5})), Not(HasSubstr("-0")));
 }
 
 // A NaN cell was the strongest red, and std::sort over |value| with a NaN is no strict weak order.

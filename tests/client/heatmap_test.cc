@@ -82,6 +82,14 @@ TEST(HtmlReport, LeavesNaNFaithfulnessPointsOutOfTheChart) {
   EXPECT_THAT(empty, HasSubstr("10 points NaN or"));
 }
 
+// LIME's lasso answers -0 for the features it drops; the table showed "-0" beside "0", as if negative.
+TEST(TerminalHeatmap, ShowsAnExactZeroUnsigned) {
+  const std::string plain = TerminalHeatmap(ThreeFeatures({0.5, -0.0, 0.0}), /*color=*/false);
+  EXPECT_THAT(plain, Not(HasSubstr("-0")));
+  EXPECT_THAT(plain, HasSubstr("\n2      it" + std::string(34, ' ') + "0\n"));
+  EXPECT_THAT(HtmlReport(ThreeFeatures({0.5, -0.0, 0.0})), Not(HasSubstr("\"-0\"")));
+}
+
 TEST(TerminalHeatmap, PaintsNaNAttributionsGreyAndRanksThemLast) {
   const std::string out = TerminalHeatmap(ThreeFeatures({0.5, kNaN, -1}), /*color=*/true);
   EXPECT_THAT(out, HasSubstr(Paint("it", kNonFiniteColor)));
