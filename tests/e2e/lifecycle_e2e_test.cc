@@ -240,6 +240,46 @@ TEST(Lifecycle, WhileABatchMakesNoProgressPastTheStallTimeOtherCallsEndUnavailab
   EXPECT_THAT(once->GetLogprobs(short_call), IsOk());
 }
 
+// Draining, the server waits for its calls; those queued behind a stalled batch could not finish in the
+// grace period, so the stall still refuses them then, and the batch's own call finishes as before.
+TEST(Lifecycle, DrainingAStalledModelsQueuedCallsEndUnavailable) {
+  test_support::TempDir root;
+  std::unique_ptr<ServerProcess> server =
+      StartWithQuickStall(root, {"--grace_period_seconds=120"}, /*stall_seconds=*/1);
+  ASSERT_NE(server, nullptr);
+  auto client = std::move(*client::AttributionClient::Connect({.target = server->address()}));
+  auto once = std::move(*client::AttributionClient::Connect({.target = server->address(), .max_attempts = 1}));
+  std::atomic<bool> done{false};
+  absl::StatusOr<client::Attribution> result = absl::UnknownError("not run");
+  std::thread call([&] {
+    result = client->Attribute(OneLongBatch(24));
+    done = true;
+  });
+  const int port = server->metrics_port();
+  auto metric = [port](const char* name) { return MetricValue(port, absl::StrCat(name, R"({model="demo"})")); };
+  while (!done && metric("attribution_engine_seconds_without_progress") < 0.05) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  absl::StatusOr<client::Logprobs> queued = absl::UnknownError("not run");
+  std::atomic<bool> queued_done{false};
+  std::thread short_call([&] {
+    queued = once->GetLogprobs({.model = "demo", .prompt = "The cup is tiny. Q: Is it big? A:", .target = " No"});
+    queued_done = true;
+  });
+  while (!queued_done && metric("attribution_engine_queued_rows") < 1) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_FALSE(done) << "the long batch ended before the test saw it run";
+  server->Signal(SIGTERM);
+  short_call.join();
+  EXPECT_FALSE(done);
+  EXPECT_THAT(queued,
+              test_support::StatusIs(absl::StatusCode::kUnavailable, ::testing::HasSubstr("the model is stalled")));
+  EXPECT_EQ(server->Wait(absl::Seconds(120)), 0) << server->Log();
+  call.join();
+  EXPECT_THAT(result, IsOk());
+}
+
 // Stopping waits for the running batch; a stalled one may never end, and the process then hung until
 // killed. A server with a model stalled at the end of the grace period (here 0 s), or one that stalls while
 // its engine stops, exits 1 at once.
