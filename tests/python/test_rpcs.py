@@ -654,6 +654,10 @@ def test_results_convert_to_numpy_dataframe_and_html(client):
     np.testing.assert_array_equal(frame["attribution"].to_numpy(), a.sequence)
     html = a._repr_html_()
     assert " red" in html and "rgba(" in html and "<table" in html and "<script" not in html
+    # LIME's lasso answers -0 for the features it drops; the table showed them as -0.000, as if negative.
+    lime = client.attribute(prompt=PROMPT, target=" Yes", method="lime")
+    assert np.any((lime.to_numpy() == 0) & np.signbit(lime.to_numpy()))
+    assert "-0.000<" not in lime._repr_html_() and '"-0"' not in lime._repr_html_()
 
 
 def test_bytes_that_do_not_parse_are_invalid_argument_naming_the_type_and_field(client, server):

@@ -30,6 +30,7 @@ def _colour(value: float, scale: float) -> str:
 
 def _cell(text: str, value: float, scale: float) -> str:
     shown = html.escape(text).replace(" ", "&nbsp;") or "&nbsp;"
+    value = value + 0.0  # an exact zero unsigned: LIME answers -0 for the features it drops, as the CLI shows it
     return (f'<td style="background:{_colour(value, scale)};padding:2px 4px;font-family:monospace" '
             f'title="{value:.6g}">{shown}<br><small>{value:.3f}</small></td>')
 
