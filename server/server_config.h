@@ -44,6 +44,10 @@ struct ServerConfig {
   TlsConfig tls;
   std::string auth_tokens_file;  // one bearer token per line; empty: no auth
   int64_t max_concurrent_requests = 256;
+  // HTTP/2 streams (calls) one connection may hold open at once (SETTINGS_MAX_CONCURRENT_STREAMS); a
+  // client's further calls wait in its own transport. Without it one connection's streams that never
+  // send their message held about 11 KB each, unbounded (100,000 of them: 1 GB) and before any token.
+  int64_t max_streams_per_connection = 256;
   // Bytes (serialized) of unary answers handed to gRPC that their clients have not read yet: they stay
   // in memory until read (or until client_read_timeout cancels them), outside max_concurrent_requests'
   // slots; beyond this new calls are refused. In memory an answer takes a few times its serialized size.
