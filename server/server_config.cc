@@ -227,6 +227,7 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::string& json_text, con
   RETURN_IF_ERROR(reader.Read("auth_tokens_file", config.auth_tokens_file));
   RETURN_IF_ERROR(reader.Read("max_concurrent_requests", config.max_concurrent_requests));
   RETURN_IF_ERROR(reader.Read("max_streams_per_connection", config.max_streams_per_connection));
+  RETURN_IF_ERROR(reader.Read("max_transport_memory_bytes", config.max_transport_memory_bytes));
   RETURN_IF_ERROR(reader.Read("max_unread_answer_bytes", config.max_unread_answer_bytes));
   RETURN_IF_ERROR(reader.Read("max_message_bytes", config.max_message_bytes));
   RETURN_IF_ERROR(reader.Read("max_top_k", config.max_top_k));
@@ -409,6 +410,9 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
   // gRPC takes it as an int; HTTP/2 allows 2^31 - 1 streams at most.
   RETURN_IF_ERROR(
       Within(config.max_streams_per_connection, 1, std::numeric_limits<int>::max(), "max_streams_per_connection"));
+  // Below a few MB gRPC could not hold one connection's buffers and would stall every call.
+  RETURN_IF_ERROR(Within(config.max_transport_memory_bytes, int64_t{16} << 20, std::numeric_limits<int64_t>::max(),
+                         "max_transport_memory_bytes"));
   RETURN_IF_ERROR(CheckListenAddress(config.listen));
   RETURN_IF_ERROR(CheckMetricsAddress(config.metrics_listen));
   RETURN_IF_ERROR(CheckPortsDiffer(config.listen, config.metrics_listen));

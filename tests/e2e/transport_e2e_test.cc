@@ -1,15 +1,23 @@
 // SPDX-License-Identifier: Apache-2.0
-// What a client can do to the server below the RPCs: HTTP/2 streams it opens and never feeds. Against the
-// real server binary over loopback.
+// What a client can do to the server below the RPCs: HTTP/2 streams it opens and never feeds, header
+// frames sent faster than they are parsed. Against the real server binary over loopback.
+#include <arpa/inet.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <thread>
 #include <vector>
 
+#include "absl/time/clock.h"
 #include "attribution/v1/attribution.grpc.pb.h"
 #include "tests/testing/server_process.h"
 #include "tests/testing/status_matchers.h"
@@ -104,6 +112,73 @@ TEST(Transport, OneConnectionHoldsAtMostItsStreamLimitOfUnfedCalls) {
   auto other = grpc::CreateCustomChannel((*server)->address(), grpc::InsecureChannelCredentials(), own_connection);
   const grpc::Status status = v1::AttributionService::NewStub(other)->Logprobs(&context, GoodLogprobs(), &response);
   EXPECT_TRUE(status.ok()) << status.error_message();
+}
+
+// One HTTP/2 frame (RFC 9113 section 4.1).
+std::string Frame(uint8_t type, uint8_t flags, uint32_t stream, const std::string& payload) {
+  const uint32_t length = payload.size();
+  std::string frame = {static_cast<char>(length >> 16), static_cast<char>(length >> 8), static_cast<char>(length),
+                       static_cast<char>(type),         static_cast<char>(flags),       static_cast<char>(stream >> 24),
+                       static_cast<char>(stream >> 16), static_cast<char>(stream >> 8), static_cast<char>(stream)};
+  return frame + payload;
+}
+
+// An HPACK literal header field without indexing, new name (RFC 7541 section 6.2.2); both under 127 bytes.
+std::string Literal(const std::string& name, const std::string& value) {
+  return std::string(1, '\0') + static_cast<char>(name.size()) + name + static_cast<char>(value.size()) + value;
+}
+
+// Opens a call's header block and never ends it: CONTINUATION frames of one header each, as fast as the
+// socket takes them, for `duration`.
+void FloodWithContinuationFrames(int port, absl::Duration duration) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(port);
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+  constexpr uint8_t kHeaders = 1, kSettings = 4, kContinuation = 9;
+  std::string start = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + Frame(kSettings, 0, 0, "");
+  start +=
+      Frame(kHeaders, /*no END_HEADERS*/ 0, 1,
+            Literal(":method", "POST") + Literal(":scheme", "http") +
+                Literal(":path", "/attribution.v1.AttributionService/Logprobs") + Literal(":authority", "localhost") +
+                Literal("content-type", "application/grpc") + Literal("te", "trailers"));
+  std::string flood;
+  for (int i = 0; i < 4096; ++i) flood += Frame(kContinuation, 0, 1, Literal("x-a", "b"));
+  const absl::Time end = absl::Now() + duration;
+  std::string pending = start;
+  while (absl::Now() < end) {
+    pollfd writable{.fd = fd, .events = POLLOUT, .revents = 0};
+    if (::poll(&writable, 1, 100) <= 0) continue;
+    const ssize_t sent = ::send(fd, pending.data(), pending.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (sent < 0 && errno != EAGAIN) break;  // the server closed the connection
+    pending.erase(0, sent > 0 ? sent : 0);
+    if (pending.empty()) pending = flood;
+  }
+  ::close(fd);
+}
+
+// gRPC 1.51 reads whatever a socket delivers, parsed or not, into memory its (unbounded) resource quota
+// lets it take: one connection of one-header CONTINUATION frames grew the server 230 MB a second, without
+// end. With max_transport_memory_bytes it stops reading until memory frees, and answers other clients.
+TEST(Transport, HeaderFramesSentFasterThanParsedHoldBoundedMemory) {
+  auto server =
+      ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir(), "--max_transport_memory_bytes=67108864"});
+  ASSERT_THAT(server, IsOk());
+  const double rss_before = test_support::ProcessStatusMegabytes((*server)->pid(), "VmRSS");
+  std::thread flood([&] { FloodWithContinuationFrames((*server)->port(), absl::Seconds(6)); });
+  std::this_thread::sleep_for(std::chrono::seconds(3));  // a load to measure under, not synchronisation
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  v1::LogprobsResponse response;
+  auto channel = grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials());
+  const grpc::Status status = v1::AttributionService::NewStub(channel)->Logprobs(&context, GoodLogprobs(), &response);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  flood.join();
+  const double grown = test_support::ProcessStatusMegabytes((*server)->pid(), "VmHWM") - rss_before;
+  EXPECT_LT(grown, 500) << "MB at the peak, 6 s of CONTINUATION frames";
 }
 
 }  // namespace

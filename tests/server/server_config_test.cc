@@ -46,6 +46,7 @@ TEST(ServerConfig, ParsesEveryKey) {
   absl::StatusOr<ServerConfig> config = ParseServerConfig(R"({
     "listen": "0.0.0.0:6000", "metrics_listen": "", "auth_tokens_file": "/t", "max_concurrent_requests": 7,
     "max_unread_answer_bytes": 9, "max_streams_per_connection": 11,
+    "max_transport_memory_bytes": 33554432,
     "max_message_bytes": 1000, "max_top_k": 5, "grace_period_seconds": 2.5, "client_read_timeout_seconds": 0,
     "tls": {"cert_file": "c", "key_file": "k", "client_ca_file": "ca"},
     "models": [{"name": "m", "path": "/p", "dtype": "bfloat16", "quantization": "nf4", "device": "cuda:1",
@@ -61,6 +62,7 @@ TEST(ServerConfig, ParsesEveryKey) {
   EXPECT_EQ(config->max_concurrent_requests, 7);
   EXPECT_EQ(config->max_unread_answer_bytes, 9);
   EXPECT_EQ(config->max_streams_per_connection, 11);
+  EXPECT_EQ(config->max_transport_memory_bytes, 33554432);
   EXPECT_EQ(config->grace_period, absl::Milliseconds(2500));
   EXPECT_EQ(config->client_read_timeout, absl::ZeroDuration());  // 0: no timeout
   EXPECT_EQ(config->tls.client_ca_file, "ca");
@@ -253,6 +255,8 @@ TEST(ServerConfig, RefusesValuesThatWouldStartABrokenServer) {
               HasSubstr("max_streams_per_connection = 0 is outside [1, 2147483647]"));
   EXPECT_THAT(invalid([](ServerConfig& c) { c.max_streams_per_connection = int64_t{1} << 31; }),
               HasSubstr("max_streams_per_connection = 2147483648 is outside"));
+  EXPECT_THAT(invalid([](ServerConfig& c) { c.max_transport_memory_bytes = 1000; }),
+              HasSubstr("max_transport_memory_bytes = 1000 is outside [16777216, "));
   EXPECT_THAT(invalid([](ServerConfig& c) { c.models[0].engine.max_queued_tokens = 0; }),
               HasSubstr("models[0].engine.max_queued_tokens = 0 must be positive"));
   EXPECT_THAT(invalid([](ServerConfig& c) { c.models[0].engine.max_queued_bytes = -7; }),
