@@ -51,7 +51,7 @@ struct ServerConfig {
   // Memory gRPC's transport may hold for all connections (read buffers, calls not yet handled), its
   // resource quota: past it gRPC stops reading from sockets until memory frees. Without it a client
   // that sent header frames faster than gRPC parsed them grew the process by 230 MB a second.
-  int64_t max_transport_memory_bytes = int64_t{1} << 30;
+  int64_t max_transport_memory_bytes = int64_t{256} << 20;
   // Bytes (serialized) of unary answers handed to gRPC that their clients have not read yet: they stay
   // in memory until read (or until client_read_timeout cancels them), outside max_concurrent_requests'
   // slots; beyond this new calls are refused. In memory an answer takes a few times its serialized size.

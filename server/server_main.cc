@@ -84,7 +84,7 @@ ABSL_FLAG(int64_t, max_concurrent_requests, 256, "calls served at once; more are
 ABSL_FLAG(int64_t, max_streams_per_connection, 256,
           "calls one connection may hold open at once (HTTP/2 streams); a client's further calls wait in its "
           "transport until one ends");
-ABSL_FLAG(int64_t, max_transport_memory_bytes, int64_t{1} << 30,
+ABSL_FLAG(int64_t, max_transport_memory_bytes, int64_t{256} << 20,
           "memory gRPC's transport may hold for all connections (read buffers, calls not yet handled); past "
           "it gRPC stops reading from sockets until memory frees");
 ABSL_FLAG(int64_t, max_unread_answer_bytes, int64_t{64} << 20,
