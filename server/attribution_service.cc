@@ -166,6 +166,7 @@ void AttributionServiceImpl::CallEnded(const CallLog& log, const grpc::Status& s
   if (log.admitted) {
     gate_.Leave();
   }
+  if (!log.logged) return;
   nlohmann::json line = {{"rpc", log.method},
                          {"model", AbbreviateUserText(log.model)},
                          {"code", code},
@@ -181,6 +182,7 @@ void AttributionServiceImpl::CallEnded(const CallLog& log, const grpc::Status& s
   }
   // Messages quote client strings shortly already; the cap keeps one we missed from flooding the log.
   if (!status.ok()) line["message"] = AbbreviateUserText(status.error_message(), 1024);
+  if (log.like_it_not_logged > 0) line["like_it_not_logged"] = log.like_it_not_logged;
   WriteLogLine(std::move(line));
 }
 

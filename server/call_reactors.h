@@ -31,6 +31,8 @@ struct CallLog {
   absl::Time received = absl::Now();
   absl::Time deadline = absl::InfiniteFuture();  // the client's
   bool admitted = false;                         // holds a CallGate slot
+  bool logged = true;                            // whether its end writes a log line (metrics count it anyway)
+  int64_t like_it_not_logged = 0;                // calls like it whose lines were left out before it
   attribution::v1::RunStats stats;
 };
 

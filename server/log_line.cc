@@ -3,6 +3,7 @@
 
 #include <cstdio>
 #include <string>
+#include <utility>
 
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -27,6 +28,21 @@ void WriteLogLine(nlohmann::json line) {
   if (!line.contains("severity")) line["severity"] = LogSeverity(line);
   const std::string text = line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   std::fwrite(text.data(), 1, text.size(), stderr);  // one call: lines from many threads do not interleave
+}
+
+bool LogLineBudget::Take(absl::Time now, int64_t& left_out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (now - second_began_ >= absl::Seconds(1)) {
+    second_began_ = now;
+    taken_ = 0;
+  }
+  if (taken_ >= lines_per_second_) {
+    ++refused_;
+    return false;
+  }
+  ++taken_;
+  left_out = std::exchange(refused_, 0);
+  return true;
 }
 
 }  // namespace attribution::server

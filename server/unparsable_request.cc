@@ -59,8 +59,9 @@ std::optional<std::string> FieldWithBadUtf8(const std::string& complaint, const 
 
 class UnparsableRequestInterceptor final : public grpc::experimental::Interceptor {
  public:
-  UnparsableRequestInterceptor(CallObserver* observer, grpc::experimental::ServerRpcInfo* info)
-      : observer_(observer), info_(info) {}
+  UnparsableRequestInterceptor(CallObserver* observer, LogLineBudget* ended_before_message_lines,
+                               grpc::experimental::ServerRpcInfo* info)
+      : observer_(observer), ended_before_message_lines_(ended_before_message_lines), info_(info) {}
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
     using grpc::experimental::InterceptionHookPoints;
@@ -88,6 +89,7 @@ class UnparsableRequestInterceptor final : public grpc::experimental::Intercepto
     // A call cancelled (or expired) before its message came has no message either: no bad input.
     if (context->IsCancelled()) {
       const bool expired = absl::FromChrono(context->deadline()) < absl::Now();
+      log.logged = ended_before_message_lines_->Take(absl::Now(), log.like_it_not_logged);
       observer_->CallEnded(log,
                            grpc::Status(expired ? grpc::StatusCode::DEADLINE_EXCEEDED : grpc::StatusCode::CANCELLED,
                                         "the call ended before its request message arrived"));
@@ -97,6 +99,7 @@ class UnparsableRequestInterceptor final : public grpc::experimental::Intercepto
   }
 
   CallObserver* const observer_;
+  LogLineBudget* const ended_before_message_lines_;
   grpc::experimental::ServerRpcInfo* const info_;
   const absl::Time received_ = absl::Now();
   std::optional<grpc::Status> refusal_;
@@ -130,7 +133,7 @@ grpc::experimental::Interceptor* UnparsableRequestInterceptorFactory::CreateServ
       info->type() != grpc::experimental::ServerRpcInfo::Type::SERVER_STREAMING) {
     return nullptr;
   }
-  return new UnparsableRequestInterceptor(observer_, info);
+  return new UnparsableRequestInterceptor(observer_, &ended_before_message_lines_, info);
 }
 
 }  // namespace attribution::server
