@@ -194,6 +194,37 @@ TEST(Lifecycle, WhileABatchMakesNoProgressPastTheStallTimeHealthIsNotServing) {
   EXPECT_TRUE(result->convergence_delta.has_value());
 }
 
+// One long integrated-gradients call (OneLongBatch(24)) on its own thread, seen running: its gradient batch
+// has gone without progress for a moment, under the server's 1 s stall time.
+class LongCallRunning {
+ public:
+  explicit LongCallRunning(const ServerProcess& server)
+      : client_(std::move(*client::AttributionClient::Connect({.target = server.address()}))), call_([this] {
+          result_ = client_->Attribute(OneLongBatch(24));
+          done_ = true;
+        }) {
+    while (!done_ &&
+           MetricValue(server.metrics_port(), R"(attribution_engine_seconds_without_progress{model="demo"})") < 0.05) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
+  ~LongCallRunning() { Join(); }
+  bool done() const { return done_; }
+  const absl::StatusOr<client::Attribution>& Join() {
+    if (call_.joinable()) call_.join();
+    return result_;
+  }
+
+ private:
+  std::unique_ptr<client::AttributionClient> client_;
+  std::atomic<bool> done_{false};
+  absl::StatusOr<client::Attribution> result_ = absl::UnknownError("not run");
+  std::thread call_;
+};
+
+const client::LogprobsOptions kShortCall{
+    .model = "demo", .prompt = "The cup is tiny. Q: Is it big? A:", .target = " No"};
+
 // Calls queued behind a hung batch, or arriving while it hangs, would wait for their deadlines on a client
 // that keeps its connection to this replica: they end UNAVAILABLE naming the stall (a client retries that
 // on another replica), long before the batch ends; the batch's own call still gets its whole answer.
@@ -202,42 +233,29 @@ TEST(Lifecycle, WhileABatchMakesNoProgressPastTheStallTimeOtherCallsEndUnavailab
   // Stalled after 1 s: the first short call is surely sent before.
   std::unique_ptr<ServerProcess> server = StartWithQuickStall(root, {}, /*stall_seconds=*/1);
   ASSERT_NE(server, nullptr);
-  auto client = std::move(*client::AttributionClient::Connect({.target = server->address()}));
   // One try: this test's only replica would answer the retries as it answered the first.
   auto once = std::move(*client::AttributionClient::Connect({.target = server->address(), .max_attempts = 1}));
-
-  std::atomic<bool> done{false};
-  absl::StatusOr<client::Attribution> result = absl::UnknownError("not run");
-  std::thread call([&] {
-    result = client->Attribute(OneLongBatch(24));
-    done = true;
-  });
-  const client::LogprobsOptions short_call{
-      .model = "demo", .prompt = "The cup is tiny. Q: Is it big? A:", .target = " No"};
+  LongCallRunning long_call(*server);
+  ASSERT_FALSE(long_call.done()) << "the long batch ended before the test saw it run";
   // Queued: sent while the long batch runs, before it counts as stalled.
-  while (!done &&
-         MetricValue(server->metrics_port(), R"(attribution_engine_seconds_without_progress{model="demo"})") < 0.05) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  ASSERT_FALSE(done) << "the long batch ended before the test saw it run";
-  const absl::StatusOr<client::Logprobs> queued = once->GetLogprobs(short_call);
-  EXPECT_FALSE(done);
+  const absl::StatusOr<client::Logprobs> queued = once->GetLogprobs(kShortCall);
+  EXPECT_FALSE(long_call.done());
   EXPECT_THAT(queued, test_support::StatusIs(absl::StatusCode::kUnavailable,
                                              ::testing::HasSubstr("the model is stalled: its running batch has made "
                                                                   "no progress for")));
   // Arriving while stalled: refused at once.
   const absl::Time sent = absl::Now();
-  EXPECT_THAT(once->GetLogprobs(short_call),
+  EXPECT_THAT(once->GetLogprobs(kShortCall),
               test_support::StatusIs(absl::StatusCode::kUnavailable, ::testing::HasSubstr("retry on another replica")));
-  EXPECT_FALSE(done);
+  EXPECT_FALSE(long_call.done());
   EXPECT_LT(absl::Now() - sent, absl::Seconds(1));
-  call.join();
+  const absl::StatusOr<client::Attribution>& result = long_call.Join();
   ASSERT_THAT(result, IsOk());
   EXPECT_GE(result->prompt_tokens.size(), 900u);
   EXPECT_TRUE(WaitForLog(*server, "refused (UNAVAILABLE; 1 queued rows) until it moves", absl::Seconds(1)))
       << server->Log();
   // Moving again, it answers the same call.
-  EXPECT_THAT(once->GetLogprobs(short_call), IsOk());
+  EXPECT_THAT(once->GetLogprobs(kShortCall), IsOk());
 }
 
 // Draining, the server waits for its calls; those queued behind a stalled batch could not finish in the
@@ -247,37 +265,27 @@ TEST(Lifecycle, DrainingAStalledModelsQueuedCallsEndUnavailable) {
   std::unique_ptr<ServerProcess> server =
       StartWithQuickStall(root, {"--grace_period_seconds=120"}, /*stall_seconds=*/1);
   ASSERT_NE(server, nullptr);
-  auto client = std::move(*client::AttributionClient::Connect({.target = server->address()}));
   auto once = std::move(*client::AttributionClient::Connect({.target = server->address(), .max_attempts = 1}));
-  std::atomic<bool> done{false};
-  absl::StatusOr<client::Attribution> result = absl::UnknownError("not run");
-  std::thread call([&] {
-    result = client->Attribute(OneLongBatch(24));
-    done = true;
-  });
-  const int port = server->metrics_port();
-  auto metric = [port](const char* name) { return MetricValue(port, absl::StrCat(name, R"({model="demo"})")); };
-  while (!done && metric("attribution_engine_seconds_without_progress") < 0.05) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
+  LongCallRunning long_call(*server);
   absl::StatusOr<client::Logprobs> queued = absl::UnknownError("not run");
   std::atomic<bool> queued_done{false};
   std::thread short_call([&] {
-    queued = once->GetLogprobs({.model = "demo", .prompt = "The cup is tiny. Q: Is it big? A:", .target = " No"});
+    queued = once->GetLogprobs(kShortCall);
     queued_done = true;
   });
-  while (!queued_done && metric("attribution_engine_queued_rows") < 1) {
+  // Admitted (the long call may have rows queued too), then queued a moment later: well under the stall time.
+  while (!queued_done && MetricValue(server->metrics_port(), "attribution_rpcs_in_flight") < 2) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  ASSERT_FALSE(done) << "the long batch ended before the test saw it run";
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_FALSE(long_call.done()) << "the long batch ended before the test saw it run";
   server->Signal(SIGTERM);
   short_call.join();
-  EXPECT_FALSE(done);
+  EXPECT_FALSE(long_call.done());
   EXPECT_THAT(queued,
               test_support::StatusIs(absl::StatusCode::kUnavailable, ::testing::HasSubstr("the model is stalled")));
   EXPECT_EQ(server->Wait(absl::Seconds(120)), 0) << server->Log();
-  call.join();
-  EXPECT_THAT(result, IsOk());
+  EXPECT_THAT(long_call.Join(), IsOk());
 }
 
 // Stopping waits for the running batch; a stalled one may never end, and the process then hung until
