@@ -307,6 +307,7 @@ void BatchingEngine::Loop() {
   const int contended_threads = options_.contended_intra_op_threads == EngineOptions::kOneThreadFewer
                                     ? std::max(1, all_threads - 1)
                                     : options_.contended_intra_op_threads;
+  absl::Duration idle_wait = kIdleBeforeTrim;
   while (true) {
     std::vector<Answer> dropped;
     std::vector<PendingRow> batch;
@@ -315,19 +316,22 @@ void BatchingEngine::Loop() {
     {
       std::unique_lock<std::mutex> lock(mu_);
       auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || stats_.queued_rows > 0; };
-      if (!work_changed_.wait_for(lock, absl::ToChronoNanoseconds(kIdleBeforeTrim), has_work)) {
-        // Idle a moment after work: requests let go of their tensors on their own threads, some later
-        // than others, so trim a few times, one idle moment apart.
+      if (!work_changed_.wait_for(lock, absl::ToChronoNanoseconds(idle_wait), has_work)) {
+        // Idle a moment after work: requests let go of their tensors on their own threads, some much
+        // later than others on a busy machine (building and sending a large answer), so trim a few
+        // times, each idle moment twice as long as the one before.
         if (stats_.padded_tokens - padded_tokens_at_trim_ >= kTokensBetweenTrims) idle_trims_left_ = kIdleTrims;
         padded_tokens_at_trim_ = stats_.padded_tokens;
         if (idle_trims_left_ > 0) {
           --idle_trims_left_;
+          idle_wait *= 2;
           lock.unlock();
           ReleaseFreeMemory();
           continue;
         }
         work_changed_.wait(lock, has_work);
       }
+      idle_wait = kIdleBeforeTrim;
       if (stopping_ && stats_.queued_rows == 0) return;
       const absl::Time now = Now();
       DropDeadRowsLocked(now, dropped);

@@ -47,10 +47,11 @@ TEST(Memory, AnIdleServerReturnsWhatABurstTook) {
   const double peak = ProcessStatusMegabytes((*server)->pid(), "VmHWM");
   // The engine trims after its queue has been empty for a moment, so the answers arrive first; wait
   // for both bars below (waiting only for the weaker one once stopped between a tensor's unmap and the
-  // trim, at 11% above warm-up).
+  // trim, at 11% above warm-up). Its last trim is 12.6 s into the idle stretch: with three trims in
+  // the first 0.6 s, a CI run beside other tests kept 450 MB from 402 MB, freed after the last trim.
   double idle = ProcessStatusMegabytes((*server)->pid(), "VmRSS");
   const auto holds_burst_memory = [&] { return idle - warm > 0.25 * (peak - warm) || idle > 1.10 * warm; };
-  for (int i = 0; i < 200 && holds_burst_memory(); ++i) {
+  for (int i = 0; i < 300 && holds_burst_memory(); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));  // polling another process's memory
     idle = ProcessStatusMegabytes((*server)->pid(), "VmRSS");
   }
