@@ -235,15 +235,9 @@ int64_t BatchingEngine::RefuseQueuedWorkWhileStalled() {
   std::vector<Answer> answers;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (auto it = queues_.begin(); it != queues_.end();) {
-      const absl::Status refusal = StallRefusalLocked(it->first);
-      if (refusal.ok()) {
-        ++it;
-        continue;
-      }
-      DropQueueLocked(it->second, refusal, answers);
-      it = queues_.erase(it);
-    }
+    DropQueuesLocked([this](const RequestQueue& queue)
+                         ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return StallRefusalLocked(queue.request->id()); },
+                     answers);
   }
   const int64_t refused = static_cast<int64_t>(answers.size());
   Deliver(answers);
@@ -260,13 +254,20 @@ void BatchingEngine::DropQueueLocked(RequestQueue& queue, const absl::Status& st
 }
 
 void BatchingEngine::DropDeadRowsLocked(absl::Time now, std::vector<Answer>& answers) {
+  DropQueuesLocked(
+      [now](const RequestQueue& queue) {
+        if (queue.request->cancelled()) return absl::CancelledError("request was cancelled");
+        if (now > queue.request->deadline()) return absl::DeadlineExceededError("request deadline passed while queued");
+        return absl::OkStatus();
+      },
+      answers);
+}
+
+void BatchingEngine::DropQueuesLocked(absl::FunctionRef<absl::Status(const RequestQueue&)> refusal,
+                                      std::vector<Answer>& answers) {
   for (auto it = queues_.begin(); it != queues_.end();) {
     RequestQueue& queue = it->second;
-    absl::Status status;
-    if (queue.request->cancelled())
-      status = absl::CancelledError("request was cancelled");
-    else if (now > queue.request->deadline())
-      status = absl::DeadlineExceededError("request deadline passed while queued");
+    const absl::Status status = refusal(queue);
     if (status.ok() && queue.rows > 0) {
       ++it;
       continue;

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "engine/scheduler/batch_executor.h"
@@ -237,6 +238,9 @@ class BatchingEngine {
   absl::Status StallRefusalLocked(uint64_t request_id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Removes rows of expired or cancelled requests; appends their answers.
   void DropDeadRowsLocked(absl::Time now, std::vector<Answer>& answers) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Erases every queue that is empty or for which `refusal` is not OK, answering its rows with that status.
+  void DropQueuesLocked(absl::FunctionRef<absl::Status(const RequestQueue&)> refusal, std::vector<Answer>& answers)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Answers every queued row of `queue` with `status` and takes them off the totals; the caller erases it.
   void DropQueueLocked(RequestQueue& queue, const absl::Status& status, std::vector<Answer>& answers)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
