@@ -10,12 +10,14 @@
 
 #include "attribution/v1/attribution.grpc.pb.h"
 #include "client/attribution_client.h"
+#include "tests/testing/demo_requests.h"
 #include "tests/testing/server_process.h"
 #include "tests/testing/status_matchers.h"
 
 namespace attribution {
 namespace {
 
+using ::attribution::test_support::DemoLogprobsRequest;
 using ::attribution::test_support::IsOk;
 using ::attribution::test_support::StatusIs;
 using grpc::StatusCode;
@@ -39,17 +41,6 @@ v1::GenerateRequest GoodGenerate() {
   r.set_model("demo");
   r.mutable_prompt()->set_text("Once upon a time");
   r.mutable_generation()->set_max_new_tokens(4);
-  return r;
-}
-
-v1::LogprobsRequest GoodLogprobs() {
-  v1::LogprobsRequest r;
-  r.set_model("demo");
-  r.mutable_prompt()->set_text("Once upon a time");
-  r.mutable_target()->set_text(" there");
-  // The demo tokenizer (no pre-tokenizer, as Llama 2's tokenizer.json) merges "time" and " there" across
-  // the word boundary, so the continuation of this prompt is refused; the target alone is a fine input.
-  r.set_target_tokenization(v1::SEPARATE);
   return r;
 }
 
@@ -91,7 +82,7 @@ template <typename Mutate>
 BadCase Logprobs(std::string name, Mutate mutate, StatusCode code, std::string message) {
   return {std::move(name),
           [mutate](v1::AttributionService::Stub& stub) {
-            v1::LogprobsRequest request = GoodLogprobs();
+            v1::LogprobsRequest request = DemoLogprobsRequest();
             mutate(request);
             grpc::ClientContext context;
             v1::LogprobsResponse response;
@@ -682,7 +673,7 @@ TEST(BadInputs, HugeModelNameIsQuotedShortlyInTheStatusAndTheLog) {
   ASSERT_THAT(server, IsOk());
   auto stub =
       v1::AttributionService::NewStub(grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
-  v1::LogprobsRequest request = GoodLogprobs();
+  v1::LogprobsRequest request = DemoLogprobsRequest();
   request.set_model(std::string(10000, 'm'));
   grpc::ClientContext context;
   v1::LogprobsResponse response;
@@ -714,12 +705,12 @@ TEST(BadInputs, CompressedRequestsAreRefusedBeforeTheyAreInflated) {
     grpc::ClientContext context;
     context.set_compression_algorithm(algorithm);
     v1::LogprobsResponse response;
-    const grpc::Status status = stub->Logprobs(&context, GoodLogprobs(), &response);
+    const grpc::Status status = stub->Logprobs(&context, DemoLogprobsRequest(), &response);
     EXPECT_EQ(status.error_code(), StatusCode::UNIMPLEMENTED) << algorithm << ": " << status.error_message();
   }
   grpc::ClientContext context;
   v1::LogprobsResponse response;
-  EXPECT_TRUE(stub->Logprobs(&context, GoodLogprobs(), &response).ok());
+  EXPECT_TRUE(stub->Logprobs(&context, DemoLogprobsRequest(), &response).ok());
 }
 
 TEST(BadInputs, CallsOverTheConcurrencyLimitAreResourceExhausted) {
@@ -840,7 +831,7 @@ TEST(BadInputs, AResponseOverTheMessageLimitSaysWhatToAskForLess) {
   }
   {
     // 20 alternatives at each of 150 positions (text and bytes each): checked like the other responses.
-    v1::LogprobsRequest logprobs = GoodLogprobs();
+    v1::LogprobsRequest logprobs = DemoLogprobsRequest();
     logprobs.mutable_target()->clear_text();
     for (int i = 0; i < 150; ++i) logprobs.mutable_target()->add_token_ids(100 + i);
     logprobs.set_top_k(20);

@@ -21,23 +21,16 @@
 
 #include "absl/time/clock.h"
 #include "attribution/v1/attribution.grpc.pb.h"
+#include "tests/testing/demo_requests.h"
 #include "tests/testing/server_process.h"
 #include "tests/testing/status_matchers.h"
 
 namespace attribution {
 namespace {
 
+using ::attribution::test_support::DemoLogprobsRequest;
 using ::attribution::test_support::IsOk;
 using test_support::ServerProcess;
-
-v1::LogprobsRequest GoodLogprobs() {
-  v1::LogprobsRequest r;
-  r.set_model("demo");
-  r.mutable_prompt()->set_text("Once upon a time");
-  r.mutable_target()->set_text(" there");
-  r.set_target_tokenization(v1::SEPARATE);
-  return r;
-}
 
 // Calls opened on one connection (HTTP/2 HEADERS) whose request message never comes: the server's call
 // objects for them wait forever, each matched before any handler or token check.
@@ -93,7 +86,7 @@ TEST(Transport, OneConnectionHoldsAtMostItsStreamLimitOfUnfedCalls) {
     // Connected, and the server's SETTINGS received, before the flood.
     grpc::ClientContext context;
     v1::LogprobsResponse response;
-    ASSERT_TRUE(v1::AttributionService::NewStub(channel)->Logprobs(&context, GoodLogprobs(), &response).ok());
+    ASSERT_TRUE(v1::AttributionService::NewStub(channel)->Logprobs(&context, DemoLogprobsRequest(), &response).ok());
   }
   const double rss_before = test_support::ProcessStatusMegabytes((*server)->pid(), "VmRSS");
   constexpr int kCalls = 10000;
@@ -112,7 +105,8 @@ TEST(Transport, OneConnectionHoldsAtMostItsStreamLimitOfUnfedCalls) {
   grpc::ChannelArguments own_connection;  // channels of equal arguments share one connection
   own_connection.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   auto other = grpc::CreateCustomChannel((*server)->address(), grpc::InsecureChannelCredentials(), own_connection);
-  const grpc::Status status = v1::AttributionService::NewStub(other)->Logprobs(&context, GoodLogprobs(), &response);
+  const grpc::Status status =
+      v1::AttributionService::NewStub(other)->Logprobs(&context, DemoLogprobsRequest(), &response);
   EXPECT_TRUE(status.ok()) << status.error_message();
 }
 
@@ -229,7 +223,8 @@ TEST(Transport, HeaderFramesSentFasterThanParsedHoldBoundedMemory) {
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
   v1::LogprobsResponse response;
   auto channel = grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials());
-  const grpc::Status status = v1::AttributionService::NewStub(channel)->Logprobs(&context, GoodLogprobs(), &response);
+  const grpc::Status status =
+      v1::AttributionService::NewStub(channel)->Logprobs(&context, DemoLogprobsRequest(), &response);
   EXPECT_TRUE(status.ok()) << status.error_message();
   EXPECT_LT(grown, 500) << "MB at the peak, 6 s of CONTINUATION frames";
 }
