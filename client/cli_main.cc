@@ -202,15 +202,17 @@ absl::StatusOr<std::vector<std::string>> StopStringsFromFlag() {
   return stops;
 }
 
-GenerationSettings GenerationFromFlags() {
+absl::StatusOr<GenerationSettings> GenerationFromFlags() {
+  absl::StatusOr<std::vector<int64_t>> stop_token_ids = StopTokenIdsFromFlag();
+  if (!stop_token_ids.ok()) return stop_token_ids.status();
   // No --seed: the server samples afresh.
-  return {.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens),
-          .temperature = absl::GetFlag(FLAGS_temperature),
-          .top_p = absl::GetFlag(FLAGS_top_p),
-          .top_k = absl::GetFlag(FLAGS_sample_top_k),
-          .seed = absl::GetFlag(FLAGS_seed),
-          .stop_token_ids = StopTokenIdsFromFlag().value_or(std::vector<int64_t>{}),
-          .ignore_stop_tokens = absl::GetFlag(FLAGS_ignore_stop_tokens)};
+  return GenerationSettings{.max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens),
+                            .temperature = absl::GetFlag(FLAGS_temperature),
+                            .top_p = absl::GetFlag(FLAGS_top_p),
+                            .top_k = absl::GetFlag(FLAGS_sample_top_k),
+                            .seed = absl::GetFlag(FLAGS_seed),
+                            .stop_token_ids = *std::move(stop_token_ids),
+                            .ignore_stop_tokens = absl::GetFlag(FLAGS_ignore_stop_tokens)};
 }
 
 // --range BEGIN:END; nullopt when not given. An error is a usage error, found before any call; only an END
@@ -281,13 +283,13 @@ int PrintWithHtml(const std::string& shown, const std::string& html) {
   return written.ok() ? 0 : Failed(written);
 }
 
-int Attribute(AttributionClient& client, const std::string& model,
+int Attribute(AttributionClient& client, const std::string& model, const GenerationSettings& generation,
               std::optional<std::pair<int64_t, int64_t>> feature_range) {
   AttributeOptions o{.model = model,
                      .prompt = absl::GetFlag(FLAGS_prompt),
                      .target = absl::GetFlag(FLAGS_target),
                      .target_tokenization = absl::GetFlag(FLAGS_target_tokenization),
-                     .generation = GenerationFromFlags(),
+                     .generation = generation,
                      .method = absl::GetFlag(FLAGS_method),
                      .quantity = absl::GetFlag(FLAGS_quantity),
                      .foil = absl::GetFlag(FLAGS_foil),
@@ -404,11 +406,10 @@ int Components(AttributionClient& client, const std::string& model, std::vector<
                        ComponentHtmlReport(*result));
 }
 
-int Generate(AttributionClient& client, const std::string& model) {
-  GenerateOptions o{.model = model,
-                    .prompt = absl::GetFlag(FLAGS_prompt),
-                    .generation = GenerationFromFlags(),
-                    .stop = StopStringsFromFlag().value_or(std::vector<std::string>{})};
+int Generate(AttributionClient& client, const std::string& model, const GenerationSettings& generation,
+             std::vector<std::string> stop) {
+  GenerateOptions o{
+      .model = model, .prompt = absl::GetFlag(FLAGS_prompt), .generation = generation, .stop = std::move(stop)};
   absl::StatusOr<Generation> result;
   if (absl::GetFlag(FLAGS_stream)) {
     // With --json, stdout holds the JSON alone: the tokens show on stderr as they come.
@@ -522,17 +523,14 @@ int Run(const std::vector<char*>& positional) {
     return 2;
   }
   absl::StatusOr<std::optional<std::pair<int64_t, int64_t>>> range = RangeFromFlag();
-  if (command == "attribute" && !range.ok()) {
-    std::fprintf(stderr, "attribution-cli: %s\n", std::string(range.status().message()).c_str());
-    return 2;
-  }
-  if (absl::StatusOr<std::vector<int64_t>> ids = StopTokenIdsFromFlag(); !ids.ok()) {
-    std::fprintf(stderr, "attribution-cli: %s\n", std::string(ids.status().message()).c_str());
-    return 2;
-  }
-  if (absl::StatusOr<std::vector<std::string>> stops = StopStringsFromFlag(); !stops.ok()) {
-    std::fprintf(stderr, "attribution-cli: %s\n", std::string(stops.status().message()).c_str());
-    return 2;
+  const absl::StatusOr<GenerationSettings> generation = GenerationFromFlags();
+  absl::StatusOr<std::vector<std::string>> stops = StopStringsFromFlag();
+  for (const absl::Status& usage :
+       {command == "attribute" ? range.status() : absl::OkStatus(), generation.status(), stops.status()}) {
+    if (!usage.ok()) {
+      std::fprintf(stderr, "attribution-cli: %s\n", std::string(usage.message()).c_str());
+      return 2;
+    }
   }
   absl::StatusOr<std::vector<PromptPair>> pairs;
   if (command == "components") {
@@ -550,9 +548,9 @@ int Run(const std::vector<char*>& positional) {
   }
   absl::StatusOr<std::string> model = ModelName(**client);
   if (!model.ok()) return Failed(model.status());
-  if (command == "attribute") return Attribute(**client, *model, *range);
+  if (command == "attribute") return Attribute(**client, *model, *generation, *range);
   if (command == "components") return Components(**client, *model, std::move(*pairs));
-  if (command == "generate") return Generate(**client, *model);
+  if (command == "generate") return Generate(**client, *model, *generation, *std::move(stops));
   return LogprobsCommand(**client, *model);
 }
 
