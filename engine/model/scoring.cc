@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
 #include "engine/model/causal_lm.h"
+#include "engine/model/top_tokens.h"
 #include "engine/model/torch_errors.h"
 
 namespace attribution::engine {
@@ -41,23 +42,6 @@ absl::StatusOr<std::vector<int64_t>> RowLengths(const ForwardBatch& batch) {
     return absl::InvalidArgumentError("give input_ids [batch, seq] or inputs_embeds [batch, seq, hidden]");
   }
   return std::vector<int64_t>(t.size(0), t.size(1));
-}
-
-// The k best of each row of `log_probs` ([N, vocab]) as (values, ids), each [N, k]: best first, equal
-// values in id order. at::topk leaves ties in no set order (nor says which of several tied tokens makes
-// the cut; its kernels differ by device and size), and in bfloat16 or float16 most top-20 lists hold
-// ties. Equal log-probs come out as a stable sort by id would put them.
-std::pair<at::Tensor, at::Tensor> TopTokensInIdOrderOfTies(const at::Tensor& log_probs, int64_t k) {
-  const at::Tensor kth_best = std::get<0>(log_probs.topk(k, -1)).narrow(1, k - 1, 1);  // [N, 1]
-  // Every token at least as good as the k-th, in the row that has most: all tokens that could make the
-  // cut in any tie order. topk ranks NaN above every number, but NaN compares false: counted apart.
-  const int64_t candidates =
-      std::max(k, ((log_probs >= kth_best).sum(-1) + log_probs.isnan().sum(-1)).max().item<int64_t>());
-  auto [values, ids] = log_probs.topk(candidates, -1);  // [N, candidates], ties in any order
-  auto [ids_ascending, by_id] = ids.sort(-1);
-  const at::Tensor values_by_id = values.gather(1, by_id);
-  auto [best_first, by_value] = values_by_id.sort(/*stable=*/true, /*dim=*/-1, /*descending=*/true);
-  return {best_first.narrow(1, 0, k), ids_ascending.gather(1, by_value).narrow(1, 0, k)};
 }
 
 }  // namespace
