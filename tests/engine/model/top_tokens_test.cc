@@ -78,6 +78,19 @@ TEST(TopTokens, RowsWithFewAndManyTies) {
   ExpectSortedByValueThenId(at::randn({16, 1000}), 20);  // no ties
 }
 
+TEST(TopTokens, ABatchWithOneTiedRow) {
+  at::manual_seed(5);
+  // Rows without ties take at::topk's list as it is; one row tied at the cut, and one tied inside its
+  // best k, must still come out in id order beside them.
+  at::Tensor rows = at::randn({8, 500});
+  for (int64_t id : {412, 7, 233, 90, 301, 18, 477, 150, 64, 399}) rows[3][id] = 10.0;  // best ten, tied
+  rows[6].narrow(0, 100, 50).fill_(5.0);
+  rows[6][2] = 6.0;  // best, then 50 ties across the cut
+  ExpectSortedByValueThenId(rows, 12);
+  ExpectSortedByValueThenId(rows.narrow(0, 0, 6), 12);  // ties inside the best k only
+  ExpectSortedByValueThenId(rows.narrow(0, 6, 1), 12);
+}
+
 TEST(TopTokens, NaNsComeFirstInIdOrder) {
   at::Tensor rows = at::zeros({3, 40}, at::kFloat);
   const float nan = std::numeric_limits<float>::quiet_NaN();
