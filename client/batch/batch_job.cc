@@ -61,7 +61,12 @@ json JobDefaults() {
           {"matrix", false},
           {"completeness_tolerance", 0.0},
           {"over_choices", false},
-          {"faithfulness", false}};
+          {"faithfulness", false},
+          {"component_method", "activation_patching"},
+          {"metric", "logit_difference"},
+          {"direction", "denoising"},
+          {"sites", "heads"},
+          {"granularity", "default"}};
 }
 
 namespace {
@@ -150,6 +155,31 @@ AttributeOptions ToAttributeOptions(const json& settings, const BatchRow& row, c
           .include_special_tokens = settings["include_special_tokens"].get<bool>()};
 }
 
+namespace {
+
+// "heads, mlp_out" -> {"heads", "mlp_out"}; an empty name stays, for the library to refuse naming it.
+std::vector<std::string> SiteNames(const std::string& sites) {
+  std::vector<std::string> names;
+  for (absl::string_view name : absl::StrSplit(sites, ',')) names.emplace_back(absl::StripAsciiWhitespace(name));
+  return names;
+}
+
+}  // namespace
+
+ComponentOptions ToComponentOptions(const json& settings, const BatchRow& row) {
+  return {.model = settings["model"].get<std::string>(),
+          .pairs = {{.clean = row.prompt, .corrupted = row.corrupted.value_or("")}},
+          .answer = row.answer.value_or(""),
+          .wrong_answer = row.wrong_answer.value_or(""),
+          .metric = settings["metric"].get<std::string>(),
+          .method = settings["component_method"].get<std::string>(),
+          .direction = settings["direction"].get<std::string>(),
+          .sites = SiteNames(settings["sites"].get<std::string>()),
+          .granularity = settings["granularity"].get<std::string>(),
+          .n_steps = settings["n_steps"].get<int>(),
+          .rule = settings["rule"].get<std::string>()};
+}
+
 std::string Digest(const json& value) { return Hex(Fnv1a(JsonText(value))); }
 
 namespace {
@@ -157,7 +187,8 @@ namespace {
 // The settings as their digests see them: those added after the first release only when set, and the
 // rule the server runs for "default" (the default was "gausslegendre" before the server chose the rule).
 json CountedSettings(const json& settings) {
-  static const char* const kLaterSettings[] = {"over_choices", "faithfulness"};
+  static const char* const kLaterSettings[] = {"over_choices", "faithfulness", "component_method", "metric",
+                                               "direction",    "sites",        "granularity"};
   const json defaults = JobDefaults();
   json counted = settings;
   for (const char* key : kLaterSettings) {
@@ -169,6 +200,14 @@ json CountedSettings(const json& settings) {
   return counted;
 }
 
+// A component row's own fields, into a digest's object (an attribution row's digests stay as they were).
+void AddPairFields(const BatchRow& row, json& identity) {
+  if (!row.components()) return;
+  identity["corrupted"] = *row.corrupted;
+  identity["answer"] = row.answer ? json(*row.answer) : json();
+  identity["wrong_answer"] = row.wrong_answer ? json(*row.wrong_answer) : json();
+}
+
 }  // namespace
 
 std::string SettingsDigest(const json& settings) { return Digest(CountedSettings(settings)); }
@@ -178,6 +217,7 @@ std::string RequestId(const std::string& model_fingerprint, const json& settings
   json identity = {{"model", model_fingerprint}, {"settings", counted},
                    {"prompt", row.prompt},       {"target", row.target ? json(*row.target) : json()},
                    {"choices", row.choices},     {"label", row.label ? json(*row.label) : json()}};
+  AddPairFields(row, identity);
   return Digest(identity);
 }
 
@@ -192,11 +232,12 @@ std::string InputDigest(const BatchRow& row) {
       own[key] = (*merged)[key];
     }
   }
-  const json input = {{"prompt", row.prompt},
-                      {"target", row.target ? json(*row.target) : json()},
-                      {"choices", row.choices},
-                      {"label", row.label ? json(*row.label) : json()},
-                      {"settings", own}};
+  json input = {{"prompt", row.prompt},
+                {"target", row.target ? json(*row.target) : json()},
+                {"choices", row.choices},
+                {"label", row.label ? json(*row.label) : json()},
+                {"settings", own}};
+  AddPairFields(row, input);
   return Digest(input);
 }
 
@@ -262,6 +303,17 @@ absl::Status WriteResultsParquet(const std::string& results_path, const std::str
       {"predicted_prob", ParquetType::kDouble},
       {"label", ParquetType::kString},
       {"correct", ParquetType::kBool},
+      {"clean_tokens", ParquetType::kStringList},  // component rows
+      {"corrupted_tokens", ParquetType::kStringList},
+      {"answer", ParquetType::kString},
+      {"wrong_answer", ParquetType::kString},
+      {"clean_metric", ParquetType::kDouble},
+      {"corrupted_metric", ParquetType::kDouble},
+      {"grid_sites", ParquetType::kStringList},
+      {"grid_axes", ParquetType::kStringList},
+      {"grid_shapes", ParquetType::kDoubleMatrix},
+      {"grid_values", ParquetType::kDoubleMatrix},
+      {"grid_convergence_deltas", ParquetType::kDoubleMatrix},
       {"server_seconds", ParquetType::kDouble},
       {"attempts", ParquetType::kInt64},
   };

@@ -23,19 +23,27 @@ namespace attribution::client::batch {
 // choices ("|"-separated) and label; an empty cell is a field not given. No target and no choices: the
 // server generates the target; a target given but empty is refused (an empty CSV target cell in a row
 // without choices too).
+// A component row (seed 003's prompt pairs) instead gives "clean", "corrupted", "answer" and, for the
+// difference metrics, "wrong_answer" (CSV: columns of those names): one AttributeComponents call of
+// one pair, with the job's component settings.
 struct BatchRow {
   std::string id;
-  std::string prompt;
+  std::string prompt;  // a component row's clean prompt
   std::optional<std::string> target;
   std::vector<std::string> choices;
   std::optional<std::string> label;
+  std::optional<std::string> corrupted;  // set exactly for component rows
+  std::optional<std::string> answer, wrong_answer;
   nlohmann::json settings = nlohmann::json::object();
   int64_t line = 0;  // where it was read (1-based), for messages
+  bool components() const { return corrupted.has_value(); }
 };
 
 // The settings a job may set (from flags or a JSON job file) and rows may override, with their
 // defaults: model, method, quantity, n_steps, rule, baseline, n_samples, stdev, seed,
-// target_tokenization, include_special_tokens, matrix, completeness_tolerance.
+// target_tokenization, include_special_tokens, matrix, completeness_tolerance, over_choices, faithfulness;
+// and those of component rows: component_method, metric, direction, sites (comma-separated),
+// granularity (n_steps and rule serve them too).
 nlohmann::json JobDefaults();
 // `overrides` onto `base`, each value in its default's type (an integer for a number setting becomes a
 // double, so equal settings hash equally); an unknown key or a value of the wrong type is INVALID_ARGUMENT
@@ -44,6 +52,10 @@ absl::StatusOr<nlohmann::json> MergeSettings(const nlohmann::json& base, const n
                                              const std::string& where);
 
 AttributeOptions ToAttributeOptions(const nlohmann::json& settings, const BatchRow& row, const std::string& target);
+// A component row's request: its one prompt pair and answers, the settings' component method, metric,
+// direction, sites, granularity, n_steps and rule (the tokenizer adds its special tokens, as
+// attribution-cli components does).
+ComponentOptions ToComponentOptions(const nlohmann::json& settings, const BatchRow& row);
 
 // A stable hex digest of a JSON value (FNV-1a 64 of its canonical text: object keys sorted): of the
 // settings (a result's settings_hash), of a model's identity, ...

@@ -47,7 +47,9 @@
 #include "client/command_line.h"
 #include "client/connection_flags.h"
 
-ABSL_FLAG(std::string, input, "", "rows: .jsonl ({id, prompt, target | choices [, label] [, settings]}) or .csv");
+ABSL_FLAG(std::string, input, "",
+          "rows: .jsonl ({id, prompt, target | choices [, label] [, settings]}, or component rows {id, clean, "
+          "corrupted, answer [, wrong_answer] [, settings]}) or .csv");
 ABSL_FLAG(std::string, output, "", "results, one JSON line per row (appended; rerun to resume)");
 ABSL_FLAG(std::string, html, "",
           "also write DIR/index.html (every result, sortable) and DIR/rows/ID.html (each answered row's page); "
@@ -88,6 +90,15 @@ ABSL_FLAG(std::string, target_tokenization, "continuation", "continuation | sepa
 ABSL_FLAG(bool, include_special_tokens, false, "special tokens as features too (Captum parity)");
 ABSL_FLAG(bool, matrix, false, "also the per-output-token matrix");
 ABSL_FLAG(double, tolerance, 0, "integrated gradients: completeness tolerance (adaptive steps)");
+ABSL_FLAG(std::string, component_method, "activation_patching",
+          "component rows: activation_patching | layer_integrated_gradients | attribution_patching | "
+          "attribution_patching_star");
+ABSL_FLAG(std::string, metric, "logit_difference",
+          "component rows: logit_difference | normalized_logit_difference | log_prob | prob | prob_difference");
+ABSL_FLAG(std::string, direction, "denoising", "component rows: denoising | noising");
+ABSL_FLAG(std::string, sites, "heads", "component rows: comma-separated heads, attn_out, mlp_out, resid_pre");
+ABSL_FLAG(std::string, granularity, "default",
+          "component rows: default | layer_head | layer_position | layer_position_head");
 
 namespace attribution::client::batch {
 namespace {
@@ -151,6 +162,11 @@ absl::StatusOr<json> SettingsFromFlags(const CommandLine& line) {
       {"tolerance", "completeness_tolerance", absl::GetFlag(FLAGS_tolerance)},
       {"over_choices", "over_choices", absl::GetFlag(FLAGS_over_choices)},
       {"faithfulness", "faithfulness", absl::GetFlag(FLAGS_faithfulness)},
+      {"component_method", "component_method", absl::GetFlag(FLAGS_component_method)},
+      {"metric", "metric", absl::GetFlag(FLAGS_metric)},
+      {"direction", "direction", absl::GetFlag(FLAGS_direction)},
+      {"sites", "sites", absl::GetFlag(FLAGS_sites)},
+      {"granularity", "granularity", absl::GetFlag(FLAGS_granularity)},
   };
   for (const FlagSetting& flag : flags) {
     if (FlagGiven(line, flag.flag)) settings[flag.setting] = flag.value;
@@ -174,6 +190,17 @@ std::string UnknownNameError(const CommandLine& line, const json& settings) {
     // The library's message names the option ("method: unknown value ..."), as the flag and the job file do.
     return FlagGiven(line, key) ? absl::StrCat("--", status.message())
                                 : absl::StrCat("--job ", absl::GetFlag(FLAGS_job), ": ", status.message());
+  }
+  for (const char* key : {"component_method", "metric", "direction", "sites", "granularity"}) {
+    json alone = JobDefaults();
+    alone[key] = settings[key];
+    const absl::Status status = CheckComponentOptions(ToComponentOptions(alone, BatchRow()));
+    if (status.ok()) continue;
+    // The library names the request's option ("method: ..."); the job's setting is component_method.
+    std::string message(status.message());
+    if (absl::StartsWith(message, "method:")) message = absl::StrCat("component_", message);
+    return FlagGiven(line, key) ? absl::StrCat("--", message)
+                                : absl::StrCat("--job ", absl::GetFlag(FLAGS_job), ": ", message);
   }
   return "";
 }

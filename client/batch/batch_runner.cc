@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "client/batch/html_pages.h"
 #include "client/batch/untrusted_text.h"
 
@@ -117,9 +118,10 @@ class RowProcessor {
     result["model_fingerprint"] = identity->fingerprint;
     if (!identity->digest.empty()) result["model_digest"] = identity->digest;
     result["request_id"] = RequestId(identity->fingerprint, *effective, row);
-    result["method"] = (*effective)["method"];
+    result["method"] = (*effective)[row.components() ? "component_method" : "method"];
     result["settings_hash"] = SettingsDigest(*effective);
     result["seed"] = (*effective)["seed"];
+    if (row.components()) return ProcessComponents(row, *effective, identity->digest, position, result);
     int attempts = 0;
     std::string target = row.target.value_or("");
     if (!row.choices.empty()) {
@@ -168,6 +170,58 @@ class RowProcessor {
   }
 
  private:
+  // A component row: one AttributeComponents call of its pair. Each grid of the answer becomes an entry of
+  // the grid_* lists (site, axes as "layer,head", shape, values row-major, layer integrated gradients'
+  // convergence deltas), flat so that every field is a Parquet column; convergence_delta is the delta of
+  // largest magnitude, for the summary and the index.
+  RowOutcome ProcessComponents(const BatchRow& row, const json& settings, const std::string& digest, size_t position,
+                               json& result) const {
+    ComponentOptions request = ToComponentOptions(settings, row);
+    request.request_id = result["request_id"].get<std::string>();
+    int attempts = 0;
+    absl::StatusOr<ComponentAttribution> answer = WithRetries<ComponentAttribution>(
+        clients_, position, options_, request.model, digest, attempts,
+        [&](AttributionClient& client) { return client.AttributeComponents(request); });
+    if (answer.ok() && answer->pairs.size() != 1) {
+      answer = absl::DataLossError(absl::StrCat("the server answered ", answer->pairs.size(), " pairs for one"));
+    }
+    if (!answer.ok()) return Failure(result, answer.status(), attempts);
+    const PairComponents& pair = answer->pairs[0];
+    result["status"] = "ok";
+    result["clean_tokens"] = Texts(pair.clean_tokens);
+    result["corrupted_tokens"] = Texts(pair.corrupted_tokens);
+    result["answer"] = answer->answer.text;
+    result["wrong_answer"] = row.wrong_answer ? json(answer->wrong_answer.text) : json();
+    result["clean_metric"] = pair.clean_metric;
+    result["corrupted_metric"] = pair.corrupted_metric;
+    json sites = json::array(), axes = json::array(), shapes = json::array(), values = json::array(),
+         deltas = json::array();
+    std::optional<double> delta;
+    for (const ComponentGrid& grid : pair.grids) {
+      sites.push_back(grid.site);
+      axes.push_back(absl::StrJoin(grid.axes, ","));
+      shapes.push_back(grid.shape);
+      values.push_back(grid.values);
+      deltas.push_back(grid.convergence_deltas);
+      for (double d : grid.convergence_deltas) {
+        if (std::isfinite(d) && (!delta || std::abs(d) > std::abs(*delta))) delta = d;
+      }
+    }
+    result["grid_sites"] = sites;
+    result["grid_axes"] = axes;
+    result["grid_shapes"] = shapes;
+    result["grid_values"] = values;
+    result["grid_convergence_deltas"] = deltas;
+    result["convergence_delta"] = delta ? json(*delta) : json();
+    result["server_seconds"] = answer->stats.wall_seconds;
+    result["attempts"] = attempts;
+    const absl::Status page =
+        options_.html_dir.empty()
+            ? absl::OkStatus()
+            : WriteComponentRowPage(options_.html_dir, row.id, result["request_id"].get<std::string>(), *answer);
+    return {.line = JsonText(result), .delta = delta, .fatal = page};
+  }
+
   // Multiple choice: each choice's probability after the prompt (over the whole vocabulary, and
   // renormalised over the choices), the predicted choice, and whether it is the label.
   absl::Status ScoreChoices(const BatchRow& row, const json& settings, const std::string& digest, size_t position,

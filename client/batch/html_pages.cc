@@ -12,11 +12,14 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "client/batch/batch_job.h"
 #include "client/batch/result_log.h"
 #include "client/batch/untrusted_text.h"
+#include "client/component_render.h"
 #include "client/heatmap.h"
 #include "client/palette.h"
 
@@ -30,10 +33,73 @@ absl::Status MakeDirectory(const std::string& path) {
   return absl::InternalError(absl::StrCat("cannot create ", path));
 }
 
+// A component row's three strongest grid entries as features, named by site and indices ("heads L1 H3",
+// "mlp_out L0 P4"), with their values. Only those three are named: a (layer, position, head) grid of a large
+// model has 10^5 entries per row. Grids whose shape or axes do not fit their values are left out.
+void ComponentFeatures(const json& result, json& features, json& values) {
+  features = json::array();
+  values = json::array();
+  const json sites = result.value("grid_sites", json()), axes = result.value("grid_axes", json()),
+             shapes = result.value("grid_shapes", json()), grids = result.value("grid_values", json());
+  if (!sites.is_array() || !axes.is_array() || !shapes.is_array() || !grids.is_array()) return;
+  struct Grid {
+    std::string site;
+    std::vector<std::string> axes;
+    std::vector<size_t> shape;
+  };
+  std::vector<Grid> valid;
+  struct Entry {
+    double value;
+    size_t grid, index;  // in `valid`, row-major in it
+  };
+  std::vector<Entry> entries;
+  for (size_t g = 0; g < std::min({sites.size(), axes.size(), shapes.size(), grids.size()}); ++g) {
+    if (!sites[g].is_string() || !axes[g].is_string() || !shapes[g].is_array() || !grids[g].is_array()) continue;
+    Grid grid{.site = sites[g].get<std::string>(), .axes = absl::StrSplit(axes[g].get<std::string>(), ',')};
+    size_t size = 1;
+    for (const json& extent : shapes[g]) {
+      if (!extent.is_number() || !(extent.get<double>() >= 1) || extent.get<double>() > grids[g].size()) break;
+      grid.shape.push_back(static_cast<size_t>(extent.get<double>()));
+      size *= grid.shape.back();
+      if (size > grids[g].size()) break;
+    }
+    if (grid.shape.size() != grid.axes.size() || grid.shape.size() != shapes[g].size() || size != grids[g].size()) {
+      continue;
+    }
+    for (size_t i = 0; i < size; ++i) {
+      const json& value = grids[g][i];
+      if (value.is_number() && std::isfinite(value.get<double>())) {
+        entries.push_back({value.get<double>(), valid.size(), i});
+      }
+    }
+    valid.push_back(std::move(grid));
+  }
+  const size_t shown = std::min<size_t>(3, entries.size());
+  std::partial_sort(entries.begin(), entries.begin() + shown, entries.end(),
+                    [](const Entry& a, const Entry& b) { return std::abs(a.value) > std::abs(b.value); });
+  for (size_t e = 0; e < shown; ++e) {
+    const Grid& grid = valid[entries[e].grid];
+    std::string name = grid.site;
+    size_t rest = entries[e].index;
+    std::vector<size_t> index(grid.shape.size());
+    for (size_t a = grid.shape.size(); a-- > 0;) {
+      index[a] = rest % grid.shape[a];
+      rest /= grid.shape[a];
+    }
+    for (size_t a = 0; a < index.size(); ++a) {
+      const std::string& axis = grid.axes[a];
+      absl::StrAppend(&name, " ", axis.empty() ? "?" : std::string(1, absl::ascii_toupper(axis[0])), index[a]);
+    }
+    features.push_back(name);
+    values.push_back(entries[e].value);
+  }
+}
+
 // The three features with the largest |attribution|, strongest first, coloured as on the row's page.
 // Features without a finite value (NaN is written as null) or a text are left out.
 std::string TopFeatures(const json& result) {
-  const json features = result.value("features", json()), values = result.value("attribution", json());
+  json features = result.value("features", json()), values = result.value("attribution", json());
+  if (result.contains("grid_values")) ComponentFeatures(result, features, values);
   if (!features.is_array() || !values.is_array()) return "";
   std::vector<size_t> order;
   for (size_t i = 0; i < std::min(features.size(), values.size()); ++i) {
@@ -127,16 +193,25 @@ bool PageIsOfResult(const std::string& path, const std::string& request_id) {
   return head.find(RequestIdTag(request_id)) != std::string::npos;
 }
 
+// `page` as the row's page, tagged with the result it shows.
+absl::Status WritePage(const std::string& dir, const std::string& id, const std::string& request_id, std::string page) {
+  if (absl::Status made = MakeDirectory(dir); !made.ok()) return made;
+  if (absl::Status made = MakeDirectory(dir + "/rows"); !made.ok()) return made;
+  const size_t head = page.find("<head>");
+  page.insert(head == std::string::npos ? 0 : head + 6, RequestIdTag(request_id));
+  return WriteAtomically(absl::StrCat(dir, "/", RowPagePath(id)), page);
+}
+
 }  // namespace
 
 absl::Status WriteRowPage(const std::string& dir, const std::string& id, const std::string& request_id,
                           const Attribution& attribution) {
-  if (absl::Status made = MakeDirectory(dir); !made.ok()) return made;
-  if (absl::Status made = MakeDirectory(dir + "/rows"); !made.ok()) return made;
-  std::string page = HtmlReport(attribution);
-  const size_t head = page.find("<head>");
-  page.insert(head == std::string::npos ? 0 : head + 6, RequestIdTag(request_id));
-  return WriteAtomically(absl::StrCat(dir, "/", RowPagePath(id)), page);
+  return WritePage(dir, id, request_id, HtmlReport(attribution));
+}
+
+absl::Status WriteComponentRowPage(const std::string& dir, const std::string& id, const std::string& request_id,
+                                   const ComponentAttribution& attribution) {
+  return WritePage(dir, id, request_id, ComponentHtmlReport(attribution));
 }
 
 absl::StatusOr<int64_t> WriteIndex(const std::string& dir, const std::string& results_path) {
@@ -178,7 +253,7 @@ absl::StatusOr<int64_t> WriteIndex(const std::string& dir, const std::string& re
                                        " answered rows have no page here (done by a run without --html, or their "
                                        "pages were written elsewhere): their ids link nowhere.</p>\n"),
       "<table><thead><tr><th>id</th><th>status</th><th>predicted</th><th>label</th>"
-      "<th>objective</th><th>|convergence delta|</th><th>strongest features</th></tr></thead><tbody>\n",
+      "<th>objective</th><th>|convergence delta|</th><th>strongest features or components</th></tr></thead><tbody>\n",
       rows, "</tbody></table>\n", kSortScript, "</body></html>\n");
   if (absl::Status written = WriteAtomically(dir + "/index.html", html); !written.ok()) return written;
   return without_page;

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // A batch job's results for people (--html DIR): DIR/rows/ID.html for each row answered, the same page
-// as `attribution-cli attribute --html`, and DIR/index.html, every result of the results file in a
-// table (id linking to its page, status, prediction, label, objective, |convergence delta|, the three
-// strongest features) that sorts by a column when its header is clicked. Self-contained files.
+// as `attribution-cli attribute --html` (component rows: `components --html`), and DIR/index.html, every
+// result of the results file in a table (id linking to its page, status, prediction, label, objective,
+// |convergence delta|, the three strongest features, or components) that sorts by a column when its header
+// is clicked. Self-contained files.
 #pragma once
 
 #include <cstdint>
@@ -22,6 +23,11 @@ std::string RowPagePath(const std::string& id);
 // the result's request_id (a digest of model, settings and row) in <meta name="attribution-request-id">.
 absl::Status WriteRowPage(const std::string& dir, const std::string& id, const std::string& request_id,
                           const Attribution& attribution);
+
+// The same for a component row: the page of `attribution-cli components --html` (each grid as a coloured
+// table, the value on hover).
+absl::Status WriteComponentRowPage(const std::string& dir, const std::string& id, const std::string& request_id,
+                                   const ComponentAttribution& attribution);
 
 // Rewrites DIR/index.html from the results file, each answered row linking to its page when DIR has one
 // written for that result (its request_id in the page: a page of another job's row of the same id, another

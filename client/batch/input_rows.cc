@@ -199,6 +199,30 @@ class CsvReader {
   int64_t line_ = 1;
 };
 
+// A row is an attribution row (prompt, target or choices, label) or a component row (clean, corrupted,
+// answer, wrong_answer), never a mix: a key of the other kind would be silently ignored.
+absl::Status CheckComponentRowKeys(const json& object, const std::string& where) {
+  static const std::vector<std::string> kAttributionKeys = {"prompt", "target", "choices", "label"};
+  static const std::vector<std::string> kAnswerKeys = {"answer", "wrong_answer"};
+  const bool pair = object.contains("clean") || object.contains("corrupted");
+  for (const std::string& key : pair ? kAttributionKeys : kAnswerKeys) {
+    if (!object.contains(key)) continue;
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": \"", key,
+                     pair ? "\" is not read by a component row (clean, corrupted, answer, wrong_answer)"
+                          : "\" belongs to a component row: give \"clean\" and \"corrupted\" too"));
+  }
+  if (!pair) return absl::OkStatus();
+  for (const char* key : {"clean", "corrupted", "answer"}) {
+    if (!object.contains(key)) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": a component row needs \"", key,
+                                                     "\" (clean, corrupted, answer; wrong_answer for the "
+                                                     "difference metrics)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<BatchRow> RowFromJson(const json& object, const std::string& where) {
   if (!object.is_object()) return absl::InvalidArgumentError(where + ": a row must be a JSON object");
   BatchRow row;
@@ -209,12 +233,16 @@ absl::StatusOr<BatchRow> RowFromJson(const json& object, const std::string& wher
       }
       // An integer's exact digits: get<int64_t>() of an id past INT64_MAX wrapped it to a negative one.
       row.id = value.is_string() ? value.get<std::string>() : JsonText(value);
-    } else if (key == "prompt" || key == "target" || key == "label") {
+    } else if (key == "prompt" || key == "target" || key == "label" || key == "clean" || key == "corrupted" ||
+               key == "answer" || key == "wrong_answer") {
       if (!value.is_string())
         return absl::InvalidArgumentError(absl::StrCat(where, ": \"", key, "\" must be a string"));
-      if (key == "prompt") row.prompt = value.get<std::string>();
+      if (key == "prompt" || key == "clean") row.prompt = value.get<std::string>();
       if (key == "target") row.target = value.get<std::string>();
       if (key == "label") row.label = value.get<std::string>();
+      if (key == "corrupted") row.corrupted = value.get<std::string>();
+      if (key == "answer") row.answer = value.get<std::string>();
+      if (key == "wrong_answer") row.wrong_answer = value.get<std::string>();
     } else if (key == "choices") {
       if (!value.is_array()) return absl::InvalidArgumentError(where + ": \"choices\" must be a list of strings");
       for (const json& choice : value) {
@@ -238,11 +266,13 @@ absl::StatusOr<BatchRow> RowFromJson(const json& object, const std::string& wher
       }
       row.settings = value;
     } else {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, ": unknown key \"", key, "\" (id, prompt, target, choices, label, settings)"));
+      return absl::InvalidArgumentError(absl::StrCat(where, ": unknown key \"", key,
+                                                     "\" (id, prompt, target, choices, label, settings; a component "
+                                                     "row: clean, corrupted, answer, wrong_answer)"));
     }
   }
   if (row.id.empty()) return absl::InvalidArgumentError(where + ": the row has no \"id\"");
+  if (absl::Status pair = CheckComponentRowKeys(object, where); !pair.ok()) return pair;
   // The request would carry no target, and the server would attribute one it generates; a target set but
   // empty is INVALID_ARGUMENT in the contract (attribution.proto).
   if (row.target && row.target->empty()) {
@@ -291,7 +321,8 @@ absl::StatusOr<BatchRow> RowFromCsv(const std::vector<std::string>& header, cons
   json object = json::object();
   bool empty_target = false;
   for (size_t c = 0; c < header.size(); ++c) {
-    const bool optional = header[c] == "target" || header[c] == "choices" || header[c] == "label";
+    const bool optional =
+        header[c] == "target" || header[c] == "choices" || header[c] == "label" || header[c] == "wrong_answer";
     empty_target = empty_target || (header[c] == "target" && fields[c].empty());
     if (optional && fields[c].empty()) continue;  // an empty cell: not given
     if (header[c] == "choices") {

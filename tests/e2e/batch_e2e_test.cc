@@ -41,6 +41,7 @@
 #include "client/batch/html_pages.h"
 #include "client/batch/parquet_writer.h"
 #include "client/batch/result_log.h"
+#include "tests/testing/batch_process.h"
 #include "tests/testing/server_process.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -51,7 +52,11 @@ namespace {
 using ::attribution::test_support::IsOk;
 using ::attribution::test_support::StatusIs;
 using nlohmann::json;
+using test_support::CountLines;
 using test_support::MetricValue;
+using test_support::ReadFile;
+using test_support::ReadResults;
+using test_support::RunBatch;
 using test_support::ServerProcess;
 using test_support::TempDir;
 using ::testing::HasSubstr;
@@ -81,56 +86,6 @@ std::string WriteRows(const TempDir& dir) {
     out << row.dump() << "\n";
   }
   return path;
-}
-
-std::vector<json> ReadResults(const std::string& path) {
-  std::vector<json> results;
-  std::ifstream in(path);
-  for (std::string line; std::getline(in, line);) results.push_back(json::parse(line));
-  return results;
-}
-
-// Starts attribution-batch with `args`, output to `log`; kills it with SIGKILL once `kill_when` says so
-// (polled every 20 ms) unless it exits first. Returns its exit code (-1 when killed).
-// `peak_rss_bytes`, when given, gets the child's maximum resident set size (wait4's rusage).
-int RunBatch(
-    const std::vector<std::string>& args, const std::string& log,
-    const std::function<bool()>& kill_when = [] { return false; }, int64_t* peak_rss_bytes = nullptr) {
-  std::vector<std::string> argv = {ATTRIBUTION_BATCH_BINARY};
-  argv.insert(argv.end(), args.begin(), args.end());
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    ::dup2(fd, STDOUT_FILENO);
-    ::dup2(fd, STDERR_FILENO);
-    std::vector<char*> c_args;
-    for (std::string& arg : argv) c_args.push_back(arg.data());
-    c_args.push_back(nullptr);
-    ::execv(c_args[0], c_args.data());
-    ::_exit(127);
-  }
-  int status = 0;
-  rusage usage{};
-  while (::wait4(pid, &status, WNOHANG, &usage) == 0) {
-    if (kill_when()) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, &status, 0);
-      return -1;
-    }
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  if (peak_rss_bytes != nullptr) *peak_rss_bytes = int64_t{usage.ru_maxrss} * 1024;  // Linux counts KiB
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-size_t CountLines(const std::string& path) {
-  std::ifstream in(path);
-  return std::count(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>(), '\n');
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
 // Same rows in the same order, each once; same statuses, tokens and choices; numbers equal up to the
@@ -359,7 +314,7 @@ TEST(ResultsParquet, EveryShapeReadsBackEqual) {
       std::system(absl::StrCat(ATTRIBUTION_PARQUET_CHECK, " ", empty_parquet, " ", empty, " > ", log, " 2>&1").c_str()),
       0)
       << ReadFile(log);
-  EXPECT_THAT(ReadFile(log), HasSubstr("0 rows in 0 row groups, 32 columns"));
+  EXPECT_THAT(ReadFile(log), HasSubstr("0 rows in 0 row groups, 43 columns"));
   absl::StatusOr<std::string> refused = client::batch::ParquetFile(
       {{"objective", client::batch::ParquetType::kDouble}}, {json{{"objective", 1.0}}, json{{"objective", "high"}}});
   EXPECT_THAT(refused.status(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("row 1, column \"objective\"")));
@@ -370,18 +325,23 @@ TEST(ResultsParquet, EveryShapeReadsBackEqual) {
   EXPECT_THAT(refused.status(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("64 unsigned bits")));
 }
 
-// Settings added after the first release (over_choices, faithfulness) leave the settings hash and the
-// request ids of a job that does not set them as they were, so results written before still resume.
+// Settings added after the first release (over_choices, faithfulness, the component rows') leave the settings hash and
+// the request ids of a job that does not set them as they were, so results written before still resume.
 TEST(BatchSettings, LaterSettingsAtTheirDefaultsKeepTheHash) {
   json before = client::batch::JobDefaults();
-  before.erase("over_choices");
-  before.erase("faithfulness");
+  for (const char* later :
+       {"over_choices", "faithfulness", "component_method", "metric", "direction", "sites", "granularity"}) {
+    before.erase(later);
+  }
   before["rule"] = "gausslegendre";  // the first release's default; "default" is the server's choice
   const json now = client::batch::JobDefaults();
   EXPECT_EQ(client::batch::SettingsDigest(now), client::batch::Digest(before));
   json asked = now;
   asked["faithfulness"] = true;
   EXPECT_NE(client::batch::SettingsDigest(asked), client::batch::SettingsDigest(now));
+  json component = now;
+  component["component_method"] = "layer_integrated_gradients";
+  EXPECT_NE(client::batch::SettingsDigest(component), client::batch::SettingsDigest(now));
   const client::batch::BatchRow row{.id = "r", .prompt = "Q: Is it warm? A:", .target = " Yes"};
   EXPECT_NE(client::batch::RequestId("m", asked, row), client::batch::RequestId("m", now, row));
   // With a tolerance the server's choice is Fejér's second rule, and the old default now asks for other work.

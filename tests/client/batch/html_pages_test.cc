@@ -89,5 +89,32 @@ TEST(WriteIndex, LinksOnlyThePagesThereAre) {
   EXPECT_THAT(index, HasSubstr("2 answered rows have no page here"));
 }
 
+// A component row's strongest components are named by site and indices ("heads L1 H0": layer 1, head 0), the
+// largest |value| first; grids whose shape, axes or values do not fit each other are left out, not misread.
+TEST(WriteIndex, ComponentRowsShowTheirStrongestComponents) {
+  TempDir dir;
+  const std::string results = dir.File("results.jsonl");
+  std::ofstream(results)
+      << R"({"id":"good","status":"ok","grid_sites":["heads","mlp_out"],"grid_axes":["layer,head","layer,position"],)"
+      << R"("grid_shapes":[[2,3],[1,2]],"grid_values":[[0.1,0.2,0.3,-4.0,0.5,null],[2.0,-0.05]]})"
+      << "\n"
+      << R"({"id":"odd","status":"ok","grid_sites":["heads","heads","heads",7],"grid_axes":["layer,head","layer",)"
+      << R"("layer,head","layer"],"grid_shapes":[[2,2],[2],[1e300,2],[1]],"grid_values":[[1,2,3],[9,9],[8,8],[7]]})"
+      << "\n";
+  ASSERT_THAT(WriteIndex(dir.path(), results), IsOk());
+  const std::string index = ReadFile(dir.File("index.html"));
+  const size_t first = index.find("heads L1 H0"), second = index.find("mlp_out L0 P0"),
+               third = index.find("heads L1 H1");
+  ASSERT_NE(first, std::string::npos) << index;
+  ASSERT_NE(second, std::string::npos);
+  ASSERT_NE(third, std::string::npos);
+  EXPECT_LT(first, second);
+  EXPECT_LT(second, third);
+  // Of the odd row, only the grid whose shape fits its values: [2] along "layer" (9, 9).
+  EXPECT_THAT(index, HasSubstr(">heads L0</code>"));
+  EXPECT_THAT(index, ::testing::Not(HasSubstr("title=\"8\"")));
+  EXPECT_THAT(index, ::testing::Not(HasSubstr("title=\"7\"")));
+}
+
 }  // namespace
 }  // namespace attribution::client::batch

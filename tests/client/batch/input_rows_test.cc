@@ -186,5 +186,52 @@ TEST(InputRows, ARowPastWhatARequestCarriesIsRefusedAsItIsRead) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("header.csv:2: unclosed quote")));
 }
 
+// A component row (clean, corrupted, answer, wrong_answer) is read as one, from JSONL or CSV (an empty
+// wrong_answer cell: not given); a row mixing its keys with an attribution row's, or missing one it needs,
+// is refused naming the line and the key, where it would otherwise be sent as the other kind.
+TEST(InputRows, ComponentRowsAndRowsOfBothKindsAtOnce) {
+  TempDir dir;
+  absl::StatusOr<std::vector<BatchRow>> rows =
+      ReadRows(Write(dir, "pairs.jsonl",
+                     R"({"id":"a","clean":"The cup is red.","corrupted":"The cup is blue.","answer":" Yes",)"
+                     R"("wrong_answer":" No"})"
+                     "\n"
+                     R"({"id":"b","prompt":"The cup is red.","target":" Yes"})"
+                     "\n"));
+  ASSERT_THAT(rows, IsOk());
+  ASSERT_EQ(rows->size(), 2u);
+  EXPECT_TRUE((*rows)[0].components());
+  EXPECT_EQ((*rows)[0].prompt, "The cup is red.");
+  EXPECT_EQ((*rows)[0].corrupted, "The cup is blue.");
+  EXPECT_EQ((*rows)[0].answer, " Yes");
+  EXPECT_EQ((*rows)[0].wrong_answer, " No");
+  EXPECT_FALSE((*rows)[1].components());
+
+  rows = ReadRows(Write(dir, "pairs.csv",
+                        "id,clean,corrupted,answer,wrong_answer\n"
+                        "a,The cup is red.,The cup is blue.,\" Yes\",\n"));
+  ASSERT_THAT(rows, IsOk());
+  ASSERT_EQ(rows->size(), 1u);
+  EXPECT_EQ((*rows)[0].corrupted, "The cup is blue.");
+  EXPECT_EQ((*rows)[0].answer, " Yes");
+  EXPECT_EQ((*rows)[0].wrong_answer, std::nullopt);
+
+  const std::pair<std::string, std::string> refused[] = {
+      {R"({"id":"a","clean":"x","corrupted":"y","answer":" A","target":" B"})",
+       "rows.jsonl:1: \"target\" is not read by a component row"},
+      {R"({"id":"a","prompt":"x","clean":"x","corrupted":"y","answer":" A"})",
+       "rows.jsonl:1: \"prompt\" is not read by a component row"},
+      {R"({"id":"a","prompt":"x","answer":" A"})", "rows.jsonl:1: \"answer\" belongs to a component row"},
+      {R"({"id":"a","clean":"x","answer":" A"})", "rows.jsonl:1: a component row needs \"corrupted\""},
+      {R"({"id":"a","clean":"x","corrupted":"y"})", "rows.jsonl:1: a component row needs \"answer\""},
+      {R"({"id":"a","clean":"x","corrupted":["y"],"answer":" A"})", "rows.jsonl:1: \"corrupted\" must be a string"},
+  };
+  for (const auto& [row, message] : refused) {
+    EXPECT_THAT(ReadRows(Write(dir, "rows.jsonl", row + "\n")).status(),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(message)))
+        << row;
+  }
+}
+
 }  // namespace
 }  // namespace attribution::client::batch
