@@ -134,6 +134,12 @@ absl::StatusOr<json> MergeSettings(const json& base, const json& overrides, cons
   return merged;
 }
 
+absl::StatusOr<json> RowSettings(const json& job, const BatchRow& row, const std::string& where) {
+  absl::StatusOr<json> settings = MergeSettings(job, row.settings, where);
+  if (settings.ok() && row.components() && (*settings)["rule"] == "default") (*settings)["rule"] = "gausslegendre";
+  return settings;
+}
+
 AttributeOptions ToAttributeOptions(const json& settings, const BatchRow& row, const std::string& target) {
   const bool over_choices = settings["over_choices"].get<bool>();
   return {.model = settings["model"].get<std::string>(),
@@ -166,12 +172,17 @@ std::vector<std::string> SiteNames(const std::string& sites) {
 
 }  // namespace
 
+bool IsDifferenceMetric(const std::string& metric) {
+  return absl::EndsWith(absl::AsciiStrToLower(metric), "_difference");
+}
+
 ComponentOptions ToComponentOptions(const json& settings, const BatchRow& row) {
+  const std::string metric = settings["metric"].get<std::string>();
   return {.model = settings["model"].get<std::string>(),
           .pairs = {{.clean = row.prompt, .corrupted = row.corrupted.value_or("")}},
           .answer = row.answer.value_or(""),
-          .wrong_answer = row.wrong_answer.value_or(""),
-          .metric = settings["metric"].get<std::string>(),
+          .wrong_answer = IsDifferenceMetric(metric) ? row.wrong_answer.value_or("") : "",
+          .metric = metric,
           .method = settings["component_method"].get<std::string>(),
           .direction = settings["direction"].get<std::string>(),
           .sites = SiteNames(settings["sites"].get<std::string>()),

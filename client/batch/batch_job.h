@@ -51,10 +51,19 @@ nlohmann::json JobDefaults();
 absl::StatusOr<nlohmann::json> MergeSettings(const nlohmann::json& base, const nlohmann::json& overrides,
                                              const std::string& where);
 
+// The settings `row` runs with: its own over the job's (MergeSettings, `where` naming them in errors). A
+// component row's rule "default" becomes the rule the server runs for it, "gausslegendre": its request
+// carries no tolerance, where an attribution row's "default" with a tolerance is Fejér's second rule, and the
+// digests must name the work done.
+absl::StatusOr<nlohmann::json> RowSettings(const nlohmann::json& job, const BatchRow& row, const std::string& where);
+
 AttributeOptions ToAttributeOptions(const nlohmann::json& settings, const BatchRow& row, const std::string& target);
-// A component row's request: its one prompt pair and answers, the settings' component method, metric,
-// direction, sites, granularity, n_steps and rule (the tokenizer adds its special tokens, as
-// attribution-cli components does).
+// Whether a component metric compares the answer with the wrong answer (logit_difference,
+// normalized_logit_difference, prob_difference): only those read wrong_answer.
+bool IsDifferenceMetric(const std::string& metric);
+// A component row's request: its one prompt pair, its answer and (for the difference metrics) wrong answer, the
+// settings' component method, metric, direction, sites, granularity, n_steps and rule (the tokenizer adds its
+// special tokens, as attribution-cli components does).
 ComponentOptions ToComponentOptions(const nlohmann::json& settings, const BatchRow& row);
 
 // A stable hex digest of a JSON value (FNV-1a 64 of its canonical text: object keys sorted): of the

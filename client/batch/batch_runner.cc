@@ -103,7 +103,7 @@ class RowProcessor {
 
   RowOutcome Process(const BatchRow& row, size_t position) const {
     json result = {{"id", row.id}, {"input_hash", InputDigest(row)}};
-    absl::StatusOr<json> effective = MergeSettings(settings_, row.settings, "row \"" + row.id + "\" settings");
+    absl::StatusOr<json> effective = RowSettings(settings_, row, "row \"" + row.id + "\" settings");
     if (!effective.ok()) {
       if (auto job = FingerprintOf(fingerprints_, settings_["model"].get<std::string>()); job.ok()) {
         result["model_fingerprint"] = job->fingerprint;
@@ -176,6 +176,14 @@ class RowProcessor {
   // largest magnitude, for the summary and the index.
   RowOutcome ProcessComponents(const BatchRow& row, const json& settings, const std::string& digest, size_t position,
                                json& result) const {
+    const std::string metric = settings["metric"].get<std::string>();
+    if (IsDifferenceMetric(metric) && !row.wrong_answer) {
+      return Failure(result,
+                     absl::InvalidArgumentError(absl::StrCat("wrong_answer: the metric ", metric,
+                                                             " compares the answer with a wrong answer, and the row "
+                                                             "gives none (log_prob and prob read the answer alone)")),
+                     0);
+    }
     ComponentOptions request = ToComponentOptions(settings, row);
     request.request_id = result["request_id"].get<std::string>();
     int attempts = 0;
@@ -191,7 +199,7 @@ class RowProcessor {
     result["clean_tokens"] = Texts(pair.clean_tokens);
     result["corrupted_tokens"] = Texts(pair.corrupted_tokens);
     result["answer"] = answer->answer.text;
-    result["wrong_answer"] = row.wrong_answer ? json(answer->wrong_answer.text) : json();
+    result["wrong_answer"] = request.wrong_answer.empty() ? json() : json(answer->wrong_answer.text);
     result["clean_metric"] = pair.clean_metric;
     result["corrupted_metric"] = pair.corrupted_metric;
     json sites = json::array(), axes = json::array(), shapes = json::array(), values = json::array(),
@@ -304,7 +312,7 @@ std::string Clock(double seconds) {
 // do not hold are not checked: their results are those errors, again.
 absl::Status CheckRequestIsAsDone(const DoneRow& result, const BatchRow& row, const json& settings,
                                   const ModelFingerprints& fingerprints, const std::string& where) {
-  absl::StatusOr<json> effective = MergeSettings(settings, row.settings, "row \"" + row.id + "\" settings");
+  absl::StatusOr<json> effective = RowSettings(settings, row, "row \"" + row.id + "\" settings");
   if (!effective.ok()) return absl::OkStatus();
   const absl::StatusOr<ModelIdentity> identity = FingerprintOf(fingerprints, (*effective)["model"].get<std::string>());
   if (!identity.ok()) return absl::OkStatus();

@@ -88,7 +88,9 @@ void ComponentFeatures(const json& result, json& features, json& values) {
     }
     for (size_t a = 0; a < index.size(); ++a) {
       const std::string& axis = grid.axes[a];
-      absl::StrAppend(&name, " ", axis.empty() ? "?" : std::string(1, absl::ascii_toupper(axis[0])), index[a]);
+      // The axis' initial ("layer" -> L); a line of another tool may name anything (a UTF-8 lead byte alone: "?").
+      const bool letter = !axis.empty() && absl::ascii_isalpha(static_cast<unsigned char>(axis[0]));
+      absl::StrAppend(&name, " ", letter ? std::string(1, absl::ascii_toupper(axis[0])) : "?", index[a]);
     }
     features.push_back(name);
     values.push_back(entries[e].value);

@@ -220,6 +220,12 @@ absl::Status CheckComponentRowKeys(const json& object, const std::string& where)
                                                      "difference metrics)"));
     }
   }
+  // Found here, naming the line, not as one server error per row (an empty answer is no token).
+  for (const char* key : {"clean", "corrupted", "answer", "wrong_answer"}) {
+    if (object.contains(key) && object[key].is_string() && object[key].get<std::string>().empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": \"", key, "\" is empty"));
+    }
+  }
   return absl::OkStatus();
 }
 

@@ -143,9 +143,11 @@ absl::Status CheckResultIsOfRow(const DoneRow& result, const BatchRow& row, cons
   if (result.input_hash.empty()) return absl::OkStatus();
   const std::string input_hash = InputDigest(row);
   if (result.input_hash == input_hash) return absl::OkStatus();
-  return absl::FailedPreconditionError(absl::StrCat(
-      where, ": row \"", row.id, "\" done for another input (input_hash ", result.input_hash, ", the input's ",
-      input_hash, "): its prompt, target, choices, label or settings changed since; run the row again"));
+  return absl::FailedPreconditionError(
+      absl::StrCat(where, ": row \"", row.id, "\" done for another input (input_hash ", result.input_hash,
+                   ", the input's ", input_hash,
+                   "): its prompt, target, choices, label (a component row: clean, corrupted, answer, wrong_answer) or "
+                   "settings changed since; run the row again"));
 }
 
 absl::StatusOr<std::unique_ptr<ResultLog>> ResultLog::Open(const std::string& path) {

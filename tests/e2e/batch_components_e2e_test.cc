@@ -2,7 +2,8 @@
 // attribution-batch's component rows (seed 003's prompt pairs as a data set) against the real server on the
 // default model: pairs of its warmth questions whose corrupted prompt swaps a warm colour for a cold one (or
 // back), so the answer flips. Each row's result equals the same AttributeComponents request sent alone; a
-// bad pair is that row's error; a job killed twice and resumed ends with the uninterrupted output; the
+// bad pair is that row's error; a job killed twice and resumed, or run as two shards and merged, ends with the
+// uninterrupted output; the
 // Parquet table reads back equal (pyarrow) and the HTML pages show each row's grids; a CSV of the same
 // pairs is the same job. (AttributeComponents itself is checked against TransformerLens in
 // components_e2e_test.)
@@ -44,6 +45,8 @@ constexpr int kPairs = 96;
 constexpr int kBadRow = 5;           // its corrupted prompt is a token short
 constexpr int kAttributionRow = 11;  // an attribution row among the component rows
 constexpr int kLayerIgEvery = 4;     // rows i % 4 == 3: layer integrated gradients at heads and mlp_out
+constexpr int kNoWrongAnswer = 14;   // no wrong answer under the (difference) metric: the row's error
+constexpr int kLogProb = 20;         // metric log_prob: its wrong answer is not sent
 
 // Pairs of warmth questions: the clean prompt's colour and the corrupted one's differ in warmth, one token each.
 std::vector<json> Rows() {
@@ -68,6 +71,8 @@ std::vector<json> Rows() {
           {"component_method", "layer_integrated_gradients"}, {"sites", "heads,mlp_out"}, {"n_steps", 8}};
     }
     if (i == kBadRow) row["corrupted"] = absl::StrCat("The ", object, " is. Q: Is it warm? A:");
+    if (i == kNoWrongAnswer) row.erase("wrong_answer");
+    if (i == kLogProb) row["settings"] = {{"metric", "log_prob"}};
     if (i == kAttributionRow) row = {{"id", "attribution"}, {"prompt", prompt(clean)}, {"target", " Yes"}};
     rows.push_back(row);
   }
@@ -81,19 +86,26 @@ std::string WriteJsonl(const TempDir& dir) {
   return path;
 }
 
-// Numbers equal up to the float noise of different batch compositions; everything else exactly.
-void ExpectNear(const json& actual, const json& expected, const std::string& key) {
+// Numbers equal up to the float noise of different batch compositions, 1e-5 of `scale` (a grid entry is the
+// difference of two metrics of that size: float32 noise in them stays when the entry is near 0); everything
+// else exactly.
+void ExpectNear(const json& actual, const json& expected, const std::string& key, double scale = 1) {
   if (expected.is_array()) {
     ASSERT_TRUE(actual.is_array()) << key;
     ASSERT_EQ(actual.size(), expected.size()) << key;
-    for (size_t i = 0; i < expected.size(); ++i) ExpectNear(actual[i], expected[i], key);
+    for (size_t i = 0; i < expected.size(); ++i) ExpectNear(actual[i], expected[i], key, scale);
   } else if (expected.is_number_float()) {
     ASSERT_TRUE(actual.is_number()) << key;
-    EXPECT_NEAR(actual.get<double>(), expected.get<double>(), 1e-5 * std::max(1.0, std::abs(expected.get<double>())))
+    EXPECT_NEAR(actual.get<double>(), expected.get<double>(), 1e-5 * std::max(scale, std::abs(expected.get<double>())))
         << key;
   } else {
     EXPECT_EQ(actual, expected) << key;
   }
+}
+
+// The size of a component row's metrics, which bounds the float noise of its grid entries.
+double MetricScale(const json& result) {
+  return std::max(1.0, std::abs(result.value("clean_metric", 0.0)) + std::abs(result.value("corrupted_metric", 0.0)));
 }
 
 void ExpectSameResults(const std::vector<json>& actual, const std::vector<json>& expected) {
@@ -102,7 +114,7 @@ void ExpectSameResults(const std::vector<json>& actual, const std::vector<json>&
     SCOPED_TRACE(expected[i]["id"].get<std::string>());
     for (const auto& [key, value] : expected[i].items()) {
       if (key == "server_seconds" || key == "attempts") continue;
-      ExpectNear(actual[i].value(key, json()), value, key);
+      ExpectNear(actual[i].value(key, json()), value, key, MetricScale(expected[i]));
     }
   }
 }
@@ -154,10 +166,12 @@ TEST_F(ComponentRows, ResultsEqualTheSameRequestsSentOneByOne) {
     const json& result = results[i];
     SCOPED_TRACE(result.dump().substr(0, 300));
     ASSERT_EQ(result["id"], row["id"]);
-    if (i == kBadRow) {
+    if (i == kBadRow || i == kNoWrongAnswer) {
       EXPECT_EQ(result["status"], "error");
       EXPECT_EQ(result["error"]["code"], "INVALID_ARGUMENT");
-      EXPECT_THAT(result["error"]["message"].get<std::string>(), HasSubstr("equal length"));
+      EXPECT_THAT(result["error"]["message"].get<std::string>(),
+                  HasSubstr(i == kBadRow ? "equal length" : "wrong_answer: the metric logit_difference"));
+      EXPECT_EQ(result["attempts"], i == kBadRow ? 1 : 0);  // the missing wrong answer is found without a call
       continue;
     }
     ASSERT_EQ(result["status"], "ok");
@@ -177,17 +191,27 @@ TEST_F(ComponentRows, ResultsEqualTheSameRequestsSentOneByOne) {
       request.sites = {"heads", "mlp_out"};
       request.n_steps = 8;
     }
+    if (i == kLogProb) {
+      request.metric = "log_prob";
+      request.wrong_answer.clear();
+    }
     absl::StatusOr<client::ComponentAttribution> alone = (*client)->AttributeComponents(request);
     ASSERT_THAT(alone, IsOk());
     ASSERT_EQ(alone->pairs.size(), 1u);
     const client::PairComponents& pair = alone->pairs[0];
     ExpectNear(result["clean_metric"], pair.clean_metric, "clean_metric");
     ExpectNear(result["corrupted_metric"], pair.corrupted_metric, "corrupted_metric");
-    // The model answers the clean question and flips on the corrupted one: the logit difference changes sign.
-    EXPECT_GT(result["clean_metric"].get<double>(), 1.0);
-    EXPECT_LT(result["corrupted_metric"].get<double>(), -1.0);
     EXPECT_EQ(result["answer"], row["answer"]);
-    EXPECT_EQ(result["wrong_answer"], row["wrong_answer"]);
+    if (i == kLogProb) {  // the answer's log-prob: near 0 on the clean prompt, far below on the corrupted one
+      EXPECT_GT(result["clean_metric"].get<double>(), -0.1);
+      EXPECT_LT(result["corrupted_metric"].get<double>(), -5.0);
+      EXPECT_TRUE(result["wrong_answer"].is_null());
+    } else {
+      // The model answers the clean question and flips on the corrupted one: the logit difference changes sign.
+      EXPECT_GT(result["clean_metric"].get<double>(), 1.0);
+      EXPECT_LT(result["corrupted_metric"].get<double>(), -1.0);
+      EXPECT_EQ(result["wrong_answer"], row["wrong_answer"]);
+    }
     std::vector<std::string> clean_tokens;
     for (const client::Token& token : pair.clean_tokens) clean_tokens.push_back(token.text);
     EXPECT_EQ(result["clean_tokens"], clean_tokens);
@@ -199,8 +223,9 @@ TEST_F(ComponentRows, ResultsEqualTheSameRequestsSentOneByOne) {
       EXPECT_EQ(result["grid_sites"][g], grid.site);
       EXPECT_EQ(result["grid_shapes"][g], grid.shape);
       EXPECT_EQ(result["grid_axes"][g], g == 0 ? "layer,head" : "layer,position");
-      ExpectNear(result["grid_values"][g], grid.values, "grid_values");
-      ExpectNear(result["grid_convergence_deltas"][g], grid.convergence_deltas, "grid_convergence_deltas");
+      ExpectNear(result["grid_values"][g], grid.values, "grid_values", MetricScale(result));
+      ExpectNear(result["grid_convergence_deltas"][g], grid.convergence_deltas, "grid_convergence_deltas",
+                 MetricScale(result));
       for (double d : grid.convergence_deltas) largest_delta = std::max(largest_delta, std::abs(d));
     }
     // The colour is carried by head 1 of layer 0 (README's demo): every patching row names it first.
@@ -231,6 +256,18 @@ TEST_F(ComponentRows, KilledTwiceAndResumedEndsWithTheUninterruptedOutput) {
   ExpectSameResults(ReadResults(output), job_->results);
 }
 
+TEST_F(ComponentRows, ShardsMergeIntoTheSingleRun) {
+  std::vector<std::string> merge = {"merge", "--input=" + job_->rows, "--output=" + job_->dir.File("merged.jsonl")};
+  for (int shard = 0; shard < 2; ++shard) {
+    merge.push_back(job_->dir.File(absl::StrCat("shard-", shard, ".jsonl")));
+    const std::vector<std::string> args =
+        Args(job_->rows, merge.back(), {absl::StrCat("--shard_index=", shard), "--shard_count=2"});
+    ASSERT_EQ(RunBatch(args, job_->dir.File("shards.log")), 0) << ReadFile(job_->dir.File("shards.log"));
+  }
+  ASSERT_EQ(RunBatch(merge, job_->dir.File("merge.log")), 0) << ReadFile(job_->dir.File("merge.log"));
+  ExpectSameResults(ReadResults(job_->dir.File("merged.jsonl")), job_->results);
+}
+
 TEST_F(ComponentRows, ParquetHtmlAndTheSamePairsAsCsv) {
   const TempDir& dir = job_->dir;
   const std::string csv = dir.File("pairs.csv"), output = dir.File("csv.jsonl"), log = dir.File("csv.log");
@@ -246,7 +283,7 @@ TEST_F(ComponentRows, ParquetHtmlAndTheSamePairsAsCsv) {
       if (!row.contains("clean") || row.contains("settings")) continue;
       out << row["id"].get<std::string>() << "," << row["clean"].get<std::string>() << ","
           << row["corrupted"].get<std::string>() << "," << row["answer"].get<std::string>() << ","
-          << row["wrong_answer"].get<std::string>() << "\n";
+          << row.value("wrong_answer", "") << "\n";
       expected.push_back(job_->results[i]);
     }
   }

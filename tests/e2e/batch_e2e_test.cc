@@ -339,9 +339,16 @@ TEST(BatchSettings, LaterSettingsAtTheirDefaultsKeepTheHash) {
   json asked = now;
   asked["faithfulness"] = true;
   EXPECT_NE(client::batch::SettingsDigest(asked), client::batch::SettingsDigest(now));
-  json component = now;
-  component["component_method"] = "layer_integrated_gradients";
-  EXPECT_NE(client::batch::SettingsDigest(component), client::batch::SettingsDigest(now));
+  for (const auto& [key, value] :
+       std::vector<std::pair<std::string, std::string>>{{"component_method", "layer_integrated_gradients"},
+                                                        {"metric", "prob"},
+                                                        {"direction", "noising"},
+                                                        {"sites", "heads,mlp_out"},
+                                                        {"granularity", "layer_position_head"}}) {
+    json component = now;
+    component[key] = value;
+    EXPECT_NE(client::batch::SettingsDigest(component), client::batch::SettingsDigest(now)) << key;
+  }
   const client::batch::BatchRow row{.id = "r", .prompt = "Q: Is it warm? A:", .target = " Yes"};
   EXPECT_NE(client::batch::RequestId("m", asked, row), client::batch::RequestId("m", now, row));
   // With a tolerance the server's choice is Fejér's second rule, and the old default now asks for other work.

@@ -26,7 +26,7 @@ using ::testing::HasSubstr;
 constexpr absl::StatusCode kInvalidArgument = absl::StatusCode::kInvalidArgument;
 
 // `text` as the file `name` in `dir`; returns its path.
-std::string Write(const TempDir &dir, const std::string &name, const std::string &text) {
+std::string Write(const TempDir& dir, const std::string& name, const std::string& text) {
   const std::string path = dir.File(name);
   std::ofstream(path) << text;
   return path;
@@ -109,6 +109,63 @@ TEST(MergeSettings, AValueOfTheWrongTypeIsRefusedNamingTheType) {
               StatusIs(kInvalidArgument, HasSubstr("row: setting \"stdev\" must be a number")));
   EXPECT_THAT(MergeSettings(JobDefaults(), nlohmann::json{{"matrix", 1}}, "row").status(),
               StatusIs(kInvalidArgument, HasSubstr("row: setting \"matrix\" must be a boolean")));
+}
+
+// A component row's digests cover its pair and answers: a row edited since its result was written is told
+// apart on resume and merge (input_hash) and sends another request id; an attribution row's do not change.
+TEST(ComponentRows, DigestsCoverThePairAndTheAnswers) {
+  const BatchRow row{
+      .id = "r", .prompt = "The cup is red.", .corrupted = "The cup is blue.", .answer = " Yes", .wrong_answer = " No"};
+  const nlohmann::json settings = JobDefaults();
+  std::vector<BatchRow> edited(4, row);
+  edited[0].prompt = "The cup is gold.";
+  edited[1].corrupted = "The cup is grey.";
+  edited[2].answer = " No";
+  edited[3].wrong_answer.reset();
+  for (const BatchRow& other : edited) {
+    EXPECT_NE(InputDigest(other), InputDigest(row));
+    EXPECT_NE(RequestId("m", settings, other), RequestId("m", settings, row));
+  }
+  // The same text as an attribution row's prompt is another row.
+  const BatchRow attribution{.id = "r", .prompt = "The cup is red."};
+  EXPECT_NE(InputDigest(attribution), InputDigest(row));
+}
+
+// A component request carries no tolerance, so the server runs Gauss-Legendre for its "default" rule: the
+// digests say so, where an attribution row's "default" with a tolerance is Fejér's second rule. A resume with
+// --rule=fejer2 would otherwise have passed as the same job and mixed two rules' grids in one file.
+TEST(ComponentRows, TheDefaultRuleIsGaussLegendreWhateverTheTolerance) {
+  nlohmann::json job = JobDefaults();
+  job["completeness_tolerance"] = 1e-3;
+  const BatchRow pair{.id = "r", .prompt = "a", .corrupted = "b", .answer = " Yes"};
+  const BatchRow prompt{.id = "r", .prompt = "a", .target = " Yes"};
+  auto digest = [&](const BatchRow& row, const std::string& rule) {
+    nlohmann::json settings = job;
+    settings["rule"] = rule;
+    absl::StatusOr<nlohmann::json> effective = RowSettings(settings, row, "row");
+    EXPECT_THAT(effective, IsOk());
+    return SettingsDigest(*effective);
+  };
+  EXPECT_EQ(digest(pair, "default"), digest(pair, "gausslegendre"));
+  EXPECT_NE(digest(pair, "default"), digest(pair, "fejer2"));
+  EXPECT_EQ(digest(prompt, "default"), digest(prompt, "fejer2"));
+  absl::StatusOr<nlohmann::json> effective = RowSettings(job, pair, "row");
+  ASSERT_THAT(effective, IsOk());
+  EXPECT_EQ(ToComponentOptions(*effective, pair).rule, "gausslegendre");
+}
+
+// wrong_answer is sent with the difference metrics only (the server refuses it with the others).
+TEST(ComponentRows, TheWrongAnswerIsSentWithTheDifferenceMetricsOnly) {
+  const BatchRow row{.id = "r", .prompt = "a", .corrupted = "b", .answer = " Yes", .wrong_answer = " No"};
+  nlohmann::json settings = JobDefaults();
+  for (const char* metric : {"logit_difference", "normalized_logit_difference", "prob_difference", "PROB_DIFFERENCE"}) {
+    settings["metric"] = metric;
+    EXPECT_EQ(ToComponentOptions(settings, row).wrong_answer, " No") << metric;
+  }
+  for (const char* metric : {"log_prob", "prob"}) {
+    settings["metric"] = metric;
+    EXPECT_EQ(ToComponentOptions(settings, row).wrong_answer, "") << metric;
+  }
 }
 
 }  // namespace

@@ -225,6 +225,10 @@ TEST(InputRows, ComponentRowsAndRowsOfBothKindsAtOnce) {
       {R"({"id":"a","clean":"x","answer":" A"})", "rows.jsonl:1: a component row needs \"corrupted\""},
       {R"({"id":"a","clean":"x","corrupted":"y"})", "rows.jsonl:1: a component row needs \"answer\""},
       {R"({"id":"a","clean":"x","corrupted":["y"],"answer":" A"})", "rows.jsonl:1: \"corrupted\" must be a string"},
+      {R"({"id":"a","clean":"","corrupted":"y","answer":" A"})", "rows.jsonl:1: \"clean\" is empty"},
+      {R"({"id":"a","clean":"x","corrupted":"y","answer":""})", "rows.jsonl:1: \"answer\" is empty"},
+      {R"({"id":"a","clean":"x","corrupted":"y","answer":" A","wrong_answer":""})",
+       "rows.jsonl:1: \"wrong_answer\" is empty"},
   };
   for (const auto& [row, message] : refused) {
     EXPECT_THAT(ReadRows(Write(dir, "rows.jsonl", row + "\n")).status(),
