@@ -8,6 +8,7 @@
 #include <chrono>
 #include <stdexcept>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "engine/model/torch_errors.h"
@@ -304,10 +305,10 @@ std::vector<BatchingEngine::PendingRow> BatchingEngine::TakeBatchLocked(const Ba
 }
 
 void BatchingEngine::Loop() {
-  const int all_threads = at::get_num_threads();
-  const int contended_threads = options_.contended_intra_op_threads == EngineOptions::kOneThreadFewer
-                                    ? std::max(1, all_threads - 1)
-                                    : options_.contended_intra_op_threads;
+  all_threads_ = at::get_num_threads();
+  contended_threads_ = options_.contended_intra_op_threads == EngineOptions::kOneThreadFewer
+                           ? std::max(1, all_threads_ - 1)
+                           : options_.contended_intra_op_threads;
   absl::Duration idle_wait = kIdleBeforeTrim;
   while (true) {
     std::vector<Answer> dropped;
@@ -370,9 +371,9 @@ void BatchingEngine::Loop() {
     std::vector<RowResult> results(batch.size());
     // A batch that pauses for the short calls keeps every thread: they run inside it, so leaving them a
     // core only slows the long work (bench/RESULTS.md).
-    if (contended_threads > 0) {
-      SetThreadIntraOpThreads(isolating && max_paused_stretches_[static_cast<int>(kind)] == 1 ? contended_threads
-                                                                                              : all_threads);
+    if (contended_threads_ > 0) {
+      SetThreadIntraOpThreads(isolating && max_paused_stretches_[static_cast<int>(kind)] == 1 ? contended_threads_
+                                                                                              : all_threads_);
     }
     const absl::Time started = Now();
     MarkProgress();
@@ -464,6 +465,7 @@ void BatchingEngine::RunShortWorkWhilePaused() {
 void BatchingEngine::RunShortWork(absl::Time now) {
   std::vector<PendingRow> batch;
   BatchDecision decision;
+  bool few_threads = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stats_.queued_rows == 0) return;
@@ -486,12 +488,28 @@ void BatchingEngine::RunShortWork(absl::Time now) {
     next_kind_in_pause_ = static_cast<RowKind>((static_cast<int>(decision.kind) + 1) % kRowKinds);
     batch = TakeBatchLocked(decision, ids);
     paused_for_requests_ = RequestIds(batch);
+    // A short batch gains little from more threads (their handoffs cost as much as they save), and the
+    // threads that receive and answer its calls get the cores it leaves: bench/RESULTS.md, 2026-12-05. A
+    // longer one (a larger model's) keeps them all: on one thread it would hold the long batch longer.
+    if (contended_threads_ > 0 && contended_threads_ < all_threads_) {
+      int64_t longest = 0;
+      for (const PendingRow& row : batch) longest = std::max(longest, row.row.batch_length());
+      const BatchCost cost = costs_.cost(decision.kind);
+      few_threads = cost.known &&
+                    cost.Seconds(static_cast<int64_t>(batch.size()), longest) < absl::ToDoubleSeconds(kFewThreadsBelow);
+    }
   }
   std::vector<PendingRow*> rows;
   for (PendingRow& row : batch) rows.push_back(&row);
   std::vector<RowResult> results(batch.size());
   const absl::Time started = Now();
+  // The paused batch runs on every thread (Loop): it gets them back however this one ends.
+  if (few_threads) SetThreadIntraOpThreads(contended_threads_);
+  absl::Cleanup every_thread = [this, few_threads] {
+    if (few_threads) SetThreadIntraOpThreads(all_threads_);
+  };
   Execute(decision.kind, rows, results, /*inside_pause=*/true);
+  std::move(every_thread).Invoke();
   const absl::Time ended = Now();
   MarkProgress();  // as between batches: its answers are progress
   Finish(decision.kind, batch, results, started, ended - started, decision.time_limited, /*inside_pause=*/true);

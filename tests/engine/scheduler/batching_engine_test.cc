@@ -418,25 +418,65 @@ TEST_F(BatchingEngineTest, ContendedBatchesRunOnFewerIntraOpThreads) {
   for (size_t b = 18; b < batches.size(); ++b) EXPECT_EQ(batches[b].intra_op_threads, all) << b;
 }
 
-// Gradient batches that pause run the short calls inside themselves: they keep every thread.
-TEST_F(BatchingEngineTest, ContendedBatchesThatPauseKeepEveryIntraOpThread) {
+// Gradient batches that pause run the short calls inside themselves and keep every thread; the short
+// batches run inside a pause use the contended thread count when their kind's learned cost says they are
+// short (under kFewThreadsBelow, 8 ms), every thread when they are not (a larger model's) or before the
+// cost is known. Score batches here take 0.5 ms per padded token by the fake clock.
+TEST_F(BatchingEngineTest, ShortBatchesInsideAPauseRunOnFewerIntraOpThreads) {
   const int all = at::get_num_threads();
   if (all < 2) GTEST_SKIP() << "one intra-op thread: nothing to leave to the serving threads";
-  Start({.max_batch_rows = 4, .contended_intra_op_threads = EngineOptions::kOneThreadFewer},
-        [](FakeExecutor& executor) { executor.PauseGradBatches(4); });
-  Notification gate;
-  RowCollector blocking(1), gradients(64), short_rows(1);
-  HoldExecutor(gate, blocking);
-  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), GradRows(64, 5), gradients.Callback()), IsOk());
-  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 9), short_rows.Callback()), IsOk());
-  gate.Notify();
-  blocking.Wait();
-  gradients.Wait();
-  short_rows.Wait();
+  std::vector<int64_t> inside;  // the markers of the score rows to submit inside the next gradient batch
+  std::mutex mu;
+  Start({.max_batch_rows = 64, .contended_intra_op_threads = EngineOptions::kOneThreadFewer},
+        [&](FakeExecutor& executor) {
+          executor.PauseGradBatches(4);
+          executor.DuringBatch([&](const std::vector<const Row*>& rows) {
+            if (rows[0]->kind == RowKind::kScore) {
+              int64_t longest = 0;
+              for (const Row* row : rows) longest = std::max<int64_t>(longest, row->input_ids.size());
+              now_ms_ += static_cast<int64_t>(rows.size()) * longest / 2;
+              return;
+            }
+            std::lock_guard<std::mutex> lock(mu);
+            for (int64_t marker : inside) {
+              ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, marker == 9 ? 4 : 40, marker),
+                                          [](size_t, RowResult) {}),
+                          IsOk());
+            }
+            inside.clear();
+          });
+        });
+  auto gradient_batch_with = [&](std::vector<int64_t> markers, int64_t grad_marker) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      inside = std::move(markers);
+    }
+    RowCollector gradients(16);
+    ASSERT_THAT(engine_->Submit(engine_->NewRequest(), GradRows(16, grad_marker), gradients.Callback()), IsOk());
+    gradients.Wait();
+  };
+  // Before the score kind's cost is known: every thread.
+  gradient_batch_with({9}, 1);
+  // Score batches of 2 to 12 ms teach the cost, alone (past the contention memory: on every thread).
+  now_ms_ += 2000;
+  for (int64_t length : {4, 8, 12, 16, 20, 24}) {
+    RowCollector score(1);
+    ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, length, 3), score.Callback()), IsOk());
+    score.Wait();
+  }
+  gradient_batch_with({9}, 2);   // 4 tokens: 2 ms, on one thread fewer
+  gradient_batch_with({11}, 4);  // 40 tokens: 20 ms, on every thread
   const auto batches = executor_->batches();
-  ASSERT_EQ(batches.size(), 1u + 16u + 1u);
-  EXPECT_EQ(FirstBatchWith(9), 1);  // inside the first gradient batch, recorded before it
-  for (size_t b = 1; b < batches.size(); ++b) EXPECT_EQ(batches[b].intra_op_threads, all) << b;
+  int short_batches = 0;
+  for (size_t b = 0; b < batches.size(); ++b) {
+    const int64_t marker = batches[b].rows[0][0];
+    const bool few = marker == 9 && b > static_cast<size_t>(FirstBatchWith(3));
+    EXPECT_EQ(batches[b].intra_op_threads, few ? all - 1 : all) << "batch " << b << " of marker " << marker;
+    short_batches += marker == 9;
+  }
+  EXPECT_EQ(short_batches, 2);
+  EXPECT_EQ(batches.size(), 3u * 2 + 6);  // each inside its gradient batch, recorded before it
+  EXPECT_EQ(FirstBatchWith(11) + 1, FirstBatchWith(4));
 }
 
 TEST_F(BatchingEngineTest, HigherPriorityRunsFirst) {
