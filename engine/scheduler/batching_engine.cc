@@ -489,27 +489,35 @@ void BatchingEngine::RunShortWork(absl::Time now) {
     batch = TakeBatchLocked(decision, ids);
     paused_for_requests_ = RequestIds(batch);
     // A short batch gains little from more threads (their handoffs cost as much as they save), and the
-    // threads that receive and answer its calls get the cores it leaves: bench/RESULTS.md, 2026-12-05. A
-    // longer one (a larger model's) keeps them all: on one thread it would hold the long batch longer.
-    if (contended_threads_ > 0 && contended_threads_ < all_threads_) {
+    // threads that receive and answer its calls get the core it leaves: bench/RESULTS.md, 2026-12-05. A
+    // longer one (a larger model's) keeps them all: on one thread fewer it would hold the long batch longer.
+    // Measured for one thread fewer only: a count set lower could stretch a pause many times over.
+    if (contended_threads_ > 0 && contended_threads_ == all_threads_ - 1) {
       int64_t longest = 0;
       for (const PendingRow& row : batch) longest = std::max(longest, row.row.batch_length());
       const BatchCost cost = costs_.cost(decision.kind);
-      few_threads = cost.known &&
-                    cost.Seconds(static_cast<int64_t>(batch.size()), longest) < absl::ToDoubleSeconds(kFewThreadsBelow);
+      if (cost.known) {
+        // The cost learned mixes both thread counts: a kind leaves one thread fewer only well above the
+        // bound it entered it under, so it does not flip between them batch after batch.
+        const double seconds = cost.Seconds(static_cast<int64_t>(batch.size()), longest);
+        bool& few = few_threads_in_pause_[static_cast<int>(decision.kind)];
+        few = seconds < absl::ToDoubleSeconds(few ? kEveryThreadAbove : kFewThreadsBelow);
+        few_threads = few;
+      }
     }
   }
   std::vector<PendingRow*> rows;
   for (PendingRow& row : batch) rows.push_back(&row);
   std::vector<RowResult> results(batch.size());
   const absl::Time started = Now();
-  // The paused batch runs on every thread (Loop): it gets them back however this one ends.
+  // The paused batch gets its threads back however this one ends.
+  const int paused_threads = at::get_num_threads();
   if (few_threads) SetThreadIntraOpThreads(contended_threads_);
-  absl::Cleanup every_thread = [this, few_threads] {
-    if (few_threads) SetThreadIntraOpThreads(all_threads_);
+  absl::Cleanup paused_batch_threads = [few_threads, paused_threads] {
+    if (few_threads) SetThreadIntraOpThreads(paused_threads);
   };
   Execute(decision.kind, rows, results, /*inside_pause=*/true);
-  std::move(every_thread).Invoke();
+  std::move(paused_batch_threads).Invoke();
   const absl::Time ended = Now();
   MarkProgress();  // as between batches: its answers are progress
   Finish(decision.kind, batch, results, started, ended - started, decision.time_limited, /*inside_pause=*/true);

@@ -60,7 +60,7 @@ struct EngineOptions {
   // core, so an interactive call is answered sooner (bench/RESULTS.md: Logprobs p90 beside integrated
   // gradients 25-28 ms against 30-37 ms on 2 cores). Uncontended batches always use all, and so do
   // batches that pause for the short calls (pause_long_batches); the short batches run inside a pause use
-  // this many when they are short (BatchingEngine::kFewThreadsBelow).
+  // one fewer (when this is one fewer) while they are short (BatchingEngine::kFewThreadsBelow).
   static constexpr int kOneThreadFewer = -1;
   int contended_intra_op_threads = 0;
   // Long gradient batches pause between layers to run waiting interactive score and decode rows (see
@@ -268,10 +268,14 @@ class BatchingEngine {
   // Intra-op threads: all the process has, and those of contended batches (EngineOptions; 0: all). Set by
   // the executor thread as it starts, read by the thread that runs batches only.
   int all_threads_ = 1, contended_threads_ = 0;
-  // Short batches run inside a pause on contended_threads_ when their kind's learned cost says they take
-  // less than this on the device (the default model's Logprobs calls, 2.5-5 ms on 2 CPU cores; not the
-  // 46M-parameter Llama's, 15-20 ms, which one thread fewer slowed by a third).
+  // Short batches run inside a pause on contended_threads_ (when it is one fewer) once their kind's learned
+  // cost says they take less than kFewThreadsBelow on the device (the default model's Logprobs calls, 2.5-5
+  // ms on 2 CPU cores; not the 46M-parameter Llama's, 15-20 ms, which one thread fewer slowed by a third),
+  // and again on every thread once it says more than kEveryThreadAbove (a third over: the slowdown the
+  // fewer threads may add to the cost they teach). Per kind, the thread that runs batches only.
   static constexpr absl::Duration kFewThreadsBelow = absl::Milliseconds(8);
+  static constexpr absl::Duration kEveryThreadAbove = absl::Milliseconds(11);
+  bool few_threads_in_pause_[kRowKinds] = {false, false, false};
   int max_paused_stretches_[kRowKinds] = {1, 1, 1};  // the executor's, set before the executor thread starts
   // Only the thread that runs batches (the executor thread, or autograd's while that thread waits) uses
   // these: of the running batch, the time spent in short batches run inside it (its own device time is

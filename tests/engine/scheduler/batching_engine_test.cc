@@ -9,6 +9,8 @@
 
 #include <atomic>
 #include <functional>
+#include <mutex>
+#include <optional>
 #include <thread>
 #include <utility>
 
@@ -419,13 +421,14 @@ TEST_F(BatchingEngineTest, ContendedBatchesRunOnFewerIntraOpThreads) {
 }
 
 // Gradient batches that pause run the short calls inside themselves and keep every thread; the short
-// batches run inside a pause use the contended thread count when their kind's learned cost says they are
-// short (under kFewThreadsBelow, 8 ms), every thread when they are not (a larger model's) or before the
-// cost is known. Score batches here take 0.5 ms per padded token by the fake clock.
+// batches run inside a pause use the contended thread count (one fewer) once their kind's learned cost
+// puts them under kFewThreadsBelow (8 ms), and every thread again once it puts them over kEveryThreadAbove
+// (11 ms), every thread before the cost is known. Score batches take 0.5 ms per padded token here.
 TEST_F(BatchingEngineTest, ShortBatchesInsideAPauseRunOnFewerIntraOpThreads) {
   const int all = at::get_num_threads();
   if (all < 2) GTEST_SKIP() << "one intra-op thread: nothing to leave to the serving threads";
-  std::vector<int64_t> inside;  // the markers of the score rows to submit inside the next gradient batch
+  // The marker of the score row to submit inside the next gradient batch, and its length.
+  std::optional<std::pair<int64_t, int64_t>> inside;
   std::mutex mu;
   Start({.max_batch_rows = 64, .contended_intra_op_threads = EngineOptions::kOneThreadFewer},
         [&](FakeExecutor& executor) {
@@ -438,25 +441,27 @@ TEST_F(BatchingEngineTest, ShortBatchesInsideAPauseRunOnFewerIntraOpThreads) {
               return;
             }
             std::lock_guard<std::mutex> lock(mu);
-            for (int64_t marker : inside) {
-              ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, marker == 9 ? 4 : 40, marker),
-                                          [](size_t, RowResult) {}),
-                          IsOk());
-            }
-            inside.clear();
+            if (!inside) return;
+            ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, inside->second, inside->first),
+                                        [](size_t, RowResult) {}),
+                        IsOk());
+            inside.reset();
           });
         });
-  auto gradient_batch_with = [&](std::vector<int64_t> markers, int64_t grad_marker) {
+  int64_t grad_marker = 100;
+  // The intra-op threads of a score row of `length` tokens run inside a gradient batch.
+  auto threads_inside = [&](int64_t marker, int64_t length) {
     {
       std::lock_guard<std::mutex> lock(mu);
-      inside = std::move(markers);
+      inside = {marker, length};
     }
     RowCollector gradients(16);
-    ASSERT_THAT(engine_->Submit(engine_->NewRequest(), GradRows(16, grad_marker), gradients.Callback()), IsOk());
+    EXPECT_THAT(engine_->Submit(engine_->NewRequest(), GradRows(16, ++grad_marker), gradients.Callback()), IsOk());
     gradients.Wait();
+    EXPECT_EQ(FirstBatchWith(marker) + 1, FirstBatchWith(grad_marker));  // inside it, recorded before it
+    return executor_->batches()[FirstBatchWith(marker)].intra_op_threads;
   };
-  // Before the score kind's cost is known: every thread.
-  gradient_batch_with({9}, 1);
+  EXPECT_EQ(threads_inside(17, 4), all);  // the score kind's cost is not known yet
   // Score batches of 2 to 12 ms teach the cost, alone (past the contention memory: on every thread).
   now_ms_ += 2000;
   for (int64_t length : {4, 8, 12, 16, 20, 24}) {
@@ -464,19 +469,17 @@ TEST_F(BatchingEngineTest, ShortBatchesInsideAPauseRunOnFewerIntraOpThreads) {
     ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, length, 3), score.Callback()), IsOk());
     score.Wait();
   }
-  gradient_batch_with({9}, 2);   // 4 tokens: 2 ms, on one thread fewer
-  gradient_batch_with({11}, 4);  // 40 tokens: 20 ms, on every thread
-  const auto batches = executor_->batches();
-  int short_batches = 0;
-  for (size_t b = 0; b < batches.size(); ++b) {
-    const int64_t marker = batches[b].rows[0][0];
-    const bool few = marker == 9 && b > static_cast<size_t>(FirstBatchWith(3));
-    EXPECT_EQ(batches[b].intra_op_threads, few ? all - 1 : all) << "batch " << b << " of marker " << marker;
-    short_batches += marker == 9;
+  EXPECT_EQ(threads_inside(9, 4), all - 1);    // 2 ms
+  EXPECT_EQ(threads_inside(13, 18), all - 1);  // 9 ms: still under 11
+  EXPECT_EQ(threads_inside(11, 40), all);      // 20 ms
+  EXPECT_EQ(threads_inside(15, 18), all);      // 9 ms: not yet under 8
+  EXPECT_EQ(threads_inside(19, 4), all - 1);   // 2 ms
+  // Everything else, the gradient batches that paused among them, on every thread.
+  for (const auto& batch : executor_->batches()) {
+    const int64_t marker = batch.rows[0][0];
+    if (marker == 9 || marker == 13 || marker == 19) continue;
+    EXPECT_EQ(batch.intra_op_threads, all) << "marker " << marker;
   }
-  EXPECT_EQ(short_batches, 2);
-  EXPECT_EQ(batches.size(), 3u * 2 + 6);  // each inside its gradient batch, recorded before it
-  EXPECT_EQ(FirstBatchWith(11) + 1, FirstBatchWith(4));
 }
 
 TEST_F(BatchingEngineTest, HigherPriorityRunsFirst) {
