@@ -182,23 +182,23 @@ std::string UnknownNameError(const CommandLine& line, const json& settings) {
   if (absl::Status policy = CheckLoadBalancing(absl::GetFlag(FLAGS_load_balancing)); !policy.ok()) {
     return absl::StrCat("--", policy.message());
   }
-  for (const char* key : {"method", "quantity", "rule", "baseline", "target_tokenization"}) {
+  struct NamedSetting {
+    const char* key;
+    bool component;  // checked as a component row's request, which calls component_method "method"
+  };
+  for (const auto& [key, component] :
+       {NamedSetting{"method", false}, NamedSetting{"quantity", false}, NamedSetting{"rule", false},
+        NamedSetting{"baseline", false}, NamedSetting{"target_tokenization", false},
+        NamedSetting{"component_method", true}, NamedSetting{"metric", true}, NamedSetting{"direction", true},
+        NamedSetting{"sites", true}, NamedSetting{"granularity", true}}) {
     json alone = JobDefaults();
     alone[key] = settings[key];
-    const absl::Status status = CheckAttributeOptions(ToAttributeOptions(alone, BatchRow(), ""));
+    const absl::Status status = component ? CheckComponentOptions(ToComponentOptions(alone, BatchRow()))
+                                          : CheckAttributeOptions(ToAttributeOptions(alone, BatchRow(), ""));
     if (status.ok()) continue;
     // The library's message names the option ("method: unknown value ..."), as the flag and the job file do.
-    return FlagGiven(line, key) ? absl::StrCat("--", status.message())
-                                : absl::StrCat("--job ", absl::GetFlag(FLAGS_job), ": ", status.message());
-  }
-  for (const char* key : {"component_method", "metric", "direction", "sites", "granularity"}) {
-    json alone = JobDefaults();
-    alone[key] = settings[key];
-    const absl::Status status = CheckComponentOptions(ToComponentOptions(alone, BatchRow()));
-    if (status.ok()) continue;
-    // The library names the request's option ("method: ..."); the job's setting is component_method.
     std::string message(status.message());
-    if (absl::StartsWith(message, "method:")) message = absl::StrCat("component_", message);
+    if (component && absl::StartsWith(message, "method:")) message = absl::StrCat("component_", message);
     return FlagGiven(line, key) ? absl::StrCat("--", message)
                                 : absl::StrCat("--job ", absl::GetFlag(FLAGS_job), ": ", message);
   }
