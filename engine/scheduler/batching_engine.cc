@@ -156,12 +156,14 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
                                                           " tokens; the limit per request is ",
                                                           options_.max_tokens_per_request)));
   }
-  // The next decode step of a generation admitted before: one row of one token, which a full queue must not
-  // fail part-way (its work would be lost); anything larger is checked as new work.
-  const bool next_decode_step = request->admitted_.load() && count == 1 && rows[0].kind == RowKind::kDecode &&
-                                rows[0].decode_state != nullptr && rows[0].length() == 1;
-  if (!next_decode_step && (stats_.queued_rows + count > options_.max_queued_rows ||
-                            stats_.queued_tokens + tokens > options_.max_queued_tokens)) {
+  // A full queue refuses requests, not stages: the later rows of a request admitted before (a generation's next
+  // decode step, a perturbation's coalitions after its prefix, the next order of a tolerance, the rows after a
+  // generated target) are queued whatever the queue holds, or the request would fail part-way with its work
+  // lost. Its own limits above still hold, so the queue outgrows the engine's limits by at most the later
+  // stages of the requests in flight.
+  const bool later_stage = request->admitted_.load();
+  if (!later_stage && (stats_.queued_rows + count > options_.max_queued_rows ||
+                       stats_.queued_tokens + tokens > options_.max_queued_tokens)) {
     return reject(absl::ResourceExhaustedError(absl::StrCat("engine queue is full (", stats_.queued_rows, " rows, ",
                                                             stats_.queued_tokens, " tokens queued)")));
   }
@@ -174,7 +176,7 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
         "this request alone needs ", Mebibytes(bytes), " of queue memory, more than the limit of ",
         Mebibytes(options_.max_queued_bytes), ": it cannot be queued even on an idle server (fewer or shorter rows)")));
   }
-  if (!next_decode_step && stats_.queued_bytes + bytes > options_.max_queued_bytes) {
+  if (!later_stage && stats_.queued_bytes + bytes > options_.max_queued_bytes) {
     return reject(absl::ResourceExhaustedError(
         absl::StrCat("engine queue memory is full: ", Mebibytes(stats_.queued_bytes), " queued and this request needs ",
                      Mebibytes(bytes), " more; the limit is ", Mebibytes(options_.max_queued_bytes))));

@@ -135,8 +135,8 @@ class Request {
   std::atomic<bool> cancelled_{false};
   // Score and grad rows ever submitted (decode steps not counted): few make the request interactive.
   std::atomic<int64_t> submitted_work_rows_{0};
-  // Whether the engine has accepted rows of this request before: its next decode step is not refused for a
-  // full queue (BatchingEngine::Submit).
+  // Whether the engine has accepted rows of this request before: its later stages are not refused for a full
+  // queue (BatchingEngine::Submit).
   std::atomic<bool> admitted_{false};
   mutable std::mutex mu_;
   Stats stats_ ABSL_GUARDED_BY(mu_);

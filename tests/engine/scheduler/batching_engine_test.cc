@@ -818,11 +818,11 @@ TEST_F(BatchingEngineTest, FullQueueRejectsBeforeAccepting) {
   EXPECT_FALSE(called);
 }
 
-// A full queue refuses new work but not the next decode step of a generation it admitted: before, each step
-// was checked as new work, and an admitted Generate failed part-way with RESOURCE_EXHAUSTED, its tokens lost.
-// Anything more than one decode step of one token (a method's next stage of many rows) is still new work.
-TEST_F(BatchingEngineTest, AFullQueueRefusesNewWorkButNotTheNextDecodeStepOfAnAdmittedGeneration) {
-  Start({.max_queued_rows = 8});
+// A full queue refuses new requests but not the later stages of one it admitted: before, each decode step was
+// checked as new work, and so was a method's next stage of many rows (a perturbation's coalitions after its
+// prefix): the request failed part-way with RESOURCE_EXHAUSTED, the work it had done lost. Its own limits hold.
+TEST_F(BatchingEngineTest, AFullQueueRefusesNewRequestsButNotTheLaterStagesOfAnAdmittedOne) {
+  Start({.max_queued_rows = 8, .max_rows_per_request = 7});
   Notification gate;
   RowCollector blocking(1);
   HoldExecutor(gate, blocking);
@@ -833,23 +833,26 @@ TEST_F(BatchingEngineTest, AFullQueueRefusesNewWorkButNotTheNextDecodeStepOfAnAd
     return rows;
   };
   auto generation = engine_->NewRequest();
-  RowCollector prompt(1), others(7), next_step(1);
+  RowCollector prompt(1), others(7), next_step(1), next_stage(4);
   ASSERT_THAT(engine_->Submit(generation, decode({5, 6, 7}), prompt.Callback()), IsOk());
   ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(7, 2, 2), others.Callback()), IsOk());
   bool called = false;
   auto never = [&](size_t, RowResult) { called = true; };
   EXPECT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 3), never),
               StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("engine queue is full (8 rows")));
-  EXPECT_THAT(engine_->Submit(generation, ScoreRows(1, 2, 4), never),
-              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("engine queue is full")));
   EXPECT_THAT(engine_->Submit(generation, decode({8}), next_step.Callback()), IsOk());
-  EXPECT_EQ(engine_->Stats().queued_rows, 9);
+  EXPECT_THAT(engine_->Submit(generation, ScoreRows(4, 2, 4), next_stage.Callback()), IsOk());
+  EXPECT_EQ(engine_->Stats().queued_rows, 13);
+  EXPECT_THAT(engine_->Submit(generation, ScoreRows(2, 2, 4), never),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("the limit per request is 7")));
   gate.Notify();
   blocking.Wait();  // the collectors must outlive every callback
   prompt.Wait();
   others.Wait();
   next_step.Wait();
+  next_stage.Wait();
   EXPECT_THAT(next_step.result(0).status, IsOk());
+  for (size_t i = 0; i < 4; ++i) EXPECT_THAT(next_stage.result(i).status, IsOk());
   EXPECT_FALSE(called);
   EXPECT_EQ(engine_->Stats().queued_rows, 0);
 }
