@@ -10,11 +10,11 @@
 #include <cerrno>
 #include <cstring>
 #include <memory>
-#include <nlohmann/json.hpp>
 #include <set>
 
 #include "absl/strings/str_cat.h"
 #include "engine/common/files.h"
+#include "engine/model/weight_files.h"
 
 namespace attribution::server {
 namespace {
@@ -45,22 +45,11 @@ absl::StatusOr<std::vector<std::string>> ModelFiles(const std::string& dir) {
        {"config.json", "generation_config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json"}) {
     if (engine::FileExists(dir + "/" + name)) files.insert(name);
   }
-  // As the weight store reads them: the index and its shards when there is an index, else the single file.
-  if (const std::string index_path = dir + "/model.safetensors.index.json"; engine::FileExists(index_path)) {
-    files.insert("model.safetensors.index.json");
-    absl::StatusOr<std::string> text = engine::ReadFile(index_path);
-    if (!text.ok()) return text.status();
-    const nlohmann::json index = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
-    if (index.is_object() && index.contains("weight_map") && index["weight_map"].is_object()) {
-      for (const auto& [tensor, shard] : index["weight_map"].items()) {
-        if (shard.is_string() && shard.get<std::string>().find('/') == std::string::npos) {
-          files.insert(shard.get<std::string>());
-        }
-      }
-    }
-  } else if (engine::FileExists(dir + "/model.safetensors")) {
-    files.insert("model.safetensors");
-  }
+  // As the weight store reads them.
+  absl::StatusOr<engine::WeightFiles> weights = engine::FindWeightFiles(dir);
+  if (!weights.ok()) return weights.status();
+  if (!weights->index.empty()) files.insert(weights->index);
+  files.insert(weights->shards.begin(), weights->shards.end());
   return std::vector<std::string>(files.begin(), files.end());  // std::set: byte order, as Python's sorted()
 }
 

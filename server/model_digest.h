@@ -13,8 +13,8 @@
 namespace attribution::server {
 
 // The files of `dir` the server loads, by name in byte order: config.json, generation_config.json,
-// model.safetensors.index.json and the shards it names (else model.safetensors), tokenizer.json,
-// tokenizer.model and tokenizer_config.json, those that exist.
+// the weights' files (engine::FindWeightFiles), tokenizer.json, tokenizer.model and tokenizer_config.json, those
+// that exist.
 absl::StatusOr<std::vector<std::string>> ModelFiles(const std::string& dir);
 
 // SHA-256 (lower-case hex) of ModelFiles(dir): for each file, its name, "\n", its size in decimal, "\n"

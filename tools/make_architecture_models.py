@@ -8,9 +8,12 @@ on it, for the end-to-end test that runs the real server on every architecture
 Usage: make_architecture_models.py OUT_DIR
 
 For each NAME in llama, llama3-scaled (llama3 rope scaling), mistral (sliding window 6), qwen2 (bias on
-q/k/v, tied head), gpt2 (tied head), falcon (the 7B layout), falcon-grouped (new_decoder_architecture),
+q/k/v, tied head), gpt2 (tied head), gpt2-scaled-untied (attention logits divided by the layer's number and
+not by sqrt(head_dim), a head of its own), falcon (the 7B layout), falcon-grouped (new_decoder_architecture),
 mixtral (4 experts, 2 per token, sliding window 6) and qwen2-window (a window of 6 on its second layer
-only, as max_window_layers 1 asks) it writes OUT_DIR/NAME/ (config.json, model.safetensors,
+only, as max_window_layers 1 asks), and the copies CONFIG_EDITS makes with another config.json
+(llama-stored-head, mixtral-config-defaults), and llama-stale-index (llama beside a shard index naming files
+that are not there, as a sharded folder saved again unsharded keeps), it writes OUT_DIR/NAME/ (config.json, model.safetensors,
 tokenizer.json, tokenizer_config.json) and OUT_DIR/NAME/reference.json:
   * prompt, target: token ids (the test sends ids: no tokenizer in the loop);
   * target_log_probs: log-softmax of the target tokens, teacher-forced after the prompt;
@@ -97,6 +100,11 @@ def configs(vocab):
         "qwen2": ("qwen2", transformers.Qwen2Config(**common, tie_word_embeddings=True, rope_theta=1000000.0)),
         "gpt2": ("gpt2", transformers.GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=64,
                                                  bos_token_id=1, eos_token_id=2)),
+        # GPT-2's other attention scaling (Stanford CRFM's checkpoints divide by the layer's number; none by
+        # sqrt(head_dim)) and a head of its own.
+        "gpt2-scaled-untied": ("gpt2", transformers.GPT2Config(
+            vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2,
+            scale_attn_by_inverse_layer_idx=True, scale_attn_weights=False, tie_word_embeddings=False)),
         "falcon": ("falcon", falcon_configs(vocab)["falcon"]),
         "falcon-grouped": ("falcon", falcon_configs(vocab)["falcon-grouped"]),
         "mixtral": ("llama2", transformers.MixtralConfig(**common, num_local_experts=4, num_experts_per_tok=2,
@@ -164,7 +172,11 @@ def write_model(directory, tokenizer_kind, config, seed):
     tokenizer.save(os.path.join(directory, "tokenizer.json"))
     with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
         json.dump({"eos_token": SPECIALS[tokenizer_kind]}, f)
-    # Reloaded from the directory, so the reference runs what the server reads.
+    write_reference(directory)
+
+
+def write_reference(directory):
+    # Loaded from the directory, so the reference runs what the server reads.
     loaded = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32,
                                                                attn_implementation="eager").eval()
     loaded.requires_grad_(False)
@@ -175,6 +187,44 @@ def write_model(directory, tokenizer_kind, config, seed):
         reference["greedy_text"] = tokenizer.decode(reference["greedy"], skip_special_tokens=True)
         reference["greedy_token_texts"] = [tokenizer.decode([t], skip_special_tokens=True) for t in reference["greedy"]]
         json.dump(reference, f)
+
+
+def write_config_edited_copy(source, directory, edit):
+    """A copy of `source` whose config.json `edit` changes, with the answers transformers gives on it."""
+    shutil.rmtree(directory, ignore_errors=True)
+    shutil.copytree(source, directory, ignore=shutil.ignore_patterns("reference.json"))
+    path = os.path.join(directory, "config.json")
+    with open(path) as f:
+        config = json.load(f)
+    edit(config)
+    with open(path, "w") as f:
+        json.dump(config, f, indent=2)
+    write_reference(directory)
+
+
+# What a config may say or leave out that transformers reads in its own way.
+CONFIG_EDITS = {
+    # Ties a head the checkpoint stores and that differs from the embedding: transformers warns and uses it.
+    "llama-stored-head": ("llama", lambda config: config.update(tie_word_embeddings=True)),
+    # Without rope parameters and norm epsilon: MixtralConfig's own defaults (rope_theta 1e6, eps 1e-5).
+    "mixtral-config-defaults": ("mixtral", lambda config: [config.pop(key, None) for key in
+                                                           ("rope_parameters", "rope_theta", "rms_norm_eps")]),
+}
+
+
+def write_stale_index_copy(source, directory):
+    """`source` with the index a sharded save leaves behind when the folder is saved again unsharded: transformers
+    reads model.safetensors and never the shards the index names, which are not there."""
+    shutil.rmtree(directory, ignore_errors=True)
+    shutil.copytree(source, directory)
+    with open(os.path.join(directory, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {}, "weight_map": {"model.norm.weight": "model-00001-of-00002.safetensors"}}, f)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32,
+                                                               attn_implementation="eager").eval()
+    with open(os.path.join(directory, "reference.json")) as f:
+        expected = json.load(f)["target_log_probs"]
+    actual = references(loaded)["target_log_probs"]
+    assert max(abs(a - e) for a, e in zip(actual, expected)) < 1e-5, ("transformers read the index", actual, expected)
 
 
 def write_zero_bias_copy(source, directory):
@@ -237,13 +287,16 @@ def main():
         write_model(directory, tokenizer_kind, config, seed)
     for name in ("gpt2", "qwen2", "falcon"):
         write_zero_bias_copy(os.path.join(out_dir, name), os.path.join(out_dir, f"{name}-zero-bias"))
+    for name, (source, edit) in CONFIG_EDITS.items():
+        write_config_edited_copy(os.path.join(out_dir, source), os.path.join(out_dir, name), edit)
+    write_stale_index_copy(os.path.join(out_dir, "llama"), os.path.join(out_dir, "llama-stale-index"))
     write_ties_model(os.path.join(out_dir, "llama"), os.path.join(out_dir, "llama-ties"))
     bare = os.path.join(out_dir, "no-tokenizer")
     shutil.rmtree(bare, ignore_errors=True)
     shutil.copytree(os.path.join(out_dir, "llama"), bare,
                     ignore=shutil.ignore_patterns("tokenizer.json", "tokenizer_config.json"))
-    print(f"make_architecture_models: wrote {list(configs(0))}, zero-bias gpt2, qwen2 and falcon, llama-ties and "
-          f"no-tokenizer to {out_dir}")
+    print(f"make_architecture_models: wrote {list(configs(0))}, {list(CONFIG_EDITS)}, llama-stale-index, zero-bias "
+          f"gpt2, qwen2 and falcon, llama-ties and no-tokenizer to {out_dir}")
 
 
 if __name__ == "__main__":

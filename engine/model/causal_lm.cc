@@ -179,7 +179,8 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
   };
   for (size_t i = first_layer; i < layers.size(); ++i) {
     const DecoderLayer& layer = layers[i];
-    if (!joining.empty()) join_until(static_cast<int64_t>(i));
+    const int64_t index = static_cast<int64_t>(i);
+    if (!joining.empty()) join_until(index);
     pause(x);
     const int64_t rows = active;
     auto active_rows = [rows](const at::Tensor& t) { return rows == t.size(0) ? t : t.narrow(0, 0, rows); };
@@ -203,13 +204,12 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
       k = k.detach();
     }
     if (batch.cache != nullptr) std::tie(k, v) = batch.cache->Append(static_cast<int64_t>(i), k, v);
-    at::Tensor attended = at::scaled_dot_product_attention(q, k, v, mask, 0.0, false, std::nullopt,
+    at::Tensor attended = at::scaled_dot_product_attention(q, k, v, mask, 0.0, false, AttentionScale(config, index),
                                                            /*enable_gqa=*/kv_heads != heads);
     at::Tensor per_head = attended.transpose(1, 2);  // [B, S, H, D]
     at_site(ComponentSite::kHeads, i, per_head);
     at::Tensor attention_out = layer.o.Forward(per_head.reshape({rows, s, heads * head_dim}));
     at_site(ComponentSite::kAttnOut, i, attention_out);
-    const int64_t index = static_cast<int64_t>(i);
     if (config.parallel_attention) {  // Falcon: the MLP reads the block's input too
       const at::Tensor mlp_in =
           layer.mlp_norm_weight.defined() ? Norm(x, layer.mlp_norm_weight, layer.mlp_norm_bias, batch.rules) : h;
@@ -309,6 +309,7 @@ at::Device CausalLM::device() const { return impl_->device; }
 
 int64_t CausalLM::ResidentWeightBytes() const { return impl_->resident_weight_bytes; }
 const std::vector<std::string>& CausalLM::unused_weights() const { return impl_->unused_weights; }
+const std::vector<std::string>& CausalLM::load_warnings() const { return impl_->load_warnings; }
 
 namespace {
 

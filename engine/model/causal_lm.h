@@ -163,6 +163,8 @@ class CausalLM {
   // Tensors of the checkpoint that the architecture does not use (loaded past, not an error: callers
   // warn, since they may mean a config for another architecture or a damaged export).
   const std::vector<std::string>& unused_weights() const;
+  // What loading did that the config did not say (a stored head used although the config ties it): callers warn.
+  const std::vector<std::string>& load_warnings() const;
 
   // Token embeddings: [B, S] int64 -> [B, S, hidden] (no position embeddings), never requiring grad.
   absl::StatusOr<at::Tensor> Embed(const at::Tensor& ids) const;

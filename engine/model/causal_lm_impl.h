@@ -48,6 +48,7 @@ class CausalLM::Impl {
   at::Tensor rope_inverse_frequencies;      // [head_dim / 2], Llama family only
   int64_t resident_weight_bytes = 0;        // counted once at load
   std::vector<std::string> unused_weights;  // stored tensors the architecture does not use
+  std::vector<std::string> load_warnings;   // what loading did that the checkpoint's config did not say
 
   bool is_gpt2() const { return config.architecture == Architecture::kGpt2; }
   bool uses_layer_norm() const { return is_gpt2() || config.architecture == Architecture::kFalcon; }

@@ -115,10 +115,18 @@ absl::Status ParseRopeScaling(const json& config, const std::string& source, Mod
   ASSIGN_OR_RETURN(type, OptionalString(*scaling, "rope_type", type, where));
   if (type == "default") return absl::OkStatus();
   if (type == "linear") {
+    if (Present(*scaling, "factor") == nullptr) {  // transformers refuses it too
+      return absl::InvalidArgumentError(absl::StrCat(where, ": linear rope scaling needs a \"factor\""));
+    }
     ASSIGN_OR_RETURN(out.linear_rope_factor, OptionalNumber(*scaling, "factor", 1.0, where));
     return absl::OkStatus();
   }
   if (type == "llama3") {
+    for (const char* key : {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}) {
+      if (Present(*scaling, key) == nullptr) {  // transformers refuses it too
+        return absl::InvalidArgumentError(absl::StrCat(where, ": llama3 rope scaling needs \"", key, "\""));
+      }
+    }
     Llama3RopeScaling s;
     ASSIGN_OR_RETURN(s.factor, OptionalNumber(*scaling, "factor", s.factor, where));
     ASSIGN_OR_RETURN(s.low_freq_factor, OptionalNumber(*scaling, "low_freq_factor", s.low_freq_factor, where));
@@ -169,7 +177,32 @@ absl::StatusOr<std::vector<bool>> WindowedLayers(const json& config, const std::
   return windowed;
 }
 
+// What transformers' config class of each architecture assumes for a key config.json leaves out.
+struct DecoderDefaults {
+  int64_t max_position_embeddings = 2048;
+  double rms_norm_eps = 1e-6;
+  double rope_theta = 10000.0;
+  std::optional<int64_t> sliding_window;  // Qwen2's applies only with use_sliding_window
+};
+
+DecoderDefaults DefaultsOf(Architecture architecture) {
+  switch (architecture) {
+    case Architecture::kMistral:
+      return {.max_position_embeddings = 131072, .sliding_window = 4096};
+    case Architecture::kMixtral:
+      return {.max_position_embeddings = 131072, .rms_norm_eps = 1e-5, .rope_theta = 1e6};
+    case Architecture::kQwen2:
+      return {.max_position_embeddings = 32768, .sliding_window = 4096};
+    case Architecture::kLlama:
+    case Architecture::kGpt2:    // ParseGpt2Fields
+    case Architecture::kFalcon:  // ParseFalconFields
+      return {};
+  }
+  return {};
+}
+
 absl::Status ParseDecoderFields(const json& config, const std::string& source, ModelConfig& out) {
+  const DecoderDefaults defaults = DefaultsOf(out.architecture);
   ASSIGN_OR_RETURN(out.hidden_size, PositiveInt(config, "hidden_size", source));
   ASSIGN_OR_RETURN(out.intermediate_size, PositiveInt(config, "intermediate_size", source));
   ASSIGN_OR_RETURN(out.num_layers, PositiveInt(config, "num_hidden_layers", source));
@@ -182,9 +215,10 @@ absl::Status ParseDecoderFields(const json& config, const std::string& source, M
                                                    " (and no head_dim is given)"));
   }
   out.head_dim = head_dim.value_or(out.hidden_size / out.num_heads);
-  ASSIGN_OR_RETURN(out.max_position_embeddings, OptionalInt(config, "max_position_embeddings", 4096, source));
-  ASSIGN_OR_RETURN(out.norm_eps, OptionalNumber(config, "rms_norm_eps", 1e-6, source));
-  ASSIGN_OR_RETURN(out.rope_theta, OptionalNumber(config, "rope_theta", 10000.0, source));
+  ASSIGN_OR_RETURN(out.max_position_embeddings,
+                   OptionalInt(config, "max_position_embeddings", defaults.max_position_embeddings, source));
+  ASSIGN_OR_RETURN(out.norm_eps, OptionalNumber(config, "rms_norm_eps", defaults.rms_norm_eps, source));
+  ASSIGN_OR_RETURN(out.rope_theta, OptionalNumber(config, "rope_theta", defaults.rope_theta, source));
   ASSIGN_OR_RETURN(out.hidden_act, OptionalString(config, "hidden_act", "silu", source));
   if (out.hidden_act != "silu") {
     return absl::InvalidArgumentError(
@@ -200,7 +234,10 @@ absl::Status ParseDecoderFields(const json& config, const std::string& source, M
   // LlamaConfig has no sliding window; Qwen2 applies its window only with use_sliding_window.
   if (out.architecture != Architecture::kLlama) {
     const bool mistral_like = out.architecture == Architecture::kMistral || out.architecture == Architecture::kMixtral;
-    ASSIGN_OR_RETURN(std::optional<int64_t> window, MaybeInt(config, "sliding_window", source));
+    std::optional<int64_t> window = defaults.sliding_window;  // absent: the default; null: no window
+    if (config.contains("sliding_window")) {
+      ASSIGN_OR_RETURN(window, MaybeInt(config, "sliding_window", source));
+    }
     ASSIGN_OR_RETURN(bool use_window, OptionalBool(config, "use_sliding_window", false, source));
     if (mistral_like || use_window) out.sliding_window = window;
     if (out.sliding_window) {
@@ -317,7 +354,10 @@ absl::Status ParseGpt2Fields(const json& config, const std::string& source, Mode
   out.attention_bias = true;
   out.output_bias = true;
   out.mlp_bias = true;
-  out.tie_word_embeddings = true;
+  ASSIGN_OR_RETURN(out.tie_word_embeddings, OptionalBool(config, "tie_word_embeddings", true, source));
+  ASSIGN_OR_RETURN(out.scale_attention_by_head_dim, OptionalBool(config, "scale_attn_weights", true, source));
+  ASSIGN_OR_RETURN(out.scale_attention_by_layer,
+                   OptionalBool(config, "scale_attn_by_inverse_layer_idx", false, source));
   out.qkv_layout = FusedQkvLayout::kConsecutive;
   return absl::OkStatus();
 }
@@ -463,6 +503,12 @@ absl::StatusOr<ModelConfig> ParseConfigObject(const std::string& json_text, cons
 }
 
 }  // namespace
+
+double AttentionScale(const ModelConfig& config, int64_t layer) {
+  double scale = config.scale_attention_by_head_dim ? 1 / std::sqrt(static_cast<double>(config.head_dim)) : 1.0;
+  if (config.scale_attention_by_layer) scale /= static_cast<double>(layer + 1);
+  return scale;
+}
 
 const char* ArchitectureName(Architecture arch) {
   switch (arch) {

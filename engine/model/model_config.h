@@ -77,6 +77,9 @@ struct ModelConfig {
   // new_decoder_architecture), each through its own LayerNorm when separate_parallel_norms.
   bool parallel_attention = false;
   bool separate_parallel_norms = false;
+  // GPT-2's scale_attn_weights and scale_attn_by_inverse_layer_idx (see AttentionScale).
+  bool scale_attention_by_head_dim = true;
+  bool scale_attention_by_layer = false;
   FusedQkvLayout qkv_layout = FusedQkvLayout::kSeparate;
   std::optional<MixtureOfExperts> mixture_of_experts;
   std::optional<int64_t> bos_token_id;
@@ -85,6 +88,11 @@ struct ModelConfig {
   std::optional<int64_t> unk_token_id;
   std::optional<CheckpointQuantization> checkpoint_quantization;
 };
+
+// The factor of layer `layer`'s (from 0) attention logits q·kᵀ: 1/sqrt(head_dim), as every architecture has it
+// unless a GPT-2 config turns it off (scale_attn_weights: false) or also divides by the layer's number from 1
+// (scale_attn_by_inverse_layer_idx, Stanford CRFM's checkpoints), as transformers' GPT2Attention does.
+double AttentionScale(const ModelConfig& config, int64_t layer);
 
 // Reads <dir>/config.json (+ generation_config.json, tokenizer_config.json where present).
 absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& dir);

@@ -152,8 +152,7 @@ class Loader {
     }
     ASSIGN_OR_RETURN(impl_.final_norm_weight, Tensor(root + "ln_f.weight", {h}));
     ASSIGN_OR_RETURN(impl_.final_norm_bias, Tensor(root + "ln_f.bias", {h}));
-    store_.Skip("lm_head.weight");  // a stored copy of the tied head is known, not unused
-    return TieHead();
+    return LoadHead();
   }
 
  private:
@@ -162,15 +161,26 @@ class Loader {
     return impl_.options.quantization == Quantization::kNone ? options_ : options_.dtype(at::kFloat);
   }
 
-  // Checkpoints of tied models sometimes carry a copy of the head; the embedding is authoritative.
+  // transformers' rule (PreTrainedModel.tie_weights): a tied config without a stored head ties it; a stored head
+  // is used unless the config ties it and it equals the embedding (a copy many tied checkpoints carry). An untied
+  // config without one is refused: transformers would start that head from random values.
   absl::Status LoadHead() {
     const ModelConfig& c = impl_.config;
-    impl_.tied_head = c.tie_word_embeddings || !store_.Contains("lm_head.weight");
-    if (impl_.tied_head) {
-      store_.Skip("lm_head.weight");
-      return TieHead();
+    if (!store_.Contains("lm_head.weight")) {
+      if (c.tie_word_embeddings) return TieHead();
+      return absl::InvalidArgumentError(
+          "config.json: tie_word_embeddings is false but the checkpoint holds no lm_head.weight (transformers would "
+          "start the output head from random values)");
     }
     ASSIGN_OR_RETURN(at::Tensor head, Tensor("lm_head.weight", {c.vocab_size, c.hidden_size}));
+    if (c.tie_word_embeddings) {
+      if (at::equal(head, impl_.token_embedding)) return TieHead();
+      impl_.load_warnings.push_back(
+          "config.json ties the output head to the token embedding (tie_word_embeddings), but the checkpoint's "
+          "lm_head.weight differs from it: the stored head is used, as transformers does (set tie_word_embeddings "
+          "to false to say so)");
+    }
+    impl_.tied_head = false;
     ASSIGN_OR_RETURN(impl_.lm_head, Linear::Create(std::move(head), at::Tensor(), Quantization::kNone));
     return absl::OkStatus();
   }

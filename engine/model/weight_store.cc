@@ -4,59 +4,19 @@
 #include <ATen/ops/all.h>
 #include <ATen/ops/isfinite.h>
 
-#include <nlohmann/json.hpp>
-#include <set>
-
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "engine/common/files.h"
 #include "engine/common/status_macros.h"
 
 namespace attribution::engine {
-namespace {
-
-// Reads model.safetensors.index.json and returns the shard files it names, in a stable order, with the
-// tensor -> shard map it declares.
-absl::Status ReadShardIndex(const std::string& index_path, std::vector<std::string>& shards,
-                            std::map<std::string, std::string>& declared) {
-  ASSIGN_OR_RETURN(std::string text, ReadFile(index_path));
-  auto index = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (index.is_discarded() || !index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object()) {
-    return absl::InvalidArgumentError(absl::StrCat(index_path, ": not a JSON object with a \"weight_map\" object"));
-  }
-  std::set<std::string> unique;
-  for (const auto& [tensor, shard] : index["weight_map"].items()) {
-    if (!shard.is_string()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(index_path, ": weight_map entry of \"", tensor, "\" is not a file name"));
-    }
-    const std::string file = shard.get<std::string>();
-    if (file.find('/') != std::string::npos || file == "..") {
-      return absl::InvalidArgumentError(
-          absl::StrCat(index_path, ": shard name \"", file, "\" must be a plain file name"));
-    }
-    declared[tensor] = file;
-    if (unique.insert(file).second) shards.push_back(file);
-  }
-  return absl::OkStatus();
-}
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<WeightStore>> WeightStore::Open(const std::string& dir) {
   auto store = std::unique_ptr<WeightStore>(new WeightStore());
-  const std::string single = dir + "/model.safetensors";
-  const std::string index_path = dir + "/model.safetensors.index.json";
-  std::vector<std::string> shards;
-  std::map<std::string, std::string> declared;
-  if (FileExists(index_path)) {
-    RETURN_IF_ERROR(ReadShardIndex(index_path, shards, declared));
-  } else if (FileExists(single)) {
-    shards.push_back("model.safetensors");
-  } else {
-    return absl::NotFoundError(
-        absl::StrCat(dir, ": no model.safetensors or model.safetensors.index.json in the model directory"));
-  }
+  ASSIGN_OR_RETURN(WeightFiles weight_files, FindWeightFiles(dir));
+  const std::vector<std::string>& shards = weight_files.shards;
+  std::map<std::string, std::string>& declared = weight_files.declared;
+  const std::string index_path = dir + "/" + weight_files.index;
   for (const std::string& shard : shards) {
     ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(dir + "/" + shard));
     for (const auto& [name, record] : file->tensors()) {

@@ -17,6 +17,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/model/safetensors.h"
+#include "engine/model/weight_files.h"
 
 namespace attribution::engine {
 

@@ -47,16 +47,16 @@ absl::Status CheckPatch(const ComponentSelection& patch, const ModelConfig& conf
 
 // AtP*'s value + query + key terms (ComponentWork::exact_attention_weights) of one layer's heads, from
 // the run's and the other run's q, k, v ([heads, S, D], float64: the terms are differences of nearly
-// equal weights), the hidden (query, key) slots [S, S] and d objective / d head output [heads, S, D]:
-// [heads, S]. The [heads, S, S] weights go a block of query rows at a time (every term is a sum over
-// query rows, or one value per row), each of the ~10 temporaries of a block near 16 MB; `pause` runs
-// between blocks: the whole grows with S², about a minute on a CPU for one 4096-token pair, and waiting
-// short calls (and the check for a cancelled batch) must not wait for all of it.
+// equal weights), the hidden (query, key) slots [S, S], d objective / d head output [heads, S, D] and the
+// layer's AttentionScale: [heads, S]. The [heads, S, S] weights go a block of query rows at a time (every term is a sum
+// over query rows, or one value per row), each of the ~10 temporaries of a block near 16 MB; `pause` runs between
+// blocks: the whole grows with S², about a minute on a CPU for one 4096-token pair, and waiting short calls (and the
+// check for a cancelled batch) must not wait for all of it.
 at::Tensor ExactWeightTerms(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& other_q,
                             const at::Tensor& other_k, const at::Tensor& other_v, const at::Tensor& hidden,
-                            const at::Tensor& gradient, const std::function<void()>& pause) {
+                            const at::Tensor& gradient, double attention_scale, const std::function<void()>& pause) {
   const int64_t heads = q.size(0), length = q.size(1);
-  const at::Tensor scale = at::scalar_tensor(1 / std::sqrt(static_cast<double>(q.size(-1))), q.options());
+  const at::Tensor scale = at::scalar_tensor(attention_scale, q.options());
   auto logits = [&](const at::Tensor& qs, const at::Tensor& ks) {
     return at::matmul(qs, ks.transpose(-1, -2)) * scale;
   };
@@ -95,10 +95,10 @@ at::Tensor ExactWeightTerms(const at::Tensor& q, const at::Tensor& k, const at::
 }
 
 // ExactWeightTerms of every head of one layer of run `own` ([2, layers, heads, S, D] captures), given
-// d objective / d head output [S, heads, D]: [S, heads].
+// d objective / d head output [S, heads, D] and the layer's AttentionScale: [S, heads].
 at::Tensor ExactWeightEstimates(const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& values,
                                 const at::Tensor& visible, int own, int64_t layer, const at::Tensor& head_gradient,
-                                const std::function<void()>& pause) {
+                                double attention_scale, const std::function<void()>& pause) {
   const int64_t heads = queries.size(2);
   const int64_t group = heads / keys.size(2);  // query heads per key / value head
   // Run `run`'s query heads, or the key / value heads they read.
@@ -110,7 +110,7 @@ at::Tensor ExactWeightEstimates(const at::Tensor& queries, const at::Tensor& key
   };
   return ExactWeightTerms(take(queries, own, true), take(keys, own, false), take(values, own, false),
                           take(queries, 1 - own, true), take(keys, 1 - own, false), take(values, 1 - own, false),
-                          visible.logical_not(), head_gradient.transpose(0, 1).to(at::kDouble), pause)
+                          visible.logical_not(), head_gradient.transpose(0, 1).to(at::kDouble), attention_scale, pause)
       .transpose(0, 1);
 }
 
@@ -379,7 +379,8 @@ absl::Status ComponentRuns::RunSiteEstimates(const std::vector<const Row*>& rows
             .narrow(0, 0, length)
             .copy_(ExactWeightEstimates(captured[r]->queries, captured[r]->keys, captured[r]->values,
                                         captured[r]->visible, rows[r]->component.run == PairRun::kClean ? 0 : 1, layer,
-                                        gradient[static_cast<int64_t>(r)].narrow(0, 0, length), pause_point_));
+                                        gradient[static_cast<int64_t>(r)].narrow(0, 0, length),
+                                        AttentionScale(model_->config(), layer), pause_point_));
       }
       per_layer[static_cast<int>(site)].push_back(estimates);
     }

@@ -7,6 +7,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -138,6 +139,49 @@ TEST(ModelConfig, ValidConfigsParse) {
   EXPECT_EQ(gpt2->intermediate_size, 32);  // n_inner null: 4 * n_embd
 }
 
+// A key config.json leaves out means what the architecture's transformers config class says (transformers 5.23:
+// MistralConfig, MixtralConfig, Qwen2Config, GPT2Config), not one default for all: before, a Mixtral without
+// rope_theta ran with 10000 and a Mistral without sliding_window without a window.
+TEST(ModelConfig, AbsentKeysTakeTheArchitecturesDefaults) {
+  nlohmann::json bare = Llama();
+  for (const char* key : {"rope_theta", "rms_norm_eps", "max_position_embeddings", "sliding_window"}) bare.erase(key);
+  auto parse = [&](const char* type, const nlohmann::json& patch = nlohmann::json::object()) {
+    nlohmann::json config = bare;
+    config["model_type"] = type;
+    config.update(patch);
+    absl::StatusOr<ModelConfig> parsed = ParseModelConfig(config.dump(), "config.json");
+    EXPECT_THAT(parsed, IsOk()) << type;
+    return parsed.value_or(ModelConfig{});
+  };
+  const ModelConfig llama = parse("llama"), mistral = parse("mistral"), mixtral = parse("mixtral");
+  EXPECT_EQ(llama.max_position_embeddings, 2048);
+  EXPECT_EQ(llama.norm_eps, 1e-6);
+  EXPECT_EQ(llama.rope_theta, 1e4);
+  EXPECT_FALSE(llama.sliding_window.has_value());
+  EXPECT_EQ(mistral.max_position_embeddings, 131072);
+  EXPECT_EQ(mistral.sliding_window, 4096);
+  EXPECT_EQ(mixtral.norm_eps, 1e-5);
+  EXPECT_EQ(mixtral.rope_theta, 1e6);
+  EXPECT_FALSE(mixtral.sliding_window.has_value());
+  EXPECT_EQ(parse("qwen2").max_position_embeddings, 32768);
+  EXPECT_FALSE(parse("qwen2").sliding_window.has_value());
+  EXPECT_EQ(parse("qwen2", {{"use_sliding_window", true}}).sliding_window, 4096);
+  EXPECT_FALSE(parse("mistral", {{"sliding_window", nullptr}}).sliding_window.has_value());  // null: no window
+}
+
+// GPT-2's attention scaling options as GPT2Attention applies them, and its head untied when the config says so.
+TEST(ModelConfig, Gpt2AttentionScalingAndHeadTying) {
+  auto parse = [](const nlohmann::json& patch) { return *ParseModelConfig(Gpt2(patch).dump(), "config.json"); };
+  const ModelConfig plain = parse(nlohmann::json::object());
+  EXPECT_DOUBLE_EQ(AttentionScale(plain, 0), 1 / std::sqrt(plain.head_dim));
+  EXPECT_DOUBLE_EQ(AttentionScale(plain, 3), 1 / std::sqrt(plain.head_dim));
+  EXPECT_TRUE(plain.tie_word_embeddings);
+  const ModelConfig by_layer = parse({{"scale_attn_by_inverse_layer_idx", true}});
+  EXPECT_DOUBLE_EQ(AttentionScale(by_layer, 3), 1 / std::sqrt(plain.head_dim) / 4);
+  EXPECT_DOUBLE_EQ(AttentionScale(parse({{"scale_attn_weights", false}}), 2), 1.0);
+  EXPECT_FALSE(parse({{"tie_word_embeddings", false}}).tie_word_embeddings);
+}
+
 // transformers writes null for unset options: null means the key is absent, not a value of the wrong type.
 TEST(ModelConfig, NullMeansAbsent) {
   nlohmann::json config = Llama();
@@ -147,7 +191,7 @@ TEST(ModelConfig, NullMeansAbsent) {
   }
   auto parsed = ParseModelConfig(config.dump(), "config.json");
   ASSERT_THAT(parsed, IsOk());
-  EXPECT_EQ(parsed->max_position_embeddings, 4096);
+  EXPECT_EQ(parsed->max_position_embeddings, 2048);  // LlamaConfig's
   EXPECT_EQ(parsed->num_kv_heads, 2);
   EXPECT_EQ(parsed->rope_theta, 10000.0);
   EXPECT_FALSE(parsed->pad_token_id.has_value());
@@ -209,8 +253,18 @@ INSTANTIATE_TEST_SUITE_P(
         BadConfig{"HugeNormEpsilon", Llama({{"rms_norm_eps", 1e300}}), "must be a finite number in [0, 1]"},
         BadConfig{"Llama3RopeWithoutOriginalPositions",
                   Llama({{"rope_scaling",
-                          {{"rope_type", "llama3"}, {"factor", 8.0}, {"original_max_position_embeddings", 0}}}}),
+                          {{"rope_type", "llama3"},
+                           {"factor", 8.0},
+                           {"low_freq_factor", 1.0},
+                           {"high_freq_factor", 4.0},
+                           {"original_max_position_embeddings", 0}}}}),
                   "original_max_position_embeddings 0 must be positive"},
+        // transformers refuses rope parameters without the keys their type needs; a default would be a guess.
+        BadConfig{"Llama3RopeLackingAKey",
+                  Llama({{"rope_scaling", {{"rope_type", "llama3"}, {"factor", 8.0}, {"high_freq_factor", 4.0}}}}),
+                  "llama3 rope scaling needs \"low_freq_factor\""},
+        BadConfig{"LinearRopeWithoutFactor", Llama({{"rope_parameters", {{"rope_type", "linear"}}}}),
+                  "rope_parameters: linear rope scaling needs a \"factor\""},
         BadConfig{"NegativeRopeTheta", Llama({{"rope_theta", -1}}), "rope_theta -1"},
         // Finite as a double, infinite in the float32 RoPE frequencies.
         BadConfig{"RopeThetaBeyondFloat", Llama({{"rope_theta", 1e308}}), "dir/config.json: rope_theta 1e+308"},

@@ -196,6 +196,17 @@ TEST_F(ModelDirectoryDefect, StoredCopyOfATiedHeadIsNotUnused) {
   auto model = CausalLM::Load(dir_, {});
   ASSERT_THAT(model, IsOk());
   EXPECT_THAT((*model)->unused_weights(), ::testing::IsEmpty());
+  EXPECT_THAT((*model)->load_warnings(), ::testing::IsEmpty());
+}
+
+// An untied config whose checkpoint has no head: transformers would start one from random values, so there is no
+// model to serve (it was tied to the embedding without a word).
+TEST_F(ModelDirectoryDefect, AnUntiedConfigWithoutAStoredHeadIsRefused) {
+  auto config = Config();
+  config["tie_word_embeddings"] = false;
+  WriteConfig(config);
+  RewriteWeights([](auto& t) { t.erase("lm_head.weight"); });
+  EXPECT_THAT(Load().message(), HasSubstr("tie_word_embeddings is false but the checkpoint holds no lm_head.weight"));
 }
 
 TEST_F(ModelDirectoryDefect, WrongShapeIsNamed) {
@@ -247,24 +258,34 @@ TEST_F(ModelDirectoryDefect, ShardIndexNamingMissingShard) {
 }
 
 TEST_F(ModelDirectoryDefect, ShardIndexWithPathEscape) {
+  ::unlink((dir_ + "/model.safetensors").c_str());
   std::ofstream(dir_ + "/model.safetensors.index.json") << R"({"weight_map": {"x": "../model.safetensors"}})";
   EXPECT_THAT(Load().message(), HasSubstr("must be a plain file name"));
 }
 
 TEST_F(ModelDirectoryDefect, TensorStoredInTwoShards) {
+  ASSERT_EQ(::rename((dir_ + "/model.safetensors").c_str(), (dir_ + "/shard.safetensors").c_str()), 0);
   {
-    std::ifstream in(dir_ + "/model.safetensors", std::ios::binary);
+    std::ifstream in(dir_ + "/shard.safetensors", std::ios::binary);
     std::ofstream(dir_ + "/copy.safetensors", std::ios::binary) << in.rdbuf();
   }
   nlohmann::json index = {{"weight_map", nlohmann::json::object()}};
-  auto file = SafetensorsFile::Open(dir_ + "/model.safetensors");
-  for (const auto& [name, record] : (*file)->tensors()) index["weight_map"][name] = "model.safetensors";
+  auto file = SafetensorsFile::Open(dir_ + "/shard.safetensors");
+  for (const auto& [name, record] : (*file)->tensors()) index["weight_map"][name] = "shard.safetensors";
   index["weight_map"]["lm_head.weight"] = "copy.safetensors";
   std::ofstream(dir_ + "/model.safetensors.index.json") << index.dump();
   // Whichever shard is read first, the duplicate is caught as such or as a tensor the index did not
   // assign to that shard.
   EXPECT_THAT(Load().message(),
               ::testing::AnyOf(HasSubstr("is stored in both"), HasSubstr("is not assigned to this shard")));
+}
+
+// transformers reads model.safetensors when both it and an index are there (save_pretrained writing a sharded
+// folder unsharded leaves the old index): so do we, the index's missing shards never opened.
+TEST_F(ModelDirectoryDefect, ASingleWeightsFileIsReadBeforeAShardIndex) {
+  std::ofstream(dir_ + "/model.safetensors.index.json")
+      << R"({"weight_map": {"model.norm.weight": "model-00001-of-00002.safetensors"}})";
+  EXPECT_THAT(Load(), IsOk());
 }
 
 TEST_F(ModelDirectoryDefect, UnsupportedRopeScaling) {
