@@ -7,6 +7,8 @@
 #include <unicode/unistr.h>
 #include <unicode/utext.h>
 
+#include <algorithm>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -51,26 +53,51 @@ class Regex {
     }
     auto regex = std::make_unique<Regex>();
     regex->pattern_ = std::move(compiled);
+    regex->source_ = pattern;
     return regex;
   }
-  // [begin, end) byte ranges of the non-empty matches, left to right.
-  std::vector<std::pair<size_t, size_t>> Matches(const std::string& text) const {
+  // [begin, end) byte ranges of the non-empty matches, left to right. A pattern that backtracks without
+  // end on this text (nested quantifiers: "(a|aa)+c" on "aaa...b" takes 2^n steps) runs out of its budget,
+  // linear in the text, and is RESOURCE_EXHAUSTED: a request's tokenization must not hold a thread past its
+  // deadline. The budget is at least 86 times what GPT-2's, Llama 3's and Qwen2's patterns take on 300 KB texts
+  // made to be slow for them (runs of one character class, "a1!" repeated); a step takes about 0.15 ms here, so
+  // a text of n bytes waits at most about (0.15 + n / 70,000) s.
+  absl::StatusOr<std::vector<std::pair<size_t, size_t>>> Matches(const std::string& text) const {
     std::vector<std::pair<size_t, size_t>> out;
     UErrorCode status = U_ZERO_ERROR;
     UText* input = utext_openUTF8(nullptr, text.data(), static_cast<int64_t>(text.size()), &status);
     std::unique_ptr<icu::RegexMatcher> matcher(pattern_->matcher(status));
-    matcher->reset(input);
+    if (U_SUCCESS(status)) {
+      matcher->reset(input);
+      matcher->setTimeLimit(MatchBudget(text.size()), status);
+    }
     while (U_SUCCESS(status) && matcher->find(status)) {
       const int64_t begin = matcher->start64(status), end = matcher->end64(status);
       if (end > begin) out.emplace_back(static_cast<size_t>(begin), static_cast<size_t>(end));
     }
     matcher.reset();
     utext_close(input);
+    if (status == U_REGEX_TIME_OUT) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("tokenizer.json's pre-tokenizer pattern \"", source_, "\" did not finish matching this text of ",
+                       text.size(), " bytes within its budget (the pattern backtracks without bound on it)"));
+    }
+    if (U_FAILURE(status)) {
+      return absl::InternalError(
+          absl::StrCat("matching tokenizer.json's pattern \"", source_, "\" failed: ", u_errorName(status)));
+    }
     return out;
+  }
+
+  // ICU counts time in steps of its match engine (10,000 operations each), from the matcher's reset: over all
+  // of one text's matches.
+  static int32_t MatchBudget(size_t text_bytes) {
+    return static_cast<int32_t>(std::min<size_t>(1000 + text_bytes / 10, std::numeric_limits<int32_t>::max()));
   }
 
  private:
   std::unique_ptr<icu::RegexPattern> pattern_;
+  std::string source_;
 };
 
 absl::StatusOr<std::string> PatternOf(const json& spec, bool& is_regex) {
@@ -277,7 +304,8 @@ class RegexSplit : public PreTokenizer {
  public:
   RegexSplit(std::unique_ptr<Regex> regex, SplitBehavior behavior) : regex_(std::move(regex)), behavior_(behavior) {}
   absl::Status Split(const NormalizedText& piece, bool, std::vector<NormalizedText>& out) const override {
-    SplitAround(piece, regex_->Matches(piece.text), behavior_, out);
+    ASSIGN_OR_RETURN(auto matches, regex_->Matches(piece.text));
+    SplitAround(piece, matches, behavior_, out);
     return absl::OkStatus();
   }
 
@@ -319,10 +347,12 @@ class ByteLevelPreTokenizer : public PreTokenizer {
       text = std::move(prefixed);
     }
     std::vector<NormalizedText> parts;
-    if (regex_)
-      SplitAround(text, regex_->Matches(text.text), SplitBehavior::kIsolated, parts);
-    else
+    if (regex_) {
+      ASSIGN_OR_RETURN(auto matches, regex_->Matches(text.text));
+      SplitAround(text, matches, SplitBehavior::kIsolated, parts);
+    } else {
       parts.push_back(text);
+    }
     for (const NormalizedText& part : parts) {
       NormalizedText mapped;
       mapped.origin_end = part.origin_end;

@@ -195,6 +195,21 @@ TEST(HfTokenizerFile, PostProcessorTokensMustBeInTheVocabulary) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("\"sep\" as [token, id]")));
 }
 
+// A Split pattern with nested quantifiers backtracks 2^n steps on "aa...ab": a 40-character prompt held a
+// thread (past its call's deadline, and a draining server) for minutes. It stops at a budget linear in the
+// text, RESOURCE_EXHAUSTED naming the pattern; texts it matches are split as before.
+TEST(HfTokenizerFile, APatternThatBacktracksWithoutBoundRunsOutOfItsBudget) {
+  auto tokenizer = LoadTokenizerJson(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "c": 2}},
+      "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(a|aa)+c"}, "behavior": "Isolated"}})");
+  ASSERT_THAT(tokenizer, IsOk());
+  absl::StatusOr<Encoding> matched = (*tokenizer)->Encode("baacb", false);
+  ASSERT_THAT(matched, IsOk());
+  EXPECT_EQ(matched->ids, (std::vector<int64_t>{1, 0, 0, 2, 1}));
+  EXPECT_THAT((*tokenizer)->Encode(std::string(60, 'a') + "b", false),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       HasSubstr("pattern \"(a|aa)+c\" did not finish matching this text of 61 bytes")));
+}
+
 // A character outside the vocabulary becomes byte-fallback pieces ("<0xE9>", ...): each token's text is
 // its one byte, so the tokens' texts join to the character's UTF-8 bytes (not to three U+FFFD).
 TEST(SentencePieceTokenizer, ByteFallbackPiecesStandForTheirByte) {
