@@ -119,6 +119,8 @@ class GradientPlan : public RowPlan {
     path.input_ids.insert(path.input_ids.end(), request_.target_ids.begin(), request_.target_ids.end());
     path.baseline_ids = path.input_ids;
     if (request_.zero_embedding_baseline) path.zero_baseline.assign(path.input_ids.size(), 0);
+    const bool noise = request_.method == AttributionMethod::kGradientShap && request_.stdev > 0;
+    if (noise) path.noised.assign(path.input_ids.size(), 0);
     for (int64_t f = 0; f < num_features(); ++f) {
       const auto [begin, end] = FeatureSpanOf(f);
       // Validation holds a given baseline to one id per position.
@@ -127,6 +129,7 @@ class GradientPlan : public RowPlan {
       for (int64_t p = begin; p < end; ++p) {
         path.baseline_ids[p] = given && *given ? (**given)[p - begin] : request_.baseline_token_id;
         if (request_.zero_embedding_baseline) path.zero_baseline[p] = 1;
+        if (noise) path.noised[p] = 1;
       }
     }
     path.reduction = MethodOf(request_.method).reduction(request_);

@@ -32,11 +32,13 @@ struct EmbeddingPath {
   std::vector<uint8_t> zero_baseline;  // [S] or empty; 1: the baseline there is the zero embedding
   PathReduction reduction = PathReduction::kTimesDirection;
   PropagationRules rules = PropagationRules::kGradient;  // AttnLRP / CP-LRP shape the backward
-  // GradientShap: sample s ends the path at input + noise_stdev · N(0, 1), the noise drawn from a
-  // generator seeded by (noise_seed, s) at positions where baseline and input differ, so a sample's
-  // noise does not depend on which batch its row lands in.
+  // GradientShap: sample s ends the path at input + noise_stdev · N(0, 1) at the `noised` positions (the
+  // features: Captum's GradientShap moves every input it attributes, a token equal to its baseline too), the
+  // noise drawn from a generator seeded by (noise_seed, s), so a sample's noise does not depend on which batch
+  // its row lands in.
   double noise_stdev = 0;
   uint64_t noise_seed = 0;
+  std::vector<uint8_t> noised;  // [S] or empty (no noise); 1: noise goes there
 
   int64_t length() const { return static_cast<int64_t>(input_ids.size()); }
   // Bytes the path holds once embedded (input and baseline), in a `dtype_bytes` compute dtype.

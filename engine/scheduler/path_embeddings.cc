@@ -44,14 +44,17 @@ absl::StatusOr<const PathEmbeddings::Embedded*> PathEmbeddings::Embed(
     e.baseline = e.baseline.masked_fill(zero, 0);  // [S, hidden]
   }
   e.direction = e.input.to(at::kFloat) - e.baseline.to(at::kFloat);
-  e.differs = (e.direction != 0).any(-1, /*keepdim=*/true).to(at::kFloat);
+  if (!path->noised.empty()) {
+    e.noised = at::tensor(path->noised, at::kByte).to(at::kFloat).to(e.input.device()).unsqueeze(1);
+  }
   return &paths_.emplace(path.get(), std::move(e)).first->second;
 }
 
 at::Tensor PathEmbeddings::Noise(const Embedded& embedded, int64_t sample) const {
+  if (!embedded.noised.defined()) return at::zeros(embedded.input.sizes(), embedded.input.options().dtype(at::kFloat));
   at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(SampleSeed(embedded.path->noise_seed, sample));
   const at::Tensor noise = at::randn(embedded.input.sizes(), generator, at::kFloat);  // [S, hidden]
-  return noise.to(embedded.input.device()) * embedded.path->noise_stdev * embedded.differs;
+  return noise.to(embedded.input.device()) * embedded.path->noise_stdev * embedded.noised;
 }
 
 absl::StatusOr<std::vector<PathEmbeddings::PathRows>> PathEmbeddings::Group(const std::vector<const Row*>& rows) {

@@ -26,7 +26,7 @@ class PathEmbeddings {
     at::Tensor input;                           // [S, hidden] compute dtype
     at::Tensor baseline;                        // [S, hidden]
     at::Tensor direction;                       // [S, hidden] float32: input - baseline
-    at::Tensor differs;  // [S, 1] float32: 1 where input and baseline differ (GradientShap noise goes there)
+    at::Tensor noised;  // [S, 1] float32: 1 where GradientShap's noise goes (EmbeddingPath::noised); undefined: none
   };
   // The rows of one path in a batch, and the direction each row's point moved along.
   struct PathRows {
@@ -49,7 +49,7 @@ class PathEmbeddings {
  private:
   absl::StatusOr<const Embedded*> Embed(const std::shared_ptr<const EmbeddingPath>& path);
   absl::StatusOr<std::vector<PathRows>> Group(const std::vector<const Row*>& rows);
-  // [S, hidden] float32: the GradientShap noise of one sample, where the path's input differs from its baseline.
+  // [S, hidden] float32: the GradientShap noise of one sample at the path's noised positions, zero elsewhere.
   at::Tensor Noise(const Embedded& embedded, int64_t sample) const;
 
   std::shared_ptr<const CausalLM> model_;

@@ -230,6 +230,50 @@ def test_deleting_every_feature_leaves_the_special_tokens(client, model, tokeniz
     assert ours.faithfulness.empty == pytest.approx(math.exp(value([False] * n)), abs=1e-6)
 
 
+def _sample_seed(seed: int, sample: int) -> int:
+    """The server's per-sample noise seed (engine/scheduler/path_embeddings.cc SampleSeed), as torch takes it."""
+    mask = (1 << 64) - 1
+    z = (seed + 0x9E3779B97F4A7C15 * (sample + 1)) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    z ^= z >> 31
+    return z - (1 << 64) if z >= 1 << 63 else z
+
+
+def test_gradient_shap_moves_every_feature_as_captums_rule_does(client, model, tokenizer):
+    """Captum's GradientShap: E[(x + e - b) . grad f(b + a (x + e - b))], the noise e on every input it attributes.
+    The server's own draws (alphas from the seed, each sample's noise from SampleSeed) put through that rule in
+    PyTorch give its answer; a token equal to its baseline is moved too (it got no noise, and exactly 0)."""
+    prompt = tokenizer(PROMPT)["input_ids"]
+    target = tokenizer(PROMPT + " Yes")["input_ids"][len(prompt):]
+    baseline, stdev, seed, n = prompt[4], 0.3, 12345, 4
+    assert prompt.count(baseline) >= 1
+    result = client.attribute(model="default", prompt=prompt, target=target, method="gradient_shap",
+                              baseline=baseline, stdev=stdev, seed=seed, n_samples=n, include_special_tokens=True)
+    embed = model.get_input_embeddings()
+    target_embeds = embed(torch.tensor([target])).detach()
+
+    def objective(prompt_embeds):
+        logits = model(inputs_embeds=torch.cat([prompt_embeds, target_embeds], 1)).logits[0].float()
+        log_probs = torch.log_softmax(logits[len(prompt) - 1:-1], -1)
+        return log_probs[torch.arange(len(target)), torch.tensor(target)].sum()
+
+    x = embed(torch.tensor(prompt)).detach()
+    b = embed(torch.full((len(prompt),), baseline)).detach()
+    alphas = torch.rand(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    expected = torch.zeros(len(prompt))
+    for s in range(n):
+        noise = torch.randn(len(prompt) + len(target), x.size(1),
+                            generator=torch.Generator().manual_seed(_sample_seed(seed, s)))[:len(prompt)]
+        end = x + stdev * noise
+        point = (b + alphas[s].float() * (end - b)).unsqueeze(0).requires_grad_(True)
+        (gradient,) = torch.autograd.grad(objective(point), point)
+        expected += ((end - b) * gradient[0]).sum(-1).detach() / n
+    ours = torch.tensor(result.sequence, dtype=torch.float32)
+    torch.testing.assert_close(ours, expected, atol=1e-4 * expected.abs().max().item(), rtol=0)
+    assert abs(ours[4].item()) > 1e-3  # the token equal to its baseline
+
+
 def test_deletions_that_leave_no_prompt_or_a_gradient_method_are_refused(client, tokenizer):
     # Without bos nothing is left before the target: INVALID_ARGUMENT, not a row without a prompt.
     with pytest.raises(ac.InvalidArgument, match=r"feature_groups\[\]\.baseline: .*leave the prompt empty"):

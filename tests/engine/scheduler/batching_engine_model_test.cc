@@ -146,8 +146,11 @@ TEST_F(EngineOverModel, PathEmbeddingsLiveWhileRowsHoldTheirPath) {
 
 TEST_F(EngineOverModel, NoisySampleDoesNotDependOnItsBatchMates) {
   const std::vector<int64_t> ids = Ids(9, 3);
-  EmbeddingPath path{
-      .input_ids = ids, .baseline_ids = std::vector<int64_t>(ids.size(), 4), .noise_stdev = 0.5, .noise_seed = 11};
+  EmbeddingPath path{.input_ids = ids,
+                     .baseline_ids = std::vector<int64_t>(ids.size(), 4),
+                     .noise_stdev = 0.5,
+                     .noise_seed = 11,
+                     .noised = std::vector<uint8_t>(ids.size(), 1)};
   auto shared = std::make_shared<const EmbeddingPath>(path);
   const RowObjective objective{.positions = {8}, .tokens = {7}};
   auto row = [&](int64_t sample) {
