@@ -425,7 +425,9 @@ int Serve() {
             m->model->ResidentWeightBytes(), " weight bytes, weights_digest ", m->weights_digest, ", model_digest ",
             m->model_digest, " (", absl::StrFormat("%.2f", m->digest_seconds), " s to compute)"));
     WarnOfUnusedWeights(*m);
-    for (const std::string& warning : m->model->load_warnings()) {
+    std::vector<std::string> warnings = m->model->load_warnings();
+    warnings.insert(warnings.end(), m->tokenizer->load_warnings().begin(), m->tokenizer->load_warnings().end());
+    for (const std::string& warning : warnings) {
       Log("model_warning", absl::StrCat("model \"", m->spec.name, "\" (", m->spec.path, "): ", warning));
     }
     if (dynamic_cast<const engine::IdOnlyTokenizer*>(m->tokenizer.get()) != nullptr) {

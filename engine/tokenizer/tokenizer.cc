@@ -69,11 +69,42 @@ int64_t Tokenizer::longest_token_bytes() const {
   return longest_token_bytes_;
 }
 
+namespace {
+
+// tokenizer_config.json's options that transformers 5 applies by rebuilding the tokenizer from its class
+// (GPT2Tokenizer's add_prefix_space, LlamaTokenizer's add_prefix_space and legacy: false, which drops the "▁"
+// before the first word and after special tokens), where the tokenizers library runs tokenizer.json as written:
+// this server does as the tokenizers library, and says so.
+std::vector<std::string> IgnoredTokenizerOptions(const nlohmann::json& config) {
+  std::vector<std::string> warnings;
+  if (!config.is_object()) return warnings;
+  for (const char* key : {"add_prefix_space", "legacy"}) {
+    if (!config.contains(key) || !config[key].is_boolean()) continue;
+    if (std::string(key) == "legacy" && config[key].get<bool>()) continue;  // legacy: true is what is done
+    warnings.push_back(absl::StrCat(
+        "tokenizer_config.json sets \"", key, "\": ", config[key].dump(),
+        ", which transformers 5 applies by rebuilding the tokenizer; this server tokenizes as the tokenizer files "
+        "say (as the tokenizers library does), so a text's tokens may differ from AutoTokenizer's there (send "
+        "token ids where it matters)"));
+  }
+  return warnings;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& model_dir) {
-  nlohmann::json config, special_tokens_map;
+  nlohmann::json config;
   if (const std::string path = model_dir + "/tokenizer_config.json"; FileExists(path)) {
     ASSIGN_OR_RETURN(config, ReadJson(path));
   }
+  ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, LoadFiles(model_dir, config));
+  tokenizer->load_warnings_ = IgnoredTokenizerOptions(config);
+  return tokenizer;
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadFiles(const std::string& model_dir,
+                                                                const nlohmann::json& config) {
+  nlohmann::json special_tokens_map;
   if (const std::string path = model_dir + "/tokenizer.json"; FileExists(path)) {
     ASSIGN_OR_RETURN(nlohmann::json tokenizer_json, ReadJson(path));
     absl::StatusOr<std::unique_ptr<HfTokenizer>> tokenizer = absl::InternalError("not parsed");

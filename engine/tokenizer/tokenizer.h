@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -64,7 +65,16 @@ class Tokenizer {
   // longer than this many bytes per token cannot fit a given number of tokens.
   int64_t longest_token_bytes() const;
 
+  // What the tokenizer's files ask that it does not do (callers warn): tokenizer_config.json options that
+  // transformers 5 applies by rebuilding the tokenizer from its class.
+  const std::vector<std::string>& load_warnings() const { return load_warnings_; }
+
  private:
+  // tokenizer.json, else tokenizer.model, with tokenizer_config.json's `config`.
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> LoadFiles(const std::string& model_dir,
+                                                              const nlohmann::json& config);
+
+  std::vector<std::string> load_warnings_;
   mutable std::once_flag longest_token_once_;
   mutable int64_t longest_token_bytes_ = 0;
 };

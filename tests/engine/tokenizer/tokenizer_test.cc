@@ -195,6 +195,27 @@ TEST(HfTokenizerFile, PostProcessorTokensMustBeInTheVocabulary) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("\"sep\" as [token, id]")));
 }
 
+// tokenizer_config.json options that transformers 5 applies by rebuilding the tokenizer (and the tokenizers
+// library does not) are named in a warning, not applied unsaid.
+TEST(HfTokenizerFile, TokenizerConfigOptionsItDoesNotApplyAreWarnedOf) {
+  auto load = [](const std::string& config) {
+    test_support::TempDir dir;
+    std::ofstream(dir.File("tokenizer.json")) << R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}}})";
+    if (!config.empty()) std::ofstream(dir.File("tokenizer_config.json")) << config;
+    return Tokenizer::Load(dir.path());
+  };
+  for (const std::string config : {"", R"({"legacy": true, "eos_token": "b"})"}) {
+    auto tokenizer = load(config);
+    ASSERT_THAT(tokenizer, IsOk());
+    EXPECT_THAT((*tokenizer)->load_warnings(), ::testing::IsEmpty()) << config;
+  }
+  auto tokenizer = load(R"({"legacy": false, "add_prefix_space": true})");
+  ASSERT_THAT(tokenizer, IsOk());
+  EXPECT_THAT((*tokenizer)->load_warnings(),
+              ::testing::ElementsAre(HasSubstr("\"add_prefix_space\": true, which transformers 5 applies"),
+                                     HasSubstr("\"legacy\": false, which transformers 5 applies")));
+}
+
 // A Split pattern with nested quantifiers backtracks 2^n steps on "aa...ab": a 40-character prompt held a
 // thread (past its call's deadline, and a draining server) for minutes. It stops at a budget linear in the
 // text, RESOURCE_EXHAUSTED naming the pattern; texts it matches are split as before.
