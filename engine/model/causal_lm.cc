@@ -147,7 +147,15 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
     at::Tensor clamped = positions.clamp_max(config.max_position_embeddings - 1);
     x = x + at::embedding(position_embedding, clamped);
   }
-  const int64_t key_count = *std::max_element(past.begin(), past.end()) + s;
+  // Attention runs over the key slots some row fills, no more: rows on cached prefixes of different lengths (a
+  // perturbation's coalitions) would pad to max(past) + s, and padded key slots, masked or not, change what
+  // PyTorch's CPU flash kernel computes in bfloat16 from 16 keys on (a full prompt scored one bf16 step away
+  // from its own forward without a cache; bench/RESULTS.md).
+  int64_t key_count = s;
+  if (batch.cache != nullptr) {
+    key_count = 0;
+    for (size_t r = 0; r < past.size(); ++r) key_count = std::max(key_count, past[r] + lengths[r]);
+  }
   const at::Tensor all_rows_mask = AttentionMask(past_t, lengths_t, s, key_count, std::nullopt);
   const at::Tensor all_rows_window_mask =
       config.sliding_window ? AttentionMask(past_t, lengths_t, s, key_count, config.sliding_window) : all_rows_mask;
@@ -203,7 +211,11 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
       q = q.detach();
       k = k.detach();
     }
-    if (batch.cache != nullptr) std::tie(k, v) = batch.cache->Append(static_cast<int64_t>(i), k, v);
+    if (batch.cache != nullptr) {
+      std::tie(k, v) = batch.cache->Append(static_cast<int64_t>(i), k, v);
+      k = k.narrow(2, 0, key_count);
+      v = v.narrow(2, 0, key_count);
+    }
     at::Tensor attended = at::scaled_dot_product_attention(q, k, v, mask, 0.0, false, AttentionScale(config, index),
                                                            /*enable_gqa=*/kv_heads != heads);
     at::Tensor per_head = attended.transpose(1, 2);  // [B, S, H, D]

@@ -300,6 +300,46 @@ TEST_P(CausalLMFp32, PrefillThenDecodeEqualsFullForward) {
   EXPECT_EQ(cache.lengths()[0], static_cast<int64_t>(row.size()));
 }
 
+// Rows continuing cached prefixes of different lengths in one batch (a perturbation's coalitions) score as the
+// row's own forward without a cache does, in every dtype: attention spans no more key slots than some row fills.
+// Padded to max(prefix) + suffix (here 20 slots for 12 tokens), bfloat16 scores moved by a step of their own
+// (PyTorch's CPU flash attention computes otherwise from 16 keys on), so feature ablation in bfloat16 credited
+// tokens that change nothing.
+TEST_P(CausalLMParity, RowsOnCachedPrefixesOfDifferentLengthsScoreAsTheirOwnForward) {
+  c10::InferenceMode inference;
+  const std::vector<int64_t>& row =
+      *std::max_element(rows_.begin(), rows_.end(), [](const auto& a, const auto& b) { return a.size() < b.size(); });
+  const int64_t length = static_cast<int64_t>(row.size());
+  ASSERT_GE(length, 10);
+  const at::Tensor ids = at::tensor(row, at::kLong).unsqueeze(0);
+  const at::Tensor expected = model_->LogitsAt(*model_->Hidden({.input_ids = ids}), {0}, {length - 1})[0];
+  const std::vector<int64_t> prefixes = {2, length / 2, length - 2};
+  std::vector<std::unique_ptr<KvCache>> caches;
+  std::vector<const KvCache*> parts;
+  for (int64_t prefix : prefixes) {
+    caches.push_back(std::make_unique<KvCache>(model_->config().num_layers, 1));
+    ASSERT_THAT(model_->Hidden({.input_ids = ids.narrow(1, 0, prefix), .cache = caches.back().get()}), IsOk());
+    parts.push_back(caches.back().get());
+  }
+  KvCache batch_cache = KvCache::Stack(parts);
+  std::vector<int64_t> lengths;
+  at::Tensor suffixes = at::zeros({static_cast<int64_t>(prefixes.size()), length - prefixes.front()}, at::kLong);
+  for (size_t r = 0; r < prefixes.size(); ++r) {
+    lengths.push_back(length - prefixes[r]);
+    suffixes[static_cast<int64_t>(r)].narrow(0, 0, lengths[r]).copy_(ids[0].narrow(0, prefixes[r], lengths[r]));
+  }
+  absl::StatusOr<at::Tensor> hidden =
+      model_->Hidden({.input_ids = suffixes, .lengths = lengths, .cache = &batch_cache});
+  ASSERT_THAT(hidden, IsOk());
+  for (size_t r = 0; r < prefixes.size(); ++r) {
+    const at::Tensor ours = model_->LogitsAt(*hidden, {static_cast<int64_t>(r)}, {lengths[r] - 1})[0];
+    const double error = ScaledError(ours, expected);
+    std::cout << "[ cached   ] " << GetParam().arch << " " << GetParam().dtype << " prefix " << prefixes[r] << " error "
+              << error << "\n";
+    EXPECT_LT(error, fp32() ? 1e-5 : 1e-3) << "prefix " << prefixes[r];
+  }
+}
+
 // Rows joining one forward at different layers (row r from the residual stream entering layer r,
 // the last row after every layer) give transformers' logits, as the runtime's component rows use them.
 TEST_P(CausalLMFp32, RowsJoiningAtTheirLayersGiveTransformersLogits) {
