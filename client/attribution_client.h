@@ -159,6 +159,7 @@ struct Attribution {
   std::optional<Faithfulness> faithfulness;
   RunStats stats;
   std::string model_digest;  // the weights that computed it (ModelInfo::model_digest); "" from older servers
+  std::vector<std::string> unread_settings;  // settings sent that the method does not read: they changed nothing
 };
 
 struct GenerateOptions {

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "client/palette.h"
 
@@ -224,6 +225,10 @@ std::string TerminalHeatmap(const Attribution& a, bool color) {
     absl::StrAppend(&out, ")");
   }
   if (a.faithfulness) absl::StrAppend(&out, "\n", FaithfulnessSummary(*a.faithfulness));
+  if (!a.unread_settings.empty()) {
+    absl::StrAppend(&out, "\n", Printable(a.method), " does not read ",
+                    Printable(absl::StrJoin(a.unread_settings, ", ")), ": they changed nothing");
+  }
   absl::StrAppend(
       &out,
       absl::StrFormat(
@@ -328,6 +333,7 @@ std::string AttributionJson(const Attribution& a) {
   if (a.convergence_delta) out["convergence_delta"] = *a.convergence_delta;
   if (a.integration_steps > 0) out["integration_steps"] = a.integration_steps;
   if (a.tolerance_met) out["tolerance_met"] = *a.tolerance_met;
+  if (!a.unread_settings.empty()) out["unread_settings"] = a.unread_settings;
   if (const std::optional<Faithfulness>& f = a.faithfulness) {
     out["faithfulness"] = {{"percents", f->percents},
                            {"features_at", f->features_at},

@@ -328,6 +328,7 @@ absl::StatusOr<Attribution> FromProto(const v1::AttributeResponse& r) {
   if (r.has_convergence_delta()) out.convergence_delta = r.convergence_delta();
   out.integration_steps = r.integration_steps();
   if (r.has_tolerance_met()) out.tolerance_met = r.tolerance_met();
+  out.unread_settings.assign(r.unread_settings().begin(), r.unread_settings().end());
   if (r.has_faithfulness()) {
     const v1::Faithfulness& f = r.faithfulness();
     out.faithfulness = Faithfulness{.percents = {f.percents().begin(), f.percents().end()},

@@ -9,6 +9,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "engine/attribution/methods.h"
 #include "engine/common/status_macros.h"
 #include "engine/tokenizer/continuation.h"
 #include "server/conversion_parts.h"
@@ -132,6 +133,30 @@ absl::Status AddTokenFeatures(const v1::AttributeRequest& proto, const ServedMod
   }
   if (static_cast<int64_t>(features.size()) < prompt_length) request.features = std::move(features);
   return absl::OkStatus();
+}
+
+// The settings `proto` set that `method` does not read: accepted (one set of settings may go with every method,
+// as a data-set job's does), and named in the answer, since they changed nothing. Unset (0, UNSPECIFIED, false)
+// is every method's default.
+std::vector<std::string> UnreadSettings(const v1::AttributeRequest& proto, const engine::Method& method) {
+  const struct {
+    engine::MethodSetting bit;
+    const char* field;
+    bool set;
+  } settings[] = {
+      {engine::kReadsSteps, "n_steps", proto.n_steps() != 0},
+      {engine::kReadsRule, "rule", proto.rule() != v1::INTEGRATION_RULE_UNSPECIFIED},
+      {engine::kReadsSamples, "n_samples", proto.n_samples() != 0},
+      {engine::kReadsStdev, "stdev", proto.stdev() != 0},
+      {engine::kReadsSeed, "seed", proto.seed() != 0},
+      {engine::kReadsSignedSaliency, "signed_saliency", proto.signed_saliency()},
+      {engine::kReadsBaseline, "baseline", proto.baseline() != v1::BASELINE_UNSPECIFIED},
+  };
+  std::vector<std::string> unread;
+  for (const auto& setting : settings) {
+    if (setting.set && (method.reads & setting.bit) == 0) unread.push_back(setting.field);
+  }
+  return unread;
 }
 
 absl::Status ApplyFeatures(const v1::AttributeRequest& proto, const ServedModel& model,
@@ -290,6 +315,7 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
     request.choice_ids.push_back(choice.encoding.ids[0]);
   }
   ASSIGN_OR_RETURN(request.method, ToMethod(proto.method()));
+  call.unread_settings = UnreadSettings(proto, engine::MethodOf(request.method));
   RETURN_IF_ERROR(ApplyFeatures(proto, model, request));
   RETURN_IF_ERROR(ApplyBaseline(proto, model, request));
   request.completeness_tolerance = proto.completeness_tolerance();
@@ -300,7 +326,8 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
     request.n_steps = model.spec.limits.max_steps;
   ASSIGN_OR_RETURN(request.rule, ToRule(proto.rule(), /*to_tolerance=*/request.completeness_tolerance > 0));
   if (proto.n_samples() != 0) request.n_samples = proto.n_samples();
-  // Settings the method does not read are checked as any other field is (0: the method's default).
+  // Settings the method does not read are checked as any other field is (0: the method's default); the answer
+  // names them (UnreadSettings).
   const engine::AttributionLimits& limits = model.spec.limits;
   RETURN_IF_ERROR(engine::CheckRange(proto.n_steps(), 0, limits.max_steps, "n_steps"));
   RETURN_IF_ERROR(engine::CheckRange(proto.n_samples(), 0, limits.max_samples, "n_samples"));
@@ -323,6 +350,7 @@ void ToAttributeResponse(const engine::AttributionResult& result, const Attribut
   out->set_model(model.spec.name);
   out->set_model_digest(model.model_digest);
   out->set_method(ToProtoMethod(call.request.method));
+  for (const std::string& setting : call.unread_settings) out->add_unread_settings(setting);
   FillTokens(call.prompt, tokenizer, out->mutable_prompt_tokens());
   const ResolvedInput target =
       call.target.empty() ? DecodeContinuation(result.target_ids, call.request.prompt_ids, tokenizer) : call.target;

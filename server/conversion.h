@@ -30,8 +30,9 @@ struct ResolvedInput {
 struct AttributeCall {
   engine::AttributionRequest request;
   ResolvedInput prompt;
-  ResolvedInput target;  // empty when the target is generated
-  ResolvedInput foil;    // contrastive only
+  ResolvedInput target;                      // empty when the target is generated
+  ResolvedInput foil;                        // contrastive only
+  std::vector<std::string> unread_settings;  // AttributeResponse.unread_settings
 };
 absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto, const ServedModel& model,
                                               absl::Time deadline);

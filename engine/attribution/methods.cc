@@ -103,71 +103,79 @@ absl::Status ValidateKernelShap(const AttributionRequest& r, int64_t features, c
   return CheckRange(r.n_samples, 2, limits.max_samples, "n_samples");
 }
 
-constexpr Method kIntegratedGradients{AttributionMethod::kIntegratedGradients,
-                                      "integrated_gradients",
-                                      MethodFamily::kGradient,
-                                      ValidateIntegratedGradients,
-                                      TimesDirection,
-                                      IntegrationSamples,
-                                      nullptr};
-constexpr Method kGradientShap{AttributionMethod::kGradientShap,
-                               "gradient_shap",
-                               MethodFamily::kGradient,
-                               ValidateGradientShap,
-                               TimesDirection,
-                               GradientShapSamples,
-                               nullptr};
-constexpr Method kSaliency{AttributionMethod::kSaliency,
-                           "saliency",
-                           MethodFamily::kGradient,
-                           NothingMore,
-                           SaliencyReduction,
-                           AtInput,
-                           nullptr};
-constexpr Method kInputXGradient{AttributionMethod::kInputXGradient,
-                                 "input_x_gradient",
-                                 MethodFamily::kGradient,
-                                 NothingMore,
-                                 TimesInput,
-                                 AtInput,
-                                 nullptr};
-constexpr Method kFeatureAblation{AttributionMethod::kFeatureAblation,
-                                  "feature_ablation",
-                                  MethodFamily::kPerturbation,
-                                  NothingMore,
-                                  nullptr,
-                                  nullptr,
-                                  FeatureAblationCoalitions};
-constexpr Method kShapleyValues{AttributionMethod::kShapleyValues,
-                                "shapley_values",
-                                MethodFamily::kPerturbation,
-                                ValidateShapleyValues,
-                                nullptr,
-                                nullptr,
-                                ShapleyValuesCoalitions};
-constexpr Method kShapleyValueSampling{AttributionMethod::kShapleyValueSampling,
-                                       "shapley_value_sampling",
-                                       MethodFamily::kPerturbation,
-                                       ValidateShapleyValueSampling,
-                                       nullptr,
-                                       nullptr,
-                                       ShapleyValueSamplingCoalitions};
-constexpr Method kLime{
-    AttributionMethod::kLime, "lime", MethodFamily::kPerturbation, CheckSamples, nullptr, nullptr, LimeCoalitions};
-constexpr Method kKernelShap{AttributionMethod::kKernelShap,
-                             "kernel_shap",
-                             MethodFamily::kPerturbation,
-                             ValidateKernelShap,
-                             nullptr,
-                             nullptr,
-                             KernelShapCoalitions};
+constexpr uint32_t kSampled = kReadsSamples | kReadsSeed | kReadsBaseline;
+constexpr Method kIntegratedGradients{.method = AttributionMethod::kIntegratedGradients,
+                                      .name = "integrated_gradients",
+                                      .family = MethodFamily::kGradient,
+                                      .validate = ValidateIntegratedGradients,
+                                      .reduction = TimesDirection,
+                                      .samples = IntegrationSamples,
+                                      .reads = kReadsSteps | kReadsRule | kReadsBaseline};
+constexpr Method kGradientShap{.method = AttributionMethod::kGradientShap,
+                               .name = "gradient_shap",
+                               .family = MethodFamily::kGradient,
+                               .validate = ValidateGradientShap,
+                               .reduction = TimesDirection,
+                               .samples = GradientShapSamples,
+                               .reads = kSampled | kReadsStdev};
+constexpr Method kSaliency{.method = AttributionMethod::kSaliency,
+                           .name = "saliency",
+                           .family = MethodFamily::kGradient,
+                           .validate = NothingMore,
+                           .reduction = SaliencyReduction,
+                           .samples = AtInput,
+                           .reads = kReadsSignedSaliency};
+constexpr Method kInputXGradient{.method = AttributionMethod::kInputXGradient,
+                                 .name = "input_x_gradient",
+                                 .family = MethodFamily::kGradient,
+                                 .validate = NothingMore,
+                                 .reduction = TimesInput,
+                                 .samples = AtInput};
+constexpr Method kFeatureAblation{.method = AttributionMethod::kFeatureAblation,
+                                  .name = "feature_ablation",
+                                  .family = MethodFamily::kPerturbation,
+                                  .validate = NothingMore,
+                                  .coalitions = FeatureAblationCoalitions,
+                                  .reads = kReadsBaseline};
+constexpr Method kShapleyValues{.method = AttributionMethod::kShapleyValues,
+                                .name = "shapley_values",
+                                .family = MethodFamily::kPerturbation,
+                                .validate = ValidateShapleyValues,
+                                .coalitions = ShapleyValuesCoalitions,
+                                .reads = kReadsBaseline};
+constexpr Method kShapleyValueSampling{.method = AttributionMethod::kShapleyValueSampling,
+                                       .name = "shapley_value_sampling",
+                                       .family = MethodFamily::kPerturbation,
+                                       .validate = ValidateShapleyValueSampling,
+                                       .coalitions = ShapleyValueSamplingCoalitions,
+                                       .reads = kSampled};
+constexpr Method kLime{.method = AttributionMethod::kLime,
+                       .name = "lime",
+                       .family = MethodFamily::kPerturbation,
+                       .validate = CheckSamples,
+                       .coalitions = LimeCoalitions,
+                       .reads = kSampled};
+constexpr Method kKernelShap{.method = AttributionMethod::kKernelShap,
+                             .name = "kernel_shap",
+                             .family = MethodFamily::kPerturbation,
+                             .validate = ValidateKernelShap,
+                             .coalitions = KernelShapCoalitions,
+                             .reads = kSampled};
 // LRP: one grad row at the input whose backward applies the rules; relevance = input · gradient.
-constexpr Method kAttnLrp{
-    AttributionMethod::kAttnLrp, "attn_lrp", MethodFamily::kGradient, NothingMore, TimesInput, AtInput, nullptr,
-    PropagationRules::kAttnLrp};
-constexpr Method kCpLrp{
-    AttributionMethod::kCpLrp, "cp_lrp", MethodFamily::kGradient, NothingMore, TimesInput, AtInput, nullptr,
-    PropagationRules::kCpLrp};
+constexpr Method kAttnLrp{.method = AttributionMethod::kAttnLrp,
+                          .name = "attn_lrp",
+                          .family = MethodFamily::kGradient,
+                          .validate = NothingMore,
+                          .reduction = TimesInput,
+                          .samples = AtInput,
+                          .rules = PropagationRules::kAttnLrp};
+constexpr Method kCpLrp{.method = AttributionMethod::kCpLrp,
+                        .name = "cp_lrp",
+                        .family = MethodFamily::kGradient,
+                        .validate = NothingMore,
+                        .reduction = TimesInput,
+                        .samples = AtInput,
+                        .rules = PropagationRules::kCpLrp};
 
 }  // namespace
 

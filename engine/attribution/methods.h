@@ -7,6 +7,7 @@
 //   RETURN_IF_ERROR(method.validate(request, features, limits));
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <vector>
@@ -40,6 +41,17 @@ class CoalitionDesign {
   virtual std::vector<double> Attribute(const std::function<double(const Coalition&)>& value) const = 0;
 };
 
+// The request settings a method reads, as bits; a request's others change nothing, and its answer says so.
+enum MethodSetting : uint32_t {
+  kReadsSteps = 1 << 0,           // n_steps
+  kReadsRule = 1 << 1,            // rule
+  kReadsSamples = 1 << 2,         // n_samples
+  kReadsStdev = 1 << 3,           // stdev
+  kReadsSeed = 1 << 4,            // seed
+  kReadsSignedSaliency = 1 << 5,  // signed_saliency
+  kReadsBaseline = 1 << 6,        // baseline (gradient methods' path start, perturbations' replacement)
+};
+
 struct Method {
   AttributionMethod method;
   const char* name;  // as requests and responses spell it
@@ -54,6 +66,7 @@ struct Method {
   std::unique_ptr<CoalitionDesign> (*coalitions)(const AttributionRequest& request, int64_t features);
   // Gradient methods: what the backward of their rows propagates (LRP methods shape it).
   PropagationRules rules = PropagationRules::kGradient;
+  uint32_t reads = 0;  // MethodSetting bits
 };
 
 const Method& MethodOf(AttributionMethod method);

@@ -102,6 +102,23 @@ def test_contrastive_answers_name_their_foil(client, server):
     assert client.attribute(prompt=PROMPT, target=" Yes", method="feature_ablation").foil_tokens == []
 
 
+def test_settings_a_method_does_not_read_are_named_and_change_nothing(client, server):
+    # Saliency asked with IG's steps and GradientShap's noise answered as if they had been used, without a word.
+    plain = client.attribute(prompt=PROMPT, target=" Yes", method="saliency")
+    asked = client.attribute(prompt=PROMPT, target=" Yes", method="saliency", n_steps=64, stdev=0.5, seed=7,
+                             baseline="eos")
+    assert plain.unread_settings == []
+    assert asked.unread_settings == ["n_steps", "stdev", "seed", "baseline"]
+    np.testing.assert_array_equal(asked.sequence, plain.sequence)
+    ig = client.attribute(prompt=PROMPT, target=" Yes", n_steps=8, rule="riemann_left", signed_saliency=True)
+    assert ig.unread_settings == ["signed_saliency"]
+    shown = cli(server.address, "attribute", f"--prompt={PROMPT}", "--target= Yes", "--method=saliency",
+                "--n_steps=64")
+    assert "saliency does not read n_steps: they changed nothing" in shown
+    assert cli_json(server.address, "attribute", f"--prompt={PROMPT}", "--target= Yes", "--method=saliency",
+                    "--n_steps=64")["unread_settings"] == ["n_steps"]
+
+
 def test_attribute_with_faithfulness_and_generated_target(client, server):
     ours = client.attribute(prompt=PROMPT, method="feature_ablation", want_faithfulness=True, max_new_tokens=2)
     reference = cli_json(server.address, "attribute", f"--prompt={PROMPT}", "--method=feature_ablation",

@@ -209,6 +209,47 @@ TEST_F(ConversionTest, FieldsAreCopiedIntoTheEngineRequest) {
   EXPECT_TRUE(r.features.empty());                             // every token a feature: the engine's default
 }
 
+// Each method's settings as its Captum counterpart takes them; the rest are named as unread, whatever their value.
+TEST_F(ConversionTest, SettingsTheMethodDoesNotReadAreNamed) {
+  auto unread = [](v1::Method method, const std::function<void(v1::AttributeRequest&)>& set) {
+    v1::AttributeRequest proto = Request();
+    proto.set_method(method);
+    set(proto);
+    absl::StatusOr<AttributeCall> call = Convert(proto);
+    EXPECT_THAT(call, IsOk());
+    return call.ok() ? call->unread_settings : std::vector<std::string>{"(refused)"};
+  };
+  auto every_setting = [](v1::AttributeRequest& proto) {
+    proto.set_n_steps(8);
+    proto.set_rule(v1::RIEMANN_LEFT);
+    proto.set_n_samples(4);
+    proto.set_stdev(0.1);
+    proto.set_seed(3);
+    proto.set_signed_saliency(true);
+    proto.set_baseline(v1::EOS_TOKEN);
+  };
+  EXPECT_THAT(unread(v1::INTEGRATED_GRADIENTS, every_setting),
+              ElementsAre("n_samples", "stdev", "seed", "signed_saliency"));
+  EXPECT_THAT(unread(v1::GRADIENT_SHAP, every_setting), ElementsAre("n_steps", "rule", "signed_saliency"));
+  EXPECT_THAT(unread(v1::SALIENCY, every_setting),
+              ElementsAre("n_steps", "rule", "n_samples", "stdev", "seed", "baseline"));
+  EXPECT_THAT(unread(v1::FEATURE_ABLATION, every_setting),
+              ElementsAre("n_steps", "rule", "n_samples", "stdev", "seed", "signed_saliency"));
+  EXPECT_THAT(unread(v1::LIME, every_setting), ElementsAre("n_steps", "rule", "stdev", "signed_saliency"));
+  EXPECT_THAT(unread(v1::ATTN_LRP, every_setting),
+              ElementsAre("n_steps", "rule", "n_samples", "stdev", "seed", "signed_saliency", "baseline"));
+  EXPECT_THAT(unread(v1::SALIENCY, [](v1::AttributeRequest&) {}), ::testing::IsEmpty());
+  // The answer carries them.
+  v1::AttributeRequest proto = Request();
+  proto.set_method(v1::SALIENCY);
+  proto.set_n_steps(8);
+  absl::StatusOr<AttributeCall> call = Convert(proto);
+  ASSERT_THAT(call, IsOk());
+  v1::AttributeResponse response;
+  ToAttributeResponse(engine::AttributionResult{}, *call, *served_, &response);
+  EXPECT_THAT(response.unread_settings(), ElementsAre("n_steps"));
+}
+
 TEST_F(ConversionTest, TokenIdsArePassedAsGiven) {
   v1::AttributeRequest proto;
   const std::vector<int64_t> prompt = {kBos, 100, 200, 300}, target = {400, 500};

@@ -373,7 +373,7 @@ def attribution(r: pb.AttributeResponse) -> Attribution:
         integration_steps=r.integration_steps,
         tolerance_met=r.tolerance_met if r.HasField("tolerance_met") else None,
         faithfulness=faithfulness, stats=_stats(r.stats), model_digest=r.model_digest,
-        foil_tokens=_tokens(r.foil_tokens))
+        foil_tokens=_tokens(r.foil_tokens), unread_settings=list(r.unread_settings))
 
 
 def _grid(g: pb.ComponentGrid) -> ComponentGrid:

@@ -87,6 +87,8 @@ class Attribution:
     model_digest: str = ""
     # Contrastive: the foil's tokens (the objective is the target's quantity minus the foil's); else empty.
     foil_tokens: List[Token] = field(default_factory=list)
+    # Settings the request set that its method does not read ("n_steps" for saliency): they changed nothing.
+    unread_settings: List[str] = field(default_factory=list)
 
     @property
     def feature_texts(self) -> List[str]:
