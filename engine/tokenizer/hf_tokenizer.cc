@@ -181,6 +181,7 @@ absl::Status HfTokenizer::EncodeSegment(const std::string& text, size_t begin, s
 
 absl::StatusOr<Encoding> HfTokenizer::Encode(const std::string& text, bool add_special_tokens) const {
   RETURN_IF_ERROR(CheckUtf8(text));
+  RegexBudgetScope regex_budget(text.size());
   Encoding out;
   if (add_special_tokens) {
     for (int64_t id : prefix_ids_) {

@@ -7,14 +7,26 @@
 #include <unicode/unistr.h>
 #include <unicode/utext.h>
 
-#include <algorithm>
-#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
 
 namespace attribution::engine {
+
+namespace {
+thread_local int64_t* current_regex_budget = nullptr;
+}  // namespace
+
+RegexBudgetScope::RegexBudgetScope(size_t text_bytes)
+    : remaining_(StepsFor(text_bytes)), previous_(current_regex_budget) {
+  current_regex_budget = &remaining_;
+}
+
+RegexBudgetScope::~RegexBudgetScope() { current_regex_budget = previous_; }
+
+int64_t* RegexBudgetScope::Current() { return current_regex_budget; }
+
 namespace {
 
 using nlohmann::json;
@@ -39,6 +51,13 @@ std::string ToUtf8(const icu::UnicodeString& s) {
   return out;
 }
 
+// ICU calls it once per step of its match engine (10,000 operations): one step of the budget spent; false stops
+// the match (U_REGEX_STOPPED_BY_CALLER).
+UBool U_CALLCONV SpendStep(const void* remaining, int32_t) {
+  int64_t* steps = static_cast<int64_t*>(const_cast<void*>(remaining));
+  return --*steps > 0;
+}
+
 // A compiled regular expression; matching works on UTF-8 directly so offsets are byte offsets.
 class Regex {
  public:
@@ -56,43 +75,37 @@ class Regex {
     regex->source_ = pattern;
     return regex;
   }
-  // [begin, end) byte ranges of the non-empty matches, left to right. A pattern that backtracks without
-  // end on this text (nested quantifiers: "(a|aa)+c" on "aaa...b" takes 2^n steps) runs out of its budget,
-  // linear in the text, and is RESOURCE_EXHAUSTED: a request's tokenization must not hold a thread past its
-  // deadline. The budget is at least 86 times what GPT-2's, Llama 3's and Qwen2's patterns take on 300 KB texts
-  // made to be slow for them (runs of one character class, "a1!" repeated); a step takes about 0.15 ms here, so
-  // a text of n bytes waits at most about (0.15 + n / 70,000) s.
+  // [begin, end) byte ranges of the non-empty matches, left to right, within the calling thread's
+  // RegexBudgetScope (or, outside one, a budget for this text alone). A pattern that backtracks without end on
+  // the text (nested quantifiers: "(a|aa)+c" on "aaa...b" takes 2^n steps) runs out of it: INVALID_ARGUMENT,
+  // since no retry can tokenize that text.
   absl::StatusOr<std::vector<std::pair<size_t, size_t>>> Matches(const std::string& text) const {
     std::vector<std::pair<size_t, size_t>> out;
+    int64_t own_budget = RegexBudgetScope::StepsFor(text.size());
+    int64_t* remaining = RegexBudgetScope::Current() != nullptr ? RegexBudgetScope::Current() : &own_budget;
     UErrorCode status = U_ZERO_ERROR;
     UText* input = utext_openUTF8(nullptr, text.data(), static_cast<int64_t>(text.size()), &status);
     std::unique_ptr<icu::RegexMatcher> matcher(pattern_->matcher(status));
     if (U_SUCCESS(status)) {
       matcher->reset(input);
-      matcher->setTimeLimit(MatchBudget(text.size()), status);
+      matcher->setMatchCallback(SpendStep, remaining, status);
     }
-    while (U_SUCCESS(status) && matcher->find(status)) {
+    while (U_SUCCESS(status) && *remaining > 0 && matcher->find(status)) {
       const int64_t begin = matcher->start64(status), end = matcher->end64(status);
       if (end > begin) out.emplace_back(static_cast<size_t>(begin), static_cast<size_t>(end));
     }
     matcher.reset();
     utext_close(input);
-    if (status == U_REGEX_TIME_OUT) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("tokenizer.json's pre-tokenizer pattern \"", source_, "\" did not finish matching this text of ",
-                       text.size(), " bytes within its budget (the pattern backtracks without bound on it)"));
+    if (status == U_REGEX_STOPPED_BY_CALLER || *remaining <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tokenizer.json's pre-tokenizer pattern \"", source_,
+          "\" did not finish within the matching budget of this text (it backtracks without bound on it)"));
     }
     if (U_FAILURE(status)) {
       return absl::InternalError(
           absl::StrCat("matching tokenizer.json's pattern \"", source_, "\" failed: ", u_errorName(status)));
     }
     return out;
-  }
-
-  // ICU counts time in steps of its match engine (10,000 operations each), from the matcher's reset: over all
-  // of one text's matches.
-  static int32_t MatchBudget(size_t text_bytes) {
-    return static_cast<int32_t>(std::min<size_t>(1000 + text_bytes / 10, std::numeric_limits<int32_t>::max()));
   }
 
  private:

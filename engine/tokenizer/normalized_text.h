@@ -3,6 +3,8 @@
 // of the original input it came from, so tokens can be mapped back to spans of the user's text.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <nlohmann/json_fwd.hpp>
 #include <string>
@@ -37,6 +39,27 @@ class TextNormalizer {
 
 // One step of a tokenizer.json "pre_tokenizer" (ByteLevel, Split, Metaspace, Digits, Whitespace,
 // WhitespaceSplit, Sequence): splits pieces into smaller pieces (and may rewrite them).
+// How much regex matching encoding one text may do, in steps of ICU's match engine (10,000 operations each):
+// 1,000 + bytes / 10, shared by every pattern the pre-tokenizer runs on every piece of the text, so a pattern
+// that backtracks without bound stops there, however the text is cut (a step takes about 0.15 ms on a 2-core
+// VM: at most about 0.15 s + bytes / 70,000 s). At least 86 times what GPT-2's, Llama 3's and Qwen2's patterns
+// take on 300 KB texts made to be slow for them (bench/RESULTS.md). Set for the calling thread while it lives.
+class RegexBudgetScope {
+ public:
+  explicit RegexBudgetScope(size_t text_bytes);
+  ~RegexBudgetScope();
+  RegexBudgetScope(const RegexBudgetScope&) = delete;
+  RegexBudgetScope& operator=(const RegexBudgetScope&) = delete;
+
+  static int64_t StepsFor(size_t text_bytes) { return 1000 + static_cast<int64_t>(text_bytes / 10); }
+  // The steps left to the innermost scope of this thread; nullptr outside any.
+  static int64_t* Current();
+
+ private:
+  int64_t remaining_;
+  int64_t* previous_;
+};
+
 class PreTokenizer {
  public:
   virtual ~PreTokenizer() = default;

@@ -74,13 +74,38 @@ namespace {
 // tokenizer_config.json's options that transformers 5 applies by rebuilding the tokenizer from its class
 // (GPT2Tokenizer's add_prefix_space, LlamaTokenizer's add_prefix_space and legacy: false, which drops the "▁"
 // before the first word and after special tokens), where the tokenizers library runs tokenizer.json as written:
-// this server does as the tokenizers library, and says so.
-std::vector<std::string> IgnoredTokenizerOptions(const nlohmann::json& config) {
+// this server does as the tokenizers library, and says so where the two differ.
+//
+// Whether tokenizer.json's pre-tokenizer puts a space (or "▁") before the text, as its ByteLevel or Metaspace
+// step says (read with the defaults PreTokenizer::FromJson reads them with); nullopt when it has neither.
+std::optional<bool> PrefixSpaceOf(const nlohmann::json& pre_tokenizer) {
+  if (!pre_tokenizer.is_object()) return std::nullopt;
+  const std::string type = pre_tokenizer.value("type", std::string());
+  if (type == "ByteLevel") return pre_tokenizer.value("add_prefix_space", false);
+  if (type == "Metaspace") {
+    const std::string scheme = pre_tokenizer.value("prepend_scheme", std::string());
+    return scheme.empty() ? pre_tokenizer.value("add_prefix_space", true) : scheme != "never";
+  }
+  if (type == "Sequence" && pre_tokenizer.contains("pretokenizers") && pre_tokenizer["pretokenizers"].is_array()) {
+    for (const nlohmann::json& step : pre_tokenizer["pretokenizers"]) {
+      if (std::optional<bool> prefix = PrefixSpaceOf(step)) return prefix;
+    }
+  }
+  return std::nullopt;
+}
+
+// `tokenizer_json`: the parsed tokenizer.json, or nullptr for a SentencePiece model.
+std::vector<std::string> IgnoredTokenizerOptions(const nlohmann::json& config, const nlohmann::json* tokenizer_json) {
   std::vector<std::string> warnings;
   if (!config.is_object()) return warnings;
   for (const char* key : {"add_prefix_space", "legacy"}) {
     if (!config.contains(key) || !config[key].is_boolean()) continue;
-    if (std::string(key) == "legacy" && config[key].get<bool>()) continue;  // legacy: true is what is done
+    const bool value = config[key].get<bool>();
+    if (std::string(key) == "legacy" && value) continue;  // legacy: true is what is done
+    if (std::string(key) == "add_prefix_space" && tokenizer_json != nullptr && tokenizer_json->is_object() &&
+        PrefixSpaceOf(tokenizer_json->value("pre_tokenizer", nlohmann::json())).value_or(false) == value) {
+      continue;  // tokenizer.json does the same already (Qwen2's false)
+    }
     warnings.push_back(absl::StrCat(
         "tokenizer_config.json sets \"", key, "\": ", config[key].dump(),
         ", which transformers 5 applies by rebuilding the tokenizer; this server tokenizes as the tokenizer files "
@@ -93,18 +118,10 @@ std::vector<std::string> IgnoredTokenizerOptions(const nlohmann::json& config) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& model_dir) {
-  nlohmann::json config;
+  nlohmann::json config, special_tokens_map;
   if (const std::string path = model_dir + "/tokenizer_config.json"; FileExists(path)) {
     ASSIGN_OR_RETURN(config, ReadJson(path));
   }
-  ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, LoadFiles(model_dir, config));
-  tokenizer->load_warnings_ = IgnoredTokenizerOptions(config);
-  return tokenizer;
-}
-
-absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadFiles(const std::string& model_dir,
-                                                                const nlohmann::json& config) {
-  nlohmann::json special_tokens_map;
   if (const std::string path = model_dir + "/tokenizer.json"; FileExists(path)) {
     ASSIGN_OR_RETURN(nlohmann::json tokenizer_json, ReadJson(path));
     absl::StatusOr<std::unique_ptr<HfTokenizer>> tokenizer = absl::InternalError("not parsed");
@@ -117,7 +134,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadFiles(const std::strin
           absl::InvalidArgumentError(absl::StrCat("malformed (tokenizer.json or tokenizer_config.json): ", e.what()));
     }
     if (!tokenizer.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", tokenizer.status().message()));
-    return std::unique_ptr<Tokenizer>(std::move(*tokenizer));
+    std::unique_ptr<Tokenizer> loaded(std::move(*tokenizer));
+    loaded->load_warnings_ = IgnoredTokenizerOptions(config, &tokenizer_json);
+    return loaded;
   }
   if (const std::string path = model_dir + "/tokenizer.model"; FileExists(path)) {
     // json::value throws on a value of another type; such a flag keeps its default.
@@ -138,7 +157,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadFiles(const std::strin
           absl::StrCat("malformed (tokenizer_config.json or special_tokens_map.json): ", e.what()));
     }
     if (!tokenizer.ok()) return tokenizer.status();
-    return std::unique_ptr<Tokenizer>(std::move(*tokenizer));
+    std::unique_ptr<Tokenizer> loaded(std::move(*tokenizer));
+    loaded->load_warnings_ = IgnoredTokenizerOptions(config, nullptr);
+    return loaded;
   }
   return absl::NotFoundError(absl::StrCat(model_dir, ": no tokenizer.json or tokenizer.model"));
 }

@@ -10,7 +10,6 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
-#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -70,10 +69,6 @@ class Tokenizer {
   const std::vector<std::string>& load_warnings() const { return load_warnings_; }
 
  private:
-  // tokenizer.json, else tokenizer.model, with tokenizer_config.json's `config`.
-  static absl::StatusOr<std::unique_ptr<Tokenizer>> LoadFiles(const std::string& model_dir,
-                                                              const nlohmann::json& config);
-
   std::vector<std::string> load_warnings_;
   mutable std::once_flag longest_token_once_;
   mutable int64_t longest_token_bytes_ = 0;

@@ -204,7 +204,8 @@ TEST(HfTokenizerFile, TokenizerConfigOptionsItDoesNotApplyAreWarnedOf) {
     if (!config.empty()) std::ofstream(dir.File("tokenizer_config.json")) << config;
     return Tokenizer::Load(dir.path());
   };
-  for (const std::string config : {"", R"({"legacy": true, "eos_token": "b"})"}) {
+  // add_prefix_space: false beside a pre-tokenizer that adds none (Qwen2's) asks nothing it does not do.
+  for (const std::string config : {"", R"({"legacy": true, "eos_token": "b"})", R"({"add_prefix_space": false})"}) {
     auto tokenizer = load(config);
     ASSERT_THAT(tokenizer, IsOk());
     EXPECT_THAT((*tokenizer)->load_warnings(), ::testing::IsEmpty()) << config;
@@ -218,17 +219,25 @@ TEST(HfTokenizerFile, TokenizerConfigOptionsItDoesNotApplyAreWarnedOf) {
 
 // A Split pattern with nested quantifiers backtracks 2^n steps on "aa...ab": a 40-character prompt held a
 // thread (past its call's deadline, and a draining server) for minutes. It stops at a budget linear in the
-// text, RESOURCE_EXHAUSTED naming the pattern; texts it matches are split as before.
+// text, shared by every piece of it: INVALID_ARGUMENT naming the pattern (no retry can tokenize that text);
+// texts it matches are split as before.
 TEST(HfTokenizerFile, APatternThatBacktracksWithoutBoundRunsOutOfItsBudget) {
   auto tokenizer = LoadTokenizerJson(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "c": 2}},
+      "added_tokens": [{"id": 3, "content": "<s>", "special": true}],
       "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(a|aa)+c"}, "behavior": "Isolated"}})");
   ASSERT_THAT(tokenizer, IsOk());
   absl::StatusOr<Encoding> matched = (*tokenizer)->Encode("baacb", false);
   ASSERT_THAT(matched, IsOk());
   EXPECT_EQ(matched->ids, (std::vector<int64_t>{1, 0, 0, 2, 1}));
-  EXPECT_THAT((*tokenizer)->Encode(std::string(60, 'a') + "b", false),
-              StatusIs(absl::StatusCode::kResourceExhausted,
-                       HasSubstr("pattern \"(a|aa)+c\" did not finish matching this text of 61 bytes")));
+  const auto refused = StatusIs(absl::StatusCode::kInvalidArgument,
+                                HasSubstr("pattern \"(a|aa)+c\" did not finish within the matching budget"));
+  EXPECT_THAT((*tokenizer)->Encode(std::string(60, 'a') + "b", false), refused);
+  // Cut into pieces by an added token, each far under a budget of its own (22 a's: about 40 steps), together
+  // over the text's (200 pieces: about 8,000 steps against 1,000 + 4,800 / 10).
+  std::string pieces;
+  for (int i = 0; i < 200; ++i) pieces += std::string(22, 'a') + "b<s>";
+  EXPECT_THAT((*tokenizer)->Encode(pieces, false), refused);
+  EXPECT_THAT((*tokenizer)->Encode(std::string(22, 'a') + "b<s>" + std::string(22, 'a') + "b", false), IsOk());
 }
 
 // A character outside the vocabulary becomes byte-fallback pieces ("<0xE9>", ...): each token's text is
