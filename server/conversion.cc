@@ -152,9 +152,11 @@ std::vector<std::string> UnreadSettings(const v1::AttributeRequest& proto, const
       {engine::kReadsSignedSaliency, "signed_saliency", proto.signed_saliency()},
       {engine::kReadsBaseline, "baseline", proto.baseline() != v1::BASELINE_UNSPECIFIED},
   };
+  // Faithfulness curves put removed features at the baseline, whatever the method.
+  const uint32_t reads = method.reads | (proto.want_faithfulness() ? engine::kReadsBaseline : 0u);
   std::vector<std::string> unread;
   for (const auto& setting : settings) {
-    if (setting.set && (method.reads & setting.bit) == 0) unread.push_back(setting.field);
+    if (setting.set && (reads & setting.bit) == 0) unread.push_back(setting.field);
   }
   return unread;
 }

@@ -172,13 +172,18 @@ class Loader {
           "config.json: tie_word_embeddings is false but the checkpoint holds no lm_head.weight (transformers would "
           "start the output head from random values)");
     }
-    ASSIGN_OR_RETURN(at::Tensor head, Tensor("lm_head.weight", {c.vocab_size, c.hidden_size}));
-    if (c.tie_word_embeddings) {
-      if (at::equal(head, impl_.token_embedding)) return TieHead();
+    const std::vector<int64_t> shape = {c.vocab_size, c.hidden_size};
+    at::Tensor head;
+    if (c.tie_word_embeddings) {  // compared on the host: a copy the head then drops never takes device memory
+      ASSIGN_OR_RETURN(head, Take("lm_head.weight", shape, options_.device(at::kCPU)));
+      if (at::equal(head, impl_.token_embedding.to(at::kCPU))) return TieHead();
+      head = head.to(impl_.device);
       impl_.load_warnings.push_back(
           "config.json ties the output head to the token embedding (tie_word_embeddings), but the checkpoint's "
           "lm_head.weight differs from it: the stored head is used, as transformers does (set tie_word_embeddings "
           "to false to say so)");
+    } else {
+      ASSIGN_OR_RETURN(head, Tensor("lm_head.weight", shape));
     }
     impl_.tied_head = false;
     ASSIGN_OR_RETURN(impl_.lm_head, Linear::Create(std::move(head), at::Tensor(), Quantization::kNone));

@@ -158,12 +158,11 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
   }
   // A full queue refuses requests, not stages: the later rows of a request admitted before (a generation's next
   // decode step, a perturbation's coalitions after its prefix, the next order of a tolerance, the rows after a
-  // generated target) are queued whatever the queue holds, or the request would fail part-way with its work
-  // lost. Its own limits above still hold, so the queue outgrows the engine's limits by at most the later
-  // stages of the requests in flight.
-  const bool later_stage = request->admitted_.load();
-  if (!later_stage && (stats_.queued_rows + count > options_.max_queued_rows ||
-                       stats_.queued_tokens + tokens > options_.max_queued_tokens)) {
+  // generated target) are queued up to twice the engine's limits, or the request would fail part-way with its
+  // work lost; past twice, even they are refused, so the queue's memory stays bounded.
+  const int64_t headroom = request->admitted_.load() ? 2 : 1;
+  if (stats_.queued_rows + count > headroom * options_.max_queued_rows ||
+      stats_.queued_tokens + tokens > headroom * options_.max_queued_tokens) {
     return reject(absl::ResourceExhaustedError(absl::StrCat("engine queue is full (", stats_.queued_rows, " rows, ",
                                                             stats_.queued_tokens, " tokens queued)")));
   }
@@ -176,7 +175,7 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
         "this request alone needs ", Mebibytes(bytes), " of queue memory, more than the limit of ",
         Mebibytes(options_.max_queued_bytes), ": it cannot be queued even on an idle server (fewer or shorter rows)")));
   }
-  if (!later_stage && stats_.queued_bytes + bytes > options_.max_queued_bytes) {
+  if (stats_.queued_bytes + bytes > headroom * options_.max_queued_bytes) {
     return reject(absl::ResourceExhaustedError(
         absl::StrCat("engine queue memory is full: ", Mebibytes(stats_.queued_bytes), " queued and this request needs ",
                      Mebibytes(bytes), " more; the limit is ", Mebibytes(options_.max_queued_bytes))));

@@ -239,6 +239,13 @@ TEST_F(ConversionTest, SettingsTheMethodDoesNotReadAreNamed) {
   EXPECT_THAT(unread(v1::ATTN_LRP, every_setting),
               ElementsAre("n_steps", "rule", "n_samples", "stdev", "seed", "signed_saliency", "baseline"));
   EXPECT_THAT(unread(v1::SALIENCY, [](v1::AttributeRequest&) {}), ::testing::IsEmpty());
+  // Faithfulness curves read the baseline whatever the method.
+  EXPECT_THAT(unread(v1::SALIENCY,
+                     [](v1::AttributeRequest& proto) {
+                       proto.set_baseline(v1::EOS_TOKEN);
+                       proto.set_want_faithfulness(true);
+                     }),
+              ::testing::IsEmpty());
   // The answer carries them.
   v1::AttributeRequest proto = Request();
   proto.set_method(v1::SALIENCY);

@@ -820,9 +820,10 @@ TEST_F(BatchingEngineTest, FullQueueRejectsBeforeAccepting) {
 
 // A full queue refuses new requests but not the later stages of one it admitted: before, each decode step was
 // checked as new work, and so was a method's next stage of many rows (a perturbation's coalitions after its
-// prefix): the request failed part-way with RESOURCE_EXHAUSTED, the work it had done lost. Its own limits hold.
+// prefix): the request failed part-way with RESOURCE_EXHAUSTED, the work it had done lost. Past twice the
+// engine's limits, later stages are refused too.
 TEST_F(BatchingEngineTest, AFullQueueRefusesNewRequestsButNotTheLaterStagesOfAnAdmittedOne) {
-  Start({.max_queued_rows = 8, .max_rows_per_request = 7});
+  Start({.max_queued_rows = 8});
   Notification gate;
   RowCollector blocking(1);
   HoldExecutor(gate, blocking);
@@ -843,8 +844,8 @@ TEST_F(BatchingEngineTest, AFullQueueRefusesNewRequestsButNotTheLaterStagesOfAnA
   EXPECT_THAT(engine_->Submit(generation, decode({8}), next_step.Callback()), IsOk());
   EXPECT_THAT(engine_->Submit(generation, ScoreRows(4, 2, 4), next_stage.Callback()), IsOk());
   EXPECT_EQ(engine_->Stats().queued_rows, 13);
-  EXPECT_THAT(engine_->Submit(generation, ScoreRows(2, 2, 4), never),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("the limit per request is 7")));
+  EXPECT_THAT(engine_->Submit(generation, ScoreRows(4, 2, 4), never),  // 17 rows: past twice the limit
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("engine queue is full (13 rows")));
   gate.Notify();
   blocking.Wait();  // the collectors must outlive every callback
   prompt.Wait();
