@@ -377,6 +377,7 @@ class ByteLevelPreTokenizer : public PreTokenizer {
     return absl::OkStatus();
   }
   bool byte_level() const override { return true; }
+  std::optional<bool> adds_prefix_space() const override { return add_prefix_space_; }
 
  private:
   bool add_prefix_space_;
@@ -410,6 +411,7 @@ class MetaspacePreTokenizer : public PreTokenizer {
     StringSplit splitter(replacement_, SplitBehavior::kMergedWithNext);
     return splitter.Split(text, first, out);
   }
+  std::optional<bool> adds_prefix_space() const override { return scheme_ != "never"; }
 
  private:
   std::string replacement_, scheme_;
@@ -428,6 +430,12 @@ class PreTokenizerSequence : public PreTokenizer {
     }
     out.insert(out.end(), pieces.begin(), pieces.end());
     return absl::OkStatus();
+  }
+  std::optional<bool> adds_prefix_space() const override {
+    for (const auto& step : steps_) {
+      if (std::optional<bool> prefix = step->adds_prefix_space()) return prefix;
+    }
+    return std::nullopt;
   }
   bool byte_level() const override {
     for (const auto& step : steps_) {

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <nlohmann/json_fwd.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -37,8 +38,6 @@ class TextNormalizer {
   virtual NormalizedText Apply(const NormalizedText& in) const = 0;
 };
 
-// One step of a tokenizer.json "pre_tokenizer" (ByteLevel, Split, Metaspace, Digits, Whitespace,
-// WhitespaceSplit, Sequence): splits pieces into smaller pieces (and may rewrite them).
 // How much regex matching encoding one text may do, in steps of ICU's match engine (10,000 operations each):
 // 1,000 + bytes / 10, shared by every pattern the pre-tokenizer runs on every piece of the text, so a pattern
 // that backtracks without bound stops there, however the text is cut (a step takes about 0.15 ms on a 2-core
@@ -60,6 +59,8 @@ class RegexBudgetScope {
   int64_t* previous_;
 };
 
+// One step of a tokenizer.json "pre_tokenizer" (ByteLevel, Split, Metaspace, Digits, Whitespace,
+// WhitespaceSplit, Sequence): splits pieces into smaller pieces (and may rewrite them).
 class PreTokenizer {
  public:
   virtual ~PreTokenizer() = default;
@@ -68,6 +69,9 @@ class PreTokenizer {
   virtual absl::Status Split(const NormalizedText& piece, bool first, std::vector<NormalizedText>& out) const = 0;
   // True when the pipeline maps bytes to GPT-2's printable byte alphabet (decoding must undo it).
   virtual bool byte_level() const { return false; }
+  // Whether it puts a space (or "▁") before the text (ByteLevel's add_prefix_space, Metaspace's prepend
+  // scheme); nullopt when no step of it says.
+  virtual std::optional<bool> adds_prefix_space() const { return std::nullopt; }
 };
 
 // GPT-2's reversible byte -> printable character map, as UTF-8 strings, and its inverse.

@@ -76,34 +76,15 @@ namespace {
 // before the first word and after special tokens), where the tokenizers library runs tokenizer.json as written:
 // this server does as the tokenizers library, and says so where the two differ.
 //
-// Whether tokenizer.json's pre-tokenizer puts a space (or "▁") before the text, as its ByteLevel or Metaspace
-// step says (read with the defaults PreTokenizer::FromJson reads them with); nullopt when it has neither.
-std::optional<bool> PrefixSpaceOf(const nlohmann::json& pre_tokenizer) {
-  if (!pre_tokenizer.is_object()) return std::nullopt;
-  const std::string type = pre_tokenizer.value("type", std::string());
-  if (type == "ByteLevel") return pre_tokenizer.value("add_prefix_space", false);
-  if (type == "Metaspace") {
-    const std::string scheme = pre_tokenizer.value("prepend_scheme", std::string());
-    return scheme.empty() ? pre_tokenizer.value("add_prefix_space", true) : scheme != "never";
-  }
-  if (type == "Sequence" && pre_tokenizer.contains("pretokenizers") && pre_tokenizer["pretokenizers"].is_array()) {
-    for (const nlohmann::json& step : pre_tokenizer["pretokenizers"]) {
-      if (std::optional<bool> prefix = PrefixSpaceOf(step)) return prefix;
-    }
-  }
-  return std::nullopt;
-}
-
-// `tokenizer_json`: the parsed tokenizer.json, or nullptr for a SentencePiece model.
-std::vector<std::string> IgnoredTokenizerOptions(const nlohmann::json& config, const nlohmann::json* tokenizer_json) {
+// `hf`: the tokenizer.json tokenizer loaded, or nullptr for a SentencePiece model.
+std::vector<std::string> IgnoredTokenizerOptions(const nlohmann::json& config, const HfTokenizer* hf) {
   std::vector<std::string> warnings;
   if (!config.is_object()) return warnings;
   for (const char* key : {"add_prefix_space", "legacy"}) {
     if (!config.contains(key) || !config[key].is_boolean()) continue;
     const bool value = config[key].get<bool>();
     if (std::string(key) == "legacy" && value) continue;  // legacy: true is what is done
-    if (std::string(key) == "add_prefix_space" && tokenizer_json != nullptr && tokenizer_json->is_object() &&
-        PrefixSpaceOf(tokenizer_json->value("pre_tokenizer", nlohmann::json())).value_or(false) == value) {
+    if (std::string(key) == "add_prefix_space" && hf != nullptr && hf->adds_prefix_space() == value) {
       continue;  // tokenizer.json does the same already (Qwen2's false)
     }
     warnings.push_back(absl::StrCat(
@@ -134,8 +115,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& mo
           absl::InvalidArgumentError(absl::StrCat("malformed (tokenizer.json or tokenizer_config.json): ", e.what()));
     }
     if (!tokenizer.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", tokenizer.status().message()));
+    std::vector<std::string> warnings = IgnoredTokenizerOptions(config, tokenizer->get());
     std::unique_ptr<Tokenizer> loaded(std::move(*tokenizer));
-    loaded->load_warnings_ = IgnoredTokenizerOptions(config, &tokenizer_json);
+    loaded->load_warnings_ = std::move(warnings);
     return loaded;
   }
   if (const std::string path = model_dir + "/tokenizer.model"; FileExists(path)) {
