@@ -183,16 +183,17 @@ struct DecoderDefaults {
   double rms_norm_eps = 1e-6;
   double rope_theta = 10000.0;
   std::optional<int64_t> sliding_window;  // Qwen2's applies only with use_sliding_window
+  std::optional<int64_t> num_kv_heads;    // none: num_attention_heads (LlamaConfig's rule)
 };
 
 DecoderDefaults DefaultsOf(Architecture architecture) {
   switch (architecture) {
     case Architecture::kMistral:
-      return {.max_position_embeddings = 131072, .sliding_window = 4096};
+      return {.max_position_embeddings = 131072, .sliding_window = 4096, .num_kv_heads = 8};
     case Architecture::kMixtral:
-      return {.max_position_embeddings = 131072, .rms_norm_eps = 1e-5, .rope_theta = 1e6};
+      return {.max_position_embeddings = 131072, .rms_norm_eps = 1e-5, .rope_theta = 1e6, .num_kv_heads = 8};
     case Architecture::kQwen2:
-      return {.max_position_embeddings = 32768, .sliding_window = 4096};
+      return {.max_position_embeddings = 32768, .sliding_window = 4096, .num_kv_heads = 32};
     case Architecture::kLlama:
     case Architecture::kGpt2:    // ParseGpt2Fields
     case Architecture::kFalcon:  // ParseFalconFields
@@ -207,7 +208,16 @@ absl::Status ParseDecoderFields(const json& config, const std::string& source, M
   ASSIGN_OR_RETURN(out.intermediate_size, PositiveInt(config, "intermediate_size", source));
   ASSIGN_OR_RETURN(out.num_layers, PositiveInt(config, "num_hidden_layers", source));
   ASSIGN_OR_RETURN(out.num_heads, PositiveInt(config, "num_attention_heads", source));
-  ASSIGN_OR_RETURN(out.num_kv_heads, OptionalInt(config, "num_key_value_heads", out.num_heads, source));
+  // An absent key takes the config class's default (8 for Mistral); null, which only transformers 4 read,
+  // meant num_attention_heads there.
+  const bool kv_heads_absent = !config.contains("num_key_value_heads");
+  const int64_t kv_heads_fallback = kv_heads_absent ? defaults.num_kv_heads.value_or(out.num_heads) : out.num_heads;
+  ASSIGN_OR_RETURN(out.num_kv_heads, OptionalInt(config, "num_key_value_heads", kv_heads_fallback, source));
+  if (kv_heads_absent && out.num_heads % out.num_kv_heads != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": num_key_value_heads is absent, and this architecture's default (", out.num_kv_heads,
+                     ", as transformers' config class has it) does not divide num_attention_heads ", out.num_heads));
+  }
   ASSIGN_OR_RETURN(std::optional<int64_t> head_dim, MaybeInt(config, "head_dim", source));
   if (!head_dim && out.hidden_size % out.num_heads != 0) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": hidden_size ", out.hidden_size,

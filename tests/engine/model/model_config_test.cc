@@ -22,9 +22,10 @@ using ::attribution::test_support::StatusIs;
 using ::testing::HasSubstr;
 
 nlohmann::json Llama(const nlohmann::json& patch = nlohmann::json::object()) {
-  nlohmann::json config = {{"model_type", "llama"},         {"vocab_size", 10},       {"hidden_size", 8},
-                           {"intermediate_size", 16},       {"num_hidden_layers", 1}, {"num_attention_heads", 2},
-                           {"max_position_embeddings", 64}, {"rms_norm_eps", 1e-5}};
+  nlohmann::json config = {
+      {"model_type", "llama"},  {"vocab_size", 10},         {"hidden_size", 8},         {"intermediate_size", 16},
+      {"num_hidden_layers", 1}, {"num_attention_heads", 2}, {"num_key_value_heads", 2}, {"max_position_embeddings", 64},
+      {"rms_norm_eps", 1e-5}};
   config.merge_patch(patch);
   return config;
 }
@@ -143,8 +144,11 @@ TEST(ModelConfig, ValidConfigsParse) {
 // MistralConfig, MixtralConfig, Qwen2Config, GPT2Config), not one default for all: before, a Mixtral without
 // rope_theta ran with 10000 and a Mistral without sliding_window without a window.
 TEST(ModelConfig, AbsentKeysTakeTheArchitecturesDefaults) {
-  nlohmann::json bare = Llama();
-  for (const char* key : {"rope_theta", "rms_norm_eps", "max_position_embeddings", "sliding_window"}) bare.erase(key);
+  nlohmann::json bare = Llama({{"hidden_size", 64}, {"num_attention_heads", 32}});
+  for (const char* key :
+       {"rope_theta", "rms_norm_eps", "max_position_embeddings", "sliding_window", "num_key_value_heads"}) {
+    bare.erase(key);
+  }
   auto parse = [&](const char* type, const nlohmann::json& patch = nlohmann::json::object()) {
     nlohmann::json config = bare;
     config["model_type"] = type;
@@ -167,6 +171,25 @@ TEST(ModelConfig, AbsentKeysTakeTheArchitecturesDefaults) {
   EXPECT_FALSE(parse("qwen2").sliding_window.has_value());
   EXPECT_EQ(parse("qwen2", {{"use_sliding_window", true}}).sliding_window, 4096);
   EXPECT_FALSE(parse("mistral", {{"sliding_window", nullptr}}).sliding_window.has_value());  // null: no window
+  // Key-value heads: LlamaConfig's are the attention heads, MistralConfig's and MixtralConfig's 8, Qwen2Config's
+  // 32 (before, every architecture took the attention heads: a Mistral GQA checkpoint failed on k_proj's shape).
+  EXPECT_EQ(llama.num_kv_heads, 32);
+  EXPECT_EQ(mistral.num_kv_heads, 8);
+  EXPECT_EQ(mixtral.num_kv_heads, 8);
+  EXPECT_EQ(parse("qwen2").num_kv_heads, 32);
+  EXPECT_EQ(parse("mistral", {{"num_key_value_heads", nullptr}}).num_kv_heads, 32);  // transformers 4's null
+}
+
+// A default key-value head count that does not divide the config's heads names the absent key, not a value
+// the config never gave.
+TEST(ModelConfig, AbsentKeyValueHeadsThatDoNotFitAreNamed) {
+  nlohmann::json config = Llama({{"model_type", "mistral"}, {"num_attention_heads", 4}});
+  config.erase("num_key_value_heads");
+  EXPECT_THAT(ParseModelConfig(config.dump(), "config.json"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("config.json: num_key_value_heads is absent, and this architecture's default (8")));
+  config["num_key_value_heads"] = 2;
+  EXPECT_THAT(ParseModelConfig(config.dump(), "config.json"), IsOk());
 }
 
 // GPT-2's attention scaling options as GPT2Attention applies them, and its head untied when the config says so.
