@@ -305,6 +305,7 @@ absl::Status WriteResultsParquet(const std::string& results_path, const std::str
       {"convergence_delta", ParquetType::kDouble},
       {"integration_steps", ParquetType::kInt64},
       {"tolerance_met", ParquetType::kBool},
+      {"unread_settings", ParquetType::kStringList},
       {"comprehensiveness_aopc", ParquetType::kDouble},
       {"sufficiency_aopc", ParquetType::kDouble},
       {"choices", ParquetType::kStringList},

@@ -161,6 +161,7 @@ class RowProcessor {
     result["convergence_delta"] = attribution->convergence_delta ? json(*attribution->convergence_delta) : json();
     if (attribution->integration_steps > 0) result["integration_steps"] = attribution->integration_steps;
     if (attribution->tolerance_met) result["tolerance_met"] = *attribution->tolerance_met;
+    if (!attribution->unread_settings.empty()) result["unread_settings"] = attribution->unread_settings;
     result["server_seconds"] = attribution->stats.wall_seconds;
     result["attempts"] = attempts;
     absl::Status page = options_.html_dir.empty() ? absl::OkStatus()

@@ -366,13 +366,16 @@ TEST_F(Batch, CsvRowsHtmlPagesAndBadInputFiles) {
                      << "c&<,, Yes,,\n";
   const std::string parquet = dir_->File("csv.parquet");
   ASSERT_EQ(RunBatch({"--input=" + csv, "--output=" + output, "--server=" + a_->address(), "--method=saliency",
-                      "--html=" + html, "--faithfulness", "--matrix", "--parquet=" + parquet},
+                      "--html=" + html, "--faithfulness", "--matrix", "--parquet=" + parquet, "--n_steps=8"},
                      log),
             0)
       << ReadFile(log);
   const std::vector<json> results = ReadResults(output);
   ASSERT_EQ(results.size(), 3u);
   EXPECT_EQ(results[0]["target_tokens"], (*reference_results_)[1]["target_tokens"]);
+  // Saliency reads no steps: each answered row says so (before, only a single call's answer did).
+  EXPECT_EQ(results[0]["unread_settings"], json::array({"n_steps"}));
+  EXPECT_EQ(results[1]["unread_settings"], json::array({"n_steps"}));
   EXPECT_EQ(results[1]["predicted"], " No");
   EXPECT_EQ(results[2]["error"]["code"], "INVALID_ARGUMENT");
   // The Parquet table, read back by pyarrow, holds the JSONL's rows (a target row, a multiple-choice row
