@@ -75,7 +75,7 @@ ABSL_FLAG(bool, double_quantization, false,
 ABSL_FLAG(std::string, device, "cpu", "device of --model models: cpu | cuda:N");
 ABSL_FLAG(bool, allow_nonfinite_weights, false,
           "load --model models whose weights hold NaN or infinite values "
-          "(refused by default: such a model's answers are NaN)");
+          "(refused by default: such a model's calls fail FAILED_PRECONDITION where its scores come out NaN)");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve TLS (with --tls_key)");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA bundle: require and verify client certificates (mutual TLS)");

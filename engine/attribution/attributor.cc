@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "engine/attribution/attributor.h"
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -55,6 +57,22 @@ struct RowProgress {
   }
 };
 
+// NaN in the scored quantity or in an attribution makes the whole answer meaningless (and ranks the features
+// for faithfulness in index order, which scores as a plausible explanation).
+absl::Status CheckNumbers(const AttributionResult& result) {
+  if (std::isnan(result.objective)) return NotANumberError("the attributed quantity (objective)");
+  const auto has_nan = [](const std::vector<double>& values) {
+    return std::any_of(values.begin(), values.end(), [](double v) { return std::isnan(v); });
+  };
+  bool nan_attribution =
+      has_nan(result.sequence) || (result.convergence_delta && std::isnan(*result.convergence_delta));
+  for (const std::vector<double>& row : result.per_token) nan_attribution = nan_attribution || has_nan(row);
+  if (nan_attribution) {
+    return NotANumberError("the attributions (the scores of the baseline or of a perturbed or interpolated input)");
+  }
+  return absl::OkStatus();
+}
+
 // Runs a plan's rounds one after another on the engine, then its faithfulness rows when asked.
 class PlanRun : public std::enable_shared_from_this<PlanRun> {
  public:
@@ -99,6 +117,7 @@ class PlanRun : public std::enable_shared_from_this<PlanRun> {
       result = StatusFromException(e, "reducing attribution rows");
     }
     if (!result.ok()) return done_(result.status());
+    if (absl::Status numbers = CheckNumbers(*result); !numbers.ok()) return done_(numbers);
     if (!measured_) return Answer(std::move(*result));
     auto attribution = std::make_shared<AttributionResult>(std::move(*result));
     auto self = shared_from_this();

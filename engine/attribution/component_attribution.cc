@@ -243,6 +243,10 @@ class ComponentRun : public std::enable_shared_from_this<ComponentRun> {
       const int64_t length = request_.pairs[k].length();
       PairComponents pair{.clean_metric = results[next].value, .corrupted_metric = results[next + 1].value};
       next += 2;
+      if (std::isnan(pair.clean_metric) || std::isnan(pair.corrupted_metric)) {
+        return NotANumberError(absl::StrCat("pairs[", k, "]: the ",
+                                            std::isnan(pair.clean_metric) ? "clean" : "corrupted", " prompt's metric"));
+      }
       double scale = 1;
       if (request_.metric == ComponentMetric::kNormalizedLogitDifference) {
         if (pair.clean_metric == pair.corrupted_metric) {

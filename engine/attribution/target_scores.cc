@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
+
 #include "absl/strings/str_cat.h"
 #include "engine/attribution/submit_rows.h"
 #include "engine/attribution/target_objective.h"
@@ -55,6 +57,14 @@ void ScoreTarget(BatchingEngine& engine, const std::shared_ptr<Request>& handle,
         absl::StatusOr<TargetScores> scores;
         try {
           scores = ToTargetScores(results[0], top_k);
+          if (scores.ok()) {
+            for (size_t t = 0; t < scores->log_probs.size(); ++t) {
+              if (std::isnan(scores->log_probs[t])) {
+                scores = NotANumberError(absl::StrCat("the log-prob of target token ", t));
+                break;
+              }
+            }
+          }
         } catch (const std::exception& e) {
           scores = StatusFromException(e, "target scores");
         }

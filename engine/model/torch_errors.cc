@@ -20,4 +20,10 @@ absl::Status StatusFromException(const std::exception& e, const char* what) {
   return absl::InternalError(absl::StrCat(what, ": ", message));
 }
 
+absl::Status NotANumberError(absl::string_view what) {
+  return absl::FailedPreconditionError(
+      absl::StrCat(what, " came out NaN: the model's computation overflowed on this input (in float16, past 65504: ",
+                   "serve the model in bfloat16 or float32) or its weights hold NaN or infinite values"));
+}
+
 }  // namespace attribution::engine

@@ -57,13 +57,22 @@ absl::StatusOr<at::Tensor> WeightStore::Take(const std::string& name, const std:
   }
   taken_.insert(name);
   at::Tensor view = file.View(record);
-  if (!allow_nonfinite && !at::isfinite(view).all().item<bool>()) {
+  // copy=true: the result must own its memory (the mapping is read-only and may be unmapped).
+  at::Tensor weight = view.to(options, /*non_blocking=*/false, /*copy=*/true);
+  // Checked as converted: a finite bfloat16 or float32 value past float16's range becomes infinite there, and
+  // a model served so answers NaN to everything.
+  if (!allow_nonfinite && !at::isfinite(weight).all().item<bool>()) {
+    if (at::isfinite(view).all().item<bool>()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          file.path(), ": tensor \"", name, "\" holds values up to ", view.abs().max().item<double>(),
+          " in magnitude, past the largest value the serving dtype holds (float16: 65504), so they load as "
+          "infinite: serve the model in bfloat16 or float32 (dtype)"));
+    }
     return absl::InvalidArgumentError(absl::StrCat(file.path(), ": tensor \"", name,
                                                    "\" holds NaN or infinite values (--allow_nonfinite_weights "
                                                    "loads it anyway)"));
   }
-  // copy=true: the result must own its memory (the mapping is read-only and may be unmapped).
-  return view.to(options, /*non_blocking=*/false, /*copy=*/true);
+  return weight;
 }
 
 const TensorRecord* WeightStore::Find(const std::string& name) const {

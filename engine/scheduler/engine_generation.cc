@@ -6,6 +6,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/str_cat.h"
 #include "engine/model/torch_errors.h"
 
 namespace attribution::engine {
@@ -42,6 +43,11 @@ struct GenerationRun : std::enable_shared_from_this<GenerationRun> {
     int64_t token = 0;
     try {
       at::Tensor logits = result.next_logits.unsqueeze(0);  // [1, vocab]
+      // -inf is a token the model rules out; NaN or +inf leaves no distribution to choose from.
+      if (at::logical_or(logits.isnan(), logits.isposinf()).any().item<bool>()) {
+        done(NotANumberError(absl::StrCat("the next-token scores at generated token ", generation.tokens.size())));
+        return;
+      }
       token = PickNextTokens(logits, options, generator)[0].item<int64_t>();
       generation.log_probs.push_back(at::log_softmax(logits[0], -1)[token].item<float>());
     } catch (const std::exception& e) {

@@ -26,6 +26,7 @@ using ::attribution::test_support::IsOk;
 using ::attribution::test_support::StatusIs;
 using nlohmann::json;
 using test_support::ServerProcess;
+using ::testing::HasSubstr;
 
 std::string ReadAll(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -345,14 +346,51 @@ TEST(BadModelDirectory, NonFiniteWeightsServeWhenAllowed) {
   f.Write(dir + "/model.safetensors");
   auto server = ServerProcess::Start({"--model=inf=" + dir, "--allow_nonfinite_weights"});
   ASSERT_THAT(server, IsOk());
-  // Sampling from the resulting non-finite logits throws in LibTorch, on the engine's thread: the
-  // call fails, the server lives on.
+  // Its scores are NaN: every call that computes with them fails FAILED_PRECONDITION saying so (before, greedy
+  // decoding picked token 0 from NaN, and Logprobs, attributions and component metrics answered OK with NaN in
+  // them; sampling threw INTERNAL), and the server lives on.
   auto client = client::AttributionClient::Connect({.target = (*server)->address()});
   ASSERT_THAT(client, IsOk());
-  absl::StatusOr<client::Generation> sampled = (*client)->Generate(
-      {.model = "inf", .prompt_ids = {1, 5, 9}, .generation = {.max_new_tokens = 4, .temperature = 1.0, .seed = 3}});
-  EXPECT_THAT(sampled, StatusIs(absl::StatusCode::kInternal));
+  const auto came_out_nan = [](const std::string& what) {
+    return StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr(what + " came out NaN"));
+  };
+  for (double temperature : {0.0, 1.0}) {
+    EXPECT_THAT((*client)->Generate({.model = "inf",
+                                     .prompt_ids = {1, 50, 60},
+                                     .generation = {.max_new_tokens = 4, .temperature = temperature, .seed = 3}}),
+                came_out_nan("the next-token scores at generated token 0"));
+  }
+  EXPECT_THAT((*client)->GetLogprobs({.model = "inf", .prompt_ids = {1, 50, 60}, .target_ids = {70, 80}}),
+              came_out_nan("the log-prob of target token 0"));
+  for (const char* method : {"integrated_gradients", "feature_ablation"}) {
+    EXPECT_THAT((*client)->Attribute({.model = "inf", .prompt = "The cup is red.", .target = " Yes", .method = method}),
+                came_out_nan("the attributed quantity (objective)"))
+        << method;
+  }
+  EXPECT_THAT((*client)->AttributeComponents({.model = "inf",
+                                              .pairs = {{.clean_ids = {1, 50, 60}, .corrupted_ids = {1, 51, 60}}},
+                                              .answer_id = 70,
+                                              .wrong_answer_id = 80}),
+              came_out_nan("pairs[0]: the clean prompt's metric"));
   EXPECT_THAT((*client)->ListModels(), IsOk());
+}
+
+// A checkpoint value past float16's range loads as infinite there: refused at startup, naming the tensor
+// (before, the server served it and answered NaN to everything).
+TEST(BadModelDirectory, WeightsPastFloat16sRangeAreRefusedInFloat16) {
+  test_support::TempDir root;
+  const std::string dir = root.File("model");
+  test_support::CopyDirectoryFiles(absl::StrCat(ATTRIBUTION_ARCHITECTURE_MODELS_DIR, "/llama"), dir);
+  Safetensors f = Safetensors::Read(dir + "/model.safetensors");
+  const uint64_t begin =
+      json::parse(f.header)["model.layers.0.mlp.down_proj.weight"]["data_offsets"][0].get<uint64_t>();
+  const float large = 1e5f;
+  std::memcpy(f.data.data() + begin, &large, sizeof(large));
+  f.Write(dir + "/model.safetensors");
+  auto [code, log] = ServerProcess::RunToExit({"--model=big=" + dir, "--dtype=float16"}, absl::Seconds(30));
+  EXPECT_EQ(code, 1) << log;
+  EXPECT_THAT(log, HasSubstr("tensor \"model.layers.0.mlp.down_proj.weight\" holds values up to 100000 in magnitude"));
+  EXPECT_THAT(log, HasSubstr("serve the model in bfloat16 or float32"));
 }
 
 }  // namespace
