@@ -55,7 +55,7 @@ struct EngineOptions {
   // that arrives then waits at most that long. Infinite: only the token budget bounds a batch.
   absl::Duration max_uncontended_batch_time = absl::Milliseconds(250);
   // Intra-op threads of the batches that run while contended: 0 as many as the others (all the process
-  // has), kOneThreadFewer one fewer than that (at least one), N > 0 N. On a CPU device the engine's
+  // has), kOneThreadFewer one fewer than that (at least one), N > 0 N (at most all). On a CPU device the engine's
   // threads share the cores with the threads that receive and answer calls; one fewer leaves them a
   // core, so an interactive call is answered sooner (bench/RESULTS.md: Logprobs p90 beside integrated
   // gradients 25-28 ms against 30-37 ms on 2 cores). Uncontended batches always use all, and so do

@@ -420,6 +420,25 @@ TEST_F(BatchingEngineTest, ContendedBatchesRunOnFewerIntraOpThreads) {
   for (size_t b = 18; b < batches.size(); ++b) EXPECT_EQ(batches[b].intra_op_threads, all) << b;
 }
 
+// A contended count above all the process has (a config from a larger machine) runs on all: 64 threads on 2
+// cores ran a 300-token feature ablation 8x slower.
+TEST_F(BatchingEngineTest, AContendedThreadCountAboveAllRunsOnAll) {
+  const int all = at::get_num_threads();
+  Start({.max_batch_rows = 4, .contended_intra_op_threads = all + 62});
+  Notification gate;
+  RowCollector blocking(1), long_rows(64), short_rows(1);
+  HoldExecutor(gate, blocking);
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(64, 2, 5), long_rows.Callback()), IsOk());
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 9), short_rows.Callback()), IsOk());
+  gate.Notify();
+  blocking.Wait();
+  long_rows.Wait();
+  short_rows.Wait();
+  const auto batches = executor_->batches();
+  ASSERT_EQ(batches.size(), 1u + 17u);
+  for (const auto& batch : batches) EXPECT_EQ(batch.intra_op_threads, all);
+}
+
 // Gradient batches that pause run the short calls inside themselves and keep every thread; the short
 // batches run inside a pause use the contended thread count (one fewer) once their kind's learned cost
 // puts them under kFewThreadsBelow (8 ms), and every thread again once it puts them over kEveryThreadAbove
