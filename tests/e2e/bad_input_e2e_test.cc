@@ -112,6 +112,17 @@ std::vector<BadCase> BadCases() {
       Attribute(
           "empty choice", [](A& r) { r.add_choices(); }, kInvalid, "choices[0]: is empty"),
       Attribute(
+          // Each is tokenized with the prompt: 256 of them after 4,000 tokens held a core for 12 s.
+          "text choices times a long prompt",
+          [](A& r) {
+            std::string prompt;
+            for (int i = 0; i < 350; ++i) prompt += "The cup is red. ";  // 3,501 tokens
+            prompt.pop_back();
+            r.mutable_prompt()->set_text(prompt);
+            for (int i = 0; i < 40; ++i) r.add_choices()->set_text(" Yes");
+          },
+          kInvalid, "choices: 40 text choices after a"),
+      Attribute(
           "two-token choice",
           [](A& r) {
             r.add_choices()->add_token_ids(5);
