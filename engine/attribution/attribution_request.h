@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -83,6 +84,9 @@ struct AttributionRequest {
 
   Priority priority = Priority::kNormal;
   absl::Time deadline = absl::InfiniteFuture();
+  // Set by the Attributor: whether nobody waits for the answer any more (cancelled, past its deadline, the
+  // engine stopping). Long reductions (LIME's Lasso fits) stop at it.
+  std::function<bool()> abandoned = [] { return false; };
 };
 
 struct AttributionLimits {

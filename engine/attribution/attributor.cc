@@ -91,7 +91,12 @@ class PlanRun : public std::enable_shared_from_this<PlanRun> {
 
   void NextRound() {
     std::vector<Row> rows = plan_->TakeRows();
-    if (rows.empty()) return Finish();
+    if (rows.empty()) {
+      // LIME's fits took seconds per target token on the executor thread: every call to the model waited, the
+      // fits ran on past the call's deadline, and a long one read as a stall (NOT_SERVING, a pod restart).
+      if (plan_->long_result()) return engine_->RunAside([self = shared_from_this()] { self->Finish(); });
+      return Finish();
+    }
     auto self = shared_from_this();
     SubmitRows(
         *engine_, handle_, std::move(rows), [progress = progress_] { progress->RowAnswered(); },
@@ -117,6 +122,8 @@ class PlanRun : public std::enable_shared_from_this<PlanRun> {
       result = StatusFromException(e, "reducing attribution rows");
     }
     if (!result.ok()) return done_(result.status());
+    if (handle_->cancelled()) return done_(absl::CancelledError("request was cancelled"));
+    if (absl::Now() > handle_->deadline()) return done_(absl::DeadlineExceededError("request deadline has passed"));
     if (absl::Status numbers = CheckNumbers(*result); !numbers.ok()) return done_(numbers);
     if (!measured_) return Answer(std::move(*result));
     auto attribution = std::make_shared<AttributionResult>(std::move(*result));
@@ -156,6 +163,9 @@ void Attributor::AttributeTarget(std::shared_ptr<Request> handle, AttributionReq
   // Faithfulness rows need the request after the plan took it.
   std::shared_ptr<const AttributionRequest> measured;
   if (request.want_faithfulness) measured = std::make_shared<AttributionRequest>(request);
+  request.abandoned = [handle, engine = engine_] {
+    return handle->cancelled() || absl::Now() > handle->deadline() || engine->stopping();
+  };
   absl::StatusOr<std::unique_ptr<RowPlan>> plan;
   try {  // plans draw seeded samples with LibTorch's CPU generator, which may throw
     plan = RowPlan::Create(model_->config(), std::move(request));

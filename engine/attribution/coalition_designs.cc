@@ -117,21 +117,24 @@ class ShapleyValueSampling : public CoalitionDesign {
 // Lime and KernelShap: sampled coalitions (repeats included) and a weighted linear fit of their values.
 class SurrogateFit : public CoalitionDesign {
  public:
-  SurrogateFit(bool lime, int64_t features, int64_t samples, uint64_t seed)
+  SurrogateFit(bool lime, int64_t features, const AttributionRequest& request)
       : lime_(lime),
-        samples_(lime ? SampleLimeCoalitions(features, samples, seed)
-                      : SampleKernelShapCoalitions(features, samples, seed)) {}
+        samples_(lime ? SampleLimeCoalitions(features, request.n_samples, request.seed)
+                      : SampleKernelShapCoalitions(features, request.n_samples, request.seed)),
+        abandoned_(request.abandoned) {}
   std::vector<Coalition> Coalitions() const override { return samples_; }
   std::vector<double> Attribute(const std::function<double(const Coalition&)>& value) const override {
     std::vector<double> y;
     for (const Coalition& c : samples_) y.push_back(value(c));
-    return lime_ ? FitLasso(samples_, y, LimeWeights(samples_), kLimeLassoAlpha)
+    return lime_ ? FitLasso(samples_, y, LimeWeights(samples_), kLimeLassoAlpha, abandoned_)
                  : FitLeastSquares(samples_, y, KernelShapWeights(samples_));
   }
+  bool fits_long() const override { return lime_; }
 
  private:
   const bool lime_;
   const std::vector<Coalition> samples_;
+  const std::function<bool()> abandoned_;
 };
 
 }  // namespace
@@ -146,10 +149,10 @@ std::unique_ptr<CoalitionDesign> ShapleyValueSamplingCoalitions(const Attributio
   return std::make_unique<ShapleyValueSampling>(features, request.n_samples, request.seed);
 }
 std::unique_ptr<CoalitionDesign> LimeCoalitions(const AttributionRequest& request, int64_t features) {
-  return std::make_unique<SurrogateFit>(/*lime=*/true, features, request.n_samples, request.seed);
+  return std::make_unique<SurrogateFit>(/*lime=*/true, features, request);
 }
 std::unique_ptr<CoalitionDesign> KernelShapCoalitions(const AttributionRequest& request, int64_t features) {
-  return std::make_unique<SurrogateFit>(/*lime=*/false, features, request.n_samples, request.seed);
+  return std::make_unique<SurrogateFit>(/*lime=*/false, features, request);
 }
 
 }  // namespace attribution::engine

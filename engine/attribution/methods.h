@@ -39,6 +39,9 @@ class CoalitionDesign {
   virtual std::vector<Coalition> Coalitions() const = 0;
   // Feature attributions from the value of each coalition.
   virtual std::vector<double> Attribute(const std::function<double(const Coalition&)>& value) const = 0;
+  // Whether Attribute fits a model long enough (LIME's Lasso: seconds per target token at a thousand features)
+  // to run away from the engine's executor thread.
+  virtual bool fits_long() const { return false; }
 };
 
 // The request settings a method reads, as bits; a request's others change nothing, and its answer says so.

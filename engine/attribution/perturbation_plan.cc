@@ -33,6 +33,7 @@ class PerturbationPlan : public RowPlan {
                         .decode_state = prefix_});
   }
 
+  bool long_result() const override { return design_->fits_long(); }
   int64_t expected_rows() const override { return (prefix_ ? 1 : 0) + static_cast<int64_t>(coalitions_.size()); }
 
   absl::Status Absorb(std::vector<RowResult>& results) override {

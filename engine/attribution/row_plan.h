@@ -37,6 +37,8 @@ class RowPlan {
   virtual absl::StatusOr<AttributionResult> Result() const = 0;
   // The rows the plan expects to run in all, for progress reports (an adaptive plan's may grow).
   virtual int64_t expected_rows() const = 0;
+  // Whether Result takes long enough to run away from the engine's executor thread (BatchingEngine::RunAside).
+  virtual bool long_result() const { return false; }
 
  protected:
   explicit RowPlan(AttributionRequest request);

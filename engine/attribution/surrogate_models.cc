@@ -109,7 +109,7 @@ std::vector<double> KernelShapWeights(const std::vector<Coalition>& samples) {
 }
 
 std::vector<double> FitLasso(const std::vector<Coalition>& x, const std::vector<double>& y,
-                             const std::vector<double>& weights, double alpha) {
+                             const std::vector<double>& weights, double alpha, const std::function<bool()>& abandoned) {
   // sklearn rescales sample weights to sum to n, then minimises (1/2n) |y - Xb|^2 + alpha |b|_1 on the
   // centered, sqrt(w)-scaled data; solved here by coordinate descent to convergence.
   const double n_samples = static_cast<double>(x.size());
@@ -123,6 +123,7 @@ std::vector<double> FitLasso(const std::vector<Coalition>& x, const std::vector<
   }
   const double threshold = alpha * n_samples;
   for (int iteration = 0; iteration < 100000; ++iteration) {
+    if (iteration % 16 == 15 && abandoned()) break;
     double largest_step = 0, largest_coef = 0;
     for (int64_t j = 0; j < d.f; ++j) {
       if (norm[j] == 0) continue;

@@ -14,6 +14,7 @@
 // the stream to feed Captum the same samples).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 namespace attribution::engine {
@@ -29,8 +30,10 @@ std::vector<double> KernelShapWeights(const std::vector<Coalition>& samples);
 inline constexpr double kLimeLassoAlpha = 0.01;
 
 // Coefficients (without the intercept) of the weighted fit of y on the 0/1 coalitions, with intercept.
-std::vector<double> FitLasso(const std::vector<Coalition>& x, const std::vector<double>& y,
-                             const std::vector<double>& weights, double alpha);
+// FitLasso stops early, between sweeps, once `abandoned` says nobody waits for it.
+std::vector<double> FitLasso(
+    const std::vector<Coalition>& x, const std::vector<double>& y, const std::vector<double>& weights, double alpha,
+    const std::function<bool()>& abandoned = [] { return false; });
 std::vector<double> FitLeastSquares(const std::vector<Coalition>& x, const std::vector<double>& y,
                                     const std::vector<double>& weights);
 

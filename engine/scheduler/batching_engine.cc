@@ -697,8 +697,35 @@ void BatchingEngine::SetBatchObserver(std::function<void(const BatchRecord&)> ob
   observer_ = std::move(observer);
 }
 
+void BatchingEngine::RunAside(std::function<void()> task) {
+  {
+    std::lock_guard<std::mutex> lock(aside_mu_);
+    if (!aside_stopping_) {
+      aside_tasks_.push_back(std::move(task));
+      if (!aside_thread_.joinable()) {
+        aside_thread_ = std::thread([this] {
+          std::unique_lock<std::mutex> lock(aside_mu_);
+          while (true) {
+            aside_changed_.wait(lock, [this] { return aside_stopping_ || !aside_tasks_.empty(); });
+            if (aside_tasks_.empty()) return;  // stopping, and nothing left
+            std::function<void()> next = std::move(aside_tasks_.front());
+            aside_tasks_.pop_front();
+            lock.unlock();
+            next();
+            lock.lock();
+          }
+        });
+      }
+      aside_changed_.notify_one();
+      return;
+    }
+  }
+  task();
+}
+
 void BatchingEngine::Shutdown() {
   std::lock_guard<std::mutex> shutdown_lock(shutdown_mu_);
+  stopping_flag_ = true;
   std::vector<Answer> answers;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -720,6 +747,12 @@ void BatchingEngine::Shutdown() {
   work_changed_.notify_all();
   Deliver(answers);
   if (thread_.joinable()) thread_.join();
+  {
+    std::lock_guard<std::mutex> lock(aside_mu_);
+    aside_stopping_ = true;
+  }
+  aside_changed_.notify_all();
+  if (aside_thread_.joinable()) aside_thread_.join();
 }
 
 }  // namespace attribution::engine

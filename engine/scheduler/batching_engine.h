@@ -187,7 +187,15 @@ class BatchingEngine {
   // Called on the executor thread after every batch, before its rows are answered.
   void SetBatchObserver(std::function<void(const BatchRecord&)> observer);
 
-  // Stops accepting, answers queued rows UNAVAILABLE, lets the running batch finish, joins. Idempotent.
+  // Runs `task` on the engine's aside thread, after the tasks given before it: a reduction too long for the
+  // executor thread (LIME's fits), where every call to the model would wait behind it. Once Shutdown began,
+  // runs it on the caller's thread.
+  void RunAside(std::function<void()> task);
+  // Whether Shutdown began: long work stops at it.
+  bool stopping() const { return stopping_flag_.load(); }
+
+  // Stops accepting, answers queued rows UNAVAILABLE, lets the running batch finish, joins (the aside thread
+  // too, after its tasks). Idempotent.
   void Shutdown();
 
  private:
@@ -329,6 +337,14 @@ class BatchingEngine {
 
   std::thread thread_;      // the executor thread; joined by Shutdown
   std::mutex shutdown_mu_;  // serialises Shutdown callers around the join
+  std::atomic<bool> stopping_flag_{false};
+
+  // RunAside's tasks and thread (started by the first task).
+  std::mutex aside_mu_;
+  std::condition_variable aside_changed_;
+  std::deque<std::function<void()>> aside_tasks_ ABSL_GUARDED_BY(aside_mu_);
+  bool aside_stopping_ ABSL_GUARDED_BY(aside_mu_) = false;
+  std::thread aside_thread_;  // started and joined under aside_mu_ / by Shutdown
 };
 
 }  // namespace attribution::engine

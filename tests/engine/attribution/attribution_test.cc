@@ -15,6 +15,7 @@
 #include "engine/attribution/attributor.h"
 #include "engine/attribution/faithfulness.h"
 #include "engine/attribution/methods.h"
+#include "engine/attribution/surrogate_models.h"
 #include "tests/testing/reference.h"
 #include "tests/testing/status_matchers.h"
 
@@ -389,6 +390,27 @@ TEST_F(AttributionTest, PerturbationMethodsFitTheTokenMatrixOnlyWhenAskedFor) {
   EXPECT_TRUE(without->per_token.empty());
   EXPECT_EQ(with->per_token.size(), 2u);
   EXPECT_EQ(without->sequence, with->sequence);
+}
+
+// LIME's fit stops between sweeps once nobody waits for it (a fit of a thousand features took a second per
+// target token, past the call's deadline): asked every 16 sweeps, it stops at the first ask.
+TEST(FitLasso, StopsBetweenSweepsOnceAbandoned) {
+  const std::vector<Coalition> x = SampleLimeCoalitions(/*num_features=*/200, /*num_samples=*/32, /*seed=*/3);
+  std::vector<double> y;
+  for (size_t i = 0; i < x.size(); ++i) y.push_back(std::sin(static_cast<double>(i)) * 3);
+  int asked = 0;
+  const std::vector<double> converged = FitLasso(x, y, LimeWeights(x), kLimeLassoAlpha, [&] {
+    ++asked;
+    return false;
+  });
+  ASSERT_GT(asked, 1);  // the fit needs more than one stretch of 16 sweeps
+  int asked_abandoned = 0;
+  const std::vector<double> stopped = FitLasso(x, y, LimeWeights(x), kLimeLassoAlpha, [&] {
+    ++asked_abandoned;
+    return true;
+  });
+  EXPECT_EQ(asked_abandoned, 1);
+  EXPECT_NE(stopped, converged);
 }
 
 TEST(RankFeatures, NanRanksLastAndTiesKeepPromptOrder) {

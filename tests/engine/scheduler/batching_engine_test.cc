@@ -420,6 +420,42 @@ TEST_F(BatchingEngineTest, ContendedBatchesRunOnFewerIntraOpThreads) {
   for (size_t b = 18; b < batches.size(); ++b) EXPECT_EQ(batches[b].intra_op_threads, all) << b;
 }
 
+// Tasks run aside run in order on a thread of their own while the executor goes on answering rows (LIME's
+// fits held every call to the model behind them), and on the caller's thread once the engine stopped.
+TEST_F(BatchingEngineTest, TasksRunAsideInOrderWhileRowsRun) {
+  Start();
+  Notification release;
+  std::mutex mu;
+  std::vector<int> order;
+  std::vector<std::thread::id> threads;
+  auto record = [&](int task) {
+    std::lock_guard<std::mutex> lock(mu);
+    order.push_back(task);
+    threads.push_back(std::this_thread::get_id());
+  };
+  engine_->RunAside([&] {
+    release.WaitForNotification();
+    record(1);
+  });
+  Notification second_done;
+  engine_->RunAside([&] {
+    record(2);
+    second_done.Notify();
+  });
+  RowCollector rows(4);  // answered while the first task still waits
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(4, 3, 5), rows.Callback()), IsOk());
+  rows.Wait();
+  release.Notify();
+  second_done.WaitForNotification();
+  engine_->Shutdown();
+  engine_->RunAside([&] { record(3); });
+  ASSERT_EQ(order, (std::vector<int>{1, 2, 3}));
+  EXPECT_NE(threads[0], std::this_thread::get_id());
+  EXPECT_EQ(threads[0], threads[1]);
+  EXPECT_EQ(threads[2], std::this_thread::get_id());
+  EXPECT_TRUE(engine_->stopping());
+}
+
 // A contended count above all the process has (a config from a larger machine) runs on all: 64 threads on 2
 // cores ran a 300-token feature ablation 8x slower.
 TEST_F(BatchingEngineTest, AContendedThreadCountAboveAllRunsOnAll) {
