@@ -20,10 +20,11 @@ namespace {
 using engine::AttributionMethod;
 using engine::Priority;
 
-// The most tokens a sequence of this model may hold: the server's limit, and GPT-2's learned positions.
+// The most tokens a sequence of this model may hold: the server's limit, the most one request may queue in
+// the engine, and GPT-2's learned positions.
 int64_t MaxSequenceTokens(const ServedModel& model) {
   const engine::ModelConfig& config = model.model->config();
-  const int64_t max_tokens = model.spec.limits.max_tokens;
+  const int64_t max_tokens = std::min(model.spec.limits.max_tokens, model.engine->max_tokens_per_request());
   if (config.architecture != engine::Architecture::kGpt2) return max_tokens;
   return std::min(max_tokens, config.max_position_embeddings);
 }

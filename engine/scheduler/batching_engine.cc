@@ -91,6 +91,10 @@ absl::StatusOr<std::unique_ptr<BatchingEngine>> BatchingEngine::Create(std::uniq
     return absl::InvalidArgumentError(
         "engine options: need 1 <= min_batch_tokens <= max_batch_tokens and max_batch_rows >= 1");
   }
+  // A request larger than the whole queue could never be queued: its refusal was a retryable RESOURCE_EXHAUSTED
+  // on an idle server, forever. As per-request limits it is INVALID_ARGUMENT, and ListModels advertises it.
+  options.max_rows_per_request = std::min(options.max_rows_per_request, options.max_queued_rows);
+  options.max_tokens_per_request = std::min(options.max_tokens_per_request, options.max_queued_tokens);
   std::unique_ptr<BatchingEngine> engine(new BatchingEngine(std::move(executor), std::move(options)));
   if (engine->options_.pause_long_batches) {
     engine->executor_->SetPausePoint([e = engine.get()] { e->RunShortWorkWhilePaused(); });
@@ -149,12 +153,13 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
   if (queue.rows + count > options_.max_rows_per_request) {
     return reject(
         absl::InvalidArgumentError(absl::StrCat("request would queue ", queue.rows + count,
-                                                " rows; the limit per request is ", options_.max_rows_per_request)));
+                                                " rows; the limit per request is ", options_.max_rows_per_request,
+                                                " (fewer steps, samples or features)")));
   }
   if (queue.tokens + tokens > options_.max_tokens_per_request) {
-    return reject(absl::InvalidArgumentError(absl::StrCat("request would queue ", queue.tokens + tokens,
-                                                          " tokens; the limit per request is ",
-                                                          options_.max_tokens_per_request)));
+    return reject(absl::InvalidArgumentError(absl::StrCat(
+        "request would queue ", queue.tokens + tokens, " tokens (its rows' tokens together); the limit per request is ",
+        options_.max_tokens_per_request, " (fewer steps, samples or features, or a shorter prompt)")));
   }
   // A full queue refuses requests, not stages: the later rows of a request admitted before (a generation's next
   // decode step, a perturbation's coalitions after its prefix, the next order of a tolerance, the rows after a

@@ -456,6 +456,23 @@ TEST_F(BatchingEngineTest, TasksRunAsideInOrderWhileRowsRun) {
   EXPECT_TRUE(engine_->stopping());
 }
 
+// A request larger than the whole queue could never be queued: before, it was told RESOURCE_EXHAUSTED (retried
+// by data-set jobs) on an idle server, forever. The queue's limits bound each request's, as INVALID_ARGUMENT.
+TEST_F(BatchingEngineTest, ARequestLargerThanTheQueueIsInvalid) {
+  Start({.max_queued_rows = 8, .max_queued_tokens = 100});
+  EXPECT_EQ(engine_->max_rows_per_request(), 8);
+  EXPECT_EQ(engine_->max_tokens_per_request(), 100);
+  auto never = [](size_t, RowResult) { ADD_FAILURE() << "a refused row was answered"; };
+  EXPECT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(9, 2, 2), never),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("request would queue 9 rows; the limit per "
+                                                                     "request is 8")));
+  EXPECT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 101, 2), never),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("request would queue 101 tokens")));
+  RowCollector fits(8);
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(8, 12, 2), fits.Callback()), IsOk());
+  fits.Wait();
+}
+
 // A contended count above all the process has (a config from a larger machine) runs on all: 64 threads on 2
 // cores ran a 300-token feature ablation 8x slower.
 TEST_F(BatchingEngineTest, AContendedThreadCountAboveAllRunsOnAll) {
@@ -888,10 +905,11 @@ TEST_F(BatchingEngineTest, AFullQueueRefusesNewRequestsButNotTheLaterStagesOfAnA
     rows.push_back(Row{.kind = RowKind::kDecode, .input_ids = std::move(ids), .decode_state = state});
     return rows;
   };
-  auto generation = engine_->NewRequest();
-  RowCollector prompt(1), others(7), next_step(1), next_stage(4);
+  auto generation = engine_->NewRequest(), other = engine_->NewRequest();
+  RowCollector prompt(1), others(3), more(4), next_step(1), next_stage(4);
   ASSERT_THAT(engine_->Submit(generation, decode({5, 6, 7}), prompt.Callback()), IsOk());
-  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(7, 2, 2), others.Callback()), IsOk());
+  ASSERT_THAT(engine_->Submit(other, ScoreRows(3, 2, 2), others.Callback()), IsOk());
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(4, 2, 2), more.Callback()), IsOk());
   bool called = false;
   auto never = [&](size_t, RowResult) { called = true; };
   EXPECT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 3), never),
@@ -899,12 +917,14 @@ TEST_F(BatchingEngineTest, AFullQueueRefusesNewRequestsButNotTheLaterStagesOfAnA
   EXPECT_THAT(engine_->Submit(generation, decode({8}), next_step.Callback()), IsOk());
   EXPECT_THAT(engine_->Submit(generation, ScoreRows(4, 2, 4), next_stage.Callback()), IsOk());
   EXPECT_EQ(engine_->Stats().queued_rows, 13);
-  EXPECT_THAT(engine_->Submit(generation, ScoreRows(4, 2, 4), never),  // 17 rows: past twice the limit
+  // 17 rows: past twice the limit (each request within its own limit of 8).
+  EXPECT_THAT(engine_->Submit(other, ScoreRows(4, 2, 4), never),
               StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("engine queue is full (13 rows")));
   gate.Notify();
   blocking.Wait();  // the collectors must outlive every callback
   prompt.Wait();
   others.Wait();
+  more.Wait();
   next_step.Wait();
   next_stage.Wait();
   EXPECT_THAT(next_step.result(0).status, IsOk());
