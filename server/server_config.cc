@@ -17,6 +17,7 @@
 #include "engine/common/files.h"
 #include "engine/common/status_macros.h"
 #include "engine/model/quantization.h"
+#include "engine/tokenizer/tokenizer.h"
 
 namespace attribution::server {
 namespace {
@@ -350,14 +351,35 @@ absl::Status ValidateEngineOptions(const engine::EngineOptions& engine, const st
   if (!(engine.max_uncontended_batch_time > absl::ZeroDuration())) {
     return absl::InvalidArgumentError(absl::StrCat(where, ".max_uncontended_batch_seconds must be positive"));
   }
-  // Reported stalled after this long without progress: 0 would report every batch.
-  if (!(engine.stall_time > absl::ZeroDuration())) {
-    return absl::InvalidArgumentError(absl::StrCat(where, ".stall_seconds must be positive"));
+  // Reported stalled after this long without progress, which takes the whole server out of service: below the
+  // 0.25 s a batch alone may take by default (max_uncontended_batch_seconds), ordinary batches read as stalls
+  // (0.02 s: NOT_SERVING two thirds of the time under two IG calls).
+  if (!(engine.stall_time >= absl::Milliseconds(250))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ".stall_seconds = ", absl::ToDoubleSeconds(engine.stall_time), " must be at least 0.25"));
   }
   if (engine.contended_intra_op_threads < engine::EngineOptions::kOneThreadFewer) {
     return absl::InvalidArgumentError(absl::StrCat(where,
                                                    ".contended_intra_op_threads = ", engine.contended_intra_op_threads,
                                                    " must be -1 (one fewer), 0 (all) or a thread count"));
+  }
+  return absl::OkStatus();
+}
+
+// A name travels in every ListModels answer (a proto string: UTF-8, or the whole answer fails to parse in
+// every client) and in /metrics labels, and clients compare it byte for byte: a name with bytes that are not
+// UTF-8, control characters or spaces at its ends broke ListModels for every model, or could not be asked for.
+absl::Status CheckModelName(const std::string& name, const std::string& where) {
+  if (absl::Status utf8 = engine::CheckUtf8(name); !utf8.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ".name is not UTF-8: ", utf8.message()));
+  }
+  const bool control = std::any_of(name.begin(), name.end(), [](char c) {
+    const auto byte = static_cast<unsigned char>(c);
+    return byte < 0x20 || byte == 0x7f;
+  });
+  if (control) return absl::InvalidArgumentError(absl::StrCat(where, ".name holds a control character"));
+  if (std::isspace(static_cast<unsigned char>(name.front())) || std::isspace(static_cast<unsigned char>(name.back()))) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ".name \"", name, "\" begins or ends with a space"));
   }
   return absl::OkStatus();
 }
@@ -386,6 +408,7 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
     const ModelSpec& m = config.models[i];
     const std::string where = absl::StrCat("models[", i, "]");
     if (m.name.empty()) return absl::InvalidArgumentError(absl::StrCat(where, ".name must not be empty"));
+    RETURN_IF_ERROR(CheckModelName(m.name, where));
     if (m.path.empty())
       return absl::InvalidArgumentError(absl::StrCat(where, " (", m.name, "): path must not be empty"));
     if (!names.insert(m.name).second)

@@ -114,15 +114,20 @@ TEST(ServerConfig, LongBatchesPauseUnlessTurnedOffAndTheValueMustBeABoolean) {
       HasSubstr("pause_long_batches"));
 }
 
-TEST(ServerConfig, StallSecondsDefaultsToTwoMinutesAndMustBePositive) {
+TEST(ServerConfig, StallSecondsDefaultsToTwoMinutesAndIsAtLeastAQuarterSecond) {
   absl::StatusOr<ServerConfig> config = ParseServerConfig(R"({"models": [
       {"name": "a", "path": "/p"}, {"name": "b", "path": "/p", "engine": {"stall_seconds": 30}}]})",
                                                           "t.json");
   ASSERT_THAT(config, IsOk());
   EXPECT_EQ(config->models[0].engine.stall_time, absl::Seconds(120));
   EXPECT_EQ(config->models[1].engine.stall_time, absl::Seconds(30));
-  config->models[1].engine.stall_time = absl::ZeroDuration();
-  EXPECT_THAT(ValidateServerConfig(*config).message(), HasSubstr("models[1].engine.stall_seconds must be positive"));
+  for (const absl::Duration too_short : {absl::ZeroDuration(), absl::Milliseconds(20), absl::Milliseconds(249)}) {
+    config->models[1].engine.stall_time = too_short;
+    EXPECT_THAT(ValidateServerConfig(*config).message(), HasSubstr("models[1].engine.stall_seconds = "));
+    EXPECT_THAT(ValidateServerConfig(*config).message(), HasSubstr("must be at least 0.25"));
+  }
+  config->models[1].engine.stall_time = absl::Milliseconds(250);
+  EXPECT_THAT(ValidateServerConfig(*config), IsOk());
 }
 
 TEST(ServerConfig, ContendedIntraOpThreadsDefaultByDeviceAndNamedWhenOutOfRange) {
@@ -211,6 +216,19 @@ TEST(ServerConfig, ValidationNamesTheField) {
   config.models.push_back({.name = "a", .path = "/b"});
   EXPECT_THAT(ValidateServerConfig(config).message(), HasSubstr("\"a\" appears twice"));
   config.models.pop_back();
+  // Names go into every ListModels answer (proto strings: UTF-8) and are compared byte for byte.
+  for (const auto& [name, problem] :
+       std::vector<std::pair<std::string, std::string>>{{"ll\xff"
+                                                         "ama",
+                                                         "models[0].name is not UTF-8"},
+                                                        {" a", "begins or ends with a space"},
+                                                        {"a ", "begins or ends with a space"},
+                                                        {"a\nb", "models[0].name holds a control character"}}) {
+    config.models[0].name = name;
+    EXPECT_THAT(ValidateServerConfig(config).message(), HasSubstr(problem)) << name;
+  }
+  config.models[0].name = "caf\u00e9 model";
+  EXPECT_THAT(ValidateServerConfig(config), IsOk());
   config.models[0].limits.max_steps = 0;
   EXPECT_THAT(ValidateServerConfig(config).message(), HasSubstr("models[0].limits.max_steps = 0"));
   config.models[0].limits.max_steps = 10;
