@@ -151,10 +151,9 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
     return status;
   };
   if (queue.rows + count > options_.max_rows_per_request) {
-    return reject(
-        absl::InvalidArgumentError(absl::StrCat("request would queue ", queue.rows + count,
-                                                " rows; the limit per request is ", options_.max_rows_per_request,
-                                                " (fewer steps, samples or features)")));
+    return reject(absl::InvalidArgumentError(
+        absl::StrCat("request would queue ", queue.rows + count, " rows; the limit per request is ",
+                     options_.max_rows_per_request, " (fewer steps, samples or features)")));
   }
   if (queue.tokens + tokens > options_.max_tokens_per_request) {
     return reject(absl::InvalidArgumentError(absl::StrCat(
