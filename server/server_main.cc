@@ -42,6 +42,7 @@
 #include "absl/strings/strip.h"
 #include "engine/common/files.h"
 #include "engine/common/status_macros.h"
+#include "engine/model/model_config.h"
 #include "engine/model/torch_errors.h"
 #include "engine/tokenizer/id_only_tokenizer.h"
 #include "server/attribution_service.h"
@@ -268,11 +269,13 @@ struct StartupFiles {
   std::string tls_client_ca;                                   // empty without mutual TLS
 };
 
-// Also checks that each model directory holds a config.json, the first file loading needs.
+// Also reads each model directory's config.json (and generation_config.json), the first files loading needs,
+// as loading reads them: a folder whose config.json was not JSON, or named an architecture the server lacks,
+// passed --check_config and then failed startup.
 absl::StatusOr<StartupFiles> ReadStartupFiles(const ServerConfig& config) {
   for (const ModelSpec& m : config.models) {
-    if (absl::Status readable = engine::ReadFile(m.path + "/config.json").status(); !readable.ok()) {
-      return absl::Status(readable.code(), absl::StrCat("model \"", m.name, "\" (", m.path, "): ", readable.message()));
+    if (absl::Status parsed = engine::ReadModelConfig(m.path).status(); !parsed.ok()) {
+      return absl::Status(parsed.code(), absl::StrCat("model \"", m.name, "\" (", m.path, "): ", parsed.message()));
     }
   }
   StartupFiles files;

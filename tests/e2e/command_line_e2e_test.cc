@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <nlohmann/json.hpp>
@@ -113,10 +114,17 @@ TEST(ServerCommandLine, CheckConfigRefusesWhatStartupRefuses) {
   test_support::TempDir dir;
   const std::string garbage = dir.File("garbage.pem");
   std::ofstream(garbage) << "not a certificate\n";
+  // Model folders whose config.json startup cannot read as a model's (not JSON; an architecture it lacks).
+  std::filesystem::create_directories(dir.File("not-json"));
+  std::ofstream(dir.File("not-json/config.json")) << "{";
+  std::filesystem::create_directories(dir.File("bert"));
+  std::ofstream(dir.File("bert/config.json")) << R"({"model_type": "bert"})";
   const std::string check = absl::StrCat(ATTRIBUTION_SERVER_BINARY, " --check_config ");
   const std::pair<std::string, std::string> cases[] = {
       {"--model=m=" + dir.File("missing"),
        "model \"m\" (" + dir.File("missing") + "): " + dir.File("missing/config.json") + ": cannot open"},
+      {"--model=m=" + dir.File("not-json"), "model \"m\" (" + dir.File("not-json") + "): "},
+      {"--model=m=" + dir.File("bert"), "\"bert\""},
       {"--dtype=FLOAT32", "models[0].dtype: dtype \"FLOAT32\" is not supported"},
       {"--device=cpu:1", "models[0].device \"cpu:1\" is not supported"},
       {"--listen=127.0.0.1:70000", "listen \"127.0.0.1:70000\""},
