@@ -129,6 +129,21 @@ ArgvFlags& TheArgvFlags() {
   return *flags;
 }
 
+// --model lines of a --flagfile: abseil keeps only a repeated flag's last value, and argv does not show them
+// (a flagfile naming two models served only the second).
+void ReadFlagfileModels(absl::string_view paths, ArgvFlags& flags) {
+  for (absl::string_view path : absl::StrSplit(paths, ',', absl::SkipEmpty())) {
+    absl::StatusOr<std::string> text = engine::ReadFile(std::string(path));
+    if (!text.ok()) continue;  // ParseCommandLine names an unreadable flagfile
+    for (absl::string_view line : absl::StrSplit(*text, '\n')) {
+      line = absl::StripAsciiWhitespace(line);
+      if (!absl::ConsumePrefix(&line, "--model=") && !absl::ConsumePrefix(&line, "-model=")) continue;
+      for (absl::string_view entry : absl::StrSplit(line, ',')) flags.models.emplace_back(entry);
+      flags.named.insert("model");
+    }
+  }
+}
+
 void ReadArgvFlags(int argc, char** argv) {
   ArgvFlags& flags = TheArgvFlags();
   for (int i = 1; i < argc; ++i) {
@@ -142,6 +157,9 @@ void ReadArgvFlags(int argc, char** argv) {
     if (name == "model" && (equals != absl::string_view::npos || i + 1 < argc)) {
       const absl::string_view value = equals != absl::string_view::npos ? arg.substr(equals + 1) : argv[++i];
       for (absl::string_view entry : absl::StrSplit(value, ',')) flags.models.emplace_back(entry);
+    }
+    if (name == "flagfile" && (equals != absl::string_view::npos || i + 1 < argc)) {
+      ReadFlagfileModels(equals != absl::string_view::npos ? arg.substr(equals + 1) : argv[i + 1], flags);
     }
     flags.named.insert(std::move(name));
   }
@@ -193,12 +211,35 @@ ModelSpec ModelSpecFromFlags(std::string name, std::string path) {
   return spec;
 }
 
+// The flags ModelSpecFromFlags reads: they apply to --model models only.
+constexpr const char* kPerModelFlags[] = {"dtype",
+                                          "quantization",
+                                          "device",
+                                          "allow_nonfinite_weights",
+                                          "quantization_block_size",
+                                          "double_quantization",
+                                          "max_tokens",
+                                          "max_steps",
+                                          "max_samples",
+                                          "max_batch_seconds",
+                                          "max_uncontended_batch_seconds"};
+
 absl::StatusOr<ServerConfig> ConfigFromFlags() {
   ServerConfig config;
   if (!absl::GetFlag(FLAGS_config).empty()) {
     absl::StatusOr<ServerConfig> read = ReadServerConfig(absl::GetFlag(FLAGS_config));
     if (!read.ok()) return read.status();
     config = std::move(*read);
+  }
+  // Beside a config file's models and no --model, such a flag applied to nothing without a word (--dtype
+  // bfloat16 served them in float32).
+  if (!config.models.empty() && absl::GetFlag(FLAGS_model).empty()) {
+    for (const char* flag : kPerModelFlags) {
+      if (!OnCommandLine(flag)) continue;
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", flag, " applies to --model models, and none is given: set it in each model entry of ",
+                       absl::GetFlag(FLAGS_config)));
+    }
   }
   Override("listen", FLAGS_listen, config.listen);
   Override("metrics_listen", FLAGS_metrics_listen, config.metrics_listen);

@@ -108,6 +108,33 @@ TEST(ServerCommandLine, ARepeatedModelFlagServesEveryModel) {
   EXPECT_THAT(names, ::testing::UnorderedElementsAre("a", "b", "c"));
 }
 
+// abseil keeps a repeated flag's last value, and argv does not show a --flagfile's lines: a flagfile naming two
+// models served only the second.
+TEST(ServerCommandLine, EveryModelOfAFlagfileIsServed) {
+  test_support::TempDir dir;
+  const std::string model = test_support::DemoModelDir();
+  std::ofstream(dir.File("flags")) << "--model=a=" << model << "\n# a comment\n--model=b=" << model << "\n";
+  auto [code, output] = RunCommand(
+      absl::StrCat(ATTRIBUTION_SERVER_BINARY, " --check_config --flagfile=", dir.File("flags"), " --model=c=", model));
+  EXPECT_EQ(code, 0) << output;
+  EXPECT_THAT(output, HasSubstr(absl::StrCat("3 model(s): a (", model, " on cpu) b (")));
+}
+
+// Per-model flags beside a config file's models and no --model applied to nothing, without a word.
+TEST(ServerCommandLine, PerModelFlagsBesideAConfigsModelsAloneAreRefused) {
+  test_support::TempDir dir;
+  const std::string config = dir.File("server.json");
+  std::ofstream(config) << R"({"models": [{"name": "a", "path": ")" << test_support::DemoModelDir() << R"("}]})";
+  const std::string check = absl::StrCat(ATTRIBUTION_SERVER_BINARY, " --check_config --config=", config);
+  for (const char* flag : {"--dtype=bfloat16", "--max_tokens=10", "--quantization=int8"}) {
+    auto [code, output] = RunCommand(absl::StrCat(check, " ", flag));
+    EXPECT_EQ(code, 1) << flag << ": " << output;
+    EXPECT_THAT(output, HasSubstr("applies to --model models, and none is given")) << flag;
+  }
+  auto [code, output] = RunCommand(absl::StrCat(check, " --dtype=bfloat16 --model=b=", test_support::DemoModelDir()));
+  EXPECT_EQ(code, 0) << output;  // the flags go with --model b, as --help says
+}
+
 // --check_config said "config ok" for settings startup refused a moment later; it now reads what startup
 // reads before loading a model (the model's config.json, TLS and token files) and checks the same values.
 TEST(ServerCommandLine, CheckConfigRefusesWhatStartupRefuses) {
