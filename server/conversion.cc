@@ -24,7 +24,7 @@ using engine::Priority;
 // the engine, and GPT-2's learned positions.
 int64_t MaxSequenceTokens(const ServedModel& model) {
   const engine::ModelConfig& config = model.model->config();
-  const int64_t max_tokens = std::min(model.spec.limits.max_tokens, model.engine->max_tokens_per_request());
+  const int64_t max_tokens = std::min(model.spec.limits.max_tokens, model.attributor->limits().max_queued_tokens);
   if (config.architecture != engine::Architecture::kGpt2) return max_tokens;
   return std::min(max_tokens, config.max_position_embeddings);
 }
@@ -209,8 +209,10 @@ absl::Status ApplyFeatures(const v1::AttributeRequest& proto, const ServedModel&
 absl::StatusOr<engine::GenerationOptions> ToGenerationOptions(const v1::GenerationSettings& proto,
                                                               const ServedModel& model) {
   engine::GenerationOptions options;
-  if (proto.max_new_tokens() != 0) options.max_new_tokens = proto.max_new_tokens();
   const int64_t max_new = model.spec.limits.max_new_tokens;
+  // A default is never the error: an operator's lower limit lowers it (FitDefaultNewTokens: the room left).
+  options.max_new_tokens =
+      proto.max_new_tokens() != 0 ? proto.max_new_tokens() : std::min(options.max_new_tokens, max_new);
   if (options.max_new_tokens < 1 || options.max_new_tokens > max_new) {
     return Invalid("generation.max_new_tokens", absl::StrCat(options.max_new_tokens, " is outside [1, ", max_new, "]"));
   }
@@ -224,6 +226,16 @@ absl::StatusOr<engine::GenerationOptions> ToGenerationOptions(const v1::Generati
   RETURN_IF_ERROR(
       engine::CheckTokenIds(options.stop_token_ids, "generation.stop_token_ids", model.model->config().vocab_size));
   return options;
+}
+
+// Unset, max_new_tokens is its default or as many as fit after the prompt, whichever is fewer (at least one, so a
+// prompt that leaves no room is still named): a 40-token prompt on GPT-2's 64 positions was refused for the
+// default 25 the client never sent.
+void FitDefaultNewTokens(const v1::GenerationSettings& proto, const ResolvedInput& prompt, const ServedModel& model,
+                         engine::GenerationOptions& options) {
+  if (proto.max_new_tokens() != 0) return;
+  const int64_t room = MaxSequenceTokens(model) - static_cast<int64_t>(prompt.encoding.ids.size());
+  options.max_new_tokens = std::max<int64_t>(1, std::min(options.max_new_tokens, room));
 }
 
 // 53 bits from the operating system's entropy source: a seed printed in JSON must read back exactly
@@ -299,6 +311,7 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
   // Settings given beside a target are not read, but are checked as any other field is.
   if (call.target.empty() || proto.has_generation()) {
     ASSIGN_OR_RETURN(engine::GenerationOptions generation, ToGenerationOptions(proto.generation(), model));
+    FitDefaultNewTokens(proto.generation(), call.prompt, model, generation);
     if (call.target.empty()) request.generation = generation;
   }
   RETURN_IF_ERROR(
@@ -343,12 +356,16 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
   RETURN_IF_ERROR(ApplyBaseline(proto, model, request));
   request.completeness_tolerance = proto.completeness_tolerance();
   // With a tolerance, n_steps bounds the orders tried; unset, the server's limit does.
+  // Unset, a default above the operator's limit is lowered to it (it was refused, naming a value never sent).
   if (proto.n_steps() != 0)
     request.n_steps = proto.n_steps();
   else if (request.completeness_tolerance > 0)
     request.n_steps = model.spec.limits.max_steps;
+  else
+    request.n_steps = std::min(request.n_steps, model.spec.limits.max_steps);
   ASSIGN_OR_RETURN(request.rule, ToRule(proto.rule(), /*to_tolerance=*/request.completeness_tolerance > 0));
-  if (proto.n_samples() != 0) request.n_samples = proto.n_samples();
+  request.n_samples =
+      proto.n_samples() != 0 ? proto.n_samples() : std::min(request.n_samples, model.spec.limits.max_samples);
   // Settings the method does not read are checked as any other field is (0: the method's default); the answer
   // names them (UnreadSettings).
   const engine::AttributionLimits& limits = model.spec.limits;
@@ -436,6 +453,7 @@ absl::StatusOr<GenerateCall> ToGenerateCall(const v1::GenerateRequest& proto, co
   GenerateCall call;
   ASSIGN_OR_RETURN(call.prompt, ResolvePrompt(proto.prompt(), proto.no_special_tokens(), model));
   ASSIGN_OR_RETURN(call.options, ToGenerationOptions(proto.generation(), model));
+  FitDefaultNewTokens(proto.generation(), call.prompt, model, call.options);
   // Without a seed a user expects a fresh sample each call; the seed drawn is reported to reproduce it. A
   // greedy call samples nothing: a seed drawn for it (and reported) read as if its tokens depended on it.
   if (!proto.generation().has_seed() && call.options.temperature > 0) call.options.seed = FreshSeed();

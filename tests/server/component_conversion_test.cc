@@ -10,6 +10,7 @@
 
 #include <functional>
 #include <map>
+#include <utility>
 
 #include "tests/testing/served_default_model.h"
 #include "tests/testing/status_matchers.h"
@@ -66,6 +67,16 @@ TEST_F(ComponentConversionTest, UnspecifiedFieldsTakeTheDocumentedDefaults) {
   EXPECT_EQ(call->request.direction, engine::PatchDirection::kDenoising);
   EXPECT_THAT(call->request.sites, ElementsAre(engine::ComponentSite::kHeads));
   EXPECT_EQ(call->request.granularity, std::nullopt);
+  EXPECT_EQ(call->request.n_steps, 16);
+  // An operator's lower step limit lowers the default (it was refused, naming 16, a value never sent).
+  engine::AttributionLimits lower = served_->attributor->limits();
+  lower.max_steps = 8;
+  std::unique_ptr<engine::Attributor> saved =
+      std::exchange(served_->attributor, std::make_unique<engine::Attributor>(served_->model, nullptr, lower));
+  call = Convert(Request());
+  served_->attributor = std::move(saved);
+  ASSERT_THAT(call, IsOk());
+  EXPECT_EQ(call->request.n_steps, 8);
 }
 
 TEST_F(ComponentConversionTest, EveryMethodMapsToItsEngineMethodAndBack) {

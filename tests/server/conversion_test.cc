@@ -183,6 +183,39 @@ TEST_F(ConversionTest, UnspecifiedFieldsTakeTheDocumentedDefaults) {
   }
 }
 
+// A default above an operator's lower limit is lowered to it, and a new-token default to the room the prompt
+// leaves: before, a request that set nothing was refused for "n_steps = 50 is outside [1, 8]", a value it never
+// sent. A value sent is checked as before.
+TEST_F(ConversionTest, DefaultsAboveTheOperatorsLimitsAreLoweredToThem) {
+  const engine::AttributionLimits saved = served_->spec.limits;
+  served_->spec.limits.max_steps = 8;
+  served_->spec.limits.max_samples = 8;
+  served_->spec.limits.max_new_tokens = 8;
+  absl::StatusOr<AttributeCall> call = Convert(Request());
+  ASSERT_THAT(call, IsOk());
+  EXPECT_EQ(call->request.n_steps, 8);
+  EXPECT_EQ(call->request.n_samples, 8);
+  v1::AttributeRequest generated = Request();
+  generated.clear_target();
+  call = Convert(generated);
+  ASSERT_THAT(call, IsOk());
+  EXPECT_EQ(call->request.generation.max_new_tokens, 8);
+  v1::GenerateRequest generate;
+  generate.mutable_prompt()->set_text("Is the sky blue?");
+  absl::StatusOr<GenerateCall> generation = ToGenerateCall(generate, *served_);
+  ASSERT_THAT(generation, IsOk());
+  EXPECT_EQ(generation->options.max_new_tokens, 8);
+  v1::AttributeRequest too_many = Request();
+  too_many.set_n_steps(9);
+  EXPECT_THAT(Convert(too_many), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("n_steps")));
+  // Room for 3 new tokens after the prompt: the default takes 3.
+  served_->spec.limits.max_tokens = static_cast<int64_t>(Encode("Is the sky blue?", true).size()) + 3;
+  generation = ToGenerateCall(generate, *served_);
+  served_->spec.limits = saved;
+  ASSERT_THAT(generation, IsOk());
+  EXPECT_EQ(generation->options.max_new_tokens, 3);
+}
+
 TEST_F(ConversionTest, FieldsAreCopiedIntoTheEngineRequest) {
   v1::AttributeRequest proto = Request();
   proto.set_method(v1::GRADIENT_SHAP);
