@@ -61,20 +61,29 @@ absl::StatusOr<int64_t> CheckResponseSize(const google::protobuf::Message& messa
                    ": ask for less (", AskForLess(Response()), "), or raise max_message_bytes"));
 }
 
-// The token matrix alone (T x F doubles) is a floor under an attribution's response size, known before
-// any work: a request whose matrix cannot fit is refused then, not after minutes of device time. A
-// generated target is counted at generation.max_new_tokens, as the row limit counts it.
-absl::Status CheckTokenMatrixFits(const engine::AttributionRequest& request, int64_t max_bytes) {
-  if (!request.want_token_matrix) return absl::OkStatus();
+// What an attribution's response holds whatever its numbers, known before any work: the prompt's and a given
+// target's tokens (encoded as the response holds them), the sequence attribution (F doubles) and, when asked,
+// the token matrix (T x F). A request that cannot fit is refused then, not after minutes of device time (the
+// matrix alone let a request 4% under it run 63 s and fail). A generated target counts at
+// generation.max_new_tokens, as the row limit counts it.
+absl::Status CheckAttributionFits(const AttributeCall& call, const ServedModel& model, int64_t max_bytes) {
+  const engine::AttributionRequest& request = call.request;
   const int64_t targets =
       request.target_ids.empty() ? request.generation.max_new_tokens : static_cast<int64_t>(request.target_ids.size());
   const int64_t features = engine::NumFeatures(request);
-  const int64_t bytes = targets * features * static_cast<int64_t>(sizeof(double));
+  constexpr auto kDouble = static_cast<int64_t>(sizeof(double));
+  const int64_t matrix = request.want_token_matrix ? targets * features * kDouble : 0;
+  v1::AttributeResponse tokens;
+  FillTokens(call.prompt, *model.tokenizer, tokens.mutable_prompt_tokens());
+  FillTokens(call.target, *model.tokenizer, tokens.mutable_target_tokens());
+  const int64_t bytes = matrix + features * kDouble + static_cast<int64_t>(tokens.ByteSizeLong());
   if (bytes <= max_bytes) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(
-      "the response would be at least ", bytes, " bytes (the token matrix alone: ", targets, " target tokens x ",
-      features, " features x 8 bytes), over this server's max_message_bytes of ", max_bytes,
-      ": ask for less (want_token_matrix, fewer target tokens or features), or raise max_message_bytes"));
+      "the response would be at least ", bytes, " bytes (", request.want_token_matrix ? "the token matrix's " : "",
+      request.want_token_matrix ? absl::StrCat(targets, " target tokens x ", features, " features x 8 bytes, ") : "",
+      "the attribution and the tokens), over this server's max_message_bytes of ", max_bytes,
+      ": ask for less (want_token_matrix, fewer target tokens or features, a shorter prompt), or raise "
+      "max_message_bytes"));
 }
 
 // Likewise a component attribution's grids (8 bytes a value) and the pairs' tokens it echoes (encoded
@@ -198,7 +207,7 @@ void AttributionServiceImpl::StartAttribution(Call* call, grpc::CallbackServerCo
   if (!model.ok()) return done(model.status());
   absl::StatusOr<AttributeCall> converted = ToAttributeCall(request, **model, DeadlineOf(context));
   if (!converted.ok()) return done(converted.status());
-  if (absl::Status fits = CheckTokenMatrixFits(converted->request, config_.max_message_bytes); !fits.ok()) {
+  if (absl::Status fits = CheckAttributionFits(*converted, **model, config_.max_message_bytes); !fits.ok()) {
     return done(fits);
   }
   const ServedModel* served = *model;

@@ -763,7 +763,7 @@ TEST(BadInputs, AResponseOverTheMessageLimitSaysWhatToAskForLess) {
     EXPECT_EQ(status.error_code(), StatusCode::INVALID_ARGUMENT);
     EXPECT_THAT(status.error_message(), HasSubstr("max_message_bytes of 16384: ask for less (want_token_matrix"));
     // Known before the work: the matrix alone is too large.
-    EXPECT_THAT(status.error_message(), HasSubstr("(the token matrix alone: 30 target tokens x"));
+    EXPECT_THAT(status.error_message(), HasSubstr("(the token matrix's 30 target tokens x"));
   }
   {
     // A generated target's matrix is counted at max_new_tokens: refused before the generation runs.
@@ -774,10 +774,11 @@ TEST(BadInputs, AResponseOverTheMessageLimitSaysWhatToAskForLess) {
     v1::AttributeResponse response;
     const grpc::Status status = stub->Attribute(&context, generated, &response);
     EXPECT_EQ(status.error_code(), StatusCode::INVALID_ARGUMENT);
-    EXPECT_THAT(status.error_message(), HasSubstr("(the token matrix alone: 30 target tokens x"));
+    EXPECT_THAT(status.error_message(), HasSubstr("(the token matrix's 30 target tokens x"));
   }
   {
-    // No token matrix, and a response over the limit all the same: found after the work.
+    // No token matrix, and a response over the limit all the same: the prompt's tokens and the attribution
+    // count too, before the work (the matrix alone let a request just under it run and fail after).
     v1::AttributeRequest small_matrix = request;
     small_matrix.mutable_prompt()->set_text(std::string(1500, 'a'));
     small_matrix.mutable_target()->set_text("b");
@@ -786,8 +787,8 @@ TEST(BadInputs, AResponseOverTheMessageLimitSaysWhatToAskForLess) {
     v1::AttributeResponse response;
     const grpc::Status status = stub->Attribute(&context, small_matrix, &response);
     EXPECT_EQ(status.error_code(), StatusCode::INVALID_ARGUMENT);
-    EXPECT_THAT(status.error_message(), HasSubstr("the response would be "));
-    EXPECT_THAT(status.error_message(), Not(HasSubstr("token matrix alone")));
+    EXPECT_THAT(status.error_message(), HasSubstr("the response would be at least "));
+    EXPECT_THAT(status.error_message(), HasSubstr("(the attribution and the tokens)"));
   }
   {
     grpc::ClientContext context;
