@@ -406,6 +406,7 @@ absl::StatusOr<std::vector<ModelInfo>> FromProto(const v1::ListModelsResponse& r
                    .max_exact_shapley_features = l.max_exact_shapley_features(),
                    .max_choices = l.max_choices(),
                    .max_rows = l.max_rows(),
+                   .max_pairs = l.max_pairs(),
                    .weights_digest = m.weights_digest(),
                    .model_digest = m.model_digest()});
   }

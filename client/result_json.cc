@@ -80,7 +80,8 @@ std::string ModelsJson(const std::vector<ModelInfo>& models) {
                     {"max_new_tokens", m.max_new_tokens},
                     {"max_top_k", m.max_top_k},
                     {"max_choices", m.max_choices},
-                    {"max_rows", m.max_rows}});
+                    {"max_rows", m.max_rows},
+                    {"max_pairs", m.max_pairs}});
   }
   return Dump({{"models", list}});
 }

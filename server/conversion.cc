@@ -9,6 +9,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "engine/attribution/component_attribution.h"
 #include "engine/attribution/methods.h"
 #include "engine/common/status_macros.h"
 #include "engine/tokenizer/continuation.h"
@@ -599,6 +600,7 @@ void ToModelInfo(const ServedModel& model, int64_t max_top_k, v1::ModelInfo* out
   limits->set_max_top_k(max_top_k);
   limits->set_max_choices(l.max_choices);
   limits->set_max_rows(model.attributor->limits().max_rows);
+  limits->set_max_pairs(engine::ComponentLimits().max_pairs);
 }
 
 void ToRunStats(const engine::Request::Stats& stats, absl::Time received, v1::RunStats* out) {

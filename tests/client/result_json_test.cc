@@ -70,7 +70,8 @@ TEST(ModelsJson, WritesEveryFieldWithTheLimits) {
                                           .max_top_k = 20,
                                           .max_exact_shapley_features = 12,
                                           .max_choices = 256,
-                                          .max_rows = 65536}};
+                                          .max_rows = 65536,
+                                          .max_pairs = 64}};
   const nlohmann::json json = nlohmann::json::parse(ModelsJson(models));
   ASSERT_EQ(json["models"].size(), 1u);
   const nlohmann::json& m = json["models"][0];
@@ -85,6 +86,7 @@ TEST(ModelsJson, WritesEveryFieldWithTheLimits) {
   EXPECT_EQ(m["max_top_k"], 20);
   EXPECT_EQ(m["max_choices"], 256);
   EXPECT_EQ(m["max_rows"], 65536);
+  EXPECT_EQ(m["max_pairs"], 64);
   EXPECT_EQ(m["max_exact_shapley_features"], 12);
 }
 

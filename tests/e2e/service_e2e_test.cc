@@ -104,6 +104,7 @@ TEST_F(ServiceTest, HealthAndModelsDescribeTheServer) {
   EXPECT_EQ((*models)[0].max_top_k, 20);
   // The limits requests are refused by: the engine's rows per request (EngineOptions), choices (AttributionLimits).
   EXPECT_EQ((*models)[0].max_rows, int64_t{1} << 16);
+  EXPECT_EQ((*models)[0].max_pairs, 64);
   EXPECT_EQ((*models)[0].max_choices, 256);
 }
 
