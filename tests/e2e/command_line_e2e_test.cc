@@ -106,6 +106,9 @@ TEST(ServerCommandLine, ARepeatedModelFlagServesEveryModel) {
   std::vector<std::string> names;
   for (const client::ModelInfo& model : *models) names.push_back(model.name);
   EXPECT_THAT(names, ::testing::UnorderedElementsAre("a", "b", "c"));
+  // One folder under three names is held three times: the log says so (once per later name).
+  EXPECT_THAT((*server)->Log(), HasSubstr("model \\\"b\\\" holds the same weights as model \\\"a\\\""));
+  EXPECT_THAT((*server)->Log(), HasSubstr("model \\\"c\\\" holds the same weights as model \\\"a\\\""));
 }
 
 // abseil keeps a repeated flag's last value, and argv does not show a --flagfile's lines: a flagfile naming two
