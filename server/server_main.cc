@@ -132,12 +132,18 @@ ArgvFlags& TheArgvFlags() {
 
 // --model lines of a --flagfile: abseil keeps only a repeated flag's last value, and argv does not show them
 // (a flagfile naming two models served only the second).
-void ReadFlagfileModels(absl::string_view paths, ArgvFlags& flags) {
+// Flagfiles may name flagfiles (abseil follows them); `depth` stops a file that names itself.
+void ReadFlagfileModels(absl::string_view paths, ArgvFlags& flags, int depth = 0) {
+  if (depth > 8) return;
   for (absl::string_view path : absl::StrSplit(paths, ',', absl::SkipEmpty())) {
     absl::StatusOr<std::string> text = engine::ReadFile(std::string(path));
     if (!text.ok()) continue;  // ParseCommandLine names an unreadable flagfile
     for (absl::string_view line : absl::StrSplit(*text, '\n')) {
       line = absl::StripAsciiWhitespace(line);
+      if (absl::ConsumePrefix(&line, "--flagfile=") || absl::ConsumePrefix(&line, "-flagfile=")) {
+        ReadFlagfileModels(line, flags, depth + 1);
+        continue;
+      }
       if (!absl::ConsumePrefix(&line, "--model=") && !absl::ConsumePrefix(&line, "-model=")) continue;
       for (absl::string_view entry : absl::StrSplit(line, ',')) flags.models.emplace_back(entry);
       flags.named.insert("model");

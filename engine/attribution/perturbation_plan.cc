@@ -52,8 +52,9 @@ class PerturbationPlan : public RowPlan {
     auto of = [&](size_t coalition) -> const RowResult& { return results[result_of_[coalition]]; };
     FillTargetScores(of(0), out);
     out.sequence = design_->Attribute([&](const Coalition& c) { return of(index_.at(c)).value; });
-    // A fit per target token (a Lasso for LIME) runs on the engine's thread: only when the matrix is asked for.
-    for (int64_t t = 0; request_.want_token_matrix && t < target_length(); ++t) {
+    // A fit per target token (a Lasso for LIME), only when the matrix is asked for; a long one stops once nobody
+    // waits (the Attributor then answers CANCELLED, DEADLINE_EXCEEDED or UNAVAILABLE, never these numbers).
+    for (int64_t t = 0; request_.want_token_matrix && t < target_length() && !request_.abandoned(); ++t) {
       out.per_token.push_back(design_->Attribute([&](const Coalition& c) { return TokenValue(of(index_.at(c)), t); }));
     }
     out.rows = static_cast<int64_t>(results.size());

@@ -756,7 +756,8 @@ void BatchingEngine::Shutdown() {
     aside_stopping_ = true;
   }
   aside_changed_.notify_all();
-  if (aside_thread_.joinable()) aside_thread_.join();
+  // From an aside task itself (no caller does so) joining would throw: its thread ends once the task returns.
+  if (aside_thread_.joinable() && aside_thread_.get_id() != std::this_thread::get_id()) aside_thread_.join();
 }
 
 }  // namespace attribution::engine

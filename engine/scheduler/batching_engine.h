@@ -193,6 +193,8 @@ class BatchingEngine {
   void RunAside(std::function<void()> task);
   // Whether Shutdown began: long work stops at it.
   bool stopping() const { return stopping_flag_.load(); }
+  // The engine's clock (EngineOptions::clock), which deadlines are compared with.
+  absl::Time Now() const { return options_.clock ? options_.clock() : absl::Now(); }
 
   // Stops accepting, answers queued rows UNAVAILABLE, lets the running batch finish, joins (the aside thread
   // too, after its tasks). Idempotent.
@@ -223,7 +225,6 @@ class BatchingEngine {
   };
 
   BatchingEngine(std::unique_ptr<BatchExecutor> executor, EngineOptions options);
-  absl::Time Now() const { return options_.clock ? options_.clock() : absl::Now(); }
   // The embedding path or prompt pair `row` shares with other rows, and the memory it holds once.
   std::pair<const void*, int64_t> SharedInput(const Row& row) const;
   void Loop();

@@ -41,17 +41,21 @@ struct GenerationRun : std::enable_shared_from_this<GenerationRun> {
     // Runs on the executor thread, where an exception would end the process: sampling throws on
     // logits that are not finite (a model loaded with --allow_nonfinite_weights).
     int64_t token = 0;
+    absl::Status picked;  // `done` is called outside the try: a throwing callback must not be answered twice
     try {
       at::Tensor logits = result.next_logits.unsqueeze(0);  // [1, vocab]
       // -inf is a token the model rules out; NaN or +inf leaves no distribution to choose from.
       if (at::logical_or(logits.isnan(), logits.isposinf()).any().item<bool>()) {
-        done(NotANumberError(absl::StrCat("the next-token scores at generated token ", generation.tokens.size())));
-        return;
+        picked = NotANumberError(absl::StrCat("the next-token scores at generated token ", generation.tokens.size()));
+      } else {
+        token = PickNextTokens(logits, options, generator)[0].item<int64_t>();
+        generation.log_probs.push_back(at::log_softmax(logits[0], -1)[token].item<float>());
       }
-      token = PickNextTokens(logits, options, generator)[0].item<int64_t>();
-      generation.log_probs.push_back(at::log_softmax(logits[0], -1)[token].item<float>());
     } catch (const std::exception& e) {
-      done(StatusFromException(e, "choosing the next token"));
+      picked = StatusFromException(e, "choosing the next token");
+    }
+    if (!picked.ok()) {
+      done(picked);
       return;
     }
     generation.tokens.push_back(token);

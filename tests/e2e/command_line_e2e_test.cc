@@ -116,11 +116,14 @@ TEST(ServerCommandLine, ARepeatedModelFlagServesEveryModel) {
 TEST(ServerCommandLine, EveryModelOfAFlagfileIsServed) {
   test_support::TempDir dir;
   const std::string model = test_support::DemoModelDir();
-  std::ofstream(dir.File("flags")) << "--model=a=" << model << "\n# a comment\n--model=b=" << model << "\n";
+  std::ofstream(dir.File("nested")) << "--model=d=" << model << "\n";
+  std::ofstream(dir.File("flags")) << "--model=a=" << model << "\n# a comment\n--model=b=" << model
+                                   << "\n--flagfile=" << dir.File("nested") << "\n";
   auto [code, output] = RunCommand(
       absl::StrCat(ATTRIBUTION_SERVER_BINARY, " --check_config --flagfile=", dir.File("flags"), " --model=c=", model));
   EXPECT_EQ(code, 0) << output;
-  EXPECT_THAT(output, HasSubstr(absl::StrCat("3 model(s): a (", model, " on cpu) b (")));
+  EXPECT_THAT(output, HasSubstr(absl::StrCat("4 model(s): a (", model, " on cpu) b (")));
+  EXPECT_THAT(output, HasSubstr(absl::StrCat("d (", model, " on cpu)")));
 }
 
 // Per-model flags beside a config file's models and no --model applied to nothing, without a word.
