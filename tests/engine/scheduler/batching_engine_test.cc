@@ -64,6 +64,19 @@ class BatchingEngineTest : public ::testing::Test {
     ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 7), blocking.Callback()), IsOk());
     executor_->started().WaitForNotification();
   }
+  // A blocker, then 64 score rows (marker 5) and one short row (marker 9) queued beside them while it runs: the
+  // short call waits beside long work (contended) until it is answered.
+  void RunShortBesideLong() {
+    Notification gate;
+    RowCollector blocking(1), long_rows(64), short_rows(1);
+    HoldExecutor(gate, blocking);
+    ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(64, 2, 5), long_rows.Callback()), IsOk());
+    ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 9), short_rows.Callback()), IsOk());
+    gate.Notify();
+    blocking.Wait();
+    long_rows.Wait();
+    short_rows.Wait();
+  }
   // Index of the first batch holding a row whose ids start with `marker`.
   int FirstBatchWith(int64_t marker) const {
     auto batches = executor_->batches();
@@ -401,15 +414,8 @@ TEST_F(BatchingEngineTest, ContendedBatchesRunOnFewerIntraOpThreads) {
   const int all = at::get_num_threads();
   if (all < 2) GTEST_SKIP() << "one intra-op thread: nothing to leave to the serving threads";
   Start({.max_batch_rows = 4, .contended_intra_op_threads = EngineOptions::kOneThreadFewer});
-  Notification gate;
-  RowCollector blocking(1), long_rows(64), short_rows(1), later(64);
-  HoldExecutor(gate, blocking);
-  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(64, 2, 5), long_rows.Callback()), IsOk());
-  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 9), short_rows.Callback()), IsOk());
-  gate.Notify();
-  blocking.Wait();
-  long_rows.Wait();
-  short_rows.Wait();
+  RunShortBesideLong();
+  RowCollector later(64);
   now_ms_ += 2000;  // past the contention memory
   ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(64, 2, 6), later.Callback()), IsOk());
   later.Wait();
@@ -478,15 +484,7 @@ TEST_F(BatchingEngineTest, ARequestLargerThanTheQueueIsInvalid) {
 TEST_F(BatchingEngineTest, AContendedThreadCountAboveAllRunsOnAll) {
   const int all = at::get_num_threads();
   Start({.max_batch_rows = 4, .contended_intra_op_threads = all + 62});
-  Notification gate;
-  RowCollector blocking(1), long_rows(64), short_rows(1);
-  HoldExecutor(gate, blocking);
-  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(64, 2, 5), long_rows.Callback()), IsOk());
-  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 9), short_rows.Callback()), IsOk());
-  gate.Notify();
-  blocking.Wait();
-  long_rows.Wait();
-  short_rows.Wait();
+  RunShortBesideLong();
   const auto batches = executor_->batches();
   ASSERT_EQ(batches.size(), 1u + 17u);
   for (const auto& batch : batches) EXPECT_EQ(batch.intra_op_threads, all);
