@@ -75,7 +75,7 @@ TEST(ModelsJson, WritesEveryFieldWithTheLimits) {
   const nlohmann::json json = nlohmann::json::parse(ModelsJson(models));
   ASSERT_EQ(json["models"].size(), 1u);
   const nlohmann::json& m = json["models"][0];
-  EXPECT_EQ(m.size(), 24u);
+  EXPECT_EQ(m.size(), 25u);
   EXPECT_EQ(m["name"], "demo");
   EXPECT_EQ(m["quantization_block_size"], 64);
   EXPECT_EQ(m["double_quantization"], true);
