@@ -207,13 +207,17 @@ absl::Status ApplyFeatures(const v1::AttributeRequest& proto, const ServedModel&
   return absl::OkStatus();
 }
 
+// Unset, max_new_tokens is its default, the operator's lower limit or as many as fit after `prompt`, whichever is
+// fewest (at least one, so a prompt that leaves no room is still named): a default is never the error (a 40-token
+// prompt on GPT-2's 64 positions was refused for the 25 the client never sent).
 absl::StatusOr<engine::GenerationOptions> ToGenerationOptions(const v1::GenerationSettings& proto,
-                                                              const ServedModel& model) {
+                                                              const ResolvedInput& prompt, const ServedModel& model) {
   engine::GenerationOptions options;
   const int64_t max_new = model.spec.limits.max_new_tokens;
-  // A default is never the error: an operator's lower limit lowers it (FitDefaultNewTokens: the room left).
-  options.max_new_tokens =
-      proto.max_new_tokens() != 0 ? proto.max_new_tokens() : std::min(options.max_new_tokens, max_new);
+  const int64_t room = MaxSequenceTokens(model) - static_cast<int64_t>(prompt.encoding.ids.size());
+  options.max_new_tokens = proto.max_new_tokens() != 0
+                               ? proto.max_new_tokens()
+                               : std::max<int64_t>(1, std::min({options.max_new_tokens, max_new, room}));
   if (options.max_new_tokens < 1 || options.max_new_tokens > max_new) {
     return Invalid("generation.max_new_tokens", absl::StrCat(options.max_new_tokens, " is outside [1, ", max_new, "]"));
   }
@@ -227,16 +231,6 @@ absl::StatusOr<engine::GenerationOptions> ToGenerationOptions(const v1::Generati
   RETURN_IF_ERROR(
       engine::CheckTokenIds(options.stop_token_ids, "generation.stop_token_ids", model.model->config().vocab_size));
   return options;
-}
-
-// Unset, max_new_tokens is its default or as many as fit after the prompt, whichever is fewer (at least one, so a
-// prompt that leaves no room is still named): a 40-token prompt on GPT-2's 64 positions was refused for the
-// default 25 the client never sent.
-void FitDefaultNewTokens(const v1::GenerationSettings& proto, const ResolvedInput& prompt, const ServedModel& model,
-                         engine::GenerationOptions& options) {
-  if (proto.max_new_tokens() != 0) return;
-  const int64_t room = MaxSequenceTokens(model) - static_cast<int64_t>(prompt.encoding.ids.size());
-  options.max_new_tokens = std::max<int64_t>(1, std::min(options.max_new_tokens, room));
 }
 
 // 53 bits from the operating system's entropy source: a seed printed in JSON must read back exactly
@@ -311,8 +305,7 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
   request.target_ids = call.target.encoding.ids;
   // Settings given beside a target are not read, but are checked as any other field is.
   if (call.target.empty() || proto.has_generation()) {
-    ASSIGN_OR_RETURN(engine::GenerationOptions generation, ToGenerationOptions(proto.generation(), model));
-    FitDefaultNewTokens(proto.generation(), call.prompt, model, generation);
+    ASSIGN_OR_RETURN(engine::GenerationOptions generation, ToGenerationOptions(proto.generation(), call.prompt, model));
     if (call.target.empty()) request.generation = generation;
   }
   RETURN_IF_ERROR(
@@ -453,8 +446,7 @@ void ToAttributeResponse(const engine::AttributionResult& result, const Attribut
 absl::StatusOr<GenerateCall> ToGenerateCall(const v1::GenerateRequest& proto, const ServedModel& model) {
   GenerateCall call;
   ASSIGN_OR_RETURN(call.prompt, ResolvePrompt(proto.prompt(), proto.no_special_tokens(), model));
-  ASSIGN_OR_RETURN(call.options, ToGenerationOptions(proto.generation(), model));
-  FitDefaultNewTokens(proto.generation(), call.prompt, model, call.options);
+  ASSIGN_OR_RETURN(call.options, ToGenerationOptions(proto.generation(), call.prompt, model));
   // Without a seed a user expects a fresh sample each call; the seed drawn is reported to reproduce it. A
   // greedy call samples nothing: a seed drawn for it (and reported) read as if its tokens depended on it.
   if (!proto.generation().has_seed() && call.options.temperature > 0) call.options.seed = FreshSeed();
