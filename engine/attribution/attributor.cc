@@ -123,11 +123,7 @@ class PlanRun : public std::enable_shared_from_this<PlanRun> {
     }
     if (!result.ok()) return done_(result.status());
     // A long reduction (LIME's fits) stops early once nobody waits: its numbers are unfinished, never an answer.
-    if (handle_->cancelled()) return done_(absl::CancelledError("request was cancelled"));
-    if (engine_->Now() > handle_->deadline()) {
-      return done_(absl::DeadlineExceededError("request deadline has passed"));
-    }
-    if (engine_->stopping()) return done_(absl::UnavailableError("engine is shutting down"));
+    if (absl::Status abandoned = engine_->Abandoned(*handle_); !abandoned.ok()) return done_(abandoned);
     if (absl::Status numbers = CheckNumbers(*result); !numbers.ok()) return done_(numbers);
     if (!measured_) return Answer(std::move(*result));
     auto attribution = std::make_shared<AttributionResult>(std::move(*result));
@@ -167,9 +163,7 @@ void Attributor::AttributeTarget(std::shared_ptr<Request> handle, AttributionReq
   // Faithfulness rows need the request after the plan took it.
   std::shared_ptr<const AttributionRequest> measured;
   if (request.want_faithfulness) measured = std::make_shared<AttributionRequest>(request);
-  request.abandoned = [handle, engine = engine_] {
-    return handle->cancelled() || engine->Now() > handle->deadline() || engine->stopping();
-  };
+  request.abandoned = [handle, engine = engine_] { return !engine->Abandoned(*handle).ok(); };
   absl::StatusOr<std::unique_ptr<RowPlan>> plan;
   try {  // plans draw seeded samples with LibTorch's CPU generator, which may throw
     plan = RowPlan::Create(model_->config(), std::move(request));

@@ -126,6 +126,13 @@ std::pair<const void*, int64_t> BatchingEngine::SharedInput(const Row& row) cons
   return {nullptr, 0};
 }
 
+absl::Status BatchingEngine::AbandonedAt(const Request& request, absl::Time now) const {
+  if (request.cancelled()) return absl::CancelledError("request was cancelled");
+  if (now > request.deadline()) return absl::DeadlineExceededError("request deadline has passed");
+  if (stopping_flag_.load()) return absl::UnavailableError("engine is shutting down");
+  return absl::OkStatus();
+}
+
 absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std::vector<Row> rows, RowCallback done) {
   int64_t tokens = 0, bytes = 0;
   std::unordered_map<const void*, int64_t> shared;  // bytes of each path or pair the rows hold
@@ -137,12 +144,11 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
       bytes += input_bytes;
     }
   }
-  if (request->cancelled()) return absl::CancelledError("request was cancelled");
   const absl::Time now = Now();
-  if (now > request->deadline()) return absl::DeadlineExceededError("request deadline has passed");
+  if (absl::Status abandoned = AbandonedAt(*request, now); !abandoned.ok()) return abandoned;
   const int64_t count = static_cast<int64_t>(rows.size());
   std::unique_lock<std::mutex> lock(mu_);
-  if (stopping_) return absl::UnavailableError("engine is shutting down");
+  if (stopping_) return absl::UnavailableError("engine is shutting down");  // Shutdown began since
   if (absl::Status stalled = StallRefusalLocked(request->id()); !stalled.ok()) return stalled;
   RequestQueue& queue = queues_[request->id()];
   const bool fresh = queue.request == nullptr;

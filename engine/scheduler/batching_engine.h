@@ -191,10 +191,10 @@ class BatchingEngine {
   // executor thread (LIME's fits), where every call to the model would wait behind it. Once Shutdown began,
   // runs it on the caller's thread.
   void RunAside(std::function<void()> task);
-  // Whether Shutdown began: long work stops at it.
-  bool stopping() const { return stopping_flag_.load(); }
-  // The engine's clock (EngineOptions::clock), which deadlines are compared with.
-  absl::Time Now() const { return options_.clock ? options_.clock() : absl::Now(); }
+  // Why nobody waits for `request`'s answer any more: CANCELLED, DEADLINE_EXCEEDED (on the engine's clock) or,
+  // once Shutdown began, UNAVAILABLE; OK while someone does. Submit refuses rows for it, and long work (LIME's
+  // fits) stops at it.
+  absl::Status Abandoned(const Request& request) const { return AbandonedAt(request, Now()); }
 
   // Stops accepting, answers queued rows UNAVAILABLE, lets the running batch finish, joins (the aside thread
   // too, after its tasks). Idempotent.
@@ -225,6 +225,8 @@ class BatchingEngine {
   };
 
   BatchingEngine(std::unique_ptr<BatchExecutor> executor, EngineOptions options);
+  absl::Time Now() const { return options_.clock ? options_.clock() : absl::Now(); }
+  absl::Status AbandonedAt(const Request& request, absl::Time now) const;
   // The embedding path or prompt pair `row` shares with other rows, and the memory it holds once.
   std::pair<const void*, int64_t> SharedInput(const Row& row) const;
   void Loop();

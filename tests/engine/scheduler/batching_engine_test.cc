@@ -459,7 +459,7 @@ TEST_F(BatchingEngineTest, TasksRunAsideInOrderWhileRowsRun) {
   EXPECT_NE(threads[0], std::this_thread::get_id());
   EXPECT_EQ(threads[0], threads[1]);
   EXPECT_EQ(threads[2], std::this_thread::get_id());
-  EXPECT_TRUE(engine_->stopping());
+  EXPECT_THAT(engine_->Abandoned(*engine_->NewRequest()), StatusIs(absl::StatusCode::kUnavailable));
 }
 
 // A request larger than the whole queue could never be queued: before, it was told RESOURCE_EXHAUSTED (retried
