@@ -5,6 +5,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "absl/strings/str_cat.h"
 #include "engine/model/torch_errors.h"
@@ -44,12 +45,14 @@ struct GenerationRun : std::enable_shared_from_this<GenerationRun> {
     absl::Status picked;  // `done` is called outside the try: a throwing callback must not be answered twice
     try {
       at::Tensor logits = result.next_logits.unsqueeze(0);  // [1, vocab]
-      // -inf is a token the model rules out; NaN or +inf leaves no distribution to choose from.
-      if (at::logical_or(logits.isnan(), logits.isposinf()).any().item<bool>()) {
+      const at::Tensor log_probs = at::log_softmax(logits[0], -1);
+      // A NaN or +inf logit (or none finite) leaves no distribution to choose from, and makes every log-prob
+      // NaN: their max says so in one reduction (-inf alone is a token the model rules out).
+      if (std::isnan(log_probs.max().item<float>())) {
         picked = NotANumberError(absl::StrCat("the next-token scores at generated token ", generation.tokens.size()));
       } else {
         token = PickNextTokens(logits, options, generator)[0].item<int64_t>();
-        generation.log_probs.push_back(at::log_softmax(logits[0], -1)[token].item<float>());
+        generation.log_probs.push_back(log_probs[token].item<float>());
       }
     } catch (const std::exception& e) {
       picked = StatusFromException(e, "choosing the next token");
