@@ -164,14 +164,16 @@ absl::StatusOr<const ServedModel*> AttributionServiceImpl::Admit(CallLog& log, g
   if (models == nullptr) return absl::UnavailableError("the server is still loading its models");
   if (!needs_model) return nullptr;
   if (model.empty()) return absl::InvalidArgumentError("model: must name one of this server's models (see ListModels)");
-  return models->Find(model);
+  absl::StatusOr<const ServedModel*> served = models->Find(model);
+  if (served.ok()) log.served_model = model;
+  return served;
 }
 
 void AttributionServiceImpl::CallEnded(const CallLog& log, const grpc::Status& status) {
   const absl::Time now = absl::Now();
   const char* code = StatusCodeName(status.error_code());
   // Counted before its slot frees: a call admitted into that slot finds this one in the metrics.
-  metrics_->RecordRpc(log.method, code, now - log.received);
+  metrics_->RecordRpc(log.method, code, log.served_model, now - log.received);
   if (log.admitted) {
     gate_.Leave();
   }

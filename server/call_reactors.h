@@ -25,7 +25,8 @@ namespace attribution::server {
 // What one call reports when it ends.
 struct CallLog {
   std::string method;
-  std::string model;
+  std::string model;         // as the client named it
+  std::string served_model;  // the model that name found, if any: the metrics' label
   std::string peer;
   std::string request_id;  // the client's x-request-id metadata, if any
   absl::Time received = absl::Now();

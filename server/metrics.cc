@@ -142,11 +142,11 @@ ServerMetrics::ServerMetrics()
     : registry_(std::make_shared<prometheus::Registry>()),
       rpcs_(BuildCounter()
                 .Name("attribution_rpcs_total")
-                .Help("RPCs answered, by method and status code")
+                .Help("RPCs answered, by method, status code and model (empty: none of this server's)")
                 .Register(*registry_)),
       rpc_seconds_(BuildHistogram()
                        .Name("attribution_rpc_seconds")
-                       .Help("RPC latency, receipt to answer, by method and status code")
+                       .Help("RPC latency, receipt to answer, by method, status code and model")
                        .Register(*registry_)),
       in_flight_(
           BuildGauge().Name("attribution_rpcs_in_flight").Help("Calls being served").Register(*registry_).Add({})),
@@ -180,12 +180,14 @@ std::string ServerMetrics::Render() const {
   return prometheus::TextSerializer().Serialize(families);
 }
 
-void ServerMetrics::RecordRpc(const std::string& method, const std::string& code, absl::Duration latency) {
-  rpcs_.Add({{"method", method}, {"code", code}}).Increment();
+void ServerMetrics::RecordRpc(const std::string& method, const std::string& code, const std::string& model,
+                              absl::Duration latency) {
+  const prometheus::Labels labels = {{"method", method}, {"code", code}, {"model", model}};
+  rpcs_.Add(labels).Increment();
   static const Histogram::BucketBoundaries kBounds = Exponential(0.001, 2, 19);  // 1 ms .. 262 s
   // By code too: refusals (RESOURCE_EXHAUSTED, NOT_FOUND, ...) are answered in microseconds, and mixed with
   // served calls they pulled the latency quantiles down exactly when the server was overloaded.
-  rpc_seconds_.Add({{"method", method}, {"code", code}}, kBounds).Observe(absl::ToDoubleSeconds(latency));
+  rpc_seconds_.Add(labels, kBounds).Observe(absl::ToDoubleSeconds(latency));
 }
 
 void ServerMetrics::SetInFlight(int64_t calls) { in_flight_.Set(static_cast<double>(calls)); }

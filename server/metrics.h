@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-// Prometheus metrics (prometheus-cpp) on their own HTTP port (MetricsEndpoint): RPCs by method and code with latency
-// histograms, in-flight calls, per-model batch histograms (rows, tokens, padding waste) and engine
-// counters and gauges read at scrape time (rows, tokens, queue depth, resident weight bytes).
-// Rates (rows/s, tokens/s) are rate() over the *_total counters.
+// Prometheus metrics (prometheus-cpp) on their own HTTP port (MetricsEndpoint): RPCs by method, code and model with
+// latency histograms, in-flight calls, per-model batch histograms (rows, tokens, padding waste) and engine counters and
+// gauges read at scrape time (rows, tokens, queue depth, resident weight bytes). Rates (rows/s, tokens/s) are rate()
+// over the *_total counters.
 #pragma once
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
@@ -33,7 +33,9 @@ class ServerMetrics {
   // The exposition text of every metric.
   std::string Render() const;
 
-  void RecordRpc(const std::string& method, const std::string& code, absl::Duration latency);
+  // `model`: one of the server's models, or empty (ListModels, a name the server does not serve): a label value
+  // from the client's text would let any client add series without bound.
+  void RecordRpc(const std::string& method, const std::string& code, const std::string& model, absl::Duration latency);
   void SetInFlight(int64_t calls);
   // Adds the engine metrics of every model; `models` must outlive this object.
   void WatchModels(const ModelRegistry& models);

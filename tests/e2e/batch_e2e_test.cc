@@ -315,7 +315,7 @@ TEST_F(Batch, TwoServersShareTheWorkAndOneMayDie) {
   auto c = ServerProcess::Start({});
   ASSERT_THAT(c, IsOk());
   const std::string output = dir_->File("two.jsonl"), log = dir_->File("two.log");
-  const std::string served = "attribution_rpcs_total{code=\"OK\",method=\"Attribute\"}";
+  const std::string served = "attribution_rpcs_total{code=\"OK\",method=\"Attribute\",model=\"tiny-qa-llama\"}";
   // C runs the first part of the job, then dies: its rows go to B. The kill waits for C's answers
   // (polled; a fixed wait could fire before the runner had even asked every server for its models).
   std::thread killer([&] {

@@ -519,7 +519,8 @@ TEST_F(ServiceTest, DeadlinesAndCancellationEndCallsAndDropTheirRows) {
   EXPECT_TRUE(test_support::WaitForIdle(server_->metrics_port(), "demo", absl::Seconds(30)));
   auto metrics = test_support::HttpGet(server_->metrics_port(), "/metrics");
   ASSERT_THAT(metrics, IsOk());
-  EXPECT_NE(metrics->find("attribution_rpcs_total{code=\"CANCELLED\",method=\"Attribute\"}"), std::string::npos);
+  EXPECT_NE(metrics->find("attribution_rpcs_total{code=\"CANCELLED\",method=\"Attribute\",model=\"demo\"}"),
+            std::string::npos);
   EXPECT_NE(metrics->find("attribution_engine_queued_rows{model=\"demo\"} 0"), std::string::npos);
 }
 
@@ -529,8 +530,8 @@ TEST_F(ServiceTest, MetricsCountRpcsBatchesAndResidentBytes) {
   auto metrics = test_support::HttpGet(server_->metrics_port(), "/metrics");
   ASSERT_THAT(metrics, IsOk());
   for (const char* expected :
-       {"attribution_rpcs_total{code=\"OK\",method=\"Logprobs\"}",
-        "attribution_rpc_seconds_bucket{code=\"OK\",method=\"Logprobs\"", "attribution_rpcs_in_flight",
+       {"attribution_rpcs_total{code=\"OK\",method=\"Logprobs\",model=\"demo\"}",
+        "attribution_rpc_seconds_bucket{code=\"OK\",method=\"Logprobs\",model=\"demo\"", "attribution_rpcs_in_flight",
         "attribution_batch_rows_bucket{kind=\"score\",model=\"demo\"", "attribution_batch_padding_waste_bucket",
         "attribution_engine_rows_total{model=\"demo\"}", "attribution_engine_tokens_total{model=\"demo\"}",
         "attribution_engine_queued_rows{model=\"demo\"}", "attribution_model_resident_weight_bytes{model=\"demo\"} "}) {
@@ -547,8 +548,8 @@ TEST_F(ServiceTest, MetricsCountRpcsBatchesAndResidentBytes) {
 // quantiles down exactly when the server was overloaded. They are now series of their own code.
 TEST_F(ServiceTest, LatencyOfRefusedCallsIsKeptApartFromServedCalls) {
   const int port = server_->metrics_port();
-  const std::string served = "attribution_rpc_seconds_count{code=\"OK\",method=\"Attribute\"}";
-  const std::string refused = "attribution_rpc_seconds_count{code=\"NOT_FOUND\",method=\"Attribute\"}";
+  const std::string served = "attribution_rpc_seconds_count{code=\"OK\",method=\"Attribute\",model=\"demo\"}";
+  const std::string refused = "attribution_rpc_seconds_count{code=\"NOT_FOUND\",method=\"Attribute\",model=\"\"}";
   const double served_before = test_support::MetricValue(port, served);
   const double refused_before = test_support::MetricValue(port, refused);
   auto client = Connect(server_->address());
@@ -556,6 +557,26 @@ TEST_F(ServiceTest, LatencyOfRefusedCallsIsKeptApartFromServedCalls) {
               StatusIs(absl::StatusCode::kNotFound));
   EXPECT_EQ(test_support::MetricValue(port, refused), refused_before + 1);
   EXPECT_EQ(test_support::MetricValue(port, served), served_before);
+  // A name the server does not serve is no label value: any client could add series without bound.
+  auto metrics = test_support::HttpGet(port, "/metrics");
+  ASSERT_THAT(metrics, IsOk());
+  EXPECT_EQ(metrics->find("no-such-model"), std::string::npos);
+}
+
+// One server, several models: each model's calls are series of their own, as its engine metrics are.
+TEST(ServiceMetrics, RpcsAreCountedPerModel) {
+  auto server = ServerProcess::Start({"--model=first=" + DemoModelDir(), "--model=second=" + DemoModelDir()});
+  ASSERT_THAT(server, IsOk());
+  auto client = Connect((*server)->address());
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_THAT(client->GetLogprobs({.model = "second", .prompt = "a b", .target = " c"}), IsOk());
+  }
+  ASSERT_THAT(client->GetLogprobs({.model = "first", .prompt = "a b", .target = " c"}), IsOk());
+  const int port = (*server)->metrics_port();
+  ASSERT_TRUE(test_support::WaitForIdle(port, "first", absl::Seconds(30)));  // every answer counted
+  EXPECT_EQ(MetricValue(port, R"(attribution_rpcs_total{code="OK",method="Logprobs",model="second"})"), 2);
+  EXPECT_EQ(MetricValue(port, R"(attribution_rpcs_total{code="OK",method="Logprobs",model="first"})"), 1);
+  EXPECT_EQ(MetricValue(port, R"(attribution_rpc_seconds_count{code="OK",method="Logprobs",model="second"})"), 2);
 }
 
 // The severity of every JSON line of `log` by its "event" or "rpc" and "code" (e.g. "rpc Logprobs OK");
@@ -790,7 +811,7 @@ TEST(ClientConnect, ASlowHandshakeIsWaitedForUpToTheConnectTimeout) {
 std::pair<int64_t, int64_t> LogprobsAnswered(const ServerProcess& a, const ServerProcess& b, int64_t total) {
   auto answered = [](const ServerProcess& server) {
     return static_cast<int64_t>(
-        MetricValue(server.metrics_port(), "attribution_rpcs_total{code=\"OK\",method=\"Logprobs\"}"));
+        MetricValue(server.metrics_port(), "attribution_rpcs_total{code=\"OK\",method=\"Logprobs\",model=\"demo\"}"));
   };
   std::pair<int64_t, int64_t> counts;
   for (int attempt = 0; attempt < 500; ++attempt) {

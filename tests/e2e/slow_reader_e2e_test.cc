@@ -354,9 +354,9 @@ TEST(SlowReader, AReaderStalledPastTheReadTimeoutIsCancelledAndFreesItsSlot) {
   EXPECT_TRUE(status.ok()) << status.error_message();
   std::cout << "[ slow     ] slot " << (status.ok() ? "freed " : "still held ")
             << absl::FormatDuration(absl::Now() - stalled_at) << " after the reader stopped\n";
-  EXPECT_EQ(
-      MetricValue((*server)->metrics_port(), "attribution_rpcs_total{code=\"CANCELLED\",method=\"GenerateStream\"}"),
-      1);
+  EXPECT_EQ(MetricValue((*server)->metrics_port(),
+                        "attribution_rpcs_total{code=\"CANCELLED\",method=\"GenerateStream\",model=\"demo\"}"),
+            1);
 
   resume.Notify();
   reader.thread.join();

@@ -140,7 +140,7 @@ TEST(Transport, CallsResetBeforeTheirMessageWriteAtMostTwentyLogLinesASecond) {
     UnfedCalls calls(channel, kCalls);
     ASSERT_EQ(calls.StartedUntilQuiet(std::chrono::milliseconds(1000)), kCalls);
   }  // all reset
-  const std::string cancelled = R"(attribution_rpcs_total{code="CANCELLED",method="Logprobs"})";
+  const std::string cancelled = R"(attribution_rpcs_total{code="CANCELLED",method="Logprobs",model=""})";
   for (int i = 0; i < 500 && test_support::MetricValue((*server)->metrics_port(), cancelled) < kCalls; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
