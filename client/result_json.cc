@@ -81,7 +81,8 @@ std::string ModelsJson(const std::vector<ModelInfo>& models) {
                     {"max_top_k", m.max_top_k},
                     {"max_choices", m.max_choices},
                     {"max_rows", m.max_rows},
-                    {"max_pairs", m.max_pairs}});
+                    {"max_pairs", m.max_pairs},
+                    {"max_queued_tokens", m.max_queued_tokens}});
   }
   return Dump({{"models", list}});
 }

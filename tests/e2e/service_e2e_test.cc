@@ -105,6 +105,7 @@ TEST_F(ServiceTest, HealthAndModelsDescribeTheServer) {
   // The limits requests are refused by: the engine's rows per request (EngineOptions), choices (AttributionLimits).
   EXPECT_EQ((*models)[0].max_rows, int64_t{1} << 16);
   EXPECT_EQ((*models)[0].max_pairs, 64);
+  EXPECT_EQ((*models)[0].max_queued_tokens, int64_t{1} << 24);
   EXPECT_EQ((*models)[0].max_choices, 256);
 }
 
