@@ -222,8 +222,8 @@ struct ModelInfo {
   int64_t max_steps = 0, max_samples = 0, max_features = 0, max_tokens = 0, max_new_tokens = 0, max_top_k = 0;
   int64_t max_exact_shapley_features = 0;  // shapley_values runs 2^features rows: more features are refused
   int64_t max_choices = 0;
-  int64_t max_rows = 0;   // rows one request may queue (forward or forward + backward passes of a sequence)
-  int64_t max_pairs = 0;  // prompt pairs of one AttributeComponents call
+  int64_t max_rows = 0;           // rows one request may queue (forward or forward + backward passes of a sequence)
+  int64_t max_pairs = 0;          // prompt pairs of one AttributeComponents call
   int64_t max_queued_tokens = 0;  // tokens of the rows one request may queue, together
   // SHA-256 (hex) of the files the server loaded the model from: which checkpoint this is, whatever its name
   // ("" from servers before 2026-12-04).

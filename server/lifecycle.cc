@@ -35,11 +35,13 @@ void Request(Lifecycle::Stop stop, bool from_signal) {
   absl::MutexLock lock(&state.mutex);
   if (!state.serving) {
     WriteLogLine({{"event", "stopped"}, {"detail", absl::StrCat(stop.reason, ", before serving: exiting at once")}});
+    FlushLog(absl::Seconds(1));
     std::_Exit(stop.exit_code);
   }
   if (from_signal && state.signalled) {
     WriteLogLine({{"event", "stopped"},
                   {"detail", absl::StrCat(stop.reason, " again while draining: exiting at once, calls cut off")}});
+    FlushLog(absl::Seconds(1));
     std::_Exit(1);
   }
   state.signalled |= from_signal;
@@ -53,6 +55,7 @@ void Lifecycle::WatchSignals() {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);  // a closed terminal or session: drained like the others, not killed mid-call
   // Threads inherit the mask: blocked here, before any other thread starts, the signals reach only the
   // watcher's sigwait, never a default action that would kill the process without draining.
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// What ends the server process, and how: a signal (SIGTERM/SIGINT) or a failure that leaves it unable
+// What ends the server process, and how: a signal (SIGTERM/SIGINT/SIGHUP) or a failure that leaves it unable
 // to serve (gRPC's listener stopped accepting), both watched from before the models load.
 //
 // A signal while the models load ends the process at once: a load can take minutes (tens of GB from
@@ -23,7 +23,7 @@ class Lifecycle {
     std::string reason;  // for the log
   };
 
-  // Blocks SIGTERM and SIGINT in the calling thread, so in every thread started after it, and starts the
+  // Blocks SIGTERM, SIGINT and SIGHUP in the calling thread, so in every thread started after it, and starts the
   // one thread that waits for them. Once only, from main() before any other thread exists.
   static void WatchSignals();
   // A signal or failure from now on is answered by draining: WaitForStop() returns it.

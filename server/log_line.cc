@@ -1,10 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "server/log_line.h"
 
-#include <cstdio>
+#include <unistd.h>
+
+#include <cerrno>
 #include <string>
 #include <utility>
 
+#include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 
@@ -23,11 +26,108 @@ const char* LogSeverity(const nlohmann::json& line) {
   return "INFO";
 }
 
-void WriteLogLine(nlohmann::json line) {
+namespace {
+
+std::string FormatLine(nlohmann::json line) {
   line["time"] = absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone());
   if (!line.contains("severity")) line["severity"] = LogSeverity(line);
-  const std::string text = line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-  std::fwrite(text.data(), 1, text.size(), stderr);  // one call: lines from many threads do not interleave
+  return line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+}
+
+// Never destroyed: its thread may be blocked in write() while the process exits.
+LogWriter& ProcessLog() {
+  static LogWriter* writer = new LogWriter(STDERR_FILENO, int64_t{16} << 20);
+  return *writer;
+}
+
+// Writes all of `text` unless the descriptor fails (a reader gone: EPIPE, with SIGPIPE ignored).
+bool WriteAll(int fd, absl::string_view text) {
+  while (!text.empty()) {
+    const ssize_t n = ::write(fd, text.data(), text.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    text.remove_prefix(static_cast<size_t>(n));
+  }
+  return true;
+}
+
+}  // namespace
+
+void WriteLogLine(nlohmann::json line) { ProcessLog().Append(FormatLine(std::move(line))); }
+
+bool FlushLog(absl::Duration timeout) { return ProcessLog().Flush(timeout); }
+
+int64_t LogLinesDropped() { return ProcessLog().dropped(); }
+
+LogWriter::LogWriter(int fd, int64_t max_buffered_bytes)
+    : fd_(fd), max_buffered_bytes_(max_buffered_bytes), thread_([this] { Run(); }) {}
+
+LogWriter::~LogWriter() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  changed_.notify_all();
+  thread_.join();
+}
+
+void LogWriter::Append(std::string text) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (buffered_bytes_ + static_cast<int64_t>(text.size()) > max_buffered_bytes_) {
+      ++dropped_;
+      ++dropped_unsaid_;
+      return;
+    }
+    buffered_bytes_ += static_cast<int64_t>(text.size());
+    lines_.push_back(std::move(text));
+    ++appended_;
+  }
+  changed_.notify_all();
+}
+
+bool LogWriter::Flush(absl::Duration timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  const int64_t target = appended_;
+  return changed_.wait_for(lock, absl::ToChronoNanoseconds(timeout), [&] { return done_ >= target; });
+}
+
+int64_t LogWriter::dropped() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return dropped_;
+}
+
+void LogWriter::Run() {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    changed_.wait(lock, [&] { return stopping_ || !lines_.empty(); });
+    if (lines_.empty()) return;  // stopping, everything written
+    // The lines queued now in one write (lines from many threads stay whole), up to a pipe's worth.
+    std::string text;
+    int64_t count = 0;
+    while (!lines_.empty() && (count == 0 || text.size() + lines_.front().size() <= 65536)) {
+      text += lines_.front();
+      buffered_bytes_ -= static_cast<int64_t>(lines_.front().size());
+      lines_.pop_front();
+      ++count;
+    }
+    const int64_t unsaid = std::exchange(dropped_unsaid_, 0);
+    lock.unlock();
+    if (unsaid > 0) {
+      text.insert(0, FormatLine({{"event", "log_lines_dropped"},
+                                 {"severity", "WARNING"},
+                                 {"count", unsaid},
+                                 {"detail", "stderr took no lines while the log's buffer was full"}}));
+    }
+    const bool written = WriteAll(fd_, text);
+    lock.lock();
+    if (!written) {  // said once stderr takes lines again, if it ever does
+      dropped_ += count;
+      dropped_unsaid_ += unsaid + count;
+    }
+    done_ += count;
+    changed_.notify_all();
+  }
 }
 
 bool LogLineBudget::Take(absl::Time now, int64_t& left_out) {

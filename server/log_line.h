@@ -3,17 +3,58 @@
 // collectors parse it without patterns. Every line carries a "severity" (DEBUG, INFO, WARNING, ERROR):
 // collectors that read stderr without one (GKE, for one) file every line as an error.
 #pragma once
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
 
 #include "absl/time/time.h"
 
 namespace attribution::server {
 
-// Adds "time" (UTC, milliseconds) and, unless `line` has one, "severity" (see LogSeverity), and writes
-// `line` as one line; invalid UTF-8 is replaced.
+// Adds "time" (UTC, milliseconds) and, unless `line` has one, "severity" (see LogSeverity), and hands
+// `line` to the process's LogWriter for stderr; invalid UTF-8 is replaced. Never blocks on stderr.
 void WriteLogLine(nlohmann::json line);
+
+// Waits until the lines written before are on stderr, or `timeout` passed; false if not all are. Call it
+// before the process exits.
+bool FlushLog(absl::Duration timeout);
+
+// Lines left out since the process started because stderr did not take them (see LogWriter).
+int64_t LogLinesDropped();
+
+// Writes lines to a file descriptor on a thread of its own. Whatever reads the server's stderr (a log
+// shipper, a container runtime's pipe) may stop reading: a blocking write on the threads that answer calls
+// (or on the engine's executor, which ends calls) then hung the whole server while health said SERVING, and
+// a signal's log line held the lock its second signal needed to exit. Lines queue instead, up to
+// `max_buffered_bytes`; past it they are dropped and counted, and once the descriptor takes lines again a
+// `log_lines_dropped` line says how many. Thread-safe; never blocks but in Flush.
+class LogWriter {
+ public:
+  LogWriter(int fd, int64_t max_buffered_bytes);
+  ~LogWriter();  // waits for the writer thread: only for writers whose descriptor does not stay blocked
+  // `text`: one whole line with its newline.
+  void Append(std::string text);
+  bool Flush(absl::Duration timeout);
+  int64_t dropped() const;
+
+ private:
+  void Run();
+
+  const int fd_;
+  const int64_t max_buffered_bytes_;
+  mutable std::mutex mu_;
+  std::condition_variable changed_;
+  std::deque<std::string> lines_;
+  int64_t buffered_bytes_ = 0;
+  int64_t appended_ = 0, done_ = 0;  // lines appended, lines written or failed
+  int64_t dropped_ = 0, dropped_unsaid_ = 0;
+  bool stopping_ = false;
+  std::thread thread_;
+};
 
 // The severity of a line without one: a call's by its "code" (the server's own faults ERROR; overload,
 // deadlines and unavailability WARNING; answers and the client's mistakes INFO), an event's by its name.

@@ -11,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "server/log_line.h"
 #include "server/model_registry.h"
 
 namespace attribution::server {
@@ -177,6 +178,12 @@ std::string ServerMetrics::Render() const {
   if (std::shared_ptr<prometheus::Collectable> engines = engine_collector_.load()) {
     for (prometheus::MetricFamily& family : engines->Collect()) families.push_back(std::move(family));
   }
+  prometheus::MetricFamily dropped{
+      .name = "attribution_log_lines_dropped_total",
+      .help = "Log lines left out because stderr took none while the log's buffer was full",
+      .type = prometheus::MetricType::Counter};
+  dropped.metric.emplace_back().counter.value = static_cast<double>(LogLinesDropped());
+  families.push_back(std::move(dropped));
   return prometheus::TextSerializer().Serialize(families);
 }
 

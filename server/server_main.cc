@@ -2,7 +2,7 @@
 // attribution-server: serves attribution.v1 for the models of a config file and/or --model flags;
 // with neither, the embedded default model (models/tiny-qa-llama, see its README.md).
 // Lifecycle: listen (health NOT_SERVING) -> load every model -> SERVING (NOT_SERVING while a model is
-// stalled, see serving_health.h) -> on SIGTERM/SIGINT: NOT_SERVING, refuse new calls (UNAVAILABLE), let
+// stalled, see serving_health.h) -> on SIGTERM/SIGINT/SIGHUP: NOT_SERVING, refuse new calls (UNAVAILABLE), let
 // calls in flight finish within the grace period, stop the engines, exit 0 (exit 1 at once when a model is
 // stalled then or while its engine stops). A signal while the models load exits 0 at once. Exits 1 with a
 // clear message when the config or a model is bad, and drains and exits 1 when gRPC stops accepting
@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -392,6 +393,7 @@ constexpr int kMaxSynchronousServiceThreads = 16;
 
 int Fail(const absl::Status& status) {
   Log("startup_failed", std::string(status.message()));
+  FlushLog(absl::Seconds(1));  // the JSON line first, then the same for a person
   std::fprintf(stderr, "attribution-server: %s\n", std::string(status.message()).c_str());
   return 1;
 }
@@ -526,6 +528,7 @@ int Serve() {
                                             absl::FormatDuration(
                                                 absl::Trunc(m->engine->TimeWithoutProgress(), absl::Milliseconds(1))),
                                             "): exiting without waiting for it, calls cut off")}});
+      FlushLog(absl::Seconds(1));
       std::_Exit(1);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -547,6 +550,9 @@ int main(int argc, char** argv) {
   // thread to the log before the process dies of the same signal; without it a crash leaves no trace.
   absl::InitializeSymbolizer(argv[0]);
   absl::InstallFailureSignalHandler({});
+  // A log reader that went away (a restarted shipper, a closed terminal's pipe) is EPIPE to the log's
+  // writer, which drops lines and goes on; SIGPIPE's default killed the replica mid-call.
+  std::signal(SIGPIPE, SIG_IGN);
   // From here on: reading the config and model files (network storage can stall) ends at a signal too.
   attribution::server::Lifecycle::WatchSignals();
   // abseil's --help lists the flags of files named after the program (attribution-server.cc and
@@ -565,10 +571,14 @@ int main(int argc, char** argv) {
     absl::SetFlag(&FLAGS_model, models);
   // Everything below returns statuses; an exception that still escapes (a bug) ends startup with
   // status 1 and its message rather than std::terminate's abort.
+  int exit_code = 1;
   try {
-    return attribution::server::Serve();
+    exit_code = attribution::server::Serve();
   } catch (const std::exception& e) {
-    return attribution::server::Fail(
+    exit_code = attribution::server::Fail(
         absl::InternalError(absl::StrCat("unexpected error: ", attribution::engine::ExceptionMessage(e))));
   }
+  // The last lines out, unless stderr stopped taking them: then the process exits without them.
+  attribution::server::FlushLog(absl::Seconds(2));
+  return exit_code;
 }

@@ -80,6 +80,59 @@ TEST(Lifecycle, ASignalWhileModelsLoadEndsTheProcessAtOnce) {
   EXPECT_NE(server->Log().find("signal 15, before serving: exiting at once"), std::string::npos) << server->Log();
 }
 
+// Answers `calls` Logprobs calls on four connections at once; the count of those not OK.
+int FailedLogprobs(const ServerProcess& server, int calls) {
+  std::atomic<int> failed{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 4; ++c) {
+    clients.emplace_back([&] {
+      absl::StatusOr<std::unique_ptr<client::AttributionClient>> client =
+          client::AttributionClient::Connect({.target = server.address(), .timeout = absl::Seconds(20)});
+      if (!client.ok()) return void(failed += calls / 4);
+      for (int i = 0; i < calls / 4; ++i) {
+        if (!(*client)->GetLogprobs({.model = "m", .prompt = "a b", .target = " c"}).ok()) ++failed;
+      }
+    });
+  }
+  for (std::thread& t : clients) t.join();
+  return failed;
+}
+
+// Whatever reads the server's stderr may stop reading (a stalled log shipper, a container runtime's full
+// pipe). Each call's log line was a blocking write on the thread that ended it (the engine's executor for
+// most): once the pipe's 64 KiB were full every call ran to its deadline, health still said SERVING, and
+// SIGTERM (whose own log line blocked) could not stop the process. The log now has a thread of its own.
+TEST(Lifecycle, AStderrNobodyReadsCostsNoCallsAndNoExit) {
+  int pipe_fds[2];
+  ASSERT_EQ(::pipe2(pipe_fds, O_CLOEXEC), 0);
+  auto server = ServerProcess::Start({"--model=m=" + test_support::DemoModelDir()}, absl::Seconds(120),
+                                     {.output_fd = pipe_fds[1]});
+  ::close(pipe_fds[1]);
+  ASSERT_THAT(server, IsOk());
+  // About 250 bytes of log a call: 1,000 calls are four pipes' worth, none of it read.
+  EXPECT_EQ(FailedLogprobs(**server, 1000), 0);
+  (*server)->Signal(SIGTERM);
+  EXPECT_EQ((*server)->Wait(absl::Seconds(30)), 0);  // its last lines cannot be written: it exits without
+  ::close(pipe_fds[0]);
+}
+
+// A reader of stderr that is gone (a restarted log collector, a closed terminal): the next log line's write
+// raised SIGPIPE, which killed the server mid-call (exit 141). SIGHUP (a closed session) killed it too,
+// without a drain; it now drains as SIGTERM does.
+TEST(Lifecycle, AStderrWhoseReaderIsGoneAndSigHupNeitherKillTheServer) {
+  int pipe_fds[2];
+  ASSERT_EQ(::pipe2(pipe_fds, O_CLOEXEC), 0);
+  auto server = ServerProcess::Start({"--model=m=" + test_support::DemoModelDir()}, absl::Seconds(120),
+                                     {.output_fd = pipe_fds[1]});
+  ::close(pipe_fds[1]);
+  ::close(pipe_fds[0]);  // every write to the server's stderr is now EPIPE
+  ASSERT_THAT(server, IsOk());
+  EXPECT_EQ(FailedLogprobs(**server, 40), 0);
+  EXPECT_GE(MetricValue((*server)->metrics_port(), "attribution_log_lines_dropped_total"), 40);
+  (*server)->Signal(SIGHUP);
+  EXPECT_EQ((*server)->Wait(absl::Seconds(30)), 0);  // drained: exit 0, not death by a signal (-2)
+}
+
 TEST(Lifecycle, RaisesTheSoftOpenFilesLimitToTheHardOne) {
   rlimit own{};
   ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &own), 0);

@@ -46,21 +46,21 @@ std::string DemoModelDir() {
   return env != nullptr ? env : ATTRIBUTION_DEMO_MODEL_DIR;
 }
 
-void ServerProcess::Launch(const std::vector<std::string>& args, const ProcessLimits& limits) {
+void ServerProcess::Launch(const std::vector<std::string>& args, const ProcessSetup& setup) {
   std::vector<std::string> argv = {ATTRIBUTION_SERVER_BINARY, "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
                                    "--port_file=" + dir_.File("ports")};
   argv.insert(argv.end(), args.begin(), args.end());
   const std::string log = dir_.File("server.log");
   pid_ = ::fork();
   if (pid_ == 0) {
-    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const int fd = setup.output_fd >= 0 ? setup.output_fd : ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     ::dup2(fd, STDOUT_FILENO);
     ::dup2(fd, STDERR_FILENO);
-    if (limits.open_files_soft != 0 || limits.open_files_hard != 0) {
+    if (setup.open_files_soft != 0 || setup.open_files_hard != 0) {
       rlimit open_files{};
       ::getrlimit(RLIMIT_NOFILE, &open_files);
-      if (limits.open_files_soft != 0) open_files.rlim_cur = limits.open_files_soft;
-      if (limits.open_files_hard != 0) open_files.rlim_max = limits.open_files_hard;
+      if (setup.open_files_soft != 0) open_files.rlim_cur = setup.open_files_soft;
+      if (setup.open_files_hard != 0) open_files.rlim_max = setup.open_files_hard;
       if (::setrlimit(RLIMIT_NOFILE, &open_files) != 0) ::_exit(126);
     }
     std::vector<char*> c_args;
@@ -71,16 +71,15 @@ void ServerProcess::Launch(const std::vector<std::string>& args, const ProcessLi
   }
 }
 
-std::unique_ptr<ServerProcess> ServerProcess::Spawn(const std::vector<std::string>& args, const ProcessLimits& limits) {
+std::unique_ptr<ServerProcess> ServerProcess::Spawn(const std::vector<std::string>& args, const ProcessSetup& setup) {
   auto server = std::unique_ptr<ServerProcess>(new ServerProcess());
-  server->Launch(args, limits);
+  server->Launch(args, setup);
   return server;
 }
 
 absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(const std::vector<std::string>& args,
-                                                                    absl::Duration timeout,
-                                                                    const ProcessLimits& limits) {
-  std::unique_ptr<ServerProcess> server = Spawn(args, limits);
+                                                                    absl::Duration timeout, const ProcessSetup& setup) {
+  std::unique_ptr<ServerProcess> server = Spawn(args, setup);
   const absl::Time deadline = absl::Now() + timeout;
   while (absl::Now() < deadline) {
     std::ifstream ports(server->dir_.File("ports"));

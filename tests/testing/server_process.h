@@ -21,10 +21,12 @@ std::string DemoModelDir();
 // "--model=NAME=DIR/NAME,...": a server flag serving each of `names` from its folder under `dir`.
 std::string ModelsFlag(const std::string& dir, const std::vector<std::string>& names);
 
-// Limits a server process starts with (0: as this process has them).
-struct ProcessLimits {
+// How a server process starts: its open-files limits (0: as this process has them), and where its stdout
+// and stderr go (-1: its log file, which Log() reads).
+struct ProcessSetup {
   uint64_t open_files_soft = 0;
   uint64_t open_files_hard = 0;
+  int output_fd = -1;
 };
 
 class ServerProcess {
@@ -33,9 +35,9 @@ class ServerProcess {
   // SERVING, port file written) or fails (its log in the status message).
   static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(const std::vector<std::string>& args,
                                                               absl::Duration timeout = absl::Seconds(120),
-                                                              const ProcessLimits& limits = {});
+                                                              const ProcessSetup& setup = {});
   // Starts the server without waiting for anything: port() and metrics_port() stay 0.
-  static std::unique_ptr<ServerProcess> Spawn(const std::vector<std::string>& args, const ProcessLimits& limits = {});
+  static std::unique_ptr<ServerProcess> Spawn(const std::vector<std::string>& args, const ProcessSetup& setup = {});
   // Runs the server expecting it to exit by itself (e.g. on a bad config); returns its exit code and log.
   static std::pair<int, std::string> RunToExit(const std::vector<std::string>& args,
                                                absl::Duration timeout = absl::Seconds(60));
@@ -55,7 +57,7 @@ class ServerProcess {
 
  private:
   ServerProcess() = default;
-  void Launch(const std::vector<std::string>& args, const ProcessLimits& limits = {});
+  void Launch(const std::vector<std::string>& args, const ProcessSetup& setup = {});
 
   TempDir dir_;
   pid_t pid_ = -1;

@@ -1,0 +1,110 @@
+// SPDX-License-Identifier: Apache-2.0
+// The log's writer on a pipe this test reads or does not: appending never waits for the reader, lines
+// that do not fit are counted and said once the pipe takes lines again, and a reader gone costs lines only.
+#include "server/log_line.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <string>
+
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+
+namespace attribution::server {
+namespace {
+
+// Line i: its number, then filler to 1,000 characters.
+std::string Line(int i) { return absl::StrFormat("%06d", i) + std::string(994, 'x') + "\n"; }
+
+// Reads `fd` until end of file.
+std::string ReadAll(int fd) {
+  std::string text;
+  char buffer[65536];
+  for (ssize_t n; (n = ::read(fd, buffer, sizeof buffer)) > 0;) text.append(buffer, static_cast<size_t>(n));
+  return text;
+}
+
+TEST(LogWriter, AppendingNeverWaitsForAReaderAndSaysWhatItDropped) {
+  int fds[2];
+  ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+  constexpr int kLines = 500;  // 500 KB: the pipe holds 64 KB and the writer's buffer 16 KB
+  int64_t dropped = 0;
+  {
+    LogWriter writer(fds[1], 16 << 10);
+    // Before, with nobody reading, this loop blocked in write() for good (the test timed out).
+    for (int i = 0; i < kLines; ++i) writer.Append(Line(i));
+    dropped = writer.dropped();
+    EXPECT_GT(dropped, kLines / 2);
+    EXPECT_FALSE(writer.Flush(absl::Milliseconds(50)));  // the pipe is full: not all written
+    // Read it all now: the writer writes what it holds and what comes after.
+    std::string text;
+    std::thread reader([&] { text = ReadAll(fds[0]); });
+    writer.Append("after\n");
+    EXPECT_TRUE(writer.Flush(absl::Seconds(30)));
+    EXPECT_EQ(writer.dropped(), dropped);
+    ::close(fds[1]);  // all written (Flush): the reader meets end of file
+    reader.join();
+    EXPECT_NE(text.find("after\n"), std::string::npos);
+  }
+  ::close(fds[0]);
+}
+
+TEST(LogWriter, LinesComeOutWholeInOrderWithTheCountOfThoseLeftOut) {
+  int fds[2];
+  ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+  ASSERT_GT(::fcntl(fds[1], F_SETPIPE_SZ, 4096), 0);  // a small pipe: few lines fill it
+  constexpr int kLines = 100;
+  int64_t dropped = 0;
+  std::string text;
+  {
+    LogWriter writer(fds[1], 8 << 10);
+    for (int i = 0; i < kLines; ++i) writer.Append(Line(i));
+    dropped = writer.dropped();
+    ASSERT_GT(dropped, 0);
+    std::thread reader([&] { text = ReadAll(fds[0]); });
+    writer.Append("last\n");
+    ASSERT_TRUE(writer.Flush(absl::Seconds(30)));
+    ::close(fds[1]);  // the writer wrote everything (Flush): the reader meets end of file
+    reader.join();
+  }
+  ::close(fds[0]);
+  std::vector<std::string> lines = absl::StrSplit(text, '\n', absl::SkipEmpty());
+  ASSERT_GE(lines.size(), 2u);
+  EXPECT_EQ(lines.back(), "last");
+  int kept = 0, previous = -1;  // line numbers
+  int64_t said = 0;
+  for (const std::string& line : lines) {
+    if (line.find("\"log_lines_dropped\"") != std::string::npos) {
+      const size_t at = line.find("\"count\":");
+      ASSERT_NE(at, std::string::npos) << line;
+      said += std::stoll(line.substr(at + 8));
+      continue;
+    }
+    if (line == "last") continue;
+    ASSERT_EQ(line + "\n", Line(std::stoi(line.substr(0, 6))));  // whole
+    const int number = std::stoi(line.substr(0, 6));
+    EXPECT_GT(number, previous);  // in order
+    previous = number;
+    ++kept;
+  }
+  EXPECT_EQ(kept + dropped, kLines);
+  EXPECT_EQ(said, dropped);
+}
+
+TEST(LogWriter, AReaderGoneCostsLinesNotTheProcess) {
+  ::signal(SIGPIPE, SIG_IGN);  // as the server's main does
+  int fds[2];
+  ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+  ::close(fds[0]);
+  LogWriter writer(fds[1], 1 << 20);
+  for (int i = 0; i < 10; ++i) writer.Append(Line(i));
+  EXPECT_TRUE(writer.Flush(absl::Seconds(30)));  // tried and failed: done
+  EXPECT_EQ(writer.dropped(), 10);
+  ::close(fds[1]);
+}
+
+}  // namespace
+}  // namespace attribution::server
