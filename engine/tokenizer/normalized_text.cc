@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
+#include "engine/tokenizer/tokenizer.h"
 
 namespace attribution::engine {
 
@@ -580,6 +581,15 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> PreTokenizer::FromJson(const json&
     return std::make_unique<PreTokenizerSequence>(std::move(steps));
   }
   return absl::InvalidArgumentError(absl::StrCat("tokenizer.json: pre_tokenizer \"", type, "\" is not supported"));
+}
+
+int64_t NormalizedBytesBound(const std::string& text) {
+  UErrorCode status = U_ZERO_ERROR;
+  const icu::Normalizer2* nfkd = icu::Normalizer2::getNFKDInstance(status);
+  if (U_FAILURE(status)) return static_cast<int64_t>(text.size());
+  const icu::UnicodeString decomposed = nfkd->normalize(icu::UnicodeString::fromUTF8(text), status);
+  if (U_FAILURE(status)) return static_cast<int64_t>(text.size());
+  return std::max(static_cast<int64_t>(text.size()), static_cast<int64_t>(ToUtf8(decomposed).size()));
 }
 
 }  // namespace attribution::engine

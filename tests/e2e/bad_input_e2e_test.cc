@@ -477,6 +477,16 @@ std::vector<BadCase> BadCases() {
       Logprobs(
           "prompt text of megabytes", [](L& r) { r.mutable_prompt()->set_text(std::string(4'000'000, 'a')); }, kInvalid,
           "prompt.text: 4000000 bytes make more tokens than this model's limit"),
+      // U+FDFA is 18 characters in NFKC (a SentencePiece model's default normalizer): 420 KB of it under the
+      // byte bound took 3-5 s and 600 MB to encode before its refusal, and two such calls held up the rest.
+      Logprobs(
+          "prompt text that Unicode normalization expands past the bound",
+          [](L& r) {
+            std::string text;
+            for (int i = 0; i < 40'000; ++i) text += "\uFDFA";
+            r.mutable_prompt()->set_text(text);
+          },
+          kInvalid, "prompt.text: 120000 bytes (1320000 once Unicode-normalized) make more tokens than this model's"),
       Attribute(
           "gradient group baseline length",
           [](A& r) {
