@@ -57,7 +57,7 @@ class PerturbationPlan : public RowPlan {
     for (int64_t t = 0; request_.want_token_matrix && t < target_length() && !request_.abandoned(); ++t) {
       out.per_token.push_back(design_->Attribute([&](const Coalition& c) { return TokenValue(of(index_.at(c)), t); }));
     }
-    out.rows = static_cast<int64_t>(results.size());
+    out.rows = expected_rows();  // the prefix's prefill too: every row the engine ran for this request
     out.forward_passes = out.rows;
     return out;
   }

@@ -300,16 +300,21 @@ TEST_F(ServiceTest, TokenOffsetsPointIntoThePromptText) {
 
 TEST_F(ServiceTest, StreamsReportProgressAndEndWithTheUnaryResult) {
   auto client = Connect(server_->address());
-  AttributeOptions options{.model = "demo", .prompt = kPrompt, .target = kTarget, .n_steps = 20};
-  std::vector<std::pair<int64_t, int64_t>> progress;
-  absl::StatusOr<Attribution> streamed =
-      client->AttributeStream(options, [&](int64_t done, int64_t total) { progress.emplace_back(done, total); });
-  ASSERT_THAT(streamed, IsOk());
-  ASSERT_FALSE(progress.empty());
-  EXPECT_EQ(progress.back().first, progress.back().second);
-  EXPECT_EQ(progress.back().second, streamed->stats.rows);
-  for (size_t i = 1; i < progress.size(); ++i) EXPECT_GT(progress[i].first, progress[i - 1].first);
-  ExpectSameValues(streamed->sequence, client->Attribute(options)->sequence);
+  // Feature ablation's rows include its prompt prefix's prefill (its stats counted one fewer).
+  for (const std::string method : {"integrated_gradients", "feature_ablation"}) {
+    SCOPED_TRACE(method);
+    AttributeOptions options{.model = "demo", .prompt = kPrompt, .target = kTarget, .method = method, .n_steps = 20};
+    std::vector<std::pair<int64_t, int64_t>> progress;
+    absl::StatusOr<Attribution> streamed =
+        client->AttributeStream(options, [&](int64_t done, int64_t total) { progress.emplace_back(done, total); });
+    ASSERT_THAT(streamed, IsOk());
+    ASSERT_FALSE(progress.empty());
+    EXPECT_EQ(progress.back().first, progress.back().second);
+    EXPECT_EQ(progress.back().second, streamed->stats.rows);
+    EXPECT_EQ(streamed->stats.forward_passes, streamed->stats.rows);
+    for (size_t i = 1; i < progress.size(); ++i) EXPECT_GT(progress[i].first, progress[i - 1].first);
+    ExpectSameValues(streamed->sequence, client->Attribute(options)->sequence);
+  }
 
   client::GenerateOptions generate{
       .model = "demo", .prompt = "Once upon a time", .generation = {.max_new_tokens = 12, .ignore_stop_tokens = true}};
