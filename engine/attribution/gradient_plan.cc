@@ -20,9 +20,6 @@
 namespace attribution::engine {
 namespace {
 
-constexpr int64_t kFirstAdaptiveOrder = 8;
-constexpr int64_t kFirstNestedOrder = 7;  // Fejér's second rule: 2^k - 1 points
-
 class GradientPlan : public RowPlan {
  public:
   explicit GradientPlan(AttributionRequest request) : RowPlan(std::move(request)) {
@@ -62,15 +59,9 @@ class GradientPlan : public RowPlan {
     tolerance_met_ = std::isfinite(allowed) && !previous_.sequence.empty() &&
                      std::abs(ConvergenceDelta(current_)) <= allowed && EstimatedError() <= allowed;
     // n_steps is the budget of points over all orders: adaptive never costs more than fixed n_steps.
-    if (nested()) {
-      const int64_t next = 2 * order_ + 1;
-      if (!tolerance_met_ && next <= request_.n_steps) StartOrder(next);
-      return absl::OkStatus();
-    }
-    // The next order doubles, or takes what is left if that is still more points than the last.
     points_used_ += order_;
-    const int64_t next = std::min(2 * order_, request_.n_steps - points_used_);
-    if (!tolerance_met_ && next > order_) StartOrder(next);
+    const int64_t next = NextAdaptiveOrder(request_.rule, order_, points_used_, request_.n_steps);
+    if (!tolerance_met_ && next > 0) StartOrder(next);
     return absl::OkStatus();
   }
 
@@ -101,12 +92,7 @@ class GradientPlan : public RowPlan {
   bool nested() const { return adaptive() && request_.rule == IntegrationRule::kFejer2; }
 
   int64_t FirstOrder() const {
-    if (!adaptive()) return request_.n_steps;
-    if (!nested()) return std::min(kFirstAdaptiveOrder, request_.n_steps);
-    // The most points of the form 2^k - 1 within both the first order and n_steps (1 at least).
-    int64_t points = 1;
-    while (2 * points + 1 <= std::min(kFirstNestedOrder, request_.n_steps)) points = 2 * points + 1;
-    return points;
+    return adaptive() ? FirstAdaptiveOrder(request_.rule, request_.n_steps) : request_.n_steps;
   }
   // Score rows at the path's ends: the input, and for integrated gradients the baseline.
   int64_t end_rows() const { return integrated_gradients() ? 2 : 1; }
@@ -143,6 +129,7 @@ class GradientPlan : public RowPlan {
   // order only the points it lacks (the new order's nodes 0, 2, 4, ...; the odd ones are the last order's).
   void StartOrder(int64_t order) {
     const bool refines = nested() && !samples_.alphas.empty();
+    previous_order_ = order_;
     order_ = order;
     samples_ = MethodOf(request_.method).samples(request_, order);
     if (!refines) return QueueGradRows(samples_.alphas, samples_.noisy);
@@ -214,11 +201,18 @@ class GradientPlan : public RowPlan {
     return total - (at_input_.value - at_baseline_.value);
   }
 
-  // The error of the latest order's attributions, estimated from how they moved between orders:
-  // Gauss-Legendre and Fejér's rule converge geometrically in the order for smooth integrands (e_2n ≈ e_n² / C), so
-  // with changes c_n (n/2 -> n) and c_n/2 before it the error of A_n is about c_n² / c_n/2. With one change, or while
-  // changes do not shrink (not yet geometric), the change itself bounds it.
+  // The error of the latest order's attributions, estimated from how they moved between orders. A Riemann sum's
+  // error shrinks as C / n^p (ErrorPower): from order m to n it moved by e_n ((n/m)^p - 1), so e_n is that change
+  // over (n/m)^p - 1 (for the left, right and trapezoid sums doubling, the change itself; taking the geometric
+  // estimate below for them claimed half the error they had). Gauss-Legendre and Fejér's rule converge
+  // geometrically in the order (e_2n ≈ e_n² / C), so with changes c_n (n/2 -> n) and c_n/2 before it the error
+  // of A_n is about c_n² / c_n/2; with one change, or while changes do not shrink (not yet geometric), the change
+  // itself bounds it.
   double EstimatedError() const {
+    if (const int power = ErrorPower(request_.rule); power > 0) {
+      const double growth = std::pow(static_cast<double>(order_) / static_cast<double>(previous_order_), power);
+      return change_ / (growth - 1);
+    }
     if (previous_change_ <= 0 || change_ >= previous_change_) return change_;
     return change_ * change_ / previous_change_;
   }
@@ -231,7 +225,8 @@ class GradientPlan : public RowPlan {
 
   std::shared_ptr<const EmbeddingPath> path_;
   int64_t order_ = 0;                                  // integrated gradients: the points of the latest round
-  int64_t points_used_ = 0;                            // adaptive, not nested: points of the orders absorbed
+  int64_t previous_order_ = 0;                         // the points of the round before
+  int64_t points_used_ = 0;                            // adaptive: points of the orders absorbed
   PathSamples samples_;                                // of the latest order: every point's alpha and weight
   std::vector<std::vector<at::Tensor>> point_values_;  // [point of the latest order][row of the point]: [S]
   bool ends_scored_ = false;

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "engine/attribution/integration_rules.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -94,6 +95,56 @@ const char* IntegrationRuleName(IntegrationRule rule) {
 }
 
 int64_t MinIntegrationSteps(IntegrationRule rule) { return rule == IntegrationRule::kRiemannTrapezoid ? 2 : 1; }
+
+int ErrorPower(IntegrationRule rule) {
+  switch (rule) {
+    case IntegrationRule::kRiemannLeft:
+    case IntegrationRule::kRiemannRight:
+    case IntegrationRule::kRiemannTrapezoid:
+      return 1;
+    case IntegrationRule::kRiemannMiddle:
+      return 2;
+    case IntegrationRule::kGaussLegendre:
+    case IntegrationRule::kFejer2:
+      return 0;
+  }
+  return 1;
+}
+
+namespace {
+
+constexpr int64_t kFirstAdaptiveOrder = 8;
+constexpr int64_t kFirstNestedOrder = 7;  // Fejér's second rule: 2^k - 1 points
+
+bool Nests(IntegrationRule rule) { return rule == IntegrationRule::kFejer2; }
+
+}  // namespace
+
+int64_t FirstAdaptiveOrder(IntegrationRule rule, int64_t n_steps) {
+  if (!Nests(rule)) return std::min(kFirstAdaptiveOrder, n_steps);
+  // The most points of the form 2^k - 1 within both the first order and n_steps (1 at least).
+  int64_t points = 1;
+  while (2 * points + 1 <= std::min(kFirstNestedOrder, n_steps)) points = 2 * points + 1;
+  return points;
+}
+
+int64_t NextAdaptiveOrder(IntegrationRule rule, int64_t order, int64_t points_used, int64_t n_steps) {
+  if (Nests(rule)) return 2 * order + 1 <= n_steps ? 2 * order + 1 : 0;
+  // Doubles, or takes what is left if that is still more points than the last.
+  const int64_t next = std::min(2 * order, n_steps - points_used);
+  return next > order ? next : 0;
+}
+
+int64_t LargestAdaptiveRound(IntegrationRule rule, int64_t n_steps) {
+  int64_t order = FirstAdaptiveOrder(rule, n_steps);
+  int64_t largest = order, used = order;
+  for (int64_t next; (next = NextAdaptiveOrder(rule, order, used, n_steps)) > 0; order = next) {
+    const int64_t round = Nests(rule) ? next - order : next;  // a nested order adds only its new nodes
+    largest = std::max(largest, round);
+    used += next;
+  }
+  return largest;
+}
 
 absl::StatusOr<IntegrationPoints> MakeIntegrationPoints(IntegrationRule rule, int64_t n) {
   const int64_t min_steps = MinIntegrationSteps(rule);

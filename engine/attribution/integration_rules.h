@@ -36,4 +36,18 @@ int64_t MinIntegrationSteps(IntegrationRule rule);
 // n_steps must be at least MinIntegrationSteps(rule).
 absl::StatusOr<IntegrationPoints> MakeIntegrationPoints(IntegrationRule rule, int64_t n_steps);
 
+// The power of 1/n its error shrinks with on smooth integrands as the rule has n points: 1 for the left,
+// right and (Captum's, whose weights sum to (n - 1) / n) trapezoid sums, 2 for the midpoint sum; 0 for
+// Gauss-Legendre and Fejér's second rule, whose errors shrink faster than any power.
+int ErrorPower(IntegrationRule rule);
+
+// Tolerance-driven integrated gradients' orders within a budget of `n_steps` points: Fejér's second rule
+// nests (7, 15, 31, ... points, each order adding only its new nodes), the others run fresh orders (8, 16,
+// 32, ..., the last taking what is left of the budget). The first order; the one after `order` given the
+// points the orders so far took (`points_used`, not nested), or 0 when the budget allows no other.
+int64_t FirstAdaptiveOrder(IntegrationRule rule, int64_t n_steps);
+int64_t NextAdaptiveOrder(IntegrationRule rule, int64_t order, int64_t points_used, int64_t n_steps);
+// The most points one of those orders queues at once, however many run.
+int64_t LargestAdaptiveRound(IntegrationRule rule, int64_t n_steps);
+
 }  // namespace attribution::engine

@@ -21,24 +21,30 @@ absl::Status CheckSamples(const AttributionRequest& r, int64_t, const Attributio
 
 // A path of `points` points queues a grad row per point, and with the token matrix one more per target
 // token (a generated target counted at max_new_tokens): refused before the plan builds any of them.
+// `points_are`: what `points` counts, where it is not `points_field` itself.
 absl::Status CheckPathRows(const AttributionRequest& r, int64_t points, const char* points_field,
-                           const AttributionLimits& limits) {
+                           const AttributionLimits& limits, const char* points_are = nullptr) {
   const int64_t targets =
       r.target_ids.empty() ? r.generation.max_new_tokens : static_cast<int64_t>(r.target_ids.size());
   const int64_t per_point = 1 + (r.want_token_matrix ? targets : 0);
   const int64_t rows = points * per_point + 2;  // and the score rows at the path's ends
   if (rows <= limits.max_rows) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(
-      points_field, " x (1 + target tokens with want_token_matrix) = ", points, " x ", per_point, ": ",
-      AttributionMethodName(r.method), " would queue ", rows, " rows, over this server's limit of ", limits.max_rows,
-      " rows per request; ask for fewer ", points_field, ", a shorter target, or want_token_matrix = false"));
+      points_are != nullptr ? points_are : points_field, " x (1 + target tokens with want_token_matrix) = ", points,
+      " x ", per_point, ": ", AttributionMethodName(r.method), " would queue ", rows,
+      " rows, over this server's limit of ", limits.max_rows, " rows per request; ask for fewer ", points_field,
+      ", a shorter target, or want_token_matrix = false"));
 }
 
 absl::Status ValidateIntegratedGradients(const AttributionRequest& r, int64_t, const AttributionLimits& limits) {
   if (auto s = CheckRange(r.n_steps, MinIntegrationSteps(r.rule), limits.max_steps, "n_steps"); !s.ok()) return s;
-  // With a tolerance n_steps is a budget over rounds that each queue a part of it, and the request may
-  // stop at any round: the engine's limit on rows queued at once applies per round instead.
-  if (r.completeness_tolerance > 0) return absl::OkStatus();
+  // With a tolerance n_steps is a budget over rounds that each queue a part of it, and the request may stop at
+  // any round: the limit on rows queued at once applies to its largest round, checked here, before any runs
+  // (the engine refused a later round after the earlier ones had run, their work lost).
+  if (r.completeness_tolerance > 0) {
+    return CheckPathRows(r, LargestAdaptiveRound(r.rule, r.n_steps), "n_steps", limits,
+                         "the points of n_steps' largest order with a tolerance");
+  }
   return CheckPathRows(r, r.n_steps, "n_steps", limits);
 }
 
