@@ -30,7 +30,9 @@ std::string ReadAll(int fd) {
 TEST(LogWriter, AppendingNeverWaitsForAReaderAndSaysWhatItDropped) {
   int fds[2];
   ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
-  constexpr int kLines = 500;  // 500 KB: the pipe holds 64 KB and the writer's buffer 16 KB
+  // The pipe holds 4 KB and the writer's buffer 16 KB: of the lines it takes (more than 4 KB), some must wait.
+  ASSERT_GT(::fcntl(fds[1], F_SETPIPE_SZ, 4096), 0);
+  constexpr int kLines = 500;
   int64_t dropped = 0;
   {
     LogWriter writer(fds[1], 16 << 10);
