@@ -16,10 +16,21 @@ int64_t CodePoints(absl::string_view text, size_t bytes) {
                        [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; });
 }
 
-// The text a prompt stands for: its own text, or its ids decoded (special tokens skipped).
+// The text a prompt stands for: its own text, or its ids decoded. Tokenizers split text at special tokens and
+// tokenize each piece alone, so text after a special token does not continue the text before it: an ids
+// prompt's text is that after its last special token, behind that token's own text (decoding it all without
+// its special tokens joined the pieces, and " No" after "A:</s>" became other tokens than after the same prompt
+// sent as text). A bos at the start is the tokenizer's own, as a text prompt's is: no piece ends there.
 absl::StatusOr<std::string> PromptText(const ResolvedInput& prompt, const engine::Tokenizer& tokenizer) {
   if (!prompt.encoding.spans.empty()) return prompt.text;
-  return tokenizer.Decode(prompt.encoding.ids, /*skip_special_tokens=*/true);
+  const std::vector<int64_t>& ids = prompt.encoding.ids;
+  auto last_special = std::find_if(ids.rbegin(), ids.rend(), [&](int64_t id) { return tokenizer.SkippedInText(id); });
+  const bool own_bos = last_special != ids.rend() && last_special.base() - 1 == ids.begin() &&
+                       ids.front() == tokenizer.special_tokens().bos;
+  if (last_special == ids.rend() || own_bos) return tokenizer.Decode(ids, /*skip_special_tokens=*/true);
+  absl::StatusOr<std::string> after = tokenizer.Decode({last_special.base(), ids.end()}, /*skip_special_tokens=*/true);
+  if (!after.ok()) return after.status();
+  return tokenizer.TokenText(*last_special) + *after;
 }
 
 // A text target as the tokens that follow the prompt's own when both are tokenized together.

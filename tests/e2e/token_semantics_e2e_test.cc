@@ -241,6 +241,27 @@ TEST_F(TokenSemanticsTest, SpecialTokenStringsInTheTextAreTheSpecialTokens) {
   EXPECT_FALSE(generated->tokens.empty());
 }
 
+// A prompt sent as the ids a call answered with scores the same target as the prompt sent as text. The ids were
+// decoded without their special tokens, which joined the text on either side of "</s>": " No" after it became
+// [" No"] (-0.095) where the text prompt (and libsentencepiece on prompt + target) has ["▁", "▁No"] (-25.6).
+TEST_F(TokenSemanticsTest, AnIdsPromptScoresTheTargetAsTheSamePromptAsText) {
+  const std::string prompt = "The cup is tiny. Q: Is it big? A:</s>";
+  const std::vector<std::pair<std::string, std::vector<int64_t>>> targets = {
+      {" No", {3938, 292}}, {"No", {292}}, {"\nNo", {3938, 13, 3969, 3945}}};
+  for (const auto& [target, expected] : targets) {
+    SCOPED_TRACE(target);
+    absl::StatusOr<client::Logprobs> as_text =
+        client_->GetLogprobs({.model = "default", .prompt = prompt, .target = target});
+    ASSERT_THAT(as_text, IsOk());
+    EXPECT_EQ(Ids(*as_text), expected);
+    absl::StatusOr<client::Logprobs> as_ids =
+        client_->GetLogprobs({.model = "default", .prompt_ids = Ids(as_text->prompt_tokens), .target = target});
+    ASSERT_THAT(as_ids, IsOk());
+    EXPECT_EQ(Ids(*as_ids), expected);
+    EXPECT_EQ(as_ids->total_log_prob, as_text->total_log_prob);
+  }
+}
+
 TEST_F(TokenSemanticsTest, CliShowsTargetTokensFirstAndFixedTokensApart) {
   auto [out, code] = RunCli(absl::StrCat("attribute --server ", server_->address(), " --model default --nocolor",
                                          " --prompt 'The kettle is red. Q: Is it warm? A:' --target ' Yes'",
