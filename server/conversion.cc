@@ -160,6 +160,17 @@ std::vector<std::string> UnreadSettings(const v1::AttributeRequest& proto, const
   for (const auto& setting : settings) {
     if (setting.set && (reads & setting.bit) == 0) unread.push_back(setting.field);
   }
+  // Whatever the method: every group with a baseline of its own leaves the request's baseline to no token (those
+  // in no group keep their real values), and a given target leaves nothing to generate.
+  const bool own_baselines = proto.feature_groups_size() > 0 &&
+                             std::all_of(proto.feature_groups().begin(), proto.feature_groups().end(),
+                                         [](const v1::FeatureGroup& group) { return group.has_baseline(); });
+  if (own_baselines && (reads & engine::kReadsBaseline) != 0 && proto.baseline() != v1::BASELINE_UNSPECIFIED) {
+    unread.push_back("baseline");
+  }
+  if (IsSet(proto.target()) && proto.has_generation() && proto.generation().ByteSizeLong() > 0) {
+    unread.push_back("generation");
+  }
   return unread;
 }
 

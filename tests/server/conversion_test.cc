@@ -279,6 +279,23 @@ TEST_F(ConversionTest, SettingsTheMethodDoesNotReadAreNamed) {
                        proto.set_want_faithfulness(true);
                      }),
               ::testing::IsEmpty());
+  // Whatever the method: generation settings beside a given target, and the request's baseline where every group
+  // has its own.
+  EXPECT_THAT(unread(v1::SALIENCY, [](v1::AttributeRequest& proto) { proto.mutable_generation()->set_top_k(5); }),
+              ElementsAre("generation"));
+  auto groups = [](bool every_one_its_baseline) {
+    return [every_one_its_baseline](v1::AttributeRequest& proto) {
+      proto.set_baseline(v1::EOS_TOKEN);
+      for (int64_t begin : {1, 2}) {  // after the bos
+        v1::FeatureGroup* group = proto.add_feature_groups();
+        group->set_token_begin(begin);
+        group->set_token_end(begin + 1);
+        if (every_one_its_baseline || begin == 1) group->mutable_baseline()->add_token_ids(5);
+      }
+    };
+  };
+  EXPECT_THAT(unread(v1::FEATURE_ABLATION, groups(true)), ElementsAre("baseline"));
+  EXPECT_THAT(unread(v1::FEATURE_ABLATION, groups(false)), ::testing::IsEmpty());
   // The answer carries them.
   v1::AttributeRequest proto = Request();
   proto.set_method(v1::SALIENCY);
