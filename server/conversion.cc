@@ -511,7 +511,8 @@ void ToGenerateResponse(const engine::Generation& generation, const GenerateCall
   }
   FillTokens(continuation, *model.tokenizer, out->mutable_tokens());
   for (int i = 0; i < out->tokens_size(); ++i) out->mutable_tokens(i)->set_log_prob(generation.log_probs[i]);
-  out->set_text(engine::ToValidUtf8(continuation.text));
+  out->set_text(
+      engine::DecodedText(*model.tokenizer, continuation.encoding.ids, continuation.text, continuation.encoding.spans));
   out->set_text_bytes(continuation.text);
   out->set_stopped(generation.stopped);
   out->set_seed(call.options.seed);

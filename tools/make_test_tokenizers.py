@@ -185,7 +185,48 @@ def main():
     write_expected(directory, corpus(2, 2200, ""), lambda t: [1] + processor.encode(t), lambda i: processor.decode(i[1:]),
                    (beyond, [processor.decode([x for x in i if x < size]) for i in beyond]))
     write_sentencepiece_special(out_dir, model.getvalue())
+    # Special tokens left out first, as transformers' decode(skip_special_tokens=True) does (libsentencepiece
+    # would end a run of byte pieces at a control piece).
+    write_byte_runs(directory, processor.piece_to_id, processor.piece_to_id("▁the"), processor.eos_id(),
+                    lambda ids: processor.decode([i for i in ids if not processor.is_control(i)]))
+    write_vocabulary_bytes(out_dir)
     print(f"wrote tokenizers to {out_dir}")
+
+
+def write_vocabulary_bytes(out_dir):
+    """OUT_DIR/llama2_vocabulary_bytes: the llama2 tokenizer with its "<0xNN>" tokens in the vocabulary only, not
+    added (as in Llama 2's and Mistral's own tokenizer.json), and byte_runs.json: id sequences holding runs of them,
+    valid UTF-8 or not, with the `tokenizers` library's decoding (its ByteFallback decoder writes one U+FFFD per
+    token of a run that is not UTF-8, valid bytes among them too)."""
+    with open(os.path.join(out_dir, "llama2", "tokenizer.json")) as f:
+        spec = json.load(f)
+    spec["added_tokens"] = [t for t in spec["added_tokens"] if not (t["content"].startswith("<0x") and
+                                                                     len(t["content"]) == 6)]
+    directory = os.path.join(out_dir, "llama2_vocabulary_bytes")
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "tokenizer.json"), "w") as f:
+        json.dump(spec, f, ensure_ascii=False)
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+        json.dump({"eos_token": "</s>"}, f)
+    tokenizer = Tokenizer.from_str(json.dumps(spec))
+    word = tokenizer.token_to_id("the") if tokenizer.token_to_id("the") is not None else tokenizer.token_to_id("e")
+    write_byte_runs(directory, tokenizer.token_to_id, word, tokenizer.token_to_id("</s>"),
+                    lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+
+
+def write_byte_runs(directory, piece_id, word, eos, decode):
+    """DIRECTORY/byte_runs.json: id sequences holding runs of byte-fallback tokens ("<0xNN>"), UTF-8 or not, among
+    `word` and `eos` tokens, with the reference library's decoding of each (`decode`)."""
+    byte = lambda b: piece_id(f"<0x{b:02X}>")
+    runs = [[byte(0x37), byte(0x9D)], [byte(0xC8), byte(0x01)], [byte(0x84), byte(0x67)], [byte(0x37)],
+            [byte(0xE4), byte(0xB8), byte(0xAD)], [byte(0xE4), byte(0xB8)], [word, byte(0xE4), byte(0xB8), word],
+            [word, byte(0xE4), eos, byte(0xB8), byte(0xAD), word], [byte(0xF0), byte(0x9F), byte(0x98), byte(0x80)],
+            [byte(0xFF), word, byte(0x41), byte(0x80), byte(0x41)], [byte(0xC3), byte(0xA9), byte(0xC3)]]
+    rng = random.Random(5)
+    runs += [[byte(rng.randrange(256)) if rng.random() < 0.8 else word for _ in range(rng.randrange(1, 9))]
+             for _ in range(200)]
+    with open(os.path.join(directory, "byte_runs.json"), "w") as f:
+        json.dump({"ids": runs, "decoded": [decode(r) for r in runs]}, f, ensure_ascii=False)
 
 
 SPECIAL_TEXTS = ["Hello</s>", "</s>Hello", "<unk> and", "x<s>y", "<s>", "</s>", "<unk>", "<s></s>", "</s></s><s>",

@@ -51,6 +51,32 @@ absl::StatusOr<Encoding> EncodeContinuation(const Tokenizer& tokenizer, const st
   return out;
 }
 
+std::string DecodedText(const Tokenizer& tokenizer, const std::vector<int64_t>& ids, const std::string& bytes,
+                        const std::vector<TokenSpan>& spans) {
+  const size_t n = std::min(ids.size(), spans.size());
+  std::string text;
+  size_t copied = 0;  // bytes before it are in `text`
+  for (size_t i = 0; i < n;) {
+    if (!tokenizer.IsFallbackByte(ids[i])) {
+      ++i;
+      continue;
+    }
+    size_t begin = spans[i].begin, end = spans[i].end, tokens = 0;
+    for (; i < n && (tokenizer.IsFallbackByte(ids[i]) || tokenizer.SkippedInText(ids[i])); ++i) {
+      if (!tokenizer.IsFallbackByte(ids[i]) || spans[i].begin == spans[i].end) continue;
+      end = spans[i].end;
+      ++tokens;
+    }
+    begin = std::min(begin, bytes.size());
+    end = std::min(std::max(end, begin), bytes.size());
+    if (begin < copied || CheckUtf8(bytes.substr(begin, end - begin)).ok()) continue;
+    text += ToValidUtf8(bytes.substr(copied, begin - copied));
+    text += tokenizer.ByteRunText(bytes.substr(begin, end - begin), tokens);
+    copied = end;
+  }
+  return text + ToValidUtf8(bytes.substr(copied));
+}
+
 ContinuationDecoder::ContinuationDecoder(const Tokenizer& tokenizer, const std::vector<int64_t>& prompt_ids)
     : tokenizer_(tokenizer) {
   constexpr size_t kContextTokens = 8;  // enough for any decoder's look-back (spaces, byte fallback)

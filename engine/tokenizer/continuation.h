@@ -34,6 +34,14 @@ struct Continuation {
 Continuation DecodeContinuation(const Tokenizer& tokenizer, const std::vector<int64_t>& prompt_ids,
                                 const std::vector<int64_t>& ids);
 
+// `bytes` decoded from `ids` (each id's in `spans`, as DecodeContinuation gives them) as text, the way the
+// tokenizer's own decoder writes it: each ill-formed UTF-8 subsequence replaced by U+FFFD (ToValidUtf8), except
+// that a run of byte-fallback tokens (IsFallbackByte; skipped special tokens between them do not end it) whose
+// bytes are not UTF-8 is written as ByteRunText says (tokenizer.json's ByteFallback decoder: "7\x9D" from
+// "<0x37><0x9D>" is two U+FFFD; libsentencepiece: "7" and one).
+std::string DecodedText(const Tokenizer& tokenizer, const std::vector<int64_t>& ids, const std::string& bytes,
+                        const std::vector<TokenSpan>& spans);
+
 // DecodeContinuation a token at a time, for a caller that looks at the text after each new token
 // (stop strings): Add costs one decoding, where DecodeContinuation of every prefix again would cost
 // one per token so far each time (cubic in the generation's length). Not thread-safe; the tokenizer

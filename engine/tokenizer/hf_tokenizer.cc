@@ -238,6 +238,12 @@ std::string HfTokenizer::DecodeTokens(const std::vector<int64_t>& ids, bool skip
   return bytes;
 }
 
+bool HfTokenizer::IsFallbackByte(int64_t id) const {
+  // As DecodeTokens reads them: tokens of the model's vocabulary, not added ones.
+  return model_.byte_fallback() && added_.Find(id) == nullptr && HasToken(id) &&
+         BytePieceValue(model_.tokens()[id]).has_value();
+}
+
 bool HfTokenizer::HasToken(int64_t id) const {
   if (added_.Find(id) != nullptr) return true;
   return id >= 0 && id < static_cast<int64_t>(model_.tokens().size()) && !model_.tokens()[id].empty();

@@ -28,6 +28,7 @@ class HfTokenizer : public Tokenizer {
   int64_t vocab_size() const override { return vocab_size_; }
   const SpecialTokens& special_tokens() const override { return special_; }
   bool IsSpecial(int64_t id) const override;
+  bool IsFallbackByte(int64_t id) const override;
   // Whether its pre-tokenizer puts a space before the text (PreTokenizer::adds_prefix_space; false without one).
   bool adds_prefix_space() const {
     return pre_tokenizer_ != nullptr && pre_tokenizer_->adds_prefix_space().value_or(false);

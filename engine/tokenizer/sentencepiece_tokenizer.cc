@@ -8,6 +8,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
+#include "engine/common/utf8.h"
 #include "engine/tokenizer/bpe_model.h"
 
 namespace attribution::engine {
@@ -158,6 +159,60 @@ absl::StatusOr<Encoding> SentencePieceTokenizer::Encode(const std::string& text,
   return out;
 }
 
+namespace {
+
+// `bytes` with each byte that starts no well-formed UTF-8 character replaced by U+FFFD, as libsentencepiece
+// decodes byte pieces that are not UTF-8.
+std::string ReplaceBytesNotUtf8(const std::string& bytes) {
+  std::string out;
+  for (size_t i = 0; i < bytes.size();) {
+    const size_t length = Utf8SequenceLength(bytes, i, /*subpart=*/false);
+    out += length > 0 ? bytes.substr(i, length) : "\xEF\xBF\xBD";
+    i += std::max<size_t>(length, 1);
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string SentencePieceTokenizer::ExactBytes(const std::vector<int>& pieces, const std::string& decoded) const {
+  std::string bytes;
+  bool has_byte_piece = false;
+  for (int piece : pieces) {
+    if (processor_->IsControlOrUnknown(piece)) return decoded;  // decoded as libsentencepiece has them
+    const std::string text = processor_->IdToPiece(piece);
+    if (const std::optional<char> byte = BytePieceValue(text)) {
+      bytes.push_back(*byte);
+      has_byte_piece = true;
+      continue;
+    }
+    for (size_t i = 0; i < text.size();) {
+      if (text.compare(i, 3, "\xE2\x96\x81") == 0) {  // "▁"
+        bytes.push_back(' ');
+        i += 3;
+      } else {
+        bytes.push_back(text[i++]);
+      }
+    }
+  }
+  if (!has_byte_piece) return decoded;
+  // The pieces' bytes, unless libsentencepiece did more than replace those that are not UTF-8 (it drops the
+  // space of the dummy prefix at the start; a normalizer's denormalization would show as a mismatch).
+  const size_t prefix = !bytes.empty() && bytes[0] == ' ' ? 1 : 0;
+  for (const std::string& candidate : {bytes, bytes.substr(prefix)}) {
+    if (ReplaceBytesNotUtf8(candidate) == decoded) return candidate;
+  }
+  return decoded;
+}
+
+bool SentencePieceTokenizer::IsFallbackByte(int64_t id) const {
+  return id >= 0 && id < pieces_ && BytePieceValue(processor_->IdToPiece(static_cast<int>(id))).has_value();
+}
+
+std::string SentencePieceTokenizer::ByteRunText(const std::string& bytes, size_t) const {
+  return ReplaceBytesNotUtf8(bytes);
+}
+
 absl::StatusOr<std::string> SentencePieceTokenizer::Decode(const std::vector<int64_t>& ids,
                                                            bool skip_special_tokens) const {
   for (int64_t id : ids) {
@@ -170,7 +225,9 @@ absl::StatusOr<std::string> SentencePieceTokenizer::Decode(const std::vector<int
     std::string decoded, error;
     if (!processor_->Decode(pieces, &decoded, &error))
       return absl::InternalError(absl::StrCat("sentencepiece: ", error));
-    text += decoded;
+    // libsentencepiece writes U+FFFD for each byte piece that is not UTF-8; the text keeps the bytes (a
+    // generation's text_bytes, and a token's span in it once a later byte piece completes the character).
+    text += ExactBytes(pieces, decoded);
     pieces.clear();
     return absl::OkStatus();
   };

@@ -34,12 +34,18 @@ class SentencePieceTokenizer : public Tokenizer {
   // piece stands for real text.
   bool IsSpecial(int64_t id) const override;
   bool SkippedInText(int64_t id) const override;
+  bool IsFallbackByte(int64_t id) const override;
+  // libsentencepiece writes U+FFFD for each byte that starts no character.
+  std::string ByteRunText(const std::string& bytes, size_t tokens) const override;
 
  private:
   SentencePieceTokenizer() = default;
   absl::Status ReadAddedTokens(const nlohmann::json& config, const nlohmann::json& special_tokens_map);
   // An added token the model has no piece for (its id is past the model's pieces).
   const AddedToken* BeyondPieces(int64_t id) const;
+  // The bytes `pieces` stand for, where libsentencepiece `decoded` them with byte pieces that are not UTF-8
+  // replaced; else `decoded`.
+  std::string ExactBytes(const std::vector<int>& pieces, const std::string& decoded) const;
 
   std::unique_ptr<SentencePieceBackend> processor_;
   AddedTokens added_;

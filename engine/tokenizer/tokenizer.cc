@@ -49,6 +49,12 @@ std::string ToValidUtf8(const std::string& bytes) {
   return out;
 }
 
+std::string Tokenizer::ByteRunText(const std::string&, size_t tokens) const {
+  std::string text;
+  for (size_t t = 0; t < tokens; ++t) text += "\xEF\xBF\xBD";  // U+FFFD
+  return text;
+}
+
 bool Tokenizer::IsSpecial(int64_t id) const {
   const SpecialTokens& s = special_tokens();
   return id == s.bos || id == s.eos || id == s.pad;

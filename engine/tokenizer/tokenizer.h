@@ -59,6 +59,12 @@ class Tokenizer {
   // Whether Decode with skip_special_tokens leaves `id` out: the special tokens, and for a SentencePiece
   // model also its unknown piece (a feature in a prompt, not special, but left out of generated text).
   virtual bool SkippedInText(int64_t id) const { return IsSpecial(id); }
+  // Whether `id` is a byte-fallback token ("<0x9D>" in Llama's and Mistral's vocabularies): a run of them that
+  // is not UTF-8 decodes to text as ByteRunText says (see DecodedText).
+  virtual bool IsFallbackByte(int64_t id) const { return false; }
+  // The text of such a run, `bytes` from `tokens` tokens: tokenizer.json's ByteFallback decoder writes one
+  // U+FFFD per token, valid bytes among them too.
+  virtual std::string ByteRunText(const std::string& bytes, size_t tokens) const;
 
   // The most bytes of text any one token stands for (the longest TokenText), found on first use: a text
   // longer than this many bytes per token cannot fit a given number of tokens.

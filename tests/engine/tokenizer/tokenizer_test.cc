@@ -11,6 +11,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/escaping.h"
 #include "engine/tokenizer/continuation.h"
 #include "tests/testing/reference.h"
 #include "tests/testing/status_matchers.h"
@@ -149,6 +150,39 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerJson(const std::string& 
 
 // Found with tests/fuzz/tokenizer_json_fuzzer: an added token's id past the BPE vocabulary made ids in
 // between count as part of the vocabulary, and decoding one read past the token table.
+// Byte-fallback tokens decode as their own library decodes them: in tokenizer.json's vocabulary (Llama's and
+// Mistral's), the `tokenizers` library writes a run whose bytes are not UTF-8 as one U+FFFD per token, valid bytes
+// among them too (replacing only the ill-formed bytes gave "7\uFFFD" for "<0x37><0x9D>" where transformers gives
+// "\uFFFD\uFFFD"); libsentencepiece one U+FFFD per byte that starts no character. The exact bytes stay in the
+// continuation (Generate's text_bytes): libsentencepiece's replacements were in it, 3 bytes for 1.
+class ByteRuns : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ByteRuns, DecodeAsTheirLibraryDoesAndKeepTheirBytes) {
+  auto tokenizer = Tokenizer::Load(TokenizersDir() + "/" + GetParam());
+  ASSERT_THAT(tokenizer, IsOk());
+  std::ifstream in(TokenizersDir() + "/" + GetParam() + "/byte_runs.json");
+  const nlohmann::json runs = nlohmann::json::parse(in);
+  int replaced = 0;
+  for (size_t r = 0; r < runs["ids"].size(); ++r) {
+    const auto ids = runs["ids"][r].get<std::vector<int64_t>>();
+    const std::string expected = runs["decoded"][r];
+    const Continuation decoded = DecodeContinuation(**tokenizer, {}, ids);
+    EXPECT_EQ(DecodedText(**tokenizer, ids, decoded.text, decoded.spans), expected)
+        << "run " << r << ", bytes \"" << absl::CHexEscape(decoded.text) << "\"";
+    if (ToValidUtf8(decoded.text) != expected) ++replaced;
+    ASSERT_EQ(decoded.spans.size(), ids.size());
+    for (size_t i = 0; i < ids.size(); ++i) {  // each byte token's span holds its one byte
+      if (!(*tokenizer)->IsFallbackByte(ids[i])) continue;
+      const TokenSpan span = decoded.spans[i];
+      EXPECT_EQ(decoded.text.substr(span.begin, span.end - span.begin), (*tokenizer)->TokenText(ids[i]))
+          << "run " << r << ", token " << i;
+    }
+  }
+  EXPECT_GT(replaced, 5);  // runs the rule decides: ToValidUtf8 of their bytes is not their text
+}
+
+INSTANTIATE_TEST_SUITE_P(Kinds, ByteRuns, ::testing::Values("llama2_vocabulary_bytes", "sentencepiece"));
+
 TEST(HfTokenizerFile, IdsInAGapOfTheVocabularyAreNoTokens) {
   auto tokenizer = LoadTokenizerJson(
       R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}}, "added_tokens": [{"id": 100, "content": "<x>"}]})");
