@@ -4,6 +4,7 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "engine/attribution/row_plan.h"
 #include "engine/scheduler/engine_generation.h"
 #include "server/component_conversion.h"
@@ -147,6 +148,9 @@ std::shared_ptr<DeliveryWatch> AttributionServiceImpl::WatchDelivery(grpc::Callb
 absl::StatusOr<const ServedModel*> AttributionServiceImpl::Admit(CallLog& log, grpc::CallbackServerContext* context,
                                                                  const std::string& model, bool needs_model) {
   log.model = model;
+  const ModelRegistry* models = models_.load();
+  // The metrics' label, however the call ends (refused for load too): a model of this server's, else empty.
+  if (models != nullptr && needs_model && !model.empty() && models->Find(model).ok()) log.served_model = model;
   if (auth_) {
     const auto& metadata = context->client_metadata();
     const auto it = metadata.find("authorization");
@@ -160,13 +164,10 @@ absl::StatusOr<const ServedModel*> AttributionServiceImpl::Admit(CallLog& log, g
   }
   if (absl::Status s = gate_.Enter(); !s.ok()) return s;
   log.admitted = true;
-  const ModelRegistry* models = models_.load();
   if (models == nullptr) return absl::UnavailableError("the server is still loading its models");
   if (!needs_model) return nullptr;
   if (model.empty()) return absl::InvalidArgumentError("model: must name one of this server's models (see ListModels)");
-  absl::StatusOr<const ServedModel*> served = models->Find(model);
-  if (served.ok()) log.served_model = model;
-  return served;
+  return models->Find(model);
 }
 
 void AttributionServiceImpl::CallEnded(const CallLog& log, const grpc::Status& status) {
@@ -200,6 +201,14 @@ void AttributionServiceImpl::CallEnded(const CallLog& log, const grpc::Status& s
 void AttributionServiceImpl::AnswerWaiting(int64_t bytes) { unread_answer_bytes_.fetch_add(bytes); }
 
 void AttributionServiceImpl::AnswerGone(int64_t bytes) { unread_answer_bytes_.fetch_sub(bytes); }
+
+bool AttributionServiceImpl::WaitCallsClosed(absl::Time deadline) const {
+  while (open_calls_.load() > 0) {
+    if (absl::Now() >= deadline) return false;
+    absl::SleepFor(absl::Milliseconds(5));  // once, at the end of a drain: no event to wait on is worth its cost
+  }
+  return true;
+}
 
 template <typename Call>
 void AttributionServiceImpl::StartAttribution(Call* call, grpc::CallbackServerContext* context,

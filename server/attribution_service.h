@@ -25,6 +25,9 @@ class AttributionServiceImpl final : public v1::AttributionService::CallbackServ
   // Publishes the loaded models; until then calls are answered UNAVAILABLE.
   void SetModels(const ModelRegistry* models) { models_.store(models); }
   CallGate& gate() { return gate_; }
+  // Waits until gRPC is done with every call of this service (answers delivered, or their clients gone), or
+  // `deadline`; false then.
+  bool WaitCallsClosed(absl::Time deadline) const;
   // Reports calls that end before reaching a handler (server/unparsable_request.h).
   CallObserver* call_observer() { return this; }
 
@@ -53,6 +56,8 @@ class AttributionServiceImpl final : public v1::AttributionService::CallbackServ
   void CallEnded(const CallLog& log, const grpc::Status& status) override;
   void AnswerWaiting(int64_t bytes) override;
   void AnswerGone(int64_t bytes) override;
+  void CallOpened() override { open_calls_.fetch_add(1); }
+  void CallClosed() override { open_calls_.fetch_sub(1); }
   std::shared_ptr<DeliveryWatch> WatchDelivery(grpc::CallbackServerContext* context) override;
   using TokenSink = std::function<void(const ServedModel&, int64_t id, float log_prob)>;
   template <typename Call>
@@ -70,6 +75,7 @@ class AttributionServiceImpl final : public v1::AttributionService::CallbackServ
   const std::optional<BearerAuth> auth_;
   CallGate gate_;
   std::atomic<int64_t> unread_answer_bytes_{0};  // AnswerWaiting, not yet AnswerGone
+  std::atomic<int64_t> open_calls_{0};           // CallOpened, not yet CallClosed
   std::optional<DeliveryWatchdog> watchdog_;     // when client_read_timeout is set
   std::atomic<const ModelRegistry*> models_{nullptr};
 };

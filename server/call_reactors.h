@@ -58,6 +58,10 @@ class CallObserver {
   // stays in memory, so the observer bounds their bytes (clients that never read parked gigabytes).
   virtual void AnswerWaiting(int64_t bytes) = 0;
   virtual void AnswerGone(int64_t bytes) = 0;
+  // A call's reactor made, and gRPC done with it (OnDone: its answer delivered, or the client gone). A call
+  // leaves its admission slot (CallEnded) before it hands gRPC its answer: the drain waits for these.
+  virtual void CallOpened() = 0;
+  virtual void CallClosed() = 0;
   // The call's delivery, watched for a client that stopped reading (nullptr: not watched).
   virtual std::shared_ptr<DeliveryWatch> WatchDelivery(grpc::CallbackServerContext* context) = 0;
 };
@@ -113,7 +117,9 @@ inline void LogSecondEnd(const CallLog& log, const absl::Status& status) {
 class UnaryCall final : public grpc::ServerUnaryReactor {
  public:
   UnaryCall(CallObserver* observer, std::string method, grpc::CallbackServerContext* context)
-      : observer_(observer), watch_(observer->WatchDelivery(context)), log_(StartCallLog(std::move(method), context)) {}
+      : observer_(observer), watch_(observer->WatchDelivery(context)), log_(StartCallLog(std::move(method), context)) {
+    observer_->CallOpened();
+  }
   CallLog& log() { return log_; }
   void OnCancelDo(std::function<void()> cancel) { cancel_.Set(std::move(cancel)); }
   // `answer_bytes`: the serialized size of the response it sends (0 with an error).
@@ -130,6 +136,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
   void OnDone() override {
     if (watch_) watch_->CallDone();
     if (completed_) observer_->AnswerGone(answer_bytes_);
+    observer_->CallClosed();
     delete this;
   }
 
@@ -149,7 +156,9 @@ template <typename Event>
 class StreamCall final : public grpc::ServerWriteReactor<Event> {
  public:
   StreamCall(CallObserver* observer, std::string method, grpc::CallbackServerContext* context)
-      : observer_(observer), watch_(observer->WatchDelivery(context)), log_(StartCallLog(std::move(method), context)) {}
+      : observer_(observer), watch_(observer->WatchDelivery(context)), log_(StartCallLog(std::move(method), context)) {
+    observer_->CallOpened();
+  }
   CallLog& log() { return log_; }
   void OnCancelDo(std::function<void()> cancel) { cancel_.Set(std::move(cancel)); }
 
@@ -198,6 +207,7 @@ class StreamCall final : public grpc::ServerWriteReactor<Event> {
   void OnCancel() override { cancel_.Fire(); }
   void OnDone() override {
     if (watch_) watch_->CallDone();
+    observer_->CallClosed();
     delete this;
   }
 

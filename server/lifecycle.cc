@@ -54,8 +54,14 @@ void Lifecycle::WatchSignals() {
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGHUP);  // a closed terminal or session: drained like the others, not killed mid-call
+  // A closed terminal or session (SIGHUP) and Ctrl-C drain like SIGTERM, unless the process was started to ignore
+  // them (nohup, a shell's background job): a blocked signal still reaches sigwait even when ignored.
+  for (int signal_number : {SIGINT, SIGHUP}) {
+    struct sigaction current {};
+    if (sigaction(signal_number, nullptr, &current) == 0 && current.sa_handler != SIG_IGN) {
+      sigaddset(&signals, signal_number);
+    }
+  }
   // Threads inherit the mask: blocked here, before any other thread starts, the signals reach only the
   // watcher's sigwait, never a default action that would kill the process without draining.
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);

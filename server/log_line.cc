@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "server/log_line.h"
 
+#include <limits.h>
+#include <poll.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -40,11 +43,17 @@ LogWriter& ProcessLog() {
   return *writer;
 }
 
-// Writes all of `text` unless the descriptor fails (a reader gone: EPIPE, with SIGPIPE ignored).
+// Writes all of `text` unless the descriptor fails (a reader gone: EPIPE, with SIGPIPE ignored). A non-blocking
+// descriptor (inherited so) that is full is waited for as a blocking one would be.
 bool WriteAll(int fd, absl::string_view text) {
   while (!text.empty()) {
     const ssize_t n = ::write(fd, text.data(), text.size());
     if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      pollfd writable{.fd = fd, .events = POLLOUT, .revents = 0};
+      ::poll(&writable, 1, /*timeout_ms=*/1000);
+      continue;
+    }
     if (n <= 0) return false;
     text.remove_prefix(static_cast<size_t>(n));
   }
@@ -56,6 +65,8 @@ bool WriteAll(int fd, absl::string_view text) {
 void WriteLogLine(nlohmann::json line) { ProcessLog().Append(FormatLine(std::move(line))); }
 
 bool FlushLog(absl::Duration timeout) { return ProcessLog().Flush(timeout); }
+
+void FlushLogInSignalHandler(absl::Duration timeout) { ProcessLog().FlushWithoutLocking(timeout); }
 
 int64_t LogLinesDropped() { return ProcessLog().dropped(); }
 
@@ -92,6 +103,16 @@ bool LogWriter::Flush(absl::Duration timeout) {
   return changed_.wait_for(lock, absl::ToChronoNanoseconds(timeout), [&] { return done_ >= target; });
 }
 
+bool LogWriter::FlushWithoutLocking(absl::Duration timeout) const {
+  const int64_t target = appended_.load();
+  constexpr timespec kPoll{.tv_sec = 0, .tv_nsec = 10'000'000};
+  for (absl::Duration waited; done_.load() < target; waited += absl::Milliseconds(10)) {
+    if (waited >= timeout) return false;
+    ::nanosleep(&kPoll, nullptr);
+  }
+  return true;
+}
+
 int64_t LogWriter::dropped() const {
   std::lock_guard<std::mutex> lock(mu_);
   return dropped_;
@@ -102,10 +123,11 @@ void LogWriter::Run() {
   for (;;) {
     changed_.wait(lock, [&] { return stopping_ || !lines_.empty(); });
     if (lines_.empty()) return;  // stopping, everything written
-    // The lines queued now in one write (lines from many threads stay whole), up to a pipe's worth.
+    // The lines queued now in one write, up to PIPE_BUF bytes: a pipe takes that much in one piece, so what
+    // else writes to stderr (a crash's report, a library's warning) cannot land inside one of these lines.
     std::string text;
     int64_t count = 0;
-    while (!lines_.empty() && (count == 0 || text.size() + lines_.front().size() <= 65536)) {
+    while (!lines_.empty() && (count == 0 || text.size() + lines_.front().size() <= PIPE_BUF)) {
       text += lines_.front();
       buffered_bytes_ -= static_cast<int64_t>(lines_.front().size());
       lines_.pop_front();

@@ -3,6 +3,7 @@
 // collectors parse it without patterns. Every line carries a "severity" (DEBUG, INFO, WARNING, ERROR):
 // collectors that read stderr without one (GKE, for one) file every line as an error.
 #pragma once
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -19,9 +20,12 @@ namespace attribution::server {
 // `line` to the process's LogWriter for stderr; invalid UTF-8 is replaced. Never blocks on stderr.
 void WriteLogLine(nlohmann::json line);
 
-// Waits until the lines written before are on stderr, or `timeout` passed; false if not all are. Call it
-// before the process exits.
+// Waits until the lines written before have been written to stderr (or failed to: a reader gone), or `timeout`
+// passed; false then. Call it before the process exits.
 bool FlushLog(absl::Duration timeout);
+
+// FlushLog for a crash's failure signal handler: no locks, at most `timeout`.
+void FlushLogInSignalHandler(absl::Duration timeout);
 
 // Lines left out since the process started because stderr did not take them (see LogWriter).
 int64_t LogLinesDropped();
@@ -38,7 +42,10 @@ class LogWriter {
   ~LogWriter();  // waits for the writer thread: only for writers whose descriptor does not stay blocked
   // `text`: one whole line with its newline.
   void Append(std::string text);
+  // Waits until the lines appended before have been written or failed to be (EPIPE); false after `timeout`.
   bool Flush(absl::Duration timeout);
+  // The same without a lock (async-signal-safe), polling.
+  bool FlushWithoutLocking(absl::Duration timeout) const;
   int64_t dropped() const;
 
  private:
@@ -50,7 +57,8 @@ class LogWriter {
   std::condition_variable changed_;
   std::deque<std::string> lines_;
   int64_t buffered_bytes_ = 0;
-  int64_t appended_ = 0, done_ = 0;  // lines appended, lines written or failed
+  // Lines appended, lines written or failed; atomic for FlushWithoutLocking, changed under mu_.
+  std::atomic<int64_t> appended_{0}, done_{0};
   int64_t dropped_ = 0, dropped_unsaid_ = 0;
   bool stopping_ = false;
   std::thread thread_;

@@ -12,6 +12,7 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/resource_quota.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -19,6 +20,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -393,7 +395,8 @@ constexpr int kMaxSynchronousServiceThreads = 16;
 
 int Fail(const absl::Status& status) {
   Log("startup_failed", std::string(status.message()));
-  FlushLog(absl::Seconds(1));  // the JSON line first, then the same for a person
+  // The JSON line first, then the same for a person; not when stderr takes nothing (fprintf would block).
+  if (!FlushLog(absl::Seconds(1))) return 1;
   std::fprintf(stderr, "attribution-server: %s\n", std::string(status.message()).c_str());
   return 1;
 }
@@ -534,10 +537,11 @@ int Serve() {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   stopper.join();
-  // With every call of ours ended (idle), what is left are health Watch streams (a client-side health check
-  // holds one per channel) and reflection streams, which never end by themselves: waiting for them added the
-  // whole deadline to every drain. Past the grace period, calls just answered get 2 s to reach their clients.
-  server->Shutdown(std::chrono::system_clock::now() + (idle ? std::chrono::seconds(0) : std::chrono::seconds(2)));
+  // Answers handed to gRPC get 2 s to reach their clients; then what is left, health Watch streams (a client-side
+  // health check holds one per channel) and reflection streams, which never end by themselves, is cancelled:
+  // waiting for them added the whole 2 s to every drain.
+  service.WaitCallsClosed(absl::Now() + absl::Seconds(2));
+  server->Shutdown(std::chrono::system_clock::now());
   // The metrics endpoint reads the models on every scrape: it stops while they are alive (declared
   // after it, they would be destroyed first).
   metrics->reset();
@@ -552,7 +556,14 @@ int main(int argc, char** argv) {
   // A crash (SIGSEGV, SIGABRT, ...) writes its signal and a symbolized stack trace of the failing
   // thread to the log before the process dies of the same signal; without it a crash leaves no trace.
   absl::InitializeSymbolizer(argv[0]);
-  absl::InstallFailureSignalHandler({});
+  absl::FailureSignalHandlerOptions failure;
+  // The report after the log's last lines, which a thread of their own writes (for up to 1 s: it may be stuck).
+  failure.writerfn = [](const char* text) {
+    static std::atomic<bool> flushed{false};
+    if (!flushed.exchange(true)) attribution::server::FlushLogInSignalHandler(absl::Seconds(1));
+    if (text != nullptr) (void)!::write(STDERR_FILENO, text, std::strlen(text));
+  };
+  absl::InstallFailureSignalHandler(failure);
   // A log reader that went away (a restarted shipper, a closed terminal's pipe) is EPIPE to the log's
   // writer, which drops lines and goes on; SIGPIPE's default killed the replica mid-call.
   std::signal(SIGPIPE, SIG_IGN);

@@ -30,12 +30,14 @@ std::string ReadAll(int fd) {
 TEST(LogWriter, AppendingNeverWaitsForAReaderAndSaysWhatItDropped) {
   int fds[2];
   ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
-  // The pipe holds 4 KB and the writer's buffer 16 KB: of the lines it takes (more than 4 KB), some must wait.
-  ASSERT_GT(::fcntl(fds[1], F_SETPIPE_SZ, 4096), 0);
-  constexpr int kLines = 500;
+  // The pipe holds a page (4 KB, or 64 KB on some kernels) and the writer's buffer four times that: of the lines
+  // it takes (more than the pipe holds), some must wait, and of 1,000 KB most are dropped.
+  const int pipe_bytes = ::fcntl(fds[1], F_SETPIPE_SZ, 4096);
+  ASSERT_GT(pipe_bytes, 0);
+  constexpr int kLines = 1000;
   int64_t dropped = 0;
   {
-    LogWriter writer(fds[1], 16 << 10);
+    LogWriter writer(fds[1], 4 * pipe_bytes);
     // Before, with nobody reading, this loop blocked in write() for good (the test timed out).
     for (int i = 0; i < kLines; ++i) writer.Append(Line(i));
     dropped = writer.dropped();
