@@ -135,9 +135,9 @@ int64_t NextAdaptiveOrder(IntegrationRule rule, int64_t order, int64_t points_us
   return next > order ? next : 0;
 }
 
-int64_t LargestAdaptiveRound(IntegrationRule rule, int64_t n_steps) {
+int64_t LargestLaterAdaptiveRound(IntegrationRule rule, int64_t n_steps) {
   int64_t order = FirstAdaptiveOrder(rule, n_steps);
-  int64_t largest = order, used = order;
+  int64_t largest = 0, used = order;
   for (int64_t next; (next = NextAdaptiveOrder(rule, order, used, n_steps)) > 0; order = next) {
     const int64_t round = Nests(rule) ? next - order : next;  // a nested order adds only its new nodes
     largest = std::max(largest, round);

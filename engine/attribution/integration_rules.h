@@ -47,7 +47,7 @@ int ErrorPower(IntegrationRule rule);
 // points the orders so far took (`points_used`, not nested), or 0 when the budget allows no other.
 int64_t FirstAdaptiveOrder(IntegrationRule rule, int64_t n_steps);
 int64_t NextAdaptiveOrder(IntegrationRule rule, int64_t order, int64_t points_used, int64_t n_steps);
-// The most points one of those orders queues at once, however many run.
-int64_t LargestAdaptiveRound(IntegrationRule rule, int64_t n_steps);
+// The most points one of those orders after the first queues at once, however many run (0: none runs).
+int64_t LargestLaterAdaptiveRound(IntegrationRule rule, int64_t n_steps);
 
 }  // namespace attribution::engine

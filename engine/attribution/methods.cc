@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/attribution/coalition_designs.h"
 #include "engine/common/enum_names.h"
+#include "engine/common/status_macros.h"
 
 namespace attribution::engine {
 namespace {
@@ -19,40 +20,47 @@ absl::Status CheckSamples(const AttributionRequest& r, int64_t, const Attributio
 
 // --- gradient methods -----------------------------------------------------------------------------
 
-// A path of `points` points queues a grad row per point, and with the token matrix one more per target
-// token (a generated target counted at max_new_tokens): refused before the plan builds any of them.
-// `points_are`: what `points` counts, where it is not `points_field` itself.
-absl::Status CheckPathRows(const AttributionRequest& r, int64_t points, const char* points_field,
-                           const AttributionLimits& limits, const char* points_are = nullptr) {
+// A round of `points` points on a path queues a grad row per point, and with the token matrix one more per target
+// token (a generated target counted at max_new_tokens), with `end_rows` score rows (the path's ends, in its first
+// round), each row the whole sequence: refused before the plan builds any of them. `points_are`: what `points`
+// counts, where it is not `points_field` itself.
+absl::Status CheckPathRound(const AttributionRequest& r, int64_t points, int64_t end_rows, const char* points_field,
+                            const AttributionLimits& limits, const char* points_are = nullptr) {
   const int64_t targets =
       r.target_ids.empty() ? r.generation.max_new_tokens : static_cast<int64_t>(r.target_ids.size());
   const int64_t per_point = 1 + (r.want_token_matrix ? targets : 0);
-  const int64_t rows = points * per_point + 2;  // and the score rows at the path's ends
-  if (rows <= limits.max_rows) return absl::OkStatus();
+  const int64_t rows = points * per_point + end_rows;
+  const int64_t tokens = rows * (static_cast<int64_t>(r.prompt_ids.size()) + targets);
+  if (rows <= limits.max_rows && tokens <= limits.max_queued_tokens) return absl::OkStatus();
+  const bool too_many_rows = rows > limits.max_rows;
   return absl::InvalidArgumentError(absl::StrCat(
       points_are != nullptr ? points_are : points_field, " x (1 + target tokens with want_token_matrix) = ", points,
-      " x ", per_point, ": ", AttributionMethodName(r.method), " would queue ", rows,
-      " rows, over this server's limit of ", limits.max_rows, " rows per request; ask for fewer ", points_field,
-      ", a shorter target, or want_token_matrix = false"));
+      " x ", per_point, ": ", AttributionMethodName(r.method), " would queue ", rows, " rows",
+      too_many_rows ? "" : absl::StrCat(" of ", tokens, " tokens"), " at once, over this server's limit of ",
+      too_many_rows ? limits.max_rows : limits.max_queued_tokens, too_many_rows ? " rows" : " tokens",
+      " per request; ask for fewer ", points_field, ", a shorter target, or want_token_matrix = false"));
 }
 
 absl::Status ValidateIntegratedGradients(const AttributionRequest& r, int64_t, const AttributionLimits& limits) {
   if (auto s = CheckRange(r.n_steps, MinIntegrationSteps(r.rule), limits.max_steps, "n_steps"); !s.ok()) return s;
   // With a tolerance n_steps is a budget over rounds that each queue a part of it, and the request may stop at
-  // any round: the limit on rows queued at once applies to its largest round, checked here, before any runs
-  // (the engine refused a later round after the earlier ones had run, their work lost).
+  // any round: the limits on rows and tokens queued at once apply to its first round (with the path's ends) and
+  // its largest later one, checked here, before any runs (the engine refused a later round after the earlier
+  // ones had run, their work lost).
   if (r.completeness_tolerance > 0) {
-    return CheckPathRows(r, LargestAdaptiveRound(r.rule, r.n_steps), "n_steps", limits,
-                         "the points of n_steps' largest order with a tolerance");
+    RETURN_IF_ERROR(CheckPathRound(r, FirstAdaptiveOrder(r.rule, r.n_steps), 2, "n_steps", limits,
+                                   "the points of the first order with a tolerance"));
+    return CheckPathRound(r, LargestLaterAdaptiveRound(r.rule, r.n_steps), 0, "n_steps", limits,
+                          "the points of n_steps' largest order with a tolerance");
   }
-  return CheckPathRows(r, r.n_steps, "n_steps", limits);
+  return CheckPathRound(r, r.n_steps, 2, "n_steps", limits);
 }
 
 absl::Status ValidateGradientShap(const AttributionRequest& r, int64_t features, const AttributionLimits& limits) {
   if (!(r.stdev >= 0 && r.stdev <= 10))
     return absl::InvalidArgumentError(absl::StrCat("stdev = ", r.stdev, " is outside [0, 10]"));
   if (auto s = CheckSamples(r, features, limits); !s.ok()) return s;
-  return CheckPathRows(r, r.n_samples, "n_samples", limits);
+  return CheckPathRound(r, r.n_samples, 2, "n_samples", limits);
 }
 
 PathReduction TimesDirection(const AttributionRequest&) { return PathReduction::kTimesDirection; }

@@ -508,26 +508,35 @@ TEST_F(AttributionTest, ContrastiveIsTargetMinusFoil) {
 }
 
 // With a tolerance, n_steps is a budget over rounds that each queue a part of it, and the request may stop at
-// any round: the row limit applies to its largest round (Gauss-Legendre within 1,024 points: 8, 16, ..., 512;
-// the 8 left are fewer than the last order's), not to n_steps x (1 + T), and up front: the engine refused a later
-// round after the earlier ones had run.
+// any round: the limits apply to its first round (with the path's two end rows) and its largest later round
+// (Gauss-Legendre within 1,024 points: 8, 16, ..., 512; the 8 left are fewer than the last order's), not to
+// n_steps x (1 + T), and up front: the engine refused a later round after the earlier ones had run.
 TEST_F(AttributionTest, RowsArePreCountedFromTheLargestOrderWithATolerance) {
   AttributionRequest r = FromCase(Case("ig_gausslegendre_token0"));
   r.want_token_matrix = true;
   r.n_steps = 1024;
   const int64_t per_point = 1 + static_cast<int64_t>(r.target_ids.size());
-  const AttributionLimits limits{.max_rows = 512 * per_point + 2};  // under 1024 x (1 + T)
+  const int64_t sequence = static_cast<int64_t>(r.prompt_ids.size() + r.target_ids.size());
+  const AttributionLimits limits{.max_rows = 512 * per_point};  // under 1024 x (1 + T)
   EXPECT_THAT(ValidateAttributionRequest(r, model_->config(), limits),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("n_steps x (1 + target tokens")));
   r.completeness_tolerance = 0.01;
   EXPECT_THAT(ValidateAttributionRequest(r, model_->config(), limits), IsOk());
-  EXPECT_THAT(ValidateAttributionRequest(r, model_->config(), {.max_rows = 512 * per_point + 1}),
+  EXPECT_THAT(ValidateAttributionRequest(r, model_->config(), {.max_rows = 512 * per_point - 1}),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("the points of n_steps' largest order with a tolerance x (1 + target tokens "
                                  "with want_token_matrix) = 512 x")));
+  // Tokens too: every row is the whole sequence.
+  EXPECT_THAT(ValidateAttributionRequest(r, model_->config(), {.max_queued_tokens = 512 * per_point * sequence}),
+              IsOk());
+  EXPECT_THAT(ValidateAttributionRequest(r, model_->config(), {.max_queued_tokens = 512 * per_point * sequence - 1}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("tokens per request")));
+  // The first round holds the two end rows: 8 points and 2 rows.
+  EXPECT_THAT(ValidateAttributionRequest(r, model_->config(), {.max_rows = 8 * per_point + 1}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("the points of the first order")));
   r.rule = IntegrationRule::kFejer2;  // 7, 15, ..., 1023 points, the last adding 512 nodes
-  EXPECT_THAT(ValidateAttributionRequest(r, model_->config(), {.max_rows = 512 * per_point + 2}), IsOk());
-  EXPECT_THAT(ValidateAttributionRequest(r, model_->config(), {.max_rows = 512 * per_point + 1}),
+  EXPECT_THAT(ValidateAttributionRequest(r, model_->config(), {.max_rows = 512 * per_point}), IsOk());
+  EXPECT_THAT(ValidateAttributionRequest(r, model_->config(), {.max_rows = 512 * per_point - 1}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("= 512 x")));
 }
 
