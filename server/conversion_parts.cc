@@ -3,6 +3,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/match.h"
 #include "engine/common/status_macros.h"
 #include "engine/tokenizer/continuation.h"
 #include "engine/tokenizer/tokenizer.h"
@@ -18,19 +19,24 @@ int64_t CodePoints(absl::string_view text, size_t bytes) {
 
 // The text a prompt stands for: its own text, or its ids decoded. Tokenizers split text at special tokens and
 // tokenize each piece alone, so text after a special token does not continue the text before it: an ids
-// prompt's text is that after its last special token, behind that token's own text (decoding it all without
-// its special tokens joined the pieces, and " No" after "A:</s>" became other tokens than after the same prompt
-// sent as text). A bos at the start is the tokenizer's own, as a text prompt's is: no piece ends there.
+// prompt's text is its text from its last special token on (decoding it all without its special tokens joined
+// the pieces, and " No" after "A:</s>" became other tokens than after the same prompt sent as text). A bos at
+// the start is the tokenizer's own, as a text prompt's is, and a special token whose text does not encode as
+// itself splits no text: neither ends a piece.
 absl::StatusOr<std::string> PromptText(const ResolvedInput& prompt, const engine::Tokenizer& tokenizer) {
   if (!prompt.encoding.spans.empty()) return prompt.text;
   const std::vector<int64_t>& ids = prompt.encoding.ids;
-  auto last_special = std::find_if(ids.rbegin(), ids.rend(), [&](int64_t id) { return tokenizer.SkippedInText(id); });
-  const bool own_bos = last_special != ids.rend() && last_special.base() - 1 == ids.begin() &&
-                       ids.front() == tokenizer.special_tokens().bos;
-  if (last_special == ids.rend() || own_bos) return tokenizer.Decode(ids, /*skip_special_tokens=*/true);
-  absl::StatusOr<std::string> after = tokenizer.Decode({last_special.base(), ids.end()}, /*skip_special_tokens=*/true);
-  if (!after.ok()) return after.status();
-  return tokenizer.TokenText(*last_special) + *after;
+  const auto split = std::find_if(ids.rbegin(), ids.rend(), [&](int64_t id) { return tokenizer.IsSpecial(id); });
+  if (split == ids.rend()) return tokenizer.Decode(ids, /*skip_special_tokens=*/true);
+  const std::string name = tokenizer.TokenText(*split);
+  const absl::StatusOr<engine::Encoding> named = tokenizer.Encode(name, /*add_special_tokens=*/false);
+  const bool own_bos = split.base() - 1 == ids.begin() && ids.front() == tokenizer.special_tokens().bos;
+  if (own_bos || !named.ok() || named->ids != std::vector<int64_t>{*split}) {
+    return tokenizer.Decode(ids, /*skip_special_tokens=*/true);
+  }
+  // From the special token on, so that no leading space of the text after it is taken for the decoding's first.
+  ASSIGN_OR_RETURN(std::string text, tokenizer.Decode({split.base() - 1, ids.end()}, /*skip_special_tokens=*/false));
+  return absl::StartsWith(text, name) ? text : name + text;  // a SentencePiece control piece decodes to nothing
 }
 
 // A text target as the tokens that follow the prompt's own when both are tokenized together.

@@ -87,8 +87,9 @@ std::optional<char> BytePieceValue(const std::string& piece);
 // INVALID_ARGUMENT naming the first offending byte when `text` is not valid UTF-8.
 absl::Status CheckUtf8(const std::string& text);
 
-// The most bytes valid UTF-8 `text` can take once a tokenizer has normalized it: its own or its NFKD form's
-// (compatibility decomposition expands the most of the Unicode normalizations: U+FDFA's 3 bytes are 33).
+// About the most bytes valid UTF-8 `text` can take once a tokenizer has normalized it: its own or its NFKD form's
+// (compatibility decomposition expands about the most of the Unicode normalizations, at most 11 bytes per byte:
+// U+FDFA's 3 bytes are 33).
 int64_t NormalizedBytesBound(const std::string& text);
 
 // `bytes` with each ill-formed UTF-8 subsequence replaced by U+FFFD, one per maximal subpart (as
