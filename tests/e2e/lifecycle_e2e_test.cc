@@ -138,6 +138,20 @@ TEST(Lifecycle, AStderrWhoseReaderIsGoneAndSigHupNeitherKillTheServer) {
   EXPECT_EQ((*server)->Wait(absl::Seconds(30)), 0);  // drained: exit 0, not death by a signal (-2)
 }
 
+// Started to ignore SIGHUP (nohup), the server keeps ignoring it: a blocked signal reaches sigwait even when
+// ignored, so taking it anyway would drain a server its operator meant to outlive the session.
+TEST(Lifecycle, SigHupIgnoredAtStartStaysIgnored) {
+  auto server =
+      ServerProcess::Start({"--model=m=" + test_support::DemoModelDir()}, absl::Seconds(120), {.ignore_hangup = true});
+  ASSERT_THAT(server, IsOk());
+  (*server)->Signal(SIGHUP);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_EQ(FailedLogprobs(**server, 4), 0);
+  EXPECT_EQ((*server)->Log().find("draining"), std::string::npos) << (*server)->Log();
+  (*server)->Signal(SIGTERM);
+  EXPECT_EQ((*server)->Wait(absl::Seconds(30)), 0);
+}
+
 TEST(Lifecycle, RaisesTheSoftOpenFilesLimitToTheHardOne) {
   rlimit own{};
   ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &own), 0);

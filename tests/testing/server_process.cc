@@ -63,6 +63,10 @@ void ServerProcess::Launch(const std::vector<std::string>& args, const ProcessSe
       if (setup.open_files_hard != 0) open_files.rlim_max = setup.open_files_hard;
       if (::setrlimit(RLIMIT_NOFILE, &open_files) != 0) ::_exit(126);
     }
+    // As started from a terminal, whatever ran the tests (nohup, a background job) ignored: the server takes
+    // only the signals it was not started to ignore.
+    ::signal(SIGHUP, setup.ignore_hangup ? SIG_IGN : SIG_DFL);
+    ::signal(SIGINT, SIG_DFL);
     std::vector<char*> c_args;
     for (std::string& a : argv) c_args.push_back(a.data());
     c_args.push_back(nullptr);

@@ -21,12 +21,13 @@ std::string DemoModelDir();
 // "--model=NAME=DIR/NAME,...": a server flag serving each of `names` from its folder under `dir`.
 std::string ModelsFlag(const std::string& dir, const std::vector<std::string>& names);
 
-// How a server process starts: its open-files limits (0: as this process has them), and where its stdout
-// and stderr go (-1: its log file, which Log() reads).
+// How a server process starts: its open-files limits (0: as this process has them), where its stdout and
+// stderr go (-1: its log file, which Log() reads), and whether it ignores SIGHUP (as under nohup).
 struct ProcessSetup {
   uint64_t open_files_soft = 0;
   uint64_t open_files_hard = 0;
   int output_fd = -1;
+  bool ignore_hangup = false;
 };
 
 class ServerProcess {
