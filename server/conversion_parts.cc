@@ -22,11 +22,11 @@ int64_t CodePoints(absl::string_view text, size_t bytes) {
 // prompt's text is its text from its last special token on (decoding it all without its special tokens joined
 // the pieces, and " No" after "A:</s>" became other tokens than after the same prompt sent as text). A bos at
 // the start is the tokenizer's own, as a text prompt's is, and a special token whose text does not encode as
-// itself splits no text: neither ends a piece.
+// itself splits no text: neither ends a piece (a SentencePiece model's unknown piece, named in text, does).
 absl::StatusOr<std::string> PromptText(const ResolvedInput& prompt, const engine::Tokenizer& tokenizer) {
   if (!prompt.encoding.spans.empty()) return prompt.text;
   const std::vector<int64_t>& ids = prompt.encoding.ids;
-  const auto split = std::find_if(ids.rbegin(), ids.rend(), [&](int64_t id) { return tokenizer.IsSpecial(id); });
+  const auto split = std::find_if(ids.rbegin(), ids.rend(), [&](int64_t id) { return tokenizer.SkippedInText(id); });
   if (split == ids.rend()) return tokenizer.Decode(ids, /*skip_special_tokens=*/true);
   const std::string name = tokenizer.TokenText(*split);
   const absl::StatusOr<engine::Encoding> named = tokenizer.Encode(name, /*add_special_tokens=*/false);
@@ -36,7 +36,11 @@ absl::StatusOr<std::string> PromptText(const ResolvedInput& prompt, const engine
   }
   // From the special token on, so that no leading space of the text after it is taken for the decoding's first.
   ASSIGN_OR_RETURN(std::string text, tokenizer.Decode({split.base() - 1, ids.end()}, /*skip_special_tokens=*/false));
-  return absl::StartsWith(text, name) ? text : name + text;  // a SentencePiece control piece decodes to nothing
+  if (absl::StartsWith(text, name)) return text;
+  // libsentencepiece decodes a control piece to nothing and the unknown piece to " ⁇ ": the text after it, behind
+  // its name (SentencePiece puts the leading space its decoding drops back on each piece of text).
+  ASSIGN_OR_RETURN(std::string after, tokenizer.Decode({split.base(), ids.end()}, /*skip_special_tokens=*/true));
+  return name + after;
 }
 
 // A text target as the tokens that follow the prompt's own when both are tokenized together.

@@ -37,9 +37,15 @@ std::string FormatLine(nlohmann::json line) {
   return line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
 }
 
+std::atomic<LogWriter*> process_log{nullptr};  // once made, for FlushLogInSignalHandler
+
 // Never destroyed: its thread may be blocked in write() while the process exits.
 LogWriter& ProcessLog() {
-  static LogWriter* writer = new LogWriter(STDERR_FILENO, int64_t{16} << 20);
+  static LogWriter* writer = [] {
+    auto* made = new LogWriter(STDERR_FILENO, int64_t{16} << 20);
+    process_log.store(made);
+    return made;
+  }();
   return *writer;
 }
 
@@ -66,7 +72,10 @@ void WriteLogLine(nlohmann::json line) { ProcessLog().Append(FormatLine(std::mov
 
 bool FlushLog(absl::Duration timeout) { return ProcessLog().Flush(timeout); }
 
-void FlushLogInSignalHandler(absl::Duration timeout) { ProcessLog().FlushWithoutLocking(timeout); }
+void FlushLogInSignalHandler(absl::Duration timeout) {
+  // Making the writer (memory, a thread) is not for a signal handler; before it exists nothing is queued.
+  if (LogWriter* writer = process_log.load()) writer->FlushWithoutLocking(timeout);
+}
 
 int64_t LogLinesDropped() { return ProcessLog().dropped(); }
 
@@ -123,24 +132,23 @@ void LogWriter::Run() {
   for (;;) {
     changed_.wait(lock, [&] { return stopping_ || !lines_.empty(); });
     if (lines_.empty()) return;  // stopping, everything written
-    // The lines queued now in one write, up to PIPE_BUF bytes: a pipe takes that much in one piece, so what
-    // else writes to stderr (a crash's report, a library's warning) cannot land inside one of these lines.
-    std::string text;
+    // The lines queued now in one write, up to PIPE_BUF bytes (a longer line alone): a pipe takes that much in
+    // one piece, so what else writes to stderr (a crash's report, a library's warning) cannot land inside one of
+    // these lines. The count of lines dropped comes first, once stderr takes lines again.
+    const int64_t unsaid = std::exchange(dropped_unsaid_, 0);
+    std::string text = unsaid == 0 ? std::string()
+                                   : FormatLine({{"event", "log_lines_dropped"},
+                                                 {"severity", "WARNING"},
+                                                 {"count", unsaid},
+                                                 {"detail", "stderr took no lines while the log's buffer was full"}});
     int64_t count = 0;
-    while (!lines_.empty() && (count == 0 || text.size() + lines_.front().size() <= PIPE_BUF)) {
+    while (!lines_.empty() && (text.empty() || text.size() + lines_.front().size() <= PIPE_BUF)) {
       text += lines_.front();
       buffered_bytes_ -= static_cast<int64_t>(lines_.front().size());
       lines_.pop_front();
       ++count;
     }
-    const int64_t unsaid = std::exchange(dropped_unsaid_, 0);
     lock.unlock();
-    if (unsaid > 0) {
-      text.insert(0, FormatLine({{"event", "log_lines_dropped"},
-                                 {"severity", "WARNING"},
-                                 {"count", unsaid},
-                                 {"detail", "stderr took no lines while the log's buffer was full"}}));
-    }
     const bool written = WriteAll(fd_, text);
     lock.lock();
     if (!written) {  // said once stderr takes lines again, if it ever does

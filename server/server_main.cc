@@ -557,11 +557,11 @@ int main(int argc, char** argv) {
   // thread to the log before the process dies of the same signal; without it a crash leaves no trace.
   absl::InitializeSymbolizer(argv[0]);
   absl::FailureSignalHandlerOptions failure;
-  // The report after the log's last lines, which a thread of their own writes (for up to 1 s: it may be stuck).
-  failure.writerfn = [](const char* text) {
+  // abseil writes the report to stderr itself, then hands it here: the log's queued lines, which a thread of their
+  // own writes, go out after it rather than die with the process (for up to 1 s: that thread may be stuck).
+  failure.writerfn = [](const char*) {
     static std::atomic<bool> flushed{false};
     if (!flushed.exchange(true)) attribution::server::FlushLogInSignalHandler(absl::Seconds(1));
-    if (text != nullptr) (void)!::write(STDERR_FILENO, text, std::strlen(text));
   };
   absl::InstallFailureSignalHandler(failure);
   // A log reader that went away (a restarted shipper, a closed terminal's pipe) is EPIPE to the log's

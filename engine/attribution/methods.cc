@@ -21,16 +21,18 @@ absl::Status CheckSamples(const AttributionRequest& r, int64_t, const Attributio
 // --- gradient methods -----------------------------------------------------------------------------
 
 // A round of `points` points on a path queues a grad row per point, and with the token matrix one more per target
-// token (a generated target counted at max_new_tokens), with `end_rows` score rows (the path's ends, in its first
-// round), each row the whole sequence: refused before the plan builds any of them. `points_are`: what `points`
-// counts, where it is not `points_field` itself.
+// token (a generated target counted at max_new_tokens), with `end_rows` score rows (in its first round: the input's,
+// and for integrated gradients the baseline's), each row the whole sequence: refused before the plan builds any of
+// them. A generated target's tokens are the engine's to count, once it is generated: counted at max_new_tokens
+// here, rows x tokens refused requests whose generation stops early. `points_are`: what `points` counts, where it
+// is not `points_field` itself.
 absl::Status CheckPathRound(const AttributionRequest& r, int64_t points, int64_t end_rows, const char* points_field,
                             const AttributionLimits& limits, const char* points_are = nullptr) {
   const int64_t targets =
       r.target_ids.empty() ? r.generation.max_new_tokens : static_cast<int64_t>(r.target_ids.size());
   const int64_t per_point = 1 + (r.want_token_matrix ? targets : 0);
   const int64_t rows = points * per_point + end_rows;
-  const int64_t tokens = rows * (static_cast<int64_t>(r.prompt_ids.size()) + targets);
+  const int64_t tokens = r.target_ids.empty() ? 0 : rows * (static_cast<int64_t>(r.prompt_ids.size()) + targets);
   if (rows <= limits.max_rows && tokens <= limits.max_queued_tokens) return absl::OkStatus();
   const bool too_many_rows = rows > limits.max_rows;
   return absl::InvalidArgumentError(absl::StrCat(
@@ -60,7 +62,7 @@ absl::Status ValidateGradientShap(const AttributionRequest& r, int64_t features,
   if (!(r.stdev >= 0 && r.stdev <= 10))
     return absl::InvalidArgumentError(absl::StrCat("stdev = ", r.stdev, " is outside [0, 10]"));
   if (auto s = CheckSamples(r, features, limits); !s.ok()) return s;
-  return CheckPathRound(r, r.n_samples, 2, "n_samples", limits);
+  return CheckPathRound(r, r.n_samples, 1, "n_samples", limits);
 }
 
 PathReduction TimesDirection(const AttributionRequest&) { return PathReduction::kTimesDirection; }

@@ -260,6 +260,19 @@ TEST_F(TokenSemanticsTest, AnIdsPromptScoresTheTargetAsTheSamePromptAsText) {
     EXPECT_EQ(Ids(*as_ids), expected);
     EXPECT_EQ(as_ids->total_log_prob, as_text->total_log_prob);
   }
+  // The unknown piece, named in text, splits it too; text after the split keeps its leading space.
+  for (const std::string& split : {std::string("The cup is tiny.<unk>"), std::string("A:</s> Yes")}) {
+    for (const std::string target : {"dog", " dog"}) {
+      SCOPED_TRACE(split + target);
+      absl::StatusOr<client::Logprobs> as_text =
+          client_->GetLogprobs({.model = "default", .prompt = split, .target = target});
+      ASSERT_THAT(as_text, IsOk());
+      absl::StatusOr<client::Logprobs> as_ids =
+          client_->GetLogprobs({.model = "default", .prompt_ids = Ids(as_text->prompt_tokens), .target = target});
+      ASSERT_THAT(as_ids, IsOk());
+      EXPECT_EQ(Ids(*as_ids), Ids(*as_text));
+    }
+  }
 }
 
 TEST_F(TokenSemanticsTest, CliShowsTargetTokensFirstAndFixedTokensApart) {
