@@ -62,7 +62,12 @@ absl::Status CheckRow(const Row& row, size_t index) {
   return absl::OkStatus();
 }
 
-std::string Mebibytes(int64_t bytes) { return absl::StrCat(bytes / (1 << 20), " MiB"); }
+// Bytes as the largest unit that leaves at least 1 of them, to a tenth ("0 MiB" said nothing of a limit under 1 MiB).
+std::string Mebibytes(int64_t bytes) {
+  if (bytes < 1024) return absl::StrCat(bytes, " bytes");
+  if (bytes < (1 << 20)) return absl::StrFormat("%.1f KiB", bytes / 1024.0);
+  return absl::StrFormat("%.1f MiB", bytes / static_cast<double>(1 << 20));
+}
 
 }  // namespace
 

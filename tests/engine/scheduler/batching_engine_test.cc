@@ -956,7 +956,8 @@ TEST_F(BatchingEngineTest, ARequestOverTheQueueMemoryLimitAloneIsToldItNeverFits
   std::vector<Row> rows = {Row{.kind = RowKind::kGrad, .point = {.path = path, .alpha = 0.5}}};
   EXPECT_THAT(engine_->Submit(engine_->NewRequest(), std::move(rows), [](size_t, RowResult) {}),
               StatusIs(absl::StatusCode::kInvalidArgument,
-                       AllOf(HasSubstr("this request alone needs"), HasSubstr("even on an idle server"))));
+                       AllOf(HasSubstr("this request alone needs"), HasSubstr("even on an idle server"),
+                             HasSubstr("the limit of 64.0 KiB"))));  // under 1 MiB it said "0 MiB"
   EXPECT_EQ(engine_->Stats().queued_bytes, 0);
 }
 
