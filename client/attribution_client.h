@@ -225,6 +225,7 @@ struct ModelInfo {
   int64_t max_rows = 0;           // rows one request may queue (forward or forward + backward passes of a sequence)
   int64_t max_pairs = 0;          // prompt pairs of one AttributeComponents call
   int64_t max_queued_tokens = 0;  // tokens of the rows one request may queue, together
+  int64_t max_queued_bytes = 0;   // queue memory one request may hold
   // SHA-256 (hex) of the files the server loaded the model from: which checkpoint this is, whatever its name
   // ("" from servers before 2026-12-04).
   std::string weights_digest;

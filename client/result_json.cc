@@ -82,7 +82,8 @@ std::string ModelsJson(const std::vector<ModelInfo>& models) {
                     {"max_choices", m.max_choices},
                     {"max_rows", m.max_rows},
                     {"max_pairs", m.max_pairs},
-                    {"max_queued_tokens", m.max_queued_tokens}});
+                    {"max_queued_tokens", m.max_queued_tokens},
+                    {"max_queued_bytes", m.max_queued_bytes}});
   }
   return Dump({{"models", list}});
 }

@@ -184,6 +184,8 @@ class BatchingEngine {
   int64_t max_rows_per_request() const { return options_.max_rows_per_request; }
   // The most tokens (all its queued rows together) one request may queue (EngineOptions::max_tokens_per_request).
   int64_t max_tokens_per_request() const { return options_.max_tokens_per_request; }
+  // Queue memory one request may hold: the whole queue's (a request over it can never be queued).
+  int64_t max_bytes_per_request() const { return options_.max_queued_bytes; }
   // Called on the executor thread after every batch, before its rows are answered.
   void SetBatchObserver(std::function<void(const BatchRecord&)> observer);
 

@@ -106,6 +106,7 @@ TEST_F(ServiceTest, HealthAndModelsDescribeTheServer) {
   EXPECT_EQ((*models)[0].max_rows, int64_t{1} << 16);
   EXPECT_EQ((*models)[0].max_pairs, 64);
   EXPECT_EQ((*models)[0].max_queued_tokens, int64_t{1} << 24);
+  EXPECT_EQ((*models)[0].max_queued_bytes, int64_t{8} << 30);
   EXPECT_EQ((*models)[0].max_choices, 256);
 }
 

@@ -238,8 +238,8 @@ def test_list_models_and_health_equal_cpp_client(client, server):
     assert [model.name, model.architecture, model.dtype, model.quantization, model.device,
             str(model.resident_weight_bytes)] == line[:6]
     assert (model.vocab_size, model.num_layers, model.hidden_size) == (int(line[8]), int(line[10]), int(line[12]))
-    assert (model.max_top_k, model.max_choices, model.max_rows, model.max_pairs, model.max_queued_tokens) == (
-        20, 256, 1 << 16, 64, 1 << 24)
+    assert (model.max_top_k, model.max_choices, model.max_rows, model.max_pairs, model.max_queued_tokens,
+            model.max_queued_bytes) == (20, 256, 1 << 16, 64, 1 << 24, 8 << 30)
     assert client.health() == cli(server.address, "health").strip() == "SERVING"
 
 

@@ -421,7 +421,7 @@ def models(r: pb.ListModelsResponse) -> List[ModelInfo]:
                       max_tokens=m.limits.max_tokens, max_new_tokens=m.limits.max_new_tokens,
                       max_top_k=m.limits.max_top_k, max_choices=m.limits.max_choices,
                       max_rows=m.limits.max_rows, max_pairs=m.limits.max_pairs,
-                      max_queued_tokens=m.limits.max_queued_tokens,
+                      max_queued_tokens=m.limits.max_queued_tokens, max_queued_bytes=m.limits.max_queued_bytes,
                       quantization_block_size=m.quantization_info.block_size,
                       double_quantization=m.quantization_info.double_quantization,
                       quantization_from_checkpoint=m.quantization_info.from_checkpoint,

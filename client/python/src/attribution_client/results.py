@@ -306,6 +306,8 @@ class ModelInfo:
     max_pairs: int = 0
     # Tokens of the rows one request may queue, together.
     max_queued_tokens: int = 0
+    # Queue memory one request may hold.
+    max_queued_bytes: int = 0
     # nf4 / fp4 (bitsandbytes' formats): block size, double quantization, whether the weights were loaded
     # as a bitsandbytes checkpoint saved them, and that checkpoint's bnb_4bit_compute_dtype.
     quantization_block_size: int = 0
