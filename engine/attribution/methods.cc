@@ -23,9 +23,9 @@ absl::Status CheckSamples(const AttributionRequest& r, int64_t, const Attributio
 // A round of `points` points on a path queues a grad row per point, and with the token matrix one more per target
 // token (a generated target counted at max_new_tokens), with `end_rows` score rows (in its first round: the input's,
 // and for integrated gradients the baseline's), each row the whole sequence: refused before the plan builds any of
-// them. A generated target's tokens are the engine's to count, once it is generated: counted at max_new_tokens
-// here, rows x tokens refused requests whose generation stops early. `points_are`: what `points` counts, where it
-// is not `points_field` itself.
+// them. A generated target's tokens are left to the engine, which counts them once generated (counted here at
+// max_new_tokens, rows x tokens refused requests whose generation stops early). `points_are`: what `points`
+// counts, where it is not `points_field` itself.
 absl::Status CheckPathRound(const AttributionRequest& r, int64_t points, int64_t end_rows, const char* points_field,
                             const AttributionLimits& limits, const char* points_are = nullptr) {
   const int64_t targets =
