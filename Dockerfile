@@ -48,6 +48,6 @@ STOPSIGNAL SIGTERM
 ENTRYPOINT ["attribution-server"]
 # The embedded default model, on the CPU: arguments given to `docker run` replace these (the listen flags'
 # defaults are the same), so `... attribution-server:cuda --device=cuda` serves it on the GPU. With a
-# config: docker run ... -v $PWD/deploy/config:/config attribution-server --config=/config/server.json (its
-# models point into /models, each with its device).
+# config: docker run ... -v $PWD/deploy/config:/config attribution-server --config=/config/server.json (as
+# shipped it serves the embedded model on the CPU: point its models into /models, each with its device).
 CMD ["--listen=0.0.0.0:50051", "--metrics_listen=0.0.0.0:9464"]

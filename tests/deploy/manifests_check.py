@@ -112,9 +112,11 @@ def check_kubernetes(server_binary):
             # The kubelet's native gRPC probes speak plaintext only: against a TLS port every probe fails,
             # so the pods never became ready and liveness restarted them.
             command = probe.get("exec", {}).get("command", [])
-            check(command[:2] == ["attribution-cli", "health"] and any(a.startswith("--ca=") for a in command),
-                  f"{probe_name}: the config serves TLS, which gRPC probes cannot speak; use "
-                  "exec: attribution-cli health --server=127.0.0.1:PORT --ca=CA_FILE --tls_server_name=NAME")
+            # --tls too: the CLI refuses certificate flags on a plaintext connection (exit 1, every probe).
+            check(command[:2] == ["attribution-cli", "health"] and "--tls" in command
+                  and any(a.startswith("--ca=") for a in command),
+                  f"{probe_name}: the config serves TLS, which gRPC probes cannot speak; use exec: "
+                  "attribution-cli health --server=127.0.0.1:PORT --tls --ca=CA_FILE --tls_server_name=NAME")
         else:
             check("grpc" in probe and probe["grpc"]["port"] == ports["grpc"],
                   f"{probe_name} is not a gRPC probe on the gRPC port")
