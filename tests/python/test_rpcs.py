@@ -18,7 +18,7 @@ import pytest
 
 import attribution_client as ac
 from attribution_client import _channel, _convert
-from conftest import PROMPT, cli, cli_json
+from conftest import PROMPT, Server, cli, cli_json
 
 # One float32 ULP of the values involved, turned to float64 and printed: both clients read one answer.
 # Both clients' calls run on the same server, but in batches whose shapes depend on the server's load
@@ -633,6 +633,9 @@ def test_unavailable_is_retried_then_raised():
     config = json.loads(_channel.service_config(ac.ClientOptions(max_attempts=4)))
     policy = config["methodConfig"][0]["retryPolicy"]
     assert policy["retryableStatusCodes"] == ["UNAVAILABLE"] and policy["maxAttempts"] == 4
+    retried = {(n["service"], n["method"]) for n in config["methodConfig"][0]["name"]}
+    assert ("attribution.v1.AttributionService", "Logprobs") in retried
+    assert ("attribution.v1.AttributionService", "GenerateStream") not in retried
     # Nothing listens on port 1: every attempt is UNAVAILABLE, so the call takes the backoffs.
     with ac.AttributionClient("127.0.0.1:1", max_attempts=3, initial_backoff=0.2, max_backoff=0.2) as c:
         started = time.monotonic()
@@ -640,6 +643,35 @@ def test_unavailable_is_retried_then_raised():
             c.health(timeout=20)
         assert isinstance(error.value, ConnectionError)
         assert time.monotonic() - started >= 0.2
+
+
+def test_a_stream_whose_server_dies_before_its_first_event_raises():
+    # With a retry policy on streams, grpcio's blocking stream waited forever here, past its deadline and its
+    # cancel(): streams are not retried. The server dies while it prefills a long prompt (1-2 s on 2 cores).
+    dying = Server()
+    events, outcome = [], {}
+    try:
+        with ac.AttributionClient(dying.address, max_attempts=4) as c:
+            assert c.health() == "SERVING"  # connected
+            stream = c.generate_stream("Once upon a time " * 700, max_new_tokens=4, timeout=5)
+
+            def consume():
+                try:
+                    for event in stream:
+                        events.append(event)
+                except ac.AttributionError as e:
+                    outcome["error"] = e
+
+            reader = threading.Thread(target=consume, daemon=True)
+            reader.start()
+            time.sleep(0.3)
+            dying.process.kill()
+            assert not events, "the prompt's prefill ended before the kill: the test needs a longer prompt"
+            reader.join(timeout=30)
+            assert not reader.is_alive(), "the stream still waits 30 s after its server died (deadline 5 s)"
+    finally:
+        dying.stop()
+    assert isinstance(outcome.get("error"), (ac.Unavailable, ac.DeadlineExceeded)), outcome
 
 
 def test_a_slow_handshake_is_waited_for_up_to_the_connect_timeout(server):

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Channel settings shared by the sync and asyncio clients: credentials, retries on UNAVAILABLE only
-(gRPC's retry policy, as the C++ client), reconnect backoff, message size limits."""
+"""Channel settings shared by the sync and asyncio clients: credentials, retries of unary calls on UNAVAILABLE
+only (gRPC's retry policy, as the C++ client), reconnect backoff, message size limits."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,12 @@ import grpc
 from . import _convert
 from .options import ClientOptions
 
-SERVICES = ("attribution.v1.AttributionService", "grpc.health.v1.Health")
+# The unary methods, the ones retried. A blocking grpcio stream with a retry policy whose server dies before
+# its first message waits forever, past its deadline and its cancel() (grpcio 1.85; the asyncio client and a
+# stream already answering are not affected), so streams are not retried.
+UNARY_METHODS = (("attribution.v1.AttributionService", ("Attribute", "Generate", "Logprobs", "AttributeComponents",
+                                                        "ListModels")),
+                 ("grpc.health.v1.Health", ("Check",)))
 
 # The longest request id and bearer token sent. A call's metadata over the server's limit (gRPC's default,
 # 8 KiB) makes gRPC drop the whole connection, failing the other calls on the channel with
@@ -32,7 +37,7 @@ def service_config(o: ClientOptions) -> str:
     config: dict = {"loadBalancingConfig": [{o.load_balancing: {}}]}
     if o.max_attempts > 1:
         config["methodConfig"] = [{
-            "name": [{"service": s} for s in SERVICES],
+            "name": [{"service": s, "method": m} for s, methods in UNARY_METHODS for m in methods],
             "retryPolicy": {"maxAttempts": min(5, o.max_attempts), "initialBackoff": f"{o.initial_backoff:.3f}s",
                             "maxBackoff": f"{o.max_backoff:.3f}s", "backoffMultiplier": 2,
                             "retryableStatusCodes": ["UNAVAILABLE"]},

@@ -32,7 +32,7 @@ class ClientOptions:
     tls_server_name: str = ""  # verify the server as this name instead of the target's host
     bearer_token: str = ""     # sent as "authorization: Bearer <token>"
     timeout: Optional[float] = 120.0  # deadline of each call in seconds (None or inf: no deadline)
-    max_attempts: int = 4      # tries per call while the answer is UNAVAILABLE (gRPC caps it at 5)
+    max_attempts: int = 4      # tries per unary call while the answer is UNAVAILABLE (gRPC caps it at 5)
     initial_backoff: float = 0.1
     max_backoff: float = 2.0
     # Seconds one connection attempt (TCP, TLS, HTTP/2 handshake) may take before it counts as failed.
