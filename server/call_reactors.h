@@ -96,9 +96,16 @@ class CancelHook {
 };
 
 // gRPC cancels a call whose deadline passed as it cancels one its client gave up, and the engine then ends the
-// work CANCELLED: the log line and metrics say which it was.
-inline grpc::Status EndStatus(const absl::Status& status, const CallLog& log) {
-  if (status.code() == absl::StatusCode::kCancelled && absl::Now() >= log.deadline) {
+// work CANCELLED: the log line and metrics say which it was. The client's own timer usually ends the call
+// first: the server's deadline runs from when it read the headers, rounded up (gRPC sends a timeout to 1% over
+// a second), and the client's reset races the server's timer. So a cancellation this close to the deadline is
+// the deadline's: without the margin 12 of 12 calls with 15.01 s deadlines were counted CANCELLED.
+inline absl::Duration DeadlineMargin(const CallLog& log) {
+  return absl::Milliseconds(100) + (log.deadline - log.received) / 50;
+}
+inline grpc::Status EndStatus(const absl::Status& status, const CallLog& log, absl::Time now = absl::Now()) {
+  if (status.code() == absl::StatusCode::kCancelled && log.deadline != absl::InfiniteFuture() &&
+      now >= log.deadline - DeadlineMargin(log)) {
     return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "the call's deadline passed before its work finished");
   }
   return ToGrpcStatus(status);
