@@ -625,14 +625,20 @@ void BatchingEngine::Finish(RowKind kind, std::vector<PendingRow>& batch, std::v
   record.padded_tokens = longest * record.rows;
   const absl::Time now = Now();
   std::vector<Answer> answers;
-  int64_t failed = 0;
+  // Rows of calls that ended meanwhile are abandoned, not failed: counted as failed, every client's cancel and
+  // deadline showed as "rows that failed on the device".
+  int64_t failed = 0, abandoned = 0;
   for (size_t i = 0; i < batch.size(); ++i) {
     Request& request = *batch[i].group->request;
-    if (request.cancelled())
+    if (request.cancelled()) {
       results[i] = RowResult{.status = absl::CancelledError("request was cancelled")};
-    else if (now > request.deadline())
+      ++abandoned;
+    } else if (now > request.deadline()) {
       results[i] = RowResult{.status = absl::DeadlineExceededError("request deadline passed while running")};
-    if (!results[i].status.ok()) ++failed;
+      ++abandoned;
+    } else if (!results[i].status.ok()) {
+      ++failed;
+    }
     {
       std::lock_guard<std::mutex> lock(request.mu_);
       request.stats_.rows_done += 1;
@@ -641,7 +647,7 @@ void BatchingEngine::Finish(RowKind kind, std::vector<PendingRow>& batch, std::v
     }
     answers.push_back({batch[i].group, batch[i].index, std::move(results[i])});
   }
-  record.failed = failed > 0;
+  record.failed = failed + abandoned > 0;
   std::function<void(const BatchRecord&)> observer;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -650,12 +656,14 @@ void BatchingEngine::Finish(RowKind kind, std::vector<PendingRow>& batch, std::v
     stats_.tokens += record.tokens;
     stats_.padded_tokens += record.padded_tokens;
     stats_.failed_rows += failed;
+    stats_.abandoned_rows += abandoned;
     stats_.time_limited_batches += time_limited ? 1 : 0;
     stats_.batches_inside_pauses += inside_pause ? 1 : 0;
     stats_.device_time += device_time;
-    // A failed batch's time (split retries, errors) says nothing about the kind's cost.
-    if (failed == 0) costs_.Observe(kind, record.rows, longest, device_time);
-    if (failed == 0 && !inside_pause) ObserveStretchesLocked(kind, device_time);
+    // A failed batch's time (split retries, errors, a batch stopped for its cancelled calls) says nothing about
+    // the kind's cost.
+    if (!record.failed) costs_.Observe(kind, record.rows, longest, device_time);
+    if (!record.failed && !inside_pause) ObserveStretchesLocked(kind, device_time);
     observer = observer_;
   }
   // Observed before the answers go out, so whoever learns a result also finds its batch counted.

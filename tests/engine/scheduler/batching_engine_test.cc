@@ -649,6 +649,9 @@ TEST_F(BatchingEngineTest, InFlightResultsOfCancelledRequestAreDiscarded) {
   gate.Notify();
   rows.Wait();
   EXPECT_THAT(rows.result(0).status, StatusIs(absl::StatusCode::kCancelled));
+  // Its client's doing, not the device's (counted before the answers go out).
+  EXPECT_EQ(engine_->Stats().abandoned_rows, 1);
+  EXPECT_EQ(engine_->Stats().failed_rows, 0);
 }
 
 // A gradient batch whose requests are all cancelled stops at its next pause instead of its end, and
@@ -694,6 +697,8 @@ TEST_F(BatchingEngineTest, AGradientBatchStopsAtItsNextPauseOnceItsRequestExpire
   expiring.Wait();
   EXPECT_EQ(stretches, 1);
   EXPECT_THAT(expiring.result(0).status, StatusIs(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_EQ(engine_->Stats().abandoned_rows, 8);
+  EXPECT_EQ(engine_->Stats().failed_rows, 0);
 }
 
 // A batch that fails whole is halved and retried; abandoned in its first half, the second half does not
@@ -868,6 +873,8 @@ TEST_F(BatchingEngineTest, RowThatAlwaysFailsFailsOnlyItsRequest) {
   bad.Wait();
   for (int i = 0; i < 8; ++i) EXPECT_THAT(good.result(i).status, IsOk());
   EXPECT_THAT(bad.result(0).status, StatusIs(absl::StatusCode::kInternal, HasSubstr("poisoned row")));
+  EXPECT_EQ(engine_->Stats().failed_rows, 1);
+  EXPECT_EQ(engine_->Stats().abandoned_rows, 0);
 }
 
 TEST_F(BatchingEngineTest, FullQueueRejectsBeforeAccepting) {
