@@ -234,6 +234,7 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::string& json_text, con
   RETURN_IF_ERROR(reader.Read("max_top_k", config.max_top_k));
   RETURN_IF_ERROR(reader.ReadSeconds("grace_period_seconds", config.grace_period));
   RETURN_IF_ERROR(reader.ReadSeconds("client_read_timeout_seconds", config.client_read_timeout));
+  RETURN_IF_ERROR(reader.ReadSeconds("max_connection_age_seconds", config.max_connection_age));
   Section tls;
   List models;
   RETURN_IF_ERROR(reader.Read("tls", tls));
@@ -460,6 +461,13 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
       (config.client_read_timeout > absl::ZeroDuration() && config.client_read_timeout < absl::Seconds(0.1))) {
     return absl::InvalidArgumentError(
         "client_read_timeout_seconds must be 0 (no timeout) or at least 0.1, and not negative");
+  }
+  // gRPC takes milliseconds in an int; under a second every client would reconnect all the time.
+  if (config.max_connection_age != absl::ZeroDuration() &&
+      !(config.max_connection_age >= absl::Seconds(1) && config.max_connection_age <= absl::Hours(24 * 24))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_connection_age_seconds must be 0 (never) or between 1 and 2073600, not ",
+                     absl::ToDoubleSeconds(config.max_connection_age)));
   }
   return absl::OkStatus();
 }

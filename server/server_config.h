@@ -62,6 +62,11 @@ struct ServerConfig {
   // How long an answer may wait for its client to read it before the call is cancelled (frees the
   // admission slot of a client that stopped reading); zero: forever.
   absl::Duration client_read_timeout = absl::Seconds(120);
+  // How long a connection may stay open before the server asks its client to make a new one (HTTP/2
+  // GOAWAY; gRPC adds +-10% jitter; calls in flight on it finish): gRPC resolves a name again only when
+  // a connection ends, so without it a round-robin client never sent a call to a replica added after it
+  // connected (the new pods of a scale-out stayed idle). Zero: never.
+  absl::Duration max_connection_age = absl::Minutes(5);
   std::vector<ModelSpec> models;
 };
 

@@ -116,6 +116,9 @@ ABSL_FLAG(bool, check_config_files, true,
 ABSL_FLAG(double, grace_period_seconds, 30, "on SIGTERM, how long calls in flight may take to finish");
 ABSL_FLAG(double, client_read_timeout_seconds, 120,
           "cancel a call whose answer waited this long for its client to read it (0: never)");
+ABSL_FLAG(double, max_connection_age_seconds, 300,
+          "ask a client to reconnect once its connection is this old (calls in flight finish), so "
+          "round-robin clients resolve the name again and reach replicas added since (0: never)");
 
 namespace attribution::server {
 namespace {
@@ -266,6 +269,8 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
     config.grace_period = absl::Seconds(absl::GetFlag(FLAGS_grace_period_seconds));
   if (OnCommandLine("client_read_timeout_seconds"))
     config.client_read_timeout = absl::Seconds(absl::GetFlag(FLAGS_client_read_timeout_seconds));
+  if (OnCommandLine("max_connection_age_seconds"))
+    config.max_connection_age = absl::Seconds(absl::GetFlag(FLAGS_max_connection_age_seconds));
   for (const std::string& entry : absl::GetFlag(FLAGS_model)) {
     std::vector<std::string> parts = absl::StrSplit(entry, absl::MaxSplits('=', 1));
     if (parts.size() != 2)
@@ -437,6 +442,12 @@ int Serve() {
   // gRPC 1.51 sets no limit: one connection's streams that never send their message (each a call object
   // of about 11 KB, matched before any handler or token check) grew the process by 1 GB per 100,000.
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, static_cast<int>(config->max_streams_per_connection));
+  // The grace after the GOAWAY stays gRPC's default, unbounded: a 512-step attribution in flight on an aged
+  // connection finishes there, while the client's new calls go over a new connection.
+  if (config->max_connection_age > absl::ZeroDuration()) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
+                               static_cast<int>(absl::ToInt64Milliseconds(config->max_connection_age)));
+  }
   // gRPC 1.51's quota is unbounded by default, and it reads from a socket whatever arrives, parsed or not: a
   // client sending one-header CONTINUATION frames faster than they were parsed grew the process 230 MB a
   // second (3.4 GB in 15 s, kept after the connection closed). Bounded, reads wait for memory to free.

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // What a client can do to the server below the RPCs: HTTP/2 streams it opens and never feeds, header
-// frames sent faster than they are parsed. Against the real server binary over loopback.
+// frames sent faster than they are parsed; and how long a connection lives. Against the real server binary over loopback.
 #include <arpa/inet.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
@@ -109,6 +109,45 @@ TEST(Transport, OneConnectionHoldsAtMostItsStreamLimitOfUnfedCalls) {
   const grpc::Status status =
       v1::AttributionService::NewStub(other)->Logprobs(&context, DemoLogprobsRequest(), &response);
   EXPECT_TRUE(status.ok()) << status.error_message();
+}
+
+// gRPC resolves a name again only when a connection ends: a round-robin client over a headless Service
+// never sent a call to a replica added after it connected. A connection older than
+// --max_connection_age_seconds is asked to reconnect (GOAWAY): the channel goes IDLE and its next call
+// connects (and resolves) again, while a stream in flight on the old connection runs to its end there.
+TEST(Transport, AnAgedConnectionIsAskedToReconnectWhileItsStreamFinishes) {
+  auto server = ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir(), "--max_connection_age_seconds=1"});
+  ASSERT_THAT(server, IsOk());
+  auto channel = grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials());
+  auto stub = v1::AttributionService::NewStub(channel);
+  v1::GenerateRequest generate;
+  generate.set_model("demo");
+  generate.mutable_prompt()->set_text("Once upon a time");
+  generate.mutable_generation()->set_max_new_tokens(12);
+  generate.mutable_generation()->set_ignore_stop_tokens(true);
+  grpc::ClientContext stream_context;
+  stream_context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  auto stream = stub->GenerateStream(&stream_context, generate);
+  v1::GenerateEvent event;
+  ASSERT_TRUE(stream->Read(&event));
+  ASSERT_EQ(channel->GetState(false), GRPC_CHANNEL_READY);
+
+  // 1 s, +-10% of gRPC's jitter; the stream stays unread meanwhile, so it is in flight past the age.
+  channel->WaitForStateChange(GRPC_CHANNEL_READY, std::chrono::system_clock::now() + std::chrono::seconds(5));
+  EXPECT_EQ(channel->GetState(false), GRPC_CHANNEL_IDLE);
+
+  int tokens = event.has_token() ? 1 : 0;
+  while (stream->Read(&event)) tokens += event.has_token() ? 1 : 0;
+  const grpc::Status stream_status = stream->Finish();
+  EXPECT_TRUE(stream_status.ok()) << stream_status.error_message();
+  EXPECT_EQ(tokens, 12);
+
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  v1::LogprobsResponse response;
+  const grpc::Status status = stub->Logprobs(&context, DemoLogprobsRequest(), &response);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(channel->GetState(false), GRPC_CHANNEL_READY);
 }
 
 // The log's lines for calls that ended before their message, and the calls they stand for: each line

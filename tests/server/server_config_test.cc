@@ -42,12 +42,28 @@ TEST(ServerConfig, ClientReadTimeoutDefaultsToTwoMinutesAndMustNotBeNegative) {
   EXPECT_THAT(ValidateServerConfig(*config), IsOk());
 }
 
+TEST(ServerConfig, MaxConnectionAgeDefaultsToFiveMinutesAndIsZeroOrAtLeastASecond) {
+  absl::StatusOr<ServerConfig> config = ParseServerConfig(R"({"models": [{"name": "m", "path": "/p"}]})", "test.json");
+  ASSERT_THAT(config, IsOk());
+  EXPECT_EQ(config->max_connection_age, absl::Minutes(5));
+  for (const absl::Duration age : {absl::Milliseconds(500), absl::Seconds(-1), absl::Hours(600), absl::InfiniteDuration()}) {
+    config->max_connection_age = age;
+    EXPECT_THAT(ValidateServerConfig(*config), StatusIs(absl::StatusCode::kInvalidArgument,
+                                                        HasSubstr("max_connection_age_seconds must be 0 (never)")));
+  }
+  for (const absl::Duration age : {absl::ZeroDuration(), absl::Seconds(1), absl::Hours(24 * 24)}) {
+    config->max_connection_age = age;
+    EXPECT_THAT(ValidateServerConfig(*config), IsOk());
+  }
+}
+
 TEST(ServerConfig, ParsesEveryKey) {
   absl::StatusOr<ServerConfig> config = ParseServerConfig(R"({
     "listen": "0.0.0.0:6000", "metrics_listen": "", "auth_tokens_file": "/t", "max_concurrent_requests": 7,
     "max_unread_answer_bytes": 9, "max_streams_per_connection": 11,
     "max_transport_memory_bytes": 33554432,
     "max_message_bytes": 1000, "max_top_k": 5, "grace_period_seconds": 2.5, "client_read_timeout_seconds": 0,
+    "max_connection_age_seconds": 60,
     "tls": {"cert_file": "c", "key_file": "k", "client_ca_file": "ca"},
     "models": [{"name": "m", "path": "/p", "dtype": "bfloat16", "quantization": "nf4", "device": "cuda:1",
                 "engine": {"max_batch_tokens": 4096, "max_batch_rows": 16, "max_queue_delay_seconds": 0.005,
@@ -65,6 +81,7 @@ TEST(ServerConfig, ParsesEveryKey) {
   EXPECT_EQ(config->max_transport_memory_bytes, 33554432);
   EXPECT_EQ(config->grace_period, absl::Milliseconds(2500));
   EXPECT_EQ(config->client_read_timeout, absl::ZeroDuration());  // 0: no timeout
+  EXPECT_EQ(config->max_connection_age, absl::Seconds(60));
   EXPECT_EQ(config->tls.client_ca_file, "ca");
   ASSERT_EQ(config->models.size(), 1u);
   const ModelSpec& m = config->models[0];
