@@ -85,7 +85,7 @@ struct BatchRecord {
   int64_t padded_tokens = 0;  // rows x longest
   absl::Duration device_time;
   absl::Duration max_queue_wait;
-  bool failed = false;         // some row answered an error (its call's end included)
+  bool failed = false;        // some row answered an error (its call's end included)
   bool time_limited = false;  // max_batch_time or max_uncontended_batch_time bounded its size
   bool inside_pause = false;  // short calls' rows run while a long batch paused
   double padding_waste() const { return PaddingWaste(tokens, padded_tokens); }
@@ -99,8 +99,8 @@ struct EngineStats {
   int64_t rows = 0;
   int64_t tokens = 0;
   int64_t padded_tokens = 0;
-  int64_t failed_rows = 0;     // an error of the device or the model, for a call still waiting
-  int64_t abandoned_rows = 0;  // their call cancelled or past its deadline by the batch's end
+  int64_t failed_rows = 0;            // an error of the device or the model, for a call still waiting
+  int64_t abandoned_rows = 0;         // their call cancelled or past its deadline by the batch's end
   int64_t time_limited_batches = 0;   // kept short by max_batch_time or max_uncontended_batch_time
   int64_t batches_inside_pauses = 0;  // of short calls' rows, run while a long batch paused
   int64_t token_budget = 0;           // current (shrinks after out-of-memory, regrows after batches that fit)

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // What a client can do to the server below the RPCs: HTTP/2 streams it opens and never feeds, header
-// frames sent faster than they are parsed; and how long a connection lives. Against the real server binary over loopback.
+// frames sent faster than they are parsed; and how long a connection lives. Against the real server binary over
+// loopback.
 #include <arpa/inet.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
@@ -116,7 +117,8 @@ TEST(Transport, OneConnectionHoldsAtMostItsStreamLimitOfUnfedCalls) {
 // --max_connection_age_seconds is asked to reconnect (GOAWAY): the channel goes IDLE and its next call
 // connects (and resolves) again, while a stream in flight on the old connection runs to its end there.
 TEST(Transport, AnAgedConnectionIsAskedToReconnectWhileItsStreamFinishes) {
-  auto server = ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir(), "--max_connection_age_seconds=1"});
+  auto server =
+      ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir(), "--max_connection_age_seconds=1"});
   ASSERT_THAT(server, IsOk());
   auto channel = grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials());
   auto stub = v1::AttributionService::NewStub(channel);

@@ -46,7 +46,8 @@ TEST(ServerConfig, MaxConnectionAgeDefaultsToFiveMinutesAndIsZeroOrAtLeastASecon
   absl::StatusOr<ServerConfig> config = ParseServerConfig(R"({"models": [{"name": "m", "path": "/p"}]})", "test.json");
   ASSERT_THAT(config, IsOk());
   EXPECT_EQ(config->max_connection_age, absl::Minutes(5));
-  for (const absl::Duration age : {absl::Milliseconds(500), absl::Seconds(-1), absl::Hours(600), absl::InfiniteDuration()}) {
+  for (const absl::Duration age :
+       {absl::Milliseconds(500), absl::Seconds(-1), absl::Hours(600), absl::InfiniteDuration()}) {
     config->max_connection_age = age;
     EXPECT_THAT(ValidateServerConfig(*config), StatusIs(absl::StatusCode::kInvalidArgument,
                                                         HasSubstr("max_connection_age_seconds must be 0 (never)")));
