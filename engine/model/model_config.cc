@@ -57,6 +57,14 @@ absl::StatusOr<std::optional<int64_t>> MaybeInt(const json& config, const char* 
   return value->get<int64_t>();
 }
 
+// Older Llama fine-tunes ship "pad_token_id": -1 for "none", which transformers serves (with a warning), and
+// the server pads with its own id where a model names none.
+absl::StatusOr<std::optional<int64_t>> MaybePadId(const json& config, const std::string& source) {
+  ASSIGN_OR_RETURN(std::optional<int64_t> id, MaybeInt(config, "pad_token_id", source));
+  if (id && *id < 0) return std::nullopt;
+  return id;
+}
+
 absl::StatusOr<int64_t> OptionalInt(const json& config, const char* key, int64_t fallback, const std::string& source) {
   ASSIGN_OR_RETURN(std::optional<int64_t> value, MaybeInt(config, key, source));
   return value.value_or(fallback);
@@ -230,9 +238,10 @@ absl::Status ParseDecoderFields(const json& config, const std::string& source, M
   ASSIGN_OR_RETURN(out.norm_eps, OptionalNumber(config, "rms_norm_eps", defaults.rms_norm_eps, source));
   ASSIGN_OR_RETURN(out.rope_theta, OptionalNumber(config, "rope_theta", defaults.rope_theta, source));
   ASSIGN_OR_RETURN(out.hidden_act, OptionalString(config, "hidden_act", "silu", source));
+  if (out.hidden_act == "swish") out.hidden_act = "silu";  // transformers' name for the same function
   if (out.hidden_act != "silu") {
-    return absl::InvalidArgumentError(
-        absl::StrCat(source, ": hidden_act \"", out.hidden_act, "\" is not supported for this architecture (silu)"));
+    return absl::InvalidArgumentError(absl::StrCat(source, ": hidden_act \"", out.hidden_act,
+                                                   "\" is not supported for this architecture (silu, swish)"));
   }
   if (out.architecture == Architecture::kQwen2) {
     out.attention_bias = true;  // Qwen2 always has q/k/v biases and no o_proj bias
@@ -357,9 +366,11 @@ absl::Status ParseGpt2Fields(const json& config, const std::string& source, Mode
   ASSIGN_OR_RETURN(out.intermediate_size, MlpWidth(config, "n_inner", "n_embd", out.hidden_size, source));
   ASSIGN_OR_RETURN(out.norm_eps, OptionalNumber(config, "layer_norm_epsilon", 1e-5, source));
   ASSIGN_OR_RETURN(out.hidden_act, OptionalString(config, "activation_function", "gelu_new", source));
+  // PyTorch's tanh approximation of GELU is gelu_new's formula.
+  if (out.hidden_act == "gelu_pytorch_tanh") out.hidden_act = "gelu_new";
   if (out.hidden_act != "gelu_new" && out.hidden_act != "gelu") {
-    return absl::InvalidArgumentError(
-        absl::StrCat(source, ": activation_function \"", out.hidden_act, "\" is not supported (gelu_new, gelu)"));
+    return absl::InvalidArgumentError(absl::StrCat(source, ": activation_function \"", out.hidden_act,
+                                                   "\" is not supported (gelu_new, gelu_pytorch_tanh, gelu)"));
   }
   out.attention_bias = true;
   out.output_bias = true;
@@ -506,7 +517,7 @@ absl::StatusOr<ModelConfig> ParseConfigObject(const std::string& json_text, cons
   }
   ASSIGN_OR_RETURN(out.bos_token_id, MaybeInt(config, "bos_token_id", source));
   ASSIGN_OR_RETURN(out.eos_token_ids, IdList(config, "eos_token_id", source));
-  ASSIGN_OR_RETURN(out.pad_token_id, MaybeInt(config, "pad_token_id", source));
+  ASSIGN_OR_RETURN(out.pad_token_id, MaybePadId(config, source));
   RETURN_IF_ERROR(ParseQuantizationConfig(config, source, out));
   RETURN_IF_ERROR(CheckConsistency(source, out));
   return out;
@@ -560,7 +571,7 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& dir) {
     ModelConfig ids;
     ASSIGN_OR_RETURN(ids.bos_token_id, MaybeInt(generation, "bos_token_id", generation_path));
     ASSIGN_OR_RETURN(ids.eos_token_ids, IdList(generation, "eos_token_id", generation_path));
-    ASSIGN_OR_RETURN(ids.pad_token_id, MaybeInt(generation, "pad_token_id", generation_path));
+    ASSIGN_OR_RETURN(ids.pad_token_id, MaybePadId(generation, generation_path));
     RETURN_IF_ERROR(CheckSpecialTokenIds(generation_path, ids, config.vocab_size));
     if (ids.bos_token_id) config.bos_token_id = ids.bos_token_id;
     if (!ids.eos_token_ids.empty()) config.eos_token_ids = ids.eos_token_ids;

@@ -225,6 +225,28 @@ TEST(ModelConfig, NullMeansAbsent) {
   EXPECT_THAT(ParseModelConfig(qwen.dump(), "config.json"), IsOk());
 }
 
+// What real checkpoints ship that transformers reads as something it knows: a pad id of -1 (older Llama
+// fine-tunes) is none, "swish" is SiLU, and "gelu_pytorch_tanh" is gelu_new's tanh approximation.
+TEST(ModelConfig, NamesTransformersReadAsOthersAreThoseOthers) {
+  auto llama = ParseModelConfig(Llama({{"pad_token_id", -1}, {"hidden_act", "swish"}}).dump(), "config.json");
+  ASSERT_THAT(llama, IsOk());
+  EXPECT_FALSE(llama->pad_token_id.has_value());
+  EXPECT_EQ(llama->hidden_act, "silu");
+  auto gpt2 = ParseModelConfig(Gpt2({{"activation_function", "gelu_pytorch_tanh"}}).dump(), "config.json");
+  ASSERT_THAT(gpt2, IsOk());
+  EXPECT_EQ(gpt2->hidden_act, "gelu_new");
+  EXPECT_THAT(ParseModelConfig(Gpt2({{"activation_function", "relu"}}).dump(), "config.json"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("\"relu\" is not supported")));
+
+  const std::string dir = ::testing::TempDir() + "/model_config_generation_pad";
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/config.json") << Llama({{"pad_token_id", 0}}).dump();
+  std::ofstream(dir + "/generation_config.json") << R"({"pad_token_id": -1})";
+  auto read = ReadModelConfig(dir);
+  ASSERT_THAT(read, IsOk());
+  EXPECT_EQ(read->pad_token_id, 0);  // the generation config's -1 names none, so config.json's stands
+}
+
 // Ids from generation_config.json are checked against config.json's vocabulary, and an error names
 // generation_config.json, where the id came from.
 TEST(ModelConfig, GenerationConfigEosOutsideVocabularyIsRefused) {
