@@ -32,6 +32,11 @@ class BatchExecutor {
   // At most into how many stretches of about equal device time those points cut a batch of `kind` (1:
   // it never pauses); the engine learns how many it sees.
   virtual int PausedStretches(RowKind kind) const { return 1; }
+  // A check to run between decoder layers of the batches that do not pause (score and decode batches; a
+  // long prompt's prefill is one row of seconds), on the thread running them: the engine throws from it
+  // once no row of the batch is wanted, so a cancelled call stops at the next layer. Set before the first
+  // Run.
+  virtual void SetAbandonPoint(std::function<void()> abandon_point) {}
 };
 
 // Executes rows with a CausalLM: right-pads them into one batch per call.

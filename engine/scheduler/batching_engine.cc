@@ -109,6 +109,7 @@ absl::StatusOr<std::unique_ptr<BatchingEngine>> BatchingEngine::Create(std::uniq
       engine->paused_stretches_[k] = engine->max_paused_stretches_[k];
     }
   }
+  engine->executor_->SetAbandonPoint([e = engine.get()] { e->StopIfRunningBatchAbandoned(); });
   engine->thread_ = std::thread([e = engine.get()] { e->Loop(); });
   return engine;
 }
@@ -463,14 +464,17 @@ bool BatchingEngine::NoRowIsWanted(const std::vector<PendingRow>& batch, absl::T
   });
 }
 
+void BatchingEngine::StopIfRunningBatchAbandoned() {
+  if (running_batch_ == nullptr || running_short_work_ || !NoRowIsWanted(*running_batch_, Now())) return;
+  running_batch_abandoned_ = true;
+  // Unwinds the forward or backward (through autograd when thrown from a gradient hook) to Execute; its
+  // activations are freed on the way.
+  throw std::runtime_error("batch abandoned: every request in it was cancelled or expired");
+}
+
 void BatchingEngine::RunShortWorkWhilePaused() {
+  StopIfRunningBatchAbandoned();
   const absl::Time paused = Now();
-  if (running_batch_ != nullptr && NoRowIsWanted(*running_batch_, paused)) {
-    running_batch_abandoned_ = true;
-    // Unwinds the forward or backward (through autograd when thrown from a gradient hook) to Execute;
-    // its activations are freed on the way.
-    throw std::runtime_error("batch abandoned: every request in it was cancelled or expired");
-  }
   longest_stretch_ = std::max(longest_stretch_, paused - stretch_began_);
   MarkProgress();
   RunShortWork(paused);
@@ -534,7 +538,9 @@ void BatchingEngine::RunShortWork(absl::Time now) {
   absl::Cleanup paused_batch_threads = [few_threads, paused_threads] {
     if (few_threads) SetThreadIntraOpThreads(paused_threads);
   };
+  running_short_work_ = true;
   Execute(decision.kind, rows, results, /*inside_pause=*/true);
+  running_short_work_ = false;
   std::move(paused_batch_threads).Invoke();
   const absl::Time ended = Now();
   MarkProgress();  // as between batches: its answers are progress

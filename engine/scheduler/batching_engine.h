@@ -242,6 +242,9 @@ class BatchingEngine {
   // The executor's pause point: abandons the running batch if no row of it is still wanted, else times
   // the stretch that ended and runs the short work.
   void RunShortWorkWhilePaused();
+  // The executor's abandon point, and the pause point's first step: throws (to Execute) once no row of the
+  // running batch is still wanted. A short batch inside a pause is not the running batch: it runs on.
+  void StopIfRunningBatchAbandoned();
   // Whether every row of `batch` belongs to a cancelled or expired request.
   static bool NoRowIsWanted(const std::vector<PendingRow>& batch, absl::Time now);
   // Runs one batch of the waiting short work QueueViewsLocked shows inside a pause.
@@ -300,6 +303,7 @@ class BatchingEngine {
   // requests are all cancelled or expired, rather than running the whole batch for nobody.
   const std::vector<PendingRow>* running_batch_ = nullptr;
   bool running_batch_abandoned_ = false;
+  bool running_short_work_ = false;  // a short batch runs inside the running batch's pause
   // When the running batch last progressed (ProgressClock), kNoBatchRunning between batches. Written by the
   // thread that runs batches, read by anyone.
   void MarkProgress() { last_progress_ns_.store(ProgressClock()); }

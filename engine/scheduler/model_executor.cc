@@ -53,6 +53,11 @@ class ModelExecutor : public BatchExecutor {
     pause_point_ = std::move(pause_point);
   }
 
+  // As pauses, on the CPU only: there the host is where the device is; on CUDA it runs ahead of the kernels.
+  void SetAbandonPoint(std::function<void()> abandon_point) override {
+    if (!model_->device().is_cuda()) abandon_point_ = std::move(abandon_point);
+  }
+
   // Gradient batches pause as each layer begins and between its attention and MLP, forward and backward.
   // A layer's backward takes about twice its forward and its MLP about 2/3 of it at short lengths (the
   // attention's share grows with the length), so the longest stretch is about 4 / (9 x layers) of the
@@ -103,6 +108,7 @@ class ModelExecutor : public BatchExecutor {
   absl::Status RunScore(const std::vector<const Row*>& rows, std::vector<RowResult>& results) {
     c10::InferenceMode inference;
     ASSIGN_OR_RETURN(ForwardBatch batch, Pad(rows));
+    batch.pause_point = abandon_point_;
     std::vector<RowObjective> objectives;
     int64_t top_k = 0;
     std::vector<const KvCache*> prefixes;
@@ -148,7 +154,7 @@ class ModelExecutor : public BatchExecutor {
     std::vector<PathEmbeddings::PathRows> paths;
     ASSIGN_OR_RETURN(ForwardBatch batch, Pad(rows, &paths));
     batch.rules = rules;
-    batch.pause_point = pause_point_;
+    batch.pause_point = pause_point_ ? pause_point_ : abandon_point_;
     std::vector<RowObjective> objectives;
     for (const Row* row : rows) objectives.push_back(row->objective);
     ASSIGN_OR_RETURN(InputGradients grads, model_->ObjectiveGradients(batch, objectives));
@@ -168,6 +174,7 @@ class ModelExecutor : public BatchExecutor {
     ASSIGN_OR_RETURN(ForwardBatch batch, Pad(rows));
     KvCache stacked = KvCache::Stack(caches, {}, /*room=*/batch.input_ids.size(1));
     batch.cache = &stacked;
+    batch.pause_point = abandon_point_;  // the rows' caches are replaced only once the step succeeded
     ASSIGN_OR_RETURN(at::Tensor hidden, model_->Hidden(batch));
     std::vector<int64_t> indices, last;
     for (size_t r = 0; r < rows.size(); ++r) {
@@ -192,6 +199,7 @@ class ModelExecutor : public BatchExecutor {
 
   std::shared_ptr<const CausalLM> model_;
   std::function<void()> pause_point_;
+  std::function<void()> abandon_point_;
   PathEmbeddings paths_;      // embedded once per path, while its rows run
   ComponentRuns components_;  // each prompt pair's activations, while its rows run
 };

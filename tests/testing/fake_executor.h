@@ -34,6 +34,7 @@ class FakeExecutor : public engine::BatchExecutor {
       gate_ = nullptr;  // only the first batch waits
     }
     if (during_batch_) during_batch_(rows);
+    if (kind != engine::RowKind::kGrad && abandon_point_) abandon_point_();  // as between a model's layers
     for (int i = 0; kind == engine::RowKind::kGrad && paused_stretches_ > 1 && i < paused_stretches_; ++i) {
       if (during_stretch_) during_stretch_(rows);
       if (i + 1 < paused_stretches_ && pause_point_) pause_point_();
@@ -71,6 +72,8 @@ class FakeExecutor : public engine::BatchExecutor {
     during_stretch_ = std::move(hook);
   }
   void SetPausePoint(std::function<void()> pause_point) override { pause_point_ = std::move(pause_point); }
+  // Score and decode batches call the engine's abandon point once, after the DuringBatch hook.
+  void SetAbandonPoint(std::function<void()> abandon_point) override { abandon_point_ = std::move(abandon_point); }
   int PausedStretches(engine::RowKind kind) const override {
     return kind == engine::RowKind::kGrad ? paused_stretches_ : 1;
   }
@@ -100,7 +103,7 @@ class FakeExecutor : public engine::BatchExecutor {
   FailureRule failure_;
   std::function<void(const std::vector<const engine::Row*>&)> during_batch_, during_stretch_;
   int paused_stretches_ = 1;
-  std::function<void()> pause_point_;
+  std::function<void()> pause_point_, abandon_point_;
   int64_t embedded_bytes_per_token_ = 0;
   int64_t captured_bytes_per_token_ = 0;
   mutable std::mutex mu_;

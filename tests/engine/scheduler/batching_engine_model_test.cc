@@ -192,6 +192,43 @@ TEST_F(EngineOverModel, GenerationThroughDecodeRowsEqualsModelGeneration) {
   }
 }
 
+// A decode row (a prompt's prefill, one row of seconds for a long prompt) and a score row pass the abandon
+// point as each of Llama's decoder layers begins, between its attention and MLP, and before the final norm: the
+// engine throws there once nobody wants the batch (the model answers an error). Stopped so, a decode row's cache
+// is as it was, and the step then runs as if it never started.
+TEST_F(EngineOverModel, ScoreAndDecodeRowsStopAtTheAbandonPointOfALayer) {
+  std::unique_ptr<BatchExecutor> executor = MakeModelExecutor(model_);
+  const int layers = static_cast<int>(model_->config().num_layers);
+  ASSERT_GE(layers, 2);
+  int passed = 0, stop_at = 2;
+  executor->SetAbandonPoint([&] {
+    if (++passed == stop_at) throw std::runtime_error("batch abandoned");
+  });
+  auto state = std::make_shared<DecodeState>(layers);
+  Row prefill{.kind = RowKind::kDecode, .input_ids = Ids(12, 4), .decode_state = state};
+  std::vector<RowResult> results(1);
+  EXPECT_FALSE(executor->Run(RowKind::kDecode, {&prefill}, results).ok());
+  EXPECT_EQ(passed, 2);
+  EXPECT_EQ(state->cache.lengths(), std::vector<int64_t>{0});
+  EXPECT_FALSE(results[0].next_logits.defined());
+
+  passed = 0;
+  stop_at = -1;
+  ASSERT_THAT(executor->Run(RowKind::kDecode, {&prefill}, results), IsOk());
+  EXPECT_EQ(passed, 2 * layers + 1);
+  EXPECT_EQ(state->cache.lengths(), std::vector<int64_t>{12});
+  auto fresh_state = std::make_shared<DecodeState>(layers);
+  Row fresh{.kind = RowKind::kDecode, .input_ids = Ids(12, 4), .decode_state = fresh_state};
+  std::vector<RowResult> fresh_results(1);
+  ASSERT_THAT(executor->Run(RowKind::kDecode, {&fresh}, fresh_results), IsOk());
+  EXPECT_TRUE(at::equal(results[0].next_logits, fresh_results[0].next_logits));
+
+  passed = 0;
+  Row score{.kind = RowKind::kScore, .input_ids = Ids(6, 2), .objective = {.positions = {4}, .tokens = {9}}};
+  ASSERT_THAT(executor->Run(RowKind::kScore, {&score}, results), IsOk());
+  EXPECT_EQ(passed, 2 * layers + 1);
+}
+
 TEST_F(EngineOverModel, CancelledGenerationEndsWithCancelled) {
   auto request = engine_->NewRequest();
   ::attribution::test_support::Notification done;

@@ -681,6 +681,30 @@ TEST_F(BatchingEngineTest, AGradientBatchStopsAtItsNextPauseOnceNoRowOfItIsWante
   EXPECT_EQ(CountRowsWith(2), 2);
 }
 
+// Score and decode batches do not pause, but one whose requests are all cancelled stops at its next layer
+// too (a long prompt's prefill is one row of seconds: cancelled, it ran to its end), and the engine goes on.
+TEST_F(BatchingEngineTest, AScoreBatchStopsAtItsNextLayerOnceNoRowOfItIsWanted) {
+  RowCollector cancelled(3), later(1);
+  std::shared_ptr<Request> request;
+  Start({}, [&](FakeExecutor& executor) {
+    executor.DuringBatch([&](const std::vector<const Row*>& rows) {
+      if (rows[0]->input_ids[0] == 5) engine_->Cancel(*request);
+    });
+  });
+  request = engine_->NewRequest();
+  ASSERT_THAT(engine_->Submit(request, ScoreRows(3, 2, 5), cancelled.Callback()), IsOk());
+  cancelled.Wait();
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_THAT(cancelled.result(i).status, StatusIs(absl::StatusCode::kCancelled, HasSubstr("request was cancelled")));
+  }
+  EXPECT_EQ(CountRowsWith(5), 0);  // the batch did not run to its end
+  EXPECT_EQ(engine_->Stats().abandoned_rows, 3);
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 6), later.Callback()), IsOk());
+  later.Wait();
+  EXPECT_THAT(later.result(0).status, IsOk());
+  EXPECT_EQ(CountRowsWith(6), 1);
+}
+
 // An expired request's batch stops at the next pause as well; its rows say why.
 TEST_F(BatchingEngineTest, AGradientBatchStopsAtItsNextPauseOnceItsRequestExpired) {
   RowCollector expiring(8);
