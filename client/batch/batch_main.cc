@@ -359,6 +359,19 @@ std::vector<JobFile> JobFiles(std::vector<JobFile> inputs, bool job) {
   return inputs;
 }
 
+// --html's folder and a temporary beside --parquet's table are made before any row runs: an unwritable one found
+// at the end lost the table or the pages of a whole job's work.
+absl::Status CheckReportsWritable() {
+  if (!absl::GetFlag(FLAGS_html).empty()) {
+    if (absl::Status made = MakeReportDirectory(absl::GetFlag(FLAGS_html)); !made.ok()) return made;
+  }
+  if (!absl::GetFlag(FLAGS_parquet).empty()) {
+    absl::StatusOr<std::unique_ptr<AtomicFileWriter>> probe = AtomicFileWriter::Create(absl::GetFlag(FLAGS_parquet));
+    if (!probe.ok()) return probe.status();  // destroyed uncommitted, it removes its temporary
+  }
+  return absl::OkStatus();
+}
+
 // --html's index of --output; says how many answered rows have no page to link to.
 absl::Status WriteHtmlIndex() {
   absl::StatusOr<int64_t> without_page = WriteIndex(absl::GetFlag(FLAGS_html), absl::GetFlag(FLAGS_output));
@@ -410,6 +423,7 @@ int Run(const CommandLine& line) {
       return UsageError(error);
     }
   }
+  if (absl::Status writable = CheckReportsWritable(); !writable.ok()) return Failed(writable);
   absl::StatusOr<std::unique_ptr<ResultLog>> log = ResultLog::Open(absl::GetFlag(FLAGS_output));
   if (!log.ok()) return Failed(log.status());
 
@@ -629,6 +643,7 @@ int Merge(const std::vector<std::string>& shard_files) {
   for (const std::string& file : shard_files) {
     if (absl::Status added = results.Add(file); !added.ok()) return Failed(added);
   }
+  if (absl::Status writable = CheckReportsWritable(); !writable.ok()) return Failed(writable);
   if (absl::Status written = results.WriteInInputOrder(absl::GetFlag(FLAGS_output)); !written.ok()) {
     return Failed(written);
   }

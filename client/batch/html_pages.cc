@@ -17,6 +17,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "client/batch/batch_job.h"
+#include "client/batch/line_files.h"
 #include "client/batch/result_log.h"
 #include "client/batch/untrusted_text.h"
 #include "client/component_render.h"
@@ -29,8 +30,10 @@ namespace {
 using nlohmann::json;
 
 absl::Status MakeDirectory(const std::string& path) {
-  if (::mkdir(path.c_str(), 0755) == 0 || errno == EEXIST) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat("cannot create ", path));
+  if (::mkdir(path.c_str(), 0755) == 0) return absl::OkStatus();
+  struct stat existing;
+  if (errno == EEXIST && ::stat(path.c_str(), &existing) == 0 && S_ISDIR(existing.st_mode)) return absl::OkStatus();
+  return FileError("cannot create", path, errno == EEXIST ? ENOTDIR : errno);
 }
 
 // A component row's three strongest grid entries as features, named by site and indices ("heads L1 H3",
@@ -197,14 +200,18 @@ bool PageIsOfResult(const std::string& path, const std::string& request_id) {
 
 // `page` as the row's page, tagged with the result it shows.
 absl::Status WritePage(const std::string& dir, const std::string& id, const std::string& request_id, std::string page) {
-  if (absl::Status made = MakeDirectory(dir); !made.ok()) return made;
-  if (absl::Status made = MakeDirectory(dir + "/rows"); !made.ok()) return made;
+  if (absl::Status made = MakeReportDirectory(dir); !made.ok()) return made;
   const size_t head = page.find("<head>");
   page.insert(head == std::string::npos ? 0 : head + 6, RequestIdTag(request_id));
   return WriteAtomically(absl::StrCat(dir, "/", RowPagePath(id)), page);
 }
 
 }  // namespace
+
+absl::Status MakeReportDirectory(const std::string& dir) {
+  if (absl::Status made = MakeDirectory(dir); !made.ok()) return made;
+  return MakeDirectory(dir + "/rows");
+}
 
 absl::Status WriteRowPage(const std::string& dir, const std::string& id, const std::string& request_id,
                           const Attribution& attribution) {

@@ -29,6 +29,9 @@ absl::Status WriteRowPage(const std::string& dir, const std::string& id, const s
 absl::Status WriteComponentRowPage(const std::string& dir, const std::string& id, const std::string& request_id,
                                    const ComponentAttribution& attribution);
 
+// Creates DIR and DIR/rows where they do not exist: INTERNAL "cannot create PATH: strerror" where they cannot be.
+absl::Status MakeReportDirectory(const std::string& dir);
+
 // Rewrites DIR/index.html from the results file, each answered row linking to its page when DIR has one
 // written for that result (its request_id in the page: a page of another job's row of the same id, another
 // model, settings or input, is not linked; rows done by a run without --html, or pages of shards written

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iostream>
@@ -355,6 +356,24 @@ TEST_F(Batch, ResumingWithOtherSettingsIsRefused) {
   args.push_back("--method=input_x_gradient");
   EXPECT_EQ(RunBatch(args, log), 1);
   EXPECT_THAT(ReadFile(log), HasSubstr("done with other settings"));
+}
+
+// A --parquet or --html that cannot be written is found before any row runs, and the job writes nothing: found at
+// the end, a whole job's table or pages were lost after all its work (and an empty results file was left).
+TEST_F(Batch, UnwritableReportsAreRefusedBeforeAnyRowRuns) {
+  const std::string output = dir_->File("unwritable.jsonl"), log = dir_->File("unwritable.log");
+  const std::string regular = dir_->File("a_file");
+  std::ofstream(regular) << "x\n";
+  std::vector<std::string> args = Args(output, a_->address());
+  args.push_back("--parquet=" + dir_->File("missing_folder") + "/table.parquet");
+  EXPECT_EQ(RunBatch(args, log), 1);
+  EXPECT_THAT(ReadFile(log), HasSubstr("missing_folder/table.parquet."));
+  EXPECT_THAT(ReadFile(log), HasSubstr(".tmp: No such file or directory"));
+  args.back() = "--html=" + regular;
+  EXPECT_EQ(RunBatch(args, log), 1);
+  EXPECT_THAT(ReadFile(log), HasSubstr("cannot create " + regular + ": Not a directory"));
+  EXPECT_FALSE(std::filesystem::exists(output));
+  EXPECT_FALSE(std::filesystem::exists(output + ".lock"));
 }
 
 TEST_F(Batch, CsvRowsHtmlPagesAndBadInputFiles) {
