@@ -5,7 +5,7 @@
 #   docker build -t attribution-server:cuda .                                  # GPU nodes (default)
 #   docker build -t attribution-server:cpu --build-arg VARIANT=cpu \
 #     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu .       # laptops and CI
-#   docker run --gpus all -p 50051:50051 -p 9464:9464 attribution-server:cuda --device=cuda  # the default model
+#   docker run --stop-timeout 45 --gpus all -p 50051:50051 -p 9464:9464 attribution-server:cuda --device=cuda
 #
 # The build stage runs deploy/docker/build-image.sh, the same script scripts/check-container-build runs
 # in a clean Debian root (docker builds cannot run on our build machines). The runtime stage holds only
