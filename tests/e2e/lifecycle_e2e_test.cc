@@ -36,11 +36,7 @@ using test_support::ServerProcess;
 
 // Polls the server's log until it holds `text`; false after `timeout`.
 bool WaitForLog(const ServerProcess& server, const std::string& text, absl::Duration timeout) {
-  for (const absl::Time give_up = absl::Now() + timeout; absl::Now() < give_up;) {
-    if (server.Log().find(text) != std::string::npos) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return false;
+  return server.LogOnceItHolds(text, timeout).find(text) != std::string::npos;
 }
 
 // The soft and hard "Max open files" of a running process, from /proc/PID/limits.

@@ -132,6 +132,13 @@ int ServerProcess::Wait(absl::Duration timeout) {
 
 std::string ServerProcess::Log() const { return engine::ReadFile(dir_.File("server.log")).value_or(""); }
 
+std::string ServerProcess::LogOnceItHolds(const std::string& text, absl::Duration timeout) const {
+  for (const absl::Time give_up = absl::Now() + timeout;; absl::SleepFor(absl::Milliseconds(20))) {
+    std::string log = Log();
+    if (log.find(text) != std::string::npos || absl::Now() > give_up) return log;
+  }
+}
+
 absl::StatusOr<std::string> HttpGet(int port, const std::string& path) {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in address{};
