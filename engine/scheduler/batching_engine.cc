@@ -539,8 +539,9 @@ void BatchingEngine::RunShortWork(absl::Time now) {
     if (few_threads) SetThreadIntraOpThreads(paused_threads);
   };
   running_short_work_ = true;
+  absl::Cleanup short_work_ended = [this] { running_short_work_ = false; };
   Execute(decision.kind, rows, results, /*inside_pause=*/true);
-  running_short_work_ = false;
+  std::move(short_work_ended).Invoke();
   std::move(paused_batch_threads).Invoke();
   const absl::Time ended = Now();
   MarkProgress();  // as between batches: its answers are progress

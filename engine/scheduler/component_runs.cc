@@ -247,7 +247,7 @@ absl::Status ComponentRuns::RunPatchedJoining(const std::vector<const Row*>& row
   batch.inputs_embeds = Gather(captured, rows, ComponentSite::kResidPre, first_layers, /*own=*/true, longest, skipped);
   batch.input_ids = at::Tensor();
   batch.first_layers = first_layers;
-  if (gradients) batch.pause_point = pause_point_;
+  batch.pause_point = gradients && pause_point_ ? pause_point_ : abandon_point_;
   KvCache stacked(0, 0);
   if (std::any_of(skipped.begin(), skipped.end(), [](int64_t n) { return n > 0; })) {
     stacked = KvCache::Stack(prefixes, skipped, /*room=*/longest);
@@ -357,7 +357,7 @@ absl::Status ComponentRuns::RunSiteEstimates(const std::vector<const Row*>& rows
     return out;
   }};
   batch.hooks = &hooks;
-  batch.pause_point = pause_point_;
+  batch.pause_point = pause_point_ ? pause_point_ : abandon_point_;
   ASSIGN_OR_RETURN(at::Tensor values, model_->ObjectiveValues(batch, Objectives(rows)));
   try {
     const std::vector<at::Tensor> gradients = torch::autograd::grad({values.sum()}, zeros, /*grad_outputs=*/{},

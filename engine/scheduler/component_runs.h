@@ -31,6 +31,9 @@ class ComponentRuns {
   void ReleaseUnused();
   // Where gradient runs pause (ForwardBatch::pause_point).
   void SetPausePoint(std::function<void()> pause_point) { pause_point_ = std::move(pause_point); }
+  // Where patched runs that do not pause check that their batch is still wanted (BatchExecutor::
+  // SetAbandonPoint); a pair's capture runs to its end, as the activations it keeps must be whole.
+  void SetAbandonPoint(std::function<void()> abandon_point) { abandon_point_ = std::move(abandon_point); }
   // Pairs whose activations are held now.
   size_t size() const { return pairs_.size(); }
 
@@ -62,7 +65,7 @@ class ComponentRuns {
 
   std::shared_ptr<const CausalLM> model_;
   std::unordered_map<const PromptPair*, Captured> pairs_;
-  std::function<void()> pause_point_;
+  std::function<void()> pause_point_, abandon_point_;
 };
 
 }  // namespace attribution::engine

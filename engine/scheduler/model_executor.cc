@@ -55,7 +55,9 @@ class ModelExecutor : public BatchExecutor {
 
   // As pauses, on the CPU only: there the host is where the device is; on CUDA it runs ahead of the kernels.
   void SetAbandonPoint(std::function<void()> abandon_point) override {
-    if (!model_->device().is_cuda()) abandon_point_ = std::move(abandon_point);
+    if (model_->device().is_cuda()) return;
+    components_.SetAbandonPoint(abandon_point);
+    abandon_point_ = std::move(abandon_point);
   }
 
   // Gradient batches pause as each layer begins and between its attention and MLP, forward and backward.

@@ -224,6 +224,30 @@ TEST_F(BatchingEngineTest, AnInteractiveScoreRowRunsInsideAPausedGradientBatch) 
   EXPECT_EQ(batches[1].rows.size(), 64u);
 }
 
+// A short batch inside a pause is not the paused batch: when the paused batch's call ends meanwhile, the short
+// batch's abandon point leaves it running (it answered a live call CANCELLED) and the paused batch stops after.
+TEST_F(BatchingEngineTest, AShortBatchInsideAPauseOfAnAbandonedBatchRunsToItsEnd) {
+  RowCollector gradients(8), score(1);
+  std::shared_ptr<Request> gradient_request;
+  Start({.max_batch_rows = 64}, [&](FakeExecutor& executor) {
+    executor.PauseGradBatches(4);
+    auto submit_once = OnceInFirstGradBatch(
+        [&] { ASSERT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 2, 9), score.Callback()), IsOk()); });
+    executor.DuringBatch([&, submit_once](const std::vector<const Row*>& rows) {
+      submit_once(rows);
+      if (rows[0]->kind == RowKind::kScore) engine_->Cancel(*gradient_request);
+    });
+  });
+  gradient_request = engine_->NewRequest();
+  ASSERT_THAT(engine_->Submit(gradient_request, GradRows(8, 1), gradients.Callback()), IsOk());
+  score.Wait();
+  gradients.Wait();
+  EXPECT_THAT(score.result(0).status, IsOk());
+  EXPECT_EQ(score.result(0).value, 18);
+  EXPECT_THAT(gradients.result(0).status, StatusIs(absl::StatusCode::kCancelled));
+  EXPECT_EQ(CountRowsWith(1), 0);  // the gradient batch stopped at its next pause
+}
+
 TEST_F(BatchingEngineTest, APausedBatchRunsOnlyInteractiveScoreAndDecodeRowsOfItsPriorityOrHigher) {
   RowCollector gradients(64), low(1), long_score(20), interactive_grad(1), high(1);
   Start({.max_batch_rows = 64}, [&](FakeExecutor& executor) {
