@@ -97,8 +97,8 @@ class CancelHook {
 
 // gRPC cancels a call whose deadline passed as it cancels one its client gave up, and the engine then ends the
 // work CANCELLED: the log line and metrics say which it was. The client's own timer usually ends the call
-// first: the server's deadline runs from when it read the headers, rounded up (gRPC sends a timeout to 1% over
-// a second), and the client's reset races the server's timer. So a cancellation this close to the deadline is
+// first: the server's deadline runs from when it read the headers and gRPC rounds a timeout up (by up to 1% past
+// a second), so the client's reset races the server's timer. So a cancellation this close to the deadline is
 // the deadline's: without the margin 12 of 12 calls with 15.01 s deadlines were counted CANCELLED.
 inline absl::Duration DeadlineMargin(const CallLog& log) {
   return absl::Milliseconds(100) + (log.deadline - log.received) / 50;

@@ -3,6 +3,8 @@
 // deadline's, as the client saw it; an earlier one is the client's.
 #include <gtest/gtest.h>
 
+#include <chrono>
+
 #include "absl/status/status.h"
 #include "absl/time/clock.h"
 #include "server/call_reactors.h"
@@ -29,11 +31,14 @@ TEST(EndStatus, ACancellationAtTheDeadlineIsTheDeadline) {
 
 TEST(EndStatus, ACancellationJustBeforeTheDeadlineIsTheDeadline) {
   const absl::Time start = absl::Now();
-  // The client's timer fired first: 15.01 s went out as "1510m" (15.1 s), its reset came 90 ms early.
+  // The client's timer fired first: 15.01 s went out as "15100m" (15.1 s), its reset came 90 ms early.
   EXPECT_EQ(EndStatus(kCancelled, LogOf(start, absl::Seconds(15.1)), start + absl::Seconds(15.01)).error_code(),
             grpc::StatusCode::DEADLINE_EXCEEDED);
   // 0.2 s, sent exactly: the reset and the server's timer race by the network's latency.
   EXPECT_EQ(EndStatus(kCancelled, LogOf(start, absl::Seconds(0.2)), start + absl::Seconds(0.19)).error_code(),
+            grpc::StatusCode::DEADLINE_EXCEEDED);
+  // 100.01 s went out as "101S": 0.99 s early, within the margin's 2% of the timeout.
+  EXPECT_EQ(EndStatus(kCancelled, LogOf(start, absl::Seconds(101)), start + absl::Seconds(100.01)).error_code(),
             grpc::StatusCode::DEADLINE_EXCEEDED);
 }
 
@@ -45,6 +50,10 @@ TEST(EndStatus, AnEarlierCancellationIsTheClients) {
             grpc::StatusCode::CANCELLED);
   CallLog without_deadline;
   without_deadline.received = start;
+  EXPECT_EQ(EndStatus(kCancelled, without_deadline, start + absl::Hours(1000)).error_code(),
+            grpc::StatusCode::CANCELLED);
+  // What StartCallLog reads from a call without a deadline: gRPC's far future, the year 2262.
+  without_deadline.deadline = absl::FromChrono(std::chrono::system_clock::time_point::max());
   EXPECT_EQ(EndStatus(kCancelled, without_deadline, start + absl::Hours(1000)).error_code(),
             grpc::StatusCode::CANCELLED);
 }
