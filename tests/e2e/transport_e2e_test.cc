@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <iostream>
@@ -115,34 +116,44 @@ TEST(Transport, OneConnectionHoldsAtMostItsStreamLimitOfUnfedCalls) {
 // gRPC resolves a name again only when a connection ends: a round-robin client over a headless Service
 // never sent a call to a replica added after it connected. A connection older than
 // --max_connection_age_seconds is asked to reconnect (GOAWAY): the channel goes IDLE and its next call
-// connects (and resolves) again, while a stream in flight on the old connection runs to its end there.
-TEST(Transport, AnAgedConnectionIsAskedToReconnectWhileItsStreamFinishes) {
+// connects (and resolves) again, while a call in flight on the old connection runs to its end there.
+TEST(Transport, AnAgedConnectionIsAskedToReconnectWhileItsCallInFlightFinishes) {
   auto server =
       ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir(), "--max_connection_age_seconds=1"});
   ASSERT_THAT(server, IsOk());
   auto channel = grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials());
   auto stub = v1::AttributionService::NewStub(channel);
-  v1::GenerateRequest generate;
-  generate.set_model("demo");
-  generate.mutable_prompt()->set_text("Once upon a time");
-  generate.mutable_generation()->set_max_new_tokens(12);
-  generate.mutable_generation()->set_ignore_stop_tokens(true);
-  grpc::ClientContext stream_context;
-  stream_context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-  auto stream = stub->GenerateStream(&stream_context, generate);
-  v1::GenerateEvent event;
-  ASSERT_TRUE(stream->Read(&event));
+  {
+    grpc::ClientContext context;
+    v1::LogprobsResponse response;
+    ASSERT_TRUE(stub->Logprobs(&context, DemoLogprobsRequest(), &response).ok());
+  }
   ASSERT_EQ(channel->GetState(false), GRPC_CHANNEL_READY);
+  // Seconds of work on 2 cores (1,024 steps over a 100-token prompt), begun before the connection's age.
+  v1::AttributeRequest attribute;
+  attribute.set_model("demo");
+  std::string prompt;
+  for (int i = 0; i < 50; ++i) prompt += "a cup ";
+  attribute.mutable_prompt()->set_text(prompt + "Q: Is it big? A:");
+  attribute.mutable_target()->set_text(" No");
+  attribute.set_n_steps(1024);
+  std::atomic<bool> answered{false};
+  grpc::Status attribute_status;
+  std::thread in_flight([&] {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+    v1::AttributeResponse response;
+    attribute_status = stub->Attribute(&context, attribute, &response);
+    answered = true;
+  });
 
-  // 1 s, +-10% of gRPC's jitter; the stream stays unread meanwhile, so it is in flight past the age.
+  // 1 s, +-10% of gRPC's jitter.
   channel->WaitForStateChange(GRPC_CHANNEL_READY, std::chrono::system_clock::now() + std::chrono::seconds(5));
   EXPECT_EQ(channel->GetState(false), GRPC_CHANNEL_IDLE);
-
-  int tokens = event.has_token() ? 1 : 0;
-  while (stream->Read(&event)) tokens += event.has_token() ? 1 : 0;
-  const grpc::Status stream_status = stream->Finish();
-  EXPECT_TRUE(stream_status.ok()) << stream_status.error_message();
-  EXPECT_EQ(tokens, 12);
+  const bool answered_before_the_age = answered;
+  in_flight.join();
+  EXPECT_FALSE(answered_before_the_age) << "the attribution must outlast the connection's age: give it more steps";
+  EXPECT_TRUE(attribute_status.ok()) << attribute_status.error_message();
 
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
