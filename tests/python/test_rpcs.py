@@ -634,8 +634,10 @@ def test_unavailable_is_retried_then_raised():
     policy = config["methodConfig"][0]["retryPolicy"]
     assert policy["retryableStatusCodes"] == ["UNAVAILABLE"] and policy["maxAttempts"] == 4
     retried = {(n["service"], n["method"]) for n in config["methodConfig"][0]["name"]}
-    assert ("attribution.v1.AttributionService", "Logprobs") in retried
-    assert ("attribution.v1.AttributionService", "GenerateStream") not in retried
+    service = "attribution.v1.AttributionService"
+    assert retried == {(service, "Attribute"), (service, "Generate"), (service, "Logprobs"),
+                       (service, "AttributeComponents"), (service, "ListModels"), ("grpc.health.v1.Health", "Check"),
+                       ("grpc.health.v1.Health", "List")}
     # Nothing listens on port 1: every attempt is UNAVAILABLE, so the call takes the backoffs.
     with ac.AttributionClient("127.0.0.1:1", max_attempts=3, initial_backoff=0.2, max_backoff=0.2) as c:
         started = time.monotonic()

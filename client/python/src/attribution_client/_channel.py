@@ -7,16 +7,17 @@ import json
 from typing import List, Optional, Tuple
 
 import grpc
+from grpc_health.v1 import health_pb2
 
 from . import _convert
 from .options import ClientOptions
 
-# The unary methods, the ones retried. A blocking grpcio stream with a retry policy whose server dies before
-# its first message waits forever, past its deadline and its cancel() (grpcio 1.85; the asyncio client and a
-# stream already answering are not affected), so streams are not retried.
-UNARY_METHODS = (("attribution.v1.AttributionService", ("Attribute", "Generate", "Logprobs", "AttributeComponents",
-                                                        "ListModels")),
-                 ("grpc.health.v1.Health", ("Check",)))
+# The unary methods, the ones retried, read from the services' descriptors. A blocking grpcio stream with a
+# retry policy whose server dies before its first message waits forever, past its deadline and its cancel()
+# (grpcio 1.85; the asyncio client and a stream already answering are not affected), so streams are not retried.
+UNARY_METHODS = tuple((service.full_name, tuple(m.name for m in service.methods if not m.server_streaming))
+                      for service in (_convert.pb.DESCRIPTOR.services_by_name["AttributionService"],
+                                      health_pb2.DESCRIPTOR.services_by_name["Health"]))
 
 # The longest request id and bearer token sent. A call's metadata over the server's limit (gRPC's default,
 # 8 KiB) makes gRPC drop the whole connection, failing the other calls on the channel with
