@@ -16,7 +16,9 @@ against transformers' (eager) within 1e-4. The bridge exposes HookedTransformer'
 transformer_lens.patching run on it unchanged.
 
 For each NAME in gpt2, llama, qwen2, falcon (the 7B layout: attention and MLP in parallel, so a layer's
-mlp_out does not see its attn_out) and mixtral (mlp_out: the sparse MoE block's output), in float32, eval mode,
+mlp_out does not see its attn_out), mixtral (mlp_out: the sparse MoE block's output) and qwen2-window (full
+attention in its first layer, a window of 6 in its second: AtP* must weigh each layer's heads by its own mask),
+in float32, eval mode,
 on the CPU, the clean ids are the first 10 prompt ids of reference.json and the corrupted ids the same with
 position 3 replaced by CORRUPT_TOKEN; ids are fed as they are (no BOS). The metric is
 m = logits[0, -1, ANSWER] - logits[0, -1, WRONG] (raw logit difference).
@@ -61,7 +63,7 @@ from captum.attr._utils.approximation_methods import approximation_parameters  #
 from transformer_lens import patching  # noqa: E402
 from transformer_lens.model_bridge import TransformerBridge  # noqa: E402
 
-NAMES = ("gpt2", "llama", "qwen2", "falcon", "mixtral")
+NAMES = ("gpt2", "llama", "qwen2", "falcon", "mixtral", "qwen2-window")
 N_TOKENS = 10
 CORRUPT_POSITION = 3
 CORRUPT_TOKEN = 700  # ordinary token (300-1199), differs from every prompt's id at position 3

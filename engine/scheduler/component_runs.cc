@@ -127,7 +127,8 @@ absl::StatusOr<const ComponentRuns::Captured*> ComponentRuns::Capture(const Row&
   c10::AutoGradMode no_grad(false);
   std::array<std::vector<at::Tensor>, kComponentSites> per_layer;
   std::array<std::vector<at::Tensor>, 3> attention_inputs;  // queries, keys, values
-  at::Tensor visible;
+  std::vector<at::Tensor> visible;
+  std::vector<size_t> visible_of_layer;
   ActivationHooks hooks;
   if (sites) {
     hooks.at_site = [&per_layer](ComponentSite site, int64_t, const at::Tensor& activation) {
@@ -141,7 +142,13 @@ absl::StatusOr<const ComponentRuns::Captured*> ComponentRuns::Capture(const Row&
       attention_inputs[0].push_back(q.detach());
       attention_inputs[1].push_back(k.detach());
       attention_inputs[2].push_back(v.detach());
-      visible = mask[0][0];
+      // Each layer's own: with the last layer's for all, a model mixing full and windowed layers got the
+      // other kind's weights in half its layers (errors as large as the grid).
+      const at::Tensor layer_visible = mask[0][0];
+      size_t kind = 0;
+      while (kind < visible.size() && !at::equal(visible[kind], layer_visible)) ++kind;
+      if (kind == visible.size()) visible.push_back(layer_visible);
+      visible_of_layer.push_back(kind);
     };
   }
   ForwardBatch batch{.input_ids = at::stack({at::tensor(pair->clean_ids), at::tensor(pair->corrupted_ids)}),
@@ -152,7 +159,8 @@ absl::StatusOr<const ComponentRuns::Captured*> ComponentRuns::Capture(const Row&
     captured.queries = at::stack(attention_inputs[0], 1);
     captured.keys = at::stack(attention_inputs[1], 1);
     captured.values = at::stack(attention_inputs[2], 1);
-    captured.visible = visible;
+    captured.visible = std::move(visible);
+    captured.visible_of_layer = std::move(visible_of_layer);
   }
   if (!sites) return &captured;
   for (int site = 0; site < kComponentSites; ++site) captured.activations[site] = at::stack(per_layer[site], 1);
@@ -378,7 +386,8 @@ absl::Status ComponentRuns::RunSiteEstimates(const std::vector<const Row*>& rows
         estimates[static_cast<int64_t>(r)]
             .narrow(0, 0, length)
             .copy_(ExactWeightEstimates(captured[r]->queries, captured[r]->keys, captured[r]->values,
-                                        captured[r]->visible, rows[r]->component.run == PairRun::kClean ? 0 : 1, layer,
+                                        captured[r]->visible[captured[r]->visible_of_layer[static_cast<size_t>(layer)]],
+                                        rows[r]->component.run == PairRun::kClean ? 0 : 1, layer,
                                         gradient[static_cast<int64_t>(r)].narrow(0, 0, length),
                                         AttentionScale(model_->config(), layer), pause_point_));
       }

@@ -46,8 +46,11 @@ class ComponentRuns {
     int64_t shared_length = 0;
     std::unique_ptr<KvCache> shared_prefix;
     // Rows that recompute attention weights (AtP*): each layer's queries [2, layers, heads, S, D],
-    // keys and values [2, layers, kv_heads, S, D] and the keys each query sees, [S, S].
-    at::Tensor queries, keys, values, visible;
+    // keys and values [2, layers, kv_heads, S, D], and the keys each query sees, [S, S]: one mask per kind
+    // of layer (full or sliding-window attention; Qwen2 mixes them), the layer's in visible_of_layer.
+    at::Tensor queries, keys, values;
+    std::vector<at::Tensor> visible;
+    std::vector<size_t> visible_of_layer;
   };
   // The pair of `row`, run now unless held (with its attention inputs when the row needs them).
   absl::StatusOr<const Captured*> Capture(const Row& row);
