@@ -676,6 +676,65 @@ def test_a_stream_whose_server_dies_before_its_first_event_raises():
     assert isinstance(outcome.get("error"), (ac.Unavailable, ac.DeadlineExceeded)), outcome
 
 
+def test_the_default_models_lookup_keeps_to_the_calls_timeout():
+    # A call that names no model asks ListModels first: with the client's own timeout (120 s), a call's 1 s
+    # waited 120 s on a hung server, sync and async.
+    hung = Server()
+    try:
+        with ac.AttributionClient(hung.address) as c:
+            assert c.health() == "SERVING"  # connected
+            hung.pause()
+            started = time.monotonic()
+            with pytest.raises(ac.DeadlineExceeded):
+                c.generate(PROMPT, max_new_tokens=2, timeout=1)
+            assert time.monotonic() - started < 10
+
+            async def async_call():
+                async with ac.AsyncAttributionClient(hung.address) as a:
+                    stream = a.generate_stream(PROMPT, max_new_tokens=2, timeout=1)
+                    async for _ in stream:
+                        pass
+
+            started = time.monotonic()
+            with pytest.raises(ac.DeadlineExceeded):
+                asyncio.run(async_call())
+            assert time.monotonic() - started < 10
+    finally:
+        hung.process.send_signal(signal.SIGCONT)
+        hung.stop()
+
+
+def test_an_async_stream_cancelled_while_it_starts_ends_its_call(server):
+    # A task cancelled while the stream was starting left the call to nobody: cancel() then did not reach it,
+    # and the server ran the whole attribution (3 s), or until the client closed.
+    async def cancel_while_starting():
+        async with ac.AsyncAttributionClient(server.address) as c:
+            stream = c.attribute_stream(prompt=PROMPT, target=" Yes", n_steps=1024, model="default",
+                                        request_id="cancelled-while-starting")
+
+            async def consume():
+                async for _ in stream:
+                    pass
+
+            task = asyncio.ensure_future(consume())
+            await asyncio.sleep(0)
+            task.cancel()
+            stream.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(2)  # the client stays open: only cancel() can end the call
+
+    asyncio.run(cancel_while_starting())
+
+    def ended(lines):
+        return [line for line in lines if line.get("request_id") == "cancelled-while-starting"]
+
+    # Cancelled as it started, the call may not have reached the server at all: then it has no line.
+    _, lines = server.log_lines(until=lambda lines: ended(lines), seconds=5)
+    for line in ended(lines):
+        assert line["code"] == "CANCELLED" and line["wall_s"] < 1, line
+
+
 def test_a_slow_handshake_is_waited_for_up_to_the_connect_timeout(server):
     # A stopped server still completes TCP connections (the kernel's backlog) but sends no HTTP/2
     # SETTINGS until it runs again, as a busy or distant server answers late.

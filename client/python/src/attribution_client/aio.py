@@ -119,7 +119,17 @@ class AsyncStream(Generic[Item, Result]):
     def cancel(self) -> None:
         self._cancelled = True
         if self._call is not None:
-            self._call.cancel()  # else _started() cancels it once it exists
+            self._call.cancel()
+        elif self._starting is not None:
+            # The start may finish for nobody (its task cancelled while awaiting it: the call ran on the server
+            # to its end): the call is cancelled once it exists.
+            self._starting.add_done_callback(_cancel_started_call)
+        # else _started() cancels it once it exists
+
+
+def _cancel_started_call(starting: "asyncio.Future[Any]") -> None:
+    if not starting.cancelled() and starting.exception() is None:
+        starting.result().cancel()
 
 
 class AsyncAttributionClient:
@@ -155,7 +165,7 @@ class AsyncAttributionClient:
         async def start() -> Any:
             self._check_open()
             if not options.model:
-                request.model = (await self._model(options)).model
+                request.model = (await self._model(options, timeout)).model
             return method(request, timeout=_calls.timeout(timeout, self.options.timeout),
                           metadata=_channel.with_request_id(self._metadata, options.request_id))
         return AsyncStream(start, convert, result_type, lambda: self._closed)
@@ -179,10 +189,10 @@ class AsyncAttributionClient:
                 raise error from None
             raise
 
-    async def _model(self, options: Any) -> Any:
+    async def _model(self, options: Any, timeout: Any) -> Any:
         if not options.model:
             if self._default_model is None:
-                models = await self.list_models()
+                models = await self.list_models(timeout=timeout)
                 if not models:
                     raise error_for(grpc.StatusCode.NOT_FOUND, "the server holds no model")
                 self._default_model = models[0].name
@@ -192,7 +202,7 @@ class AsyncAttributionClient:
     async def attribute(self, options: Union[AttributeOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                         progress: Optional[Callable[[Progress], None]] = None, **fields: Any) -> Attribution:
         """As AttributionClient.attribute; `progress`, when given, is called with each Progress."""
-        o = await self._model(_calls.build(AttributeOptions, options, fields))
+        o = await self._model(_calls.build(AttributeOptions, options, fields), timeout)
         if progress is not None:
             stream = await self.attribute_stream(o, timeout=timeout)
             async for p in stream:
@@ -211,7 +221,7 @@ class AsyncAttributionClient:
                                    timeout: Any = _calls.DEFAULT, progress: Optional[Callable[[Progress], None]] = None,
                                    **fields: Any) -> ComponentAttribution:
         """As AttributionClient.attribute_components; `progress`, when given, is called with each Progress."""
-        o = await self._model(_calls.build(ComponentOptions, options, fields))
+        o = await self._model(_calls.build(ComponentOptions, options, fields), timeout)
         if progress is not None:
             stream = await self.attribute_components_stream(o, timeout=timeout)
             async for p in stream:
@@ -229,7 +239,7 @@ class AsyncAttributionClient:
 
     async def generate(self, options: Union[GenerateOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                        **fields: Any) -> Generation:
-        o = await self._model(_calls.build(GenerateOptions, options, fields))
+        o = await self._model(_calls.build(GenerateOptions, options, fields), timeout)
         return _convert.generation(
             await self._unary(self._stub.Generate, _convert.generate_request(o), timeout, o.request_id))
 
@@ -241,7 +251,7 @@ class AsyncAttributionClient:
 
     async def logprobs(self, options: Union[LogprobsOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                        **fields: Any) -> Logprobs:
-        o = await self._model(_calls.build(LogprobsOptions, options, fields))
+        o = await self._model(_calls.build(LogprobsOptions, options, fields), timeout)
         return _convert.logprobs(
             await self._unary(self._stub.Logprobs, _convert.logprobs_request(o), timeout, o.request_id))
 

@@ -137,11 +137,12 @@ class AttributionClient:
         except grpc.RpcError as e:
             raise from_grpc(e) from None
 
-    def _model(self, options: Any) -> Any:
-        """Fills an empty model with the server's first one (as the CLI does)."""
+    def _model(self, options: Any, timeout: Any) -> Any:
+        """Fills an empty model with the server's first one (as the CLI does), asking for it within the call's
+        `timeout` (with the client's own, a call's 2 s waited 120 s on a hung server)."""
         if not options.model:
             if self._default_model is None:
-                models = self.list_models()
+                models = self.list_models(timeout=timeout)
                 if not models:
                     raise error_for(grpc.StatusCode.NOT_FOUND, "the server holds no model")
                 self._default_model = models[0].name
@@ -152,7 +153,7 @@ class AttributionClient:
                   progress: ProgressArg = False, **fields: Any) -> Attribution:
         """Attributes the target's scored quantity to the prompt's features. progress=True shows a
         tqdm bar (through AttributeStream); a callable gets each Progress."""
-        o = self._model(_calls.build(AttributeOptions, options, fields))
+        o = self._model(_calls.build(AttributeOptions, options, fields), timeout)
         if progress:
             stream = self.attribute_stream(o, timeout=timeout)
             if callable(progress):
@@ -166,7 +167,7 @@ class AttributionClient:
     def attribute_stream(self, options: Union[AttributeOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                          **fields: Any) -> AttributeStream:
         """Iterate for Progress events (queued, then rows done / total), then call result()."""
-        o = self._model(_calls.build(AttributeOptions, options, fields))
+        o = self._model(_calls.build(AttributeOptions, options, fields), timeout)
         return self._stream(self._stub.AttributeStream, _convert.attribute_request(o), timeout, o.request_id,
                             _calls.attribute_event, Attribution)
 
@@ -175,7 +176,7 @@ class AttributionClient:
         """Attributes the metric's change between clean and corrupted prompts to model components
         (attention heads, attention / MLP outputs, the residual stream) per layer. progress=True shows a
         tqdm bar (through ComponentStream); a callable gets each Progress."""
-        o = self._model(_calls.build(ComponentOptions, options, fields))
+        o = self._model(_calls.build(ComponentOptions, options, fields), timeout)
         if progress:
             stream = self.attribute_components_stream(o, timeout=timeout)
             if callable(progress):
@@ -189,27 +190,27 @@ class AttributionClient:
     def attribute_components_stream(self, options: Optional[ComponentOptions] = None, *,
                                     timeout: Any = _calls.DEFAULT, **fields: Any) -> ComponentStream:
         """Iterate for Progress events (queued, then rows done / total), then call result()."""
-        o = self._model(_calls.build(ComponentOptions, options, fields))
+        o = self._model(_calls.build(ComponentOptions, options, fields), timeout)
         return self._stream(self._stub.AttributeComponentsStream, _convert.component_request(o), timeout,
                             o.request_id, _calls.component_event, ComponentAttribution)
 
     def generate(self, options: Union[GenerateOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                  **fields: Any) -> Generation:
-        o = self._model(_calls.build(GenerateOptions, options, fields))
+        o = self._model(_calls.build(GenerateOptions, options, fields), timeout)
         return _convert.generation(
             self._unary(self._stub.Generate, _convert.generate_request(o), timeout, o.request_id))
 
     def generate_stream(self, options: Union[GenerateOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                         **fields: Any) -> GenerateStream:
         """Iterate for each new Token (text and log_prob) as the server makes it, then result()."""
-        o = self._model(_calls.build(GenerateOptions, options, fields))
+        o = self._model(_calls.build(GenerateOptions, options, fields), timeout)
         return self._stream(self._stub.GenerateStream, _convert.generate_request(o), timeout, o.request_id,
                             _calls.generate_event, Generation)
 
     def logprobs(self, options: Union[LogprobsOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                  **fields: Any) -> Logprobs:
         """Log-probabilities of the target's tokens after the prompt, with top_k alternatives."""
-        o = self._model(_calls.build(LogprobsOptions, options, fields))
+        o = self._model(_calls.build(LogprobsOptions, options, fields), timeout)
         return _convert.logprobs(
             self._unary(self._stub.Logprobs, _convert.logprobs_request(o), timeout, o.request_id))
 
