@@ -35,6 +35,9 @@ ABSL_FLAG(std::string, model, "", "model (empty: the server's first)");
 ABSL_FLAG(int32_t, concurrency, 8, "closed loop: clients calling back to back");
 ABSL_FLAG(double, rate, 0, "open loop: calls per second (0: closed loop)");
 ABSL_FLAG(double, duration, 20, "seconds of load");
+ABSL_FLAG(double, timeout, 30,
+          "deadline of each call in seconds: a hung server ends the run this long after --duration, not after "
+          "the client library's 120 s");
 ABSL_FLAG(std::string, mix, "attribute=1,logprobs=4,generate=1", "weights of the RPCs");
 ABSL_FLAG(std::string, method, "integrated_gradients", "attribution method of Attribute calls");
 ABSL_FLAG(int32_t, n_steps, 16, "integrated-gradient steps of Attribute calls");
@@ -332,8 +335,11 @@ nlohmann::json RunIsolation(AttributionClient& client, const std::string& model,
 }
 
 int Run() {
-  ClientOptions options{
-      .target = absl::GetFlag(FLAGS_server), .load_balancing = absl::GetFlag(FLAGS_load_balancing), .max_attempts = 1};
+  const double timeout = absl::GetFlag(FLAGS_timeout);
+  ClientOptions options{.target = absl::GetFlag(FLAGS_server),
+                        .load_balancing = absl::GetFlag(FLAGS_load_balancing),
+                        .timeout = absl::Seconds(timeout),
+                        .max_attempts = 1};
   if (absl::Status flags = ApplyConnectionFlags(options); !flags.ok()) {
     std::fprintf(stderr, "attribution-bench: %s\n", std::string(flags.message()).c_str());
     return 2;
@@ -351,6 +357,8 @@ int Run() {
   constexpr double kMostSeconds = 7 * 24 * 3600;  // a week; absl::Duration and the schedule hold more
   if (valid.ok() && !(seconds > 0 && seconds <= kMostSeconds))
     valid = absl::InvalidArgumentError(absl::StrCat("--duration must lie in (0, ", kMostSeconds, "] seconds"));
+  if (valid.ok() && !(timeout > 0 && timeout <= kMostSeconds))
+    valid = absl::InvalidArgumentError(absl::StrCat("--timeout must lie in (0, ", kMostSeconds, "] seconds"));
   if (!valid.ok()) {
     std::fprintf(stderr, "attribution-bench: %s\n", valid.ToString().c_str());
     return 2;

@@ -94,3 +94,15 @@ def test_no_call_answered_shows_no_latency(fake_server):
     attribute = json.loads(done.stdout)["rpcs"]["attribute"]
     assert attribute["ok"] == 0 and attribute["calls"] > 0  # the fake server does not implement Attribute
     assert attribute["p50_ms"] is None and attribute["p99_ms"] is None and attribute["max_ms"] is None
+
+
+def test_a_hung_server_ends_the_run_a_timeout_after_its_duration(fake_server):
+    # Calls took the client library's deadline, 120 s: a server that stopped answering stretched a 6 s run to
+    # 122 s. Each call now has --timeout.
+    address, _ = fake_server(3.0)
+    started = time.monotonic()
+    report = bench(address, "--concurrency=1", "--duration=1", "--timeout=1")
+    assert time.monotonic() - started < 15
+    logprobs = report["rpcs"]["logprobs"]
+    assert logprobs["ok"] == 0 and logprobs["errors"] == {"DEADLINE_EXCEEDED": logprobs["calls"]}
+    assert report["seconds"] < 5
