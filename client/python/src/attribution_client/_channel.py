@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 """Channel settings shared by the sync and asyncio clients: credentials, retries of unary calls on UNAVAILABLE
-only (gRPC's retry policy, as the C++ client), reconnect backoff, message size limits."""
+only (gRPC's retry policy; the C++ client retries streams too), reconnect backoff, message size limits."""
 from __future__ import annotations
 
 import json
