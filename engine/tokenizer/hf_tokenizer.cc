@@ -225,14 +225,7 @@ std::string HfTokenizer::DecodeTokens(const std::vector<int64_t>& ids, bool skip
       bytes.push_back(*byte);
       continue;
     }
-    for (size_t i = 0; i < token.size();) {
-      if (token.compare(i, 3, "\xE2\x96\x81") == 0) {
-        bytes.push_back(' ');
-        i += 3;
-      } else {
-        bytes.push_back(token[i++]);
-      }
-    }
+    AppendPieceBytes(token, bytes);
   }
   if (strip_leading_space && strip_decoded_leading_space_ && !bytes.empty() && bytes[0] == ' ') bytes.erase(0, 1);
   return bytes;

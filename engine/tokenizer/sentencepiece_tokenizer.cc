@@ -186,14 +186,7 @@ std::string SentencePieceTokenizer::ExactBytes(const std::vector<int>& pieces, c
       has_byte_piece = true;
       continue;
     }
-    for (size_t i = 0; i < text.size();) {
-      if (text.compare(i, 3, "\xE2\x96\x81") == 0) {  // "▁"
-        bytes.push_back(' ');
-        i += 3;
-      } else {
-        bytes.push_back(text[i++]);
-      }
-    }
+    AppendPieceBytes(text, bytes);
   }
   if (!has_byte_piece) return decoded;
   // The pieces' bytes, unless libsentencepiece did more than replace those that are not UTF-8 (it drops the

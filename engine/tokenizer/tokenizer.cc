@@ -66,6 +66,17 @@ std::optional<char> BytePieceValue(const std::string& piece) {
   return static_cast<char>(byte);
 }
 
+void AppendPieceBytes(const std::string& piece, std::string& bytes) {
+  for (size_t i = 0; i < piece.size();) {
+    if (piece.compare(i, 3, "\xE2\x96\x81") == 0) {
+      bytes.push_back(' ');
+      i += 3;
+    } else {
+      bytes.push_back(piece[i++]);
+    }
+  }
+}
+
 int64_t Tokenizer::longest_token_bytes() const {
   std::call_once(longest_token_once_, [this] {
     for (int64_t id = 0; id < vocab_size(); ++id) {

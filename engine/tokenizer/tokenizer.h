@@ -84,6 +84,10 @@ class Tokenizer {
 // nullopt for any other piece.
 std::optional<char> BytePieceValue(const std::string& piece);
 
+// Appends the bytes a SentencePiece-style piece (or a Metaspace model's token) stands for: its text, each "▁"
+// (U+2581, the space marker) a space.
+void AppendPieceBytes(const std::string& piece, std::string& bytes);
+
 // INVALID_ARGUMENT naming the first offending byte when `text` is not valid UTF-8.
 absl::Status CheckUtf8(const std::string& text);
 
