@@ -149,8 +149,11 @@ absl::StatusOr<const ServedModel*> AttributionServiceImpl::Admit(CallLog& log, g
                                                                  const std::string& model, bool needs_model) {
   log.model = model;
   const ModelRegistry* models = models_.load();
-  // The metrics' label, however the call ends (refused for load too): a model of this server's, else empty.
-  if (models != nullptr && needs_model && !model.empty() && models->Find(model).ok()) log.served_model = model;
+  // Looked up before anything may refuse the call: the metrics' label, however the call ends (refused for load
+  // too), is a model of this server's, else empty.
+  const bool looked_up = models != nullptr && needs_model && !model.empty();
+  const absl::StatusOr<const ServedModel*> found = looked_up ? models->Find(model) : nullptr;
+  if (looked_up && found.ok()) log.served_model = model;
   if (auth_) {
     const auto& metadata = context->client_metadata();
     const auto it = metadata.find("authorization");
@@ -167,7 +170,7 @@ absl::StatusOr<const ServedModel*> AttributionServiceImpl::Admit(CallLog& log, g
   if (models == nullptr) return absl::UnavailableError("the server is still loading its models");
   if (!needs_model) return nullptr;
   if (model.empty()) return absl::InvalidArgumentError("model: must name one of this server's models (see ListModels)");
-  return models->Find(model);
+  return found;
 }
 
 void AttributionServiceImpl::CallEnded(const CallLog& log, const grpc::Status& status) {
