@@ -90,7 +90,7 @@ class GradientPlan : public RowPlan {
 
   bool integrated_gradients() const { return request_.method == AttributionMethod::kIntegratedGradients; }
   bool adaptive() const { return integrated_gradients() && request_.completeness_tolerance > 0; }
-  bool nested() const { return adaptive() && request_.rule == IntegrationRule::kFejer2; }
+  bool nested() const { return adaptive() && NestsOrders(request_.rule); }
 
   int64_t FirstOrder() const {
     return adaptive() ? FirstAdaptiveOrder(request_.rule, request_.n_steps) : request_.n_steps;

@@ -116,12 +116,12 @@ namespace {
 constexpr int64_t kFirstAdaptiveOrder = 8;
 constexpr int64_t kFirstNestedOrder = 7;  // Fejér's second rule: 2^k - 1 points
 
-bool Nests(IntegrationRule rule) { return rule == IntegrationRule::kFejer2; }
-
 }  // namespace
 
+bool NestsOrders(IntegrationRule rule) { return rule == IntegrationRule::kFejer2; }
+
 int64_t FirstAdaptiveOrder(IntegrationRule rule, int64_t n_steps) {
-  if (!Nests(rule)) return std::min(kFirstAdaptiveOrder, n_steps);
+  if (!NestsOrders(rule)) return std::min(kFirstAdaptiveOrder, n_steps);
   // The most points of the form 2^k - 1 within both the first order and n_steps (1 at least).
   int64_t points = 1;
   while (2 * points + 1 <= std::min(kFirstNestedOrder, n_steps)) points = 2 * points + 1;
@@ -129,7 +129,7 @@ int64_t FirstAdaptiveOrder(IntegrationRule rule, int64_t n_steps) {
 }
 
 int64_t NextAdaptiveOrder(IntegrationRule rule, int64_t order, int64_t points_used, int64_t n_steps) {
-  if (Nests(rule)) return 2 * order + 1 <= n_steps ? 2 * order + 1 : 0;
+  if (NestsOrders(rule)) return 2 * order + 1 <= n_steps ? 2 * order + 1 : 0;
   // Doubles, or takes what is left if that is still more points than the last.
   const int64_t next = std::min(2 * order, n_steps - points_used);
   return next > order ? next : 0;
@@ -139,7 +139,7 @@ int64_t LargestLaterAdaptiveRound(IntegrationRule rule, int64_t n_steps) {
   int64_t order = FirstAdaptiveOrder(rule, n_steps);
   int64_t largest = 0, used = order;
   for (int64_t next; (next = NextAdaptiveOrder(rule, order, used, n_steps)) > 0; order = next) {
-    const int64_t round = Nests(rule) ? next - order : next;  // a nested order adds only its new nodes
+    const int64_t round = NestsOrders(rule) ? next - order : next;  // a nested order adds only its new nodes
     largest = std::max(largest, round);
     used += next;
   }

@@ -43,8 +43,9 @@ int ErrorPower(IntegrationRule rule);
 
 // Tolerance-driven integrated gradients' orders within a budget of `n_steps` points: Fejér's second rule
 // nests (7, 15, 31, ... points, each order adding only its new nodes), the others run fresh orders (8, 16,
-// 32, ..., the last taking what is left of the budget). The first order; the one after `order` given the
-// points the orders so far took (`points_used`, not nested), or 0 when the budget allows no other.
+// 32, ..., the last taking what is left of the budget). Whether `rule` nests; the first order; the one after `order`
+// given the points the orders so far took (`points_used`, not nested), or 0 when the budget allows no other.
+bool NestsOrders(IntegrationRule rule);
 int64_t FirstAdaptiveOrder(IntegrationRule rule, int64_t n_steps);
 int64_t NextAdaptiveOrder(IntegrationRule rule, int64_t order, int64_t points_used, int64_t n_steps);
 // The most points one of those orders after the first queues at once, however many run (0: none runs).
