@@ -3,7 +3,6 @@
 
 #include <signal.h>
 
-#include <cstdlib>
 #include <optional>
 #include <thread>
 
@@ -34,15 +33,13 @@ void Request(Lifecycle::Stop stop, bool from_signal) {
   State& state = TheState();
   absl::MutexLock lock(&state.mutex);
   if (!state.serving) {
-    WriteLogLine({{"event", "stopped"}, {"detail", absl::StrCat(stop.reason, ", before serving: exiting at once")}});
-    FlushLog(absl::Seconds(1));
-    std::_Exit(stop.exit_code);
+    ExitAfterLogLine({{"event", "stopped"}, {"detail", absl::StrCat(stop.reason, ", before serving: exiting at once")}},
+                     stop.exit_code);
   }
   if (from_signal && state.signalled) {
-    WriteLogLine({{"event", "stopped"},
-                  {"detail", absl::StrCat(stop.reason, " again while draining: exiting at once, calls cut off")}});
-    FlushLog(absl::Seconds(1));
-    std::_Exit(1);
+    ExitAfterLogLine({{"event", "stopped"},
+                      {"detail", absl::StrCat(stop.reason, " again while draining: exiting at once, calls cut off")}},
+                     1);
   }
   state.signalled |= from_signal;
   if (!state.stop) state.stop = std::move(stop);

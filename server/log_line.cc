@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <string>
 #include <utility>
 
@@ -71,6 +72,12 @@ bool WriteAll(int fd, absl::string_view text) {
 void WriteLogLine(nlohmann::json line) { ProcessLog().Append(FormatLine(std::move(line))); }
 
 bool FlushLog(absl::Duration timeout) { return ProcessLog().Flush(timeout); }
+
+void ExitAfterLogLine(nlohmann::json line, int exit_code) {
+  WriteLogLine(std::move(line));
+  FlushLog(absl::Seconds(1));
+  std::_Exit(exit_code);
+}
 
 void FlushLogInSignalHandler(absl::Duration timeout) {
   // Making the writer (memory, a thread) is not for a signal handler; before it exists nothing is queued.

@@ -24,6 +24,10 @@ void WriteLogLine(nlohmann::json line);
 // passed; false then. Call it before the process exits.
 bool FlushLog(absl::Duration timeout);
 
+// Writes `line`, waits up to 1 s for the log to reach stderr (FlushLog), and ends the process at once with
+// `exit_code` (std::_Exit: no destructors, no waiting for threads that may be stuck).
+[[noreturn]] void ExitAfterLogLine(nlohmann::json line, int exit_code);
+
 // FlushLog for a crash's failure signal handler: no locks, at most `timeout`.
 void FlushLogInSignalHandler(absl::Duration timeout);
 

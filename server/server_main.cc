@@ -536,14 +536,14 @@ int Serve() {
   while (!engines_stopped) {
     for (const auto& m : (*models)->models()) {
       if (!m->engine->stalled()) continue;
-      WriteLogLine({{"event", "stopped"},
-                    {"severity", "ERROR"},
-                    {"detail", absl::StrCat("model \"", m->spec.name, "\" is stalled (its batch made no progress for ",
-                                            absl::FormatDuration(
-                                                absl::Trunc(m->engine->TimeWithoutProgress(), absl::Milliseconds(1))),
-                                            "): exiting without waiting for it, calls cut off")}});
-      FlushLog(absl::Seconds(1));
-      std::_Exit(1);
+      ExitAfterLogLine(
+          {{"event", "stopped"},
+           {"severity", "ERROR"},
+           {"detail",
+            absl::StrCat("model \"", m->spec.name, "\" is stalled (its batch made no progress for ",
+                         absl::FormatDuration(absl::Trunc(m->engine->TimeWithoutProgress(), absl::Milliseconds(1))),
+                         "): exiting without waiting for it, calls cut off")}},
+          1);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
