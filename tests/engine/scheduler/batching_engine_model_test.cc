@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "engine/scheduler/batching_engine.h"
+#include "engine/scheduler/component_work.h"
 #include "engine/scheduler/engine_generation.h"
 #include "engine/scheduler/path_embeddings.h"
 #include "tests/testing/notification.h"
@@ -227,6 +228,48 @@ TEST_F(EngineOverModel, ScoreAndDecodeRowsStopAtTheAbandonPointOfALayer) {
   Row score{.kind = RowKind::kScore, .input_ids = Ids(6, 2), .objective = {.positions = {4}, .tokens = {9}}};
   ASSERT_THAT(executor->Run(RowKind::kScore, {&score}, results), IsOk());
   EXPECT_EQ(passed, 2 * layers + 1);
+}
+
+// A patched component batch (a pair's score rows) stops at the abandon point as a layer begins too. The
+// pair's capture, which the pair's later rows reuse, runs whole first: rerun, the row equals a fresh
+// executor's, and a stop that tore the capture would show there.
+TEST_F(EngineOverModel, PatchedComponentRowsStopAtTheAbandonPointAndKeepTheirPairsCapture) {
+  const int layers = static_cast<int>(model_->config().num_layers);
+  std::vector<int64_t> corrupted_ids = Ids(9, 1);
+  corrupted_ids[4] += 1;
+  auto pair = std::make_shared<const PromptPair>(PromptPair{.clean_ids = Ids(9, 1), .corrupted_ids = corrupted_ids});
+  Row patched{.kind = RowKind::kScore,
+              .input_ids = pair->corrupted_ids,
+              .objective = {.positions = {8}, .tokens = {9}},
+              .component = {.pair = pair,
+                            .run = PairRun::kCorrupted,
+                            .patch = ComponentSelection{.site = ComponentSite::kHeads, .layer = 0, .head = 0}}};
+  std::unique_ptr<BatchExecutor> executor = MakeModelExecutor(model_);
+  int passed = 0, stop_at = 2;
+  executor->SetAbandonPoint([&] {
+    if (++passed == stop_at) throw std::runtime_error("batch abandoned");
+  });
+  std::vector<RowResult> results(1);
+  EXPECT_FALSE(executor->Run(RowKind::kScore, {&patched}, results).ok());
+  EXPECT_EQ(passed, 2);
+
+  passed = 0;
+  stop_at = -1;
+  ASSERT_THAT(executor->Run(RowKind::kScore, {&patched}, results), IsOk());
+  EXPECT_EQ(passed, 2 * layers + 1);
+  std::vector<RowResult> fresh_results(1);
+  ASSERT_THAT(MakeModelExecutor(model_)->Run(RowKind::kScore, {&patched}, fresh_results), IsOk());
+  EXPECT_EQ(results[0].value, fresh_results[0].value);
+
+  // Attribution patching's grad rows (every site's estimate) stop so as well.
+  Row estimates = patched;
+  estimates.kind = RowKind::kGrad;
+  estimates.component.patch.reset();
+  estimates.component.site_estimates = true;
+  passed = 0;
+  stop_at = 2;
+  EXPECT_FALSE(executor->Run(RowKind::kGrad, {&estimates}, results).ok());
+  EXPECT_EQ(passed, 2);
 }
 
 TEST_F(EngineOverModel, CancelledGenerationEndsWithCancelled) {
