@@ -240,14 +240,10 @@ class RowProcessor {
       return absl::InvalidArgumentError(absl::StrCat("label \"", *row.label, "\" is not one of the choices"));
     }
     // A choice given twice would split its probability mass in the renormalised probabilities (0.5 / 0.5).
-    for (size_t c = 0; c < row.choices.size(); ++c) {
-      for (size_t earlier = 0; earlier < c; ++earlier) {
-        if (row.choices[c] == row.choices[earlier]) {
-          return absl::InvalidArgumentError(absl::StrCat("choices: choice ", c + 1, " (\"", row.choices[c],
-                                                         "\") repeats choice ", earlier + 1,
-                                                         ": give each choice once"));
-        }
-      }
+    if (const std::optional<std::pair<size_t, size_t>> repeat = FirstRepeat(row.choices)) {
+      return absl::InvalidArgumentError(absl::StrCat("choices: choice ", repeat->first + 1, " (\"",
+                                                     row.choices[repeat->first], "\") repeats choice ",
+                                                     repeat->second + 1, ": give each choice once"));
     }
     std::vector<double> probs;
     for (const std::string& choice : row.choices) {

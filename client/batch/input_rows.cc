@@ -12,6 +12,8 @@
 #include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <string_view>
+#include <unordered_map>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -307,15 +309,10 @@ absl::StatusOr<BatchRow> RowFromJson(const json& object, const std::string& wher
 
 // The header of a CSV file: refused when a column repeats, which would silently lose one of its cells.
 absl::Status CheckHeader(const CsvRecord& header, const std::string& path) {
-  for (size_t c = 0; c < header.fields.size(); ++c) {
-    for (size_t earlier = 0; earlier < c; ++earlier) {
-      if (header.fields[c] == header.fields[earlier]) {
-        return absl::InvalidArgumentError(absl::StrCat(path, ":", header.line, ": column \"", header.fields[c],
-                                                       "\" repeats column ", earlier + 1, " of the header"));
-      }
-    }
-  }
-  return absl::OkStatus();
+  const std::optional<std::pair<size_t, size_t>> repeat = FirstRepeat(header.fields);
+  if (!repeat) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(path, ":", header.line, ": column \"", header.fields[repeat->first],
+                                                 "\" repeats column ", repeat->second + 1, " of the header"));
 }
 
 absl::StatusOr<BatchRow> RowFromCsv(const std::vector<std::string>& header, const std::vector<std::string>& fields,
@@ -444,6 +441,16 @@ absl::Status FirstRepeatedId(int fd, const std::string& path, bool csv, const st
 }
 
 }  // namespace
+
+std::optional<std::pair<size_t, size_t>> FirstRepeat(const std::vector<std::string>& values) {
+  std::unordered_map<std::string_view, size_t> first;
+  first.reserve(values.size());
+  for (size_t i = 0; i < values.size(); ++i) {
+    const auto [seen, fresh] = first.emplace(values[i], i);
+    if (!fresh) return std::make_pair(i, seen->second);
+  }
+  return std::nullopt;
+}
 
 uint64_t IdDigest(const std::string& id) { return Fnv1a(id); }
 

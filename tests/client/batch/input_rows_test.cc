@@ -43,6 +43,14 @@ std::vector<std::string> Ids(const JobRows& rows) {
 
 // Offsets follow the CSV parser's records, not lines: a quoted field across lines, "\r\n" ends and blank
 // lines between records read back as the records they were, each shard taking every other row.
+// A repeated column or choice is named by its first repeat and the value it repeats.
+TEST(FirstRepeat, NamesTheFirstValueSeenBeforeAndWhere) {
+  EXPECT_EQ(FirstRepeat({}), std::nullopt);
+  EXPECT_EQ(FirstRepeat({"a", "b", "c"}), std::nullopt);
+  EXPECT_EQ(FirstRepeat({"a", "b", "b", "a"}), std::make_pair(size_t{2}, size_t{1}));
+  EXPECT_EQ(FirstRepeat({"x", "A", "a", "x"}), std::make_pair(size_t{3}, size_t{0}));
+}
+
 TEST(InputRows, CsvRecordsAcrossLinesReadBackByOffset) {
   TempDir dir;
   const std::string csv = Write(dir, "rows.csv",
