@@ -418,7 +418,7 @@ absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient
     if (model.empty()) model = models->front().name;
     auto it = std::find_if(models->begin(), models->end(), [&](const ModelInfo& m) { return m.name == model; });
     if (it == models->end())
-      return absl::NotFoundError(absl::StrCat("server ", i + 1, " has no model \"", model, "\""));
+      return absl::NotFoundError(absl::StrCat(kModelNotServed, ": server ", i + 1, " has no model \"", model, "\""));
     json identity = {{"name", it->name},
                      {"architecture", it->architecture},
                      {"dtype", it->dtype},

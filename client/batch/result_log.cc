@@ -32,6 +32,7 @@ bool OverMessageLimit(absl::string_view code, absl::string_view message) {
 bool RetriedOnResume(absl::string_view code, absl::string_view message) {
   if (OverMessageLimit(code, message)) return false;
   if (code == "FAILED_PRECONDITION") return absl::StartsWith(message, kOtherWeights);
+  if (code == "NOT_FOUND") return absl::StartsWith(message, kModelNotServed);
   return code == "UNAVAILABLE" || code == "RESOURCE_EXHAUSTED" || code == "DEADLINE_EXCEEDED" || code == "CANCELLED";
 }
 

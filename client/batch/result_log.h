@@ -38,9 +38,13 @@ bool OverMessageLimit(absl::string_view code, absl::string_view message);
 // job's (another model_digest): no result of the row, which a rerun tries again.
 inline constexpr absl::string_view kOtherWeights = "answered by other weights";
 
+// How the message of a row's NOT_FOUND begins when no server answering ListModels at the start served the
+// row's model: a deployment's state, not the row's, so a rerun (once the model is served) tries it again.
+inline constexpr absl::string_view kModelNotServed = "model not served";
+
 // Whether a row that ended with this error is tried again when the job resumes: UNAVAILABLE,
-// RESOURCE_EXHAUSTED (unless OverMessageLimit), DEADLINE_EXCEEDED, CANCELLED, and FAILED_PRECONDITION
-// kOtherWeights.
+// RESOURCE_EXHAUSTED (unless OverMessageLimit), DEADLINE_EXCEEDED, CANCELLED, FAILED_PRECONDITION
+// kOtherWeights and NOT_FOUND kModelNotServed.
 bool RetriedOnResume(absl::string_view code, absl::string_view message);
 
 // A result line's error code and message, "" when it has none (an ok row, or a line not written by this tool).

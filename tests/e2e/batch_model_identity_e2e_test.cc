@@ -158,6 +158,42 @@ TEST_F(BatchModelIdentity, ALateServerOfOtherWeightsUnderTheModelsNameGetsNoRowR
   EXPECT_THAT(late->Log(), HasSubstr("\"rpc\":\"Attribute\""));
 }
 
+// A row naming a model no server serves yet ends NOT_FOUND "model not served" (exit 3), and the rerun, against a
+// server that serves it, runs that row. Before, its result line carried no settings_hash, and every resume
+// was refused as "done with other settings", whatever changed.
+TEST_F(BatchModelIdentity, ARowWhoseModelWasNotServedRunsOnceAServerServesIt) {
+  const client::ModelInfo demo = DemoModelInfo(*server_);
+  const std::string input = WriteQuestions("rows.jsonl", 3), output = dir_.File("out.jsonl");
+  std::vector<json> rows;
+  for (std::ifstream in(input); !in.eof();) {
+    std::string line;
+    if (std::getline(in, line) && !line.empty()) rows.push_back(json::parse(line));
+  }
+  rows[1]["settings"] = {{"model", "second"}};
+  std::ofstream out(input);
+  for (const json& row : rows) out << row.dump() << "\n";
+  out.close();
+
+  EXPECT_EQ(Run(input, output), 3) << ReadFile(log_);
+  std::vector<json> results = ReadResults(output);
+  ASSERT_EQ(results.size(), 3u);
+  EXPECT_EQ(results[1]["error"]["code"], "NOT_FOUND");
+  EXPECT_THAT(results[1]["error"]["message"].get<std::string>(), HasSubstr("model not served: server 1 has no model"));
+
+  const std::string dir = ServedModelDir(*server_, demo.name);
+  auto both = ServerProcess::Start({absl::StrCat("--model=", demo.name, "=", dir, ",second=", dir)});
+  ASSERT_THAT(both.status(), IsOk());
+  EXPECT_EQ(RunBatch({"--input=" + input, "--output=" + output, "--server=" + (*both)->address(), "--method=saliency",
+                      "--progress=log"},
+                     log_),
+            0)
+      << ReadFile(log_);
+  results = ReadResults(output);
+  ASSERT_EQ(Ids(results), (std::vector<std::string>{"r0", "r1", "r2"}));
+  EXPECT_EQ(results[1]["status"], "ok");
+  EXPECT_EQ(results[1]["model"], "second");
+}
+
 // Resuming against other weights under the same name, config and shapes is refused: the model_digest is part of
 // the fingerprint. Before, the resumed rows mixed the two checkpoints' results silently.
 TEST_F(BatchModelIdentity, ResumingAfterTheWeightsWereSwappedIsRefused) {
