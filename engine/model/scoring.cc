@@ -133,7 +133,9 @@ absl::StatusOr<at::Tensor> CausalLM::ObjectiveValues(const ForwardBatch& batch,
     at::Tensor exp_mask = at::tensor(exp_rows, at::kByte).to(dev).to(at::kBool);
     auto sum_rows = [&](const at::Tensor& quantity) {
       values = values.index_add(0, at::tensor(rows, at::kLong).to(dev), quantity * weight_tensor);
-      return at::where(exp_mask, values.exp(), values);
+      // exp only where asked: a row's summed logits past 88.7 overflow exp to inf, and where()'s backward
+      // multiplies the unused branch's inf by 0, a NaN gradient for a finite objective.
+      return at::where(exp_mask, at::where(exp_mask, values, at::zeros_like(values)).exp(), values);
     };
     const bool only_logits =
         details == nullptr && std::all_of(objectives.begin(), objectives.end(), [](const auto& o) {

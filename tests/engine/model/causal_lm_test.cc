@@ -196,6 +196,27 @@ TEST_P(CausalLMParity, InputGradientMatchesTransformers) {
   EXPECT_LT(ScaledError(result->gradients[0], reference_.Tensor("gradient")), fp32() ? 1e-4 : 6e-2);
 }
 
+// A logit objective past exp's float range (a long target's summed logits over 88.7) has the gradient of the
+// same objective scaled down, times the scale. Before, the branch that scores a sequence's probability
+// (exp of the sum) was evaluated for every row: inf there, and 0 · inf = NaN in the backward.
+TEST_P(CausalLMParity, LogitObjectivesPastExpsRangeHaveTheirGradients) {
+  ForwardBatch batch = FirstRowEmbedded();
+  RowObjective objective = ReferenceObjective();
+  objective.quantity = TokenQuantity::kLogit;
+  auto unit = model_->ObjectiveGradients(batch, {objective});
+  ASSERT_THAT(unit, IsOk());
+  const double value = unit->values[0].item<double>();
+  ASSERT_NE(value, 0.0);
+  const double scale = 200.0 / value;  // the scaled objective is 200
+  objective.weights.assign(objective.tokens.size(), scale);
+  auto scaled = model_->ObjectiveGradients(batch, {objective});
+  ASSERT_THAT(scaled, IsOk());
+  EXPECT_NEAR(scaled->values[0].item<double>(), 200.0, fp32() ? 1e-3 : 2.0);
+  ASSERT_TRUE(at::isfinite(scaled->gradients[0]).all().item<bool>());
+  EXPECT_LT(ScaledError(scaled->gradients[0].to(at::kFloat) / scale, unit->gradients[0].to(at::kFloat)),
+            fp32() ? 1e-5 : 6e-2);
+}
+
 // Pause points in one pass: as each layer begins, between its attention and MLP where the MLP reads the
 // attention's output (not Falcon's parallel block), and before the final norm.
 size_t PausesPerPass(const ModelConfig& config) {
