@@ -61,12 +61,8 @@ struct RowProgress {
 // for faithfulness in index order, which scores as a plausible explanation).
 absl::Status CheckNumbers(const AttributionResult& result) {
   if (std::isnan(result.objective)) return NotANumberError("the attributed quantity (objective)");
-  const auto has_nan = [](const std::vector<double>& values) {
-    return std::any_of(values.begin(), values.end(), [](double v) { return std::isnan(v); });
-  };
-  bool nan_attribution =
-      has_nan(result.sequence) || (result.convergence_delta && std::isnan(*result.convergence_delta));
-  for (const std::vector<double>& row : result.per_token) nan_attribution = nan_attribution || has_nan(row);
+  bool nan_attribution = AnyNaN(result.sequence) || (result.convergence_delta && std::isnan(*result.convergence_delta));
+  for (const std::vector<double>& row : result.per_token) nan_attribution = nan_attribution || AnyNaN(row);
   if (nan_attribution) {
     return NotANumberError("the attributions (the scores of the baseline or of a perturbed or interpolated input)");
   }

@@ -298,6 +298,13 @@ class ComponentRun : public std::enable_shared_from_this<ComponentRun> {
           pair.grids.push_back(std::move(grid));
         }
       }
+      // A NaN ranks nothing: the grid would rank its components in index order, answered OK.
+      for (const ComponentGrid& grid : pair.grids) {
+        if (AnyNaN(grid.values) || AnyNaN(grid.convergence_deltas)) {
+          return NotANumberError(absl::StrCat("pairs[", k, "]: the components' attributions (a patched run's metric ",
+                                              "or its gradient)"));
+        }
+      }
       out.pairs.push_back(std::move(pair));
     }
     out.grids = out.pairs[0].grids;

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 
 namespace attribution::engine {
@@ -146,6 +147,11 @@ std::vector<double> FitLasso(const std::vector<Coalition>& x, const std::vector<
 std::vector<double> FitLeastSquares(const std::vector<Coalition>& x, const std::vector<double>& y,
                                     const std::vector<double>& weights) {
   CenteredData d = Center(x, y, weights);
+  // Scores that are not finite (a log-prob of -inf, an overflow) have no least-squares fit: NaN, which the
+  // attributor answers FAILED_PRECONDITION as for the other methods. LAPACK threw "illegal value" (INTERNAL).
+  if (!std::all_of(y.begin(), y.end(), [](double v) { return std::isfinite(v); })) {
+    return std::vector<double>(d.f, std::numeric_limits<double>::quiet_NaN());
+  }
   const at::Tensor a = at::from_blob(d.x.data(), {d.n, d.f}, at::kDouble).clone();  // [n, F] float64
   const at::Tensor b = at::from_blob(d.y.data(), {d.n, 1}, at::kDouble).clone();    // [n, 1]
   // gelsd: the SVD-based minimum-norm solution, as scipy's lstsq (sklearn LinearRegression) computes.

@@ -3,6 +3,9 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include "absl/strings/str_cat.h"
 
 namespace attribution::engine {
@@ -24,6 +27,10 @@ absl::Status NotANumberError(absl::string_view what) {
   return absl::FailedPreconditionError(
       absl::StrCat(what, " came out NaN: the model's computation overflowed on this input (in float16, past 65504: ",
                    "serve the model in bfloat16 or float32) or its weights hold NaN or infinite values"));
+}
+
+bool AnyNaN(const std::vector<double>& values) {
+  return std::any_of(values.begin(), values.end(), [](double v) { return std::isnan(v); });
 }
 
 }  // namespace attribution::engine

@@ -5,6 +5,7 @@
 
 #include <exception>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
@@ -22,5 +23,7 @@ const char* ExceptionMessage(const std::exception& e);
 // --allow_nonfinite_weights anywhere). An OK status with NaN in it looks like an answer; greedy decoding
 // would even pick token 0 from it.
 absl::Status NotANumberError(absl::string_view what);
+// Whether any of `values` is NaN (what NotANumberError refuses).
+bool AnyNaN(const std::vector<double>& values);
 
 }  // namespace attribution::engine

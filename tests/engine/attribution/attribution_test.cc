@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <numeric>
@@ -443,6 +444,24 @@ TEST(FitLasso, StopsBetweenSweepsOnceAbandoned) {
   });
   EXPECT_EQ(asked_abandoned, 1);
   EXPECT_NE(stopped, converged);
+}
+
+// KernelSHAP's fit of scores that are not finite (a log-prob of -inf, an overflow) is NaN, which the attributor
+// refuses FAILED_PRECONDITION as it does other methods' NaN; LAPACK threw "illegal value" (INTERNAL) before.
+TEST(FitLeastSquares, ScoresThatAreNotFiniteFitToNaN) {
+  const std::vector<Coalition> x = SampleKernelShapCoalitions(/*num_features=*/4, /*num_samples=*/24, /*seed=*/5);
+  std::vector<double> y;
+  for (const Coalition& c : x) y.push_back(std::accumulate(c.begin(), c.end(), 0.0));  // each feature adds 1
+  const std::vector<double> fit = FitLeastSquares(x, y, KernelShapWeights(x));
+  ASSERT_EQ(fit.size(), 4u);
+  for (double v : fit) EXPECT_NEAR(v, 1.0, 1e-9);
+  for (double bad : {-std::numeric_limits<double>::infinity(), std::numeric_limits<double>::quiet_NaN()}) {
+    std::vector<double> damaged = y;
+    damaged[3] = bad;
+    const std::vector<double> nan_fit = FitLeastSquares(x, damaged, KernelShapWeights(x));
+    ASSERT_EQ(nan_fit.size(), 4u);
+    for (double v : nan_fit) EXPECT_TRUE(std::isnan(v));
+  }
 }
 
 // A LIME fit cut short because the engine stops (or the caller left) is never an answer: before, the fit stopped
