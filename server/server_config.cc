@@ -14,6 +14,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "engine/common/bounded_json.h"
 #include "engine/common/files.h"
 #include "engine/common/status_macros.h"
 #include "engine/model/quantization.h"
@@ -208,13 +209,8 @@ absl::Status Positive(int64_t value, const std::string& name) {
 }  // namespace
 
 absl::StatusOr<ServerConfig> ParseServerConfig(const std::string& json_text, const std::string& source) {
-  json root;
   std::optional<std::string> duplicate;
-  try {
-    root = json::parse(json_text, DuplicateKeyFinder(duplicate));
-  } catch (const json::exception& e) {  // parse errors, and numbers out of range (1e400)
-    return absl::InvalidArgumentError(absl::StrCat(source, ": not valid JSON: ", e.what()));
-  }
+  ASSIGN_OR_RETURN(json root, engine::ParseBoundedJson(json_text, source, DuplicateKeyFinder(duplicate)));
   // nlohmann keeps the last of repeated keys; one of the two settings would be silently lost.
   if (duplicate) {
     return absl::InvalidArgumentError(

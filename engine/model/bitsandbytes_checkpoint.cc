@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "engine/common/bounded_json.h"
 #include "engine/common/status_macros.h"
 
 namespace attribution::engine {
@@ -40,8 +41,8 @@ absl::StatusOr<json> ReadQuantState(WeightStore& store, const std::string& name)
   }
   ASSIGN_OR_RETURN(at::Tensor bytes, store.Take(name, record->shape, at::TensorOptions().dtype(at::kByte)));
   const std::string text(static_cast<const char*>(bytes.data_ptr()), bytes.numel());
-  json state = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (state.is_discarded() || !state.is_object()) {
+  ASSIGN_OR_RETURN(json state, ParseBoundedJson(text, absl::StrCat("bitsandbytes quant state \"", name, "\"")));
+  if (!state.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat("bitsandbytes quant state \"", name, "\" is not a JSON object"));
   }
   return state;

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "engine/common/bounded_json.h"
 #include "engine/common/files.h"
 #include "engine/common/status_macros.h"
 
@@ -16,8 +17,8 @@ namespace {
 using nlohmann::json;
 
 absl::StatusOr<json> ParseJsonObject(const std::string& text, const std::string& source) {
-  json parsed = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (parsed.is_discarded() || !parsed.is_object()) {
+  ASSIGN_OR_RETURN(json parsed, ParseBoundedJson(text, source));
+  if (!parsed.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": not a valid JSON object"));
   }
   return parsed;

@@ -17,6 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/common/bounded_json.h"
 #include "engine/common/status_macros.h"
 
 namespace attribution::engine {
@@ -104,11 +105,8 @@ absl::Status SafetensorsFile::ParseHeader(uint64_t header_bytes) {
     }
     return true;
   };
-  nlohmann::json header = nlohmann::json::parse(text, text + header_bytes, find_duplicates,
-                                                /*allow_exceptions=*/false);
-  if (header.is_discarded()) {
-    return absl::InvalidArgumentError(absl::StrCat(path_, ": header is not valid JSON"));
-  }
+  ASSIGN_OR_RETURN(nlohmann::json header,
+                   ParseBoundedJson(absl::string_view(text, header_bytes), path_ + ": header", find_duplicates));
   if (duplicate) {
     return absl::InvalidArgumentError(absl::StrCat(path_, ": header names \"", *duplicate, "\" more than once"));
   }

@@ -5,6 +5,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "engine/common/bounded_json.h"
 #include "engine/common/files.h"
 #include "engine/common/status_macros.h"
 
@@ -16,8 +17,8 @@ namespace {
 absl::Status ReadShardIndex(const std::string& index_path, std::vector<std::string>& shards,
                             std::map<std::string, std::string>& declared) {
   ASSIGN_OR_RETURN(std::string text, ReadFile(index_path));
-  auto index = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (index.is_discarded() || !index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object()) {
+  ASSIGN_OR_RETURN(nlohmann::json index, ParseBoundedJson(text, index_path));
+  if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(index_path, ": not a JSON object with a \"weight_map\" object"));
   }
   std::set<std::string> unique;
@@ -42,7 +43,7 @@ absl::Status ReadShardIndex(const std::string& index_path, std::vector<std::stri
 absl::StatusOr<WeightFiles> FindWeightFiles(const std::string& dir) {
   WeightFiles files;
   if (FileExists(dir + "/model.safetensors")) {
-    files.shards.push_back("model.safetensors");
+    files.shards.assign(1, "model.safetensors");
   } else if (FileExists(dir + "/model.safetensors.index.json")) {
     files.index = "model.safetensors.index.json";
     RETURN_IF_ERROR(ReadShardIndex(dir + "/" + files.index, files.shards, files.declared));

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "engine/common/bounded_json.h"
 #include "engine/common/status_macros.h"
 
 namespace attribution::engine {
@@ -29,7 +30,7 @@ bool DecoderStripsLeadingSpace(const json& decoder) {
   if (type == "Metaspace")
     return decoder.value("prepend_scheme", std::string("always")) != "never" && decoder.value("add_prefix_space", true);
   if (type == "Sequence") {
-    for (const json& d : decoder.value("decoders", json::array())) {
+    for (const json& d : JsonMember(decoder, "decoders")) {
       if (DecoderStripsLeadingSpace(d)) return true;
     }
   }
@@ -39,7 +40,7 @@ bool DecoderStripsLeadingSpace(const json& decoder) {
 bool DecoderIsByteLevel(const json& decoder) {
   if (!decoder.is_object()) return false;
   if (decoder.value("type", std::string()) == "ByteLevel") return true;
-  for (const json& d : decoder.value("decoders", json::array())) {
+  for (const json& d : JsonMember(decoder, "decoders")) {
     if (DecoderIsByteLevel(d)) return true;
   }
   return false;
@@ -74,10 +75,10 @@ absl::StatusOr<std::unique_ptr<HfTokenizer>> HfTokenizer::Create(const json& tj,
   if (tj.contains("pre_tokenizer") && !tj["pre_tokenizer"].is_null()) {
     ASSIGN_OR_RETURN(t->pre_tokenizer_, PreTokenizer::FromJson(tj["pre_tokenizer"]));
   }
-  const json decoder = tj.value("decoder", json());
+  const json& decoder = JsonMember(tj, "decoder");
   t->byte_level_ = (t->pre_tokenizer_ && t->pre_tokenizer_->byte_level()) || DecoderIsByteLevel(decoder);
   t->strip_decoded_leading_space_ = DecoderStripsLeadingSpace(decoder);
-  RETURN_IF_ERROR(t->ParsePostProcessor(tj.value("post_processor", json())));
+  RETURN_IF_ERROR(t->ParsePostProcessor(JsonMember(tj, "post_processor")));
   for (const std::vector<int64_t>* ids : {&t->prefix_ids_, &t->suffix_ids_}) {
     for (int64_t id : *ids) {
       if (!t->HasToken(id)) {
@@ -98,7 +99,7 @@ absl::Status HfTokenizer::ParsePostProcessor(const json& spec) {
   if (!spec.is_object()) return absl::OkStatus();
   const std::string type = spec.value("type", std::string());
   if (type == "Sequence") {
-    for (const json& p : spec.value("processors", json::array())) RETURN_IF_ERROR(ParsePostProcessor(p));
+    for (const json& p : JsonMember(spec, "processors")) RETURN_IF_ERROR(ParsePostProcessor(p));
     return absl::OkStatus();
   }
   if (type == "TemplateProcessing") {

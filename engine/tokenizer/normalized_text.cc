@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "engine/common/bounded_json.h"
 #include "engine/common/status_macros.h"
 #include "engine/tokenizer/tokenizer.h"
 
@@ -526,7 +527,7 @@ absl::StatusOr<std::unique_ptr<TextNormalizer>> TextNormalizer::FromJson(const j
   }
   if (type == "Sequence") {
     std::vector<std::unique_ptr<TextNormalizer>> steps;
-    for (const json& step : spec.value("normalizers", json::array())) {
+    for (const json& step : JsonMember(spec, "normalizers")) {
       ASSIGN_OR_RETURN(auto normalizer, FromJson(step));
       steps.push_back(std::move(normalizer));
     }
@@ -574,7 +575,7 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> PreTokenizer::FromJson(const json&
   }
   if (type == "Sequence") {
     std::vector<std::unique_ptr<PreTokenizer>> steps;
-    for (const json& step : spec.value("pretokenizers", json::array())) {
+    for (const json& step : JsonMember(spec, "pretokenizers")) {
       ASSIGN_OR_RETURN(auto pre, FromJson(step));
       steps.push_back(std::move(pre));
     }

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "engine/common/bounded_json.h"
 #include "engine/common/files.h"
 #include "engine/common/status_macros.h"
 #include "engine/common/utf8.h"
@@ -17,9 +18,7 @@ namespace {
 
 absl::StatusOr<nlohmann::json> ReadJson(const std::string& path) {
   ASSIGN_OR_RETURN(std::string text, ReadFile(path));
-  auto parsed = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (parsed.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(path, ": not valid JSON"));
-  return parsed;
+  return ParseBoundedJson(text, path);
 }
 
 }  // namespace

@@ -151,7 +151,7 @@ std::vector<BadModel> BadModels() {
          f.header[0] = '[';
          f.Write(weights(d));
        },
-       {"model.safetensors", "header is not valid JSON"}},
+       {"model.safetensors", "header: not valid JSON"}},
       {"overlapping_offsets",
        "llama",
        [=](auto d) {
@@ -243,7 +243,7 @@ std::vector<BadModel> BadModels() {
          ::unlink(config(d).c_str());
          ::mkfifo(config(d).c_str(), 0644);
        },
-       {"config.json", "not a valid JSON"}},
+       {"config.json", "not valid JSON"}},
       {"weights_are_a_fifo",
        "llama",
        [=](auto d) {
@@ -261,7 +261,7 @@ std::vector<BadModel> BadModels() {
       {"config_not_json",
        "llama",
        [=](auto d) { WriteAll(config(d), "{\"model_type\": "); },
-       {"config.json", "not a valid JSON"}},
+       {"config.json", "not valid JSON"}},
       {"unknown_model_type",
        "llama",
        [=](auto d) { EditJson(config(d), [](json& c) { c["model_type"] = "bloom"; }); },

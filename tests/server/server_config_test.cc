@@ -409,6 +409,13 @@ TEST(ServerConfig, NumbersPastADoubleAreInvalidJsonNamingTheFile) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("s.json: not valid JSON")));
 }
 
+// A value nested 1,000,000 deep overflowed the stack as the config was copied into its reader.
+TEST(ServerConfig, NestingPastTheLimitIsRefusedNamingTheFile) {
+  EXPECT_THAT(
+      ParseServerConfig(R"({"engine": )" + std::string(1000000, '[') + std::string(1000000, ']') + "}", "s.json"),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("s.json: objects and arrays nested more than 128")));
+}
+
 TEST(CallGate, RefusesOverTheLimitAndWhileDrainingAndWaitsForIdle) {
   CallGate gate(2);
   ASSERT_THAT(gate.Enter(), IsOk());

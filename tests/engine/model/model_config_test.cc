@@ -133,6 +133,20 @@ TEST(ModelConfig, ReadsBitsandbytesQuantizationConfig) {
   EXPECT_FALSE(ParseModelConfig(Llama().dump(), "config.json")->checkpoint_quantization.has_value());
 }
 
+// Nesting is bounded before anything walks the config (a 100,000-deep layer_types overflowed the stack
+// printing the value into its refusal); 128 levels, as the tokenizers library's parser allows.
+TEST(ModelConfig, NestingPastTheLimitIsRefusedAndWithinItIsRead) {
+  const auto nested = [](int depth) { return std::string(depth, '[') + "1" + std::string(depth, ']'); };
+  std::string config = Llama().dump();
+  config.insert(config.size() - 1, ",\"layer_types\":" + nested(100000));
+  EXPECT_THAT(ParseModelConfig(config, "config.json"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("config.json: objects and arrays nested more than 128 deep")));
+  std::string unknown = Llama().dump();
+  unknown.insert(unknown.size() - 1, ",\"some_key\":" + nested(127));
+  EXPECT_THAT(ParseModelConfig(unknown, "config.json"), IsOk());
+}
+
 TEST(ModelConfig, ValidConfigsParse) {
   EXPECT_THAT(ParseModelConfig(Llama().dump(), "config.json"), IsOk());
   auto gpt2 = ParseModelConfig(Gpt2({{"n_inner", nullptr}}).dump(), "config.json");

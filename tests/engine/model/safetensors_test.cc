@@ -91,6 +91,9 @@ INSTANTIATE_TEST_SUITE_P(
         Defect{"HeaderLengthAbsurd", ValidHeader(), kData, uint64_t{1} << 40, "exceeds the limit"},
         Defect{"HeaderNotJson", "{\"a\": [", "", std::nullopt, "not valid JSON"},
         Defect{"HeaderNotObject", "[1, 2, 3]", "", std::nullopt, "not a JSON object"},
+        // 100,000 nested arrays overflowed the stack when the shape was printed into the refusal.
+        Defect{"HeaderNestedTooDeep", R"({"a": {"dtype": "F32", "shape": )" + std::string(100000, '[') + "]}}", "",
+               std::nullopt, "header: objects and arrays nested more than 128 deep"},
         Defect{"EntryMissingFields", R"({"a": {"dtype": "F32"}})", "", std::nullopt, "needs \"dtype\""},
         Defect{"UnsupportedDtype", ValidHeader({{"a", {{"dtype", "I64"}}}}), kData, std::nullopt,
                "\"I64\" is not supported"},
@@ -242,7 +245,7 @@ TEST_F(ModelDirectoryDefect, InconsistentHeadsAreRejected) {
 
 TEST_F(ModelDirectoryDefect, ConfigNotJson) {
   std::ofstream(dir_ + "/config.json") << "{ nope";
-  EXPECT_THAT(Load().message(), HasSubstr("config.json: not a valid JSON object"));
+  EXPECT_THAT(Load().message(), HasSubstr("config.json: not valid JSON: [json.exception.parse_error.101]"));
 }
 
 TEST_F(ModelDirectoryDefect, MissingWeightsFile) {

@@ -205,6 +205,20 @@ TEST(HfTokenizerFile, HugeTokenIdsAreRefused) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("vocab id 4000000000 of \"b\"")));
 }
 
+// Specs that nest specs (Sequence normalizers, pre-tokenizers, decoders, post-processors) are read in place:
+// copied at every level, 3,000 nested normalizers took 2 GB and 100,000 overflowed the stack. Past 128 levels
+// the file is refused, as the tokenizers library refuses it; within, it loads.
+TEST(HfTokenizerFile, NestedSequencesAreBoundedAndReadInPlace) {
+  const auto nested_normalizers = [](int depth) {
+    std::string spec = R"({"type": "Lowercase"})";
+    for (int i = 0; i < depth; ++i) spec = R"({"type": "Sequence", "normalizers": [)" + spec + "]}";
+    return R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": []}, "normalizer": )" + spec + "}";
+  };
+  EXPECT_THAT(LoadTokenizerJson(nested_normalizers(30)), IsOk());
+  EXPECT_THAT(LoadTokenizerJson(nested_normalizers(100000)),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("nested more than 128 deep")));
+}
+
 // A vocabulary without a single piece encodes no text: it loaded, and then every text request failed
 // as if its prompt were too long.
 TEST(HfTokenizerFile, EmptyVocabularyIsRefused) {
