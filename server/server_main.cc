@@ -432,6 +432,9 @@ int Serve() {
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(config->listen, Credentials(*files), &port);
+  // gRPC sets SO_REUSEPORT by default: a second server on a port in use started, and the kernel split the
+  // connections between the two (a client saw either's models). A port in use is a startup error.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.SetMaxReceiveMessageSize(static_cast<int>(config->max_message_bytes));
   // Compressed requests are refused (UNIMPLEMENTED) instead of inflated: gRPC inflates a whole message
   // before it checks its size, so 4 MB of gzip cost 4 GB of memory and 16 s of a thread, before any
@@ -466,7 +469,7 @@ int Serve() {
                                 ? ""
                                 : absl::StrCat(" (or gRPC refused tls cert_file \"", config->tls.cert_file,
                                                "\" / key_file \"", config->tls.key_file, "\": see its lines above)");
-    return Fail(absl::UnavailableError(absl::StrCat("cannot listen on ", config->listen, tls)));
+    return Fail(absl::UnavailableError(absl::StrCat("cannot listen on ", config->listen, " (in use?)", tls)));
   }
   ServingHealth health(server->GetHealthCheckService(), attribution::v1::AttributionService::service_full_name());
   Log("listening", absl::StrCat("port ", port, config->tls.cert_file.empty() ? " plaintext" : " TLS",

@@ -215,6 +215,16 @@ TEST(ServerCommandLine, AFlagAtItsDefaultValueStillOverridesTheConfigFile) {
   EXPECT_THAT(file_output, HasSubstr("config ok: listen 127.0.0.1:0, metrics 127.0.0.1:0"));
 }
 
+// gRPC sets SO_REUSEPORT by default: a second server on a port in use started, and the two split the
+// connections (a client saw either server's models at random). It is a startup error naming the address.
+TEST(ServerCommandLine, APortInUseIsAStartupError) {
+  auto first = test_support::ServerProcess::Start({});
+  ASSERT_THAT(first, IsOk());
+  auto [code, log] = test_support::ServerProcess::RunToExit({"--listen=" + (*first)->address()}, absl::Seconds(60));
+  EXPECT_EQ(code, 1) << log;
+  EXPECT_THAT(log, HasSubstr("cannot listen on " + (*first)->address() + " (in use?)"));
+}
+
 // A TLS certificate that is not PEM was reported only as "cannot listen on ADDR".
 TEST(ServerCommandLine, ATlsFileThatIsNotPemIsNamedAtStartup) {
   test_support::TempDir dir;
