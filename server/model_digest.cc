@@ -63,13 +63,18 @@ absl::StatusOr<std::string> ModelFilesDigest(const std::string& dir) {
   std::vector<char> buffer(4 << 20);
   for (const std::string& name : *files) {
     const std::string path = dir + "/" + name;
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: a named pipe in the model's folder blocked the open forever (startup hung, logging nothing).
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return Errno("cannot open", path);
     struct stat info;
     if (::fstat(fd, &info) != 0) {
       const absl::Status status = Errno("cannot stat", path);
       ::close(fd);
       return status;
+    }
+    if (!S_ISREG(info.st_mode)) {
+      ::close(fd);
+      return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file (a pipe or a device?)"));
     }
     const std::string header = absl::StrCat(name, "\n", static_cast<int64_t>(info.st_size), "\n");
     EVP_DigestUpdate(context.get(), header.data(), header.size());

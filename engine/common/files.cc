@@ -38,6 +38,13 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": a directory, not a file"));
   }
   if (!S_ISREG(st.st_mode)) ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+  // A device reads without end: a config.json linked to /dev/zero grew the process past 4 GB.
+  const auto too_large = [&] {
+    ::close(fd);
+    return absl::InvalidArgumentError(absl::StrCat(path, ": more than ", kMaxReadFileBytes >> 20,
+                                                   " MiB, more than a config or tokenizer file holds"));
+  };
+  if (S_ISREG(st.st_mode) && st.st_size > kMaxReadFileBytes) return too_large();
   std::string text;
   char buffer[1 << 16];
   for (;;) {
@@ -49,6 +56,7 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
       return absl::DataLossError(absl::StrCat(path, ": cannot read: ", error));
     }
     if (n == 0) break;
+    if (static_cast<int64_t>(text.size()) + n > kMaxReadFileBytes) return too_large();
     text.append(buffer, static_cast<size_t>(n));
   }
   ::close(fd);

@@ -3,6 +3,7 @@
 // std::filesystem: the PyPI libtorch.so interposes broken copies of std::filesystem functions.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -14,7 +15,10 @@ bool FileExists(const std::string& path);
 // The folder of the running executable, with a trailing '/' (empty when it cannot be read).
 std::string ExecutableDir();
 
-// The whole file; NOT_FOUND naming the path when it cannot be read.
+inline constexpr int64_t kMaxReadFileBytes = int64_t{256} << 20;
+
+// The whole file; NOT_FOUND naming the path when it cannot be read, INVALID_ARGUMENT past
+// kMaxReadFileBytes (a device such as /dev/zero) or for a directory.
 absl::StatusOr<std::string> ReadFile(const std::string& path);
 
 }  // namespace attribution::engine

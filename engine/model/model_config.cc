@@ -32,6 +32,19 @@ absl::StatusOr<int64_t> PositiveInt(const json& config, const char* key, const s
   return config[key].get<int64_t>();
 }
 
+// The largest checkpoints have about 130 layers; a count in the billions allocated per-layer tables of
+// gigabytes before anything else was checked (--check_config too).
+constexpr int64_t kMaxLayers = 4096;
+
+absl::StatusOr<int64_t> LayerCount(const json& config, const char* key, const std::string& source) {
+  ASSIGN_OR_RETURN(const int64_t layers, PositiveInt(config, key, source));
+  if (layers > kMaxLayers) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": \"", key, "\" ", layers, " is more than ", kMaxLayers, " layers"));
+  }
+  return layers;
+}
+
 // transformers writes null for an option left unset ("pad_token_id": null, "rope_scaling": null), so a
 // null value means the same as an absent key.
 const json* Present(const json& config, const char* key) {
@@ -215,7 +228,7 @@ absl::Status ParseDecoderFields(const json& config, const std::string& source, M
   const DecoderDefaults defaults = DefaultsOf(out.architecture);
   ASSIGN_OR_RETURN(out.hidden_size, PositiveInt(config, "hidden_size", source));
   ASSIGN_OR_RETURN(out.intermediate_size, PositiveInt(config, "intermediate_size", source));
-  ASSIGN_OR_RETURN(out.num_layers, PositiveInt(config, "num_hidden_layers", source));
+  ASSIGN_OR_RETURN(out.num_layers, LayerCount(config, "num_hidden_layers", source));
   ASSIGN_OR_RETURN(out.num_heads, PositiveInt(config, "num_attention_heads", source));
   // An absent key takes the config class's default (8 for Mistral); null, which only transformers 4 read,
   // meant num_attention_heads there.
@@ -307,7 +320,7 @@ absl::Status ParseFalconFields(const json& config, const std::string& source, Mo
         source, ": \"alibi\": true: Falcon models with ALiBi position biases are not supported (rotary ones are)"));
   }
   ASSIGN_OR_RETURN(out.hidden_size, PositiveInt(config, "hidden_size", source));
-  ASSIGN_OR_RETURN(out.num_layers, PositiveInt(config, FirstPresent(config, {"num_hidden_layers", "n_layer"}), source));
+  ASSIGN_OR_RETURN(out.num_layers, LayerCount(config, FirstPresent(config, {"num_hidden_layers", "n_layer"}), source));
   ASSIGN_OR_RETURN(out.num_heads, PositiveInt(config, FirstPresent(config, {"num_attention_heads", "n_head"}), source));
   if (out.hidden_size % out.num_heads != 0) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": hidden_size ", out.hidden_size,
@@ -359,7 +372,7 @@ absl::Status ParseFalconFields(const json& config, const std::string& source, Mo
 
 absl::Status ParseGpt2Fields(const json& config, const std::string& source, ModelConfig& out) {
   ASSIGN_OR_RETURN(out.hidden_size, PositiveInt(config, "n_embd", source));
-  ASSIGN_OR_RETURN(out.num_layers, PositiveInt(config, "n_layer", source));
+  ASSIGN_OR_RETURN(out.num_layers, LayerCount(config, "n_layer", source));
   ASSIGN_OR_RETURN(out.num_heads, PositiveInt(config, "n_head", source));
   ASSIGN_OR_RETURN(out.max_position_embeddings, PositiveInt(config, "n_positions", source));
   out.num_kv_heads = out.num_heads;
@@ -567,8 +580,9 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& dir) {
   // generation_config.json overrides the ids used for generation where it names them; its ids are checked
   // here so that an error names the file they came from.
   const std::string generation_path = dir + "/generation_config.json";
-  if (auto generation_text = ReadFile(generation_path); generation_text.ok()) {
-    ASSIGN_OR_RETURN(json generation, ParseJsonObject(*generation_text, generation_path));
+  if (FileExists(generation_path)) {  // one that cannot be read is named, not passed over
+    ASSIGN_OR_RETURN(std::string generation_text, ReadFile(generation_path));
+    ASSIGN_OR_RETURN(json generation, ParseJsonObject(generation_text, generation_path));
     ModelConfig ids;
     ASSIGN_OR_RETURN(ids.bos_token_id, MaybeInt(generation, "bos_token_id", generation_path));
     ASSIGN_OR_RETURN(ids.eos_token_ids, IdList(generation, "eos_token_id", generation_path));

@@ -244,6 +244,21 @@ std::vector<BadModel> BadModels() {
          ::mkfifo(config(d).c_str(), 0644);
        },
        {"config.json", "not valid JSON"}},
+      // A device read without end (4 GB and on), and a named pipe blocked the weights digest's open forever.
+      {"generation_config_is_a_device",
+       "llama",
+       [=](auto d) {
+         ::unlink((d + "/generation_config.json").c_str());
+         ::symlink("/dev/zero", (d + "/generation_config.json").c_str());
+       },
+       {"generation_config.json", "more than 256 MiB"}},
+      {"tokenizer_json_is_a_fifo",
+       "llama",
+       [=](auto d) {
+         ::unlink((d + "/tokenizer.json").c_str());
+         ::mkfifo((d + "/tokenizer.json").c_str(), 0644);
+       },
+       {"tokenizer.json", "not a regular file"}},
       {"weights_are_a_fifo",
        "llama",
        [=](auto d) {

@@ -147,6 +147,14 @@ TEST(ModelConfig, NestingPastTheLimitIsRefusedAndWithinItIsRead) {
   EXPECT_THAT(ParseModelConfig(unknown, "config.json"), IsOk());
 }
 
+// A layer count in the billions allocated per-layer tables of gigabytes before anything was checked.
+TEST(ModelConfig, LayerCountsPastTheLimitAreRefused) {
+  EXPECT_THAT(ParseModelConfig(Llama({{"num_hidden_layers", int64_t{1} << 36}}).dump(), "config.json"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("config.json: \"num_hidden_layers\" 68719476736 is more than 4096 layers")));
+  EXPECT_THAT(ParseModelConfig(Llama({{"num_hidden_layers", 4096}}).dump(), "config.json"), IsOk());
+}
+
 TEST(ModelConfig, ValidConfigsParse) {
   EXPECT_THAT(ParseModelConfig(Llama().dump(), "config.json"), IsOk());
   auto gpt2 = ParseModelConfig(Gpt2({{"n_inner", nullptr}}).dump(), "config.json");
