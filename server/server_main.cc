@@ -398,11 +398,26 @@ rlim_t RaiseOpenFileLimit() {
 // is refused RESOURCE_EXHAUSTED; without it, 24,000 open streams held 24,000 threads and 6 GB.
 constexpr int kMaxSynchronousServiceThreads = 16;
 
+// `text` for a terminal: control bytes (C0, DEL) written as \xNN. Messages name what a model's files hold (a
+// tensor's name, a model_type), and escape sequences there retitled or cleared the operator's terminal.
+std::string WithControlsVisible(absl::string_view text) {
+  std::string out;
+  for (const char c : text) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte < 0x20 || byte == 0x7f) {
+      absl::StrAppendFormat(&out, "\\x%02x", byte);
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
 int Fail(const absl::Status& status) {
   Log("startup_failed", std::string(status.message()));
   // The JSON line first, then the same for a person; not when stderr takes nothing (fprintf would block).
   if (!FlushLog(absl::Seconds(1))) return 1;
-  std::fprintf(stderr, "attribution-server: %s\n", std::string(status.message()).c_str());
+  std::fprintf(stderr, "attribution-server: %s\n", WithControlsVisible(status.message()).c_str());
   return 1;
 }
 

@@ -281,6 +281,11 @@ std::vector<BadModel> BadModels() {
        "llama",
        [=](auto d) { EditJson(config(d), [](json& c) { c["model_type"] = "bloom"; }); },
        {"config.json", "model_type \"bloom\" is not supported"}},
+      // Escape sequences in what the files hold reached the operator's terminal (a cleared screen).
+      {"model_type_with_escape_sequences",
+       "llama",
+       [=](auto d) { EditJson(config(d), [](json& c) { c["model_type"] = "x\x1b]0;PWNED\a\x1b[2J"; }); },
+       {"config.json", "model_type \"x\\x1b]0;PWNED\\x07\\x1b[2J\" is not supported"}},
       // Damaged tokenizers.
       {"garbage_tokenizer_model",
        "llama",
@@ -308,6 +313,7 @@ TEST_P(BadModelDirectory, ServerExitsWithStatusOneNamingTheFileAndField) {
   auto [code, log] = ServerProcess::RunToExit({"--model=bad=" + dir}, absl::Seconds(30));
   EXPECT_EQ(code, 1) << log;
   EXPECT_EQ(log.find("terminate called"), std::string::npos) << log;
+  EXPECT_EQ(log.find('\x1b'), std::string::npos) << log;
   EXPECT_NE(log.find("model \"bad\""), std::string::npos) << log;
   for (const std::string& part : c.message) {
     EXPECT_NE(log.find(part), std::string::npos) << "expected \"" << part << "\" in:\n" << log;
