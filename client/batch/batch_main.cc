@@ -362,11 +362,16 @@ std::vector<JobFile> JobFiles(std::vector<JobFile> inputs, bool job) {
 // --html's folder and a temporary beside --parquet's table are made before any row runs: an unwritable one found
 // at the end lost the table or the pages of a whole job's work.
 absl::Status CheckReportsWritable() {
-  if (!absl::GetFlag(FLAGS_parquet).empty()) {
-    absl::StatusOr<std::unique_ptr<AtomicFileWriter>> probe = AtomicFileWriter::Create(absl::GetFlag(FLAGS_parquet));
+  std::vector<std::string> replaced;
+  if (!absl::GetFlag(FLAGS_parquet).empty()) replaced.push_back(absl::GetFlag(FLAGS_parquet));
+  if (!absl::GetFlag(FLAGS_html).empty()) {
+    if (absl::Status made = MakeReportDirectory(absl::GetFlag(FLAGS_html)); !made.ok()) return made;
+    replaced.push_back(absl::GetFlag(FLAGS_html) + "/index.html");
+  }
+  for (const std::string& path : replaced) {
+    absl::StatusOr<std::unique_ptr<AtomicFileWriter>> probe = AtomicFileWriter::Create(path);
     if (!probe.ok()) return probe.status();  // destroyed uncommitted, it removes its temporary
   }
-  if (!absl::GetFlag(FLAGS_html).empty()) return MakeReportDirectory(absl::GetFlag(FLAGS_html));
   return absl::OkStatus();
 }
 

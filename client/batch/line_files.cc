@@ -120,8 +120,17 @@ absl::Status CopyFileBytes(int from_fd, const std::string& from, int64_t offset,
   return absl::OkStatus();
 }
 
+// A directory (or a device) at the path cannot be renamed over: found at the end, it lost the table or pages
+// of a whole job's rows. EISDIR, as opening it for writing says.
+absl::Status CheckReplaceable(const std::string& path) {
+  struct stat status;
+  if (::stat(path.c_str(), &status) != 0 || S_ISREG(status.st_mode)) return absl::OkStatus();
+  return FileError("cannot replace", path, S_ISDIR(status.st_mode) ? EISDIR : EINVAL);
+}
+
 absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::Create(const std::string& given) {
   const std::string path = RealFilePath(given);
+  if (absl::Status replaceable = CheckReplaceable(path); !replaceable.ok()) return replaceable;
   std::string temporary = path + ".XXXXXX.tmp";
   const int fd = ::mkstemps(temporary.data(), 4);
   if (fd < 0) return FileError("cannot create", temporary, errno);
@@ -137,6 +146,7 @@ absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::Create(const
 
 absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::CreateWhileLocked(const std::string& given) {
   const std::string path = RealFilePath(given);
+  if (absl::Status replaceable = CheckReplaceable(path); !replaceable.ok()) return replaceable;
   std::string temporary = path + ".tmp";
   const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return FileError("cannot create", temporary, errno);

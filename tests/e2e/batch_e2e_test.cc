@@ -372,6 +372,15 @@ TEST_F(Batch, UnwritableReportsAreRefusedBeforeAnyRowRuns) {
   args.back() = "--html=" + regular;
   EXPECT_EQ(RunBatch(args, log), 1);
   EXPECT_THAT(ReadFile(log), HasSubstr("cannot create " + regular + ": Not a directory"));
+  // A directory where the table or the index goes: it failed the rename after every row ran.
+  const std::string folder = dir_->File("a_folder");
+  std::filesystem::create_directories(folder + "/index.html");
+  args.back() = "--parquet=" + folder;
+  EXPECT_EQ(RunBatch(args, log), 1);
+  EXPECT_THAT(ReadFile(log), HasSubstr("cannot replace " + folder + ": Is a directory"));
+  args.back() = "--html=" + folder;
+  EXPECT_EQ(RunBatch(args, log), 1);
+  EXPECT_THAT(ReadFile(log), HasSubstr("cannot replace " + folder + "/index.html: Is a directory"));
   EXPECT_FALSE(std::filesystem::exists(output));
   EXPECT_FALSE(std::filesystem::exists(output + ".lock"));
 }
