@@ -405,6 +405,11 @@ int Run(const CommandLine& line) {
       InputRows::Open(absl::GetFlag(FLAGS_input), absl::GetFlag(FLAGS_shard_index), absl::GetFlag(FLAGS_shard_count));
   if (!rows.ok()) return Failed(rows.status());
   absl::StatusOr<json> settings = SettingsFromFlags(line);
+  // The --job file's keys are the flags': a bad value, type or name there is a usage error as a flag's is (it
+  // exited 1, which an Indexed Job retries); a file that cannot be read is not.
+  if (!settings.ok() && settings.status().code() == absl::StatusCode::kInvalidArgument) {
+    return UsageError(std::string(settings.status().message()));
+  }
   if (!settings.ok()) return Failed(settings.status());
   if (const std::string error = UnknownNameError(line, *settings); !error.empty()) return UsageError(error);
   if (const std::string error = SettingRangeError(line, *settings, nullptr); !error.empty()) return UsageError(error);

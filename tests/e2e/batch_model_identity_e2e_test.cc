@@ -324,6 +324,22 @@ TEST_F(BatchModelIdentity, OutOfRangeSettingsAreUsageErrorsNamingTheFlag) {
     EXPECT_THAT(ReadFile(log_), HasSubstr(message));
     EXPECT_NE(::access(output.c_str(), F_OK), 0);
   }
+  // The same mistakes in the --job file are usage errors as the flags' are (they exited 1).
+  const std::string bad_job = dir_.File("bad_job.json");
+  for (const auto& [content, message] :
+       std::vector<std::pair<std::string, std::string>>{{R"({"seed": -1})", "\"seed\" must lie in [0, 2^64)"},
+                                                        {R"({"stdev": "abc"})", "stdev"},
+                                                        {R"({"bogus": 1})", "bogus"}}) {
+    std::ofstream(bad_job) << content;
+    ::unlink(log_.c_str());
+    EXPECT_EQ(RunBatch({"--input=" + input, "--output=" + output, "--server=" + server_->address(), "--job=" + bad_job,
+                        "--progress=log"},
+                       log_),
+              2)
+        << content << ReadFile(log_);
+    EXPECT_THAT(ReadFile(log_), HasSubstr(message));
+    EXPECT_NE(::access(output.c_str(), F_OK), 0);
+  }
   EXPECT_EQ(RunBatch({"--input=" + input, "--output=" + output, "--server=" + server_->address(),
                       "--method=integrated_gradients", "--progress=log", "--n_steps=8"},
                      log_),
