@@ -12,7 +12,9 @@ Writes
     result of bitsandbytes.functional.quantize_4bit as "Q_B_D.codes" (packed uint8), "Q_B_D.absmax"
     (float32, or uint8 with D), "Q_B_D.nested_absmax", "Q_B_D.nested_code", "Q_B_D.offset" (with D) and
     dequantize_4bit's float32 and bfloat16 results "Q_B_D.dequantized", "Q_B_D.dequantized_bf16"; the
-    code books "nf4_code", "fp4_code" and "dynamic_code" (create_dynamic_map()).
+    code books "nf4_code", "fp4_code" and "dynamic_code" (create_dynamic_map()); and, for W in {zero,
+    one_block} (an all-zero [8, 128] weight "zero_weight"; "one_block_weight", one block of 64), the same
+    tensors "W.Q_64_1.*" of nf4 and fp4 with double quantization.
   * for A in {llama, mistral, qwen2, mixtral}: OUT_DIR/A/, a random fp32 model with all linear widths multiples of
     64 (bitsandbytes' CPU kernels want them), saved by transformers with the tokenizer of
     ARCHITECTURE_MODELS_DIR/A; and for Q in {nf4, fp4} and D in {"", "-dq"} OUT_DIR/A-QD/: that model
@@ -71,6 +73,19 @@ def quantization_tensors():
                 out[f"{key}.dequantized"] = F.dequantize_4bit(codes, state).clone()
                 state.dtype = torch.bfloat16
                 out[f"{key}.dequantized_bf16"] = F.dequantize_4bit(codes, state).clone()
+    # Weights whose absmaxes all equal their mean, so double quantization's centred values are all 0.
+    out["zero_weight"] = torch.zeros(8, 128)
+    out["one_block_weight"] = weight[7:8, :64].clone()
+    for name in ("zero", "one_block"):
+        for quant_type in ("nf4", "fp4"):
+            key = f"{name}.{quant_type}_64_1"
+            codes, state = F.quantize_4bit(out[f"{name}_weight"], blocksize=64, quant_type=quant_type,
+                                           compress_statistics=True)
+            out[f"{key}.codes"] = codes.reshape(-1).clone()
+            out[f"{key}.absmax"] = state.absmax.clone()
+            out[f"{key}.nested_absmax"] = state.state2.absmax.clone()
+            out[f"{key}.offset"] = state.offset.reshape(1).clone()
+            out[f"{key}.dequantized"] = F.dequantize_4bit(codes, state).clone()
     return out
 
 

@@ -91,7 +91,10 @@ NestedAbsmax QuantizeAbsmaxes(const at::Tensor& absmax) {
   }
   at::Tensor values = padded.reshape({nested_blocks, kNestedBlockSize});
   at::Tensor scales = values.abs().amax(1);
-  at::Tensor normalized = (values * at::reciprocal(scales).unsqueeze(1)).clamp(-1, 1);
+  // A block whose absmaxes all equal the mean (an all-zero weight, a weight of one block) is all zeros:
+  // 0 * reciprocal(0) would be NaN and no bin at all; bitsandbytes gives such a block code 0 and scale 0.
+  at::Tensor reciprocals = at::where(scales > 0, at::reciprocal(scales), at::zeros_like(scales));
+  at::Tensor normalized = (values * reciprocals.unsqueeze(1)).clamp(-1, 1);
   at::Tensor bin = ((normalized + 1.0f) * 0.5f * static_cast<float>(kCodeTableBins - 1) + 0.5f).to(at::kLong);
   at::Tensor codes = BinCodeTable(nested.code_book).index_select(0, bin.reshape({-1})).reshape(bin.sizes());
   codes = at::where(scales.unsqueeze(1) > 0, codes, at::zeros_like(codes));  // an all-zero block: code 0

@@ -101,6 +101,30 @@ INSTANTIATE_TEST_SUITE_P(Formats, BitCompatible,
                                            Format{Quantization::kFp4, 128, true}),
                          [](const auto& info) { return info.param.Key(); });
 
+// Weights whose absmaxes all equal their mean: double quantization's centred values are all 0, and
+// bitsandbytes stores code 0 under a nested absmax of 0, the offset alone giving each absmax back.
+class UniformAbsmaxes : public ::testing::TestWithParam<std::tuple<std::string, Quantization>> {};
+
+TEST_P(UniformAbsmaxes, DoubleQuantizeAsBitsandbytes) {
+  const auto& [weight, kind] = GetParam();
+  const std::string key = absl::StrCat(weight, ".", QuantizationName(kind), "_64_1");
+  auto ours = Quantize(BnbTensor(weight + "_weight"), kind, {.block_size = 64, .double_quantization = true});
+  ASSERT_THAT(ours, IsOk());
+  ASSERT_TRUE(ours->nested.has_value());
+  EXPECT_TRUE(at::equal(ours->codes, BnbTensor(key + ".codes")));
+  EXPECT_TRUE(at::equal(ours->nested->codes, BnbTensor(key + ".absmax")));
+  EXPECT_TRUE(at::equal(ours->nested->scales, BnbTensor(key + ".nested_absmax")));
+  EXPECT_TRUE(at::equal(ours->nested->offsets.slice(0, 0, 1), BnbTensor(key + ".offset")));
+  EXPECT_TRUE(at::equal(Dequantize(*ours, at::kFloat), BnbTensor(key + ".dequantized")));
+}
+
+INSTANTIATE_TEST_SUITE_P(Weights, UniformAbsmaxes,
+                         ::testing::Combine(::testing::Values("zero", "one_block"),
+                                            ::testing::Values(Quantization::kNf4, Quantization::kFp4)),
+                         [](const auto& info) {
+                           return absl::StrCat(std::get<0>(info.param), "_", QuantizationName(std::get<1>(info.param)));
+                         });
+
 TEST(FourBitOptions, RejectsBlockSizesBitsandbytesLacks) {
   EXPECT_THAT(Quantize(at::zeros({4, 96}), Quantization::kFp4, {.block_size = 96}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("block size 96")));
