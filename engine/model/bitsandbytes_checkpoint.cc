@@ -88,6 +88,14 @@ absl::StatusOr<QuantizedWeight> ReadBitsandbytesWeight(WeightStore& store, const
   ASSIGN_OR_RETURN(result.codes, TakeStored(store, weight, at::kByte, {out * in / 2, 1}, device));
   result.codes = result.codes.reshape({-1});
   ASSIGN_OR_RETURN(result.code_book, TakeStored(store, weight + ".quant_map", at::kFloat, {16}, device));
+  // bitsandbytes dequantizes with its fixed table for quant_type and never reads the stored map: a map
+  // that differs would give answers that are neither ours to trust nor bitsandbytes'.
+  if (!at::equal(result.code_book, FourBitCodeBook(kind, device))) {
+    return absl::InvalidArgumentError(absl::StrCat("bitsandbytes tensor \"", weight, ".quant_map\" is not the ",
+                                                   QuantizationName(kind),
+                                                   " code book (bitsandbytes ignores a stored quant_map and "
+                                                   "dequantizes with its fixed table)"));
+  }
   if (!state.contains("nested_offset")) {
     ASSIGN_OR_RETURN(result.scales, TakeStored(store, weight + ".absmax", at::kFloat, {blocks}, device));
     return result;

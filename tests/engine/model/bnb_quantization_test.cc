@@ -16,6 +16,7 @@
 #include "engine/model/safetensors.h"
 #include "tests/testing/reference.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
 
 namespace attribution::engine {
 namespace {
@@ -24,6 +25,7 @@ using ::attribution::test_support::IsOk;
 using ::attribution::test_support::ScaledError;
 using ::attribution::test_support::StatusIs;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 std::string ReferenceDir() { return ATTRIBUTION_BNB_REFERENCE_DIR; }
 
@@ -228,6 +230,80 @@ TEST(BnbCheckpoint, ResidentBytesAreTheStoredOnes) {
   ASSERT_THAT(saved, IsOk());
   ASSERT_THAT(here, IsOk());
   EXPECT_EQ((*saved)->ResidentWeightBytes(), (*here)->ResidentWeightBytes());
+}
+
+// A copy of a saved reference checkpoint, its tensors edited as raw bytes (a quant state is JSON in a
+// uint8 vector) and written back.
+class DamagedBnbCheckpoint : public ::testing::Test {
+ protected:
+  struct RawTensor {
+    nlohmann::json meta;  // "dtype", "shape"
+    std::string bytes;
+  };
+  using Tensors = std::map<std::string, RawTensor>;
+
+  void Copy(const std::string& name) {
+    dir_ = root_.File(name);
+    test_support::CopyDirectoryFiles(absl::StrCat(ATTRIBUTION_BNB_REFERENCE_DIR, "/", name), dir_);
+  }
+
+  void Rewrite(const std::function<void(Tensors&)>& edit) {
+    const std::string path = dir_ + "/model.safetensors";
+    std::ifstream in(path, std::ios::binary);
+    const std::string file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    uint64_t header_size = 0;
+    std::memcpy(&header_size, file.data(), sizeof(header_size));
+    const nlohmann::json header = nlohmann::json::parse(file.substr(8, header_size));
+    const std::string data = file.substr(8 + header_size);
+    Tensors tensors;
+    for (const auto& [name, meta] : header.items()) {
+      if (name == "__metadata__") continue;
+      const auto offsets = meta["data_offsets"].get<std::vector<size_t>>();
+      tensors[name] = {{{"dtype", meta["dtype"]}, {"shape", meta["shape"]}},
+                       data.substr(offsets[0], offsets[1] - offsets[0])};
+    }
+    edit(tensors);
+    nlohmann::json out = nlohmann::json::object();
+    std::string out_data;
+    for (const auto& [name, t] : tensors) {
+      out[name] = t.meta;
+      out[name]["data_offsets"] = {out_data.size(), out_data.size() + t.bytes.size()};
+      out_data += t.bytes;
+    }
+    const std::string out_header = out.dump();
+    const uint64_t out_size = out_header.size();
+    std::ofstream(path, std::ios::binary | std::ios::trunc)
+        << std::string(reinterpret_cast<const char*>(&out_size), sizeof(out_size)) << out_header << out_data;
+  }
+
+  absl::Status Load() { return CausalLM::Load(dir_, {}).status(); }
+
+  test_support::TempDir root_;
+  std::string dir_;
+};
+
+TEST_F(DamagedBnbCheckpoint, IntactCopyLoads) {
+  Copy("llama-nf4-dq");
+  Rewrite([](Tensors&) {});
+  EXPECT_THAT(Load(), IsOk());
+}
+
+// bitsandbytes dequantizes with its fixed table whatever quant_map holds: a different stored map is refused.
+TEST_F(DamagedBnbCheckpoint, QuantMapOtherThanTheCodeBookIsRefused) {
+  for (const char* name : {"llama-nf4", "llama-fp4-dq"}) {
+    Copy(name);
+    Rewrite([](Tensors& t) {
+      // Code 3 (nf4 -0.39, fp4 1.0): a code of neither format's zeros, so the scaling changes it.
+      std::string& map = t["model.layers.0.self_attn.k_proj.weight.quant_map"].bytes;
+      float code = 0;
+      std::memcpy(&code, map.data() + 3 * sizeof(float), sizeof(code));
+      code *= 1.01f;
+      std::memcpy(map.data() + 3 * sizeof(float), &code, sizeof(code));
+    });
+    EXPECT_THAT(Load(), StatusIs(absl::StatusCode::kInvalidArgument,
+                                 HasSubstr("\"model.layers.0.self_attn.k_proj.weight.quant_map\" is not the")))
+        << name;
+  }
 }
 
 }  // namespace
