@@ -56,6 +56,15 @@ absl::StatusOr<int64_t> StateInt(const json& state, const char* key, const std::
   return state[key].get<int64_t>();
 }
 
+// get<std::vector<int64_t>> throws on any other element; the caller names the tensor instead.
+bool StateIsIntegerArray(const json& state, const char* key) {
+  if (!state.contains(key) || !state[key].is_array()) return false;
+  for (const json& element : state[key]) {
+    if (!element.is_number_integer()) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 bool IsBitsandbytesWeight(const WeightStore& store, const std::string& prefix, Quantization kind) {
@@ -70,9 +79,13 @@ absl::StatusOr<QuantizedWeight> ReadBitsandbytesWeight(WeightStore& store, const
     return absl::InvalidArgumentError(absl::StrCat("bitsandbytes quant state \"", state_name,
                                                    "\": quant_type is not \"", QuantizationName(kind), "\""));
   }
+  if (!StateIsIntegerArray(state, "shape")) {
+    return absl::InvalidArgumentError(absl::StrCat("bitsandbytes quant state \"", state_name, "\": shape ",
+                                                   state.value("shape", json()).dump(),
+                                                   " is not an array of integers"));
+  }
   const std::vector<int64_t> expected_shape = {out, in};
-  if (!state.contains("shape") || !state["shape"].is_array() ||
-      state["shape"].get<std::vector<int64_t>>() != expected_shape) {
+  if (state["shape"].get<std::vector<int64_t>>() != expected_shape) {
     return absl::InvalidArgumentError(absl::StrCat("bitsandbytes quant state \"", state_name, "\": shape ",
                                                    state.value("shape", json()).dump(), " is not the config's [", out,
                                                    ", ", in, "]"));

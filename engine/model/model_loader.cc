@@ -41,8 +41,17 @@ class Loader {
     std::vector<int64_t> shape = conv1d_layout ? std::vector<int64_t>{in, out} : std::vector<int64_t>{out, in};
     ASSIGN_OR_RETURN(at::Tensor weight, Take(prefix + ".weight", shape, LinearWeightOptions()));
     if (conv1d_layout) weight = weight.t().contiguous();
-    return Linear::Create(std::move(weight), std::move(b), impl_.options.quantization, std::move(output_parts),
-                          impl_.options.four_bit);
+    return CreateLinear(prefix + ".weight", std::move(weight), std::move(b), std::move(output_parts));
+  }
+
+  // Linear::Create with the load's quantization; its refusals (a weight of partial 4-bit blocks) name
+  // the tensor, which Quantize does not know.
+  absl::StatusOr<Linear> CreateLinear(const std::string& name, at::Tensor weight, at::Tensor bias,
+                                      std::vector<int64_t> output_parts) {
+    absl::StatusOr<Linear> linear = Linear::Create(std::move(weight), std::move(bias), impl_.options.quantization,
+                                                   std::move(output_parts), impl_.options.four_bit);
+    if (linear.ok()) return linear;
+    return absl::Status(linear.status().code(), absl::StrCat("\"", name, "\": ", linear.status().message()));
   }
 
   // A linear of a bitsandbytes checkpoint: its codes and quant state as stored, or, for a module the
@@ -240,8 +249,7 @@ class Loader {
       weight = weight.index_select(0, rows);
       if (bias.defined()) bias = bias.index_select(0, rows);
     }
-    return Linear::Create(std::move(weight), std::move(bias), impl_.options.quantization, {heads * d, kv * d, kv * d},
-                          impl_.options.four_bit);
+    return CreateLinear(prefix + ".weight", std::move(weight), std::move(bias), {heads * d, kv * d, kv * d});
   }
 
   // The stored rows of each of our [q heads | k heads | v heads] rows, for the per-head and per-KV-group

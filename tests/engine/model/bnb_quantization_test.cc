@@ -306,5 +306,19 @@ TEST_F(DamagedBnbCheckpoint, QuantMapOtherThanTheCodeBookIsRefused) {
   }
 }
 
+TEST_F(DamagedBnbCheckpoint, NonIntegerShapeInAQuantStateIsNamed) {
+  Copy("llama-nf4");
+  const std::string state = "model.layers.0.self_attn.k_proj.weight.quant_state.bitsandbytes__nf4";
+  Rewrite([&](Tensors& t) {
+    nlohmann::json json = nlohmann::json::parse(t[state].bytes);
+    json["shape"] = {"64", 128};
+    t[state].bytes = json.dump();
+    t[state].meta["shape"] = {t[state].bytes.size()};
+  });
+  EXPECT_THAT(Load(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr(absl::StrCat("\"", state, "\": shape [\"64\",128] is not an array of integers"))));
+}
+
 }  // namespace
 }  // namespace attribution::engine

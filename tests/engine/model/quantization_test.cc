@@ -125,6 +125,16 @@ TEST_P(QuantizedModel, StaysCloseToFloatModelAndShrinks) {
 INSTANTIATE_TEST_SUITE_P(Schemes, QuantizedModel, ::testing::Values(Quantization::kInt8, Quantization::kNf4),
                          [](const auto& info) { return std::string(QuantizationName(info.param)); });
 
+// The llama test model's k_proj holds 2,048 weights: half a block of 4,096. Quantize knows no tensor names;
+// the loader's refusal says which weight.
+TEST(QuantizedLoad, WeightOfPartialBlocksIsNamed) {
+  EXPECT_THAT(CausalLM::Load(TestModelsDir() + "/llama",
+                             {.quantization = Quantization::kNf4, .four_bit = {.block_size = 4096}}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("\"model.layers.0.self_attn.k_proj.weight\": quantize nf4: weight of 2048 elements "
+                                 "is not a multiple of the block size 4096")));
+}
+
 // Every architecture loaded quantized against transformers on the same model with each decoder linear
 // round-tripped through the scheme on its own: fusing q/k/v and gate/up (GQA widths in llama and
 // mistral, q/k/v biases in qwen2, GPT-2's stored c_attn, Falcon's reordered query_key_value, each Mixtral
