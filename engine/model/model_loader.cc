@@ -64,7 +64,9 @@ class Loader {
     }
     ASSIGN_OR_RETURN(QuantizedWeight weight,
                      ReadBitsandbytesWeight(store_, prefix, impl_.options.quantization, out, in, impl_.device));
+    // What the tensors hold, not config.json's claim: ListModels and the settings digest report these.
     impl_.options.four_bit.block_size = weight.block_size;
+    impl_.options.four_bit.double_quantization = weight.nested.has_value();
     return Linear::FromQuantized(std::move(weight), std::move(bias), std::move(output_parts));
   }
 

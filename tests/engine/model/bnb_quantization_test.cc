@@ -276,6 +276,12 @@ class DamagedBnbCheckpoint : public ::testing::Test {
         << std::string(reinterpret_cast<const char*>(&out_size), sizeof(out_size)) << out_header << out_data;
   }
 
+  void SetConfig(const std::string& key, const nlohmann::json& value) {
+    nlohmann::json config = nlohmann::json::parse(std::ifstream(dir_ + "/config.json"));
+    config["quantization_config"][key] = value;
+    std::ofstream(dir_ + "/config.json", std::ios::trunc) << config.dump();
+  }
+
   absl::Status Load() { return CausalLM::Load(dir_, {}).status(); }
 
   test_support::TempDir root_;
@@ -318,6 +324,17 @@ TEST_F(DamagedBnbCheckpoint, NonIntegerShapeInAQuantStateIsNamed) {
   EXPECT_THAT(Load(),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr(absl::StrCat("\"", state, "\": shape [\"64\",128] is not an array of integers"))));
+}
+
+// config.json's bnb_4bit_use_double_quant is a claim; the nested absmaxes stored (or not) are the format.
+TEST_F(DamagedBnbCheckpoint, DoubleQuantizationIsWhatTheTensorsHold) {
+  for (const auto& [name, stored] : {std::pair<std::string, bool>{"llama-nf4-dq", true}, {"llama-fp4", false}}) {
+    Copy(name);
+    SetConfig("bnb_4bit_use_double_quant", !stored);
+    auto model = CausalLM::Load(dir_, {});
+    ASSERT_THAT(model, IsOk()) << name;
+    EXPECT_EQ((*model)->options().four_bit.double_quantization, stored) << name;
+  }
 }
 
 }  // namespace
