@@ -177,6 +177,14 @@ class Loader {
   // config without one is refused: transformers would start that head from random values.
   absl::Status LoadHead() {
     const ModelConfig& c = impl_.config;
+    for (Quantization kind : {Quantization::kNf4, Quantization::kFp4}) {
+      if (!impl_.prequantized || !IsBitsandbytesWeight(store_, "lm_head", kind)) continue;
+      // Logits and the token-logit shortcut read the head as a dense matrix.
+      return absl::InvalidArgumentError(absl::StrCat(
+          "\"lm_head.weight\" is saved quantized by bitsandbytes as ", QuantizationName(kind),
+          ": a quantized lm_head is not supported (save the checkpoint with \"lm_head\" in llm_int8_skip_modules, "
+          "as transformers does when none are given)"));
+    }
     if (!store_.Contains("lm_head.weight")) {
       if (c.tie_word_embeddings) return TieHead();
       return absl::InvalidArgumentError(

@@ -337,5 +337,33 @@ TEST_F(DamagedBnbCheckpoint, DoubleQuantizationIsWhatTheTensorsHold) {
   }
 }
 
+// llm_int8_skip_modules without "lm_head" saves the head as bitsandbytes state; made here from our own
+// quantization, bitsandbytes' bit for bit, under the quant state of a saved projection.
+TEST_F(DamagedBnbCheckpoint, QuantizedHeadIsRefusedNamingIt) {
+  Copy("llama-nf4");
+  Rewrite([](Tensors& t) {
+    auto raw = [](const at::Tensor& tensor, const char* dtype) {
+      const at::Tensor c = tensor.contiguous();
+      return RawTensor{{{"dtype", dtype}, {"shape", c.sizes().vec()}},
+                       std::string(static_cast<const char*>(c.data_ptr()), c.nbytes())};
+    };
+    const std::vector<int64_t> shape = t["lm_head.weight"].meta["shape"].get<std::vector<int64_t>>();
+    at::Tensor head = at::empty(shape, at::kFloat);
+    std::memcpy(head.data_ptr(), t["lm_head.weight"].bytes.data(), head.nbytes());
+    QuantizedWeight quantized = *Quantize(head, Quantization::kNf4);
+    nlohmann::json state =
+        nlohmann::json::parse(t["model.layers.0.self_attn.q_proj.weight.quant_state.bitsandbytes__nf4"].bytes);
+    state["shape"] = shape;
+    const std::string state_text = state.dump();
+    t["lm_head.weight"] = raw(quantized.codes.unsqueeze(1), "U8");
+    t["lm_head.weight.absmax"] = raw(quantized.scales, "F32");
+    t["lm_head.weight.quant_map"] = raw(quantized.code_book, "F32");
+    t["lm_head.weight.quant_state.bitsandbytes__nf4"] = {{{"dtype", "U8"}, {"shape", {state_text.size()}}}, state_text};
+  });
+  EXPECT_THAT(Load(), StatusIs(absl::StatusCode::kInvalidArgument,
+                               HasSubstr("\"lm_head.weight\" is saved quantized by bitsandbytes as nf4: a quantized "
+                                         "lm_head is not supported")));
+}
+
 }  // namespace
 }  // namespace attribution::engine
