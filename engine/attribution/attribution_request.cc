@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/attribution/methods.h"
+#include "engine/common/exact_number.h"
 
 namespace attribution::engine {
 absl::Status CheckRange(int64_t value, int64_t low, int64_t high, absl::string_view field) {
@@ -132,7 +133,7 @@ absl::Status ValidateAttributionRequest(const AttributionRequest& r, const Model
   }
   if (!(r.completeness_tolerance >= 0 && r.completeness_tolerance <= 1)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("completeness_tolerance = ", r.completeness_tolerance, " is outside [0, 1]"));
+        absl::StrCat("completeness_tolerance = ", ExactNumber(r.completeness_tolerance), " is outside [0, 1]"));
   }
   if (r.completeness_tolerance > 0 && r.method != AttributionMethod::kIntegratedGradients) {
     return absl::InvalidArgumentError(absl::StrCat("completeness_tolerance applies to integrated_gradients only, not ",

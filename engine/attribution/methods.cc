@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/attribution/coalition_designs.h"
 #include "engine/common/enum_names.h"
+#include "engine/common/exact_number.h"
 #include "engine/common/status_macros.h"
 
 namespace attribution::engine {
@@ -60,7 +61,7 @@ absl::Status ValidateIntegratedGradients(const AttributionRequest& r, int64_t, c
 
 absl::Status ValidateGradientShap(const AttributionRequest& r, int64_t features, const AttributionLimits& limits) {
   if (!(r.stdev >= 0 && r.stdev <= 10))
-    return absl::InvalidArgumentError(absl::StrCat("stdev = ", r.stdev, " is outside [0, 10]"));
+    return absl::InvalidArgumentError(absl::StrCat("stdev = ", ExactNumber(r.stdev), " is outside [0, 10]"));
   if (auto s = CheckSamples(r, features, limits); !s.ok()) return s;
   return CheckPathRound(r, r.n_samples, 1, "n_samples", limits);
 }

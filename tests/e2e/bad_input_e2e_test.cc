@@ -543,6 +543,21 @@ std::vector<BadCase> BadCases() {
             r.set_stdev(11);
           },
           kInvalid, "stdev: 11 is outside [0, 10]"),
+      // A value just past a bound is shown as given (six digits read "10 is outside [0, 10]").
+      Attribute(
+          "stdev just over 10",
+          [](A& r) {
+            r.set_method(v1::SALIENCY);
+            r.set_stdev(10.000001);
+          },
+          kInvalid, "stdev: 10.000001 is outside [0, 10]"),
+      Attribute(
+          "completeness tolerance just over 1",
+          [](A& r) {
+            r.set_method(v1::INTEGRATED_GRADIENTS);
+            r.set_completeness_tolerance(1.0000001);
+          },
+          kInvalid, "completeness_tolerance = 1.0000001 is outside [0, 1]"),
       Attribute(
           "empty foil", [](A& r) { r.mutable_foil(); }, kInvalid, "foil: is set but empty"),
       Attribute(
