@@ -29,6 +29,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "client/attribution_client.h"
+#include "client/batch/untrusted_text.h"
 #include "client/command_line.h"
 #include "client/component_render.h"
 #include "client/connection_flags.h"
@@ -345,9 +346,25 @@ absl::StatusOr<std::vector<PromptPair>> PairsFromFlags() {
   for (absl::string_view line : absl::StrSplit(*text, '\n')) {
     ++number;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const nlohmann::json row = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    // As the batch tool reads its rows: a repeated key was kept silently as its last value, and a key of a
+    // batch component row ("answer") or a misspelt one was passed over while the flags' values were used.
+    absl::StatusOr<nlohmann::json> parsed = batch::ParseJson(line, absl::StrCat("--pairs: line ", number));
+    if (!parsed.ok()) return parsed.status();
+    const nlohmann::json& row = *parsed;
     PromptPair pair;
     bool ok = row.is_object();
+    for (const auto& [key, value] : row.items()) {
+      if (!ok) break;
+      if (key != "clean" && key != "corrupted" && key != "clean_ids" && key != "corrupted_ids") {
+        return absl::InvalidArgumentError(absl::StrCat("--pairs: line ", number, ": unknown key \"", Printable(key),
+                                                       "\" (a pair is clean or clean_ids, corrupted or corrupted_ids; "
+                                                       "--answer and --wrong_answer are flags)"));
+      }
+      if (row.contains(key + "_ids")) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--pairs: line ", number, ": give \"", key, "\" or \"", key, "_ids\", not both"));
+      }
+    }
     for (const auto& [name, text, ids] : {std::tuple("clean", &pair.clean, &pair.clean_ids),
                                           std::tuple("corrupted", &pair.corrupted, &pair.corrupted_ids)}) {
       if (!ok) break;

@@ -412,6 +412,18 @@ TEST(CliCommandLine, AnInputFileThatCannotBeReadIsNamed) {
   auto [code, output] = RunCommand(cli + "--pairs=" + dir.File("huge_id.jsonl"));
   EXPECT_EQ(code, 1) << output;
   EXPECT_THAT(output, HasSubstr("--pairs: line 1 is not"));
+  // A repeated key ran its last value, and a batch row's "answer", a misspelt key or clean beside clean_ids
+  // were passed over while the flags' values ran.
+  for (const auto& [line, message] : std::vector<std::pair<std::string, std::string>>{
+           {R"({"clean": "a", "clean": "b", "corrupted": "c"})", "--pairs: line 1: key \"clean\" given twice"},
+           {R"({"clean": "a", "corrupted": "c", "answer": " No"})", "--pairs: line 1: unknown key \"answer\""},
+           {R"({"clean": "a", "clean_ids": [1], "corrupted": "c"})",
+            "--pairs: line 1: give \"clean\" or \"clean_ids\", not both"}}) {
+    std::ofstream(dir.File("keys.jsonl")) << line << "\n";
+    auto [keys_code, keys_output] = RunCommand(cli + "--pairs=" + dir.File("keys.jsonl"));
+    EXPECT_EQ(keys_code, 1) << keys_output;
+    EXPECT_THAT(keys_output, HasSubstr(message)) << line;
+  }
 }
 
 // --json printed nothing but the table for logprobs and models, and generate --stream --json wrote the
