@@ -140,6 +140,12 @@ at::Tensor CausalLM::Impl::Forward(const ForwardBatch& batch) const {
   std::vector<int64_t> past = batch.cache ? batch.cache->lengths() : std::vector<int64_t>(b, 0);
   at::Tensor past_t = at::tensor(past, at::kLong).to(device);
   at::Tensor lengths_t = at::tensor(lengths, at::kLong).to(device);
+  // Padding reads token 0's embedding, which a model served with --allow_nonfinite_weights may hold as NaN, and
+  // attention's zero weight on a NaN value is NaN: a batch mate's padding failed a call whose own tokens are
+  // finite. Zeros there change no real row's value.
+  if (!batch.inputs_embeds.defined() && std::any_of(lengths.begin(), lengths.end(), [s](int64_t n) { return n < s; })) {
+    x = x.masked_fill((at::arange(s, long_options).unsqueeze(0) >= lengths_t.unsqueeze(1)).unsqueeze(-1), 0);
+  }
   at::Tensor positions = past_t.unsqueeze(1) + at::arange(s, long_options).unsqueeze(0);  // [B, S]
   const std::vector<int64_t>& joining = batch.first_layers;
   if (is_gpt2() && joining.empty()) {

@@ -12,6 +12,7 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "client/attribution_client.h"
@@ -394,6 +395,44 @@ TEST(BadModelDirectory, NonFiniteWeightsServeWhenAllowed) {
                                               .wrong_answer_id = 80}),
               came_out_nan("pairs[0]: the clean prompt's metric"));
   EXPECT_THAT((*client)->ListModels(), IsOk());
+}
+
+// Padding reads token 0's embedding: NaN there made a short prompt's call fail FAILED_PRECONDITION beside a longer
+// prompt in its batch, though its own tokens are finite. Both calls answer as they do alone.
+TEST(BadModelDirectory, ANonFiniteEmbeddingOfTokenZeroFailsNoBatchMateOfAPaddedRow) {
+  test_support::TempDir root;
+  const std::string dir = root.File("model");
+  test_support::CopyDirectoryFiles(absl::StrCat(ATTRIBUTION_ARCHITECTURE_MODELS_DIR, "/llama"), dir);
+  Safetensors f = Safetensors::Read(dir + "/model.safetensors");
+  const json embedding = json::parse(f.header)["model.embed_tokens.weight"];
+  const uint64_t begin = embedding["data_offsets"][0].get<uint64_t>();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (int64_t i = 0; i < embedding["shape"][1].get<int64_t>(); ++i) {
+    std::memcpy(f.data.data() + begin + i * sizeof(float), &nan, sizeof(nan));
+  }
+  f.Write(dir + "/model.safetensors");
+  // A queue delay long enough that the two calls share a batch.
+  const std::string config = root.File("server.json");
+  std::ofstream(config) << R"({"models": [{"name": "nan0", "path": ")" << dir
+                        << R"(", "allow_nonfinite_weights": true, "engine": {"max_queue_delay_seconds": 0.5}}]})";
+  auto server = ServerProcess::Start({"--config=" + config});
+  ASSERT_THAT(server, IsOk());
+  auto client = client::AttributionClient::Connect({.target = (*server)->address()});
+  ASSERT_THAT(client, IsOk());
+  std::vector<int64_t> short_prompt, long_prompt;
+  for (int64_t i = 0; i < 40; ++i) short_prompt.push_back(300 + i);
+  for (int64_t i = 0; i < 50; ++i) long_prompt.push_back(400 + i);
+  const client::LogprobsOptions short_call{.model = "nan0", .prompt_ids = short_prompt, .target_ids = {500, 501}};
+  absl::StatusOr<client::Logprobs> alone = (*client)->GetLogprobs(short_call);
+  ASSERT_THAT(alone, IsOk());
+  absl::StatusOr<client::Logprobs> beside_long;
+  std::thread long_call([&] {
+    EXPECT_THAT((*client)->GetLogprobs({.model = "nan0", .prompt_ids = long_prompt, .target_ids = {500, 501}}), IsOk());
+  });
+  beside_long = (*client)->GetLogprobs(short_call);
+  long_call.join();
+  ASSERT_THAT(beside_long, IsOk());
+  EXPECT_NEAR(beside_long->total_log_prob, alone->total_log_prob, 1e-4);
 }
 
 // A checkpoint value past float16's range loads as infinite there: refused at startup, naming the tensor
