@@ -255,6 +255,15 @@ class Loader {
     ASSIGN_OR_RETURN(at::Tensor weight, Take(prefix + ".weight", {out, h}, LinearWeightOptions()));
     ASSIGN_OR_RETURN(at::Tensor bias, OptionalBias(c.attention_bias, prefix + ".bias", out));
     if (c.qkv_layout != FusedQkvLayout::kConsecutive) {  // multi-query weights are stored in our order
+      // bitsandbytes' 4-bit blocks run flat over the stored rows: a block that spans two head slots would
+      // hold other weights once the slots are reordered, and its codes would not be bitsandbytes'.
+      const int64_t block = impl_.options.four_bit.block_size;
+      if (IsFourBit(impl_.options.quantization) && (d * h) % block != 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "\"", prefix, ".weight\": a head's rows hold ", d * h, " weights, not whole 4-bit blocks of ", block,
+            ", so Falcon's reordered query_key_value cannot keep bitsandbytes' blocks (a smaller block size, one ",
+            "that divides ", d * h, ", can)"));
+      }
       const at::Tensor rows = FusedQkvRowOrder(c).to(weight.device());
       weight = weight.index_select(0, rows);
       if (bias.defined()) bias = bias.index_select(0, rows);

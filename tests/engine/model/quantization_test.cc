@@ -135,6 +135,20 @@ TEST(QuantizedLoad, WeightOfPartialBlocksIsNamed) {
                                  "is not a multiple of the block size 4096")));
 }
 
+// Falcon's query_key_value is reordered by head slot before it is quantized: a 4-bit block spanning two slots
+// (a head's 16 rows of 64 inputs are 1,024 weights) would hold other weights than bitsandbytes' block and
+// its codes would differ (log-probs off by 1.5e-2), so such a block size is refused naming the tensor.
+TEST(QuantizedLoad, BlocksSpanningFalconHeadSlotsAreRefused) {
+  EXPECT_THAT(CausalLM::Load(TestModelsDir() + "/falcon-grouped",
+                             {.quantization = Quantization::kNf4, .four_bit = {.block_size = 2048}}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("\"transformer.h.0.self_attention.query_key_value.weight\": a head's rows hold "
+                                 "1024 weights, not whole 4-bit blocks of 2048")));
+  EXPECT_THAT(CausalLM::Load(TestModelsDir() + "/falcon-grouped",
+                             {.quantization = Quantization::kNf4, .four_bit = {.block_size = 1024}}),
+              IsOk());
+}
+
 // Every architecture loaded quantized against transformers on the same model with each decoder linear
 // round-tripped through the scheme on its own: fusing q/k/v and gate/up (GQA widths in llama and
 // mistral, q/k/v biases in qwen2, GPT-2's stored c_attn, Falcon's reordered query_key_value, each Mixtral
