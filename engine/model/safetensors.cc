@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "engine/model/safetensors.h"
 
+#include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -39,16 +40,19 @@ int64_t ElementSize(at::ScalarType dtype) { return static_cast<int64_t>(c10::ele
 // Owns one read-only mmap of a whole file.
 class SafetensorsFile::Mapping {
  public:
-  Mapping(const uint8_t* data, size_t size) : data_(data), size_(size) {}
+  Mapping(const uint8_t* data, size_t size, int fd) : data_(data), size_(size), fd_(fd) {}
   ~Mapping() {
     if (size_ > 0) munmap(const_cast<uint8_t*>(data_), size_);
+    ::close(fd_);
   }
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
+  int fd() const { return fd_; }
 
  private:
   const uint8_t* data_;
   size_t size_;
+  int fd_;  // Read's: a read past a file cut short since returns 0, where the mapping raised SIGBUS
 };
 
 SafetensorsFile::SafetensorsFile(std::string path, std::shared_ptr<Mapping> mapping)
@@ -72,11 +76,12 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
         absl::StrCat(path, ": file is ", size, " bytes, shorter than the 8-byte header length"));
   }
   void* data = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-  ::close(fd);
   if (data == MAP_FAILED) {
-    return absl::InternalError(absl::StrCat(path, ": mmap failed: ", std::strerror(errno)));
+    const int error = errno;
+    ::close(fd);
+    return absl::InternalError(absl::StrCat(path, ": mmap failed: ", std::strerror(error)));
   }
-  auto mapping = std::make_shared<Mapping>(static_cast<const uint8_t*>(data), size);
+  auto mapping = std::make_shared<Mapping>(static_cast<const uint8_t*>(data), size, fd);
   uint64_t header_bytes = 0;
   for (int i = 7; i >= 0; --i) header_bytes = (header_bytes << 8) | mapping->data()[i];
   if (header_bytes > kMaxHeaderBytes) {
@@ -211,6 +216,27 @@ absl::Status SafetensorsFile::ParseHeader(uint64_t header_bytes) {
 const TensorRecord* SafetensorsFile::Find(const std::string& name) const {
   auto it = tensors_.find(name);
   return it == tensors_.end() ? nullptr : &it->second;
+}
+
+absl::StatusOr<at::Tensor> SafetensorsFile::Read(const TensorRecord& record) const {
+  at::Tensor tensor = at::empty(record.shape, at::TensorOptions().dtype(record.dtype).device(at::kCPU));
+  char* out = static_cast<char*>(tensor.data_ptr());
+  const uint64_t size = record.end - record.begin;
+  for (uint64_t done = 0; done < size;) {
+    const ssize_t n =
+        ::pread(mapping_->fd(), out + done, std::min<uint64_t>(size - done, uint64_t{1} << 30), record.begin + done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      return absl::DataLossError(
+          absl::StrCat(path_, ": tensor \"", record.name, "\": cannot read: ", std::strerror(errno)));
+    }
+    if (n == 0) {
+      return absl::DataLossError(absl::StrCat(path_, ": tensor \"", record.name,
+                                              "\": the file ends before it (cut short while the model loads?)"));
+    }
+    done += static_cast<uint64_t>(n);
+  }
+  return tensor;
 }
 
 at::Tensor SafetensorsFile::View(const TensorRecord& record) const {

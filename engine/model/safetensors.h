@@ -44,8 +44,12 @@ class SafetensorsFile {
   // Returns nullptr when the file has no tensor of that name.
   const TensorRecord* Find(const std::string& name) const;
 
-  // Returns a read-only CPU tensor over the mapped bytes. Callers must not write into it.
+  // Returns a read-only CPU tensor over the mapped bytes. Callers must not write into it, and a file cut
+  // short while it is read raises SIGBUS there: the loader reads with Read.
   at::Tensor View(const TensorRecord& record) const;
+  // A CPU tensor of its own holding the record's bytes, read from the file; DATA_LOSS naming the tensor when
+  // the file ends before them (truncated after Open: the mapping's SIGBUS killed the server).
+  absl::StatusOr<at::Tensor> Read(const TensorRecord& record) const;
 
  private:
   class Mapping;

@@ -56,15 +56,14 @@ absl::StatusOr<at::Tensor> WeightStore::Take(const std::string& name, const std:
                                                    absl::StrJoin(shape, ", "), "]"));
   }
   taken_.insert(name);
-  at::Tensor view = file.View(record);
-  // copy=true: the result must own its memory (the mapping is read-only and may be unmapped).
-  at::Tensor weight = view.to(options, /*non_blocking=*/false, /*copy=*/true);
+  ASSIGN_OR_RETURN(const at::Tensor stored, file.Read(record));
+  at::Tensor weight = stored.to(options);  // the stored tensor itself when dtype and device match
   // Checked as converted: a finite bfloat16 or float32 value past float16's range becomes infinite there, and
   // a model served so answers NaN to everything.
   if (!allow_nonfinite && !at::isfinite(weight).all().item<bool>()) {
-    if (at::isfinite(view).all().item<bool>()) {
+    if (at::isfinite(stored).all().item<bool>()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          file.path(), ": tensor \"", name, "\" holds values up to ", view.abs().max().item<double>(),
+          file.path(), ": tensor \"", name, "\" holds values up to ", stored.abs().max().item<double>(),
           " in magnitude, past the largest value the serving dtype holds (float16: 65504), so they load as "
           "infinite: serve the model in bfloat16 or float32 (dtype)"));
     }

@@ -65,6 +65,26 @@ TEST(Safetensors, OpensValidFileAndViewsTensors) {
   EXPECT_EQ((*file)->Find("missing"), nullptr);
 }
 
+// A file cut short after it opened (replaced while the server loads it): reading a tensor past the new end is
+// DATA_LOSS naming the tensor; through the mapping it raised SIGBUS and killed the server.
+TEST(Safetensors, ReadsTensorsAndAFileCutShortSinceItOpenedIsDataLoss) {
+  TempDir dir;
+  std::string data(24, '\0');
+  const float values[4] = {1, 2, 3, 4};
+  std::memcpy(data.data(), values, sizeof(values));
+  const std::string path = dir.File("m.safetensors");
+  WriteRaw(path, ValidHeader(), data);
+  auto file = SafetensorsFile::Open(path);
+  ASSERT_THAT(file, IsOk());
+  absl::StatusOr<at::Tensor> a = (*file)->Read(*(*file)->Find("a"));
+  ASSERT_THAT(a, IsOk());
+  EXPECT_TRUE(at::equal(*a, at::tensor({1.f, 2.f, 3.f, 4.f}).view({2, 2})));
+  ASSERT_EQ(::truncate(path.c_str(), static_cast<off_t>(8 + ValidHeader().size() + 20)), 0);
+  EXPECT_THAT((*file)->Read(*(*file)->Find("a")), IsOk());
+  EXPECT_THAT((*file)->Read(*(*file)->Find("b")).status(),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("tensor \"b\": the file ends before it")));
+}
+
 struct Defect {
   std::string name;
   std::string header;
