@@ -8,7 +8,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/str_replace.h"
 #include "client/palette.h"
 
 namespace attribution::client {
@@ -163,7 +162,34 @@ std::string FaithfulnessChart(const Faithfulness& f) {
 }  // namespace
 
 std::string HtmlEscape(const std::string& text) {
-  return absl::StrReplaceAll(text, {{"&", "&amp;"}, {"<", "&lt;"}, {">", "&gt;"}, {"\"", "&quot;"}});
+  std::string out;
+  out.reserve(text.size());
+  for (const char c : text) {
+    const auto byte = static_cast<unsigned char>(c);
+    switch (c) {
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        // Other control bytes as their pictures (NUL as U+2400): browsers drop a NUL, so ids "a\0b" and "ab"
+        // read alike in a report's index; tabs and line breaks stay.
+        if ((byte < 0x20 && c != '\t' && c != '\n' && c != '\r') || byte == 0x7f) {
+          absl::StrAppend(&out, "&#x", absl::Hex(byte == 0x7f ? 0x2421 : 0x2400 + byte), ";");
+        } else {
+          out.push_back(c);
+        }
+    }
+  }
+  return out;
 }
 
 std::string TargetTokensLine(const std::vector<Token>& tokens) {

@@ -37,6 +37,15 @@ std::string SpanOf(const std::string& html, const std::string& text) {
   return html.substr(html.rfind("<span", end), end - html.rfind("<span", end));
 }
 
+// Markup is escaped, and other control bytes show as their pictures: browsers drop a NUL, so two row ids that
+// differ by one read alike in a report.
+TEST(HtmlEscape, EscapesMarkupAndShowsControlBytes) {
+  EXPECT_EQ(HtmlEscape("<a href=\"x\">&</a>"), "&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;");
+  EXPECT_EQ(HtmlEscape(std::string("nul\0byte\x1b\x7f", 10)), "nul&#x2400;byte&#x241b;&#x2421;");
+  EXPECT_EQ(HtmlEscape("tab\tline\n"), "tab\tline\n");
+  EXPECT_EQ(HtmlEscape("caf\xc3\xa9"), "caf\xc3\xa9");
+}
+
 TEST(HtmlReport, DrawsNaNAttributionsGreyWithNaNOnHover) {
   const std::string html = HtmlReport(ThreeFeatures({0.5, kNaN, -1}));
   EXPECT_THAT(SpanOf(html, "it"), HasSubstr(Css(kNonFiniteColor)));
