@@ -34,9 +34,10 @@ constexpr size_t kChunkBytes = 1 << 16;
 // read, before it is held whole (a CSV quote left open swallows the rest of the file into one field).
 constexpr int64_t kMaxRowBytes = int64_t{64} << 20;
 
-absl::Status RowTooLong(const std::string& path, int64_t line) {
+absl::Status RowTooLong(const std::string& path, int64_t line, bool csv) {
   return absl::InvalidArgumentError(absl::StrCat(path, ":", line, ": the row is over ", kMaxRowBytes >> 20,
-                                                 " MiB, more than a request may carry (a CSV quote left open?)"));
+                                                 " MiB, more than a request may carry",
+                                                 csv ? " (a CSV quote left open?)" : ""));
 }
 
 uint64_t Fnv1a(absl::string_view bytes, uint64_t hash = 1469598103934665603ull) {
@@ -160,7 +161,7 @@ class CsvReader {
         return any || record.fields.size() > 1 || !record.fields[0].empty();
       }
       std::string& field = record.fields.back();
-      if (at - record.offset > kMaxRowBytes) return RowTooLong(path, record.line);
+      if (at - record.offset > kMaxRowBytes) return RowTooLong(path, record.line, /*csv=*/true);
       if (quoted) {
         if (c == '"' && in_.Peek() == '"') {
           field += '"';
@@ -366,7 +367,7 @@ absl::Status ScanJsonl(Bytes& in, const std::string& path, const EachRow& each) 
     const int64_t offset = in.position();
     const bool whole = in.ReadLine(text, kMaxRowBytes);
     if (!in.status().ok()) return in.status();
-    if (!whole) return RowTooLong(path, number);
+    if (!whole) return RowTooLong(path, number, /*csv=*/false);
     if (absl::StripAsciiWhitespace(text).empty()) continue;
     const std::string where = absl::StrCat(path, ":", number);
     absl::StatusOr<json> object = ParseJson(text, where);

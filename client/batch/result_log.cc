@@ -178,6 +178,12 @@ absl::StatusOr<std::unique_ptr<ResultLog>> ResultLog::OpenLocked(const std::stri
       rewrite = true;
       break;
     }
+    // A blank line (left by an edit) holds no result: dropped, as merge passes over it; it stopped the resume
+    // as "not valid JSON".
+    if (absl::StripAsciiWhitespace(line.text).empty()) {
+      rewrite = true;
+      continue;
+    }
     absl::StatusOr<DoneRow> result = ParseResultLine(line.text, absl::StrCat(path, ":", line.number));
     if (!result.ok()) return result.status();
     if (RetriedOnResume(result->error_code, result->error_message)) {

@@ -49,6 +49,7 @@ TEST(ResultLog, RewritesCopyKeptLinesFromWhereTheyAre) {
                     r2 = R"({"id":"r2","status":"ok","attribution":[0.25,0.75]})";
   std::ofstream(path) << r0 << "\n"
                       << r1 << "\n"
+                      << "\n"  // a blank line left by an edit holds no result: dropped
                       << r2 << "\n"
                       << R"({"id":"r3","sta)";
   absl::StatusOr<std::unique_ptr<ResultLog>> log = ResultLog::Open(path);
