@@ -456,6 +456,14 @@ absl::Status CheckConsistency(const std::string& source, const ModelConfig& c) {
     return absl::InvalidArgumentError(
         absl::StrCat(source, ": head_dim ", c.head_dim, " must be a positive even number"));
   }
+  // Products of these size every projection: 2^62 wrapped int64 (num_heads × head_dim), and the shape check
+  // then asked for [0, 64].
+  constexpr int64_t kMaxWidth = int64_t{1} << 20;
+  if (c.head_dim > kMaxWidth || c.num_heads > kMaxWidth || c.hidden_size > kMaxWidth) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": head_dim ", c.head_dim, ", num_attention_heads ",
+                                                   c.num_heads, " and hidden_size ", c.hidden_size,
+                                                   " must each be at most ", kMaxWidth));
+  }
   return CheckSpecialTokenIds(source, c, c.vocab_size);
 }
 

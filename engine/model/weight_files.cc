@@ -21,6 +21,9 @@ absl::Status ReadShardIndex(const std::string& index_path, std::vector<std::stri
   if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(index_path, ": not a JSON object with a \"weight_map\" object"));
   }
+  if (index["weight_map"].empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(index_path, ": the \"weight_map\" names no tensor"));
+  }
   std::set<std::string> unique;
   for (const auto& [tensor, shard] : index["weight_map"].items()) {
     if (!shard.is_string()) {

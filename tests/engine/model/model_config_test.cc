@@ -153,6 +153,8 @@ TEST(ModelConfig, LayerCountsPastTheLimitAreRefused) {
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("config.json: \"num_hidden_layers\" 68719476736 is more than 4096 layers")));
   EXPECT_THAT(ParseModelConfig(Llama({{"num_hidden_layers", 4096}}).dump(), "config.json"), IsOk());
+  EXPECT_THAT(ParseModelConfig(Llama({{"head_dim", int64_t{1} << 62}}).dump(), "config.json"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("must each be at most 1048576")));
 }
 
 TEST(ModelConfig, ValidConfigsParse) {
