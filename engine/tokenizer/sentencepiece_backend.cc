@@ -12,13 +12,14 @@
 #include "absl/strings/str_cat.h"
 #include "engine/common/files.h"
 #include "engine/common/sanitizers.h"
+#include "engine/tokenizer/precompiled_charsmap.h"
 
 namespace attribution::engine {
 namespace {
 
 // The module's entry points, resolved once per process.
 struct Module {
-  void* (*load)(const char*, char*, size_t) = nullptr;
+  void* (*load)(const char*, size_t, char*, size_t) = nullptr;
   void (*free_processor)(void*) = nullptr;
   void (*free_buffer)(void*) = nullptr;
   long (*encode)(void*, const char*, size_t, long**) = nullptr;
@@ -66,7 +67,7 @@ const Module& LoadModule() {
     auto bind = [&](auto& fn, const char* name) {
       fn = reinterpret_cast<std::decay_t<decltype(fn)>>(::dlsym(handle, name));
     };
-    bind(module.load, "attribution_spm_load");
+    bind(module.load, "attribution_spm_load_serialized");
     bind(module.free_processor, "attribution_spm_free");
     bind(module.free_buffer, "attribution_spm_free_buffer");
     bind(module.encode, "attribution_spm_encode");
@@ -98,8 +99,17 @@ std::unique_ptr<SentencePieceBackend> SentencePieceBackend::Load(const std::stri
     *error = module.error;
     return nullptr;
   }
+  // Read here and checked before libsentencepiece sees them: it loads a damaged precompiled charsmap as
+  // it is and crashes the process at the first text it normalizes (or at load, in the model's
+  // self-test). The bytes checked are the bytes loaded.
+  absl::StatusOr<std::string> model = ReadFile(path);
+  absl::Status status = model.ok() ? CheckPrecompiledCharsmaps(*model) : model.status();
+  if (!status.ok()) {
+    *error = std::string(status.message());
+    return nullptr;
+  }
   char message[1024] = {0};
-  void* processor = module.load(path.c_str(), message, sizeof(message));
+  void* processor = module.load(model->data(), model->size(), message, sizeof(message));
   if (processor == nullptr) {
     *error = message;
     return nullptr;

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <exception>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace {
@@ -31,11 +32,13 @@ char* CopyOut(const std::string& text, size_t* length) {
 
 extern "C" {
 
-// A processor, or null with `error` set.
-void* attribution_spm_load(const char* path, char* error, size_t error_size) {
+// A processor of the serialized ModelProto `model` (`size` bytes), or null with `error` set. The caller
+// has read and checked the bytes (sentencepiece_backend.cc): loading runs the model's self-test, which
+// already normalizes text.
+void* attribution_spm_load_serialized(const char* model, size_t size, char* error, size_t error_size) {
   try {
     auto* processor = new sentencepiece::SentencePieceProcessor();
-    const auto status = processor->Load(path);
+    const auto status = processor->LoadFromSerializedProto(std::string_view(model, size));
     if (status.ok()) return processor;
     SetError(status.ToString(), error, error_size);
     delete processor;

@@ -7,12 +7,16 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <random>
+#include <string_view>
 
 #include "absl/strings/escaping.h"
 #include "engine/tokenizer/continuation.h"
+#include "engine/tokenizer/precompiled_charsmap.h"
 #include "tests/testing/reference.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -22,6 +26,7 @@ namespace {
 
 using ::attribution::test_support::IsOk;
 using ::attribution::test_support::StatusIs;
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 
 std::string TokenizersDir() { return ::attribution::test_support::TestTokenizersDir(); }
@@ -307,6 +312,53 @@ TEST(SentencePieceTokenizer, ByteFallbackPiecesStandForTheirByte) {
     EXPECT_EQ(single_bytes, 3);
     EXPECT_THAT(joined, ::testing::EndsWith(rare));
   }
+}
+
+// A tokenizer.model whose normalizer rules (normalizer_spec.precompiled_charsmap) are damaged is refused
+// at load, naming the file; libsentencepiece took it and crashed the server at the first text it
+// normalized. The damage is done in place, so the file stays a well-formed ModelProto.
+TEST(SentencePieceTokenizer, DamagedNormalizerRulesAreRefusedAtLoad) {
+  std::ifstream in(TokenizersDir() + "/sentencepiece/tokenizer.model", std::ios::binary);
+  const std::string intact((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::string_view charsmap;
+  ASSERT_TRUE(FindPrecompiledCharsmap(intact, /*normalizer_spec*/ 3, &charsmap));
+  ASSERT_GT(charsmap.size(), 1000u) << "the trainer's nmt_nfkc rules";
+  const size_t begin = charsmap.data() - intact.data(), end = begin + charsmap.size();
+  uint32_t trie_size = 0;
+  std::memcpy(&trie_size, charsmap.data(), 4);  // little-endian, as the test machines are
+  const size_t trie = begin + 4;
+
+  std::mt19937 random(7);
+  std::string random_trie = intact;
+  for (size_t i = trie; i < trie + trie_size; ++i) random_trie[i] = static_cast<char>(random() & 0xFF);
+  std::string huge_values = intact;  // every unit a leaf value far past the map
+  for (size_t i = trie; i < trie + trie_size; i += 4) std::memcpy(&huge_values[i], "\xFF\xFF\xFF\xFF", 4);
+  std::string unterminated = intact;
+  unterminated[end - 1] = 'x';
+  for (const auto& [name, model] : {std::pair<const char*, const std::string&>{"random trie", random_trie},
+                                    {"huge values", huge_values},
+                                    {"unterminated strings", unterminated}}) {
+    test_support::TempDir dir;
+    std::ofstream(dir.File("tokenizer.model"), std::ios::binary) << model;
+    absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::Load(dir.path());
+    // Without the check the load passed and this encode crashed.
+    if (tokenizer.ok()) (void)(*tokenizer)->Encode("Hello world, ＡＢＣ ① ﬁne", true);
+    EXPECT_THAT(tokenizer, StatusIs(absl::StatusCode::kInvalidArgument,
+                                    AllOf(HasSubstr(dir.File("tokenizer.model")),
+                                          HasSubstr("normalizer_spec.precompiled_charsmap is damaged"))))
+        << name;
+  }
+
+  // The intact copy loads, and its rules apply: full-width letters encode as ASCII ones (NFKC).
+  test_support::TempDir dir;
+  std::ofstream(dir.File("tokenizer.model"), std::ios::binary) << intact;
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::Load(dir.path());
+  ASSERT_THAT(tokenizer, IsOk());
+  absl::StatusOr<Encoding> wide = (*tokenizer)->Encode("Ｈｅｌｌｏ ｗｏｒｌｄ", false);
+  absl::StatusOr<Encoding> ascii = (*tokenizer)->Encode("Hello world", false);
+  ASSERT_THAT(wide, IsOk());
+  ASSERT_THAT(ascii, IsOk());
+  EXPECT_EQ(wide->ids, ascii->ids);
 }
 
 // A tokenizer.model whose tokenizer_config.json (or special_tokens_map.json) names special and added
