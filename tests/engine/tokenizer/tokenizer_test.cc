@@ -335,13 +335,17 @@ TEST(SentencePieceTokenizer, DamagedNormalizerRulesAreRefusedAtLoad) {
   for (size_t i = trie; i < trie + trie_size; i += 4) std::memcpy(&huge_values[i], "\xFF\xFF\xFF\xFF", 4);
   std::string unterminated = intact;
   unterminated[end - 1] = 'x';
+  // ModelProto.self_test_data (4) { samples (1) { input (1) "Hello" expected (2) "x" } }, appended (protobuf
+  // reads a field written last as any other): libsentencepiece encodes it at load, before any request.
+  const std::string self_tested = random_trie + std::string("\x22\x0C\x0A\x0A\x0A\x05Hello\x12\x01x", 14);
   for (const auto& [name, model] : {std::pair<const char*, const std::string&>{"random trie", random_trie},
                                     {"huge values", huge_values},
-                                    {"unterminated strings", unterminated}}) {
+                                    {"unterminated strings", unterminated},
+                                    {"random trie, self-tested", self_tested}}) {
     test_support::TempDir dir;
     std::ofstream(dir.File("tokenizer.model"), std::ios::binary) << model;
     absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::Load(dir.path());
-    // Without the check the load passed and this encode crashed.
+    // Without the check the load passed and this encode crashed (the self-tested one crashed the load).
     if (tokenizer.ok()) (void)(*tokenizer)->Encode("Hello world, ＡＢＣ ① ﬁne", true);
     EXPECT_THAT(tokenizer, StatusIs(absl::StatusCode::kInvalidArgument,
                                     AllOf(HasSubstr(dir.File("tokenizer.model")),
