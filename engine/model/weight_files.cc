@@ -31,7 +31,8 @@ absl::Status ReadShardIndex(const std::string& index_path, std::vector<std::stri
           absl::StrCat(index_path, ": weight_map entry of \"", tensor, "\" is not a file name"));
     }
     const std::string file = shard.get<std::string>();
-    if (file.find('/') != std::string::npos || file == "..") {
+    // A NUL ends the name the file system sees: "x.safetensors\0junk" opened x.safetensors under another name.
+    if (file.find_first_of(std::string("/\0", 2)) != std::string::npos || file == "..") {
       return absl::InvalidArgumentError(
           absl::StrCat(index_path, ": shard name \"", file, "\" must be a plain file name"));
     }

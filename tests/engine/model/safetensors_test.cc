@@ -284,6 +284,10 @@ TEST_F(ModelDirectoryDefect, ShardIndexWithPathEscape) {
   ::unlink((dir_ + "/model.safetensors").c_str());
   std::ofstream(dir_ + "/model.safetensors.index.json") << R"({"weight_map": {"x": "../model.safetensors"}})";
   EXPECT_THAT(Load().message(), HasSubstr("must be a plain file name"));
+  // A NUL ends the name the file system sees: the shard opened under another name than the index gives.
+  std::ofstream(dir_ + "/model.safetensors.index.json")
+      << R"({"weight_map": {"model.norm.weight": "shard.safetensors\u0000junk"}})";
+  EXPECT_THAT(Load().message(), HasSubstr("must be a plain file name"));
 }
 
 TEST_F(ModelDirectoryDefect, TensorStoredInTwoShards) {
