@@ -18,8 +18,7 @@ inline constexpr int kMaxJsonNesting = 128;
 
 // The parsed text; INVALID_ARGUMENT naming `where` when it is not JSON (with the parser's line and column, or
 // a number out of range) or when its objects and arrays nest deeper than kMaxJsonNesting.
-// `also` sees every event after the nesting check, as nlohmann's parser callback does (a check of repeated
-// keys).
+// `also`, when given, is nlohmann's parser callback (a check of repeated keys).
 absl::StatusOr<nlohmann::json> ParseBoundedJson(absl::string_view text, absl::string_view where,
                                                 const nlohmann::json::parser_callback_t& also = nullptr);
 
