@@ -45,8 +45,26 @@ class AddedTokens {
                      absl::FunctionRef<void(const AddedToken&, size_t, size_t)> token) const;
 
  private:
+  // A node of a byte trie of the tokens' contents, built once, so that finding the longest token at a
+  // position costs at most the longest content's length, not the number of tokens (trying each token at
+  // each byte, 100,000 added tokens made a 4 KB prompt take 6 s). A node's children lie next to each other
+  // in nodes_, in increasing byte order: 12 bytes a node, no allocation of its own.
+  struct TrieNode {
+    uint32_t first_child = 0;
+    int32_t token = -1;  // index into tokens_ of the first token whose content ends here, or -1
+    uint16_t child_count = 0;
+    uint8_t byte = 0;  // the byte on the edge from the parent
+  };
+
+  void BuildTrie();
+  // Returns the child of `node` on `byte`, or -1.
+  int64_t Child(uint32_t node, uint8_t byte) const;
+  // Returns the token of the longest content that starts at `text[begin]`, or null.
+  const AddedToken* LongestAt(const std::string& text, size_t begin) const;
+
   std::vector<AddedToken> tokens_;
   std::unordered_map<int64_t, size_t> by_id_;  // index into tokens_
+  std::vector<TrieNode> nodes_;                // nodes_[0] is the root (the empty content)
 };
 
 }  // namespace attribution::engine

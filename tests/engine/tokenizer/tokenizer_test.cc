@@ -200,6 +200,32 @@ TEST(HfTokenizerFile, IdsInAGapOfTheVocabularyAreNoTokens) {
   EXPECT_THAT((*tokenizer)->Decode({0, 100}, false), IsOk());
 }
 
+// Added tokens that overlap: at each position the longest that starts there, wherever it is in the file, and
+// an lstrip / rstrip token takes the spaces beside it. The ids are the Python `tokenizers` library's (0.23.3):
+// Tokenizer.from_str of this file (with "normalized": false, which our matching assumes) and
+// encode(text, add_special_tokens=False).ids.
+TEST(HfTokenizerFile, OverlappingAddedTokensSplitAsTheTokenizersLibrarySplits) {
+  auto tokenizer =
+      LoadTokenizerJson(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "c": 2, "d": 3, "x": 4, " ": 5}},
+      "added_tokens": [{"id": 6, "content": "ab", "special": true, "normalized": false},
+                       {"id": 7, "content": "abc", "special": true, "normalized": false},
+                       {"id": 8, "content": "bcd", "special": true, "normalized": false},
+                       {"id": 9, "content": "cd", "special": false, "normalized": false},
+                       {"id": 10, "content": "xx", "special": true, "normalized": false, "rstrip": true},
+                       {"id": 11, "content": "dab", "special": true, "normalized": false, "lstrip": true},
+                       {"id": 12, "content": "abcdx", "special": true, "normalized": false}]})");
+  ASSERT_THAT(tokenizer, IsOk());
+  const std::vector<std::pair<std::string, std::vector<int64_t>>> expected = {
+      {"abcd", {7, 3}},    {"abcdx", {12}},          {"abab", {6, 6}},         {"xxx", {10, 4}},
+      {"dabc", {11, 2}},   {"abcdab", {7, 11}},      {"cdabcdxx", {9, 12, 4}}, {"a  dab", {0, 11}},
+      {"xx  ab", {10, 6}}, {"b xx a", {1, 5, 10, 0}}};
+  for (const auto& [text, ids] : expected) {
+    absl::StatusOr<Encoding> encoding = (*tokenizer)->Encode(text, /*add_special_tokens=*/false);
+    ASSERT_THAT(encoding, IsOk());
+    EXPECT_EQ(encoding->ids, ids) << "\"" << text << "\"";
+  }
+}
+
 // Found with tests/fuzz/tokenizer_json_fuzzer: an id of 2^63 - 1 overflowed computing the vocabulary
 // size, and a vocab id of 4e9 allocated a table of 4e9 strings.
 TEST(HfTokenizerFile, HugeTokenIdsAreRefused) {
