@@ -645,6 +645,11 @@ int Merge(const std::vector<std::string>& shard_files) {
   if (const std::string error = SameFileError(JobFiles(inputs, /*job=*/false)); !error.empty()) {
     return UsageError(error);
   }
+  // The merged file replaces --output by rename(2), which would leave its other names (hard links) with the
+  // old results, and a job resuming through one of them would not share the lock of a job on another.
+  if (absl::Status one_name = CheckOneName(absl::GetFlag(FLAGS_output), "--output"); !one_name.ok()) {
+    return Failed(one_name);
+  }
   absl::StatusOr<std::unique_ptr<InputRows>> rows = InputRows::Open(absl::GetFlag(FLAGS_input));
   if (!rows.ok()) return Failed(rows.status());
   ShardResults results(**rows);

@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -106,6 +107,23 @@ absl::StatusOr<int> LockResults(const std::string& path) {
   return fd;
 }
 
+}  // namespace
+
+absl::Status CheckOneName(const std::string& path, absl::string_view what) {
+  struct stat info;
+  if (::stat(path.c_str(), &info) != 0) {
+    return errno == ENOENT ? absl::OkStatus() : FileError("cannot read", path, errno);
+  }
+  if (info.st_nlink <= 1) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      path, ": ", what, " has ", info.st_nlink,
+      " names (hard links): a job writing it by another name would not be stopped by this job's lock (taken "
+      "beside the name), and a rewrite replaces only this name, leaving the others with the old lines; copy it "
+      "to a file of its own, or remove its other names"));
+}
+
+namespace {
+
 std::string StringField(const nlohmann::json& result, const char* key) {
   const nlohmann::json value = result.value(key, nlohmann::json());
   return value.is_string() ? value.get<std::string>() : "";
@@ -155,6 +173,12 @@ absl::StatusOr<std::unique_ptr<ResultLog>> ResultLog::Open(const std::string& pa
   const std::string file = RealFilePath(path);
   absl::StatusOr<int> lock_fd = LockResults(file);
   if (!lock_fd.ok()) return lock_fd.status();
+  // Checked with the lock held: of two jobs on one file's two names, the one that checks second sees both
+  // names whenever the link was made before it, and stops.
+  if (absl::Status one_name = CheckOneName(file, "the results file"); !one_name.ok()) {
+    ::close(*lock_fd);
+    return one_name;
+  }
   absl::StatusOr<std::unique_ptr<ResultLog>> log = OpenLocked(path, file, *lock_fd);
   if (!log.ok()) ::close(*lock_fd);
   return log;

@@ -9,7 +9,8 @@
 // Results files can be far larger than memory: the log keeps of each line what the job checks and where the
 // line is (offset, length), never its text, and rewrites copy kept lines from the old file by offset.
 // One job at a time writes a results file: Open takes an exclusive flock(2) on PATH.lock (not on the file,
-// which Rewrite replaces) and holds it until the ResultLog is destroyed; the lock file stays behind. PATH is
+// which Rewrite replaces) and holds it until the ResultLog is destroyed; the lock file stays behind. A file
+// of several names (hard links) is refused (CheckOneName): a lock by name cannot cover its other names. PATH is
 // the real file a given path names (RealFilePath: through symbolic links), so a job writing through a link
 // and one writing the file itself exclude each other, and a rewrite replaces the file, not the link.
 //
@@ -73,6 +74,11 @@ absl::StatusOr<DoneRow> ParseResultLine(const std::string& line, const std::stri
 // not checked): FAILED_PRECONDITION naming `where` and the row when its prompt, target, choices, label or
 // own settings changed since.
 absl::Status CheckResultIsOfRow(const DoneRow& result, const BatchRow& row, const std::string& where);
+
+// FAILED_PRECONDITION naming `path` (`what`: "the results file", ...) when the file there has more than one name
+// (hard links): the lock is PATH.lock by name, so jobs writing one file by two names would both run and
+// write its rows twice, and a rewrite (rename(2)) would replace one name only. OK when there is no file.
+absl::Status CheckOneName(const std::string& path, absl::string_view what);
 
 // Not thread-safe: one writer.
 class ResultLog {

@@ -405,6 +405,26 @@ TEST(BatchMerge, AFailedMergeLeavesTheOutputAsItWas) {
   EXPECT_EQ(ReadFile(output), merged);
 }
 
+// A merge --output of two names (a hard link) is refused: the rename that replaces it would leave the other name
+// with the old results. Before, the merge replaced one name and exited 0.
+TEST(BatchMerge, AnOutputOfTwoNamesIsRefused) {
+  TempDir dir;
+  const std::string input = dir.File("rows.jsonl"), output = dir.File("merged.jsonl"), log = dir.File("log");
+  WriteTwoRowInput(input);
+  std::ofstream(dir.File("s0.jsonl")) << ShardLine("r0", "h") << "\n";
+  std::ofstream(dir.File("s1.jsonl")) << ShardLine("r1", "h") << "\n";
+  std::ofstream(output) << "old\n";
+  ASSERT_EQ(::link(output.c_str(), dir.File("other.jsonl").c_str()), 0);
+  const std::vector<std::string> merge = {"merge", "--input=" + input, "--output=" + output, dir.File("s0.jsonl"),
+                                          dir.File("s1.jsonl")};
+  EXPECT_EQ(RunBatch(merge, log), 1);
+  EXPECT_THAT(ReadFile(log), HasSubstr(output + ": --output has 2 names (hard links)"));
+  EXPECT_EQ(ReadFile(output), "old\n");
+  ASSERT_EQ(::unlink(dir.File("other.jsonl").c_str()), 0);
+  EXPECT_EQ(RunBatch(merge, log), 0) << ReadFile(log);
+  EXPECT_EQ(CountLines(output), 2u);
+}
+
 // Shards of different jobs (settings or model) or with rows of another input are not joined.
 TEST(BatchMerge, ShardsOfDifferentJobsAreRefused) {
   TempDir dir;

@@ -252,6 +252,28 @@ TEST_F(BatchModelIdentity, JobsThroughALinkAndTheRealPathExcludeEachOther) {
   EXPECT_EQ(CountLines(real), 0u);
 }
 
+// --output with another name (a hard link): the lock is beside a name, so a job writing one name and one writing
+// the other would not exclude each other; such a file is refused, linked before the job or while it runs.
+// Before, both jobs ran, the file held rows twice, and its resume failed DATA_LOSS.
+TEST_F(BatchModelIdentity, AResultsFileOfTwoNamesIsRefused) {
+  const std::string input = WriteQuestions("rows.jsonl", 3);
+  const std::string a = dir_.File("a.jsonl"), b = dir_.File("b.jsonl");
+  {
+    absl::StatusOr<std::unique_ptr<client::batch::ResultLog>> holder = client::batch::ResultLog::Open(a);
+    ASSERT_THAT(holder.status(), IsOk());
+    ASSERT_EQ(::link(a.c_str(), b.c_str()), 0);
+    EXPECT_EQ(Run(input, b), 1);
+    EXPECT_THAT(ReadFile(log_), HasSubstr(b + ": the results file has 2 names (hard links)"));
+  }
+  EXPECT_EQ(Run(input, a), 1);
+  EXPECT_THAT(ReadFile(log_), HasSubstr(a + ": the results file has 2 names (hard links)"));
+  EXPECT_THAT(client::batch::ResultLog::Open(a).status(), ::testing::Not(IsOk()));
+  EXPECT_EQ(CountLines(a), 0u);
+  ASSERT_EQ(::unlink(b.c_str()), 0);
+  EXPECT_EQ(Run(input, a), 0) << ReadFile(log_);
+  EXPECT_EQ(CountLines(a), 3u);
+}
+
 // A resume through links (--output and --parquet) that rewrites the file replaces the link's target, and the
 // links stay links: before, the rename replaced the link with a regular file and the target kept a stale copy.
 TEST_F(BatchModelIdentity, AResumeThroughALinkKeepsTheLinkAndUpdatesItsTarget) {
