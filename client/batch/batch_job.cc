@@ -292,6 +292,7 @@ absl::Status WriteResultsParquet(const std::string& results_path, const std::str
       {"model_digest", ParquetType::kString},
       {"method", ParquetType::kString},
       {"settings_hash", ParquetType::kString},
+      {"job_settings_hash", ParquetType::kString},
       {"seed", ParquetType::kUint64},  // the request's seed is a uint64
       {"status", ParquetType::kString},
       {"error_code", ParquetType::kString},

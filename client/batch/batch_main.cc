@@ -591,6 +591,16 @@ class ShardResults {
         return same;
       }
     }
+    // Rows with settings of their own have hashes of their own: the job's settings before them tell the jobs
+    // apart (lines written before results carried job_settings_hash are compared as above only).
+    if (!result->job_settings_hash.empty()) {
+      if (!first_job_settings_) first_job_settings_.emplace(Located{*result, shard});
+      if (absl::Status same =
+              SameJob(*first_job_settings_, *result, where, "job_settings_hash", &DoneRow::job_settings_hash);
+          !same.ok()) {
+        return same;
+      }
+    }
     const std::string id = result->id;
     if (auto [first, added] = results_.try_emplace(position, Located{std::move(*result), shard}); !added) {
       return absl::DataLossError(
@@ -633,6 +643,7 @@ class ShardResults {
   std::map<size_t, Located> results_;               // input position -> its row's result
   std::map<std::string, Located> first_of_model_;   // model name -> the first result on it
   std::optional<Located> first_job_row_;            // the first result of a row without settings of its own
+  std::optional<Located> first_job_settings_;       // the first result with a job_settings_hash
 };
 
 // Joins shard outputs into one file in the input's row order; every row must have exactly one result,

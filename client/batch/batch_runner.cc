@@ -99,10 +99,16 @@ class RowProcessor {
  public:
   RowProcessor(const json& settings, const ModelFingerprints& fingerprints,
                const std::vector<AttributionClient*>& clients, const RunnerOptions& options)
-      : settings_(settings), fingerprints_(fingerprints), clients_(clients), options_(options) {}
+      : settings_(settings),
+        job_settings_hash_(SettingsDigest(settings)),
+        fingerprints_(fingerprints),
+        clients_(clients),
+        options_(options) {}
 
   RowOutcome Process(const BatchRow& row, size_t position) const {
-    json result = {{"id", row.id}, {"input_hash", InputDigest(row)}};
+    // job_settings_hash: merge tells shards of different jobs apart by it where every row has settings of its
+    // own, and so its own settings_hash.
+    json result = {{"id", row.id}, {"input_hash", InputDigest(row)}, {"job_settings_hash", job_settings_hash_}};
     absl::StatusOr<json> effective = RowSettings(settings_, row, "row \"" + row.id + "\" settings");
     if (!effective.ok()) {
       if (auto job = FingerprintOf(fingerprints_, settings_["model"].get<std::string>()); job.ok()) {
@@ -294,6 +300,7 @@ class RowProcessor {
   }
 
   const json& settings_;
+  const std::string job_settings_hash_;  // of settings_, the job's settings before any row's own
   const ModelFingerprints& fingerprints_;
   const std::vector<AttributionClient*>& clients_;
   const RunnerOptions& options_;

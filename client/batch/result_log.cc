@@ -151,6 +151,7 @@ absl::StatusOr<DoneRow> ParseResultLine(const std::string& line, const std::stri
                  .error_code = code,
                  .error_message = ResultErrorMessage(result),
                  .settings_hash = StringField(result, "settings_hash"),
+                 .job_settings_hash = StringField(result, "job_settings_hash"),
                  .request_id = StringField(result, "request_id"),
                  .model_fingerprint = StringField(result, "model_fingerprint"),
                  .model = StringField(result, "model"),

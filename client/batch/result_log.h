@@ -58,6 +58,7 @@ struct DoneRow {
   std::string id;
   std::string error_code, error_message;  // "" for an ok row
   std::string settings_hash;              // "" when the line has none
+  std::string job_settings_hash;          // of the job's settings, without the row's own; "" when none (older)
   std::string request_id;                 // "" when the line has none (a row whose settings did not merge)
   std::string model_fingerprint;          // "" when the line has none
   std::string model;                      // "" when the line has none

@@ -78,6 +78,65 @@ TEST_F(BatchResume, MergeRefusesAResultOfARowEditedSince) {
   EXPECT_EQ(ReadFile(merged), ReadFile(output));
 }
 
+// Shards of two jobs (other --quantity) whose rows all have settings of their own, so every settings_hash differs
+// anyway: merge refuses them by the job's settings (job_settings_hash), naming both lines. Before, it merged
+// them and exited 0. Results written before lines carried job_settings_hash still resume and merge.
+TEST_F(BatchResume, MergeRefusesShardsOfOtherJobsWhoseRowsAllHaveTheirOwnSettings) {
+  const std::string input = dir_.File("own.jsonl"), merged = dir_.File("merged.jsonl");
+  {
+    std::ofstream rows(input);
+    for (int i = 0; i < 4; ++i) {
+      rows << json{{"id", absl::StrCat("o", i)},
+                   {"prompt", "Q: Is it warm? A:"},
+                   {"target", " Yes"},
+                   {"settings", {{"seed", i + 1}}}}
+                  .dump()
+           << "\n";
+    }
+  }
+  const auto shard = [&](const std::string& output, int index, const std::string& quantity) {
+    return RunBatch(
+        {"--input=" + input, "--output=" + output, "--server=" + server_->address(), "--method=saliency",
+         "--quantity=" + quantity, "--shard_index=" + std::to_string(index), "--shard_count=2", "--progress=log"},
+        log_);
+  };
+  const std::string s0 = dir_.File("s0.jsonl"), s1 = dir_.File("s1.jsonl"), s1_other = dir_.File("s1_other.jsonl");
+  ASSERT_EQ(shard(s0, 0, "log_prob"), 0) << ReadFile(log_);
+  ASSERT_EQ(shard(s1, 1, "log_prob"), 0) << ReadFile(log_);
+  ASSERT_EQ(shard(s1_other, 1, "prob"), 0) << ReadFile(log_);
+  const std::vector<json> first = ReadResults(s0), second = ReadResults(s1), other = ReadResults(s1_other);
+  ASSERT_EQ(first.size(), 2u);
+  ASSERT_EQ(second.size(), 2u);
+  ASSERT_EQ(other.size(), 2u);
+  const json job_hash = first[0]["job_settings_hash"];
+  ASSERT_TRUE(job_hash.is_string());
+  for (const json& result : {first[1], second[0], second[1]}) EXPECT_EQ(result["job_settings_hash"], job_hash);
+  EXPECT_NE(first[0]["settings_hash"], job_hash);  // the row's own seed counts in its settings_hash only
+  EXPECT_NE(other[0]["job_settings_hash"], job_hash);
+  EXPECT_EQ(RunBatch({"merge", "--input=" + input, "--output=" + merged, s0, s1_other}, log_), 1);
+  EXPECT_THAT(
+      ReadFile(log_),
+      HasSubstr(absl::StrCat(s1_other, ":1: row \"o1\" has job_settings_hash \"",
+                             other[0]["job_settings_hash"].get<std::string>(), "\", but row \"o0\" of ", s0,
+                             ":1 has \"", job_hash.get<std::string>(), "\": the shards come from different jobs")));
+  EXPECT_FALSE(std::ifstream(merged).good());
+  EXPECT_EQ(RunBatch({"merge", "--input=" + input, "--output=" + merged, s0, s1}, log_), 0) << ReadFile(log_);
+  EXPECT_EQ(CountLines(merged), 4u);
+  // A shard written before results carried the field: it resumes as done, and merges as before.
+  {
+    std::ofstream out(s0);
+    for (json result : first) {
+      result.erase("job_settings_hash");
+      out << result.dump() << "\n";
+    }
+  }
+  const std::string old = ReadFile(s0);
+  EXPECT_EQ(shard(s0, 0, "log_prob"), 0) << ReadFile(log_);
+  EXPECT_EQ(ReadFile(s0), old);
+  EXPECT_EQ(RunBatch({"merge", "--input=" + input, "--output=" + merged, s0, s1}, log_), 0) << ReadFile(log_);
+  EXPECT_EQ(CountLines(merged), 4u);
+}
+
 // A row that failed for lack of capacity is run again on resume and lands where an uninterrupted run
 // puts it; before, it went to the end of the file.
 TEST_F(BatchResume, ARowTriedAgainKeepsItsPlaceInInputOrder) {
