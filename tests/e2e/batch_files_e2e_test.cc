@@ -550,10 +550,11 @@ TEST(BatchMerge, ADeeplyNestedShardLineOrJobFileIsRefused) {
   EXPECT_EQ(RunBatch({"merge", "--input=" + input, "--output=" + dir.File("m.jsonl"), dir.File("s0.jsonl")}, log), 1);
   EXPECT_THAT(ReadFile(log), HasSubstr(dir.File("s0.jsonl") + ":2: objects and arrays nested more than 64 deep"));
   std::ofstream(dir.File("job.json")) << R"({"seed": )" << deep << "}";
+  // The --job file's mistakes are usage errors, as the flags' are.
   EXPECT_EQ(RunBatch({"--input=" + input, "--output=" + dir.File("out.jsonl"), "--job=" + dir.File("job.json"),
                       "--server=127.0.0.1:1"},
                      log),
-            1);
+            2);
   EXPECT_THAT(ReadFile(log), HasSubstr("--job " + dir.File("job.json") + ": objects and arrays nested more than 64"));
 }
 
