@@ -378,7 +378,7 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
   RETURN_IF_ERROR(engine::CheckRange(proto.n_steps(), 0, limits.max_steps, "n_steps"));
   RETURN_IF_ERROR(engine::CheckRange(proto.n_samples(), 0, limits.max_samples, "n_samples"));
   if (!(proto.stdev() >= 0 && proto.stdev() <= 10)) {
-    return Invalid("stdev", absl::StrCat(engine::ExactNumber(proto.stdev()), " is outside [0, 10]"));
+    return Invalid("stdev", absl::StrCat(ExactNumber(proto.stdev()), " is outside [0, 10]"));
   }
   request.stdev = proto.stdev();
   request.seed = proto.seed();

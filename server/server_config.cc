@@ -15,6 +15,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "engine/common/bounded_json.h"
+#include "engine/common/exact_number.h"
 #include "engine/common/files.h"
 #include "engine/common/status_macros.h"
 #include "engine/model/quantization.h"
@@ -335,12 +336,13 @@ absl::Status ValidateEngineOptions(const engine::EngineOptions& engine, const st
   RETURN_IF_ERROR(Positive(engine.max_queued_bytes, where + ".max_queued_bytes"));
   if (!(engine.max_padding_waste >= 0 && engine.max_padding_waste <= 1)) {
     return absl::InvalidArgumentError(
-        absl::StrCat(where, ".max_padding_waste = ", engine.max_padding_waste, " is outside [0, 1]"));
+        absl::StrCat(where, ".max_padding_waste = ", ExactNumber(engine.max_padding_waste), " is outside [0, 1]"));
   }
   // A batch waits at most this long for more rows; every call waits it too, so it is a latency, not a timeout.
   if (!(engine.max_queue_delay >= absl::ZeroDuration() && engine.max_queue_delay <= absl::Seconds(1))) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        where, ".max_queue_delay_seconds = ", absl::ToDoubleSeconds(engine.max_queue_delay), " is outside [0, 1]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ".max_queue_delay_seconds = ", ExactNumber(absl::ToDoubleSeconds(engine.max_queue_delay)),
+                     " is outside [0, 1]"));
   }
   if (!(engine.max_batch_time > absl::ZeroDuration())) {
     return absl::InvalidArgumentError(absl::StrCat(where, ".max_batch_seconds must be positive"));

@@ -46,6 +46,7 @@
 #include "client/batch/untrusted_text.h"
 #include "client/command_line.h"
 #include "client/connection_flags.h"
+#include "engine/common/exact_number.h"
 
 ABSL_FLAG(std::string, input, "",
           "rows: .jsonl ({id, prompt, target | choices [, label] [, settings]}, or component rows {id, clean, "
@@ -224,10 +225,10 @@ std::string SettingRangeError(const CommandLine& line, const json& settings, con
     return absl::StrCat(SettingSource(line, "n_samples", "n_samples"), ": ", n_samples, " is below 0");
   }
   if (!(stdev >= 0 && stdev <= 10)) {
-    return absl::StrCat(SettingSource(line, "stdev", "stdev"), ": ", stdev, " is outside [0, 10]");
+    return absl::StrCat(SettingSource(line, "stdev", "stdev"), ": ", ExactNumber(stdev), " is outside [0, 10]");
   }
   if (!(tolerance >= 0 && tolerance <= 1)) {
-    return absl::StrCat(SettingSource(line, "tolerance", "completeness_tolerance"), ": ", tolerance,
+    return absl::StrCat(SettingSource(line, "tolerance", "completeness_tolerance"), ": ", ExactNumber(tolerance),
                         " is outside [0, 1]");
   }
   // UnknownNameError has checked the method's name; "ig" is integrated_gradients' other name.
@@ -362,17 +363,14 @@ std::vector<JobFile> JobFiles(std::vector<JobFile> inputs, bool job) {
 // --html's folder and a temporary beside --parquet's table are made before any row runs: an unwritable one found
 // at the end lost the table or the pages of a whole job's work.
 absl::Status CheckReportsWritable() {
-  std::vector<std::string> replaced;
-  if (!absl::GetFlag(FLAGS_parquet).empty()) replaced.push_back(absl::GetFlag(FLAGS_parquet));
-  if (!absl::GetFlag(FLAGS_html).empty()) {
-    if (absl::Status made = MakeReportDirectory(absl::GetFlag(FLAGS_html)); !made.ok()) return made;
-    replaced.push_back(absl::GetFlag(FLAGS_html) + "/index.html");
+  // Destroyed uncommitted, a probe removes its temporary. The table first: a refusal then leaves no folder.
+  const auto probe = [](const std::string& path) { return AtomicFileWriter::Create(path).status(); };
+  if (!absl::GetFlag(FLAGS_parquet).empty()) {
+    if (absl::Status table = probe(absl::GetFlag(FLAGS_parquet)); !table.ok()) return table;
   }
-  for (const std::string& path : replaced) {
-    absl::StatusOr<std::unique_ptr<AtomicFileWriter>> probe = AtomicFileWriter::Create(path);
-    if (!probe.ok()) return probe.status();  // destroyed uncommitted, it removes its temporary
-  }
-  return absl::OkStatus();
+  if (absl::GetFlag(FLAGS_html).empty()) return absl::OkStatus();
+  if (absl::Status made = MakeReportDirectory(absl::GetFlag(FLAGS_html)); !made.ok()) return made;
+  return probe(absl::GetFlag(FLAGS_html) + "/index.html");
 }
 
 // --html's index of --output; says how many answered rows have no page to link to.

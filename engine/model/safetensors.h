@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 // A memory-mapped, validated safetensors file. Every structural defect of the file is reported as an
-// absl::Status naming the file, the tensor and the problem; a file that opens is safe to read.
+// absl::Status naming the file, the tensor and the problem; a file that opens holds what its header says, as
+// long as nobody changes it meanwhile (Read reports a file cut short since, View does not).
 //
 //   ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open("/models/x/model.safetensors"));
 //   const TensorRecord* record = file->Find("model.norm.weight");
-//   at::Tensor view = file->View(*record);  // CPU tensor over the mapping, no copy
+//   ASSIGN_OR_RETURN(at::Tensor weight, file->Read(*record));  // a CPU tensor of its own
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -44,8 +45,8 @@ class SafetensorsFile {
   // Returns nullptr when the file has no tensor of that name.
   const TensorRecord* Find(const std::string& name) const;
 
-  // Returns a read-only CPU tensor over the mapped bytes. Callers must not write into it, and a file cut
-  // short while it is read raises SIGBUS there: the loader reads with Read.
+  // Returns a read-only CPU tensor over the mapped bytes, no copy (tests, fuzzing). Callers must not write into
+  // it, and a file cut short meanwhile raises SIGBUS there: the loader reads with Read.
   at::Tensor View(const TensorRecord& record) const;
   // A CPU tensor of its own holding the record's bytes, read from the file; DATA_LOSS naming the tensor when
   // the file ends before them (truncated after Open: the mapping's SIGBUS killed the server).

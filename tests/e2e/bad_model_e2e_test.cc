@@ -287,6 +287,10 @@ std::vector<BadModel> BadModels() {
        "llama",
        [=](auto d) { EditJson(config(d), [](json& c) { c["model_type"] = "x\x1b]0;PWNED\a\x1b[2J"; }); },
        {"config.json", "model_type \"x\\x1b]0;PWNED\\x07\\x1b[2J\" is not supported"}},
+      {"model_type_with_a_c1_control",  // U+009B, CSI to an 8-bit terminal; é stays
+       "llama",
+       [=](auto d) { EditJson(config(d), [](json& c) { c["model_type"] = "x\u009b2J\u00e9"; }); },
+       {"config.json", "model_type \"x\\u009b2J\u00e9\" is not supported"}},
       // Damaged tokenizers.
       {"garbage_tokenizer_model",
        "llama",

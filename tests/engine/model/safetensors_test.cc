@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/model/causal_lm.h"
+#include "engine/model/weight_store.h"
 #include "tests/testing/reference.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -278,6 +279,23 @@ TEST_F(ModelDirectoryDefect, ShardIndexNamingMissingShard) {
   std::ofstream(dir_ + "/model.safetensors.index.json")
       << R"({"weight_map": {"model.norm.weight": "model-00001-of-00002.safetensors"}})";
   EXPECT_THAT(Load().message(), HasSubstr("model-00001-of-00002.safetensors: cannot open"));
+}
+
+// The loader takes tensors through WeightStore::Take: a weight file cut short after it opened is DATA_LOSS
+// naming the tensor there (a read through the mapping raised SIGBUS and killed the server).
+TEST_F(ModelDirectoryDefect, AWeightFileCutShortWhileLoadingIsDataLoss) {
+  auto store = WeightStore::Open(dir_);
+  ASSERT_THAT(store, IsOk());
+  ASSERT_EQ(::truncate((dir_ + "/model.safetensors").c_str(), 4096), 0);
+  EXPECT_THAT(
+      (*store)->Take("model.norm.weight", {64}, at::TensorOptions().dtype(at::kFloat)).status(),
+      StatusIs(absl::StatusCode::kDataLoss, HasSubstr("tensor \"model.norm.weight\": the file ends before it")));
+}
+
+TEST_F(ModelDirectoryDefect, ShardIndexNamingNoTensor) {
+  ::unlink((dir_ + "/model.safetensors").c_str());
+  std::ofstream(dir_ + "/model.safetensors.index.json") << R"({"weight_map": {}})";
+  EXPECT_THAT(Load().message(), HasSubstr("model.safetensors.index.json: the \"weight_map\" names no tensor"));
 }
 
 TEST_F(ModelDirectoryDefect, ShardIndexWithPathEscape) {
