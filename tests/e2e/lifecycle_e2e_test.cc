@@ -52,22 +52,24 @@ std::pair<std::string, std::string> OpenFileLimits(pid_t pid) {
   return {};
 }
 
-// A model directory whose tokenizer.json is a named pipe that this test holds open for writing and never
-// writes to: loading the model then blocks reading it, for as long as the test likes.
+// A model directory whose weights index (model.safetensors.index.json, in place of model.safetensors) is a named
+// pipe that this test holds open for writing and never writes to: loading the model then blocks reading it, for
+// as long as the test likes. (config.json is read before the port listens, and the files the weights digest
+// hashes after the load must be regular files.)
 TEST(Lifecycle, ASignalWhileModelsLoadEndsTheProcessAtOnce) {
   test_support::TempDir root;
   const std::string dir = root.File("model");
   test_support::CopyDirectoryFiles(test_support::DemoModelDir(), dir);
-  const std::string tokenizer = dir + "/tokenizer.json";
-  ASSERT_EQ(::unlink(tokenizer.c_str()), 0);
-  ASSERT_EQ(::mkfifo(tokenizer.c_str(), 0644), 0);
-  const int writer = ::open(tokenizer.c_str(), O_RDWR | O_CLOEXEC);  // O_RDWR: opening does not wait for a reader
+  ASSERT_EQ(::unlink((dir + "/model.safetensors").c_str()), 0);
+  const std::string index = dir + "/model.safetensors.index.json";
+  ASSERT_EQ(::mkfifo(index.c_str(), 0644), 0);
+  const int writer = ::open(index.c_str(), O_RDWR | O_CLOEXEC);  // O_RDWR: opening does not wait for a reader
   ASSERT_GE(writer, 0);
 
   std::unique_ptr<ServerProcess> server = ServerProcess::Spawn({"--model=m=" + dir});
   // Loading begins once the port listens.
   ASSERT_TRUE(WaitForLog(*server, "\"listening\"", absl::Seconds(60))) << server->Log();
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // into the read of tokenizer.json
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // into the read of the index
   server->Signal(SIGTERM);
   // Before, the server waited for the load (here: forever) and the test's Wait timed out (-1).
   const int code = server->Wait(absl::Seconds(20));

@@ -127,8 +127,9 @@ TEST(PrecompiledCharsmap, BothMapsOfAModelAreFoundAndChecked) {
     return outer + inner;
   };
   const std::string sound = Charsmap(OneRuleTrie()), bad = Charsmap(OneRuleTrie(), "b");
+  const std::string proto = spec(3, sound);  // `found` views into it
   std::string_view found;
-  ASSERT_TRUE(FindPrecompiledCharsmap(spec(3, sound), 3, &found));
+  ASSERT_TRUE(FindPrecompiledCharsmap(proto, 3, &found));
   EXPECT_EQ(found, sound);
   EXPECT_THAT(CheckPrecompiledCharsmaps(spec(3, sound) + spec(5, sound)), IsOk());
   EXPECT_THAT(CheckPrecompiledCharsmaps(spec(3, bad)), Damaged("normalizer_spec.precompiled_charsmap is damaged"));
