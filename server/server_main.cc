@@ -46,7 +46,7 @@
 #include "absl/strings/strip.h"
 #include "engine/common/files.h"
 #include "engine/common/status_macros.h"
-#include "engine/common/utf8.h"
+#include "engine/common/visible_controls.h"
 #include "engine/model/model_config.h"
 #include "engine/model/torch_errors.h"
 #include "engine/tokenizer/id_only_tokenizer.h"
@@ -399,34 +399,12 @@ rlim_t RaiseOpenFileLimit() {
 // is refused RESOURCE_EXHAUSTED; without it, 24,000 open streams held 24,000 threads and 6 GB.
 constexpr int kMaxSynchronousServiceThreads = 16;
 
-// `text` for a terminal: C0 controls, DEL and bytes that are not UTF-8 written as \xNN, C1 controls (U+0080 to
-// U+009F, CSI among them) as \uNNNN. Messages name what a model's files hold (a tensor's name, a model_type),
-// and escape sequences there retitled or cleared the operator's terminal.
-std::string WithControlsVisible(absl::string_view text) {
-  const std::string_view bytes(text.data(), text.size());
-  std::string out;
-  for (size_t i = 0; i < bytes.size();) {
-    const auto byte = static_cast<unsigned char>(bytes[i]);
-    const size_t length = Utf8SequenceLength(bytes, i, /*subpart=*/false);
-    if (byte < 0x20 || byte == 0x7f || length == 0) {
-      absl::StrAppendFormat(&out, "\\x%02x", byte);
-      ++i;
-    } else if (byte == 0xc2 && static_cast<unsigned char>(bytes[i + 1]) <= 0x9f) {
-      absl::StrAppendFormat(&out, "\\u%04x", static_cast<unsigned char>(bytes[i + 1]));
-      i += 2;
-    } else {
-      out.append(bytes, i, length);
-      i += length;
-    }
-  }
-  return out;
-}
-
 int Fail(const absl::Status& status) {
   Log("startup_failed", std::string(status.message()));
   // The JSON line first, then the same for a person; not when stderr takes nothing (fprintf would block).
   if (!FlushLog(absl::Seconds(1))) return 1;
-  std::fprintf(stderr, "attribution-server: %s\n", WithControlsVisible(status.message()).c_str());
+  std::fprintf(stderr, "attribution-server: %s\n",
+               EscapeControls(status.message(), /*keep_line_breaks=*/false).c_str());
   return 1;
 }
 

@@ -286,11 +286,12 @@ std::vector<BadModel> BadModels() {
       {"model_type_with_escape_sequences",
        "llama",
        [=](auto d) { EditJson(config(d), [](json& c) { c["model_type"] = "x\x1b]0;PWNED\a\x1b[2J"; }); },
-       {"config.json", "model_type \"x\\x1b]0;PWNED\\x07\\x1b[2J\" is not supported"}},
-      {"model_type_with_a_c1_control",  // U+009B, CSI to an 8-bit terminal; é stays
+       {"config.json", "model_type \"x\\e]0;PWNED\\x07\\e[2J\" is not supported"}},
+      // U+009B is CSI to an 8-bit terminal, U+202E reverses what follows it; é stays.
+      {"model_type_with_c1_and_bidi_controls",
        "llama",
-       [=](auto d) { EditJson(config(d), [](json& c) { c["model_type"] = "x\u009b2J\u00e9"; }); },
-       {"config.json", "model_type \"x\\u009b2J\u00e9\" is not supported"}},
+       [=](auto d) { EditJson(config(d), [](json& c) { c["model_type"] = "x\u009b2J\u202e\u00e9"; }); },
+       {"config.json", "model_type \"x\\u009b2J\\u202e\u00e9\" is not supported"}},
       // Damaged tokenizers.
       {"garbage_tokenizer_model",
        "llama",
