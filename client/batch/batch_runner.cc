@@ -311,21 +311,32 @@ std::string Clock(double seconds) {
   return absl::StrFormat("%d:%02d:%02d", s / 3600, s / 60 % 60, s % 60);
 }
 
-// Refuses the done row `result` when this job would send `row` otherwise: with other settings, to another
-// model or for another input (its request_id). Rows whose settings do not merge or whose model the servers
-// do not hold are not checked: their results are those errors, again.
+// Refuses the done row `result` when another job wrote it (other job settings) or this job would send `row`
+// otherwise: with other settings, to another model or for another input (its request_id). Rows whose settings
+// do not merge or whose model the servers do not hold are checked for the job's settings only: their results
+// are those errors, again.
 absl::Status CheckRequestIsAsDone(const DoneRow& result, const BatchRow& row, const json& settings,
-                                  const ModelFingerprints& fingerprints, const std::string& where) {
+                                  const std::string& job_settings_hash, const ModelFingerprints& fingerprints,
+                                  const std::string& where) {
+  // Where every setting the jobs differ in is a row's own, the rows' settings agree and only this tells the
+  // jobs apart; merge would refuse the mixed file later (lines from before the field have none).
+  const auto of_another_job = [&] {
+    if (result.job_settings_hash.empty() || result.job_settings_hash == job_settings_hash) return absl::OkStatus();
+    return absl::FailedPreconditionError(absl::StrCat(where, " done by a job with other settings (job_settings_hash ",
+                                                      result.job_settings_hash, ", this job's ", job_settings_hash,
+                                                      "): write to another file to run these settings"));
+  };
   absl::StatusOr<json> effective = RowSettings(settings, row, "row \"" + row.id + "\" settings");
-  if (!effective.ok()) return absl::OkStatus();
+  if (!effective.ok()) return of_another_job();
   const absl::StatusOr<ModelIdentity> identity = FingerprintOf(fingerprints, (*effective)["model"].get<std::string>());
-  if (!identity.ok()) return absl::OkStatus();
+  if (!identity.ok()) return of_another_job();
   const std::string* model_fingerprint = &identity->fingerprint;
   if (SettingsDigest(*effective) != result.settings_hash) {
     return absl::FailedPreconditionError(absl::StrCat(where, " done with other settings (settings_hash ",
                                                       result.settings_hash, ", this job's ", SettingsDigest(*effective),
                                                       "): write to another file to run these settings"));
   }
+  if (absl::Status other_job = of_another_job(); !other_job.ok()) return other_job;
   if (!result.model_fingerprint.empty() && result.model_fingerprint != *model_fingerprint) {
     return absl::FailedPreconditionError(absl::StrCat(where, " done on another model (model_fingerprint ",
                                                       result.model_fingerprint, ", the servers' ", *model_fingerprint,
@@ -359,6 +370,7 @@ absl::StatusOr<std::vector<DoneInInput>> DoneRowsOfThisJob(const JobRows& rows, 
   for (const auto& entry : log.done()) done_ids.push_back(IdDigest(entry.first));
   std::sort(done_ids.begin(), done_ids.end());
   std::vector<DoneInInput> done;
+  const std::string job_settings_hash = SettingsDigest(settings);
   absl::Status first_mismatch;  // reported after a row not in the input, which was checked first
   for (size_t i = 0; i < rows.size(); ++i) {
     if (!std::binary_search(done_ids.begin(), done_ids.end(), rows.IdDigestOf(i))) continue;
@@ -369,8 +381,8 @@ absl::StatusOr<std::vector<DoneInInput>> DoneRowsOfThisJob(const JobRows& rows, 
     done.push_back({i, &result->second});
     if (!first_mismatch.ok()) continue;
     const std::string line = absl::StrCat(log.path(), ":", result->second.line);
-    first_mismatch =
-        CheckRequestIsAsDone(result->second, *row, settings, fingerprints, line + ": row \"" + row->id + "\"");
+    first_mismatch = CheckRequestIsAsDone(result->second, *row, settings, job_settings_hash, fingerprints,
+                                          line + ": row \"" + row->id + "\"");
     if (first_mismatch.ok()) first_mismatch = CheckResultIsOfRow(result->second, *row, line);
   }
   if (done.size() < log.done().size()) {

@@ -137,6 +137,39 @@ TEST_F(BatchResume, MergeRefusesShardsOfOtherJobsWhoseRowsAllHaveTheirOwnSetting
   EXPECT_EQ(CountLines(merged), 4u);
 }
 
+// Two jobs (other --quantity) whose rows all set the quantity themselves send the same requests; resuming one's
+// file with the other's flags was accepted, and merge refused the mixed file later. The resume refuses it now.
+TEST_F(BatchResume, ResumeRefusesAFileOfAJobWithOtherSettingsWhoseRowsAllOverrideThem) {
+  const std::string input = dir_.File("overridden.jsonl"), output = dir_.File("out.jsonl");
+  {
+    std::ofstream rows(input);
+    for (int i = 0; i < 2; ++i) {
+      rows << json{{"id", absl::StrCat("q", i)},
+                   {"prompt", "Q: Is it warm? A:"},
+                   {"target", " Yes"},
+                   {"settings", {{"quantity", "prob"}}}}
+                  .dump()
+           << "\n";
+    }
+  }
+  const auto run = [&](const std::string& quantity) {
+    return RunBatch({"--input=" + input, "--output=" + output, "--server=" + server_->address(), "--method=saliency",
+                     "--quantity=" + quantity},
+                    log_);
+  };
+  ASSERT_EQ(run("log_prob"), 0) << ReadFile(log_);
+  const std::string before = ReadFile(output);
+  const std::string job_hash = ReadResults(output)[0]["job_settings_hash"].get<std::string>();
+  EXPECT_EQ(run("logit"), 1);
+  EXPECT_THAT(ReadFile(log_), HasSubstr(absl::StrCat(output,
+                                                     ":1: row \"q0\" done by a job with other settings "
+                                                     "(job_settings_hash ",
+                                                     job_hash, ", this job's ")));
+  EXPECT_EQ(ReadFile(output), before);
+  EXPECT_EQ(run("log_prob"), 0) << ReadFile(log_);
+  EXPECT_EQ(ReadFile(output), before);
+}
+
 // A row that failed for lack of capacity is run again on resume and lands where an uninterrupted run
 // puts it; before, it went to the end of the file.
 TEST_F(BatchResume, ARowTriedAgainKeepsItsPlaceInInputOrder) {
