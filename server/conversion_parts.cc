@@ -80,8 +80,9 @@ bool IsSet(const v1::Input& input) { return !input.text().empty() || input.token
 namespace {
 
 // A token stands for at most longest_token_bytes of normalized text, and normalization (NFKC) leaves a
-// character at least a quarter of its bytes, so a longer text holds more tokens than any request may:
-// refused before tokenizing, it cannot cost seconds of CPU and a concurrency slot. Normalization can also
+// character at least a quarter of its bytes, so a longer text holds more tokens than any request may, unless
+// normalization drops much of it (SentencePiece collapses runs of whitespace): refused, as a bound on bytes,
+// before tokenizing, it cannot cost seconds of CPU and a concurrency slot. Normalization can also
 // expand a text (NFKC's U+FDFA: 3 bytes to 33, some 3.4 million tokens from 420 KB that took 3-5 s and
 // 600 MB to encode before their refusal), so the text's largest normalized form is held to the same bound.
 absl::Status CheckTextFits(const std::string& text, absl::string_view field, const ServedModel& model) {
@@ -90,16 +91,15 @@ absl::Status CheckTextFits(const std::string& text, absl::string_view field, con
   const int64_t max_bytes =
       kNormalizationShrink * model.tokenizer->longest_token_bytes() * model.spec.limits.max_tokens;
   const int64_t bytes = static_cast<int64_t>(text.size());
-  if (bytes > max_bytes) {
-    return Invalid(
-        absl::StrCat(field, ".text"),
-        absl::StrCat(bytes, " bytes make more tokens than this model's limit of ", model.spec.limits.max_tokens));
-  }
+  const auto too_long = [&](const std::string& size) {
+    return Invalid(absl::StrCat(field, ".text"),
+                   absl::StrCat("is ", size, ", over the ", max_bytes, " bytes that this model's limit of ",
+                                model.spec.limits.max_tokens, " tokens allows"));
+  };
+  if (bytes > max_bytes) return too_long(absl::StrCat(bytes, " bytes"));
   if (bytes * kMostExpansion <= max_bytes) return absl::OkStatus();
   if (const int64_t normalized = engine::NormalizedBytesBound(text); normalized > max_bytes) {
-    return Invalid(absl::StrCat(field, ".text"),
-                   absl::StrCat(bytes, " bytes (", normalized, " once Unicode-normalized) make more tokens than this ",
-                                "model's limit of ", model.spec.limits.max_tokens));
+    return too_long(absl::StrCat(bytes, " bytes (", normalized, " once Unicode-normalized)"));
   }
   return absl::OkStatus();
 }
@@ -182,8 +182,17 @@ absl::StatusOr<ResolvedInput> ResolveTarget(const v1::Input& input, absl::string
     case v1::TARGET_TOKENIZATION_UNSPECIFIED:
     case v1::CONTINUATION:
       return ResolveContinuationOf(input, field, prompt, model, "; or set target_tokenization = SEPARATE");
-    case v1::SEPARATE:
-      return Resolve(input, field, model, false);
+    case v1::SEPARATE: {
+      // A normalizer can drop all of a text (SentencePiece's whitespace, a byte-order mark); an empty target would
+      // read as unset and have one generated, which the caller never asked for.
+      ASSIGN_OR_RETURN(ResolvedInput resolved, Resolve(input, field, model, false));
+      if (resolved.empty()) {
+        return Invalid(
+            absl::StrCat(field, ".text"),
+            "makes no tokens on its own (this tokenizer drops all of it); give text that does, or token_ids");
+      }
+      return resolved;
+    }
     default:  // ruled out above; a value added to the proto lands here
       return UnknownEnumValue("target_tokenization", tokenization, v1::TargetTokenization_descriptor());
   }

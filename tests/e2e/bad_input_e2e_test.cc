@@ -473,10 +473,10 @@ std::vector<BadCase> BadCases() {
             r.set_target_tokenization(v1::CONTINUATION);
             r.mutable_target()->set_text(std::string(4'000'000, 'a'));
           },
-          kInvalid, "target.text: 4000000 bytes make more tokens than this model's limit"),
+          kInvalid, "target.text: is 4000000 bytes, over the "),
       Logprobs(
           "prompt text of megabytes", [](L& r) { r.mutable_prompt()->set_text(std::string(4'000'000, 'a')); }, kInvalid,
-          "prompt.text: 4000000 bytes make more tokens than this model's limit"),
+          "prompt.text: is 4000000 bytes, over the "),
       // U+FDFA is 18 characters in NFKC (a SentencePiece model's default normalizer): 420 KB of it under the
       // byte bound took 3-5 s and 600 MB to encode before its refusal, and two such calls held up the rest.
       Logprobs(
@@ -486,7 +486,7 @@ std::vector<BadCase> BadCases() {
             for (int i = 0; i < 40'000; ++i) text += "\uFDFA";
             r.mutable_prompt()->set_text(text);
           },
-          kInvalid, "prompt.text: 120000 bytes (1320000 once Unicode-normalized) make more tokens than this model's"),
+          kInvalid, "prompt.text: is 120000 bytes (1320000 once Unicode-normalized), over the "),
       Attribute(
           "gradient group baseline length",
           [](A& r) {

@@ -741,6 +741,22 @@ TEST(ServerModels, ServesASentencePieceTokenizerBesideGrpcsProtobuf) {
   for (const client::Feature& f : a->features) covered += f.text;
   EXPECT_EQ(covered, prompt);
   EXPECT_THAT(client->Generate({.model = "spm", .prompt = "the time", .generation = {.max_new_tokens = 4}}), IsOk());
+  // Its nmt_nfkc normalizer drops whitespace: libsentencepiece encodes " " and "  \u3000" to no tokens. Such a
+  // target tokenized on its own answered OK with a generated target (an empty one reads as unset), and Logprobs
+  // named target_ids, which the caller never set.
+  for (const std::string target : {" ", "  \u3000"}) {
+    const auto makes_no_tokens =
+        StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("target.text: makes no tokens"));
+    EXPECT_THAT(client->Attribute({.model = "spm",
+                                   .prompt = prompt,
+                                   .target = target,
+                                   .target_tokenization = "separate",
+                                   .method = "saliency"}),
+                makes_no_tokens);
+    EXPECT_THAT(
+        client->GetLogprobs({.model = "spm", .prompt = prompt, .target = target, .target_tokenization = "separate"}),
+        makes_no_tokens);
+  }
 }
 
 TEST(ClientRetries, UnavailableIsRetriedWithBackoffUntilTheServerComesUp) {
