@@ -285,30 +285,50 @@ def test_a_log_prob_above_zero_does_not_break_the_probabilities(fake, client):
 
 
 class RawBytes(grpc.GenericRpcHandler):
-    """Answers Generate with the bytes it holds, as a buggy server might send them."""
+    """Answers Generate, GenerateStream and ListModels with the bytes it holds, as a buggy server might send
+    them."""
 
     def __init__(self, answer: bytes) -> None:
         self.answer = answer
 
     def service(self, details):
-        if details.method != "/attribution.v1.AttributionService/Generate":
-            return None
-        return grpc.unary_unary_rpc_method_handler(lambda request, context: self.answer,
-                                                   request_deserializer=lambda b: b, response_serializer=lambda b: b)
+        raw = {"request_deserializer": lambda b: b, "response_serializer": lambda b: b}
+        if details.method == "/attribution.v1.AttributionService/GenerateStream":
+            return grpc.unary_stream_rpc_method_handler(lambda request, context: iter([self.answer]), **raw)
+        if details.method in ("/attribution.v1.AttributionService/Generate",
+                              "/attribution.v1.AttributionService/ListModels"):
+            return grpc.unary_unary_rpc_method_handler(lambda request, context: self.answer, **raw)
+        return None
 
 
-def test_an_answer_that_does_not_parse_is_data_loss():
-    """A GenerateResponse whose model (field 1) is not UTF-8: grpcio's INTERNAL "Exception deserializing
-    response!" is DataLoss, as the C++ client's DATA_LOSS, not a failure inside the server."""
+def test_an_answer_that_does_not_parse_is_data_loss_naming_the_rpc():
+    """An answer whose field 1 is not UTF-8 (a string in GenerateResponse and ListModels' ModelInfo, a message
+    in GenerateEvent): grpcio's INTERNAL "Exception deserializing response!" is DataLoss naming the RPC, as
+    the C++ client's DATA_LOSS, not a failure inside the server. grpc.aio logs it and hands back None, which
+    raised AttributeError from the asyncio client's conversions."""
     model = b"a\xffb"
     answer = bytes([0x0A, len(model)]) + model
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     server.add_generic_rpc_handlers((RawBytes(answer),))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
+    service = "/attribution.v1.AttributionService/"
     try:
         with ac.AttributionClient(f"127.0.0.1:{port}", max_attempts=1, timeout=30) as c:
-            with pytest.raises(ac.DataLoss, match="does not parse"):
+            with pytest.raises(ac.DataLoss, match=f"the answer to {service}Generate does not parse"):
                 c.generate(prompt="x", model="fake")
+            with pytest.raises(ac.DataLoss, match=f"the answer to {service}GenerateStream does not parse"):
+                list(c.generate_stream(prompt="x", model="fake"))
+
+        async def run() -> None:
+            async with ac.AsyncAttributionClient(f"127.0.0.1:{port}", max_attempts=1, timeout=30) as c:
+                with pytest.raises(ac.DataLoss, match=f"the answer to {service}Generate does not parse"):
+                    await c.generate(prompt="x", model="fake")
+                with pytest.raises(ac.DataLoss, match=f"the answer to {service}ListModels does not parse"):
+                    await c.list_models()
+                with pytest.raises(ac.DataLoss, match=f"the answer to {service}GenerateStream does not parse"):
+                    async for _ in c.generate_stream(prompt="x", model="fake"):
+                        pass
+        asyncio.run(run())
     finally:
         server.stop(grace=None)

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from . import _calls, _channel, _convert
 from ._generated.attribution.v1 import attribution_pb2 as pb
 from ._generated.attribution.v1 import attribution_pb2_grpc as pb_grpc
-from .errors import AttributionError, error_for, from_grpc
+from .errors import AttributionError, error_for, from_grpc, rpc_name, unparsable_answer
 from .options import AttributeOptions, ClientOptions, ComponentOptions, GenerateOptions, LogprobsOptions, TextOrIds
 from .results import Attribution, ComponentAttribution, Generation, Logprobs, ModelInfo, Progress, Token
 
@@ -56,8 +56,9 @@ class AsyncStream(Generic[Item, Result]):
     as the stream methods' coroutines did before."""
 
     def __init__(self, start: Callable[[], Awaitable[Any]], convert: Callable[[Any], Union[Item, Result]],
-                 result_type: type, closed: Callable[[], bool] = lambda: False) -> None:
+                 result_type: type, closed: Callable[[], bool] = lambda: False, rpc: str = "") -> None:
         self._start = start
+        self._rpc = rpc
         self._starting: Optional[asyncio.Future] = None  # one start, however many tasks wait for it
         self._call: Any = None
         self._convert = convert
@@ -94,12 +95,14 @@ class AsyncStream(Generic[Item, Result]):
             try:
                 event = await call.read()
             except grpc.RpcError as e:
-                raise from_grpc(e) from None
+                raise from_grpc(e, self._rpc) from None
             except asyncio.CancelledError:
                 error = _cancelled_by_client(self._cancelled, self._closed())
                 if error is not None:
                     raise error from None
                 raise
+            if event is None:  # grpc.aio logs an answer it cannot parse and hands back None
+                raise unparsable_answer(self._rpc)
             if event is grpc.aio.EOF:
                 if self._result is None:
                     raise error_for(grpc.StatusCode.DATA_LOSS, "the stream ended without a result")
@@ -168,7 +171,7 @@ class AsyncAttributionClient:
                 request.model = (await self._model(options, timeout)).model
             return method(request, timeout=_calls.timeout(timeout, self.options.timeout),
                           metadata=_channel.with_request_id(self._metadata, options.request_id))
-        return AsyncStream(start, convert, result_type, lambda: self._closed)
+        return AsyncStream(start, convert, result_type, lambda: self._closed, rpc_name(method))
 
     async def __aenter__(self) -> "AsyncAttributionClient":
         return self
@@ -179,15 +182,18 @@ class AsyncAttributionClient:
     async def _unary(self, method: Any, request: Any, timeout: Any, request_id: str = "") -> Any:
         self._check_open()
         try:
-            return await method(request, timeout=_calls.timeout(timeout, self.options.timeout),
-                                metadata=_channel.with_request_id(self._metadata, request_id))
+            response = await method(request, timeout=_calls.timeout(timeout, self.options.timeout),
+                                    metadata=_channel.with_request_id(self._metadata, request_id))
         except grpc.RpcError as e:
-            raise from_grpc(e) from None
+            raise from_grpc(e, rpc_name(method)) from None
         except asyncio.CancelledError:
             error = _cancelled_by_client(False, self._closed)
             if error is not None:
                 raise error from None
             raise
+        if response is None:  # grpc.aio logs an answer it cannot parse and hands back None, status OK
+            raise unparsable_answer(rpc_name(method))
+        return response
 
     async def _model(self, options: Any, timeout: Any) -> Any:
         if not options.model:

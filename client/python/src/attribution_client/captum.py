@@ -2,7 +2,7 @@
 """Captum interoperability: results as Captum's LLMAttributionResult, and AttributionProvider, a
 Captum RemoteLLMProvider backed by the service's Generate and Logprobs, so that
 
-    provider = AttributionProvider(AttributionClient("localhost:50051"), model="default")
+    provider = AttributionProvider(AttributionClient("localhost:50051"), model="tiny-qa-llama")
     llm_attr = RemoteLLMAttribution(FeatureAblation(RemoteLLMAttribution.placeholder_model), tokenizer, provider)
     llm_attr.attribute(TextTemplateInput("{} lives in {}.", values=["Ann", "York"]), target="Yes")
 

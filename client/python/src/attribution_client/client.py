@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from . import _calls, _channel, _convert
 from ._generated.attribution.v1 import attribution_pb2 as pb
 from ._generated.attribution.v1 import attribution_pb2_grpc as pb_grpc
-from .errors import AttributionError, error_for, from_grpc
+from .errors import AttributionError, error_for, from_grpc, rpc_name
 from .options import AttributeOptions, ClientOptions, ComponentOptions, GenerateOptions, LogprobsOptions, TextOrIds
 from .results import Attribution, ComponentAttribution, Generation, Logprobs, ModelInfo, Progress, Token
 
@@ -31,8 +31,10 @@ class Stream(Generic[Item, Result]):
     """A server-streaming call: iterate for its events (Progress / Token), then result(); cancel()
     from any thread ends it (the iteration then raises Cancelled)."""
 
-    def __init__(self, call: Any, convert: Callable[[Any], Union[Item, Result]], result_type: type) -> None:
+    def __init__(self, call: Any, convert: Callable[[Any], Union[Item, Result]], result_type: type,
+                 rpc: str = "") -> None:
         self._call = call
+        self._rpc = rpc
         self._convert = convert
         self._result_type = result_type
         self._result: Optional[Result] = None
@@ -49,7 +51,7 @@ class Stream(Generic[Item, Result]):
                     raise error_for(grpc.StatusCode.DATA_LOSS, "the stream ended without a result") from None
                 raise
             except grpc.RpcError as e:
-                raise from_grpc(e) from None
+                raise from_grpc(e, self._rpc) from None
             item = self._convert(event)
             if isinstance(item, self._result_type):
                 self._result = item  # type: ignore[assignment]
@@ -121,7 +123,7 @@ class AttributionClient:
         self._check_open()
         call = method(request, timeout=_calls.timeout(timeout, self.options.timeout),
                       metadata=_channel.with_request_id(self._metadata, request_id))
-        return Stream(call, convert, result_type)
+        return Stream(call, convert, result_type, rpc_name(method))
 
     def __enter__(self) -> "AttributionClient":
         return self
@@ -135,7 +137,7 @@ class AttributionClient:
             return method(request, timeout=_calls.timeout(timeout, self.options.timeout),
                           metadata=_channel.with_request_id(self._metadata, request_id))
         except grpc.RpcError as e:
-            raise from_grpc(e) from None
+            raise from_grpc(e, rpc_name(method)) from None
 
     def _model(self, options: Any, timeout: Any) -> Any:
         """Fills an empty model with the server's first one (as the CLI does), asking for it within the call's

@@ -11,7 +11,7 @@ Every failed call raises an AttributionError subclass carrying the gRPC code and
 """
 from __future__ import annotations
 
-from typing import Dict, Type
+from typing import Any, Dict, Type
 
 import grpc
 
@@ -90,13 +90,25 @@ _BY_CODE: Dict[grpc.StatusCode, Type[AttributionError]] = {
 _UNPARSABLE_ANSWER = "Exception deserializing response!"
 
 
-def from_grpc(error: grpc.RpcError) -> AttributionError:
-    """The exception for a failed call (grpc.RpcError / grpc.aio.AioRpcError)."""
+def rpc_name(method: Any) -> str:
+    """The full name of the RPC a grpcio multicallable calls ("/attribution.v1.AttributionService/Generate"),
+    for messages; grpcio keeps it in a private attribute, so "" where a version does not."""
+    name = getattr(method, "_method", b"")
+    return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+
+
+def unparsable_answer(rpc: str) -> DataLoss:
+    """DataLoss for an answer grpcio could not parse, naming the RPC as the C++ clients do."""
+    return DataLoss(grpc.StatusCode.DATA_LOSS, f"the answer{' to ' + rpc if rpc else ''} does not parse (a string "
+                                               "field that is not UTF-8, or bytes of another message)")
+
+
+def from_grpc(error: grpc.RpcError, rpc: str = "") -> AttributionError:
+    """The exception for a failed call (grpc.RpcError / grpc.aio.AioRpcError) of `rpc` (rpc_name)."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     message = error.details() if hasattr(error, "details") else str(error)
     if code == grpc.StatusCode.INTERNAL and message == _UNPARSABLE_ANSWER:  # grpcio's words for it
-        return DataLoss(grpc.StatusCode.DATA_LOSS, "the answer does not parse (a string field that is not UTF-8, "
-                                                   "or bytes of another message)")
+        return unparsable_answer(rpc)
     return error_for(code, message or "")
 
 
