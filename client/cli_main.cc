@@ -284,8 +284,11 @@ int PrintWithHtml(const std::string& shown, const std::string& html) {
   return written.ok() ? 0 : Failed(written);
 }
 
-int Attribute(AttributionClient& client, const std::string& model, const GenerationSettings& generation,
+int Attribute(AttributionClient& client, const std::string& model, GenerationSettings generation,
               std::optional<std::pair<int64_t, int64_t>> feature_range) {
+  // --seed seeds the method (GradientShap's noise, sampling methods) and a generated target alike; beside a
+  // given target it is the method's only, and the server named the unread generation seed.
+  if (!absl::GetFlag(FLAGS_target).empty()) generation.seed.reset();
   AttributeOptions o{.model = model,
                      .prompt = absl::GetFlag(FLAGS_prompt),
                      .target = absl::GetFlag(FLAGS_target),

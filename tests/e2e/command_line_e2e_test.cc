@@ -476,6 +476,26 @@ TEST(CliCommandLine, JsonIsAllThatGoesToStdout) {
   EXPECT_EQ(models["models"][0]["max_rows"], 65536);
 }
 
+// --seed seeds the method and a generated target alike; beside a given target the CLI sent it as the generation
+// seed too, and the server (rightly) named "generation" among the settings that changed nothing.
+TEST(CliCommandLine, ASeedBesideAGivenTargetSeedsTheMethodOnly) {
+  test_support::FakeAttributionServer fake;
+  ASSERT_TRUE(fake.ok());
+  const auto attribute = [&](const std::string& target) {
+    const Outputs outputs =
+        RunCommandApart(absl::StrCat(ATTRIBUTION_CLI_BINARY, " attribute --json --server=", fake.address(),
+                                     " --model=m --prompt=x --method=gradient_shap --seed=5", target));
+    EXPECT_EQ(outputs.code, 0) << outputs.err;
+    return fake.service.last_attribute_request();
+  };
+  const v1::AttributeRequest given = attribute(" --target=' y'");
+  EXPECT_EQ(given.seed(), 5u);
+  EXPECT_FALSE(given.generation().has_seed());
+  const v1::AttributeRequest generated = attribute("");
+  EXPECT_EQ(generated.seed(), 5u);
+  EXPECT_EQ(generated.generation().seed(), 5u);
+}
+
 // logprobs' table quoted the scored token but not its alternatives, so " No" and "No" both read `No:-0.000`:
 // the difference the table is there to show when a text target was tokenized unlike the model's answer.
 TEST(CliCommandLine, LogprobsAlternativesShowTheirLeadingSpace) {

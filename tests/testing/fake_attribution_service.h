@@ -14,6 +14,7 @@
 #include <memory>
 #include <string>
 
+#include "absl/synchronization/mutex.h"
 #include "attribution/v1/attribution.grpc.pb.h"
 
 namespace attribution::test_support {
@@ -28,10 +29,19 @@ class FakeAttributionService final : public ::attribution::v1::AttributionServic
   ::attribution::v1::LogprobsResponse logprobs;
   ::attribution::v1::ListModelsResponse models;
 
-  grpc::Status Attribute(grpc::ServerContext*, const ::attribution::v1::AttributeRequest*,
+  grpc::Status Attribute(grpc::ServerContext*, const ::attribution::v1::AttributeRequest* request,
                          ::attribution::v1::AttributeResponse* out) override {
+    {
+      absl::MutexLock lock(&mu_);
+      last_attribute_request_ = *request;
+    }
     *out = attribute;
     return grpc::Status::OK;
+  }
+  // The last Attribute request received (not the streamed one's).
+  ::attribution::v1::AttributeRequest last_attribute_request() const {
+    absl::MutexLock lock(&mu_);
+    return last_attribute_request_;
   }
   grpc::Status AttributeStream(grpc::ServerContext*, const ::attribution::v1::AttributeRequest*,
                                grpc::ServerWriter<::attribution::v1::AttributeEvent>* writer) override {
@@ -78,6 +88,10 @@ class FakeAttributionService final : public ::attribution::v1::AttributionServic
     *out = models;
     return grpc::Status::OK;
   }
+
+ private:
+  mutable absl::Mutex mu_;
+  ::attribution::v1::AttributeRequest last_attribute_request_ ABSL_GUARDED_BY(mu_);
 };
 
 // The service listening on a free loopback port until destruction. `ok()` false: it could not start.
