@@ -27,6 +27,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "client/attribution_client.h"
+#include "client/command_line.h"
 #include "client/connection_flags.h"
 
 ABSL_FLAG(std::string, server, "localhost:50051", "server address, or any gRPC target (dns:///name:port, ...)");
@@ -156,22 +157,24 @@ absl::StatusOr<LoadSpec> ParseBackground(const std::string& text) {
   spec.mix = words[0].find('=') == std::string::npos ? words[0] + "=1" : words[0];
   for (size_t i = 1; i < words.size(); ++i) {
     std::vector<std::string> kv = absl::StrSplit(words[i], absl::MaxSplits('=', 1));
-    bool ok = kv.size() == 2;
-    if (ok && kv[0] == "method")
+    const std::string key = kv[0];
+    bool known = kv.size() == 2, parsed = known;
+    if (known && key == "method")
       spec.method = kv[1];
-    else if (ok && kv[0] == "n_steps")
-      ok = absl::SimpleAtoi(kv[1], &spec.n_steps);
-    else if (ok && kv[0] == "concurrency")
-      ok = absl::SimpleAtoi(kv[1], &spec.concurrency);
-    else if (ok && kv[0] == "rate")
-      ok = absl::SimpleAtod(kv[1], &spec.rate);
-    else if (ok && kv[0] == "max_new_tokens")
-      ok = absl::SimpleAtoi(kv[1], &spec.max_new_tokens);
+    else if (known && key == "n_steps")
+      parsed = absl::SimpleAtoi(kv[1], &spec.n_steps);
+    else if (known && key == "concurrency")
+      parsed = absl::SimpleAtoi(kv[1], &spec.concurrency);
+    else if (known && key == "rate")
+      parsed = absl::SimpleAtod(kv[1], &spec.rate);
+    else if (known && key == "max_new_tokens")
+      parsed = absl::SimpleAtoi(kv[1], &spec.max_new_tokens);
     else
-      ok = false;
-    if (!ok)
+      known = false;
+    if (!known)
       return absl::InvalidArgumentError("--background: unknown setting \"" + words[i] +
                                         "\" (method, n_steps, concurrency, rate, max_new_tokens)");
+    if (!parsed) return absl::InvalidArgumentError("--background: " + key + ": \"" + kv[1] + "\" is not a number");
   }
   return spec;
 }
@@ -340,8 +343,12 @@ int Run() {
                         .load_balancing = absl::GetFlag(FLAGS_load_balancing),
                         .timeout = absl::Seconds(timeout),
                         .max_attempts = 1};
-  if (absl::Status flags = ApplyConnectionFlags(options); !flags.ok()) {
-    std::fprintf(stderr, "attribution-bench: %s\n", std::string(flags.message()).c_str());
+  std::string flags_error = ConnectionFlagsError();
+  if (absl::Status flags = ApplyConnectionFlags(options); flags_error.empty() && !flags.ok()) {
+    flags_error = std::string(flags.message());
+  }
+  if (!flags_error.empty()) {
+    std::fprintf(stderr, "attribution-bench: %s\n", flags_error.c_str());
     return 2;
   }
   auto client = AttributionClient::Connect(options);
@@ -415,6 +422,13 @@ int main(int argc, char** argv) {
       "  attribution-bench --server localhost:50051 --concurrency 16 --duration 30\n"
       "  attribution-bench --rate 20 --mix attribute=1,logprobs=8 --json\n"
       "  attribution-bench --rate 20 --mix logprobs=1 --background 'attribute n_steps=512 concurrency=2'");
+  // abseil exits 1 on an unknown flag or a value that does not parse; a usage error is 2, as in the other tools.
+  const attribution::client::CommandLine line =
+      attribution::client::ScanCommandLine(argc, argv, usage.contains_help_flags);
+  if (!line.error.empty()) {
+    std::fprintf(stderr, "attribution-bench: %s\n", line.error.c_str());
+    return 2;
+  }
   absl::ParseCommandLine(argc, argv);
   return attribution::client::Run();
 }

@@ -526,6 +526,10 @@ int Run(const std::vector<char*>& positional) {
                  absl::StrCat(timeout).c_str());
     return 2;
   }
+  if (const std::string error = ConnectionFlagsError(); !error.empty()) {
+    std::fprintf(stderr, "attribution-cli: %s\n", error.c_str());
+    return 2;
+  }
   // gRPC read an empty address as "dns:///" and failed with "Failed to create secure client channel".
   if (absl::StripAsciiWhitespace(absl::GetFlag(FLAGS_server)).empty()) {
     std::fprintf(stderr, "attribution-cli: --server: give the server's address (host:port)\n");

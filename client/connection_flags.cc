@@ -2,9 +2,11 @@
 #include "client/connection_flags.h"
 
 #include <string>
+#include <utility>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 
 ABSL_FLAG(bool, tls, false, "connect with TLS");
 ABSL_FLAG(std::string, ca, "", "PEM roots that sign the server certificate (TLS; empty: the system's roots)");
@@ -26,6 +28,22 @@ absl::Status ApplyConnectionFlags(ClientOptions& options) {
   if (!token.ok()) return absl::InvalidArgumentError("--token_file: " + std::string(token.status().message()));
   options.bearer_token = *token;
   return absl::OkStatus();
+}
+
+std::string ConnectionFlagsError() {
+  const bool tls = absl::GetFlag(FLAGS_tls);
+  for (const auto& [name, value] :
+       {std::pair{"ca", absl::GetFlag(FLAGS_ca)}, std::pair{"cert", absl::GetFlag(FLAGS_cert)},
+        std::pair{"key", absl::GetFlag(FLAGS_key)},
+        std::pair{"tls_server_name", absl::GetFlag(FLAGS_tls_server_name)}}) {
+    if (!tls && !value.empty())
+      return absl::StrCat("--", name, ": given without --tls (the connection would be plaintext)");
+  }
+  if (absl::GetFlag(FLAGS_cert).empty() != absl::GetFlag(FLAGS_key).empty()) {
+    return absl::StrCat(absl::GetFlag(FLAGS_cert).empty() ? "--key" : "--cert",
+                        ": give --cert and --key together for mutual TLS, or neither");
+  }
+  return "";
 }
 
 bool DefinesConnectionFlags(absl::string_view file) { return absl::EndsWith(file, "client/connection_flags.cc"); }

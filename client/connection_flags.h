@@ -3,6 +3,8 @@
 // each program reaches a TLS, mutual-TLS or token-protected server the same way: --tls, --ca, --cert,
 // --key, --tls_server_name, --token_file.
 #pragma once
+#include <string>
+
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "client/attribution_client.h"
@@ -12,6 +14,10 @@ namespace attribution::client {
 // Sets `options`' TLS fields and bearer token from the flags. INVALID_ARGUMENT naming --token_file when
 // its file cannot be read or holds no valid token.
 absl::Status ApplyConnectionFlags(ClientOptions& options);
+
+// A usage error in how the flags combine ("" when none): a certificate flag without --tls (the connection
+// would be plaintext, the file unread), or --cert without --key. The tools exit 2 on it before connecting.
+std::string ConnectionFlagsError();
 
 // Whether `file` (as abseil reports a flag's file) defines these flags: a program's --help lists them with
 // its own (absl::FlagsUsageConfig::contains_help_flags).

@@ -53,7 +53,8 @@ ABSL_FLAG(std::string, input, "",
           "corrupted, answer [, wrong_answer] [, settings]}) or .csv");
 ABSL_FLAG(std::string, output, "", "results, one JSON line per row (appended; rerun to resume)");
 ABSL_FLAG(std::string, html, "",
-          "also write DIR/index.html (every result, sortable) and DIR/rows/ID.html (each answered row's page); "
+          "also write DIR/index.html (every result, sortable) and DIR/rows/ID-HASH.html (each answered row's page; "
+          "HASH: of the id); "
           "merge: the index of the merged results, linking the pages the shards wrote to DIR");
 ABSL_FLAG(std::string, parquet, "",
           "also write the results as a Parquet table here once the job (or merge) ends (pyarrow, pandas, Spark)");
@@ -392,6 +393,7 @@ int Run(const CommandLine& line) {
     return 2;
   }
   if (const std::string error = FlagValueError(); !error.empty()) return UsageError(error);
+  if (const std::string error = ConnectionFlagsError(); !error.empty()) return UsageError(error);
   if (const std::string error = SameFileError(
           JobFiles({{"--input", absl::GetFlag(FLAGS_input), false}, {"--job", absl::GetFlag(FLAGS_job), false}},
                    /*job=*/true));

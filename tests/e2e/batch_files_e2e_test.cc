@@ -300,6 +300,8 @@ TEST(BatchCommandLine, BadFlagsAreUsageErrors) {
       {"--progress_seconds=nan", "--progress_seconds: give a number of seconds of at least 0, not nan"},
       {"--shard_index=3", "--shard_index 3 must lie in [0, --shard_count 1)"},
       {"--shard_count", "--shard_count: give a value"},
+      {"--ca=/x", "--ca: given without --tls (the connection would be plaintext)"},
+      {"--tls_server_name=a", "--tls_server_name: given without --tls"},
   };
   for (const auto& [flag, message] : cases) {
     std::vector<std::string> args = job;

@@ -298,6 +298,9 @@ TEST(CliCommandLine, BadFlagsAreUsageErrors) {
       {"--stop='a\\,\\q'", "--stop: \"a,\\q\": "},
       {"--stop='a\\,b,\\q'", "--stop: \"\\q\": "},
       {"--stop='ok,\\'", "--stop: \"\\\": "},
+      // How the connection flags combine: found before connecting (exit 1 before, as a failed call).
+      {"--ca=/x", "--ca: given without --tls (the connection would be plaintext)"},
+      {"--tls --cert=/x", "--cert: give --cert and --key together for mutual TLS, or neither"},
   };
   for (const auto& [flag, message] : cases) {
     auto [code, output] = RunCommand(absl::StrCat(ATTRIBUTION_CLI_BINARY, " attribute --server=127.0.0.1:1 ", flag));

@@ -106,3 +106,19 @@ def test_a_hung_server_ends_the_run_a_timeout_after_its_duration(fake_server):
     logprobs = report["rpcs"]["logprobs"]
     assert logprobs["ok"] == 0 and logprobs["errors"] == {"DEADLINE_EXCEEDED": logprobs["calls"]}
     assert report["seconds"] < 5
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--bogus=1"], "unknown flag --bogus"),
+    (["--concurrency=abc"], "--concurrency: illegal value \"abc\""),
+    (["--ca=/x"], "--ca: given without --tls"),
+    (["--background=attribute n_steps=x"], "--background: n_steps: \"x\" is not a number"),
+    (["--background=attribute steps=8"], "--background: unknown setting \"steps=8\""),
+])
+def test_usage_errors_exit_2_naming_the_flag(flags, message):
+    """abseil exited 1 on an unknown flag or an unparsable value, where a usage error is 2 in every tool; a bad
+    --background value was called an unknown setting."""
+    done = subprocess.run([os.environ["ATTRIBUTION_BENCH_BINARY"], "--server=127.0.0.1:1", "--duration=1", *flags],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
