@@ -169,6 +169,14 @@ std::vector<std::string> UnreadSettings(const v1::AttributeRequest& proto, const
   if (own_baselines && (reads & engine::kReadsBaseline) != 0 && proto.baseline() != v1::BASELINE_UNSPECIFIED) {
     unread.push_back("baseline");
   }
+  // A group's own baseline is read where the request's is (a method that puts no feature at a baseline reads
+  // neither).
+  const bool any_own_baseline = std::any_of(proto.feature_groups().begin(), proto.feature_groups().end(),
+                                            [](const v1::FeatureGroup& group) { return group.has_baseline(); });
+  if (any_own_baseline && (reads & engine::kReadsBaseline) == 0) {
+    static const std::string kGroupBaseline = "feature_groups.baseline";  // a literal tripped GCC 12's -Warray-bounds
+    unread.push_back(kGroupBaseline);
+  }
   if (IsSet(proto.target()) && proto.has_generation() && proto.generation().ByteSizeLong() > 0) {
     unread.push_back("generation");
   }

@@ -296,6 +296,9 @@ TEST_F(ConversionTest, SettingsTheMethodDoesNotReadAreNamed) {
   };
   EXPECT_THAT(unread(v1::FEATURE_ABLATION, groups(true)), ElementsAre("baseline"));
   EXPECT_THAT(unread(v1::FEATURE_ABLATION, groups(false)), ::testing::IsEmpty());
+  // A group's own baseline where the method puts no feature at a baseline (it was named nowhere).
+  EXPECT_THAT(unread(v1::SALIENCY, groups(false)), ElementsAre("baseline", "feature_groups.baseline"));
+  EXPECT_THAT(unread(v1::ATTN_LRP, groups(true)), ElementsAre("baseline", "feature_groups.baseline"));
   // The answer carries them.
   v1::AttributeRequest proto = Request();
   proto.set_method(v1::SALIENCY);
