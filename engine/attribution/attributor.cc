@@ -136,9 +136,14 @@ class PlanRun : public std::enable_shared_from_this<PlanRun> {
         [progress = progress_] { progress->RowAnswered(); });
   }
 
-  // The answer, with the request's queue and device time once all its rows ran.
+  // The answer, with the request's queue and device time once all its rows ran. Rows it ran beyond the plan's
+  // and faithfulness' generated its target: counted too, as their device time is (each one forward pass).
   void Answer(AttributionResult result) {
     const Request::Stats stats = handle_->stats();
+    if (const int64_t generation_rows = stats.rows_done - result.rows; generation_rows > 0) {
+      result.rows += generation_rows;
+      result.forward_passes += generation_rows;
+    }
     result.queue_time = stats.queue_time;
     result.device_time = stats.device_time;
     done_(std::move(result));

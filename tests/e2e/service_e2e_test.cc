@@ -377,6 +377,28 @@ TEST_F(ServiceTest, GenerationsCountEachRowAsOneForwardPass) {
   }
 }
 
+// An Attribute call that generates its target ran the generation's rows too: its stats left them out (the
+// device time counted them), so its rows were those of the same call with the target given.
+TEST_F(ServiceTest, AnAttributionOfAGeneratedTargetCountsTheGenerationsRows) {
+  auto client = Connect(server_->address());
+  const client::AttributeOptions generated_options{.model = "demo",
+                                                   .prompt = "Once upon a time",
+                                                   .generation = {.max_new_tokens = 4, .ignore_stop_tokens = true},
+                                                   .method = "saliency"};
+  absl::StatusOr<Attribution> generated = client->Attribute(generated_options);
+  ASSERT_THAT(generated, IsOk());
+  ASSERT_EQ(generated->target_tokens.size(), 4u);
+  client::AttributeOptions given_options = generated_options;
+  given_options.generation = {};
+  for (const client::Token& token : generated->target_tokens) given_options.target_ids.push_back(token.id);
+  absl::StatusOr<Attribution> given = client->Attribute(given_options);
+  ASSERT_THAT(given, IsOk());
+  // Four tokens take four generation rows (a prefill, then a decode step per token but the last), forward only.
+  EXPECT_EQ(generated->stats.rows, given->stats.rows + 4);
+  EXPECT_EQ(generated->stats.forward_passes, given->stats.forward_passes + 4);
+  EXPECT_EQ(generated->stats.backward_passes, given->stats.backward_passes);
+}
+
 TEST_F(ServiceTest, AsyncCallsOfEveryRpcRunTogetherAndMatchTheSyncOnes) {
   auto client = Connect(server_->address());
   const AttributeOptions attribute{.model = "demo", .prompt = kPrompt, .target = kTarget, .n_steps = 8};
