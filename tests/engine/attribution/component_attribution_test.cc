@@ -11,8 +11,10 @@
 #include <gtest/gtest.h>
 
 #include <future>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "engine/common/status_macros.h"
 #include "tests/testing/reference.h"
 #include "tests/testing/status_matchers.h"
 
@@ -219,6 +221,43 @@ TEST_P(ComponentAttributionTest, BadRequestsNameTheField) {
   request.metric = ComponentMetric::kNormalizedLogitDifference;
   EXPECT_THAT(Run(request).status(),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("pairs[0]: clean and corrupted are the same")));
+}
+
+// The model's executor, with every patched row's metric (and derivative along the patch) NaN: what a model that
+// overflows only once a component is patched answers.
+class NaNWherePatched : public BatchExecutor {
+ public:
+  explicit NaNWherePatched(std::unique_ptr<BatchExecutor> model) : model_(std::move(model)) {}
+  absl::Status Run(RowKind kind, const std::vector<const Row*>& rows, std::vector<RowResult>& results) override {
+    RETURN_IF_ERROR(model_->Run(kind, rows, results));
+    for (size_t i = 0; i < rows.size(); ++i) {
+      if (!rows[i]->component.patch) continue;
+      results[i].value = std::numeric_limits<double>::quiet_NaN();
+      results[i].alpha_gradient = std::numeric_limits<double>::quiet_NaN();
+    }
+    return absl::OkStatus();
+  }
+  int64_t CapturedBytesPerToken(bool attention_inputs) const override {
+    return model_->CapturedBytesPerToken(attention_inputs);
+  }
+
+ private:
+  std::unique_ptr<BatchExecutor> model_;
+};
+
+// A NaN in a grid ranked its components in index order, answered OK; it is FAILED_PRECONDITION naming the pair.
+TEST_P(ComponentAttributionTest, AGridWithNaNIsRefusedNamingThePair) {
+  engine_ = std::move(*BatchingEngine::Create(std::make_unique<NaNWherePatched>(MakeModelExecutor(model_)),
+                                              {.max_queue_delay = absl::ZeroDuration()}));
+  for (ComponentMethod method : {ComponentMethod::kActivationPatching, ComponentMethod::kLayerIntegratedGradients}) {
+    SCOPED_TRACE(static_cast<int>(method));
+    ComponentRequest request = Request(method, {ComponentSite::kHeads});
+    request.pairs.push_back(kOtherPair);
+    request.n_steps = 2;
+    EXPECT_THAT(Run(request).status(), StatusIs(absl::StatusCode::kFailedPrecondition,
+                                                HasSubstr("pairs[0]: the components' attributions (a patched run's "
+                                                          "metric or its gradient) came out NaN")));
+  }
 }
 
 // Every row runs one 7-token prompt of the pair, so the request's rows hold 7 x rows tokens: a limit of
