@@ -239,9 +239,13 @@ absl::StatusOr<engine::GenerationOptions> ToGenerationOptions(const v1::Generati
                                ? proto.max_new_tokens()
                                : std::max<int64_t>(1, std::min({options.max_new_tokens, max_new, room}));
   if (options.max_new_tokens < 1 || options.max_new_tokens > max_new) {
-    return Invalid("generation.max_new_tokens", absl::StrCat(options.max_new_tokens, " is outside [1, ", max_new, "]"));
+    return Invalid("generation.max_new_tokens",
+                   absl::StrCat(options.max_new_tokens, " is outside [1, ", max_new, "] (0: the default)"));
   }
   options.temperature = proto.temperature();
+  if (!(proto.top_p() >= 0 && proto.top_p() <= 1)) {
+    return Invalid("generation.top_p", absl::StrCat(proto.top_p(), " is outside [0, 1] (0: 1, no truncation)"));
+  }
   if (proto.top_p() != 0) options.top_p = proto.top_p();
   options.top_k = proto.top_k();
   options.seed = proto.seed();

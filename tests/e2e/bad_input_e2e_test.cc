@@ -575,7 +575,7 @@ std::vector<BadCase> BadCases() {
             r.clear_target();
             r.mutable_generation()->set_max_new_tokens(100000);
           },
-          kInvalid, "generation.max_new_tokens"),
+          kInvalid, "generation.max_new_tokens: 100000 is outside [1, 512] (0: the default)"),
       Attribute(
           "negative temperature",
           [](A& r) {
@@ -589,7 +589,14 @@ std::vector<BadCase> BadCases() {
             r.clear_target();
             r.mutable_generation()->set_top_p(1.5);
           },
-          kInvalid, "top_p"),
+          kInvalid, "generation.top_p: 1.5 is outside [0, 1] (0: 1, no truncation)"),
+      Attribute(
+          "negative top_p",
+          [](A& r) {
+            r.clear_target();
+            r.mutable_generation()->set_top_p(-0.5);
+          },
+          kInvalid, "generation.top_p: -0.5 is outside [0, 1]"),
       Attribute(
           "oversized message", [](A& r) { r.mutable_prompt()->set_text(std::string(5 << 20, 'a')); },
           StatusCode::RESOURCE_EXHAUSTED, "larger than max"),
