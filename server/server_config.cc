@@ -418,11 +418,18 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
     if (absl::Status s = engine::CheckDeviceName(m.device); !s.ok()) {
       return absl::InvalidArgumentError(absl::StrCat(where, ".", s.message()));  // models[i].device "x" ...
     }
-    if (absl::Status s = engine::ParseQuantization(m.quantization).status(); !s.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ".quantization: ", s.message()));
+    absl::StatusOr<engine::Quantization> quantization = engine::ParseQuantization(m.quantization);
+    if (!quantization.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ".quantization: ", quantization.status().message()));
     }
     if (absl::Status s = engine::ValidateFourBitOptions({.block_size = m.quantization_block_size}); !s.ok()) {
       return absl::InvalidArgumentError(absl::StrCat(where, ".quantization_block_size: ", s.message()));
+    }
+    // They were ignored with any other quantization (a pre-quantized checkpoint's own are its files').
+    if (!engine::IsFourBit(*quantization) && (m.double_quantization || m.quantization_block_size != 64)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ".", m.double_quantization ? "double_quantization" : "quantization_block_size",
+                       ": applies to nf4 / fp4 quantization only, not \"", m.quantization, "\""));
     }
     RETURN_IF_ERROR(ValidateEngineOptions(m.engine, where + ".engine"));
     RETURN_IF_ERROR(ValidateLimits(m.limits, where + ".limits"));

@@ -257,6 +257,17 @@ TEST(ServerConfig, ValidationNamesTheField) {
   EXPECT_THAT(ValidateServerConfig(config).message(),
               HasSubstr("models[0].quantization_block_size: 4-bit block size 48"));
   config.models[0].quantization_block_size = 128;
+  // The 4-bit settings with another quantization were ignored.
+  config.models[0].quantization = "int8";
+  EXPECT_THAT(ValidateServerConfig(config).message(),
+              HasSubstr("models[0].quantization_block_size: applies to nf4 / fp4 quantization only, not \"int8\""));
+  config.models[0].quantization_block_size = 64;
+  config.models[0].double_quantization = true;
+  config.models[0].quantization = "none";
+  EXPECT_THAT(ValidateServerConfig(config).message(),
+              HasSubstr("models[0].double_quantization: applies to nf4 / fp4 quantization only, not \"none\""));
+  config.models[0].quantization = "nf4";
+  EXPECT_THAT(ValidateServerConfig(config), IsOk());
   config.max_top_k = 21;
   EXPECT_THAT(ValidateServerConfig(config).message(), HasSubstr("max_top_k = 21"));
   config.max_top_k = 20;
