@@ -30,15 +30,30 @@ void Attributor::Attribute(std::shared_ptr<Request> handle, AttributionRequest r
   if (!request.target_ids.empty()) {
     return AttributeTarget(std::move(handle), std::move(request), std::move(done), std::move(progress));
   }
-  // No target: generate it first (greedy by default, as Captum), then attribute it.
+  // No target: generate it first (greedy by default, as Captum), then attribute it. Progress counts the
+  // generation's rows too, one per token: until the target is known, of max_new_tokens; then the plan's after.
   const Attributor* self = this;
   auto shared_request = std::make_shared<AttributionRequest>(std::move(request));
-  GenerateAsync(*engine_, handle, model_->config(), shared_request->prompt_ids, shared_request->generation,
-                [self, handle, shared_request, done, progress](absl::StatusOr<Generation> generation) {
-                  if (!generation.ok()) return done(generation.status());
-                  shared_request->target_ids = generation->tokens;
-                  self->AttributeTarget(handle, std::move(*shared_request), done, progress);
-                });
+  auto generated = std::make_shared<int64_t>(0);
+  TokenCallback on_token = nullptr;
+  if (progress) {
+    on_token = [progress, generated, most = shared_request->generation.max_new_tokens](int64_t, float) {
+      progress(++*generated, most);
+    };
+  }
+  GenerateAsync(
+      *engine_, handle, model_->config(), shared_request->prompt_ids, shared_request->generation,
+      [self, handle, shared_request, done, progress](absl::StatusOr<Generation> generation) {
+        if (!generation.ok()) return done(generation.status());
+        shared_request->target_ids = generation->tokens;
+        Progress after_generation = nullptr;
+        if (progress) {
+          after_generation = [progress, rows = static_cast<int64_t>(generation->tokens.size())](
+                                 int64_t done, int64_t total) { progress(rows + done, rows + total); };
+        }
+        self->AttributeTarget(handle, std::move(*shared_request), done, std::move(after_generation));
+      },
+      std::move(on_token));
 }
 
 namespace {

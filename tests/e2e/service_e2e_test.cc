@@ -397,6 +397,17 @@ TEST_F(ServiceTest, AnAttributionOfAGeneratedTargetCountsTheGenerationsRows) {
   EXPECT_EQ(generated->stats.rows, given->stats.rows + 4);
   EXPECT_EQ(generated->stats.forward_passes, given->stats.forward_passes + 4);
   EXPECT_EQ(generated->stats.backward_passes, given->stats.backward_passes);
+  // The stream's progress counts them too (it showed nothing while the target was generated): a token at a time
+  // of max_new_tokens, then the attribution's rows after them, to the answer's rows.
+  std::vector<std::pair<int64_t, int64_t>> progress;
+  absl::StatusOr<Attribution> streamed = client->AttributeStream(
+      generated_options, [&](int64_t done, int64_t total) { progress.emplace_back(done, total); });
+  ASSERT_THAT(streamed, IsOk());
+  ASSERT_GE(progress.size(), 5u);
+  using Rows = std::pair<int64_t, int64_t>;  // done, total
+  for (int64_t k = 0; k < 4; ++k) EXPECT_EQ(progress[k], Rows(k + 1, 4));
+  for (size_t i = 1; i < progress.size(); ++i) EXPECT_GT(progress[i].first, progress[i - 1].first);
+  EXPECT_EQ(progress.back(), Rows(streamed->stats.rows, streamed->stats.rows));
 }
 
 TEST_F(ServiceTest, AsyncCallsOfEveryRpcRunTogetherAndMatchTheSyncOnes) {
