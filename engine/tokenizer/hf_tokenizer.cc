@@ -53,6 +53,9 @@ absl::StatusOr<std::unique_ptr<HfTokenizer>> HfTokenizer::Create(const json& tj,
   std::unique_ptr<HfTokenizer> t(new HfTokenizer());
   ASSIGN_OR_RETURN(t->model_, BpeModel::FromJson(tj["model"]));
   t->vocab_size_ = static_cast<int64_t>(t->model_.tokens().size());
+  if (tj.contains("normalizer") && !tj["normalizer"].is_null()) {
+    ASSIGN_OR_RETURN(t->normalizer_, TextNormalizer::FromJson(tj["normalizer"]));
+  }
   std::vector<AddedToken> added;
   for (const json& a : tj.value("added_tokens", json::array())) {
     if (!a.is_object() || !a.contains("id") || !a["id"].is_number_integer() || a["id"].get<int64_t>() < 0 ||
@@ -64,14 +67,23 @@ absl::StatusOr<std::unique_ptr<HfTokenizer>> HfTokenizer::Create(const json& tj,
       return absl::InvalidArgumentError(absl::StrCat("tokenizer.json: added token id ", a["id"].get<int64_t>(),
                                                      " is not below the limit of ", BpeModel::kMaxTokenId));
     }
-    added.push_back({a["id"].get<int64_t>(), a["content"].get<std::string>(), a.value("special", false),
-                     a.value("lstrip", false), a.value("rstrip", false)});
+    const bool special = a.value("special", false);
+    // The library's files always say "normalized"; without it, the library's own default for a new token.
+    added.push_back({.id = a["id"].get<int64_t>(),
+                     .content = a["content"].get<std::string>(),
+                     .special = special,
+                     .lstrip = a.value("lstrip", false),
+                     .rstrip = a.value("rstrip", false),
+                     .single_word = a.value("single_word", false),
+                     .normalized = a.value("normalized", !special)});
     t->vocab_size_ = std::max(t->vocab_size_, added.back().id + 1);
   }
-  t->added_ = AddedTokens(std::move(added));
-  if (tj.contains("normalizer") && !tj["normalizer"].is_null()) {
-    ASSIGN_OR_RETURN(t->normalizer_, TextNormalizer::FromJson(tj["normalizer"]));
-  }
+  // A token with "normalized" is looked for as the normalizer writes its content ("▁hi" for "hi" after
+  // Llama 2's Prepend("▁")), as the library does.
+  const TextNormalizer* normalizer = t->normalizer_.get();
+  t->added_ = AddedTokens(std::move(added), [normalizer](const std::string& content) {
+    return normalizer != nullptr ? normalizer->Apply(NormalizedText::FromOriginal(content, 0)).text : content;
+  });
   if (tj.contains("pre_tokenizer") && !tj["pre_tokenizer"].is_null()) {
     ASSIGN_OR_RETURN(t->pre_tokenizer_, PreTokenizer::FromJson(tj["pre_tokenizer"]));
   }
@@ -165,18 +177,34 @@ absl::Status HfTokenizer::EncodeSegment(const std::string& text, size_t begin, s
   if (end <= begin) return absl::OkStatus();
   NormalizedText normalized = NormalizedText::FromOriginal(text.substr(begin, end - begin), begin);
   if (normalizer_) normalized = normalizer_->Apply(normalized);
-  std::vector<NormalizedText> words;
-  if (pre_tokenizer_)
-    RETURN_IF_ERROR(pre_tokenizer_->Split(normalized, begin == 0, words));
-  else
-    words.push_back(std::move(normalized));
-  for (const NormalizedText& word : words) {
+  return added_.SplitNormalized(
+      normalized.text,
+      [&](size_t b, size_t e) {
+        // Metaspace's prepend_scheme "first": only the piece that starts the input, before any token.
+        const bool first = begin == 0 && b == 0;
+        if (b == 0 && e == normalized.text.size()) return EncodeNormalized(normalized, first, out);
+        return EncodeNormalized(normalized.Slice(b, e), first, out);
+      },
+      [&](const AddedToken& token, size_t b, size_t e) {
+        out.ids.push_back(token.id);
+        out.spans.push_back({normalized.OriginAt(b), normalized.OriginAt(e)});
+      });
+}
+
+absl::Status HfTokenizer::EncodeNormalized(const NormalizedText& piece, bool first, Encoding& out) const {
+  auto tokenize = [&](const NormalizedText& word) {
     for (const WordToken& token : model_.Tokenize(word.text)) {
       out.ids.push_back(token.id);
-      out.spans.push_back(
-          {word.OriginAt(token.begin), token.end < word.text.size() ? word.OriginAt(token.end) : word.origin_end});
+      out.spans.push_back({word.OriginAt(token.begin), word.OriginAt(token.end)});
     }
+  };
+  if (!pre_tokenizer_) {
+    tokenize(piece);
+    return absl::OkStatus();
   }
+  std::vector<NormalizedText> words;
+  RETURN_IF_ERROR(pre_tokenizer_->Split(piece, first, words));
+  for (const NormalizedText& word : words) tokenize(word);
   return absl::OkStatus();
 }
 

@@ -40,8 +40,11 @@ class HfTokenizer : public Tokenizer {
   std::optional<int64_t> IdOf(const std::string& token) const;
   // Whether `id` names a token: an added token or a vocab entry (a vocabulary may have gaps).
   bool HasToken(int64_t id) const;
-  // Tokenizes text between added tokens.
+  // Tokenizes text[begin, end), a stretch between tokens without "normalized": normalizes it, then splits
+  // it on the tokens with "normalized".
   absl::Status EncodeSegment(const std::string& text, size_t begin, size_t end, Encoding& out) const;
+  // Pre-tokenizes and tokenizes a normalized piece between added tokens; `first`: it starts the input.
+  absl::Status EncodeNormalized(const NormalizedText& piece, bool first, Encoding& out) const;
   std::string DecodeTokens(const std::vector<int64_t>& ids, bool skip_special, bool strip_leading_space) const;
 
   BpeModel model_;

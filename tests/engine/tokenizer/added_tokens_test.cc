@@ -5,10 +5,12 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cctype>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 
 namespace attribution::engine {
@@ -17,29 +19,33 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::Optional;
 
-// What Split reports, in order: a segment as "[begin,end)", a token as "id@begin".
-std::vector<std::string> SplitEvents(const AddedTokens& added, const std::string& text) {
+// What Split (or SplitNormalized) reports, in order: a segment as "[begin,end)", a token as "id@begin".
+std::vector<std::string> SplitEvents(const AddedTokens& added, const std::string& text, bool normalized = false) {
   std::vector<std::string> events;
-  const absl::Status status = added.Split(
-      text,
-      [&](size_t begin, size_t end) {
-        events.push_back(absl::StrCat("[", begin, ",", end, ")"));
-        return absl::OkStatus();
-      },
-      [&](const AddedToken& token, size_t begin, size_t end) {
-        EXPECT_EQ(text.substr(begin, end - begin), token.content);
-        events.push_back(absl::StrCat(token.id, "@", begin));
-      });
+  auto segment = [&](size_t begin, size_t end) {
+    events.push_back(absl::StrCat("[", begin, ",", end, ")"));
+    return absl::OkStatus();
+  };
+  auto token = [&](const AddedToken& token, size_t begin, size_t end) {
+    if (!normalized) {
+      EXPECT_EQ(text.substr(begin, end - begin), token.content);
+    }
+    events.push_back(absl::StrCat(token.id, "@", begin));
+  };
+  const absl::Status status =
+      normalized ? added.SplitNormalized(text, segment, token) : added.Split(text, segment, token);
   EXPECT_TRUE(status.ok()) << status;
   return events;
 }
 
-// The matching as it was before the trie (and as documented): the tokens longest first, of equal length in
-// the order given, and at each position the first of them that the text goes on with.
+// The library's rules, token by token over ASCII text, without the trie: the tokens longest first, of
+// equal length in the order given, and at each position the first of them that the text goes on with; a
+// single_word one is passed over (and the search goes on after it) where a letter, digit or "_" touches it.
 std::vector<std::string> ScanEveryToken(std::vector<AddedToken> tokens, const std::string& text) {
   std::stable_sort(tokens.begin(), tokens.end(),
                    [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
   auto space = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; };
+  auto word = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; };
   std::vector<std::string> events;
   size_t from = 0, i = 0;
   while (i < text.size()) {
@@ -50,12 +56,17 @@ std::vector<std::string> ScanEveryToken(std::vector<AddedToken> tokens, const st
       ++i;
       continue;
     }
-    size_t segment_end = i, next = i + match->content.size();
+    const size_t begin = i, end = i + match->content.size();
+    i = end;
+    if (match->single_word && ((begin > 0 && word(text[begin - 1])) || (end < text.size() && word(text[end])))) {
+      continue;
+    }
+    size_t segment_end = begin, next = end;
     while (match->lstrip && segment_end > from && space(text[segment_end - 1])) --segment_end;
     while (match->rstrip && next < text.size() && space(text[next])) ++next;
     if (segment_end > from) events.push_back(absl::StrCat("[", from, ",", segment_end, ")"));
-    events.push_back(absl::StrCat(match->id, "@", i));
-    from = i = next;
+    events.push_back(absl::StrCat(match->id, "@", begin));
+    from = next;
   }
   if (text.size() > from) events.push_back(absl::StrCat("[", from, ",", text.size(), ")"));
   return events;
@@ -104,9 +115,10 @@ TEST(AddedTokens, MatchesBytesPastAscii) {
   EXPECT_THAT(added.IdOf("\xC3\xA9t\xC3\xA9"), Optional(2));
 }
 
-// Random small alphabets make tokens that overlap, nest and repeat, with and without lstrip / rstrip: the
-// trie splits every text as the scan over every token did.
-TEST(AddedTokens, SplitsAsTheScanOverEveryTokenDid) {
+// Random small alphabets make tokens that overlap, nest and repeat, with and without single_word, lstrip and
+// rstrip: the tries split every text as the scan over every token does, those without `normalized` in
+// Split, those with it (here normalized to themselves) in SplitNormalized.
+TEST(AddedTokens, SplitsAsTheScanOverEveryToken) {
   std::mt19937 random(20261206);
   const std::string alphabet = "ab< \n";
   auto random_text = [&](int max_length) {
@@ -115,22 +127,71 @@ TEST(AddedTokens, SplitsAsTheScanOverEveryTokenDid) {
     return text;
   };
   for (int trial = 0; trial < 300; ++trial) {
-    std::vector<AddedToken> tokens;
+    std::vector<AddedToken> tokens, raw, normalized;
     const int n = std::uniform_int_distribution<int>(1, 12)(random);
     for (int k = 0; k < n; ++k) {
       tokens.push_back({.id = std::uniform_int_distribution<int64_t>(0, 8)(random),
                         .content = random_text(5),
                         .special = random() % 2 == 0,
                         .lstrip = random() % 3 == 0,
-                        .rstrip = random() % 3 == 0});
+                        .rstrip = random() % 3 == 0,
+                        .single_word = random() % 3 == 0,
+                        .normalized = random() % 2 == 0});
+      (tokens.back().normalized ? normalized : raw).push_back(tokens.back());
     }
     const AddedTokens added(tokens);
     for (int t = 0; t < 20; ++t) {
       const std::string text = random_text(40);
-      ASSERT_EQ(SplitEvents(added, text), ScanEveryToken(tokens, text))
-          << "trial " << trial << " text \"" << text << "\"";
+      ASSERT_EQ(SplitEvents(added, text), ScanEveryToken(raw, text)) << "trial " << trial << " text \"" << text << "\"";
+      ASSERT_EQ(SplitEvents(added, text, /*normalized=*/true), ScanEveryToken(normalized, text))
+          << "trial " << trial << " text \"" << text << "\" (normalized)";
     }
   }
+}
+
+// As the `tokenizers` library's own cases (and its Python package's ids for them): a single_word token
+// counts only with no word character beside it, and Unicode's marks, "_" and joiners are word characters,
+// punctuation and "-" are not.
+TEST(AddedTokens, SingleWordTokensNeedNoWordCharacterBeside) {
+  const AddedTokens added({{.id = 1, .content = "<mask>", .single_word = true}});
+  EXPECT_THAT(SplitEvents(added, "<mask> My name <mask> A<mask> <mask>ony <mask>"),
+              ElementsAre("1@0", "[6,15)", "1@15", "[21,40)", "1@40"));
+  EXPECT_THAT(SplitEvents(added, "<mask>, <mask>- \u25cc\u0330<mask>_<mask> 3<mask> <mask>\u200d"),
+              ElementsAre("1@0", "[6,8)", "1@8", "[14,52)"));
+}
+
+// A single_word token passed over is not searched again for shorter tokens inside it, as the library's
+// search goes on after each match: in "xab ab" the "b" of "xab" is text ("x", "a", "b" in Python).
+TEST(AddedTokens, ASingleWordTokenPassedOverHidesTheTokensInsideIt) {
+  const AddedTokens added({{.id = 1, .content = "ab", .single_word = true}, {.id = 2, .content = "b"}});
+  EXPECT_THAT(SplitEvents(added, "xab ab"), ElementsAre("[0,4)", "1@4"));
+  EXPECT_THAT(SplitEvents(added, "x b"), ElementsAre("[0,2)", "2@2"));
+}
+
+// lstrip / rstrip take Unicode whitespace (U+2000, U+00A0), as the library's \s does; the search goes on
+// after the token, not after the whitespace, so a token that starts with a space is still found there
+// ("ax  yb" is "a", "x  ", " y", "b" in Python).
+TEST(AddedTokens, StripsUnicodeWhitespaceAndSearchesOnInsideIt) {
+  const AddedTokens added({{.id = 1, .content = "<m>", .lstrip = true, .rstrip = true, .single_word = true}});
+  EXPECT_THAT(SplitEvents(added, "a\u2000<m>\u00a0x a<m> \t<m>\t"), ElementsAre("[0,1)", "1@4", "[9,15)", "1@17"));
+  const AddedTokens overlapping({{.id = 1, .content = "x ", .rstrip = true}, {.id = 2, .content = " y"}});
+  EXPECT_THAT(SplitEvents(overlapping, "ax  yb"), ElementsAre("[0,1)", "1@1", "2@3", "[5,6)"));
+}
+
+// A token with `normalized` is looked for in the form `normalize` gives its content, and only by
+// SplitNormalized; where a segment starts is a word boundary (the library matches each segment alone).
+TEST(AddedTokens, NormalizedTokensAreFoundInTheirNormalizedForm) {
+  const AddedTokens added({{.id = 1, .content = "Hello", .normalized = true},
+                           {.id = 2, .content = "MY", .single_word = true, .normalized = true},
+                           {.id = 3, .content = "SEP", .special = true}},
+                          [](const std::string& content) { return absl::AsciiStrToLower(content); });
+  EXPECT_THAT(SplitEvents(added, "hello Hello"), ElementsAre("[0,11)"));
+  EXPECT_THAT(SplitEvents(added, "hello Hello", /*normalized=*/true), ElementsAre("1@0", "[5,11)"));
+  EXPECT_THAT(SplitEvents(added, "xSEPmy"), ElementsAre("[0,1)", "3@1", "[4,6)"));
+  EXPECT_THAT(SplitEvents(added, "my", /*normalized=*/true), ElementsAre("2@0"));
+  EXPECT_THAT(SplitEvents(added, "xmy", /*normalized=*/true), ElementsAre("[0,3)"));
+  EXPECT_THAT(added.IdOf("Hello"), Optional(1));
+  EXPECT_EQ(added.IdOf("hello"), std::nullopt);
 }
 
 // 100,000 added tokens (as a tokenizer.json of "<extra_token_N>"s has) are each found where they stand.
