@@ -13,6 +13,10 @@ gpt2 (byte-level BPE), llama3 (regex split + byte-level, ignore_merges), qwen2 (
 byte-level), llama2 (Metaspace-style normalizer + byte fallback), metaspace (Metaspace pre-tokenizer)
 and sentencepiece (a trained SentencePiece BPE model with byte fallback).
 
+Also OUT_DIR/added_lowercase/ and OUT_DIR/added_llama2/: the metaspace tokenizer under an NFKC + Lowercase
+normalizer and the llama2 one, with added tokens of every option (single_word, lstrip, rstrip, normalized or
+not), and the library's ids for texts that put them next to words, marks, punctuation and Unicode spaces.
+
 Also OUT_DIR/sentencepiece_special/ and OUT_DIR/sentencepiece_map/: that tokenizer.model with a
 tokenizer_config.json naming bos / eos / unk and added tokens past the model's pieces (lstrip, rstrip,
 special or not, one the prefix of another), and with a special_tokens_map.json instead (eos with lstrip,
@@ -31,7 +35,7 @@ import random
 import sys
 
 import sentencepiece as spm
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 WORDS = ("the of and to in is was he for it with as his on be at by had are but from or have an they which "
          "one you were her all she there would their we him been has when who will more no if out so said what "
@@ -190,6 +194,7 @@ def main():
     write_byte_runs(directory, processor.piece_to_id, processor.piece_to_id("▁the"), processor.eos_id(),
                     lambda ids: processor.decode([i for i in ids if not processor.is_control(i)]))
     write_vocabulary_bytes(out_dir)
+    write_added_token_options(out_dir)
     print(f"wrote tokenizers to {out_dir}")
 
 
@@ -227,6 +232,70 @@ def write_byte_runs(directory, piece_id, word, eos, decode):
              for _ in range(200)]
     with open(os.path.join(directory, "byte_runs.json"), "w") as f:
         json.dump({"ids": runs, "decoded": [decode(r) for r in runs]}, f, ensure_ascii=False)
+
+
+# Added tokens with every option the library has, for tokenizers whose normalizer changes text: (content,
+# special, normalized, single_word, lstrip, rstrip). Normalized ones are found in the normalized text, in the
+# form the normalizer gives their content (lowercased, NFKC, or "▁Hello▁World" after Llama 2's normalizer).
+ADDED_OPTIONS = [("<|sep|>", True, False, False, False, False), ("Hello World", False, True, False, False, False),
+                 ("Mask", False, True, True, False, False), ("<w>", False, False, True, False, False),
+                 ("Qx", False, True, True, True, True), ("<l>", False, False, False, True, False),
+                 ("<r>", False, False, False, False, True), ("\ufb01ne", False, True, False, False, False),
+                 ("[SPAN]", True, True, True, True, True), (" !!", False, False, False, False, False),
+                 ("ab_cd", False, False, True, True, False)]
+# Where added tokens meet words, digits, "_", combining marks, punctuation and Unicode whitespace.
+ADDED_AROUND = ["", "", "", "un", "s", "_", "3", ".", "(", ")", "é", "\u0301", "-", "\u200d", "\u00a0", "\u2000",
+                "\u3000", " ", "  ", "\t", "\n"]
+
+
+def added_options_text(rng):
+    parts = []
+    for _ in range(rng.randint(1, 10)):
+        r = rng.random()
+        if r < 0.4:
+            content = rng.choice(ADDED_OPTIONS)[0]
+            content = rng.choice([content, content, content.upper(), content.lower(), content.title(),
+                                  "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in content)])
+            parts.append(rng.choice(ADDED_AROUND) + content + rng.choice(ADDED_AROUND))
+        elif r < 0.8:
+            parts.append(rng.choice(WORDS + ["mask", "masks", "qx", "fine", "hello world", "hello", "world"]))
+        else:
+            parts.append(rng.choice(ADDED_AROUND + ["!!", " !!!", "..."]))
+    return rng.choice([" ", " ", "", "  "]).join(parts)
+
+
+def write_added_token_options(out_dir):
+    """OUT_DIR/added_lowercase (the metaspace tokenizer with an NFKC + Lowercase normalizer) and
+    OUT_DIR/added_llama2 (the llama2 tokenizer, whose normalizer prepends and replaces "▁"), each with the added
+    tokens of ADDED_OPTIONS, and the library's ids for texts full of them (expected.json as write_expected's)."""
+    for kind, base, normalizer in (("added_lowercase", "metaspace",
+                                    normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])),
+                                   ("added_llama2", "llama2", None)):
+        tokenizer = Tokenizer.from_file(os.path.join(out_dir, base, "tokenizer.json"))
+        if normalizer is not None:
+            tokenizer.normalizer = normalizer
+        for content, special, normalized, single_word, lstrip, rstrip in ADDED_OPTIONS:
+            token = AddedToken(content, special=special, normalized=normalized, single_word=single_word,
+                               lstrip=lstrip, rstrip=rstrip)
+            (tokenizer.add_special_tokens if special else tokenizer.add_tokens)([token])
+        directory = os.path.join(out_dir, kind)
+        os.makedirs(directory, exist_ok=True)
+        tokenizer.save(os.path.join(directory, "tokenizer.json"))
+        with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+            json.dump({"eos_token": "</s>"}, f)
+        # Read back as a file is, so that the ids are the saved file's.
+        tokenizer = Tokenizer.from_file(os.path.join(directory, "tokenizer.json"))
+        rng = random.Random(6)
+        texts = [added_options_text(rng) for _ in range(2200)]
+        texts += ["xab_cd ab_cd", "<r>  !!", "<r>   !! x", "a\u2000Qx\u00a0b", "Mask, Mask- \u25cc\u0330Mask",
+                  "hello world", "Hello World", "HELLO WORLD", "say Hello World", "<|sep|>Hello World", "x<|sep|>Mask"]
+        size = tokenizer.get_vocab_size(with_added_tokens=True)
+        word = tokenizer.token_to_id("▁the") or tokenizer.token_to_id("e")
+        beyond = [with_ids_beyond([word] + tokenizer.encode(t, add_special_tokens=False).ids, size, k)
+                  for k, t in enumerate(corpus(3, 60, ""))]
+        write_expected(directory, texts, lambda t: tokenizer.encode(t).ids,
+                       lambda i: tokenizer.decode(i, skip_special_tokens=False),
+                       (beyond, [tokenizer.decode(i, skip_special_tokens=False) for i in beyond]))
 
 
 SPECIAL_TEXTS = ["Hello</s>", "</s>Hello", "<unk> and", "x<s>y", "<s>", "</s>", "<unk>", "<s></s>", "</s></s><s>",

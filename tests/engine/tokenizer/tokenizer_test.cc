@@ -391,6 +391,57 @@ TEST(SentencePieceTokenizer, DamagedNormalizerRulesAreRefusedAtLoad) {
   EXPECT_EQ(wide->ids, ascii->ids);
 }
 
+// Added tokens with every option of the library (tools/make_test_tokenizers.py's ADDED_OPTIONS: single_word,
+// lstrip, rstrip, normalized or not) in texts that put them next to words, digits, "_", combining marks,
+// punctuation and Unicode spaces, in upper, lower and full-width forms: ids equal to the `tokenizers`
+// library's under an NFKC + Lowercase normalizer and under Llama 2's Prepend / Replace("▁") one, where tokens
+// with "normalized" are found in the normalized text ("HELLO WORLD" is "Hello World"; "Mask" only where no
+// word character touches it). Decoding is not compared here: the library decodes such a token as its
+// normalized form passed through the decoder ("▁Hello▁World" to " Hello World"), ours as its content.
+class AddedTokenOptions : public TokenizerParity {};
+
+TEST_P(AddedTokenOptions, IdsMatchTheLibrary) {
+  const auto texts = expected_["texts"].get<std::vector<std::string>>();
+  const auto ids = expected_["ids"].get<std::vector<std::vector<int64_t>>>();
+  constexpr int64_t kFirstAdded = 1400, kAddedCount = 11;  // ids of ADDED_OPTIONS, in order
+  std::vector<int> found(kAddedCount, 0);
+  int mismatches = 0;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    auto encoding = tokenizer_->Encode(texts[i], /*add_special_tokens=*/true);
+    ASSERT_THAT(encoding, IsOk());
+    for (int64_t id : encoding->ids) {
+      if (id >= kFirstAdded && id < kFirstAdded + kAddedCount) ++found[id - kFirstAdded];
+    }
+    if (encoding->ids != ids[i] && ++mismatches <= 5) {
+      ADD_FAILURE() << "text " << i << " \"" << absl::CHexEscape(texts[i])
+                    << "\"\n  ours:    " << ::testing::PrintToString(encoding->ids)
+                    << "\n  library: " << ::testing::PrintToString(ids[i]);
+    }
+  }
+  std::cout << "[ tokenize ] " << GetParam() << ": " << texts.size() - mismatches << "/" << texts.size()
+            << " texts with the library's ids; added tokens found " << ::testing::PrintToString(found) << "\n";
+  EXPECT_EQ(mismatches, 0);
+  for (int64_t k = 0; k < kAddedCount; ++k) EXPECT_GE(found[k], 20) << "added token " << kFirstAdded + k;
+}
+
+// Tokens matched in normalized text span the original text they came from, in order with the rest.
+TEST_P(AddedTokenOptions, SpansLieInTheTextInOrder) {
+  const auto texts = expected_["texts"].get<std::vector<std::string>>();
+  for (size_t i = 0; i < texts.size(); ++i) {
+    auto encoding = tokenizer_->Encode(texts[i], /*add_special_tokens=*/true);
+    ASSERT_THAT(encoding, IsOk());
+    size_t previous_begin = 0;
+    for (const TokenSpan& span : encoding->spans) {
+      ASSERT_LE(span.begin, span.end) << "text " << i;
+      ASSERT_LE(span.end, texts[i].size()) << "text " << i;
+      ASSERT_GE(span.begin, previous_begin) << "text " << i;
+      previous_begin = span.begin;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Normalizers, AddedTokenOptions, ::testing::Values("added_lowercase", "added_llama2"));
+
 // A tokenizer.model whose tokenizer_config.json (or special_tokens_map.json) names special and added
 // tokens reads their strings in text as those tokens, as transformers does: ids equal to transformers'
 // SentencePiece tokenizer (the text split on the tokens, each segment encoded by the sentencepiece
