@@ -11,7 +11,9 @@ OUT_DIR/<kind>/expected.json = {"texts": [...], "ids": [[...], ...], "decoded": 
 [[...], ...], "beyond_vocab_decoded": [...]} for kinds
 gpt2 (byte-level BPE), llama3 (regex split + byte-level, ignore_merges), qwen2 (NFC + regex split +
 byte-level), llama2 (Metaspace-style normalizer + byte fallback), metaspace (Metaspace pre-tokenizer)
-and sentencepiece (a trained SentencePiece BPE model with byte fallback).
+and sentencepiece (a trained SentencePiece BPE model with byte fallback); gpt2_digits, gpt2_digit_runs,
+gpt2_merged_with_previous and gpt2_merged_with_next (gpt2 with a Digits or Split pre-tokenizer before its
+ByteLevel one) in the same layout.
 
 Also OUT_DIR/added_lowercase/ and OUT_DIR/added_llama2/: the metaspace tokenizer under an NFKC + Lowercase
 normalizer and the llama2 one, with added tokens of every option (single_word, lstrip, rstrip, normalized or
@@ -149,6 +151,51 @@ def write_expected(directory, texts, encode, decode, beyond):
                    "beyond_vocab_decoded": beyond[1]}, f, ensure_ascii=False)
 
 
+def write_kind(directory, tokenizer, special, texts):
+    """DIRECTORY/tokenizer.json, tokenizer_config.json and expected.json of `texts` for `tokenizer`."""
+    tokenizer.save(os.path.join(directory, "tokenizer.json"))
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+        json.dump({"eos_token": special}, f)
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    # Each starts with a plain word: the Metaspace decoder drops every "▁" of the first token ("▁▁" of
+    # a leading space, "▁make▁"), which ours does not copy (an issue of its own, not of these ids).
+    vocab = tokenizer.get_vocab()
+    mark = "▁" if any(w.startswith("▁") for w in vocab) else ""
+    word = min(i for w, i in vocab.items()
+               if w.startswith(mark) and w[len(mark):].isascii() and w[len(mark):].isalpha())
+    beyond = [with_ids_beyond([word] + tokenizer.encode(t, add_special_tokens=False).ids, size, k)
+              for k, t in enumerate(corpus(3, 60, ""))]
+    write_expected(directory, texts, lambda t: tokenizer.encode(t).ids,
+                   lambda i: tokenizer.decode(i, skip_special_tokens=False),
+                   (beyond, [tokenizer.decode(i, skip_special_tokens=False) for i in beyond]))
+
+
+# Numbers beyond the decimal digits (the `tokenizers` library's Digits splits what Rust's char::is_numeric
+# takes: Unicode's Nd, Nl and No) and runs of delimiters, for the pre-tokenizer variants.
+NUMERIC_TEXTS = ["   ²", "x² + y² = z²", "½ cup, ¾ full", "①②③ steps", "Ⅻ o'clock, ⅻ and Ⅳ", "x  12 y",
+                 "a\n\n 34  5 ", "٣٤ and ३४ and ４２", "10¹⁰ and H₂O", "  7", "7  ", "1 2  3   4", "²²2",
+                 "  ½  ", "𝟙𝟚 and 🄁", "x\t\t9\n"]
+
+
+def write_pre_tokenizer_variants(out_dir):
+    """OUT_DIR/gpt2_<variant>/: the gpt2 tokenizer with other pre-tokenizers before its ByteLevel one (Digits,
+    Split with each merging behavior), with the ids of the corpus plus NUMERIC_TEXTS."""
+    byte_level = lambda use_regex: pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=use_regex)
+    delimiters = lambda behavior: pre_tokenizers.Split(Regex(r"\s|\d"), behavior=behavior)
+    variants = {
+        "gpt2_digits": [pre_tokenizers.Digits(individual_digits=True), byte_level(True)],
+        "gpt2_digit_runs": [pre_tokenizers.Digits(individual_digits=False), byte_level(False)],
+        "gpt2_merged_with_previous": [delimiters("merged_with_previous"), byte_level(False)],
+        "gpt2_merged_with_next": [delimiters("merged_with_next"), byte_level(False)],
+    }
+    for kind, steps in variants.items():
+        directory = os.path.join(out_dir, kind)
+        os.makedirs(directory, exist_ok=True)
+        tokenizer = Tokenizer.from_file(os.path.join(out_dir, "gpt2", "tokenizer.json"))
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(steps)
+        write_kind(directory, tokenizer, SPECIALS["gpt2"], corpus(2, 2200, SPECIALS["gpt2"]) + NUMERIC_TEXTS)
+
+
 def main():
     out_dir = sys.argv[1]
     for kind in ("gpt2", "llama3", "qwen2", "llama2", "metaspace"):
@@ -156,21 +203,8 @@ def main():
         os.makedirs(directory, exist_ok=True)
         training = corpus(1, 3000, SPECIALS[kind])
         tokenizer = (byte_level_tokenizer if kind in ("gpt2", "llama3", "qwen2") else metaspace_tokenizer)(kind, training)
-        tokenizer.save(os.path.join(directory, "tokenizer.json"))
-        with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-            json.dump({"eos_token": SPECIALS[kind]}, f)
-        size = tokenizer.get_vocab_size(with_added_tokens=True)
-        # Each starts with a plain word: the Metaspace decoder drops every "▁" of the first token ("▁▁" of
-        # a leading space, "▁make▁"), which ours does not copy (an issue of its own, not of these ids).
-        vocab = tokenizer.get_vocab()
-        mark = "▁" if any(w.startswith("▁") for w in vocab) else ""
-        word = min(i for w, i in vocab.items()
-                   if w.startswith(mark) and w[len(mark):].isascii() and w[len(mark):].isalpha())
-        beyond = [with_ids_beyond([word] + tokenizer.encode(t, add_special_tokens=False).ids, size, k)
-                  for k, t in enumerate(corpus(3, 60, ""))]
-        write_expected(directory, corpus(2, 2200, SPECIALS[kind]) + LONG_WORDS,
-                       lambda t: tokenizer.encode(t).ids, lambda i: tokenizer.decode(i, skip_special_tokens=False),
-                       (beyond, [tokenizer.decode(i, skip_special_tokens=False) for i in beyond]))
+        write_kind(directory, tokenizer, SPECIALS[kind], corpus(2, 2200, SPECIALS[kind]) + LONG_WORDS)
+    write_pre_tokenizer_variants(out_dir)
 
     directory = os.path.join(out_dir, "sentencepiece")
     os.makedirs(directory, exist_ok=True)

@@ -278,7 +278,8 @@ void SplitAround(const NormalizedText& piece, const std::vector<std::pair<size_t
         if (is_match) ranges.emplace_back(start, end);
         break;
       case SplitBehavior::kMergedWithPrevious:
-        if (is_match && !ranges.empty() && ranges.back().second == start)
+        // Only onto a piece that is no match: "x  1" splits into "x ", " ", "1", as the tokenizers library splits.
+        if (is_match && i > 0 && !cuts[i - 1].second)
           ranges.back().second = end;
         else
           ranges.emplace_back(start, end);
@@ -562,7 +563,8 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> PreTokenizer::FromJson(const json&
                                                    spec.value("split", true));
   }
   if (type == "Digits") {
-    ASSIGN_OR_RETURN(auto regex, Regex::Compile(spec.value("individual_digits", false) ? "\\p{Nd}" : "\\p{Nd}+"));
+    // Every number, as the tokenizers library's Digits takes Rust's char::is_numeric ("²", "½", "Ⅻ" too).
+    ASSIGN_OR_RETURN(auto regex, Regex::Compile(spec.value("individual_digits", false) ? "\\p{N}" : "\\p{N}+"));
     return std::make_unique<RegexSplit>(std::move(regex), SplitBehavior::kIsolated);
   }
   if (type == "Whitespace") {

@@ -132,8 +132,12 @@ TEST_P(TokenizerParity, RejectsInvalidUtf8NamingTheByte) {
   EXPECT_THAT(tokenizer_->Decode({-1}, false), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
+// gpt2_*: the gpt2 tokenizer with Digits or Split (merging delimiters with the piece before or after) before its
+// ByteLevel pre-tokenizer, on texts with numbers that are not decimal digits ("²", "½", "Ⅻ") and delimiter runs.
 INSTANTIATE_TEST_SUITE_P(AllKinds, TokenizerParity,
-                         ::testing::Values("gpt2", "llama3", "qwen2", "llama2", "metaspace", "sentencepiece"));
+                         ::testing::Values("gpt2", "llama3", "qwen2", "llama2", "metaspace", "sentencepiece",
+                                           "gpt2_digits", "gpt2_digit_runs", "gpt2_merged_with_previous",
+                                           "gpt2_merged_with_next"));
 
 TEST(Tokenizer, SpansOfAsciiWordsCoverTheirText) {
   auto tokenizer = Tokenizer::Load(TokenizersDir() + "/gpt2");
