@@ -46,6 +46,19 @@ bool DecoderIsByteLevel(const json& decoder) {
   return false;
 }
 
+// Appends the bytes a byte-level token stands for: one for each character, unless a character stands for no
+// byte ("Ġ中"), where the tokenizers library's ByteLevel decoder takes the token's own text, all of it.
+void AppendByteLevelToken(const std::string& token, std::string& bytes) {
+  std::string token_bytes;
+  for (size_t i = 0; i < token.size(); i += Utf8Length(token[i])) {
+    if (!UnicodeToByte(token.substr(i, Utf8Length(token[i])), token_bytes)) {
+      bytes += token;
+      return;
+    }
+  }
+  bytes += token_bytes;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<HfTokenizer>> HfTokenizer::Create(const json& tj, const json& config) {
@@ -238,18 +251,18 @@ std::string HfTokenizer::DecodeTokens(const std::vector<int64_t>& ids, bool skip
   std::string bytes;
   for (int64_t id : ids) {
     if (!HasToken(id)) continue;
-    if (const AddedToken* added = added_.Find(id)) {
-      if (!(skip_special && added->special)) bytes += added->content;
+    const AddedToken* added = added_.Find(id);
+    if (added != nullptr && skip_special && added->special) continue;
+    // The tokenizers library's ByteLevel decoder reads an added token as any other: "ĠZqx" is " Zqx".
+    if (byte_level_) {
+      AppendByteLevelToken(added != nullptr ? added->content : model_.tokens()[id], bytes);
+      continue;
+    }
+    if (added != nullptr) {
+      bytes += added->content;
       continue;
     }
     const std::string& token = model_.tokens()[id];
-    if (byte_level_) {
-      for (size_t i = 0; i < token.size(); i += Utf8Length(token[i])) {
-        const std::string ch = token.substr(i, Utf8Length(token[i]));
-        if (!UnicodeToByte(ch, bytes)) bytes += ch;
-      }
-      continue;
-    }
     if (const std::optional<char> byte = model_.byte_fallback() ? BytePieceValue(token) : std::nullopt) {
       bytes.push_back(*byte);
       continue;

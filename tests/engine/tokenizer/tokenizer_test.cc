@@ -134,6 +134,8 @@ TEST_P(TokenizerParity, RejectsInvalidUtf8NamingTheByte) {
 
 // gpt2_*: the gpt2 tokenizer with Digits or Split (merging delimiters with the piece before or after) before its
 // ByteLevel pre-tokenizer, on texts with numbers that are not decimal digits ("²", "½", "Ⅻ") and delimiter runs.
+// gpt2_*: the gpt2 tokenizer with Digits or Split (merging delimiters with the piece before or after) before its
+// ByteLevel pre-tokenizer, on texts with numbers that are not decimal digits ("²", "½", "Ⅻ") and delimiter runs.
 INSTANTIATE_TEST_SUITE_P(AllKinds, TokenizerParity,
                          ::testing::Values("gpt2", "llama3", "qwen2", "llama2", "metaspace", "sentencepiece",
                                            "gpt2_digits", "gpt2_digit_runs", "gpt2_merged_with_previous",
@@ -202,6 +204,30 @@ TEST(HfTokenizerFile, IdsInAGapOfTheVocabularyAreNoTokens) {
   EXPECT_EQ((*tokenizer)->TokenText(50), "");
   EXPECT_EQ((*tokenizer)->Decode({0, 50, 1}, false).value_or("?"), (*tokenizer)->Decode({0, 1}, false).value_or("!"));
   EXPECT_THAT((*tokenizer)->Decode({0, 100}, false), IsOk());
+}
+
+// An added token's content goes through the ByteLevel decoder as the vocabulary's tokens do ("ĠZqx" decodes to
+// " Zqx"), and a token with a character outside the byte alphabet ("Ġ中") is its content's own bytes, as the
+// `tokenizers` library decodes them (gpt2_added/decoding.json).
+TEST(HfTokenizerFile, AddedTokensDecodeAsTheTokenizersLibraryDecodesThem) {
+  auto tokenizer = Tokenizer::Load(TokenizersDir() + "/gpt2_added");
+  ASSERT_THAT(tokenizer, IsOk());
+  std::ifstream in(TokenizersDir() + "/gpt2_added/decoding.json");
+  const nlohmann::json expected = nlohmann::json::parse(in);
+  const auto sequences = expected["ids"].get<std::vector<std::vector<int64_t>>>();
+  ASSERT_GE(sequences.size(), 300u);
+  for (size_t i = 0; i < sequences.size(); ++i) {
+    SCOPED_TRACE(::testing::Message() << "ids " << ::testing::PrintToString(sequences[i]));
+    for (const bool skip : {false, true}) {
+      absl::StatusOr<std::string> text = (*tokenizer)->Decode(sequences[i], skip);
+      ASSERT_THAT(text, IsOk());
+      EXPECT_EQ(ToValidUtf8(*text), expected[skip ? "decoded_skipping_special" : "decoded"][i].get<std::string>())
+          << "skip_special_tokens " << skip;
+    }
+    if (sequences[i].size() == 1) {
+      EXPECT_EQ(ToValidUtf8((*tokenizer)->TokenText(sequences[i][0])), expected["decoded"][i].get<std::string>());
+    }
+  }
 }
 
 // Added tokens that overlap: at each position the longest that starts there, wherever it is in the file, and
