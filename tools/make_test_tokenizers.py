@@ -29,7 +29,8 @@ transformers' SentencePiece tokenizer (SentencePieceBackend: the text split on a
 tokens, each segment encoded by the sentencepiece library, as transformers' LlamaTokenizer did up to
 version 4 and Llama 2's tokenizer.json does) plus bos; "transformers_ids" as transformers 5's
 AutoTokenizer (LlamaTokenizer built from tokenizer.model), which adds no word-boundary mark to a segment
-that starts with a space; "plain": whether no segment does, where the two agree.
+that starts with a space; "plain": whether no segment does, where the two agree; "decode_ids" with that
+AutoTokenizer's "decoded" (None where a control or the unknown piece is kept) and "decoded_skipping_special".
 """
 import io
 import json
@@ -423,9 +424,35 @@ def write_sentencepiece_special(out_dir, model_bytes):
                         pieces[i + 1] = pieces[i + 1].lstrip()
             return not any(p[:1].isspace() for p in pieces if p and p not in added)
         ids = [[1] + by_segments.encode(t, add_special_tokens=False) for t in texts]
+        processor = spm.SentencePieceProcessor(model_proto=model_bytes)
+        decode_ids = decoding_sequences(processor, size,
+                                        [int(i) for i in config.get("added_tokens_decoder", {}) if int(i) >= size])
+        # None where a control or the unknown piece is kept: libsentencepiece decodes those to nothing and " ⁇ ",
+        # transformers to their names (a difference of its own, which the server's prompt text relies on).
+        kept = lambda ids: not any(i < size and (processor.is_control(i) or processor.is_unknown(i)) for i in ids)
         with open(os.path.join(directory, "expected.json"), "w") as f:
             json.dump({"texts": texts, "ids": ids, "transformers_ids": [by_transformers.encode(t) for t in texts],
-                       "plain": [plain(t) for t in texts]}, f, ensure_ascii=False)
+                       "plain": [plain(t) for t in texts], "decode_ids": decode_ids,
+                       "decoded": [by_transformers.decode(i, skip_special_tokens=False) if kept(i) else None
+                                   for i in decode_ids],
+                       "decoded_skipping_special": [by_transformers.decode(i, skip_special_tokens=True)
+                                                    for i in decode_ids]}, f, ensure_ascii=False)
+
+
+def decoding_sequences(processor, size, added):
+    """Id sequences with added tokens past the model's pieces (`added`) before, between and after words with and
+    without a word-boundary mark ("▁HELLO", "7"), at the start of the text too, and random ones of such ids."""
+    piece = processor.piece_to_id
+    words = [piece(p) for p in ("▁HELLO", "▁the", "7", "e", "▁", "ing")]
+    hello, the, seven = words[:3]
+    sequences = [[hello, seven], [the, seven]]
+    for a in added:
+        sequences += [[a, hello, seven], [the, a, hello, seven], [the, a, seven], [a], [the, a], [a, a, hello],
+                      [1, a, hello], [the, 1, a, hello]]
+    rng = random.Random(7)
+    pool = added + words + [1, 2] + [i for i in range(size) if not processor.is_byte(i)]
+    sequences += [[rng.choice(pool) for _ in range(rng.randrange(1, 9))] for _ in range(300)]
+    return sequences
 
 
 if __name__ == "__main__":

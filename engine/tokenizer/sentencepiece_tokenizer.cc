@@ -212,7 +212,8 @@ absl::StatusOr<std::string> SentencePieceTokenizer::Decode(const std::vector<int
     if (id < 0) return absl::InvalidArgumentError(absl::StrCat("token id ", id, " is negative"));
   }
   std::string text;
-  std::vector<int> pieces;  // a run of the model's pieces, decoded together
+  std::vector<int> pieces;   // a run of the model's pieces, decoded together
+  bool after_added = false;  // the run follows an added token
   auto flush = [&]() -> absl::Status {
     if (pieces.empty()) return absl::OkStatus();
     std::string decoded, error;
@@ -220,6 +221,9 @@ absl::StatusOr<std::string> SentencePieceTokenizer::Decode(const std::vector<int
       return absl::InternalError(absl::StrCat("sentencepiece: ", error));
     // libsentencepiece writes U+FFFD for each byte piece that is not UTF-8; the text keeps the bytes (a
     // generation's text_bytes, and a token's span in it once a later byte piece completes the character).
+    // It also drops the space of the run's first word-boundary mark, as the text's dummy prefix: transformers
+    // drops only the text's, so a run after an added token keeps it ("<sep>", "▁HELLO" -> "<sep> HELLO").
+    if (after_added && DropsLeadingMark(pieces)) text += ' ';
     text += ExactBytes(pieces, decoded);
     pieces.clear();
     return absl::OkStatus();
@@ -230,6 +234,7 @@ absl::StatusOr<std::string> SentencePieceTokenizer::Decode(const std::vector<int
     if (const AddedToken* added = BeyondPieces(id)) {
       RETURN_IF_ERROR(flush());
       text += added->content;
+      after_added = true;
       continue;
     }
     // As transformers' tokenizer for a tokenizer.model (libsentencepiece itself refuses such an id).
@@ -238,6 +243,17 @@ absl::StatusOr<std::string> SentencePieceTokenizer::Decode(const std::vector<int
   }
   RETURN_IF_ERROR(flush());
   return text;
+}
+
+bool SentencePieceTokenizer::DropsLeadingMark(const std::vector<int>& pieces) const {
+  // Control pieces decode to nothing before it; the unknown piece is text (" ⁇ "), which ends the dummy prefix.
+  auto is_control = [&](int piece) { return processor_->IsControlOrUnknown(piece) && piece != processor_->unk_id(); };
+  const auto first = std::find_if_not(pieces.begin(), pieces.end(), is_control);
+  if (first == pieces.end() || *first == processor_->unk_id()) return false;
+  if (processor_->IdToPiece(*first).rfind("\xE2\x96\x81", 0) != 0) return false;
+  // Without a dummy prefix (add_dummy_prefix false) libsentencepiece keeps the space.
+  std::string alone, error;
+  return processor_->Decode({*first}, &alone, &error) && (alone.empty() || alone[0] != ' ');
 }
 
 std::string SentencePieceTokenizer::TokenText(int64_t id) const {

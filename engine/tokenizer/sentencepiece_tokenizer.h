@@ -46,6 +46,8 @@ class SentencePieceTokenizer : public Tokenizer {
   // The bytes `pieces` stand for, where libsentencepiece `decoded` them with byte pieces that are not UTF-8
   // replaced; else `decoded`.
   std::string ExactBytes(const std::vector<int>& pieces, const std::string& decoded) const;
+  // Whether libsentencepiece, decoding `pieces` alone, drops the space of their first word-boundary mark.
+  bool DropsLeadingMark(const std::vector<int>& pieces) const;
 
   std::unique_ptr<SentencePieceBackend> processor_;
   AddedTokens added_;
