@@ -13,8 +13,8 @@ gpt2 (byte-level BPE), llama3 (regex split + byte-level, ignore_merges), qwen2 (
 byte-level), llama2 (Metaspace-style normalizer + byte fallback), metaspace (Metaspace pre-tokenizer)
 and sentencepiece (a trained SentencePiece BPE model with byte fallback); gpt2_digits, gpt2_digit_runs,
 gpt2_merged_with_previous and gpt2_merged_with_next (gpt2 with a Digits or Split pre-tokenizer before its
-ByteLevel one) in the same layout; gpt2_added/ (gpt2 with added tokens) with decoding.json = {"ids": [[...], ...],
-"decoded": [...], "decoded_skipping_special": [...]}.
+ByteLevel one) in the same layout; gpt2_added/, llama2_added/ and metaspace_added/ (those with added tokens) with
+decoding.json = {"ids": [[...], ...], "decoded": [...], "decoded_skipping_special": [...]}.
 
 Also OUT_DIR/added_lowercase/ and OUT_DIR/added_llama2/: the metaspace tokenizer under an NFKC + Lowercase
 normalizer and the llama2 one, with added tokens of every option (single_word, lstrip, rstrip, normalized or
@@ -199,26 +199,48 @@ def write_pre_tokenizer_variants(out_dir):
 
 
 def write_added_token_decoding(out_dir):
-    """OUT_DIR/gpt2_added/: the gpt2 tokenizer with added tokens whose content is in the byte-level alphabet
-    ("ĠZqx" stands for " Zqx"), partly in it, or not, special or not, and decoding.json: id sequences holding
-    them with the `tokenizers` library's decoding, with and without the special tokens."""
+    """OUT_DIR/<kind>_added/: the gpt2, llama2 and metaspace tokenizers with added tokens, special or not, and
+    decoding.json: id sequences holding them with the `tokenizers` library's decoding, with and without the
+    special tokens. gpt2's have content in the byte-level alphabet ("ĠZqx" stands for " Zqx"), partly in it, or
+    not; the others' hold "▁", and their byte tokens ("<0x41>", added as special tokens) come in runs of UTF-8.
+    Those start with a plain word, as in write_kind."""
     tokenizer = Tokenizer.from_file(os.path.join(out_dir, "gpt2", "tokenizer.json"))
     first = tokenizer.get_vocab_size(with_added_tokens=True)
     plain = ("ĠZqx", "Ċfoo", "éàü", "<tag>", "é中", "Ġ中", "ÃÂ©", "ĠĠ")  # "ĠĠ" is in the vocabulary already
     tokenizer.add_tokens([AddedToken(t, normalized=False) for t in plain])
     tokenizer.add_special_tokens([AddedToken(t, normalized=False) for t in ("ĠSpx", "<|é|>", "<|中|>")])
     added = list(range(first, tokenizer.get_vocab_size(with_added_tokens=True)))
-    directory = os.path.join(out_dir, "gpt2_added")
-    os.makedirs(directory, exist_ok=True)
-    tokenizer.save(os.path.join(directory, "tokenizer.json"))
-    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-        json.dump({"eos_token": SPECIALS["gpt2"]}, f)
     vocab = tokenizer.get_vocab()
     word, byte_c3 = vocab["the"], vocab["Ã"]  # "Ã" stands for the byte 0xC3, which "©" (0xA9) completes
     sequences = [[a] for a in added] + [[word, a, word] for a in added] + [[byte_c3, a] for a in added]
     rng = random.Random(6)
     pool = added + [0, word, byte_c3] + list(range(1, first))
     sequences += [[rng.choice(pool) for _ in range(rng.randrange(1, 9))] for _ in range(300)]
+    write_decoding(os.path.join(out_dir, "gpt2_added"), tokenizer, SPECIALS["gpt2"], sequences)
+
+    for kind in ("llama2", "metaspace"):
+        tokenizer = Tokenizer.from_file(os.path.join(out_dir, kind, "tokenizer.json"))
+        first = tokenizer.get_vocab_size(with_added_tokens=True)
+        tokenizer.add_tokens([AddedToken(t, normalized=False) for t in ("▁foo", "a▁b", "<tag>", "é中", "▁▁x")])
+        tokenizer.add_special_tokens([AddedToken(t, normalized=False) for t in ("▁Spx", "<|x|>")])
+        added = list(range(first, tokenizer.get_vocab_size(with_added_tokens=True)))
+        vocab = tokenizer.get_vocab()
+        word = vocab["▁the"]
+        byte = lambda b: vocab[f"<0x{b:02X}>"]
+        sequences = [[word, a] for a in added] + [[word, a, word] for a in added]
+        sequences += [[word, byte(0x41), a, byte(0xC3), byte(0xA9), word] for a in added]
+        pool = added + [i for w, i in vocab.items() if not (w.startswith("<0x") and len(w) == 6)]
+        sequences += [[word] + [rng.choice(pool) for _ in range(rng.randrange(1, 8))] for _ in range(300)]
+        write_decoding(os.path.join(out_dir, kind + "_added"), tokenizer, SPECIALS[kind], sequences)
+
+
+def write_decoding(directory, tokenizer, eos, sequences):
+    """DIRECTORY/tokenizer.json, tokenizer_config.json and decoding.json of `sequences` (see
+    write_added_token_decoding)."""
+    os.makedirs(directory, exist_ok=True)
+    tokenizer.save(os.path.join(directory, "tokenizer.json"))
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+        json.dump({"eos_token": eos}, f)
     with open(os.path.join(directory, "decoding.json"), "w") as f:
         json.dump({"ids": sequences, "decoded": [tokenizer.decode(s, skip_special_tokens=False) for s in sequences],
                    "decoded_skipping_special": [tokenizer.decode(s, skip_special_tokens=True) for s in sequences]},

@@ -253,16 +253,12 @@ std::string HfTokenizer::DecodeTokens(const std::vector<int64_t>& ids, bool skip
     if (!HasToken(id)) continue;
     const AddedToken* added = added_.Find(id);
     if (added != nullptr && skip_special && added->special) continue;
-    // The tokenizers library's ByteLevel decoder reads an added token as any other: "ĠZqx" is " Zqx".
+    // The tokenizers library's decoders read an added token as any other: "ĠZqx" is " Zqx", "▁foo" " foo".
+    const std::string& token = added != nullptr ? added->content : model_.tokens()[id];
     if (byte_level_) {
-      AppendByteLevelToken(added != nullptr ? added->content : model_.tokens()[id], bytes);
+      AppendByteLevelToken(token, bytes);
       continue;
     }
-    if (added != nullptr) {
-      bytes += added->content;
-      continue;
-    }
-    const std::string& token = model_.tokens()[id];
     if (const std::optional<char> byte = model_.byte_fallback() ? BytePieceValue(token) : std::nullopt) {
       bytes.push_back(*byte);
       continue;
@@ -274,9 +270,10 @@ std::string HfTokenizer::DecodeTokens(const std::vector<int64_t>& ids, bool skip
 }
 
 bool HfTokenizer::IsFallbackByte(int64_t id) const {
-  // As DecodeTokens reads them: tokens of the model's vocabulary, not added ones.
-  return model_.byte_fallback() && added_.Find(id) == nullptr && HasToken(id) &&
-         BytePieceValue(model_.tokens()[id]).has_value();
+  // As DecodeTokens reads them: added tokens too ("<0x41>" added as a special token is "A").
+  if (!model_.byte_fallback() || !HasToken(id)) return false;
+  const AddedToken* added = added_.Find(id);
+  return BytePieceValue(added != nullptr ? added->content : model_.tokens()[id]).has_value();
 }
 
 bool HfTokenizer::HasToken(int64_t id) const {
