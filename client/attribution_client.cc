@@ -223,6 +223,23 @@ struct AttributionClient::Impl {
   }
 };
 
+absl::Status CheckTlsOptions(const ClientOptions& options, const TlsOptionNames& names) {
+  for (const auto& [name, value] :
+       {std::pair{names.ca_file, &options.ca_file}, std::pair{names.cert_file, &options.cert_file},
+        std::pair{names.key_file, &options.key_file}, std::pair{names.tls_server_name, &options.tls_server_name}}) {
+    if (!options.tls && !value->empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, ": given without ", names.tls, " (the connection would be plaintext)"));
+    }
+  }
+  if (options.cert_file.empty() != options.key_file.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(options.cert_file.empty() ? names.key_file : names.cert_file,
+                                                   ": give ", names.cert_file, " and ", names.key_file,
+                                                   " together for mutual TLS, or neither"));
+  }
+  return absl::OkStatus();
+}
+
 AttributionClient::AttributionClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 AttributionClient::~AttributionClient() = default;
 
@@ -234,19 +251,7 @@ absl::StatusOr<std::unique_ptr<AttributionClient>> AttributionClient::Connect(co
     return absl::InvalidArgumentError(
         "target: no server address given (host:port, or a gRPC target such as dns:///NAME:PORT)");
   }
-  // A certificate option without tls would leave the connection plaintext, the files unread and unchecked.
-  for (const auto& [name, value] :
-       {std::pair{"ca_file", &options.ca_file}, std::pair{"cert_file", &options.cert_file},
-        std::pair{"key_file", &options.key_file}, std::pair{"tls_server_name", &options.tls_server_name}}) {
-    if (!options.tls && !value->empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(name, ": given without tls (the connection would be plaintext)"));
-    }
-  }
-  if (options.cert_file.empty() != options.key_file.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(options.cert_file.empty() ? "key_file" : "cert_file",
-                     ": give cert_file and key_file together for mutual TLS, or neither"));
-  }
+  if (absl::Status tls = CheckTlsOptions(options); !tls.ok()) return tls;
   if (options.tls) {
     grpc::SslCredentialsOptions ssl;
     if (!options.ca_file.empty()) {

@@ -290,6 +290,19 @@ absl::StatusOr<std::string> ReadTextFile(const std::string& path);
 // cannot be read, INVALID_ARGUMENT when its first line is empty.
 absl::StatusOr<std::string> ReadBearerTokenFile(const std::string& path);
 
+// The names CheckTlsOptions gives the TLS options in its messages: ClientOptions' own, or a program's flags.
+struct TlsOptionNames {
+  const char* tls = "tls";
+  const char* ca_file = "ca_file";
+  const char* cert_file = "cert_file";
+  const char* key_file = "key_file";
+  const char* tls_server_name = "tls_server_name";
+};
+
+// INVALID_ARGUMENT naming the option when the TLS options do not go together (Connect refuses them): a
+// certificate option without tls (the connection would be plaintext, the file unread), or half a key pair.
+absl::Status CheckTlsOptions(const ClientOptions& options, const TlsOptionNames& names = {});
+
 // What AttributeAsync would answer at once, without a call: INVALID_ARGUMENT naming an option whose
 // name (method, quantity, rule, baseline, priority, ...) is unknown; OK otherwise.
 absl::Status CheckAttributeOptions(const AttributeOptions& options);

@@ -17,12 +17,20 @@ ABSL_FLAG(std::string, token_file, "", "file holding the bearer token (servers w
 
 namespace attribution::client {
 
-absl::Status ApplyConnectionFlags(ClientOptions& options) {
+namespace {
+
+void SetTlsFromFlags(ClientOptions& options) {
   options.tls = absl::GetFlag(FLAGS_tls);
   options.ca_file = absl::GetFlag(FLAGS_ca);
   options.cert_file = absl::GetFlag(FLAGS_cert);
   options.key_file = absl::GetFlag(FLAGS_key);
   options.tls_server_name = absl::GetFlag(FLAGS_tls_server_name);
+}
+
+}  // namespace
+
+absl::Status ApplyConnectionFlags(ClientOptions& options) {
+  SetTlsFromFlags(options);
   if (absl::GetFlag(FLAGS_token_file).empty()) return absl::OkStatus();
   absl::StatusOr<std::string> token = ReadBearerTokenFile(absl::GetFlag(FLAGS_token_file));
   if (!token.ok()) return absl::InvalidArgumentError("--token_file: " + std::string(token.status().message()));
@@ -31,19 +39,14 @@ absl::Status ApplyConnectionFlags(ClientOptions& options) {
 }
 
 std::string ConnectionFlagsError() {
-  const bool tls = absl::GetFlag(FLAGS_tls);
-  for (const auto& [name, value] :
-       {std::pair{"ca", absl::GetFlag(FLAGS_ca)}, std::pair{"cert", absl::GetFlag(FLAGS_cert)},
-        std::pair{"key", absl::GetFlag(FLAGS_key)},
-        std::pair{"tls_server_name", absl::GetFlag(FLAGS_tls_server_name)}}) {
-    if (!tls && !value.empty())
-      return absl::StrCat("--", name, ": given without --tls (the connection would be plaintext)");
-  }
-  if (absl::GetFlag(FLAGS_cert).empty() != absl::GetFlag(FLAGS_key).empty()) {
-    return absl::StrCat(absl::GetFlag(FLAGS_cert).empty() ? "--key" : "--cert",
-                        ": give --cert and --key together for mutual TLS, or neither");
-  }
-  return "";
+  ClientOptions options;
+  SetTlsFromFlags(options);
+  const absl::Status tls = CheckTlsOptions(options, {.tls = "--tls",
+                                                     .ca_file = "--ca",
+                                                     .cert_file = "--cert",
+                                                     .key_file = "--key",
+                                                     .tls_server_name = "--tls_server_name"});
+  return tls.ok() ? "" : std::string(tls.message());
 }
 
 bool DefinesConnectionFlags(absl::string_view file) { return absl::EndsWith(file, "client/connection_flags.cc"); }

@@ -15,8 +15,8 @@ namespace attribution::client {
 // its file cannot be read or holds no valid token.
 absl::Status ApplyConnectionFlags(ClientOptions& options);
 
-// A usage error in how the flags combine ("" when none): a certificate flag without --tls (the connection
-// would be plaintext, the file unread), or --cert without --key. The tools exit 2 on it before connecting.
+// A usage error in how the TLS flags combine, as CheckTlsOptions finds it but naming the flags ("" when none).
+// The tools exit 2 on it before connecting.
 std::string ConnectionFlagsError();
 
 // Whether `file` (as abseil reports a flag's file) defines these flags: a program's --help lists them with

@@ -426,7 +426,8 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
       return absl::InvalidArgumentError(absl::StrCat(where, ".quantization_block_size: ", s.message()));
     }
     // They were ignored with any other quantization (a pre-quantized checkpoint's own are its files').
-    if (!engine::IsFourBit(*quantization) && (m.double_quantization || m.quantization_block_size != 64)) {
+    if (!engine::IsFourBit(*quantization) &&
+        (m.double_quantization || m.quantization_block_size != engine::FourBitOptions{}.block_size)) {
       return absl::InvalidArgumentError(
           absl::StrCat(where, ".", m.double_quantization ? "double_quantization" : "quantization_block_size",
                        ": applies to nf4 / fp4 quantization only, not \"", m.quantization, "\""));

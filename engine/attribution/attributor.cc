@@ -30,8 +30,10 @@ void Attributor::Attribute(std::shared_ptr<Request> handle, AttributionRequest r
   if (!request.target_ids.empty()) {
     return AttributeTarget(std::move(handle), std::move(request), std::move(done), std::move(progress));
   }
-  // No target: generate it first (greedy by default, as Captum), then attribute it. Progress counts the
-  // generation's rows too, one per token: until the target is known, of max_new_tokens; then the plan's after.
+  // No target: generate it first (greedy by default, as Captum), then attribute it. The generation's rows (one
+  // per token, a stop token included: a prefill, then a decode step per token but the last) count in the
+  // answer's stats, as their device time does, and in the progress: until the target is known, of
+  // max_new_tokens; then the plan's after them.
   const Attributor* self = this;
   auto shared_request = std::make_shared<AttributionRequest>(std::move(request));
   auto generated = std::make_shared<int64_t>(0);
@@ -46,12 +48,22 @@ void Attributor::Attribute(std::shared_ptr<Request> handle, AttributionRequest r
       [self, handle, shared_request, done, progress](absl::StatusOr<Generation> generation) {
         if (!generation.ok()) return done(generation.status());
         shared_request->target_ids = generation->tokens;
+        const auto rows = static_cast<int64_t>(generation->tokens.size());
+        Done with_generation = [done, rows](absl::StatusOr<AttributionResult> result) {
+          if (result.ok()) {
+            result->rows += rows;
+            result->forward_passes += rows;
+          }
+          done(std::move(result));
+        };
         Progress after_generation = nullptr;
         if (progress) {
-          after_generation = [progress, rows = static_cast<int64_t>(generation->tokens.size())](
-                                 int64_t done, int64_t total) { progress(rows + done, rows + total); };
+          after_generation = [progress, rows](int64_t rows_done, int64_t rows_total) {
+            progress(rows + rows_done, rows + rows_total);
+          };
         }
-        self->AttributeTarget(handle, std::move(*shared_request), done, std::move(after_generation));
+        self->AttributeTarget(handle, std::move(*shared_request), std::move(with_generation),
+                              std::move(after_generation));
       },
       std::move(on_token));
 }
@@ -151,14 +163,9 @@ class PlanRun : public std::enable_shared_from_this<PlanRun> {
         [progress = progress_] { progress->RowAnswered(); });
   }
 
-  // The answer, with the request's queue and device time once all its rows ran. Rows it ran beyond the plan's
-  // and faithfulness' generated its target: counted too, as their device time is (each one forward pass).
+  // The answer, with the request's queue and device time once all its rows ran.
   void Answer(AttributionResult result) {
     const Request::Stats stats = handle_->stats();
-    if (const int64_t generation_rows = stats.rows_done - result.rows; generation_rows > 0) {
-      result.rows += generation_rows;
-      result.forward_passes += generation_rows;
-    }
     result.queue_time = stats.queue_time;
     result.device_time = stats.device_time;
     done_(std::move(result));

@@ -102,6 +102,7 @@ class AsyncStream(Generic[Item, Result]):
                     raise error from None
                 raise
             if event is None:  # grpc.aio logs an answer it cannot parse and hands back None
+                call.cancel()  # the server would go on computing what no one reads
                 raise unparsable_answer(self._rpc)
             if event is grpc.aio.EOF:
                 if self._result is None:
