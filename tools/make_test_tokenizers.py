@@ -14,11 +14,13 @@ byte-level), llama2 (Metaspace-style normalizer + byte fallback), metaspace (Met
 and sentencepiece (a trained SentencePiece BPE model with byte fallback); gpt2_digits, gpt2_digit_runs,
 gpt2_merged_with_previous and gpt2_merged_with_next (gpt2 with a Digits or Split pre-tokenizer before its
 ByteLevel one) in the same layout; gpt2_added/, llama2_added/ and metaspace_added/ (those with added tokens) with
-decoding.json = {"ids": [[...], ...], "decoded": [...], "decoded_skipping_special": [...]}.
+decoding.json = {"ids": [[...], ...], "decoded": [...], "decoded_skipping_special": [...], "token_ids": [...],
+"token_texts": [...]}.
 
 Also OUT_DIR/added_lowercase/ and OUT_DIR/added_llama2/: the metaspace tokenizer under an NFKC + Lowercase
 normalizer and the llama2 one, with added tokens of every option (single_word, lstrip, rstrip, normalized or
-not), and the library's ids for texts that put them next to words, marks, punctuation and Unicode spaces.
+not), and the library's ids for texts that put them next to words, marks, punctuation and Unicode spaces, and
+decoding.json as above.
 
 Also OUT_DIR/sentencepiece_special/ and OUT_DIR/sentencepiece_map/: that tokenizer.model with a
 tokenizer_config.json naming bos / eos / unk and added tokens past the model's pieces (lstrip, rstrip,
@@ -216,7 +218,7 @@ def write_added_token_decoding(out_dir):
     rng = random.Random(6)
     pool = added + [0, word, byte_c3] + list(range(1, first))
     sequences += [[rng.choice(pool) for _ in range(rng.randrange(1, 9))] for _ in range(300)]
-    write_decoding(os.path.join(out_dir, "gpt2_added"), tokenizer, SPECIALS["gpt2"], sequences)
+    write_decoding(os.path.join(out_dir, "gpt2_added"), tokenizer, SPECIALS["gpt2"], sequences, word, added)
 
     for kind in ("llama2", "metaspace"):
         tokenizer = Tokenizer.from_file(os.path.join(out_dir, kind, "tokenizer.json"))
@@ -229,22 +231,31 @@ def write_added_token_decoding(out_dir):
         byte = lambda b: vocab[f"<0x{b:02X}>"]
         sequences = [[word, a] for a in added] + [[word, a, word] for a in added]
         sequences += [[word, byte(0x41), a, byte(0xC3), byte(0xA9), word] for a in added]
-        pool = added + [i for w, i in vocab.items() if not (w.startswith("<0x") and len(w) == 6)]
+        pool = added + [i for w, i in sorted(vocab.items()) if not (w.startswith("<0x") and len(w) == 6)]
         sequences += [[word] + [rng.choice(pool) for _ in range(rng.randrange(1, 8))] for _ in range(300)]
-        write_decoding(os.path.join(out_dir, kind + "_added"), tokenizer, SPECIALS[kind], sequences)
+        write_decoding(os.path.join(out_dir, kind + "_added"), tokenizer, SPECIALS[kind], sequences, word, added)
 
 
-def write_decoding(directory, tokenizer, eos, sequences):
-    """DIRECTORY/tokenizer.json, tokenizer_config.json and decoding.json of `sequences` (see
-    write_added_token_decoding)."""
+def write_decoding(directory, tokenizer, eos, sequences, word, added):
+    """DIRECTORY/tokenizer.json, tokenizer_config.json and decoding.json (see write_decoding_json)."""
     os.makedirs(directory, exist_ok=True)
     tokenizer.save(os.path.join(directory, "tokenizer.json"))
     with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
         json.dump({"eos_token": eos}, f)
+    write_decoding_json(directory, tokenizer, sequences, word, added)
+
+
+def write_decoding_json(directory, tokenizer, sequences, word, added):
+    """DIRECTORY/decoding.json: the library's decoding of `sequences`, with and without the special tokens, and
+    "token_ids" (`added`) with "token_texts": the text each adds to `word` (the library's decode of [word, id]
+    past its decode of [word]), i.e. without the space a decoder strips at the start of the text."""
+    lead = tokenizer.decode([word], skip_special_tokens=False)
+    texts = [tokenizer.decode([word, a], skip_special_tokens=False) for a in added]
+    assert all(t.startswith(lead) for t in texts)
     with open(os.path.join(directory, "decoding.json"), "w") as f:
         json.dump({"ids": sequences, "decoded": [tokenizer.decode(s, skip_special_tokens=False) for s in sequences],
-                   "decoded_skipping_special": [tokenizer.decode(s, skip_special_tokens=True) for s in sequences]},
-                  f, ensure_ascii=False)
+                   "decoded_skipping_special": [tokenizer.decode(s, skip_special_tokens=True) for s in sequences],
+                   "token_ids": added, "token_texts": [t[len(lead):] for t in texts]}, f, ensure_ascii=False)
 
 
 def main():
@@ -382,6 +393,18 @@ def write_added_token_options(out_dir):
         write_expected(directory, texts, lambda t: tokenizer.encode(t).ids,
                        lambda i: tokenizer.decode(i, skip_special_tokens=False),
                        (beyond, [tokenizer.decode(i, skip_special_tokens=False) for i in beyond]))
+        # The library decodes a token with "normalized" in its normalized form ("hello world" for "Hello World"
+        # under Lowercase, " Hello World" for "▁Hello▁World" after Llama 2's normalizer), and skips it as
+        # special only where that form is a special token's content (a special "[SPAN]" decoded as "[span]"
+        # is kept).
+        added = list(range(size - len(ADDED_OPTIONS), size))
+        sequences = [[word, a] for a in added] + [[word, a, word] for a in added]
+        sequences += [[word, a, b] for a in added for b in added]
+        vocab = tokenizer.get_vocab()
+        pool = added + [i for w, i in sorted(vocab.items())
+                        if i < added[0] and not (w.startswith("<0x") and len(w) == 6)]
+        sequences += [[word] + [rng.choice(pool) for _ in range(rng.randrange(1, 8))] for _ in range(300)]
+        write_decoding_json(directory, tokenizer, sequences, word, added)
 
 
 SPECIAL_TEXTS = ["Hello</s>", "</s>Hello", "<unk> and", "x<s>y", "<s>", "</s>", "<unk>", "<s></s>", "</s></s><s>",

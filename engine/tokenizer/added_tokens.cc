@@ -64,9 +64,8 @@ bool WordCharacterAt(const std::string& text, size_t begin) {
 AddedTokens::AddedTokens(std::vector<AddedToken> tokens, const Normalize& normalize) : tokens_(std::move(tokens)) {
   std::stable_sort(tokens_.begin(), tokens_.end(),
                    [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
-  // Views into tokens_, which is not changed again, and into the normalized forms, which outlive the tries'
-  // construction.
-  std::vector<std::string> normalized_storage;
+  // Views into tokens_ and normalized_forms_, which are not changed again.
+  normalized_forms_.resize(tokens_.size());
   std::vector<std::string_view> raw_forms, normalized_forms;
   std::vector<int32_t> raw_indices, normalized_indices;
   for (size_t i = 0; i < tokens_.size(); ++i) {
@@ -76,11 +75,11 @@ AddedTokens::AddedTokens(std::vector<AddedToken> tokens, const Normalize& normal
       raw_forms.push_back(token.content);
       raw_indices.push_back(static_cast<int32_t>(i));
     } else {
-      normalized_storage.push_back(normalize ? normalize(token.content) : token.content);
+      normalized_forms_[i] = normalize ? normalize(token.content) : token.content;
+      normalized_forms.push_back(normalized_forms_[i]);
       normalized_indices.push_back(static_cast<int32_t>(i));
     }
   }
-  normalized_forms.assign(normalized_storage.begin(), normalized_storage.end());
   raw_ = Trie(raw_forms, raw_indices);
   normalized_ = Trie(normalized_forms, normalized_indices);
   by_content_.resize(tokens_.size());
@@ -162,6 +161,19 @@ std::optional<int64_t> AddedTokens::IdOf(const std::string& content) const {
                                    [&](uint32_t i, const std::string& c) { return tokens_[i].content < c; });
   if (it == by_content_.end() || tokens_[*it].content != content) return std::nullopt;
   return tokens_[*it].id;
+}
+
+const std::string& AddedTokens::DecodedForm(const AddedToken& token) const {
+  return token.normalized ? normalized_forms_[&token - tokens_.data()] : token.content;
+}
+
+bool AddedTokens::IsSpecialContent(const std::string& text) const {
+  auto it = std::lower_bound(by_content_.begin(), by_content_.end(), text,
+                             [&](uint32_t i, const std::string& c) { return tokens_[i].content < c; });
+  for (; it != by_content_.end() && tokens_[*it].content == text; ++it) {
+    if (tokens_[*it].special) return true;
+  }
+  return false;
 }
 
 absl::Status AddedTokens::Split(const std::string& text, absl::FunctionRef<absl::Status(size_t, size_t)> segment,

@@ -47,6 +47,14 @@ class AddedTokens {
   const AddedToken* Find(int64_t id) const;
   // The token whose content is `content` (of several, the first in file order).
   std::optional<int64_t> IdOf(const std::string& content) const;
+  // The string `token` (one of tokens()) stands for in decoding: a token with `normalized` as the normalizer
+  // writes its content ("hello world" for "Hello World" under Lowercase), as the tokenizers library's
+  // id_to_token gives it; the others' content.
+  const std::string& DecodedForm(const AddedToken& token) const;
+  // Whether a special token's content is `text`. The library skips a token as special by its decoded form,
+  // so a special "[SPAN]" that decodes as "[span]" is kept, and a plain token that decodes as a special
+  // token's content is skipped.
+  bool IsSpecialContent(const std::string& text) const;
   const std::vector<AddedToken>& tokens() const { return tokens_; }  // longest content first
   bool empty() const { return tokens_.empty(); }
 
@@ -98,6 +106,8 @@ class AddedTokens {
   // Indices into tokens_ by content, of equal contents in file order: IdOf's binary search, with no copy of
   // the contents (100,000 added tokens are common).
   std::vector<uint32_t> by_content_;
+  // The normalized form of tokens_[i] where it has `normalized`, else empty (the content serves).
+  std::vector<std::string> normalized_forms_;
   Trie raw_, normalized_;  // the contents of tokens without `normalized`; the forms of those with it
 };
 

@@ -252,9 +252,11 @@ std::string HfTokenizer::DecodeTokens(const std::vector<int64_t>& ids, bool skip
   for (int64_t id : ids) {
     if (!HasToken(id)) continue;
     const AddedToken* added = added_.Find(id);
-    if (added != nullptr && skip_special && added->special) continue;
-    // The tokenizers library's decoders read an added token as any other: "ĠZqx" is " Zqx", "▁foo" " foo".
-    const std::string& token = added != nullptr ? added->content : model_.tokens()[id];
+    // The tokenizers library's decoders read an added token as any other ("ĠZqx" is " Zqx", "▁foo" " foo"),
+    // one with "normalized" in its normalized form ("▁Hello▁World" after Llama 2's normalizer is " Hello
+    // World"), and skip it as special by that form.
+    const std::string& token = added != nullptr ? added_.DecodedForm(*added) : model_.tokens()[id];
+    if (added != nullptr && skip_special && added_.IsSpecialContent(token)) continue;
     if (byte_level_) {
       AppendByteLevelToken(token, bytes);
       continue;
@@ -273,7 +275,7 @@ bool HfTokenizer::IsFallbackByte(int64_t id) const {
   // As DecodeTokens reads them: added tokens too ("<0x41>" added as a special token is "A").
   if (!model_.byte_fallback() || !HasToken(id)) return false;
   const AddedToken* added = added_.Find(id);
-  return BytePieceValue(added != nullptr ? added->content : model_.tokens()[id]).has_value();
+  return BytePieceValue(added != nullptr ? added_.DecodedForm(*added) : model_.tokens()[id]).has_value();
 }
 
 bool HfTokenizer::HasToken(int64_t id) const {

@@ -207,6 +207,9 @@ TEST(HfTokenizerFile, IdsInAGapOfTheVocabularyAreNoTokens) {
 // An added token's content goes through the decoder as the vocabulary's tokens do, as the `tokenizers` library
 // decodes them (<kind>/decoding.json): "ĠZqx" decodes to " Zqx" in gpt2 (a token with a character outside the
 // byte alphabet, "Ġ中", is its content's own bytes), "▁foo" to " foo" and "<0x41>" to "A" in llama2 and metaspace.
+// A token with "normalized" decodes as its normalized form: "ﬁne" as "fine" and "[SPAN]" as "[span]" under
+// NFKC + Lowercase (added_lowercase), "Hello World" as " Hello World" after Llama 2's normalizer (added_llama2);
+// a special one is skipped only where that form is a special token's content, as the library skips it.
 class AddedTokenDecoding : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(AddedTokenDecoding, MatchesTheTokenizersLibrary) {
@@ -228,9 +231,18 @@ TEST_P(AddedTokenDecoding, MatchesTheTokenizersLibrary) {
       EXPECT_EQ(ToValidUtf8((*tokenizer)->TokenText(sequences[i][0])), expected["decoded"][i].get<std::string>());
     }
   }
+  // A token's text is what it adds to the text before it, so with the space that starts it.
+  const auto token_ids = expected["token_ids"].get<std::vector<int64_t>>();
+  ASSERT_EQ(token_ids.size(), expected["token_texts"].size());
+  for (size_t i = 0; i < token_ids.size(); ++i) {
+    EXPECT_EQ(ToValidUtf8((*tokenizer)->TokenText(token_ids[i])), expected["token_texts"][i].get<std::string>())
+        << "token " << token_ids[i];
+  }
 }
 
-INSTANTIATE_TEST_SUITE_P(Kinds, AddedTokenDecoding, ::testing::Values("gpt2_added", "llama2_added", "metaspace_added"));
+INSTANTIATE_TEST_SUITE_P(Kinds, AddedTokenDecoding,
+                         ::testing::Values("gpt2_added", "llama2_added", "metaspace_added", "added_lowercase",
+                                           "added_llama2"));
 
 // Added tokens that overlap: at each position the longest that starts there, wherever it is in the file, and
 // an lstrip / rstrip token takes the spaces beside it. The ids are the Python `tokenizers` library's (0.23.3):
@@ -256,6 +268,27 @@ TEST(HfTokenizerFile, OverlappingAddedTokensSplitAsTheTokenizersLibrarySplits) {
     ASSERT_THAT(encoding, IsOk());
     EXPECT_EQ(encoding->ids, ids) << "\"" << text << "\"";
   }
+}
+
+// A token with "normalized" decodes as its normalized form and is skipped as special by that form: the plain
+// "<Q>" decodes as "<q>", the special token's content, and goes with it; the special "Zz" decodes as "zz", no
+// special token's content, and stays. The `tokenizers` library's (0.23.3) decode of this file (Tokenizer.from_str,
+// with single_word, lstrip and rstrip false, which it requires) and "decoder": {"type": "Fuse"}.
+TEST(HfTokenizerFile, NormalizedAddedTokensAreSkippedAsSpecialByTheirNormalizedForm) {
+  auto tokenizer = LoadTokenizerJson(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}},
+      "normalizer": {"type": "Lowercase"},
+      "added_tokens": [{"id": 2, "content": "<q>", "special": true, "normalized": false},
+                       {"id": 3, "content": "<Q>", "special": false, "normalized": true},
+                       {"id": 4, "content": "Zz", "special": true, "normalized": true}]})");
+  ASSERT_THAT(tokenizer, IsOk());
+  EXPECT_EQ((*tokenizer)->Decode({0, 2, 3, 4, 1}, false).value_or("?"), "a<q><q>zzb");
+  EXPECT_EQ((*tokenizer)->Decode({0, 2, 3, 4, 1}, true).value_or("?"), "azzb");
+  EXPECT_EQ((*tokenizer)->Decode({3}, true).value_or("?"), "");
+  EXPECT_EQ((*tokenizer)->TokenText(3), "<q>");
+  EXPECT_EQ((*tokenizer)->TokenText(4), "zz");
+  absl::StatusOr<Encoding> encoding = (*tokenizer)->Encode("a<Q>ZZ<q>", /*add_special_tokens=*/false);
+  ASSERT_THAT(encoding, IsOk());
+  EXPECT_EQ(encoding->ids, (std::vector<int64_t>{0, 3, 4, 2}));
 }
 
 // Found with tests/fuzz/tokenizer_json_fuzzer: an id of 2^63 - 1 overflowed computing the vocabulary
@@ -428,8 +461,8 @@ TEST(SentencePieceTokenizer, DamagedNormalizerRulesAreRefusedAtLoad) {
 // punctuation and Unicode spaces, in upper, lower and full-width forms: ids equal to the `tokenizers`
 // library's under an NFKC + Lowercase normalizer and under Llama 2's Prepend / Replace("▁") one, where tokens
 // with "normalized" are found in the normalized text ("HELLO WORLD" is "Hello World"; "Mask" only where no
-// word character touches it). Decoding is not compared here: the library decodes such a token as its
-// normalized form passed through the decoder ("▁Hello▁World" to " Hello World"), ours as its content.
+// word character touches it), and the library's decoding of those ids. AddedTokenDecoding decodes the same
+// tokens in chosen sequences, with and without special tokens.
 class AddedTokenOptions : public TokenizerParity {};
 
 TEST_P(AddedTokenOptions, IdsMatchTheLibrary) {
@@ -454,6 +487,23 @@ TEST_P(AddedTokenOptions, IdsMatchTheLibrary) {
             << " texts with the library's ids; added tokens found " << ::testing::PrintToString(found) << "\n";
   EXPECT_EQ(mismatches, 0);
   for (int64_t k = 0; k < kAddedCount; ++k) EXPECT_GE(found[k], 20) << "added token " << kFirstAdded + k;
+}
+
+// A token with "normalized" decodes as its normalized form through the decoder ("HELLO WORLD" encodes as
+// "Hello World", which decodes as "hello world" under Lowercase), as the library decodes it.
+TEST_P(AddedTokenOptions, DecodeMatchesTheLibrary) {
+  const auto ids = expected_["ids"].get<std::vector<std::vector<int64_t>>>();
+  const auto decoded = expected_["decoded"].get<std::vector<std::string>>();
+  int mismatches = 0;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    absl::StatusOr<std::string> text = tokenizer_->Decode(ids[i], /*skip_special_tokens=*/false);
+    ASSERT_THAT(text, IsOk());
+    if (*text != decoded[i] && ++mismatches <= 5) {
+      ADD_FAILURE() << "ids " << ::testing::PrintToString(ids[i]) << "\n  ours:    \"" << absl::CHexEscape(*text)
+                    << "\"\n  library: \"" << absl::CHexEscape(decoded[i]) << "\"";
+    }
+  }
+  EXPECT_EQ(mismatches, 0);
 }
 
 // Tokens matched in normalized text span the original text they came from, in order with the rest.
