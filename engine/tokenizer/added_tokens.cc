@@ -12,16 +12,6 @@
 namespace attribution::engine {
 namespace {
 
-// The code point of the UTF-8 character of `length` bytes at text[begin]; U+FFFD for a malformed one (the
-// raw text is checked before it is split; normalized text comes from ICU).
-UChar32 CodePointAt(const std::string& text, size_t begin, size_t length) {
-  const auto byte = [&](size_t i) { return static_cast<unsigned char>(text[begin + i]); };
-  if (length == 1 || begin + length > text.size()) return byte(0) < 0x80 ? byte(0) : 0xFFFD;
-  UChar32 c = byte(0) & (0x7F >> length);
-  for (size_t i = 1; i < length; ++i) c = (c << 6) | (byte(i) & 0x3F);
-  return c;
-}
-
 // The length in bytes of the character that ends at text[end - 1] (end > 0).
 size_t LengthBefore(const std::string& text, size_t end) {
   size_t begin = end - 1;
@@ -51,12 +41,12 @@ bool IsWordCharacter(UChar32 c) {
 bool WordCharacterBefore(const std::string& text, size_t end) {
   if (end == 0) return false;
   const size_t length = LengthBefore(text, end);
-  return IsWordCharacter(CodePointAt(text, end - length, length));
+  return IsWordCharacter(CodePointAt(text, end - length));
 }
 
 bool WordCharacterAt(const std::string& text, size_t begin) {
   if (begin >= text.size()) return false;
-  return IsWordCharacter(CodePointAt(text, begin, Utf8Length(static_cast<unsigned char>(text[begin]))));
+  return IsWordCharacter(CodePointAt(text, begin));
 }
 
 }  // namespace
@@ -156,9 +146,13 @@ const AddedToken* AddedTokens::Find(int64_t id) const {
   return it == by_id_.end() ? nullptr : &tokens_[it->second];
 }
 
+std::vector<uint32_t>::const_iterator AddedTokens::FirstWithContent(const std::string& content) const {
+  return std::lower_bound(by_content_.begin(), by_content_.end(), content,
+                          [&](uint32_t i, const std::string& c) { return tokens_[i].content < c; });
+}
+
 std::optional<int64_t> AddedTokens::IdOf(const std::string& content) const {
-  const auto it = std::lower_bound(by_content_.begin(), by_content_.end(), content,
-                                   [&](uint32_t i, const std::string& c) { return tokens_[i].content < c; });
+  const auto it = FirstWithContent(content);
   if (it == by_content_.end() || tokens_[*it].content != content) return std::nullopt;
   return tokens_[*it].id;
 }
@@ -168,9 +162,7 @@ const std::string& AddedTokens::DecodedForm(const AddedToken& token) const {
 }
 
 bool AddedTokens::IsSpecialContent(const std::string& text) const {
-  auto it = std::lower_bound(by_content_.begin(), by_content_.end(), text,
-                             [&](uint32_t i, const std::string& c) { return tokens_[i].content < c; });
-  for (; it != by_content_.end() && tokens_[*it].content == text; ++it) {
+  for (auto it = FirstWithContent(text); it != by_content_.end() && tokens_[*it].content == text; ++it) {
     if (tokens_[*it].special) return true;
   }
   return false;
@@ -209,7 +201,7 @@ absl::Status AddedTokens::SplitWith(const Trie& trie, const std::string& text,
     size_t taken_begin = begin, taken_end = end;
     while (match.lstrip && taken_begin > from) {
       const size_t n = LengthBefore(text, taken_begin);
-      if (!IsSpace(CodePointAt(text, taken_begin - n, n))) break;
+      if (!IsSpace(CodePointAt(text, taken_begin - n))) break;
       taken_begin -= n;
     }
     if (match.rstrip) {
@@ -217,7 +209,7 @@ absl::Status AddedTokens::SplitWith(const Trie& trie, const std::string& text,
         space_from = space_end = end;
         while (space_end < text.size()) {
           const size_t n = Utf8Length(static_cast<unsigned char>(text[space_end]));
-          if (!IsSpace(CodePointAt(text, space_end, n))) break;
+          if (!IsSpace(CodePointAt(text, space_end))) break;
           space_end += n;
         }
       }

@@ -97,6 +97,8 @@ class AddedTokens {
     std::vector<TrieNode> nodes_;  // nodes_[0] is the root (the empty form)
   };
 
+  // The first of by_content_ whose token's content is not below `content`.
+  std::vector<uint32_t>::const_iterator FirstWithContent(const std::string& content) const;
   absl::Status SplitWith(const Trie& trie, const std::string& text,
                          absl::FunctionRef<absl::Status(size_t, size_t)> segment,
                          absl::FunctionRef<void(const AddedToken&, size_t, size_t)> token) const;

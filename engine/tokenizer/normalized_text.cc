@@ -39,14 +39,6 @@ std::string TypeOf(const json& spec) {
   return spec.is_object() && spec.contains("type") && spec["type"].is_string() ? spec["type"].get<std::string>() : "";
 }
 
-// Decodes the code point at text[i] (text is valid UTF-8).
-UChar32 CodePointAt(const std::string& text, size_t i) {
-  UChar32 c = 0;
-  int32_t offset = static_cast<int32_t>(i);
-  U8_NEXT(reinterpret_cast<const uint8_t*>(text.data()), offset, static_cast<int32_t>(text.size()), c);
-  return c;
-}
-
 std::string ToUtf8(const icu::UnicodeString& s) {
   std::string out;
   s.toUTF8String(out);
@@ -459,6 +451,13 @@ size_t Utf8Length(unsigned char lead) {
   if ((lead & 0xF0) == 0xE0) return 3;
   if ((lead & 0xF8) == 0xF0) return 4;
   return 1;
+}
+
+int32_t CodePointAt(const std::string& text, size_t i) {
+  UChar32 c = 0;
+  int32_t offset = static_cast<int32_t>(i);
+  U8_NEXT(reinterpret_cast<const uint8_t*>(text.data()), offset, static_cast<int32_t>(text.size()), c);
+  return c;
 }
 
 NormalizedText NormalizedText::FromOriginal(const std::string& text, size_t offset) {

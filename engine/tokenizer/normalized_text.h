@@ -81,5 +81,7 @@ bool UnicodeToByte(const std::string& ch, std::string& out);
 
 // Length in bytes of the UTF-8 character starting with byte `lead` (1 for invalid lead bytes).
 size_t Utf8Length(unsigned char lead);
+// The code point of the UTF-8 character at text[i] (ICU's UChar32); negative for a malformed one.
+int32_t CodePointAt(const std::string& text, size_t i);
 
 }  // namespace attribution::engine
