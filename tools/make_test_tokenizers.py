@@ -155,23 +155,35 @@ def write_expected(directory, texts, encode, decode, beyond):
                    "beyond_vocab_decoded": beyond[1]}, f, ensure_ascii=False)
 
 
-def write_kind(directory, tokenizer, special, texts):
-    """DIRECTORY/tokenizer.json, tokenizer_config.json and expected.json of `texts` for `tokenizer`."""
+def save_tokenizer(directory, tokenizer, eos):
+    """DIRECTORY/tokenizer.json and a tokenizer_config.json naming `eos`."""
+    os.makedirs(directory, exist_ok=True)
     tokenizer.save(os.path.join(directory, "tokenizer.json"))
     with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-        json.dump({"eos_token": special}, f)
+        json.dump({"eos_token": eos}, f)
+
+
+def write_library_expected(directory, tokenizer, texts, word):
+    """DIRECTORY/expected.json: the library's ids and decodes of `texts`, and of id lists past the vocabulary
+    (write_expected), each of those starting with `word`."""
     size = tokenizer.get_vocab_size(with_added_tokens=True)
+    beyond = [with_ids_beyond([word] + tokenizer.encode(t, add_special_tokens=False).ids, size, k)
+              for k, t in enumerate(corpus(3, 60, ""))]
+    write_expected(directory, texts, lambda t: tokenizer.encode(t).ids,
+                   lambda i: tokenizer.decode(i, skip_special_tokens=False),
+                   (beyond, [tokenizer.decode(i, skip_special_tokens=False) for i in beyond]))
+
+
+def write_kind(directory, tokenizer, special, texts):
+    """DIRECTORY/tokenizer.json, tokenizer_config.json and expected.json of `texts` for `tokenizer`."""
+    save_tokenizer(directory, tokenizer, special)
     # Each starts with a plain word: the Metaspace decoder drops every "▁" of the first token ("▁▁" of
     # a leading space, "▁make▁"), which ours does not copy (an issue of its own, not of these ids).
     vocab = tokenizer.get_vocab()
     mark = "▁" if any(w.startswith("▁") for w in vocab) else ""
     word = min(i for w, i in vocab.items()
                if w.startswith(mark) and w[len(mark):].isascii() and w[len(mark):].isalpha())
-    beyond = [with_ids_beyond([word] + tokenizer.encode(t, add_special_tokens=False).ids, size, k)
-              for k, t in enumerate(corpus(3, 60, ""))]
-    write_expected(directory, texts, lambda t: tokenizer.encode(t).ids,
-                   lambda i: tokenizer.decode(i, skip_special_tokens=False),
-                   (beyond, [tokenizer.decode(i, skip_special_tokens=False) for i in beyond]))
+    write_library_expected(directory, tokenizer, texts, word)
 
 
 # Numbers beyond the decimal digits (the `tokenizers` library's Digits splits what Rust's char::is_numeric
@@ -194,7 +206,6 @@ def write_pre_tokenizer_variants(out_dir):
     }
     for kind, steps in variants.items():
         directory = os.path.join(out_dir, kind)
-        os.makedirs(directory, exist_ok=True)
         tokenizer = Tokenizer.from_file(os.path.join(out_dir, "gpt2", "tokenizer.json"))
         tokenizer.pre_tokenizer = pre_tokenizers.Sequence(steps)
         write_kind(directory, tokenizer, SPECIALS["gpt2"], corpus(2, 2200, SPECIALS["gpt2"]) + NUMERIC_TEXTS)
@@ -238,10 +249,7 @@ def write_added_token_decoding(out_dir):
 
 def write_decoding(directory, tokenizer, eos, sequences, word, added):
     """DIRECTORY/tokenizer.json, tokenizer_config.json and decoding.json (see write_decoding_json)."""
-    os.makedirs(directory, exist_ok=True)
-    tokenizer.save(os.path.join(directory, "tokenizer.json"))
-    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-        json.dump({"eos_token": eos}, f)
+    save_tokenizer(directory, tokenizer, eos)
     write_decoding_json(directory, tokenizer, sequences, word, added)
 
 
@@ -262,7 +270,6 @@ def main():
     out_dir = sys.argv[1]
     for kind in ("gpt2", "llama3", "qwen2", "llama2", "metaspace"):
         directory = os.path.join(out_dir, kind)
-        os.makedirs(directory, exist_ok=True)
         training = corpus(1, 3000, SPECIALS[kind])
         tokenizer = (byte_level_tokenizer if kind in ("gpt2", "llama3", "qwen2") else metaspace_tokenizer)(kind, training)
         write_kind(directory, tokenizer, SPECIALS[kind], corpus(2, 2200, SPECIALS[kind]) + LONG_WORDS)
@@ -376,27 +383,20 @@ def write_added_token_options(out_dir):
                                lstrip=lstrip, rstrip=rstrip)
             (tokenizer.add_special_tokens if special else tokenizer.add_tokens)([token])
         directory = os.path.join(out_dir, kind)
-        os.makedirs(directory, exist_ok=True)
-        tokenizer.save(os.path.join(directory, "tokenizer.json"))
-        with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-            json.dump({"eos_token": "</s>"}, f)
+        save_tokenizer(directory, tokenizer, "</s>")
         # Read back as a file is, so that the ids are the saved file's.
         tokenizer = Tokenizer.from_file(os.path.join(directory, "tokenizer.json"))
         rng = random.Random(6)
         texts = [added_options_text(rng) for _ in range(2200)]
         texts += ["xab_cd ab_cd", "<r>  !!", "<r>   !! x", "a\u2000Qx\u00a0b", "Mask, Mask- \u25cc\u0330Mask",
                   "hello world", "Hello World", "HELLO WORLD", "say Hello World", "<|sep|>Hello World", "x<|sep|>Mask"]
-        size = tokenizer.get_vocab_size(with_added_tokens=True)
         word = tokenizer.token_to_id("▁the") or tokenizer.token_to_id("e")
-        beyond = [with_ids_beyond([word] + tokenizer.encode(t, add_special_tokens=False).ids, size, k)
-                  for k, t in enumerate(corpus(3, 60, ""))]
-        write_expected(directory, texts, lambda t: tokenizer.encode(t).ids,
-                       lambda i: tokenizer.decode(i, skip_special_tokens=False),
-                       (beyond, [tokenizer.decode(i, skip_special_tokens=False) for i in beyond]))
+        write_library_expected(directory, tokenizer, texts, word)
         # The library decodes a token with "normalized" in its normalized form ("hello world" for "Hello World"
         # under Lowercase, " Hello World" for "▁Hello▁World" after Llama 2's normalizer), and skips it as
         # special only where that form is a special token's content (a special "[SPAN]" decoded as "[span]"
         # is kept).
+        size = tokenizer.get_vocab_size(with_added_tokens=True)
         added = list(range(size - len(ADDED_OPTIONS), size))
         sequences = [[word, a] for a in added] + [[word, a, word] for a in added]
         sequences += [[word, a, b] for a in added for b in added]

@@ -31,14 +31,19 @@ using ::testing::HasSubstr;
 
 std::string TokenizersDir() { return ::attribution::test_support::TestTokenizersDir(); }
 
+// A reference file make_test_tokenizers.py wrote beside the tokenizer of `kind` (expected.json, ...).
+nlohmann::json ReadReference(const std::string& kind, const std::string& file) {
+  std::ifstream in(TokenizersDir() + "/" + kind + "/" + file);
+  return nlohmann::json::parse(in);
+}
+
 class TokenizerParity : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
     auto tokenizer = Tokenizer::Load(TokenizersDir() + "/" + GetParam());
     ASSERT_THAT(tokenizer, IsOk());
     tokenizer_ = std::move(*tokenizer);
-    std::ifstream in(TokenizersDir() + "/" + GetParam() + "/expected.json");
-    expected_ = nlohmann::json::parse(in);
+    expected_ = ReadReference(GetParam(), "expected.json");
   }
   std::unique_ptr<Tokenizer> tokenizer_;
   nlohmann::json expected_;
@@ -169,8 +174,7 @@ class ByteRuns : public ::testing::TestWithParam<std::string> {};
 TEST_P(ByteRuns, DecodeAsTheirLibraryDoesAndKeepTheirBytes) {
   auto tokenizer = Tokenizer::Load(TokenizersDir() + "/" + GetParam());
   ASSERT_THAT(tokenizer, IsOk());
-  std::ifstream in(TokenizersDir() + "/" + GetParam() + "/byte_runs.json");
-  const nlohmann::json runs = nlohmann::json::parse(in);
+  const nlohmann::json runs = ReadReference(GetParam(), "byte_runs.json");
   int replaced = 0;
   for (size_t r = 0; r < runs["ids"].size(); ++r) {
     const auto ids = runs["ids"][r].get<std::vector<int64_t>>();
@@ -215,8 +219,7 @@ class AddedTokenDecoding : public ::testing::TestWithParam<std::string> {};
 TEST_P(AddedTokenDecoding, MatchesTheTokenizersLibrary) {
   auto tokenizer = Tokenizer::Load(TokenizersDir() + "/" + GetParam());
   ASSERT_THAT(tokenizer, IsOk());
-  std::ifstream in(TokenizersDir() + "/" + GetParam() + "/decoding.json");
-  const nlohmann::json expected = nlohmann::json::parse(in);
+  const nlohmann::json expected = ReadReference(GetParam(), "decoding.json");
   const auto sequences = expected["ids"].get<std::vector<std::vector<int64_t>>>();
   ASSERT_GE(sequences.size(), 300u);
   for (size_t i = 0; i < sequences.size(); ++i) {
