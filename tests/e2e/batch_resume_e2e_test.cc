@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -44,6 +45,20 @@ using test_support::ServerProcess;
 using ::testing::HasSubstr;
 
 using BatchResume = test_support::BatchOnOneServer;
+
+// `count` rows ID_PREFIX0, ID_PREFIX1, ... of one question, row i with settings of its own: `settings(i)`.
+void WriteOneQuestion(const std::string& path, const std::string& id_prefix, int count,
+                      const std::function<json(int)>& settings) {
+  std::ofstream rows(path);
+  for (int i = 0; i < count; ++i) {
+    rows << json{{"id", absl::StrCat(id_prefix, i)},
+                 {"prompt", "Q: Is it warm? A:"},
+                 {"target", " Yes"},
+                 {"settings", settings(i)}}
+                .dump()
+         << "\n";
+  }
+}
 
 // Another job's results file (same ids and settings, other prompts; or rows not in the input) is
 // refused naming the file and the row; before, its rows counted as done.
@@ -83,17 +98,7 @@ TEST_F(BatchResume, MergeRefusesAResultOfARowEditedSince) {
 // them and exited 0. Results written before lines carried job_settings_hash still resume and merge.
 TEST_F(BatchResume, MergeRefusesShardsOfOtherJobsWhoseRowsAllHaveTheirOwnSettings) {
   const std::string input = dir_.File("own.jsonl"), merged = dir_.File("merged.jsonl");
-  {
-    std::ofstream rows(input);
-    for (int i = 0; i < 4; ++i) {
-      rows << json{{"id", absl::StrCat("o", i)},
-                   {"prompt", "Q: Is it warm? A:"},
-                   {"target", " Yes"},
-                   {"settings", {{"seed", i + 1}}}}
-                  .dump()
-           << "\n";
-    }
-  }
+  WriteOneQuestion(input, "o", 4, [](int i) { return json{{"seed", i + 1}}; });
   const auto shard = [&](const std::string& output, int index, const std::string& quantity) {
     return RunBatch(
         {"--input=" + input, "--output=" + output, "--server=" + server_->address(), "--method=saliency",
@@ -141,17 +146,7 @@ TEST_F(BatchResume, MergeRefusesShardsOfOtherJobsWhoseRowsAllHaveTheirOwnSetting
 // file with the other's flags was accepted, and merge refused the mixed file later. The resume refuses it now.
 TEST_F(BatchResume, ResumeRefusesAFileOfAJobWithOtherSettingsWhoseRowsAllOverrideThem) {
   const std::string input = dir_.File("overridden.jsonl"), output = dir_.File("out.jsonl");
-  {
-    std::ofstream rows(input);
-    for (int i = 0; i < 2; ++i) {
-      rows << json{{"id", absl::StrCat("q", i)},
-                   {"prompt", "Q: Is it warm? A:"},
-                   {"target", " Yes"},
-                   {"settings", {{"quantity", "prob"}}}}
-                  .dump()
-           << "\n";
-    }
-  }
+  WriteOneQuestion(input, "q", 2, [](int) { return json{{"quantity", "prob"}}; });
   const auto run = [&](const std::string& quantity) {
     return RunBatch({"--input=" + input, "--output=" + output, "--server=" + server_->address(), "--method=saliency",
                      "--quantity=" + quantity},
