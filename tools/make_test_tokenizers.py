@@ -65,6 +65,9 @@ QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[
 # Single words tens of kilobytes long: BPE merges them in O(n log n) (a rescan per merge, O(n²), held a
 # request thread for minutes on a 200 KB word), and the ids must still be the library's.
 LONG_WORDS = ["".join(w for w in WORDS if w.isalpha()) * 12, "日本語のテキスト" * 500, "ab" * 8000]
+# Text that starts with spaces, as ids without a bos: the Metaspace decoder drops every "▁" of the first token
+# ("▁▁x" is "x"), a Strip decoder one space of the whole text.
+LEADING_SPACES = ["  two spaces", "   three", " one", "    four spaces first", "  \n  x"]
 
 
 def random_text(rng, special):
@@ -147,12 +150,12 @@ def with_ids_beyond(ids, size, k):
     return out
 
 
-def write_expected(directory, texts, encode, decode, beyond):
+def write_expected(directory, texts, encode, decode, beyond, extra=None):
     """`beyond` = (ids, decoded): texts without special tokens, as ids with ids past the vocabulary."""
     ids = [encode(t) for t in texts]
     with open(os.path.join(directory, "expected.json"), "w") as f:
         json.dump({"texts": texts, "ids": ids, "decoded": [decode(i) for i in ids], "beyond_vocab_ids": beyond[0],
-                   "beyond_vocab_decoded": beyond[1]}, f, ensure_ascii=False)
+                   "beyond_vocab_decoded": beyond[1], **(extra or {})}, f, ensure_ascii=False)
 
 
 def save_tokenizer(directory, tokenizer, eos):
@@ -169,16 +172,18 @@ def write_library_expected(directory, tokenizer, texts, word):
     size = tokenizer.get_vocab_size(with_added_tokens=True)
     beyond = [with_ids_beyond([word] + tokenizer.encode(t, add_special_tokens=False).ids, size, k)
               for k, t in enumerate(corpus(3, 60, ""))]
+    leading = [tokenizer.encode(t, add_special_tokens=False).ids for t in LEADING_SPACES]
     write_expected(directory, texts, lambda t: tokenizer.encode(t).ids,
                    lambda i: tokenizer.decode(i, skip_special_tokens=False),
-                   (beyond, [tokenizer.decode(i, skip_special_tokens=False) for i in beyond]))
+                   (beyond, [tokenizer.decode(i, skip_special_tokens=False) for i in beyond]),
+                   {"leading_space_ids": leading, "leading_space_decoded": [tokenizer.decode(i) for i in leading]})
 
 
 def write_kind(directory, tokenizer, special, texts):
     """DIRECTORY/tokenizer.json, tokenizer_config.json and expected.json of `texts` for `tokenizer`."""
     save_tokenizer(directory, tokenizer, special)
-    # Each starts with a plain word: the Metaspace decoder drops every "▁" of the first token ("▁▁" of
-    # a leading space, "▁make▁"), which ours does not copy (an issue of its own, not of these ids).
+    # Each starts with a plain word, so that the ids past the vocabulary are what the text's start decodes to
+    # (LEADING_SPACES checks that start).
     vocab = tokenizer.get_vocab()
     mark = "▁" if any(w.startswith("▁") for w in vocab) else ""
     word = min(i for w, i in vocab.items()

@@ -3,8 +3,10 @@
 
 #include <algorithm>
 #include <nlohmann/json.hpp>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "engine/common/bounded_json.h"
 #include "engine/common/status_macros.h"
 
@@ -22,19 +24,23 @@ std::optional<std::string> ConfiguredToken(const json& config, const char* key) 
   return std::nullopt;
 }
 
-// True when the decoder removes the space that Metaspace / Prepend put before the first word.
-bool DecoderStripsLeadingSpace(const json& decoder) {
-  if (!decoder.is_object()) return false;
+// What the decoder does with the space Metaspace / Prepend put before the first word.
+HfTokenizer::LeadingSpaceRule DecodedLeadingSpaceRule(const json& decoder) {
+  using Rule = HfTokenizer::LeadingSpaceRule;
+  if (!decoder.is_object()) return Rule::kKeep;
   const std::string type = decoder.value("type", std::string());
-  if (type == "Strip") return decoder.value("start", 0) > 0;
-  if (type == "Metaspace")
-    return decoder.value("prepend_scheme", std::string("always")) != "never" && decoder.value("add_prefix_space", true);
+  if (type == "Strip") return decoder.value("start", 0) > 0 ? Rule::kStripOne : Rule::kKeep;
+  if (type == "Metaspace") {
+    const bool prepends =
+        decoder.value("prepend_scheme", std::string("always")) != "never" && decoder.value("add_prefix_space", true);
+    return prepends ? Rule::kDropFirstTokenMarks : Rule::kKeep;
+  }
   if (type == "Sequence") {
     for (const json& d : JsonMember(decoder, "decoders")) {
-      if (DecoderStripsLeadingSpace(d)) return true;
+      if (const Rule rule = DecodedLeadingSpaceRule(d); rule != Rule::kKeep) return rule;
     }
   }
-  return false;
+  return Rule::kKeep;
 }
 
 bool DecoderIsByteLevel(const json& decoder) {
@@ -102,7 +108,7 @@ absl::StatusOr<std::unique_ptr<HfTokenizer>> HfTokenizer::Create(const json& tj,
   }
   const json& decoder = JsonMember(tj, "decoder");
   t->byte_level_ = (t->pre_tokenizer_ && t->pre_tokenizer_->byte_level()) || DecoderIsByteLevel(decoder);
-  t->strip_decoded_leading_space_ = DecoderStripsLeadingSpace(decoder);
+  t->leading_space_rule_ = DecodedLeadingSpaceRule(decoder);
   RETURN_IF_ERROR(t->ParsePostProcessor(JsonMember(tj, "post_processor")));
   for (const std::vector<int64_t>* ids : {&t->prefix_ids_, &t->suffix_ids_}) {
     for (int64_t id : *ids) {
@@ -249,6 +255,7 @@ absl::StatusOr<Encoding> HfTokenizer::Encode(const std::string& text, bool add_s
 std::string HfTokenizer::DecodeTokens(const std::vector<int64_t>& ids, bool skip_special,
                                       bool strip_leading_space) const {
   std::string bytes;
+  bool first = true;
   for (int64_t id : ids) {
     if (!HasToken(id)) continue;
     const AddedToken* added = added_.Find(id);
@@ -257,6 +264,7 @@ std::string HfTokenizer::DecodeTokens(const std::vector<int64_t>& ids, bool skip
     // World"), and skip it as special by that form.
     const std::string& token = added != nullptr ? added_.DecodedForm(*added) : model_.tokens()[id];
     if (added != nullptr && skip_special && added_.IsSpecialContent(token)) continue;
+    const bool starts_text = std::exchange(first, false);
     if (byte_level_) {
       AppendByteLevelToken(token, bytes);
       continue;
@@ -265,9 +273,16 @@ std::string HfTokenizer::DecodeTokens(const std::vector<int64_t>& ids, bool skip
       bytes.push_back(*byte);
       continue;
     }
+    if (starts_text && strip_leading_space && leading_space_rule_ == LeadingSpaceRule::kDropFirstTokenMarks) {
+      // The library's Metaspace decoder drops every "▁" of the first token, not one space ("▁▁x" is "x").
+      AppendPieceBytes(absl::StrReplaceAll(token, {{"\xE2\x96\x81", ""}}), bytes);
+      continue;
+    }
     AppendPieceBytes(token, bytes);
   }
-  if (strip_leading_space && strip_decoded_leading_space_ && !bytes.empty() && bytes[0] == ' ') bytes.erase(0, 1);
+  if (strip_leading_space && leading_space_rule_ == LeadingSpaceRule::kStripOne && !bytes.empty() && bytes[0] == ' ') {
+    bytes.erase(0, 1);
+  }
   return bytes;
 }
 

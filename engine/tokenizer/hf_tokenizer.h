@@ -34,6 +34,10 @@ class HfTokenizer : public Tokenizer {
     return pre_tokenizer_ != nullptr && pre_tokenizer_->adds_prefix_space().value_or(false);
   }
 
+  // What decoding does with the space put before the first word: Strip takes one space off the fused text;
+  // Metaspace drops every "▁" of the first token it decodes.
+  enum class LeadingSpaceRule { kKeep, kStripOne, kDropFirstTokenMarks };
+
  private:
   HfTokenizer() = default;
   absl::Status ParsePostProcessor(const nlohmann::json& spec);
@@ -53,7 +57,7 @@ class HfTokenizer : public Tokenizer {
   std::unique_ptr<PreTokenizer> pre_tokenizer_;   // may be null
   std::vector<int64_t> prefix_ids_, suffix_ids_;  // template tokens around a single sequence
   bool byte_level_ = false;
-  bool strip_decoded_leading_space_ = false;
+  LeadingSpaceRule leading_space_rule_ = LeadingSpaceRule::kKeep;
   int64_t vocab_size_ = 0;
   SpecialTokens special_;
 };

@@ -83,6 +83,19 @@ TEST_P(TokenizerParity, DecodeMatchesPython) {
   EXPECT_EQ(mismatches, 0);
 }
 
+// Ids whose first token is spaces only ("▁▁", no bos before it): the Metaspace decoder drops every "▁" of it.
+TEST_P(TokenizerParity, LeadingSpacesDecodeAsPython) {
+  if (!expected_.contains("leading_space_ids")) GTEST_SKIP() << "a SentencePiece model: no tokenizer.json decoder";
+  const auto ids = expected_["leading_space_ids"].get<std::vector<std::vector<int64_t>>>();
+  const auto decoded = expected_["leading_space_decoded"].get<std::vector<std::string>>();
+  ASSERT_EQ(ids.size(), decoded.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    auto text = tokenizer_->Decode(ids[i], /*skip_special_tokens=*/true);
+    ASSERT_THAT(text, IsOk());
+    EXPECT_EQ(*text, decoded[i]) << ::testing::PrintToString(ids[i]);
+  }
+}
+
 // A model's embedding often has rows past its tokenizer's tokens (Qwen2: 151936 ids, 151665 tokens) and
 // may generate one: such ids decode to nothing, as in Python, and the other ids keep their text, whether
 // decoded alone or as a prompt's continuation (where each gets its span and those ids empty ones).
