@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <limits>
 #include <stdexcept>
 
 #include "absl/cleanup/cleanup.h"
@@ -67,6 +68,13 @@ std::string Mebibytes(int64_t bytes) {
   if (bytes < 1024) return absl::StrCat(bytes, " bytes");
   if (bytes < (1 << 20)) return absl::StrFormat("%.1f KiB", bytes / 1024.0);
   return absl::StrFormat("%.1f MiB", bytes / static_cast<double>(1 << 20));
+}
+
+// A queue limit, doubled for an admitted request's later stages (Submit), saturating: an operator's "unlimited"
+// of INT64_MAX must not wrap to a negative limit that refuses every stage.
+int64_t WithHeadroom(int64_t limit, bool admitted) {
+  if (!admitted) return limit;
+  return limit > std::numeric_limits<int64_t>::max() / 2 ? std::numeric_limits<int64_t>::max() : 2 * limit;
 }
 
 }  // namespace
@@ -176,9 +184,9 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
   // decode step, a perturbation's coalitions after its prefix, the next order of a tolerance, the rows after a
   // generated target) are queued up to twice the engine's limits, or the request would fail part-way with its
   // work lost; past twice, even they are refused, so the queue's memory stays bounded.
-  const int64_t headroom = request->admitted_.load() ? 2 : 1;
-  if (stats_.queued_rows + count > headroom * options_.max_queued_rows ||
-      stats_.queued_tokens + tokens > headroom * options_.max_queued_tokens) {
+  const bool admitted = request->admitted_.load();
+  if (stats_.queued_rows + count > WithHeadroom(options_.max_queued_rows, admitted) ||
+      stats_.queued_tokens + tokens > WithHeadroom(options_.max_queued_tokens, admitted)) {
     return reject(absl::ResourceExhaustedError(absl::StrCat("engine queue is full (", stats_.queued_rows, " rows, ",
                                                             stats_.queued_tokens, " tokens queued)")));
   }
@@ -191,7 +199,7 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
         "this request alone needs ", Mebibytes(bytes), " of queue memory, more than the limit of ",
         Mebibytes(options_.max_queued_bytes), ": it cannot be queued even on an idle server (fewer or shorter rows)")));
   }
-  if (stats_.queued_bytes + bytes > headroom * options_.max_queued_bytes) {
+  if (stats_.queued_bytes + bytes > WithHeadroom(options_.max_queued_bytes, admitted)) {
     return reject(absl::ResourceExhaustedError(
         absl::StrCat("engine queue memory is full: ", Mebibytes(stats_.queued_bytes), " queued and this request needs ",
                      Mebibytes(bytes), " more; the limit is ", Mebibytes(options_.max_queued_bytes))));
@@ -564,7 +572,7 @@ void BatchingEngine::ReleaseFreeMemory() {
 void BatchingEngine::RegrowTokenBudget() {
   std::lock_guard<std::mutex> lock(mu_);
   if (token_budget_ >= options_.max_batch_tokens || ++batches_since_shrink_ < kBatchesBeforeBudgetRegrows) return;
-  token_budget_ = std::min(options_.max_batch_tokens, 2 * token_budget_);
+  token_budget_ = token_budget_ > options_.max_batch_tokens / 2 ? options_.max_batch_tokens : 2 * token_budget_;
   batches_since_shrink_ = 0;
 }
 

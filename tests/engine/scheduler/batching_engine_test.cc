@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <functional>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -984,6 +985,21 @@ TEST_F(BatchingEngineTest, AFullQueueRefusesNewRequestsButNotTheLaterStagesOfAnA
   for (size_t i = 0; i < 4; ++i) EXPECT_THAT(next_stage.result(i).status, IsOk());
   EXPECT_FALSE(called);
   EXPECT_EQ(engine_->Stats().queued_rows, 0);
+}
+
+// An operator's "unlimited" queue: twice INT64_MAX wrapped negative, and every later stage was refused on an
+// idle server ("engine queue is full (0 rows, 0 tokens queued)").
+TEST_F(BatchingEngineTest, LaterStagesAreQueuedUnderLimitsOfInt64Max) {
+  constexpr int64_t kUnlimited = std::numeric_limits<int64_t>::max();
+  Start({.max_queued_rows = kUnlimited, .max_queued_tokens = kUnlimited, .max_queued_bytes = kUnlimited});
+  auto request = engine_->NewRequest();
+  RowCollector first(2), second(2);
+  ASSERT_THAT(engine_->Submit(request, ScoreRows(2, 2, 2), first.Callback()), IsOk());
+  const absl::Status later = engine_->Submit(request, ScoreRows(2, 2, 3), second.Callback());
+  first.Wait();
+  ASSERT_THAT(later, IsOk());  // refused, its rows are never answered
+  second.Wait();
+  for (size_t i = 0; i < 2; ++i) EXPECT_THAT(second.result(i).status, IsOk());
 }
 
 TEST_F(BatchingEngineTest, QueueMemoryCountsEachRequestsPathOnceAndRefusesAboveTheLimit) {
