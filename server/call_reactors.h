@@ -103,9 +103,11 @@ class CancelHook {
 inline absl::Duration DeadlineMargin(const CallLog& log) {
   return absl::Milliseconds(100) + (log.deadline - log.received) / 50;
 }
+inline bool CancelledByDeadline(const CallLog& log, absl::Time now) {
+  return log.deadline != absl::InfiniteFuture() && now >= log.deadline - DeadlineMargin(log);
+}
 inline grpc::Status EndStatus(const absl::Status& status, const CallLog& log, absl::Time now = absl::Now()) {
-  if (status.code() == absl::StatusCode::kCancelled && log.deadline != absl::InfiniteFuture() &&
-      now >= log.deadline - DeadlineMargin(log)) {
+  if (status.code() == absl::StatusCode::kCancelled && CancelledByDeadline(log, now)) {
     return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "the call's deadline passed before its work finished");
   }
   return ToGrpcStatus(status);

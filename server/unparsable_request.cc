@@ -88,7 +88,7 @@ class UnparsableRequestInterceptor final : public grpc::experimental::Intercepto
     log.received = received_;
     // A call cancelled (or expired) before its message came has no message either: no bad input.
     if (context->IsCancelled()) {
-      const bool expired = absl::FromChrono(context->deadline()) < absl::Now();
+      const bool expired = CancelledByDeadline(log, absl::Now());
       log.logged = ended_before_message_lines_->Take(absl::Now(), log.like_it_not_logged);
       observer_->CallEnded(log,
                            grpc::Status(expired ? grpc::StatusCode::DEADLINE_EXCEEDED : grpc::StatusCode::CANCELLED,

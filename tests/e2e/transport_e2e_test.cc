@@ -17,6 +17,7 @@
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -39,9 +40,12 @@ using test_support::ServerProcess;
 // objects for them wait forever, each matched before any handler or token check.
 class UnfedCalls {
  public:
-  UnfedCalls(const std::shared_ptr<grpc::Channel>& channel, int count) : stub_(channel) {
+  UnfedCalls(const std::shared_ptr<grpc::Channel>& channel, int count,
+             std::optional<std::chrono::system_clock::time_point> deadline = std::nullopt)
+      : stub_(channel) {
     for (int i = 0; i < count; ++i) {
       contexts_.push_back(std::make_unique<grpc::ClientContext>());
+      if (deadline) contexts_.back()->set_deadline(*deadline);
       calls_.push_back(stub_.PrepareCall(contexts_.back().get(), "/attribution.v1.AttributionService/Logprobs", &cq_));
       calls_.back()->StartCall(Tag(i));
     }
@@ -178,6 +182,30 @@ LoggedResets CallsEndedBeforeTheirMessage(const std::string& log) {
     logged.calls += 1 + json.value("like_it_not_logged", int64_t{0});
   }
   return logged;
+}
+
+// A call ended this close to its deadline before its message arrived is the deadline's, as the README's margin
+// (100 ms + 2% of the timeout) says for every call: a client's own timer resets the stream a little before the
+// server's, and such calls were counted CANCELLED. Here the client cancels 70 ms before a 2 s deadline.
+TEST(Transport, CallsEndedNearTheirDeadlineBeforeTheirMessageCountAsDeadlineExceeded) {
+  auto server = ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir()});
+  ASSERT_THAT(server, IsOk());
+  auto channel = grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials());
+  ASSERT_TRUE(channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10)));
+  constexpr int kCalls = 20;
+  const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(2);
+  {
+    UnfedCalls calls(channel, kCalls, deadline);
+    std::this_thread::sleep_until(deadline - std::chrono::milliseconds(70));
+  }  // all cancelled
+  const std::string expired = R"(attribution_rpcs_total{code="DEADLINE_EXCEEDED",method="Logprobs",model=""})";
+  for (int i = 0; i < 300 && test_support::MetricValue((*server)->metrics_port(), expired) < kCalls; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(test_support::MetricValue((*server)->metrics_port(), expired), kCalls);
+  EXPECT_EQ(test_support::MetricValue((*server)->metrics_port(),
+                                      R"(attribution_rpcs_total{code="CANCELLED",method="Logprobs",model=""})"),
+            0);
 }
 
 // A client that opens calls and resets them before their message (HTTP/2 rapid reset) wrote one log line
