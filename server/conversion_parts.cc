@@ -86,10 +86,8 @@ namespace {
 // expand a text (NFKC's U+FDFA: 3 bytes to 33, some 3.4 million tokens from 420 KB that took 3-5 s and
 // 600 MB to encode before their refusal), so the text's largest normalized form is held to the same bound.
 absl::Status CheckTextFits(const std::string& text, absl::string_view field, const ServedModel& model) {
-  constexpr int64_t kNormalizationShrink = 4;
   constexpr int64_t kMostExpansion = 11;  // bytes of NFKD per byte of text, at most
-  const int64_t max_bytes =
-      kNormalizationShrink * model.tokenizer->longest_token_bytes() * model.spec.limits.max_tokens;
+  const int64_t max_bytes = MaxTextBytes(model);
   const int64_t bytes = static_cast<int64_t>(text.size());
   const auto too_long = [&](const std::string& size) {
     return Invalid(absl::StrCat(field, ".text"),
@@ -105,6 +103,11 @@ absl::Status CheckTextFits(const std::string& text, absl::string_view field, con
 }
 
 }  // namespace
+
+int64_t MaxTextBytes(const ServedModel& model) {
+  constexpr int64_t kNormalizationShrink = 4;
+  return kNormalizationShrink * model.tokenizer->longest_token_bytes() * model.spec.limits.max_tokens;
+}
 
 absl::StatusOr<ResolvedInput> Resolve(const v1::Input& input, absl::string_view field, const ServedModel& model,
                                       bool add_special_tokens) {

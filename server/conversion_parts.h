@@ -25,6 +25,10 @@ absl::Status UnknownEnumValue(absl::string_view field, int value, const google::
 // deletes its span), read the parent's has_ instead.
 bool IsSet(const v1::Input& input);
 // Token ids as they are (checked against the vocabulary), or text tokenized.
+// The most bytes a text may have for the model's max_tokens: 4 x its longest token's bytes per token (what
+// normalization may take away), checked before the text is tokenized.
+int64_t MaxTextBytes(const ServedModel& model);
+
 absl::StatusOr<ResolvedInput> Resolve(const v1::Input& input, absl::string_view field, const ServedModel& model,
                                       bool add_special_tokens);
 

@@ -466,7 +466,7 @@ std::vector<BadCase> BadCases() {
             g->set_token_end(3);
             for (int i = 0; i < 30000; ++i) g->mutable_baseline()->add_token_ids(5);
           },
-          kInvalid, "feature_groups[].baseline: with every feature at its baseline a row holds 300"),
+          kInvalid, "feature_groups[0].baseline: with every group up to this one at its baseline a row holds 300"),
       Attribute(
           "target text of megabytes, read as the prompt's continuation",
           [](A& r) {
