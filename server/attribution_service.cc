@@ -2,6 +2,7 @@
 #include "server/attribution_service.h"
 
 #include <chrono>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -62,45 +63,64 @@ absl::StatusOr<int64_t> CheckResponseSize(const google::protobuf::Message& messa
                    ": ask for less (", AskForLess(Response()), "), or raise max_message_bytes"));
 }
 
-// What an attribution's response holds whatever its numbers, known before any work: the prompt's and a given
-// target's tokens (encoded as the response holds them), the sequence attribution (F doubles) and, when asked,
-// the token matrix (T x F). A request that cannot fit is refused then, not after minutes of device time (the
-// matrix alone let a request 4% under it run 63 s and fail). A generated target counts at
-// generation.max_new_tokens, as the row limit counts it.
+// The response an attribution will have, built now from its request with every number 1 (protobuf leaves zeros
+// out) and the counts at their widest: its size, less the faithfulness curves' few numbers (kCurveBytes), is
+// known before any work. The prompt's and a given target's tokens and features are the request's; a generated
+// target counts at generation.max_new_tokens in the token matrix (as the row limit counts it), its tokens' texts
+// unknown. Counting only the numbers and tokens let framing and feature texts (30 KB) through: a request ran 375 s
+// to fail at its end.
+constexpr int64_t kCurveBytes = 1024;
+int64_t AttributeResponseBytes(const AttributeCall& call, const ServedModel& model) {
+  const engine::AttributionRequest& request = call.request;
+  const size_t targets = request.target_ids.empty() ? request.generation.max_new_tokens : request.target_ids.size();
+  const size_t features = engine::NumFeatures(request);
+  engine::AttributionResult ones{.target_ids = request.target_ids, .sequence = std::vector<double>(features, 1.0)};
+  if (request.want_token_matrix) ones.per_token.assign(targets, ones.sequence);
+  ones.target_log_probs.assign(targets, 1.0);
+  ones.foil_log_probs.assign(call.foil.encoding.ids.size(), 1.0);
+  ones.objective = 1;
+  ones.convergence_delta = 1;
+  ones.integration_steps = std::numeric_limits<int32_t>::max();
+  ones.tolerance_met = true;
+  ones.rows = ones.forward_passes = ones.backward_passes = std::numeric_limits<int32_t>::max();
+  ones.queue_time = ones.device_time = absl::Seconds(1);
+  v1::AttributeResponse response;
+  ToAttributeResponse(ones, call, model, &response);
+  return static_cast<int64_t>(response.ByteSizeLong()) + (request.want_faithfulness ? kCurveBytes : 0);
+}
+
+// A request that cannot fit is refused before any work, not after minutes of device time. Its numbers alone
+// (the token matrix, T x F doubles) are counted first: what is too large then is never built to be measured.
 absl::Status CheckAttributionFits(const AttributeCall& call, const ServedModel& model, int64_t max_bytes) {
   const engine::AttributionRequest& request = call.request;
   const int64_t targets =
       request.target_ids.empty() ? request.generation.max_new_tokens : static_cast<int64_t>(request.target_ids.size());
   const int64_t features = engine::NumFeatures(request);
   constexpr auto kDouble = static_cast<int64_t>(sizeof(double));
-  const int64_t matrix = request.want_token_matrix ? targets * features * kDouble : 0;
-  v1::AttributeResponse tokens;
-  FillTokens(call.prompt, *model.tokenizer, tokens.mutable_prompt_tokens());
-  FillTokens(call.target, *model.tokenizer, tokens.mutable_target_tokens());
-  const int64_t bytes = matrix + features * kDouble + static_cast<int64_t>(tokens.ByteSizeLong());
+  int64_t bytes = (request.want_token_matrix ? targets * features * kDouble : 0) + features * kDouble;
+  if (bytes <= max_bytes) bytes = AttributeResponseBytes(call, model);
   if (bytes <= max_bytes) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(
       "the response would be at least ", bytes, " bytes (", request.want_token_matrix ? "the token matrix's " : "",
       request.want_token_matrix ? absl::StrCat(targets, " target tokens x ", features, " features x 8 bytes, ") : "",
-      "the attribution and the tokens), over this server's max_message_bytes of ", max_bytes,
+      "the attribution, the features and the tokens), over this server's max_message_bytes of ", max_bytes,
       ": ask for less (want_token_matrix, fewer target tokens or features, a shorter prompt), or raise "
       "max_message_bytes"));
 }
 
-// Likewise a component attribution's grids (8 bytes a value) and the pairs' tokens it echoes (encoded
-// here as the response will hold them, a pair at a time): a floor known before any row runs.
+// Likewise a component attribution's grids: their values first (8 bytes each), then, where they fit, the response
+// built from the request with every value 1.
 absl::Status CheckComponentsFit(const ComponentsCall& call, const ServedModel& model, int64_t max_bytes) {
   int64_t bytes = engine::CountGridValues(call.request, model.model->config()) * static_cast<int64_t>(sizeof(double));
-  for (size_t k = 0; k < call.clean.size() && bytes <= max_bytes; ++k) {
-    v1::PairComponents tokens;
-    FillTokens(call.clean[k], *model.tokenizer, tokens.mutable_clean_tokens());
-    FillTokens(call.corrupted[k], *model.tokenizer, tokens.mutable_corrupted_tokens());
-    bytes += static_cast<int64_t>(tokens.ByteSizeLong());
+  if (bytes <= max_bytes) {
+    v1::AttributeComponentsResponse response;
+    ToComponentsResponse(engine::ComponentResultOfOnes(call.request, model.model->config()), call, model, &response);
+    bytes = static_cast<int64_t>(response.ByteSizeLong());
   }
   if (bytes <= max_bytes) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(
-      "the response would be at least ", bytes, " bytes (the grids' values x 8 bytes and the pairs' tokens), over ",
-      "this server's max_message_bytes of ", max_bytes, ": ask for less (",
+      "the response would be at least ", bytes, " bytes (the grids' values x 8 bytes, their shapes and the pairs' ",
+      "tokens), over this server's max_message_bytes of ", max_bytes, ": ask for less (",
       AskForLess(v1::AttributeComponentsResponse()), "), or raise max_message_bytes"));
 }
 

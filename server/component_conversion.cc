@@ -83,6 +83,7 @@ absl::StatusOr<ComponentsCall> ToComponentsCall(const v1::AttributeComponentsReq
                  .max_steps = limits.max_steps,
                  .max_rows = limits.max_rows,
                  .max_queued_tokens = limits.max_queued_tokens};
+  ASSIGN_OR_RETURN(request.metric, ToComponentMetric(proto.metric()));
   if (proto.pairs_size() == 0) return Invalid("pairs", "give at least one clean/corrupted pair");
   if (proto.pairs_size() > call.limits.max_pairs) {
     return Invalid("pairs", absl::StrCat(proto.pairs_size(), " pairs exceed the limit of ", call.limits.max_pairs));
@@ -98,8 +99,11 @@ absl::StatusOr<ComponentsCall> ToComponentsCall(const v1::AttributeComponentsReq
     }
     request.pairs.push_back(
         {.clean_ids = call.clean.back().encoding.ids, .corrupted_ids = call.corrupted.back().encoding.ids});
+    // Before the next pair is tokenized: 64 pairs of 15 KB were all read (1 s of a handler thread) to refuse the
+    // first for its lengths.
+    RETURN_IF_ERROR(
+        engine::CheckPromptPair(request.pairs.back(), k, request.metric, model.model->config(), call.limits));
   }
-  ASSIGN_OR_RETURN(request.metric, ToComponentMetric(proto.metric()));
   ASSIGN_OR_RETURN(call.answer, ResolveAnswer(proto.answer(), "answer", call.clean[0], model));
   request.answer = call.answer.encoding.ids[0];
   if (engine::IsDifference(request.metric)) {

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "engine/attribution/attribution_request.h"
@@ -453,31 +454,61 @@ int64_t CountGridValues(const ComponentRequest& request, const ModelConfig& conf
   return request.method == ComponentMethod::kLayerIntegratedGradients ? 2 * values : values;
 }
 
+ComponentResult ComponentResultOfOnes(const ComponentRequest& request, const ModelConfig& config) {
+  const bool deltas = request.method == ComponentMethod::kLayerIntegratedGradients;
+  auto grids = [&](int64_t length) {
+    std::vector<ComponentGrid> out;
+    for (const GridLayout& layout : Layouts(request, config, length)) {
+      ComponentGrid& grid = out.emplace_back();
+      grid.site = layout.site;
+      grid.granularity = layout.granularity;
+      grid.shape = layout.shape;
+      grid.values.assign(layout.size(), 1.0);
+      if (deltas) grid.convergence_deltas.assign(layout.size(), 1.0);
+    }
+    return out;
+  };
+  ComponentResult result;
+  int64_t longest = 0;
+  for (const PromptPair& pair : request.pairs) {
+    result.pairs.push_back({.clean_metric = 1, .corrupted_metric = 1, .grids = grids(pair.length())});
+    longest = std::max(longest, pair.length());
+  }
+  result.grids = grids(longest);
+  result.rows = result.forward_passes = result.backward_passes = std::numeric_limits<int32_t>::max();
+  return result;
+}
+
+absl::Status CheckPromptPair(const PromptPair& pair, size_t k, ComponentMetric metric, const ModelConfig& config,
+                             const ComponentLimits& limits) {
+  const std::string field = absl::StrCat("pairs[", k, "]");
+  RETURN_IF_ERROR(CheckRange(pair.length(), 1, limits.max_tokens, field + ".clean (tokens)"));
+  if (pair.corrupted_ids.size() != pair.clean_ids.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": clean has ", pair.clean_ids.size(),
+                                                   " tokens, corrupted has ", pair.corrupted_ids.size(),
+                                                   "; patching needs prompts of equal length"));
+  }
+  RETURN_IF_ERROR(CheckTokenIds(pair.clean_ids, field + ".clean", config.vocab_size));
+  RETURN_IF_ERROR(CheckTokenIds(pair.corrupted_ids, field + ".corrupted", config.vocab_size));
+  // The two runs' logit differences are then equal and the normalisation divides by zero: known now,
+  // not after every row ran.
+  if (metric == ComponentMetric::kNormalizedLogitDifference && pair.clean_ids == pair.corrupted_ids) {
+    return absl::InvalidArgumentError(absl::StrCat(field,
+                                                   ": clean and corrupted are the same tokens, so "
+                                                   "normalized_logit_difference divides by zero; ask for "
+                                                   "logit_difference, or give prompts that differ"));
+  }
+  if (config.architecture == Architecture::kGpt2) {
+    RETURN_IF_ERROR(CheckRange(pair.length(), 1, config.max_position_embeddings, field + ".clean (tokens)"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateComponentRequest(const ComponentRequest& request, const ModelConfig& config,
                                       const ComponentLimits& limits) {
   RETURN_IF_ERROR(CheckRange(static_cast<int64_t>(request.pairs.size()), 1, limits.max_pairs, "pairs (count)"));
   for (size_t k = 0; k < request.pairs.size(); ++k) {
-    const PromptPair& pair = request.pairs[k];
-    const std::string field = absl::StrCat("pairs[", k, "]");
-    RETURN_IF_ERROR(CheckRange(pair.length(), 1, limits.max_tokens, field + ".clean (tokens)"));
-    if (pair.corrupted_ids.size() != pair.clean_ids.size()) {
-      return absl::InvalidArgumentError(absl::StrCat(field, ": clean has ", pair.clean_ids.size(),
-                                                     " tokens, corrupted has ", pair.corrupted_ids.size(),
-                                                     "; patching needs prompts of equal length"));
-    }
-    RETURN_IF_ERROR(CheckTokenIds(pair.clean_ids, field + ".clean", config.vocab_size));
-    RETURN_IF_ERROR(CheckTokenIds(pair.corrupted_ids, field + ".corrupted", config.vocab_size));
-    // The two runs' logit differences are then equal and the normalisation divides by zero: known now,
-    // not after every row ran.
-    if (request.metric == ComponentMetric::kNormalizedLogitDifference && pair.clean_ids == pair.corrupted_ids) {
-      return absl::InvalidArgumentError(absl::StrCat(field,
-                                                     ": clean and corrupted are the same tokens, so "
-                                                     "normalized_logit_difference divides by zero; ask for "
-                                                     "logit_difference, or give prompts that differ"));
-    }
-    if (config.architecture == Architecture::kGpt2) {
-      RETURN_IF_ERROR(CheckRange(pair.length(), 1, config.max_position_embeddings, field + ".clean (tokens)"));
-    }
+    RETURN_IF_ERROR(CheckPromptPair(request.pairs[k], k, request.metric, config, limits));
   }
   RETURN_IF_ERROR(CheckTokenIds({request.answer}, "answer", config.vocab_size));
   if (IsDifference(request.metric)) {

@@ -123,6 +123,10 @@ struct ComponentResult {
   int64_t rows = 0, forward_passes = 0, backward_passes = 0;
 };
 
+// INVALID_ARGUMENT naming pairs[k] where the pair cannot run: lengths, ids, the metric's needs. A server checks each
+// pair as it reads it, before tokenizing the next.
+absl::Status CheckPromptPair(const PromptPair& pair, size_t k, ComponentMetric metric, const ModelConfig& config,
+                             const ComponentLimits& limits);
 // INVALID_ARGUMENT naming the field for anything the model or limits cannot run.
 absl::Status ValidateComponentRequest(const ComponentRequest& request, const ModelConfig& config,
                                       const ComponentLimits& limits);
@@ -131,6 +135,10 @@ absl::Status ValidateComponentRequest(const ComponentRequest& request, const Mod
 // gradients: as many convergence deltas again). Known before any row runs, so a result too large to send is
 // refused up front.
 int64_t CountGridValues(const ComponentRequest& request, const ModelConfig& config);
+
+// The result `request` will have with every value 1 (a serializer leaves zeros out) and its counts at their widest:
+// a server measures the response it would send before any row runs.
+ComponentResult ComponentResultOfOnes(const ComponentRequest& request, const ModelConfig& config);
 
 using ComponentDone = std::function<void(absl::StatusOr<ComponentResult>)>;
 // Rows answered so far and their total, on the executor thread.

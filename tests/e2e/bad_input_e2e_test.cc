@@ -8,6 +8,7 @@
 #include <functional>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "attribution/v1/attribution.grpc.pb.h"
 #include "client/attribution_client.h"
 #include "tests/testing/demo_requests.h"
@@ -820,7 +821,22 @@ TEST(BadInputs, AResponseOverTheMessageLimitSaysWhatToAskForLess) {
     const grpc::Status status = stub->Attribute(&context, small_matrix, &response);
     EXPECT_EQ(status.error_code(), StatusCode::INVALID_ARGUMENT);
     EXPECT_THAT(status.error_message(), HasSubstr("the response would be at least "));
-    EXPECT_THAT(status.error_message(), HasSubstr("(the attribution and the tokens)"));
+    EXPECT_THAT(status.error_message(), HasSubstr("(the attribution, the features and the tokens)"));
+  }
+  {
+    // The numbers and tokens fit (12,719 bytes), the features' spans and texts and the framing do not (17,289):
+    // known before the work too, where the count of numbers and tokens alone let it run to fail at its end.
+    v1::AttributeRequest framed = request;
+    std::string words;
+    for (int i = 0; i < 100; ++i) absl::StrAppend(&words, i > 0 ? " " : "", "word", i);
+    framed.mutable_prompt()->set_text(words);
+    framed.mutable_target()->set_text("b");
+    framed.set_want_token_matrix(false);
+    grpc::ClientContext context;
+    v1::AttributeResponse response;
+    const grpc::Status status = stub->Attribute(&context, framed, &response);
+    EXPECT_EQ(status.error_code(), StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(status.error_message(), HasSubstr("the response would be at least 17"));
   }
   {
     grpc::ClientContext context;
@@ -850,7 +866,7 @@ TEST(BadInputs, AResponseOverTheMessageLimitSaysWhatToAskForLess) {
     v1::AttributeComponentsResponse response;
     const grpc::Status status = stub->AttributeComponents(&context, components, &response);
     EXPECT_EQ(status.error_code(), StatusCode::INVALID_ARGUMENT);
-    EXPECT_THAT(status.error_message(), HasSubstr("(the grids' values x 8 bytes and the pairs' tokens)"));
+    EXPECT_THAT(status.error_message(), HasSubstr("(the grids' values x 8 bytes, their shapes and the pairs' tokens)"));
   }
   {
     // Per-head grids are small; the 8 x 2 x 300 tokens the response echoes are not: refused before any row
@@ -874,6 +890,27 @@ TEST(BadInputs, AResponseOverTheMessageLimitSaysWhatToAskForLess) {
     EXPECT_THAT(status.error_message(), HasSubstr("ask for less (fewer pairs or sites, shorter prompts"));
   }
   {
+    // 64 pairs of 6 tokens: their grids' values and tokens fit (13,312 bytes), with the grids' shapes and the
+    // framing they do not (16,416): refused before any row runs too.
+    v1::AttributeComponentsRequest components;
+    components.set_model("demo");
+    components.set_method(v1::ATTRIBUTION_PATCHING);
+    for (int pair = 0; pair < 64; ++pair) {
+      v1::PromptPair* p = components.add_pairs();
+      for (int i = 0; i < 6; ++i) {
+        p->mutable_clean()->add_token_ids(100 + i);
+        p->mutable_corrupted()->add_token_ids(i == 3 ? 300 : 100 + i);
+      }
+    }
+    components.mutable_answer()->add_token_ids(5);
+    components.mutable_wrong_answer()->add_token_ids(6);
+    grpc::ClientContext context;
+    v1::AttributeComponentsResponse response;
+    const grpc::Status status = stub->AttributeComponents(&context, components, &response);
+    EXPECT_EQ(status.error_code(), StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(status.error_message(), HasSubstr("the response would be at least 16"));
+  }
+  {
     // 20 alternatives at each of 150 positions (text and bytes each): checked like the other responses.
     v1::LogprobsRequest logprobs = DemoLogprobsRequest();
     logprobs.mutable_target()->clear_text();
@@ -891,7 +928,7 @@ TEST(BadInputs, AResponseOverTheMessageLimitSaysWhatToAskForLess) {
   const std::string log = (*server)->Log();
   size_t refused = 0;
   for (size_t at = 0; (at = log.find("\"code\":\"INVALID_ARGUMENT\"", at)) != std::string::npos; ++at) ++refused;
-  EXPECT_EQ(refused, 7u) << log.substr(0, 2000);
+  EXPECT_EQ(refused, 9u) << log.substr(0, 2000);
 }
 
 }  // namespace

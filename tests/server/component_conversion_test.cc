@@ -79,6 +79,15 @@ TEST_F(ComponentConversionTest, UnspecifiedFieldsTakeTheDocumentedDefaults) {
   EXPECT_EQ(call->request.n_steps, 8);
 }
 
+// Each pair is checked as it is read, before the next is tokenized: 64 pairs of 15 KB were all read (1 s of a
+// handler thread) to refuse the first for its lengths. The second pair here would be refused for being empty.
+TEST_F(ComponentConversionTest, APairIsRefusedBeforeTheNextIsRead) {
+  v1::AttributeComponentsRequest proto = Request();
+  proto.mutable_pairs(0)->mutable_corrupted()->set_text("the dog sat on the mat and more");
+  proto.add_pairs();
+  EXPECT_THAT(Convert(proto), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("pairs[0]: clean has")));
+}
+
 TEST_F(ComponentConversionTest, EveryMethodMapsToItsEngineMethodAndBack) {
   const std::map<v1::ComponentMethod, engine::ComponentMethod> expected = {
       {v1::ACTIVATION_PATCHING, engine::ComponentMethod::kActivationPatching},
