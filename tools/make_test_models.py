@@ -54,6 +54,9 @@ def configs():
         **falcon_configs(VOCAB),
         "mixtral": transformers.MixtralConfig(**common, num_local_experts=4, num_experts_per_tok=2, sliding_window=6,
                                               tie_word_embeddings=False),
+        # Heads of 3 dimensions: no rotary embedding asks GPT-2 for an even width.
+        "gpt2-odd-heads": transformers.GPT2Config(vocab_size=VOCAB, n_embd=24, n_head=8, n_layer=2, n_positions=64,
+                                                  bos_token_id=1, eos_token_id=2),
     }
 
 

@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "engine/common/enum_names.h"
 #include "engine/common/status_macros.h"
 #include "engine/model/causal_lm_impl.h"
@@ -301,6 +302,12 @@ absl::StatusOr<std::unique_ptr<CausalLM>> CausalLM::Load(const std::string& dir,
     ASSIGN_OR_RETURN(impl->config, ReadModelConfig(dir));
     return absl::OkStatus();
   }));
+  if (const std::vector<std::string>& unapplied = impl->config.unapplied_generation_settings; !unapplied.empty()) {
+    impl->load_warnings.push_back(absl::StrCat(
+        "generation_config.json sets ", absl::StrJoin(unapplied, ", "),
+        ", which transformers' generate() applies by default and Generate does not: it decodes with its request's "
+        "settings only (greedy unless the request sends a temperature)"));
+  }
   if (options.dtype != at::kFloat && options.dtype != at::kBFloat16 && options.dtype != at::kHalf) {
     return absl::InvalidArgumentError("dtype must be float32, bfloat16 or float16");
   }

@@ -5,8 +5,10 @@
 #include <cmath>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "engine/common/bounded_json.h"
 #include "engine/common/files.h"
 #include "engine/common/status_macros.h"
@@ -452,9 +454,13 @@ absl::Status CheckConsistency(const std::string& source, const ModelConfig& c) {
     return absl::InvalidArgumentError(
         absl::StrCat(source, ": n_embd ", c.hidden_size, " is not divisible by n_head ", c.num_heads));
   }
-  if (c.head_dim <= 0 || c.head_dim % 2 != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(source, ": head_dim ", c.head_dim, " must be a positive even number"));
+  // Rotary embeddings turn pairs of dimensions; GPT-2's learned positions take any head width (n_embd 24, n_head 8).
+  const bool rotary = c.architecture != Architecture::kGpt2;
+  if (c.head_dim <= 0 || (rotary && c.head_dim % 2 != 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": head_dim ", c.head_dim,
+                                                   rotary ? " must be a positive even number (rotary embeddings turn "
+                                                            "pairs of dimensions)"
+                                                          : " must be positive"));
   }
   // Products of these size every projection: 2^62 wrapped int64 (num_heads × head_dim), and the shape check
   // then asked for [0, 64].
@@ -545,6 +551,22 @@ absl::StatusOr<ModelConfig> ParseConfigObject(const std::string& json_text, cons
   return out;
 }
 
+// The keys of transformers' GenerationConfig that change which tokens generate() picks, where the file sets them
+// (null is unset), sorted as json objects keep them.
+std::vector<std::string> DecodingSettings(const json& generation) {
+  static const std::set<std::string> kDecoding = absl::StrSplit(
+      "bad_words_ids begin_suppress_tokens diversity_penalty do_sample epsilon_cutoff eta_cutoff "
+      "exponential_decay_length_penalty forced_bos_token_id forced_eos_token_id guidance_scale max_length "
+      "max_new_tokens min_length min_new_tokens min_p no_repeat_ngram_size num_beam_groups num_beams penalty_alpha "
+      "repetition_penalty sequence_bias stop_strings suppress_tokens temperature top_k top_p typical_p",
+      ' ');
+  std::vector<std::string> settings;
+  for (const auto& [key, value] : generation.items()) {
+    if (!value.is_null() && kDecoding.count(key) > 0) settings.push_back(key);
+  }
+  return settings;
+}
+
 }  // namespace
 
 double AttentionScale(const ModelConfig& config, int64_t layer) {
@@ -599,6 +621,7 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& dir) {
     if (ids.bos_token_id) config.bos_token_id = ids.bos_token_id;
     if (!ids.eos_token_ids.empty()) config.eos_token_ids = ids.eos_token_ids;
     if (ids.pad_token_id) config.pad_token_id = ids.pad_token_id;
+    config.unapplied_generation_settings = DecodingSettings(generation);
   }
   return config;
 }

@@ -85,6 +85,9 @@ struct ModelConfig {
   std::optional<int64_t> bos_token_id;
   std::vector<int64_t> eos_token_ids;
   std::optional<int64_t> pad_token_id;
+  // Decoding settings generation_config.json gives (do_sample, temperature, repetition_penalty, ...): transformers'
+  // generate() applies them by default, Generate applies only its request's, so loading warns of them.
+  std::vector<std::string> unapplied_generation_settings;
   std::optional<int64_t> unk_token_id;
   std::optional<CheckpointQuantization> checkpoint_quantization;
 };

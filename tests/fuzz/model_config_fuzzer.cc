@@ -19,7 +19,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const attribution::engine::ModelConfig& c = *config;
   FUZZ_CHECK(c.vocab_size > 0 && c.hidden_size > 0 && c.intermediate_size > 0 && c.num_layers > 0);
   FUZZ_CHECK(c.num_heads > 0 && c.num_kv_heads > 0 && c.num_heads % c.num_kv_heads == 0);
-  FUZZ_CHECK(c.head_dim > 0 && c.head_dim % 2 == 0);
+  FUZZ_CHECK(c.head_dim > 0 && (c.architecture == attribution::engine::Architecture::kGpt2 || c.head_dim % 2 == 0));
   FUZZ_CHECK(c.max_position_embeddings > 0);
   FUZZ_CHECK(std::isfinite(c.norm_eps) && c.norm_eps >= 0);
   FUZZ_CHECK(std::isfinite(c.rope_theta) && c.rope_theta > 0);

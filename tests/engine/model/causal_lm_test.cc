@@ -435,6 +435,7 @@ std::vector<Case> EveryArchitectureAndDtype() {
        {"llama", "mistral", "qwen2", "gpt2", "falcon", "falcon-grouped", "falcon-sequential", "mixtral"}) {
     for (const char* dtype : {"float32", "bfloat16", "float16"}) cases.push_back({arch, dtype});
   }
+  cases.push_back({"gpt2-odd-heads", "float32"});  // heads of 3 dimensions (no rotation asks for pairs)
   return cases;
 }
 
@@ -449,7 +450,7 @@ INSTANTIATE_TEST_SUITE_P(AllArchitectures, CausalLMFp32,
                          ::testing::Values(Case{"llama", "float32"}, Case{"mistral", "float32"},
                                            Case{"qwen2", "float32"}, Case{"gpt2", "float32"}, Case{"falcon", "float32"},
                                            Case{"falcon-grouped", "float32"}, Case{"falcon-sequential", "float32"},
-                                           Case{"mixtral", "float32"}),
+                                           Case{"mixtral", "float32"}, Case{"gpt2-odd-heads", "float32"}),
                          CaseName);
 
 // Mixtral's router, read through the router_logits hook while all rows run in one padded batch: every

@@ -294,6 +294,39 @@ TEST(ModelConfig, GenerationConfigEosOutsideVocabularyIsRefused) {
   EXPECT_EQ(config->eos_token_ids, std::vector<int64_t>{3});
 }
 
+// transformers' generate() applies a checkpoint's decoding settings by default (an instruct model's sampling and
+// repetition penalty); Generate applies only its request's, so they are listed for the load's warning. The ids are
+// read, metadata and nulls are no settings.
+TEST(ModelConfig, GenerationConfigDecodingSettingsAreListedAsUnapplied) {
+  const std::string dir = ::testing::TempDir() + "/model_config_generation_settings";
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/config.json") << Llama().dump();
+  std::ofstream(dir + "/generation_config.json")
+      << R"({"bos_token_id": 1, "do_sample": true, "eos_token_id": [2, 3], "pad_token_id": 0, "min_p": null,
+             "repetition_penalty": 1.05, "temperature": 0.7, "top_k": 20, "top_p": 0.8,
+             "transformers_version": "4.37.0"})";
+  auto config = ReadModelConfig(dir);
+  ASSERT_THAT(config, IsOk());
+  EXPECT_EQ(config->unapplied_generation_settings,
+            (std::vector<std::string>{"do_sample", "repetition_penalty", "temperature", "top_k", "top_p"}));
+  std::ofstream(dir + "/generation_config.json") << R"({"eos_token_id": 2, "transformers_version": "4.37.0"})";
+  config = ReadModelConfig(dir);
+  ASSERT_THAT(config, IsOk());
+  EXPECT_THAT(config->unapplied_generation_settings, ::testing::IsEmpty());
+}
+
+// Rotary embeddings turn pairs of dimensions, GPT-2's learned positions do not: heads of 3 dimensions (n_embd 24,
+// n_head 8) are a GPT-2 that transformers runs.
+TEST(ModelConfig, OnlyRotaryArchitecturesNeedAnEvenHeadWidth) {
+  auto gpt2 = ParseModelConfig(Gpt2({{"n_embd", 24}, {"n_head", 8}}).dump(), "config.json");
+  ASSERT_THAT(gpt2, IsOk());
+  EXPECT_EQ(gpt2->head_dim, 3);
+  EXPECT_THAT(
+      ParseModelConfig(Llama({{"hidden_size", 24}, {"num_attention_heads", 8}, {"num_key_value_heads", 8}}).dump(),
+                       "config.json"),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("head_dim 3 must be a positive even number")));
+}
+
 struct BadConfig {
   std::string name;
   nlohmann::json config;
