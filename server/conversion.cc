@@ -22,22 +22,29 @@ namespace {
 using engine::AttributionMethod;
 using engine::Priority;
 
+// What follows the prompt: a target is scored in one row that holds it whole; a generation never feeds its
+// last new token back, so on GPT-2 it may end one past the learned positions, as transformers' generate does.
+enum class AfterPrompt { kScoredTarget, kGeneratedTokens };
+
 // The most tokens a sequence of this model may hold: the server's limit, the most one request may queue in
 // the engine, and GPT-2's learned positions.
-int64_t MaxSequenceTokens(const ServedModel& model) {
+int64_t MaxSequenceTokens(const ServedModel& model, AfterPrompt after = AfterPrompt::kScoredTarget) {
   const engine::ModelConfig& config = model.model->config();
   const int64_t max_tokens = std::min(model.spec.limits.max_tokens, model.attributor->limits().max_queued_tokens);
   if (config.architecture != engine::Architecture::kGpt2) return max_tokens;
-  return std::min(max_tokens, config.max_position_embeddings);
+  const int64_t unfed = after == AfterPrompt::kGeneratedTokens ? 1 : 0;
+  return std::min(max_tokens, config.max_position_embeddings + unfed);
 }
 
 // A prompt must be given even when the tokenizer would add tokens (bos) to empty text. Its length is
 // checked at once, before a target or choices are tokenized against it.
-absl::StatusOr<ResolvedInput> ResolvePrompt(const v1::Input& prompt, bool no_special_tokens, const ServedModel& model) {
+absl::StatusOr<ResolvedInput> ResolvePrompt(const v1::Input& prompt, bool no_special_tokens, const ServedModel& model,
+                                            AfterPrompt after = AfterPrompt::kScoredTarget) {
   if (!IsSet(prompt)) return Invalid("prompt", "must not be empty (set text or token_ids)");
   ASSIGN_OR_RETURN(ResolvedInput resolved, Resolve(prompt, "prompt", model, !no_special_tokens));
   if (resolved.empty()) return Invalid("prompt", "must hold at least one token (set text or token_ids)");
-  const int64_t tokens = static_cast<int64_t>(resolved.encoding.ids.size()), max_tokens = MaxSequenceTokens(model);
+  const int64_t tokens = static_cast<int64_t>(resolved.encoding.ids.size());
+  const int64_t max_tokens = MaxSequenceTokens(model, after);
   if (tokens >= max_tokens) {
     return Invalid("prompt", absl::StrCat(tokens,
                                           " tokens leave no room for a target or new tokens within this "
@@ -252,10 +259,11 @@ absl::Status ApplyFeatures(const v1::AttributeRequest& proto, const ServedModel&
 // fewest (at least one, so a prompt that leaves no room is still named): a default is never the error (a 40-token
 // prompt on GPT-2's 64 positions was refused for the 25 the client never sent).
 absl::StatusOr<engine::GenerationOptions> ToGenerationOptions(const v1::GenerationSettings& proto,
-                                                              const ResolvedInput& prompt, const ServedModel& model) {
+                                                              const ResolvedInput& prompt, const ServedModel& model,
+                                                              AfterPrompt after) {
   engine::GenerationOptions options;
   const int64_t max_new = model.spec.limits.max_new_tokens;
-  const int64_t room = MaxSequenceTokens(model) - static_cast<int64_t>(prompt.encoding.ids.size());
+  const int64_t room = MaxSequenceTokens(model, after) - static_cast<int64_t>(prompt.encoding.ids.size());
   options.max_new_tokens = proto.max_new_tokens() != 0
                                ? proto.max_new_tokens()
                                : std::max<int64_t>(1, std::min({options.max_new_tokens, max_new, room}));
@@ -278,19 +286,16 @@ absl::StatusOr<engine::GenerationOptions> ToGenerationOptions(const v1::Generati
   return options;
 }
 
-// 53 bits from the operating system's entropy source: a seed printed in JSON must read back exactly
-// where numbers are doubles (jq, JavaScript), or resending it would not reproduce the sample.
-uint64_t FreshSeed() {
-  std::random_device entropy;
-  return (static_cast<uint64_t>(entropy()) << 32 | entropy()) & ((uint64_t{1} << 53) - 1);
-}
+// 32 bits from the operating system's entropy source: torch's CPU generator, as torch.manual_seed, reads only a
+// seed's low 32 bits, so wider seeds would name one sample with many numbers (0 and 2^32 sample alike).
+uint64_t FreshSeed() { return std::random_device()(); }
 
 // The prompt fits alone (ResolvePrompt): what is over the limit is what follows it, named by `field`.
-absl::Status CheckContinuationLength(const ResolvedInput& prompt, int64_t continuation, absl::string_view field,
-                                     const ServedModel& model) {
-  const int64_t max_tokens = MaxSequenceTokens(model);
-  if (static_cast<int64_t>(prompt.encoding.ids.size()) + continuation <= max_tokens) return absl::OkStatus();
-  return Invalid(field, absl::StrCat(continuation, " tokens after the prompt's ", prompt.encoding.ids.size(),
+absl::Status CheckContinuationLength(const ResolvedInput& prompt, int64_t tokens, absl::string_view field,
+                                     const ServedModel& model, AfterPrompt after = AfterPrompt::kScoredTarget) {
+  const int64_t max_tokens = MaxSequenceTokens(model, after);
+  if (static_cast<int64_t>(prompt.encoding.ids.size()) + tokens <= max_tokens) return absl::OkStatus();
+  return Invalid(field, absl::StrCat(tokens, " tokens after the prompt's ", prompt.encoding.ids.size(),
                                      " exceed this model's limit of ", max_tokens));
 }
 
@@ -350,7 +355,9 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
   request.target_ids = call.target.encoding.ids;
   // Settings given beside a target are not read, but are checked as any other field is.
   if (call.target.empty() || proto.has_generation()) {
-    ASSIGN_OR_RETURN(engine::GenerationOptions generation, ToGenerationOptions(proto.generation(), call.prompt, model));
+    // The attribution's rows hold the generated target whole: it is scored, every token fed.
+    ASSIGN_OR_RETURN(engine::GenerationOptions generation,
+                     ToGenerationOptions(proto.generation(), call.prompt, model, AfterPrompt::kScoredTarget));
     if (call.target.empty()) request.generation = generation;
   }
   RETURN_IF_ERROR(
@@ -490,13 +497,15 @@ void ToAttributeResponse(const engine::AttributionResult& result, const Attribut
 
 absl::StatusOr<GenerateCall> ToGenerateCall(const v1::GenerateRequest& proto, const ServedModel& model) {
   GenerateCall call;
-  ASSIGN_OR_RETURN(call.prompt, ResolvePrompt(proto.prompt(), proto.no_special_tokens(), model));
-  ASSIGN_OR_RETURN(call.options, ToGenerationOptions(proto.generation(), call.prompt, model));
+  ASSIGN_OR_RETURN(call.prompt,
+                   ResolvePrompt(proto.prompt(), proto.no_special_tokens(), model, AfterPrompt::kGeneratedTokens));
+  ASSIGN_OR_RETURN(call.options,
+                   ToGenerationOptions(proto.generation(), call.prompt, model, AfterPrompt::kGeneratedTokens));
   // Without a seed a user expects a fresh sample each call; the seed drawn is reported to reproduce it. A
   // greedy call samples nothing: a seed drawn for it (and reported) read as if its tokens depended on it.
   if (!proto.generation().has_seed() && call.options.temperature > 0) call.options.seed = FreshSeed();
-  RETURN_IF_ERROR(
-      CheckContinuationLength(call.prompt, call.options.max_new_tokens, "generation.max_new_tokens", model));
+  RETURN_IF_ERROR(CheckContinuationLength(call.prompt, call.options.max_new_tokens, "generation.max_new_tokens", model,
+                                          AfterPrompt::kGeneratedTokens));
   ASSIGN_OR_RETURN(call.priority, ToPriority(proto.priority()));
   if (proto.stop_size() > kMaxStopStrings) {
     return Invalid("stop", absl::StrCat(proto.stop_size(), " strings, more than the limit of ", kMaxStopStrings));

@@ -17,7 +17,8 @@ that are not there, as a sharded folder saved again unsharded keeps), it writes 
 tokenizer.json, tokenizer_config.json) and OUT_DIR/NAME/reference.json:
   * prompt, target: token ids (the test sends ids: no tokenizer in the loop);
   * target_log_probs: log-softmax of the target tokens, teacher-forced after the prompt;
-  * greedy: 8 greedy new tokens after the prompt (eos disabled); greedy_text, greedy_token_texts: their
+  * greedy: 8 greedy new tokens after the prompt (eos disabled); greedy_past_positions (GPT-2 models): a prompt
+    3 tokens short of n_positions and its 4 greedy new tokens, one past the positions; greedy_text, greedy_token_texts: their
     text and each one's, as transformers' tokenizer decodes them (special tokens skipped);
   * top_k_sampling: the distribution generate(do_sample=True, temperature=2, top_k=3) draws the first new
     token from, as transformers' TemperatureLogitsWarper and TopKLogitsWarper warp the next-token logits
@@ -154,11 +155,16 @@ def references(model):
     ig = IntegratedGradients(embedding_forward(model, TARGET))
     attr, delta = ig.attribute(prompt_embeds, baselines=baseline, n_steps=N_STEPS, method="gausslegendre",
                                return_convergence_delta=True)
-    return {"prompt": PROMPT, "target": TARGET, "target_log_probs": target_log_probs,
-            "greedy": greedy(model, PROMPT, NEW_TOKENS),
-            "top_k_sampling": top_k_sampling_reference(logits[len(PROMPT) - 1]),
-            "ig": {"n_steps": N_STEPS, "baseline_token": BASELINE_TOKEN, "rule": "gausslegendre",
-                   "seq_attr": attr.sum(-1)[0].tolist(), "delta": delta.item()}}
+    reference = {"prompt": PROMPT, "target": TARGET, "target_log_probs": target_log_probs,
+                 "greedy": greedy(model, PROMPT, NEW_TOKENS),
+                 "top_k_sampling": top_k_sampling_reference(logits[len(PROMPT) - 1]),
+                 "ig": {"n_steps": N_STEPS, "baseline_token": BASELINE_TOKEN, "rule": "gausslegendre",
+                        "seq_attr": attr.sum(-1)[0].tolist(), "delta": delta.item()}}
+    if model.config.model_type == "gpt2":
+        # Learned positions: generate never feeds back its last new token, so a generation may end one past them.
+        long_prompt = [300 + (37 * i) % 900 for i in range(model.config.n_positions - 3)]
+        reference["greedy_past_positions"] = {"prompt": long_prompt, "generated": greedy(model, long_prompt, 4)}
+    return reference
 
 
 def write_model(directory, tokenizer_kind, config, seed):

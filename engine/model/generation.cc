@@ -60,7 +60,9 @@ at::Tensor PickNextTokens(const at::Tensor& logits, const GenerationOptions& o, 
     probs = probs / probs.sum(-1, /*keepdim=*/true);
   }
   if (o.top_p < 1) {
-    auto [sorted, order] = probs.sort(-1, /*descending=*/true);
+    // Stable: of tokens tied where the mass reaches top_p, the lower ids are kept, whatever the vocabulary's size
+    // (an unstable sort kept an order of its own; transformers' unstable sort keeps any of them).
+    auto [sorted, order] = probs.sort(/*stable=*/true, -1, /*descending=*/true);
     // Keep a token while the mass before it is below top_p: the first token always survives.
     at::Tensor mass_before = sorted.cumsum(-1) - sorted;
     sorted = sorted.masked_fill(mass_before >= o.top_p, 0.0);

@@ -137,6 +137,26 @@ TEST_P(Architectures, GreedyGenerationMatchesTransformers) {
   EXPECT_EQ(ours, expected);
 }
 
+// GPT-2's learned positions bound what is fed, and a generation never feeds back its last new token: as
+// transformers' generate, a prompt 3 short of them takes 4 new tokens, not 5.
+TEST_P(Architectures, GenerationEndsOnePastLearnedPositionsAsTransformers) {
+  if (!reference_.contains("greedy_past_positions")) GTEST_SKIP() << "no learned positions";
+  const nlohmann::json& reference = reference_["greedy_past_positions"];
+  const std::vector<int64_t> expected = reference["generated"].get<std::vector<int64_t>>();
+  client::GenerateOptions request{
+      .model = GetParam(),
+      .prompt_ids = reference["prompt"].get<std::vector<int64_t>>(),
+      .generation = {.max_new_tokens = static_cast<int>(expected.size()), .ignore_stop_tokens = true}};
+  absl::StatusOr<client::Generation> result = client_->Generate(request);
+  ASSERT_THAT(result, IsOk());
+  std::vector<int64_t> ours;
+  for (const auto& t : result->tokens) ours.push_back(t.id);
+  EXPECT_EQ(ours, expected);
+  request.generation.max_new_tokens += 1;
+  EXPECT_THAT(client_->Generate(request),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("generation.max_new_tokens")));
+}
+
 // Equal log-probs are listed in id order, the cut of the top k included (at::topk left them in no set
 // order: [577, 328, 396, 225, 1085, ...] for the five tokens tied at the top, and one of the 30 tied next
 // in place of id 0). The ties are exact (one hidden dimension into a head of few levels), so the order
@@ -203,6 +223,13 @@ TEST_P(Architectures, UnseededSamplesDifferAndTheReportedSeedReproducesThem) {
   ASSERT_THAT(streamed, IsOk());
   EXPECT_EQ(streamed->seed, first->seed);
   EXPECT_EQ(ids(*streamed), ids(*first));
+  // A sample depends on the seed's low 32 bits only (torch's generator), so a drawn seed is below 2^32: a
+  // wider one would be one of many numbers for the same sample.
+  EXPECT_LT(first->seed, uint64_t{1} << 32);
+  sampling.generation.seed = first->seed + (uint64_t{1} << 32);
+  absl::StatusOr<client::Generation> aliased = client_->Generate(sampling);
+  ASSERT_THAT(aliased, IsOk());
+  EXPECT_EQ(ids(*aliased), ids(*first));
 
   // 0 is a seed like any other: the same sample each time.
   for (uint64_t seed : {uint64_t{0}, uint64_t{12345}}) {
@@ -400,16 +427,17 @@ TEST_P(Architectures, GeneratedIdsPastTheTokenizerReadAsNothingAsInTransformers)
 }
 
 // GPT-2's learned positions (64 in the test model) bound a sequence below the server's max_tokens: calls
-// that would run past them are refused before any work, naming what to shorten, not failed mid-way.
+// that would run past them are refused before any work, naming what to shorten, not failed mid-way. A generation
+// never feeds back its last new token, so it may end one past them.
 TEST_P(Architectures, CallsPastGpt2sPositionsAreRefusedNamingTheField) {
   if (GetParam() != "gpt2") GTEST_SKIP() << "only GPT-2 has learned positions";
   const std::vector<int64_t> prompt(60, prompt_[0]);
   EXPECT_THAT(
       client_->Generate(
-          {.model = GetParam(), .prompt_ids = prompt, .generation = {.max_new_tokens = 5, .ignore_stop_tokens = true}}),
+          {.model = GetParam(), .prompt_ids = prompt, .generation = {.max_new_tokens = 6, .ignore_stop_tokens = true}}),
       StatusIs(absl::StatusCode::kInvalidArgument,
-               HasSubstr("generation.max_new_tokens: 5 tokens after the prompt's 60 exceed this model's "
-                         "limit of 64")));
+               HasSubstr("generation.max_new_tokens: 6 tokens after the prompt's 60 exceed this model's "
+                         "limit of 65")));
   EXPECT_THAT(client_->GetLogprobs({.model = GetParam(), .prompt_ids = prompt, .target_ids = {5, 6, 7, 8, 9}}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("target: 5 tokens after the prompt's 60")));
   EXPECT_THAT(client_->GetLogprobs({.model = GetParam(), .prompt_ids = std::vector<int64_t>(64, 5), .target_ids = {5}}),
@@ -417,7 +445,7 @@ TEST_P(Architectures, CallsPastGpt2sPositionsAreRefusedNamingTheField) {
   // At the limit it runs.
   EXPECT_THAT(
       client_->Generate(
-          {.model = GetParam(), .prompt_ids = prompt, .generation = {.max_new_tokens = 4, .ignore_stop_tokens = true}}),
+          {.model = GetParam(), .prompt_ids = prompt, .generation = {.max_new_tokens = 5, .ignore_stop_tokens = true}}),
       IsOk());
 }
 

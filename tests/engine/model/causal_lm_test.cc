@@ -574,6 +574,20 @@ TEST(CausalLM, TopKCutsBeforeTopPAsTransformersWarpersDo) {
   EXPECT_THAT(CheckGenerationOptions({.top_k = -1}), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("top_k")));
 }
 
+// Five tokens tie for the most likely among 4,000 (the default model's vocabulary), top_p keeps two of them:
+// the two lowest ids, as a stable sort orders them (an unstable one kept an order of its own, by size).
+TEST(CausalLM, TopPKeepsTheLowestIdsOfTiedTokens) {
+  const std::vector<int64_t> tied = {3001, 225, 1085, 577, 328};
+  at::Tensor logits = at::full({4000}, -20.0, at::kFloat);
+  for (int64_t id : tied) logits[id] = 5.0;
+  logits = logits.unsqueeze(0).repeat({2000, 1});
+  at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(7);
+  const at::Tensor tokens = PickNextTokens(logits, {.temperature = 1.0, .top_p = 0.3}, generator);
+  std::set<int64_t> seen;
+  for (int64_t i = 0; i < tokens.size(0); ++i) seen.insert(tokens[i].item<int64_t>());
+  EXPECT_EQ(seen, (std::set<int64_t>{225, 328}));
+}
+
 // Found by tests/fuzz/request_fuzzer: logits / 1e-78 overflowed to inf, softmax gave NaN and sampling
 // failed with INTERNAL.
 TEST(CausalLM, TinyTemperatureSamplesTheMostLikelyToken) {
