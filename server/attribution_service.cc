@@ -2,10 +2,11 @@
 #include "server/attribution_service.h"
 
 #include <chrono>
-#include <limits>
+#include <iterator>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "engine/attribution/faithfulness.h"
 #include "engine/attribution/row_plan.h"
 #include "engine/scheduler/engine_generation.h"
 #include "server/component_conversion.h"
@@ -63,30 +64,50 @@ absl::StatusOr<int64_t> CheckResponseSize(const google::protobuf::Message& messa
                    ": ask for less (", AskForLess(Response()), "), or raise max_message_bytes"));
 }
 
-// The response an attribution will have, built now from its request with every number 1 (protobuf leaves zeros
-// out) and the counts at their widest: its size, less the faithfulness curves' few numbers (kCurveBytes), is
-// known before any work. The prompt's and a given target's tokens and features are the request's; a generated
-// target counts at generation.max_new_tokens in the token matrix (as the row limit counts it), its tokens' texts
-// unknown. Counting only the numbers and tokens let framing and feature texts (30 KB) through: a request ran 375 s
-// to fail at its end.
-constexpr int64_t kCurveBytes = 1024;
-int64_t AttributeResponseBytes(const AttributeCall& call, const ServedModel& model) {
+// The response an attribution will have, built now from its request with every number it always holds at 1
+// (protobuf leaves zeros out): a lower bound on its size, known before any work. Left out are what a run adds or
+// only some methods give (the stats, a convergence delta, the integration steps: a few dozen bytes), so a response
+// that fits is never refused; one within those bytes of the limit fails at its end. The prompt's and a given
+// target's tokens and features are the request's; a generated target counts as max_new_tokens tokens of one
+// character. Counting only the numbers and tokens let framing and feature texts (30 KB) through: a request ran
+// 375 s to fail at its end.
+int64_t AttributeResponseBytes(const AttributeCall& call, const ServedModel& model, int64_t targets, int64_t features) {
   const engine::AttributionRequest& request = call.request;
-  const size_t targets = request.target_ids.empty() ? request.generation.max_new_tokens : request.target_ids.size();
-  const size_t features = engine::NumFeatures(request);
-  engine::AttributionResult ones{.target_ids = request.target_ids, .sequence = std::vector<double>(features, 1.0)};
-  if (request.want_token_matrix) ones.per_token.assign(targets, ones.sequence);
-  ones.target_log_probs.assign(targets, 1.0);
+  engine::AttributionResult ones{.target_ids = request.target_ids,
+                                 .sequence = std::vector<double>(static_cast<size_t>(features), 1.0)};
+  if (request.want_token_matrix) ones.per_token.assign(static_cast<size_t>(targets), ones.sequence);
+  ones.target_log_probs.assign(static_cast<size_t>(targets), 1.0);
   ones.foil_log_probs.assign(call.foil.encoding.ids.size(), 1.0);
   ones.objective = 1;
-  ones.convergence_delta = 1;
-  ones.integration_steps = std::numeric_limits<int32_t>::max();
-  ones.tolerance_met = true;
-  ones.rows = ones.forward_passes = ones.backward_passes = std::numeric_limits<int32_t>::max();
-  ones.queue_time = ones.device_time = absl::Seconds(1);
+  if (request.want_faithfulness) {
+    const size_t points = std::size(engine::kFaithfulnessPercents);
+    ones.faithfulness = engine::Faithfulness{
+        .percents = {std::begin(engine::kFaithfulnessPercents), std::end(engine::kFaithfulnessPercents)},
+        .features_at = std::vector<int64_t>(points, features),
+        .full = 1,
+        .empty = 1,
+        .deletion = std::vector<double>(points, 1.0),
+        .insertion = std::vector<double>(points, 1.0),
+        .comprehensiveness_aopc = 1,
+        .sufficiency_aopc = 1};
+  }
   v1::AttributeResponse response;
   ToAttributeResponse(ones, call, model, &response);
-  return static_cast<int64_t>(response.ByteSizeLong()) + (request.want_faithfulness ? kCurveBytes : 0);
+  if (request.target_ids.empty()) {
+    for (int64_t t = 0; t < targets; ++t) {
+      v1::Token* token = response.add_target_tokens();
+      token->set_id(1);
+      token->set_text("x");
+      token->set_token_bytes("x");
+      token->set_byte_begin(t + 1);
+      token->set_byte_end(t + 2);
+      token->set_char_begin(t + 1);
+      token->set_char_end(t + 2);
+      token->set_log_prob(1);
+    }
+  }
+  response.clear_stats();
+  return static_cast<int64_t>(response.ByteSizeLong());
 }
 
 // A request that cannot fit is refused before any work, not after minutes of device time. Its numbers alone
@@ -98,7 +119,7 @@ absl::Status CheckAttributionFits(const AttributeCall& call, const ServedModel& 
   const int64_t features = engine::NumFeatures(request);
   constexpr auto kDouble = static_cast<int64_t>(sizeof(double));
   int64_t bytes = (request.want_token_matrix ? targets * features * kDouble : 0) + features * kDouble;
-  if (bytes <= max_bytes) bytes = AttributeResponseBytes(call, model);
+  if (bytes <= max_bytes) bytes = AttributeResponseBytes(call, model, targets, features);
   if (bytes <= max_bytes) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(
       "the response would be at least ", bytes, " bytes (", request.want_token_matrix ? "the token matrix's " : "",
@@ -109,12 +130,13 @@ absl::Status CheckAttributionFits(const AttributeCall& call, const ServedModel& 
 }
 
 // Likewise a component attribution's grids: their values first (8 bytes each), then, where they fit, the response
-// built from the request with every value 1.
+// built from the request with every value 1, less its stats (a lower bound, as AttributeResponseBytes).
 absl::Status CheckComponentsFit(const ComponentsCall& call, const ServedModel& model, int64_t max_bytes) {
   int64_t bytes = engine::CountGridValues(call.request, model.model->config()) * static_cast<int64_t>(sizeof(double));
   if (bytes <= max_bytes) {
     v1::AttributeComponentsResponse response;
     ToComponentsResponse(engine::ComponentResultOfOnes(call.request, model.model->config()), call, model, &response);
+    response.clear_stats();
     bytes = static_cast<int64_t>(response.ByteSizeLong());
   }
   if (bytes <= max_bytes) return absl::OkStatus();

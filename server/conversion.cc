@@ -296,7 +296,10 @@ absl::Status CheckContinuationLength(const ResolvedInput& prompt, int64_t tokens
   const int64_t max_tokens = MaxSequenceTokens(model, after);
   if (static_cast<int64_t>(prompt.encoding.ids.size()) + tokens <= max_tokens) return absl::OkStatus();
   return Invalid(field, absl::StrCat(tokens, " tokens after the prompt's ", prompt.encoding.ids.size(),
-                                     " exceed this model's limit of ", max_tokens));
+                                     " exceed this model's limit of ", max_tokens,
+                                     max_tokens > MaxSequenceTokens(model)
+                                         ? " (its positions and the last new token, which is never fed back)"
+                                         : ""));
 }
 
 // Generated ids as the text they continue the prompt with, each token with its span.

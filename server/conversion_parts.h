@@ -24,11 +24,10 @@ absl::Status UnknownEnumValue(absl::string_view field, int value, const google::
 // Whether `input` holds text or ids. Where a set but empty Input means something (a feature group's baseline
 // deletes its span), read the parent's has_ instead.
 bool IsSet(const v1::Input& input);
-// Token ids as they are (checked against the vocabulary), or text tokenized.
 // The most bytes a text may have for the model's max_tokens: 4 x its longest token's bytes per token (what
 // normalization may take away), checked before the text is tokenized.
 int64_t MaxTextBytes(const ServedModel& model);
-
+// Token ids as they are (checked against the vocabulary), or text tokenized.
 absl::StatusOr<ResolvedInput> Resolve(const v1::Input& input, absl::string_view field, const ServedModel& model,
                                       bool add_special_tokens);
 

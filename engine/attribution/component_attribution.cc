@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "engine/attribution/attribution_request.h"
@@ -475,7 +474,6 @@ ComponentResult ComponentResultOfOnes(const ComponentRequest& request, const Mod
     longest = std::max(longest, pair.length());
   }
   result.grids = grids(longest);
-  result.rows = result.forward_passes = result.backward_passes = std::numeric_limits<int32_t>::max();
   return result;
 }
 

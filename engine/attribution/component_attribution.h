@@ -136,8 +136,8 @@ absl::Status ValidateComponentRequest(const ComponentRequest& request, const Mod
 // refused up front.
 int64_t CountGridValues(const ComponentRequest& request, const ModelConfig& config);
 
-// The result `request` will have with every value 1 (a serializer leaves zeros out) and its counts at their widest:
-// a server measures the response it would send before any row runs.
+// The result `request` will have with every value 1 (a serializer leaves zeros out): a server measures the response
+// it would send before any row runs.
 ComponentResult ComponentResultOfOnes(const ComponentRequest& request, const ModelConfig& config);
 
 using ComponentDone = std::function<void(absl::StatusOr<ComponentResult>)>;

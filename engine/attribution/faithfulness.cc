@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <numeric>
 
 #include "engine/attribution/row_plan.h"
@@ -12,8 +13,7 @@
 namespace attribution::engine {
 namespace {
 
-constexpr double kPercents[] = {1, 5, 10, 20, 50};
-constexpr int64_t kPoints = sizeof(kPercents) / sizeof(kPercents[0]);
+constexpr int64_t kPoints = std::size(kFaithfulnessPercents);
 
 // A score row of p(target) (over the choices, if any) after the prompt with the features not `present` at their
 // baselines.
@@ -54,7 +54,7 @@ void MeasureFaithfulness(BatchingEngine& engine, const std::shared_ptr<Request>&
   std::vector<Row> rows;
   rows.push_back(TargetProbabilityRow(request, std::vector<bool>(f_count, true)));
   rows.push_back(TargetProbabilityRow(request, std::vector<bool>(f_count, false)));
-  for (double percent : kPercents) {
+  for (double percent : kFaithfulnessPercents) {
     const auto top = static_cast<int64_t>(std::ceil(percent * static_cast<double>(f_count) / 100.0 - 1e-9));
     shape.percents.push_back(percent);
     shape.features_at.push_back(top);

@@ -13,6 +13,9 @@
 
 namespace attribution::engine {
 
+// The curves' points: the share of features (most attributed first) deleted or inserted.
+inline constexpr double kFaithfulnessPercents[] = {1, 5, 10, 20, 50};
+
 // Score rows one faithfulness measurement submits.
 int64_t FaithfulnessRowCount();
 

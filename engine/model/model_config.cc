@@ -5,10 +5,8 @@
 #include <cmath>
 #include <limits>
 #include <nlohmann/json.hpp>
-#include <set>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "engine/common/bounded_json.h"
 #include "engine/common/files.h"
 #include "engine/common/status_macros.h"
@@ -551,18 +549,43 @@ absl::StatusOr<ModelConfig> ParseConfigObject(const std::string& json_text, cons
   return out;
 }
 
-// The keys of transformers' GenerationConfig that change which tokens generate() picks, where the file sets them
-// (null is unset), sorted as json objects keep them.
+// The keys of transformers' GenerationConfig that change which tokens generate() picks, where the file gives them a
+// value other than transformers' own default (null: unset; a hand-written "do_sample": false or "num_beams": 1
+// changes nothing), sorted as json objects keep them.
 std::vector<std::string> DecodingSettings(const json& generation) {
-  static const std::set<std::string> kDecoding = absl::StrSplit(
-      "bad_words_ids begin_suppress_tokens diversity_penalty do_sample epsilon_cutoff eta_cutoff "
-      "exponential_decay_length_penalty forced_bos_token_id forced_eos_token_id guidance_scale max_length "
-      "max_new_tokens min_length min_new_tokens min_p no_repeat_ngram_size num_beam_groups num_beams penalty_alpha "
-      "repetition_penalty sequence_bias stop_strings suppress_tokens temperature top_k top_p typical_p",
-      ' ');
+  static const json kDefaults = {{"bad_words_ids", nullptr},
+                                 {"begin_suppress_tokens", nullptr},
+                                 {"diversity_penalty", 0.0},
+                                 {"do_sample", false},
+                                 {"epsilon_cutoff", 0.0},
+                                 {"eta_cutoff", 0.0},
+                                 {"exponential_decay_length_penalty", nullptr},
+                                 {"forced_bos_token_id", nullptr},
+                                 {"forced_eos_token_id", nullptr},
+                                 {"guidance_scale", nullptr},
+                                 {"max_length", 20},
+                                 {"max_new_tokens", nullptr},
+                                 {"min_length", 0},
+                                 {"min_new_tokens", nullptr},
+                                 {"min_p", nullptr},
+                                 {"no_repeat_ngram_size", 0},
+                                 {"num_beam_groups", 1},
+                                 {"num_beams", 1},
+                                 {"penalty_alpha", nullptr},
+                                 {"repetition_penalty", 1.0},
+                                 {"sequence_bias", nullptr},
+                                 {"stop_strings", nullptr},
+                                 {"suppress_tokens", nullptr},
+                                 {"temperature", 1.0},
+                                 {"top_k", 50},
+                                 {"top_p", 1.0},
+                                 {"typical_p", 1.0}};
   std::vector<std::string> settings;
   for (const auto& [key, value] : generation.items()) {
-    if (!value.is_null() && kDecoding.count(key) > 0) settings.push_back(key);
+    const auto known = kDefaults.find(key);
+    if (known == kDefaults.end() || value.is_null()) continue;
+    // json compares 1 and 1.0 as equal numbers
+    if (value != *known) settings.push_back(key);
   }
   return settings;
 }

@@ -24,25 +24,6 @@ std::optional<std::string> ConfiguredToken(const json& config, const char* key) 
   return std::nullopt;
 }
 
-// What the decoder does with the space Metaspace / Prepend put before the first word.
-HfTokenizer::LeadingSpaceRule DecodedLeadingSpaceRule(const json& decoder) {
-  using Rule = HfTokenizer::LeadingSpaceRule;
-  if (!decoder.is_object()) return Rule::kKeep;
-  const std::string type = decoder.value("type", std::string());
-  if (type == "Strip") return decoder.value("start", 0) > 0 ? Rule::kStripOne : Rule::kKeep;
-  if (type == "Metaspace") {
-    const bool prepends =
-        decoder.value("prepend_scheme", std::string("always")) != "never" && decoder.value("add_prefix_space", true);
-    return prepends ? Rule::kDropFirstTokenMarks : Rule::kKeep;
-  }
-  if (type == "Sequence") {
-    for (const json& d : JsonMember(decoder, "decoders")) {
-      if (const Rule rule = DecodedLeadingSpaceRule(d); rule != Rule::kKeep) return rule;
-    }
-  }
-  return Rule::kKeep;
-}
-
 bool DecoderIsByteLevel(const json& decoder) {
   if (!decoder.is_object()) return false;
   if (decoder.value("type", std::string()) == "ByteLevel") return true;
@@ -66,6 +47,25 @@ void AppendByteLevelToken(const std::string& token, std::string& bytes) {
 }
 
 }  // namespace
+
+// What the decoder does with the space Metaspace / Prepend put before the first word.
+HfTokenizer::LeadingSpaceRule HfTokenizer::DecodedLeadingSpaceRule(const json& decoder) {
+  using Rule = LeadingSpaceRule;
+  if (!decoder.is_object()) return Rule::kKeep;
+  const std::string type = decoder.value("type", std::string());
+  if (type == "Strip") return decoder.value("start", 0) > 0 ? Rule::kStripOne : Rule::kKeep;
+  if (type == "Metaspace") {
+    const bool prepends =
+        decoder.value("prepend_scheme", std::string("always")) != "never" && decoder.value("add_prefix_space", true);
+    return prepends ? Rule::kDropFirstTokenMarks : Rule::kKeep;
+  }
+  if (type == "Sequence") {
+    for (const json& d : JsonMember(decoder, "decoders")) {
+      if (const Rule rule = DecodedLeadingSpaceRule(d); rule != Rule::kKeep) return rule;
+    }
+  }
+  return Rule::kKeep;
+}
 
 absl::StatusOr<std::unique_ptr<HfTokenizer>> HfTokenizer::Create(const json& tj, const json& config) {
   if (!tj.is_object() || !tj.contains("model")) return absl::InvalidArgumentError("tokenizer.json: no \"model\"");

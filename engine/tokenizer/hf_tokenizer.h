@@ -34,11 +34,12 @@ class HfTokenizer : public Tokenizer {
     return pre_tokenizer_ != nullptr && pre_tokenizer_->adds_prefix_space().value_or(false);
   }
 
+ private:
   // What decoding does with the space put before the first word: Strip takes one space off the fused text;
   // Metaspace drops every "▁" of the first token it decodes.
   enum class LeadingSpaceRule { kKeep, kStripOne, kDropFirstTokenMarks };
+  static LeadingSpaceRule DecodedLeadingSpaceRule(const nlohmann::json& decoder);
 
- private:
   HfTokenizer() = default;
   absl::Status ParsePostProcessor(const nlohmann::json& spec);
   std::optional<int64_t> IdOf(const std::string& token) const;

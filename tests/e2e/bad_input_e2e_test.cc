@@ -778,6 +778,23 @@ TEST(BadInputs, CallsOverTheConcurrencyLimitAreResourceExhausted) {
 // A response over max_message_bytes (here a token matrix of 30 x 300 values under a 16 KiB limit) ends
 // INVALID_ARGUMENT (no retry can fit it) saying what to ask for instead, on every call that answers, and is
 // logged so; gRPC's own send would fail with a message naming nothing, after a log line saying OK.
+// A component request on the demo model: `pairs` pairs of `length` token ids, clean and corrupted differing in the
+// middle.
+v1::AttributeComponentsRequest PairsOfIds(int pairs, int length) {
+  v1::AttributeComponentsRequest components;
+  components.set_model("demo");
+  for (int pair = 0; pair < pairs; ++pair) {
+    v1::PromptPair* p = components.add_pairs();
+    for (int i = 0; i < length; ++i) {
+      p->mutable_clean()->add_token_ids(100 + i);
+      p->mutable_corrupted()->add_token_ids(i == length / 2 ? 300 : 100 + i);
+    }
+  }
+  components.mutable_answer()->add_token_ids(5);
+  components.mutable_wrong_answer()->add_token_ids(6);
+  return components;
+}
+
 TEST(BadInputs, AResponseOverTheMessageLimitSaysWhatToAskForLess) {
   auto server = ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir(), "--max_message_bytes=16384"});
   ASSERT_THAT(server, IsOk());
@@ -849,17 +866,7 @@ TEST(BadInputs, AResponseOverTheMessageLimitSaysWhatToAskForLess) {
   }
   {
     // Component grids of 8 pairs x 100 positions x every layer and head: refused before any row runs.
-    v1::AttributeComponentsRequest components;
-    components.set_model("demo");
-    for (int pair = 0; pair < 8; ++pair) {
-      v1::PromptPair* p = components.add_pairs();
-      for (int i = 0; i < 100; ++i) {
-        p->mutable_clean()->add_token_ids(100 + i);
-        p->mutable_corrupted()->add_token_ids(i == 50 ? 300 : 100 + i);
-      }
-    }
-    components.mutable_answer()->add_token_ids(5);
-    components.mutable_wrong_answer()->add_token_ids(6);
+    v1::AttributeComponentsRequest components = PairsOfIds(8, 100);
     components.set_method(v1::ATTRIBUTION_PATCHING);
     components.set_granularity(v1::LAYER_POSITION_HEAD);
     grpc::ClientContext context;
@@ -871,17 +878,7 @@ TEST(BadInputs, AResponseOverTheMessageLimitSaysWhatToAskForLess) {
   {
     // Per-head grids are small; the 8 x 2 x 300 tokens the response echoes are not: refused before any row
     // runs too (it was refused only after all of them, by the size of the finished response).
-    v1::AttributeComponentsRequest components;
-    components.set_model("demo");
-    for (int pair = 0; pair < 8; ++pair) {
-      v1::PromptPair* p = components.add_pairs();
-      for (int i = 0; i < 300; ++i) {
-        p->mutable_clean()->add_token_ids(100 + i);
-        p->mutable_corrupted()->add_token_ids(i == 50 ? 300 : 100 + i);
-      }
-    }
-    components.mutable_answer()->add_token_ids(5);
-    components.mutable_wrong_answer()->add_token_ids(6);
+    v1::AttributeComponentsRequest components = PairsOfIds(8, 300);
     grpc::ClientContext context;
     v1::AttributeComponentsResponse response;
     const grpc::Status status = stub->AttributeComponents(&context, components, &response);
@@ -890,25 +887,15 @@ TEST(BadInputs, AResponseOverTheMessageLimitSaysWhatToAskForLess) {
     EXPECT_THAT(status.error_message(), HasSubstr("ask for less (fewer pairs or sites, shorter prompts"));
   }
   {
-    // 64 pairs of 6 tokens: their grids' values and tokens fit (13,312 bytes), with the grids' shapes and the
-    // framing they do not (16,416): refused before any row runs too.
-    v1::AttributeComponentsRequest components;
-    components.set_model("demo");
+    // 64 pairs of 7 tokens: their grids' values and tokens fit (14,848 bytes), with the grids' shapes and the
+    // framing they do not (17,915 without the stats): refused before any row runs too.
+    v1::AttributeComponentsRequest components = PairsOfIds(64, 7);
     components.set_method(v1::ATTRIBUTION_PATCHING);
-    for (int pair = 0; pair < 64; ++pair) {
-      v1::PromptPair* p = components.add_pairs();
-      for (int i = 0; i < 6; ++i) {
-        p->mutable_clean()->add_token_ids(100 + i);
-        p->mutable_corrupted()->add_token_ids(i == 3 ? 300 : 100 + i);
-      }
-    }
-    components.mutable_answer()->add_token_ids(5);
-    components.mutable_wrong_answer()->add_token_ids(6);
     grpc::ClientContext context;
     v1::AttributeComponentsResponse response;
     const grpc::Status status = stub->AttributeComponents(&context, components, &response);
     EXPECT_EQ(status.error_code(), StatusCode::INVALID_ARGUMENT);
-    EXPECT_THAT(status.error_message(), HasSubstr("the response would be at least 16"));
+    EXPECT_THAT(status.error_message(), HasSubstr("the response would be at least 17915 bytes"));
   }
   {
     // 20 alternatives at each of 150 positions (text and bytes each): checked like the other responses.

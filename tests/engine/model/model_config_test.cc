@@ -296,7 +296,7 @@ TEST(ModelConfig, GenerationConfigEosOutsideVocabularyIsRefused) {
 
 // transformers' generate() applies a checkpoint's decoding settings by default (an instruct model's sampling and
 // repetition penalty); Generate applies only its request's, so they are listed for the load's warning. The ids are
-// read, metadata and nulls are no settings.
+// read; metadata, nulls and transformers' defaults are no settings.
 TEST(ModelConfig, GenerationConfigDecodingSettingsAreListedAsUnapplied) {
   const std::string dir = ::testing::TempDir() + "/model_config_generation_settings";
   std::filesystem::create_directories(dir);
@@ -309,7 +309,10 @@ TEST(ModelConfig, GenerationConfigDecodingSettingsAreListedAsUnapplied) {
   ASSERT_THAT(config, IsOk());
   EXPECT_EQ(config->unapplied_generation_settings,
             (std::vector<std::string>{"do_sample", "repetition_penalty", "temperature", "top_k", "top_p"}));
-  std::ofstream(dir + "/generation_config.json") << R"({"eos_token_id": 2, "transformers_version": "4.37.0"})";
+  // transformers' own defaults, as hand-written files give them, change nothing.
+  std::ofstream(dir + "/generation_config.json")
+      << R"({"eos_token_id": 2, "do_sample": false, "num_beams": 1, "repetition_penalty": 1, "top_p": 1.0,
+             "transformers_version": "4.37.0"})";
   config = ReadModelConfig(dir);
   ASSERT_THAT(config, IsOk());
   EXPECT_THAT(config->unapplied_generation_settings, ::testing::IsEmpty());

@@ -223,6 +223,18 @@ TEST_F(ModelDirectoryDefect, StoredCopyOfATiedHeadIsNotUnused) {
   EXPECT_THAT((*model)->load_warnings(), ::testing::IsEmpty());
 }
 
+// An instruct model's sampling and repetition penalty in generation_config.json: transformers' generate() applies
+// them, Generate does not, and loading says so.
+TEST_F(ModelDirectoryDefect, GenerationConfigDecodingSettingsAreNamedInALoadWarning) {
+  std::ofstream(dir_ + "/generation_config.json")
+      << R"({"eos_token_id": 2, "do_sample": true, "repetition_penalty": 1.1})";
+  auto model = CausalLM::Load(dir_, {});
+  ASSERT_THAT(model, IsOk());
+  EXPECT_THAT((*model)->load_warnings(),
+              ::testing::ElementsAre(HasSubstr("generation_config.json sets do_sample, repetition_penalty, which "
+                                               "transformers' generate() applies by default and Generate does not")));
+}
+
 // An untied config whose checkpoint has no head: transformers would start one from random values, so there is no
 // model to serve (it was tied to the embedding without a word).
 TEST_F(ModelDirectoryDefect, AnUntiedConfigWithoutAStoredHeadIsRefused) {
