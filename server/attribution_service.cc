@@ -64,47 +64,29 @@ absl::StatusOr<int64_t> CheckResponseSize(const google::protobuf::Message& messa
                    ": ask for less (", AskForLess(Response()), "), or raise max_message_bytes"));
 }
 
-// The response an attribution will have, built now from its request with every number it always holds at 1
-// (protobuf leaves zeros out): a lower bound on its size, known before any work. Left out are what a run adds or
-// only some methods give (the stats, a convergence delta, the integration steps: a few dozen bytes), so a response
-// that fits is never refused; one within those bytes of the limit fails at its end. The prompt's and a given
-// target's tokens and features are the request's; a generated target counts as max_new_tokens tokens of one
-// character. Counting only the numbers and tokens let framing and feature texts (30 KB) through: a request ran
-// 375 s to fail at its end.
+// The response an attribution will have, built now from its request with every number at 0: packed arrays (the
+// attribution, the token matrix, the curves) keep their length, every field that may be 0 in the answer (a
+// log-prob, the objective, the stats) leaves nothing, so the size is a lower bound known before any work and a
+// response that fits is never refused. The prompt's and a given target's tokens and features are the request's; a
+// generated target counts as max_new_tokens empty tokens. Counting only the numbers and tokens let framing and
+// feature texts (30 KB) through: a request ran 375 s to fail at its end.
 int64_t AttributeResponseBytes(const AttributeCall& call, const ServedModel& model, int64_t targets, int64_t features) {
   const engine::AttributionRequest& request = call.request;
-  engine::AttributionResult ones{.target_ids = request.target_ids,
-                                 .sequence = std::vector<double>(static_cast<size_t>(features), 1.0)};
-  if (request.want_token_matrix) ones.per_token.assign(static_cast<size_t>(targets), ones.sequence);
-  ones.target_log_probs.assign(static_cast<size_t>(targets), 1.0);
-  ones.foil_log_probs.assign(call.foil.encoding.ids.size(), 1.0);
-  ones.objective = 1;
+  engine::AttributionResult zeros{.target_ids = request.target_ids,
+                                  .sequence = std::vector<double>(static_cast<size_t>(features))};
+  if (request.want_token_matrix) zeros.per_token.assign(static_cast<size_t>(targets), zeros.sequence);
   if (request.want_faithfulness) {
     const size_t points = std::size(engine::kFaithfulnessPercents);
-    ones.faithfulness = engine::Faithfulness{
+    zeros.faithfulness = engine::Faithfulness{
         .percents = {std::begin(engine::kFaithfulnessPercents), std::end(engine::kFaithfulnessPercents)},
-        .features_at = std::vector<int64_t>(points, features),
-        .full = 1,
-        .empty = 1,
-        .deletion = std::vector<double>(points, 1.0),
-        .insertion = std::vector<double>(points, 1.0),
-        .comprehensiveness_aopc = 1,
-        .sufficiency_aopc = 1};
+        .features_at = std::vector<int64_t>(points),
+        .deletion = std::vector<double>(points),
+        .insertion = std::vector<double>(points)};
   }
   v1::AttributeResponse response;
-  ToAttributeResponse(ones, call, model, &response);
+  ToAttributeResponse(zeros, call, model, &response);
   if (request.target_ids.empty()) {
-    for (int64_t t = 0; t < targets; ++t) {
-      v1::Token* token = response.add_target_tokens();
-      token->set_id(1);
-      token->set_text("x");
-      token->set_token_bytes("x");
-      token->set_byte_begin(t + 1);
-      token->set_byte_end(t + 2);
-      token->set_char_begin(t + 1);
-      token->set_char_end(t + 2);
-      token->set_log_prob(1);
-    }
+    for (int64_t t = 0; t < targets; ++t) response.add_target_tokens();
   }
   response.clear_stats();
   return static_cast<int64_t>(response.ByteSizeLong());
@@ -130,12 +112,12 @@ absl::Status CheckAttributionFits(const AttributeCall& call, const ServedModel& 
 }
 
 // Likewise a component attribution's grids: their values first (8 bytes each), then, where they fit, the response
-// built from the request with every value 1, less its stats (a lower bound, as AttributeResponseBytes).
+// built from the request with every number at 0, less its stats (a lower bound, as AttributeResponseBytes).
 absl::Status CheckComponentsFit(const ComponentsCall& call, const ServedModel& model, int64_t max_bytes) {
   int64_t bytes = engine::CountGridValues(call.request, model.model->config()) * static_cast<int64_t>(sizeof(double));
   if (bytes <= max_bytes) {
     v1::AttributeComponentsResponse response;
-    ToComponentsResponse(engine::ComponentResultOfOnes(call.request, model.model->config()), call, model, &response);
+    ToComponentsResponse(engine::ComponentResultOfZeros(call.request, model.model->config()), call, model, &response);
     response.clear_stats();
     bytes = static_cast<int64_t>(response.ByteSizeLong());
   }

@@ -453,7 +453,7 @@ int64_t CountGridValues(const ComponentRequest& request, const ModelConfig& conf
   return request.method == ComponentMethod::kLayerIntegratedGradients ? 2 * values : values;
 }
 
-ComponentResult ComponentResultOfOnes(const ComponentRequest& request, const ModelConfig& config) {
+ComponentResult ComponentResultOfZeros(const ComponentRequest& request, const ModelConfig& config) {
   const bool deltas = request.method == ComponentMethod::kLayerIntegratedGradients;
   auto grids = [&](int64_t length) {
     std::vector<ComponentGrid> out;
@@ -462,15 +462,15 @@ ComponentResult ComponentResultOfOnes(const ComponentRequest& request, const Mod
       grid.site = layout.site;
       grid.granularity = layout.granularity;
       grid.shape = layout.shape;
-      grid.values.assign(layout.size(), 1.0);
-      if (deltas) grid.convergence_deltas.assign(layout.size(), 1.0);
+      grid.values.assign(layout.size(), 0.0);
+      if (deltas) grid.convergence_deltas.assign(layout.size(), 0.0);
     }
     return out;
   };
   ComponentResult result;
   int64_t longest = 0;
   for (const PromptPair& pair : request.pairs) {
-    result.pairs.push_back({.clean_metric = 1, .corrupted_metric = 1, .grids = grids(pair.length())});
+    result.pairs.push_back({.grids = grids(pair.length())});
     longest = std::max(longest, pair.length());
   }
   result.grids = grids(longest);

@@ -136,9 +136,9 @@ absl::Status ValidateComponentRequest(const ComponentRequest& request, const Mod
 // refused up front.
 int64_t CountGridValues(const ComponentRequest& request, const ModelConfig& config);
 
-// The result `request` will have with every value 1 (a serializer leaves zeros out): a server measures the response
-// it would send before any row runs.
-ComponentResult ComponentResultOfOnes(const ComponentRequest& request, const ModelConfig& config);
+// The result `request` will have, every number 0 (its grids at their shapes): a server measures a lower bound on
+// the response it would send before any row runs.
+ComponentResult ComponentResultOfZeros(const ComponentRequest& request, const ModelConfig& config);
 
 using ComponentDone = std::function<void(absl::StatusOr<ComponentResult>)>;
 // Rows answered so far and their total, on the executor thread.
