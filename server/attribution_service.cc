@@ -237,19 +237,39 @@ bool AttributionServiceImpl::WaitCallsClosed(absl::Time deadline) const {
   return true;
 }
 
+void AttributionServiceImpl::ConvertThen(grpc::CallbackServerContext* context, const google::protobuf::Message& request,
+                                         std::function<void()> convert, std::function<void(absl::Status)> fail) {
+  if (request.ByteSizeLong() < kInlineConversionBytes) return convert();
+  conversions_.Run([context, convert = std::move(convert), fail = std::move(fail)] {
+    // A call that ended while it waited (its client gone, its deadline past) is not read.
+    if (context->IsCancelled()) return fail(absl::CancelledError("the call ended before its request was read"));
+    convert();
+  });
+}
+
 template <typename Call>
 void AttributionServiceImpl::StartAttribution(Call* call, grpc::CallbackServerContext* context,
                                               const v1::AttributeRequest& request,
                                               std::function<void(absl::StatusOr<v1::AttributeResponse>)> done) {
   absl::StatusOr<const ServedModel*> model = Admit(call->log(), context, request.model());
   if (!model.ok()) return done(model.status());
-  absl::StatusOr<AttributeCall> converted = ToAttributeCall(request, **model, DeadlineOf(context));
-  if (!converted.ok()) return done(converted.status());
-  if (absl::Status fits = CheckAttributionFits(*converted, **model, config_.max_message_bytes); !fits.ok()) {
-    return done(fits);
-  }
-  const ServedModel* served = *model;
-  auto attribute = std::make_shared<AttributeCall>(std::move(*converted));
+  ConvertThen(
+      context, request,
+      [=, this, &request, served = *model] {
+        absl::StatusOr<AttributeCall> converted = ToAttributeCall(request, *served, DeadlineOf(context));
+        if (!converted.ok()) return done(converted.status());
+        if (absl::Status fits = CheckAttributionFits(*converted, *served, config_.max_message_bytes); !fits.ok()) {
+          return done(fits);
+        }
+        SubmitAttribution(call, served, std::move(*converted), done);
+      },
+      done);
+}
+
+template <typename Call>
+void AttributionServiceImpl::SubmitAttribution(Call* call, const ServedModel* served, AttributeCall converted,
+                                               std::function<void(absl::StatusOr<v1::AttributeResponse>)> done) {
+  auto attribute = std::make_shared<AttributeCall>(std::move(converted));
   auto handle = served->engine->NewRequest(attribute->request.priority, attribute->request.deadline);
   call->OnCancelDo([served, handle] { served->engine->Cancel(*handle); });
   const absl::Time received = call->log().received;
@@ -287,13 +307,24 @@ void AttributionServiceImpl::StartComponents(
     std::function<void(absl::StatusOr<v1::AttributeComponentsResponse>)> done) {
   absl::StatusOr<const ServedModel*> model = Admit(call->log(), context, request.model());
   if (!model.ok()) return done(model.status());
-  absl::StatusOr<ComponentsCall> converted = ToComponentsCall(request, **model, DeadlineOf(context));
-  if (!converted.ok()) return done(converted.status());
-  if (absl::Status fits = CheckComponentsFit(*converted, **model, config_.max_message_bytes); !fits.ok()) {
-    return done(fits);
-  }
-  const ServedModel* served = *model;
-  auto components = std::make_shared<ComponentsCall>(std::move(*converted));
+  ConvertThen(
+      context, request,
+      [=, this, &request, served = *model] {
+        absl::StatusOr<ComponentsCall> converted = ToComponentsCall(request, *served, DeadlineOf(context));
+        if (!converted.ok()) return done(converted.status());
+        if (absl::Status fits = CheckComponentsFit(*converted, *served, config_.max_message_bytes); !fits.ok()) {
+          return done(fits);
+        }
+        SubmitComponents(call, served, std::move(*converted), done);
+      },
+      done);
+}
+
+template <typename Call>
+void AttributionServiceImpl::SubmitComponents(
+    Call* call, const ServedModel* served, ComponentsCall converted,
+    std::function<void(absl::StatusOr<v1::AttributeComponentsResponse>)> done) {
+  auto components = std::make_shared<ComponentsCall>(std::move(converted));
   auto handle = served->engine->NewRequest(components->request.priority, components->request.deadline);
   call->OnCancelDo([served, handle] { served->engine->Cancel(*handle); });
   const absl::Time received = call->log().received;
@@ -333,11 +364,23 @@ void AttributionServiceImpl::StartGeneration(Call* call, grpc::CallbackServerCon
                                              TokenSink on_token) {
   absl::StatusOr<const ServedModel*> model = Admit(call->log(), context, request.model());
   if (!model.ok()) return done(model.status());
-  absl::StatusOr<GenerateCall> converted = ToGenerateCall(request, **model);
-  if (!converted.ok()) return done(converted.status());
-  const ServedModel* served = *model;
-  auto generate = std::make_shared<GenerateCall>(std::move(*converted));
-  auto handle = served->engine->NewRequest(generate->priority, DeadlineOf(context));
+  ConvertThen(
+      context, request,
+      [=, this, &request, served = *model] {
+        absl::StatusOr<GenerateCall> converted = ToGenerateCall(request, *served);
+        if (!converted.ok()) return done(converted.status());
+        SubmitGeneration(call, served, std::move(*converted), DeadlineOf(context), done, on_token);
+      },
+      done);
+}
+
+template <typename Call>
+void AttributionServiceImpl::SubmitGeneration(Call* call, const ServedModel* served, GenerateCall converted,
+                                              absl::Time deadline,
+                                              std::function<void(absl::StatusOr<v1::GenerateResponse>)> done,
+                                              TokenSink on_token) {
+  auto generate = std::make_shared<GenerateCall>(std::move(converted));
+  auto handle = served->engine->NewRequest(generate->priority, deadline);
   call->OnCancelDo([served, handle] { served->engine->Cancel(*handle); });
   const absl::Time received = call->log().received;
   engine::GenerateAsync(
@@ -387,14 +430,22 @@ grpc::ServerUnaryReactor* AttributionServiceImpl::Logprobs(grpc::CallbackServerC
     call->Complete(model.status());
     return call;
   }
-  absl::StatusOr<LogprobsCall> converted = ToLogprobsCall(*request, **model, config_.max_top_k);
-  if (!converted.ok()) {
-    call->Complete(converted.status());
-    return call;
-  }
-  const ServedModel* served = *model;
-  auto logprobs = std::make_shared<LogprobsCall>(std::move(*converted));
-  auto handle = served->engine->NewRequest(logprobs->priority, DeadlineOf(context));
+  auto fail = [call](absl::Status status) { call->Complete(status); };
+  ConvertThen(
+      context, *request,
+      [=, this, served = *model] {
+        absl::StatusOr<LogprobsCall> converted = ToLogprobsCall(*request, *served, config_.max_top_k);
+        if (!converted.ok()) return fail(converted.status());
+        SubmitLogprobs(call, served, std::move(*converted), DeadlineOf(context), response);
+      },
+      fail);
+  return call;
+}
+
+void AttributionServiceImpl::SubmitLogprobs(UnaryCall* call, const ServedModel* served, LogprobsCall converted,
+                                            absl::Time deadline, v1::LogprobsResponse* response) {
+  auto logprobs = std::make_shared<LogprobsCall>(std::move(converted));
+  auto handle = served->engine->NewRequest(logprobs->priority, deadline);
   call->OnCancelDo([served, handle] { served->engine->Cancel(*handle); });
   const absl::Time received = call->log().received;
   engine::ScoreTarget(*served->engine, handle, logprobs->prompt.encoding.ids, logprobs->target.encoding.ids,
@@ -414,7 +465,6 @@ grpc::ServerUnaryReactor* AttributionServiceImpl::Logprobs(grpc::CallbackServerC
                         call->log().stats = response->stats();
                         call->Complete(absl::OkStatus(), *bytes);
                       });
-  return call;
 }
 
 grpc::ServerUnaryReactor* AttributionServiceImpl::ListModels(grpc::CallbackServerContext* context,

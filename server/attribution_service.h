@@ -12,10 +12,17 @@
 #include "server/bearer_auth.h"
 #include "server/call_gate.h"
 #include "server/call_reactors.h"
+#include "server/conversion_pool.h"
 #include "server/metrics.h"
 #include "server/model_registry.h"
 
 namespace attribution::server {
+
+// A request converted for the engine (server/conversion.h, server/component_conversion.h).
+struct AttributeCall;
+struct ComponentsCall;
+struct GenerateCall;
+struct LogprobsCall;
 
 // Thread-safe. Outlives the grpc::Server it is registered with.
 class AttributionServiceImpl final : public v1::AttributionService::CallbackService, private CallObserver {
@@ -59,16 +66,32 @@ class AttributionServiceImpl final : public v1::AttributionService::CallbackServ
   void CallOpened() override { open_calls_.fetch_add(1); }
   void CallClosed() override { open_calls_.fetch_sub(1); }
   std::shared_ptr<DeliveryWatch> WatchDelivery(grpc::CallbackServerContext* context) override;
+  // Runs `convert` (the request's conversion and the submission of its work) on this thread for a small request,
+  // on the conversion pool for a large one; `fail` ends a call that ended while it waited there.
+  void ConvertThen(grpc::CallbackServerContext* context, const google::protobuf::Message& request,
+                   std::function<void()> convert, std::function<void(absl::Status)> fail);
+  // Each RPC: Start admits and converts the request, Submit hands its work to the model's engine.
   using TokenSink = std::function<void(const ServedModel&, int64_t id, float log_prob)>;
   template <typename Call>
   void StartAttribution(Call* call, grpc::CallbackServerContext* context, const v1::AttributeRequest& request,
                         std::function<void(absl::StatusOr<v1::AttributeResponse>)> done);
   template <typename Call>
+  void SubmitAttribution(Call* call, const ServedModel* served, AttributeCall converted,
+                         std::function<void(absl::StatusOr<v1::AttributeResponse>)> done);
+  template <typename Call>
   void StartComponents(Call* call, grpc::CallbackServerContext* context, const v1::AttributeComponentsRequest& request,
                        std::function<void(absl::StatusOr<v1::AttributeComponentsResponse>)> done);
   template <typename Call>
+  void SubmitComponents(Call* call, const ServedModel* served, ComponentsCall converted,
+                        std::function<void(absl::StatusOr<v1::AttributeComponentsResponse>)> done);
+  template <typename Call>
   void StartGeneration(Call* call, grpc::CallbackServerContext* context, const v1::GenerateRequest& request,
                        std::function<void(absl::StatusOr<v1::GenerateResponse>)> done, TokenSink on_token);
+  template <typename Call>
+  void SubmitGeneration(Call* call, const ServedModel* served, GenerateCall converted, absl::Time deadline,
+                        std::function<void(absl::StatusOr<v1::GenerateResponse>)> done, TokenSink on_token);
+  void SubmitLogprobs(UnaryCall* call, const ServedModel* served, LogprobsCall converted, absl::Time deadline,
+                      v1::LogprobsResponse* response);
 
   const ServerConfig& config_;
   ServerMetrics* const metrics_;
@@ -78,6 +101,8 @@ class AttributionServiceImpl final : public v1::AttributionService::CallbackServ
   std::atomic<int64_t> open_calls_{0};           // CallOpened, not yet CallClosed
   std::optional<DeliveryWatchdog> watchdog_;     // when client_read_timeout is set
   std::atomic<const ModelRegistry*> models_{nullptr};
+  // Last: destroyed first, it runs its queued conversions while the members they use still live.
+  ConversionPool conversions_{2};
 };
 
 }  // namespace attribution::server

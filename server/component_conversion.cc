@@ -60,6 +60,22 @@ absl::StatusOr<ResolvedInput> ResolveAnswer(const v1::Input& input, absl::string
   return answer;
 }
 
+// The answer and, for the difference metrics, the wrong answer, read as continuations of the first clean prompt.
+absl::Status ResolveAnswers(const v1::AttributeComponentsRequest& proto, const ServedModel& model,
+                            ComponentsCall& call) {
+  engine::ComponentRequest& request = call.request;
+  ASSIGN_OR_RETURN(call.answer, ResolveAnswer(proto.answer(), "answer", call.clean[0], model));
+  request.answer = call.answer.encoding.ids[0];
+  if (engine::IsDifference(request.metric)) {
+    ASSIGN_OR_RETURN(call.wrong_answer, ResolveAnswer(proto.wrong_answer(), "wrong_answer", call.clean[0], model));
+    request.wrong_answer = call.wrong_answer.encoding.ids[0];
+  } else if (IsSet(proto.wrong_answer())) {
+    return Invalid("wrong_answer", absl::StrCat("is only read by the difference metrics, not ",
+                                                engine::ComponentMetricName(request.metric)));
+  }
+  return absl::OkStatus();
+}
+
 void ToProtoGrid(const engine::ComponentGrid& grid, v1::ComponentGrid* out) {
   out->set_site(ToProtoEnum(engine::ComponentSiteName(grid.site), &v1::ComponentSite_Parse));
   out->set_granularity(
@@ -84,35 +100,6 @@ absl::StatusOr<ComponentsCall> ToComponentsCall(const v1::AttributeComponentsReq
                  .max_rows = limits.max_rows,
                  .max_queued_tokens = limits.max_queued_tokens};
   ASSIGN_OR_RETURN(request.metric, ToComponentMetric(proto.metric()));
-  if (proto.pairs_size() == 0) return Invalid("pairs", "give at least one clean/corrupted pair");
-  if (proto.pairs_size() > call.limits.max_pairs) {
-    return Invalid("pairs", absl::StrCat(proto.pairs_size(), " pairs exceed the limit of ", call.limits.max_pairs));
-  }
-  for (int k = 0; k < proto.pairs_size(); ++k) {
-    const v1::PromptPair& pair = proto.pairs(k);
-    for (bool clean : {true, false}) {
-      const std::string field = absl::StrCat("pairs[", k, "].", clean ? "clean" : "corrupted");
-      const v1::Input& input = clean ? pair.clean() : pair.corrupted();
-      if (!IsSet(input)) return Invalid(field, "must not be empty (set text or token_ids)");
-      ASSIGN_OR_RETURN(ResolvedInput resolved, Resolve(input, field, model, !proto.no_special_tokens()));
-      (clean ? call.clean : call.corrupted).push_back(std::move(resolved));
-    }
-    request.pairs.push_back(
-        {.clean_ids = call.clean.back().encoding.ids, .corrupted_ids = call.corrupted.back().encoding.ids});
-    // Before the next pair is tokenized: 64 pairs of 15 KB were all read (1 s of a handler thread) to refuse the
-    // first for its lengths.
-    RETURN_IF_ERROR(
-        engine::CheckPromptPair(request.pairs.back(), k, request.metric, model.model->config(), call.limits));
-  }
-  ASSIGN_OR_RETURN(call.answer, ResolveAnswer(proto.answer(), "answer", call.clean[0], model));
-  request.answer = call.answer.encoding.ids[0];
-  if (engine::IsDifference(request.metric)) {
-    ASSIGN_OR_RETURN(call.wrong_answer, ResolveAnswer(proto.wrong_answer(), "wrong_answer", call.clean[0], model));
-    request.wrong_answer = call.wrong_answer.encoding.ids[0];
-  } else if (IsSet(proto.wrong_answer())) {
-    return Invalid("wrong_answer", absl::StrCat("is only read by the difference metrics, not ",
-                                                engine::ComponentMetricName(request.metric)));
-  }
   ASSIGN_OR_RETURN(request.method, ToComponentMethod(proto.method()));
   ASSIGN_OR_RETURN(request.direction, ToDirection(proto.direction()));
   if (proto.sites_size() > 0) request.sites.clear();
@@ -127,6 +114,32 @@ absl::StatusOr<ComponentsCall> ToComponentsCall(const v1::AttributeComponentsReq
   request.n_steps = proto.n_steps() > 0 ? proto.n_steps() : std::min(request.n_steps, call.limits.max_steps);
   ASSIGN_OR_RETURN(request.rule, ToRule(proto.rule()));
   ASSIGN_OR_RETURN(request.priority, ToPriority(proto.priority()));
+  if (proto.pairs_size() == 0) return Invalid("pairs", "give at least one clean/corrupted pair");
+  if (proto.pairs_size() > call.limits.max_pairs) {
+    return Invalid("pairs", absl::StrCat(proto.pairs_size(), " pairs exceed the limit of ", call.limits.max_pairs));
+  }
+  // The request as far as its first pair (the answers read as its continuation) is checked whole before the next
+  // pair is tokenized, and each later pair as it is read: 64 pairs of 15 KB were all read (1 to 2 s of CPU) to
+  // refuse an answer, or the first pair's lengths.
+  for (int k = 0; k < proto.pairs_size(); ++k) {
+    const v1::PromptPair& pair = proto.pairs(k);
+    for (bool clean : {true, false}) {
+      const std::string field = absl::StrCat("pairs[", k, "].", clean ? "clean" : "corrupted");
+      const v1::Input& input = clean ? pair.clean() : pair.corrupted();
+      if (!IsSet(input)) return Invalid(field, "must not be empty (set text or token_ids)");
+      ASSIGN_OR_RETURN(ResolvedInput resolved, Resolve(input, field, model, !proto.no_special_tokens()));
+      (clean ? call.clean : call.corrupted).push_back(std::move(resolved));
+    }
+    request.pairs.push_back(
+        {.clean_ids = call.clean.back().encoding.ids, .corrupted_ids = call.corrupted.back().encoding.ids});
+    if (k > 0) {
+      RETURN_IF_ERROR(
+          engine::CheckPromptPair(request.pairs.back(), k, request.metric, model.model->config(), call.limits));
+      continue;
+    }
+    RETURN_IF_ERROR(ResolveAnswers(proto, model, call));
+    RETURN_IF_ERROR(engine::ValidateComponentRequest(request, model.model->config(), call.limits));
+  }
   request.deadline = deadline;
   RETURN_IF_ERROR(engine::ValidateComponentRequest(request, model.model->config(), call.limits));
   return call;

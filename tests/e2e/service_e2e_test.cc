@@ -4,6 +4,7 @@
 // concurrency, cancellation and deadlines, metrics, drain on SIGTERM, startup failures and retries.
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/descriptor.pb.h>
+#include <google/protobuf/util/message_differencer.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -517,6 +518,69 @@ TEST_F(ServiceTest, ThirtyTwoConcurrentClientsGetWhatEachGetsAlone) {
     ASSERT_THAT(results[i], IsOk()) << i;
     ExpectSameValues(results[i]->sequence, alone[i % kinds.size()]);
   }
+}
+
+// Sends `request` and the same padded past 64 KiB with a field this server does not know: their answers (or
+// errors) are alike.
+template <typename Request, typename Response>
+void ExpectPaddedRequestAnsweredAlike(v1::AttributionService::Stub& stub, const Request& request,
+                                      grpc::Status (v1::AttributionService::Stub::*rpc)(grpc::ClientContext*,
+                                                                                        const Request&, Response*)) {
+  Request padded = request;
+  padded.GetReflection()->MutableUnknownFields(&padded)->AddLengthDelimited(9999, std::string(size_t{100} << 10, 'x'));
+  Response small_answer, large_answer;
+  grpc::ClientContext small_context, large_context;
+  const grpc::Status small_status = (stub.*rpc)(&small_context, request, &small_answer);
+  const grpc::Status large_status = (stub.*rpc)(&large_context, padded, &large_answer);
+  EXPECT_EQ(large_status.error_code(), small_status.error_code()) << large_status.error_message();
+  EXPECT_EQ(large_status.error_message(), small_status.error_message());
+  small_answer.clear_stats();
+  large_answer.clear_stats();
+  google::protobuf::util::MessageDifferencer differ;
+  differ.set_float_comparison(google::protobuf::util::MessageDifferencer::APPROXIMATE);
+  std::string differences;
+  differ.ReportDifferencesToString(&differences);
+  EXPECT_TRUE(differ.Compare(small_answer, large_answer)) << differences;
+}
+
+// Requests of 64 KiB and more are read on a pool of their own, off gRPC's few handler threads (a request of
+// megabytes of text held one for seconds, and the calls behind it waited): every RPC answers them as it answers
+// the same request unpadded, its errors too.
+TEST_F(ServiceTest, LargeRequestsAreAnsweredAsSmallOnes) {
+  auto stub =
+      v1::AttributionService::NewStub(grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials()));
+  v1::AttributeRequest attribute;
+  attribute.set_model("demo");
+  attribute.mutable_prompt()->set_text(kPrompt);
+  attribute.mutable_target()->set_text(kTarget);
+  attribute.set_n_steps(8);
+  ExpectPaddedRequestAnsweredAlike(*stub, attribute, &v1::AttributionService::Stub::Attribute);
+  attribute.set_n_steps(-1);
+  ExpectPaddedRequestAnsweredAlike(*stub, attribute, &v1::AttributionService::Stub::Attribute);
+
+  v1::AttributeComponentsRequest components;
+  components.set_model("demo");
+  v1::PromptPair* pair = components.add_pairs();
+  for (int64_t id : {10, 11, 12, 13}) pair->mutable_clean()->add_token_ids(id);
+  for (int64_t id : {10, 14, 12, 13}) pair->mutable_corrupted()->add_token_ids(id);
+  components.mutable_answer()->add_token_ids(5);
+  components.mutable_wrong_answer()->add_token_ids(6);
+  ExpectPaddedRequestAnsweredAlike(*stub, components, &v1::AttributionService::Stub::AttributeComponents);
+
+  v1::GenerateRequest generate;
+  generate.set_model("demo");
+  generate.mutable_prompt()->set_text("Once upon a time");
+  generate.mutable_generation()->set_max_new_tokens(5);
+  ExpectPaddedRequestAnsweredAlike(*stub, generate, &v1::AttributionService::Stub::Generate);
+
+  v1::LogprobsRequest logprobs;
+  logprobs.set_model("demo");
+  logprobs.mutable_prompt()->set_text("Once upon a time");
+  logprobs.mutable_target()->set_text(" there");
+  logprobs.set_top_k(2);
+  ExpectPaddedRequestAnsweredAlike(*stub, logprobs, &v1::AttributionService::Stub::Logprobs);
+  logprobs.clear_prompt();
+  ExpectPaddedRequestAnsweredAlike(*stub, logprobs, &v1::AttributionService::Stub::Logprobs);
 }
 
 TEST_F(ServiceTest, DeadlinesAndCancellationEndCallsAndDropTheirRows) {

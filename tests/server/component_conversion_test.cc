@@ -88,6 +88,22 @@ TEST_F(ComponentConversionTest, APairIsRefusedBeforeTheNextIsRead) {
   EXPECT_THAT(Convert(proto), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("pairs[0]: clean has")));
 }
 
+// So are the answers and every other field, with the first pair: a wrong answer equal to the answer was refused
+// after all 64 pairs were read (1.3 s). The second pair here would be refused for being empty.
+TEST_F(ComponentConversionTest, TheRequestIsCheckedWithItsFirstPairBeforeTheNextIsRead) {
+  v1::AttributeComponentsRequest proto = Request();
+  proto.add_pairs();
+  v1::AttributeComponentsRequest same_answers = proto;
+  same_answers.mutable_wrong_answer()->set_text(" Yes");
+  EXPECT_THAT(Convert(same_answers),
+              StatusIs(absl::StatusCode::kInvalidArgument, StartsWith("wrong_answer: the same")));
+  v1::AttributeComponentsRequest twice = proto;
+  twice.add_sites(v1::ATTENTION_HEADS);
+  twice.add_sites(v1::ATTENTION_HEADS);
+  EXPECT_THAT(Convert(twice), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("is named twice")));
+  EXPECT_THAT(Convert(proto), StatusIs(absl::StatusCode::kInvalidArgument, StartsWith("pairs[1].clean")));
+}
+
 TEST_F(ComponentConversionTest, EveryMethodMapsToItsEngineMethodAndBack) {
   const std::map<v1::ComponentMethod, engine::ComponentMethod> expected = {
       {v1::ACTIVATION_PATCHING, engine::ComponentMethod::kActivationPatching},
