@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // The attribution.v1.AttributionService on the gRPC callback API. Handlers never block: they admit
-// the call (auth, drain, concurrency), convert the request at the edge (server/conversion.h), submit
-// its work to the model's batching engine and return; the engine's completion callback writes the
-// response. Client cancellation and deadlines cancel the engine request (its queued rows are dropped).
+// the call (auth, drain, concurrency), convert the request at the edge (server/conversion.h; a large
+// one on the conversion pool, server/conversion_pool.h), submit its work to the model's batching engine
+// and return; the engine's completion callback writes the response. Client cancellation and deadlines cancel the engine request (its queued rows are dropped).
 #pragma once
 #include <atomic>
 #include <memory>
