@@ -310,7 +310,7 @@ void AttributionServiceImpl::StartComponents(
   ConvertThen(
       context, request,
       [=, this, &request, served = *model] {
-        absl::StatusOr<ComponentsCall> converted = ToComponentsCall(request, *served, DeadlineOf(context));
+        absl::StatusOr<ComponentsCall> converted = ToComponentsCall(request, *served, DeadlineOf(context), config_.max_message_bytes);
         if (!converted.ok()) return done(converted.status());
         if (absl::Status fits = CheckComponentsFit(*converted, *served, config_.max_message_bytes); !fits.ok()) {
           return done(fits);

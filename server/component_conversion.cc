@@ -76,6 +76,27 @@ absl::Status ResolveAnswers(const v1::AttributeComponentsRequest& proto, const S
   return absl::OkStatus();
 }
 
+// What pairs[0..k] alone add to the response: their tokens as it names them, and their grids' values at 8 bytes
+// each (a lower bound: the grids' shapes, the average and the framing come on top).
+class PairBytesSoFar {
+ public:
+  absl::Status Add(const ComponentsCall& call, const ServedModel& model, int64_t max_bytes) {
+    v1::PairComponents tokens;
+    FillTokens(call.clean.back(), *model.tokenizer, tokens.mutable_clean_tokens());
+    FillTokens(call.corrupted.back(), *model.tokenizer, tokens.mutable_corrupted_tokens());
+    token_bytes_ += static_cast<int64_t>(tokens.ByteSizeLong());
+    const int64_t bytes = token_bytes_ + engine::CountGridValues(call.request, model.model->config()) * 8;
+    if (bytes <= max_bytes) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the response would be at least ", bytes, " bytes with pairs[0..", call.clean.size() - 1,
+        "] alone (their tokens, their grids' values x 8 bytes), over this server's max_message_bytes of ", max_bytes,
+        ": ask for less (fewer pairs or sites, shorter prompts, a coarser granularity), or raise max_message_bytes"));
+  }
+
+ private:
+  int64_t token_bytes_ = 0;
+};
+
 void ToProtoGrid(const engine::ComponentGrid& grid, v1::ComponentGrid* out) {
   out->set_site(ToProtoEnum(engine::ComponentSiteName(grid.site), &v1::ComponentSite_Parse));
   out->set_granularity(
@@ -91,7 +112,7 @@ void ToProtoGrid(const engine::ComponentGrid& grid, v1::ComponentGrid* out) {
 }  // namespace
 
 absl::StatusOr<ComponentsCall> ToComponentsCall(const v1::AttributeComponentsRequest& proto, const ServedModel& model,
-                                                absl::Time deadline) {
+                                                absl::Time deadline, int64_t max_response_bytes) {
   ComponentsCall call;
   engine::ComponentRequest& request = call.request;
   const engine::AttributionLimits& limits = model.attributor->limits();
@@ -119,8 +140,9 @@ absl::StatusOr<ComponentsCall> ToComponentsCall(const v1::AttributeComponentsReq
     return Invalid("pairs", absl::StrCat(proto.pairs_size(), " pairs exceed the limit of ", call.limits.max_pairs));
   }
   // The request as far as its first pair (the answers read as its continuation) is checked whole before the next
-  // pair is tokenized, and each later pair as it is read: 64 pairs of 15 KB were all read (1 to 2 s of CPU) to
-  // refuse an answer, or the first pair's lengths.
+  // pair is tokenized, and each later pair as it is read, with the response it makes so far: 64 pairs of 15 KB
+  // were all read (2 to 6 s of CPU) to refuse an answer, the first pair's lengths, or a response of 12 MB.
+  PairBytesSoFar response_bytes;
   for (int k = 0; k < proto.pairs_size(); ++k) {
     const v1::PromptPair& pair = proto.pairs(k);
     for (bool clean : {true, false}) {
@@ -135,10 +157,11 @@ absl::StatusOr<ComponentsCall> ToComponentsCall(const v1::AttributeComponentsReq
     if (k > 0) {
       RETURN_IF_ERROR(
           engine::CheckPromptPair(request.pairs.back(), k, request.metric, model.model->config(), call.limits));
-      continue;
+    } else {
+      RETURN_IF_ERROR(ResolveAnswers(proto, model, call));
+      RETURN_IF_ERROR(engine::ValidateComponentRequest(request, model.model->config(), call.limits));
     }
-    RETURN_IF_ERROR(ResolveAnswers(proto, model, call));
-    RETURN_IF_ERROR(engine::ValidateComponentRequest(request, model.model->config(), call.limits));
+    RETURN_IF_ERROR(response_bytes.Add(call, model, max_response_bytes));
   }
   request.deadline = deadline;
   RETURN_IF_ERROR(engine::ValidateComponentRequest(request, model.model->config(), call.limits));

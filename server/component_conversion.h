@@ -18,8 +18,10 @@ struct ComponentsCall {
   std::vector<ResolvedInput> clean, corrupted;  // per pair
   ResolvedInput answer, wrong_answer;           // wrong_answer empty unless the metric compares
 };
+// `max_response_bytes`: a request whose pairs read so far already make a response larger is refused before the
+// next is read (the service measures the whole response, with every number at 0, after conversion).
 absl::StatusOr<ComponentsCall> ToComponentsCall(const v1::AttributeComponentsRequest& proto, const ServedModel& model,
-                                                absl::Time deadline);
+                                                absl::Time deadline, int64_t max_response_bytes);
 void ToComponentsResponse(const engine::ComponentResult& result, const ComponentsCall& call, const ServedModel& model,
                           v1::AttributeComponentsResponse* out);
 

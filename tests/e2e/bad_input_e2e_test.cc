@@ -873,17 +873,18 @@ TEST(BadInputs, AResponseOverTheMessageLimitSaysWhatToAskForLess) {
     v1::AttributeComponentsResponse response;
     const grpc::Status status = stub->AttributeComponents(&context, components, &response);
     EXPECT_EQ(status.error_code(), StatusCode::INVALID_ARGUMENT);
-    EXPECT_THAT(status.error_message(), HasSubstr("(the grids' values x 8 bytes, their shapes and the pairs' tokens)"));
+    // At its second pair: the first two make more than the limit.
+    EXPECT_THAT(status.error_message(), HasSubstr("with pairs[0..1] alone (their tokens, their grids' values x 8"));
   }
   {
-    // Per-head grids are small; the 8 x 2 x 300 tokens the response echoes are not: refused before any row
-    // runs too (it was refused only after all of them, by the size of the finished response).
+    // Per-head grids are small; the 8 x 2 x 300 tokens the response echoes are not: refused at the third pair,
+    // before the rest are read (it was refused only after every row ran, by the size of the finished response).
     v1::AttributeComponentsRequest components = PairsOfIds(8, 300);
     grpc::ClientContext context;
     v1::AttributeComponentsResponse response;
     const grpc::Status status = stub->AttributeComponents(&context, components, &response);
     EXPECT_EQ(status.error_code(), StatusCode::INVALID_ARGUMENT);
-    EXPECT_THAT(status.error_message(), HasSubstr("and the pairs' tokens), over this server's max_message_bytes"));
+    EXPECT_THAT(status.error_message(), HasSubstr("with pairs[0..2] alone (their tokens, their grids' values x 8"));
     EXPECT_THAT(status.error_message(), HasSubstr("ask for less (fewer pairs or sites, shorter prompts"));
   }
   {

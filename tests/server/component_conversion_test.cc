@@ -46,8 +46,9 @@ class ComponentConversionTest : public ::testing::Test {
     proto.mutable_wrong_answer()->set_text(" No");
     return proto;
   }
-  static absl::StatusOr<ComponentsCall> Convert(const v1::AttributeComponentsRequest& proto) {
-    return ToComponentsCall(proto, *served_, absl::InfiniteFuture());
+  static absl::StatusOr<ComponentsCall> Convert(const v1::AttributeComponentsRequest& proto,
+                                                int64_t max_response_bytes = int64_t{4} << 20) {
+    return ToComponentsCall(proto, *served_, absl::InfiniteFuture(), max_response_bytes);
   }
   static v1::AttributeComponentsResponse Respond(const ComponentsCall& call, const engine::ComponentResult& result) {
     v1::AttributeComponentsResponse response;
@@ -102,6 +103,29 @@ TEST_F(ComponentConversionTest, TheRequestIsCheckedWithItsFirstPairBeforeTheNext
   twice.add_sites(v1::ATTENTION_HEADS);
   EXPECT_THAT(Convert(twice), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("is named twice")));
   EXPECT_THAT(Convert(proto), StatusIs(absl::StatusCode::kInvalidArgument, StartsWith("pairs[1].clean")));
+}
+
+// And by the response the pairs read so far make: 64 pairs of 15 KB were all read (2 to 6 s of CPU) to refuse a
+// response of 12 MB. The bound never refuses a response that fits: one pair's, measured whole, is the limit here.
+TEST_F(ComponentConversionTest, AResponseTheFirstPairsMakeTooLargeIsRefusedBeforeTheNextIsRead) {
+  v1::AttributeComponentsRequest one_pair = Request();
+  std::string clean, corrupted;
+  for (int i = 0; i < 30; ++i) {
+    clean += "the cat sat on the mat ";
+    corrupted += "the dog sat on the mat ";
+  }
+  one_pair.mutable_pairs(0)->mutable_clean()->set_text(clean);
+  one_pair.mutable_pairs(0)->mutable_corrupted()->set_text(corrupted);
+  absl::StatusOr<ComponentsCall> call = Convert(one_pair);
+  ASSERT_THAT(call, IsOk());
+  const auto fits = static_cast<int64_t>(
+      Respond(*call, engine::ComponentResultOfZeros(call->request, served_->model->config())).ByteSizeLong());
+  EXPECT_THAT(Convert(one_pair, fits), IsOk());
+  v1::AttributeComponentsRequest three_pairs = one_pair;
+  *three_pairs.add_pairs() = one_pair.pairs(0);
+  three_pairs.add_pairs();
+  EXPECT_THAT(Convert(three_pairs, fits), StatusIs(absl::StatusCode::kInvalidArgument,
+                                                   AllOf(HasSubstr("at least"), HasSubstr("pairs[0..1] alone"))));
 }
 
 TEST_F(ComponentConversionTest, EveryMethodMapsToItsEngineMethodAndBack) {
