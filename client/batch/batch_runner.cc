@@ -408,6 +408,9 @@ absl::StatusOr<std::vector<DoneInInput>> DoneRowsOfThisJob(const JobRows& rows, 
 absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> ConnectToServers(
     const std::vector<std::string>& targets, ClientOptions options) {
   options.max_receive_message_bytes = -1;
+  // The job retries a row itself, on the next server (WithRetries); gRPC's retries of UNAVAILABLE on the same
+  // server made each of its tries four calls there (--max_attempts=2 sent 8) and held rows on a draining server.
+  options.max_attempts = 1;
   std::vector<std::unique_ptr<AttributionClient>> clients;
   for (const std::string& target : targets) {
     options.target = target;

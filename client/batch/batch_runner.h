@@ -47,9 +47,10 @@ struct JobSummary {
   std::vector<std::pair<double, std::string>> worst_deltas;  // (|delta|, id), largest first
 };
 
-// A client per target, with `options` except that any response size is accepted: the servers bound their
-// responses themselves (max_message_bytes), and a response over the client's limit would fail as
-// RESOURCE_EXHAUSTED, which the job retries as the servers' load although it never goes away.
+// A client per target, with `options` except that any response size is accepted (the servers bound their
+// responses themselves, max_message_bytes, and a response over the client's limit would fail as
+// RESOURCE_EXHAUSTED, which the job retries as the servers' load although it never goes away) and that gRPC
+// does not retry: the job's own tries (RunnerOptions::max_attempts) move on to the next server.
 absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> ConnectToServers(
     const std::vector<std::string>& targets, ClientOptions options);
 

@@ -79,7 +79,7 @@ class BatchRunner : public ::testing::Test {
     server_ = builder.BuildAndStart();
     ASSERT_NE(server_, nullptr);
     absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> clients =
-        ConnectToServers({"127.0.0.1:" + std::to_string(port)}, {.max_attempts = 1});
+        ConnectToServers({"127.0.0.1:" + std::to_string(port)}, {});
     ASSERT_THAT(clients, IsOk());
     owned_ = std::move(*clients);
     for (auto& client : owned_) clients_.push_back(client.get());
@@ -157,6 +157,20 @@ TEST_F(BatchRunner, ARequestOverTheMessageLimitIsTheRowsFinalError) {
   ASSERT_THAT(busy, IsOk());
   EXPECT_EQ(busy->to_retry, 1);
   EXPECT_EQ(Results()[0]["attempts"], 3);
+}
+
+// Each of the job's tries is one call: gRPC's own retries of UNAVAILABLE made each four (--max_attempts=2 sent 8
+// calls to a server answering UNAVAILABLE, and the result said 2).
+TEST_F(BatchRunner, EachTryIsOneCall) {
+  Start();
+  service_.attribute = [](const v1::AttributeRequest&, v1::AttributeResponse*) {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down; retry on another replica");
+  };
+  absl::StatusOr<JobSummary> summary =
+      Run({{.id = "r0", .prompt = "Is it warm?", .target = " Yes"}}, {.max_attempts = 2});
+  ASSERT_THAT(summary, IsOk());
+  EXPECT_EQ(Results()[0]["attempts"], 2);
+  EXPECT_EQ(service_.attribute_calls, 2);
 }
 
 // A model that gives every choice a NaN or zero probability predicts nothing: the first choice was reported
