@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -277,9 +278,9 @@ std::string UnknownNameError(const std::string& command) {
 // lost when stdout is a pipe its reader closed (`| head -1` ends the process with SIGPIPE as it prints),
 // and a report that cannot be written fails the command (status 1) after the result is printed, so the
 // result computed is not lost either.
-int PrintWithHtml(const std::string& shown, const std::string& html) {
+int PrintWithHtml(const std::string& shown, const std::function<std::string()>& html) {
   const std::string path = absl::GetFlag(FLAGS_html);
-  const absl::Status written = path.empty() ? absl::OkStatus() : WriteHtml(path, html);
+  const absl::Status written = path.empty() ? absl::OkStatus() : WriteHtml(path, html());
   std::cout << shown << std::flush;
   return written.ok() ? 0 : Failed(written);
 }
@@ -321,7 +322,7 @@ int Attribute(AttributionClient& client, const std::string& model, GenerationSet
   if (!result.ok()) return Failed(result.status());
   const bool color = absl::GetFlag(FLAGS_color) && isatty(STDOUT_FILENO);
   return PrintWithHtml(absl::GetFlag(FLAGS_json) ? AttributionJson(*result) + "\n" : TerminalHeatmap(*result, color),
-                       HtmlReport(*result));
+                       [&] { return HtmlReport(*result); });
 }
 
 // "#12" is token id 12; anything else is text.
@@ -423,7 +424,7 @@ int Components(AttributionClient& client, const std::string& model, std::vector<
   if (!result.ok()) return Failed(result.status());
   const bool color = absl::GetFlag(FLAGS_color) && isatty(STDOUT_FILENO);
   return PrintWithHtml(absl::GetFlag(FLAGS_json) ? ComponentJson(*result) + "\n" : TerminalComponents(*result, color),
-                       ComponentHtmlReport(*result));
+                       [&] { return ComponentHtmlReport(*result); });
 }
 
 int Generate(AttributionClient& client, const std::string& model, const GenerationSettings& generation,

@@ -466,8 +466,10 @@ absl::Status CheckGrid(const v1::ComponentGrid& g, const std::string& field) {
   int64_t components = 1;
   bool overflow = false;
   for (int d = 0; d < g.shape_size(); ++d) {
-    if (g.shape(d) < 0) return Malformed(absl::StrCat(field, ".shape[", d, "]"), absl::StrCat(g.shape(d), " < 0"));
-    overflow = overflow || (g.shape(d) > 0 && components > std::numeric_limits<int64_t>::max() / g.shape(d));
+    // Every axis has at least one entry (a layer, a position, a head): a size of 0 beside sizes of 2^30 made the
+    // product 0, matched by no values, and the renderers then sized their tables by the other axes.
+    if (g.shape(d) < 1) return Malformed(absl::StrCat(field, ".shape[", d, "]"), absl::StrCat(g.shape(d), " < 1"));
+    overflow = overflow || components > std::numeric_limits<int64_t>::max() / g.shape(d);
     if (!overflow) components *= g.shape(d);
   }
   if (overflow || g.values_size() != components) {

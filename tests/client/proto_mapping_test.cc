@@ -334,7 +334,19 @@ TEST(ProtoMapping, RefusesANegativeGridSize) {
   v1::AttributeComponentsResponse r = WellFormedComponents();
   r.mutable_pairs(0)->mutable_grids(0)->set_shape(0, -2);  // [-2, -3]: still 6 values
   r.mutable_pairs(0)->mutable_grids(0)->set_shape(1, -3);
-  EXPECT_THAT(FromProto(r), StatusIs(kDataLoss, "AttributeComponentsResponse.pairs[0].grids[0].shape[0]: -2 < 0"));
+  EXPECT_THAT(FromProto(r), StatusIs(kDataLoss, "AttributeComponentsResponse.pairs[0].grids[0].shape[0]: -2 < 1"));
+}
+
+// A size of 0 beside sizes of 2^30 made a product of 0 that no values matched: the CLI then ran out of memory
+// building tables of 2^30 x 2^30.
+TEST(ProtoMapping, RefusesAnEmptyGridAxis) {
+  v1::AttributeComponentsResponse r = WellFormedComponents();
+  v1::ComponentGrid* grid = r.mutable_pairs(0)->mutable_grids(0);
+  grid->set_shape(0, int64_t{1} << 30);
+  grid->set_shape(1, 0);
+  grid->clear_values();
+  grid->clear_convergence_deltas();
+  EXPECT_THAT(FromProto(r), StatusIs(kDataLoss, "AttributeComponentsResponse.pairs[0].grids[0].shape[1]: 0 < 1"));
 }
 
 TEST(ProtoMapping, RefusesGridValuesNotTheProductOfTheShape) {
