@@ -5,6 +5,7 @@
 // Attribute / Logprobs / Generate is weighted (--mix). Prints throughput, latency percentiles and
 // errors by code per RPC, or JSON (--json).
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
@@ -13,7 +14,6 @@
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
-#include <numeric>
 #include <random>
 #include <thread>
 
@@ -122,8 +122,10 @@ absl::StatusOr<Mix> ParseMix(const std::string& text) {
     mix.rpcs.push_back(kv[0]);
     weights.push_back(weight);
   }
-  if (std::accumulate(weights.begin(), weights.end(), 0.0) <= 0)
-    return absl::InvalidArgumentError("the weights sum to 0, so no call would be sent");
+  const double largest = *std::max_element(weights.begin(), weights.end());
+  if (largest <= 0) return absl::InvalidArgumentError("the weights sum to 0, so no call would be sent");
+  // As shares of the largest: weights of 1e308 summed to inf, every share was then 0 and every call the last RPC.
+  for (double& weight : weights) weight /= largest;
   mix.pick = std::discrete_distribution<int>(weights.begin(), weights.end());
   return mix;
 }
@@ -229,7 +231,7 @@ nlohmann::json RunLoad(AttributionClient& client, const std::string& model, cons
     std::lock_guard<std::mutex> lock(rng_mu);
     return mix.rpcs[mix.pick(rng)];
   };
-  int64_t sent = 0;
+  std::atomic<int64_t> sent = 0;
   if (spec.rate > 0) {  // open loop: send on schedule regardless of answers
     // A rate the client cannot send (or a server that answers slower than asked) must not run past the
     // duration or hold calls without bound: sending stops at the end, and waits while this many are out.
@@ -268,13 +270,14 @@ nlohmann::json RunLoad(AttributionClient& client, const std::string& model, cons
       clients.emplace_back([&, c] {
         for (int index = c; absl::Now() < end; index += spec.concurrency) {
           const std::string rpc = pick();
-          const absl::Time sent = absl::Now();
+          sent += 1;
+          const absl::Time sent_at = absl::Now();
           // Shared with the callback: set_value may still be returning on a gRPC thread after get() did.
           auto answered = std::make_shared<std::promise<absl::StatusCode>>();
           std::future<absl::StatusCode> answer = answered->get_future();
           Call(client, model, spec, rpc, index, [answered](absl::StatusCode code) { answered->set_value(code); });
           const absl::StatusCode code = answer.get();
-          recorder.Add(rpc, {absl::ToDoubleSeconds(absl::Now() - sent), code});
+          recorder.Add(rpc, {absl::ToDoubleSeconds(absl::Now() - sent_at), code});
         }
       });
     }
@@ -283,7 +286,7 @@ nlohmann::json RunLoad(AttributionClient& client, const std::string& model, cons
   const double elapsed = absl::ToDoubleSeconds(absl::Now() - start);
   return {{"mode", spec.rate > 0 ? "open" : "closed"},
           {"rate", spec.rate},
-          {"sent_per_second", static_cast<double>(sent) / absl::ToDoubleSeconds(duration)},
+          {"sent_per_second", static_cast<double>(sent.load()) / absl::ToDoubleSeconds(duration)},
           {"concurrency", spec.concurrency},
           {"seconds", elapsed},
           {"rpcs", recorder.Report(elapsed)}};

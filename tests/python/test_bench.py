@@ -96,6 +96,16 @@ def test_no_call_answered_shows_no_latency(fake_server):
     assert attribute["p50_ms"] is None and attribute["p99_ms"] is None and attribute["max_ms"] is None
 
 
+def test_weights_of_any_finite_size_share_the_calls_and_a_closed_loop_says_what_it_sent(fake_server):
+    # Weights of 1e308 summed to inf: every share was 0 and every call went to the last RPC. A closed loop
+    # reported 0 calls sent a second, whatever it sent.
+    address, _ = fake_server(0.0)
+    report = bench(address, "--mix=attribute=1e308,logprobs=1e308", "--concurrency=1", "--duration=0.5")
+    calls = report["rpcs"]["attribute"]["calls"] + report["rpcs"]["logprobs"]["calls"]
+    assert report["rpcs"]["attribute"]["calls"] > 0 and report["rpcs"]["logprobs"]["calls"] > 0
+    assert report["sent_per_second"] == pytest.approx(calls / 0.5, rel=1e-9)
+
+
 def test_a_hung_server_ends_the_run_a_timeout_after_its_duration(fake_server):
     # Calls took the client library's deadline, 120 s: a server that stopped answering stretched a 6 s run to
     # 122 s. Each call now has --timeout.
