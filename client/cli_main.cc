@@ -199,6 +199,11 @@ absl::StatusOr<std::vector<std::string>> StopStringsFromFlag() {
       return absl::InvalidArgumentError(
           absl::StrCat("--stop: \"", Printable(entry), "\": ", error, " (C escapes: \\n, \\t, \\\\, \\, for a comma)"));
     }
+    // The server refuses an empty stop string, as a call's error (status 1): a stray comma is the command line's.
+    if (text.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("--stop: entry ", stops.size() + 1,
+                                                     " is empty (a comma with nothing after it, or two in a row)"));
+    }
     stops.push_back(std::move(text));
   }
   return stops;

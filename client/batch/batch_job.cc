@@ -116,7 +116,12 @@ absl::StatusOr<json> MergeSettings(const json& base, const json& overrides, cons
     const std::string key = SettingName(given_key);
     if (!base.contains(key)) {
       std::vector<std::string> known;
-      for (const auto& item : base.items()) known.push_back(item.key());
+      for (const auto& item : base.items()) {
+        known.push_back(item.key());
+        for (const auto& [alias, name] : kSettingAliases) {
+          if (item.key() == name) absl::StrAppend(&known.back(), " or ", alias);
+        }
+      }
       return absl::InvalidArgumentError(
           absl::StrCat(where, ": unknown setting \"", given_key, "\" (", absl::StrJoin(known, ", "), ")"));
     }

@@ -58,7 +58,9 @@ ABSL_FLAG(std::string, html, "",
           "merge: the index of the merged results, linking the pages the shards wrote to DIR");
 ABSL_FLAG(std::string, parquet, "",
           "also write the results as a Parquet table here once the job (or merge) ends (pyarrow, pandas, Spark)");
-ABSL_FLAG(std::string, job, "", "a JSON file of settings (keys as the flags below); flags given override it");
+ABSL_FLAG(std::string, job, "",
+          "a JSON file of the method settings: keys as the flags from --model on (the connection, files and "
+          "progress are flags only); flags given override it");
 ABSL_FLAG(std::vector<std::string>, server, {"localhost:50051"},
           "servers, comma-separated (rows take turns), or one gRPC target such as dns:///svc:50051 with "
           "--load_balancing=round_robin");

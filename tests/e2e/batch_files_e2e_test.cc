@@ -240,6 +240,9 @@ TEST(BatchSettings, ToleranceIsTheJobFilesKeyOfCompletenessTolerance) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("setting \"tolerance\" must be a number")));
   EXPECT_THAT(client::batch::MergeSettings(defaults, json{{"nsteps", 8}}, "row").status(),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("unknown setting \"nsteps\" (")));
+  // The keys it lists name the alias too, since both are taken.
+  EXPECT_THAT(client::batch::MergeSettings(defaults, json{{"nsteps", 8}}, "row").status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("completeness_tolerance or tolerance")));
 }
 
 // A number setting spelled as an integer ("stdev": 1 in a job file) hashes as the flag's 1.0 does: before,

@@ -298,6 +298,7 @@ TEST(CliCommandLine, BadFlagsAreUsageErrors) {
       {"--stop='a\\,\\q'", "--stop: \"a,\\q\": "},
       {"--stop='a\\,b,\\q'", "--stop: \"\\q\": "},
       {"--stop='ok,\\'", "--stop: \"\\\": "},
+      {"--stop='No,'", "--stop: entry 2 is empty (a comma with nothing after it, or two in a row)"},
       // How the connection flags combine: found before connecting (exit 1 before, as a failed call).
       {"--ca=/x", "--ca: given without --tls (the connection would be plaintext)"},
       {"--tls --cert=/x", "--cert: give --cert and --key together for mutual TLS, or neither"},
