@@ -33,6 +33,21 @@ absl::StatusOr<at::ScalarType> ParseDtype(const std::string& dtype) {
       absl::StrCat("dtype \"", dtype, "\" is not supported for weights (supported: F32, F16, BF16, U8)"));
 }
 
+// `size` bytes at `offset`, or DATA_LOSS naming `what` (the file, a tensor in it) when the file ends before them.
+absl::Status ReadAt(int fd, const std::string& what, void* out, uint64_t size, uint64_t offset) {
+  for (uint64_t done = 0; done < size;) {
+    const ssize_t n = ::pread(fd, static_cast<char*>(out) + done, std::min<uint64_t>(size - done, uint64_t{1} << 30),
+                              static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return absl::DataLossError(absl::StrCat(what, ": cannot read: ", std::strerror(errno)));
+    if (n == 0) {
+      return absl::DataLossError(absl::StrCat(what, ": the file ends before it (cut short while the model loads?)"));
+    }
+    done += static_cast<uint64_t>(n);
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 int64_t ElementSize(at::ScalarType dtype) { return static_cast<int64_t>(c10::elementSize(dtype)); }
@@ -82,8 +97,12 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     return absl::InternalError(absl::StrCat(path, ": mmap failed: ", std::strerror(error)));
   }
   auto mapping = std::make_shared<Mapping>(static_cast<const uint8_t*>(data), size, fd);
+  // The header is read, not mapped: a file cut short while the model loads ended the process with SIGBUS as the
+  // JSON parser touched a page past its new end (README: exit status 1 naming the file).
+  uint8_t length[8];
+  RETURN_IF_ERROR(ReadAt(fd, absl::StrCat(path, ": header length"), length, sizeof(length), 0));
   uint64_t header_bytes = 0;
-  for (int i = 7; i >= 0; --i) header_bytes = (header_bytes << 8) | mapping->data()[i];
+  for (int i = 7; i >= 0; --i) header_bytes = (header_bytes << 8) | length[i];
   if (header_bytes > kMaxHeaderBytes) {
     return absl::InvalidArgumentError(
         absl::StrCat(path, ": header length ", header_bytes, " exceeds the limit of ", kMaxHeaderBytes));
@@ -92,13 +111,15 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     return absl::InvalidArgumentError(
         absl::StrCat(path, ": header length ", header_bytes, " runs past the end of the ", size, "-byte file"));
   }
+  std::string header(header_bytes, '\0');
+  RETURN_IF_ERROR(ReadAt(fd, absl::StrCat(path, ": header"), header.data(), header_bytes, 8));
   std::unique_ptr<SafetensorsFile> file(new SafetensorsFile(path, std::move(mapping)));
-  RETURN_IF_ERROR(file->ParseHeader(header_bytes));
+  RETURN_IF_ERROR(file->ParseHeader(header));
   return file;
 }
 
-absl::Status SafetensorsFile::ParseHeader(uint64_t header_bytes) {
-  const char* text = reinterpret_cast<const char*>(mapping_->data() + 8);
+absl::Status SafetensorsFile::ParseHeader(const std::string& text) {
+  const uint64_t header_bytes = text.size();
   // JSON parsers keep the last of duplicated keys silently; a tensor named twice means the file was
   // not written by a safetensors writer, and either entry could be the intended one.
   std::set<std::string> names;
@@ -110,8 +131,7 @@ absl::Status SafetensorsFile::ParseHeader(uint64_t header_bytes) {
     }
     return true;
   };
-  ASSIGN_OR_RETURN(nlohmann::json header,
-                   ParseBoundedJson(absl::string_view(text, header_bytes), path_ + ": header", find_duplicates));
+  ASSIGN_OR_RETURN(nlohmann::json header, ParseBoundedJson(text, path_ + ": header", find_duplicates));
   if (duplicate) {
     return absl::InvalidArgumentError(absl::StrCat(path_, ": header names \"", *duplicate, "\" more than once"));
   }
@@ -220,22 +240,8 @@ const TensorRecord* SafetensorsFile::Find(const std::string& name) const {
 
 absl::StatusOr<at::Tensor> SafetensorsFile::Read(const TensorRecord& record) const {
   at::Tensor tensor = at::empty(record.shape, at::TensorOptions().dtype(record.dtype).device(at::kCPU));
-  char* out = static_cast<char*>(tensor.data_ptr());
-  const uint64_t size = record.end - record.begin;
-  for (uint64_t done = 0; done < size;) {
-    const ssize_t n =
-        ::pread(mapping_->fd(), out + done, std::min<uint64_t>(size - done, uint64_t{1} << 30), record.begin + done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      return absl::DataLossError(
-          absl::StrCat(path_, ": tensor \"", record.name, "\": cannot read: ", std::strerror(errno)));
-    }
-    if (n == 0) {
-      return absl::DataLossError(absl::StrCat(path_, ": tensor \"", record.name,
-                                              "\": the file ends before it (cut short while the model loads?)"));
-    }
-    done += static_cast<uint64_t>(n);
-  }
+  RETURN_IF_ERROR(ReadAt(mapping_->fd(), absl::StrCat(path_, ": tensor \"", record.name, "\""), tensor.data_ptr(),
+                         record.end - record.begin, record.begin));
   return tensor;
 }
 

@@ -55,7 +55,7 @@ class SafetensorsFile {
  private:
   class Mapping;
   SafetensorsFile(std::string path, std::shared_ptr<Mapping> mapping);
-  absl::Status ParseHeader(uint64_t header_bytes);
+  absl::Status ParseHeader(const std::string& text);
 
   std::string path_;
   std::shared_ptr<Mapping> mapping_;  // shared with every View'd tensor
