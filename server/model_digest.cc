@@ -53,6 +53,20 @@ absl::StatusOr<std::vector<std::string>> ModelFiles(const std::string& dir) {
   return std::vector<std::string>(files.begin(), files.end());  // std::set: byte order, as Python's sorted()
 }
 
+absl::StatusOr<std::string> ModelFilesIdentity(const std::string& dir) {
+  absl::StatusOr<std::vector<std::string>> files = ModelFiles(dir);
+  if (!files.ok()) return files.status();
+  std::string identity;
+  for (const std::string& name : *files) {
+    const std::string path = dir + "/" + name;
+    struct stat info;
+    if (::stat(path.c_str(), &info) != 0) return Errno("cannot stat", path);
+    absl::StrAppend(&identity, name, " ", info.st_dev, " ", info.st_ino, " ", info.st_size, " ", info.st_mtim.tv_sec,
+                    ".", info.st_mtim.tv_nsec, "\n");
+  }
+  return identity;
+}
+
 absl::StatusOr<std::string> ModelFilesDigest(const std::string& dir) {
   absl::StatusOr<std::vector<std::string>> files = ModelFiles(dir);
   if (!files.ok()) return files.status();

@@ -21,6 +21,10 @@ absl::StatusOr<std::vector<std::string>> ModelFiles(const std::string& dir);
 // and its bytes. Reads every byte of the weights once (streamed, 4 MiB at a time).
 absl::StatusOr<std::string> ModelFilesDigest(const std::string& dir);
 
+// Which files ModelFiles(dir) are now: for each, its name, device, inode, size and modification time (ns). Equal
+// before and after a load: the load, the digest and the tokenizer read one checkpoint, not one being replaced.
+absl::StatusOr<std::string> ModelFilesIdentity(const std::string& dir);
+
 // SHA-256 (hex) of the checkpoint as loaded (ModelInfo.model_digest): of "weights_digest=W\ndtype=D\n
 // quantization=Q\nblock_size=B\ndouble_quantization=0|1\n".
 std::string LoadedModelDigest(const std::string& weights_digest, const std::string& dtype,

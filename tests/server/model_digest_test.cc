@@ -1,0 +1,53 @@
+// SPDX-License-Identifier: Apache-2.0
+// What the server compares before and after it loads a model: the identity of the folder's files changes when
+// a file is rewritten (even with its own bytes) or the folder is replaced by a rename, and only then.
+#include "server/model_digest.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+
+#include "tests/testing/status_matchers.h"
+#include "tests/testing/temp_dir.h"
+
+namespace attribution::server {
+namespace {
+
+using ::attribution::test_support::IsOk;
+
+void WriteCheckpoint(const std::string& dir) {
+  std::filesystem::create_directory(dir);
+  std::ofstream(dir + "/config.json") << "{}";
+  std::ofstream(dir + "/model.safetensors") << "weights";
+  std::ofstream(dir + "/tokenizer.json") << "{}";
+}
+
+TEST(ModelFilesIdentity, ChangesWhenAFileIsRewrittenOrTheFolderReplaced) {
+  test_support::TempDir temp;
+  const std::string dir = temp.File("model");
+  WriteCheckpoint(dir);
+  const absl::StatusOr<std::string> loaded = ModelFilesIdentity(dir);
+  ASSERT_THAT(loaded, IsOk());
+  EXPECT_EQ(ModelFilesIdentity(dir).value_or(""), *loaded);
+
+  // The same bytes written again: a copy over the file while the load read it.
+  std::ofstream(dir + "/model.safetensors") << "weights";
+  std::filesystem::last_write_time(
+      dir + "/model.safetensors",
+      std::filesystem::last_write_time(dir + "/model.safetensors") + std::chrono::seconds(1));
+  const absl::StatusOr<std::string> rewritten = ModelFilesIdentity(dir);
+  ASSERT_THAT(rewritten, IsOk());
+  EXPECT_NE(*rewritten, *loaded);
+
+  // The folder renamed away and a copy of it renamed in: the atomic way to roll out a checkpoint.
+  WriteCheckpoint(temp.File("next"));
+  std::filesystem::rename(dir, temp.File("previous"));
+  std::filesystem::rename(temp.File("next"), dir);
+  EXPECT_NE(ModelFilesIdentity(dir).value_or(""), *rewritten);
+}
+
+}  // namespace
+}  // namespace attribution::server
