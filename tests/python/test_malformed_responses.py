@@ -50,7 +50,8 @@ def well_formed_components() -> pb.AttributeComponentsResponse:
 
 
 class FakeService(pb_grpc.AttributionServiceServicer, health_pb2_grpc.HealthServicer):
-    """Answers every call with the response the test set (the well-formed ones by default)."""
+    """Answers every call with the response the test set (the well-formed ones by default); a model it does
+    not list is NOT_FOUND, as the real server answers it."""
 
     def __init__(self) -> None:
         self.reset()
@@ -62,17 +63,25 @@ class FakeService(pb_grpc.AttributionServiceServicer, health_pb2_grpc.HealthServ
         self.models = pb.ListModelsResponse(models=[pb.ModelInfo(name="fake")])
         self.health_status = health_pb2.HealthCheckResponse.SERVING
 
+    def _check_model(self, request, context) -> None:
+        if request.model not in [m.name for m in self.models.models]:
+            context.abort(grpc.StatusCode.NOT_FOUND, f'model: no model named "{request.model}"')
+
     def Attribute(self, request, context):
+        self._check_model(request, context)
         return self.attribution
 
     def AttributeStream(self, request, context):
+        self._check_model(request, context)
         yield pb.AttributeEvent(progress=pb.AttributeEvent.Progress(rows_done=1, rows_total=1))
         yield pb.AttributeEvent(result=self.attribution)
 
     def AttributeComponents(self, request, context):
+        self._check_model(request, context)
         return self.components
 
     def Logprobs(self, request, context):
+        self._check_model(request, context)
         return self.logprobs
 
     def ListModels(self, request, context):
@@ -235,6 +244,27 @@ def test_well_formed_answers_convert_and_render(fake, client):
     components = client.attribute_components(pairs=[("a b", "a c")], answer=1, wrong_answer=2, model="fake")
     assert components.grid("heads").to_dataframe().shape == (2, 3)
     assert [m.name for m in client.list_models()] == ["fake"]
+
+
+def test_a_first_model_the_server_no_longer_holds_is_asked_for_again(fake, client):
+    # A call that names no model gets the server's first, which the client kept for its whole life: once the
+    # server behind the address held other models (a restart), every such call was NOT_FOUND.
+    assert client.logprobs(prompt="a", target=" x").target
+    fake.models = pb.ListModelsResponse(models=[pb.ModelInfo(name="renamed")])
+    assert client.logprobs(prompt="a", target=" x").target
+    fake.models = pb.ListModelsResponse(models=[pb.ModelInfo(name="streamed")])
+    assert client.attribute_stream(prompt="a", target=" x").result().sequence.size == 2
+    with pytest.raises(ac.NotFound, match='no model named "gone"'):  # a model the caller named is not replaced
+        client.logprobs(prompt="a", target=" x", model="gone")
+
+    async def run() -> None:
+        async with ac.AsyncAttributionClient(fake.address, max_attempts=1, timeout=30) as c:
+            assert (await c.logprobs(prompt="a", target=" x")).target
+            fake.models = pb.ListModelsResponse(models=[pb.ModelInfo(name="async")])
+            assert (await c.logprobs(prompt="a", target=" x")).target
+            fake.models = pb.ListModelsResponse(models=[pb.ModelInfo(name="async stream")])
+            assert (await c.attribute_stream(prompt="a", target=" x").result()).sequence.size == 2
+    asyncio.run(run())
 
 
 def _cell_colours(fragment: str) -> list:

@@ -11,10 +11,12 @@ import signal
 import sys
 import threading
 import time
+from html import unescape
 
 import grpc
 import numpy as np
 import pytest
+import tqdm.auto
 
 import attribution_client as ac
 from attribution_client import _channel, _convert
@@ -357,6 +359,46 @@ def test_cancel_raises_cancelled(client):
     assert client.health() == "SERVING"  # the server goes on
 
 
+def test_progress_that_raises_cancels_the_call_on_the_server(client, server, monkeypatch):
+    # A notebook keeps the last exception's traceback (sys.last_traceback), and with it the stream in the
+    # call's frame: gRPC cancels a call only once its stream is collected, so the server ran the whole request.
+    # pytest.raises keeps each exception, and its traceback, as long as the test runs.
+    class Stop(Exception):
+        pass
+
+    def stop_once_started(p):
+        if p.rows_done > 0:
+            raise Stop()
+
+    slow = dict(prompt=PROMPT, target=" Yes", n_steps=1024)
+    with pytest.raises(Stop) as error:
+        client.attribute(**slow, progress=stop_once_started, request_id="progress-raises")
+
+    class InterruptedBar(tqdm.auto.tqdm):  # Ctrl-C while the bar shows
+        def update(self, n=1):
+            if self.n + n > 0:
+                raise KeyboardInterrupt
+            return super().update(n)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", InterruptedBar)
+    with pytest.raises(KeyboardInterrupt) as interrupted:
+        client.attribute(**slow, progress=True, request_id="progress-bar-interrupted")
+    ids = {"progress-raises", "progress-bar-interrupted", "async-progress-raises"}
+
+    def ended(lines):
+        return {line["request_id"]: line["code"] for line in lines if line.get("request_id") in ids}
+
+    async def raise_in_async_progress():
+        async with ac.AsyncAttributionClient(server.address) as c:
+            with pytest.raises(Stop) as error:
+                await c.attribute(**slow, progress=stop_once_started, request_id="async-progress-raises")
+            # Closing the client would cancel the call: it stays open until the call has ended.
+            return await asyncio.to_thread(server.log_lines, lambda lines: len(ended(lines)) == len(ids))
+
+    _, lines = asyncio.run(raise_in_async_progress())
+    assert ended(lines) == dict.fromkeys(ids, "CANCELLED")
+
+
 def test_deadline_raises_deadline_exceeded(client, server):
     started = time.monotonic()
     with pytest.raises(ac.DeadlineExceeded) as error:
@@ -426,6 +468,36 @@ def test_server_errors_carry_code_and_message(client):
         client.attribute(prompt=PROMPT, n_stepz=3)
 
 
+def test_an_empty_target_or_foil_is_refused_not_taken_as_not_given(client):
+    # target="" attributed a generated target and foil="" turned contrast off, silently: only None is "not
+    # given", and the server names the empty field.
+    for empty in ("", [], np.array([], dtype=np.int64)):
+        with pytest.raises(ac.InvalidArgument, match=r"^INVALID_ARGUMENT: target: is set but empty"):
+            client.attribute(prompt=PROMPT, target=empty, method="saliency")
+        with pytest.raises(ac.InvalidArgument, match=r"^INVALID_ARGUMENT: foil: is set but empty"):
+            client.attribute(prompt=PROMPT, target=" Yes", foil=empty, method="saliency")
+    with pytest.raises(ac.InvalidArgument, match=r"target: is set but empty"):
+        client.attribute_stream(prompt=PROMPT, target="", method="saliency").result()
+    with pytest.raises(ac.InvalidArgument, match=r"^INVALID_ARGUMENT: choices\[1\]: is empty"):  # as choices were
+        client.attribute(prompt=PROMPT, target=" Yes", choices=[" Yes", ""], quantity="prob", method="saliency")
+
+
+def test_seed_seeds_a_generated_target_as_the_clis_seed_does(client, server):
+    # attribution-cli's --seed seeds the generated target too: seed= seeded only the method, so the same
+    # request sampled another target than the CLI's.
+    story = "Once upon a time"  # QA prompts sample " Yes" or " No" whatever the seed
+    sampled = dict(temperature=1.0, max_new_tokens=8)
+    reference = cli_json(server.address, "attribute", f"--prompt={story}", "--method=saliency", "--seed=7",
+                         "--temperature=1.0", "--max_new_tokens=8")
+    a = client.attribute(prompt=story, method="saliency", seed=7, **sampled)
+    assert_tokens_equal(a.target_tokens, reference["target_tokens"])
+    # A generation seed of the caller's own is kept, and beside a given target nothing is generated to seed.
+    own = client.attribute(prompt=story, method="saliency", seed=7, generation=ac.GenerationSettings(seed=0, **sampled))
+    seed_0 = [t.id for t in client.attribute(prompt=story, method="saliency", seed=0, **sampled).target_tokens]
+    assert [t.id for t in own.target_tokens] == seed_0 != [t.id for t in a.target_tokens]
+    assert "generation" not in client.attribute(prompt=PROMPT, target=" Yes", method="saliency", seed=7).unread_settings
+
+
 # Misuse the client catches before sending: (call, options, exception, message). Without these checks, protobuf
 # truncated floats (prompt=[1.5, 2] went out as token 1) or refused with a message that names no field
 # ("Value out of range: -1", "'int' object is not iterable").
@@ -480,6 +552,12 @@ MISUSE = {
     "count_as_flag": ("attribute", dict(prompt=PROMPT, target=" Yes", want_token_matrix=2), TypeError,
                       r"^want_token_matrix: .*not 2"),
     "bool_answer": ("attribute_components", dict(pairs=[("a", "b")], answer=True), TypeError, r"^answer: "),
+    # As attribution-cli --pairs refuses them: a pair's other keys were passed over, one of two spellings dropped.
+    "unknown_pair_key": ("attribute_components", dict(pairs=[{"clean": "a", "corrupted": "b", "answer": " x"}],
+                                                      answer=" x"), ValueError, r'^pairs\[0\]: unknown key "answer"'),
+    "pair_clean_twice": ("attribute_components", dict(pairs=[("a", "b"), {"clean": "a", "clean_ids": [5],
+                                                                          "corrupted": "b"}], answer=" x"),
+                         ValueError, r'^pairs\[1\]: give "clean" or "clean_ids", not both'),
     "text_component_steps": ("attribute_components", dict(pairs=[("a", "b")], answer=" x", n_steps="4"), TypeError,
                              r"^n_steps: "),
 }
@@ -769,6 +847,17 @@ def test_results_convert_to_numpy_dataframe_and_html(client):
     lime = client.attribute(prompt=PROMPT, target=" Yes", method="lime")
     assert np.any((lime.to_numpy() == 0) & np.signbit(lime.to_numpy()))
     assert "-0.000<" not in lime._repr_html_() and '"-0"' not in lime._repr_html_()
+
+
+def test_the_heatmap_shows_the_fixed_tokens_grey_as_the_clis_report_does(client):
+    # Tokens outside feature_range were left out of the heatmap, which read as if the prompt were shorter.
+    a = client.attribute(prompt=PROMPT, target=" Yes", method="saliency", feature_range=(5, 12))
+    assert a.fixed_tokens and len(a.features) == 7
+    heatmap = a._repr_html_().split("</table>")[0]
+    shown = [unescape(text).replace("\xa0", " ") for text in re.findall(r"<td[^>]*>(.*?)<br>", heatmap)]
+    assert shown == [t.text for t in a.prompt_tokens]
+    fixed = re.findall(r'<td style="background:#eee;[^"]*" title="fixed: not a feature">', heatmap)
+    assert len(fixed) == len(a.fixed_tokens)
 
 
 def test_bytes_that_do_not_parse_are_invalid_argument_naming_the_type_and_field(client, server):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from collections.abc import Iterable, Set, Sized
+from collections.abc import Iterable, Set
 from typing import Any, Dict, List, Mapping, Optional, Sequence, TypeVar, Union
 
 import numpy as np
@@ -168,13 +168,6 @@ def _check_id_sequence(name: str, value: Iterable) -> None:
         raise TypeError(f"{name}: token ids must be a 1-D array, not one of shape {value.shape}")
 
 
-def _given(value: TextOrIds) -> bool:
-    """None and empty text or ids are "not given"; anything else goes to _set_input, which checks it."""
-    if isinstance(value, np.ndarray):  # len() of a 0-d array raises; _set_input refuses it by name
-        return value.ndim != 1 or value.size > 0
-    return value is not None and not (isinstance(value, Sized) and len(value) == 0)
-
-
 def _set_generation(g: GenerationSettings, out: pb.GenerationSettings) -> None:
     # Named as the keyword arguments that set them (max_new_tokens=5), not as generation.max_new_tokens.
     if not isinstance(g, GenerationSettings):
@@ -237,15 +230,19 @@ def _list(name: str, value: Any) -> Sequence[Any]:
 def attribute_request(o: AttributeOptions) -> pb.AttributeRequest:
     out = pb.AttributeRequest()
     _set_prompt_fields(o, out)
-    if _given(o.target):
+    # Only None leaves the target to be generated: "" or [] is sent set but empty, which the server refuses
+    # naming the target, rather than attributing a target the caller did not ask for.
+    if o.target is not None:
+        out.target.SetInParent()
         _set_input("target", o.target, out.target)
     out.target_tokenization = _lookup("target_tokenization", o.target_tokenization, TOKENIZATIONS)
     out.include_special_tokens = _flag("include_special_tokens", o.include_special_tokens)
     _set_generation(o.generation, out.generation)
     out.method = _lookup("method", o.method, METHODS)
     out.quantity = _lookup("quantity", o.quantity, QUANTITIES)
-    if _given(o.foil):
+    if o.foil is not None:  # "" or [] as the target: refused by the server, not read as "not contrastive"
         out.contrastive = True
+        out.foil.SetInParent()
         _set_input("foil", o.foil, out.foil)
     for i, choice in enumerate(_list("choices", o.choices)):
         _set_answer(f"choices[{i}]", choice, out.choices.add())
@@ -266,6 +263,8 @@ def attribute_request(o: AttributeOptions) -> pb.AttributeRequest:
     out.n_samples = integer("n_samples", o.n_samples, INT32)
     out.stdev = number("stdev", o.stdev)
     out.seed = integer("seed", o.seed, UINT64)
+    if o.target is None and not out.generation.HasField("seed"):
+        out.generation.seed = out.seed  # as attribution-cli's --seed: the generated target's too
     out.signed_saliency = _flag("signed_saliency", o.signed_saliency)
     out.want_token_matrix = _flag("want_token_matrix", o.want_token_matrix)
     out.want_faithfulness = _flag("want_faithfulness", o.want_faithfulness)
@@ -281,10 +280,22 @@ def _set_answer(name: str, value: AnswerToken, out: pb.Input) -> None:
         _set_input(name, value, out)
 
 
+_PAIR_KEYS = ("clean", "clean_ids", "corrupted", "corrupted_ids")
+
+
 def _prompt_pair(pair: Any, index: int) -> PromptPair:
     if isinstance(pair, PromptPair):
         return pair
     if isinstance(pair, Mapping):
+        # As attribution-cli's --pairs: a key it does not read ("answer" of a batch row, a misspelling) was
+        # passed over, and of "clean" and "clean_ids" one was silently dropped.
+        for key in pair:
+            if key not in _PAIR_KEYS:
+                raise ValueError(f'pairs[{index}]: unknown key "{key}" (a pair is clean or clean_ids, corrupted or '
+                                 "corrupted_ids; answer and wrong_answer are options of the call)")
+        for key in ("clean", "corrupted"):
+            if key in pair and f"{key}_ids" in pair:
+                raise ValueError(f'pairs[{index}]: give "{key}" or "{key}_ids", not both')
         return PromptPair(clean=pair.get("clean", pair.get("clean_ids")),
                           corrupted=pair.get("corrupted", pair.get("corrupted_ids")))
     if isinstance(pair, (tuple, list)) and len(pair) == 2:

@@ -35,6 +35,33 @@ def _cell(text: str, value: float, scale: float) -> str:
             f'title="{value:.6g}">{shown}<br><small>{value:.3f}</small></td>')
 
 
+def _fixed_cell(text: str) -> str:
+    shown = html.escape(text).replace(" ", "&nbsp;") or "&nbsp;"
+    return (f'<td style="background:#eee;color:#999;padding:2px 4px;font-family:monospace" '
+            f'title="fixed: not a feature">{shown}<br><small>fixed</small></td>')
+
+
+def _prompt_cells(a: "Attribution", scale: float) -> List[str]:
+    """The prompt in order, as the CLI's report shows it (client/heatmap.cc PromptPieces): each feature with
+    its value and, between them, the fixed tokens, which a feature_range leaves out of the features."""
+    fixed = set(a.fixed_tokens)
+    cells: List[str] = []
+    next_feature = 0  # features are disjoint and in order
+    position = 0
+    while position < len(a.prompt_tokens):
+        if next_feature < len(a.features) and a.features[next_feature].token_begin == position:
+            feature = a.features[next_feature]
+            cells.append(_cell(feature.text, float(a.sequence[next_feature]), scale))
+            position = max(position + 1, feature.token_end)
+            next_feature += 1
+            continue
+        if position in fixed:
+            cells.append(_fixed_cell(a.prompt_tokens[position].text))
+        position += 1
+    cells += [_cell(f.text, float(v), scale) for f, v in zip(a.features[next_feature:], a.sequence[next_feature:])]
+    return cells
+
+
 def attribution_html(a: "Attribution") -> str:
     """A self-contained HTML fragment (no scripts) for Jupyter's rich display."""
     scale = _finite_scale(a.sequence)
@@ -48,7 +75,7 @@ def attribution_html(a: "Attribution") -> str:
         + "</div>",
         "<table style='border-collapse:collapse'><tr>",
     ]
-    parts += [_cell(f.text, float(v), scale) for f, v in zip(a.features, a.sequence)]
+    parts += _prompt_cells(a, scale)
     parts.append("</tr></table>")
     if a.token_matrix is not None:
         mscale = _finite_scale(a.token_matrix)

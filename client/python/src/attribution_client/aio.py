@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from . import _calls, _channel, _convert
 from ._generated.attribution.v1 import attribution_pb2 as pb
 from ._generated.attribution.v1 import attribution_pb2_grpc as pb_grpc
-from .errors import AttributionError, error_for, from_grpc, rpc_name, unparsable_answer
+from .errors import AttributionError, NotFound, error_for, from_grpc, rpc_name, unparsable_answer
 from .options import AttributeOptions, ClientOptions, ComponentOptions, GenerateOptions, LogprobsOptions, TextOrIds
 from .results import Attribution, ComponentAttribution, Generation, Logprobs, ModelInfo, Progress, Token
 
@@ -56,8 +56,11 @@ class AsyncStream(Generic[Item, Result]):
     as the stream methods' coroutines did before."""
 
     def __init__(self, start: Callable[[], Awaitable[Any]], convert: Callable[[Any], Union[Item, Result]],
-                 result_type: type, closed: Callable[[], bool] = lambda: False, rpc: str = "") -> None:
+                 result_type: type, closed: Callable[[], bool] = lambda: False, rpc: str = "",
+                 reopen: Optional[Callable[[], Awaitable[Any]]] = None) -> None:
         self._start = start
+        # For a NOT_FOUND before the first event: the call made again (None: the error stands).
+        self._reopen = reopen
         self._rpc = rpc
         self._starting: Optional[asyncio.Future] = None  # one start, however many tasks wait for it
         self._call: Any = None
@@ -95,7 +98,11 @@ class AsyncStream(Generic[Item, Result]):
             try:
                 event = await call.read()
             except grpc.RpcError as e:
-                raise from_grpc(e, self._rpc) from None
+                reopened = await self._reopened_after(e)
+                if reopened is None:
+                    raise from_grpc(e, self._rpc) from None
+                call = self._call = reopened
+                continue
             except asyncio.CancelledError:
                 error = _cancelled_by_client(self._cancelled, self._closed())
                 if error is not None:
@@ -108,11 +115,21 @@ class AsyncStream(Generic[Item, Result]):
                 if self._result is None:
                     raise error_for(grpc.StatusCode.DATA_LOSS, "the stream ended without a result")
                 raise StopAsyncIteration
+            self._reopen = None
             item = self._convert(event)
             if isinstance(item, self._result_type):
                 self._result = item  # type: ignore[assignment]
                 continue
             return item  # type: ignore[return-value]
+
+    async def _reopened_after(self, error: grpc.RpcError) -> Any:
+        if self._reopen is None or error.code() != grpc.StatusCode.NOT_FOUND:
+            return None
+        reopen, self._reopen = self._reopen, None
+        call = await reopen()
+        if call is not None and self._cancelled:  # cancel() came while the call was made again
+            call.cancel()
+        return call
 
     async def result(self) -> Result:
         async for _ in self:
@@ -134,6 +151,20 @@ class AsyncStream(Generic[Item, Result]):
 def _cancel_started_call(starting: "asyncio.Future[Any]") -> None:
     if not starting.cancelled() and starting.exception() is None:
         starting.result().cancel()
+
+
+async def _with_progress(stream: AsyncStream[Progress, Result], progress: Callable[[Progress], None]) -> Result:
+    """The stream's result, calling `progress` with each Progress. Whatever leaves early (the callback's
+    exception, the task's cancellation) cancels the call: grpc.aio ends it only once the stream is
+    collected, and a kept traceback (a notebook's sys.last_traceback) keeps it, the server computing the
+    whole request for no one."""
+    try:
+        async for p in stream:
+            progress(p)
+        return await stream.result()
+    except BaseException:
+        stream.cancel()
+        raise
 
 
 class AsyncAttributionClient:
@@ -165,14 +196,23 @@ class AsyncAttributionClient:
         """A stream whose request is built now (bad options raise here) and sent on first use, once the
         model is known (a closed client raises Cancelled then, as its other calls do when awaited)."""
         request = to_request(options)
+        model_defaulted = not options.model
+
+        def call() -> Any:
+            self._check_open()
+            request.model = options.model
+            return method(request, timeout=_calls.timeout(timeout, self.options.timeout),
+                          metadata=_channel.with_request_id(self._metadata, options.request_id))
 
         async def start() -> Any:
             self._check_open()
-            if not options.model:
-                request.model = (await self._model(options, timeout)).model
-            return method(request, timeout=_calls.timeout(timeout, self.options.timeout),
-                          metadata=_channel.with_request_id(self._metadata, options.request_id))
-        return AsyncStream(start, convert, result_type, lambda: self._closed, rpc_name(method))
+            await self._model(options, timeout)
+            return call()
+
+        async def reopen() -> Any:
+            return call() if await self._first_model_changed(options, timeout) else None
+        return AsyncStream(start, convert, result_type, lambda: self._closed, rpc_name(method),
+                           reopen if model_defaulted else None)
 
     async def __aenter__(self) -> "AsyncAttributionClient":
         return self
@@ -206,17 +246,36 @@ class AsyncAttributionClient:
             options.model = self._default_model
         return options
 
+    async def _first_model_changed(self, options: Any, timeout: Any) -> bool:
+        """As AttributionClient._first_model_changed."""
+        stale = options.model
+        self._default_model = None
+        options.model = ""
+        return (await self._model(options, timeout)).model != stale
+
+    async def _unary_with_model(self, options: Any, timeout: Any, call: Callable[[Any], Awaitable[Result]]) -> Result:
+        """As AttributionClient._unary_with_model."""
+        if options.model:
+            return await call(options)
+        await self._model(options, timeout)
+        try:
+            return await call(options)
+        except NotFound:
+            if not await self._first_model_changed(options, timeout):
+                raise
+        return await call(options)
+
     async def attribute(self, options: Union[AttributeOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                         progress: Optional[Callable[[Progress], None]] = None, **fields: Any) -> Attribution:
         """As AttributionClient.attribute; `progress`, when given, is called with each Progress."""
-        o = await self._model(_calls.build(AttributeOptions, options, fields), timeout)
+        o = _calls.build(AttributeOptions, options, fields)
         if progress is not None:
-            stream = await self.attribute_stream(o, timeout=timeout)
-            async for p in stream:
-                progress(p)
-            return await stream.result()
-        return _convert.attribution(
-            await self._unary(self._stub.Attribute, _convert.attribute_request(o), timeout, o.request_id))
+            return await _with_progress(self.attribute_stream(o, timeout=timeout), progress)
+
+        async def attribute(o: AttributeOptions) -> Attribution:
+            return _convert.attribution(
+                await self._unary(self._stub.Attribute, _convert.attribute_request(o), timeout, o.request_id))
+        return await self._unary_with_model(o, timeout, attribute)
 
     def attribute_stream(self, options: Union[AttributeOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                          **fields: Any) -> AsyncStream[Progress, Attribution]:
@@ -228,14 +287,14 @@ class AsyncAttributionClient:
                                    timeout: Any = _calls.DEFAULT, progress: Optional[Callable[[Progress], None]] = None,
                                    **fields: Any) -> ComponentAttribution:
         """As AttributionClient.attribute_components; `progress`, when given, is called with each Progress."""
-        o = await self._model(_calls.build(ComponentOptions, options, fields), timeout)
+        o = _calls.build(ComponentOptions, options, fields)
         if progress is not None:
-            stream = await self.attribute_components_stream(o, timeout=timeout)
-            async for p in stream:
-                progress(p)
-            return await stream.result()
-        return _convert.component_attribution(
-            await self._unary(self._stub.AttributeComponents, _convert.component_request(o), timeout, o.request_id))
+            return await _with_progress(self.attribute_components_stream(o, timeout=timeout), progress)
+
+        async def attribute_components(o: ComponentOptions) -> ComponentAttribution:
+            return _convert.component_attribution(await self._unary(
+                self._stub.AttributeComponents, _convert.component_request(o), timeout, o.request_id))
+        return await self._unary_with_model(o, timeout, attribute_components)
 
     def attribute_components_stream(self, options: Optional[ComponentOptions] = None, *,
                                     timeout: Any = _calls.DEFAULT,
@@ -246,9 +305,10 @@ class AsyncAttributionClient:
 
     async def generate(self, options: Union[GenerateOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                        **fields: Any) -> Generation:
-        o = await self._model(_calls.build(GenerateOptions, options, fields), timeout)
-        return _convert.generation(
-            await self._unary(self._stub.Generate, _convert.generate_request(o), timeout, o.request_id))
+        async def generate(o: GenerateOptions) -> Generation:
+            return _convert.generation(
+                await self._unary(self._stub.Generate, _convert.generate_request(o), timeout, o.request_id))
+        return await self._unary_with_model(_calls.build(GenerateOptions, options, fields), timeout, generate)
 
     def generate_stream(self, options: Union[GenerateOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                         **fields: Any) -> AsyncStream[Token, Generation]:
@@ -258,9 +318,10 @@ class AsyncAttributionClient:
 
     async def logprobs(self, options: Union[LogprobsOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                        **fields: Any) -> Logprobs:
-        o = await self._model(_calls.build(LogprobsOptions, options, fields), timeout)
-        return _convert.logprobs(
-            await self._unary(self._stub.Logprobs, _convert.logprobs_request(o), timeout, o.request_id))
+        async def logprobs(o: LogprobsOptions) -> Logprobs:
+            return _convert.logprobs(
+                await self._unary(self._stub.Logprobs, _convert.logprobs_request(o), timeout, o.request_id))
+        return await self._unary_with_model(_calls.build(LogprobsOptions, options, fields), timeout, logprobs)
 
     async def list_models(self, *, timeout: Any = _calls.DEFAULT) -> List[ModelInfo]:
         return _convert.models(await self._unary(self._stub.ListModels, pb.ListModelsRequest(), timeout))

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from . import _calls, _channel, _convert
 from ._generated.attribution.v1 import attribution_pb2 as pb
 from ._generated.attribution.v1 import attribution_pb2_grpc as pb_grpc
-from .errors import AttributionError, error_for, from_grpc, rpc_name
+from .errors import AttributionError, NotFound, error_for, from_grpc, rpc_name
 from .options import AttributeOptions, ClientOptions, ComponentOptions, GenerateOptions, LogprobsOptions, TextOrIds
 from .results import Attribution, ComponentAttribution, Generation, Logprobs, ModelInfo, Progress, Token
 
@@ -32,12 +32,15 @@ class Stream(Generic[Item, Result]):
     from any thread ends it (the iteration then raises Cancelled)."""
 
     def __init__(self, call: Any, convert: Callable[[Any], Union[Item, Result]], result_type: type,
-                 rpc: str = "") -> None:
+                 rpc: str = "", reopen: Optional[Callable[[], Any]] = None) -> None:
         self._call = call
         self._rpc = rpc
         self._convert = convert
         self._result_type = result_type
         self._result: Optional[Result] = None
+        # For a NOT_FOUND before the first event: the call made again (None: the error stands).
+        self._reopen = reopen
+        self._cancelled = False
 
     def __iter__(self) -> Iterator[Item]:
         return self
@@ -51,7 +54,12 @@ class Stream(Generic[Item, Result]):
                     raise error_for(grpc.StatusCode.DATA_LOSS, "the stream ended without a result") from None
                 raise
             except grpc.RpcError as e:
-                raise from_grpc(e, self._rpc) from None
+                reopened = self._reopened_after(e)
+                if reopened is None:
+                    raise from_grpc(e, self._rpc) from None
+                self._call = reopened
+                continue
+            self._reopen = None
             item = self._convert(event)
             if isinstance(item, self._result_type):
                 self._result = item  # type: ignore[assignment]
@@ -65,7 +73,17 @@ class Stream(Generic[Item, Result]):
         assert self._result is not None
         return self._result
 
+    def _reopened_after(self, error: grpc.RpcError) -> Any:
+        if self._reopen is None or error.code() != grpc.StatusCode.NOT_FOUND:
+            return None
+        reopen, self._reopen = self._reopen, None
+        call = reopen()
+        if call is not None and self._cancelled:  # cancel() came while the call was made again
+            call.cancel()
+        return call
+
     def cancel(self) -> None:
+        self._cancelled = True
         self._call.cancel()
 
     def __enter__(self) -> "Stream[Item, Result]":
@@ -93,6 +111,18 @@ def _progress_bar(stream: "Stream[Progress, Result]", description: str) -> Resul
         return stream.result()
 
 
+def _with_progress(stream: "Stream[Progress, Result]", progress: ProgressArg, description: str) -> Result:
+    """The stream's result, reporting its progress. Whatever leaves early (the callback's exception, Ctrl-C)
+    cancels the call: gRPC ends it only once the stream is collected, and a kept traceback (a notebook's
+    sys.last_traceback) keeps it, the server computing the whole request for no one."""
+    with stream:
+        if callable(progress):
+            for p in stream:
+                progress(p)
+            return stream.result()
+        return _progress_bar(stream, description)
+
+
 class AttributionClient:
     """Calls one attribution server (or a balanced set of replicas). `target` is a ClientOptions or
     a gRPC target; keyword arguments set ClientOptions fields (tls=True, bearer_token=..., ...)."""
@@ -118,12 +148,20 @@ class AttributionClient:
         if self._closed:
             raise error_for(grpc.StatusCode.CANCELLED, "the client is closed")
 
-    def _stream(self, method: Any, request: Any, timeout: Any, request_id: str, convert: Callable[[Any], Any],
-                result_type: type) -> Stream:
+    def _stream(self, method: Any, options: Any, to_request: Callable[[Any], Any], timeout: Any,
+                convert: Callable[[Any], Any], result_type: type) -> Stream:
         self._check_open()
-        call = method(request, timeout=_calls.timeout(timeout, self.options.timeout),
-                      metadata=_channel.with_request_id(self._metadata, request_id))
-        return Stream(call, convert, result_type, rpc_name(method))
+        model_defaulted = not options.model
+        self._model(options, timeout)
+
+        def call() -> Any:
+            self._check_open()
+            return method(to_request(options), timeout=_calls.timeout(timeout, self.options.timeout),
+                          metadata=_channel.with_request_id(self._metadata, options.request_id))
+
+        def reopen() -> Any:
+            return call() if self._first_model_changed(options, timeout) else None
+        return Stream(call(), convert, result_type, rpc_name(method), reopen if model_defaulted else None)
 
     def __enter__(self) -> "AttributionClient":
         return self
@@ -151,70 +189,79 @@ class AttributionClient:
             options.model = self._default_model
         return options
 
+    def _first_model_changed(self, options: Any, timeout: Any) -> bool:
+        """options.model, the server's first model as this client knew it, was NOT_FOUND: the server behind the
+        address may hold other models since (a restart). Asks again, puts the first model now in `options` and
+        says whether it is another one, worth making the call again with."""
+        stale = options.model
+        self._default_model = None
+        options.model = ""
+        return self._model(options, timeout).model != stale
+
+    def _unary_with_model(self, options: Any, timeout: Any, call: Callable[[Any], Result]) -> Result:
+        """call(options) with the model filled in; made once more, with the server's new first model, when
+        the one this client chose is NOT_FOUND."""
+        if options.model:
+            return call(options)
+        self._model(options, timeout)
+        try:
+            return call(options)
+        except NotFound:
+            if not self._first_model_changed(options, timeout):
+                raise
+        return call(options)
+
     def attribute(self, options: Union[AttributeOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                   progress: ProgressArg = False, **fields: Any) -> Attribution:
         """Attributes the target's scored quantity to the prompt's features. progress=True shows a
-        tqdm bar (through AttributeStream); a callable gets each Progress."""
-        o = self._model(_calls.build(AttributeOptions, options, fields), timeout)
+        tqdm bar (through AttributeStream); a callable gets each Progress. Whatever the progress raises
+        (KeyboardInterrupt too) cancels the call on the server."""
+        o = _calls.build(AttributeOptions, options, fields)
         if progress:
-            stream = self.attribute_stream(o, timeout=timeout)
-            if callable(progress):
-                for p in stream:
-                    progress(p)
-                return stream.result()
-            return _progress_bar(stream, o.method)
-        return _convert.attribution(
-            self._unary(self._stub.Attribute, _convert.attribute_request(o), timeout, o.request_id))
+            return _with_progress(self.attribute_stream(o, timeout=timeout), progress, o.method)
+        return self._unary_with_model(o, timeout, lambda o: _convert.attribution(
+            self._unary(self._stub.Attribute, _convert.attribute_request(o), timeout, o.request_id)))
 
     def attribute_stream(self, options: Union[AttributeOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                          **fields: Any) -> AttributeStream:
         """Iterate for Progress events (queued, then rows done / total), then call result()."""
-        o = self._model(_calls.build(AttributeOptions, options, fields), timeout)
-        return self._stream(self._stub.AttributeStream, _convert.attribute_request(o), timeout, o.request_id,
-                            _calls.attribute_event, Attribution)
+        return self._stream(self._stub.AttributeStream, _calls.build(AttributeOptions, options, fields),
+                            _convert.attribute_request, timeout, _calls.attribute_event, Attribution)
 
     def attribute_components(self, options: Optional[ComponentOptions] = None, *, timeout: Any = _calls.DEFAULT,
                              progress: ProgressArg = False, **fields: Any) -> ComponentAttribution:
         """Attributes the metric's change between clean and corrupted prompts to model components
         (attention heads, attention / MLP outputs, the residual stream) per layer. progress=True shows a
-        tqdm bar (through ComponentStream); a callable gets each Progress."""
-        o = self._model(_calls.build(ComponentOptions, options, fields), timeout)
+        tqdm bar (through ComponentStream); a callable gets each Progress. Whatever the progress raises
+        (KeyboardInterrupt too) cancels the call on the server."""
+        o = _calls.build(ComponentOptions, options, fields)
         if progress:
-            stream = self.attribute_components_stream(o, timeout=timeout)
-            if callable(progress):
-                for p in stream:
-                    progress(p)
-                return stream.result()
-            return _progress_bar(stream, o.method)
-        return _convert.component_attribution(
-            self._unary(self._stub.AttributeComponents, _convert.component_request(o), timeout, o.request_id))
+            return _with_progress(self.attribute_components_stream(o, timeout=timeout), progress, o.method)
+        return self._unary_with_model(o, timeout, lambda o: _convert.component_attribution(
+            self._unary(self._stub.AttributeComponents, _convert.component_request(o), timeout, o.request_id)))
 
     def attribute_components_stream(self, options: Optional[ComponentOptions] = None, *,
                                     timeout: Any = _calls.DEFAULT, **fields: Any) -> ComponentStream:
         """Iterate for Progress events (queued, then rows done / total), then call result()."""
-        o = self._model(_calls.build(ComponentOptions, options, fields), timeout)
-        return self._stream(self._stub.AttributeComponentsStream, _convert.component_request(o), timeout,
-                            o.request_id, _calls.component_event, ComponentAttribution)
+        return self._stream(self._stub.AttributeComponentsStream, _calls.build(ComponentOptions, options, fields),
+                            _convert.component_request, timeout, _calls.component_event, ComponentAttribution)
 
     def generate(self, options: Union[GenerateOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                  **fields: Any) -> Generation:
-        o = self._model(_calls.build(GenerateOptions, options, fields), timeout)
-        return _convert.generation(
-            self._unary(self._stub.Generate, _convert.generate_request(o), timeout, o.request_id))
+        return self._unary_with_model(_calls.build(GenerateOptions, options, fields), timeout, lambda o: (
+            _convert.generation(self._unary(self._stub.Generate, _convert.generate_request(o), timeout, o.request_id))))
 
     def generate_stream(self, options: Union[GenerateOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                         **fields: Any) -> GenerateStream:
         """Iterate for each new Token (text and log_prob) as the server makes it, then result()."""
-        o = self._model(_calls.build(GenerateOptions, options, fields), timeout)
-        return self._stream(self._stub.GenerateStream, _convert.generate_request(o), timeout, o.request_id,
-                            _calls.generate_event, Generation)
+        return self._stream(self._stub.GenerateStream, _calls.build(GenerateOptions, options, fields),
+                            _convert.generate_request, timeout, _calls.generate_event, Generation)
 
     def logprobs(self, options: Union[LogprobsOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                  **fields: Any) -> Logprobs:
         """Log-probabilities of the target's tokens after the prompt, with top_k alternatives."""
-        o = self._model(_calls.build(LogprobsOptions, options, fields), timeout)
-        return _convert.logprobs(
-            self._unary(self._stub.Logprobs, _convert.logprobs_request(o), timeout, o.request_id))
+        return self._unary_with_model(_calls.build(LogprobsOptions, options, fields), timeout, lambda o: (
+            _convert.logprobs(self._unary(self._stub.Logprobs, _convert.logprobs_request(o), timeout, o.request_id))))
 
     def list_models(self, *, timeout: Any = _calls.DEFAULT) -> List[ModelInfo]:
         return _convert.models(self._unary(self._stub.ListModels, pb.ListModelsRequest(), timeout))

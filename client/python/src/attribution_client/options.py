@@ -46,7 +46,7 @@ class GenerationSettings:
     temperature: float = 0.0   # 0: greedy
     top_p: float = 0.0         # 0: no truncation
     # Seeds sampling. None: generate() samples afresh each call and reports the seed it drew
-    # (Generation.seed); an attribute() target generated without one uses seed 0.
+    # (Generation.seed); an attribute() target generated without one uses the attribution's `seed`.
     seed: Optional[int] = None
     stop_token_ids: List[int] = field(default_factory=list)  # empty: the model's eos tokens
     ignore_stop_tokens: bool = False
@@ -71,7 +71,7 @@ class AttributeOptions:
     """One Attribute request (C++: AttributeOptions). model "" means the server's first model."""
 
     prompt: TextOrIds = ""
-    target: TextOrIds = None   # None: generated with `generation`
+    target: TextOrIds = None   # None: generated with `generation` ("" or [] is refused: INVALID_ARGUMENT)
     model: str = ""
     no_special_tokens: bool = False
     # How target and foil text become tokens: "continuation" (as they follow the prompt) or "separate"
@@ -82,7 +82,7 @@ class AttributeOptions:
     # shapley_value_sampling lime kernel_shap attn_lrp cp_lrp
     method: str = "integrated_gradients"
     quantity: str = "log_prob"  # prob logit
-    foil: TextOrIds = None      # contrastive when set
+    foil: TextOrIds = None      # contrastive when not None
     # Answer choices, one token each (text, or a one-id list): the target's probability is renormalised over them.
     choices: List[TextOrIds] = field(default_factory=list)
     feature_range: Optional[Tuple[int, int]] = None  # [begin, end) tokens, one feature each
@@ -95,6 +95,8 @@ class AttributeOptions:
     rule: str = "default"
     n_samples: int = 0
     stdev: float = 0.0
+    # Seeds the method (GradientShap's noise, the sampling methods) and, when the target is generated and
+    # generation.seed is None, the generation too: attribution-cli's --seed does both.
     seed: int = 0
     signed_saliency: bool = False
     want_token_matrix: bool = False
