@@ -203,7 +203,9 @@ MALFORMED_COMPONENTS: Dict[str, tuple] = {
                      r"grids\[0\]\.axes: \[layer, neuron\] is not \[layer, head\], \[layer, position\] or"),
     "no_axes": (_grid(axes=[]), r"grids\[0\]\.axes: \[\] is not"),
     "shape_without_an_axis": (_grid(shape=[2, 3, 1]), r"grids\[0\]\.shape: 3 sizes, expected 2 \(one per axis\)"),
-    "negative_shape": (_grid(shape=[-2, -3]), r"grids\[0\]\.shape\[0\]: -2 < 0"),
+    "negative_shape": (_grid(shape=[-2, -3]), r"grids\[0\]\.shape\[0\]: -2 < 1"),
+    # A 0 beside 2^30: a product of 0 that no values matched, and to_dataframe() ran out of memory.
+    "empty_axis": (_grid(shape=[2**30, 0], values=[], convergence_deltas=[]), r"grids\[0\]\.shape\[1\]: 0 < 1"),
     "values_not_the_product": (_grid(values=[1, 2, 3, 4]),
                                r"grids\[0\]\.values: 4 values, expected the product of shape \[2, 3\] = 6"),
     "huge_shape": (_grid(shape=[2**31, 2**31]), r"grids\[0\]\.values: 6 values, expected the product"),

@@ -90,8 +90,10 @@ def _check_grid(g: pb.ComponentGrid, field: str) -> None:
     if len(g.shape) != len(axes):
         raise _malformed(f"{field}.shape", f"{len(g.shape)} sizes, expected {len(axes)} (one per axis)")
     for d, size in enumerate(g.shape):
-        if size < 0:
-            raise _malformed(f"{field}.shape[{d}]", f"{size} < 0")
+        # Every axis has a layer, a position or a head: a 0 beside sizes of 2^30 matched no values and
+        # to_dataframe() then sized its table by the other axes (MemoryError).
+        if size < 1:
+            raise _malformed(f"{field}.shape[{d}]", f"{size} < 1")
     components = math.prod(g.shape)
     if len(g.values) != components:
         raise _malformed(f"{field}.values", f"{len(g.values)} values, expected the product of shape "
