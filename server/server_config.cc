@@ -97,6 +97,17 @@ std::optional<const char*> ValueOf(const json& value, List& out) {
   return std::nullopt;
 }
 
+}  // namespace
+
+absl::StatusOr<absl::Duration> DurationOfSeconds(double seconds, const std::string& name) {
+  if (std::isfinite(seconds) && (seconds == 0 || seconds >= 1e-9)) return absl::Seconds(seconds);
+  return absl::InvalidArgumentError(absl::StrCat(name, " = ", seconds,
+                                                 ": give a finite number of seconds, 0 or at least 1e-9",
+                                                 seconds < 0 ? " (not negative)" : ""));
+}
+
+namespace {
+
 // Reads the keys of one JSON object, remembering which were used so that leftovers (typos) fail.
 class ObjectReader {
  public:
@@ -116,7 +127,7 @@ class ObjectReader {
   absl::Status ReadSeconds(const char* key, absl::Duration& out) {
     double seconds = absl::ToDoubleSeconds(out);
     RETURN_IF_ERROR(Read(key, seconds));
-    out = absl::Seconds(seconds);
+    ASSIGN_OR_RETURN(out, DurationOfSeconds(seconds, absl::StrCat(where_, ".", key)));
     return absl::OkStatus();
   }
 

@@ -70,6 +70,11 @@ struct ServerConfig {
   std::vector<ModelSpec> models;
 };
 
+// `seconds` of a setting as a duration, when finite, not negative, and 0 or at least a nanosecond: absl::Seconds
+// reads NaN as an infinite duration and 1e-300 as 0, which for some settings means "never". `name` names the
+// setting (a flag, a key) in the error.
+absl::StatusOr<absl::Duration> DurationOfSeconds(double seconds, const std::string& name);
+
 // Parses the JSON text of a config file; `source` names it in errors. Unknown keys are errors (a
 // typo must not silently fall back to a default).
 absl::StatusOr<ServerConfig> ParseServerConfig(const std::string& json_text, const std::string& source);

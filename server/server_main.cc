@@ -28,6 +28,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "absl/debugging/failure_signal_handler.h"
@@ -205,7 +206,7 @@ std::string DefaultModelDir() {
 }
 
 // A --model (or the default model) with the per-model flags.
-ModelSpec ModelSpecFromFlags(std::string name, std::string path) {
+absl::StatusOr<ModelSpec> ModelSpecFromFlags(std::string name, std::string path) {
   ModelSpec spec{.name = std::move(name),
                  .path = std::move(path),
                  .dtype = absl::GetFlag(FLAGS_dtype),
@@ -218,10 +219,13 @@ ModelSpec ModelSpecFromFlags(std::string name, std::string path) {
   spec.limits.max_steps = absl::GetFlag(FLAGS_max_steps);
   spec.limits.max_samples = absl::GetFlag(FLAGS_max_samples);
   ApplyDeviceDefaults(spec.device, spec.engine);
-  if (const double max_batch_seconds = absl::GetFlag(FLAGS_max_batch_seconds); max_batch_seconds > 0) {
-    spec.engine.max_batch_time = absl::Seconds(max_batch_seconds);
-  }
-  spec.engine.max_uncontended_batch_time = absl::Seconds(absl::GetFlag(FLAGS_max_uncontended_batch_seconds));
+  // A NaN or negative --max_batch_seconds fell back to the default without a word.
+  ASSIGN_OR_RETURN(const absl::Duration max_batch_time,
+                   DurationOfSeconds(absl::GetFlag(FLAGS_max_batch_seconds), "--max_batch_seconds"));
+  if (max_batch_time > absl::ZeroDuration()) spec.engine.max_batch_time = max_batch_time;
+  ASSIGN_OR_RETURN(
+      spec.engine.max_uncontended_batch_time,
+      DurationOfSeconds(absl::GetFlag(FLAGS_max_uncontended_batch_seconds), "--max_uncontended_batch_seconds"));
   return spec;
 }
 
@@ -266,20 +270,24 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   Override("max_unread_answer_bytes", FLAGS_max_unread_answer_bytes, config.max_unread_answer_bytes);
   Override("max_transport_memory_bytes", FLAGS_max_transport_memory_bytes, config.max_transport_memory_bytes);
   Override("max_message_bytes", FLAGS_max_message_bytes, config.max_message_bytes);
-  if (OnCommandLine("grace_period_seconds"))
-    config.grace_period = absl::Seconds(absl::GetFlag(FLAGS_grace_period_seconds));
-  if (OnCommandLine("client_read_timeout_seconds"))
-    config.client_read_timeout = absl::Seconds(absl::GetFlag(FLAGS_client_read_timeout_seconds));
-  if (OnCommandLine("max_connection_age_seconds"))
-    config.max_connection_age = absl::Seconds(absl::GetFlag(FLAGS_max_connection_age_seconds));
+  for (auto [flag, value, out] :
+       {std::tuple{"grace_period_seconds", &FLAGS_grace_period_seconds, &config.grace_period},
+        {"client_read_timeout_seconds", &FLAGS_client_read_timeout_seconds, &config.client_read_timeout},
+        {"max_connection_age_seconds", &FLAGS_max_connection_age_seconds, &config.max_connection_age}}) {
+    if (OnCommandLine(flag)) {
+      ASSIGN_OR_RETURN(*out, DurationOfSeconds(absl::GetFlag(*value), absl::StrCat("--", flag)));
+    }
+  }
   for (const std::string& entry : absl::GetFlag(FLAGS_model)) {
     std::vector<std::string> parts = absl::StrSplit(entry, absl::MaxSplits('=', 1));
     if (parts.size() != 2)
       return absl::InvalidArgumentError(absl::StrCat("--model \"", entry, "\": expected NAME=PATH"));
-    config.models.push_back(ModelSpecFromFlags(parts[0], parts[1]));
+    ASSIGN_OR_RETURN(ModelSpec spec, ModelSpecFromFlags(parts[0], parts[1]));
+    config.models.push_back(std::move(spec));
   }
   if (absl::GetFlag(FLAGS_config).empty() && absl::GetFlag(FLAGS_model).empty()) {
-    config.models.push_back(ModelSpecFromFlags(kDefaultModelName, DefaultModelDir()));
+    ASSIGN_OR_RETURN(ModelSpec spec, ModelSpecFromFlags(kDefaultModelName, DefaultModelDir()));
+    config.models.push_back(std::move(spec));
   }
   if (absl::Status s = ValidateServerConfig(config); !s.ok()) return s;
   return config;

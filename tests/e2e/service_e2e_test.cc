@@ -815,6 +815,12 @@ TEST(ServerLifecycle, BadConfigurationsFailAtStartupWithAClearMessage) {
       {{"--model=demo=" + DemoModelDir(), "--tls_cert=" + dir.File("none.pem")},
        "tls: cert_file and key_file go together"},
       {{"--model=demo=" + DemoModelDir(), "--auth_tokens_file=" + dir.File("none")}, "none"},
+      // NaN read as an infinite duration, 1e-300 as 0 ("never"), and a negative --max_batch_seconds as the default.
+      {{"--model=demo=" + DemoModelDir(), "--max_uncontended_batch_seconds=nan"},
+       "--max_uncontended_batch_seconds = nan: give a finite number of seconds"},
+      {{"--model=demo=" + DemoModelDir(), "--max_batch_seconds=-1"}, "--max_batch_seconds = -1: give"},
+      {{"--model=demo=" + DemoModelDir(), "--client_read_timeout_seconds=1e-300"},
+       "--client_read_timeout_seconds = 1e-300: give"},
   };
   for (const Case& c : cases) {
     auto [code, log] = ServerProcess::RunToExit(c.args);

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <thread>
 #include <vector>
 
@@ -116,6 +117,20 @@ TEST(ServerConfig, BatchTimeBoundDefaultsByDeviceAndMustBePositive) {
   config->models[2].engine.max_uncontended_batch_time = absl::ZeroDuration();
   EXPECT_THAT(ValidateServerConfig(*config).message(),
               HasSubstr("models[2].engine.max_uncontended_batch_seconds must be positive"));
+}
+
+// absl::Seconds reads NaN as an infinite duration and 1e-300 as 0, which some settings read as "never".
+TEST(ServerConfig, SecondsAreFiniteNotNegativeAndZeroOrAtLeastANanosecond) {
+  EXPECT_EQ(DurationOfSeconds(0, "x").value_or(absl::InfiniteDuration()), absl::ZeroDuration());
+  EXPECT_EQ(DurationOfSeconds(1e-9, "x").value_or(absl::ZeroDuration()), absl::Nanoseconds(1));
+  EXPECT_EQ(DurationOfSeconds(2.5, "x").value_or(absl::ZeroDuration()), absl::Milliseconds(2500));
+  for (const double bad : {-1.0, 1e-300, std::nan(""), std::numeric_limits<double>::infinity()}) {
+    EXPECT_THAT(DurationOfSeconds(bad, "--grace_period_seconds"),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--grace_period_seconds = ")))
+        << bad;
+  }
+  EXPECT_THAT(ParseServerConfig(R"({"client_read_timeout_seconds": 1e-300, "models": []})", "t.json"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("client_read_timeout_seconds = 1e-300: give")));
 }
 
 TEST(ServerConfig, LongBatchesPauseUnlessTurnedOffAndTheValueMustBeABoolean) {
