@@ -1,6 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "server/server_config.h"
 
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <sys/socket.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cmath>
@@ -315,6 +319,32 @@ bool IsWildcardHost(const std::string& host) {
   return host.empty() || host == "0.0.0.0" || host == "[::]" || host == "::" || host == "*";
 }
 
+// The addresses `host` names ("localhost": 127.0.0.1 and ::1), as text; itself when it does not resolve.
+std::set<std::string> AddressesOf(std::string host) {
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  std::set<std::string> addresses;
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (getaddrinfo(host.c_str(), nullptr, &hints, &found) != 0) return {host};
+  for (const addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    char text[INET6_ADDRSTRLEN] = {};
+    const void* address = a->ai_family == AF_INET6
+                              ? static_cast<const void*>(&reinterpret_cast<const sockaddr_in6*>(a->ai_addr)->sin6_addr)
+                              : static_cast<const void*>(&reinterpret_cast<const sockaddr_in*>(a->ai_addr)->sin_addr);
+    if (inet_ntop(a->ai_family, address, text, sizeof(text)) != nullptr) addresses.insert(text);
+  }
+  freeaddrinfo(found);
+  return addresses;
+}
+
+// "localhost" and "127.0.0.1" are one address: compared as text they passed the check, and the bind failed.
+bool SameAddress(const std::string& a, const std::string& b) {
+  if (a == b) return true;
+  const std::set<std::string> of_a = AddressesOf(a), of_b = AddressesOf(b);
+  return std::any_of(of_a.begin(), of_a.end(), [&](const std::string& address) { return of_b.count(address) > 0; });
+}
+
 // The metrics socket binds first, so gRPC then failed to bind, after the config check had passed, with
 // only "cannot listen on ADDR". Two addresses clash on one port when either is a wildcard or both are the
 // same host; port 0 (any free port) never clashes.
@@ -325,7 +355,7 @@ absl::Status CheckPortsDiffer(const std::string& listen, const std::string& metr
   if (!grpc || !metrics || metrics_listen.empty() || grpc->port == 0 || grpc->port != metrics->port) {
     return absl::OkStatus();
   }
-  if (!IsWildcardHost(grpc->host) && !IsWildcardHost(metrics->host) && grpc->host != metrics->host) {
+  if (!IsWildcardHost(grpc->host) && !IsWildcardHost(metrics->host) && !SameAddress(grpc->host, metrics->host)) {
     return absl::OkStatus();
   }
   return absl::InvalidArgumentError(absl::StrCat("listen \"", listen, "\" and metrics_listen \"", metrics_listen,

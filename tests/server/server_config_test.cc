@@ -372,6 +372,12 @@ TEST(ServerConfig, RefusesWhatStartupWouldRefuseBeforeLoadingAnything) {
                 c.metrics_listen = "[::]:9000";
               }),
               HasSubstr("use the same port 9000"));
+  // One address by two names: compared as text they passed, and gRPC's bind then failed.
+  EXPECT_THAT(invalid([](ServerConfig& c) {
+                c.listen = "localhost:9000";
+                c.metrics_listen = "127.0.0.1:9000";
+              }),
+              HasSubstr("use the same port 9000"));
   EXPECT_EQ(invalid([](ServerConfig& c) {
               c.listen = "10.0.0.1:9000";
               c.metrics_listen = "10.0.0.2:9000";
