@@ -7,6 +7,7 @@
 // stalled then or while its engine stops). A signal while the models load exits 0 at once. Exits 1 with a
 // clear message when the config or a model is bad, and drains and exits 1 when gRPC stops accepting
 // connections.
+#include <fcntl.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -407,6 +408,39 @@ rlim_t RaiseOpenFileLimit() {
 // is refused RESOURCE_EXHAUSTED; without it, 24,000 open streams held 24,000 threads and 6 GB.
 constexpr int kMaxSynchronousServiceThreads = 16;
 
+// --port_file's folder, written in at startup: checked by --check_config and before the models load.
+absl::Status CheckPortFileFolder(const std::string& path) {
+  if (path.empty()) return absl::OkStatus();
+  const size_t slash = path.rfind('/');
+  const std::string folder = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  if (::access(folder.c_str(), W_OK) == 0) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("--port_file ", path, ": cannot write in ", folder, ": ", std::strerror(errno)));
+}
+
+// The ports, one a line, in a file renamed into place once whole (readers never see half of it): every write
+// checked, since a file left empty on a full disk, or none at all, kept a script waiting for it forever.
+absl::Status WritePortFile(const std::string& path, int grpc_port, int metrics_port) {
+  const std::string temporary = path + ".tmp", text = absl::StrCat(grpc_port, "\n", metrics_port, "\n");
+  auto failed = [&](int error) {
+    std::remove(temporary.c_str());
+    return absl::InternalError(absl::StrCat(
+        "--port_file ", path, ": cannot write it: ", error == 0 ? "the disk took part of it" : std::strerror(error)));
+  };
+  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return failed(errno);
+  errno = 0;
+  const bool written = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+  const int write_error = errno;
+  if (!written) {
+    ::close(fd);
+    return failed(write_error);
+  }
+  if (::close(fd) != 0) return failed(errno);
+  if (std::rename(temporary.c_str(), path.c_str()) != 0) return failed(errno);
+  return absl::OkStatus();
+}
+
 int Fail(const absl::Status& status) {
   Log("startup_failed", std::string(status.message()));
   // The JSON line first, then the same for a person; not when stderr takes nothing (fprintf would block).
@@ -423,6 +457,7 @@ int Serve() {
   absl::StatusOr<StartupFiles> files = StartupFiles{};
   if (!check_only || absl::GetFlag(FLAGS_check_config_files)) files = ReadStartupFiles(*config);
   if (!files.ok()) return Fail(files.status());
+  if (absl::Status folder = CheckPortFileFolder(absl::GetFlag(FLAGS_port_file)); !folder.ok()) return Fail(folder);
   if (check_only) {
     std::printf("config ok: listen %s, metrics %s, %zu model(s):", config->listen.c_str(),
                 config->metrics_listen.c_str(), config->models.size());
@@ -525,9 +560,11 @@ int Serve() {
     }
   }
   if (!absl::GetFlag(FLAGS_port_file).empty()) {
-    const std::string path = absl::GetFlag(FLAGS_port_file), temporary = path + ".tmp";
-    std::ofstream(temporary) << port << "\n" << metrics->get()->port() << "\n";
-    std::rename(temporary.c_str(), path.c_str());  // readers never see a half-written file
+    // A script waits for the file: one that cannot be written ends the start, as a port in use does.
+    if (absl::Status written = WritePortFile(absl::GetFlag(FLAGS_port_file), port, metrics->get()->port());
+        !written.ok()) {
+      ExitAfterLogLine({{"event", "startup_failed"}, {"severity", "ERROR"}, {"detail", written.message()}}, 1);
+    }
   }
   Log("serving", absl::StrCat("port ", port));
 

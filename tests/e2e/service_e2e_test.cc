@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <filesystem>
 #include <fstream>
 #include <future>
 #include <map>
@@ -799,6 +800,7 @@ TEST(ServerLifecycle, BadConfigurationsFailAtStartupWithAClearMessage) {
     std::ofstream(dir.File("typo.json")) << R"({"models": [{"name": "m", "path": "/x", "dtyp": "float32"}]})";
     std::ofstream(dir.File("broken.json")) << R"({"models": [)";
     std::ofstream(dir.File("empty.json")) << R"({"models": []})";
+    std::filesystem::create_directory(dir.File("a_folder"));
   }
   struct Case {
     std::vector<std::string> args;
@@ -821,6 +823,11 @@ TEST(ServerLifecycle, BadConfigurationsFailAtStartupWithAClearMessage) {
       {{"--model=demo=" + DemoModelDir(), "--max_batch_seconds=-1"}, "--max_batch_seconds = -1: give"},
       {{"--model=demo=" + DemoModelDir(), "--client_read_timeout_seconds=1e-300"},
        "--client_read_timeout_seconds = 1e-300: give"},
+      // A port file that could not be written was left out (or empty) without a word: a script waited forever.
+      {{"--model=demo=" + DemoModelDir(), "--port_file=/nonexistent/folder/ports"},
+       "--port_file /nonexistent/folder/ports: cannot write in /nonexistent/folder"},
+      {{"--model=demo=" + DemoModelDir(), "--port_file=" + dir.File("a_folder")},
+       "--port_file " + dir.File("a_folder") + ": cannot write it: Is a directory"},
   };
   for (const Case& c : cases) {
     auto [code, log] = ServerProcess::RunToExit(c.args);
