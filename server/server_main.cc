@@ -13,6 +13,8 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/resource_quota.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -441,6 +443,25 @@ absl::Status WritePortFile(const std::string& path, int grpc_port, int metrics_p
   return absl::OkStatus();
 }
 
+// gRPC removes a socket file at a unix: address before it binds, so a second server there took the first one's
+// clients (the first went on, reached by no one). A socket a server answers on is in use; a stale one, left by
+// a server that died, is not.
+absl::Status CheckUnixSocketFree(const std::string& listen) {
+  if (!absl::StartsWith(listen, "unix:")) return absl::OkStatus();
+  std::string path = listen.substr(5);
+  if (absl::StartsWith(path, "//")) path = path.substr(2);  // unix:///run/a.sock
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof(address.sun_path)) return absl::OkStatus();  // gRPC says why
+  path.copy(address.sun_path, path.size());
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return absl::OkStatus();
+  const bool answered = ::connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof(address)) == 0;
+  ::close(fd);
+  if (!answered) return absl::OkStatus();
+  return absl::UnavailableError(absl::StrCat("cannot listen on ", listen, ": a server is listening there (in use)"));
+}
+
 int Fail(const absl::Status& status) {
   Log("startup_failed", std::string(status.message()));
   // The JSON line first, then the same for a person; not when stderr takes nothing (fprintf would block).
@@ -474,6 +495,7 @@ int Serve() {
   AttributionServiceImpl service(*config, metrics->get(), std::move(files->auth));
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  if (absl::Status free = CheckUnixSocketFree(config->listen); !free.ok()) return Fail(free);
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(config->listen, Credentials(*files), &port);
@@ -518,7 +540,9 @@ int Serve() {
         absl::StrCat("cannot listen on ", config->listen, " (in use, or not an address of this machine?)", tls)));
   }
   ServingHealth health(server->GetHealthCheckService(), attribution::v1::AttributionService::service_full_name());
-  Log("listening", absl::StrCat("port ", port, config->tls.cert_file.empty() ? " plaintext" : " TLS",
+  // gRPC reports port 1 for a unix socket: the address says more.
+  const std::string where = absl::StartsWith(config->listen, "unix") ? config->listen : absl::StrCat("port ", port);
+  Log("listening", absl::StrCat(where, config->tls.cert_file.empty() ? " plaintext" : " TLS",
                                 config->tls.client_ca_file.empty() ? "" : " (mutual)", ", metrics port ",
                                 metrics->get()->port(), ", open files limit ", open_files));
 
@@ -566,7 +590,7 @@ int Serve() {
       ExitAfterLogLine({{"event", "startup_failed"}, {"severity", "ERROR"}, {"detail", written.message()}}, 1);
     }
   }
-  Log("serving", absl::StrCat("port ", port));
+  Log("serving", where);
 
   const Lifecycle::Stop stop = Lifecycle::WaitForStop();
   Log("draining", absl::StrCat(stop.reason, ", ", service.gate().in_flight(), " calls in flight"));

@@ -758,6 +758,21 @@ TEST(ServerLifecycle, SigtermFinishesCallsInFlightRefusesNewOnesAndExitsZero) {
 
 // A second SIGINT while the server drains ends it at once, as Ctrl-C twice means; before, it was ignored and
 // the drain waited out the grace period (here 10 minutes) for the long call in flight.
+// gRPC removes the socket file at a unix: address before it binds: a second server there started, took the
+// path, and the first went on serving no one. It is refused as a TCP port in use is.
+TEST(ServerLifecycle, ASecondServerOnAUnixSocketInUseIsRefused) {
+  test_support::TempDir dir;
+  const std::string listen = "--listen=unix:" + dir.File("server.sock");
+  auto first = ServerProcess::Start({"--model=demo=" + DemoModelDir(), listen});
+  ASSERT_THAT(first, IsOk());
+  auto [code, log] = ServerProcess::RunToExit({"--model=demo=" + DemoModelDir(), listen});
+  EXPECT_EQ(code, 1) << log;
+  EXPECT_THAT(log, HasSubstr("a server is listening there (in use)"));
+  absl::StatusOr<std::vector<client::ModelInfo>> models = Connect("unix:" + dir.File("server.sock"))->ListModels();
+  ASSERT_THAT(models, IsOk());
+  EXPECT_EQ(models->front().name, "demo");
+}
+
 TEST(ServerLifecycle, ASecondSignalWhileDrainingExitsAtOnce) {
   auto server = ServerProcess::Start({"--model=demo=" + DemoModelDir(), "--grace_period_seconds=600"});
   ASSERT_THAT(server, IsOk());
