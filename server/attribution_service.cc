@@ -240,11 +240,13 @@ bool AttributionServiceImpl::WaitCallsClosed(absl::Time deadline) const {
 void AttributionServiceImpl::ConvertThen(grpc::CallbackServerContext* context, const google::protobuf::Message& request,
                                          std::function<void()> convert, std::function<void(absl::Status)> fail) {
   if (request.ByteSizeLong() < kInlineConversionBytes) return convert();
-  conversions_.Run([context, convert = std::move(convert), fail = std::move(fail)] {
-    // A call that ended while it waited (its client gone, its deadline past) is not read.
-    if (context->IsCancelled()) return fail(absl::CancelledError("the call ended before its request was read"));
-    convert();
-  });
+  conversions_.Run(
+      [context, convert = std::move(convert), fail] {
+        // A call that ended while it waited (its client gone, its deadline past) is not read.
+        if (context->IsCancelled()) return fail(absl::CancelledError("the call ended before its request was read"));
+        convert();
+      },
+      [fail] { fail(absl::UnavailableError("the server is shutting down; retry on another replica")); });
 }
 
 template <typename Call>
@@ -310,7 +312,8 @@ void AttributionServiceImpl::StartComponents(
   ConvertThen(
       context, request,
       [=, this, &request, served = *model] {
-        absl::StatusOr<ComponentsCall> converted = ToComponentsCall(request, *served, DeadlineOf(context), config_.max_message_bytes);
+        absl::StatusOr<ComponentsCall> converted =
+            ToComponentsCall(request, *served, DeadlineOf(context), config_.max_message_bytes);
         if (!converted.ok()) return done(converted.status());
         if (absl::Status fits = CheckComponentsFit(*converted, *served, config_.max_message_bytes); !fits.ok()) {
           return done(fits);

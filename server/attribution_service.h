@@ -2,7 +2,8 @@
 // The attribution.v1.AttributionService on the gRPC callback API. Handlers never block: they admit
 // the call (auth, drain, concurrency), convert the request at the edge (server/conversion.h; a large
 // one on the conversion pool, server/conversion_pool.h), submit its work to the model's batching engine
-// and return; the engine's completion callback writes the response. Client cancellation and deadlines cancel the engine request (its queued rows are dropped).
+// and return; the engine's completion callback writes the response. Client cancellation and deadlines cancel the engine
+// request (its queued rows are dropped).
 #pragma once
 #include <atomic>
 #include <memory>
@@ -35,6 +36,9 @@ class AttributionServiceImpl final : public v1::AttributionService::CallbackServ
   // Waits until gRPC is done with every call of this service (answers delivered, or their clients gone), or
   // `deadline`; false then.
   bool WaitCallsClosed(absl::Time deadline) const;
+  // Ends the calls whose large requests wait for the conversion pool UNAVAILABLE, and waits for the conversions
+  // running: at the end of a drain, while the models, the metrics and gRPC's server live.
+  void StopConversions() { conversions_.Stop(); }
   // Reports calls that end before reaching a handler (server/unparsable_request.h).
   CallObserver* call_observer() { return this; }
 
@@ -101,7 +105,7 @@ class AttributionServiceImpl final : public v1::AttributionService::CallbackServ
   std::atomic<int64_t> open_calls_{0};           // CallOpened, not yet CallClosed
   std::optional<DeliveryWatchdog> watchdog_;     // when client_read_timeout is set
   std::atomic<const ModelRegistry*> models_{nullptr};
-  // Last: destroyed first, it runs its queued conversions while the members they use still live.
+  // Last: stopped first when the service goes (StopConversions does it earlier, in a drain).
   ConversionPool conversions_{2};
 };
 

@@ -154,10 +154,9 @@ absl::StatusOr<ComponentsCall> ToComponentsCall(const v1::AttributeComponentsReq
     }
     request.pairs.push_back(
         {.clean_ids = call.clean.back().encoding.ids, .corrupted_ids = call.corrupted.back().encoding.ids});
-    if (k > 0) {
-      RETURN_IF_ERROR(
-          engine::CheckPromptPair(request.pairs.back(), k, request.metric, model.model->config(), call.limits));
-    } else {
+    RETURN_IF_ERROR(
+        engine::CheckPromptPair(request.pairs.back(), k, request.metric, model.model->config(), call.limits));
+    if (k == 0) {
       RETURN_IF_ERROR(ResolveAnswers(proto, model, call));
       RETURN_IF_ERROR(engine::ValidateComponentRequest(request, model.model->config(), call.limits));
     }

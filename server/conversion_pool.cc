@@ -1,52 +1,48 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "server/conversion_pool.h"
 
-#include <sys/resource.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-
-#include <utility>
-
-#include "server/log_line.h"
-
 namespace attribution::server {
 
-ConversionPool::ConversionPool(int threads, int nice_increment) {
-  for (int i = 0; i < threads; ++i) threads_.emplace_back([this, nice_increment] { Work(nice_increment); });
+ConversionPool::ConversionPool(int threads) {
+  for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Work(); });
 }
 
-ConversionPool::~ConversionPool() {
+ConversionPool::~ConversionPool() { Stop(); }
+
+void ConversionPool::Run(std::function<void()> job, std::function<void()> drop) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!stopping_) {
+      jobs_.emplace_back(std::move(job), std::move(drop));
+      changed_.notify_one();
+      return;
+    }
+  }
+  drop();
+}
+
+void ConversionPool::Stop() {
+  std::deque<std::pair<std::function<void()>, std::function<void()>>> dropped;
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
+    dropped.swap(jobs_);
   }
   changed_.notify_all();
-  for (std::thread& thread : threads_) thread.join();
+  for (auto& [job, drop] : dropped) drop();  // outside the lock: ending a call may run gRPC's reactions here
+  for (std::thread& thread : threads_) {
+    if (thread.joinable()) thread.join();
+  }
 }
 
-void ConversionPool::Run(std::function<void()> job) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    jobs_.push_back(std::move(job));
-  }
-  changed_.notify_one();
-}
-
-void ConversionPool::Work(int nice_increment) {
-  // On Linux a thread's nice value is its own (setpriority on its thread id); raising it needs no privilege.
-  const auto tid = static_cast<id_t>(syscall(SYS_gettid));
-  if (setpriority(PRIO_PROCESS, tid, getpriority(PRIO_PROCESS, tid) + nice_increment) != 0) {
-    WriteLogLine({{"event", "conversion_priority_unchanged"},
-                  {"severity", "WARNING"},
-                  {"detail", "large requests convert at the server's own CPU priority"}});
-  }
+void ConversionPool::Work() {
   for (;;) {
     std::function<void()> job;
     {
       std::unique_lock<std::mutex> lock(mu_);
       changed_.wait(lock, [this] { return stopping_ || !jobs_.empty(); });
-      if (jobs_.empty()) return;
-      job = std::move(jobs_.front());
+      if (stopping_) return;
+      job = std::move(jobs_.front().first);
       jobs_.pop_front();
     }
     job();

@@ -1,18 +1,25 @@
 // SPDX-License-Identifier: Apache-2.0
 // Converts large requests off gRPC's handler threads. A request of megabytes of valid text (64 component pairs
 // of 15 KB) takes seconds of CPU to tokenize; on a handler thread it held one of gRPC's few callback threads,
-// and calls behind it waited for one: two clients sending such requests pushed a concurrent Logprobs from
-// p50 7 ms to 685 ms while the server used 0.85 of 2 cores. The pool's threads run below the server's CPU
-// priority (a nice increment), so the engine's executor and the small calls take the cores first.
+// and the calls behind it waited for one: two clients sending such requests pushed a concurrent Logprobs from
+// p50 7 ms to 5,275 ms while the server used one of its 2 cores (bench/RESULTS.md, round 14).
 //
-//   ConversionPool pool(/*threads=*/1);
-//   pool.Run([...] { convert the request, submit its work; });
+// Its threads run at the server's CPU priority: a thread inherits its creator's nice value, and a job submits
+// work and ends calls, which may start threads (gRPC's, the engine's) that would keep a lower one for good.
+// Measured, a lower priority gained a concurrent Logprobs 1.5 ms at p50.
+//
+// Thread-safe.
+//
+//   ConversionPool pool(/*threads=*/2);
+//   pool.Run([...] { convert the request, submit its work; }, [...] { end the call UNAVAILABLE; });
+//   pool.Stop();  // at the end of a drain, before the models go
 #pragma once
 #include <condition_variable>
 #include <deque>
 #include <functional>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace attribution::server {
@@ -23,21 +30,25 @@ inline constexpr size_t kInlineConversionBytes = size_t{64} << 10;
 
 class ConversionPool {
  public:
-  explicit ConversionPool(int threads, int nice_increment = 10);
-  ~ConversionPool();  // runs the jobs already queued, then joins
+  explicit ConversionPool(int threads);
+  ~ConversionPool();  // Stop()
   ConversionPool(const ConversionPool&) = delete;
   ConversionPool& operator=(const ConversionPool&) = delete;
 
-  // Queued in order; never blocks. A job ends its call whatever happens (it owns the call until then).
-  void Run(std::function<void()> job);
+  // Queues `job`, taken in order by the first free thread; never blocks. `drop` runs instead of it, on the
+  // caller's thread, when the pool has stopped (now or before the job's turn). Each ends its call.
+  void Run(std::function<void()> job, std::function<void()> drop);
+  // Drops the jobs not begun and waits for those running: what they use (the models, the metrics, gRPC's server)
+  // must outlive this call, not the pool.
+  void Stop();
 
  private:
-  void Work(int nice_increment);
+  void Work();
 
   std::mutex mu_;
   std::condition_variable changed_;
-  std::deque<std::function<void()>> jobs_;
-  bool stopping_ = false;
+  std::deque<std::pair<std::function<void()>, std::function<void()>>> jobs_;  // guarded by mu_: (job, drop)
+  bool stopping_ = false;                                                     // guarded by mu_
   std::vector<std::thread> threads_;
 };
 

@@ -103,11 +103,14 @@ std::optional<const char*> ValueOf(const json& value, List& out) {
 
 }  // namespace
 
+bool IsUnixAddress(const std::string& listen) {
+  return absl::StartsWith(listen, "unix:") || absl::StartsWith(listen, "unix-abstract:");
+}
+
 absl::StatusOr<absl::Duration> DurationOfSeconds(double seconds, const std::string& name) {
-  if (std::isfinite(seconds) && (seconds == 0 || seconds >= 1e-9)) return absl::Seconds(seconds);
-  return absl::InvalidArgumentError(absl::StrCat(name, " = ", seconds,
-                                                 ": give a finite number of seconds, 0 or at least 1e-9",
-                                                 seconds < 0 ? " (not negative)" : ""));
+  if (std::isfinite(seconds) && (seconds == 0 || std::fabs(seconds) >= 1e-9)) return absl::Seconds(seconds);
+  return absl::InvalidArgumentError(
+      absl::StrCat(name, " = ", seconds, ": give a finite number of seconds, 0 or at least a nanosecond in size"));
 }
 
 namespace {
@@ -302,7 +305,7 @@ absl::Status Within(int64_t value, int64_t low, int64_t high, const std::string&
 
 // Unix sockets have no port.
 absl::Status CheckListenAddress(const std::string& listen) {
-  if (absl::StartsWith(listen, "unix:") || absl::StartsWith(listen, "unix-abstract:")) return absl::OkStatus();
+  if (IsUnixAddress(listen)) return absl::OkStatus();
   if (SplitListenAddress(listen)) return absl::OkStatus();
   return absl::InvalidArgumentError(
       absl::StrCat("listen \"", listen, "\": expected host:port with a port in [0, 65535], or unix:PATH"));
@@ -325,6 +328,9 @@ std::set<std::string> AddressesOf(std::string host) {
   std::set<std::string> addresses;
   addrinfo hints{};
   hints.ai_socktype = SOCK_STREAM;
+  // Names other than localhost are not looked up: --check_config runs where the names may mean other machines,
+  // and a lookup may wait seconds on DNS.
+  if (host != "localhost") hints.ai_flags = AI_NUMERICHOST;
   addrinfo* found = nullptr;
   if (getaddrinfo(host.c_str(), nullptr, &hints, &found) != 0) return {host};
   for (const addrinfo* a = found; a != nullptr; a = a->ai_next) {
@@ -349,7 +355,7 @@ bool SameAddress(const std::string& a, const std::string& b) {
 // only "cannot listen on ADDR". Two addresses clash on one port when either is a wildcard or both are the
 // same host; port 0 (any free port) never clashes.
 absl::Status CheckPortsDiffer(const std::string& listen, const std::string& metrics_listen) {
-  if (absl::StartsWith(listen, "unix")) return absl::OkStatus();  // a socket file, no port
+  if (IsUnixAddress(listen)) return absl::OkStatus();  // a socket file, no port
   const std::optional<HostPort> grpc = SplitListenAddress(listen);
   const std::optional<HostPort> metrics = SplitListenAddress(metrics_listen);
   if (!grpc || !metrics || metrics_listen.empty() || grpc->port == 0 || grpc->port != metrics->port) {

@@ -70,9 +70,9 @@ struct ServerConfig {
   std::vector<ModelSpec> models;
 };
 
-// `seconds` of a setting as a duration, when finite, not negative, and 0 or at least a nanosecond: absl::Seconds
-// reads NaN as an infinite duration and 1e-300 as 0, which for some settings means "never". `name` names the
-// setting (a flag, a key) in the error.
+// `seconds` of a setting as a duration, when finite and 0 or at least a nanosecond in size: absl::Seconds reads
+// NaN as an infinite duration and 1e-300 as 0, which for some settings means "never". `name` names the setting
+// (a flag, a key) in the error. Each setting's range is checked by ValidateServerConfig.
 absl::StatusOr<absl::Duration> DurationOfSeconds(double seconds, const std::string& name);
 
 // Parses the JSON text of a config file; `source` names it in errors. Unknown keys are errors (a
@@ -82,6 +82,9 @@ absl::StatusOr<ServerConfig> ReadServerConfig(const std::string& path);
 
 // Checks a complete config (after flags): at least one model, unique names, values in range.
 absl::Status ValidateServerConfig(const ServerConfig& config);
+
+// A unix: or unix-abstract: address (a socket file, no port).
+bool IsUnixAddress(const std::string& listen);
 
 // "host:port" split, when the port is a decimal in [0, 65535]: gRPC reads 70000 as 4464 (modulo 65536), and
 // the metrics socket binds what the config check accepted.

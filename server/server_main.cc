@@ -222,9 +222,13 @@ absl::StatusOr<ModelSpec> ModelSpecFromFlags(std::string name, std::string path)
   spec.limits.max_steps = absl::GetFlag(FLAGS_max_steps);
   spec.limits.max_samples = absl::GetFlag(FLAGS_max_samples);
   ApplyDeviceDefaults(spec.device, spec.engine);
-  // A NaN or negative --max_batch_seconds fell back to the default without a word.
+  // A NaN or negative --max_batch_seconds fell back to the device's default without a word.
   ASSIGN_OR_RETURN(const absl::Duration max_batch_time,
                    DurationOfSeconds(absl::GetFlag(FLAGS_max_batch_seconds), "--max_batch_seconds"));
+  if (max_batch_time < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat("--max_batch_seconds = ", absl::GetFlag(FLAGS_max_batch_seconds),
+                                                   ": give seconds above 0, or 0 for the device's default"));
+  }
   if (max_batch_time > absl::ZeroDuration()) spec.engine.max_batch_time = max_batch_time;
   ASSIGN_OR_RETURN(
       spec.engine.max_uncontended_batch_time,
@@ -454,9 +458,11 @@ absl::Status CheckUnixSocketFree(const std::string& listen) {
   address.sun_family = AF_UNIX;
   if (path.empty() || path.size() >= sizeof(address.sun_path)) return absl::OkStatus();  // gRPC says why
   path.copy(address.sun_path, path.size());
-  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  // Without blocking: a live server whose backlog is full would hold a blocking connect. Full is in use too.
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return absl::OkStatus();
-  const bool answered = ::connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof(address)) == 0;
+  const bool answered =
+      ::connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof(address)) == 0 || errno == EAGAIN;
   ::close(fd);
   if (!answered) return absl::OkStatus();
   return absl::UnavailableError(absl::StrCat("cannot listen on ", listen, ": a server is listening there (in use)"));
@@ -541,7 +547,7 @@ int Serve() {
   }
   ServingHealth health(server->GetHealthCheckService(), attribution::v1::AttributionService::service_full_name());
   // gRPC reports port 1 for a unix socket: the address says more.
-  const std::string where = absl::StartsWith(config->listen, "unix") ? config->listen : absl::StrCat("port ", port);
+  const std::string where = IsUnixAddress(config->listen) ? config->listen : absl::StrCat("port ", port);
   Log("listening", absl::StrCat(where, config->tls.cert_file.empty() ? " plaintext" : " TLS",
                                 config->tls.client_ca_file.empty() ? "" : " (mutual)", ", metrics port ",
                                 metrics->get()->port(), ", open files limit ", open_files));
@@ -598,6 +604,9 @@ int Serve() {
   service.gate().StartDraining();
   health.StartDraining();  // its watch still refuses the work a stalled model holds, which could not finish
   const bool idle = service.gate().WaitIdle(absl::Now() + config->grace_period);
+  // Conversions still waiting end now, those running finish: their jobs use the models, the metrics and the
+  // server, all gone before the service.
+  service.StopConversions();
   health.Stop();
   // Stops the engines first, so calls still running past the grace period end UNAVAILABLE. Stopping waits for
   // each engine's running batch, which on a hung device never ends: the process would hang until killed. So

@@ -756,8 +756,6 @@ TEST(ServerLifecycle, SigtermFinishesCallsInFlightRefusesNewOnesAndExitsZero) {
   EXPECT_NE((*server)->Log().find("\"detail\":\"every call finished\",\"event\":\"stopped\""), std::string::npos);
 }
 
-// A second SIGINT while the server drains ends it at once, as Ctrl-C twice means; before, it was ignored and
-// the drain waited out the grace period (here 10 minutes) for the long call in flight.
 // gRPC removes the socket file at a unix: address before it binds: a second server there started, took the
 // path, and the first went on serving no one. It is refused as a TCP port in use is.
 TEST(ServerLifecycle, ASecondServerOnAUnixSocketInUseIsRefused) {
@@ -773,6 +771,8 @@ TEST(ServerLifecycle, ASecondServerOnAUnixSocketInUseIsRefused) {
   EXPECT_EQ(models->front().name, "demo");
 }
 
+// A second SIGINT while the server drains ends it at once, as Ctrl-C twice means; before, it was ignored and
+// the drain waited out the grace period (here 10 minutes) for the long call in flight.
 TEST(ServerLifecycle, ASecondSignalWhileDrainingExitsAtOnce) {
   auto server = ServerProcess::Start({"--model=demo=" + DemoModelDir(), "--grace_period_seconds=600"});
   ASSERT_THAT(server, IsOk());
@@ -835,7 +835,9 @@ TEST(ServerLifecycle, BadConfigurationsFailAtStartupWithAClearMessage) {
       // NaN read as an infinite duration, 1e-300 as 0 ("never"), and a negative --max_batch_seconds as the default.
       {{"--model=demo=" + DemoModelDir(), "--max_uncontended_batch_seconds=nan"},
        "--max_uncontended_batch_seconds = nan: give a finite number of seconds"},
-      {{"--model=demo=" + DemoModelDir(), "--max_batch_seconds=-1"}, "--max_batch_seconds = -1: give"},
+      {{"--model=demo=" + DemoModelDir(), "--max_batch_seconds=-1"},
+       "--max_batch_seconds = -1: give seconds above 0, or 0 for the device's default"},
+      {{"--model=demo=" + DemoModelDir(), "--grace_period_seconds=-1"}, "grace_period_seconds must lie between 0"},
       {{"--model=demo=" + DemoModelDir(), "--client_read_timeout_seconds=1e-300"},
        "--client_read_timeout_seconds = 1e-300: give"},
       // A port file that could not be written was left out (or empty) without a word: a script waited forever.

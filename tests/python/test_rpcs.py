@@ -16,7 +16,6 @@ from html import unescape
 import grpc
 import numpy as np
 import pytest
-import tqdm.auto
 
 import attribution_client as ac
 from attribution_client import _channel, _convert
@@ -374,13 +373,15 @@ def test_progress_that_raises_cancels_the_call_on_the_server(client, server, mon
     with pytest.raises(Stop) as error:
         client.attribute(**slow, progress=stop_once_started, request_id="progress-raises")
 
-    class InterruptedBar(tqdm.auto.tqdm):  # Ctrl-C while the bar shows
+    tqdm_auto = pytest.importorskip("tqdm.auto")  # the [progress] extra
+
+    class InterruptedBar(tqdm_auto.tqdm):  # Ctrl-C while the bar shows
         def update(self, n=1):
             if self.n + n > 0:
                 raise KeyboardInterrupt
             return super().update(n)
 
-    monkeypatch.setattr(tqdm.auto, "tqdm", InterruptedBar)
+    monkeypatch.setattr(tqdm_auto, "tqdm", InterruptedBar)
     with pytest.raises(KeyboardInterrupt) as interrupted:
         client.attribute(**slow, progress=True, request_id="progress-bar-interrupted")
     ids = {"progress-raises", "progress-bar-interrupted", "async-progress-raises"}

@@ -1,14 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
-// The pool that converts large requests off gRPC's handler threads: its threads run below the server's CPU
-// priority, take jobs in order, and run what is queued before the pool goes away.
+// The pool that converts large requests off gRPC's handler threads: jobs are taken in order by the first free
+// thread, and Stop drops the jobs not begun (their calls end) and waits for the running ones.
 #include "server/conversion_pool.h"
 
 #include <gtest/gtest.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
-#include <algorithm>
+#include <atomic>
+#include <thread>
 #include <vector>
 
 #include "absl/synchronization/notification.h"
@@ -16,42 +14,62 @@
 namespace attribution::server {
 namespace {
 
-int NiceOfThisThread() { return getpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid))); }
+void NeverDropped() { ADD_FAILURE() << "a job was dropped"; }
 
-TEST(ConversionPool, ItsThreadsRunBelowTheServersPriority) {
-  const int server_nice = NiceOfThisThread();
-  int job_nice = server_nice;
-  absl::Notification done;
-  ConversionPool pool(/*threads=*/1, /*nice_increment=*/5);
-  pool.Run([&] {
-    job_nice = NiceOfThisThread();
-    done.Notify();
-  });
-  done.WaitForNotification();
-  EXPECT_EQ(job_nice, std::min(server_nice + 5, 19));
-  EXPECT_EQ(NiceOfThisThread(), server_nice);  // the caller's own priority is left alone
-}
-
-TEST(ConversionPool, OneThreadTakesJobsInOrderAndRunsTheQueuedOnesBeforeItGoes) {
+TEST(ConversionPool, OneThreadTakesJobsInOrder) {
   std::vector<int> order;
-  {
-    absl::Notification release;
-    ConversionPool pool(/*threads=*/1);
-    pool.Run([&] { release.WaitForNotification(); });
-    for (int i = 0; i < 5; ++i) pool.Run([&order, i] { order.push_back(i); });
-    release.Notify();
+  absl::Notification release, last_ran;
+  ConversionPool pool(/*threads=*/1);
+  pool.Run([&] { release.WaitForNotification(); }, NeverDropped);
+  for (int i = 0; i < 5; ++i) {
+    pool.Run(
+        [&order, &last_ran, i] {
+          order.push_back(i);
+          if (i == 4) last_ran.Notify();
+        },
+        NeverDropped);
   }
+  release.Notify();
+  last_ran.WaitForNotification();
   EXPECT_EQ(order, (std::vector<int>{0, 1, 2, 3, 4}));
 }
 
 TEST(ConversionPool, AJobWaitsOnlyWhileEveryThreadIsBusy) {
   absl::Notification release, second_ran;
   ConversionPool pool(/*threads=*/2);
-  pool.Run([&] { release.WaitForNotification(); });
-  pool.Run([&] { second_ran.Notify(); });
+  pool.Run([&] { release.WaitForNotification(); }, NeverDropped);
+  pool.Run([&] { second_ran.Notify(); }, NeverDropped);
   // Hangs (and the test times out) if one long conversion held the other thread's job.
   second_ran.WaitForNotification();
   release.Notify();
+}
+
+// At the end of a drain: the calls waiting end at once, the conversion running finishes before the models go;
+// a job that comes later is dropped as it comes.
+TEST(ConversionPool, StopDropsTheJobsNotBegunAndWaitsForTheRunningOne) {
+  absl::Notification running, release;
+  std::atomic<bool> finished = false;
+  std::atomic<int> dropped = 0, ran_after = 0;
+  ConversionPool pool(/*threads=*/1);
+  pool.Run(
+      [&] {
+        running.Notify();
+        release.WaitForNotification();
+        finished = true;
+      },
+      NeverDropped);
+  for (int i = 0; i < 3; ++i) pool.Run([&] { ++ran_after; }, [&] { ++dropped; });
+  running.WaitForNotification();
+  std::thread stopper([&] { pool.Stop(); });
+  while (dropped < 3) std::this_thread::yield();
+  EXPECT_FALSE(finished);
+  release.Notify();
+  stopper.join();
+  EXPECT_TRUE(finished);  // Stop returned after the running job
+  EXPECT_EQ(ran_after, 0);
+  pool.Run([&] { ++ran_after; }, [&] { ++dropped; });
+  EXPECT_EQ(dropped, 4);
+  EXPECT_EQ(ran_after, 0);
 }
 
 }  // namespace

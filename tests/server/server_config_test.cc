@@ -120,11 +120,12 @@ TEST(ServerConfig, BatchTimeBoundDefaultsByDeviceAndMustBePositive) {
 }
 
 // absl::Seconds reads NaN as an infinite duration and 1e-300 as 0, which some settings read as "never".
-TEST(ServerConfig, SecondsAreFiniteNotNegativeAndZeroOrAtLeastANanosecond) {
+TEST(ServerConfig, SecondsAreFiniteAndZeroOrAtLeastANanosecond) {
   EXPECT_EQ(DurationOfSeconds(0, "x").value_or(absl::InfiniteDuration()), absl::ZeroDuration());
   EXPECT_EQ(DurationOfSeconds(1e-9, "x").value_or(absl::ZeroDuration()), absl::Nanoseconds(1));
   EXPECT_EQ(DurationOfSeconds(2.5, "x").value_or(absl::ZeroDuration()), absl::Milliseconds(2500));
-  for (const double bad : {-1.0, 1e-300, std::nan(""), std::numeric_limits<double>::infinity()}) {
+  EXPECT_EQ(DurationOfSeconds(-1, "x").value_or(absl::ZeroDuration()), absl::Seconds(-1));  // ranges: Validate
+  for (const double bad : {-1e-300, 1e-300, std::nan(""), std::numeric_limits<double>::infinity()}) {
     EXPECT_THAT(DurationOfSeconds(bad, "--grace_period_seconds"),
                 StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--grace_period_seconds = ")))
         << bad;

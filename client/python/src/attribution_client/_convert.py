@@ -240,7 +240,7 @@ def attribute_request(o: AttributeOptions) -> pb.AttributeRequest:
     _set_generation(o.generation, out.generation)
     out.method = _lookup("method", o.method, METHODS)
     out.quantity = _lookup("quantity", o.quantity, QUANTITIES)
-    if o.foil is not None:  # "" or [] as the target: refused by the server, not read as "not contrastive"
+    if o.foil is not None:  # "" or [] is sent and refused by the server, not read as "not contrastive"
         out.contrastive = True
         out.foil.SetInParent()
         _set_input("foil", o.foil, out.foil)

@@ -101,7 +101,7 @@ class AsyncStream(Generic[Item, Result]):
                 reopened = await self._reopened_after(e)
                 if reopened is None:
                     raise from_grpc(e, self._rpc) from None
-                call = self._call = reopened
+                call = reopened
                 continue
             except asyncio.CancelledError:
                 error = _cancelled_by_client(self._cancelled, self._closed())
@@ -127,8 +127,10 @@ class AsyncStream(Generic[Item, Result]):
             return None
         reopen, self._reopen = self._reopen, None
         call = await reopen()
-        if call is not None and self._cancelled:  # cancel() came while the call was made again
-            call.cancel()
+        if call is not None:
+            self._call = call  # before the check: a cancel() from now on reaches the new call
+            if self._cancelled:  # cancel() came while the call was made again
+                call.cancel()
         return call
 
     async def result(self) -> Result:

@@ -57,7 +57,6 @@ class Stream(Generic[Item, Result]):
                 reopened = self._reopened_after(e)
                 if reopened is None:
                     raise from_grpc(e, self._rpc) from None
-                self._call = reopened
                 continue
             self._reopen = None
             item = self._convert(event)
@@ -78,8 +77,10 @@ class Stream(Generic[Item, Result]):
             return None
         reopen, self._reopen = self._reopen, None
         call = reopen()
-        if call is not None and self._cancelled:  # cancel() came while the call was made again
-            call.cancel()
+        if call is not None:
+            self._call = call  # before the check: a cancel() from now on reaches the new call
+            if self._cancelled:  # cancel() came while the call was made again
+                call.cancel()
         return call
 
     def cancel(self) -> None:
