@@ -238,9 +238,14 @@ bool AttributionServiceImpl::WaitCallsClosed(absl::Time deadline) const {
 }
 
 void AttributionServiceImpl::ConvertThen(grpc::CallbackServerContext* context, const google::protobuf::Message& request,
-                                         std::function<void()> convert, std::function<void(absl::Status)> fail) {
+                                         v1::Priority priority, std::function<void()> convert,
+                                         std::function<void(absl::Status)> fail) {
   if (request.ByteSizeLong() < kInlineConversionBytes) return convert();
+  // Taken as the engine takes work (HIGH, NORMAL, LOW); a value this server does not know waits as NORMAL, and its
+  // conversion refuses it.
+  const int rank = priority == v1::LOW ? 0 : priority == v1::HIGH ? 2 : 1;
   conversions_.Run(
+      rank,
       [context, convert = std::move(convert), fail] {
         // A call that ended while it waited (its client gone, its deadline past) is not read.
         if (context->IsCancelled()) return fail(absl::CancelledError("the call ended before its request was read"));
@@ -256,7 +261,7 @@ void AttributionServiceImpl::StartAttribution(Call* call, grpc::CallbackServerCo
   absl::StatusOr<const ServedModel*> model = Admit(call->log(), context, request.model());
   if (!model.ok()) return done(model.status());
   ConvertThen(
-      context, request,
+      context, request, request.priority(),
       [=, this, &request, served = *model] {
         absl::StatusOr<AttributeCall> converted = ToAttributeCall(request, *served, DeadlineOf(context));
         if (!converted.ok()) return done(converted.status());
@@ -310,10 +315,11 @@ void AttributionServiceImpl::StartComponents(
   absl::StatusOr<const ServedModel*> model = Admit(call->log(), context, request.model());
   if (!model.ok()) return done(model.status());
   ConvertThen(
-      context, request,
+      context, request, request.priority(),
       [=, this, &request, served = *model] {
         absl::StatusOr<ComponentsCall> converted =
-            ToComponentsCall(request, *served, DeadlineOf(context), config_.max_message_bytes);
+            ToComponentsCall(request, *served, DeadlineOf(context), config_.max_message_bytes,
+                             [context] { return context->IsCancelled(); });
         if (!converted.ok()) return done(converted.status());
         if (absl::Status fits = CheckComponentsFit(*converted, *served, config_.max_message_bytes); !fits.ok()) {
           return done(fits);
@@ -368,7 +374,7 @@ void AttributionServiceImpl::StartGeneration(Call* call, grpc::CallbackServerCon
   absl::StatusOr<const ServedModel*> model = Admit(call->log(), context, request.model());
   if (!model.ok()) return done(model.status());
   ConvertThen(
-      context, request,
+      context, request, request.priority(),
       [=, this, &request, served = *model] {
         absl::StatusOr<GenerateCall> converted = ToGenerateCall(request, *served);
         if (!converted.ok()) return done(converted.status());
@@ -435,7 +441,7 @@ grpc::ServerUnaryReactor* AttributionServiceImpl::Logprobs(grpc::CallbackServerC
   }
   auto fail = [call](absl::Status status) { call->Complete(status); };
   ConvertThen(
-      context, *request,
+      context, *request, request->priority(),
       [=, this, served = *model] {
         absl::StatusOr<LogprobsCall> converted = ToLogprobsCall(*request, *served, config_.max_top_k);
         if (!converted.ok()) return fail(converted.status());

@@ -71,9 +71,10 @@ class AttributionServiceImpl final : public v1::AttributionService::CallbackServ
   void CallClosed() override { open_calls_.fetch_sub(1); }
   std::shared_ptr<DeliveryWatch> WatchDelivery(grpc::CallbackServerContext* context) override;
   // Runs `convert` (the request's conversion and the submission of its work) on this thread for a small request,
-  // on the conversion pool for a large one; `fail` ends a call that ended while it waited there.
+  // on the conversion pool, by `priority`, for a large one; `fail` ends a call that ended while it waited there,
+  // or that the pool dropped at the end of a drain.
   void ConvertThen(grpc::CallbackServerContext* context, const google::protobuf::Message& request,
-                   std::function<void()> convert, std::function<void(absl::Status)> fail);
+                   v1::Priority priority, std::function<void()> convert, std::function<void(absl::Status)> fail);
   // Each RPC: Start admits and converts the request, Submit hands its work to the model's engine.
   using TokenSink = std::function<void(const ServedModel&, int64_t id, float log_prob)>;
   template <typename Call>

@@ -112,7 +112,8 @@ void ToProtoGrid(const engine::ComponentGrid& grid, v1::ComponentGrid* out) {
 }  // namespace
 
 absl::StatusOr<ComponentsCall> ToComponentsCall(const v1::AttributeComponentsRequest& proto, const ServedModel& model,
-                                                absl::Time deadline, int64_t max_response_bytes) {
+                                                absl::Time deadline, int64_t max_response_bytes,
+                                                const std::function<bool()>& ended) {
   ComponentsCall call;
   engine::ComponentRequest& request = call.request;
   const engine::AttributionLimits& limits = model.attributor->limits();
@@ -144,6 +145,9 @@ absl::StatusOr<ComponentsCall> ToComponentsCall(const v1::AttributeComponentsReq
   // were all read (2 to 6 s of CPU) to refuse an answer, the first pair's lengths, or a response of 12 MB.
   PairBytesSoFar response_bytes;
   for (int k = 0; k < proto.pairs_size(); ++k) {
+    // A call cancelled while its 64 pairs were read kept its admission slot for seconds, then was logged as
+    // answered.
+    if (ended()) return absl::CancelledError("the call ended while its request was read");
     const v1::PromptPair& pair = proto.pairs(k);
     for (bool clean : {true, false}) {
       const std::string field = absl::StrCat("pairs[", k, "].", clean ? "clean" : "corrupted");

@@ -2,6 +2,7 @@
 // AttributeComponents at the edge: the request proto to the engine's ComponentRequest (prompts
 // tokenized, answers checked to be one token, enums mapped) and the engine's result back.
 #pragma once
+#include <functional>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -19,9 +20,11 @@ struct ComponentsCall {
   ResolvedInput answer, wrong_answer;           // wrong_answer empty unless the metric compares
 };
 // `max_response_bytes`: a request whose pairs read so far already make a response larger is refused before the
-// next is read (the service measures the whole response, with every number at 0, after conversion).
-absl::StatusOr<ComponentsCall> ToComponentsCall(const v1::AttributeComponentsRequest& proto, const ServedModel& model,
-                                                absl::Time deadline, int64_t max_response_bytes);
+// next is read (the service measures the whole response, with every number at 0, after conversion). `ended`,
+// asked before each pair: whether the call has ended (its client gone, its deadline past), CANCELLED then.
+absl::StatusOr<ComponentsCall> ToComponentsCall(
+    const v1::AttributeComponentsRequest& proto, const ServedModel& model, absl::Time deadline,
+    int64_t max_response_bytes, const std::function<bool()>& ended = [] { return false; });
 void ToComponentsResponse(const engine::ComponentResult& result, const ComponentsCall& call, const ServedModel& model,
                           v1::AttributeComponentsResponse* out);
 

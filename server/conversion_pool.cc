@@ -9,11 +9,11 @@ ConversionPool::ConversionPool(int threads) {
 
 ConversionPool::~ConversionPool() { Stop(); }
 
-void ConversionPool::Run(std::function<void()> job, std::function<void()> drop) {
+void ConversionPool::Run(int rank, std::function<void()> job, std::function<void()> drop) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!stopping_) {
-      jobs_.emplace_back(std::move(job), std::move(drop));
+      jobs_[rank].emplace_back(std::move(job), std::move(drop));
       changed_.notify_one();
       return;
     }
@@ -22,14 +22,17 @@ void ConversionPool::Run(std::function<void()> job, std::function<void()> drop) 
 }
 
 void ConversionPool::Stop() {
-  std::deque<std::pair<std::function<void()>, std::function<void()>>> dropped;
+  std::map<int, std::deque<Job>, std::greater<int>> dropped;
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
     dropped.swap(jobs_);
   }
   changed_.notify_all();
-  for (auto& [job, drop] : dropped) drop();  // outside the lock: ending a call may run gRPC's reactions here
+  // Outside the lock: ending a call may run gRPC's reactions here.
+  for (auto& [rank, jobs] : dropped) {
+    for (auto& [job, drop] : jobs) drop();
+  }
   for (std::thread& thread : threads_) {
     if (thread.joinable()) thread.join();
   }
@@ -42,8 +45,10 @@ void ConversionPool::Work() {
       std::unique_lock<std::mutex> lock(mu_);
       changed_.wait(lock, [this] { return stopping_ || !jobs_.empty(); });
       if (stopping_) return;
-      job = std::move(jobs_.front().first);
-      jobs_.pop_front();
+      std::deque<Job>& first = jobs_.begin()->second;
+      job = std::move(first.front().first);
+      first.pop_front();
+      if (first.empty()) jobs_.erase(jobs_.begin());
     }
     job();
   }

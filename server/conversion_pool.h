@@ -11,12 +11,13 @@
 // Thread-safe.
 //
 //   ConversionPool pool(/*threads=*/2);
-//   pool.Run([...] { convert the request, submit its work; }, [...] { end the call UNAVAILABLE; });
+//   pool.Run(rank, [...] { convert the request, submit its work; }, [...] { end the call UNAVAILABLE; });
 //   pool.Stop();  // at the end of a drain, before the models go
 #pragma once
 #include <condition_variable>
 #include <deque>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <thread>
 #include <utility>
@@ -35,9 +36,11 @@ class ConversionPool {
   ConversionPool(const ConversionPool&) = delete;
   ConversionPool& operator=(const ConversionPool&) = delete;
 
-  // Queues `job`, taken in order by the first free thread; never blocks. `drop` runs instead of it, on the
-  // caller's thread, when the pool has stopped (now or before the job's turn). Each ends its call.
-  void Run(std::function<void()> job, std::function<void()> drop);
+  // Queues `job`, taken by the first free thread: the highest `rank` first (the request's priority: a HIGH
+  // request waited behind every LOW one queued before it), in order within a rank; never blocks. `drop` runs
+  // instead of it, on the caller's thread, when the pool has stopped (now or before the job's turn). Each ends
+  // its call.
+  void Run(int rank, std::function<void()> job, std::function<void()> drop);
   // Drops the jobs not begun and waits for those running: what they use (the models, the metrics, gRPC's server)
   // must outlive this call, not the pool.
   void Stop();
@@ -47,8 +50,9 @@ class ConversionPool {
 
   std::mutex mu_;
   std::condition_variable changed_;
-  std::deque<std::pair<std::function<void()>, std::function<void()>>> jobs_;  // guarded by mu_: (job, drop)
-  bool stopping_ = false;                                                     // guarded by mu_
+  using Job = std::pair<std::function<void()>, std::function<void()>>;  // (job, drop)
+  std::map<int, std::deque<Job>, std::greater<int>> jobs_;              // guarded by mu_: by rank, highest first
+  bool stopping_ = false;                                               // guarded by mu_
   std::vector<std::thread> threads_;
 };
 

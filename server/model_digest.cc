@@ -61,8 +61,10 @@ absl::StatusOr<std::string> ModelFilesIdentity(const std::string& dir) {
     const std::string path = dir + "/" + name;
     struct stat info;
     if (::stat(path.c_str(), &info) != 0) return Errno("cannot stat", path);
+    // The change time too: a copy that sets the modification time back (cp -p, rsync -t --inplace) hid a rewrite
+    // of the same size; no call sets the change time back.
     absl::StrAppend(&identity, name, " ", info.st_dev, " ", info.st_ino, " ", info.st_size, " ", info.st_mtim.tv_sec,
-                    ".", info.st_mtim.tv_nsec, "\n");
+                    ".", info.st_mtim.tv_nsec, " ", info.st_ctim.tv_sec, ".", info.st_ctim.tv_nsec, "\n");
   }
   return identity;
 }

@@ -21,7 +21,7 @@ absl::StatusOr<std::vector<std::string>> ModelFiles(const std::string& dir);
 // and its bytes. Reads every byte of the weights once (streamed, 4 MiB at a time).
 absl::StatusOr<std::string> ModelFilesDigest(const std::string& dir);
 
-// Which files ModelFiles(dir) are now: for each, its name, device, inode, size and modification time (ns). Equal
+// Which files ModelFiles(dir) are now: for each, its name, device, inode, size, modification and change times. Equal
 // before and after a load: the load, the digest and the tokenizer read one checkpoint, not one being replaced.
 absl::StatusOr<std::string> ModelFilesIdentity(const std::string& dir);
 

@@ -46,7 +46,8 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModel(const ModelSpec& spec, co
   ASSIGN_OR_RETURN(options.quantization, engine::ParseQuantization(spec.quantization));
   options.four_bit = {.block_size = spec.quantization_block_size, .double_quantization = spec.double_quantization};
   // A folder being replaced (renamed over, or its files copied over) while it loads gave old weights beside a new
-  // tokenizer, under the new files' digest. When it fails here the load below says why.
+  // tokenizer, under the new files' digest. When it fails here the load below says why, or the check after it
+  // refuses a load that the folder's files changed under.
   const absl::StatusOr<std::string> files_before = ModelFilesIdentity(spec.path);
   step = "loading the model";
   ASSIGN_OR_RETURN(std::unique_ptr<engine::CausalLM> model, engine::CausalLM::Load(spec.path, options));
@@ -70,7 +71,7 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModel(const ModelSpec& spec, co
                                                    served->model->config().vocab_size, " of config.json"));
   }
   served->tokenizer = std::move(tokenizer);
-  if (files_before.ok() && ModelFilesIdentity(spec.path).value_or("") != *files_before) {
+  if (!files_before.ok() || ModelFilesIdentity(spec.path).value_or("") != *files_before) {
     return absl::FailedPreconditionError(
         "its files changed while it loaded (replaced or rewritten): start the server again once the checkpoint is "
         "in place");

@@ -128,6 +128,18 @@ TEST_F(ComponentConversionTest, AResponseTheFirstPairsMakeTooLargeIsRefusedBefor
                                                    AllOf(HasSubstr("at least"), HasSubstr("pairs[0..1] alone"))));
 }
 
+// A call that ends while its pairs are read stops there: cancelled while 64 pairs of 15 KB were read, it held
+// its admission slot for seconds and was logged as answered (INVALID_ARGUMENT for its size).
+TEST_F(ComponentConversionTest, ACallThatEndsWhileItsPairsAreReadStops) {
+  v1::AttributeComponentsRequest proto = Request();
+  *proto.add_pairs() = proto.pairs(0);
+  proto.add_pairs();  // refused for being empty, if read
+  int asked = 0;
+  EXPECT_THAT(ToComponentsCall(proto, *served_, absl::InfiniteFuture(), int64_t{4} << 20, [&] { return ++asked > 2; }),
+              StatusIs(absl::StatusCode::kCancelled, "the call ended while its request was read"));
+  EXPECT_EQ(asked, 3);
+}
+
 TEST_F(ComponentConversionTest, EveryMethodMapsToItsEngineMethodAndBack) {
   const std::map<v1::ComponentMethod, engine::ComponentMethod> expected = {
       {v1::ACTIVATION_PATCHING, engine::ComponentMethod::kActivationPatching},

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/synchronization/notification.h"
@@ -20,9 +21,10 @@ TEST(ConversionPool, OneThreadTakesJobsInOrder) {
   std::vector<int> order;
   absl::Notification release, last_ran;
   ConversionPool pool(/*threads=*/1);
-  pool.Run([&] { release.WaitForNotification(); }, NeverDropped);
+  pool.Run(/*rank=*/0, [&] { release.WaitForNotification(); }, NeverDropped);
   for (int i = 0; i < 5; ++i) {
     pool.Run(
+        /*rank=*/0,
         [&order, &last_ran, i] {
           order.push_back(i);
           if (i == 4) last_ran.Notify();
@@ -34,11 +36,27 @@ TEST(ConversionPool, OneThreadTakesJobsInOrder) {
   EXPECT_EQ(order, (std::vector<int>{0, 1, 2, 3, 4}));
 }
 
+// A HIGH request waited for every LOW one queued before it (4.5 s behind eight 2 MB requests).
+TEST(ConversionPool, AHigherRankGoesFirstAndOrderHoldsWithinARank) {
+  std::vector<int> order;
+  absl::Notification release, last_ran;
+  ConversionPool pool(/*threads=*/1);
+  pool.Run(/*rank=*/0, [&] { release.WaitForNotification(); }, NeverDropped);
+  for (const auto& [rank, id] : std::vector<std::pair<int, int>>{{0, 1}, {1, 2}, {0, 3}, {2, 4}, {1, 5}}) {
+    pool.Run(
+        rank, [&order, id = id] { order.push_back(id); }, NeverDropped);
+  }
+  pool.Run(/*rank=*/0, [&] { last_ran.Notify(); }, NeverDropped);
+  release.Notify();
+  last_ran.WaitForNotification();
+  EXPECT_EQ(order, (std::vector<int>{4, 2, 5, 1, 3}));
+}
+
 TEST(ConversionPool, AJobWaitsOnlyWhileEveryThreadIsBusy) {
   absl::Notification release, second_ran;
   ConversionPool pool(/*threads=*/2);
-  pool.Run([&] { release.WaitForNotification(); }, NeverDropped);
-  pool.Run([&] { second_ran.Notify(); }, NeverDropped);
+  pool.Run(/*rank=*/0, [&] { release.WaitForNotification(); }, NeverDropped);
+  pool.Run(/*rank=*/0, [&] { second_ran.Notify(); }, NeverDropped);
   // Hangs (and the test times out) if one long conversion held the other thread's job.
   second_ran.WaitForNotification();
   release.Notify();
@@ -52,13 +70,14 @@ TEST(ConversionPool, StopDropsTheJobsNotBegunAndWaitsForTheRunningOne) {
   std::atomic<int> dropped = 0, ran_after = 0;
   ConversionPool pool(/*threads=*/1);
   pool.Run(
+      /*rank=*/0,
       [&] {
         running.Notify();
         release.WaitForNotification();
         finished = true;
       },
       NeverDropped);
-  for (int i = 0; i < 3; ++i) pool.Run([&] { ++ran_after; }, [&] { ++dropped; });
+  for (int i = 0; i < 3; ++i) pool.Run(/*rank=*/0, [&] { ++ran_after; }, [&] { ++dropped; });
   running.WaitForNotification();
   std::thread stopper([&] { pool.Stop(); });
   while (dropped < 3) std::this_thread::yield();
@@ -67,7 +86,7 @@ TEST(ConversionPool, StopDropsTheJobsNotBegunAndWaitsForTheRunningOne) {
   stopper.join();
   EXPECT_TRUE(finished);  // Stop returned after the running job
   EXPECT_EQ(ran_after, 0);
-  pool.Run([&] { ++ran_after; }, [&] { ++dropped; });
+  pool.Run(/*rank=*/0, [&] { ++ran_after; }, [&] { ++dropped; });
   EXPECT_EQ(dropped, 4);
   EXPECT_EQ(ran_after, 0);
 }

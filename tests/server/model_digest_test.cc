@@ -9,6 +9,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -33,11 +34,12 @@ TEST(ModelFilesIdentity, ChangesWhenAFileIsRewrittenOrTheFolderReplaced) {
   ASSERT_THAT(loaded, IsOk());
   EXPECT_EQ(ModelFilesIdentity(dir).value_or(""), *loaded);
 
-  // The same bytes written again: a copy over the file while the load read it.
+  // The same bytes written again, the modification time set back as `cp -p` does: a copy over the file while the
+  // load read it.
+  const auto modified = std::filesystem::last_write_time(dir + "/model.safetensors");
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // a change time the filesystem's clock tells apart
   std::ofstream(dir + "/model.safetensors") << "weights";
-  std::filesystem::last_write_time(
-      dir + "/model.safetensors",
-      std::filesystem::last_write_time(dir + "/model.safetensors") + std::chrono::seconds(1));
+  std::filesystem::last_write_time(dir + "/model.safetensors", modified);
   const absl::StatusOr<std::string> rewritten = ModelFilesIdentity(dir);
   ASSERT_THAT(rewritten, IsOk());
   EXPECT_NE(*rewritten, *loaded);
