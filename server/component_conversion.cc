@@ -76,8 +76,8 @@ absl::Status ResolveAnswers(const v1::AttributeComponentsRequest& proto, const S
   return absl::OkStatus();
 }
 
-// What pairs[0..k] alone add to the response: their tokens as it names them, and their grids' values at 8 bytes
-// each (a lower bound: the grids' shapes, the average and the framing come on top).
+// What pairs[0..k] alone add to the response: their tokens as it names them, and the values of their grids and of
+// the average over them at 8 bytes each (a lower bound: the grids' shapes, the answers and the framing come on top).
 class PairBytesSoFar {
  public:
   absl::Status Add(const ComponentsCall& call, const ServedModel& model, int64_t max_bytes) {
