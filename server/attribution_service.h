@@ -75,6 +75,9 @@ class AttributionServiceImpl final : public v1::AttributionService::CallbackServ
   // or that the pool dropped at the end of a drain.
   void ConvertThen(grpc::CallbackServerContext* context, const google::protobuf::Message& request,
                    v1::Priority priority, std::function<void()> convert, std::function<void(absl::Status)> fail);
+  // Why a large request being read on the conversion pool stops: its call ended, or a drain's grace period is
+  // over. OK: read on.
+  absl::Status ReadingInterrupted(grpc::CallbackServerContext* context) const;
   // Each RPC: Start admits and converts the request, Submit hands its work to the model's engine.
   using TokenSink = std::function<void(const ServedModel&, int64_t id, float log_prob)>;
   template <typename Call>

@@ -113,7 +113,7 @@ void ToProtoGrid(const engine::ComponentGrid& grid, v1::ComponentGrid* out) {
 
 absl::StatusOr<ComponentsCall> ToComponentsCall(const v1::AttributeComponentsRequest& proto, const ServedModel& model,
                                                 absl::Time deadline, int64_t max_response_bytes,
-                                                const std::function<bool()>& ended) {
+                                                const std::function<absl::Status()>& interrupted) {
   ComponentsCall call;
   engine::ComponentRequest& request = call.request;
   const engine::AttributionLimits& limits = model.attributor->limits();
@@ -146,8 +146,8 @@ absl::StatusOr<ComponentsCall> ToComponentsCall(const v1::AttributeComponentsReq
   PairBytesSoFar response_bytes;
   for (int k = 0; k < proto.pairs_size(); ++k) {
     // A call cancelled while its 64 pairs were read kept its admission slot for seconds, then was logged as
-    // answered.
-    if (ended()) return absl::CancelledError("the call ended while its request was read");
+    // answered; a drain waited for it past its grace period.
+    RETURN_IF_ERROR(interrupted());
     const v1::PromptPair& pair = proto.pairs(k);
     for (bool clean : {true, false}) {
       const std::string field = absl::StrCat("pairs[", k, "].", clean ? "clean" : "corrupted");

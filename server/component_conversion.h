@@ -20,11 +20,12 @@ struct ComponentsCall {
   ResolvedInput answer, wrong_answer;           // wrong_answer empty unless the metric compares
 };
 // `max_response_bytes`: a request whose pairs read so far already make a response larger is refused before the
-// next is read (the service measures the whole response, with every number at 0, after conversion). `ended`,
-// asked before each pair: whether the call has ended (its client gone, its deadline past), CANCELLED then.
+// next is read (the service measures the whole response, with every number at 0, after conversion).
+// `interrupted`, asked before each pair: OK to read on, else what the call ends with (its client gone, a drain's
+// grace period over).
 absl::StatusOr<ComponentsCall> ToComponentsCall(
     const v1::AttributeComponentsRequest& proto, const ServedModel& model, absl::Time deadline,
-    int64_t max_response_bytes, const std::function<bool()>& ended = [] { return false; });
+    int64_t max_response_bytes, const std::function<absl::Status()>& interrupted = [] { return absl::OkStatus(); });
 void ToComponentsResponse(const engine::ComponentResult& result, const ComponentsCall& call, const ServedModel& model,
                           v1::AttributeComponentsResponse* out);
 

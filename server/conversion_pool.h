@@ -14,6 +14,7 @@
 //   pool.Run(rank, [...] { convert the request, submit its work; }, [...] { end the call UNAVAILABLE; });
 //   pool.Stop();  // at the end of a drain, before the models go
 #pragma once
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -42,8 +43,9 @@ class ConversionPool {
   // its call.
   void Run(int rank, std::function<void()> job, std::function<void()> drop);
   // Drops the jobs not begun and waits for those running: what they use (the models, the metrics, gRPC's server)
-  // must outlive this call, not the pool.
+  // must outlive this call, not the pool. A running job that reads in steps asks stopping() between them.
   void Stop();
+  bool stopping() const { return stopping_.load(); }
 
  private:
   void Work();
@@ -52,7 +54,7 @@ class ConversionPool {
   std::condition_variable changed_;
   using Job = std::pair<std::function<void()>, std::function<void()>>;  // (job, drop)
   std::map<int, std::deque<Job>, std::greater<int>> jobs_;              // guarded by mu_: by rank, highest first
-  bool stopping_ = false;                                               // guarded by mu_
+  std::atomic<bool> stopping_ = false;  // set under mu_ (the threads wait on it), read by stopping() without
   std::vector<std::thread> threads_;
 };
 

@@ -66,7 +66,7 @@ TEST(ConversionPool, AJobWaitsOnlyWhileEveryThreadIsBusy) {
 // a job that comes later is dropped as it comes.
 TEST(ConversionPool, StopDropsTheJobsNotBegunAndWaitsForTheRunningOne) {
   absl::Notification running, release;
-  std::atomic<bool> finished = false;
+  std::atomic<bool> finished = false, saw_stopping = false;
   std::atomic<int> dropped = 0, ran_after = 0;
   ConversionPool pool(/*threads=*/1);
   pool.Run(
@@ -74,6 +74,7 @@ TEST(ConversionPool, StopDropsTheJobsNotBegunAndWaitsForTheRunningOne) {
       [&] {
         running.Notify();
         release.WaitForNotification();
+        saw_stopping = pool.stopping();  // a job reading in steps stops at the next one
         finished = true;
       },
       NeverDropped);
@@ -85,6 +86,7 @@ TEST(ConversionPool, StopDropsTheJobsNotBegunAndWaitsForTheRunningOne) {
   release.Notify();
   stopper.join();
   EXPECT_TRUE(finished);  // Stop returned after the running job
+  EXPECT_TRUE(saw_stopping);
   EXPECT_EQ(ran_after, 0);
   pool.Run(/*rank=*/0, [&] { ++ran_after; }, [&] { ++dropped; });
   EXPECT_EQ(dropped, 4);
