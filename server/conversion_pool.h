@@ -54,7 +54,7 @@ class ConversionPool {
   std::condition_variable changed_;
   using Job = std::pair<std::function<void()>, std::function<void()>>;  // (job, drop)
   std::map<int, std::deque<Job>, std::greater<int>> jobs_;              // guarded by mu_: by rank, highest first
-  std::atomic<bool> stopping_ = false;  // set under mu_ (the threads wait on it), read by stopping() without
+  std::atomic<bool> stopping_ = false;  // set under mu_, which the threads wait with; stopping() reads it lock-free
   std::vector<std::thread> threads_;
 };
 
