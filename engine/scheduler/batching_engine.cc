@@ -18,6 +18,11 @@
 namespace attribution::engine {
 namespace {
 
+// The engine stops only with the server, so the caller's next try belongs on another replica.
+absl::Status ShuttingDown() {
+  return absl::UnavailableError("the model's engine is shutting down with the server; retry on another replica");
+}
+
 absl::Status CheckRow(const Row& row, size_t index) {
   const std::string where = absl::StrCat("row ", index, ": ");
   if (row.length() < 1) return absl::InvalidArgumentError(where + "has no tokens");
@@ -143,7 +148,7 @@ std::pair<const void*, int64_t> BatchingEngine::SharedInput(const Row& row) cons
 absl::Status BatchingEngine::AbandonedAt(const Request& request, absl::Time now) const {
   if (request.cancelled()) return absl::CancelledError("request was cancelled");
   if (now > request.deadline()) return absl::DeadlineExceededError("request deadline has passed");
-  if (stopping_flag_.load()) return absl::UnavailableError("engine is shutting down");
+  if (stopping_flag_.load()) return ShuttingDown();
   return absl::OkStatus();
 }
 
@@ -162,7 +167,7 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
   if (absl::Status abandoned = AbandonedAt(*request, now); !abandoned.ok()) return abandoned;
   const int64_t count = static_cast<int64_t>(rows.size());
   std::unique_lock<std::mutex> lock(mu_);
-  if (stopping_) return absl::UnavailableError("engine is shutting down");  // Shutdown began since
+  if (stopping_) return ShuttingDown();  // Shutdown began since
   if (absl::Status stalled = StallRefusalLocked(request->id()); !stalled.ok()) return stalled;
   RequestQueue& queue = queues_[request->id()];
   const bool fresh = queue.request == nullptr;
@@ -772,8 +777,7 @@ void BatchingEngine::Shutdown() {
     for (auto& [id, queue] : queues_) {
       for (auto& kind : queue.kinds) {
         for (PendingRow& row : kind) {
-          answers.push_back(
-              {row.group, row.index, RowResult{.status = absl::UnavailableError("engine is shutting down")}});
+          answers.push_back({row.group, row.index, RowResult{.status = ShuttingDown()}});
         }
       }
     }
