@@ -171,6 +171,13 @@ std::shared_ptr<DeliveryWatch> AttributionServiceImpl::WatchDelivery(grpc::Callb
 
 absl::StatusOr<const ServedModel*> AttributionServiceImpl::Admit(CallLog& log, grpc::CallbackServerContext* context,
                                                                  const std::string& model, bool needs_model) {
+  if (auth_) {
+    if (absl::Status s = auth_->CheckCall(*context); !s.ok()) {
+      // A stranger's call costs it nothing, so its lines are rationed, and its model name (its text) stays out.
+      log.logged = unauthenticated_lines_.Take(absl::Now(), log.like_it_not_logged);
+      return s;
+    }
+  }
   log.model = model;
   const ModelRegistry* models = models_.load();
   // Looked up before anything may refuse the call: the metrics' label, however the call ends (refused for load
@@ -178,13 +185,6 @@ absl::StatusOr<const ServedModel*> AttributionServiceImpl::Admit(CallLog& log, g
   const bool looked_up = models != nullptr && needs_model && !model.empty();
   const absl::StatusOr<const ServedModel*> found = looked_up ? models->Find(model) : nullptr;
   if (looked_up && found.ok()) log.served_model = model;
-  if (auth_) {
-    const auto& metadata = context->client_metadata();
-    const auto it = metadata.find("authorization");
-    std::optional<absl::string_view> authorization;
-    if (it != metadata.end()) authorization = absl::string_view(it->second.data(), it->second.size());
-    if (absl::Status s = auth_->Check(authorization); !s.ok()) return s;
-  }
   if (const int64_t unread = unread_answer_bytes_.load(); unread >= config_.max_unread_answer_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat("answers not yet read by their clients hold ", unread,
                                                      " bytes; the limit is ", config_.max_unread_answer_bytes));

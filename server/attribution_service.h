@@ -14,6 +14,7 @@
 #include "server/call_gate.h"
 #include "server/call_reactors.h"
 #include "server/conversion_pool.h"
+#include "server/log_line.h"
 #include "server/metrics.h"
 #include "server/model_registry.h"
 
@@ -41,6 +42,7 @@ class AttributionServiceImpl final : public v1::AttributionService::CallbackServ
   void StopConversions() { conversions_.Stop(); }
   // Reports calls that end before reaching a handler (server/unparsable_request.h).
   CallObserver* call_observer() { return this; }
+  const BearerAuth* auth() const { return auth_ ? &*auth_ : nullptr; }
 
   grpc::ServerUnaryReactor* Attribute(grpc::CallbackServerContext* context, const v1::AttributeRequest* request,
                                       v1::AttributeResponse* response) override;
@@ -104,6 +106,8 @@ class AttributionServiceImpl final : public v1::AttributionService::CallbackServ
   const ServerConfig& config_;
   ServerMetrics* const metrics_;
   const std::optional<BearerAuth> auth_;
+  // Calls without a valid token: 36,200 a second from one Python client wrote 15 MB of log in 5 s.
+  LogLineBudget unauthenticated_lines_{20};
   CallGate gate_;
   std::atomic<int64_t> unread_answer_bytes_{0};  // AnswerWaiting, not yet AnswerGone
   std::atomic<int64_t> open_calls_{0};           // CallOpened, not yet CallClosed

@@ -1,11 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "server/bearer_auth.h"
 
+#include <grpcpp/server_context.h>
 #include <openssl/sha.h>
+
+#include <algorithm>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "engine/common/files.h"
 #include "engine/common/status_macros.h"
@@ -31,14 +35,25 @@ bool ConstantTimeEquals(const std::array<unsigned char, 32>& a, const std::array
 absl::StatusOr<BearerAuth> BearerAuth::Load(const std::string& tokens_file) {
   ASSIGN_OR_RETURN(std::string text, engine::ReadFile(tokens_file));
   BearerAuth auth;
+  // Editors on Windows write a byte-order mark, which would become part of the first token.
+  absl::string_view rest = text;
+  absl::ConsumePrefix(&rest, "\xEF\xBB\xBF");
   int line_number = 0;
-  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+  for (absl::string_view line : absl::StrSplit(rest, '\n')) {
     ++line_number;
     line = absl::StripAsciiWhitespace(line);
     if (line.empty() || line[0] == '#') continue;
+    const std::string where = absl::StrCat(tokens_file, ":", line_number, ": ");
     if (line.size() > kMaxTokenBytes) {
-      return absl::InvalidArgumentError(absl::StrCat(tokens_file, ":", line_number, ": a token of ", line.size(),
-                                                     " bytes, longer than the ", kMaxTokenBytes, " a client can send"));
+      return absl::InvalidArgumentError(absl::StrCat(where, "a token of ", line.size(), " bytes, longer than the ",
+                                                     kMaxTokenBytes, " a client can send"));
+    }
+    // gRPC metadata carries printable ASCII only: a token with another byte could never be presented.
+    if (const auto bad = std::find_if(line.begin(), line.end(), [](char c) { return c < 0x20 || c > 0x7e; });
+        bad != line.end()) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "%sbyte %d of the token (0x%02x) is not printable ASCII, which gRPC metadata and so clients cannot send",
+          where, bad - line.begin(), static_cast<unsigned char>(*bad)));
     }
     auth.digests_.push_back(Digest(line));
   }
@@ -58,6 +73,13 @@ absl::Status BearerAuth::Check(std::optional<absl::string_view> authorization) c
   for (const auto& digest : digests_) known |= ConstantTimeEquals(digest, presented);
   if (!known) return absl::UnauthenticatedError("the bearer token is not valid");
   return absl::OkStatus();
+}
+
+absl::Status BearerAuth::CheckCall(const grpc::ServerContextBase& context) const {
+  const auto& metadata = context.client_metadata();
+  const auto it = metadata.find("authorization");
+  if (it == metadata.end()) return Check(std::nullopt);
+  return Check(absl::string_view(it->second.data(), it->second.size()));
 }
 
 }  // namespace attribution::server

@@ -12,6 +12,10 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
+namespace grpc {
+class ServerContextBase;
+}
+
 namespace attribution::server {
 
 // Immutable after Load; thread-safe.
@@ -24,6 +28,8 @@ class BearerAuth {
   // Checks the value of the call's "authorization" metadata (nullopt: none was sent). OK, or
   // UNAUTHENTICATED saying what is missing or wrong (never echoing the token).
   absl::Status Check(std::optional<absl::string_view> authorization) const;
+  // Check on a call's "authorization" metadata.
+  absl::Status CheckCall(const grpc::ServerContextBase& context) const;
   size_t size() const { return digests_.size(); }
 
  private:

@@ -6,14 +6,17 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <string>
 #include <utility>
 
+#include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "engine/common/visible_controls.h"
 
 namespace attribution::server {
 
@@ -32,10 +35,35 @@ const char* LogSeverity(const nlohmann::json& line) {
 
 namespace {
 
-std::string FormatLine(nlohmann::json line) {
-  line["time"] = absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone());
-  if (!line.contains("severity")) line["severity"] = LogSeverity(line);
-  return line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+// JSON escapes C0 controls only: the C1 controls (U+009B is CSI), DEL, the bidirectional controls and the line
+// separators U+2028 / U+2029 in text a client sent (a model name, a request id, before any token was checked)
+// reached a terminal reading the log (`kubectl logs`, `less -R`) raw, to recolour or reorder what it showed.
+// Spelled \uNNNN, they mean the same to a JSON reader. `json`: valid UTF-8.
+std::string EscapeTerminalControls(const std::string& json) {
+  const std::string_view text(json);
+  std::string out;
+  out.reserve(json.size());
+  for (size_t i = 0; i < text.size();) {
+    const unsigned char c = static_cast<unsigned char>(text[i]);
+    const size_t length = c < 0x80 ? 1 : std::max<size_t>(Utf8SequenceLength(text, i, /*subpart=*/false), 1);
+    uint32_t escaped = 0;
+    if (c == 0x7f) {
+      escaped = c;
+    } else if (c == 0xc2 && length == 2 && static_cast<unsigned char>(text[i + 1]) <= 0x9f) {
+      escaped = static_cast<unsigned char>(text[i + 1]);
+    } else if (length == 3 && c == 0xe2 && text[i + 1] == '\x80' && (text[i + 2] == '\xa8' || text[i + 2] == '\xa9')) {
+      escaped = 0x2000 | (static_cast<unsigned char>(text[i + 2]) & 0x3fu);
+    } else {
+      escaped = BidiControl(text, i, length);
+    }
+    if (escaped != 0) {
+      absl::StrAppendFormat(&out, "\\u%04x", escaped);
+    } else {
+      out.append(text.substr(i, length));
+    }
+    i += length;
+  }
+  return out;
 }
 
 std::atomic<LogWriter*> process_log{nullptr};  // once made, for FlushLogInSignalHandler
@@ -69,7 +97,13 @@ bool WriteAll(int fd, absl::string_view text) {
 
 }  // namespace
 
-void WriteLogLine(nlohmann::json line) { ProcessLog().Append(FormatLine(std::move(line))); }
+std::string FormatLogLine(nlohmann::json line) {
+  line["time"] = absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone());
+  if (!line.contains("severity")) line["severity"] = LogSeverity(line);
+  return EscapeTerminalControls(line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)) + "\n";
+}
+
+void WriteLogLine(nlohmann::json line) { ProcessLog().Append(FormatLogLine(std::move(line))); }
 
 bool FlushLog(absl::Duration timeout) { return ProcessLog().Flush(timeout); }
 
@@ -143,11 +177,12 @@ void LogWriter::Run() {
     // one piece, so what else writes to stderr (a crash's report, a library's warning) cannot land inside one of
     // these lines. The count of lines dropped comes first, once stderr takes lines again.
     const int64_t unsaid = std::exchange(dropped_unsaid_, 0);
-    std::string text = unsaid == 0 ? std::string()
-                                   : FormatLine({{"event", "log_lines_dropped"},
-                                                 {"severity", "WARNING"},
-                                                 {"count", unsaid},
-                                                 {"detail", "stderr took no lines while the log's buffer was full"}});
+    std::string text = unsaid == 0
+                           ? std::string()
+                           : FormatLogLine({{"event", "log_lines_dropped"},
+                                            {"severity", "WARNING"},
+                                            {"count", unsaid},
+                                            {"detail", "stderr took no lines while the log's buffer was full"}});
     int64_t count = 0;
     while (!lines_.empty() && (text.empty() || text.size() + lines_.front().size() <= PIPE_BUF)) {
       text += lines_.front();

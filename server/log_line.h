@@ -16,8 +16,11 @@
 
 namespace attribution::server {
 
-// Adds "time" (UTC, milliseconds) and, unless `line` has one, "severity" (see LogSeverity), and hands
-// `line` to the process's LogWriter for stderr; invalid UTF-8 is replaced. Never blocks on stderr.
+// `line` as WriteLogLine writes it: with "time" (UTC, milliseconds) and, unless it has one, "severity" (see
+// LogSeverity); invalid UTF-8 replaced, and control characters a terminal obeys spelled \uNNNN.
+std::string FormatLogLine(nlohmann::json line);
+
+// Hands FormatLogLine(line) to the process's LogWriter for stderr. Never blocks on stderr.
 void WriteLogLine(nlohmann::json line);
 
 // Waits until the lines written before have been written to stderr (or failed to: a reader gone), or `timeout`

@@ -532,7 +532,8 @@ int Serve() {
                                .Resize(static_cast<size_t>(config->max_transport_memory_bytes)));
   builder.RegisterService(&service);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
-  interceptors.push_back(std::make_unique<UnparsableRequestInterceptorFactory>(service.call_observer()));
+  interceptors.push_back(
+      std::make_unique<UnparsableRequestInterceptorFactory>(service.call_observer(), service.auth()));
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {

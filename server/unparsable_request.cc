@@ -12,6 +12,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "server/grpc_status.h"
 
 namespace attribution::server {
 namespace {
@@ -59,15 +60,21 @@ std::optional<std::string> FieldWithBadUtf8(const std::string& complaint, const 
 
 class UnparsableRequestInterceptor final : public grpc::experimental::Interceptor {
  public:
-  UnparsableRequestInterceptor(CallObserver* observer, LogLineBudget* ended_before_message_lines,
+  UnparsableRequestInterceptor(UnparsableRequestInterceptorFactory::Shared& shared,
                                grpc::experimental::ServerRpcInfo* info)
-      : observer_(observer), ended_before_message_lines_(ended_before_message_lines), info_(info) {}
+      : shared_(shared), info_(info) {}
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
     using grpc::experimental::InterceptionHookPoints;
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_MESSAGE)) {
       const std::string complaint = std::exchange(parser_complaint, {});
-      if (methods->GetRecvMessage() == nullptr) refusal_ = UnparsableRequestStatus(info_->method(), complaint);
+      if (methods->GetRecvMessage() == nullptr) {
+        // A caller without a valid token learns nothing of the parser, as the handlers would have refused it.
+        const absl::Status authenticated =
+            shared_.auth != nullptr ? shared_.auth->CheckCall(*info_->server_context()) : absl::OkStatus();
+        refusal_ =
+            authenticated.ok() ? UnparsableRequestStatus(info_->method(), complaint) : ToGrpcStatus(authenticated);
+      }
     }
     if (refusal_.has_value() && methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS) &&
         methods->GetSendStatus().error_code() == grpc::StatusCode::UNIMPLEMENTED) {
@@ -89,17 +96,17 @@ class UnparsableRequestInterceptor final : public grpc::experimental::Intercepto
     // A call cancelled (or expired) before its message came has no message either: no bad input.
     if (context->IsCancelled()) {
       const bool expired = CancelledByDeadline(log, absl::Now());
-      log.logged = ended_before_message_lines_->Take(absl::Now(), log.like_it_not_logged);
-      observer_->CallEnded(log,
-                           grpc::Status(expired ? grpc::StatusCode::DEADLINE_EXCEEDED : grpc::StatusCode::CANCELLED,
-                                        "the call ended before its request message arrived"));
+      log.logged = shared_.ended_before_message_lines.Take(absl::Now(), log.like_it_not_logged);
+      shared_.observer->CallEnded(
+          log, grpc::Status(expired ? grpc::StatusCode::DEADLINE_EXCEEDED : grpc::StatusCode::CANCELLED,
+                            "the call ended before its request message arrived"));
       return;
     }
-    observer_->CallEnded(log, *refusal_);
+    log.logged = shared_.refused_lines.Take(absl::Now(), log.like_it_not_logged);
+    shared_.observer->CallEnded(log, *refusal_);
   }
 
-  CallObserver* const observer_;
-  LogLineBudget* const ended_before_message_lines_;
+  UnparsableRequestInterceptorFactory::Shared& shared_;
   grpc::experimental::ServerRpcInfo* const info_;
   const absl::Time received_ = absl::Now();
   std::optional<grpc::Status> refusal_;
@@ -121,7 +128,8 @@ grpc::Status UnparsableRequestStatus(const std::string& grpc_method, const std::
                                    "match the schema)"));
 }
 
-UnparsableRequestInterceptorFactory::UnparsableRequestInterceptorFactory(CallObserver* observer) : observer_(observer) {
+UnparsableRequestInterceptorFactory::UnparsableRequestInterceptorFactory(CallObserver* observer, const BearerAuth* auth)
+    : shared_{observer, auth} {
   static std::once_flag routed;
   std::call_once(routed, [] { other_protobuf_logs = google::protobuf::SetLogHandler(&RouteProtobufLog); });
 }
@@ -133,7 +141,7 @@ grpc::experimental::Interceptor* UnparsableRequestInterceptorFactory::CreateServ
       info->type() != grpc::experimental::ServerRpcInfo::Type::SERVER_STREAMING) {
     return nullptr;
   }
-  return new UnparsableRequestInterceptor(observer_, &ended_before_message_lines_, info);
+  return new UnparsableRequestInterceptor(shared_, info);
 }
 
 }  // namespace attribution::server

@@ -8,6 +8,7 @@
 
 #include <string>
 
+#include "server/bearer_auth.h"
 #include "server/call_reactors.h"
 #include "server/log_line.h"
 
@@ -21,15 +22,24 @@ class UnparsableRequestInterceptorFactory final : public grpc::experimental::Ser
  public:
   // Routes protobuf's parse complaints to the interceptor (any other protobuf log line still goes to
   // stderr). Call before the server starts: protobuf's log handler is not thread-safe to set.
-  // `observer` reports the refused calls and must outlive the server.
-  explicit UnparsableRequestInterceptorFactory(CallObserver* observer);
+  // `observer` reports the refused calls; `auth` (nullptr: none) refuses those without a valid token
+  // UNAUTHENTICATED, as the handlers would have. Both must outlive the server.
+  UnparsableRequestInterceptorFactory(CallObserver* observer, const BearerAuth* auth);
   grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo* info) override;
 
+  // What the factory's interceptors share.
+  struct Shared {
+    CallObserver* const observer;
+    const BearerAuth* const auth;
+    // Lines of calls that cost their clients nothing; the metrics still count every call. A client that opens
+    // streams and resets them at once (HTTP/2 rapid reset) wrote a line per stream, 146,083 lines (30 MB) in
+    // 10 s; one sending bytes that do not parse, 38,000 lines (18 MB) in 5 s.
+    LogLineBudget ended_before_message_lines{20};
+    LogLineBudget refused_lines{20};
+  };
+
  private:
-  CallObserver* const observer_;
-  // A client that opens streams and resets them at once (HTTP/2 rapid reset) wrote a line per stream,
-  // 146,083 lines (30 MB) in 10 s; the metrics still count every call.
-  LogLineBudget ended_before_message_lines_{20};
+  Shared shared_;
 };
 
 }  // namespace attribution::server

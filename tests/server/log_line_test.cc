@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "absl/strings/str_format.h"
@@ -108,6 +109,19 @@ TEST(LogWriter, AReaderGoneCostsLinesNotTheProcess) {
   EXPECT_TRUE(writer.Flush(absl::Seconds(30)));  // tried and failed: done
   EXPECT_EQ(writer.dropped(), 10);
   ::close(fds[1]);
+}
+
+// A caller without a token put a model name of CSI sequences and a right-to-left override into a line, raw:
+// `kubectl logs` cleared the screen and showed a forged "serving OK" in green.
+TEST(FormatLogLine, ControlsATerminalObeysAreEscapedAndTheLineStaysTheSameJson) {
+  const std::string sent = "\u009b2J\u009bH\u009b32mserving OK\u009b0m\u202edelifni\u2028x\u2029\u2066y\u007fz é 🙂";
+  const std::string line = FormatLogLine({{"model", sent}});
+  for (const char* raw : {"\xc2\x9b", "\xe2\x80\xae", "\xe2\x80\xa8", "\xe2\x80\xa9", "\xe2\x81\xa6", "\x7f"}) {
+    EXPECT_EQ(line.find(raw), std::string::npos) << line;
+  }
+  EXPECT_NE(line.find("\\u009b2J"), std::string::npos) << line;
+  EXPECT_NE(line.find("é 🙂"), std::string::npos) << line;  // other text stays readable
+  EXPECT_EQ(nlohmann::json::parse(line).at("model").get<std::string>(), sent);
 }
 
 }  // namespace

@@ -415,6 +415,23 @@ TEST(BearerAuth, AcceptsListedTokensOnly) {
   EXPECT_THAT(longest->Check("Bearer " + std::string(BearerAuth::kMaxTokenBytes, 't')), IsOk());
 }
 
+// A Windows editor's byte-order mark became part of the first token, which no client could then present;
+// tokens with bytes gRPC metadata cannot carry loaded the same way, silently.
+TEST(BearerAuth, AByteOrderMarkIsNoPartOfATokenAndUnsendableBytesAreRefused) {
+  test_support::TempDir dir;
+  std::ofstream(dir.File("bom")) << "\xEF\xBB\xBFtok-bom\r\ntok-two\r\n";
+  absl::StatusOr<BearerAuth> bom = BearerAuth::Load(dir.File("bom"));
+  ASSERT_THAT(bom, IsOk());
+  EXPECT_THAT(bom->Check("Bearer tok-bom"), IsOk());
+  EXPECT_THAT(bom->Check("Bearer tok-two"), IsOk());
+  std::ofstream(dir.File("binary")) << "alpha\nbe\xFFta\n";
+  EXPECT_THAT(BearerAuth::Load(dir.File("binary")),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("binary:2: byte 2 of the token (0xff)")));
+  std::ofstream(dir.File("nul")) << std::string("ga\0mma\n", 7);
+  EXPECT_THAT(BearerAuth::Load(dir.File("nul")),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("nul:1: byte 2 of the token (0x00)")));
+}
+
 // Files may come through pipes, as a shell's `--auth_tokens_file <(vault read ...)` gives them; a named pipe
 // nobody writes reads as empty at once (opening it waited for a writer forever), and a directory is named as
 // one (it read as empty).
