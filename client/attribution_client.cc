@@ -16,8 +16,11 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "attribution/v1/attribution.grpc.pb.h"
 #include "client/proto_mapping.h"
+#include "client/tls_files.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
 namespace attribution::client {
@@ -159,8 +162,18 @@ absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
 absl::StatusOr<std::string> ReadBearerTokenFile(const std::string& path) {
   absl::StatusOr<std::string> text = ReadTextFile(path);
   if (!text.ok()) return text.status();
-  std::string token = text->substr(0, text->find_first_of("\r\n"));
-  if (token.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": the first line holds no token"));
+  // The server's tokens file's format: its first token is the one sent, so one file serves both ends.
+  absl::string_view rest = *text;
+  absl::ConsumePrefix(&rest, "\xEF\xBB\xBF");
+  std::string token;
+  for (absl::string_view line : absl::StrSplit(rest, '\n')) {
+    line = absl::StripAsciiWhitespace(line);
+    if (line.empty() || line[0] == '#') continue;
+    token = std::string(line);
+    break;
+  }
+  if (token.empty())
+    return absl::InvalidArgumentError(absl::StrCat(path, ": holds no token (blank and # lines skipped)"));
   if (absl::Status printable = CheckMetadataValue(absl::StrCat(path, ": the token"), token, kMaxBearerTokenBytes);
       !printable.ok()) {
     return printable;
@@ -257,14 +270,19 @@ absl::StatusOr<std::unique_ptr<AttributionClient>> AttributionClient::Connect(co
     if (!options.ca_file.empty()) {
       absl::StatusOr<std::string> ca = ReadTextFile(options.ca_file);
       if (!ca.ok()) return ca.status();
-      ssl.pem_root_certs = *ca;
+      const PemFile roots{"ca_file", options.ca_file, *std::move(ca)};
+      if (absl::Status parsed = CheckCertificates(roots); !parsed.ok()) return parsed;
+      ssl.pem_root_certs = roots.text;
     }
     if (!options.cert_file.empty()) {
       absl::StatusOr<std::string> cert = ReadTextFile(options.cert_file), key = ReadTextFile(options.key_file);
       if (!cert.ok()) return cert.status();
       if (!key.ok()) return key.status();
-      ssl.pem_cert_chain = *cert;
-      ssl.pem_private_key = *key;
+      const PemFile chain{"cert_file", options.cert_file, *std::move(cert)};
+      const PemFile private_key{"key_file", options.key_file, *std::move(key)};
+      if (absl::Status pair = CheckKeyPair(chain, private_key); !pair.ok()) return pair;
+      ssl.pem_cert_chain = chain.text;
+      ssl.pem_private_key = private_key.text;
     }
     credentials = grpc::SslCredentials(ssl);
     if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);

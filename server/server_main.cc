@@ -48,6 +48,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "client/tls_files.h"
 #include "engine/common/files.h"
 #include "engine/common/status_macros.h"
 #include "engine/common/visible_controls.h"
@@ -300,37 +301,11 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   return config;
 }
 
-// True when `text` holds a PEM block whose label ends with `label` ("CERTIFICATE", "PRIVATE KEY" for
-// RSA, EC and PKCS#8 keys) and whose body is base64. Not a DER parse: it catches the wrong file or a
-// garbled one, which gRPC reports only as "cannot listen on ADDR".
-bool HoldsPemBlock(absl::string_view text, absl::string_view label) {
-  constexpr absl::string_view kBegin = "-----BEGIN ", kDashes = "-----";
-  for (size_t at = text.find(kBegin); at != absl::string_view::npos; at = text.find(kBegin, at + 1)) {
-    const size_t label_start = at + kBegin.size();
-    const size_t label_end = text.find(kDashes, label_start);
-    if (label_end == absl::string_view::npos) return false;
-    const absl::string_view found = text.substr(label_start, label_end - label_start);
-    if (!absl::EndsWith(found, label)) continue;
-    const size_t body_start = label_end + kDashes.size();
-    const size_t body_end = text.find(absl::StrCat("-----END ", found, kDashes), body_start);
-    if (body_end == absl::string_view::npos) return false;
-    const absl::string_view body = text.substr(body_start, body_end - body_start);
-    const bool base64 = std::all_of(body.begin(), body.end(), [](char c) {
-      return absl::ascii_isalnum(c) || c == '+' || c == '/' || c == '=' || absl::ascii_isspace(c);
-    });
-    if (base64 && !absl::StripAsciiWhitespace(body).empty()) return true;
-  }
-  return false;
-}
-
-// The PEM text of `path`, or an error naming the setting and the file.
-absl::StatusOr<std::string> ReadPem(const std::string& path, const char* setting, absl::string_view label) {
+// The text of `path` for TLS, or an error naming the setting and the file.
+absl::StatusOr<client::PemFile> ReadPemFile(const std::string& path, const char* setting) {
   absl::StatusOr<std::string> text = engine::ReadFile(path);
   if (!text.ok()) return absl::Status(text.status().code(), absl::StrCat(setting, ": ", text.status().message()));
-  if (!HoldsPemBlock(*text, label)) {
-    return absl::InvalidArgumentError(absl::StrCat(setting, " \"", path, "\" holds no PEM ", label, " block"));
-  }
-  return text;
+  return client::PemFile{setting, path, *std::move(text)};
 }
 
 // The files startup reads before it loads a model or listens: --check_config reads them too, so a
@@ -358,11 +333,16 @@ absl::StatusOr<StartupFiles> ReadStartupFiles(const ServerConfig& config) {
   }
   const TlsConfig& tls = config.tls;
   if (!tls.cert_file.empty()) {
-    ASSIGN_OR_RETURN(files.tls_pair.cert_chain, ReadPem(tls.cert_file, "tls cert_file", "CERTIFICATE"));
-    ASSIGN_OR_RETURN(files.tls_pair.private_key, ReadPem(tls.key_file, "tls key_file", "PRIVATE KEY"));
+    ASSIGN_OR_RETURN(client::PemFile chain, ReadPemFile(tls.cert_file, "tls cert_file"));
+    ASSIGN_OR_RETURN(client::PemFile key, ReadPemFile(tls.key_file, "tls key_file"));
+    RETURN_IF_ERROR(client::CheckKeyPair(chain, key));
+    files.tls_pair.cert_chain = std::move(chain.text);
+    files.tls_pair.private_key = std::move(key.text);
   }
   if (!tls.client_ca_file.empty()) {
-    ASSIGN_OR_RETURN(files.tls_client_ca, ReadPem(tls.client_ca_file, "tls client_ca_file", "CERTIFICATE"));
+    ASSIGN_OR_RETURN(client::PemFile ca, ReadPemFile(tls.client_ca_file, "tls client_ca_file"));
+    RETURN_IF_ERROR(client::CheckCertificates(ca));
+    files.tls_client_ca = std::move(ca.text);
   }
   return files;
 }

@@ -58,6 +58,18 @@ TEST(AttributionClientConnect, RefusesABearerTokenOutsidePrintableAscii) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(path + ": the token: byte 3 (0x09)")));
 }
 
+// --token_file sent a first line of "# token for prod" as the token; a file in the server's tokens-file format
+// (blank and # lines, surrounding whitespace, a byte-order mark) gives its first token.
+TEST(AttributionClientConnect, ATokenFileReadsAsTheServersTokensFileDoes) {
+  const std::string path = ::testing::TempDir() + "/token_after_a_comment";
+  std::ofstream(path) << "\xEF\xBB\xBF# token for prod\n\n  s3cret-token \r\nsecond\n";
+  absl::StatusOr<std::string> token = ReadBearerTokenFile(path);
+  ASSERT_THAT(token, IsOk());
+  EXPECT_EQ(*token, "s3cret-token");
+  std::ofstream(path) << "# only a comment\n\n";
+  EXPECT_THAT(ReadBearerTokenFile(path), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("holds no token")));
+}
+
 // An empty address reached gRPC, which failed with "Failed to create secure client channel", naming nothing.
 TEST(AttributionClientConnect, RefusesAnEmptyTargetNamingIt) {
   for (const std::string target : {"", "  "}) {

@@ -5,6 +5,9 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "client/attribution_client.h"
 #include "tests/testing/server_process.h"
@@ -36,6 +39,8 @@ key client -subj /CN=client -out client.csr
 openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -out client.pem 2>/dev/null
 key rogue -subj /CN=rogue -out rogue.csr
 openssl x509 -req -in rogue.csr -CA rogue-ca.pem -CAkey rogue-ca.key -CAcreateserial -days 1 -out rogue.pem 2>/dev/null
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days -1 -extfile san.ext -out expired.pem 2>/dev/null
+openssl pkey -in server.key -aes256 -passout pass:secret -out encrypted.key
 printf '# tokens\nsecret-token-1\n\nsecret-token-2\n' > tokens)";
     ok_ = std::system(("bash -c '" + Escape(script) + "'").c_str()) == 0;
   }
@@ -126,6 +131,60 @@ TEST(TlsAndAuth, ServerOnlyTlsAcceptsAnyClientThatTrustsIt) {
   const std::string address = "127.0.0.1:" + std::to_string((*server)->port());
   EXPECT_THAT(ListModelsWith(address, {.tls = true, .ca_file = certs.File("ca.pem")}), IsOk());
   EXPECT_THAT(ListModelsWith(address, {.tls = false}), StatusIs(absl::StatusCode::kUnavailable));
+}
+
+// gRPC took a key of another certificate, an encrypted key or an expired certificate without a word: the
+// server passed --check_config and then failed to listen ("cannot listen on ADDR"), or served a certificate
+// every client refuses; a client failed each call "UNAVAILABLE: empty address list". Both ends now name the
+// file at fault before anything connects.
+TEST(TlsAndAuth, CertificatesAndKeysThatCannotWorkAreNamedBeforeAnythingConnects) {
+  Certificates certs;
+  ASSERT_TRUE(certs.ok()) << "openssl failed";
+  const std::string cert = certs.File("server.pem"), key = certs.File("server.key");
+  const std::pair<std::vector<std::string>, std::string> server_cases[] = {
+      {{"--tls_cert=" + cert, "--tls_key=" + certs.File("client.key")},
+       "tls key_file \"" + certs.File("client.key") +
+           "\" is not the private key of the first certificate in tls "
+           "cert_file \"" +
+           cert + "\""},
+      {{"--tls_cert=" + cert, "--tls_key=" + certs.File("encrypted.key")}, "is encrypted"},
+      {{"--tls_cert=" + certs.File("expired.pem"), "--tls_key=" + key}, "its first certificate expired on"},
+      {{"--tls_cert=" + key, "--tls_key=" + cert}, "tls cert_file \"" + key + "\" holds no PEM certificate"},
+      {{"--tls_cert=" + cert, "--tls_key=" + key, "--tls_client_ca=" + key},
+       "tls client_ca_file \"" + key + "\" holds no PEM certificate"},
+  };
+  for (const auto& [flags, message] : server_cases) {
+    std::vector<std::string> args = flags;
+    args.push_back("--check_config");
+    auto [code, log] = ServerProcess::RunToExit(args, absl::Seconds(60));
+    EXPECT_EQ(code, 1) << log;
+    EXPECT_THAT(log, HasSubstr(message)) << log;
+  }
+  auto [code, log] =
+      ServerProcess::RunToExit({"--tls_cert=" + cert, "--tls_key=" + key, "--check_config"}, absl::Seconds(60));
+  EXPECT_EQ(code, 0) << log;
+
+  const ClientOptions good{.target = "localhost:1",
+                           .tls = true,
+                           .ca_file = certs.File("ca.pem"),
+                           .cert_file = certs.File("client.pem"),
+                           .key_file = certs.File("client.key")};
+  EXPECT_THAT(AttributionClient::Connect(good), IsOk());
+  ClientOptions other_key = good, swapped = good, key_as_ca = good, encrypted = good;
+  other_key.key_file = certs.File("rogue.key");
+  swapped.cert_file = good.key_file;
+  swapped.key_file = good.cert_file;
+  key_as_ca.ca_file = good.key_file;
+  encrypted.cert_file = cert;
+  encrypted.key_file = certs.File("encrypted.key");
+  for (const auto& [options, message] :
+       {std::pair{other_key, "key_file \"" + other_key.key_file + "\" is not the private key"},
+        std::pair{swapped, "cert_file \"" + swapped.cert_file + "\" holds no PEM certificate"},
+        std::pair{key_as_ca, "ca_file \"" + key_as_ca.ca_file + "\" holds no PEM certificate"},
+        std::pair{encrypted, "key_file \"" + encrypted.key_file + "\" is encrypted"}}) {
+    EXPECT_THAT(AttributionClient::Connect(options).status(),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(message)));
+  }
 }
 
 }  // namespace

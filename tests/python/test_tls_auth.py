@@ -28,6 +28,7 @@ key client -subj /CN=client -out client.csr
 openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -out client.pem 2>/dev/null
 key rogue -subj /CN=rogue -out rogue.csr
 openssl x509 -req -in rogue.csr -CA rogue-ca.pem -CAkey rogue-ca.key -CAcreateserial -days 1 -out rogue.pem 2>/dev/null
+openssl pkey -in client.key -aes256 -passout pass:secret -out encrypted.key
 printf '# tokens\nsecret-token-1\n\nsecret-token-2\n' > tokens
 printf 'secret-token-2\n' > token-file
 """
@@ -105,6 +106,32 @@ def test_bad_transport_never_connects(certs, mtls_server, change):
     with ac.AttributionClient(options(certs, mtls_server, timeout=30, **fields)) as c:
         with pytest.raises(ac.Unavailable):
             c.list_models()
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(key_file="rogue.key"), 'cert_file ".*client.pem" / key_file ".*rogue.key": not a certificate and its private key'),
+    (dict(cert_file="client.key", key_file="client.pem"), "cert_file .* not a certificate and its private key"),
+    (dict(ca_file="client.key"), 'ca_file ".*client.key" holds no PEM certificate'),
+    (dict(key_file="encrypted.key"), 'key_file ".*encrypted.key" is encrypted')])
+def test_certificates_and_keys_that_cannot_work_are_refused_locally(certs, mtls_server, change, message):
+    """gRPC took them without a word, and every call failed UNAVAILABLE, naming no file."""
+    with pytest.raises(ValueError, match=message):
+        ac.AttributionClient(options(certs, mtls_server, **{k: str(certs / v) for k, v in change.items()}))
+
+
+def test_the_token_stays_out_of_reprs_and_type_errors(certs, mtls_server, tmp_path):
+    """Notebooks show repr(), and tracebacks reach logs: a token read in binary mode was printed whole."""
+    o = options(certs, mtls_server, bearer_token="secret-token-1")
+    assert "secret-token-1" not in repr(o)
+    with pytest.raises(TypeError) as error:
+        ac.AttributionClient(options(certs, mtls_server, bearer_token=b"secret-token-1"))
+    assert "secret-token" not in str(error.value) and "bytes" in str(error.value)
+    # The server's tokens file format: a comment first was sent as the token; a byte-order mark made it unsendable.
+    (tmp_path / "token").write_bytes(b"\xef\xbb\xbf# for prod\n\n  secret-token-2 \r\nsecret-token-1\n")
+    assert ac.read_bearer_token_file(str(tmp_path / "token")) == "secret-token-2"
+    (tmp_path / "none").write_text("# only a comment\n\n")
+    with pytest.raises(ValueError, match="holds no token"):
+        ac.read_bearer_token_file(str(tmp_path / "none"))
 
 
 def test_half_a_key_pair_is_refused_locally(certs, mtls_server):

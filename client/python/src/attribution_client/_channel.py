@@ -4,6 +4,7 @@ only (gRPC's retry policy; the C++ client retries streams too), reconnect backof
 from __future__ import annotations
 
 import json
+import ssl
 from typing import List, Optional, Tuple
 
 import grpc
@@ -71,10 +72,40 @@ def credentials(o: ClientOptions) -> Optional[grpc.ChannelCredentials]:
         return None
     if bool(o.cert_file) != bool(o.key_file):
         raise ValueError("cert_file and key_file: give both for mutual TLS, or neither")
+    _check_tls_files(o)
     return grpc.ssl_channel_credentials(
         root_certificates=_read(o.ca_file) if o.ca_file else None,
         private_key=_read(o.key_file) if o.key_file else None,
         certificate_chain=_read(o.cert_file) if o.cert_file else None)
+
+
+class _Encrypted(Exception):
+    pass
+
+
+def _no_passphrase() -> bytes:
+    raise _Encrypted()
+
+
+def _check_tls_files(o: ClientOptions) -> None:
+    """gRPC takes a file that is no certificate, or a key of another certificate, without a word; every call
+    then failed UNAVAILABLE ("Failed to create security handshaker"), naming no file. OpenSSL (Python's ssl)
+    reads them as gRPC will."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if o.ca_file:
+        try:
+            context.load_verify_locations(cafile=o.ca_file)
+        except ssl.SSLError as error:
+            raise ValueError(f'ca_file "{o.ca_file}" holds no PEM certificate that parses ({error.reason})') from None
+    if o.cert_file:
+        try:
+            context.load_cert_chain(o.cert_file, o.key_file, password=_no_passphrase)
+        except _Encrypted:
+            raise ValueError(f'key_file "{o.key_file}" is encrypted; gRPC cannot ask for its passphrase '
+                             "(`openssl pkey -in KEY -out PLAIN` writes it unencrypted)") from None
+        except ssl.SSLError as error:
+            raise ValueError(f'cert_file "{o.cert_file}" / key_file "{o.key_file}": not a certificate and its '
+                             f"private key ({error.reason})") from None
 
 
 def check(o: ClientOptions) -> None:
@@ -99,7 +130,8 @@ def _metadata_value(name: str, value: object, max_bytes: int) -> str:
     the call starts, as an INTERNAL error (a failure of the server, to the caller) after logging its own
     trace to stderr; a long value gets the connection dropped."""
     if not isinstance(value, str):
-        raise TypeError(f"{name}: must be a str, not {value!r}")
+        # The type only: the value may be a secret (a token read in binary mode), and tracebacks get logged.
+        raise TypeError(f"{name}: must be a str, not {type(value).__name__}")
     if len(value) > max_bytes:
         raise ValueError(f"{name}: {len(value)} characters, more than the {max_bytes} a call's metadata may carry")
     bad = next((i for i, c in enumerate(value) if not " " <= c <= "~"), None)

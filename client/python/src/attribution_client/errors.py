@@ -50,7 +50,7 @@ class Cancelled(AttributionError):
 
 
 class Unauthenticated(AttributionError, PermissionError):
-    """No or a wrong bearer token / client certificate."""
+    """No or a wrong bearer token. (A missing or untrusted client certificate never connects: Unavailable.)"""
 
 
 class PermissionDenied(AttributionError, PermissionError):

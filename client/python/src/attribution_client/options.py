@@ -30,7 +30,8 @@ class ClientOptions:
     cert_file: str = ""        # PEM client certificate for mutual TLS
     key_file: str = ""
     tls_server_name: str = ""  # verify the server as this name instead of the target's host
-    bearer_token: str = ""     # sent as "authorization: Bearer <token>"
+    # Sent as "authorization: Bearer <token>"; kept out of repr(), which notebooks and tracebacks show.
+    bearer_token: str = field(default="", repr=False)
     timeout: Optional[float] = 120.0  # deadline of each call in seconds (None or inf: no deadline)
     max_attempts: int = 4      # tries per unary call while the answer is UNAVAILABLE (gRPC caps it at 5)
     initial_backoff: float = 0.1
@@ -164,9 +165,12 @@ class ComponentOptions:
 
 
 def read_bearer_token_file(path: str) -> str:
-    """The bearer token on the first line of `path` (what --token_file flags name)."""
-    with open(path, encoding="utf-8") as f:
-        token = f.readline().rstrip("\r\n")
-    if not token:
-        raise ValueError(f"{path}: the first line holds no token")
-    return token
+    """The first token of `path` (what --token_file flags name), in the server's tokens-file format: blank
+    lines and lines starting with # are skipped, surrounding whitespace and a byte-order mark are not part of
+    it. A server's tokens file serves as one."""
+    with open(path, encoding="utf-8-sig") as f:
+        for line in f:
+            token = line.strip(" \t\r\n\v\f")
+            if token and not token.startswith("#"):
+                return token
+    raise ValueError(f"{path}: holds no token (blank and # lines skipped)")
