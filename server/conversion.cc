@@ -161,6 +161,7 @@ std::vector<std::string> UnreadSettings(const v1::AttributeRequest& proto, const
       {engine::kReadsSeed, "seed", proto.seed() != 0},
       {engine::kReadsSignedSaliency, "signed_saliency", proto.signed_saliency()},
       {engine::kReadsBaseline, "baseline", proto.baseline() != v1::BASELINE_UNSPECIFIED},
+      {engine::kReadsTolerance, "completeness_tolerance", proto.completeness_tolerance() != 0},
   };
   // Faithfulness curves put removed features at the baseline, whatever the method.
   const uint32_t reads = method.reads | (proto.want_faithfulness() ? engine::kReadsBaseline : 0u);
@@ -239,7 +240,10 @@ absl::Status ApplyFeatures(const v1::AttributeRequest& proto, const ServedModel&
     }
     engine::FeatureSpan span{.begin = group.token_begin(), .end = group.token_end()};
     if (group.has_baseline()) {  // set but empty deletes the span
-      ASSIGN_OR_RETURN(ResolvedInput baseline, Resolve(group.baseline(), field + ".baseline", model, false));
+      // Empty needs no tokenizer: a model without one (token ids only) refused a deletion as "takes token_ids".
+      const bool deletes = group.baseline().text().empty() && group.baseline().token_ids_size() == 0;
+      ASSIGN_OR_RETURN(ResolvedInput baseline,
+                       deletes ? ResolvedInput{} : Resolve(group.baseline(), field + ".baseline", model, false));
       baseline_growth += std::max<int64_t>(
           0, static_cast<int64_t>(baseline.encoding.ids.size()) - (group.token_end() - group.token_begin()));
       if (prompt_length + baseline_growth > MaxSequenceTokens(model)) {

@@ -80,6 +80,9 @@ absl::Status ValidateAttributionRequest(const AttributionRequest& r, const Model
   const int64_t features = r.features.empty() ? prompt : static_cast<int64_t>(r.features.size());
   if (auto s = CheckRange(features, 1, limits.max_features, "number of features"); !s.ok()) return s;
   std::vector<bool> covered(prompt, false);
+  // Saliency, input × gradient and AttnLRP read no baseline: the groups' baselines change nothing then, unless
+  // faithfulness curves put removed features at them, and are accepted as other unread settings are.
+  const bool baselines_read = (MethodOf(r.method).reads & kReadsBaseline) != 0 || r.want_faithfulness;
   int64_t baseline_growth = 0;  // tokens a row gains with every feature at its baseline
   int64_t baseline_shrink = 0;  // tokens it loses (shorter baselines; an empty one deletes its span)
   for (size_t f = 0; f < r.features.size(); ++f) {
@@ -97,6 +100,7 @@ absl::Status ValidateAttributionRequest(const AttributionRequest& r, const Model
     if (!span.baseline_ids) continue;
     const std::string field = absl::StrCat("feature_groups[", f, "].baseline");
     if (auto s = CheckTokenIds(*span.baseline_ids, field, vocab); !s.ok()) return s;
+    if (!baselines_read) continue;
     if (r.zero_embedding_baseline) {
       return absl::InvalidArgumentError(
           absl::StrCat(field, ": not used with the zero-embedding baseline, which every feature takes"));
@@ -134,10 +138,6 @@ absl::Status ValidateAttributionRequest(const AttributionRequest& r, const Model
   if (!(r.completeness_tolerance >= 0 && r.completeness_tolerance <= 1)) {
     return absl::InvalidArgumentError(
         absl::StrCat("completeness_tolerance = ", ExactNumber(r.completeness_tolerance), " is outside [0, 1]"));
-  }
-  if (r.completeness_tolerance > 0 && r.method != AttributionMethod::kIntegratedGradients) {
-    return absl::InvalidArgumentError(absl::StrCat("completeness_tolerance applies to integrated_gradients only, not ",
-                                                   AttributionMethodName(r.method)));
   }
   return MethodOf(r.method).validate(r, features, limits);
 }

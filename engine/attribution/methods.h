@@ -53,6 +53,7 @@ enum MethodSetting : uint32_t {
   kReadsSeed = 1 << 4,            // seed
   kReadsSignedSaliency = 1 << 5,  // signed_saliency
   kReadsBaseline = 1 << 6,        // baseline (gradient methods' path start, perturbations' replacement)
+  kReadsTolerance = 1 << 7,       // completeness_tolerance
 };
 
 struct Method {

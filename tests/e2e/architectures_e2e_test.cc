@@ -547,6 +547,27 @@ TEST(TokenizerlessModel, ServesTokenIdsAndRefusesText) {
   absl::StatusOr<client::Logprobs> text_target =
       (*client)->GetLogprobs({.model = "bare", .prompt_ids = prompt, .target = " yes"});
   EXPECT_THAT(text_target, StatusIs(absl::StatusCode::kFailedPrecondition));
+
+  // A group's baseline given but empty deletes the span, and needs no tokenizer: it was refused as text.
+  client::AttributeOptions deletion{.model = "bare",
+                                    .prompt_ids = prompt,
+                                    .target_ids = target,
+                                    .method = "feature_ablation",
+                                    .feature_groups = {{.token_begin = 1, .token_end = 3}}};
+  deletion.feature_groups[0].baseline_ids.emplace();
+  absl::StatusOr<client::Attribution> deleted = (*client)->Attribute(deletion);
+  ASSERT_THAT(deleted, IsOk());
+  // Deleting tokens 1 and 2 changes the target's log-prob by exactly the group's attribution.
+  std::vector<int64_t> without = {prompt[0]};
+  without.insert(without.end(), prompt.begin() + 3, prompt.end());
+  absl::StatusOr<client::Logprobs> full =
+      (*client)->GetLogprobs({.model = "bare", .prompt_ids = prompt, .target_ids = target});
+  absl::StatusOr<client::Logprobs> shorter =
+      (*client)->GetLogprobs({.model = "bare", .prompt_ids = without, .target_ids = target});
+  ASSERT_THAT(full, IsOk());
+  ASSERT_THAT(shorter, IsOk());
+  ASSERT_EQ(deleted->sequence.size(), 1u);
+  EXPECT_NEAR(deleted->sequence[0], full->total_log_prob - shorter->total_log_prob, 1e-4);
 }
 
 }  // namespace

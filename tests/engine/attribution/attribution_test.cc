@@ -607,10 +607,33 @@ TEST_F(AttributionTest, BadRequestsNameTheField) {
   r = good;
   r.completeness_tolerance = 2;
   expect(r, "completeness_tolerance");
-  r = good;
-  r.method = AttributionMethod::kSaliency;
+}
+
+// Settings a method does not read change nothing and are accepted (the answer names them), so one set of
+// settings goes with every method: a tolerance beside feature ablation, and group baselines of another length
+// or beside the zero embedding for the methods that read no baseline, were refused.
+TEST_F(AttributionTest, SettingsAMethodDoesNotReadAreAccepted) {
+  AttributionRequest r = FromCase(Case("ig_gausslegendre_token0"));
+  r.features = {{0, 2, std::vector<int64_t>{}}, {2, 3, std::vector<int64_t>{5, 6}}};
+  for (AttributionMethod method :
+       {AttributionMethod::kSaliency, AttributionMethod::kInputXGradient, AttributionMethod::kAttnLrp}) {
+    r.method = method;
+    r.zero_embedding_baseline = false;
+    EXPECT_THAT(ValidateAttributionRequest(r, model_->config(), {}), IsOk()) << AttributionMethodName(method);
+    r.zero_embedding_baseline = true;
+    EXPECT_THAT(ValidateAttributionRequest(r, model_->config(), {}), IsOk()) << AttributionMethodName(method);
+  }
+  r.zero_embedding_baseline = false;
+  r.want_faithfulness = true;  // its curves put removed features at the groups' baselines
+  EXPECT_THAT(ValidateAttributionRequest(r, model_->config(), {}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("one baseline token per position")));
+  r = FromCase(Case("ig_gausslegendre_token0"));
   r.completeness_tolerance = 0.01;
-  expect(r, "completeness_tolerance");
+  for (AttributionMethod method :
+       {AttributionMethod::kFeatureAblation, AttributionMethod::kSaliency, AttributionMethod::kGradientShap}) {
+    r.method = method;
+    EXPECT_THAT(ValidateAttributionRequest(r, model_->config(), {}), IsOk()) << AttributionMethodName(method);
+  }
 }
 
 TEST(MethodTable, EveryMethodDeclaresItsFamilyAndItsParts) {
