@@ -17,6 +17,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -133,10 +134,21 @@ absl::StatusOr<json> MergeSettings(const json& base, const json& overrides, cons
                        expected.is_number_integer() ? "an integer" : absl::StrCat("a ", expected.type_name())));
     }
     if (absl::Status range = CheckIntegerRange(key, value, where); !range.ok()) return range;
+    if (key == "baseline") {
+      if (absl::Status id = CheckBaselineTokenId(value.get<std::string>(), where); !id.ok()) return id;
+    }
     // In the default's type: the digest sees the text, and "stdev": 1 must hash as --stdev=1 (1.0) does.
     merged[key] = expected.is_number_float() ? json(value.get<double>()) : value;
   }
   return merged;
+}
+
+absl::Status CheckBaselineTokenId(const std::string& baseline, const std::string& where) {
+  int64_t id = 0;
+  if (!absl::SimpleAtoi(baseline, &id) || absl::StrCat(id) == baseline) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(where, ": baseline \"", baseline,
+                                                 "\": write a token id as its decimal digits (0, 42), without a sign, "
+                                                 "spaces or leading zeros"));
 }
 
 absl::StatusOr<json> RowSettings(const json& job, const BatchRow& row, const std::string& where) {
@@ -337,7 +349,9 @@ absl::Status WriteResultsParquet(const std::string& results_path, const std::str
   };
   absl::StatusOr<LineReader> in = LineReader::Open(results_path);
   if (!in.ok()) return in.status();
-  absl::StatusOr<std::unique_ptr<AtomicFileWriter>> out = AtomicFileWriter::Create(parquet_path);
+  // PATH.tmp, not a temporary of its own: a job killed while it writes the table leaves one stray file, which
+  // the next run takes over, not one more per kill.
+  absl::StatusOr<std::unique_ptr<AtomicFileWriter>> out = AtomicFileWriter::CreateAlone(parquet_path);
   if (!out.ok()) return out.status();
   ParquetWriter table(
       kColumns, [&out](absl::string_view bytes) { return (*out)->Write(bytes); }, limits);
@@ -348,6 +362,7 @@ absl::Status WriteResultsParquet(const std::string& results_path, const std::str
     if (!more.ok()) return more.status();
     if (!*more) break;
     const std::string where = absl::StrCat(results_path, ":", line.number);
+    if (line.holds_nul) return NulByteError(where);
     absl::StatusOr<json> parsed = ParseJson(line.text, where);
     if (!parsed.ok()) return absl::DataLossError(parsed.status().message());
     if (!parsed->is_object()) return absl::DataLossError(absl::StrCat(where, ": not a result line"));

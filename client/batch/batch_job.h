@@ -51,6 +51,11 @@ nlohmann::json JobDefaults();
 absl::StatusOr<nlohmann::json> MergeSettings(const nlohmann::json& base, const nlohmann::json& overrides,
                                              const std::string& where);
 
+// INVALID_ARGUMENT naming `where` when `baseline` reads as a token id but is not its decimal text ("00", "-0",
+// "+5", " 5"): the servers run such spellings as the id, but the settings hash their text, so one job's resume
+// with "0" was refused as another job's. Every baseline setting (flag, job file, row) goes through it.
+absl::Status CheckBaselineTokenId(const std::string& baseline, const std::string& where);
+
 // The settings `row` runs with: its own over the job's (MergeSettings, `where` naming them in errors). A
 // component row's rule "default" becomes the rule the server runs for it, "gausslegendre": its request
 // carries no tolerance, where an attribution row's "default" with a tolerance is Fejér's second rule, and the

@@ -234,14 +234,12 @@ std::string SettingRangeError(const CommandLine& line, const json& settings, con
     return absl::StrCat(SettingSource(line, "tolerance", "completeness_tolerance"), ": ", ExactNumber(tolerance),
                         " is outside [0, 1]");
   }
-  // UnknownNameError has checked the method's name; "ig" is integrated_gradients' other name.
-  if (const std::string method = absl::AsciiStrToLower(settings["method"].get<std::string>());
-      tolerance > 0 && method != "integrated_gradients" && method != "ig") {
-    return absl::StrCat(SettingSource(line, "tolerance", "completeness_tolerance"),
-                        ": applies to integrated_gradients only, not ", method);
+  const std::string baseline = settings["baseline"].get<std::string>();
+  if (absl::Status id = CheckBaselineTokenId(baseline, SettingSource(line, "baseline", "baseline")); !id.ok()) {
+    return std::string(id.message());
   }
   int64_t token = 0;
-  const bool token_id = absl::SimpleAtoi(settings["baseline"].get<std::string>(), &token);
+  const bool token_id = absl::SimpleAtoi(baseline, &token);
   if (token_id && token < 0) {
     return absl::StrCat(SettingSource(line, "baseline", "baseline"), ": token id ", token, " is below 0");
   }
@@ -358,6 +356,9 @@ std::vector<JobFile> JobFiles(std::vector<JobFile> inputs, bool job) {
     inputs.push_back({"--output's lock file", output + ".lock", true});
   }
   inputs.push_back({"--parquet", absl::GetFlag(FLAGS_parquet), true});
+  if (!absl::GetFlag(FLAGS_parquet).empty()) {
+    inputs.push_back({"--parquet's temporary file", absl::GetFlag(FLAGS_parquet) + ".tmp", true});
+  }
   if (!absl::GetFlag(FLAGS_html).empty())
     inputs.push_back({"--html index", absl::GetFlag(FLAGS_html) + "/index.html", true});
   return inputs;
@@ -369,7 +370,10 @@ absl::Status CheckReportsWritable() {
   // Destroyed uncommitted, a probe removes its temporary. The table first: a refusal then leaves no folder.
   const auto probe = [](const std::string& path) { return AtomicFileWriter::Create(path).status(); };
   if (!absl::GetFlag(FLAGS_parquet).empty()) {
-    if (absl::Status table = probe(absl::GetFlag(FLAGS_parquet)); !table.ok()) return table;
+    // As the table is written (WriteResultsParquet): through PARQUET.tmp.
+    if (absl::Status table = AtomicFileWriter::CreateAlone(absl::GetFlag(FLAGS_parquet)).status(); !table.ok()) {
+      return table;
+    }
   }
   if (absl::GetFlag(FLAGS_html).empty()) return absl::OkStatus();
   if (absl::Status made = MakeReportDirectory(absl::GetFlag(FLAGS_html)); !made.ok()) return made;
@@ -389,6 +393,17 @@ absl::Status WriteHtmlIndex() {
   return absl::OkStatus();
 }
 
+// A usage error (exit 2) when --output is in --html's rows/ folder, where a row's page (ID-HASH.html) may
+// replace it; "" otherwise.
+std::string RowPagesError() {
+  if (absl::GetFlag(FLAGS_html).empty()) return "";
+  const std::string rows = absl::GetFlag(FLAGS_html) + "/rows";
+  const std::string output = ResolvedPath(absl::GetFlag(FLAGS_output));
+  if (!SameFile(output.substr(0, output.find_last_of('/')), rows)) return "";
+  return absl::StrCat("--output ", absl::GetFlag(FLAGS_output), " is in --html's folder of row pages (", rows,
+                      "), which the job writes a page per row into: write the results elsewhere");
+}
+
 int Run(const CommandLine& line) {
   if (absl::GetFlag(FLAGS_input).empty() || absl::GetFlag(FLAGS_output).empty()) {
     std::fprintf(stderr, "attribution-batch: give --input and --output (see --help)\n");
@@ -402,6 +417,12 @@ int Run(const CommandLine& line) {
       !error.empty()) {
     return UsageError(error);
   }
+  // Before any call, as ResultLog::Open checks it again under the lock: a directory or a device (/dev/zero,
+  // read without end) found after the servers were asked.
+  if (absl::Status results = CheckResultsFile(absl::GetFlag(FLAGS_output), "--output"); !results.ok()) {
+    return Failed(results);
+  }
+  if (const std::string error = RowPagesError(); !error.empty()) return UsageError(error);
   // This shard's rows (FlagValueError checked the shard flags), read again one by one as they run.
   absl::StatusOr<std::unique_ptr<InputRows>> rows =
       InputRows::Open(absl::GetFlag(FLAGS_input), absl::GetFlag(FLAGS_shard_index), absl::GetFlag(FLAGS_shard_count));
@@ -481,7 +502,16 @@ class ShardResults {
     std::sort(by_id_.begin(), by_id_.end());
   }
 
-  absl::Status Add(const std::string& file) {
+  // `what` names the file in messages ("shard file 2").
+  absl::Status Add(const std::string& file, const std::string& what) {
+    // A device or a pipe is no shard: /dev/zero is one line without end, a FIFO blocks its opening, and lines
+    // are copied later by offset. (A directory is "cannot read ...: Is a directory", as its first read says.)
+    if (struct stat info; ::stat(file.c_str(), &info) == 0 && !S_ISREG(info.st_mode) && !S_ISDIR(info.st_mode)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          what, " ", file,
+          ": not a regular file (a device or a pipe): merge reads shards twice, by offset; write the shard to a "
+          "file first"));
+    }
     absl::StatusOr<LineReader> in = LineReader::Open(file);
     if (!in.ok()) return in.status();
     absl::StatusOr<FileIdentity> before = in->identity();
@@ -492,7 +522,7 @@ class ShardResults {
       absl::StatusOr<bool> more = in->Next(line);
       if (!more.ok()) return more.status();
       if (!*more) break;
-      if (line.text.empty()) continue;
+      if (line.length == 0) continue;
       // The last line without its newline: cut short as its job was killed, never a result.
       if (!line.complete) {
         return absl::FailedPreconditionError(
@@ -500,6 +530,7 @@ class ShardResults {
                          ": the shard ends in a partial line (its job was interrupted): run that shard's command "
                          "again to complete it, then merge"));
       }
+      if (line.holds_nul) return NulByteError(absl::StrCat(file, ":", line.number));
       if (absl::Status added = AddLine(line, shard); !added.ok()) return added;
     }
     absl::StatusOr<FileIdentity> after = in->identity();
@@ -660,14 +691,14 @@ int Merge(const std::vector<std::string>& shard_files) {
   }
   // The merged file replaces --output by rename(2), which would leave its other names (hard links) with the
   // old results, and a job resuming through one of them would not share the lock of a job on another.
-  if (absl::Status one_name = CheckOneName(absl::GetFlag(FLAGS_output), "--output"); !one_name.ok()) {
+  if (absl::Status one_name = CheckResultsFile(absl::GetFlag(FLAGS_output), "--output"); !one_name.ok()) {
     return Failed(one_name);
   }
   absl::StatusOr<std::unique_ptr<InputRows>> rows = InputRows::Open(absl::GetFlag(FLAGS_input));
   if (!rows.ok()) return Failed(rows.status());
   ShardResults results(**rows);
-  for (const std::string& file : shard_files) {
-    if (absl::Status added = results.Add(file); !added.ok()) return Failed(added);
+  for (size_t i = 0; i < shard_files.size(); ++i) {
+    if (absl::Status added = results.Add(shard_files[i], inputs[i + 1].what); !added.ok()) return Failed(added);
   }
   if (absl::Status writable = CheckReportsWritable(); !writable.ok()) return Failed(writable);
   if (absl::Status written = results.WriteInInputOrder(absl::GetFlag(FLAGS_output)); !written.ok()) {

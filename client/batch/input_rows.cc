@@ -308,12 +308,25 @@ absl::StatusOr<BatchRow> RowFromJson(const json& object, const std::string& wher
   return row;
 }
 
-// The header of a CSV file: refused when a column repeats, which would silently lose one of its cells.
+// The header of a CSV file: refused when a column repeats, which would silently lose one of its cells, or is not
+// a column rows have (" prompt", "ID", an empty name of a trailing comma), which failed only at the first row, as
+// an unknown "key" on line 2, or never, in a file without rows.
 absl::Status CheckHeader(const CsvRecord& header, const std::string& path) {
-  const std::optional<std::pair<size_t, size_t>> repeat = FirstRepeat(header.fields);
-  if (!repeat) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(path, ":", header.line, ": column \"", header.fields[repeat->first],
-                                                 "\" repeats column ", repeat->second + 1, " of the header"));
+  if (const std::optional<std::pair<size_t, size_t>> repeat = FirstRepeat(header.fields)) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ":", header.line, ": column \"", header.fields[repeat->first],
+                                                   "\" repeats column ", repeat->second + 1, " of the header"));
+  }
+  static const std::vector<std::string> kColumns = {"id",    "prompt",    "target", "choices",     "label",
+                                                    "clean", "corrupted", "answer", "wrong_answer"};
+  for (size_t c = 0; c < header.fields.size(); ++c) {
+    const std::string& name = header.fields[c];
+    if (std::find(kColumns.begin(), kColumns.end(), name) != kColumns.end()) continue;
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ":", header.line, ": column ", c + 1, " of the header, \"", name,
+        "\", is not a column rows have (id, prompt, target, choices, label; component rows: clean, corrupted, "
+        "answer, wrong_answer; names are lower case, without spaces)"));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<BatchRow> RowFromCsv(const std::vector<std::string>& header, const std::vector<std::string>& fields,

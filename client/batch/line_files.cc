@@ -2,6 +2,7 @@
 #include "client/batch/line_files.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -58,12 +59,28 @@ LineReader::~LineReader() {
 }
 
 absl::StatusOr<bool> LineReader::Next(Line& line) {
-  size_t newline = buffer_.find('\n', buffer_begin_);
-  while (newline == std::string::npos && !end_) {
+  size_t searched = buffer_begin_;
+  size_t newline = std::string::npos;
+  size_t nul = std::string::npos;  // the line's first NUL byte, once seen
+  int64_t skipped = 0;             // bytes of the line after its NUL, read and not kept
+  for (;;) {
+    newline = buffer_.find('\n', searched);
+    if (nul == std::string::npos) {
+      const size_t found = buffer_.find('\0', searched);
+      if (found < newline) nul = found;
+    }
+    if (newline != std::string::npos || end_) break;
+    // Past a NUL the line is damaged, whatever follows: what follows is skipped, so a tail of zeros is read in
+    // a buffer's memory, not its own size.
+    if (nul != std::string::npos) {
+      skipped += static_cast<int64_t>(buffer_.size() - nul - 1);
+      buffer_.resize(nul + 1);
+    }
     // Keep only the unread part, then read more behind it: the buffer grows only as long as one line.
     buffer_.erase(0, buffer_begin_);
+    if (nul != std::string::npos) nul -= buffer_begin_;
     buffer_begin_ = 0;
-    const size_t searched = buffer_.size();
+    searched = buffer_.size();
     buffer_.resize(searched + kBufferBytes);
     ssize_t n;
     do {
@@ -76,18 +93,25 @@ absl::StatusOr<bool> LineReader::Next(Line& line) {
     }
     buffer_.resize(searched + static_cast<size_t>(n));
     end_ = n == 0;
-    newline = buffer_.find('\n', searched);
   }
   if (buffer_begin_ == buffer_.size()) return false;
   const size_t end = newline == std::string::npos ? buffer_.size() : newline;
-  line.text.assign(buffer_, buffer_begin_, end - buffer_begin_);
+  line.text.assign(buffer_, buffer_begin_, (nul == std::string::npos ? end : nul) - buffer_begin_);
   line.offset = offset_;
   line.number = ++number_;
   line.complete = newline != std::string::npos;
+  line.holds_nul = nul != std::string::npos;
+  line.length = static_cast<int64_t>(end - buffer_begin_) + skipped;
   const size_t consumed = end - buffer_begin_ + (line.complete ? 1 : 0);
   buffer_begin_ += consumed;
-  offset_ += static_cast<int64_t>(consumed);
+  offset_ += static_cast<int64_t>(consumed) + skipped;
   return true;
+}
+
+absl::Status NulByteError(const std::string& where) {
+  return absl::DataLossError(absl::StrCat(where,
+                                          ": the line holds a NUL byte, which no result line does: the file is "
+                                          "damaged there (the zero-filled tail a crash of the machine leaves?)"));
 }
 
 absl::Status WriteAllBytes(int fd, absl::string_view bytes, const std::string& path) {
@@ -153,10 +177,42 @@ absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::CreateWhileL
   return std::unique_ptr<AtomicFileWriter>(new AtomicFileWriter(path, std::move(temporary), fd));
 }
 
+absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::CreateAlone(const std::string& given) {
+  const std::string path = RealFilePath(given);
+  if (absl::Status replaceable = CheckReplaceable(path); !replaceable.ok()) return replaceable;
+  const std::string temporary = path + ".tmp";
+  // The lock is the open file's: one opened just before another writer renamed it over `path` is that file
+  // now, so the lock counts only while `temporary` still names the file locked.
+  for (;;) {
+    const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) return FileError("cannot create", temporary, errno);
+    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      const int error = errno;
+      ::close(fd);
+      if (error != EWOULDBLOCK) return FileError("cannot lock", temporary, error);
+      return absl::FailedPreconditionError(absl::StrCat(path, ": another job is writing this file now (through ",
+                                                        temporary, "): let it finish, or write to another file"));
+    }
+    struct stat opened, named;
+    if (::fstat(fd, &opened) == 0 && ::stat(temporary.c_str(), &named) == 0 && opened.st_dev == named.st_dev &&
+        opened.st_ino == named.st_ino) {
+      // What a writer killed before its Commit left is overwritten.
+      if (::ftruncate(fd, 0) != 0) {
+        const int error = errno;
+        ::close(fd);
+        return FileError("cannot write", temporary, error);
+      }
+      return std::unique_ptr<AtomicFileWriter>(new AtomicFileWriter(path, temporary, fd));
+    }
+    ::close(fd);
+  }
+}
+
 AtomicFileWriter::~AtomicFileWriter() {
   if (fd_ < 0) return;
-  ::close(fd_);
+  // Removed before it is closed: CreateAlone's lock is held until the name is gone.
   ::unlink(temporary_.c_str());
+  ::close(fd_);
 }
 
 absl::Status AtomicFileWriter::Write(absl::string_view bytes) {
@@ -172,23 +228,20 @@ absl::Status AtomicFileWriter::Copy(int from_fd, const std::string& from, int64_
 absl::Status AtomicFileWriter::Commit() {
   const int fd = std::exchange(fd_, -1);
   // Without the sync a crash of the machine can leave the renamed file empty (ext4 and XFS order the rename
-  // before the data otherwise).
+  // before the data otherwise). Closed after the rename: CreateAlone's lock covers the temporary until then.
   if (::fsync(fd) != 0) {
     const int error = errno;
+    ::unlink(temporary_.c_str());
     ::close(fd);
-    ::unlink(temporary_.c_str());
-    return FileError("cannot write", temporary_, error);
-  }
-  if (::close(fd) != 0) {
-    const int error = errno;
-    ::unlink(temporary_.c_str());
     return FileError("cannot write", temporary_, error);
   }
   if (std::rename(temporary_.c_str(), path_.c_str()) != 0) {
     const int error = errno;
     ::unlink(temporary_.c_str());
+    ::close(fd);
     return FileError("cannot rename over", path_, error);
   }
+  if (::close(fd) != 0) return FileError("cannot write", path_, errno);
   return absl::OkStatus();
 }
 

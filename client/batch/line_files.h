@@ -26,6 +26,10 @@ struct Line {
   int64_t offset = 0;     // of its first byte in the file
   int64_t number = 0;     // 1-based
   bool complete = false;  // false: the file ends before its newline (a write cut short by a kill)
+  // A NUL byte in the line: `text` ends before it, and the rest of the line was skipped, not kept. No line this
+  // tool writes holds one (JSON escapes it); a crash's zero-filled tail does, and can be gigabytes long.
+  bool holds_nul = false;
+  int64_t length = 0;  // its bytes in the file, without its newline (more than text's with holds_nul)
 };
 
 // Which file an open descriptor reads, and in what state: a file replaced (renamed over) or written to since
@@ -38,7 +42,8 @@ struct FileIdentity {
 // INTERNAL naming `path` when fstat(2) fails.
 absl::StatusOr<FileIdentity> IdentityOfOpenFile(int fd, const std::string& path);
 
-// A file's lines through a fixed buffer: what it holds is one line and 64 KiB, whatever the file's size.
+// A file's lines through a fixed buffer: what it holds is one line and 64 KiB, whatever the file's size (of a
+// line that holds a NUL byte, only what comes before the NUL).
 class LineReader {
  public:
   // NOT_FOUND "cannot read PATH: why" when the file cannot be opened (its errno in *error when given).
@@ -65,6 +70,10 @@ class LineReader {
   bool end_ = false;
 };
 
+// DATA_LOSS naming `where` (FILE:LINE) for a line that holds a NUL byte (Line::holds_nul): damaged, not a
+// result line.
+absl::Status NulByteError(const std::string& where);
+
 // Appends `length` bytes at `offset` of `from_fd` to `to_fd` (pread and write through a bounded buffer).
 // INTERNAL naming the file when a read or write fails, DATA_LOSS when `from` is shorter than that.
 absl::Status CopyFileBytes(int from_fd, const std::string& from, int64_t offset, int64_t length, int to_fd,
@@ -79,11 +88,16 @@ class AtomicFileWriter {
   // For a file only its lock's holder writes (a results file): the temporary is PATH.tmp, which the next
   // holder overwrites, so a writer killed before its Commit leaves one stray file at most, not one per kill.
   static absl::StatusOr<std::unique_ptr<AtomicFileWriter>> CreateWhileLocked(const std::string& path);
+  // For a file written at the end of a job (a Parquet table), by no lock's holder: the temporary is PATH.tmp too,
+  // locked (flock) while this writer lives, so a writer killed before its Commit leaves one stray file at most,
+  // which the next writer takes over; FAILED_PRECONDITION while another writer holds it.
+  static absl::StatusOr<std::unique_ptr<AtomicFileWriter>> CreateAlone(const std::string& path);
   ~AtomicFileWriter();
   AtomicFileWriter(const AtomicFileWriter&) = delete;
   AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
 
   absl::Status Write(absl::string_view bytes);
+
   // Appends `length` bytes at `offset` of the open file `from_fd` (`from` in messages).
   absl::Status Copy(int from_fd, const std::string& from, int64_t offset, int64_t length);
   int64_t size() const { return size_; }

@@ -109,10 +109,23 @@ absl::StatusOr<int> LockResults(const std::string& path) {
 
 }  // namespace
 
-absl::Status CheckOneName(const std::string& path, absl::string_view what) {
+absl::Status CheckResultsFile(const std::string& path, absl::string_view what) {
   struct stat info;
   if (::stat(path.c_str(), &info) != 0) {
     return errno == ENOENT ? absl::OkStatus() : FileError("cannot read", path, errno);
+  }
+  // Before the names: a directory always has several.
+  if (S_ISDIR(info.st_mode)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, ": ", what, " is a directory: name a file (in it, or beside it) for the results"));
+  }
+  // A device or a pipe is read and written without end (/dev/zero), never fills (/dev/full) or blocks (a FIFO):
+  // results are resumed, rewritten and renamed over, which only a file allows.
+  if (!S_ISREG(info.st_mode)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        path, ": ", what,
+        " is not a regular file (a device or a pipe): results are read again and replaced, so write them to a "
+        "file"));
   }
   if (info.st_nlink <= 1) return absl::OkStatus();
   return absl::FailedPreconditionError(absl::StrCat(
@@ -172,11 +185,13 @@ absl::Status CheckResultIsOfRow(const DoneRow& result, const BatchRow& row, cons
 
 absl::StatusOr<std::unique_ptr<ResultLog>> ResultLog::Open(const std::string& path) {
   const std::string file = RealFilePath(path);
+  // Checked before the lock too: no PATH.lock is left beside a directory's or a device's name (/dev/zero.lock).
+  if (absl::Status regular = CheckResultsFile(file, "the results file"); !regular.ok()) return regular;
   absl::StatusOr<int> lock_fd = LockResults(file);
   if (!lock_fd.ok()) return lock_fd.status();
   // Checked with the lock held: of two jobs on one file's two names, the one that checks second sees both
   // names whenever the link was made before it, and stops.
-  if (absl::Status one_name = CheckOneName(file, "the results file"); !one_name.ok()) {
+  if (absl::Status one_name = CheckResultsFile(file, "the results file"); !one_name.ok()) {
     ::close(*lock_fd);
     return one_name;
   }
@@ -199,10 +214,11 @@ absl::StatusOr<std::unique_ptr<ResultLog>> ResultLog::OpenLocked(const std::stri
     absl::StatusOr<bool> more = in->Next(line);
     if (!more.ok()) return more.status();
     if (!*more) break;
-    if (!line.complete) {  // cut short by a kill: never counted as done
+    if (!line.complete) {  // cut short by a kill (or zeros a crash left): never counted as done
       rewrite = true;
       break;
     }
+    if (line.holds_nul) return NulByteError(absl::StrCat(path, ":", line.number));
     // A blank line (left by an edit) holds no result: dropped, as merge passes over it; it stopped the resume
     // as "not valid JSON".
     if (absl::StripAsciiWhitespace(line.text).empty()) {

@@ -10,9 +10,9 @@
 // line is (offset, length), never its text, and rewrites copy kept lines from the old file by offset.
 // One job at a time writes a results file: Open takes an exclusive flock(2) on PATH.lock (not on the file,
 // which Rewrite replaces) and holds it until the ResultLog is destroyed; the lock file stays behind. A file
-// of several names (hard links) is refused (CheckOneName): a lock by name cannot cover its other names. PATH is
-// the real file a given path names (RealFilePath: through symbolic links), so a job writing through a link
-// and one writing the file itself exclude each other, and a rewrite replaces the file, not the link.
+// of several names (hard links), or that is no regular file, is refused (CheckResultsFile): a lock by name cannot cover
+// its other names. PATH is the real file a given path names (RealFilePath: through symbolic links), so a job writing
+// through a link and one writing the file itself exclude each other, and a rewrite replaces the file, not the link.
 //
 //   ASSIGN_OR_RETURN(auto log, ResultLog::Open("out.jsonl"));
 //   if (!log->done().contains(row.id)) ... RETURN_IF_ERROR(log->Append({line}));
@@ -76,10 +76,11 @@ absl::StatusOr<DoneRow> ParseResultLine(const std::string& line, const std::stri
 // own settings changed since.
 absl::Status CheckResultIsOfRow(const DoneRow& result, const BatchRow& row, const std::string& where);
 
-// FAILED_PRECONDITION naming `path` (`what`: "the results file", ...) when the file there has more than one name
-// (hard links): the lock is PATH.lock by name, so jobs writing one file by two names would both run and
-// write its rows twice, and a rewrite (rename(2)) would replace one name only. OK when there is no file.
-absl::Status CheckOneName(const std::string& path, absl::string_view what);
+// FAILED_PRECONDITION naming `path` (`what`: "the results file", "--output", ...) when what is there is a
+// directory or not a regular file (a device, a pipe), or a file of more than one name (hard links): the lock is
+// PATH.lock by name, so jobs writing one file by two names would both run and write its rows twice, and a
+// rewrite (rename(2)) would replace one name only. OK when there is no file.
+absl::Status CheckResultsFile(const std::string& path, absl::string_view what);
 
 // Not thread-safe: one writer.
 class ResultLog {

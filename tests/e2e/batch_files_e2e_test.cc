@@ -4,6 +4,7 @@
 // read back by pyarrow; the settings hash of jobs written before later settings existed.
 
 #include <netinet/in.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -634,6 +635,92 @@ TEST(BatchResults, TwoResultsOfOneRowAreRefusedNamingBothLines) {
   EXPECT_THAT(
       client::batch::ResultLog::Open(output).status(),
       StatusIs(absl::StatusCode::kDataLoss, HasSubstr(output + ":3: row \"r0\" already has a result on line 1")));
+}
+
+// An --output (or merge --output) that is a directory says so; one that is a device or a pipe is refused before
+// anything reads it, naming the flag; so is a shard that is one. Before, a directory "had 2 names (hard
+// links)", /dev/zero was read without end (16 GB), /dev/full died of std::bad_alloc and a FIFO hung.
+TEST(BatchCommandLine, AnOutputOrShardThatIsNoFileIsRefusedSayingWhatItIs) {
+  TempDir dir;
+  const std::string input = dir.File("rows.jsonl"), folder = dir.File("folder"), fifo = dir.File("fifo"),
+                    log = dir.File("log");
+  WriteTwoRowInput(input);
+  ASSERT_EQ(::mkdir(folder.c_str(), 0755), 0);
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0644), 0);
+  std::ofstream(dir.File("s0.jsonl")) << ShardLine("r0", "h") << "\n";
+  const std::string server = "--server=127.0.0.1:1";
+  EXPECT_EQ(RunBatch({"--input=" + input, "--output=" + folder, server}, log), 1);
+  EXPECT_THAT(ReadFile(log), HasSubstr(folder + ": --output is a directory"));
+  EXPECT_EQ(RunBatch({"merge", "--input=" + input, "--output=" + folder, dir.File("s0.jsonl")}, dir.File("merge_log")),
+            1);
+  EXPECT_THAT(ReadFile(dir.File("merge_log")), HasSubstr(folder + ": --output is a directory"));
+  for (const std::string& device : {std::string("/dev/zero"), std::string("/dev/full"), fifo}) {
+    EXPECT_EQ(RunBatch({"--input=" + input, "--output=" + device, server}, log), 1);
+    EXPECT_THAT(ReadFile(log), HasSubstr(device + ": --output is not a regular file")) << device;
+    EXPECT_EQ(
+        RunBatch({"merge", "--input=" + input, "--output=" + dir.File("m.jsonl"), dir.File("s0.jsonl"), device}, log),
+        1);
+    EXPECT_THAT(ReadFile(log), HasSubstr("shard file 2 " + device + ": not a regular file")) << device;
+  }
+  EXPECT_FALSE(std::ifstream(dir.File("m.jsonl")).good());
+}
+
+// A shard with zeros inside a line (a crash's damage) is refused naming the line, read in bounded memory.
+TEST(BatchMerge, AShardLineHoldingNulBytesIsRefusedNamingIt) {
+  TempDir dir;
+  const std::string input = dir.File("rows.jsonl"), log = dir.File("log");
+  WriteTwoRowInput(input);
+  std::ofstream(dir.File("s0.jsonl"), std::ios::binary) << ShardLine("r0", "h") << std::string(1000, '\0') << "\n"
+                                                        << ShardLine("r1", "h") << "\n";
+  EXPECT_EQ(RunBatch({"merge", "--input=" + input, "--output=" + dir.File("m.jsonl"), dir.File("s0.jsonl")}, log), 1);
+  EXPECT_THAT(ReadFile(log), HasSubstr(dir.File("s0.jsonl") + ":1: the line holds a NUL byte"));
+}
+
+// --parquet writes through PARQUET.tmp: what a writer killed before its rename left there is taken over, not
+// left beside one more per kill (before, each kill left a PARQUET.XXXXXX.tmp no run removed).
+TEST(BatchMerge, ParquetTakesOverTheTemporaryAKilledWriterLeft) {
+  TempDir dir;
+  const std::string input = dir.File("rows.jsonl"), table = dir.File("table.parquet"), log = dir.File("log");
+  WriteTwoRowInput(input);
+  std::ofstream(dir.File("s0.jsonl")) << ShardLine("r0", "h") << "\n" << ShardLine("r1", "h") << "\n";
+  std::ofstream(table + ".tmp") << "half a table";
+  ASSERT_EQ(RunBatch({"merge", "--input=" + input, "--output=" + dir.File("m.jsonl"), "--parquet=" + table,
+                      dir.File("s0.jsonl")},
+                     log),
+            0)
+      << ReadFile(log);
+  EXPECT_TRUE(std::ifstream(table).good());
+  EXPECT_FALSE(std::ifstream(table + ".tmp").good());
+}
+
+// A baseline token id is its decimal digits: --baseline=00 (run as 0, hashed as "00") is a usage error naming the
+// flag, as in the job file. Before, a job started so refused its resume with --baseline=0 as other settings.
+TEST(BatchSettings, ABaselineTokenIdOtherThanItsDigitsIsAUsageError) {
+  TempDir dir;
+  const std::string input = dir.File("rows.jsonl"), log = dir.File("log");
+  WriteTwoRowInput(input);
+  const std::string output = "--output=" + dir.File("out.jsonl"), server = "--server=127.0.0.1:1";
+  for (const std::string baseline : {"00", "-0", "+5"}) {
+    EXPECT_EQ(RunBatch({"--input=" + input, output, server, "--baseline=" + baseline}, log), 2) << baseline;
+    EXPECT_THAT(ReadFile(log), HasSubstr("--baseline: baseline \"" + baseline + "\": write a token id as its decimal"));
+  }
+  std::ofstream(dir.File("job.json")) << R"({"baseline": "00"})";
+  EXPECT_EQ(RunBatch({"--input=" + input, output, server, "--job=" + dir.File("job.json")}, log), 2);
+  EXPECT_THAT(ReadFile(log), HasSubstr("--job " + dir.File("job.json") + ": baseline \"00\": write a token id"));
+}
+
+// An --output in --html's rows/ folder would be replaced by a row's page: a usage error.
+TEST(BatchCommandLine, AnOutputAmongTheRowPagesIsAUsageError) {
+  TempDir dir;
+  const std::string input = dir.File("rows.jsonl"), html = dir.File("html"), log = dir.File("log");
+  WriteTwoRowInput(input);
+  ASSERT_EQ(::mkdir(html.c_str(), 0755), 0);
+  ASSERT_EQ(::mkdir((html + "/rows").c_str(), 0755), 0);
+  EXPECT_EQ(
+      RunBatch({"--input=" + input, "--output=" + html + "/rows/r0.html", "--html=" + html, "--server=127.0.0.1:1"},
+               log),
+      2);
+  EXPECT_THAT(ReadFile(log), HasSubstr("is in --html's folder of row pages"));
 }
 
 }  // namespace

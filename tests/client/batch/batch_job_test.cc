@@ -168,5 +168,20 @@ TEST(ComponentRows, TheWrongAnswerIsSentWithTheDifferenceMetricsOnly) {
   }
 }
 
+// A token id is its decimal digits: "00", "-0", "+5" and " 5" run as ids 0 and 5 but hash as their text, so a job
+// started with --baseline=00 refused its resume with --baseline=0 as other settings. The job file and rows'
+// settings pass MergeSettings; the flags SettingRangeError (batch_files_e2e_test).
+TEST(MergeSettings, ABaselineTokenIdIsItsDecimalDigitsOnly) {
+  for (const std::string baseline : {"00", "-0", "+5", " 5", "007"}) {
+    EXPECT_THAT(MergeSettings(JobDefaults(), {{"baseline", baseline}}, "--job job.json").status(),
+                StatusIs(absl::StatusCode::kInvalidArgument,
+                         HasSubstr("--job job.json: baseline \"" + baseline + "\": write a token id as its decimal")))
+        << baseline;
+  }
+  for (const std::string baseline : {"0", "5", "50256", "-5", "zero", "default"}) {
+    EXPECT_THAT(MergeSettings(JobDefaults(), {{"baseline", baseline}}, "row"), IsOk()) << baseline;
+  }
+}
+
 }  // namespace
 }  // namespace attribution::client::batch

@@ -13,6 +13,8 @@
 #include <cstdio>
 #include <fstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -242,6 +244,25 @@ TEST(InputRows, ComponentRowsAndRowsOfBothKindsAtOnce) {
     EXPECT_THAT(ReadRows(Write(dir, "rows.jsonl", row + "\n")).status(),
                 StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(message)))
         << row;
+  }
+}
+
+// Every header name must be a column rows have: refused at line 1 naming it, with no rows too. Before, "ID" failed
+// at the first row as an unknown "key" on line 2, and a file without rows passed with 0 rows.
+TEST(InputRows, AHeaderNameThatIsNoColumnIsRefusedAtTheHeader) {
+  TempDir dir;
+  for (const auto& [header, column] :
+       std::vector<std::pair<std::string, std::string>>{{"ID,Prompt,Target\n", "column 1 of the header, \"ID\","},
+                                                        {"id, prompt\n", "column 2 of the header, \" prompt\","},
+                                                        {"id,prompt,\n", "column 3 of the header, \"\","},
+                                                        {"id,,prompt\n", "column 2 of the header, \"\","}}) {
+    const std::string path = Write(dir, "rows.csv", header);
+    EXPECT_THAT(InputRows::Open(path).status(),
+                StatusIs(absl::StatusCode::kInvalidArgument,
+                         HasSubstr("rows.csv:1: " + column + " is not a column rows have (id, prompt")))
+        << header;
+    EXPECT_THAT(InputRows::Open(Write(dir, "rows.csv", header + "a,b,c\n")).status(),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("rows.csv:1: ")));
   }
 }
 

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -121,6 +122,45 @@ TEST(AtomicFileWriter, CopiesLinesByOffsetAndReplacesTheFileOnlyOnCommit) {
   ASSERT_THAT((*out)->Commit(), IsOk());
   EXPECT_EQ(ReadFile(to), "second\nnew\nfirst\n");
   ::close(fd);
+}
+
+// A crash of the machine can leave a results file with a tail of zeros gigabytes long: a line is kept only up to
+// its first NUL byte (no result line holds one), the rest skipped, so resume, merge and --parquet read such a
+// tail in a buffer's memory. Before, the whole tail was held as one line (1.65 GB to resume an 800 MB tail).
+TEST(LineReader, KeepsALineOnlyUpToItsFirstNulByte) {
+  TempDir dir;
+  const std::string path = dir.File("zeros.jsonl");
+  const std::string zeros(300000, '\0');  // several buffers' worth
+  std::ofstream(path, std::ios::binary) << "a\nb" << zeros << "c\nd" << zeros;
+  const std::vector<Line> lines = ReadLines(path);
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_FALSE(lines[0].holds_nul);
+  EXPECT_EQ(lines[1].text, "b");
+  EXPECT_TRUE(lines[1].holds_nul);
+  EXPECT_TRUE(lines[1].complete);
+  EXPECT_EQ(lines[1].length, 300002);
+  EXPECT_EQ(lines[2].offset, 300005);
+  EXPECT_EQ(lines[2].text, "d");
+  EXPECT_TRUE(lines[2].holds_nul);
+  EXPECT_FALSE(lines[2].complete);
+  EXPECT_EQ(lines[2].length, 300001);
+}
+
+// The Parquet table's writer writes through PATH.tmp, locked while it writes: what a writer killed before its
+// Commit left there is taken over, and a second writer while one writes is refused. Before, each kill left a
+// PATH.XXXXXX.tmp of its own that no later run removed.
+TEST(AtomicFileWriter, AWriterAloneTakesOverTheTemporaryALeftOneLeft) {
+  TempDir dir;
+  const std::string path = dir.File("table.parquet");
+  std::ofstream(path + ".tmp") << "left by a writer killed before its Commit";
+  absl::StatusOr<std::unique_ptr<AtomicFileWriter>> out = AtomicFileWriter::CreateAlone(path);
+  ASSERT_THAT(out, IsOk());
+  EXPECT_THAT(AtomicFileWriter::CreateAlone(path).status(),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("another job is writing this file now")));
+  ASSERT_THAT((*out)->Write("new"), IsOk());
+  ASSERT_THAT((*out)->Commit(), IsOk());
+  EXPECT_EQ(ReadFile(path), "new");
+  EXPECT_FALSE(std::ifstream(path + ".tmp").good());
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <string>
 
 #include "tests/testing/status_matchers.h"
@@ -67,6 +68,37 @@ TEST(ResultLog, RewritesCopyKeptLinesFromWhereTheyAre) {
   ASSERT_THAT((*log)->Rewrite({{.done = &done2}, {.done = &done0}}), IsOk());
   ASSERT_THAT((*log)->Append({r1_again}), IsOk());
   EXPECT_EQ(ReadFile(path), r2 + "\n" + r0 + "\n" + r1_again + "\n");
+}
+
+// A crash's zero-filled tail is a last line cut short: dropped as one, reading it in bounded memory (LineReader);
+// zeros inside the file, before a newline, are damage named by its line, not "not valid JSON".
+TEST(ResultLog, ATailOfZerosIsDroppedAndZerosInsideAreNamed) {
+  TempDir dir;
+  const std::string path = dir.File("out.jsonl");
+  const std::string line = R"({"id":"a","status":"ok"})";
+  std::ofstream(path, std::ios::binary) << line << "\n" << std::string(200000, '\0');
+  {
+    absl::StatusOr<std::unique_ptr<ResultLog>> log = ResultLog::Open(path);
+    ASSERT_THAT(log, IsOk());
+    EXPECT_EQ((*log)->done().size(), 1u);
+  }
+  EXPECT_EQ(ReadFile(path), line + "\n");
+  std::ofstream(path, std::ios::binary) << line << std::string(10, '\0') << "\n";
+  EXPECT_THAT(ResultLog::Open(path).status(),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("out.jsonl:1: the line holds a NUL byte")));
+}
+
+// A directory or a device is no results file: it says so, where before a directory "had 2 names (hard
+// links)" and /dev/zero was read without end.
+TEST(CheckResultsFile, ADirectoryOrADeviceIsRefusedSayingWhatItIs) {
+  TempDir dir;
+  EXPECT_THAT(CheckResultsFile(dir.path(), "--output"),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr(dir.path() + ": --output is a directory")));
+  EXPECT_THAT(ResultLog::Open(dir.path()).status(),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("the results file is a directory")));
+  EXPECT_THAT(CheckResultsFile("/dev/zero", "--output"),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("/dev/zero: --output is not a regular file")));
+  EXPECT_THAT(CheckResultsFile(dir.File("new.jsonl"), "--output"), IsOk());
 }
 
 }  // namespace

@@ -79,5 +79,20 @@ TEST(TerminalSafe, EscapesBidiControls) {
   EXPECT_EQ(TerminalSafe("\xe2\x80\x94 \xe2\x81\xb0 \xe2\x80\xaf"), "\xe2\x80\x94 \xe2\x81\xb0 \xe2\x80\xaf");
 }
 
+// Why a text is not JSON, where, and for invalid UTF-8 and lone surrogates that, never echoing a long text
+// whole. Before, every refusal was "not valid JSON".
+TEST(ParseJson, SaysWhereAndWhyATextIsNotJson) {
+  EXPECT_THAT(ParseJson(R"({"id": tru})", "rows.jsonl:1").status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("rows.jsonl:1: not valid JSON at byte 11: syntax error while parsing value")));
+  EXPECT_THAT(ParseJson("{\"id\": \"\xff\"}", "w").status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("UTF-8")));
+  EXPECT_THAT(ParseJson(R"({"id": "\ud800"})", "w").status(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("surrogate")));
+  const absl::Status unclosed = ParseJson("{\"id\": \"" + std::string(1 << 20, 'x'), "w").status();
+  EXPECT_THAT(unclosed, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("...")));
+  EXPECT_LT(unclosed.message().size(), 300u);
+}
+
 }  // namespace
 }  // namespace attribution::client::batch
