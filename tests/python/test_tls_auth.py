@@ -226,7 +226,7 @@ def test_strangers_calls_are_rationed_in_the_log_and_never_reach_it_raw(certs, m
 
     text, lines = mtls_server.log_lines(until=lambda lines: len(unauthenticated(lines)) >= 2)
     logged = unauthenticated(lines)
-    assert 1 <= len(logged) <= calls // 3, f"{len(logged)} lines for {calls + 1} calls"
+    assert 1 <= len(logged) <= calls // 2, f"{len(logged)} lines for {calls + 1} calls"
     assert sum(1 + line.get("like_it_not_logged", 0) for line in logged) <= calls + 1
     assert all(line["model"] == "" for line in logged)
     for raw in ("\u009b", "\u202e", "serving OK"):
@@ -236,7 +236,7 @@ def test_strangers_calls_are_rationed_in_the_log_and_never_reach_it_raw(certs, m
 def test_failed_handshakes_are_warnings_and_rationed(certs, mtls_server):
     """Junk sent to a TLS port (no handshake) wrote an ERROR line per connection: 38,152 lines in 5 s."""
     import socket
-    for _ in range(150):
+    for _ in range(200):
         with socket.create_connection(("127.0.0.1", mtls_server.port), timeout=10) as s:
             s.sendall(b"GET / HTTP/1.0\r\n\r\n")
             s.recv(100)
@@ -246,5 +246,5 @@ def test_failed_handshakes_are_warnings_and_rationed(certs, mtls_server):
 
     _, lines = mtls_server.log_lines(until=lambda lines: len(handshakes(lines)) >= 1)
     failed = handshakes(lines)
-    assert 1 <= len(failed) <= 75, f"{len(failed)} lines for 150 connections"
+    assert 1 <= len(failed) <= 140, f"{len(failed)} lines for 200 connections"
     assert {line["severity"] for line in failed} == {"WARNING"}
