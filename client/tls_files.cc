@@ -52,8 +52,9 @@ absl::StatusOr<std::vector<Certificate>> ReadCertificates(const PemFile& file) {
   absl::StatusOr<Bio> bio = Reader(file);
   if (!bio.ok()) return bio.status();
   std::vector<Certificate> certificates;
-  // Blocks of other kinds (a key beside its certificate) are skipped; reading ends with "no start line".
-  while (X509* read = PEM_read_bio_X509(bio->get(), nullptr, nullptr, nullptr)) certificates.emplace_back(read);
+  // "TRUSTED CERTIFICATE" blocks too, as OpenSSL reads a chain for TLS; blocks of other kinds (a key beside its
+  // certificate) are skipped; reading ends with "no start line".
+  while (X509* read = PEM_read_bio_X509_AUX(bio->get(), nullptr, nullptr, nullptr)) certificates.emplace_back(read);
   const unsigned long stopped = ERR_peek_last_error();
   if (stopped != 0 && !(ERR_GET_LIB(stopped) == ERR_LIB_PEM && ERR_GET_REASON(stopped) == PEM_R_NO_START_LINE)) {
     return absl::InvalidArgumentError(absl::StrCat(Where(file), ": certificate ", certificates.size() + 1,
