@@ -173,15 +173,17 @@ absl::StatusOr<const ServedModel*> AttributionServiceImpl::Admit(CallLog& log, g
                                                                  const std::string& model, bool needs_model) {
   if (auth_) {
     if (absl::Status s = auth_->CheckCall(*context); !s.ok()) {
-      // A stranger's call costs it nothing, so its lines are rationed, and its model name (its text) stays out.
+      // A stranger's call costs it nothing, so its lines are rationed, and its text (the model it names, its
+      // request id) stays out of the log.
       log.logged = unauthenticated_lines_.Take(absl::Now(), log.like_it_not_logged);
+      log.request_id.clear();
       return s;
     }
   }
   log.model = model;
   const ModelRegistry* models = models_.load();
-  // Looked up before anything may refuse the call: the metrics' label, however the call ends (refused for load
-  // too), is a model of this server's, else empty.
+  // Looked up before anything but the token check may refuse the call: the metrics' label, however the call ends
+  // (refused for load too), is a model of this server's, else empty.
   const bool looked_up = models != nullptr && needs_model && !model.empty();
   const absl::StatusOr<const ServedModel*> found = looked_up ? models->Find(model) : nullptr;
   if (looked_up && found.ok()) log.served_model = model;

@@ -163,8 +163,8 @@ std::vector<std::string> UnreadSettings(const v1::AttributeRequest& proto, const
       {engine::kReadsBaseline, "baseline", proto.baseline() != v1::BASELINE_UNSPECIFIED},
       {engine::kReadsTolerance, "completeness_tolerance", proto.completeness_tolerance() != 0},
   };
-  // Faithfulness curves put removed features at the baseline, whatever the method.
-  const uint32_t reads = method.reads | (proto.want_faithfulness() ? engine::kReadsBaseline : 0u);
+  const uint32_t reads =
+      method.reads | (engine::ReadsBaselines(method.method, proto.want_faithfulness()) ? engine::kReadsBaseline : 0u);
   std::vector<std::string> unread;
   for (const auto& setting : settings) {
     if (setting.set && (reads & setting.bit) == 0) unread.push_back(setting.field);
@@ -221,6 +221,7 @@ absl::Status ApplyFeatures(const v1::AttributeRequest& proto, const ServedModel&
                                 " tokens allows"));
   }
   int64_t covered_until = 0, baseline_growth = 0;
+  const bool baselines_read = engine::ReadsBaselines(request.method, proto.want_faithfulness());
   for (int i = 0; i < proto.feature_groups_size(); ++i) {
     const v1::FeatureGroup& group = proto.feature_groups(i);
     const std::string field = absl::StrCat("feature_groups[", i, "]");
@@ -246,7 +247,8 @@ absl::Status ApplyFeatures(const v1::AttributeRequest& proto, const ServedModel&
                        deletes ? ResolvedInput{} : Resolve(group.baseline(), field + ".baseline", model, false));
       baseline_growth += std::max<int64_t>(
           0, static_cast<int64_t>(baseline.encoding.ids.size()) - (group.token_end() - group.token_begin()));
-      if (prompt_length + baseline_growth > MaxSequenceTokens(model)) {
+      // Rows hold the baselines only where they are read: unread, any length is accepted (UnreadSettings).
+      if (baselines_read && prompt_length + baseline_growth > MaxSequenceTokens(model)) {
         return Invalid(field + ".baseline",
                        absl::StrCat("with every group up to this one at its baseline a row holds ",
                                     prompt_length + baseline_growth, " prompt tokens, over the limit of ",

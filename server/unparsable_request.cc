@@ -72,6 +72,7 @@ class UnparsableRequestInterceptor final : public grpc::experimental::Intercepto
         // A caller without a valid token learns nothing of the parser, as the handlers would have refused it.
         const absl::Status authenticated =
             shared_.auth != nullptr ? shared_.auth->CheckCall(*info_->server_context()) : absl::OkStatus();
+        stranger_ = !authenticated.ok();
         refusal_ =
             authenticated.ok() ? UnparsableRequestStatus(info_->method(), complaint) : ToGrpcStatus(authenticated);
       }
@@ -102,7 +103,10 @@ class UnparsableRequestInterceptor final : public grpc::experimental::Intercepto
                             "the call ended before its request message arrived"));
       return;
     }
-    log.logged = shared_.refused_lines.Take(absl::Now(), log.like_it_not_logged);
+    // A stranger's lines have a budget of their own, so its flood hides no client's, and carry none of its text.
+    if (stranger_) log.request_id.clear();
+    log.logged =
+        (stranger_ ? shared_.strangers_lines : shared_.unparsable_lines).Take(absl::Now(), log.like_it_not_logged);
     shared_.observer->CallEnded(log, *refusal_);
   }
 
@@ -110,6 +114,7 @@ class UnparsableRequestInterceptor final : public grpc::experimental::Intercepto
   grpc::experimental::ServerRpcInfo* const info_;
   const absl::Time received_ = absl::Now();
   std::optional<grpc::Status> refusal_;
+  bool stranger_ = false;  // refused for its token
 };
 
 }  // namespace

@@ -35,7 +35,8 @@ class UnparsableRequestInterceptorFactory final : public grpc::experimental::Ser
     // streams and resets them at once (HTTP/2 rapid reset) wrote a line per stream, 146,083 lines (30 MB) in
     // 10 s; one sending bytes that do not parse, 38,000 lines (18 MB) in 5 s.
     LogLineBudget ended_before_message_lines{20};
-    LogLineBudget refused_lines{20};
+    LogLineBudget unparsable_lines{20};
+    LogLineBudget strangers_lines{20};
   };
 
  private:

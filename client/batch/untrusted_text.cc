@@ -50,7 +50,11 @@ std::string WhyNotJson(absl::string_view text) {
     const size_t begin = echo + kEcho.size();
     const size_t expected = reason.find("'; expected ", begin);
     const size_t end = expected != std::string::npos ? expected : reason.size() - 1;
-    if (end > begin + kMostEchoed) reason.replace(begin + kMostEchoed, end - begin - kMostEchoed, "...");
+    if (end > begin + kMostEchoed) {
+      size_t cut = begin + kMostEchoed;  // on a character's first byte: the message stays UTF-8
+      while (cut > begin && (static_cast<unsigned char>(reason[cut]) & 0xc0) == 0x80) --cut;
+      reason.replace(cut, end - cut, "...");
+    }
   }
   return reason;
 }

@@ -82,7 +82,7 @@ absl::Status ValidateAttributionRequest(const AttributionRequest& r, const Model
   std::vector<bool> covered(prompt, false);
   // Saliency, input × gradient and AttnLRP read no baseline: the groups' baselines change nothing then, unless
   // faithfulness curves put removed features at them, and are accepted as other unread settings are.
-  const bool baselines_read = (MethodOf(r.method).reads & kReadsBaseline) != 0 || r.want_faithfulness;
+  const bool baselines_read = ReadsBaselines(r.method, r.want_faithfulness);
   int64_t baseline_growth = 0;  // tokens a row gains with every feature at its baseline
   int64_t baseline_shrink = 0;  // tokens it loses (shorter baselines; an empty one deletes its span)
   for (size_t f = 0; f < r.features.size(); ++f) {

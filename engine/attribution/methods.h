@@ -74,6 +74,12 @@ struct Method {
 };
 
 const Method& MethodOf(AttributionMethod method);
+
+// Whether a request puts features at their baselines (the request's, or its groups' own): its method reads them,
+// or faithfulness curves do, whatever the method. Otherwise baselines are unread settings.
+inline bool ReadsBaselines(AttributionMethod method, bool want_faithfulness) {
+  return (MethodOf(method).reads & kReadsBaseline) != 0 || want_faithfulness;
+}
 inline constexpr AttributionMethod kAllMethods[] = {
     AttributionMethod::kIntegratedGradients,
     AttributionMethod::kGradientShap,

@@ -710,6 +710,18 @@ TEST(BadInputs, EachGetsItsCodeAndFieldAndTheServerStaysCorrect) {
   absl::StatusOr<client::Attribution> single = client->Attribute(one_step);
   ASSERT_THAT(single, IsOk());
   EXPECT_EQ(single->stats.backward_passes, 1);
+  // The case above ("group baselines make rows over max_tokens") with a method that reads no baseline: unread,
+  // so accepted whatever its length (the server refused it, against its README), and the answer is the same.
+  client::AttributeOptions saliency = good;
+  saliency.method = "saliency";
+  saliency.feature_groups = {{.token_begin = 1, .token_end = 3}};
+  absl::StatusOr<client::Attribution> plain = client->Attribute(saliency);
+  saliency.feature_groups[0].baseline_ids = std::vector<int64_t>(30000, 5);
+  absl::StatusOr<client::Attribution> unread = client->Attribute(saliency);
+  ASSERT_THAT(plain, IsOk());
+  ASSERT_THAT(unread, IsOk());
+  EXPECT_THAT(unread->unread_settings, ::testing::ElementsAre("n_steps", "feature_groups.baseline"));
+  EXPECT_THAT(unread->sequence, Pointwise(DoubleNear(1e-6), plain->sequence));
 }
 
 TEST(BadInputs, HugeModelNameIsQuotedShortlyInTheStatusAndTheLog) {

@@ -10,6 +10,7 @@
 
 #include <string>
 
+#include "engine/common/utf8.h"
 #include "tests/testing/status_matchers.h"
 
 namespace attribution::client::batch {
@@ -92,6 +93,18 @@ TEST(ParseJson, SaysWhereAndWhyATextIsNotJson) {
   const absl::Status unclosed = ParseJson("{\"id\": \"" + std::string(1 << 20, 'x'), "w").status();
   EXPECT_THAT(unclosed, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("...")));
   EXPECT_LT(unclosed.message().size(), 300u);
+  // Cut on a character's first byte: "é" is two bytes, and the message stays UTF-8.
+  for (const std::string& lead : {std::string(""), std::string("x")}) {
+    std::string text;
+    for (int i = 0; i < 1000; ++i) text += "\xc3\xa9";
+    const std::string message(ParseJson("[\"" + lead + text, "w").status().message());
+    ASSERT_THAT(message, HasSubstr("..."));
+    for (size_t i = 0; i < message.size();) {
+      const size_t length = ::attribution::Utf8SequenceLength(message, i, /*subpart=*/false);
+      ASSERT_GT(length, 0u) << "byte " << i << " of " << message;
+      i += length;
+    }
+  }
 }
 
 }  // namespace

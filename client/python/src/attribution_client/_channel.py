@@ -72,11 +72,11 @@ def credentials(o: ClientOptions) -> Optional[grpc.ChannelCredentials]:
         return None
     if bool(o.cert_file) != bool(o.key_file):
         raise ValueError("cert_file and key_file: give both for mutual TLS, or neither")
-    _check_tls_files(o)
-    return grpc.ssl_channel_credentials(
-        root_certificates=_read(o.ca_file) if o.ca_file else None,
-        private_key=_read(o.key_file) if o.key_file else None,
-        certificate_chain=_read(o.cert_file) if o.cert_file else None)
+    roots = _read(o.ca_file) if o.ca_file else None
+    key = _read(o.key_file) if o.key_file else None
+    chain = _read(o.cert_file) if o.cert_file else None
+    _check_tls_files(o, roots)
+    return grpc.ssl_channel_credentials(root_certificates=roots, private_key=key, certificate_chain=chain)
 
 
 class _Encrypted(Exception):
@@ -87,16 +87,19 @@ def _no_passphrase() -> bytes:
     raise _Encrypted()
 
 
-def _check_tls_files(o: ClientOptions) -> None:
+def _check_tls_files(o: ClientOptions, roots: Optional[bytes]) -> None:
     """gRPC takes a file that is no certificate, or a key of another certificate, without a word; every call
     then failed UNAVAILABLE ("Failed to create security handshaker"), naming no file. OpenSSL (Python's ssl)
-    reads them as gRPC will."""
+    reads them as gRPC will. (Unlike the C++ clients, not whether a certificate has expired: Python's ssl does
+    not say; the handshake's error does.) The files were read already, so a missing one is named."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    if o.ca_file:
+    # Python reads no "TRUSTED CERTIFICATE" block from memory, which gRPC takes as a root: such bundles pass.
+    if roots is not None and b"-----BEGIN TRUSTED CERTIFICATE-----" not in roots:
         try:
-            context.load_verify_locations(cafile=o.ca_file)
-        except ssl.SSLError as error:
-            raise ValueError(f'ca_file "{o.ca_file}" holds no PEM certificate that parses ({error.reason})') from None
+            context.load_verify_locations(cadata=roots.decode("latin-1"))
+        except (ssl.SSLError, ValueError) as error:
+            reason = getattr(error, "reason", None) or error
+            raise ValueError(f'ca_file "{o.ca_file}" holds no PEM certificate that parses ({reason})') from None
     if o.cert_file:
         try:
             context.load_cert_chain(o.cert_file, o.key_file, password=_no_passphrase)
@@ -104,8 +107,11 @@ def _check_tls_files(o: ClientOptions) -> None:
             raise ValueError(f'key_file "{o.key_file}" is encrypted; gRPC cannot ask for its passphrase '
                              "(`openssl pkey -in KEY -out PLAIN` writes it unencrypted)") from None
         except ssl.SSLError as error:
-            raise ValueError(f'cert_file "{o.cert_file}" / key_file "{o.key_file}": not a certificate and its '
-                             f"private key ({error.reason})") from None
+            if error.reason == "KEY_VALUES_MISMATCH":
+                raise ValueError(f'key_file "{o.key_file}" is not the private key of the first certificate in '
+                                 f'cert_file "{o.cert_file}"') from None
+            raise ValueError(f'cert_file "{o.cert_file}" / key_file "{o.key_file}": not a PEM certificate and its '
+                             f"private key ({error.reason or error})") from None
 
 
 def check(o: ClientOptions) -> None:
