@@ -20,7 +20,7 @@
 #include "absl/strings/strip.h"
 #include "attribution/v1/attribution.grpc.pb.h"
 #include "client/proto_mapping.h"
-#include "client/tls_files.h"
+#include "engine/common/credential_files.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
 namespace attribution::client {
@@ -163,17 +163,11 @@ absl::StatusOr<std::string> ReadBearerTokenFile(const std::string& path) {
   absl::StatusOr<std::string> text = ReadTextFile(path);
   if (!text.ok()) return text.status();
   // The server's tokens file's format: its first token is the one sent, so one file serves both ends.
-  absl::string_view rest = *text;
-  absl::ConsumePrefix(&rest, "\xEF\xBB\xBF");
-  std::string token;
-  for (absl::string_view line : absl::StrSplit(rest, '\n')) {
-    line = absl::StripAsciiWhitespace(line);
-    if (line.empty() || line[0] == '#') continue;
-    token = std::string(line);
-    break;
-  }
-  if (token.empty())
+  const std::vector<TokenLine> tokens = TokenLines(*text);
+  if (tokens.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": holds no token (blank and # lines skipped)"));
+  }
+  const std::string token(tokens.front().token);
   if (absl::Status printable = CheckMetadataValue(absl::StrCat(path, ": the token"), token, kMaxBearerTokenBytes);
       !printable.ok()) {
     return printable;
@@ -236,6 +230,33 @@ struct AttributionClient::Impl {
   }
 };
 
+namespace {
+
+// The TLS files `options` name, read and checked as gRPC will read them; errors name the options by `names`.
+absl::StatusOr<grpc::SslCredentialsOptions> ReadTlsFiles(const ClientOptions& options, const TlsOptionNames& names) {
+  grpc::SslCredentialsOptions ssl;
+  if (!options.ca_file.empty()) {
+    absl::StatusOr<std::string> ca = ReadTextFile(options.ca_file);
+    if (!ca.ok()) return ca.status();
+    const PemFile roots{names.ca_file, options.ca_file, *std::move(ca)};
+    if (absl::Status parsed = CheckCertificates(roots); !parsed.ok()) return parsed;
+    ssl.pem_root_certs = roots.text;
+  }
+  if (!options.cert_file.empty()) {
+    absl::StatusOr<std::string> cert = ReadTextFile(options.cert_file), key = ReadTextFile(options.key_file);
+    if (!cert.ok()) return cert.status();
+    if (!key.ok()) return key.status();
+    const PemFile chain{names.cert_file, options.cert_file, *std::move(cert)};
+    const PemFile private_key{names.key_file, options.key_file, *std::move(key)};
+    if (absl::Status pair = CheckKeyPair(chain, private_key); !pair.ok()) return pair;
+    ssl.pem_cert_chain = chain.text;
+    ssl.pem_private_key = private_key.text;
+  }
+  return ssl;
+}
+
+}  // namespace
+
 absl::Status CheckTlsOptions(const ClientOptions& options, const TlsOptionNames& names) {
   for (const auto& [name, value] :
        {std::pair{names.ca_file, &options.ca_file}, std::pair{names.cert_file, &options.cert_file},
@@ -253,6 +274,11 @@ absl::Status CheckTlsOptions(const ClientOptions& options, const TlsOptionNames&
   return absl::OkStatus();
 }
 
+absl::Status CheckTlsFiles(const ClientOptions& options, const TlsOptionNames& names) {
+  if (absl::Status together = CheckTlsOptions(options, names); !together.ok() || !options.tls) return together;
+  return ReadTlsFiles(options, names).status();
+}
+
 AttributionClient::AttributionClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 AttributionClient::~AttributionClient() = default;
 
@@ -266,25 +292,9 @@ absl::StatusOr<std::unique_ptr<AttributionClient>> AttributionClient::Connect(co
   }
   if (absl::Status tls = CheckTlsOptions(options); !tls.ok()) return tls;
   if (options.tls) {
-    grpc::SslCredentialsOptions ssl;
-    if (!options.ca_file.empty()) {
-      absl::StatusOr<std::string> ca = ReadTextFile(options.ca_file);
-      if (!ca.ok()) return ca.status();
-      const PemFile roots{"ca_file", options.ca_file, *std::move(ca)};
-      if (absl::Status parsed = CheckCertificates(roots); !parsed.ok()) return parsed;
-      ssl.pem_root_certs = roots.text;
-    }
-    if (!options.cert_file.empty()) {
-      absl::StatusOr<std::string> cert = ReadTextFile(options.cert_file), key = ReadTextFile(options.key_file);
-      if (!cert.ok()) return cert.status();
-      if (!key.ok()) return key.status();
-      const PemFile chain{"cert_file", options.cert_file, *std::move(cert)};
-      const PemFile private_key{"key_file", options.key_file, *std::move(key)};
-      if (absl::Status pair = CheckKeyPair(chain, private_key); !pair.ok()) return pair;
-      ssl.pem_cert_chain = chain.text;
-      ssl.pem_private_key = private_key.text;
-    }
-    credentials = grpc::SslCredentials(ssl);
+    absl::StatusOr<grpc::SslCredentialsOptions> ssl = ReadTlsFiles(options, {});
+    if (!ssl.ok()) return ssl.status();
+    credentials = grpc::SslCredentials(*ssl);
     if (!options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
   }
   if (absl::Status token = CheckMetadataValue("bearer_token", options.bearer_token, kMaxBearerTokenBytes);

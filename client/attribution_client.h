@@ -303,6 +303,11 @@ struct TlsOptionNames {
 // certificate option without tls (the connection would be plaintext, the file unread), or half a key pair.
 absl::Status CheckTlsOptions(const ClientOptions& options, const TlsOptionNames& names = {});
 
+// INVALID_ARGUMENT naming the option and the file when a TLS file cannot work (Connect refuses it): a CA file or
+// certificate chain that holds no certificate that parses, a key that is encrypted or of another certificate,
+// an expired certificate. NOT_FOUND when one cannot be read. CheckTlsOptions' refusals first.
+absl::Status CheckTlsFiles(const ClientOptions& options, const TlsOptionNames& names = {});
+
 // What AttributeAsync would answer at once, without a call: INVALID_ARGUMENT naming an option whose
 // name (method, quantity, rule, baseline, priority, ...) is unknown; OK otherwise.
 absl::Status CheckAttributeOptions(const AttributeOptions& options);

@@ -19,6 +19,12 @@ namespace attribution::client {
 
 namespace {
 
+constexpr TlsOptionNames kFlagNames{.tls = "--tls",
+                                    .ca_file = "--ca",
+                                    .cert_file = "--cert",
+                                    .key_file = "--key",
+                                    .tls_server_name = "--tls_server_name"};
+
 void SetTlsFromFlags(ClientOptions& options) {
   options.tls = absl::GetFlag(FLAGS_tls);
   options.ca_file = absl::GetFlag(FLAGS_ca);
@@ -31,6 +37,8 @@ void SetTlsFromFlags(ClientOptions& options) {
 
 absl::Status ApplyConnectionFlags(ClientOptions& options) {
   SetTlsFromFlags(options);
+  // Connect checks the files too, naming ClientOptions' fields; a program's user gave the flags.
+  if (absl::Status files = CheckTlsFiles(options, kFlagNames); !files.ok()) return files;
   if (absl::GetFlag(FLAGS_token_file).empty()) return absl::OkStatus();
   absl::StatusOr<std::string> token = ReadBearerTokenFile(absl::GetFlag(FLAGS_token_file));
   if (!token.ok()) return absl::InvalidArgumentError("--token_file: " + std::string(token.status().message()));
@@ -41,11 +49,7 @@ absl::Status ApplyConnectionFlags(ClientOptions& options) {
 std::string ConnectionFlagsError() {
   ClientOptions options;
   SetTlsFromFlags(options);
-  const absl::Status tls = CheckTlsOptions(options, {.tls = "--tls",
-                                                     .ca_file = "--ca",
-                                                     .cert_file = "--cert",
-                                                     .key_file = "--key",
-                                                     .tls_server_name = "--tls_server_name"});
+  const absl::Status tls = CheckTlsOptions(options, kFlagNames);
   return tls.ok() ? "" : std::string(tls.message());
 }
 

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "engine/common/credential_files.h"
 #include "engine/common/files.h"
 #include "engine/common/status_macros.h"
 
@@ -35,14 +36,7 @@ bool ConstantTimeEquals(const std::array<unsigned char, 32>& a, const std::array
 absl::StatusOr<BearerAuth> BearerAuth::Load(const std::string& tokens_file) {
   ASSIGN_OR_RETURN(std::string text, engine::ReadFile(tokens_file));
   BearerAuth auth;
-  // Editors on Windows write a byte-order mark, which would become part of the first token.
-  absl::string_view rest = text;
-  absl::ConsumePrefix(&rest, "\xEF\xBB\xBF");
-  int line_number = 0;
-  for (absl::string_view line : absl::StrSplit(rest, '\n')) {
-    ++line_number;
-    line = absl::StripAsciiWhitespace(line);
-    if (line.empty() || line[0] == '#') continue;
+  for (const auto& [line_number, line] : TokenLines(text)) {
     const std::string where = absl::StrCat(tokens_file, ":", line_number, ": ");
     if (line.size() > kMaxTokenBytes) {
       return absl::InvalidArgumentError(absl::StrCat(where, "a token of ", line.size(), " bytes, longer than the ",

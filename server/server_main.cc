@@ -48,7 +48,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "client/tls_files.h"
+#include "engine/common/credential_files.h"
 #include "engine/common/files.h"
 #include "engine/common/status_macros.h"
 #include "engine/common/visible_controls.h"
@@ -302,10 +302,10 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
 }
 
 // The text of `path` for TLS, or an error naming the setting and the file.
-absl::StatusOr<client::PemFile> ReadPemFile(const std::string& path, const char* setting) {
+absl::StatusOr<PemFile> ReadPemFile(const std::string& path, const char* setting) {
   absl::StatusOr<std::string> text = engine::ReadFile(path);
   if (!text.ok()) return absl::Status(text.status().code(), absl::StrCat(setting, ": ", text.status().message()));
-  return client::PemFile{setting, path, *std::move(text)};
+  return PemFile{setting, path, *std::move(text)};
 }
 
 // The files startup reads before it loads a model or listens: --check_config reads them too, so a
@@ -333,15 +333,15 @@ absl::StatusOr<StartupFiles> ReadStartupFiles(const ServerConfig& config) {
   }
   const TlsConfig& tls = config.tls;
   if (!tls.cert_file.empty()) {
-    ASSIGN_OR_RETURN(client::PemFile chain, ReadPemFile(tls.cert_file, "tls cert_file"));
-    ASSIGN_OR_RETURN(client::PemFile key, ReadPemFile(tls.key_file, "tls key_file"));
-    RETURN_IF_ERROR(client::CheckKeyPair(chain, key));
+    ASSIGN_OR_RETURN(PemFile chain, ReadPemFile(tls.cert_file, "tls cert_file"));
+    ASSIGN_OR_RETURN(PemFile key, ReadPemFile(tls.key_file, "tls key_file"));
+    RETURN_IF_ERROR(CheckKeyPair(chain, key));
     files.tls_pair.cert_chain = std::move(chain.text);
     files.tls_pair.private_key = std::move(key.text);
   }
   if (!tls.client_ca_file.empty()) {
-    ASSIGN_OR_RETURN(client::PemFile ca, ReadPemFile(tls.client_ca_file, "tls client_ca_file"));
-    RETURN_IF_ERROR(client::CheckCertificates(ca));
+    ASSIGN_OR_RETURN(PemFile ca, ReadPemFile(tls.client_ca_file, "tls client_ca_file"));
+    RETURN_IF_ERROR(CheckCertificates(ca));
     files.tls_client_ca = std::move(ca.text);
   }
   return files;

@@ -108,11 +108,13 @@ class GradientPlan : public RowPlan {
     if (request_.zero_embedding_baseline) path.zero_baseline.assign(path.input_ids.size(), 0);
     const bool noise = request_.method == AttributionMethod::kGradientShap && request_.stdev > 0;
     if (noise) path.noised.assign(path.input_ids.size(), 0);
+    // Validation holds a given baseline to one id per position where baselines are read; elsewhere (saliency, an
+    // LRP method) it may have any length, changes nothing, and is not looked at.
+    const bool baselines_read = ReadsBaselines(request_.method, request_.want_faithfulness);
     for (int64_t f = 0; f < num_features(); ++f) {
       const auto [begin, end] = FeatureSpanOf(f);
-      // Validation holds a given baseline to one id per position.
       const std::optional<std::vector<int64_t>>* given =
-          request_.features.empty() ? nullptr : &request_.features[f].baseline_ids;
+          request_.features.empty() || !baselines_read ? nullptr : &request_.features[f].baseline_ids;
       for (int64_t p = begin; p < end; ++p) {
         path.baseline_ids[p] = given && *given ? (**given)[p - begin] : request_.baseline_token_id;
         if (request_.zero_embedding_baseline) path.zero_baseline[p] = 1;

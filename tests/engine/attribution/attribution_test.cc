@@ -623,6 +623,21 @@ TEST_F(AttributionTest, SettingsAMethodDoesNotReadAreAccepted) {
     r.zero_embedding_baseline = true;
     EXPECT_THAT(ValidateAttributionRequest(r, model_->config(), {}), IsOk()) << AttributionMethodName(method);
   }
+  // And they run as the request without them: an empty baseline (a deletion) crashed the server (the path read
+  // one id per position from it), a shorter one read past its end.
+  for (AttributionMethod method :
+       {AttributionMethod::kSaliency, AttributionMethod::kInputXGradient, AttributionMethod::kAttnLrp}) {
+    AttributionRequest plain = FromCase(Case("ig_gausslegendre_token0"));
+    plain.method = method;
+    plain.features = {{0, 2, std::nullopt}, {2, 3, std::nullopt}};
+    AttributionRequest unread = plain;
+    unread.features = {{0, 2, std::vector<int64_t>{}}, {2, 3, std::vector<int64_t>{5, 6}}};
+    absl::StatusOr<AttributionResult> expected = attributor_->AttributeAndWait(plain);
+    absl::StatusOr<AttributionResult> got = attributor_->AttributeAndWait(unread);
+    ASSERT_THAT(expected, IsOk());
+    ASSERT_THAT(got, IsOk()) << AttributionMethodName(method);
+    EXPECT_EQ(got->sequence, expected->sequence) << AttributionMethodName(method);
+  }
   r.zero_embedding_baseline = false;
   r.want_faithfulness = true;  // its curves put removed features at the groups' baselines
   EXPECT_THAT(ValidateAttributionRequest(r, model_->config(), {}),

@@ -4,6 +4,7 @@ only (gRPC's retry policy; the C++ client retries streams too), reconnect backof
 from __future__ import annotations
 
 import json
+import re
 import ssl
 from typing import List, Optional, Tuple
 
@@ -94,9 +95,11 @@ def _check_tls_files(o: ClientOptions, roots: Optional[bytes]) -> None:
     not say; the handshake's error does.) The files were read already, so a missing one is named."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     # Python reads no "TRUSTED CERTIFICATE" block from memory, which gRPC takes as a root: such bundles pass.
+    # gRPC keeps the certificates before the first block that does not parse: that first one is what counts.
     if roots is not None and b"-----BEGIN TRUSTED CERTIFICATE-----" not in roots:
+        first = re.search(rb"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", roots, re.DOTALL)
         try:
-            context.load_verify_locations(cadata=roots.decode("latin-1"))
+            context.load_verify_locations(cadata=(first.group(0) if first else roots).decode("latin-1"))
         except (ssl.SSLError, ValueError) as error:
             reason = getattr(error, "reason", None) or error
             raise ValueError(f'ca_file "{o.ca_file}" holds no PEM certificate that parses ({reason})') from None

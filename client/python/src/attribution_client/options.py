@@ -168,7 +168,7 @@ def read_bearer_token_file(path: str) -> str:
     """The first token of `path` (what --token_file flags name), in the server's tokens-file format: blank
     lines and lines starting with # are skipped, surrounding whitespace and a byte-order mark are not part of
     it. A server's tokens file serves as one."""
-    with open(path, encoding="utf-8-sig") as f:
+    with open(path, encoding="utf-8-sig", newline="\n") as f:  # lines end at \n only, as the server reads them
         for line in f:
             token = line.strip(" \t\r\n\v\f")
             if token and not token.startswith("#"):

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-#include "client/tls_files.h"
+#include "engine/common/credential_files.h"
 
 #include <openssl/bio.h>
 #include <openssl/err.h>
@@ -10,9 +10,13 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 
-namespace attribution::client {
+namespace attribution {
 namespace {
 
 struct BioFree {
@@ -53,12 +57,14 @@ absl::StatusOr<std::vector<Certificate>> ReadCertificates(const PemFile& file) {
   if (!bio.ok()) return bio.status();
   std::vector<Certificate> certificates;
   // "TRUSTED CERTIFICATE" blocks too, as OpenSSL reads a chain for TLS; blocks of other kinds (a key beside its
-  // certificate) are skipped; reading ends with "no start line".
+  // certificate) are skipped; reading ends with "no start line". gRPC, too, stops at the first block that does
+  // not parse and keeps those before it: only a first one that does not parse is refused.
   while (X509* read = PEM_read_bio_X509_AUX(bio->get(), nullptr, nullptr, nullptr)) certificates.emplace_back(read);
   const unsigned long stopped = ERR_peek_last_error();
-  if (stopped != 0 && !(ERR_GET_LIB(stopped) == ERR_LIB_PEM && ERR_GET_REASON(stopped) == PEM_R_NO_START_LINE)) {
-    return absl::InvalidArgumentError(absl::StrCat(Where(file), ": certificate ", certificates.size() + 1,
-                                                   " does not parse (", OpensslReason(), ")"));
+  if (certificates.empty() && stopped != 0 &&
+      !(ERR_GET_LIB(stopped) == ERR_LIB_PEM && ERR_GET_REASON(stopped) == PEM_R_NO_START_LINE)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(Where(file), ": its first certificate does not parse (", OpensslReason(), ")"));
   }
   ERR_clear_error();
   if (certificates.empty()) return absl::InvalidArgumentError(Where(file) + " holds no PEM certificate");
@@ -102,6 +108,7 @@ absl::Status CheckCertificates(const PemFile& file) { return ReadCertificates(fi
 absl::Status CheckKeyPair(const PemFile& chain, const PemFile& key) {
   absl::StatusOr<std::vector<Certificate>> certificates = ReadCertificates(chain);
   if (!certificates.ok()) return certificates.status();
+  if (absl::StartsWith(key.text, "engine:")) return absl::OkStatus();
   absl::StatusOr<Key> private_key = ReadKey(key);
   if (!private_key.ok()) return private_key.status();
   X509* leaf = certificates->front().get();
@@ -119,4 +126,16 @@ absl::Status CheckKeyPair(const PemFile& chain, const PemFile& key) {
   return absl::OkStatus();
 }
 
-}  // namespace attribution::client
+std::vector<TokenLine> TokenLines(absl::string_view text) {
+  absl::ConsumePrefix(&text, "\xEF\xBB\xBF");  // Windows editors write one; it would begin the first token
+  std::vector<TokenLine> tokens;
+  int number = 0;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    ++number;
+    line = absl::StripAsciiWhitespace(line);
+    if (!line.empty() && line[0] != '#') tokens.push_back({number, line});
+  }
+  return tokens;
+}
+
+}  // namespace attribution
