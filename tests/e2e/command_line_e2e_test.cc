@@ -232,7 +232,8 @@ TEST(ServerCommandLine, ATlsFileThatIsNotPemIsNamedAtStartup) {
   auto [code, log] =
       test_support::ServerProcess::RunToExit({"--tls_cert=" + garbage, "--tls_key=" + garbage}, absl::Seconds(30));
   EXPECT_EQ(code, 1) << log;
-  EXPECT_THAT(log, HasSubstr("tls cert_file \"" + garbage + "\": its first certificate does not parse (bad base64 decode)"));
+  EXPECT_THAT(log,
+              HasSubstr("tls cert_file \"" + garbage + "\": its first certificate does not parse (bad base64 decode)"));
 }
 
 // An --html report that cannot be written is an error naming the path (it exited 0 without a word), and
