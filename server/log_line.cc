@@ -39,25 +39,20 @@ namespace {
 // separators U+2028 / U+2029 in text a client sent (a model name, a request id, before any token was checked)
 // reached a terminal reading the log (`kubectl logs`, `less -R`) raw, to recolour or reorder what it showed.
 // Spelled \uNNNN, they mean the same to a JSON reader. `json`: valid UTF-8.
-std::string EscapeTerminalControls(const std::string& json) {
+std::string EscapeTerminalControls(std::string json) {
   const std::string_view text(json);
+  // Most lines are ASCII without DEL: they pass as they are.
+  if (std::none_of(text.begin(), text.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x7f; })) {
+    return json;
+  }
   std::string out;
   out.reserve(json.size());
   for (size_t i = 0; i < text.size();) {
     const unsigned char c = static_cast<unsigned char>(text[i]);
     const size_t length = c < 0x80 ? 1 : std::max<size_t>(Utf8SequenceLength(text, i, /*subpart=*/false), 1);
-    uint32_t escaped = 0;
-    if (c == 0x7f) {
-      escaped = c;
-    } else if (c == 0xc2 && length == 2 && static_cast<unsigned char>(text[i + 1]) <= 0x9f) {
-      escaped = static_cast<unsigned char>(text[i + 1]);
-    } else if (length == 3 && c == 0xe2 && text[i + 1] == '\x80' && (text[i + 2] == '\xa8' || text[i + 2] == '\xa9')) {
-      escaped = 0x2000 | (static_cast<unsigned char>(text[i + 2]) & 0x3fu);
-    } else {
-      escaped = BidiControl(text, i, length);
-    }
-    if (escaped != 0) {
-      absl::StrAppendFormat(&out, "\\u%04x", escaped);
+    const uint32_t control = c == 0x7f ? c : NonAsciiControl(text, i, length);
+    if (control != 0) {
+      absl::StrAppendFormat(&out, "\\u%04x", control);
     } else {
       out.append(text.substr(i, length));
     }

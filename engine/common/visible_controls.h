@@ -14,17 +14,19 @@
 
 namespace attribution {
 
-// The code point of a Unicode bidirectional control that the `length`-byte UTF-8 sequence at `text[i]`
-// encodes (U+061C, U+200E/F, U+202A-U+202E, U+2066-U+2069), or 0: they reorder what the terminal shows after
-// them ("Trojan Source"), so they are escaped as the other controls are.
-inline uint32_t BidiControl(std::string_view text, size_t i, size_t length) {
+// The code point of a control beyond ASCII that the `length`-byte UTF-8 sequence at `text[i]` encodes, or 0:
+// the C1 controls (U+0080..U+009F; U+009B is CSI to a terminal), the bidirectional controls (U+061C, U+200E/F,
+// U+202A-U+202E, U+2066-U+2069: they reorder what the terminal shows after them, "Trojan Source") and the line
+// and paragraph separators U+2028/U+2029 (line breaks to log viewers). Shown, they are spelled \uNNNN.
+inline uint32_t NonAsciiControl(std::string_view text, size_t i, size_t length) {
   const auto byte = [&](size_t k) { return static_cast<unsigned char>(text[i + k]); };
+  if (length == 2 && byte(0) == 0xc2 && byte(1) <= 0x9f) return byte(1);
   if (length == 2 && byte(0) == 0xd8 && byte(1) == 0x9c) return 0x061c;
   if (length != 3 || byte(0) != 0xe2) return 0;
   const uint32_t code = 0x2000 | ((byte(1) & 0x3fu) << 6) | (byte(2) & 0x3fu);
-  const bool bidi =
-      code == 0x200e || code == 0x200f || (code >= 0x202a && code <= 0x202e) || (code >= 0x2066 && code <= 0x2069);
-  return bidi ? code : 0;
+  const bool control = code == 0x200e || code == 0x200f || code == 0x2028 || code == 0x2029 ||
+                       (code >= 0x202a && code <= 0x202e) || (code >= 0x2066 && code <= 0x2069);
+  return control ? code : 0;
 }
 
 // `message` with its control characters visible: C0 controls and DEL become \n \t \r \e or \xNN, the C1
@@ -41,10 +43,8 @@ inline std::string EscapeControls(absl::string_view message, bool keep_line_brea
       const size_t length = Utf8SequenceLength(text, i, /*subpart=*/false);
       if (length == 0) {
         absl::StrAppendFormat(&out, "\\x%02x", c);
-      } else if (c == 0xc2 && static_cast<unsigned char>(text[i + 1]) <= 0x9f) {
-        absl::StrAppendFormat(&out, "\\u%04x", static_cast<unsigned char>(text[i + 1]));
-      } else if (const uint32_t bidi = BidiControl(text, i, length); bidi != 0) {
-        absl::StrAppendFormat(&out, "\\u%04x", bidi);
+      } else if (const uint32_t control = NonAsciiControl(text, i, length); control != 0) {
+        absl::StrAppendFormat(&out, "\\u%04x", control);
       } else {
         out.append(text.data() + i, length);
       }

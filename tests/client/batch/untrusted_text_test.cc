@@ -78,6 +78,10 @@ TEST(TerminalSafe, EscapesBidiControls) {
                          "e\xe2\x80\x8e\xd8\x9c"),
             "a\\u202eb\\u2066c\\u2069d\\u200fe\\u200e\\u061c");
   EXPECT_EQ(TerminalSafe("\xe2\x80\x94 \xe2\x81\xb0 \xe2\x80\xaf"), "\xe2\x80\x94 \xe2\x81\xb0 \xe2\x80\xaf");
+  // The line and paragraph separators break lines in log viewers and editors.
+  EXPECT_EQ(TerminalSafe("a\xe2\x80\xa8"
+                         "b\xe2\x80\xa9"),
+            "a\\u2028b\\u2029");
 }
 
 // Why a text is not JSON, where, and for invalid UTF-8 and lone surrogates that, never echoing a long text
