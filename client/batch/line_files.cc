@@ -169,13 +169,43 @@ absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::Create(const
   return std::unique_ptr<AtomicFileWriter>(new AtomicFileWriter(path, std::move(temporary), fd));
 }
 
+namespace {
+
+// Opens the fixed temporary `temporary` for writing as a file of its own: not through a symbolic link (its target
+// was overwritten, then renamed into place), not a FIFO (opening it waited for a reader forever), not another
+// file's second name (a hard link: emptying it emptied that file). What it holds is the caller's to truncate.
+absl::StatusOr<int> OpenOwnTemporary(const std::string& temporary) {
+  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0644);
+  if (fd < 0) return FileError("cannot create", temporary, errno);
+  if (struct stat info; ::fstat(fd, &info) != 0 || !S_ISREG(info.st_mode) || info.st_nlink > 1) {
+    ::close(fd);
+    return absl::FailedPreconditionError(absl::StrCat(
+        temporary,
+        ": not a file of its own (a device, a pipe, or another file's second name); remove it: this command writes "
+        "its temporary file there, then renames it"));
+  }
+  if (::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK) != 0) {
+    const int error = errno;
+    ::close(fd);
+    return FileError("cannot write", temporary, error);
+  }
+  return fd;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::CreateWhileLocked(const std::string& given) {
   const std::string path = RealFilePath(given);
   if (absl::Status replaceable = CheckReplaceable(path); !replaceable.ok()) return replaceable;
   std::string temporary = path + ".tmp";
-  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return FileError("cannot create", temporary, errno);
-  return std::unique_ptr<AtomicFileWriter>(new AtomicFileWriter(path, std::move(temporary), fd));
+  absl::StatusOr<int> fd = OpenOwnTemporary(temporary);
+  if (!fd.ok()) return fd.status();
+  if (::ftruncate(*fd, 0) != 0) {  // what a writer killed before its Commit left
+    const int error = errno;
+    ::close(*fd);
+    return FileError("cannot write", temporary, error);
+  }
+  return std::unique_ptr<AtomicFileWriter>(new AtomicFileWriter(path, std::move(temporary), *fd));
 }
 
 absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::CreateAlone(const std::string& given) {
@@ -185,19 +215,9 @@ absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::CreateAlone(
   // The lock is the open file's: one opened just before another writer renamed it over `path` is that file
   // now, so the lock counts only while `temporary` still names the file locked.
   for (;;) {
-    // Not through a link (its target would be emptied, then renamed over `path`), nor waiting on a FIFO.
-    const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0644);
-    if (fd < 0) return FileError("cannot create", temporary, errno);
-    if (struct stat info; ::fstat(fd, &info) != 0 || !S_ISREG(info.st_mode)) {
-      ::close(fd);
-      return absl::FailedPreconditionError(
-          absl::StrCat(temporary, ": not a regular file; remove it (the table is written there, then renamed)"));
-    }
-    if (::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK) != 0) {
-      const int error = errno;
-      ::close(fd);
-      return FileError("cannot write", temporary, error);
-    }
+    absl::StatusOr<int> own = OpenOwnTemporary(temporary);
+    if (!own.ok()) return own.status();
+    const int fd = *own;
     if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
       const int error = errno;
       ::close(fd);

@@ -110,7 +110,7 @@ def test_bad_transport_never_connects(certs, mtls_server, change):
 
 @pytest.mark.parametrize("change,message", [
     (dict(key_file="rogue.key"), 'key_file ".*rogue.key" is not the private key of the first certificate in cert_file'),
-    (dict(cert_file="client.key", key_file="client.pem"), "cert_file .* not a PEM certificate and its private key"),
+    (dict(cert_file="client.key", key_file="client.pem"), 'cert_file ".*client.key" holds no PEM certificate'),
     (dict(ca_file="missing.pem"), "missing.pem"),
     (dict(ca_file="client.key"), 'ca_file ".*client.key" holds no PEM certificate'),
     (dict(key_file="encrypted.key"), 'key_file ".*encrypted.key" is encrypted')])

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -161,6 +162,36 @@ TEST(AtomicFileWriter, AWriterAloneTakesOverTheTemporaryALeftOneLeft) {
   ASSERT_THAT((*out)->Commit(), IsOk());
   EXPECT_EQ(ReadFile(path), "new");
   EXPECT_FALSE(std::ifstream(path + ".tmp").good());
+}
+
+// A fixed temporary that is a symbolic link wrote the results (or emptied the table's) into its target, then
+// renamed the link into place; a FIFO there hung the job; a hard link's other name was emptied.
+TEST(AtomicFileWriter, AFixedTemporaryIsAFileOfItsOwnOrRefused) {
+  TempDir dir;
+  const std::string victim = dir.File("victim.txt");
+  std::ofstream(victim) << "precious data";
+  const std::string path = dir.File("results.jsonl");
+  ASSERT_EQ(::symlink(victim.c_str(), (path + ".tmp").c_str()), 0);
+  EXPECT_THAT(AtomicFileWriter::CreateWhileLocked(path).status(), StatusIs(absl::StatusCode::kInternal));
+  EXPECT_THAT(AtomicFileWriter::CreateAlone(path).status(), StatusIs(absl::StatusCode::kInternal));
+  ::unlink((path + ".tmp").c_str());
+  ASSERT_EQ(::link(victim.c_str(), (path + ".tmp").c_str()), 0);
+  EXPECT_THAT(AtomicFileWriter::CreateWhileLocked(path).status(),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("not a file of its own")));
+  EXPECT_THAT(AtomicFileWriter::CreateAlone(path).status(),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("not a file of its own")));
+  ::unlink((path + ".tmp").c_str());
+  ASSERT_EQ(::mkfifo((path + ".tmp").c_str(), 0600), 0);
+  EXPECT_THAT(AtomicFileWriter::CreateWhileLocked(path).status(), StatusIs(absl::StatusCode::kInternal));
+  EXPECT_EQ(ReadFile(victim), "precious data");
+  ::unlink((path + ".tmp").c_str());
+  // A regular one a killed writer left is taken over.
+  std::ofstream(path + ".tmp") << "left over";
+  absl::StatusOr<std::unique_ptr<AtomicFileWriter>> out = AtomicFileWriter::CreateWhileLocked(path);
+  ASSERT_THAT(out, IsOk());
+  ASSERT_THAT((*out)->Write("new"), IsOk());
+  ASSERT_THAT((*out)->Commit(), IsOk());
+  EXPECT_EQ(ReadFile(path), "new");
 }
 
 }  // namespace

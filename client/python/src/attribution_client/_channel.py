@@ -88,21 +88,34 @@ def _no_passphrase() -> bytes:
     raise _Encrypted()
 
 
+# A PEM block of a certificate: "CERTIFICATE", and OpenSSL's "X509 CERTIFICATE" and "TRUSTED CERTIFICATE".
+_CERTIFICATE_BLOCK = re.compile(rb"-----BEGIN ((?:X509 |TRUSTED )?CERTIFICATE)-----(.*?)-----END \1-----", re.DOTALL)
+
+
+def _check_first_certificate(where: str, text: bytes) -> None:
+    """gRPC keeps a bundle's certificates before its first block that does not parse, so the first is what must.
+    Python's ssl reads only the plain label from memory: the first block is read under it (a trusted one's
+    trust settings, which follow the certificate, are not read)."""
+    first = _CERTIFICATE_BLOCK.search(text)
+    if first is None:
+        raise ValueError(f"{where} holds no PEM certificate")
+    body = first.group(2)
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(
+            cadata=(b"-----BEGIN CERTIFICATE-----" + body + b"-----END CERTIFICATE-----").decode("latin-1"))
+    except (ssl.SSLError, ValueError) as error:
+        raise ValueError(f"{where}: its first certificate does not parse ({getattr(error, 'reason', None) or error})"
+                         ) from None
+
+
 def _check_tls_files(o: ClientOptions, roots: Optional[bytes]) -> None:
     """gRPC takes a file that is no certificate, or a key of another certificate, without a word; every call
     then failed UNAVAILABLE ("Failed to create security handshaker"), naming no file. OpenSSL (Python's ssl)
     reads them as gRPC will. (Unlike the C++ clients, not whether a certificate has expired: Python's ssl does
     not say; the handshake's error does.) The files were read already, so a missing one is named."""
+    if roots is not None:
+        _check_first_certificate(f'ca_file "{o.ca_file}"', roots)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    # Python reads no "TRUSTED CERTIFICATE" block from memory, which gRPC takes as a root: such bundles pass.
-    # gRPC keeps the certificates before the first block that does not parse: that first one is what counts.
-    if roots is not None and b"-----BEGIN TRUSTED CERTIFICATE-----" not in roots:
-        first = re.search(rb"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", roots, re.DOTALL)
-        try:
-            context.load_verify_locations(cadata=(first.group(0) if first else roots).decode("latin-1"))
-        except (ssl.SSLError, ValueError) as error:
-            reason = getattr(error, "reason", None) or error
-            raise ValueError(f'ca_file "{o.ca_file}" holds no PEM certificate that parses ({reason})') from None
     if o.cert_file:
         try:
             context.load_cert_chain(o.cert_file, o.key_file, password=_no_passphrase)
@@ -110,11 +123,10 @@ def _check_tls_files(o: ClientOptions, roots: Optional[bytes]) -> None:
             raise ValueError(f'key_file "{o.key_file}" is encrypted; gRPC cannot ask for its passphrase '
                              "(`openssl pkey -in KEY -out PLAIN` writes it unencrypted)") from None
         except ssl.SSLError as error:
-            if error.reason == "KEY_VALUES_MISMATCH":
-                raise ValueError(f'key_file "{o.key_file}" is not the private key of the first certificate in '
-                                 f'cert_file "{o.cert_file}"') from None
-            raise ValueError(f'cert_file "{o.cert_file}" / key_file "{o.key_file}": not a PEM certificate and its '
-                             f"private key ({error.reason or error})") from None
+            _check_first_certificate(f'cert_file "{o.cert_file}"', _read(o.cert_file))
+            # The chain parses: the key is another certificate's (of its type or another), or no key.
+            raise ValueError(f'key_file "{o.key_file}" is not the private key of the first certificate in '
+                             f'cert_file "{o.cert_file}" ({error.reason or error})') from None
 
 
 def check(o: ClientOptions) -> None:
