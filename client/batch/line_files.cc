@@ -175,14 +175,19 @@ namespace {
 // was overwritten, then renamed into place), not a FIFO (opening it waited for a reader forever), not another
 // file's second name (a hard link: emptying it emptied that file). What it holds is the caller's to truncate.
 absl::StatusOr<int> OpenOwnTemporary(const std::string& temporary) {
+  const auto not_its_own = [&temporary] {
+    return absl::FailedPreconditionError(absl::StrCat(
+        temporary,
+        ": not a file of its own (a link, a directory, a device, a pipe, or another file's second name); remove it: "
+        "this command writes its temporary file there, then renames it"));
+  };
   const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0644);
+  // A symbolic link (ELOOP), a directory (EISDIR), a FIFO without a reader (ENXIO).
+  if (fd < 0 && (errno == ELOOP || errno == EISDIR || errno == ENXIO)) return not_its_own();
   if (fd < 0) return FileError("cannot create", temporary, errno);
   if (struct stat info; ::fstat(fd, &info) != 0 || !S_ISREG(info.st_mode) || info.st_nlink > 1) {
     ::close(fd);
-    return absl::FailedPreconditionError(absl::StrCat(
-        temporary,
-        ": not a file of its own (a device, a pipe, or another file's second name); remove it: this command writes "
-        "its temporary file there, then renames it"));
+    return not_its_own();
   }
   if (::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK) != 0) {
     const int error = errno;

@@ -172,8 +172,10 @@ TEST(AtomicFileWriter, AFixedTemporaryIsAFileOfItsOwnOrRefused) {
   std::ofstream(victim) << "precious data";
   const std::string path = dir.File("results.jsonl");
   ASSERT_EQ(::symlink(victim.c_str(), (path + ".tmp").c_str()), 0);
-  EXPECT_THAT(AtomicFileWriter::CreateWhileLocked(path).status(), StatusIs(absl::StatusCode::kInternal));
-  EXPECT_THAT(AtomicFileWriter::CreateAlone(path).status(), StatusIs(absl::StatusCode::kInternal));
+  EXPECT_THAT(AtomicFileWriter::CreateWhileLocked(path).status(),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("not a file of its own")));
+  EXPECT_THAT(AtomicFileWriter::CreateAlone(path).status(),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("not a file of its own")));
   ::unlink((path + ".tmp").c_str());
   ASSERT_EQ(::link(victim.c_str(), (path + ".tmp").c_str()), 0);
   EXPECT_THAT(AtomicFileWriter::CreateWhileLocked(path).status(),
@@ -182,7 +184,8 @@ TEST(AtomicFileWriter, AFixedTemporaryIsAFileOfItsOwnOrRefused) {
               StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("not a file of its own")));
   ::unlink((path + ".tmp").c_str());
   ASSERT_EQ(::mkfifo((path + ".tmp").c_str(), 0600), 0);
-  EXPECT_THAT(AtomicFileWriter::CreateWhileLocked(path).status(), StatusIs(absl::StatusCode::kInternal));
+  EXPECT_THAT(AtomicFileWriter::CreateWhileLocked(path).status(),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("not a file of its own")));
   EXPECT_EQ(ReadFile(victim), "precious data");
   ::unlink((path + ".tmp").c_str());
   // A regular one a killed writer left is taken over.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import ssl
+import tempfile
 from typing import List, Optional, Tuple
 
 import grpc
@@ -89,7 +90,9 @@ def _no_passphrase() -> bytes:
 
 
 # A PEM block of a certificate: "CERTIFICATE", and OpenSSL's "X509 CERTIFICATE" and "TRUSTED CERTIFICATE".
-_CERTIFICATE_BLOCK = re.compile(rb"-----BEGIN ((?:X509 |TRUSTED )?CERTIFICATE)-----(.*?)-----END \1-----", re.DOTALL)
+# Its lines whole, as OpenSSL reads them: text before BEGIN on its line is no block.
+_CERTIFICATE_BLOCK = re.compile(
+    rb"^-----BEGIN ((?:X509 |TRUSTED )?CERTIFICATE)-----\r?$(.*?)^-----END \1-----", re.DOTALL | re.MULTILINE)
 
 
 def _check_first_certificate(where: str, text: bytes) -> None:
@@ -100,12 +103,27 @@ def _check_first_certificate(where: str, text: bytes) -> None:
     if first is None:
         raise ValueError(f"{where} holds no PEM certificate")
     body = first.group(2)
+    if b"-----BEGIN" in body:  # a block without its END line: grpcio (BoringSSL) loads no certificate
+        raise ValueError(f"{where}: its first certificate does not parse (no END line)")
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(
             cadata=(b"-----BEGIN CERTIFICATE-----" + body + b"-----END CERTIFICATE-----").decode("latin-1"))
     except (ssl.SSLError, ValueError) as error:
         raise ValueError(f"{where}: its first certificate does not parse ({getattr(error, 'reason', None) or error})"
                          ) from None
+
+
+def _key_fits_first(chain: bytes, o: ClientOptions) -> bool:
+    """Whether `o.key_file` is the private key of `chain`'s first certificate (ssl loads chains from files only)."""
+    first = _CERTIFICATE_BLOCK.search(chain)
+    with tempfile.NamedTemporaryFile(suffix=".pem") as leaf:
+        leaf.write(b"-----BEGIN CERTIFICATE-----" + first.group(2) + b"-----END CERTIFICATE-----\n")
+        leaf.flush()
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(leaf.name, o.key_file, password=_no_passphrase)
+        except (ssl.SSLError, _Encrypted):
+            return False
+    return True
 
 
 def _check_tls_files(o: ClientOptions, roots: Optional[bytes]) -> None:
@@ -123,8 +141,12 @@ def _check_tls_files(o: ClientOptions, roots: Optional[bytes]) -> None:
             raise ValueError(f'key_file "{o.key_file}" is encrypted; gRPC cannot ask for its passphrase '
                              "(`openssl pkey -in KEY -out PLAIN` writes it unencrypted)") from None
         except ssl.SSLError as error:
-            _check_first_certificate(f'cert_file "{o.cert_file}"', _read(o.cert_file))
-            # The chain parses: the key is another certificate's (of its type or another), or no key.
+            chain = _read(o.cert_file)
+            _check_first_certificate(f'cert_file "{o.cert_file}"', chain)
+            # gRPC keeps a chain's certificates before a later block that does not parse: what counts is whether
+            # the key is the first certificate's.
+            if error.reason not in ("KEY_VALUES_MISMATCH", "NO_CERTIFICATE_ASSIGNED") and _key_fits_first(chain, o):
+                return
             raise ValueError(f'key_file "{o.key_file}" is not the private key of the first certificate in '
                              f'cert_file "{o.cert_file}" ({error.reason or error})') from None
 
