@@ -120,6 +120,21 @@ def test_certificates_and_keys_that_cannot_work_are_refused_locally(certs, mtls_
         ac.AttributionClient(options(certs, mtls_server, **{k: str(certs / v) for k, v in change.items()}))
 
 
+def test_pem_blocks_are_judged_as_grpc_reads_them(certs, mtls_server, tmp_path):
+    """gRPC keeps a chain's certificates before a later block that does not parse (the key was blamed), and loads
+    none from a first block without its END line or with text before BEGIN on its line (they passed the check,
+    then every call failed UNAVAILABLE naming no file)."""
+    damaged = b"-----BEGIN CERTIFICATE-----\nnot base64 %%%\n-----END CERTIFICATE-----\n"
+    (tmp_path / "chain.pem").write_bytes((certs / "client.pem").read_bytes() + damaged)
+    ac.AttributionClient(options(certs, mtls_server, cert_file=str(tmp_path / "chain.pem")))
+    (tmp_path / "no_end.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\nAAAA\n" + (certs / "ca.pem").read_bytes())
+    with pytest.raises(ValueError, match="its first certificate does not parse"):
+        ac.AttributionClient(options(certs, mtls_server, ca_file=str(tmp_path / "no_end.pem")))
+    (tmp_path / "prefixed.pem").write_bytes(b"x " + (certs / "ca.pem").read_bytes())
+    with pytest.raises(ValueError, match="holds no PEM certificate"):
+        ac.AttributionClient(options(certs, mtls_server, ca_file=str(tmp_path / "prefixed.pem")))
+
+
 def test_the_token_stays_out_of_reprs_and_type_errors(certs, mtls_server, tmp_path):
     """Notebooks show repr(), and tracebacks reach logs: a token read in binary mode was printed whole."""
     o = options(certs, mtls_server, bearer_token="secret-token-1")
