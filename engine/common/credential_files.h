@@ -23,11 +23,12 @@ struct PemFile {
   std::string text;
 };
 
-// `file` holds one or more certificates (a CA bundle, a certificate chain), each parsing: INVALID_ARGUMENT
-// naming the setting and the path otherwise.
+// `file` holds a certificate (a CA bundle, a certificate chain) and its first parses (gRPC keeps a bundle's
+// certificates before its first block that does not parse): INVALID_ARGUMENT naming the setting and the path
+// otherwise.
 absl::Status CheckCertificates(const PemFile& file);
 
-// `chain`'s certificates parse and the first is in force now; `key` holds an unencrypted private key (gRPC
+// `chain`'s first certificate parses and is in force now; `key` holds an unencrypted private key (gRPC
 // cannot ask for a passphrase) whose public half is the first certificate's. INVALID_ARGUMENT naming the
 // setting at fault otherwise. A key gRPC loads through an OpenSSL engine ("engine:ID:KEY", a hardware key) is
 // not read here: only the chain is checked.
