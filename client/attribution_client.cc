@@ -16,8 +16,6 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/str_split.h"
-#include "absl/strings/strip.h"
 #include "attribution/v1/attribution.grpc.pb.h"
 #include "client/proto_mapping.h"
 #include "engine/common/credential_files.h"

@@ -10,7 +10,6 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/str_split.h"
 #include "engine/common/credential_files.h"
 #include "engine/common/files.h"
 #include "engine/common/status_macros.h"

@@ -170,26 +170,26 @@ TEST(AtomicFileWriter, AFixedTemporaryIsAFileOfItsOwnOrRefused) {
   TempDir dir;
   const std::string victim = dir.File("victim.txt");
   std::ofstream(victim) << "precious data";
-  const std::string path = dir.File("results.jsonl");
-  ASSERT_EQ(::symlink(victim.c_str(), (path + ".tmp").c_str()), 0);
-  EXPECT_THAT(AtomicFileWriter::CreateWhileLocked(path).status(),
-              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("not a file of its own")));
-  EXPECT_THAT(AtomicFileWriter::CreateAlone(path).status(),
-              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("not a file of its own")));
-  ::unlink((path + ".tmp").c_str());
-  ASSERT_EQ(::link(victim.c_str(), (path + ".tmp").c_str()), 0);
-  EXPECT_THAT(AtomicFileWriter::CreateWhileLocked(path).status(),
-              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("not a file of its own")));
-  EXPECT_THAT(AtomicFileWriter::CreateAlone(path).status(),
-              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("not a file of its own")));
-  ::unlink((path + ".tmp").c_str());
-  ASSERT_EQ(::mkfifo((path + ".tmp").c_str(), 0600), 0);
-  EXPECT_THAT(AtomicFileWriter::CreateWhileLocked(path).status(),
-              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("not a file of its own")));
+  const std::string path = dir.File("results.jsonl"), temporary = path + ".tmp";
+  // Both writers refuse what lies at `temporary`, which is then removed.
+  const auto expect_refused = [&](const char* kind) {
+    EXPECT_THAT(AtomicFileWriter::CreateWhileLocked(path).status(),
+                StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("not a file of its own")))
+        << kind;
+    EXPECT_THAT(AtomicFileWriter::CreateAlone(path).status(),
+                StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("not a file of its own")))
+        << kind;
+    ::unlink(temporary.c_str());
+  };
+  ASSERT_EQ(::symlink(victim.c_str(), temporary.c_str()), 0);
+  expect_refused("a symbolic link");
+  ASSERT_EQ(::link(victim.c_str(), temporary.c_str()), 0);
+  expect_refused("a hard link");
+  ASSERT_EQ(::mkfifo(temporary.c_str(), 0600), 0);
+  expect_refused("a FIFO");
   EXPECT_EQ(ReadFile(victim), "precious data");
-  ::unlink((path + ".tmp").c_str());
   // A regular one a killed writer left is taken over.
-  std::ofstream(path + ".tmp") << "left over";
+  std::ofstream(temporary) << "left over";
   absl::StatusOr<std::unique_ptr<AtomicFileWriter>> out = AtomicFileWriter::CreateWhileLocked(path);
   ASSERT_THAT(out, IsOk());
   ASSERT_THAT((*out)->Write("new"), IsOk());
