@@ -55,8 +55,8 @@ class ServerProcess {
   // Waits for the exit; the exit code, or -1 when it did not exit in time or died of a signal.
   int Wait(absl::Duration timeout);
   std::string Log() const;
-  // The log once it holds `text`, or as it is after `timeout`: a call's line is written by the server's log
-  // thread after the call ended, so a client can have its answer before the line is there.
+  // The log's whole lines once they hold `text`, or as they are after `timeout`: a call's line is written by the
+  // server's log thread after the call ended, so a client can have its answer before the line is there.
   std::string LogOnceItHolds(const std::string& text, absl::Duration timeout = absl::Seconds(10)) const;
 
  private:
