@@ -66,6 +66,8 @@ class Server:
         while True:
             with open(self.log.name) as f:
                 text = f.read()
+            # Whole lines only: the server may be writing one, and a line cut short there does not parse.
+            text = text[:text.rfind("\n") + 1]
             lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
             if until(lines) or time.monotonic() > deadline:
                 return text, lines
