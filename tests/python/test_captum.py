@@ -132,6 +132,29 @@ def test_provider_answers_as_the_service(client, tokenizer):
         provider.get_logprobs(PROMPT, "", tokenizer)
 
 
+def test_provider_sends_captums_tokens_and_refuses_generate_arguments_it_cannot_honour(client, tokenizer):
+    provider = AttributionProvider(client, "default")
+    # The prompt as Captum's tokenizer reads it, whatever the server's own reading of the text: a remote
+    # TextTokenInput arrives as "<s> The ...", which the server read with a "▁" more than transformers.
+    for text in ["<s> " + PROMPT, " " + PROMPT]:
+        np.testing.assert_allclose(provider.get_logprobs(text, "Yes", tokenizer),
+                                   client.logprobs(prompt=tokenizer.encode(text),
+                                                   target=tokenizer.encode("Yes", add_special_tokens=False)).log_probs)
+    # Dropped before: num_beams, repetition_penalty answered greedily; max_new_tokens=0 became 25, and
+    # do_sample with temperature 0 sampled at 1.
+    for gen_args, named in [({"num_beams": 2, "repetition_penalty": 5.0}, "num_beams, repetition_penalty"),
+                            ({"max_new_tokens": 0}, "max_new_tokens"),
+                            ({"do_sample": True, "temperature": 0.0}, "temperature")]:
+        with pytest.raises(ValueError, match=named):
+            provider.generate(PROMPT, **gen_args)
+    # Captum's defaults, transformers' harmless pad_token_id, and eos_token_id as the stop tokens.
+    assert provider.generate(PROMPT, max_new_tokens=3, do_sample=False, temperature=None, top_p=None,
+                             pad_token_id=tokenizer.eos_token_id) == client.generate(prompt=PROMPT,
+                                                                                     max_new_tokens=3).text
+    assert AttributionProvider._generation({"eos_token_id": 7}).stop_token_ids == [7]
+    assert AttributionProvider._generation({"eos_token_id": [7, 9]}).stop_token_ids == [7, 9]
+
+
 def test_tolerance_driven_integrated_gradients_reaches_captums_512_steps(client, model, tokenizer):
     # Seed 001 asks Captum for 512 Gauss-Legendre steps; with a tolerance the server refines nested
     # orders of Fejér's second rule (the rule when none is given) until it is sure of 1e-3, computing each point

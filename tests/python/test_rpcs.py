@@ -5,7 +5,11 @@ cancellation and errors as Python exceptions."""
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
+import gc
 import json
+import pickle
 import re
 import signal
 import sys
@@ -812,6 +816,51 @@ def test_an_async_stream_cancelled_while_it_starts_ends_its_call(server):
     _, lines = server.log_lines(until=lambda lines: ended(lines), seconds=5)
     for line in ended(lines):
         assert line["code"] == "CANCELLED" and line["wall_s"] < 1, line
+
+
+def test_an_async_stream_left_unfinished_ends_its_call(server):
+    # An `async for` that returned at its first progress event left the call open until the client closed:
+    # the server computed the whole request for no one, and the call held a max_concurrent_requests slot.
+    async def leave_streams_unfinished():
+        async with ac.AsyncAttributionClient(server.address) as c:
+            async def peek(request_id):
+                async for p in c.attribute_stream(prompt=PROMPT, target=" Yes", n_steps=1024, model="default",
+                                                  request_id=request_id):
+                    if p.rows_done:
+                        return p
+
+            await peek("left-unfinished")
+            gc.collect()
+            async with c.attribute_stream(prompt=PROMPT, target=" Yes", n_steps=1024, model="default",
+                                          request_id="left-async-with") as stream:
+                async for p in stream:
+                    if p.rows_done:
+                        break
+            await asyncio.sleep(4)  # the client stays open: before, the calls ran to their end (OK) meanwhile
+
+    asyncio.run(leave_streams_unfinished())
+    names = {"left-unfinished", "left-async-with"}
+
+    def ended(lines):
+        return [line for line in lines if line.get("request_id") in names]
+
+    _, lines = server.log_lines(until=lambda lines: len(ended(lines)) == 2, seconds=5)
+    assert len(ended(lines)) == 2, lines
+    for line in ended(lines):
+        assert line["code"] == "CANCELLED" and line["wall_s"] < 3, line
+
+
+def test_results_compare_equal_by_their_values(client):
+    # The generated __eq__ asked a numpy array for one truth value: `a == b` raised ValueError, even for a
+    # result and its copy, and so did `a in results`.
+    a = client.attribute(prompt=PROMPT, target=" Yes", method="saliency", want_token_matrix=True)
+    assert a == pickle.loads(pickle.dumps(a)) and a in [a]
+    assert a != dataclasses.replace(a, sequence=a.sequence + 1)
+    grid = ac.ComponentGrid(site="heads", granularity="layer_head", shape=(1, 2), axes=["layer", "head"],
+                            values=np.array([0.5, np.nan]))
+    assert grid == copy.deepcopy(grid) and grid in [grid]
+    assert grid != dataclasses.replace(grid, values=np.array([0.5, 1.0]))
+    assert grid != dataclasses.replace(grid, values=np.array([[0.5, np.nan]]))
 
 
 def test_a_slow_handshake_is_waited_for_up_to_the_connect_timeout(server):

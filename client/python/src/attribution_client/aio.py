@@ -53,7 +53,8 @@ class AsyncStream(Generic[Item, Result]):
     """A server-streaming call: `async for` its events, then `await result()`; cancel() ends it (the
     iteration then raises Cancelled). The call starts with the first event asked for (choosing the
     server's first model needs a call of its own); `await`ing the stream starts it and gives it back,
-    as the stream methods' coroutines did before."""
+    as the stream methods' coroutines did before. A stream left unfinished ends its call when it is
+    collected; `async with stream:` (or aclose()) ends it at once."""
 
     def __init__(self, start: Callable[[], Awaitable[Any]], convert: Callable[[Any], Union[Item, Result]],
                  result_type: type, closed: Callable[[], bool] = lambda: False, rpc: str = "",
@@ -149,6 +150,29 @@ class AsyncStream(Generic[Item, Result]):
             self._starting.add_done_callback(_cancel_started_call)
         # else _started() cancels it once it exists
 
+    async def aclose(self) -> None:
+        """Ends the call if it is still open (for `async with stream:` and contextlib.aclosing)."""
+        if self._call is None or not self._call.done():
+            self.cancel()
+
+    async def __aenter__(self) -> "AsyncStream[Item, Result]":
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        # A stream left unfinished (an `async for` that returned at its first event, a started stream never
+        # read): grpc.aio keeps its call open until the channel closes, the server computing the whole request
+        # for no one and the call holding one of its max_concurrent_requests slots.
+        try:
+            if self._call is not None and not self._call.done():
+                self._call.cancel()
+            elif self._call is None and self._starting is not None and not self._starting.done():
+                self._starting.add_done_callback(_cancel_started_call)
+        except Exception:  # noqa: BLE001 - collected after its loop closed: the channel's close ended the call
+            pass
+
 
 def _cancel_started_call(starting: "asyncio.Future[Any]") -> None:
     if not starting.cancelled() and starting.exception() is None:
@@ -157,9 +181,8 @@ def _cancel_started_call(starting: "asyncio.Future[Any]") -> None:
 
 async def _with_progress(stream: AsyncStream[Progress, Result], progress: Callable[[Progress], None]) -> Result:
     """The stream's result, calling `progress` with each Progress. Whatever leaves early (the callback's
-    exception, the task's cancellation) cancels the call: grpc.aio ends it only once the stream is
-    collected, and a kept traceback (a notebook's sys.last_traceback) keeps it, the server computing the
-    whole request for no one."""
+    exception, the task's cancellation) cancels the call at once: a kept traceback (a notebook's
+    sys.last_traceback) keeps the stream, which would end it only once collected."""
     try:
         async for p in stream:
             progress(p)

@@ -47,11 +47,14 @@ def to_llm_attribution_result(a: "Attribution", tokenizer: Any = None) -> LLMAtt
 class AttributionProvider(RemoteLLMProvider):
     """Captum's RemoteLLMProvider on the attribution service.
 
-    generate() calls Generate and returns the continuation text. get_logprobs() calls Logprobs: the
-    prompt as text (the server's tokenizer adds bos as the model's Hugging Face tokenizer does), the
-    target as the ids `tokenizer.encode(target_str, add_special_tokens=False)` when Captum passes its
-    tokenizer (the very tokens Captum counts), else as text tokenized on its own (SEPARATE, Captum's
-    rule). One Logprobs call per perturbed prompt, teacher-forced as Captum's forward_in_tokens=False.
+    generate() calls Generate and returns the continuation text. get_logprobs() calls Logprobs: when
+    Captum passes its tokenizer, the prompt as the ids `tokenizer.encode(input_prompt)` (Captum's own
+    reading of the text, bos added as for any text prompt) and the target as the ids
+    `tokenizer.encode(target_str, add_special_tokens=False)` (the very tokens Captum counts); else both as
+    text, the target tokenized on its own (SEPARATE, Captum's rule). One Logprobs call per perturbed prompt,
+    teacher-forced as Captum's forward_in_tokens=False. Captum hands a remote provider every prompt as
+    text: a TextTokenInput arrives decoded, its bos as text, and so gets a second bos as from any
+    text-serving provider; TextTemplateInput gives what LLMAttribution computes.
     """
 
     def __init__(self, client: "AttributionClient", model: str = "", *, priority: str = "normal",
@@ -63,7 +66,8 @@ class AttributionProvider(RemoteLLMProvider):
         self.timeout = timeout if timeout is not None else client.options.timeout
 
     def generate(self, prompt: str, **gen_args: Any) -> str:
-        """Greedy unless do_sample=True; max_new_tokens (or max_tokens), temperature, top_k, top_p, seed."""
+        """Greedy unless do_sample=True; max_new_tokens (or max_tokens), temperature, top_k, top_p, seed,
+        eos_token_id (see _generation)."""
         settings = self._generation(gen_args)
         return self.client.generate(prompt=prompt, model=self.model, generation=settings, priority=self.priority,
                                     timeout=self.timeout).text
@@ -71,26 +75,41 @@ class AttributionProvider(RemoteLLMProvider):
     def get_logprobs(self, input_prompt: str, target_str: str, tokenizer: Any = None) -> List[float]:
         if not target_str:
             raise ValueError("target_str: empty")
+        prompt: Any = input_prompt
         target: Any = target_str
         if tokenizer is not None:
+            prompt = list(tokenizer.encode(input_prompt))
             target = list(tokenizer.encode(target_str, add_special_tokens=False))
-        result = self.client.logprobs(prompt=input_prompt, target=target, model=self.model,
+        result = self.client.logprobs(prompt=prompt, target=target, model=self.model,
                                       target_tokenization="separate", priority=self.priority, timeout=self.timeout)
         return result.log_probs
 
     @staticmethod
     def _generation(gen_args: Dict[str, Any]) -> GenerationSettings:
-        args = dict(gen_args)
-        max_new = args.pop("max_new_tokens", None) or args.pop("max_tokens", None) or 25
+        """transformers' generate() arguments as the service's settings, with transformers' defaults (top_k 50
+        when sampling). Arguments it has no setting for would change what transformers generates, so they are
+        refused by name rather than dropped; pad_token_id and use_cache change nothing for one prompt."""
+        args = {key: value for key, value in gen_args.items() if value is not None}
+        max_new = args.pop("max_new_tokens", args.pop("max_tokens", 25))
+        if int(max_new) < 1:
+            raise ValueError(f"max_new_tokens: {max_new} must be at least 1 (transformers' generate requires it)")
         sample = bool(args.pop("do_sample", False))
-        temperature = args.pop("temperature", None)
-        top_p = args.pop("top_p", None)
-        top_k = args.pop("top_k", None)
+        temperature = float(args.pop("temperature", 1.0))
+        top_p = float(args.pop("top_p", 1.0))
+        top_k = int(args.pop("top_k", 50))
         seed = args.pop("seed", None)
-        return GenerationSettings(max_new_tokens=int(max_new),
-                                  temperature=float(temperature or 1.0) if sample else 0.0,
-                                  top_p=float(top_p or 0.0) if sample else 0.0, top_k=int(top_k or 0) if sample else 0,
-                                  seed=None if seed is None else int(seed))
-
+        eos = args.pop("eos_token_id", [])
+        stop_token_ids = [int(eos)] if isinstance(eos, int) else [int(i) for i in eos]
+        for harmless in ("pad_token_id", "use_cache"):
+            args.pop(harmless, None)
+        if args:
+            raise ValueError(f"gen_args: {', '.join(sorted(args))}: the service's Generate has no such setting "
+                             "(it decodes greedily, or samples with temperature, top_k, top_p and seed)")
+        if sample and not temperature > 0:
+            raise ValueError(f"temperature: {temperature} must be positive when do_sample=True (as transformers "
+                             "requires; do_sample=False decodes greedily)")
+        return GenerationSettings(max_new_tokens=int(max_new), temperature=temperature if sample else 0.0,
+                                  top_p=top_p if sample and top_p < 1 else 0.0, top_k=top_k if sample else 0,
+                                  seed=None if seed is None else int(seed), stop_token_ids=stop_token_ids)
 
 __all__ = ["AttributionProvider", "to_llm_attribution_result"]

@@ -4,7 +4,7 @@ for notebooks: numpy arrays, pandas DataFrames, Captum's LLMAttributionResult an
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
 import numpy as np
@@ -64,7 +64,23 @@ class Progress:
     queued: bool = False
 
 
-@dataclass
+def _equal_with_arrays(a: Any, b: Any) -> bool:
+    """Dataclass equality whose numpy fields compare by shape and values (NaN equal to NaN): the generated
+    __eq__ asked an array for one truth value, so `a == b` raised ValueError, even for a result and its copy."""
+    if type(a) is not type(b):
+        return NotImplemented
+    for f in fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+            if not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray) and x.shape == y.shape
+                    and np.array_equal(x, y, equal_nan=True)):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+@dataclass(eq=False)
 class Attribution:
     """An Attribute answer: `sequence` holds one attribution per feature, `token_matrix` (when asked)
     one row per target token."""
@@ -89,6 +105,9 @@ class Attribution:
     foil_tokens: List[Token] = field(default_factory=list)
     # Settings the request set that its method does not read ("n_steps" for saliency): they changed nothing.
     unread_settings: List[str] = field(default_factory=list)
+
+    __eq__ = _equal_with_arrays
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the generated __eq__ left it
 
     @property
     def feature_texts(self) -> List[str]:
@@ -145,7 +164,7 @@ class Attribution:
 _AXIS_LABELS = {"layer": "L", "head": "H", "position": "P"}
 
 
-@dataclass
+@dataclass(eq=False)
 class ComponentGrid:
     """One site's component attributions: `values` is row-major over `shape` (to_numpy() reshapes it),
     [layers, heads], [layers, positions] or [layers, positions, heads] as `axes` name them."""
@@ -156,6 +175,9 @@ class ComponentGrid:
     axes: List[str]    # "layer", "head", "position"
     values: np.ndarray  # flat, float64
     convergence_deltas: np.ndarray = field(default_factory=lambda: np.zeros(0))  # layer IG: value − patching effect
+
+    __eq__ = _equal_with_arrays
+    __hash__ = None  # type: ignore[assignment]
 
     def to_numpy(self) -> np.ndarray:
         """The values as an array of `shape`."""
