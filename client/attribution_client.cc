@@ -2,6 +2,7 @@
 #include "client/attribution_client.h"
 
 #include <fcntl.h>
+#include <grpc/support/time.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <unistd.h>
@@ -190,7 +191,12 @@ struct AttributionClient::Impl {
   // `request_id`, when set, goes as x-request-id metadata: the server writes it in the call's log line.
   std::unique_ptr<grpc::ClientContext> NewContext(const std::string& request_id = "") const {
     auto context = std::make_unique<grpc::ClientContext>();
-    context->set_deadline(absl::ToChronoTime(absl::Now() + options.timeout));
+    // On gRPC's monotonic clock: absl::Now() notices a step of the wall clock only seconds later, and a deadline
+    // read from it was in the past (a step ahead: every call DEADLINE_EXCEEDED at once) or an hour late.
+    if (options.timeout != absl::InfiniteDuration()) {
+      context->set_deadline(gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                                         gpr_time_from_nanos(absl::ToInt64Nanoseconds(options.timeout), GPR_TIMESPAN)));
+    }
     if (!options.bearer_token.empty()) context->AddMetadata("authorization", "Bearer " + options.bearer_token);
     if (!request_id.empty()) context->AddMetadata("x-request-id", request_id);
     return context;

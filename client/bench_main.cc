@@ -29,6 +29,7 @@
 #include "client/attribution_client.h"
 #include "client/command_line.h"
 #include "client/connection_flags.h"
+#include "engine/common/monotonic_clock.h"
 
 ABSL_FLAG(std::string, server, "localhost:50051", "server address, or any gRPC target (dns:///name:port, ...)");
 ABSL_FLAG(std::string, load_balancing, "pick_first", "pick_first | round_robin over the target's addresses");
@@ -224,7 +225,7 @@ nlohmann::json RunLoad(AttributionClient& client, const std::string& model, cons
                        absl::Duration duration) {
   Mix mix = *ParseMix(spec.mix);
   Recorder recorder;
-  const absl::Time start = absl::Now(), end = start + duration;
+  const absl::Time start = MonotonicNow(), end = start + duration;
   std::mt19937 rng(1);
   std::mutex rng_mu;  // open-loop callbacks and closed-loop clients draw from one generator
   auto pick = [&] {
@@ -242,11 +243,14 @@ nlohmann::json RunLoad(AttributionClient& client, const std::string& model, cons
     for (int64_t i = 0;; ++i) {
       const absl::Time scheduled = start + absl::Seconds(static_cast<double>(i) / spec.rate);
       if (scheduled >= end) break;
-      std::this_thread::sleep_until(absl::ToChronoTime(scheduled));
+      absl::SleepFor(scheduled - MonotonicNow());
       {
         std::unique_lock<std::mutex> lock(mu);
-        if (!answered.wait_until(lock, absl::ToChronoTime(end), [&] { return in_flight < kMostInFlight; })) break;
-        if (absl::Now() >= end) break;
+        if (!answered.wait_for(lock, absl::ToChronoNanoseconds(end - MonotonicNow()),
+                               [&] { return in_flight < kMostInFlight; })) {
+          break;
+        }
+        if (MonotonicNow() >= end) break;
         in_flight += 1;
       }
       const std::string rpc = pick();
@@ -254,7 +258,7 @@ nlohmann::json RunLoad(AttributionClient& client, const std::string& model, cons
       // Latency counts from the call's scheduled time, so a schedule the client fell behind shows in it.
       Call(client, model, spec, rpc, static_cast<int>(i % std::size(kPrompts)),
            [&, rpc, scheduled](absl::StatusCode code) {
-             recorder.Add(rpc, {absl::ToDoubleSeconds(absl::Now() - scheduled), code});
+             recorder.Add(rpc, {absl::ToDoubleSeconds(MonotonicNow() - scheduled), code});
              std::lock_guard<std::mutex> lock(mu);
              in_flight -= 1;
              answered.notify_all();
@@ -268,22 +272,22 @@ nlohmann::json RunLoad(AttributionClient& client, const std::string& model, cons
     std::vector<std::thread> clients;
     for (int c = 0; c < spec.concurrency; ++c) {
       clients.emplace_back([&, c] {
-        for (int index = c; absl::Now() < end; index += spec.concurrency) {
+        for (int index = c; MonotonicNow() < end; index += spec.concurrency) {
           const std::string rpc = pick();
           sent += 1;
-          const absl::Time sent_at = absl::Now();
+          const absl::Time sent_at = MonotonicNow();
           // Shared with the callback: set_value may still be returning on a gRPC thread after get() did.
           auto answered = std::make_shared<std::promise<absl::StatusCode>>();
           std::future<absl::StatusCode> answer = answered->get_future();
           Call(client, model, spec, rpc, index, [answered](absl::StatusCode code) { answered->set_value(code); });
           const absl::StatusCode code = answer.get();
-          recorder.Add(rpc, {absl::ToDoubleSeconds(absl::Now() - sent_at), code});
+          recorder.Add(rpc, {absl::ToDoubleSeconds(MonotonicNow() - sent_at), code});
         }
       });
     }
     for (std::thread& t : clients) t.join();
   }
-  const double elapsed = absl::ToDoubleSeconds(absl::Now() - start);
+  const double elapsed = absl::ToDoubleSeconds(MonotonicNow() - start);
   return {{"mode", spec.rate > 0 ? "open" : "closed"},
           {"rate", spec.rate},
           {"sent_per_second", static_cast<double>(sent.load()) / absl::ToDoubleSeconds(duration)},

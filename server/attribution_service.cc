@@ -1,13 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "server/attribution_service.h"
 
-#include <chrono>
 #include <iterator>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "engine/attribution/faithfulness.h"
 #include "engine/attribution/row_plan.h"
+#include "engine/common/monotonic_clock.h"
 #include "engine/scheduler/engine_generation.h"
 #include "server/component_conversion.h"
 #include "server/conversion.h"
@@ -17,13 +17,6 @@
 
 namespace attribution::server {
 namespace {
-
-absl::Time DeadlineOf(const grpc::CallbackServerContext* context) {
-  const auto deadline = context->deadline();
-  // gRPC reports "no deadline" as a far-future time point.
-  if (deadline >= std::chrono::system_clock::now() + std::chrono::hours(24 * 365)) return absl::InfiniteFuture();
-  return absl::FromChrono(deadline);
-}
 
 // A stream's progress: the queued event now, then a callback that sends rows done / total as
 // replaceable events. A unary call has none.
@@ -175,7 +168,7 @@ absl::StatusOr<const ServedModel*> AttributionServiceImpl::Admit(CallLog& log, g
     if (absl::Status s = auth_->CheckCall(*context); !s.ok()) {
       // A stranger's call costs it nothing, so its lines are rationed, and its text (the model it names, its
       // request id) stays out of the log.
-      log.logged = unauthenticated_lines_.Take(absl::Now(), log.like_it_not_logged);
+      log.logged = unauthenticated_lines_.Take(MonotonicNow(), log.like_it_not_logged);
       log.request_id.clear();
       return s;
     }
@@ -200,7 +193,7 @@ absl::StatusOr<const ServedModel*> AttributionServiceImpl::Admit(CallLog& log, g
 }
 
 void AttributionServiceImpl::CallEnded(const CallLog& log, const grpc::Status& status) {
-  const absl::Time now = absl::Now();
+  const absl::Time now = MonotonicNow();
   const char* code = StatusCodeName(status.error_code());
   // Counted before its slot frees: a call admitted into that slot finds this one in the metrics.
   metrics_->RecordRpc(log.method, code, log.served_model, now - log.received);
@@ -231,9 +224,10 @@ void AttributionServiceImpl::AnswerWaiting(int64_t bytes) { unread_answer_bytes_
 
 void AttributionServiceImpl::AnswerGone(int64_t bytes) { unread_answer_bytes_.fetch_sub(bytes); }
 
-bool AttributionServiceImpl::WaitCallsClosed(absl::Time deadline) const {
+bool AttributionServiceImpl::WaitCallsClosed(absl::Duration timeout) const {
+  const absl::Time deadline = MonotonicNow() + timeout;
   while (open_calls_.load() > 0) {
-    if (absl::Now() >= deadline) return false;
+    if (MonotonicNow() >= deadline) return false;
     absl::SleepFor(absl::Milliseconds(5));  // once, at the end of a drain: no event to wait on is worth its cost
   }
   return true;
@@ -272,7 +266,7 @@ void AttributionServiceImpl::StartAttribution(Call* call, grpc::CallbackServerCo
   ConvertThen(
       context, request, request.priority(),
       [=, this, &request, served = *model] {
-        absl::StatusOr<AttributeCall> converted = ToAttributeCall(request, *served, DeadlineOf(context));
+        absl::StatusOr<AttributeCall> converted = ToAttributeCall(request, *served, call->log().deadline);
         if (!converted.ok()) return done(converted.status());
         if (absl::Status fits = CheckAttributionFits(*converted, *served, config_.max_message_bytes); !fits.ok()) {
           return done(fits);
@@ -295,7 +289,7 @@ void AttributionServiceImpl::SubmitAttribution(Call* call, const ServedModel* se
         if (!result.ok()) return done(result.status());
         v1::AttributeResponse response;
         ToAttributeResponse(*result, *attribute, *served, &response);
-        response.mutable_stats()->set_wall_seconds(absl::ToDoubleSeconds(absl::Now() - received));
+        response.mutable_stats()->set_wall_seconds(absl::ToDoubleSeconds(MonotonicNow() - received));
         call->log().stats = response.stats();
         done(std::move(response));
       },
@@ -327,7 +321,7 @@ void AttributionServiceImpl::StartComponents(
       context, request, request.priority(),
       [=, this, &request, served = *model] {
         absl::StatusOr<ComponentsCall> converted =
-            ToComponentsCall(request, *served, DeadlineOf(context), config_.max_message_bytes,
+            ToComponentsCall(request, *served, call->log().deadline, config_.max_message_bytes,
                              [this, context] { return ReadingInterrupted(context); });
         if (!converted.ok()) return done(converted.status());
         if (absl::Status fits = CheckComponentsFit(*converted, *served, config_.max_message_bytes); !fits.ok()) {
@@ -387,7 +381,7 @@ void AttributionServiceImpl::StartGeneration(Call* call, grpc::CallbackServerCon
       [=, this, &request, served = *model] {
         absl::StatusOr<GenerateCall> converted = ToGenerateCall(request, *served);
         if (!converted.ok()) return done(converted.status());
-        SubmitGeneration(call, served, std::move(*converted), DeadlineOf(context), done, on_token);
+        SubmitGeneration(call, served, std::move(*converted), call->log().deadline, done, on_token);
       },
       done);
 }
@@ -454,7 +448,7 @@ grpc::ServerUnaryReactor* AttributionServiceImpl::Logprobs(grpc::CallbackServerC
       [=, this, served = *model] {
         absl::StatusOr<LogprobsCall> converted = ToLogprobsCall(*request, *served, config_.max_top_k);
         if (!converted.ok()) return fail(converted.status());
-        SubmitLogprobs(call, served, std::move(*converted), DeadlineOf(context), response);
+        SubmitLogprobs(call, served, std::move(*converted), call->log().deadline, response);
       },
       fail);
   return call;

@@ -35,8 +35,8 @@ class AttributionServiceImpl final : public v1::AttributionService::CallbackServ
   void SetModels(const ModelRegistry* models) { models_.store(models); }
   CallGate& gate() { return gate_; }
   // Waits until gRPC is done with every call of this service (answers delivered, or their clients gone), or
-  // `deadline`; false then.
-  bool WaitCallsClosed(absl::Time deadline) const;
+  // `timeout`; false then.
+  bool WaitCallsClosed(absl::Duration timeout) const;
   // Ends the calls whose large requests wait for the conversion pool UNAVAILABLE, and waits for the conversions
   // running: at the end of a drain, while the models, the metrics and gRPC's server live.
   void StopConversions() { conversions_.Stop(); }

@@ -44,9 +44,15 @@ bool CallGate::draining() const {
   return draining_;
 }
 
-bool CallGate::WaitIdle(absl::Time deadline) {
+bool CallGate::WaitIdle(absl::Duration timeout) {
   std::unique_lock<std::mutex> lock(mu_);
-  return idle_.wait_until(lock, absl::ToChronoTime(deadline), [this] { return in_flight_ == 0; });
+  const auto idle = [this] { return in_flight_ == 0; };
+  if (timeout == absl::InfiniteDuration()) {  // as nanoseconds it would overflow steady_clock's now + timeout
+    idle_.wait(lock, idle);
+    return true;
+  }
+  // wait_for runs on the steady clock; wait_until a system_clock point moved with a step of the wall clock.
+  return idle_.wait_for(lock, absl::ToChronoNanoseconds(timeout), idle);
 }
 
 }  // namespace attribution::server

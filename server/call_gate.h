@@ -30,8 +30,8 @@ class CallGate {
   // New calls are refused from now on.
   void StartDraining();
   bool draining() const;
-  // Waits until no call is in flight or `deadline`; true when idle.
-  bool WaitIdle(absl::Time deadline);
+  // Waits until no call is in flight or for `timeout`; true when idle.
+  bool WaitIdle(absl::Duration timeout);
 
  private:
   const int64_t max_in_flight_;

@@ -3,9 +3,11 @@
 // forwards client cancellation (and deadline expiry) to a hook that cancels the engine work, and
 // reports its end once (log line, metrics, admission slot) through a CallObserver.
 #pragma once
+#include <grpc/support/time.h>
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
+#include <cstdint>
 #include <deque>
 #include <functional>
 #include <mutex>
@@ -16,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "attribution/v1/attribution.pb.h"
+#include "engine/common/monotonic_clock.h"
 #include "server/delivery_watchdog.h"
 #include "server/grpc_status.h"
 #include "server/log_line.h"
@@ -28,8 +31,8 @@ struct CallLog {
   std::string model;         // as the client named it
   std::string served_model;  // the model that name found, if any: the metrics' label
   std::string peer;
-  std::string request_id;  // the client's x-request-id metadata, if any
-  absl::Time received = absl::Now();
+  std::string request_id;                        // the client's x-request-id metadata, if any
+  absl::Time received = MonotonicNow();          // received and deadline: engine/common/monotonic_clock.h
   absl::Time deadline = absl::InfiniteFuture();  // the client's
   bool admitted = false;                         // holds a CallGate slot
   bool logged = true;                            // whether its end writes a log line (metrics count it anyway)
@@ -37,11 +40,20 @@ struct CallLog {
   attribution::v1::RunStats stats;
 };
 
+// The client's deadline on the monotonic clock (engine/common/monotonic_clock.h), from gRPC's own monotonic
+// one: through the wall clock, which absl::Now() reads only every few seconds, a step of it moved every
+// deadline, and new calls were refused "deadline has passed" for the seconds absl took to notice.
+inline absl::Time MonotonicDeadline(const grpc::ServerContextBase& context) {
+  const gpr_timespec deadline = gpr_convert_clock_type(context.raw_deadline(), GPR_CLOCK_MONOTONIC);
+  const gpr_timespec left = gpr_time_sub(deadline, gpr_now(GPR_CLOCK_MONOTONIC));
+  if (deadline.tv_sec == INT64_MAX || left.tv_sec > int64_t{365} * 24 * 3600) return absl::InfiniteFuture();
+  return MonotonicNow() + absl::Seconds(left.tv_sec) + absl::Nanoseconds(left.tv_nsec);
+}
+
 // Who the call is and where it came from, for its log line.
 inline CallLog StartCallLog(std::string method, const grpc::ServerContextBase* context) {
   CallLog log{.method = std::move(method), .peer = context->peer()};
-  // gRPC's far-future "no deadline" converts to an absl time past any clock reading.
-  log.deadline = absl::FromChrono(context->deadline());
+  log.deadline = MonotonicDeadline(*context);
   const auto& metadata = context->client_metadata();
   if (auto id = metadata.find("x-request-id"); id != metadata.end()) {
     log.request_id.assign(id->second.data(), id->second.size());
@@ -106,7 +118,7 @@ inline absl::Duration DeadlineMargin(const CallLog& log) {
 inline bool CancelledByDeadline(const CallLog& log, absl::Time now) {
   return log.deadline != absl::InfiniteFuture() && now >= log.deadline - DeadlineMargin(log);
 }
-inline grpc::Status EndStatus(const absl::Status& status, const CallLog& log, absl::Time now = absl::Now()) {
+inline grpc::Status EndStatus(const absl::Status& status, const CallLog& log, absl::Time now = MonotonicNow()) {
   if (status.code() == absl::StatusCode::kCancelled && CancelledByDeadline(log, now)) {
     return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "the call's deadline passed before its work finished");
   }

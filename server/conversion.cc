@@ -12,6 +12,7 @@
 #include "engine/attribution/component_attribution.h"
 #include "engine/attribution/methods.h"
 #include "engine/common/exact_number.h"
+#include "engine/common/monotonic_clock.h"
 #include "engine/common/status_macros.h"
 #include "engine/tokenizer/continuation.h"
 #include "server/conversion_parts.h"
@@ -665,7 +666,7 @@ void ToRunStats(const engine::Request::Stats& stats, absl::Time received, v1::Ru
   out->set_rows(stats.rows_done);
   out->set_queue_seconds(absl::ToDoubleSeconds(stats.queue_time));
   out->set_device_seconds(absl::ToDoubleSeconds(stats.device_time));
-  out->set_wall_seconds(absl::ToDoubleSeconds(absl::Now() - received));
+  out->set_wall_seconds(absl::ToDoubleSeconds(MonotonicNow() - received));
 }
 
 }  // namespace attribution::server

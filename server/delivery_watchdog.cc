@@ -4,11 +4,13 @@
 #include <algorithm>
 #include <vector>
 
+#include "engine/common/monotonic_clock.h"
+
 namespace attribution::server {
 
 void DeliveryWatch::WriteStarted() {
   std::lock_guard<std::recursive_mutex> lock(mu_);
-  pending_since_ = absl::Now();
+  pending_since_ = MonotonicNow();
 }
 
 void DeliveryWatch::WriteDone() {
@@ -64,7 +66,7 @@ void DeliveryWatchdog::Run() {
     watches_.remove_if([](const std::shared_ptr<DeliveryWatch>& w) { return w->done(); });
     const std::vector<std::shared_ptr<DeliveryWatch>> live(watches_.begin(), watches_.end());
     lock.unlock();  // cancelling runs the call's reactions, which may start new calls (Watch)
-    const absl::Time stalled_before = absl::Now() - limit_;
+    const absl::Time stalled_before = MonotonicNow() - limit_;
     for (const auto& watch : live) watch->CancelIfStalled(stalled_before);
     lock.lock();
   }

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
+#include "engine/common/monotonic_clock.h"
 #include "server/lifecycle.h"
 #include "server/log_line.h"
 
@@ -37,7 +38,7 @@ void WriteGrpcLogLine(gpr_log_func_args* args) {
   static LogLineBudget handshake_lines(20);
   const bool handshake = absl::StrContains(message, "Handshake failed");
   int64_t left_out = 0;
-  if (!handshake || handshake_lines.Take(absl::Now(), left_out)) {
+  if (!handshake || handshake_lines.Take(MonotonicNow(), left_out)) {
     nlohmann::json line = {{"event", "grpc"},
                            {"severity", handshake ? "WARNING" : SeverityName(args->severity)},
                            {"source", absl::StrCat(file.substr(file.find_last_of('/') + 1), ":", args->line)},

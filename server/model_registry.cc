@@ -5,6 +5,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "engine/common/files.h"
+#include "engine/common/monotonic_clock.h"
 #include "engine/common/status_macros.h"
 #include "engine/model/quantization.h"
 #include "engine/model/torch_errors.h"
@@ -54,9 +55,9 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModel(const ModelSpec& spec, co
   served->model = std::move(model);
   // Read right after the load, while the weights are in the page cache: one more pass over them.
   step = "computing the weights digest";
-  const absl::Time digest_start = absl::Now();
+  const absl::Time digest_start = MonotonicNow();
   ASSIGN_OR_RETURN(served->weights_digest, ModelFilesDigest(spec.path));
-  served->digest_seconds = absl::ToDoubleSeconds(absl::Now() - digest_start);
+  served->digest_seconds = absl::ToDoubleSeconds(MonotonicNow() - digest_start);
   const engine::LoadOptions& loaded = served->model->options();
   const bool four_bit = engine::IsFourBit(loaded.quantization);
   served->model_digest =

@@ -584,7 +584,7 @@ int Serve() {
   // Refusals begin before NOT_SERVING is advertised: a caller that saw NOT_SERVING is refused.
   service.gate().StartDraining();
   health.StartDraining();  // its watch still refuses the work a stalled model holds, which could not finish
-  const bool idle = service.gate().WaitIdle(absl::Now() + config->grace_period);
+  const bool idle = service.gate().WaitIdle(config->grace_period);
   // Conversions still waiting end now, those running finish: their jobs use the models, the metrics and the
   // server, all gone before the service.
   service.StopConversions();
@@ -616,7 +616,7 @@ int Serve() {
   // Answers handed to gRPC get 2 s to reach their clients; then what is left, health Watch streams (a client-side
   // health check holds one per channel) and reflection streams, which never end by themselves, is cancelled:
   // waiting for them added the whole 2 s to every drain.
-  service.WaitCallsClosed(absl::Now() + absl::Seconds(2));
+  service.WaitCallsClosed(absl::Seconds(2));
   server->Shutdown(std::chrono::system_clock::now());
   // The metrics endpoint reads the models on every scrape: it stops while they are alive (declared
   // after it, they would be destroyed first).

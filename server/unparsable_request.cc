@@ -12,6 +12,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "engine/common/monotonic_clock.h"
 #include "server/grpc_status.h"
 
 namespace attribution::server {
@@ -96,8 +97,8 @@ class UnparsableRequestInterceptor final : public grpc::experimental::Intercepto
     log.received = received_;
     // A call cancelled (or expired) before its message came has no message either: no bad input.
     if (context->IsCancelled()) {
-      const bool expired = CancelledByDeadline(log, absl::Now());
-      log.logged = shared_.ended_before_message_lines.Take(absl::Now(), log.like_it_not_logged);
+      const bool expired = CancelledByDeadline(log, MonotonicNow());
+      log.logged = shared_.ended_before_message_lines.Take(MonotonicNow(), log.like_it_not_logged);
       shared_.observer->CallEnded(
           log, grpc::Status(expired ? grpc::StatusCode::DEADLINE_EXCEEDED : grpc::StatusCode::CANCELLED,
                             "the call ended before its request message arrived"));
@@ -106,13 +107,13 @@ class UnparsableRequestInterceptor final : public grpc::experimental::Intercepto
     // A stranger's lines have a budget of their own, so its flood hides no client's, and carry none of its text.
     if (stranger_) log.request_id.clear();
     log.logged =
-        (stranger_ ? shared_.strangers_lines : shared_.unparsable_lines).Take(absl::Now(), log.like_it_not_logged);
+        (stranger_ ? shared_.strangers_lines : shared_.unparsable_lines).Take(MonotonicNow(), log.like_it_not_logged);
     shared_.observer->CallEnded(log, *refusal_);
   }
 
   UnparsableRequestInterceptorFactory::Shared& shared_;
   grpc::experimental::ServerRpcInfo* const info_;
-  const absl::Time received_ = absl::Now();
+  const absl::Time received_ = MonotonicNow();
   std::optional<grpc::Status> refusal_;
   bool stranger_ = false;  // refused for its token
 };

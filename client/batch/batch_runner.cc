@@ -18,6 +18,7 @@
 #include "absl/strings/str_join.h"
 #include "client/batch/html_pages.h"
 #include "client/batch/untrusted_text.h"
+#include "engine/common/monotonic_clock.h"
 
 namespace attribution::client::batch {
 namespace {
@@ -592,7 +593,7 @@ absl::StatusOr<JobSummary> RunJob(const JobRows& rows, const json& settings, con
     }
   }
 
-  const absl::Time start = absl::Now();
+  const absl::Time start = MonotonicNow();
   absl::Time last_report = start;
   absl::Status write_status;
   size_t written = 0;
@@ -644,7 +645,7 @@ absl::StatusOr<JobSummary> RunJob(const JobRows& rows, const json& settings, con
       may_take.notify_all();
     }
 
-    const absl::Time now = absl::Now();
+    const absl::Time now = MonotonicNow();
     const double elapsed = absl::ToDoubleSeconds(now - start), rate = elapsed > 0 ? written / elapsed : 0;
     const double eta = rate > 0 ? (todo.size() - written) / rate : 0;
     if (options.progress_bar) {
@@ -670,7 +671,7 @@ absl::StatusOr<JobSummary> RunJob(const JobRows& rows, const json& settings, con
   for (std::thread& worker : workers) worker.join();
   if (options.progress_bar) progress << "\n";
   if (!write_status.ok()) return write_status;
-  summary.wall_seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  summary.wall_seconds = absl::ToDoubleSeconds(MonotonicNow() - start);
   std::sort(summary.worst_deltas.rbegin(), summary.worst_deltas.rend());
   if (summary.worst_deltas.size() > static_cast<size_t>(options.worst_rows))
     summary.worst_deltas.resize(options.worst_rows);

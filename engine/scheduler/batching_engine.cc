@@ -723,16 +723,10 @@ EngineStats BatchingEngine::Stats() const {
   return stats;
 }
 
-int64_t BatchingEngine::ProgressClock() const {
-  if (options_.clock) return absl::ToUnixNanos(options_.clock());
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
 absl::Duration BatchingEngine::TimeWithoutProgress() const {
   const int64_t last = last_progress_ns_.load();
   if (last == kNoBatchRunning) return absl::ZeroDuration();
-  return std::max(absl::ZeroDuration(), absl::Nanoseconds(ProgressClock() - last));
+  return std::max(absl::ZeroDuration(), absl::Nanoseconds(absl::ToUnixNanos(Now()) - last));
 }
 
 void BatchingEngine::SetBatchObserver(std::function<void(const BatchRecord&)> observer) {

@@ -25,6 +25,7 @@
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "engine/common/monotonic_clock.h"
 #include "engine/scheduler/batch_executor.h"
 #include "engine/scheduler/batch_policy.h"
 
@@ -74,7 +75,8 @@ struct EngineOptions {
   // whole, the first batch of a kind before its cost is learned (max_uncontended_batch_time bounds the
   // rest). Infinite: never.
   absl::Duration stall_time = absl::Seconds(120);
-  std::function<absl::Time()> clock;  // default: absl::Now
+  // The engine's clock, which requests' deadlines are on: by default the monotonic clock (MonotonicNow).
+  std::function<absl::Time()> clock;
 };
 
 // One finished batch, for metrics.
@@ -150,6 +152,7 @@ class BatchingEngine {
                                                                 EngineOptions options);
   ~BatchingEngine();
 
+  // `deadline` is on the engine's clock (EngineOptions::clock).
   std::shared_ptr<Request> NewRequest(Priority priority = Priority::kNormal,
                                       absl::Time deadline = absl::InfiniteFuture());
 
@@ -228,7 +231,7 @@ class BatchingEngine {
   };
 
   BatchingEngine(std::unique_ptr<BatchExecutor> executor, EngineOptions options);
-  absl::Time Now() const { return options_.clock ? options_.clock() : absl::Now(); }
+  absl::Time Now() const { return options_.clock ? options_.clock() : MonotonicNow(); }
   absl::Status AbandonedAt(const Request& request, absl::Time now) const;
   // The embedding path or prompt pair `row` shares with other rows, and the memory it holds once.
   std::pair<const void*, int64_t> SharedInput(const Row& row) const;
@@ -304,12 +307,9 @@ class BatchingEngine {
   const std::vector<PendingRow>* running_batch_ = nullptr;
   bool running_batch_abandoned_ = false;
   bool running_short_work_ = false;  // a short batch runs inside the running batch's pause
-  // When the running batch last progressed (ProgressClock), kNoBatchRunning between batches. Written by the
-  // thread that runs batches, read by anyone.
-  void MarkProgress() { last_progress_ns_.store(ProgressClock()); }
-  // Nanoseconds by a monotonic clock (a wall clock stepped forward would look like a stall, and refuse
-  // work), or by the options' clock where a test gives one.
-  int64_t ProgressClock() const;
+  // When the running batch last progressed (nanoseconds on the engine's clock), kNoBatchRunning between
+  // batches. Written by the thread that runs batches, read by anyone.
+  void MarkProgress() { last_progress_ns_.store(absl::ToUnixNanos(Now())); }
   static constexpr int64_t kNoBatchRunning = INT64_MIN;
   std::atomic<int64_t> last_progress_ns_{kNoBatchRunning};
   const EngineOptions options_;

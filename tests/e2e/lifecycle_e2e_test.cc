@@ -2,7 +2,7 @@
 // How the server process ends, through the real binary: a signal while its models load ends it at once,
 // and when gRPC stops accepting connections (out of file descriptors) it drains and exits 1 to be
 // restarted instead of living on with a dead port; while a model's batch makes no progress (a hung device)
-// it is NOT_SERVING. Also: the open-files limit it raises at startup.
+// it is NOT_SERVING; steps of its wall clock change nothing. Also: the open-files limit it raises at startup.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -399,6 +399,78 @@ TEST(Lifecycle, ASignalWhileAModelIsStalledExitsAfterTheGracePeriodWithoutWaitin
 // engine stopped hung the process.
 TEST(Lifecycle, AModelThatStallsWhileItsEngineStopsEndsTheProcessToo) {
   ExpectSignalWhileABatchRunsExitsOne(/*stalled_before_the_signal=*/false);
+}
+
+// The server's wall clock stepped (NTP after a VM's boot or migration, an operator fixing the date) while it
+// served. Deadlines, batch times, the delivery watchdog and the rationed log lines ran on it: a step an hour
+// ahead failed the running attribution DEADLINE_EXCEEDED although its client's 60 s were not over, and a step
+// back left the log's rationed lines refused until the clock caught up. They run on the monotonic clock now;
+// libfaketime moves the server's CLOCK_REALTIME only, as a real step does.
+TEST(Lifecycle, StepsOfTheWallClockFailNoCallAndSilenceNoLogLines) {
+  const std::string faketime = ATTRIBUTION_FAKETIME_LIBRARY;
+  ASSERT_FALSE(faketime.empty()) << "libfaketimeMT.so.1 not found: scripts/setup installs Debian's faketime";
+  test_support::TempDir dir;
+  const std::string offset = dir.File("clock_offset");
+  auto step_clock = [&](const char* seconds) { std::ofstream(offset) << seconds << "\n"; };
+  step_clock("+0");
+  std::ofstream(dir.File("tokens")) << "clock-test-token\n";
+  auto server = ServerProcess::Start(
+      {"--model=m=" + test_support::DemoModelDir(), "--auth_tokens_file=" + dir.File("tokens")}, absl::Seconds(120),
+      {.environment = {"LD_PRELOAD=" + faketime, "FAKETIME_TIMESTAMP_FILE=" + offset, "FAKETIME_NO_CACHE=1",
+                       "DONT_FAKE_MONOTONIC=1"}});
+  ASSERT_THAT(server, IsOk());
+  auto client = client::AttributionClient::Connect(
+      {.target = (*server)->address(), .bearer_token = "clock-test-token", .timeout = absl::Seconds(60)});
+  ASSERT_THAT(client, IsOk());
+
+  absl::StatusOr<client::Attribution> attribution;
+  std::thread long_call([&] {
+    attribution = (*client)->Attribute(
+        {.model = "m", .prompt = "Ann lives in York. Q: Is the kettle warm? A:", .target = " Yes", .n_steps = 1024});
+  });
+  ASSERT_TRUE(test_support::WaitForQueuedRows((*server)->metrics_port(), "m"));
+  step_clock("+3600");
+  long_call.join();
+  EXPECT_THAT(attribution, IsOk());
+  EXPECT_THAT((*client)->GetLogprobs({.model = "m", .prompt = "a b", .target = " c"}), IsOk());
+
+  // Callers without a token: 20 log lines a second, the next line written counting those left out. A burst
+  // uses up a second's lines; once the clock is back two hours, the next stranger's call is logged.
+  auto stranger = client::AttributionClient::Connect({.target = (*server)->address(), .max_attempts = 1});
+  ASSERT_THAT(stranger, IsOk());
+  auto strangers_lines = [&] {
+    const std::string log = (*server)->Log();
+    int64_t lines = 0;
+    for (size_t at = log.find("UNAUTHENTICATED"); at != std::string::npos; at = log.find("UNAUTHENTICATED", at + 1)) {
+      ++lines;
+    }
+    return lines;
+  };
+  std::atomic<int> refused{0};
+  for (int i = 0; i < 60; ++i) {
+    (*stranger)->GetLogprobsAsync({.model = "m", .prompt = "a b", .target = " c"},
+                                  [&](absl::StatusOr<client::Logprobs> answer) {
+                                    refused += answer.status().code() == absl::StatusCode::kUnauthenticated;
+                                  });
+  }
+  for (int i = 0; i < 1000 && refused < 60; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  ASSERT_EQ(refused, 60);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // the burst's lines written, its second over
+  const int64_t lines_before = strangers_lines();
+  ASSERT_LT(lines_before, 60);
+  step_clock("-3600");  // two hours back
+  // gRPC reads the deadline of a call through the kernel's clock at once, absl::Now() only within a few
+  // seconds: calls in between were refused "deadline has passed".
+  EXPECT_THAT((*client)->GetLogprobs({.model = "m", .prompt = "a b", .target = " c"}), IsOk());
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  EXPECT_EQ((*stranger)->GetLogprobs({.model = "m", .prompt = "a b", .target = " c"}).status().code(),
+            absl::StatusCode::kUnauthenticated);
+  int64_t lines_after = lines_before;
+  for (int i = 0; i < 500 && lines_after == lines_before; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    lines_after = strangers_lines();
+  }
+  EXPECT_EQ(lines_after, lines_before + 1) << (*server)->Log();
 }
 
 }  // namespace

@@ -52,7 +52,7 @@ TEST(EndStatus, AnEarlierCancellationIsTheClients) {
   without_deadline.received = start;
   EXPECT_EQ(EndStatus(kCancelled, without_deadline, start + absl::Hours(1000)).error_code(),
             grpc::StatusCode::CANCELLED);
-  // What StartCallLog reads from a call without a deadline: gRPC's far future, the year 2262.
+  // A deadline past any clock reading (gRPC's "none" is the year 2262) is none.
   without_deadline.deadline = absl::FromChrono(std::chrono::system_clock::time_point::max());
   EXPECT_EQ(EndStatus(kCancelled, without_deadline, start + absl::Hours(1000)).error_code(),
             grpc::StatusCode::CANCELLED);

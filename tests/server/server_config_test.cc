@@ -473,12 +473,12 @@ TEST(CallGate, RefusesOverTheLimitAndWhileDrainingAndWaitsForIdle) {
   EXPECT_THAT(gate.Enter(), StatusIs(absl::StatusCode::kResourceExhausted));
   gate.StartDraining();
   EXPECT_THAT(gate.Enter(), StatusIs(absl::StatusCode::kUnavailable));
-  EXPECT_FALSE(gate.WaitIdle(absl::Now()));  // two calls still in flight
+  EXPECT_FALSE(gate.WaitIdle(absl::ZeroDuration()));  // two calls still in flight
   std::thread leaver([&] {
     gate.Leave();
     gate.Leave();
   });
-  EXPECT_TRUE(gate.WaitIdle(absl::InfiniteFuture()));
+  EXPECT_TRUE(gate.WaitIdle(absl::InfiniteDuration()));
   leaver.join();
   EXPECT_EQ(gate.in_flight(), 0);
 }

@@ -52,6 +52,15 @@ void ServerProcess::Launch(const std::vector<std::string>& args, const ProcessSe
                                    "--port_file=" + dir_.File("ports")};
   argv.insert(argv.end(), args.begin(), args.end());
   const std::string log = dir_.File("server.log");
+  // Built before fork: the child of a threaded process may only make async-signal-safe calls.
+  std::vector<std::string> environment = setup.environment;
+  for (char** variable = environ; *variable != nullptr; ++variable) environment.emplace_back(*variable);
+  std::vector<char*> c_environment;
+  for (std::string& variable : environment) c_environment.push_back(variable.data());
+  c_environment.push_back(nullptr);
+  std::vector<char*> c_args;
+  for (std::string& a : argv) c_args.push_back(a.data());
+  c_args.push_back(nullptr);
   pid_ = ::fork();
   if (pid_ == 0) {
     const int fd = setup.output_fd >= 0 ? setup.output_fd : ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -68,10 +77,7 @@ void ServerProcess::Launch(const std::vector<std::string>& args, const ProcessSe
     // only the signals it was not started to ignore.
     ::signal(SIGHUP, setup.ignore_hangup ? SIG_IGN : SIG_DFL);
     ::signal(SIGINT, SIG_DFL);
-    std::vector<char*> c_args;
-    for (std::string& a : argv) c_args.push_back(a.data());
-    c_args.push_back(nullptr);
-    ::execv(c_args[0], c_args.data());
+    ::execve(c_args[0], c_args.data(), c_environment.data());
     ::_exit(127);
   }
 }

@@ -22,12 +22,14 @@ std::string DemoModelDir();
 std::string ModelsFlag(const std::string& dir, const std::vector<std::string>& names);
 
 // How a server process starts: its open-files limits (0: as this process has them), where its stdout and
-// stderr go (-1: its log file, which Log() reads), and whether it ignores SIGHUP (as under nohup).
+// stderr go (-1: its log file, which Log() reads), whether it ignores SIGHUP (as under nohup), and variables
+// ("NAME=VALUE") added to this process's environment.
 struct ProcessSetup {
   uint64_t open_files_soft = 0;
   uint64_t open_files_hard = 0;
   int output_fd = -1;
   bool ignore_hangup = false;
+  std::vector<std::string> environment;
 };
 
 class ServerProcess {
