@@ -35,6 +35,9 @@ struct LoadOptions {
   // float32 on the CPU: keep a second copy of each dense linear weight in MKL's packed layout, which makes
   // products of few rows (short score rows, decode steps) 1.5-2.5x faster (PackedWeight).
   bool pack_weights_for_few_rows = true;
+  // Vocabulary-sized floats of scored positions held at once where nothing is differentiated (scores, Logprobs:
+  // logits, log-softmax, top-k), 64 MiB: 524 positions of a 32,000-token vocabulary.
+  int64_t scored_chunk_floats = int64_t{16} << 20;
 };
 
 // "float32" | "bfloat16" | "float16" (also "fp32", "bf16", "fp16").

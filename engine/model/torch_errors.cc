@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace attribution::engine {
@@ -19,6 +20,12 @@ absl::Status StatusFromException(const std::exception& e, const char* what) {
   const char* message = ExceptionMessage(e);
   if (dynamic_cast<const c10::OutOfMemoryError*>(&e) != nullptr) {
     return absl::ResourceExhaustedError(absl::StrCat(what, ": out of device memory: ", message));
+  }
+  // The CPU allocator throws a plain c10::Error: on the CPU that is the device's memory, and the engine halves a
+  // batch's token budget on RESOURCE_EXHAUSTED (it was INTERNAL, the budget never shrank).
+  if (absl::StrContains(message, "DefaultCPUAllocator: can't allocate memory") ||
+      absl::StrContains(message, "DefaultCPUAllocator: not enough memory")) {
+    return absl::ResourceExhaustedError(absl::StrCat(what, ": out of host memory: ", message));
   }
   return absl::InternalError(absl::StrCat(what, ": ", message));
 }

@@ -108,6 +108,18 @@ TEST(TorchErrors, StatusKeepsTheMessageAndDropsTheBacktrace) {
   EXPECT_THAT(std::string(status.message()), ::testing::Not(HasSubstr("frame #")));
 }
 
+// The CPU allocator's failure is a plain c10::Error (not OutOfMemoryError): on the CPU the device's memory ran
+// out, which the engine answers by shrinking its batches, as it does for CUDA's.
+TEST(TorchErrors, TheCpuAllocatorRunningOutIsResourceExhausted) {
+  absl::Status status;
+  try {
+    at::empty({int64_t{1} << 60}, at::kFloat);  // 4 EiB
+  } catch (const std::exception& e) {
+    status = StatusFromException(e, "batch");
+  }
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("batch: out of host memory")));
+}
+
 TEST_P(CausalLMParity, PaddedBatchLogitsMatchTransformers) {
   c10::InferenceMode inference;
   ForwardBatch batch = PaddedBatch();
@@ -151,6 +163,41 @@ TEST_P(CausalLMParity, ScoresOfGivenTokensMatchTransformersLogSoftmax) {
   at::Tensor expected_top = std::get<1>(log_probs[positions[0]].topk(5));
   if (fp32()) {
     EXPECT_TRUE(at::equal(scores->top_ids[0], expected_top));
+  }
+}
+
+// Scores computed a few positions at a time (scored_chunk_floats) are transformers' too, top-k and answer
+// choices included: one Logprobs call of 4,000 target tokens held its [4000, vocab] logits, log-softmax and
+// top-k temporaries at once (3.4 GB on a 32,000-token vocabulary).
+TEST_P(CausalLMFp32, ScoresComputedAFewPositionsAtATimeMatchTransformers) {
+  LoadOptions options;
+  options.scored_chunk_floats = 2 * model_->config().vocab_size;  // two positions at a time
+  auto chunked = CausalLM::Load(TestModelsDir() + "/" + GetParam().arch, options);
+  ASSERT_THAT(chunked, IsOk());
+  const auto positions = reference_.spec["objective_positions"].get<std::vector<int64_t>>();
+  const auto tokens = reference_.spec["objective_tokens"].get<std::vector<int64_t>>();
+  ASSERT_GT(positions.size(), 2u);
+  TokenQueries queries{.rows = std::vector<int64_t>(positions.size(), 0), .positions = positions, .tokens = tokens};
+  auto scores = (*chunked)->ScoreTokens(PaddedBatch(), queries, /*top_k=*/5);
+  ASSERT_THAT(scores, IsOk());
+  const at::Tensor log_probs = at::log_softmax(reference_.Tensor("logits_0"), -1);
+  for (size_t i = 0; i < positions.size(); ++i) {
+    EXPECT_NEAR(scores->log_probs[i].item<double>(), log_probs[positions[i]][tokens[i]].item<double>(), 1e-4);
+    EXPECT_TRUE(at::equal(scores->top_ids[i], std::get<1>(log_probs[positions[i]].topk(5)))) << "position " << i;
+  }
+  // Renormalised over answer choices: the token's logit minus the choices' log-sum-exp.
+  const std::vector<int64_t> choices = {tokens[0], tokens[1], 7};
+  c10::InferenceMode inference;
+  const ForwardBatch alone{.input_ids = at::tensor(rows_[0], at::kLong).unsqueeze(0)};
+  const RowObjective objective{.positions = positions, .tokens = tokens, .choice_tokens = choices};
+  ObjectiveDetails details;
+  ASSERT_THAT((*chunked)->ObjectiveValues(alone, {objective}, &details), IsOk());
+  const at::Tensor logits = reference_.Tensor("logits_0");
+  for (size_t i = 0; i < positions.size(); ++i) {
+    const at::Tensor row = logits[positions[i]];
+    const double expected =
+        (row[tokens[i]] - row.index_select(0, at::tensor(choices, at::kLong)).logsumexp(0)).item<double>();
+    EXPECT_NEAR(details.log_probs[i].item<double>(), expected, 1e-4) << "position " << i;
   }
 }
 
