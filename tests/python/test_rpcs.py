@@ -863,6 +863,40 @@ def test_results_compare_equal_by_their_values(client):
     assert grid != dataclasses.replace(grid, values=np.array([[0.5, np.nan]]))
 
 
+def test_async_progress_takes_plain_and_async_functions_and_refuses_the_rest(server):
+    async def run():
+        async with ac.AsyncAttributionClient(server.address) as c:
+            seen = []
+
+            async def async_progress(p):
+                seen.append(p)
+
+            await c.attribute(prompt=PROMPT, target=" Yes", n_steps=64, progress=async_progress)
+            with pytest.raises(TypeError, match="progress"):  # a bool was called: 'bool' object is not callable
+                await c.attribute(prompt=PROMPT, target=" Yes", progress=True)
+            return seen
+
+    assert asyncio.run(run())  # an async def callback was never awaited: 0 calls and a RuntimeWarning
+
+
+def test_an_async_client_used_in_another_event_loop_says_so(server):
+    async def make():
+        return ac.AsyncAttributionClient(server.address)
+
+    client = asyncio.run(make())
+    with pytest.raises(RuntimeError, match="another event loop"):
+        asyncio.run(client.health())
+
+
+def test_integer_tensors_are_taken_as_integers():
+    # Captum's attribute(target=torch.tensor(ids)): "target[0]: must be an integer, not tensor(5)".
+    torch = pytest.importorskip("torch")
+    assert _convert.integer("n_steps", torch.tensor(5), (1, 10)) == 5
+    for bad in (torch.tensor(5.0), torch.tensor(True)):
+        with pytest.raises(TypeError, match="n_steps"):
+            _convert.integer("n_steps", bad, (1, 10))
+
+
 def test_a_slow_handshake_is_waited_for_up_to_the_connect_timeout(server):
     # A stopped server still completes TCP connections (the kernel's backlog) but sends no HTTP/2
     # SETTINGS until it runs again, as a busy or distant server answers late.
@@ -897,6 +931,18 @@ def test_results_convert_to_numpy_dataframe_and_html(client):
     lime = client.attribute(prompt=PROMPT, target=" Yes", method="lime")
     assert np.any((lime.to_numpy() == 0) & np.signbit(lime.to_numpy()))
     assert "-0.000<" not in lime._repr_html_() and '"-0"' not in lime._repr_html_()
+
+
+def test_a_notebooks_html_shows_a_large_token_matrix_in_part(client):
+    # Every cell went into the notebook: 1,000 features x 2,000 target tokens made 273 MB of HTML.
+    a = client.attribute(prompt=PROMPT, target=" Yes", method="saliency", want_token_matrix=True)
+    features = [dataclasses.replace(a.features[0], text=f"f{i}") for i in range(1000)]
+    tokens = [dataclasses.replace(a.target_tokens[0], text=f"t{i}") for i in range(2000)]
+    large = dataclasses.replace(a, features=features, target_tokens=tokens, sequence=np.zeros(1000),
+                                token_matrix=np.ones((2000, 1000)))
+    html = large._repr_html_()
+    assert len(html) < 3_000_000 and "the first 20 of 2000 target tokens" in html
+    assert "the first" not in a._repr_html_()
 
 
 def test_the_heatmap_shows_the_fixed_tokens_grey_as_the_clis_report_does(client):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 import re
 from collections.abc import Iterable, Set
 from typing import Any, Dict, List, Mapping, Optional, Sequence, TypeVar, Union
@@ -99,7 +100,15 @@ def integer(name: str, value: Any, bounds: Sequence[int]) -> int:
     """`value` as an integer field named `name`: a float would be truncated (1.5 sent as 1) and a bool
     sent as 0 / 1, so both are refused; TypeError / ValueError naming the field."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: must be an integer, not {value!r}")
+        # A 0-d integer tensor (Captum's target=torch.tensor(ids) gives its elements) indexes as numpy's
+        # integers do; a float's or bool's tensor does not count.
+        if (isinstance(value, bool) or "bool" in str(getattr(value, "dtype", ""))
+                or not hasattr(type(value), "__index__")):
+            raise TypeError(f"{name}: must be an integer, not {value!r}")
+        try:
+            value = operator.index(value)
+        except TypeError:
+            raise TypeError(f"{name}: must be an integer, not {value!r}") from None
     low, high = bounds
     if not low <= value <= high:
         raise ValueError(f"{name}: {value} is outside [{low}, {high}]")

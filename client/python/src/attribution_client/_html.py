@@ -78,13 +78,31 @@ def attribution_html(a: "Attribution") -> str:
     parts += _prompt_cells(a, scale)
     parts.append("</tr></table>")
     if a.token_matrix is not None:
-        mscale = _finite_scale(a.token_matrix)
-        parts.append("<table style='border-collapse:collapse'><tr><th></th>")
-        parts += [f"<th style='font-family:monospace'>{html.escape(f.text)}</th>" for f in a.features]
-        parts.append("</tr>")
-        for token, row in zip(a.target_tokens, a.token_matrix):
-            parts.append(f"<tr><th style='font-family:monospace'>{html.escape(token.text)}</th>")
-            parts += [_cell("", float(v), mscale) for v in row]
-            parts.append("</tr>")
-        parts.append("</table>")
+        parts += _matrix_cells(a)
     return "".join(parts)
+
+
+# Cells of the token matrix a notebook shows: the limits admit 1,000 features × 2,000 target tokens, whose
+# every cell (273 MB of HTML, 5 s) went into the .ipynb.
+_MOST_MATRIX_CELLS = 20_000
+
+
+def _matrix_cells(a: "Attribution") -> List[str]:
+    rows, columns = a.token_matrix.shape
+    shown_columns = min(columns, _MOST_MATRIX_CELLS)
+    shown_rows = min(rows, max(1, _MOST_MATRIX_CELLS // max(shown_columns, 1)))
+    matrix = a.token_matrix[:shown_rows, :shown_columns]
+    mscale = _finite_scale(a.token_matrix)
+    parts = []
+    if (shown_rows, shown_columns) != (rows, columns):
+        parts.append(f"<div>token matrix: the first {shown_rows} of {rows} target tokens × {shown_columns} of "
+                     f"{columns} features (to_dataframe() and to_numpy() hold it all)</div>")
+    parts.append("<table style='border-collapse:collapse'><tr><th></th>")
+    parts += [f"<th style='font-family:monospace'>{html.escape(f.text)}</th>" for f in a.features[:shown_columns]]
+    parts.append("</tr>")
+    for token, row in zip(a.target_tokens, matrix):
+        parts.append(f"<tr><th style='font-family:monospace'>{html.escape(token.text)}</th>")
+        parts += [_cell("", float(v), mscale) for v in row]
+        parts.append("</tr>")
+    parts.append("</table>")
+    return parts

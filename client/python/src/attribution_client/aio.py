@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Generic, List, Optional, TypeVar, Union
 
 import grpc
@@ -25,6 +26,7 @@ from .results import Attribution, ComponentAttribution, Generation, Logprobs, Mo
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+ProgressCallback = Callable[[Progress], Union[None, Awaitable[None]]]  # a plain or an async def function
 
 
 def _task_cancelled() -> bool:
@@ -179,13 +181,21 @@ def _cancel_started_call(starting: "asyncio.Future[Any]") -> None:
         starting.result().cancel()
 
 
-async def _with_progress(stream: AsyncStream[Progress, Result], progress: Callable[[Progress], None]) -> Result:
+def _check_progress(progress: Any) -> None:
+    if not callable(progress):
+        raise TypeError(f"progress: must be a function called with each Progress (plain or async def), not "
+                        f"{progress!r} (the sync client's progress=True draws a bar)")
+
+
+async def _with_progress(stream: AsyncStream[Progress, Result], progress: ProgressCallback) -> Result:
     """The stream's result, calling `progress` with each Progress. Whatever leaves early (the callback's
     exception, the task's cancellation) cancels the call at once: a kept traceback (a notebook's
     sys.last_traceback) keeps the stream, which would end it only once collected."""
     try:
         async for p in stream:
-            progress(p)
+            called = progress(p)
+            if inspect.isawaitable(called):  # an async def callback
+                await called
         return await stream.result()
     except BaseException:
         stream.cancel()
@@ -215,6 +225,12 @@ class AsyncAttributionClient:
     def _check_open(self) -> None:
         if self._closed:  # grpc.aio would raise its UsageError
             raise error_for(grpc.StatusCode.CANCELLED, "the client is closed")
+        # grpc.aio's channel belongs to the loop it was made in; elsewhere its calls fail deep inside grpc
+        # ("attached to a different loop", "Event loop is closed").
+        made_in = getattr(self._channel, "_loop", None)
+        if made_in is not None and made_in is not asyncio.get_running_loop():
+            raise RuntimeError("AsyncAttributionClient: made in another event loop than the one calling it; create "
+                               "the client inside the loop that uses it (async with AsyncAttributionClient(...))")
 
     def _stream(self, method: Any, options: Any, to_request: Callable[[Any], Any], timeout: Any,
                 convert: Callable[[Any], Any], result_type: type) -> AsyncStream:
@@ -291,10 +307,11 @@ class AsyncAttributionClient:
         return await call(options)
 
     async def attribute(self, options: Union[AttributeOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
-                        progress: Optional[Callable[[Progress], None]] = None, **fields: Any) -> Attribution:
+                        progress: Optional[ProgressCallback] = None, **fields: Any) -> Attribution:
         """As AttributionClient.attribute; `progress`, when given, is called with each Progress."""
         o = _calls.build(AttributeOptions, options, fields)
         if progress is not None:
+            _check_progress(progress)
             return await _with_progress(self.attribute_stream(o, timeout=timeout), progress)
 
         async def attribute(o: AttributeOptions) -> Attribution:
@@ -309,11 +326,12 @@ class AsyncAttributionClient:
                             _convert.attribute_request, timeout, _calls.attribute_event, Attribution)
 
     async def attribute_components(self, options: Optional[ComponentOptions] = None, *,
-                                   timeout: Any = _calls.DEFAULT, progress: Optional[Callable[[Progress], None]] = None,
+                                   timeout: Any = _calls.DEFAULT, progress: Optional[ProgressCallback] = None,
                                    **fields: Any) -> ComponentAttribution:
         """As AttributionClient.attribute_components; `progress`, when given, is called with each Progress."""
         o = _calls.build(ComponentOptions, options, fields)
         if progress is not None:
+            _check_progress(progress)
             return await _with_progress(self.attribute_components_stream(o, timeout=timeout), progress)
 
         async def attribute_components(o: ComponentOptions) -> ComponentAttribution:
