@@ -41,8 +41,8 @@ struct CallLog {
 };
 
 // The client's deadline on the monotonic clock (engine/common/monotonic_clock.h), from gRPC's own monotonic
-// one: through the wall clock, which absl::Now() reads only every few seconds, a step of it moved every
-// deadline, and new calls were refused "deadline has passed" for the seconds absl took to notice.
+// one: read as a wall-clock time, it was off by any step of the wall clock after it was read (an hour ahead
+// failed the call at once), and calls arriving as the clock stepped were refused "deadline has passed".
 inline absl::Time MonotonicDeadline(const grpc::ServerContextBase& context) {
   const gpr_timespec deadline = gpr_convert_clock_type(context.raw_deadline(), GPR_CLOCK_MONOTONIC);
   const gpr_timespec left = gpr_time_sub(deadline, gpr_now(GPR_CLOCK_MONOTONIC));

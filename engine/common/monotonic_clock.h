@@ -7,6 +7,10 @@
 //
 // The values are absl::Time on an epoch of the clock's own (about the machine's boot): subtract and compare
 // them, never print them as dates; timestamps meant for people come from absl::Now().
+//
+//   const absl::Time started = MonotonicNow();
+//   ...
+//   const absl::Duration took = MonotonicNow() - started;  // whatever the wall clock did meanwhile
 #pragma once
 
 #include <chrono>
@@ -15,6 +19,7 @@
 
 namespace attribution {
 
+// Now on the monotonic clock (std::chrono::steady_clock).
 inline absl::Time MonotonicNow() {
   return absl::FromUnixNanos(
       std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <new>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -23,7 +24,8 @@ absl::Status StatusFromException(const std::exception& e, const char* what) {
   }
   // The CPU allocator throws a plain c10::Error: on the CPU that is the device's memory, and the engine halves a
   // batch's token budget on RESOURCE_EXHAUSTED (it was INTERNAL, the budget never shrank).
-  if (absl::StrContains(message, "DefaultCPUAllocator: can't allocate memory") ||
+  if (dynamic_cast<const std::bad_alloc*>(&e) != nullptr ||
+      absl::StrContains(message, "DefaultCPUAllocator: can't allocate memory") ||
       absl::StrContains(message, "DefaultCPUAllocator: not enough memory")) {
     return absl::ResourceExhaustedError(absl::StrCat(what, ": out of host memory: ", message));
   }

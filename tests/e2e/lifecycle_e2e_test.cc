@@ -22,6 +22,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "client/attribution_client.h"
 #include "tests/testing/server_process.h"
 #include "tests/testing/status_matchers.h"
@@ -406,6 +407,19 @@ TEST(Lifecycle, AModelThatStallsWhileItsEngineStopsEndsTheProcessToo) {
 // ahead failed the running attribution DEADLINE_EXCEEDED although its client's 60 s were not over, and a step
 // back left the log's rationed lines refused until the clock caught up. They run on the monotonic clock now;
 // libfaketime moves the server's CLOCK_REALTIME only, as a real step does.
+// The "time" of the first log line holding `text`: the server's wall clock, which libfaketime moves.
+absl::Time LogLineTime(const std::string& log, const std::string& text) {
+  std::istringstream lines(log);
+  for (std::string line; std::getline(lines, line);) {
+    const size_t time = line.find("\"time\":\"");
+    if (line.find(text) == std::string::npos || time == std::string::npos) continue;
+    absl::Time parsed;
+    std::string error;
+    if (absl::ParseTime("%Y-%m-%dT%H:%M:%E3SZ", line.substr(time + 8, 24), &parsed, &error)) return parsed;
+  }
+  return absl::InfinitePast();
+}
+
 TEST(Lifecycle, StepsOfTheWallClockFailNoCallAndSilenceNoLogLines) {
   const std::string faketime = ATTRIBUTION_FAKETIME_LIBRARY;
   ASSERT_FALSE(faketime.empty()) << "libfaketimeMT.so.1 not found: scripts/setup installs Debian's faketime";
@@ -432,6 +446,10 @@ TEST(Lifecycle, StepsOfTheWallClockFailNoCallAndSilenceNoLogLines) {
   step_clock("+3600");
   long_call.join();
   EXPECT_THAT(attribution, IsOk());
+  // The step came while the attribution ran: its line, written as it ended, is an hour past the server's start.
+  const std::string log = (*server)->LogOnceItHolds("\"rpc\":\"Attribute\"");
+  EXPECT_GE(LogLineTime(log, "\"rpc\":\"Attribute\"") - LogLineTime(log, "\"event\":\"serving\""), absl::Minutes(59))
+      << log;
   EXPECT_THAT((*client)->GetLogprobs({.model = "m", .prompt = "a b", .target = " c"}), IsOk());
 
   // Callers without a token: 20 log lines a second, the next line written counting those left out. A burst
@@ -455,13 +473,15 @@ TEST(Lifecycle, StepsOfTheWallClockFailNoCallAndSilenceNoLogLines) {
   }
   for (int i = 0; i < 1000 && refused < 60; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   ASSERT_EQ(refused, 60);
-  std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // the burst's lines written, its second over
+  // Time-based: the burst's second must be over (its lines are written by then too).
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
   const int64_t lines_before = strangers_lines();
   ASSERT_LT(lines_before, 60);
   step_clock("-3600");  // two hours back
-  // gRPC reads the deadline of a call through the kernel's clock at once, absl::Now() only within a few
-  // seconds: calls in between were refused "deadline has passed".
+  // Calls arriving as the clock stepped were refused "deadline has passed" (37 of 37 in the first 2 s).
   EXPECT_THAT((*client)->GetLogprobs({.model = "m", .prompt = "a b", .target = " c"}), IsOk());
+  // Time-based: here the wall-clock code saw a step back only a second or two after it, and the stranger's
+  // call must come after that to show the budget stuck in the earlier hour.
   std::this_thread::sleep_for(std::chrono::seconds(3));
   EXPECT_EQ((*stranger)->GetLogprobs({.model = "m", .prompt = "a b", .target = " c"}).status().code(),
             absl::StatusCode::kUnauthenticated);

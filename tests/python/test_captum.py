@@ -134,11 +134,12 @@ def test_provider_answers_as_the_service(client, tokenizer):
 
 def test_provider_sends_captums_tokens_and_refuses_generate_arguments_it_cannot_honour(client, tokenizer):
     provider = AttributionProvider(client, "default")
-    # The prompt as Captum's tokenizer reads it, whatever the server's own reading of the text: a remote
-    # TextTokenInput arrives as "<s> The ...", which the server read with a "▁" more than transformers.
-    for text in ["<s> " + PROMPT, " " + PROMPT]:
+    # The prompt as Captum's tokenizer reads it, whatever the server's own reading of the text, with one bos: a
+    # remote TextTokenInput arrives as "<s> Ann ...", which the server read as two bos and a "▁" more than
+    # transformers.
+    for text, ids in [("<s> " + PROMPT, tokenizer.encode(PROMPT)), (" " + PROMPT, tokenizer.encode(" " + PROMPT))]:
         np.testing.assert_allclose(provider.get_logprobs(text, "Yes", tokenizer),
-                                   client.logprobs(prompt=tokenizer.encode(text),
+                                   client.logprobs(prompt=ids,
                                                    target=tokenizer.encode("Yes", add_special_tokens=False)).log_probs)
     # Dropped before: num_beams, repetition_penalty answered greedily; max_new_tokens=0 became 25, and
     # do_sample with temperature 0 sampled at 1.

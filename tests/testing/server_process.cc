@@ -10,9 +10,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
+#include <string_view>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -53,8 +56,16 @@ void ServerProcess::Launch(const std::vector<std::string>& args, const ProcessSe
   argv.insert(argv.end(), args.begin(), args.end());
   const std::string log = dir_.File("server.log");
   // Built before fork: the child of a threaded process may only make async-signal-safe calls.
+  // The setup's variables replace inherited ones of their names: ld.so takes the last LD_PRELOAD of several.
   std::vector<std::string> environment = setup.environment;
-  for (char** variable = environ; *variable != nullptr; ++variable) environment.emplace_back(*variable);
+  auto overridden = [&](const char* variable) {
+    const std::string_view name(variable, std::strcspn(variable, "="));
+    return std::any_of(setup.environment.begin(), setup.environment.end(),
+                       [&](const std::string& own) { return own.compare(0, own.find('='), name) == 0; });
+  };
+  for (char** variable = environ; *variable != nullptr; ++variable) {
+    if (!overridden(*variable)) environment.emplace_back(*variable);
+  }
   std::vector<char*> c_environment;
   for (std::string& variable : environment) c_environment.push_back(variable.data());
   c_environment.push_back(nullptr);

@@ -176,7 +176,7 @@ TEST_P(CausalLMFp32, ScoresComputedAFewPositionsAtATimeMatchTransformers) {
   ASSERT_THAT(chunked, IsOk());
   const auto positions = reference_.spec["objective_positions"].get<std::vector<int64_t>>();
   const auto tokens = reference_.spec["objective_tokens"].get<std::vector<int64_t>>();
-  ASSERT_GT(positions.size(), 2u);
+  ASSERT_GE(positions.size(), 3u);
   TokenQueries queries{.rows = std::vector<int64_t>(positions.size(), 0), .positions = positions, .tokens = tokens};
   auto scores = (*chunked)->ScoreTokens(PaddedBatch(), queries, /*top_k=*/5);
   ASSERT_THAT(scores, IsOk());
@@ -185,19 +185,25 @@ TEST_P(CausalLMFp32, ScoresComputedAFewPositionsAtATimeMatchTransformers) {
     EXPECT_NEAR(scores->log_probs[i].item<double>(), log_probs[positions[i]][tokens[i]].item<double>(), 1e-4);
     EXPECT_TRUE(at::equal(scores->top_ids[i], std::get<1>(log_probs[positions[i]].topk(5)))) << "position " << i;
   }
-  // Renormalised over answer choices: the token's logit minus the choices' log-sum-exp.
+  // Three rows of the same tokens, whose entries the chunks cut across: the first position plain, none,
+  // then every position renormalised over answer choices (the token's logit minus the choices' log-sum-exp).
   const std::vector<int64_t> choices = {tokens[0], tokens[1], 7};
   c10::InferenceMode inference;
-  const ForwardBatch alone{.input_ids = at::tensor(rows_[0], at::kLong).unsqueeze(0)};
-  const RowObjective objective{.positions = positions, .tokens = tokens, .choice_tokens = choices};
+  const ForwardBatch batch{.input_ids = at::tensor(rows_[0], at::kLong).unsqueeze(0).repeat({3, 1})};
+  const std::vector<int64_t> first_positions = {positions[0]}, first_tokens = {tokens[0]};
+  const std::vector<RowObjective> objectives = {{.positions = first_positions, .tokens = first_tokens},
+                                                {},
+                                                {.positions = positions, .tokens = tokens, .choice_tokens = choices}};
   ObjectiveDetails details;
-  ASSERT_THAT((*chunked)->ObjectiveValues(alone, {objective}, &details), IsOk());
+  ASSERT_THAT((*chunked)->ObjectiveValues(batch, objectives, &details), IsOk());
+  ASSERT_EQ(details.log_probs.size(0), static_cast<int64_t>(1 + positions.size()));
   const at::Tensor logits = reference_.Tensor("logits_0");
+  EXPECT_NEAR(details.log_probs[0].item<double>(), log_probs[positions[0]][tokens[0]].item<double>(), 1e-4);
   for (size_t i = 0; i < positions.size(); ++i) {
     const at::Tensor row = logits[positions[i]];
     const double expected =
         (row[tokens[i]] - row.index_select(0, at::tensor(choices, at::kLong)).logsumexp(0)).item<double>();
-    EXPECT_NEAR(details.log_probs[i].item<double>(), expected, 1e-4) << "position " << i;
+    EXPECT_NEAR(details.log_probs[1 + i].item<double>(), expected, 1e-4) << "position " << i;
   }
 }
 

@@ -103,7 +103,7 @@ def integer(name: str, value: Any, bounds: Sequence[int]) -> int:
         # A 0-d integer tensor (Captum's target=torch.tensor(ids) gives its elements) indexes as numpy's
         # integers do; a float's or bool's tensor does not count.
         if (isinstance(value, bool) or "bool" in str(getattr(value, "dtype", ""))
-                or not hasattr(type(value), "__index__")):
+                or getattr(value, "ndim", 0) != 0 or not hasattr(type(value), "__index__")):
             raise TypeError(f"{name}: must be an integer, not {value!r}")
         try:
             value = operator.index(value)

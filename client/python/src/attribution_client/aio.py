@@ -72,12 +72,14 @@ class AsyncStream(Generic[Item, Result]):
         self._result: Optional[Result] = None
         self._cancelled = False
         self._closed = closed  # whether the client that made the call is closed
+        self._loop: Optional[asyncio.AbstractEventLoop] = None  # the loop the call runs in, once started
 
     async def _started(self) -> Any:
         if self._call is None:
             if self._cancelled:
                 raise error_for(grpc.StatusCode.CANCELLED, "the call was cancelled")
             if self._starting is None:
+                self._loop = asyncio.get_running_loop()
                 self._starting = asyncio.ensure_future(self._start())
             call = await asyncio.shield(self._starting)
             if self._call is None:
@@ -166,19 +168,28 @@ class AsyncStream(Generic[Item, Result]):
     def __del__(self) -> None:
         # A stream left unfinished (an `async for` that returned at its first event, a started stream never
         # read): grpc.aio keeps its call open until the channel closes, the server computing the whole request
-        # for no one and the call holding one of its max_concurrent_requests slots.
+        # for no one and the call holding one of its max_concurrent_requests slots. The collector may run this on
+        # any thread: the cancel goes to the call's loop.
+        loop = self.__dict__.get("_loop")
+        if loop is None or loop.is_closed():  # never started, or its loop is gone and its calls with it
+            return
         try:
-            if self._call is not None and not self._call.done():
-                self._call.cancel()
-            elif self._call is None and self._starting is not None and not self._starting.done():
-                self._starting.add_done_callback(_cancel_started_call)
-        except Exception:  # noqa: BLE001 - collected after its loop closed: the channel's close ended the call
+            loop.call_soon_threadsafe(_cancel_left_call, self._call, self._starting)
+        except RuntimeError:  # the loop closed meanwhile
             pass
 
 
 def _cancel_started_call(starting: "asyncio.Future[Any]") -> None:
     if not starting.cancelled() and starting.exception() is None:
         starting.result().cancel()
+
+
+def _cancel_left_call(call: Any, starting: "Optional[asyncio.Future[Any]]") -> None:
+    if call is not None:
+        call.cancel()  # a no-op for a call already done
+    elif starting is not None:
+        # Started for a task cancelled while it waited: the call exists once the start is done.
+        starting.add_done_callback(_cancel_started_call)  # runs at once when it is done already
 
 
 def _check_progress(progress: Any) -> None:

@@ -44,17 +44,25 @@ def to_llm_attribution_result(a: "Attribution", tokenizer: Any = None) -> LLMAtt
                                 output_probs=torch.tensor(a.target_probs, dtype=torch.float32))
 
 
+def _with_leading_specials(tokenizer: Any, text: str) -> List[int]:
+    """`text`'s ids with the special tokens the tokenizer puts first (Llama's bos), unless the text begins with
+    them already: Captum hands a TextTokenInput over decoded, "<s> The ...", which encode() gave two bos."""
+    specials = list(tokenizer.encode("", add_special_tokens=True))
+    ids = list(tokenizer.encode(text, add_special_tokens=False))
+    return ids if specials and ids[:len(specials)] == specials else specials + ids
+
+
 class AttributionProvider(RemoteLLMProvider):
     """Captum's RemoteLLMProvider on the attribution service.
 
     generate() calls Generate and returns the continuation text. get_logprobs() calls Logprobs: when
-    Captum passes its tokenizer, the prompt as the ids `tokenizer.encode(input_prompt)` (Captum's own
-    reading of the text, bos added as for any text prompt) and the target as the ids
+    Captum passes its tokenizer, the prompt as its ids by that tokenizer (Captum's own reading of the text,
+    bos added as for any text prompt unless the text starts with it) and the target as the ids
     `tokenizer.encode(target_str, add_special_tokens=False)` (the very tokens Captum counts); else both as
     text, the target tokenized on its own (SEPARATE, Captum's rule). One Logprobs call per perturbed prompt,
     teacher-forced as Captum's forward_in_tokens=False. Captum hands a remote provider every prompt as
-    text: a TextTokenInput arrives decoded, its bos as text, and so gets a second bos as from any
-    text-serving provider; TextTemplateInput gives what LLMAttribution computes.
+    text, a TextTokenInput decoded (its bos as text, kept as the one bos): TextTemplateInput gives what
+    LLMAttribution computes, a TextTokenInput does not (Captum decodes and re-encodes its perturbed ids).
     """
 
     def __init__(self, client: "AttributionClient", model: str = "", *, priority: str = "normal",
@@ -78,7 +86,7 @@ class AttributionProvider(RemoteLLMProvider):
         prompt: Any = input_prompt
         target: Any = target_str
         if tokenizer is not None:
-            prompt = list(tokenizer.encode(input_prompt))
+            prompt = _with_leading_specials(tokenizer, input_prompt)
             target = list(tokenizer.encode(target_str, add_special_tokens=False))
         result = self.client.logprobs(prompt=prompt, target=target, model=self.model,
                                       target_tokenization="separate", priority=self.priority, timeout=self.timeout)
@@ -99,9 +107,12 @@ class AttributionProvider(RemoteLLMProvider):
         top_k = int(args.pop("top_k", 50))
         seed = args.pop("seed", None)
         eos = args.pop("eos_token_id", [])
-        stop_token_ids = [int(eos)] if isinstance(eos, int) else [int(i) for i in eos]
+        stop_token_ids = [int(eos)] if np.ndim(eos) == 0 else [int(i) for i in eos]  # an id or ids (numpy, torch)
         for harmless in ("pad_token_id", "use_cache"):
             args.pop(harmless, None)
+        for setting, off in (("num_beams", 1), ("repetition_penalty", 1.0), ("min_new_tokens", 0)):
+            if setting in args and args[setting] == off:  # transformers' defaults: nothing to honour
+                del args[setting]
         if args:
             raise ValueError(f"gen_args: {', '.join(sorted(args))}: the service's Generate has no such setting "
                              "(it decodes greedily, or samples with temperature, top_k, top_p and seed)")

@@ -4,6 +4,7 @@ for notebooks: numpy arrays, pandas DataFrames, Captum's LLMAttributionResult an
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
@@ -65,16 +66,19 @@ class Progress:
 
 
 def _equal_with_arrays(a: Any, b: Any) -> bool:
-    """Dataclass equality whose numpy fields compare by shape and values (NaN equal to NaN): the generated
-    __eq__ asked an array for one truth value, so `a == b` raised ValueError, even for a result and its copy."""
+    """Dataclass equality whose numpy fields compare by shape and values: the generated __eq__ asked an array
+    for one truth value, so `a == b` raised ValueError, even for a result and its copy. NaN equals NaN (in the
+    arrays and in float fields), so a result equals its copy whatever its numbers."""
     if type(a) is not type(b):
         return NotImplemented
     for f in fields(a):
         x, y = getattr(a, f.name), getattr(b, f.name)
         if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
             if not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray) and x.shape == y.shape
-                    and np.array_equal(x, y, equal_nan=True)):
+                    and np.array_equal(x, y, equal_nan=x.dtype.kind in "fc" and y.dtype.kind in "fc")):
                 return False
+        elif isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y):
+            continue
         elif x != y:
             return False
     return True
