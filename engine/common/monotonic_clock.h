@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 // Durations, deadlines and rates inside the process run on the monotonic clock. On the wall clock an NTP
 // step (a VM after boot or migration, an operator fixing the date) moved them all: a step forward failed
-// every queued request DEADLINE_EXCEEDED and cancelled answers being written as stalled; a step back left
-// the log's rationed lines refused until the clock caught up, and either way the engine learned a
-// batch's device time as the step. Header-only, so the clients use it too without linking the engine.
+// every queued request DEADLINE_EXCEEDED and cancelled answers being written as stalled; a step back held
+// queued rows and a drain for its length and left the log's rationed lines refused until the clock caught
+// up; either way the metrics counted the step as a batch's device time. Header-only, so the clients use it
+// too without linking the engine.
 //
 // The values are absl::Time on an epoch of the clock's own (about the machine's boot): subtract and compare
 // them, never print them as dates; timestamps meant for people come from absl::Now().
