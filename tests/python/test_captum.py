@@ -154,6 +154,9 @@ def test_provider_sends_captums_tokens_and_refuses_generate_arguments_it_cannot_
                                                                                      max_new_tokens=3).text
     assert AttributionProvider._generation({"eos_token_id": 7}).stop_token_ids == [7]
     assert AttributionProvider._generation({"eos_token_id": [7, 9]}).stop_token_ids == [7, 9]
+    assert AttributionProvider._generation({"eos_token_id": torch.tensor([7, 9])}).stop_token_ids == [7, 9]
+    with pytest.raises(TypeError, match="eos_token_id"):  # int() took tensor(2.0) as 2
+        AttributionProvider._generation({"eos_token_id": torch.tensor(2.0)})
 
 
 def test_tolerance_driven_integrated_gradients_reaches_captums_512_steps(client, model, tokenizer):

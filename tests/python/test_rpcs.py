@@ -895,6 +895,10 @@ def test_integer_tensors_are_taken_as_integers():
     for bad in (torch.tensor(5.0), torch.tensor(True)):
         with pytest.raises(TypeError, match="n_steps"):
             _convert.integer("n_steps", bad, (1, 10))
+    assert _convert._ids("target", torch.tensor([3, 4])) == [3, 4]
+    for not_ids in (torch.tensor(3), torch.tensor([[3, 4]])):  # "iteration over a 0-d tensor"
+        with pytest.raises(TypeError, match="target: token ids must be a 1-D array"):
+            _convert._ids("target", not_ids)
 
 
 def test_a_slow_handshake_is_waited_for_up_to_the_connect_timeout(server):

@@ -169,12 +169,13 @@ def _set_input(name: str, value: TextOrIds, out: pb.Input) -> None:
 
 def _check_id_sequence(name: str, value: Iterable) -> None:
     """Token ids are a sequence: a set's or a mapping's iteration order is none the caller chose (and a
-    mapping's would send its keys); a numpy array other than 1-D is a scalar or a batch."""
+    mapping's would send its keys); an array other than 1-D is a scalar or a batch."""
     if isinstance(value, (Set, Mapping)):
         raise TypeError(f"{name}: token ids must be a sequence (list, tuple, 1-D array), not a "
                         f"{type(value).__name__}: its order is not the tokens'")
-    if isinstance(value, np.ndarray) and value.ndim != 1:
-        raise TypeError(f"{name}: token ids must be a 1-D array, not one of shape {value.shape}")
+    # numpy's and torch's arrays alike (a 0-d tensor, Captum's target=torch.tensor(id), failed to iterate).
+    if getattr(value, "ndim", 1) != 1:
+        raise TypeError(f"{name}: token ids must be a 1-D array, not one of shape {tuple(value.shape)}")
 
 
 def _set_generation(g: GenerationSettings, out: pb.GenerationSettings) -> None:

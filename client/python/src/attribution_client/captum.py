@@ -17,6 +17,7 @@ import numpy as np
 from captum.attr import LLMAttributionResult
 from captum.attr._core.remote_provider import RemoteLLMProvider
 
+from ._convert import INT64, integer
 from .options import GenerationSettings
 
 if TYPE_CHECKING:
@@ -107,7 +108,8 @@ class AttributionProvider(RemoteLLMProvider):
         top_k = int(args.pop("top_k", 50))
         seed = args.pop("seed", None)
         eos = args.pop("eos_token_id", [])
-        stop_token_ids = [int(eos)] if np.ndim(eos) == 0 else [int(i) for i in eos]  # an id or ids (numpy, torch)
+        # An id or ids (numpy's, torch's too), each an integer: int() took tensor(2.0) as 2.
+        stop_token_ids = [integer("eos_token_id", i, INT64) for i in ([eos] if np.ndim(eos) == 0 else eos)]
         for harmless in ("pad_token_id", "use_cache"):
             args.pop(harmless, None)
         for setting, off in (("num_beams", 1), ("repetition_penalty", 1.0), ("min_new_tokens", 0)):
