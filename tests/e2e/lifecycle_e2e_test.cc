@@ -402,11 +402,6 @@ TEST(Lifecycle, AModelThatStallsWhileItsEngineStopsEndsTheProcessToo) {
   ExpectSignalWhileABatchRunsExitsOne(/*stalled_before_the_signal=*/false);
 }
 
-// The server's wall clock stepped (NTP after a VM's boot or migration, an operator fixing the date) while it
-// served. Deadlines, batch times, the delivery watchdog and the rationed log lines ran on it: a step an hour
-// ahead failed the running attribution DEADLINE_EXCEEDED although its client's 60 s were not over, and a step
-// back left the log's rationed lines refused until the clock caught up. They run on the monotonic clock now;
-// libfaketime moves the server's CLOCK_REALTIME only, as a real step does.
 // The "time" of the first log line holding `text`: the server's wall clock, which libfaketime moves.
 absl::Time LogLineTime(const std::string& log, const std::string& text) {
   std::istringstream lines(log);
@@ -420,6 +415,11 @@ absl::Time LogLineTime(const std::string& log, const std::string& text) {
   return absl::InfinitePast();
 }
 
+// The server's wall clock stepped (NTP after a VM's boot or migration, an operator fixing the date) while it
+// served. Deadlines, batch times, the delivery watchdog and the rationed log lines ran on it: a step an hour
+// ahead failed the running attribution DEADLINE_EXCEEDED although its client's 60 s were not over, and a step
+// back left the log's rationed lines refused until the clock caught up. They run on the monotonic clock now;
+// libfaketime moves the server's CLOCK_REALTIME only, as a real step does.
 TEST(Lifecycle, StepsOfTheWallClockFailNoCallAndSilenceNoLogLines) {
   const std::string faketime = ATTRIBUTION_FAKETIME_LIBRARY;
   ASSERT_FALSE(faketime.empty()) << "libfaketimeMT.so.1 not found: scripts/setup installs Debian's faketime";

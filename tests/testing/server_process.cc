@@ -50,6 +50,18 @@ std::string DemoModelDir() {
   return env != nullptr ? env : ATTRIBUTION_DEMO_MODEL_DIR;
 }
 
+namespace {
+
+// `strings` as execve() takes them: pointers into them, then a null pointer.
+std::vector<char*> NullTerminated(std::vector<std::string>& strings) {
+  std::vector<char*> pointers;
+  for (std::string& s : strings) pointers.push_back(s.data());
+  pointers.push_back(nullptr);
+  return pointers;
+}
+
+}  // namespace
+
 void ServerProcess::Launch(const std::vector<std::string>& args, const ProcessSetup& setup) {
   std::vector<std::string> argv = {ATTRIBUTION_SERVER_BINARY, "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
                                    "--port_file=" + dir_.File("ports")};
@@ -66,12 +78,7 @@ void ServerProcess::Launch(const std::vector<std::string>& args, const ProcessSe
   for (char** variable = environ; *variable != nullptr; ++variable) {
     if (!overridden(*variable)) environment.emplace_back(*variable);
   }
-  std::vector<char*> c_environment;
-  for (std::string& variable : environment) c_environment.push_back(variable.data());
-  c_environment.push_back(nullptr);
-  std::vector<char*> c_args;
-  for (std::string& a : argv) c_args.push_back(a.data());
-  c_args.push_back(nullptr);
+  std::vector<char*> c_environment = NullTerminated(environment), c_args = NullTerminated(argv);
   pid_ = ::fork();
   if (pid_ == 0) {
     const int fd = setup.output_fd >= 0 ? setup.output_fd : ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);

@@ -99,16 +99,18 @@ _LONGEST_DEADLINE = 1e9
 def integer(name: str, value: Any, bounds: Sequence[int]) -> int:
     """`value` as an integer field named `name`: a float would be truncated (1.5 sent as 1) and a bool
     sent as 0 / 1, so both are refused; TypeError / ValueError naming the field."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    not_integer = TypeError(f"{name}: must be an integer, not {value!r}")
+    if isinstance(value, bool) or "bool" in str(getattr(value, "dtype", "")):
+        raise not_integer
+    if not isinstance(value, numbers.Integral):
         # A 0-d integer tensor (Captum's target=torch.tensor(ids) gives its elements) indexes as numpy's
-        # integers do; a float's or bool's tensor does not count.
-        if (isinstance(value, bool) or "bool" in str(getattr(value, "dtype", ""))
-                or getattr(value, "ndim", 0) != 0 or not hasattr(type(value), "__index__")):
-            raise TypeError(f"{name}: must be an integer, not {value!r}")
+        # integers do; a float tensor's does not count.
+        if getattr(value, "ndim", 0) != 0 or not hasattr(type(value), "__index__"):
+            raise not_integer
         try:
             value = operator.index(value)
         except TypeError:
-            raise TypeError(f"{name}: must be an integer, not {value!r}") from None
+            raise not_integer from None
     low, high = bounds
     if not low <= value <= high:
         raise ValueError(f"{name}: {value} is outside [{low}, {high}]")

@@ -125,4 +125,5 @@ class AttributionProvider(RemoteLLMProvider):
                                   top_p=top_p if sample and top_p < 1 else 0.0, top_k=top_k if sample else 0,
                                   seed=None if seed is None else int(seed), stop_token_ids=stop_token_ids)
 
+
 __all__ = ["AttributionProvider", "to_llm_attribution_result"]
