@@ -14,6 +14,7 @@
 #include "engine/common/status_macros.h"
 #include "engine/model/causal_lm_impl.h"
 #include "engine/model/gated_silu.h"
+#include "engine/model/head_scores.h"
 #include "engine/model/lrp_rules.h"
 #include "engine/model/rms_norm.h"
 #include "engine/model/rope.h"
@@ -436,6 +437,13 @@ at::Tensor CausalLM::LogitsAt(const at::Tensor& hidden, const std::vector<int64_
                               const std::vector<int64_t>& positions) const {
   const at::Tensor selected = HiddenAt(hidden, rows, positions);
   return impl_->lm_head.Forward(selected).to(at::kFloat);
+}
+
+HeadScores CausalLM::ScoresAt(const at::Tensor& hidden, const std::vector<int64_t>& rows,
+                              const std::vector<int64_t>& positions, const ScoredEntries& entries,
+                              int64_t top_k) const {
+  return ScoreWithHead(impl_->lm_head, HiddenAt(hidden, rows, positions), entries,
+                       options().scored_chunk_floats / config().vocab_size, top_k);
 }
 
 at::Tensor CausalLM::TokenLogitsAt(const at::Tensor& hidden, const std::vector<int64_t>& rows,

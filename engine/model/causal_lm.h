@@ -35,8 +35,8 @@ struct LoadOptions {
   // float32 on the CPU: keep a second copy of each dense linear weight in MKL's packed layout, which makes
   // products of few rows (short score rows, decode steps) 1.5-2.5x faster (PackedWeight).
   bool pack_weights_for_few_rows = true;
-  // Vocabulary-sized floats of scored positions held at once where nothing is differentiated (scores, Logprobs:
-  // logits, log-softmax, top-k), 64 MiB: 524 positions of a 32,000-token vocabulary.
+  // Vocabulary-sized floats of scored positions held at once (logits, log-softmax, top-k; a gradient's backward
+  // recomputes them), 64 MiB: 524 positions of a 32,000-token vocabulary.
   int64_t scored_chunk_floats = int64_t{16} << 20;
 };
 
@@ -149,6 +149,9 @@ struct InputGradients {
 };
 
 // Immutable after Load: every method is const and may run concurrently on different batches.
+struct ScoredEntries;  // head_scores.h
+struct HeadScores;
+
 class CausalLM {
  public:
   static absl::StatusOr<std::unique_ptr<CausalLM>> Load(const std::string& dir, const LoadOptions& options);
@@ -178,6 +181,11 @@ class CausalLM {
   // LM head at the given rows/positions of `hidden` ([B, S, hidden]): [N, vocab] float32 logits.
   at::Tensor LogitsAt(const at::Tensor& hidden, const std::vector<int64_t>& rows,
                       const std::vector<int64_t>& positions) const;
+
+  // The scores of entries.tokens[i] at (rows[i], positions[i]) of `hidden`, from vocabulary-sized logits made a
+  // chunk of scored_chunk_floats at a time (ScoreWithHead), differentiable when `hidden` requires a gradient.
+  HeadScores ScoresAt(const at::Tensor& hidden, const std::vector<int64_t>& rows, const std::vector<int64_t>& positions,
+                      const ScoredEntries& entries, int64_t top_k) const;
 
   // The logits of tokens[i] at (rows[i], positions[i]) of `hidden`: [N] float32, from those tokens'
   // rows of the LM head only (a logit difference reads two of the vocabulary's logits).

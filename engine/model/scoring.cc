@@ -14,7 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
 #include "engine/model/causal_lm.h"
-#include "engine/model/top_tokens.h"
+#include "engine/model/head_scores.h"
 #include "engine/model/torch_errors.h"
 
 namespace attribution::engine {
@@ -144,51 +144,23 @@ absl::StatusOr<at::Tensor> CausalLM::ObjectiveValues(const ForwardBatch& batch,
           return o.tokens.empty() || (o.quantity == TokenQuantity::kLogit && o.choice_tokens.empty());
         });
     if (only_logits) return sum_rows(TokenLogitsAt(hidden, rows, positions, tokens));
-    // Where nothing is differentiated (scores, Logprobs) the vocabulary-sized tensors exist a chunk of entries at
-    // a time: 4,000 scored positions of a 32,000-token vocabulary held logits, log-softmax and top-k's
-    // temporaries at once, 3.4 GB for one Logprobs call that admission counted as none. A gradient keeps its
-    // logits for the backward pass whatever the chunks.
-    const int64_t entries = static_cast<int64_t>(tokens.size());
-    const int64_t chunk =
-        hidden.requires_grad() ? entries : std::max<int64_t>(1, options().scored_chunk_floats / config().vocab_size);
-    std::vector<at::Tensor> logit_parts, log_prob_parts, top_value_parts, top_id_parts;
-    for (int64_t begin = 0; begin < entries; begin += chunk) {
-      const int64_t end = std::min(entries, begin + chunk);
-      auto part = [&](const std::vector<int64_t>& v) {
-        return std::vector<int64_t>(v.begin() + begin, v.begin() + end);
-      };
-      at::Tensor logits = LogitsAt(hidden, part(rows), part(positions));  // [end - begin, vocab] float32
-      at::Tensor token_index = at::tensor(part(tokens), at::kLong).to(dev).unsqueeze(1);
-      at::Tensor logit = logits.gather(1, token_index).squeeze(1);
-      at::Tensor all_log_probs = at::log_softmax(logits, -1);
-      at::Tensor log_prob = all_log_probs.gather(1, token_index).squeeze(1);
-      // Entries of rows scored over their answer choices: the token's logit minus the choices' log-sum-exp.
-      for (size_t i = 0, r = 0; r < objectives.size(); i += objectives[r].tokens.size(), ++r) {
-        const std::vector<int64_t>& choices = objectives[r].choice_tokens;
-        const int64_t first = std::max(static_cast<int64_t>(i), begin);
-        const int64_t last = std::min(static_cast<int64_t>(i + objectives[r].tokens.size()), end);
-        if (choices.empty() || first >= last) continue;
-        const at::Tensor row_logits = logits.narrow(0, first - begin, last - first);
-        const at::Tensor normalizer = row_logits.index_select(1, at::tensor(choices, at::kLong).to(dev)).logsumexp(-1);
-        log_prob = log_prob.index_put({at::arange(first - begin, last - begin, at::kLong).to(dev)},
-                                      logit.narrow(0, first - begin, last - first) - normalizer);
-      }
-      if (details != nullptr && top_k > 0) {
-        auto [values, ids] = TopTokensInIdOrderOfTies(all_log_probs.detach(), top_k);
-        top_value_parts.push_back(values.cpu());
-        top_id_parts.push_back(ids.cpu());
-      }
-      logit_parts.push_back(logit);
-      log_prob_parts.push_back(log_prob);
+    ScoredEntries entries{.tokens = tokens};
+    for (size_t i = 0, r = 0; r < objectives.size(); i += objectives[r].tokens.size(), ++r) {
+      if (objectives[r].choice_tokens.empty()) continue;
+      entries.choice_spans.push_back({.begin = static_cast<int64_t>(i),
+                                      .end = static_cast<int64_t>(i + objectives[r].tokens.size()),
+                                      .choices = objectives[r].choice_tokens});
     }
-    const at::Tensor logit = at::cat(logit_parts), log_prob = at::cat(log_prob_parts);
+    // Vocabulary-sized tensors exist a chunk of entries at a time, forward and backward: 4,000 scored positions
+    // of a 32,000-token vocabulary held logits, log-softmax and top-k's temporaries at once, 3.4 GB for one
+    // Logprobs call that admission counted as none.
+    const HeadScores scores = ScoresAt(hidden, rows, positions, entries, details != nullptr ? top_k : 0);
+    const at::Tensor &logit = scores.logit, &log_prob = scores.log_prob;
     if (details != nullptr) {
       details->log_probs = log_prob.detach().cpu();
       details->logits = logit.detach().cpu();
-      if (top_k > 0) {
-        details->top_log_probs = at::cat(top_value_parts);
-        details->top_ids = at::cat(top_id_parts);
-      }
+      details->top_log_probs = scores.top_log_probs;
+      details->top_ids = scores.top_ids;
     }
     at::Tensor kind = at::tensor(kinds, at::kLong).to(dev);
     at::Tensor quantity =

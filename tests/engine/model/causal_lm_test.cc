@@ -207,6 +207,64 @@ TEST_P(CausalLMFp32, ScoresComputedAFewPositionsAtATimeMatchTransformers) {
   }
 }
 
+// Gradients whose backward recomputes the head's logits a few positions at a time are transformers' too, and,
+// for rows over answer choices and logit / probability objectives the chunks cut across, those of plain
+// autograd through the whole head's log-softmax: two saliency calls of 4,000 target tokens kept their
+// [4000, vocab] log-softmax for the backward (8.2 GB on a 32,000-token vocabulary).
+TEST_P(CausalLMFp32, GradientsThroughTheHeadAFewPositionsAtATimeMatchTransformers) {
+  LoadOptions options;
+  options.scored_chunk_floats = 2 * model_->config().vocab_size;  // two positions at a time
+  auto chunked = CausalLM::Load(TestModelsDir() + "/" + GetParam().arch, options);
+  ASSERT_THAT(chunked, IsOk());
+  auto alone = (*chunked)->ObjectiveGradients(FirstRowEmbedded(), {ReferenceObjective()});
+  ASSERT_THAT(alone, IsOk());
+  EXPECT_NEAR(alone->values[0].item<double>(), reference_.Tensor("objective")[0].item<double>(), 1e-4);
+  EXPECT_LT(ScaledError(alone->gradients[0], reference_.Tensor("gradient")), 1e-4);
+
+  const RowObjective plain = ReferenceObjective();
+  const auto& positions = plain.positions;
+  const auto& tokens = plain.tokens;
+  ASSERT_GE(positions.size(), 3u);
+  const std::vector<int64_t> choices = {tokens[0], tokens[1], 7, 7};  // 7 twice: it counts twice
+  std::vector<double> weights(positions.size());
+  for (size_t i = 0; i < weights.size(); ++i) weights[i] = 0.5 + static_cast<double>(i);
+  const std::vector<RowObjective> objectives = {
+      {.positions = {positions[0]}, .tokens = {tokens[0]}, .quantity = TokenQuantity::kProb},
+      {.positions = positions, .tokens = tokens, .weights = weights, .choice_tokens = choices},
+      {.positions = positions, .tokens = tokens, .quantity = TokenQuantity::kLogProb, .exp_of_sum = true},
+      {.positions = positions,
+       .tokens = tokens,
+       .weights = weights,
+       .quantity = TokenQuantity::kLogit,
+       .choice_tokens = choices}};
+  const at::Tensor embeds = FirstRowEmbedded().inputs_embeds.repeat({4, 1, 1});
+  auto chunked_gradients = (*chunked)->ObjectiveGradients(ForwardBatch{.inputs_embeds = embeds}, objectives);
+  ASSERT_THAT(chunked_gradients, IsOk());
+
+  // The reference: LibTorch's autograd through the whole head, each objective written out.
+  const at::Tensor leaf = embeds.detach().requires_grad_(true);
+  const at::Tensor hidden = *model_->Hidden(ForwardBatch{.inputs_embeds = leaf});
+  auto logits_of_row = [&](int64_t r) {
+    return model_->LogitsAt(hidden, std::vector<int64_t>(positions.size(), r), positions);
+  };
+  const at::Tensor token_index = at::tensor(tokens, at::kLong).unsqueeze(1);
+  const at::Tensor weight_tensor = at::tensor(weights, at::kDouble).to(at::kFloat);
+  const at::Tensor choice_index = at::tensor(choices, at::kLong);
+  auto over_choices = [&](const at::Tensor& logits) {
+    return logits.gather(1, token_index).squeeze(1) - logits.index_select(1, choice_index).logsumexp(-1);
+  };
+  const at::Tensor expected = at::stack({at::log_softmax(logits_of_row(0), -1)[0][tokens[0]].exp(),
+                                         (over_choices(logits_of_row(1)) * weight_tensor).sum(),
+                                         at::log_softmax(logits_of_row(2), -1).gather(1, token_index).sum().exp(),
+                                         (logits_of_row(3).gather(1, token_index).squeeze(1) * weight_tensor).sum()});
+  const at::Tensor expected_gradients = torch::autograd::grad({expected.sum()}, {leaf})[0];
+  EXPECT_TRUE(at::allclose(chunked_gradients->values, expected.detach(), 1e-5, 1e-6))
+      << chunked_gradients->values << expected;
+  for (int64_t r = 0; r < 4; ++r) {
+    EXPECT_LT(ScaledError(chunked_gradients->gradients[r], expected_gradients[r]), 1e-5) << "row " << r;
+  }
+}
+
 // A logit objective (a logit difference) reads only its tokens' rows of the LM head.
 TEST_P(CausalLMParity, LogitObjectivesMatchTransformersLogits) {
   const auto positions = reference_.spec["objective_positions"].get<std::vector<int64_t>>();
