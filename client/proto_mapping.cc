@@ -315,7 +315,9 @@ absl::StatusOr<Attribution> FromProto(const v1::AttributeResponse& r) {
   Attribution out;
   out.model = r.model();
   out.model_digest = r.model_digest();
-  out.method = absl::AsciiStrToLower(v1::Method_Name(r.method()));
+  // A newer server's method reads as its number, as the component enums' do (NameOf).
+  const std::string& method = v1::Method_Name(r.method());
+  out.method = method.empty() ? absl::StrCat(static_cast<int>(r.method())) : absl::AsciiStrToLower(method);
   out.prompt_tokens = TokensFromProto(r.prompt_tokens());
   out.target_tokens = TokensFromProto(r.target_tokens());
   out.foil_tokens = TokensFromProto(r.foil_tokens());

@@ -8,7 +8,6 @@
 // clear message when the config or a model is bad, and drains and exits 1 when gRPC stops accepting
 // connections.
 #include <fcntl.h>
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/resource_quota.h>
@@ -60,6 +59,7 @@
 #include "server/grpc_log.h"
 #include "server/lifecycle.h"
 #include "server/log_line.h"
+#include "server/reflection_service.h"
 #include "server/serving_health.h"
 #include "server/unparsable_request.h"
 
@@ -389,11 +389,6 @@ rlim_t RaiseOpenFileLimit() {
   return limit.rlim_cur;
 }
 
-// Threads for gRPC's synchronous services (reflection; ours and health are callback services, which use
-// none): each open reflection stream holds one, and the stream needs no token. Past the bound a new one
-// is refused RESOURCE_EXHAUSTED; without it, 24,000 open streams held 24,000 threads and 6 GB.
-constexpr int kMaxSynchronousServiceThreads = 16;
-
 // --port_file's folder, written in at startup: checked by --check_config and before the models load.
 absl::Status CheckPortFileFolder(const std::string& path) {
   if (path.empty()) return absl::OkStatus();
@@ -480,7 +475,7 @@ int Serve() {
 
   AttributionServiceImpl service(*config, metrics->get(), std::move(files->auth));
   grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  ReflectionService reflection({attribution::v1::AttributionService::service_full_name(), "grpc.health.v1.Health"});
   if (absl::Status free = CheckUnixSocketFree(config->listen); !free.ok()) return Fail(free);
   grpc::ServerBuilder builder;
   int port = 0;
@@ -507,10 +502,10 @@ int Serve() {
   // gRPC 1.51's quota is unbounded by default, and it reads from a socket whatever arrives, parsed or not: a
   // client sending one-header CONTINUATION frames faster than they were parsed grew the process 230 MB a
   // second (3.4 GB in 15 s, kept after the connection closed). Bounded, reads wait for memory to free.
-  builder.SetResourceQuota(grpc::ResourceQuota("attribution-server")
-                               .SetMaxThreads(kMaxSynchronousServiceThreads)
-                               .Resize(static_cast<size_t>(config->max_transport_memory_bytes)));
+  builder.SetResourceQuota(
+      grpc::ResourceQuota("attribution-server").Resize(static_cast<size_t>(config->max_transport_memory_bytes)));
   builder.RegisterService(&service);
+  builder.RegisterService(&reflection);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
   interceptors.push_back(
       std::make_unique<UnparsableRequestInterceptorFactory>(service.call_observer(), service.auth()));

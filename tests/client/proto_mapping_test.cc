@@ -133,6 +133,16 @@ TEST(ProtoMapping, MapsAWellFormedAttributeResponse) {
   EXPECT_EQ(a->stats.rows, 51);
 }
 
+// A newer server's method reads as its number, as the Python client and the component enums show it (it read
+// as "", and `attribution-cli` printed "method ,").
+TEST(ProtoMapping, AnUnknownMethodReadsAsItsNumber) {
+  v1::AttributeResponse r = WellFormedAttribution();
+  r.set_method(static_cast<v1::Method>(42));
+  absl::StatusOr<Attribution> a = FromProto(r);
+  ASSERT_THAT(a, IsOk());
+  EXPECT_EQ(a->method, "42");
+}
+
 TEST(ProtoMapping, MapsAnAttributeResponseWithoutMatrixOrFaithfulness) {
   v1::AttributeResponse r = WellFormedAttribution();
   r.clear_token_matrix();
