@@ -114,6 +114,7 @@ void ToProtoGrid(const engine::ComponentGrid& grid, v1::ComponentGrid* out) {
 absl::StatusOr<ComponentsCall> ToComponentsCall(const v1::AttributeComponentsRequest& proto, const ServedModel& model,
                                                 absl::Time deadline, int64_t max_response_bytes,
                                                 const std::function<absl::Status()>& interrupted) {
+  RETURN_IF_ERROR(CheckWireTypes(proto));
   ComponentsCall call;
   engine::ComponentRequest& request = call.request;
   const engine::AttributionLimits& limits = model.attributor->limits();

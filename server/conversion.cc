@@ -352,6 +352,8 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
                                               absl::Time deadline) {
   AttributeCall call;
   engine::AttributionRequest& request = call.request;
+  std::vector<std::string> unknown_fields;
+  RETURN_IF_ERROR(CheckWireTypes(proto, &unknown_fields));
   ASSIGN_OR_RETURN(call.prompt, ResolvePrompt(proto.prompt(), proto.no_special_tokens(), model));
   request.prompt_ids = call.prompt.encoding.ids;
   RETURN_IF_ERROR(CheckTargetTokenization(proto.target_tokenization()));  // also without a target
@@ -408,6 +410,10 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
   }
   ASSIGN_OR_RETURN(request.method, ToMethod(proto.method()));
   call.unread_settings = UnreadSettings(proto, engine::MethodOf(request.method));
+  // A newer client's settings, which this server cannot have read.
+  for (const std::string& field : unknown_fields) {
+    call.unread_settings.push_back(absl::StrCat(field, " (not in this server's attribution.proto)"));
+  }
   RETURN_IF_ERROR(ApplyFeatures(proto, model, request));
   RETURN_IF_ERROR(ApplyBaseline(proto, model, request));
   request.completeness_tolerance = proto.completeness_tolerance();
@@ -507,6 +513,7 @@ void ToAttributeResponse(const engine::AttributionResult& result, const Attribut
 
 absl::StatusOr<GenerateCall> ToGenerateCall(const v1::GenerateRequest& proto, const ServedModel& model) {
   GenerateCall call;
+  RETURN_IF_ERROR(CheckWireTypes(proto));
   ASSIGN_OR_RETURN(call.prompt,
                    ResolvePrompt(proto.prompt(), proto.no_special_tokens(), model, AfterPrompt::kGeneratedTokens));
   ASSIGN_OR_RETURN(call.options,
@@ -583,6 +590,7 @@ void ToStreamedToken(int64_t id, float log_prob, const ServedModel& model, v1::T
 absl::StatusOr<LogprobsCall> ToLogprobsCall(const v1::LogprobsRequest& proto, const ServedModel& model,
                                             int64_t max_top_k) {
   LogprobsCall call;
+  RETURN_IF_ERROR(CheckWireTypes(proto));
   ASSIGN_OR_RETURN(call.prompt, ResolvePrompt(proto.prompt(), proto.no_special_tokens(), model));
   if (!IsSet(proto.target())) return Invalid("target", "must hold at least one token (set text or token_ids)");
   ASSIGN_OR_RETURN(call.target,

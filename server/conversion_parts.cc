@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "server/conversion_parts.h"
 
+#include <google/protobuf/unknown_field_set.h>
+
 #include <algorithm>
 
 #include "absl/strings/match.h"
@@ -199,6 +201,64 @@ absl::StatusOr<ResolvedInput> ResolveTarget(const v1::Input& input, absl::string
     default:  // ruled out above; a value added to the proto lands here
       return UnknownEnumValue("target_tokenization", tokenization, v1::TargetTokenization_descriptor());
   }
+}
+
+namespace {
+
+const char* WireTypeName(google::protobuf::UnknownField::Type type) {
+  switch (type) {
+    case google::protobuf::UnknownField::TYPE_VARINT:
+      return "a varint";
+    case google::protobuf::UnknownField::TYPE_FIXED32:
+      return "a fixed32";
+    case google::protobuf::UnknownField::TYPE_FIXED64:
+      return "a fixed64";
+    case google::protobuf::UnknownField::TYPE_LENGTH_DELIMITED:
+      return "length-delimited";
+    case google::protobuf::UnknownField::TYPE_GROUP:
+      return "a group";
+  }
+  return "another wire type";
+}
+
+absl::Status CheckWireTypesAt(const google::protobuf::Message& message, const std::string& prefix,
+                              std::vector<std::string>* unknown) {
+  const google::protobuf::Reflection& reflection = *message.GetReflection();
+  const google::protobuf::UnknownFieldSet& fields = reflection.GetUnknownFields(message);
+  for (int i = 0; i < fields.field_count(); ++i) {
+    const google::protobuf::UnknownField& field = fields.field(i);
+    if (const auto* known = message.GetDescriptor()->FindFieldByNumber(field.number())) {
+      return Invalid(absl::StrCat(prefix, known->name()),
+                     absl::StrCat("field ", field.number(), " arrived as ", WireTypeName(field.type()), ", but it is ",
+                                  known->is_repeated() ? "repeated " : "a ", known->type_name(),
+                                  " (a client built from another attribution.proto?)"));
+    }
+    const std::string name = absl::StrCat(prefix, "field ", field.number());
+    if (unknown != nullptr && std::find(unknown->begin(), unknown->end(), name) == unknown->end()) {
+      unknown->push_back(name);
+    }
+  }
+  std::vector<const google::protobuf::FieldDescriptor*> set;
+  reflection.ListFields(message, &set);
+  for (const google::protobuf::FieldDescriptor* field : set) {
+    if (field->cpp_type() != google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE) continue;
+    if (!field->is_repeated()) {
+      RETURN_IF_ERROR(
+          CheckWireTypesAt(reflection.GetMessage(message, field), absl::StrCat(prefix, field->name(), "."), unknown));
+      continue;
+    }
+    for (int i = 0; i < reflection.FieldSize(message, field); ++i) {
+      RETURN_IF_ERROR(CheckWireTypesAt(reflection.GetRepeatedMessage(message, field, i),
+                                       absl::StrCat(prefix, field->name(), "[", i, "]."), unknown));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status CheckWireTypes(const google::protobuf::Message& message, std::vector<std::string>* unknown) {
+  return CheckWireTypesAt(message, "", unknown);
 }
 
 }  // namespace attribution::server

@@ -4,8 +4,10 @@
 // Private to server/.
 #pragma once
 #include <google/protobuf/descriptor.h>
+#include <google/protobuf/message.h>
 
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
@@ -20,6 +22,13 @@ absl::Status Invalid(absl::string_view field, absl::string_view problem);
 absl::Status InField(absl::string_view field, const absl::Status& status);
 // INVALID_ARGUMENT for an enum value this server does not know, listing the ones it does.
 absl::Status UnknownEnumValue(absl::string_view field, int value, const google::protobuf::EnumDescriptor* descriptor);
+
+// Fields of `message` (and the messages in it) that arrived with a number this server's attribution.proto knows
+// but another wire type: protobuf keeps them as unknown fields and reads the field as unset (n_steps sent as a
+// fixed32 ran 50 steps; a method sent length-delimited ran integrated gradients): INVALID_ARGUMENT naming the
+// field. Numbers it does not know (a newer client's settings) are appended to `unknown` as "path field N", when
+// given.
+absl::Status CheckWireTypes(const google::protobuf::Message& message, std::vector<std::string>* unknown = nullptr);
 
 // Whether `input` holds text or ids. Where a set but empty Input means something (a feature group's baseline
 // deletes its span), read the parent's has_ instead.

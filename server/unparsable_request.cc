@@ -130,8 +130,8 @@ grpc::Status UnparsableRequestStatus(const std::string& grpc_method, const std::
   }
   return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                       absl::StrCat(prefix,
-                                   "its protobuf encoding is malformed (truncated, or a field's wire type does not "
-                                   "match the schema)"));
+                                   "its protobuf encoding is malformed (truncated, a length past the end, or groups "
+                                   "nested over 100 deep)"));
 }
 
 UnparsableRequestInterceptorFactory::UnparsableRequestInterceptorFactory(CallObserver* observer, const BearerAuth* auth)

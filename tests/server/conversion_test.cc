@@ -557,6 +557,46 @@ TEST_F(ConversionTest, LogprobsBadFieldsAreInvalidArgumentNamingTheField) {
   EXPECT_THAT(ToLogprobsCall(proto, *served_, 20), StatusIs(kInvalid, StartsWith("priority: ")));
 }
 
+// A known field number with another wire type was read as unset (n_steps sent as a fixed32 ran 50 steps; a method
+// sent length-delimited ran integrated gradients); numbers this proto does not know, a newer client's settings,
+// are named as unread.
+TEST_F(ConversionTest, FieldsOfAnotherWireTypeAreRefusedAndUnknownOnesNamedUnread) {
+  v1::AttributeRequest proto;
+  const std::string n_steps_as_fixed32 = {'\x75', '\x03', '\0', '\0', '\0'};  // field 14, wire type 5
+  ASSERT_TRUE(proto.ParseFromString(Request().SerializeAsString() + n_steps_as_fixed32));
+  EXPECT_EQ(proto.n_steps(), 0);  // protobuf's reading: unset
+  EXPECT_THAT(Convert(proto),
+              StatusIs(kInvalid, AllOf(StartsWith("n_steps: field 14 arrived as a fixed32"), HasSubstr("int32"))));
+  auto with_unknown = [](google::protobuf::Message* message) {
+    return message->GetReflection()->MutableUnknownFields(message);
+  };
+  proto = Request();
+  with_unknown(proto.mutable_prompt())->AddFixed64(2, 5);
+  EXPECT_THAT(Convert(proto), StatusIs(kInvalid, StartsWith("prompt.token_ids: field 2 arrived as a fixed64")));
+
+  proto = Request();
+  proto.clear_target();  // generated: the generation settings are read
+  with_unknown(&proto)->AddVarint(99, 1);
+  with_unknown(&proto)->AddVarint(99, 2);
+  with_unknown(proto.mutable_generation())->AddLengthDelimited(40, "x");
+  absl::StatusOr<AttributeCall> call = Convert(proto);
+  ASSERT_THAT(call, IsOk());
+  EXPECT_THAT(call->unread_settings, ElementsAre("field 99 (not in this server's attribution.proto)",
+                                                 "generation.field 40 (not in this server's attribution.proto)"));
+
+  v1::LogprobsRequest logprobs;
+  logprobs.mutable_prompt()->set_text("Is the sky blue?");
+  logprobs.mutable_target()->set_text(" yes");
+  with_unknown(&logprobs)->AddLengthDelimited(5, "3");  // top_k, an int32
+  EXPECT_THAT(ToLogprobsCall(logprobs, *served_, 20),
+              StatusIs(kInvalid, StartsWith("top_k: field 5 arrived as length-delimited")));
+  v1::GenerateRequest generate;
+  generate.mutable_prompt()->set_text("Is the sky blue?");
+  with_unknown(generate.mutable_generation())->AddFixed32(1, 4);  // max_new_tokens
+  EXPECT_THAT(ToGenerateCall(generate, *served_),
+              StatusIs(kInvalid, StartsWith("generation.max_new_tokens: field 1 arrived as a fixed32")));
+}
+
 // Counts the token ids every Decode call reads, around the model's real tokenizer.
 class DecodeCounter : public engine::Tokenizer {
  public:
