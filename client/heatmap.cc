@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "client/palette.h"
+#include "client/result_json.h"
 
 namespace attribution::client {
 namespace {
@@ -326,12 +327,10 @@ std::string AttributionJson(const Attribution& a) {
   auto tokens = [](const std::vector<Token>& list) {
     nlohmann::json out = nlohmann::json::array();
     for (const Token& t : list) {
-      out.push_back({{"id", t.id},
-                     {"text", t.text},
-                     {"char_begin", t.char_begin},
-                     {"char_end", t.char_end},
-                     {"log_prob", t.log_prob},
-                     {"special", t.special}});
+      nlohmann::json token = TokenJson(t);
+      token.update(
+          {{"char_begin", t.char_begin}, {"char_end", t.char_end}, {"log_prob", t.log_prob}, {"special", t.special}});
+      out.push_back(token);
     }
     return out;
   };

@@ -3,6 +3,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/escaping.h"
+
 namespace attribution::client {
 namespace {
 
@@ -11,47 +13,59 @@ std::string Dump(const nlohmann::json& json) {
   return json.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
+nlohmann::json StatsJson(const RunStats& s) {
+  return {{"rows", s.rows},
+          {"forward_passes", s.forward_passes},
+          {"backward_passes", s.backward_passes},
+          {"queue_seconds", s.queue_seconds},
+          {"device_seconds", s.device_seconds},
+          {"wall_seconds", s.wall_seconds}};
+}
+
+nlohmann::json WithLogProb(const Token& t) {
+  nlohmann::json out = TokenJson(t);
+  out["log_prob"] = t.log_prob;
+  return out;
+}
+
 }  // namespace
+
+nlohmann::json TokenJson(const Token& token) {
+  return {{"id", token.id}, {"text", token.text}, {"bytes_hex", absl::BytesToHexString(token.bytes)}};
+}
 
 std::string GenerationJson(const Generation& generation) {
   nlohmann::json tokens = nlohmann::json::array();
-  for (const Token& t : generation.tokens) tokens.push_back({{"id", t.id}, {"text", t.text}, {"log_prob", t.log_prob}});
+  for (const Token& t : generation.tokens) tokens.push_back(WithLogProb(t));
   return Dump({{"text", generation.text},
+               {"text_bytes_hex", absl::BytesToHexString(generation.text_bytes)},
                {"tokens", tokens},
                {"stopped", generation.stopped},
                {"seed", generation.seed},
-               {"model_digest", generation.model_digest}});
+               {"model_digest", generation.model_digest},
+               {"stats", StatsJson(generation.stats)}});
 }
 
 std::string LogprobsJson(const Logprobs& logprobs) {
   nlohmann::json prompt = nlohmann::json::array();
   for (const Token& t : logprobs.prompt_tokens) {
-    prompt.push_back({{"id", t.id},
-                      {"text", t.text},
-                      {"char_begin", t.char_begin},
-                      {"char_end", t.char_end},
-                      {"special", t.special}});
+    nlohmann::json token = TokenJson(t);
+    token.update({{"char_begin", t.char_begin}, {"char_end", t.char_end}, {"special", t.special}});
+    prompt.push_back(token);
   }
   nlohmann::json target = nlohmann::json::array();
   for (const TokenLogprob& t : logprobs.target) {
     nlohmann::json top = nlohmann::json::array();
-    for (const Token& alternative : t.top) {
-      top.push_back({{"id", alternative.id}, {"text", alternative.text}, {"log_prob", alternative.log_prob}});
-    }
-    target.push_back({{"id", t.token.id}, {"text", t.token.text}, {"log_prob", t.token.log_prob}, {"top", top}});
+    for (const Token& alternative : t.top) top.push_back(WithLogProb(alternative));
+    nlohmann::json token = WithLogProb(t.token);
+    token["top"] = top;
+    target.push_back(token);
   }
-  const RunStats& s = logprobs.stats;
   return Dump({{"prompt_tokens", prompt},
                {"target", target},
                {"total_log_prob", logprobs.total_log_prob},
                {"model_digest", logprobs.model_digest},
-               {"stats",
-                {{"rows", s.rows},
-                 {"forward_passes", s.forward_passes},
-                 {"backward_passes", s.backward_passes},
-                 {"queue_seconds", s.queue_seconds},
-                 {"device_seconds", s.device_seconds},
-                 {"wall_seconds", s.wall_seconds}}}});
+               {"stats", StatsJson(logprobs.stats)}});
 }
 
 std::string ModelsJson(const std::vector<ModelInfo>& models) {

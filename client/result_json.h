@@ -6,6 +6,7 @@
 //
 //   std::cout << GenerationJson(*generation) << "\n";
 #pragma once
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
 
@@ -13,11 +14,15 @@
 
 namespace attribution::client {
 
-// {"text", "tokens": [{"id", "text", "log_prob"}], "stopped"}.
+// {"id", "text", "bytes_hex"}: a token's exact bytes, in hex, beside its text, where part of a UTF-8 character
+// reads as U+FFFD (four tokens of one emoji all read "\ufffd").
+nlohmann::json TokenJson(const Token& token);
+
+// {"text", "text_bytes_hex", "tokens": [{"id", "text", "bytes_hex", "log_prob"}], "stopped", "seed", "stats"}.
 std::string GenerationJson(const Generation& generation);
 
-// {"prompt_tokens": [{"id", "text", "char_begin", "char_end", "special"}], "target": [{"id", "text",
-// "log_prob", "top": [{"id", "text", "log_prob"}]}], "total_log_prob", "stats"}.
+// {"prompt_tokens": [{"id", "text", "bytes_hex", "char_begin", "char_end", "special"}], "target": [{"id", "text",
+// "bytes_hex", "log_prob", "top": [{"id", "text", "bytes_hex", "log_prob"}]}], "total_log_prob", "stats"}.
 std::string LogprobsJson(const Logprobs& logprobs);
 
 // {"models": [...]}: every ModelInfo field by its name, the per-request limits (max_steps, ...) among them.

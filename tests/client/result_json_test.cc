@@ -20,9 +20,17 @@ constexpr char kReplaced[] =
     "b";  // U+FFFD for the bad byte
 
 TEST(GenerationJson, WritesTextThatIsNotUtf8WithReplacements) {
-  Generation generation{.tokens = {{.id = 7, .text = kNotUtf8, .log_prob = -0.5f}}, .text = kNotUtf8, .stopped = true};
+  Generation generation{.tokens = {{.id = 7, .text = kNotUtf8, .bytes = kNotUtf8, .log_prob = -0.5f}},
+                        .text = kNotUtf8,
+                        .text_bytes = kNotUtf8,
+                        .stopped = true,
+                        .stats = {.rows = 3}};
   const nlohmann::json json = nlohmann::json::parse(GenerationJson(generation));
   EXPECT_EQ(json["text"], kReplaced);
+  // The exact bytes stay readable (the text alone cannot say which bytes U+FFFD replaced).
+  EXPECT_EQ(json["text_bytes_hex"], "61ff62");
+  EXPECT_EQ(json["tokens"][0]["bytes_hex"], "61ff62");
+  EXPECT_EQ(json["stats"]["rows"], 3);
   EXPECT_EQ(json["tokens"][0]["text"], kReplaced);
   EXPECT_EQ(json["tokens"][0]["id"], 7);
   EXPECT_EQ(json["tokens"][0]["log_prob"], -0.5);
@@ -32,8 +40,8 @@ TEST(GenerationJson, WritesTextThatIsNotUtf8WithReplacements) {
 TEST(LogprobsJson, WritesPromptTargetAlternativesAndTotal) {
   Logprobs logprobs{
       .prompt_tokens = {{.id = 1, .text = "<s>", .special = true}, {.id = 5, .text = "Is", .char_end = 2}},
-      .target = {{.token = {.id = 9, .text = kNotUtf8, .log_prob = -0.25f},
-                  .top = {{.id = 8, .text = " Yes", .log_prob = -0.5f}}}},
+      .target = {{.token = {.id = 9, .text = "\xef\xbf\xbd", .bytes = "\xf0", .log_prob = -0.25f},
+                  .top = {{.id = 8, .text = " Yes", .bytes = " Yes", .log_prob = -0.5f}}}},
       .total_log_prob = -0.25,
       .stats = {.rows = 1, .forward_passes = 1}};
   const nlohmann::json json = nlohmann::json::parse(LogprobsJson(logprobs));
@@ -41,7 +49,9 @@ TEST(LogprobsJson, WritesPromptTargetAlternativesAndTotal) {
   EXPECT_EQ(json["prompt_tokens"][0]["special"], true);
   EXPECT_EQ(json["prompt_tokens"][1]["char_end"], 2);
   EXPECT_EQ(json["target"][0]["id"], 9);
-  EXPECT_EQ(json["target"][0]["text"], kReplaced);
+  EXPECT_EQ(json["target"][0]["text"], "\xef\xbf\xbd");
+  EXPECT_EQ(json["target"][0]["bytes_hex"], "f0");  // the first of an emoji's four bytes
+  EXPECT_EQ(json["target"][0]["top"][0]["bytes_hex"], "20596573");
   EXPECT_EQ(json["target"][0]["log_prob"], -0.25);
   EXPECT_EQ(json["target"][0]["top"][0]["text"], " Yes");
   EXPECT_EQ(json["target"][0]["top"][0]["log_prob"], -0.5);
