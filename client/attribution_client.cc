@@ -5,6 +5,7 @@
 #include <grpc/support/time.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -20,6 +21,7 @@
 #include "attribution/v1/attribution.grpc.pb.h"
 #include "client/proto_mapping.h"
 #include "engine/common/credential_files.h"
+#include "engine/common/files.h"  // kMaxReadFileBytes only: the client links no engine library
 #include "grpc/health/v1/health.grpc.pb.h"
 
 namespace attribution::client {
@@ -139,8 +141,18 @@ class StreamCall final : public grpc::ClientReadReactor<grpc::ByteBuffer> {
 // With read(2), not a stream: an ifstream opens a directory and then reads it as empty (libstdc++'s
 // filebuf fails in underflow), so a directory looked like an empty file.
 absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK while opening: a named pipe without a writer held the open forever (read, it is empty at once).
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return absl::NotFoundError(absl::StrCat("cannot read ", path, ": ", std::strerror(errno)));
+  struct stat st {};
+  if (::fstat(fd, &st) == 0 && !S_ISREG(st.st_mode)) ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+  // A device reads without end: --token_file=/dev/zero grew the client 2 GB in 6 s.
+  const auto too_large = [&] {
+    ::close(fd);
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot read ", path, ": more than ", engine::kMaxReadFileBytes >> 20, " MiB"));
+  };
+  if (S_ISREG(st.st_mode) && st.st_size > engine::kMaxReadFileBytes) return too_large();
   std::string text;
   char buffer[1 << 16];
   for (;;) {
@@ -152,6 +164,7 @@ absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
       return absl::NotFoundError(absl::StrCat("cannot read ", path, ": ", std::strerror(error)));
     }
     if (n == 0) break;
+    if (static_cast<int64_t>(text.size()) + n > engine::kMaxReadFileBytes) return too_large();
     text.append(buffer, static_cast<size_t>(n));
   }
   ::close(fd);

@@ -436,6 +436,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "attribution-bench: %s\n", line.error.c_str());
     return 2;
   }
-  absl::ParseCommandLine(argc, argv);
+  if (const std::vector<char*> rest = absl::ParseCommandLine(argc, argv); rest.size() > 1) {
+    std::fprintf(stderr, "attribution-bench: unexpected argument \"%s\" (flags are --name=value)\n", rest[1]);
+    return 2;
+  }
   return attribution::client::Run();
 }

@@ -244,20 +244,34 @@ absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(const st
   if (!split) return absl::InvalidArgumentError(absl::StrCat("metrics_listen \"", listen, "\": expected host:port"));
   std::string host = split->host;
   if (host.empty() || host == "*") host = "0.0.0.0";
-  addrinfo hints{}, *found = nullptr;
-  hints.ai_family = AF_INET;
-  hints.ai_socktype = SOCK_STREAM;
-  if (getaddrinfo(host.c_str(), nullptr, &hints, &found) != 0 || found == nullptr) {
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  // IPv4 first (localhost stays 127.0.0.1), then IPv6: "[::]:9464" on an IPv6-only cluster was refused
+  // ("cannot resolve [::]") although --check_config passed it.
+  sockaddr_storage address{};
+  socklen_t address_length = 0;
+  for (const int family : {AF_INET, AF_INET6}) {
+    addrinfo hints{}, *found = nullptr;
+    hints.ai_family = family;
+    hints.ai_socktype = SOCK_STREAM;
+    if (getaddrinfo(host.c_str(), nullptr, &hints, &found) != 0 || found == nullptr) continue;
+    std::memcpy(&address, found->ai_addr, found->ai_addrlen);
+    address_length = found->ai_addrlen;
+    freeaddrinfo(found);
+    break;
+  }
+  if (address_length == 0) {
     return absl::InvalidArgumentError(absl::StrCat("metrics_listen \"", listen, "\": cannot resolve ", host));
   }
-  sockaddr_in address = *reinterpret_cast<sockaddr_in*>(found->ai_addr);
-  freeaddrinfo(found);
-  address.sin_port = htons(static_cast<uint16_t>(split->port));
+  const bool v6 = address.ss_family == AF_INET6;
+  const uint16_t port = htons(static_cast<uint16_t>(split->port));
+  (v6 ? reinterpret_cast<sockaddr_in6*>(&address)->sin6_port : reinterpret_cast<sockaddr_in*>(&address)->sin_port) =
+      port;
   // Non-blocking, so that accept() after poll() cannot block on a connection reset in between.
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  const int one = 1;
+  const int fd = ::socket(address.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  const int one = 1, zero = 0;
   if (fd >= 0) ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0 ||
+  if (fd >= 0 && v6) ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));  // "[::]": IPv4 too
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&address), address_length) != 0 ||
       ::listen(fd, static_cast<int>(kMaxConnections)) != 0) {
     const std::string error = std::strerror(errno);
     if (fd >= 0) ::close(fd);
@@ -265,8 +279,10 @@ absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(const st
   }
   socklen_t length = sizeof(address);
   ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
-  auto endpoint = std::unique_ptr<MetricsEndpoint>(
-      new MetricsEndpoint(fd, ntohs(address.sin_port), std::move(render), connection_deadline));
+  const int bound_port = ntohs(v6 ? reinterpret_cast<sockaddr_in6*>(&address)->sin6_port
+                                  : reinterpret_cast<sockaddr_in*>(&address)->sin_port);
+  auto endpoint =
+      std::unique_ptr<MetricsEndpoint>(new MetricsEndpoint(fd, bound_port, std::move(render), connection_deadline));
   if (::pipe2(endpoint->stop_pipe_, O_CLOEXEC) != 0) return absl::InternalError("metrics endpoint: pipe failed");
   endpoint->thread_ = std::thread([e = endpoint.get()] { e->Serve(); });
   return endpoint;

@@ -305,7 +305,14 @@ absl::Status Within(int64_t value, int64_t low, int64_t high, const std::string&
 
 // Unix sockets have no port.
 absl::Status CheckListenAddress(const std::string& listen) {
-  if (IsUnixAddress(listen)) return absl::OkStatus();
+  if (IsUnixAddress(listen)) {
+    // `unix:$SOCK` with SOCK unset: gRPC bound an abstract socket named by 108 NUL bytes, which no client reaches.
+    const std::string path = listen.substr(listen.find(':') + 1);
+    if (path.empty() || path == "//") {
+      return absl::InvalidArgumentError(absl::StrCat("listen \"", listen, "\": the socket's path is empty"));
+    }
+    return absl::OkStatus();
+  }
   if (SplitListenAddress(listen)) return absl::OkStatus();
   return absl::InvalidArgumentError(
       absl::StrCat("listen \"", listen, "\": expected host:port with a port in [0, 65535], or unix:PATH"));

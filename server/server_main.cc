@@ -13,6 +13,7 @@
 #include <grpcpp/resource_quota.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -392,6 +393,10 @@ rlim_t RaiseOpenFileLimit() {
 // --port_file's folder, written in at startup: checked by --check_config and before the models load.
 absl::Status CheckPortFileFolder(const std::string& path) {
   if (path.empty()) return absl::OkStatus();
+  // A folder there passed, and startup failed only after every model had loaded.
+  if (struct stat st{}; ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+    return absl::InvalidArgumentError(absl::StrCat("--port_file ", path, ": a directory, not a file"));
+  }
   const size_t slash = path.rfind('/');
   const std::string folder = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
   if (::access(folder.c_str(), W_OK) == 0) return absl::OkStatus();
@@ -402,14 +407,18 @@ absl::Status CheckPortFileFolder(const std::string& path) {
 // The ports, one a line, in a file renamed into place once whole (readers never see half of it): every write
 // checked, since a file left empty on a full disk, or none at all, kept a script waiting for it forever.
 absl::Status WritePortFile(const std::string& path, int grpc_port, int metrics_port) {
-  const std::string temporary = path + ".tmp", text = absl::StrCat(grpc_port, "\n", metrics_port, "\n");
+  std::string temporary = path + ".XXXXXX";
+  const std::string text = absl::StrCat(grpc_port, "\n", metrics_port, "\n");
   auto failed = [&](int error) {
     std::remove(temporary.c_str());
     return absl::InternalError(absl::StrCat(
         "--port_file ", path, ": cannot write it: ", error == 0 ? "the disk took part of it" : std::strerror(error)));
   };
-  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  // A fresh name, created exclusively: a fixed PATH.tmp was opened through a symbolic link planted there, and the
+  // file it pointed to overwritten.
+  const int fd = ::mkostemp(temporary.data(), O_CLOEXEC);
   if (fd < 0) return failed(errno);
+  ::fchmod(fd, 0644);
   errno = 0;
   const bool written = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
   const int write_error = errno;
@@ -651,7 +660,15 @@ int main(int argc, char** argv) {
       "  attribution-server --model tiny=/models/tiny [--listen 0.0.0.0:50051]\n"
       "  attribution-server --config server.json");
   attribution::server::ReadArgvFlags(argc, argv);
-  absl::ParseCommandLine(argc, argv);
+  // A word that is no flag (`attribution-server /config/server.json`, the --config= forgotten) was ignored, and
+  // the embedded default model served instead.
+  if (const std::vector<char*> rest = absl::ParseCommandLine(argc, argv); rest.size() > 1) {
+    std::fprintf(stderr,
+                 "attribution-server: unexpected argument \"%s\" (flags are --name=value; a config file is "
+                 "--config=FILE)\n",
+                 rest[1]);
+    return 1;
+  }
   if (const auto& models = attribution::server::TheArgvFlags().models; !models.empty())
     absl::SetFlag(&FLAGS_model, models);
   // Everything below returns statuses; an exception that still escapes (a bug) ends startup with

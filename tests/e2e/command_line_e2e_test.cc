@@ -5,6 +5,7 @@
 // write is an error, and bad flags are usage errors (exit 2).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <cstdio>
@@ -95,6 +96,14 @@ INSTANTIATE_TEST_SUITE_P(
       return name.substr(name.find('-') + 1);
     });
 
+// A word that is no flag was ignored by the bench (the server's case is in CheckConfigRefusesWhatStartupRefuses);
+// the CLI takes it as its command and the batch runner refuses it.
+TEST(BenchCommandLine, AWordThatIsNoFlagIsAUsageError) {
+  auto [code, output] = RunCommand(absl::StrCat(ATTRIBUTION_BENCH_BINARY, " --server=127.0.0.1:1 extra_positional"));
+  EXPECT_EQ(code, 2) << output;
+  EXPECT_THAT(output, HasSubstr("unexpected argument \"extra_positional\""));
+}
+
 TEST(ServerCommandLine, ARepeatedModelFlagServesEveryModel) {
   const std::string dir = test_support::DemoModelDir();
   auto server = test_support::ServerProcess::Start({"--model=a=" + dir + ",b=" + dir, "--model", "c=" + dir});
@@ -166,6 +175,11 @@ TEST(ServerCommandLine, CheckConfigRefusesWhatStartupRefuses) {
       {"--tls_cert=" + dir.File("no-cert") + " --tls_key=" + garbage, "tls cert_file: "},
       {"--tls_cert=" + garbage + " --tls_key=" + garbage, "tls cert_file \"" + garbage + "\" holds no PEM certificate"},
       {"--listen=127.0.0.1:9000 --metrics_listen=0.0.0.0:9000", "use the same port 9000"},
+      // A word that is no flag (the --config= forgotten) was ignored, and the embedded default model served.
+      {dir.File("server.json"), "unexpected argument \"" + dir.File("server.json") + "\""},
+      {"-- --port_file=x", "unexpected argument \"--port_file=x\""},
+      // A folder as the port file was refused only after every model had loaded.
+      {"--port_file=" + dir.path(), "--port_file " + dir.path() + ": a directory, not a file"},
   };
   for (const auto& [flags, message] : cases) {
     auto [code, output] = RunCommand(check + flags);
@@ -404,7 +418,12 @@ TEST(CliCommandLine, AnInputFileThatCannotBeReadIsNamed) {
       {"--pairs=/dev/null", "--pairs: /dev/null holds no pairs"},
       {"--clean=a --corrupted=b --token_file=" + dir.path(),
        "--token_file: cannot read " + dir.path() + ": Is a directory"},
+      // A device read without end (2 GB in 6 s), and a pipe without a writer held the open forever.
+      {"--clean=a --corrupted=b --token_file=/dev/zero", "--token_file: cannot read /dev/zero: more than 256 MiB"},
+      {"--clean=a --corrupted=b --tls --ca=/dev/zero", "cannot read /dev/zero: more than 256 MiB"},
+      {"--clean=a --corrupted=b --token_file=" + dir.File("fifo"), "holds no token"},
   };
+  ASSERT_EQ(::mkfifo(dir.File("fifo").c_str(), 0600), 0);
   for (const auto& [flags, message] : cases) {
     auto [code, output] = RunCommand(cli + flags);
     EXPECT_EQ(code, 1) << flags << ": " << output;

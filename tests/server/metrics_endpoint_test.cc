@@ -184,6 +184,32 @@ TEST(MetricsEndpoint, AnswersAScrapeWithTheRenderedTextAndCloses) {
   EXPECT_EQ(response->substr(response->find("\r\n\r\n") + 4), "up 1\n");
 }
 
+// IPv6 addresses bind (an IPv6-only cluster's "[::]:9464" was refused "cannot resolve [::]" at startup, after
+// --check_config had passed it); the wildcard takes IPv4 connections too.
+TEST(MetricsEndpoint, ListensOnIpv6AndItsWildcardAnswersIpv4Too) {
+  for (const char* listen : {"[::1]:0", "[::]:0"}) {
+    absl::StatusOr<std::unique_ptr<MetricsEndpoint>> endpoint = MetricsEndpoint::Start(
+        listen, [] { return std::string("up 1\n"); }, kDeadline);
+    ASSERT_TRUE(endpoint.ok()) << listen << ": " << endpoint.status();
+    const int fd = ::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in6 address{};
+    address.sin6_family = AF_INET6;
+    address.sin6_port = htons(static_cast<uint16_t>((*endpoint)->port()));
+    address.sin6_addr = in6addr_loopback;
+    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0) << listen;
+    ASSERT_EQ(::send(fd, kScrape, sizeof(kScrape) - 1, MSG_NOSIGNAL), static_cast<ssize_t>(sizeof(kScrape) - 1));
+    std::string received;
+    char buffer[4096];
+    for (ssize_t n; (n = ::recv(fd, buffer, sizeof(buffer), 0)) > 0;) received.append(buffer, static_cast<size_t>(n));
+    ::close(fd);
+    EXPECT_THAT(received, StartsWith("HTTP/1.1 200 OK\r\n")) << listen;
+  }
+  absl::StatusOr<std::unique_ptr<MetricsEndpoint>> wildcard = MetricsEndpoint::Start(
+      "[::]:0", [] { return std::string("up 1\n"); }, kDeadline);
+  ASSERT_TRUE(wildcard.ok()) << wildcard.status();
+  EXPECT_THAT(Exchange((*wildcard)->port(), kScrape).value_or(""), StartsWith("HTTP/1.1 200 OK\r\n"));
+}
+
 TEST(MetricsEndpoint, AnswersAScrapeWithAQueryString) {
   std::unique_ptr<MetricsEndpoint> endpoint = StartEndpoint([] { return std::string("up 1\n"); });
   ASSERT_NE(endpoint, nullptr);

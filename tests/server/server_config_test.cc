@@ -337,6 +337,10 @@ TEST(ServerConfig, RefusesValuesThatWouldStartABrokenServer) {
   EXPECT_THAT(invalid([](ServerConfig& c) { c.listen = "localhost"; }), HasSubstr("listen \"localhost\""));
   EXPECT_EQ(invalid([](ServerConfig& c) { c.listen = "[::]:0"; }), "");
   EXPECT_EQ(invalid([](ServerConfig& c) { c.listen = "unix:/tmp/attribution.sock"; }), "");
+  // `unix:$SOCK` with SOCK unset: gRPC bound an abstract socket no client reaches, and the server said serving.
+  EXPECT_THAT(invalid([](ServerConfig& c) { c.listen = "unix:"; }),
+              HasSubstr("listen \"unix:\": the socket's path is empty"));
+  EXPECT_THAT(invalid([](ServerConfig& c) { c.listen = "unix://"; }), HasSubstr("path is empty"));
 }
 
 // Values --check_config passed and startup refused a moment later: they are now refused by the validation
