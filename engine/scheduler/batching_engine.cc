@@ -142,8 +142,6 @@ std::pair<const void*, int64_t> BatchingEngine::SharedInput(const Row& row) cons
   if (const PromptPair* pair = row.component.pair.get()) {
     return {pair, pair->length() * (16 + executor_->CapturedBytesPerToken(row.component.exact_attention_weights))};
   }
-  // A live sequence: its KV cache, which only its own decode row changes (after being taken from the queue).
-  if (const DecodeState* state = row.decode_state.get()) return {state, state->cache.Bytes()};
   return {nullptr, 0};
 }
 

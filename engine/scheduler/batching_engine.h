@@ -41,8 +41,7 @@ struct EngineOptions {
   int64_t max_queued_tokens = int64_t{1} << 28;
   // Memory the queued work holds: rows, each embedding path's ids and (once it runs) its input and
   // baseline embeddings, and each prompt pair's ids and (once it runs) both runs' activations at every
-  // component site, paths and pairs counted once per request, and each live generation's KV cache while
-  // its next decode row waits. Submissions above it are refused.
+  // component site, paths and pairs counted once per request. Submissions above it are refused.
   int64_t max_queued_bytes = int64_t{8} << 30;
   int64_t max_rows_per_request = 1 << 16;  // queued at once
   int64_t max_tokens_per_request = int64_t{1} << 24;

@@ -53,12 +53,9 @@ struct Row {
   ComponentWork component;  // score / grad rows of a prompt pair (input_ids: the prompt run)
 
   int64_t length() const { return point.path ? point.path->length() : static_cast<int64_t>(input_ids.size()); }
-  // Positions the row takes in a batch, which the token budget bounds: its tokens, and the cached prefix or
-  // sequence it continues (stacked with the batch's other rows' caches, so memory as its own tokens are: 32
-  // decode rows of 3,900-token prompts stacked 4.2 GB of caches in one step that counted 32 tokens).
-  int64_t batch_length() const {
-    return length() + (prefix ? prefix_length : 0) + (decode_state ? decode_state->cache.lengths()[0] : 0);
-  }
+  // Positions the row takes in a batch, which the token budget bounds: its tokens, and the cached prefix
+  // it continues (stacked with the batch's other prefixes, so memory as its own tokens are).
+  int64_t batch_length() const { return length() + (prefix ? prefix_length : 0); }
   // Host memory the queued row holds, its path counted in full (the engine counts a shared path once).
   int64_t QueuedBytes() const;
 };

@@ -903,39 +903,6 @@ TEST_F(BatchingEngineTest, TheTokenBudgetCountsTheCachedPrefixRowsContinue) {
   for (const auto& batch : executor_->batches()) EXPECT_LE(batch.rows.size(), 2u);
 }
 
-// So do the sequences decode rows continue (their caches are stacked for the step), and while a decode row waits
-// its cache counts as queue memory: 32 generations of 3,900-token prompts stacked 4.2 GB of caches in steps that
-// counted 32 tokens and no bytes.
-TEST_F(BatchingEngineTest, DecodeRowsCountTheirSequencesCachesInTokensAndQueueMemory) {
-  Start({.max_batch_tokens = 2048, .max_batch_rows = 64});
-  Notification gate;
-  RowCollector blocking(1), collector(8);
-  HoldExecutor(gate, blocking);
-  std::vector<Row> rows;
-  int64_t cache_bytes = 0;
-  for (int i = 0; i < 8; ++i) {
-    auto state = std::make_shared<DecodeState>(/*num_layers=*/1);
-    const at::Tensor keys = at::zeros({1, 2, 1000, 16});  // [batch, kv heads, positions, head dim]
-    state->cache.Append(0, keys, keys);
-    state->cache.Advance({1000});
-    cache_bytes += state->cache.Bytes();
-    rows.push_back(Row{.kind = RowKind::kDecode, .input_ids = {8}, .decode_state = state});
-  }
-  ASSERT_GE(cache_bytes, 8 * 2 * 1000 * 2 * 16 * 4);
-  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), std::move(rows), collector.Callback()), IsOk());
-  EXPECT_GE(engine_->Stats().queued_bytes, cache_bytes);
-  gate.Notify();
-  blocking.Wait();
-  collector.Wait();
-  for (int i = 0; i < 8; ++i) EXPECT_THAT(collector.result(i).status, IsOk());
-  EXPECT_EQ(engine_->Stats().queued_bytes, 0);
-  for (const auto& batch : executor_->batches()) {
-    if (batch.kind == RowKind::kDecode) {
-      EXPECT_LE(batch.rows.size(), 2u);
-    }
-  }
-}
-
 TEST_F(BatchingEngineTest, RowThatAlwaysFailsFailsOnlyItsRequest) {
   Start({.max_batch_rows = 16});
   executor_->FailWhen([](const std::vector<const Row*>& rows) {
