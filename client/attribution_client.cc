@@ -21,7 +21,7 @@
 #include "attribution/v1/attribution.grpc.pb.h"
 #include "client/proto_mapping.h"
 #include "engine/common/credential_files.h"
-#include "engine/common/files.h"  // kMaxReadFileBytes only: the client links no engine library
+#include "engine/common/files.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
 namespace attribution::client {
@@ -138,36 +138,12 @@ class StreamCall final : public grpc::ClientReadReactor<grpc::ByteBuffer> {
 
 }  // namespace
 
-// With read(2), not a stream: an ifstream opens a directory and then reads it as empty (libstdc++'s
-// filebuf fails in underflow), so a directory looked like an empty file.
+// The server's reader (engine/common/files.h, no LibTorch): a directory is refused (an ifstream read it as empty),
+// a device stops at 256 MiB (--token_file=/dev/zero grew the client 2 GB in 6 s), a FIFO without a writer reads
+// empty instead of holding the open.
 absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
-  // O_NONBLOCK while opening: a named pipe without a writer held the open forever (read, it is empty at once).
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) return absl::NotFoundError(absl::StrCat("cannot read ", path, ": ", std::strerror(errno)));
-  struct stat st {};
-  if (::fstat(fd, &st) == 0 && !S_ISREG(st.st_mode)) ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-  // A device reads without end: --token_file=/dev/zero grew the client 2 GB in 6 s.
-  const auto too_large = [&] {
-    ::close(fd);
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot read ", path, ": more than ", engine::kMaxReadFileBytes >> 20, " MiB"));
-  };
-  if (S_ISREG(st.st_mode) && st.st_size > engine::kMaxReadFileBytes) return too_large();
-  std::string text;
-  char buffer[1 << 16];
-  for (;;) {
-    const ssize_t n = ::read(fd, buffer, sizeof(buffer));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      const int error = errno;
-      ::close(fd);
-      return absl::NotFoundError(absl::StrCat("cannot read ", path, ": ", std::strerror(error)));
-    }
-    if (n == 0) break;
-    if (static_cast<int64_t>(text.size()) + n > engine::kMaxReadFileBytes) return too_large();
-    text.append(buffer, static_cast<size_t>(n));
-  }
-  ::close(fd);
+  absl::StatusOr<std::string> text = engine::ReadFile(path);
+  if (!text.ok()) return absl::NotFoundError(text.status().message());  // a file that cannot be read, whatever why
   return text;
 }
 
@@ -468,7 +444,9 @@ void AttributionClient::HealthAsync(const std::string& service, Callback<std::st
   impl_->Unary<grpc::health::v1::HealthCheckResponse, std::string>(
       "", grpc::health::v1::Health::service_full_name(), "Check", request,
       [](const grpc::health::v1::HealthCheckResponse& r) -> absl::StatusOr<std::string> {
-        return grpc::health::v1::HealthCheckResponse::ServingStatus_Name(r.status());
+        // A newer server's status reads as its number (it read as "").
+        const std::string& name = grpc::health::v1::HealthCheckResponse::ServingStatus_Name(r.status());
+        return name.empty() ? absl::StrCat(static_cast<int>(r.status())) : name;
       },
       std::move(done));
 }

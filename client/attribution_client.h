@@ -282,8 +282,8 @@ struct ComponentAttribution {
   std::string model_digest;  // the weights that computed it (ModelInfo::model_digest); "" from older servers
 };
 
-// The whole of file `path`; NOT_FOUND naming the path and the reason ("Is a directory", ...) when it
-// cannot be read.
+// The whole of file `path`; NOT_FOUND naming the path and why when it cannot be read: it cannot be opened, it is a
+// directory, or it holds more than 256 MiB (a device).
 absl::StatusOr<std::string> ReadTextFile(const std::string& path);
 
 // The bearer token on the first line of `path` (what --token_file flags name); NOT_FOUND when the file

@@ -410,7 +410,7 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
   }
   ASSIGN_OR_RETURN(request.method, ToMethod(proto.method()));
   call.unread_settings = UnreadSettings(proto, engine::MethodOf(request.method));
-  // A newer client's settings, which this server cannot have read.
+  // Fields this server's proto lacks (a newer client's settings, or ones an older proto had): never read.
   for (const std::string& field : unknown_fields) {
     call.unread_settings.push_back(absl::StrCat(field, " (not in this server's attribution.proto)"));
   }

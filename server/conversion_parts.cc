@@ -228,9 +228,12 @@ absl::Status CheckWireTypesAt(const google::protobuf::Message& message, const st
   for (int i = 0; i < fields.field_count(); ++i) {
     const google::protobuf::UnknownField& field = fields.field(i);
     if (const auto* known = message.GetDescriptor()->FindFieldByNumber(field.number())) {
+      const std::string declared = known->enum_type() != nullptr      ? known->enum_type()->full_name()
+                                   : known->message_type() != nullptr ? known->message_type()->full_name()
+                                                                      : known->type_name();
       return Invalid(absl::StrCat(prefix, known->name()),
-                     absl::StrCat("field ", field.number(), " arrived as ", WireTypeName(field.type()), ", but it is ",
-                                  known->is_repeated() ? "repeated " : "a ", known->type_name(),
+                     absl::StrCat("field ", field.number(), " arrived as ", WireTypeName(field.type()),
+                                  ", but it is declared ", known->is_repeated() ? "repeated " : "", declared,
                                   " (a client built from another attribution.proto?)"));
     }
     const std::string name = absl::StrCat(prefix, "field ", field.number());

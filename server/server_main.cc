@@ -409,16 +409,23 @@ absl::Status CheckPortFileFolder(const std::string& path) {
 absl::Status WritePortFile(const std::string& path, int grpc_port, int metrics_port) {
   std::string temporary = path + ".XXXXXX";
   const std::string text = absl::StrCat(grpc_port, "\n", metrics_port, "\n");
-  auto failed = [&](int error) {
-    std::remove(temporary.c_str());
-    return absl::InternalError(absl::StrCat(
-        "--port_file ", path, ": cannot write it: ", error == 0 ? "the disk took part of it" : std::strerror(error)));
-  };
   // A fresh name, created exclusively: a fixed PATH.tmp was opened through a symbolic link planted there, and the
   // file it pointed to overwritten.
   const int fd = ::mkostemp(temporary.data(), O_CLOEXEC);
+  auto failed = [&](int error) {
+    if (fd >= 0) std::remove(temporary.c_str());
+    return absl::InternalError(absl::StrCat(
+        "--port_file ", path, ": cannot write it: ", error == 0 ? "the disk took part of it" : std::strerror(error)));
+  };
   if (fd < 0) return failed(errno);
-  ::fchmod(fd, 0644);
+  // mkostemp makes it 0600; readable as a plain file would be (the umask applied).
+  const mode_t umask = ::umask(0);
+  ::umask(umask);
+  if (::fchmod(fd, 0644 & ~umask) != 0) {
+    const int error = errno;
+    ::close(fd);
+    return failed(error);
+  }
   errno = 0;
   const bool written = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
   const int write_error = errno;

@@ -482,7 +482,8 @@ RowsInMemory::RowsInMemory(std::vector<BatchRow> rows) : rows_(std::move(rows)) 
 }
 
 absl::StatusOr<std::unique_ptr<InputRows>> InputRows::Open(const std::string& path, int shard_index, int shard_count) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: a FIFO without a writer held the open forever (it is refused below, as anything but a file is).
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return absl::NotFoundError(absl::StrCat("cannot read ", path, ": ", std::strerror(errno)));
   const bool csv = absl::EndsWith(path, ".csv");
   std::unique_ptr<InputRows> rows(new InputRows(path, csv));

@@ -24,6 +24,9 @@
 
 namespace attribution::engine {
 
+struct ScoredEntries;  // head_scores.h
+struct HeadScores;
+
 struct LoadOptions {
   at::ScalarType dtype = at::kFloat;  // compute dtype: float32, bfloat16 or float16
   std::string device = "cpu";         // "cpu" or "cuda:N"
@@ -149,9 +152,6 @@ struct InputGradients {
 };
 
 // Immutable after Load: every method is const and may run concurrently on different batches.
-struct ScoredEntries;  // head_scores.h
-struct HeadScores;
-
 class CausalLM {
  public:
   static absl::StatusOr<std::unique_ptr<CausalLM>> Load(const std::string& dir, const LoadOptions& options);

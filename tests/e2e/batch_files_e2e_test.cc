@@ -360,7 +360,7 @@ TEST(BatchCommandLine, ADirectoryForAnInputFileIsAnErrorNamingIt) {
   EXPECT_EQ(RunBatch({"merge", "--input=" + input, output, folder}, log), 1);
   const std::string text = ReadFile(log);
   EXPECT_THAT(text, HasSubstr("cannot read " + folder + ": Is a directory"));
-  EXPECT_THAT(text, HasSubstr("--job: cannot read " + folder + ": Is a directory"));
+  EXPECT_THAT(text, HasSubstr("--job: " + folder + ": a directory, not a file"));
   EXPECT_THAT(text, ::testing::Not(HasSubstr("terminate")));
 }
 

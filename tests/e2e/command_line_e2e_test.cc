@@ -413,14 +413,14 @@ TEST(CliCommandLine, AnInputFileThatCannotBeReadIsNamed) {
   test_support::TempDir dir;
   const std::string cli = absl::StrCat(ATTRIBUTION_CLI_BINARY, " components --server=127.0.0.1:1 --model=m ");
   const std::pair<std::string, std::string> cases[] = {
-      {"--pairs=" + dir.path(), "--pairs: cannot read " + dir.path() + ": Is a directory"},
-      {"--pairs=" + dir.File("missing"), "--pairs: cannot read " + dir.File("missing") + ": No such file"},
+      {"--pairs=" + dir.path(), "--pairs: " + dir.path() + ": a directory, not a file"},
+      {"--pairs=" + dir.File("missing"), "--pairs: " + dir.File("missing") + ": cannot open: No such file"},
       {"--pairs=/dev/null", "--pairs: /dev/null holds no pairs"},
       {"--clean=a --corrupted=b --token_file=" + dir.path(),
-       "--token_file: cannot read " + dir.path() + ": Is a directory"},
+       "--token_file: " + dir.path() + ": a directory, not a file"},
       // A device read without end (2 GB in 6 s), and a pipe without a writer held the open forever.
-      {"--clean=a --corrupted=b --token_file=/dev/zero", "--token_file: cannot read /dev/zero: more than 256 MiB"},
-      {"--clean=a --corrupted=b --tls --ca=/dev/zero", "cannot read /dev/zero: more than 256 MiB"},
+      {"--clean=a --corrupted=b --token_file=/dev/zero", "--token_file: /dev/zero: more than 256 MiB"},
+      {"--clean=a --corrupted=b --tls --ca=/dev/zero", "/dev/zero: more than 256 MiB"},
       {"--clean=a --corrupted=b --token_file=" + dir.File("fifo"), "holds no token"},
   };
   ASSERT_EQ(::mkfifo(dir.File("fifo").c_str(), 0600), 0);

@@ -572,7 +572,11 @@ TEST_F(ConversionTest, FieldsOfAnotherWireTypeAreRefusedAndUnknownOnesNamedUnrea
   };
   proto = Request();
   with_unknown(proto.mutable_prompt())->AddFixed64(2, 5);
-  EXPECT_THAT(Convert(proto), StatusIs(kInvalid, StartsWith("prompt.token_ids: field 2 arrived as a fixed64")));
+  EXPECT_THAT(Convert(proto), StatusIs(kInvalid, StartsWith("prompt.token_ids: field 2 arrived as a fixed64, but it "
+                                                            "is declared repeated int64")));
+  proto = Request();
+  with_unknown(&proto)->AddLengthDelimited(9, "x");  // method, an enum
+  EXPECT_THAT(Convert(proto), StatusIs(kInvalid, HasSubstr("declared attribution.v1.Method")));
 
   proto = Request();
   proto.clear_target();  // generated: the generation settings are read

@@ -187,6 +187,15 @@ TEST(MetricsEndpoint, AnswersAScrapeWithTheRenderedTextAndCloses) {
 // IPv6 addresses bind (an IPv6-only cluster's "[::]:9464" was refused "cannot resolve [::]" at startup, after
 // --check_config had passed it); the wildcard takes IPv4 connections too.
 TEST(MetricsEndpoint, ListensOnIpv6AndItsWildcardAnswersIpv4Too) {
+  {
+    const int probe = ::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in6 loopback{};
+    loopback.sin6_family = AF_INET6;
+    loopback.sin6_addr = in6addr_loopback;
+    const bool has_ipv6 = probe >= 0 && ::bind(probe, reinterpret_cast<sockaddr*>(&loopback), sizeof(loopback)) == 0;
+    if (probe >= 0) ::close(probe);
+    if (!has_ipv6) GTEST_SKIP() << "this machine has no IPv6 loopback";
+  }
   for (const char* listen : {"[::1]:0", "[::]:0"}) {
     absl::StatusOr<std::unique_ptr<MetricsEndpoint>> endpoint = MetricsEndpoint::Start(
         listen, [] { return std::string("up 1\n"); }, kDeadline);
