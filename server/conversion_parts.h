@@ -27,7 +27,7 @@ absl::Status UnknownEnumValue(absl::string_view field, int value, const google::
 // but another wire type: protobuf keeps them as unknown fields and reads the field as unset (n_steps sent as a
 // fixed32 ran 50 steps; a method sent length-delimited ran integrated gradients): INVALID_ARGUMENT naming the
 // field. Numbers it does not know (a newer client's settings) are appended to `unknown` as "path field N", when
-// given.
+// given: the first 8 distinct ones, then "more fields".
 absl::Status CheckWireTypes(const google::protobuf::Message& message, std::vector<std::string>* unknown = nullptr);
 
 // Whether `input` holds text or ids. Where a set but empty Input means something (a feature group's baseline
