@@ -42,30 +42,30 @@ std::pair<at::Tensor, at::Tensor> KvCache::Append(int64_t layer, const at::Tenso
   return {past_keys.scatter(2, slot_index, keys), past_values.scatter(2, slot_index, values)};
 }
 
-KvCache KvCache::Stack(const std::vector<const KvCache*>& parts, std::vector<int64_t> lengths, int64_t room) {
+KvCache KvCache::Stack(const std::vector<KvRow>& parts, std::vector<int64_t> lengths, int64_t room) {
   int64_t layers = 0;
-  for (const KvCache* part : parts) {
-    if (part != nullptr) layers = static_cast<int64_t>(part->keys_.size());
+  for (const KvRow& part : parts) {
+    if (part.cache != nullptr) layers = static_cast<int64_t>(part.cache->keys_.size());
   }
   KvCache batch(layers, static_cast<int64_t>(parts.size()));
   for (size_t r = 0; r < parts.size(); ++r) {
-    const int64_t held = parts[r] != nullptr ? parts[r]->lengths_[0] : 0;
+    const int64_t held = parts[r].cache != nullptr ? parts[r].cache->lengths_[parts[r].row] : 0;
     batch.lengths_[r] = lengths.empty() ? held : std::min(held, lengths[r]);
   }
   const int64_t longest = *std::max_element(batch.lengths_.begin(), batch.lengths_.end());
   for (int64_t l = 0; l < layers; ++l) {
     for (auto [buffers, stacked] :
          {std::pair{&KvCache::keys_, &batch.keys_}, std::pair{&KvCache::values_, &batch.values_}}) {
-      at::Tensor like;  // any filled part gives the [1, heads, -, head_dim] shape
-      for (const KvCache* part : parts) {
-        if (part != nullptr && (part->*buffers)[l].defined()) like = (part->*buffers)[l];
+      at::Tensor like;  // any filled part gives the [-, heads, -, head_dim] shape
+      for (const KvRow& part : parts) {
+        if (part.cache != nullptr && (part.cache->*buffers)[l].defined()) like = (part.cache->*buffers)[l];
       }
       if (!like.defined() || longest == 0) continue;  // every sequence is empty: Append allocates
       at::Tensor buffer =
           at::zeros({static_cast<int64_t>(parts.size()), like.size(1), longest + room, like.size(3)}, like.options());
       for (size_t r = 0; r < parts.size(); ++r) {
         const int64_t len = batch.lengths_[r];
-        if (len > 0) buffer[r].narrow(1, 0, len).copy_((parts[r]->*buffers)[l][0].narrow(1, 0, len));
+        if (len > 0) buffer[r].narrow(1, 0, len).copy_((parts[r].cache->*buffers)[l][parts[r].row].narrow(1, 0, len));
       }
       (*stacked)[l] = buffer;
     }

@@ -9,6 +9,14 @@
 
 namespace attribution::engine {
 
+class KvCache;
+
+// One sequence's keys and values: row `row` of `cache` (a null cache: an empty sequence).
+struct KvRow {
+  const KvCache* cache = nullptr;
+  int64_t row = 0;
+};
+
 // Owned by one caller at a time; not thread-safe.
 class KvCache {
  public:
@@ -26,11 +34,15 @@ class KvCache {
   // Records that row r gained new_lengths[r] tokens; call once after all layers appended.
   void Advance(const std::vector<int64_t>& new_lengths);
 
-  // A batch cache holding copies of single-row caches, so live sequences of different requests can
-  // take one decode step together. Each part must have batch 1. With `lengths`, row r keeps only the
-  // first lengths[r] slots of its part (a shared prefix); a null part stands for an empty sequence.
-  // `room` extra slots are allocated for the tokens about to be appended (saves a regrowth copy).
-  static KvCache Stack(const std::vector<const KvCache*>& parts, std::vector<int64_t> lengths = {}, int64_t room = 0);
+  // Forgets what a step that failed appended: row r keeps its first lengths[r] slots (lengths() as
+  // they were before the step; the slots after them are overwritten by the next Append).
+  void Truncate(std::vector<int64_t> lengths) { lengths_ = std::move(lengths); }
+
+  // A batch cache holding copies of sequences from other caches, so live sequences of different
+  // requests can take one decode step together. With `lengths`, row r keeps only the first lengths[r]
+  // slots of its part (a shared prefix). `room` extra slots are allocated for the tokens about to be
+  // appended (saves a regrowth copy).
+  static KvCache Stack(const std::vector<KvRow>& parts, std::vector<int64_t> lengths = {}, int64_t room = 0);
 
   // Replaces the contents of `part` (batch 1) with row `row` of this cache.
   void ExtractRow(int64_t row, KvCache& part) const;

@@ -244,10 +244,10 @@ absl::Status ComponentRuns::RunPatchedJoining(const std::vector<const Row*>& row
   // Score rows start after their pair's shared prefix (gradient rows run whole: their backward would
   // flow into the cached keys and values).
   std::vector<int64_t> skipped(rows.size(), 0);
-  std::vector<const KvCache*> prefixes(rows.size(), nullptr);
+  std::vector<KvRow> prefixes(rows.size());
   for (size_t r = 0; r < rows.size() && !gradients; ++r) {
     skipped[r] = captured[r]->shared_length;
-    prefixes[r] = captured[r]->shared_prefix.get();
+    prefixes[r].cache = captured[r]->shared_prefix.get();
   }
   ForwardBatch batch = PadRowIds(rows, skipped);
   const int64_t longest = batch.input_ids.size(1);

@@ -86,7 +86,7 @@ void GenerateAsync(BatchingEngine& engine, std::shared_ptr<Request> request, con
   run->request = std::move(request);
   run->options = options;
   run->stops = StopTokens(config, options);
-  run->state = std::make_shared<DecodeState>(config.num_layers);
+  run->state = std::make_shared<DecodeState>(config.num_layers, /*keeps_decoding=*/true);
   run->generator = at::make_generator<at::CPUGeneratorImpl>(options.seed);
   run->done = std::move(done);
   run->on_token = std::move(on_token);

@@ -2,6 +2,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
 #include "engine/scheduler/batch_executor.h"
@@ -113,7 +114,7 @@ class ModelExecutor : public BatchExecutor {
     batch.pause_point = abandon_point_;
     std::vector<RowObjective> objectives;
     int64_t top_k = 0;
-    std::vector<const KvCache*> prefixes;
+    std::vector<KvRow> prefixes;
     std::vector<int64_t> prefix_lengths;
     bool any_prefix = false;
     for (const Row* row : rows) {
@@ -121,7 +122,7 @@ class ModelExecutor : public BatchExecutor {
       top_k = std::max(top_k, row->top_k);
       // Positions count from the whole sequence's start; this batch holds only what follows the prefix.
       for (int64_t& position : objectives.back().positions) position -= row->prefix_length;
-      prefixes.push_back(row->prefix ? &row->prefix->cache : nullptr);
+      prefixes.push_back({row->prefix ? &row->prefix->cache : nullptr});
       prefix_lengths.push_back(row->prefix ? row->prefix_length : 0);
       any_prefix = any_prefix || row->prefix != nullptr;
     }
@@ -168,15 +169,16 @@ class ModelExecutor : public BatchExecutor {
 
   absl::Status RunDecode(const std::vector<const Row*>& rows, std::vector<RowResult>& results) {
     c10::InferenceMode inference;
-    std::vector<const KvCache*> caches;
     for (const Row* row : rows) {
       if (!row->decode_state) return absl::InvalidArgumentError("decode rows need a decode state");
-      caches.push_back(&row->decode_state->cache);
     }
     ASSIGN_OR_RETURN(ForwardBatch batch, Pad(rows));
-    KvCache stacked = KvCache::Stack(caches, {}, /*room=*/batch.input_ids.size(1));
-    batch.cache = &stacked;
-    batch.pause_point = abandon_point_;  // the rows' caches are replaced only once the step succeeded
+    const std::shared_ptr<KvCache> group = DecodeGroup(rows, /*room=*/batch.input_ids.size(1));
+    // A step that fails (out of memory, every call abandoned) leaves each sequence as it was, for the
+    // engine's split retry, which would otherwise append this step twice.
+    absl::Cleanup forget_step = [&group, lengths = group->lengths()] { group->Truncate(lengths); };
+    batch.cache = group.get();
+    batch.pause_point = abandon_point_;
     ASSIGN_OR_RETURN(at::Tensor hidden, model_->Hidden(batch));
     std::vector<int64_t> indices, last;
     for (size_t r = 0; r < rows.size(); ++r) {
@@ -184,19 +186,49 @@ class ModelExecutor : public BatchExecutor {
       last.push_back(batch.lengths[r] - 1);
     }
     at::Tensor logits = model_->LogitsAt(hidden, indices, last).cpu();  // [B, vocab]
-    // Every row's cache is copied out before any is replaced: a copy that fails (out of memory) leaves
-    // them all as they were for the engine's split retry, which would otherwise append this step twice.
-    std::vector<KvCache> extracted;
-    extracted.reserve(rows.size());
+    // Sequences that will not decode again leave the group now (its memory goes with the generations).
+    std::vector<KvCache> extracted(rows.size(), KvCache(0, 0));
     for (size_t r = 0; r < rows.size(); ++r) {
-      extracted.emplace_back(model_->config().num_layers, 1);
-      stacked.ExtractRow(static_cast<int64_t>(r), extracted.back());
+      if (rows[r]->decode_state->keeps_decoding) continue;
+      extracted[r] = KvCache(model_->config().num_layers, 1);
+      group->ExtractRow(static_cast<int64_t>(r), extracted[r]);
     }
+    std::move(forget_step).Cancel();
     for (size_t r = 0; r < rows.size(); ++r) {
-      rows[r]->decode_state->cache = std::move(extracted[r]);
+      DecodeState& state = *rows[r]->decode_state;
+      if (!state.keeps_decoding) {
+        state.cache = std::move(extracted[r]);
+        state.group.reset();
+      }
       results[r].next_logits = logits[r];
     }
     return absl::OkStatus();
+  }
+
+  // The batch cache the rows' step appends to: the group of their last step when they are its rows in
+  // its order (steady decoding: nothing copied), otherwise a new group holding copies of each sequence
+  // from where it lives now. A group that a sequence leaves keeps its memory until its other sequences
+  // leave it as well or end: each leaves at its next step in another batch.
+  std::shared_ptr<KvCache> DecodeGroup(const std::vector<const Row*>& rows, int64_t room) {
+    const std::shared_ptr<KvCache>& last = rows[0]->decode_state->group;
+    bool same = last != nullptr && last->batch() == static_cast<int64_t>(rows.size());
+    for (size_t r = 0; r < rows.size() && same; ++r) {
+      same = rows[r]->decode_state->group == last && rows[r]->decode_state->group_row == static_cast<int64_t>(r);
+    }
+    if (same) return last;
+    std::vector<KvRow> sources;
+    for (const Row* row : rows) {
+      const DecodeState& state = *row->decode_state;
+      sources.push_back(state.group ? KvRow{state.group.get(), state.group_row} : KvRow{&state.cache, 0});
+    }
+    auto group = std::make_shared<KvCache>(KvCache::Stack(sources, {}, room));
+    for (size_t r = 0; r < rows.size(); ++r) {
+      DecodeState& state = *rows[r]->decode_state;
+      state.group = group;
+      state.group_row = static_cast<int64_t>(r);
+      state.cache = KvCache(model_->config().num_layers, 1);
+    }
+    return group;
   }
 
   std::shared_ptr<const CausalLM> model_;

@@ -447,11 +447,11 @@ TEST_P(CausalLMParity, RowsOnCachedPrefixesOfDifferentLengthsScoreAsTheirOwnForw
   const at::Tensor expected = model_->LogitsAt(*model_->Hidden({.input_ids = ids}), {0}, {length - 1})[0];
   const std::vector<int64_t> prefixes = {2, length / 2, length - 2};
   std::vector<std::unique_ptr<KvCache>> caches;
-  std::vector<const KvCache*> parts;
+  std::vector<KvRow> parts;
   for (int64_t prefix : prefixes) {
     caches.push_back(std::make_unique<KvCache>(model_->config().num_layers, 1));
     ASSERT_THAT(model_->Hidden({.input_ids = ids.narrow(1, 0, prefix), .cache = caches.back().get()}), IsOk());
-    parts.push_back(caches.back().get());
+    parts.push_back({caches.back().get()});
   }
   KvCache batch_cache = KvCache::Stack(parts);
   std::vector<int64_t> lengths;

@@ -272,6 +272,70 @@ TEST_F(EngineOverModel, PatchedComponentRowsStopAtTheAbandonPointAndKeepTheirPai
   EXPECT_EQ(passed, 2);
 }
 
+// Generations' keys and values stay in their step's batch cache: a next step of the same sequences in the
+// same order appends there (the cache object stays: nothing copied), sequences in another batch or order move
+// into a new one. Each step's logits equal the sequence decoded alone, and a step abandoned part-way inside a
+// kept cache leaves it as it was.
+TEST_F(EngineOverModel, DecodeStepsKeepTheirBatchCacheAndEqualEachSequenceDecodedAlone) {
+  const int layers = static_cast<int>(model_->config().num_layers);
+  std::unique_ptr<BatchExecutor> together = MakeModelExecutor(model_), alone = MakeModelExecutor(model_);
+  int passed = 0, stop_at = -1;
+  together->SetAbandonPoint([&] {
+    if (++passed == stop_at) throw std::runtime_error("batch abandoned");
+  });
+  struct Sequence {
+    std::shared_ptr<DecodeState> batched, solo;
+    int fed = 0;  // steps taken
+  };
+  std::vector<Sequence> sequences(3);
+  for (Sequence& s : sequences) {
+    s.batched = std::make_shared<DecodeState>(layers, /*keeps_decoding=*/true);
+    s.solo = std::make_shared<DecodeState>(layers, /*keeps_decoding=*/true);
+  }
+  struct Step {
+    std::vector<int> order;  // the sequences in the batch, in its order
+    bool abandoned_first = false;
+  };
+  const std::vector<Step> steps = {{{0, 1, 2}}, {{0, 1, 2}}, {{0, 1, 2}, true}, {{0, 1, 2}}, {{0, 1}}, {{2, 0}},
+                                   {{2, 0}},    {{1}},       {{1, 0, 2}},       {{1, 0, 2}}};
+  std::vector<int> last_order;
+  for (size_t step = 0; step < steps.size(); ++step) {
+    const std::vector<int>& order = steps[step].order;
+    std::vector<Row> rows, solo_rows;
+    for (int i : order) {
+      Sequence& s = sequences[i];
+      // A prompt's prefill first (lengths 5, 8, 11), then one token a step.
+      std::vector<int64_t> tokens = s.fed == 0 ? Ids(5 + 3 * i, i) : std::vector<int64_t>{3 + (17 * s.fed + i) % 300};
+      rows.push_back({.kind = RowKind::kDecode, .input_ids = tokens, .decode_state = s.batched});
+      solo_rows.push_back({.kind = RowKind::kDecode, .input_ids = tokens, .decode_state = s.solo});
+      ++s.fed;
+    }
+    std::vector<const Row*> batch;
+    for (const Row& row : rows) batch.push_back(&row);
+    const KvCache* cache_before = sequences[order[0]].batched->group.get();
+    std::vector<RowResult> results(rows.size());
+    if (steps[step].abandoned_first) {
+      passed = 0;
+      stop_at = 3;
+      EXPECT_FALSE(together->Run(RowKind::kDecode, batch, results).ok()) << "step " << step;
+      stop_at = -1;
+    }
+    ASSERT_THAT(together->Run(RowKind::kDecode, batch, results), IsOk()) << "step " << step;
+    if (order == last_order) {
+      EXPECT_EQ(sequences[order[0]].batched->group.get(), cache_before) << "step " << step << " copied its cache";
+    } else {
+      EXPECT_NE(sequences[order[0]].batched->group.get(), cache_before) << "step " << step;
+    }
+    last_order = order;
+    for (size_t r = 0; r < rows.size(); ++r) {
+      std::vector<RowResult> solo(1);
+      ASSERT_THAT(alone->Run(RowKind::kDecode, {&solo_rows[r]}, solo), IsOk());
+      EXPECT_LT(ScaledError(results[r].next_logits, solo[0].next_logits), 1e-5)
+          << "step " << step << " sequence " << order[r];
+    }
+  }
+}
+
 TEST_F(EngineOverModel, CancelledGenerationEndsWithCancelled) {
   auto request = engine_->NewRequest();
   ::attribution::test_support::Notification done;
