@@ -29,6 +29,7 @@
 #include "client/attribution_client.h"
 #include "client/command_line.h"
 #include "client/connection_flags.h"
+#include "client/standard_output.h"
 #include "engine/common/monotonic_clock.h"
 
 ABSL_FLAG(std::string, server, "localhost:50051", "server address, or any gRPC target (dns:///name:port, ...)");
@@ -416,6 +417,7 @@ int Run() {
 }  // namespace attribution::client
 
 int main(int argc, char** argv) {
+  attribution::client::PrepareStandardOutput();
   // abseil's --help lists the flags of files named after the program (attribution-server.cc and
   // the like) and finds none; ours are defined in this file.
   absl::FlagsUsageConfig usage;
@@ -440,5 +442,5 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "attribution-bench: unexpected argument \"%s\" (flags are --name=value)\n", rest[1]);
     return 2;
   }
-  return attribution::client::Run();
+  return attribution::client::FinishStandardOutput("attribution-bench", attribution::client::Run());
 }

@@ -30,6 +30,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "client/attribution_client.h"
+#include "client/batch/batch_job.h"
 #include "client/batch/untrusted_text.h"
 #include "client/command_line.h"
 #include "client/component_render.h"
@@ -37,6 +38,7 @@
 #include "client/heatmap.h"
 #include "client/palette.h"
 #include "client/result_json.h"
+#include "client/standard_output.h"
 #include "client/streamed_text.h"
 
 ABSL_FLAG(std::string, server, "localhost:50051",
@@ -133,14 +135,11 @@ int Failed(const absl::Status& status) {
 }
 
 // Writes an --html report; the error names the path, so that a report asked for is never lost silently.
+// Through a temporary and a rename: a full disk left a torn report where the previous one was.
 absl::Status WriteHtml(const std::string& path, const std::string& html) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out)
-    return absl::FailedPreconditionError(absl::StrCat("--html: cannot write ", path, ": ", std::strerror(errno)));
-  out << html;
-  out.close();
-  if (!out) return absl::InternalError(absl::StrCat("--html: cannot write ", path, ": ", std::strerror(errno)));
-  return absl::OkStatus();
+  absl::Status written = batch::WriteAtomically(path, html);
+  if (written.ok()) return written;
+  return absl::Status(written.code(), absl::StrCat("--html: cannot write ", path, " (", written.message(), ")"));
 }
 
 absl::StatusOr<std::unique_ptr<AttributionClient>> ConnectFromFlags() {
@@ -443,7 +442,15 @@ int Generate(AttributionClient& client, const std::string& model, const Generati
     // The tokens' bytes joined, so a character split across tokens shows whole, and cut before a stop string,
     // as the response's text.
     StreamedText text(o.stop);
-    result = client.GenerateStream(o, [&](const Token& t) { shown << TerminalText(text.Add(t)) << std::flush; });
+    result = client.GenerateStream(o, [&](const Token& t) {
+      shown << TerminalText(text.Add(t));
+      // Nobody reads the tokens any more (a reader gone while SIGPIPE is ignored, a full disk): generating the
+      // rest would cost the server for nothing. Leaving closes the channel, which cancels the call.
+      if (&shown != &std::cout)
+        shown << std::flush;
+      else if (!StandardOutputWritten())
+        std::_Exit(FinishStandardOutput("attribution-cli", 0));
+    });
     shown << TerminalText(text.Finish()) << "\n";
   } else {
     result = client.Generate(o);
@@ -588,6 +595,7 @@ int Run(const std::vector<char*>& positional) {
 }  // namespace attribution::client
 
 int main(int argc, char** argv) {
+  attribution::client::PrepareStandardOutput();
   // abseil's --help lists the flags of files named after the program (attribution-server.cc and
   // the like) and finds none; ours are defined in this file.
   absl::FlagsUsageConfig usage;
@@ -611,5 +619,6 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "attribution-cli: %s\n", line.error.c_str());
     return 2;
   }
-  return attribution::client::Run(absl::ParseCommandLine(argc, argv));
+  return attribution::client::FinishStandardOutput("attribution-cli",
+                                                   attribution::client::Run(absl::ParseCommandLine(argc, argv)));
 }

@@ -50,6 +50,7 @@
 #include "absl/strings/strip.h"
 #include "engine/common/credential_files.h"
 #include "engine/common/files.h"
+#include "engine/common/standard_descriptors.h"
 #include "engine/common/status_macros.h"
 #include "engine/common/visible_controls.h"
 #include "engine/model/model_config.h"
@@ -640,6 +641,8 @@ int Serve() {
 }  // namespace attribution::server
 
 int main(int argc, char** argv) {
+  // Started with stderr closed, the log's lines went into whatever the server opened next (a client's connection).
+  attribution::OccupyClosedStandardDescriptors();
   // A crash (SIGSEGV, SIGABRT, ...) writes its signal and a symbolized stack trace of the failing
   // thread to the log before the process dies of the same signal; without it a crash leaves no trace.
   absl::InitializeSymbolizer(argv[0]);

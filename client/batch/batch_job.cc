@@ -372,7 +372,12 @@ absl::Status WriteResultsParquet(const std::string& results_path, const std::str
       row["error_message"] = error.value("message", json());
     }
     if (absl::Status added = table.Add(row); !added.ok()) {
-      return absl::Status(added.code(), absl::StrCat(results_path, ": ", added.message()));
+      // The table counts its rows from 0; a results file's line is what every other message names.
+      absl::string_view message = added.message();
+      if (const size_t comma = message.find(", column "); absl::StartsWith(message, "row ") && comma != message.npos) {
+        message.remove_prefix(comma + 2);
+      }
+      return absl::Status(added.code(), absl::StrCat(where, ": ", message));
     }
   }
   if (absl::Status finished = table.Finish(); !finished.ok()) {

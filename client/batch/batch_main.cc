@@ -46,6 +46,7 @@
 #include "client/batch/untrusted_text.h"
 #include "client/command_line.h"
 #include "client/connection_flags.h"
+#include "client/standard_output.h"
 #include "engine/common/exact_number.h"
 
 ABSL_FLAG(std::string, input, "",
@@ -701,9 +702,13 @@ int Merge(const std::vector<std::string>& shard_files) {
     if (absl::Status added = results.Add(shard_files[i], inputs[i + 1].what); !added.ok()) return Failed(added);
   }
   if (absl::Status writable = CheckReportsWritable(); !writable.ok()) return Failed(writable);
-  if (absl::Status written = results.WriteInInputOrder(absl::GetFlag(FLAGS_output)); !written.ok()) {
-    return Failed(written);
-  }
+  // A job still appending to --output would go on writing into the file the merge renamed away (its rows in no
+  // file): the merge takes the job's lock, or stops.
+  absl::StatusOr<int> lock = LockResults(RealFilePath(absl::GetFlag(FLAGS_output)));
+  if (!lock.ok()) return Failed(lock.status());
+  absl::Status written = results.WriteInInputOrder(absl::GetFlag(FLAGS_output));
+  ::close(*lock);
+  if (!written.ok()) return Failed(written);
   // The shards' jobs may have written their pages into one folder (each its own index): one index of all.
   if (!absl::GetFlag(FLAGS_html).empty()) {
     if (absl::Status index = WriteHtmlIndex(); !index.ok()) return Failed(index);
@@ -721,6 +726,7 @@ int Merge(const std::vector<std::string>& shard_files) {
 }  // namespace attribution::client::batch
 
 int main(int argc, char** argv) {
+  attribution::client::PrepareStandardOutput();
   // abseil's --help lists the flags of files named after the program; ours are defined in this file.
   absl::FlagsUsageConfig usage;
   usage.contains_help_flags = [](absl::string_view file) {

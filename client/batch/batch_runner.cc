@@ -396,9 +396,10 @@ absl::StatusOr<std::vector<DoneInInput>> DoneRowsOfThisJob(const JobRows& rows, 
         first_foreign = &entry;
       }
     }
-    return absl::FailedPreconditionError(
-        absl::StrCat(log.path(), ":", first_foreign->second.line, ": row \"", first_foreign->first,
-                     "\" is not in this job's input: the file holds another job's results; write to another file"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        log.path(), ":", first_foreign->second.line, ": row \"", first_foreign->first,
+        "\" is not in this job's input: the file holds another job's results (or another shard's: give each "
+        "shard its own --output); write to another file"));
   }
   if (!first_mismatch.ok()) return first_mismatch;
   return done;

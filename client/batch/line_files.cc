@@ -153,18 +153,52 @@ absl::Status CheckReplaceable(const std::string& path) {
   return FileError("cannot replace", path, S_ISDIR(status.st_mode) ? EISDIR : EINVAL);
 }
 
+namespace {
+
+// The process's umask, read without changing it (umask(2) sets it: another thread creating a file meanwhile
+// would get the wrong mode).
+mode_t CurrentUmask() {
+  std::FILE* status = std::fopen("/proc/self/status", "re");
+  unsigned int mask = 022;
+  if (status != nullptr) {
+    char line[256];
+    while (std::fgets(line, sizeof line, status) != nullptr) {
+      if (std::sscanf(line, "Umask: %o", &mask) == 1) break;
+    }
+    std::fclose(status);
+  }
+  return static_cast<mode_t>(mask);
+}
+
+// Gives the temporary that will be renamed over `path` the mode and group of the file there (an operator's
+// `chmod 600` on results kept private; the replacement came out 0644), or, for a new file, the mode open(2)
+// gives under the umask (0666 & ~umask, as the results file itself). A group the user is no member of stays
+// the user's own (fchown refuses it).
+absl::Status TakeModeOfReplaced(int fd, const std::string& path, const std::string& temporary) {
+  struct stat replaced;
+  mode_t mode = 0666 & ~CurrentUmask();
+  if (::stat(path.c_str(), &replaced) == 0) {
+    mode = replaced.st_mode & 07777;
+    if (::fchown(fd, static_cast<uid_t>(-1), replaced.st_gid) != 0 && errno != EPERM) {
+      return FileError("cannot write", temporary, errno);
+    }
+  }
+  if (::fchmod(fd, mode) != 0) return FileError("cannot write", temporary, errno);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::Create(const std::string& given) {
   const std::string path = RealFilePath(given);
   if (absl::Status replaceable = CheckReplaceable(path); !replaceable.ok()) return replaceable;
   std::string temporary = path + ".XXXXXX.tmp";
   const int fd = ::mkstemps(temporary.data(), 4);
   if (fd < 0) return FileError("cannot create", temporary, errno);
-  // mkstemps makes it 0600; the files it replaces were created readable by all.
-  if (::fchmod(fd, 0644) != 0) {
-    const int error = errno;
+  if (absl::Status moded = TakeModeOfReplaced(fd, path, temporary); !moded.ok()) {
     ::close(fd);
     ::unlink(temporary.c_str());
-    return FileError("cannot write", temporary, error);
+    return moded;
   }
   return std::unique_ptr<AtomicFileWriter>(new AtomicFileWriter(path, std::move(temporary), fd));
 }
@@ -181,7 +215,7 @@ absl::StatusOr<int> OpenOwnTemporary(const std::string& temporary) {
         ": not a file of its own (a link, a directory, a device, a pipe, or another file's second name); remove it: "
         "this command writes its temporary file there, then renames it"));
   };
-  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0644);
+  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0600);
   // A symbolic link (ELOOP), a directory (EISDIR), a FIFO without a reader (ENXIO).
   if (fd < 0 && (errno == ELOOP || errno == EISDIR || errno == ENXIO)) return not_its_own();
   if (fd < 0) return FileError("cannot create", temporary, errno);
@@ -209,6 +243,10 @@ absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::CreateWhileL
     const int error = errno;
     ::close(*fd);
     return FileError("cannot write", temporary, error);
+  }
+  if (absl::Status moded = TakeModeOfReplaced(*fd, path, temporary); !moded.ok()) {
+    ::close(*fd);
+    return moded;
   }
   return std::unique_ptr<AtomicFileWriter>(new AtomicFileWriter(path, std::move(temporary), *fd));
 }
@@ -238,6 +276,10 @@ absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::CreateAlone(
         const int error = errno;
         ::close(fd);
         return FileError("cannot write", temporary, error);
+      }
+      if (absl::Status moded = TakeModeOfReplaced(fd, path, temporary); !moded.ok()) {
+        ::close(fd);
+        return moded;
       }
       return std::unique_ptr<AtomicFileWriter>(new AtomicFileWriter(path, temporary, fd));
     }

@@ -87,12 +87,12 @@ void AddCopy(std::vector<Piece>& pieces, int64_t offset, int64_t length) {
   pieces.push_back({.offset = offset, .length = length});
 }
 
-// An exclusive lock on PATH.lock for this process, or why not: another job writing to the same file
-// (a replacement pod while the old one still runs, a second shell) would interleave and lose lines.
-// Returns the lock file's descriptor, which holds the lock until closed.
+}  // namespace
+
 absl::StatusOr<int> LockResults(const std::string& path) {
   const std::string lock_path = path + ".lock";
-  const int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  // Writable by the group where the umask allows (a shared folder): the lock left behind lets a colleague resume.
+  const int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
   if (fd < 0) return FileError("cannot create", lock_path, errno);
   if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
     const int error = errno;
@@ -106,8 +106,6 @@ absl::StatusOr<int> LockResults(const std::string& path) {
   }
   return fd;
 }
-
-}  // namespace
 
 absl::Status CheckResultsFile(const std::string& path, absl::string_view what) {
   struct stat info;
@@ -246,9 +244,19 @@ absl::StatusOr<std::unique_ptr<ResultLog>> ResultLog::OpenLocked(const std::stri
     done.emplace(std::move(id), std::move(*result));
   }
   if (rewrite) {
-    if (absl::Status replaced = ReplaceFile(file, kept); !replaced.ok()) return replaced;
+    // Only lines at the end dropped (a write cut short, the disk full): cut them off in place, under the lock.
+    // A copy needed as much free space as the whole file, on the volume that had just filled up.
+    const bool only_the_tail = kept.empty() || (kept.size() == 1 && kept[0].length > 0 && kept[0].offset == 0);
+    if (only_the_tail && ::truncate(file.c_str(), kept_bytes) != 0) return FileError("cannot truncate", file, errno);
+    if (!only_the_tail) {
+      if (absl::Status replaced = ReplaceFile(file, kept); !replaced.ok()) {
+        return absl::Status(replaced.code(),
+                            absl::StrCat(replaced.message(), " (dropping lines rewrites ", file,
+                                         ": it needs free space for the ", kept_bytes, " bytes kept)"));
+      }
+    }
   }
-  const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0666);
   if (fd < 0) return FileError("cannot open", file, errno);
   return std::unique_ptr<ResultLog>(new ResultLog(path, file, fd, lock_fd, std::move(done)));
 }

@@ -82,6 +82,11 @@ absl::Status CheckResultIsOfRow(const DoneRow& result, const BatchRow& row, cons
 // rewrite (rename(2)) would replace one name only. OK when there is no file.
 absl::Status CheckResultsFile(const std::string& path, absl::string_view what);
 
+// An exclusive lock on PATH.lock (PATH: the real file, RealFilePath) for this process, or why not: another job
+// writing to the same file (a replacement pod while the old one still runs, a second shell, a merge into it)
+// would interleave and lose lines. Returns the lock file's descriptor, which holds the lock until closed.
+absl::StatusOr<int> LockResults(const std::string& path);
+
 // Not thread-safe: one writer.
 class ResultLog {
  public:

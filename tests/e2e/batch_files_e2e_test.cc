@@ -411,6 +411,25 @@ TEST(BatchMerge, AFailedMergeLeavesTheOutputAsItWas) {
   EXPECT_EQ(ReadFile(output), merged);
 }
 
+// A merge into a results file a job is still appending to stops, naming the job's lock: it renamed its output
+// over the file and the job went on appending to the file renamed away (its rows in no file), exiting 0.
+TEST(BatchMerge, AMergeIntoAFileAJobIsWritingStops) {
+  TempDir dir;
+  const std::string input = dir.File("rows.jsonl"), output = dir.File("live.jsonl"), log = dir.File("log");
+  WriteTwoRowInput(input);
+  std::ofstream(dir.File("s0.jsonl")) << ShardLine("r0", "h") << "\n" << ShardLine("r1", "h") << "\n";
+  std::ofstream(output) << ShardLine("r0", "h") << "\n";
+  absl::StatusOr<int> lock = client::batch::LockResults(output);  // as a running job holds it
+  ASSERT_THAT(lock, IsOk());
+  EXPECT_EQ(RunBatch({"merge", "--input=" + input, "--output=" + output, dir.File("s0.jsonl")}, log), 1);
+  EXPECT_THAT(ReadFile(log), HasSubstr("another job is writing this results file"));
+  EXPECT_EQ(CountLines(output), 1u);
+  ::close(*lock);
+  EXPECT_EQ(RunBatch({"merge", "--input=" + input, "--output=" + output, dir.File("s0.jsonl")}, log), 0)
+      << ReadFile(log);
+  EXPECT_EQ(CountLines(output), 2u);
+}
+
 // A merge --output of two names (a hard link) is refused: the rename that replaces it would leave the other name
 // with the old results. Before, the merge replaced one name and exited 0.
 TEST(BatchMerge, AnOutputOfTwoNamesIsRefused) {

@@ -286,6 +286,32 @@ TEST(CliCommandLine, AnHtmlReportThatCannotBeWrittenIsAnError) {
   EXPECT_THAT(outputs.out, HasSubstr("strongest:"));
 }
 
+// What the tools print is their result: a stdout that does not take it (a full disk, a closed descriptor) fails
+// the command naming why. Every command exited 0 and left an empty file behind.
+TEST(CliCommandLine, AStandardOutputThatCannotBeWrittenFailsTheCommand) {
+  auto server = test_support::ServerProcess::Start({});
+  ASSERT_THAT(server, IsOk());
+  const std::string server_flag = " --server=" + (*server)->address();
+  for (const std::string& command :
+       {absl::StrCat(ATTRIBUTION_CLI_BINARY, " models --json", server_flag),
+        absl::StrCat(ATTRIBUTION_CLI_BINARY, " health", server_flag),
+        absl::StrCat(ATTRIBUTION_CLI_BINARY, " generate --prompt='Q: Is the kettle warm? A:' --max_new_tokens=3",
+                     server_flag),
+        absl::StrCat(ATTRIBUTION_CLI_BINARY,
+                     " generate --stream --prompt='Q: Is the kettle warm? A:' --max_new_tokens=3", server_flag),
+        absl::StrCat(ATTRIBUTION_BENCH_BINARY, " --duration=0.5 --concurrency=1 --mix=logprobs=1 --json",
+                     server_flag)}) {
+    for (const auto& [redirect, why] :
+         {std::pair{" >/dev/full", "No space left on device"}, std::pair{" >&-", "Bad file descriptor"}}) {
+      const Outputs outputs = RunCommandApart(command + redirect);
+      EXPECT_EQ(outputs.code, 1) << command << redirect << "\n" << outputs.err;
+      EXPECT_THAT(outputs.err, HasSubstr(absl::StrCat("cannot write the standard output: ", why)))
+          << command << redirect;
+      EXPECT_THAT(outputs.err, Not(HasSubstr("Invalid argument"))) << "stdout was another file's number";
+    }
+  }
+}
+
 // Bad flag values and unknown flags exited 1 (abseil's parser), as did a bad --range, where the CLI
 // documents 2 for usage errors; --timeout=nan meant no deadline at all, and -1 a DEADLINE_EXCEEDED (exit 1);
 // an empty --server failed inside gRPC ("Failed to create secure client channel", exit 1).

@@ -5,6 +5,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <fstream>
 #include <iterator>
@@ -86,6 +87,42 @@ TEST(ResultLog, ATailOfZerosIsDroppedAndZerosInsideAreNamed) {
   std::ofstream(path, std::ios::binary) << line << std::string(10, '\0') << "\n";
   EXPECT_THAT(ResultLog::Open(path).status(),
               StatusIs(absl::StatusCode::kDataLoss, HasSubstr("out.jsonl:1: the line holds a NUL byte")));
+}
+
+// A last line cut short by a full disk is cut off in place: resuming needed free space for a copy of the whole
+// file on the volume that had just filled up. The file stays the same file, with its mode; a rewrite that drops
+// lines elsewhere gives its replacement the mode and group of the file it replaces (a private 0600 file came
+// back 0644), and a new file takes the umask.
+TEST(ResultLog, ATornTailIsCutInPlaceAndReplacementsKeepTheFilesMode) {
+  TempDir dir;
+  const std::string path = dir.File("out.jsonl");
+  const std::string r0 = R"({"id":"r0","status":"ok"})", r1 = R"({"id":"r1","status":"ok"})";
+  std::ofstream(path) << r0 << "\n"
+                      << r1 << "\n"
+                      << R"({"id":"r2","st)";
+  ASSERT_EQ(::chmod(path.c_str(), 0600), 0);
+  struct stat before, after;
+  ASSERT_EQ(::stat(path.c_str(), &before), 0);
+  {
+    absl::StatusOr<std::unique_ptr<ResultLog>> log = ResultLog::Open(path);
+    ASSERT_THAT(log, IsOk());
+    EXPECT_EQ((*log)->done().size(), 2u);
+  }
+  EXPECT_EQ(ReadFile(path), r0 + "\n" + r1 + "\n");
+  ASSERT_EQ(::stat(path.c_str(), &after), 0);
+  EXPECT_EQ(after.st_ino, before.st_ino) << "the file was copied, not cut";
+  std::ofstream(path, std::ios::app) << "\n"
+                                     << R"({"id":"r3","status":"ok"})"
+                                     << "\n";  // a blank line inside
+  ASSERT_THAT(ResultLog::Open(path).status(), IsOk());
+  ASSERT_EQ(::stat(path.c_str(), &after), 0);
+  EXPECT_NE(after.st_ino, before.st_ino) << "dropping a line inside rewrites the file";
+  EXPECT_EQ(after.st_mode & 07777, 0600u);
+  const mode_t old_mask = ::umask(027);
+  ASSERT_THAT(ResultLog::Open(dir.File("new.jsonl")).status(), IsOk());
+  ::umask(old_mask);
+  ASSERT_EQ(::stat(dir.File("new.jsonl").c_str(), &after), 0);
+  EXPECT_EQ(after.st_mode & 07777, 0640u);
 }
 
 // A directory or a device is no results file: it says so, where before a directory "had 2 names (hard
