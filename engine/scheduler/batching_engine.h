@@ -275,13 +275,13 @@ class BatchingEngine {
   static void Deliver(std::vector<Answer>& answers);
   // The requests with rows in `batch`, sorted, each once.
   static std::vector<uint64_t> RequestIds(const std::vector<PendingRow>& batch);
-  // Returns freed heap memory to the system. After at least kTokensBetweenTrims padded tokens of work,
-  // the executor calls it kIdleTrims times with an empty queue: after kIdleBeforeTrim, then after twice
-  // the previous wait (0.2, 0.6, 1.4, 3.0, 6.2, 12.6 s into the idle stretch), so memory after a burst
-  // falls back towards its idle size even when the last answers take seconds to build.
+  // Returns freed heap memory to the system when the allocator holds at least kFreeBytesWorthTrimming of it.
+  // After any work, the executor calls it kIdleTrims times with an empty queue: after kIdleBeforeTrim, then
+  // after twice the previous wait (0.2, 0.6, 1.4, 3.0, 6.2, 12.6 s into the idle stretch), so memory after a
+  // burst falls back towards its idle size even when the last answers take seconds to build.
   static void ReleaseFreeMemory();
   static constexpr absl::Duration kIdleBeforeTrim = absl::Milliseconds(200);
-  static constexpr int64_t kTokensBetweenTrims = 1 << 16;
+  static constexpr size_t kFreeBytesWorthTrimming = size_t{64} << 20;
   static constexpr int kIdleTrims = 6;
 
   const std::unique_ptr<BatchExecutor> executor_;  // used by the executor thread only
