@@ -13,6 +13,8 @@
 #include <cstring>
 #include <limits>
 #include <mutex>
+#include <set>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -82,6 +84,32 @@ absl::Status ParseAnswer(grpc::ByteBuffer& answer, const std::string& path, goog
                                           ": a string field that is not UTF-8, or bytes of another message"));
 }
 
+// The contexts of the calls in flight, so that CancelCalls reaches each; a call leaves before its context is
+// destroyed. Recursive: cancelling a call can run its completion, which leaves, on the cancelling thread.
+class LiveCalls {
+ public:
+  void Enter(grpc::ClientContext* context) {
+    std::lock_guard<std::recursive_mutex> lock(mu_);
+    if (cancelled_) context->TryCancel();  // before its start: gRPC cancels it as it starts
+    contexts_.insert(context);
+  }
+  void Leave(grpc::ClientContext* context) {
+    std::lock_guard<std::recursive_mutex> lock(mu_);
+    contexts_.erase(context);
+  }
+  void CancelAll() {
+    std::lock_guard<std::recursive_mutex> lock(mu_);
+    cancelled_ = true;
+    const std::vector<grpc::ClientContext*> live(contexts_.begin(), contexts_.end());
+    for (grpc::ClientContext* context : live) context->TryCancel();
+  }
+
+ private:
+  std::recursive_mutex mu_;
+  std::set<grpc::ClientContext*> contexts_;
+  bool cancelled_ = false;
+};
+
 // One server-streaming call on the callback API: owns its context and request, hands each event to
 // `on_event` (which sets the result, or the status of a malformed one, from the last one) and reports
 // once at the end; deletes itself.
@@ -89,14 +117,17 @@ template <typename Request, typename Event, typename Result>
 class StreamCall final : public grpc::ClientReadReactor<grpc::ByteBuffer> {
  public:
   using OnEvent = std::function<void(const Event&, std::optional<absl::StatusOr<Result>>&)>;
-  StreamCall(std::unique_ptr<grpc::ClientContext> context, Request request, OnEvent on_event, Callback<Result> done)
-      : context_(std::move(context)),
+  StreamCall(std::shared_ptr<LiveCalls> live, std::unique_ptr<grpc::ClientContext> context, Request request,
+             OnEvent on_event, Callback<Result> done)
+      : live_(std::move(live)),
+        context_(std::move(context)),
         request_(std::move(request)),
         on_event_(std::move(on_event)),
         done_(std::move(done)) {}
   // Starts the call of `method` of `service` on `channel`; its events arrive as bytes (see ParseAnswer).
   void Run(grpc::ChannelInterface* channel, const char* service, const char* method) {
     path_ = absl::StrCat("/", service, "/", method);
+    live_->Enter(context_.get());
     grpc::internal::ClientCallbackReaderFactory<grpc::ByteBuffer>::Create(
         channel, grpc::internal::RpcMethod(path_.c_str(), grpc::internal::RpcMethod::SERVER_STREAMING), context_.get(),
         &request_, this);
@@ -121,11 +152,13 @@ class StreamCall final : public grpc::ClientReadReactor<grpc::ByteBuffer> {
         : result_        ? std::move(*result_)
                          : absl::StatusOr<Result>(absl::DataLossError("the stream ended without a result"));
     Callback<Result> done = std::move(done_);
+    live_->Leave(context_.get());
     delete this;  // the context goes before the caller hears of the result (see Impl::Unary)
     done(std::move(result));
   }
 
  private:
+  std::shared_ptr<LiveCalls> live_;
   std::unique_ptr<grpc::ClientContext> context_;
   Request request_;
   OnEvent on_event_;
@@ -176,6 +209,7 @@ struct AttributionClient::Impl {
   ClientOptions options;
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<grpc::GenericStub> unary;  // unary calls: their answers' bytes, parsed here (see Unary)
+  std::shared_ptr<LiveCalls> live = std::make_shared<LiveCalls>();
 
   // `request_id`, when set, goes as x-request-id metadata: the server writes it in the call's log line.
   std::unique_ptr<grpc::ClientContext> NewContext(const std::string& request_id = "") const {
@@ -208,9 +242,11 @@ struct AttributionClient::Impl {
     grpc::Slice slice(bytes);
     call->request = grpc::ByteBuffer(&slice, 1);
     const std::string path = absl::StrCat("/", service, "/", method);
+    live->Enter(call->context.get());
     unary->UnaryCall(call->context.get(), path, grpc::StubOptions(), &call->request, &call->response,
-                     [call, convert, path, done = std::move(done)](grpc::Status status) mutable {
+                     [call, convert, path, live = live, done = std::move(done)](grpc::Status status) mutable {
                        std::shared_ptr<Call> finished = std::move(call);
+                       live->Leave(finished->context.get());
                        Response response;
                        absl::Status parsed =
                            status.ok() ? ParseAnswer(finished->response, path, response) : ToAbsl(status);
@@ -274,6 +310,8 @@ absl::Status CheckTlsFiles(const ClientOptions& options, const TlsOptionNames& n
 
 AttributionClient::AttributionClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 AttributionClient::~AttributionClient() = default;
+
+void AttributionClient::CancelCalls() { impl_->live->CancelAll(); }
 
 absl::StatusOr<std::unique_ptr<AttributionClient>> AttributionClient::Connect(const ClientOptions& options) {
   std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
@@ -354,7 +392,7 @@ void AttributionClient::AttributeStreamAsync(const AttributeOptions& options,
     if (event.has_result()) result = FromProto(event.result());
   };
   auto* call = new StreamCall<v1::AttributeRequest, v1::AttributeEvent, Attribution>(
-      impl_->NewContext(options.request_id), std::move(*request), std::move(on_event), std::move(done));
+      impl_->live, impl_->NewContext(options.request_id), std::move(*request), std::move(on_event), std::move(done));
   call->Run(impl_->channel.get(), v1::AttributionService::service_full_name(), "AttributeStream");
 }
 
@@ -375,7 +413,7 @@ void AttributionClient::AttributeComponentsAsync(const ComponentOptions& options
     if (event.has_result()) result = FromProto(event.result());
   };
   auto* call = new StreamCall<v1::AttributeComponentsRequest, v1::AttributeComponentsEvent, ComponentAttribution>(
-      impl_->NewContext(options.request_id), std::move(*request), std::move(on_event), std::move(done));
+      impl_->live, impl_->NewContext(options.request_id), std::move(*request), std::move(on_event), std::move(done));
   call->Run(impl_->channel.get(), v1::AttributionService::service_full_name(), "AttributeComponentsStream");
 }
 
@@ -407,7 +445,7 @@ void AttributionClient::GenerateStreamAsync(const GenerateOptions& options, std:
     if (event.has_result()) result = FromProto(event.result());
   };
   auto* call = new StreamCall<v1::GenerateRequest, v1::GenerateEvent, Generation>(
-      impl_->NewContext(options.request_id), std::move(*request), std::move(on_event), std::move(done));
+      impl_->live, impl_->NewContext(options.request_id), std::move(*request), std::move(on_event), std::move(done));
   call->Run(impl_->channel.get(), v1::AttributionService::service_full_name(), "GenerateStream");
 }
 

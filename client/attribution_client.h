@@ -325,6 +325,10 @@ class AttributionClient {
   static absl::StatusOr<std::unique_ptr<AttributionClient>> Connect(const ClientOptions& options);
   ~AttributionClient();
 
+  // Cancels every call in flight and every call made after (each ends CANCELLED): a caller that stops (a batch
+  // job whose results file cannot be written) ends its calls instead of waiting for their answers.
+  void CancelCalls();
+
   absl::StatusOr<Attribution> Attribute(const AttributeOptions& options);
   void AttributeAsync(const AttributeOptions& options, Callback<Attribution> done);
   // Streams progress (rows done, rows total) while the attribution runs; callbacks of the async forms

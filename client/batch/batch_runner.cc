@@ -662,12 +662,15 @@ absl::StatusOr<JobSummary> RunJob(const JobRows& rows, const json& settings, con
       last_report = now;
     }
   }
-  if (!write_status.ok()) {  // workers stop taking rows (those waiting for room too); the ones in flight finish
+  if (!write_status.ok()) {  // workers stop taking rows (those waiting for room too)
     {
       std::lock_guard<std::mutex> lock(mutex);
       stop = true;
     }
     may_take.notify_all();
+    // The rows in flight would be written nowhere: their calls end now, where the job waited for their answers
+    // (up to --max_attempts x --timeout) before it said why it stopped.
+    for (AttributionClient* client : clients) client->CancelCalls();
   }
   for (std::thread& worker : workers) worker.join();
   if (options.progress_bar) progress << "\n";

@@ -7,15 +7,19 @@
 #include <gmock/gmock.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
+#include <csignal>
 #include <fstream>
 #include <functional>
 #include <limits>
 #include <memory>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include "attribution/v1/attribution.grpc.pb.h"
 #include "tests/testing/status_matchers.h"
@@ -45,14 +49,18 @@ grpc::Status OneFeature(const v1::AttributeRequest&, v1::AttributeResponse* out)
 class FakeService final : public v1::AttributionService::Service {
  public:
   std::function<grpc::Status(const v1::AttributeRequest&, v1::AttributeResponse*)> attribute = OneFeature;
+  // When set, answers Attribute instead of `attribute`, seeing the call's context.
+  std::function<grpc::Status(grpc::ServerContext*, const v1::AttributeRequest&, v1::AttributeResponse*)>
+      attribute_in_context;
   std::function<grpc::Status(const v1::LogprobsRequest&, v1::LogprobsResponse*)> logprobs;
   v1::ListModelsResponse models;
   std::atomic<int> attribute_calls = 0;
   std::atomic<int> list_models_calls = 0;
 
-  grpc::Status Attribute(grpc::ServerContext*, const v1::AttributeRequest* in, v1::AttributeResponse* out) override {
+  grpc::Status Attribute(grpc::ServerContext* context, const v1::AttributeRequest* in,
+                         v1::AttributeResponse* out) override {
     ++attribute_calls;
-    return attribute(*in, out);
+    return attribute_in_context ? attribute_in_context(context, *in, out) : attribute(*in, out);
   }
   grpc::Status Logprobs(grpc::ServerContext*, const v1::LogprobsRequest* in, v1::LogprobsResponse* out) override {
     return logprobs(*in, out);
@@ -157,6 +165,39 @@ TEST_F(BatchRunner, ARequestOverTheMessageLimitIsTheRowsFinalError) {
   ASSERT_THAT(busy, IsOk());
   EXPECT_EQ(busy->to_retry, 1);
   EXPECT_EQ(Results()[0]["attempts"], 3);
+}
+
+// A results file that stops taking lines (here past the file-size limit; a full disk alike) ends the job with
+// its error at once, cancelling the calls in flight: the job waited for every answer (up to --max_attempts x
+// --timeout) and then threw them away.
+TEST_F(BatchRunner, AResultsFileThatCannotBeWrittenCancelsTheCallsInFlight) {
+  Start();
+  std::atomic<int> cancelled = 0;
+  service_.attribute_in_context = [&](grpc::ServerContext* context, const v1::AttributeRequest& in,
+                                      v1::AttributeResponse* out) {
+    if (in.prompt().text() != "first") {  // the others run until cancelled (a minute at most)
+      for (int i = 0; i < 6000 && !context->IsCancelled(); ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+      if (context->IsCancelled()) ++cancelled;
+    }
+    return OneFeature(in, out);
+  };
+  std::signal(SIGXFSZ, SIG_IGN);  // as the tools do: the write fails with EFBIG
+  struct rlimit unlimited, small;
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &unlimited), 0);
+  small = unlimited;
+  small.rlim_cur = 64;  // less than one result line
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
+  absl::StatusOr<JobSummary> summary = Run({{.id = "a", .prompt = "first", .target = " Yes"},
+                                            {.id = "b", .prompt = "second", .target = " Yes"},
+                                            {.id = "c", .prompt = "third", .target = " Yes"},
+                                            {.id = "d", .prompt = "fourth", .target = " Yes"}},
+                                           {.window = 4});
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &unlimited), 0);
+  EXPECT_THAT(summary.status(), StatusIs(absl::StatusCode::kInternal, HasSubstr("File too large")));
+  server_->Shutdown();  // waits for the handlers
+  EXPECT_EQ(cancelled, 3);
 }
 
 // Each of the job's tries is one call: gRPC's own retries of UNAVAILABLE made each four (--max_attempts=2 sent 8
