@@ -147,6 +147,12 @@ std::function<void(absl::StatusOr<Response>)> FinishStream(StreamCall<Event>* ca
   };
 }
 
+std::vector<std::string> ModelNames(const ServerConfig& config) {
+  std::vector<std::string> names;
+  for (const ModelSpec& model : config.models) names.push_back(model.name);
+  return names;
+}
+
 }  // namespace
 
 AttributionServiceImpl::AttributionServiceImpl(const ServerConfig& config, ServerMetrics* metrics,
@@ -154,7 +160,9 @@ AttributionServiceImpl::AttributionServiceImpl(const ServerConfig& config, Serve
     : config_(config),
       metrics_(metrics),
       auth_(std::move(auth)),
-      gate_(config.max_concurrent_requests, [metrics](int64_t calls) { metrics->SetInFlight(calls); }) {
+      gate_(
+          config.max_concurrent_requests, [metrics](int64_t calls) { metrics->SetInFlight(calls); },
+          ModelNames(config)) {
   if (config.client_read_timeout > absl::ZeroDuration()) watchdog_.emplace(config.client_read_timeout);
 }
 
@@ -184,7 +192,7 @@ absl::StatusOr<const ServedModel*> AttributionServiceImpl::Admit(CallLog& log, g
     return absl::ResourceExhaustedError(absl::StrCat("answers not yet read by their clients hold ", unread,
                                                      " bytes; the limit is ", config_.max_unread_answer_bytes));
   }
-  if (absl::Status s = gate_.Enter(); !s.ok()) return s;
+  if (absl::Status s = gate_.Enter(log.served_model); !s.ok()) return s;
   log.admitted = true;
   if (models == nullptr) return absl::UnavailableError("the server is still loading its models");
   if (!needs_model) return nullptr;
@@ -198,7 +206,7 @@ void AttributionServiceImpl::CallEnded(const CallLog& log, const grpc::Status& s
   // Counted before its slot frees: a call admitted into that slot finds this one in the metrics.
   metrics_->RecordRpc(log.method, code, log.served_model, now - log.received);
   if (log.admitted) {
-    gate_.Leave();
+    gate_.Leave(log.served_model);
   }
   if (!log.logged) return;
   nlohmann::json line = {{"rpc", log.method},

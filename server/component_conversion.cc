@@ -132,7 +132,8 @@ absl::StatusOr<ComponentsCall> ToComponentsCall(const v1::AttributeComponentsReq
   }
   ASSIGN_OR_RETURN(request.granularity, ToGranularity(proto.granularity()));
   // Checked whatever the method (only layer integrated gradients reads it), as every field is.
-  RETURN_IF_ERROR(engine::CheckRange(proto.n_steps(), 0, call.limits.max_steps, "n_steps"));  // 0: 16
+  RETURN_IF_ERROR(
+      engine::CheckWithinLimit(proto.n_steps(), 0, call.limits.max_steps, "n_steps", "max_steps"));  // 0: 16
   // Unset: the default, or the operator's lower limit.
   request.n_steps = proto.n_steps() > 0 ? proto.n_steps() : std::min(request.n_steps, call.limits.max_steps);
   ASSIGN_OR_RETURN(request.rule, ToRule(proto.rule()));

@@ -276,7 +276,8 @@ absl::StatusOr<engine::GenerationOptions> ToGenerationOptions(const v1::Generati
                                : std::max<int64_t>(1, std::min({options.max_new_tokens, max_new, room}));
   if (options.max_new_tokens < 1 || options.max_new_tokens > max_new) {
     return Invalid("generation.max_new_tokens",
-                   absl::StrCat(options.max_new_tokens, " is outside [1, ", max_new, "] (0: the default)"));
+                   absl::StrCat(options.max_new_tokens, " is outside [1, ", max_new, "] (0: the default; ", max_new,
+                                ": this model's limits.max_new_tokens)"));
   }
   options.temperature = proto.temperature();
   if (!(proto.top_p() >= 0 && proto.top_p() <= 1)) {
@@ -431,8 +432,8 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
   // Settings the method does not read are checked as any other field is (0: the method's default); the answer
   // names them (UnreadSettings).
   const engine::AttributionLimits& limits = model.spec.limits;
-  RETURN_IF_ERROR(engine::CheckRange(proto.n_steps(), 0, limits.max_steps, "n_steps"));
-  RETURN_IF_ERROR(engine::CheckRange(proto.n_samples(), 0, limits.max_samples, "n_samples"));
+  RETURN_IF_ERROR(engine::CheckWithinLimit(proto.n_steps(), 0, limits.max_steps, "n_steps", "max_steps"));
+  RETURN_IF_ERROR(engine::CheckWithinLimit(proto.n_samples(), 0, limits.max_samples, "n_samples", "max_samples"));
   if (!(proto.stdev() >= 0 && proto.stdev() <= 10)) {
     return Invalid("stdev", absl::StrCat(ExactNumber(proto.stdev()), " is outside [0, 10]"));
   }

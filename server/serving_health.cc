@@ -86,15 +86,14 @@ void ServingHealth::UpdateLocked(const std::string& model, bool stalled, int64_t
   }
   if (stalled) {
     stalled_.push_back(model);
-    WriteLogLine(
-        {{"event", "model_stalled"},
-         {"severity", "ERROR"},
-         {"model", model},
-         {"detail",
-          absl::StrFormat("its running batch made no progress for %.1f s (engine.stall_seconds %.1f): "
-                          "health NOT_SERVING and work that waits for the batch refused "
-                          "(UNAVAILABLE; %d queued rows) until it moves",
-                          absl::ToDoubleSeconds(without_progress), absl::ToDoubleSeconds(stall_time), refused)}});
+    WriteLogLine({{"event", "model_stalled"},
+                  {"severity", "ERROR"},
+                  {"model", model},
+                  {"detail", absl::StrFormat("its running batch made no progress for %.1f s (engine.stall_seconds %g): "
+                                             "health NOT_SERVING and work that waits for the batch refused "
+                                             "(UNAVAILABLE; %d queued rows) until it moves",
+                                             absl::ToDoubleSeconds(without_progress), absl::ToDoubleSeconds(stall_time),
+                                             refused)}});
   } else {
     stalled_.erase(listed);
     WriteLogLine({{"event", "model_progressing"},

@@ -17,6 +17,13 @@ absl::Status CheckRange(int64_t value, int64_t low, int64_t high, absl::string_v
   return absl::OkStatus();
 }
 
+absl::Status CheckWithinLimit(int64_t value, int64_t low, int64_t high, absl::string_view field,
+                              absl::string_view limit) {
+  absl::Status in_range = CheckRange(value, low, high, field);
+  if (in_range.ok() || value < low) return in_range;
+  return absl::InvalidArgumentError(absl::StrCat(in_range.message(), " (", high, ": this model's limits.", limit, ")"));
+}
+
 absl::Status CheckTokenIds(const std::vector<int64_t>& ids, absl::string_view field, int64_t vocab) {
   for (size_t i = 0; i < ids.size(); ++i) {
     if (ids[i] < 0 || ids[i] >= vocab) {
@@ -37,10 +44,14 @@ absl::Status ValidateAttributionRequest(const AttributionRequest& r, const Model
   if (auto s = CheckTokenIds(r.foil_ids, "foil_ids", vocab); !s.ok()) return s;
   const int64_t target = r.target_ids.empty() ? r.generation.max_new_tokens : static_cast<int64_t>(r.target_ids.size());
   if (r.target_ids.empty()) {
-    if (auto s = CheckRange(r.generation.max_new_tokens, 1, limits.max_new_tokens, "max_new_tokens"); !s.ok()) return s;
+    if (auto s =
+            CheckWithinLimit(r.generation.max_new_tokens, 1, limits.max_new_tokens, "max_new_tokens", "max_new_tokens");
+        !s.ok())
+      return s;
     if (auto s = CheckGenerationOptions(r.generation); !s.ok()) return s;
   }
-  if (auto s = CheckRange(prompt + target, 2, limits.max_tokens, "prompt + target tokens"); !s.ok()) return s;
+  if (auto s = CheckWithinLimit(prompt + target, 2, limits.max_tokens, "prompt + target tokens", "max_tokens"); !s.ok())
+    return s;
   if (!r.foil_ids.empty()) {
     if (r.target_ids.empty() || r.foil_ids.size() != r.target_ids.size()) {
       return absl::InvalidArgumentError(
@@ -53,7 +64,8 @@ absl::Status ValidateAttributionRequest(const AttributionRequest& r, const Model
   if (!r.choice_ids.empty()) {
     if (auto s = CheckTokenIds(r.choice_ids, "choices", vocab); !s.ok()) return s;
     if (r.choice_ids.size() < 2) return absl::InvalidArgumentError("choices: give at least two answer choices");
-    if (auto s = CheckRange(static_cast<int64_t>(r.choice_ids.size()), 2, limits.max_choices, "choices (count)");
+    if (auto s = CheckWithinLimit(static_cast<int64_t>(r.choice_ids.size()), 2, limits.max_choices, "choices (count)",
+                                  "max_choices");
         !s.ok())
       return s;
     std::unordered_set<int64_t> seen;
@@ -78,7 +90,8 @@ absl::Status ValidateAttributionRequest(const AttributionRequest& r, const Model
   }
   if (auto s = CheckRange(r.baseline_token_id, 0, vocab - 1, "baseline_token_id"); !s.ok()) return s;
   const int64_t features = r.features.empty() ? prompt : static_cast<int64_t>(r.features.size());
-  if (auto s = CheckRange(features, 1, limits.max_features, "number of features"); !s.ok()) return s;
+  if (auto s = CheckWithinLimit(features, 1, limits.max_features, "number of features", "max_features"); !s.ok())
+    return s;
   std::vector<bool> covered(prompt, false);
   // Saliency, input × gradient and AttnLRP read no baseline: the groups' baselines change nothing then, unless
   // faithfulness curves put removed features at them, and are accepted as other unread settings are.

@@ -143,6 +143,10 @@ struct AttributionResult {
 
 // INVALID_ARGUMENT "field = value is outside [low, high]" unless low <= value <= high.
 absl::Status CheckRange(int64_t value, int64_t low, int64_t high, absl::string_view field);
+// CheckRange for a bound that is one of the model's `limits` (a server's models each have their own, which
+// ListModels reports): the message names it, "(16: this model's limits.max_steps)".
+absl::Status CheckWithinLimit(int64_t value, int64_t low, int64_t high, absl::string_view field,
+                              absl::string_view limit);
 // INVALID_ARGUMENT "field[i] = id is outside the vocabulary [0, vocab)" for the first id out of range.
 absl::Status CheckTokenIds(const std::vector<int64_t>& ids, absl::string_view field, int64_t vocab);
 

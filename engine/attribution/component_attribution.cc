@@ -480,7 +480,7 @@ ComponentResult ComponentResultOfZeros(const ComponentRequest& request, const Mo
 absl::Status CheckPromptPair(const PromptPair& pair, size_t k, ComponentMetric metric, const ModelConfig& config,
                              const ComponentLimits& limits) {
   const std::string field = absl::StrCat("pairs[", k, "]");
-  RETURN_IF_ERROR(CheckRange(pair.length(), 1, limits.max_tokens, field + ".clean (tokens)"));
+  RETURN_IF_ERROR(CheckWithinLimit(pair.length(), 1, limits.max_tokens, field + ".clean (tokens)", "max_tokens"));
   if (pair.corrupted_ids.size() != pair.clean_ids.size()) {
     return absl::InvalidArgumentError(absl::StrCat(field, ": clean has ", pair.clean_ids.size(),
                                                    " tokens, corrupted has ", pair.corrupted_ids.size(),
@@ -541,7 +541,8 @@ absl::Status ValidateComponentRequest(const ComponentRequest& request, const Mod
     }
   }
   if (request.method == ComponentMethod::kLayerIntegratedGradients) {
-    RETURN_IF_ERROR(CheckRange(request.n_steps, MinIntegrationSteps(request.rule), limits.max_steps, "n_steps"));
+    RETURN_IF_ERROR(
+        CheckWithinLimit(request.n_steps, MinIntegrationSteps(request.rule), limits.max_steps, "n_steps", "max_steps"));
   }
   if (request.method == ComponentMethod::kAttributionPatchingStar && config.num_layers < 2) {
     return absl::InvalidArgumentError(

@@ -16,7 +16,7 @@ namespace {
 absl::Status NothingMore(const AttributionRequest&, int64_t, const AttributionLimits&) { return absl::OkStatus(); }
 
 absl::Status CheckSamples(const AttributionRequest& r, int64_t, const AttributionLimits& limits) {
-  return CheckRange(r.n_samples, 1, limits.max_samples, "n_samples");
+  return CheckWithinLimit(r.n_samples, 1, limits.max_samples, "n_samples", "max_samples");
 }
 
 // --- gradient methods -----------------------------------------------------------------------------
@@ -45,7 +45,9 @@ absl::Status CheckPathRound(const AttributionRequest& r, int64_t points, int64_t
 }
 
 absl::Status ValidateIntegratedGradients(const AttributionRequest& r, int64_t, const AttributionLimits& limits) {
-  if (auto s = CheckRange(r.n_steps, MinIntegrationSteps(r.rule), limits.max_steps, "n_steps"); !s.ok()) return s;
+  if (auto s = CheckWithinLimit(r.n_steps, MinIntegrationSteps(r.rule), limits.max_steps, "n_steps", "max_steps");
+      !s.ok())
+    return s;
   // With a tolerance n_steps is a budget over rounds that each queue a part of it, and the request may stop at
   // any round: the limits on rows and tokens queued at once apply to its first round (with the path's ends) and
   // its largest later one, checked here, before any runs (the engine refused a later round after the earlier
@@ -116,8 +118,10 @@ absl::Status ValidateShapleyValueSampling(const AttributionRequest& r, int64_t f
 }
 
 absl::Status ValidateKernelShap(const AttributionRequest& r, int64_t features, const AttributionLimits& limits) {
-  if (auto s = CheckRange(features, 2, limits.max_features, "number of features for kernel_shap"); !s.ok()) return s;
-  return CheckRange(r.n_samples, 2, limits.max_samples, "n_samples");
+  if (auto s = CheckWithinLimit(features, 2, limits.max_features, "number of features for kernel_shap", "max_features");
+      !s.ok())
+    return s;
+  return CheckWithinLimit(r.n_samples, 2, limits.max_samples, "n_samples", "max_samples");
 }
 
 constexpr uint32_t kSampled = kReadsSamples | kReadsSeed | kReadsBaseline;

@@ -537,6 +537,10 @@ std::vector<BadCase> BadCases() {
             r.set_n_steps(-1);
           },
           kInvalid, "n_steps = -1 is outside [0, 1024]"),
+      // Over a bound that is the model's own limit, the message names it (several models: each its own).
+      Attribute(
+          "n_steps over the model's limit", [](A& r) { r.set_n_steps(2000); }, kInvalid,
+          "n_steps = 2000 is outside [0, 1024] (1024: this model's limits.max_steps)"),
       Attribute(
           "stdev over 10 for saliency",
           [](A& r) {
@@ -576,7 +580,9 @@ std::vector<BadCase> BadCases() {
             r.clear_target();
             r.mutable_generation()->set_max_new_tokens(100000);
           },
-          kInvalid, "generation.max_new_tokens: 100000 is outside [1, 512] (0: the default)"),
+          kInvalid,
+          "generation.max_new_tokens: 100000 is outside [1, 512] (0: the default; 512: this model's "
+          "limits.max_new_tokens)"),
       Attribute(
           "negative temperature",
           [](A& r) {

@@ -487,6 +487,35 @@ TEST(CallGate, RefusesOverTheLimitAndWhileDrainingAndWaitsForIdle) {
   EXPECT_EQ(gate.in_flight(), 0);
 }
 
+// With several models, each keeps limit / (4 x models) slots for its own calls: 16 calls on "busy" (of a limit
+// of 16 over 2 models) took every slot, and every call to "quiet" was refused. The reserve moves with use: what
+// "quiet" runs itself counts towards it, and a call for no model (ListModels) may not take it either.
+TEST(CallGate, EachOfSeveralModelsKeepsAReserveOfTheLimit) {
+  CallGate gate(16, nullptr, {"busy", "quiet"});  // a reserve of 2 each
+  for (int i = 0; i < 14; ++i) ASSERT_THAT(gate.Enter("busy"), IsOk()) << i;
+  EXPECT_THAT(gate.Enter("busy"),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       HasSubstr("too many concurrent requests for model \"busy\" (14 in flight): the limit is 16, "
+                                 "of which 2 are kept for the other models' calls")));
+  EXPECT_THAT(gate.Enter(""), StatusIs(absl::StatusCode::kResourceExhausted));
+  ASSERT_THAT(gate.Enter("quiet"), IsOk());
+  ASSERT_THAT(gate.Enter("quiet"), IsOk());
+  EXPECT_THAT(gate.Enter("quiet"), StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("the limit is 16)")));
+  gate.Leave("busy");
+  gate.Leave("quiet");
+  ASSERT_THAT(gate.Enter("quiet"), IsOk());  // quiet's 2 in flight: its reserve is in use by its own calls,
+  ASSERT_THAT(gate.Enter("busy"), IsOk());   // so busy may take the last slot
+  gate.Leave("quiet");
+  gate.Leave("quiet");
+  EXPECT_THAT(gate.Enter("busy"), StatusIs(absl::StatusCode::kResourceExhausted));  // 14, and 2 kept for quiet
+  EXPECT_EQ(gate.in_flight(), 14);
+  // One model alone keeps no reserve.
+  CallGate alone(2, nullptr, {"only"});
+  ASSERT_THAT(alone.Enter("only"), IsOk());
+  ASSERT_THAT(alone.Enter("only"), IsOk());
+  EXPECT_THAT(alone.Enter("only"), StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("the limit is 2)")));
+}
+
 // The in-flight gauge was set from a count read after each Enter / Leave, outside the gate's lock: two calls
 // ending together could record 1 last and leave the gauge at 1 while idle. The gate reports each change
 // under its lock, so the changes come in order, one call apart, and end at 0.
