@@ -70,8 +70,8 @@ ABSL_FLAG(std::string, config, "",
           "on the command line override its values");
 ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC address host:port (port 0: any free port, see --port_file)");
 ABSL_FLAG(std::string, port_file, "",
-          "once serving, write the bound gRPC port and then the metrics port (0: none), "
-          "one per line, to this file (for scripts and tests)");
+          "once serving, write the bound gRPC port (0 at a unix: address) and then the metrics port (0: none), "
+          "one per line, to this file (for scripts and tests); removed as the server stops");
 ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9464", "Prometheus /metrics address host:port; empty: none");
 ABSL_FLAG(std::vector<std::string>, model, {},
           "NAME=PATH of a Hugging Face model directory to serve; repeat it (or give a "
@@ -584,7 +584,9 @@ int Serve() {
   }
   if (!absl::GetFlag(FLAGS_port_file).empty()) {
     // A script waits for the file: one that cannot be written ends the start, as a port in use does.
-    if (absl::Status written = WritePortFile(absl::GetFlag(FLAGS_port_file), port, metrics->get()->port());
+    // gRPC reports 1 as the port of a unix socket, which a script would connect to.
+    const int grpc_port = IsUnixAddress(config->listen) ? 0 : port;
+    if (absl::Status written = WritePortFile(absl::GetFlag(FLAGS_port_file), grpc_port, metrics->get()->port());
         !written.ok()) {
       ExitAfterLogLine({{"event", "startup_failed"}, {"severity", "ERROR"}, {"detail", written.message()}}, 1);
     }
@@ -592,6 +594,8 @@ int Serve() {
   Log("serving", where);
 
   const Lifecycle::Stop stop = Lifecycle::WaitForStop();
+  // A script that waits for the file to appear must not read this run's ports in the next one's start.
+  if (!absl::GetFlag(FLAGS_port_file).empty()) ::unlink(absl::GetFlag(FLAGS_port_file).c_str());
   Log("draining", absl::StrCat(stop.reason, ", ", service.gate().in_flight(), " calls in flight"));
   // Refusals begin before NOT_SERVING is advertised: a caller that saw NOT_SERVING is refused.
   service.gate().StartDraining();

@@ -8,7 +8,9 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <filesystem>
@@ -794,6 +796,26 @@ TEST(ServerLifecycle, ASecondServerOnAUnixSocketInUseIsRefused) {
   absl::StatusOr<std::vector<client::ModelInfo>> models = Connect("unix:" + dir.File("server.sock"))->ListModels();
   ASSERT_THAT(models, IsOk());
   EXPECT_EQ(models->front().name, "demo");
+}
+
+// --port_file gave a unix socket's port as 1 (what gRPC reports there), which scripts connected to: 0 now. The
+// file is removed as the server stops: a script waiting for the next start's file read this run's ports.
+TEST(ServerLifecycle, ThePortFileSaysNoPortAtAUnixSocketAndGoesAwayAtTheStop) {
+  test_support::TempDir dir;
+  const std::string ports = dir.File("ports");
+  std::unique_ptr<ServerProcess> server = ServerProcess::Spawn(
+      {"--model=demo=" + DemoModelDir(), "--listen=unix:" + dir.File("server.sock"), "--port_file=" + ports});
+  std::string text;
+  for (int i = 0; i < 1200 && std::count(text.begin(), text.end(), '\n') < 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the file appears once the server serves
+    std::ifstream in(ports);
+    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  ASSERT_EQ(std::count(text.begin(), text.end(), '\n'), 2) << server->Log();
+  EXPECT_EQ(text.substr(0, text.find('\n')), "0");
+  server->Signal(SIGTERM);
+  EXPECT_EQ(server->Wait(absl::Seconds(60)), 0) << server->Log();
+  EXPECT_NE(::access(ports.c_str(), F_OK), 0) << "the port file outlived the server";
 }
 
 // A second SIGINT while the server drains ends it at once, as Ctrl-C twice means; before, it was ignored and
