@@ -75,7 +75,8 @@ ABSL_FLAG(std::string, port_file, "",
 ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9464", "Prometheus /metrics address host:port; empty: none");
 ABSL_FLAG(std::vector<std::string>, model, {},
           "NAME=PATH of a Hugging Face model directory to serve; repeat it (or give a "
-          "comma-separated list, --model=a=DIR1,b=DIR2) for several; uses --dtype, "
+          "comma-separated list, --model=a=DIR1,b=DIR2, where a comma followed by a NAME= starts the next) for "
+          "several; uses --dtype, "
           "--quantization and --device. Without --model and --config: the "
           "embedded default model tiny-qa-llama ($ATTRIBUTION_DEFAULT_MODEL overrides its folder)");
 ABSL_FLAG(std::string, dtype, "float32", "compute dtype of --model models: float32 | bfloat16 | float16");
@@ -144,6 +145,24 @@ ArgvFlags& TheArgvFlags() {
   return *flags;
 }
 
+// The models of one --model value, "a=DIR1,b=DIR2": a comma starts a model only where NAME= follows it (a name
+// holds no '/'), so a folder whose name holds a comma ("a=/models/llama,7b") is one path, not a second model
+// "7b" refused as not NAME=PATH.
+void AppendModelList(absl::string_view value, std::vector<std::string>& models) {
+  bool first = true;
+  for (absl::string_view piece : absl::StrSplit(value, ',')) {
+    const size_t equals = piece.find('='), slash = piece.find('/');
+    const bool starts_a_model =
+        equals != absl::string_view::npos && equals > 0 && (slash == absl::string_view::npos || equals < slash);
+    if (first || starts_a_model) {
+      models.emplace_back(piece);
+    } else {
+      absl::StrAppend(&models.back(), ",", piece);
+    }
+    first = false;
+  }
+}
+
 // --model lines of a --flagfile: abseil keeps only a repeated flag's last value, and argv does not show them
 // (a flagfile naming two models served only the second).
 // Flagfiles may name flagfiles (abseil follows them); `depth` stops a file that names itself.
@@ -159,7 +178,7 @@ void ReadFlagfileModels(absl::string_view paths, ArgvFlags& flags, int depth = 0
         continue;
       }
       if (!absl::ConsumePrefix(&line, "--model=") && !absl::ConsumePrefix(&line, "-model=")) continue;
-      for (absl::string_view entry : absl::StrSplit(line, ',')) flags.models.emplace_back(entry);
+      AppendModelList(line, flags.models);
       flags.named.insert("model");
     }
   }
@@ -177,7 +196,7 @@ void ReadArgvFlags(int argc, char** argv) {
     if (absl::FindCommandLineFlag(name) == nullptr && absl::StartsWith(name, "no")) name = name.substr(2);
     if (name == "model" && (equals != absl::string_view::npos || i + 1 < argc)) {
       const absl::string_view value = equals != absl::string_view::npos ? arg.substr(equals + 1) : argv[++i];
-      for (absl::string_view entry : absl::StrSplit(value, ',')) flags.models.emplace_back(entry);
+      AppendModelList(value, flags.models);
     }
     if (name == "flagfile" && (equals != absl::string_view::npos || i + 1 < argc)) {
       ReadFlagfileModels(equals != absl::string_view::npos ? arg.substr(equals + 1) : argv[i + 1], flags);

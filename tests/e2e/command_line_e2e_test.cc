@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -106,7 +107,13 @@ TEST(BenchCommandLine, AWordThatIsNoFlagIsAUsageError) {
 
 TEST(ServerCommandLine, ARepeatedModelFlagServesEveryModel) {
   const std::string dir = test_support::DemoModelDir();
-  auto server = test_support::ServerProcess::Start({"--model=a=" + dir + ",b=" + dir, "--model", "c=" + dir});
+  // A comma starts a model only where NAME= follows: a folder named "demo,copy" was "demo" and a model "copy"
+  // refused as not NAME=PATH.
+  test_support::TempDir links;
+  const std::string with_comma = links.File("demo,copy");
+  ASSERT_EQ(::symlink(dir.c_str(), with_comma.c_str()), 0);
+  auto server = test_support::ServerProcess::Start(
+      {"--model=a=" + dir + ",b=" + dir, "--model", "c=" + dir + ",d=" + with_comma + ",e=" + dir});
   ASSERT_THAT(server, IsOk());
   auto client = client::AttributionClient::Connect({.target = (*server)->address()});
   ASSERT_THAT(client, IsOk());
@@ -114,7 +121,7 @@ TEST(ServerCommandLine, ARepeatedModelFlagServesEveryModel) {
   ASSERT_THAT(models, IsOk());
   std::vector<std::string> names;
   for (const client::ModelInfo& model : *models) names.push_back(model.name);
-  EXPECT_THAT(names, ::testing::UnorderedElementsAre("a", "b", "c"));
+  EXPECT_THAT(names, ::testing::UnorderedElementsAre("a", "b", "c", "d", "e"));
   // One folder under three names is held three times: the log says so (once per later name).
   EXPECT_THAT((*server)->Log(), HasSubstr("model \\\"b\\\" holds the same weights as model \\\"a\\\""));
   EXPECT_THAT((*server)->Log(), HasSubstr("model \\\"c\\\" holds the same weights as model \\\"a\\\""));
