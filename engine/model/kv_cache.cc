@@ -8,11 +8,12 @@
 namespace attribution::engine {
 namespace {
 
-// Grows a [B, H, capacity, D] buffer along the slot dimension, doubling to amortise copies.
+// Grows a [B, H, capacity, D] buffer along the slot dimension by half at least, to amortise copies (a decode
+// step's batch cache is kept: doubling left it half padding).
 at::Tensor Reserve(const at::Tensor& buffer, int64_t rows, const at::Tensor& like, int64_t needed) {
   const int64_t have = buffer.defined() ? buffer.size(2) : 0;
   if (have >= needed) return buffer;
-  const int64_t capacity = std::max(needed, 2 * have);
+  const int64_t capacity = std::max(needed, have + have / 2);
   at::Tensor grown = at::zeros({rows, like.size(1), capacity, like.size(3)}, like.options());
   if (have > 0) grown.narrow(2, 0, have).copy_(buffer);
   return grown;

@@ -3,9 +3,11 @@
 
 #include <ATen/Parallel.h>
 #include <malloc.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <limits>
 #include <stdexcept>
 
@@ -565,12 +567,35 @@ void BatchingEngine::RunShortWork(absl::Time now) {
   paused_for_requests_.clear();
 }
 
+namespace {
+
+// The process's resident bytes (/proc/self/statm), 0 when unknown.
+int64_t ResidentBytes() {
+  std::FILE* statm = std::fopen("/proc/self/statm", "re");
+  if (statm == nullptr) return 0;
+  long long size = 0, resident = 0;
+  const bool read = std::fscanf(statm, "%lld %lld", &size, &resident) == 2;
+  std::fclose(statm);
+  return read ? resident * static_cast<int64_t>(::sysconf(_SC_PAGESIZE)) : 0;
+}
+
+}  // namespace
+
 void BatchingEngine::ReleaseFreeMemory() {
 #ifdef __GLIBC__
   // The allocator keeps freed heap pages (its mmap threshold grows with the large tensors a burst
   // frees), so an idle server would stay at its peak; hand them back to the system. Not after every
   // short call: the pages trimmed are faulted in again by the next.
-  if (mallinfo2().fordblks >= kFreeBytesWorthTrimming) malloc_trim(0);
+  const int64_t resident = ResidentBytes(), free = static_cast<int64_t>(mallinfo2().fordblks);
+  if (resident - resident_after_trim_ < kBytesWorthTrimming && free - free_after_trim_ < kBytesWorthTrimming) {
+    // Either may have fallen since (memory used again, then freed without growing): follow it down.
+    resident_after_trim_ = std::min(resident_after_trim_, resident);
+    free_after_trim_ = std::min(free_after_trim_, free);
+    return;
+  }
+  malloc_trim(0);
+  resident_after_trim_ = ResidentBytes();
+  free_after_trim_ = static_cast<int64_t>(mallinfo2().fordblks);
 #endif
 }
 

@@ -275,14 +275,18 @@ class BatchingEngine {
   static void Deliver(std::vector<Answer>& answers);
   // The requests with rows in `batch`, sorted, each once.
   static std::vector<uint64_t> RequestIds(const std::vector<PendingRow>& batch);
-  // Returns freed heap memory to the system when the allocator holds at least kFreeBytesWorthTrimming of it.
-  // After any work, the executor calls it kIdleTrims times with an empty queue: after kIdleBeforeTrim, then
-  // after twice the previous wait (0.2, 0.6, 1.4, 3.0, 6.2, 12.6 s into the idle stretch), so memory after a
-  // burst falls back towards its idle size even when the last answers take seconds to build.
-  static void ReleaseFreeMemory();
+  // Returns freed heap memory to the system when there may be kBytesWorthTrimming of it to give: the process's
+  // resident memory or the allocator's free bytes grew by that much since the last trim (a trim leaves the
+  // free bytes counted, their pages given back, so the free bytes alone kept a fragmented heap trimming after
+  // every call). After any work, the executor calls it kIdleTrims times with an empty queue: after
+  // kIdleBeforeTrim, then after twice the previous wait (0.2, 0.6, 1.4, 3.0, 6.2, 12.6 s into the idle
+  // stretch), so memory after a burst falls back towards its idle size even when the last answers take
+  // seconds to build. Executor thread only.
+  void ReleaseFreeMemory();
   static constexpr absl::Duration kIdleBeforeTrim = absl::Milliseconds(200);
-  static constexpr size_t kFreeBytesWorthTrimming = size_t{64} << 20;
+  static constexpr int64_t kBytesWorthTrimming = int64_t{64} << 20;
   static constexpr int kIdleTrims = 6;
+  int64_t resident_after_trim_ = 0, free_after_trim_ = 0;  // executor thread only
 
   const std::unique_ptr<BatchExecutor> executor_;  // used by the executor thread only
   // Intra-op threads: all the process has, and those of contended batches (EngineOptions; 0: all). Set by

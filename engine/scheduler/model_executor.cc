@@ -2,6 +2,8 @@
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
+
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
@@ -173,11 +175,11 @@ class ModelExecutor : public BatchExecutor {
       if (!row->decode_state) return absl::InvalidArgumentError("decode rows need a decode state");
     }
     ASSIGN_OR_RETURN(ForwardBatch batch, Pad(rows));
-    const std::shared_ptr<KvCache> group = DecodeGroup(rows, /*room=*/batch.input_ids.size(1));
+    const std::shared_ptr<KvCache> cache = BatchCacheFor(rows, batch.input_ids.size(1));
     // A step that fails (out of memory, every call abandoned) leaves each sequence as it was, for the
     // engine's split retry, which would otherwise append this step twice.
-    absl::Cleanup forget_step = [&group, lengths = group->lengths()] { group->Truncate(lengths); };
-    batch.cache = group.get();
+    absl::Cleanup forget_step = [&cache, lengths = cache->lengths()] { cache->Truncate(lengths); };
+    batch.cache = cache.get();
     batch.pause_point = abandon_point_;
     ASSIGN_OR_RETURN(at::Tensor hidden, model_->Hidden(batch));
     std::vector<int64_t> indices, last;
@@ -186,49 +188,62 @@ class ModelExecutor : public BatchExecutor {
       last.push_back(batch.lengths[r] - 1);
     }
     at::Tensor logits = model_->LogitsAt(hidden, indices, last).cpu();  // [B, vocab]
-    // Sequences that will not decode again leave the group now (its memory goes with the generations).
+    // Sequences that will not decode again leave the batch cache now. So do all of them when the cache is
+    // mostly padding (sequences of very different lengths: each row holds the longest one's slots), which
+    // each one's own cache would hold at a fraction of the memory.
+    int64_t held = 0, longest = 0;
+    for (int64_t length : cache->lengths()) {
+      held += length;
+      longest = std::max(longest, length);
+    }
+    const bool mostly_padding = 2 * held < cache->batch() * longest;
     std::vector<KvCache> extracted(rows.size(), KvCache(0, 0));
     for (size_t r = 0; r < rows.size(); ++r) {
-      if (rows[r]->decode_state->keeps_decoding) continue;
+      if (rows[r]->decode_state->keeps_decoding && !mostly_padding) continue;
       extracted[r] = KvCache(model_->config().num_layers, 1);
-      group->ExtractRow(static_cast<int64_t>(r), extracted[r]);
+      cache->ExtractRow(static_cast<int64_t>(r), extracted[r]);
     }
     std::move(forget_step).Cancel();
     for (size_t r = 0; r < rows.size(); ++r) {
       DecodeState& state = *rows[r]->decode_state;
-      if (!state.keeps_decoding) {
+      if (extracted[r].batch() == 1) {
         state.cache = std::move(extracted[r]);
-        state.group.reset();
+        state.batch_cache.reset();
       }
       results[r].next_logits = logits[r];
     }
     return absl::OkStatus();
   }
 
-  // The batch cache the rows' step appends to: the group of their last step when they are its rows in
-  // its order (steady decoding: nothing copied), otherwise a new group holding copies of each sequence
-  // from where it lives now. A group that a sequence leaves keeps its memory until its other sequences
+  // The batch cache the rows' step appends `width` tokens to: the one of their last step when they are its
+  // rows in its order (steady decoding: nothing copied), otherwise a new one holding copies of each sequence
+  // from where it lives now. A batch cache that a sequence leaves keeps its memory until its other sequences
   // leave it as well or end: each leaves at its next step in another batch.
-  std::shared_ptr<KvCache> DecodeGroup(const std::vector<const Row*>& rows, int64_t room) {
-    const std::shared_ptr<KvCache>& last = rows[0]->decode_state->group;
+  std::shared_ptr<KvCache> BatchCacheFor(const std::vector<const Row*>& rows, int64_t width) {
+    const std::shared_ptr<KvCache>& last = rows[0]->decode_state->batch_cache;
     bool same = last != nullptr && last->batch() == static_cast<int64_t>(rows.size());
     for (size_t r = 0; r < rows.size() && same; ++r) {
-      same = rows[r]->decode_state->group == last && rows[r]->decode_state->group_row == static_cast<int64_t>(r);
+      const DecodeState& state = *rows[r]->decode_state;
+      same = state.batch_cache == last && state.batch_row == static_cast<int64_t>(r);
     }
     if (same) return last;
     std::vector<KvRow> sources;
+    int64_t longest = 0;
     for (const Row* row : rows) {
       const DecodeState& state = *row->decode_state;
-      sources.push_back(state.group ? KvRow{state.group.get(), state.group_row} : KvRow{&state.cache, 0});
+      sources.push_back(state.batch_cache ? KvRow{state.batch_cache.get(), state.batch_row} : KvRow{&state.cache, 0});
+      longest = std::max(longest, sources.back().cache->lengths()[sources.back().row]);
     }
-    auto group = std::make_shared<KvCache>(KvCache::Stack(sources, {}, room));
+    // Room for this step and the next ones: with only this step's, the next step regrew every buffer at once.
+    const int64_t room = width + std::max<int64_t>(16, longest / 4);
+    auto cache = std::make_shared<KvCache>(KvCache::Stack(sources, {}, room));
     for (size_t r = 0; r < rows.size(); ++r) {
       DecodeState& state = *rows[r]->decode_state;
-      state.group = group;
-      state.group_row = static_cast<int64_t>(r);
+      state.batch_cache = cache;
+      state.batch_row = static_cast<int64_t>(r);
       state.cache = KvCache(model_->config().num_layers, 1);
     }
-    return group;
+    return cache;
   }
 
   std::shared_ptr<const CausalLM> model_;

@@ -34,16 +34,17 @@ enum class Priority { kLow = 0, kNormal = 1, kHigh = 2 };
 // A live sequence for decode rows. A sequence has at most one decode row in flight: the executor
 // thread updates its cache, the owner reads it only after that row's callback.
 struct DecodeState {
-  // `keeps_decoding`: a generation, whose rows come back step after step. Its keys and values stay in
-  // the batch cache of the step it last ran in (`group`), so a next step of the same rows in the same
-  // order appends there, copying nothing. Other sequences (a prefix that score rows continue) are
-  // copied out into `cache` after their step.
+  // `keeps_decoding`: a generation, whose rows come back step after step. Its keys and values stay in the
+  // batch cache of the step it last ran in (`batch_cache`, row `batch_row`), so a next step of the same rows
+  // in the same order appends there, copying nothing. Other sequences (a prefix that score rows continue) are
+  // copied out into `cache` after their step. The batch cache is shared by the sequences in it, mutable, and
+  // safe so: only the executor thread touches it (a sequence has one row in flight at a time).
   explicit DecodeState(int64_t num_layers, bool keeps_decoding = false)
       : cache(num_layers, 1), keeps_decoding(keeps_decoding) {}
-  KvCache cache;  // batch 1; empty while the sequence lives in `group`
+  KvCache cache;  // batch 1; empty while the sequence lives in `batch_cache`
   const bool keeps_decoding;
-  std::shared_ptr<KvCache> group;  // executor thread only
-  int64_t group_row = 0;
+  std::shared_ptr<KvCache> batch_cache;
+  int64_t batch_row = 0;
 };
 
 struct Row {

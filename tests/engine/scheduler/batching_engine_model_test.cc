@@ -312,7 +312,7 @@ TEST_F(EngineOverModel, DecodeStepsKeepTheirBatchCacheAndEqualEachSequenceDecode
     }
     std::vector<const Row*> batch;
     for (const Row& row : rows) batch.push_back(&row);
-    const KvCache* cache_before = sequences[order[0]].batched->group.get();
+    const KvCache* cache_before = sequences[order[0]].batched->batch_cache.get();
     std::vector<RowResult> results(rows.size());
     if (steps[step].abandoned_first) {
       passed = 0;
@@ -322,9 +322,9 @@ TEST_F(EngineOverModel, DecodeStepsKeepTheirBatchCacheAndEqualEachSequenceDecode
     }
     ASSERT_THAT(together->Run(RowKind::kDecode, batch, results), IsOk()) << "step " << step;
     if (order == last_order) {
-      EXPECT_EQ(sequences[order[0]].batched->group.get(), cache_before) << "step " << step << " copied its cache";
+      EXPECT_EQ(sequences[order[0]].batched->batch_cache.get(), cache_before) << "step " << step << " copied its cache";
     } else {
-      EXPECT_NE(sequences[order[0]].batched->group.get(), cache_before) << "step " << step;
+      EXPECT_NE(sequences[order[0]].batched->batch_cache.get(), cache_before) << "step " << step;
     }
     last_order = order;
     for (size_t r = 0; r < rows.size(); ++r) {
@@ -334,6 +334,31 @@ TEST_F(EngineOverModel, DecodeStepsKeepTheirBatchCacheAndEqualEachSequenceDecode
           << "step " << step << " sequence " << order[r];
     }
   }
+}
+
+// Sequences of very different lengths do not stay in one batch cache, where each row would hold the longest
+// one's slots (15 of 100 tokens beside one of 4,000: 12 times their own): each goes back to a cache of its own.
+TEST_F(EngineOverModel, SequencesOfVeryDifferentLengthsLeaveTheBatchCache) {
+  const int layers = static_cast<int>(model_->config().num_layers);
+  std::unique_ptr<BatchExecutor> executor = MakeModelExecutor(model_);
+  std::vector<std::shared_ptr<DecodeState>> states;
+  std::vector<Row> rows;
+  for (int64_t length : {3, 3, 3, 40}) {
+    states.push_back(std::make_shared<DecodeState>(layers, /*keeps_decoding=*/true));
+    rows.push_back({.kind = RowKind::kDecode, .input_ids = Ids(length, length), .decode_state = states.back()});
+  }
+  std::vector<const Row*> batch;
+  for (const Row& row : rows) batch.push_back(&row);
+  std::vector<RowResult> results(rows.size());
+  ASSERT_THAT(executor->Run(RowKind::kDecode, batch, results), IsOk());
+  for (size_t r = 0; r < rows.size(); ++r) {
+    EXPECT_EQ(states[r]->batch_cache, nullptr) << "row " << r;
+    EXPECT_EQ(states[r]->cache.lengths(), std::vector<int64_t>{static_cast<int64_t>(rows[r].input_ids.size())});
+  }
+  // Lengths alike stay together.
+  batch.pop_back();
+  ASSERT_THAT(executor->Run(RowKind::kDecode, batch, results), IsOk());
+  EXPECT_NE(states[0]->batch_cache, nullptr);
 }
 
 TEST_F(EngineOverModel, CancelledGenerationEndsWithCancelled) {
