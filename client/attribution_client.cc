@@ -85,7 +85,8 @@ absl::Status ParseAnswer(grpc::ByteBuffer& answer, const std::string& path, goog
 }
 
 // The contexts of the calls in flight, so that CancelCalls reaches each; a call leaves before its context is
-// destroyed. Recursive: cancelling a call can run its completion, which leaves, on the cancelling thread.
+// destroyed. Recursive, and each context looked up again before it is cancelled: should gRPC run a completion
+// on the cancelling thread (1.51 does not), it leaves, and its context is gone.
 class LiveCalls {
  public:
   void Enter(grpc::ClientContext* context) {
@@ -101,7 +102,9 @@ class LiveCalls {
     std::lock_guard<std::recursive_mutex> lock(mu_);
     cancelled_ = true;
     const std::vector<grpc::ClientContext*> live(contexts_.begin(), contexts_.end());
-    for (grpc::ClientContext* context : live) context->TryCancel();
+    for (grpc::ClientContext* context : live) {
+      if (contexts_.count(context) != 0) context->TryCancel();
+    }
   }
 
  private:

@@ -4,6 +4,7 @@
 // Exit status: 0 on success, 1 when the call failed or an --html report could not be written (the
 // status code and message go to stderr), 2 on a usage error. Human-readable output shows the control
 // characters of a server's text as escapes; --json writes it exact (U+FFFD for bytes that are not UTF-8).
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -135,8 +136,16 @@ int Failed(const absl::Status& status) {
 }
 
 // Writes an --html report; the error names the path, so that a report asked for is never lost silently.
-// Through a temporary and a rename: a full disk left a torn report where the previous one was.
+// A file through a temporary and a rename (a full disk left a torn report where the previous one was); what is
+// no file (/dev/stdout, a FIFO, /dev/null) as it is.
 absl::Status WriteHtml(const std::string& path, const std::string& html) {
+  if (struct stat target; ::stat(path.c_str(), &target) == 0 && !S_ISREG(target.st_mode) && !S_ISDIR(target.st_mode)) {
+    std::ofstream out(path, std::ios::binary);
+    if (out) out << html;
+    if (out) out.close();
+    if (out) return absl::OkStatus();
+    return absl::FailedPreconditionError(absl::StrCat("--html: cannot write ", path, ": ", std::strerror(errno)));
+  }
   absl::Status written = batch::WriteAtomically(path, html);
   if (written.ok()) return written;
   return absl::Status(written.code(), absl::StrCat("--html: cannot write ", path, " (", written.message(), ")"));
@@ -285,7 +294,8 @@ std::string UnknownNameError(const std::string& command) {
 int PrintWithHtml(const std::string& shown, const std::function<std::string()>& html) {
   const std::string path = absl::GetFlag(FLAGS_html);
   const absl::Status written = path.empty() ? absl::OkStatus() : WriteHtml(path, html());
-  std::cout << shown << std::flush;
+  std::cout << shown;
+  StandardOutputWritten();  // at once: a failure's errno is still the write's
   return written.ok() ? 0 : Failed(written);
 }
 

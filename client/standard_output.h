@@ -34,6 +34,11 @@ inline int& StandardOutputError() {
 
 // Whether stdout took everything written to it so far: flushed now, so that an error still buffered shows.
 inline bool StandardOutputWritten() {
+  // A write that failed since set errno, which nothing has changed when this is called right after the print.
+  if (!std::cout.good() || std::ferror(stdout)) {
+    if (StandardOutputError() == 0) StandardOutputError() = errno;
+    return false;
+  }
   errno = 0;
   std::cout.flush();
   const bool written = std::cout.good() && std::fflush(stdout) == 0 && !std::ferror(stdout);

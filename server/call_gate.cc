@@ -24,18 +24,18 @@ absl::Status CallGate::Enter(const std::string& model) {
         absl::StrCat("too many concurrent requests (the limit is ", max_in_flight_, ")"));
   }
   const auto own = in_flight_of_.find(model);
-  if (reserve_ > 0) {
-    // What the other models' reserves still need; a call for no model (ListModels) may not take it either.
+  // A call for no model (ListModels, a name no model has) does no engine work: it may take a reserved slot, so
+  // a client of a quiet model can list the models (a batch job does first) while another model floods the rest.
+  if (reserve_ > 0 && own != in_flight_of_.end()) {
+    // What the other models' reserves still need.
     int64_t kept = 0;
     for (const auto& [other, calls] : in_flight_of_) {
-      if (own == in_flight_of_.end() || other != own->first) kept += std::max<int64_t>(0, reserve_ - calls);
+      if (other != own->first) kept += std::max<int64_t>(0, reserve_ - calls);
     }
     if (in_flight_ + kept >= max_in_flight_) {
-      const std::string whose =
-          own == in_flight_of_.end() ? "" : absl::StrCat(" for model \"", model, "\" (", own->second, " in flight)");
-      return absl::ResourceExhaustedError(absl::StrCat("too many concurrent requests", whose, ": the limit is ",
-                                                       max_in_flight_, ", of which ", kept,
-                                                       " are kept for the other models' calls"));
+      return absl::ResourceExhaustedError(absl::StrCat("too many concurrent requests for model \"", model, "\" (",
+                                                       own->second, " in flight): the limit is ", max_in_flight_,
+                                                       ", of which ", kept, " are kept for the other models' calls"));
     }
   }
   ++in_flight_;

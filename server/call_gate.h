@@ -27,7 +27,8 @@ class CallGate {
   //
   // With several `models`, each keeps a reserve of max_in_flight / (4 x models) slots for its own calls:
   // a model's calls may not take the slots the others' reserves still need, so a flood of calls on one
-  // model (256 queued integrated-gradients calls) no longer refuses every call to every other model.
+  // model (256 queued integrated-gradients calls) no longer refuses every call to every other model. A call
+  // for no model (ListModels) may take a reserved slot.
   explicit CallGate(int64_t max_in_flight, std::function<void(int64_t)> on_change = nullptr,
                     const std::vector<std::string>& models = {});
   // Admits a call (OK: the caller must Leave() with the same `model` once) or refuses it. `model`: the

@@ -26,6 +26,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
@@ -704,11 +705,13 @@ int Merge(const std::vector<std::string>& shard_files) {
   if (absl::Status writable = CheckReportsWritable(); !writable.ok()) return Failed(writable);
   // A job still appending to --output would go on writing into the file the merge renamed away (its rows in no
   // file): the merge takes the job's lock, or stops.
+  // Held to the end: --parquet and --html read --output after it is written.
   absl::StatusOr<int> lock = LockResults(RealFilePath(absl::GetFlag(FLAGS_output)));
   if (!lock.ok()) return Failed(lock.status());
-  absl::Status written = results.WriteInInputOrder(absl::GetFlag(FLAGS_output));
-  ::close(*lock);
-  if (!written.ok()) return Failed(written);
+  absl::Cleanup unlock = [fd = *lock] { ::close(fd); };
+  if (absl::Status written = results.WriteInInputOrder(absl::GetFlag(FLAGS_output)); !written.ok()) {
+    return Failed(written);
+  }
   // The shards' jobs may have written their pages into one folder (each its own index): one index of all.
   if (!absl::GetFlag(FLAGS_html).empty()) {
     if (absl::Status index = WriteHtmlIndex(); !index.ok()) return Failed(index);

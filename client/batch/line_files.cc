@@ -174,16 +174,19 @@ mode_t CurrentUmask() {
 // `chmod 600` on results kept private; the replacement came out 0644), or, for a new file, the mode open(2)
 // gives under the umask (0666 & ~umask, as the results file itself). A group the user is no member of stays
 // the user's own (fchown refuses it).
-absl::Status TakeModeOfReplaced(int fd, const std::string& path, const std::string& temporary) {
+absl::Status TakeModeAndGroupOfReplaced(int fd, const std::string& path, const std::string& temporary) {
   struct stat replaced;
   mode_t mode = 0666 & ~CurrentUmask();
   if (::stat(path.c_str(), &replaced) == 0) {
     mode = replaced.st_mode & 07777;
-    if (::fchown(fd, static_cast<uid_t>(-1), replaced.st_gid) != 0 && errno != EPERM) {
-      return FileError("cannot write", temporary, errno);
+    if (::fchown(fd, static_cast<uid_t>(-1), replaced.st_gid) != 0) {
+      if (errno != EPERM) return FileError("cannot write", temporary, errno);
+      mode &= ~static_cast<mode_t>(0070);  // the user's own group is not the one the file was shared with
     }
   }
-  if (::fchmod(fd, mode) != 0) return FileError("cannot write", temporary, errno);
+  // EPERM: the fixed temporary is a colleague's, left by a job of theirs killed in the folder the group shares;
+  // it keeps the mode they gave it.
+  if (::fchmod(fd, mode) != 0 && errno != EPERM) return FileError("cannot write", temporary, errno);
   return absl::OkStatus();
 }
 
@@ -195,7 +198,7 @@ absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::Create(const
   std::string temporary = path + ".XXXXXX.tmp";
   const int fd = ::mkstemps(temporary.data(), 4);
   if (fd < 0) return FileError("cannot create", temporary, errno);
-  if (absl::Status moded = TakeModeOfReplaced(fd, path, temporary); !moded.ok()) {
+  if (absl::Status moded = TakeModeAndGroupOfReplaced(fd, path, temporary); !moded.ok()) {
     ::close(fd);
     ::unlink(temporary.c_str());
     return moded;
@@ -244,7 +247,7 @@ absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::CreateWhileL
     ::close(*fd);
     return FileError("cannot write", temporary, error);
   }
-  if (absl::Status moded = TakeModeOfReplaced(*fd, path, temporary); !moded.ok()) {
+  if (absl::Status moded = TakeModeAndGroupOfReplaced(*fd, path, temporary); !moded.ok()) {
     ::close(*fd);
     return moded;
   }
@@ -277,7 +280,7 @@ absl::StatusOr<std::unique_ptr<AtomicFileWriter>> AtomicFileWriter::CreateAlone(
         ::close(fd);
         return FileError("cannot write", temporary, error);
       }
-      if (absl::Status moded = TakeModeOfReplaced(fd, path, temporary); !moded.ok()) {
+      if (absl::Status moded = TakeModeAndGroupOfReplaced(fd, path, temporary); !moded.ok()) {
         ::close(fd);
         return moded;
       }

@@ -275,6 +275,12 @@ TEST(CliCommandLine, AnHtmlReportThatCannotBeWrittenIsAnError) {
   }
   auto [code, output] = RunCommand(attribute + dir.File("report.html"));
   EXPECT_EQ(code, 0) << output;
+  // What is no file is written as it is (the report goes through a temporary and a rename to a file).
+  for (const std::string& device : {std::string("/dev/null"), std::string("/dev/stdout")}) {
+    const Outputs outputs = RunCommandApart(attribute + device);
+    EXPECT_EQ(outputs.code, 0) << device << "\n" << outputs.err;
+  }
+  EXPECT_THAT(RunCommandApart(attribute + "/dev/stdout").out, HasSubstr("</html>"));
   // stdout a pipe whose reader is gone before the answer comes (SIGPIPE as the result is printed): the
   // report is written all the same (it was lost without a word).
   RunCommand(attribute + dir.File("piped.html") + " | true");
@@ -301,6 +307,10 @@ TEST(CliCommandLine, AStandardOutputThatCannotBeWrittenFailsTheCommand) {
   const std::string server_flag = " --server=" + (*server)->address();
   for (const std::string& command :
        {absl::StrCat(ATTRIBUTION_CLI_BINARY, " models --json", server_flag),
+        // An answer larger than stdout's buffer fails as it is printed, not at the last flush.
+        absl::StrCat(ATTRIBUTION_CLI_BINARY,
+                     " attribute --json --method=saliency --prompt='The cup is red. Q: Is it warm? A:' --target=' Yes'",
+                     server_flag),
         absl::StrCat(ATTRIBUTION_CLI_BINARY, " health", server_flag),
         absl::StrCat(ATTRIBUTION_CLI_BINARY, " generate --prompt='Q: Is the kettle warm? A:' --max_new_tokens=3",
                      server_flag),

@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 
+#include "client/batch/batch_job.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 
@@ -118,11 +119,14 @@ TEST(ResultLog, ATornTailIsCutInPlaceAndReplacementsKeepTheFilesMode) {
   ASSERT_EQ(::stat(path.c_str(), &after), 0);
   EXPECT_NE(after.st_ino, before.st_ino) << "dropping a line inside rewrites the file";
   EXPECT_EQ(after.st_mode & 07777, 0600u);
-  const mode_t old_mask = ::umask(027);
+  const mode_t old_mask = ::umask(002);
   ASSERT_THAT(ResultLog::Open(dir.File("new.jsonl")).status(), IsOk());
+  ASSERT_THAT(WriteAtomically(dir.File("new.html"), "<html>"), IsOk());  // a replacement with nothing to replace
   ::umask(old_mask);
-  ASSERT_EQ(::stat(dir.File("new.jsonl").c_str(), &after), 0);
-  EXPECT_EQ(after.st_mode & 07777, 0640u);
+  for (const char* name : {"new.jsonl", "new.html"}) {
+    ASSERT_EQ(::stat(dir.File(name).c_str(), &after), 0);
+    EXPECT_EQ(after.st_mode & 07777, 0664u) << name;
+  }
 }
 
 // A directory or a device is no results file: it says so, where before a directory "had 2 names (hard
