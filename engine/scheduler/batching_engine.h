@@ -284,7 +284,7 @@ class BatchingEngine {
   // seconds to build. Executor thread only.
   void ReleaseFreeMemory();
   static constexpr absl::Duration kIdleBeforeTrim = absl::Milliseconds(200);
-  static constexpr int64_t kBytesWorthTrimming = int64_t{64} << 20;
+  static constexpr int64_t kBytesWorthTrimming = int64_t{16} << 20;
   static constexpr int kIdleTrims = 6;
   int64_t resident_after_trim_ = 0, free_after_trim_ = 0;  // executor thread only
 
