@@ -175,12 +175,16 @@ TEST_F(BatchRunner, AResultsFileThatCannotBeWrittenCancelsTheCallsInFlight) {
   std::atomic<int> cancelled = 0;
   service_.attribute_in_context = [&](grpc::ServerContext* context, const v1::AttributeRequest& in,
                                       v1::AttributeResponse* out) {
-    if (in.prompt().text() != "first") {  // the others run until cancelled (a minute at most)
-      for (int i = 0; i < 6000 && !context->IsCancelled(); ++i) {
+    if (in.prompt().text() == "first") {  // answered once the other three are in flight here (5 s at most)
+      for (int i = 0; i < 500 && service_.attribute_calls < 4; ++i) {
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
       }
-      if (context->IsCancelled()) ++cancelled;
+      return OneFeature(in, out);
     }
+    for (int i = 0; i < 6000 && !context->IsCancelled(); ++i) {  // the others run until cancelled (a minute at most)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    if (context->IsCancelled()) ++cancelled;
     return OneFeature(in, out);
   };
   std::signal(SIGXFSZ, SIG_IGN);  // as the tools do: the write fails with EFBIG
