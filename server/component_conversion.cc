@@ -140,7 +140,8 @@ absl::StatusOr<ComponentsCall> ToComponentsCall(const v1::AttributeComponentsReq
   ASSIGN_OR_RETURN(request.priority, ToPriority(proto.priority()));
   if (proto.pairs_size() == 0) return Invalid("pairs", "give at least one clean/corrupted pair");
   if (proto.pairs_size() > call.limits.max_pairs) {
-    return Invalid("pairs", absl::StrCat(proto.pairs_size(), " pairs exceed the limit of ", call.limits.max_pairs));
+    return Invalid("pairs", absl::StrCat(proto.pairs_size(), " pairs exceed this model's limits.max_pairs of ",
+                                         call.limits.max_pairs));
   }
   // The request as far as its first pair (the answers read as its continuation) is checked whole before the next
   // pair is tokenized, and each later pair as it is read, with the response it makes so far: 64 pairs of 15 KB

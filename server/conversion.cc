@@ -37,6 +37,20 @@ int64_t MaxSequenceTokens(const ServedModel& model, AfterPrompt after = AfterPro
   return std::min(max_tokens, config.max_position_embeddings + unfed);
 }
 
+// "N (this model's limits.max_tokens)": MaxSequenceTokens with the bound that sets it, so a refused client
+// knows which setting or model property it met.
+std::string DescribeSequenceLimit(const ServedModel& model, AfterPrompt after = AfterPrompt::kScoredTarget) {
+  const int64_t max_tokens = MaxSequenceTokens(model, after);
+  const char* bound = "this model's limits.max_tokens";
+  if (max_tokens < model.spec.limits.max_tokens) {
+    bound = max_tokens == model.attributor->limits().max_queued_tokens ? "this model's engine.max_queued_tokens"
+            : after == AfterPrompt::kGeneratedTokens
+                ? "GPT-2's learned positions and the last new token, which is never fed back"
+                : "GPT-2's learned positions";
+  }
+  return absl::StrCat(max_tokens, " (", bound, ")");
+}
+
 // A prompt must be given even when the tokenizer would add tokens (bos) to empty text. Its length is
 // checked at once, before a target or choices are tokenized against it.
 absl::StatusOr<ResolvedInput> ResolvePrompt(const v1::Input& prompt, bool no_special_tokens, const ServedModel& model,
@@ -47,10 +61,8 @@ absl::StatusOr<ResolvedInput> ResolvePrompt(const v1::Input& prompt, bool no_spe
   const int64_t tokens = static_cast<int64_t>(resolved.encoding.ids.size());
   const int64_t max_tokens = MaxSequenceTokens(model, after);
   if (tokens >= max_tokens) {
-    return Invalid("prompt", absl::StrCat(tokens,
-                                          " tokens leave no room for a target or new tokens within this "
-                                          "model's limit of ",
-                                          max_tokens));
+    return Invalid("prompt", absl::StrCat(tokens, " tokens leave no room for a target or new tokens within ",
+                                          DescribeSequenceLimit(model, after)));
   }
   return resolved;
 }
@@ -218,8 +230,8 @@ absl::Status ApplyFeatures(const v1::AttributeRequest& proto, const ServedModel&
   if (baseline_bytes > MaxTextBytes(model)) {
     return Invalid("feature_groups[].baseline.text",
                    absl::StrCat("the groups' baseline texts are ", baseline_bytes, " bytes together, over the ",
-                                MaxTextBytes(model), " bytes that this model's limit of ", model.spec.limits.max_tokens,
-                                " tokens allows"));
+                                MaxTextBytes(model), " bytes that this model's limits.max_tokens of ",
+                                model.spec.limits.max_tokens, " tokens allows"));
   }
   int64_t covered_until = 0, baseline_growth = 0;
   const bool baselines_read = engine::ReadsBaselines(request.method, proto.want_faithfulness());
@@ -250,10 +262,9 @@ absl::Status ApplyFeatures(const v1::AttributeRequest& proto, const ServedModel&
           0, static_cast<int64_t>(baseline.encoding.ids.size()) - (group.token_end() - group.token_begin()));
       // Rows hold the baselines only where they are read: unread, any length is accepted (UnreadSettings).
       if (baselines_read && prompt_length + baseline_growth > MaxSequenceTokens(model)) {
-        return Invalid(field + ".baseline",
-                       absl::StrCat("with every group up to this one at its baseline a row holds ",
-                                    prompt_length + baseline_growth, " prompt tokens, over the limit of ",
-                                    MaxSequenceTokens(model)));
+        return Invalid(field + ".baseline", absl::StrCat("with every group up to this one at its baseline a row holds ",
+                                                         prompt_length + baseline_growth, " prompt tokens, over ",
+                                                         DescribeSequenceLimit(model)));
       }
       span.baseline_ids = std::move(baseline.encoding.ids);
     }
@@ -274,11 +285,9 @@ absl::StatusOr<engine::GenerationOptions> ToGenerationOptions(const v1::Generati
   options.max_new_tokens = proto.max_new_tokens() != 0
                                ? proto.max_new_tokens()
                                : std::max<int64_t>(1, std::min({options.max_new_tokens, max_new, room}));
-  if (options.max_new_tokens < 1 || options.max_new_tokens > max_new) {
-    return Invalid("generation.max_new_tokens",
-                   absl::StrCat(options.max_new_tokens, " is outside [1, ", max_new, "] (0: the default; ", max_new,
-                                ": this model's limits.max_new_tokens)"));
-  }
+  // 0 is the default, never refused: the range names 1 as the least a client may set.
+  RETURN_IF_ERROR(
+      engine::CheckWithinLimit(options.max_new_tokens, 1, max_new, "generation.max_new_tokens", "max_new_tokens"));
   options.temperature = proto.temperature();
   if (!(proto.top_p() >= 0 && proto.top_p() <= 1)) {
     return Invalid("generation.top_p", absl::StrCat(proto.top_p(), " is outside [0, 1] (0: 1, no truncation)"));
@@ -303,11 +312,8 @@ absl::Status CheckContinuationLength(const ResolvedInput& prompt, int64_t tokens
                                      const ServedModel& model, AfterPrompt after = AfterPrompt::kScoredTarget) {
   const int64_t max_tokens = MaxSequenceTokens(model, after);
   if (static_cast<int64_t>(prompt.encoding.ids.size()) + tokens <= max_tokens) return absl::OkStatus();
-  return Invalid(field, absl::StrCat(tokens, " tokens after the prompt's ", prompt.encoding.ids.size(),
-                                     " exceed this model's limit of ", max_tokens,
-                                     max_tokens > MaxSequenceTokens(model)
-                                         ? " (its positions and the last new token, which is never fed back)"
-                                         : ""));
+  return Invalid(field, absl::StrCat(tokens, " tokens after the prompt's ", prompt.encoding.ids.size(), " exceed ",
+                                     DescribeSequenceLimit(model, after)));
 }
 
 // Generated ids as the text they continue the prompt with, each token with its span.
@@ -395,7 +401,7 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
     call.foil = std::move(foil);
   }
   if (proto.choices_size() > model.spec.limits.max_choices) {
-    return Invalid("choices", absl::StrCat(proto.choices_size(), " choices, over this server's limit of ",
+    return Invalid("choices", absl::StrCat(proto.choices_size(), " choices, over this model's limits.max_choices of ",
                                            model.spec.limits.max_choices));
   }
   RETURN_IF_ERROR(CheckChoicesTokenizing(proto, call.prompt));

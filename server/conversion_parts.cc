@@ -93,7 +93,7 @@ absl::Status CheckTextFits(const std::string& text, absl::string_view field, con
   const int64_t bytes = static_cast<int64_t>(text.size());
   const auto too_long = [&](const std::string& size) {
     return Invalid(absl::StrCat(field, ".text"),
-                   absl::StrCat("is ", size, ", over the ", max_bytes, " bytes that this model's limit of ",
+                   absl::StrCat("is ", size, ", over the ", max_bytes, " bytes that this model's limits.max_tokens of ",
                                 model.spec.limits.max_tokens, " tokens allows"));
   };
   if (bytes > max_bytes) return too_long(absl::StrCat(bytes, " bytes"));

@@ -437,12 +437,16 @@ TEST_P(Architectures, CallsPastGpt2sPositionsAreRefusedNamingTheField) {
       client_->Generate(
           {.model = GetParam(), .prompt_ids = prompt, .generation = {.max_new_tokens = 6, .ignore_stop_tokens = true}}),
       StatusIs(absl::StatusCode::kInvalidArgument,
-               HasSubstr("generation.max_new_tokens: 6 tokens after the prompt's 60 exceed this model's "
-                         "limit of 65 (its positions and the last new token")));
+               HasSubstr("generation.max_new_tokens: 6 tokens after the prompt's 60 exceed 65 (GPT-2's learned "
+                         "positions and the last new token")));
   EXPECT_THAT(client_->GetLogprobs({.model = GetParam(), .prompt_ids = prompt, .target_ids = {5, 6, 7, 8, 9}}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("target: 5 tokens after the prompt's 60")));
-  EXPECT_THAT(client_->GetLogprobs({.model = GetParam(), .prompt_ids = std::vector<int64_t>(64, 5), .target_ids = {5}}),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("prompt: 64 tokens leave no room")));
+  EXPECT_THAT(
+      client_->GetLogprobs({.model = GetParam(), .prompt_ids = std::vector<int64_t>(64, 5), .target_ids = {5}}),
+      StatusIs(
+          absl::StatusCode::kInvalidArgument,
+          HasSubstr(
+              "prompt: 64 tokens leave no room for a target or new tokens within 64 (GPT-2's learned positions)")));
   // At the limit it runs.
   EXPECT_THAT(
       client_->Generate(

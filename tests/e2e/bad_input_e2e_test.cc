@@ -199,7 +199,7 @@ std::vector<BadCase> BadCases() {
           "prompt: set text or token_ids, not both"),
       Attribute(
           "over-long prompt", [](A& r) { r.mutable_prompt()->set_text(std::string(20000, 'x')); }, kInvalid,
-          "within this model's limit of 4096"),
+          "within 4096 (this model's limits.max_tokens)"),
       Attribute(
           "prompt id out of range",
           [](A& r) {
@@ -580,9 +580,7 @@ std::vector<BadCase> BadCases() {
             r.clear_target();
             r.mutable_generation()->set_max_new_tokens(100000);
           },
-          kInvalid,
-          "generation.max_new_tokens: 100000 is outside [1, 512] (0: the default; 512: this model's "
-          "limits.max_new_tokens)"),
+          kInvalid, "generation.max_new_tokens = 100000 is outside [1, 512] (512: this model's limits.max_new_tokens)"),
       Attribute(
           "negative temperature",
           [](A& r) {
@@ -638,7 +636,8 @@ std::vector<BadCase> BadCases() {
             for (int i = 0; i < 4090; ++i) r.mutable_prompt()->add_token_ids(5);
             r.mutable_generation()->set_max_new_tokens(10);
           },
-          kInvalid, "generation.max_new_tokens: 10 tokens after the prompt's 4090 exceed this model's limit of 4096"),
+          kInvalid,
+          "generation.max_new_tokens: 10 tokens after the prompt's 4090 exceed 4096 (this model's limits.max_tokens)"),
       Logprobs(
           "logprobs: no target", [](L& r) { r.clear_target(); }, kInvalid, "target: must hold at least one token"),
       Logprobs(
