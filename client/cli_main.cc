@@ -4,14 +4,11 @@
 // Exit status: 0 on success, 1 when the call failed or an --html report could not be written (the
 // status code and message go to stderr), 2 on a usage error. Human-readable output shows the control
 // characters of a server's text as escapes; --json writes it exact (U+FFFD for bytes that are not UTF-8).
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
-#include <fstream>
 #include <functional>
 #include <iostream>
 #include <limits>
@@ -31,7 +28,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "client/attribution_client.h"
-#include "client/batch/batch_job.h"
+#include "client/batch/line_files.h"
 #include "client/batch/untrusted_text.h"
 #include "client/command_line.h"
 #include "client/component_render.h"
@@ -139,13 +136,6 @@ int Failed(const absl::Status& status) {
 // A file through a temporary and a rename (a full disk left a torn report where the previous one was); what is
 // no file (/dev/stdout, a FIFO, /dev/null) as it is.
 absl::Status WriteHtml(const std::string& path, const std::string& html) {
-  if (struct stat target; ::stat(path.c_str(), &target) == 0 && !S_ISREG(target.st_mode) && !S_ISDIR(target.st_mode)) {
-    std::ofstream out(path, std::ios::binary);
-    if (out) out << html;
-    if (out) out.close();
-    if (out) return absl::OkStatus();
-    return absl::FailedPreconditionError(absl::StrCat("--html: cannot write ", path, ": ", std::strerror(errno)));
-  }
   absl::Status written = batch::WriteAtomically(path, html);
   if (written.ok()) return written;
   return absl::Status(written.code(), absl::StrCat("--html: cannot write ", path, " (", written.message(), ")"));

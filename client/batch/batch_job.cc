@@ -269,35 +269,6 @@ std::string InputDigest(const BatchRow& row) {
   return Digest(input);
 }
 
-std::string RealFilePath(const std::string& given) {
-  std::string path = given;
-  for (int hops = 0; hops < 40; ++hops) {  // as the kernel's limit of links in a path (ELOOP)
-    struct stat info;
-    if (::lstat(path.c_str(), &info) != 0 || !S_ISLNK(info.st_mode)) break;
-    std::string target(PATH_MAX, '\0');
-    const ssize_t size = ::readlink(path.c_str(), target.data(), target.size());
-    if (size < 0) break;
-    target.resize(static_cast<size_t>(size));
-    const size_t slash = path.find_last_of('/');
-    path = target.starts_with('/') || slash == std::string::npos ? target : path.substr(0, slash + 1) + target;
-  }
-  const size_t slash = path.find_last_of('/');
-  const std::string folder = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
-  char resolved[PATH_MAX];
-  if (::realpath(folder.c_str(), resolved) == nullptr) return path;
-  const std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
-  return std::string(resolved) == "/" ? "/" + name : absl::StrCat(resolved, "/", name);
-}
-
-absl::Status WriteAtomically(const std::string& path, const std::string& bytes) {
-  // A temporary of this writer's own: writers of one path, such as two jobs sharing an --html folder, each
-  // rename a whole file instead of writing into, or renaming away, each other's.
-  absl::StatusOr<std::unique_ptr<AtomicFileWriter>> out = AtomicFileWriter::Create(path);
-  if (!out.ok()) return out.status();
-  if (absl::Status written = (*out)->Write(bytes); !written.ok()) return written;
-  return (*out)->Commit();
-}
-
 absl::Status WriteResultsParquet(const std::string& results_path, const std::string& parquet_path,
                                  const ParquetRowGroupLimits& limits) {
   static const std::vector<ParquetColumn> kColumns = {

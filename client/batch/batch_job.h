@@ -79,17 +79,6 @@ std::string Digest(const nlohmann::json& value);
 // they existed keep their hash and resume.
 std::string SettingsDigest(const nlohmann::json& settings);
 
-// The file `path` names, for locking and replacing it: symbolic links followed to their last target (which
-// need not exist yet), and that target's folder made absolute with its own links, "." and ".." resolved.
-// Renaming over a link would replace the link instead of the file it names, and a lock beside the link
-// would not exclude a job writing the file by its real name.
-std::string RealFilePath(const std::string& path);
-
-// Writes `bytes` to `path` (RealFilePath: through links) through a temporary of this call's own beside it
-// (PATH.XXXXXX.tmp) and a rename, so readers see the old file or the whole new one, even with other writers
-// of `path` racing.
-absl::Status WriteAtomically(const std::string& path, const std::string& bytes);
-
 // The results file (JSONL) as a Parquet table at `parquet_path` (temp + rename): one row per line, a
 // column per result field (error as error_code, error_message), nulls where a row has no value. It reads a
 // line at a time and writes a row group whenever `limits` is reached, so its memory is one row group's.

@@ -2,6 +2,7 @@
 #include "client/batch/line_files.h"
 
 #include <fcntl.h>
+#include <limits.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -13,18 +14,29 @@
 #include <cstring>
 #include <utility>
 
+#include "absl/strings/cord.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "client/batch/batch_job.h"
 
 namespace attribution::client::batch {
 namespace {
 
 constexpr size_t kBufferBytes = 1 << 16;
+constexpr absl::string_view kErrnoPayload = "attribution.client.batch/errno";
 
 }  // namespace
 
 absl::Status FileError(const std::string& what, const std::string& path, int error) {
-  return absl::InternalError(absl::StrCat(what, " ", path, ": ", std::strerror(error)));
+  absl::Status status = absl::InternalError(absl::StrCat(what, " ", path, ": ", std::strerror(error)));
+  status.SetPayload(kErrnoPayload, absl::Cord(absl::StrCat(error)));
+  return status;
+}
+
+int FileErrorNumber(const absl::Status& status) {
+  const auto payload = status.GetPayload(kErrnoPayload);
+  int error = 0;
+  if (payload.has_value() && absl::SimpleAtoi(std::string(*payload), &error)) return error;
+  return 0;
 }
 
 absl::StatusOr<FileIdentity> IdentityOfOpenFile(int fd, const std::string& path) {
@@ -326,6 +338,52 @@ absl::Status AtomicFileWriter::Commit() {
   // Synced and renamed: the file is in place, whatever close says.
   ::close(fd);
   return absl::OkStatus();
+}
+
+namespace {
+
+// Writes `bytes` into what `path` names as it is: a FIFO or a device (`--html /dev/stdout`, a pipe a viewer
+// reads) takes bytes as they come and cannot be renamed over; a shell's redirection writes there the same way.
+absl::Status WriteToStream(const std::string& path, const std::string& bytes) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return FileError("cannot write", path, errno);
+  absl::Status written = WriteAllBytes(fd, bytes, path);
+  if (::close(fd) != 0 && written.ok() && errno != EINTR) written = FileError("cannot write", path, errno);
+  return written;
+}
+
+}  // namespace
+
+std::string RealFilePath(const std::string& given) {
+  std::string path = given;
+  for (int hops = 0; hops < 40; ++hops) {  // as the kernel's limit of links in a path (ELOOP)
+    struct stat info;
+    if (::lstat(path.c_str(), &info) != 0 || !S_ISLNK(info.st_mode)) break;
+    std::string target(PATH_MAX, '\0');
+    const ssize_t size = ::readlink(path.c_str(), target.data(), target.size());
+    if (size < 0) break;
+    target.resize(static_cast<size_t>(size));
+    const size_t slash = path.find_last_of('/');
+    path = target.starts_with('/') || slash == std::string::npos ? target : path.substr(0, slash + 1) + target;
+  }
+  const size_t slash = path.find_last_of('/');
+  const std::string folder = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  char resolved[PATH_MAX];
+  if (::realpath(folder.c_str(), resolved) == nullptr) return path;
+  const std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
+  return std::string(resolved) == "/" ? "/" + name : absl::StrCat(resolved, "/", name);
+}
+
+absl::Status WriteAtomically(const std::string& path, const std::string& bytes) {
+  if (struct stat target; ::stat(path.c_str(), &target) == 0 && !S_ISREG(target.st_mode) && !S_ISDIR(target.st_mode)) {
+    return WriteToStream(path, bytes);
+  }
+  // A temporary of this writer's own: writers of one path, such as two jobs sharing an --html folder, each
+  // rename a whole file instead of writing into, or renaming away, each other's.
+  absl::StatusOr<std::unique_ptr<AtomicFileWriter>> out = AtomicFileWriter::Create(path);
+  if (!out.ok()) return out.status();
+  if (absl::Status written = (*out)->Write(bytes); !written.ok()) return written;
+  return (*out)->Commit();
 }
 
 }  // namespace attribution::client::batch

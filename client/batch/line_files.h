@@ -114,8 +114,21 @@ class AtomicFileWriter {
   int64_t size_ = 0;
 };
 
+// The file `path` names, for locking and replacing it: symbolic links followed to their last target (which
+// need not exist yet), and that target's folder made absolute with its own links, "." and ".." resolved.
+// Renaming over a link would replace the link instead of the file it names, and a lock beside the link
+// would not exclude a job writing the file by its real name.
+std::string RealFilePath(const std::string& path);
+
+// Writes `bytes` to `path` (RealFilePath: through links) through a temporary of this call's own beside it
+// (PATH.XXXXXX.tmp) and a rename, so readers see the old file or the whole new one, even with other writers
+// of `path` racing. A FIFO or a device at `path` is written into as it is (it cannot be renamed over).
+absl::Status WriteAtomically(const std::string& path, const std::string& bytes);
+
 // INTERNAL "WHAT PATH: strerror(error)", the error of a file operation that failed with `error` (an errno).
 absl::Status FileError(const std::string& what, const std::string& path, int error);
+// The errno a FileError carries (0 for any other status): callers choose by the error, not by its text.
+int FileErrorNumber(const absl::Status& status);
 
 // Writes all of `bytes` to `fd` (`path` in messages), through short writes and EINTR.
 absl::Status WriteAllBytes(int fd, absl::string_view bytes, const std::string& path);

@@ -7,7 +7,6 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstring>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/ascii.h"
@@ -251,9 +250,8 @@ absl::StatusOr<std::unique_ptr<ResultLog>> ResultLog::OpenLocked(const std::stri
     if (only_the_tail && ::truncate(file.c_str(), kept_bytes) != 0) return FileError("cannot truncate", file, errno);
     if (!only_the_tail) {
       if (absl::Status replaced = ReplaceFile(file, kept); !replaced.ok()) {
-        const bool full = absl::StrContains(replaced.message(), std::strerror(ENOSPC)) ||
-                          absl::StrContains(replaced.message(), std::strerror(EDQUOT));
-        if (!full) return replaced;
+        const int error = FileErrorNumber(replaced);
+        if (error != ENOSPC && error != EDQUOT) return replaced;
         return absl::Status(replaced.code(),
                             absl::StrCat(replaced.message(), " (dropping lines rewrites ", file,
                                          ": it needs free space for the ", kept_bytes, " bytes kept)"));

@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/batch/batch_job.h"
+#include "client/batch/line_files.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 

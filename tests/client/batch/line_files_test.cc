@@ -8,11 +8,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <fstream>
 #include <iterator>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tests/testing/status_matchers.h"
@@ -195,6 +197,35 @@ TEST(AtomicFileWriter, AFixedTemporaryIsAFileOfItsOwnOrRefused) {
   ASSERT_THAT((*out)->Write("new"), IsOk());
   ASSERT_THAT((*out)->Commit(), IsOk());
   EXPECT_EQ(ReadFile(path), "new");
+}
+
+// A FIFO (or a device) cannot be renamed over: it receives the bytes, and stays what it was; a directory is
+// refused naming it.
+TEST(WriteAtomically, WritesIntoAFifoAndRefusesADirectory) {
+  TempDir dir;
+  const std::string fifo = dir.File("report.html");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  std::string read;
+  std::thread reader([&] { read = ReadFile(fifo); });
+  EXPECT_THAT(WriteAtomically(fifo, "<html>report</html>"), IsOk());
+  reader.join();
+  EXPECT_EQ(read, "<html>report</html>");
+  struct stat after;
+  ASSERT_EQ(::stat(fifo.c_str(), &after), 0);
+  EXPECT_TRUE(S_ISFIFO(after.st_mode));
+  EXPECT_THAT(WriteAtomically("/dev/null", "discarded"), IsOk());
+  const std::string folder = dir.File("folder");
+  ASSERT_EQ(::mkdir(folder.c_str(), 0700), 0);
+  EXPECT_THAT(WriteAtomically(folder, "x"),
+              StatusIs(absl::StatusCode::kInternal, HasSubstr("cannot replace " + folder + ": Is a directory")));
+}
+
+// The errno a file operation failed with is carried with its status, for callers that choose by it.
+TEST(FileErrorNumber, IsTheErrnoOfAFileErrorAndZeroOtherwise) {
+  EXPECT_EQ(FileErrorNumber(FileError("cannot write", "/tmp/x", ENOSPC)), ENOSPC);
+  EXPECT_EQ(FileErrorNumber(FileError("cannot rename over", "/tmp/x", EDQUOT)), EDQUOT);
+  EXPECT_EQ(FileErrorNumber(absl::InternalError("cannot write /tmp/x: No space left on device")), 0);
+  EXPECT_EQ(FileErrorNumber(absl::OkStatus()), 0);
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "client/batch/batch_job.h"
+#include "client/batch/line_files.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 
