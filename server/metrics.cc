@@ -40,6 +40,10 @@ class EngineCollector : public prometheus::Collectable {
         Family("attribution_engine_queued_tokens", "Tokens of the rows waiting", prometheus::MetricType::Gauge),
         Family("attribution_engine_queued_bytes", "Memory the waiting work holds (rows, embedding paths)",
                prometheus::MetricType::Gauge),
+        Family("attribution_engine_kv_cache_bytes",
+               "Memory the generations in progress hold for their keys and values (counted with queued_bytes "
+               "against engine.max_queued_bytes)",
+               prometheus::MetricType::Gauge),
         Family("attribution_engine_token_budget", "Padded tokens per batch now (shrinks after out-of-memory)",
                prometheus::MetricType::Gauge),
         Family("attribution_model_resident_weight_bytes", "Bytes of weights the model holds on its device",
@@ -72,6 +76,7 @@ class EngineCollector : public prometheus::Collectable {
       const double values[] = {static_cast<double>(s.queued_rows),
                                static_cast<double>(s.queued_tokens),
                                static_cast<double>(s.queued_bytes),
+                               static_cast<double>(s.kv_cache_bytes),
                                static_cast<double>(s.token_budget),
                                static_cast<double>(model->model->ResidentWeightBytes()),
                                static_cast<double>(s.batches),

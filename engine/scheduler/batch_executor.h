@@ -25,6 +25,9 @@ class BatchExecutor {
   // component site of every layer, and their attention inputs when its rows recompute attention
   // weights), counted the same way.
   virtual int64_t CapturedBytesPerToken(bool attention_inputs) const { return 0; }
+  // Device bytes per token of a generation's keys and values, which the engine holds against its queue memory
+  // from a generation's first step to its end (BatchingEngine::ReserveKvCache).
+  virtual int64_t KvCacheBytesPerToken() const { return 0; }
   // Work to run at points spread through each batch of `kind` that can pause (a model's gradient
   // batches: between decoder layers, in the forward and in the backward), on the thread running that
   // part of the batch; the engine runs waiting short calls there. Set before the first Run.

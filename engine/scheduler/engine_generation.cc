@@ -22,21 +22,28 @@ struct GenerationRun : std::enable_shared_from_this<GenerationRun> {
   std::shared_ptr<DecodeState> state;
   at::Generator generator;
   Generation generation;
+  std::unique_ptr<BatchingEngine::Reservation> kv_cache;
   std::function<void(absl::StatusOr<Generation>)> done;
   TokenCallback on_token;
   StopCheck should_stop;
+
+  // The cache's memory is returned before the answer is: a client that calls again at once finds it free.
+  void Finish(absl::StatusOr<Generation> result) {
+    kv_cache.reset();
+    done(std::move(result));
+  }
 
   void Submit(std::vector<int64_t> tokens) {
     auto self = shared_from_this();
     Row row{.kind = RowKind::kDecode, .input_ids = std::move(tokens), .decode_state = state};
     absl::Status status = engine->Submit(request, {std::move(row)},
                                          [self](size_t, RowResult result) { self->OnStep(std::move(result)); });
-    if (!status.ok()) done(status);
+    if (!status.ok()) Finish(status);
   }
 
   void OnStep(RowResult result) {
     if (!result.status.ok()) {
-      done(result.status);
+      Finish(result.status);
       return;
     }
     // Runs on the executor thread, where an exception would end the process: sampling throws on
@@ -58,7 +65,7 @@ struct GenerationRun : std::enable_shared_from_this<GenerationRun> {
       picked = StatusFromException(e, "choosing the next token");
     }
     if (!picked.ok()) {
-      done(picked);
+      Finish(picked);
       return;
     }
     generation.tokens.push_back(token);
@@ -66,7 +73,7 @@ struct GenerationRun : std::enable_shared_from_this<GenerationRun> {
     generation.stopped =
         std::find(stops.begin(), stops.end(), token) != stops.end() || (should_stop && should_stop(generation.tokens));
     if (generation.stopped || static_cast<int64_t>(generation.tokens.size()) >= options.max_new_tokens) {
-      done(std::move(generation));
+      Finish(std::move(generation));
       return;
     }
     Submit({token});
@@ -81,7 +88,11 @@ void GenerateAsync(BatchingEngine& engine, std::shared_ptr<Request> request, con
                    StopCheck should_stop) {
   if (absl::Status s = CheckGenerationOptions(options); !s.ok()) return done(s);
   if (prompt.empty()) return done(absl::InvalidArgumentError("prompt must hold at least one token"));
+  absl::StatusOr<std::unique_ptr<BatchingEngine::Reservation>> kv_cache =
+      engine.ReserveKvCache(static_cast<int64_t>(prompt.size()) + options.max_new_tokens, "generation.max_new_tokens");
+  if (!kv_cache.ok()) return done(kv_cache.status());
   auto run = std::make_shared<GenerationRun>();
+  run->kv_cache = std::move(*kv_cache);
   run->engine = &engine;
   run->request = std::move(request);
   run->options = options;

@@ -78,6 +78,11 @@ class ModelExecutor : public BatchExecutor {
     return 2 * model_->config().hidden_size * static_cast<int64_t>(c10::elementSize(model_->dtype()));
   }
 
+  int64_t KvCacheBytesPerToken() const override {
+    const ModelConfig& c = model_->config();
+    return 2 * c.num_layers * c.num_kv_heads * c.head_dim * static_cast<int64_t>(c10::elementSize(model_->dtype()));
+  }
+
   int64_t CapturedBytesPerToken(bool attention_inputs) const override {
     const ModelConfig& c = model_->config();
     // Two runs; per layer the residual stream, attention and MLP outputs and every head's output, the

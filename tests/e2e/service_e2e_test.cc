@@ -44,6 +44,7 @@ using test_support::DemoModelDir;
 using test_support::MetricValue;
 using test_support::ServerProcess;
 using test_support::WaitForQueuedRows;
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 
 constexpr char kPrompt[] = "Is it true that vaccines cause autism?";
@@ -710,6 +711,38 @@ TEST(ServiceMetrics, RpcsAreCountedPerModel) {
   EXPECT_EQ(MetricValue(port, R"(attribution_rpcs_total{code="OK",method="Logprobs",model="second"})"), 2);
   EXPECT_EQ(MetricValue(port, R"(attribution_rpcs_total{code="OK",method="Logprobs",model="first"})"), 1);
   EXPECT_EQ(MetricValue(port, R"(attribution_rpc_seconds_count{code="OK",method="Logprobs",model="second"})"), 2);
+}
+
+// A generation's keys and values (the test's demo model: 2 x 2 layers x 2 KV heads x 16 x 4 bytes = 512 bytes a
+// token) are held against engine.max_queued_bytes from its first step to its end: one that could never fit is
+// refused before any work, naming the field, and a generation that fits runs and returns its memory.
+TEST(ServiceMemory, AGenerationsKvCacheCountsAgainstTheQueueMemory) {
+  test_support::TempDir dir;
+  const std::string config = dir.File("server.json");
+  std::ofstream(config) << R"({"models": [{"name": "demo", "path": ")" << DemoModelDir()
+                        << R"(", "engine": {"max_queued_bytes": 65536}}]})";  // 128 tokens of KV cache
+  auto server = ServerProcess::Start({"--config=" + config});
+  ASSERT_THAT(server, IsOk());
+  auto client = Connect((*server)->address());
+  const std::string prompt = "Q: Is the kettle warm? A:";
+  EXPECT_THAT(
+      client->Generate(
+          {.model = "demo", .prompt = prompt, .generation = {.max_new_tokens = 200, .ignore_stop_tokens = true}}),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               AllOf(HasSubstr("generation.max_new_tokens: the KV cache of"), HasSubstr("tokens needs"),
+                     HasSubstr("(engine.max_queued_bytes)"))));
+  EXPECT_THAT(client->Attribute({.model = "demo",
+                                 .prompt = prompt,
+                                 .generation = {.max_new_tokens = 200, .ignore_stop_tokens = true},
+                                 .method = "saliency"}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("generation.max_new_tokens: the KV cache of")));
+  absl::StatusOr<client::Generation> fits = client->Generate(
+      {.model = "demo", .prompt = prompt, .generation = {.max_new_tokens = 40, .ignore_stop_tokens = true}});
+  ASSERT_THAT(fits, IsOk());
+  EXPECT_EQ(fits->tokens.size(), 40u);
+  const int port = (*server)->metrics_port();
+  ASSERT_TRUE(test_support::WaitForIdle(port, "demo", absl::Seconds(30)));
+  EXPECT_EQ(MetricValue(port, R"(attribution_engine_kv_cache_bytes{model="demo"})"), 0);
 }
 
 // The severity of every JSON line of `log` by its "event" or "rpc" and "code" (e.g. "rpc Logprobs OK");

@@ -22,6 +22,8 @@ using ::attribution::test_support::RowCollector;
 using ::attribution::test_support::ScaledError;
 using ::attribution::test_support::StatusIs;
 using ::attribution::test_support::TestModelsDir;
+using ::testing::AllOf;
+using ::testing::HasSubstr;
 
 class EngineOverModel : public ::testing::Test {
  protected:
@@ -373,6 +375,45 @@ TEST_F(EngineOverModel, CancelledGenerationEndsWithCancelled) {
   engine_->Cancel(*request);
   done.WaitForNotification();
   EXPECT_THAT(status, StatusIs(absl::StatusCode::kCancelled));
+}
+
+// A generation's keys and values are held against the queue memory from its first step to its end: a second
+// generation that would not fit beside the first is refused at once (RESOURCE_EXHAUSTED), one that fits no idle
+// server is told so naming the field, and the memory is free again once the first ends.
+TEST_F(EngineOverModel, GenerationsHoldTheirKvCacheAgainstTheQueueMemory) {
+  const ModelConfig& c = model_->config();
+  const int64_t per_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim * 4;  // float32 keys and values
+  auto engine = BatchingEngine::Create(MakeModelExecutor(model_), {.max_queued_bytes = 1100 * per_token});
+  ASSERT_THAT(engine, IsOk());
+  const auto generate = [&](const std::shared_ptr<Request>& request, int64_t max_new,
+                            ::attribution::test_support::Notification& done, absl::Status& status) {
+    GenerateAsync(**engine, request, c, Ids(5, 1), {.max_new_tokens = max_new, .ignore_stop_tokens = true},
+                  [&](absl::StatusOr<Generation> g) {
+                    status = g.status();
+                    done.Notify();
+                  });
+  };
+  auto first = (*engine)->NewRequest();
+  ::attribution::test_support::Notification first_done, second_done, third_done, again_done;
+  absl::Status first_status, second_status, third_status, again_status;
+  generate(first, 1000, first_done, first_status);
+  EXPECT_EQ((*engine)->Stats().kv_cache_bytes, 1005 * per_token);
+  generate((*engine)->NewRequest(), 200, second_done, second_status);
+  ASSERT_TRUE(second_done.HasBeenNotified()) << "refused before any work";
+  EXPECT_THAT(second_status, StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("KV caches")));
+  generate((*engine)->NewRequest(), 2000, third_done, third_status);
+  ASSERT_TRUE(third_done.HasBeenNotified());
+  EXPECT_THAT(third_status, StatusIs(absl::StatusCode::kInvalidArgument,
+                                     AllOf(HasSubstr("generation.max_new_tokens: the KV cache of 2005 tokens"),
+                                           HasSubstr("engine.max_queued_bytes"))));
+  (*engine)->Cancel(*first);
+  first_done.WaitForNotification();
+  EXPECT_THAT(first_status, StatusIs(absl::StatusCode::kCancelled));
+  EXPECT_EQ((*engine)->Stats().kv_cache_bytes, 0);
+  generate((*engine)->NewRequest(), 200, again_done, again_status);
+  again_done.WaitForNotification();
+  EXPECT_THAT(again_status, IsOk());
+  EXPECT_EQ((*engine)->Stats().kv_cache_bytes, 0);
 }
 
 }  // namespace
