@@ -41,8 +41,10 @@ std::string Hex(const unsigned char* digest, unsigned int size) {
 
 absl::StatusOr<std::vector<std::string>> ModelFiles(const std::string& dir) {
   std::set<std::string> files;
-  for (const char* name :
-       {"config.json", "generation_config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json"}) {
+  // special_tokens_map.json: a SentencePiece tokenizer reads its special tokens there (an "eos_token" changed
+  // answers, and two replicas that tokenized apart reported one digest).
+  for (const char* name : {"config.json", "generation_config.json", "special_tokens_map.json", "tokenizer.json",
+                           "tokenizer.model", "tokenizer_config.json"}) {
     if (engine::FileExists(dir + "/" + name)) files.insert(name);
   }
   // As the weight store reads them.

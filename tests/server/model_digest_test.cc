@@ -51,5 +51,25 @@ TEST(ModelFilesIdentity, ChangesWhenAFileIsRewrittenOrTheFolderReplaced) {
   EXPECT_NE(ModelFilesIdentity(dir).value_or(""), *rewritten);
 }
 
+// A SentencePiece tokenizer reads its special tokens from special_tokens_map.json: two folders that differ only
+// there tokenize apart, so their digests differ, and a rewrite of it during the load is seen.
+TEST(ModelFiles, HoldTheSpecialTokensMapWhereThereIsOne) {
+  test_support::TempDir temp;
+  const std::string dir = temp.File("model");
+  WriteCheckpoint(dir);
+  const absl::StatusOr<std::string> without = ModelFilesDigest(dir);
+  ASSERT_THAT(without, IsOk());
+  std::ofstream(dir + "/special_tokens_map.json") << R"({"eos_token": "red"})";
+  EXPECT_THAT(ModelFiles(dir).value_or(std::vector<std::string>{}),
+              ::testing::Contains(std::string("special_tokens_map.json")));
+  const absl::StatusOr<std::string> with = ModelFilesDigest(dir);
+  ASSERT_THAT(with, IsOk());
+  EXPECT_NE(*with, *without);
+  const absl::StatusOr<std::string> identity = ModelFilesIdentity(dir);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  std::ofstream(dir + "/special_tokens_map.json") << R"({"eos_token": "</s>"})";
+  EXPECT_NE(ModelFilesIdentity(dir).value_or(""), identity.value_or(""));
+}
+
 }  // namespace
 }  // namespace attribution::server
