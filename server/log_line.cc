@@ -9,9 +9,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
@@ -73,21 +75,26 @@ LogWriter& ProcessLog() {
   return *writer;
 }
 
-// Writes all of `text` unless the descriptor fails (a reader gone: EPIPE, with SIGPIPE ignored). A non-blocking
-// descriptor (inherited so) that is full is waited for as a blocking one would be.
-bool WriteAll(int fd, absl::string_view text) {
-  while (!text.empty()) {
-    const ssize_t n = ::write(fd, text.data(), text.size());
+// Writes all of `text` unless the descriptor fails (a reader gone: EPIPE, with SIGPIPE ignored; a full disk):
+// the bytes written, and errno where fewer than all. A non-blocking descriptor (inherited so) that is full is
+// waited for as a blocking one would be.
+size_t WriteAll(int fd, absl::string_view text, int& error) {
+  size_t written = 0;
+  while (written < text.size()) {
+    const ssize_t n = ::write(fd, text.data() + written, text.size() - written);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
       pollfd writable{.fd = fd, .events = POLLOUT, .revents = 0};
       ::poll(&writable, 1, /*timeout_ms=*/1000);
       continue;
     }
-    if (n <= 0) return false;
-    text.remove_prefix(static_cast<size_t>(n));
+    if (n <= 0) {
+      error = n < 0 ? errno : ENOSPC;
+      return written;
+    }
+    written += static_cast<size_t>(n);
   }
-  return true;
+  return written;
 }
 
 }  // namespace
@@ -171,13 +178,18 @@ void LogWriter::Run() {
     // The lines queued now in one write, up to PIPE_BUF bytes (a longer line alone): a pipe takes that much in
     // one piece, so what else writes to stderr (a crash's report, a library's warning) cannot land inside one of
     // these lines. The count of lines dropped comes first, once stderr takes lines again.
+    // A line a failed write cut off is ended first: the next line was glued to its half.
+    std::string text = line_cut_ ? "\n" : "";
     const int64_t unsaid = std::exchange(dropped_unsaid_, 0);
-    std::string text = unsaid == 0
-                           ? std::string()
-                           : FormatLogLine({{"event", "log_lines_dropped"},
-                                            {"severity", "WARNING"},
-                                            {"count", unsaid},
-                                            {"detail", "stderr took no lines while the log's buffer was full"}});
+    if (unsaid > 0) {
+      text += FormatLogLine(
+          {{"event", "log_lines_dropped"},
+           {"severity", "WARNING"},
+           {"count", unsaid},
+           {"detail", write_error_ != 0
+                          ? absl::StrCat("stderr refused lines (", std::strerror(write_error_), ")")
+                          : std::string("stderr took lines slower than they came, and the log's buffer was full")}});
+    }
     int64_t count = 0;
     while (!lines_.empty() && (text.empty() || text.size() + lines_.front().size() <= PIPE_BUF)) {
       text += lines_.front();
@@ -186,11 +198,17 @@ void LogWriter::Run() {
       ++count;
     }
     lock.unlock();
-    const bool written = WriteAll(fd_, text);
+    int error = 0;
+    const size_t written = WriteAll(fd_, text, error);
     lock.lock();
-    if (!written) {  // said once stderr takes lines again, if it ever does
+    if (written < text.size()) {  // said once stderr takes lines again, if it ever does
       dropped_ += count;
       dropped_unsaid_ += unsaid + count;
+      write_error_ = error;
+      line_cut_ = written > 0 ? text[written - 1] != '\n' : line_cut_;
+    } else {
+      write_error_ = 0;
+      line_cut_ = false;
     }
     done_ += count;
     changed_.notify_all();

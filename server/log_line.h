@@ -67,6 +67,8 @@ class LogWriter {
   // Lines appended, lines written or failed; atomic for FlushWithoutLocking, changed under mu_.
   std::atomic<int64_t> appended_{0}, done_{0};
   int64_t dropped_ = 0, dropped_unsaid_ = 0;
+  int write_error_ = 0;    // why stderr last refused lines (0: none refused since the last written)
+  bool line_cut_ = false;  // a write failed part-way: the next one ends that line first
   bool stopping_ = false;
   std::thread thread_;
 };

@@ -6,10 +6,17 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
@@ -109,6 +116,46 @@ TEST(LogWriter, AReaderGoneCostsLinesNotTheProcess) {
   EXPECT_TRUE(writer.Flush(absl::Seconds(30)));  // tried and failed: done
   EXPECT_EQ(writer.dropped(), 10);
   ::close(fds[1]);
+}
+
+// A write cut short (a full disk; here the file size limit) left half a line, and the next line was glued to it,
+// so neither parsed: the half line is ended before the next, and the count of lines lost says why they were.
+TEST(LogWriter, AWriteCutShortEndsItsLineBeforeTheNextAndSaysWhy) {
+  char path[] = "/tmp/log_line_test.XXXXXX";
+  const int fd = ::mkstemp(path);
+  ASSERT_GE(fd, 0);
+  ::signal(SIGXFSZ, SIG_IGN);  // the write fails with EFBIG instead of ending the process
+  rlimit unlimited{};
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &unlimited), 0);
+  rlimit small = unlimited;
+  small.rlim_cur = 1500;
+  {
+    LogWriter writer(fd, 1 << 20);
+    ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
+    for (int i = 0; i < 3; ++i) {  // the first whole, the second cut short, the third refused
+      writer.Append(Line(i));
+      ASSERT_TRUE(writer.Flush(absl::Seconds(30)));
+    }
+    ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &unlimited), 0);
+    writer.Append(Line(3));
+    ASSERT_TRUE(writer.Flush(absl::Seconds(30)));
+    EXPECT_EQ(writer.dropped(), 2);
+  }
+  ::close(fd);
+  std::ifstream in(path);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ::unlink(path);
+  const std::vector<std::string> lines = absl::StrSplit(text, '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 4u) << text;
+  EXPECT_EQ(lines[0] + "\n", Line(0));
+  EXPECT_LT(lines[1].size() + 1, Line(1).size());  // cut short: its end, then the next line on a line of its own
+  EXPECT_EQ(lines[1], Line(1).substr(0, lines[1].size()));
+  const nlohmann::json dropped = nlohmann::json::parse(lines[2], nullptr, /*allow_exceptions=*/false);
+  ASSERT_TRUE(dropped.is_object()) << lines[2];
+  EXPECT_EQ(dropped.value("event", ""), "log_lines_dropped");
+  EXPECT_EQ(dropped.value("count", 0), 2);
+  EXPECT_NE(dropped.value("detail", "").find(std::strerror(EFBIG)), std::string::npos) << lines[2];
+  EXPECT_EQ(lines[3] + "\n", Line(3));
 }
 
 // A caller without a token put a model name of CSI sequences and a right-to-left override into a line, raw:
