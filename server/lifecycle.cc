@@ -4,7 +4,9 @@
 #include <signal.h>
 
 #include <optional>
+#include <string>
 #include <thread>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -17,6 +19,8 @@ struct State {
   absl::Mutex mutex;
   bool serving ABSL_GUARDED_BY(mutex) = false;
   bool signalled ABSL_GUARDED_BY(mutex) = false;
+  bool only_checking ABSL_GUARDED_BY(mutex) = false;
+  std::string doing ABSL_GUARDED_BY(mutex);  // what startup does now (Lifecycle::Doing), for a stop's line
   std::optional<Lifecycle::Stop> stop ABSL_GUARDED_BY(mutex);
 };
 
@@ -33,8 +37,14 @@ void Request(Lifecycle::Stop stop, bool from_signal) {
   State& state = TheState();
   absl::MutexLock lock(&state.mutex);
   if (!state.serving) {
-    ExitAfterLogLine({{"event", "stopped"}, {"detail", absl::StrCat(stop.reason, ", before serving: exiting at once")}},
-                     stop.exit_code);
+    const std::string during = state.doing.empty() ? "" : absl::StrCat(" while ", state.doing);
+    // A check cut short checked nothing: its exit 0 read as "valid".
+    ExitAfterLogLine(
+        {{"event", "stopped"},
+         {"detail", absl::StrCat(stop.reason, during,
+                                 state.only_checking ? ", before the check ended: exiting, nothing was checked"
+                                                     : ", before serving: exiting at once")}},
+        state.only_checking ? 1 : stop.exit_code);
   }
   if (from_signal && state.signalled) {
     ExitAfterLogLine({{"event", "stopped"},
@@ -74,6 +84,18 @@ void Lifecycle::ServingStarted() {
   State& state = TheState();
   absl::MutexLock lock(&state.mutex);
   state.serving = true;
+}
+
+void Lifecycle::OnlyChecking() {
+  State& state = TheState();
+  absl::MutexLock lock(&state.mutex);
+  state.only_checking = true;
+}
+
+void Lifecycle::Doing(std::string what) {
+  State& state = TheState();
+  absl::MutexLock lock(&state.mutex);
+  state.doing = std::move(what);
 }
 
 void Lifecycle::Fail(const std::string& reason) { Request({1, reason}, false); }

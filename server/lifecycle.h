@@ -28,6 +28,10 @@ class Lifecycle {
   static void WatchSignals();
   // A signal or failure from now on is answered by draining: WaitForStop() returns it.
   static void ServingStarted();
+  // The process only checks its configuration (--check_config): a signal before it ends exits 1, not 0.
+  static void OnlyChecking();
+  // What startup does now ("loading model demo from /models/demo"): a signal before serving names it.
+  static void Doing(std::string what);
   // The server cannot serve any more; thread-safe, any number of times (the first one counts). Before
   // ServingStarted() it ends the process at once with status 1.
   static void Fail(const std::string& reason);

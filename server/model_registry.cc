@@ -86,9 +86,11 @@ absl::StatusOr<std::unique_ptr<ServedModel>> LoadModel(const ModelSpec& spec, co
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Load(const std::vector<ModelSpec>& specs) {
+absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Load(
+    const std::vector<ModelSpec>& specs, const std::function<void(const ModelSpec&)>& before_each) {
   auto registry = std::unique_ptr<ModelRegistry>(new ModelRegistry());
   for (const ModelSpec& spec : specs) {
+    if (before_each) before_each(spec);
     const char* step = "reading the model spec";
     absl::StatusOr<std::unique_ptr<ServedModel>> served = absl::InternalError("not loaded");
     // The engine returns statuses; this net keeps an exception it failed to catch from ending the

@@ -5,6 +5,7 @@
 //   ASSIGN_OR_RETURN(auto registry, ModelRegistry::Load(config.models));
 //   ASSIGN_OR_RETURN(const ServedModel* model, registry->Find("tiny"));
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -32,8 +33,10 @@ struct ServedModel {
 
 class ModelRegistry {
  public:
-  // Loads every model (failing on the first that cannot load, naming it and its path).
-  static absl::StatusOr<std::unique_ptr<ModelRegistry>> Load(const std::vector<ModelSpec>& specs);
+  // Loads every model (failing on the first that cannot load, naming it and its path), calling `before_each`
+  // (when given) as each begins.
+  static absl::StatusOr<std::unique_ptr<ModelRegistry>> Load(
+      const std::vector<ModelSpec>& specs, const std::function<void(const ModelSpec&)>& before_each = nullptr);
   // NOT_FOUND naming the known models.
   absl::StatusOr<const ServedModel*> Find(const std::string& name) const;
   const std::vector<std::unique_ptr<ServedModel>>& models() const { return models_; }

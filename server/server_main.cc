@@ -32,6 +32,7 @@
 #include <string>
 #include <thread>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "absl/debugging/failure_signal_handler.h"
@@ -410,23 +411,31 @@ rlim_t RaiseOpenFileLimit() {
   return limit.rlim_cur;
 }
 
-// --port_file's folder, written in at startup: checked by --check_config and before the models load.
+// --port_file's folder, written in at startup: checked by --check_config and before the models load, by
+// creating a file there as the write will (access(2) passed a regular file as the folder, and /proc as root).
 absl::Status CheckPortFileFolder(const std::string& path) {
   if (path.empty()) return absl::OkStatus();
   // A folder there passed, and startup failed only after every model had loaded.
   if (struct stat st{}; ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
     return absl::InvalidArgumentError(absl::StrCat("--port_file ", path, ": a directory, not a file"));
   }
-  const size_t slash = path.rfind('/');
-  const std::string folder = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
-  if (::access(folder.c_str(), W_OK) == 0) return absl::OkStatus();
-  return absl::InvalidArgumentError(
-      absl::StrCat("--port_file ", path, ": cannot write in ", folder, ": ", std::strerror(errno)));
+  std::string probe = path + ".XXXXXX";
+  const int fd = ::mkostemp(probe.data(), O_CLOEXEC);
+  if (fd < 0) {
+    const size_t slash = path.rfind('/');
+    const std::string folder = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+    return absl::InvalidArgumentError(
+        absl::StrCat("--port_file ", path, ": cannot write in ", folder, ": ", std::strerror(errno)));
+  }
+  ::close(fd);
+  ::unlink(probe.c_str());
+  return absl::OkStatus();
 }
 
 // The ports, one a line, in a file renamed into place once whole (readers never see half of it): every write
 // checked, since a file left empty on a full disk, or none at all, kept a script waiting for it forever.
-absl::Status WritePortFile(const std::string& path, int grpc_port, int metrics_port) {
+// Returns the file's identity (device, inode), so that the stop removes it only while it is this server's.
+absl::StatusOr<std::pair<dev_t, ino_t>> WritePortFile(const std::string& path, int grpc_port, int metrics_port) {
   std::string temporary = path + ".XXXXXX";
   const std::string text = absl::StrCat(grpc_port, "\n", metrics_port, "\n");
   // A fresh name, created exclusively: a fixed PATH.tmp was opened through a symbolic link planted there, and the
@@ -449,13 +458,15 @@ absl::Status WritePortFile(const std::string& path, int grpc_port, int metrics_p
   errno = 0;
   const bool written = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
   const int write_error = errno;
-  if (!written) {
+  struct stat identity {};
+  if (!written || ::fstat(fd, &identity) != 0) {
+    const int error = written ? errno : write_error;
     ::close(fd);
-    return failed(write_error);
+    return failed(error);
   }
   if (::close(fd) != 0) return failed(errno);
   if (std::rename(temporary.c_str(), path.c_str()) != 0) return failed(errno);
-  return absl::OkStatus();
+  return std::make_pair(identity.st_dev, identity.st_ino);
 }
 
 // gRPC removes a socket file at a unix: address before it binds, so a second server there took the first one's
@@ -489,9 +500,10 @@ int Fail(const absl::Status& status) {
 }
 
 int Serve() {
+  const bool check_only = absl::GetFlag(FLAGS_check_config);
+  if (check_only) Lifecycle::OnlyChecking();
   absl::StatusOr<ServerConfig> config = ConfigFromFlags();
   if (!config.ok()) return Fail(config.status());
-  const bool check_only = absl::GetFlag(FLAGS_check_config);
   absl::StatusOr<StartupFiles> files = StartupFiles{};
   if (!check_only || absl::GetFlag(FLAGS_check_config_files)) files = ReadStartupFiles(*config);
   if (!files.ok()) return Fail(files.status());
@@ -564,7 +576,11 @@ int Serve() {
                                 config->tls.client_ca_file.empty() ? "" : " (mutual)", ", metrics port ",
                                 metrics->get()->port(), ", open files limit ", open_files));
 
-  absl::StatusOr<std::unique_ptr<ModelRegistry>> models = ModelRegistry::Load(config->models);
+  // A load that waits (network storage that stalls) is named in the log, and by a signal's line that ends it.
+  absl::StatusOr<std::unique_ptr<ModelRegistry>> models = ModelRegistry::Load(config->models, [](const ModelSpec& m) {
+    Log("model_loading", absl::StrCat(m.name, " from ", m.path));
+    Lifecycle::Doing(absl::StrCat("loading model ", m.name, " from ", m.path));
+  });
   if (!models.ok()) {
     server->Shutdown();
     return Fail(models.status());
@@ -601,20 +617,27 @@ int Serve() {
                                         "tokenizer.model: it serves token ids only"));
     }
   }
+  std::optional<std::pair<dev_t, ino_t>> port_file;
   if (!absl::GetFlag(FLAGS_port_file).empty()) {
     // A script waits for the file: one that cannot be written ends the start, as a port in use does.
     // gRPC reports 1 as the port of a unix socket, which a script would connect to.
     const int grpc_port = IsUnixAddress(config->listen) ? 0 : port;
-    if (absl::Status written = WritePortFile(absl::GetFlag(FLAGS_port_file), grpc_port, metrics->get()->port());
-        !written.ok()) {
-      ExitAfterLogLine({{"event", "startup_failed"}, {"severity", "ERROR"}, {"detail", written.message()}}, 1);
+    absl::StatusOr<std::pair<dev_t, ino_t>> written =
+        WritePortFile(absl::GetFlag(FLAGS_port_file), grpc_port, metrics->get()->port());
+    if (!written.ok()) {
+      ExitAfterLogLine({{"event", "startup_failed"}, {"severity", "ERROR"}, {"detail", written.status().message()}}, 1);
     }
+    port_file = *written;
   }
   Log("serving", where);
 
   const Lifecycle::Stop stop = Lifecycle::WaitForStop();
-  // A script that waits for the file to appear must not read this run's ports in the next one's start.
-  if (!absl::GetFlag(FLAGS_port_file).empty()) ::unlink(absl::GetFlag(FLAGS_port_file).c_str());
+  // A script that waits for the file to appear must not read this run's ports in the next one's start; a file
+  // another server wrote there since is that server's (it was removed while that server served).
+  if (struct stat now{}; port_file && ::stat(absl::GetFlag(FLAGS_port_file).c_str(), &now) == 0 &&
+                         std::make_pair(now.st_dev, now.st_ino) == *port_file) {
+    ::unlink(absl::GetFlag(FLAGS_port_file).c_str());
+  }
   Log("draining", absl::StrCat(stop.reason, ", ", service.gate().in_flight(), " calls in flight"));
   // Refusals begin before NOT_SERVING is advertised: a caller that saw NOT_SERVING is refused.
   service.gate().StartDraining();

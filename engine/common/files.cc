@@ -26,7 +26,9 @@ std::string ExecutableDir() {
   return path.substr(0, path.rfind('/') + 1);
 }
 
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
+namespace {
+
+absl::StatusOr<std::string> ReadWholeFile(const std::string& path, bool regular_only) {
   // O_NONBLOCK: opening a named pipe without a writer waited forever (startup hung, deaf to SIGTERM).
   // Pipes are still read (`--config <(envsubst < server.json)`), with blocking reads: without a writer a
   // pipe reads as empty at once. A directory, which an ifstream read as empty, is refused.
@@ -36,6 +38,15 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
   if (::fstat(fd, &st) != 0 || S_ISDIR(st.st_mode)) {
     ::close(fd);
     return absl::InvalidArgumentError(absl::StrCat(path, ": a directory, not a file"));
+  }
+  if (!S_ISREG(st.st_mode) && regular_only) {
+    ::close(fd);
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": ",
+                     S_ISFIFO(st.st_mode)   ? "a pipe"
+                     : S_ISSOCK(st.st_mode) ? "a socket"
+                                            : "a device",
+                     ", not a regular file (a model's files are read as written to its folder)"));
   }
   if (!S_ISREG(st.st_mode)) ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
   // A device reads without end: a config.json linked to /dev/zero grew the process past 4 GB.
@@ -61,6 +72,14 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
   }
   ::close(fd);
   return text;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) { return ReadWholeFile(path, /*regular_only=*/false); }
+
+absl::StatusOr<std::string> ReadModelFile(const std::string& path) {
+  return ReadWholeFile(path, /*regular_only=*/true);
 }
 
 }  // namespace attribution::engine

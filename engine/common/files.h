@@ -20,5 +20,9 @@ inline constexpr int64_t kMaxReadFileBytes = int64_t{256} << 20;
 // The whole file; NOT_FOUND naming the path when it cannot be read, INVALID_ARGUMENT past
 // kMaxReadFileBytes (a device such as /dev/zero) or for a directory.
 absl::StatusOr<std::string> ReadFile(const std::string& path);
+// ReadFile for a file of a model's folder (config, tokenizer, index): INVALID_ARGUMENT for what is no regular
+// file. A pipe's writer can hold it open without writing (startup waited with no end and no word of why), a
+// device reads without end, and a checkpoint is files as transformers writes them.
+absl::StatusOr<std::string> ReadModelFile(const std::string& path);
 
 }  // namespace attribution::engine

@@ -628,13 +628,13 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const
 
 absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& dir) {
   const std::string path = dir + "/config.json";
-  ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  ASSIGN_OR_RETURN(std::string text, ReadModelFile(path));
   ASSIGN_OR_RETURN(ModelConfig config, ParseModelConfig(text, path));
   // generation_config.json overrides the ids used for generation where it names them; its ids are checked
   // here so that an error names the file they came from.
   const std::string generation_path = dir + "/generation_config.json";
   if (FileExists(generation_path)) {  // one that cannot be read is named, not passed over
-    ASSIGN_OR_RETURN(std::string generation_text, ReadFile(generation_path));
+    ASSIGN_OR_RETURN(std::string generation_text, ReadModelFile(generation_path));
     ASSIGN_OR_RETURN(json generation, ParseJsonObject(generation_text, generation_path));
     ModelConfig ids;
     ASSIGN_OR_RETURN(ids.bos_token_id, MaybeInt(generation, "bos_token_id", generation_path));

@@ -16,7 +16,7 @@ namespace {
 // tensor -> shard map it declares.
 absl::Status ReadShardIndex(const std::string& index_path, std::vector<std::string>& shards,
                             std::map<std::string, std::string>& declared) {
-  ASSIGN_OR_RETURN(std::string text, ReadFile(index_path));
+  ASSIGN_OR_RETURN(std::string text, ReadModelFile(index_path));
   ASSIGN_OR_RETURN(nlohmann::json index, ParseBoundedJson(text, index_path));
   if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(index_path, ": not a JSON object with a \"weight_map\" object"));

@@ -102,7 +102,7 @@ std::unique_ptr<SentencePieceBackend> SentencePieceBackend::Load(const std::stri
   // Read here and checked before libsentencepiece sees them: it loads a damaged precompiled charsmap as
   // it is and crashes the process at the first text it normalizes (or at load, in the model's
   // self-test). The bytes checked are the bytes loaded.
-  absl::StatusOr<std::string> model = ReadFile(path);
+  absl::StatusOr<std::string> model = ReadModelFile(path);
   absl::Status status = model.ok() ? CheckPrecompiledCharsmaps(*model) : model.status();
   if (!status.ok()) {
     *error = std::string(status.message());

@@ -17,7 +17,7 @@ namespace attribution::engine {
 namespace {
 
 absl::StatusOr<nlohmann::json> ReadJson(const std::string& path) {
-  ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  ASSIGN_OR_RETURN(std::string text, ReadModelFile(path));
   return ParseBoundedJson(text, path);
 }
 

@@ -236,15 +236,16 @@ std::vector<BadModel> BadModels() {
        },
        {"config.json", "hidden_size 64", "num_attention_heads 5"}},
       {"config_missing", "llama", [=](auto d) { ::unlink(config(d).c_str()); }, {"config.json", "cannot open"}},
-      // Named pipes waited for a writer forever (startup hung, deaf to SIGTERM); a dangling link made the
-      // model serve token ids only, with no error.
+      // Named pipes waited for a writer forever (startup hung, deaf to SIGTERM), and with a writer that never
+      // wrote, still (refused by what it is, a writer or none); a dangling link made the model serve token ids
+      // only, with no error.
       {"config_is_a_fifo",
        "llama",
        [=](auto d) {
          ::unlink(config(d).c_str());
          ::mkfifo(config(d).c_str(), 0644);
        },
-       {"config.json", "not valid JSON"}},
+       {"config.json", "a pipe, not a regular file"}},
       // A device read without end (4 GB and on), and a named pipe blocked the weights digest's open forever.
       {"generation_config_is_a_device",
        "llama",
@@ -252,7 +253,7 @@ std::vector<BadModel> BadModels() {
          ::unlink((d + "/generation_config.json").c_str());
          ::symlink("/dev/zero", (d + "/generation_config.json").c_str());
        },
-       {"generation_config.json", "more than 256 MiB"}},
+       {"generation_config.json", "a device, not a regular file"}},
       {"tokenizer_json_is_a_fifo",
        "llama",
        [=](auto d) {

@@ -187,6 +187,8 @@ TEST(ServerCommandLine, CheckConfigRefusesWhatStartupRefuses) {
       {"-- --port_file=x", "unexpected argument \"--port_file=x\""},
       // A folder as the port file was refused only after every model had loaded.
       {"--port_file=" + dir.path(), "--port_file " + dir.path() + ": a directory, not a file"},
+      // A file as the port file's folder (a typo) passed, as access(2) said it was writable.
+      {"--port_file=" + garbage + "/ports", "--port_file " + garbage + "/ports: cannot write in " + garbage},
   };
   for (const auto& [flags, message] : cases) {
     auto [code, output] = RunCommand(check + flags);

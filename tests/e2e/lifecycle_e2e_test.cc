@@ -15,6 +15,8 @@
 
 #include <atomic>
 #include <fstream>
+#include <iterator>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -53,30 +55,67 @@ std::pair<std::string, std::string> OpenFileLimits(pid_t pid) {
   return {};
 }
 
-// A model directory whose weights index (model.safetensors.index.json, in place of model.safetensors) is a named
-// pipe that this test holds open for writing and never writes to: loading the model then blocks reading it, for
-// as long as the test likes. (config.json is read before the port listens, and the files the weights digest
-// hashes after the load must be regular files.)
+// Adds to the safetensors file `path` a tensor no model reads, of `bytes` zeros, as a hole in the file (no disk
+// space): the load passes it over, but the weights digest reads every byte, for seconds, as a checkpoint of tens
+// of GB on slow storage does.
+void AddSparseUnusedTensor(const std::string& path, int64_t bytes) {
+  std::ifstream in(path, std::ios::binary);
+  uint64_t header_size = 0;
+  in.read(reinterpret_cast<char*>(&header_size), 8);
+  std::string header(header_size, '\0');
+  in.read(header.data(), static_cast<std::streamsize>(header_size));
+  const std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  nlohmann::json parsed = nlohmann::json::parse(header);
+  const int64_t end = static_cast<int64_t>(data.size());
+  parsed["unused.padding"] = {{"dtype", "U8"}, {"shape", {bytes}}, {"data_offsets", {end, end + bytes}}};
+  std::string new_header = parsed.dump();
+  new_header.resize((new_header.size() + 7) / 8 * 8, ' ');
+  {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    const uint64_t new_size = new_header.size();
+    out.write(reinterpret_cast<const char*>(&new_size), 8);
+    out << new_header << data;
+  }
+  ASSERT_EQ(::truncate(path.c_str(), static_cast<off_t>(8 + new_header.size() + end + bytes)), 0);
+}
+
+// A load that takes long (here the weights digest over 64 GB of zeros; before, a pipe for a weights index that
+// the test held open, which the server now refuses as no regular file) ends at a signal at once, and says what
+// it was doing.
 TEST(Lifecycle, ASignalWhileModelsLoadEndsTheProcessAtOnce) {
   test_support::TempDir root;
   const std::string dir = root.File("model");
   test_support::CopyDirectoryFiles(test_support::DemoModelDir(), dir);
-  ASSERT_EQ(::unlink((dir + "/model.safetensors").c_str()), 0);
-  const std::string index = dir + "/model.safetensors.index.json";
-  ASSERT_EQ(::mkfifo(index.c_str(), 0644), 0);
-  const int writer = ::open(index.c_str(), O_RDWR | O_CLOEXEC);  // O_RDWR: opening does not wait for a reader
-  ASSERT_GE(writer, 0);
+  AddSparseUnusedTensor(dir + "/model.safetensors", int64_t{64} << 30);
 
   std::unique_ptr<ServerProcess> server = ServerProcess::Spawn({"--model=m=" + dir});
-  // Loading begins once the port listens.
-  ASSERT_TRUE(WaitForLog(*server, "\"listening\"", absl::Seconds(60))) << server->Log();
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // into the read of the index
+  ASSERT_TRUE(WaitForLog(*server, "\"model_loading\"", absl::Seconds(60))) << server->Log();
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // into the digest's read
   server->Signal(SIGTERM);
-  // Before, the server waited for the load (here: forever) and the test's Wait timed out (-1).
+  // Before, the server waited for the load (with a pipe: forever) and the test's Wait timed out (-1).
+  const int code = server->Wait(absl::Seconds(20));
+  EXPECT_EQ(code, 0) << server->Log();
+  EXPECT_NE(server->Log().find("signal 15 while loading model m from " + dir + ", before serving: exiting at once"),
+            std::string::npos)
+      << server->Log();
+}
+
+// --check_config waiting on a pipe its --config names (a writer holds it open and never writes): a signal ends
+// it with exit 1, since nothing was checked (it exited 0, which says "valid").
+TEST(Lifecycle, ACheckEndedByASignalExitsOne) {
+  test_support::TempDir root;
+  const std::string config = root.File("server.json");
+  ASSERT_EQ(::mkfifo(config.c_str(), 0644), 0);
+  const int writer = ::open(config.c_str(), O_RDWR | O_CLOEXEC);  // O_RDWR: opening does not wait for a reader
+  ASSERT_GE(writer, 0);
+  std::unique_ptr<ServerProcess> server = ServerProcess::Spawn({"--check_config", "--config=" + config});
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // into the read of the config
+  server->Signal(SIGTERM);
   const int code = server->Wait(absl::Seconds(20));
   ::close(writer);
-  EXPECT_EQ(code, 0) << server->Log();
-  EXPECT_NE(server->Log().find("signal 15, before serving: exiting at once"), std::string::npos) << server->Log();
+  EXPECT_EQ(code, 1) << server->Log();
+  EXPECT_NE(server->Log().find("before the check ended: exiting, nothing was checked"), std::string::npos)
+      << server->Log();
 }
 
 // Answers `calls` Logprobs calls on four connections at once; the count of those not OK.

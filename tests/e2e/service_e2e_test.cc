@@ -851,6 +851,39 @@ TEST(ServerLifecycle, ThePortFileSaysNoPortAtAUnixSocketAndGoesAwayAtTheStop) {
   EXPECT_NE(::access(ports.c_str(), F_OK), 0) << "the port file outlived the server";
 }
 
+// Two servers given one --port_file (a second started before the first stopped, as a rolling restart may): the
+// one that stops first leaves the file the other wrote, where it removed it while the other served.
+TEST(ServerLifecycle, AServerStoppingLeavesThePortFileAnotherServerWrote) {
+  test_support::TempDir dir;
+  const std::string ports = dir.File("ports");
+  // The file's text once it differs from `before` (the server writing it serves by then), or "" after 120 s.
+  const auto ports_after = [&](const std::string& before) {
+    for (int i = 0; i < 1200; ++i) {
+      std::ifstream in(ports);
+      const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      if (std::count(text.begin(), text.end(), '\n') == 2 && text != before) return text;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return std::string();
+  };
+  std::unique_ptr<ServerProcess> first =
+      ServerProcess::Spawn({"--model=demo=" + DemoModelDir(), "--port_file=" + ports});
+  const std::string first_ports = ports_after("");
+  ASSERT_NE(first_ports, "") << first->Log();
+  std::unique_ptr<ServerProcess> second =
+      ServerProcess::Spawn({"--model=demo=" + DemoModelDir(), "--port_file=" + ports});
+  const std::string second_ports = ports_after(first_ports);
+  ASSERT_NE(second_ports, "") << second->Log();
+  first->Signal(SIGTERM);
+  EXPECT_EQ(first->Wait(absl::Seconds(60)), 0) << first->Log();
+  std::ifstream in(ports);
+  EXPECT_EQ(std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>()), second_ports)
+      << "the second server's port file was removed";
+  second->Signal(SIGTERM);
+  EXPECT_EQ(second->Wait(absl::Seconds(60)), 0) << second->Log();
+  EXPECT_NE(::access(ports.c_str(), F_OK), 0) << "the port file outlived the server that wrote it";
+}
+
 // A second SIGINT while the server drains ends it at once, as Ctrl-C twice means; before, it was ignored and
 // the drain waited out the grace period (here 10 minutes) for the long call in flight.
 TEST(ServerLifecycle, ASecondSignalWhileDrainingExitsAtOnce) {
