@@ -33,13 +33,19 @@ struct ClientOptions {
   std::string tls_server_name;                  // verify the server as this name instead of the target's host
   std::string bearer_token;                     // sent as "authorization: Bearer <token>"
   absl::Duration timeout = absl::Seconds(120);  // deadline of each call
-  int max_attempts = 4;                         // tries per call while the answer is UNAVAILABLE
+  int max_attempts = 4;  // tries per call while the answer is UNAVAILABLE (gRPC allows at most 5)
   absl::Duration initial_backoff = absl::Milliseconds(100);
   absl::Duration max_backoff = absl::Seconds(2);
   // How long one connection attempt (TCP, TLS and the HTTP/2 handshake) may take before it counts as
   // failed: a busy server or a distant one needs more than a loopback round trip.
   absl::Duration connect_timeout = absl::Seconds(20);
-  int64_t max_message_bytes = 64 << 20;  // largest request sent
+  // While a call is in flight, an HTTP/2 ping every `keepalive`; one unanswered for as long again fails the
+  // connection's calls UNAVAILABLE, which the retries take to another server. A stopped or hung replica (or a
+  // dead link) held its calls until their deadlines: a data-set job over three servers with one stopped took the
+  // timeout twice over. Servers from 2026-12-07 permit pings every second; older ones one every 5 minutes, and
+  // answer more frequent ones by closing the connection: upgrade servers before clients.
+  absl::Duration keepalive = absl::Seconds(30);
+  int64_t max_message_bytes = 64 << 20;  // largest request sent (and retried whole: see Connect)
   // Largest response accepted; -1: any. A larger one fails the call with gRPC's RESOURCE_EXHAUSTED
   // ("Received message larger than max"), which retrying never cures.
   int64_t max_receive_message_bytes = 64 << 20;
@@ -324,6 +330,8 @@ class AttributionClient {
  public:
   static absl::StatusOr<std::unique_ptr<AttributionClient>> Connect(const ClientOptions& options);
   ~AttributionClient();
+  // The target it connected to (ClientOptions::target), for messages that name the server.
+  const std::string& target() const;
 
   // Cancels every call in flight and every call made after (each ends CANCELLED): a caller that stops (a batch
   // job whose results file cannot be written) ends its calls instead of waiting for their answers.

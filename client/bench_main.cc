@@ -297,6 +297,25 @@ nlohmann::json RunLoad(AttributionClient& client, const std::string& model, cons
           {"rpcs", recorder.Report(elapsed)}};
 }
 
+// The calls of a load that succeeded, over every RPC.
+int64_t SucceededCalls(const nlohmann::json& load) {
+  int64_t ok = 0;
+  for (const auto& [rpc, r] : load["rpcs"].items()) ok += r["ok"].get<int64_t>();
+  return ok;
+}
+
+// A load none of whose calls succeeded measured nothing: exit 1 (it exited 0 after 95,557 failed calls to a port
+// where nothing listened), saying so beside the table's error counts.
+int ExitCode(std::initializer_list<const nlohmann::json*> loads) {
+  for (const nlohmann::json* load : loads) {
+    if (SucceededCalls(*load) == 0) {
+      std::fprintf(stderr, "attribution-bench: no call succeeded (their codes are in the errors column)\n");
+      return 1;
+    }
+  }
+  return 0;
+}
+
 void PrintTable(const std::string& title, const nlohmann::json& load) {
   const double rate = load["rate"].get<double>();
   std::cout << absl::StrFormat(
@@ -394,12 +413,14 @@ int Run() {
       std::cout << load.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     else
       PrintTable("load", load);
-    return 0;
+    return ExitCode({&load});
   }
   const nlohmann::json report = RunIsolation(**client, model, foreground, *background, duration);
+  const int exit_code = ExitCode({&report["foreground_alone"], &report["background_alone"],
+                                  &report["foreground_loaded"], &report["background_loaded"]});
   if (absl::GetFlag(FLAGS_json)) {
     std::cout << report.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
-    return 0;
+    return exit_code;
   }
   for (const char* phase : {"foreground_alone", "background_alone", "foreground_loaded", "background_loaded"}) {
     PrintTable(phase, report[phase]);
@@ -410,7 +431,7 @@ int Run() {
             << report["background_throughput_loaded_over_alone"].dump(-1, ' ', false,
                                                                       nlohmann::json::error_handler_t::replace)
             << "\n";
-  return 0;
+  return exit_code;
 }
 
 }  // namespace

@@ -531,6 +531,9 @@ int Serve() {
   // gRPC sets SO_REUSEPORT by default: a second server on a port in use started, and the kernel split the
   // connections between the two (a client saw either's models). A port in use is a startup error.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // Clients ping during calls to tell a hung server from a busy one (ClientOptions::keepalive); gRPC's default
+  // permits one ping in 5 minutes without data and closes the connection (its calls failing) after two more.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
   builder.SetMaxReceiveMessageSize(static_cast<int>(config->max_message_bytes));
   // Compressed requests are refused (UNIMPLEMENTED) instead of inflated: gRPC inflates a whole message
   // before it checks its size, so 4 MB of gzip cost 4 GB of memory and 16 s of a thread, before any

@@ -4,11 +4,13 @@
 #include <algorithm>
 #include <cmath>
 #include <condition_variable>
+#include <cstdio>
 #include <functional>
 #include <iterator>
 #include <map>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <set>
 #include <system_error>
 #include <thread>
@@ -24,6 +26,8 @@ namespace attribution::client::batch {
 namespace {
 
 using nlohmann::json;
+
+constexpr const char* kServiceName = "attribution.v1.AttributionService";
 
 // The servers' lack of capacity; a request over a gRPC message limit is RESOURCE_EXHAUSTED too, but fails
 // the same way every time.
@@ -50,6 +54,13 @@ absl::Status OtherWeights(const std::string& server, const std::string& model, c
       "server and run the same command again to try the row again"));
 }
 
+// `backoff` times a factor drawn from [0.5, 1.5): rows refused together (a full server's RESOURCE_EXHAUSTED)
+// came back together, in waves within 30 ms, and were refused together again while new rows took the slots.
+absl::Duration Jittered(absl::Duration backoff) {
+  thread_local std::mt19937 random(std::random_device{}());
+  return backoff * std::uniform_real_distribution<double>(0.5, 1.5)(random);
+}
+
 // Calls `call` on the row's server, moving on to the next server after each refusal, with exponential
 // backoff; `attempts` counts the calls made. An answer whose model_digest is not `digest` (the job's model's)
 // is refused as OtherWeights and tried on the next server as a refusal is.
@@ -68,7 +79,7 @@ absl::StatusOr<T> WithRetries(const std::vector<AttributionClient*>& clients, si
       retry = true;
     }
     if (result.ok() || !retry || attempt + 1 >= options.max_attempts) return result;
-    absl::SleepFor(backoff);
+    absl::SleepFor(Jittered(backoff));
     backoff = std::min(backoff * 2, options.max_backoff);
   }
 }
@@ -432,12 +443,19 @@ absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient
     absl::StatusOr<std::vector<ModelInfo>> models = clients[i]->ListModels();
     // A server down or overloaded now gets its turn at rows all the same (they move on to the next server
     // while it refuses them), as when it dies mid-job: the servers that answer name the model.
+    const std::string server = absl::StrCat("server ", i + 1, " (", clients[i]->target(), ")");
     if (!models.ok() && RetriedOnResume(absl::StatusCodeToString(models.status().code()), models.status().message())) {
-      absl::StrAppend(&unanswered, unanswered.empty() ? "" : "; ", "server ", i + 1, ": ",
+      absl::StrAppend(&unanswered, unanswered.empty() ? "" : "; ", server, ": ",
                       absl::StatusCodeToString(models.status().code()), ": ", models.status().message());
       continue;
     }
-    if (!models.ok()) return models.status();
+    // gRPC's "Method not found!" named neither the server nor what it lacked.
+    if (models.status().code() == absl::StatusCode::kUnimplemented) {
+      return absl::UnimplementedError(
+          absl::StrCat(server, " is no attribution server (it lacks ", kServiceName, "): ", models.status().message()));
+    }
+    if (!models.ok())
+      return absl::Status(models.status().code(), absl::StrCat(server, ": ", models.status().message()));
     if (models->empty()) return absl::FailedPreconditionError("a server holds no models");
     if (model.empty()) model = models->front().name;
     auto it = std::find_if(models->begin(), models->end(), [&](const ModelInfo& m) { return m.name == model; });
@@ -467,6 +485,14 @@ absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient
   }
   if (fingerprint.empty()) {
     return absl::UnavailableError(absl::StrCat("no server answered which models it holds (", unanswered, ")"));
+  }
+  // Said once, for the job's own model: a wrong address in --server cost a failed call for every row dealt to it,
+  // with no word of why.
+  if (!unanswered.empty() && info != nullptr) {
+    std::fprintf(stderr,
+                 "attribution-batch: warning: not every server answered which models it holds (%s): rows dealt to "
+                 "it go on to the next server while it does not answer\n",
+                 unanswered.c_str());
   }
   return fingerprint;
 }

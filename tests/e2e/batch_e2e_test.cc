@@ -333,6 +333,30 @@ TEST_F(Batch, TwoServersShareTheWorkAndOneMayDie) {
   EXPECT_THAT(ReadFile(log), ::testing::Not(HasSubstr("errors UNAVAILABLE")));
 }
 
+// A replica that stops answering without closing its connections (SIGSTOP: a hung process, a frozen node) held
+// the rows dealt to it until their deadlines, the job waiting twice over; its pings unanswered for the keepalive,
+// its calls fail UNAVAILABLE and its rows go to the other server.
+TEST_F(Batch, AStoppedServersRowsGoToTheOtherAfterItsPingsGoUnanswered) {
+  auto c = ServerProcess::Start({});
+  ASSERT_THAT(c, IsOk());
+  const std::string output = dir_->File("stopped.jsonl"), log = dir_->File("stopped.log");
+  const std::string served = "attribution_rpcs_total{code=\"OK\",method=\"Attribute\",model=\"tiny-qa-llama\"}";
+  std::thread stopper([&] {
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    while (MetricValue((*c)->metrics_port(), served) < kRows / 8 && absl::Now() < deadline)
+      absl::SleepFor(absl::Milliseconds(10));
+    (*c)->Signal(SIGSTOP);
+  });
+  std::vector<std::string> args = Args(output, absl::StrCat((*c)->address(), ",", b_->address()));
+  // Without the pings every row at C fails DEADLINE_EXCEEDED after the 60 s.
+  args.insert(args.end(), {"--keepalive=1", "--timeout=60"});
+  EXPECT_EQ(RunBatch(args, log), 0) << ReadFile(log);
+  stopper.join();
+  (*c)->Signal(SIGCONT);
+  ExpectSameResults(ReadResults(output), *reference_results_);
+  EXPECT_THAT(ReadFile(log), HasSubstr("errors INVALID_ARGUMENT: 1\n"));  // only the empty prompt
+}
+
 TEST_F(Batch, ShardsMergeIntoTheSingleRun) {
   std::vector<std::string> shards;
   for (int shard = 0; shard < 3; ++shard) {

@@ -331,6 +331,24 @@ TEST(CliCommandLine, AStandardOutputThatCannotBeWrittenFailsTheCommand) {
   }
 }
 
+// A load none of whose calls succeeded measured nothing, yet exited 0 (95,557 calls to a port where nothing
+// listened); its table still shows their codes.
+TEST(BenchCommandLine, ALoadWithoutOneSucceededCallExitsOne) {
+  const Outputs outputs = RunCommandApart(absl::StrCat(
+      ATTRIBUTION_BENCH_BINARY, " --server=127.0.0.1:1 --model=demo --duration=0.3 --concurrency=1 --mix=logprobs=1"));
+  EXPECT_EQ(outputs.code, 1) << outputs.err;
+  EXPECT_THAT(outputs.err, HasSubstr("no call succeeded"));
+  EXPECT_THAT(outputs.out, HasSubstr("UNAVAILABLE"));
+}
+
+// --keepalive below the second a server permits between pings would get the connection closed mid-call.
+TEST(CliCommandLine, AKeepaliveBelowASecondIsRefused) {
+  const Outputs outputs =
+      RunCommandApart(absl::StrCat(ATTRIBUTION_CLI_BINARY, " models --server=127.0.0.1:1 --keepalive=0.5"));
+  EXPECT_NE(outputs.code, 0);
+  EXPECT_THAT(outputs.err, HasSubstr("--keepalive: 0.5 does not lie between 1 and 86400 s"));
+}
+
 // Bad flag values and unknown flags exited 1 (abseil's parser), as did a bad --range, where the CLI
 // documents 2 for usage errors; --timeout=nan meant no deadline at all, and -1 a DEADLINE_EXCEEDED (exit 1);
 // an empty --server failed inside gRPC ("Failed to create secure client channel", exit 1).

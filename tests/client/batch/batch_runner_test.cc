@@ -329,6 +329,38 @@ TEST_F(BatchRunner, ARowOnItsOwnModelRecordsThatModelsFingerprint) {
               IsOk());
 }
 
+// A gRPC server without the attribution service (a wrong port in --server) failed the job with gRPC's bare
+// "Method not found!", naming neither the server nor what it lacked.
+TEST_F(BatchRunner, AServerWithoutTheServiceIsNamed) {
+  Start();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  // What a gRPC server answers for a service it does not have.
+  class NoMethods : public grpc::CallbackGenericService {
+    grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext*) override {
+      class Refusal : public grpc::ServerGenericBidiReactor {
+       public:
+        Refusal() { Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "Method not found!")); }
+        void OnDone() override { delete this; }
+      };
+      return new Refusal;
+    }
+  } no_methods;
+  builder.RegisterCallbackGenericService(&no_methods);
+  std::unique_ptr<grpc::Server> other = builder.BuildAndStart();
+  ASSERT_NE(other, nullptr);
+  const std::string target = "127.0.0.1:" + std::to_string(port);
+  absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> clients = ConnectToServers({target}, {});
+  ASSERT_THAT(clients, IsOk());
+  std::string model = "demo";
+  EXPECT_THAT(ModelFingerprint({(*clients)[0].get()}, model),
+              StatusIs(absl::StatusCode::kUnimplemented, HasSubstr("server 1 (" + target +
+                                                                   ") is no attribution server (it lacks "
+                                                                   "attribution.v1.AttributionService)")));
+  other->Shutdown();
+}
+
 // A thread per row in flight: 40,000 failed to start and aborted the job (std::system_error).
 TEST_F(BatchRunner, AWindowPastTheLimitIsRefused) {
   Start();
