@@ -201,6 +201,15 @@ std::vector<std::string> UnreadSettings(const v1::AttributeRequest& proto, const
   if (IsSet(proto.target()) && proto.has_generation() && proto.generation().ByteSizeLong() > 0) {
     unread.push_back("generation");
   }
+  // How text becomes tokens, beside no text it applies to (static strings: literals trip -Warray-bounds, above).
+  static const std::string kNoSpecialTokens = "no_special_tokens", kTargetTokenization = "target_tokenization";
+  if (proto.no_special_tokens() && proto.prompt().text().empty()) unread.push_back(kNoSpecialTokens);
+  const bool text_after_prompt =
+      !proto.target().text().empty() || !proto.foil().text().empty() ||
+      std::any_of(proto.choices().begin(), proto.choices().end(), [](const v1::Input& c) { return !c.text().empty(); });
+  if (proto.target_tokenization() != v1::TARGET_TOKENIZATION_UNSPECIFIED && !text_after_prompt) {
+    unread.push_back(kTargetTokenization);
+  }
   return unread;
 }
 
@@ -256,8 +265,16 @@ absl::Status ApplyFeatures(const v1::AttributeRequest& proto, const ServedModel&
     if (group.has_baseline()) {  // set but empty deletes the span
       // Empty needs no tokenizer: a model without one (token ids only) refused a deletion as "takes token_ids".
       const bool deletes = group.baseline().text().empty() && group.baseline().token_ids_size() == 0;
+      // Text is read as it stands in place, the continuation of the prompt's tokens before the group, as a target
+      // is read after the prompt: alone, SentencePiece made " blue" two tokens ("▁", "▁blue") where " red" was one,
+      // and feature ablation scored that replacement (integrated gradients refused its length).
+      const ResolvedInput before{
+          .encoding = {.ids = std::vector<int64_t>(request.prompt_ids.begin(),
+                                                   request.prompt_ids.begin() + group.token_begin())}};
       ASSIGN_OR_RETURN(ResolvedInput baseline,
-                       deletes ? ResolvedInput{} : Resolve(group.baseline(), field + ".baseline", model, false));
+                       deletes ? ResolvedInput{}
+                               : ResolveContinuationOf(group.baseline(), field + ".baseline", before, model,
+                                                       "; or give the baseline's token_ids"));
       baseline_growth += std::max<int64_t>(
           0, static_cast<int64_t>(baseline.encoding.ids.size()) - (group.token_end() - group.token_begin()));
       // Rows hold the baselines only where they are read: unread, any length is accepted (UnreadSettings).

@@ -300,6 +300,19 @@ TEST_F(ConversionTest, SettingsTheMethodDoesNotReadAreNamed) {
   // A group's own baseline where the method puts no feature at a baseline (it was named nowhere).
   EXPECT_THAT(unread(v1::SALIENCY, groups(false)), ElementsAre("baseline", "feature_groups.baseline"));
   EXPECT_THAT(unread(v1::ATTN_LRP, groups(true)), ElementsAre("baseline", "feature_groups.baseline"));
+  // How text becomes tokens, where no text is given for it to apply to; read where there is.
+  const auto as_ids = [](bool prompt_as_ids, bool target_as_ids) {
+    return [=](v1::AttributeRequest& proto) {
+      proto.set_no_special_tokens(true);
+      proto.set_target_tokenization(v1::SEPARATE);
+      if (prompt_as_ids) proto.mutable_prompt()->Clear(), proto.mutable_prompt()->add_token_ids(5);
+      if (target_as_ids) proto.mutable_target()->Clear(), proto.mutable_target()->add_token_ids(7);
+    };
+  };
+  EXPECT_THAT(unread(v1::SALIENCY, as_ids(true, true)), ElementsAre("no_special_tokens", "target_tokenization"));
+  EXPECT_THAT(unread(v1::SALIENCY, as_ids(false, true)), ElementsAre("target_tokenization"));
+  EXPECT_THAT(unread(v1::SALIENCY, as_ids(true, false)), ElementsAre("no_special_tokens"));
+  EXPECT_THAT(unread(v1::SALIENCY, as_ids(false, false)), ::testing::IsEmpty());
   // The answer carries them.
   v1::AttributeRequest proto = Request();
   proto.set_method(v1::SALIENCY);
@@ -473,7 +486,7 @@ TEST_F(ConversionTest, BadFieldsAreInvalidArgumentNamingTheField) {
       {"empty target", "target:", [](auto& p) { p.mutable_target()->clear_text(); }},
       {"negative stdev", "stdev", [](auto& p) { p.set_stdev(-1); }},
       // Generation settings beside a target are not read, and checked all the same.
-      {"negative max_new_tokens beside a target", "generation.max_new_tokens: -1",
+      {"negative max_new_tokens beside a target", "generation.max_new_tokens = -1 is outside [1, 512]",
        [](auto& p) { p.mutable_generation()->set_max_new_tokens(-1); }},
       {"NaN temperature beside a target", "generation: temperature",
        [](auto& p) { p.mutable_generation()->set_temperature(std::nan("")); }},
@@ -506,7 +519,7 @@ TEST_F(ConversionTest, BadFieldsAreInvalidArgumentNamingTheField) {
          b->set_token_begin(2);
          b->set_token_end(4);
        }},
-      {"too many new tokens", "generation.max_new_tokens:",
+      {"too many new tokens", "generation.max_new_tokens = 100000 is outside",
        [](auto& p) {
          p.clear_target();
          p.mutable_generation()->set_max_new_tokens(100000);
