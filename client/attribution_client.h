@@ -286,6 +286,7 @@ struct ComponentAttribution {
   Token answer, wrong_answer;
   RunStats stats;
   std::string model_digest;  // the weights that computed it (ModelInfo::model_digest); "" from older servers
+  std::vector<std::string> unread_settings;  // settings sent that the method does not read: they changed nothing
 };
 
 // The whole of file `path`; NOT_FOUND naming the path and why when it cannot be read: it cannot be opened, it is a

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "client/heatmap.h"
 #include "client/palette.h"
 
@@ -64,6 +65,10 @@ std::string Summary(const ComponentAttribution& a) {
   for (size_t k = 0; k < a.pairs.size(); ++k) {
     absl::StrAppendFormat(&out, "\npair %d: clean %.4f, corrupted %.4f", k, a.pairs[k].clean_metric,
                           a.pairs[k].corrupted_metric);
+  }
+  if (!a.unread_settings.empty()) {
+    absl::StrAppend(&out, "\n", Printable(a.method), " does not read ",
+                    Printable(absl::StrJoin(a.unread_settings, ", ")), ": they changed nothing");
   }
   return out;
 }
@@ -172,6 +177,7 @@ std::string ComponentJson(const ComponentAttribution& a) {
       {"metric", a.metric},
       {"direction", a.direction},
       {"model_digest", a.model_digest},
+      {"unread_settings", a.unread_settings},
       {"answer", {{"id", a.answer.id}, {"text", a.answer.text}}},
       {"wrong_answer", {{"id", a.wrong_answer.id}, {"text", a.wrong_answer.text}}},
       {"grids", nlohmann::json::array()},

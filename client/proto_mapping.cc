@@ -582,6 +582,7 @@ absl::StatusOr<ComponentAttribution> FromProto(const v1::AttributeComponentsResp
                            .wrong_answer = FromProto(r.wrong_answer()),
                            .stats = StatsFromProto(r.stats()),
                            .model_digest = r.model_digest()};
+  out.unread_settings.assign(r.unread_settings().begin(), r.unread_settings().end());
   for (const v1::ComponentGrid& g : r.grids()) out.grids.push_back(GridFromProto(g));
   for (const v1::PairComponents& p : r.pairs()) {
     PairComponents pair{.clean_metric = p.clean_metric(),

@@ -137,6 +137,13 @@ absl::StatusOr<ComponentsCall> ToComponentsCall(const v1::AttributeComponentsReq
   // Unset: the default, or the operator's lower limit.
   request.n_steps = proto.n_steps() > 0 ? proto.n_steps() : std::min(request.n_steps, call.limits.max_steps);
   ASSIGN_OR_RETURN(request.rule, ToRule(proto.rule()));
+  // Accepted beside any method, as Attribute's settings are (one job's settings may serve several methods), and
+  // named in the answer: they changed nothing.
+  if (request.method != engine::ComponentMethod::kLayerIntegratedGradients) {
+    static const std::string kSteps = "n_steps", kRule = "rule";  // literals trip GCC 12's -Warray-bounds
+    if (proto.n_steps() != 0) call.unread_settings.push_back(kSteps);
+    if (proto.rule() != v1::INTEGRATION_RULE_UNSPECIFIED) call.unread_settings.push_back(kRule);
+  }
   ASSIGN_OR_RETURN(request.priority, ToPriority(proto.priority()));
   if (proto.pairs_size() == 0) return Invalid("pairs", "give at least one clean/corrupted pair");
   if (proto.pairs_size() > call.limits.max_pairs) {
@@ -182,6 +189,7 @@ void ToComponentsResponse(const engine::ComponentResult& result, const Component
   out->set_method(ToProtoEnum(engine::ComponentMethodName(request.method), &v1::ComponentMethod_Parse));
   out->set_metric(ToProtoEnum(engine::ComponentMetricName(request.metric), &v1::ComponentMetric_Parse));
   out->set_direction(ToProtoEnum(engine::PatchDirectionName(request.direction), &v1::PatchDirection_Parse));
+  for (const std::string& setting : call.unread_settings) out->add_unread_settings(setting);
   for (const engine::ComponentGrid& grid : result.grids) ToProtoGrid(grid, out->add_grids());
   for (size_t k = 0; k < result.pairs.size(); ++k) {
     v1::PairComponents* pair = out->add_pairs();

@@ -18,6 +18,7 @@ struct ComponentsCall {
   engine::ComponentLimits limits;
   std::vector<ResolvedInput> clean, corrupted;  // per pair
   ResolvedInput answer, wrong_answer;           // wrong_answer empty unless the metric compares
+  std::vector<std::string> unread_settings;     // set, and not read by the method (the answer names them)
 };
 // `max_response_bytes`: a request whose pairs read so far already make a response larger is refused before the
 // next is read (the service measures the whole response, with every number at 0, after conversion).

@@ -221,6 +221,7 @@ class RowProcessor {
     result["wrong_answer"] = request.wrong_answer.empty() ? json() : json(answer->wrong_answer.text);
     result["clean_metric"] = pair.clean_metric;
     result["corrupted_metric"] = pair.corrupted_metric;
+    if (!answer->unread_settings.empty()) result["unread_settings"] = answer->unread_settings;
     json sites = json::array(), axes = json::array(), shapes = json::array(), values = json::array(),
          deltas = json::array();
     std::optional<double> delta;

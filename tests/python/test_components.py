@@ -112,6 +112,13 @@ def test_options_objects_token_ids_and_names(client, server):
         client.attribute_components(pairs=[(CLEAN, CORRUPTED)], answr=" Yes")
 
 
+def test_steps_and_rule_beside_a_method_without_steps_are_named_unread(client):
+    patched = components(client, method="activation_patching", n_steps=8, rule="riemann_left")
+    assert patched.unread_settings == ["n_steps", "rule"]
+    assert patched.grids[0].values.tolist() == components(client, method="activation_patching").grids[0].values.tolist()
+    assert components(client, method="layer_integrated_gradients", n_steps=4).unread_settings == []
+
+
 def test_components_stream_progress_is_monotone_and_ends_in_the_result(client):
     stream = client.attribute_components_stream(pairs=[(CLEAN, CORRUPTED)], answer=" Yes", wrong_answer=" No",
                                                 method="layer_integrated_gradients", n_steps=4,

@@ -161,6 +161,27 @@ TEST_F(ComponentConversionTest, EveryMethodMapsToItsEngineMethodAndBack) {
   }
 }
 
+// n_steps and rule beside a method without steps were accepted and ignored without a word, where Attribute
+// names such settings: the answer names them; layer integrated gradients reads both.
+TEST_F(ComponentConversionTest, StepsAndRuleBesideAMethodWithoutStepsAreNamedAsUnread) {
+  for (v1::ComponentMethod method : SpecifiedValues<v1::ComponentMethod>(v1::ComponentMethod_descriptor())) {
+    SCOPED_TRACE(v1::ComponentMethod_Name(method));
+    v1::AttributeComponentsRequest proto = Request();
+    proto.set_method(method);
+    proto.set_n_steps(8);
+    proto.set_rule(v1::RIEMANN_LEFT);
+    absl::StatusOr<ComponentsCall> call = Convert(proto);
+    ASSERT_THAT(call, IsOk());
+    const v1::AttributeComponentsResponse response = Respond(*call, {});
+    if (method == v1::LAYER_INTEGRATED_GRADIENTS) {
+      EXPECT_THAT(response.unread_settings(), ::testing::IsEmpty());
+    } else {
+      EXPECT_THAT(response.unread_settings(), ElementsAre("n_steps", "rule"));
+    }
+  }
+  EXPECT_THAT(Respond(*Convert(Request()), {}).unread_settings(), ::testing::IsEmpty());
+}
+
 TEST_F(ComponentConversionTest, EveryMetricMapsToItsEngineMetricAndBack) {
   struct Expected {
     engine::ComponentMetric metric;

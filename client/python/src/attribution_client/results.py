@@ -242,6 +242,8 @@ class ComponentAttribution:
     stats: RunStats = field(default_factory=RunStats)
     # ModelInfo.model_digest of the weights that computed this answer ("" from servers before 2026-12-05).
     model_digest: str = ""
+    # Settings sent that the method does not read (n_steps, rule beside all but layer IG): they changed nothing.
+    unread_settings: List[str] = field(default_factory=list)
 
     def grid(self, site: str) -> ComponentGrid:
         """The grid of one site ("heads", "attn_out", "mlp_out", "resid_pre"); KeyError if not asked."""
