@@ -16,6 +16,7 @@
 #include "engine/common/status_macros.h"
 #include "engine/tokenizer/continuation.h"
 #include "server/conversion_parts.h"
+#include "server/user_text.h"
 
 namespace attribution::server {
 namespace {
@@ -557,6 +558,19 @@ absl::StatusOr<GenerateCall> ToGenerateCall(const v1::GenerateRequest& proto, co
     if (stop.size() > kMaxStopStringBytes) {
       return Invalid(absl::StrCat("stop[", i, "]"),
                      absl::StrCat(stop.size(), " bytes, more than the limit of ", kMaxStopStringBytes));
+    }
+    // Stop strings are found in the generated text, which leaves special tokens out: "<|im_start|>" never
+    // stopped a generation that produced that token (a prompt or target spelled so is the token).
+    if (absl::StatusOr<engine::Encoding> tokens = model.tokenizer->Encode(stop, /*add_special_tokens=*/false);
+        tokens.ok()) {
+      for (int64_t id : tokens->ids) {
+        if (!model.tokenizer->IsSpecial(id)) continue;
+        return Invalid(
+            absl::StrCat("stop[", i, "]"),
+            absl::StrCat("holds the special token ", QuoteUserText(model.tokenizer->TokenText(id)), " (id ", id,
+                         "), which the generated text leaves out: give its id in "
+                         "generation.stop_token_ids"));
+      }
     }
     call.stop.push_back(stop);
   }

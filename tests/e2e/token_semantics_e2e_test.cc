@@ -29,6 +29,7 @@ namespace {
 using ::attribution::test_support::IsOk;
 using ::attribution::test_support::StatusIs;
 using test_support::ServerProcess;
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 
 const nlohmann::json& References() {
@@ -239,6 +240,27 @@ TEST_F(TokenSemanticsTest, SpecialTokenStringsInTheTextAreTheSpecialTokens) {
       client_->Generate({.model = "default", .prompt = prompt, .generation = {.max_new_tokens = 4}});
   ASSERT_THAT(generated, IsOk());
   EXPECT_FALSE(generated->tokens.empty());
+}
+
+// Stop strings are found in the generated text, which leaves special tokens out: "</s>" or "<|im_start|>" as a
+// stop string never stopped a generation that produced that token (while a prompt or target spelled so is the
+// token). Refused, pointing to stop_token_ids.
+TEST_F(TokenSemanticsTest, AStopStringHoldingASpecialTokenIsRefusedNamingItsId) {
+  for (const auto& [model, special] : {std::pair{"default", "</s>"}, std::pair{"chat", "<|im_start|>"}}) {
+    absl::StatusOr<client::Logprobs> as_target =
+        client_->GetLogprobs({.model = model, .prompt = "Q: Is it big? A:", .target = special});
+    ASSERT_THAT(as_target, IsOk());
+    ASSERT_EQ(as_target->target.size(), 1u) << model;
+    const int64_t id = as_target->target[0].token.id;
+    EXPECT_THAT(client_->Generate({.model = model,
+                                   .prompt = "Q: Is it big? A:",
+                                   .generation = {.max_new_tokens = 4},
+                                   .stop = {"A:", absl::StrCat("end", special)}}),
+                StatusIs(absl::StatusCode::kInvalidArgument,
+                         AllOf(HasSubstr(absl::StrCat("stop[1]: holds the special token \"", special, "\" (id ", id)),
+                               HasSubstr("generation.stop_token_ids"))))
+        << model;
+  }
 }
 
 // A prompt sent as the ids a call answered with scores the same target as the prompt sent as text. The ids were
