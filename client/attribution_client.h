@@ -183,7 +183,7 @@ struct GenerateOptions {
 
 struct Generation {
   std::vector<Token> prompt_tokens, tokens;
-  std::string text;  // valid UTF-8: as it reads after the prompt (to explain these tokens, send tokens' ids)
+  std::string text;        // valid UTF-8: as it reads after the prompt (to explain these tokens, send tokens' ids)
   std::string text_bytes;  // exact bytes
   bool stopped = false;
   RunStats stats;
