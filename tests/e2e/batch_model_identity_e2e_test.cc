@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "client/attribution_client.h"
@@ -52,11 +53,16 @@ client::ModelInfo DemoModelInfo(const ServerProcess& server) {
 
 // The folder `server` loaded its model `name` from, as its "model_loaded" log line says ("NAME PATH dtype ...").
 std::string ServedModelDir(const ServerProcess& server, const std::string& name) {
-  const std::string log = server.Log(), marker = "\"detail\":\"" + name + " ";
-  const size_t begin = log.find(marker);
-  if (begin == std::string::npos) return "";
-  const size_t path = begin + marker.size();
-  return log.substr(path, log.find(' ', path) - path);
+  std::istringstream lines(server.Log());
+  for (std::string text; std::getline(lines, text);) {
+    const json line = json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (!line.is_object() || line.value("event", "") != "model_loaded") continue;
+    const std::string detail = line.value("detail", "");  // "NAME PATH dtype ..."
+    if (!detail.starts_with(name + " ")) continue;
+    const size_t path = name.size() + 1;
+    return detail.substr(path, detail.find(' ', path) - path);
+  }
+  return "";
 }
 
 // A copy of the model `server` serves under `dir`/NAME (NAME: its name) whose weights differ in one bit of

@@ -322,7 +322,8 @@ TEST_F(BatchResume, AnUnreachableServerAmongSeveralLeavesItsRowsToTheOthers) {
                       "--progress=log"},
                      log_),
             3);
-  EXPECT_THAT(ReadFile(log_), HasSubstr("UNAVAILABLE: no server answered which models it holds (server 1: "));
+  EXPECT_THAT(ReadFile(log_),
+              HasSubstr("UNAVAILABLE: no server answered which models it holds (server 1 (127.0.0.1:1): "));
   EXPECT_NE(::access(output.c_str(), F_OK), 0);
 }
 

@@ -26,6 +26,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "client/attribution_client.h"
+#include "engine/common/files.h"
 #include "tests/testing/server_process.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
@@ -109,7 +110,13 @@ TEST(Lifecycle, ACheckEndedByASignalExitsOne) {
   const int writer = ::open(config.c_str(), O_RDWR | O_CLOEXEC);  // O_RDWR: opening does not wait for a reader
   ASSERT_GE(writer, 0);
   std::unique_ptr<ServerProcess> server = ServerProcess::Spawn({"--check_config", "--config=" + config});
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // into the read of the config
+  // Into the read of the config: the main thread waits on the pipe (before, loading LibTorch's libraries can take
+  // longer than any fixed wait, and a signal then met its default action).
+  const std::string wait_channel = absl::StrCat("/proc/", server->pid(), "/wchan");
+  for (int i = 0; i < 600 && engine::ReadFile(wait_channel).value_or("").find("pipe_read") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_THAT(engine::ReadFile(wait_channel).value_or(""), ::testing::HasSubstr("pipe_read"));
   server->Signal(SIGTERM);
   const int code = server->Wait(absl::Seconds(20));
   ::close(writer);
