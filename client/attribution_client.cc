@@ -347,9 +347,10 @@ absl::StatusOr<std::unique_ptr<AttributionClient>> AttributionClient::Connect(co
     }
   }
   // Servers permit a ping a second (a faster one counts against the client, which the server then disconnects).
-  if (!(options.keepalive >= absl::Seconds(1) && options.keepalive <= absl::Hours(24))) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("keepalive: ", absl::FormatDuration(options.keepalive), " does not lie between 1 s and 24 h"));
+  if (!(options.keepalive == absl::ZeroDuration() ||
+        (options.keepalive >= absl::Seconds(1) && options.keepalive <= absl::Hours(24)))) {
+    return absl::InvalidArgumentError(absl::StrCat("keepalive: ", absl::FormatDuration(options.keepalive),
+                                                   " is neither 0 (off) nor between 1 s and 24 h"));
   }
   // gRPC holds both limits in an int (-1: no limit on what is received).
   constexpr int64_t kMostBytes = std::numeric_limits<int>::max();
@@ -368,11 +369,13 @@ absl::StatusOr<std::unique_ptr<AttributionClient>> AttributionClient::Connect(co
   // gRPC reads its "min reconnect backoff" as the time a connection attempt is given.
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, static_cast<int>(absl::ToInt64Milliseconds(options.connect_timeout)));
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, static_cast<int>(absl::ToInt64Milliseconds(options.max_backoff)));
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, static_cast<int>(absl::ToInt64Milliseconds(options.keepalive)));
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, static_cast<int>(absl::ToInt64Milliseconds(options.keepalive)));
-  // gRPC stops pinging after 2 pings without data by default: a call computing for minutes sends none, so a
-  // replica that hung after the second ping went unnoticed again.
-  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  if (options.keepalive > absl::ZeroDuration()) {
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, static_cast<int>(absl::ToInt64Milliseconds(options.keepalive)));
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, static_cast<int>(absl::ToInt64Milliseconds(options.keepalive)));
+    // gRPC stops pinging after 2 pings without data by default: a call computing for minutes sends none, so a
+    // replica stopped after the second ping went unnoticed again.
+    args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  }
   // A retry resends the request, which gRPC keeps for it only up to 256 KiB by default: larger requests (many
   // component pairs) were silently tried once.
   args.SetInt(GRPC_ARG_PER_RPC_RETRY_BUFFER_SIZE, static_cast<int>(options.max_message_bytes));

@@ -39,12 +39,13 @@ struct ClientOptions {
   // How long one connection attempt (TCP, TLS and the HTTP/2 handshake) may take before it counts as
   // failed: a busy server or a distant one needs more than a loopback round trip.
   absl::Duration connect_timeout = absl::Seconds(20);
-  // While a call is in flight, an HTTP/2 ping every `keepalive`; one unanswered for as long again fails the
-  // connection's calls UNAVAILABLE, which the retries take to another server. A stopped or hung replica (or a
-  // dead link) held its calls until their deadlines: a data-set job over three servers with one stopped took the
-  // timeout twice over. Servers from 2026-12-07 permit pings every second; older ones one every 5 minutes, and
-  // answer more frequent ones by closing the connection: upgrade servers before clients.
-  absl::Duration keepalive = absl::Seconds(30);
+  // Zero: off. Otherwise, while a call is in flight, an HTTP/2 ping every `keepalive`; one unanswered for as
+  // long again fails the connection's calls UNAVAILABLE, which the retries take to another server. A stopped
+  // replica process or a dead link held its calls until their deadlines (a data-set job over three servers with
+  // one stopped took its timeout twice over). Off by default: servers before 2026-12-07 permit a ping only every
+  // 5 minutes and close a connection that pings more, its calls lost. Not detected: an engine that hangs while
+  // the process still answers pings, or a backend behind an HTTP/2 proxy, which answers them itself.
+  absl::Duration keepalive = absl::ZeroDuration();
   int64_t max_message_bytes = 64 << 20;  // largest request sent (and retried whole: see Connect)
   // Largest response accepted; -1: any. A larger one fails the call with gRPC's RESOURCE_EXHAUSTED
   // ("Received message larger than max"), which retrying never cures.

@@ -14,9 +14,10 @@ ABSL_FLAG(std::string, cert, "", "PEM client certificate (mutual TLS; with --key
 ABSL_FLAG(std::string, key, "", "PEM key of --cert");
 ABSL_FLAG(std::string, tls_server_name, "", "expected server name in its certificate (default: the target's host)");
 ABSL_FLAG(std::string, token_file, "", "file holding the bearer token (servers with --auth_tokens_file)");
-ABSL_FLAG(double, keepalive, 30,
-          "seconds between pings while a call runs; a server that answers none for as long fails the call "
-          "UNAVAILABLE (retried on another server) instead of holding it to its deadline");
+ABSL_FLAG(double, keepalive, 0,
+          "seconds between pings while a call runs (0: none); a server that answers none for as long fails the "
+          "call UNAVAILABLE (retried on another server) instead of holding it to its deadline. Servers before "
+          "2026-12-07 close connections that ping more often than every 300 s");
 
 namespace attribution::client {
 
@@ -42,8 +43,9 @@ absl::Status ApplyConnectionFlags(ClientOptions& options) {
   SetTlsFromFlags(options);
   // Connect checks the range, naming ClientOptions' field; a NaN or infinity has no Duration to reach it as.
   const double keepalive = absl::GetFlag(FLAGS_keepalive);
-  if (!(keepalive >= 1 && keepalive <= 86400)) {
-    return absl::InvalidArgumentError(absl::StrCat("--keepalive: ", keepalive, " does not lie between 1 and 86400 s"));
+  if (!(keepalive == 0 || (keepalive >= 1 && keepalive <= 86400))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--keepalive: ", keepalive, " is neither 0 (off) nor between 1 and 86400 s"));
   }
   options.keepalive = absl::Seconds(keepalive);
   // Connect checks the files too, naming ClientOptions' fields; a program's user gave the flags.

@@ -266,16 +266,11 @@ absl::Status ApplyFeatures(const v1::AttributeRequest& proto, const ServedModel&
     if (group.has_baseline()) {  // set but empty deletes the span
       // Empty needs no tokenizer: a model without one (token ids only) refused a deletion as "takes token_ids".
       const bool deletes = group.baseline().text().empty() && group.baseline().token_ids_size() == 0;
-      // Text is read as it stands in place, the continuation of the prompt's tokens before the group, as a target
-      // is read after the prompt: alone, SentencePiece made " blue" two tokens ("▁", "▁blue") where " red" was one,
-      // and feature ablation scored that replacement (integrated gradients refused its length).
-      const ResolvedInput before{
-          .encoding = {.ids = std::vector<int64_t>(request.prompt_ids.begin(),
-                                                   request.prompt_ids.begin() + group.token_begin())}};
+      // Text is tokenized on its own, as the proto says: SentencePiece gives " blue" a word boundary of its own
+      // ("▁", "▁blue"); read in place instead it cost a prompt decode and two encodes per group and joined
+      // "blue" to the word before it, changing answers clients had (round 19).
       ASSIGN_OR_RETURN(ResolvedInput baseline,
-                       deletes ? ResolvedInput{}
-                               : ResolveContinuationOf(group.baseline(), field + ".baseline", before, model,
-                                                       "; or give the baseline's token_ids"));
+                       deletes ? ResolvedInput{} : Resolve(group.baseline(), field + ".baseline", model, false));
       baseline_growth += std::max<int64_t>(
           0, static_cast<int64_t>(baseline.encoding.ids.size()) - (group.token_end() - group.token_begin()));
       // Rows hold the baselines only where they are read: unread, any length is accepted (UnreadSettings).

@@ -41,8 +41,8 @@ class EngineCollector : public prometheus::Collectable {
         Family("attribution_engine_queued_bytes", "Memory the waiting work holds (rows, embedding paths)",
                prometheus::MetricType::Gauge),
         Family("attribution_engine_kv_cache_bytes",
-               "Memory the generations in progress hold for their keys and values (counted with queued_bytes "
-               "against engine.max_queued_bytes)",
+               "Memory the generations in progress hold for their keys and values (against "
+               "engine.max_kv_cache_bytes)",
                prometheus::MetricType::Gauge),
         Family("attribution_engine_token_budget", "Padded tokens per batch now (shrinks after out-of-memory)",
                prometheus::MetricType::Gauge),

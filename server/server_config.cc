@@ -162,6 +162,7 @@ absl::Status ReadEngineOptions(const json& object, const std::string& where, eng
   RETURN_IF_ERROR(reader.Read("max_queued_rows", out.max_queued_rows));
   RETURN_IF_ERROR(reader.Read("max_queued_tokens", out.max_queued_tokens));
   RETURN_IF_ERROR(reader.Read("max_queued_bytes", out.max_queued_bytes));
+  RETURN_IF_ERROR(reader.Read("max_kv_cache_bytes", out.max_kv_cache_bytes));
   RETURN_IF_ERROR(reader.ReadSeconds("max_queue_delay_seconds", out.max_queue_delay));
   RETURN_IF_ERROR(reader.ReadSeconds("max_batch_seconds", out.max_batch_time));
   RETURN_IF_ERROR(reader.ReadSeconds("max_uncontended_batch_seconds", out.max_uncontended_batch_time));
@@ -388,6 +389,7 @@ absl::Status ValidateEngineOptions(const engine::EngineOptions& engine, const st
   RETURN_IF_ERROR(Positive(engine.max_queued_rows, where + ".max_queued_rows"));
   RETURN_IF_ERROR(Positive(engine.max_queued_tokens, where + ".max_queued_tokens"));
   RETURN_IF_ERROR(Positive(engine.max_queued_bytes, where + ".max_queued_bytes"));
+  RETURN_IF_ERROR(Positive(engine.max_kv_cache_bytes, where + ".max_kv_cache_bytes"));
   if (!(engine.max_padding_waste >= 0 && engine.max_padding_waste <= 1)) {
     return absl::InvalidArgumentError(
         absl::StrCat(where, ".max_padding_waste = ", ExactNumber(engine.max_padding_waste), " is outside [0, 1]"));

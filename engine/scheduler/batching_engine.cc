@@ -84,13 +84,6 @@ int64_t WithHeadroom(int64_t limit, bool admitted) {
   return limit > std::numeric_limits<int64_t>::max() / 2 ? std::numeric_limits<int64_t>::max() : 2 * limit;
 }
 
-// RESOURCE_EXHAUSTED: what holds the queue memory, and what the refused work needed.
-absl::Status QueueMemoryFull(const EngineStats& stats, int64_t needed, int64_t limit) {
-  return absl::ResourceExhaustedError(absl::StrCat(
-      "engine queue memory is full: ", Mebibytes(stats.queued_bytes), " queued and ", Mebibytes(stats.kv_cache_bytes),
-      " of generations' KV caches; this request needs ", Mebibytes(needed), " more; the limit is ", Mebibytes(limit)));
-}
-
 }  // namespace
 
 int64_t Row::QueuedBytes() const {
@@ -213,8 +206,10 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
         "this request alone needs ", Mebibytes(bytes), " of queue memory, more than the limit of ",
         Mebibytes(options_.max_queued_bytes), ": it cannot be queued even on an idle server (fewer or shorter rows)")));
   }
-  if (stats_.queued_bytes + stats_.kv_cache_bytes + bytes > WithHeadroom(options_.max_queued_bytes, admitted)) {
-    return reject(QueueMemoryFull(stats_, bytes, options_.max_queued_bytes));
+  if (stats_.queued_bytes + bytes > WithHeadroom(options_.max_queued_bytes, admitted)) {
+    return reject(absl::ResourceExhaustedError(
+        absl::StrCat("engine queue memory is full: ", Mebibytes(stats_.queued_bytes), " queued and this request needs ",
+                     Mebibytes(bytes), " more; the limit is ", Mebibytes(options_.max_queued_bytes))));
   }
   if (fresh) {
     queue.request = request;
@@ -754,21 +749,26 @@ absl::StatusOr<std::unique_ptr<BatchingEngine::Reservation>> BatchingEngine::Res
   if (__builtin_mul_overflow(tokens, executor_->KvCacheBytesPerToken(), &bytes)) {
     bytes = std::numeric_limits<int64_t>::max();
   }
-  if (bytes > options_.max_queued_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": the KV cache of ", tokens, " tokens needs ",
-                                                   Mebibytes(bytes), ", more than this model's queue memory of ",
-                                                   Mebibytes(options_.max_queued_bytes),
-                                                   " (engine.max_queued_bytes): it cannot run even on an idle server"));
+  if (bytes > options_.max_kv_cache_bytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": the KV cache of ", tokens, " tokens needs ", Mebibytes(bytes),
+                     ", more than this model's generations may hold together, ", Mebibytes(options_.max_kv_cache_bytes),
+                     " (engine.max_kv_cache_bytes): it cannot run even on an idle server"));
   }
   std::lock_guard<std::mutex> lock(mu_);
   if (stopping_) return ShuttingDown();
-  if (stats_.queued_bytes + stats_.kv_cache_bytes + bytes > options_.max_queued_bytes) {
-    return QueueMemoryFull(stats_, bytes, options_.max_queued_bytes);
+  if (stats_.kv_cache_bytes + bytes > options_.max_kv_cache_bytes) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("generations' KV caches are full: ", Mebibytes(stats_.kv_cache_bytes), " held and this one needs ",
+                     Mebibytes(bytes), " more; the limit is ", Mebibytes(options_.max_kv_cache_bytes),
+                     " (engine.max_kv_cache_bytes)"));
   }
   stats_.kv_cache_bytes += bytes;
   return std::make_unique<Reservation>(this, bytes);
 }
 
+// Never under mu_: every callback that may end a generation (and drop its reservation) is delivered after the
+// engine's lock is released.
 BatchingEngine::Reservation::~Reservation() {
   std::lock_guard<std::mutex> lock(engine_->mu_);
   engine_->stats_.kv_cache_bytes -= bytes_;

@@ -44,6 +44,10 @@ struct EngineOptions {
   // baseline embeddings, and each prompt pair's ids and (once it runs) both runs' activations at every
   // component site, paths and pairs counted once per request. Submissions above it are refused.
   int64_t max_queued_bytes = int64_t{8} << 30;
+  // The keys and values all generations in progress may hold together (ReserveKvCache); a pool of its own, so
+  // generations never lock attribution calls out of the queue, nor these them. Size it to the device's memory
+  // beside the weights.
+  int64_t max_kv_cache_bytes = int64_t{8} << 30;
   int64_t max_rows_per_request = 1 << 16;  // queued at once
   int64_t max_tokens_per_request = int64_t{1} << 24;
   // Latency isolation (see batch_policy.h): while contended, one batch takes at most this device time
@@ -98,7 +102,7 @@ struct EngineStats {
   int64_t queued_rows = 0;
   int64_t queued_tokens = 0;
   int64_t queued_bytes = 0;
-  int64_t kv_cache_bytes = 0;  // reserved by generations in progress (ReserveKvCache), beside queued_bytes
+  int64_t kv_cache_bytes = 0;  // reserved by generations in progress (ReserveKvCache)
   int64_t batches = 0;
   int64_t rows = 0;
   int64_t tokens = 0;
@@ -192,12 +196,11 @@ class BatchingEngine {
   int64_t max_tokens_per_request() const { return options_.max_tokens_per_request; }
   // Queue memory one request may hold: the whole queue's (a request over it can never be queued).
   int64_t max_bytes_per_request() const { return options_.max_queued_bytes; }
-  // Holds the keys and values of a generation of `tokens` (prompt and new tokens) against the queue memory
-  // (max_queued_bytes, with queued_bytes) until the returned reservation is destroyed: the cache lives from a
-  // generation's first step to its end, mostly while no row of it is queued, and went uncounted (64 Generates
-  // held 3.3 GB that no limit refused and no metric showed). INVALID_ARGUMENT where it exceeds the limit alone,
-  // RESOURCE_EXHAUSTED while queued work and other generations hold too much; the caller passes `what` (the
-  // field that sets `tokens`) for the message.
+  // Holds the keys and values of a generation of `tokens` (prompt and new tokens) against max_kv_cache_bytes
+  // until the returned reservation is destroyed: the cache lives from a generation's first step to its end,
+  // mostly while no row of it is queued, and went uncounted (64 Generates held 3.3 GB that no limit refused and
+  // no metric showed). INVALID_ARGUMENT where it exceeds the limit alone, RESOURCE_EXHAUSTED while other
+  // generations hold too much; the caller passes `what` (the field that sets `tokens`) for the message.
   class Reservation;
   absl::StatusOr<std::unique_ptr<Reservation>> ReserveKvCache(int64_t tokens, absl::string_view what);
   // Called on the executor thread after every batch, before its rows are answered.

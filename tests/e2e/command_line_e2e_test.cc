@@ -346,7 +346,7 @@ TEST(CliCommandLine, AKeepaliveBelowASecondIsRefused) {
   const Outputs outputs =
       RunCommandApart(absl::StrCat(ATTRIBUTION_CLI_BINARY, " models --server=127.0.0.1:1 --keepalive=0.5"));
   EXPECT_NE(outputs.code, 0);
-  EXPECT_THAT(outputs.err, HasSubstr("--keepalive: 0.5 does not lie between 1 and 86400 s"));
+  EXPECT_THAT(outputs.err, HasSubstr("--keepalive: 0.5 is neither 0 (off) nor between 1 and 86400 s"));
 }
 
 // Bad flag values and unknown flags exited 1 (abseil's parser), as did a bad --range, where the CLI

@@ -309,39 +309,6 @@ TEST_F(ServiceTest, FaithfulnessOnRequestEqualsTheEngineMeasuringTheSameExplanat
   EXPECT_EQ(plain->stats.rows + engine::FaithfulnessRowCount(), a->stats.rows);
 }
 
-// A group's baseline text is read as it stands in place of the group, the continuation of the prompt's tokens
-// before it (as a target after the prompt): alone, SentencePiece made " blue" two tokens ("▁", "▁blue") where
-// " red" was one, and feature ablation scored that other replacement. On the default model, whose tokenizer
-// has such words.
-TEST(ServiceBaselines, AGroupsBaselineTextIsTokenizedAsItStandsInPlace) {
-  auto server = ServerProcess::Start({});
-  ASSERT_THAT(server, IsOk());
-  auto client = Connect((*server)->address());
-  const std::string model = "tiny-qa-llama";
-  absl::StatusOr<client::Logprobs> red =
-      client->GetLogprobs({.model = model, .prompt = "The cup is", .target = " red"});
-  absl::StatusOr<client::Logprobs> blue =
-      client->GetLogprobs({.model = model, .prompt = "The cup is", .target = " blue"});
-  ASSERT_THAT(red, IsOk());
-  ASSERT_THAT(blue, IsOk());
-  ASSERT_EQ(blue->target.size(), 1u) << "the default model reads \" blue\" after a word as one token";
-  const int64_t begin = static_cast<int64_t>(red->prompt_tokens.size());
-  const int64_t end = begin + static_cast<int64_t>(red->target.size());
-  AttributeOptions options{
-      .model = model, .prompt = "The cup is red. Q: Is it warm? A:", .target = " Yes", .method = "feature_ablation"};
-  options.feature_groups = {{.token_begin = begin, .token_end = end, .baseline_text = " blue"}};
-  absl::StatusOr<Attribution> by_text = client->Attribute(options);
-  options.feature_groups = {{.token_begin = begin, .token_end = end, .baseline_ids = {{blue->target[0].token.id}}}};
-  absl::StatusOr<Attribution> by_ids = client->Attribute(options);
-  ASSERT_THAT(by_text, IsOk());
-  ASSERT_THAT(by_ids, IsOk());
-  EXPECT_EQ(by_text->sequence, by_ids->sequence);
-  // Integrated gradients, one baseline token per position, takes the same text (it refused the two tokens).
-  options.method = "integrated_gradients";
-  options.feature_groups = {{.token_begin = begin, .token_end = end, .baseline_text = " blue"}};
-  EXPECT_THAT(client->Attribute(options), IsOk());
-}
-
 TEST_F(ServiceTest, TokenOffsetsPointIntoThePromptText) {
   auto client = Connect(server_->address());
   const std::string prompt = "Zürich café, naïve";  // multi-byte characters: code points != bytes
@@ -747,13 +714,13 @@ TEST(ServiceMetrics, RpcsAreCountedPerModel) {
 }
 
 // A generation's keys and values (the test's demo model: 2 x 2 layers x 2 KV heads x 16 x 4 bytes = 512 bytes a
-// token) are held against engine.max_queued_bytes from its first step to its end: one that could never fit is
+// token) are held against engine.max_kv_cache_bytes from its first step to its end: one that could never fit is
 // refused before any work, naming the field, and a generation that fits runs and returns its memory.
 TEST(ServiceMemory, AGenerationsKvCacheCountsAgainstTheQueueMemory) {
   test_support::TempDir dir;
   const std::string config = dir.File("server.json");
   std::ofstream(config) << R"({"models": [{"name": "demo", "path": ")" << DemoModelDir()
-                        << R"(", "engine": {"max_queued_bytes": 65536}}]})";  // 128 tokens of KV cache
+                        << R"(", "engine": {"max_kv_cache_bytes": 65536}}]})";  // 128 tokens of KV cache
   auto server = ServerProcess::Start({"--config=" + config});
   ASSERT_THAT(server, IsOk());
   auto client = Connect((*server)->address());
@@ -763,7 +730,7 @@ TEST(ServiceMemory, AGenerationsKvCacheCountsAgainstTheQueueMemory) {
           {.model = "demo", .prompt = prompt, .generation = {.max_new_tokens = 200, .ignore_stop_tokens = true}}),
       StatusIs(absl::StatusCode::kInvalidArgument,
                AllOf(HasSubstr("generation.max_new_tokens: the KV cache of"), HasSubstr("tokens needs"),
-                     HasSubstr("(engine.max_queued_bytes)"))));
+                     HasSubstr("(engine.max_kv_cache_bytes)"))));
   EXPECT_THAT(client->Attribute({.model = "demo",
                                  .prompt = prompt,
                                  .generation = {.max_new_tokens = 200, .ignore_stop_tokens = true},

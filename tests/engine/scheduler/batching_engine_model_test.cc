@@ -377,13 +377,15 @@ TEST_F(EngineOverModel, CancelledGenerationEndsWithCancelled) {
   EXPECT_THAT(status, StatusIs(absl::StatusCode::kCancelled));
 }
 
-// A generation's keys and values are held against the queue memory from its first step to its end: a second
+// A generation's keys and values are held against max_kv_cache_bytes from its first step to its end: a second
 // generation that would not fit beside the first is refused at once (RESOURCE_EXHAUSTED), one that fits no idle
-// server is told so naming the field, and the memory is free again once the first ends.
-TEST_F(EngineOverModel, GenerationsHoldTheirKvCacheAgainstTheQueueMemory) {
+// server is told so naming the field, and the memory is free again once the first ends. One that fits exactly
+// runs, and attribution rows are never refused for the generations' memory (a pool of its own).
+TEST_F(EngineOverModel, GenerationsHoldTheirKvCacheInAPoolOfTheirOwn) {
   const ModelConfig& c = model_->config();
   const int64_t per_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim * 4;  // float32 keys and values
-  auto engine = BatchingEngine::Create(MakeModelExecutor(model_), {.max_queued_bytes = 1100 * per_token});
+  auto engine = BatchingEngine::Create(MakeModelExecutor(model_),
+                                       {.max_queued_bytes = 64 << 10, .max_kv_cache_bytes = 1100 * per_token});
   ASSERT_THAT(engine, IsOk());
   const auto generate = [&](const std::shared_ptr<Request>& request, int64_t max_new,
                             ::attribution::test_support::Notification& done, absl::Status& status) {
@@ -400,17 +402,26 @@ TEST_F(EngineOverModel, GenerationsHoldTheirKvCacheAgainstTheQueueMemory) {
   EXPECT_EQ((*engine)->Stats().kv_cache_bytes, 1005 * per_token);
   generate((*engine)->NewRequest(), 200, second_done, second_status);
   ASSERT_TRUE(second_done.HasBeenNotified()) << "refused before any work";
-  EXPECT_THAT(second_status, StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("KV caches")));
+  EXPECT_THAT(second_status, StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("KV caches are full")));
+  RowCollector scored(1);  // a score row while the generation holds its whole pool
+  EXPECT_THAT(
+      (*engine)->Submit(
+          (*engine)->NewRequest(),
+          {Row{.kind = RowKind::kScore, .input_ids = Ids(8, 2), .objective = {.positions = {6}, .tokens = {7}}}},
+          scored.Callback()),
+      IsOk());
+  scored.Wait();
+  EXPECT_THAT(scored.result(0).status, IsOk());
   generate((*engine)->NewRequest(), 2000, third_done, third_status);
   ASSERT_TRUE(third_done.HasBeenNotified());
   EXPECT_THAT(third_status, StatusIs(absl::StatusCode::kInvalidArgument,
                                      AllOf(HasSubstr("generation.max_new_tokens: the KV cache of 2005 tokens"),
-                                           HasSubstr("engine.max_queued_bytes"))));
+                                           HasSubstr("engine.max_kv_cache_bytes"))));
   (*engine)->Cancel(*first);
   first_done.WaitForNotification();
   EXPECT_THAT(first_status, StatusIs(absl::StatusCode::kCancelled));
   EXPECT_EQ((*engine)->Stats().kv_cache_bytes, 0);
-  generate((*engine)->NewRequest(), 200, again_done, again_status);
+  generate((*engine)->NewRequest(), 1095, again_done, again_status);  // 5 + 1095 tokens: the pool exactly
   again_done.WaitForNotification();
   EXPECT_THAT(again_status, IsOk());
   EXPECT_EQ((*engine)->Stats().kv_cache_bytes, 0);

@@ -59,11 +59,12 @@ def channel_args(o: ClientOptions) -> List[Tuple[str, object]]:
         ("grpc.max_reconnect_backoff_ms", int(o.max_backoff * 1000)),
         ("grpc.max_receive_message_length", o.max_message_bytes),
         ("grpc.max_send_message_length", o.max_message_bytes),
-        ("grpc.keepalive_time_ms", int(o.keepalive * 1000)),
-        ("grpc.keepalive_timeout_ms", int(o.keepalive * 1000)),
-        ("grpc.http2.max_pings_without_data", 0),  # gRPC stops after 2 by default, mid-call
         ("grpc.per_rpc_retry_buffer_size", o.max_message_bytes),  # retries resend requests over 256 KiB too
     ]
+    if o.keepalive > 0:
+        args += [("grpc.keepalive_time_ms", int(o.keepalive * 1000)),
+                 ("grpc.keepalive_timeout_ms", int(o.keepalive * 1000)),
+                 ("grpc.http2.max_pings_without_data", 0)]  # gRPC stops after 2 by default, mid-call
     if o.tls and o.tls_server_name:
         args.append(("grpc.ssl_target_name_override", o.tls_server_name))
     return args
@@ -169,8 +170,8 @@ def check(o: ClientOptions) -> None:
             raise ValueError(f"{name}: {value!r} s does not lie between 1 ms and 24 h")
     # Servers permit a ping a second (a faster one counts against the client, which the server then disconnects).
     keepalive = _convert.seconds("keepalive", o.keepalive)
-    if not 1 <= keepalive <= 86400:
-        raise ValueError(f"keepalive: {keepalive!r} s does not lie between 1 s and 24 h")
+    if not (keepalive == 0 or 1 <= keepalive <= 86400):
+        raise ValueError(f"keepalive: {keepalive!r} s is neither 0 (off) nor between 1 s and 24 h")
     _convert.integer("max_attempts", o.max_attempts, _convert.INT32)
     _convert.integer("max_message_bytes", o.max_message_bytes, (1, _convert.INT32[1]))
     _metadata_value("bearer_token", o.bearer_token, MAX_BEARER_TOKEN_BYTES)

@@ -38,9 +38,10 @@ class ClientOptions:
     max_backoff: float = 2.0
     # Seconds one connection attempt (TCP, TLS, HTTP/2 handshake) may take before it counts as failed.
     connect_timeout: float = 20.0
-    # Seconds between HTTP/2 pings while a call is in flight; one unanswered as long fails the connection's calls
-    # UNAVAILABLE (retried), where a stopped or hung server held them until their deadline (C++: keepalive).
-    keepalive: float = 30.0
+    # Seconds between HTTP/2 pings while a call is in flight (0: none); one unanswered as long fails the
+    # connection's calls UNAVAILABLE (retried), where a stopped server process held them until their deadline.
+    # Off by default: servers before 2026-12-07 close connections that ping more than every 300 s (C++: keepalive).
+    keepalive: float = 0.0
     max_message_bytes: int = 64 << 20
 
 
