@@ -554,17 +554,27 @@ absl::StatusOr<GenerateCall> ToGenerateCall(const v1::GenerateRequest& proto, co
       return Invalid(absl::StrCat("stop[", i, "]"),
                      absl::StrCat(stop.size(), " bytes, more than the limit of ", kMaxStopStringBytes));
     }
-    // Stop strings are found in the generated text, which leaves special tokens out: "<|im_start|>" never
-    // stopped a generation that produced that token (a prompt or target spelled so is the token).
+    // Stop strings are found in the generated text, which leaves special tokens out: "<|im_end|>" never
+    // stopped a generation that produced that token (a prompt or target spelled so is the token). Exactly one
+    // special token stops as its id would (OpenAI-style code sends stop=["<|im_end|>"]); one inside other text
+    // could never match, and is refused.
     if (absl::StatusOr<engine::Encoding> tokens = model.tokenizer->Encode(stop, /*add_special_tokens=*/false);
         tokens.ok()) {
-      for (int64_t id : tokens->ids) {
+      const std::vector<int64_t>& ids = tokens->ids;
+      if (ids.size() == 1 && model.tokenizer->IsSpecial(ids[0]) && !call.options.ignore_stop_tokens) {
+        std::vector<int64_t>& stops = call.options.stop_token_ids;
+        // Given ids replace the model's eos ids: those still stop beside this one.
+        if (stops.empty()) stops = engine::StopTokens(model.model->config(), call.options);
+        if (std::find(stops.begin(), stops.end(), ids[0]) == stops.end()) stops.push_back(ids[0]);
+        RETURN_IF_ERROR(InField("stop", engine::CheckGenerationOptions(call.options)));
+        continue;
+      }
+      for (int64_t id : ids) {
         if (!model.tokenizer->IsSpecial(id)) continue;
-        return Invalid(
-            absl::StrCat("stop[", i, "]"),
-            absl::StrCat("holds the special token ", QuoteUserText(model.tokenizer->TokenText(id)), " (id ", id,
-                         "), which the generated text leaves out: give its id in "
-                         "generation.stop_token_ids"));
+        return Invalid(absl::StrCat("stop[", i, "]"),
+                       absl::StrCat("holds the special token ", QuoteUserText(model.tokenizer->TokenText(id)), " (id ",
+                                    id, ") beside other text, which the generated text leaves out: ",
+                                    "stop on the token alone, or give its id in generation.stop_token_ids"));
       }
     }
     call.stop.push_back(stop);

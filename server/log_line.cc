@@ -12,6 +12,7 @@
 #include <cstring>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -190,20 +191,24 @@ void LogWriter::Run() {
                           ? absl::StrCat("stderr refused lines (", std::strerror(write_error_), ")")
                           : std::string("stderr took lines slower than they came, and the log's buffer was full")}});
     }
-    int64_t count = 0;
+    const size_t notice_end = text.size();  // the cut line's end and the notice of lines dropped, if any
+    std::vector<size_t> line_ends;          // of the queued lines taken, in `text`
     while (!lines_.empty() && (text.empty() || text.size() + lines_.front().size() <= PIPE_BUF)) {
       text += lines_.front();
+      line_ends.push_back(text.size());
       buffered_bytes_ -= static_cast<int64_t>(lines_.front().size());
       lines_.pop_front();
-      ++count;
     }
+    const int64_t count = static_cast<int64_t>(line_ends.size());
     lock.unlock();
     int error = 0;
     const size_t written = WriteAll(fd_, text, error);
     lock.lock();
     if (written < text.size()) {  // said once stderr takes lines again, if it ever does
-      dropped_ += count;
-      dropped_unsaid_ += unsaid + count;
+      // Lines written whole before the failure are out; the notice too, if it was.
+      const int64_t lost = count - (std::upper_bound(line_ends.begin(), line_ends.end(), written) - line_ends.begin());
+      dropped_ += lost;
+      dropped_unsaid_ += (written < notice_end ? unsaid : 0) + lost;
       write_error_ = error;
       line_cut_ = written > 0 ? text[written - 1] != '\n' : line_cut_;
     } else {

@@ -41,11 +41,15 @@ std::string Hex(const unsigned char* digest, unsigned int size) {
 
 absl::StatusOr<std::vector<std::string>> ModelFiles(const std::string& dir) {
   std::set<std::string> files;
-  // special_tokens_map.json: a SentencePiece tokenizer reads its special tokens there (an "eos_token" changed
-  // answers, and two replicas that tokenized apart reported one digest).
-  for (const char* name : {"config.json", "generation_config.json", "special_tokens_map.json", "tokenizer.json",
-                           "tokenizer.model", "tokenizer_config.json"}) {
+  for (const char* name :
+       {"config.json", "generation_config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json"}) {
     if (engine::FileExists(dir + "/" + name)) files.insert(name);
+  }
+  // special_tokens_map.json where the tokenizer reads it, a tokenizer.model's folder (an "eos_token" there changed
+  // answers, and two replicas that tokenized apart reported one digest); beside a tokenizer.json it is unread,
+  // and hashing it changed the digest of most checkpoints for nothing.
+  if (!files.contains("tokenizer.json") && engine::FileExists(dir + "/special_tokens_map.json")) {
+    files.insert("special_tokens_map.json");
   }
   // As the weight store reads them.
   absl::StatusOr<engine::WeightFiles> weights = engine::FindWeightFiles(dir);

@@ -90,8 +90,8 @@ TEST(Lifecycle, ASignalWhileModelsLoadEndsTheProcessAtOnce) {
   AddSparseUnusedTensor(dir + "/model.safetensors", int64_t{64} << 30);
 
   std::unique_ptr<ServerProcess> server = ServerProcess::Spawn({"--model=m=" + dir});
+  // The load has begun; reading 64 GB for the digest takes far longer than the signal takes to arrive.
   ASSERT_TRUE(WaitForLog(*server, "\"model_loading\"", absl::Seconds(60))) << server->Log();
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // into the digest's read
   server->Signal(SIGTERM);
   // Before, the server waited for the load (with a pipe: forever) and the test's Wait timed out (-1).
   const int code = server->Wait(absl::Seconds(20));

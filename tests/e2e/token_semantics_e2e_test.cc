@@ -244,8 +244,8 @@ TEST_F(TokenSemanticsTest, SpecialTokenStringsInTheTextAreTheSpecialTokens) {
 
 // Stop strings are found in the generated text, which leaves special tokens out: "</s>" or "<|im_start|>" as a
 // stop string never stopped a generation that produced that token (while a prompt or target spelled so is the
-// token). Refused, pointing to stop_token_ids.
-TEST_F(TokenSemanticsTest, AStopStringHoldingASpecialTokenIsRefusedNamingItsId) {
+// token). Alone it now stops as its id does; inside other text, where it could never match, it is refused.
+TEST_F(TokenSemanticsTest, AStopStringOfASpecialTokenStopsAsItsIdAndOneInsideTextIsRefused) {
   for (const auto& [model, special] : {std::pair{"default", "</s>"}, std::pair{"chat", "<|im_start|>"}}) {
     absl::StatusOr<client::Logprobs> as_target =
         client_->GetLogprobs({.model = model, .prompt = "Q: Is it big? A:", .target = special});
@@ -260,6 +260,26 @@ TEST_F(TokenSemanticsTest, AStopStringHoldingASpecialTokenIsRefusedNamingItsId) 
                          AllOf(HasSubstr(absl::StrCat("stop[1]: holds the special token \"", special, "\" (id ", id)),
                                HasSubstr("generation.stop_token_ids"))))
         << model;
+    // Sampled until the token comes: by the string, the generation ends there, as it does by the id.
+    bool compared = false;
+    for (uint64_t seed = 1; seed <= 40 && !compared; ++seed) {
+      const client::GenerationSettings sampled{.max_new_tokens = 24, .temperature = 3, .seed = seed};
+      absl::StatusOr<client::Generation> by_id =
+          client_->Generate({.model = model, .prompt = "Q: Is it big? A:", .generation = [&] {
+                               client::GenerationSettings s = sampled;
+                               s.stop_token_ids = {id};
+                               return s;
+                             }()});
+      ASSERT_THAT(by_id, IsOk());
+      if (by_id->tokens.empty() || by_id->tokens.back().id != id) continue;  // this seed never made the token
+      absl::StatusOr<client::Generation> by_string =
+          client_->Generate({.model = model, .prompt = "Q: Is it big? A:", .generation = sampled, .stop = {special}});
+      ASSERT_THAT(by_string, IsOk());
+      EXPECT_EQ(Ids(by_string->tokens), Ids(by_id->tokens)) << model << " seed " << seed;
+      EXPECT_TRUE(by_string->stopped);
+      compared = true;
+    }
+    EXPECT_TRUE(compared) << model << ": no seed of 40 generated " << special;
   }
 }
 

@@ -51,12 +51,15 @@ TEST(ModelFilesIdentity, ChangesWhenAFileIsRewrittenOrTheFolderReplaced) {
   EXPECT_NE(ModelFilesIdentity(dir).value_or(""), *rewritten);
 }
 
-// A SentencePiece tokenizer reads its special tokens from special_tokens_map.json: two folders that differ only
-// there tokenize apart, so their digests differ, and a rewrite of it during the load is seen.
-TEST(ModelFiles, HoldTheSpecialTokensMapWhereThereIsOne) {
+// A SentencePiece tokenizer (a tokenizer.model, no tokenizer.json) reads its special tokens from
+// special_tokens_map.json: two folders that differ only there tokenize apart, so their digests differ, and a
+// rewrite of it during the load is seen.
+TEST(ModelFiles, HoldTheSpecialTokensMapWhereTheTokenizerReadsIt) {
   test_support::TempDir temp;
   const std::string dir = temp.File("model");
   WriteCheckpoint(dir);
+  std::filesystem::remove(dir + "/tokenizer.json");
+  std::ofstream(dir + "/tokenizer.model") << "pieces";
   const absl::StatusOr<std::string> without = ModelFilesDigest(dir);
   ASSERT_THAT(without, IsOk());
   std::ofstream(dir + "/special_tokens_map.json") << R"({"eos_token": "red"})";
@@ -66,9 +69,13 @@ TEST(ModelFiles, HoldTheSpecialTokensMapWhereThereIsOne) {
   ASSERT_THAT(with, IsOk());
   EXPECT_NE(*with, *without);
   const absl::StatusOr<std::string> identity = ModelFilesIdentity(dir);
-  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // a change time the filesystem's clock tells apart
   std::ofstream(dir + "/special_tokens_map.json") << R"({"eos_token": "</s>"})";
   EXPECT_NE(ModelFilesIdentity(dir).value_or(""), identity.value_or(""));
+  // Beside a tokenizer.json nothing reads it: not hashed.
+  std::ofstream(dir + "/tokenizer.json") << "{}";
+  EXPECT_THAT(ModelFiles(dir).value_or(std::vector<std::string>{}),
+              ::testing::Not(::testing::Contains(std::string("special_tokens_map.json"))));
 }
 
 }  // namespace
