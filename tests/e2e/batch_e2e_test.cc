@@ -312,23 +312,29 @@ TEST_F(Batch, KilledThreeTimesAndResumedEndsWithTheUninterruptedOutput) {
   ExpectSameResults(ReadResults(output), *reference_results_);
 }
 
+constexpr const char* kAnswered = "attribution_rpcs_total{code=\"OK\",method=\"Attribute\",model=\"tiny-qa-llama\"}";
+
+// A thread that sends `signal` to `server` once it has answered an eighth of the job's rows (polled: a fixed wait
+// could fire before the runner had even asked every server for its models), or after 30 s.
+std::thread SignalOnceAnEighthIsAnswered(ServerProcess& server, int signal) {
+  return std::thread([&server, signal] {
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    while (MetricValue(server.metrics_port(), kAnswered) < kRows / 8 && absl::Now() < deadline)
+      absl::SleepFor(absl::Milliseconds(10));
+    server.Signal(signal);
+  });
+}
+
 TEST_F(Batch, TwoServersShareTheWorkAndOneMayDie) {
   auto c = ServerProcess::Start({});
   ASSERT_THAT(c, IsOk());
   const std::string output = dir_->File("two.jsonl"), log = dir_->File("two.log");
-  const std::string served = "attribution_rpcs_total{code=\"OK\",method=\"Attribute\",model=\"tiny-qa-llama\"}";
-  // C runs the first part of the job, then dies: its rows go to B. The kill waits for C's answers
-  // (polled; a fixed wait could fire before the runner had even asked every server for its models).
-  std::thread killer([&] {
-    const absl::Time deadline = absl::Now() + absl::Seconds(30);
-    while (MetricValue((*c)->metrics_port(), served) < kRows / 8 && absl::Now() < deadline)
-      absl::SleepFor(absl::Milliseconds(10));
-    (*c)->Signal(SIGKILL);
-  });
+  // C runs the first part of the job, then dies: its rows go to B.
+  std::thread killer = SignalOnceAnEighthIsAnswered(**c, SIGKILL);
   EXPECT_EQ(RunBatch(Args(output, absl::StrCat((*c)->address(), ",", b_->address())), log), 0) << ReadFile(log);
   killer.join();
   ExpectSameResults(ReadResults(output), *reference_results_);
-  EXPECT_GT(MetricValue(b_->metrics_port(), served), 0);
+  EXPECT_GT(MetricValue(b_->metrics_port(), kAnswered), 0);
   EXPECT_THAT(ReadFile(log), HasSubstr("errors INVALID_ARGUMENT: 1\n"));  // only the empty prompt
   EXPECT_THAT(ReadFile(log), ::testing::Not(HasSubstr("errors UNAVAILABLE")));
 }
@@ -340,13 +346,7 @@ TEST_F(Batch, AStoppedServersRowsGoToTheOtherAfterItsPingsGoUnanswered) {
   auto c = ServerProcess::Start({});
   ASSERT_THAT(c, IsOk());
   const std::string output = dir_->File("stopped.jsonl"), log = dir_->File("stopped.log");
-  const std::string served = "attribution_rpcs_total{code=\"OK\",method=\"Attribute\",model=\"tiny-qa-llama\"}";
-  std::thread stopper([&] {
-    const absl::Time deadline = absl::Now() + absl::Seconds(30);
-    while (MetricValue((*c)->metrics_port(), served) < kRows / 8 && absl::Now() < deadline)
-      absl::SleepFor(absl::Milliseconds(10));
-    (*c)->Signal(SIGSTOP);
-  });
+  std::thread stopper = SignalOnceAnEighthIsAnswered(**c, SIGSTOP);
   std::vector<std::string> args = Args(output, absl::StrCat((*c)->address(), ",", b_->address()));
   // Without the pings every row at C fails DEADLINE_EXCEEDED after the 60 s.
   args.insert(args.end(), {"--keepalive=1", "--timeout=60"});
