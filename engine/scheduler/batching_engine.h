@@ -374,7 +374,7 @@ class BatchingEngine {
   std::thread aside_thread_;  // started and joined under aside_mu_ / by Shutdown
 };
 
-// Memory a generation holds against its engine's queue limit; returns it when destroyed. The engine must
+// Memory a generation holds against its engine's max_kv_cache_bytes; returns it when destroyed. The engine must
 // outlive it (a generation's callbacks, which hold it, end before the engine's Shutdown returns).
 class BatchingEngine::Reservation {
  public:
