@@ -233,6 +233,9 @@ struct ModelInfo {
   int64_t max_pairs = 0;          // prompt pairs of one AttributeComponents call
   int64_t max_queued_tokens = 0;  // tokens of the rows one request may queue, together
   int64_t max_queued_bytes = 0;   // queue memory one request may hold
+  // Tokens (prompt + new tokens) the KV caches of the model's generations may hold together: a longer Generate is
+  // refused (0 from servers before 2026-12-07).
+  int64_t max_kv_cache_tokens = 0;
   // SHA-256 (hex) of the files the server loaded the model from: which checkpoint this is, whatever its name
   // ("" from servers before 2026-12-04).
   std::string weights_digest;

@@ -515,9 +515,10 @@ int Models(AttributionClient& client) {
     // The limits a request is refused by, so that one can be sized before it is sent.
     std::cout << absl::StrFormat(
         "  limits: steps %d  samples %d  features %d  exact shapley features %d  tokens %d  new tokens %d  "
-        "top_k %d  choices %d  rows %d  queued tokens %d  queued bytes %d  pairs %d\n",
+        "top_k %d  choices %d  rows %d  queued tokens %d  queued bytes %d  pairs %d  kv cache tokens %d\n",
         m.max_steps, m.max_samples, m.max_features, m.max_exact_shapley_features, m.max_tokens, m.max_new_tokens,
-        m.max_top_k, m.max_choices, m.max_rows, m.max_queued_tokens, m.max_queued_bytes, m.max_pairs);
+        m.max_top_k, m.max_choices, m.max_rows, m.max_queued_tokens, m.max_queued_bytes, m.max_pairs,
+        m.max_kv_cache_tokens);
     if (!m.weights_digest.empty()) {
       std::cout << "  weights_digest: " << Printable(m.weights_digest)
                 << "  model_digest: " << Printable(m.model_digest) << "\n";

@@ -411,6 +411,7 @@ absl::StatusOr<std::vector<ModelInfo>> FromProto(const v1::ListModelsResponse& r
                    .max_pairs = l.max_pairs(),
                    .max_queued_tokens = l.max_queued_tokens(),
                    .max_queued_bytes = l.max_queued_bytes(),
+                   .max_kv_cache_tokens = l.max_kv_cache_tokens(),
                    .weights_digest = m.weights_digest(),
                    .model_digest = m.model_digest()});
   }

@@ -97,7 +97,8 @@ std::string ModelsJson(const std::vector<ModelInfo>& models) {
                     {"max_rows", m.max_rows},
                     {"max_pairs", m.max_pairs},
                     {"max_queued_tokens", m.max_queued_tokens},
-                    {"max_queued_bytes", m.max_queued_bytes}});
+                    {"max_queued_bytes", m.max_queued_bytes},
+                    {"max_kv_cache_tokens", m.max_kv_cache_tokens}});
   }
   return Dump({{"models", list}});
 }

@@ -710,6 +710,7 @@ void ToModelInfo(const ServedModel& model, int64_t max_top_k, v1::ModelInfo* out
   limits->set_max_rows(model.attributor->limits().max_rows);
   limits->set_max_queued_tokens(model.attributor->limits().max_queued_tokens);
   limits->set_max_queued_bytes(model.engine->max_bytes_per_request());
+  limits->set_max_kv_cache_tokens(model.engine->max_kv_cache_tokens());
   limits->set_max_pairs(engine::ComponentLimits().max_pairs);
 }
 

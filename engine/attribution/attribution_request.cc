@@ -141,7 +141,7 @@ absl::Status ValidateAttributionRequest(const AttributionRequest& r, const Model
   if (longest_row > limits.max_tokens) {
     return absl::InvalidArgumentError(
         absl::StrCat("feature_groups[].baseline: with every feature at its baseline a row holds ", longest_row,
-                     " tokens (prompt + target), over the limit of ", limits.max_tokens));
+                     " tokens (prompt + target), over this model's limits.max_tokens (", limits.max_tokens, ")"));
   }
   if (config.architecture == Architecture::kGpt2 && longest_row > config.max_position_embeddings) {
     return absl::InvalidArgumentError(

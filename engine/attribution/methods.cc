@@ -39,9 +39,10 @@ absl::Status CheckPathRound(const AttributionRequest& r, int64_t points, int64_t
   return absl::InvalidArgumentError(absl::StrCat(
       points_are != nullptr ? points_are : points_field, " x (1 + target tokens with want_token_matrix) = ", points,
       " x ", per_point, ": ", AttributionMethodName(r.method), " would queue ", rows, " rows",
-      too_many_rows ? "" : absl::StrCat(" of ", tokens, " tokens"), " at once, over this server's limit of ",
-      too_many_rows ? limits.max_rows : limits.max_queued_tokens, too_many_rows ? " rows" : " tokens",
-      " per request; ask for fewer ", points_field, ", a shorter target, or want_token_matrix = false"));
+      too_many_rows ? "" : absl::StrCat(" of ", tokens, " tokens"), " at once, over this model's ",
+      too_many_rows ? absl::StrCat("limits.max_rows (", limits.max_rows, ")")
+                    : absl::StrCat("limits.max_queued_tokens (", limits.max_queued_tokens, ")"),
+      "; ask for fewer ", points_field, ", a shorter target, or want_token_matrix = false"));
 }
 
 absl::Status ValidateIntegratedGradients(const AttributionRequest& r, int64_t, const AttributionLimits& limits) {
@@ -113,8 +114,8 @@ absl::Status ValidateShapleyValueSampling(const AttributionRequest& r, int64_t f
   if (rows <= limits.max_rows) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(
       "n_samples x features = ", r.n_samples, " x ", features, ": shapley_value_sampling would score up to ", rows,
-      " rows, over this server's limit of ", limits.max_rows,
-      " rows per request; ask for fewer n_samples, or fewer features (feature_range, feature_groups)"));
+      " rows, over this model's limits.max_rows (", limits.max_rows,
+      "); ask for fewer n_samples, or fewer features (feature_range, feature_groups)"));
 }
 
 absl::Status ValidateKernelShap(const AttributionRequest& r, int64_t features, const AttributionLimits& limits) {

@@ -179,13 +179,14 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
   };
   if (queue.rows + count > options_.max_rows_per_request) {
     return reject(absl::InvalidArgumentError(
-        absl::StrCat("request would queue ", queue.rows + count, " rows; the limit per request is ",
-                     options_.max_rows_per_request, " (fewer steps, samples or features)")));
+        absl::StrCat("request would queue ", queue.rows + count, " rows, over this model's limits.max_rows (",
+                     options_.max_rows_per_request, "): fewer steps, samples or features")));
   }
   if (queue.tokens + tokens > options_.max_tokens_per_request) {
     return reject(absl::InvalidArgumentError(absl::StrCat(
-        "request would queue ", queue.tokens + tokens, " tokens (its rows' tokens together); the limit per request is ",
-        options_.max_tokens_per_request, " (fewer steps, samples or features, or a shorter prompt)")));
+        "request would queue ", queue.tokens + tokens,
+        " tokens (its rows' tokens together), over this model's limits.max_queued_tokens (",
+        options_.max_tokens_per_request, "): fewer steps, samples or features, or a shorter prompt")));
   }
   // A full queue refuses requests, not stages: the later rows of a request admitted before (a generation's next
   // decode step, a perturbation's coalitions after its prefix, the next order of a tolerance, the rows after a
@@ -203,8 +204,8 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
   }
   if (bytes > options_.max_queued_bytes) {
     return reject(absl::InvalidArgumentError(absl::StrCat(
-        "this request alone needs ", Mebibytes(bytes), " of queue memory, more than the limit of ",
-        Mebibytes(options_.max_queued_bytes), ": it cannot be queued even on an idle server (fewer or shorter rows)")));
+        "this request alone needs ", Mebibytes(bytes), " of queue memory, more than this model's limits.max_queued_bytes (",
+        Mebibytes(options_.max_queued_bytes), "): it cannot be queued even on an idle server (fewer or shorter rows)")));
   }
   if (stats_.queued_bytes + bytes > WithHeadroom(options_.max_queued_bytes, admitted)) {
     return reject(absl::ResourceExhaustedError(
@@ -765,6 +766,10 @@ absl::StatusOr<std::unique_ptr<BatchingEngine::Reservation>> BatchingEngine::Res
   }
   stats_.kv_cache_bytes += bytes;
   return std::make_unique<Reservation>(this, bytes);
+}
+
+int64_t BatchingEngine::max_kv_cache_tokens() const {
+  return options_.max_kv_cache_bytes / std::max<int64_t>(1, executor_->KvCacheBytesPerToken());
 }
 
 // Never under mu_: every callback that may end a generation (and drop its reservation) is delivered after the

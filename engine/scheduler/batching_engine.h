@@ -196,6 +196,8 @@ class BatchingEngine {
   int64_t max_tokens_per_request() const { return options_.max_tokens_per_request; }
   // Queue memory one request may hold: the whole queue's (a request over it can never be queued).
   int64_t max_bytes_per_request() const { return options_.max_queued_bytes; }
+  // Tokens (prompt and new tokens) all generations' KV caches may hold together: max_kv_cache_bytes in tokens.
+  int64_t max_kv_cache_tokens() const;
   // Holds the keys and values of a generation of `tokens` (prompt and new tokens) against max_kv_cache_bytes
   // until the returned reservation is destroyed: the cache lives from a generation's first step to its end,
   // mostly while no row of it is queued, and went uncounted (64 Generates held 3.3 GB that no limit refused and

@@ -83,11 +83,12 @@ TEST(ModelsJson, WritesEveryFieldWithTheLimits) {
                                           .max_rows = 65536,
                                           .max_pairs = 64,
                                           .max_queued_tokens = 1 << 24,
-                                          .max_queued_bytes = int64_t{8} << 30}};
+                                          .max_queued_bytes = int64_t{8} << 30,
+                                          .max_kv_cache_tokens = 4096}};
   const nlohmann::json json = nlohmann::json::parse(ModelsJson(models));
   ASSERT_EQ(json["models"].size(), 1u);
   const nlohmann::json& m = json["models"][0];
-  EXPECT_EQ(m.size(), 27u);
+  EXPECT_EQ(m.size(), 28u);
   EXPECT_EQ(m["name"], "demo");
   EXPECT_EQ(m["quantization_block_size"], 64);
   EXPECT_EQ(m["double_quantization"], true);
@@ -102,6 +103,7 @@ TEST(ModelsJson, WritesEveryFieldWithTheLimits) {
   EXPECT_EQ(m["max_queued_tokens"], 1 << 24);
   EXPECT_EQ(m["max_queued_bytes"], int64_t{8} << 30);
   EXPECT_EQ(m["max_exact_shapley_features"], 12);
+  EXPECT_EQ(m["max_kv_cache_tokens"], 4096);
 }
 
 }  // namespace

@@ -112,6 +112,9 @@ TEST_F(ServiceTest, HealthAndModelsDescribeTheServer) {
   EXPECT_EQ((*models)[0].max_pairs, 64);
   EXPECT_EQ((*models)[0].max_queued_tokens, int64_t{1} << 24);
   EXPECT_EQ((*models)[0].max_queued_bytes, int64_t{8} << 30);
+  // engine.max_kv_cache_bytes (8 GiB) over the demo model's KV bytes a token, from its config.json: keys and
+  // values x 2 layers x 2 KV heads x head_dim 16 x 4 bytes (float32).
+  EXPECT_EQ((*models)[0].max_kv_cache_tokens, (int64_t{8} << 30) / (2 * 2 * 2 * 16 * 4));
   EXPECT_EQ((*models)[0].max_choices, 256);
 }
 

@@ -23,7 +23,7 @@ import pytest
 
 import attribution_client as ac
 from attribution_client import _channel, _convert
-from conftest import PROMPT, Server, cli, cli_json
+from conftest import DEFAULT_MODEL, PROMPT, Server, cli, cli_json
 
 # One float32 ULP of the values involved, turned to float64 and printed: both clients read one answer.
 # Both clients' calls run on the same server, but in batches whose shapes depend on the server's load
@@ -245,6 +245,11 @@ def test_list_models_and_health_equal_cpp_client(client, server):
     assert (model.vocab_size, model.num_layers, model.hidden_size) == (int(line[8]), int(line[10]), int(line[12]))
     assert (model.max_top_k, model.max_choices, model.max_rows, model.max_pairs, model.max_queued_tokens,
             model.max_queued_bytes) == (20, 256, 1 << 16, 64, 1 << 24, 8 << 30)
+    # engine.max_kv_cache_bytes (8 GiB) over the KV bytes a token the model's config implies (float32).
+    config = json.loads((DEFAULT_MODEL / "config.json").read_text())
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    kv_bytes_per_token = 2 * config["num_hidden_layers"] * config["num_key_value_heads"] * head_dim * 4
+    assert model.max_kv_cache_tokens == (8 << 30) // kv_bytes_per_token
     assert client.health() == cli(server.address, "health").strip() == "SERVING"
 
 

@@ -549,7 +549,7 @@ TEST_F(AttributionTest, RowsArePreCountedFromTheLargestOrderWithATolerance) {
   EXPECT_THAT(ValidateAttributionRequest(r, model_->config(), {.max_queued_tokens = 512 * per_point * sequence}),
               IsOk());
   EXPECT_THAT(ValidateAttributionRequest(r, model_->config(), {.max_queued_tokens = 512 * per_point * sequence - 1}),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("tokens per request")));
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("over this model's limits.max_queued_tokens (")));
   // The first round holds the two end rows: 8 points and 2 rows.
   EXPECT_THAT(ValidateAttributionRequest(r, model_->config(), {.max_rows = 8 * per_point + 1}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("the points of the first order")));

@@ -271,7 +271,7 @@ TEST_P(ComponentAttributionTest, TheRowsTokensAreCountedAgainstTheLimitBeforeAny
   EXPECT_THAT(Run(request, {.max_queued_tokens = tokens - 1}).status(),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        AllOf(HasSubstr(absl::StrCat(all->rows, " rows would run ", tokens, " tokens")),
-                             HasSubstr("limit of " + std::to_string(tokens - 1)))));
+                             HasSubstr("limits.max_queued_tokens (" + std::to_string(tokens - 1) + ")"))));
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, ComponentAttributionTest, ::testing::Values("llama", "gpt2", "qwen2"));

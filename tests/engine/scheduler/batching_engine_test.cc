@@ -495,8 +495,8 @@ TEST_F(BatchingEngineTest, ARequestLargerThanTheQueueIsInvalid) {
   EXPECT_EQ(engine_->max_tokens_per_request(), 100);
   auto never = [](size_t, RowResult) { ADD_FAILURE() << "a refused row was answered"; };
   EXPECT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(9, 2, 2), never),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("request would queue 9 rows; the limit per "
-                                                                     "request is 8")));
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("request would queue 9 rows, over this model's "
+                                                                     "limits.max_rows (8)")));
   EXPECT_THAT(engine_->Submit(engine_->NewRequest(), ScoreRows(1, 101, 2), never),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("request would queue 101 tokens")));
   RowCollector fits(8);
@@ -936,7 +936,7 @@ TEST_F(BatchingEngineTest, FullQueueRejectsBeforeAccepting) {
   ASSERT_THAT(engine_->Submit(request, ScoreRows(6, 2, 1), accepted.Callback()), IsOk());
   bool called = false;
   absl::Status status = engine_->Submit(request, ScoreRows(5, 2, 1), [&](size_t, RowResult) { called = true; });
-  EXPECT_THAT(status, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("limit per request is 10")));
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("limits.max_rows (10)")));
   EXPECT_EQ(engine_->Stats().queued_rows, 6);  // nothing of the rejected call was queued
   gate.Notify();
   blocking.Wait();  // the collectors must outlive every callback
@@ -1028,7 +1028,7 @@ TEST_F(BatchingEngineTest, ARequestOverTheQueueMemoryLimitAloneIsToldItNeverFits
   EXPECT_THAT(engine_->Submit(engine_->NewRequest(), std::move(rows), [](size_t, RowResult) {}),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        AllOf(HasSubstr("this request alone needs"), HasSubstr("even on an idle server"),
-                             HasSubstr("the limit of 64.0 KiB"))));  // under 1 MiB it said "0 MiB"
+                             HasSubstr("limits.max_queued_bytes (64.0 KiB)"))));  // under 1 MiB it said "0 MiB"
   EXPECT_EQ(engine_->Stats().queued_bytes, 0);
 }
 

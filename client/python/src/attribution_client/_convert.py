@@ -445,6 +445,7 @@ def models(r: pb.ListModelsResponse) -> List[ModelInfo]:
                       max_top_k=m.limits.max_top_k, max_choices=m.limits.max_choices,
                       max_rows=m.limits.max_rows, max_pairs=m.limits.max_pairs,
                       max_queued_tokens=m.limits.max_queued_tokens, max_queued_bytes=m.limits.max_queued_bytes,
+                      max_kv_cache_tokens=m.limits.max_kv_cache_tokens,
                       quantization_block_size=m.quantization_info.block_size,
                       double_quantization=m.quantization_info.double_quantization,
                       quantization_from_checkpoint=m.quantization_info.from_checkpoint,

@@ -336,6 +336,9 @@ class ModelInfo:
     max_queued_tokens: int = 0
     # Queue memory one request may hold.
     max_queued_bytes: int = 0
+    # Tokens (prompt + new tokens) the KV caches of the model's generations may hold together (0 from servers
+    # before 2026-12-07).
+    max_kv_cache_tokens: int = 0
     # nf4 / fp4 (bitsandbytes' formats): block size, double quantization, whether the weights were loaded
     # as a bitsandbytes checkpoint saved them, and that checkpoint's bnb_4bit_compute_dtype.
     quantization_block_size: int = 0
