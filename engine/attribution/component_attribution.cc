@@ -155,8 +155,8 @@ class ComponentRun : public std::enable_shared_from_this<ComponentRun> {
     if (tokens > max_queued_tokens) {
       return done_(absl::InvalidArgumentError(absl::StrCat(
           "the request's ", counted_rows, " rows would run ", tokens,
-          " tokens (each row one prompt of its pair), over this model's limits.max_queued_tokens (",
-          max_queued_tokens, "): ask for fewer pairs, sites or steps, shorter prompts, or a coarser granularity")));
+          " tokens (each row one prompt of its pair), over this model's limits.max_queued_tokens (", max_queued_tokens,
+          "): ask for fewer pairs, sites or steps, shorter prompts, or a coarser granularity")));
     }
     std::vector<Row> rows;
     VisitRows(pairs, [&](const std::shared_ptr<const PromptPair>& pair, RowKind kind, const std::vector<int64_t>& ids,

@@ -112,10 +112,10 @@ absl::Status ValidateShapleyValueSampling(const AttributionRequest& r, int64_t f
   if (absl::Status s = CheckSamples(r, features, limits); !s.ok()) return s;
   const int64_t rows = r.n_samples * features + 1;
   if (rows <= limits.max_rows) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(
-      "n_samples x features = ", r.n_samples, " x ", features, ": shapley_value_sampling would score up to ", rows,
-      " rows, over this model's limits.max_rows (", limits.max_rows,
-      "); ask for fewer n_samples, or fewer features (feature_range, feature_groups)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("n_samples x features = ", r.n_samples, " x ", features,
+                   ": shapley_value_sampling would score up to ", rows, " rows, over this model's limits.max_rows (",
+                   limits.max_rows, "); ask for fewer n_samples, or fewer features (feature_range, feature_groups)"));
 }
 
 absl::Status ValidateKernelShap(const AttributionRequest& r, int64_t features, const AttributionLimits& limits) {

@@ -183,10 +183,10 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
                      options_.max_rows_per_request, "): fewer steps, samples or features")));
   }
   if (queue.tokens + tokens > options_.max_tokens_per_request) {
-    return reject(absl::InvalidArgumentError(absl::StrCat(
-        "request would queue ", queue.tokens + tokens,
-        " tokens (its rows' tokens together), over this model's limits.max_queued_tokens (",
-        options_.max_tokens_per_request, "): fewer steps, samples or features, or a shorter prompt")));
+    return reject(absl::InvalidArgumentError(
+        absl::StrCat("request would queue ", queue.tokens + tokens,
+                     " tokens (its rows' tokens together), over this model's limits.max_queued_tokens (",
+                     options_.max_tokens_per_request, "): fewer steps, samples or features, or a shorter prompt")));
   }
   // A full queue refuses requests, not stages: the later rows of a request admitted before (a generation's next
   // decode step, a perturbation's coalitions after its prefix, the next order of a tolerance, the rows after a
@@ -204,8 +204,9 @@ absl::Status BatchingEngine::Submit(const std::shared_ptr<Request>& request, std
   }
   if (bytes > options_.max_queued_bytes) {
     return reject(absl::InvalidArgumentError(absl::StrCat(
-        "this request alone needs ", Mebibytes(bytes), " of queue memory, more than this model's limits.max_queued_bytes (",
-        Mebibytes(options_.max_queued_bytes), "): it cannot be queued even on an idle server (fewer or shorter rows)")));
+        "this request alone needs ", Mebibytes(bytes),
+        " of queue memory, more than this model's limits.max_queued_bytes (", Mebibytes(options_.max_queued_bytes),
+        "): it cannot be queued even on an idle server (fewer or shorter rows)")));
   }
   if (stats_.queued_bytes + bytes > WithHeadroom(options_.max_queued_bytes, admitted)) {
     return reject(absl::ResourceExhaustedError(
