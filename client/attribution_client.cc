@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "attribution/v1/attribution.grpc.pb.h"
+#include "client/answer_checks.h"
 #include "client/proto_mapping.h"
 #include "engine/common/credential_files.h"
 #include "engine/common/files.h"
@@ -171,6 +172,20 @@ class StreamCall final : public grpc::ClientReadReactor<grpc::ByteBuffer> {
   absl::Status malformed_;  // an event that did not parse
   std::optional<absl::StatusOr<Result>> result_;
 };
+
+}  // namespace
+
+namespace {
+
+// A response becomes a result once it has the shapes results index by (FromProto) and answers the request
+// (CheckAnswer).
+template <typename Result, typename Response>
+absl::StatusOr<Result> Answer(const AskedFor& asked, const Response& response) {
+  absl::StatusOr<Result> result = FromProto(response);
+  if (!result.ok()) return result;
+  if (absl::Status s = CheckAnswer(asked, response); !s.ok()) return s;
+  return result;
+}
 
 }  // namespace
 
@@ -395,7 +410,8 @@ void AttributionClient::AttributeAsync(const AttributeOptions& options, Callback
   if (!request.ok()) return done(request.status());
   impl_->Unary<v1::AttributeResponse, Attribution>(
       options.request_id, v1::AttributionService::service_full_name(), "Attribute", *request,
-      [](const v1::AttributeResponse& r) { return FromProto(r); }, std::move(done));
+      [asked = AskedBy(*request)](const v1::AttributeResponse& r) { return Answer<Attribution>(asked, r); },
+      std::move(done));
 }
 
 absl::StatusOr<Attribution> AttributionClient::Attribute(const AttributeOptions& options) {
@@ -407,10 +423,10 @@ void AttributionClient::AttributeStreamAsync(const AttributeOptions& options,
                                              Callback<Attribution> done) {
   absl::StatusOr<v1::AttributeRequest> request = ToProto(options);
   if (!request.ok()) return done(request.status());
-  auto on_event = [progress = std::move(progress)](const v1::AttributeEvent& event,
-                                                   std::optional<absl::StatusOr<Attribution>>& result) {
+  auto on_event = [progress = std::move(progress), asked = AskedBy(*request)](
+                      const v1::AttributeEvent& event, std::optional<absl::StatusOr<Attribution>>& result) {
     if (event.has_progress() && progress) progress(event.progress().rows_done(), event.progress().rows_total());
-    if (event.has_result()) result = FromProto(event.result());
+    if (event.has_result()) result = Answer<Attribution>(asked, event.result());
   };
   auto* call = new StreamCall<v1::AttributeRequest, v1::AttributeEvent, Attribution>(
       impl_->live, impl_->NewContext(options.request_id), std::move(*request), std::move(on_event), std::move(done));
@@ -449,7 +465,8 @@ void AttributionClient::GenerateAsync(const GenerateOptions& options, Callback<G
   if (!request.ok()) return done(request.status());
   impl_->Unary<v1::GenerateResponse, Generation>(
       options.request_id, v1::AttributionService::service_full_name(), "Generate", *request,
-      [](const v1::GenerateResponse& r) { return FromProto(r); }, std::move(done));
+      [asked = AskedBy(*request)](const v1::GenerateResponse& r) { return Answer<Generation>(asked, r); },
+      std::move(done));
 }
 
 absl::StatusOr<Generation> AttributionClient::Generate(const GenerateOptions& options) {
@@ -460,10 +477,10 @@ void AttributionClient::GenerateStreamAsync(const GenerateOptions& options, std:
                                             Callback<Generation> done) {
   absl::StatusOr<v1::GenerateRequest> request = ToProto(options);
   if (!request.ok()) return done(request.status());
-  auto on_event = [on_token = std::move(on_token)](const v1::GenerateEvent& event,
-                                                   std::optional<absl::StatusOr<Generation>>& result) {
+  auto on_event = [on_token = std::move(on_token), asked = AskedBy(*request)](
+                      const v1::GenerateEvent& event, std::optional<absl::StatusOr<Generation>>& result) {
     if (event.has_token() && on_token) on_token(FromProto(event.token()));
-    if (event.has_result()) result = FromProto(event.result());
+    if (event.has_result()) result = Answer<Generation>(asked, event.result());
   };
   auto* call = new StreamCall<v1::GenerateRequest, v1::GenerateEvent, Generation>(
       impl_->live, impl_->NewContext(options.request_id), std::move(*request), std::move(on_event), std::move(done));
@@ -480,7 +497,8 @@ void AttributionClient::GetLogprobsAsync(const LogprobsOptions& options, Callbac
   if (!request.ok()) return done(request.status());
   impl_->Unary<v1::LogprobsResponse, Logprobs>(
       options.request_id, v1::AttributionService::service_full_name(), "Logprobs", *request,
-      [](const v1::LogprobsResponse& r) { return FromProto(r); }, std::move(done));
+      [asked = AskedBy(*request)](const v1::LogprobsResponse& r) { return Answer<Logprobs>(asked, r); },
+      std::move(done));
 }
 
 absl::StatusOr<Logprobs> AttributionClient::GetLogprobs(const LogprobsOptions& options) {

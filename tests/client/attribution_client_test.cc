@@ -7,6 +7,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -161,6 +162,53 @@ TEST_F(AttributionClientTest, UnaryAnswersThatDoNotParseFailWithDataLoss) {
               StatusIs(kDataLoss, HasSubstr("/attribution.v1.AttributionService/AttributeStream")));
   EXPECT_THAT(client_->GenerateStream({.model = "demo", .prompt = "Is"}, nullptr),
               StatusIs(kDataLoss, HasSubstr("attribution.v1.GenerateEvent")));
+}
+
+// Answers with a well-formed shape that do not answer the request (a server answering another call, or computing
+// what no model computes) were results: a data-set job recorded them as ok (round 19's crafted server).
+TEST_F(AttributionClientTest, AnswersThatDoNotAnswerTheRequestFailWithDataLoss) {
+  service_.attribute.set_method(v1::FEATURE_ABLATION);
+  service_.attribute.add_target_tokens()->set_id(8);
+  const AttributeOptions ig{.model = "demo", .prompt = "Is", .target = " No"};
+  EXPECT_THAT(client_->Attribute(ig), StatusIs(kDataLoss, HasSubstr("AttributeResponse.method: FEATURE_ABLATION, "
+                                                                    "asked for INTEGRATED_GRADIENTS")));
+  EXPECT_THAT(client_->AttributeStream(ig, nullptr), StatusIs(kDataLoss, HasSubstr("AttributeResponse.method")));
+  AttributeOptions ablation{.model = "demo", .prompt = "Is", .target_ids = {8, 9}, .method = "feature_ablation"};
+  EXPECT_THAT(client_->Attribute(ablation),
+              StatusIs(kDataLoss, HasSubstr("AttributeResponse.target_tokens: ids [8], asked for [8, 9]")));
+  ablation.target_ids = {8};
+  EXPECT_THAT(client_->Attribute(ablation), IsOk());
+  service_.attribute.mutable_target_tokens(0)->set_log_prob(5);
+  EXPECT_THAT(client_->Attribute(ablation),
+              StatusIs(kDataLoss, HasSubstr("AttributeResponse.target_tokens[0].log_prob = 5: a log-probability is "
+                                            "at most 0")));
+  service_.attribute.mutable_target_tokens(0)->set_log_prob(std::nanf(""));  // --allow_nonfinite_weights computes it
+  EXPECT_THAT(client_->Attribute(ablation), IsOk());
+  service_.attribute.clear_target_tokens();
+  EXPECT_THAT(client_->Attribute({.model = "demo", .prompt = "Is", .target = " No", .method = "feature_ablation"}),
+              StatusIs(kDataLoss, HasSubstr("AttributeResponse.target_tokens: no target token")));
+
+  v1::TokenLogprob* scored = service_.logprobs.add_target();
+  scored->mutable_token()->set_id(4);
+  scored->mutable_token()->set_log_prob(-0.5);
+  scored->add_top()->set_log_prob(-0.25);
+  EXPECT_THAT(client_->GetLogprobs({.model = "demo", .prompt = "Is", .target = " No"}),
+              StatusIs(kDataLoss, HasSubstr("LogprobsResponse.target[0].top: 1 alternatives, asked for top_k = 0")));
+  EXPECT_THAT(client_->GetLogprobs({.model = "demo", .prompt = "Is", .target_ids = {4}, .top_k = 1}), IsOk());
+  scored->mutable_top(0)->set_log_prob(0.5);
+  EXPECT_THAT(client_->GetLogprobs({.model = "demo", .prompt = "Is", .target_ids = {4}, .top_k = 1}),
+              StatusIs(kDataLoss, HasSubstr("LogprobsResponse.target[0].top[0].log_prob = 0.5")));
+  scored->mutable_top(0)->set_log_prob(-0.75);
+  service_.logprobs.set_total_log_prob(3);
+  EXPECT_THAT(client_->GetLogprobs({.model = "demo", .prompt = "Is", .target_ids = {4}, .top_k = 1}),
+              StatusIs(kDataLoss, HasSubstr("LogprobsResponse.total_log_prob = 3")));
+
+  for (int id : {5, 6, 7}) service_.generate.add_tokens()->set_id(id);
+  const GenerateOptions two{.model = "demo", .prompt = "Is", .generation = {.max_new_tokens = 2}};
+  EXPECT_THAT(client_->Generate(two),
+              StatusIs(kDataLoss, HasSubstr("GenerateResponse.tokens: 3 tokens, asked for max_new_tokens = 2")));
+  EXPECT_THAT(client_->GenerateStream(two, nullptr), StatusIs(kDataLoss, HasSubstr("max_new_tokens = 2")));
+  EXPECT_THAT(client_->Generate({.model = "demo", .prompt = "Is"}), IsOk());  // the server's default: not checked
 }
 
 TEST_F(AttributionClientTest, GenerateMapsAWellFormedResponse) {

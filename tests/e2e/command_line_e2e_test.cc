@@ -567,6 +567,8 @@ TEST(CliCommandLine, JsonIsAllThatGoesToStdout) {
 TEST(CliCommandLine, ASeedBesideAGivenTargetSeedsTheMethodOnly) {
   test_support::FakeAttributionServer fake;
   ASSERT_TRUE(fake.ok());
+  fake.service.attribute.set_method(v1::GRADIENT_SHAP);
+  fake.service.attribute.add_target_tokens()->set_text(" y");
   const auto attribute = [&](const std::string& target) {
     const Outputs outputs =
         RunCommandApart(absl::StrCat(ATTRIBUTION_CLI_BINARY, " attribute --json --server=", fake.address(),

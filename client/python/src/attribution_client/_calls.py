@@ -53,16 +53,18 @@ def build(cls: Type[O], options: Any, fields: Dict[str, Any]) -> O:
     return built
 
 
-def attribute_event(event: pb.AttributeEvent) -> Union[Progress, Attribution]:
+def attribute_event(event: pb.AttributeEvent, asked: pb.AttributeRequest) -> Union[Progress, Attribution]:
     kind = event.WhichOneof("event")
     if kind == "result":
-        return _convert.attribution(event.result)
+        return _convert.attribution(event.result, asked)
     if kind == "queued":
         return Progress(rows_done=0, rows_total=0, queued=True)
     return Progress(rows_done=event.progress.rows_done, rows_total=event.progress.rows_total)
 
 
-def component_event(event: pb.AttributeComponentsEvent) -> Union[Progress, ComponentAttribution]:
+def component_event(event: pb.AttributeComponentsEvent, asked: pb.AttributeComponentsRequest
+                    ) -> Union[Progress, ComponentAttribution]:
+    del asked  # a component answer's shapes are checked, nothing of it against the request
     kind = event.WhichOneof("event")
     if kind == "result":
         return _convert.component_attribution(event.result)
@@ -71,9 +73,9 @@ def component_event(event: pb.AttributeComponentsEvent) -> Union[Progress, Compo
     return Progress(rows_done=event.progress.rows_done, rows_total=event.progress.rows_total)
 
 
-def generate_event(event: pb.GenerateEvent) -> Union[Token, Generation]:
+def generate_event(event: pb.GenerateEvent, asked: pb.GenerateRequest) -> Union[Token, Generation]:
     if event.WhichOneof("event") == "result":
-        return _convert.generation(event.result)
+        return _convert.generation(event.result, asked)
     return _convert.token(event.token)
 
 

@@ -373,9 +373,10 @@ def _stats(s: pb.RunStats) -> RunStats:
                     queue_seconds=s.queue_seconds, device_seconds=s.device_seconds, wall_seconds=s.wall_seconds)
 
 
-def attribution(r: pb.AttributeResponse) -> Attribution:
-    """The result; DataLoss naming the field if `r` has not the shapes the result's methods index by."""
-    _response_checks.check_attribution(r)
+def attribution(r: pb.AttributeResponse, asked: Optional[pb.AttributeRequest] = None) -> Attribution:
+    """The result; DataLoss naming the field if `r` has not the shapes the result's methods index by, or
+    does not answer `asked`."""
+    _response_checks.check_attribution(r, asked)
     faithfulness = None
     if r.HasField("faithfulness"):
         f = r.faithfulness
@@ -419,14 +420,15 @@ def component_attribution(r: pb.AttributeComponentsResponse) -> ComponentAttribu
         model_digest=r.model_digest, unread_settings=list(r.unread_settings))
 
 
-def generation(r: pb.GenerateResponse) -> Generation:
+def generation(r: pb.GenerateResponse, asked: Optional[pb.GenerateRequest] = None) -> Generation:
+    _response_checks.check_generation(r, asked)
     return Generation(prompt_tokens=_tokens(r.prompt_tokens), tokens=_tokens(r.tokens), text=r.text,
                       text_bytes=r.text_bytes, stopped=r.stopped, seed=r.seed, stats=_stats(r.stats),
                       model_digest=r.model_digest)
 
 
-def logprobs(r: pb.LogprobsResponse) -> Logprobs:
-    _response_checks.check_logprobs(r)
+def logprobs(r: pb.LogprobsResponse, asked: Optional[pb.LogprobsRequest] = None) -> Logprobs:
+    _response_checks.check_logprobs(r, asked)
     target = [TokenLogprob(token=token(t.token),
                            top=[TopToken(id=x.id, text=x.text, log_prob=x.log_prob, bytes=x.token_bytes) for x in t.top])
               for t in r.target]

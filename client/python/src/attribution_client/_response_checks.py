@@ -7,7 +7,7 @@ pandas error later, or rows silently left out of a table."""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import grpc
 
@@ -73,11 +73,50 @@ def _check_faithfulness(r: pb.AttributeResponse) -> None:
                              f"{n} features, outside [0, {len(r.features)}]")
 
 
-def check_attribution(r: pb.AttributeResponse) -> None:
-    """Raises DataLoss unless `r` has the shapes Attribution's methods rely on."""
+# A log-probability is log_softmax's, <= 0 exactly; a choice-renormalised one may round a little above.
+_LOG_PROB_SLACK = 1e-3
+
+
+def _contradicts(field: str, what: str) -> DataLoss:
+    return _malformed(field, f"{what} (the response does not answer this request)")
+
+
+def _check_log_prob(value: float, field: str, terms: int = 1) -> None:
+    if value > _LOG_PROB_SLACK * terms:  # NaN passes: a model served with --allow_nonfinite_weights computes it
+        raise DataLoss(grpc.StatusCode.DATA_LOSS, f"{field} = {value}: a log-probability is at most 0")
+
+
+def _method_name(value: int) -> str:
+    try:
+        return pb.Method.Name(value)
+    except ValueError:
+        return str(value)
+
+
+def _check_target_ids(asked: Sequence[int], got: Sequence[int], field: str) -> None:
+    """The target ids asked for, or (none given: a text or generated target) one token or more."""
+    if not asked:
+        if not got:
+            raise _contradicts(field, "no target token")
+    elif list(got) != list(asked):
+        raise _contradicts(field, f"ids {list(got)}, asked for {list(asked)}")
+
+
+def check_attribution(r: pb.AttributeResponse, asked: Optional[pb.AttributeRequest] = None) -> None:
+    """Raises DataLoss unless `r` has the shapes Attribution's methods rely on and answers `asked` (the
+    method asked for, the target ids given, log-probabilities <= 0), as the C++ client checks
+    (client/answer_checks.cc)."""
     _check_features(r)
     _check_token_matrix(r)
     _check_faithfulness(r)
+    if asked is None:
+        return
+    if asked.method != pb.METHOD_UNSPECIFIED and r.method != asked.method:
+        raise _contradicts("AttributeResponse.method",
+                           f"{_method_name(r.method)}, asked for {_method_name(asked.method)}")
+    _check_target_ids(asked.target.token_ids, [t.id for t in r.target_tokens], "AttributeResponse.target_tokens")
+    for i, t in enumerate(r.target_tokens):
+        _check_log_prob(t.log_prob, f"AttributeResponse.target_tokens[{i}].log_prob")
 
 
 def _check_grid(g: pb.ComponentGrid, field: str) -> None:
@@ -116,11 +155,34 @@ def check_components(r: pb.AttributeComponentsResponse) -> None:
                                                           f"{len(p.clean_tokens)} (as many as clean_tokens)")
 
 
-def check_logprobs(r: pb.LogprobsResponse) -> None:
-    """Every target entry carries its token."""
+def check_logprobs(r: pb.LogprobsResponse, asked: Optional[pb.LogprobsRequest] = None) -> None:
+    """Every target entry carries its token; the target ids given (one or more otherwise), every
+    log-probability <= 0, at most top_k alternatives."""
     for i, t in enumerate(r.target):
         if not t.HasField("token"):
             raise _malformed(f"LogprobsResponse.target[{i}].token", "missing")
+    if asked is None:
+        return
+    _check_target_ids(asked.target.token_ids, [t.token.id for t in r.target], "LogprobsResponse.target")
+    for i, t in enumerate(r.target):
+        field = f"LogprobsResponse.target[{i}]"
+        _check_log_prob(t.token.log_prob, f"{field}.token.log_prob")
+        if len(t.top) > asked.top_k:
+            raise _contradicts(f"{field}.top", f"{len(t.top)} alternatives, asked for top_k = {asked.top_k}")
+        for k, top in enumerate(t.top):
+            _check_log_prob(top.log_prob, f"{field}.top[{k}].log_prob")
+    _check_log_prob(r.total_log_prob, "LogprobsResponse.total_log_prob", len(r.target))
+
+
+def check_generation(r: pb.GenerateResponse, asked: Optional[pb.GenerateRequest] = None) -> None:
+    """At most max_new_tokens tokens (when asked), each log-probability <= 0."""
+    if asked is None:
+        return
+    most = asked.generation.max_new_tokens
+    if most > 0 and len(r.tokens) > most:
+        raise _contradicts("GenerateResponse.tokens", f"{len(r.tokens)} tokens, asked for max_new_tokens = {most}")
+    for i, t in enumerate(r.tokens):
+        _check_log_prob(t.log_prob, f"GenerateResponse.tokens[{i}].log_prob")
 
 
 def check_models(models: Sequence[pb.ModelInfo]) -> None:

@@ -244,7 +244,7 @@ class AsyncAttributionClient:
                                "the client inside the loop that uses it (async with AsyncAttributionClient(...))")
 
     def _stream(self, method: Any, options: Any, to_request: Callable[[Any], Any], timeout: Any,
-                convert: Callable[[Any], Any], result_type: type) -> AsyncStream:
+                convert: Callable[[Any, Any], Any], result_type: type) -> AsyncStream:
         """A stream whose request is built now (bad options raise here) and sent on first use, once the
         model is known (a closed client raises Cancelled then, as its other calls do when awaited)."""
         request = to_request(options)
@@ -263,8 +263,8 @@ class AsyncAttributionClient:
 
         async def reopen() -> Any:
             return call() if await self._first_model_changed(options, timeout) else None
-        return AsyncStream(start, convert, result_type, lambda: self._closed, rpc_name(method),
-                           reopen if model_defaulted else None)
+        return AsyncStream(start, lambda event: convert(event, request), result_type, lambda: self._closed,
+                           rpc_name(method), reopen if model_defaulted else None)
 
     async def __aenter__(self) -> "AsyncAttributionClient":
         return self
@@ -326,8 +326,9 @@ class AsyncAttributionClient:
             return await _with_progress(self.attribute_stream(o, timeout=timeout), progress)
 
         async def attribute(o: AttributeOptions) -> Attribution:
-            return _convert.attribution(
-                await self._unary(self._stub.Attribute, _convert.attribute_request(o), timeout, o.request_id))
+            request = _convert.attribute_request(o)
+            response = await self._unary(self._stub.Attribute, request, timeout, o.request_id)
+            return _convert.attribution(response, request)
         return await self._unary_with_model(o, timeout, attribute)
 
     def attribute_stream(self, options: Union[AttributeOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
@@ -360,8 +361,8 @@ class AsyncAttributionClient:
     async def generate(self, options: Union[GenerateOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                        **fields: Any) -> Generation:
         async def generate(o: GenerateOptions) -> Generation:
-            return _convert.generation(
-                await self._unary(self._stub.Generate, _convert.generate_request(o), timeout, o.request_id))
+            request = _convert.generate_request(o)
+            return _convert.generation(await self._unary(self._stub.Generate, request, timeout, o.request_id), request)
         return await self._unary_with_model(_calls.build(GenerateOptions, options, fields), timeout, generate)
 
     def generate_stream(self, options: Union[GenerateOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
@@ -373,8 +374,8 @@ class AsyncAttributionClient:
     async def logprobs(self, options: Union[LogprobsOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                        **fields: Any) -> Logprobs:
         async def logprobs(o: LogprobsOptions) -> Logprobs:
-            return _convert.logprobs(
-                await self._unary(self._stub.Logprobs, _convert.logprobs_request(o), timeout, o.request_id))
+            request = _convert.logprobs_request(o)
+            return _convert.logprobs(await self._unary(self._stub.Logprobs, request, timeout, o.request_id), request)
         return await self._unary_with_model(_calls.build(LogprobsOptions, options, fields), timeout, logprobs)
 
     async def list_models(self, *, timeout: Any = _calls.DEFAULT) -> List[ModelInfo]:

@@ -150,25 +150,34 @@ class AttributionClient:
             raise error_for(grpc.StatusCode.CANCELLED, "the client is closed")
 
     def _stream(self, method: Any, options: Any, to_request: Callable[[Any], Any], timeout: Any,
-                convert: Callable[[Any], Any], result_type: type) -> Stream:
+                convert: Callable[[Any, Any], Any], result_type: type) -> Stream:
         self._check_open()
         model_defaulted = not options.model
         self._model(options, timeout)
 
+        asked = [None]  # the request last sent, which the result must answer
+
         def call() -> Any:
             self._check_open()
-            return method(to_request(options), timeout=_calls.timeout(timeout, self.options.timeout),
+            asked[0] = to_request(options)
+            return method(asked[0], timeout=_calls.timeout(timeout, self.options.timeout),
                           metadata=_channel.with_request_id(self._metadata, options.request_id))
 
         def reopen() -> Any:
             return call() if self._first_model_changed(options, timeout) else None
-        return Stream(call(), convert, result_type, rpc_name(method), reopen if model_defaulted else None)
+        return Stream(call(), lambda event: convert(event, asked[0]), result_type, rpc_name(method),
+                      reopen if model_defaulted else None)
 
     def __enter__(self) -> "AttributionClient":
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+    def _answer(self, method: Any, request: Any, timeout: Any, request_id: str,
+                convert: Callable[[Any, Any], Any]) -> Any:
+        """The call's response as a result that answers `request` (DataLoss otherwise)."""
+        return convert(self._unary(method, request, timeout, request_id), request)
 
     def _unary(self, method: Any, request: Any, timeout: Any, request_id: str = "") -> Any:
         self._check_open()
@@ -220,8 +229,8 @@ class AttributionClient:
         o = _calls.build(AttributeOptions, options, fields)
         if progress:
             return _with_progress(self.attribute_stream(o, timeout=timeout), progress, o.method)
-        return self._unary_with_model(o, timeout, lambda o: _convert.attribution(
-            self._unary(self._stub.Attribute, _convert.attribute_request(o), timeout, o.request_id)))
+        return self._unary_with_model(o, timeout, lambda o: self._answer(
+            self._stub.Attribute, _convert.attribute_request(o), timeout, o.request_id, _convert.attribution))
 
     def attribute_stream(self, options: Union[AttributeOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                          **fields: Any) -> AttributeStream:
@@ -249,8 +258,8 @@ class AttributionClient:
 
     def generate(self, options: Union[GenerateOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                  **fields: Any) -> Generation:
-        return self._unary_with_model(_calls.build(GenerateOptions, options, fields), timeout, lambda o: (
-            _convert.generation(self._unary(self._stub.Generate, _convert.generate_request(o), timeout, o.request_id))))
+        return self._unary_with_model(_calls.build(GenerateOptions, options, fields), timeout, lambda o: self._answer(
+            self._stub.Generate, _convert.generate_request(o), timeout, o.request_id, _convert.generation))
 
     def generate_stream(self, options: Union[GenerateOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                         **fields: Any) -> GenerateStream:
@@ -261,8 +270,8 @@ class AttributionClient:
     def logprobs(self, options: Union[LogprobsOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                  **fields: Any) -> Logprobs:
         """Log-probabilities of the target's tokens after the prompt, with top_k alternatives."""
-        return self._unary_with_model(_calls.build(LogprobsOptions, options, fields), timeout, lambda o: (
-            _convert.logprobs(self._unary(self._stub.Logprobs, _convert.logprobs_request(o), timeout, o.request_id))))
+        return self._unary_with_model(_calls.build(LogprobsOptions, options, fields), timeout, lambda o: self._answer(
+            self._stub.Logprobs, _convert.logprobs_request(o), timeout, o.request_id, _convert.logprobs))
 
     def list_models(self, *, timeout: Any = _calls.DEFAULT) -> List[ModelInfo]:
         return _convert.models(self._unary(self._stub.ListModels, pb.ListModelsRequest(), timeout))
