@@ -54,6 +54,15 @@ absl::Status ToAbsl(const grpc::Status& status) {
   return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
 }
 
+// A call's status; gRPC's bare "Method not found!" (a server without the service, or older than this client)
+// named neither the server nor what it lacked.
+absl::Status CallStatus(const grpc::Status& status, absl::string_view target, absl::string_view path) {
+  if (status.error_code() != grpc::StatusCode::UNIMPLEMENTED) return ToAbsl(status);
+  return absl::UnimplementedError(absl::StrCat(target, " does not serve ", path,
+                                               " (no attribution server, or one older than this client): ",
+                                               status.error_message()));
+}
+
 // Blocks until an async call's callback ran.
 template <typename T>
 absl::StatusOr<T> Wait(const std::function<void(Callback<T>)>& start) {
@@ -128,8 +137,10 @@ class StreamCall final : public grpc::ClientReadReactor<grpc::ByteBuffer> {
         request_(std::move(request)),
         on_event_(std::move(on_event)),
         done_(std::move(done)) {}
-  // Starts the call of `method` of `service` on `channel`; its events arrive as bytes (see ParseAnswer).
-  void Run(grpc::ChannelInterface* channel, const char* service, const char* method) {
+  // Starts the call of `method` of `service` on `channel` (to `target`); its events arrive as bytes (see
+  // ParseAnswer).
+  void Run(grpc::ChannelInterface* channel, const std::string& target, const char* service, const char* method) {
+    target_ = target;
     path_ = absl::StrCat("/", service, "/", method);
     live_->Enter(context_.get());
     grpc::internal::ClientCallbackReaderFactory<grpc::ByteBuffer>::Create(
@@ -152,7 +163,7 @@ class StreamCall final : public grpc::ClientReadReactor<grpc::ByteBuffer> {
   void OnDone(const grpc::Status& status) override {
     absl::StatusOr<Result> result =
         !malformed_.ok() ? absl::StatusOr<Result>(malformed_)
-        : !status.ok()   ? absl::StatusOr<Result>(ToAbsl(status))
+        : !status.ok()   ? absl::StatusOr<Result>(CallStatus(status, target_, path_))
         : result_        ? std::move(*result_)
                          : absl::StatusOr<Result>(absl::DataLossError("the stream ended without a result"));
     Callback<Result> done = std::move(done_);
@@ -167,7 +178,7 @@ class StreamCall final : public grpc::ClientReadReactor<grpc::ByteBuffer> {
   Request request_;
   OnEvent on_event_;
   Callback<Result> done_;
-  std::string path_;
+  std::string target_, path_;
   grpc::ByteBuffer bytes_;
   absl::Status malformed_;  // an event that did not parse
   std::optional<absl::StatusOr<Result>> result_;
@@ -262,12 +273,13 @@ struct AttributionClient::Impl {
     const std::string path = absl::StrCat("/", service, "/", method);
     live->Enter(call->context.get());
     unary->UnaryCall(call->context.get(), path, grpc::StubOptions(), &call->request, &call->response,
-                     [call, convert, path, live = live, done = std::move(done)](grpc::Status status) mutable {
+                     [call, convert, path, target = options.target, live = live,
+                      done = std::move(done)](grpc::Status status) mutable {
                        std::shared_ptr<Call> finished = std::move(call);
                        live->Leave(finished->context.get());
                        Response response;
                        absl::Status parsed =
-                           status.ok() ? ParseAnswer(finished->response, path, response) : ToAbsl(status);
+                           status.ok() ? ParseAnswer(finished->response, path, response) : CallStatus(status, target, path);
                        absl::StatusOr<Result> result = parsed.ok() ? convert(response) : absl::StatusOr<Result>(parsed);
                        // The context goes before the caller hears of the result: a caller that then tears the
                        // client (or the process) down must not race gRPC releasing the call.
@@ -430,7 +442,7 @@ void AttributionClient::AttributeStreamAsync(const AttributeOptions& options,
   };
   auto* call = new StreamCall<v1::AttributeRequest, v1::AttributeEvent, Attribution>(
       impl_->live, impl_->NewContext(options.request_id), std::move(*request), std::move(on_event), std::move(done));
-  call->Run(impl_->channel.get(), v1::AttributionService::service_full_name(), "AttributeStream");
+  call->Run(impl_->channel.get(), impl_->options.target, v1::AttributionService::service_full_name(), "AttributeStream");
 }
 
 absl::StatusOr<Attribution> AttributionClient::AttributeStream(const AttributeOptions& options,
@@ -451,7 +463,7 @@ void AttributionClient::AttributeComponentsAsync(const ComponentOptions& options
   };
   auto* call = new StreamCall<v1::AttributeComponentsRequest, v1::AttributeComponentsEvent, ComponentAttribution>(
       impl_->live, impl_->NewContext(options.request_id), std::move(*request), std::move(on_event), std::move(done));
-  call->Run(impl_->channel.get(), v1::AttributionService::service_full_name(), "AttributeComponentsStream");
+  call->Run(impl_->channel.get(), impl_->options.target, v1::AttributionService::service_full_name(), "AttributeComponentsStream");
 }
 
 absl::StatusOr<ComponentAttribution> AttributionClient::AttributeComponents(
@@ -484,7 +496,7 @@ void AttributionClient::GenerateStreamAsync(const GenerateOptions& options, std:
   };
   auto* call = new StreamCall<v1::GenerateRequest, v1::GenerateEvent, Generation>(
       impl_->live, impl_->NewContext(options.request_id), std::move(*request), std::move(on_event), std::move(done));
-  call->Run(impl_->channel.get(), v1::AttributionService::service_full_name(), "GenerateStream");
+  call->Run(impl_->channel.get(), impl_->options.target, v1::AttributionService::service_full_name(), "GenerateStream");
 }
 
 absl::StatusOr<Generation> AttributionClient::GenerateStream(const GenerateOptions& options,

@@ -270,10 +270,21 @@ nlohmann::json RunLoad(AttributionClient& client, const std::string& model, cons
   } else {  // closed loop: each client thread sends its next call when the last returns
     // One thread per client rather than issuing the next call from the last one's callback: a call
     // that fails before it is sent calls back at once, and chaining those recursed until the stack ran out.
+    // A refusal (RESOURCE_EXHAUSTED, UNAVAILABLE) answers at once: resent at once, 4 clients made 63,716 of
+    // them in 8 s, measuring the refusals and crowding the calls that ran. A client that was refused waits
+    // (50 ms, doubling to 1 s, jittered 0.5-1.5x) before its next call, as a client library's retries would.
+    constexpr absl::Duration kFirstBackoff = absl::Milliseconds(50), kMostBackoff = absl::Seconds(1);
     std::vector<std::thread> clients;
     for (int c = 0; c < spec.concurrency; ++c) {
       clients.emplace_back([&, c] {
+        std::mt19937 jitter(static_cast<uint32_t>(c) + 1);
+        absl::Duration backoff = absl::ZeroDuration();
         for (int index = c; MonotonicNow() < end; index += spec.concurrency) {
+          if (backoff > absl::ZeroDuration()) {
+            const double scale = std::uniform_real_distribution<double>(0.5, 1.5)(jitter);
+            absl::SleepFor(std::min(backoff * scale, end - MonotonicNow()));
+            if (MonotonicNow() >= end) break;
+          }
           const std::string rpc = pick();
           sent += 1;
           const absl::Time sent_at = MonotonicNow();
@@ -283,6 +294,10 @@ nlohmann::json RunLoad(AttributionClient& client, const std::string& model, cons
           Call(client, model, spec, rpc, index, [answered](absl::StatusCode code) { answered->set_value(code); });
           const absl::StatusCode code = answer.get();
           recorder.Add(rpc, {absl::ToDoubleSeconds(MonotonicNow() - sent_at), code});
+          const bool refused = code == absl::StatusCode::kResourceExhausted || code == absl::StatusCode::kUnavailable;
+          backoff = !refused ? absl::ZeroDuration()
+                    : backoff == absl::ZeroDuration() ? kFirstBackoff
+                                                      : std::min(backoff * 2, kMostBackoff);
         }
       });
     }

@@ -96,7 +96,7 @@ absl::StatusOr<std::string> ModelFilesDigest(const std::string& dir) {
     }
     if (!S_ISREG(info.st_mode)) {
       ::close(fd);
-      return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file (a pipe or a device?)"));
+      return engine::NotARegularFile(path, info.st_mode);
     }
     const std::string header = absl::StrCat(name, "\n", static_cast<int64_t>(info.st_size), "\n");
     EVP_DigestUpdate(context.get(), header.data(), header.size());

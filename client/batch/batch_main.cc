@@ -442,12 +442,18 @@ int Run(const CommandLine& line) {
   if (!owned.ok()) return Failed(owned.status());
   std::vector<AttributionClient*> clients;
   for (auto& client : *owned) clients.push_back(client.get());
-  absl::StatusOr<ModelFingerprints> fingerprints = FingerprintModels(**rows, *settings, clients);
+  std::string unanswered;
+  absl::StatusOr<ModelFingerprints> fingerprints = FingerprintModels(**rows, *settings, clients, &unanswered);
   if (!fingerprints.ok()) {
     // No server answered (all down or overloaded): the same command may succeed later, as when rows end so.
     const absl::Status& status = fingerprints.status();
     const int failed = Failed(status);
     return RetriedOnResume(absl::StatusCodeToString(status.code()), status.message()) ? 3 : failed;
+  }
+  // A wrong address in --server cost a failed call for every row dealt to it, with no word of why.
+  if (!unanswered.empty()) {
+    std::cerr << "attribution-batch: warning: not every server answered which models it holds ("
+              << TerminalSafe(unanswered) << "): rows dealt to it go on to the next server while it does not answer\n";
   }
   // The servers' limits for the job's model, now known: a value over them would fail every row alike.
   if (auto job = fingerprints->find((*settings)["model"].get<std::string>());

@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <cmath>
 #include <condition_variable>
-#include <cstdio>
 #include <functional>
 #include <iterator>
 #include <map>
@@ -436,7 +435,7 @@ absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> ConnectToServers
 }
 
 absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient*>& clients, std::string& model,
-                                             std::string* model_digest, ModelInfo* info) {
+                                             std::string* model_digest, ModelInfo* info, std::string* unanswered_out) {
   if (clients.empty()) return absl::InvalidArgumentError("no servers to ask for the model");
   std::string fingerprint;
   std::string unanswered;  // the servers that did not answer, and why
@@ -450,10 +449,8 @@ absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient
                       absl::StatusCodeToString(models.status().code()), ": ", models.status().message());
       continue;
     }
-    // gRPC's "Method not found!" named neither the server nor what it lacked.
     if (models.status().code() == absl::StatusCode::kUnimplemented) {
-      return absl::UnimplementedError(
-          absl::StrCat(server, " is no attribution server (it lacks ", kServiceName, "): ", models.status().message()));
+      return absl::UnimplementedError(absl::StrCat(server, " is no attribution server (it lacks ", kServiceName, ")"));
     }
     if (!models.ok())
       return absl::Status(models.status().code(), absl::StrCat(server, ": ", models.status().message()));
@@ -487,23 +484,17 @@ absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient
   if (fingerprint.empty()) {
     return absl::UnavailableError(absl::StrCat("no server answered which models it holds (", unanswered, ")"));
   }
-  // Said once, for the job's own model: a wrong address in --server cost a failed call for every row dealt to it,
-  // with no word of why.
-  if (!unanswered.empty() && info != nullptr) {
-    std::fprintf(stderr,
-                 "attribution-batch: warning: not every server answered which models it holds (%s): rows dealt to "
-                 "it go on to the next server while it does not answer\n",
-                 unanswered.c_str());
-  }
+  if (unanswered_out != nullptr) *unanswered_out = unanswered;
   return fingerprint;
 }
 
 absl::StatusOr<ModelFingerprints> FingerprintModels(const JobRows& rows, json& settings,
-                                                    const std::vector<AttributionClient*>& clients) {
+                                                    const std::vector<AttributionClient*>& clients,
+                                                    std::string* unanswered) {
   std::string model = settings["model"].get<std::string>();
   std::string job_digest;
   ModelInfo info;
-  absl::StatusOr<std::string> job = ModelFingerprint(clients, model, &job_digest, &info);
+  absl::StatusOr<std::string> job = ModelFingerprint(clients, model, &job_digest, &info, unanswered);
   if (!job.ok()) return job.status();
   settings["model"] = model;
   ModelFingerprints fingerprints = {{model, ModelIdentity{.fingerprint = *job,

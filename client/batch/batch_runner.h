@@ -59,9 +59,11 @@ absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> ConnectToServers
 // given. An
 // empty `model` becomes the name of the first answering server's first model. Servers that do not answer for
 // lack of capacity or time (RetriedOnResume: down, overloaded) are passed over (every answer's model_digest is
-// checked against the job's all the same); UNAVAILABLE when none answers.
+// checked against the job's all the same); UNAVAILABLE when none answers. `unanswered`, when given, receives
+// the servers passed over and why ("" when all answered).
 absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient*>& clients, std::string& model,
-                                             std::string* model_digest = nullptr, ModelInfo* info = nullptr);
+                                             std::string* model_digest = nullptr, ModelInfo* info = nullptr,
+                                             std::string* unanswered = nullptr);
 
 // What a job knows of a model: the fingerprint results record, and the model_digest every answer computed on
 // it must carry ("" when the servers report none: servers before 2026-12-04).
@@ -79,8 +81,10 @@ using ModelFingerprints = std::map<std::string, absl::StatusOr<ModelIdentity>>;
 // The fingerprints of the job's model (settings["model"], set to the servers' first model when empty; the
 // job fails when the servers do not hold it) and of each model rows name in their own settings
 // (rows.models()), asking the servers once per model. A failure other than NOT_FOUND fails the job.
+// `unanswered` receives the servers that did not answer for the job's model, as ModelFingerprint's.
 absl::StatusOr<ModelFingerprints> FingerprintModels(const JobRows& rows, nlohmann::json& settings,
-                                                    const std::vector<AttributionClient*>& clients);
+                                                    const std::vector<AttributionClient*>& clients,
+                                                    std::string* unanswered = nullptr);
 
 // Runs the rows `log` does not hold yet and writes their results in input order, each recording the
 // fingerprint of the model it ran on (`fingerprints`, from FingerprintModels). FAILED_PRECONDITION, naming

@@ -41,12 +41,7 @@ absl::StatusOr<std::string> ReadWholeFile(const std::string& path, bool regular_
   }
   if (!S_ISREG(st.st_mode) && regular_only) {
     ::close(fd);
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": ",
-                     S_ISFIFO(st.st_mode)   ? "a pipe"
-                     : S_ISSOCK(st.st_mode) ? "a socket"
-                                            : "a device",
-                     ", not a regular file (a model's files are read as written to its folder)"));
+    return NotARegularFile(path, st.st_mode);
   }
   if (!S_ISREG(st.st_mode)) ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
   // A device reads without end: a config.json linked to /dev/zero grew the process past 4 GB.
@@ -80,6 +75,16 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) { return ReadWhole
 
 absl::StatusOr<std::string> ReadModelFile(const std::string& path) {
   return ReadWholeFile(path, /*regular_only=*/true);
+}
+
+absl::Status NotARegularFile(const std::string& path, unsigned int mode) {
+  return absl::InvalidArgumentError(absl::StrCat(path, ": ",
+                                                 S_ISFIFO(mode)   ? "a pipe"
+                                                 : S_ISSOCK(mode) ? "a socket"
+                                                 : S_ISDIR(mode)  ? "a directory"
+                                                                  : "a device",
+                                                 ", not a regular file (a model's files are read as written to "
+                                                 "its folder)"));
 }
 
 }  // namespace attribution::engine

@@ -24,5 +24,8 @@ absl::StatusOr<std::string> ReadFile(const std::string& path);
 // file. A pipe's writer can hold it open without writing (startup waited with no end and no word of why), a
 // device reads without end, and a checkpoint is files as transformers writes them.
 absl::StatusOr<std::string> ReadModelFile(const std::string& path);
+// INVALID_ARGUMENT "PATH: a pipe, not a regular file (...)" for a model file of `mode` (stat's st_mode) that is
+// not regular: every reader of a model's files says it alike.
+absl::Status NotARegularFile(const std::string& path, unsigned int mode);
 
 }  // namespace attribution::engine

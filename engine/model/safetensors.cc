@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "engine/common/bounded_json.h"
+#include "engine/common/files.h"
 #include "engine/common/status_macros.h"
 
 namespace attribution::engine {
@@ -80,9 +81,14 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     return absl::NotFoundError(absl::StrCat(path, ": cannot open: ", std::strerror(errno)));
   }
   struct stat st {};
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+  if (fstat(fd, &st) != 0) {
+    const int error = errno;
     ::close(fd);
-    return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
+    return absl::NotFoundError(absl::StrCat(path, ": cannot stat: ", std::strerror(error)));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return NotARegularFile(path, st.st_mode);
   }
   const uint64_t size = static_cast<uint64_t>(st.st_size);
   if (size < 8) {

@@ -211,6 +211,22 @@ TEST_F(AttributionClientTest, AnswersThatDoNotAnswerTheRequestFailWithDataLoss) 
   EXPECT_THAT(client_->Generate({.model = "demo", .prompt = "Is"}), IsOk());  // the server's default: not checked
 }
 
+// A gRPC server without the service (a wrong port) answered every call with a bare "Method not found!", which the
+// CLI and the load generator printed as it was.
+TEST(AttributionClientForeignServer, CallsNameTheServerAndWhatItLacks) {
+  test_support::FakeAttributionServer other(/*serve_attribution=*/false);
+  ASSERT_TRUE(other.ok());
+  absl::StatusOr<std::unique_ptr<AttributionClient>> client =
+      AttributionClient::Connect({.target = other.address(), .max_attempts = 1});
+  ASSERT_THAT(client, IsOk());
+  const std::string lacks = other.address() + " does not serve /attribution.v1.AttributionService/";
+  EXPECT_THAT((*client)->ListModels(), StatusIs(absl::StatusCode::kUnimplemented,
+                                                HasSubstr(lacks + "ListModels (no attribution server, or one older "
+                                                                  "than this client): Method not found!")));
+  EXPECT_THAT((*client)->AttributeStream({.model = "demo", .prompt = "Is", .target = " No"}, nullptr),
+              StatusIs(absl::StatusCode::kUnimplemented, HasSubstr(lacks + "AttributeStream")));
+}
+
 TEST_F(AttributionClientTest, GenerateMapsAWellFormedResponse) {
   v1::Token* token = service_.generate.add_tokens();
   token->set_id(50);

@@ -260,14 +260,14 @@ std::vector<BadModel> BadModels() {
          ::unlink((d + "/tokenizer.json").c_str());
          ::mkfifo((d + "/tokenizer.json").c_str(), 0644);
        },
-       {"tokenizer.json", "not a regular file"}},
+       {"tokenizer.json", "a pipe, not a regular file"}},
       {"weights_are_a_fifo",
        "llama",
        [=](auto d) {
          ::unlink(weights(d).c_str());
          ::mkfifo(weights(d).c_str(), 0644);
        },
-       {"model.safetensors", "not a regular file"}},
+       {"model.safetensors", "a pipe, not a regular file"}},
       {"tokenizer_json_dangling_link",
        "llama",
        [](auto d) {

@@ -31,7 +31,8 @@ class SteppedLatencies(pb_grpc.AttributionServiceServicer):
             k = self.calls
             self.calls += 1
         time.sleep((k % 10 + 1) * self.step_seconds)
-        return pb.LogprobsResponse()
+        # One scored token, as a server answers a text target (the client checks there is one).
+        return pb.LogprobsResponse(target=[pb.TokenLogprob(token=pb.Token(id=1, log_prob=-1.0))], total_log_prob=-1.0)
 
 
 @pytest.fixture

@@ -94,12 +94,29 @@ class FakeAttributionService final : public ::attribution::v1::AttributionServic
   ::attribution::v1::AttributeRequest last_attribute_request_ ABSL_GUARDED_BY(mu_);
 };
 
-// The service listening on a free loopback port until destruction. `ok()` false: it could not start.
+// What a gRPC server answers for a service it does not have (a wrong port given as the attribution server).
+class NoMethods final : public grpc::CallbackGenericService {
+  grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext*) override {
+    class Refusal : public grpc::ServerGenericBidiReactor {
+     public:
+      Refusal() { Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "Method not found!")); }
+      void OnDone() override { delete this; }
+    };
+    return new Refusal;
+  }
+};
+
+// The service listening on a free loopback port until destruction (with `serve_attribution` false, a gRPC server
+// without it). `ok()` false: it could not start.
 class FakeAttributionServer {
  public:
-  FakeAttributionServer() {
+  explicit FakeAttributionServer(bool serve_attribution = true) {
     grpc::ServerBuilder builder;
-    builder.RegisterService(&service);
+    if (serve_attribution) {
+      builder.RegisterService(&service);
+    } else {
+      builder.RegisterCallbackGenericService(&no_methods_);
+    }
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
     server_ = builder.BuildAndStart();
   }
@@ -115,6 +132,7 @@ class FakeAttributionServer {
   FakeAttributionService service;
 
  private:
+  NoMethods no_methods_;
   int port_ = 0;
   std::unique_ptr<grpc::Server> server_;
 };

@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "attribution/v1/attribution.grpc.pb.h"
+#include "tests/testing/fake_attribution_service.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/temp_dir.h"
 
@@ -45,6 +46,16 @@ grpc::Status OneFeature(const v1::AttributeRequest&, v1::AttributeResponse* out)
   return grpc::Status::OK;
 }
 
+// The target's tokens as an answer lists them: its ids, or one token for a text.
+template <typename AddToken>
+void AddTarget(const v1::Input& target, AddToken add) {
+  if (target.token_ids().empty()) {
+    add()->set_id(1);
+    return;
+  }
+  for (int64_t id : target.token_ids()) add()->set_id(id);
+}
+
 // Answers with the handlers a test sets; counts the calls.
 class FakeService final : public v1::AttributionService::Service {
  public:
@@ -60,10 +71,22 @@ class FakeService final : public v1::AttributionService::Service {
   grpc::Status Attribute(grpc::ServerContext* context, const v1::AttributeRequest* in,
                          v1::AttributeResponse* out) override {
     ++attribute_calls;
-    return attribute_in_context ? attribute_in_context(context, *in, out) : attribute(*in, out);
+    grpc::Status status = attribute_in_context ? attribute_in_context(context, *in, out) : attribute(*in, out);
+    // As the server's, an answer is of the method and target asked for (the client checks it).
+    if (out->method() == v1::METHOD_UNSPECIFIED) out->set_method(in->method());
+    if (out->target_tokens_size() == 0) AddTarget(in->target(), [&] { return out->add_target_tokens(); });
+    return status;
   }
   grpc::Status Logprobs(grpc::ServerContext*, const v1::LogprobsRequest* in, v1::LogprobsResponse* out) override {
-    return logprobs(*in, out);
+    grpc::Status status = logprobs(*in, out);
+    if (out->target_size() == 0) {
+      AddTarget(in->target(), [&] {
+        v1::Token* token = out->add_target()->mutable_token();
+        token->set_log_prob(static_cast<float>(out->total_log_prob()));
+        return token;
+      });
+    }
+    return status;
   }
   grpc::Status ListModels(grpc::ServerContext*, const v1::ListModelsRequest*, v1::ListModelsResponse* out) override {
     ++list_models_calls;
@@ -333,32 +356,15 @@ TEST_F(BatchRunner, ARowOnItsOwnModelRecordsThatModelsFingerprint) {
 // "Method not found!", naming neither the server nor what it lacked.
 TEST_F(BatchRunner, AServerWithoutTheServiceIsNamed) {
   Start();
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  // What a gRPC server answers for a service it does not have.
-  class NoMethods : public grpc::CallbackGenericService {
-    grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext*) override {
-      class Refusal : public grpc::ServerGenericBidiReactor {
-       public:
-        Refusal() { Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "Method not found!")); }
-        void OnDone() override { delete this; }
-      };
-      return new Refusal;
-    }
-  } no_methods;
-  builder.RegisterCallbackGenericService(&no_methods);
-  std::unique_ptr<grpc::Server> other = builder.BuildAndStart();
-  ASSERT_NE(other, nullptr);
-  const std::string target = "127.0.0.1:" + std::to_string(port);
-  absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> clients = ConnectToServers({target}, {});
+  test_support::FakeAttributionServer other(/*serve_attribution=*/false);
+  ASSERT_TRUE(other.ok());
+  absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> clients = ConnectToServers({other.address()}, {});
   ASSERT_THAT(clients, IsOk());
   std::string model = "demo";
   EXPECT_THAT(ModelFingerprint({(*clients)[0].get()}, model),
-              StatusIs(absl::StatusCode::kUnimplemented, HasSubstr("server 1 (" + target +
+              StatusIs(absl::StatusCode::kUnimplemented, HasSubstr("server 1 (" + other.address() +
                                                                    ") is no attribution server (it lacks "
                                                                    "attribution.v1.AttributionService)")));
-  other->Shutdown();
 }
 
 // A thread per row in flight: 40,000 failed to start and aborted the job (std::system_error).
