@@ -295,7 +295,7 @@ nlohmann::json RunLoad(AttributionClient& client, const std::string& model, cons
           const absl::StatusCode code = answer.get();
           recorder.Add(rpc, {absl::ToDoubleSeconds(MonotonicNow() - sent_at), code});
           const bool refused = code == absl::StatusCode::kResourceExhausted || code == absl::StatusCode::kUnavailable;
-          backoff = !refused ? absl::ZeroDuration()
+          backoff = !refused                          ? absl::ZeroDuration()
                     : backoff == absl::ZeroDuration() ? kFirstBackoff
                                                       : std::min(backoff * 2, kMostBackoff);
         }
