@@ -33,8 +33,8 @@ absl::Status CheckTargetIds(const std::vector<int64_t>& asked, const std::vector
     return got.empty() ? Contradicts(field, "no target token") : absl::OkStatus();
   }
   if (got == asked) return absl::OkStatus();
-  return Contradicts(field, absl::StrCat("ids [", absl::StrJoin(got, ", "), "], asked for [",
-                                         absl::StrJoin(asked, ", "), "]"));
+  return Contradicts(
+      field, absl::StrCat("ids [", absl::StrJoin(got, ", "), "], asked for [", absl::StrJoin(asked, ", "), "]"));
 }
 
 }  // namespace
@@ -62,8 +62,8 @@ absl::Status CheckAnswer(const AskedFor& asked, const v1::AttributeResponse& r) 
   for (const v1::Token& t : r.target_tokens()) ids.push_back(t.id());
   if (absl::Status s = CheckTargetIds(asked.target_ids, ids, "AttributeResponse.target_tokens"); !s.ok()) return s;
   for (int i = 0; i < r.target_tokens_size(); ++i) {
-    absl::Status s = CheckLogProb(r.target_tokens(i).log_prob(), absl::StrCat("AttributeResponse.target_tokens[", i,
-                                                                              "].log_prob"));
+    absl::Status s =
+        CheckLogProb(r.target_tokens(i).log_prob(), absl::StrCat("AttributeResponse.target_tokens[", i, "].log_prob"));
     if (!s.ok()) return s;
   }
   return absl::OkStatus();
@@ -90,8 +90,8 @@ absl::Status CheckAnswer(const AskedFor& asked, const v1::LogprobsResponse& r) {
 
 absl::Status CheckAnswer(const AskedFor& asked, const v1::GenerateResponse& r) {
   if (asked.max_new_tokens > 0 && r.tokens_size() > asked.max_new_tokens) {
-    return Contradicts("GenerateResponse.tokens", absl::StrCat(r.tokens_size(), " tokens, asked for max_new_tokens = ",
-                                                               asked.max_new_tokens));
+    return Contradicts("GenerateResponse.tokens",
+                       absl::StrCat(r.tokens_size(), " tokens, asked for max_new_tokens = ", asked.max_new_tokens));
   }
   for (int i = 0; i < r.tokens_size(); ++i) {
     absl::Status s = CheckLogProb(r.tokens(i).log_prob(), absl::StrCat("GenerateResponse.tokens[", i, "].log_prob"));

@@ -8,15 +8,18 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
 #include <limits>
 #include <mutex>
 #include <set>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -42,7 +45,7 @@ std::string ServiceConfig(const ClientOptions& o) {
   if (o.max_attempts > 1) {
     absl::StrAppend(&config, R"(, "methodConfig": [{"name": [{"service": "attribution.v1.AttributionService"},)",
                     R"({"service": "grpc.health.v1.Health"}], "retryPolicy": {"maxAttempts": )",
-                    std::min(5, o.max_attempts), R"(, "initialBackoff": ")", Seconds(o.initial_backoff),
+                    o.max_attempts, R"(, "initialBackoff": ")", Seconds(o.initial_backoff),
                     R"(", "maxBackoff": ")", Seconds(o.max_backoff),
                     R"(", "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}])");
   }
@@ -58,14 +61,47 @@ absl::Status ToAbsl(const grpc::Status& status) {
 // named neither the server nor what it lacked.
 absl::Status CallStatus(const grpc::Status& status, absl::string_view target, absl::string_view path) {
   if (status.error_code() != grpc::StatusCode::UNIMPLEMENTED) return ToAbsl(status);
-  return absl::UnimplementedError(absl::StrCat(target, " does not serve ", path,
-                                               " (no attribution server, or one older than this client): ",
-                                               status.error_message()));
+  return absl::UnimplementedError(
+      absl::StrCat(target, " does not serve ", path,
+                   " (no attribution server, or one older than this client): ", status.error_message()));
+}
+
+// Set while this thread runs a caller's callback (done, progress, on_token) on one of gRPC's threads. The sync
+// calls wait for gRPC's callback threads, a thread per core, which such a callback holds: two callbacks that each
+// made a sync call waited for each other forever, past every deadline.
+thread_local int callbacks_running = 0;
+
+// Runs a caller's callback, marked as one.
+template <typename Function, typename... Args>
+void RunCallback(Function& callback, Args&&... args) {
+  ++callbacks_running;
+  callback(std::forward<Args>(args)...);
+  --callbacks_running;
+}
+
+// gRPC reads a port past 65535 modulo 2^16: "127.0.0.1:112636" reached port 47100.
+absl::Status CheckTargetPort(absl::string_view target) {
+  if (absl::StartsWith(target, "unix:") || absl::StartsWith(target, "unix-abstract:") ||
+      absl::StartsWith(target, "vsock:")) {
+    return absl::OkStatus();
+  }
+  const size_t colon = target.rfind(':');
+  if (colon == absl::string_view::npos) return absl::OkStatus();
+  const absl::string_view port = target.substr(colon + 1);
+  if (port.empty() || !std::all_of(port.begin(), port.end(), absl::ascii_isdigit)) return absl::OkStatus();
+  int64_t value = 0;
+  if (absl::SimpleAtoi(port, &value) && value >= 1 && value <= 65535) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("target: port ", port, " is outside [1, 65535]"));
 }
 
 // Blocks until an async call's callback ran.
 template <typename T>
 absl::StatusOr<T> Wait(const std::function<void(Callback<T>)>& start) {
+  if (callbacks_running > 0) {
+    return absl::FailedPreconditionError(
+        "a synchronous call inside a callback of this client library (done, progress or on_token) would wait for "
+        "gRPC's callback threads, which the callback holds: make the Async call there");
+  }
   std::mutex mu;
   std::condition_variable cv;
   std::optional<absl::StatusOr<T>> result;
@@ -103,10 +139,25 @@ class LiveCalls {
     std::lock_guard<std::recursive_mutex> lock(mu_);
     if (cancelled_) context->TryCancel();  // before its start: gRPC cancels it as it starts
     contexts_.insert(context);
+    ++unreleased_;
   }
   void Leave(grpc::ClientContext* context) {
     std::lock_guard<std::recursive_mutex> lock(mu_);
     contexts_.erase(context);
+  }
+  // After a call's context is destroyed (with it, its reference to the channel).
+  void Released() {
+    std::lock_guard<std::recursive_mutex> lock(mu_);
+    --unreleased_;
+    released_.notify_all();
+  }
+  // Cancels the calls in flight and waits until each released its context: the client then holds the last
+  // reference to the channel, which must not go on one of gRPC's threads (the channel's end joins the thread
+  // that runs it; a client destroyed with calls in flight crashed the process, grpc/grpc#32584).
+  void CancelAllAndWait() {
+    CancelAll();
+    std::unique_lock<std::recursive_mutex> lock(mu_);
+    released_.wait(lock, [&] { return unreleased_ == 0; });
   }
   void CancelAll() {
     std::lock_guard<std::recursive_mutex> lock(mu_);
@@ -120,6 +171,8 @@ class LiveCalls {
  private:
   std::recursive_mutex mu_;
   std::set<grpc::ClientContext*> contexts_;
+  int64_t unreleased_ = 0;  // calls entered whose context is not destroyed yet
+  std::condition_variable_any released_;
   bool cancelled_ = false;
 };
 
@@ -157,7 +210,7 @@ class StreamCall final : public grpc::ClientReadReactor<grpc::ByteBuffer> {
       context_->TryCancel();  // no further read: the stream ends here
       return;
     }
-    on_event_(event, result_);
+    RunCallback(on_event_, event, result_);
     StartRead(&bytes_);
   }
   void OnDone(const grpc::Status& status) override {
@@ -167,9 +220,11 @@ class StreamCall final : public grpc::ClientReadReactor<grpc::ByteBuffer> {
         : result_        ? std::move(*result_)
                          : absl::StatusOr<Result>(absl::DataLossError("the stream ended without a result"));
     Callback<Result> done = std::move(done_);
-    live_->Leave(context_.get());
+    std::shared_ptr<LiveCalls> live = live_;
+    live->Leave(context_.get());
     delete this;  // the context goes before the caller hears of the result (see Impl::Unary)
-    done(std::move(result));
+    live->Released();
+    RunCallback(done, std::move(result));
   }
 
  private:
@@ -278,13 +333,14 @@ struct AttributionClient::Impl {
                        std::shared_ptr<Call> finished = std::move(call);
                        live->Leave(finished->context.get());
                        Response response;
-                       absl::Status parsed =
-                           status.ok() ? ParseAnswer(finished->response, path, response) : CallStatus(status, target, path);
+                       absl::Status parsed = status.ok() ? ParseAnswer(finished->response, path, response)
+                                                         : CallStatus(status, target, path);
                        absl::StatusOr<Result> result = parsed.ok() ? convert(response) : absl::StatusOr<Result>(parsed);
                        // The context goes before the caller hears of the result: a caller that then tears the
                        // client (or the process) down must not race gRPC releasing the call.
                        finished.reset();
-                       done(std::move(result));
+                       live->Released();
+                       RunCallback(done, std::move(result));
                      });
   }
 };
@@ -339,7 +395,12 @@ absl::Status CheckTlsFiles(const ClientOptions& options, const TlsOptionNames& n
 }
 
 AttributionClient::AttributionClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-AttributionClient::~AttributionClient() = default;
+AttributionClient::~AttributionClient() {
+  impl_->live->CancelAllAndWait();
+  // Inside one of its callbacks, on a gRPC thread, the channel's end would join that very thread: it ends on a
+  // thread of its own.
+  if (callbacks_running > 0) std::thread([impl = std::move(impl_)] {}).detach();
+}
 
 void AttributionClient::CancelCalls() { impl_->live->CancelAll(); }
 
@@ -373,6 +434,22 @@ absl::StatusOr<std::unique_ptr<AttributionClient>> AttributionClient::Connect(co
           absl::StrCat(name, ": ", absl::FormatDuration(duration), " does not lie between 1 ms and 24 h"));
     }
   }
+  if (options.initial_backoff > options.max_backoff) {
+    return absl::InvalidArgumentError(absl::StrCat("initial_backoff: ", absl::FormatDuration(options.initial_backoff),
+                                                   " is above max_backoff (", absl::FormatDuration(options.max_backoff),
+                                                   ")"));
+  }
+  // A deadline of 0 or less expired every call at once, DEADLINE_EXCEEDED naming nothing.
+  if (options.timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat("timeout: ", absl::FormatDuration(options.timeout),
+                                                   " would expire every call at once (absl::InfiniteDuration(): "
+                                                   "no deadline)"));
+  }
+  // gRPC's retry policy allows at most 5 attempts, and took more (or fewer than 1) as its nearest.
+  if (!(options.max_attempts >= 1 && options.max_attempts <= 5)) {
+    return absl::InvalidArgumentError(absl::StrCat("max_attempts: ", options.max_attempts, " is outside [1, 5]"));
+  }
+  if (absl::Status port = CheckTargetPort(options.target); !port.ok()) return port;
   // Servers permit a ping a second (a faster one counts against the client, which the server then disconnects).
   if (!(options.keepalive == absl::ZeroDuration() ||
         (options.keepalive >= absl::Seconds(1) && options.keepalive <= absl::Hours(24)))) {
@@ -406,6 +483,10 @@ absl::StatusOr<std::unique_ptr<AttributionClient>> AttributionClient::Connect(co
   // A retry resends the request, which gRPC keeps for it only up to 256 KiB by default: larger requests (many
   // component pairs) were silently tried once.
   args.SetInt(GRPC_ARG_PER_RPC_RETRY_BUFFER_SIZE, static_cast<int>(options.max_message_bytes));
+  // A connection of its own: gRPC pools connections per process, so every client to one server shared one, and
+  // a second client could not send past the first's --max_streams_per_connection (the README's "open more
+  // channels").
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   args.SetMaxReceiveMessageSize(static_cast<int>(options.max_receive_message_bytes));
   args.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
   auto impl = std::make_unique<Impl>();
@@ -442,7 +523,8 @@ void AttributionClient::AttributeStreamAsync(const AttributeOptions& options,
   };
   auto* call = new StreamCall<v1::AttributeRequest, v1::AttributeEvent, Attribution>(
       impl_->live, impl_->NewContext(options.request_id), std::move(*request), std::move(on_event), std::move(done));
-  call->Run(impl_->channel.get(), impl_->options.target, v1::AttributionService::service_full_name(), "AttributeStream");
+  call->Run(impl_->channel.get(), impl_->options.target, v1::AttributionService::service_full_name(),
+            "AttributeStream");
 }
 
 absl::StatusOr<Attribution> AttributionClient::AttributeStream(const AttributeOptions& options,
@@ -463,7 +545,8 @@ void AttributionClient::AttributeComponentsAsync(const ComponentOptions& options
   };
   auto* call = new StreamCall<v1::AttributeComponentsRequest, v1::AttributeComponentsEvent, ComponentAttribution>(
       impl_->live, impl_->NewContext(options.request_id), std::move(*request), std::move(on_event), std::move(done));
-  call->Run(impl_->channel.get(), impl_->options.target, v1::AttributionService::service_full_name(), "AttributeComponentsStream");
+  call->Run(impl_->channel.get(), impl_->options.target, v1::AttributionService::service_full_name(),
+            "AttributeComponentsStream");
 }
 
 absl::StatusOr<ComponentAttribution> AttributionClient::AttributeComponents(

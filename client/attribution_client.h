@@ -330,10 +330,14 @@ absl::Status CheckLogprobsOptions(const LogprobsOptions& options);
 template <typename T>
 using Callback = std::function<void(absl::StatusOr<T>)>;
 
-// Thread-safe; one channel shared by every call.
+// Thread-safe; one channel shared by every call. The async forms' callbacks (done, progress, on_token) run on
+// gRPC's threads (a few, shared by every client): they must not block, and a sync call made in one fails
+// FAILED_PRECONDITION (it would wait for those threads). A done callback may destroy the client; a progress or
+// on_token callback must not (the destructor waits for that very call).
 class AttributionClient {
  public:
   static absl::StatusOr<std::unique_ptr<AttributionClient>> Connect(const ClientOptions& options);
+  // Cancels the calls in flight (each callback hears CANCELLED) and waits until gRPC has let go of them.
   ~AttributionClient();
   // The target it connected to (ClientOptions::target), for messages that name the server.
   const std::string& target() const;

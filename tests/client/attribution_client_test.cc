@@ -11,7 +11,10 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <vector>
 
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "attribution/v1/attribution.grpc.pb.h"
 #include "tests/testing/fake_attribution_service.h"
 #include "tests/testing/status_matchers.h"
@@ -225,6 +228,79 @@ TEST(AttributionClientForeignServer, CallsNameTheServerAndWhatItLacks) {
                                                                   "than this client): Method not found!")));
   EXPECT_THAT((*client)->AttributeStream({.model = "demo", .prompt = "Is", .target = " No"}, nullptr),
               StatusIs(absl::StatusCode::kUnimplemented, HasSubstr(lacks + "AttributeStream")));
+}
+
+// Destroying a client with async calls in flight dropped the channel's last reference on a gRPC thread, which
+// joined itself: a segfault or "double free" in 8 of 8 runs (grpc/grpc#32584). Its calls are now cancelled and
+// released first; and the server stopped computing nothing for calls whose client was gone.
+TEST(AttributionClientLifetime, DestroyingAClientCancelsItsCallsInFlight) {
+  test_support::FakeAttributionServer server;
+  ASSERT_TRUE(server.ok());
+  server.service.attribute_delay_ms = 2000;
+  for (int round = 0; round < 3; ++round) {
+    absl::StatusOr<std::unique_ptr<AttributionClient>> client =
+        AttributionClient::Connect({.target = server.address(), .max_attempts = 1});
+    ASSERT_THAT(client, IsOk());
+    absl::Mutex mu;
+    std::vector<absl::StatusCode> codes;
+    for (int i = 0; i < 4; ++i) {
+      (*client)->AttributeAsync({.model = "demo", .prompt = "Is", .target = " No"}, [&](absl::StatusOr<Attribution> r) {
+        absl::MutexLock lock(&mu);
+        codes.push_back(r.status().code());
+      });
+    }
+    absl::SleepFor(absl::Milliseconds(200));
+    client->reset();
+    absl::MutexLock lock(&mu);
+    ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(
+                                        +[](std::vector<absl::StatusCode>* c) { return c->size() == 4; }, &codes),
+                                    absl::Seconds(30)));
+    for (absl::StatusCode code : codes) EXPECT_EQ(code, absl::StatusCode::kCancelled);
+  }
+}
+
+// A done callback may destroy its client; a sync call inside a callback waited for the gRPC threads the callback
+// held (two such callbacks: forever, past every deadline) and now fails at once.
+TEST(AttributionClientLifetime, CallbacksMayDestroyTheClientButNotWaitOnIt) {
+  test_support::FakeAttributionServer server;
+  ASSERT_TRUE(server.ok());
+  server.service.models.add_models()->set_name("demo");
+  for (int round = 0; round < 5; ++round) {
+    absl::StatusOr<std::unique_ptr<AttributionClient>> connected =
+        AttributionClient::Connect({.target = server.address(), .max_attempts = 1});
+    ASSERT_THAT(connected, IsOk());
+    std::unique_ptr<AttributionClient> client = std::move(*connected);
+    absl::Notification done;
+    absl::Status inner;
+    client->ListModelsAsync([&](absl::StatusOr<std::vector<ModelInfo>> models) {
+      EXPECT_THAT(models, IsOk());
+      inner = client->ListModels().status();
+      client.reset();
+      done.Notify();
+    });
+    ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+    EXPECT_THAT(inner, StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("make the Async call there")));
+  }
+}
+
+// Options gRPC would take for others: a deadline of 0 or less (every call DEADLINE_EXCEEDED, naming nothing), an
+// attempt count clamped to [1, 5], backoffs out of order, a port read modulo 2^16 (":112636" reached 47100).
+TEST(AttributionClientConnect, RefusesOptionsGrpcWouldTakeForOthers) {
+  const auto refused = [](ClientOptions options, const std::string& message) {
+    EXPECT_THAT(AttributionClient::Connect(options), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(message)));
+  };
+  refused({.target = "127.0.0.1:1", .timeout = absl::ZeroDuration()}, "timeout: 0 would expire every call at once");
+  refused({.target = "127.0.0.1:1", .timeout = absl::Seconds(-5)}, "timeout: -5s");
+  refused({.target = "127.0.0.1:1", .max_attempts = 0}, "max_attempts: 0 is outside [1, 5]");
+  refused({.target = "127.0.0.1:1", .max_attempts = 100}, "max_attempts: 100 is outside [1, 5]");
+  refused({.target = "127.0.0.1:1", .initial_backoff = absl::Seconds(3), .max_backoff = absl::Seconds(2)},
+          "initial_backoff: 3s is above max_backoff (2s)");
+  refused({.target = "127.0.0.1:112636"}, "target: port 112636 is outside [1, 65535]");
+  refused({.target = "dns:///localhost:0"}, "target: port 0 is outside [1, 65535]");
+  for (const std::string target :
+       {"127.0.0.1:65535", "[::1]:50051", "dns:///localhost:50051", "localhost", "unix:/tmp/attribution:99999"}) {
+    EXPECT_THAT(AttributionClient::Connect({.target = target, .timeout = absl::InfiniteDuration()}), IsOk()) << target;
+  }
 }
 
 TEST_F(AttributionClientTest, GenerateMapsAWellFormedResponse) {

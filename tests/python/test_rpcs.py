@@ -681,7 +681,7 @@ def test_closing_the_async_client_ends_its_calls_as_cancelled(client, server):
 
 
 def test_nan_or_negative_timeouts_are_refused_and_infinite_means_no_deadline(client, server):
-    for bad in (float("nan"), -1.0):
+    for bad in (float("nan"), -1.0, 0):  # 0 expired every call at once, DEADLINE_EXCEEDED naming nothing
         with pytest.raises(ValueError, match=r"^timeout: "):
             client.health(timeout=bad)
         with pytest.raises(ValueError, match=r"^timeout: "):
@@ -714,6 +714,22 @@ def test_backoffs_under_a_millisecond_are_refused_and_small_ones_are_written_as_
     policy = json.loads(_channel.service_config(ac.ClientOptions(initial_backoff=0.00002 + 0.002)))
     assert policy["methodConfig"][0]["retryPolicy"]["initialBackoff"] == "0.002s"
     with ac.AttributionClient(server.address, max_attempts=3, initial_backoff=0.002, max_backoff=0.002) as c:
+        assert c.health() == "SERVING"
+
+
+def test_options_grpc_would_take_for_others_are_refused(server):
+    """gRPC clamped max_attempts to [1, 5], took backoffs out of order, and read a port modulo 2**16
+    ("127.0.0.1:112636" reached port 47100), as the C++ client's Connect refuses them."""
+    for attempts in (0, 6):
+        with pytest.raises(ValueError, match=rf"^max_attempts: {attempts} is outside \[1, 5\]"):
+            ac.AttributionClient(server.address, max_attempts=attempts)
+    with pytest.raises(ValueError, match=r"^initial_backoff: 3 s is above max_backoff \(2 s\)"):
+        ac.AttributionClient(server.address, initial_backoff=3, max_backoff=2)
+    port = server.address.rpartition(":")[2]
+    wrapped = int(port) + 65536  # the server's port, modulo 2**16
+    with pytest.raises(ValueError, match=rf"^target: port {wrapped} is outside \[1, 65535\]"):
+        ac.AttributionClient(f"127.0.0.1:{wrapped}")
+    with ac.AttributionClient(f"dns:///127.0.0.1:{port}") as c:
         assert c.health() == "SERVING"
 
 

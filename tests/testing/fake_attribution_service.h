@@ -11,10 +11,12 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "attribution/v1/attribution.grpc.pb.h"
 
 namespace attribution::test_support {
@@ -28,6 +30,8 @@ class FakeAttributionService final : public ::attribution::v1::AttributionServic
   ::attribution::v1::GenerateResponse generate;
   ::attribution::v1::LogprobsResponse logprobs;
   ::attribution::v1::ListModelsResponse models;
+  // How long Attribute waits before answering (calls still in flight when a test acts).
+  std::atomic<int> attribute_delay_ms = 0;
 
   grpc::Status Attribute(grpc::ServerContext*, const ::attribution::v1::AttributeRequest* request,
                          ::attribution::v1::AttributeResponse* out) override {
@@ -35,6 +39,7 @@ class FakeAttributionService final : public ::attribution::v1::AttributionServic
       absl::MutexLock lock(&mu_);
       last_attribute_request_ = *request;
     }
+    absl::SleepFor(absl::Milliseconds(attribute_delay_ms.load()));
     *out = attribute;
     return grpc::Status::OK;
   }

@@ -80,5 +80,5 @@ def generate_event(event: pb.GenerateEvent, asked: pb.GenerateRequest) -> Union[
 
 
 def timeout(value: Any, default: Optional[float]) -> Optional[float]:
-    """The call's deadline in seconds (None: none); ValueError naming `timeout` for NaN or a negative one."""
-    return _convert.seconds("timeout", default if value is DEFAULT else value, none_means="no deadline")
+    """The call's deadline in seconds (None: none); ValueError naming `timeout` for NaN, 0 or a negative one."""
+    return _convert.deadline("timeout", default if value is DEFAULT else value)

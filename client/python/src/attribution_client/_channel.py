@@ -60,6 +60,9 @@ def channel_args(o: ClientOptions) -> List[Tuple[str, object]]:
         ("grpc.max_receive_message_length", o.max_message_bytes),
         ("grpc.max_send_message_length", o.max_message_bytes),
         ("grpc.per_rpc_retry_buffer_size", o.max_message_bytes),  # retries resend requests over 256 KiB too
+        # A connection of its own: gRPC pools connections per process, so every client to one server shared one
+        # and could not send past its stream limit (the README's "open more channels").
+        ("grpc.use_local_subchannel_pool", 1),
     ]
     if o.keepalive > 0:
         args += [("grpc.keepalive_time_ms", int(o.keepalive * 1000)),
@@ -161,20 +164,33 @@ def check(o: ClientOptions) -> None:
     connect_timeout fails int(), a NaN timeout expires every call at once."""
     if not isinstance(o.target, str):  # gRPC would fail on it with an AttributeError
         raise TypeError(f"target: must be a str (host:port or another gRPC target), not {o.target!r}")
-    _convert.seconds("timeout", o.timeout, none_means="no deadline")
+    _convert.deadline("timeout", o.timeout)
     # gRPC keeps whole milliseconds of these and refuses a zero retry backoff, failing every call on the
     # channel ("Failed to create channel"); its channel arguments hold milliseconds in an int (24 days).
     for name in ("connect_timeout", "initial_backoff", "max_backoff"):
         value = _convert.seconds(name, getattr(o, name))
         if not 0.001 <= value <= 86400:
             raise ValueError(f"{name}: {value!r} s does not lie between 1 ms and 24 h")
+    if o.initial_backoff > o.max_backoff:
+        raise ValueError(f"initial_backoff: {o.initial_backoff!r} s is above max_backoff ({o.max_backoff!r} s)")
     # Servers permit a ping a second (a faster one counts against the client, which the server then disconnects).
     keepalive = _convert.seconds("keepalive", o.keepalive)
     if not (keepalive == 0 or 1 <= keepalive <= 86400):
         raise ValueError(f"keepalive: {keepalive!r} s is neither 0 (off) nor between 1 s and 24 h")
-    _convert.integer("max_attempts", o.max_attempts, _convert.INT32)
+    # gRPC's retry policy allows at most 5 attempts, and took more as 5.
+    _convert.integer("max_attempts", o.max_attempts, (1, 5))
+    _check_port(o.target)
     _convert.integer("max_message_bytes", o.max_message_bytes, (1, _convert.INT32[1]))
     _metadata_value("bearer_token", o.bearer_token, MAX_BEARER_TOKEN_BYTES)
+
+
+def _check_port(target: str) -> None:
+    """gRPC reads a port past 65535 modulo 2**16: "127.0.0.1:112636" reached port 47100."""
+    if target.startswith(("unix:", "unix-abstract:", "vsock:")):
+        return
+    port = target.rpartition(":")[2]
+    if ":" in target and port.isascii() and port.isdigit() and not 1 <= int(port) <= 65535:
+        raise ValueError(f"target: port {port} is outside [1, 65535]")
 
 
 def _metadata_value(name: str, value: object, max_bytes: int) -> str:

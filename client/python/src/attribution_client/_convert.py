@@ -136,6 +136,15 @@ def seconds(name: str, value: Any, *, none_means: Optional[str] = None) -> Optio
     return None if none_means is not None and s > _LONGEST_DEADLINE else s
 
 
+def deadline(name: str, value: Any) -> Optional[float]:
+    """A call's deadline in seconds, > 0 (0 expired every call at once, DEADLINE_EXCEEDED naming nothing); None
+    (or inf) for none."""
+    s = seconds(name, value, none_means="no deadline")
+    if s == 0:
+        raise ValueError(f"{name}: 0 s would expire every call at once; None (or inf) for no deadline")
+    return s
+
+
 def _flag(name: str, value: Any) -> bool:
     """A bool (or numpy's), or 0 / 1: a larger number is more likely a count given to the wrong option."""
     if isinstance(value, (bool, np.bool_)) or (isinstance(value, numbers.Integral) and value in (0, 1)):
