@@ -44,10 +44,9 @@ std::string ServiceConfig(const ClientOptions& o) {
   std::string config = absl::StrCat(R"({"loadBalancingConfig": [{")", o.load_balancing, R"(": {}}])");
   if (o.max_attempts > 1) {
     absl::StrAppend(&config, R"(, "methodConfig": [{"name": [{"service": "attribution.v1.AttributionService"},)",
-                    R"({"service": "grpc.health.v1.Health"}], "retryPolicy": {"maxAttempts": )",
-                    o.max_attempts, R"(, "initialBackoff": ")", Seconds(o.initial_backoff),
-                    R"(", "maxBackoff": ")", Seconds(o.max_backoff),
-                    R"(", "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}])");
+                    R"({"service": "grpc.health.v1.Health"}], "retryPolicy": {"maxAttempts": )", o.max_attempts,
+                    R"(, "initialBackoff": ")", Seconds(o.initial_backoff), R"(", "maxBackoff": ")",
+                    Seconds(o.max_backoff), R"(", "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}])");
   }
   return config + "}";
 }
