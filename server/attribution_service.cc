@@ -228,6 +228,23 @@ void AttributionServiceImpl::CallEnded(const CallLog& log, const grpc::Status& s
   WriteLogLine(std::move(line));
 }
 
+void AttributionServiceImpl::AnswerUndelivered(const CallLog& log, int64_t bytes) {
+  metrics_->RecordUndeliveredAnswer(log.method, log.served_model);
+  if (!log.logged) return;
+  nlohmann::json line = {{"event", "answer_undelivered"},
+                         {"severity", "WARNING"},
+                         {"rpc", log.method},
+                         {"model", AbbreviateUserText(log.model)},
+                         {"answer_bytes", bytes},
+                         {"wall_s", absl::ToDoubleSeconds(MonotonicNow() - log.received)},
+                         {"peer", log.peer},
+                         {"message",
+                          "cancelled by the server: the client stopped reading its answer (the client "
+                          "got CANCELLED)"}};
+  if (!log.request_id.empty()) line["request_id"] = AbbreviateUserText(log.request_id, 128);
+  WriteLogLine(std::move(line));
+}
+
 void AttributionServiceImpl::AnswerWaiting(int64_t bytes) { unread_answer_bytes_.fetch_add(bytes); }
 
 void AttributionServiceImpl::AnswerGone(int64_t bytes) { unread_answer_bytes_.fetch_sub(bytes); }

@@ -67,6 +67,7 @@ class AttributionServiceImpl final : public v1::AttributionService::CallbackServ
   absl::StatusOr<const ServedModel*> Admit(CallLog& log, grpc::CallbackServerContext* context, const std::string& model,
                                            bool needs_model = true);
   void CallEnded(const CallLog& log, const grpc::Status& status) override;
+  void AnswerUndelivered(const CallLog& log, int64_t bytes) override;
   void AnswerWaiting(int64_t bytes) override;
   void AnswerGone(int64_t bytes) override;
   void CallOpened() override { open_calls_.fetch_add(1); }

@@ -70,6 +70,9 @@ class CallObserver {
   // stays in memory, so the observer bounds their bytes (clients that never read parked gigabytes).
   virtual void AnswerWaiting(int64_t bytes) = 0;
   virtual void AnswerGone(int64_t bytes) = 0;
+  // A unary answer of `bytes` that the delivery watch cancelled: its client stopped reading. The call was logged
+  // and counted when it ended (before delivery, to free its slot): this says the client did not get it.
+  virtual void AnswerUndelivered(const CallLog& log, int64_t bytes) = 0;
   // A call's reactor made, and gRPC done with it (OnDone: its answer delivered, or the client gone). A call
   // leaves its admission slot (CallEnded) before it hands gRPC its answer: the drain waits for these.
   virtual void CallOpened() = 0;
@@ -156,6 +159,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
   void OnCancel() override { cancel_.Fire(); }
   void OnDone() override {
     if (watch_) watch_->CallDone();
+    if (completed_ && watch_ && watch_->cancelled()) observer_->AnswerUndelivered(log_, answer_bytes_);
     if (completed_) observer_->AnswerGone(answer_bytes_);
     observer_->CallClosed();
     delete this;

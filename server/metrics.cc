@@ -161,6 +161,12 @@ ServerMetrics::ServerMetrics()
                        .Register(*registry_)),
       in_flight_(
           BuildGauge().Name("attribution_rpcs_in_flight").Help("Calls being served").Register(*registry_).Add({})),
+      undelivered_answers_(BuildCounter()
+                               .Name("attribution_undelivered_answers_total")
+                               .Help("Unary answers cancelled undelivered because their client stopped reading "
+                                     "(counted in attribution_rpcs_total by their work's outcome), by method and "
+                                     "model")
+                               .Register(*registry_)),
       batch_rows_(BuildHistogram().Name("attribution_batch_rows").Help("Rows per batch").Register(*registry_)),
       batch_tokens_(
           BuildHistogram().Name("attribution_batch_tokens").Help("Padded tokens per batch").Register(*registry_)),
@@ -205,6 +211,10 @@ void ServerMetrics::RecordRpc(const std::string& method, const std::string& code
   // By code too: refusals (RESOURCE_EXHAUSTED, NOT_FOUND, ...) are answered in microseconds, and mixed with
   // served calls they pulled the latency quantiles down exactly when the server was overloaded.
   rpc_seconds_.Add(labels, kBounds).Observe(absl::ToDoubleSeconds(latency));
+}
+
+void ServerMetrics::RecordUndeliveredAnswer(const std::string& method, const std::string& model) {
+  undelivered_answers_.Add({{"method", method}, {"model", model}}).Increment();
 }
 
 void ServerMetrics::SetInFlight(int64_t calls) { in_flight_.Set(static_cast<double>(calls)); }

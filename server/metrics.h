@@ -37,6 +37,9 @@ class ServerMetrics {
   // from the client's text would let any client add series without bound.
   void RecordRpc(const std::string& method, const std::string& code, const std::string& model, absl::Duration latency);
   void SetInFlight(int64_t calls);
+  // A unary answer handed to gRPC that its client did not read (the call cancelled by the server after
+  // client_read_timeout): the RPC was counted by its work's outcome, this by delivery.
+  void RecordUndeliveredAnswer(const std::string& method, const std::string& model);
   // Adds the engine metrics of every model; `models` must outlive this object.
   void WatchModels(const ModelRegistry& models);
 
@@ -50,6 +53,7 @@ class ServerMetrics {
   prometheus::Family<prometheus::Counter>& rpcs_;
   prometheus::Family<prometheus::Histogram>& rpc_seconds_;
   prometheus::Gauge& in_flight_;
+  prometheus::Family<prometheus::Counter>& undelivered_answers_;
   prometheus::Family<prometheus::Histogram>& batch_rows_;
   prometheus::Family<prometheus::Histogram>& batch_tokens_;
   prometheus::Family<prometheus::Histogram>& batch_padding_;

@@ -9,6 +9,7 @@
 // most max_new_tokens). Afterwards the readers get every token and their results, and a reader that
 // gives up while stalled frees its call.
 #include <arpa/inet.h>
+#include <gmock/gmock.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -37,6 +38,8 @@ using ::attribution::test_support::IsOk;
 using test_support::MetricValue;
 using test_support::ProcessStatusMegabytes;
 using test_support::ServerProcess;
+using ::testing::AllOf;
+using ::testing::HasSubstr;
 using Stub = v1::AttributionService::Stub;
 
 constexpr int kNewTokens = 512;  // the server's default max_new_tokens limit
@@ -483,6 +486,13 @@ TEST(SlowReader, UnreadUnaryAnswersAreBoundedUntilTheReadTimeoutCancelsThem) {
   EXPECT_TRUE(status.ok()) << status.error_message();
   std::cout << "[ slow     ] calls admitted again " << absl::FormatDuration(absl::Now() - parked_at)
             << " after the unread answer was ready\n";
+  // The parked call was logged and counted OK when its work ended (its slot freed then), while its client got
+  // CANCELLED with nothing saying so: the undelivered answer is counted and logged on its own.
+  EXPECT_EQ(MetricValue((*server)->metrics_port(),
+                        "attribution_undelivered_answers_total{method=\"Logprobs\",model=\"demo\"}"),
+            1);
+  EXPECT_THAT((*server)->LogOnceItHolds("answer_undelivered"),
+              AllOf(HasSubstr("\"event\":\"answer_undelivered\""), HasSubstr("\"severity\":\"WARNING\"")));
 }
 
 }  // namespace
