@@ -301,6 +301,19 @@ void AttributionServiceImpl::StartAttribution(Call* call, grpc::CallbackServerCo
       done);
 }
 
+// A call whose work failed (a deadline, a cancellation, an engine error) still logs what the engine ran for it:
+// those are the lines an operator reads to tell a queued call from a huge one.
+namespace {
+
+template <typename Call, typename Done>
+void FailWithStats(Call* call, const engine::Request& handle, absl::Time received, const absl::Status& status,
+                   const Done& done) {
+  ToRunStats(handle.stats(), received, &call->log().stats);
+  done(status);
+}
+
+}  // namespace
+
 template <typename Call>
 void AttributionServiceImpl::SubmitAttribution(Call* call, const ServedModel* served, AttributeCall converted,
                                                std::function<void(absl::StatusOr<v1::AttributeResponse>)> done) {
@@ -310,8 +323,8 @@ void AttributionServiceImpl::SubmitAttribution(Call* call, const ServedModel* se
   const absl::Time received = call->log().received;
   served->attributor->Attribute(
       handle, attribute->request,
-      [call, served, attribute, received, done](absl::StatusOr<engine::AttributionResult> result) {
-        if (!result.ok()) return done(result.status());
+      [call, served, attribute, handle, received, done](absl::StatusOr<engine::AttributionResult> result) {
+        if (!result.ok()) return FailWithStats(call, *handle, received, result.status(), done);
         v1::AttributeResponse response;
         ToAttributeResponse(*result, *attribute, *served, &response);
         response.mutable_stats()->set_wall_seconds(absl::ToDoubleSeconds(MonotonicNow() - received));
@@ -368,7 +381,7 @@ void AttributionServiceImpl::SubmitComponents(
   engine::AttributeComponents(
       *served->engine, handle, served->model->config(), components->limits, components->request,
       [call, served, components, handle, received, done](absl::StatusOr<engine::ComponentResult> result) {
-        if (!result.ok()) return done(result.status());
+        if (!result.ok()) return FailWithStats(call, *handle, received, result.status(), done);
         v1::AttributeComponentsResponse response;
         ToComponentsResponse(*result, *components, *served, &response);
         ToRunStats(handle->stats(), received, response.mutable_stats());
@@ -423,7 +436,7 @@ void AttributionServiceImpl::SubmitGeneration(Call* call, const ServedModel* ser
   engine::GenerateAsync(
       *served->engine, handle, served->model->config(), generate->prompt.encoding.ids, generate->options,
       [call, served, generate, handle, received, done](absl::StatusOr<engine::Generation> generation) {
-        if (!generation.ok()) return done(generation.status());
+        if (!generation.ok()) return FailWithStats(call, *handle, received, generation.status(), done);
         v1::GenerateResponse response;
         ToGenerateResponse(*generation, *generate, *served, &response);
         ToRunStats(handle->stats(), received, response.mutable_stats());
@@ -489,7 +502,10 @@ void AttributionServiceImpl::SubmitLogprobs(UnaryCall* call, const ServedModel* 
                       logprobs->top_k,
                       [call, served, logprobs, handle, response, received,
                        max_bytes = config_.max_message_bytes](absl::StatusOr<engine::TargetScores> scores) {
-                        if (!scores.ok()) return call->Complete(scores.status());
+                        if (!scores.ok()) {
+                          ToRunStats(handle->stats(), received, &call->log().stats);
+                          return call->Complete(scores.status());
+                        }
                         ToLogprobsResponse(*scores, *logprobs, *served, response);
                         ToRunStats(handle->stats(), received, response->mutable_stats());
                         // A score request runs each of its rows forward once and never backward.
