@@ -21,7 +21,10 @@ FROM debian:12 AS build-cpu
 FROM build-${VARIANT} AS build
 ARG VARIANT
 ARG TORCH_INDEX_URL=""
-ENV DEBIAN_FRONTEND=noninteractive TORCH_INDEX_URL=${TORCH_INDEX_URL}
+# The context leaves .git out: the commit --version and attribution_build_info name comes from here
+# (docker build --build-arg BUILD_COMMIT=$(git describe --always --dirty) .).
+ARG BUILD_COMMIT=unknown
+ENV DEBIAN_FRONTEND=noninteractive TORCH_INDEX_URL=${TORCH_INDEX_URL} BUILD_COMMIT=${BUILD_COMMIT}
 WORKDIR /src
 COPY . .
 RUN deploy/docker/build-image.sh "${VARIANT}" /opt/attribution

@@ -30,6 +30,7 @@
 #include "client/command_line.h"
 #include "client/connection_flags.h"
 #include "client/standard_output.h"
+#include "engine/common/build_info.h"
 #include "engine/common/monotonic_clock.h"
 
 ABSL_FLAG(std::string, server, "localhost:50051", "server address, or any gRPC target (dns:///name:port, ...)");
@@ -461,6 +462,7 @@ int main(int argc, char** argv) {
     return absl::EndsWith(file, "client/bench_main.cc") || attribution::client::DefinesConnectionFlags(file);
   };
   usage.contains_helpshort_flags = usage.contains_help_flags;
+  usage.version_string = [] { return attribution::VersionString("attribution-bench"); };
   absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(
       "Load generator for the attribution server.\n"

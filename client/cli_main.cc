@@ -38,6 +38,7 @@
 #include "client/result_json.h"
 #include "client/standard_output.h"
 #include "client/streamed_text.h"
+#include "engine/common/build_info.h"
 
 ABSL_FLAG(std::string, server, "localhost:50051",
           "server address host:port, or any gRPC target (dns:///name:port, ...)");
@@ -604,6 +605,7 @@ int main(int argc, char** argv) {
     return absl::EndsWith(file, "client/cli_main.cc") || attribution::client::DefinesConnectionFlags(file);
   };
   usage.contains_helpshort_flags = usage.contains_help_flags;
+  usage.version_string = [] { return attribution::VersionString("attribution-cli"); };
   absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(
       "Calls an attribution server. A text target is tokenized as the prompt's continuation (what the model\n"

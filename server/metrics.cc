@@ -11,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "engine/common/build_info.h"
 #include "server/log_line.h"
 #include "server/model_registry.h"
 
@@ -200,6 +201,14 @@ std::string ServerMetrics::Render() const {
       .type = prometheus::MetricType::Counter};
   dropped.metric.emplace_back().counter.value = static_cast<double>(LogLinesDropped());
   families.push_back(std::move(dropped));
+  // Which build each replica runs, as a join key for dashboards (the Prometheus convention for versions).
+  prometheus::MetricFamily build{.name = "attribution_build_info",
+                                 .help = "Always 1; label commit: the commit the server was built from",
+                                 .type = prometheus::MetricType::Gauge};
+  prometheus::ClientMetric& info = build.metric.emplace_back();
+  info.label.push_back({.name = "commit", .value = BuildCommit()});
+  info.gauge.value = 1;
+  families.push_back(std::move(build));
   return prometheus::TextSerializer().Serialize(families);
 }
 

@@ -49,6 +49,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "engine/common/build_info.h"
 #include "engine/common/credential_files.h"
 #include "engine/common/files.h"
 #include "engine/common/standard_descriptors.h"
@@ -575,9 +576,14 @@ int Serve() {
   ServingHealth health(server->GetHealthCheckService(), attribution::v1::AttributionService::service_full_name());
   // gRPC reports port 1 for a unix socket: the address says more.
   const std::string where = IsUnixAddress(config->listen) ? config->listen : absl::StrCat("port ", port);
-  Log("listening", absl::StrCat(where, config->tls.cert_file.empty() ? " plaintext" : " TLS",
-                                config->tls.client_ca_file.empty() ? "" : " (mutual)", ", metrics port ",
-                                metrics->get()->port(), ", open files limit ", open_files));
+  // Which build, and the limits an operator compares the metrics with (in flight / max_concurrent_requests).
+  WriteLogLine({{"event", "listening"},
+                {"detail", absl::StrCat(where, config->tls.cert_file.empty() ? " plaintext" : " TLS",
+                                        config->tls.client_ca_file.empty() ? "" : " (mutual)", ", metrics port ",
+                                        metrics->get()->port(), ", open files limit ", open_files)},
+                {"commit", attribution::BuildCommit()},
+                {"max_concurrent_requests", config->max_concurrent_requests},
+                {"client_read_timeout_s", absl::ToDoubleSeconds(config->client_read_timeout)}});
 
   // A load that waits (network storage that stalls) is named in the log, and by a signal's line that ends it.
   absl::StatusOr<std::unique_ptr<ModelRegistry>> models = ModelRegistry::Load(config->models, [](const ModelSpec& m) {
@@ -713,6 +719,7 @@ int main(int argc, char** argv) {
   absl::FlagsUsageConfig usage;
   usage.contains_help_flags = [](absl::string_view file) { return absl::EndsWith(file, "server/server_main.cc"); };
   usage.contains_helpshort_flags = usage.contains_help_flags;
+  usage.version_string = [] { return attribution::VersionString("attribution-server"); };
   absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(
       "Serves attribution.v1 (Attribute, AttributeComponents, Generate, Logprobs, ListModels) over gRPC.\n"

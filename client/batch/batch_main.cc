@@ -48,6 +48,7 @@
 #include "client/command_line.h"
 #include "client/connection_flags.h"
 #include "client/standard_output.h"
+#include "engine/common/build_info.h"
 #include "engine/common/exact_number.h"
 
 ABSL_FLAG(std::string, input, "",
@@ -742,6 +743,7 @@ int main(int argc, char** argv) {
     return absl::EndsWith(file, "client/batch/batch_main.cc") || attribution::client::DefinesConnectionFlags(file);
   };
   usage.contains_helpshort_flags = usage.contains_help_flags;
+  usage.version_string = [] { return attribution::VersionString("attribution-batch"); };
   absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(
       "attributions for a whole data set, resumable: attribution-batch --input=ROWS --output=RESULTS [flags]; "

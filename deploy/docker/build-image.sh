@@ -21,7 +21,7 @@ esac
 
 ATTRIBUTION_VENV=${ATTRIBUTION_VENV:-/opt/venv} scripts/setup build
 cmake -S . -B build-image -G Ninja -DCMAKE_BUILD_TYPE=Release -DATTRIBUTION_BUILD_TESTS=OFF \
-  -DATTRIBUTION_BUILD_BENCH=OFF "${cuda_flags[@]}"
+  -DATTRIBUTION_BUILD_BENCH=OFF -DATTRIBUTION_BUILD_COMMIT="${BUILD_COMMIT:-unknown}" "${cuda_flags[@]}"
 cmake --build build-image --target attribution-server attribution-cli attribution-bench attribution-batch attribution_sentencepiece
 
 mkdir -p "$prefix/bin" "$prefix/lib" "$prefix/models" "$prefix/config"

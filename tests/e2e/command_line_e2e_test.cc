@@ -105,6 +105,30 @@ TEST(BenchCommandLine, AWordThatIsNoFlagIsAUsageError) {
   EXPECT_THAT(output, HasSubstr("unexpected argument \"extra_positional\""));
 }
 
+// --version printed abseil's "Debug build (NDEBUG not #defined)" for Release builds, and nothing said which
+// commit a replica runs: each program names it, as the server's listening line and metrics do.
+TEST(ServerCommandLine, EveryProgramNamesTheCommitItWasBuiltFrom) {
+  std::string commit;
+  for (const char* program :
+       {ATTRIBUTION_SERVER_BINARY, ATTRIBUTION_CLI_BINARY, ATTRIBUTION_BENCH_BINARY, ATTRIBUTION_BATCH_BINARY}) {
+    const Outputs outputs = RunCommandApart(absl::StrCat(program, " --version"));
+    EXPECT_EQ(outputs.code, 0) << program;
+    const std::string name = std::filesystem::path(program).filename().string();
+    ASSERT_THAT(outputs.out, ::testing::StartsWith(name + " commit ")) << outputs.out;
+    EXPECT_THAT(outputs.out, Not(HasSubstr("NDEBUG")));
+    const std::string words = outputs.out.substr(name.size() + 8);
+    const std::string this_commit = words.substr(0, words.find(' '));
+    EXPECT_FALSE(this_commit.empty());
+    if (commit.empty()) commit = this_commit;
+    EXPECT_EQ(this_commit, commit) << program;
+  }
+  auto server = test_support::ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir()});
+  ASSERT_THAT(server, IsOk());
+  EXPECT_THAT((*server)->Log(), HasSubstr("\"commit\":\"" + commit + "\""));
+  EXPECT_EQ(test_support::MetricValue((*server)->metrics_port(), "attribution_build_info{commit=\"" + commit + "\"}"),
+            1);
+}
+
 TEST(ServerCommandLine, ARepeatedModelFlagServesEveryModel) {
   const std::string dir = test_support::DemoModelDir();
   // A comma starts a model only where NAME= follows: a folder named "demo,copy" was "demo" and a model "copy"
