@@ -99,6 +99,8 @@ ABSL_FLAG(std::vector<std::string>, stop_token_ids, {},
 ABSL_FLAG(bool, ignore_stop_tokens, false, "generate: run to --max_new_tokens, past eos and --stop_token_ids");
 ABSL_FLAG(bool, stream, false,
           "attribute, components: show progress; generate: print tokens as they come (on stderr with --json)");
+ABSL_FLAG(std::string, request_id, "",
+          "sent as x-request-id: the server's log line for the call carries it (printable ASCII, at most 128 bytes)");
 ABSL_FLAG(bool, json, false, "print the result as JSON on stdout (every command but health)");
 ABSL_FLAG(std::string, html, "",
           "attribute, components: also write a self-contained HTML report to this file (the result is printed "
@@ -314,6 +316,7 @@ int Attribute(AttributionClient& client, const std::string& model, GenerationSet
                      .want_token_matrix = absl::GetFlag(FLAGS_matrix),
                      .want_faithfulness = absl::GetFlag(FLAGS_faithfulness),
                      .include_special_tokens = absl::GetFlag(FLAGS_include_special_tokens)};
+  o.request_id = absl::GetFlag(FLAGS_request_id);
   o.feature_range = feature_range;
   absl::StatusOr<Attribution> result;
   if (absl::GetFlag(FLAGS_stream)) {
@@ -416,6 +419,7 @@ int Components(AttributionClient& client, const std::string& model, std::vector<
                      .granularity = absl::GetFlag(FLAGS_granularity),
                      .n_steps = absl::GetFlag(FLAGS_n_steps),
                      .rule = absl::GetFlag(FLAGS_rule)};
+  o.request_id = absl::GetFlag(FLAGS_request_id);
   SetAnswer(absl::GetFlag(FLAGS_answer), o.answer, o.answer_id);
   SetAnswer(absl::GetFlag(FLAGS_wrong_answer), o.wrong_answer, o.wrong_answer_id);
   std::function<void(int64_t, int64_t)> progress;
@@ -436,6 +440,7 @@ int Generate(AttributionClient& client, const std::string& model, const Generati
              std::vector<std::string> stop) {
   GenerateOptions o{
       .model = model, .prompt = absl::GetFlag(FLAGS_prompt), .generation = generation, .stop = std::move(stop)};
+  o.request_id = absl::GetFlag(FLAGS_request_id);
   absl::StatusOr<Generation> result;
   if (absl::GetFlag(FLAGS_stream)) {
     // With --json, stdout holds the JSON alone: the tokens show on stderr as they come.
@@ -470,7 +475,8 @@ int LogprobsCommand(AttributionClient& client, const std::string& model) {
                                                         .prompt = absl::GetFlag(FLAGS_prompt),
                                                         .target = absl::GetFlag(FLAGS_target),
                                                         .target_tokenization = absl::GetFlag(FLAGS_target_tokenization),
-                                                        .top_k = absl::GetFlag(FLAGS_top_k)});
+                                                        .top_k = absl::GetFlag(FLAGS_top_k),
+                                                        .request_id = absl::GetFlag(FLAGS_request_id)});
   if (!result.ok()) return Failed(result.status());
   if (absl::GetFlag(FLAGS_json)) {
     std::cout << LogprobsJson(*result) << "\n";

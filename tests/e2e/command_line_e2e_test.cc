@@ -129,6 +129,20 @@ TEST(ServerCommandLine, EveryProgramNamesTheCommitItWasBuiltFrom) {
             1);
 }
 
+// Nothing tied a CLI call to its server log line: --request_id is sent as x-request-id, which the line carries.
+TEST(CliCommandLine, ARequestIdReachesTheServersLogLine) {
+  auto server = test_support::ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir()});
+  ASSERT_THAT(server, IsOk());
+  const std::string cli = absl::StrCat(ATTRIBUTION_CLI_BINARY, " logprobs --server=", (*server)->address(),
+                                       " --prompt='Is it warm?' --target=' Yes'");
+  const Outputs sent = RunCommandApart(cli + " --request_id=cli-call-7");
+  EXPECT_EQ(sent.code, 0) << sent.err;
+  EXPECT_THAT((*server)->LogOnceItHolds("cli-call-7"), HasSubstr("\"request_id\":\"cli-call-7\""));
+  const Outputs refused = RunCommandApart(cli + " --request_id='caf\xc3\xa9'");  // gRPC metadata is ASCII
+  EXPECT_NE(refused.code, 0);
+  EXPECT_THAT(refused.err, HasSubstr("request_id"));
+}
+
 TEST(ServerCommandLine, ARepeatedModelFlagServesEveryModel) {
   const std::string dir = test_support::DemoModelDir();
   // A comma starts a model only where NAME= follows: a folder named "demo,copy" was "demo" and a model "copy"
