@@ -188,11 +188,18 @@ absl::StatusOr<const ServedModel*> AttributionServiceImpl::Admit(CallLog& log, g
   const bool looked_up = models != nullptr && needs_model && !model.empty();
   const absl::StatusOr<const ServedModel*> found = looked_up ? models->Find(model) : nullptr;
   if (looked_up && found.ok()) log.served_model = model;
+  // Refusals for load answer in microseconds and clients resend them: an overloaded server wrote a WARNING line
+  // for each (25,145 in 5 s), burying the lines of the calls it served. Rationed; the metrics count them all.
+  auto refused_for_load = [&](absl::Status refusal) {
+    log.logged = refused_for_load_lines_.Take(MonotonicNow(), log.like_it_not_logged);
+    return refusal;
+  };
   if (const int64_t unread = unread_answer_bytes_.load(); unread >= config_.max_unread_answer_bytes) {
-    return absl::ResourceExhaustedError(absl::StrCat("answers not yet read by their clients hold ", unread,
-                                                     " bytes; the limit is ", config_.max_unread_answer_bytes));
+    return refused_for_load(
+        absl::ResourceExhaustedError(absl::StrCat("answers not yet read by their clients hold ", unread,
+                                                  " bytes; the limit is ", config_.max_unread_answer_bytes)));
   }
-  if (absl::Status s = gate_.Enter(log.served_model); !s.ok()) return s;
+  if (absl::Status s = gate_.Enter(log.served_model); !s.ok()) return refused_for_load(std::move(s));
   log.admitted = true;
   if (models == nullptr) return absl::UnavailableError("the server is still loading its models");
   if (!needs_model) return nullptr;

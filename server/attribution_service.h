@@ -109,6 +109,7 @@ class AttributionServiceImpl final : public v1::AttributionService::CallbackServ
   const std::optional<BearerAuth> auth_;
   // Calls without a valid token: 36,200 a second from one Python client wrote 15 MB of log in 5 s.
   LogLineBudget unauthenticated_lines_{20};
+  LogLineBudget refused_for_load_lines_{20};  // RESOURCE_EXHAUSTED at admission: a flood under overload
   CallGate gate_;
   std::atomic<int64_t> unread_answer_bytes_{0};  // AnswerWaiting, not yet AnswerGone
   std::atomic<int64_t> open_calls_{0};           // CallOpened, not yet CallClosed

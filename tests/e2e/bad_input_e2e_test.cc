@@ -8,7 +8,9 @@
 #include <functional>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "attribution/v1/attribution.grpc.pb.h"
 #include "client/attribution_client.h"
 #include "tests/testing/demo_requests.h"
@@ -787,9 +789,23 @@ TEST(BadInputs, CallsOverTheConcurrencyLimitAreResourceExhausted) {
   ASSERT_TRUE(test_support::WaitForQueuedRows((*server)->metrics_port(), "demo"));
   EXPECT_THAT(client->ListModels(), StatusIs(absl::StatusCode::kResourceExhausted,
                                              HasSubstr("too many concurrent requests (the limit is 1)")));
+  // A flood of refusals (each answered in microseconds, and resent) wrote a WARNING line each: rationed now, the
+  // metrics counting every one.
+  constexpr int kFlood = 200;
+  for (int i = 0; i < kFlood; ++i) EXPECT_FALSE(client->ListModels().ok());
   holder.join();
   EXPECT_THAT(slow, IsOk());
   EXPECT_THAT(client->ListModels(), IsOk());
+  EXPECT_EQ(
+      test_support::MetricValue((*server)->metrics_port(),
+                                "attribution_rpcs_total{code=\"RESOURCE_EXHAUSTED\",method=\"ListModels\",model=\"\"}"),
+      kFlood + 1);
+  int lines = 0;
+  for (absl::string_view line : absl::StrSplit((*server)->Log(), '\n')) {
+    if (absl::StrContains(line, "\"code\":\"RESOURCE_EXHAUSTED\"")) ++lines;
+  }
+  EXPECT_GE(lines, 1);
+  EXPECT_LE(lines, kFlood / 4) << "refusal lines for " << kFlood + 1 << " refused calls";
 }
 
 // A response over max_message_bytes (here a token matrix of 30 x 300 values under a 16 KiB limit) ends
