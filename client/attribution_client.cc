@@ -65,17 +65,27 @@ absl::Status CallStatus(const grpc::Status& status, absl::string_view target, ab
                    " (no attribution server, or one older than this client): ", status.error_message()));
 }
 
-// Set while this thread runs a caller's callback (done, progress, on_token) on one of gRPC's threads. The sync
-// calls wait for gRPC's callback threads, a thread per core, which such a callback holds: two callbacks that each
-// made a sync call waited for each other forever, past every deadline.
+// Set while this thread runs or releases a caller's callback (done, progress, on_token) on one of gRPC's threads.
+// The sync calls wait for gRPC's callback threads, a thread per core, which such a callback holds: two callbacks
+// that each made a sync call waited for each other forever, past every deadline. And a callback's captures may
+// hold the client's last reference (a shared_ptr to it): its destructor, run here, must not end the channel on
+// this thread.
 thread_local int callbacks_running = 0;
 
-// Runs a caller's callback, marked as one.
-template <typename Function, typename... Args>
-void RunCallback(Function& callback, Args&&... args) {
-  ++callbacks_running;
-  callback(std::forward<Args>(args)...);
-  --callbacks_running;
+class CallbackScope {
+ public:
+  CallbackScope() { ++callbacks_running; }
+  ~CallbackScope() { --callbacks_running; }
+  CallbackScope(const CallbackScope&) = delete;
+  CallbackScope& operator=(const CallbackScope&) = delete;
+};
+
+// Runs a caller's last callback and destroys it (its captures with it), marked as one.
+template <typename Result>
+void RunLastCallback(Callback<Result> callback, absl::StatusOr<Result> result) {
+  CallbackScope scope;
+  callback(std::move(result));
+  callback = nullptr;
 }
 
 // gRPC reads a port past 65535 modulo 2^16: "127.0.0.1:112636" reached port 47100.
@@ -209,7 +219,10 @@ class StreamCall final : public grpc::ClientReadReactor<grpc::ByteBuffer> {
       context_->TryCancel();  // no further read: the stream ends here
       return;
     }
-    RunCallback(on_event_, event, result_);
+    {
+      CallbackScope scope;
+      on_event_(event, result_);
+    }
     StartRead(&bytes_);
   }
   void OnDone(const grpc::Status& status) override {
@@ -219,11 +232,15 @@ class StreamCall final : public grpc::ClientReadReactor<grpc::ByteBuffer> {
         : result_        ? std::move(*result_)
                          : absl::StatusOr<Result>(absl::DataLossError("the stream ended without a result"));
     Callback<Result> done = std::move(done_);
+    OnEvent on_event = std::move(on_event_);  // released after the call, as done: its captures may hold the client
     std::shared_ptr<LiveCalls> live = live_;
     live->Leave(context_.get());
     delete this;  // the context goes before the caller hears of the result (see Impl::Unary)
     live->Released();
-    RunCallback(done, std::move(result));
+    CallbackScope scope;
+    on_event = nullptr;
+    done(std::move(result));
+    done = nullptr;
   }
 
  private:
@@ -339,7 +356,7 @@ struct AttributionClient::Impl {
                        // client (or the process) down must not race gRPC releasing the call.
                        finished.reset();
                        live->Released();
-                       RunCallback(done, std::move(result));
+                       RunLastCallback(std::move(done), std::move(result));
                      });
   }
 };

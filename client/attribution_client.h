@@ -332,8 +332,9 @@ using Callback = std::function<void(absl::StatusOr<T>)>;
 
 // Thread-safe; one channel shared by every call. The async forms' callbacks (done, progress, on_token) run on
 // gRPC's threads (a few, shared by every client): they must not block, and a sync call made in one fails
-// FAILED_PRECONDITION (it would wait for those threads). A done callback may destroy the client; a progress or
-// on_token callback must not (the destructor waits for that very call).
+// FAILED_PRECONDITION (it would wait for those threads). Any callback may hold the client's last reference (a
+// shared_ptr it captured), and a done callback may destroy the client; a progress or on_token callback must not
+// destroy it itself (the destructor waits for that very call).
 class AttributionClient {
  public:
   static absl::StatusOr<std::unique_ptr<AttributionClient>> Connect(const ClientOptions& options);

@@ -283,6 +283,42 @@ TEST(AttributionClientLifetime, CallbacksMayDestroyTheClientButNotWaitOnIt) {
   }
 }
 
+// A callback that captures the client (a shared_ptr, as shared_from_this() code does) may hold its last reference:
+// released on a gRPC thread after a done callback it aborted the process ("prior > 0"); released with a progress or
+// on_token callback, the client's destructor waited for that very call forever.
+TEST(AttributionClientLifetime, ACallbackHoldingTheClientsLastReferenceEndsItCleanly) {
+  test_support::FakeAttributionServer server;
+  ASSERT_TRUE(server.ok());
+  server.service.models.add_models()->set_name("demo");
+  server.service.generate.add_tokens()->set_id(5);
+  for (const std::string kind : {"unary done", "stream done", "on_token", "progress"}) {
+    for (int round = 0; round < 5; ++round) {
+      SCOPED_TRACE(kind);
+      absl::StatusOr<std::unique_ptr<AttributionClient>> connected =
+          AttributionClient::Connect({.target = server.address(), .max_attempts = 1});
+      ASSERT_THAT(connected, IsOk());
+      std::shared_ptr<AttributionClient> client(std::move(*connected));
+      auto finished = std::make_shared<absl::Notification>();
+      const GenerateOptions generate{.model = "demo", .prompt = "Is"};
+      if (kind == "unary done") {
+        client->ListModelsAsync([client, finished](absl::StatusOr<std::vector<ModelInfo>>) { finished->Notify(); });
+      } else if (kind == "stream done") {
+        client->GenerateStreamAsync(generate, nullptr,
+                                    [client, finished](absl::StatusOr<Generation>) { finished->Notify(); });
+      } else if (kind == "on_token") {
+        client->GenerateStreamAsync(
+            generate, [client](const Token&) {}, [finished](absl::StatusOr<Generation>) { finished->Notify(); });
+      } else {
+        client->AttributeComponentsAsync(
+            {.model = "demo", .pairs = {{"a b", "a c"}}}, [client](int64_t, int64_t) {},
+            [finished](absl::StatusOr<ComponentAttribution>) { finished->Notify(); });
+      }
+      client.reset();
+      ASSERT_TRUE(finished->WaitForNotificationWithTimeout(absl::Seconds(30)));
+    }
+  }
+}
+
 // Options gRPC would take for others: a deadline of 0 or less (every call DEADLINE_EXCEEDED, naming nothing), an
 // attempt count clamped to [1, 5], backoffs out of order, a port read modulo 2^16 (":112636" reached 47100).
 TEST(AttributionClientConnect, RefusesOptionsGrpcWouldTakeForOthers) {

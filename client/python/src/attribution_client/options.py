@@ -33,7 +33,7 @@ class ClientOptions:
     # Sent as "authorization: Bearer <token>"; kept out of repr(), which notebooks and tracebacks show.
     bearer_token: str = field(default="", repr=False)
     timeout: Optional[float] = 120.0  # deadline of each call in seconds (None or inf: no deadline)
-    max_attempts: int = 4      # tries per unary call while the answer is UNAVAILABLE (gRPC caps it at 5)
+    max_attempts: int = 4      # tries per unary call while the answer is UNAVAILABLE, 1 to 5 (gRPC's most)
     initial_backoff: float = 0.1
     max_backoff: float = 2.0
     # Seconds one connection attempt (TCP, TLS, HTTP/2 handshake) may take before it counts as failed.
