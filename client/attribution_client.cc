@@ -255,10 +255,6 @@ class StreamCall final : public grpc::ClientReadReactor<grpc::ByteBuffer> {
   std::optional<absl::StatusOr<Result>> result_;
 };
 
-}  // namespace
-
-namespace {
-
 // A response becomes a result once it has the shapes results index by (FromProto) and answers the request
 // (CheckAnswer).
 template <typename Result, typename Response>
