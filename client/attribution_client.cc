@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -54,6 +55,14 @@ std::string ServiceConfig(const ClientOptions& o) {
 absl::Status ToAbsl(const grpc::Status& status) {
   if (status.ok()) return absl::OkStatus();
   return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+}
+
+// The payload marking a call this client refused before sending (RefusedBeforeSending).
+constexpr absl::string_view kNotSent = "type.attribution.dev/refused-before-sending";
+
+absl::Status NotSent(absl::Status status) {
+  status.SetPayload(kNotSent, absl::Cord("1"));
+  return status;
 }
 
 // A call's status; gRPC's bare "Method not found!" (a server without the service, or older than this client)
@@ -107,9 +116,9 @@ absl::Status CheckTargetPort(absl::string_view target) {
 template <typename T>
 absl::StatusOr<T> Wait(const std::function<void(Callback<T>)>& start) {
   if (callbacks_running > 0) {
-    return absl::FailedPreconditionError(
+    return NotSent(absl::FailedPreconditionError(
         "a synchronous call inside a callback of this client library (done, progress or on_token) would wait for "
-        "gRPC's callback threads, which the callback holds: make the Async call there");
+        "gRPC's callback threads, which the callback holds: make the Async call there"));
   }
   std::mutex mu;
   std::condition_variable cv;
@@ -406,6 +415,8 @@ absl::Status CheckTlsFiles(const ClientOptions& options, const TlsOptionNames& n
   return ReadTlsFiles(options, names).status();
 }
 
+bool RefusedBeforeSending(const absl::Status& status) { return status.GetPayload(kNotSent).has_value(); }
+
 AttributionClient::AttributionClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 AttributionClient::~AttributionClient() {
   impl_->live->CancelAllAndWait();
@@ -446,7 +457,7 @@ absl::StatusOr<std::unique_ptr<AttributionClient>> AttributionClient::Connect(co
           absl::StrCat(name, ": ", absl::FormatDuration(duration), " does not lie between 1 ms and 24 h"));
     }
   }
-  if (options.initial_backoff > options.max_backoff) {
+  if (options.max_attempts > 1 && options.initial_backoff > options.max_backoff) {
     return absl::InvalidArgumentError(absl::StrCat("initial_backoff: ", absl::FormatDuration(options.initial_backoff),
                                                    " is above max_backoff (", absl::FormatDuration(options.max_backoff),
                                                    ")"));
@@ -512,7 +523,7 @@ const std::string& AttributionClient::target() const { return impl_->options.tar
 
 void AttributionClient::AttributeAsync(const AttributeOptions& options, Callback<Attribution> done) {
   absl::StatusOr<v1::AttributeRequest> request = ToProto(options);
-  if (!request.ok()) return done(request.status());
+  if (!request.ok()) return done(NotSent(request.status()));
   impl_->Unary<v1::AttributeResponse, Attribution>(
       options.request_id, v1::AttributionService::service_full_name(), "Attribute", *request,
       [asked = AskedBy(*request)](const v1::AttributeResponse& r) { return Answer<Attribution>(asked, r); },
@@ -527,7 +538,7 @@ void AttributionClient::AttributeStreamAsync(const AttributeOptions& options,
                                              std::function<void(int64_t, int64_t)> progress,
                                              Callback<Attribution> done) {
   absl::StatusOr<v1::AttributeRequest> request = ToProto(options);
-  if (!request.ok()) return done(request.status());
+  if (!request.ok()) return done(NotSent(request.status()));
   auto on_event = [progress = std::move(progress), asked = AskedBy(*request)](
                       const v1::AttributeEvent& event, std::optional<absl::StatusOr<Attribution>>& result) {
     if (event.has_progress() && progress) progress(event.progress().rows_done(), event.progress().rows_total());
@@ -549,7 +560,7 @@ void AttributionClient::AttributeComponentsAsync(const ComponentOptions& options
                                                  std::function<void(int64_t, int64_t)> progress,
                                                  Callback<ComponentAttribution> done) {
   absl::StatusOr<v1::AttributeComponentsRequest> request = ToProto(options);
-  if (!request.ok()) return done(request.status());
+  if (!request.ok()) return done(NotSent(request.status()));
   auto on_event = [progress = std::move(progress)](const v1::AttributeComponentsEvent& event,
                                                    std::optional<absl::StatusOr<ComponentAttribution>>& result) {
     if (event.has_progress() && progress) progress(event.progress().rows_done(), event.progress().rows_total());
@@ -569,7 +580,7 @@ absl::StatusOr<ComponentAttribution> AttributionClient::AttributeComponents(
 
 void AttributionClient::GenerateAsync(const GenerateOptions& options, Callback<Generation> done) {
   absl::StatusOr<v1::GenerateRequest> request = ToProto(options);
-  if (!request.ok()) return done(request.status());
+  if (!request.ok()) return done(NotSent(request.status()));
   impl_->Unary<v1::GenerateResponse, Generation>(
       options.request_id, v1::AttributionService::service_full_name(), "Generate", *request,
       [asked = AskedBy(*request)](const v1::GenerateResponse& r) { return Answer<Generation>(asked, r); },
@@ -583,7 +594,7 @@ absl::StatusOr<Generation> AttributionClient::Generate(const GenerateOptions& op
 void AttributionClient::GenerateStreamAsync(const GenerateOptions& options, std::function<void(const Token&)> on_token,
                                             Callback<Generation> done) {
   absl::StatusOr<v1::GenerateRequest> request = ToProto(options);
-  if (!request.ok()) return done(request.status());
+  if (!request.ok()) return done(NotSent(request.status()));
   auto on_event = [on_token = std::move(on_token), asked = AskedBy(*request)](
                       const v1::GenerateEvent& event, std::optional<absl::StatusOr<Generation>>& result) {
     if (event.has_token() && on_token) on_token(FromProto(event.token()));
@@ -601,7 +612,7 @@ absl::StatusOr<Generation> AttributionClient::GenerateStream(const GenerateOptio
 
 void AttributionClient::GetLogprobsAsync(const LogprobsOptions& options, Callback<Logprobs> done) {
   absl::StatusOr<v1::LogprobsRequest> request = ToProto(options);
-  if (!request.ok()) return done(request.status());
+  if (!request.ok()) return done(NotSent(request.status()));
   impl_->Unary<v1::LogprobsResponse, Logprobs>(
       options.request_id, v1::AttributionService::service_full_name(), "Logprobs", *request,
       [asked = AskedBy(*request)](const v1::LogprobsResponse& r) { return Answer<Logprobs>(asked, r); },

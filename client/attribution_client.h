@@ -330,6 +330,10 @@ absl::Status CheckLogprobsOptions(const LogprobsOptions& options);
 template <typename T>
 using Callback = std::function<void(absl::StatusOr<T>)>;
 
+// Whether a failed call was refused by this client before it was sent (its options; a sync call inside a
+// callback): no server saw it, so no server log line carries its request id.
+bool RefusedBeforeSending(const absl::Status& status);
+
 // Thread-safe; one channel shared by every call. The async forms' callbacks (done, progress, on_token) run on
 // gRPC's threads (a few, shared by every client): they must not block, and a sync call made in one fails
 // FAILED_PRECONDITION (it would wait for those threads). Any callback may hold the client's last reference (a

@@ -72,6 +72,10 @@ absl::StatusOr<T> WithRetries(const std::vector<AttributionClient*>& clients, si
     ++attempts;
     const size_t server = (first + attempt) % clients.size();
     absl::StatusOr<T> result = call(*clients[server]);
+    if (!result.ok() && RefusedBeforeSending(result.status())) {
+      --attempts;  // no server saw it: an operator grepping its request id found nothing and suspected log loss
+      return result;
+    }
     bool retry = !result.ok() && Retryable(result.status());
     if (result.ok() && result->model_digest != digest) {
       result = OtherWeights(ServerName(options, server), model, result->model_digest, digest);

@@ -214,6 +214,19 @@ TEST_F(AttributionClientTest, AnswersThatDoNotAnswerTheRequestFailWithDataLoss) 
   EXPECT_THAT(client_->Generate({.model = "demo", .prompt = "Is"}), IsOk());  // the server's default: not checked
 }
 
+// A data-set job counted a row the client refused before sending as an attempt, and an operator grepping the
+// server log for its request id found nothing: such refusals say so.
+TEST_F(AttributionClientTest, RefusalsBeforeSendingAreMarked) {
+  const absl::StatusOr<Attribution> refused =
+      client_->Attribute({.model = "demo", .prompt = "Is", .target = " No", .method = "bogus"});
+  EXPECT_THAT(refused, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("method")));
+  EXPECT_TRUE(RefusedBeforeSending(refused.status()));
+  service_.logprobs.add_target();  // without its token: refused after the server answered
+  const absl::StatusOr<Logprobs> answered = client_->GetLogprobs({.model = "demo", .prompt = "Is", .target = " No"});
+  EXPECT_THAT(answered, StatusIs(kDataLoss));
+  EXPECT_FALSE(RefusedBeforeSending(answered.status()));
+}
+
 // A gRPC server without the service (a wrong port) answered every call with a bare "Method not found!", which the
 // CLI and the load generator printed as it was.
 TEST(AttributionClientForeignServer, CallsNameTheServerAndWhatItLacks) {

@@ -298,6 +298,8 @@ TEST_F(BatchResume, UnknownNamesInTheJobsSettingsAreUsageErrors) {
   EXPECT_EQ(results[3]["status"], "error");
   EXPECT_EQ(results[3]["error"]["code"], "INVALID_ARGUMENT");
   EXPECT_THAT(results[3]["error"]["message"].get<std::string>(), HasSubstr("method: " + unknown));
+  // Refused by the client library, never sent: it said 1 attempt, and no server line carried its request id.
+  EXPECT_EQ(results[3]["attempts"], 0);
 }
 
 // One unreachable server among several stopped the job before it started (its ListModels failed: UNAVAILABLE,

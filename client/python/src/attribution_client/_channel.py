@@ -171,7 +171,7 @@ def check(o: ClientOptions) -> None:
         value = _convert.seconds(name, getattr(o, name))
         if not 0.001 <= value <= 86400:
             raise ValueError(f"{name}: {value!r} s does not lie between 1 ms and 24 h")
-    if o.initial_backoff > o.max_backoff:
+    if o.max_attempts > 1 and o.initial_backoff > o.max_backoff:
         raise ValueError(f"initial_backoff: {o.initial_backoff!r} s is above max_backoff ({o.max_backoff!r} s)")
     # Servers permit a ping a second (a faster one counts against the client, which the server then disconnects).
     keepalive = _convert.seconds("keepalive", o.keepalive)
