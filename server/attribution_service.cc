@@ -207,6 +207,22 @@ absl::StatusOr<const ServedModel*> AttributionServiceImpl::Admit(CallLog& log, g
   return found;
 }
 
+namespace {
+
+// What every line about a call says of it: its RPC, model, peer, time since receipt and the client's id for it
+// (a batch job's is a hash of model, settings and row, so a retried row is recognisable; client text, so capped
+// like the model name).
+nlohmann::json CallLine(const CallLog& log, absl::Time now) {
+  nlohmann::json line = {{"rpc", log.method},
+                         {"model", AbbreviateUserText(log.model)},
+                         {"wall_s", absl::ToDoubleSeconds(now - log.received)},
+                         {"peer", log.peer}};
+  if (!log.request_id.empty()) line["request_id"] = AbbreviateUserText(log.request_id, 128);
+  return line;
+}
+
+}  // namespace
+
 void AttributionServiceImpl::CallEnded(const CallLog& log, const grpc::Status& status) {
   const absl::Time now = MonotonicNow();
   const char* code = StatusCodeName(status.error_code());
@@ -216,14 +232,8 @@ void AttributionServiceImpl::CallEnded(const CallLog& log, const grpc::Status& s
     gate_.Leave(log.served_model);
   }
   if (!log.logged) return;
-  nlohmann::json line = {{"rpc", log.method},
-                         {"model", AbbreviateUserText(log.model)},
-                         {"code", code},
-                         {"wall_s", absl::ToDoubleSeconds(now - log.received)},
-                         {"peer", log.peer}};
-  // The client's id for the call (a batch job's is a hash of model, settings and row), so a retried
-  // row is recognisable; client text, so capped like the model name.
-  if (!log.request_id.empty()) line["request_id"] = AbbreviateUserText(log.request_id, 128);
+  nlohmann::json line = CallLine(log, now);
+  line["code"] = code;
   if (log.stats.rows() > 0) {
     line["rows"] = log.stats.rows();
     line["queue_s"] = log.stats.queue_seconds();
@@ -238,17 +248,11 @@ void AttributionServiceImpl::CallEnded(const CallLog& log, const grpc::Status& s
 void AttributionServiceImpl::AnswerUndelivered(const CallLog& log, int64_t bytes) {
   metrics_->RecordUndeliveredAnswer(log.method, log.served_model);
   if (!log.logged) return;
-  nlohmann::json line = {{"event", "answer_undelivered"},
-                         {"severity", "WARNING"},
-                         {"rpc", log.method},
-                         {"model", AbbreviateUserText(log.model)},
-                         {"answer_bytes", bytes},
-                         {"wall_s", absl::ToDoubleSeconds(MonotonicNow() - log.received)},
-                         {"peer", log.peer},
-                         {"message",
-                          "cancelled by the server: the client stopped reading its answer (the client "
-                          "got CANCELLED)"}};
-  if (!log.request_id.empty()) line["request_id"] = AbbreviateUserText(log.request_id, 128);
+  nlohmann::json line = CallLine(log, MonotonicNow());
+  line["event"] = "answer_undelivered";
+  line["severity"] = "WARNING";
+  line["answer_bytes"] = bytes;
+  line["message"] = "cancelled by the server: the client stopped reading its answer (the client got CANCELLED)";
   WriteLogLine(std::move(line));
 }
 
