@@ -44,6 +44,7 @@
 #include "absl/flags/usage_config.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -57,9 +58,11 @@
 #include "engine/common/visible_controls.h"
 #include "engine/model/model_config.h"
 #include "engine/model/torch_errors.h"
+#include "engine/scheduler/intra_op_threads.h"
 #include "engine/tokenizer/id_only_tokenizer.h"
 #include "server/attribution_service.h"
 #include "server/bearer_auth.h"
+#include "server/cpu_budget.h"
 #include "server/grpc_log.h"
 #include "server/lifecycle.h"
 #include "server/log_line.h"
@@ -398,6 +401,17 @@ void WarnOfUnusedWeights(const ServedModel& m) {
                    " architecture does not use were not loaded: ", names));
 }
 
+// LibTorch's intra-op pool fits the CPUs the process may keep busy (cpu_budget.h), unless OMP_NUM_THREADS
+// says how many. The count in force and what chose it, for the listening line.
+std::pair<int, std::string> FitIntraOpThreads() {
+  const char* omp = std::getenv("OMP_NUM_THREADS");
+  if (int threads = 0; omp != nullptr && absl::SimpleAtoi(omp, &threads) && threads > 0) {
+    return {engine::LimitProcessIntraOpThreads(threads), absl::StrCat("OMP_NUM_THREADS=", threads)};
+  }
+  const CpuBudget budget = ReadCpuBudget();
+  return {engine::LimitProcessIntraOpThreads(budget.Usable()), budget.Describe()};
+}
+
 // Every connection is a file descriptor, and gRPC's listener stops for good when accept() runs out of
 // them (see RouteGrpcLogs): the soft limit (1024 by default in many shells and units) goes up to the hard
 // one, as servers that hold many connections do. The limit in force.
@@ -519,6 +533,7 @@ int Serve() {
   }
   RouteGrpcLogs();
   const rlim_t open_files = RaiseOpenFileLimit();
+  const auto [intra_op_threads, threads_chosen_by] = FitIntraOpThreads();
   absl::StatusOr<std::unique_ptr<ServerMetrics>> metrics = ServerMetrics::Create(config->metrics_listen);
   if (!metrics.ok()) return Fail(metrics.status());
 
@@ -583,6 +598,8 @@ int Serve() {
                                         metrics->get()->port(), ", open files limit ", open_files)},
                 {"commit", attribution::BuildCommit()},
                 {"max_concurrent_requests", config->max_concurrent_requests},
+                {"intra_op_threads", intra_op_threads},
+                {"intra_op_threads_for", threads_chosen_by},
                 {"client_read_timeout_s", absl::ToDoubleSeconds(config->client_read_timeout)}});
 
   // A load that waits (network storage that stalls) is named in the log, and by a signal's line that ends it.

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "engine/scheduler/intra_op_threads.h"
 
+#include <ATen/Parallel.h>
 #include <dlfcn.h>
 
 namespace attribution::engine {
@@ -19,6 +20,11 @@ void SetThreadIntraOpThreads(int threads) {
   static const Setters setters;
   if (setters.openmp != nullptr) setters.openmp(threads);
   if (setters.mkl != nullptr) setters.mkl(threads);
+}
+
+int LimitProcessIntraOpThreads(int max_threads) {
+  if (max_threads >= 1 && at::get_num_threads() > max_threads) at::set_num_threads(max_threads);
+  return at::get_num_threads();
 }
 
 }  // namespace attribution::engine

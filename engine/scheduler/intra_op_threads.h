@@ -13,4 +13,9 @@ namespace attribution::engine {
 // MKL_Set_Num_Threads_Local); a runtime without one (another BLAS, no OpenMP) keeps that part as is.
 void SetThreadIntraOpThreads(int threads);
 
+// Lowers the process's intra-op thread count (LibTorch's pool, and the OpenMP and MKL defaults of threads
+// started later) to `max_threads` when it is higher, and answers the count in force. Before any engine
+// starts: it resizes pools the batches use.
+int LimitProcessIntraOpThreads(int max_threads);
+
 }  // namespace attribution::engine

@@ -91,6 +91,12 @@ void ServerProcess::Launch(const std::vector<std::string>& args, const ProcessSe
       if (setup.open_files_hard != 0) open_files.rlim_max = setup.open_files_hard;
       if (::setrlimit(RLIMIT_NOFILE, &open_files) != 0) ::_exit(126);
     }
+    if (!setup.cgroup_procs_file.empty()) {
+      // "0" moves the writer itself.
+      const int procs = ::open(setup.cgroup_procs_file.c_str(), O_WRONLY);
+      if (procs < 0 || ::write(procs, "0", 1) != 1) ::_exit(125);
+      ::close(procs);
+    }
     // As started from a terminal, whatever ran the tests (nohup, a background job) ignored: the server takes
     // only the signals it was not started to ignore.
     ::signal(SIGHUP, setup.ignore_hangup ? SIG_IGN : SIG_DFL);
