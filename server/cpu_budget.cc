@@ -32,8 +32,8 @@ std::optional<double> QuotaOfV2(const std::string& dir) {
   if (!line) return std::nullopt;
   const std::vector<std::string> parts = absl::StrSplit(*line, ' ', absl::SkipEmpty());
   double quota = 0, period = 0;
-  if (parts.size() != 2 || !absl::SimpleAtod(parts[0], &quota) || !absl::SimpleAtod(parts[1], &period) ||
-      quota <= 0 || period <= 0) {
+  if (parts.size() != 2 || !absl::SimpleAtod(parts[0], &quota) || !absl::SimpleAtod(parts[1], &period) || quota <= 0 ||
+      period <= 0) {
     return std::nullopt;
   }
   return quota / period;

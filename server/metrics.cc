@@ -14,6 +14,7 @@
 #include "engine/common/build_info.h"
 #include "server/log_line.h"
 #include "server/model_registry.h"
+#include "server/process_metrics.h"
 
 namespace attribution::server {
 namespace {
@@ -176,7 +177,15 @@ ServerMetrics::ServerMetrics()
                          .Help("Share of a batch's tokens that is padding")
                          .Register(*registry_)),
       batch_seconds_(
-          BuildHistogram().Name("attribution_batch_seconds").Help("Device time per batch").Register(*registry_)) {}
+          BuildHistogram().Name("attribution_batch_seconds").Help("Device time per batch").Register(*registry_)) {
+  // Which build each replica runs, as a join key for dashboards (the Prometheus convention for versions).
+  BuildGauge()
+      .Name("attribution_build_info")
+      .Help("Always 1; label commit: the commit the server was built from")
+      .Register(*registry_)
+      .Add({{"commit", BuildCommit()}})
+      .Set(1);
+}
 
 ServerMetrics::~ServerMetrics() = default;
 
@@ -201,14 +210,7 @@ std::string ServerMetrics::Render() const {
       .type = prometheus::MetricType::Counter};
   dropped.metric.emplace_back().counter.value = static_cast<double>(LogLinesDropped());
   families.push_back(std::move(dropped));
-  // Which build each replica runs, as a join key for dashboards (the Prometheus convention for versions).
-  prometheus::MetricFamily build{.name = "attribution_build_info",
-                                 .help = "Always 1; label commit: the commit the server was built from",
-                                 .type = prometheus::MetricType::Gauge};
-  prometheus::ClientMetric& info = build.metric.emplace_back();
-  info.label.push_back({.name = "commit", .value = BuildCommit()});
-  info.gauge.value = 1;
-  families.push_back(std::move(build));
+  for (prometheus::MetricFamily& family : ProcessMetricFamilies()) families.push_back(std::move(family));
   return prometheus::TextSerializer().Serialize(families);
 }
 

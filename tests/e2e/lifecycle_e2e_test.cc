@@ -4,6 +4,7 @@
 // restarted instead of living on with a dead port; while a model's batch makes no progress (a hung device)
 // it is NOT_SERVING; steps of its wall clock change nothing. Also: the open-files limit it raises at startup.
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -208,13 +209,59 @@ TEST(Lifecycle, RaisesTheSoftOpenFilesLimitToTheHardOne) {
   EXPECT_NE((*server)->Log().find("open files limit 4096"), std::string::npos) << (*server)->Log();
 }
 
+// A "Name:  value kB" line of /proc/PID/status, as a number (kB for memory); -1 when missing.
+double ProcStatus(pid_t pid, const std::string& name) {
+  std::ifstream status(absl::StrCat("/proc/", pid, "/status"));
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind(name + ":", 0) == 0) return std::stod(line.substr(name.size() + 1));
+  }
+  return -1;
+}
+
+int OpenDescriptorsOf(pid_t pid) {
+  DIR* dir = ::opendir(absl::StrCat("/proc/", pid, "/fd").c_str());
+  if (dir == nullptr) return -1;
+  int count = 0;
+  while (const dirent* entry = ::readdir(dir)) count += entry->d_name[0] != '.';
+  ::closedir(dir);
+  return count;
+}
+
+// Dashboards and alerts written for any service read process_* (memory against the pod's limit, descriptors
+// against the limit gRPC's listener dies at, restarts by start time): the server exported none. Each is checked
+// against /proc as this test reads it, and the test's own clock.
+TEST(Lifecycle, ProcessMetricsAgreeWithProcAndTheClock) {
+  const double started = absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch());
+  auto server = ServerProcess::Start({"--model=m=" + test_support::DemoModelDir()});
+  ASSERT_THAT(server, IsOk());
+  const int port = (*server)->metrics_port();
+  const pid_t pid = (*server)->pid();
+  const double rss = MetricValue(port, "process_resident_memory_bytes");
+  const double proc_rss = ProcStatus(pid, "VmRSS") * 1024;
+  EXPECT_NEAR(rss, proc_rss, 0.1 * proc_rss);
+  EXPECT_NEAR(MetricValue(port, "process_virtual_memory_bytes"), ProcStatus(pid, "VmSize") * 1024,
+              0.05 * ProcStatus(pid, "VmSize") * 1024);
+  EXPECT_NEAR(MetricValue(port, "process_threads"), ProcStatus(pid, "Threads"), 4);
+  // The scrape's own connection is one more while it is served.
+  EXPECT_NEAR(MetricValue(port, "process_open_fds"), OpenDescriptorsOf(pid), 3);
+  EXPECT_EQ(absl::StrCat(static_cast<int64_t>(MetricValue(port, "process_max_fds"))), OpenFileLimits(pid).first);
+  const double now = absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch());
+  const double start_time = MetricValue(port, "process_start_time_seconds");
+  EXPECT_GE(start_time, started - 1.5);
+  EXPECT_LE(start_time, now);
+  const double cpu = MetricValue(port, "process_cpu_seconds_total");
+  EXPECT_GT(cpu, 0);
+  EXPECT_LE(cpu, (now - started) * std::thread::hardware_concurrency() + 0.1);
+}
+
 // A cgroup of its own with a CPU quota, removed at scope exit; none where cgroups cannot be written here.
 class QuotaCgroup {
  public:
   explicit QuotaCgroup(int quota_percent_of_a_cpu) {
     const std::string name = absl::StrCat("/attribution-test-", ::getpid());
     // cgroup v1's cpu controller, else v2 (where the root lets children use the cpu controller).
-    for (const auto& [mount, v2] : {std::pair<std::string, bool>{"/sys/fs/cgroup/cpu", false}, {"/sys/fs/cgroup", true}}) {
+    for (const auto& [mount, v2] :
+         {std::pair<std::string, bool>{"/sys/fs/cgroup/cpu", false}, {"/sys/fs/cgroup", true}}) {
       const std::string dir = mount + name;
       if (::mkdir(dir.c_str(), 0755) != 0) continue;
       const std::string quota = absl::StrCat(quota_percent_of_a_cpu * 1000);
