@@ -177,6 +177,10 @@ class LiveCalls {
     std::unique_lock<std::recursive_mutex> lock(mu_);
     released_.wait(lock, [&] { return unreleased_ == 0; });
   }
+  bool cancelled() {
+    std::lock_guard<std::recursive_mutex> lock(mu_);
+    return cancelled_;
+  }
   void CancelAll() {
     std::lock_guard<std::recursive_mutex> lock(mu_);
     cancelled_ = true;
@@ -194,6 +198,32 @@ class LiveCalls {
   bool cancelled_ = false;
 };
 
+// The registries a call is in while it runs: its client's (CancelCalls; the destructor waits for its release)
+// and, when its options name one, a Cancellation's.
+struct Registries {
+  std::shared_ptr<LiveCalls> client, cancellation;
+
+  void Enter(grpc::ClientContext* context) const {
+    client->Enter(context);
+    if (cancellation) cancellation->Enter(context);
+  }
+  void Leave(grpc::ClientContext* context) const {
+    if (cancellation) cancellation->Leave(context);
+    client->Leave(context);
+  }
+  void Released() const {
+    if (cancellation) cancellation->Released();
+    client->Released();  // last: the client's destructor may go on from here
+  }
+};
+
+// What one call adds to the client's options (see AttributeOptions::timeout).
+struct PerCall {
+  std::string request_id;
+  std::optional<absl::Duration> timeout;
+  std::shared_ptr<LiveCalls> cancellation;
+};
+
 // One server-streaming call on the callback API: owns its context and request, hands each event to
 // `on_event` (which sets the result, or the status of a malformed one, from the last one) and reports
 // once at the end; deletes itself.
@@ -201,9 +231,9 @@ template <typename Request, typename Event, typename Result>
 class StreamCall final : public grpc::ClientReadReactor<grpc::ByteBuffer> {
  public:
   using OnEvent = std::function<void(const Event&, std::optional<absl::StatusOr<Result>>&)>;
-  StreamCall(std::shared_ptr<LiveCalls> live, std::unique_ptr<grpc::ClientContext> context, Request request,
-             OnEvent on_event, Callback<Result> done)
-      : live_(std::move(live)),
+  StreamCall(Registries registries, std::unique_ptr<grpc::ClientContext> context, Request request, OnEvent on_event,
+             Callback<Result> done)
+      : registries_(std::move(registries)),
         context_(std::move(context)),
         request_(std::move(request)),
         on_event_(std::move(on_event)),
@@ -213,7 +243,7 @@ class StreamCall final : public grpc::ClientReadReactor<grpc::ByteBuffer> {
   void Run(grpc::ChannelInterface* channel, const std::string& target, const char* service, const char* method) {
     target_ = target;
     path_ = absl::StrCat("/", service, "/", method);
-    live_->Enter(context_.get());
+    registries_.Enter(context_.get());
     grpc::internal::ClientCallbackReaderFactory<grpc::ByteBuffer>::Create(
         channel, grpc::internal::RpcMethod(path_.c_str(), grpc::internal::RpcMethod::SERVER_STREAMING), context_.get(),
         &request_, this);
@@ -242,10 +272,10 @@ class StreamCall final : public grpc::ClientReadReactor<grpc::ByteBuffer> {
                          : absl::StatusOr<Result>(absl::DataLossError("the stream ended without a result"));
     Callback<Result> done = std::move(done_);
     OnEvent on_event = std::move(on_event_);  // released after the call, as done: its captures may hold the client
-    std::shared_ptr<LiveCalls> live = live_;
-    live->Leave(context_.get());
+    const Registries registries = registries_;
+    registries.Leave(context_.get());
     delete this;  // the context goes before the caller hears of the result (see Impl::Unary)
-    live->Released();
+    registries.Released();
     CallbackScope scope;
     on_event = nullptr;
     done(std::move(result));
@@ -253,7 +283,7 @@ class StreamCall final : public grpc::ClientReadReactor<grpc::ByteBuffer> {
   }
 
  private:
-  std::shared_ptr<LiveCalls> live_;
+  Registries registries_;
   std::unique_ptr<grpc::ClientContext> context_;
   Request request_;
   OnEvent on_event_;
@@ -310,49 +340,89 @@ absl::Status CheckAttributeOptions(const AttributeOptions& options) { return ToP
 absl::Status CheckComponentOptions(const ComponentOptions& options) { return ToProto(options).status(); }
 absl::Status CheckLogprobsOptions(const LogprobsOptions& options) { return ToProto(options).status(); }
 
+struct Cancellation::Calls {
+  std::shared_ptr<LiveCalls> live = std::make_shared<LiveCalls>();
+};
+
+Cancellation::Cancellation() : calls_(std::make_shared<Calls>()) {}
+Cancellation::~Cancellation() = default;
+void Cancellation::Cancel() { calls_->live->CancelAll(); }
+bool Cancellation::cancelled() const { return calls_->live->cancelled(); }
+
+struct CancellationAccess {
+  static std::shared_ptr<LiveCalls> Live(const Cancellation& cancellation) { return cancellation.calls_->live; }
+};
+
+namespace {
+
+// A call's request and what it adds to the client's options, or why it is not sent: options that do not map
+// (ToProto), a timeout that is not > 0, a cancellation cancelled already.
+template <typename Options>
+auto Prepare(const Options& options) {
+  using Request = typename decltype(ToProto(options))::value_type;
+  using Prepared = absl::StatusOr<std::pair<Request, PerCall>>;
+  auto request = ToProto(options);
+  if (!request.ok()) return Prepared(NotSent(request.status()));
+  if (options.timeout && *options.timeout <= absl::ZeroDuration()) {
+    return Prepared(NotSent(absl::InvalidArgumentError(absl::StrCat("timeout: ", absl::FormatDuration(*options.timeout),
+                                                                    " is not > 0 (absl::InfiniteDuration(): none)"))));
+  }
+  if (options.cancellation && options.cancellation->cancelled()) {
+    return Prepared(NotSent(absl::CancelledError("cancellation: cancelled before the call was sent")));
+  }
+  PerCall per_call{options.request_id, options.timeout,
+                   options.cancellation ? CancellationAccess::Live(*options.cancellation) : nullptr};
+  return Prepared(std::pair(*std::move(request), std::move(per_call)));
+}
+
+}  // namespace
+
 struct AttributionClient::Impl {
   ClientOptions options;
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<grpc::GenericStub> unary;  // unary calls: their answers' bytes, parsed here (see Unary)
   std::shared_ptr<LiveCalls> live = std::make_shared<LiveCalls>();
 
-  // `request_id`, when set, goes as x-request-id metadata: the server writes it in the call's log line.
-  std::unique_ptr<grpc::ClientContext> NewContext(const std::string& request_id = "") const {
+  // The call's request_id, when set, goes as x-request-id metadata: the server writes it in the call's log line.
+  std::unique_ptr<grpc::ClientContext> NewContext(const PerCall& per_call) const {
     auto context = std::make_unique<grpc::ClientContext>();
+    const absl::Duration timeout = per_call.timeout.value_or(options.timeout);
     // On gRPC's monotonic clock: a deadline read from the wall clock as it stepped was in the past (attribution-
     // bench's calls failed DEADLINE_EXCEEDED at once, 52,018 of 52,681, after a step an hour ahead) or an hour late.
-    if (options.timeout != absl::InfiniteDuration()) {
+    if (timeout != absl::InfiniteDuration()) {
       context->set_deadline(gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
-                                         gpr_time_from_nanos(absl::ToInt64Nanoseconds(options.timeout), GPR_TIMESPAN)));
+                                         gpr_time_from_nanos(absl::ToInt64Nanoseconds(timeout), GPR_TIMESPAN)));
     }
     if (!options.bearer_token.empty()) context->AddMetadata("authorization", "Bearer " + options.bearer_token);
-    if (!request_id.empty()) context->AddMetadata("x-request-id", request_id);
+    if (!per_call.request_id.empty()) context->AddMetadata("x-request-id", per_call.request_id);
     return context;
   }
+  Registries RegistriesOf(const PerCall& per_call) const { return {live, per_call.cancellation}; }
 
   // One unary call on the callback API: owns its context and messages until the callback ran; the answer
   // comes as bytes (see ParseAnswer). `convert` maps the response to absl::StatusOr<Result>: a malformed
   // response fails the call with its status.
   template <typename Response, typename Result, typename Request, typename Convert>
-  void Unary(const std::string& request_id, const char* service, const char* method, const Request& request,
-             Convert convert, Callback<Result> done) const {
+  void Unary(const PerCall& per_call, const char* service, const char* method, const Request& request, Convert convert,
+             Callback<Result> done) const {
     struct Call {
       std::unique_ptr<grpc::ClientContext> context;
       grpc::ByteBuffer request;
       grpc::ByteBuffer response;
     };
     auto call = std::make_shared<Call>();
-    call->context = NewContext(request_id);
+    call->context = NewContext(per_call);
     const std::string bytes = request.SerializeAsString();
     grpc::Slice slice(bytes);
     call->request = grpc::ByteBuffer(&slice, 1);
     const std::string path = absl::StrCat("/", service, "/", method);
-    live->Enter(call->context.get());
+    const Registries registries = RegistriesOf(per_call);
+    registries.Enter(call->context.get());
     unary->UnaryCall(call->context.get(), path, grpc::StubOptions(), &call->request, &call->response,
-                     [call, convert, path, target = options.target, live = live,
+                     [call, convert, path, target = options.target, registries,
                       done = std::move(done)](grpc::Status status) mutable {
                        std::shared_ptr<Call> finished = std::move(call);
-                       live->Leave(finished->context.get());
+                       registries.Leave(finished->context.get());
                        Response response;
                        absl::Status parsed = status.ok() ? ParseAnswer(finished->response, path, response)
                                                          : CallStatus(status, target, path);
@@ -360,7 +430,7 @@ struct AttributionClient::Impl {
                        // The context goes before the caller hears of the result: a caller that then tears the
                        // client (or the process) down must not race gRPC releasing the call.
                        finished.reset();
-                       live->Released();
+                       registries.Released();
                        RunLastCallback(std::move(done), std::move(result));
                      });
   }
@@ -522,11 +592,12 @@ absl::StatusOr<std::unique_ptr<AttributionClient>> AttributionClient::Connect(co
 const std::string& AttributionClient::target() const { return impl_->options.target; }
 
 void AttributionClient::AttributeAsync(const AttributeOptions& options, Callback<Attribution> done) {
-  absl::StatusOr<v1::AttributeRequest> request = ToProto(options);
-  if (!request.ok()) return done(NotSent(request.status()));
+  auto prepared = Prepare(options);
+  if (!prepared.ok()) return done(prepared.status());
+  auto& [request, per_call] = *prepared;
   impl_->Unary<v1::AttributeResponse, Attribution>(
-      options.request_id, v1::AttributionService::service_full_name(), "Attribute", *request,
-      [asked = AskedBy(*request)](const v1::AttributeResponse& r) { return Answer<Attribution>(asked, r); },
+      per_call, v1::AttributionService::service_full_name(), "Attribute", request,
+      [asked = AskedBy(request)](const v1::AttributeResponse& r) { return Answer<Attribution>(asked, r); },
       std::move(done));
 }
 
@@ -537,15 +608,17 @@ absl::StatusOr<Attribution> AttributionClient::Attribute(const AttributeOptions&
 void AttributionClient::AttributeStreamAsync(const AttributeOptions& options,
                                              std::function<void(int64_t, int64_t)> progress,
                                              Callback<Attribution> done) {
-  absl::StatusOr<v1::AttributeRequest> request = ToProto(options);
-  if (!request.ok()) return done(NotSent(request.status()));
-  auto on_event = [progress = std::move(progress), asked = AskedBy(*request)](
+  auto prepared = Prepare(options);
+  if (!prepared.ok()) return done(prepared.status());
+  auto& [request, per_call] = *prepared;
+  auto on_event = [progress = std::move(progress), asked = AskedBy(request)](
                       const v1::AttributeEvent& event, std::optional<absl::StatusOr<Attribution>>& result) {
     if (event.has_progress() && progress) progress(event.progress().rows_done(), event.progress().rows_total());
     if (event.has_result()) result = Answer<Attribution>(asked, event.result());
   };
   auto* call = new StreamCall<v1::AttributeRequest, v1::AttributeEvent, Attribution>(
-      impl_->live, impl_->NewContext(options.request_id), std::move(*request), std::move(on_event), std::move(done));
+      impl_->RegistriesOf(per_call), impl_->NewContext(per_call), std::move(request), std::move(on_event),
+      std::move(done));
   call->Run(impl_->channel.get(), impl_->options.target, v1::AttributionService::service_full_name(),
             "AttributeStream");
 }
@@ -559,15 +632,17 @@ absl::StatusOr<Attribution> AttributionClient::AttributeStream(const AttributeOp
 void AttributionClient::AttributeComponentsAsync(const ComponentOptions& options,
                                                  std::function<void(int64_t, int64_t)> progress,
                                                  Callback<ComponentAttribution> done) {
-  absl::StatusOr<v1::AttributeComponentsRequest> request = ToProto(options);
-  if (!request.ok()) return done(NotSent(request.status()));
+  auto prepared = Prepare(options);
+  if (!prepared.ok()) return done(prepared.status());
+  auto& [request, per_call] = *prepared;
   auto on_event = [progress = std::move(progress)](const v1::AttributeComponentsEvent& event,
                                                    std::optional<absl::StatusOr<ComponentAttribution>>& result) {
     if (event.has_progress() && progress) progress(event.progress().rows_done(), event.progress().rows_total());
     if (event.has_result()) result = FromProto(event.result());
   };
   auto* call = new StreamCall<v1::AttributeComponentsRequest, v1::AttributeComponentsEvent, ComponentAttribution>(
-      impl_->live, impl_->NewContext(options.request_id), std::move(*request), std::move(on_event), std::move(done));
+      impl_->RegistriesOf(per_call), impl_->NewContext(per_call), std::move(request), std::move(on_event),
+      std::move(done));
   call->Run(impl_->channel.get(), impl_->options.target, v1::AttributionService::service_full_name(),
             "AttributeComponentsStream");
 }
@@ -579,11 +654,12 @@ absl::StatusOr<ComponentAttribution> AttributionClient::AttributeComponents(
 }
 
 void AttributionClient::GenerateAsync(const GenerateOptions& options, Callback<Generation> done) {
-  absl::StatusOr<v1::GenerateRequest> request = ToProto(options);
-  if (!request.ok()) return done(NotSent(request.status()));
+  auto prepared = Prepare(options);
+  if (!prepared.ok()) return done(prepared.status());
+  auto& [request, per_call] = *prepared;
   impl_->Unary<v1::GenerateResponse, Generation>(
-      options.request_id, v1::AttributionService::service_full_name(), "Generate", *request,
-      [asked = AskedBy(*request)](const v1::GenerateResponse& r) { return Answer<Generation>(asked, r); },
+      per_call, v1::AttributionService::service_full_name(), "Generate", request,
+      [asked = AskedBy(request)](const v1::GenerateResponse& r) { return Answer<Generation>(asked, r); },
       std::move(done));
 }
 
@@ -593,15 +669,17 @@ absl::StatusOr<Generation> AttributionClient::Generate(const GenerateOptions& op
 
 void AttributionClient::GenerateStreamAsync(const GenerateOptions& options, std::function<void(const Token&)> on_token,
                                             Callback<Generation> done) {
-  absl::StatusOr<v1::GenerateRequest> request = ToProto(options);
-  if (!request.ok()) return done(NotSent(request.status()));
-  auto on_event = [on_token = std::move(on_token), asked = AskedBy(*request)](
+  auto prepared = Prepare(options);
+  if (!prepared.ok()) return done(prepared.status());
+  auto& [request, per_call] = *prepared;
+  auto on_event = [on_token = std::move(on_token), asked = AskedBy(request)](
                       const v1::GenerateEvent& event, std::optional<absl::StatusOr<Generation>>& result) {
     if (event.has_token() && on_token) on_token(FromProto(event.token()));
     if (event.has_result()) result = Answer<Generation>(asked, event.result());
   };
   auto* call = new StreamCall<v1::GenerateRequest, v1::GenerateEvent, Generation>(
-      impl_->live, impl_->NewContext(options.request_id), std::move(*request), std::move(on_event), std::move(done));
+      impl_->RegistriesOf(per_call), impl_->NewContext(per_call), std::move(request), std::move(on_event),
+      std::move(done));
   call->Run(impl_->channel.get(), impl_->options.target, v1::AttributionService::service_full_name(), "GenerateStream");
 }
 
@@ -611,11 +689,12 @@ absl::StatusOr<Generation> AttributionClient::GenerateStream(const GenerateOptio
 }
 
 void AttributionClient::GetLogprobsAsync(const LogprobsOptions& options, Callback<Logprobs> done) {
-  absl::StatusOr<v1::LogprobsRequest> request = ToProto(options);
-  if (!request.ok()) return done(NotSent(request.status()));
+  auto prepared = Prepare(options);
+  if (!prepared.ok()) return done(prepared.status());
+  auto& [request, per_call] = *prepared;
   impl_->Unary<v1::LogprobsResponse, Logprobs>(
-      options.request_id, v1::AttributionService::service_full_name(), "Logprobs", *request,
-      [asked = AskedBy(*request)](const v1::LogprobsResponse& r) { return Answer<Logprobs>(asked, r); },
+      per_call, v1::AttributionService::service_full_name(), "Logprobs", request,
+      [asked = AskedBy(request)](const v1::LogprobsResponse& r) { return Answer<Logprobs>(asked, r); },
       std::move(done));
 }
 
@@ -625,7 +704,7 @@ absl::StatusOr<Logprobs> AttributionClient::GetLogprobs(const LogprobsOptions& o
 
 void AttributionClient::ListModelsAsync(Callback<std::vector<ModelInfo>> done) {
   impl_->Unary<v1::ListModelsResponse, std::vector<ModelInfo>>(
-      "", v1::AttributionService::service_full_name(), "ListModels", v1::ListModelsRequest(),
+      PerCall{}, v1::AttributionService::service_full_name(), "ListModels", v1::ListModelsRequest(),
       [](const v1::ListModelsResponse& r) { return FromProto(r); }, std::move(done));
 }
 
@@ -637,7 +716,7 @@ void AttributionClient::HealthAsync(const std::string& service, Callback<std::st
   grpc::health::v1::HealthCheckRequest request;
   request.set_service(service);
   impl_->Unary<grpc::health::v1::HealthCheckResponse, std::string>(
-      "", grpc::health::v1::Health::service_full_name(), "Check", request,
+      PerCall{}, grpc::health::v1::Health::service_full_name(), "Check", request,
       [](const grpc::health::v1::HealthCheckResponse& r) -> absl::StatusOr<std::string> {
         // A newer server's status reads as its number (it read as "").
         const std::string& name = grpc::health::v1::HealthCheckResponse::ServingStatus_Name(r.status());

@@ -101,6 +101,28 @@ struct GenerationSettings {
   bool ignore_stop_tokens = false;
 };
 
+// Ends the calls whose options name it, from any thread, before, while or after they run: a call in flight ends
+// CANCELLED (the server stops its work), one started after Cancel() ends CANCELLED unsent (RefusedBeforeSending).
+// One may serve many calls (a user's request fanned out, a job's window); CancelCalls() ends all of a client's.
+//
+//   auto cancel = std::make_shared<Cancellation>();
+//   client->AttributeAsync({.model = "demo", .prompt = p, .cancellation = cancel}, done);
+//   cancel->Cancel();  // the user left: done hears CANCELLED
+class Cancellation {
+ public:
+  Cancellation();
+  ~Cancellation();
+  Cancellation(const Cancellation&) = delete;
+  Cancellation& operator=(const Cancellation&) = delete;
+  void Cancel();
+  bool cancelled() const;
+
+ private:
+  friend struct CancellationAccess;
+  struct Calls;
+  std::shared_ptr<Calls> calls_;
+};
+
 struct AttributeOptions {
   std::string model;
   std::string prompt;               // text, or
@@ -139,6 +161,9 @@ struct AttributeOptions {
   bool include_special_tokens = false;  // special tokens (bos, ...) as features too (Captum parity)
   std::string priority = "normal";      // low high
   std::string request_id;               // sent as x-request-id metadata; the server logs it with the call
+  // This call's deadline instead of ClientOptions::timeout (> 0; absl::InfiniteDuration(): none).
+  std::optional<absl::Duration> timeout;
+  std::shared_ptr<Cancellation> cancellation;  // Cancel() ends this call (see Cancellation)
 };
 
 // Deletion / insertion curves of an explanation (see Faithfulness in the proto): probabilities of the
@@ -177,6 +202,9 @@ struct GenerateOptions {
   GenerationSettings generation;
   std::string priority = "normal";
   std::string request_id;  // sent as x-request-id metadata; the server logs it with the call
+  // This call's deadline instead of ClientOptions::timeout (> 0; absl::InfiniteDuration(): none).
+  std::optional<absl::Duration> timeout;
+  std::shared_ptr<Cancellation> cancellation;  // Cancel() ends this call (see Cancellation)
   // Text stop sequences (at most 8, 1 to 64 bytes each): generation ends once the continuation holds
   // one; Generation::text ends before it, its tokens include the one that completed it.
   std::vector<std::string> stop;
@@ -203,6 +231,9 @@ struct LogprobsOptions {
   int top_k = 0;
   std::string priority = "normal";
   std::string request_id;  // sent as x-request-id metadata; the server logs it with the call
+  // This call's deadline instead of ClientOptions::timeout (> 0; absl::InfiniteDuration(): none).
+  std::optional<absl::Duration> timeout;
+  std::shared_ptr<Cancellation> cancellation;  // Cancel() ends this call (see Cancellation)
 };
 
 struct TokenLogprob {
@@ -267,6 +298,9 @@ struct ComponentOptions {
   std::string rule = "default";  // as AttributeOptions::rule; without a tolerance, default is gausslegendre
   std::string priority = "normal";
   std::string request_id;  // sent as x-request-id metadata; the server logs it with the call
+  // This call's deadline instead of ClientOptions::timeout (> 0; absl::InfiniteDuration(): none).
+  std::optional<absl::Duration> timeout;
+  std::shared_ptr<Cancellation> cancellation;  // Cancel() ends this call (see Cancellation)
 };
 
 struct ComponentGrid {

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -350,6 +351,83 @@ TEST(AttributionClientConnect, RefusesOptionsGrpcWouldTakeForOthers) {
        {"127.0.0.1:65535", "[::1]:50051", "dns:///localhost:50051", "localhost", "unix:/tmp/attribution:99999"}) {
     EXPECT_THAT(AttributionClient::Connect({.target = target, .timeout = absl::InfiniteDuration()}), IsOk()) << target;
   }
+}
+
+// The C++ API had one deadline for every call (ClientOptions::timeout) and no way to end one call: a service that
+// embeds the client could not give an interactive call 2 s beside a 10-minute attribution, nor stop the work of a
+// user who left (Python had both). A call's options now carry a timeout and a Cancellation.
+TEST_F(AttributionClientTest, ACallsTimeoutReplacesTheClientsForThatCallOnly) {
+  service_.attribute_delay_ms = 1500;
+  const absl::Time start = absl::Now();
+  EXPECT_THAT(
+      client_->Attribute({.model = "demo", .prompt = "Is", .target = " No", .timeout = absl::Milliseconds(100)}),
+      StatusIs(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(1));
+
+  absl::StatusOr<std::unique_ptr<AttributionClient>> hasty =
+      AttributionClient::Connect({.target = server_.address(), .timeout = absl::Milliseconds(100), .max_attempts = 1});
+  ASSERT_THAT(hasty, IsOk());
+  service_.attribute_delay_ms = 300;
+  EXPECT_THAT((*hasty)->Attribute({.model = "demo", .prompt = "Is", .target = " No"}),
+              StatusIs(absl::StatusCode::kDeadlineExceeded));
+  const absl::StatusOr<Attribution> patient =
+      (*hasty)->Attribute({.model = "demo", .prompt = "Is", .target = " No", .timeout = absl::Seconds(30)});
+  EXPECT_NE(patient.status().code(), absl::StatusCode::kDeadlineExceeded) << patient.status();
+  EXPECT_NE((*hasty)
+                ->Attribute({.model = "demo", .prompt = "Is", .target = " No", .timeout = absl::InfiniteDuration()})
+                .status()
+                .code(),
+            absl::StatusCode::kDeadlineExceeded);
+
+  for (absl::Duration bad : {absl::ZeroDuration(), absl::Seconds(-1)}) {
+    const absl::StatusOr<Logprobs> refused =
+        client_->GetLogprobs({.model = "demo", .prompt = "Is", .target = " No", .timeout = bad});
+    EXPECT_THAT(refused, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("timeout: ")));
+    EXPECT_TRUE(RefusedBeforeSending(refused.status()));
+  }
+}
+
+TEST_F(AttributionClientTest, ACancellationEndsItsCallsAndNoOther) {
+  service_.attribute_delay_ms = 1500;
+  auto cancellation = std::make_shared<Cancellation>();
+  absl::Mutex mu;
+  std::vector<absl::Status> cancelled_calls;
+  std::optional<absl::Status> other_call;
+  const AttributeOptions options{.model = "demo", .prompt = "Is", .target = " No", .cancellation = cancellation};
+  client_->AttributeAsync(options, [&](absl::StatusOr<Attribution> r) {
+    absl::MutexLock lock(&mu);
+    cancelled_calls.push_back(r.status());
+  });
+  client_->AttributeStreamAsync(options, nullptr, [&](absl::StatusOr<Attribution> r) {
+    absl::MutexLock lock(&mu);
+    cancelled_calls.push_back(r.status());
+  });
+  client_->AttributeAsync({.model = "demo", .prompt = "Is", .target = " No"}, [&](absl::StatusOr<Attribution> r) {
+    absl::MutexLock lock(&mu);
+    other_call = r.status();
+  });
+  absl::SleepFor(absl::Milliseconds(200));
+  const absl::Time cancelled_at = absl::Now();
+  cancellation->Cancel();
+  EXPECT_TRUE(cancellation->cancelled());
+  {
+    absl::MutexLock lock(&mu);
+    ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(
+                                        +[](std::vector<absl::Status>* c) { return c->size() == 2; }, &cancelled_calls),
+                                    absl::Seconds(30)));
+    EXPECT_LT(absl::Now() - cancelled_at, absl::Milliseconds(1000));  // not the server's 1.5 s
+    for (const absl::Status& status : cancelled_calls) EXPECT_THAT(status, StatusIs(absl::StatusCode::kCancelled));
+    ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(
+                                        +[](std::optional<absl::Status>* s) { return s->has_value(); }, &other_call),
+                                    absl::Seconds(30)));
+    EXPECT_NE(other_call->code(), absl::StatusCode::kCancelled) << *other_call;
+  }
+  // Calls made after Cancel() are not sent.
+  const int received = service_.attribute_calls.load();
+  const absl::StatusOr<Attribution> late = client_->Attribute(options);
+  EXPECT_THAT(late, StatusIs(absl::StatusCode::kCancelled, HasSubstr("cancellation: cancelled before")));
+  EXPECT_TRUE(RefusedBeforeSending(late.status()));
+  EXPECT_EQ(service_.attribute_calls.load(), received);
 }
 
 TEST_F(AttributionClientTest, GenerateMapsAWellFormedResponse) {

@@ -209,17 +209,9 @@ TEST(Lifecycle, RaisesTheSoftOpenFilesLimitToTheHardOne) {
   EXPECT_NE((*server)->Log().find("open files limit 4096"), std::string::npos) << (*server)->Log();
 }
 
-// A "Name:  value kB" line of /proc/PID/status, as a number (kB for memory); -1 when missing.
-double ProcStatus(pid_t pid, const std::string& name) {
-  std::ifstream status(absl::StrCat("/proc/", pid, "/status"));
-  for (std::string line; std::getline(status, line);) {
-    if (line.rfind(name + ":", 0) == 0) return std::stod(line.substr(name.size() + 1));
-  }
-  return -1;
-}
-
-int OpenDescriptorsOf(pid_t pid) {
-  DIR* dir = ::opendir(absl::StrCat("/proc/", pid, "/fd").c_str());
+// Entries of a /proc directory (descriptors, threads), "." and ".." aside; -1 when it cannot be read.
+int EntriesOf(const std::string& dir_path) {
+  DIR* dir = ::opendir(dir_path.c_str());
   if (dir == nullptr) return -1;
   int count = 0;
   while (const dirent* entry = ::readdir(dir)) count += entry->d_name[0] != '.';
@@ -236,14 +228,13 @@ TEST(Lifecycle, ProcessMetricsAgreeWithProcAndTheClock) {
   ASSERT_THAT(server, IsOk());
   const int port = (*server)->metrics_port();
   const pid_t pid = (*server)->pid();
-  const double rss = MetricValue(port, "process_resident_memory_bytes");
-  const double proc_rss = ProcStatus(pid, "VmRSS") * 1024;
-  EXPECT_NEAR(rss, proc_rss, 0.1 * proc_rss);
-  EXPECT_NEAR(MetricValue(port, "process_virtual_memory_bytes"), ProcStatus(pid, "VmSize") * 1024,
-              0.05 * ProcStatus(pid, "VmSize") * 1024);
-  EXPECT_NEAR(MetricValue(port, "process_threads"), ProcStatus(pid, "Threads"), 4);
+  const double rss_mb = MetricValue(port, "process_resident_memory_bytes") / (1 << 20);
+  EXPECT_NEAR(rss_mb, test_support::ProcessStatusMegabytes(pid, "VmRSS"), 0.1 * rss_mb);
+  const double virtual_mb = MetricValue(port, "process_virtual_memory_bytes") / (1 << 20);
+  EXPECT_NEAR(virtual_mb, test_support::ProcessStatusMegabytes(pid, "VmSize"), 0.05 * virtual_mb);
+  EXPECT_NEAR(MetricValue(port, "process_threads"), EntriesOf(absl::StrCat("/proc/", pid, "/task")), 4);
   // The scrape's own connection is one more while it is served.
-  EXPECT_NEAR(MetricValue(port, "process_open_fds"), OpenDescriptorsOf(pid), 3);
+  EXPECT_NEAR(MetricValue(port, "process_open_fds"), EntriesOf(absl::StrCat("/proc/", pid, "/fd")), 3);
   EXPECT_EQ(absl::StrCat(static_cast<int64_t>(MetricValue(port, "process_max_fds"))), OpenFileLimits(pid).first);
   const double now = absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch());
   const double start_time = MetricValue(port, "process_start_time_seconds");

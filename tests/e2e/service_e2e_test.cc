@@ -626,26 +626,27 @@ TEST_F(ServiceTest, DeadlinesAndCancellationEndCallsAndDropTheirRows) {
   // took it is never counted.
   ASSERT_TRUE(test_support::WaitForIdle(server_->metrics_port(), "demo", absl::Seconds(60)));
 
-  // Client-side cancel through the raw stub.
-  auto channel = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
-  auto stub = v1::AttributionService::NewStub(channel);
-  grpc::ClientContext context;
-  v1::AttributeRequest request;
-  request.set_model("demo");
-  request.mutable_prompt()->set_text(long_prompt);
-  request.mutable_target()->set_text(kTarget);
-  request.set_n_steps(1000);
-  v1::AttributeResponse response;
+  // A call's own timeout, on a client whose timeout is long.
+  auto client = Connect(server_->address());
+  AttributeOptions timed = heavy;
+  timed.timeout = absl::Milliseconds(200);
+  EXPECT_THAT(client->Attribute(timed), StatusIs(absl::StatusCode::kDeadlineExceeded));
+  ASSERT_TRUE(test_support::WaitForIdle(server_->metrics_port(), "demo", absl::Seconds(60)));
+
+  // A Cancellation, once the call's rows are on the server.
+  auto cancellation = std::make_shared<client::Cancellation>();
+  AttributeOptions cancellable = heavy;
+  cancellable.cancellation = cancellation;
   std::thread canceller([&] {
     EXPECT_TRUE(WaitForQueuedRows(server_->metrics_port(), "demo"));
-    context.TryCancel();
+    cancellation->Cancel();
   });
-  grpc::Status status = stub->Attribute(&context, request, &response);
+  absl::StatusOr<Attribution> cancelled = client->Attribute(cancellable);
   canceller.join();
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_THAT(cancelled, StatusIs(absl::StatusCode::kCancelled));
+  EXPECT_FALSE(client::RefusedBeforeSending(cancelled.status()));
 
   // The engine dropped the rest: the queue drains quickly and new work is served at once.
-  auto client = Connect(server_->address());
   absl::StatusOr<Attribution> after =
       client->Attribute({.model = "demo", .prompt = kPrompt, .target = kTarget, .n_steps = 8});
   ASSERT_THAT(after, IsOk());

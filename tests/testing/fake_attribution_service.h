@@ -30,11 +30,13 @@ class FakeAttributionService final : public ::attribution::v1::AttributionServic
   ::attribution::v1::GenerateResponse generate;
   ::attribution::v1::LogprobsResponse logprobs;
   ::attribution::v1::ListModelsResponse models;
-  // How long Attribute waits before answering (calls still in flight when a test acts).
+  // How long Attribute and AttributeStream wait before answering (calls still in flight when a test acts).
   std::atomic<int> attribute_delay_ms = 0;
+  std::atomic<int> attribute_calls = 0;  // Attribute calls received
 
   grpc::Status Attribute(grpc::ServerContext*, const ::attribution::v1::AttributeRequest* request,
                          ::attribution::v1::AttributeResponse* out) override {
+    ++attribute_calls;
     {
       absl::MutexLock lock(&mu_);
       last_attribute_request_ = *request;
@@ -53,6 +55,7 @@ class FakeAttributionService final : public ::attribution::v1::AttributionServic
     ::attribution::v1::AttributeEvent event;
     event.mutable_progress()->set_rows_total(1);
     writer->Write(event);
+    absl::SleepFor(absl::Milliseconds(attribute_delay_ms.load()));
     *event.mutable_result() = attribute;
     writer->Write(event);
     return grpc::Status::OK;
