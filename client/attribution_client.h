@@ -78,6 +78,7 @@ struct Feature {
 struct RunStats {
   int64_t rows = 0, forward_passes = 0, backward_passes = 0;
   double queue_seconds = 0, device_seconds = 0, wall_seconds = 0;
+  std::string server_build;  // the commit the server was built from ("" from servers before 2026-12-07)
 };
 
 struct FeatureGroup {
@@ -176,6 +177,18 @@ struct Faithfulness {
   double comprehensiveness_aopc = 0, sufficiency_aopc = 0;
 };
 
+// The settings an attribution ran with, in AttributeOptions' terms, the server's defaults and limits filled in:
+// copied into AttributeOptions they get this answer again from a server whose defaults or limits differ. Unset:
+// the method does not read it (or a server before 2026-12-07 answered).
+struct SettingsUsed {
+  std::optional<int> n_steps;       // integrated gradients: points at most (Attribution::integration_steps: those used)
+  std::optional<std::string> rule;  // as AttributeOptions::rule names it
+  std::optional<int> n_samples;
+  std::optional<double> stdev;
+  std::optional<uint64_t> seed;
+  std::optional<std::string> baseline;  // "zero", or the token id (as AttributeOptions::baseline takes it)
+};
+
 struct Attribution {
   std::string model, method;
   std::vector<Token> prompt_tokens, target_tokens;
@@ -192,6 +205,7 @@ struct Attribution {
   RunStats stats;
   std::string model_digest;  // the weights that computed it (ModelInfo::model_digest); "" from older servers
   std::vector<std::string> unread_settings;  // settings sent that the method does not read: they changed nothing
+  SettingsUsed settings_used;
 };
 
 struct GenerateOptions {

@@ -348,13 +348,8 @@ std::string AttributionJson(const Attribution& a) {
                         {"sequence_attribution", a.sequence},
                         {"token_matrix", a.token_matrix},
                         {"objective", a.objective},
-                        {"stats",
-                         {{"rows", a.stats.rows},
-                          {"forward_passes", a.stats.forward_passes},
-                          {"backward_passes", a.stats.backward_passes},
-                          {"queue_seconds", a.stats.queue_seconds},
-                          {"device_seconds", a.stats.device_seconds},
-                          {"wall_seconds", a.stats.wall_seconds}}}};
+                        {"settings_used", SettingsUsedJson(a.settings_used)},
+                        {"stats", StatsJson(a.stats)}};
   if (a.convergence_delta) out["convergence_delta"] = *a.convergence_delta;
   if (a.integration_steps > 0) out["integration_steps"] = a.integration_steps;
   if (a.tolerance_met) out["tolerance_met"] = *a.tolerance_met;

@@ -44,23 +44,50 @@ void SetGeneration(const GenerationSettings& g, v1::GenerationSettings* out) {
 }
 
 absl::StatusOr<v1::TargetTokenization> ToTargetTokenization(const std::string& name) {
-  return Lookup<v1::TargetTokenization>("target_tokenization", name,
-                                        {{"continuation", v1::CONTINUATION}, {"separate", v1::SEPARATE}});
+  return Lookup<v1::TargetTokenization>(
+      "target_tokenization", name,
+      // The default sent as unset: a server names a tokenization set beside
+      // no text among the settings that changed nothing.
+      {{"continuation", v1::TARGET_TOKENIZATION_UNSPECIFIED}, {"separate", v1::SEPARATE}});
 }
 
 absl::StatusOr<v1::Priority> ToPriority(const std::string& name) {
   return Lookup<v1::Priority>("priority", name, {{"low", v1::LOW}, {"normal", v1::NORMAL}, {"high", v1::HIGH}});
 }
 
-absl::StatusOr<v1::IntegrationRule> ToRule(const std::string& name) {
-  return Lookup<v1::IntegrationRule>("rule", name,
-                                     {{"default", v1::INTEGRATION_RULE_UNSPECIFIED},
-                                      {"gausslegendre", v1::GAUSS_LEGENDRE},
-                                      {"fejer2", v1::FEJER2},
-                                      {"riemann_left", v1::RIEMANN_LEFT},
-                                      {"riemann_right", v1::RIEMANN_RIGHT},
-                                      {"riemann_middle", v1::RIEMANN_MIDDLE},
-                                      {"riemann_trapezoid", v1::RIEMANN_TRAPEZOID}});
+const std::map<std::string, v1::IntegrationRule>& Rules() {
+  static const auto* rules =
+      new std::map<std::string, v1::IntegrationRule>{{"default", v1::INTEGRATION_RULE_UNSPECIFIED},
+                                                     {"gausslegendre", v1::GAUSS_LEGENDRE},
+                                                     {"fejer2", v1::FEJER2},
+                                                     {"riemann_left", v1::RIEMANN_LEFT},
+                                                     {"riemann_right", v1::RIEMANN_RIGHT},
+                                                     {"riemann_middle", v1::RIEMANN_MIDDLE},
+                                                     {"riemann_trapezoid", v1::RIEMANN_TRAPEZOID}};
+  return *rules;
+}
+
+absl::StatusOr<v1::IntegrationRule> ToRule(const std::string& name) { return Lookup("rule", name, Rules()); }
+
+// As AttributeOptions::rule names it; a rule this client does not know by its number.
+std::string RuleName(v1::IntegrationRule rule) {
+  for (const auto& [name, value] : Rules()) {
+    if (value == rule) return name;
+  }
+  return absl::StrCat(static_cast<int>(rule));
+}
+
+SettingsUsed SettingsFromProto(const v1::SettingsUsed& s) {
+  SettingsUsed out;
+  if (s.has_n_steps()) out.n_steps = s.n_steps();
+  if (s.has_rule()) out.rule = RuleName(s.rule());
+  if (s.has_n_samples()) out.n_samples = s.n_samples();
+  if (s.has_stdev()) out.stdev = s.stdev();
+  if (s.has_seed()) out.seed = s.seed();
+  if (s.has_baseline()) {
+    out.baseline = s.baseline() == v1::ZERO_EMBEDDING ? "zero" : absl::StrCat(s.baseline_token_id());
+  }
+  return out;
 }
 
 absl::Status SetBaseline(const std::string& name, v1::AttributeRequest* out) {
@@ -129,7 +156,8 @@ RunStats StatsFromProto(const v1::RunStats& s) {
           .backward_passes = s.backward_passes(),
           .queue_seconds = s.queue_seconds(),
           .device_seconds = s.device_seconds(),
-          .wall_seconds = s.wall_seconds()};
+          .wall_seconds = s.wall_seconds(),
+          .server_build = s.server_build()};
 }
 
 std::vector<Token> TokensFromProto(const google::protobuf::RepeatedPtrField<v1::Token>& tokens) {
@@ -331,6 +359,7 @@ absl::StatusOr<Attribution> FromProto(const v1::AttributeResponse& r) {
   out.integration_steps = r.integration_steps();
   if (r.has_tolerance_met()) out.tolerance_met = r.tolerance_met();
   out.unread_settings.assign(r.unread_settings().begin(), r.unread_settings().end());
+  out.settings_used = SettingsFromProto(r.settings_used());
   if (r.has_faithfulness()) {
     const v1::Faithfulness& f = r.faithfulness();
     out.faithfulness = Faithfulness{.percents = {f.percents().begin(), f.percents().end()},

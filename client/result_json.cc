@@ -13,15 +13,6 @@ std::string Dump(const nlohmann::json& json) {
   return json.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-nlohmann::json StatsJson(const RunStats& s) {
-  return {{"rows", s.rows},
-          {"forward_passes", s.forward_passes},
-          {"backward_passes", s.backward_passes},
-          {"queue_seconds", s.queue_seconds},
-          {"device_seconds", s.device_seconds},
-          {"wall_seconds", s.wall_seconds}};
-}
-
 nlohmann::json WithLogProb(const Token& t) {
   nlohmann::json out = TokenJson(t);
   out["log_prob"] = t.log_prob;
@@ -29,6 +20,28 @@ nlohmann::json WithLogProb(const Token& t) {
 }
 
 }  // namespace
+
+nlohmann::json StatsJson(const RunStats& s) {
+  nlohmann::json out = {{"rows", s.rows},
+                        {"forward_passes", s.forward_passes},
+                        {"backward_passes", s.backward_passes},
+                        {"queue_seconds", s.queue_seconds},
+                        {"device_seconds", s.device_seconds},
+                        {"wall_seconds", s.wall_seconds}};
+  if (!s.server_build.empty()) out["server_build"] = s.server_build;
+  return out;
+}
+
+nlohmann::json SettingsUsedJson(const SettingsUsed& s) {
+  nlohmann::json out = nlohmann::json::object();
+  if (s.n_steps) out["n_steps"] = *s.n_steps;
+  if (s.rule) out["rule"] = *s.rule;
+  if (s.n_samples) out["n_samples"] = *s.n_samples;
+  if (s.stdev) out["stdev"] = *s.stdev;
+  if (s.seed) out["seed"] = *s.seed;
+  if (s.baseline) out["baseline"] = *s.baseline;
+  return out;
+}
 
 nlohmann::json TokenJson(const Token& token) {
   return {{"id", token.id}, {"text", token.text}, {"bytes_hex", absl::BytesToHexString(token.bytes)}};

@@ -18,6 +18,13 @@ namespace attribution::client {
 // reads as U+FFFD (four tokens of one emoji all read "\ufffd").
 nlohmann::json TokenJson(const Token& token);
 
+// {"rows", "forward_passes", "backward_passes", "queue_seconds", "device_seconds", "wall_seconds", "server_build"}
+// (server_build when the server said it).
+nlohmann::json StatsJson(const RunStats& stats);
+
+// The settings set, by AttributeOptions' names: {"n_steps", "rule", "n_samples", "stdev", "seed", "baseline"}.
+nlohmann::json SettingsUsedJson(const SettingsUsed& settings);
+
 // {"text", "text_bytes_hex", "tokens": [{"id", "text", "bytes_hex", "log_prob"}], "stopped", "seed", "stats"}.
 std::string GenerationJson(const Generation& generation);
 

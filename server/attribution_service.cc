@@ -338,7 +338,7 @@ void AttributionServiceImpl::SubmitAttribution(Call* call, const ServedModel* se
         if (!result.ok()) return FailWithStats(call, *handle, received, result.status(), done);
         v1::AttributeResponse response;
         ToAttributeResponse(*result, *attribute, *served, &response);
-        response.mutable_stats()->set_wall_seconds(absl::ToDoubleSeconds(MonotonicNow() - received));
+        SetWallAndBuild(received, response.mutable_stats());
         call->log().stats = response.stats();
         done(std::move(response));
       },

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/attribution/component_attribution.h"
 #include "engine/attribution/methods.h"
+#include "engine/common/build_info.h"
 #include "engine/common/exact_number.h"
 #include "engine/common/monotonic_clock.h"
 #include "engine/common/status_macros.h"
@@ -172,7 +173,10 @@ std::vector<std::string> UnreadSettings(const v1::AttributeRequest& proto, const
       {engine::kReadsRule, "rule", proto.rule() != v1::INTEGRATION_RULE_UNSPECIFIED},
       {engine::kReadsSamples, "n_samples", proto.n_samples() != 0},
       {engine::kReadsStdev, "stdev", proto.stdev() != 0},
-      {engine::kReadsSeed, "seed", proto.seed() != 0},
+      // A seed that also seeded the generated target (as the clients' one seed option sends it) decided it.
+      {engine::kReadsSeed, "seed",
+       proto.seed() != 0 &&
+           !(!IsSet(proto.target()) && proto.generation().has_seed() && proto.generation().seed() == proto.seed())},
       {engine::kReadsSignedSaliency, "signed_saliency", proto.signed_saliency()},
       {engine::kReadsBaseline, "baseline", proto.baseline() != v1::BASELINE_UNSPECIFIED},
       {engine::kReadsTolerance, "completeness_tolerance", proto.completeness_tolerance() != 0},
@@ -466,6 +470,39 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
   return call;
 }
 
+namespace {
+
+v1::IntegrationRule ToProtoRule(engine::IntegrationRule rule) {
+  const google::protobuf::EnumDescriptor* rules = v1::IntegrationRule_descriptor();
+  for (int i = 0; i < rules->value_count(); ++i) {
+    const google::protobuf::EnumValueDescriptor* value = rules->value(i);
+    if (value->number() == v1::INTEGRATION_RULE_UNSPECIFIED) continue;
+    absl::StatusOr<engine::IntegrationRule> parsed = engine::ParseIntegrationRule(absl::AsciiStrToLower(value->name()));
+    if (parsed.ok() && *parsed == rule) return static_cast<v1::IntegrationRule>(value->number());
+  }
+  return v1::INTEGRATION_RULE_UNSPECIFIED;
+}
+
+// The settings the method read, as it read them (defaults and limits applied).
+void FillSettingsUsed(const engine::AttributionRequest& request, v1::SettingsUsed* out) {
+  const uint32_t reads = engine::MethodOf(request.method).reads;
+  if (reads & engine::kReadsSteps) out->set_n_steps(static_cast<int32_t>(request.n_steps));
+  if (reads & engine::kReadsRule) out->set_rule(ToProtoRule(request.rule));
+  if (reads & engine::kReadsSamples) out->set_n_samples(static_cast<int32_t>(request.n_samples));
+  if (reads & engine::kReadsStdev) out->set_stdev(request.stdev);
+  if (reads & engine::kReadsSeed) out->set_seed(request.seed);
+  if (engine::ReadsBaselines(request.method, request.want_faithfulness)) {
+    if (request.zero_embedding_baseline) {
+      out->set_baseline(v1::ZERO_EMBEDDING);
+    } else {
+      out->set_baseline(v1::TOKEN_ID);
+      out->set_baseline_token_id(request.baseline_token_id);
+    }
+  }
+}
+
+}  // namespace
+
 void ToAttributeResponse(const engine::AttributionResult& result, const AttributeCall& call, const ServedModel& model,
                          v1::AttributeResponse* out) {
   const engine::Tokenizer& tokenizer = *model.tokenizer;
@@ -473,6 +510,7 @@ void ToAttributeResponse(const engine::AttributionResult& result, const Attribut
   out->set_model_digest(model.model_digest);
   out->set_method(ToProtoMethod(call.request.method));
   for (const std::string& setting : call.unread_settings) out->add_unread_settings(setting);
+  FillSettingsUsed(call.request, out->mutable_settings_used());
   FillTokens(call.prompt, tokenizer, out->mutable_prompt_tokens());
   const ResolvedInput target =
       call.target.empty() ? DecodeContinuation(result.target_ids, call.request.prompt_ids, tokenizer) : call.target;
@@ -718,7 +756,12 @@ void ToRunStats(const engine::Request::Stats& stats, absl::Time received, v1::Ru
   out->set_rows(stats.rows_done);
   out->set_queue_seconds(absl::ToDoubleSeconds(stats.queue_time));
   out->set_device_seconds(absl::ToDoubleSeconds(stats.device_time));
+  SetWallAndBuild(received, out);
+}
+
+void SetWallAndBuild(absl::Time received, v1::RunStats* out) {
   out->set_wall_seconds(absl::ToDoubleSeconds(MonotonicNow() - received));
+  out->set_server_build(BuildCommit());
 }
 
 }  // namespace attribution::server

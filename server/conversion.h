@@ -73,5 +73,7 @@ void ToModelInfo(const ServedModel& model, int64_t max_top_k, v1::ModelInfo* out
 
 // Run statistics of an engine request; wall time from `received`.
 void ToRunStats(const engine::Request::Stats& stats, absl::Time received, v1::RunStats* out);
+// The wall time since `received` and the server's build, which every answer's stats carry.
+void SetWallAndBuild(absl::Time received, v1::RunStats* out);
 
 }  // namespace attribution::server

@@ -295,6 +295,13 @@ absl::Status WriteResultsParquet(const std::string& results_path, const std::str
       {"integration_steps", ParquetType::kInt64},
       {"tolerance_met", ParquetType::kBool},
       {"unread_settings", ParquetType::kStringList},
+      {"n_steps_used", ParquetType::kInt64},  // the settings the method ran with (AttributeResponse.settings_used)
+      {"rule_used", ParquetType::kString},
+      {"n_samples_used", ParquetType::kInt64},
+      {"stdev_used", ParquetType::kDouble},
+      {"seed_used", ParquetType::kUint64},
+      {"baseline_used", ParquetType::kString},
+      {"server_build", ParquetType::kString},
       {"comprehensiveness_aopc", ParquetType::kDouble},
       {"sufficiency_aopc", ParquetType::kDouble},
       {"choices", ParquetType::kStringList},

@@ -27,6 +27,8 @@ namespace {
 using nlohmann::json;
 
 constexpr const char* kServiceName = "attribution.v1.AttributionService";
+// What a server runs for an unset n_steps / n_samples, unless its limits are lower (attribution.proto).
+constexpr int64_t kServerDefaultSteps = 50, kServerDefaultSamples = 25;
 
 // The servers' lack of capacity; a request over a gRPC message limit is RESOURCE_EXHAUSTED too, but fails
 // the same way every time.
@@ -183,6 +185,15 @@ class RowProcessor {
     if (attribution->integration_steps > 0) result["integration_steps"] = attribution->integration_steps;
     if (attribution->tolerance_met) result["tolerance_met"] = *attribution->tolerance_met;
     if (!attribution->unread_settings.empty()) result["unread_settings"] = attribution->unread_settings;
+    // What the method ran with, the server's defaults filled in: a rerun sends these to get the same numbers.
+    const SettingsUsed& used = attribution->settings_used;
+    if (used.n_steps) result["n_steps_used"] = *used.n_steps;
+    if (used.rule) result["rule_used"] = *used.rule;
+    if (used.n_samples) result["n_samples_used"] = *used.n_samples;
+    if (used.stdev) result["stdev_used"] = *used.stdev;
+    if (used.seed) result["seed_used"] = *used.seed;
+    if (used.baseline) result["baseline_used"] = *used.baseline;
+    if (!attribution->stats.server_build.empty()) result["server_build"] = attribution->stats.server_build;
     result["server_seconds"] = attribution->stats.wall_seconds;
     result["attempts"] = attempts;
     absl::Status page = options_.html_dir.empty() ? absl::OkStatus()
@@ -225,6 +236,7 @@ class RowProcessor {
     result["clean_metric"] = pair.clean_metric;
     result["corrupted_metric"] = pair.corrupted_metric;
     if (!answer->unread_settings.empty()) result["unread_settings"] = answer->unread_settings;
+    if (!answer->stats.server_build.empty()) result["server_build"] = answer->stats.server_build;
     json sites = json::array(), axes = json::array(), shapes = json::array(), values = json::array(),
          deltas = json::array();
     std::optional<double> delta;
@@ -442,6 +454,7 @@ absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient
                                              std::string* model_digest, ModelInfo* info, std::string* unanswered_out) {
   if (clients.empty()) return absl::InvalidArgumentError("no servers to ask for the model");
   std::string fingerprint;
+  json first_identity;
   std::string unanswered;  // the servers that did not answer, and why
   for (size_t i = 0; i < clients.size(); ++i) {
     absl::StatusOr<std::vector<ModelInfo>> models = clients[i]->ListModels();
@@ -476,12 +489,18 @@ absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient
     // The checkpoint itself, as loaded (servers before 2026-12-04 report none: their fingerprints stay as they
     // were).
     if (!it->model_digest.empty()) identity["model_digest"] = it->model_digest;
+    // A limit below the server's default lowers the default (README): rows that leave n_steps or n_samples unset
+    // get other answers there (KernelSHAP 0.8 relative with max_samples 10). Named only then, so that the
+    // fingerprints of jobs on servers with the usual limits stay as they were.
+    if (it->max_steps < kServerDefaultSteps) identity["max_steps"] = it->max_steps;
+    if (it->max_samples < kServerDefaultSamples) identity["max_samples"] = it->max_samples;
     const std::string digest = Digest(identity);
     if (!fingerprint.empty() && digest != fingerprint) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("the servers hold different models named \"", model, "\": ", JsonText(identity)));
+      return absl::FailedPreconditionError(absl::StrCat("the servers hold different models named \"", model,
+                                                        "\": ", JsonText(first_identity), " and ", JsonText(identity)));
     }
     fingerprint = digest;
+    first_identity = identity;
     if (model_digest != nullptr) *model_digest = it->model_digest;
     if (info != nullptr) *info = *it;
   }

@@ -220,6 +220,39 @@ TEST_F(BatchModelIdentity, ResumingAfterTheWeightsWereSwappedIsRefused) {
   EXPECT_EQ(CountLines(output), 3u);
 }
 
+// A server whose limits lower the defaults of unset settings (max_samples 10 under KernelSHAP's 25) answers the
+// same rows otherwise: a resume there is refused, as on other weights. Before, it mixed both servers' answers (0.03
+// apart) under one fingerprint and settings hash. Every line says what its method ran with, and which build.
+TEST_F(BatchModelIdentity, ResumingOnAServerWhoseLimitsLowerTheDefaultsIsRefused) {
+  const std::string output = dir_.File("out.jsonl");
+  const auto run_on = [&](const ServerProcess& server, const std::string& input) {
+    return RunBatch({"--input=" + input, "--output=" + output, "--server=" + server.address(), "--method=kernel_shap",
+                     "--progress=log"},
+                    log_);
+  };
+  ASSERT_EQ(run_on(*server_, WriteQuestions("first.jsonl", 2)), 0) << ReadFile(log_);
+  for (const json& result : ReadResults(output)) {
+    EXPECT_EQ(result.value("n_samples_used", -1), 25) << result;
+    EXPECT_EQ(result.value("seed_used", -1), 0) << result;
+    EXPECT_EQ(result.value("baseline_used", ""), "0") << result;
+    EXPECT_FALSE(result.contains("n_steps_used")) << result;
+    EXPECT_FALSE(result.value("server_build", "").empty()) << result;
+  }
+  auto lowered = ServerProcess::Start({"--max_samples=10"});
+  ASSERT_THAT(lowered.status(), IsOk());
+  EXPECT_EQ(run_on(**lowered, WriteQuestions("rows.jsonl", 4)), 1);
+  EXPECT_THAT(ReadFile(log_), HasSubstr(output + ":1: row \"r0\" done on another model (model_fingerprint "));
+  EXPECT_EQ(CountLines(output), 2u);
+  // A job of its own there records what the lowered default was.
+  const std::string apart = dir_.File("apart.jsonl");
+  ASSERT_EQ(RunBatch({"--input=" + WriteQuestions("apart_rows.jsonl", 1), "--output=" + apart,
+                      "--server=" + (*lowered)->address(), "--method=kernel_shap", "--progress=log"},
+                     log_),
+            0)
+      << ReadFile(log_);
+  EXPECT_EQ(ReadResults(apart).at(0).value("n_samples_used", -1), 10);
+}
+
 // A replica given the dtype as "fp32" serves the same model as one given "float32": both report "float32" and
 // one model_digest, so a job resumes across them. Before, the digest hashed the spelling and the resume was
 // refused as "done on another model".

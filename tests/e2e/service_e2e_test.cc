@@ -701,6 +701,51 @@ TEST_F(ServiceTest, LatencyOfRefusedCallsIsKeptApartFromServedCalls) {
   EXPECT_EQ(metrics->find("no-such-model"), std::string::npos);
 }
 
+// Two servers whose limits lower the defaults differently answered one request far apart (KernelSHAP: 0.8
+// relative) and neither answer said why. Each answer names the settings it ran with and the server's build: sent
+// to the other server, those settings get the same numbers there.
+TEST(ServiceProvenance, TheSettingsAnAnswerRanWithReproduceItOnAServerConfiguredOtherwise) {
+  auto usual = ServerProcess::Start({"--model=demo=" + DemoModelDir()});
+  auto lowered = ServerProcess::Start({"--model=demo=" + DemoModelDir(), "--max_samples=10", "--max_steps=8"});
+  ASSERT_THAT(usual, IsOk());
+  ASSERT_THAT(lowered, IsOk());
+  auto on_usual = Connect((*usual)->address());
+  auto on_lowered = Connect((*lowered)->address());
+  for (const char* method : {"kernel_shap", "integrated_gradients", "gradient_shap"}) {
+    SCOPED_TRACE(method);
+    const AttributeOptions asked{
+        .model = "demo", .prompt = kPrompt, .target = kTarget, .method = method, .baseline = "eos"};
+    absl::StatusOr<Attribution> there = on_lowered->Attribute(asked);
+    absl::StatusOr<Attribution> here = on_usual->Attribute(asked);
+    ASSERT_THAT(there, IsOk());
+    ASSERT_THAT(here, IsOk());
+    const client::SettingsUsed& used = there->settings_used;
+    EXPECT_NE(here->sequence, there->sequence);
+    EXPECT_FALSE(there->stats.server_build.empty());
+    EXPECT_EQ(there->stats.server_build, here->stats.server_build);
+    ASSERT_TRUE(used.baseline.has_value());
+    EXPECT_NE(*used.baseline, "eos");  // the token id the name stood for
+    AttributeOptions again = asked;
+    again.baseline = *used.baseline;
+    if (used.n_samples) again.n_samples = *used.n_samples;
+    if (used.n_steps) again.n_steps = *used.n_steps;
+    if (used.rule) again.rule = *used.rule;
+    if (used.seed) again.seed = *used.seed;
+    if (used.stdev) again.stdev = *used.stdev;
+    EXPECT_EQ(used.n_samples.has_value(), std::string(method) != "integrated_gradients");
+    EXPECT_EQ(used.n_samples.value_or(10), 10);
+    EXPECT_EQ(used.n_steps.value_or(8), 8);
+    absl::StatusOr<Attribution> reproduced = on_usual->Attribute(again);
+    ASSERT_THAT(reproduced, IsOk());
+    ASSERT_EQ(reproduced->sequence.size(), there->sequence.size());
+    double scale = 1e-12;
+    for (double value : there->sequence) scale = std::max(scale, std::abs(value));
+    for (size_t f = 0; f < there->sequence.size(); ++f) {
+      EXPECT_NEAR(reproduced->sequence[f], there->sequence[f], 1e-4 * scale) << f;
+    }
+  }
+}
+
 // One server, several models: each model's calls are series of their own, as its engine metrics are.
 TEST(ServiceMetrics, RpcsAreCountedPerModel) {
   auto server = ServerProcess::Start({"--model=first=" + DemoModelDir(), "--model=second=" + DemoModelDir()});

@@ -122,6 +122,26 @@ def test_settings_a_method_does_not_read_are_named_and_change_nothing(client, se
     assert "saliency does not read n_steps: they changed nothing" in shown
     assert cli_json(server.address, "attribute", f"--prompt={PROMPT}", "--target= Yes", "--method=saliency",
                     "--n_steps=64")["unread_settings"] == ["n_steps"]
+    # One seed for the attribution and its generated target: it decided the target, so it changed something; nor
+    # is the default tokenization named beside no text (both were, whatever the target).
+    generated = client.attribute(prompt=PROMPT, method="saliency", seed=9, max_new_tokens=2, temperature=5)
+    assert generated.unread_settings == []
+    assert "seed" not in cli(server.address, "attribute", f"--prompt={PROMPT}", "--method=saliency", "--seed=9",
+                             "--max_new_tokens=2", "--temperature=5")
+
+
+def test_the_answer_names_the_settings_it_ran_with_and_the_servers_build(client, server):
+    kernel_shap = client.attribute(prompt=PROMPT, target=" Yes", method="kernel_shap", baseline="eos")
+    assert kernel_shap.settings_used == ac.SettingsUsed(n_samples=25, seed=0, baseline=kernel_shap.settings_used.baseline)
+    assert isinstance(kernel_shap.settings_used.baseline, int)
+    assert kernel_shap.stats.server_build != ""
+    ig = client.attribute(prompt=PROMPT, target=" Yes", baseline="zero", completeness_tolerance=0.01)
+    assert ig.settings_used.rule == "fejer2" and ig.settings_used.baseline == "zero"
+    assert ig.settings_used.n_samples is None
+    shown = cli_json(server.address, "attribute", f"--prompt={PROMPT}", "--target= Yes", "--method=kernel_shap",
+                     "--baseline=eos")
+    assert shown["settings_used"] == {"n_samples": 25, "seed": 0, "baseline": str(kernel_shap.settings_used.baseline)}
+    assert shown["stats"]["server_build"] == kernel_shap.stats.server_build
 
 
 def test_attribute_with_faithfulness_and_generated_target(client, server):

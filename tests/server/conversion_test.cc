@@ -313,6 +313,18 @@ TEST_F(ConversionTest, SettingsTheMethodDoesNotReadAreNamed) {
   EXPECT_THAT(unread(v1::SALIENCY, as_ids(false, true)), ElementsAre("target_tokenization"));
   EXPECT_THAT(unread(v1::SALIENCY, as_ids(true, false)), ElementsAre("no_special_tokens"));
   EXPECT_THAT(unread(v1::SALIENCY, as_ids(false, false)), ::testing::IsEmpty());
+  // A seed that also seeded the generated target decided it (the clients send their one seed option both ways):
+  // it was named as having changed nothing. Another generation seed, or a given target, leaves it unread.
+  const auto seeded = [](uint64_t generation_seed, bool target) {
+    return [=](v1::AttributeRequest& proto) {
+      if (!target) proto.clear_target();
+      proto.set_seed(9);
+      proto.mutable_generation()->set_seed(generation_seed);
+    };
+  };
+  EXPECT_THAT(unread(v1::SALIENCY, seeded(9, false)), ::testing::IsEmpty());
+  EXPECT_THAT(unread(v1::SALIENCY, seeded(10, false)), ElementsAre("seed"));
+  EXPECT_THAT(unread(v1::SALIENCY, seeded(9, true)), ElementsAre("seed", "generation"));
   // The answer carries them.
   v1::AttributeRequest proto = Request();
   proto.set_method(v1::SALIENCY);
@@ -322,6 +334,57 @@ TEST_F(ConversionTest, SettingsTheMethodDoesNotReadAreNamed) {
   v1::AttributeResponse response;
   ToAttributeResponse(engine::AttributionResult{}, *call, *served_, &response);
   EXPECT_THAT(response.unread_settings(), ElementsAre("n_steps"));
+}
+
+// The answer named no setting a server filled in: two servers whose limits lowered defaults differently answered
+// one request 0.8 apart (KernelSHAP) and nothing in either answer said why. Each method's answer names what it
+// read, as it read it.
+TEST_F(ConversionTest, TheAnswerNamesTheSettingsTheMethodRanWith) {
+  const engine::AttributionLimits saved = served_->spec.limits;
+  served_->spec.limits.max_samples = 10;
+  auto used = [](v1::Method method, const std::function<void(v1::AttributeRequest&)>& set) {
+    v1::AttributeRequest proto = Request();
+    proto.set_method(method);
+    set(proto);
+    absl::StatusOr<AttributeCall> call = Convert(proto);
+    EXPECT_THAT(call, IsOk());
+    v1::AttributeResponse response;
+    if (call.ok()) ToAttributeResponse(engine::AttributionResult{}, *call, *served_, &response);
+    return response.settings_used();
+  };
+  const v1::SettingsUsed kernel_shap = used(v1::KERNEL_SHAP, [](v1::AttributeRequest&) {});
+  EXPECT_EQ(kernel_shap.n_samples(), 10);  // the default 25, lowered to the limit
+  EXPECT_TRUE(kernel_shap.has_seed());
+  EXPECT_EQ(kernel_shap.seed(), 0u);
+  EXPECT_EQ(kernel_shap.baseline(), v1::TOKEN_ID);
+  EXPECT_EQ(kernel_shap.baseline_token_id(), 0);
+  EXPECT_FALSE(kernel_shap.has_n_steps());
+  EXPECT_FALSE(kernel_shap.has_rule());
+  EXPECT_FALSE(kernel_shap.has_stdev());
+
+  const v1::SettingsUsed ig =
+      used(v1::INTEGRATED_GRADIENTS, [](v1::AttributeRequest& p) { p.set_baseline(v1::ZERO_EMBEDDING); });
+  EXPECT_EQ(ig.n_steps(), 50);
+  EXPECT_EQ(ig.rule(), v1::GAUSS_LEGENDRE);
+  EXPECT_EQ(ig.baseline(), v1::ZERO_EMBEDDING);
+  EXPECT_FALSE(ig.has_baseline_token_id());
+  EXPECT_FALSE(ig.has_n_samples());
+  EXPECT_FALSE(ig.has_seed());
+  const v1::SettingsUsed tolerant =
+      used(v1::INTEGRATED_GRADIENTS, [](v1::AttributeRequest& p) { p.set_completeness_tolerance(0.01); });
+  EXPECT_EQ(tolerant.rule(), v1::FEJER2);
+  EXPECT_EQ(tolerant.n_steps(), served_->spec.limits.max_steps);
+  const v1::SettingsUsed eos =
+      used(v1::FEATURE_ABLATION, [](v1::AttributeRequest& p) { p.set_baseline(v1::EOS_TOKEN); });
+  EXPECT_EQ(eos.baseline(), v1::TOKEN_ID);
+  EXPECT_EQ(eos.baseline_token_id(), *served_->tokenizer->special_tokens().eos);
+  const v1::SettingsUsed gradient_shap = used(v1::GRADIENT_SHAP, [](v1::AttributeRequest& p) { p.set_stdev(0.25); });
+  EXPECT_DOUBLE_EQ(gradient_shap.stdev(), 0.25);
+  EXPECT_EQ(gradient_shap.n_samples(), 10);
+  // Saliency reads none of them; with faithfulness curves it reads the baseline.
+  EXPECT_EQ(used(v1::SALIENCY, [](v1::AttributeRequest&) {}).ByteSizeLong(), 0u);
+  EXPECT_TRUE(used(v1::SALIENCY, [](v1::AttributeRequest& p) { p.set_want_faithfulness(true); }).has_baseline());
+  served_->spec.limits = saved;
 }
 
 TEST_F(ConversionTest, TokenIdsArePassedAsGiven) {

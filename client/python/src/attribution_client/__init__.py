@@ -18,7 +18,7 @@ from .errors import (AttributionError, Cancelled, DataLoss, DeadlineExceeded, Fa
 from .options import (AttributeOptions, ClientOptions, ComponentOptions, FeatureGroup, GenerateOptions,
                       GenerationSettings, LogprobsOptions, PromptPair, read_bearer_token_file)
 from .results import (Attribution, ComponentAttribution, ComponentGrid, Faithfulness, Feature, Generation, Logprobs,
-                      ModelInfo, PairComponents, Progress, RunStats, Token, TokenLogprob, TopToken)
+                      ModelInfo, PairComponents, Progress, RunStats, SettingsUsed, Token, TokenLogprob, TopToken)
 
 PROTO_PACKAGE = "attribution.v1"
 try:
@@ -32,6 +32,6 @@ __all__ = [
     "ComponentOptions", "ComponentStream", "DataLoss", "DeadlineExceeded", "FailedPrecondition", "Faithfulness",
     "Feature", "FeatureGroup", "GenerateOptions", "GenerateStream", "Generation", "GenerationSettings", "Internal",
     "InvalidArgument", "Logprobs", "LogprobsOptions", "ModelInfo", "NotFound", "PROTO_PACKAGE", "PairComponents",
-    "PermissionDenied", "Progress", "PromptPair", "ResourceExhausted", "RunStats", "Stream", "Token",
-    "TokenLogprob", "TopToken", "Unauthenticated", "Unavailable", "read_bearer_token_file",
+    "PermissionDenied", "Progress", "PromptPair", "ResourceExhausted", "RunStats", "SettingsUsed", "Stream",
+    "Token", "TokenLogprob", "TopToken", "Unauthenticated", "Unavailable", "read_bearer_token_file",
 ]

@@ -16,7 +16,7 @@ from ._generated.attribution.v1 import attribution_pb2 as pb
 from .options import (AnswerToken, AttributeOptions, ComponentOptions, FeatureGroup, GenerateOptions,
                       GenerationSettings, LogprobsOptions, PromptPair, TextOrIds)
 from .results import (Attribution, ComponentAttribution, ComponentGrid, Faithfulness, Feature, Generation, Logprobs,
-                      ModelInfo, PairComponents, RunStats, Token, TokenLogprob, TopToken)
+                      ModelInfo, PairComponents, RunStats, SettingsUsed, Token, TokenLogprob, TopToken)
 
 E = TypeVar("E")
 
@@ -38,7 +38,8 @@ BASELINES: Dict[str, int] = {
     "default": pb.BASELINE_UNSPECIFIED, "zero": pb.ZERO_EMBEDDING, "pad": pb.PAD_TOKEN, "unk": pb.UNK_TOKEN,
     "eos": pb.EOS_TOKEN, "bos": pb.BOS_TOKEN,
 }
-TOKENIZATIONS: Dict[str, int] = {"continuation": pb.CONTINUATION, "separate": pb.SEPARATE}
+# The default goes unset: a server names a tokenization set beside no text among the settings that changed nothing.
+TOKENIZATIONS: Dict[str, int] = {"continuation": pb.TARGET_TOKENIZATION_UNSPECIFIED, "separate": pb.SEPARATE}
 PRIORITIES: Dict[str, int] = {"low": pb.LOW, "normal": pb.NORMAL, "high": pb.HIGH}
 COMPONENT_METHODS: Dict[str, int] = {
     "activation_patching": pb.ACTIVATION_PATCHING, "layer_integrated_gradients": pb.LAYER_INTEGRATED_GRADIENTS,
@@ -379,7 +380,22 @@ def _tokens(tokens: Sequence[pb.Token]) -> List[Token]:
 
 def _stats(s: pb.RunStats) -> RunStats:
     return RunStats(rows=s.rows, forward_passes=s.forward_passes, backward_passes=s.backward_passes,
-                    queue_seconds=s.queue_seconds, device_seconds=s.device_seconds, wall_seconds=s.wall_seconds)
+                    queue_seconds=s.queue_seconds, device_seconds=s.device_seconds, wall_seconds=s.wall_seconds,
+                    server_build=s.server_build)
+
+
+def _settings_used(s: pb.SettingsUsed) -> SettingsUsed:
+    def given(name: str) -> Any:
+        return getattr(s, name) if s.HasField(name) else None
+
+    rule = None
+    if s.HasField("rule"):
+        rule = next((name for name, value in RULES.items() if value == s.rule), str(s.rule))
+    baseline: Optional[Union[str, int]] = None
+    if s.HasField("baseline"):
+        baseline = "zero" if s.baseline == pb.ZERO_EMBEDDING else s.baseline_token_id
+    return SettingsUsed(n_steps=given("n_steps"), rule=rule, n_samples=given("n_samples"), stdev=given("stdev"),
+                        seed=given("seed"), baseline=baseline)
 
 
 def attribution(r: pb.AttributeResponse, asked: Optional[pb.AttributeRequest] = None) -> Attribution:
@@ -406,7 +422,8 @@ def attribution(r: pb.AttributeResponse, asked: Optional[pb.AttributeRequest] = 
         integration_steps=r.integration_steps,
         tolerance_met=r.tolerance_met if r.HasField("tolerance_met") else None,
         faithfulness=faithfulness, stats=_stats(r.stats), model_digest=r.model_digest,
-        foil_tokens=_tokens(r.foil_tokens), unread_settings=list(r.unread_settings))
+        foil_tokens=_tokens(r.foil_tokens), unread_settings=list(r.unread_settings),
+        settings_used=_settings_used(r.settings_used))
 
 
 def _grid(g: pb.ComponentGrid) -> ComponentGrid:

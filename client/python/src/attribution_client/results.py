@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -40,6 +40,21 @@ class RunStats:
     queue_seconds: float = 0.0
     device_seconds: float = 0.0
     wall_seconds: float = 0.0
+    server_build: str = ""  # the commit the server was built from ("" from servers before 2026-12-07)
+
+
+@dataclass(frozen=True)
+class SettingsUsed:
+    """The settings an attribution ran with, in AttributeOptions' terms, the server's defaults and limits filled
+    in: passed back in AttributeOptions they get the answer again from a server whose defaults or limits differ.
+    None: the method does not read it (or a server before 2026-12-07 answered)."""
+
+    n_steps: Optional[int] = None  # integrated gradients: points at most (integration_steps: those used)
+    rule: Optional[str] = None
+    n_samples: Optional[int] = None
+    stdev: Optional[float] = None
+    seed: Optional[int] = None
+    baseline: Optional[Union[str, int]] = None  # "zero", or the token id
 
 
 @dataclass(frozen=True)
@@ -109,6 +124,7 @@ class Attribution:
     foil_tokens: List[Token] = field(default_factory=list)
     # Settings the request set that its method does not read ("n_steps" for saliency): they changed nothing.
     unread_settings: List[str] = field(default_factory=list)
+    settings_used: SettingsUsed = field(default_factory=SettingsUsed)
 
     __eq__ = _equal_with_arrays
     __hash__ = None  # type: ignore[assignment]  # mutable, as the generated __eq__ left it
