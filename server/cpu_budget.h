@@ -2,7 +2,8 @@
 // The CPUs the server may keep busy: its affinity mask, lowered to its cgroup's CPU quota. A pod's
 // `limits.cpu` is a quota, not a mask: LibTorch sizes its intra-op pool from the node's cores, and threads
 // past the quota spend it in spin waits and are then stopped for the rest of each period (a 1-CPU quota on
-// 2 cores: 159 throttled periods in 20 s of integrated gradients and 11% fewer answers than one thread).
+// 2 cores: 149-203 throttled periods in 20 s of integrated gradients against 10-19 with one thread, and 7-10%
+// fewer answers).
 //
 //   CpuBudget budget = ReadCpuBudget();
 //   if (budget.quota_cpus) Log(..., budget.Describe());

@@ -282,7 +282,7 @@ nlohmann::json ListeningLine(const ServerProcess& server) {
 }
 
 // A pod's limits.cpu is a CFS quota: LibTorch sized its pool to the node's cores, and threads past the quota
-// burned it spinning (a 0.5-CPU quota on 2 cores: 2.60 -> 3.49 integrated-gradient answers a second).
+// burned it spinning (a 0.5-CPU quota on 2 cores: 2.6 -> 3.1 integrated-gradient answers a second).
 TEST(Lifecycle, IntraOpThreadsFitTheCgroupCpuQuotaUnlessOmpNumThreadsSaysOtherwise) {
   if (std::thread::hardware_concurrency() < 2) GTEST_SKIP() << "one CPU: every count is one";
   QuotaCgroup cgroup(50);

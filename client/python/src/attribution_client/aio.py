@@ -272,6 +272,11 @@ class AsyncAttributionClient:
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
 
+    async def _answer(self, method: Any, request: Any, timeout: Any, request_id: str,
+                      convert: Callable[[Any, Any], Any]) -> Any:
+        """The call's response as a result that answers `request` (DataLoss otherwise)."""
+        return convert(await self._unary(method, request, timeout, request_id), request)
+
     async def _unary(self, method: Any, request: Any, timeout: Any, request_id: str = "") -> Any:
         self._check_open()
         try:
@@ -325,11 +330,8 @@ class AsyncAttributionClient:
             _check_progress(progress)
             return await _with_progress(self.attribute_stream(o, timeout=timeout), progress)
 
-        async def attribute(o: AttributeOptions) -> Attribution:
-            request = _convert.attribute_request(o)
-            response = await self._unary(self._stub.Attribute, request, timeout, o.request_id)
-            return _convert.attribution(response, request)
-        return await self._unary_with_model(o, timeout, attribute)
+        return await self._unary_with_model(o, timeout, lambda o: self._answer(
+            self._stub.Attribute, _convert.attribute_request(o), timeout, o.request_id, _convert.attribution))
 
     def attribute_stream(self, options: Union[AttributeOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                          **fields: Any) -> AsyncStream[Progress, Attribution]:
@@ -360,10 +362,9 @@ class AsyncAttributionClient:
 
     async def generate(self, options: Union[GenerateOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                        **fields: Any) -> Generation:
-        async def generate(o: GenerateOptions) -> Generation:
-            request = _convert.generate_request(o)
-            return _convert.generation(await self._unary(self._stub.Generate, request, timeout, o.request_id), request)
-        return await self._unary_with_model(_calls.build(GenerateOptions, options, fields), timeout, generate)
+        o = _calls.build(GenerateOptions, options, fields)
+        return await self._unary_with_model(o, timeout, lambda o: self._answer(
+            self._stub.Generate, _convert.generate_request(o), timeout, o.request_id, _convert.generation))
 
     def generate_stream(self, options: Union[GenerateOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                         **fields: Any) -> AsyncStream[Token, Generation]:
@@ -373,10 +374,9 @@ class AsyncAttributionClient:
 
     async def logprobs(self, options: Union[LogprobsOptions, TextOrIds] = None, *, timeout: Any = _calls.DEFAULT,
                        **fields: Any) -> Logprobs:
-        async def logprobs(o: LogprobsOptions) -> Logprobs:
-            request = _convert.logprobs_request(o)
-            return _convert.logprobs(await self._unary(self._stub.Logprobs, request, timeout, o.request_id), request)
-        return await self._unary_with_model(_calls.build(LogprobsOptions, options, fields), timeout, logprobs)
+        o = _calls.build(LogprobsOptions, options, fields)
+        return await self._unary_with_model(o, timeout, lambda o: self._answer(
+            self._stub.Logprobs, _convert.logprobs_request(o), timeout, o.request_id, _convert.logprobs))
 
     async def list_models(self, *, timeout: Any = _calls.DEFAULT) -> List[ModelInfo]:
         return _convert.models(await self._unary(self._stub.ListModels, pb.ListModelsRequest(), timeout))
