@@ -19,6 +19,7 @@
 #include "absl/strings/str_join.h"
 #include "client/batch/html_pages.h"
 #include "client/batch/untrusted_text.h"
+#include "client/result_json.h"
 #include "engine/common/monotonic_clock.h"
 
 namespace attribution::client::batch {
@@ -186,13 +187,8 @@ class RowProcessor {
     if (attribution->tolerance_met) result["tolerance_met"] = *attribution->tolerance_met;
     if (!attribution->unread_settings.empty()) result["unread_settings"] = attribution->unread_settings;
     // What the method ran with, the server's defaults filled in: a rerun sends these to get the same numbers.
-    const SettingsUsed& used = attribution->settings_used;
-    if (used.n_steps) result["n_steps_used"] = *used.n_steps;
-    if (used.rule) result["rule_used"] = *used.rule;
-    if (used.n_samples) result["n_samples_used"] = *used.n_samples;
-    if (used.stdev) result["stdev_used"] = *used.stdev;
-    if (used.seed) result["seed_used"] = *used.seed;
-    if (used.baseline) result["baseline_used"] = *used.baseline;
+    const json used = SettingsUsedJson(attribution->settings_used);
+    for (const auto& [name, value] : used.items()) result[name + "_used"] = value;
     if (!attribution->stats.server_build.empty()) result["server_build"] = attribution->stats.server_build;
     result["server_seconds"] = attribution->stats.wall_seconds;
     result["attempts"] = attempts;
