@@ -643,6 +643,17 @@ class ShardResults {
         return same;
       }
     }
+    // Rows of one settings hash ran with one set of settings (servers whose limits lower defaults differently do not).
+    if (!result->settings_used.empty()) {
+      const Located& first_of_settings =
+          first_of_settings_.try_emplace(result->settings_hash, Located{*result, shard}).first->second;
+      if (absl::Status same = SameJob(first_of_settings, *result, where, "settings used", &DoneRow::settings_used,
+                                      "the shards ran against servers that fill unset settings differently (a limit "
+                                      "below a default lowers it)");
+          !same.ok()) {
+        return same;
+      }
+    }
     const std::string id = result->id;
     if (auto [first, added] = results_.try_emplace(position, Located{std::move(*result), shard}); !added) {
       return absl::DataLossError(
@@ -653,12 +664,13 @@ class ShardResults {
 
   // Whether `result` can join the results of the job `first` came from (the same `key`, where both have one).
   absl::Status SameJob(const Located& first, const DoneRow& result, const std::string& where, const char* key,
-                       const std::string DoneRow::*field) const {
+                       const std::string DoneRow::*field,
+                       absl::string_view why = "the shards come from different jobs") const {
     const std::string &mine = first.result.*field, &theirs = result.*field;
     if (mine.empty() || theirs.empty() || mine == theirs) return absl::OkStatus();
     return absl::FailedPreconditionError(absl::StrCat(where, ": row \"", result.id, "\" has ", key, " \"", theirs,
                                                       "\", but row \"", first.result.id, "\" of ", Where(first),
-                                                      " has \"", mine, "\": the shards come from different jobs"));
+                                                      " has \"", mine, "\": ", why));
   }
 
   // The input row of id `id` and its position, read from the input; none when no row has it.
@@ -679,13 +691,14 @@ class ShardResults {
         file, ": the shard changed while it was being merged (is its job still running?): run merge again"));
   }
 
-  std::vector<std::string> files_;                  // the shards, in the order added
-  std::vector<FileIdentity> identities_;            // of each shard as read
-  std::vector<std::pair<uint64_t, size_t>> by_id_;  // (IdDigest, position) of each input row, sorted
-  std::map<size_t, Located> results_;               // input position -> its row's result
-  std::map<std::string, Located> first_of_model_;   // model name -> the first result on it
-  std::optional<Located> first_job_row_;            // the first result of a row without settings of its own
-  std::optional<Located> first_job_settings_;       // the first result with a job_settings_hash
+  std::vector<std::string> files_;                    // the shards, in the order added
+  std::vector<FileIdentity> identities_;              // of each shard as read
+  std::vector<std::pair<uint64_t, size_t>> by_id_;    // (IdDigest, position) of each input row, sorted
+  std::map<size_t, Located> results_;                 // input position -> its row's result
+  std::map<std::string, Located> first_of_model_;     // model name -> the first result on it
+  std::map<std::string, Located> first_of_settings_;  // settings hash -> its first result that names settings used
+  std::optional<Located> first_job_row_;              // the first result of a row without settings of its own
+  std::optional<Located> first_job_settings_;         // the first result with a job_settings_hash
 };
 
 // Joins shard outputs into one file in the input's row order; every row must have exactly one result,

@@ -28,8 +28,6 @@ namespace {
 using nlohmann::json;
 
 constexpr const char* kServiceName = "attribution.v1.AttributionService";
-// What a server runs for an unset n_steps / n_samples, unless its limits are lower (attribution.proto).
-constexpr int64_t kServerDefaultSteps = 50, kServerDefaultSamples = 25;
 
 // The servers' lack of capacity; a request over a gRPC message limit is RESOURCE_EXHAUSTED too, but fails
 // the same way every time.
@@ -104,6 +102,8 @@ struct RowOutcome {
   std::optional<double> delta;
   absl::Status fatal;  // the job cannot go on (its page could not be written, its row could not be read)
   std::string id;      // the row's, for the summary's worst rows
+  // An answered attribution row's settings hash and the settings its method ran with (SettingsUsedOf).
+  std::string settings_hash, settings_used;
 };
 
 // The identity of `model`; INTERNAL when FingerprintModels did not ask for it.
@@ -195,7 +195,11 @@ class RowProcessor {
     absl::Status page = options_.html_dir.empty() ? absl::OkStatus()
                                                   : WriteRowPage(options_.html_dir, row.id,
                                                                  result["request_id"].get<std::string>(), *attribution);
-    return {.line = JsonText(result), .delta = attribution->convergence_delta, .fatal = page};
+    return {.line = JsonText(result),
+            .delta = attribution->convergence_delta,
+            .fatal = page,
+            .settings_hash = result["settings_hash"].get<std::string>(),
+            .settings_used = SettingsUsedOf(result)};
   }
 
  private:
@@ -485,11 +489,6 @@ absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient
     // The checkpoint itself, as loaded (servers before 2026-12-04 report none: their fingerprints stay as they
     // were).
     if (!it->model_digest.empty()) identity["model_digest"] = it->model_digest;
-    // A limit below the server's default lowers the default (README): rows that leave n_steps or n_samples unset
-    // get other answers there (KernelSHAP 0.8 relative with max_samples 10). Named only then, so that the
-    // fingerprints of jobs on servers with the usual limits stay as they were.
-    if (it->max_steps < kServerDefaultSteps) identity["max_steps"] = it->max_steps;
-    if (it->max_samples < kServerDefaultSamples) identity["max_samples"] = it->max_samples;
     const std::string digest = Digest(identity);
     if (!fingerprint.empty() && digest != fingerprint) {
       return absl::FailedPreconditionError(absl::StrCat("the servers hold different models named \"", model,
@@ -587,6 +586,26 @@ absl::StatusOr<JobSummary> RunJob(const JobRows& rows, const json& settings, con
     return log.Rewrite(lines);
   };
 
+  // Rows of one settings hash must have run with one set of settings: servers whose limits lower the defaults of
+  // unset settings differently (max_samples 10 under KernelSHAP's 25, max_steps under a tolerance) answered them
+  // 0.03 to 0.8 apart, mixed under one fingerprint. The first row of each hash (a done row's, on a resume) sets it.
+  std::map<std::string, std::pair<std::string, std::string>> ran_with;  // settings hash -> (row id, settings used)
+  for (const DoneInInput& row : *done) {
+    if (!row.result->settings_used.empty()) {
+      ran_with.try_emplace(row.result->settings_hash, row.result->id, row.result->settings_used);
+    }
+  }
+  auto check_ran_alike = [&](const RowOutcome& outcome) -> absl::Status {
+    if (outcome.settings_used.empty()) return absl::OkStatus();
+    const auto [first, fresh] = ran_with.try_emplace(outcome.settings_hash, outcome.id, outcome.settings_used);
+    if (fresh || first->second.second == outcome.settings_used) return absl::OkStatus();
+    return absl::FailedPreconditionError(absl::StrCat(
+        "row \"", outcome.id, "\" ran with ", outcome.settings_used, " where row \"", first->second.first,
+        "\" of the same settings ran with ", first->second.second,
+        ": the servers fill unset settings differently (a limit below a default lowers it: ListModels' "
+        "limits.max_steps, max_samples); set them in the job, or run it against servers configured alike"));
+  };
+
   const RowProcessor processor(settings, fingerprints, clients, options);
   // Rows finished ahead of the first unwritten one wait in `finished`, unwritten (lost to a kill, held in
   // memory): a worker takes row i only while i < written + kAhead * window, so a row stuck in retries
@@ -649,6 +668,7 @@ absl::StatusOr<JobSummary> RunJob(const JobRows& rows, const json& settings, con
     std::vector<std::string> lines;
     for (RowOutcome& outcome : ready) {
       if (!outcome.fatal.ok() && write_status.ok()) write_status = outcome.fatal;
+      if (write_status.ok()) write_status = check_ran_alike(outcome);
       lines.push_back(std::move(outcome.line));
       if (!outcome.error_code.empty()) {
         ++summary.errors;

@@ -167,7 +167,16 @@ absl::StatusOr<DoneRow> ParseResultLine(const std::string& line, const std::stri
                  .model_fingerprint = StringField(result, "model_fingerprint"),
                  .model = StringField(result, "model"),
                  .input_hash = StringField(result, "input_hash"),
+                 .settings_used = SettingsUsedOf(result),
                  .length = static_cast<int64_t>(line.size())};
+}
+
+std::string SettingsUsedOf(const nlohmann::json& result) {
+  nlohmann::json used = nlohmann::json::object();
+  for (const auto& [key, value] : result.items()) {
+    if (absl::EndsWith(key, "_used")) used[key] = value;
+  }
+  return used.empty() ? "" : used.dump();
 }
 
 absl::Status CheckResultIsOfRow(const DoneRow& result, const BatchRow& row, const std::string& where) {

@@ -63,8 +63,14 @@ struct DoneRow {
   std::string model_fingerprint;          // "" when the line has none
   std::string model;                      // "" when the line has none
   std::string input_hash;                 // "" when the line has none (written before results carried it)
+  std::string settings_used;              // SettingsUsedOf the line
   int64_t offset = 0, length = 0;         // the line's bytes in the file (without its newline)
 };
+
+// The settings a result's method ran with (its "*_used" fields, from AttributeResponse.settings_used) as compact JSON
+// with sorted keys, so that equal settings compare equal; "" when it has none (an error, a component row, a line
+// written before 2026-12-07).
+std::string SettingsUsedOf(const nlohmann::json& result);
 
 // `line` as a result this tool writes (a JSON object with a string "id", "status" "ok" or "error" with an
 // error {code, message}); DATA_LOSS naming `where` (FILE:LINE) otherwise. The resumed job and merge both

@@ -221,16 +221,21 @@ TEST_F(BatchModelIdentity, ResumingAfterTheWeightsWereSwappedIsRefused) {
 }
 
 // A server whose limits lower the defaults of unset settings (max_samples 10 under KernelSHAP's 25) answers the
-// same rows otherwise: a resume there is refused, as on other weights. Before, it mixed both servers' answers (0.03
-// apart) under one fingerprint and settings hash. Every line says what its method ran with, and which build.
-TEST_F(BatchModelIdentity, ResumingOnAServerWhoseLimitsLowerTheDefaultsIsRefused) {
-  const std::string output = dir_.File("out.jsonl");
-  const auto run_on = [&](const ServerProcess& server, const std::string& input) {
-    return RunBatch({"--input=" + input, "--output=" + output, "--server=" + server.address(), "--method=kernel_shap",
-                     "--progress=log"},
-                    log_);
+// same rows otherwise: a resume there stops at the first row that ran otherwise, naming both. Before, it mixed
+// both servers' answers (0.03 apart) under one fingerprint and settings hash. Rows whose settings are set in the
+// job run alike on both, and resume. Every line says what its method ran with, and which build.
+TEST_F(BatchModelIdentity, RowsOfOneSettingsThatRanWithOtherSettingsStopTheJob) {
+  auto lowered = ServerProcess::Start({"--max_samples=10"});
+  ASSERT_THAT(lowered.status(), IsOk());
+  const auto run_on = [&](const ServerProcess& server, const std::string& input, const std::string& output,
+                          const std::vector<std::string>& extra) {
+    std::vector<std::string> args = {"--input=" + input, "--output=" + output, "--server=" + server.address(),
+                                     "--method=kernel_shap", "--progress=log"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return RunBatch(args, log_);
   };
-  ASSERT_EQ(run_on(*server_, WriteQuestions("first.jsonl", 2)), 0) << ReadFile(log_);
+  const std::string output = dir_.File("out.jsonl");
+  ASSERT_EQ(run_on(*server_, WriteQuestions("first.jsonl", 2), output, {"--window=1"}), 0) << ReadFile(log_);
   for (const json& result : ReadResults(output)) {
     EXPECT_EQ(result.value("n_samples_used", -1), 25) << result;
     EXPECT_EQ(result.value("seed_used", -1), 0) << result;
@@ -238,19 +243,28 @@ TEST_F(BatchModelIdentity, ResumingOnAServerWhoseLimitsLowerTheDefaultsIsRefused
     EXPECT_FALSE(result.contains("n_steps_used")) << result;
     EXPECT_FALSE(result.value("server_build", "").empty()) << result;
   }
-  auto lowered = ServerProcess::Start({"--max_samples=10"});
-  ASSERT_THAT(lowered.status(), IsOk());
-  EXPECT_EQ(run_on(**lowered, WriteQuestions("rows.jsonl", 4)), 1);
-  EXPECT_THAT(ReadFile(log_), HasSubstr(output + ":1: row \"r0\" done on another model (model_fingerprint "));
+  EXPECT_EQ(run_on(**lowered, WriteQuestions("rows.jsonl", 4), output, {"--window=1"}), 1);
+  EXPECT_THAT(ReadFile(log_), HasSubstr("row \"r2\" ran with {\"baseline_used\":\"0\",\"n_samples_used\":10,"));
+  EXPECT_THAT(ReadFile(log_), HasSubstr("where row \"r0\" of the same settings ran with"));
   EXPECT_EQ(CountLines(output), 2u);
-  // A job of its own there records what the lowered default was.
-  const std::string apart = dir_.File("apart.jsonl");
-  ASSERT_EQ(RunBatch({"--input=" + WriteQuestions("apart_rows.jsonl", 1), "--output=" + apart,
-                      "--server=" + (*lowered)->address(), "--method=kernel_shap", "--progress=log"},
-                     log_),
-            0)
-      << ReadFile(log_);
-  EXPECT_EQ(ReadResults(apart).at(0).value("n_samples_used", -1), 10);
+
+  const std::string set = dir_.File("set.jsonl");
+  ASSERT_EQ(run_on(*server_, WriteQuestions("set_first.jsonl", 2), set, {"--n_samples=8"}), 0) << ReadFile(log_);
+  ASSERT_EQ(run_on(**lowered, WriteQuestions("set_rows.jsonl", 4), set, {"--n_samples=8"}), 0) << ReadFile(log_);
+  for (const json& result : ReadResults(set)) EXPECT_EQ(result.value("n_samples_used", -1), 8) << result;
+
+  // Shards run against each server do not merge.
+  const std::string rows = WriteQuestions("shard_rows.jsonl", 4);
+  std::vector<std::string> merge = {"merge", "--input=" + rows, "--output=" + dir_.File("merged.jsonl")};
+  for (int shard = 0; shard < 2; ++shard) {
+    merge.push_back(dir_.File(absl::StrCat("shard-", shard, ".jsonl")));
+    ASSERT_EQ(run_on(shard == 0 ? *server_ : **lowered, rows, merge.back(),
+                     {absl::StrCat("--shard_index=", shard), "--shard_count=2"}),
+              0)
+        << ReadFile(log_);
+  }
+  EXPECT_EQ(RunBatch(merge, log_), 1);
+  EXPECT_THAT(ReadFile(log_), HasSubstr("the shards ran against servers that fill unset settings differently"));
 }
 
 // A replica given the dtype as "fp32" serves the same model as one given "float32": both report "float32" and
