@@ -1,41 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
-// consumer TARGET PROMPT TARGET_TEXT: the models TARGET serves, then the prompt's token ids and the target's
-// log-probability by Logprobs, one line each; exit 1 with the status on a failure.
-#include <cstdio>
+// consumer TARGET PROMPT TARGET_TEXT (consumer.cc); exit 1 with the status on a failure.
 #include <iostream>
-#include <memory>
-#include <string>
 
-#include "client/attribution_client.h"
-
-namespace ac = attribution::client;
+extern "C" int RunConsumer(const char* target, const char* prompt, const char* target_text);
 
 int main(int argc, char** argv) {
   if (argc != 4) {
     std::cerr << "usage: consumer TARGET PROMPT TARGET_TEXT\n";
     return 2;
   }
-  absl::StatusOr<std::unique_ptr<ac::AttributionClient>> client = ac::AttributionClient::Connect({.target = argv[1]});
-  if (!client.ok()) {
-    std::cerr << client.status() << "\n";
-    return 1;
-  }
-  absl::StatusOr<std::vector<ac::ModelInfo>> models = (*client)->ListModels();
-  if (!models.ok()) {
-    std::cerr << models.status() << "\n";
-    return 1;
-  }
-  std::cout << "models";
-  for (const ac::ModelInfo& model : *models) std::cout << " " << model.name;
-  std::cout << "\n";
-  absl::StatusOr<ac::Logprobs> scored = (*client)->GetLogprobs(
-      {.model = models->front().name, .prompt = argv[2], .target = argv[3], .timeout = absl::Seconds(60)});
-  if (!scored.ok()) {
-    std::cerr << scored.status() << "\n";
-    return 1;
-  }
-  std::cout << "prompt_ids";
-  for (const ac::Token& token : scored->prompt_tokens) std::cout << " " << token.id;
-  std::printf("\ntotal_log_prob %.9g\n", scored->total_log_prob);
-  return 0;
+  return RunConsumer(argv[1], argv[2], argv[3]);
 }
