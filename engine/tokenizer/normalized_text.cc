@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "engine/tokenizer/normalized_text.h"
 
+#include <unicode/locid.h>
 #include <unicode/normalizer2.h>
 #include <unicode/regex.h>
 #include <unicode/uchar.h>
@@ -159,7 +160,9 @@ class LowercaseNormalizer : public TextNormalizer {
     out.origin_end = in.origin_end;
     for (size_t i = 0; i < in.text.size(); i += Utf8Length(in.text[i])) {
       icu::UnicodeString ch = icu::UnicodeString::fromUTF8(in.text.substr(i, Utf8Length(in.text[i])));
-      out.Append(ToUtf8(ch.toLower()), in.origin[i]);
+      // The root locale, as the tokenizers library lowercases: the process's (ICU reads LANG and LC_ALL itself)
+      // made "I" a dotless "ı" under tr_TR and az_AZ, and the ids of every text with an I changed.
+      out.Append(ToUtf8(ch.toLower(icu::Locale::getRoot())), in.origin[i]);
     }
     return out;
   }

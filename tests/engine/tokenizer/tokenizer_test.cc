@@ -5,6 +5,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <unicode/locid.h>
 
 #include <algorithm>
 #include <cstring>
@@ -305,6 +306,26 @@ TEST(HfTokenizerFile, NormalizedAddedTokensAreSkippedAsSpecialByTheirNormalizedF
   absl::StatusOr<Encoding> encoding = (*tokenizer)->Encode("a<Q>ZZ<q>", /*add_special_tokens=*/false);
   ASSERT_THAT(encoding, IsOk());
   EXPECT_EQ(encoding->ids, (std::vector<int64_t>{0, 3, 4, 2}));
+}
+
+// ICU lowercases by the process's locale, which it reads from LANG / LC_ALL itself: under tr_TR or az_AZ "I" became
+// the dotless "ı" (every text with an I tokenized otherwise, its log-probabilities changed, the digest the same).
+// The tokenizers library lowercases as Rust's str::to_lowercase, whatever the locale: "IS" is "is".
+TEST(HfTokenizerFile, LowercaseIsTheSameUnderEveryLocale) {
+  auto tokenizer = LoadTokenizerJson(R"({"model": {"type": "BPE", "vocab": {"i": 0, "s": 1, "ı": 2}},
+      "normalizer": {"type": "Lowercase"}})");
+  ASSERT_THAT(tokenizer, IsOk());
+  const icu::Locale before = icu::Locale::getDefault();
+  for (const char* locale : {"en_US", "tr_TR", "az_AZ", "lt_LT"}) {
+    UErrorCode status = U_ZERO_ERROR;
+    icu::Locale::setDefault(icu::Locale(locale), status);
+    ASSERT_TRUE(U_SUCCESS(status)) << locale;
+    absl::StatusOr<Encoding> encoding = (*tokenizer)->Encode("IS", /*add_special_tokens=*/false);
+    ASSERT_THAT(encoding, IsOk());
+    EXPECT_EQ(encoding->ids, (std::vector<int64_t>{0, 1})) << locale;
+  }
+  UErrorCode status = U_ZERO_ERROR;
+  icu::Locale::setDefault(before, status);
 }
 
 // Found with tests/fuzz/tokenizer_json_fuzzer: an id of 2^63 - 1 overflowed computing the vocabulary
