@@ -9,6 +9,8 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_format.h"
 #include "client/attribution_client.h"
 #include "tests/testing/server_process.h"
 #include "tests/testing/status_matchers.h"
@@ -119,6 +121,29 @@ TEST(TlsAndAuth, MutualTlsWithTokensServesOnlyTheRightCredentials) {
                                              .cert_file = certs.File("client.pem"),
                                              .key_file = certs.File("client.key")});
   EXPECT_EQ(*prober->Health(), "SERVING");
+}
+
+// gRPC's traces, which an operator turns on with GRPC_TRACE to debug a connection, wrote every client's bearer token
+// into the log (the HPACK parser's "authorization: Bearer ...", the tcp trace's byte dumps), 4 lines a call,
+// accepted and refused tokens alike. Plaintext here, so that the tcp trace dumps the headers' bytes.
+TEST(TlsAndAuth, GrpcTracesLeaveBearerTokensOutOfTheLog) {
+  Certificates certs;
+  ASSERT_TRUE(certs.ok()) << "openssl failed";
+  auto server = ServerProcess::Start(
+      {"--model=demo=" + test_support::DemoModelDir(), "--auth_tokens_file=" + certs.File("tokens")},
+      absl::Seconds(120), {.environment = {"GRPC_TRACE=chttp2_hpack_parser,tcp,http", "GRPC_VERBOSITY=DEBUG"}});
+  ASSERT_THAT(server, IsOk());
+  EXPECT_THAT(ListModelsWith((*server)->address(), {.bearer_token = "secret-token-2"}), IsOk());
+  EXPECT_THAT(ListModelsWith((*server)->address(), {.bearer_token = "wrong-token-9"}),
+              StatusIs(absl::StatusCode::kUnauthenticated));
+  const std::string log = (*server)->Log();
+  EXPECT_THAT(log, HasSubstr("Bearer <redacted>"));  // the trace ran, and its lines say where a token was
+  for (const char* token : {"secret-token-2", "wrong-token-9"}) {
+    EXPECT_EQ(log.find(token), std::string::npos) << token;
+    std::string hex;  // as a byte dump writes it
+    for (const char* c = token; *c != '\0'; ++c) absl::StrAppendFormat(&hex, "%02x ", *c);
+    EXPECT_EQ(absl::AsciiStrToLower(log).find(hex), std::string::npos) << hex;
+  }
 }
 
 TEST(TlsAndAuth, ServerOnlyTlsAcceptsAnyClientThatTrustsIt) {
