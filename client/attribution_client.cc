@@ -24,6 +24,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "attribution/v1/attribution.grpc.pb.h"
 #include "client/answer_checks.h"
 #include "client/proto_mapping.h"
@@ -110,6 +112,26 @@ absl::Status CheckTargetPort(absl::string_view target) {
   int64_t value = 0;
   if (absl::SimpleAtoi(port, &value) && value >= 1 && value <= 65535) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat("target: port ", port, " is outside [1, 65535]"));
+}
+
+// Whether every address of `target` is this machine's: a unix socket, localhost, 127.0.0.0/8 or ::1, with or
+// without a dns: / ipv4: / ipv6: scheme.
+bool IsLoopbackTarget(absl::string_view target) {
+  if (absl::StartsWith(target, "unix:") || absl::StartsWith(target, "unix-abstract:")) return true;
+  for (absl::string_view scheme : {"dns:///", "dns:", "ipv4:", "ipv6:"}) {
+    if (absl::ConsumePrefix(&target, scheme)) break;
+  }
+  for (absl::string_view address : absl::StrSplit(target, ',')) {
+    // host:port, [v6]:port, or a bare host.
+    absl::string_view host = address;
+    if (absl::ConsumePrefix(&host, "[")) {
+      host = host.substr(0, host.find(']'));
+    } else if (const size_t colon = host.rfind(':'); colon != absl::string_view::npos) {
+      host = host.substr(0, colon);
+    }
+    if (host != "localhost" && host != "::1" && !absl::StartsWith(host, "127.")) return false;
+  }
+  return true;
 }
 
 // Blocks until an async call's callback ran.
@@ -580,6 +602,10 @@ absl::StatusOr<std::unique_ptr<AttributionClient>> AttributionClient::Connect(co
   // a second client could not send past the first's --max_streams_per_connection (the README's "open more
   // channels").
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  // gRPC sends every call through http_proxy / https_proxy / grpc_proxy, this machine's too unless no_proxy names
+  // it as written: with a corporate proxy set (Docker copies it into every container), a call to 127.0.0.1 went to
+  // the proxy and failed ("HTTP proxy returned response code 403"), and with it the image's HEALTHCHECK.
+  if (IsLoopbackTarget(options.target)) args.SetInt(GRPC_ARG_ENABLE_HTTP_PROXY, 0);
   args.SetMaxReceiveMessageSize(static_cast<int>(options.max_receive_message_bytes));
   args.SetMaxSendMessageSize(static_cast<int>(options.max_message_bytes));
   auto impl = std::make_unique<Impl>();

@@ -129,6 +129,22 @@ TEST(ServerCommandLine, EveryProgramNamesTheCommitItWasBuiltFrom) {
             1);
 }
 
+// A proxy set in the environment (Docker copies a user's into every container) took calls to this machine too: the
+// image's HEALTHCHECK (`attribution-cli health --server=127.0.0.1:50051`) failed through a proxy that refused them.
+TEST(CliCommandLine, CallsToThisMachineBypassAProxyFromTheEnvironment) {
+  auto server = test_support::ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir()});
+  ASSERT_THAT(server, IsOk());
+  // Nothing listens on port 1: a call that went through the proxy would fail UNAVAILABLE.
+  const std::string proxies =
+      "http_proxy=http://127.0.0.1:1 https_proxy=http://127.0.0.1:1 grpc_proxy=http://127.0.0.1:1 ";
+  for (const std::string host : {"127.0.0.1", "localhost"}) {
+    const Outputs health = RunCommandApart(
+        absl::StrCat(proxies, ATTRIBUTION_CLI_BINARY, " health --server=", host, ":", (*server)->port()));
+    EXPECT_EQ(health.code, 0) << host << ": " << health.err;
+    EXPECT_THAT(health.out, HasSubstr("SERVING")) << host;
+  }
+}
+
 // Nothing tied a CLI call to its server log line: --request_id is sent as x-request-id, which the line carries.
 TEST(CliCommandLine, ARequestIdReachesTheServersLogLine) {
   auto server = test_support::ServerProcess::Start({"--model=demo=" + test_support::DemoModelDir()});

@@ -1053,3 +1053,12 @@ def test_bytes_that_do_not_parse_are_invalid_argument_naming_the_type_and_field(
     assert sorted(line["rpc"] for line in refused(lines)) == ["Attribute", "Attribute", "GenerateStream"]
     assert cancelled_early(lines)
     assert "invalid UTF-8" not in text.replace("not valid UTF-8", "")  # protobuf's own complaint stays off stderr
+
+
+def test_calls_to_this_machine_bypass_a_proxy_from_the_environment(server, monkeypatch):
+    # Nothing listens on port 1: a call sent through the proxy would fail UNAVAILABLE (as the C++ client's did).
+    for variable in ("http_proxy", "https_proxy", "grpc_proxy"):
+        monkeypatch.setenv(variable, "http://127.0.0.1:1")
+    for target in (server.address, server.address.replace("127.0.0.1", "localhost")):
+        with ac.AttributionClient(target, max_attempts=1, timeout=20) as proxied:
+            assert proxied.health() == "SERVING"

@@ -49,6 +49,21 @@ def service_config(o: ClientOptions) -> str:
     return json.dumps(config)
 
 
+def is_loopback(target: str) -> bool:
+    """Whether every address of `target` is this machine's (as the C++ client's IsLoopbackTarget)."""
+    if target.startswith(("unix:", "unix-abstract:")):
+        return True
+    for scheme in ("dns:///", "dns:", "ipv4:", "ipv6:"):
+        if target.startswith(scheme):
+            target = target[len(scheme):]
+            break
+    for address in target.split(","):
+        host = address[1:].split("]")[0] if address.startswith("[") else address.rsplit(":", 1)[0]
+        if host not in ("localhost", "::1") and not host.startswith("127."):
+            return False
+    return True
+
+
 def channel_args(o: ClientOptions) -> List[Tuple[str, object]]:
     args: List[Tuple[str, object]] = [
         ("grpc.service_config", service_config(o)),
@@ -70,6 +85,8 @@ def channel_args(o: ClientOptions) -> List[Tuple[str, object]]:
                  ("grpc.http2.max_pings_without_data", 0)]  # gRPC stops after 2 by default, mid-call
     if o.tls and o.tls_server_name:
         args.append(("grpc.ssl_target_name_override", o.tls_server_name))
+    if is_loopback(o.target):  # a proxy from the environment took calls to this machine too
+        args.append(("grpc.enable_http_proxy", 0))
     return args
 
 
