@@ -729,6 +729,9 @@ int main(int argc, char** argv) {
   // A log reader that went away (a restarted shipper, a closed terminal's pipe) is EPIPE to the log's
   // writer, which drops lines and goes on; SIGPIPE's default killed the replica mid-call.
   std::signal(SIGPIPE, SIG_IGN);
+  // A log file at the file size limit (`ulimit -f`) is EFBIG to the writer the same way; SIGXFSZ's default killed
+  // the replica (status 153, no line said why) once its log reached the limit.
+  std::signal(SIGXFSZ, SIG_IGN);
   // From here on: reading the config and model files (network storage can stall) ends at a signal too.
   attribution::server::Lifecycle::WatchSignals();
   // abseil's --help lists the flags of files named after the program (attribution-server.cc and

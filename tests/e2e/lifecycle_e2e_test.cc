@@ -245,6 +245,27 @@ TEST(Lifecycle, ProcessMetricsAgreeWithProcAndTheClock) {
   EXPECT_LE(cpu, (now - started) * std::thread::hardware_concurrency() + 0.1);
 }
 
+// A log file that reached the file size limit (`ulimit -f`) killed the server with SIGXFSZ (status 153, calls lost,
+// no line said why): the log's writer now gets EFBIG, drops lines and goes on, as with a full disk.
+TEST(Lifecycle, ALogAtTheFileSizeLimitCostsLinesNotTheServer) {
+  auto server = ServerProcess::Start({"--model=m=" + test_support::DemoModelDir()}, absl::Seconds(120),
+                                     {.file_size_bytes = 20000});
+  ASSERT_THAT(server, IsOk());
+  auto client = client::AttributionClient::Connect({.target = (*server)->address()});
+  ASSERT_THAT(client, IsOk());
+  for (int i = 0; i < 200; ++i) {  // a call's line is about 300 bytes: the log reaches the limit on the way
+    ASSERT_THAT((*client)->GetLogprobs({.model = "m", .prompt = "a b", .target = " c", .request_id = "call"}), IsOk())
+        << i << "\n"
+        << (*server)->Log();
+  }
+  // The lines are written by the log's thread, after their calls.
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while ((*server)->Log().size() < 19500 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_GE((*server)->Log().size(), 19500u);
+  EXPECT_THAT((*client)->GetLogprobs({.model = "m", .prompt = "a b", .target = " c"}), IsOk());
+  EXPECT_EQ(::kill((*server)->pid(), 0), 0);
+}
+
 // A cgroup of its own with a CPU quota, removed at scope exit; none where cgroups cannot be written here.
 class QuotaCgroup {
  public:

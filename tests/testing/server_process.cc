@@ -91,6 +91,12 @@ void ServerProcess::Launch(const std::vector<std::string>& args, const ProcessSe
       if (setup.open_files_hard != 0) open_files.rlim_max = setup.open_files_hard;
       if (::setrlimit(RLIMIT_NOFILE, &open_files) != 0) ::_exit(126);
     }
+    if (setup.file_size_bytes != 0) {
+      rlimit file_size{};
+      ::getrlimit(RLIMIT_FSIZE, &file_size);
+      file_size.rlim_cur = setup.file_size_bytes;
+      if (::setrlimit(RLIMIT_FSIZE, &file_size) != 0) ::_exit(126);
+    }
     if (!setup.cgroup_procs_file.empty()) {
       // "0" moves the writer itself.
       const int procs = ::open(setup.cgroup_procs_file.c_str(), O_WRONLY);

@@ -23,10 +23,12 @@ std::string ModelsFlag(const std::string& dir, const std::vector<std::string>& n
 
 // How a server process starts: its open-files limits (0: as this process has them), where its stdout and
 // stderr go (-1: its log file, which Log() reads), whether it ignores SIGHUP (as under nohup), and variables
-// ("NAME=VALUE") added to this process's environment, and a cgroup's cgroup.procs file it joins before it runs.
+// ("NAME=VALUE") added to this process's environment, a cgroup's cgroup.procs file it joins before it runs, and
+// the size its files may grow to (RLIMIT_FSIZE; 0: as this process has it).
 struct ProcessSetup {
   uint64_t open_files_soft = 0;
   uint64_t open_files_hard = 0;
+  uint64_t file_size_bytes = 0;
   int output_fd = -1;
   bool ignore_hangup = false;
   std::vector<std::string> environment;
