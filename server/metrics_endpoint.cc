@@ -16,6 +16,7 @@
 #include <limits>
 #include <list>
 #include <optional>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -243,40 +244,56 @@ absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(const st
   const std::optional<HostPort> split = SplitListenAddress(listen);
   if (!split) return absl::InvalidArgumentError(absl::StrCat("metrics_listen \"", listen, "\": expected host:port"));
   std::string host = split->host;
-  if (host.empty() || host == "*") host = "0.0.0.0";
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-  // IPv4 first (localhost stays 127.0.0.1), then IPv6: "[::]:9464" on an IPv6-only cluster was refused
-  // ("cannot resolve [::]") although --check_config passed it.
+  // Any address: IPv6's with IPv4 on it too, as gRPC binds its port given the same spelling ("0.0.0.0" left
+  // /metrics unreachable over IPv6 while the probes passed); IPv4's alone on a kernel without IPv6.
+  const bool any = host.empty() || host == "*" || host == "0.0.0.0";
+  const std::vector<std::string> hosts =
+      any ? std::vector<std::string>{"::", "0.0.0.0"} : std::vector<std::string>{host};
   sockaddr_storage address{};
-  socklen_t address_length = 0;
-  for (const int family : {AF_INET, AF_INET6}) {
-    addrinfo hints{}, *found = nullptr;
-    hints.ai_family = family;
-    hints.ai_socktype = SOCK_STREAM;
-    if (getaddrinfo(host.c_str(), nullptr, &hints, &found) != 0 || found == nullptr) continue;
-    std::memcpy(&address, found->ai_addr, found->ai_addrlen);
-    address_length = found->ai_addrlen;
-    freeaddrinfo(found);
-    break;
+  int fd = -1;
+  std::string error;
+  for (const std::string& candidate : hosts) {
+    // IPv4 first (localhost stays 127.0.0.1), then IPv6: "[::]:9464" on an IPv6-only cluster was refused
+    // ("cannot resolve [::]") although --check_config passed it.
+    socklen_t address_length = 0;
+    for (const int family : {AF_INET, AF_INET6}) {
+      addrinfo hints{}, *found = nullptr;
+      hints.ai_family = family;
+      hints.ai_socktype = SOCK_STREAM;
+      if (getaddrinfo(candidate.c_str(), nullptr, &hints, &found) != 0 || found == nullptr) continue;
+      std::memcpy(&address, found->ai_addr, found->ai_addrlen);
+      address_length = found->ai_addrlen;
+      freeaddrinfo(found);
+      break;
+    }
+    if (address_length == 0) {
+      error = absl::StrCat("cannot resolve ", candidate);
+      continue;
+    }
+    const bool v6 = address.ss_family == AF_INET6;
+    const uint16_t port = htons(static_cast<uint16_t>(split->port));
+    (v6 ? reinterpret_cast<sockaddr_in6*>(&address)->sin6_port : reinterpret_cast<sockaddr_in*>(&address)->sin_port) =
+        port;
+    // Non-blocking, so that accept() after poll() cannot block on a connection reset in between.
+    fd = ::socket(address.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    const int one = 1, zero = 0;
+    if (fd >= 0) ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (fd >= 0 && v6) ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));  // "[::]": IPv4 too
+    if (fd >= 0 && ::bind(fd, reinterpret_cast<sockaddr*>(&address), address_length) == 0 &&
+        ::listen(fd, static_cast<int>(kMaxConnections)) == 0) {
+      break;
+    }
+    error = std::strerror(errno);
+    if (fd >= 0) ::close(fd);
+    fd = -1;
   }
-  if (address_length == 0) {
-    return absl::InvalidArgumentError(absl::StrCat("metrics_listen \"", listen, "\": cannot resolve ", host));
+  if (fd < 0) {
+    const std::string message = absl::StrCat("metrics_listen \"", listen, "\": ", error);
+    if (absl::StartsWith(error, "cannot resolve")) return absl::InvalidArgumentError(message);
+    return absl::UnavailableError(message);
   }
   const bool v6 = address.ss_family == AF_INET6;
-  const uint16_t port = htons(static_cast<uint16_t>(split->port));
-  (v6 ? reinterpret_cast<sockaddr_in6*>(&address)->sin6_port : reinterpret_cast<sockaddr_in*>(&address)->sin_port) =
-      port;
-  // Non-blocking, so that accept() after poll() cannot block on a connection reset in between.
-  const int fd = ::socket(address.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  const int one = 1, zero = 0;
-  if (fd >= 0) ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  if (fd >= 0 && v6) ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));  // "[::]": IPv4 too
-  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&address), address_length) != 0 ||
-      ::listen(fd, static_cast<int>(kMaxConnections)) != 0) {
-    const std::string error = std::strerror(errno);
-    if (fd >= 0) ::close(fd);
-    return absl::UnavailableError(absl::StrCat("metrics_listen \"", listen, "\": ", error));
-  }
   socklen_t length = sizeof(address);
   ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
   const int bound_port = ntohs(v6 ? reinterpret_cast<sockaddr_in6*>(&address)->sin6_port

@@ -185,7 +185,7 @@ TEST(MetricsEndpoint, AnswersAScrapeWithTheRenderedTextAndCloses) {
 }
 
 // IPv6 addresses bind (an IPv6-only cluster's "[::]:9464" was refused "cannot resolve [::]" at startup, after
-// --check_config had passed it); the wildcard takes IPv4 connections too.
+// --check_config had passed it); the wildcards take IPv4 connections too.
 TEST(MetricsEndpoint, ListensOnIpv6AndItsWildcardAnswersIpv4Too) {
   {
     const int probe = ::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -196,7 +196,9 @@ TEST(MetricsEndpoint, ListensOnIpv6AndItsWildcardAnswersIpv4Too) {
     if (probe >= 0) ::close(probe);
     if (!has_ipv6) GTEST_SKIP() << "this machine has no IPv6 loopback";
   }
-  for (const char* listen : {"[::1]:0", "[::]:0"}) {
+  // "0.0.0.0", "*" and "" too, as gRPC binds its port given those (the default --metrics_listen was IPv4 alone: an
+  // IPv6-only cluster's probes passed while Prometheus could not scrape).
+  for (const char* listen : {"[::1]:0", "[::]:0", "0.0.0.0:0", "*:0", ":0"}) {
     absl::StatusOr<std::unique_ptr<MetricsEndpoint>> endpoint = MetricsEndpoint::Start(
         listen, [] { return std::string("up 1\n"); }, kDeadline);
     ASSERT_TRUE(endpoint.ok()) << listen << ": " << endpoint.status();
@@ -213,10 +215,12 @@ TEST(MetricsEndpoint, ListensOnIpv6AndItsWildcardAnswersIpv4Too) {
     ::close(fd);
     EXPECT_THAT(received, StartsWith("HTTP/1.1 200 OK\r\n")) << listen;
   }
-  absl::StatusOr<std::unique_ptr<MetricsEndpoint>> wildcard = MetricsEndpoint::Start(
-      "[::]:0", [] { return std::string("up 1\n"); }, kDeadline);
-  ASSERT_TRUE(wildcard.ok()) << wildcard.status();
-  EXPECT_THAT(Exchange((*wildcard)->port(), kScrape).value_or(""), StartsWith("HTTP/1.1 200 OK\r\n"));
+  for (const char* listen : {"[::]:0", "0.0.0.0:0"}) {
+    absl::StatusOr<std::unique_ptr<MetricsEndpoint>> wildcard = MetricsEndpoint::Start(
+        listen, [] { return std::string("up 1\n"); }, kDeadline);
+    ASSERT_TRUE(wildcard.ok()) << wildcard.status();
+    EXPECT_THAT(Exchange((*wildcard)->port(), kScrape).value_or(""), StartsWith("HTTP/1.1 200 OK\r\n")) << listen;
+  }
 }
 
 TEST(MetricsEndpoint, AnswersAScrapeWithAQueryString) {
