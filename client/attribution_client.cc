@@ -362,17 +362,17 @@ absl::Status CheckAttributeOptions(const AttributeOptions& options) { return ToP
 absl::Status CheckComponentOptions(const ComponentOptions& options) { return ToProto(options).status(); }
 absl::Status CheckLogprobsOptions(const LogprobsOptions& options) { return ToProto(options).status(); }
 
-struct Cancellation::Calls {
-  std::shared_ptr<LiveCalls> live = std::make_shared<LiveCalls>();
-};
+// Its calls, as a client's. Should gRPC ever run a completion on the cancelling thread, Cancel() (this lock, then
+// the client's in Leave) and CancelCalls() (the reverse) would wait for each other; gRPC 1.51 does not (LiveCalls).
+struct Cancellation::Calls : LiveCalls {};
 
 Cancellation::Cancellation() : calls_(std::make_shared<Calls>()) {}
 Cancellation::~Cancellation() = default;
-void Cancellation::Cancel() { calls_->live->CancelAll(); }
-bool Cancellation::cancelled() const { return calls_->live->cancelled(); }
+void Cancellation::Cancel() { calls_->CancelAll(); }
+bool Cancellation::cancelled() const { return calls_->cancelled(); }
 
 struct CancellationAccess {
-  static std::shared_ptr<LiveCalls> Live(const Cancellation& cancellation) { return cancellation.calls_->live; }
+  static std::shared_ptr<LiveCalls> Live(const Cancellation& cancellation) { return cancellation.calls_; }
 };
 
 namespace {

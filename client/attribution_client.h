@@ -103,7 +103,8 @@ struct GenerationSettings {
 };
 
 // Ends the calls whose options name it, from any thread, before, while or after they run: a call in flight ends
-// CANCELLED (the server stops its work), one started after Cancel() ends CANCELLED unsent (RefusedBeforeSending).
+// CANCELLED (the server stops its work), one started after Cancel() returned ends CANCELLED unsent
+// (RefusedBeforeSending; one started meanwhile ends CANCELLED, sent or not).
 // One may serve many calls (a user's request fanned out, a job's window); CancelCalls() ends all of a client's.
 //
 //   auto cancel = std::make_shared<Cancellation>();
@@ -178,8 +179,8 @@ struct Faithfulness {
 };
 
 // The settings an attribution ran with, in AttributeOptions' terms, the server's defaults and limits filled in:
-// copied into AttributeOptions they get this answer again from a server whose defaults or limits differ. Unset:
-// the method does not read it (or a server before 2026-12-07 answered).
+// copied into AttributeOptions they get this answer again from a server whose defaults differ, where its limits
+// admit them. Unset: the method does not read it (or a server before 2026-12-07 answered).
 struct SettingsUsed {
   std::optional<int> n_steps;       // integrated gradients: points at most (Attribution::integration_steps: those used)
   std::optional<std::string> rule;  // as AttributeOptions::rule names it

@@ -173,10 +173,10 @@ std::vector<std::string> UnreadSettings(const v1::AttributeRequest& proto, const
       {engine::kReadsRule, "rule", proto.rule() != v1::INTEGRATION_RULE_UNSPECIFIED},
       {engine::kReadsSamples, "n_samples", proto.n_samples() != 0},
       {engine::kReadsStdev, "stdev", proto.stdev() != 0},
-      // A seed that also seeded the generated target (as the clients' one seed option sends it) decided it.
+      // A seed that also seeded the sampled target (as the clients' one seed option sends it) decided it.
       {engine::kReadsSeed, "seed",
-       proto.seed() != 0 &&
-           !(!IsSet(proto.target()) && proto.generation().has_seed() && proto.generation().seed() == proto.seed())},
+       proto.seed() != 0 && !(!IsSet(proto.target()) && proto.generation().temperature() > 0 &&
+                              proto.generation().has_seed() && proto.generation().seed() == proto.seed())},
       {engine::kReadsSignedSaliency, "signed_saliency", proto.signed_saliency()},
       {engine::kReadsBaseline, "baseline", proto.baseline() != v1::BASELINE_UNSPECIFIED},
       {engine::kReadsTolerance, "completeness_tolerance", proto.completeness_tolerance() != 0},

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <fstream>
 #include <sstream>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -72,7 +73,8 @@ void TightenAlong(const std::string& mount, const std::string& path, bool v2, Cp
 
 int CpuBudget::Usable() const {
   if (!quota_cpus) return affinity_cpus;
-  return std::clamp(static_cast<int>(std::ceil(*quota_cpus - 1e-9)), 1, affinity_cpus);
+  return std::clamp(static_cast<int>(std::ceil(std::min(*quota_cpus, static_cast<double>(affinity_cpus)) - 1e-9)), 1,
+                    affinity_cpus);
 }
 
 std::string CpuBudget::Describe() const {
@@ -91,8 +93,6 @@ CpuBudget ReadCpuBudget(const std::string& proc_self_cgroup, const std::string& 
     const std::string path(fields[2]);
     if (fields[0] == "0" && fields[1].empty()) {
       TightenAlong(cgroup_root, path, /*v2=*/true, budget);
-      // Hybrid layouts mount v2 beside the v1 controllers.
-      TightenAlong(cgroup_root + "/unified", path, /*v2=*/true, budget);
       continue;
     }
     const std::vector<absl::string_view> controllers = absl::StrSplit(fields[1], ',');
@@ -109,7 +109,10 @@ CpuBudget ReadCpuBudget() {
   text << in.rdbuf();
   cpu_set_t mask;
   CPU_ZERO(&mask);
-  const int affinity = sched_getaffinity(0, sizeof(mask), &mask) == 0 ? CPU_COUNT(&mask) : 1;
+  // A mask that does not fit cpu_set_t (over 1024 CPUs) fails: then every CPU counts.
+  const int affinity = sched_getaffinity(0, sizeof(mask), &mask) == 0
+                           ? CPU_COUNT(&mask)
+                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   return ReadCpuBudget(text.str(), "/sys/fs/cgroup", affinity);
 }
 

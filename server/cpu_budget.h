@@ -18,7 +18,8 @@ struct CpuBudget {
   std::optional<double> quota_cpus;  // quota / period of the tightest cgroup on the way to the root; none: unlimited
   std::string quota_file;            // where quota_cpus was read
 
-  // Threads that keep the CPUs busy without outrunning the quota: a 1.5-CPU quota keeps 2 busy half the time.
+  // The quota rounded up, within the mask (at least 1), as the JVM and Go size their pools to a quota: a 1.5-CPU
+  // quota keeps 2 threads busy three quarters of the time.
   int Usable() const;
   std::string Describe() const;
 };

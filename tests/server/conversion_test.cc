@@ -313,17 +313,19 @@ TEST_F(ConversionTest, SettingsTheMethodDoesNotReadAreNamed) {
   EXPECT_THAT(unread(v1::SALIENCY, as_ids(false, true)), ElementsAre("target_tokenization"));
   EXPECT_THAT(unread(v1::SALIENCY, as_ids(true, false)), ElementsAre("no_special_tokens"));
   EXPECT_THAT(unread(v1::SALIENCY, as_ids(false, false)), ::testing::IsEmpty());
-  // A seed that also seeded the generated target decided it (the clients send their one seed option both ways):
-  // it was named as having changed nothing. Another generation seed, or a given target, leaves it unread.
-  const auto seeded = [](uint64_t generation_seed, bool target) {
+  // A seed that also seeded the sampled target decided it (the clients send their one seed option both ways): it
+  // was named as having changed nothing. Another generation seed, greedy decoding, or a given target leave it unread.
+  const auto seeded = [](uint64_t generation_seed, bool target, double temperature = 1) {
     return [=](v1::AttributeRequest& proto) {
       if (!target) proto.clear_target();
       proto.set_seed(9);
       proto.mutable_generation()->set_seed(generation_seed);
+      proto.mutable_generation()->set_temperature(temperature);
     };
   };
   EXPECT_THAT(unread(v1::SALIENCY, seeded(9, false)), ::testing::IsEmpty());
   EXPECT_THAT(unread(v1::SALIENCY, seeded(10, false)), ElementsAre("seed"));
+  EXPECT_THAT(unread(v1::SALIENCY, seeded(9, false, 0)), ElementsAre("seed"));
   EXPECT_THAT(unread(v1::SALIENCY, seeded(9, true)), ElementsAre("seed", "generation"));
   // The answer carries them.
   v1::AttributeRequest proto = Request();

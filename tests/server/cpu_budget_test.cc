@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// The CPU budget read from cgroup trees laid out as the kernel mounts them (v1, v2, hybrid, a container's
-// view), in a scratch directory.
+// The CPU budget read from cgroup trees laid out as the kernel mounts them (v1, v2, a container's view), in a
+// scratch directory.
 #include "server/cpu_budget.h"
 
 #include <gtest/gtest.h>
@@ -77,12 +77,6 @@ TEST(CpuBudget, CgroupV1CombinedControllersAndAContainersOwnCgroupAtTheMount) {
   EXPECT_EQ(budget.Usable(), 3);
 }
 
-TEST(CpuBudget, HybridLayoutReadsTheUnifiedMount) {
-  TempDir root;
-  Write(root, "unified/svc/cpu.max", "200000 100000\n");
-  EXPECT_EQ(ReadCpuBudget("1:cpu:/svc\n0::/svc\n", root.path(), 8).Usable(), 2);
-}
-
 TEST(CpuBudget, UnreadableOrMalformedFilesMeanNoQuota) {
   TempDir root;
   Write(root, "a/cpu.max", "lots\n");
@@ -93,6 +87,9 @@ TEST(CpuBudget, UnreadableOrMalformedFilesMeanNoQuota) {
   EXPECT_FALSE(ReadCpuBudget("2:cpu:/c\n", root.path(), 2).quota_cpus.has_value());
   EXPECT_FALSE(ReadCpuBudget("garbage\n", root.path(), 2).quota_cpus.has_value());
   EXPECT_EQ(ReadCpuBudget("", root.path(), 0).Usable(), 1);
+  // A quota past any int is the mask.
+  Write(root, "huge/cpu.max", "100000000000000000000 1\n");
+  EXPECT_EQ(ReadCpuBudget("0::/huge\n", root.path(), 3).Usable(), 3);
 }
 
 }  // namespace

@@ -46,15 +46,15 @@ class RunStats:
 @dataclass(frozen=True)
 class SettingsUsed:
     """The settings an attribution ran with, in AttributeOptions' terms, the server's defaults and limits filled
-    in: passed back in AttributeOptions they get the answer again from a server whose defaults or limits differ.
-    None: the method does not read it (or a server before 2026-12-07 answered)."""
+    in: passed back in AttributeOptions they get the answer again from a server whose defaults differ, where its
+    limits admit them. None: the method does not read it (or a server before 2026-12-07 answered)."""
 
     n_steps: Optional[int] = None  # integrated gradients: points at most (integration_steps: those used)
     rule: Optional[str] = None
     n_samples: Optional[int] = None
     stdev: Optional[float] = None
     seed: Optional[int] = None
-    baseline: Optional[Union[str, int]] = None  # "zero", or the token id
+    baseline: Optional[Union[str, int]] = None  # "zero", or the token id (an int, as AttributeOptions takes it)
 
 
 @dataclass(frozen=True)
