@@ -16,7 +16,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 
-namespace attribution {
+namespace attribution::server {
 namespace {
 
 // Plain strings: the PyPI libtorch.so exports broken copies of std::filesystem's functions (temp_dir.h).
@@ -116,4 +116,4 @@ CpuBudget ReadCpuBudget() {
   return ReadCpuBudget(text.str(), "/sys/fs/cgroup", affinity);
 }
 
-}  // namespace attribution
+}  // namespace attribution::server

@@ -11,7 +11,7 @@
 #include <optional>
 #include <string>
 
-namespace attribution {
+namespace attribution::server {
 
 struct CpuBudget {
   int affinity_cpus = 1;
@@ -31,4 +31,4 @@ CpuBudget ReadCpuBudget(const std::string& proc_self_cgroup, const std::string& 
 // The running process's.
 CpuBudget ReadCpuBudget();
 
-}  // namespace attribution
+}  // namespace attribution::server

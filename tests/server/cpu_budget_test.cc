@@ -12,7 +12,7 @@
 #include "absl/strings/str_split.h"
 #include "tests/testing/temp_dir.h"
 
-namespace attribution {
+namespace attribution::server {
 namespace {
 
 using test_support::TempDir;
@@ -93,4 +93,4 @@ TEST(CpuBudget, UnreadableOrMalformedFilesMeanNoQuota) {
 }
 
 }  // namespace
-}  // namespace attribution
+}  // namespace attribution::server
