@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "client/attribution_client.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <grpc/support/time.h>
 #include <grpcpp/generic/generic_stub.h>
@@ -114,8 +115,29 @@ absl::Status CheckTargetPort(absl::string_view target) {
   return absl::InvalidArgumentError(absl::StrCat("target: port ", port, " is outside [1, 65535]"));
 }
 
-// Whether every address of `target` is this machine's: a unix socket, localhost, 127.0.0.0/8 or ::1, with or
-// without a dns: / ipv4: / ipv6: scheme.
+// Whether `host` is this machine: a loopback address (127.0.0.0/8, ::1, ::ffff:127.x), the unspecified one
+// (0.0.0.0, ::, which connect here), or a name hosts files give loopback (localhost, ip6-localhost), in any case,
+// with or without the root's dot. A name that merely starts with "127." is not.
+bool IsThisMachine(absl::string_view host) {
+  std::string name = absl::AsciiStrToLower(host);
+  if (absl::EndsWith(name, ".")) name.pop_back();
+  if (name == "localhost" || name == "ip6-localhost" || name == "ip6-loopback") return true;
+  in_addr v4{};
+  if (::inet_pton(AF_INET, name.c_str(), &v4) == 1) {
+    const uint32_t address = ntohl(v4.s_addr);
+    return (address >> 24) == 127 || address == 0;
+  }
+  in6_addr v6{};
+  if (::inet_pton(AF_INET6, name.c_str(), &v6) == 1) {
+    return IN6_IS_ADDR_LOOPBACK(&v6) || IN6_IS_ADDR_UNSPECIFIED(&v6) ||
+           (IN6_IS_ADDR_V4MAPPED(&v6) &&
+            (v6.s6_addr[12] == 127 || (v6.s6_addr[12] | v6.s6_addr[13] | v6.s6_addr[14] | v6.s6_addr[15]) == 0));
+  }
+  return false;
+}
+
+// Whether every address of `target` is this machine's (a unix socket, or IsThisMachine hosts), with or without a
+// dns: / ipv4: / ipv6: scheme.
 bool IsLoopbackTarget(absl::string_view target) {
   if (absl::StartsWith(target, "unix:") || absl::StartsWith(target, "unix-abstract:")) return true;
   for (absl::string_view scheme : {"dns:///", "dns:", "ipv4:", "ipv6:"}) {
@@ -129,7 +151,7 @@ bool IsLoopbackTarget(absl::string_view target) {
     } else if (const size_t colon = host.rfind(':'); colon != absl::string_view::npos) {
       host = host.substr(0, colon);
     }
-    if (host != "localhost" && host != "::1" && !absl::StartsWith(host, "127.")) return false;
+    if (!IsThisMachine(host)) return false;
   }
   return true;
 }

@@ -3,7 +3,7 @@
 
 #include <grpc/support/log.h>
 
-#include <functional>
+#include <algorithm>
 #include <string>
 
 #include "absl/strings/ascii.h"
@@ -32,40 +32,32 @@ const char* SeverityName(gpr_log_severity severity) {
   return "ERROR";
 }
 
-// `text` with each run of `unit`-sized pieces that `in_token` accepts after `marker` (lower case; matched in any
-// case) replaced by `mask`.
-std::string RedactAfter(const std::string& text, const std::string& marker, size_t unit,
-                        const std::function<bool(absl::string_view)>& in_token, const std::string& mask) {
-  const std::string lower = absl::AsciiStrToLower(text);
-  std::string out;
-  size_t copied = 0;
-  for (size_t at = lower.find(marker); at != std::string::npos; at = lower.find(marker, at)) {
-    const size_t begin = at + marker.size();
-    size_t end = begin;
-    while (end + unit <= text.size() && in_token(absl::string_view(text).substr(end, unit))) end += unit;
-    out.append(text, copied, begin - copied);
-    if (end > begin) out += mask;
-    copied = end;
-    at = end;
+// Where "bearer" starts in `text` as a byte dump writes it, two hex digits and a space a byte, in any case
+// ("42 65 61 72 65 72"); npos when it is not there.
+size_t BearerInHex(const std::string& lower) {
+  static constexpr char kBearer[] = "bearer";
+  for (size_t at = 0; at + 17 <= lower.size(); ++at) {
+    bool found = true;
+    for (size_t k = 0; k < 6 && found; ++k) {
+      int byte = 0;
+      found = absl::SimpleHexAtoi(absl::string_view(lower).substr(at + 3 * k, 2), &byte) &&
+              absl::ascii_tolower(static_cast<unsigned char>(byte)) == kBearer[k] &&
+              (k == 5 || lower[at + 3 * k + 2] == ' ');
+    }
+    if (found) return at;
   }
-  out.append(text, copied, std::string::npos);
-  return out;
+  return std::string::npos;
 }
 
-// Each token after "Bearer " as <redacted>: as text ("authorization: Bearer s3cret", the HPACK parser's trace) and
-// as the hex of a byte dump ("42 65 61 72 65 72 20 73 33 ...", the tcp trace's). GRPC_TRACE wrote every client's
-// bearer token into the log, 4 lines a call, accepted and refused tokens alike.
+// The line up to the first "bearer", as text or as hex, in any case, and <redacted> for the rest: GRPC_TRACE wrote
+// every client's bearer token into the log (the HPACK parser's "authorization: Bearer s3cret", the tcp trace's byte
+// dumps), 4 lines a call, accepted and refused tokens alike. The server takes the scheme in any case, spaces around
+// the token and any printable character in it, so nothing after the scheme is kept.
 std::string WithoutBearerTokens(const std::string& text) {
-  const std::string redacted = RedactAfter(
-      text, "bearer ", 1, [](absl::string_view c) { return c[0] > ' ' && c[0] != '\'' && c[0] != '"'; }, "<redacted>");
-  // Printable bytes other than the space, each as "XX ".
-  return RedactAfter(
-      redacted, "42 65 61 72 65 72 20 ", 3,
-      [](absl::string_view hex) {
-        int byte = 0;
-        return hex[2] == ' ' && absl::SimpleHexAtoi(hex.substr(0, 2), &byte) && byte > 0x20 && byte < 0x7f;
-      },
-      "<redacted> ");
+  const std::string lower = absl::AsciiStrToLower(text);
+  const size_t cut = std::min(lower.find("bearer"), BearerInHex(lower));
+  if (cut == std::string::npos) return text;
+  return text.substr(0, cut) + "<redacted: a bearer token and the rest of the line>";
 }
 
 void WriteGrpcLogLine(gpr_log_func_args* args) {

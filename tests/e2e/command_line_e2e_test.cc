@@ -137,7 +137,7 @@ TEST(CliCommandLine, CallsToThisMachineBypassAProxyFromTheEnvironment) {
   // Nothing listens on port 1: a call that went through the proxy would fail UNAVAILABLE.
   const std::string proxies =
       "http_proxy=http://127.0.0.1:1 https_proxy=http://127.0.0.1:1 grpc_proxy=http://127.0.0.1:1 ";
-  for (const std::string host : {"127.0.0.1", "localhost"}) {
+  for (const std::string host : {"127.0.0.1", "localhost", "LOCALHOST", "[::ffff:127.0.0.1]"}) {
     const Outputs health = RunCommandApart(
         absl::StrCat(proxies, ATTRIBUTION_CLI_BINARY, " health --server=", host, ":", (*server)->port()));
     EXPECT_EQ(health.code, 0) << host << ": " << health.err;

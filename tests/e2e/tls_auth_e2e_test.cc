@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // TLS, mutual TLS and bearer-token auth with certificates made at test time by openssl: the right
 // credentials are served, wrong or missing ones are refused.
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -12,6 +13,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_format.h"
 #include "client/attribution_client.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "tests/testing/server_process.h"
 #include "tests/testing/status_matchers.h"
 
@@ -136,9 +138,15 @@ TEST(TlsAndAuth, GrpcTracesLeaveBearerTokensOutOfTheLog) {
   EXPECT_THAT(ListModelsWith((*server)->address(), {.bearer_token = "secret-token-2"}), IsOk());
   EXPECT_THAT(ListModelsWith((*server)->address(), {.bearer_token = "wrong-token-9"}),
               StatusIs(absl::StatusCode::kUnauthenticated));
+  // As other clients may spell it: the scheme in lower case, two spaces, a quote and a space in the token.
+  auto channel = grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials());
+  grpc::ClientContext context;
+  context.AddMetadata("authorization", "bearer  odd'tok en\"x");
+  grpc::health::v1::HealthCheckResponse health;
+  EXPECT_TRUE(grpc::health::v1::Health::NewStub(channel)->Check(&context, {}, &health).ok());
   const std::string log = (*server)->Log();
-  EXPECT_THAT(log, HasSubstr("Bearer <redacted>"));  // the trace ran, and its lines say where a token was
-  for (const char* token : {"secret-token-2", "wrong-token-9"}) {
+  EXPECT_THAT(log, HasSubstr("<redacted: a bearer token"));  // the trace ran, and its lines say where a token was
+  for (const char* token : {"secret-token-2", "wrong-token-9", "odd'tok", "tok en", "en\"x"}) {
     EXPECT_EQ(log.find(token), std::string::npos) << token;
     std::string hex;  // as a byte dump writes it
     for (const char* c = token; *c != '\0'; ++c) absl::StrAppendFormat(&hex, "%02x ", *c);

@@ -1059,6 +1059,12 @@ def test_calls_to_this_machine_bypass_a_proxy_from_the_environment(server, monke
     # Nothing listens on port 1: a call sent through the proxy would fail UNAVAILABLE (as the C++ client's did).
     for variable in ("http_proxy", "https_proxy", "grpc_proxy"):
         monkeypatch.setenv(variable, "http://127.0.0.1:1")
-    for target in (server.address, server.address.replace("127.0.0.1", "localhost")):
-        with ac.AttributionClient(target, max_attempts=1, timeout=20) as proxied:
-            assert proxied.health() == "SERVING"
+    for host in ("127.0.0.1", "localhost", "LOCALHOST", "[::ffff:127.0.0.1]"):
+        with ac.AttributionClient(server.address.replace("127.0.0.1", host), max_attempts=1, timeout=20) as proxied:
+            assert proxied.health() == "SERVING", host
+    # Only this machine's addresses: a name that starts like one still follows the proxy rules.
+    from attribution_client import _channel
+    assert not _channel.is_loopback("127.example.com:50051")
+    assert not _channel.is_loopback("dns:///replicas.svc:50051")
+    assert not _channel.is_loopback("ipv4:127.0.0.1:1,10.0.0.2:2")
+    assert _channel.is_loopback("ipv6:[::1]:50051") and _channel.is_loopback("unix:/tmp/attribution.sock")

@@ -3,6 +3,7 @@
 only (gRPC's retry policy; the C++ client retries streams too), reconnect backoff, message size limits."""
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import ssl
@@ -49,6 +50,22 @@ def service_config(o: ClientOptions) -> str:
     return json.dumps(config)
 
 
+def _is_this_machine(host: str) -> bool:
+    """As the C++ client's IsThisMachine: a loopback or unspecified address, or localhost by name."""
+    name = host.lower()
+    if name.endswith("."):  # the root's dot
+        name = name[:-1]
+    if name in ("localhost", "ip6-localhost", "ip6-loopback"):
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback or address.is_unspecified
+
+
 def is_loopback(target: str) -> bool:
     """Whether every address of `target` is this machine's (as the C++ client's IsLoopbackTarget)."""
     if target.startswith(("unix:", "unix-abstract:")):
@@ -59,7 +76,7 @@ def is_loopback(target: str) -> bool:
             break
     for address in target.split(","):
         host = address[1:].split("]")[0] if address.startswith("[") else address.rsplit(":", 1)[0]
-        if host not in ("localhost", "::1") and not host.startswith("127."):
+        if not _is_this_machine(host):
             return False
     return True
 
