@@ -233,6 +233,41 @@ bool AcceptPending(int listen_fd, std::chrono::milliseconds connection_deadline,
   return true;
 }
 
+// A non-blocking socket listening on `host` (a name or an address, without brackets) and `port`: INVALID_ARGUMENT
+// when `host` does not resolve, UNAVAILABLE with the system's reason when it cannot be bound.
+absl::StatusOr<int> ListenOn(const std::string& host, int port) {
+  // IPv4 first (localhost stays 127.0.0.1), then IPv6: "[::]:9464" on an IPv6-only cluster was refused
+  // ("cannot resolve [::]") although --check_config passed it.
+  sockaddr_storage address{};
+  socklen_t address_length = 0;
+  for (const int family : {AF_INET, AF_INET6}) {
+    addrinfo hints{}, *found = nullptr;
+    hints.ai_family = family;
+    hints.ai_socktype = SOCK_STREAM;
+    if (getaddrinfo(host.c_str(), nullptr, &hints, &found) != 0 || found == nullptr) continue;
+    std::memcpy(&address, found->ai_addr, found->ai_addrlen);
+    address_length = found->ai_addrlen;
+    freeaddrinfo(found);
+    break;
+  }
+  if (address_length == 0) return absl::InvalidArgumentError(absl::StrCat("cannot resolve ", host));
+  const bool v6 = address.ss_family == AF_INET6;
+  (v6 ? reinterpret_cast<sockaddr_in6*>(&address)->sin6_port : reinterpret_cast<sockaddr_in*>(&address)->sin_port) =
+      htons(static_cast<uint16_t>(port));
+  // Non-blocking, so that accept() after poll() cannot block on a connection reset in between.
+  const int fd = ::socket(address.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  const int one = 1, zero = 0;
+  if (fd >= 0) ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (fd >= 0 && v6) ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));  // "[::]": IPv4 too
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&address), address_length) != 0 ||
+      ::listen(fd, static_cast<int>(MetricsEndpoint::kMaxConnections)) != 0) {
+    const std::string error = std::strerror(errno);
+    if (fd >= 0) ::close(fd);
+    return absl::UnavailableError(error);
+  }
+  return fd;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(const std::string& listen,
@@ -250,56 +285,21 @@ absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(const st
   const bool any = host.empty() || host == "*" || host == "0.0.0.0";
   const std::vector<std::string> hosts =
       any ? std::vector<std::string>{"::", "0.0.0.0"} : std::vector<std::string>{host};
-  sockaddr_storage address{};
-  int fd = -1;
-  std::string error;
+  absl::StatusOr<int> fd = absl::UnavailableError("no address");
   for (const std::string& candidate : hosts) {
-    // IPv4 first (localhost stays 127.0.0.1), then IPv6: "[::]:9464" on an IPv6-only cluster was refused
-    // ("cannot resolve [::]") although --check_config passed it.
-    socklen_t address_length = 0;
-    for (const int family : {AF_INET, AF_INET6}) {
-      addrinfo hints{}, *found = nullptr;
-      hints.ai_family = family;
-      hints.ai_socktype = SOCK_STREAM;
-      if (getaddrinfo(candidate.c_str(), nullptr, &hints, &found) != 0 || found == nullptr) continue;
-      std::memcpy(&address, found->ai_addr, found->ai_addrlen);
-      address_length = found->ai_addrlen;
-      freeaddrinfo(found);
-      break;
-    }
-    if (address_length == 0) {
-      error = absl::StrCat("cannot resolve ", candidate);
-      continue;
-    }
-    const bool v6 = address.ss_family == AF_INET6;
-    const uint16_t port = htons(static_cast<uint16_t>(split->port));
-    (v6 ? reinterpret_cast<sockaddr_in6*>(&address)->sin6_port : reinterpret_cast<sockaddr_in*>(&address)->sin_port) =
-        port;
-    // Non-blocking, so that accept() after poll() cannot block on a connection reset in between.
-    fd = ::socket(address.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    const int one = 1, zero = 0;
-    if (fd >= 0) ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (fd >= 0 && v6) ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));  // "[::]": IPv4 too
-    if (fd >= 0 && ::bind(fd, reinterpret_cast<sockaddr*>(&address), address_length) == 0 &&
-        ::listen(fd, static_cast<int>(kMaxConnections)) == 0) {
-      break;
-    }
-    error = std::strerror(errno);
-    if (fd >= 0) ::close(fd);
-    fd = -1;
+    fd = ListenOn(candidate, split->port);
+    if (fd.ok()) break;
   }
-  if (fd < 0) {
-    const std::string message = absl::StrCat("metrics_listen \"", listen, "\": ", error);
-    if (absl::StartsWith(error, "cannot resolve")) return absl::InvalidArgumentError(message);
-    return absl::UnavailableError(message);
+  if (!fd.ok()) {
+    return absl::Status(fd.status().code(), absl::StrCat("metrics_listen \"", listen, "\": ", fd.status().message()));
   }
-  const bool v6 = address.ss_family == AF_INET6;
+  sockaddr_storage address{};
   socklen_t length = sizeof(address);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
-  const int bound_port = ntohs(v6 ? reinterpret_cast<sockaddr_in6*>(&address)->sin6_port
-                                  : reinterpret_cast<sockaddr_in*>(&address)->sin_port);
+  ::getsockname(*fd, reinterpret_cast<sockaddr*>(&address), &length);
+  const int bound_port = ntohs(address.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&address)->sin6_port
+                                                             : reinterpret_cast<sockaddr_in*>(&address)->sin_port);
   auto endpoint =
-      std::unique_ptr<MetricsEndpoint>(new MetricsEndpoint(fd, bound_port, std::move(render), connection_deadline));
+      std::unique_ptr<MetricsEndpoint>(new MetricsEndpoint(*fd, bound_port, std::move(render), connection_deadline));
   if (::pipe2(endpoint->stop_pipe_, O_CLOEXEC) != 0) return absl::InternalError("metrics endpoint: pipe failed");
   endpoint->thread_ = std::thread([e = endpoint.get()] { e->Serve(); });
   return endpoint;
