@@ -5,8 +5,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
-#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -15,16 +13,16 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "engine/common/files.h"
 
 namespace attribution::server {
 namespace {
 
 // Plain strings: the PyPI libtorch.so exports broken copies of std::filesystem's functions (temp_dir.h).
 std::optional<std::string> FirstLine(const std::string& path) {
-  std::ifstream in(path);
-  std::string line;
-  if (!in || !std::getline(in, line)) return std::nullopt;
-  return std::string(absl::StripAsciiWhitespace(line));
+  absl::StatusOr<std::string> text = engine::ReadFile(path);
+  if (!text.ok() || text->empty()) return std::nullopt;
+  return std::string(absl::StripAsciiWhitespace(absl::string_view(*text).substr(0, text->find('\n'))));
 }
 
 // cgroup v2: "max 100000" (none) or "150000 100000".
@@ -104,16 +102,13 @@ CpuBudget ReadCpuBudget(const std::string& proc_self_cgroup, const std::string& 
 }
 
 CpuBudget ReadCpuBudget() {
-  std::ifstream in("/proc/self/cgroup");
-  std::stringstream text;
-  text << in.rdbuf();
   cpu_set_t mask;
   CPU_ZERO(&mask);
   // A mask that does not fit cpu_set_t (over 1024 CPUs) fails: then every CPU counts.
   const int affinity = sched_getaffinity(0, sizeof(mask), &mask) == 0
                            ? CPU_COUNT(&mask)
                            : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  return ReadCpuBudget(text.str(), "/sys/fs/cgroup", affinity);
+  return ReadCpuBudget(engine::ReadFile("/proc/self/cgroup").value_or(""), "/sys/fs/cgroup", affinity);
 }
 
 }  // namespace attribution::server

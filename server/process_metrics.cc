@@ -5,24 +5,18 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-#include <fstream>
 #include <optional>
-#include <sstream>
 #include <string>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "engine/common/files.h"
 
 namespace attribution::server {
 namespace {
 
-std::string ReadWhole(const char* path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
+std::string ReadWhole(const char* path) { return engine::ReadFile(path).value_or(""); }
 
 prometheus::MetricFamily OneValue(const char* name, const char* help, prometheus::MetricType type, double value) {
   prometheus::MetricFamily family{.name = name, .help = help, .type = type};
