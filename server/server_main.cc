@@ -68,6 +68,7 @@
 #include "server/log_line.h"
 #include "server/reflection_service.h"
 #include "server/serving_health.h"
+#include "server/thread_stacks.h"
 #include "server/unparsable_request.h"
 
 ABSL_FLAG(std::string, config, "",
@@ -514,7 +515,7 @@ int Fail(const absl::Status& status) {
   return 1;
 }
 
-int Serve() {
+int Serve(const ThreadStacks& thread_stacks) {
   const bool check_only = absl::GetFlag(FLAGS_check_config);
   if (check_only) Lifecycle::OnlyChecking();
   absl::StatusOr<ServerConfig> config = ConfigFromFlags();
@@ -600,6 +601,7 @@ int Serve() {
                 {"max_concurrent_requests", config->max_concurrent_requests},
                 {"intra_op_threads", intra_op_threads},
                 {"intra_op_threads_for", threads_chosen_by},
+                {"thread_stack", thread_stacks.Describe()},
                 {"client_read_timeout_s", absl::ToDoubleSeconds(config->client_read_timeout)}});
 
   // A load that waits (network storage that stalls) is named in the log, and by a signal's line that ends it.
@@ -732,6 +734,8 @@ int main(int argc, char** argv) {
   // A log file at the file size limit (`ulimit -f`) is EFBIG to the writer the same way; SIGXFSZ's default killed
   // the replica (status 153, no line said why) once its log reached the limit.
   std::signal(SIGXFSZ, SIG_IGN);
+  // Before any thread starts (the signal watcher is the first): each takes the default stack when it starts.
+  const attribution::server::ThreadStacks thread_stacks = attribution::server::RaiseSmallThreadStacks();
   // From here on: reading the config and model files (network storage can stall) ends at a signal too.
   attribution::server::Lifecycle::WatchSignals();
   // abseil's --help lists the flags of files named after the program (attribution-server.cc and
@@ -761,7 +765,7 @@ int main(int argc, char** argv) {
   // status 1 and its message rather than std::terminate's abort.
   int exit_code = 1;
   try {
-    exit_code = attribution::server::Serve();
+    exit_code = attribution::server::Serve(thread_stacks);
   } catch (const std::exception& e) {
     exit_code = attribution::server::Fail(
         absl::InternalError(absl::StrCat("unexpected error: ", attribution::engine::ExceptionMessage(e))));

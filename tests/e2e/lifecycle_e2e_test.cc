@@ -277,6 +277,25 @@ TEST(Lifecycle, ALogAtTheFileSizeLimitCostsLinesNotTheServer) {
   EXPECT_EQ(::kill((*server)->pid(), 0), 0);
 }
 
+// `ulimit -s 256` (RLIMIT_STACK, which glibc gives every thread as its stack) let the server say SERVING and then
+// die of SIGSEGV in MKL on its second attribution, with no line in the log; at 128 KiB on the first connection.
+TEST(Lifecycle, ASmallStackLimitDoesNotShrinkTheThreadsStacks) {
+  auto server = ServerProcess::Start({"--model=m=" + test_support::DemoModelDir()}, absl::Seconds(120),
+                                     {.stack_bytes = 128 << 10});
+  ASSERT_THAT(server, IsOk());
+  EXPECT_THAT((*server)->Log(), ::testing::HasSubstr(R"("thread_stack":"8 MiB (was )"));
+  auto client = client::AttributionClient::Connect({.target = (*server)->address()});
+  ASSERT_THAT(client, IsOk());
+  for (const char* method : {"integrated_gradients", "saliency", "attn_lrp", "feature_ablation"}) {
+    EXPECT_THAT(
+        (*client)->Attribute({.model = "m", .prompt = "Q: Is the kettle warm? A:", .target = " yes", .method = method}),
+        IsOk())
+        << method << "\n"
+        << (*server)->Log();
+  }
+  EXPECT_EQ(::kill((*server)->pid(), 0), 0);
+}
+
 // A cgroup of its own with a CPU quota, removed at scope exit; none where cgroups cannot be written here.
 class QuotaCgroup {
  public:

@@ -97,6 +97,10 @@ void ServerProcess::Launch(const std::vector<std::string>& args, const ProcessSe
       file_size.rlim_cur = setup.file_size_bytes;
       if (::setrlimit(RLIMIT_FSIZE, &file_size) != 0) ::_exit(126);
     }
+    if (setup.stack_bytes != 0) {
+      const rlimit stack{setup.stack_bytes, setup.stack_bytes};
+      if (::setrlimit(RLIMIT_STACK, &stack) != 0) ::_exit(126);
+    }
     if (!setup.cgroup_procs_file.empty()) {
       // "0" moves the writer itself.
       const int procs = ::open(setup.cgroup_procs_file.c_str(), O_WRONLY);

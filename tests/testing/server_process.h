@@ -29,6 +29,7 @@ struct ProcessSetup {
   uint64_t open_files_soft = 0;
   uint64_t open_files_hard = 0;
   uint64_t file_size_bytes = 0;
+  uint64_t stack_bytes = 0;  // RLIMIT_STACK, soft and hard (as `prlimit --stack`)
   int output_fd = -1;
   bool ignore_hangup = false;
   std::vector<std::string> environment;
