@@ -2,7 +2,15 @@
 #include "server/lifecycle.h"
 
 #include <signal.h>
+#include <time.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <thread>
@@ -10,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "nlohmann/json.hpp"
 #include "server/log_line.h"
 
 namespace attribution::server {
@@ -53,6 +62,59 @@ void Request(Lifecycle::Stop stop, bool from_signal) {
   }
   state.signalled |= from_signal;
   if (!state.stop) state.stop = std::move(stop);
+}
+
+// What ExitStuck needs, set before its alarm: a signal handler may not allocate or lock.
+std::atomic<int> exit_code_when_stuck{1};
+char overdue_line_start[256];  // the JSON line up to its time's value
+
+// Appends `value` as `digits` decimal digits.
+char* PutDigits(char* out, int64_t value, int digits) {
+  for (int i = digits - 1; i >= 0; --i, value /= 10) out[i] = static_cast<char>('0' + value % 10);
+  return out + digits;
+}
+
+// "2026-12-07T14:03:57.931Z" as the log's other lines have it, from arithmetic alone (gmtime_r may lock).
+char* PutUtcTime(char* out) {
+  timespec now{};
+  ::clock_gettime(CLOCK_REALTIME, &now);
+  const int64_t seconds = now.tv_sec, days = seconds / 86400, second_of_day = seconds % 86400;
+  // Days since 1970-01-01 to a civil date (the proleptic Gregorian calendar, eras of 400 years).
+  const int64_t z = days + 719468, era = z / 146097, day_of_era = z - era * 146097;
+  const int64_t year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36524 - day_of_era / 146096) / 365;
+  const int64_t day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+  const int64_t month_from_march = (5 * day_of_year + 2) / 153;
+  const int64_t day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+  const int64_t month = month_from_march < 10 ? month_from_march + 3 : month_from_march - 9;
+  const int64_t year = year_of_era + era * 400 + (month <= 2 ? 1 : 0);
+  out = PutDigits(out, year, 4);
+  *out++ = '-';
+  out = PutDigits(out, month, 2);
+  *out++ = '-';
+  out = PutDigits(out, day, 2);
+  *out++ = 'T';
+  out = PutDigits(out, second_of_day / 3600, 2);
+  *out++ = ':';
+  out = PutDigits(out, second_of_day / 60 % 60, 2);
+  *out++ = ':';
+  out = PutDigits(out, second_of_day % 60, 2);
+  *out++ = '.';
+  out = PutDigits(out, now.tv_nsec / 1000000, 3);
+  *out++ = 'Z';
+  return out;
+}
+
+void ExitStuck(int) {
+  FlushLogInSignalHandler(absl::Seconds(1));
+  char line[sizeof(overdue_line_start) + 32];
+  const size_t start = std::strlen(overdue_line_start);
+  std::memcpy(line, overdue_line_start, start);
+  char* end = PutUtcTime(line + start);
+  *end++ = '"';
+  *end++ = '}';
+  *end++ = '\n';
+  [[maybe_unused]] const ssize_t written = ::write(STDERR_FILENO, line, static_cast<size_t>(end - line));
+  std::_Exit(exit_code_when_stuck.load());
 }
 
 }  // namespace
@@ -106,6 +168,30 @@ Lifecycle::Stop Lifecycle::WaitForStop() {
   state.mutex.Await(absl::Condition(
       +[](std::optional<Stop>* stop) { return stop->has_value(); }, &state.stop));
   return *state.stop;
+}
+
+void Lifecycle::ExitWithin(absl::Duration bound, int exit_code) {
+  const int64_t seconds = std::max<int64_t>(1, absl::ToInt64Seconds(absl::Ceil(bound, absl::Seconds(1))));
+  exit_code_when_stuck = exit_code;
+  const std::string start =
+      nlohmann::json::object(
+          {{"detail", absl::StrCat("the exit outlasted ", seconds,
+                                   " s after the models stopped (gRPC's shutdown waits for threads it may have been "
+                                   "refused): ending now, status ",
+                                   exit_code)},
+           {"event", "exit_overdue"},
+           {"severity", "WARNING"},
+           {"time", ""}})
+          .dump();
+  // Up to the time's value: everything but its closing `"}`.
+  std::snprintf(overdue_line_start, sizeof(overdue_line_start), "%.*s", static_cast<int>(start.size() - 2),
+                start.c_str());
+  // A signal and not a thread: the thread could be the one a process limit refuses.
+  struct sigaction action {};
+  action.sa_handler = ExitStuck;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGALRM, &action, nullptr);
+  ::alarm(static_cast<unsigned>(seconds));
 }
 
 }  // namespace attribution::server

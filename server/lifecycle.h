@@ -14,6 +14,8 @@
 #pragma once
 #include <string>
 
+#include "absl/time/time.h"
+
 namespace attribution::server {
 
 class Lifecycle {
@@ -37,6 +39,11 @@ class Lifecycle {
   static void Fail(const std::string& reason);
   // Blocks until a signal or Fail() after ServingStarted().
   static Stop WaitForStop();
+  // Once the models have stopped: should what is left of the exit (gRPC's shutdown, which waits for its threads,
+  // destructors) outlast `bound`, the log is flushed, an `exit_overdue` line written and the process ends with
+  // `exit_code` all the same. Under a process limit that refused gRPC a thread, its shutdown waited forever after
+  // the drain, and a supervisor waiting for the exit (systemd, a script; Kubernetes for its grace period) with it.
+  static void ExitWithin(absl::Duration bound, int exit_code);
 };
 
 }  // namespace attribution::server

@@ -699,6 +699,7 @@ int Serve(const ThreadStacks& thread_stacks) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   stopper.join();
+  Lifecycle::ExitWithin(absl::Seconds(15), stop.exit_code);
   // Answers handed to gRPC get 2 s to reach their clients; then what is left, health Watch streams (a client-side
   // health check holds one per channel) and reflection streams, which never end by themselves, is cancelled:
   // waiting for them added the whole 2 s to every drain.
