@@ -462,6 +462,13 @@ int Run(const CommandLine& line) {
     if (const std::string error = SettingRangeError(line, *settings, &*job->second); !error.empty()) {
       return UsageError(error);
     }
+    if (!job->second->differing_limits.empty()) {
+      std::cerr << "attribution-batch: warning: the servers' limits differ ("
+                << TerminalSafe(job->second->differing_limits)
+                << "): a limit below a default lowers it, so settings the job leaves unset may run differently on "
+                   "each; rows that report the settings they ran with are checked (the job stops at a difference), "
+                   "set n_steps and n_samples in the job to be sure\n";
+    }
   }
   if (absl::Status writable = CheckReportsWritable(); !writable.ok()) return Failed(writable);
   absl::StatusOr<std::unique_ptr<ResultLog>> log = ResultLog::Open(absl::GetFlag(FLAGS_output));
@@ -591,6 +598,9 @@ class ShardResults {
     return written;
   }
 
+  // The answered rows whose settings used could not be checked against the others'.
+  const UncheckedSettings& unchecked() const { return unchecked_; }
+
  private:
   struct Located {
     DoneRow result;  // its line is its line number in the shard
@@ -644,6 +654,9 @@ class ShardResults {
       }
     }
     // Rows of one settings hash ran with one set of settings (servers whose limits lower defaults differently do not).
+    if (result->error_code.empty() && !result->settings_hash.empty()) {
+      unchecked_.Add(result->id, result->settings_hash, result->settings_used, result->reports_settings);
+    }
     if (!result->settings_used.empty()) {
       const Located& first_of_settings =
           first_of_settings_.try_emplace(result->settings_hash, Located{*result, shard}).first->second;
@@ -699,6 +712,7 @@ class ShardResults {
   std::map<std::string, Located> first_of_settings_;  // settings hash -> its first result that names settings used
   std::optional<Located> first_job_row_;              // the first result of a row without settings of its own
   std::optional<Located> first_job_settings_;         // the first result with a job_settings_hash
+  UncheckedSettings unchecked_;
 };
 
 // Joins shard outputs into one file in the input's row order; every row must have exactly one result,
@@ -742,6 +756,9 @@ int Merge(const std::vector<std::string>& shard_files) {
   }
   std::fprintf(stderr, "attribution-batch: merged %zu rows into %s\n", (*rows)->size(),
                absl::GetFlag(FLAGS_output).c_str());
+  if (const std::string unchecked = results.unchecked().Describe(); !unchecked.empty()) {
+    std::cerr << "attribution-batch: warning: " << unchecked << "\n";
+  }
   return 0;
 }
 

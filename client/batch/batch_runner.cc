@@ -102,8 +102,10 @@ struct RowOutcome {
   std::optional<double> delta;
   absl::Status fatal;  // the job cannot go on (its page could not be written, its row could not be read)
   std::string id;      // the row's, for the summary's worst rows
-  // An answered attribution row's settings hash and the settings its method ran with (SettingsUsedOf).
+  // An answered attribution row's settings hash and the settings its method ran with (SettingsUsedOf), which its
+  // server reports or not.
   std::string settings_hash, settings_used;
+  bool reports_settings = false;
 };
 
 // The identity of `model`; INTERNAL when FingerprintModels did not ask for it.
@@ -199,7 +201,8 @@ class RowProcessor {
             .delta = attribution->convergence_delta,
             .fatal = page,
             .settings_hash = result["settings_hash"].get<std::string>(),
-            .settings_used = SettingsUsedOf(result)};
+            .settings_used = SettingsUsedOf(result),
+            .reports_settings = result.contains("server_build")};
   }
 
  private:
@@ -451,8 +454,14 @@ absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> ConnectToServers
 }
 
 absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient*>& clients, std::string& model,
-                                             std::string* model_digest, ModelInfo* info, std::string* unanswered_out) {
+                                             std::string* model_digest, ModelInfo* info, std::string* unanswered_out,
+                                             std::string* differing_limits_out) {
   if (clients.empty()) return absl::InvalidArgumentError("no servers to ask for the model");
+  // The lower of two limits, 0 being none.
+  const auto Tighter = [](int64_t a, int64_t b) { return a <= 0 ? b : b <= 0 ? a : std::min(a, b); };
+  ModelInfo tightest;
+  int64_t first_steps = 0, first_samples = 0;
+  std::string first_limits, differing_limits;
   std::string fingerprint;
   json first_identity;
   std::string unanswered;  // the servers that did not answer, and why
@@ -494,11 +503,27 @@ absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient
       return absl::FailedPreconditionError(absl::StrCat("the servers hold different models named \"", model,
                                                         "\": ", JsonText(first_identity), " and ", JsonText(identity)));
     }
+    // A job's settings must fit every server's limits, and the limits that lower unset settings' defaults must be
+    // alike for its rows to run alike: the tightest are the job's, and differences are named.
+    if (!fingerprint.empty() && (it->max_steps != first_steps || it->max_samples != first_samples)) {
+      absl::StrAppend(&differing_limits, differing_limits.empty() ? first_limits : "", "; ", server, ": max_steps ",
+                      it->max_steps, ", max_samples ", it->max_samples);
+    }
+    if (fingerprint.empty()) {
+      tightest = *it;
+      first_steps = it->max_steps;
+      first_samples = it->max_samples;
+      first_limits = absl::StrCat(server, ": max_steps ", it->max_steps, ", max_samples ", it->max_samples);
+    } else {
+      tightest.max_steps = Tighter(tightest.max_steps, it->max_steps);
+      tightest.max_samples = Tighter(tightest.max_samples, it->max_samples);
+    }
     fingerprint = digest;
     first_identity = identity;
     if (model_digest != nullptr) *model_digest = it->model_digest;
-    if (info != nullptr) *info = *it;
   }
+  if (info != nullptr) *info = tightest;
+  if (differing_limits_out != nullptr) *differing_limits_out = differing_limits;
   if (fingerprint.empty()) {
     return absl::UnavailableError(absl::StrCat("no server answered which models it holds (", unanswered, ")"));
   }
@@ -512,14 +537,16 @@ absl::StatusOr<ModelFingerprints> FingerprintModels(const JobRows& rows, json& s
   std::string model = settings["model"].get<std::string>();
   std::string job_digest;
   ModelInfo info;
-  absl::StatusOr<std::string> job = ModelFingerprint(clients, model, &job_digest, &info, unanswered);
+  std::string differing_limits;
+  absl::StatusOr<std::string> job = ModelFingerprint(clients, model, &job_digest, &info, unanswered, &differing_limits);
   if (!job.ok()) return job.status();
   settings["model"] = model;
   ModelFingerprints fingerprints = {{model, ModelIdentity{.fingerprint = *job,
                                                           .digest = job_digest,
                                                           .max_steps = info.max_steps,
                                                           .max_samples = info.max_samples,
-                                                          .vocab_size = info.vocab_size}}};
+                                                          .vocab_size = info.vocab_size,
+                                                          .differing_limits = differing_limits}}};
   for (const std::string& name : rows.models()) {
     if (fingerprints.contains(name)) continue;
     std::string resolved = name;
@@ -590,12 +617,18 @@ absl::StatusOr<JobSummary> RunJob(const JobRows& rows, const json& settings, con
   // unset settings differently (max_samples 10 under KernelSHAP's 25, max_steps under a tolerance) answered them
   // 0.03 to 0.8 apart, mixed under one fingerprint. The first row of each hash (a done row's, on a resume) sets it.
   std::map<std::string, std::pair<std::string, std::string>> ran_with;  // settings hash -> (row id, settings used)
+  UncheckedSettings unchecked;
   for (const DoneInInput& row : *done) {
     if (!row.result->settings_used.empty()) {
       ran_with.try_emplace(row.result->settings_hash, row.result->id, row.result->settings_used);
     }
+    if (row.result->error_code.empty() && !row.result->settings_hash.empty()) {
+      unchecked.Add(row.result->id, row.result->settings_hash, row.result->settings_used, row.result->reports_settings);
+    }
   }
   auto check_ran_alike = [&](const RowOutcome& outcome) -> absl::Status {
+    if (outcome.settings_hash.empty()) return absl::OkStatus();
+    unchecked.Add(outcome.id, outcome.settings_hash, outcome.settings_used, outcome.reports_settings);
     if (outcome.settings_used.empty()) return absl::OkStatus();
     const auto [first, fresh] = ran_with.try_emplace(outcome.settings_hash, outcome.id, outcome.settings_used);
     if (fresh || first->second.second == outcome.settings_used) return absl::OkStatus();
@@ -733,6 +766,7 @@ absl::StatusOr<JobSummary> RunJob(const JobRows& rows, const json& settings, con
   if (options.progress_bar) progress << "\n";
   if (!write_status.ok()) return write_status;
   summary.wall_seconds = absl::ToDoubleSeconds(MonotonicNow() - start);
+  summary.unchecked_settings = unchecked.Describe();
   std::sort(summary.worst_deltas.rbegin(), summary.worst_deltas.rend());
   if (summary.worst_deltas.size() > static_cast<size_t>(options.worst_rows))
     summary.worst_deltas.resize(options.worst_rows);
@@ -755,6 +789,7 @@ void PrintSummary(const JobSummary& summary, std::ostream& out) {
       out << absl::StrFormat("    %.3g  %s\n", delta, TerminalSafe(id));
     }
   }
+  if (!summary.unchecked_settings.empty()) out << "  warning: " << summary.unchecked_settings << "\n";
 }
 
 }  // namespace attribution::client::batch

@@ -45,6 +45,7 @@ struct JobSummary {
   double wall_seconds = 0;
   std::vector<double> abs_deltas;                            // |convergence delta| of the rows that have one
   std::vector<std::pair<double, std::string>> worst_deltas;  // (|delta|, id), largest first
+  std::string unchecked_settings;                            // UncheckedSettings::Describe of the job's rows
 };
 
 // A client per target, with `options` except that any response size is accepted (the servers bound their
@@ -56,22 +57,27 @@ absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> ConnectToServers
 
 // The model's identity as the servers report it (all that answer must agree), for request ids and results:
 // its metadata and its model_digest (the SHA-256 of its files as loaded), which `model_digest` receives when
-// given. An
-// empty `model` becomes the name of the first answering server's first model. Servers that do not answer for
+// given. An empty `model` becomes the name of the first answering server's first model. Servers that do not answer for
 // lack of capacity or time (RetriedOnResume: down, overloaded) are passed over (every answer's model_digest is
 // checked against the job's all the same); UNAVAILABLE when none answers. `unanswered`, when given, receives
-// the servers passed over and why ("" when all answered).
+// the servers passed over and why ("" when all answered). `info` receives the first answer's model with the
+// tightest max_steps and max_samples of all answers, and `differing_limits` each server's where they differ.
 absl::StatusOr<std::string> ModelFingerprint(const std::vector<AttributionClient*>& clients, std::string& model,
                                              std::string* model_digest = nullptr, ModelInfo* info = nullptr,
-                                             std::string* unanswered = nullptr);
+                                             std::string* unanswered = nullptr,
+                                             std::string* differing_limits = nullptr);
 
 // What a job knows of a model: the fingerprint results record, and the model_digest every answer computed on
 // it must carry ("" when the servers report none: servers before 2026-12-04).
 struct ModelIdentity {
   std::string fingerprint;
   std::string digest;
-  // The servers' limits for it (ListModels), which a job's settings are checked against before any row runs.
+  // The servers' limits for it (ListModels; the tightest of them), which a job's settings are checked against
+  // before any row runs.
   int64_t max_steps = 0, max_samples = 0, vocab_size = 0;
+  // Each server's max_steps and max_samples where they are not alike ("" where they are): a limit below a
+  // default lowers it, so unset settings may run differently on different servers.
+  std::string differing_limits;
 };
 
 // Each model a job's rows run on -> its identity, or why it has none (NOT_FOUND: the servers do not hold

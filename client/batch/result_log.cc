@@ -168,7 +168,42 @@ absl::StatusOr<DoneRow> ParseResultLine(const std::string& line, const std::stri
                  .model = StringField(result, "model"),
                  .input_hash = StringField(result, "input_hash"),
                  .settings_used = SettingsUsedOf(result),
+                 .reports_settings = result.contains("server_build"),
                  .length = static_cast<int64_t>(line.size())};
+}
+
+void UncheckedSettings::Add(const std::string& id, const std::string& settings_hash, const std::string& settings_used,
+                            bool reports_settings) {
+  OfHash& hash = hashes_[settings_hash];
+  if (reports_settings) {
+    hash.read_settings |= !settings_used.empty();
+  } else if (hash.unreported++ == 0) {
+    hash.first_unreported = id;
+  }
+}
+
+int64_t UncheckedSettings::count() const {
+  int64_t count = 0;
+  for (const auto& [settings_hash, hash] : hashes_) count += hash.read_settings ? hash.unreported : 0;
+  return count;
+}
+
+std::string UncheckedSettings::Describe() const {
+  std::string first;
+  for (const auto& [settings_hash, hash] : hashes_) {
+    if (hash.read_settings && hash.unreported > 0) {
+      first = hash.first_unreported;
+      break;
+    }
+  }
+  if (first.empty()) return "";
+  const int64_t rows = count();
+  return absl::StrCat(rows, rows == 1 ? " row" : " rows", " (the first \"", TerminalSafe(first), "\") ",
+                      rows == 1 ? "was" : "were",
+                      " answered by servers that do not report the settings their method ran with (before "
+                      "146fc40: no server_build), beside rows of the same settings that do: they may have run with "
+                      "other defaults (a server limit below a default lowers it) and could not be checked; run "
+                      "them again against the current servers (remove their lines) to be sure");
 }
 
 std::string SettingsUsedOf(const nlohmann::json& result) {

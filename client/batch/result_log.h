@@ -64,7 +64,30 @@ struct DoneRow {
   std::string model;                      // "" when the line has none
   std::string input_hash;                 // "" when the line has none (written before results carried it)
   std::string settings_used;              // SettingsUsedOf the line
+  bool reports_settings = false;          // answered by a server that reports its settings used (server_build)
   int64_t offset = 0, length = 0;         // the line's bytes in the file (without its newline)
+};
+
+// Rows of one settings hash must have run with one set of settings, which only servers that report them (since
+// 146fc40, beside server_build) let a job check. Rows of the others (a rolling update, a resume of an older
+// file) mixed in unchecked: with a limit lowering a default on one release, 10 and 25 KernelSHAP samples under
+// one hash, 0.031 apart. Counts the answered rows that could not be checked in hashes whose checked rows read
+// settings (saliency reads none: nothing to check).
+class UncheckedSettings {
+ public:
+  void Add(const std::string& id, const std::string& settings_hash, const std::string& settings_used,
+           bool reports_settings);
+  int64_t count() const;
+  // "" when count() is 0.
+  std::string Describe() const;
+
+ private:
+  struct OfHash {
+    bool read_settings = false;  // a row that reported them read some
+    int64_t unreported = 0;
+    std::string first_unreported;
+  };
+  std::map<std::string, OfHash> hashes_;
 };
 
 // The settings a result's method ran with (its "*_used" fields, from AttributeResponse.settings_used) as compact JSON

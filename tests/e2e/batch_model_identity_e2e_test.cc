@@ -265,6 +265,31 @@ TEST_F(BatchModelIdentity, RowsOfOneSettingsThatRanWithOtherSettingsStopTheJob) 
   }
   EXPECT_EQ(RunBatch(merge, log_), 1);
   EXPECT_THAT(ReadFile(log_), HasSubstr("the shards ran against servers that fill unset settings differently"));
+
+  // The lowered server's shard as a server before 146fc40 wrote it, without the settings it ran with: the shards
+  // merge (nothing tells them apart), and the merge names the rows it could not check.
+  {
+    std::vector<json> older = ReadResults(merge[4]);
+    std::ofstream out(merge[4], std::ios::trunc);
+    for (json& result : older) {
+      for (const char* key : {"server_build", "n_samples_used", "seed_used", "baseline_used"}) result.erase(key);
+      out << result.dump() << "\n";
+    }
+  }
+  EXPECT_EQ(RunBatch(merge, log_), 0) << ReadFile(log_);
+  EXPECT_THAT(ReadFile(log_), HasSubstr("warning: 2 rows (the first \""));
+  EXPECT_THAT(ReadFile(log_), HasSubstr("answered by servers that do not report the settings their method ran with"));
+
+  // A job over both servers is told their limits differ before any row runs.
+  EXPECT_EQ(RunBatch({"--input=" + rows, "--output=" + dir_.File("both.jsonl"),
+                      "--server=" + server_->address() + "," + (*lowered)->address(), "--method=kernel_shap",
+                      "--n_samples=8", "--progress=log"},
+                     log_),
+            0)
+      << ReadFile(log_);
+  EXPECT_THAT(ReadFile(log_),
+              HasSubstr("warning: the servers' limits differ (server 1 (" + server_->address() + "): max_steps "));
+  EXPECT_THAT(ReadFile(log_), HasSubstr("server 2 (" + (*lowered)->address() + "): max_steps 1024, max_samples 10"));
 }
 
 // A replica given the dtype as "fp32" serves the same model as one given "float32": both report "float32" and

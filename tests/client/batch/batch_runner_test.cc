@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <cstdio>
 #include <fstream>
 #include <functional>
 #include <limits>
@@ -373,6 +374,107 @@ TEST_F(BatchRunner, AWindowPastTheLimitIsRefused) {
   EXPECT_THAT(Run({{.id = "r0", .prompt = "Is it warm?", .target = " Yes"}}, {.window = 40000}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("window 40000 must lie in [1, 1024]")));
   EXPECT_THAT(Run({{.id = "r0", .prompt = "Is it warm?", .target = " Yes"}}, {.window = kMaxWindow}), IsOk());
+}
+
+// A rolling update, a resume of an older file: rows of servers that do not report the settings their method ran
+// with (before 146fc40) mixed with rows that do, unchecked and unsaid (KernelSHAP at 10 and 25 samples, 0.031
+// apart). They are counted and named.
+TEST_F(BatchRunner, RowsOfServersThatDoNotReportTheirSettingsAreNamedBesideRowsThatDo) {
+  std::atomic<int> calls = 0;
+  service_.attribute = [&](const v1::AttributeRequest& in, v1::AttributeResponse* out) {
+    if (calls++ % 2 == 0) {  // a current server's answer
+      out->mutable_settings_used()->set_n_samples(25);
+      out->mutable_stats()->set_server_build("146fc405e291");
+    }
+    return OneFeature(in, out);
+  };
+  Start();
+  const std::vector<BatchRow> rows = {{.id = "r0", .prompt = "Is it warm?", .target = " Yes"},
+                                      {.id = "r1", .prompt = "Is it cold?", .target = " Yes"},
+                                      {.id = "r2", .prompt = "Is it wet?", .target = " Yes"},
+                                      {.id = "r3", .prompt = "Is it dry?", .target = " Yes"}};
+  absl::StatusOr<JobSummary> summary = Run(rows, {.window = 1});
+  ASSERT_THAT(summary, IsOk());
+  EXPECT_THAT(summary->unchecked_settings, HasSubstr("2 rows (the first \"r1\") were answered by servers that do not "
+                                                     "report the settings their method ran with"));
+  std::ostringstream printed;
+  PrintSummary(*summary, printed);
+  EXPECT_THAT(printed.str(), HasSubstr("  warning: 2 rows"));
+  // A resume counts the rows the file holds: two answered now, by a server that reports, beside two that did not.
+  const std::vector<json> first = Results();
+  std::ofstream(output_, std::ios::trunc) << first[0].dump() << "\n" << first[1].dump() << "\n";
+  service_.attribute = [](const v1::AttributeRequest& in, v1::AttributeResponse* out) {
+    out->mutable_settings_used()->set_n_samples(25);
+    out->mutable_stats()->set_server_build("146fc405e291");
+    return OneFeature(in, out);
+  };
+  summary = Run(rows, {.window = 1});
+  ASSERT_THAT(summary, IsOk());
+  EXPECT_THAT(summary->unchecked_settings, HasSubstr("1 row (the first \"r1\") was answered"));
+}
+
+TEST_F(BatchRunner, RowsThatCannotBeCheckedAloneOrOfMethodsThatReadNoSettingsAreNotNamed) {
+  Start();  // OneFeature: an older server's answers only
+  const std::vector<BatchRow> rows = {{.id = "r0", .prompt = "Is it warm?", .target = " Yes"},
+                                      {.id = "r1", .prompt = "Is it cold?", .target = " Yes"}};
+  absl::StatusOr<JobSummary> summary = Run(rows);
+  ASSERT_THAT(summary, IsOk());
+  EXPECT_EQ(summary->unchecked_settings, "");
+  // A current server's answers of a method that reads no settings (saliency): nothing to check.
+  std::remove(output_.c_str());
+  service_.attribute = [](const v1::AttributeRequest& in, v1::AttributeResponse* out) {
+    if (in.prompt().text() == "Is it warm?") out->mutable_stats()->set_server_build("146fc405e291");
+    return OneFeature(in, out);
+  };
+  summary = Run(rows);
+  ASSERT_THAT(summary, IsOk());
+  EXPECT_EQ(summary->unchecked_settings, "");
+}
+
+// The job's settings are checked against the tightest of the servers' limits, not the last server's: an n_samples
+// over one server's limit failed half the rows, and the errors stayed in the file.
+TEST(ModelFingerprint, TakesTheTightestLimitsAndNamesTheServersWhereTheyDiffer) {
+  std::vector<std::unique_ptr<FakeService>> services;
+  std::vector<std::unique_ptr<grpc::Server>> servers;
+  std::vector<std::string> targets;
+  for (int max_samples : {10, 1024, 10}) {
+    auto service = std::make_unique<FakeService>();
+    v1::ModelInfo* model = service->models.add_models();
+    model->set_name("demo");
+    model->set_architecture("llama");
+    model->mutable_limits()->set_max_steps(512);
+    model->mutable_limits()->set_max_samples(max_samples);
+    grpc::ServerBuilder builder;
+    builder.RegisterService(service.get());
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    servers.push_back(builder.BuildAndStart());
+    ASSERT_NE(servers.back(), nullptr);
+    targets.push_back("127.0.0.1:" + std::to_string(port));
+    services.push_back(std::move(service));
+  }
+  for (const std::vector<std::string>& order : {std::vector<std::string>{targets[1], targets[0]}, targets}) {
+    absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> clients = ConnectToServers(order, {});
+    ASSERT_THAT(clients, IsOk());
+    std::vector<AttributionClient*> pointers;
+    for (auto& client : *clients) pointers.push_back(client.get());
+    std::string model = "demo", differing;
+    ModelInfo info;
+    ASSERT_THAT(ModelFingerprint(pointers, model, nullptr, &info, nullptr, &differing), IsOk());
+    EXPECT_EQ(info.max_samples, 10);
+    EXPECT_EQ(info.max_steps, 512);
+    EXPECT_THAT(differing, HasSubstr("(" + targets[1] + "): max_steps 512, max_samples 1024"));
+    EXPECT_THAT(differing, HasSubstr("(" + targets[0] + "): max_steps 512, max_samples 10"));
+  }
+  std::vector<AttributionClient*> alike;
+  absl::StatusOr<std::vector<std::unique_ptr<AttributionClient>>> clients =
+      ConnectToServers({targets[0], targets[2]}, {});
+  ASSERT_THAT(clients, IsOk());
+  for (auto& client : *clients) alike.push_back(client.get());
+  std::string model = "demo", differing = "unset";
+  ASSERT_THAT(ModelFingerprint(alike, model, nullptr, nullptr, nullptr, &differing), IsOk());
+  EXPECT_EQ(differing, "");
+  for (auto& server : servers) server->Shutdown();
 }
 
 // Ids reach the terminal in the summary's worst rows: an escape sequence in one is printed escaped.
