@@ -78,7 +78,7 @@ struct Feature {
 struct RunStats {
   int64_t rows = 0, forward_passes = 0, backward_passes = 0;
   double queue_seconds = 0, device_seconds = 0, wall_seconds = 0;
-  std::string server_build;  // the commit the server was built from ("" from servers before 2026-12-07)
+  std::string server_build;  // the commit the server was built from ("" from servers before 146fc40)
 };
 
 struct FeatureGroup {
@@ -180,7 +180,7 @@ struct Faithfulness {
 
 // The settings an attribution ran with, in AttributeOptions' terms, the server's defaults and limits filled in:
 // copied into AttributeOptions they get this answer again from a server whose defaults differ, where its limits
-// admit them. Unset: the method does not read it (or a server before 2026-12-07 answered).
+// admit them. Unset: the method does not read it (or a server before 146fc40 answered).
 struct SettingsUsed {
   std::optional<int> n_steps;       // integrated gradients: points at most (Attribution::integration_steps: those used)
   std::optional<std::string> rule;  // as AttributeOptions::rule names it
@@ -340,6 +340,9 @@ struct ComponentAttribution {
   RunStats stats;
   std::string model_digest;  // the weights that computed it (ModelInfo::model_digest); "" from older servers
   std::vector<std::string> unread_settings;  // settings sent that the method does not read: they changed nothing
+  // What the method ran with (layer integrated gradients: n_steps and rule), defaults and limits applied; none
+  // from servers before this field, or for methods that read no settings.
+  SettingsUsed settings_used;
 };
 
 // The whole of file `path`; NOT_FOUND naming the path and why when it cannot be read: it cannot be opened, it is a

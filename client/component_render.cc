@@ -11,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "client/heatmap.h"
 #include "client/palette.h"
+#include "client/result_json.h"
 
 namespace attribution::client {
 namespace {
@@ -171,19 +172,18 @@ std::string ComponentJson(const ComponentAttribution& a) {
                           {"shape", g.shape},   {"axes", g.axes},
                           {"values", g.values}, {"convergence_deltas", g.convergence_deltas}};
   };
-  nlohmann::json out = {
-      {"model", a.model},
-      {"method", a.method},
-      {"metric", a.metric},
-      {"direction", a.direction},
-      {"model_digest", a.model_digest},
-      {"unread_settings", a.unread_settings},
-      {"answer", {{"id", a.answer.id}, {"text", a.answer.text}}},
-      {"wrong_answer", {{"id", a.wrong_answer.id}, {"text", a.wrong_answer.text}}},
-      {"grids", nlohmann::json::array()},
-      {"pairs", nlohmann::json::array()},
-      {"stats",
-       {{"rows", a.stats.rows}, {"backward_passes", a.stats.backward_passes}, {"wall_seconds", a.stats.wall_seconds}}}};
+  nlohmann::json out = {{"model", a.model},
+                        {"method", a.method},
+                        {"metric", a.metric},
+                        {"direction", a.direction},
+                        {"model_digest", a.model_digest},
+                        {"unread_settings", a.unread_settings},
+                        {"answer", {{"id", a.answer.id}, {"text", a.answer.text}}},
+                        {"wrong_answer", {{"id", a.wrong_answer.id}, {"text", a.wrong_answer.text}}},
+                        {"grids", nlohmann::json::array()},
+                        {"pairs", nlohmann::json::array()},
+                        {"settings_used", SettingsUsedJson(a.settings_used)},
+                        {"stats", StatsJson(a.stats)}};
   for (const ComponentGrid& g : a.grids) out["grids"].push_back(grid_json(g));
   for (const PairComponents& p : a.pairs) {
     nlohmann::json pair = {{"clean_metric", p.clean_metric},

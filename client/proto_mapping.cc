@@ -613,6 +613,7 @@ absl::StatusOr<ComponentAttribution> FromProto(const v1::AttributeComponentsResp
                            .stats = StatsFromProto(r.stats()),
                            .model_digest = r.model_digest()};
   out.unread_settings.assign(r.unread_settings().begin(), r.unread_settings().end());
+  out.settings_used = SettingsFromProto(r.settings_used());
   for (const v1::ComponentGrid& g : r.grids()) out.grids.push_back(GridFromProto(g));
   for (const v1::PairComponents& p : r.pairs()) {
     PairComponents pair{.clean_metric = p.clean_metric(),

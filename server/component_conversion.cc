@@ -190,6 +190,11 @@ void ToComponentsResponse(const engine::ComponentResult& result, const Component
   out->set_metric(ToProtoEnum(engine::ComponentMetricName(request.metric), &v1::ComponentMetric_Parse));
   out->set_direction(ToProtoEnum(engine::PatchDirectionName(request.direction), &v1::PatchDirection_Parse));
   for (const std::string& setting : call.unread_settings) out->add_unread_settings(setting);
+  v1::SettingsUsed* used = out->mutable_settings_used();  // set even when empty: this server reports them
+  if (request.method == engine::ComponentMethod::kLayerIntegratedGradients) {
+    used->set_n_steps(static_cast<int32_t>(request.n_steps));
+    used->set_rule(ToProtoRule(request.rule));
+  }
   for (const engine::ComponentGrid& grid : result.grids) ToProtoGrid(grid, out->add_grids());
   for (size_t k = 0; k < result.pairs.size(); ++k) {
     v1::PairComponents* pair = out->add_pairs();

@@ -472,17 +472,6 @@ absl::StatusOr<AttributeCall> ToAttributeCall(const v1::AttributeRequest& proto,
 
 namespace {
 
-v1::IntegrationRule ToProtoRule(engine::IntegrationRule rule) {
-  const google::protobuf::EnumDescriptor* rules = v1::IntegrationRule_descriptor();
-  for (int i = 0; i < rules->value_count(); ++i) {
-    const google::protobuf::EnumValueDescriptor* value = rules->value(i);
-    if (value->number() == v1::INTEGRATION_RULE_UNSPECIFIED) continue;
-    absl::StatusOr<engine::IntegrationRule> parsed = engine::ParseIntegrationRule(absl::AsciiStrToLower(value->name()));
-    if (parsed.ok() && *parsed == rule) return static_cast<v1::IntegrationRule>(value->number());
-  }
-  return v1::INTEGRATION_RULE_UNSPECIFIED;
-}
-
 // The settings the method read, as it read them (defaults and limits applied).
 void FillSettingsUsed(const engine::AttributionRequest& request, v1::SettingsUsed* out) {
   const uint32_t reads = engine::MethodOf(request.method).reads;

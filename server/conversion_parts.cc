@@ -148,6 +148,17 @@ absl::StatusOr<engine::IntegrationRule> ToRule(v1::IntegrationRule rule, bool to
                        &engine::ParseIntegrationRule);
 }
 
+v1::IntegrationRule ToProtoRule(engine::IntegrationRule rule) {
+  const google::protobuf::EnumDescriptor* rules = v1::IntegrationRule_descriptor();
+  for (int i = 0; i < rules->value_count(); ++i) {
+    const google::protobuf::EnumValueDescriptor* value = rules->value(i);
+    if (value->number() == v1::INTEGRATION_RULE_UNSPECIFIED) continue;
+    absl::StatusOr<engine::IntegrationRule> parsed = engine::ParseIntegrationRule(absl::AsciiStrToLower(value->name()));
+    if (parsed.ok() && *parsed == rule) return static_cast<v1::IntegrationRule>(value->number());
+  }
+  return v1::INTEGRATION_RULE_UNSPECIFIED;
+}
+
 void FillTokens(const ResolvedInput& input, const engine::Tokenizer& tokenizer,
                 google::protobuf::RepeatedPtrField<v1::Token>* out) {
   for (size_t i = 0; i < input.encoding.ids.size(); ++i) {

@@ -57,6 +57,8 @@ absl::StatusOr<ResolvedInput> ResolveTarget(const v1::Input& input, absl::string
 absl::StatusOr<engine::Priority> ToPriority(v1::Priority priority);
 // An unspecified rule is Gauss-Legendre (Captum's), or Fejér's second rule when integrating to a tolerance.
 absl::StatusOr<engine::IntegrationRule> ToRule(v1::IntegrationRule rule, bool to_tolerance = false);
+// The proto's name of a rule (settings_used).
+v1::IntegrationRule ToProtoRule(engine::IntegrationRule rule);
 
 // The engine value of a proto enum value, matched by name so that the engine's parser stays the one
 // table: `value`'s name in lower case (METHOD_UNSPECIFIED, 0, stands for `unspecified`). The engine

@@ -108,6 +108,14 @@ struct RowOutcome {
   bool reports_settings = false;
 };
 
+// What the method ran with, the server's defaults filled in (a rerun sends these to get the same numbers), and the
+// server's build, which says whether it reports them (UncheckedSettings).
+void AddProvenance(const SettingsUsed& settings_used, const RunStats& stats, json& result) {
+  const json used = SettingsUsedJson(settings_used);
+  for (const auto& [name, value] : used.items()) result[name + "_used"] = value;
+  if (!stats.server_build.empty()) result["server_build"] = stats.server_build;
+}
+
 // The identity of `model`; INTERNAL when FingerprintModels did not ask for it.
 absl::StatusOr<ModelIdentity> FingerprintOf(const ModelFingerprints& fingerprints, const std::string& model) {
   auto it = fingerprints.find(model);
@@ -188,10 +196,7 @@ class RowProcessor {
     if (attribution->integration_steps > 0) result["integration_steps"] = attribution->integration_steps;
     if (attribution->tolerance_met) result["tolerance_met"] = *attribution->tolerance_met;
     if (!attribution->unread_settings.empty()) result["unread_settings"] = attribution->unread_settings;
-    // What the method ran with, the server's defaults filled in: a rerun sends these to get the same numbers.
-    const json used = SettingsUsedJson(attribution->settings_used);
-    for (const auto& [name, value] : used.items()) result[name + "_used"] = value;
-    if (!attribution->stats.server_build.empty()) result["server_build"] = attribution->stats.server_build;
+    AddProvenance(attribution->settings_used, attribution->stats, result);
     result["server_seconds"] = attribution->stats.wall_seconds;
     result["attempts"] = attempts;
     absl::Status page = options_.html_dir.empty() ? absl::OkStatus()
@@ -239,7 +244,7 @@ class RowProcessor {
     result["clean_metric"] = pair.clean_metric;
     result["corrupted_metric"] = pair.corrupted_metric;
     if (!answer->unread_settings.empty()) result["unread_settings"] = answer->unread_settings;
-    if (!answer->stats.server_build.empty()) result["server_build"] = answer->stats.server_build;
+    AddProvenance(answer->settings_used, answer->stats, result);
     json sites = json::array(), axes = json::array(), shapes = json::array(), values = json::array(),
          deltas = json::array();
     std::optional<double> delta;
@@ -265,7 +270,12 @@ class RowProcessor {
         options_.html_dir.empty()
             ? absl::OkStatus()
             : WriteComponentRowPage(options_.html_dir, row.id, result["request_id"].get<std::string>(), *answer);
-    return {.line = JsonText(result), .delta = delta, .fatal = page};
+    return {.line = JsonText(result),
+            .delta = delta,
+            .fatal = page,
+            .settings_hash = result["settings_hash"].get<std::string>(),
+            .settings_used = SettingsUsedOf(result),
+            .reports_settings = result.contains("server_build")};
   }
 
   // Multiple choice: each choice's probability after the prompt (over the whole vocabulary, and

@@ -51,6 +51,17 @@ TEST(ComponentJson, WritesTextThatIsNotUtf8WithReplacements) {
   EXPECT_EQ(json["grids"][0]["values"][1], -0.25);
 }
 
+// --json left out the server's build and forward passes (its own stats object), and the settings the method ran with.
+TEST(ComponentJson, CarriesTheStatsAndTheSettingsUsed) {
+  ComponentAttribution a = TwoHeads({0.5, -0.25});
+  a.stats = {.rows = 4, .forward_passes = 3, .backward_passes = 2, .wall_seconds = 0.5, .server_build = "146fc405e291"};
+  a.settings_used = {.n_steps = 8, .rule = "gausslegendre"};
+  const nlohmann::json json = nlohmann::json::parse(ComponentJson(a));
+  EXPECT_EQ(json["stats"]["server_build"], "146fc405e291");
+  EXPECT_EQ(json["stats"]["forward_passes"], 3);
+  EXPECT_EQ(json["settings_used"], nlohmann::json({{"n_steps", 8}, {"rule", "gausslegendre"}}));
+}
+
 // An exact zero shows as 0 in the table and the ranking, whatever its sign.
 TEST(TerminalComponents, ShowsAnExactZeroUnsigned) {
   const std::string out = TerminalComponents(TwoHeads({-0.0, 0.5}), /*color=*/false);

@@ -198,6 +198,12 @@ TEST_F(ComponentRows, ResultsEqualTheSameRequestsSentOneByOne) {
     absl::StatusOr<client::ComponentAttribution> alone = (*client)->AttributeComponents(request);
     ASSERT_THAT(alone, IsOk());
     ASSERT_EQ(alone->pairs.size(), 1u);
+    // What the method ran with: layer integrated gradients reads the steps and the rule, patching reads neither.
+    EXPECT_EQ(alone->settings_used.n_steps, layer_ig ? std::optional<int>(8) : std::nullopt);
+    EXPECT_EQ(alone->settings_used.rule, layer_ig ? std::optional<std::string>("gausslegendre") : std::nullopt);
+    EXPECT_EQ(result.value("n_steps_used", 0), layer_ig ? 8 : 0);
+    EXPECT_EQ(result.value("rule_used", ""), layer_ig ? "gausslegendre" : "");
+    EXPECT_FALSE(result.value("server_build", "").empty());
     const client::PairComponents& pair = alone->pairs[0];
     ExpectNear(result["clean_metric"], pair.clean_metric, "clean_metric");
     ExpectNear(result["corrupted_metric"], pair.corrupted_metric, "corrupted_metric");
@@ -315,6 +321,37 @@ TEST_F(ComponentRows, ParquetHtmlAndTheSamePairsAsCsv) {
 
 // An unknown name in a component setting, from a flag or the job file, is a usage error naming it (exit 2,
 // nothing written), as for the attribution settings: sent anyway, every component row would fail alike.
+// Layer integrated gradients with n_steps unset runs the server's default, which a lower max_steps lowers: rows of
+// one settings hash ran 16 and 8 steps on two servers (grids up to 3.0 apart, deltas 0.2 and -2.8), mixed in one
+// file with nothing to say so. Component answers now say what they ran with, and the job stops at a difference.
+TEST(ComponentSettings, RowsOfOneSettingsThatRanWithOtherStepsStopTheJob) {
+  TempDir dir;
+  auto full = ServerProcess::Start({});
+  auto lowered = ServerProcess::Start({"--max_steps=8"});
+  ASSERT_THAT(full, IsOk());
+  ASSERT_THAT(lowered, IsOk());
+  std::vector<json> rows = Rows();
+  rows.resize(6);
+  const std::string input = dir.File("pairs.jsonl"), output = dir.File("out.jsonl"), log = dir.File("job.log");
+  {
+    std::ofstream out(input);
+    for (json& row : rows) {
+      row.erase("settings");
+      out << row.dump() << "\n";
+    }
+  }
+  EXPECT_EQ(RunBatch({"--input=" + input, "--output=" + output,
+                      "--server=" + (*full)->address() + "," + (*lowered)->address(),
+                      "--component_method=layer_integrated_gradients", "--window=1", "--progress=log"},
+                     log),
+            1)
+      << ReadFile(log);
+  EXPECT_THAT(ReadFile(log), HasSubstr("\"n_steps_used\":8"));
+  EXPECT_THAT(ReadFile(log), HasSubstr("\"n_steps_used\":16"));
+  EXPECT_THAT(ReadFile(log), HasSubstr("of the same settings ran with"));
+  for (const json& result : ReadResults(output)) EXPECT_EQ(result.value("n_steps_used", 0), 16) << result.dump();
+}
+
 TEST(ComponentSettings, UnknownNamesAreUsageErrors) {
   TempDir dir;
   const std::string rows = WriteJsonl(dir), output = dir.File("out.jsonl"), job = dir.File("job.json");

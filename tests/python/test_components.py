@@ -119,6 +119,15 @@ def test_steps_and_rule_beside_a_method_without_steps_are_named_unread(client):
     assert components(client, method="layer_integrated_gradients", n_steps=4).unread_settings == []
 
 
+def test_settings_used_name_what_layer_integrated_gradients_ran_with(client):
+    layer_ig = components(client, method="layer_integrated_gradients")
+    assert layer_ig.settings_used == ac.SettingsUsed(n_steps=16, rule="gausslegendre")
+    assert layer_ig.stats.server_build != ""
+    assert components(client, method="layer_integrated_gradients", n_steps=4, rule="fejer2").settings_used == \
+        ac.SettingsUsed(n_steps=4, rule="fejer2")
+    assert components(client, method="activation_patching", n_steps=8).settings_used == ac.SettingsUsed()
+
+
 def test_components_stream_progress_is_monotone_and_ends_in_the_result(client):
     stream = client.attribute_components_stream(pairs=[(CLEAN, CORRUPTED)], answer=" Yes", wrong_answer=" No",
                                                 method="layer_integrated_gradients", n_steps=4,

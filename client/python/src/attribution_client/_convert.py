@@ -443,7 +443,8 @@ def component_attribution(r: pb.AttributeComponentsResponse) -> ComponentAttribu
         model=r.model, method=_name_of(r.method, COMPONENT_METHODS), metric=_name_of(r.metric, COMPONENT_METRICS),
         direction=_name_of(r.direction, DIRECTIONS), grids=[_grid(g) for g in r.grids], pairs=pairs,
         answer=token(r.answer), wrong_answer=token(r.wrong_answer), stats=_stats(r.stats),
-        model_digest=r.model_digest, unread_settings=list(r.unread_settings))
+        model_digest=r.model_digest, unread_settings=list(r.unread_settings),
+        settings_used=_settings_used(r.settings_used))
 
 
 def generation(r: pb.GenerateResponse, asked: Optional[pb.GenerateRequest] = None) -> Generation:

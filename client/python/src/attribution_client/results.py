@@ -40,14 +40,14 @@ class RunStats:
     queue_seconds: float = 0.0
     device_seconds: float = 0.0
     wall_seconds: float = 0.0
-    server_build: str = ""  # the commit the server was built from ("" from servers before 2026-12-07)
+    server_build: str = ""  # the commit the server was built from ("" from servers before 146fc40)
 
 
 @dataclass(frozen=True)
 class SettingsUsed:
     """The settings an attribution ran with, in AttributeOptions' terms, the server's defaults and limits filled
     in: passed back in AttributeOptions they get the answer again from a server whose defaults differ, where its
-    limits admit them. None: the method does not read it (or a server before 2026-12-07 answered)."""
+    limits admit them. None: the method does not read it (or a server before 146fc40 answered)."""
 
     n_steps: Optional[int] = None  # integrated gradients: points at most (integration_steps: those used)
     rule: Optional[str] = None
@@ -260,6 +260,8 @@ class ComponentAttribution:
     model_digest: str = ""
     # Settings sent that the method does not read (n_steps, rule beside all but layer IG): they changed nothing.
     unread_settings: List[str] = field(default_factory=list)
+    # What the method ran with (layer IG: n_steps and rule), the server's defaults and limits filled in.
+    settings_used: SettingsUsed = field(default_factory=SettingsUsed)
 
     def grid(self, site: str) -> ComponentGrid:
         """The grid of one site ("heads", "attn_out", "mlp_out", "resid_pre"); KeyError if not asked."""
