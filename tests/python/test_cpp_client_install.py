@@ -2,7 +2,8 @@
 """The C++ client as another team's CMake project takes it: `cmake --install BUILD --component attribution_client`,
 then find_package(AttributionClient) and attribution::client in a project of its own
 (tests/install/cpp_client_consumer), built and run against the real server. Its token ids are checked against
-transformers' tokenizer and its log-probability against transformers' model."""
+transformers' tokenizer and its log-probability against transformers' model; two modules of one process use its
+shared library."""
 from __future__ import annotations
 
 import os
@@ -56,6 +57,20 @@ def test_an_installed_client_builds_into_another_project_and_answers_as_referenc
         logits = model(torch.tensor([ids + target])).logits[0].log_softmax(-1)
     expected = sum(float(logits[len(ids) - 1 + t, token]) for t, token in enumerate(target))
     assert float(lines["total_log_prob"]) == pytest.approx(expected, abs=1e-4)
+
+
+def test_two_modules_of_one_process_use_the_shared_client(consumer, server):
+    """Two plugins each linking the static client aborted the process at the second's load (protobuf registered
+    attribution.proto twice); each linking attribution::client_shared, both answer."""
+    project = consumer.parent
+    plugins = [str(project / f"libplugin_{name}.so") for name in ("a", "b")]
+    output = _run(str(project / "two_plugins"), *plugins, server.address, PROMPT, TARGET, cwd=project)
+    totals = [float(line.split(" ", 1)[1]) for line in output.splitlines() if line.startswith("total_log_prob ")]
+    single = dict(line.split(" ", 1) for line in _run(str(consumer), server.address, PROMPT, TARGET,
+                                                      cwd=project).splitlines())
+    assert totals == [pytest.approx(float(single["total_log_prob"]), abs=1e-6)] * 2
+    libraries = sorted(p.name for p in (consumer.parent.parent / "prefix").rglob("libattribution_client*"))
+    assert libraries == ["libattribution_client.a", "libattribution_client.so"]
 
 
 def test_an_installed_client_names_a_server_it_cannot_reach(consumer):
