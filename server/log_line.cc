@@ -10,15 +10,18 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "engine/common/status_macros.h"
 #include "engine/common/visible_controls.h"
 
 namespace attribution::server {
@@ -106,7 +109,42 @@ std::string FormatLogLine(nlohmann::json line) {
   return EscapeTerminalControls(line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)) + "\n";
 }
 
-void WriteLogLine(nlohmann::json line) { ProcessLog().Append(FormatLogLine(std::move(line))); }
+namespace {
+
+constexpr absl::string_view kSeverities[] = {"DEBUG", "INFO", "WARNING", "ERROR"};
+std::atomic<int> minimum_severity{0};
+
+// The rank of a severity in kSeverities; -1 for another name.
+int SeverityRank(absl::string_view severity) {
+  for (int rank = 0; rank < static_cast<int>(std::size(kSeverities)); ++rank) {
+    if (absl::EqualsIgnoreCase(severity, kSeverities[rank])) return rank;
+  }
+  return -1;
+}
+
+}  // namespace
+
+void WriteLogLine(nlohmann::json line) {
+  if (const int minimum = minimum_severity.load(std::memory_order_relaxed); minimum > 0) {
+    const auto given = line.find("severity");
+    const int rank = SeverityRank(given != line.end() && given->is_string() ? given->get<std::string>()
+                                                                            : std::string(LogSeverity(line)));
+    if (rank >= 0 && rank < minimum) return;
+  }
+  ProcessLog().Append(FormatLogLine(std::move(line)));
+}
+
+absl::Status CheckLogSeverity(absl::string_view severity, absl::string_view field) {
+  if (SeverityRank(severity) >= 0) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(field, ": unknown level \"", severity, "\" (debug, info, warning or error)"));
+}
+
+absl::Status SetMinimumLogSeverity(absl::string_view severity, absl::string_view field) {
+  RETURN_IF_ERROR(CheckLogSeverity(severity, field));
+  minimum_severity = SeverityRank(severity);
+  return absl::OkStatus();
+}
 
 bool FlushLog(absl::Duration timeout) { return ProcessLog().Flush(timeout); }
 

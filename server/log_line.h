@@ -12,6 +12,8 @@
 #include <string>
 #include <thread>
 
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
 namespace attribution::server {
@@ -20,8 +22,16 @@ namespace attribution::server {
 // LogSeverity); invalid UTF-8 replaced, and control characters a terminal obeys spelled \uNNNN.
 std::string FormatLogLine(nlohmann::json line);
 
-// Hands FormatLogLine(line) to the process's LogWriter for stderr. Never blocks on stderr.
+// Hands FormatLogLine(line) to the process's LogWriter for stderr, unless its severity is below the minimum.
+// Never blocks on stderr.
 void WriteLogLine(nlohmann::json line);
+
+// Lines of a lower severity than `severity` (DEBUG < INFO < WARNING < ERROR, any case) are not written from now on
+// (--log_level; every line by default): a replica answering thousands of calls a second wrote an INFO line for
+// each. INVALID_ARGUMENT naming `field` for another name.
+absl::Status SetMinimumLogSeverity(absl::string_view severity, absl::string_view field);
+// OK when `severity` names one; SetMinimumLogSeverity's error otherwise.
+absl::Status CheckLogSeverity(absl::string_view severity, absl::string_view field);
 
 // Waits until the lines written before have been written to stderr (or failed to: a reader gone), or `timeout`
 // passed; false then. Call it before the process exits.

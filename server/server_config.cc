@@ -24,6 +24,7 @@
 #include "engine/common/status_macros.h"
 #include "engine/model/quantization.h"
 #include "engine/tokenizer/tokenizer.h"
+#include "server/log_line.h"
 
 namespace attribution::server {
 namespace {
@@ -251,6 +252,7 @@ absl::StatusOr<ServerConfig> ParseServerConfig(const std::string& json_text, con
   RETURN_IF_ERROR(reader.ReadSeconds("grace_period_seconds", config.grace_period));
   RETURN_IF_ERROR(reader.ReadSeconds("client_read_timeout_seconds", config.client_read_timeout));
   RETURN_IF_ERROR(reader.ReadSeconds("max_connection_age_seconds", config.max_connection_age));
+  RETURN_IF_ERROR(reader.Read("log_level", config.log_level));
   Section tls;
   List models;
   RETURN_IF_ERROR(reader.Read("tls", tls));
@@ -531,6 +533,7 @@ absl::Status ValidateServerConfig(const ServerConfig& config) {
         absl::StrCat("max_connection_age_seconds must be 0 (never) or between 1 and 2073600, not ",
                      absl::ToDoubleSeconds(config.max_connection_age)));
   }
+  RETURN_IF_ERROR(CheckLogSeverity(config.log_level, "log_level"));
   return absl::OkStatus();
 }
 

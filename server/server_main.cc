@@ -131,6 +131,9 @@ ABSL_FLAG(bool, check_config_files, true,
 ABSL_FLAG(double, grace_period_seconds, 30, "on SIGTERM, how long calls in flight may take to finish");
 ABSL_FLAG(double, client_read_timeout_seconds, 120,
           "cancel a call whose answer waited this long for its client to read it (0: never)");
+ABSL_FLAG(std::string, log_level, "debug",
+          "log lines below this severity are not written: debug (every line), info, warning (calls that were "
+          "overloaded, late or unavailable, the server's faults, warnings), error");
 ABSL_FLAG(double, max_connection_age_seconds, 300,
           "ask a client to reconnect once its connection is this old (calls in flight finish), so "
           "round-robin clients resolve the name again and reach replicas added since (0: never)");
@@ -305,6 +308,7 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   Override("max_unread_answer_bytes", FLAGS_max_unread_answer_bytes, config.max_unread_answer_bytes);
   Override("max_transport_memory_bytes", FLAGS_max_transport_memory_bytes, config.max_transport_memory_bytes);
   Override("max_message_bytes", FLAGS_max_message_bytes, config.max_message_bytes);
+  Override("log_level", FLAGS_log_level, config.log_level);
   for (auto [flag, value, out] :
        {std::tuple{"grace_period_seconds", &FLAGS_grace_period_seconds, &config.grace_period},
         {"client_read_timeout_seconds", &FLAGS_client_read_timeout_seconds, &config.client_read_timeout},
@@ -532,6 +536,8 @@ int Serve(const ThreadStacks& thread_stacks) {
     std::printf("\n");
     return 0;
   }
+  // Checked with the config: the level is one of the four.
+  SetMinimumLogSeverity(config->log_level, "log_level").IgnoreError();
   RouteGrpcLogs();
   const rlim_t open_files = RaiseOpenFileLimit();
   const auto [intra_op_threads, threads_chosen_by] = FitIntraOpThreads();

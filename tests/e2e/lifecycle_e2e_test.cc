@@ -296,6 +296,44 @@ TEST(Lifecycle, ASmallStackLimitDoesNotShrinkTheThreadsStacks) {
   EXPECT_EQ(::kill((*server)->pid(), 0), 0);
 }
 
+// Every call wrote an INFO line, a replica answering thousands of calls a second one for each: --log_level keeps the
+// lines at or above it. Here a model's warning (a folder without a tokenizer) stays, and below warning go the
+// listening, serving and call lines; gRPC's DEBUG lines (GRPC_VERBOSITY=debug) go below info.
+TEST(Lifecycle, TheLogLevelKeepsTheLinesAtOrAboveIt) {
+  test_support::TempDir root;
+  const std::string ids_only = root.File("ids-only");
+  ASSERT_EQ(::mkdir(ids_only.c_str(), 0755), 0);
+  for (const char* file : {"config.json", "generation_config.json", "model.safetensors"}) {
+    const std::string from = test_support::DemoModelDir() + "/" + file, to = ids_only + "/" + file;
+    ASSERT_EQ(::symlink(from.c_str(), to.c_str()), 0) << file;
+  }
+  for (const std::string level : {"warning", "info"}) {
+    SCOPED_TRACE(level);
+    auto server = ServerProcess::Start(
+        {"--model=m=" + test_support::DemoModelDir(), "--model=ids=" + ids_only, "--log_level=" + level},
+        absl::Seconds(120), {.environment = {"GRPC_VERBOSITY=debug"}});
+    ASSERT_THAT(server, IsOk());
+    auto client = client::AttributionClient::Connect({.target = (*server)->address()});
+    ASSERT_THAT(client, IsOk());
+    ASSERT_THAT((*client)->GetLogprobs({.model = "m", .prompt = "a b", .target = " c", .request_id = "the-call"}),
+                IsOk());
+    const std::string log = level == "info" ? (*server)->LogOnceItHolds("the-call") : (*server)->Log();
+    EXPECT_THAT(log, ::testing::HasSubstr("serves token ids only"));
+    EXPECT_THAT(log, ::testing::HasSubstr(R"("severity":"WARNING")"));
+    EXPECT_THAT(log, ::testing::Not(::testing::HasSubstr(R"("severity":"DEBUG")")));
+    if (level == "info") {
+      EXPECT_THAT(log, ::testing::HasSubstr(R"("event":"serving")"));
+    } else {
+      EXPECT_THAT(log, ::testing::Not(::testing::HasSubstr(R"("severity":"INFO")")));
+    }
+  }
+  // As the server writes them without a level: gRPC's DEBUG lines are there.
+  auto every_line = ServerProcess::Start({"--model=m=" + test_support::DemoModelDir()}, absl::Seconds(120),
+                                         {.environment = {"GRPC_VERBOSITY=debug"}});
+  ASSERT_THAT(every_line, IsOk());
+  EXPECT_THAT((*every_line)->Log(), ::testing::HasSubstr(R"("severity":"DEBUG")"));
+}
+
 // A cgroup of its own with a CPU quota, removed at scope exit; none where cgroups cannot be written here.
 class QuotaCgroup {
  public:

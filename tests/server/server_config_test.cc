@@ -59,13 +59,31 @@ TEST(ServerConfig, MaxConnectionAgeDefaultsToFiveMinutesAndIsZeroOrAtLeastASecon
   }
 }
 
+TEST(ServerConfig, LogLevelDefaultsToEveryLineAndIsOneOfFour) {
+  absl::StatusOr<ServerConfig> config = ParseServerConfig(R"({"models": [{"name": "m", "path": "/p"}]})", "test.json");
+  ASSERT_THAT(config, IsOk());
+  EXPECT_EQ(config->log_level, "debug");
+  for (const char* level : {"debug", "INFO", "warning", "Error"}) {
+    config->log_level = level;
+    EXPECT_THAT(ValidateServerConfig(*config), IsOk()) << level;
+  }
+  for (const char* level : {"", "warn", "verbose", "info "}) {
+    config->log_level = level;
+    EXPECT_THAT(ValidateServerConfig(*config), StatusIs(absl::StatusCode::kInvalidArgument,
+                                                        HasSubstr(absl::StrCat("log_level: unknown level \"", level,
+                                                                               "\" (debug, info, warning or "
+                                                                               "error)"))))
+        << level;
+  }
+}
+
 TEST(ServerConfig, ParsesEveryKey) {
   absl::StatusOr<ServerConfig> config = ParseServerConfig(R"({
     "listen": "0.0.0.0:6000", "metrics_listen": "", "auth_tokens_file": "/t", "max_concurrent_requests": 7,
     "max_unread_answer_bytes": 9, "max_streams_per_connection": 11,
     "max_transport_memory_bytes": 33554432,
     "max_message_bytes": 1000, "max_top_k": 5, "grace_period_seconds": 2.5, "client_read_timeout_seconds": 0,
-    "max_connection_age_seconds": 60,
+    "max_connection_age_seconds": 60, "log_level": "Warning",
     "tls": {"cert_file": "c", "key_file": "k", "client_ca_file": "ca"},
     "models": [{"name": "m", "path": "/p", "dtype": "bfloat16", "quantization": "nf4", "device": "cuda:1",
                 "engine": {"max_batch_tokens": 4096, "max_batch_rows": 16, "max_queue_delay_seconds": 0.005,
@@ -84,6 +102,7 @@ TEST(ServerConfig, ParsesEveryKey) {
   EXPECT_EQ(config->grace_period, absl::Milliseconds(2500));
   EXPECT_EQ(config->client_read_timeout, absl::ZeroDuration());  // 0: no timeout
   EXPECT_EQ(config->max_connection_age, absl::Seconds(60));
+  EXPECT_EQ(config->log_level, "Warning");
   EXPECT_EQ(config->tls.client_ca_file, "ca");
   ASSERT_EQ(config->models.size(), 1u);
   const ModelSpec& m = config->models[0];
