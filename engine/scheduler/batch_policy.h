@@ -2,7 +2,8 @@
 // The batching decision as a pure function of (queue view, now): which rows form the next batch, or
 // how long to wait for more. Kept free of threads and locks so tests can drive it with any clock.
 //
-// Policy: requests are ordered by priority (high first), then deadline (earliest first), then arrival.
+// Policy: requests are ordered by priority (high first), then deadline (earliest first), then arrival, except
+// that a request the previous batch of the kind passed over for padding leads within its priority level.
 // Kinds take turns: among the kinds queued at the highest priority level with work, the batch takes
 // the first one at or after `next_kind` in cyclic order (so a scoring call is never stuck behind a
 // long run of gradient batches). Priority levels are strict: the batch is filled from the highest level first. Within a
@@ -61,9 +62,14 @@ struct BatchLimits {
   absl::Duration max_queue_delay = absl::ZeroDuration();
   RowKind next_kind = RowKind::kScore;  // the kind after the previous batch's
   // A row joins a batch of two or more rows only while padding stays at most this fraction of the
-  // batch's padded tokens: requests that list rows longest first get batches of similar lengths.
-  // Interactive requests' rows join regardless, as they do beyond the time bound.
+  // batch's padded tokens: requests that list rows longest first get batches of similar lengths. A row
+  // refused so is tried again on each pass of the round-robin, as the batch holds more rows.
   double max_padding_waste = 1.0;
+  // Per kind, a request that the previous batch of the kind passed over for padding (BatchDecision::passed_over;
+  // 0: none): it leads this batch within its priority level, ahead of earlier deadlines and arrivals. Requests
+  // whose rows cannot share a batch take turns by batch: a 10-token integrated gradients call behind a 300-token
+  // one (no deadlines) otherwise got no batch until all the long one's rows had run (0.35 s alone, 7.5-17 s).
+  uint64_t lead_requests[kRowKinds] = {0, 0, 0};
   // Device time of one batch while contended, by `costs` (a kind whose cost is not known yet is not
   // limited). `contended_recently`: the engine saw contention within its memory window.
   absl::Duration max_batch_time = absl::InfiniteDuration();
@@ -107,6 +113,7 @@ struct BatchDecision {
   bool time_limited = false;       // max_batch_time or max_uncontended_batch_time bounded its size
   double interactive_seconds = 0;  // predicted time of the queued interactive work, 0 when none
   bool unpausable = false;         // queued interactive work that cannot run in a pause (see BatchLimits)
+  uint64_t passed_over = 0;        // the first request of the kind that got no row for padding alone (0: none)
 };
 
 BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Time now, const BatchLimits& limits);
