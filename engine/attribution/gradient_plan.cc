@@ -97,7 +97,10 @@ class GradientPlan : public RowPlan {
   }
   // Score rows at the path's ends: the input, and for integrated gradients the baseline.
   int64_t end_rows() const { return integrated_gradients() ? 2 : 1; }
-  int64_t RowsPerPoint() const { return 1 + (request_.want_token_matrix ? target_length() : 0); }
+  // A token matrix takes a row per target token and point beside the whole target's, unless the target is one token:
+  // then its row is the whole target's (a second one doubled the rows of every 1-token matrix for the same numbers).
+  bool token_rows() const { return request_.want_token_matrix && target_length() > 1; }
+  int64_t RowsPerPoint() const { return 1 + (token_rows() ? target_length() : 0); }
 
   // Token ids of the path's ends; which positions' baselines are the zero embedding.
   EmbeddingPath MakePath() const {
@@ -147,7 +150,7 @@ class GradientPlan : public RowPlan {
     for (size_t i = 0; i < alphas.size(); ++i) {
       const PathPoint point{.path = path_, .alpha = alphas[i], .noise_sample = noisy ? static_cast<int64_t>(i) : -1};
       rows_.push_back(Row{.kind = RowKind::kGrad, .point = point, .objective = SequenceObjective(p)});
-      if (!request_.want_token_matrix) continue;
+      if (!token_rows()) continue;
       for (int64_t t = 0; t < target_length(); ++t) {
         rows_.push_back(Row{.kind = RowKind::kGrad, .point = point, .objective = TokenObjective(p, t)});
       }
@@ -193,7 +196,8 @@ class GradientPlan : public RowPlan {
     };
     Attribution out{.sequence = features_of(0)};
     if (request_.want_token_matrix) {
-      for (int64_t t = 0; t < target_length(); ++t) out.per_token.push_back(features_of(1 + t));
+      for (int64_t t = 0; t < target_length(); ++t)
+        out.per_token.push_back(token_rows() ? features_of(1 + t) : out.sequence);
     }
     return out;
   }

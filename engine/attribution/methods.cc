@@ -31,7 +31,8 @@ absl::Status CheckPathRound(const AttributionRequest& r, int64_t points, int64_t
                             const AttributionLimits& limits, const char* points_are = nullptr) {
   const int64_t targets =
       r.target_ids.empty() ? r.generation.max_new_tokens : static_cast<int64_t>(r.target_ids.size());
-  const int64_t per_point = 1 + (r.want_token_matrix ? targets : 0);
+  // As GradientPlan queues them: a 1-token target's matrix row is its whole target's.
+  const int64_t per_point = 1 + (r.want_token_matrix && targets > 1 ? targets : 0);
   const int64_t rows = points * per_point + end_rows;
   const int64_t tokens = r.target_ids.empty() ? 0 : rows * (static_cast<int64_t>(r.prompt_ids.size()) + targets);
   if (rows <= limits.max_rows && tokens <= limits.max_queued_tokens) return absl::OkStatus();
