@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <utility>
 
 namespace attribution::engine {
 namespace {
@@ -86,7 +87,7 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
   std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
     const QueuedRequestView &x = queue[a], &y = queue[b];
     if (x.priority != y.priority) return x.priority > y.priority;
-    if ((x.request_id == lead) != (y.request_id == lead)) return lead != 0 && x.request_id == lead;
+    if (lead != 0 && (x.request_id == lead) != (y.request_id == lead)) return x.request_id == lead;
     if (x.deadline != y.deadline) return x.deadline < y.deadline;
     return x.arrival < y.arrival;
   });
@@ -168,10 +169,7 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
     if (taken[i] > 0) decision.take.emplace_back(i, taken[i]);
   }
   for (size_t i : order) {
-    if (padding_refused[i] && taken[i] == 0) {
-      decision.passed_over = queue[i].request_id;
-      break;
-    }
+    if (padding_refused[i] && taken[i] == 0) decision.passed_over.push_back(queue[i].request_id);
   }
   const absl::Duration waited = now - oldest_in_batch;
   if (limited || waited >= limits.max_queue_delay) {
@@ -181,6 +179,17 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
     decision.take.clear();
   }
   return decision;
+}
+
+void PassedOver::After(const std::vector<uint64_t>& passed_over) {
+  std::vector<uint64_t> waiting;
+  for (uint64_t id : waiting_) {
+    if (std::find(passed_over.begin(), passed_over.end(), id) != passed_over.end()) waiting.push_back(id);
+  }
+  for (uint64_t id : passed_over) {
+    if (std::find(waiting.begin(), waiting.end(), id) == waiting.end()) waiting.push_back(id);
+  }
+  waiting_ = std::move(waiting);
 }
 
 }  // namespace attribution::engine

@@ -65,10 +65,10 @@ struct BatchLimits {
   // batch's padded tokens: requests that list rows longest first get batches of similar lengths. A row
   // refused so is tried again on each pass of the round-robin, as the batch holds more rows.
   double max_padding_waste = 1.0;
-  // Per kind, a request that the previous batch of the kind passed over for padding (BatchDecision::passed_over;
-  // 0: none): it leads this batch within its priority level, ahead of earlier deadlines and arrivals. Requests
-  // whose rows cannot share a batch take turns by batch: a 10-token integrated gradients call behind a 300-token
-  // one (no deadlines) otherwise got no batch until all the long one's rows had run (0.35 s alone, 7.5-17 s).
+  // Per kind, the request that leads this batch within its priority level, ahead of earlier deadlines and
+  // arrivals (0: none): the front of the kind's PassedOver. Requests whose rows cannot share a batch take turns by
+  // batch: a 10-token integrated gradients call behind a 300-token one (no deadlines) otherwise got no batch until
+  // all the long one's rows had run (0.35 s alone, 7.5-17 s).
   uint64_t lead_requests[kRowKinds] = {0, 0, 0};
   // Device time of one batch while contended, by `costs` (a kind whose cost is not known yet is not
   // limited). `contended_recently`: the engine saw contention within its memory window.
@@ -113,7 +113,22 @@ struct BatchDecision {
   bool time_limited = false;       // max_batch_time or max_uncontended_batch_time bounded its size
   double interactive_seconds = 0;  // predicted time of the queued interactive work, 0 when none
   bool unpausable = false;         // queued interactive work that cannot run in a pause (see BatchLimits)
-  uint64_t passed_over = 0;        // the first request of the kind that got no row for padding alone (0: none)
+  // The requests of the kind that got no row for padding alone, in the batch's order of requests.
+  std::vector<uint64_t> passed_over;
+};
+
+// The requests of a kind that batches passed over for padding, in the order they were first passed over: the front
+// leads the next batch of the kind (BatchLimits::lead_requests), so each gets a batch in turn however many lengths
+// compete (with a single slot, two requests passed each other over and a third waited for one of them to end).
+class PassedOver {
+ public:
+  uint64_t lead() const { return waiting_.empty() ? 0 : waiting_.front(); }
+  // After a batch of the kind: those it passed over wait on in their order, the new ones behind them; the others
+  // (rows taken, the request gone or not reached) leave.
+  void After(const std::vector<uint64_t>& passed_over);
+
+ private:
+  std::vector<uint64_t> waiting_;
 };
 
 BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Time now, const BatchLimits& limits);

@@ -388,7 +388,7 @@ void BatchingEngine::Loop() {
         kind = decision.kind;
         time_limited = decision.time_limited;
         next_kind_ = static_cast<RowKind>((static_cast<int>(kind) + 1) % kRowKinds);
-        lead_requests_[static_cast<int>(kind)] = decision.passed_over;
+        passed_over_[static_cast<int>(kind)].After(decision.passed_over);
         isolating = decision.isolating;
         batch = TakeBatchLocked(decision, ids);
         running_priority_ = Priority::kLow;
@@ -473,7 +473,7 @@ BatchLimits BatchingEngine::LimitsLocked(absl::Time now) const {
   for (int k = 0; k < kRowKinds; ++k) {
     limits.costs[k] = costs_.cost(static_cast<RowKind>(k));
     limits.paused_stretches[k] = paused_stretches_[k];
-    limits.lead_requests[k] = lead_requests_[k];
+    limits.lead_requests[k] = passed_over_[k].lead();
   }
   return limits;
 }

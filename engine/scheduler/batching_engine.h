@@ -347,8 +347,8 @@ class BatchingEngine {
   int64_t batches_since_shrink_ ABSL_GUARDED_BY(mu_) = 0;  // batches that fit since the budget last changed
   static constexpr int64_t kBatchesBeforeBudgetRegrows = 32;
   RowKind next_kind_ ABSL_GUARDED_BY(mu_) = RowKind::kScore;  // kinds take turns between batches
-  // Per kind, the request its previous batch passed over for padding: it leads the next (BatchLimits).
-  uint64_t lead_requests_[kRowKinds] ABSL_GUARDED_BY(mu_) = {0, 0, 0};
+  // Per kind, the requests its batches passed over for padding: the front leads the next (BatchLimits).
+  PassedOver passed_over_[kRowKinds] ABSL_GUARDED_BY(mu_);
   absl::Time last_contended_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   absl::Time last_interactive_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   absl::Time last_unpausable_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();

@@ -291,16 +291,54 @@ TEST(BatchPolicy, ARequestPassedOverForPaddingLeadsTheNextBatch) {
   const BatchDecision first = DecideBatch(queue, kNow, limits);
   ASSERT_TRUE(first.run);
   EXPECT_EQ(first.take, (std::vector<std::pair<size_t, int64_t>>{{0, 2}}));
-  EXPECT_EQ(first.passed_over, 2u);
-  limits.lead_requests[static_cast<int>(RowKind::kGrad)] = first.passed_over;
+  EXPECT_EQ(first.passed_over, std::vector<uint64_t>{2});
+  limits.lead_requests[static_cast<int>(RowKind::kGrad)] = 2;
   const BatchDecision second = DecideBatch(queue, kNow, limits);
   ASSERT_TRUE(second.run);
   EXPECT_EQ(second.take, (std::vector<std::pair<size_t, int64_t>>{{1, 34}}));
-  EXPECT_EQ(second.passed_over, 1u);
+  EXPECT_EQ(second.passed_over, std::vector<uint64_t>{1});
   // A lead of another kind changes nothing.
   limits.lead_requests[static_cast<int>(RowKind::kGrad)] = 0;
   limits.lead_requests[static_cast<int>(RowKind::kScore)] = 2;
   EXPECT_EQ(DecideBatch(queue, kNow, limits).take, first.take);
+}
+
+// Found by the diff review: with one lead, two requests that cannot share a batch passed each other over in turn, and
+// a third length (an interactive call among them) waited for one of them to end: 33 batches. The requests passed
+// over lead in the order they were first passed over, so each length gets a batch within as many batches.
+TEST(BatchPolicy, EveryLengthPassedOverLeadsInTurn) {
+  std::vector<QueuedRequestView> queue = {Request(1, RowKind::kGrad, 200, 1000), Request(2, RowKind::kGrad, 1000, 10),
+                                          Request(3, RowKind::kGrad, 200, 300), Request(4, RowKind::kGrad, 8, 100)};
+  BatchLimits limits{.token_budget = 8192, .max_rows = 64, .next_kind = RowKind::kGrad, .max_padding_waste = 0.25};
+  PassedOver passed_over;
+  std::vector<int> first_batch(queue.size(), -1);  // the first batch each request got rows in
+  for (int batch = 0; batch < 3; ++batch) {
+    limits.lead_requests[static_cast<int>(RowKind::kGrad)] = passed_over.lead();
+    const BatchDecision d = DecideBatch(queue, kNow, limits);
+    ASSERT_TRUE(d.run);
+    for (const auto& [index, rows] : d.take) {
+      if (first_batch[index] < 0) first_batch[index] = batch;
+      auto& lengths = queue[index].kinds[static_cast<int>(RowKind::kGrad)].lengths;
+      lengths.erase(lengths.begin(), lengths.begin() + rows);
+    }
+    passed_over.After(d.passed_over);
+  }
+  // The 1000-token request leads and the 300-token one joins it; the 10-token one, passed over, leads the second
+  // batch, and the interactive 100-token one, passed over twice, the third.
+  EXPECT_EQ(first_batch, (std::vector<int>{0, 1, 0, 2}));
+}
+
+TEST(PassedOver, KeepsTheWaitingInTheirOrderAndDropsTheServed) {
+  PassedOver passed_over;
+  EXPECT_EQ(passed_over.lead(), 0u);
+  passed_over.After({2, 3, 4});
+  EXPECT_EQ(passed_over.lead(), 2u);
+  passed_over.After({1, 3, 4});  // 2 got rows: 3 and 4 wait on, 1 behind them
+  EXPECT_EQ(passed_over.lead(), 3u);
+  passed_over.After({1});  // 3 got rows, 4 ended
+  EXPECT_EQ(passed_over.lead(), 1u);
+  passed_over.After({});
+  EXPECT_EQ(passed_over.lead(), 0u);
 }
 
 // Found by a performance review: an interactive row joined whatever it padded, so eight 10-token Logprobs calls
