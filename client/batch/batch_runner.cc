@@ -207,7 +207,7 @@ class RowProcessor {
             .fatal = page,
             .settings_hash = result["settings_hash"].get<std::string>(),
             .settings_used = SettingsUsedOf(result),
-            .reports_settings = result.contains("server_build")};
+            .reports_settings = ReportsSettings(result)};
   }
 
  private:
@@ -275,7 +275,7 @@ class RowProcessor {
             .fatal = page,
             .settings_hash = result["settings_hash"].get<std::string>(),
             .settings_used = SettingsUsedOf(result),
-            .reports_settings = result.contains("server_build")};
+            .reports_settings = ReportsSettings(result)};
   }
 
   // Multiple choice: each choice's probability after the prompt (over the whole vocabulary, and

@@ -168,7 +168,7 @@ absl::StatusOr<DoneRow> ParseResultLine(const std::string& line, const std::stri
                  .model = StringField(result, "model"),
                  .input_hash = StringField(result, "input_hash"),
                  .settings_used = SettingsUsedOf(result),
-                 .reports_settings = result.contains("server_build"),
+                 .reports_settings = ReportsSettings(result),
                  .length = static_cast<int64_t>(line.size())};
 }
 
@@ -204,6 +204,11 @@ std::string UncheckedSettings::Describe() const {
                       "146fc40: no server_build), beside rows of the same settings that do: they may have run with "
                       "other defaults (a server limit below a default lowers it) and could not be checked; run "
                       "them again against the current servers (remove their lines) to be sure");
+}
+
+bool ReportsSettings(const nlohmann::json& result) {
+  if (!result.contains("grid_values")) return result.contains("server_build");
+  return result.value("method", "") != "layer_integrated_gradients" || result.contains("n_steps_used");
 }
 
 std::string SettingsUsedOf(const nlohmann::json& result) {

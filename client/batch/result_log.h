@@ -90,9 +90,14 @@ class UncheckedSettings {
   std::map<std::string, OfHash> hashes_;
 };
 
-// The settings a result's method ran with (its "*_used" fields, from AttributeResponse.settings_used) as compact JSON
-// with sorted keys, so that equal settings compare equal; "" when it has none (an error, a component row, a line
-// written before 2026-12-07).
+// Whether a result's server reported the settings its method ran with: an attribution row's since 146fc40 (which
+// also brought server_build), a component row's since settings_used reached AttributeComponents (before it, servers
+// already sent server_build there; layer integrated gradients always reads n_steps, the other methods none).
+bool ReportsSettings(const nlohmann::json& result);
+
+// The settings a result's method ran with (its "*_used" fields, from the answer's settings_used) as compact JSON
+// with sorted keys, so that equal settings compare equal; "" when it has none (an error, a method that reads none, a
+// server that does not report them: ReportsSettings).
 std::string SettingsUsedOf(const nlohmann::json& result);
 
 // `line` as a result this tool writes (a JSON object with a string "id", "status" "ok" or "error" with an

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <iterator>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "client/batch/batch_job.h"
@@ -26,6 +27,21 @@ using ::attribution::test_support::TempDir;
 using ::testing::HasSubstr;
 
 // A value nested a million deep overflowed the stack where the line's fields were copied (exit 139).
+// Component answers carried server_build before they carried settings_used: such a layer integrated gradients row
+// (n_steps unset, lowered by a server's max_steps) reports nothing, so a job counts it as unchecked.
+TEST(ReportsSettings, ByTheServerBuildOfAttributionRowsAndTheStepsOfLayerIntegratedGradients) {
+  using nlohmann::json;
+  EXPECT_TRUE(ReportsSettings(json{{"attribution", {0.5}}, {"server_build", "146fc405e291"}}));
+  EXPECT_FALSE(ReportsSettings(json{{"attribution", {0.5}}}));
+  const json layer_ig = {
+      {"grid_values", json::array()}, {"method", "layer_integrated_gradients"}, {"server_build", "146fc405e291"}};
+  EXPECT_FALSE(ReportsSettings(layer_ig));
+  json with_steps = layer_ig;
+  with_steps["n_steps_used"] = 16;
+  EXPECT_TRUE(ReportsSettings(with_steps));
+  EXPECT_TRUE(ReportsSettings(json{{"grid_values", json::array()}, {"method", "activation_patching"}}));
+}
+
 TEST(ResultLog, ADeeplyNestedLineIsRefusedNamingIt) {
   TempDir dir;
   const std::string path = dir.File("out.jsonl");
