@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "server/lifecycle.h"
 
+#include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <time.h>
 #include <unistd.h>
@@ -113,7 +115,12 @@ void ExitStuck(int) {
   *end++ = '"';
   *end++ = '}';
   *end++ = '\n';
-  [[maybe_unused]] const ssize_t written = ::write(STDERR_FILENO, line, static_cast<size_t>(end - line));
+  // Only into a stderr that takes it (a stalled reader's full pipe would block the exit): one write of at most
+  // PIPE_BUF bytes, which a pipe ready for writing takes whole.
+  pollfd err{.fd = STDERR_FILENO, .events = POLLOUT, .revents = 0};
+  if (start > 0 && ::poll(&err, 1, 1000) == 1 && (err.revents & POLLOUT) != 0) {
+    [[maybe_unused]] const ssize_t written = ::write(STDERR_FILENO, line, static_cast<size_t>(end - line));
+  }
   std::_Exit(exit_code_when_stuck.load());
 }
 
@@ -183,9 +190,13 @@ void Lifecycle::ExitWithin(absl::Duration bound, int exit_code) {
            {"severity", "WARNING"},
            {"time", ""}})
           .dump();
-  // Up to the time's value: everything but its closing `"}`.
-  std::snprintf(overdue_line_start, sizeof(overdue_line_start), "%.*s", static_cast<int>(start.size() - 2),
-                start.c_str());
+  // Up to the time's value: everything but its closing `"}`; none (no line) if it would not fit whole.
+  static_assert(sizeof(overdue_line_start) < PIPE_BUF - 32);
+  overdue_line_start[0] = '\0';
+  if (start.size() - 2 < sizeof(overdue_line_start)) {
+    std::snprintf(overdue_line_start, sizeof(overdue_line_start), "%.*s", static_cast<int>(start.size() - 2),
+                  start.c_str());
+  }
   // A signal and not a thread: the thread could be the one a process limit refuses.
   struct sigaction action {};
   action.sa_handler = ExitStuck;

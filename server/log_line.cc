@@ -3,6 +3,8 @@
 
 #include <limits.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -122,10 +124,17 @@ int SeverityRank(absl::string_view severity) {
   return -1;
 }
 
+// The lines --log_level filters: calls' (they have no "event") and gRPC's own. The server's events (listening,
+// serving, draining, stopped, a model's warnings and stalls) are few and say what happened to the process: always.
+bool Filtered(const nlohmann::json& line) {
+  const auto event = line.find("event");
+  return event == line.end() || !event->is_string() || *event == "grpc" || *event == "answer_undelivered";
+}
+
 }  // namespace
 
 void WriteLogLine(nlohmann::json line) {
-  if (const int minimum = minimum_severity.load(std::memory_order_relaxed); minimum > 0) {
+  if (const int minimum = minimum_severity.load(std::memory_order_relaxed); minimum > 0 && Filtered(line)) {
     const auto given = line.find("severity");
     const int rank = SeverityRank(given != line.end() && given->is_string() ? given->get<std::string>()
                                                                             : std::string(LogSeverity(line)));
@@ -210,6 +219,11 @@ int64_t LogWriter::dropped() const {
 }
 
 void LogWriter::Run() {
+  // Lifecycle::ExitWithin's alarm waits for this thread to write the queue out: delivered here, it could not.
+  sigset_t alarm;
+  sigemptyset(&alarm);
+  sigaddset(&alarm, SIGALRM);
+  pthread_sigmask(SIG_BLOCK, &alarm, nullptr);
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
     changed_.wait(lock, [&] { return stopping_ || !lines_.empty(); });

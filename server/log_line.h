@@ -26,9 +26,10 @@ std::string FormatLogLine(nlohmann::json line);
 // Never blocks on stderr.
 void WriteLogLine(nlohmann::json line);
 
-// Lines of a lower severity than `severity` (DEBUG < INFO < WARNING < ERROR, any case) are not written from now on
-// (--log_level; every line by default): a replica answering thousands of calls a second wrote an INFO line for
-// each. INVALID_ARGUMENT naming `field` for another name.
+// Calls' and gRPC's lines of a lower severity than `severity` (DEBUG < INFO < WARNING < ERROR, any case) are not
+// written from now on (--log_level; every line by default): a replica answering thousands of calls a second wrote
+// an INFO line for each. The server's own events (listening ... stopped) are always written. INVALID_ARGUMENT
+// naming `field` for another name.
 absl::Status SetMinimumLogSeverity(absl::string_view severity, absl::string_view field);
 // OK when `severity` names one; SetMinimumLogSeverity's error otherwise.
 absl::Status CheckLogSeverity(absl::string_view severity, absl::string_view field);

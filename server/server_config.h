@@ -67,8 +67,8 @@ struct ServerConfig {
   // a connection ends, so without it a round-robin client never sent a call to a replica added after it
   // connected (the new pods of a scale-out stayed idle). Zero: never.
   absl::Duration max_connection_age = absl::Minutes(5);
-  // Log lines below this severity are not written (debug, info, warning, error): calls' lines are INFO, their
-  // overloads and deadlines WARNING, the server's faults ERROR.
+  // Calls' and gRPC's log lines below this severity are not written (debug, info, warning, error): calls' lines are
+  // INFO, their overloads and deadlines WARNING, the server's faults ERROR. The server's own events always are.
   std::string log_level = "debug";
   std::vector<ModelSpec> models;
 };

@@ -132,8 +132,9 @@ ABSL_FLAG(double, grace_period_seconds, 30, "on SIGTERM, how long calls in fligh
 ABSL_FLAG(double, client_read_timeout_seconds, 120,
           "cancel a call whose answer waited this long for its client to read it (0: never)");
 ABSL_FLAG(std::string, log_level, "debug",
-          "log lines below this severity are not written: debug (every line), info, warning (calls that were "
-          "overloaded, late or unavailable, the server's faults, warnings), error");
+          "calls' and gRPC's log lines below this severity are not written: debug (every line), info, warning "
+          "(calls that were overloaded, late or unavailable, and the server's faults), error; the server's own "
+          "events (listening, serving, draining, stopped, model warnings) are always written");
 ABSL_FLAG(double, max_connection_age_seconds, 300,
           "ask a client to reconnect once its connection is this old (calls in flight finish), so "
           "round-robin clients resolve the name again and reach replicas added since (0: never)");

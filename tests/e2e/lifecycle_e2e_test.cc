@@ -297,8 +297,8 @@ TEST(Lifecycle, ASmallStackLimitDoesNotShrinkTheThreadsStacks) {
 }
 
 // Every call wrote an INFO line, a replica answering thousands of calls a second one for each: --log_level keeps the
-// lines at or above it. Here a model's warning (a folder without a tokenizer) stays, and below warning go the
-// listening, serving and call lines; gRPC's DEBUG lines (GRPC_VERBOSITY=debug) go below info.
+// calls' and gRPC's lines at or above it. Below warning go the call lines, below info gRPC's DEBUG lines
+// (GRPC_VERBOSITY=debug); the server's events (listening, serving, a model's warning, stopped) stay.
 TEST(Lifecycle, TheLogLevelKeepsTheLinesAtOrAboveIt) {
   test_support::TempDir root;
   const std::string ids_only = root.File("ids-only");
@@ -317,14 +317,17 @@ TEST(Lifecycle, TheLogLevelKeepsTheLinesAtOrAboveIt) {
     ASSERT_THAT(client, IsOk());
     ASSERT_THAT((*client)->GetLogprobs({.model = "m", .prompt = "a b", .target = " c", .request_id = "the-call"}),
                 IsOk());
-    const std::string log = level == "info" ? (*server)->LogOnceItHolds("the-call") : (*server)->Log();
+    // Once the server has stopped, every line it wrote is in the log, the call's among them if it was written.
+    (*server)->Signal(SIGTERM);
+    const std::string log = (*server)->LogOnceItHolds(R"("event":"stopped")");
+    EXPECT_THAT(log, ::testing::HasSubstr(R"("event":"stopped")"));
     EXPECT_THAT(log, ::testing::HasSubstr("serves token ids only"));
-    EXPECT_THAT(log, ::testing::HasSubstr(R"("severity":"WARNING")"));
+    EXPECT_THAT(log, ::testing::HasSubstr(R"("event":"serving")"));
     EXPECT_THAT(log, ::testing::Not(::testing::HasSubstr(R"("severity":"DEBUG")")));
     if (level == "info") {
-      EXPECT_THAT(log, ::testing::HasSubstr(R"("event":"serving")"));
+      EXPECT_THAT(log, ::testing::HasSubstr("the-call"));
     } else {
-      EXPECT_THAT(log, ::testing::Not(::testing::HasSubstr(R"("severity":"INFO")")));
+      EXPECT_THAT(log, ::testing::Not(::testing::HasSubstr("the-call")));
     }
   }
   // As the server writes them without a level: gRPC's DEBUG lines are there.
