@@ -33,8 +33,8 @@ size_t DefaultThreadStackBytes() {
 
 std::string ThreadStacks::Describe() const {
   std::string text = Bytes(thread_bytes);
-  if (was_thread_bytes != thread_bytes)
-    absl::StrAppend(&text, " (was ", Bytes(was_thread_bytes), ", from RLIMIT_STACK)");
+  // glibc's default comes from RLIMIT_STACK, or is 2 MiB (x86-64) where that is unlimited.
+  if (was_thread_bytes != thread_bytes) absl::StrAppend(&text, " (glibc's default was ", Bytes(was_thread_bytes), ")");
   if (main_limit_bytes < thread_bytes) {
     absl::StrAppend(&text, "; the main thread's ", Bytes(main_limit_bytes), " (RLIMIT_STACK's hard limit)");
   }

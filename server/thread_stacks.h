@@ -22,7 +22,7 @@ struct ThreadStacks {
   size_t main_limit_bytes = 0;  // RLIMIT_STACK's soft limit in force (SIZE_MAX: unlimited); below the floor
                                 // only where the hard limit is
 
-  // "8 MiB" or "8 MiB (RLIMIT_STACK was 256 KiB)", for the log.
+  // "8 MiB", or "8 MiB (glibc's default was 224 KiB)" where it was raised, for the log.
   std::string Describe() const;
 };
 

@@ -462,7 +462,9 @@ int Run(const CommandLine& line) {
     if (const std::string error = SettingRangeError(line, *settings, &*job->second); !error.empty()) {
       return UsageError(error);
     }
-    if (!job->second->differing_limits.empty()) {
+    // Settings the job sets are not lowered: then the difference changes nothing the job asks.
+    const bool all_set = (*settings)["n_steps"].get<int64_t>() > 0 && (*settings)["n_samples"].get<int64_t>() > 0;
+    if (!job->second->differing_limits.empty() && !all_set) {
       std::cerr << "attribution-batch: warning: the servers' limits differ ("
                 << TerminalSafe(job->second->differing_limits)
                 << "): a limit below a default lowers it, so settings the job leaves unset may run differently on "

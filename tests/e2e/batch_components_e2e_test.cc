@@ -319,8 +319,6 @@ TEST_F(ComponentRows, ParquetHtmlAndTheSamePairsAsCsv) {
   EXPECT_THAT(index, HasSubstr(">heads L"));
 }
 
-// An unknown name in a component setting, from a flag or the job file, is a usage error naming it (exit 2,
-// nothing written), as for the attribution settings: sent anyway, every component row would fail alike.
 // Layer integrated gradients with n_steps unset runs the server's default, which a lower max_steps lowers: rows of
 // one settings hash ran 16 and 8 steps on two servers (grids up to 3.0 apart, deltas 0.2 and -2.8), mixed in one
 // file with nothing to say so. Component answers now say what they ran with, and the job stops at a difference.
@@ -352,6 +350,8 @@ TEST(ComponentSettings, RowsOfOneSettingsThatRanWithOtherStepsStopTheJob) {
   for (const json& result : ReadResults(output)) EXPECT_EQ(result.value("n_steps_used", 0), 16) << result.dump();
 }
 
+// An unknown name in a component setting, from a flag or the job file, is a usage error naming it (exit 2,
+// nothing written), as for the attribution settings: sent anyway, every component row would fail alike.
 TEST(ComponentSettings, UnknownNamesAreUsageErrors) {
   TempDir dir;
   const std::string rows = WriteJsonl(dir), output = dir.File("out.jsonl"), job = dir.File("job.json");

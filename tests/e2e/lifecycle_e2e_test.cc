@@ -283,7 +283,7 @@ TEST(Lifecycle, ASmallStackLimitDoesNotShrinkTheThreadsStacks) {
   auto server = ServerProcess::Start({"--model=m=" + test_support::DemoModelDir()}, absl::Seconds(120),
                                      {.stack_bytes = 128 << 10});
   ASSERT_THAT(server, IsOk());
-  EXPECT_THAT((*server)->Log(), ::testing::HasSubstr(R"("thread_stack":"8 MiB (was )"));
+  EXPECT_THAT((*server)->Log(), ::testing::HasSubstr(R"("thread_stack":"8 MiB (glibc's default was )"));
   auto client = client::AttributionClient::Connect({.target = (*server)->address()});
   ASSERT_THAT(client, IsOk());
   for (const char* method : {"integrated_gradients", "saliency", "attn_lrp", "feature_ablation"}) {
