@@ -53,6 +53,7 @@
 #include "engine/common/build_info.h"
 #include "engine/common/credential_files.h"
 #include "engine/common/files.h"
+#include "engine/common/sanitizers.h"
 #include "engine/common/standard_descriptors.h"
 #include "engine/common/status_macros.h"
 #include "engine/common/visible_controls.h"
@@ -706,7 +707,8 @@ int Serve(const ThreadStacks& thread_stacks) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   stopper.join();
-  Lifecycle::ExitWithin(absl::Seconds(15), stop.exit_code);
+  // Under a sanitizer the exit also checks for leaks (and slows everything): cut short, it would report none.
+  Lifecycle::ExitWithin(kAddressSanitizer || kThreadSanitizer ? absl::Seconds(120) : absl::Seconds(15), stop.exit_code);
   // Answers handed to gRPC get 2 s to reach their clients; then what is left, health Watch streams (a client-side
   // health check holds one per channel) and reflection streams, which never end by themselves, is cancelled:
   // waiting for them added the whole 2 s to every drain.
