@@ -3,7 +3,7 @@
 // how long to wait for more. Kept free of threads and locks so tests can drive it with any clock.
 //
 // Policy: requests are ordered by priority (high first), then deadline (earliest first), then arrival, except
-// that a request the previous batch of the kind passed over for padding leads within its priority level.
+// that the request batches of the kind have passed over for padding the longest leads within its priority level.
 // Kinds take turns: among the kinds queued at the highest priority level with work, the batch takes
 // the first one at or after `next_kind` in cyclic order (so a scoring call is never stuck behind a
 // long run of gradient batches). Priority levels are strict: the batch is filled from the highest level first. Within a
