@@ -102,7 +102,7 @@ struct RowOutcome {
   std::optional<double> delta;
   absl::Status fatal;  // the job cannot go on (its page could not be written, its row could not be read)
   std::string id;      // the row's, for the summary's worst rows
-  // An answered attribution row's settings hash and the settings its method ran with (SettingsUsedOf), which its
+  // An answered row's settings hash and the settings its method ran with (SettingsUsedOf), which its
   // server reports or not.
   std::string settings_hash, settings_used;
   bool reports_settings = false;
