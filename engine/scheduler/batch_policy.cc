@@ -113,7 +113,7 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
   const bool time_limited = cost.known && std::isfinite(max_seconds);
   std::vector<int64_t> taken(queue.size(), 0);
   std::vector<bool> blocked(queue.size(), false);
-  std::vector<bool> padding_refused(queue.size(), false);
+  std::vector<bool> kept_out_by_length(queue.size(), false);
   bool limited = false;  // true once a limit (not a lack of rows) kept a row out: the batch runs now
   bool full = false;     // rows or token budget: no further row joins
   absl::Time oldest_in_batch = absl::InfiniteFuture();
@@ -148,7 +148,10 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
           // The others' rows still join meanwhile. A row that does not fit the size or time keeps its request
           // out (its row order kept: nothing behind it jumps ahead), while shorter rows of others may still fit.
           if (!fits_size || !in_time) blocked[i] = true;
-          if (fits_size && in_time) padding_refused[i] = true;
+          // Kept out by the length of the batch's rows (padding either way, or the time or tokens of rows padded to
+          // a longer length than its own): it may lead a batch where its own rows set the length. A row as long as
+          // the batch's that does not fit only waits its turn.
+          if (!padded_enough || rows[taken[i]] < decision.longest) kept_out_by_length[i] = true;
           continue;
         }
         if (taken[i] == 0) oldest_in_batch = std::min(oldest_in_batch, queue[i].kinds[k].oldest_enqueued);
@@ -169,7 +172,7 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
     if (taken[i] > 0) decision.take.emplace_back(i, taken[i]);
   }
   for (size_t i : order) {
-    if (padding_refused[i] && taken[i] == 0) decision.passed_over.push_back(queue[i].request_id);
+    if (kept_out_by_length[i]) decision.passed_over.push_back(queue[i].request_id);
   }
   const absl::Duration waited = now - oldest_in_batch;
   if (limited || waited >= limits.max_queue_delay) {

@@ -3,7 +3,8 @@
 // how long to wait for more. Kept free of threads and locks so tests can drive it with any clock.
 //
 // Policy: requests are ordered by priority (high first), then deadline (earliest first), then arrival, except
-// that the request batches of the kind have passed over for padding the longest leads within its priority level.
+// that the request that batches of the kind have passed over the longest, for rows of another length, leads within
+// its priority level.
 // Kinds take turns: among the kinds queued at the highest priority level with work, the batch takes
 // the first one at or after `next_kind` in cyclic order (so a scoring call is never stuck behind a
 // long run of gradient batches). Priority levels are strict: the batch is filled from the highest level first. Within a
@@ -113,13 +114,15 @@ struct BatchDecision {
   bool time_limited = false;       // max_batch_time or max_uncontended_batch_time bounded its size
   double interactive_seconds = 0;  // predicted time of the queued interactive work, 0 when none
   bool unpausable = false;         // queued interactive work that cannot run in a pause (see BatchLimits)
-  // The requests of the kind that got no row for padding alone, in the batch's order of requests.
+  // The requests of the kind that had a row kept out for the length of the batch's rows (padding either way, or the
+  // time or tokens of rows padded to a longer length than theirs), in the batch's order of requests: those that got
+  // a few rows too (a short row joins a quarter of a long batch's) would trickle along at that rate.
   std::vector<uint64_t> passed_over;
 };
 
-// The requests of a kind that batches passed over for padding, in the order they were first passed over: the front
-// leads the next batch of the kind (BatchLimits::lead_requests), so each gets a batch in turn however many lengths
-// compete (with a single slot, two requests passed each other over and a third waited for one of them to end).
+// The requests of a kind that batches passed over for rows of another length, in the order they were first passed over:
+// the front leads the next batch of the kind (BatchLimits::lead_requests), so each gets a batch in turn however many
+// lengths compete (with a single slot, two requests passed each other over and a third waited for one of them to end).
 class PassedOver {
  public:
   uint64_t lead() const { return waiting_.empty() ? 0 : waiting_.front(); }

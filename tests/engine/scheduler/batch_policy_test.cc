@@ -279,6 +279,9 @@ TEST(BatchPolicy, AShortRequestBehindALongOneJoinsOnceTheBatchHoldsEnoughLongRow
   EXPECT_GE(d.take[1].second, 1);
   EXPECT_LE(PaddingWaste(d.tokens, d.rows * d.longest), 0.25);
   EXPECT_LE(d.rows * d.longest, 8192);
+  // A quarter of each long batch would leave its 34 rows trickling along for 5 batches or more (for 256 steps, as
+  // long as the long request): rows kept out, it leads the next batch with rows of its own length.
+  EXPECT_EQ(d.passed_over, std::vector<uint64_t>{2});
 }
 
 // The same two requests where batches hold few rows (the time bound of a slower device): the short request's row,
@@ -301,6 +304,30 @@ TEST(BatchPolicy, ARequestPassedOverForPaddingLeadsTheNextBatch) {
   limits.lead_requests[static_cast<int>(RowKind::kGrad)] = 0;
   limits.lead_requests[static_cast<int>(RowKind::kScore)] = 2;
   EXPECT_EQ(DecideBatch(queue, kNow, limits).take, first.take);
+}
+
+// Found by the verifier: where the time bound lets a batch hold one long row (a slower or busier device), the short
+// request's row was refused for time, not padding, and never led: it waited for all the long one's rows again.
+TEST(BatchPolicy, ARequestKeptOutByTheTimeOfLongerRowsLeadsTheNextBatch) {
+  const std::vector<QueuedRequestView> queue = {Request(1, RowKind::kGrad, 258, 300),
+                                                Request(2, RowKind::kGrad, 258, 10)};
+  BatchLimits limits = TimedLimits(RowKind::kGrad);
+  limits.max_uncontended_batch_time = absl::Microseconds(400);  // one 300-token row: 0.3 ms + 0.9 ms of pairs
+  limits.costs[static_cast<int>(RowKind::kGrad)] = {.per_token = 1e-6, .known = true};
+  limits.max_padding_waste = 0.25;
+  const BatchDecision first = DecideBatch(queue, kNow, limits);
+  ASSERT_TRUE(first.run);
+  EXPECT_EQ(first.take, (std::vector<std::pair<size_t, int64_t>>{{0, 1}}));
+  EXPECT_EQ(first.passed_over, std::vector<uint64_t>{2});
+  limits.lead_requests[static_cast<int>(RowKind::kGrad)] = 2;
+  const BatchDecision second = DecideBatch(queue, kNow, limits);
+  ASSERT_TRUE(second.run);
+  ASSERT_FALSE(second.take.empty());
+  EXPECT_EQ(second.take[0].first, 1u);
+  // Rows as long as the batch's wait their turn in deadline and arrival order: nobody is passed over.
+  const BatchDecision alike =
+      DecideBatch({Request(1, RowKind::kGrad, 258, 300), Request(2, RowKind::kGrad, 258, 300)}, kNow, limits);
+  EXPECT_TRUE(alike.passed_over.empty());
 }
 
 // Found by the diff review: with one lead, two requests that cannot share a batch passed each other over in turn, and
