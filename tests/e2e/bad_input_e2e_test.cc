@@ -922,15 +922,15 @@ TEST(BadInputs, AResponseOverTheMessageLimitSaysWhatToAskForLess) {
   }
   {
     // 64 pairs of 7 tokens: their grids' values and tokens fit (14,848 bytes), with the grids' shapes and the
-    // framing they do not: refused before any row runs too, at a lower bound (the answer is 17,915 bytes without
-    // its stats; the pairs' metrics, which may be 0, are left out).
+    // framing they do not: refused before any row runs too, at a lower bound (the answer is 17,917 bytes without
+    // its stats; the pairs' metrics, which may be 0, are left out; its empty settings_used counts 2).
     v1::AttributeComponentsRequest components = PairsOfIds(64, 7);
     components.set_method(v1::ATTRIBUTION_PATCHING);
     grpc::ClientContext context;
     v1::AttributeComponentsResponse response;
     const grpc::Status status = stub->AttributeComponents(&context, components, &response);
     EXPECT_EQ(status.error_code(), StatusCode::INVALID_ARGUMENT);
-    EXPECT_THAT(status.error_message(), HasSubstr("the response would be at least 16763 bytes"));
+    EXPECT_THAT(status.error_message(), HasSubstr("the response would be at least 16765 bytes"));
   }
   {
     // 20 alternatives at each of 150 positions (text and bytes each): checked like the other responses.
