@@ -135,9 +135,10 @@ bool Filtered(const nlohmann::json& line) {
 
 void WriteLogLine(nlohmann::json line) {
   if (const int minimum = minimum_severity.load(std::memory_order_relaxed); minimum > 0 && Filtered(line)) {
-    const auto given = line.find("severity");
-    const int rank = SeverityRank(given != line.end() && given->is_string() ? given->get<std::string>()
-                                                                            : std::string(LogSeverity(line)));
+    // Named here once, as FormatLogLine would name it.
+    if (!line.contains("severity")) line["severity"] = LogSeverity(line);
+    const nlohmann::json& severity = line["severity"];
+    const int rank = severity.is_string() ? SeverityRank(severity.get_ref<const std::string&>()) : -1;
     if (rank >= 0 && rank < minimum) return;
   }
   ProcessLog().Append(FormatLogLine(std::move(line)));

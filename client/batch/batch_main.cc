@@ -656,9 +656,7 @@ class ShardResults {
       }
     }
     // Rows of one settings hash ran with one set of settings (servers whose limits lower defaults differently do not).
-    if (result->error_code.empty() && !result->settings_hash.empty()) {
-      unchecked_.Add(result->id, result->settings_hash, result->settings_used, result->reports_settings);
-    }
+    unchecked_.Add(*result);
     if (!result->settings_used.empty()) {
       const Located& first_of_settings =
           first_of_settings_.try_emplace(result->settings_hash, Located{*result, shard}).first->second;

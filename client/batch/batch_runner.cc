@@ -632,9 +632,7 @@ absl::StatusOr<JobSummary> RunJob(const JobRows& rows, const json& settings, con
     if (!row.result->settings_used.empty()) {
       ran_with.try_emplace(row.result->settings_hash, row.result->id, row.result->settings_used);
     }
-    if (row.result->error_code.empty() && !row.result->settings_hash.empty()) {
-      unchecked.Add(row.result->id, row.result->settings_hash, row.result->settings_used, row.result->reports_settings);
-    }
+    unchecked.Add(*row.result);
   }
   auto check_ran_alike = [&](const RowOutcome& outcome) -> absl::Status {
     if (outcome.settings_hash.empty()) return absl::OkStatus();

@@ -182,6 +182,12 @@ void UncheckedSettings::Add(const std::string& id, const std::string& settings_h
   }
 }
 
+void UncheckedSettings::Add(const DoneRow& row) {
+  if (row.error_code.empty() && !row.settings_hash.empty()) {
+    Add(row.id, row.settings_hash, row.settings_used, row.reports_settings);
+  }
+}
+
 int64_t UncheckedSettings::count() const {
   int64_t count = 0;
   for (const auto& [settings_hash, hash] : hashes_) count += hash.read_settings ? hash.unreported : 0;

@@ -77,6 +77,8 @@ class UncheckedSettings {
  public:
   void Add(const std::string& id, const std::string& settings_hash, const std::string& settings_used,
            bool reports_settings);
+  // A result line as read back (a resumed job's, a shard's): answered rows with a settings hash only.
+  void Add(const DoneRow& row);
   int64_t count() const;
   // "" when count() is 0.
   std::string Describe() const;
