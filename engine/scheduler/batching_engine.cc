@@ -450,6 +450,11 @@ std::vector<QueuedRequestView> BatchingEngine::QueueViewsLocked(bool inside_paus
       // Gradient rows cannot run inside a paused gradient batch.
       if (inside_pause && k == static_cast<int>(RowKind::kGrad)) continue;
       for (const PendingRow& row : queue.kinds[k]) view.kinds[k].lengths.push_back(row.row.batch_length());
+      // Read on the executor's thread, the only one that changes a sequence's cache.
+      if (k == static_cast<int>(RowKind::kDecode)) {
+        for (const PendingRow& row : queue.kinds[k])
+          view.kinds[k].cached.push_back(row.row.decode_state->cached_tokens());
+      }
       if (!queue.kinds[k].empty()) view.kinds[k].oldest_enqueued = queue.kinds[k].front().enqueued;
     }
     views.push_back(std::move(view));

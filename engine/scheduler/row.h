@@ -45,6 +45,9 @@ struct DecodeState {
   const bool keeps_decoding;
   std::shared_ptr<KvCache> batch_cache;
   int64_t batch_row = 0;
+
+  // The tokens already in the sequence's cache. Executor thread only (the engine's batch decisions run there).
+  int64_t cached_tokens() const { return batch_cache ? batch_cache->lengths()[batch_row] : cache.lengths()[0]; }
 };
 
 struct Row {

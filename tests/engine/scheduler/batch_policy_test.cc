@@ -385,5 +385,72 @@ TEST(BatchPolicy, ALongInteractiveRowDoesNotPadTheShortOnesOfItsBatch) {
   EXPECT_EQ(next.longest, 10);
 }
 
+// A generation's decode step: one token appended to a sequence of `cached` tokens; oldest_enqueued just now.
+QueuedRequestView DecodeStep(uint64_t id, int64_t cached, int64_t width = 1) {
+  QueuedRequestView view{.request_id = id, .arrival = id, .interactive = true};
+  auto& queue = view.kinds[static_cast<int>(RowKind::kDecode)];
+  queue.lengths = {width};
+  queue.cached = {cached};
+  queue.oldest_enqueued = kNow;
+  return view;
+}
+
+// Found by a performance review: 15 short generations beside one of a 3000-token context shared its decode batches,
+// whose cache held every sequence at 3000 slots (+600 MB), and the executor took them all back out and stacked them
+// again at each step (28x their time alone). A step of all 16 runs as two batches, the long sequence's and the short
+// ones', and so at every step: a batch cache each, nothing copied.
+TEST(BatchPolicy, DecodeStepsOfVeryDifferentContextsTakeTurns) {
+  std::vector<QueuedRequestView> queue = {DecodeStep(1, 3000)};
+  for (uint64_t id = 2; id <= 16; ++id) queue.push_back(DecodeStep(id, 40 + static_cast<int64_t>(id)));
+  BatchLimits limits{.token_budget = 8192,
+                     .max_rows = 64,
+                     .max_queue_delay = absl::Milliseconds(2),
+                     .next_kind = RowKind::kDecode,
+                     .max_padding_waste = 0.25};
+  PassedOver passed_over;
+  std::vector<int64_t> batch_rows;
+  for (int batch = 0; batch < 4; ++batch) {
+    limits.lead_requests[static_cast<int>(RowKind::kDecode)] = passed_over.lead();
+    const BatchDecision d = DecideBatch(queue, kNow, limits);
+    if (!d.run) break;
+    batch_rows.push_back(d.rows);
+    for (const auto& [index, rows] : d.take) {
+      queue[index].kinds[static_cast<int>(RowKind::kDecode)].lengths.clear();
+      queue[index].kinds[static_cast<int>(RowKind::kDecode)].cached.clear();
+    }
+    passed_over.After(d.passed_over);
+  }
+  EXPECT_EQ(batch_rows, (std::vector<int64_t>{1, 15}));
+  // Contexts close to each other share a batch, and so do short ones however different (kShortDecodeContext).
+  limits.lead_requests[static_cast<int>(RowKind::kDecode)] = 0;
+  const BatchDecision alike =
+      DecideBatch({DecodeStep(1, 3000), DecodeStep(2, 2400), DecodeStep(3, 2000)}, kNow, limits);
+  EXPECT_EQ(alike.rows, 3);
+  std::vector<QueuedRequestView> short_ones;
+  for (uint64_t id = 1; id <= 16; ++id) short_ones.push_back(DecodeStep(id, 10 + 7 * static_cast<int64_t>(id)));
+  EXPECT_EQ(DecideBatch(short_ones, kNow, limits).rows, 16);
+  // The widths count as well: a new prompt's prefill does not pad a step of one-token rows.
+  const BatchDecision prefill =
+      DecideBatch({DecodeStep(1, 0, 200), DecodeStep(2, 210), DecodeStep(3, 220)}, kNow, limits);
+  EXPECT_EQ(prefill.take, (std::vector<std::pair<size_t, int64_t>>{{0, 1}}));
+}
+
+// Found by a performance review: a lone generation waited max_queue_delay at each token (256 tokens: 1036 vs 689 ms)
+// for partners that could not come: the other sequences of its last batch are queued again before the next decision.
+// A new prompt's prefill still waits, for other new prompts.
+TEST(BatchPolicy, DecodeStepsThatContinueASequenceDoNotWaitForPartners) {
+  const BatchLimits limits{.token_budget = 8192,
+                           .max_rows = 64,
+                           .max_queue_delay = absl::Milliseconds(2),
+                           .next_kind = RowKind::kDecode,
+                           .max_padding_waste = 0.25};
+  EXPECT_TRUE(DecideBatch({DecodeStep(1, 10)}, kNow, limits).run);
+  EXPECT_TRUE(DecideBatch({DecodeStep(1, 10), DecodeStep(2, 12)}, kNow, limits).run);
+  const BatchDecision prefill = DecideBatch({DecodeStep(1, 0, 10)}, kNow, limits);
+  EXPECT_FALSE(prefill.run);
+  EXPECT_EQ(prefill.wait, absl::Milliseconds(2));
+  EXPECT_FALSE(DecideBatch({DecodeStep(1, 0, 10), DecodeStep(2, 0, 12)}, kNow, limits).run);
+}
+
 }  // namespace
 }  // namespace attribution::engine

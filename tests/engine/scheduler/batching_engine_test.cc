@@ -1276,5 +1276,55 @@ TEST_F(BatchingEngineTest, ALongBatchThatReachesItsPausePointsIsNotStalled) {
   EXPECT_FALSE(ever_stalled);
 }
 
+// A generation's next step: `token` appended to a sequence whose cache holds `cached` tokens already.
+Row DecodeStep(int64_t token, int64_t cached) {
+  auto state = std::make_shared<DecodeState>(/*num_layers=*/1, /*keeps_decoding=*/true);
+  state->cache.Truncate({cached});
+  return Row{.kind = RowKind::kDecode, .input_ids = {token}, .decode_state = std::move(state)};
+}
+
+// The engine tells the policy how much each decode row's sequence holds: a step of a 30,000-token context runs
+// apart from those of 40-token ones, which would each be padded to 30,000 slots in a shared batch cache.
+TEST_F(BatchingEngineTest, DecodeStepsOfVeryDifferentContextsRunInBatchesOfTheirOwn) {
+  Start();
+  Notification gate;
+  RowCollector blocking(1), long_context(1);
+  std::vector<std::unique_ptr<RowCollector>> short_contexts;
+  HoldExecutor(gate, blocking);
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), {DecodeStep(1, 30000)}, long_context.Callback()), IsOk());
+  for (int i = 0; i < 4; ++i) {
+    short_contexts.push_back(std::make_unique<RowCollector>(1));
+    ASSERT_THAT(engine_->Submit(engine_->NewRequest(), {DecodeStep(2, 40 + i)}, short_contexts.back()->Callback()),
+                IsOk());
+  }
+  gate.Notify();
+  blocking.Wait();
+  long_context.Wait();
+  for (const auto& collector : short_contexts) collector->Wait();
+  const std::vector<FakeExecutor::Batch> batches = executor_->batches();
+  ASSERT_EQ(batches.size(), 3u);
+  EXPECT_EQ(batches[1].rows, (std::vector<std::vector<int64_t>>{{1}}));
+  EXPECT_EQ(batches[2].rows, (std::vector<std::vector<int64_t>>(4, {2})));
+}
+
+// A step that continues a sequence runs at once, whatever max_queue_delay says (here an hour of a clock that stands
+// still); a new prompt's prefill waits for others to share its batch.
+TEST_F(BatchingEngineTest, DecodeStepsThatContinueASequenceDoNotWaitForTheQueueDelay) {
+  EngineOptions options{.max_queue_delay = absl::Hours(1)};
+  options.clock = [] { return absl::FromUnixSeconds(1000); };
+  auto executor = std::make_unique<FakeExecutor>();
+  executor_ = executor.get();
+  engine_ = *BatchingEngine::Create(std::move(executor), options);
+  RowCollector step(1), prefill(1);
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), {DecodeStep(5, 10)}, step.Callback()), IsOk());
+  EXPECT_TRUE(step.WaitFor(absl::Seconds(60)));
+  Row first = DecodeStep(5, 0);
+  first.input_ids = {1, 2, 3};
+  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), {std::move(first)}, prefill.Callback()), IsOk());
+  EXPECT_FALSE(prefill.WaitFor(absl::Milliseconds(200)));
+  engine_.reset();  // stopping, the engine runs what is queued without waiting
+  EXPECT_TRUE(prefill.WaitFor(absl::Seconds(60)));
+}
+
 }  // namespace
 }  // namespace attribution::engine
