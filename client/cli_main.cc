@@ -14,6 +14,8 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
+#include <string>
 #include <utility>
 
 #include "absl/flags/flag.h"
@@ -534,7 +536,19 @@ int Models(AttributionClient& client) {
   return 0;
 }
 
-int Run(const std::vector<char*>& positional) {
+// Attribute and components each read their method from a flag of their own: components given --method ran
+// activation patching without a word.
+std::string MethodFlagError(const std::string& command, const std::set<std::string>& given) {
+  if (command == "components" && given.contains("method")) {
+    return "--method: components reads its method from --component_method (--method is attribute's)";
+  }
+  if (command == "attribute" && given.contains("component_method")) {
+    return "--component_method: attribute reads its method from --method (--component_method is components')";
+  }
+  return "";
+}
+
+int Run(const std::vector<char*>& positional, const std::set<std::string>& given) {
   if (positional.size() != 2) {
     std::fprintf(stderr,
                  "usage: attribution-cli attribute|components|generate|logprobs|models|health [flags]; see --help\n");
@@ -563,7 +577,8 @@ int Run(const std::vector<char*>& positional) {
     return 2;
   }
   // What needs no server is checked before calling one: names (--method, ...), a bad --range, a --pairs file.
-  if (const std::string error = UnknownNameError(command); !error.empty()) {
+  if (std::string error = MethodFlagError(command, given);
+      !error.empty() || !(error = UnknownNameError(command)).empty()) {
     std::fprintf(stderr, "attribution-cli: %s\n", error.c_str());
     return 2;
   }
@@ -628,6 +643,6 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "attribution-cli: %s\n", line.error.c_str());
     return 2;
   }
-  return attribution::client::FinishStandardOutput("attribution-cli",
-                                                   attribution::client::Run(absl::ParseCommandLine(argc, argv)));
+  return attribution::client::FinishStandardOutput(
+      "attribution-cli", attribution::client::Run(absl::ParseCommandLine(argc, argv), line.given));
 }

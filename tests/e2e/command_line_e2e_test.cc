@@ -460,6 +460,11 @@ TEST(CliCommandLine, UnknownNamesInFlagsAreUsageErrors) {
       {"components", "--granularity=bogus", "--granularity: " + unknown + "default, layer_head, "},
       {"components", "--rule=bogus", "--rule: " + unknown + "default, fejer2, "},
       {"generate", "--load_balancing=bogus", "--load_balancing: \"bogus\" is not pick_first or round_robin"},
+      // Each command's method flag: components ran activation patching beside --method without a word.
+      {"components", "--method=layer_integrated_gradients",
+       "--method: components reads its method from --component_method (--method is attribute's)"},
+      {"attribute", "--component_method=activation_patching",
+       "--component_method: attribute reads its method from --method"},
   };
   for (const auto& [command, flag, message] : cases) {
     auto [code, output] = RunCommand(absl::StrCat(ATTRIBUTION_CLI_BINARY, " ", command,
