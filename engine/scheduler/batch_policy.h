@@ -54,9 +54,9 @@ struct QueuedRequestView {
   struct KindQueue {
     std::vector<int64_t> lengths;  // queued rows of this kind, front first
     // Decode rows: the tokens their sequences hold in the cache already (empty: none). Their batch pads each
-    // sequence's cache to the longest one's (kMaxDecodeCachePadding bounds that padding), and a row that continues
-    // a sequence gains no partner by waiting: the sequences of a batch that decode on are queued again as soon
-    // as it ends, before the next decision.
+    // sequence's cache to the longest one's (max_padding_waste bounds that padding, see kShortDecodeContext), and a
+    // row that continues a sequence gains no partner by waiting: the sequences of a batch that decode on are queued
+    // again as soon as it ends, before the next decision.
     std::vector<int64_t> cached;
     absl::Time oldest_enqueued = absl::InfiniteFuture();
   };
