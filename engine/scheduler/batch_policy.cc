@@ -114,8 +114,6 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
   std::vector<int64_t> taken(queue.size(), 0);
   std::vector<bool> blocked(queue.size(), false);
   std::vector<bool> kept_out_by_length(queue.size(), false);
-  // Decode rows: their sequences' lengths once this step is cached, the longest and their sum.
-  int64_t longest_sequence = 0, sequence_tokens = 0;
   bool only_continuations = true;  // every row taken continues a cached sequence
   bool limited = false;            // true once a limit (not a lack of rows) kept a row out: the batch runs now
   bool full = false;               // rows or token budget: no further row joins
@@ -134,20 +132,11 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
         const int64_t longest = std::max(decision.longest, rows[taken[i]]);
         const int64_t padded = (decision.rows + 1) * longest;
         const double waste = PaddingWaste(decision.tokens + rows[taken[i]], padded);
-        // Decode rows (for the others a sequence is the row): each sequence's cache is padded to the longest one's,
-        // which costs memory and attention as a row's padding does, and keeps a row out as padding does.
-        const std::vector<int64_t>& cached = queue[i].kinds[k].cached;
-        const int64_t sequence =
-            cached.empty() ? rows[taken[i]] : std::max(cached[taken[i]] + rows[taken[i]], kShortDecodeContext);
-        const int64_t cache_slots = (decision.rows + 1) * std::max(longest_sequence, sequence);
-        const bool cache_padded_enough =
-            cached.empty() || decision.rows == 0 ||
-            PaddingWaste(sequence_tokens + sequence, cache_slots) <= limits.max_padding_waste;
         // Interactive requests' rows are what the time bound protects: they join however long the batch takes.
         const bool in_time =
             !time_limited || queue[i].interactive || cost.Seconds(decision.rows + 1, longest) <= max_seconds;
         const bool fits_size = decision.rows + 1 <= limits.max_rows && padded <= limits.token_budget;
-        const bool padded_enough = (decision.rows == 0 || waste <= limits.max_padding_waste) && cache_padded_enough;
+        const bool padded_enough = decision.rows == 0 || waste <= limits.max_padding_waste;
         const bool fits = fits_size && padded_enough && in_time;
         decision.time_limited = decision.time_limited || (!in_time && decision.rows > 0);
         if (!fits && decision.rows > 0) {
@@ -168,8 +157,7 @@ BatchDecision DecideBatch(const std::vector<QueuedRequestView>& queue, absl::Tim
         }
         if (taken[i] == 0) oldest_in_batch = std::min(oldest_in_batch, queue[i].kinds[k].oldest_enqueued);
         decision.tokens += rows[taken[i]];
-        longest_sequence = std::max(longest_sequence, sequence);
-        sequence_tokens += sequence;
+        const std::vector<int64_t>& cached = queue[i].kinds[k].cached;
         only_continuations = only_continuations && !cached.empty() && cached[taken[i]] > 0;
         ++taken[i];
         ++decision.rows;

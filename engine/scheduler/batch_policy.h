@@ -53,10 +53,9 @@ struct QueuedRequestView {
   bool interactive = false;
   struct KindQueue {
     std::vector<int64_t> lengths;  // queued rows of this kind, front first
-    // Decode rows: the tokens their sequences hold in the cache already (empty: none). Their batch pads each
-    // sequence's cache to the longest one's (max_padding_waste bounds that padding, see kShortDecodeContext), and a
-    // row that continues a sequence gains no partner by waiting: the sequences of a batch that decode on are queued
-    // again as soon as it ends, before the next decision.
+    // Decode rows: the tokens their sequences hold in the cache already (empty: none). A row that continues a
+    // sequence gains no partner by waiting: the sequences of a batch that decode on are queued again as soon as it
+    // ends, before the next decision.
     std::vector<int64_t> cached;
     absl::Time oldest_enqueued = absl::InfiniteFuture();
   };
@@ -93,12 +92,6 @@ struct BatchLimits {
   double paused_stretches[kRowKinds] = {1, 1, 1};
   bool recent_unpausable = false;
 };
-
-// In a decode batch, a sequence shorter than this counts as this long for the padding of the batch's cache: attention
-// over so few slots costs less than a batch more per step would (each reads every weight; 16 generations of 10-token
-// prompts split by their lengths ran 1442 -> 1084 tokens/s), while a 3000-token context beside short ones decodes
-// apart from them (padded to its length, they took 28x their time alone).
-inline constexpr int64_t kShortDecodeContext = 256;
 
 // A request that submits at most this many score / grad rows in all is interactive: beside long work
 // it makes the queue contended, and its rows are never kept out of a batch by the time bound.

@@ -194,9 +194,8 @@ class ModelExecutor : public BatchExecutor {
     }
     at::Tensor logits = model_->LogitsAt(hidden, indices, last).cpu();  // [B, vocab]
     // Sequences that will not decode again leave the batch cache now. The others stay, however much of it is
-    // padding (the batch policy bounds that): taken out of a cache that was mostly padding, they were stacked into
-    // one again at their next step, and so at every step (15 short generations beside a 3000-token context: 28x
-    // their time alone).
+    // padding: taken out of a cache that was mostly padding, they were stacked into one again at their next step, as
+    // padded, and so at every step (15 short generations beside a 3000-token context: 28x their time alone).
     std::vector<KvCache> extracted(rows.size(), KvCache(0, 0));
     for (size_t r = 0; r < rows.size(); ++r) {
       if (rows[r]->decode_state->keeps_decoding) continue;

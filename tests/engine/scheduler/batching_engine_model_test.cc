@@ -342,9 +342,9 @@ TEST_F(EngineOverModel, DecodeStepsKeepTheirBatchCacheAndEqualEachSequenceDecode
   }
 }
 
-// Sequences of different lengths stay in their batch cache, the padding it holds bounded by the batch policy: taken
-// out after each step where it was mostly padding, they were stacked into one again at the next (15 short generations
-// beside a 3000-token context: 28x their time alone).
+// Sequences of different lengths stay in their batch cache: taken out after each step where it was mostly padding,
+// they were stacked into one again at the next (15 short generations beside a 3000-token context: 28x their time
+// alone).
 TEST_F(EngineOverModel, SequencesOfDifferentLengthsStayInTheirBatchCache) {
   const int layers = static_cast<int>(model_->config().num_layers);
   std::unique_ptr<BatchExecutor> executor = MakeModelExecutor(model_);

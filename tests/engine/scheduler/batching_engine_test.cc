@@ -1283,30 +1283,6 @@ Row DecodeStep(int64_t token, int64_t cached) {
   return Row{.kind = RowKind::kDecode, .input_ids = {token}, .decode_state = std::move(state)};
 }
 
-// The engine tells the policy how much each decode row's sequence holds: a step of a 30,000-token context runs
-// apart from those of 40-token ones, which would each be padded to 30,000 slots in a shared batch cache.
-TEST_F(BatchingEngineTest, DecodeStepsOfVeryDifferentContextsRunInBatchesOfTheirOwn) {
-  Start();
-  Notification gate;
-  RowCollector blocking(1), long_context(1);
-  std::vector<std::unique_ptr<RowCollector>> short_contexts;
-  HoldExecutor(gate, blocking);
-  ASSERT_THAT(engine_->Submit(engine_->NewRequest(), {DecodeStep(1, 30000)}, long_context.Callback()), IsOk());
-  for (int i = 0; i < 4; ++i) {
-    short_contexts.push_back(std::make_unique<RowCollector>(1));
-    ASSERT_THAT(engine_->Submit(engine_->NewRequest(), {DecodeStep(2, 40 + i)}, short_contexts.back()->Callback()),
-                IsOk());
-  }
-  gate.Notify();
-  blocking.Wait();
-  long_context.Wait();
-  for (const auto& collector : short_contexts) collector->Wait();
-  const std::vector<FakeExecutor::Batch> batches = executor_->batches();
-  ASSERT_EQ(batches.size(), 3u);
-  EXPECT_EQ(batches[1].rows, (std::vector<std::vector<int64_t>>{{1}}));
-  EXPECT_EQ(batches[2].rows, (std::vector<std::vector<int64_t>>(4, {2})));
-}
-
 // A step that continues a sequence runs at once, whatever max_queue_delay says (here an hour of a clock that stands
 // still); a new prompt's prefill waits for others to share its batch.
 TEST_F(BatchingEngineTest, DecodeStepsThatContinueASequenceDoNotWaitForTheQueueDelay) {
